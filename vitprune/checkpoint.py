@@ -1,0 +1,138 @@
+"""Weights on disk: an orbax checkpoint of the parameter pytree plus the config that built it.
+
+Layout of a weights directory (e.g. `weights/deit_small_patch16_224/`):
+  config.json   {"format": "vitprune-weights", "version": 1, "config": ViTConfig fields,
+                 "meta": {free-form provenance: source checkpoint, its sha256, ...}}
+  params/       orbax `StandardCheckpointer` checkpoint of the float32 parameter tree
+
+`load_weights(dir)` needs nothing else: the config rebuilds the abstract tree orbax restores into.
+Writes are atomic: everything is written into a temporary sibling directory which is renamed into
+place only when complete, so a failure never leaves a partial `weights/<name>/`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitprune.config import Preprocessing, ViTConfig
+from vitprune.model import Params, abstract_params, param_shapes
+
+FORMAT = "vitprune-weights"
+VERSION = 1
+
+
+def config_to_dict(cfg: ViTConfig) -> Dict[str, Any]:
+  return dataclasses.asdict(cfg)
+
+
+def config_from_dict(d: Dict[str, Any]) -> ViTConfig:
+  """Inverse of `config_to_dict`; raises ValueError on unknown or missing fields."""
+  d = dict(d)
+  known = {f.name for f in dataclasses.fields(ViTConfig)}
+  unknown = sorted(set(d) - known)
+  if unknown:
+    raise ValueError(f"config has unknown fields {unknown}")
+  prep = d.pop("preprocessing", None)
+  if prep is not None:
+    prep = dict(prep)
+    for k in ("mean", "std"):
+      if k in prep:
+        prep[k] = tuple(prep[k])
+    d["preprocessing"] = Preprocessing(**prep)
+  try:
+    return ViTConfig(**d)
+  except TypeError as e:
+    raise ValueError(f"invalid config: {e}") from None
+
+
+def check_params(cfg: ViTConfig, params: Params) -> None:
+  """Raises ValueError listing every missing/unexpected leaf and shape mismatch vs `cfg`."""
+  want = {jax.tree_util.keystr(k): tuple(v) for k, v in jax.tree.flatten_with_path(
+      param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))[0]}
+  got = {jax.tree_util.keystr(k): tuple(np.shape(v))
+         for k, v in jax.tree.flatten_with_path(params)[0]}
+  missing = sorted(set(want) - set(got))
+  unexpected = sorted(set(got) - set(want))
+  mismatched = [f"{k}: expected {want[k]}, got {got[k]}"
+                for k in sorted(set(want) & set(got)) if want[k] != got[k]]
+  if missing or unexpected or mismatched:
+    raise ValueError(f"parameters do not match {cfg.name}:\n  missing: {missing}\n"
+                     f"  unexpected: {unexpected}\n  shape mismatches: {mismatched}")
+
+
+def _checkpointer():
+  import orbax.checkpoint as ocp  # imported lazily: orbax import is slow
+  return ocp.StandardCheckpointer()
+
+
+def save_weights(path: str, cfg: ViTConfig, params: Params, *,
+                 meta: Optional[Dict[str, Any]] = None, overwrite: bool = False) -> str:
+  """Writes `params` (float32) and `cfg` to directory `path` atomically; returns its abs path."""
+  check_params(cfg, params)
+  path = os.path.abspath(path)
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+  os.chmod(tmp, 0o755)
+  try:
+    params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
+    ckptr = _checkpointer()
+    ckptr.save(os.path.join(tmp, "params"), params32)
+    ckptr.wait_until_finished()
+    doc = {"format": FORMAT, "version": VERSION, "config": config_to_dict(cfg),
+           "meta": meta or {}}
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(doc, f, indent=2, sort_keys=True)
+    if os.path.exists(path):
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+      os.rename(path, os.path.join(old, "w"))
+      os.rename(tmp, path)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return path
+
+
+def read_weights_config(path: str) -> Tuple[ViTConfig, Dict[str, Any]]:
+  """(config, meta) of a weights directory, without touching the parameters."""
+  cfg_file = os.path.join(path, "config.json")
+  if not os.path.isfile(cfg_file):
+    raise FileNotFoundError(f"{path} is not a vitprune weights directory (no config.json)")
+  try:
+    with open(cfg_file) as f:
+      doc = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{cfg_file} is corrupted: {e}") from None
+  if doc.get("format") != FORMAT:
+    raise ValueError(f"{cfg_file}: format {doc.get('format')!r} is not {FORMAT!r}")
+  if doc.get("version") != VERSION:
+    raise ValueError(f"{cfg_file}: unsupported version {doc.get('version')!r}")
+  return config_from_dict(doc["config"]), doc.get("meta", {})
+
+
+def load_weights(path: str) -> Tuple[ViTConfig, Params]:
+  """(config, float32 params as jax arrays) from a directory written by `save_weights`."""
+  path = os.path.abspath(path)
+  cfg, _ = read_weights_config(path)
+  params_dir = os.path.join(path, "params")
+  if not os.path.isdir(params_dir):
+    raise FileNotFoundError(f"{path} has no params/ checkpoint")
+  try:
+    params = _checkpointer().restore(params_dir, abstract_params(cfg))
+  except Exception as e:  # orbax raises many types; name the directory
+    raise ValueError(f"could not restore parameters from {params_dir}: {e}") from e
+  check_params(cfg, params)
+  return cfg, jax.tree.map(jnp.asarray, params)

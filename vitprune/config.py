@@ -1,0 +1,104 @@
+"""Static configuration: model architecture, preprocessing, and the registry of timm names.
+
+Everything here is a frozen (hashable) dataclass so it can be a static argument of `jax.jit`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """Eval-time preprocessing, as timm's `pretrained_cfg` defines it.
+
+  Images are resized so the shorter side is `floor(input_size / crop_pct)` with `interpolation`,
+  center-cropped to `input_size`, scaled to [0, 1] and normalised with `mean`/`std` per channel.
+  """
+  input_size: int = 224
+  mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+  std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+  crop_pct: float = 0.9
+  interpolation: str = "bicubic"  # 'bicubic' | 'bilinear' | 'nearest'
+  channels: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+  """Architecture of one timm-compatible Vision Transformer.
+
+  Token layout inside the model: `[cls?, dist?, reg * num_reg_tokens, patches...]`; the leading
+  `num_prefix_tokens` are never removed by token reduction.
+  """
+  name: str
+  img_size: int = 224
+  patch_size: int = 16
+  in_chans: int = 3
+  embed_dim: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_hidden: int = 3072        # fc1 output width (for SwiGLU: both halves together)
+  mlp_type: str = "gelu"        # 'gelu' (fc1 -> exact GELU -> fc2) | 'swiglu' (timm SwiGLUPacked)
+  num_classes: int = 1000       # 0: no head, the forward returns pooled features
+  class_token: bool = True
+  dist_token: bool = False      # DeiT-distilled: second head on the dist token, heads averaged
+  num_reg_tokens: int = 0       # DINOv2 registers
+  no_embed_class: bool = False  # True: pos_embed covers patches only (add, then concat prefix)
+  layerscale: bool = False      # LayerScale gammas after attention and MLP (DeiT-3, DINOv2)
+  global_pool: str = "token"    # 'token' (first token) | 'avg' (mean of patch tokens, fc_norm)
+  norm_eps: float = 1e-6
+  preprocessing: Preprocessing = Preprocessing()
+
+  def __post_init__(self):
+    if self.img_size % self.patch_size:
+      raise ValueError(f"{self.name}: img_size {self.img_size} is not a multiple of "
+                       f"patch_size {self.patch_size}")
+    if self.embed_dim % self.num_heads:
+      raise ValueError(f"{self.name}: embed_dim {self.embed_dim} is not divisible by "
+                       f"num_heads {self.num_heads}")
+    if self.mlp_type not in ("gelu", "swiglu"):
+      raise ValueError(f"{self.name}: unknown mlp_type {self.mlp_type!r}")
+    if self.mlp_type == "swiglu" and self.mlp_hidden % 2:
+      raise ValueError(f"{self.name}: swiglu mlp_hidden must be even, got {self.mlp_hidden}")
+    if self.global_pool not in ("token", "avg"):
+      raise ValueError(f"{self.name}: unknown global_pool {self.global_pool!r}")
+    if self.global_pool == "token" and not self.class_token:
+      raise ValueError(f"{self.name}: global_pool='token' needs a class token")
+    if self.dist_token and not self.class_token:
+      raise ValueError(f"{self.name}: a distillation token needs a class token")
+
+  @property
+  def grid_size(self) -> int:
+    return self.img_size // self.patch_size
+
+  @property
+  def num_patches(self) -> int:
+    return self.grid_size ** 2
+
+  @property
+  def num_prefix_tokens(self) -> int:
+    return int(self.class_token) + int(self.dist_token) + self.num_reg_tokens
+
+  @property
+  def num_tokens(self) -> int:
+    """Tokens entering block 0 without reduction: prefix + patches."""
+    return self.num_prefix_tokens + self.num_patches
+
+  @property
+  def head_dim(self) -> int:
+    return self.embed_dim // self.num_heads
+
+  @property
+  def pos_embed_len(self) -> int:
+    return self.num_patches + (0 if self.no_embed_class else self.num_prefix_tokens)
+
+  @property
+  def use_fc_norm(self) -> bool:
+    return self.global_pool == "avg"
+
+  def replace(self, **changes) -> "ViTConfig":
+    """A copy with `changes` applied (validated again)."""
+    if "img_size" in changes and "preprocessing" not in changes:
+      changes["preprocessing"] = dataclasses.replace(self.preprocessing,
+                                                     input_size=changes["img_size"])
+    return dataclasses.replace(self, **changes)

@@ -1,0 +1,292 @@
+"""Pure-functional Vision Transformer over a Flax-style parameter pytree, numerically like timm.
+
+    tokens = embed(images)                       # [B, N, C]: prefix tokens, then patches
+    for each block l: tokens = block(tokens)     # reduced to schedule.counts[l + 1] mid-block
+    out = head(pool(norm(tokens)))               # [B, num_classes] or [B, C] features
+
+Numerics follow timm's `VisionTransformer`: exact (erf) GELU, LayerNorm with `cfg.norm_eps`,
+attention scale `head_dim ** -0.5`, LayerScale, token or average pooling (with fc_norm), DeiT
+distillation heads averaged at inference, DINOv2 registers and packed SwiGLU.
+
+Parameters (`init_params`, or `vitprune.convert` from timm) are a nested dict of arrays:
+  patch_embed/{kernel [P, P, Cin, C], bias [C]}, cls_token [1, 1, C], dist_token [1, 1, C],
+  reg_token [1, R, C], pos_embed [1, L, C], blocks: list of
+  {norm1, attn/{qkv, proj}, ls1?, norm2, mlp/{fc1, fc2}, ls2?}, norm | fc_norm, head, head_dist.
+Dense kernels are [in, out] (Flax convention); LayerNorms are {scale, bias}; LayerScale {gamma}.
+
+Precision: float32 runs with matmul precision `precision` ('highest' by default, which matches
+PyTorch's float32 matmuls; 'default' lets GPUs/TPUs use TF32/bf16 passes). bfloat16 casts
+weights and activations to bfloat16 and keeps LayerNorm statistics and softmax in float32.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitprune.config import ViTConfig
+from vitprune.reduce.base import AttentionStats, TokenReducer
+from vitprune.schedule import Schedule, check_schedule
+
+Params = Dict[str, Any]
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+PRECISIONS = ("highest", "high", "default")
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def dense(p: Params, x: jax.Array) -> jax.Array:
+  """x [..., in] @ kernel [in, out] + bias [out]."""
+  return x @ p["kernel"].astype(x.dtype) + p["bias"].astype(x.dtype)
+
+
+def layer_norm(p: Params, x: jax.Array, eps: float) -> jax.Array:
+  """LayerNorm over the last axis; statistics in float32."""
+  xf = x.astype(jnp.float32)
+  mean = xf.mean(-1, keepdims=True)
+  var = jnp.square(xf - mean).mean(-1, keepdims=True)
+  y = (xf - mean) * jax.lax.rsqrt(var + eps)
+  return (y * p["scale"] + p["bias"]).astype(x.dtype)
+
+
+def layer_scale(p: Optional[Params], x: jax.Array) -> jax.Array:
+  return x if p is None else x * p["gamma"].astype(x.dtype)
+
+
+def mlp(p: Params, x: jax.Array, mlp_type: str) -> jax.Array:
+  """[B, N, C] -> [B, N, C]: fc1 -> GELU (exact erf) -> fc2, or timm's packed SwiGLU."""
+  h = dense(p["fc1"], x)
+  if mlp_type == "swiglu":  # timm SwiGLUPacked: silu(first half) * second half
+    a, b = jnp.split(h, 2, axis=-1)
+    h = jax.nn.silu(a) * b
+  else:
+    h = jax.nn.gelu(h, approximate=False)
+  return dense(p["fc2"], h)
+
+
+def _qkv(p: Params, x: jax.Array, num_heads: int) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """x [B, N, C] -> q, k, v each [B, N, H, D] (timm's fused qkv layout: [3, H, D])."""
+  b, n, c = x.shape
+  qkv = dense(p["qkv"], x).reshape(b, n, 3, num_heads, c // num_heads)
+  return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+
+def _size_bias(size: Optional[jax.Array]) -> Optional[jax.Array]:
+  """Proportional attention (ToMe): log token size added to every query's logits, [B, 1, 1, N]."""
+  if size is None:
+    return None
+  return jnp.log(size.astype(jnp.float32))[:, None, None, :]
+
+
+def attention(p: Params, x: jax.Array, size: Optional[jax.Array], num_heads: int
+              ) -> jax.Array:
+  """Fast path: [B, N, C] -> [B, N, C] via `jax.nn.dot_product_attention` (fused where the
+  backend has a kernel); exposes nothing."""
+  q, k, v = _qkv(p, x, num_heads)
+  bias = _size_bias(size)
+  if bias is not None:
+    bias = bias.astype(q.dtype)
+  o = jax.nn.dot_product_attention(q, k, v, bias=bias, scale=q.shape[-1] ** -0.5)
+  return dense(p["proj"], o.reshape(x.shape))
+
+
+def attention_with_stats(p: Params, x: jax.Array, size: Optional[jax.Array], num_heads: int
+                         ) -> Tuple[jax.Array, AttentionStats]:
+  """Explicit path: [B, N, C] -> ([B, N, C], AttentionStats with probs [B, H, N, N])."""
+  q, k, v = _qkv(p, x, num_heads)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * q.shape[-1] ** -0.5
+  bias = _size_bias(size)
+  if bias is not None:
+    logits = logits + bias
+  probs = jax.nn.softmax(logits, axis=-1)
+  o = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+  return dense(p["proj"], o.reshape(x.shape)), AttentionStats(probs, k, v)
+
+
+def block(p: Params, x: jax.Array, size: Optional[jax.Array], *, cfg: ViTConfig,
+          num_keep: int, reducer: Optional[TokenReducer], layer: int
+          ) -> Tuple[jax.Array, Optional[jax.Array]]:
+  """One pre-norm transformer block; [B, N, C] -> [B, num_keep, C].
+
+  Tokens are reduced between the attention residual and the MLP when num_keep < N.
+  """
+  n = x.shape[1]
+  reduce_here = num_keep < n
+  h = layer_norm(p["norm1"], x, cfg.norm_eps)
+  stats = None
+  if reduce_here and reducer.needs_attention:
+    a, stats = attention_with_stats(p["attn"], h, size, cfg.num_heads)
+  else:
+    a = attention(p["attn"], h, size, cfg.num_heads)
+  x = x + layer_scale(p.get("ls1"), a)
+  if reduce_here:
+    x, size = reducer.reduce(x, size, stats, num_keep=num_keep,
+                             num_prefix=cfg.num_prefix_tokens, layer=layer)
+    if x.shape[1] != num_keep:
+      raise ValueError(f"{type(reducer).__name__} returned {x.shape[1]} tokens at layer "
+                       f"{layer}, the schedule asks for {num_keep}")
+  h = layer_norm(p["norm2"], x, cfg.norm_eps)
+  x = x + layer_scale(p.get("ls2"), mlp(p["mlp"], h, cfg.mlp_type))
+  return x, size
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def embed(params: Params, images: jax.Array, cfg: ViTConfig) -> jax.Array:
+  """images [B, H, W, Cin] -> tokens [B, prefix + patches, C] with position embeddings."""
+  b, hh, ww, cin = images.shape
+  ps, g = cfg.patch_size, cfg.grid_size
+  patches = images.reshape(b, g, ps, g, ps, cin).transpose(0, 1, 3, 2, 4, 5)
+  patches = patches.reshape(b, g * g, ps * ps * cin)
+  pe = params["patch_embed"]
+  kernel = pe["kernel"].reshape(ps * ps * cin, cfg.embed_dim)
+  x = dense({"kernel": kernel, "bias": pe["bias"]}, patches)
+  pos = params["pos_embed"].astype(x.dtype)
+
+  def expand(t):
+    return jnp.broadcast_to(t.astype(x.dtype), (b,) + t.shape[1:])
+
+  cls_like = [expand(params[k]) for k in ("cls_token", "dist_token") if k in params]
+  regs = [expand(params["reg_token"])] if "reg_token" in params else []
+  if cfg.no_embed_class:  # DeiT-3 / DINOv2-reg: pos_embed covers patches only
+    return jnp.concatenate(cls_like + regs + [x + pos], axis=1)
+  return jnp.concatenate(cls_like + regs + [x], axis=1) + pos
+
+
+def head(params: Params, x: jax.Array, cfg: ViTConfig) -> jax.Array:
+  """Final tokens [B, N, C] (already normed for token pooling) -> [B, K] logits or [B, C]."""
+  if cfg.global_pool == "avg":
+    pooled = layer_norm(params["fc_norm"], x[:, cfg.num_prefix_tokens:].mean(1), cfg.norm_eps)
+  else:
+    pooled = x[:, 0]
+  if cfg.num_classes == 0:
+    return pooled
+  out = dense(params["head"], pooled)
+  if cfg.dist_token:
+    out = (out + dense(params["head_dist"], x[:, 1])) / 2
+  return out
+
+
+def _check_inputs(cfg: ViTConfig, images: jax.Array, dtype: str, precision: str):
+  want = (cfg.img_size, cfg.img_size, cfg.in_chans)
+  if images.ndim != 4 or tuple(images.shape[1:]) != want:
+    raise ValueError(f"{cfg.name} expects images [B, {want[0]}, {want[1]}, {want[2]}] (NHWC), "
+                     f"got shape {tuple(images.shape)}")
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def forward(params: Params, images: jax.Array, *, cfg: ViTConfig,
+            schedule: Optional[Schedule] = None, reducer: Optional[TokenReducer] = None,
+            dtype: str = "float32", precision: str = "highest",
+            features: bool = False) -> jax.Array:
+  """images [B, H, W, Cin] -> logits [B, num_classes] (features [B, C] if num_classes == 0).
+
+  With `features=True`, returns the final normed tokens [B, N_last, C] instead (timm's
+  `forward_features`). All keyword arguments are static: use `jitted_forward` (or `jax.jit` with
+  them in `static_argnames`) to compile one graph per (cfg, batch shape, schedule, reducer, dtype).
+  """
+  _check_inputs(cfg, images, dtype, precision)
+  schedule = check_schedule(cfg, schedule)
+  if schedule.counts[0] < cfg.num_tokens or schedule.reduction_layers:
+    if reducer is None:
+      raise ValueError(f"schedule {schedule.counts} reduces tokens but no reducer was given")
+  dt = DTYPES[dtype]
+  with jax.default_matmul_precision(precision if dt == jnp.float32 else "default"):
+    x = embed(params, images.astype(dt), cfg)
+    if schedule.counts[0] < x.shape[1]:
+      x = reducer.reduce_embedding(x, num_keep=schedule.counts[0],
+                                   num_prefix=cfg.num_prefix_tokens)
+    size = None
+    for layer, bp in enumerate(params["blocks"]):
+      x, size = block(bp, x, size, cfg=cfg, num_keep=schedule.tokens_out(layer),
+                      reducer=reducer, layer=layer)
+    if cfg.global_pool == "token":
+      x = layer_norm(params["norm"], x, cfg.norm_eps)
+    if features:
+      return x.astype(jnp.float32)
+    return head(params, x, cfg).astype(jnp.float32)
+
+
+jitted_forward = jax.jit(
+    forward, static_argnames=("cfg", "schedule", "reducer", "dtype", "precision", "features"))
+jitted_forward.__doc__ = "`forward` under `jax.jit`, every keyword static."
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def param_shapes(cfg: ViTConfig) -> Params:
+  """The parameter tree of `cfg` as nested dicts of shape tuples (lists for `blocks`)."""
+  c, ps = cfg.embed_dim, cfg.patch_size
+
+  def lin(i, o):
+    return {"kernel": (i, o), "bias": (o,)}
+
+  def ln():
+    return {"scale": (c,), "bias": (c,)}
+
+  hidden_out = cfg.mlp_hidden // 2 if cfg.mlp_type == "swiglu" else cfg.mlp_hidden
+  blk = {"norm1": ln(), "attn": {"qkv": lin(c, 3 * c), "proj": lin(c, c)}, "norm2": ln(),
+         "mlp": {"fc1": lin(c, cfg.mlp_hidden), "fc2": lin(hidden_out, c)}}
+  if cfg.layerscale:
+    blk["ls1"] = {"gamma": (c,)}
+    blk["ls2"] = {"gamma": (c,)}
+  tree = {"patch_embed": {"kernel": (ps, ps, cfg.in_chans, c), "bias": (c,)},
+          "pos_embed": (1, cfg.pos_embed_len, c),
+          "blocks": [blk] * cfg.depth}
+  if cfg.class_token:
+    tree["cls_token"] = (1, 1, c)
+  if cfg.dist_token:
+    tree["dist_token"] = (1, 1, c)
+  if cfg.num_reg_tokens:
+    tree["reg_token"] = (1, cfg.num_reg_tokens, c)
+  tree["fc_norm" if cfg.use_fc_norm else "norm"] = ln()
+  if cfg.num_classes:
+    tree["head"] = lin(c, cfg.num_classes)
+    if cfg.dist_token:
+      tree["head_dist"] = lin(c, cfg.num_classes)
+  return tree
+
+
+def _is_shape(x) -> bool:
+  return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
+
+
+def abstract_params(cfg: ViTConfig, dtype=jnp.float32) -> Params:
+  """`jax.ShapeDtypeStruct` tree of `cfg`'s parameters (no memory is allocated)."""
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, dtype), param_shapes(cfg),
+                      is_leaf=_is_shape)
+
+
+def init_params(cfg: ViTConfig, seed: int = 0) -> Params:
+  """Random float32 parameters like timm's init: trunc-normal(0.02) weights, zero biases,
+  unit LayerNorms, LayerScale 1e-5; embeddings trunc-normal(0.02) (cls 1e-6 std as timm)."""
+  shapes = param_shapes(cfg)
+  leaves, treedef = jax.tree.flatten_with_path(shapes, is_leaf=_is_shape)
+  rng = np.random.default_rng(seed)
+  out = []
+  for path, shape in leaves:
+    name = str(path[-1].key)
+    parent = str(path[-2].key) if len(path) > 1 and hasattr(path[-2], "key") else ""
+    if name == "bias":
+      v = np.zeros(shape)
+    elif name == "scale":
+      v = np.ones(shape)
+    elif name == "gamma":
+      v = np.full(shape, 1e-5)
+    elif name == "kernel" and parent == "patch_embed":
+      fan_in = shape[0] * shape[1] * shape[2]
+      v = rng.uniform(-1, 1, shape) / math.sqrt(fan_in)
+    else:  # kernels, tokens, pos_embed
+      v = np.clip(rng.normal(0.0, 0.02, shape), -0.04, 0.04)
+    out.append(jnp.asarray(v, jnp.float32))
+  return jax.tree.unflatten(treedef, out)

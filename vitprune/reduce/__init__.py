@@ -1,0 +1,2 @@
+"""Training-free token-reduction methods."""
+from vitprune.reduce.base import AttentionStats, TokenReducer

@@ -1,0 +1,42 @@
+"""The interface between the ViT forward and token-reduction methods.
+
+A reducer is a frozen (hashable) dataclass, so it is a static argument of `jax.jit`. The forward
+calls it only in blocks whose schedule reduces tokens; other blocks never compute the explicit
+attention matrix and take the fast attention path.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Protocol, Tuple
+
+import jax
+
+
+class AttentionStats(NamedTuple):
+  """What a block exposes to a reducer at its reduction point.
+
+  probs: [B, H, N, N] softmax attention (float32), query i attends to key j (row i, column j).
+  keys: [B, N, H, D] keys of the block's attention.
+  values: [B, N, H, D] values of the block's attention.
+  """
+  probs: jax.Array
+  keys: jax.Array
+  values: jax.Array
+
+
+class TokenReducer(Protocol):
+  """Reduces `[B, N, C]` tokens to `[B, num_keep, C]`; prefix tokens are kept, in order."""
+
+  # The block must build AttentionStats (explicit attention) when it reduces.
+  needs_attention: bool
+  # Carry per-token sizes [B, N] and use proportional attention (log size added to logits).
+  tracks_size: bool
+
+  def reduce(self, x: jax.Array, size: Optional[jax.Array], stats: Optional[AttentionStats],
+             *, num_keep: int, num_prefix: int, layer: int
+             ) -> Tuple[jax.Array, Optional[jax.Array]]:
+    """x [B, N, C] (after the attention residual), size [B, N] or None -> ([B, K, C], [B, K])."""
+    ...
+
+  def reduce_embedding(self, x: jax.Array, *, num_keep: int, num_prefix: int) -> jax.Array:
+    """Drops tokens right after the embedding: x [B, N, C] -> [B, num_keep, C]."""
+    ...
