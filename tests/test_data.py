@@ -1,0 +1,352 @@
+"""Tests for vitprune.data: folders, timm-exact eval preprocessing, batching, subsets, digits."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitprune import data
+from vitprune.config import Preprocessing
+
+PLAIN = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+
+
+def _png(path, array):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(np.asarray(array, np.uint8)).save(path)
+
+
+def _gray(h, w, value=0):
+  return np.full((h, w), value, np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing.
+# ----------------------------------------------------------------------------------------------
+
+
+def test_constant_image_gives_exact_normalised_constant():
+  colour = (10, 128, 250)
+  img = Image.new("RGB", (37, 53), colour)  # PIL size is (w, h)
+  prep = Preprocessing(input_size=16, crop_pct=0.875)  # ImageNet mean/std, bicubic
+  out = data.preprocess_image(img, prep)
+  assert out.shape == (16, 16, 3) and out.dtype == np.float32
+  expect = ((np.float32(colour) / np.float32(255) - np.float32(prep.mean))
+            / np.float32(prep.std))
+  np.testing.assert_array_equal(out, np.broadcast_to(expect, out.shape))
+
+
+def test_two_colour_nearest_upscale_exact_positions():
+  arr = _gray(4, 4)
+  arr[:, 2:] = 255  # left half black, right half white
+  prep = Preprocessing(input_size=8, crop_pct=1.0, interpolation="nearest", **PLAIN)
+  out = data.preprocess_image(Image.fromarray(arr), prep)
+  assert out.shape == (8, 8, 3)
+  np.testing.assert_array_equal(out[:, :4], 0.0)
+  np.testing.assert_array_equal(out[:, 4:], 1.0)
+
+
+@pytest.mark.parametrize("width, left", [(10, 2), (11, 2), (13, 4), (7, 0)])
+def test_center_crop_positions_use_round_half_even(width, left):
+  # Height 6 == input_size with crop_pct 1.0: no resize, only torchvision's CenterCrop.
+  # (11 - 6) / 2 = 2.5 -> 2 and (7 - 6) / 2 = 0.5 -> 0 (Python round), (13 - 6) / 2 = 3.5 -> 4.
+  arr = np.tile(np.arange(width, dtype=np.uint8) * 20, (6, 1))
+  prep = Preprocessing(input_size=6, crop_pct=1.0, interpolation="nearest", **PLAIN)
+  out = data.preprocess_image(Image.fromarray(arr), prep)
+  expect = np.arange(left, left + 6, dtype=np.float32) * 20 / np.float32(255)
+  np.testing.assert_array_equal(out[0, :, 0], expect)
+  np.testing.assert_array_equal(out[:, :, 1], out[:, :, 0])
+
+
+def test_resize_and_crop_sizes_on_odd_shapes():
+  # scale_size = floor(32 / 0.875) = 36; 37 wide x 53 high -> 36 x int(36 * 53 / 37) = 36 x 51.
+  prep = Preprocessing(input_size=32, crop_pct=0.875)
+  assert data.scale_size(prep) == 36
+  assert data.scale_size(Preprocessing(input_size=224, crop_pct=0.9)) == 248
+  assert data.resize_shorter_side(53, 37, 36) == (51, 36)
+  assert data.resize_shorter_side(37, 53, 36) == (36, 51)
+  assert data.resize_shorter_side(40, 40, 36) == (36, 36)
+  assert data.center_crop_offsets(51, 36, 32) == (10, 2)  # round(9.5) = 10
+  rng = np.random.default_rng(0)
+  arr = rng.integers(0, 256, (53, 37, 3), dtype=np.uint8)
+  out = data.preprocess_image(Image.fromarray(arr), prep)
+  ref = np.asarray(Image.fromarray(arr).resize((36, 51), Image.Resampling.BICUBIC))
+  ref = ref[10:42, 2:34].astype(np.float32) / np.float32(255)
+  ref = (ref - np.float32(prep.mean)) / np.float32(prep.std)
+  np.testing.assert_array_equal(out, ref)
+
+
+def test_crop_larger_than_image_zero_pads_like_torchvision():
+  # crop_pct 2.0: scale_size 4 < input_size 8, CenterCrop pads 2 pixels of 0 on each side.
+  prep = Preprocessing(input_size=8, crop_pct=2.0, interpolation="nearest",
+                       mean=(0.5,) * 3, std=(0.5,) * 3)
+  out = data.preprocess_image(Image.fromarray(_gray(4, 4, 255)), prep)
+  np.testing.assert_array_equal(out[2:6, 2:6], 1.0)
+  assert (out[:2] == -1.0).all() and (out[:, 6:] == -1.0).all()
+
+
+def test_grayscale_replicates_and_single_channel_mode():
+  arr = np.random.default_rng(1).integers(0, 256, (9, 9), dtype=np.uint8)
+  prep3 = Preprocessing(input_size=9, crop_pct=1.0, **PLAIN)
+  out3 = data.preprocess_image(Image.fromarray(arr), prep3)
+  np.testing.assert_array_equal(out3[..., 0], arr / np.float32(255))
+  np.testing.assert_array_equal(out3[..., 0], out3[..., 2])
+  prep1 = Preprocessing(input_size=9, crop_pct=1.0, mean=(0.5,), std=(0.25,), channels=1)
+  rgb = Image.fromarray(np.stack([arr] * 3, -1))
+  out1 = data.preprocess_image(rgb, prep1)
+  assert out1.shape == (9, 9, 1)
+  np.testing.assert_allclose(out1[..., 0], (arr / 255 - 0.5) / 0.25, atol=1e-6)
+
+
+def test_preprocessing_validation_errors():
+  img = Image.new("RGB", (4, 4))
+  with pytest.raises(ValueError, match="mean has 3 values"):
+    data.preprocess_image(img, Preprocessing(channels=1))
+  with pytest.raises(ValueError, match="interpolation"):
+    data.preprocess_image(img, Preprocessing(interpolation="cubic"))
+  with pytest.raises(ValueError, match="crop_pct"):
+    data.preprocess_image(img, Preprocessing(crop_pct=0.0))
+
+
+# ----------------------------------------------------------------------------------------------
+# ImageFolder.
+# ----------------------------------------------------------------------------------------------
+
+
+def test_class_order_and_file_selection_like_torchvision(tmp_path):
+  for name in ("b", "a", "B", "10", "2"):
+    _png(str(tmp_path / name / "x.png"), _gray(3, 3, 7))
+  _png(str(tmp_path / "a" / "sub" / "deep.png"), _gray(3, 3))
+  Image.new("RGB", (3, 3)).save(tmp_path / "a" / "UPPER.JPG", format="JPEG")
+  _png(str(tmp_path / "a" / ".hidden.png"), _gray(3, 3))
+  (tmp_path / "a" / "notes.txt").write_text("not an image")
+  _png(str(tmp_path / ".cache" / "y.png"), _gray(3, 3))  # hidden dir: not a class
+  ds = data.ImageFolder(tmp_path)
+  assert ds.labelled
+  assert ds.classes == ("10", "2", "B", "a", "b")
+  assert ds.class_to_idx == {"10": 0, "2": 1, "B": 2, "a": 3, "b": 4}
+  assert ds.files == ("10/x.png", "2/x.png", "B/x.png", "a/UPPER.JPG", "a/x.png",
+                      "a/sub/deep.png", "b/x.png")
+  assert ds.labels.tolist() == [0, 1, 2, 3, 3, 3, 4]
+  assert ds.label(6) == 4 and len(ds) == 7
+  assert ds.samples[0] == (str(tmp_path / "10" / "x.png"), 0)
+  assert np.asarray(ds.load(0)).tolist() == _gray(3, 3, 7).tolist()
+
+
+def test_unlabelled_flat_folder(tmp_path):
+  for name in ("c.png", "a.png", "b.PNG"):
+    _png(str(tmp_path / name), _gray(5, 5, 100))
+  (tmp_path / "readme.md").write_text("x")
+  ds = data.ImageFolder(tmp_path)
+  assert not ds.labelled and ds.classes == () and ds.class_to_idx == {}
+  assert ds.files == ("a.png", "b.PNG", "c.png")
+  assert ds.labels.tolist() == [-1, -1, -1] and ds.label(0) is None
+  prep = Preprocessing(input_size=4, crop_pct=1.0, **PLAIN)
+  images, labels, idx = next(data.iterate_batches(ds, prep, 4))
+  assert labels.tolist() == [-1] * 4 and idx.tolist() == [0, 1, 2, -1]
+  np.testing.assert_array_equal(images[:3], np.float32(100) / np.float32(255))
+  with pytest.raises(FileNotFoundError, match="no class subfolders"):
+    data.ImageFolder(tmp_path, labelled=True)
+
+
+def test_folder_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    data.ImageFolder(tmp_path / "missing")
+  (tmp_path / "file.txt").write_text("x")
+  with pytest.raises(FileNotFoundError, match="not a directory"):
+    data.ImageFolder(tmp_path / "file.txt")
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(FileNotFoundError, match="no image files"):
+    data.ImageFolder(empty)
+  root = tmp_path / "ds"
+  _png(str(root / "cat" / "0.png"), _gray(3, 3))
+  (root / "dog").mkdir()
+  (root / "dog" / "notes.txt").write_text("x")
+  with pytest.raises(FileNotFoundError, match="dog"):
+    data.ImageFolder(root)
+
+
+def test_corrupt_and_truncated_images_name_the_file(tmp_path):
+  _png(str(tmp_path / "cls" / "good.png"), np.random.default_rng(0).integers(
+      0, 256, (64, 64), dtype=np.uint8))
+  (tmp_path / "cls" / "junk.png").write_bytes(b"definitely not a png")
+  good = (tmp_path / "cls" / "good.png").read_bytes()
+  (tmp_path / "cls" / "trunc.png").write_bytes(good[:len(good) // 2])
+  ds = data.ImageFolder(tmp_path)  # scanning does not decode
+  assert ds.files == ("cls/good.png", "cls/junk.png", "cls/trunc.png")
+  ds.load(0)
+  with pytest.raises(ValueError, match="junk.png"):
+    ds.load(1)
+  with pytest.raises(ValueError, match="trunc.png"):
+    ds.load(2)
+  prep = Preprocessing(input_size=8, crop_pct=1.0)
+  with pytest.raises(ValueError, match="junk.png"):
+    list(data.iterate_batches(ds, prep, 2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching.
+# ----------------------------------------------------------------------------------------------
+
+
+def _array_ds(n=10, size=8):
+  rng = np.random.default_rng(3)
+  images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+  return data.ArrayDataset(images, np.arange(n) % 3, ("x", "y", "z"))
+
+
+def test_batches_padded_with_mask():
+  ds = _array_ds()
+  prep = Preprocessing(input_size=8, crop_pct=1.0, **PLAIN)
+  batches = list(data.iterate_batches(ds, prep, 4))
+  assert len(batches) == 3
+  for images, labels, idx in batches:
+    assert images.shape == (4, 8, 8, 3) and images.dtype == np.float32
+    assert labels.dtype == np.int32 and idx.shape == (4,)
+  images, labels, idx = batches[-1]
+  assert idx.tolist() == [8, 9, -1, -1] and labels.tolist() == [2, 0, -1, -1]
+  assert data.batch_valid_mask(idx).tolist() == [True, True, False, False]
+  np.testing.assert_array_equal(images[2:], 0.0)
+  np.testing.assert_array_equal(images[0, ..., 0], ds.images[8] / np.float32(255))
+  assert len(list(data.iterate_batches(ds, prep, 4, drop_remainder=True))) == 2
+  short = list(data.iterate_batches(ds, prep, 4, pad_remainder=False))[-1]
+  assert short[0].shape[0] == 2 and short[2].tolist() == [8, 9]
+
+
+def test_batches_custom_order_and_threads_are_deterministic():
+  ds = _array_ds()
+  prep = Preprocessing(input_size=16, crop_pct=0.875)
+  order = [9, 0, 5, 5, 2]
+  serial = list(data.iterate_batches(ds, prep, 2, indices=order))
+  threaded = list(data.iterate_batches(ds, prep, 2, indices=order, num_workers=3))
+  assert [b[2].tolist() for b in serial] == [[9, 0], [5, 5], [2, -1]]
+  for a, b in zip(serial, threaded):
+    for x, y in zip(a, b):
+      np.testing.assert_array_equal(x, y)
+  with pytest.raises(ValueError, match="indices must lie"):
+    data.iterate_batches(ds, prep, 2, indices=[10])
+  with pytest.raises(ValueError, match="batch_size"):
+    data.iterate_batches(ds, prep, 0)
+
+
+def test_pad_to_batch():
+  images = np.ones((3, 2, 2, 1), np.float32)
+  out, labels, idx, valid = data.pad_to_batch(images, np.array([4, 5, 6]), np.array([7, 8, 9]), 5)
+  assert out.shape == (5, 2, 2, 1) and out[3:].sum() == 0 and out[:3].min() == 1
+  assert labels.tolist() == [4, 5, 6, -1, -1] and idx.tolist() == [7, 8, 9, -1, -1]
+  assert valid.tolist() == [True] * 3 + [False] * 2
+  with pytest.raises(ValueError, match="more than batch_size"):
+    data.pad_to_batch(images, np.zeros(3), np.zeros(3), 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Balanced subsets.
+# ----------------------------------------------------------------------------------------------
+
+
+def test_balanced_subset_counts_and_determinism():
+  labels = np.repeat(np.arange(10), 50)
+  sub = data.balanced_subset(labels, 25, seed=0)
+  counts = np.bincount(labels[sub], minlength=10)
+  assert sub.size == 25 and np.unique(sub).size == 25
+  assert sorted(counts.tolist()) == [2] * 5 + [3] * 5
+  np.testing.assert_array_equal(sub, data.balanced_subset(labels, 25, seed=0))
+  assert not np.array_equal(sub, data.balanced_subset(labels, 25, seed=1))
+  first = np.concatenate([np.flatnonzero(labels == c)[:q] for c, q in enumerate(counts)])
+  assert not np.array_equal(np.sort(first), sub)  # random, not the first files per class
+  assert set(labels[data.balanced_subset(labels, 10, seed=5)]) == set(range(10))
+  np.testing.assert_array_equal(data.balanced_subset(labels, 500, seed=2), np.arange(500))
+
+
+def test_balanced_subset_redistributes_small_classes():
+  labels = np.array([0] * 2 + [1] * 100 + [2] * 100)
+  counts = np.bincount(labels[data.balanced_subset(labels, 30, seed=0)])
+  assert counts.tolist() == [2, 14, 14]
+  counts = np.bincount(labels[data.balanced_subset(labels, 31, seed=0)])
+  assert counts[0] == 2 and sorted(counts[1:].tolist()) == [14, 15]
+
+
+def test_balanced_subset_errors():
+  labels = np.array([0, 0, 1, 1])
+  for n in (0, -1, 5):
+    with pytest.raises(ValueError, match="n"):
+      data.balanced_subset(labels, n, seed=0)
+  with pytest.raises(ValueError, match="labelled"):
+    data.balanced_subset(np.array([-1, -1]), 1, seed=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Digits.
+# ----------------------------------------------------------------------------------------------
+
+
+def test_digits_arrays_and_stratified_split():
+  images, labels = data.load_digits_arrays()
+  assert images.shape == (1797, 8, 8) and images.dtype == np.uint8
+  assert images.min() == 0 and images.max() == 255 and labels.shape == (1797,)
+  train, test = data.digits_split()
+  assert np.intersect1d(train, test).size == 0 and train.size + test.size == 1797
+  for c in range(10):
+    n_c = int((labels == c).sum())
+    assert int((labels[test] == c).sum()) == round(n_c * 0.2)
+  again = data.digits_split(seed=0)
+  np.testing.assert_array_equal(test, again[1])
+  assert not np.array_equal(test, data.digits_split(seed=1)[1])
+  with pytest.raises(ValueError, match="test_fraction"):
+    data.digits_split(test_fraction=1.0)
+
+
+def test_digits_preprocessing_matches_embedded_model():
+  from vitprune.registry import get_config
+  prep = data.digits_preprocessing(32)
+  assert prep == get_config("test_tiny_vit").preprocessing
+  images, labels, idx = next(data.digits_batches("test", 16, limit=20))
+  assert images.shape == (16, 32, 32, 3) and images.min() >= -1.0 and images.max() <= 1.0
+  _, test = data.digits_split()
+  assert np.isin(idx, test).all()
+  np.testing.assert_array_equal(labels, data.load_digits_arrays()[1][idx])
+  batches = list(data.digits_batches("test", 16, limit=20))
+  valid = np.concatenate([data.batch_valid_mask(b[2]) for b in batches])
+  assert valid.sum() == 20 and len(batches) == 2
+
+
+def test_write_digits_imagefolder_round_trip(tmp_path):
+  root = data.write_digits_imagefolder(tmp_path / "digits", split="test", limit=30)
+  assert sorted(os.listdir(tmp_path)) == ["digits"]  # no temp dirs left behind
+  ds = data.ImageFolder(root)
+  images, labels = data.load_digits_arrays()
+  idx = np.array([int(os.path.splitext(os.path.basename(f))[0]) for f in ds.files])
+  assert ds.classes == data.DIGITS_CLASSES and len(ds) == 30
+  assert np.isin(idx, data.digits_split()[1]).all()
+  np.testing.assert_array_equal(ds.labels, labels[idx])
+  for i in range(3):
+    np.testing.assert_array_equal(np.asarray(ds.load(i)), images[idx[i]])
+  prep = data.digits_preprocessing()
+  from_disk = np.concatenate([b[0] for b in data.iterate_batches(ds, prep, 30)])
+  from_mem = np.concatenate([b[0] for b in data.iterate_batches(
+      data.digits_dataset(), prep, 30, indices=idx)])
+  np.testing.assert_array_equal(from_disk, from_mem)
+  with pytest.raises(FileExistsError):
+    data.write_digits_imagefolder(root, limit=10)
+  data.write_digits_imagefolder(root, limit=10, overwrite=True)
+  assert len(data.ImageFolder(root)) == 10 and sorted(os.listdir(tmp_path)) == ["digits"]
+
+
+def test_fingerprints(tmp_path):
+  images, labels = data.load_digits_arrays()
+  fp = data.dataset_fingerprint((images, labels), [3, 1, 2])
+  assert fp == data.dataset_fingerprint(data.digits_dataset(), [1, 2, 3, 3])
+  assert fp != data.dataset_fingerprint((images, labels), [1, 2, 4])
+  assert len(fp) == 64
+  root = data.write_digits_imagefolder(tmp_path / "d", limit=10)
+  ds = data.ImageFolder(root)
+  before = data.dataset_fingerprint(ds)
+  assert before == data.dataset_fingerprint(data.ImageFolder(root))
+  assert before != data.dataset_fingerprint(ds, [0, 1])
+  with open(ds.path(0), "ab") as f:
+    f.write(b"\0")
+  assert before != data.dataset_fingerprint(ds)
+  info = data.dataset_info(ds, name="digits-test")
+  assert info.num_examples == 10 and info.kind == "imagefolder" and info.labelled
+  assert info.to_dict()["classes"] == list(data.DIGITS_CLASSES)

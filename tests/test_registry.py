@@ -1,0 +1,96 @@
+"""The registry reproduces timm's architectures and preprocessing (fixture written by timm)."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from vitprune.config import ViTConfig
+from vitprune.model import param_shapes
+from vitprune.registry import REGISTRY, get_config, list_models
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "timm_registry.json")
+with open(FIXTURE) as f:
+  TIMM = json.load(f)["models"]
+
+
+def _num_params(cfg):
+  shapes = jax.tree.leaves(param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))
+  return sum(int(np.prod(s)) for s in shapes)
+
+
+def test_every_timm_name_is_registered():
+  assert set(TIMM) <= set(REGISTRY)
+  assert len(TIMM) == 21
+
+
+@pytest.mark.parametrize("name", sorted(TIMM))
+def test_architecture_matches_timm(name):
+  cfg, arch = get_config(name), TIMM[name]["arch_fields"]
+  assert cfg.img_size == arch["img_size"]
+  assert cfg.patch_size == arch["patch_size"]
+  assert cfg.embed_dim == arch["embed_dim"]
+  assert cfg.depth == arch["depth"]
+  assert cfg.num_heads == arch["num_heads"]
+  assert cfg.mlp_hidden == arch["mlp_hidden"]
+  assert cfg.mlp_type == {"gelu": "gelu", "swiglu_packed": "swiglu"}[arch["mlp_type"]]
+  assert cfg.num_classes == arch["num_classes"]
+  assert cfg.class_token == arch["has_cls_token"]
+  assert cfg.dist_token == arch["has_dist_token"]
+  assert cfg.num_reg_tokens == arch["num_reg_tokens"]
+  assert cfg.no_embed_class == arch["no_embed_class"]
+  assert cfg.layerscale == arch["layerscale"]
+  assert cfg.global_pool == arch["global_pool"]
+  assert cfg.use_fc_norm == arch["fc_norm"]
+  assert cfg.norm_eps == arch["ln_eps"]
+  assert cfg.num_prefix_tokens == arch["num_prefix_tokens"]
+  assert (1, cfg.pos_embed_len, cfg.embed_dim) == tuple(arch["pos_embed_shape"])
+  assert _num_params(cfg) == TIMM[name]["param_count"]
+
+
+@pytest.mark.parametrize("name", sorted(TIMM))
+def test_preprocessing_matches_timm_pretrained_cfg(name):
+  prep, want = get_config(name).preprocessing, TIMM[name]["default_pretrained_cfg"]
+  assert want["crop_mode"] == "center"
+  assert prep.input_size == want["input_size"][1] == want["input_size"][2]
+  assert prep.mean == tuple(want["mean"])
+  assert prep.std == tuple(want["std"])
+  assert prep.crop_pct == want["crop_pct"]
+  assert prep.interpolation == want["interpolation"]
+
+
+def test_configs_are_hashable_static_arguments():
+  a, b = get_config("deit_small_patch16_224"), get_config("deit_small_patch16_224")
+  assert a == b and hash(a) == hash(b)
+  assert len({get_config(n) for n in list_models()}) == len(list_models())
+
+
+def test_unknown_model_suggests_close_names():
+  with pytest.raises(KeyError, match="deit_small_patch16_224"):
+    get_config("deit_smal_patch16_224")
+  with pytest.raises(KeyError, match="unknown model 'resnet50'"):
+    get_config("resnet50")
+
+
+def test_replace_keeps_preprocessing_in_sync():
+  cfg = get_config("vit_small_patch14_dinov2").replace(img_size=224)
+  assert cfg.img_size == cfg.preprocessing.input_size == 224
+  assert cfg.num_patches == 16 * 16
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(img_size=100), "not a multiple of patch_size"),
+    (dict(num_heads=5), "not divisible by num_heads"),
+    (dict(mlp_type="relu"), "unknown mlp_type"),
+    (dict(global_pool="max"), "unknown global_pool"),
+    (dict(class_token=False), "needs a class token"),
+])
+def test_invalid_configs_are_rejected(changes, message):
+  with pytest.raises(ValueError, match=message):
+    get_config("deit_tiny_patch16_224").replace(**changes)
+
+
+def test_swiglu_hidden_must_be_even():
+  with pytest.raises(ValueError, match="must be even"):
+    ViTConfig(name="x", mlp_type="swiglu", mlp_hidden=7)

@@ -1,0 +1,749 @@
+"""Evaluation data: image folders, timm-exact eval preprocessing, batching and the bundled digits.
+
+Everything here is host-side numpy/PIL; the outputs are NHWC float32 arrays ready for `jax.jit`.
+
+* `ImageFolder` reads a torchvision-style folder (`root/<class>/<image>`), or a flat folder of
+  unlabelled images, with torchvision's class ordering and accepted extensions.
+* `preprocess_image` reproduces timm's `transforms_imagenet_eval` (crop_mode 'center') on PIL
+  images: RGB conversion, shorter-side resize to `floor(input_size / crop_pct)`, torchvision
+  `CenterCrop`, scaling to [0, 1] and mean/std normalisation, in float32 like torch.
+* `iterate_batches` streams `(images [B, S, S, C], labels [B], indices [B])` in a deterministic
+  order with a fixed batch shape: the last partial batch is padded (index -1, label -1, zero
+  image) unless `drop_remainder=True`; `batch_valid_mask` / `pad_to_batch` give the mask.
+* `balanced_subset` draws a seeded class-balanced sample of indices.
+* The digits helpers expose scikit-learn's bundled 8x8 digits through the very same
+  `preprocess_image` path (as `ArrayDataset`), and can write them out as a real `ImageFolder`.
+* `dataset_fingerprint` / `dataset_info` identify the evaluated data for estimate files.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+from typing import Iterator, Optional, Protocol, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+from vitprune.config import Preprocessing
+
+# torchvision.datasets.folder.IMG_EXTENSIONS, matched case-insensitively like torchvision.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+# timm's `str_to_interp_mode` names -> PIL filters.
+_PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+DIGITS_CLASSES = tuple(str(d) for d in range(10))
+_SPLITS = ("train", "test", "all")
+
+
+# ----------------------------------------------------------------------------------------------
+# Image folders.
+# ----------------------------------------------------------------------------------------------
+
+
+def is_image_file(name: str) -> bool:
+  """Whether `name` has one of torchvision's IMG_EXTENSIONS (case-insensitive) and is not hidden."""
+  base = os.path.basename(name)
+  return not base.startswith(".") and base.lower().endswith(IMG_EXTENSIONS)
+
+
+def find_classes(root: str) -> Tuple[str, ...]:
+  """Class names as torchvision's `find_classes`: sorted subdirectory names of `root`.
+
+  Hidden directories (names starting with '.') are skipped, unlike torchvision, so stray
+  `.ipynb_checkpoints`-style folders do not become classes.
+  """
+  with os.scandir(root) as it:
+    return tuple(sorted(e.name for e in it if e.is_dir() and not e.name.startswith(".")))
+
+
+def _class_files(class_dir: str) -> Tuple[str, ...]:
+  """Image files under `class_dir` (recursively, following links) in torchvision's order.
+
+  torchvision iterates `sorted(os.walk(class_dir))` and `sorted(fnames)` per directory; hidden
+  files and directories are skipped here. Returns paths relative to `class_dir`.
+  """
+  walked = []
+  for dirpath, dirnames, fnames in os.walk(class_dir, followlinks=True):
+    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    walked.append((dirpath, fnames))
+  files = []
+  for dirpath, fnames in sorted(walked):
+    for fname in sorted(fnames):
+      if is_image_file(fname):
+        files.append(os.path.relpath(os.path.join(dirpath, fname), class_dir))
+  return tuple(files)
+
+
+def _flat_files(root: str) -> Tuple[str, ...]:
+  """Image files directly inside `root` (not recursive), sorted by name."""
+  with os.scandir(root) as it:
+    return tuple(sorted(e.name for e in it if e.is_file() and is_image_file(e.name)))
+
+
+def load_image(path: str) -> Image.Image:
+  """Open and fully decode the image at `path` (the mode is left as stored).
+
+  Raises `FileNotFoundError` when it is missing and `ValueError` naming the file when PIL cannot
+  decode it (corrupt, truncated or not an image).
+  """
+  try:
+    with open(path, "rb") as f:
+      img = Image.open(f)
+      img.load()
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"image file {path!r} does not exist") from e
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise ValueError(f"cannot decode image file {path!r}: {e}") from e
+  return img
+
+
+class ImageFolder:
+  """A read-only image folder, labelled (`root/<class>/**/<img>`) or unlabelled (`root/<img>`).
+
+  Labelled: classes are the sorted subdirectory names (torchvision order), `class_to_idx` maps
+  them to 0..K-1, and each class contributes its image files in torchvision's walk order.
+  Unlabelled: the sorted image files directly in `root`; `labels` is all -1 and `classes` empty.
+
+  `labelled=None` detects the mode: subfolders present -> labelled, else unlabelled. Images are
+  decoded lazily by `load(i)`; scanning only lists files.
+
+  Attributes:
+    root: the dataset root (absolute path).
+    labelled: whether samples carry class labels.
+    classes: class names, `()` when unlabelled.
+    class_to_idx: `{class name: index}`, `{}` when unlabelled.
+    files: image paths relative to `root`, `[N]`, with '/' separators.
+    labels: int32 `[N]`, -1 when unlabelled (read-only array).
+  """
+
+  def __init__(self, root: Union[str, os.PathLike], *, labelled: Optional[bool] = None):
+    root = os.path.abspath(os.fspath(root))
+    if not os.path.exists(root):
+      raise FileNotFoundError(f"dataset root {root!r} does not exist")
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f"dataset root {root!r} is not a directory")
+    classes = find_classes(root)
+    if labelled is None:
+      labelled = bool(classes)
+    if labelled:
+      if not classes:
+        raise FileNotFoundError(f"no class subfolders found in dataset root {root!r}")
+      files, labels = [], []
+      for idx, name in enumerate(classes):
+        found = _class_files(os.path.join(root, name))
+        if not found:
+          raise FileNotFoundError(
+              f"class folder {os.path.join(root, name)!r} contains no image files with "
+              f"extensions {', '.join(IMG_EXTENSIONS)}")
+        files.extend(f"{name}/{p}" for p in found)
+        labels.extend([idx] * len(found))
+    else:
+      files = list(_flat_files(root))
+      if not files:
+        raise FileNotFoundError(
+            f"no image files (extensions {', '.join(IMG_EXTENSIONS)}) directly in unlabelled "
+            f"dataset root {root!r}")
+      labels = [-1] * len(files)
+      classes = ()
+    label_arr = np.asarray(labels, np.int32)
+    label_arr.setflags(write=False)
+    self._root = root
+    self._labelled = bool(labelled)
+    self._classes = tuple(classes)
+    self._files = tuple(f.replace(os.sep, "/") for f in files)
+    self._labels = label_arr
+
+  root = property(lambda self: self._root)
+  labelled = property(lambda self: self._labelled)
+  classes = property(lambda self: self._classes)
+  files = property(lambda self: self._files)
+  labels = property(lambda self: self._labels)
+
+  @property
+  def class_to_idx(self) -> dict:
+    return {c: i for i, c in enumerate(self._classes)}
+
+  @property
+  def num_classes(self) -> int:
+    return len(self._classes)
+
+  @property
+  def samples(self) -> Tuple[Tuple[str, int], ...]:
+    """torchvision-style `(absolute path, class index)` pairs (index -1 when unlabelled)."""
+    return tuple(zip(map(self.path, range(len(self))), self._labels.tolist()))
+
+  def __len__(self) -> int:
+    return len(self._files)
+
+  def __repr__(self) -> str:
+    kind = f"{self.num_classes} classes" if self._labelled else "unlabelled"
+    return f"ImageFolder({self._root!r}, {len(self)} images, {kind})"
+
+  def path(self, i: int) -> str:
+    """Absolute path of sample `i`."""
+    return os.path.join(self._root, *self._files[i].split("/"))
+
+  def label(self, i: int) -> Optional[int]:
+    """Class index of sample `i`, or None when unlabelled."""
+    return int(self._labels[i]) if self._labelled else None
+
+  def load(self, i: int) -> Image.Image:
+    """Decoded PIL image of sample `i` (see `load_image` for errors)."""
+    return load_image(self.path(i))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArrayDataset:
+  """In-memory uint8 images served as PIL images, so they take the same path as files on disk.
+
+  Attributes:
+    images: uint8 `[N, H, W]` (grayscale) or `[N, H, W, C]` with C in {1, 3, 4}.
+    labels: int32 `[N]`, -1 for unlabelled samples.
+    classes: class names (index -> name); `()` when unlabelled.
+  """
+  images: np.ndarray
+  labels: np.ndarray
+  classes: Tuple[str, ...] = ()
+
+  def __post_init__(self):
+    images = np.asarray(self.images)
+    labels = np.asarray(self.labels)
+    if images.dtype != np.uint8:
+      raise ValueError(f"ArrayDataset images must be uint8, got {images.dtype}")
+    if images.ndim == 4 and images.shape[-1] not in (1, 3, 4) or images.ndim not in (3, 4):
+      raise ValueError(f"ArrayDataset images must be [N, H, W] or [N, H, W, C in 1/3/4], got "
+                       f"shape {images.shape}")
+    if labels.shape != images.shape[:1]:
+      raise ValueError(f"ArrayDataset labels shape {labels.shape} does not match "
+                       f"{images.shape[0]} images")
+    object.__setattr__(self, "images", images)
+    object.__setattr__(self, "labels", labels.astype(np.int32))
+
+  @property
+  def labelled(self) -> bool:
+    return bool(len(self.labels)) and bool(np.all(self.labels >= 0))
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.classes)
+
+  def __len__(self) -> int:
+    return int(self.images.shape[0])
+
+  def label(self, i: int) -> Optional[int]:
+    return int(self.labels[i]) if self.labels[i] >= 0 else None
+
+  def load(self, i: int) -> Image.Image:
+    img = self.images[i]
+    if img.ndim == 3 and img.shape[-1] == 1:
+      img = img[..., 0]
+    return Image.fromarray(np.ascontiguousarray(img))
+
+
+class Dataset(Protocol):
+  """What `iterate_batches` needs: `len`, per-sample PIL `load(i)` and int `labels` `[N]`."""
+  labels: np.ndarray
+
+  def __len__(self) -> int: ...
+
+  def load(self, i: int) -> Image.Image: ...
+
+
+# ----------------------------------------------------------------------------------------------
+# timm eval preprocessing.
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_prep(prep: Preprocessing) -> Tuple[np.ndarray, np.ndarray]:
+  """Validates `prep`; returns float32 mean and std, each `[C]`."""
+  if not isinstance(prep.input_size, int) or prep.input_size < 1:
+    raise ValueError(f"input_size must be a positive int, got {prep.input_size!r}")
+  if not prep.crop_pct > 0:
+    raise ValueError(f"crop_pct must be > 0, got {prep.crop_pct!r}")
+  if prep.interpolation not in _PIL_FILTERS:
+    raise ValueError(f"unknown interpolation {prep.interpolation!r}; expected one of "
+                     f"{', '.join(_PIL_FILTERS)}")
+  if prep.channels not in (1, 3):
+    raise ValueError(f"channels must be 1 or 3, got {prep.channels!r}")
+  mean = np.asarray(prep.mean, np.float32).reshape(-1)
+  std = np.asarray(prep.std, np.float32).reshape(-1)
+  for name, v in (("mean", mean), ("std", std)):
+    if v.size not in (1, prep.channels):
+      raise ValueError(f"{name} has {v.size} values but channels={prep.channels}")
+  if np.any(std == 0):
+    raise ValueError(f"std must be non-zero, got {prep.std!r}")
+  return np.broadcast_to(mean, (prep.channels,)), np.broadcast_to(std, (prep.channels,))
+
+
+def scale_size(prep: Preprocessing) -> int:
+  """Shorter-side resize target of timm's eval transform: `floor(input_size / crop_pct)`."""
+  return math.floor(prep.input_size / prep.crop_pct)
+
+
+def resize_shorter_side(height: int, width: int, size: int) -> Tuple[int, int]:
+  """`(new_h, new_w)` of torchvision `Resize(size)` (int): shorter side -> size, ratio kept.
+
+  The long side is `int(size * long / short)` (truncation), as in torchvision's
+  `_compute_resized_output_size`; a square image goes to `size x size`.
+  """
+  short, long = (width, height) if width <= height else (height, width)
+  new_short, new_long = size, int(size * long / short)
+  new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+  return new_h, new_w
+
+
+def center_crop_offsets(height: int, width: int, crop: int) -> Tuple[int, int]:
+  """`(top, left)` of torchvision `CenterCrop(crop)` on a `height x width` image (no padding).
+
+  Uses Python's `round` (half to even) on `(h - crop) / 2`, exactly as torchvision.
+  """
+  return int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+
+
+def _center_crop(arr: np.ndarray, crop: int) -> np.ndarray:
+  """torchvision `CenterCrop(crop)` on `[H, W, C]` uint8, zero-padding sides smaller than crop."""
+  h, w = arr.shape[:2]
+  if crop > h or crop > w:
+    pad_h, pad_w = max(crop - h, 0), max(crop - w, 0)
+    arr = np.pad(arr, ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2), (0, 0)))
+    h, w = arr.shape[:2]
+  top, left = center_crop_offsets(h, w, crop)
+  return arr[top:top + crop, left:left + crop]
+
+
+def preprocess_image(image: Image.Image, prep: Preprocessing) -> np.ndarray:
+  """timm `transforms_imagenet_eval` (crop_mode 'center') on one PIL image.
+
+  Steps: convert to RGB (or 'L' when `prep.channels == 1`), as timm's loader does before any
+  transform; resize the shorter side to `floor(input_size / crop_pct)` with PIL's filter for
+  `prep.interpolation` (skipped when the size already matches, like torchvision); torchvision
+  `CenterCrop(input_size)`; scale to [0, 1] and normalise `(x - mean) / std` in float32.
+
+  Args:
+    image: any PIL image (grayscale is replicated to 3 channels, alpha dropped).
+    prep: the model's `Preprocessing`.
+
+  Returns:
+    float32 `[S, S, C]` with `S = prep.input_size`, `C = prep.channels`.
+  """
+  mean, std = _check_prep(prep)
+  img = image.convert("RGB" if prep.channels == 3 else "L")
+  new_h, new_w = resize_shorter_side(img.height, img.width, scale_size(prep))
+  if (new_h, new_w) != (img.height, img.width):
+    img = img.resize((new_w, new_h), _PIL_FILTERS[prep.interpolation])
+  arr = np.asarray(img, np.uint8).reshape(img.height, img.width, prep.channels)
+  arr = _center_crop(arr, prep.input_size)
+  x = arr.astype(np.float32) / np.float32(255.0)
+  return (x - mean) / std
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching.
+# ----------------------------------------------------------------------------------------------
+
+
+def batch_valid_mask(indices: np.ndarray) -> np.ndarray:
+  """bool `[B]`: True for real samples, False for padding rows (index -1)."""
+  return np.asarray(indices) >= 0
+
+
+def pad_to_batch(images: np.ndarray, labels: np.ndarray, indices: np.ndarray,
+                 batch_size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Pads a partial batch to `batch_size` rows so compiled graphs keep one batch shape.
+
+  Args:
+    images: `[b, ...]`; labels: `[b]`; indices: `[b]`, with `b <= batch_size`.
+    batch_size: the fixed batch size B.
+
+  Returns:
+    `(images [B, ...], labels [B] int32, indices [B] int64, valid [B] bool)`; padding rows have
+    zero images, label -1 and index -1, and `valid` is False there.
+  """
+  images, labels, indices = np.asarray(images), np.asarray(labels), np.asarray(indices)
+  b = images.shape[0]
+  if labels.shape != (b,) or indices.shape != (b,):
+    raise ValueError(f"pad_to_batch: images have {b} rows but labels {labels.shape} and "
+                     f"indices {indices.shape}")
+  if b > batch_size:
+    raise ValueError(f"pad_to_batch: batch has {b} rows, more than batch_size={batch_size}")
+  pad = batch_size - b
+  images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+  labels = np.concatenate([labels.astype(np.int32), np.full((pad,), -1, np.int32)])
+  indices = np.concatenate([indices.astype(np.int64), np.full((pad,), -1, np.int64)])
+  valid = np.arange(batch_size) < b
+  return images, labels, indices, valid
+
+
+def _check_indices(indices, n: int) -> np.ndarray:
+  """Validates sample indices into a dataset of size `n`; returns int64 `[M]`."""
+  idx = np.asarray(indices)
+  if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+    raise ValueError(f"indices must be a 1-D integer array, got shape {idx.shape} "
+                     f"dtype {idx.dtype}")
+  if idx.size == 0:
+    raise ValueError("indices is empty: nothing to iterate")
+  if idx.min() < 0 or idx.max() >= n:
+    raise ValueError(f"indices must lie in [0, {n}), got range [{idx.min()}, {idx.max()}]")
+  return idx.astype(np.int64)
+
+
+def iterate_batches(dataset: Dataset, prep: Preprocessing, batch_size: int, *,
+                    indices: Optional[Sequence[int]] = None, drop_remainder: bool = False,
+                    pad_remainder: bool = True, num_workers: int = 0
+                    ) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Streams preprocessed batches in a fixed, deterministic order.
+
+  Padding policy: every yielded batch has exactly `batch_size` rows. The last partial batch is
+  dropped when `drop_remainder=True`; otherwise it is padded (zero images, label -1, index -1)
+  and `batch_valid_mask(indices)` tells real rows from padding. `pad_remainder=False` instead
+  yields it short (a second compiled shape).
+
+  Args:
+    dataset: an `ImageFolder`, `ArrayDataset` or anything with `len`, `load(i)`, `labels`.
+    prep: eval preprocessing (see `preprocess_image`).
+    batch_size: B.
+    indices: sample indices to visit, in this order; default all, in dataset order.
+    drop_remainder: drop the last partial batch.
+    pad_remainder: pad the last partial batch to B (ignored when dropping).
+    num_workers: > 0 decodes/preprocesses with that many threads; order is unchanged.
+
+  Yields:
+    `(images [B, S, S, C] float32, labels [B] int32 (-1: unlabelled/padding),
+    indices [B] int64 (-1: padding))`.
+  """
+  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+  if num_workers < 0:
+    raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+  _check_prep(prep)
+  idx = np.arange(len(dataset), dtype=np.int64) if indices is None else _check_indices(
+      indices, len(dataset))
+  return _batches(dataset, prep, batch_size, idx, drop_remainder, pad_remainder, num_workers)
+
+
+def _batches(dataset, prep, batch_size, idx, drop_remainder, pad_remainder, num_workers):
+  """The generator behind `iterate_batches` (arguments already validated)."""
+  labels = np.asarray(dataset.labels, np.int32)
+
+  def one(i):
+    return preprocess_image(dataset.load(int(i)), prep)
+
+  pool = concurrent.futures.ThreadPoolExecutor(num_workers) if num_workers else None
+  try:
+    for start in range(0, len(idx), batch_size):
+      chunk = idx[start:start + batch_size]
+      if len(chunk) < batch_size and drop_remainder:
+        return
+      imgs = list(pool.map(one, chunk)) if pool else [one(i) for i in chunk]
+      batch = (np.stack(imgs), labels[chunk], chunk)
+      if len(chunk) < batch_size and pad_remainder:
+        batch = pad_to_batch(*batch, batch_size)[:3]
+      yield batch
+  finally:
+    if pool:
+      pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Class-balanced subsets.
+# ----------------------------------------------------------------------------------------------
+
+
+def _quotas(counts: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+  """Per-class sample counts summing to `n`: equal shares, random remainder, capped by `counts`.
+
+  A class smaller than its share gives all it has; the shortfall is shared again among the
+  classes with images left (water filling), the remainder always going to random classes.
+  """
+  quota = np.zeros_like(counts)
+  left = n
+  while left > 0:
+    open_ = np.flatnonzero(quota < counts)
+    share = np.full(len(open_), left // len(open_))
+    share[rng.choice(len(open_), left % len(open_), replace=False)] += 1
+    take = np.minimum(share, counts[open_] - quota[open_])
+    quota[open_] += take
+    left -= int(take.sum())
+  return quota
+
+
+def balanced_subset(labels: Sequence[int], n: int, seed: int) -> np.ndarray:
+  """A seeded class-balanced random sample of `n` indices (never "the first n files").
+
+  Each class gets `n // K` samples and the remaining `n % K` go to randomly chosen classes; a
+  class with fewer images than its share contributes all of them and the shortfall is spread
+  over the others. Within a class the samples are drawn uniformly without replacement.
+
+  Args:
+    labels: int `[N]` class labels, all >= 0.
+    n: sample size, `1 <= n <= N`.
+    seed: seed of the `numpy.random.Generator`; the same seed gives the same subset.
+
+  Returns:
+    int64 `[n]` sorted indices into `labels`.
+  """
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be a 1-D integer array, got shape {labels.shape} "
+                     f"dtype {labels.dtype}")
+  if labels.size and labels.min() < 0:
+    raise ValueError("balanced_subset needs labelled data; labels contain negative values")
+  if not isinstance(n, (int, np.integer)) or n < 1:
+    raise ValueError(f"subset size n must be a positive int, got {n!r}")
+  if n > labels.size:
+    raise ValueError(f"subset size n={n} exceeds the dataset size {labels.size}")
+  rng = np.random.default_rng(seed)
+  classes, counts = np.unique(labels, return_counts=True)
+  quota = _quotas(counts, int(n), rng)
+  picked = [rng.choice(np.flatnonzero(labels == c), q, replace=False)
+            for c, q in zip(classes, quota) if q]
+  return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bundled digits (scikit-learn `load_digits`).
+# ----------------------------------------------------------------------------------------------
+
+
+def load_digits_arrays() -> Tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's bundled digits (no download) as 8-bit images.
+
+  Returns:
+    `(images uint8 [1797, 8, 8] in 0..255, labels int32 [1797] in 0..9)`; the original 0..16
+    values are scaled by 255 / 16 and rounded.
+  """
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  bunch = load_digits()
+  images = np.round(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+  return images, bunch.target.astype(np.int32)
+
+
+def stratified_split(labels: Sequence[int], *, seed: int = 0, test_fraction: float = 0.2
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+  """Deterministic stratified split: `round(count_c * test_fraction)` test samples per class.
+
+  Returns:
+    `(train int64 [N - T], test int64 [T])`, each sorted.
+  """
+  if not 0.0 < test_fraction < 1.0:
+    raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  test = []
+  for c in np.unique(labels):
+    members = rng.permutation(np.flatnonzero(labels == c))
+    test.append(members[:int(round(len(members) * test_fraction))])
+  test_idx = np.sort(np.concatenate(test)).astype(np.int64)
+  train_idx = np.setdiff1d(np.arange(labels.size), test_idx).astype(np.int64)
+  return train_idx, test_idx
+
+
+def digits_split(seed: int = 0, test_fraction: float = 0.2) -> Tuple[np.ndarray, np.ndarray]:
+  """Deterministic stratified `(train, test)` index split of the digits (int64, sorted)."""
+  _, labels = load_digits_arrays()
+  return stratified_split(labels, seed=seed, test_fraction=test_fraction)
+
+
+def _split_indices(split: str, labels: np.ndarray, seed: int, test_fraction: float
+                   ) -> np.ndarray:
+  if split not in _SPLITS:
+    raise ValueError(f"unknown split {split!r}; expected one of {', '.join(_SPLITS)}")
+  if split == "all":
+    return np.arange(labels.size, dtype=np.int64)
+  train, test = stratified_split(labels, seed=seed, test_fraction=test_fraction)
+  return train if split == "train" else test
+
+
+def digits_preprocessing(img_size: int = 32) -> Preprocessing:
+  """Preprocessing of the embedded default model on digits (matches the `test_tiny_*` configs).
+
+  The 8x8 digits are upscaled to `img_size` with bicubic resampling through the regular
+  `preprocess_image` path (crop_pct 1.0, so the center crop is a no-op), replicated to 3
+  channels and normalised with mean = std = 0.5 (timm's Inception normalisation).
+  """
+  return Preprocessing(input_size=img_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                       crop_pct=1.0, interpolation="bicubic", channels=3)
+
+
+def digits_dataset() -> ArrayDataset:
+  """All 1797 digits as an `ArrayDataset` (classes '0'..'9')."""
+  images, labels = load_digits_arrays()
+  return ArrayDataset(images, labels, DIGITS_CLASSES)
+
+
+def digits_batches(split: str = "test", batch_size: int = 64, *,
+                   prep: Optional[Preprocessing] = None, seed: int = 0,
+                   test_fraction: float = 0.2, limit: Optional[int] = None,
+                   drop_remainder: bool = False, pad_remainder: bool = True,
+                   num_workers: int = 0) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """`iterate_batches` over a digits split ('train' | 'test' | 'all').
+
+  Args:
+    split: which part of `digits_split(seed, test_fraction)`.
+    prep: defaults to `digits_preprocessing()` (32x32, 3 channels).
+    limit: if set, a `balanced_subset` of that many samples of the split (same `seed`).
+    Other args: as `iterate_batches`.
+
+  Yields:
+    `(images [B, S, S, C] float32, labels [B] int32, indices [B] int64)`; indices refer to the
+    full 1797-image array (`load_digits_arrays`), -1 for padding.
+  """
+  ds = digits_dataset()
+  idx = _split_indices(split, ds.labels, seed, test_fraction)
+  if limit is not None:
+    idx = idx[balanced_subset(ds.labels[idx], limit, seed)]
+  return iterate_batches(ds, prep or digits_preprocessing(), batch_size, indices=idx,
+                         drop_remainder=drop_remainder, pad_remainder=pad_remainder,
+                         num_workers=num_workers)
+
+
+def write_digits_imagefolder(root: Union[str, os.PathLike], split: str = "test",
+                             limit: Optional[int] = None, *, seed: int = 0,
+                             test_fraction: float = 0.2, overwrite: bool = False) -> str:
+  """Materialises digits as 8x8 grayscale PNGs in an ImageFolder layout `root/<class>/<idx>.png`.
+
+  `<idx>` is the index into `load_digits_arrays()`, zero-padded to 4 digits so that file order
+  is index order. The folder is written into a temporary sibling directory and renamed into
+  place, so `root` either does not exist or is complete.
+
+  Args:
+    root: target directory; must not exist (or be empty) unless `overwrite=True`.
+    split: 'train' | 'test' | 'all' (see `digits_split`).
+    limit: if set, only a `balanced_subset` of that many images of the split (same `seed`).
+
+  Returns:
+    The absolute path of `root`.
+  """
+  root = os.path.abspath(os.fspath(root))
+  if os.path.exists(root) and not overwrite:
+    if not os.path.isdir(root) or os.listdir(root):
+      raise FileExistsError(f"{root!r} already exists; pass overwrite=True to replace it")
+  images, labels = load_digits_arrays()
+  idx = _split_indices(split, labels, seed, test_fraction)
+  if limit is not None:
+    idx = idx[balanced_subset(labels[idx], limit, seed)]
+  parent = os.path.dirname(root)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(root)}.tmp-")
+  try:
+    for c in np.unique(labels[idx]):
+      os.makedirs(os.path.join(tmp, DIGITS_CLASSES[c]))
+    for i in idx:
+      path = os.path.join(tmp, DIGITS_CLASSES[labels[i]], f"{i:04d}.png")
+      Image.fromarray(np.ascontiguousarray(images[i])).save(path, format="PNG")
+    if os.path.isdir(root):
+      old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(root)}.old-")
+      os.rename(root, os.path.join(old, "d"))
+      os.rename(tmp, root)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      if os.path.exists(root):
+        os.remove(root)
+      os.rename(tmp, root)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return root
+
+
+# ----------------------------------------------------------------------------------------------
+# Data identity.
+# ----------------------------------------------------------------------------------------------
+
+
+def _selected(n: int, indices) -> np.ndarray:
+  """Sorted unique indices (all of `0..n-1` when None): fingerprints identify a set."""
+  if indices is None:
+    return np.arange(n, dtype=np.int64)
+  return np.unique(_check_indices(indices, n))
+
+
+def dataset_fingerprint(dataset_or_arrays, indices: Optional[Sequence[int]] = None) -> str:
+  """sha256 hex digest identifying the samples `indices` (default all) of a dataset.
+
+  * `ImageFolder`: over the sorted relative file paths (which include the class folder) and
+    file sizes in bytes, plus the labelled flag.
+  * `ArrayDataset`, `(images, labels)` or a bare images array: over dtype, shape and bytes of
+    the selected images and labels.
+
+  The order and duplicates of `indices` do not matter.
+  """
+  h = hashlib.sha256()
+  if isinstance(dataset_or_arrays, ImageFolder):
+    ds = dataset_or_arrays
+    h.update(f"imagefolder labelled={ds.labelled}\n".encode())
+    for i in _selected(len(ds), indices):
+      h.update(f"{ds.files[i]}\t{os.path.getsize(ds.path(int(i)))}\n".encode())
+    return h.hexdigest()
+  if isinstance(dataset_or_arrays, ArrayDataset):
+    images, labels = dataset_or_arrays.images, dataset_or_arrays.labels
+  elif isinstance(dataset_or_arrays, tuple) and len(dataset_or_arrays) == 2:
+    images, labels = dataset_or_arrays
+  elif isinstance(dataset_or_arrays, np.ndarray):
+    images, labels = dataset_or_arrays, None
+  else:
+    raise ValueError(f"cannot fingerprint {type(dataset_or_arrays).__name__}; expected "
+                     "ImageFolder, ArrayDataset, (images, labels) or an images array")
+  images = np.asarray(images)
+  sel = _selected(images.shape[0], indices)
+  parts = [("images", images[sel])]
+  if labels is not None:
+    parts.append(("labels", np.asarray(labels).astype(np.int64)[sel]))
+  h.update(b"arrays\n")
+  for name, arr in parts:
+    arr = np.ascontiguousarray(arr)
+    h.update(f"{name} {arr.dtype.str} {arr.shape}\n".encode())
+    h.update(arr.tobytes())
+  return h.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """Identity of the evaluated data, for estimate files (`dataclasses.asdict`-able).
+
+  Attributes:
+    kind: 'imagefolder' | 'arrays'.
+    source: the ImageFolder root, or a caller-given name for arrays (e.g. 'sklearn_digits').
+    num_examples: number of distinct selected samples.
+    classes: class names (empty when unlabelled).
+    labelled: whether labels are available.
+    fingerprint: `dataset_fingerprint` of the selection.
+  """
+  kind: str
+  source: str
+  num_examples: int
+  classes: Tuple[str, ...]
+  labelled: bool
+  fingerprint: str
+
+  def to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["classes"] = list(self.classes)
+    return d
+
+
+def dataset_info(dataset: Union[ImageFolder, ArrayDataset],
+                 indices: Optional[Sequence[int]] = None, *, name: Optional[str] = None
+                 ) -> DatasetInfo:
+  """`DatasetInfo` of `dataset` restricted to `indices` (default all)."""
+  is_folder = isinstance(dataset, ImageFolder)
+  return DatasetInfo(
+      kind="imagefolder" if is_folder else "arrays",
+      source=name or (dataset.root if is_folder else "arrays"),
+      num_examples=int(_selected(len(dataset), indices).size),
+      classes=tuple(dataset.classes),
+      labelled=bool(dataset.labelled),
+      fingerprint=dataset_fingerprint(dataset, indices))
