@@ -1,0 +1,112 @@
+"""vitprune.checkpoint: save/load round trips, refusals, corruption and atomicity."""
+import json
+import os
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from vitprune import checkpoint
+from vitprune.model import init_params
+from vitprune.registry import get_config
+
+TINY = ["test_tiny_vit", "test_tiny_distilled", "test_tiny_dinov2_reg"]
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_round_trip(tmp_path, name):
+  cfg = get_config(name)
+  params = init_params(cfg, seed=7)
+  path = checkpoint.save_weights(str(tmp_path / name), cfg, params, meta={"k": [1, "x"]})
+  assert path == str(tmp_path / name) and sorted(os.listdir(path)) == ["config.json", "params"]
+  cfg2, loaded = checkpoint.load_weights(path)
+  assert cfg2 == cfg and hash(cfg2) == hash(cfg)
+  assert jax.tree.structure(loaded) == jax.tree.structure(params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
+    assert b.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert checkpoint.read_weights_config(path)[1] == {"k": [1, "x"]}
+
+
+def test_overwrite_refused_then_allowed(tmp_path):
+  cfg = get_config("test_tiny_vit")
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  with pytest.raises(FileExistsError, match="already exists"):
+    checkpoint.save_weights(path, cfg, init_params(cfg, 1))
+  checkpoint.save_weights(path, cfg, init_params(cfg, 1), overwrite=True)
+  _, loaded = checkpoint.load_weights(path)
+  np.testing.assert_array_equal(loaded["cls_token"], init_params(cfg, 1)["cls_token"])
+  assert os.listdir(tmp_path) == ["w"]  # no temp or old directories left behind
+
+
+def test_wrong_params_rejected_before_writing(tmp_path):
+  cfg = get_config("test_tiny_vit")
+  params = init_params(get_config("test_tiny_distilled"), 0)
+  with pytest.raises(ValueError, match=r"unexpected: \[\"\['dist_token'\]\""):
+    checkpoint.save_weights(str(tmp_path / "w"), cfg, params)
+  assert not (tmp_path / "w").exists()
+
+
+def test_corrupted_config_json(tmp_path):
+  cfg = get_config("test_tiny_vit")
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  with open(os.path.join(path, "config.json"), "w") as f:
+    f.write('{"format": "vitprune-weights", "vers')
+  with pytest.raises(ValueError, match=r"config\.json is corrupted"):
+    checkpoint.load_weights(path)
+
+
+def test_config_json_wrong_format_and_fields(tmp_path):
+  cfg = get_config("test_tiny_vit")
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  cfile = os.path.join(path, "config.json")
+  doc = json.load(open(cfile))
+  json.dump(dict(doc, format="other"), open(cfile, "w"))
+  with pytest.raises(ValueError, match="format 'other' is not 'vitprune-weights'"):
+    checkpoint.read_weights_config(path)
+  json.dump(dict(doc, config=dict(doc["config"], bogus=1)), open(cfile, "w"))
+  with pytest.raises(ValueError, match=r"unknown fields \['bogus'\]"):
+    checkpoint.read_weights_config(path)
+
+
+def test_missing_params_dir_and_missing_directory(tmp_path):
+  cfg = get_config("test_tiny_vit")
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  import shutil
+  shutil.rmtree(os.path.join(path, "params"))
+  with pytest.raises(FileNotFoundError, match="has no params/ checkpoint"):
+    checkpoint.load_weights(path)
+  with pytest.raises(FileNotFoundError, match="no config.json"):
+    checkpoint.load_weights(str(tmp_path / "nothing"))
+
+
+def test_failure_mid_save_leaves_no_directory(tmp_path, monkeypatch):
+  cfg = get_config("test_tiny_dinov2_reg")
+
+  seen = []
+
+  def boom(doc, f, **kw):
+    seen.append(sorted(os.listdir(os.path.dirname(f.name))))  # the temp dir, mid-save
+    raise RuntimeError("simulated crash while writing config.json")
+
+  monkeypatch.setattr(checkpoint, "json", types.SimpleNamespace(dump=boom, load=json.load))
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  assert seen and "params" in seen[0]  # the crash happened after params/ was written
+  assert os.listdir(tmp_path) == []
+
+
+def test_failure_mid_overwrite_keeps_old_weights(tmp_path, monkeypatch):
+  cfg = get_config("test_tiny_vit")
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  def full(doc, f, **kw):
+    raise OSError("disk full")
+
+  monkeypatch.setattr(checkpoint, "json", types.SimpleNamespace(dump=full, load=json.load))
+  with pytest.raises(OSError, match="disk full"):
+    checkpoint.save_weights(path, cfg, init_params(cfg, 1), overwrite=True)
+  monkeypatch.undo()
+  assert os.listdir(tmp_path) == ["w"]
+  _, loaded = checkpoint.load_weights(path)
+  np.testing.assert_array_equal(loaded["cls_token"], init_params(cfg, 0)["cls_token"])

@@ -1,0 +1,445 @@
+"""timm checkpoint conversion: golden parity with timm, formats, resampling and every error path."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from vitprune import checkpoint, convert
+from vitprune.convert import ConversionError, convert_file, convert_state_dict
+from vitprune.model import init_params, jitted_forward as forward
+from vitprune.posembed import resample_abs_pos_embed, resize_matrix
+from vitprune.registry import get_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN = os.path.join(ROOT, "tests", "fixtures", "golden")
+MANIFEST = json.load(open(os.path.join(GOLDEN, "manifest.json")))
+CASES = {c["case"]: c for c in MANIFEST["cases"]}
+TOL = 1e-4               # output / features vs timm, float32 at 'highest' precision
+POS_EMBED_TOL = 1e-6     # resampled pos_embed vs timm's F.interpolate(bicubic, antialias=True)
+
+
+def case_config(case, img_size=None):
+  """Registry config of the case's timm name with the fixture's shrunken architecture."""
+  a = case["arch_fields"]
+  cfg = get_config(case["timm_arch"]).replace(
+      img_size=img_size or a["img_size"], embed_dim=a["embed_dim"], depth=a["depth"],
+      num_heads=a["num_heads"], mlp_hidden=a["mlp_hidden"], num_classes=a["num_classes"],
+      global_pool=a["global_pool"])
+  # Structure the registry must already get right (only sizes were overridden above).
+  assert cfg.patch_size == a["patch_size"]
+  assert cfg.dist_token == a["has_dist_token"]
+  assert cfg.num_reg_tokens == a["num_reg_tokens"]
+  assert cfg.no_embed_class == a["no_embed_class"]
+  assert cfg.layerscale == a["layerscale"]
+  assert cfg.mlp_type == {"gelu": "gelu", "swiglu_packed": "swiglu"}[a["mlp_type"]]
+  assert cfg.norm_eps == a["ln_eps"]
+  return cfg
+
+
+def golden(name):
+  return os.path.join(GOLDEN, name)
+
+
+def check_io(cfg, params, io_file):
+  io = np.load(golden(io_file))
+  x = io["input_nchw"].transpose(0, 2, 3, 1)
+  out = np.asarray(forward(params, x, cfg=cfg))
+  feats = np.asarray(forward(params, x, cfg=cfg, features=True))
+  assert out.shape == io["output"].shape and feats.shape == io["features"].shape
+  d_out, d_feat = np.abs(out - io["output"]).max(), np.abs(feats - io["features"]).max()
+  assert d_out <= TOL, f"{io_file}: max |output - timm| = {d_out}"
+  assert d_feat <= TOL, f"{io_file}: max |features - timm| = {d_feat}"
+  return d_out, d_feat
+
+
+STATE_DICT_CASES = [c for c in CASES if "state_dict" in CASES[c]["files"]]
+
+
+@pytest.mark.parametrize("name", STATE_DICT_CASES)
+def test_golden_safetensors_matches_timm(name):
+  case = CASES[name]
+  cfg = case_config(case)
+  params, meta = convert_file(cfg, golden(case["files"]["state_dict"]))
+  assert meta["source_format"] == "safetensors" and "pos_embed_resampled" not in meta
+  check_io(cfg, params, case["files"]["io"])
+
+
+def test_golden_cases_cover_every_family():
+  want = {"deit_tiny", "deit_tiny_distilled", "deit3_small", "vit_tiny_augreg",
+          "vit_base_patch32", "vit_small_avgpool", "dinov2_small", "dinov2_small_reg4",
+          "dinov2_giant_swiglu", "vit_tiny_bigvision"}
+  assert want <= set(CASES)
+
+
+def test_golden_pth_matches_timm():
+  pytest.importorskip("torch", reason="torch is not installed: the .pth loader (which needs "
+                      "torch) is exercised only where torch exists, e.g. /work/timmenv")
+  case = CASES["deit_tiny"]
+  cfg = case_config(case)
+  params, meta = convert_file(cfg, golden(case["files"]["state_dict_pth"]))
+  assert meta["source_format"] == "torch"
+  check_io(cfg, params, case["files"]["io"])
+
+
+def test_pth_without_torch_names_the_dependency():
+  try:
+    import torch  # noqa: F401
+    pytest.skip("torch is installed here; the missing-dependency error cannot occur")
+  except ImportError:
+    pass
+  with pytest.raises(ImportError, match=r"deit_tiny\.pth needs PyTorch \(torch\)"):
+    convert.load_checkpoint(golden("deit_tiny.pth"))
+
+
+def test_golden_big_vision_npz_matches_timm():
+  case = CASES["vit_tiny_bigvision"]
+  cfg = case_config(case)
+  params, meta = convert_file(cfg, golden(case["files"]["bigvision_npz"]))
+  assert meta["source_format"] == "big_vision"
+  check_io(cfg, params, case["files"]["io"])
+
+
+@pytest.mark.parametrize("name", ["dinov2_small", "dinov2_small_reg4"])
+def test_golden_dinov2_resized_matches_timm(name):
+  case = CASES[name]
+  cfg = case_config(case, img_size=case["resized_img_size"])
+  params, meta = convert_file(cfg, golden(case["files"]["state_dict"]))
+  ref = np.load(golden(case["files"]["resized_io"]))["pos_embed_resampled"]
+  assert params["pos_embed"].shape == ref.shape == tuple(case["resized_pos_embed_shape"])
+  assert np.abs(np.asarray(params["pos_embed"]) - ref).max() <= POS_EMBED_TOL
+  assert meta["pos_embed_resampled"]["interpolation"] == "bicubic"
+  assert meta["pos_embed_resampled"]["antialias"] is True
+  check_io(cfg, params, case["files"]["resized_io"])
+
+
+# ----------------------------------------------------------------------------- resampling
+
+
+@pytest.mark.parametrize("n_in,n_out", [(5, 4), (37, 16), (4, 9), (14, 14)])
+def test_antialias_bicubic_matches_jax_image_resize(n_in, n_out):
+  """An independent implementation (jax.image.scale_and_translate, Keys a=-0.5, antialiased)."""
+  grid = np.random.default_rng(0).standard_normal((n_in, n_in, 3))
+  ours = np.einsum("ph,hwc,qw->pqc", resize_matrix(n_in, n_out), grid, resize_matrix(n_in, n_out))
+  ref = jax.image.resize(grid.astype(np.float32), (n_out, n_out, 3), "bicubic", antialias=True)
+  np.testing.assert_allclose(ours, np.asarray(ref), atol=2e-5)
+
+
+@pytest.mark.parametrize("interp", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("aa", [True, False])
+def test_resize_matrix_invariants(interp, aa):
+  for n_in, n_out in [(5, 4), (7, 11), (6, 6)]:
+    w = resize_matrix(n_in, n_out, interp, aa)
+    assert w.shape == (n_out, n_in)
+    np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-12)  # constants are preserved
+  np.testing.assert_allclose(resize_matrix(6, 6, interp, aa), np.eye(6), atol=1e-12)
+
+
+def test_non_antialias_bilinear_known_values():
+  # 2 -> 4, align_corners=False: src = (i + .5) / 2 - .5 = -.25 (clamped to 0), .25, .75, 1.25
+  np.testing.assert_allclose(resize_matrix(2, 4, "bilinear", False),
+                             [[1, 0], [.75, .25], [.25, .75], [0, 1]])
+
+
+def test_resample_keeps_prefix_and_validates():
+  pe = np.random.default_rng(0).standard_normal((1, 2 + 25, 4)).astype(np.float32)
+  out = resample_abs_pos_embed(pe, (3, 3), num_prefix_tokens=2)
+  assert out.shape == (1, 11, 4) and out.dtype == np.float32
+  np.testing.assert_array_equal(out[:, :2], pe[:, :2])
+  assert resample_abs_pos_embed(pe, (5, 5), num_prefix_tokens=2) is pe
+  with pytest.raises(ValueError, match="not a square patch grid"):
+    resample_abs_pos_embed(pe, (3, 3), num_prefix_tokens=1)
+  with pytest.raises(ValueError, match=r"must be \[1, L, C\]"):
+    resample_abs_pos_embed(pe[0], (3, 3))
+  with pytest.raises(ValueError, match="interpolation must be one of"):
+    resize_matrix(4, 3, "lanczos")
+
+
+# ----------------------------------------------------------------------------- mappings
+
+
+def tiny_sd(name="test_tiny_vit", seed=0):
+  cfg = get_config(name)
+  params = init_params(cfg, seed)
+  return cfg, params, convert.to_timm_state_dict(cfg, params)
+
+
+def assert_trees_equal(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("name", ["test_tiny_vit", "test_tiny_distilled", "test_tiny_dinov2_reg"])
+def test_round_trip_through_timm_names(name):
+  cfg, params, sd = tiny_sd(name, seed=3)
+  assert sd["patch_embed.proj.weight"].shape == (32, 3, 8, 8)
+  assert sd["blocks.0.mlp.fc1.weight"].shape == (64, 32)  # [out, in]
+  assert_trees_equal(params, convert_state_dict(cfg, sd))
+
+
+def test_patch_embed_is_hwio_and_linears_transposed():
+  cfg, _, sd = tiny_sd()
+  params = convert_state_dict(cfg, sd)
+  np.testing.assert_array_equal(params["patch_embed"]["kernel"][1, 2, 0, 5],
+                                sd["patch_embed.proj.weight"][5, 0, 1, 2])
+  np.testing.assert_array_equal(params["blocks"][1]["attn"]["qkv"]["kernel"][3, 7],
+                                sd["blocks.1.attn.qkv.weight"][7, 3])
+
+
+def test_original_dinov2_layout_with_explicit_mask_token():
+  """Meta's DINOv2 (registers) layout: register_tokens, pos_embed incl. cls, mask_token."""
+  case = CASES["dinov2_small_reg4"]
+  cfg = case_config(case)
+  sd = load_file(golden(case["files"]["state_dict"]))
+  orig = {k: v for k, v in sd.items() if k not in ("reg_token", "cls_token", "pos_embed")}
+  cls_pos = np.full_like(sd["cls_token"], 0.25)
+  orig["pos_embed"] = np.concatenate([cls_pos, sd["pos_embed"]], axis=1)
+  orig["cls_token"] = sd["cls_token"] - cls_pos
+  orig["register_tokens"] = sd["reg_token"]
+  orig["mask_token"] = np.zeros((1, 32), np.float32)
+  with pytest.raises(ConversionError, match="mask_token"):
+    convert_state_dict(cfg, orig)
+  params = convert_state_dict(cfg, orig, ignore_keys=("mask_token",))
+  check_io(cfg, params, case["files"]["io"])
+
+
+def test_original_dinov2_swiglu_names():
+  case = CASES["dinov2_giant_swiglu"]
+  cfg = case_config(case)
+  sd = load_file(golden(case["files"]["state_dict"]))
+  orig = {k.replace("mlp.fc1", "mlp.w12").replace("mlp.fc2", "mlp.w3"): v for k, v in sd.items()}
+  assert "blocks.0.mlp.w12.weight" in orig
+  check_io(cfg, convert_state_dict(cfg, orig), case["files"]["io"])
+
+
+def test_original_deit3_gamma_names():
+  case = CASES["deit3_small"]
+  cfg = case_config(case)
+  sd = load_file(golden(case["files"]["state_dict"]))
+  orig = {k.replace(".ls1.gamma", ".gamma_1").replace(".ls2.gamma", ".gamma_2"): v
+          for k, v in sd.items()}
+  assert "blocks.1.gamma_2" in orig
+  check_io(cfg, convert_state_dict(cfg, orig), case["files"]["io"])
+
+
+def test_features_only_needs_explicit_drop_head():
+  case = CASES["deit_tiny"]
+  cfg = case_config(case).replace(num_classes=0)
+  sd = load_file(golden(case["files"]["state_dict"]))
+  with pytest.raises(ConversionError, match="drop_head") as e:
+    convert_state_dict(cfg, sd)
+  assert e.value.unexpected == ["head.bias", "head.weight"] and not e.value.missing
+  params = convert_state_dict(cfg, sd, drop_head=True)
+  io = np.load(golden(case["files"]["io"]))
+  pooled = np.asarray(forward(params, io["input_nchw"].transpose(0, 2, 3, 1), cfg=cfg))
+  np.testing.assert_allclose(pooled, io["features"][:, 0], atol=TOL)
+
+
+def test_torch_wrappers_and_module_prefix():
+  sd = {"module.a": np.zeros(1), "module.b": np.ones(2)}
+  assert set(convert.unwrap_torch_state_dict({"model": sd, "epoch": 3})) == {"a", "b"}
+  assert set(convert.unwrap_torch_state_dict({"state_dict": sd})) == {"a", "b"}
+  assert set(convert.unwrap_torch_state_dict({"x.a": 1, "module.b": 2})) == {"x.a", "module.b"}
+  with pytest.raises(ValueError, match="expected a dict"):
+    convert.unwrap_torch_state_dict([1, 2], "f.pth")
+
+
+def test_big_vision_scanned_layout_equals_unscanned(tmp_path):
+  """big_vision's scanned layout (`Transformer/encoderblock/...` with a leading depth axis,
+  `params/` prefix, MHA_0 / LayerNorm_1 / MlpBlock_0 names) maps to the same state dict."""
+  aug = dict(np.load(golden("vit_tiny_bigvision.weights.npz")))
+  scanned = {}
+  ren = {"MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0",
+         "LayerNorm_2": "LayerNorm_1", "MlpBlock_3": "MlpBlock_0"}
+  for k, v in aug.items():
+    if not k.startswith("Transformer/encoderblock_"):
+      k = "pos_embedding" if k.endswith("posembed_input/pos_embedding") else k
+      scanned["params/" + k] = v
+  for k in aug:
+    if k.startswith("Transformer/encoderblock_0/"):
+      sub = k[len("Transformer/encoderblock_0/"):]
+      stacked = np.stack([aug[f"Transformer/encoderblock_{i}/{sub}"] for i in range(2)])
+      for a, b in ren.items():
+        sub = sub.replace(a, b)
+      scanned["params/Transformer/encoderblock/" + sub] = stacked
+  scanned["opt/state/mu"] = np.zeros(3)  # not under the weight prefix: not weights
+  ref = convert.big_vision_to_timm(aug)
+  got = convert.big_vision_to_timm(scanned)
+  assert sorted(got) == sorted(ref)
+  for k in ref:
+    np.testing.assert_array_equal(got[k], ref[k])
+
+
+def test_big_vision_unknown_key_is_unexpected(tmp_path):
+  w = dict(np.load(golden("vit_tiny_bigvision.weights.npz")))
+  w["pre_logits/kernel"] = np.zeros((32, 32), np.float32)
+  path = tmp_path / "bv.npz"
+  np.savez(path, **w)
+  with pytest.raises(ConversionError, match=r"unexpected keys \(1\): \['pre_logits/kernel'\]"):
+    convert_file(case_config(CASES["vit_tiny_bigvision"]), str(path))
+
+
+def test_timm_named_npz(tmp_path):
+  cfg, params, sd = tiny_sd()
+  np.savez(tmp_path / "sd.npz", **sd)
+  got, meta = convert_file(cfg, str(tmp_path / "sd.npz"))
+  assert meta["source_format"] == "npz"
+  assert_trees_equal(params, got)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_missing_unexpected_and_mismatch_reported_together():
+  cfg, _, sd = tiny_sd()
+  del sd["blocks.1.norm2.bias"]
+  del sd["cls_token"]
+  sd["blocks.0.attn.q_norm.weight"] = np.zeros(16, np.float32)
+  sd["blocks.0.mlp.fc1.weight"] = np.zeros((65, 32), np.float32)
+  sd["head.bias"] = np.zeros(11, np.float32)
+  with pytest.raises(ConversionError) as e:
+    convert_state_dict(cfg, sd)
+  err = e.value
+  assert err.missing == ["blocks.1.norm2.bias", "cls_token"]
+  assert err.unexpected == ["blocks.0.attn.q_norm.weight"]
+  assert err.mismatched == [("blocks.0.mlp.fc1.weight", (64, 32), (65, 32)),
+                            ("head.bias", (10,), (11,))]
+  msg = str(err)
+  assert "blocks.0.mlp.fc1.weight: expected (64, 32), got (65, 32)" in msg
+  assert "missing keys (2)" in msg and "unexpected keys (1)" in msg
+
+
+def test_ignore_keys_only_drops_what_matches():
+  cfg, params, sd = tiny_sd()
+  sd["extra.a"], sd["extra.b"] = np.zeros(1), np.zeros(1)
+  assert_trees_equal(params, convert_state_dict(cfg, sd, ignore_keys=("extra.*",)))
+  with pytest.raises(ConversionError, match=r"unexpected keys \(1\): \['extra.b'\]"):
+    convert_state_dict(cfg, sd, ignore_keys=("extra.a",))
+
+
+def test_missing_file():
+  with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+    convert.load_checkpoint("/nonexistent/nope.safetensors")
+
+
+def test_wrong_extension(tmp_path):
+  p = tmp_path / "model.ckpt"
+  p.write_bytes(b"x")
+  with pytest.raises(ValueError, match=r"model\.ckpt: unsupported checkpoint extension '\.ckpt'"):
+    convert.load_checkpoint(str(p))
+
+
+def test_corrupted_safetensors(tmp_path):
+  p = tmp_path / "bad.safetensors"
+  p.write_bytes(open(golden("deit_tiny.safetensors"), "rb").read()[:1000])
+  with pytest.raises(ValueError, match=r"bad\.safetensors: not a valid \.safetensors file"):
+    convert.load_checkpoint(str(p))
+
+
+def test_corrupted_npz(tmp_path):
+  p = tmp_path / "bad.npz"
+  p.write_bytes(open(golden("vit_tiny_bigvision.weights.npz"), "rb").read()[:5000])
+  with pytest.raises(ValueError, match=r"bad\.npz: not a valid \.npz file"):
+    convert.load_checkpoint(str(p))
+  q = tmp_path / "other.npz"
+  np.savez(q, foo=np.zeros(2))
+  with pytest.raises(ValueError, match=r"other\.npz: \.npz has neither big_vision names"):
+    convert.load_checkpoint(str(q))
+
+
+def test_non_array_entries_rejected():
+  with pytest.raises(ValueError, match=r"x\.pth: entries \['epoch'\] are not arrays"):
+    convert._to_numpy_dict({"a": np.zeros(1), "epoch": 3}, "x.pth")
+
+
+# ----------------------------------------------------------------------------- saving + CLI
+
+
+def test_convert_checkpoint_saves_with_meta(tmp_path):
+  cfg, params, sd = tiny_sd()
+  src = tmp_path / "tiny.safetensors"
+  save_file(sd, str(src))
+  out = tmp_path / "weights" / "test_tiny_vit"
+  path, _, meta = convert.convert_checkpoint(cfg, str(src), str(out))
+  cfg2, loaded = checkpoint.load_weights(path)
+  assert cfg2 == cfg
+  assert_trees_equal(params, loaded)
+  _, saved_meta = checkpoint.read_weights_config(path)
+  assert saved_meta == meta
+  assert saved_meta["source_file"] == "tiny.safetensors"
+  assert saved_meta["source_sha256"] == convert.sha256_file(str(src))
+  assert len(saved_meta["source_sha256"]) == 64
+  assert saved_meta["timm_name"] == "test_tiny_vit" and saved_meta["img_size"] == 32
+  assert saved_meta["converted_at"].endswith("+00:00")
+  with pytest.raises(FileExistsError, match="already exists"):
+    convert.convert_checkpoint(cfg, str(src), str(out))
+
+
+def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
+  cfg, _, sd = tiny_sd()
+  del sd["norm.bias"]
+  src = tmp_path / "broken.safetensors"
+  save_file(sd, str(src))
+  parent = tmp_path / "weights"
+  with pytest.raises(ConversionError, match="norm.bias"):
+    convert.convert_checkpoint(cfg, str(src), str(parent / "m"))
+  assert not parent.exists() or os.listdir(parent) == []
+  # A failure while writing (after conversion succeeded) leaves no partial directory either.
+  _, _, sd = tiny_sd()
+  save_file(sd, str(src))
+
+  class Boom:
+    def save(self, path, tree):
+      os.makedirs(path)
+      open(os.path.join(path, "partial"), "w").close()
+      raise OSError("disk full")
+
+  monkeypatch.setattr(checkpoint, "_checkpointer", lambda: Boom())
+  with pytest.raises(OSError, match="disk full"):
+    convert.convert_checkpoint(cfg, str(src), str(parent / "m"))
+  assert os.listdir(parent) == []
+
+
+def test_cli_run_and_errors(tmp_path, capsys):
+  from experiments import convert as cli
+  cfg, _, sd = tiny_sd()
+  src = tmp_path / "tiny.safetensors"
+  save_file(sd, str(src))
+  out = cli.run("test_tiny_vit", str(src), out=str(tmp_path / "w"), verify=True)
+  text = capsys.readouterr().out
+  n = sum(v.size for v in sd.values())
+  assert f"{n:,} parameters" in text and "verify: logits (1, 10)" in text
+  assert checkpoint.read_weights_config(out)[0] == cfg
+  assert cli.default_out("vit_small_patch14_dinov2", 224, 518) == os.path.join(
+      "weights", "vit_small_patch14_dinov2_224")
+  assert cli.default_out("deit_tiny_patch16_224", None, 224) == os.path.join(
+      "weights", "deit_tiny_patch16_224")
+  with pytest.raises(KeyError, match="Did you mean: deit_tiny_patch16_224"):
+    cli.run("deit_tiny_patch16_22", str(src))
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "experiments.convert", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def test_cli_subprocess_exit_codes(tmp_path):
+  bad = tmp_path / "bad.safetensors"
+  bad.write_bytes(b"\x00" * 20)
+  r = _cli("--model=test_tiny_vit", f"--checkpoint={bad}", f"--out={tmp_path / 'w'}")
+  assert r.returncode == 1, r
+  assert r.stderr.startswith("error: ") and "bad.safetensors" in r.stderr
+  assert "Traceback" not in r.stderr and not (tmp_path / "w").exists()
+  r = _cli("--model=deit_smal_patch16_224", f"--checkpoint={bad}")
+  assert r.returncode == 1 and "Did you mean: deit_small_patch16_224" in r.stderr
+  assert "Traceback" not in r.stderr
+  r = _cli("--model=test_tiny_vit", f"--checkpoint={tmp_path / 'missing.pth'}")
+  assert r.returncode == 1 and "checkpoint file not found" in r.stderr
+  assert "Traceback" not in r.stderr

@@ -1,0 +1,404 @@
+"""timm checkpoints -> vitprune parameter trees (and weights directories).
+
+    sd, fmt = load_checkpoint("deit_small.safetensors")   # {timm name: np.ndarray}
+    params = convert_state_dict(cfg, sd)                  # tree of `vitprune.model.param_shapes`
+    convert_checkpoint("deit_small_patch16_224", "deit_small.safetensors", "weights/deit_small")
+
+Name mapping (timm -> ours; Linear weights [out, in] become kernels [in, out]):
+  patch_embed.proj.weight [C, Cin, P, P] -> patch_embed/kernel [P, P, Cin, C] (HWIO)
+  blocks.i.{norm1,norm2}.weight/bias     -> blocks[i]/{norm1,norm2}/scale/bias
+  blocks.i.attn.{qkv,proj}, blocks.i.mlp.{fc1,fc2} -> .../kernel, bias
+  blocks.i.{ls1,ls2}.gamma, cls_token, dist_token, reg_token, pos_embed -> same names
+  norm | fc_norm, head, head_dist        -> same names
+Also accepted, renamed like timm's `checkpoint_filter_fn`: original DeiT-3 `blocks.i.gamma_1/2`,
+original DINOv2 (`register_tokens`, `mlp.w12/w3`; its `mask_token` must be ignored explicitly),
+and AugReg/big_vision `.npz` names (mapped like timm's `_load_weights`).
+
+Strict: every checkpoint key is consumed and every parameter filled, otherwise a
+`ConversionError` lists all missing keys, unexpected keys and shape mismatches at once. Keys that
+are legitimately unused are only dropped on request (`drop_head=True`, `ignore_keys=(...)`).
+"""
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import hashlib
+import math
+import os
+import re
+import zipfile
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitprune.config import ViTConfig
+from vitprune.model import Params, param_shapes
+from vitprune.posembed import resample_abs_pos_embed
+
+StateDict = Dict[str, np.ndarray]
+EXTENSIONS = {".safetensors": "safetensors", ".pth": "torch", ".pt": "torch", ".bin": "torch",
+              ".npz": "npz"}
+HEAD_KEYS = ("head.*", "head_dist.*")
+# Resampling used when the checkpoint's patch grid differs from the config's (like timm).
+TIMM_RESAMPLE = ("bicubic", True)        # checkpoint_filter_fn
+BIG_VISION_RESAMPLE = ("bilinear", False)  # _load_weights
+
+
+class ConversionError(ValueError):
+  """The checkpoint does not fit the config: lists every missing/unexpected/mismatched key."""
+
+  def __init__(self, name: str, missing=(), unexpected=(), mismatched=()):
+    self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(
+        mismatched)
+    lines = [f"checkpoint does not match {name}:"]
+    lines.append(f"  missing keys ({len(self.missing)}): {self.missing}")
+    lines.append(f"  unexpected keys ({len(self.unexpected)}): {self.unexpected}")
+    lines.append("  shape mismatches ({}): {}".format(
+        len(self.mismatched), [f"{k}: expected {e}, got {g}" for k, e, g in self.mismatched]))
+    if any(k.startswith(("head.", "head_dist.")) for k in self.unexpected):
+      lines.append("  (a features-only config with num_classes=0 drops the checkpoint's head "
+                   "only with drop_head=True / --drop_head)")
+    super().__init__("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- file loading
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(chunk), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _to_numpy_dict(sd: Dict[str, Any], path: str) -> StateDict:
+  bad = sorted(k for k, v in sd.items() if not hasattr(v, "shape"))
+  if bad:
+    raise ValueError(f"{path}: entries {bad[:10]} are not arrays; not a state dict")
+  return {k: np.asarray(v) for k, v in sd.items()}
+
+
+def _load_safetensors(path: str) -> StateDict:
+  from safetensors import SafetensorError
+  from safetensors.numpy import load_file
+  try:
+    return load_file(path)
+  except (SafetensorError, OSError, ValueError, TypeError) as e:
+    if "bf16" in str(e).lower() or "bfloat16" in str(e).lower():  # numpy has no bfloat16
+      from safetensors.flax import load_file as load_flax
+      return {k: np.asarray(v.astype(jnp.float32)) for k, v in load_flax(path).items()}
+    raise ValueError(f"{path}: not a valid .safetensors file ({type(e).__name__}: {e})") from None
+
+
+def unwrap_torch_state_dict(obj: Any, path: str = "<state dict>") -> Dict[str, Any]:
+  """Unwraps `{'model': sd}` / `{'state_dict': sd}` and strips a common `module.` prefix."""
+  if not isinstance(obj, dict):
+    raise ValueError(f"{path}: expected a dict state dict, got {type(obj).__name__}")
+  for wrapper in ("model", "state_dict"):
+    if isinstance(obj.get(wrapper), dict):
+      obj = obj[wrapper]
+  if obj and all(k.startswith("module.") for k in obj):
+    obj = {k[len("module."):]: v for k, v in obj.items()}
+  return obj
+
+
+def _load_torch(path: str) -> StateDict:
+  try:
+    import torch
+  except ImportError:
+    raise ImportError(f"reading {path} needs PyTorch (torch), which is not installed in this "
+                      "environment; install torch, or convert the file to .safetensors "
+                      "(safetensors.torch.save_file) elsewhere") from None
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # torch raises many types for corrupt files
+    raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})"
+                     ) from None
+  sd = unwrap_torch_state_dict(obj, path)
+  out = {}
+  for k, v in sd.items():
+    if not isinstance(v, torch.Tensor):
+      raise ValueError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
+    out[k] = v.detach().to(torch.float32).cpu().numpy() if v.is_floating_point() else v.numpy()
+  return out
+
+
+def _load_npz(path: str) -> StateDict:
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return {k: z[k] for k in z.files}
+  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+    raise ValueError(f"{path}: not a valid .npz file ({type(e).__name__}: {e})") from None
+
+
+def load_checkpoint(path: str) -> Tuple[StateDict, str]:
+  """(state dict {name: np.ndarray}, format) from a checkpoint file.
+
+  Formats: 'safetensors', 'torch' (.pth/.pt/.bin; needs torch), 'big_vision' (.npz with AugReg /
+  big_vision names, returned already mapped to timm names), 'npz' (.npz with timm names).
+  Raises FileNotFoundError / ValueError / ImportError naming the file.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"checkpoint file not found: {path}")
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in EXTENSIONS:
+    raise ValueError(f"{path}: unsupported checkpoint extension {ext!r}; expected one of "
+                     f"{sorted(EXTENSIONS)}")
+  kind = EXTENSIONS[ext]
+  if kind == "safetensors":
+    return _to_numpy_dict(_load_safetensors(path), path), "safetensors"
+  if kind == "torch":
+    return _load_torch(path), "torch"
+  raw = _load_npz(path)
+  if big_vision_prefix(raw) is not None:
+    return big_vision_to_timm(raw), "big_vision"
+  if "patch_embed.proj.weight" in raw:
+    return raw, "npz"
+  raise ValueError(f"{path}: .npz has neither big_vision names ('embedding/kernel') nor timm "
+                   f"names ('patch_embed.proj.weight'); first keys: {sorted(raw)[:5]}")
+
+
+# ----------------------------------------------------------------------------- big_vision npz
+
+
+def big_vision_prefix(w: StateDict) -> Optional[str]:
+  """The weight prefix of an AugReg/big_vision npz (as timm's `_load_weights`), None if not one."""
+  for prefix in ("", "opt/target/", "params/", "params/img/"):
+    if f"{prefix}embedding/kernel" in w:
+      return prefix
+  return None
+
+
+def big_vision_to_timm(w: StateDict) -> StateDict:
+  """Maps AugReg / big_vision npz names to timm state-dict names, like timm's `_load_weights`.
+
+  Keys outside the weight prefix (e.g. optimizer state next to `opt/target/`) are not weights and
+  are skipped; keys under the prefix that have no mapping are passed through under their npz
+  name, so `convert_state_dict` reports them as unexpected.
+  """
+  prefix = big_vision_prefix(w)
+  if prefix is None:
+    raise ValueError("not a big_vision checkpoint: no 'embedding/kernel'")
+  w = {k[len(prefix):]: v for k, v in w.items() if k.startswith(prefix)}
+  big_vision = (prefix.startswith("params/") or "pos_embedding" in w
+                or "Transformer/encoderblock/LayerNorm_0/scale" in w)
+  used = set()
+  out: StateDict = {}
+
+  def take(k, idx=None):
+    used.add(k)
+    v = np.asarray(w[k])
+    return v[idx] if idx is not None else v
+
+  def put(dst, src, fn=lambda v: v, idx=None):
+    if src in w:
+      out[dst] = fn(take(src, idx))
+
+  put("patch_embed.proj.weight", "embedding/kernel", lambda v: v.transpose(3, 2, 0, 1))
+  put("patch_embed.proj.bias", "embedding/bias")
+  put("cls_token", "cls")
+  put("pos_embed", "pos_embedding" if big_vision else "Transformer/posembed_input/pos_embedding")
+  put("norm.weight", "Transformer/encoder_norm/scale")
+  put("norm.bias", "Transformer/encoder_norm/bias")
+  put("head.weight", "head/kernel", lambda v: v.T)
+  put("head.bias", "head/bias")
+  if "pos_embed" in out and out["pos_embed"].ndim == 2:
+    out["pos_embed"] = out["pos_embed"][None]
+
+  mha, mlp_sub, ln2 = (0, 0, 1) if big_vision else (1, 3, 2)
+  scanned = "Transformer/encoderblock/LayerNorm_0/scale" in w
+  if scanned:
+    depth = w["Transformer/encoderblock/LayerNorm_0/scale"].shape[0]
+  else:
+    depth = len({m.group(1) for k in w
+                 for m in [re.match(r"Transformer/encoderblock_(\d+)/", k)] if m})
+  for i in range(depth):
+    bp, idx = (("Transformer/encoderblock/", i) if scanned
+               else (f"Transformer/encoderblock_{i}/", None))
+    mp = f"{bp}MultiHeadDotProductAttention_{mha}/"
+    t = f"blocks.{i}."
+    put(t + "norm1.weight", bp + "LayerNorm_0/scale", idx=idx)
+    put(t + "norm1.bias", bp + "LayerNorm_0/bias", idx=idx)
+    qkv = [mp + f"{n}/kernel" for n in ("query", "key", "value")]
+    if all(k in w for k in qkv):  # [C, H, D] each -> [3 * H * D, C]
+      out[t + "attn.qkv.weight"] = np.concatenate(
+          [take(k, idx).reshape(take(k, idx).shape[0], -1).T for k in qkv])
+    qkv_b = [mp + f"{n}/bias" for n in ("query", "key", "value")]
+    if all(k in w for k in qkv_b):
+      out[t + "attn.qkv.bias"] = np.concatenate([take(k, idx).reshape(-1) for k in qkv_b])
+    put(t + "attn.proj.weight", mp + "out/kernel",  # [H, D, C] -> [C, H * D]
+        lambda v: v.transpose(2, 0, 1).reshape(v.shape[2], -1), idx=idx)
+    put(t + "attn.proj.bias", mp + "out/bias", idx=idx)
+    put(t + "norm2.weight", bp + f"LayerNorm_{ln2}/scale", idx=idx)
+    put(t + "norm2.bias", bp + f"LayerNorm_{ln2}/bias", idx=idx)
+    for r in range(2):
+      put(t + f"mlp.fc{r + 1}.weight", bp + f"MlpBlock_{mlp_sub}/Dense_{r}/kernel",
+          lambda v: v.T, idx=idx)
+      put(t + f"mlp.fc{r + 1}.bias", bp + f"MlpBlock_{mlp_sub}/Dense_{r}/bias", idx=idx)
+  for k in sorted(set(w) - used):
+    out[k] = np.asarray(w[k])
+  return out
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
+def normalize_state_dict(sd: StateDict) -> StateDict:
+  """Renames legacy layouts to timm's, like timm's `checkpoint_filter_fn`: original DINOv2
+  (`register_tokens`, folded cls pos-embed, `mlp.w12/w3`) and DeiT-3 (`blocks.i.gamma_1/2`).
+  `mask_token` is left in place (it is unused; ignore it explicitly)."""
+  sd = dict(sd)
+  if "register_tokens" in sd and "reg_token" not in sd and "pos_embed" in sd:
+    sd["reg_token"] = sd.pop("register_tokens")
+    if "cls_token" in sd:
+      sd["cls_token"] = sd["cls_token"] + sd["pos_embed"][:, :1]
+    sd["pos_embed"] = sd["pos_embed"][:, 1:]
+  out = {}
+  for k, v in sd.items():
+    k = re.sub(r"^(blocks\.\d+\.mlp\.)w12\.", r"\1fc1.", k)
+    k = re.sub(r"^(blocks\.\d+\.mlp\.)w3\.", r"\1fc2.", k)
+    k = re.sub(r"^(blocks\.\d+\.)gamma_([12])$", r"\1ls\2.gamma", k)
+    out[k] = v
+  return out
+
+
+def _timm_name(path) -> str:
+  parts = []
+  for p in path:
+    parts.append(str(p.idx) if hasattr(p, "idx") else str(p.key))
+  if parts[0] == "patch_embed":
+    parts.insert(1, "proj")
+  if parts[-1] in ("kernel", "scale"):
+    parts[-1] = "weight"
+  return ".".join(parts)
+
+
+def _to_ours(name: str, v: np.ndarray) -> np.ndarray:
+  if name == "patch_embed.proj.weight":
+    return v.transpose(2, 3, 1, 0)  # [C, Cin, P, P] -> [P, P, Cin, C]
+  if name.endswith(".weight") and v.ndim == 2:
+    return v.T  # Linear [out, in] -> kernel [in, out]
+  return v
+
+
+def _timm_shape(name: str, ours: Tuple[int, ...]) -> Tuple[int, ...]:
+  if name == "patch_embed.proj.weight":
+    p, q, cin, c = ours
+    return (c, cin, p, q)
+  if name.endswith(".weight") and len(ours) == 2:
+    return ours[::-1]
+  return ours
+
+
+def expected_keys(cfg: ViTConfig) -> Dict[str, Tuple[int, ...]]:
+  """{timm state-dict name: timm shape} that `cfg` needs."""
+  leaves = jax.tree.flatten_with_path(param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))[0]
+  return {_timm_name(p): _timm_shape(_timm_name(p), s) for p, s in leaves}
+
+
+def _maybe_resample_pos_embed(cfg: ViTConfig, sd: StateDict, resample: Tuple[str, bool]
+                              ) -> StateDict:
+  pe = sd.get("pos_embed")
+  if pe is None or pe.ndim != 3 or pe.shape[1] == cfg.pos_embed_len:
+    return sd
+  npre = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
+  n = pe.shape[1] - npre
+  side = math.isqrt(max(n, 0))
+  if n <= 0 or side * side != n:
+    return sd  # not a square grid: reported as a shape mismatch
+  interpolation, antialias = resample
+  sd = dict(sd)
+  sd["pos_embed"] = resample_abs_pos_embed(
+      pe.astype(np.float32), (cfg.grid_size, cfg.grid_size), (side, side),
+      num_prefix_tokens=npre, interpolation=interpolation, antialias=antialias)
+  return sd
+
+
+def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool = False,
+                       ignore_keys: Sequence[str] = (),
+                       resample: Tuple[str, bool] = TIMM_RESAMPLE) -> Params:
+  """timm state dict {name: array} -> float32 parameter tree for `cfg` (jax arrays).
+
+  drop_head: discard the checkpoint's `head.*`/`head_dist.*` (for `num_classes=0` configs).
+  ignore_keys: fnmatch patterns of checkpoint keys to discard (e.g. DINOv2's 'mask_token').
+  resample: (interpolation, antialias) for position embeddings whose patch grid differs from
+    `cfg.grid_size` (timm: ('bicubic', True); big_vision npz: ('bilinear', False)).
+  Raises `ConversionError` listing every missing key, unexpected key and shape mismatch.
+  """
+  patterns = tuple(ignore_keys) + (HEAD_KEYS if drop_head else ())
+  sd = {k: v for k, v in normalize_state_dict(state_dict).items()
+        if not any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+  sd = _maybe_resample_pos_embed(cfg, sd, resample)
+  want = expected_keys(cfg)
+  missing = sorted(set(want) - set(sd))
+  unexpected = sorted(set(sd) - set(want))
+  mismatched = [(k, want[k], tuple(np.shape(sd[k]))) for k in sorted(set(want) & set(sd))
+                if tuple(np.shape(sd[k])) != want[k]]
+  if missing or unexpected or mismatched:
+    raise ConversionError(cfg.name, missing, unexpected, mismatched)
+  leaves, treedef = jax.tree.flatten_with_path(param_shapes(cfg),
+                                               is_leaf=lambda x: isinstance(x, tuple))
+  values = []
+  for path, _ in leaves:
+    name = _timm_name(path)
+    values.append(jnp.asarray(_to_ours(name, np.asarray(sd[name], np.float32))))
+  return jax.tree.unflatten(treedef, values)
+
+
+def count_params(params: Params) -> int:
+  return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+
+def convert_file(cfg: ViTConfig, path: str, *, drop_head: bool = False,
+                 ignore_keys: Sequence[str] = ()) -> Tuple[Params, Dict[str, Any]]:
+  """(params, meta) from a checkpoint file; meta has the source name, format and sha256."""
+  sd, fmt = load_checkpoint(path)
+  src_pe = sd.get("pos_embed")
+  resample = BIG_VISION_RESAMPLE if fmt == "big_vision" else TIMM_RESAMPLE
+  params = convert_state_dict(cfg, sd, drop_head=drop_head, ignore_keys=ignore_keys,
+                              resample=resample)
+  meta = {"source_file": os.path.basename(path), "source_sha256": sha256_file(path),
+          "source_format": fmt, "timm_name": cfg.name, "img_size": cfg.img_size,
+          "num_classes": cfg.num_classes, "drop_head": drop_head,
+          "ignore_keys": list(ignore_keys), "num_params": count_params(params)}
+  if src_pe is not None and tuple(src_pe.shape) != tuple(params["pos_embed"].shape):
+    meta["pos_embed_resampled"] = {"from": list(src_pe.shape),
+                                   "to": list(params["pos_embed"].shape),
+                                   "interpolation": resample[0], "antialias": resample[1]}
+  return params, meta
+
+
+def convert_checkpoint(cfg: ViTConfig, checkpoint: str, out: str, *, overwrite: bool = False,
+                       drop_head: bool = False, ignore_keys: Sequence[str] = ()
+                       ) -> Tuple[str, Params, Dict[str, Any]]:
+  """Converts `checkpoint` for `cfg` and saves it atomically with `save_weights` under `out`.
+
+  Returns (absolute output dir, params, meta). Nothing is written unless conversion succeeds;
+  the output directory is refused up front if it exists and `overwrite` is False.
+  """
+  from vitprune.checkpoint import save_weights
+  if os.path.exists(out) and not overwrite:
+    raise FileExistsError(f"{os.path.abspath(out)} already exists (pass overwrite=True / "
+                          "--overwrite)")
+  params, meta = convert_file(cfg, checkpoint, drop_head=drop_head, ignore_keys=ignore_keys)
+  meta["converted_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec="seconds")
+  path = save_weights(out, cfg, params, meta=meta, overwrite=overwrite)
+  return path, params, meta
+
+
+def to_timm_state_dict(cfg: ViTConfig, params: Params) -> StateDict:
+  """Inverse of `convert_state_dict`: our tree -> {timm name: float32 np.ndarray}."""
+  from vitprune.checkpoint import check_params
+  check_params(cfg, params)
+  leaves = jax.tree.flatten_with_path(params)[0]
+  out = {}
+  for path, v in leaves:
+    name = _timm_name(path)
+    v = np.asarray(v, np.float32)
+    out[name] = np.ascontiguousarray(_to_ours(name, v) if name != "patch_embed.proj.weight"
+                                     else v.transpose(3, 2, 0, 1))
+  return out
