@@ -195,10 +195,10 @@ def forward(params: Params, images: jax.Array, *, cfg: ViTConfig,
   them in `static_argnames`) to compile one graph per (cfg, batch shape, schedule, reducer, dtype).
   """
   _check_inputs(cfg, images, dtype, precision)
-  schedule = check_schedule(cfg, schedule)
-  if schedule.counts[0] < cfg.num_tokens or schedule.reduction_layers:
-    if reducer is None:
-      raise ValueError(f"schedule {schedule.counts} reduces tokens but no reducer was given")
+  if schedule is not None and reducer is None and (
+      schedule.counts[0] < cfg.num_tokens or schedule.reduction_layers):
+    raise ValueError(f"schedule {schedule.counts} reduces tokens but no reducer was given")
+  schedule = check_schedule(cfg, schedule, reducer)
   dt = DTYPES[dtype]
   with jax.default_matmul_precision(precision if dt == jnp.float32 else "default"):
     x = embed(params, images.astype(dt), cfg)

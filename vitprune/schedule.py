@@ -4,16 +4,49 @@ A `Schedule` is hashable, so it is a static argument of `jax.jit`: every schedul
 fixed-shape XLA graph.
 
 `counts[0]` is the number of tokens entering block 0 (prefix tokens included); fewer than the
-model's full token count means tokens are dropped right after the embedding. `counts[l + 1]` is the
-number of tokens leaving block `l`: when it is smaller than `counts[l]`, block `l` reduces its tokens
-between the attention residual and the MLP. So `len(counts) == depth + 1`.
+model's full token count means tokens are dropped right after the embedding. `counts[l + 1]` is
+the number of tokens leaving block `l`: when it is smaller than `counts[l]`, block `l` reduces its
+tokens between the attention residual and the MLP. So `len(counts) == depth + 1`. The counts are
+exactly what runs: a fill token (POMT), a fused token (EViT) or a merged token (ToMe) is one token.
+
+Constructors (all validated against the config):
+
+  prune_at(cfg, keep=120, layer=3)          POMT: 120 tokens leave block 3 (and later blocks)
+  prune_at(cfg, remove=77, layer=3)         the same, stated as tokens removed at block 3
+  prune_layers(cfg, {3: 120, 6: 80})        several reduction layers
+  remove_per_layer(cfg, 8)                  ToMe / Top-K: r = 8 per layer (ToMe's 50% cap)
+  remove_per_layer(cfg, 8, inflection=-0.5) ToMe's (r, inflection) form (`parse_r`)
+  remove_per_layer(cfg, [8, 8, 4])          ToMe's explicit per-layer r list (zero-padded)
+  drop_after_embedding(cfg, 150)            150 tokens from the embedding on (random drop)
+  from_counts(cfg, [197, 197, 120, ...])    explicit depth + 1 counts
+
+The compact text form (`parse_schedule(cfg, text)` / `format_schedule(schedule, cfg)`):
+
+  full | none                    no reduction
+  keep@3:120                     120 tokens leave block 3 (prefix tokens included)
+  keep@3:120,6:80                several layers
+  remove@3:77                    block 3 removes 77 tokens (several: remove@3:10,6:5)
+  r8 | r8,-0.5                   ToMe r per layer, optionally with an inflection in [-1, 1]
+  rlist:8,8,4                    ToMe per-layer r list, zero-padded to the depth
+  embed:150                      150 tokens enter block 0 (dropped after the embedding)
+  list:197,197,120,...           explicit depth + 1 counts (a bare `197,197,120,...` also works)
+
+Terms combine with `+`, applied left to right from the full schedule, e.g. `embed:150+keep@3:120`
+or `embed:150+r8`. `embed` must come first; `r`/`rlist` need no earlier reduction layer; `list`
+and `full` stand alone. `format_schedule` picks the shorter of the `keep@` and `list:` forms, so
+`parse_schedule(cfg, format_schedule(s, cfg)) == s` for every valid schedule `s`; `str(s)` is
+`format_schedule(s)` (which always states `embed:` because it does not know the model).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Tuple
+import operator
+import re
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 from vitprune.config import ViTConfig
+
+DEFAULT_POMT_LAYER = 3  # the paper's default reduction block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,7 +54,16 @@ class Schedule:
   counts: Tuple[int, ...]
 
   def __post_init__(self):
-    object.__setattr__(self, "counts", tuple(int(c) for c in self.counts))
+    counts = tuple(self.counts)
+    if not counts:
+      raise ValueError("a schedule needs at least one count (tokens entering block 0)")
+    for i, c in enumerate(counts):
+      if isinstance(c, bool) or int(c) != c:
+        raise ValueError(f"schedule count {c!r} at position {i} is not an integer")
+    object.__setattr__(self, "counts", tuple(int(c) for c in counts))
+
+  def __str__(self) -> str:
+    return format_schedule(self)
 
   @property
   def depth(self) -> int:
@@ -38,6 +80,10 @@ class Schedule:
   def reduces_at(self, layer: int) -> bool:
     return self.counts[layer + 1] < self.counts[layer]
 
+  def removed_at(self, layer: int) -> int:
+    """Tokens block `layer` removes (0 if it does not reduce)."""
+    return self.counts[layer] - self.counts[layer + 1]
+
   @property
   def reduction_layers(self) -> Tuple[int, ...]:
     return tuple(l for l in range(self.depth) if self.reduces_at(l))
@@ -48,10 +94,17 @@ def full_schedule(cfg: ViTConfig) -> Schedule:
   return Schedule((cfg.num_tokens,) * (cfg.depth + 1))
 
 
-def check_schedule(cfg: ViTConfig, schedule: Optional[Schedule]) -> Schedule:
-  """Validates `schedule` against `cfg` (None means no reduction); raises ValueError."""
+def check_schedule(cfg: ViTConfig, schedule: Optional[Schedule], reducer=None) -> Schedule:
+  """Validates `schedule` against `cfg` (None means no reduction); raises ValueError.
+
+  With a `reducer`, also checks what that method can do: reducing right after the embedding
+  needs `reducer.supports_embedding`, and a block may remove at most
+  `reducer.max_remove(tokens_in, num_prefix)` tokens (ToMe: half the non-prefix tokens).
+  """
   if schedule is None:
     return full_schedule(cfg)
+  if not isinstance(schedule, Schedule):
+    raise TypeError(f"expected a Schedule, got {type(schedule).__name__}")
   c = schedule.counts
   if len(c) != cfg.depth + 1:
     raise ValueError(f"schedule has {len(c)} counts, {cfg.name} needs depth + 1 = "
@@ -69,4 +122,285 @@ def check_schedule(cfg: ViTConfig, schedule: Optional[Schedule]) -> Schedule:
     if c[l + 1] > c[l]:
       raise ValueError(f"schedule counts must never increase: block {l} receives {c[l]} "
                        f"tokens and would emit {c[l + 1]}")
+  if reducer is not None:
+    _check_method_limits(cfg, schedule, reducer)
   return schedule
+
+
+def _check_method_limits(cfg: ViTConfig, schedule: Schedule, reducer) -> None:
+  name = getattr(reducer, "name", type(reducer).__name__)
+  if schedule.counts[0] < cfg.num_tokens and not getattr(reducer, "supports_embedding", False):
+    raise ValueError(f"schedule {format_schedule(schedule, cfg)} drops tokens after the "
+                     f"embedding, which {name} cannot do (it needs attention); use the "
+                     f"'random' method or start the schedule at {cfg.num_tokens} tokens")
+  max_remove = getattr(reducer, "max_remove", None)
+  if max_remove is None:
+    return
+  for l in schedule.reduction_layers:
+    n, removed = schedule.tokens_in(l), schedule.removed_at(l)
+    limit = max_remove(n, cfg.num_prefix_tokens)
+    if removed > limit:
+      raise ValueError(f"{name} can remove at most {limit} of the {n} tokens entering block "
+                       f"{l} ({cfg.num_prefix_tokens} prefix tokens protected), the schedule "
+                       f"removes {removed}")
+
+
+# ----------------------------------------------------------------------------- constructors
+
+
+def from_counts(cfg: ViTConfig, counts: Sequence[int]) -> Schedule:
+  """An explicit schedule of `depth + 1` counts, validated."""
+  return check_schedule(cfg, Schedule(tuple(counts)))
+
+
+def drop_after_embedding(cfg: ViTConfig, keep: int) -> Schedule:
+  """`keep` tokens (prefix included) from the embedding on; no block reduces."""
+  return check_schedule(cfg, Schedule((_as_int(keep, "keep"),) * (cfg.depth + 1)))
+
+
+def _check_layer(cfg: ViTConfig, layer) -> int:
+  layer = _as_int(layer, "layer")
+  if not 0 <= layer < cfg.depth:
+    raise ValueError(f"layer {layer} is out of range: {cfg.name} has blocks 0..{cfg.depth - 1}")
+  return layer
+
+
+def _as_int(v, what: str) -> int:
+  """`v` as an int; bools, floats and strings are refused (no silent truncation)."""
+  if isinstance(v, bool):
+    raise TypeError(f"{what} must be an int, got {v!r}")
+  try:
+    return operator.index(v)
+  except TypeError:
+    raise TypeError(f"{what} must be an int, got {v!r}") from None
+
+
+def _start(cfg: ViTConfig, base: Optional[Schedule]) -> List[int]:
+  return list(check_schedule(cfg, base).counts)
+
+
+def _keep_from(counts: List[int], layer: int, keep: int) -> List[int]:
+  """Counts with `keep` tokens leaving block `layer` and every later block (never raising)."""
+  if keep > counts[layer + 1]:
+    raise ValueError(f"cannot keep {keep} tokens after block {layer}: only "
+                     f"{counts[layer + 1]} are scheduled to leave it already")
+  return counts[:layer + 1] + [min(c, keep) for c in counts[layer + 1:]]
+
+
+def prune_at(cfg: ViTConfig, *, keep: Optional[int] = None, remove: Optional[int] = None,
+             layer: int = DEFAULT_POMT_LAYER, base: Optional[Schedule] = None) -> Schedule:
+  """POMT-style: block `layer` reduces to `keep` tokens (prefix included), or by `remove` tokens;
+  later blocks keep that count. `base` (default: no reduction) is the schedule to modify."""
+  if (keep is None) == (remove is None):
+    raise ValueError("prune_at needs exactly one of keep= (tokens left, prefix included) or "
+                     "remove= (tokens removed at that layer)")
+  layer = _check_layer(cfg, layer)
+  counts = _start(cfg, base)
+  if remove is not None:
+    remove = _as_int(remove, "remove")
+    if remove < 0:
+      raise ValueError(f"remove must be >= 0, got {remove}")
+    keep = counts[layer + 1] - remove
+  keep = _as_int(keep, "keep")
+  return check_schedule(cfg, Schedule(_keep_from(counts, layer, keep)))
+
+
+def prune_layers(cfg: ViTConfig, keeps: Mapping[int, int],
+                 base: Optional[Schedule] = None) -> Schedule:
+  """Several POMT-style reductions: `{layer: tokens leaving that block}`."""
+  counts = _start(cfg, base)
+  for layer in sorted(keeps):
+    counts = _keep_from(counts, _check_layer(cfg, layer), _as_int(keeps[layer], "keep"))
+  return check_schedule(cfg, Schedule(counts))
+
+
+RSpec = Union[int, Tuple[int, float], Sequence[int]]
+
+
+def tome_r_list(num_layers: int, r: RSpec) -> List[int]:
+  """ToMe's `parse_r`: a constant r, an (r, inflection) pair or an explicit list -> per-layer r.
+
+  Inflection in [-1, 1]: r per layer decreases (< 0), stays constant (0) or increases (> 0)
+  linearly from `int(r * (1 - inflection))` to `2 r - that`, so the total stays about
+  `num_layers * r`. A list shorter than `num_layers` is padded with zeros.
+  """
+  if num_layers < 1:
+    raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+  inflect = 0.0
+  if isinstance(r, tuple):
+    if len(r) != 2:
+      raise ValueError(f"a tuple r must be (r, inflection) as in ToMe, got {r!r}; pass a list "
+                       "for per-layer values")
+    r, inflect = r
+    if isinstance(inflect, bool) or not isinstance(inflect, (int, float)):
+      raise TypeError(f"inflection must be a number, got {inflect!r}")
+    if not -1.0 <= inflect <= 1.0:
+      raise ValueError(f"inflection must be in [-1, 1] (ToMe: -1 decreasing, 0 constant, "
+                       f"+1 increasing), got {inflect}")
+  elif not isinstance(r, (int, str)) and hasattr(r, "__iter__"):
+    rs = [_as_int(v, "r") for v in r]
+    if len(rs) > num_layers:
+      raise ValueError(f"r list has {len(rs)} entries for {num_layers} layers")
+    if any(v < 0 for v in rs):
+      raise ValueError(f"r values must be >= 0, got {rs}")
+    return rs + [0] * (num_layers - len(rs))
+  r = _as_int(r, "r")
+  if r < 0:
+    raise ValueError(f"r must be >= 0, got {r}")
+  min_val = int(r * (1.0 - inflect))
+  max_val = 2 * r - min_val
+  if num_layers == 1:
+    return [min_val]
+  step = (max_val - min_val) / (num_layers - 1)
+  return [int(min_val + step * i) for i in range(num_layers)]
+
+
+def tome_max_remove(num_tokens: int, num_prefix: int) -> int:
+  """ToMe's cap: at most half of the non-protected tokens merge in one block."""
+  return max(0, (num_tokens - num_prefix) // 2)
+
+
+def remove_per_layer(cfg: ViTConfig, r: RSpec, inflection: Optional[float] = None, *,
+                     base: Optional[Schedule] = None) -> Schedule:
+  """ToMe / Top-K: block l removes r_l tokens (`tome_r_list` semantics), each capped at half the
+  non-prefix tokens entering it (as ToMe does at run time), so at least one patch token remains.
+
+  `base` may only drop tokens after the embedding (no reduction layer yet).
+  """
+  counts = _start(cfg, base)
+  if len(set(counts)) != 1:
+    raise ValueError("remove_per_layer needs a base schedule without reduction layers "
+                     f"(got {counts}); use an explicit list instead")
+  if inflection is not None:
+    if not isinstance(r, int) or isinstance(r, bool):
+      raise TypeError(f"with inflection=, r must be an int, got {r!r}")
+    r = (r, inflection)
+  rs = tome_r_list(cfg.depth, r)
+  n = counts[0]
+  out = [n]
+  for r_l in rs:
+    n -= min(r_l, tome_max_remove(n, cfg.num_prefix_tokens))
+    out.append(n)
+  return check_schedule(cfg, Schedule(out))
+
+
+# ----------------------------------------------------------------------------- text form
+
+_INT = r"[+-]?\d+"
+
+
+def _parse_int(s: str, what: str, text: str) -> int:
+  s = s.strip()
+  if not re.fullmatch(_INT, s):
+    raise ValueError(f"schedule {text!r}: {what} {s!r} is not an integer")
+  return int(s)
+
+
+def _parse_pairs(body: str, what: str, text: str) -> List[Tuple[int, int]]:
+  pairs = []
+  for item in body.split(","):
+    if item.count(":") != 1:
+      raise ValueError(f"schedule {text!r}: expected LAYER:{what} pairs separated by commas, "
+                       f"got {item!r}")
+    l, v = item.split(":")
+    pairs.append((_parse_int(l, "layer", text), _parse_int(v, what.lower(), text)))
+  layers = [l for l, _ in pairs]
+  if len(set(layers)) != len(layers):
+    raise ValueError(f"schedule {text!r}: layer repeated in {body!r}")
+  return pairs
+
+
+def _parse_list(body: str, text: str) -> List[int]:
+  if not body.strip():
+    raise ValueError(f"schedule {text!r}: empty list")
+  return [_parse_int(v, "count", text) for v in body.split(",")]
+
+
+_FORMS = ("full", "none", "keep@L:K[,L:K]", "remove@L:R[,L:R]", "rR[,INFLECTION]",
+          "rlist:R,R,...", "embed:N", "list:N0,N1,...", "N0,N1,... (depth + 1 counts)")
+
+
+def _with_layer_errors(fn, text):
+  try:
+    return fn()
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"schedule {text!r}: {e}") from e
+
+
+def parse_schedule(cfg: ViTConfig, text: str) -> Schedule:
+  """Parses the compact text form (see the module docstring) into a validated `Schedule`.
+
+  Raises ValueError naming the offending part and listing the accepted forms.
+  """
+  if not isinstance(text, str):
+    raise TypeError(f"schedule text must be a str, got {type(text).__name__}")
+  t = re.sub(r"\s+", "", text).lower()
+  if not t:
+    raise ValueError(f"empty schedule; accepted forms: {', '.join(_FORMS)}")
+  if t in ("full", "none"):
+    return full_schedule(cfg)
+  if t.startswith("list:") or re.fullmatch(rf"{_INT}(,{_INT})+", t):
+    counts = _parse_list(t[5:] if t.startswith("list:") else t, text)
+    return _with_layer_errors(lambda: from_counts(cfg, counts), text)
+  counts = list(full_schedule(cfg).counts)
+  for i, term in enumerate(t.split("+")):
+    counts = _apply_term(cfg, counts, term, i, text)
+  return _with_layer_errors(lambda: check_schedule(cfg, Schedule(counts)), text)
+
+
+def _apply_term(cfg: ViTConfig, counts: List[int], term: str, i: int, text: str) -> List[int]:
+  base = Schedule(counts)
+  if term.startswith("embed:"):
+    if i:
+      raise ValueError(f"schedule {text!r}: embed: must be the first term")
+    n = _parse_int(term[6:], "token count", text)
+    return list(_with_layer_errors(lambda: drop_after_embedding(cfg, n), text).counts)
+  if term.startswith("keep@"):
+    keeps = dict(_parse_pairs(term[5:], "KEEP", text))
+    return list(_with_layer_errors(lambda: prune_layers(cfg, keeps, base), text).counts)
+  if term.startswith("remove@"):
+    s = base
+    for layer, r in _parse_pairs(term[7:], "REMOVE", text):
+      s = _with_layer_errors(lambda: prune_at(cfg, remove=r, layer=layer, base=s), text)
+    return list(s.counts)
+  if term.startswith("rlist:"):
+    rs = _parse_list(term[6:], text)
+    return list(_with_layer_errors(lambda: remove_per_layer(cfg, rs, base=base), text).counts)
+  m = re.fullmatch(rf"r({_INT})(?:,([^,]+))?", term)
+  if m:
+    r = _parse_int(m.group(1), "r", text)
+    infl = None
+    if m.group(2) is not None:
+      try:
+        infl = float(m.group(2))
+      except ValueError:
+        raise ValueError(f"schedule {text!r}: inflection {m.group(2)!r} is not a number"
+                         ) from None
+    return list(_with_layer_errors(lambda: remove_per_layer(cfg, r, infl, base=base),
+                                   text).counts)
+  if term in ("full", "none") or term.startswith("list:"):
+    raise ValueError(f"schedule {text!r}: {term.split(':')[0]!r} cannot be combined with "
+                     "other terms")
+  raise ValueError(f"schedule {text!r}: cannot parse {term!r}; accepted forms: "
+                   f"{', '.join(_FORMS)} (terms combine with '+')")
+
+
+def format_schedule(schedule: Schedule, cfg: Optional[ViTConfig] = None) -> str:
+  """The compact text form of `schedule`; `parse_schedule(cfg, ...)` gives it back.
+
+  With `cfg`, a schedule that does not reduce is `full` and `embed:` is stated only when tokens
+  are dropped after the embedding; without `cfg`, `embed:` is always stated.
+  """
+  c = schedule.counts
+  if cfg is not None:
+    check_schedule(cfg, schedule)
+    if all(n == cfg.num_tokens for n in c):
+      return "full"
+  terms = []
+  if cfg is None or c[0] != cfg.num_tokens:
+    terms.append(f"embed:{c[0]}")
+  if schedule.reduction_layers:
+    terms.append("keep@" + ",".join(f"{l}:{c[l + 1]}" for l in schedule.reduction_layers))
+  step_form = "+".join(terms)
+  list_form = "list:" + ",".join(str(n) for n in c)
+  return step_form if len(step_form) <= len(list_form) else list_form

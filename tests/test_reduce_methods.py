@@ -1,0 +1,307 @@
+"""Reducers on hand-built inputs: kept / merged indices, fill values, NumPy references, errors."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vitprune.reduce import (AttentionStats, EViT, POMT, RandomDrop, ToMe, TopK, make_reducer,
+                             pomt_scores)
+from vitprune.reduce import common
+from vitprune.reduce.tome import bipartite_matching
+
+
+@functools.partial(jax.jit, static_argnames=("red", "num_keep", "num_prefix", "layer"))
+def _reduce(red, x, size, stats, *, num_keep, num_prefix, layer):
+  """`red.reduce` compiled (one XLA program instead of dozens of eager ops)."""
+  return red.reduce(x, size, stats, num_keep=num_keep, num_prefix=num_prefix, layer=layer)
+
+
+def _stats(probs, keys=None, values=None):
+  probs = np.asarray(probs, np.float32)
+  b, _, n, _ = probs.shape
+  keys = np.ones((b, n, 1, 2), np.float32) if keys is None else keys
+  values = np.zeros((b, n, 1, 2), np.float32) if values is None else values
+  return AttentionStats(jnp.asarray(probs), jnp.asarray(keys, jnp.float32),
+                        jnp.asarray(values, jnp.float32))
+
+
+def _tokens(b, n, c=3, seed=0):
+  return np.random.default_rng(seed).normal(size=(b, n, c)).astype(np.float32)
+
+
+def _random_stats(b, h, n, d, seed):
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(size=(b, h, n, n)) * 2
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  return _stats(probs, rng.normal(size=(b, n, h, d)), rng.normal(size=(b, n, h, d)))
+
+
+# ----------------------------------------------------------------------------- POMT
+
+
+def pomt_scores_ref(probs, values, num_prefix):
+  """Loop-by-loop NumPy reference of the POMT importance."""
+  b, h, n, _ = probs.shape
+  out = np.zeros((b, n - num_prefix))
+  for bi in range(b):
+    att = np.zeros(n)
+    for j in range(num_prefix, n):
+      att[j] = sum(max(probs[bi, hh, i, j] for hh in range(h)) for i in range(num_prefix, n))
+    att = att[num_prefix:] / att[num_prefix:].max()
+    v = np.array([values[bi, j].max(axis=0).sum() for j in range(n)])
+    v = np.exp(v - v.max()) / np.exp(v - v.max()).sum()
+    out[bi] = att + v[num_prefix:]
+  return out
+
+
+@pytest.mark.parametrize("num_prefix", [1, 2, 3])
+def test_pomt_scores_match_numpy_reference(num_prefix):
+  st = _random_stats(2, 3, 9, 4, seed=num_prefix)
+  got = np.asarray(pomt_scores(st, num_prefix))
+  want = pomt_scores_ref(np.asarray(st.probs), np.asarray(st.values), num_prefix)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_pomt_hand_case():
+  # N = 5, prefix 1, two heads. Column j receives attention; head max then sum over queries 1..4.
+  probs = np.full((1, 2, 5, 5), 0.0, np.float32)
+  probs[0, 0, :, 3] = 0.5   # token 3: 0.5 from each of 4 non-prefix queries -> 2.0 (max)
+  probs[0, 1, :, 1] = 0.25  # token 1: 1.0
+  probs[0, 0, 0, 2] = 1.0   # token 2: attended only by the cls query -> 0 (prefix rows excluded)
+  probs[0, 1, :, 4] = 0.1   # token 4: 0.4
+  x = _tokens(1, 5)
+  out, size = _reduce(POMT(), jnp.asarray(x), None, _stats(probs), num_keep=4, num_prefix=1,
+                            layer=3)
+  # scores (+ equal softmax 1/5 from zero values): tok1 0.5, tok2 0, tok3 1, tok4 0.2 -> keep 3, 1
+  assert size is None
+  np.testing.assert_array_equal(out[0, :3], x[0, [0, 1, 3]])   # prefix, kept in order
+  np.testing.assert_allclose(out[0, 3], (x[0, 2] + x[0, 4]) / 2, rtol=1e-6)  # fill = mean
+  sel = POMT().select(_stats(probs), num_keep=4, num_prefix=1)
+  np.testing.assert_array_equal(sel, [[0, 2]])  # patch indices (token - prefix)
+
+
+def test_pomt_value_term_breaks_even_attention():
+  probs = np.full((1, 1, 4, 4), 0.25, np.float32)  # every patch receives the same attention
+  values = np.zeros((1, 4, 1, 2), np.float32)
+  values[0, 2] = 3.0  # token 2's value sum is the largest -> highest softmax share
+  out, _ = _reduce(POMT(), jnp.asarray(_tokens(1, 4)), None, _stats(probs, values=values),
+                         num_keep=3, num_prefix=1, layer=0)
+  x = _tokens(1, 4)
+  np.testing.assert_array_equal(out[0, :2], x[0, [0, 2]])
+  np.testing.assert_allclose(out[0, 2], (x[0, 1] + x[0, 3]) / 2, rtol=1e-6)
+
+
+def test_pomt_ties_prefer_lower_index_and_extremes():
+  probs = np.full((1, 1, 6, 6), 1 / 6, np.float32)
+  x = _tokens(1, 6)
+  out, _ = _reduce(POMT(), jnp.asarray(x), None, _stats(probs), num_keep=4, num_prefix=1, layer=0)
+  np.testing.assert_array_equal(out[0, :3], x[0, [0, 1, 2]])
+  np.testing.assert_allclose(out[0, 3], x[0, 3:].mean(0), rtol=1e-6)
+  # the maximum: prefix + fill token only; "one more token": N - 1 merges two tokens.
+  out, _ = _reduce(POMT(), jnp.asarray(x), None, _stats(probs), num_keep=2, num_prefix=1, layer=0)
+  np.testing.assert_allclose(out[0], np.stack([x[0, 0], x[0, 1:].mean(0)]), rtol=1e-6)
+  out, _ = _reduce(POMT(), jnp.asarray(x), None, _stats(probs), num_keep=5, num_prefix=1, layer=0)
+  np.testing.assert_allclose(out[0, 4], x[0, 4:].mean(0), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- Top-K / EViT
+
+
+def _cls_probs(cls_row, n_heads=2):
+  n = len(cls_row)
+  probs = np.full((1, n_heads, n, n), 1.0 / n, np.float32)
+  probs[0, :, 0] = cls_row
+  return probs
+
+
+def test_topk_hand_case():
+  probs = _cls_probs([0.3, 0.1, 0.05, 0.3, 0.05, 0.2])
+  probs[0, 1, 0] = [0.3, 0.3, 0.05, 0.1, 0.05, 0.2]  # head mean: 0.2, .05, .2, .05, .2
+  x = _tokens(1, 6)
+  out, size = _reduce(TopK(), jnp.asarray(x), None, _stats(probs), num_keep=3, num_prefix=1,
+                            layer=0)
+  assert size is None
+  np.testing.assert_array_equal(out[0], x[0, [0, 1, 3]])  # tie .2/.2/.2 -> lowest indices
+  out, _ = _reduce(TopK(), jnp.asarray(x), None, _stats(probs), num_keep=2, num_prefix=1, layer=0)
+  np.testing.assert_array_equal(out[0], x[0, [0, 1]])
+
+
+def test_evit_hand_case():
+  probs = _cls_probs([0.2, 0.1, 0.4, 0.05, 0.25], n_heads=1)
+  x = _tokens(1, 5)
+  out, _ = _reduce(EViT(), jnp.asarray(x), None, _stats(probs), num_keep=4, num_prefix=1, layer=0)
+  assert out.shape == (1, 4, 3)
+  # keep token 2 (0.4), token 4 (0.25); fuse tokens 1 (0.1) and 3 (0.05), unnormalised (paper).
+  np.testing.assert_array_equal(out[0, :3], x[0, [0, 2, 4]])
+  np.testing.assert_allclose(out[0, 3], 0.1 * x[0, 1] + 0.05 * x[0, 3], rtol=1e-6)
+  out, _ = _reduce(EViT(normalize=True), jnp.asarray(x), None, _stats(probs), num_keep=4,
+                                       num_prefix=1, layer=0)
+  np.testing.assert_allclose(out[0, 3], (0.1 * x[0, 1] + 0.05 * x[0, 3]) / 0.15, rtol=1e-5)
+
+
+def test_cls_attention_methods_need_a_class_token():
+  probs = _cls_probs([0.2, 0.3, 0.5], n_heads=1)
+  for r in (TopK(), EViT()):
+    with pytest.raises(ValueError, match="no prefix \\(class\\) token"):
+      _reduce(r, jnp.asarray(_tokens(1, 3)), None, _stats(probs), num_keep=2, num_prefix=0,
+               layer=0)
+
+
+# ----------------------------------------------------------------------------- ToMe
+
+
+def tome_ref(x, keys, size, r, num_prefix):
+  """NumPy port of facebookresearch/ToMe bipartite_soft_matching + merge_wavg (one image),
+  official output order [unmerged A (sorted), B]."""
+  n = x.shape[0]
+  metric = keys.mean(1)
+  metric = metric / np.linalg.norm(metric, axis=-1, keepdims=True)
+  a, b = metric[0::2], metric[1::2]
+  scores = a @ b.T
+  scores[np.arange(0, n, 2) < num_prefix, :] = -np.inf
+  scores[:, np.arange(1, n, 2) < num_prefix] = -np.inf
+  node_max, node_idx = scores.max(-1), scores.argmax(-1)
+  edge_idx = np.argsort(-node_max, kind="stable")
+  unm, src = np.sort(edge_idx[r:]), edge_idx[:r]
+  dst = node_idx[src]
+  xs = x * size[:, None]
+  xa, xb = xs[0::2].copy(), xs[1::2].copy()
+  sa, sb = size[0::2].copy(), size[1::2].copy()
+  for s, d in zip(src, dst):
+    xb[d] += xa[s]
+    sb[d] += sa[s]
+  out_x = np.concatenate([xa[unm], xb])
+  out_s = np.concatenate([sa[unm], sb])
+  return out_x / out_s[:, None], out_s
+
+
+def test_tome_hand_case():
+  # tokens 0..4: A = {0 (cls), 2, 4}, B = {1, 3}. key 2 == key 1 (cosine 1); key 4 is at 45
+  # degrees to both 1 and 3 (tie -> B index 0 = token 1). r = 1 merges token 2 into token 1.
+  keys = np.array([[1, 0], [0, 1], [0, 2], [1, 0], [1, 1]], np.float32)[None, :, None, :]
+  x = _tokens(1, 5)
+  out, size = _reduce(ToMe(), jnp.asarray(x), None, _stats(np.full((1, 1, 5, 5), .2), keys),
+                            num_keep=4, num_prefix=1, layer=0)
+  np.testing.assert_array_equal(size, [[1, 1, 2, 1]])
+  np.testing.assert_allclose(out[0], np.stack([x[0, 0], x[0, 4], (x[0, 1] + x[0, 2]) / 2,
+                                               x[0, 3]]), rtol=1e-6)
+  src, dst, unm = jax.jit(bipartite_matching, static_argnums=(1, 2))(jnp.asarray(keys), 1, 1)
+  np.testing.assert_array_equal(src, [[1]])
+  np.testing.assert_array_equal(dst, [[0]])
+  np.testing.assert_array_equal(unm, [[0, 2]])
+  # with sizes: weighted average, sizes summed; r = 2 merges 4 into its tie-broken match 1
+  size_in = np.array([[1, 3, 1, 2, 2]], np.float32)
+  out, size = _reduce(ToMe(), jnp.asarray(x), jnp.asarray(size_in),
+                            _stats(np.full((1, 1, 5, 5), .2), keys),
+                            num_keep=3, num_prefix=1, layer=1)
+  np.testing.assert_array_equal(size, [[1, 6, 2]])
+  np.testing.assert_allclose(out[0, 1], (3 * x[0, 1] + x[0, 2] + 2 * x[0, 4]) / 6, rtol=1e-5)
+  np.testing.assert_array_equal(out[0, [0, 2]], x[0, [0, 3]])
+
+
+@pytest.mark.parametrize("n,num_prefix,r", [(9, 1, 0), (9, 1, 4), (10, 2, 4), (11, 2, 3),
+                                            (13, 5, 4)])
+def test_tome_matches_official_reference(n, num_prefix, r):
+  st = _random_stats(3, 2, n, 4, seed=n + r)
+  x = _tokens(3, n, 5, seed=r)
+  size = np.random.default_rng(n).integers(1, 4, size=(3, n)).astype(np.float32)
+  out, out_s = _reduce(ToMe(), jnp.asarray(x), jnp.asarray(size), st, num_keep=n - r,
+                             num_prefix=num_prefix, layer=0)
+  for bi in range(3):
+    want_x, want_s = tome_ref(x[bi], np.asarray(st.keys[bi]), size[bi], r, num_prefix)
+    # official order [unmerged A, B]; ours moves the prefix tokens (even: A, odd: B) first.
+    n_unm = (n + 1) // 2 - r
+    pos = [t // 2 if t % 2 == 0 else n_unm + t // 2 for t in range(num_prefix)]
+    order = pos + [i for i in range(n - r) if i not in pos]
+    np.testing.assert_allclose(out[bi], want_x[order], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out_s[bi], want_s[order])
+    np.testing.assert_allclose(out[bi, :num_prefix], x[bi, :num_prefix], rtol=1e-6)
+
+
+def test_tome_cap_and_zero_keys():
+  st = _random_stats(1, 2, 9, 4, seed=0)
+  x = jnp.asarray(_tokens(1, 9))
+  out, _ = _reduce(ToMe(), x, None, st, num_keep=5, num_prefix=1, layer=0)  # r = 4 = cap
+  assert out.shape == (1, 5, 3)
+  with pytest.raises(ValueError, match="at most 4 of 9 tokens at layer 2"):
+    _reduce(ToMe(), x, None, st, num_keep=4, num_prefix=1, layer=2)
+  zero = st._replace(keys=jnp.zeros_like(st.keys))  # cosine of zero vectors: no NaN
+  out, size = _reduce(ToMe(), x, None, zero, num_keep=6, num_prefix=1, layer=0)
+  assert np.isfinite(out).all() and np.isfinite(size).all()
+
+
+# ----------------------------------------------------------------------------- random
+
+
+def test_random_drop_is_fixed_per_seed_and_stream():
+  x = _tokens(4, 12)
+  r = RandomDrop(seed=7)
+  out = r.reduce_embedding(jnp.asarray(x), num_keep=6, num_prefix=2)
+  idx = r.kept_indices(10, 4, 0)
+  assert list(idx) == sorted(idx) and len(set(idx)) == 4
+  np.testing.assert_array_equal(out, np.concatenate([x[:, :2], x[:, 2 + idx]], axis=1))
+  np.testing.assert_array_equal(out, r.reduce_embedding(jnp.asarray(x), num_keep=6, num_prefix=2))
+  mid, size = _reduce(r, jnp.asarray(x), None, None, num_keep=6, num_prefix=2, layer=4)
+  assert size is None
+  np.testing.assert_array_equal(mid[:, 2:], x[:, 2 + r.kept_indices(10, 4, 5)])
+  picks = {tuple(RandomDrop(seed=s).kept_indices(100, 10, 0)) for s in range(5)}
+  assert len(picks) == 5  # different seeds, different subsets
+  with pytest.raises(ValueError, match="non-negative int"):
+    RandomDrop(seed=-1)
+
+
+# ----------------------------------------------------------------------------- shared
+
+
+ALL = [POMT(), TopK(), ToMe(), EViT(), RandomDrop()]
+
+
+@pytest.mark.parametrize("red", ALL, ids=lambda r: r.name)
+def test_prefix_first_batch_independent_finite(red):
+  n, p = 11, 3
+  st = _random_stats(4, 2, n, 4, seed=1)
+  x = _tokens(4, n, 6, seed=2)
+  out, _ = _reduce(red, jnp.asarray(x), None, st, num_keep=7, num_prefix=p, layer=1)
+  assert out.shape == (4, 7, 6) and np.isfinite(out).all()
+  np.testing.assert_array_equal(out[:, :p], x[:, :p])
+  for i in range(4):  # the same image alone gives the same tokens
+    one = jax.tree.map(lambda a: a[i:i + 1], st)
+    alone, _ = _reduce(red, jnp.asarray(x[i:i + 1]), None, one, num_keep=7, num_prefix=p, layer=1)
+    np.testing.assert_allclose(alone[0], out[i], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("red", ALL, ids=lambda r: r.name)
+def test_reducer_argument_errors(red):
+  x = jnp.asarray(_tokens(1, 6))
+  st = _random_stats(1, 1, 6, 2, seed=0)
+  with pytest.raises(ValueError, match=r"num_keep must be in \[num_prefix \+ 1, N\] = \[2, 6\]"):
+    _reduce(red, x, None, st, num_keep=1, num_prefix=1, layer=0)
+  with pytest.raises(ValueError, match="tokens must be \\[B, N, C\\]"):
+    _reduce(red, x[0], None, st, num_keep=3, num_prefix=1, layer=0)
+  if red.needs_attention:
+    with pytest.raises(ValueError, match="needs AttentionStats"):
+      _reduce(red, x, None, None, num_keep=3, num_prefix=1, layer=0)
+    with pytest.raises(ValueError, match="cannot drop tokens right after the embedding"):
+      red.reduce_embedding(x, num_keep=3, num_prefix=1)
+    with pytest.raises(ValueError, match="do not match 6 tokens"):
+      _reduce(red, x, None, _random_stats(1, 1, 5, 2, 0), num_keep=3, num_prefix=1, layer=0)
+
+
+def test_top_k_sorted_ties_and_empty():
+  s = jnp.asarray([[1.0, 2.0, 2.0, 2.0, 0.0]])
+  np.testing.assert_array_equal(common.top_k_sorted(s, 2), [[1, 2]])
+  np.testing.assert_array_equal(common.top_k_sorted(jnp.asarray([[0., 5., 1., 4.]]), 2), [[1, 3]])
+  assert common.top_k_sorted(s, 0).shape == (1, 0)
+
+
+def test_make_reducer():
+  assert make_reducer("POMT") == POMT()
+  assert make_reducer("random", seed=3) == RandomDrop(seed=3)
+  assert make_reducer("evit", normalize=True) == EViT(normalize=True)
+  hash(make_reducer("tome"))
+  with pytest.raises(ValueError, match="valid: evit, pomt, random, tome, topk"):
+    make_reducer("dynamicvit")
+  with pytest.raises(ValueError, match="method 'pomt' accepts no options"):
+    make_reducer("pomt", seed=1)

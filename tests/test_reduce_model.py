@@ -1,0 +1,122 @@
+"""Reducers inside the ViT forward: equivalence, batch independence, finiteness, prefix order,
+compile-once, multi-layer POMT."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vitprune import model
+from vitprune import schedule as S
+from vitprune.reduce import make_reducer
+from vitprune.registry import get_config
+
+CONFIGS = ["test_tiny_vit", "test_tiny_distilled", "test_tiny_dinov2_reg"]
+METHODS = ["pomt", "topk", "tome", "evit", "random"]
+
+
+def _setup(name, batch=4, seed=0):
+  cfg = get_config(name)
+  params = model.init_params(cfg, seed)
+  if cfg.layerscale:  # timm's 1e-5 LayerScale init would hide what the reduction changes
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, v: jnp.ones_like(v) if str(p[-1].key) == "gamma" else v, params)
+  images = jnp.asarray(np.random.default_rng(seed).normal(size=(batch, 32, 32, 3)), jnp.float32)
+  return cfg, params, images
+
+
+def _schedule(cfg, method):
+  if method == "random":
+    return S.parse_schedule(cfg, f"embed:{cfg.num_tokens - 3}+keep@1:{cfg.num_prefix_tokens + 4}")
+  if method == "tome":
+    return S.remove_per_layer(cfg, 5)
+  return S.prune_at(cfg, keep=cfg.num_prefix_tokens + 6, layer=0)
+
+
+@pytest.mark.parametrize("name,method", zip(CONFIGS, ["pomt", "tome", "random"]))
+def test_no_reduction_gives_unpruned_logits_exactly(name, method):
+  cfg, params, images = _setup(name)
+  ref = model.jitted_forward(params, images, cfg=cfg)
+  sch = S.parse_schedule(cfg, "keep@0:%d" % cfg.num_tokens)  # remove 0 tokens
+  out = model.jitted_forward(params, images, cfg=cfg, schedule=sch, reducer=make_reducer(method))
+  np.testing.assert_array_equal(out, ref)
+
+
+# cls-only (test_tiny_vit) runs POMT / ToMe in the tests below; here the prefix-2 and -3 configs.
+@pytest.mark.parametrize("name", CONFIGS[1:])
+@pytest.mark.parametrize("method", METHODS)
+def test_pruned_forward_finite_and_batch_independent(name, method):
+  cfg, params, images = _setup(name)
+  red, sch = make_reducer(method), _schedule(cfg, method)
+  S.check_schedule(cfg, sch, red)
+  logits = model.jitted_forward(params, images, cfg=cfg, schedule=sch, reducer=red)
+  full = model.jitted_forward(params, images, cfg=cfg)
+  assert np.isfinite(logits).all() and not np.allclose(logits, full, atol=1e-4)
+  # Image 2 again, first in a batch whose other images are different: same graph, same answer.
+  others = jnp.asarray(np.random.default_rng(9).normal(size=(3, 32, 32, 3)), jnp.float32)
+  moved = model.jitted_forward(params, jnp.concatenate([images[2:3], others]), cfg=cfg,
+                               schedule=sch, reducer=red)
+  np.testing.assert_allclose(moved[0], logits[2], rtol=1e-5, atol=1e-6)
+
+
+def _after_block0(cfg, params, images, keep):
+  """Tokens after block 0's attention residual [B, N, C] and each method's reduction of them."""
+  x = model.embed(params, images, cfg)
+  bp = params["blocks"][0]
+  h = model.layer_norm(bp["norm1"], x, cfg.norm_eps)
+  a, stats = model.attention_with_stats(bp["attn"], h, None, cfg.num_heads)
+  x = x + model.layer_scale(bp.get("ls1"), a)
+  return x, [make_reducer(m).reduce(x, None, stats, num_keep=keep,
+                                    num_prefix=cfg.num_prefix_tokens, layer=0)[0]
+             for m in METHODS]
+
+
+@pytest.mark.parametrize("name", CONFIGS[1:])
+def test_prefix_tokens_kept_in_order_in_model(name):
+  cfg, params, images = _setup(name, batch=2)
+  p = cfg.num_prefix_tokens
+  x, outs = jax.jit(_after_block0, static_argnums=(0, 3))(cfg, params, images, cfg.num_tokens - 6)
+  for out in outs:
+    assert out.shape == (2, cfg.num_tokens - 6, cfg.embed_dim)
+    np.testing.assert_array_equal(out[:, :p], x[:, :p])
+
+
+def test_compiles_once_per_schedule():
+  cfg, params, images = _setup("test_tiny_vit", batch=2)
+  red = make_reducer("pomt")
+  sch = S.prune_at(cfg, keep=9, layer=1)
+  model.jitted_forward(params, images, cfg=cfg, schedule=sch, reducer=red)
+  n = model.jitted_forward._cache_size()
+  model.jitted_forward(params, images + 1, cfg=cfg, schedule=S.parse_schedule(cfg, "keep@1:9"),
+                       reducer=make_reducer("pomt"))
+  assert model.jitted_forward._cache_size() == n  # equal static args hash equal: no recompile
+  model.jitted_forward(params, images, cfg=cfg, schedule=S.prune_at(cfg, keep=8, layer=1),
+                       reducer=red)
+  assert model.jitted_forward._cache_size() == n + 1
+
+
+def test_pomt_multi_layer_and_maximum():
+  cfg, params, images = _setup("test_tiny_vit")
+  red = make_reducer("pomt")
+  for sch in (S.prune_layers(cfg, {0: 12, 1: 5}), S.prune_at(cfg, keep=2, layer=0)):
+    out = model.jitted_forward(params, images, cfg=cfg, schedule=sch, reducer=red,
+                               features=True)
+    assert out.shape == (4, sch.counts[-1], cfg.embed_dim) and np.isfinite(out).all()
+
+
+def test_tome_sizes_flow_into_proportional_attention():
+  cfg, params, images = _setup("test_tiny_vit", batch=2)
+  sch = S.remove_per_layer(cfg, 8)  # 17 -> 9 -> 5: the cap at both blocks
+  out = model.jitted_forward(params, images, cfg=cfg, schedule=sch, reducer=make_reducer("tome"),
+                             dtype="bfloat16")
+  assert np.isfinite(out).all()
+  # The forward validates the schedule against the method before tracing.
+  with pytest.raises(ValueError, match="tome can remove at most 8 of the 17 tokens"):
+    model.jitted_forward(params, images, cfg=cfg, schedule=S.Schedule([17, 8, 8]),
+                         reducer=make_reducer("tome"))
+
+
+def test_embedding_drop_needs_random():
+  cfg, params, images = _setup("test_tiny_vit", batch=1)
+  with pytest.raises(ValueError, match="drops tokens after the embedding, which pomt cannot do"):
+    model.jitted_forward(params, images, cfg=cfg, schedule=S.drop_after_embedding(cfg, 10),
+                         reducer=make_reducer("pomt"))

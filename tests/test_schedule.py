@@ -1,0 +1,191 @@
+"""Schedules: constructors, ToMe's parse_r, the text form (round trip, errors), validation."""
+import numpy as np
+import pytest
+
+from vitprune import schedule as S
+from vitprune.reduce import make_reducer
+from vitprune.registry import get_config
+
+DEIT_S = get_config("deit_small_patch16_224")  # 197 tokens, depth 12, prefix 1
+TINY = get_config("test_tiny_vit")             # 17 tokens, depth 2, prefix 1
+REG = get_config("test_tiny_dinov2_reg")       # 19 tokens, depth 2, prefix 3
+
+
+def test_schedule_basics_and_str():
+  s = S.Schedule([197, 197, 150])
+  assert s.counts == (197, 197, 150) and s.depth == 2
+  assert s.reduction_layers == (1,) and s.removed_at(1) == 47 and s.removed_at(0) == 0
+  assert str(s) == "list:197,197,150"  # shorter than embed:197+keep@1:150
+  assert str(S.Schedule((197,) * 4 + (120,) * 9)) == "embed:197+keep@3:120"
+  with pytest.raises(ValueError, match="not an integer"):
+    S.Schedule([197, 150.5])
+  with pytest.raises(ValueError, match="at least one count"):
+    S.Schedule([])
+
+
+def test_prune_at_keep_and_remove():
+  want = (197,) * 4 + (120,) * 9
+  assert S.prune_at(DEIT_S, keep=120).counts == want  # default layer 3
+  assert S.prune_at(DEIT_S, remove=77, layer=3).counts == want
+  assert S.prune_at(DEIT_S, keep=197, layer=3) == S.full_schedule(DEIT_S)  # remove 0
+  assert S.prune_at(DEIT_S, keep=2, layer=11).counts == (197,) * 12 + (2,)  # the maximum
+  two = S.prune_at(DEIT_S, keep=80, layer=6, base=S.prune_at(DEIT_S, keep=120, layer=3))
+  assert two.counts == (197,) * 4 + (120,) * 3 + (80,) * 6
+  assert S.prune_layers(DEIT_S, {6: 80, 3: 120}) == two
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(keep=120, remove=77), "exactly one"),
+    (dict(), "exactly one"),
+    (dict(keep=120, layer=12), "out of range"),
+    (dict(keep=120, layer=-1), "out of range"),
+    (dict(keep=1), "below prefix tokens"),
+    (dict(remove=-1), ">= 0"),
+    (dict(remove=196), "below prefix tokens"),
+])
+def test_prune_at_errors(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    S.prune_at(DEIT_S, **kwargs)
+
+
+def test_prune_at_type_and_increase_errors():
+  with pytest.raises(TypeError, match="keep must be an int"):
+    S.prune_at(DEIT_S, keep=120.0)
+  with pytest.raises(ValueError, match="only 120 are scheduled"):
+    S.prune_at(DEIT_S, keep=150, layer=5, base=S.prune_at(DEIT_S, keep=120, layer=3))
+
+
+def test_tome_r_list_matches_parse_r():
+  # ToMe parse_r: min = int(r (1 - inflect)), max = 2 r - min, linear over layers, truncated.
+  assert S.tome_r_list(12, 8) == [8] * 12
+  assert S.tome_r_list(12, (8, -0.5)) == [12, 11, 10, 9, 9, 8, 7, 6, 6, 5, 4, 4]
+  assert S.tome_r_list(12, (8, 0.5)) == [4, 4, 5, 6, 6, 7, 8, 9, 9, 10, 11, 12]
+  assert S.tome_r_list(4, (3, -1.0)) == [6, 4, 2, 0]
+  assert S.tome_r_list(4, [5, 1]) == [5, 1, 0, 0]
+  assert S.tome_r_list(1, (3, 0.5)) == [1]
+  with pytest.raises(ValueError, match=r"inflection must be in \[-1, 1\]"):
+    S.tome_r_list(12, (8, 1.5))
+  with pytest.raises(ValueError, match="r must be >= 0"):
+    S.tome_r_list(12, -1)
+  with pytest.raises(ValueError, match="5 entries for 4 layers"):
+    S.tome_r_list(4, [1] * 5)
+  with pytest.raises(ValueError, match=r"\(r, inflection\)"):
+    S.tome_r_list(4, (1, 2, 3))
+
+
+def test_remove_per_layer_caps_at_half():
+  assert S.remove_per_layer(DEIT_S, 8).counts == tuple(197 - 8 * i for i in range(13))
+  # 17 -> 17 - min(100, 16 // 2) = 9 -> 9 - 8 // 2 = 5 (ToMe's cap keeps >= prefix + 1).
+  assert S.remove_per_layer(TINY, 100).counts == (17, 9, 5)
+  # registers are protected too: 19 tokens, prefix 3 -> 19 - 8 = 11 -> 11 - 4 = 7.
+  assert S.remove_per_layer(REG, 100).counts == (19, 11, 7)
+  dec = S.remove_per_layer(DEIT_S, 8, inflection=-0.5)
+  assert np.array_equal(-np.diff(dec.counts), S.tome_r_list(12, (8, -0.5)))
+  base = S.drop_after_embedding(DEIT_S, 150)
+  assert S.remove_per_layer(DEIT_S, 2, base=base).counts == tuple(150 - 2 * i for i in range(13))
+  with pytest.raises(ValueError, match="without reduction layers"):
+    S.remove_per_layer(DEIT_S, 2, base=S.prune_at(DEIT_S, keep=120))
+
+
+@pytest.mark.parametrize("text,counts", [
+    ("full", (197,) * 13),
+    (" None ", (197,) * 13),
+    ("keep@3:120", (197,) * 4 + (120,) * 9),
+    ("KEEP@3:120, 6:80", (197,) * 4 + (120,) * 3 + (80,) * 6),
+    ("keep@3:120+keep@6:80", (197,) * 4 + (120,) * 3 + (80,) * 6),
+    ("remove@3:77", (197,) * 4 + (120,) * 9),
+    ("remove@3:10,6:5", (197,) * 4 + (187,) * 3 + (182,) * 6),
+    ("r8", tuple(197 - 8 * i for i in range(13))),
+    ("r8,-0.5", tuple(197 - int(c) for c in np.cumsum([0, 12, 11, 10, 9, 9, 8, 7, 6, 6, 5, 4,
+                                                      4]))),
+    ("rlist:10,5", (197, 187, 182) + (182,) * 10),
+    ("embed:150", (150,) * 13),
+    ("embed:150+keep@3:120", (150,) * 4 + (120,) * 9),
+    ("embed:150+r2", tuple(150 - 2 * i for i in range(13))),
+    ("list:" + ",".join(["197"] * 4 + ["120"] * 9), (197,) * 4 + (120,) * 9),
+    (",".join(["150"] * 13), (150,) * 13),
+])
+def test_parse_schedule_forms(text, counts):
+  assert S.parse_schedule(DEIT_S, text).counts == counts
+
+
+@pytest.mark.parametrize("text,match", [
+    ("", "empty schedule"),
+    ("keep@3", "LAYER:KEEP pairs"),
+    ("keep@x:120", "layer 'x' is not an integer"),
+    ("keep@3:120,3:100", "layer repeated"),
+    ("keep@12:120", "out of range"),
+    ("keep@3:1", "below prefix tokens"),
+    ("keep@3:250", "only 197 are scheduled"),
+    ("remove@3:-5", "remove must be >= 0"),
+    ("r8,abc", "inflection 'abc' is not a number"),
+    ("r8,2", r"inflection must be in \[-1, 1\]"),
+    ("keep@3:120+r8", "without reduction layers"),
+    ("keep@3:120+embed:150", "embed: must be the first term"),
+    ("embed:250", "has only 197"),
+    ("full+keep@3:120", "cannot be combined"),
+    ("list:197,197", "needs depth \\+ 1 = 13"),
+    ("list:197,x", "count 'x' is not an integer"),
+    ("pomt", "cannot parse 'pomt'; accepted forms"),
+    (",".join(["197"] * 6 + ["198"] * 7), "never increase"),
+])
+def test_parse_schedule_errors(text, match):
+  with pytest.raises(ValueError, match=match):
+    S.parse_schedule(DEIT_S, text)
+  with pytest.raises(TypeError, match="must be a str"):
+    S.parse_schedule(DEIT_S, 120)
+
+
+def _random_valid(cfg, rng):
+  counts = [int(rng.integers(cfg.num_prefix_tokens + 1, cfg.num_tokens + 1))]
+  for _ in range(cfg.depth):
+    counts.append(counts[-1] if rng.random() < 0.6 else
+                  int(rng.integers(cfg.num_prefix_tokens + 1, counts[-1] + 1)))
+  if rng.random() < 0.5:
+    counts[0] = cfg.num_tokens
+    counts = [min(c, cfg.num_tokens) for c in counts]
+  return S.from_counts(cfg, sorted(counts, reverse=True))
+
+
+@pytest.mark.parametrize("cfg", [DEIT_S, TINY, REG])
+def test_format_parse_round_trip(cfg):
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    s = _random_valid(cfg, rng)
+    assert S.parse_schedule(cfg, S.format_schedule(s, cfg)) == s
+    assert S.parse_schedule(cfg, str(s)) == s
+  assert S.format_schedule(S.full_schedule(cfg), cfg) == "full"
+
+
+def test_format_prefers_readable_form():
+  assert S.format_schedule(S.prune_at(DEIT_S, keep=120), DEIT_S) == "keep@3:120"
+  assert S.format_schedule(S.drop_after_embedding(DEIT_S, 150), DEIT_S) == "embed:150"
+  assert S.format_schedule(S.remove_per_layer(TINY, 4), TINY) == "list:17,13,9"
+  with pytest.raises(ValueError, match="starts with 250"):
+    S.format_schedule(S.Schedule([250] * 13), DEIT_S)
+
+
+def test_check_schedule_original_errors():
+  assert S.check_schedule(DEIT_S, None) == S.full_schedule(DEIT_S)
+  with pytest.raises(ValueError, match="13"):
+    S.check_schedule(DEIT_S, S.Schedule([197] * 12))
+  with pytest.raises(TypeError, match="expected a Schedule"):
+    S.check_schedule(DEIT_S, (197,) * 13)
+
+
+def test_check_schedule_method_limits():
+  tome = make_reducer("tome")
+  at_cap = S.Schedule([17, 9, 5])
+  assert S.check_schedule(TINY, at_cap, tome) == at_cap
+  with pytest.raises(ValueError, match="tome can remove at most 8 of the 17 tokens entering "
+                                       "block 0"):
+    S.check_schedule(TINY, S.Schedule([17, 8, 8]), tome)
+  with pytest.raises(ValueError, match="at most 8 of the 19 tokens entering block 0 \\(3 "
+                                       "prefix"):
+    S.check_schedule(REG, S.Schedule([19, 10, 10]), tome)
+  # POMT / Top-K / EViT go down to prefix + 1 in one block; none of them drops at the embedding.
+  for name in ("pomt", "topk", "evit"):
+    S.check_schedule(TINY, S.Schedule([17, 2, 2]), make_reducer(name))
+    with pytest.raises(ValueError, match=f"which {name} cannot do"):
+      S.check_schedule(TINY, S.Schedule([12, 12, 12]), make_reducer(name))
+  S.check_schedule(TINY, S.Schedule([12, 2, 2]), make_reducer("random"))

@@ -1,0 +1,106 @@
+"""Shared, loop-free building blocks of the token-reduction methods.
+
+Conventions: tokens are `[B, N, C]` with the `num_prefix` prefix tokens (cls, dist, registers)
+first; "patch" tokens are the `P = N - num_prefix` others (a fill/merged token from an earlier
+reduction counts as a patch token). Every selection is per image (no op mixes images), kept
+tokens stay in their original order, and `jax.lax.top_k` breaks ties towards the lower index.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitprune.reduce.base import AttentionStats
+
+
+def check_reduce_args(name: str, x: jax.Array, *, num_keep: int, num_prefix: int,
+                      fill: int = 0) -> None:
+  """Static checks shared by all reducers; `fill` is 1 when the method appends a fill token."""
+  if x.ndim != 3:
+    raise ValueError(f"{name}: tokens must be [B, N, C], got shape {tuple(x.shape)}")
+  n = x.shape[1]
+  if num_prefix < 0:
+    raise ValueError(f"{name}: num_prefix must be >= 0, got {num_prefix}")
+  if not num_prefix + 1 <= num_keep <= n:
+    raise ValueError(f"{name}: num_keep must be in [num_prefix + 1, N] = [{num_prefix + 1}, "
+                     f"{n}], got {num_keep}")
+  if fill and num_keep == n:
+    raise ValueError(f"{name}: num_keep == N == {n} removes nothing; the model only calls a "
+                     "reducer when a block reduces")
+
+
+def require_stats(name: str, stats: Optional[AttentionStats], n: int) -> AttentionStats:
+  if stats is None:
+    raise ValueError(f"{name} needs AttentionStats (attention probabilities / keys / values) "
+                     "at its reduction layer, got None")
+  if stats.probs.shape[-1] != n or stats.probs.shape[-2] != n:
+    raise ValueError(f"{name}: attention probs {tuple(stats.probs.shape)} do not match "
+                     f"{n} tokens")
+  return stats
+
+
+def top_k_sorted(scores: jax.Array, k: int) -> jax.Array:
+  """[B, P] scores -> [B, k] int32 indices of the k highest, in increasing index order.
+
+  Ties: `jax.lax.top_k` prefers the lower index, so equal scores keep the earlier token.
+  """
+  if k == 0:
+    return jnp.zeros(scores.shape[:1] + (0,), jnp.int32)
+  _, idx = jax.lax.top_k(scores, k)
+  return jnp.sort(idx, axis=-1)
+
+
+def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
+  """x [B, N, ...], idx [B, K] -> [B, K, ...] (per-image gather along the token axis)."""
+  idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, idx, axis=1)
+
+
+def dropped_mask(kept: jax.Array, p: int) -> jax.Array:
+  """kept [B, k] indices into P tokens -> [B, P] float32, 1 where a token is NOT kept."""
+  if kept.shape[-1] == 0:
+    return jnp.ones(kept.shape[:1] + (p,), jnp.float32)
+  return 1.0 - jax.nn.one_hot(kept, p, dtype=jnp.float32).sum(axis=1)
+
+
+def weighted_fill(patches: jax.Array, weights: jax.Array, *, normalize: bool) -> jax.Array:
+  """patches [B, P, C], weights [B, P] (0 for kept tokens) -> one fill token [B, 1, C].
+
+  `normalize=True`: weighted mean (sum w x / sum w); False: plain weighted sum (sum w x).
+  Computed in float32, returned in the tokens' dtype.
+  """
+  w = weights.astype(jnp.float32)
+  out = jnp.einsum("bp,bpc->bc", w, patches.astype(jnp.float32))
+  if normalize:
+    out = out / jnp.maximum(w.sum(axis=1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+  return out[:, None, :].astype(patches.dtype)
+
+
+def cls_attention(probs: jax.Array, num_prefix: int, name: str) -> jax.Array:
+  """probs [B, H, N, N] -> [B, P]: head-mean attention from token 0 (cls) to each patch token."""
+  if num_prefix < 1:
+    raise ValueError(f"{name} scores tokens by class-token attention, but the model has no "
+                     "prefix (class) token")
+  return probs[:, :, 0, num_prefix:].astype(jnp.float32).mean(axis=1)
+
+
+def keep_patches(x: jax.Array, scores: jax.Array, k: int, num_prefix: int):
+  """Keeps the prefix and the k best-scoring patches, in order.
+
+  x [B, N, C], scores [B, P] -> (tokens [B, prefix + k, C], kept [B, k] patch indices,
+  dropped [B, P] float32 mask of the other patches).
+  """
+  p = x.shape[1] - num_prefix
+  kept = top_k_sorted(scores, k)
+  patches = x[:, num_prefix:]
+  out = jnp.concatenate([x[:, :num_prefix], gather_tokens(patches, kept)], axis=1)
+  return out, kept, dropped_mask(kept, p)
+
+
+def static_random_subset(seed: int, stream: int, p: int, k: int) -> np.ndarray:
+  """A fixed, sorted random subset of k of p indices; `stream` separates layers (0: embedding)."""
+  rng = np.random.default_rng([int(seed), int(stream)])
+  return np.sort(rng.permutation(p)[:k]).astype(np.int32)

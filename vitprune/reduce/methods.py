@@ -1,0 +1,37 @@
+"""Name -> reducer factory for CLIs and configs: `make_reducer('pomt')`, `make_reducer('random',
+seed=3)`, `make_reducer('evit', normalize=True)`."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Type
+
+from vitprune.reduce.evit import EViT
+from vitprune.reduce.pomt import POMT
+from vitprune.reduce.random_drop import RandomDrop
+from vitprune.reduce.tome import ToMe
+from vitprune.reduce.topk import TopK
+
+METHODS: Dict[str, Type] = {"pomt": POMT, "topk": TopK, "tome": ToMe, "evit": EViT,
+                            "random": RandomDrop}
+
+
+def list_methods() -> list:
+  return sorted(METHODS)
+
+
+def make_reducer(name: str, **kwargs):
+  """The reducer registered as `name` (case-insensitive), built with `kwargs` (its fields).
+
+  Raises ValueError listing the valid names, or naming the fields the method accepts.
+  """
+  key = str(name).strip().lower()
+  if key not in METHODS:
+    raise ValueError(f"unknown token-reduction method {name!r}; valid: "
+                     f"{', '.join(list_methods())}")
+  cls = METHODS[key]
+  try:
+    return cls(**kwargs)
+  except TypeError as e:
+    fields = [f.name for f in dataclasses.fields(cls)]
+    raise ValueError(f"method {key!r} accepts {fields or 'no options'}, got "
+                     f"{sorted(kwargs)}: {e}") from None

@@ -1,0 +1,110 @@
+"""ToMe (Bolya et al., ICLR 2023): bipartite soft matching, following facebookresearch/ToMe
+`merge.py` (`bipartite_soft_matching` + `merge_wavg`).
+
+At a reducing block with N tokens and r = N - num_keep:
+  * metric: keys averaged over heads [B, N, D], L2-normalised (cosine similarity);
+  * tokens alternate into set A (even positions) and set B (odd positions), prefix included;
+  * scores = A @ B^T; prefix tokens are protected with -inf similarity (a prefix token in A is
+    never merged, nothing merges into a prefix token in B), as ToMe does for cls (and dist);
+  * each A token's best B match; the r A tokens with the highest best-match similarity are
+    merged into their match by size-weighted averaging (sizes summed);
+  * official order is [unmerged A (sorted by position), B]; the prefix tokens (which are in both
+    parts) are then moved to the front in their original order, the rest keeps that order.
+Token sizes [B, N] are carried across blocks (`tracks_size=True`; the model adds log(size) to
+the attention logits: proportional attention). At most half of the non-prefix tokens merge per
+block (ToMe's 50% cap). Ties: the lower index wins (top_k / argmax).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitprune.reduce import common
+from vitprune.reduce.base import AttentionStats
+from vitprune.schedule import tome_max_remove
+
+
+def bipartite_matching(keys: jax.Array, r: int, num_prefix: int
+                       ) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """keys [B, N, H, D] -> (src [B, r] A-indices merged, dst [B, r] their B-indices,
+  unm [B, ceil(N/2) - r] A-indices left unmerged, sorted)."""
+  n = keys.shape[1]
+  metric = keys.astype(jnp.float32).mean(axis=2)
+  metric = metric / jnp.maximum(jnp.linalg.norm(metric, axis=-1, keepdims=True),
+                                jnp.finfo(jnp.float32).tiny)
+  a, b = metric[:, 0::2], metric[:, 1::2]
+  scores = jnp.einsum("bic,bjc->bij", a, b)  # [B, nA, nB]
+  prot_a = np.arange(0, n, 2) < num_prefix
+  prot_b = np.arange(1, n, 2) < num_prefix
+  protected = prot_a[:, None] | prot_b[None, :]
+  scores = jnp.where(protected[None], -jnp.inf, scores)
+  node_max = scores.max(axis=-1)     # [B, nA]
+  node_idx = scores.argmax(axis=-1)  # [B, nA]
+  n_a = a.shape[1]
+  if r == 0:
+    empty = jnp.zeros((keys.shape[0], 0), jnp.int32)
+    return empty, empty, jnp.broadcast_to(jnp.arange(n_a, dtype=jnp.int32), (keys.shape[0], n_a))
+  _, src = jax.lax.top_k(node_max, r)
+  dst = jnp.take_along_axis(node_idx, src, axis=1).astype(jnp.int32)
+  merged = jax.nn.one_hot(src, n_a, dtype=jnp.int32).sum(axis=1)  # [B, nA] 1 where merged
+  unm = jnp.argsort(merged, axis=1, stable=True)[:, :n_a - r].astype(jnp.int32)
+  return src.astype(jnp.int32), dst, unm
+
+
+def output_order(n: int, r: int, num_prefix: int) -> np.ndarray:
+  """Static permutation of ToMe's [unmerged A, B] output putting prefix tokens first, in order.
+
+  Prefix token t sits at unmerged-A position t // 2 (t even; protected A tokens are never merged
+  and have the lowest A indices) or at B position t // 2 (t odd).
+  """
+  n_unm = (n + 1) // 2 - r
+  pos = [t // 2 if t % 2 == 0 else n_unm + t // 2 for t in range(num_prefix)]
+  taken = set(pos)
+  rest = [i for i in range(n - r) if i not in taken]
+  return np.asarray(pos + rest, np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ToMe:
+  name = "tome"
+  needs_attention = True
+  tracks_size = True
+  supports_embedding = False
+
+  def max_remove(self, num_tokens: int, num_prefix: int) -> int:
+    return tome_max_remove(num_tokens, num_prefix)
+
+  def reduce(self, x: jax.Array, size: Optional[jax.Array], stats: Optional[AttentionStats],
+             *, num_keep: int, num_prefix: int, layer: int
+             ) -> Tuple[jax.Array, Optional[jax.Array]]:
+    """x [B, N, C], size [B, N] or None (all ones) -> ([B, num_keep, C], sizes [B, num_keep])."""
+    common.check_reduce_args("ToMe", x, num_keep=num_keep, num_prefix=num_prefix)
+    n = x.shape[1]
+    stats = common.require_stats("ToMe", stats, n)
+    r = n - num_keep
+    cap = self.max_remove(n, num_prefix)
+    if r > cap:
+      raise ValueError(f"ToMe can merge at most {cap} of {n} tokens at layer {layer} (half of "
+                       f"the {n - num_prefix} non-prefix tokens), the schedule asks for {r}")
+    if size is None:
+      size = jnp.ones(x.shape[:2], jnp.float32)
+    size = size.astype(jnp.float32)
+    src, dst, unm = bipartite_matching(stats.keys, r, num_prefix)
+    xs = x.astype(jnp.float32) * size[..., None]
+    xa, xb, sa, sb = xs[:, 0::2], xs[:, 1::2], size[:, 0::2], size[:, 1::2]
+    onehot = jax.nn.one_hot(dst, xb.shape[1], dtype=jnp.float32)  # [B, r, nB]
+    xb = xb + jnp.einsum("brn,brc->bnc", onehot, common.gather_tokens(xa, src))
+    sb = sb + jnp.einsum("brn,br->bn", onehot, common.gather_tokens(sa, src))
+    out_x = jnp.concatenate([common.gather_tokens(xa, unm), xb], axis=1)
+    out_s = jnp.concatenate([common.gather_tokens(sa, unm), sb], axis=1)
+    order = output_order(n, r, num_prefix)
+    out_x, out_s = out_x[:, order], out_s[:, order]
+    return (out_x / out_s[..., None]).astype(x.dtype), out_s
+
+  def reduce_embedding(self, x: jax.Array, *, num_keep: int, num_prefix: int) -> jax.Array:
+    raise ValueError("ToMe needs attention keys and cannot drop tokens right after the "
+                     "embedding; use the 'random' method for that")
