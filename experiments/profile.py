@@ -1,0 +1,120 @@
+r"""Latency-workload profiler CLI: latency vs tokens kept, steps, per-block tables, schedules.
+
+  python -m experiments.profile                                  # tiny default, local backend
+  python -m experiments.profile --model=deit_small_patch16_224 --batch_size=1,8 \
+      --dtype=bfloat16 --mode=model --adaptive --threads=8 \
+      --compile_cache_dir=/tmp/jax_cache --min_run_time=0.5
+  python -m experiments.profile --model=deit_small_patch16_224 --mode=block --tokens=197:50
+  python -m experiments.profile --model=deit_small_patch16_224 --mode=schedule \
+      --schedule=197,197,197,180,180,180,160,160,160,140,140,140,120
+
+Writes `<out_dir>/<model>_<mode>_b<batch>_<dtype>_<device>.{json,csv,png}` (schema in
+`vitprune/profile/records.py`) and prints a summary table with steps ("n -> n-1 saves x% (y ms)"),
+flat stretches and the per-block predictor's errors.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import List, Optional
+
+from absl import app
+from absl import flags
+
+from vitprune.profile import records
+from vitprune.profile import runner
+from vitprune.profile import timing
+from vitprune.registry import get_config
+
+_MODEL = flags.DEFINE_string("model", "test_tiny_vit", "Registered model name (timm name).")
+_BATCH = flags.DEFINE_list("batch_size", ["1"], "Batch sizes, comma-separated.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_TOKENS = flags.DEFINE_string(
+    "tokens", "all", "Token counts entering block 0: 'all', 'a:b', 'a:b:step' (inclusive) or "
+    "'n1,n2,...'; each within [prefix + 1, num_tokens].")
+_MODE = flags.DEFINE_enum("mode", "model", list(runner.MODES),
+                          "model: whole-forward curve; block: per-block table; schedule: the "
+                          "graphs of --schedule.")
+_SCHEDULE = flags.DEFINE_multi_string(
+    "schedule", [], "Schedule(s) for --mode=schedule (repeat the flag): depth + 1 comma-separated "
+    "counts, or any syntax vitprune.schedule.parse_schedule accepts.")
+_REDUCER = flags.DEFINE_string(
+    "reducer", None, "Token-drop method for model/schedule graphs (default: the library's "
+    "'random' by default; keep_first: a static slice).")
+_OUT_DIR = flags.DEFINE_string("out_dir", "outputs/profile/", "Output directory.")
+_MIN_RUN = flags.DEFINE_float("min_run_time", 0.25, "Seconds of timed calls per point.")
+_MAX_REL_IQR = flags.DEFINE_float("max_rel_iqr", 0.1,
+                                  "Re-measure points whose IQR / median exceeds this.")
+_RETRIES = flags.DEFINE_integer("max_retries", 2, "Re-measurement rounds for wide points.")
+_CACHE = flags.DEFINE_string("compile_cache_dir", None,
+                             "Persistent JAX compilation cache directory (reuse across runs).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed: random weights, inputs, measurement order.")
+_WEIGHTS = flags.DEFINE_string("weights", None,
+                               "Weights directory (vitprune.checkpoint.load_weights); its config replaces --model.")
+_THREADS = flags.DEFINE_integer("threads", 2, "Parallel compile threads.")
+_ADAPTIVE = flags.DEFINE_bool("adaptive", False,
+                              "Coarse pass, then every count in non-flat intervals.")
+_STRIDE = flags.DEFINE_integer("coarse_stride", 0, "Adaptive coarse stride (0: ~16 points).")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar (stderr).")
+
+
+def _batch_sizes(values: List[str]):
+  try:
+    sizes = tuple(int(v) for v in values)
+  except ValueError:
+    raise ValueError(f"--batch_size must be comma-separated integers, got {values}") from None
+  if not sizes or min(sizes) < 1:
+    raise ValueError(f"--batch_size values must be >= 1, got {list(sizes)}")
+  return sizes
+
+
+def load_model(name: str, weights: Optional[str]):
+  """-> (cfg, params or None). With `weights`, the config comes from the weights directory."""
+  if weights is None:
+    return get_config(name), None
+  try:
+    ckpt = importlib.import_module("vitprune.checkpoint")
+    load_weights = ckpt.load_weights
+  except (ImportError, AttributeError):
+    raise ValueError("--weights needs vitprune.checkpoint.load_weights, which does not exist "
+                     "in this tree") from None
+  cfg, params = load_weights(weights)
+  return cfg, params
+
+
+def spec_from_flags():
+  """-> (ProfileSpec, params or None); raises ValueError/KeyError on bad flags."""
+  cfg, params = load_model(_MODEL.value, _WEIGHTS.value)
+  tokens = runner.parse_tokens(_TOKENS.value, cfg)
+  schedules = tuple(runner.parse_schedule_text(cfg, s) for s in _SCHEDULE.value)
+  tcfg = timing.TimingConfig(min_run_time=_MIN_RUN.value, max_rel_iqr=_MAX_REL_IQR.value,
+                             max_retries=_RETRIES.value, seed=_SEED.value)
+  spec = runner.ProfileSpec(cfg=cfg, batch_sizes=_batch_sizes(_BATCH.value), dtype=_DTYPE.value,
+                            mode=_MODE.value, tokens=tokens, schedules=schedules, timing=tcfg,
+                            threads=_THREADS.value, adaptive=_ADAPTIVE.value,
+                            coarse_stride=_STRIDE.value, reducer=_REDUCER.value,
+                            seed=_SEED.value)
+  return spec, params
+
+
+def run(argv) -> List[records.Profile]:
+  """Runs the profile the parsed flags describe -> one Profile per batch size (and prints the
+  summary). Bad flags raise `app.UsageError` with the problem."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    spec, params = spec_from_flags()
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    raise app.UsageError(str(e.args[0] if isinstance(e, KeyError) else e)) from None
+  profiles = runner.run_profile(spec, params=params, out_dir=_OUT_DIR.value,
+                                compile_cache_dir=_CACHE.value, progress=_PROGRESS.value)
+  for prof in profiles:
+    print(runner.summary_table(prof))
+  return profiles
+
+
+def main(argv):
+  run(argv)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,168 @@
+"""experiments.profile end to end on the tiny config (in-process absl flags), and its errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import app, flags
+
+from vitprune.profile import records, runner
+from vitprune.registry import get_config
+from vitprune.schedule import Schedule
+
+from tests.conftest import load_cli
+
+cli = None  # experiments.profile, loaded per test module by the fixture below
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _load_cli():
+  global cli
+  cli = load_cli("profile")
+
+
+FLAGS = flags.FLAGS
+FAST = ["--min_run_time=0.005", "--max_retries=0", "--noprogress", "--threads=2"]
+CFG = get_config("test_tiny_vit")   # 1 cls + 16 patches = 17 tokens, depth 2
+
+
+def _run(tmp_path, *args):
+  FLAGS.unparse_flags()
+  FLAGS(["profile", f"--out_dir={tmp_path}", *FAST, *args])
+  return cli.run(["profile"])
+
+
+def test_model_mode_writes_profile_csv_png(tmp_path, capsys):
+  profs = _run(tmp_path, "--tokens=17,9", "--batch_size=1,2")
+  assert [p.batch_sizes for p in profs] == [(1,), (2,)]
+  for b in (1, 2):
+    stem = tmp_path / f"test-tiny-vit_model_b{b}_float32_cpu"
+    back = records.load(f"{stem}.json")
+    assert sorted(p.tokens for p in back.points) == [9, 17]
+    assert {p.component for p in back.points} == {"model"}
+    assert all(p.num_samples >= 5 and p.compile_s > 0 and p.median_s > 0 for p in back.points)
+    assert back.modes == ("model",) and back.config["name"] == "test_tiny_vit"
+    assert back.reducer in ("random", "keep_first")   # library RandomDrop when present
+    assert len(open(f"{stem}.csv").read().strip().split("\n")) == 3
+    assert os.path.getsize(f"{stem}.png") > 0
+  assert (tmp_path / "test-tiny-vit_model_b1-2_float32_cpu.png").exists()
+  out = capsys.readouterr().out
+  assert "== test_tiny_vit | float32" in out and "-- steps of model curve, batch 2" in out
+  assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
+def test_block_mode_reports_predictions(tmp_path, capsys):
+  (prof,) = _run(tmp_path, "--mode=block", "--tokens=17:13:-4", "--dtype=bfloat16")
+  comps = sorted((p.component, p.tokens) for p in prof.points)
+  assert comps == ([("block", n) for n in (13, 17)] + [("embed", 17)]
+                   + [("head", n) for n in (13, 17)] + [("model", n) for n in (13, 17)])
+  assert sorted(p["schedule"][0] for p in prof.predictions) == [13, 17]
+  for p in prof.predictions:
+    assert p["rel_error"] == pytest.approx(p["predicted_s"] / p["measured_s"] - 1)
+  assert "per-block sum (embed + sum blocks + head) vs measured graph" in capsys.readouterr().out
+  assert (tmp_path / "test-tiny-vit_block_b1_bfloat16_cpu.json").exists()
+
+
+def test_schedule_mode_measures_graphs_and_block_table(tmp_path):
+  (prof,) = _run(tmp_path, "--mode=schedule", "--schedule=17,12,5", "--schedule=9,9,9",
+                 "--reducer=keep_first")
+  assert prof.reducer == "keep_first"
+  scheds = sorted(p.schedule for p in prof.points if p.component == "schedule")
+  assert scheds == [(9, 9, 9), (17, 12, 5)]
+  assert sorted(p.tokens for p in prof.points if p.component == "block") == [9, 12, 17]
+  assert sorted(p.tokens for p in prof.points if p.component == "head") == [5, 9]
+  assert sorted(tuple(p["schedule"]) for p in prof.predictions) == [(9, 9, 9), (17, 12, 5)]
+
+
+def test_adaptive_grid_is_subset_and_keeps_ends(tmp_path):
+  (prof,) = _run(tmp_path, "--adaptive", "--coarse_stride=5", "--tokens=all")
+  toks = {p.tokens for p in prof.points}
+  assert {17, 12, 7, 2} <= toks <= set(range(2, 18))
+
+
+def test_default_flags_profile_tiny_model_every_count():
+  # The no-flag run itself (16 compiles) is exercised by hand; here: what it would profile.
+  FLAGS.unparse_flags()
+  FLAGS(["profile"])
+  spec, params = cli.spec_from_flags()
+  assert params is None and spec.cfg == CFG and spec.mode == "model"
+  assert spec.batch_sizes == (1,) and spec.dtype == "float32" and not spec.adaptive
+  assert spec.grid == tuple(range(17, 1, -1))
+  assert FLAGS.out_dir == "outputs/profile/"
+
+
+def test_weights_flag(tmp_path):
+  from vitprune import checkpoint, model
+  wdir = checkpoint.save_weights(str(tmp_path / "w"), get_config("test_tiny_distilled"),
+                                 model.init_params(get_config("test_tiny_distilled"), 1))
+  (prof,) = _run(tmp_path / "out", f"--weights={wdir}", "--tokens=18,3")
+  assert prof.model == "test_tiny_distilled" and {p.tokens for p in prof.points} == {18, 3}
+  with pytest.raises(app.UsageError, match="no config.json"):
+    _run(tmp_path, f"--weights={tmp_path / 'missing'}")
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--tokens=1:5"], r"counts \[1\] are outside \[2, 17\]"),
+    (["--tokens=10:18"], r"counts \[18\] are outside"),
+    (["--tokens=5:10:-1"], "never goes from 5 to 10"),
+    (["--tokens=5:10:0"], "step must not be 0"),
+    (["--tokens=a:b"], "is not 'all'"),
+    (["--tokens="], "is empty"),
+    (["--model=deit_smal_patch16_224"], "Did you mean: deit_small_patch16_224"),
+    (["--batch_size=0"], "must be >= 1"),
+    (["--batch_size=x"], "comma-separated integers"),
+    (["--mode=schedule"], "needs at least one --schedule"),
+    (["--schedule=17,17,17"], "only used with --mode=schedule"),
+    (["--mode=schedule", "--schedule=17,17"], "needs depth \\+ 1 = 3"),
+    (["--mode=schedule", "--schedule=17,x,3"], "17,x,3"),
+    (["--mode=schedule", "--schedule=12,17,3"], "never increase"),
+    (["--threads=0"], "threads must be >= 1"),
+    (["--min_run_time=0"], "min_run_time must be > 0"),
+    (["--reducer=nosuch"], "nosuch"),
+])
+def test_flag_errors(tmp_path, args, match):
+  with pytest.raises(app.UsageError, match=match):
+    _run(tmp_path, *args)
+  assert not os.path.exists(tmp_path / "profile")
+
+
+def test_unexpected_positional_argument(tmp_path):
+  FLAGS.unparse_flags()
+  FLAGS(["profile", f"--out_dir={tmp_path}"])
+  with pytest.raises(app.UsageError, match="unexpected arguments"):
+    cli.run(["profile", "extra"])
+
+
+def test_parse_tokens_forms():
+  assert runner.parse_tokens("all", CFG) == tuple(range(17, 1, -1))
+  assert runner.parse_tokens("10:13", CFG) == (13, 12, 11, 10)
+  assert runner.parse_tokens("17:2:-5", CFG) == (17, 12, 7, 2)
+  assert runner.parse_tokens(" 9,3,9 ", CFG) == (9, 3)
+  assert runner.parse_tokens("all", get_config("test_tiny_dinov2_reg"))[-1] == 4
+
+
+def test_keep_first_reducer_and_spec_validation():
+  import jax.numpy as jnp
+  x = jnp.arange(2 * 5 * 3).reshape(2, 5, 3)
+  r = runner.KeepFirst()
+  assert (r.reduce_embedding(x, num_keep=3, num_prefix=1) == x[:, :3]).all()
+  y, size = r.reduce(x, jnp.ones((2, 5)), None, num_keep=2, num_prefix=1, layer=0)
+  assert y.shape == (2, 2, 3) and size.shape == (2, 2)
+  with pytest.raises(ValueError, match="unknown mode"):
+    runner.ProfileSpec(cfg=CFG, mode="layer")
+  with pytest.raises(ValueError, match="outside"):
+    runner.ProfileSpec(cfg=CFG, tokens=(18,))
+  with pytest.raises(ValueError, match="needs depth"):
+    runner.ProfileSpec(cfg=CFG, mode="schedule", schedules=(Schedule((17, 17)),))
+  assert runner.coarse_grid(range(17, 1, -1), 5) == (17, 12, 7, 2)
+  assert runner.coarse_grid([17, 16, 15], 2) == (17, 15)
+
+
+def test_subprocess_error_exit():
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-m", "experiments.profile", "--tokens=0:3"],
+                     capture_output=True, text=True, env=env, timeout=120,
+                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert r.returncode == 1
+  assert "counts [0, 1] are outside [2, 17]" in r.stderr

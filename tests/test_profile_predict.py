@@ -1,0 +1,60 @@
+"""The per-block additive predictor on exact synthetic cases."""
+import pytest
+
+from vitprune.profile import predict
+from vitprune.schedule import Schedule
+
+
+def _table(**kw):
+  block = {n: 0.1 + 0.01 * n for n in range(2, 18)}
+  head = {n: 0.001 * n for n in range(2, 18)}
+  return predict.BlockTable(embed_s=0.5, block_s=block, head_s=head, **kw)
+
+
+def test_constant_schedule_is_embed_plus_depth_blocks_plus_head():
+  t = _table()
+  assert predict.predict(t, Schedule((17, 17, 17))) == pytest.approx(0.5 + 2 * 0.27 + 0.017)
+  assert predict.predict_curve(t, 2, [17, 9]) == {
+      17: pytest.approx(0.5 + 2 * 0.27 + 0.017), 9: pytest.approx(0.5 + 2 * 0.19 + 0.009)}
+
+
+def test_reducing_schedule_sums_input_counts_and_overheads():
+  s = Schedule((17, 12, 5))  # block 0 sees 17, block 1 sees 12, head sees 5
+  assert predict.predict(_table(), s) == pytest.approx(0.5 + 0.27 + 0.22 + 0.005)
+  t = _table(reduce_s={17: 0.03, 12: 0.02})
+  assert predict.predict(t, s) == pytest.approx(0.5 + 0.27 + 0.03 + 0.22 + 0.02 + 0.005)
+  # A schedule reducing only after block 1: one overhead.
+  assert predict.predict(t, Schedule((17, 17, 9))) == pytest.approx(
+      0.5 + 0.27 + 0.27 + 0.03 + 0.009)
+
+
+def test_scalar_head():
+  t = predict.BlockTable(embed_s=1.0, block_s={5: 2.0}, head_s=0.25)
+  assert predict.predict(t, Schedule((5, 5, 5, 5))) == 1.0 + 3 * 2.0 + 0.25
+
+
+def test_missing_count_errors_or_interpolates():
+  t = predict.BlockTable(embed_s=0.0, block_s={10: 1.0, 20: 2.0}, head_s={10: 0.0, 20: 0.0})
+  with pytest.raises(KeyError, match="no block latency measured at 15 tokens"):
+    predict.predict(t, Schedule((15, 15, 10)))
+  assert predict.predict(t, Schedule((15, 15, 10)), interpolate=True) == pytest.approx(3.0)
+  with pytest.raises(KeyError, match="no block latency measured at 25"):
+    predict.predict(t, Schedule((25, 20, 10)), interpolate=True)  # outside: never extrapolate
+  with pytest.raises(KeyError, match="no head latency measured at 12"):
+    predict.predict(t, Schedule((20, 20, 12)))
+  t2 = predict.BlockTable(embed_s=0.0, block_s={20: 1.0}, reduce_s={10: 0.1})
+  with pytest.raises(KeyError, match="no reduction latency measured at 20"):
+    predict.predict(t2, Schedule((20, 20, 10)))
+
+
+def test_relative_error_and_table_validation():
+  assert predict.relative_error(1.1, 1.0) == pytest.approx(0.1)
+  assert predict.relative_error(0.9, 1.0) == pytest.approx(-0.1)
+  with pytest.raises(ValueError, match="measured latency must be > 0"):
+    predict.relative_error(1.0, 0.0)
+  with pytest.raises(ValueError, match="at least one block"):
+    predict.BlockTable(embed_s=0.0, block_s={})
+  with pytest.raises(ValueError, match="block_s latencies"):
+    predict.BlockTable(embed_s=0.0, block_s={3: -1.0})
+  with pytest.raises(ValueError, match="head_s latencies"):
+    predict.BlockTable(embed_s=0.0, block_s={3: 1.0}, head_s=float("nan"))

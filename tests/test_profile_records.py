@@ -1,0 +1,157 @@
+"""Profile JSON schema round trip, CSV twin, merge rules, plot, and analysis on synthetic points."""
+import dataclasses
+import json
+import os
+
+import pytest
+
+from vitprune.profile import plot, records
+from vitprune.registry import get_config
+
+CFG = get_config("test_tiny_vit")
+
+
+def _point(component, n, median, *, batch=1, schedule=None, spread=0.0):
+  samples = (median - spread, median, median + spread)
+  return records.Point(component=component, batch_size=batch, tokens=n, median_s=median,
+                       q25_s=median - spread / 2, q75_s=median + spread / 2, num_samples=3,
+                       samples_s=samples, compile_s=0.5, retries=0, schedule=schedule)
+
+
+def _profile(points, *, created="2025-01-01T00:00:00+00:00", dtype="float32",
+             device="cpu", modes=("model",), cfg=CFG):
+  return records.analyze(records.Profile(
+      model=cfg.name, config=dataclasses.asdict(cfg), device_kind=device, platform="cpu",
+      jax_version="0.0", jaxlib_version="0.0", dtype=dtype, modes=modes, reducer="keep_first",
+      timing={"min_run_time": 0.1}, points=tuple(points), created=created))
+
+
+def _staircase_points(batch=1, jump=1e-3):
+  return [_point("model", n, 1e-2 + (jump if n > 9 else 0.0), batch=batch)
+          for n in range(17, 1, -1)]
+
+
+def test_analyze_finds_steps_and_flats():
+  prof = _profile(_staircase_points())
+  assert [(s["n_from"], s["n_to"]) for s in prof.steps] == [(10, 9)]
+  assert prof.steps[0]["saving_s"] == pytest.approx(1e-3)
+  assert [(f["n_hi"], f["n_lo"]) for f in prof.flats] == [(17, 10), (9, 2)]
+  assert prof.predictions == ()   # no block table
+
+
+def test_analyze_predictions_exact_on_additive_points():
+  block = {n: 1e-3 * n for n in (17, 12, 5)}
+  pts = [_point("embed", 17, 2e-3)]
+  pts += [_point("block", n, v) for n, v in block.items()]
+  pts += [_point("head", n, 1e-4) for n in (17, 12, 5)]
+  pts += [_point("model", 17, 2e-3 + 2 * block[17] + 1e-4)]
+  pts += [_point("schedule", 17, 2e-3 + block[17] + block[12] + 1e-4 + 1e-3,
+                 schedule=(17, 12, 5))]
+  prof = _profile(pts, modes=("block", "schedule"))
+  preds = {p["component"]: p for p in prof.predictions}
+  assert preds["model"]["rel_error"] == pytest.approx(0.0, abs=1e-12)
+  assert preds["model"]["schedule"] == [17, 17, 17]
+  assert preds["schedule"]["predicted_s"] == pytest.approx(2e-3 + 0.017 + 0.012 + 1e-4)
+  assert preds["schedule"]["rel_error"] == pytest.approx(-1e-3 / preds["schedule"]["measured_s"])
+
+
+def test_json_round_trip_and_files(tmp_path):
+  prof = _profile(_staircase_points())
+  paths = records.save(prof, str(tmp_path))
+  assert os.path.basename(paths["json"]) == "test-tiny-vit_model_b1_float32_cpu.json"
+  back = records.load(paths["json"])
+  assert back == prof
+  assert records.merge([back, prof]).points == prof.points   # fresh and loaded merge
+  assert records.to_json(back) == records.to_json(prof)
+  d = json.load(open(paths["json"]))
+  assert d["schema_version"] == records.SCHEMA_VERSION and d["batch_sizes"] == [1]
+  assert d["config"]["depth"] == 2 and d["points"][0]["num_samples"] == 3
+  assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths.values())
+
+
+def test_csv_twin():
+  prof = _profile(_staircase_points())
+  rows = records.to_csv(prof).strip().split("\n")
+  assert rows[0].split(",") == list(records.CSV_COLUMNS)
+  assert len(rows) == 1 + 16
+  row10 = next(r for r in rows[1:] if r.split(",")[6] == "10").split(",")
+  assert row10[-1] == "9"                         # step 10 -> 9
+  assert float(row10[8]) == pytest.approx(11.0)   # median in ms
+
+
+def test_merge_later_wins_and_batches_union():
+  a = _profile(_staircase_points(batch=1), created="2025-01-01T00:00:00+00:00")
+  newer = [_point("model", 17, 5e-2)]
+  b = _profile(newer, created="2025-02-01T00:00:00+00:00")
+  c = _profile(_staircase_points(batch=8, jump=2e-3), created="2025-01-15T00:00:00+00:00",
+               modes=("block",))
+  m = records.merge([b, a, c])
+  assert m.batch_sizes == (1, 8)
+  assert m.modes == ("model", "block")
+  assert len(m.points) == 32
+  assert {p.median_s for p in m.curve("model", 1) if p.tokens == 17} == {5e-2}
+  # The newer 17-token point (50 ms) is a step of its own; steps are recomputed on merge.
+  assert {(s["batch_size"], s["n_from"]) for s in m.steps} == {(1, 17), (1, 10), (8, 10)}
+  assert records.file_stem(m) == "test-tiny-vit_model-block_b1-8_float32_cpu"
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(dtype="bfloat16"), "different dtype"),
+    (dict(device="NVIDIA H100"), "different device_kind"),
+    (dict(cfg=get_config("test_tiny_distilled")), "different model config"),
+])
+def test_merge_mismatch_errors(kw, match):
+  with pytest.raises(ValueError, match=match):
+    records.merge([_profile(_staircase_points()), _profile(_staircase_points(), **kw)])
+  with pytest.raises(ValueError, match="at least one"):
+    records.merge([])
+
+
+def test_load_errors(tmp_path):
+  good = records.to_json(_profile(_staircase_points()))
+  cases = {
+      "notjson": "{", "format": {**good, "format": "x"},
+      "version": {**good, "schema_version": 99},
+      "missing": {k: v for k, v in good.items() if k != "points"},
+      "point": {**good, "points": [{k: v for k, v in good["points"][0].items()
+                                    if k != "median_s"}]},
+      "count": {**good, "points": [{**good["points"][0], "num_samples": 7}]},
+      "component": {**good, "points": [{**good["points"][0], "component": "mlp"}]},
+  }
+  matches = {"notjson": "not valid JSON", "format": "not a latency profile",
+             "version": "schema_version 99", "missing": r"missing keys \['points'\]",
+             "point": r"point 0 is missing keys \['median_s'\]",
+             "count": "num_samples 7 != 3", "component": "unknown component 'mlp'"}
+  for name, content in cases.items():
+    path = tmp_path / f"{name}.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(ValueError, match=matches[name]):
+      records.load(str(path))
+
+
+def test_point_validation():
+  with pytest.raises(ValueError, match="exactly when its component is 'schedule'"):
+    _point("schedule", 17, 1.0)
+  with pytest.raises(ValueError, match="exactly when"):
+    _point("model", 17, 1.0, schedule=(17, 17, 17))
+
+
+def test_atomic_write_failure_keeps_old_file(tmp_path):
+  path = tmp_path / "x.json"
+  records.atomic_write(str(path), b"old")
+  with pytest.raises(TypeError):
+    records.atomic_write(str(path), "not bytes")
+  assert path.read_bytes() == b"old"
+  assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_plot_writes_png_and_rejects_missing_component(tmp_path):
+  prof = records.merge([_profile(_staircase_points()), _profile(_staircase_points(batch=4))])
+  out = plot.plot_profile(prof, str(tmp_path / "p.png"))
+  with open(out, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with pytest.raises(ValueError, match="no 'block' points"):
+    plot.plot_profile(prof, str(tmp_path / "q.png"), component="block")
+  with pytest.raises(ValueError, match="can plot only"):
+    plot.plot_profile(prof, str(tmp_path / "q.png"), component="head")
+  assert sorted(os.listdir(tmp_path)) == ["p.png"]

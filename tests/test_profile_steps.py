@@ -1,0 +1,125 @@
+"""Step detection on synthetic latency curves with known steps and noise."""
+import numpy as np
+import pytest
+
+from vitprune.profile import steps
+
+
+def _staircase(tokens, edges, base=1.0, jump=0.2, slope=0.0):
+  """L(n) = base + jump * #(edges e with n > e) + slope * n: a drop of `jump` from e + 1 to e."""
+  t = np.asarray(tokens)
+  return base + jump * sum((t > e).astype(float) for e in edges) + slope * t
+
+
+def test_exact_staircase_steps_and_flats():
+  tokens = list(range(40, 1, -1))
+  med = _staircase(tokens, edges=(32, 16))
+  rep = steps.detect_steps(tokens, med)
+  assert [(s.n_from, s.n_to) for s in rep.steps] == [(33, 32), (17, 16)]
+  assert [(f.n_hi, f.n_lo) for f in rep.flats] == [(40, 33), (32, 17), (16, 2)]
+  s = rep.steps[0]
+  assert s.saving_s == pytest.approx(0.2)
+  assert s.saving_frac == pytest.approx(0.2 / 1.4)
+  assert s.describe() == "33 -> 32 saves 14.3% (200 ms)"
+  assert rep.curve_noise_s == 0.0 and rep.trend_s == 0.0
+
+
+def test_noisy_staircase_found_exactly_with_iqrs():
+  rng = np.random.default_rng(0)
+  tokens = np.arange(197, 1, -1)
+  truth = _staircase(tokens, edges=(128, 64), base=5e-3, jump=5e-4)
+  med = truth + rng.normal(0, 2e-5, tokens.size)   # 0.4% point noise, 10% steps
+  iqr = np.full(tokens.size, 1.349 * 2e-4)         # per-sample spread, 100 samples
+  rep = steps.detect_steps(tokens, med, iqr, np.full(tokens.size, 100))
+  assert [(s.n_from, s.n_to) for s in rep.steps] == [(129, 128), (65, 64)]
+  assert 1e-5 < rep.curve_noise_s < 6e-5          # ~sqrt(2) * 2e-5, estimated robustly
+  # Flat stretches never cross a step.
+  for f in rep.flats:
+    assert not any(f.n_lo <= e < f.n_hi for e in (128, 64))
+
+
+def test_shuffled_input_order_gives_same_result():
+  tokens = np.arange(30, 1, -1)
+  med = _staircase(tokens, edges=(20,))
+  perm = np.random.default_rng(1).permutation(tokens.size)
+  a = steps.detect_steps(tokens, med)
+  b = steps.detect_steps(tokens[perm], med[perm])
+  assert a == b
+
+
+def test_wide_iqr_hides_a_small_step():
+  tokens = np.arange(20, 1, -1)
+  med = _staircase(tokens, edges=(10,), jump=0.05)
+  assert [(s.n_from, s.n_to) for s in steps.detect_steps(tokens, med).steps] == [(11, 10)]
+  # IQR 1.0 with one sample: noise ~ 1.31 per pair, far above the 0.05 drop.
+  rep = steps.detect_steps(tokens, med, np.ones(tokens.size), np.ones(tokens.size))
+  assert rep.steps == ()
+  assert [(f.n_hi, f.n_lo) for f in rep.flats] == [(20, 2)]
+
+
+def test_min_rel_floor():
+  tokens = np.arange(20, 1, -1)
+  med = _staircase(tokens, edges=(10,), jump=0.005)     # 0.5% of 1.0
+  assert len(steps.detect_steps(tokens, med, min_rel=0.0).steps) == 1
+  assert steps.detect_steps(tokens, med, min_rel=0.01).steps == ()
+
+
+def test_linear_curve_has_no_steps_and_no_long_flat():
+  tokens = np.arange(50, 1, -1)
+  rng = np.random.default_rng(2)
+  med = 1.0 + 0.01 * tokens + rng.normal(0, 1e-4, tokens.size)
+  rep = steps.detect_steps(tokens, med)
+  assert rep.steps == ()
+  assert rep.trend_s == pytest.approx(0.01, rel=0.05)
+  assert rep.flats == ()   # every drop (0.01) is far above the noise (~1.4e-4)
+
+
+def test_slow_slope_of_insignificant_drops_is_not_one_flat_stretch():
+  tokens = np.arange(41, 1, -1)
+  med = 1.0 + 1e-3 * tokens
+  iqr = np.full(tokens.size, 1.349 * 1e-3)   # se per point 1.25e-3 > per-pair drop 1e-3
+  rep = steps.detect_steps(tokens, med, iqr, np.ones(tokens.size))
+  assert rep.steps == ()
+  assert len(rep.flats) > 1
+  for f in rep.flats:   # each stretch changes by at most k * span noise
+    assert f.latency_hi - f.latency_lo <= 4.0 * np.hypot(1.2533e-3, 1.2533e-3) + 1e-12
+
+
+def test_coarse_grid_step_reported_as_interval():
+  tokens = [65, 49, 33, 17, 2]
+  med = _staircase(tokens, edges=(40,))
+  rep = steps.detect_steps(tokens, med)
+  assert [(s.n_from, s.n_to) for s in rep.steps] == [(49, 33)]
+
+
+def test_refine_grid_fills_only_non_flat_intervals():
+  coarse = [40, 30, 20, 10, 2]
+  med = _staircase(coarse, edges=(25,))
+  rep = steps.detect_steps(coarse, med)
+  assert steps.refine_grid(coarse, rep, lo=2, hi=40) == list(range(29, 20, -1))
+  full = list(range(40, 1, -1))
+  rep_full = steps.detect_steps(full, _staircase(full, edges=(25,)))
+  assert [(s.n_from, s.n_to) for s in rep_full.steps] == [(26, 25)]
+
+
+def test_describe_lines():
+  rep = steps.detect_steps([4, 3, 2], [2.0, 1.0, 1.0])
+  assert rep.describe() == ["4 -> 3 saves 50.0% (1000 ms)",
+                            "3 .. 2 flat: pruning 1 tokens saves 0.0% (0 ms)"]
+  assert steps.detect_steps([3, 2], [1.0, 1.0]).describe()[0] == "no steps above noise"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(tokens=[3], medians=[1.0]), "at least 2"),
+    (dict(tokens=[3, 3], medians=[1.0, 1.0]), "unique"),
+    (dict(tokens=[3, 2], medians=[1.0]), "medians has shape"),
+    (dict(tokens=[3, 2], medians=[1.0, 0.0]), "must be > 0"),
+    (dict(tokens=[3, 2], medians=[1.0, np.nan]), "finite"),
+    (dict(tokens=[3, 2], medians=[1.0, 1.0], iqrs=[-1.0, 0.0]), "iqrs must be finite"),
+    (dict(tokens=[3, 2], medians=[1.0, 1.0], counts=[0, 1]), "sample counts"),
+    (dict(tokens=[3, 2], medians=[1.0, 1.0], k=0), "k must be"),
+    (dict(tokens=[3, 2], medians=[1.0, 1.0], min_rel=-1), "min_rel"),
+])
+def test_errors(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    steps.detect_steps(**kwargs)

@@ -1,0 +1,97 @@
+"""The timing protocol with fake timers/clocks (exact), and real AOT compiles of tiny functions."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vitprune.profile import timing
+
+
+def test_summarize_exact():
+  m = timing.summarize([4.0, 1.0, 3.0, 2.0, 5.0], compile_s=1.5, retries=1)
+  assert (m.median, m.q25, m.q75, m.iqr) == (3.0, 2.0, 4.0, 2.0)
+  assert m.rel_iqr == pytest.approx(2 / 3)
+  assert m.samples == (4.0, 1.0, 3.0, 2.0, 5.0) and m.compile_s == 1.5 and m.retries == 1
+  with pytest.raises(ValueError, match="non-empty"):
+    timing.summarize([])
+  with pytest.raises(ValueError, match="finite, non-negative"):
+    timing.summarize([1.0, -1.0])
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(min_run_time=0), "min_run_time"), (dict(warmup=-1), "warmup"),
+    (dict(min_reps=2), "min_reps"), (dict(min_reps=10, max_reps=5), "max_reps"),
+    (dict(max_rel_iqr=0), "max_rel_iqr"), (dict(max_retries=-1), "max_retries"),
+])
+def test_timing_config_errors(kw, match):
+  with pytest.raises(ValueError, match=match):
+    timing.TimingConfig(**kw)
+
+
+def test_time_calls_respects_min_run_time_min_reps_and_warmup():
+  calls = []
+  ticks = itertools.count()
+  clock = lambda: next(ticks) * 0.1   # every clock read advances 0.1 s
+  fn = lambda x: calls.append(x) or x
+  cfg = timing.TimingConfig(min_run_time=1.0, warmup=2, min_reps=3)
+  samples = timing.time_calls(fn, (7,), cfg, clock=clock)
+  # Each sample reads the clock twice (0.1 s) plus one check read: after k samples the
+  # elapsed time is 0.3 k - 0.1 >= 1.0 first at k = 4.
+  assert samples == pytest.approx([0.1] * 4)
+  assert len(calls) == 2 + 4
+  cfg_reps = timing.TimingConfig(min_run_time=1e-9, warmup=0, min_reps=6)
+  assert len(timing.time_calls(fn, (1,), cfg_reps, clock=clock)) == 6
+  cfg_max = timing.TimingConfig(min_run_time=1e9, warmup=0, min_reps=3, max_reps=5)
+  assert len(timing.time_calls(fn, (1,), cfg_max, clock=clock)) == 5
+
+
+def test_measure_all_shuffles_seeded_and_retries_wide_points():
+  order = []
+  rounds = {}
+
+  def timer(fn, args, cfg):
+    order.append(fn)
+    rounds[fn] = rounds.get(fn, 0) + 1
+    if fn == "wide" and rounds[fn] == 1:
+      return [1.0, 2.0, 3.0, 4.0, 5.0]          # rel IQR 2/3
+    if fn == "never":
+      return [1.0, 2.0, 3.0, 4.0, 5.0] if rounds[fn] == 1 else [1.0, 2.0, 3.0, 5.0, 9.0]
+    return [3.0, 3.0, 3.0, 3.1, 3.0]
+
+  keys = ["a", "b", "c", "wide", "never"]
+  points = {k: (k, ()) for k in keys}
+  cfg = timing.TimingConfig(min_run_time=1.0, max_rel_iqr=0.1, max_retries=2, seed=3)
+  out = timing.measure_all(points, cfg, compile_s={"a": 2.5}, timer=timer)
+  first = order[:5]
+  assert sorted(first) == sorted(keys)
+  assert first == [keys[i] for i in np.random.default_rng(3).permutation(5)]
+  assert out["wide"].retries == 1 and out["wide"].median == 3.0 and out["wide"].rel_iqr < 0.1
+  assert rounds["wide"] == 2                     # tight after one retry: not measured again
+  assert rounds["never"] == 3                    # 1 + max_retries rounds
+  assert out["never"].retries == 2
+  assert out["never"].samples == (1.0, 2.0, 3.0, 4.0, 5.0)   # the tighter (first) one is kept
+  assert out["a"].compile_s == 2.5 and out["a"].retries == 0 and rounds["a"] == 1
+  cfg0 = timing.TimingConfig(min_run_time=1.0, max_retries=0, seed=3)
+  rounds.clear()
+  timing.measure_all(points, cfg0, timer=timer)
+  assert set(rounds.values()) == {1}
+
+
+def test_compile_many_threads_matches_jit_and_real_timing():
+  x = jax.device_put(jnp.arange(12.0).reshape(3, 4))
+  jobs = {n: (lambda a, n=n: (a[:, :n] ** 2).sum(), (x,)) for n in (1, 2, 3, 4)}
+  done = []
+  out = timing.compile_many(jobs, threads=2, on_done=lambda k, s: done.append(k))
+  assert sorted(done) == [1, 2, 3, 4]
+  for n, (compiled, secs) in out.items():
+    assert secs > 0
+    assert float(compiled(x)) == float((np.arange(12.0).reshape(3, 4)[:, :n] ** 2).sum())
+  serial = timing.compile_many(jobs, threads=1)
+  assert float(serial[3][0](x)) == float(out[3][0](x))
+  meas = timing.measure_all({n: (c, (x,)) for n, (c, _) in out.items()},
+                            timing.TimingConfig(min_run_time=0.005, max_retries=0))
+  assert all(m.median > 0 and len(m.samples) >= 5 for m in meas.values())
+  with pytest.raises(ValueError, match="threads must be >= 1"):
+    timing.compile_many(jobs, threads=0)

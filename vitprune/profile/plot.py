@@ -1,0 +1,57 @@
+"""Latency-vs-tokens plot of a profile (matplotlib, Agg backend, written atomically)."""
+from __future__ import annotations
+
+import io
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
+
+from vitprune.profile import records  # noqa: E402
+
+
+def plot_profile(profile: records.Profile, path: str, *, component: Optional[str] = None) -> str:
+  """Median latency (ms, IQR error bars) vs tokens kept, one line per batch size, steps marked.
+
+  `component`: 'model' or 'block'; default 'model' if measured, else 'block'. Block curves are
+  shown next to the per-block sum prediction of the whole model when both exist. Returns `path`.
+  """
+  have = {p.component for p in profile.points}
+  if component is None:
+    component = "model" if "model" in have else "block"
+  if component not in records.CURVE_COMPONENTS:
+    raise ValueError(f"can plot only {records.CURVE_COMPONENTS}, got {component!r}")
+  if component not in have:
+    raise ValueError(f"profile of {profile.model} has no {component!r} points to plot")
+  fig, ax = plt.subplots(figsize=(8, 4.5))
+  for b in profile.batch_sizes:
+    pts = profile.curve(component, b)
+    if not pts:
+      continue
+    n = [p.tokens for p in pts]
+    med = [1e3 * p.median_s for p in pts]
+    err = [[1e3 * (p.median_s - p.q25_s) for p in pts], [1e3 * (p.q75_s - p.median_s)
+                                                          for p in pts]]
+    line = ax.errorbar(n, med, yerr=err, marker=".", ms=3, lw=1, capsize=0,
+                       label=f"batch {b}")
+    color = line[0].get_color()
+    by_n = {p.tokens: 1e3 * p.median_s for p in pts}
+    for s in profile.steps:
+      if s["component"] == component and s["batch_size"] == b:
+        ax.axvline(s["n_from"], color=color, alpha=0.25, lw=1)
+        ax.plot([s["n_from"]], [by_n[s["n_from"]]], "v", color=color, ms=6)
+  ax.set_xlabel("tokens kept (entering block 0)" if component == "model"
+                else "tokens entering the block")
+  ax.set_ylabel("latency, median (ms)" + (" per block" if component == "block" else ""))
+  ax.set_title(f"{profile.model} {component} | {profile.dtype} | {profile.device_kind} "
+               f"({profile.platform})", fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  buf = io.BytesIO()
+  fig.tight_layout()
+  fig.savefig(buf, format="png", dpi=120)
+  plt.close(fig)
+  records.atomic_write(path, buf.getvalue())
+  return path

@@ -1,0 +1,362 @@
+"""Latency profile records: JSON schema, CSV twin, load and merge.
+
+One JSON file per (model, mode, batch size, dtype, device) run, named
+`<model>_<mode>_b<batch>_<dtype>_<device>.json`, next to a CSV twin (one row per point) and a PNG
+plot. Files are written atomically (temporary file in the same directory, then `os.replace`).
+
+JSON schema (version 1), all latencies in seconds:
+
+  {
+    "format": "vitprune-latency-profile",
+    "schema_version": 1,
+    "created": "2025-01-01T12:00:00+00:00",        # UTC, ISO 8601
+    "model": "deit_small_patch16_224",
+    "config": {...},                              # dataclasses.asdict(ViTConfig)
+    "device_kind": "NVIDIA H100 80GB HBM3",       # jax.devices()[0].device_kind
+    "platform": "gpu",                            # jax.default_backend()
+    "jax_version": "0.10.2", "jaxlib_version": "0.10.2",
+    "dtype": "float32" | "bfloat16",
+    "batch_sizes": [1],                           # every batch size in "points"
+    "modes": ["model"],                           # subset of model | block | schedule
+    "reducer": "keep_first",                      # how tokens were dropped in model/schedule graphs
+    "timing": {...},                              # dataclasses.asdict(TimingConfig)
+    "points": [{
+        "component": "model" | "schedule" | "embed" | "block" | "head",
+        "batch_size": 1,
+        "tokens": 197,                            # tokens entering (block: its input; model: block 0)
+        "schedule": [197, ..., 98] | null,        # depth + 1 counts, component "schedule" only
+        "median_s": ..., "q25_s": ..., "q75_s": ..., "iqr_s": ..., "rel_iqr": ...,
+        "num_samples": 250, "samples_s": [...],   # every timed call
+        "compile_s": 8.1,                         # lower + compile wall time, excluded from runs
+        "retries": 0}, ...],                      # re-measurement rounds (wide IQR)
+    "steps": [{"component", "batch_size", "n_from", "n_to", "latency_from_s", "latency_to_s",
+               "saving_s", "saving_frac", "noise_s"}, ...],
+    "flats": [{"component", "batch_size", "n_hi", "n_lo", "latency_hi_s", "latency_lo_s"}, ...],
+    "predictions": [{"batch_size", "component", "schedule", "predicted_s", "measured_s",
+                     "rel_error"}, ...]           # per-block sum vs measured graphs
+  }
+
+`steps`, `flats` and `predictions` are derived from `points` by `analyze` (steps.py, predict.py);
+`merge` recomputes them. Profiles merge when model config, dtype, device kind and platform agree;
+a point measured again (same component, batch size, tokens, schedule) is taken from the later
+profile (by "created").
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import io
+import json
+import os
+import re
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from vitprune.profile import predict as predict_lib
+from vitprune.profile import steps as steps_lib
+from vitprune.schedule import Schedule
+
+FORMAT = "vitprune-latency-profile"
+SCHEMA_VERSION = 1
+COMPONENTS = ("model", "schedule", "embed", "block", "head")
+MODES = ("model", "block", "schedule")
+CURVE_COMPONENTS = ("model", "block")   # components whose L(n) curves get step detection
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  component: str
+  batch_size: int
+  tokens: int
+  median_s: float
+  q25_s: float
+  q75_s: float
+  num_samples: int
+  samples_s: Tuple[float, ...]
+  compile_s: float = 0.0
+  retries: int = 0
+  schedule: Optional[Tuple[int, ...]] = None
+
+  def __post_init__(self):
+    if self.component not in COMPONENTS:
+      raise ValueError(f"unknown component {self.component!r}; expected one of {COMPONENTS}")
+    if (self.component == "schedule") != (self.schedule is not None):
+      raise ValueError("a point has a schedule exactly when its component is 'schedule'")
+    if self.num_samples != len(self.samples_s):
+      raise ValueError(f"num_samples {self.num_samples} != {len(self.samples_s)} samples")
+    object.__setattr__(self, "samples_s", tuple(float(s) for s in self.samples_s))
+    if self.schedule is not None:
+      object.__setattr__(self, "schedule", tuple(int(c) for c in self.schedule))
+
+  @property
+  def key(self) -> Tuple:
+    return (self.component, self.batch_size, self.tokens, self.schedule)
+
+  @property
+  def iqr_s(self) -> float:
+    return self.q75_s - self.q25_s
+
+  @property
+  def rel_iqr(self) -> float:
+    return self.iqr_s / self.median_s if self.median_s > 0 else float("inf")
+
+  @classmethod
+  def from_measurement(cls, m, *, component: str, batch_size: int, tokens: int,
+                       schedule: Optional[Sequence[int]] = None) -> "Point":
+    """From a `timing.Measurement`."""
+    return cls(component=component, batch_size=int(batch_size), tokens=int(tokens),
+               median_s=m.median, q25_s=m.q25, q75_s=m.q75, num_samples=len(m.samples),
+               samples_s=m.samples, compile_s=m.compile_s, retries=m.retries,
+               schedule=None if schedule is None else tuple(schedule))
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+  model: str
+  config: Dict[str, Any]
+  device_kind: str
+  platform: str
+  jax_version: str
+  jaxlib_version: str
+  dtype: str
+  modes: Tuple[str, ...]
+  reducer: str
+  timing: Dict[str, Any]
+  points: Tuple[Point, ...]
+  created: str = ""
+  steps: Tuple[Dict[str, Any], ...] = ()
+  flats: Tuple[Dict[str, Any], ...] = ()
+  predictions: Tuple[Dict[str, Any], ...] = ()
+
+  def __post_init__(self):
+    # The JSON form of the config (tuples -> lists), so fresh and loaded profiles compare equal.
+    object.__setattr__(self, "config", json.loads(json.dumps(self.config)))
+    object.__setattr__(self, "modes", tuple(self.modes))
+
+  @property
+  def batch_sizes(self) -> Tuple[int, ...]:
+    return tuple(sorted({p.batch_size for p in self.points}))
+
+  def curve(self, component: str, batch_size: int) -> List[Point]:
+    """Points of `component` at `batch_size`, sorted by tokens descending."""
+    return sorted((p for p in self.points
+                   if p.component == component and p.batch_size == batch_size),
+                  key=lambda p: -p.tokens)
+
+
+def now_iso() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def step_report(points: Sequence[Point], **kw) -> Optional[steps_lib.StepReport]:
+  """Step report of one curve (>= 2 points of one component and batch size), else None."""
+  if len(points) < 2:
+    return None
+  return steps_lib.detect_steps([p.tokens for p in points], [p.median_s for p in points],
+                                [p.iqr_s for p in points], [p.num_samples for p in points], **kw)
+
+
+def block_table(profile: Profile, batch_size: int) -> Optional[predict_lib.BlockTable]:
+  """The per-block table of `batch_size` from embed/block/head points, or None if incomplete."""
+  embed = profile.curve("embed", batch_size)
+  blocks = profile.curve("block", batch_size)
+  heads = profile.curve("head", batch_size)
+  if not (embed and blocks and heads):
+    return None
+  return predict_lib.BlockTable(embed_s=embed[0].median_s,
+                                block_s={p.tokens: p.median_s for p in blocks},
+                                head_s={p.tokens: p.median_s for p in heads})
+
+
+def analyze(profile: Profile, **step_kw) -> Profile:
+  """Recomputes `steps`, `flats` and `predictions` from `points`."""
+  depth = int(profile.config["depth"])
+  steps, flats, preds = [], [], []
+  for b in profile.batch_sizes:
+    for comp in CURVE_COMPONENTS:
+      rep = step_report(profile.curve(comp, b), **step_kw)
+      if rep is None:
+        continue
+      steps += [dict(component=comp, batch_size=b, n_from=s.n_from, n_to=s.n_to,
+                     latency_from_s=s.latency_from, latency_to_s=s.latency_to,
+                     saving_s=s.saving_s, saving_frac=s.saving_frac, noise_s=s.noise_s)
+                for s in rep.steps]
+      flats += [dict(component=comp, batch_size=b, n_hi=f.n_hi, n_lo=f.n_lo,
+                     latency_hi_s=f.latency_hi, latency_lo_s=f.latency_lo) for f in rep.flats]
+    table = block_table(profile, b)
+    if table is None:
+      continue
+    measured = [(p, (p.tokens,) * (depth + 1)) for p in profile.curve("model", b)]
+    measured += [(p, p.schedule) for p in profile.curve("schedule", b)]
+    for p, counts in measured:
+      try:
+        pred = predict_lib.predict(table, Schedule(counts))
+      except KeyError:
+        continue   # a count the block table does not cover
+      preds.append(dict(batch_size=b, component=p.component, schedule=list(counts),
+                        predicted_s=pred, measured_s=p.median_s,
+                        rel_error=predict_lib.relative_error(pred, p.median_s)))
+  return dataclasses.replace(profile, steps=tuple(steps), flats=tuple(flats),
+                             predictions=tuple(preds))
+
+
+# ----------------------------------------------------------------------------- JSON
+
+
+def to_json(profile: Profile) -> Dict[str, Any]:
+  points = []
+  for p in profile.points:
+    points.append(dict(component=p.component, batch_size=p.batch_size, tokens=p.tokens,
+                       schedule=None if p.schedule is None else list(p.schedule),
+                       median_s=p.median_s, q25_s=p.q25_s, q75_s=p.q75_s, iqr_s=p.iqr_s,
+                       rel_iqr=p.rel_iqr, num_samples=p.num_samples,
+                       samples_s=list(p.samples_s), compile_s=p.compile_s, retries=p.retries))
+  return dict(format=FORMAT, schema_version=SCHEMA_VERSION, created=profile.created,
+              model=profile.model, config=profile.config, device_kind=profile.device_kind,
+              platform=profile.platform, jax_version=profile.jax_version,
+              jaxlib_version=profile.jaxlib_version, dtype=profile.dtype,
+              batch_sizes=list(profile.batch_sizes), modes=list(profile.modes),
+              reducer=profile.reducer, timing=profile.timing, points=points,
+              steps=[dict(s) for s in profile.steps], flats=[dict(f) for f in profile.flats],
+              predictions=[dict(p) for p in profile.predictions])
+
+
+_POINT_KEYS = ("component", "batch_size", "tokens", "schedule", "median_s", "q25_s", "q75_s",
+               "num_samples", "samples_s", "compile_s", "retries")
+_TOP_KEYS = ("created", "model", "config", "device_kind", "platform", "jax_version",
+             "jaxlib_version", "dtype", "modes", "reducer", "timing", "points")
+
+
+def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
+  """Parses and validates a schema-1 dict; raises ValueError naming the problem and `source`."""
+  if not isinstance(d, dict) or d.get("format") != FORMAT:
+    raise ValueError(f"{source}: not a latency profile (format != {FORMAT!r})")
+  if d.get("schema_version") != SCHEMA_VERSION:
+    raise ValueError(f"{source}: schema_version {d.get('schema_version')!r} is not supported "
+                     f"(this vitprune reads version {SCHEMA_VERSION})")
+  missing = [k for k in _TOP_KEYS if k not in d]
+  if missing:
+    raise ValueError(f"{source}: missing keys {missing}")
+  points = []
+  for i, p in enumerate(d["points"]):
+    miss = [k for k in _POINT_KEYS if k not in p]
+    if miss:
+      raise ValueError(f"{source}: point {i} is missing keys {miss}")
+    try:
+      points.append(Point(**{k: p[k] for k in _POINT_KEYS if k != "schedule"},
+                          schedule=None if p["schedule"] is None else tuple(p["schedule"])))
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{source}: point {i}: {e}") from e
+  return Profile(model=d["model"], config=d["config"], device_kind=d["device_kind"],
+                 platform=d["platform"], jax_version=d["jax_version"],
+                 jaxlib_version=d["jaxlib_version"], dtype=d["dtype"],
+                 modes=tuple(d["modes"]), reducer=d["reducer"], timing=d["timing"],
+                 points=tuple(points), created=d["created"],
+                 steps=tuple(d.get("steps", ())), flats=tuple(d.get("flats", ())),
+                 predictions=tuple(d.get("predictions", ())))
+
+
+# ----------------------------------------------------------------------------- CSV
+
+CSV_COLUMNS = ("model", "device_kind", "platform", "dtype", "component", "batch_size", "tokens",
+               "schedule", "median_ms", "q25_ms", "q75_ms", "iqr_ms", "rel_iqr", "num_samples",
+               "compile_s", "retries", "step_to")
+
+
+def to_csv(profile: Profile) -> str:
+  """One row per point (milliseconds); `step_to` is the next count if n -> step_to is a step."""
+  steps = {(s["component"], s["batch_size"], s["n_from"]): s["n_to"] for s in profile.steps}
+  buf = io.StringIO()
+  w = csv.writer(buf, lineterminator="\n")
+  w.writerow(CSV_COLUMNS)
+  for p in sorted(profile.points, key=lambda p: (p.component, p.batch_size, -p.tokens,
+                                                  p.schedule or ())):
+    w.writerow([profile.model, profile.device_kind, profile.platform, profile.dtype,
+                p.component, p.batch_size, p.tokens,
+                "" if p.schedule is None else ",".join(map(str, p.schedule)),
+                f"{1e3 * p.median_s:.6g}", f"{1e3 * p.q25_s:.6g}", f"{1e3 * p.q75_s:.6g}",
+                f"{1e3 * p.iqr_s:.6g}", f"{p.rel_iqr:.4g}", p.num_samples,
+                f"{p.compile_s:.4g}", p.retries,
+                steps.get((p.component, p.batch_size, p.tokens), "")])
+  return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _slug(text: str) -> str:
+  return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "unknown"
+
+
+def file_stem(profile: Profile) -> str:
+  """`<model>_<modes>_b<batches>_<dtype>_<device>`."""
+  batches = "-".join(str(b) for b in profile.batch_sizes)
+  return (f"{_slug(profile.model)}_{'-'.join(profile.modes)}_b{batches}_{profile.dtype}_"
+          f"{_slug(profile.device_kind)}")
+
+
+def atomic_write(path: str, data: bytes) -> None:
+  """Writes `data` to `path` via a temporary file in the same directory and `os.replace`."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def save(profile: Profile, out_dir: str, stem: Optional[str] = None) -> Dict[str, str]:
+  """Writes `<stem>.json` and `<stem>.csv` atomically -> {'json': path, 'csv': path}."""
+  stem = stem or file_stem(profile)
+  paths = {"json": os.path.join(out_dir, stem + ".json"),
+           "csv": os.path.join(out_dir, stem + ".csv")}
+  text = json.dumps(to_json(profile), indent=1, allow_nan=False)
+  atomic_write(paths["json"], text.encode())
+  atomic_write(paths["csv"], to_csv(profile).encode())
+  return paths
+
+
+def load(path: str) -> Profile:
+  try:
+    with open(path) as f:
+      d = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from e
+  return from_json(d, source=path)
+
+
+def merge(profiles: Sequence[Profile]) -> Profile:
+  """One profile with every point of `profiles` (same model config, dtype, device kind and
+  platform, else ValueError); later profiles (by `created`) win on duplicate points."""
+  if not profiles:
+    raise ValueError("merge needs at least one profile")
+  ref = profiles[0]
+  for p in profiles[1:]:
+    for field in ("config", "dtype", "device_kind", "platform"):
+      a, b = getattr(ref, field), getattr(p, field)
+      if a != b:
+        what = "model config" if field == "config" else field
+        shown = (ref.model, p.model) if field == "config" else (a, b)
+        raise ValueError(f"cannot merge profiles with different {what}: {shown[0]!r} vs "
+                         f"{shown[1]!r}")
+  ordered = sorted(profiles, key=lambda p: p.created)
+  points: Dict[Tuple, Point] = {}
+  for p in ordered:
+    for pt in p.points:
+      points[pt.key] = pt
+  modes = tuple(m for m in MODES if any(m in p.modes for p in profiles))
+  reducers = sorted({p.reducer for p in profiles})
+  merged = dataclasses.replace(ordered[-1], points=tuple(points.values()), modes=modes,
+                               reducer="+".join(reducers), created=now_iso())
+  return analyze(merged)

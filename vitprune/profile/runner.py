@@ -1,0 +1,413 @@
+"""Profiling sweeps: whole-model curves, per-block tables and chosen schedules.
+
+    spec = ProfileSpec(cfg=get_config("deit_small_patch16_224"), batch_sizes=(1,), mode="model")
+    profiles = run_profile(spec, out_dir="outputs/profile")   # one Profile per batch size
+
+Modes (every graph AOT-compiled per shape, then timed by `timing.measure_all`):
+  model:    L(n): the full forward with n tokens entering block 0, i.e. schedule (n,) * (depth + 1)
+            with the tokens dropped right after the embedding by the reducer's `reduce_embedding`.
+  block:    B(n): one transformer block at n tokens (blocks share shapes, so one table serves
+            every layer), the embedding (all tokens) and the head (final norm + pooling +
+            classifier) at n tokens; plus whole-model graphs at the largest, middle and smallest
+            count to report how well embed + depth * B(n) + head predicts them.
+  schedule: the real compiled graphs of the given schedules, plus the block table at the counts
+            they use, so the per-block sum's relative error is reported for each schedule.
+
+Token dropping: `vitprune.reduce.methods.make_reducer('random')` by default, or `KeepFirst` below
+(a static slice keeping the first tokens). Which tokens are kept does not
+change the graph's shapes or cost: a drop is a gather/slice of [B, n, C] rows either way.
+
+Parameters are random (`init_params`) unless given: values do not change a compiled graph's speed.
+They stay float32 as stored, exactly as `model.jitted_forward` is deployed (bfloat16 graphs cast
+them inside the graph).
+
+Adaptive grid (`adaptive=True`, modes model/block): a coarse pass every `coarse_stride` counts
+(0: about 16 points), step detection, then every count inside coarse intervals that are not flat
+within noise. Flat intervals are the only ones skipped, so steps are still located exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitprune import model as model_lib
+from vitprune.config import ViTConfig
+from vitprune.profile import plot as plot_lib
+from vitprune.profile import records
+from vitprune.profile import steps as steps_lib
+from vitprune.profile import timing
+from vitprune.reduce.methods import make_reducer
+from vitprune.schedule import Schedule, check_schedule, parse_schedule
+
+MODES = records.MODES
+
+
+# ----------------------------------------------------------------------------- reducer
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepFirst:
+  """Keeps the first `num_keep` tokens (prefix first) via a static slice: [B, N, C] -> [B, K, C].
+
+  Only for latency: same shapes and cost class as any drop-based reducer.
+  """
+  name = "keep_first"
+  needs_attention: bool = False
+  tracks_size: bool = False
+  supports_embedding: bool = True
+
+  def max_remove(self, num_tokens: int, num_prefix: int) -> int:
+    return num_tokens - num_prefix - 1
+
+  def reduce(self, x, size, stats, *, num_keep, num_prefix, layer):
+    return x[:, :num_keep], None if size is None else size[:, :num_keep]
+
+  def reduce_embedding(self, x, *, num_keep, num_prefix):
+    return x[:, :num_keep]
+
+
+def make_drop_reducer(name: Optional[str] = None) -> Tuple[Any, str]:
+  """-> (reducer, its name). None: the library's 'random' drop; 'keep_first': `KeepFirst`;
+  any other name goes through `vitprune.reduce.methods.make_reducer`."""
+  if name == "keep_first":
+    return KeepFirst(), "keep_first"
+  name = name or "random"
+  return make_reducer(name), name
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def token_bounds(cfg: ViTConfig) -> Tuple[int, int]:
+  """Valid token counts entering block 0: [prefix + 1, num_tokens]."""
+  return cfg.num_prefix_tokens + 1, cfg.num_tokens
+
+
+def parse_tokens(spec: str, cfg: ViTConfig) -> Tuple[int, ...]:
+  """'all' | 'a:b' | 'a:b:step' (both ends inclusive) | 'n1,n2,...' -> counts, descending.
+
+  Every count must lie in [prefix + 1, num_tokens]; raises ValueError naming the problem.
+  """
+  lo, hi = token_bounds(cfg)
+  text = spec.strip().lower()
+  if not text:
+    raise ValueError("--tokens is empty; use 'all', 'a:b', 'a:b:step' or 'n1,n2,...'")
+  try:
+    if text == "all":
+      counts = list(range(hi, lo - 1, -1))
+    elif ":" in text:
+      parts = [int(p) for p in text.split(":")]
+      if len(parts) not in (2, 3):
+        raise ValueError
+      a, b = parts[:2]
+      step = parts[2] if len(parts) == 3 else (1 if b >= a else -1)
+      if step == 0:
+        raise ValueError(f"--tokens {spec!r}: step must not be 0")
+      if (b - a) * step < 0:
+        raise ValueError(f"--tokens {spec!r}: step {step} never goes from {a} to {b}")
+      counts = list(range(a, b + (1 if step > 0 else -1), step))
+    else:
+      counts = [int(p) for p in text.split(",")]
+  except ValueError as e:
+    if str(e).startswith("--tokens"):
+      raise
+    raise ValueError(f"--tokens {spec!r} is not 'all', 'a:b', 'a:b:step' or a comma list of "
+                     f"integers") from None
+  bad = sorted({c for c in counts if not lo <= c <= hi})
+  if bad:
+    raise ValueError(f"--tokens {spec!r}: counts {bad} are outside [{lo}, {hi}] for {cfg.name} "
+                     f"(prefix tokens {cfg.num_prefix_tokens} + 1 .. {cfg.num_tokens} tokens)")
+  return tuple(sorted(set(counts), reverse=True))
+
+
+def parse_schedule_text(cfg: ViTConfig, text: str) -> Schedule:
+  """`vitprune.schedule.parse_schedule(cfg, text)` (compact form or a comma list of depth + 1
+  counts), validated by `check_schedule`."""
+  return check_schedule(cfg, parse_schedule(cfg, text))
+
+
+# ----------------------------------------------------------------------------- graphs
+
+
+def _precision(dtype: str) -> str:
+  return "highest" if dtype == "float32" else "default"
+
+
+def model_fn(cfg: ViTConfig, schedule: Schedule, reducer, dtype: str) -> Callable:
+  """(params, images [B, H, W, C]) -> logits: the deployed forward under `schedule`."""
+  needs = schedule.counts[0] < cfg.num_tokens or schedule.reduction_layers
+  return functools.partial(model_lib.forward, cfg=cfg, schedule=schedule,
+                           reducer=reducer if needs else None, dtype=dtype)
+
+
+def embed_fn(cfg: ViTConfig, dtype: str) -> Callable:
+  """(params, images [B, H, W, C]) -> tokens [B, num_tokens, C] in `dtype`."""
+  def fn(params, images):
+    with jax.default_matmul_precision(_precision(dtype)):
+      return model_lib.embed(params, images.astype(model_lib.DTYPES[dtype]), cfg)
+  return fn
+
+
+def block_fn(cfg: ViTConfig, dtype: str) -> Callable:
+  """(block params, x [B, n, C]) -> [B, n, C]: one block without reduction."""
+  def fn(bp, x):
+    with jax.default_matmul_precision(_precision(dtype)):
+      return model_lib.block(bp, x, None, cfg=cfg, num_keep=x.shape[1], reducer=None,
+                             layer=0)[0]
+  return fn
+
+
+def head_fn(cfg: ViTConfig, dtype: str) -> Callable:
+  """(head params, x [B, n, C]) -> [B, K] float32: final norm (token pooling), pool, head."""
+  def fn(hp, x):
+    with jax.default_matmul_precision(_precision(dtype)):
+      if cfg.global_pool == "token":
+        x = model_lib.layer_norm(hp["norm"], x, cfg.norm_eps)
+      return model_lib.head(hp, x, cfg).astype(jnp.float32)
+  return fn
+
+
+def _head_params(params):
+  return {k: params[k] for k in ("norm", "fc_norm", "head", "head_dist") if k in params}
+
+
+# ----------------------------------------------------------------------------- spec
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileSpec:
+  """What to profile. `tokens=None`: every count from num_tokens down to prefix + 1."""
+  cfg: ViTConfig
+  batch_sizes: Tuple[int, ...] = (1,)
+  dtype: str = "float32"
+  mode: str = "model"
+  tokens: Optional[Tuple[int, ...]] = None
+  schedules: Tuple[Schedule, ...] = ()
+  timing: timing.TimingConfig = timing.TimingConfig()
+  threads: int = 1
+  adaptive: bool = False
+  coarse_stride: int = 0
+  reducer: Optional[str] = None
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
+    if self.dtype not in model_lib.DTYPES:
+      raise ValueError(f"dtype must be one of {sorted(model_lib.DTYPES)}, got {self.dtype!r}")
+    if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
+      raise ValueError(f"batch sizes must be >= 1, got {list(self.batch_sizes)}")
+    if self.threads < 1:
+      raise ValueError(f"threads must be >= 1, got {self.threads}")
+    if self.coarse_stride < 0:
+      raise ValueError(f"coarse_stride must be >= 0, got {self.coarse_stride}")
+    if self.mode == "schedule" and not self.schedules:
+      raise ValueError("mode 'schedule' needs at least one --schedule")
+    if self.mode != "schedule" and self.schedules:
+      raise ValueError(f"--schedule is only used with --mode=schedule, not {self.mode!r}")
+    for s in self.schedules:
+      check_schedule(self.cfg, s)
+    make_drop_reducer(self.reducer)   # unknown names fail here, before any compile
+    if self.tokens is not None:
+      lo, hi = token_bounds(self.cfg)
+      bad = [n for n in self.tokens if not lo <= n <= hi]
+      if bad or not self.tokens:
+        raise ValueError(f"token counts {bad or '(none)'} are outside [{lo}, {hi}] for "
+                         f"{self.cfg.name}")
+
+  @property
+  def grid(self) -> Tuple[int, ...]:
+    if self.tokens is not None:
+      return tuple(sorted(set(self.tokens), reverse=True))
+    lo, hi = token_bounds(self.cfg)
+    return tuple(range(hi, lo - 1, -1))
+
+
+def coarse_grid(grid: Sequence[int], stride: int) -> Tuple[int, ...]:
+  """Every `stride`-th count of a descending grid, both ends included (0: ~16 points)."""
+  grid = sorted(set(grid), reverse=True)
+  stride = stride or max(1, round(len(grid) / 16))
+  picked = set(grid[::stride]) | {grid[0], grid[-1]}
+  return tuple(sorted(picked, reverse=True))
+
+
+# ----------------------------------------------------------------------------- running
+
+
+Key = Tuple  # (component, tokens, schedule-counts or None)
+
+
+def _jobs(keys: Sequence[Key], *, spec: ProfileSpec, params, images, reducer
+          ) -> Dict[Key, Tuple[Callable, Tuple]]:
+  """key -> (fn, device-resident args)."""
+  cfg, dt = spec.cfg, model_lib.DTYPES[spec.dtype]
+  b = images.shape[0]
+  jobs = {}
+  for key in keys:
+    comp, n, counts = key
+    if comp == "model":
+      sched = Schedule((n,) * (cfg.depth + 1))
+      jobs[key] = (model_fn(cfg, sched, reducer, spec.dtype), (params, images))
+    elif comp == "schedule":
+      jobs[key] = (model_fn(cfg, Schedule(counts), reducer, spec.dtype), (params, images))
+    elif comp == "embed":
+      jobs[key] = (embed_fn(cfg, spec.dtype), (params, images))
+    else:
+      x = timing.device_put(jnp.asarray(
+          np.random.default_rng(spec.seed).normal(0, 1, (b, n, cfg.embed_dim)), dt))
+      if comp == "block":
+        jobs[key] = (block_fn(cfg, spec.dtype), (params["blocks"][0], x))
+      else:
+        jobs[key] = (head_fn(cfg, spec.dtype), (_head_params(params), x))
+  return jobs
+
+
+def _keys_for(spec: ProfileSpec, grid: Sequence[int], first: bool) -> List[Key]:
+  cfg = spec.cfg
+  if spec.mode == "model":
+    return [("model", n, None) for n in grid]
+  if spec.mode == "block":
+    keys = [("block", n, None) for n in grid] + [("head", n, None) for n in grid]
+    if first:
+      mid = sorted(grid)[len(grid) // 2]
+      keys += [("embed", cfg.num_tokens, None)]
+      keys += [("model", n, None) for n in sorted({max(grid), mid, min(grid)}, reverse=True)]
+    return keys
+  keys = [("schedule", s.counts[0], s.counts) for s in spec.schedules]
+  block_counts = sorted({c for s in spec.schedules for c in s.counts[:-1]}, reverse=True)
+  head_counts = sorted({s.counts[-1] for s in spec.schedules}, reverse=True)
+  keys += [("embed", cfg.num_tokens, None)]
+  keys += [("block", n, None) for n in block_counts] + [("head", n, None) for n in head_counts]
+  return keys
+
+
+def _measure(keys, *, spec, params, images, reducer, bar) -> Dict[Key, timing.Measurement]:
+  jobs = _jobs(keys, spec=spec, params=params, images=images, reducer=reducer)
+  compiled = timing.compile_many(jobs, threads=spec.threads,
+                                 on_done=lambda k, s: bar.update(1))
+  points = {k: (compiled[k][0], jobs[k][1]) for k in keys}
+  return timing.measure_all(points, spec.timing,
+                            compile_s={k: compiled[k][1] for k in keys},
+                            on_done=lambda k: bar.update(1))
+
+
+def device_info() -> Dict[str, str]:
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  dev = jax.devices()[0]
+  return dict(device_kind=str(dev.device_kind), platform=jax.default_backend(),
+              jax_version=jax.__version__, jaxlib_version=jaxlib.__version__)
+
+
+def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool = True,
+                  log: Callable[[str], None] = print) -> records.Profile:
+  """Measures one batch size -> an analysed `records.Profile` (nothing written)."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  cfg = spec.cfg
+  reducer, reducer_name = make_drop_reducer(spec.reducer)
+  rng = np.random.default_rng(spec.seed)
+  images = timing.device_put(jnp.asarray(
+      rng.normal(0, 1, (batch_size, cfg.img_size, cfg.img_size, cfg.in_chans)), jnp.float32))
+  grid = spec.grid
+  adaptive = spec.adaptive and spec.mode in ("model", "block") and len(grid) > 2
+  first_grid = coarse_grid(grid, spec.coarse_stride) if adaptive else grid
+  keys = _keys_for(spec, first_grid, first=True)
+  desc = f"{cfg.name} b{batch_size} {spec.mode}"
+  with tqdm(total=2 * len(keys), desc=desc, disable=not progress, file=sys.stderr,
+            unit="step", dynamic_ncols=True) as bar:
+    meas = _measure(keys, spec=spec, params=params, images=images, reducer=reducer, bar=bar)
+    if adaptive:
+      comp = spec.mode
+      pts = sorted(((k[1], m) for k, m in meas.items() if k[0] == comp), key=lambda t: -t[0])
+      rep = steps_lib.detect_steps([n for n, _ in pts], [m.median for _, m in pts],
+                                   [m.iqr for _, m in pts], [len(m.samples) for _, m in pts])
+      lo, hi = min(grid), max(grid)
+      extra = [n for n in steps_lib.refine_grid([n for n, _ in pts], rep, lo=lo, hi=hi)
+               if n in set(grid)]
+      if extra:
+        more = _keys_for(spec, extra, first=False)
+        bar.total += 2 * len(more)
+        bar.refresh()
+        meas.update(_measure(more, spec=spec, params=params, images=images, reducer=reducer,
+                             bar=bar))
+  points = tuple(records.Point.from_measurement(
+      m, component=k[0], batch_size=batch_size, tokens=k[1], schedule=k[2])
+      for k, m in meas.items())
+  prof = records.Profile(model=cfg.name, config=dataclasses.asdict(cfg), dtype=spec.dtype,
+                         modes=(spec.mode,), reducer=reducer_name,
+                         timing=dataclasses.asdict(spec.timing), points=points,
+                         created=records.now_iso(), **device_info())
+  return records.analyze(prof)
+
+
+def write_outputs(profile: records.Profile, out_dir: str) -> Dict[str, str]:
+  """JSON + CSV + PNG of `profile` in `out_dir` (atomic) -> {'json', 'csv', 'png': path}."""
+  paths = records.save(profile, out_dir)
+  paths["png"] = plot_lib.plot_profile(profile, os.path.splitext(paths["json"])[0] + ".png")
+  return paths
+
+
+def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None,
+                compile_cache_dir: Optional[str] = None, progress: bool = True,
+                log: Callable[[str], None] = print) -> List[records.Profile]:
+  """Profiles every batch size of `spec` -> one analysed Profile per batch size.
+
+  params: the model's parameter tree (default: `init_params(cfg, spec.seed)`). With `out_dir`,
+  writes each profile's JSON/CSV/PNG there, plus a merged plot when there are several batch
+  sizes. `compile_cache_dir` enables JAX's persistent compilation cache (process-wide setting).
+  """
+  if compile_cache_dir:
+    timing.enable_compilation_cache(compile_cache_dir)
+  if params is None:
+    params = model_lib.init_params(spec.cfg, spec.seed)
+  params = timing.device_put(params)
+  profiles = []
+  for b in spec.batch_sizes:
+    prof = profile_batch(spec, int(b), params, progress=progress, log=log)
+    profiles.append(prof)
+    if out_dir:
+      paths = write_outputs(prof, out_dir)
+      log(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
+  if out_dir and len(profiles) > 1:
+    merged = records.merge(profiles)
+    path = os.path.join(out_dir, records.file_stem(merged) + ".png")
+    log(f"wrote {plot_lib.plot_profile(merged, path)}")
+  return profiles
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def summary_table(profile: records.Profile) -> str:
+  """Human-readable per-point table, steps, flat stretches and predictor errors."""
+  lines = [f"== {profile.model} | {profile.dtype} | {profile.device_kind} ({profile.platform}) "
+           f"| modes {','.join(profile.modes)} | reducer {profile.reducer}",
+           f"{'component':<9} {'batch':>5} {'tokens':>6} {'median ms':>10} {'IQR %':>6} "
+           f"{'samples':>7} {'compile s':>9} {'retry':>5}"]
+  order = {c: i for i, c in enumerate(records.COMPONENTS)}
+  for p in sorted(profile.points, key=lambda p: (order[p.component], p.batch_size, -p.tokens,
+                                                  p.schedule or ())):
+    lines.append(f"{p.component:<9} {p.batch_size:>5} {p.tokens:>6} {1e3 * p.median_s:>10.4f} "
+                 f"{100 * p.rel_iqr:>6.1f} {p.num_samples:>7} {p.compile_s:>9.3f} "
+                 f"{p.retries:>5}" + (f"  {list(p.schedule)}" if p.schedule else ""))
+  for b in profile.batch_sizes:
+    for comp in records.CURVE_COMPONENTS:
+      rep = records.step_report(profile.curve(comp, b))
+      if rep is None:
+        continue
+      lines.append(f"-- steps of {comp} curve, batch {b} (curve noise "
+                   f"{1e3 * rep.curve_noise_s:.3g} ms, trend {1e3 * rep.trend_s:.3g} ms/interval)")
+      lines += ["  " + s for s in rep.describe()]
+  if profile.predictions:
+    lines.append("-- per-block sum (embed + sum blocks + head) vs measured graph")
+    for p in profile.predictions:
+      lines.append(f"  batch {p['batch_size']} {p['component']} {p['schedule']}: predicted "
+                   f"{1e3 * p['predicted_s']:.4f} ms, measured {1e3 * p['measured_s']:.4f} ms, "
+                   f"error {100 * p['rel_error']:+.1f}%")
+  return "\n".join(lines)

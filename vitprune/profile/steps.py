@@ -1,0 +1,179 @@
+"""Step detection on a latency-vs-tokens curve L(n).
+
+Latency on an accelerator is a step-like function of the token count: removing one more token is
+free on a flat stretch and saves a lot just below a step. Given a measured curve on a token grid
+(sorted here from many to few tokens), each adjacent pair `n_hi -> n_lo` has a drop
+`d = L(n_hi) - L(n_lo)` which is compared with the noise of that pair:
+
+  noise = max(pair standard error, curve noise)
+    pair standard error = sqrt(se(n_hi)^2 + se(n_lo)^2), se = 1.2533 * (IQR / 1.349) / sqrt(R):
+        the standard error of a median of R samples whose spread is the IQR;
+    curve noise = 1.4826 * MAD(d): the robust spread of all the drops, which also captures
+        point-to-point drift that per-point IQRs cannot see (0 when fewer than 3 pairs).
+
+A pair is a *step* when `d - trend > k * noise` and `d > min_rel * L(n_hi)`, where `trend` is the
+median drop clipped at >= 0 (the smooth per-token cost on devices without steps, e.g. CPUs, so a
+linear curve has no steps). A pair is *flat* when `|d| <= k * noise`: pruning buys nothing there.
+Consecutive flat pairs are joined (greedily, from many tokens down) into flat stretches as long as
+the change across the whole stretch is also within `k` times its noise, so a slow slope made of
+individually insignificant drops does not become one long "flat" stretch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+_IQR_TO_SIGMA = 1.0 / 1.349     # normal distribution: IQR = 1.349 sigma
+_MEDIAN_SE = 1.2533             # standard error of a median = 1.2533 sigma / sqrt(R)
+_MAD_TO_SIGMA = 1.4826
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """Going from `n_from` to `n_to` tokens saves `saving_s` seconds (`saving_frac` of L(n_from))."""
+  n_from: int
+  n_to: int
+  latency_from: float
+  latency_to: float
+  noise_s: float
+
+  @property
+  def saving_s(self) -> float:
+    return self.latency_from - self.latency_to
+
+  @property
+  def saving_frac(self) -> float:
+    return self.saving_s / self.latency_from
+
+  def describe(self) -> str:
+    return (f"{self.n_from} -> {self.n_to} saves {100 * self.saving_frac:.1f}% "
+            f"({1e3 * self.saving_s:.4g} ms)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Flat:
+  """Tokens `n_hi` down to `n_lo` cost the same within noise: pruning there buys nothing."""
+  n_hi: int
+  n_lo: int
+  latency_hi: float
+  latency_lo: float
+
+  def describe(self) -> str:
+    frac = (self.latency_hi - self.latency_lo) / self.latency_hi
+    return (f"{self.n_hi} .. {self.n_lo} flat: pruning {self.n_hi - self.n_lo} tokens saves "
+            f"{100 * frac:.1f}% ({1e3 * (self.latency_hi - self.latency_lo):.4g} ms)")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepReport:
+  steps: Tuple[Step, ...]
+  flats: Tuple[Flat, ...]
+  curve_noise_s: float   # 1.4826 * MAD of the drops
+  trend_s: float         # median drop per grid interval, clipped at >= 0
+
+  def describe(self) -> List[str]:
+    lines = [s.describe() for s in self.steps] or ["no steps above noise"]
+    return lines + [f.describe() for f in self.flats]
+
+
+def _check_curve(tokens, medians, iqrs, counts):
+  t = np.asarray(tokens)
+  if t.ndim != 1 or t.size < 2:
+    raise ValueError(f"step detection needs at least 2 token counts, got {t.size}")
+  if len(set(t.tolist())) != t.size:
+    raise ValueError(f"token counts must be unique, got {sorted(t.tolist())}")
+  arrays = []
+  for name, a in (("medians", medians), ("iqrs", iqrs), ("counts", counts)):
+    if a is None:
+      arrays.append(None)
+      continue
+    a = np.asarray(a, np.float64)
+    if a.shape != t.shape:
+      raise ValueError(f"{name} has shape {a.shape}, tokens {t.shape}")
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+      raise ValueError(f"{name} must be finite and non-negative")
+    arrays.append(a)
+  if np.any(arrays[0] <= 0):
+    raise ValueError("median latencies must be > 0")
+  if arrays[2] is not None and np.any(arrays[2] < 1):
+    raise ValueError("sample counts must be >= 1")
+  return t.astype(np.int64), arrays
+
+
+def median_se(iqrs: np.ndarray, counts: Optional[np.ndarray]) -> np.ndarray:
+  """[P] IQRs and sample counts -> [P] standard errors of the medians."""
+  r = np.ones_like(iqrs) if counts is None else counts
+  return _MEDIAN_SE * iqrs * _IQR_TO_SIGMA / np.sqrt(r)
+
+
+def pair_noise(iqrs: np.ndarray, counts: Optional[np.ndarray]) -> np.ndarray:
+  """[P] IQRs and sample counts (sorted by tokens, descending) -> [P - 1] noise of each drop."""
+  se = median_se(iqrs, counts)
+  return np.sqrt(se[:-1] ** 2 + se[1:] ** 2)
+
+
+def detect_steps(tokens: Sequence[int], medians: Sequence[float],
+                 iqrs: Optional[Sequence[float]] = None, counts: Optional[Sequence[int]] = None,
+                 *, k: float = 4.0, min_rel: float = 0.01) -> StepReport:
+  """Steps and flat stretches of a curve given per-point medians, IQRs and sample counts.
+
+  tokens, medians, iqrs, counts: [P] in any order (sorted by tokens descending here). `iqrs=None`
+  means zero spread, `counts=None` means one sample per point.
+  """
+  if k <= 0:
+    raise ValueError(f"k must be > 0, got {k}")
+  if min_rel < 0:
+    raise ValueError(f"min_rel must be >= 0, got {min_rel}")
+  iqrs = np.zeros(len(tokens)) if iqrs is None else iqrs
+  t, (med, iqr, cnt) = _check_curve(tokens, medians, iqrs, counts)
+  order = np.argsort(-t)
+  t, med, iqr = t[order], med[order], iqr[order]
+  cnt = None if cnt is None else cnt[order]
+  drop = med[:-1] - med[1:]                                   # [P - 1]
+  if drop.size >= 3:
+    curve_noise = _MAD_TO_SIGMA * float(np.median(np.abs(drop - np.median(drop))))
+  else:
+    curve_noise = 0.0
+  trend = max(float(np.median(drop)), 0.0) if drop.size >= 3 else 0.0
+  noise = np.maximum(pair_noise(iqr, cnt), curve_noise)
+  is_step = (drop - trend > k * noise) & (drop > min_rel * med[:-1])
+  is_flat = (np.abs(drop) <= k * noise) & ~is_step
+  steps = tuple(Step(int(t[i]), int(t[i + 1]), float(med[i]), float(med[i + 1]),
+                     float(noise[i])) for i in np.flatnonzero(is_step))
+  se = median_se(iqr, cnt)
+
+  def span_flat(i, j):  # the whole span n[i] -> n[j + 1] changes within noise
+    span_noise = max(float(np.hypot(se[i], se[j + 1])), curve_noise)
+    return abs(med[i] - med[j + 1]) <= k * span_noise
+
+  flats, i = [], 0
+  while i < drop.size:
+    if not is_flat[i]:
+      i += 1
+      continue
+    j = i
+    while j + 1 < drop.size and is_flat[j + 1] and span_flat(i, j + 1):
+      j += 1
+    flats.append(Flat(int(t[i]), int(t[j + 1]), float(med[i]), float(med[j + 1])))
+    i = j + 1
+  return StepReport(steps, tuple(flats), curve_noise, trend)
+
+
+def refine_grid(tokens: Sequence[int], report: StepReport, *, lo: int, hi: int) -> List[int]:
+  """Adaptive grid: every count inside the coarse intervals that are not flat, plus the coarse
+  points themselves; flat intervals (latency unchanged within noise) are not filled in.
+
+  Returns the sorted (descending) new counts in [lo, hi] that were not measured yet.
+  """
+  t = sorted({int(v) for v in tokens}, reverse=True)
+  flat_pairs = set()
+  for f in report.flats:
+    inside = [v for v in t if f.n_lo <= v <= f.n_hi]
+    flat_pairs.update(zip(inside[:-1], inside[1:]))
+  new = set()
+  for a, b in zip(t[:-1], t[1:]):
+    if (a, b) not in flat_pairs:
+      new.update(range(max(b + 1, lo), min(a, hi + 1)))
+  return sorted(new - set(t), reverse=True)

@@ -1,0 +1,194 @@
+"""The timing protocol: AOT compile per shape, warm-up, device-resident inputs, robust medians.
+
+    compiled, compile_s = compile_fn(fn, *args)             # jax.jit(fn).lower(*args).compile()
+    jobs = compile_many({key: (fn, args)}, threads=4)      # the same, in a thread pool
+    meas = measure_all({key: (compiled, args)}, TimingConfig(min_run_time=0.5))
+
+Every point is timed as `compiled(*args)` followed by `jax.block_until_ready`, repeated until
+`min_run_time` seconds have elapsed (and at least `min_reps` times); its latency is the median of
+the per-call samples with the inter-quartile range (IQR) as spread. Points are visited in a seeded
+random order, so slow drift (thermal, clocks, other processes) spreads over the whole curve instead
+of masquerading as a step; points whose relative IQR exceeds `max_rel_iqr` are re-measured (a
+bounded number of times, again in shuffled order) and the tighter measurement is kept.
+Compile time is measured separately (lower + compile wall time) and never mixed with run time.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import time
+from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingConfig:
+  """How long and how often each point is timed.
+
+  min_run_time: seconds of timed calls per point (per measurement round).
+  warmup: untimed calls before timing (the first call after compile can be slower).
+  min_reps / max_reps: bounds on the number of timed calls per round.
+  max_rel_iqr: a point whose IQR / median exceeds this is re-measured.
+  max_retries: at most this many re-measurement rounds.
+  seed: seeds the shuffled visiting order.
+  """
+  min_run_time: float = 0.5
+  warmup: int = 3
+  min_reps: int = 5
+  max_reps: int = 100_000
+  max_rel_iqr: float = 0.1
+  max_retries: int = 2
+  seed: int = 0
+
+  def __post_init__(self):
+    if not self.min_run_time > 0:
+      raise ValueError(f"min_run_time must be > 0 seconds, got {self.min_run_time}")
+    if self.warmup < 0:
+      raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+    if self.min_reps < 3:
+      raise ValueError(f"min_reps must be >= 3 (a median and an IQR need samples), "
+                       f"got {self.min_reps}")
+    if self.max_reps < self.min_reps:
+      raise ValueError(f"max_reps {self.max_reps} < min_reps {self.min_reps}")
+    if not self.max_rel_iqr > 0:
+      raise ValueError(f"max_rel_iqr must be > 0, got {self.max_rel_iqr}")
+    if self.max_retries < 0:
+      raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+  """Summary of one point's timed samples (seconds)."""
+  median: float
+  q25: float
+  q75: float
+  samples: Tuple[float, ...]
+  compile_s: float = 0.0
+  retries: int = 0
+
+  @property
+  def iqr(self) -> float:
+    return self.q75 - self.q25
+
+  @property
+  def rel_iqr(self) -> float:
+    return self.iqr / self.median if self.median > 0 else float("inf")
+
+
+def summarize(samples: Sequence[float], *, compile_s: float = 0.0, retries: int = 0
+              ) -> Measurement:
+  """Samples [R] seconds -> median and quartiles (numpy's linear interpolation)."""
+  s = np.asarray(samples, np.float64)
+  if s.ndim != 1 or s.size == 0:
+    raise ValueError(f"need a non-empty 1-D list of samples, got shape {s.shape}")
+  if not np.all(np.isfinite(s)) or np.any(s < 0):
+    raise ValueError("samples must be finite, non-negative durations")
+  q25, med, q75 = np.percentile(s, [25, 50, 75])
+  return Measurement(float(med), float(q25), float(q75), tuple(float(v) for v in s),
+                     float(compile_s), int(retries))
+
+
+def enable_compilation_cache(cache_dir: str) -> None:
+  """Persistent XLA compilation cache in `cache_dir`, caching every entry (no size/time floor).
+
+  A second profile of the same shapes then loads executables instead of recompiling (the
+  executables are the same ones, autotuned kernels included).
+  """
+  jax.config.update("jax_compilation_cache_dir", cache_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def device_put(tree: Any) -> Any:
+  """Moves a pytree onto the default device and waits, so timing never includes transfers."""
+  return jax.block_until_ready(jax.device_put(tree))
+
+
+def compile_fn(fn: Callable, *args) -> Tuple[Any, float]:
+  """AOT-compiles `fn` for `args`' shapes -> (compiled executable, lower+compile seconds)."""
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  return compiled, time.perf_counter() - t0
+
+
+def compile_many(jobs: Mapping[Hashable, Tuple[Callable, Sequence[Any]]], *, threads: int = 1,
+                 on_done: Optional[Callable[[Hashable, float], None]] = None
+                 ) -> Dict[Hashable, Tuple[Any, float]]:
+  """Compiles every `key: (fn, args)` job, `threads` at a time -> {key: (compiled, seconds)}.
+
+  XLA compilation releases the GIL and is thread-safe, so threads overlap compiles of different
+  shapes. Per-job seconds are wall times and overlap when threads > 1. `on_done(key, seconds)` is
+  called (from the calling thread) as each job finishes.
+  """
+  if threads < 1:
+    raise ValueError(f"threads must be >= 1, got {threads}")
+  out = {}
+  if threads == 1:
+    for key, (fn, args) in jobs.items():
+      out[key] = compile_fn(fn, *args)
+      if on_done:
+        on_done(key, out[key][1])
+    return out
+  with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+    futures = {pool.submit(compile_fn, fn, *args): key for key, (fn, args) in jobs.items()}
+    for fut in concurrent.futures.as_completed(futures):
+      key = futures[fut]
+      out[key] = fut.result()
+      if on_done:
+        on_done(key, out[key][1])
+  return out
+
+
+def time_calls(compiled: Callable, args: Sequence[Any], cfg: TimingConfig,
+               clock: Callable[[], float] = time.perf_counter) -> List[float]:
+  """Warm-up, then per-call seconds of `block_until_ready(compiled(*args))` until
+  `cfg.min_run_time` has elapsed and at least `cfg.min_reps` calls were timed."""
+  for _ in range(cfg.warmup):
+    jax.block_until_ready(compiled(*args))
+  samples = []
+  start = clock()
+  while len(samples) < cfg.max_reps:
+    t0 = clock()
+    jax.block_until_ready(compiled(*args))
+    samples.append(clock() - t0)
+    if len(samples) >= cfg.min_reps and clock() - start >= cfg.min_run_time:
+      break
+  return samples
+
+
+def measure_all(points: Mapping[Hashable, Tuple[Callable, Sequence[Any]]], cfg: TimingConfig, *,
+                compile_s: Optional[Mapping[Hashable, float]] = None,
+                on_done: Optional[Callable[[Hashable], None]] = None,
+                timer: Callable[[Callable, Sequence[Any], TimingConfig], List[float]] = time_calls
+                ) -> Dict[Hashable, Measurement]:
+  """Times every `key: (compiled, args)` in a seeded shuffled order -> {key: Measurement}.
+
+  Points with `rel_iqr > cfg.max_rel_iqr` are re-measured up to `cfg.max_retries` rounds (each
+  round reshuffled); a re-measurement replaces the previous one only if its relative IQR is
+  smaller. `on_done(key)` is called once per first-round point (progress reporting).
+  """
+  compile_s = compile_s or {}
+  keys = list(points)
+  rng = np.random.default_rng(cfg.seed)
+  out: Dict[Hashable, Measurement] = {}
+  for i in rng.permutation(len(keys)):
+    key = keys[i]
+    fn, args = points[key]
+    out[key] = summarize(timer(fn, args, cfg), compile_s=compile_s.get(key, 0.0))
+    if on_done:
+      on_done(key)
+  for attempt in range(1, cfg.max_retries + 1):
+    wide = [k for k in keys if out[k].rel_iqr > cfg.max_rel_iqr]
+    if not wide:
+      break
+    for i in rng.permutation(len(wide)):
+      key = wide[i]
+      fn, args = points[key]
+      m = summarize(timer(fn, args, cfg), compile_s=out[key].compile_s, retries=attempt)
+      if m.rel_iqr < out[key].rel_iqr:
+        out[key] = m
+      else:
+        out[key] = dataclasses.replace(out[key], retries=attempt)
+  return out
