@@ -1,0 +1,619 @@
+"""Tests for vitprune.solve (paper utility argmax, the exact Pareto DP, errors) and
+vitprune.solve_io + the experiments.solve CLI on synthetic profile/estimate files."""
+import dataclasses
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vitprune import solve
+from vitprune import solve_io
+from vitprune.checkpoint import config_to_dict
+from vitprune.config import ViTConfig
+from vitprune.estimate import save_estimate
+from vitprune.profile import predict as profile_predict
+from vitprune.profile import records
+from vitprune.schedule import Schedule
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 16 px images in 4 px patches: 16 patches + cls = 17 tokens; depth 6 so that block 3 exists.
+CFG = ViTConfig(name="solve_test_vit", img_size=16, patch_size=4, embed_dim=16, depth=6,
+                num_heads=2, mlp_hidden=32, num_classes=10)
+N = CFG.num_tokens   # 17
+
+
+# ------------------------------------------------------------------------------------------------
+# Paper mode.
+
+def test_paper_known_answer():
+  # L is a step function with a step between 8 and 9 tokens; A falls linearly. With alpha=0.5:
+  # U(n) = 0.5 (1 - L/10) + 0.5 n/12. Just below the step (n=8) wins.
+  ns = np.arange(4, 13)
+  lat = np.where(ns > 8, 10.0, 5.0)
+  acc = ns / 12.0
+  sol = solve.solve_paper(ns, lat, acc, 0.5, depth=6, num_tokens=12)
+  expected_u = 0.5 * (1 - lat / 10.0) + 0.5 * acc
+  np.testing.assert_allclose(sol.utility, expected_u)
+  assert sol.n_star == 8
+  assert sol.counts == (12, 12, 12, 12, 8, 8, 8)
+  assert sol.latency_star == 5.0 and sol.accuracy_star == pytest.approx(8 / 12)
+  assert sol.utility_star == pytest.approx(0.25 + 8 / 24)
+  # Schedule semantics: block 3 reduces, nothing else.
+  assert Schedule(sol.counts).reduction_layers == (3,)
+
+
+def test_paper_alpha_extremes_and_layer():
+  ns = np.array([10, 20, 30, 40])
+  lat = np.array([1.0, 2.0, 3.0, 4.0])
+  acc = np.array([0.1, 0.5, 0.7, 0.8])
+  assert solve.solve_paper(ns, lat, acc, 1.0, depth=4, num_tokens=40).n_star == 10
+  assert solve.solve_paper(ns, lat, acc, 0.0, depth=4, num_tokens=40).n_star == 40
+  sol = solve.solve_paper(ns, lat, acc, 0.0, depth=4, num_tokens=40, layer=0)
+  assert sol.counts == (40, 40, 40, 40, 40)
+  sol = solve.solve_paper(ns[::-1], lat[::-1], acc[::-1], 1.0, depth=4, num_tokens=40, layer=1)
+  assert sol.counts == (40, 40, 10, 10, 10)
+  np.testing.assert_array_equal(sol.ns, ns)  # sorted ascending
+
+
+def test_paper_ties():
+  ns = np.array([5, 6, 7, 8])
+  # alpha=0: utility = A / max A; 6, 7 and 8 tie at 1.0; latency decides (6 and 7 tie at 2.0),
+  # then the larger n (7).
+  lat = np.array([1.0, 2.0, 2.0, 3.0])
+  acc = np.array([0.5, 1.0, 1.0, 1.0])
+  assert solve.solve_paper(ns, lat, acc, 0.0, depth=6, num_tokens=8).n_star == 7
+  # alpha=1 with equal latencies everywhere: all tie, the largest n wins.
+  assert solve.solve_paper(ns, np.ones(4), acc, 1.0, depth=6, num_tokens=8).n_star == 8
+
+
+def test_intersect_grid():
+  ns, lat, acc = solve.intersect_grid([9, 8, 7, 6], [4.0, 3.0, 2.0, 1.0], [6, 8, 10],
+                                      [0.6, 0.8, 1.0])
+  np.testing.assert_array_equal(ns, [6, 8])
+  np.testing.assert_array_equal(lat, [1.0, 3.0])
+  np.testing.assert_array_equal(acc, [0.6, 0.8])
+  with pytest.raises(ValueError, match="share no token count"):
+    solve.intersect_grid([1, 2], [1.0, 2.0], [3, 4], [0.1, 0.2])
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan")])
+def test_paper_alpha_out_of_range(alpha):
+  with pytest.raises(ValueError, match="alpha must be in"):
+    solve.solve_paper([1, 2], [1.0, 2.0], [0.1, 0.2], alpha, depth=4, num_tokens=2)
+
+
+def test_paper_errors():
+  kw = dict(depth=4, num_tokens=10)
+  with pytest.raises(ValueError, match="empty"):
+    solve.solve_paper([], [], [], 0.5, **kw)
+  with pytest.raises(ValueError, match="latency contains 1 NaN"):
+    solve.solve_paper([1, 2], [1.0, np.nan], [0.1, 0.2], 0.5, **kw)
+  with pytest.raises(ValueError, match="accuracy contains 1 NaN"):
+    solve.solve_paper([1, 2], [1.0, 2.0], [np.nan, 0.2], 0.5, **kw)
+  with pytest.raises(ValueError, match="distinct"):
+    solve.solve_paper([2, 2], [1.0, 2.0], [0.1, 0.2], 0.5, **kw)
+  with pytest.raises(ValueError, match="exceed the model's 10 tokens"):
+    solve.solve_paper([2, 11], [1.0, 2.0], [0.1, 0.2], 0.5, **kw)
+  with pytest.raises(ValueError, match="grid has 2"):
+    solve.solve_paper([1, 2], [1.0, 2.0, 3.0], [0.1, 0.2], 0.5, **kw)
+  with pytest.raises(ValueError, match="latencies must be > 0"):
+    solve.solve_paper([1, 2], [0.0, 2.0], [0.1, 0.2], 0.5, **kw)
+  with pytest.raises(ValueError, match="all accuracies are 0"):
+    solve.solve_paper([1, 2], [1.0, 2.0], [0.0, 0.0], 0.5, **kw)
+  with pytest.raises(ValueError, match="reduction layer 4 is outside"):
+    solve.solve_paper([1, 2], [1.0, 2.0], [0.1, 0.2], 0.5, depth=4, num_tokens=10, layer=4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Multi-layer mode: synthetic cost tables and an independent brute force.
+
+def _synthetic(depth, k, seed, layers=None):
+  rng = np.random.default_rng(seed)
+  ns = np.sort(rng.choice(np.arange(2, 40), size=k - 1, replace=False))
+  ns = np.r_[ns, 40]
+  block = np.round(rng.uniform(1.0, 5.0, k), 3)
+  block.sort()                                 # more tokens, slower (not required by the DP)
+  reduce = np.round(rng.uniform(0.0, 0.3, k), 3)
+  head = np.round(rng.uniform(0.0, 0.2, k), 3)
+  layers = tuple(range(depth)) if layers is None else layers
+  sens = 0.9 - np.round(rng.uniform(0.0, 0.4, (len(layers), k)), 3)   # noisy, non-monotone
+  return dict(ns=ns, block_latency=block, reduce_latency=reduce, head_latency=head,
+              embed_latency=0.5, sensitivity=sens, full_accuracy=0.9, depth=depth,
+              num_tokens=40, layers=layers)
+
+
+def _brute_force(p, accuracy_model, monotone):
+  """All non-increasing schedules on the grid, costs computed from the formulas directly."""
+  ns, depth = p["ns"], p["depth"]
+  pos = {int(n): i for i, n in enumerate(ns)}
+  d = np.zeros((depth, ns.size))
+  raw = p["full_accuracy"] - p["sensitivity"]
+  raw[:, -1] = 0.0
+  if monotone:
+    for r in range(raw.shape[0]):
+      for i in range(ns.size):
+        raw[r, i] = max(0.0, raw[r, i:].max())
+  for r, l in enumerate(p["layers"]):
+    d[l] = raw[r]
+  out = []
+  for tail in itertools.product(ns.tolist(), repeat=depth):
+    c = (40,) + tail
+    if any(c[l + 1] > c[l] for l in range(depth)):
+      continue
+    if any(c[l + 1] < c[l] and l not in p["layers"] for l in range(depth)):
+      continue
+    lat = p["embed_latency"] + p["head_latency"][pos[c[-1]]]
+    drop = 0.0
+    for l in range(depth):
+      i, j = pos[c[l]], pos[c[l + 1]]
+      lat += p["block_latency"][i]
+      if j < i:
+        lat += p["reduce_latency"][i]
+        drop += d[l, j] - d[l, i] if accuracy_model == "incremental" else d[l, j]
+    out.append((c, lat, p["full_accuracy"] - drop))
+  return out
+
+
+def _model(p, **kw):
+  return solve.make_cost_model(
+      p["ns"], p["block_latency"], p["sensitivity"], p["full_accuracy"], depth=p["depth"],
+      num_tokens=p["num_tokens"], layers=p["layers"], embed_latency=p["embed_latency"],
+      head_latency=p["head_latency"], reduce_latency=p["reduce_latency"], **kw)
+
+
+CASES = [(3, 4, 0, None), (3, 6, 1, None), (4, 5, 2, None), (4, 4, 3, (1, 3)), (4, 6, 4, None)]
+
+
+@pytest.mark.parametrize("accuracy_model", ["incremental", "additive"])
+@pytest.mark.parametrize("monotone", [True, False])
+@pytest.mark.parametrize("depth,k,seed,layers", CASES)
+def test_dp_matches_brute_force(depth, k, seed, layers, accuracy_model, monotone):
+  p = _synthetic(depth, k, seed, layers)
+  model = _model(p, accuracy_model=accuracy_model, monotone=monotone)
+  frontier = solve.pareto_frontier(model)
+  brute = _brute_force(p, accuracy_model, monotone)
+  lats = np.array([b[1] for b in brute])
+  accs = np.array([b[2] for b in brute])
+  f_lat = np.array([f.latency for f in frontier])
+  f_acc = np.array([f.accuracy for f in frontier])
+  eps = 1e-9
+  # Sorted, strictly improving, and each point's numbers are its schedule's true costs.
+  assert np.all(np.diff(f_lat) > 0) and np.all(np.diff(f_acc) > 0)
+  for f in frontier:
+    assert solve.predict_schedule(model, f.counts) == pytest.approx((f.latency, f.accuracy))
+  # Non-dominated: no brute-force schedule is strictly better in one objective and not worse in
+  # the other.
+  for f in frontier:
+    better = ((lats <= f.latency + eps) & (accs >= f.accuracy - eps)
+              & ((lats < f.latency - eps) | (accs > f.accuracy + eps)))
+    assert not better.any(), f
+  # Complete: every brute-force schedule is weakly dominated by a frontier point.
+  for lat, acc in zip(lats, accs):
+    assert np.any((f_lat <= lat + eps) & (f_acc >= acc - eps))
+  # The constrained optima equal the brute-force optima for several floors and budgets.
+  for floor in np.quantile(accs, [0.0, 0.3, 0.6, 0.9, 1.0]):
+    plan, crit = solve.choose(frontier, accuracy_floor=floor - 1e-12)
+    assert crit == "accuracy_floor"
+    assert plan.latency == pytest.approx(lats[accs >= floor - eps].min())
+    assert plan.accuracy >= floor - eps
+  for budget in np.quantile(lats, [0.0, 0.5, 1.0]):
+    plan, crit = solve.choose(frontier, latency_budget=budget + 1e-12)
+    assert plan.accuracy == pytest.approx(accs[lats <= budget + eps].max())
+    assert plan.latency <= budget + eps
+  # The unconstrained optimum by utility is the brute-force utility optimum among non-dominated.
+  u = 0.5 * (1 - lats / lats.max()) + 0.5 * np.maximum(accs, 0) / np.maximum(accs, 0).max()
+  plan, crit = solve.choose(frontier, alpha=0.5)
+  assert crit == "utility"
+  pu = 0.5 * (1 - plan.latency / lats.max()) + 0.5 * plan.accuracy / np.maximum(accs, 0).max()
+  assert pu == pytest.approx(u.max())
+
+
+def test_latency_model_matches_profile_predictor():
+  p = _synthetic(4, 5, 7)
+  model = _model(p)
+  ns = p["ns"].tolist()
+  table = profile_predict.BlockTable(
+      embed_s=p["embed_latency"], block_s=dict(zip(ns, p["block_latency"])),
+      head_s=dict(zip(ns, p["head_latency"])), reduce_s=dict(zip(ns, p["reduce_latency"])))
+  for f in solve.pareto_frontier(model):
+    assert f.latency == pytest.approx(profile_predict.predict(table, Schedule(f.counts)))
+
+
+def test_incremental_model_reproduces_single_layer_points():
+  # Reducing once from N to n at layer l predicts exactly S[l, n] (monotone sensitivities).
+  ns = np.array([3, 5, 8, 10])
+  sens = np.array([[0.5, 0.6, 0.8, 0.9], [0.55, 0.7, 0.85, 0.9], [0.6, 0.75, 0.88, 0.9]])
+  model = solve.make_cost_model(ns, np.ones(4), sens, 0.9, depth=3, num_tokens=10)
+  for l in range(3):
+    for i, n in enumerate(ns):
+      counts = (10,) * (l + 1) + (int(n),) * (3 - l)
+      assert solve.predict_schedule(model, counts)[1] == pytest.approx(sens[l, i])
+  # Two reductions: 10 -> 8 at block 0 (drop 0.1), 8 -> 5 at block 1 (0.2 - 0.05 = 0.15).
+  assert solve.predict_schedule(model, (10, 8, 5, 5))[1] == pytest.approx(0.9 - 0.25)
+  # 'additive' charges block 1 its full single-layer drop 0.2 on top of block 0's 0.1.
+  additive = dataclasses.replace(model, accuracy_model="additive")
+  assert solve.predict_schedule(additive, (10, 8, 5, 5))[1] == pytest.approx(0.9 - 0.3)
+  assert solve.predict_schedule(model, (10, 8, 5, 5))[0] == pytest.approx(3.0)  # 3 blocks x 1
+
+
+def test_monotone_envelope():
+  ns = np.array([2, 4, 6, 8])
+  # Raw drops at layer 0: 0.3, 0.1, 0.2, 0 (noise makes 4 look better than 6), and a gain at 6
+  # for layer 1 (S > A_full).
+  sens = np.array([[0.6, 0.8, 0.7, 0.9], [0.9, 0.9, 0.95, 0.9]])
+  model = solve.make_cost_model(ns, np.ones(4), sens, 0.9, depth=2, num_tokens=8)
+  np.testing.assert_allclose(model.drop, [[0.3, 0.2, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0]])
+  raw = solve.make_cost_model(ns, np.ones(4), sens, 0.9, depth=2, num_tokens=8, monotone=False)
+  np.testing.assert_allclose(raw.drop, [[0.3, 0.1, 0.2, 0.0], [0.0, 0.0, -0.05, 0.0]])
+
+
+def test_step_bottoms():
+  ns = np.array([1, 2, 3, 4, 5, 6])
+  lat = np.array([1.0, 1.0, 2.0, 2.05, 2.0, 3.0])
+  np.testing.assert_array_equal(solve.step_bottoms(ns, lat),
+                                [False, True, True, False, True, True])
+  noise = np.full(5, 0.1)
+  np.testing.assert_array_equal(solve.step_bottoms(ns, lat, noise),
+                                [False, True, False, False, True, True])
+  with pytest.raises(ValueError, match="ascending"):
+    solve.step_bottoms(ns[::-1], lat)
+  with pytest.raises(ValueError, match="pair_noise contains"):
+    solve.step_bottoms(ns, lat, np.full(5, np.nan))
+
+
+def test_step_bottoms_only_restricts_choices():
+  ns = np.arange(2, 11)
+  block = np.where(ns > 6, 2.0, 1.0)          # one step: 6 is the only bottom below 10
+  sens = np.tile(np.linspace(0.5, 0.9, 9), (3, 1))
+  sol = solve.solve_multilayer(ns, block, sens, 0.9, depth=3, num_tokens=10,
+                               step_bottoms_only=True)
+  np.testing.assert_array_equal(sol.grid, [6, 10])
+  for plan in sol.frontier:
+    assert set(plan.counts) <= {6, 10}
+  # The fastest plan reduces to 6 at block 0; the full schedule is the most accurate.
+  assert sol.frontier[0].counts == (10, 6, 6, 6)
+  assert sol.frontier[-1].counts == (10, 10, 10, 10)
+  assert sol.full.latency == pytest.approx(6.0) and sol.full.accuracy == pytest.approx(0.9)
+  # Without the restriction the DP finds the same: 7..9 cost as much as 10 per block but lose
+  # accuracy, so no frontier plan uses them.
+  sol_all = solve.solve_multilayer(ns, block, sens, 0.9, depth=3, num_tokens=10)
+  for plan in sol_all.frontier:
+    assert not set(plan.counts) & {7, 8, 9}
+
+
+def test_solve_multilayer_floor_budget_and_infeasible():
+  p = _synthetic(3, 5, 11)
+  kw = {k: v for k, v in p.items()}
+  sol = solve.solve_multilayer(**kw, accuracy_floor=0.7)
+  assert sol.criterion == "accuracy_floor" and sol.chosen.accuracy >= 0.7
+  best = max(f.accuracy for f in sol.frontier)
+  with pytest.raises(ValueError, match=r"accuracy floor 0\.95 is infeasible: the best achievable "
+                     r"predicted accuracy is 0\.9"):
+    solve.solve_multilayer(**kw, accuracy_floor=0.95)
+  assert best == pytest.approx(0.9)
+  fastest = sol.frontier[0].latency
+  sol = solve.solve_multilayer(**kw, latency_budget=fastest)
+  assert sol.chosen == sol.frontier[0] and sol.criterion == "latency_budget"
+  with pytest.raises(ValueError, match="latency budget .* is infeasible: the fastest achievable"):
+    solve.solve_multilayer(**kw, latency_budget=fastest * 0.5)
+  with pytest.raises(ValueError, match="not both"):
+    solve.solve_multilayer(**kw, latency_budget=1.0, accuracy_floor=0.5)
+  with pytest.raises(ValueError, match="alpha must be in"):
+    solve.solve_multilayer(**kw, alpha=2.0)
+
+
+def test_multilayer_errors():
+  ns = np.array([2, 4, 6])
+  ok = dict(depth=2, num_tokens=6)
+  sens = np.full((2, 3), 0.5)
+  with pytest.raises(ValueError, match="full token count 6"):
+    solve.make_cost_model([2, 4], [1.0, 2.0], np.full((2, 2), 0.5), 0.9, **ok)
+  with pytest.raises(ValueError, match="sensitivity contains 1 NaN"):
+    bad = sens.copy()
+    bad[1, 0] = np.nan
+    solve.make_cost_model(ns, [1.0, 2.0, 3.0], bad, 0.9, **ok)
+  with pytest.raises(ValueError, match="block latency contains"):
+    solve.make_cost_model(ns, [1.0, np.inf, 3.0], sens, 0.9, **ok)
+  with pytest.raises(ValueError, match="sensitivity must have shape"):
+    solve.make_cost_model(ns, [1.0, 2.0, 3.0], np.full((3, 3), 0.5), 0.9, **ok)
+  with pytest.raises(ValueError, match="layer 2 is outside"):
+    solve.make_cost_model(ns, [1.0, 2.0, 3.0], sens, 0.9, layers=(0, 2), **ok)
+  with pytest.raises(ValueError, match="unknown accuracy_model"):
+    solve.make_cost_model(ns, [1.0, 2.0, 3.0], sens, 0.9, accuracy_model="mult", **ok)
+  with pytest.raises(ValueError, match="empty"):
+    solve.make_cost_model([], [], np.zeros((2, 0)), 0.9, **ok)
+  with pytest.raises(ValueError, match="block latency must be >= 0"):
+    solve.make_cost_model(ns, [1.0, -2.0, 3.0], sens, 0.9, **ok)
+  model = solve.make_cost_model(ns, [1.0, 2.0, 3.0], sens[:1], 0.9, layers=(1,), **ok)
+  with pytest.raises(ValueError, match="block 0 reduces but has no sensitivity"):
+    solve.predict_schedule(model, (6, 4, 4))
+  with pytest.raises(ValueError, match="not on the grid"):
+    solve.predict_schedule(model, (6, 6, 5))
+  with pytest.raises(ValueError, match="never increase: block 1 4 -> 6"):
+    solve.predict_schedule(dataclasses.replace(model, can_reduce=np.ones(2, bool)), (6, 4, 6))
+  with pytest.raises(ValueError, match="start with all 6"):
+    solve.predict_schedule(model, (4, 4, 4))
+  # Only block 1 may reduce: every frontier schedule keeps 6 tokens through block 0.
+  assert all(f.counts[1] == 6 for f in solve.pareto_frontier(model))
+
+
+def test_dp_is_fast_on_realistic_sizes():
+  # Depth 12, 197 counts, noisy step-like block latency: the exact DP finishes quickly and its
+  # frontier runs from the fastest possible latency to the full schedule.
+  rng = np.random.default_rng(0)
+  ns = np.arange(2, 199)
+  block = 1e-3 * (1 + np.ceil(ns / 16)) + rng.normal(0, 1e-6, ns.size)
+  sens = np.stack([0.8 - 0.3 * (1 - ns / 198) ** 2 * (1 + l / 12) for l in range(12)])
+  sol = solve.solve_multilayer(ns, block, sens, 0.8, depth=12, num_tokens=198)
+  assert sol.frontier[-1].counts == (198,) * 13
+  assert sol.frontier[-1].accuracy == pytest.approx(0.8)
+  assert sol.frontier[0].latency == pytest.approx(block[-1] + 11 * block.min())
+  lat = np.array([f.latency for f in sol.frontier])
+  acc = np.array([f.accuracy for f in sol.frontier])
+  assert np.all(np.diff(lat) > 0) and np.all(np.diff(acc) > 0)
+
+
+# ==============================================================================================
+# solve_io and the CLI.
+
+def _point(component, tokens, median, batch=8, iqr=0.0):
+  samples = (median - iqr / 2, median, median + iqr / 2)
+  return records.Point(component=component, batch_size=batch, tokens=tokens, median_s=median,
+                       q25_s=median - iqr / 2, q75_s=median + iqr / 2, num_samples=3,
+                       samples_s=samples)
+
+
+def _profile(points, cfg=CFG, modes=("model",)):
+  return records.Profile(model=cfg.name, config=dataclasses.asdict(cfg), device_kind="cpu",
+                         platform="cpu", jax_version="0", jaxlib_version="0", dtype="float32",
+                         modes=modes, reducer="keep_first", timing={}, points=tuple(points),
+                         created="2025-01-01T00:00:00+00:00")
+
+
+def _save_profile(tmp_path, points, name="p.json", **kw):
+  records.save(_profile(points, **kw), str(tmp_path), stem=name[:-5])
+  return str(tmp_path / name)
+
+
+def _step_latency(n):
+  """A step between 9 and 10 tokens (seconds)."""
+  return 2e-3 if n >= 10 else 1e-3
+
+
+def _estimate(tmp_path, layers, tokens, value, *, cfg=CFG, batch=8, name="e.json",
+              labelled=True, full=0.9):
+  def counts(l, n):
+    if l is None:
+      return [n] * (cfg.depth + 1)
+    return [cfg.num_tokens] * (l + 1) + [n] * (cfg.depth - l)
+  def vals(a):
+    return {"num_examples": 20, "accuracy": a if labelled else None,
+            "agreement": 1.0 if a == full else min(1.0, a + 0.05), "kl": 0.0 if a == full
+            else 0.1}
+  doc = {
+      "format": "vitprune-estimate", "version": 1, "created": "2025-01-01T00:00:00",
+      "kind": "tokens" if len(layers) == 1 else "sensitivity",
+      "model": {"name": cfg.name, "config": config_to_dict(cfg)},
+      "weights": {"source": "init_params(seed=0)", "sha256": "0" * 64},
+      "data": {"kind": "synthetic", "source": "test", "num_examples": 20, "classes": 10,
+               "labelled": labelled, "fingerprint": "f" * 16, "selection": {}},
+      "method": {"name": "random" if layers == [None] else "pomt", "kwargs": {}},
+      "seed": 0, "layers": layers, "tokens": tokens,
+      "eval": {"batch_size": batch, "dtype": "float32", "precision": "highest",
+               "num_devices": 1},
+      "metrics": ["accuracy", "agreement", "kl"] if labelled else ["agreement", "kl"],
+      "reference": {"counts": [cfg.num_tokens] * (cfg.depth + 1), "schedule": "full",
+                    "num_examples": 20, "accuracy": full if labelled else None,
+                    "agreement": 1.0, "kl": 0.0},
+      "points": [{"layer": l, "tokens": n, "counts": counts(l, n), "schedule": "x",
+                  **vals(value(l, n))} for l in layers for n in tokens],
+      "versions": {},
+  }
+  path = str(tmp_path / name)
+  save_estimate(path, doc, overwrite=True)
+  return path
+
+
+def _acc(l, n):
+  """Accuracy falls linearly with pruned tokens, faster when pruning early."""
+  drop = (N - n) * (0.02 if l is None else 0.01 * (1 + (CFG.depth - l) / CFG.depth))
+  return round(0.9 - drop, 6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Paper mode.
+
+def test_paper_end_to_end(tmp_path):
+  ps = _save_profile(tmp_path, [_point("model", n, _step_latency(n)) for n in range(2, N + 1)])
+  es = _estimate(tmp_path, [None], list(range(5, N + 1)), _acc)
+  sol, record, cfg = solve_io.solve_paper_files(ps, es, alpha=0.5)
+  # U(n) = 0.5 (1 - L/2e-3) + 0.5 A/0.9: the step bottom 9 beats everything (A decreasing).
+  assert sol.n_star == 9
+  np.testing.assert_array_equal(sol.ns, np.arange(5, N + 1))   # the intersection
+  assert record["chosen"]["counts"] == [N] * 4 + [9] * 3
+  assert record["chosen"]["schedule"] == "keep@3:9"
+  assert record["chosen"]["method"] == "pomt"     # A(n) came from drops after the embedding
+  assert record["chosen"]["predicted_latency_s"] == 1e-3
+  assert record["chosen"]["predicted_accuracy"] == pytest.approx(_acc(None, 9))
+  assert record["chosen"]["schedule_latency_s"] is None   # no per-block table profiled
+  assert record["full"]["predicted_accuracy"] == pytest.approx(0.9)
+  # The paper-mode frontier: 9 (fast) and N (accurate) are the only non-dominated counts.
+  assert [p["tokens"] for p in record["frontier"]] == [9, N]
+  paths = solve_io.write_solution(record, str(tmp_path / "out"))
+  with open(paths["png"], "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  loaded = solve_io.load_solution(paths["json"])
+  assert loaded["chosen"] == json.loads(json.dumps(record["chosen"]))
+  assert sorted(os.listdir(tmp_path / "out")) == [f"{CFG.name}_paper_b8.json",
+                                                  f"{CFG.name}_paper_b8.png"]
+  # The deployment CLI reads the schedule, method and model from it.
+  from vitprune import deploy
+  got = deploy.read_solution(paths["json"])
+  assert got["counts"] == [N] * 4 + [9] * 3 and got["method"] == "pomt"
+  assert got["model"] == CFG.name and got["schedule"] == "keep@3:9"
+
+
+def test_paper_predicted_from_block_table(tmp_path):
+  pts = [_point("embed", N, 1e-4)] + [_point("head", n, 1e-5) for n in range(2, N + 1)]
+  pts += [_point("block", n, _step_latency(n) / 6) for n in range(2, N + 1)]
+  ps = _save_profile(tmp_path, pts, modes=("block",))
+  es = _estimate(tmp_path, [None], list(range(5, N + 1)), _acc)
+  sol, record, _ = solve_io.solve_paper_files(ps, es, alpha=0.5)
+  assert record["profile"]["latency_source"] == "predicted_from_blocks"
+  assert sol.latency_star == pytest.approx(1e-4 + 1e-3 + 1e-5)
+  # The POMT schedule itself: 4 blocks at N, 2 at n* = 9.
+  assert record["chosen"]["schedule_latency_s"] == pytest.approx(
+      1e-4 + 4 * 2e-3 / 6 + 2 * 1e-3 / 6 + 1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Multi-layer mode.
+
+def _block_profile(tmp_path, name="b.json", batch=8, noise=0.0):
+  pts = [_point("embed", N, 1e-4, batch)]
+  pts += [_point("head", n, 1e-5, batch) for n in range(2, N + 1)]
+  pts += [_point("block", n, _step_latency(n) / 6 + 1e-6 * n, batch, iqr=noise)
+          for n in range(2, N + 1)]
+  return _save_profile(tmp_path, pts, name=name, modes=("block",))
+
+
+def test_multilayer_end_to_end(tmp_path):
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [None, 1, 3, 5], list(range(4, N)), _acc)
+  sol, record, _ = solve_io.solve_multilayer_files(ps, es, accuracy_floor=0.8)
+  # The same arrays handed to the library directly give the same frontier.
+  ns = np.arange(4, N + 1)
+  block = np.array([_step_latency(n) / 6 + 1e-6 * n for n in ns])
+  sens = np.array([[_acc(l, n) for n in ns[:-1]] + [0.9] for l in (1, 3, 5)])
+  direct = solve.solve_multilayer(ns, block, sens, 0.9, depth=6, num_tokens=N, layers=(1, 3, 5),
+                                  embed_latency=1e-4, head_latency=np.full(ns.size, 1e-5),
+                                  accuracy_floor=0.8)
+  assert [p.counts for p in sol.frontier] == [p.counts for p in direct.frontier]
+  assert sol.chosen == direct.chosen
+  assert record["chosen"]["predicted_accuracy"] >= 0.8
+  assert record["chosen"]["method"] == "pomt" and record["chosen"]["criterion"] == "accuracy_floor"
+  assert record["estimate"]["layers"] == [1, 3, 5]     # the after-embedding row is ignored
+  for p in record["frontier"]:
+    assert all(p["counts"][l] == p["counts"][l + 1] for l in (0, 2, 4))   # only 1, 3, 5 reduce
+  lat = [p["predicted_latency_s"] for p in record["frontier"]]
+  assert lat == sorted(lat)
+  paths = solve_io.write_solution(record, str(tmp_path / "out"))
+  assert solve_io.load_solution(paths["json"])["mode"] == "multi"
+  with open(paths["png"], "rb") as f:
+    assert f.read(4) == b"\x89PNG"
+
+
+def test_multilayer_step_bottoms_only(tmp_path):
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3], list(range(4, N)), _acc)
+  sol, record, _ = solve_io.solve_multilayer_files(ps, es, step_bottoms_only=True)
+  # Block latency rises by 1 us per token (no noise: every count is a bottom) ...
+  assert sol.grid.tolist() == list(range(4, N + 1))
+  # ... but with 3 us of measured IQR per point, only the real step (9 -> 10) survives.
+  ps2 = _block_profile(tmp_path, name="b2.json", noise=3e-6)
+  sol2, record2, _ = solve_io.solve_multilayer_files(ps2, es, step_bottoms_only=True)
+  assert sol2.grid.tolist() == [9, N]
+  assert record2["settings"]["grid"] == [9, N]
+
+
+# ------------------------------------------------------------------------------------------------
+# Error paths.
+
+def test_model_mismatch_names_both(tmp_path):
+  ps = _save_profile(tmp_path, [_point("model", n, 1e-3) for n in range(5, N + 1)])
+  other = dataclasses.replace(CFG, name="other_vit")
+  es = _estimate(tmp_path, [None], [5, 6], _acc, cfg=other)
+  with pytest.raises(solve_io.SolveInputError,
+                     match=r"profile .*p\.json is for model 'solve_test_vit' but estimate "
+                           r".*e\.json is for model 'other_vit'"):
+    solve_io.solve_paper_files(ps, es)
+  wider = dataclasses.replace(CFG, embed_dim=32)
+  es2 = _estimate(tmp_path, [None], [5, 6], _acc, cfg=wider, name="e2.json")
+  with pytest.raises(solve_io.SolveInputError, match=r"configs differ \(embed_dim: 16 vs 32\)"):
+    solve_io.solve_paper_files(ps, es2)
+
+
+def test_batch_mismatch_names_both(tmp_path):
+  ps = _save_profile(tmp_path, [_point("model", n, 1e-3, batch=1) for n in range(5, N + 1)])
+  es = _estimate(tmp_path, [None], [5, 6], _acc, batch=8)
+  with pytest.raises(solve_io.SolveInputError,
+                     match=r"batch sizes differ: profile .*p\.json at batch 1, estimate "
+                           r".*e\.json at batch 8"):
+    solve_io.solve_paper_files(ps, es)
+  sol, _, _ = solve_io.solve_paper_files(ps, es, allow_batch_mismatch=True)
+  assert sol.ns.tolist() == [5, 6]
+  with pytest.raises(solve_io.SolveInputError, match=r"no model/block points at batch size 4 "
+                                                     r"\(has \[1\]\)"):
+    solve_io.solve_paper_files(ps, es, batch_size=4, allow_batch_mismatch=True)
+
+
+def test_empty_intersection_nan_and_metric(tmp_path):
+  ps = _save_profile(tmp_path, [_point("model", n, 1e-3) for n in range(12, N + 1)])
+  es = _estimate(tmp_path, [None], [5, 6, 7], _acc)
+  with pytest.raises(solve_io.SolveInputError, match="share no token count"):
+    solve_io.solve_paper_files(ps, es)
+  pts = [_point("model", n, 1e-3) for n in range(5, N + 1)]
+  pts[2] = dataclasses.replace(pts[2], median_s=float("nan"))
+  text = json.dumps(records.to_json(_profile(pts)))    # json writes NaN; records.save refuses
+  bad = tmp_path / "nan.json"
+  bad.write_text(text)
+  with pytest.raises(solve_io.SolveInputError, match=r"model latency is NaN/inf at token counts "
+                                                     r"\[7\]"):
+    solve_io.solve_paper_files(str(bad), es)
+  with pytest.raises(solve_io.SolveInputError, match="metric 'kl' is not usable"):
+    solve_io.solve_paper_files(ps, es, metric="kl")
+  eu = _estimate(tmp_path, [None], [5, 6], _acc, labelled=False, name="eu.json")
+  with pytest.raises(solve_io.SolveInputError, match="has no 'accuracy' values"):
+    solve_io.solve_paper_files(ps, eu, metric="accuracy")
+  with pytest.raises(FileNotFoundError, match="profile file"):
+    solve_io.solve_paper_files(str(tmp_path / "missing.json"), es)
+
+
+def test_multilayer_input_errors(tmp_path):
+  model_only = _save_profile(tmp_path, [_point("model", n, 1e-3) for n in range(5, N + 1)])
+  sens = _estimate(tmp_path, [1, 3], list(range(4, N)), _acc)
+  with pytest.raises(solve_io.SolveInputError, match="no block points"):
+    solve_io.solve_multilayer_files(model_only, sens)
+  blocks = _block_profile(tmp_path)
+  embed_only = _estimate(tmp_path, [None], list(range(4, N)), _acc, name="emb.json")
+  with pytest.raises(solve_io.SolveInputError, match="no per-layer sensitivity"):
+    solve_io.solve_multilayer_files(blocks, embed_only)
+  with pytest.raises(ValueError, match=r"accuracy floor 0\.95 is infeasible: the best achievable "
+                                       r"predicted accuracy is 0\.9 "):
+    solve_io.solve_multilayer_files(blocks, sens, accuracy_floor=0.95)
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI (subprocess: absl flags are process-global and other CLIs define the same names).
+
+def _cli(*args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  return subprocess.run([sys.executable, "-m", "experiments.solve", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_cli(tmp_path):
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3], list(range(4, N)), _acc)
+  out = tmp_path / "out"
+  r = _cli(f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.85",
+           f"--out_dir={out}")
+  assert r.returncode == 0, r.stderr
+  doc = json.loads((out / f"{CFG.name}_multi_b8.json").read_text())
+  assert f"chosen schedule: {doc['chosen']['schedule']}" in r.stdout
+  assert doc["chosen"]["predicted_accuracy"] >= 0.85
+  r = _cli(f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.99",
+           f"--out_dir={out}")
+  assert r.returncode == 1
+  assert "error: accuracy floor 0.99 is infeasible: the best achievable predicted accuracy is " \
+         "0.9" in r.stderr
+  assert "Traceback" not in r.stderr
+  r = _cli(f"--profile={ps}", f"--estimate={es}", "--alpha=1.5", f"--out_dir={out}")
+  assert r.returncode == 1 and "alpha must be in [0, 1], got 1.5" in r.stderr
+  r = _cli(f"--estimate={es}")
+  assert r.returncode == 1 and "--profile and --estimate are required" in r.stderr
+  assert sorted(os.listdir(out)) == [f"{CFG.name}_multi_b8.json", f"{CFG.name}_multi_b8.png"]

@@ -1,0 +1,595 @@
+"""Schedule solvers: pick token counts from a latency profile and an accuracy estimate.
+
+Pure math over numpy arrays (no file formats; `vitprune.solve_io` reads profile/estimate files).
+Every grid `ns` is a 1-D array of distinct token counts (prefix tokens included), sorted ascending
+here; all per-count arrays are aligned with it.
+
+Paper mode (`solve_paper`, "Pruning One More Token is Enough", WACV 2025)
+-------------------------------------------------------------------------
+Given the whole-model latency curve L(n) and the accuracy estimate A(n) on a common grid,
+
+  U(n) = alpha * (1 - L(n) / max L) + (1 - alpha) * A(n) / max A,        max over the grid,
+
+n* = argmax U (ties: the smaller latency, then the larger n), and the schedule keeps all tokens
+until block `layer` (default 3) reduces to exactly n*:
+counts = [N] * (layer + 1) + [n*] * (depth - layer).
+
+Multi-layer mode (`pareto_frontier`, `solve_multilayer`)
+--------------------------------------------------------
+A schedule is `counts` of length depth + 1 with counts[0] = N (all tokens enter block 0),
+non-increasing, every count on the grid. Its predicted latency is the profiler's additive model
+(`vitprune.profile.predict`):
+
+  lat(counts) = embed + sum_l [B(counts[l]) + (counts[l+1] < counts[l]) * R(counts[l])]
+                + head(counts[depth])
+
+with B the single-block table, R the extra cost of a reducing block (0 when not profiled) and head
+the final norm/pool/classifier. Its predicted accuracy comes from the per-layer sensitivity
+S[l, n] (accuracy when only block l reduces, from all N tokens to n): with the single-layer drop
+D[l, n] = A_full - S[l, n] (D[l, N] = 0),
+
+  'incremental' (default): drop(counts) = sum_l D[l, counts[l+1]] - D[l, counts[l]]
+  'additive':              drop(counts) = sum_{l reduces} D[l, counts[l+1]]
+
+and acc(counts) = A_full - drop(counts). The incremental model charges each removed token at the
+layer that removes it: block l taking the schedule from counts[l] to counts[l+1] costs the part of
+layer l's single-layer curve between those counts. It reproduces every measured single-layer point
+exactly (one reduction from N to n at layer l predicts S[l, n]) and, unlike 'additive', does not
+charge the tokens already removed by earlier layers a second time (with 'additive', N -> 100 at
+block 3 then 100 -> 99 at block 4 costs about twice N -> 100 alone). With `monotone=True` (the
+default) D is first replaced by its pessimistic monotone envelope along the counts,
+D[l, n] <- max(0, max_{m >= n} D[l, m]), so measurement noise can never make removing tokens look
+beneficial (every increment is >= 0); `monotone=False` uses the raw table.
+
+Both objectives are sums of per-block terms that depend only on (layer, tokens in, tokens out), so
+a dynamic programme over layers with the token count as state is exact. Because two objectives
+are traded off, each (layer, count) state keeps its full Pareto set of (latency, drop) labels
+(dominance at the same state is safe: the future costs depend only on the state). The final
+Pareto set over all end states is the exact frontier: for every accuracy floor the
+minimum-latency feasible schedule, and for every latency budget the maximum-accuracy one, lie on
+it. A reducing block's costs split into a source part (latency B(n_in) + R(n_in), drop
+-D[l, n_in] or 0) and a target part (drop D[l, n_out]), so the candidates of target n_out are a
+suffix Pareto set over all larger sources, shifted: O(K * F log F) per layer for K counts and F
+labels per state (depth 40, 200 counts: about 2 s on one CPU core). Exactly equal (latency, drop)
+labels keep the schedule with more tokens in total (the later reduction).
+
+Step bottoms: a grid count n is at a step bottom when B(n) is lower than B(n') at the next larger
+grid count n' by more than the noise of that pair; `step_bottoms_only=True` restricts the
+per-layer choices to step bottoms plus the full count N.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+ACCURACY_MODELS = ("incremental", "additive")
+ArrayLike = Union[np.ndarray, Sequence[float]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation helpers.
+
+def _finite(name: str, a: ArrayLike, ndim: int, length: Optional[int] = None) -> np.ndarray:
+  """`a` as float64 with `ndim` dims (last of size `length`), all finite; else ValueError."""
+  arr = np.asarray(a, dtype=np.float64)
+  if arr.ndim != ndim:
+    raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}")
+  if length is not None and arr.shape[-1] != length:
+    raise ValueError(f"{name} has {arr.shape[-1]} entries along the token axis, the grid has "
+                     f"{length}")
+  bad = ~np.isfinite(arr)
+  if bad.any():
+    where = np.argwhere(bad)[:5].tolist()
+    raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf value(s) (first indices "
+                     f"{where}); drop or re-measure those points")
+  return arr
+
+
+def _grid(ns: ArrayLike, num_tokens: Optional[int] = None) -> np.ndarray:
+  """Validated token grid as int64 [K] (any order in, same order out)."""
+  raw = np.asarray(ns)
+  if raw.ndim != 1:
+    raise ValueError(f"token grid must be 1-D, got shape {raw.shape}")
+  if raw.size == 0:
+    raise ValueError("token grid is empty: no token count to choose from")
+  f = np.asarray(raw, dtype=np.float64)
+  if not np.all(np.isfinite(f)) or np.any(f != np.round(f)):
+    raise ValueError(f"token counts must be finite integers, got {raw.tolist()}")
+  g = f.astype(np.int64)
+  if len(np.unique(g)) != g.size:
+    raise ValueError(f"token counts must be distinct, got {g.tolist()}")
+  if np.any(g < 1):
+    raise ValueError(f"token counts must be >= 1, got {g.tolist()}")
+  if num_tokens is not None and np.any(g > num_tokens):
+    raise ValueError(f"token counts {g[g > num_tokens].tolist()} exceed the model's "
+                     f"{num_tokens} tokens")
+  return g
+
+
+def _check_alpha(alpha: float) -> float:
+  alpha = float(alpha)
+  if not 0.0 <= alpha <= 1.0:  # also rejects NaN
+    raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+  return alpha
+
+
+def _check_depth_layer(depth: int, layer: int):
+  if int(depth) < 1:
+    raise ValueError(f"depth must be >= 1, got {depth}")
+  if not 0 <= int(layer) < int(depth):
+    raise ValueError(f"reduction layer {layer} is outside blocks 0..{depth - 1}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Paper mode.
+
+def intersect_grid(latency_ns: ArrayLike, latency: ArrayLike, accuracy_ns: ArrayLike,
+                   accuracy: ArrayLike) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Aligns L on its grid [P] and A on its grid [Q] on their common counts.
+
+  Returns (ns [K] ascending int64, latency [K], accuracy [K]); ValueError when they share no count.
+  """
+  ln, an = _grid(latency_ns), _grid(accuracy_ns)
+  lat = _finite("latency", latency, 1, ln.size)
+  acc = _finite("accuracy", accuracy, 1, an.size)
+  common = np.intersect1d(ln, an)
+  if common.size == 0:
+    raise ValueError(f"the latency grid ({ln.min()}..{ln.max()}, {ln.size} counts) and the "
+                     f"accuracy grid ({an.min()}..{an.max()}, {an.size} counts) share no token "
+                     f"count")
+  li = {int(n): i for i, n in enumerate(ln)}
+  ai = {int(n): i for i, n in enumerate(an)}
+  return (common, lat[[li[int(n)] for n in common]], acc[[ai[int(n)] for n in common]])
+
+
+def utility(latency: ArrayLike, accuracy: ArrayLike, alpha: float = 0.5) -> np.ndarray:
+  """U = alpha (1 - L / max L) + (1 - alpha) A / max A, elementwise over [K]."""
+  alpha = _check_alpha(alpha)
+  lat = _finite("latency", latency, 1)
+  acc = _finite("accuracy", accuracy, 1, lat.size)
+  if lat.size == 0:
+    raise ValueError("token grid is empty: no token count to choose from")
+  if np.any(lat <= 0):
+    raise ValueError(f"latencies must be > 0 seconds, got min {lat.min()}")
+  if np.any(acc < 0):
+    raise ValueError(f"accuracies must be >= 0, got min {acc.min()}")
+  max_acc = acc.max()
+  if max_acc <= 0 and alpha < 1:
+    raise ValueError("all accuracies are 0: A / max A is undefined (use alpha=1 to rank by "
+                     "latency alone)")
+  acc_term = acc / max_acc if max_acc > 0 else np.zeros_like(acc)
+  return alpha * (1.0 - lat / lat.max()) + (1.0 - alpha) * acc_term
+
+
+def pomt_counts(num_tokens: int, n: int, depth: int, layer: int = 3) -> Tuple[int, ...]:
+  """All tokens until block `layer` reduces to `n`: [N] * (layer + 1) + [n] * (depth - layer)."""
+  _check_depth_layer(depth, layer)
+  if not 1 <= int(n) <= int(num_tokens):
+    raise ValueError(f"token count {n} is outside 1..{num_tokens}")
+  return (int(num_tokens),) * (layer + 1) + (int(n),) * (depth - layer)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PaperSolution:
+  """Paper-mode result. ns/latency/accuracy/utility: [K] on the common grid, ns ascending."""
+  ns: np.ndarray
+  latency: np.ndarray
+  accuracy: np.ndarray
+  utility: np.ndarray
+  alpha: float
+  index: int              # argmax position in ns
+  layer: int
+  counts: Tuple[int, ...]  # the POMT schedule, len depth + 1
+
+  @property
+  def n_star(self) -> int:
+    return int(self.ns[self.index])
+
+  @property
+  def latency_star(self) -> float:
+    return float(self.latency[self.index])
+
+  @property
+  def accuracy_star(self) -> float:
+    return float(self.accuracy[self.index])
+
+  @property
+  def utility_star(self) -> float:
+    return float(self.utility[self.index])
+
+
+def solve_paper(ns: ArrayLike, latency: ArrayLike, accuracy: ArrayLike, alpha: float = 0.5, *,
+                depth: int, num_tokens: int, layer: int = 3,
+                tie_tol: float = 1e-12) -> PaperSolution:
+  """The paper's utility argmax over a common grid.
+
+  ns: [K] token counts; latency: [K] whole-model seconds L(n); accuracy: [K] A(n) (accuracy or
+  fidelity, higher is better). Utilities within `tie_tol` of the maximum tie; ties go to the
+  smaller latency, then the larger n.
+  """
+  alpha = _check_alpha(alpha)
+  _check_depth_layer(depth, layer)
+  g = _grid(ns, num_tokens)
+  lat = _finite("latency", latency, 1, g.size)
+  acc = _finite("accuracy", accuracy, 1, g.size)
+  order = np.argsort(g)
+  g, lat, acc = g[order], lat[order], acc[order]
+  u = utility(lat, acc, alpha)
+  best = np.flatnonzero(u >= u.max() - tie_tol)
+  # lexsort: last key is primary -> smallest latency, then largest n.
+  index = int(best[np.lexsort((-g[best], lat[best]))[0]])
+  counts = pomt_counts(num_tokens, int(g[index]), depth, layer)
+  return PaperSolution(ns=g, latency=lat, accuracy=acc, utility=u, alpha=alpha, index=index,
+                       layer=int(layer), counts=counts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-layer mode: cost model.
+
+def step_bottoms(ns: ArrayLike, latency: ArrayLike,
+                 pair_noise: Optional[ArrayLike] = None) -> np.ndarray:
+  """Bool [K]: count ns[i] is a step bottom (or the largest count).
+
+  ns: [K] ascending; latency: [K] block latency B(n); pair_noise: [K - 1] noise threshold of each
+  adjacent pair (ns[i], ns[i+1]) in seconds (default 0). ns[i] is a step bottom when
+  latency[i + 1] - latency[i] > pair_noise[i].
+  """
+  g = _grid(ns)
+  if np.any(np.diff(g) <= 0):
+    raise ValueError("step_bottoms needs the grid sorted ascending")
+  lat = _finite("block latency", latency, 1, g.size)
+  noise = (np.zeros(g.size - 1) if pair_noise is None
+           else _finite("pair_noise", pair_noise, 1, g.size - 1))
+  if np.any(noise < 0):
+    raise ValueError("pair_noise must be >= 0")
+  mask = np.zeros(g.size, bool)
+  mask[:-1] = (lat[1:] - lat[:-1]) > noise
+  mask[-1] = True
+  return mask
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CostModel:
+  """Validated multi-layer cost tables on one grid (ascending, ns[-1] == num_tokens).
+
+  ns: [K]; block: [K] B(n); reduce: [K] R(n_in); head: [K] head(n_final); embed: scalar;
+  drop: [depth, K] per-layer single-reduction drop D[l, n] (D[l, N] = 0, layers that may not
+  reduce are marked in `can_reduce` [depth]); full_accuracy: A_full.
+  """
+  ns: np.ndarray
+  block: np.ndarray
+  reduce: np.ndarray
+  head: np.ndarray
+  embed: float
+  drop: np.ndarray
+  can_reduce: np.ndarray
+  full_accuracy: float
+  accuracy_model: str
+
+  @property
+  def depth(self) -> int:
+    return int(self.drop.shape[0])
+
+  @property
+  def num_tokens(self) -> int:
+    return int(self.ns[-1])
+
+
+def make_cost_model(ns: ArrayLike, block_latency: ArrayLike, sensitivity: ArrayLike,
+                    full_accuracy: float, *, depth: int, num_tokens: int,
+                    layers: Optional[Sequence[int]] = None, embed_latency: float = 0.0,
+                    head_latency: Union[float, ArrayLike] = 0.0,
+                    reduce_latency: Optional[ArrayLike] = None,
+                    accuracy_model: str = "incremental", monotone: bool = True) -> CostModel:
+  """Builds the `CostModel` from arrays aligned with the grid `ns` [K].
+
+  block_latency, reduce_latency: [K]; head_latency: scalar or [K]; sensitivity: [len(layers), K]
+  accuracy S[l, n] when only block layers[r] reduces from all tokens to n (default
+  layers = 0..depth-1; blocks not listed never reduce). The grid must contain num_tokens.
+  """
+  if accuracy_model not in ACCURACY_MODELS:
+    raise ValueError(f"unknown accuracy_model {accuracy_model!r}; use one of {ACCURACY_MODELS}")
+  if int(depth) < 1:
+    raise ValueError(f"depth must be >= 1, got {depth}")
+  g = _grid(ns, num_tokens)
+  if int(num_tokens) not in set(g.tolist()):
+    raise ValueError(f"the grid must contain the full token count {num_tokens} (block 0 always "
+                     f"sees all tokens); grid is {g.min()}..{g.max()}")
+  k = g.size
+  block = _finite("block latency", block_latency, 1, k)
+  red = np.zeros(k) if reduce_latency is None else _finite("reduce latency", reduce_latency, 1, k)
+  head = np.asarray(head_latency, np.float64)
+  head = (np.full(k, float(_finite("head latency", head, 0))) if head.ndim == 0
+          else _finite("head latency", head, 1, k))
+  embed = float(_finite("embed latency", embed_latency, 0))
+  for name, a in (("block latency", block), ("reduce latency", red), ("head latency", head)):
+    if np.any(a < 0):
+      raise ValueError(f"{name} must be >= 0 seconds, got min {a.min()}")
+  if embed < 0:
+    raise ValueError(f"embed latency must be >= 0 seconds, got {embed}")
+  a_full = float(_finite("full accuracy", full_accuracy, 0))
+  layers = tuple(range(depth)) if layers is None else tuple(int(l) for l in layers)
+  if len(set(layers)) != len(layers):
+    raise ValueError(f"sensitivity layers must be distinct, got {layers}")
+  for l in layers:
+    if not 0 <= l < depth:
+      raise ValueError(f"sensitivity layer {l} is outside blocks 0..{depth - 1}")
+  sens = np.asarray(sensitivity, np.float64)
+  if sens.ndim != 2 or sens.shape[0] != len(layers):
+    raise ValueError(f"sensitivity must have shape [len(layers)={len(layers)}, K={k}], got "
+                     f"{sens.shape}")
+  sens = _finite("sensitivity", sens, 2, k)
+  order = np.argsort(g)
+  g, block, red, head, sens = g[order], block[order], red[order], head[order], sens[:, order]
+  d_rows = a_full - sens
+  d_rows[:, -1] = 0.0                      # reducing to N tokens is no reduction
+  if monotone:
+    # Pessimistic envelope: drop at n >= every drop measured at a larger count, and >= 0.
+    d_rows = np.maximum(np.maximum.accumulate(d_rows[:, ::-1], axis=1)[:, ::-1], 0.0)
+  drop = np.zeros((depth, k))
+  can_reduce = np.zeros(depth, bool)
+  drop[list(layers)] = d_rows
+  can_reduce[list(layers)] = True
+  return CostModel(ns=g, block=block, reduce=red, head=head, embed=embed, drop=drop,
+                   can_reduce=can_reduce, full_accuracy=a_full, accuracy_model=accuracy_model)
+
+
+def _check_counts(model: CostModel, counts: Sequence[int]) -> np.ndarray:
+  """Grid indices [depth + 1] of a schedule, validated against `model`."""
+  c = [int(v) for v in counts]
+  if len(c) != model.depth + 1:
+    raise ValueError(f"schedule has {len(c)} counts, depth {model.depth} needs {model.depth + 1}")
+  pos = {int(n): i for i, n in enumerate(model.ns)}
+  missing = sorted({v for v in c if v not in pos})
+  if missing:
+    raise ValueError(f"schedule counts {missing} are not on the grid")
+  if c[0] != model.num_tokens:
+    raise ValueError(f"schedule must start with all {model.num_tokens} tokens, got {c[0]}")
+  for l in range(model.depth):
+    if c[l + 1] > c[l]:
+      raise ValueError(f"schedule counts must never increase: block {l} {c[l]} -> {c[l + 1]}")
+    if c[l + 1] < c[l] and not model.can_reduce[l]:
+      raise ValueError(f"block {l} reduces but has no sensitivity estimate")
+  return np.asarray([pos[v] for v in c])
+
+
+def _block_costs(model: CostModel, layer: int, src: np.ndarray, dst: np.ndarray):
+  """Latency and drop [M] of block `layer` taking grid index src -> dst (dst <= src)."""
+  reduces = dst < src
+  lat = model.block[src] + np.where(reduces, model.reduce[src], 0.0)
+  d = model.drop[layer]
+  if model.accuracy_model == "incremental":
+    drop = np.where(reduces, d[dst] - d[src], 0.0)
+  else:
+    drop = np.where(reduces, d[dst], 0.0)
+  return lat, drop
+
+
+def predict_schedule(model: CostModel, counts: Sequence[int]) -> Tuple[float, float]:
+  """(predicted latency seconds, predicted accuracy) of one schedule under `model`."""
+  idx = _check_counts(model, counts)
+  lat, drop = model.embed, 0.0
+  for l in range(model.depth):
+    bl, bd = _block_costs(model, l, idx[l:l + 1], idx[l + 1:l + 2])
+    lat += float(bl[0])
+    drop += float(bd[0])
+  lat += float(model.head[idx[-1]])
+  return lat, model.full_accuracy - drop
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-layer mode: exact Pareto dynamic programme.
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """One schedule with its predicted latency (seconds) and accuracy."""
+  counts: Tuple[int, ...]
+  latency: float
+  accuracy: float
+
+
+def _pareto_keep(lat: np.ndarray, drop: np.ndarray, tok: np.ndarray) -> np.ndarray:
+  """Indices [F] of the non-dominated labels among [M], in (latency, drop) order.
+
+  Sorted by latency, then drop, then more tokens first, a label is kept when its drop is strictly
+  lower than that of every label before it; exact (latency, drop) duplicates keep the one with
+  more tokens.
+  """
+  order = np.lexsort((-tok, drop, lat))
+  d = drop[order]
+  prev_min = np.r_[np.inf, np.minimum.accumulate(d)[:-1]]
+  return order[d < prev_min]
+
+
+def nondominated(latency: ArrayLike, accuracy: ArrayLike, tokens: ArrayLike) -> np.ndarray:
+  """Indices of the (latency [M], accuracy [M]) points no other point beats in both, latency
+  ascending; exact duplicates keep the larger `tokens` [M]."""
+  lat = _finite("latency", latency, 1)
+  acc = _finite("accuracy", accuracy, 1, lat.size)
+  tok = _finite("tokens", tokens, 1, lat.size)
+  keep = _pareto_keep(lat, -acc, tok)
+  return keep[np.argsort(lat[keep], kind="stable")]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Labels:
+  """Pareto labels of one DP state: [F] latency, drop, summed tokens, parent (state, label)."""
+  lat: np.ndarray
+  drop: np.ndarray
+  tok: np.ndarray
+  p_state: np.ndarray
+  p_label: np.ndarray
+
+  def take(self, idx: np.ndarray) -> "_Labels":
+    return _Labels(self.lat[idx], self.drop[idx], self.tok[idx], self.p_state[idx],
+                   self.p_label[idx])
+
+  @staticmethod
+  def concat(parts: Sequence["_Labels"]) -> "_Labels":
+    return _Labels(*(np.concatenate([getattr(p, f.name) for p in parts])
+                     for f in dataclasses.fields(_Labels)))
+
+  def pareto(self) -> "_Labels":
+    return self.take(_pareto_keep(self.lat, self.drop, self.tok))
+
+
+def _layer(model: CostModel, layer: int, prev: Sequence[Optional[_Labels]]):
+  """One DP step: Pareto labels per state after block `layer` from those before it."""
+  k = model.ns.size
+  out: list = [None] * k
+  for i in range(k):      # not reducing: i -> i
+    if prev[i] is not None:
+      p = prev[i]
+      idx = np.arange(p.lat.size)
+      out[i] = _Labels(p.lat + model.block[i], p.drop.copy(), p.tok + model.ns[i],
+                       np.full(idx.size, i), idx)
+  if not model.can_reduce[layer]:
+    return out
+  # Reducing i -> j < i: latency block[i] + reduce[i] and drop base[i] + d[j] (incremental:
+  # base = -d[i]; additive: base = 0) split into a source part and a target shift d[j], so the
+  # candidates of target j are the Pareto set of all sources i > j (built as a suffix) shifted.
+  d = model.drop[layer]
+  base = -d if model.accuracy_model == "incremental" else np.zeros(k)
+  suffix: Optional[_Labels] = None
+  for j in range(k - 1, -1, -1):
+    if suffix is not None:
+      moved = _Labels(suffix.lat, suffix.drop + d[j], suffix.tok + model.ns[j], suffix.p_state,
+                      suffix.p_label)
+      out[j] = moved.pareto() if out[j] is None else _Labels.concat([out[j], moved]).pareto()
+    if prev[j] is not None:
+      p = prev[j]
+      src = _Labels(p.lat + model.block[j] + model.reduce[j], p.drop + base[j], p.tok,
+                    np.full(p.lat.size, j), np.arange(p.lat.size))
+      suffix = src.pareto() if suffix is None else _Labels.concat([suffix, src]).pareto()
+  return out
+
+
+def pareto_frontier(model: CostModel) -> Tuple[Plan, ...]:
+  """Every non-dominated schedule (latency ascending, accuracy strictly ascending).
+
+  Exact for the cost model: for every schedule on the grid some frontier schedule has latency
+  and drop both <= its own (up to float rounding of the sums).
+  """
+  k, depth = model.ns.size, model.depth
+  labels: list = [None] * k
+  labels[k - 1] = _Labels(np.array([model.embed]), np.zeros(1), np.array([float(model.ns[-1])]),
+                          np.array([-1]), np.array([-1]))
+  history = [labels]
+  for l in range(depth):
+    labels = _layer(model, l, labels)
+    history.append(labels)
+  ends = [(j, labels[j]) for j in range(k) if labels[j] is not None]
+  state = np.concatenate([np.full(p.lat.size, j) for j, p in ends])
+  index = np.concatenate([np.arange(p.lat.size) for _, p in ends])
+  final = _Labels.concat([p for _, p in ends])
+  final_lat = final.lat + model.head[state]
+  keep = _pareto_keep(final_lat, final.drop, final.tok)
+  plans = []
+  for f in keep:
+    j, s = int(state[f]), int(index[f])
+    idx = [j]
+    for l in range(depth, 0, -1):
+      lab = history[l][j]
+      j, s = int(lab.p_state[s]), int(lab.p_label[s])
+      idx.append(j)
+    counts = tuple(int(model.ns[i]) for i in reversed(idx))
+    plans.append(Plan(counts, float(final_lat[f]), float(model.full_accuracy - final.drop[f])))
+  return tuple(plans)
+
+
+def choose(frontier: Sequence[Plan], *, accuracy_floor: Optional[float] = None,
+           latency_budget: Optional[float] = None, alpha: float = 0.5) -> Tuple[Plan, str]:
+  """Picks one frontier plan; returns (plan, criterion).
+
+  accuracy_floor: the fastest plan with accuracy >= floor (criterion 'accuracy_floor').
+  latency_budget: the most accurate plan with latency <= budget ('latency_budget').
+  neither: the paper's utility over the frontier, alpha (1 - L / max L) + (1 - alpha) A / max A,
+  ties to the smaller latency ('utility'). Raises ValueError when infeasible, naming the best
+  achievable value.
+  """
+  if not frontier:
+    raise ValueError("empty frontier")
+  if accuracy_floor is not None and latency_budget is not None:
+    raise ValueError("give either an accuracy floor or a latency budget, not both")
+  lat = np.array([p.latency for p in frontier])
+  acc = np.array([p.accuracy for p in frontier])
+  if accuracy_floor is not None:
+    floor = float(accuracy_floor)
+    if not np.isfinite(floor):
+      raise ValueError(f"accuracy floor must be finite, got {accuracy_floor}")
+    ok = np.flatnonzero(acc >= floor)
+    if ok.size == 0:
+      best = int(np.argmax(acc))
+      raise ValueError(f"accuracy floor {floor:.6g} is infeasible: the best achievable predicted "
+                       f"accuracy is {acc[best]:.6g} (schedule "
+                       f"{','.join(map(str, frontier[best].counts))})")
+    i = int(ok[np.lexsort((-acc[ok], lat[ok]))[0]])
+    return frontier[i], "accuracy_floor"
+  if latency_budget is not None:
+    budget = float(latency_budget)
+    if not np.isfinite(budget):
+      raise ValueError(f"latency budget must be finite, got {latency_budget}")
+    ok = np.flatnonzero(lat <= budget)
+    if ok.size == 0:
+      best = int(np.argmin(lat))
+      raise ValueError(f"latency budget {budget:.6g} s is infeasible: the fastest achievable "
+                       f"predicted latency is {lat[best]:.6g} s (schedule "
+                       f"{','.join(map(str, frontier[best].counts))})")
+    i = int(ok[np.lexsort((lat[ok], -acc[ok]))[0]])
+    return frontier[i], "latency_budget"
+  u = utility(lat, np.maximum(acc, 0.0), alpha)
+  best = np.flatnonzero(u >= u.max() - 1e-12)
+  i = int(best[np.argmin(lat[best])])
+  return frontier[i], "utility"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MultiLayerSolution:
+  """Multi-layer result: the exact frontier, the chosen plan and the unpruned reference."""
+  frontier: Tuple[Plan, ...]
+  chosen: Plan
+  criterion: str
+  full: Plan
+  model: CostModel
+  step_bottoms_only: bool
+
+  @property
+  def grid(self) -> np.ndarray:
+    return self.model.ns
+
+
+def solve_multilayer(ns: ArrayLike, block_latency: ArrayLike, sensitivity: ArrayLike,
+                     full_accuracy: float, *, depth: int, num_tokens: int,
+                     layers: Optional[Sequence[int]] = None, embed_latency: float = 0.0,
+                     head_latency: Union[float, ArrayLike] = 0.0,
+                     reduce_latency: Optional[ArrayLike] = None,
+                     accuracy_model: str = "incremental", monotone: bool = True,
+                     step_bottoms_only: bool = False, pair_noise: Optional[ArrayLike] = None,
+                     accuracy_floor: Optional[float] = None,
+                     latency_budget: Optional[float] = None,
+                     alpha: float = 0.5) -> MultiLayerSolution:
+  """Multi-layer schedule: exact Pareto frontier + one chosen plan (see `make_cost_model`,
+  `choose`). With `step_bottoms_only`, the grid is first restricted to the step bottoms of the
+  block latency (`step_bottoms`, `pair_noise` [K - 1] on the ascending grid) plus num_tokens.
+  """
+  _check_alpha(alpha)
+  if accuracy_floor is not None and latency_budget is not None:
+    raise ValueError("give either an accuracy floor or a latency budget, not both")
+  model = make_cost_model(ns, block_latency, sensitivity, full_accuracy, depth=depth,
+                          num_tokens=num_tokens, layers=layers, embed_latency=embed_latency,
+                          head_latency=head_latency, reduce_latency=reduce_latency,
+                          accuracy_model=accuracy_model, monotone=monotone)
+  if step_bottoms_only:
+    mask = step_bottoms(model.ns, model.block, pair_noise)
+    model = dataclasses.replace(model, ns=model.ns[mask], block=model.block[mask],
+                                reduce=model.reduce[mask], head=model.head[mask],
+                                drop=model.drop[:, mask])
+  frontier = pareto_frontier(model)
+  full_counts = (model.num_tokens,) * (depth + 1)
+  full = Plan(full_counts, *predict_schedule(model, full_counts))
+  chosen, criterion = choose(frontier, accuracy_floor=accuracy_floor,
+                             latency_budget=latency_budget, alpha=alpha)
+  return MultiLayerSolution(frontier=frontier, chosen=chosen, criterion=criterion, full=full,
+                            model=model, step_bottoms_only=bool(step_bottoms_only))
