@@ -1,0 +1,166 @@
+r"""Export a pruned ViT as a deployment artifact (StableHLO forward + orbax weights + manifest).
+
+  python -m experiments.deploy --weights=weights/vit_digits --method=pomt \
+      --schedule=keep@3:40 --platforms=cpu,cuda --batch_size=8 --out=deploy/vit_digits_pomt
+  python -m experiments.deploy --weights=DIR --solution=outputs/solve/solution.json --out=DIR
+
+The schedule comes from `--schedule` (compact text, see `vitprune.schedule.parse_schedule`, or a
+comma list of depth + 1 counts) or from a solver output (`--solution`), not both. `--method=none`
+exports the unpruned model. `--symbolic_batch` exports a batch-polymorphic graph instead of the
+fixed `--batch_size`. Run the artifact with `python -m experiments.run_deployed`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights).")
+flags.DEFINE_string("out", None, "Artifact directory to write.")
+flags.DEFINE_string("schedule", None, "Token schedule text (default: from --solution, else "
+                    "'full').")
+flags.DEFINE_string("method", "pomt", "Token-reduction method (vitprune.reduce.methods), or "
+                    "'none'.")
+flags.DEFINE_list("method_opts", [], "Reducer options as key=value (values parsed as JSON, "
+                  "else kept as strings), e.g. seed=3.")
+flags.DEFINE_string("solution", None, "Solver output JSON to take the schedule (and method) "
+                    "from; recorded as provenance.")
+flags.DEFINE_string("profile", None, "Profile file the schedule was chosen with (provenance).")
+flags.DEFINE_string("estimate", None, "Estimate file the schedule was chosen with "
+                    "(provenance).")
+flags.DEFINE_list("platforms", [], "Export platforms (cpu, cuda, rocm, tpu); default the "
+                  "local one.")
+flags.DEFINE_integer("batch_size", 1, "Fixed batch size of the exported graph.")
+flags.DEFINE_bool("symbolic_batch", False, "Export with a symbolic batch dimension instead.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+flags.DEFINE_enum("precision", "highest", ["highest", "high", "default"],
+                  "float32 matmul precision.")
+flags.DEFINE_bool("verify", True, "Check the exported forward reproduces the in-process one "
+                  "(when the local platform is exported).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
+
+
+def parse_options(items) -> dict:
+  """['k=v', ...] -> {k: json value or string}."""
+  opts = {}
+  for item in items:
+    if "=" not in item:
+      raise ValueError(f"--method_opts entry {item!r} is not key=value")
+    k, v = item.split("=", 1)
+    try:
+      opts[k.strip()] = json.loads(v)
+    except json.JSONDecodeError:
+      opts[k.strip()] = v
+  return opts
+
+
+def parse_schedule_text(cfg, text: str):
+  """A `Schedule` from compact text (parse_schedule) or a comma list of depth + 1 counts."""
+  from vitprune import schedule as sched  # pylint: disable=g-import-not-at-top
+  t = text.strip()
+  if re.fullmatch(r"\d+(\s*,\s*\d+)+", t):
+    return sched.check_schedule(cfg, sched.Schedule(tuple(int(c) for c in t.split(","))))
+  if t.lower() in ("full", "none", ""):
+    return sched.full_schedule(cfg)
+  parse = getattr(sched, "parse_schedule", None)
+  if parse is None:
+    raise ValueError(f"cannot parse schedule {text!r}: give depth + 1 = {cfg.depth + 1} "
+                     "comma-separated counts")
+  return parse(cfg, t)
+
+
+def file_provenance(path: str) -> dict:
+  from vitprune.deploy import file_sha256  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} does not exist")
+  entry = {"path": os.path.abspath(path), "sha256": file_sha256(path)}
+  try:
+    with open(path) as f:
+      doc = json.load(f)
+    if isinstance(doc, dict):  # keep the identifying scalars, not the data
+      entry["summary"] = {k: v for k, v in doc.items()
+                          if isinstance(v, (str, int, float, bool)) or k == "model"}
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    pass
+  return entry
+
+
+def run(argv_flags=FLAGS) -> str:
+  """Exports according to the flags; returns the artifact path."""
+  from vitprune import checkpoint, deploy  # pylint: disable=g-import-not-at-top
+  f = argv_flags
+  if not f.weights or not f.out:
+    raise ValueError("--weights and --out are required")
+  cfg, meta = checkpoint.read_weights_config(f.weights)
+  method = f.method
+  provenance = {}
+  text, counts = f.schedule, None
+  if f.solution:
+    sol = deploy.read_solution(f.solution)
+    if f["schedule"].present:
+      raise ValueError("give either --schedule or --solution, not both")
+    if sol["model"] is not None and sol["model"] != cfg.name:
+      raise ValueError(f"solver output {f.solution} is for model {sol['model']!r}, the weights "
+                       f"{f.weights} are {cfg.name!r}")
+    if sol["method"] is not None:
+      if f["method"].present and f.method.lower() != sol["method"].lower():
+        raise ValueError(f"--method={f.method} conflicts with the solver output's method "
+                         f"{sol['method']!r}")
+      method = sol["method"]
+    text, counts = sol["schedule"], sol["counts"]
+    provenance["solution"] = sol["provenance"]
+  for name in ("profile", "estimate"):
+    if f[name].value:
+      provenance[name] = file_provenance(f[name].value)
+  from vitprune.schedule import Schedule, check_schedule  # pylint: disable=g-import-not-at-top
+  if counts is not None:
+    schedule = check_schedule(cfg, Schedule(tuple(counts)))
+    if text is not None and parse_schedule_text(cfg, text) != schedule:
+      raise ValueError(f"solver output schedule text {text!r} and counts {counts} disagree")
+  else:
+    schedule = parse_schedule_text(cfg, text or "full")
+  reducer, opts = None, parse_options(f.method_opts)
+  if method.lower() != "none":
+    from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
+    reducer = make_reducer(method, **opts)
+  elif opts:
+    raise ValueError("--method_opts given with --method=none")
+  _, params = checkpoint.load_weights(f.weights)
+  names = meta.get("class_names") or meta.get("classes")
+  if not (isinstance(names, list) and len(names) == cfg.num_classes):
+    names = None
+  return deploy.export_artifact(
+      f.out, cfg, params, schedule=schedule, reducer=reducer,
+      reducer_name=None if reducer is None else method.lower(), reducer_options=opts,
+      platforms=f.platforms or None, batch_size=None if f.symbolic_batch else f.batch_size,
+      dtype=f.dtype, precision=f.precision, provenance=provenance,
+      weights_source={"path": os.path.abspath(f.weights), "meta": meta},
+      class_names=names, verify=f.verify, overwrite=f.overwrite)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  from vitprune.deploy import read_manifest  # pylint: disable=g-import-not-at-top
+  if not FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
+    logging.set_verbosity(logging.WARNING)
+  try:
+    path = run()
+  except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+    sys.exit(f"error: {e}")
+  m = read_manifest(path)
+  print(f"wrote {path}")
+  print(f"  model {m['model']['name']}, schedule {m['schedule']['text']} "
+        f"(counts {','.join(map(str, m['schedule']['counts']))}), reducer "
+        f"{(m['reducer'] or {}).get('name', 'none')}")
+  print(f"  input {m['input']['shape']} {m['input']['dtype']} -> output {m['output']['shape']}, "
+        f"compute {m['compute']['dtype']}, platforms {','.join(m['platforms'])}")
+  print(f"  weights sha256 {m['weights']['sha256']}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,489 @@
+"""Deployment artifacts: export round trip, validation errors, fresh-process loading, CLIs."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitprune import deploy
+from vitprune.checkpoint import save_weights
+from vitprune.data import ImageFolder, iterate_batches
+from vitprune.model import init_params, jitted_forward
+from vitprune.registry import get_config
+from vitprune.schedule import Schedule
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CFG = get_config("test_tiny_vit")  # 16 patches + cls = 17 tokens, depth 2
+SCHED = Schedule((17, 17, 9))      # block 1 reduces 17 -> 9
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepLastPatches:
+  """Test reducer independent of the methods module: keeps the prefix and the last patches."""
+  needs_attention: bool = False
+  tracks_size: bool = False
+
+  def reduce(self, x, size, stats, *, num_keep, num_prefix, layer):
+    return jnp.concatenate([x[:, :num_prefix], x[:, x.shape[1] - (num_keep - num_prefix):]],
+                           axis=1), size
+
+  def reduce_embedding(self, x, *, num_keep, num_prefix):
+    return self.reduce(x, None, None, num_keep=num_keep, num_prefix=num_prefix, layer=-1)[0]
+
+
+REDUCER = KeepLastPatches()
+
+
+def _images(n, seed=1):
+  return np.random.default_rng(seed).normal(size=(n, 32, 32, 3)).astype(np.float32)
+
+
+def _ref(params, x):
+  return np.asarray(jitted_forward(params, x, cfg=CFG, schedule=SCHED, reducer=REDUCER))
+
+
+def _env():
+  return dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+              JAX_PLATFORMS="cpu")
+
+
+@pytest.fixture(scope="module")
+def params():
+  return init_params(CFG, seed=0)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory, params):
+  out = tmp_path_factory.mktemp("art") / "fixed"
+  return deploy.export_artifact(str(out), CFG, params, schedule=SCHED, reducer=REDUCER,
+                                reducer_name="keep_last", reducer_options={"k": 1},
+                                batch_size=3, provenance={"note": "test"},
+                                class_names=[f"c{i}" for i in range(10)])
+
+
+def _copy(artifact, tmp_path):
+  dst = str(tmp_path / "copy")
+  shutil.copytree(artifact, dst)
+  return dst
+
+
+def _edit_manifest(path, fn):
+  mf = os.path.join(path, deploy.MANIFEST_FILE)
+  with open(mf) as f:
+    doc = json.load(f)
+  fn(doc)
+  with open(mf, "w") as f:
+    json.dump(doc, f)
+
+
+def _resave_params(path, params):
+  pdir = os.path.join(path, deploy.PARAMS_DIR)
+  shutil.rmtree(pdir)
+  ckptr = deploy._checkpointer()
+  ckptr.save(pdir, jax.tree.map(np.asarray, params))
+  ckptr.wait_until_finished()
+
+
+# ----------------------------------------------------------------------------- round trip
+
+
+def test_round_trip_fixed_batch_equals_jitted_forward(artifact, params):
+  assert sorted(os.listdir(artifact)) == ["forward.jax_export", "manifest.json", "params"]
+  model = deploy.load(artifact)
+  x = _images(3)
+  got = np.asarray(model(x))
+  assert got.shape == (3, 10) and got.dtype == np.float32
+  np.testing.assert_array_equal(got, _ref(params, x))
+  # The reduction actually happens: the unpruned graph gives different logits.
+  assert not np.array_equal(got, np.asarray(jitted_forward(params, x, cfg=CFG)))
+  assert model.batch_size == 3 and model.input_shape == (3, 32, 32, 3)
+  assert model.preprocessing == CFG.preprocessing
+  assert model.platforms == ("cpu",) and model.num_outputs == 10
+  assert model.class_names == [f"c{i}" for i in range(10)]
+  m = model.manifest
+  assert (m["format"], m["version"]) == ("vitprune-deploy", 1)
+  assert m["schedule"]["counts"] == [17, 17, 9]
+  assert m["schedule"]["text"] == deploy.schedule_text(CFG, SCHED.counts)
+  assert m["reducer"]["name"] == "keep_last" and m["reducer"]["options"] == {"k": 1}
+  assert m["reducer"]["fields"] == {"needs_attention": False, "tracks_size": False}
+  assert m["input"] == {"layout": "NHWC", "shape": [3, 32, 32, 3], "dtype": "float32",
+                        "batch_size": 3, "symbolic_batch": False}
+  assert m["output"] == {"shape": [3, 10], "dtype": "float32", "kind": "logits"}
+  assert m["model"]["config"]["name"] == "test_tiny_vit"
+  assert m["model"]["config"]["embed_dim"] == 32
+  assert m["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+  assert m["weights"]["sha256"] == deploy.params_sha256(params)
+  assert m["weights"]["num_params"] == sum(np.size(v) for v in jax.tree.leaves(params))
+  assert m["weights"]["leaves"]["['pos_embed']"] == {"shape": [1, 17, 32], "dtype": "float32"}
+  assert m["platforms"] == ["cpu"] and m["provenance"] == {"note": "test"}
+  assert m["compute"] == {"dtype": "float32", "precision": "highest"}
+  assert m["versions"]["jax"] == jax.__version__ and m["versions"]["vitprune"] == "0.1.0"
+  assert m["created"].endswith("+00:00")
+  # Params are arguments of the exported function, not baked-in constants.
+  assert len(model.exported.in_avals) == len(jax.tree.leaves(params)) + 1
+  assert os.path.getsize(os.path.join(artifact, deploy.FORWARD_FILE)) < 100_000
+
+
+def test_call_rejects_wrong_shapes(artifact):
+  model = deploy.load(artifact)
+  with pytest.raises(ValueError, match="batch size 3, got 2"):
+    model(_images(2))
+  with pytest.raises(ValueError, match=r"expects images \[B, 32, 32, 3\]"):
+    model(np.zeros((3, 16, 16, 3), np.float32))
+
+
+def test_symbolic_batch_runs_at_several_batch_sizes(tmp_path, params):
+  path = deploy.export_artifact(str(tmp_path / "sym"), CFG, params, schedule=SCHED,
+                                reducer=REDUCER, batch_size=None, verify=False)
+  model = deploy.load(path)
+  assert model.batch_size is None and model.input_shape == (None, 32, 32, 3)
+  assert model.manifest["input"]["shape"] == ["b", 32, 32, 3]
+  assert model.manifest["input"]["symbolic_batch"] is True
+  for n in (1, 4):
+    x = _images(n, seed=n)
+    np.testing.assert_array_equal(np.asarray(model(x)), _ref(params, x))
+
+
+def test_multi_platform_export_on_cpu(tmp_path, params):
+  path = deploy.export_artifact(str(tmp_path / "multi"), CFG, params, schedule=SCHED,
+                                reducer=REDUCER, platforms=("cpu", "cuda"), batch_size=2,
+                                verify=False)
+  with open(os.path.join(path, deploy.FORWARD_FILE), "rb") as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  assert exported.platforms == ("cpu", "cuda")
+  model = deploy.load(path)
+  assert model.manifest["platforms"] == ["cpu", "cuda"]
+  x = _images(2)
+  np.testing.assert_array_equal(np.asarray(model(x)), _ref(params, x))
+
+
+def test_artifact_for_other_platform_is_refused(tmp_path, params):
+  path = deploy.export_artifact(str(tmp_path / "gpu"), CFG, params, schedule=SCHED,
+                                reducer=REDUCER, platforms=["cuda", "tpu"])
+  with open(os.path.join(path, deploy.MANIFEST_FILE)) as f:
+    assert json.load(f)["platforms"] == ["cuda", "tpu"]
+  with pytest.raises(deploy.ArtifactError, match=r"exported for platforms \['cuda', 'tpu'\], "
+                     r"but this host runs 'cpu'"):
+    deploy.load(path)
+
+
+def test_params_sha256_depends_on_names_and_values(params):
+  h = deploy.params_sha256(params)
+  assert h == deploy.params_sha256(jax.tree.map(np.asarray, params))
+  bumped = jax.tree.map(lambda a: a, params)
+  bumped["head"] = {"kernel": params["head"]["kernel"].at[0, 0].add(1e-3),
+                    "bias": params["head"]["bias"]}
+  assert deploy.params_sha256(bumped) != h
+  renamed = dict(params)
+  renamed["head2"] = renamed.pop("head")
+  assert deploy.params_sha256(renamed) != h
+
+
+def test_normalize_platforms():
+  assert deploy.normalize_platforms(None) == ("cpu",)
+  assert deploy.normalize_platforms("CPU, cuda") == ("cpu", "cuda")
+  with pytest.raises(ValueError, match="unknown platform 'gpu'"):
+    deploy.normalize_platforms(["gpu"])
+  with pytest.raises(ValueError, match="given twice"):
+    deploy.normalize_platforms(["cpu", "cpu"])
+  with pytest.raises(ValueError, match="no platform"):
+    deploy.normalize_platforms([])
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def test_tampered_weights_fail_the_hash(artifact, params, tmp_path):
+  path = _copy(artifact, tmp_path)
+  bumped = jax.tree.map(lambda a: a, params)
+  bumped["pos_embed"] = params["pos_embed"] + 1e-4
+  _resave_params(path, bumped)
+  with pytest.raises(deploy.ArtifactError, match="weights sha256 .* does not match"):
+    deploy.load(path)
+
+
+def test_tampered_manifest_hash_fails(artifact, tmp_path):
+  path = _copy(artifact, tmp_path)
+  _edit_manifest(path, lambda d: d["weights"].__setitem__("sha256", "0" * 64))
+  with pytest.raises(deploy.ArtifactError, match="does not match the manifest's 0000"):
+    deploy.load(path)
+
+
+def test_weights_of_another_shape_fail(artifact, tmp_path):
+  path = _copy(artifact, tmp_path)
+  wide = init_params(CFG.replace(num_classes=7), seed=0)  # head [32, 7] instead of [32, 10]
+  _resave_params(path, wide)
+  with pytest.raises(deploy.ArtifactError, match=r"\['head'\]\['bias'\]: \{'shape': \[7\]"):
+    deploy.load(path)
+
+
+def test_manifest_leaf_listing_must_match_exported(artifact, tmp_path):
+  path = _copy(artifact, tmp_path)
+  _edit_manifest(path, lambda d: d["weights"]["leaves"].pop("['cls_token']"))
+  with pytest.raises(deploy.ArtifactError, match=r"weight listing .* missing "
+                     r"\[\"\['cls_token'\]\"\]"):
+    deploy.load(path)
+
+
+def test_manifest_platforms_must_match_exported(artifact, tmp_path):
+  path = _copy(artifact, tmp_path)
+  _edit_manifest(path, lambda d: d.__setitem__("platforms", ["cpu", "cuda"]))
+  with pytest.raises(deploy.ArtifactError, match=r"manifest platforms \['cpu', 'cuda'\] do "
+                     r"not match the exported forward's \['cpu'\]"):
+    deploy.load(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.__setitem__("version", 2), "unsupported format version 2"),
+    (lambda d: d.__setitem__("format", "other"), "format 'other' is not 'vitprune-deploy'"),
+    (lambda d: d.pop("weights"), r"lacks required entries \['weights'\]"),
+])
+def test_bad_manifest_is_refused(artifact, tmp_path, edit, message):
+  path = _copy(artifact, tmp_path)
+  _edit_manifest(path, edit)
+  with pytest.raises(deploy.ArtifactError, match=message):
+    deploy.load(path)
+
+
+def test_corrupt_manifest_json(artifact, tmp_path):
+  path = _copy(artifact, tmp_path)
+  with open(os.path.join(path, deploy.MANIFEST_FILE), "w") as f:
+    f.write("{not json")
+  with pytest.raises(deploy.ArtifactError, match="manifest.json is corrupted"):
+    deploy.load(path)
+
+
+@pytest.mark.parametrize("victim, message", [
+    ("manifest.json", "manifest.json is missing"),
+    ("forward.jax_export", "exported forward forward.jax_export is missing"),
+    ("params", r"weights checkpoint params/ is missing"),
+])
+def test_missing_files(artifact, tmp_path, victim, message):
+  path = _copy(artifact, tmp_path)
+  target = os.path.join(path, victim)
+  shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+  with pytest.raises(deploy.ArtifactError, match=message):
+    deploy.load(path)
+
+
+def test_missing_directory(tmp_path):
+  with pytest.raises(deploy.ArtifactError, match="is not a deployment artifact directory"):
+    deploy.load(str(tmp_path / "nope"))
+
+
+def test_corrupt_forward_file(artifact, tmp_path):
+  path = _copy(artifact, tmp_path)
+  fwd = os.path.join(path, deploy.FORWARD_FILE)
+  blob = bytearray(open(fwd, "rb").read())
+  blob[len(blob) // 2] ^= 0xFF
+  open(fwd, "wb").write(bytes(blob))
+  with pytest.raises(deploy.ArtifactError, match="sha256 .* does not match the manifest"):
+    deploy.load(path)
+  # A garbage file whose hash was "fixed up" in the manifest still fails clearly.
+  open(fwd, "wb").write(b"garbage")
+  import hashlib
+  _edit_manifest(path, lambda d: d["files"].__setitem__(
+      "forward_sha256", hashlib.sha256(b"garbage").hexdigest()))
+  with pytest.raises(deploy.ArtifactError, match="cannot be deserialized"):
+    deploy.load(path)
+
+
+# ----------------------------------------------------------------------------- atomicity
+
+
+class _FailingCheckpointer:
+
+  def save(self, path, tree):
+    os.makedirs(path)
+    with open(os.path.join(path, "partial"), "w") as f:
+      f.write("x")
+    raise OSError("disk full (simulated)")
+
+
+def test_failed_export_leaves_nothing(tmp_path, params, monkeypatch):
+  monkeypatch.setattr(deploy, "_checkpointer", _FailingCheckpointer)
+  with pytest.raises(OSError, match="disk full"):
+    deploy.export_artifact(str(tmp_path / "art"), CFG, params, schedule=SCHED,
+                           reducer=REDUCER)
+  assert os.listdir(tmp_path) == []
+
+
+def test_failed_overwrite_keeps_old_artifact(artifact, tmp_path, params, monkeypatch):
+  path = _copy(artifact, tmp_path)
+  before = {n: os.path.getmtime(os.path.join(path, n)) for n in os.listdir(path)}
+  monkeypatch.setattr(deploy, "_checkpointer", _FailingCheckpointer)
+  with pytest.raises(OSError, match="disk full"):
+    deploy.export_artifact(path, CFG, params, overwrite=True)
+  monkeypatch.undo()
+  assert sorted(os.listdir(tmp_path)) == ["copy"]
+  assert {n: os.path.getmtime(os.path.join(path, n)) for n in os.listdir(path)} == before
+  assert deploy.load(path).manifest["schedule"]["counts"] == [17, 17, 9]
+
+
+def test_export_argument_errors(artifact, tmp_path, params):
+  with pytest.raises(FileExistsError, match="already exists"):
+    deploy.export_artifact(artifact, CFG, params)
+  with pytest.raises(ValueError, match="batch_size must be a positive int or None"):
+    deploy.export_artifact(str(tmp_path / "a"), CFG, params, batch_size=0)
+  with pytest.raises(ValueError, match="reduces tokens but no reducer"):
+    deploy.export_artifact(str(tmp_path / "a"), CFG, params, schedule=SCHED)
+  with pytest.raises(ValueError, match="3 class names given, test_tiny_vit has 10"):
+    deploy.export_artifact(str(tmp_path / "a"), CFG, params, class_names=["a", "b", "c"])
+  with pytest.raises(ValueError, match="parameters do not match"):
+    deploy.export_artifact(str(tmp_path / "a"), CFG, {"head": params["head"]})
+  assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- solver output
+
+
+def test_read_solution(tmp_path):
+  sol = tmp_path / "sol.json"
+  sol.write_text(json.dumps({"model": {"name": "test_tiny_vit"}, "mode": "paper", "alpha": 0.5,
+                             "frontier": [[1, 2]], "profile": {"path": "p.json"},
+                             "chosen": {"schedule": "keep@1:9", "counts": [17, 17, 9],
+                                        "method": "pomt"}}))
+  got = deploy.read_solution(str(sol))
+  assert got["schedule"] == "keep@1:9" and got["counts"] == [17, 17, 9]
+  assert got["method"] == "pomt" and got["model"] == "test_tiny_vit"
+  prov = got["provenance"]
+  assert prov["mode"] == "paper" and prov["alpha"] == 0.5 and prov["profile"] == {
+      "path": "p.json"}
+  assert prov["chosen"]["schedule"] == "keep@1:9"
+  assert "frontier" not in prov and prov["sha256"] == deploy.file_sha256(str(sol))
+  sol.write_text(json.dumps({"schedule": {"counts": [17, 17, 9]}}))
+  assert deploy.read_solution(str(sol))["counts"] == [17, 17, 9]
+  sol.write_text(json.dumps({"alpha": 0.5}))
+  with pytest.raises(ValueError, match="records no schedule"):
+    deploy.read_solution(str(sol))
+  sol.write_text("[1, 2")
+  with pytest.raises(ValueError, match="not valid JSON"):
+    deploy.read_solution(str(sol))
+  for bad in ([17, 9.5], 17):
+    sol.write_text(json.dumps({"counts": bad}))
+    with pytest.raises(ValueError, match="are not integers"):
+      deploy.read_solution(str(sol))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    deploy.read_solution(str(tmp_path / "none.json"))
+
+
+# ----------------------------------------------------------------------------- fresh process
+
+
+def test_fresh_process_loads_without_model_code(artifact, params, tmp_path):
+  x = _images(3, seed=7)
+  np.save(tmp_path / "x.npy", x)
+  code = f"""
+import json, sys, numpy as np
+import vitprune
+model = vitprune.load({artifact!r})
+out = np.asarray(model(np.load({str(tmp_path / 'x.npy')!r})))
+np.save({str(tmp_path / 'y.npy')!r}, out)
+print(json.dumps({{"model": "vitprune.model" in sys.modules,
+                  "checkpoint": "vitprune.checkpoint" in sys.modules,
+                  "reduce": any(m.startswith("vitprune.reduce") for m in sys.modules)}}))
+"""
+  res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=_env(), cwd=str(tmp_path), timeout=120)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert json.loads(res.stdout.strip().splitlines()[-1]) == {
+      "model": False, "checkpoint": False, "reduce": False}
+  np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), _ref(params, x))
+
+
+# ----------------------------------------------------------------------------- CLIs
+
+
+def _cli(module, *args, cwd=REPO):
+  return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                        env=_env(), cwd=cwd, timeout=180)
+
+
+def _write_pngs(root, layout):
+  rng = np.random.default_rng(0)
+  for rel in layout:
+    os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(
+        os.path.join(root, rel))
+
+
+def test_clis_end_to_end(tmp_path, params):
+  weights = save_weights(str(tmp_path / "w"), CFG, params, meta={"source": "test"})
+  sol = tmp_path / "solution.json"
+  sol.write_text(json.dumps({"format": "vitprune-solution", "alpha": 0.5,
+                             "model": {"name": "test_tiny_vit"},
+                             "chosen": {"schedule": "keep@1:9", "counts": [17, 17, 9],
+                                        "method": "pomt"}}))
+  out = str(tmp_path / "art")
+  res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
+             "--platforms=cpu,cuda", "--batch_size=2", "--noverify", f"--out={out}")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert f"wrote {out}" in res.stdout and "reducer pomt" in res.stdout
+  m = deploy.read_manifest(out)
+  assert m["schedule"]["counts"] == [17, 17, 9] and m["platforms"] == ["cpu", "cuda"]
+  assert m["reducer"]["name"] == "pomt" and m["input"]["batch_size"] == 2
+  assert m["provenance"]["solution"]["sha256"] == deploy.file_sha256(str(sol))
+  assert m["provenance"]["solution"]["alpha"] == 0.5
+  assert m["weights"]["source"]["meta"] == {"source": "test"}
+
+  # Labelled folder (5 images: the last batch of 2 is padded) -> per-file lines + accuracy.
+  images = str(tmp_path / "imgs")
+  _write_pngs(images, ["0/a.png", "0/b.png", "3/c.png", "3/d.png", "3/e.png"])
+  pred_json = str(tmp_path / "pred.json")
+  res = _cli("experiments.run_deployed", f"--artifact={out}", f"--images={images}",
+             "--repeats=5", "--warmup=1", f"--output={pred_json}")
+  assert res.returncode == 0, res.stderr[-3000:]
+  with open(pred_json) as f:
+    got = json.load(f)
+  from vitprune.reduce.methods import make_reducer
+  ds = ImageFolder(images)
+  want = []
+  for x, _, idx in iterate_batches(ds, CFG.preprocessing, 2):
+    logits = jitted_forward(params, x, cfg=CFG, schedule=SCHED, reducer=make_reducer("pomt"))
+    want.extend(np.argmax(np.asarray(logits), -1)[idx >= 0].tolist())
+  assert [r["file"] for r in got["predictions"]] == list(ds.files)
+  assert [r["pred"] for r in got["predictions"]] == want
+  assert [r["label"] for r in got["predictions"]] == [0, 0, 1, 1, 1]  # folder order
+  labels = [0, 0, 1, 1, 1]
+  assert got["accuracy"] == pytest.approx(np.mean(np.asarray(want) == labels))
+  lat = got["latency"]
+  assert lat["batch_size"] == 2 and len(lat["samples_s"]) == 5
+  assert 0 < lat["q25_s"] <= lat["median_s"] <= lat["q75_s"]
+  assert lat["median_s"] == pytest.approx(float(np.median(lat["samples_s"])))
+  assert f"0/a.png\t{want[0]}\t{want[0]}\t" in res.stdout
+  assert "accuracy" in res.stdout and "latency batch 2: median" in res.stdout
+
+  # Flat folder: predictions without labels or accuracy.
+  flat = str(tmp_path / "flat")
+  _write_pngs(flat, ["x.png", "y.png"])
+  res = _cli("experiments.run_deployed", f"--artifact={out}", f"--images={flat}",
+             "--repeats=3", "--warmup=0")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "x.png\t" in res.stdout and "accuracy" not in res.stdout
+
+
+def test_cli_errors(tmp_path, artifact):
+  res = _cli("experiments.run_deployed", f"--artifact={tmp_path / 'missing'}",
+             f"--images={tmp_path}")
+  assert res.returncode != 0
+  assert "error:" in res.stderr and "is not a deployment artifact directory" in res.stderr
+  res = _cli("experiments.run_deployed", f"--artifact={artifact}", f"--images={tmp_path}",
+             "--batch_size=4")
+  assert res.returncode != 0 and "exported for batch size 3, --batch_size=4" in res.stderr
+  sol = tmp_path / "s.json"
+  sol.write_text(json.dumps({"model": "deit_tiny_patch16_224", "schedule": "full"}))
+  weights = save_weights(str(tmp_path / "w"), CFG, init_params(CFG, 1))
+  res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
+             f"--out={tmp_path / 'o'}")
+  assert res.returncode != 0
+  assert "is for model 'deit_tiny_patch16_224'" in res.stderr
+  assert not os.path.exists(tmp_path / "o")

@@ -1,0 +1,637 @@
+"""Deployment artifacts: a pruned ViT's forward as serialized StableHLO plus orbax weights.
+
+    export_artifact("deploy/deit_s_pomt", cfg, params, schedule=s, reducer=r,
+                    platforms=("cpu", "cuda"))           # writes the directory atomically
+    model = load("deploy/deit_s_pomt")                  # jax + orbax + the files, no model code
+    logits = model(images)                              # images [B, H, W, C] -> [B, K]
+
+Layout of an artifact directory:
+  forward.jax_export  `jax.export.Exported.serialize()` bytes of `jit(forward)` specialised to one
+                      (config, schedule, reducer, dtype, precision, input shape); the function
+                      takes `(params, images)`: the weights are an argument, not constants.
+  params/             orbax `StandardCheckpointer` checkpoint of the float32 parameter tree.
+  manifest.json       {"format": "vitprune-deploy", "version": 1, model config, schedule counts
+                      and text, reducer, input/output shapes and dtypes (batch fixed or the
+                      symbolic "b"), preprocessing, weights sha256 + leaf shapes, platforms,
+                      files and their sha256, provenance, jax/jaxlib/orbax/vitprune versions,
+                      creation time}.
+
+`load` rebuilds the parameter tree from the exported function's own input tree
+(`exported.in_tree` / `in_avals`), restores it with orbax, and refuses an artifact whose files,
+weights (shape or sha256), format version or platforms do not match (`ArtifactError`). Only the
+export path imports `vitprune.model` (lazily): a deployed model runs without the model code.
+
+The weights hash (`params_sha256`) is over the parameter leaves, not over orbax's files: the
+sha256 of, for every leaf in sorted key-path order, its key path, dtype, shape and C-order bytes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import platform as _platform
+import shutil
+import tempfile
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitprune.config import Preprocessing, ViTConfig
+
+FORMAT = "vitprune-deploy"
+VERSION = 1
+FORWARD_FILE = "forward.jax_export"
+MANIFEST_FILE = "manifest.json"
+PARAMS_DIR = "params"
+KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+BATCH_SYMBOL = "b"
+
+Params = Dict[str, Any]
+
+
+class ArtifactError(ValueError):
+  """A deployment artifact is missing, corrupt, or does not match its weights or this host."""
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def params_sha256(params: Params) -> str:
+  """sha256 hex digest of a parameter tree: key path, dtype, shape and bytes of every leaf.
+
+  Leaves are visited in sorted key-path order, so the digest does not depend on how the tree
+  (or the checkpoint holding it) is laid out, only on its names and values.
+  """
+  h = hashlib.sha256()
+  leaves = sorted((jax.tree_util.keystr(k), np.asarray(v))
+                  for k, v in jax.tree.flatten_with_path(params)[0])
+  for key, arr in leaves:
+    arr = np.ascontiguousarray(arr)
+    h.update(f"{key}\t{arr.dtype.str}\t{arr.shape}\n".encode())
+    h.update(arr.tobytes())
+  return h.hexdigest()
+
+
+def leaf_listing(tree: Any) -> Dict[str, Dict[str, Any]]:
+  """`{key path: {"shape": [...], "dtype": str}}` of arrays or `ShapeDtypeStruct`s."""
+  return {jax.tree_util.keystr(k): {"shape": [int(d) for d in v.shape],
+                                    "dtype": np.dtype(v.dtype).name}
+          for k, v in jax.tree.flatten_with_path(tree)[0]}
+
+
+def file_sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def local_platform() -> str:
+  """The `jax.export` platform name of the default backend: 'cpu', 'cuda', 'rocm' or 'tpu'."""
+  backend = jax.default_backend()
+  if backend == "gpu":
+    version = str(getattr(jax.devices()[0].client, "platform_version", "")).lower()
+    return "rocm" if "rocm" in version else "cuda"
+  return backend
+
+
+def normalize_platforms(platforms: Optional[Sequence[str]]) -> Tuple[str, ...]:
+  """Validated, de-duplicated lower-case platform names; None means `(local_platform(),)`."""
+  if platforms is None:
+    return (local_platform(),)
+  if isinstance(platforms, str):
+    platforms = platforms.split(",")
+  out = []
+  for p in platforms:
+    p = str(p).strip().lower()
+    if p not in KNOWN_PLATFORMS:
+      raise ValueError(f"unknown platform {p!r}; expected some of {', '.join(KNOWN_PLATFORMS)}")
+    if p in out:
+      raise ValueError(f"platform {p!r} given twice")
+    out.append(p)
+  if not out:
+    raise ValueError("no platform given")
+  return tuple(out)
+
+
+def _versions() -> Dict[str, str]:
+  import importlib.metadata as md  # pylint: disable=g-import-not-at-top
+
+  def version(dist):
+    try:
+      return md.version(dist)
+    except md.PackageNotFoundError:
+      return "unknown"
+
+  import vitprune  # pylint: disable=g-import-not-at-top
+  return {"jax": jax.__version__, "jaxlib": version("jaxlib"),
+          "orbax-checkpoint": version("orbax-checkpoint"),
+          "vitprune": getattr(vitprune, "__version__", "unknown"),
+          "python": _platform.python_version()}
+
+
+def _checkpointer():
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (slow import)
+  return ocp.StandardCheckpointer()
+
+
+def _jsonable(x: Any) -> Any:
+  """Dataclasses, tuples and numpy scalars -> plain JSON values (others -> repr)."""
+  if dataclasses.is_dataclass(x) and not isinstance(x, type):
+    return {f.name: _jsonable(getattr(x, f.name)) for f in dataclasses.fields(x)}
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.generic):
+    return x.item()
+  if x is None or isinstance(x, (bool, int, float, str)):
+    return x
+  return repr(x)
+
+
+def describe_reducer(reducer: Any, name: Optional[str] = None,
+                     options: Optional[Mapping[str, Any]] = None) -> Optional[Dict[str, Any]]:
+  """Manifest entry of a reducer: name, the options it was made with, its fields and repr."""
+  if reducer is None:
+    return None
+  fields = _jsonable(reducer) if dataclasses.is_dataclass(reducer) else {}
+  return {"name": name or getattr(reducer, "name", type(reducer).__name__),
+          "options": _jsonable(dict(options or {})),
+          "class": f"{type(reducer).__module__}.{type(reducer).__qualname__}",
+          "fields": fields, "repr": repr(reducer)}
+
+
+def schedule_text(cfg: ViTConfig, counts: Sequence[int]) -> str:
+  """The compact text of a schedule (`vitprune.schedule.format_schedule` when available)."""
+  from vitprune import schedule as sched  # pylint: disable=g-import-not-at-top
+  fmt = getattr(sched, "format_schedule", None)
+  if fmt is not None:
+    try:
+      return fmt(sched.Schedule(tuple(counts)), cfg)
+    except TypeError:
+      return fmt(sched.Schedule(tuple(counts)))
+  return ",".join(str(int(c)) for c in counts)
+
+
+def _write_json_atomic(path: str, doc: Any) -> None:
+  d = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=d)
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(doc, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_forward(cfg: ViTConfig, *, schedule=None, reducer=None, dtype: str = "float32",
+                   precision: str = "highest", batch_size: Optional[int] = 1,
+                   platforms: Optional[Sequence[str]] = None) -> jax.export.Exported:
+  """`jax.export` of `jit(forward)` specialised to everything static; args `(params, images)`.
+
+  Args:
+    cfg, schedule, reducer, dtype, precision: as `vitprune.model.forward` (all static).
+    batch_size: a fixed batch B >= 1, or None for a symbolic batch dimension 'b'.
+    platforms: lowering platforms (e.g. ('cpu', 'cuda')); default the local one.
+
+  Returns:
+    The `Exported` of `params (float32 tree), images f32[B, S, S, C] -> f32[B, K]`.
+  """
+  import functools  # pylint: disable=g-import-not-at-top
+  from vitprune import model  # pylint: disable=g-import-not-at-top  (export path only)
+  platforms = normalize_platforms(platforms)
+  if batch_size is None:
+    batch = jax.export.symbolic_shape(BATCH_SYMBOL)[0]
+  elif isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool) \
+      and batch_size >= 1:
+    batch = int(batch_size)
+  else:
+    raise ValueError(f"batch_size must be a positive int or None (symbolic), got {batch_size!r}")
+  fn = functools.partial(model.forward, cfg=cfg, schedule=schedule, reducer=reducer,
+                         dtype=dtype, precision=precision)
+  images = jax.ShapeDtypeStruct((batch, cfg.img_size, cfg.img_size, cfg.in_chans), jnp.float32)
+  return jax.export.export(jax.jit(fn), platforms=platforms)(model.abstract_params(cfg), images)
+
+
+def build_manifest(cfg: ViTConfig, exported: jax.export.Exported, params: Params, *,
+                   counts: Sequence[int], reducer_entry: Optional[Dict[str, Any]],
+                   dtype: str, precision: str, forward_sha256: str,
+                   provenance: Optional[Mapping[str, Any]] = None,
+                   weights_source: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+  """The manifest document of an artifact (see the module docstring)."""
+  img_aval, out_aval = exported.in_avals[-1], exported.out_avals[0]
+
+  def dims(shape):
+    return [d if isinstance(d, int) else str(d) for d in shape]
+
+  symbolic = not isinstance(img_aval.shape[0], int)
+  return {
+      "format": FORMAT, "version": VERSION,
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "model": {"name": cfg.name, "config": _jsonable(cfg)},
+      "schedule": {"counts": [int(c) for c in counts], "text": schedule_text(cfg, counts)},
+      "reducer": reducer_entry,
+      "compute": {"dtype": dtype, "precision": precision},
+      "input": {"layout": "NHWC", "shape": dims(img_aval.shape),
+                "dtype": np.dtype(img_aval.dtype).name,
+                "batch_size": None if symbolic else int(img_aval.shape[0]),
+                "symbolic_batch": symbolic},
+      "output": {"shape": dims(out_aval.shape), "dtype": np.dtype(out_aval.dtype).name,
+                 "kind": "logits" if cfg.num_classes else "features"},
+      "preprocessing": _jsonable(cfg.preprocessing),
+      "weights": {"sha256": params_sha256(params),
+                  "sha256_of": "parameter leaves (vitprune.deploy.params_sha256)",
+                  "num_params": int(sum(np.size(v) for v in jax.tree.leaves(params))),
+                  "leaves": leaf_listing(params),
+                  "source": _jsonable(dict(weights_source or {}))},
+      "platforms": list(exported.platforms),
+      "files": {"forward": FORWARD_FILE, "forward_sha256": forward_sha256,
+                "params": PARAMS_DIR,
+                "calling_convention_version": int(exported.calling_convention_version)},
+      "provenance": _jsonable(dict(provenance or {})),
+      "versions": _versions(),
+  }
+
+
+def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
+                    reducer=None, reducer_name: Optional[str] = None,
+                    reducer_options: Optional[Mapping[str, Any]] = None,
+                    platforms: Optional[Sequence[str]] = None,
+                    batch_size: Optional[int] = 1, dtype: str = "float32",
+                    precision: str = "highest",
+                    provenance: Optional[Mapping[str, Any]] = None,
+                    weights_source: Optional[Mapping[str, Any]] = None,
+                    class_names: Optional[Sequence[str]] = None,
+                    verify: bool = True, overwrite: bool = False) -> str:
+  """Writes a deployment artifact for `(cfg, params, schedule, reducer)` to directory `out`.
+
+  Everything is staged in a temporary sibling directory that is renamed to `out` only when
+  complete (and, with `verify`, checked), so a failure leaves no partial artifact.
+
+  Args:
+    out: the artifact directory; must not exist unless `overwrite`.
+    cfg, params: the model and its float32 parameter tree (as `vitprune.checkpoint.load_weights`).
+    schedule, reducer, dtype, precision: as `vitprune.model.forward`.
+    reducer_name, reducer_options: how the reducer was made (recorded in the manifest).
+    platforms: export platforms, e.g. ('cpu', 'cuda'); default the local one.
+    batch_size: fixed batch B, or None for a symbolic batch dimension.
+    provenance: free-form JSON-able record (solver output, profile, estimate, ...).
+    weights_source: where the weights came from (directory, its meta).
+    class_names: optional names of the `num_classes` outputs (index order).
+    verify: load the staged artifact and compare its outputs with `jitted_forward` on
+      deterministic images (exact equality on CPU); only when the local platform is exported.
+    overwrite: replace an existing `out`.
+
+  Returns:
+    The absolute path of the artifact.
+  """
+  from vitprune import checkpoint, model  # pylint: disable=g-import-not-at-top
+  from vitprune.schedule import check_schedule  # pylint: disable=g-import-not-at-top
+  out = os.path.abspath(out)
+  if os.path.exists(out) and not overwrite:
+    raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite)")
+  checkpoint.check_params(cfg, params)
+  schedule = _check_schedule(check_schedule, cfg, schedule, reducer)
+  if class_names is not None:
+    class_names = [str(c) for c in class_names]
+    if len(class_names) != cfg.num_classes:
+      raise ValueError(f"{len(class_names)} class names given, {cfg.name} has "
+                       f"{cfg.num_classes} classes")
+  platforms = normalize_platforms(platforms)
+  exported = export_forward(cfg, schedule=schedule, reducer=reducer, dtype=dtype,
+                            precision=precision, batch_size=batch_size, platforms=platforms)
+  blob = exported.serialize()
+  params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
+  parent = os.path.dirname(out)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+  os.chmod(tmp, 0o755)
+  try:
+    with open(os.path.join(tmp, FORWARD_FILE), "wb") as f:
+      f.write(blob)
+    ckptr = _checkpointer()
+    ckptr.save(os.path.join(tmp, PARAMS_DIR), params32)
+    ckptr.wait_until_finished()
+    manifest = build_manifest(
+        cfg, exported, params32, counts=schedule.counts,
+        reducer_entry=describe_reducer(reducer, reducer_name, reducer_options),
+        dtype=dtype, precision=precision, forward_sha256=hashlib.sha256(blob).hexdigest(),
+        provenance=provenance, weights_source=weights_source)
+    manifest["class_names"] = class_names
+    _write_json_atomic(os.path.join(tmp, MANIFEST_FILE), manifest)
+    if verify and local_platform() in platforms:
+      _verify(tmp, cfg, params32, schedule, reducer, dtype, precision, batch_size, model)
+    if os.path.exists(out):
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
+      os.rename(out, os.path.join(old, "a"))
+      os.rename(tmp, out)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.rename(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out
+
+
+def _check_schedule(check_schedule, cfg, schedule, reducer):
+  """`check_schedule`, with the reducer's method limits where that version supports them."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  if reducer is not None and "reducer" in inspect.signature(check_schedule).parameters:
+    return check_schedule(cfg, schedule, reducer=reducer)
+  return check_schedule(cfg, schedule)
+
+
+def _verify(path, cfg, params, schedule, reducer, dtype, precision, batch_size, model) -> None:
+  """Loads the staged artifact and checks it reproduces the in-process jitted forward."""
+  deployed = load(path)
+  b = batch_size or 2
+  images = np.random.default_rng(0).normal(
+      size=(b, cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32)
+  got = np.asarray(deployed(images))
+  want = np.asarray(model.jitted_forward(jax.tree.map(jnp.asarray, params), images, cfg=cfg,
+                                         schedule=schedule, reducer=reducer, dtype=dtype,
+                                         precision=precision))
+  same = np.array_equal(got, want) if local_platform() == "cpu" else np.allclose(
+      got, want, rtol=1e-4, atol=1e-4)
+  if not same:
+    raise ArtifactError(f"exported forward does not reproduce the in-process forward: max "
+                        f"abs difference {np.max(np.abs(got - want)):.3g}")
+
+
+# ----------------------------------------------------------------------------- solver output
+
+
+def _find(doc: Any, keys: Sequence[str]) -> Any:
+  """The first of `keys` found in `doc` or in its 'chosen' / 'solution' / 'result' / 'best'."""
+  if not isinstance(doc, Mapping):
+    return None
+  for k in keys:
+    if k in doc:
+      return doc[k]
+  for sub in ("chosen", "solution", "result", "best"):
+    found = _find(doc.get(sub), keys)
+    if found is not None:
+      return found
+  return None
+
+
+def _find_holder(doc: Any, keys: Sequence[str]) -> Optional[Mapping[str, Any]]:
+  """The mapping holding one of `keys`: `doc` itself, else its 'chosen' / 'solution' / ..."""
+  if not isinstance(doc, Mapping):
+    return None
+  if any(k in doc for k in keys):
+    return doc
+  for sub in ("chosen", "solution", "result", "best"):
+    found = _find_holder(doc.get(sub), keys)
+    if found is not None:
+      return found
+  return None
+
+
+def read_solution(path: str) -> Dict[str, Any]:
+  """The deployable choice recorded in a solver output JSON file.
+
+  Reads `vitprune.solve_io`'s "vitprune-solution" files (`chosen.schedule`, `chosen.counts`,
+  `chosen.method`, `model.name`) and similar documents: the schedule is 'schedule' (compact
+  text, a list of counts, or a dict with 'text' / 'counts'), 'schedule_text' and/or 'counts',
+  at the top level or inside 'chosen' / 'solution' / 'result' / 'best'; likewise the method
+  ('method' / 'reducer') and the model name ('model' as a string or a dict with 'name', or
+  'model_name'). Provenance keeps the top-level scalars and the 'profile', 'estimate',
+  'chosen' and 'settings' entries, never the frontier or curves.
+
+  Returns:
+    {"schedule": text or None, "counts": [...] or None, "method": str or None,
+     "model": str or None, "provenance": {"path", "sha256", scalar top-level entries,
+     "profile"/"estimate" references}}.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"solver output {path} does not exist")
+  try:
+    with open(path) as f:
+      doc = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"solver output {path} is not valid JSON: {e}") from None
+  if not isinstance(doc, dict):
+    raise ValueError(f"solver output {path} must hold a JSON object")
+  holder = _find_holder(doc, ("schedule", "schedule_text", "counts"))
+  text, counts = None, None
+  if holder is not None:
+    sched = holder.get("schedule", holder.get("schedule_text"))
+    counts = holder.get("counts")
+    if isinstance(sched, Mapping):
+      text, counts = sched.get("text"), sched.get("counts", counts)
+    elif isinstance(sched, str):
+      text = sched
+    elif isinstance(sched, (list, tuple)):
+      counts = sched
+  if counts is not None:
+    if not isinstance(counts, (list, tuple)) or not all(
+        isinstance(c, int) and not isinstance(c, bool) for c in counts):
+      raise ValueError(f"solver output {path}: schedule counts {counts!r} are not integers")
+    counts = [int(c) for c in counts]
+  if text is None and counts is None:
+    raise ValueError(f"solver output {path} records no schedule (looked for 'schedule', "
+                     "'schedule_text' or 'counts', also under 'chosen'/'solution'/'result')")
+  method = _find(doc, ("method", "reducer"))
+  if isinstance(method, Mapping):
+    method = method.get("name")
+  model = _find(doc, ("model", "model_name"))
+  if isinstance(model, Mapping):
+    model = model.get("name") or (model.get("config") or {}).get("name")
+  summary = {k: v for k, v in doc.items()
+             if isinstance(v, (str, int, float, bool))
+             or k in ("profile", "estimate", "chosen", "settings")}
+  summary.update(path=os.path.abspath(path), sha256=file_sha256(path))
+  return {"schedule": text, "counts": counts,
+          "method": str(method) if method is not None else None,
+          "model": str(model) if model is not None else None,
+          "provenance": _jsonable(summary)}
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def read_manifest(path: str) -> Dict[str, Any]:
+  """The validated manifest of the artifact directory `path` (raises `ArtifactError`)."""
+  if not os.path.isdir(path):
+    raise ArtifactError(f"{path} is not a deployment artifact directory (it does not exist "
+                        "or is not a directory)")
+  mf = os.path.join(path, MANIFEST_FILE)
+  if not os.path.isfile(mf):
+    raise ArtifactError(f"{path} is not a deployment artifact: {MANIFEST_FILE} is missing")
+  try:
+    with open(mf) as f:
+      doc = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ArtifactError(f"{mf} is corrupted: {e}") from None
+  if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    fmt = doc.get("format") if isinstance(doc, dict) else None
+    raise ArtifactError(f"{mf}: format {fmt!r} is not {FORMAT!r}")
+  if doc.get("version") != VERSION:
+    raise ArtifactError(f"{mf}: unsupported format version {doc.get('version')!r} (this "
+                        f"vitprune reads version {VERSION})")
+  required = ("model", "schedule", "input", "output", "preprocessing", "weights", "platforms",
+              "files")
+  missing = [k for k in required if k not in doc]
+  if missing:
+    raise ArtifactError(f"{mf} lacks required entries {missing}")
+  return doc
+
+
+def _preprocessing(d: Mapping[str, Any]) -> Preprocessing:
+  d = dict(d)
+  for k in ("mean", "std"):
+    if k in d:
+      d[k] = tuple(d[k])
+  try:
+    return Preprocessing(**d)
+  except TypeError as e:
+    raise ArtifactError(f"manifest preprocessing is invalid: {e}") from None
+
+
+def _read_exported(path: str, manifest: Mapping[str, Any]) -> jax.export.Exported:
+  fwd = os.path.join(path, manifest["files"].get("forward", FORWARD_FILE))
+  if not os.path.isfile(fwd):
+    raise ArtifactError(f"{path}: the exported forward {os.path.basename(fwd)} is missing")
+  with open(fwd, "rb") as f:
+    blob = f.read()
+  want = manifest["files"].get("forward_sha256")
+  got = hashlib.sha256(blob).hexdigest()
+  if want != got:
+    raise ArtifactError(f"{fwd}: sha256 {got} does not match the manifest's {want} (the file "
+                        "is corrupted or was replaced)")
+  try:
+    return jax.export.deserialize(bytearray(blob))
+  except Exception as e:  # flatbuffer/MLIR errors come in many types
+    raise ArtifactError(f"{fwd} cannot be deserialized: {e}") from e
+
+
+def _check_platform(exported: jax.export.Exported, manifest: Mapping[str, Any], path: str
+                    ) -> str:
+  if list(manifest["platforms"]) != list(exported.platforms):
+    raise ArtifactError(f"{path}: manifest platforms {manifest['platforms']} do not match the "
+                        f"exported forward's {list(exported.platforms)}")
+  here = local_platform()
+  if here not in exported.platforms:
+    raise ArtifactError(f"{path} was exported for platforms {list(exported.platforms)}, but "
+                        f"this host runs {here!r}; re-export with --platforms including {here}")
+  return here
+
+
+def _restore_params(path: str, manifest: Mapping[str, Any], exported: jax.export.Exported
+                    ) -> Params:
+  """Restores params into the exported function's input tree; checks shapes and sha256."""
+  avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in exported.in_avals]
+  args, kwargs = jax.tree.unflatten(exported.in_tree, avals)
+  if kwargs or len(args) != 2:
+    raise ArtifactError(f"{path}: the exported forward does not take (params, images)")
+  target = args[0]
+  want = leaf_listing(target)
+  listed = manifest["weights"].get("leaves")
+  if listed != want:
+    raise ArtifactError(f"{path}: the manifest's weight listing does not match the exported "
+                        f"forward's parameters: {_diff(listed or {}, want)}")
+  pdir = os.path.join(path, manifest["files"].get("params", PARAMS_DIR))
+  if not os.path.isdir(pdir):
+    raise ArtifactError(f"{path}: the weights checkpoint {os.path.basename(pdir)}/ is missing")
+  try:
+    params = _checkpointer().restore(pdir, target)
+  except Exception as e:  # orbax raises many types; name the directory
+    raise ArtifactError(f"could not restore the weights from {pdir}: {e}") from e
+  got = leaf_listing(params)
+  if got != want:  # orbax may restore a stored shape that differs from the target's
+    raise ArtifactError(f"{pdir}: weights do not match the exported forward: "
+                        f"{_diff(got, want)}")
+  digest = params_sha256(params)
+  if digest != manifest["weights"].get("sha256"):
+    raise ArtifactError(f"{pdir}: weights sha256 {digest} does not match the manifest's "
+                        f"{manifest['weights'].get('sha256')} (weights changed or corrupted)")
+  return params
+
+
+def _diff(got: Mapping[str, Any], want: Mapping[str, Any]) -> str:
+  missing = sorted(set(want) - set(got))
+  extra = sorted(set(got) - set(want))
+  changed = [f"{k}: {got[k]} vs expected {want[k]}" for k in sorted(set(got) & set(want))
+             if got[k] != want[k]]
+  return f"missing {missing}, unexpected {extra}, mismatched {changed}"
+
+
+class DeployedModel:
+  """A loaded artifact: `model(images [B, H, W, C] float32) -> [B, K] float32` (jax.Array).
+
+  Attributes:
+    manifest: the manifest dict.
+    class_names: names of the outputs when the artifact records them, else None.
+    preprocessing: the model's `Preprocessing` (resize/crop/normalise before calling).
+    input_shape: `(B, H, W, C)`, B None for a symbolic batch.
+    batch_size: the fixed batch, or None when any batch size runs.
+    platforms: the platforms the forward was exported for.
+    exported: the deserialized `jax.export.Exported`.
+    params: the restored parameter tree (device arrays).
+  """
+
+  def __init__(self, path: str, manifest: Dict[str, Any], exported: jax.export.Exported,
+               params: Params):
+    self.path = path
+    self.manifest = manifest
+    self.exported = exported
+    self.params = jax.device_put(params)
+    self.preprocessing = _preprocessing(manifest["preprocessing"])
+    shape = exported.in_avals[-1].shape
+    self.input_shape = tuple(d if isinstance(d, int) else None for d in shape)
+    self.batch_size = self.input_shape[0]
+    self.platforms = tuple(exported.platforms)
+    self.class_names = manifest.get("class_names")
+    self._call = jax.jit(exported.call)
+
+  @property
+  def num_outputs(self) -> int:
+    return int(self.exported.out_avals[0].shape[-1])
+
+  def __call__(self, images) -> jax.Array:
+    """images [B, H, W, C] (converted to float32) -> [B, K] float32."""
+    x = jnp.asarray(images, jnp.float32)
+    want = self.input_shape
+    if x.ndim != 4 or tuple(x.shape[1:]) != want[1:]:
+      raise ValueError(f"{self.manifest['model']['name']} artifact expects images "
+                       f"[B, {want[1]}, {want[2]}, {want[3]}] (NHWC), got shape {tuple(x.shape)}")
+    if self.batch_size is not None and x.shape[0] != self.batch_size:
+      raise ValueError(f"artifact was exported for batch size {self.batch_size}, got "
+                       f"{x.shape[0]} images (pad the batch, or export with a symbolic batch)")
+    if x.shape[0] < 1:
+      raise ValueError("empty batch")
+    return self._call(self.params, x)
+
+  def __repr__(self) -> str:
+    b = self.batch_size if self.batch_size is not None else BATCH_SYMBOL
+    return (f"DeployedModel({self.manifest['model']['name']!r}, schedule "
+            f"{self.manifest['schedule']['text']!r}, input [{b}, {self.input_shape[1]}, "
+            f"{self.input_shape[2]}, {self.input_shape[3]}], platforms {list(self.platforms)})")
+
+
+def load(path: str) -> DeployedModel:
+  """Loads the artifact directory `path` written by `export_artifact`.
+
+  Needs only jax, orbax and the files (never imports `vitprune.model`). Raises `ArtifactError`
+  when a file is missing or corrupt, the format version is unknown, the weights do not match
+  the manifest (shapes or sha256), or the local platform is not among the exported ones.
+  """
+  path = os.path.abspath(os.fspath(path))
+  manifest = read_manifest(path)
+  exported = _read_exported(path, manifest)
+  _check_platform(exported, manifest, path)
+  params = _restore_params(path, manifest, exported)
+  return DeployedModel(path, manifest, exported, params)
