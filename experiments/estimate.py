@@ -1,0 +1,188 @@
+r"""Estimates accuracy / fidelity of a ViT under token reduction and writes an estimate file.
+
+  # The paper's A(n): random tokens dropped after the embedding, digits test split.
+  python -m experiments.estimate --weights=weights/vit_digits --data=digits --method=random
+
+  # POMT at block 3 over a token grid; per-layer sensitivity of Top-K on an image folder.
+  python -m experiments.estimate --weights=weights/vit_digits --method=pomt --layer=3 \
+      --tokens=17:65:4
+  python -m experiments.estimate --model=deit_tiny_patch16_224 --weights=weights/deit_tiny \
+      --data=/data/imagenet/val --num_images=1000 --method=topk --layers=all --tokens=100:197:16
+
+`--model` alone evaluates `init_params(model, --init_seed)` (for plumbing checks only); with
+`--weights` the config comes from the weights directory (and `--model`, if given, must match).
+`--tokens`: comma list ("33,49,65"), inclusive range "start:stop:step", or "all"; default 16
+counts evenly spaced over [prefix + 1, N]. `--layer`: "embed" (drop after the embedding, the
+default for `random`) or a block index (default 3 for the other methods). `--layers`: a comma list
+or "all" -> per-layer sensitivity table S[l, n] instead of one curve.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import List, Optional, Sequence
+
+from absl import app
+from absl import flags
+import numpy as np
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Registers this CLI's flags (only when run as a script, so importing is side-effect free)."""
+  flags.DEFINE_string("model", None, "Registered model name (random-init unless --weights).")
+  flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights).")
+  flags.DEFINE_integer("init_seed", 0, "Seed of init_params when only --model is given.")
+  flags.DEFINE_string("data", "digits", "'digits' or an image folder (labelled or flat).")
+  flags.DEFINE_string("split", "test", "digits split: train | test | all.")
+  flags.DEFINE_string("method", "random", "random | pomt | topk | tome | evit.")
+  flags.DEFINE_string("tokens", None, "Token grid: 'a,b,c', 'start:stop:step' or 'all'.")
+  flags.DEFINE_string("layer", None,
+                      "'embed' or a block index (default: embed for random, else 3).")
+  flags.DEFINE_string("layers", None, "Per-layer sensitivity: comma list of layers, or 'all'.")
+  flags.DEFINE_integer("num_images", None, "Seeded class-balanced subset size (default: all).")
+  flags.DEFINE_integer("batch_size", 64, "Fixed batch size (last batch padded).")
+  flags.DEFINE_integer("seed", 0, "Seed of the subset and of the random reducer.")
+  flags.DEFINE_string("dtype", "float32", "float32 | bfloat16.")
+  flags.DEFINE_integer("num_workers", 4, "Image decoding threads.")
+  flags.DEFINE_bool("shard", True, "Shard batches over all local devices.")
+  flags.DEFINE_string("out_dir", "outputs/estimate", "Where the estimate JSON is written.")
+  flags.DEFINE_string("out_name", None, "File name (default derived from model/method/grid).")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing estimate file.")
+
+
+def parse_tokens(text: Optional[str], lo: int, hi: int) -> List[int]:
+  """Token grid from `text` ('a,b', 'start:stop:step' inclusive, 'all', None -> 16 even counts
+  over [lo, hi], always including hi)."""
+  if text is None or text.strip() == "":
+    return sorted({int(round(v)) for v in np.linspace(lo, hi, 16)})
+  text = text.strip()
+  if text == "all":
+    return list(range(lo, hi + 1))
+  m = re.fullmatch(r"(\d+):(\d+)(?::(\d+))?", text)
+  if m:
+    start, stop, step = int(m[1]), int(m[2]), int(m[3] or 1)
+    if step < 1 or start > stop:
+      raise ValueError(f"--tokens={text!r}: need start <= stop and step >= 1")
+    return list(range(start, stop + 1, step))
+  try:
+    return [int(t) for t in text.split(",")]
+  except ValueError:
+    raise ValueError(f"--tokens={text!r}: expected 'a,b,c', 'start:stop:step' or 'all'") from None
+
+
+def parse_layer(text: str, depth: int) -> Optional[int]:
+  if text == "embed":
+    return None
+  try:
+    layer = int(text)
+  except ValueError:
+    raise ValueError(f"layer {text!r} is neither 'embed' nor a block index") from None
+  if not 0 <= layer < depth:
+    raise ValueError(f"layer {layer} outside [0, {depth - 1}] (model depth {depth})")
+  return layer
+
+
+def parse_layers(text: str, depth: int) -> List[Optional[int]]:
+  if text.strip() == "all":
+    return list(range(depth))
+  return [parse_layer(t.strip(), depth) for t in text.split(",")]
+
+
+def resolve_model(model: Optional[str], weights: Optional[str], init_seed: int):
+  """(cfg, params, weights source string)."""
+  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top
+  from vitprune import model as model_lib  # pylint: disable=g-import-not-at-top
+  if weights:
+    if not os.path.isdir(weights):
+      raise FileNotFoundError(f"--weights={weights!r} is not a directory")
+    cfg, params = checkpoint.load_weights(weights)
+    if model and model != cfg.name:
+      raise ValueError(f"--model={model!r} but {weights} holds {cfg.name!r}")
+    return cfg, params, os.path.abspath(weights)
+  if not model:
+    raise ValueError("pass --weights=DIR or --model=NAME")
+  from vitprune import registry  # pylint: disable=g-import-not-at-top
+  cfg = registry.get_config(model)
+  return cfg, model_lib.init_params(cfg, init_seed), f"init_params(seed={init_seed})"
+
+
+def format_table(doc) -> str:
+  """Fixed-width table: one row per token count, one column group per layer."""
+  from vitprune import estimate  # pylint: disable=g-import-not-at-top
+  metrics = doc["metrics"]
+  ref = doc["reference"]
+  lines = [f"{doc['model']['name']}  method={doc['method']['name']}  "
+           f"{doc['data']['num_examples']} images  labelled={doc['data']['labelled']}",
+           "unpruned: " + "  ".join(
+               f"{m}={ref[m]:.4f}" for m in metrics)]
+  layers, tokens, _ = estimate.sensitivity_table(doc, metrics[0])
+  tables = {m: estimate.sensitivity_table(doc, m)[2] for m in metrics}
+  head = f"{'n':>5}"
+  for l in layers:
+    name = "embed" if l is None else f"L{l}"
+    head += "".join(f" {name + ':' + m[:5]:>13}" for m in metrics)
+  lines.append(head)
+  for j, n in enumerate(tokens):
+    row = f"{n:>5}"
+    for i in range(len(layers)):
+      row += "".join(f" {tables[m][i, j]:>13.4f}" for m in metrics)
+    lines.append(row)
+  return "\n".join(lines)
+
+
+def _slug(text: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def main(argv: Sequence[str]):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from vitprune import estimate  # pylint: disable=g-import-not-at-top
+  from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
+  try:
+    if FLAGS.batch_size < 1:
+      raise ValueError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
+    cfg, params, source = resolve_model(FLAGS.model, FLAGS.weights, FLAGS.init_seed)
+    method = FLAGS.method.strip().lower()
+    kwargs = {"seed": FLAGS.seed} if method == "random" else {}
+    reducer = make_reducer(method, **kwargs)
+    tokens = parse_tokens(FLAGS.tokens, cfg.num_prefix_tokens + 1, cfg.num_tokens)
+    if FLAGS.layers is not None:
+      if FLAGS.layer is not None:
+        raise ValueError("pass either --layer (one curve) or --layers (sensitivity table)")
+      layers = parse_layers(FLAGS.layers, cfg.depth)
+      points = estimate.sensitivity_points(cfg, tokens, layers, reducer)
+    else:
+      layer_text = FLAGS.layer or ("embed" if method == "random" else "3")
+      layers = [parse_layer(layer_text, cfg.depth)]
+      points = estimate.token_points(cfg, tokens, reducer, layer=layers[0])
+    data = estimate.load_eval_data(FLAGS.data, num_images=FLAGS.num_images, seed=FLAGS.seed,
+                                   split=FLAGS.split)
+    result = estimate.evaluate(cfg, params, data.batches(cfg, FLAGS.batch_size,
+                                                         FLAGS.num_workers),
+                               points, labelled=data.labelled, dtype=FLAGS.dtype,
+                               shard=FLAGS.shard)
+    doc = estimate.estimate_record(
+        cfg=cfg, params=params, weights_source=source, data_info=data.info, method=method,
+        method_kwargs=kwargs, seed=FLAGS.seed, points=points, result=result,
+        labelled=data.labelled, dtype=FLAGS.dtype)
+    layer_tag = "-".join("embed" if l is None else f"L{l}" for l in layers)
+    if len(layer_tag) > 40:
+      layer_tag = f"{len(layers)}layers"
+    data_tag = "digits-" + FLAGS.split if FLAGS.data == "digits" else os.path.basename(
+        os.path.normpath(FLAGS.data))
+    name = FLAGS.out_name or _slug(f"{cfg.name}_{method}_{layer_tag}_{data_tag}_"
+                                   f"n{doc['data']['num_examples']}_s{FLAGS.seed}") + ".json"
+    path = estimate.save_estimate(os.path.join(FLAGS.out_dir, name), doc,
+                                  overwrite=FLAGS.overwrite)
+  except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
+    raise app.UsageError(str(e)) from None
+  print(format_table(doc))
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,413 @@
+"""Tests of vitprune.estimate: streaming accuracy/fidelity, sharding, estimate files."""
+import copy
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitprune import estimate
+from vitprune.model import init_params, jitted_forward
+from vitprune.registry import get_config
+from vitprune.schedule import Schedule, full_schedule
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CFG = get_config("test_tiny_vit")  # 16 patches + cls = 17 tokens, depth 2, 10 classes
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepFirst:
+  """Test reducer independent of vitprune.reduce: keeps the first `num_keep` tokens."""
+  needs_attention = False
+  tracks_size = False
+  supports_embedding = True
+
+  def reduce(self, x, size, stats, *, num_keep, num_prefix, layer):
+    return x[:, :num_keep], None if size is None else size[:, :num_keep]
+
+  def reduce_embedding(self, x, *, num_keep, num_prefix):
+    return x[:, :num_keep]
+
+
+@pytest.fixture(scope="module")
+def params():
+  return init_params(CFG, seed=1)
+
+
+@pytest.fixture(scope="module")
+def images():
+  return np.random.default_rng(0).normal(size=(7, 32, 32, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def labels(params, images):
+  """Labels equal to the unpruned prediction on even rows, wrong on odd rows: accuracy 4/7."""
+  pred = np.asarray(jitted_forward(params, jnp.asarray(images), cfg=CFG)).argmax(-1)
+  return np.where(np.arange(7) % 2 == 0, pred, (pred + 1) % 10).astype(np.int32)
+
+
+def batches_of(images, labels, batch_size):
+  """Fixed-shape batches, the last one padded (index -1, label -1, zero image)."""
+  out = []
+  for s in range(0, len(images), batch_size):
+    x, y = images[s:s + batch_size], labels[s:s + batch_size]
+    idx = np.arange(s, s + len(x))
+    pad = batch_size - len(x)
+    out.append((np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]),
+                np.concatenate([y, np.full(pad, -1, np.int32)]),
+                np.concatenate([idx, np.full(pad, -1)])))
+  return out
+
+
+def points():
+  return estimate.token_points(CFG, [5, 11, 17], KeepFirst(), layer=None) + \
+      estimate.token_points(CFG, [9], KeepFirst(), layer=1)
+
+
+# ---------------------------------------------------------------------------------- schedules
+
+
+def test_schedules_of_points():
+  assert estimate.embed_schedule(CFG, 9).counts == (9, 9, 9)
+  assert estimate.layer_schedule(CFG, 9, 0).counts == (17, 9, 9)
+  assert estimate.layer_schedule(CFG, 9, 1).counts == (17, 17, 9)
+  pts = estimate.sensitivity_points(CFG, [17, 3], [None, 1], KeepFirst())
+  assert [(p.layer, p.tokens, p.schedule.counts) for p in pts] == [
+      (None, 3, (3, 3, 3)), (None, 17, (17, 17, 17)), (1, 3, (17, 17, 3)), (1, 17, (17, 17, 17))]
+
+
+@pytest.mark.parametrize("tokens, match", [
+    ([], "empty"), ([1], r"outside \[2, 17\]"), ([18], r"outside \[2, 17\]"),
+    ([5, 5], "duplicates"), ([5.0], "must be ints")])
+def test_bad_token_grid(tokens, match):
+  with pytest.raises(ValueError, match=match):
+    estimate.token_points(CFG, tokens, KeepFirst())
+
+
+@pytest.mark.parametrize("layer", [-1, 2, "1"])
+def test_bad_layer(layer):
+  with pytest.raises(ValueError, match=r"reduction layer must be an int in \[0, 1\]"):
+    estimate.layer_schedule(CFG, 9, layer)
+
+
+def test_bad_layers_list():
+  with pytest.raises(ValueError, match="duplicates"):
+    estimate.sensitivity_points(CFG, [9], [1, 1], KeepFirst())
+  with pytest.raises(ValueError, match="no layers"):
+    estimate.sensitivity_points(CFG, [9], [], KeepFirst())
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+
+def test_unpruned_self_fidelity_is_exact(params, images, labels):
+  pts = [estimate.EvalPoint(full_schedule(CFG), None, 17, None),
+         estimate.token_points(CFG, [17], KeepFirst(), layer=0)[0]]
+  res = estimate.evaluate(CFG, params, batches_of(images, labels, 4), pts, labelled=True)
+  assert res.reference == estimate.PointResult(7, 4, 7, 0.0)
+  for r in res.points:
+    assert r.agreement == 1.0 and r.kl == 0.0 and r.accuracy == 4 / 7
+  assert res.batch_size == 4 and res.num_devices == 1
+
+
+def test_matches_direct_computation(params, images, labels):
+  res = estimate.evaluate(CFG, params, batches_of(images, labels, 4), points(), labelled=True)
+  ref = np.asarray(jitted_forward(params, jnp.asarray(images), cfg=CFG), np.float64)
+  for p, r in zip(points(), res.points):
+    out = np.asarray(jitted_forward(params, jnp.asarray(images), cfg=CFG, schedule=p.schedule,
+                                    reducer=p.reducer), np.float64)
+    lp = out - np.log(np.exp(out).sum(-1, keepdims=True))
+    lq = ref - np.log(np.exp(ref).sum(-1, keepdims=True))
+    assert r.num_examples == 7
+    assert r.correct == int((out.argmax(-1) == labels).sum())
+    assert r.agree == int((out.argmax(-1) == ref.argmax(-1)).sum())
+    np.testing.assert_allclose(r.kl, (np.exp(lq) * (lq - lp)).sum(-1).mean(), rtol=1e-4,
+                               atol=1e-7)
+  # 5 of 17 tokens is a real change: the KL is positive.
+  assert res.points[0].kl > 0
+
+
+@pytest.mark.parametrize("batch_size", [3, 4])
+def test_padded_batches_equal_image_by_image(params, images, labels, batch_size):
+  one = estimate.evaluate(CFG, params, batches_of(images, labels, 1), points(), labelled=True)
+  padded = estimate.evaluate(CFG, params, batches_of(images, labels, batch_size), points(),
+                             labelled=True)
+  assert padded.reference == one.reference
+  for a, b in zip(padded.points, one.points):
+    assert (a.num_examples, a.correct, a.agree) == (b.num_examples, b.correct, b.agree)
+    np.testing.assert_allclose(a.kl_sum, b.kl_sum, rtol=1e-5, atol=1e-9)
+
+
+def test_padding_rows_are_ignored(params, images, labels):
+  """Garbage in padding rows (index -1) changes nothing."""
+  clean = batches_of(images, labels, 4)
+  dirty = [(x.copy(), y.copy(), i) for x, y, i in clean]
+  dirty[-1][0][-1] = 100.0
+  dirty[-1][1][-1] = 3
+  a = estimate.evaluate(CFG, params, clean, points(), labelled=True)
+  b = estimate.evaluate(CFG, params, dirty, points(), labelled=True)
+  assert a == b
+
+
+def test_unlabelled_gives_fidelity_only(params, images):
+  unl = np.full(7, -1, np.int32)
+  res = estimate.evaluate(CFG, params, batches_of(images, unl, 4), points(), labelled=False)
+  assert res.reference.accuracy is None and res.reference.agreement == 1.0
+  assert all(r.accuracy is None and r.correct is None for r in res.points)
+
+
+def test_evaluate_errors(params, images, labels):
+  good = batches_of(images, labels, 4)
+  with pytest.raises(ValueError, match="same \\(padded\\) size"):
+    estimate.evaluate(CFG, params, good[:1] + batches_of(images, labels, 3), points(),
+                      labelled=True)
+  with pytest.raises(ValueError, match="labelled=False"):
+    estimate.evaluate(CFG, params, batches_of(images, np.full(7, -1, np.int32), 4), points(),
+                      labelled=True)
+  with pytest.raises(ValueError, match="has 10 classes"):
+    estimate.evaluate(CFG, params, batches_of(images, labels + 10, 4), points(), labelled=True)
+  with pytest.raises(ValueError, match="no examples"):
+    estimate.evaluate(CFG, params, [], points(), labelled=True)
+  pad_only = [(np.zeros((4, 32, 32, 3), np.float32), np.full(4, -1, np.int32), np.full(4, -1))]
+  with pytest.raises(ValueError, match="no examples"):
+    estimate.evaluate(CFG, params, pad_only, points(), labelled=True)
+  with pytest.raises(ValueError, match="no reducer"):
+    estimate.evaluate(CFG, params, good, [estimate.EvalPoint(Schedule((9, 9, 9)), None, 9,
+                                                             None)], labelled=True)
+  with pytest.raises(ValueError, match="labels"):
+    estimate.evaluate(CFG, params, [(images[:4], labels[:3], np.arange(4))], points(),
+                      labelled=True)
+  feat_cfg = CFG.replace(num_classes=0)
+  with pytest.raises(ValueError, match="num_classes=0"):
+    estimate.evaluate(feat_cfg, init_params(feat_cfg), good, [], labelled=True)
+
+
+def test_sharded_equals_unsharded(tmp_path):
+  """4 forced CPU devices in a subprocess: data-parallel estimates equal single-device ones."""
+  script = textwrap.dedent("""
+    import dataclasses, json, sys
+    import jax, numpy as np
+    sys.path.insert(0, %r)
+    from tests.test_estimate import CFG, KeepFirst, batches_of, points
+    from vitprune import estimate
+    from vitprune.model import init_params
+    from vitprune.reduce.methods import make_reducer
+    assert jax.device_count() == 4, jax.devices()
+    params = init_params(CFG, seed=1)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(13, 32, 32, 3)).astype(np.float32)
+    y = rng.integers(0, 10, 13).astype(np.int32)
+    pts = points() + estimate.token_points(CFG, [3, 9], make_reducer("random", seed=2))
+    out = {}
+    for shard in (True, False):
+      r = estimate.evaluate(CFG, params, batches_of(x, y, 8), pts, labelled=True, shard=shard)
+      out[str(shard)] = dict(ndev=r.num_devices, ref=dataclasses.astuple(r.reference),
+                             pts=[dataclasses.astuple(p) for p in r.points])
+    try:
+      estimate.evaluate(CFG, params, batches_of(x, y, 6), pts, labelled=True)
+    except ValueError as e:
+      out["error"] = str(e)
+    print(json.dumps(out))
+  """ % REPO)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        env=env, cwd=REPO, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["True"]["ndev"] == 4 and out["False"]["ndev"] == 1
+  assert out["True"]["ref"] == out["False"]["ref"]
+  for a, b in zip(out["True"]["pts"], out["False"]["pts"]):
+    assert a[:3] == b[:3]  # examples, correct, agreements: exactly equal
+    np.testing.assert_allclose(a[3], b[3], rtol=1e-6, atol=1e-9)
+  assert "not divisible by the 4 devices" in out["error"]
+
+
+# ---------------------------------------------------------------------------------- identity
+
+
+def test_params_sha256(params):
+  h = estimate.params_sha256(params)
+  assert len(h) == 64 and h == estimate.params_sha256(params)
+  assert h == estimate.params_sha256(jax.tree.map(np.asarray, params))
+  reordered = dict(reversed(list(params.items())))
+  assert estimate.params_sha256(reordered) == h
+  changed = jax.tree.map(lambda a: a, params)
+  changed["head"] = dict(changed["head"], bias=changed["head"]["bias"].at[3].add(1e-6))
+  assert estimate.params_sha256(changed) != h
+  assert estimate.params_sha256(init_params(CFG, seed=2)) != h
+
+
+# ---------------------------------------------------------------------------------- files
+
+
+@pytest.fixture(scope="module")
+def doc(params, images, labels):
+  pts = estimate.sensitivity_points(CFG, [5, 17], [None, 0, 1], KeepFirst())
+  res = estimate.evaluate(CFG, params, batches_of(images, labels, 4), pts, labelled=True)
+  info = {"kind": "arrays", "source": "synthetic", "num_examples": 7, "classes": [],
+          "labelled": True, "fingerprint": "f" * 64}
+  return estimate.estimate_record(cfg=CFG, params=params, weights_source="init", data_info=info,
+                                  method="keepfirst", method_kwargs={}, seed=0, points=pts,
+                                  result=res, labelled=True), res
+
+
+def test_record_structure(doc):
+  d, res = doc
+  assert d["kind"] == "sensitivity" and d["layers"] == [None, 0, 1] and d["tokens"] == [5, 17]
+  assert d["metrics"] == ["accuracy", "agreement", "kl"]
+  assert d["reference"]["accuracy"] == 4 / 7 and d["reference"]["kl"] == 0.0
+  layers, tokens, table = estimate.sensitivity_table(d)
+  assert layers == [None, 0, 1] and tokens.tolist() == [5, 17] and table.shape == (3, 2)
+  assert table[:, 1].tolist() == [4 / 7] * 3  # n = N reduces nothing
+  np.testing.assert_array_equal(table.ravel(), [r.accuracy for r in res.points])
+  ns, kl = estimate.curve(d, "kl", layer=0)
+  assert ns.tolist() == [5, 17] and kl[1] == 0.0 and kl[0] == res.points[2].kl
+  with pytest.raises(ValueError, match="pass layer="):
+    estimate.curve(d)
+  with pytest.raises(ValueError, match="not in this estimate's layers"):
+    estimate.curve(d, layer=5)
+  with pytest.raises(ValueError, match="metric 'top5'"):
+    estimate.curve(d, "top5", layer=0)
+
+
+def test_round_trip_and_atomic_write(doc, tmp_path):
+  d, _ = doc
+  path = estimate.save_estimate(str(tmp_path / "sub" / "e.json"), d)
+  assert estimate.load_estimate(path) == json.loads(json.dumps(d))
+  assert os.listdir(tmp_path / "sub") == ["e.json"]
+  with pytest.raises(FileExistsError, match="overwrite"):
+    estimate.save_estimate(path, d)
+  bad = copy.deepcopy(d)
+  bad["points"][0]["agreement"] = 2.0
+  with pytest.raises(estimate.EstimateError):
+    estimate.save_estimate(path, bad, overwrite=True)
+  assert estimate.load_estimate(path) == json.loads(json.dumps(d))  # untouched
+  assert os.listdir(tmp_path / "sub") == ["e.json"]
+
+
+def _mutate(d, fn):
+  d = copy.deepcopy(d)
+  fn(d)
+  return d
+
+
+@pytest.mark.parametrize("fn, match", [
+    (lambda d: d.update(format="x"), "format 'x'"),
+    (lambda d: d.update(version=2), "unsupported version 2"),
+    (lambda d: d.pop("seed"), "missing key 'seed'"),
+    (lambda d: d.update(seed="0"), "'seed' must be int"),
+    (lambda d: d.update(kind="curve"), "kind 'curve'"),
+    (lambda d: d["model"]["config"].update(depth="x"), "model.config.depth must be int"),
+    (lambda d: d["model"]["config"].update(colour=1), "model.config is invalid"),
+    (lambda d: d["model"].update(name="other"), "model.name 'other'"),
+    (lambda d: d["weights"].update(sha256="abc"), "weights.sha256"),
+    (lambda d: d["data"].pop("fingerprint"), "data is missing 'fingerprint'"),
+    (lambda d: d.update(metrics=["agreement", "kl"]), "metrics"),
+    (lambda d: d.update(tokens=[17, 5]), "ascending"),
+    (lambda d: d.update(tokens=[5, 18]), "outside"),
+    (lambda d: d.update(layers=[None, 0, 2]), r"layers must be non-empty"),
+    (lambda d: d.update(kind="tokens"), "exactly one layer"),
+    (lambda d: d["points"].pop(), "5 points for a grid of 3 layers x 2"),
+    (lambda d: d["points"][2].update(tokens=6), "expected layer 0 tokens 5"),
+    (lambda d: d["points"][2].update(counts=[17, 6, 5]), "do not reduce to 5 tokens at layer 0"),
+    (lambda d: d["points"][2].update(counts=[17, 5, 9]), "never increase"),
+    (lambda d: d["points"][1].update(accuracy=1.5), "accuracy must be a number in"),
+    (lambda d: d["points"][1].update(accuracy=None), "accuracy must be a number in"),
+    (lambda d: d["points"][1].update(kl=-0.1), "kl must be a finite number >= 0"),
+    (lambda d: d["points"][1].update(kl=float("nan")), "kl must be a finite number"),
+    (lambda d: d["points"][1].update(num_examples=6), "num_examples 6"),
+    (lambda d: d["reference"].update(agreement=0.5), "agree with itself"),
+    (lambda d: d["eval"].update(batch_size=0), "eval.batch_size"),
+])
+def test_validation_errors(doc, fn, match):
+  with pytest.raises(estimate.EstimateError, match=match):
+    estimate.validate_estimate(_mutate(doc[0], fn))
+
+
+def test_unlabelled_record_needs_null_accuracy(doc):
+  d = _mutate(doc[0], lambda d: (d["data"].update(labelled=False),
+                                 d.update(metrics=["agreement", "kl"])))
+  with pytest.raises(estimate.EstimateError, match="accuracy must be null"):
+    estimate.validate_estimate(d)
+
+
+def test_load_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    estimate.load_estimate(str(tmp_path / "missing.json"))
+  p = tmp_path / "broken.json"
+  p.write_text("{not json")
+  with pytest.raises(estimate.EstimateError, match="not valid JSON"):
+    estimate.load_estimate(str(p))
+  p.write_text("[1, 2]")
+  with pytest.raises(estimate.EstimateError, match="expected a JSON object"):
+    estimate.load_estimate(str(p))
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+def test_load_eval_data_digits_balanced():
+  d = estimate.load_eval_data("digits", num_images=30, seed=3)
+  assert d.labelled and len(d.indices) == 30 and d.info["num_examples"] == 30
+  assert np.bincount(d.dataset.labels[d.indices], minlength=10).tolist() == [3] * 10
+  from vitprune.data import digits_split
+  assert set(d.indices) <= set(digits_split(0)[1])
+  again = estimate.load_eval_data("digits", num_images=30, seed=3)
+  assert again.info["fingerprint"] == d.info["fingerprint"]
+  assert estimate.load_eval_data("digits", num_images=30, seed=4).info["fingerprint"] != \
+      d.info["fingerprint"]
+  assert len(estimate.load_eval_data("digits").indices) == len(digits_split(0)[1])
+  with pytest.raises(ValueError, match="exceeds"):
+    estimate.load_eval_data("digits", num_images=10_000)
+  with pytest.raises(ValueError, match="split"):
+    estimate.load_eval_data("digits", split="val")
+  with pytest.raises(FileNotFoundError, match="neither 'digits'"):
+    estimate.load_eval_data("/nonexistent/dir")
+
+
+def test_unlabelled_folder_fidelity_only(tmp_path, params):
+  rng = np.random.default_rng(0)
+  for i in range(5):
+    Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+  d = estimate.load_eval_data(str(tmp_path), num_images=3, seed=0)
+  assert not d.labelled and len(d.indices) == 3 and d.info["labelled"] is False
+  batches = list(d.batches(CFG, 2))
+  assert [b[0].shape for b in batches] == [(2, 32, 32, 3)] * 2
+  res = estimate.evaluate(CFG, params, batches, points(), labelled=d.labelled)
+  assert res.reference.num_examples == 3 and res.points[0].accuracy is None
+
+
+# ---------------------------------------------------------------------------------- CLI helpers
+
+
+def test_cli_parsers(doc):
+  from experiments import estimate as cli
+  assert cli.parse_tokens("3,9,17", 2, 17) == [3, 9, 17]
+  assert cli.parse_tokens("5:17:4", 2, 17) == [5, 9, 13, 17]
+  assert cli.parse_tokens("all", 2, 5) == [2, 3, 4, 5]
+  default = cli.parse_tokens(None, 2, 65)
+  assert default[0] == 2 and default[-1] == 65 and len(default) == 16
+  for bad in ("a:b", "9:5", "5:9:0", "1,x"):
+    with pytest.raises(ValueError, match="--tokens"):
+      cli.parse_tokens(bad, 2, 17)
+  assert cli.parse_layer("embed", 6) is None and cli.parse_layer("3", 6) == 3
+  assert cli.parse_layers("all", 3) == [0, 1, 2] and cli.parse_layers("embed,2", 3) == [None, 2]
+  with pytest.raises(ValueError, match=r"outside \[0, 5\]"):
+    cli.parse_layer("6", 6)
+  with pytest.raises(ValueError, match="neither 'embed'"):
+    cli.parse_layer("first", 6)
+  with pytest.raises(ValueError, match="pass --weights=DIR or --model=NAME"):
+    cli.resolve_model(None, None, 0)
+  with pytest.raises(FileNotFoundError, match="not a directory"):
+    cli.resolve_model(None, "/nonexistent/w", 0)
+  table = cli.format_table(doc[0]).splitlines()
+  assert table[1] == "unpruned: accuracy=0.5714  agreement=1.0000  kl=0.0000"
+  assert table[3].split()[0] == "5" and len(table) == 5 and len(table[3].split()) == 1 + 3 * 3

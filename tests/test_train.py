@@ -1,0 +1,124 @@
+"""Smoke tests of experiments/train_digits.py and of the shipped weights/vit_digits checkpoint."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import train_digits as td
+from vitprune import checkpoint
+from vitprune.data import digits_preprocessing, digits_split
+from vitprune.registry import get_config
+
+vit_digits = get_config("vit_digits")
+from vitprune.registry import get_config
+
+vit_digits = get_config("vit_digits")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WEIGHTS = os.path.join(REPO, "weights", "vit_digits")
+TINY = get_config("test_tiny_vit")
+
+
+def test_vit_digits_architecture():
+  assert vit_digits.num_tokens == 65 and vit_digits.num_prefix_tokens == 1
+  assert vit_digits.depth == 6 and vit_digits.num_classes == 10
+  assert vit_digits.preprocessing == digits_preprocessing(32)
+
+
+def test_background_value_and_shift():
+  fill = td.background_value(vit_digits)
+  np.testing.assert_array_equal(fill, [-1.0, -1.0, -1.0])
+  rng = np.random.default_rng(0)
+  imgs = rng.normal(size=(6, 8, 8, 3)).astype(np.float32)
+  same = td.random_shift(jax.random.key(0), jnp.asarray(imgs), 0, jnp.asarray(fill))
+  np.testing.assert_array_equal(same, imgs)
+  out = np.asarray(td.random_shift(jax.random.key(1), jnp.asarray(imgs), 2, jnp.asarray(fill)))
+  assert out.shape == imgs.shape
+  # Every output is exactly one of the 25 shifts of its input, filled with the background.
+  padded = np.pad(imgs, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=-1.0)
+  seen = set()
+  for b in range(6):
+    matches = [(dy, dx) for dy in range(5) for dx in range(5)
+               if np.array_equal(out[b], padded[b, dy:dy + 8, dx:dx + 8])]
+    assert len(matches) == 1, b
+    seen.add(matches[0])
+  assert len(seen) > 1  # not the same shift for the whole batch
+
+
+def test_decay_mask():
+  mask = td.decay_mask(td.model.init_params(TINY))
+  flat = {jax.tree_util.keystr(k): v for k, v in jax.tree.flatten_with_path(mask)[0]}
+  decayed = sorted(k for k, v in flat.items() if v)
+  assert decayed == sorted(
+      ["['head']['kernel']", "['patch_embed']['kernel']"]
+      + [f"['blocks'][{i}]['{a}']['{b}']['kernel']" for i in range(2)
+         for a, b in (("attn", "qkv"), ("attn", "proj"), ("mlp", "fc1"), ("mlp", "fc2"))])
+
+
+def test_epoch_batches():
+  a = td.epoch_batches(10, 3, seed=0, epoch=1)
+  assert [len(b) for b in a] == [3, 3, 3]
+  assert len(set(np.concatenate(a).tolist())) == 9
+  assert all(np.array_equal(x, y) for x, y in zip(a, td.epoch_batches(10, 3, 0, 1)))
+  assert not all(np.array_equal(x, y) for x, y in zip(a, td.epoch_batches(10, 3, 0, 2)))
+  with pytest.raises(ValueError, match="smaller than batch_size"):
+    td.epoch_batches(2, 3, 0, 0)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(epochs=0), "epochs must be >= 1"), (dict(batch_size=0), "batch_size must be >= 1"),
+    (dict(warmup_epochs=50), "warmup_epochs"), (dict(lr=0.0), "lr must be > 0"),
+    (dict(label_smoothing=1.0), "label_smoothing"), (dict(max_shift=-1), "max_shift"),
+    (dict(weight_decay=-1.0), "weight_decay")])
+def test_train_config_errors(kw, match):
+  with pytest.raises(ValueError, match=match):
+    td.TrainConfig(**kw)
+
+
+@pytest.fixture(scope="module")
+def one_batch():
+  x, y = td.load_split("train", TINY)
+  return x[:16], y[:16]
+
+
+def test_load_split():
+  x, y = td.load_split("test", vit_digits)
+  assert x.shape == (len(digits_split(0)[1]), 32, 32, 3) and x.dtype == np.float32
+  assert y.dtype == np.int32 and sorted(set(y.tolist())) == list(range(10))
+
+
+def test_train_steps_fit_a_batch_and_are_deterministic(one_batch):
+  """15 jitted steps on one fixed batch of 16 digits: the loss drops well below chance."""
+  tc = td.TrainConfig(epochs=15, batch_size=16, lr=1e-2, warmup_epochs=1, max_shift=0,
+                      label_smoothing=0.0, seed=3)
+  logs = []
+  p1, hist = td.train(TINY, tc, one_batch, one_batch, log=logs.append)
+  assert len(hist) == 15 and len(logs) == 15 and hist[-1]["steps"] == 15
+  assert all(np.isfinite(h["loss"]) for h in hist)
+  np.testing.assert_allclose(hist[0]["loss"], np.log(10), atol=0.05)  # near-uniform at init
+  assert hist[-1]["loss"] < hist[0]["loss"] - 0.3
+  assert hist[-1]["test_accuracy"] >= 0.3  # chance is 0.1
+  init = td.model.init_params(TINY, 3)
+  assert not np.allclose(p1["head"]["kernel"], init["head"]["kernel"])
+  _, h3 = td.train(TINY, tc, one_batch, None, max_steps=5, log=lambda s: None)
+  assert [h["steps"] for h in h3] == [1, 2, 3, 4, 5]
+  assert [h["loss"] for h in h3] == [h["loss"] for h in hist[:5]]  # same seed, same steps
+
+
+def test_shipped_checkpoint_matches_its_metrics():
+  """weights/vit_digits loads as vit_digits and reproduces the held-out accuracy it reports."""
+  cfg, params = checkpoint.load_weights(WEIGHTS)
+  assert cfg == vit_digits
+  with open(os.path.join(WEIGHTS, "metrics.json")) as f:
+    metrics = json.load(f)
+  _, meta = checkpoint.read_weights_config(WEIGHTS)
+  x, y = td.load_split("test", cfg, seed=metrics["split_seed"])
+  acc = td.accuracy(params, cfg, x, y)
+  assert acc == metrics["test_accuracy"] == meta["test_accuracy"]
+  assert acc >= 0.95
+  assert metrics["command"].startswith("python -m experiments.train_digits")
+  size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(WEIGHTS) for f in fs)
+  assert size < 2 * 1024 * 1024
