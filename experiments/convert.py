@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 
 from absl import app, flags
 
+from experiments import common
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "timm model name (see vitprune.registry.list_models()).")
 flags.DEFINE_string("checkpoint", None, "Checkpoint file: .safetensors, .pth/.pt/.bin (needs "
@@ -78,6 +80,7 @@ def run(model: str, checkpoint: str, *, img_size: Optional[int] = None,
 
 
 def main(argv):
+  common.quiet_logging()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS.model or not FLAGS.checkpoint:

@@ -16,7 +16,7 @@ import os
 import re
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights).")
@@ -146,8 +146,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   from vitprune.deploy import read_manifest  # pylint: disable=g-import-not-at-top
-  if not FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
-    logging.set_verbosity(logging.WARNING)
+  common.quiet_logging()
   try:
     path = run()
   except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:

@@ -24,6 +24,8 @@ from typing import List, Optional, Sequence
 
 from absl import app
 from absl import flags
+
+from experiments import common
 import numpy as np
 
 FLAGS = flags.FLAGS
@@ -137,6 +139,7 @@ def _slug(text: str) -> str:
 
 
 def main(argv: Sequence[str]):
+  common.quiet_logging()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from vitprune import estimate  # pylint: disable=g-import-not-at-top

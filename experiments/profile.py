@@ -1,6 +1,7 @@
 r"""Latency-workload profiler CLI: latency vs tokens kept, steps, per-block tables, schedules.
 
-  python -m experiments.profile                                  # tiny default, local backend
+  python -m experiments.profile          # the embedded default: profile -> estimate -> solve ->
+                                         # verify on weights/vit_digits (vitprune/pipeline.py)
   python -m experiments.profile --model=deit_small_patch16_224 --batch_size=1,8 \
       --dtype=bfloat16 --mode=model --adaptive --threads=8 \
       --compile_cache_dir=/tmp/jax_cache --min_run_time=0.5
@@ -14,33 +15,40 @@ flat stretches and the per-block predictor's errors.
 """
 from __future__ import annotations
 
-import importlib
 from typing import List, Optional
 
 from absl import app
 from absl import flags
 
+from experiments import common
+
+from vitprune import checkpoint
+from vitprune import pipeline
 from vitprune.profile import records
 from vitprune.profile import runner
 from vitprune.profile import timing
 from vitprune.registry import get_config
 
-_MODEL = flags.DEFINE_string("model", "test_tiny_vit", "Registered model name (timm name).")
+_MODEL = flags.DEFINE_string("model", "vit_digits", "Registered model name (timm name). "
+                             "vit_digits without --weights uses the embedded weights/vit_digits.")
 _BATCH = flags.DEFINE_list("batch_size", ["1"], "Batch sizes, comma-separated.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _TOKENS = flags.DEFINE_string(
     "tokens", "all", "Token counts entering block 0: 'all', 'a:b', 'a:b:step' (inclusive) or "
     "'n1,n2,...'; each within [prefix + 1, num_tokens].")
-_MODE = flags.DEFINE_enum("mode", "model", list(runner.MODES),
-                          "model: whole-forward curve; block: per-block table; schedule: the "
-                          "graphs of --schedule.")
+_MODE = flags.DEFINE_enum("mode", "pipeline", ["pipeline"] + list(runner.MODES),
+                          "pipeline: profile -> estimate -> solve -> verify (needs trained "
+                          "weights and data); model: whole-forward curve; block: per-block "
+                          "table; schedule: the graphs of --schedule.")
 _SCHEDULE = flags.DEFINE_multi_string(
     "schedule", [], "Schedule(s) for --mode=schedule (repeat the flag): depth + 1 comma-separated "
     "counts, or any syntax vitprune.schedule.parse_schedule accepts.")
 _REDUCER = flags.DEFINE_string(
     "reducer", None, "Token-drop method for model/schedule graphs (default: the library's "
     "'random' by default; keep_first: a static slice).")
-_OUT_DIR = flags.DEFINE_string("out_dir", "outputs/profile/", "Output directory.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Output directory (default outputs/profile/; "
+                               "the pipeline: outputs/pipeline/ with profile/, estimate/, solve/ "
+                               "and summary.json).")
 _MIN_RUN = flags.DEFINE_float("min_run_time", 0.25, "Seconds of timed calls per point.")
 _MAX_REL_IQR = flags.DEFINE_float("max_rel_iqr", 0.1,
                                   "Re-measure points whose IQR / median exceeds this.")
@@ -55,6 +63,15 @@ _ADAPTIVE = flags.DEFINE_bool("adaptive", False,
                               "Coarse pass, then every count in non-flat intervals.")
 _STRIDE = flags.DEFINE_integer("coarse_stride", 0, "Adaptive coarse stride (0: ~16 points).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar (stderr).")
+# --mode=pipeline only:
+_DATA = flags.DEFINE_string("data", "digits", "Pipeline data: 'digits' (bundled) or an image "
+                            "folder (labelled: accuracy; flat: agreement with the unpruned model).")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", None, "Pipeline: seeded class-balanced subset "
+                                   "size (default: all).")
+_EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 64, "Pipeline: accuracy batch size.")
+_ALPHA = flags.DEFINE_float("alpha", 0.5, "Pipeline: latency weight of the paper's utility.")
+_LAYER = flags.DEFINE_integer("layer", 3, "Pipeline: block where the chosen schedule prunes.")
+_METHOD = flags.DEFINE_string("method", "pomt", "Pipeline: method of the chosen schedule.")
 
 
 def _batch_sizes(values: List[str]):
@@ -68,17 +85,33 @@ def _batch_sizes(values: List[str]):
 
 
 def load_model(name: str, weights: Optional[str]):
-  """-> (cfg, params or None). With `weights`, the config comes from the weights directory."""
+  """-> (cfg, params or None). With `weights`, the config comes from the weights directory;
+  `vit_digits` without weights uses the embedded `weights/vit_digits`."""
+  if weights is None and name == "vit_digits":
+    weights = pipeline.DEFAULT_WEIGHTS
   if weights is None:
     return get_config(name), None
-  try:
-    ckpt = importlib.import_module("vitprune.checkpoint")
-    load_weights = ckpt.load_weights
-  except (ImportError, AttributeError):
-    raise ValueError("--weights needs vitprune.checkpoint.load_weights, which does not exist "
-                     "in this tree") from None
-  cfg, params = load_weights(weights)
-  return cfg, params
+  return checkpoint.load_weights(weights)
+
+
+def pipeline_from_flags():
+  """-> (cfg, params, weights source, PipelineSpec); raises ValueError/KeyError on bad flags."""
+  cfg, params = load_model(_MODEL.value, _WEIGHTS.value)
+  if params is None:
+    raise ValueError(f"--mode=pipeline estimates accuracy, so it needs trained --weights for "
+                     f"{cfg.name} (use --mode=model for latency alone)")
+  sizes = _batch_sizes(_BATCH.value)
+  if len(sizes) != 1:
+    raise ValueError(f"--mode=pipeline takes one --batch_size, got {list(sizes)}")
+  tokens = runner.parse_tokens(_TOKENS.value, cfg)
+  tcfg = timing.TimingConfig(min_run_time=_MIN_RUN.value, max_rel_iqr=_MAX_REL_IQR.value,
+                             max_retries=_RETRIES.value, seed=_SEED.value)
+  spec = pipeline.PipelineSpec(
+      batch_size=sizes[0], dtype=_DTYPE.value, tokens=tokens, data=_DATA.value,
+      num_images=_NUM_IMAGES.value, eval_batch_size=_EVAL_BATCH.value, alpha=_ALPHA.value,
+      layer=_LAYER.value, method=_METHOD.value, timing=tcfg, threads=_THREADS.value,
+      seed=_SEED.value)
+  return cfg, params, _WEIGHTS.value or pipeline.DEFAULT_WEIGHTS, spec
 
 
 def spec_from_flags():
@@ -101,11 +134,21 @@ def run(argv) -> List[records.Profile]:
   summary). Bad flags raise `app.UsageError` with the problem."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _MODE.value == "pipeline":
+    try:
+      cfg, params, source, spec = pipeline_from_flags()
+    except (ValueError, KeyError, FileNotFoundError) as e:
+      raise app.UsageError(str(e.args[0] if isinstance(e, KeyError) else e)) from None
+    summary = pipeline.run_pipeline(cfg, params, spec, _OUT_DIR.value or "outputs/pipeline",
+                                    weights_source=source,
+                                    progress=_PROGRESS.value)
+    print(pipeline.format_summary(summary))
+    return summary
   try:
     spec, params = spec_from_flags()
   except (ValueError, KeyError, FileNotFoundError) as e:
     raise app.UsageError(str(e.args[0] if isinstance(e, KeyError) else e)) from None
-  profiles = runner.run_profile(spec, params=params, out_dir=_OUT_DIR.value,
+  profiles = runner.run_profile(spec, params=params, out_dir=_OUT_DIR.value or "outputs/profile",
                                 compile_cache_dir=_CACHE.value, progress=_PROGRESS.value)
   for prof in profiles:
     print(runner.summary_table(prof))
@@ -113,6 +156,7 @@ def run(argv) -> List[records.Profile]:
 
 
 def main(argv):
+  common.quiet_logging()
   run(argv)
 
 

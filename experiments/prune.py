@@ -21,6 +21,8 @@ from typing import Any, Dict, Optional, Tuple
 
 from absl import app
 from absl import flags
+
+from experiments import common
 import jax
 import numpy as np
 
@@ -197,6 +199,7 @@ def format_result(r: Dict[str, Any]) -> str:
 
 
 def main(argv):
+  common.quiet_logging()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if FLAGS.batch_size < 1:

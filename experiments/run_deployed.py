@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("artifact", None, "Artifact directory (python -m experiments.deploy).")
@@ -145,8 +145,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   from vitprune.deploy import ArtifactError  # pylint: disable=g-import-not-at-top
-  if not FLAGS["verbosity"].present:  # orbax logs every checkpoint step at INFO
-    logging.set_verbosity(logging.WARNING)
+  common.quiet_logging()
   try:
     res = run()
   except (ArtifactError, ValueError, FileNotFoundError) as e:

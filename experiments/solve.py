@@ -18,6 +18,8 @@ import sys
 from absl import app
 from absl import flags
 
+from experiments import common
+
 _PROFILE = flags.DEFINE_string("profile", None, "Latency profile JSON (experiments.profile).")
 _ESTIMATE = flags.DEFINE_string("estimate", None, "Estimate JSON (experiments.estimate).")
 _MODE = flags.DEFINE_enum("mode", "paper", ["paper", "multi"],
@@ -78,6 +80,7 @@ def run(argv_flags=flags.FLAGS):
 
 
 def main(argv):
+  common.quiet_logging()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:

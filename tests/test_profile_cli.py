@@ -29,7 +29,8 @@ CFG = get_config("test_tiny_vit")   # 1 cls + 16 patches = 17 tokens, depth 2
 
 def _run(tmp_path, *args):
   FLAGS.unparse_flags()
-  FLAGS(["profile", f"--out_dir={tmp_path}", *FAST, *args])
+  FLAGS(["profile", f"--out_dir={tmp_path}", "--model=test_tiny_vit", "--mode=model", *FAST,
+         *args])
   return cli.run(["profile"])
 
 
@@ -81,15 +82,46 @@ def test_adaptive_grid_is_subset_and_keeps_ends(tmp_path):
   assert {17, 12, 7, 2} <= toks <= set(range(2, 18))
 
 
-def test_default_flags_profile_tiny_model_every_count():
-  # The no-flag run itself (16 compiles) is exercised by hand; here: what it would profile.
+def test_default_flags_run_the_pipeline_on_the_embedded_model():
+  # The no-flag run itself is exercised by hand (README); here: what it would run.
   FLAGS.unparse_flags()
   FLAGS(["profile"])
-  spec, params = cli.spec_from_flags()
-  assert params is None and spec.cfg == CFG and spec.mode == "model"
-  assert spec.batch_sizes == (1,) and spec.dtype == "float32" and not spec.adaptive
-  assert spec.grid == tuple(range(17, 1, -1))
-  assert FLAGS.out_dir == "outputs/profile/"
+  assert FLAGS.mode == "pipeline" and FLAGS.out_dir is None
+  cfg, params, source, spec = cli.pipeline_from_flags()
+  assert cfg.name == "vit_digits" and params is not None and source == "weights/vit_digits"
+  assert spec.batch_size == 1 and spec.dtype == "float32" and spec.data == "digits"
+  assert spec.tokens == tuple(range(65, 1, -1)) and spec.layer == 3 and spec.method == "pomt"
+  assert spec.alpha == 0.5 and spec.num_images is None
+
+
+def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys):
+  FLAGS.unparse_flags()
+  FLAGS(["profile", f"--out_dir={tmp_path}", *FAST, "--tokens=65,49,33,17",
+         "--num_images=40", "--eval_batch_size=20"])
+  s = cli.run(["profile"])
+  assert s["model"] == "vit_digits" and s["num_images"] == 40 and s["metric"] == "accuracy"
+  assert s["n_star"] in (65, 49, 33, 17)
+  assert s["counts"] == [65] * 4 + [s["n_star"]] * 3
+  assert s["unpruned"]["counts"] == [65] * 7
+  assert 0.0 <= s["pruned"]["accuracy"] <= 1.0 and s["unpruned"]["accuracy"] > 0.9
+  assert s["speedup"] == pytest.approx(s["unpruned"]["latency_ms"] / s["pruned"]["latency_ms"])
+  for key in ("profile", "estimate", "solution", "solution_plot", "profile_plot", "summary"):
+    assert os.path.exists(s["files"][key]), key
+  with open(s["files"]["summary"]) as f:
+    assert json.load(f)["schedule"] == s["schedule"]
+  out = capsys.readouterr().out
+  assert f"n* = {s['n_star']} tokens" in out and "speedup x" in out
+
+
+def test_pipeline_errors(tmp_path):
+  with pytest.raises(app.UsageError, match="needs trained --weights for test_tiny_vit"):
+    FLAGS.unparse_flags()
+    FLAGS(["profile", f"--out_dir={tmp_path}", "--model=test_tiny_vit"])
+    cli.run(["profile"])
+  with pytest.raises(app.UsageError, match="takes one --batch_size"):
+    FLAGS.unparse_flags()
+    FLAGS(["profile", f"--out_dir={tmp_path}", "--batch_size=1,2"])
+    cli.run(["profile"])
 
 
 def test_weights_flag(tmp_path):
@@ -161,7 +193,8 @@ def test_keep_first_reducer_and_spec_validation():
 
 def test_subprocess_error_exit():
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  r = subprocess.run([sys.executable, "-m", "experiments.profile", "--tokens=0:3"],
+  r = subprocess.run([sys.executable, "-m", "experiments.profile", "--model=test_tiny_vit",
+                      "--mode=model", "--tokens=0:3"],
                      capture_output=True, text=True, env=env, timeout=120,
                      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert r.returncode == 1

@@ -1,0 +1,187 @@
+"""The paper's offline computation, end to end: profile -> estimate -> solve -> verify.
+
+  1. profile   L(n): the whole-model latency curve on the local device at one batch size, tokens
+               dropped right after the embedding (`vitprune.profile.runner`, mode 'model').
+  2. estimate  A(n): accuracy (labelled data) or top-1 agreement (unlabelled) with tokens randomly
+               dropped after the embedding, over the same grid (`vitprune.estimate`).
+  3. solve     n* = argmax U(n) = alpha (1 - L/max L) + (1 - alpha) A/max A, and the POMT schedule
+               that prunes to exactly n* tokens at block `layer` (`vitprune.solve_io`).
+  4. verify    the chosen POMT graph and the unpruned graph are compiled and timed with the
+               profiler's protocol on the same device, and evaluated on the same data.
+
+Every stage writes its file under `out_dir` (profile/, estimate/, solve/ and summary.json), so
+the stages can be rerun or inspected separately with their own CLIs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitprune import estimate as estimate_lib
+from vitprune import solve_io
+from vitprune.config import ViTConfig
+from vitprune.model import Params, jitted_forward
+from vitprune.profile import records, runner, timing
+from vitprune.reduce.methods import make_reducer
+from vitprune.schedule import Schedule, format_schedule, full_schedule
+
+DEFAULT_WEIGHTS = "weights/vit_digits"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSpec:
+  """What the pipeline runs. `tokens=None`: every count from all tokens down to prefix + 1."""
+  batch_size: int = 1
+  dtype: str = "float32"
+  tokens: Optional[Tuple[int, ...]] = None
+  data: str = "digits"
+  num_images: Optional[int] = None
+  eval_batch_size: int = 64
+  alpha: float = 0.5
+  layer: int = 3
+  method: str = "pomt"
+  timing: timing.TimingConfig = timing.TimingConfig(min_run_time=0.2)
+  threads: int = 2
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.batch_size < 1 or self.eval_batch_size < 1:
+      raise ValueError(f"batch sizes must be >= 1, got {self.batch_size}, "
+                       f"{self.eval_batch_size}")
+    if not 0.0 <= self.alpha <= 1.0:
+      raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+
+
+def _measure_graphs(cfg: ViTConfig, params: Params, graphs: Dict[str, Tuple[Schedule, Any]],
+                    spec: PipelineSpec) -> Dict[str, timing.Measurement]:
+  """AOT-compiles and times each named (schedule, reducer) graph at `spec.batch_size`."""
+  rng = np.random.default_rng(spec.seed)
+  images = timing.device_put(jnp.asarray(rng.normal(
+      0, 1, (spec.batch_size, cfg.img_size, cfg.img_size, cfg.in_chans)), jnp.float32))
+  params = timing.device_put(params)
+  jobs = {}
+  for name, (schedule, reducer) in graphs.items():
+    fn = lambda p, x, s=schedule, r=reducer: jitted_forward(  # noqa: E731
+        p, x, cfg=cfg, schedule=s, reducer=r, dtype=spec.dtype)
+    jobs[name] = (fn, (params, images))
+  compiled = timing.compile_many(jobs, threads=spec.threads)
+  points = {k: (c, jobs[k][1]) for k, (c, _) in compiled.items()}
+  return timing.measure_all(points, spec.timing,
+                            compile_s={k: s for k, (_, s) in compiled.items()})
+
+
+def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: str, *,
+                 weights_source: str, progress: bool = True,
+                 log: Callable[[str], None] = print) -> Dict[str, Any]:
+  """Runs the four stages for a trained classifier -> the summary dict (also written to
+  `out_dir/summary.json`)."""
+  if cfg.num_classes == 0:
+    raise ValueError(f"{cfg.name} has no classifier head: the pipeline needs accuracy or "
+                     "agreement of class predictions")
+  os.makedirs(out_dir, exist_ok=True)
+  data = estimate_lib.load_eval_data(spec.data, num_images=spec.num_images, seed=spec.seed)
+  tokens = spec.tokens or tuple(range(cfg.num_tokens, cfg.num_prefix_tokens, -1))
+
+  log(f"[1/4] profile: {cfg.name} latency vs tokens on {jax.devices()[0].device_kind}, "
+      f"batch {spec.batch_size}, {spec.dtype}, {len(tokens)} token counts")
+  pspec = runner.ProfileSpec(cfg=cfg, batch_sizes=(spec.batch_size,), dtype=spec.dtype,
+                             mode="model", tokens=tuple(tokens), timing=spec.timing,
+                             threads=spec.threads, seed=spec.seed)
+  profile = runner.run_profile(pspec, params=params, out_dir=os.path.join(out_dir, "profile"),
+                               progress=progress, log=log)[0]
+  profile_path = os.path.join(out_dir, "profile", records.file_stem(profile) + ".json")
+  for line in runner.summary_table(profile).splitlines():
+    if "saves" in line or line.startswith("flat") or line.startswith("steps"):
+      log("  " + line.strip())
+
+  log(f"[2/4] estimate: accuracy with tokens randomly dropped after the embedding, "
+      f"{len(data.indices)} images of {spec.data}")
+  random = make_reducer("random", seed=spec.seed)
+  points = estimate_lib.token_points(cfg, tokens, random, layer=None)
+  result = estimate_lib.evaluate(cfg, params, data.batches(cfg, spec.eval_batch_size), points,
+                                 labelled=data.labelled, dtype=spec.dtype)
+  doc = estimate_lib.estimate_record(
+      cfg=cfg, params=params, weights_source=weights_source, data_info=data.info,
+      method="random", method_kwargs={"seed": spec.seed}, seed=spec.seed, points=points,
+      result=result, labelled=data.labelled, dtype=spec.dtype)
+  estimate_path = estimate_lib.save_estimate(
+      os.path.join(out_dir, "estimate", f"{cfg.name}_random_embed.json"), doc, overwrite=True)
+
+  log(f"[3/4] solve: paper utility, alpha={spec.alpha}, {spec.method} at block {spec.layer}")
+  sol, record, _ = solve_io.solve_paper_files(
+      profile_path, estimate_path, alpha=spec.alpha, layer=spec.layer, method=spec.method,
+      allow_batch_mismatch=True)  # accuracy does not depend on the batch size it was run at
+  solution_paths = solve_io.write_solution(record, os.path.join(out_dir, "solve"))
+  chosen = Schedule(sol.counts)
+  log(f"  n* = {sol.n_star} tokens -> schedule {format_schedule(chosen, cfg)}")
+
+  log(f"[4/4] verify: compile and time the unpruned and the {spec.method} graphs, evaluate "
+      "both on the same images")
+  reducer = make_reducer(spec.method)
+  graphs = {"unpruned": (full_schedule(cfg), None), spec.method: (chosen, reducer)}
+  meas = _measure_graphs(cfg, params, graphs, spec)
+  check = estimate_lib.evaluate(
+      cfg, params, data.batches(cfg, spec.eval_batch_size),
+      [estimate_lib.EvalPoint(chosen, reducer, sol.n_star, spec.layer)],
+      labelled=data.labelled, dtype=spec.dtype)
+  metric = "accuracy" if data.labelled else "agreement"
+  ref_metric = getattr(check.reference, metric)
+  pruned_metric = getattr(check.points[0], metric)
+  summary = {
+      "model": cfg.name, "weights": weights_source, "device_kind": profile.device_kind,
+      "platform": profile.platform, "batch_size": spec.batch_size, "dtype": spec.dtype,
+      "data": spec.data, "num_images": int(len(data.indices)), "metric": metric,
+      "alpha": spec.alpha, "n_star": int(sol.n_star),
+      "schedule": format_schedule(chosen, cfg), "counts": list(chosen.counts),
+      "method": spec.method,
+      "random_drop_estimate_at_n_star": float(sol.accuracy_star),
+      "profiled_latency_at_n_star_ms": 1e3 * float(sol.latency_star),
+      "unpruned": {"counts": list(full_schedule(cfg).counts), "latency_ms": 1e3 * meas["unpruned"].median,
+                   "iqr_ms": 1e3 * meas["unpruned"].iqr, metric: float(ref_metric)},
+      "pruned": {"latency_ms": 1e3 * meas[spec.method].median,
+                 "iqr_ms": 1e3 * meas[spec.method].iqr, metric: float(pruned_metric),
+                 "agreement_with_unpruned": float(check.points[0].agreement)},
+      "files": {"profile": profile_path, "estimate": estimate_path,
+                "solution": solution_paths["json"], "solution_plot": solution_paths["png"],
+                "profile_plot": os.path.splitext(profile_path)[0] + ".png"},
+      "steps": [_describe_step(s) for s in profile.steps],
+  }
+  summary["speedup"] = summary["unpruned"]["latency_ms"] / summary["pruned"]["latency_ms"]
+  path = os.path.join(out_dir, "summary.json")
+  records.atomic_write(path, json.dumps(summary, indent=1).encode())
+  summary["files"]["summary"] = path
+  return summary
+
+
+def _describe_step(s: Dict[str, Any]) -> str:
+  return (f"{s['n_from']} -> {s['n_to']} saves {100 * s['saving_frac']:.1f}% "
+          f"({1e3 * s['saving_s']:.4g} ms)")
+
+
+def format_summary(s: Dict[str, Any]) -> str:
+  """The final table printed by `python -m experiments.profile`."""
+  m = s["metric"]
+  u, p = s["unpruned"], s["pruned"]
+  lines = [
+      f"== {s['model']} on {s['device_kind']} ({s['platform']}), batch {s['batch_size']}, "
+      f"{s['dtype']}, {s['num_images']} images of {s['data']}",
+      f"   chosen: n* = {s['n_star']} tokens (alpha {s['alpha']}) -> {s['method']} schedule "
+      f"{s['schedule']}",
+      f"   {'graph':<10} {'tokens/layer':<28} {'latency ms':>11} {'IQR ms':>8} {m:>9}",
+      f"   {'unpruned':<10} {str(u['counts']):<28} "
+      f"{u['latency_ms']:>11.4f} {u['iqr_ms']:>8.4f} {u[m]:>9.4f}",
+      f"   {s['method']:<10} {str(s['counts']):<28} {p['latency_ms']:>11.4f} "
+      f"{p['iqr_ms']:>8.4f} {p[m]:>9.4f}",
+      f"   speedup x{s['speedup']:.2f}; {m} change {p[m] - u[m]:+.4f}; top-1 agreement with "
+      f"unpruned {p['agreement_with_unpruned']:.4f}",
+  ]
+  if s["steps"]:
+    lines.append("   latency steps: " + "; ".join(s["steps"][:6]))
+  lines.append("   files: " + ", ".join(f"{k}={v}" for k, v in s["files"].items()))
+  return "\n".join(lines)
