@@ -1,22 +1,24 @@
 """Prune a ViT with a static token schedule; compare it with the unpruned model.
 
-    python -m experiments.prune --model=test_tiny_vit --method=pomt --schedule=keep@1:9
+    python -m experiments.prune                       # vit_digits + digits test images, POMT
+    python -m experiments.prune --method=tome --schedule=r8
+    python -m experiments.prune --model=deit_small_patch16_224 --schedule=keep@3:120 --batch_size=8
 
 Prints the tokens entering each block and leaving the last one, top-1 agreement of the pruned
 model with the unpruned one on a batch of images (features: mean cosine similarity when the model
 has no classifier head; top-1 accuracy too when the images are labelled), and the latency of both
 compiled graphs on the local device (AOT compile, warm-up, `block_until_ready`, median and IQR of
-`--repeats` runs).
+`--repeats` runs, `vitprune.profile.timing`).
 
 Data: `--weights=DIR` loads a checkpoint written by `vitprune.checkpoint.save_weights` (its config
-replaces `--model`); otherwise `--model` gets random-init parameters (`--seed`). `--images=DIR`
-reads an image folder (`vitprune.data.ImageFolder`, timm eval preprocessing); otherwise
-deterministic synthetic images are used.
+replaces `--model`); `vit_digits` without weights uses the embedded `weights/vit_digits`; any
+other `--model` gets random-init parameters (`--seed`). `--images=DIR` reads an image folder
+(`vitprune.data.ImageFolder`, timm eval preprocessing); without it, `vit_digits` takes a batch of
+the bundled digits test split and other models deterministic synthetic images.
 """
 from __future__ import annotations
 
-import importlib
-import time
+import functools
 from typing import Any, Dict, Optional, Tuple
 
 from absl import app
@@ -26,14 +28,18 @@ from experiments import common
 import jax
 import numpy as np
 
+from vitprune import checkpoint
+from vitprune import data as data_lib
 from vitprune import model as vit
 from vitprune import schedule as S
 from vitprune.config import ViTConfig
+from vitprune.profile import timing
 from vitprune.reduce import list_methods, make_reducer
 from vitprune.registry import get_config
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "test_tiny_vit", "Registered model name (random-init weights).")
+flags.DEFINE_string("model", "vit_digits", "Registered model name (random-init weights, except "
+                    "vit_digits: the embedded weights/vit_digits).")
 flags.DEFINE_enum("method", "pomt", list_methods(), "Token-reduction method.")
 flags.DEFINE_string("schedule", "", "Schedule text (see vitprune.schedule), e.g. keep@3:120, r8, "
                     "r8,-0.5, embed:150, list:...; empty: a method-appropriate default.")
@@ -59,18 +65,16 @@ def default_schedule(cfg: ViTConfig, method: str) -> S.Schedule:
   return S.prune_at(cfg, remove=remove, layer=min(S.DEFAULT_POMT_LAYER, cfg.depth - 1))
 
 
-def _optional(module: str, attr: str, flag: str):
-  try:
-    return getattr(importlib.import_module(module), attr)
-  except (ImportError, AttributeError):
-    raise app.UsageError(f"--{flag} needs {module}.{attr}, which this checkout does not have"
-                         ) from None
+EMBEDDED = ("vit_digits", "weights/vit_digits")
 
 
 def load_model(name: str, weights: str, seed: int) -> Tuple[ViTConfig, Any]:
-  """(cfg, params): from a checkpoint directory if `weights`, else random init of `name`."""
+  """(cfg, params): from a checkpoint directory if `weights` (or the embedded vit_digits), else
+  random init of `name`."""
+  if not weights and name == EMBEDDED[0]:
+    weights = EMBEDDED[1]
   if weights:
-    return _optional("vitprune.checkpoint", "load_weights", "weights")(weights)
+    return checkpoint.load_weights(weights)
   cfg = get_config(name)
   return cfg, vit.init_params(cfg, seed)
 
@@ -93,38 +97,32 @@ def synthetic_images(cfg: ViTConfig, n: int, seed: int) -> np.ndarray:
 def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int
                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(images [B, S, S, C], labels [B] (-1 unknown), valid [B] bool) for one batch."""
-  if not images_dir:
+  if images_dir:
+    ds = data_lib.ImageFolder(images_dir)
+    indices = np.arange(min(len(ds), batch_size))
+  elif cfg.name == EMBEDDED[0]:
+    ds = data_lib.digits_dataset()
+    indices = data_lib.digits_split()[1][:batch_size]
+  else:
     imgs = synthetic_images(cfg, batch_size, seed)
     return imgs, np.full(batch_size, -1, np.int32), np.ones(batch_size, bool)
-  folder = _optional("vitprune.data", "ImageFolder", "images")
-  batches = _optional("vitprune.data", "iterate_batches", "images")
-  valid_mask = _optional("vitprune.data", "batch_valid_mask", "images")
-  ds = folder(images_dir)
-  if len(ds) == 0:
-    raise app.UsageError(f"--images={images_dir} holds no images")
-  imgs, labels, idx = next(iter(batches(ds, cfg.preprocessing, batch_size,
-                                        indices=np.arange(min(len(ds), batch_size)))))
-  return imgs, labels, valid_mask(idx)
+  imgs, labels, idx = next(iter(data_lib.iterate_batches(ds, cfg.preprocessing, batch_size,
+                                                         indices=indices)))
+  return imgs, labels, data_lib.batch_valid_mask(idx)
 
 
 def _compile(params, images, **static):
-  t0 = time.perf_counter()
-  fn = jax.jit(vit.forward, static_argnames=tuple(static)).lower(params, images, **static)
-  compiled = fn.compile()
-  return compiled, time.perf_counter() - t0
+  """AOT-compiles the forward for `static` -> (executable, seconds)."""
+  return timing.compile_fn(functools.partial(vit.forward, **static), params, images)
 
 
 def time_compiled(compiled, params, images, *, warmup: int, repeats: int) -> Dict[str, float]:
-  """Median / IQR seconds of `compiled(params, images)` (device-resident inputs)."""
-  for _ in range(warmup):
-    compiled(params, images).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    compiled(params, images).block_until_ready()
-    times.append(time.perf_counter() - t0)
-  q1, med, q3 = np.percentile(times, [25, 50, 75])
-  return {"median_s": float(med), "iqr_s": float(q3 - q1)}
+  """Median / IQR seconds of `repeats` calls of `compiled(params, images)` (device-resident
+  inputs), with the profiler's timing protocol."""
+  cfg = timing.TimingConfig(min_run_time=1e-9, warmup=warmup, min_reps=max(3, repeats),
+                            max_reps=max(3, repeats))
+  m = timing.summarize(timing.time_calls(compiled, (params, images), cfg))
+  return {"median_s": m.median, "iqr_s": m.iqr}
 
 
 def agreement(pruned: np.ndarray, full: np.ndarray, valid: np.ndarray, classifier: bool) -> float:

@@ -77,8 +77,9 @@ def test_run_prune_errors():
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--schedule=keep@5:3"], "layer 5 is out of range"),
-    (["--method=tome", "--schedule=list:17,8,8"], "tome can remove at most 8"),
+    (["--model=test_tiny_vit", "--schedule=keep@5:3"], "layer 5 is out of range"),
+    (["--model=test_tiny_vit", "--method=tome", "--schedule=list:17,8,8"],
+     "tome can remove at most 8"),
     (["--method=pomt", "--schedule=embed:10"], "which pomt cannot do"),
     (["--model=deit_tiny"], "Did you mean"),
     (["--batch_size=0"], "--batch_size must be >= 1"),
@@ -90,3 +91,13 @@ def test_cli_errors(argv, match):
     flags.FLAGS(["prune"] + argv)
     with pytest.raises(app.UsageError, match=match):
       prune.main(["prune"])
+
+
+def test_cli_default_prunes_the_embedded_model_on_digits(capsys):
+  with flagsaver.flagsaver():
+    flags.FLAGS(["prune", "--batch_size=8", "--repeats=3", "--warmup=1"])
+    prune.main(["prune"])
+  out = capsys.readouterr().out
+  assert "vit_digits  method=pomt  schedule=keep@3:49  batch=8" in out
+  assert "tokens entering block: 0:65 1:65 2:65 3:65 4:49 5:49  | leaving the last: 49" in out
+  assert "top-1 accuracy: unpruned" in out and "speed-up:" in out
