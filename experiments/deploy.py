@@ -18,6 +18,8 @@ import sys
 
 from absl import app, flags
 
+from experiments import common
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights).")
 flags.DEFINE_string("out", None, "Artifact directory to write.")

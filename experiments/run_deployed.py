@@ -19,6 +19,8 @@ import time
 
 from absl import app, flags
 
+from experiments import common
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("artifact", None, "Artifact directory (python -m experiments.deploy).")
 flags.DEFINE_string("images", None, "ImageFolder root or a flat folder of images.")

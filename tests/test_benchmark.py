@@ -1,0 +1,298 @@
+"""vitprune/benchmark.py and experiments/benchmark.py: variants, the CLI's outputs, error paths."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from absl import app
+from absl import flags
+from absl.testing import flagsaver
+
+from vitprune import benchmark as B
+from vitprune import schedule as S
+from vitprune.registry import get_config
+
+from tests.conftest import load_cli
+
+cli = None  # experiments.benchmark, loaded per test module by the fixture below
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _load_cli():
+  global cli
+  cli = load_cli("benchmark")
+
+
+TINY = get_config("test_tiny_vit")
+DEIT_S = get_config("deit_small_patch16_224")
+
+
+def _solution(path, cfg, counts, *, mode="paper", method="pomt", frontier=()):
+  doc = {"format": "vitprune-solution", "version": 1, "mode": mode,
+         "model": {"name": cfg.name, "config": B_config(cfg)},
+         "chosen": {"schedule": "list:" + ",".join(map(str, counts)),
+                    "counts": list(counts), "method": method},
+         "frontier": [{"counts": list(c)} for c in frontier]}
+  with open(path, "w") as f:
+    json.dump(doc, f)
+  return str(path)
+
+
+def B_config(cfg):
+  from vitprune.checkpoint import config_to_dict
+  return json.loads(json.dumps(config_to_dict(cfg)))
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+def test_literature_defaults_on_deit_small_are_the_papers_settings():
+  assert B.scale_r(DEIT_S, 8) == 8 and B.scale_r(DEIT_S, 13) == 13
+  assert B.evit_layers(12) == (3, 6, 9)
+  vs = {v.name: v for v in B.build_variants(DEIT_S)}
+  assert list(vs) == ["unpruned", "pomt", "tome-r8", "tome-r13", "topk-r8", "evit-0.7",
+                      "topk-0.7"]
+  assert vs["tome-r8"].schedule.counts == tuple(197 - 8 * i for i in range(13))
+  assert vs["tome-r13"].schedule.counts[-1] == 41            # ToMe's DeiT-S r=13: 41 tokens
+  assert vs["topk-r8"].schedule == vs["tome-r8"].schedule
+  assert S.format_schedule(vs["evit-0.7"].schedule, DEIT_S) == "keep@3:140,6:100,9:72"
+  assert S.format_schedule(vs["topk-0.7"].schedule, DEIT_S) == "keep@3:139,6:98,9:69"
+  # POMT matched to tome-r8's token budget: smallest n with budget >= tome-r8's.
+  assert S.format_schedule(vs["pomt"].schedule, DEIT_S) == "keep@3:130"
+  t = B.token_budget(vs["tome-r8"].schedule)
+  assert B.token_budget(vs["pomt"].schedule) >= t
+  assert B.token_budget(S.prune_at(DEIT_S, keep=129, layer=3)) < t
+  assert vs["unpruned"].reducer_for(DEIT_S) is None
+  assert vs["evit-0.7"].reducer_for(DEIT_S).name == "evit"
+
+
+def test_defaults_scale_to_small_models():
+  cfg = get_config("vit_digits")   # 64 patches, 6 blocks
+  assert B.scale_r(cfg, 8) == 5 and B.scale_r(cfg, 13) == 8
+  assert B.evit_layers(6) == (1, 3, 4) and B.evit_layers(2) == (0, 1)
+  for c in (cfg, TINY, get_config("test_tiny_dinov2_reg")):
+    for v in B.build_variants(c):
+      S.check_schedule(c, v.schedule, v.reducer_for(c))
+  tiny = {v.name: v for v in B.build_variants(TINY)}
+  assert tiny["tome-r8"].schedule.counts == (17, 13, 9)   # r' = 4, under ToMe's cap
+  assert tiny["evit-0.7"].schedule.counts == (17, 14, 12)  # 1 + ceil(.7 * 16) + fused
+  with pytest.raises(ValueError, match="keep rate"):
+    B.keep_rate_schedule(TINY, 1.5, (0,), fused_token=False)
+
+
+def test_parse_variants():
+  vs = B.parse_variants(TINY, "tome:r2; fast=topk:keep@0:5 ;defaults")
+  assert [v.name for v in vs[:2]] == ["tome:r2", "fast"]
+  assert vs[1].method == "topk" and vs[1].schedule.counts == (17, 5, 5)
+  assert vs[0].schedule.counts == (17, 15, 13) and vs[0].source == "user"
+  assert [v.name for v in vs[2:]] == ["tome-r8", "tome-r13", "topk-r8", "evit-0.7", "topk-0.7"]
+
+
+@pytest.mark.parametrize("text,match", [
+    ("", "empty"),
+    ("tome:r2;;", "empty item"),
+    ("tome", "METHOD:SCHEDULE"),
+    ("magic:r2", "unknown method 'magic'"),
+    ("tome:keep@9:5", "out of range"),
+    ("tome:bogus", "cannot parse"),
+    ("topk:full", "does not reduce"),
+    ("tome:keep@0:3", "tome can remove at most 8"),
+    ("evit:embed:10", "after the embedding"),
+    ("bad name=tome:r2", "variant name"),
+])
+def test_parse_variants_errors(text, match):
+  with pytest.raises(ValueError, match=match):
+    B.parse_variants(TINY, text)
+
+
+def test_build_variants_errors(tmp_path):
+  with pytest.raises(ValueError, match="duplicate variant names"):
+    B.build_variants(TINY, variants="a=tome:r2;a=topk:r2")
+  with pytest.raises(ValueError, match="either --solution or --pomt_schedule"):
+    B.build_variants(TINY, pomt_schedule="keep@0:9", solution="x.json")
+  with pytest.raises(ValueError, match="--pomt_schedule"):
+    B.build_variants(TINY, pomt_schedule="keep@7:9")
+  with pytest.raises(ValueError, match="does not reduce"):
+    B.build_variants(TINY, pomt_schedule="full")
+  vs = B.build_variants(TINY, pomt_schedule="keep@0:9", variants="tome:r1")
+  assert [(v.name, v.source) for v in vs] == [("unpruned", "baseline"), ("pomt", "pomt"),
+                                              ("tome:r1", "user")]
+  assert vs[1].schedule.counts == (17, 9, 9)
+
+
+def test_solution_variants(tmp_path):
+  paper = _solution(tmp_path / "p.json", TINY, [17, 11, 11])
+  multi = _solution(tmp_path / "m.json", TINY, [17, 13, 9], mode="multi", method="topk",
+                    frontier=[[17, 17, 17], [17, 15, 12], [17, 13, 9], [17, 9, 5], [17, 7, 3]])
+  vs = B.build_variants(TINY, solution=paper, multi_solution=multi, multi_frontier=2,
+                        variants="tome:r1")
+  got = [(v.name, v.method, v.source, v.schedule.counts) for v in vs]
+  assert got == [("unpruned", None, "baseline", (17, 17, 17)),
+                 ("pomt", "pomt", "solution", (17, 11, 11)),
+                 ("tome:r1", "tome", "user", (17, 16, 15)),
+                 ("multi", "topk", "multi_solution", (17, 13, 9)),
+                 ("multi-f0", "topk", "multi_solution", (17, 15, 12)),
+                 ("multi-f2", "topk", "multi_solution", (17, 7, 3))]
+  with pytest.raises(ValueError, match="paper'-mode solution"):
+    B.build_variants(TINY, multi_solution=paper)
+  other = _solution(tmp_path / "o.json", DEIT_S, [197] * 4 + [120] * 9)
+  with pytest.raises(ValueError, match="solution for model 'deit_small_patch16_224'"):
+    B.build_variants(TINY, solution=other)
+  bad = _solution(tmp_path / "b.json", TINY, [17, 11, 12])
+  with pytest.raises(ValueError, match="invalid for test_tiny_vit"):
+    B.build_variants(TINY, solution=bad)
+  with open(tmp_path / "n.json", "w") as f:
+    json.dump({"format": "other"}, f)
+  with pytest.raises(ValueError, match="not a solver output"):
+    B.build_variants(TINY, solution=str(tmp_path / "n.json"))
+
+
+def test_spec_errors():
+  with pytest.raises(ValueError, match="positive ints"):
+    B.BenchmarkSpec(TINY, batch_sizes=(0,))
+  with pytest.raises(ValueError, match="duplicate batch"):
+    B.BenchmarkSpec(TINY, batch_sizes=(2, 2))
+  with pytest.raises(ValueError, match="dtypes"):
+    B.BenchmarkSpec(TINY, dtypes=("float16",))
+  with pytest.raises(ValueError, match="first variant"):
+    B.run_benchmark(B.BenchmarkSpec(TINY), None, B.build_variants(TINY)[1:])
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _run(argv):
+  with flagsaver.flagsaver():
+    flags.FLAGS(["benchmark"] + argv)
+    cli.main(["benchmark"])
+
+
+def _read_outputs(out_dir):
+  files = sorted(os.listdir(out_dir))
+  stem = os.path.splitext(files[0])[0]
+  assert files == [stem + ".csv", stem + ".md", stem + ".png"]   # no temp files left
+  with open(os.path.join(out_dir, stem + ".csv")) as f:
+    rows = list(csv.DictReader(f))
+  with open(os.path.join(out_dir, stem + ".md")) as f:
+    md = f.read()
+  with open(os.path.join(out_dir, stem + ".png"), "rb") as f:
+    png = f.read()
+  return stem, rows, md, png
+
+
+def _parse_markdown(md):
+  lines = md.strip().split("\n")
+  cells = [[c.strip() for c in l.strip().strip("|").split("|")] for l in lines]
+  assert all(l.startswith("|") and l.endswith("|") for l in lines)
+  assert all(len(c) == len(B.MD_COLUMNS) for c in cells)
+  assert tuple(cells[0]) == B.MD_COLUMNS
+  assert all(set(c) <= set("-:") for c in cells[1])
+  return [dict(zip(B.MD_COLUMNS, c)) for c in cells[2:]]
+
+
+def test_cli_labelled_run(tmp_path, capsys):
+  sol = _solution(tmp_path / "sol.json", TINY, [17, 11, 11])
+  out = tmp_path / "out"
+  _run(["--model=test_tiny_vit", "--data=digits", "--num_images=20", "--batch_size=1,2",
+        "--dtype=float32,bfloat16", "--min_run_time=0.005", f"--solution={sol}",
+        "--variants=tome:r2", f"--out_dir={out}", "--noprogress", "--eval_batch_size=8",
+        "--compile_threads=2"])
+  stem, rows, md, png = _read_outputs(out)
+  assert stem == "test_tiny_vit_cpu"
+  assert png[:8] == b"\x89PNG\r\n\x1a\n"
+  assert tuple(rows[0]) == B.CSV_COLUMNS
+  names = ["unpruned", "pomt", "tome:r2"]
+  assert len(rows) == len(names) * 2 * 2
+  assert [(int(r["batch_size"]), r["dtype"], r["variant"]) for r in rows] == [
+      (b, d, n) for b in (1, 2) for d in ("float32", "bfloat16") for n in names]
+  for r in rows:
+    assert float(r["latency_median_ms"]) > 0 and int(r["num_samples"]) >= 5
+    assert float(r["latency_q25_ms"]) <= float(r["latency_median_ms"]) <= float(
+        r["latency_q75_ms"])
+    assert int(r["num_examples"]) == 20
+    assert 0 <= float(r["accuracy"]) <= 1 and 0 <= float(r["agreement"]) <= 1
+    assert float(r["kl"]) >= 0
+  by = {(int(r["batch_size"]), r["dtype"], r["variant"]): r for r in rows}
+  for b in (1, 2):
+    for d in ("float32", "bfloat16"):
+      u = by[(b, d, "unpruned")]
+      assert float(u["change_pct"]) == 0.0
+      assert float(u["agreement"]) == 1.0 and float(u["kl"]) == 0.0
+      assert u["schedule"] == "full" and u["method"] == "none"
+      p = by[(b, d, "pomt")]
+      assert p["counts"] == "17,11,11" and p["source"] == "solution"
+      want = 100 * (float(p["latency_median_ms"]) / float(u["latency_median_ms"]) - 1)
+      assert float(p["change_pct"]) == pytest.approx(want, rel=1e-4, abs=1e-3)
+  # Accuracy is per dtype, independent of the batch size that was timed.
+  for n in names:
+    assert by[(1, "float32", n)]["accuracy"] == by[(2, "float32", n)]["accuracy"]
+  assert by[(1, "float32", "tome:r2")]["schedule"] == "list:17,15,13"
+  assert float(by[(1, "float32", "pomt")]["token_budget_pct"]) == pytest.approx(
+      100 * (17 + 11 + 11 + 11) / (4 * 17), rel=1e-5)
+  table = _parse_markdown(md)
+  assert len(table) == len(rows)
+  assert [t["variant"] for t in table] == [r["variant"] for r in rows]
+  assert table[0]["change vs unpruned"] == "+0.0%" and table[0]["agreement"] == "1.0000"
+  assert table[1]["tokens per layer"] == "17,11,11" and table[1]["schedule"] == "`keep@0:11`"
+  printed = capsys.readouterr().out
+  assert md.strip() in printed and "wrote" in printed
+
+
+def test_cli_latency_only(tmp_path):
+  out = tmp_path / "out"
+  _run(["--model=test_tiny_dinov2_reg", "--data=none", "--batch_size=3",
+        "--min_run_time=0.005", "--variants=topk:r1", f"--out_dir={out}", "--noprogress"])
+  _, rows, md, png = _read_outputs(out)
+  assert [r["variant"] for r in rows] == ["unpruned", "pomt", "topk:r1"]
+  assert all(r["accuracy"] == r["agreement"] == r["kl"] == r["num_examples"] == ""
+             for r in rows)
+  assert [t["accuracy"] for t in _parse_markdown(md)] == ["–"] * 3
+  assert rows[0]["counts"] == "19,19,19" and png[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--variants=tome:nonsense"], "cannot parse 'nonsense'"),
+    (["--variants=magic:r2"], "unknown method"),
+    (["--batch_size=1,x"], "--batch_size: 'x' is not an integer"),
+    (["--batch_size=0"], "must be >= 1"),
+    (["--dtype=float16"], "--dtype"),
+    (["--model=no_such_model"], "no_such_model"),
+    (["--weights=/nonexistent/dir"], "not a directory"),
+    (["--data=/nonexistent/dir"], "neither 'digits' nor an existing directory"),
+    (["--data=none", "--num_images=5"], "needs data"),
+    (["--multi_frontier=2"], "needs --multi_solution"),
+    (["--pomt_schedule=keep@5:9"], "out of range"),
+])
+def test_cli_errors(tmp_path, argv, match):
+  with pytest.raises(app.UsageError, match=match):
+    _run(["--model=test_tiny_vit", "--data=none", f"--out_dir={tmp_path}"] + argv)
+  assert not os.listdir(tmp_path)
+
+
+def test_cli_solution_for_another_model(tmp_path):
+  sol = _solution(tmp_path / "s.json", DEIT_S, [197] * 4 + [120] * 9)
+  out = tmp_path / "out"
+  for flag in ("--solution", "--multi_solution"):
+    with pytest.raises(app.UsageError, match="solution for model 'deit_small_patch16_224', "
+                                             "not for 'test_tiny_vit'"):
+      _run(["--model=test_tiny_vit", "--data=none", f"{flag}={sol}", f"--out_dir={out}"])
+  assert not out.exists()
+
+
+def test_markdown_and_csv_formatting():
+  row = {k: None for k in B.CSV_COLUMNS}
+  row.update(model="m", device_kind="cpu", platform="cpu", batch_size=4, dtype="float32",
+             variant="a", method="tome", source="user", schedule="r2", counts="17,15,13",
+             final_tokens=13, token_budget_pct=80.0, latency_median_ms=1.23456,
+             latency_q25_ms=1.2, latency_q75_ms=1.3, latency_iqr_ms=0.1, latency_rel_iqr=0.081,
+             num_samples=10, retries=0, compile_s=0.5, change_pct=-12.345)
+  md = B.to_markdown([row]).strip().split("\n")[-1]
+  assert md == ("| 4 | float32 | a | tome | `r2` | 1.235 ± 0.1 | -12.3% | – | – | – | "
+                "17,15,13 |")
+  text = B.to_csv([row])
+  assert text.split("\n")[1].startswith("m,cpu,cpu,4,float32,a,tome,user,r2,")
+  assert ",-12.345," in text and text.endswith(",,,,\n")
+  assert B.output_stem([dict(row, device_kind="NVIDIA H100 80GB HBM3")]) == (
+      "m_NVIDIA-H100-80GB-HBM3")
+  assert np.isclose(B.token_budget(S.Schedule((17, 15, 13))), 17 + 15 + 15 + 13)

@@ -1,0 +1,544 @@
+"""Method benchmark: unpruned vs POMT vs Top-K / ToMe / EViT (and the multi-layer solver).
+
+    variants = build_variants(cfg, solution="outputs/solve/m_paper_b1.json")
+    rows = run_benchmark(BenchmarkSpec(cfg, batch_sizes=(1, 64), dtypes=("float32",)), params,
+                         variants, data=estimate.load_eval_data("digits"))
+    write_outputs(rows, "outputs/benchmark", stem="vit_digits_cpu")
+
+Every variant is a (method, static `Schedule`) pair; each is
+
+  * timed with the profiler's protocol (`vitprune.profile.timing`): the deployed forward graph
+    (`vitprune.profile.runner.model_fn`, i.e. `model.forward` at float32 precision 'highest')
+    AOT-compiled per (variant, batch size, dtype), device-resident random inputs, warm-up, then
+    median / IQR of per-call times; all points of a run are visited in one seeded shuffled order
+    (so drift spreads over every variant) and wide-IQR points are re-measured;
+  * evaluated with `vitprune.estimate.evaluate` on the same data for each dtype: top-1 accuracy
+    (labelled data) plus fidelity against the unpruned model in that dtype (top-1 agreement and
+    KL(unpruned || pruned)). Accuracy does not depend on the batch size (the estimator works per
+    example), so it is computed once per dtype and shared by every batch size.
+
+Default variants (`default_variants`), derived from the model's depth and token count, with the
+literature's DeiT-S settings (196 patches, 12 blocks) as reference:
+
+  tome-r8, tome-r13  ToMe r = 8 and 13 per block, scaled so the fraction of patches merged over
+                     the whole depth is the one of DeiT-S: r' = max(1, round(r * 12 * P / (196 *
+                     depth))) for P patches (DeiT-S/B: r' = r), then ToMe's per-block cap (half of
+                     the non-prefix tokens) as ToMe applies it;
+  topk-r8            Top-K with the schedule of tome-r8 (same token counts, no merging);
+  evit-0.7           EViT keep rate 0.7 at DeiT's blocks 3, 6, 9 (0-indexed; scaled to
+                     `l * depth // 12`, duplicates dropped): ceil(0.7 * non-prefix tokens) kept
+                     plus the fused token, as the official code counts;
+  topk-0.7           Top-K at the same keep rate and blocks (no fused token);
+  pomt               POMT at block min(3, depth - 1) with the token count that matches tome-r8's
+                     token budget (sum over blocks of tokens in + tokens out), unless a solver
+                     solution (`--solution`) or an explicit `--pomt_schedule` gives it.
+
+User variants (`parse_variants`): `;`-separated `[NAME=]METHOD:SCHEDULE` items with the compact
+schedule strings of `vitprune.schedule` (`tome:r8`, `evit:keep@3:140,6:100`,
+`fast=topk:keep@2:40`), and the word `defaults` for the default set.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import re
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from vitprune import schedule as S
+from vitprune.config import ViTConfig
+from vitprune.reduce.methods import list_methods, make_reducer
+
+UNPRUNED = "unpruned"
+REF_PATCHES = 196   # DeiT-S/B at 224: the setting of the ToMe and EViT papers
+REF_DEPTH = 12
+EVIT_LAYERS = (3, 6, 9)
+EVIT_KEEP_RATE = 0.7
+TOME_RS = (8, 13)
+DTYPES = ("float32", "bfloat16")
+
+CSV_COLUMNS = (
+    "model", "device_kind", "platform", "batch_size", "dtype", "variant", "method", "source",
+    "schedule", "counts", "final_tokens", "token_budget_pct", "latency_median_ms",
+    "latency_q25_ms", "latency_q75_ms", "latency_iqr_ms", "latency_rel_iqr", "num_samples",
+    "retries", "compile_s", "change_pct", "num_examples", "accuracy", "agreement", "kl")
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One benchmarked configuration.
+
+  name: unique label; method: reducer name (None: unpruned); schedule: static token schedule
+  (`depth + 1` counts); source: where it came from ('baseline', 'default', 'user', 'pomt',
+  'solution', 'multi_solution').
+  """
+  name: str
+  method: Optional[str]
+  schedule: S.Schedule
+  source: str
+
+  def reducer_for(self, cfg: ViTConfig):
+    """The reducer realising the schedule on `cfg` (None when nothing is reduced)."""
+    full = self.schedule == S.full_schedule(cfg)
+    return None if self.method is None or full else make_reducer(self.method)
+
+
+def _check_variant(cfg: ViTConfig, v: Variant) -> Variant:
+  if not v.name or not re.fullmatch(r"[A-Za-z0-9_.+@:,-]+", v.name):
+    raise ValueError(f"variant name {v.name!r} must be non-empty and use only letters, digits "
+                     "and _ . + @ : , -")
+  if v.method is not None:
+    make_reducer(v.method)   # raises ValueError listing the valid names
+  elif v.schedule != S.full_schedule(cfg):
+    raise ValueError(f"variant {v.name!r} reduces tokens but names no method")
+  try:
+    S.check_schedule(cfg, v.schedule, v.reducer_for(cfg))
+  except ValueError as e:
+    raise ValueError(f"variant {v.name!r} ({v.method}): {e}") from None
+  return v
+
+
+def scale_r(cfg: ViTConfig, r: int) -> int:
+  """ToMe's DeiT-S r scaled to `cfg`: the same fraction of the patches merged over the depth.
+
+  r' = max(1, round(r * REF_DEPTH * num_patches / (REF_PATCHES * depth))); r' = r for 196-patch,
+  12-block models.
+  """
+  return max(1, int(round(r * REF_DEPTH * cfg.num_patches / (REF_PATCHES * cfg.depth))))
+
+
+def evit_layers(depth: int) -> Tuple[int, ...]:
+  """EViT's reduction blocks (3, 6, 9 of 12, 0-indexed) scaled to `depth`: `l * depth // 12`."""
+  return tuple(sorted({l * depth // REF_DEPTH for l in EVIT_LAYERS}))
+
+
+def keep_rate_schedule(cfg: ViTConfig, rate: float, layers: Sequence[int], *,
+                       fused_token: bool) -> S.Schedule:
+  """At each of `layers`, keep ceil(rate * non-prefix tokens) patch tokens (+ 1 fused token for
+  EViT); never below one patch token, never more than entering the block."""
+  if not 0 < rate <= 1:
+    raise ValueError(f"keep rate must be in (0, 1], got {rate}")
+  p = cfg.num_prefix_tokens
+  n = cfg.num_tokens
+  keeps = {}
+  for l in sorted(layers):
+    kept = max(1, math.ceil(rate * (n - p)))
+    n = min(n, p + kept + int(fused_token))
+    keeps[l] = n
+  return S.prune_layers(cfg, keeps)
+
+
+def token_budget(schedule: S.Schedule) -> int:
+  """Sum over blocks of tokens entering + tokens leaving (the attention and MLP widths)."""
+  c = schedule.counts
+  return sum(c[:-1]) + sum(c[1:])
+
+
+def matched_pomt_schedule(cfg: ViTConfig, target: S.Schedule,
+                          layer: Optional[int] = None) -> S.Schedule:
+  """POMT at `layer` (default min(3, depth - 1)) keeping the fewest tokens whose token budget is
+  at least `target`'s: n = ceil((T - (2 L + 1) N) / (2 D - 2 L - 1)), clamped to [p + 1, N]."""
+  layer = min(S.DEFAULT_POMT_LAYER, cfg.depth - 1) if layer is None else layer
+  d, big = cfg.depth, cfg.num_tokens
+  n = math.ceil((token_budget(target) - (2 * layer + 1) * big) / (2 * d - 2 * layer - 1))
+  n = min(big, max(cfg.num_prefix_tokens + 1, n))
+  return S.prune_at(cfg, keep=n, layer=layer)
+
+
+def default_method_variants(cfg: ViTConfig) -> List[Variant]:
+  """tome-r8, tome-r13, topk-r8, evit-0.7, topk-0.7 (see the module docstring)."""
+  out = []
+  tome = {r: S.remove_per_layer(cfg, scale_r(cfg, r)) for r in TOME_RS}
+  for r in TOME_RS:
+    out.append(Variant(f"tome-r{r}", "tome", tome[r], "default"))
+  out.append(Variant(f"topk-r{TOME_RS[0]}", "topk", tome[TOME_RS[0]], "default"))
+  layers = evit_layers(cfg.depth)
+  out.append(Variant(f"evit-{EVIT_KEEP_RATE}", "evit",
+                     keep_rate_schedule(cfg, EVIT_KEEP_RATE, layers, fused_token=True),
+                     "default"))
+  out.append(Variant(f"topk-{EVIT_KEEP_RATE}", "topk",
+                     keep_rate_schedule(cfg, EVIT_KEEP_RATE, layers, fused_token=False),
+                     "default"))
+  return [_check_variant(cfg, v) for v in out]
+
+
+def default_pomt_variant(cfg: ViTConfig) -> Variant:
+  target = S.remove_per_layer(cfg, scale_r(cfg, TOME_RS[0]))
+  return _check_variant(cfg, Variant("pomt", "pomt", matched_pomt_schedule(cfg, target),
+                                     "default"))
+
+
+def parse_variants(cfg: ViTConfig, text: str) -> List[Variant]:
+  """`;`-separated `[NAME=]METHOD:SCHEDULE` items, or `defaults` (the default method set).
+
+  The name defaults to `METHOD:SCHEDULE`. Raises ValueError naming the offending item.
+  """
+  if not isinstance(text, str) or not text.strip():
+    raise ValueError("--variants is empty; expected ';'-separated [NAME=]METHOD:SCHEDULE items "
+                     "(e.g. 'tome:r8;evit:keep@3:140') or 'defaults'")
+  out = []
+  for item in (t.strip() for t in text.split(";")):
+    if not item:
+      raise ValueError(f"--variants {text!r}: empty item (doubled or trailing ';')")
+    if item.lower() == "defaults":
+      out.extend(default_method_variants(cfg))
+      continue
+    name = None
+    head = item.split(":", 1)[0]
+    if "=" in head:
+      name, item = (s.strip() for s in item.split("=", 1))
+    if ":" not in item:
+      raise ValueError(f"--variants item {item!r} is not METHOD:SCHEDULE (e.g. tome:r8, "
+                       f"pomt:keep@3:120); methods: {', '.join(list_methods())}")
+    method, sched_text = (s.strip() for s in item.split(":", 1))
+    method = method.lower()
+    if method not in list_methods():
+      raise ValueError(f"--variants item {item!r}: unknown method {method!r}; valid: "
+                       f"{', '.join(list_methods())}")
+    try:
+      sched = S.parse_schedule(cfg, sched_text)
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"--variants item {item!r}: {e}") from None
+    if sched == S.full_schedule(cfg):
+      raise ValueError(f"--variants item {item!r} does not reduce any token (the unpruned "
+                       "baseline is always included)")
+    out.append(_check_variant(cfg, Variant(name or f"{method}:{sched_text}", method, sched,
+                                           "user")))
+  return out
+
+
+def _same_config(cfg: ViTConfig, doc_cfg: Any) -> bool:
+  from vitprune.checkpoint import config_from_dict  # pylint: disable=g-import-not-at-top
+  if doc_cfg is None:
+    return True
+  try:
+    return config_from_dict(doc_cfg) == cfg
+  except (ValueError, TypeError):
+    return False
+
+
+def solution_variants(cfg: ViTConfig, path: str, *, multi: bool,
+                      frontier: int = 0) -> List[Variant]:
+  """Variants from a solver output (`vitprune.solve_io.load_solution`).
+
+  The chosen schedule (method `chosen.method`, default pomt), named 'pomt' (paper mode) or
+  'multi'; with `multi` (a multi-layer solution) also `frontier` further frontier schedules,
+  evenly spaced in predicted latency, named 'multi-f<i>'. Raises ValueError when the file is for
+  another model, or `multi` does not match the file's mode.
+  """
+  from vitprune import solve_io  # pylint: disable=g-import-not-at-top
+  flag = "--multi_solution" if multi else "--solution"
+  doc = solve_io.load_solution(path)
+  model = doc["model"]
+  name = model.get("name") if isinstance(model, dict) else model
+  if name != cfg.name or not _same_config(cfg, model.get("config") if isinstance(
+      model, dict) else None):
+    raise ValueError(f"{flag} {path} is a solution for model {name!r}, not for {cfg.name!r} "
+                     "(or its config differs)")
+  mode = doc["mode"]
+  if multi and mode != "multi":
+    raise ValueError(f"{flag} {path} is a {mode!r}-mode solution; pass it as --solution")
+  chosen = doc["chosen"]
+  method = chosen.get("method") or "pomt"
+  base = "multi" if multi else "pomt"
+  source = "multi_solution" if multi else "solution"
+
+  def variant(vname, entry):
+    try:
+      sched = S.check_schedule(cfg, S.Schedule(tuple(entry["counts"])))
+    except (ValueError, TypeError, KeyError) as e:
+      raise ValueError(f"{flag} {path}: schedule of {vname!r} is invalid for {cfg.name}: {e}"
+                       ) from None
+    return _check_variant(cfg, Variant(vname, method, sched, source))
+
+  out = [variant(base, chosen)]
+  if multi and frontier > 0:
+    fr = [p for p in doc["frontier"] if tuple(p["counts"]) != tuple(chosen["counts"])
+          and len(set(p["counts"])) > 1]
+    if fr:
+      pick = sorted({int(round(i)) for i in np.linspace(0, len(fr) - 1, min(frontier, len(fr)))})
+      out += [variant(f"multi-f{i}", fr[i]) for i in pick]
+  return out
+
+
+def build_variants(cfg: ViTConfig, *, variants: Optional[str] = None,
+                   pomt_schedule: Optional[str] = None, solution: Optional[str] = None,
+                   multi_solution: Optional[str] = None, multi_frontier: int = 0
+                   ) -> List[Variant]:
+  """unpruned, POMT (solution > pomt_schedule > matched default), the method variants
+  (`variants` text or the defaults), then the multi-layer solver's schedules. Names are unique."""
+  if solution and pomt_schedule:
+    raise ValueError("pass either --solution or --pomt_schedule, not both")
+  out = [Variant(UNPRUNED, None, S.full_schedule(cfg), "baseline")]
+  if solution:
+    out += solution_variants(cfg, solution, multi=False)
+  elif pomt_schedule:
+    try:
+      sched = S.parse_schedule(cfg, pomt_schedule)
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"--pomt_schedule: {e}") from None
+    if sched == S.full_schedule(cfg):
+      raise ValueError(f"--pomt_schedule {pomt_schedule!r} does not reduce any token")
+    out.append(_check_variant(cfg, Variant("pomt", "pomt", sched, "pomt")))
+  else:
+    out.append(default_pomt_variant(cfg))
+  out += default_method_variants(cfg) if variants is None else parse_variants(cfg, variants)
+  if multi_solution:
+    out += solution_variants(cfg, multi_solution, multi=True, frontier=multi_frontier)
+  names = [v.name for v in out]
+  dup = sorted({n for n in names if names.count(n) > 1})
+  if dup:
+    raise ValueError(f"duplicate variant names {dup}; name them explicitly (NAME=METHOD:SCHEDULE)")
+  return out
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkSpec:
+  """What to measure: model, batch sizes, dtypes, timing protocol, compile threads, seed."""
+  cfg: ViTConfig
+  batch_sizes: Tuple[int, ...] = (1,)
+  dtypes: Tuple[str, ...] = ("float32",)
+  timing: Any = None          # vitprune.profile.timing.TimingConfig (default: its defaults)
+  threads: int = 1
+  eval_batch_size: int = 64
+  seed: int = 0
+
+  def __post_init__(self):
+    if not self.batch_sizes:
+      raise ValueError("no batch sizes given")
+    for b in self.batch_sizes:
+      if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
+        raise ValueError(f"batch sizes must be positive ints, got {b!r}")
+    if len(set(self.batch_sizes)) != len(self.batch_sizes):
+      raise ValueError(f"duplicate batch sizes {list(self.batch_sizes)}")
+    if not self.dtypes:
+      raise ValueError("no dtypes given")
+    bad = [d for d in self.dtypes if d not in DTYPES]
+    if bad or len(set(self.dtypes)) != len(self.dtypes):
+      raise ValueError(f"dtypes must be distinct values of {DTYPES}, got {list(self.dtypes)}")
+    if self.threads < 1:
+      raise ValueError(f"threads must be >= 1, got {self.threads}")
+    if self.eval_batch_size < 1:
+      raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+
+
+def measure_latency(spec: BenchmarkSpec, params, variants: Sequence[Variant], *,
+                    progress: bool = True) -> Dict[Tuple[str, int, str], Any]:
+  """{(variant name, batch size, dtype): timing.Measurement} for every combination.
+
+  Images [B, S, S, C] are seeded random normals (values do not change a graph's speed), device
+  resident like `params`; every graph is AOT-compiled first, then all are timed together in one
+  seeded shuffled order (`timing.measure_all`).
+  """
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  from vitprune.profile import runner, timing  # pylint: disable=g-import-not-at-top
+  cfg = spec.cfg
+  tcfg = spec.timing or timing.TimingConfig(seed=spec.seed)
+  params = timing.device_put(params)
+  rng = np.random.default_rng(spec.seed)
+  images = {b: timing.device_put(jnp.asarray(
+      rng.normal(0, 1, (b, cfg.img_size, cfg.img_size, cfg.in_chans)), jnp.float32))
+      for b in spec.batch_sizes}
+  jobs = {}
+  for dt in spec.dtypes:
+    for b in spec.batch_sizes:
+      for v in variants:
+        fn = runner.model_fn(cfg, v.schedule, v.reducer_for(cfg), dt)
+        jobs[(v.name, int(b), dt)] = (fn, (params, images[b]))
+  with tqdm(total=2 * len(jobs), desc=f"benchmark {cfg.name}", disable=not progress,
+            file=sys.stderr, unit="step", dynamic_ncols=True) as bar:
+    compiled = timing.compile_many(jobs, threads=spec.threads,
+                                   on_done=lambda k, s: bar.update(1))
+    points = {k: (compiled[k][0], jobs[k][1]) for k in jobs}
+    return timing.measure_all(points, tcfg, compile_s={k: compiled[k][1] for k in jobs},
+                              on_done=lambda k: bar.update(1))
+
+
+def measure_quality(spec: BenchmarkSpec, params, variants: Sequence[Variant], data
+                    ) -> Dict[Tuple[str, str], Any]:
+  """{(variant name, dtype): estimate.PointResult} on `data` (an `estimate.EvalData`).
+
+  The unpruned variant gets the reference result (agreement 1, KL 0)."""
+  from vitprune import estimate  # pylint: disable=g-import-not-at-top
+  cfg = spec.cfg
+  pruned = [v for v in variants if v.schedule != S.full_schedule(cfg)]
+  points = [estimate.EvalPoint(v.schedule, v.reducer_for(cfg), v.schedule.counts[-1],
+                               (v.schedule.reduction_layers or (None,))[0]) for v in pruned]
+  out = {}
+  for dt in spec.dtypes:
+    res = estimate.evaluate(cfg, params, data.batches(cfg, spec.eval_batch_size), points,
+                            labelled=data.labelled, dtype=dt)
+    for v in variants:
+      if v.schedule == S.full_schedule(cfg):
+        out[(v.name, dt)] = res.reference
+    for v, r in zip(pruned, res.points):
+      out[(v.name, dt)] = r
+  return out
+
+
+# ----------------------------------------------------------------------------- tabulating
+
+
+def tabulate(spec: BenchmarkSpec, variants: Sequence[Variant], latency: Dict, quality: Optional[
+    Dict], device: Dict[str, str]) -> List[Dict[str, Any]]:
+  """One row per (batch size, dtype, variant), in that order; keys are `CSV_COLUMNS`.
+
+  change_pct = 100 * (median / unpruned median - 1) at the same batch size and dtype.
+  token_budget_pct = 100 * token_budget(schedule) / token_budget(unpruned).
+  """
+  cfg = spec.cfg
+  full_budget = token_budget(S.full_schedule(cfg))
+  rows = []
+  for b in spec.batch_sizes:
+    for dt in spec.dtypes:
+      base = latency[(UNPRUNED, int(b), dt)].median
+      for v in variants:
+        m = latency[(v.name, int(b), dt)]
+        q = None if quality is None else quality[(v.name, dt)]
+        rows.append({
+            "model": cfg.name, "device_kind": device["device_kind"],
+            "platform": device["platform"], "batch_size": int(b), "dtype": dt,
+            "variant": v.name, "method": v.method or "none", "source": v.source,
+            "schedule": S.format_schedule(v.schedule, cfg),
+            "counts": ",".join(map(str, v.schedule.counts)),
+            "final_tokens": v.schedule.counts[-1],
+            "token_budget_pct": 100.0 * token_budget(v.schedule) / full_budget,
+            "latency_median_ms": 1e3 * m.median, "latency_q25_ms": 1e3 * m.q25,
+            "latency_q75_ms": 1e3 * m.q75, "latency_iqr_ms": 1e3 * m.iqr,
+            "latency_rel_iqr": m.rel_iqr, "num_samples": len(m.samples),
+            "retries": m.retries, "compile_s": m.compile_s,
+            "change_pct": 100.0 * (m.median / base - 1.0),
+            "num_examples": None if q is None else q.num_examples,
+            "accuracy": None if q is None else q.accuracy,
+            "agreement": None if q is None else q.agreement,
+            "kl": None if q is None else q.kl,
+        })
+  return rows
+
+
+def to_csv(rows: Sequence[Dict[str, Any]]) -> str:
+  """CSV text with header `CSV_COLUMNS`; missing values are empty cells."""
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+  w.writeheader()
+  for r in rows:
+    w.writerow({k: "" if r[k] is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k])
+                for k in CSV_COLUMNS})
+  return buf.getvalue()
+
+
+def _fmt(x: Optional[float], spec: str) -> str:
+  return "–" if x is None else format(x, spec)
+
+
+MD_COLUMNS = ("batch", "dtype", "variant", "method", "schedule", "latency ms (median ± IQR)",
+              "change vs unpruned", "accuracy", "agreement", "KL", "tokens per layer")
+
+
+def to_markdown(rows: Sequence[Dict[str, Any]]) -> str:
+  """GitHub markdown table, one line per row (columns `MD_COLUMNS`); '–' where not measured."""
+  lines = ["| " + " | ".join(MD_COLUMNS) + " |",
+           "|" + "|".join("---:" if c in ("batch", "change vs unpruned", "accuracy",
+                                          "agreement", "KL") else "---" for c in MD_COLUMNS)
+           + "|"]
+  for r in rows:
+    cells = [str(r["batch_size"]), r["dtype"], r["variant"], r["method"], f"`{r['schedule']}`",
+             f"{r['latency_median_ms']:.4g} ± {r['latency_iqr_ms']:.2g}",
+             f"{r['change_pct']:+.1f}%", _fmt(r["accuracy"], ".4f"),
+             _fmt(r["agreement"], ".4f"), _fmt(r["kl"], ".4f"), r["counts"]]
+    lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plot_png(rows: Sequence[Dict[str, Any]]) -> bytes:
+  """PNG: latency (ms, IQR error bars) vs accuracy (labelled), agreement (unlabelled) or, with no
+  data, the token budget (%), one panel per (batch size, dtype), one marker per variant."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  if not rows:
+    raise ValueError("no rows to plot")
+  if rows[0]["accuracy"] is not None:
+    key, label = "accuracy", "top-1 accuracy"
+  elif rows[0]["agreement"] is not None:
+    key, label = "agreement", "top-1 agreement with unpruned"
+  else:
+    key, label = "token_budget_pct", "token budget [% of unpruned] (no data)"
+  panels = list(dict.fromkeys((r["batch_size"], r["dtype"]) for r in rows))
+  cols = min(len(panels), 4)
+  nrows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.8 * nrows), squeeze=False)
+  names = list(dict.fromkeys(r["variant"] for r in rows))
+  markers = "so^vD<>ph*Xd"
+  for ax, (b, dt) in zip(axes.flat, panels):
+    for r in rows:
+      if (r["batch_size"], r["dtype"]) != (b, dt):
+        continue
+      i = names.index(r["variant"])
+      lo = r["latency_median_ms"] - r["latency_q25_ms"]
+      hi = r["latency_q75_ms"] - r["latency_median_ms"]
+      ax.errorbar([r["latency_median_ms"]], [r[key]], xerr=[[lo], [hi]],
+                  fmt=markers[i % len(markers)], color=f"C{i % 10}", ms=6, capsize=2,
+                  label=r["variant"])
+    ax.set_title(f"batch {b}, {dt}", fontsize=9)
+    ax.set_xlabel("latency [ms]")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+  for ax in list(axes.flat)[len(panels):]:
+    ax.axis("off")
+  axes.flat[0].legend(fontsize=7)
+  fig.suptitle(f"{rows[0]['model']} on {rows[0]['device_kind']}", fontsize=10)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  return buf.getvalue()
+
+
+def output_stem(rows: Sequence[Dict[str, Any]]) -> str:
+  """`<model>_<device kind>` with unsafe characters replaced by '-'."""
+  r = rows[0]
+  return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{r['model']}_{r['device_kind']}").strip("-")
+
+
+def write_outputs(rows: Sequence[Dict[str, Any]], out_dir: str,
+                  stem: Optional[str] = None) -> Dict[str, str]:
+  """`<stem>.csv`, `<stem>.md` and `<stem>.png` in `out_dir`, each atomic; everything is rendered
+  before the first file is written -> {'csv', 'md', 'png': path}."""
+  from vitprune.profile.records import atomic_write  # pylint: disable=g-import-not-at-top
+  stem = stem or output_stem(rows)
+  data = {"png": plot_png(rows), "csv": to_csv(rows).encode(), "md": to_markdown(rows).encode()}
+  paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in data}
+  for k, blob in data.items():
+    atomic_write(paths[k], blob)
+  return paths
+
+
+def run_benchmark(spec: BenchmarkSpec, params, variants: Sequence[Variant], *, data=None,
+                  progress: bool = True, log: Callable[[str], None] = print
+                  ) -> List[Dict[str, Any]]:
+  """Latency of every (variant, batch, dtype) and, with `data` (`estimate.EvalData`), accuracy /
+  fidelity per (variant, dtype) -> `tabulate` rows. `variants[0]` must be the unpruned one."""
+  from vitprune.profile import runner  # pylint: disable=g-import-not-at-top
+  if not variants or variants[0].name != UNPRUNED:
+    raise ValueError(f"the first variant must be {UNPRUNED!r} (the baseline of change_pct)")
+  for v in variants:
+    _check_variant(spec.cfg, v)
+  quality = None
+  if data is not None:
+    log(f"evaluating {len(variants)} variants on {len(data.indices)} images "
+        f"({'labelled' if data.labelled else 'unlabelled'})")
+    quality = measure_quality(spec, params, variants, data)
+  latency = measure_latency(spec, params, variants, progress=progress)
+  return tabulate(spec, variants, latency, quality, runner.device_info())
