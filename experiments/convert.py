@@ -72,7 +72,7 @@ def run(model: str, checkpoint: str, *, img_size: Optional[int] = None,
         (1, cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32)
     y = np.asarray(jitted_forward(params, x, cfg=cfg))
     if not np.all(np.isfinite(y)):
-      raise ValueError(f"verify: the converted model produced non-finite outputs")
+      raise ValueError("verify: the converted model produced non-finite outputs")
     kind = "logits" if cfg.num_classes else "features"
     print(f"verify: {kind} {y.shape}, mean {y.mean():+.6f}, std {y.std():.6f}"
           + (f", top-1 class {int(y.argmax())}" if cfg.num_classes else ""))

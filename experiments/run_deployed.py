@@ -11,15 +11,13 @@ device-resident batch, after the first call (compile + first run, reported separ
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 import time
 
 from absl import app, flags
 
 from experiments import common
+from vitprune import atomic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("artifact", None, "Artifact directory (python -m experiments.deploy).")
@@ -129,20 +127,6 @@ def run(f=FLAGS) -> dict:
   return result
 
 
-def write_json_atomic(path: str, doc) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=d)
-  try:
-    with os.fdopen(fd, "w") as fh:
-      json.dump(doc, fh, indent=2)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -166,7 +150,7 @@ def main(argv):
         f"{lat['iqr_s'] * 1e3:.3f} ms, {lat['repeats']} repeats), "
         f"{lat['median_s'] * 1e3 / b:.3f} ms/image; first call {lat['first_call_s']:.3f} s")
   if FLAGS.output:
-    write_json_atomic(FLAGS.output, res)
+    atomic.write_json(FLAGS.output, res, sort_keys=True)
     print(f"wrote {FLAGS.output}")
 
 

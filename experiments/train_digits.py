@@ -15,11 +15,9 @@ platform) inside the weights directory.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -30,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vitprune import atomic
 from vitprune import checkpoint
 from vitprune import data
 from vitprune import model
@@ -248,22 +247,6 @@ def train(cfg: ViTConfig, tc: TrainConfig, train_data: Tuple[np.ndarray, np.ndar
   return state.params, history
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-  """Writes `obj` as JSON to `path` through a temp file in the same directory + `os.replace`."""
-  d = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=d)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -327,7 +310,7 @@ def main(argv):
                    "optax": optax.__version__, "backend": jax.default_backend(),
                    "devices": [str(d) for d in jax.devices()]},
   }
-  write_json_atomic(os.path.join(path, "metrics.json"), metrics)
+  atomic.write_json(os.path.join(path, "metrics.json"), metrics, sort_keys=True)
   print(f"held-out accuracy {test_acc:.4f} (train {train_acc:.4f}); {train_seconds:.0f}s; "
         f"saved to {path}")
 

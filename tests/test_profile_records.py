@@ -136,15 +136,6 @@ def test_point_validation():
     _point("model", 17, 1.0, schedule=(17, 17, 17))
 
 
-def test_atomic_write_failure_keeps_old_file(tmp_path):
-  path = tmp_path / "x.json"
-  records.atomic_write(str(path), b"old")
-  with pytest.raises(TypeError):
-    records.atomic_write(str(path), "not bytes")
-  assert path.read_bytes() == b"old"
-  assert os.listdir(tmp_path) == ["x.json"]
-
-
 def test_plot_writes_png_and_rejects_missing_component(tmp_path):
   prof = records.merge([_profile(_staircase_points()), _profile(_staircase_points(batch=4))])
   out = plot.plot_profile(prof, str(tmp_path / "p.png"))

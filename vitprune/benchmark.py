@@ -51,6 +51,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import jax.numpy as jnp
 import numpy as np
 
+from vitprune import atomic
 from vitprune import schedule as S
 from vitprune.config import ViTConfig
 from vitprune.reduce.methods import list_methods, make_reducer
@@ -516,12 +517,11 @@ def write_outputs(rows: Sequence[Dict[str, Any]], out_dir: str,
                   stem: Optional[str] = None) -> Dict[str, str]:
   """`<stem>.csv`, `<stem>.md` and `<stem>.png` in `out_dir`, each atomic; everything is rendered
   before the first file is written -> {'csv', 'md', 'png': path}."""
-  from vitprune.profile.records import atomic_write  # pylint: disable=g-import-not-at-top
   stem = stem or output_stem(rows)
   data = {"png": plot_png(rows), "csv": to_csv(rows).encode(), "md": to_markdown(rows).encode()}
   paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in data}
   for k, blob in data.items():
-    atomic_write(paths[k], blob)
+    atomic.write_bytes(paths[k], blob)
   return paths
 
 

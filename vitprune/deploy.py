@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitprune import atomic
 from vitprune.config import Preprocessing, ViTConfig
 
 FORMAT = "vitprune-deploy"
@@ -168,28 +169,9 @@ def describe_reducer(reducer: Any, name: Optional[str] = None,
 
 
 def schedule_text(cfg: ViTConfig, counts: Sequence[int]) -> str:
-  """The compact text of a schedule (`vitprune.schedule.format_schedule` when available)."""
+  """The compact text of a schedule (`vitprune.schedule.format_schedule`)."""
   from vitprune import schedule as sched  # pylint: disable=g-import-not-at-top
-  fmt = getattr(sched, "format_schedule", None)
-  if fmt is not None:
-    try:
-      return fmt(sched.Schedule(tuple(counts)), cfg)
-    except TypeError:
-      return fmt(sched.Schedule(tuple(counts)))
-  return ",".join(str(int(c)) for c in counts)
-
-
-def _write_json_atomic(path: str, doc: Any) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=d)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(doc, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  return sched.format_schedule(sched.Schedule(tuple(counts)), cfg)
 
 
 # ----------------------------------------------------------------------------- export
@@ -329,7 +311,7 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
         dtype=dtype, precision=precision, forward_sha256=hashlib.sha256(blob).hexdigest(),
         provenance=provenance, weights_source=weights_source)
     manifest["class_names"] = class_names
-    _write_json_atomic(os.path.join(tmp, MANIFEST_FILE), manifest)
+    atomic.write_json(os.path.join(tmp, MANIFEST_FILE), manifest, sort_keys=True)
     if verify and local_platform() in platforms:
       _verify(tmp, cfg, params32, schedule, reducer, dtype, precision, batch_size, model)
     if os.path.exists(out):

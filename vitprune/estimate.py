@@ -55,7 +55,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -63,6 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitprune import atomic
 from vitprune import schedule as schedule_lib
 from vitprune.checkpoint import config_from_dict, config_to_dict
 from vitprune.config import ViTConfig
@@ -438,12 +438,8 @@ def params_sha256(params: Params) -> str:
 
 
 def format_schedule_text(schedule: Schedule, cfg: ViTConfig) -> str:
-  """The compact string of `schedule` (`vitprune.schedule.format_schedule(schedule, cfg)` when
-  available, else `list:` + the comma-separated counts)."""
-  fmt = getattr(schedule_lib, "format_schedule", None)
-  if fmt is not None:
-    return str(fmt(schedule, cfg))
-  return "list:" + ",".join(str(c) for c in schedule.counts)
+  """The compact string of `schedule` (`vitprune.schedule.format_schedule`)."""
+  return schedule_lib.format_schedule(schedule, cfg)
 
 
 def versions() -> Dict[str, Any]:
@@ -645,20 +641,7 @@ def save_estimate(path: str, doc: Dict[str, Any], *, overwrite: bool = False) ->
   path = os.path.abspath(path)
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
-  d = os.path.dirname(path)
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=d)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(doc, f, indent=2, allow_nan=False)
-      f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
+  return atomic.write_json(path, doc)
 
 
 def load_estimate(path: str) -> Dict[str, Any]:

@@ -20,7 +20,6 @@ weights and activations to bfloat16 and keeps LayerNorm statistics and softmax i
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Dict, Optional, Tuple
 

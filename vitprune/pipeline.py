@@ -15,7 +15,6 @@ the stages can be rerun or inspected separately with their own CLIs.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -23,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitprune import atomic
 from vitprune import estimate as estimate_lib
 from vitprune import solve_io
 from vitprune.config import ViTConfig
@@ -154,7 +154,7 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
   }
   summary["speedup"] = summary["unpruned"]["latency_ms"] / summary["pruned"]["latency_ms"]
   path = os.path.join(out_dir, "summary.json")
-  records.atomic_write(path, json.dumps(summary, indent=1).encode())
+  atomic.write_json(path, summary, indent=1)
   summary["files"]["summary"] = path
   return summary
 

@@ -42,11 +42,11 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from vitprune import atomic
 from vitprune import schedule as schedule_lib
 from vitprune import solve
 from vitprune.checkpoint import config_from_dict
@@ -394,23 +394,6 @@ def solve_multilayer_files(profile_path: str, estimate_path: str, *,
 # ----------------------------------------------------------------------------------------------
 # Output files.
 
-def _atomic_write(path: str, data: bytes) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def _png_bytes(fig) -> bytes:
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   buf = io.BytesIO()
@@ -481,8 +464,8 @@ def write_solution(record: Dict[str, Any], out_dir: str,
   text = json.dumps(record, indent=1, allow_nan=False).encode()
   paths = {"json": os.path.join(out_dir, stem + ".json"),
            "png": os.path.join(out_dir, stem + ".png")}
-  _atomic_write(paths["png"], png)
-  _atomic_write(paths["json"], text)
+  atomic.write_bytes(paths["png"], png)
+  atomic.write_bytes(paths["json"], text)
   return paths
 
 

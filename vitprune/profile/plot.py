@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
 
+from vitprune import atomic  # noqa: E402
 from vitprune.profile import records  # noqa: E402
 
 
@@ -53,5 +54,5 @@ def plot_profile(profile: records.Profile, path: str, *, component: Optional[str
   fig.tight_layout()
   fig.savefig(buf, format="png", dpi=120)
   plt.close(fig)
-  records.atomic_write(path, buf.getvalue())
+  atomic.write_bytes(path, buf.getvalue())
   return path

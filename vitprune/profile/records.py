@@ -50,10 +50,10 @@ import io
 import json
 import os
 import re
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from vitprune.profile import predict as predict_lib
+from vitprune import atomic
 from vitprune.profile import steps as steps_lib
 from vitprune.schedule import Schedule
 
@@ -299,31 +299,14 @@ def file_stem(profile: Profile) -> str:
           f"{_slug(profile.device_kind)}")
 
 
-def atomic_write(path: str, data: bytes) -> None:
-  """Writes `data` to `path` via a temporary file in the same directory and `os.replace`."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def save(profile: Profile, out_dir: str, stem: Optional[str] = None) -> Dict[str, str]:
   """Writes `<stem>.json` and `<stem>.csv` atomically -> {'json': path, 'csv': path}."""
   stem = stem or file_stem(profile)
   paths = {"json": os.path.join(out_dir, stem + ".json"),
            "csv": os.path.join(out_dir, stem + ".csv")}
   text = json.dumps(to_json(profile), indent=1, allow_nan=False)
-  atomic_write(paths["json"], text.encode())
-  atomic_write(paths["csv"], to_csv(profile).encode())
+  atomic.write_bytes(paths["json"], text.encode())
+  atomic.write_bytes(paths["csv"], to_csv(profile).encode())
   return paths
 
 

@@ -1,0 +1,31 @@
+"""vitprune.atomic: a failed write never replaces or half-writes the target."""
+import json
+import os
+
+import pytest
+
+from vitprune import atomic
+
+
+def test_write_bytes_and_json_round_trip(tmp_path):
+  path = tmp_path / "sub" / "x.json"   # the directory is created
+  assert atomic.write_json(str(path), {"b": 1, "a": [1.5]}, sort_keys=True) == str(path)
+  assert json.loads(path.read_text()) == {"a": [1.5], "b": 1}
+  assert path.read_text().startswith('{\n  "a"')
+  atomic.write_bytes(str(path), b"raw")
+  assert path.read_bytes() == b"raw"
+  assert oct(os.stat(path).st_mode & 0o777) == "0o644"
+  assert os.listdir(path.parent) == ["x.json"]
+
+
+def test_failures_keep_the_old_file_and_leave_no_temp(tmp_path):
+  path = tmp_path / "x.json"
+  atomic.write_bytes(str(path), b"old")
+  with pytest.raises(TypeError, match="needs bytes, got str"):
+    atomic.write_bytes(str(path), "not bytes")
+  with pytest.raises(ValueError, match="Out of range float values"):
+    atomic.write_json(str(path), {"x": float("nan")})
+  with pytest.raises(TypeError, match="not JSON serializable"):
+    atomic.write_json(str(path), {"x": object()})
+  assert path.read_bytes() == b"old"
+  assert os.listdir(tmp_path) == ["x.json"]
