@@ -54,7 +54,24 @@ def test_wide_iqr_hides_a_small_step():
   # IQR 1.0 with one sample: noise ~ 1.31 per pair, far above the 0.05 drop.
   rep = steps.detect_steps(tokens, med, np.ones(tokens.size), np.ones(tokens.size))
   assert rep.steps == ()
-  assert [(f.n_hi, f.n_lo) for f in rep.flats] == [(20, 2)]
+  # Within noise, but a 5% saving is never called flat (flat_rel=2%): the stretch splits there.
+  assert [(f.n_hi, f.n_lo) for f in rep.flats] == [(20, 11), (10, 2)]
+  loose = steps.detect_steps(tokens, med, np.ones(tokens.size), np.ones(tokens.size),
+                             flat_rel=0.1)
+  assert [(f.n_hi, f.n_lo) for f in loose.flats] == [(20, 2)]
+
+
+def test_noisy_slope_is_not_called_flat():
+  # A jagged CPU-like curve: 0.6% per token plus point-to-point jitter of the same size. Each
+  # drop is within the (large) curve noise, but stretches saving > 2% are not "flat".
+  tokens = np.arange(65, 1, -1)
+  rng = np.random.default_rng(3)
+  med = 1.0 + 0.006 * tokens + rng.normal(0, 0.006, tokens.size)
+  rep = steps.detect_steps(tokens, med)
+  for f in rep.flats:
+    assert (f.latency_hi - f.latency_lo) <= 0.02 * f.latency_hi
+  with pytest.raises(ValueError, match="flat_rel must be >= 0"):
+    steps.detect_steps(tokens, med, flat_rel=-1)
 
 
 def test_min_rel_floor():

@@ -13,10 +13,12 @@ free on a flat stretch and saves a lot just below a step. Given a measured curve
 
 A pair is a *step* when `d - trend > k * noise` and `d > min_rel * L(n_hi)`, where `trend` is the
 median drop clipped at >= 0 (the smooth per-token cost on devices without steps, e.g. CPUs, so a
-linear curve has no steps). A pair is *flat* when `|d| <= k * noise`: pruning buys nothing there.
-Consecutive flat pairs are joined (greedily, from many tokens down) into flat stretches as long as
-the change across the whole stretch is also within `k` times its noise, so a slow slope made of
-individually insignificant drops does not become one long "flat" stretch.
+linear curve has no steps). A pair is *flat* when `|d| <= k * noise` and `|d| <= flat_rel *
+L(n_hi)`: pruning buys nothing there. Consecutive flat pairs are joined (greedily, from many tokens
+down) into flat stretches as long as the change across the whole stretch is also within `k` times
+its noise and within `flat_rel` of its latency, so a slow slope made of individually
+insignificant drops does not become one long "flat" stretch, and a stretch is never called flat
+when pruning across it saves more than `flat_rel` (on a noisy device: no flat claims at all).
 """
 from __future__ import annotations
 
@@ -116,7 +118,8 @@ def pair_noise(iqrs: np.ndarray, counts: Optional[np.ndarray]) -> np.ndarray:
 
 def detect_steps(tokens: Sequence[int], medians: Sequence[float],
                  iqrs: Optional[Sequence[float]] = None, counts: Optional[Sequence[int]] = None,
-                 *, k: float = 4.0, min_rel: float = 0.01) -> StepReport:
+                 *, k: float = 4.0, min_rel: float = 0.01, flat_rel: float = 0.02
+                 ) -> StepReport:
   """Steps and flat stretches of a curve given per-point medians, IQRs and sample counts.
 
   tokens, medians, iqrs, counts: [P] in any order (sorted by tokens descending here). `iqrs=None`
@@ -126,6 +129,8 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
     raise ValueError(f"k must be > 0, got {k}")
   if min_rel < 0:
     raise ValueError(f"min_rel must be >= 0, got {min_rel}")
+  if flat_rel < 0:
+    raise ValueError(f"flat_rel must be >= 0, got {flat_rel}")
   iqrs = np.zeros(len(tokens)) if iqrs is None else iqrs
   t, (med, iqr, cnt) = _check_curve(tokens, medians, iqrs, counts)
   order = np.argsort(-t)
@@ -139,14 +144,15 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
   trend = max(float(np.median(drop)), 0.0) if drop.size >= 3 else 0.0
   noise = np.maximum(pair_noise(iqr, cnt), curve_noise)
   is_step = (drop - trend > k * noise) & (drop > min_rel * med[:-1])
-  is_flat = (np.abs(drop) <= k * noise) & ~is_step
+  is_flat = ((np.abs(drop) <= k * noise) & (np.abs(drop) <= flat_rel * med[:-1])) & ~is_step
   steps = tuple(Step(int(t[i]), int(t[i + 1]), float(med[i]), float(med[i + 1]),
                      float(noise[i])) for i in np.flatnonzero(is_step))
   se = median_se(iqr, cnt)
 
   def span_flat(i, j):  # the whole span n[i] -> n[j + 1] changes within noise
     span_noise = max(float(np.hypot(se[i], se[j + 1])), curve_noise)
-    return abs(med[i] - med[j + 1]) <= k * span_noise
+    change = abs(med[i] - med[j + 1])
+    return change <= k * span_noise and change <= flat_rel * med[i]
 
   flats, i = [], 0
   while i < drop.size:
