@@ -11,6 +11,7 @@ from safetensors.numpy import load_file, save_file
 
 from vitprune import checkpoint, convert
 from vitprune.convert import ConversionError, convert_file, convert_state_dict
+from vitprune.digest import file_sha256
 from vitprune.model import init_params, jitted_forward as forward
 from vitprune.posembed import resample_abs_pos_embed, resize_matrix
 from vitprune.registry import get_config
@@ -373,7 +374,7 @@ def test_convert_checkpoint_saves_with_meta(tmp_path):
   _, saved_meta = checkpoint.read_weights_config(path)
   assert saved_meta == meta
   assert saved_meta["source_file"] == "tiny.safetensors"
-  assert saved_meta["source_sha256"] == convert.sha256_file(str(src))
+  assert saved_meta["source_sha256"] == file_sha256(str(src))
   assert len(saved_meta["source_sha256"]) == 64
   assert saved_meta["timm_name"] == "test_tiny_vit" and saved_meta["img_size"] == 32
   assert saved_meta["converted_at"].endswith("+00:00")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime
 import fnmatch
-import hashlib
 import math
 import os
 import re
@@ -34,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitprune.config import ViTConfig
+from vitprune.digest import file_sha256
 from vitprune.model import Params, param_shapes
 from vitprune.posembed import resample_abs_pos_embed
 
@@ -64,14 +64,6 @@ class ConversionError(ValueError):
 
 
 # ----------------------------------------------------------------------------- file loading
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(chunk), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 def _to_numpy_dict(sd: Dict[str, Any], path: str) -> StateDict:
@@ -360,7 +352,7 @@ def convert_file(cfg: ViTConfig, path: str, *, drop_head: bool = False,
   resample = BIG_VISION_RESAMPLE if fmt == "big_vision" else TIMM_RESAMPLE
   params = convert_state_dict(cfg, sd, drop_head=drop_head, ignore_keys=ignore_keys,
                               resample=resample)
-  meta = {"source_file": os.path.basename(path), "source_sha256": sha256_file(path),
+  meta = {"source_file": os.path.basename(path), "source_sha256": file_sha256(path),
           "source_format": fmt, "timm_name": cfg.name, "img_size": cfg.img_size,
           "num_classes": cfg.num_classes, "drop_head": drop_head,
           "ignore_keys": list(ignore_keys), "num_params": count_params(params)}

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitprune import atomic
+from vitprune.digest import file_sha256, params_sha256
 from vitprune.config import Preprocessing, ViTConfig
 
 FORMAT = "vitprune-deploy"
@@ -61,35 +62,11 @@ class ArtifactError(ValueError):
 # ----------------------------------------------------------------------------- small helpers
 
 
-def params_sha256(params: Params) -> str:
-  """sha256 hex digest of a parameter tree: key path, dtype, shape and bytes of every leaf.
-
-  Leaves are visited in sorted key-path order, so the digest does not depend on how the tree
-  (or the checkpoint holding it) is laid out, only on its names and values.
-  """
-  h = hashlib.sha256()
-  leaves = sorted((jax.tree_util.keystr(k), np.asarray(v))
-                  for k, v in jax.tree.flatten_with_path(params)[0])
-  for key, arr in leaves:
-    arr = np.ascontiguousarray(arr)
-    h.update(f"{key}\t{arr.dtype.str}\t{arr.shape}\n".encode())
-    h.update(arr.tobytes())
-  return h.hexdigest()
-
-
 def leaf_listing(tree: Any) -> Dict[str, Dict[str, Any]]:
   """`{key path: {"shape": [...], "dtype": str}}` of arrays or `ShapeDtypeStruct`s."""
   return {jax.tree_util.keystr(k): {"shape": [int(d) for d in v.shape],
                                     "dtype": np.dtype(v.dtype).name}
           for k, v in jax.tree.flatten_with_path(tree)[0]}
-
-
-def file_sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def local_platform() -> str:

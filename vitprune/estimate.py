@@ -50,7 +50,6 @@ requested layer (the table S[l, n], `sensitivity_table`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -63,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitprune import atomic
+from vitprune.digest import params_sha256
 from vitprune import schedule as schedule_lib
 from vitprune.checkpoint import config_from_dict, config_to_dict
 from vitprune.config import ViTConfig
@@ -422,19 +422,6 @@ def load_eval_data(spec: str, *, num_images: Optional[int] = None, seed: int = 0
 # ----------------------------------------------------------------------------------------------
 # Identity of what was evaluated.
 # ----------------------------------------------------------------------------------------------
-
-
-def params_sha256(params: Params) -> str:
-  """sha256 hex digest of a parameter tree: every leaf in key-path order (sorted dict keys),
-  hashing its path, dtype, shape and little-endian C-order bytes. Independent of device."""
-  h = hashlib.sha256()
-  leaves = jax.tree.flatten_with_path(params)[0]
-  for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
-    arr = np.ascontiguousarray(np.asarray(leaf))
-    arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-    h.update(f"{jax.tree_util.keystr(path)} {arr.dtype.str} {arr.shape}\n".encode())
-    h.update(arr.tobytes())
-  return h.hexdigest()
 
 
 def format_schedule_text(schedule: Schedule, cfg: ViTConfig) -> str:

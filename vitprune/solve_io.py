@@ -38,7 +38,6 @@ Solution JSON (`format` "vitprune-solution", version 1):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -47,6 +46,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from vitprune import atomic
+from vitprune.digest import file_sha256
 from vitprune import schedule as schedule_lib
 from vitprune import solve
 from vitprune.checkpoint import config_from_dict
@@ -66,14 +66,6 @@ class SolveInputError(ValueError):
 
 # ----------------------------------------------------------------------------------------------
 # Reading and checking.
-
-def file_sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
 
 def load_profile(path: str) -> records.Profile:
   if not os.path.isfile(path):

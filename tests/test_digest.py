@@ -1,0 +1,33 @@
+"""vitprune.digest: one identity per weights tree, shared by estimates and deployment."""
+import hashlib
+
+import jax
+import numpy as np
+
+from vitprune import deploy, estimate
+from vitprune.digest import file_sha256, params_sha256
+from vitprune.model import init_params
+from vitprune.registry import get_config
+
+
+def test_estimate_and_deploy_record_the_same_weights_digest():
+  params = init_params(get_config("test_tiny_vit"), 0)
+  assert estimate.params_sha256 is deploy.params_sha256 is params_sha256
+  # The format, recomputed by hand: changing it breaks old estimate/artifact provenance.
+  tiny = {"a": np.arange(3, dtype=np.float32), "b": [np.ones((2, 1), np.int32)]}
+  by_hand = hashlib.sha256()
+  by_hand.update(b"['a'] <f4 (3,)\n" + tiny["a"].tobytes())
+  by_hand.update(b"['b'][0] <i4 (2, 1)\n" + tiny["b"][0].tobytes())
+  assert params_sha256(tiny) == by_hand.hexdigest()
+  assert params_sha256(tiny) == params_sha256({"b": [np.ones((2, 1), np.int32)],
+                                               "a": np.arange(3, dtype=np.float32)})
+  assert params_sha256(tiny) != params_sha256({"a": np.arange(3, dtype=np.float64),
+                                               "b": [np.ones((2, 1), np.int32)]})
+  assert params_sha256(params) == params_sha256(jax.tree.map(np.asarray, params))
+
+
+def test_file_sha256_matches_hashlib(tmp_path):
+  path = tmp_path / "f.bin"
+  data = bytes(range(256)) * 5000
+  path.write_bytes(data)
+  assert file_sha256(str(path), chunk=1000) == hashlib.sha256(data).hexdigest()
