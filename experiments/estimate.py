@@ -54,24 +54,14 @@ def define_flags():
   flags.DEFINE_bool("overwrite", False, "Replace an existing estimate file.")
 
 
-def parse_tokens(text: Optional[str], lo: int, hi: int) -> List[int]:
-  """Token grid from `text` ('a,b', 'start:stop:step' inclusive, 'all', None -> 16 even counts
-  over [lo, hi], always including hi)."""
+def parse_tokens(cfg, text: Optional[str]) -> List[int]:
+  """Token grid, ascending: `vitprune.schedule.parse_token_grid` syntax (as every CLI's
+  --tokens), or None/empty -> 16 evenly spaced counts over [prefix + 1, num_tokens]."""
+  from vitprune.schedule import parse_token_grid  # pylint: disable=g-import-not-at-top
   if text is None or text.strip() == "":
+    lo, hi = cfg.num_prefix_tokens + 1, cfg.num_tokens
     return sorted({int(round(v)) for v in np.linspace(lo, hi, 16)})
-  text = text.strip()
-  if text == "all":
-    return list(range(lo, hi + 1))
-  m = re.fullmatch(r"(\d+):(\d+)(?::(\d+))?", text)
-  if m:
-    start, stop, step = int(m[1]), int(m[2]), int(m[3] or 1)
-    if step < 1 or start > stop:
-      raise ValueError(f"--tokens={text!r}: need start <= stop and step >= 1")
-    return list(range(start, stop + 1, step))
-  try:
-    return [int(t) for t in text.split(",")]
-  except ValueError:
-    raise ValueError(f"--tokens={text!r}: expected 'a,b,c', 'start:stop:step' or 'all'") from None
+  return sorted(parse_token_grid(cfg, text))
 
 
 def parse_layer(text: str, depth: int) -> Optional[int]:
@@ -151,7 +141,7 @@ def main(argv: Sequence[str]):
     method = FLAGS.method.strip().lower()
     kwargs = {"seed": FLAGS.seed} if method == "random" else {}
     reducer = make_reducer(method, **kwargs)
-    tokens = parse_tokens(FLAGS.tokens, cfg.num_prefix_tokens + 1, cfg.num_tokens)
+    tokens = parse_tokens(cfg, FLAGS.tokens)
     if FLAGS.layers is not None:
       if FLAGS.layer is not None:
         raise ValueError("pass either --layer (one curve) or --layers (sensitivity table)")

@@ -28,6 +28,7 @@ from vitprune.profile import records
 from vitprune.profile import runner
 from vitprune.profile import timing
 from vitprune.registry import get_config
+from vitprune.schedule import parse_token_grid
 
 _MODEL = flags.DEFINE_string("model", "vit_digits", "Registered model name (timm name). "
                              "vit_digits without --weights uses the embedded weights/vit_digits.")
@@ -103,7 +104,7 @@ def pipeline_from_flags():
   sizes = _batch_sizes(_BATCH.value)
   if len(sizes) != 1:
     raise ValueError(f"--mode=pipeline takes one --batch_size, got {list(sizes)}")
-  tokens = runner.parse_tokens(_TOKENS.value, cfg)
+  tokens = parse_token_grid(cfg, _TOKENS.value)
   tcfg = timing.TimingConfig(min_run_time=_MIN_RUN.value, max_rel_iqr=_MAX_REL_IQR.value,
                              max_retries=_RETRIES.value, seed=_SEED.value)
   spec = pipeline.PipelineSpec(
@@ -117,7 +118,7 @@ def pipeline_from_flags():
 def spec_from_flags():
   """-> (ProfileSpec, params or None); raises ValueError/KeyError on bad flags."""
   cfg, params = load_model(_MODEL.value, _WEIGHTS.value)
-  tokens = runner.parse_tokens(_TOKENS.value, cfg)
+  tokens = parse_token_grid(cfg, _TOKENS.value)
   schedules = tuple(runner.parse_schedule_text(cfg, s) for s in _SCHEDULE.value)
   tcfg = timing.TimingConfig(min_run_time=_MIN_RUN.value, max_rel_iqr=_MAX_REL_IQR.value,
                              max_retries=_RETRIES.value, seed=_SEED.value)

@@ -390,14 +390,16 @@ def test_unlabelled_folder_fidelity_only(tmp_path, params):
 
 def test_cli_parsers(doc):
   from experiments import estimate as cli
-  assert cli.parse_tokens("3,9,17", 2, 17) == [3, 9, 17]
-  assert cli.parse_tokens("5:17:4", 2, 17) == [5, 9, 13, 17]
-  assert cli.parse_tokens("all", 2, 5) == [2, 3, 4, 5]
-  default = cli.parse_tokens(None, 2, 65)
+  tiny, digits = get_config("test_tiny_vit"), get_config("vit_digits")
+  assert cli.parse_tokens(tiny, "3,9,17") == [3, 9, 17]
+  assert cli.parse_tokens(tiny, "5:17:4") == [5, 9, 13, 17]
+  assert cli.parse_tokens(tiny, "17:5:-4") == [5, 9, 13, 17]
+  assert cli.parse_tokens(tiny, "all") == list(range(2, 18))
+  default = cli.parse_tokens(digits, None)
   assert default[0] == 2 and default[-1] == 65 and len(default) == 16
-  for bad in ("a:b", "9:5", "5:9:0", "1,x"):
+  for bad in ("a:b", "9:5:1", "5:9:0", "1,x", "1:17", "18"):
     with pytest.raises(ValueError, match="--tokens"):
-      cli.parse_tokens(bad, 2, 17)
+      cli.parse_tokens(tiny, bad)
   assert cli.parse_layer("embed", 6) is None and cli.parse_layer("3", 6) == 3
   assert cli.parse_layers("all", 3) == [0, 1, 2] and cli.parse_layers("embed,2", 3) == [None, 2]
   with pytest.raises(ValueError, match=r"outside \[0, 5\]"):

@@ -9,7 +9,7 @@ from absl import app, flags
 
 from vitprune.profile import records, runner
 from vitprune.registry import get_config
-from vitprune.schedule import Schedule
+from vitprune.schedule import Schedule, parse_token_grid
 
 from tests.conftest import load_cli
 
@@ -167,11 +167,11 @@ def test_unexpected_positional_argument(tmp_path):
 
 
 def test_parse_tokens_forms():
-  assert runner.parse_tokens("all", CFG) == tuple(range(17, 1, -1))
-  assert runner.parse_tokens("10:13", CFG) == (13, 12, 11, 10)
-  assert runner.parse_tokens("17:2:-5", CFG) == (17, 12, 7, 2)
-  assert runner.parse_tokens(" 9,3,9 ", CFG) == (9, 3)
-  assert runner.parse_tokens("all", get_config("test_tiny_dinov2_reg"))[-1] == 4
+  assert parse_token_grid(CFG, "all") == tuple(range(17, 1, -1))
+  assert parse_token_grid(CFG, "10:13") == (13, 12, 11, 10)
+  assert parse_token_grid(CFG, "17:2:-5") == (17, 12, 7, 2)
+  assert parse_token_grid(CFG, " 9,3,9 ") == (9, 3)
+  assert parse_token_grid(get_config("test_tiny_dinov2_reg"), "all")[-1] == 4
 
 
 def test_keep_first_reducer_and_spec_validation():

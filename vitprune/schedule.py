@@ -145,6 +145,44 @@ def _check_method_limits(cfg: ViTConfig, schedule: Schedule, reducer) -> None:
                        f"removes {removed}")
 
 
+def parse_token_grid(cfg: ViTConfig, spec: str) -> Tuple[int, ...]:
+  """A grid of token counts (the CLIs' `--tokens`), descending, duplicates removed.
+
+  'all' | 'a:b' | 'a:b:step' (both ends inclusive, either direction) | 'n1,n2,...'. Every count
+  must lie in [prefix + 1, num_tokens]; raises ValueError naming the problem.
+  """
+  lo, hi = cfg.num_prefix_tokens + 1, cfg.num_tokens
+  text = spec.strip().lower()
+  if not text:
+    raise ValueError("--tokens is empty; use 'all', 'a:b', 'a:b:step' or 'n1,n2,...'")
+  try:
+    if text == "all":
+      counts = list(range(hi, lo - 1, -1))
+    elif ":" in text:
+      parts = [int(p) for p in text.split(":")]
+      if len(parts) not in (2, 3):
+        raise ValueError
+      a, b = parts[:2]
+      step = parts[2] if len(parts) == 3 else (1 if b >= a else -1)
+      if step == 0:
+        raise ValueError(f"--tokens {spec!r}: step must not be 0")
+      if (b - a) * step < 0:
+        raise ValueError(f"--tokens {spec!r}: step {step} never goes from {a} to {b}")
+      counts = list(range(a, b + (1 if step > 0 else -1), step))
+    else:
+      counts = [int(p) for p in text.split(",")]
+  except ValueError as e:
+    if str(e).startswith("--tokens"):
+      raise
+    raise ValueError(f"--tokens {spec!r} is not 'all', 'a:b', 'a:b:step' or a comma list of "
+                     f"integers") from None
+  bad = sorted({c for c in counts if not lo <= c <= hi})
+  if bad:
+    raise ValueError(f"--tokens {spec!r}: counts {bad} are outside [{lo}, {hi}] for {cfg.name} "
+                     f"(prefix tokens {cfg.num_prefix_tokens} + 1 .. {cfg.num_tokens} tokens)")
+  return tuple(sorted(set(counts), reverse=True))
+
+
 # ----------------------------------------------------------------------------- constructors
 
 

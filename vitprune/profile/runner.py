@@ -90,43 +90,6 @@ def token_bounds(cfg: ViTConfig) -> Tuple[int, int]:
   return cfg.num_prefix_tokens + 1, cfg.num_tokens
 
 
-def parse_tokens(spec: str, cfg: ViTConfig) -> Tuple[int, ...]:
-  """'all' | 'a:b' | 'a:b:step' (both ends inclusive) | 'n1,n2,...' -> counts, descending.
-
-  Every count must lie in [prefix + 1, num_tokens]; raises ValueError naming the problem.
-  """
-  lo, hi = token_bounds(cfg)
-  text = spec.strip().lower()
-  if not text:
-    raise ValueError("--tokens is empty; use 'all', 'a:b', 'a:b:step' or 'n1,n2,...'")
-  try:
-    if text == "all":
-      counts = list(range(hi, lo - 1, -1))
-    elif ":" in text:
-      parts = [int(p) for p in text.split(":")]
-      if len(parts) not in (2, 3):
-        raise ValueError
-      a, b = parts[:2]
-      step = parts[2] if len(parts) == 3 else (1 if b >= a else -1)
-      if step == 0:
-        raise ValueError(f"--tokens {spec!r}: step must not be 0")
-      if (b - a) * step < 0:
-        raise ValueError(f"--tokens {spec!r}: step {step} never goes from {a} to {b}")
-      counts = list(range(a, b + (1 if step > 0 else -1), step))
-    else:
-      counts = [int(p) for p in text.split(",")]
-  except ValueError as e:
-    if str(e).startswith("--tokens"):
-      raise
-    raise ValueError(f"--tokens {spec!r} is not 'all', 'a:b', 'a:b:step' or a comma list of "
-                     f"integers") from None
-  bad = sorted({c for c in counts if not lo <= c <= hi})
-  if bad:
-    raise ValueError(f"--tokens {spec!r}: counts {bad} are outside [{lo}, {hi}] for {cfg.name} "
-                     f"(prefix tokens {cfg.num_prefix_tokens} + 1 .. {cfg.num_tokens} tokens)")
-  return tuple(sorted(set(counts), reverse=True))
-
-
 def parse_schedule_text(cfg: ViTConfig, text: str) -> Schedule:
   """`vitprune.schedule.parse_schedule(cfg, text)` (compact form or a comma list of depth + 1
   counts), validated by `check_schedule`."""
