@@ -29,3 +29,20 @@ def test_failures_keep_the_old_file_and_leave_no_temp(tmp_path):
     atomic.write_json(str(path), {"x": object()})
   assert path.read_bytes() == b"old"
   assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_staged_dir_publishes_replaces_and_rolls_back(tmp_path):
+  target = tmp_path / "art"
+  with atomic.staged_dir(str(target)) as tmp:
+    assert os.path.isdir(tmp) and not target.exists()
+    (tmp_path / tmp / "a.txt").write_text("one")
+  assert (target / "a.txt").read_text() == "one"
+  with atomic.staged_dir(str(target)) as tmp:   # replace an existing directory
+    (tmp_path / tmp / "b.txt").write_text("two")
+  assert sorted(os.listdir(target)) == ["b.txt"]
+  with pytest.raises(RuntimeError, match="boom"):
+    with atomic.staged_dir(str(target)) as tmp:
+      (tmp_path / tmp / "c.txt").write_text("three")
+      raise RuntimeError("boom")
+  assert sorted(os.listdir(target)) == ["b.txt"]          # old content intact
+  assert sorted(os.listdir(tmp_path)) == ["art"]           # no staging or old dirs left

@@ -1,13 +1,12 @@
 """vitprune.checkpoint: save/load round trips, refusals, corruption and atomicity."""
 import json
 import os
-import types
 
 import jax
 import numpy as np
 import pytest
 
-from vitprune import checkpoint
+from vitprune import atomic, checkpoint
 from vitprune.model import init_params
 from vitprune.registry import get_config
 
@@ -86,11 +85,11 @@ def test_failure_mid_save_leaves_no_directory(tmp_path, monkeypatch):
 
   seen = []
 
-  def boom(doc, f, **kw):
-    seen.append(sorted(os.listdir(os.path.dirname(f.name))))  # the temp dir, mid-save
+  def boom(path, obj, **kw):
+    seen.append(sorted(os.listdir(os.path.dirname(path))))  # the staging dir, mid-save
     raise RuntimeError("simulated crash while writing config.json")
 
-  monkeypatch.setattr(checkpoint, "json", types.SimpleNamespace(dump=boom, load=json.load))
+  monkeypatch.setattr(atomic, "write_json", boom)
   with pytest.raises(RuntimeError, match="simulated crash"):
     checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
   assert seen and "params" in seen[0]  # the crash happened after params/ was written
@@ -100,10 +99,10 @@ def test_failure_mid_save_leaves_no_directory(tmp_path, monkeypatch):
 def test_failure_mid_overwrite_keeps_old_weights(tmp_path, monkeypatch):
   cfg = get_config("test_tiny_vit")
   path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
-  def full(doc, f, **kw):
+  def full(path, obj, **kw):
     raise OSError("disk full")
 
-  monkeypatch.setattr(checkpoint, "json", types.SimpleNamespace(dump=full, load=json.load))
+  monkeypatch.setattr(atomic, "write_json", full)
   with pytest.raises(OSError, match="disk full"):
     checkpoint.save_weights(path, cfg, init_params(cfg, 1), overwrite=True)
   monkeypatch.undo()

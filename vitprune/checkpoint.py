@@ -14,14 +14,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitprune import atomic
 from vitprune.config import Preprocessing, ViTConfig
 from vitprune.model import Params, abstract_params, param_shapes
 
@@ -80,29 +79,13 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
   path = os.path.abspath(path)
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
-  parent = os.path.dirname(path)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-  os.chmod(tmp, 0o755)
-  try:
-    params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
+  params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
+  doc = {"format": FORMAT, "version": VERSION, "config": config_to_dict(cfg), "meta": meta or {}}
+  with atomic.staged_dir(path) as tmp:
     ckptr = _checkpointer()
     ckptr.save(os.path.join(tmp, "params"), params32)
     ckptr.wait_until_finished()
-    doc = {"format": FORMAT, "version": VERSION, "config": config_to_dict(cfg),
-           "meta": meta or {}}
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      json.dump(doc, f, indent=2, sort_keys=True)
-    if os.path.exists(path):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
-      os.rename(path, os.path.join(old, "w"))
-      os.rename(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    atomic.write_json(os.path.join(tmp, "config.json"), doc, sort_keys=True)
   return path
 
 

@@ -22,13 +22,12 @@ import dataclasses
 import hashlib
 import math
 import os
-import shutil
-import tempfile
 from typing import Iterator, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
+from vitprune import atomic
 from vitprune.config import Preprocessing
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, matched case-insensitively like torchvision.
@@ -635,27 +634,12 @@ def write_digits_imagefolder(root: Union[str, os.PathLike], split: str = "test",
   idx = _split_indices(split, labels, seed, test_fraction)
   if limit is not None:
     idx = idx[balanced_subset(labels[idx], limit, seed)]
-  parent = os.path.dirname(root)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(root)}.tmp-")
-  try:
+  with atomic.staged_dir(root) as tmp:
     for c in np.unique(labels[idx]):
       os.makedirs(os.path.join(tmp, DIGITS_CLASSES[c]))
     for i in idx:
       path = os.path.join(tmp, DIGITS_CLASSES[labels[i]], f"{i:04d}.png")
       Image.fromarray(np.ascontiguousarray(images[i])).save(path, format="PNG")
-    if os.path.isdir(root):
-      old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(root)}.old-")
-      os.rename(root, os.path.join(old, "d"))
-      os.rename(tmp, root)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      if os.path.exists(root):
-        os.remove(root)
-      os.rename(tmp, root)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return root
 
 

@@ -32,8 +32,6 @@ import hashlib
 import json
 import os
 import platform as _platform
-import shutil
-import tempfile
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -261,7 +259,7 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite)")
   checkpoint.check_params(cfg, params)
-  schedule = _check_schedule(check_schedule, cfg, schedule, reducer)
+  schedule = check_schedule(cfg, schedule, reducer)
   if class_names is not None:
     class_names = [str(c) for c in class_names]
     if len(class_names) != cfg.num_classes:
@@ -272,11 +270,7 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
                             precision=precision, batch_size=batch_size, platforms=platforms)
   blob = exported.serialize()
   params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
-  parent = os.path.dirname(out)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
-  os.chmod(tmp, 0o755)
-  try:
+  with atomic.staged_dir(out) as tmp:
     with open(os.path.join(tmp, FORWARD_FILE), "wb") as f:
       f.write(blob)
     ckptr = _checkpointer()
@@ -291,25 +285,7 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
     atomic.write_json(os.path.join(tmp, MANIFEST_FILE), manifest, sort_keys=True)
     if verify and local_platform() in platforms:
       _verify(tmp, cfg, params32, schedule, reducer, dtype, precision, batch_size, model)
-    if os.path.exists(out):
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
-      os.rename(out, os.path.join(old, "a"))
-      os.rename(tmp, out)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.rename(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return out
-
-
-def _check_schedule(check_schedule, cfg, schedule, reducer):
-  """`check_schedule`, with the reducer's method limits where that version supports them."""
-  import inspect  # pylint: disable=g-import-not-at-top
-  if reducer is not None and "reducer" in inspect.signature(check_schedule).parameters:
-    return check_schedule(cfg, schedule, reducer=reducer)
-  return check_schedule(cfg, schedule)
 
 
 def _verify(path, cfg, params, schedule, reducer, dtype, precision, batch_size, model) -> None:
