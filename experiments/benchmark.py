@@ -22,7 +22,6 @@ Writes `<out_dir>/<model>_<device>.{csv,md,png}` atomically and prints the markd
 """
 from __future__ import annotations
 
-import os
 from typing import List, Sequence
 
 from absl import app
@@ -30,7 +29,8 @@ from absl import flags
 
 from experiments import common
 
-flags.DEFINE_string("model", None, "Registered model name (random init unless --weights).")
+flags.DEFINE_string("model", None, "Registered model name: random init unless --weights; "
+                    "default vit_digits with its embedded trained weights.")
 flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights); "
                     "default with neither flag: weights/vit_digits if present, else "
                     "test_tiny_vit with random weights.")
@@ -55,9 +55,6 @@ flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.")
 
 FLAGS = flags.FLAGS
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_WEIGHTS = os.path.join(REPO_ROOT, "weights", "vit_digits")
-FALLBACK_MODEL = "test_tiny_vit"
 
 
 def parse_ints(values: Sequence[str], flag: str) -> List[int]:
@@ -89,30 +86,6 @@ def parse_dtypes(values: Sequence[str]) -> List[str]:
   return out
 
 
-def resolve_model(model, weights, seed: int):
-  """(cfg, params, description): --weights, else --model (random init), else the default."""
-  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top
-  from vitprune import model as model_lib  # pylint: disable=g-import-not-at-top
-  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
-  if weights is None and model is None:
-    if os.path.isdir(DEFAULT_WEIGHTS):
-      weights = DEFAULT_WEIGHTS
-    else:
-      model = FALLBACK_MODEL
-  if weights:
-    if not os.path.isdir(weights):
-      raise FileNotFoundError(f"--weights={weights!r} is not a directory")
-    cfg, params = checkpoint.load_weights(weights)
-    if model and model != cfg.name:
-      raise ValueError(f"--model={model!r} but {weights} holds {cfg.name!r}")
-    return cfg, params, f"weights {weights}"
-  try:
-    cfg = get_config(model)
-  except KeyError as e:
-    raise ValueError(str(e).strip("'\"")) from None
-  return cfg, model_lib.init_params(cfg, seed), f"random init_params(seed={seed})"
-
-
 def main(argv):
   common.quiet_logging()
   if len(argv) > 1:
@@ -128,7 +101,7 @@ def main(argv):
     if FLAGS.multi_frontier and not FLAGS.multi_solution:
       raise ValueError("--multi_frontier needs --multi_solution")
     tcfg = timing.TimingConfig(min_run_time=FLAGS.min_run_time, seed=FLAGS.seed)
-    cfg, params, source = resolve_model(FLAGS.model, FLAGS.weights, FLAGS.seed)
+    cfg, params, source = common.load_model(FLAGS.model, FLAGS.weights, FLAGS.seed)
     spec = bench.BenchmarkSpec(cfg, batch_sizes=tuple(batch_sizes), dtypes=tuple(dtypes),
                                timing=tcfg, threads=FLAGS.compile_threads,
                                eval_batch_size=FLAGS.eval_batch_size, seed=FLAGS.seed)

@@ -33,7 +33,8 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """Registers this CLI's flags (only when run as a script, so importing is side-effect free)."""
-  flags.DEFINE_string("model", None, "Registered model name (random-init unless --weights).")
+  flags.DEFINE_string("model", None, "Registered model name: random init unless --weights; "
+                      "default vit_digits with its embedded trained weights.")
   flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights).")
   flags.DEFINE_integer("init_seed", 0, "Seed of init_params when only --model is given.")
   flags.DEFINE_string("data", "digits", "'digits' or an image folder (labelled or flat).")
@@ -82,24 +83,6 @@ def parse_layers(text: str, depth: int) -> List[Optional[int]]:
   return [parse_layer(t.strip(), depth) for t in text.split(",")]
 
 
-def resolve_model(model: Optional[str], weights: Optional[str], init_seed: int):
-  """(cfg, params, weights source string)."""
-  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top
-  from vitprune import model as model_lib  # pylint: disable=g-import-not-at-top
-  if weights:
-    if not os.path.isdir(weights):
-      raise FileNotFoundError(f"--weights={weights!r} is not a directory")
-    cfg, params = checkpoint.load_weights(weights)
-    if model and model != cfg.name:
-      raise ValueError(f"--model={model!r} but {weights} holds {cfg.name!r}")
-    return cfg, params, os.path.abspath(weights)
-  if not model:
-    raise ValueError("pass --weights=DIR or --model=NAME")
-  from vitprune import registry  # pylint: disable=g-import-not-at-top
-  cfg = registry.get_config(model)
-  return cfg, model_lib.init_params(cfg, init_seed), f"init_params(seed={init_seed})"
-
-
 def format_table(doc) -> str:
   """Fixed-width table: one row per token count, one column group per layer."""
   from vitprune import estimate  # pylint: disable=g-import-not-at-top
@@ -137,7 +120,7 @@ def main(argv: Sequence[str]):
   try:
     if FLAGS.batch_size < 1:
       raise ValueError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
-    cfg, params, source = resolve_model(FLAGS.model, FLAGS.weights, FLAGS.init_seed)
+    cfg, params, source = common.load_model(FLAGS.model, FLAGS.weights, FLAGS.init_seed)
     method = FLAGS.method.strip().lower()
     kwargs = {"seed": FLAGS.seed} if method == "random" else {}
     reducer = make_reducer(method, **kwargs)

@@ -15,19 +15,17 @@ flat stretches and the per-block predictor's errors.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 from absl import app
 from absl import flags
 
 from experiments import common
 
-from vitprune import checkpoint
 from vitprune import pipeline
 from vitprune.profile import records
 from vitprune.profile import runner
 from vitprune.profile import timing
-from vitprune.registry import get_config
 from vitprune.schedule import parse_token_grid
 
 _MODEL = flags.DEFINE_string("model", "vit_digits", "Registered model name (timm name). "
@@ -85,22 +83,12 @@ def _batch_sizes(values: List[str]):
   return sizes
 
 
-def load_model(name: str, weights: Optional[str]):
-  """-> (cfg, params or None). With `weights`, the config comes from the weights directory;
-  `vit_digits` without weights uses the embedded `weights/vit_digits`."""
-  if weights is None and name == "vit_digits":
-    weights = pipeline.DEFAULT_WEIGHTS
-  if weights is None:
-    return get_config(name), None
-  return checkpoint.load_weights(weights)
-
-
 def pipeline_from_flags():
   """-> (cfg, params, weights source, PipelineSpec); raises ValueError/KeyError on bad flags."""
-  cfg, params = load_model(_MODEL.value, _WEIGHTS.value)
-  if params is None:
+  if not _WEIGHTS.value and _MODEL.value != common.EMBEDDED_MODEL:
     raise ValueError(f"--mode=pipeline estimates accuracy, so it needs trained --weights for "
-                     f"{cfg.name} (use --mode=model for latency alone)")
+                     f"{_MODEL.value} (use --mode=model for latency alone)")
+  cfg, params, source = common.load_model(_MODEL.value, _WEIGHTS.value, _SEED.value)
   sizes = _batch_sizes(_BATCH.value)
   if len(sizes) != 1:
     raise ValueError(f"--mode=pipeline takes one --batch_size, got {list(sizes)}")
@@ -112,12 +100,12 @@ def pipeline_from_flags():
       num_images=_NUM_IMAGES.value, eval_batch_size=_EVAL_BATCH.value, alpha=_ALPHA.value,
       layer=_LAYER.value, method=_METHOD.value, timing=tcfg, threads=_THREADS.value,
       seed=_SEED.value)
-  return cfg, params, _WEIGHTS.value or pipeline.DEFAULT_WEIGHTS, spec
+  return cfg, params, source, spec
 
 
 def spec_from_flags():
   """-> (ProfileSpec, params or None); raises ValueError/KeyError on bad flags."""
-  cfg, params = load_model(_MODEL.value, _WEIGHTS.value)
+  cfg, params, _ = common.load_model(_MODEL.value, _WEIGHTS.value, _SEED.value)
   tokens = parse_token_grid(cfg, _TOKENS.value)
   schedules = tuple(runner.parse_schedule_text(cfg, s) for s in _SCHEDULE.value)
   tcfg = timing.TimingConfig(min_run_time=_MIN_RUN.value, max_rel_iqr=_MAX_REL_IQR.value,

@@ -28,14 +28,12 @@ from experiments import common
 import jax
 import numpy as np
 
-from vitprune import checkpoint
 from vitprune import data as data_lib
 from vitprune import model as vit
 from vitprune import schedule as S
 from vitprune.config import ViTConfig
 from vitprune.profile import timing
 from vitprune.reduce import list_methods, make_reducer
-from vitprune.registry import get_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "vit_digits", "Registered model name (random-init weights, except "
@@ -65,20 +63,6 @@ def default_schedule(cfg: ViTConfig, method: str) -> S.Schedule:
   return S.prune_at(cfg, remove=remove, layer=min(S.DEFAULT_POMT_LAYER, cfg.depth - 1))
 
 
-EMBEDDED = ("vit_digits", "weights/vit_digits")
-
-
-def load_model(name: str, weights: str, seed: int) -> Tuple[ViTConfig, Any]:
-  """(cfg, params): from a checkpoint directory if `weights` (or the embedded vit_digits), else
-  random init of `name`."""
-  if not weights and name == EMBEDDED[0]:
-    weights = EMBEDDED[1]
-  if weights:
-    return checkpoint.load_weights(weights)
-  cfg = get_config(name)
-  return cfg, vit.init_params(cfg, seed)
-
-
 def synthetic_images(cfg: ViTConfig, n: int, seed: int) -> np.ndarray:
   """[n, S, S, C] deterministic images: smooth random colour fields, normalised like the model's
   preprocessing (so their statistics resemble real inputs)."""
@@ -100,7 +84,7 @@ def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int
   if images_dir:
     ds = data_lib.ImageFolder(images_dir)
     indices = np.arange(min(len(ds), batch_size))
-  elif cfg.name == EMBEDDED[0]:
+  elif cfg.name == common.EMBEDDED_MODEL:
     ds = data_lib.digits_dataset()
     indices = data_lib.digits_split()[1][:batch_size]
   else:
@@ -203,7 +187,7 @@ def main(argv):
   if FLAGS.batch_size < 1:
     raise app.UsageError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
   try:
-    cfg, params = load_model(FLAGS.model, FLAGS.weights, FLAGS.seed)
+    cfg, params, _ = common.load_model(FLAGS.model, FLAGS.weights, FLAGS.seed)
     schedule = S.parse_schedule(cfg, FLAGS.schedule) if FLAGS.schedule else None
     images, labels, valid = load_images(cfg, FLAGS.images, FLAGS.batch_size, FLAGS.seed)
     options = {"random": {"seed": FLAGS.random_seed},

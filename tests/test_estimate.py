@@ -406,10 +406,6 @@ def test_cli_parsers(doc):
     cli.parse_layer("6", 6)
   with pytest.raises(ValueError, match="neither 'embed'"):
     cli.parse_layer("first", 6)
-  with pytest.raises(ValueError, match="pass --weights=DIR or --model=NAME"):
-    cli.resolve_model(None, None, 0)
-  with pytest.raises(FileNotFoundError, match="not a directory"):
-    cli.resolve_model(None, "/nonexistent/w", 0)
   table = cli.format_table(doc[0]).splitlines()
   assert table[1] == "unpruned: accuracy=0.5714  agreement=1.0000  kl=0.0000"
   assert table[3].split()[0] == "5" and len(table) == 5 and len(table[3].split()) == 1 + 3 * 3

@@ -31,8 +31,6 @@ from vitprune.profile import records, runner, timing
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import Schedule, format_schedule, full_schedule
 
-DEFAULT_WEIGHTS = "weights/vit_digits"
-
 
 @dataclasses.dataclass(frozen=True)
 class PipelineSpec:

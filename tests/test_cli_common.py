@@ -1,0 +1,38 @@
+"""experiments/common.py: the --model/--weights rule shared by every CLI."""
+import os
+
+import numpy as np
+import pytest
+
+from experiments import common
+from vitprune import checkpoint, model
+from vitprune.registry import get_config
+
+
+def test_default_is_the_embedded_trained_model():
+  cfg, params, source = common.load_model(None, None)
+  assert cfg == get_config("vit_digits") and source == common.EMBEDDED_WEIGHTS
+  _, stored = checkpoint.load_weights(common.EMBEDDED_WEIGHTS)
+  np.testing.assert_array_equal(params["head"]["kernel"], stored["head"]["kernel"])
+  assert common.load_model("vit_digits", None)[2] == common.EMBEDDED_WEIGHTS
+
+
+def test_other_models_get_seeded_random_weights():
+  cfg, params, source = common.load_model("test_tiny_vit", None, seed=3)
+  assert cfg.name == "test_tiny_vit" and source == "init_params(seed=3)"
+  want = model.init_params(cfg, 3)
+  np.testing.assert_array_equal(params["pos_embed"], want["pos_embed"])
+
+
+def test_weights_directory_and_errors(tmp_path):
+  cfg = get_config("test_tiny_distilled")
+  wdir = checkpoint.save_weights(str(tmp_path / "w"), cfg, model.init_params(cfg, 1))
+  got, _, source = common.load_model(None, wdir)
+  assert got == cfg and source == os.path.abspath(wdir)
+  assert common.load_model("test_tiny_distilled", wdir)[0] == cfg
+  with pytest.raises(ValueError, match="--model='test_tiny_vit' but .* holds 'test_tiny_distilled'"):
+    common.load_model("test_tiny_vit", wdir)
+  with pytest.raises(FileNotFoundError, match="is not a directory"):
+    common.load_model(None, str(tmp_path / "missing"))
+  with pytest.raises(KeyError, match="Did you mean"):
+    common.load_model("deit_smal_patch16_224", None)
