@@ -56,7 +56,7 @@ def test_model_mode_writes_profile_csv_png(tmp_path, capsys):
 def test_block_mode_reports_predictions(tmp_path, capsys):
   (prof,) = _run(tmp_path, "--mode=block", "--tokens=17:13:-4", "--dtype=bfloat16")
   comps = sorted((p.component, p.tokens) for p in prof.points)
-  assert comps == ([("block", n) for n in (13, 17)] + [("embed", 17)]
+  assert comps == ([("block", n) for n in (13, 17)] + [("dispatch", 1), ("embed", 17)]
                    + [("head", n) for n in (13, 17)] + [("model", n) for n in (13, 17)])
   assert sorted(p["schedule"][0] for p in prof.predictions) == [13, 17]
   for p in prof.predictions:

@@ -58,3 +58,15 @@ def test_relative_error_and_table_validation():
     predict.BlockTable(embed_s=0.0, block_s={3: -1.0})
   with pytest.raises(ValueError, match="head_s latencies"):
     predict.BlockTable(embed_s=0.0, block_s={3: 1.0}, head_s=float("nan"))
+
+
+def test_per_call_overhead_is_paid_once_by_the_whole_forward():
+  # Every separately timed part = its work + one call overhead o; the whole forward = o + work.
+  o = 0.05
+  work_block = {n: 0.1 * n for n in (4, 8)}
+  t = predict.BlockTable(embed_s=0.2 + o, block_s={n: w + o for n, w in work_block.items()},
+                         head_s={4: 0.01 + o, 8: 0.02 + o}, overhead_s=o)
+  s = Schedule((8, 8, 4, 4))  # depth 3: blocks see 8, 8, 4; head sees 4
+  assert predict.predict(t, s) == pytest.approx(o + 0.2 + 0.8 + 0.8 + 0.4 + 0.01)
+  with pytest.raises(ValueError, match="overhead_s must be finite and >= 0"):
+    predict.BlockTable(embed_s=0.0, block_s={3: 1.0}, overhead_s=-1.0)

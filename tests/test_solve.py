@@ -481,6 +481,25 @@ def _block_profile(tmp_path, name="b.json", batch=8, noise=0.0):
   return _save_profile(tmp_path, pts, name=name, modes=("block",))
 
 
+def test_multilayer_files_subtract_the_measured_call_overhead(tmp_path):
+  # With a 'dispatch' point, the file path's latency model equals the profile predictor's
+  # (overhead paid once), and differs from the uncorrected sum by depth + 1 overheads.
+  o = 2e-5
+  pts = [_point("embed", N, 1e-4 + o), _point("dispatch", 1, o)]
+  pts += [_point("head", n, 1e-5 + o) for n in range(2, N + 1)]
+  pts += [_point("block", n, _step_latency(n) / 6 + 1e-6 * n + o) for n in range(2, N + 1)]
+  ps = _save_profile(tmp_path, pts, modes=("block",))
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  sol, _, _ = solve_io.solve_multilayer_files(ps, es)
+  table = records.block_table(records.load(ps), 8)
+  assert table.overhead_s == pytest.approx(o)
+  for f in sol.frontier:
+    assert f.latency == pytest.approx(profile_predict.predict(table, Schedule(f.counts)))
+  full = (N,) * 7
+  uncorrected = 1e-4 + o + 6 * (_step_latency(N) / 6 + 1e-6 * N + o) + 1e-5 + o
+  assert profile_predict.predict(table, Schedule(full)) == pytest.approx(uncorrected - 7 * o)
+
+
 def test_multilayer_end_to_end(tmp_path):
   ps = _block_profile(tmp_path)
   es = _estimate(tmp_path, [None, 1, 3, 5], list(range(4, N)), _acc)

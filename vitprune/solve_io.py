@@ -331,9 +331,13 @@ def multilayer_inputs(profile: records.Profile, doc: Dict[str, Any], cfg: ViTCon
   curve_noise = (1.4826 * float(np.median(np.abs(drops - np.median(drops))))
                  if drops.size >= 3 else 0.0)
   noise = step_k * np.maximum(steps_lib.pair_noise(iqr, cnt), curve_noise)
-  head = (float(next(iter(table.head_s.values()))) if head_single
-          else np.array([table.head_s[int(n)] for n in ns]))
-  return MultiInputs(ns=ns, block=med, head=head, embed=float(table.embed_s),
+  # Each separately timed part holds one per-call overhead, the whole forward pays it once: keep
+  # it in the embedding, take it out of the blocks and the head (as predict.predict does).
+  ovh = float(table.overhead_s)
+  head = (float(next(iter(table.head_s.values()))) - ovh if head_single
+          else np.array([table.head_s[int(n)] for n in ns]) - ovh)
+  return MultiInputs(ns=ns, block=np.maximum(med - ovh, 0.0), head=np.maximum(head, 0.0),
+                     embed=float(table.embed_s),
                      layers=tuple(l for l, _ in rows), sensitivity=sens,
                      full_accuracy=full_acc, pair_noise=noise)
 

@@ -21,7 +21,9 @@ JSON schema (version 1), all latencies in seconds:
     "reducer": "keep_first",                      # how tokens were dropped in model/schedule graphs
     "timing": {...},                              # dataclasses.asdict(TimingConfig)
     "points": [{
-        "component": "model" | "schedule" | "embed" | "block" | "head",
+        "component": "model" | "schedule" | "embed" | "block" | "head" | "dispatch",
+                                                  # dispatch: a trivial graph, the per-call
+                                                  # overhead (tokens 1)
         "batch_size": 1,
         "tokens": 197,                            # tokens entering (block: its input; model: block 0)
         "schedule": [197, ..., 98] | null,        # depth + 1 counts, component "schedule" only
@@ -59,7 +61,7 @@ from vitprune.schedule import Schedule
 
 FORMAT = "vitprune-latency-profile"
 SCHEMA_VERSION = 1
-COMPONENTS = ("model", "schedule", "embed", "block", "head")
+COMPONENTS = ("model", "schedule", "embed", "block", "head", "dispatch")
 MODES = ("model", "block", "schedule")
 CURVE_COMPONENTS = ("model", "block")   # components whose L(n) curves get step detection
 
@@ -167,9 +169,11 @@ def block_table(profile: Profile, batch_size: int) -> Optional[predict_lib.Block
   heads = profile.curve("head", batch_size)
   if not (embed and blocks and heads):
     return None
+  dispatch = profile.curve("dispatch", batch_size)
   return predict_lib.BlockTable(embed_s=embed[0].median_s,
                                 block_s={p.tokens: p.median_s for p in blocks},
-                                head_s={p.tokens: p.median_s for p in heads})
+                                head_s={p.tokens: p.median_s for p in heads},
+                                overhead_s=dispatch[0].median_s if dispatch else 0.0)
 
 
 def analyze(profile: Profile, **step_kw) -> Profile:

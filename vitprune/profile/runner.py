@@ -12,6 +12,8 @@ Modes (every graph AOT-compiled per shape, then timed by `timing.measure_all`):
             count to report how well embed + depth * B(n) + head predicts them.
   schedule: the real compiled graphs of the given schedules, plus the block table at the counts
             they use, so the per-block sum's relative error is reported for each schedule.
+Modes block and schedule also time a trivial graph ('dispatch'): the per-call overhead that each
+separately timed part contains and the whole forward pays once (see `predict.py`).
 
 Token dropping: `vitprune.reduce.methods.make_reducer('random')` by default, or `KeepFirst` below
 (a static slice keeping the first tokens). Which tokens are kept does not
@@ -137,6 +139,11 @@ def head_fn(cfg: ViTConfig, dtype: str) -> Callable:
   return fn
 
 
+def dispatch_fn(x):
+  """[B, 1, 1] -> x + 1: next to no work, so its latency is the cost of calling an executable."""
+  return x + 1
+
+
 def _head_params(params):
   return {k: params[k] for k in ("norm", "fc_norm", "head", "head_dist") if k in params}
 
@@ -222,6 +229,8 @@ def _jobs(keys: Sequence[Key], *, spec: ProfileSpec, params, images, reducer
       jobs[key] = (model_fn(cfg, Schedule(counts), reducer, spec.dtype), (params, images))
     elif comp == "embed":
       jobs[key] = (embed_fn(cfg, spec.dtype), (params, images))
+    elif comp == "dispatch":  # per-call overhead: a trivial graph on a [B, 1, 1] input
+      jobs[key] = (dispatch_fn, (timing.device_put(jnp.zeros((b, 1, 1), dt)),))
     else:
       x = timing.device_put(jnp.asarray(
           np.random.default_rng(spec.seed).normal(0, 1, (b, n, cfg.embed_dim)), dt))
@@ -240,13 +249,13 @@ def _keys_for(spec: ProfileSpec, grid: Sequence[int], first: bool) -> List[Key]:
     keys = [("block", n, None) for n in grid] + [("head", n, None) for n in grid]
     if first:
       mid = sorted(grid)[len(grid) // 2]
-      keys += [("embed", cfg.num_tokens, None)]
+      keys += [("embed", cfg.num_tokens, None), ("dispatch", 1, None)]
       keys += [("model", n, None) for n in sorted({max(grid), mid, min(grid)}, reverse=True)]
     return keys
   keys = [("schedule", s.counts[0], s.counts) for s in spec.schedules]
   block_counts = sorted({c for s in spec.schedules for c in s.counts[:-1]}, reverse=True)
   head_counts = sorted({s.counts[-1] for s in spec.schedules}, reverse=True)
-  keys += [("embed", cfg.num_tokens, None)]
+  keys += [("embed", cfg.num_tokens, None), ("dispatch", 1, None)]
   keys += [("block", n, None) for n in block_counts] + [("head", n, None) for n in head_counts]
   return keys
 
