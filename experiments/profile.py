@@ -71,6 +71,13 @@ _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 64, "Pipeline: accuracy ba
 _ALPHA = flags.DEFINE_float("alpha", 0.5, "Pipeline: latency weight of the paper's utility.")
 _LAYER = flags.DEFINE_integer("layer", 3, "Pipeline: block where the chosen schedule prunes.")
 _METHOD = flags.DEFINE_string("method", "pomt", "Pipeline: method of the chosen schedule.")
+_SOLVER = flags.DEFINE_enum("solver", "paper", ["paper", "multi"],
+                            "Pipeline: paper (one reduction at --layer, utility argmax) or multi "
+                            "(per-layer schedule from the exact Pareto frontier).")
+_FLOOR = flags.DEFINE_float("accuracy_floor", None, "Pipeline, --solver=multi: fastest schedule "
+                            "whose predicted accuracy (agreement when unlabelled) is >= this.")
+_BUDGET = flags.DEFINE_float("latency_budget", None, "Pipeline, --solver=multi: most accurate "
+                             "schedule whose predicted latency (seconds) is <= this.")
 
 
 def _batch_sizes(values: List[str]):
@@ -92,14 +99,15 @@ def pipeline_from_flags():
   sizes = _batch_sizes(_BATCH.value)
   if len(sizes) != 1:
     raise ValueError(f"--mode=pipeline takes one --batch_size, got {list(sizes)}")
-  tokens = parse_token_grid(cfg, _TOKENS.value)
+  tokens = parse_token_grid(cfg, _TOKENS.value) if _TOKENS.present else None
   tcfg = timing.TimingConfig(min_run_time=_MIN_RUN.value, max_rel_iqr=_MAX_REL_IQR.value,
                              max_retries=_RETRIES.value, seed=_SEED.value)
   spec = pipeline.PipelineSpec(
       batch_size=sizes[0], dtype=_DTYPE.value, tokens=tokens, data=_DATA.value,
       num_images=_NUM_IMAGES.value, eval_batch_size=_EVAL_BATCH.value, alpha=_ALPHA.value,
       layer=_LAYER.value, method=_METHOD.value, timing=tcfg, threads=_THREADS.value,
-      seed=_SEED.value)
+      seed=_SEED.value, solver=_SOLVER.value, accuracy_floor=_FLOOR.value,
+      latency_budget=_BUDGET.value)
   return cfg, params, source, spec
 
 

@@ -91,7 +91,8 @@ def test_default_flags_run_the_pipeline_on_the_embedded_model():
   assert cfg.name == "vit_digits" and params is not None
   assert source.endswith(os.path.join("weights", "vit_digits"))
   assert spec.batch_size == 1 and spec.dtype == "float32" and spec.data == "digits"
-  assert spec.tokens == tuple(range(65, 1, -1)) and spec.layer == 3 and spec.method == "pomt"
+  assert spec.tokens is None and spec.grid(cfg) == tuple(range(65, 1, -1))
+  assert spec.layer == 3 and spec.method == "pomt" and spec.solver == "paper"
   assert spec.alpha == 0.5 and spec.num_images is None
 
 
@@ -114,6 +115,25 @@ def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys):
   assert f"n* = {s['n_star']} tokens" in out and "speedup x" in out
 
 
+def test_pipeline_multi_layer_solver(tmp_path, capsys):
+  FLAGS.unparse_flags()
+  FLAGS(["profile", f"--out_dir={tmp_path}", *FAST, "--tokens=65,33,17", "--num_images=40",
+         "--eval_batch_size=20", "--solver=multi", "--accuracy_floor=0.5"])
+  s = cli.run(["profile"])
+  assert s["solver"] == "multi" and s["n_star"] is None and s["method"] == "pomt"
+  counts = s["counts"]
+  assert counts[0] == 65 and all(a >= b for a, b in zip(counts, counts[1:]))
+  assert set(counts) <= {65, 33, 17}
+  assert s["predicted"]["accuracy"] >= 0.5 and s["predicted"]["latency_ms"] > 0
+  with open(s["files"]["estimate"]) as f:
+    est = json.load(f)
+  assert est["kind"] == "sensitivity" and est["layers"] == list(range(6))
+  assert est["tokens"] == [17, 33]
+  out = capsys.readouterr().out
+  assert "multi-layer Pareto frontier, accuracy >= 0.5" in out
+  assert f"chosen: multi-layer pomt schedule {s['schedule']}" in out
+
+
 def test_pipeline_errors(tmp_path):
   with pytest.raises(app.UsageError, match="needs trained --weights for test_tiny_vit"):
     FLAGS.unparse_flags()
@@ -122,6 +142,15 @@ def test_pipeline_errors(tmp_path):
   with pytest.raises(app.UsageError, match="takes one --batch_size"):
     FLAGS.unparse_flags()
     FLAGS(["profile", f"--out_dir={tmp_path}", "--batch_size=1,2"])
+    cli.run(["profile"])
+  with pytest.raises(app.UsageError, match="apply to solver='multi' only"):
+    FLAGS.unparse_flags()
+    FLAGS(["profile", f"--out_dir={tmp_path}", "--accuracy_floor=0.9"])
+    cli.run(["profile"])
+  with pytest.raises(app.UsageError, match="not both"):
+    FLAGS.unparse_flags()
+    FLAGS(["profile", f"--out_dir={tmp_path}", "--solver=multi", "--accuracy_floor=0.9",
+           "--latency_budget=0.001"])
     cli.run(["profile"])
 
 

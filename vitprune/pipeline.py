@@ -9,6 +9,12 @@
   4. verify    the chosen POMT graph and the unpruned graph are compiled and timed with the
                profiler's protocol on the same device, and evaluated on the same data.
 
+With `solver='multi'` (beyond the paper) stage 1 measures the per-block table B(n) instead,
+stage 2 the per-layer sensitivity S[l, n] of `method` at every block, and stage 3 picks a
+per-layer schedule from the exact Pareto frontier (fastest above `accuracy_floor`, most accurate
+under `latency_budget`, else best utility); stage 4 is unchanged, so the solver's predictions
+are checked against the real graph and data.
+
 Every stage writes its file under `out_dir` (profile/, estimate/, solve/ and summary.json), so
 the stages can be rerun or inspected separately with their own CLIs.
 """
@@ -47,6 +53,9 @@ class PipelineSpec:
   timing: timing.TimingConfig = timing.TimingConfig(min_run_time=0.2)
   threads: int = 2
   seed: int = 0
+  solver: str = "paper"                    # 'paper' | 'multi'
+  accuracy_floor: Optional[float] = None   # multi: fastest schedule at or above this
+  latency_budget: Optional[float] = None   # multi: most accurate schedule within (seconds)
 
   def __post_init__(self):
     if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -54,6 +63,21 @@ class PipelineSpec:
                        f"{self.eval_batch_size}")
     if not 0.0 <= self.alpha <= 1.0:
       raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+    if self.solver not in ("paper", "multi"):
+      raise ValueError(f"solver must be 'paper' or 'multi', got {self.solver!r}")
+    if self.solver == "paper" and (self.accuracy_floor is not None or
+                                   self.latency_budget is not None):
+      raise ValueError("accuracy_floor / latency_budget apply to solver='multi' only")
+    if self.accuracy_floor is not None and self.latency_budget is not None:
+      raise ValueError("give accuracy_floor or latency_budget, not both")
+
+  def grid(self, cfg: ViTConfig) -> Tuple[int, ...]:
+    """Token counts to profile and estimate: `tokens`, else every count (paper) or every 4th
+    count from all tokens down (multi: depth x counts sensitivity graphs are compiled)."""
+    if self.tokens:
+      return tuple(self.tokens)
+    step = 1 if self.solver == "paper" else 4
+    return tuple(range(cfg.num_tokens, cfg.num_prefix_tokens, -step))
 
 
 def _measure_graphs(cfg: ViTConfig, params: Params, graphs: Dict[str, Tuple[Schedule, Any]],
@@ -74,6 +98,74 @@ def _measure_graphs(cfg: ViTConfig, params: Params, graphs: Dict[str, Tuple[Sche
                             compile_s={k: s for k, (_, s) in compiled.items()})
 
 
+def _profile(cfg, params, spec, tokens, out_dir, progress, log) -> str:
+  """Stage 1 -> the profile file: the whole-model curve (paper) or the per-block table (multi)."""
+  mode = "model" if spec.solver == "paper" else "block"
+  what = "latency vs tokens" if mode == "model" else "per-block latency table"
+  log(f"[1/4] profile: {cfg.name} {what} on {jax.devices()[0].device_kind}, batch "
+      f"{spec.batch_size}, {spec.dtype}, {len(tokens)} token counts")
+  pspec = runner.ProfileSpec(cfg=cfg, batch_sizes=(spec.batch_size,), dtype=spec.dtype,
+                             mode=mode, tokens=tuple(tokens), timing=spec.timing,
+                             threads=spec.threads, seed=spec.seed)
+  profile = runner.run_profile(pspec, params=params, out_dir=os.path.join(out_dir, "profile"),
+                               progress=progress, log=log)[0]
+  for line in runner.summary_table(profile).splitlines():
+    if "saves" in line or "predicted" in line:
+      log("  " + line.strip())
+  return os.path.join(out_dir, "profile", records.file_stem(profile) + ".json")
+
+
+def _estimate(cfg, params, spec, tokens, data, out_dir, weights_source, log) -> str:
+  """Stage 2 -> the estimate file: A(n) with random drops after the embedding (paper) or the
+  per-layer sensitivity of `spec.method` at every block (multi)."""
+  if spec.solver == "paper":
+    log(f"[2/4] estimate: accuracy with tokens randomly dropped after the embedding, "
+        f"{len(data.indices)} images of {spec.data}")
+    method, kwargs = "random", {"seed": spec.seed}
+    points = estimate_lib.token_points(cfg, tokens, make_reducer(method, **kwargs), layer=None)
+  else:
+    log(f"[2/4] estimate: {spec.method} sensitivity at each of {cfg.depth} blocks x "
+        f"{len(tokens) - 1} token counts, {len(data.indices)} images of {spec.data}")
+    method, kwargs = spec.method, {}
+    reduced = [n for n in tokens if n < cfg.num_tokens]
+    points = estimate_lib.sensitivity_points(cfg, reduced, list(range(cfg.depth)),
+                                             make_reducer(method))
+  result = estimate_lib.evaluate(cfg, params, data.batches(cfg, spec.eval_batch_size), points,
+                                 labelled=data.labelled, dtype=spec.dtype)
+  doc = estimate_lib.estimate_record(
+      cfg=cfg, params=params, weights_source=weights_source, data_info=data.info,
+      method=method, method_kwargs=kwargs, seed=spec.seed, points=points, result=result,
+      labelled=data.labelled, dtype=spec.dtype)
+  name = f"{cfg.name}_{method}_{'embed' if spec.solver == 'paper' else 'layers'}.json"
+  return estimate_lib.save_estimate(os.path.join(out_dir, "estimate", name), doc,
+                                    overwrite=True)
+
+
+def _solve(cfg, spec, profile_path, estimate_path, out_dir, log):
+  """Stage 3 -> (chosen Schedule, predicted latency s, predicted metric, solution paths)."""
+  if spec.solver == "paper":
+    log(f"[3/4] solve: paper utility, alpha={spec.alpha}, {spec.method} at block {spec.layer}")
+    sol, record, _ = solve_io.solve_paper_files(
+        profile_path, estimate_path, alpha=spec.alpha, layer=spec.layer, method=spec.method,
+        allow_batch_mismatch=True)  # accuracy does not depend on the batch size it was run at
+    log(f"  n* = {sol.n_star} tokens")
+    latency, metric = sol.latency_star, sol.accuracy_star
+  else:
+    rule = (f"accuracy >= {spec.accuracy_floor}" if spec.accuracy_floor is not None else
+            f"latency <= {spec.latency_budget} s" if spec.latency_budget is not None else
+            f"best utility, alpha={spec.alpha}")
+    log(f"[3/4] solve: multi-layer Pareto frontier, {rule}")
+    sol, record, _ = solve_io.solve_multilayer_files(
+        profile_path, estimate_path, accuracy_floor=spec.accuracy_floor,
+        latency_budget=spec.latency_budget, alpha=spec.alpha, allow_batch_mismatch=True)
+    log(f"  frontier: {len(sol.frontier)} schedules")
+    latency, metric = sol.chosen.latency, sol.chosen.accuracy
+  chosen = Schedule(tuple(record["chosen"]["counts"]))
+  log(f"  chosen schedule {format_schedule(chosen, cfg)}: predicted {1e3 * latency:.4f} ms, "
+      f"{metric:.4f}")
+  return chosen, latency, metric, solve_io.write_solution(record, os.path.join(out_dir, "solve"))
+
+
 def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: str, *,
                  weights_source: str, progress: bool = True,
                  log: Callable[[str], None] = print) -> Dict[str, Any]:
@@ -84,40 +176,11 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
                      "agreement of class predictions")
   os.makedirs(out_dir, exist_ok=True)
   data = estimate_lib.load_eval_data(spec.data, num_images=spec.num_images, seed=spec.seed)
-  tokens = spec.tokens or tuple(range(cfg.num_tokens, cfg.num_prefix_tokens, -1))
-
-  log(f"[1/4] profile: {cfg.name} latency vs tokens on {jax.devices()[0].device_kind}, "
-      f"batch {spec.batch_size}, {spec.dtype}, {len(tokens)} token counts")
-  pspec = runner.ProfileSpec(cfg=cfg, batch_sizes=(spec.batch_size,), dtype=spec.dtype,
-                             mode="model", tokens=tuple(tokens), timing=spec.timing,
-                             threads=spec.threads, seed=spec.seed)
-  profile = runner.run_profile(pspec, params=params, out_dir=os.path.join(out_dir, "profile"),
-                               progress=progress, log=log)[0]
-  profile_path = os.path.join(out_dir, "profile", records.file_stem(profile) + ".json")
-  for line in runner.summary_table(profile).splitlines():
-    if "saves" in line or line.startswith("flat") or line.startswith("steps"):
-      log("  " + line.strip())
-
-  log(f"[2/4] estimate: accuracy with tokens randomly dropped after the embedding, "
-      f"{len(data.indices)} images of {spec.data}")
-  random = make_reducer("random", seed=spec.seed)
-  points = estimate_lib.token_points(cfg, tokens, random, layer=None)
-  result = estimate_lib.evaluate(cfg, params, data.batches(cfg, spec.eval_batch_size), points,
-                                 labelled=data.labelled, dtype=spec.dtype)
-  doc = estimate_lib.estimate_record(
-      cfg=cfg, params=params, weights_source=weights_source, data_info=data.info,
-      method="random", method_kwargs={"seed": spec.seed}, seed=spec.seed, points=points,
-      result=result, labelled=data.labelled, dtype=spec.dtype)
-  estimate_path = estimate_lib.save_estimate(
-      os.path.join(out_dir, "estimate", f"{cfg.name}_random_embed.json"), doc, overwrite=True)
-
-  log(f"[3/4] solve: paper utility, alpha={spec.alpha}, {spec.method} at block {spec.layer}")
-  sol, record, _ = solve_io.solve_paper_files(
-      profile_path, estimate_path, alpha=spec.alpha, layer=spec.layer, method=spec.method,
-      allow_batch_mismatch=True)  # accuracy does not depend on the batch size it was run at
-  solution_paths = solve_io.write_solution(record, os.path.join(out_dir, "solve"))
-  chosen = Schedule(sol.counts)
-  log(f"  n* = {sol.n_star} tokens -> schedule {format_schedule(chosen, cfg)}")
+  tokens = spec.grid(cfg)
+  profile_path = _profile(cfg, params, spec, tokens, out_dir, progress, log)
+  estimate_path = _estimate(cfg, params, spec, tokens, data, out_dir, weights_source, log)
+  chosen, predicted_latency, predicted_metric, solution_paths = _solve(
+      cfg, spec, profile_path, estimate_path, out_dir, log)
 
   log(f"[4/4] verify: compile and time the unpruned and the {spec.method} graphs, evaluate "
       "both on the same images")
@@ -126,37 +189,40 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
   meas = _measure_graphs(cfg, params, graphs, spec)
   check = estimate_lib.evaluate(
       cfg, params, data.batches(cfg, spec.eval_batch_size),
-      [estimate_lib.EvalPoint(chosen, reducer, sol.n_star, spec.layer)],
+      [estimate_lib.EvalPoint(chosen, reducer, chosen.counts[-1],
+                              chosen.reduction_layers[0] if chosen.reduction_layers else None)],
       labelled=data.labelled, dtype=spec.dtype)
   metric = "accuracy" if data.labelled else "agreement"
-  ref_metric = getattr(check.reference, metric)
-  pruned_metric = getattr(check.points[0], metric)
+  profile = records.load(profile_path)
   summary = {
       "model": cfg.name, "weights": weights_source, "device_kind": profile.device_kind,
       "platform": profile.platform, "batch_size": spec.batch_size, "dtype": spec.dtype,
       "data": spec.data, "num_images": int(len(data.indices)), "metric": metric,
-      "alpha": spec.alpha, "n_star": int(sol.n_star),
+      "solver": spec.solver, "alpha": spec.alpha,
+      "n_star": int(chosen.counts[-1]) if spec.solver == "paper" else None,
       "schedule": format_schedule(chosen, cfg), "counts": list(chosen.counts),
       "method": spec.method,
-      "random_drop_estimate_at_n_star": float(sol.accuracy_star),
-      "profiled_latency_at_n_star_ms": 1e3 * float(sol.latency_star),
-      "unpruned": {"counts": list(full_schedule(cfg).counts), "latency_ms": 1e3 * meas["unpruned"].median,
-                   "iqr_ms": 1e3 * meas["unpruned"].iqr, metric: float(ref_metric)},
+      "predicted": {"latency_ms": 1e3 * float(predicted_latency),
+                    metric: float(predicted_metric)},
+      "unpruned": {"counts": list(full_schedule(cfg).counts),
+                   "latency_ms": 1e3 * meas["unpruned"].median,
+                   "iqr_ms": 1e3 * meas["unpruned"].iqr,
+                   metric: float(getattr(check.reference, metric))},
       "pruned": {"latency_ms": 1e3 * meas[spec.method].median,
-                 "iqr_ms": 1e3 * meas[spec.method].iqr, metric: float(pruned_metric),
+                 "iqr_ms": 1e3 * meas[spec.method].iqr,
+                 metric: float(getattr(check.points[0], metric)),
                  "agreement_with_unpruned": float(check.points[0].agreement)},
       "files": {"profile": profile_path, "estimate": estimate_path,
                 "solution": solution_paths["json"], "solution_plot": solution_paths["png"],
                 "profile_plot": os.path.splitext(profile_path)[0] + ".png"},
-      "steps": [_describe_step(s) for s in profile.steps],
+      # One-token steps only: a drop between distant grid counts is not localised.
+      "steps": [_describe_step(s) for s in profile.steps if s["n_from"] - s["n_to"] == 1],
   }
   summary["speedup"] = summary["unpruned"]["latency_ms"] / summary["pruned"]["latency_ms"]
   path = os.path.join(out_dir, "summary.json")
   atomic.write_json(path, summary, indent=1)
   summary["files"]["summary"] = path
   return summary
-
-
 def _describe_step(s: Dict[str, Any]) -> str:
   return (f"{s['n_from']} -> {s['n_to']} saves {100 * s['saving_frac']:.1f}% "
           f"({1e3 * s['saving_s']:.4g} ms)")
@@ -169,8 +235,11 @@ def format_summary(s: Dict[str, Any]) -> str:
   lines = [
       f"== {s['model']} on {s['device_kind']} ({s['platform']}), batch {s['batch_size']}, "
       f"{s['dtype']}, {s['num_images']} images of {s['data']}",
-      f"   chosen: n* = {s['n_star']} tokens (alpha {s['alpha']}) -> {s['method']} schedule "
-      f"{s['schedule']}",
+      (f"   chosen: n* = {s['n_star']} tokens (alpha {s['alpha']}) -> {s['method']} schedule "
+       f"{s['schedule']}" if s["solver"] == "paper" else
+       f"   chosen: multi-layer {s['method']} schedule {s['schedule']}"),
+      f"   solver predicted {s['predicted']['latency_ms']:.4f} ms, {m} "
+      f"{s['predicted'][m]:.4f} (measured below)",
       f"   {'graph':<10} {'tokens/layer':<28} {'latency ms':>11} {'IQR ms':>8} {m:>9}",
       f"   {'unpruned':<10} {str(u['counts']):<28} "
       f"{u['latency_ms']:>11.4f} {u['iqr_ms']:>8.4f} {u[m]:>9.4f}",
