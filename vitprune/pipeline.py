@@ -110,8 +110,10 @@ def _profile(cfg, params, spec, tokens, out_dir, progress, log) -> str:
   profile = runner.run_profile(pspec, params=params, out_dir=os.path.join(out_dir, "profile"),
                                progress=progress, log=log)[0]
   for line in runner.summary_table(profile).splitlines():
-    if "saves" in line or "predicted" in line:
+    if (" -> " in line and "saves" in line) or "predicted" in line:   # steps, predictor errors
       log("  " + line.strip())
+  log(f"  {len(profile.steps)} steps, {len(profile.flats)} flat stretches (the profile "
+      "JSON/CSV/PNG has them all)")
   return os.path.join(out_dir, "profile", records.file_stem(profile) + ".json")
 
 
@@ -148,7 +150,9 @@ def _solve(cfg, spec, profile_path, estimate_path, out_dir, log):
     sol, record, _ = solve_io.solve_paper_files(
         profile_path, estimate_path, alpha=spec.alpha, layer=spec.layer, method=spec.method,
         allow_batch_mismatch=True)  # accuracy does not depend on the batch size it was run at
-    log(f"  n* = {sol.n_star} tokens")
+    log(f"  n* = {sol.n_star} tokens; at n*, L = {1e3 * sol.latency_star:.4f} ms (every block "
+        f"at n*) and random-drop A = {sol.accuracy_star:.4f}: the paper's proxies for the "
+        f"{spec.method} schedule")
     latency, metric = sol.latency_star, sol.accuracy_star
   else:
     rule = (f"accuracy >= {spec.accuracy_floor}" if spec.accuracy_floor is not None else
@@ -160,9 +164,9 @@ def _solve(cfg, spec, profile_path, estimate_path, out_dir, log):
         latency_budget=spec.latency_budget, alpha=spec.alpha, allow_batch_mismatch=True)
     log(f"  frontier: {len(sol.frontier)} schedules")
     latency, metric = sol.chosen.latency, sol.chosen.accuracy
+    log(f"  chosen: predicted {1e3 * latency:.4f} ms, {metric:.4f}")
   chosen = Schedule(tuple(record["chosen"]["counts"]))
-  log(f"  chosen schedule {format_schedule(chosen, cfg)}: predicted {1e3 * latency:.4f} ms, "
-      f"{metric:.4f}")
+  log(f"  schedule {format_schedule(chosen, cfg)}")
   return chosen, latency, metric, solve_io.write_solution(record, os.path.join(out_dir, "solve"))
 
 
@@ -238,8 +242,10 @@ def format_summary(s: Dict[str, Any]) -> str:
       (f"   chosen: n* = {s['n_star']} tokens (alpha {s['alpha']}) -> {s['method']} schedule "
        f"{s['schedule']}" if s["solver"] == "paper" else
        f"   chosen: multi-layer {s['method']} schedule {s['schedule']}"),
-      f"   solver predicted {s['predicted']['latency_ms']:.4f} ms, {m} "
-      f"{s['predicted'][m]:.4f} (measured below)",
+      (f"   paper proxies at n*: L(n*) {s['predicted']['latency_ms']:.4f} ms (all blocks at "
+       f"n*), random-drop {m} {s['predicted'][m]:.4f}; measured:" if s["solver"] == "paper" else
+       f"   solver predicted {s['predicted']['latency_ms']:.4f} ms, {m} "
+       f"{s['predicted'][m]:.4f}; measured:"),
       f"   {'graph':<10} {'tokens/layer':<28} {'latency ms':>11} {'IQR ms':>8} {m:>9}",
       f"   {'unpruned':<10} {str(u['counts']):<28} "
       f"{u['latency_ms']:>11.4f} {u['iqr_ms']:>8.4f} {u[m]:>9.4f}",
