@@ -125,6 +125,12 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   assert counts[0] == 65 and all(a >= b for a, b in zip(counts, counts[1:]))
   assert set(counts) <= {65, 33, 17}
   assert s["predicted"]["accuracy"] >= 0.5 and s["predicted"]["latency_ms"] > 0
+  # The floor is checked on the data, not only predicted: the verified graph meets it.
+  assert s["pruned"]["accuracy"] >= 0.5
+  with open(s["files"]["solution"]) as f:
+    chosen = json.load(f)["chosen"]
+  assert chosen["criterion"] == "accuracy_floor_measured" and chosen["counts"] == counts
+  assert chosen["measured_metric"] == pytest.approx(s["pruned"]["accuracy"])
   with open(s["files"]["estimate"]) as f:
     est = json.load(f)
   assert est["kind"] == "sensitivity" and est["layers"] == list(range(6))
