@@ -1,0 +1,72 @@
+"""vitprune.flax_module: the linen Module owns the same pytree and computes the same forward."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vitprune.flax_module import VisionTransformer
+from vitprune.model import init_params, jitted_forward, param_shapes
+from vitprune.reduce import make_reducer
+from vitprune.registry import get_config
+from vitprune.schedule import parse_schedule
+
+CFG = get_config("test_tiny_dinov2_reg")   # cls + 2 registers, LayerScale, no_embed_class
+
+
+def _images(b=2):
+  return jnp.asarray(np.random.default_rng(0).normal(size=(b, 32, 32, 3)), jnp.float32)
+
+
+def test_init_has_exactly_the_vitprune_tree():
+  variables = VisionTransformer(CFG).init(jax.random.key(0), _images())
+  shapes = jax.tree.map(lambda a: a.shape, variables["params"])
+  want = param_shapes(CFG)
+  assert jax.tree.structure(shapes, is_leaf=lambda x: isinstance(x, tuple)) == \
+      jax.tree.structure(want, is_leaf=lambda x: isinstance(x, tuple))
+  assert jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple)) == \
+      jax.tree.leaves(want, is_leaf=lambda x: isinstance(x, tuple))
+  p = variables["params"]
+  assert float(jnp.abs(p["blocks"][0]["attn"]["qkv"]["bias"]).max()) == 0.0
+  assert float(p["blocks"][1]["ls2"]["gamma"][0]) == np.float32(1e-5)
+  assert 0.0 < float(p["pos_embed"].std()) < 0.05
+
+
+def test_apply_equals_forward_with_and_without_pruning():
+  params = init_params(CFG, seed=3)   # e.g. weights from vitprune.convert / load_weights
+  x = _images()
+  want = jitted_forward(params, x, cfg=CFG)
+  apply = VisionTransformer(CFG).apply
+  np.testing.assert_array_equal(jax.jit(apply)({"params": params}, x), want)   # same graph
+  np.testing.assert_allclose(apply({"params": params}, x), want, rtol=1e-5, atol=1e-6)  # eager
+  sched, pomt = parse_schedule(CFG, "keep@0:9"), make_reducer("pomt")
+  module = VisionTransformer(CFG, schedule=sched, reducer=pomt)
+  np.testing.assert_array_equal(
+      jax.jit(module.apply)({"params": params}, x),
+      jitted_forward(params, x, cfg=CFG, schedule=sched, reducer=pomt))
+  feats = module.apply({"params": params}, x, features=True)
+  assert feats.shape == (2, 9, CFG.embed_dim)
+
+
+def test_trains_with_optax_through_a_pruned_graph():
+  module = VisionTransformer(CFG, schedule=parse_schedule(CFG, "keep@0:9"),
+                             reducer=make_reducer("topk"))
+  x, y = _images(4), jnp.array([0, 1, 2, 3])
+  params = module.init(jax.random.key(1), x)["params"]
+  opt = optax.adam(1e-2)
+  state = opt.init(params)
+
+  def loss_fn(p):
+    logits = module.apply({"params": p}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  @jax.jit
+  def step(p, s):
+    loss, g = jax.value_and_grad(loss_fn)(p)
+    u, s = opt.update(g, s, p)
+    return optax.apply_updates(p, u), s, loss
+
+  losses = []
+  for _ in range(10):
+    params, state, loss = step(params, state)
+    losses.append(float(loss))
+  assert np.isfinite(losses).all() and losses[-1] < losses[0]

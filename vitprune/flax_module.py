@@ -1,0 +1,71 @@
+"""Flax interop: the ViT as a `flax.linen` Module over the very same parameter pytree.
+
+    module = VisionTransformer(cfg, schedule=parse_schedule(cfg, "keep@3:120"),
+                               reducer=make_reducer("pomt"))
+    variables = module.init(jax.random.key(0), images)     # {'params': <vitprune tree>}
+    logits = module.apply({"params": converted_params}, images)
+
+`variables["params"]` has exactly the structure of `vitprune.model.param_shapes(cfg)`, so weights
+converted from timm (`vitprune.convert`) or loaded with `vitprune.checkpoint.load_weights` plug
+straight into `apply`, and the module drops into Flax/optax training code (e.g. fine-tuning a
+pruned schedule). The computation is `vitprune.model.forward`; the module only owns parameters.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vitprune.config import ViTConfig
+from vitprune.model import forward, param_shapes
+from vitprune.schedule import Schedule
+
+
+def _is_shape(x) -> bool:
+  return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
+
+
+def init_subtree(rng: jax.Array, shapes: Any, prefix: str = "") -> Any:
+  """Random float32 leaves for a (sub)tree of shapes, with `init_params`' rules: zero biases, unit
+  LayerNorm scales, LayerScale 1e-5, fan-in uniform patch kernel, trunc-normal(0.02) otherwise."""
+  leaves, treedef = jax.tree.flatten_with_path(shapes, is_leaf=_is_shape)
+  keys = jax.random.split(rng, max(len(leaves), 1))
+  out = []
+  for key, (path, shape) in zip(keys, leaves):
+    name = str(getattr(path[-1], "key", prefix)) if path else prefix
+    if name == "bias":
+      v = jnp.zeros(shape)
+    elif name == "scale":
+      v = jnp.ones(shape)
+    elif name == "gamma":
+      v = jnp.full(shape, 1e-5)
+    elif name == "kernel" and prefix == "patch_embed":
+      bound = 1.0 / math.sqrt(shape[0] * shape[1] * shape[2])
+      v = jax.random.uniform(key, shape, minval=-bound, maxval=bound)
+    else:
+      v = 0.02 * jax.random.truncated_normal(key, -2.0, 2.0, shape)
+    out.append(v.astype(jnp.float32))
+  return jax.tree.unflatten(treedef, out)
+
+
+class VisionTransformer(nn.Module):
+  """`vitprune.model.forward` as a Flax module: images [B, H, W, C] -> logits [B, K].
+
+  Attributes mirror `forward`'s static arguments (all hashable, so `jax.jit(module.apply)`
+  compiles one graph per configuration).
+  """
+  cfg: ViTConfig
+  schedule: Optional[Schedule] = None
+  reducer: Any = None
+  dtype: str = "float32"
+  precision: str = "highest"
+
+  @nn.compact
+  def __call__(self, images: jax.Array, features: bool = False) -> jax.Array:
+    params = {name: self.param(name, init_subtree, shapes, name)
+              for name, shapes in param_shapes(self.cfg).items()}
+    return forward(params, images, cfg=self.cfg, schedule=self.schedule, reducer=self.reducer,
+                   dtype=self.dtype, precision=self.precision, features=features)
