@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from vitprune.config import ViTConfig
-from vitprune.model import forward, param_shapes
+from vitprune.model import forward, init_rule, param_shapes
 from vitprune.schedule import Schedule
 
 
@@ -29,24 +29,22 @@ def _is_shape(x) -> bool:
 
 
 def init_subtree(rng: jax.Array, shapes: Any, prefix: str = "") -> Any:
-  """Random float32 leaves for a (sub)tree of shapes, with `init_params`' rules: zero biases, unit
-  LayerNorm scales, LayerScale 1e-5, fan-in uniform patch kernel, trunc-normal(0.02) otherwise."""
+  """Random float32 leaves for the subtree `prefix` of `param_shapes`, following
+  `vitprune.model.init_rule` (the rules of `init_params`), drawn with `jax.random`."""
   leaves, treedef = jax.tree.flatten_with_path(shapes, is_leaf=_is_shape)
   keys = jax.random.split(rng, max(len(leaves), 1))
   out = []
   for key, (path, shape) in zip(keys, leaves):
-    name = str(getattr(path[-1], "key", prefix)) if path else prefix
-    if name == "bias":
-      v = jnp.zeros(shape)
-    elif name == "scale":
-      v = jnp.ones(shape)
-    elif name == "gamma":
-      v = jnp.full(shape, 1e-5)
-    elif name == "kernel" and prefix == "patch_embed":
-      bound = 1.0 / math.sqrt(shape[0] * shape[1] * shape[2])
-      v = jax.random.uniform(key, shape, minval=-bound, maxval=bound)
+    named = [str(p.key) for p in path if hasattr(p, "key")]
+    name = named[-1] if named else prefix
+    parent = named[-2] if len(named) > 1 else (prefix if named else "")
+    kind, a = init_rule(name, parent, shape)
+    if kind == "const":
+      v = jnp.full(shape, a)
+    elif kind == "fan_in_uniform":
+      v = jax.random.uniform(key, shape, minval=-1.0, maxval=1.0) / math.sqrt(a)
     else:
-      v = 0.02 * jax.random.truncated_normal(key, -2.0, 2.0, shape)
+      v = a * jax.random.truncated_normal(key, -2.0, 2.0, shape)
     out.append(v.astype(jnp.float32))
   return jax.tree.unflatten(treedef, out)
 

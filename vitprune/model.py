@@ -266,9 +266,25 @@ def abstract_params(cfg: ViTConfig, dtype=jnp.float32) -> Params:
                       is_leaf=_is_shape)
 
 
+def init_rule(name: str, parent: str, shape: Tuple[int, ...]) -> Tuple[str, float]:
+  """How random initialisation draws one leaf (`name` under `parent` in `param_shapes`), as
+  timm-like rules: ('const', value) for biases (0), LayerNorm scales (1) and LayerScale gammas
+  (1e-5); ('fan_in_uniform', fan_in) for the patch kernel: U(-1, 1) / sqrt(fan_in);
+  ('normal', std) for every other kernel, token and position embedding: N(0, 0.02) clipped at
+  2 std. `init_params` (numpy) and `vitprune.flax_module` (jax.random) both follow it."""
+  if name == "bias":
+    return "const", 0.0
+  if name == "scale":
+    return "const", 1.0
+  if name == "gamma":
+    return "const", 1e-5
+  if name == "kernel" and parent == "patch_embed":
+    return "fan_in_uniform", float(shape[0] * shape[1] * shape[2])
+  return "normal", 0.02
+
+
 def init_params(cfg: ViTConfig, seed: int = 0) -> Params:
-  """Random float32 parameters like timm's init: trunc-normal(0.02) weights, zero biases,
-  unit LayerNorms, LayerScale 1e-5; embeddings trunc-normal(0.02) (cls 1e-6 std as timm)."""
+  """Random float32 parameters of `cfg` following `init_rule`, drawn with numpy from `seed`."""
   shapes = param_shapes(cfg)
   leaves, treedef = jax.tree.flatten_with_path(shapes, is_leaf=_is_shape)
   rng = np.random.default_rng(seed)
@@ -276,16 +292,12 @@ def init_params(cfg: ViTConfig, seed: int = 0) -> Params:
   for path, shape in leaves:
     name = str(path[-1].key)
     parent = str(path[-2].key) if len(path) > 1 and hasattr(path[-2], "key") else ""
-    if name == "bias":
-      v = np.zeros(shape)
-    elif name == "scale":
-      v = np.ones(shape)
-    elif name == "gamma":
-      v = np.full(shape, 1e-5)
-    elif name == "kernel" and parent == "patch_embed":
-      fan_in = shape[0] * shape[1] * shape[2]
-      v = rng.uniform(-1, 1, shape) / math.sqrt(fan_in)
-    else:  # kernels, tokens, pos_embed
-      v = np.clip(rng.normal(0.0, 0.02, shape), -0.04, 0.04)
+    kind, a = init_rule(name, parent, shape)
+    if kind == "const":
+      v = np.full(shape, a)
+    elif kind == "fan_in_uniform":
+      v = rng.uniform(-1, 1, shape) / math.sqrt(a)
+    else:
+      v = np.clip(rng.normal(0.0, a, shape), -2 * a, 2 * a)
     out.append(jnp.asarray(v, jnp.float32))
   return jax.tree.unflatten(treedef, out)
