@@ -69,8 +69,9 @@ def test_configs_are_hashable_static_arguments():
 def test_unknown_model_suggests_close_names():
   with pytest.raises(KeyError, match="deit_small_patch16_224"):
     get_config("deit_smal_patch16_224")
-  with pytest.raises(KeyError, match="unknown model 'resnet50'"):
+  with pytest.raises(KeyError, match="unknown model 'resnet50'") as e:
     get_config("resnet50")
+  assert str(e.value).startswith("unknown model 'resnet50'. Known models: deit3_base")
 
 
 def test_replace_keeps_preprocessing_in_sync():

@@ -72,15 +72,24 @@ def _build() -> Dict[str, ViTConfig]:
 REGISTRY: Dict[str, ViTConfig] = _build()
 
 
+class UnknownModelError(KeyError):
+  """An unregistered model name; prints its message plainly (KeyError would quote it)."""
+
+  def __str__(self) -> str:
+    return str(self.args[0])
+
+
 def get_config(name: str, **overrides) -> ViTConfig:
   """The config registered under `name` (a timm model name), with optional field overrides.
 
-  Raises `KeyError` naming the closest registered names when `name` is unknown.
+  Raises `UnknownModelError` (a KeyError) naming the closest registered names when `name` is
+  unknown.
   """
   if name not in REGISTRY:
     close = difflib.get_close_matches(name, REGISTRY.keys(), n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise KeyError(f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(REGISTRY))}")
+    raise UnknownModelError(f"unknown model {name!r}.{hint} Known models: "
+                            f"{', '.join(sorted(REGISTRY))}")
   cfg = REGISTRY[name]
   return cfg.replace(**overrides) if overrides else cfg
 
