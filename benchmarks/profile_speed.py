@@ -22,6 +22,7 @@ from absl import flags
 from vitprune.profile import runner
 from vitprune.profile import timing
 from vitprune.registry import get_config
+from vitprune.schedule import parse_token_grid
 
 _MODEL = flags.DEFINE_string("model", "test_tiny_vit", "Registered model name.")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Batch size.")
@@ -55,7 +56,7 @@ def main(argv):
   cfg = get_config(_MODEL.value)
   base = runner.ProfileSpec(
       cfg=cfg, batch_sizes=(_BATCH.value,), dtype=_DTYPE.value, mode="model",
-      tokens=runner.parse_tokens(_TOKENS.value, cfg), threads=1,
+      tokens=parse_token_grid(cfg, _TOKENS.value), threads=1,
       timing=timing.TimingConfig(min_run_time=_MIN_RUN.value, seed=_SEED.value),
       coarse_stride=_STRIDE.value, seed=_SEED.value)
   par = dataclasses.replace(base, threads=_THREADS.value)
