@@ -23,12 +23,13 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from absl import app
 from absl import flags
+
+from experiments import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vitprune import atomic
 from vitprune import checkpoint
 from vitprune import data
 from vitprune import model
@@ -270,15 +271,19 @@ def define_flags():
 
 
 def main(argv):
+  common.quiet_logging()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   out = os.path.abspath(FLAGS.out)
   if os.path.exists(out) and not FLAGS.overwrite:
     raise app.UsageError(f"{out} already exists; pass --overwrite to replace it")
-  tc = TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
-                   warmup_epochs=FLAGS.warmup_epochs, weight_decay=FLAGS.weight_decay,
-                   label_smoothing=FLAGS.label_smoothing, max_shift=FLAGS.max_shift,
-                   seed=FLAGS.seed, split_seed=FLAGS.split_seed)
+  try:
+    tc = TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
+                     warmup_epochs=FLAGS.warmup_epochs, weight_decay=FLAGS.weight_decay,
+                     label_smoothing=FLAGS.label_smoothing, max_shift=FLAGS.max_shift,
+                     seed=FLAGS.seed, split_seed=FLAGS.split_seed)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   cfg = vit_digits
   t_start = time.time()
   train_data = load_split("train", cfg, seed=tc.split_seed, test_fraction=tc.test_fraction)
@@ -296,7 +301,6 @@ def main(argv):
                                                  "num_test": len(test_data[0])},
           "epochs": tc.epochs, "test_accuracy": test_acc, "train_accuracy": train_acc,
           "train_config": dataclasses.asdict(tc), "trained_by": "experiments/train_digits.py"}
-  path = checkpoint.save_weights(out, cfg, params, meta=meta, overwrite=FLAGS.overwrite)
   metrics = {
       "model": cfg.name, "test_accuracy": test_acc, "train_accuracy": train_acc,
       "num_test": len(test_data[0]), "num_train": len(train_data[0]),
@@ -310,7 +314,8 @@ def main(argv):
                    "optax": optax.__version__, "backend": jax.default_backend(),
                    "devices": [str(d) for d in jax.devices()]},
   }
-  atomic.write_json(os.path.join(path, "metrics.json"), metrics, sort_keys=True)
+  path = checkpoint.save_weights(out, cfg, params, meta=meta, overwrite=FLAGS.overwrite,
+                                 extra_json={"metrics.json": metrics})
   print(f"held-out accuracy {test_acc:.4f} (train {train_acc:.4f}); {train_seconds:.0f}s; "
         f"saved to {path}")
 

@@ -109,3 +109,16 @@ def test_failure_mid_overwrite_keeps_old_weights(tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == ["w"]
   _, loaded = checkpoint.load_weights(path)
   np.testing.assert_array_equal(loaded["cls_token"], init_params(cfg, 0)["cls_token"])
+
+
+def test_extra_json_files_are_part_of_the_atomic_write(tmp_path):
+  cfg = get_config("test_tiny_vit")
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0),
+                                 extra_json={"metrics.json": {"test_accuracy": 0.5}})
+  with open(os.path.join(path, "metrics.json")) as f:
+    assert json.load(f) == {"test_accuracy": 0.5}
+  for bad in ("config.json", "params", "../x.json"):
+    with pytest.raises(ValueError, match="must be a plain file name"):
+      checkpoint.save_weights(str(tmp_path / "v"), cfg, init_params(cfg, 0),
+                              extra_json={bad: {}})
+  assert sorted(os.listdir(tmp_path)) == ["w"]     # failed writes left nothing behind

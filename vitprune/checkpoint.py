@@ -73,8 +73,13 @@ def _checkpointer():
 
 
 def save_weights(path: str, cfg: ViTConfig, params: Params, *,
-                 meta: Optional[Dict[str, Any]] = None, overwrite: bool = False) -> str:
-  """Writes `params` (float32) and `cfg` to directory `path` atomically; returns its abs path."""
+                 meta: Optional[Dict[str, Any]] = None, overwrite: bool = False,
+                 extra_json: Optional[Dict[str, Any]] = None) -> str:
+  """Writes `params` (float32) and `cfg` to directory `path` atomically; returns its abs path.
+
+  `extra_json` ({file name: object}) adds JSON files (e.g. training metrics) to the same atomic
+  write, so the directory never exists without them.
+  """
   check_params(cfg, params)
   path = os.path.abspath(path)
   if os.path.exists(path) and not overwrite:
@@ -86,6 +91,11 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
     ckptr.save(os.path.join(tmp, "params"), params32)
     ckptr.wait_until_finished()
     atomic.write_json(os.path.join(tmp, "config.json"), doc, sort_keys=True)
+    for name, obj in (extra_json or {}).items():
+      if name in ("config.json", "params") or os.path.basename(name) != name:
+        raise ValueError(f"extra_json file name {name!r} must be a plain file name other than "
+                         "config.json and params")
+      atomic.write_json(os.path.join(tmp, name), obj, sort_keys=True)
   return path
 
 
