@@ -91,7 +91,8 @@ def _batch_sizes(values: List[str]):
 
 
 def pipeline_from_flags():
-  """-> (cfg, params, weights source, PipelineSpec); raises ValueError/KeyError on bad flags."""
+  """-> (cfg, params, weights source, PipelineSpec, EvalData); raises ValueError / KeyError /
+  FileNotFoundError on bad flags."""
   if not _WEIGHTS.value and _MODEL.value != common.EMBEDDED_MODEL:
     raise ValueError(f"--mode=pipeline estimates accuracy, so it needs trained --weights for "
                      f"{_MODEL.value} (use --mode=model for latency alone)")
@@ -108,7 +109,7 @@ def pipeline_from_flags():
       layer=_LAYER.value, method=_METHOD.value, timing=tcfg, threads=_THREADS.value,
       seed=_SEED.value, solver=_SOLVER.value, accuracy_floor=_FLOOR.value,
       latency_budget=_BUDGET.value)
-  return cfg, params, source, spec
+  return cfg, params, source, spec, pipeline.load_data(spec)
 
 
 def spec_from_flags():
@@ -133,18 +134,18 @@ def run(argv) -> List[records.Profile]:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _MODE.value == "pipeline":
     try:
-      cfg, params, source, spec = pipeline_from_flags()
+      cfg, params, source, spec, data = pipeline_from_flags()
     except (ValueError, KeyError, FileNotFoundError) as e:
-      raise app.UsageError(str(e.args[0] if isinstance(e, KeyError) else e)) from None
+      raise app.UsageError(str(e)) from None
     summary = pipeline.run_pipeline(cfg, params, spec, _OUT_DIR.value or "outputs/pipeline",
-                                    weights_source=source,
+                                    weights_source=source, data=data,
                                     progress=_PROGRESS.value)
     print(pipeline.format_summary(summary))
     return summary
   try:
     spec, params = spec_from_flags()
   except (ValueError, KeyError, FileNotFoundError) as e:
-    raise app.UsageError(str(e.args[0] if isinstance(e, KeyError) else e)) from None
+    raise app.UsageError(str(e)) from None
   profiles = runner.run_profile(spec, params=params, out_dir=_OUT_DIR.value or "outputs/profile",
                                 compile_cache_dir=_CACHE.value, progress=_PROGRESS.value)
   for prof in profiles:

@@ -196,7 +196,7 @@ def main(argv):
                        labels=labels, valid=valid, dtype=FLAGS.dtype, warmup=FLAGS.warmup,
                        repeats=FLAGS.repeats, reducer_options=options)
   except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
-    raise app.UsageError(str(e.args[0] if isinstance(e, KeyError) else e)) from e
+    raise app.UsageError(str(e)) from e
   print(format_result(result))
 
 

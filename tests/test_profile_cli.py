@@ -87,7 +87,8 @@ def test_default_flags_run_the_pipeline_on_the_embedded_model():
   FLAGS.unparse_flags()
   FLAGS(["profile"])
   assert FLAGS.mode == "pipeline" and FLAGS.out_dir is None
-  cfg, params, source, spec = cli.pipeline_from_flags()
+  cfg, params, source, spec, data = cli.pipeline_from_flags()
+  assert data.labelled and len(data.indices) == 359
   assert cfg.name == "vit_digits" and params is not None
   assert source.endswith(os.path.join("weights", "vit_digits"))
   assert spec.batch_size == 1 and spec.dtype == "float32" and spec.data == "digits"
@@ -148,6 +149,10 @@ def test_pipeline_errors(tmp_path):
   with pytest.raises(app.UsageError, match="takes one --batch_size"):
     FLAGS.unparse_flags()
     FLAGS(["profile", f"--out_dir={tmp_path}", "--batch_size=1,2"])
+    cli.run(["profile"])
+  with pytest.raises(app.UsageError, match="neither 'digits' nor an existing directory"):
+    FLAGS.unparse_flags()
+    FLAGS(["profile", f"--out_dir={tmp_path}", f"--data={tmp_path / 'missing'}"])
     cli.run(["profile"])
   with pytest.raises(app.UsageError, match="apply to solver='multi' only"):
     FLAGS.unparse_flags()

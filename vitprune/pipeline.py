@@ -81,6 +81,11 @@ class PipelineSpec:
     return tuple(range(cfg.num_tokens, cfg.num_prefix_tokens, -step))
 
 
+def load_data(spec: PipelineSpec) -> estimate_lib.EvalData:
+  """The evaluation data `spec` names (raises FileNotFoundError / ValueError on bad input)."""
+  return estimate_lib.load_eval_data(spec.data, num_images=spec.num_images, seed=spec.seed)
+
+
 def _measure_graphs(cfg: ViTConfig, params: Params, graphs: Dict[str, Tuple[Schedule, Any]],
                     spec: PipelineSpec) -> Dict[str, timing.Measurement]:
   """AOT-compiles and times each named (schedule, reducer) graph at `spec.batch_size`."""
@@ -223,15 +228,16 @@ def _solve(cfg, params, spec, data, profile_path, estimate_path, out_dir, log):
 
 
 def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: str, *,
-                 weights_source: str, progress: bool = True,
-                 log: Callable[[str], None] = print) -> Dict[str, Any]:
+                 weights_source: str, data: Optional[estimate_lib.EvalData] = None,
+                 progress: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
   """Runs the four stages for a trained classifier -> the summary dict (also written to
-  `out_dir/summary.json`)."""
+  `out_dir/summary.json`). `data`: the evaluation data if already loaded (else `spec.data`)."""
   if cfg.num_classes == 0:
     raise ValueError(f"{cfg.name} has no classifier head: the pipeline needs accuracy or "
                      "agreement of class predictions")
   os.makedirs(out_dir, exist_ok=True)
-  data = estimate_lib.load_eval_data(spec.data, num_images=spec.num_images, seed=spec.seed)
+  if data is None:
+    data = load_data(spec)
   tokens = spec.grid(cfg)
   profile_path = _profile(cfg, params, spec, tokens, out_dir, progress, log)
   estimate_path = _estimate(cfg, params, spec, tokens, data, out_dir, weights_source, log)
