@@ -116,6 +116,27 @@ def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys):
   assert f"n* = {s['n_star']} tokens" in out and "speedup x" in out
 
 
+def test_pipeline_on_image_folders(tmp_path):
+  # The real-data path: PNG files through ImageFolder and the model's eval preprocessing.
+  from vitprune.data import write_digits_imagefolder
+  labelled = write_digits_imagefolder(str(tmp_path / "digits"), split="test", limit=30)
+  FLAGS.unparse_flags()
+  FLAGS(["profile", f"--out_dir={tmp_path / 'a'}", *FAST, "--tokens=65,33",
+         f"--data={labelled}", "--eval_batch_size=16"])
+  s = cli.run(["profile"])
+  assert s["metric"] == "accuracy" and s["num_images"] == 30 and s["unpruned"]["accuracy"] > 0.8
+  flat = tmp_path / "flat"
+  flat.mkdir()
+  for png in sorted((tmp_path / "digits").glob("*/*.png"))[:20]:
+    (flat / png.name).write_bytes(png.read_bytes())
+  FLAGS.unparse_flags()
+  FLAGS(["profile", f"--out_dir={tmp_path / 'b'}", *FAST, "--tokens=65,33",
+         f"--data={flat}", "--eval_batch_size=16"])
+  s = cli.run(["profile"])
+  assert s["metric"] == "agreement" and s["num_images"] == 20
+  assert s["unpruned"]["agreement"] == 1.0 and "accuracy" not in s["pruned"]
+
+
 def test_pipeline_multi_layer_solver(tmp_path, capsys):
   FLAGS.unparse_flags()
   FLAGS(["profile", f"--out_dir={tmp_path}", *FAST, "--tokens=65,33,17", "--num_images=40",
