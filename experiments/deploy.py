@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 
 from absl import app, flags
@@ -60,21 +59,6 @@ def parse_options(items) -> dict:
   return opts
 
 
-def parse_schedule_text(cfg, text: str):
-  """A `Schedule` from compact text (parse_schedule) or a comma list of depth + 1 counts."""
-  from vitprune import schedule as sched  # pylint: disable=g-import-not-at-top
-  t = text.strip()
-  if re.fullmatch(r"\d+(\s*,\s*\d+)+", t):
-    return sched.check_schedule(cfg, sched.Schedule(tuple(int(c) for c in t.split(","))))
-  if t.lower() in ("full", "none", ""):
-    return sched.full_schedule(cfg)
-  parse = getattr(sched, "parse_schedule", None)
-  if parse is None:
-    raise ValueError(f"cannot parse schedule {text!r}: give depth + 1 = {cfg.depth + 1} "
-                     "comma-separated counts")
-  return parse(cfg, t)
-
-
 def file_provenance(path: str) -> dict:
   from vitprune.deploy import file_sha256  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(path):
@@ -118,13 +102,13 @@ def run(argv_flags=FLAGS) -> str:
   for name in ("profile", "estimate"):
     if f[name].value:
       provenance[name] = file_provenance(f[name].value)
-  from vitprune.schedule import Schedule, check_schedule  # pylint: disable=g-import-not-at-top
+  from vitprune.schedule import Schedule, check_schedule, parse_schedule  # pylint: disable=g-import-not-at-top
   if counts is not None:
     schedule = check_schedule(cfg, Schedule(tuple(counts)))
-    if text is not None and parse_schedule_text(cfg, text) != schedule:
+    if text is not None and parse_schedule(cfg, text) != schedule:
       raise ValueError(f"solver output schedule text {text!r} and counts {counts} disagree")
   else:
-    schedule = parse_schedule_text(cfg, text or "full")
+    schedule = parse_schedule(cfg, text or "full")
   reducer, opts = None, parse_options(f.method_opts)
   if method.lower() != "none":
     from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top

@@ -26,7 +26,7 @@ from vitprune import pipeline
 from vitprune.profile import records
 from vitprune.profile import runner
 from vitprune.profile import timing
-from vitprune.schedule import parse_token_grid
+from vitprune.schedule import parse_schedule, parse_token_grid
 
 _MODEL = flags.DEFINE_string("model", "vit_digits", "Registered model name (timm name). "
                              "vit_digits without --weights uses the embedded weights/vit_digits.")
@@ -90,6 +90,11 @@ def _batch_sizes(values: List[str]):
   return sizes
 
 
+def _timing_from_flags() -> timing.TimingConfig:
+  return timing.TimingConfig(min_run_time=_MIN_RUN.value, max_rel_iqr=_MAX_REL_IQR.value,
+                             max_retries=_RETRIES.value, seed=_SEED.value)
+
+
 def pipeline_from_flags():
   """-> (cfg, params, weights source, PipelineSpec, EvalData); raises ValueError / KeyError /
   FileNotFoundError on bad flags."""
@@ -101,8 +106,7 @@ def pipeline_from_flags():
   if len(sizes) != 1:
     raise ValueError(f"--mode=pipeline takes one --batch_size, got {list(sizes)}")
   tokens = parse_token_grid(cfg, _TOKENS.value) if _TOKENS.present else None
-  tcfg = timing.TimingConfig(min_run_time=_MIN_RUN.value, max_rel_iqr=_MAX_REL_IQR.value,
-                             max_retries=_RETRIES.value, seed=_SEED.value)
+  tcfg = _timing_from_flags()
   spec = pipeline.PipelineSpec(
       batch_size=sizes[0], dtype=_DTYPE.value, tokens=tokens, data=_DATA.value,
       num_images=_NUM_IMAGES.value, eval_batch_size=_EVAL_BATCH.value, alpha=_ALPHA.value,
@@ -116,9 +120,8 @@ def spec_from_flags():
   """-> (ProfileSpec, params or None); raises ValueError/KeyError on bad flags."""
   cfg, params, _ = common.load_model(_MODEL.value, _WEIGHTS.value, _SEED.value)
   tokens = parse_token_grid(cfg, _TOKENS.value)
-  schedules = tuple(runner.parse_schedule_text(cfg, s) for s in _SCHEDULE.value)
-  tcfg = timing.TimingConfig(min_run_time=_MIN_RUN.value, max_rel_iqr=_MAX_REL_IQR.value,
-                             max_retries=_RETRIES.value, seed=_SEED.value)
+  schedules = tuple(parse_schedule(cfg, s) for s in _SCHEDULE.value)
+  tcfg = _timing_from_flags()
   spec = runner.ProfileSpec(cfg=cfg, batch_sizes=_batch_sizes(_BATCH.value), dtype=_DTYPE.value,
                             mode=_MODE.value, tokens=tokens, schedules=schedules, timing=tcfg,
                             threads=_THREADS.value, adaptive=_ADAPTIVE.value,

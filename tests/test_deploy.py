@@ -19,7 +19,7 @@ from vitprune.checkpoint import save_weights
 from vitprune.data import ImageFolder, iterate_batches
 from vitprune.model import init_params, jitted_forward
 from vitprune.registry import get_config
-from vitprune.schedule import Schedule
+from vitprune.schedule import Schedule, format_schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = get_config("test_tiny_vit")  # 16 patches + cls = 17 tokens, depth 2
@@ -112,7 +112,7 @@ def test_round_trip_fixed_batch_equals_jitted_forward(artifact, params):
   m = model.manifest
   assert (m["format"], m["version"]) == ("vitprune-deploy", 1)
   assert m["schedule"]["counts"] == [17, 17, 9]
-  assert m["schedule"]["text"] == deploy.schedule_text(CFG, SCHED.counts)
+  assert m["schedule"]["text"] == format_schedule(SCHED, CFG)
   assert m["reducer"]["name"] == "keep_last" and m["reducer"]["options"] == {"k": 1}
   assert m["reducer"]["fields"] == {"needs_attention": False, "tracks_size": False}
   assert m["input"] == {"layout": "NHWC", "shape": [3, 32, 32, 3], "dtype": "float32",

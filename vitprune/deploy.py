@@ -40,6 +40,7 @@ import numpy as np
 
 from vitprune import atomic
 from vitprune.digest import file_sha256, params_sha256
+from vitprune.schedule import Schedule, format_schedule
 from vitprune.config import Preprocessing, ViTConfig
 
 FORMAT = "vitprune-deploy"
@@ -143,12 +144,6 @@ def describe_reducer(reducer: Any, name: Optional[str] = None,
           "fields": fields, "repr": repr(reducer)}
 
 
-def schedule_text(cfg: ViTConfig, counts: Sequence[int]) -> str:
-  """The compact text of a schedule (`vitprune.schedule.format_schedule`)."""
-  from vitprune import schedule as sched  # pylint: disable=g-import-not-at-top
-  return sched.format_schedule(sched.Schedule(tuple(counts)), cfg)
-
-
 # ----------------------------------------------------------------------------- export
 
 
@@ -197,7 +192,8 @@ def build_manifest(cfg: ViTConfig, exported: jax.export.Exported, params: Params
       "format": FORMAT, "version": VERSION,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "model": {"name": cfg.name, "config": _jsonable(cfg)},
-      "schedule": {"counts": [int(c) for c in counts], "text": schedule_text(cfg, counts)},
+      "schedule": {"counts": [int(c) for c in counts],
+                   "text": format_schedule(Schedule(tuple(counts)), cfg)},
       "reducer": reducer_entry,
       "compute": {"dtype": dtype, "precision": precision},
       "input": {"layout": "NHWC", "shape": dims(img_aval.shape),

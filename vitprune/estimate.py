@@ -424,11 +424,6 @@ def load_eval_data(spec: str, *, num_images: Optional[int] = None, seed: int = 0
 # ----------------------------------------------------------------------------------------------
 
 
-def format_schedule_text(schedule: Schedule, cfg: ViTConfig) -> str:
-  """The compact string of `schedule` (`vitprune.schedule.format_schedule`)."""
-  return schedule_lib.format_schedule(schedule, cfg)
-
-
 def versions() -> Dict[str, Any]:
   import jaxlib  # pylint: disable=g-import-not-at-top
   return {"estimate_format": VERSION, "python": platform.python_version(),
@@ -467,10 +462,10 @@ def estimate_record(*, cfg: ViTConfig, params: Params, weights_source: str,
                "num_devices": result.num_devices},
       "metrics": list(LABELLED_METRICS if labelled else FIDELITY_METRICS),
       "reference": {"counts": list(full_schedule(cfg).counts),
-                    "schedule": format_schedule_text(full_schedule(cfg), cfg),
+                    "schedule": schedule_lib.format_schedule(full_schedule(cfg), cfg),
                     **_metric_values(result.reference)},
       "points": [{"layer": p.layer, "tokens": p.tokens, "counts": list(p.schedule.counts),
-                  "schedule": format_schedule_text(p.schedule, cfg), **_metric_values(r)}
+                  "schedule": schedule_lib.format_schedule(p.schedule, cfg), **_metric_values(r)}
                  for p, r in zip(points, result.points)],
       "versions": versions(),
   }

@@ -194,15 +194,6 @@ def _estimate_info(doc, path, metric, layers):
           "data_fingerprint": doc["data"].get("fingerprint")}
 
 
-def schedule_text(counts, cfg: ViTConfig) -> str:
-  """Compact schedule text (`format_schedule` when available, else `list:` + counts)."""
-  fmt = getattr(schedule_lib, "format_schedule", None)
-  sched = schedule_lib.Schedule(tuple(counts))
-  if fmt is not None:
-    return str(fmt(sched, cfg))
-  return "list:" + ",".join(str(c) for c in counts)
-
-
 # ----------------------------------------------------------------------------------------------
 # Paper mode.
 
@@ -247,7 +238,7 @@ def solve_paper_files(profile_path: str, estimate_path: str, *, alpha: float = 0
   frontier = []
   for i in keep:
     counts = solve.pomt_counts(cfg.num_tokens, int(sol.ns[i]), cfg.depth, layer)
-    frontier.append({"schedule": schedule_text(counts, cfg), "counts": list(counts),
+    frontier.append({"schedule": schedule_lib.format_schedule(schedule_lib.Schedule(counts), cfg), "counts": list(counts),
                      "tokens": int(sol.ns[i]), "predicted_latency_s": float(sol.latency[i]),
                      "predicted_accuracy": float(sol.accuracy[i])})
   full = [i for i in range(sol.ns.size) if sol.ns[i] == cfg.num_tokens]
@@ -258,7 +249,7 @@ def solve_paper_files(profile_path: str, estimate_path: str, *, alpha: float = 0
       "estimate": _estimate_info(doc, estimate_path, metric, [est_layer]),
       "settings": {"alpha": sol.alpha, "layer": layer, "metric": metric,
                    "allow_batch_mismatch": allow_batch_mismatch},
-      "chosen": {"schedule": schedule_text(sol.counts, cfg), "counts": list(sol.counts),
+      "chosen": {"schedule": schedule_lib.format_schedule(schedule_lib.Schedule(sol.counts), cfg), "counts": list(sol.counts),
                  "method": method, "criterion": "utility", "tokens": sol.n_star,
                  "utility": sol.utility_star, "predicted_latency_s": sol.latency_star,
                  "predicted_accuracy": sol.accuracy_star, "schedule_latency_s": sched_lat},
@@ -343,7 +334,7 @@ def multilayer_inputs(profile: records.Profile, doc: Dict[str, Any], cfg: ViTCon
 
 
 def _plan_json(plan: solve.Plan, cfg: ViTConfig) -> Dict[str, Any]:
-  return {"schedule": schedule_text(plan.counts, cfg), "counts": list(plan.counts),
+  return {"schedule": schedule_lib.format_schedule(schedule_lib.Schedule(plan.counts), cfg), "counts": list(plan.counts),
           "predicted_latency_s": plan.latency, "predicted_accuracy": plan.accuracy}
 
 

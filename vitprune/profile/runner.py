@@ -46,7 +46,7 @@ from vitprune.profile import records
 from vitprune.profile import steps as steps_lib
 from vitprune.profile import timing
 from vitprune.reduce.methods import make_reducer
-from vitprune.schedule import Schedule, check_schedule, parse_schedule
+from vitprune.schedule import Schedule, check_schedule
 
 MODES = records.MODES
 
@@ -90,12 +90,6 @@ def make_drop_reducer(name: Optional[str] = None) -> Tuple[Any, str]:
 def token_bounds(cfg: ViTConfig) -> Tuple[int, int]:
   """Valid token counts entering block 0: [prefix + 1, num_tokens]."""
   return cfg.num_prefix_tokens + 1, cfg.num_tokens
-
-
-def parse_schedule_text(cfg: ViTConfig, text: str) -> Schedule:
-  """`vitprune.schedule.parse_schedule(cfg, text)` (compact form or a comma list of depth + 1
-  counts), validated by `check_schedule`."""
-  return check_schedule(cfg, parse_schedule(cfg, text))
 
 
 # ----------------------------------------------------------------------------- graphs
