@@ -18,6 +18,12 @@ import sys
 from absl import app, flags
 
 from experiments import common
+from vitprune import checkpoint, deploy, jsonio
+from vitprune.profile import records
+from vitprune.records.estimate import read_estimate
+from vitprune.records.solution import read_solution
+from vitprune.reduce.methods import make_reducer
+from vitprune.schedule import parse_schedule
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights).")
@@ -59,59 +65,50 @@ def parse_options(items) -> dict:
   return opts
 
 
-def file_provenance(path: str) -> dict:
-  from vitprune.deploy import file_sha256  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} does not exist")
-  entry = {"path": os.path.abspath(path), "sha256": file_sha256(path)}
-  try:
-    with open(path) as f:
-      doc = json.load(f)
-    if isinstance(doc, dict):  # keep the identifying scalars, not the data
-      entry["summary"] = {k: v for k, v in doc.items()
-                          if isinstance(v, (str, int, float, bool)) or k == "model"}
-  except (json.JSONDecodeError, UnicodeDecodeError):
-    pass
-  return entry
+def input_provenance(profile_path: str = "", estimate_path: str = "") -> dict:
+  """Identity of the profile / estimate records a deployment came from (read strictly)."""
+  out = {}
+  if profile_path:
+    p = records.load(profile_path)
+    out["profile"] = {"path": os.path.abspath(profile_path),
+                      "sha256": jsonio.canonical_sha256(records.to_json(p)), "model": p.model,
+                      "device_kind": p.device_kind, "platform": p.platform, "dtype": p.dtype,
+                      "batch_sizes": list(p.batch_sizes), "modes": list(p.modes)}
+  if estimate_path:
+    e = read_estimate(estimate_path)
+    out["estimate"] = {"path": os.path.abspath(estimate_path), "sha256": e.sha256(),
+                       "model": e.model, "kind": e.kind, "method": e.method,
+                       "weights_sha256": e.weights_sha256,
+                       "data_fingerprint": e.data_fingerprint}
+  return out
 
 
 def run(argv_flags=FLAGS) -> str:
   """Exports according to the flags; returns the artifact path."""
-  from vitprune import checkpoint, deploy  # pylint: disable=g-import-not-at-top
   f = argv_flags
   if not f.weights or not f.out:
     raise ValueError("--weights and --out are required")
   cfg, meta = checkpoint.read_weights_config(f.weights)
   method = f.method
   provenance = {}
-  text, counts = f.schedule, None
   if f.solution:
-    sol = deploy.read_solution(f.solution)
     if f["schedule"].present:
       raise ValueError("give either --schedule or --solution, not both")
-    if sol["model"] is not None and sol["model"] != cfg.name:
-      raise ValueError(f"solver output {f.solution} is for model {sol['model']!r}, the weights "
-                       f"{f.weights} are {cfg.name!r}")
-    if sol["method"] is not None:
-      if f["method"].present and f.method.lower() != sol["method"].lower():
-        raise ValueError(f"--method={f.method} conflicts with the solver output's method "
-                         f"{sol['method']!r}")
-      method = sol["method"]
-    text, counts = sol["schedule"], sol["counts"]
-    provenance["solution"] = sol["provenance"]
-  for name in ("profile", "estimate"):
-    if f[name].value:
-      provenance[name] = file_provenance(f[name].value)
-  from vitprune.schedule import Schedule, check_schedule, parse_schedule  # pylint: disable=g-import-not-at-top
-  if counts is not None:
-    schedule = check_schedule(cfg, Schedule(tuple(counts)))
-    if text is not None and parse_schedule(cfg, text) != schedule:
-      raise ValueError(f"solver output schedule text {text!r} and counts {counts} disagree")
+    sol = read_solution(f.solution)
+    if sol.config != cfg:
+      raise ValueError(f"solver output {f.solution} is for model {sol.model!r}, the weights "
+                       f"{f.weights} are {cfg.name!r}"
+                       + (" (same name, different config)" if sol.model == cfg.name else ""))
+    if f["method"].present and f.method.lower() != sol.method.lower():
+      raise ValueError(f"--method={f.method} conflicts with the solver output's method "
+                       f"{sol.method!r}")
+    method, schedule = sol.method, sol.schedule
+    provenance["solution"] = sol.provenance()
   else:
-    schedule = parse_schedule(cfg, text or "full")
+    schedule = parse_schedule(cfg, f.schedule or "full")
+  provenance.update(input_provenance(f.profile, f.estimate))
   reducer, opts = None, parse_options(f.method_opts)
   if method.lower() != "none":
-    from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
     reducer = make_reducer(method, **opts)
   elif opts:
     raise ValueError("--method_opts given with --method=none")
@@ -131,20 +128,18 @@ def run(argv_flags=FLAGS) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  from vitprune.deploy import read_manifest  # pylint: disable=g-import-not-at-top
   common.quiet_logging()
   try:
     path = run()
   except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
     sys.exit(f"error: {e}")
-  m = read_manifest(path)
+  m = deploy.read_manifest(path)
   print(f"wrote {path}")
-  print(f"  model {m['model']['name']}, schedule {m['schedule']['text']} "
-        f"(counts {','.join(map(str, m['schedule']['counts']))}), reducer "
-        f"{(m['reducer'] or {}).get('name', 'none')}")
-  print(f"  input {m['input']['shape']} {m['input']['dtype']} -> output {m['output']['shape']}, "
-        f"compute {m['compute']['dtype']}, platforms {','.join(m['platforms'])}")
-  print(f"  weights sha256 {m['weights']['sha256']}")
+  print(f"  model {m.model}, schedule {m.schedule_text} "
+        f"(counts {','.join(map(str, m.counts))}), reducer {m.reducer_name or 'none'}")
+  print(f"  input {list(m.input_shape)} float32 -> output {list(m.output_shape)}, "
+        f"compute {m.dtype}, platforms {','.join(m.platforms)}")
+  print(f"  weights sha256 {m.weights['sha256']}")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,13 @@ from typing import List, Optional, Sequence
 from absl import app
 from absl import flags
 
-from experiments import common
 import numpy as np
+
+from experiments import common
+from vitprune import estimate
+from vitprune.records.estimate import table_text, write_estimate
+from vitprune.reduce.methods import make_reducer
+from vitprune.schedule import parse_token_grid
 
 FLAGS = flags.FLAGS
 
@@ -58,7 +63,6 @@ def define_flags():
 def parse_tokens(cfg, text: Optional[str]) -> List[int]:
   """Token grid, ascending: `vitprune.schedule.parse_token_grid` syntax (as every CLI's
   --tokens), or None/empty -> 16 evenly spaced counts over [prefix + 1, num_tokens]."""
-  from vitprune.schedule import parse_token_grid  # pylint: disable=g-import-not-at-top
   if text is None or text.strip() == "":
     lo, hi = cfg.num_prefix_tokens + 1, cfg.num_tokens
     return sorted({int(round(v)) for v in np.linspace(lo, hi, 16)})
@@ -83,30 +87,6 @@ def parse_layers(text: str, depth: int) -> List[Optional[int]]:
   return [parse_layer(t.strip(), depth) for t in text.split(",")]
 
 
-def format_table(doc) -> str:
-  """Fixed-width table: one row per token count, one column group per layer."""
-  from vitprune import estimate  # pylint: disable=g-import-not-at-top
-  metrics = doc["metrics"]
-  ref = doc["reference"]
-  lines = [f"{doc['model']['name']}  method={doc['method']['name']}  "
-           f"{doc['data']['num_examples']} images  labelled={doc['data']['labelled']}",
-           "unpruned: " + "  ".join(
-               f"{m}={ref[m]:.4f}" for m in metrics)]
-  layers, tokens, _ = estimate.sensitivity_table(doc, metrics[0])
-  tables = {m: estimate.sensitivity_table(doc, m)[2] for m in metrics}
-  head = f"{'n':>5}"
-  for l in layers:
-    name = "embed" if l is None else f"L{l}"
-    head += "".join(f" {name + ':' + m[:5]:>13}" for m in metrics)
-  lines.append(head)
-  for j, n in enumerate(tokens):
-    row = f"{n:>5}"
-    for i in range(len(layers)):
-      row += "".join(f" {tables[m][i, j]:>13.4f}" for m in metrics)
-    lines.append(row)
-  return "\n".join(lines)
-
-
 def _slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
@@ -115,8 +95,6 @@ def main(argv: Sequence[str]):
   common.quiet_logging()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from vitprune import estimate  # pylint: disable=g-import-not-at-top
-  from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
   try:
     if FLAGS.batch_size < 1:
       raise ValueError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
@@ -140,7 +118,7 @@ def main(argv: Sequence[str]):
                                                          FLAGS.num_workers),
                                points, labelled=data.labelled, dtype=FLAGS.dtype,
                                shard=FLAGS.shard)
-    doc = estimate.estimate_record(
+    record = estimate.estimate_record(
         cfg=cfg, params=params, weights_source=source, data_info=data.info, method=method,
         method_kwargs=kwargs, seed=FLAGS.seed, points=points, result=result,
         labelled=data.labelled, dtype=FLAGS.dtype)
@@ -150,12 +128,12 @@ def main(argv: Sequence[str]):
     data_tag = "digits-" + FLAGS.split if FLAGS.data == "digits" else os.path.basename(
         os.path.normpath(FLAGS.data))
     name = FLAGS.out_name or _slug(f"{cfg.name}_{method}_{layer_tag}_{data_tag}_"
-                                   f"n{doc['data']['num_examples']}_s{FLAGS.seed}") + ".json"
-    path = estimate.save_estimate(os.path.join(FLAGS.out_dir, name), doc,
-                                  overwrite=FLAGS.overwrite)
+                                   f"n{record.data['num_examples']}_s{FLAGS.seed}") + ".json"
+    path = write_estimate(os.path.join(FLAGS.out_dir, name), record,
+                          overwrite=FLAGS.overwrite)
   except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
     raise app.UsageError(str(e)) from None
-  print(format_table(doc))
+  print(table_text(record))
   print(f"wrote {path}")
 
 

@@ -112,8 +112,8 @@ def run(f=FLAGS) -> dict:
                  "class": names[p] if names else str(p), "prob": float(prob),
                  "label": None})
   result = {"artifact": model.path, "images": dataset.root, "num_images": len(dataset),
-            "model": model.manifest["model"]["name"],
-            "schedule": model.manifest["schedule"]["text"], "predictions": rows,
+            "model": model.manifest.model,
+            "schedule": model.manifest.schedule_text, "predictions": rows,
             "accuracy": None}
   if dataset.labelled:
     mapping = label_map(dataset.classes, names, model.num_outputs)

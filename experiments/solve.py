@@ -7,7 +7,7 @@ r"""Schedule solver CLI: a latency profile + an accuracy estimate -> a token sch
   python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
       --accuracy_floor=0.9 [--step_bottoms_only]
 
-Writes `<out_dir>/<model>_<mode>_b<batch>.{json,png}` (schema in `vitprune/solve_io.py`) and
+Writes `<out_dir>/<model>_<mode>_b<batch>.{json,png}` (format in `vitprune/records/solution.py`) and
 prints the chosen schedule (compact text, usable as `--schedule` elsewhere) with its predicted
 latency and accuracy.
 """
@@ -19,6 +19,10 @@ from absl import app
 from absl import flags
 
 from experiments import common
+from vitprune import solve_stage
+from vitprune.profile import records
+from vitprune.records.estimate import read_estimate
+from vitprune.records.solution import summary_lines, write_solution
 
 _PROFILE = flags.DEFINE_string("profile", None, "Latency profile JSON (experiments.profile).")
 _ESTIMATE = flags.DEFINE_string("estimate", None, "Estimate JSON (experiments.estimate).")
@@ -53,8 +57,7 @@ _OUT_DIR = flags.DEFINE_string("out_dir", "outputs/solve", "Output directory.")
 
 
 def run(argv_flags=flags.FLAGS):
-  """Solves and writes the outputs; returns (record, paths)."""
-  from vitprune import solve_io  # pylint: disable=g-import-not-at-top
+  """Reads the two records, solves, writes the outputs; returns (Solution, paths)."""
   f = argv_flags
   if not f.profile or not f.estimate:
     raise ValueError("--profile and --estimate are required")
@@ -62,21 +65,23 @@ def run(argv_flags=flags.FLAGS):
     for name in ("accuracy_floor", "latency_budget"):
       if f[name].value is not None:
         raise ValueError(f"--{name} applies to --mode=multi only")
-    _, record, _ = solve_io.solve_paper_files(
-        f.profile, f.estimate, alpha=f.alpha, layer=f.layer, batch_size=f.batch_size,
+  profile, estimate = records.load(f.profile), read_estimate(f.estimate)
+  if f.mode == "paper":
+    sol = solve_stage.solve_paper(
+        profile, estimate, alpha=f.alpha, layer=f.layer, batch_size=f.batch_size,
         metric=f.metric, method=f.method, allow_batch_mismatch=f.allow_batch_mismatch)
   else:
-    _, record, _ = solve_io.solve_multilayer_files(
-        f.profile, f.estimate, accuracy_floor=f.accuracy_floor, latency_budget=f.latency_budget,
+    sol = solve_stage.solve_multilayer(
+        profile, estimate, accuracy_floor=f.accuracy_floor, latency_budget=f.latency_budget,
         alpha=f.alpha, batch_size=f.batch_size, metric=f.metric,
         accuracy_model=f.accuracy_model, monotone=f.monotone,
         step_bottoms_only=f.step_bottoms_only, step_k=f.step_k,
         allow_batch_mismatch=f.allow_batch_mismatch)
-  paths = solve_io.write_solution(record, f.out_dir)
-  for line in solve_io.summary_lines(record):
+  paths = write_solution(sol, f.out_dir)
+  for line in summary_lines(sol):
     print(line)
   print(f"wrote {paths['json']} and {paths['png']}")
-  return record, paths
+  return sol, paths
 
 
 def main(argv):

@@ -13,7 +13,7 @@ from vitprune import benchmark as B
 from vitprune import schedule as S
 from vitprune.registry import get_config
 
-from tests.conftest import load_cli
+from tests.conftest import load_cli, solution_file
 
 cli = None  # experiments.benchmark, loaded per test module by the fixture below
 
@@ -29,19 +29,7 @@ DEIT_S = get_config("deit_small_patch16_224")
 
 
 def _solution(path, cfg, counts, *, mode="paper", method="pomt", frontier=()):
-  doc = {"format": "vitprune-solution", "version": 1, "mode": mode,
-         "model": {"name": cfg.name, "config": B_config(cfg)},
-         "chosen": {"schedule": "list:" + ",".join(map(str, counts)),
-                    "counts": list(counts), "method": method},
-         "frontier": [{"counts": list(c)} for c in frontier]}
-  with open(path, "w") as f:
-    json.dump(doc, f)
-  return str(path)
-
-
-def B_config(cfg):
-  from vitprune.checkpoint import config_to_dict
-  return json.loads(json.dumps(config_to_dict(cfg)))
+  return solution_file(path, cfg, counts, mode=mode, method=method, frontier=frontier)
 
 
 # ----------------------------------------------------------------------------- variants
@@ -140,11 +128,11 @@ def test_solution_variants(tmp_path):
   with pytest.raises(ValueError, match="solution for model 'deit_small_patch16_224'"):
     B.build_variants(TINY, solution=other)
   bad = _solution(tmp_path / "b.json", TINY, [17, 11, 12])
-  with pytest.raises(ValueError, match="invalid for test_tiny_vit"):
+  with pytest.raises(ValueError, match="is not a schedule of test_tiny_vit"):
     B.build_variants(TINY, solution=bad)
   with open(tmp_path / "n.json", "w") as f:
     json.dump({"format": "other"}, f)
-  with pytest.raises(ValueError, match="not a solver output"):
+  with pytest.raises(ValueError, match="format 'other' is not 'vitprune-solution'"):
     B.build_variants(TINY, solution=str(tmp_path / "n.json"))
 
 

@@ -19,7 +19,9 @@ from vitprune.checkpoint import save_weights
 from vitprune.data import ImageFolder, iterate_batches
 from vitprune.model import init_params, jitted_forward
 from vitprune.registry import get_config
+from vitprune.records.solution import read_solution
 from vitprune.schedule import Schedule, format_schedule
+from tests.conftest import solution_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = get_config("test_tiny_vit")  # 16 patches + cls = 17 tokens, depth 2
@@ -109,7 +111,8 @@ def test_round_trip_fixed_batch_equals_jitted_forward(artifact, params):
   assert model.preprocessing == CFG.preprocessing
   assert model.platforms == ("cpu",) and model.num_outputs == 10
   assert model.class_names == [f"c{i}" for i in range(10)]
-  m = model.manifest
+  m = model.manifest.to_json()
+  assert m == deploy.read_manifest(artifact).to_json()
   assert (m["format"], m["version"]) == ("vitprune-deploy", 1)
   assert m["schedule"]["counts"] == [17, 17, 9]
   assert m["schedule"]["text"] == format_schedule(SCHED, CFG)
@@ -146,8 +149,8 @@ def test_symbolic_batch_runs_at_several_batch_sizes(tmp_path, params):
                                 reducer=REDUCER, batch_size=None, verify=False)
   model = deploy.load(path)
   assert model.batch_size is None and model.input_shape == (None, 32, 32, 3)
-  assert model.manifest["input"]["shape"] == ["b", 32, 32, 3]
-  assert model.manifest["input"]["symbolic_batch"] is True
+  assert model.manifest.to_json()["input"]["shape"] == ["b", 32, 32, 3]
+  assert model.manifest.to_json()["input"]["symbolic_batch"] is True
   for n in (1, 4):
     x = _images(n, seed=n)
     np.testing.assert_array_equal(np.asarray(model(x)), _ref(params, x))
@@ -161,7 +164,7 @@ def test_multi_platform_export_on_cpu(tmp_path, params):
     exported = jax.export.deserialize(bytearray(f.read()))
   assert exported.platforms == ("cpu", "cuda")
   model = deploy.load(path)
-  assert model.manifest["platforms"] == ["cpu", "cuda"]
+  assert model.manifest.to_json()["platforms"] == ["cpu", "cuda"]
   x = _images(2)
   np.testing.assert_array_equal(np.asarray(model(x)), _ref(params, x))
 
@@ -254,6 +257,39 @@ def test_bad_manifest_is_refused(artifact, tmp_path, edit, message):
     deploy.load(path)
 
 
+EDITED = "identity does not match the manifest's fields|does not describe the exported forward"
+
+
+@pytest.mark.parametrize("edit, message", [
+    # What the graph computes cannot be re-described: each edit is refused by name.
+    (lambda d: d["schedule"].__setitem__("text", "full"), "schedule.text 'full' does not describe"),
+    (lambda d: d["schedule"].update(counts=[17, 17, 17], text="full"),
+     EDITED),
+    (lambda d: d["preprocessing"].__setitem__("mean", [0.1, 0.2, 0.3]),
+     "preprocessing does not match model.config.preprocessing"),
+    (lambda d: (d["preprocessing"].__setitem__("mean", [0.1, 0.2, 0.3]),
+                d["model"]["config"]["preprocessing"].__setitem__("mean", [0.1, 0.2, 0.3])),
+     EDITED),
+    (lambda d: d["input"].__setitem__("shape", [4, 32, 32, 3]), r"input.shape \[4, 32, 32, 3\]"),
+    (lambda d: d["class_names"].reverse(), EDITED),
+    # Without its identity entry, the exported forward's own identity still refuses it.
+    (lambda d: (d.pop("identity"), d["class_names"].reverse()),
+     "the manifest does not describe the exported forward"),
+    (lambda d: d["reducer"].__setitem__("name", "pomt"),
+     EDITED),
+    (lambda d: d["compute"].__setitem__("dtype", "float64"), "compute.dtype 'float64'"),
+    (lambda d: d["model"]["config"].__setitem__("depth", None), "model.config"),
+    (lambda d: d["files"].__setitem__("forward", "../x"), "must be a plain name"),
+    (lambda d: d.__setitem__("class_names", ["a"]), "class_names must be null or 10 strings"),
+    (lambda d: d.__setitem__("identity", "0" * 64), "identity does not match"),
+])
+def test_edited_manifest_is_refused(artifact, tmp_path, edit, message):
+  path = _copy(artifact, tmp_path)
+  _edit_manifest(path, edit)
+  with pytest.raises(deploy.ArtifactError, match=message):
+    deploy.load(path)
+
+
 def test_corrupt_manifest_json(artifact, tmp_path):
   path = _copy(artifact, tmp_path)
   with open(os.path.join(path, deploy.MANIFEST_FILE), "w") as f:
@@ -326,7 +362,7 @@ def test_failed_overwrite_keeps_old_artifact(artifact, tmp_path, params, monkeyp
   monkeypatch.undo()
   assert sorted(os.listdir(tmp_path)) == ["copy"]
   assert {n: os.path.getmtime(os.path.join(path, n)) for n in os.listdir(path)} == before
-  assert deploy.load(path).manifest["schedule"]["counts"] == [17, 17, 9]
+  assert deploy.load(path).manifest.to_json()["schedule"]["counts"] == [17, 17, 9]
 
 
 def test_export_argument_errors(artifact, tmp_path, params):
@@ -341,39 +377,6 @@ def test_export_argument_errors(artifact, tmp_path, params):
   with pytest.raises(ValueError, match="parameters do not match"):
     deploy.export_artifact(str(tmp_path / "a"), CFG, {"head": params["head"]})
   assert os.listdir(tmp_path) == []
-
-
-# ----------------------------------------------------------------------------- solver output
-
-
-def test_read_solution(tmp_path):
-  sol = tmp_path / "sol.json"
-  sol.write_text(json.dumps({"model": {"name": "test_tiny_vit"}, "mode": "paper", "alpha": 0.5,
-                             "frontier": [[1, 2]], "profile": {"path": "p.json"},
-                             "chosen": {"schedule": "keep@1:9", "counts": [17, 17, 9],
-                                        "method": "pomt"}}))
-  got = deploy.read_solution(str(sol))
-  assert got["schedule"] == "keep@1:9" and got["counts"] == [17, 17, 9]
-  assert got["method"] == "pomt" and got["model"] == "test_tiny_vit"
-  prov = got["provenance"]
-  assert prov["mode"] == "paper" and prov["alpha"] == 0.5 and prov["profile"] == {
-      "path": "p.json"}
-  assert prov["chosen"]["schedule"] == "keep@1:9"
-  assert "frontier" not in prov and prov["sha256"] == deploy.file_sha256(str(sol))
-  sol.write_text(json.dumps({"schedule": {"counts": [17, 17, 9]}}))
-  assert deploy.read_solution(str(sol))["counts"] == [17, 17, 9]
-  sol.write_text(json.dumps({"alpha": 0.5}))
-  with pytest.raises(ValueError, match="records no schedule"):
-    deploy.read_solution(str(sol))
-  sol.write_text("[1, 2")
-  with pytest.raises(ValueError, match="not valid JSON"):
-    deploy.read_solution(str(sol))
-  for bad in ([17, 9.5], 17):
-    sol.write_text(json.dumps({"counts": bad}))
-    with pytest.raises(ValueError, match="are not integers"):
-      deploy.read_solution(str(sol))
-  with pytest.raises(FileNotFoundError, match="does not exist"):
-    deploy.read_solution(str(tmp_path / "none.json"))
 
 
 # ----------------------------------------------------------------------------- fresh process
@@ -418,21 +421,19 @@ def _write_pngs(root, layout):
 
 def test_clis_end_to_end(tmp_path, params):
   weights = save_weights(str(tmp_path / "w"), CFG, params, meta={"source": "test"})
-  sol = tmp_path / "solution.json"
-  sol.write_text(json.dumps({"format": "vitprune-solution", "alpha": 0.5,
-                             "model": {"name": "test_tiny_vit"},
-                             "chosen": {"schedule": "keep@1:9", "counts": [17, 17, 9],
-                                        "method": "pomt"}}))
+  sol = solution_file(tmp_path / "solution.json", CFG, [17, 17, 9])
   out = str(tmp_path / "art")
   res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
              "--platforms=cpu,cuda", "--batch_size=2", "--noverify", f"--out={out}")
   assert res.returncode == 0, res.stderr[-3000:]
   assert f"wrote {out}" in res.stdout and "reducer pomt" in res.stdout
-  m = deploy.read_manifest(out)
+  m = deploy.read_manifest(out).to_json()
   assert m["schedule"]["counts"] == [17, 17, 9] and m["platforms"] == ["cpu", "cuda"]
   assert m["reducer"]["name"] == "pomt" and m["input"]["batch_size"] == 2
-  assert m["provenance"]["solution"]["sha256"] == deploy.file_sha256(str(sol))
-  assert m["provenance"]["solution"]["alpha"] == 0.5
+  assert m["provenance"]["solution"]["sha256"] == read_solution(sol).sha256()
+  assert m["provenance"]["solution"]["settings"]["alpha"] == 0.5
+  assert m["provenance"]["solution"]["path"] == sol and "frontier" not in m["provenance"][
+      "solution"]
   assert m["weights"]["source"]["meta"] == {"source": "test"}
 
   # Labelled folder (5 images: the last batch of 2 is padded) -> per-file lines + accuracy.
@@ -479,8 +480,7 @@ def test_cli_errors(tmp_path, artifact):
   res = _cli("experiments.run_deployed", f"--artifact={artifact}", f"--images={tmp_path}",
              "--batch_size=4")
   assert res.returncode != 0 and "exported for batch size 3, --batch_size=4" in res.stderr
-  sol = tmp_path / "s.json"
-  sol.write_text(json.dumps({"model": "deit_tiny_patch16_224", "schedule": "full"}))
+  sol = solution_file(tmp_path / "s.json", get_config("deit_tiny_patch16_224"), [197] * 13)
   weights = save_weights(str(tmp_path / "w"), CFG, init_params(CFG, 1))
   res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
              f"--out={tmp_path / 'o'}")

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from vitprune import estimate
+from vitprune.records import estimate as record_lib
 from vitprune.model import init_params, jitted_forward
 from vitprune.registry import get_config
 from vitprune.schedule import Schedule, full_schedule
@@ -260,36 +261,40 @@ def doc(params, images, labels):
 
 
 def test_record_structure(doc):
-  d, res = doc
+  rec, res = doc
+  d = rec.to_json()
   assert d["kind"] == "sensitivity" and d["layers"] == [None, 0, 1] and d["tokens"] == [5, 17]
   assert d["metrics"] == ["accuracy", "agreement", "kl"]
   assert d["reference"]["accuracy"] == 4 / 7 and d["reference"]["kl"] == 0.0
-  layers, tokens, table = estimate.sensitivity_table(d)
+  layers, tokens, table = rec.table()
   assert layers == [None, 0, 1] and tokens.tolist() == [5, 17] and table.shape == (3, 2)
   assert table[:, 1].tolist() == [4 / 7] * 3  # n = N reduces nothing
   np.testing.assert_array_equal(table.ravel(), [r.accuracy for r in res.points])
-  ns, kl = estimate.curve(d, "kl", layer=0)
+  ns, kl = rec.curve("kl", layer=0)
   assert ns.tolist() == [5, 17] and kl[1] == 0.0 and kl[0] == res.points[2].kl
   with pytest.raises(ValueError, match="pass layer="):
-    estimate.curve(d)
+    rec.curve()
   with pytest.raises(ValueError, match="not in this estimate's layers"):
-    estimate.curve(d, layer=5)
+    rec.curve(layer=5)
   with pytest.raises(ValueError, match="metric 'top5'"):
-    estimate.curve(d, "top5", layer=0)
+    rec.curve("top5", layer=0)
 
 
 def test_round_trip_and_atomic_write(doc, tmp_path):
-  d, _ = doc
-  path = estimate.save_estimate(str(tmp_path / "sub" / "e.json"), d)
-  assert estimate.load_estimate(path) == json.loads(json.dumps(d))
+  rec, _ = doc
+  path = record_lib.write_estimate(str(tmp_path / "sub" / "e.json"), rec)
+  assert record_lib.read_estimate(path) == rec
+  assert record_lib.read_estimate(path).to_json() == json.loads(json.dumps(rec.to_json()))
+  assert record_lib.read_estimate(path).sha256() == rec.sha256()
   assert os.listdir(tmp_path / "sub") == ["e.json"]
   with pytest.raises(FileExistsError, match="overwrite"):
-    estimate.save_estimate(path, d)
-  bad = copy.deepcopy(d)
-  bad["points"][0]["agreement"] = 2.0
-  with pytest.raises(estimate.EstimateError):
-    estimate.save_estimate(path, bad, overwrite=True)
-  assert estimate.load_estimate(path) == json.loads(json.dumps(d))  # untouched
+    record_lib.write_estimate(path, rec)
+  bad = dataclasses.replace(rec, points=(dataclasses.replace(
+      rec.points[0], scores=dataclasses.replace(rec.points[0].scores, agreement=2.0)),
+      *rec.points[1:]))
+  with pytest.raises(record_lib.EstimateError):
+    record_lib.write_estimate(path, bad, overwrite=True)
+  assert record_lib.read_estimate(path) == rec  # untouched
   assert os.listdir(tmp_path / "sub") == ["e.json"]
 
 
@@ -328,27 +333,27 @@ def _mutate(d, fn):
     (lambda d: d["eval"].update(batch_size=0), "eval.batch_size"),
 ])
 def test_validation_errors(doc, fn, match):
-  with pytest.raises(estimate.EstimateError, match=match):
-    estimate.validate_estimate(_mutate(doc[0], fn))
+  with pytest.raises(record_lib.EstimateError, match=match):
+    record_lib.Estimate.from_json(_mutate(doc[0].to_json(), fn))
 
 
 def test_unlabelled_record_needs_null_accuracy(doc):
-  d = _mutate(doc[0], lambda d: (d["data"].update(labelled=False),
-                                 d.update(metrics=["agreement", "kl"])))
-  with pytest.raises(estimate.EstimateError, match="accuracy must be null"):
-    estimate.validate_estimate(d)
+  d = _mutate(doc[0].to_json(), lambda d: (d["data"].update(labelled=False),
+                                           d.update(metrics=["agreement", "kl"])))
+  with pytest.raises(record_lib.EstimateError, match="accuracy must be null"):
+    record_lib.Estimate.from_json(d)
 
 
 def test_load_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    estimate.load_estimate(str(tmp_path / "missing.json"))
+    record_lib.read_estimate(str(tmp_path / "missing.json"))
   p = tmp_path / "broken.json"
   p.write_text("{not json")
-  with pytest.raises(estimate.EstimateError, match="not valid JSON"):
-    estimate.load_estimate(str(p))
+  with pytest.raises(record_lib.EstimateError, match="not valid JSON"):
+    record_lib.read_estimate(str(p))
   p.write_text("[1, 2]")
-  with pytest.raises(estimate.EstimateError, match="expected a JSON object"):
-    estimate.load_estimate(str(p))
+  with pytest.raises(record_lib.EstimateError, match="expected a JSON object"):
+    record_lib.read_estimate(str(p))
 
 
 # ---------------------------------------------------------------------------------- data
@@ -406,6 +411,6 @@ def test_cli_parsers(doc):
     cli.parse_layer("6", 6)
   with pytest.raises(ValueError, match="neither 'embed'"):
     cli.parse_layer("first", 6)
-  table = cli.format_table(doc[0]).splitlines()
+  table = record_lib.table_text(doc[0]).splitlines()
   assert table[1] == "unpruned: accuracy=0.5714  agreement=1.0000  kl=0.0000"
   assert table[3].split()[0] == "5" and len(table) == 5 and len(table[3].split()) == 1 + 3 * 3

@@ -152,7 +152,8 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   with open(s["files"]["solution"]) as f:
     chosen = json.load(f)["chosen"]
   assert chosen["criterion"] == "accuracy_floor_measured" and chosen["counts"] == counts
-  assert chosen["measured_metric"] == pytest.approx(s["pruned"]["accuracy"])
+  assert chosen["measured_accuracy"] == pytest.approx(s["pruned"]["accuracy"])
+  assert chosen["basis"] == "measured" and s["basis"] == "measured"
   with open(s["files"]["estimate"]) as f:
     est = json.load(f)
   assert est["kind"] == "sensitivity" and est["layers"] == list(range(6))

@@ -1,5 +1,5 @@
 """Tests for vitprune.solve (paper utility argmax, the exact Pareto DP, errors) and
-vitprune.solve_io + the experiments.solve CLI on synthetic profile/estimate files."""
+vitprune.solve_stage + the experiments.solve CLI on synthetic profile/estimate files."""
 import dataclasses
 import itertools
 import json
@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from vitprune import solve
-from vitprune import solve_io
-from vitprune.checkpoint import config_to_dict
+from vitprune import solve_stage
+from vitprune.config import config_to_dict
 from vitprune.config import ViTConfig
-from vitprune.estimate import save_estimate
+from vitprune.records.estimate import Estimate, read_estimate, write_estimate
+from vitprune.records.solution import read_solution, write_solution
 from vitprune.profile import predict as profile_predict
 from vitprune.profile import records
 from vitprune.schedule import Schedule
@@ -358,7 +359,7 @@ def test_dp_is_fast_on_realistic_sizes():
 
 
 # ==============================================================================================
-# solve_io and the CLI.
+# solve_stage on records read from files, and the CLI.
 
 def _point(component, tokens, median, batch=8, iqr=0.0):
   samples = (median - iqr / 2, median, median + iqr / 2)
@@ -414,8 +415,16 @@ def _estimate(tmp_path, layers, tokens, value, *, cfg=CFG, batch=8, name="e.json
       "versions": {},
   }
   path = str(tmp_path / name)
-  save_estimate(path, doc, overwrite=True)
+  write_estimate(path, Estimate.from_json(doc), overwrite=True)
   return path
+
+
+def _paper(ps, es, **kw):
+  return solve_stage.solve_paper(records.load(ps), read_estimate(es), **kw)
+
+
+def _multi(ps, es, **kw):
+  return solve_stage.solve_multilayer(records.load(ps), read_estimate(es), **kw)
 
 
 def _acc(l, n):
@@ -430,31 +439,30 @@ def _acc(l, n):
 def test_paper_end_to_end(tmp_path):
   ps = _save_profile(tmp_path, [_point("model", n, _step_latency(n)) for n in range(2, N + 1)])
   es = _estimate(tmp_path, [None], list(range(5, N + 1)), _acc)
-  sol, record, cfg = solve_io.solve_paper_files(ps, es, alpha=0.5)
+  sol = _paper(ps, es, alpha=0.5)
   # U(n) = 0.5 (1 - L/2e-3) + 0.5 A/0.9: the step bottom 9 beats everything (A decreasing).
-  assert sol.n_star == 9
-  np.testing.assert_array_equal(sol.ns, np.arange(5, N + 1))   # the intersection
-  assert record["chosen"]["counts"] == [N] * 4 + [9] * 3
-  assert record["chosen"]["schedule"] == "keep@3:9"
-  assert record["chosen"]["method"] == "pomt"     # A(n) came from drops after the embedding
-  assert record["chosen"]["predicted_latency_s"] == 1e-3
-  assert record["chosen"]["predicted_accuracy"] == pytest.approx(_acc(None, 9))
-  assert record["chosen"]["schedule_latency_s"] is None   # no per-block table profiled
-  assert record["full"]["predicted_accuracy"] == pytest.approx(0.9)
+  assert sol.chosen.tokens == 9
+  np.testing.assert_array_equal(sol.curve["tokens"], np.arange(5, N + 1))   # the intersection
+  assert sol.chosen.counts == (N,) * 4 + (9,) * 3
+  assert sol.chosen.schedule == "keep@3:9"
+  assert sol.method == "pomt"     # A(n) came from drops after the embedding
+  assert sol.chosen.predicted_latency_s == 1e-3
+  assert sol.chosen.predicted_accuracy == pytest.approx(_acc(None, 9))
+  assert sol.schedule_latency_s is None   # no per-block table profiled
+  assert sol.full.predicted_accuracy == pytest.approx(0.9)
+  assert sol.basis == "predicted" and sol.checked == ()
   # The paper-mode frontier: 9 (fast) and N (accurate) are the only non-dominated counts.
-  assert [p["tokens"] for p in record["frontier"]] == [9, N]
-  paths = solve_io.write_solution(record, str(tmp_path / "out"))
+  assert [p.tokens for p in sol.frontier] == [9, N]
+  paths = write_solution(sol, str(tmp_path / "out"))
   with open(paths["png"], "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  loaded = solve_io.load_solution(paths["json"])
-  assert loaded["chosen"] == json.loads(json.dumps(record["chosen"]))
+  loaded = read_solution(paths["json"])
+  assert loaded == sol and loaded.source == paths["json"]
   assert sorted(os.listdir(tmp_path / "out")) == [f"{CFG.name}_paper_b8.json",
                                                   f"{CFG.name}_paper_b8.png"]
-  # The deployment CLI reads the schedule, method and model from it.
-  from vitprune import deploy
-  got = deploy.read_solution(paths["json"])
-  assert got["counts"] == [N] * 4 + [9] * 3 and got["method"] == "pomt"
-  assert got["model"] == CFG.name and got["schedule"] == "keep@3:9"
+  # Provenance: the inputs' identities are digests of their canonical JSON.
+  assert sol.estimate.sha256 == read_estimate(es).sha256()
+  assert sol.profile.path == ps and sol.estimate.path == es
 
 
 def test_paper_predicted_from_block_table(tmp_path):
@@ -462,11 +470,11 @@ def test_paper_predicted_from_block_table(tmp_path):
   pts += [_point("block", n, _step_latency(n) / 6) for n in range(2, N + 1)]
   ps = _save_profile(tmp_path, pts, modes=("block",))
   es = _estimate(tmp_path, [None], list(range(5, N + 1)), _acc)
-  sol, record, _ = solve_io.solve_paper_files(ps, es, alpha=0.5)
-  assert record["profile"]["latency_source"] == "predicted_from_blocks"
-  assert sol.latency_star == pytest.approx(1e-4 + 1e-3 + 1e-5)
+  sol = _paper(ps, es, alpha=0.5)
+  assert sol.profile.latency_source == "predicted_from_blocks"
+  assert sol.chosen.predicted_latency_s == pytest.approx(1e-4 + 1e-3 + 1e-5)
   # The POMT schedule itself: 4 blocks at N, 2 at n* = 9.
-  assert record["chosen"]["schedule_latency_s"] == pytest.approx(
+  assert sol.schedule_latency_s == pytest.approx(
       1e-4 + 4 * 2e-3 / 6 + 2 * 1e-3 / 6 + 1e-5)
 
 
@@ -490,11 +498,11 @@ def test_multilayer_files_subtract_the_measured_call_overhead(tmp_path):
   pts += [_point("block", n, _step_latency(n) / 6 + 1e-6 * n + o) for n in range(2, N + 1)]
   ps = _save_profile(tmp_path, pts, modes=("block",))
   es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
-  sol, _, _ = solve_io.solve_multilayer_files(ps, es)
+  sol = _multi(ps, es)
   table = records.block_table(records.load(ps), 8)
   assert table.overhead_s == pytest.approx(o)
   for f in sol.frontier:
-    assert f.latency == pytest.approx(profile_predict.predict(table, Schedule(f.counts)))
+    assert f.predicted_latency_s == pytest.approx(profile_predict.predict(table, Schedule(f.counts)))
   full = (N,) * 7
   uncorrected = 1e-4 + o + 6 * (_step_latency(N) / 6 + 1e-6 * N + o) + 1e-5 + o
   assert profile_predict.predict(table, Schedule(full)) == pytest.approx(uncorrected - 7 * o)
@@ -503,7 +511,7 @@ def test_multilayer_files_subtract_the_measured_call_overhead(tmp_path):
 def test_multilayer_end_to_end(tmp_path):
   ps = _block_profile(tmp_path)
   es = _estimate(tmp_path, [None, 1, 3, 5], list(range(4, N)), _acc)
-  sol, record, _ = solve_io.solve_multilayer_files(ps, es, accuracy_floor=0.8)
+  sol = _multi(ps, es, accuracy_floor=0.8)
   # The same arrays handed to the library directly give the same frontier.
   ns = np.arange(4, N + 1)
   block = np.array([_step_latency(n) / 6 + 1e-6 * n for n in ns])
@@ -512,16 +520,19 @@ def test_multilayer_end_to_end(tmp_path):
                                   embed_latency=1e-4, head_latency=np.full(ns.size, 1e-5),
                                   accuracy_floor=0.8)
   assert [p.counts for p in sol.frontier] == [p.counts for p in direct.frontier]
-  assert sol.chosen == direct.chosen
-  assert record["chosen"]["predicted_accuracy"] >= 0.8
-  assert record["chosen"]["method"] == "pomt" and record["chosen"]["criterion"] == "accuracy_floor"
-  assert record["estimate"]["layers"] == [1, 3, 5]     # the after-embedding row is ignored
-  for p in record["frontier"]:
-    assert all(p["counts"][l] == p["counts"][l + 1] for l in (0, 2, 4))   # only 1, 3, 5 reduce
-  lat = [p["predicted_latency_s"] for p in record["frontier"]]
+  ch = sol.chosen
+  assert (ch.counts, ch.predicted_latency_s, ch.predicted_accuracy) == (
+      direct.chosen.counts, direct.chosen.latency, direct.chosen.accuracy)
+  assert sol.chosen.predicted_accuracy >= 0.8
+  assert sol.method == "pomt" and sol.criterion == "accuracy_floor"
+  assert sol.basis == "predicted"      # no evaluator given: nothing measured
+  assert sol.estimate.layers == (1, 3, 5)     # the after-embedding row is ignored
+  for p in sol.frontier:
+    assert all(p.counts[l] == p.counts[l + 1] for l in (0, 2, 4))   # only 1, 3, 5 reduce
+  lat = [p.predicted_latency_s for p in sol.frontier]
   assert lat == sorted(lat)
-  paths = solve_io.write_solution(record, str(tmp_path / "out"))
-  assert solve_io.load_solution(paths["json"])["mode"] == "multi"
+  paths = write_solution(sol, str(tmp_path / "out"))
+  assert read_solution(paths["json"]).mode == "multi"
   with open(paths["png"], "rb") as f:
     assert f.read(4) == b"\x89PNG"
 
@@ -529,14 +540,13 @@ def test_multilayer_end_to_end(tmp_path):
 def test_multilayer_step_bottoms_only(tmp_path):
   ps = _block_profile(tmp_path)
   es = _estimate(tmp_path, [1, 3], list(range(4, N)), _acc)
-  sol, record, _ = solve_io.solve_multilayer_files(ps, es, step_bottoms_only=True)
+  sol = _multi(ps, es, step_bottoms_only=True)
   # Block latency rises by 1 us per token (no noise: every count is a bottom) ...
-  assert sol.grid.tolist() == list(range(4, N + 1))
+  assert sol.settings["grid"] == list(range(4, N + 1))
   # ... but with 3 us of measured IQR per point, only the real step (9 -> 10) survives.
   ps2 = _block_profile(tmp_path, name="b2.json", noise=3e-6)
-  sol2, record2, _ = solve_io.solve_multilayer_files(ps2, es, step_bottoms_only=True)
-  assert sol2.grid.tolist() == [9, N]
-  assert record2["settings"]["grid"] == [9, N]
+  sol2 = _multi(ps2, es, step_bottoms_only=True)
+  assert sol2.settings["grid"] == [9, N]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -546,64 +556,64 @@ def test_model_mismatch_names_both(tmp_path):
   ps = _save_profile(tmp_path, [_point("model", n, 1e-3) for n in range(5, N + 1)])
   other = dataclasses.replace(CFG, name="other_vit")
   es = _estimate(tmp_path, [None], [5, 6], _acc, cfg=other)
-  with pytest.raises(solve_io.SolveInputError,
+  with pytest.raises(solve_stage.SolveInputError,
                      match=r"profile .*p\.json is for model 'solve_test_vit' but estimate "
                            r".*e\.json is for model 'other_vit'"):
-    solve_io.solve_paper_files(ps, es)
+    _paper(ps, es)
   wider = dataclasses.replace(CFG, embed_dim=32)
   es2 = _estimate(tmp_path, [None], [5, 6], _acc, cfg=wider, name="e2.json")
-  with pytest.raises(solve_io.SolveInputError, match=r"configs differ \(embed_dim: 16 vs 32\)"):
-    solve_io.solve_paper_files(ps, es2)
+  with pytest.raises(solve_stage.SolveInputError, match=r"configs differ \(embed_dim: 16 vs 32\)"):
+    _paper(ps, es2)
 
 
 def test_batch_mismatch_names_both(tmp_path):
   ps = _save_profile(tmp_path, [_point("model", n, 1e-3, batch=1) for n in range(5, N + 1)])
   es = _estimate(tmp_path, [None], [5, 6], _acc, batch=8)
-  with pytest.raises(solve_io.SolveInputError,
+  with pytest.raises(solve_stage.SolveInputError,
                      match=r"batch sizes differ: profile .*p\.json at batch 1, estimate "
                            r".*e\.json at batch 8"):
-    solve_io.solve_paper_files(ps, es)
-  sol, _, _ = solve_io.solve_paper_files(ps, es, allow_batch_mismatch=True)
-  assert sol.ns.tolist() == [5, 6]
-  with pytest.raises(solve_io.SolveInputError, match=r"no model/block points at batch size 4 "
+    _paper(ps, es)
+  sol = _paper(ps, es, allow_batch_mismatch=True)
+  assert sol.curve["tokens"] == [5, 6]
+  with pytest.raises(solve_stage.SolveInputError, match=r"no model/block points at batch size 4 "
                                                      r"\(has \[1\]\)"):
-    solve_io.solve_paper_files(ps, es, batch_size=4, allow_batch_mismatch=True)
+    _paper(ps, es, batch_size=4, allow_batch_mismatch=True)
 
 
 def test_empty_intersection_nan_and_metric(tmp_path):
   ps = _save_profile(tmp_path, [_point("model", n, 1e-3) for n in range(12, N + 1)])
   es = _estimate(tmp_path, [None], [5, 6, 7], _acc)
-  with pytest.raises(solve_io.SolveInputError, match="share no token count"):
-    solve_io.solve_paper_files(ps, es)
+  with pytest.raises(solve_stage.SolveInputError, match="share no token count"):
+    _paper(ps, es)
   pts = [_point("model", n, 1e-3) for n in range(5, N + 1)]
   pts[2] = dataclasses.replace(pts[2], median_s=float("nan"))
   text = json.dumps(records.to_json(_profile(pts)))    # json writes NaN; records.save refuses
   bad = tmp_path / "nan.json"
   bad.write_text(text)
-  with pytest.raises(solve_io.SolveInputError, match=r"model latency is NaN/inf at token counts "
+  with pytest.raises(solve_stage.SolveInputError, match=r"model latency is NaN/inf at token counts "
                                                      r"\[7\]"):
-    solve_io.solve_paper_files(str(bad), es)
-  with pytest.raises(solve_io.SolveInputError, match="metric 'kl' is not usable"):
-    solve_io.solve_paper_files(ps, es, metric="kl")
+    _paper(str(bad), es)
+  with pytest.raises(solve_stage.SolveInputError, match="metric 'kl' is not usable"):
+    _paper(ps, es, metric="kl")
   eu = _estimate(tmp_path, [None], [5, 6], _acc, labelled=False, name="eu.json")
-  with pytest.raises(solve_io.SolveInputError, match="has no 'accuracy' values"):
-    solve_io.solve_paper_files(ps, eu, metric="accuracy")
+  with pytest.raises(solve_stage.SolveInputError, match="has no 'accuracy' values"):
+    _paper(ps, eu, metric="accuracy")
   with pytest.raises(FileNotFoundError, match="profile file"):
-    solve_io.solve_paper_files(str(tmp_path / "missing.json"), es)
+    _paper(str(tmp_path / "missing.json"), es)
 
 
 def test_multilayer_input_errors(tmp_path):
   model_only = _save_profile(tmp_path, [_point("model", n, 1e-3) for n in range(5, N + 1)])
   sens = _estimate(tmp_path, [1, 3], list(range(4, N)), _acc)
-  with pytest.raises(solve_io.SolveInputError, match="no block points"):
-    solve_io.solve_multilayer_files(model_only, sens)
+  with pytest.raises(solve_stage.SolveInputError, match="no block points"):
+    _multi(model_only, sens)
   blocks = _block_profile(tmp_path)
   embed_only = _estimate(tmp_path, [None], list(range(4, N)), _acc, name="emb.json")
-  with pytest.raises(solve_io.SolveInputError, match="no per-layer sensitivity"):
-    solve_io.solve_multilayer_files(blocks, embed_only)
+  with pytest.raises(solve_stage.SolveInputError, match="no per-layer sensitivity"):
+    _multi(blocks, embed_only)
   with pytest.raises(ValueError, match=r"accuracy floor 0\.95 is infeasible: the best achievable "
                                        r"predicted accuracy is 0\.9 "):
-    solve_io.solve_multilayer_files(blocks, sens, accuracy_floor=0.95)
+    _multi(blocks, sens, accuracy_floor=0.95)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -636,3 +646,38 @@ def test_cli(tmp_path):
   r = _cli(f"--estimate={es}")
   assert r.returncode == 1 and "--profile and --estimate are required" in r.stderr
   assert sorted(os.listdir(out)) == [f"{CFG.name}_multi_b8.json", f"{CFG.name}_multi_b8.png"]
+
+
+def test_multilayer_floor_checked_on_measurements(tmp_path):
+  """With an evaluator the floor is met by *measured* accuracy: multi-layer schedules that the
+  combined model over-predicts are measured, refused, and the next fastest is taken."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  floor = 0.7    # here the predicted-fastest schedule reduces at two layers
+  predicted = _multi(ps, es, accuracy_floor=floor)
+  assert len(set(predicted.chosen.counts[1:])) > 1
+  calls = []
+
+  def evaluate(counts_list):     # multi-layer schedules really lose 0.03 more than predicted
+    calls.append(list(counts_list))
+    by_counts = {p.counts: p.predicted_accuracy for p in predicted.frontier}
+    return [by_counts[tuple(c)] - (0.03 if len(set(c[1:])) > 1 else 0.0) for c in counts_list]
+
+  sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, chunk=2)
+  assert sol.basis == "measured" and sol.criterion == "accuracy_floor_measured"
+  assert sol.chosen.measured_accuracy >= floor
+  assert calls and all(len(c) <= 2 for c in calls)
+  assert sol.chosen.counts != predicted.chosen.counts
+  measured = [c for c in sol.checked if c.measured_accuracy is not None]
+  assert [c.counts for c in measured] == [tuple(c) for call in calls for c in call]
+  # Everything checked before the chosen one was predicted faster and measured below the floor.
+  for c in measured:
+    if c.predicted_latency_s < sol.chosen.predicted_latency_s:
+      assert c.measured_accuracy < floor
+  assert sol.chosen.predicted_latency_s >= predicted.chosen.predicted_latency_s
+  # The record keeps predicted and measured numbers side by side, and says what it rests on.
+  doc = sol.to_json()
+  assert doc["chosen"]["basis"] == "measured" and doc["checked"][0]["measured_accuracy"] < floor
+  from vitprune.records.solution import Solution, summary_lines
+  assert Solution.from_json(doc) == sol
+  assert any("rests on measured numbers" in line for line in summary_lines(sol))

@@ -51,9 +51,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import jax.numpy as jnp
 import numpy as np
 
+from tqdm import tqdm
+
 from vitprune import atomic
+from vitprune import estimate
 from vitprune import schedule as S
 from vitprune.config import ViTConfig
+from vitprune.profile import runner, timing
+from vitprune.records.solution import read_solution
 from vitprune.reduce.methods import list_methods, make_reducer
 
 UNPRUNED = "unpruned"
@@ -217,54 +222,31 @@ def parse_variants(cfg: ViTConfig, text: str) -> List[Variant]:
   return out
 
 
-def _same_config(cfg: ViTConfig, doc_cfg: Any) -> bool:
-  from vitprune.checkpoint import config_from_dict  # pylint: disable=g-import-not-at-top
-  if doc_cfg is None:
-    return True
-  try:
-    return config_from_dict(doc_cfg) == cfg
-  except (ValueError, TypeError):
-    return False
-
-
 def solution_variants(cfg: ViTConfig, path: str, *, multi: bool,
                       frontier: int = 0) -> List[Variant]:
-  """Variants from a solver output (`vitprune.solve_io.load_solution`).
+  """Variants from a solver output (`vitprune.records.solution.read_solution`).
 
-  The chosen schedule (method `chosen.method`, default pomt), named 'pomt' (paper mode) or
-  'multi'; with `multi` (a multi-layer solution) also `frontier` further frontier schedules,
-  evenly spaced in predicted latency, named 'multi-f<i>'. Raises ValueError when the file is for
-  another model, or `multi` does not match the file's mode.
+  The chosen schedule (the solution's method), named 'pomt' (paper mode) or 'multi'; with
+  `multi` (a multi-layer solution) also `frontier` further frontier schedules, evenly spaced in
+  predicted latency, named 'multi-f<i>'. Raises ValueError when the file is for another model,
+  or `multi` does not match the file's mode.
   """
-  from vitprune import solve_io  # pylint: disable=g-import-not-at-top
   flag = "--multi_solution" if multi else "--solution"
-  doc = solve_io.load_solution(path)
-  model = doc["model"]
-  name = model.get("name") if isinstance(model, dict) else model
-  if name != cfg.name or not _same_config(cfg, model.get("config") if isinstance(
-      model, dict) else None):
-    raise ValueError(f"{flag} {path} is a solution for model {name!r}, not for {cfg.name!r} "
+  sol = read_solution(path)
+  if sol.config != cfg:
+    raise ValueError(f"{flag} {path} is a solution for model {sol.model!r}, not for {cfg.name!r} "
                      "(or its config differs)")
-  mode = doc["mode"]
-  if multi and mode != "multi":
-    raise ValueError(f"{flag} {path} is a {mode!r}-mode solution; pass it as --solution")
-  chosen = doc["chosen"]
-  method = chosen.get("method") or "pomt"
+  if multi and sol.mode != "multi":
+    raise ValueError(f"{flag} {path} is a {sol.mode!r}-mode solution; pass it as --solution")
   base = "multi" if multi else "pomt"
   source = "multi_solution" if multi else "solution"
 
-  def variant(vname, entry):
-    try:
-      sched = S.check_schedule(cfg, S.Schedule(tuple(entry["counts"])))
-    except (ValueError, TypeError, KeyError) as e:
-      raise ValueError(f"{flag} {path}: schedule of {vname!r} is invalid for {cfg.name}: {e}"
-                       ) from None
-    return _check_variant(cfg, Variant(vname, method, sched, source))
+  def variant(vname, cand):
+    return _check_variant(cfg, Variant(vname, sol.method, S.Schedule(cand.counts), source))
 
-  out = [variant(base, chosen)]
+  out = [variant(base, sol.chosen)]
   if multi and frontier > 0:
-    fr = [p for p in doc["frontier"] if tuple(p["counts"]) != tuple(chosen["counts"])
-          and len(set(p["counts"])) > 1]
+    fr = [p for p in sol.frontier if p.counts != sol.chosen.counts and len(set(p.counts)) > 1]
     if fr:
       pick = sorted({int(round(i)) for i in np.linspace(0, len(fr) - 1, min(frontier, len(fr)))})
       out += [variant(f"multi-f{i}", fr[i]) for i in pick]
@@ -343,8 +325,6 @@ def measure_latency(spec: BenchmarkSpec, params, variants: Sequence[Variant], *,
   resident like `params`; every graph is AOT-compiled first, then all are timed together in one
   seeded shuffled order (`timing.measure_all`).
   """
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  from vitprune.profile import runner, timing  # pylint: disable=g-import-not-at-top
   cfg = spec.cfg
   tcfg = spec.timing or timing.TimingConfig(seed=spec.seed)
   params = timing.device_put(params)
@@ -372,7 +352,6 @@ def measure_quality(spec: BenchmarkSpec, params, variants: Sequence[Variant], da
   """{(variant name, dtype): estimate.PointResult} on `data` (an `estimate.EvalData`).
 
   The unpruned variant gets the reference result (agreement 1, KL 0)."""
-  from vitprune import estimate  # pylint: disable=g-import-not-at-top
   cfg = spec.cfg
   pruned = [v for v in variants if v.schedule != S.full_schedule(cfg)]
   points = [estimate.EvalPoint(v.schedule, v.reducer_for(cfg), v.schedule.counts[-1],
@@ -530,7 +509,6 @@ def run_benchmark(spec: BenchmarkSpec, params, variants: Sequence[Variant], *, d
                   ) -> List[Dict[str, Any]]:
   """Latency of every (variant, batch, dtype) and, with `data` (`estimate.EvalData`), accuracy /
   fidelity per (variant, dtype) -> `tabulate` rows. `variants[0]` must be the unpruned one."""
-  from vitprune.profile import runner  # pylint: disable=g-import-not-at-top
   if not variants or variants[0].name != UNPRUNED:
     raise ValueError(f"the first variant must be {UNPRUNED!r} (the baseline of change_pct)")
   for v in variants:

@@ -11,7 +11,6 @@ place only when complete, so a failure never leaves a partial `weights/<name>/`.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any, Dict, Optional, Tuple
@@ -21,35 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitprune import atomic
-from vitprune.config import Preprocessing, ViTConfig
+from vitprune.config import ViTConfig, config_from_dict, config_to_dict
 from vitprune.model import Params, abstract_params, param_shapes
 
 FORMAT = "vitprune-weights"
 VERSION = 1
-
-
-def config_to_dict(cfg: ViTConfig) -> Dict[str, Any]:
-  return dataclasses.asdict(cfg)
-
-
-def config_from_dict(d: Dict[str, Any]) -> ViTConfig:
-  """Inverse of `config_to_dict`; raises ValueError on unknown or missing fields."""
-  d = dict(d)
-  known = {f.name for f in dataclasses.fields(ViTConfig)}
-  unknown = sorted(set(d) - known)
-  if unknown:
-    raise ValueError(f"config has unknown fields {unknown}")
-  prep = d.pop("preprocessing", None)
-  if prep is not None:
-    prep = dict(prep)
-    for k in ("mean", "std"):
-      if k in prep:
-        prep[k] = tuple(prep[k])
-    d["preprocessing"] = Preprocessing(**prep)
-  try:
-    return ViTConfig(**d)
-  except TypeError as e:
-    raise ValueError(f"invalid config: {e}") from None
 
 
 def check_params(cfg: ViTConfig, params: Params) -> None:

@@ -5,7 +5,8 @@ Everything here is a frozen (hashable) dataclass so it can be a static argument 
 from __future__ import annotations
 
 import dataclasses
-from typing import Tuple
+import math
+from typing import Any, Dict, Tuple, Type
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,3 +103,55 @@ class ViTConfig:
       changes["preprocessing"] = dataclasses.replace(self.preprocessing,
                                                      input_size=changes["img_size"])
     return dataclasses.replace(self, **changes)
+
+
+def config_to_dict(cfg: ViTConfig) -> Dict[str, Any]:
+  """The JSON form of `cfg`: every field, preprocessing as a nested dict, tuples as lists."""
+  d = dataclasses.asdict(cfg)
+  d["preprocessing"] = {k: list(v) if isinstance(v, tuple) else v
+                        for k, v in d["preprocessing"].items()}
+  return d
+
+
+def config_from_dict(d: Dict[str, Any]) -> ViTConfig:
+  """Inverse of `config_to_dict`; raises ValueError on unknown or missing fields."""
+  d = dict(d)
+  known = {f.name for f in dataclasses.fields(ViTConfig)}
+  unknown = sorted(set(d) - known)
+  if unknown:
+    raise ValueError(f"config has unknown fields {unknown}")
+  prep = d.pop("preprocessing", None)
+  if prep is not None:
+    prep = dict(prep)
+    for k in ("mean", "std"):
+      if k in prep:
+        prep[k] = tuple(prep[k])
+    try:
+      d["preprocessing"] = Preprocessing(**prep)
+    except TypeError as e:
+      raise ValueError(f"invalid preprocessing: {e}") from None
+  try:
+    return ViTConfig(**d)
+  except TypeError as e:
+    raise ValueError(f"invalid config: {e}") from None
+
+
+def check_config_types(cfg: ViTConfig, where: str, error: Type[ValueError] = ValueError) -> None:
+  """A config read from JSON has no types: each scalar field must have its default's type
+  (`error` naming `where` and `model.config.<field>` otherwise)."""
+  for f in dataclasses.fields(ViTConfig):
+    default, value = f.default, getattr(cfg, f.name)
+    if isinstance(default, bool):
+      ok = isinstance(value, bool)
+    elif isinstance(default, int):
+      ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+      ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+    elif isinstance(default, str):
+      ok = isinstance(value, str)
+    else:
+      continue
+    if not ok:
+      raise error(f"{where}: model.config.{f.name} must be {type(default).__name__}, "
+                  f"got {value!r}")

@@ -10,15 +10,17 @@ Layout of an artifact directory:
                       (config, schedule, reducer, dtype, precision, input shape); the function
                       takes `(params, images)`: the weights are an argument, not constants.
   params/             orbax `StandardCheckpointer` checkpoint of the float32 parameter tree.
-  manifest.json       {"format": "vitprune-deploy", "version": 1, model config, schedule counts
-                      and text, reducer, input/output shapes and dtypes (batch fixed or the
-                      symbolic "b"), preprocessing, weights sha256 + leaf shapes, platforms,
-                      files and their sha256, provenance, jax/jaxlib/orbax/vitprune versions,
-                      creation time}.
+  manifest.json       the `Manifest` record (`vitprune.records.manifest`): model config,
+                      schedule, reducer, compute, input/output shapes, preprocessing, weights
+                      sha256 + leaf shapes, platforms, files and their sha256, class names,
+                      provenance, versions, and `identity`: the digest of everything that
+                      decides what the graph computes, also carried in the exported forward's
+                      name, so an edited manifest cannot describe a graph it does not hold.
 
-`load` rebuilds the parameter tree from the exported function's own input tree
-(`exported.in_tree` / `in_avals`), restores it with orbax, and refuses an artifact whose files,
-weights (shape or sha256), format version or platforms do not match (`ArtifactError`). Only the
+`load` reads the manifest strictly, checks it against the exported forward (identity, input and
+output shapes, platforms), rebuilds the parameter tree from the exported function's own input
+tree (`exported.in_tree` / `in_avals`), restores it with orbax, and refuses an artifact whose
+files, weights (shape or sha256), format version or platforms do not match (`ArtifactError`). Only the
 export path imports `vitprune.model` (lazily): a deployed model runs without the model code.
 
 The weights hash (`params_sha256`) is over the parameter leaves, not over orbax's files: the
@@ -39,23 +41,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitprune import atomic
-from vitprune.digest import file_sha256, params_sha256
-from vitprune.schedule import Schedule, format_schedule
-from vitprune.config import Preprocessing, ViTConfig
+from vitprune.config import ViTConfig
+from vitprune.digest import file_sha256, params_sha256  # noqa: F401  (file_sha256: public API)
+from vitprune.records.manifest import (BATCH_SYMBOL, FORMAT, MANIFEST_FILE, VERSION,  # noqa: F401
+                                       ArtifactError, Manifest, read_manifest)
+from vitprune.schedule import check_schedule
 
-FORMAT = "vitprune-deploy"
-VERSION = 1
 FORWARD_FILE = "forward.jax_export"
-MANIFEST_FILE = "manifest.json"
 PARAMS_DIR = "params"
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
-BATCH_SYMBOL = "b"
+IDENTITY_PREFIX = "vitprune_"
 
 Params = Dict[str, Any]
-
-
-class ArtifactError(ValueError):
-  """A deployment artifact is missing, corrupt, or does not match its weights or this host."""
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -149,72 +146,64 @@ def describe_reducer(reducer: Any, name: Optional[str] = None,
 
 def export_forward(cfg: ViTConfig, *, schedule=None, reducer=None, dtype: str = "float32",
                    precision: str = "highest", batch_size: Optional[int] = 1,
-                   platforms: Optional[Sequence[str]] = None) -> jax.export.Exported:
+                   platforms: Optional[Sequence[str]] = None,
+                   name: str = "forward") -> jax.export.Exported:
   """`jax.export` of `jit(forward)` specialised to everything static; args `(params, images)`.
 
   Args:
     cfg, schedule, reducer, dtype, precision: as `vitprune.model.forward` (all static).
     batch_size: a fixed batch B >= 1, or None for a symbolic batch dimension 'b'.
     platforms: lowering platforms (e.g. ('cpu', 'cuda')); default the local one.
+    name: the exported function's name (`Exported.fun_name`; artifacts carry their identity).
 
   Returns:
     The `Exported` of `params (float32 tree), images f32[B, S, S, C] -> f32[B, K]`.
   """
-  import functools  # pylint: disable=g-import-not-at-top
-  from vitprune import model  # pylint: disable=g-import-not-at-top  (export path only)
+  from vitprune import model  # pylint: disable=g-import-not-at-top  (load() must not need it)
   platforms = normalize_platforms(platforms)
-  if batch_size is None:
-    batch = jax.export.symbolic_shape(BATCH_SYMBOL)[0]
-  elif isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool) \
-      and batch_size >= 1:
-    batch = int(batch_size)
-  else:
-    raise ValueError(f"batch_size must be a positive int or None (symbolic), got {batch_size!r}")
-  fn = functools.partial(model.forward, cfg=cfg, schedule=schedule, reducer=reducer,
+  batch = _batch_dim(batch_size)
+
+  def fn(params, images):
+    return model.forward(params, images, cfg=cfg, schedule=schedule, reducer=reducer,
                          dtype=dtype, precision=precision)
+
+  fn.__name__ = fn.__qualname__ = name
   images = jax.ShapeDtypeStruct((batch, cfg.img_size, cfg.img_size, cfg.in_chans), jnp.float32)
   return jax.export.export(jax.jit(fn), platforms=platforms)(model.abstract_params(cfg), images)
 
 
-def build_manifest(cfg: ViTConfig, exported: jax.export.Exported, params: Params, *,
-                   counts: Sequence[int], reducer_entry: Optional[Dict[str, Any]],
-                   dtype: str, precision: str, forward_sha256: str,
-                   provenance: Optional[Mapping[str, Any]] = None,
-                   weights_source: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-  """The manifest document of an artifact (see the module docstring)."""
-  img_aval, out_aval = exported.in_avals[-1], exported.out_avals[0]
+def _batch_dim(batch_size: Optional[int]):
+  if batch_size is None:
+    return jax.export.symbolic_shape(BATCH_SYMBOL)[0]
+  if isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool) \
+      and batch_size >= 1:
+    return int(batch_size)
+  raise ValueError(f"batch_size must be a positive int or None (symbolic), got {batch_size!r}")
 
-  def dims(shape):
-    return [d if isinstance(d, int) else str(d) for d in shape]
 
-  symbolic = not isinstance(img_aval.shape[0], int)
-  return {
-      "format": FORMAT, "version": VERSION,
-      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "model": {"name": cfg.name, "config": _jsonable(cfg)},
-      "schedule": {"counts": [int(c) for c in counts],
-                   "text": format_schedule(Schedule(tuple(counts)), cfg)},
-      "reducer": reducer_entry,
-      "compute": {"dtype": dtype, "precision": precision},
-      "input": {"layout": "NHWC", "shape": dims(img_aval.shape),
-                "dtype": np.dtype(img_aval.dtype).name,
-                "batch_size": None if symbolic else int(img_aval.shape[0]),
-                "symbolic_batch": symbolic},
-      "output": {"shape": dims(out_aval.shape), "dtype": np.dtype(out_aval.dtype).name,
-                 "kind": "logits" if cfg.num_classes else "features"},
-      "preprocessing": _jsonable(cfg.preprocessing),
-      "weights": {"sha256": params_sha256(params),
-                  "sha256_of": "parameter leaves (vitprune.deploy.params_sha256)",
-                  "num_params": int(sum(np.size(v) for v in jax.tree.leaves(params))),
-                  "leaves": leaf_listing(params),
-                  "source": _jsonable(dict(weights_source or {}))},
-      "platforms": list(exported.platforms),
-      "files": {"forward": FORWARD_FILE, "forward_sha256": forward_sha256,
-                "params": PARAMS_DIR,
-                "calling_convention_version": int(exported.calling_convention_version)},
-      "provenance": _jsonable(dict(provenance or {})),
-      "versions": _versions(),
-  }
+def plan_manifest(cfg: ViTConfig, params: Params, *, counts: Sequence[int],
+                  reducer_entry: Optional[Dict[str, Any]], dtype: str, precision: str,
+                  batch_size: Optional[int], platforms: Sequence[str],
+                  class_names: Optional[Sequence[str]] = None,
+                  provenance: Optional[Mapping[str, Any]] = None,
+                  weights_source: Optional[Mapping[str, Any]] = None) -> Manifest:
+  """The manifest of an artifact before export (the forward's sha256 is filled in after)."""
+  _batch_dim(batch_size)
+  b = BATCH_SYMBOL if batch_size is None else int(batch_size)
+  return Manifest(
+      config=cfg, counts=tuple(int(c) for c in counts), reducer=reducer_entry, dtype=dtype,
+      precision=precision, input_shape=(b, cfg.img_size, cfg.img_size, cfg.in_chans),
+      output_shape=(b, cfg.num_classes or cfg.embed_dim),
+      weights={"sha256": params_sha256(params),
+               "sha256_of": "parameter leaves (vitprune.deploy.params_sha256)",
+               "num_params": int(sum(np.size(v) for v in jax.tree.leaves(params))),
+               "leaves": leaf_listing(params),
+               "source": _jsonable(dict(weights_source or {}))},
+      platforms=tuple(platforms),
+      files={"forward": FORWARD_FILE, "forward_sha256": "", "params": PARAMS_DIR},
+      created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      class_names=None if class_names is None else tuple(class_names),
+      provenance=_jsonable(dict(provenance or {})), versions=_versions())
 
 
 def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
@@ -249,8 +238,7 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   Returns:
     The absolute path of the artifact.
   """
-  from vitprune import checkpoint, model  # pylint: disable=g-import-not-at-top
-  from vitprune.schedule import check_schedule  # pylint: disable=g-import-not-at-top
+  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (imports the model)
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite)")
@@ -262,30 +250,34 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
       raise ValueError(f"{len(class_names)} class names given, {cfg.name} has "
                        f"{cfg.num_classes} classes")
   platforms = normalize_platforms(platforms)
-  exported = export_forward(cfg, schedule=schedule, reducer=reducer, dtype=dtype,
-                            precision=precision, batch_size=batch_size, platforms=platforms)
-  blob = exported.serialize()
   params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
+  manifest = plan_manifest(
+      cfg, params32, counts=schedule.counts,
+      reducer_entry=describe_reducer(reducer, reducer_name, reducer_options), dtype=dtype,
+      precision=precision, batch_size=batch_size, platforms=platforms,
+      class_names=class_names, provenance=provenance, weights_source=weights_source)
+  exported = export_forward(cfg, schedule=schedule, reducer=reducer, dtype=dtype,
+                            precision=precision, batch_size=batch_size, platforms=platforms,
+                            name=IDENTITY_PREFIX + manifest.identity())
+  blob = exported.serialize()
+  manifest = dataclasses.replace(manifest, files=dict(
+      manifest.files, forward_sha256=hashlib.sha256(blob).hexdigest(),
+      calling_convention_version=int(exported.calling_convention_version)))
   with atomic.staged_dir(out) as tmp:
     with open(os.path.join(tmp, FORWARD_FILE), "wb") as f:
       f.write(blob)
     ckptr = _checkpointer()
     ckptr.save(os.path.join(tmp, PARAMS_DIR), params32)
     ckptr.wait_until_finished()
-    manifest = build_manifest(
-        cfg, exported, params32, counts=schedule.counts,
-        reducer_entry=describe_reducer(reducer, reducer_name, reducer_options),
-        dtype=dtype, precision=precision, forward_sha256=hashlib.sha256(blob).hexdigest(),
-        provenance=provenance, weights_source=weights_source)
-    manifest["class_names"] = class_names
-    atomic.write_json(os.path.join(tmp, MANIFEST_FILE), manifest, sort_keys=True)
+    atomic.write_json(os.path.join(tmp, MANIFEST_FILE), manifest.to_json(), sort_keys=True)
     if verify and local_platform() in platforms:
-      _verify(tmp, cfg, params32, schedule, reducer, dtype, precision, batch_size, model)
+      _verify(tmp, cfg, params32, schedule, reducer, dtype, precision, batch_size)
   return out
 
 
-def _verify(path, cfg, params, schedule, reducer, dtype, precision, batch_size, model) -> None:
+def _verify(path, cfg, params, schedule, reducer, dtype, precision, batch_size) -> None:
   """Loads the staged artifact and checks it reproduces the in-process jitted forward."""
+  from vitprune import model  # pylint: disable=g-import-not-at-top  (load() must not need it)
   deployed = load(path)
   b = batch_size or 2
   images = np.random.default_rng(0).normal(
@@ -301,144 +293,16 @@ def _verify(path, cfg, params, schedule, reducer, dtype, precision, batch_size, 
                         f"abs difference {np.max(np.abs(got - want)):.3g}")
 
 
-# ----------------------------------------------------------------------------- solver output
-
-
-def _find(doc: Any, keys: Sequence[str]) -> Any:
-  """The first of `keys` found in `doc` or in its 'chosen' / 'solution' / 'result' / 'best'."""
-  if not isinstance(doc, Mapping):
-    return None
-  for k in keys:
-    if k in doc:
-      return doc[k]
-  for sub in ("chosen", "solution", "result", "best"):
-    found = _find(doc.get(sub), keys)
-    if found is not None:
-      return found
-  return None
-
-
-def _find_holder(doc: Any, keys: Sequence[str]) -> Optional[Mapping[str, Any]]:
-  """The mapping holding one of `keys`: `doc` itself, else its 'chosen' / 'solution' / ..."""
-  if not isinstance(doc, Mapping):
-    return None
-  if any(k in doc for k in keys):
-    return doc
-  for sub in ("chosen", "solution", "result", "best"):
-    found = _find_holder(doc.get(sub), keys)
-    if found is not None:
-      return found
-  return None
-
-
-def read_solution(path: str) -> Dict[str, Any]:
-  """The deployable choice recorded in a solver output JSON file.
-
-  Reads `vitprune.solve_io`'s "vitprune-solution" files (`chosen.schedule`, `chosen.counts`,
-  `chosen.method`, `model.name`) and similar documents: the schedule is 'schedule' (compact
-  text, a list of counts, or a dict with 'text' / 'counts'), 'schedule_text' and/or 'counts',
-  at the top level or inside 'chosen' / 'solution' / 'result' / 'best'; likewise the method
-  ('method' / 'reducer') and the model name ('model' as a string or a dict with 'name', or
-  'model_name'). Provenance keeps the top-level scalars and the 'profile', 'estimate',
-  'chosen' and 'settings' entries, never the frontier or curves.
-
-  Returns:
-    {"schedule": text or None, "counts": [...] or None, "method": str or None,
-     "model": str or None, "provenance": {"path", "sha256", scalar top-level entries,
-     "profile"/"estimate" references}}.
-  """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"solver output {path} does not exist")
-  try:
-    with open(path) as f:
-      doc = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"solver output {path} is not valid JSON: {e}") from None
-  if not isinstance(doc, dict):
-    raise ValueError(f"solver output {path} must hold a JSON object")
-  holder = _find_holder(doc, ("schedule", "schedule_text", "counts"))
-  text, counts = None, None
-  if holder is not None:
-    sched = holder.get("schedule", holder.get("schedule_text"))
-    counts = holder.get("counts")
-    if isinstance(sched, Mapping):
-      text, counts = sched.get("text"), sched.get("counts", counts)
-    elif isinstance(sched, str):
-      text = sched
-    elif isinstance(sched, (list, tuple)):
-      counts = sched
-  if counts is not None:
-    if not isinstance(counts, (list, tuple)) or not all(
-        isinstance(c, int) and not isinstance(c, bool) for c in counts):
-      raise ValueError(f"solver output {path}: schedule counts {counts!r} are not integers")
-    counts = [int(c) for c in counts]
-  if text is None and counts is None:
-    raise ValueError(f"solver output {path} records no schedule (looked for 'schedule', "
-                     "'schedule_text' or 'counts', also under 'chosen'/'solution'/'result')")
-  method = _find(doc, ("method", "reducer"))
-  if isinstance(method, Mapping):
-    method = method.get("name")
-  model = _find(doc, ("model", "model_name"))
-  if isinstance(model, Mapping):
-    model = model.get("name") or (model.get("config") or {}).get("name")
-  summary = {k: v for k, v in doc.items()
-             if isinstance(v, (str, int, float, bool))
-             or k in ("profile", "estimate", "chosen", "settings")}
-  summary.update(path=os.path.abspath(path), sha256=file_sha256(path))
-  return {"schedule": text, "counts": counts,
-          "method": str(method) if method is not None else None,
-          "model": str(model) if model is not None else None,
-          "provenance": _jsonable(summary)}
-
-
 # ----------------------------------------------------------------------------- load
 
 
-def read_manifest(path: str) -> Dict[str, Any]:
-  """The validated manifest of the artifact directory `path` (raises `ArtifactError`)."""
-  if not os.path.isdir(path):
-    raise ArtifactError(f"{path} is not a deployment artifact directory (it does not exist "
-                        "or is not a directory)")
-  mf = os.path.join(path, MANIFEST_FILE)
-  if not os.path.isfile(mf):
-    raise ArtifactError(f"{path} is not a deployment artifact: {MANIFEST_FILE} is missing")
-  try:
-    with open(mf) as f:
-      doc = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ArtifactError(f"{mf} is corrupted: {e}") from None
-  if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-    fmt = doc.get("format") if isinstance(doc, dict) else None
-    raise ArtifactError(f"{mf}: format {fmt!r} is not {FORMAT!r}")
-  if doc.get("version") != VERSION:
-    raise ArtifactError(f"{mf}: unsupported format version {doc.get('version')!r} (this "
-                        f"vitprune reads version {VERSION})")
-  required = ("model", "schedule", "input", "output", "preprocessing", "weights", "platforms",
-              "files")
-  missing = [k for k in required if k not in doc]
-  if missing:
-    raise ArtifactError(f"{mf} lacks required entries {missing}")
-  return doc
-
-
-def _preprocessing(d: Mapping[str, Any]) -> Preprocessing:
-  d = dict(d)
-  for k in ("mean", "std"):
-    if k in d:
-      d[k] = tuple(d[k])
-  try:
-    return Preprocessing(**d)
-  except TypeError as e:
-    raise ArtifactError(f"manifest preprocessing is invalid: {e}") from None
-
-
-def _read_exported(path: str, manifest: Mapping[str, Any]) -> jax.export.Exported:
-  fwd = os.path.join(path, manifest["files"].get("forward", FORWARD_FILE))
+def _read_exported(path: str, manifest: Manifest) -> jax.export.Exported:
+  fwd = os.path.join(path, manifest.files["forward"])
   if not os.path.isfile(fwd):
     raise ArtifactError(f"{path}: the exported forward {os.path.basename(fwd)} is missing")
   with open(fwd, "rb") as f:
     blob = f.read()
-  want = manifest["files"].get("forward_sha256")
+  want = manifest.files["forward_sha256"]
   got = hashlib.sha256(blob).hexdigest()
   if want != got:
     raise ArtifactError(f"{fwd}: sha256 {got} does not match the manifest's {want} (the file "
@@ -449,11 +313,27 @@ def _read_exported(path: str, manifest: Mapping[str, Any]) -> jax.export.Exporte
     raise ArtifactError(f"{fwd} cannot be deserialized: {e}") from e
 
 
-def _check_platform(exported: jax.export.Exported, manifest: Mapping[str, Any], path: str
-                    ) -> str:
-  if list(manifest["platforms"]) != list(exported.platforms):
-    raise ArtifactError(f"{path}: manifest platforms {manifest['platforms']} do not match the "
-                        f"exported forward's {list(exported.platforms)}")
+def _dims(shape) -> Tuple:
+  return tuple(d if isinstance(d, int) else str(d) for d in shape)
+
+
+def _check_exported(exported: jax.export.Exported, manifest: Manifest, path: str) -> None:
+  """The manifest describes this graph: identity, input and output shapes."""
+  name = str(exported.fun_name)
+  if name.startswith(IDENTITY_PREFIX) and name != IDENTITY_PREFIX + manifest.identity():
+    raise ArtifactError(f"{path}: the manifest does not describe the exported forward (its "
+                        "config, schedule, reducer, compute, shapes or class names were edited)")
+  got_in, got_out = _dims(exported.in_avals[-1].shape), _dims(exported.out_avals[0].shape)
+  if got_in != manifest.input_shape or got_out != manifest.output_shape:
+    raise ArtifactError(f"{path}: the exported forward maps {list(got_in)} -> {list(got_out)}, "
+                        f"the manifest says {list(manifest.input_shape)} -> "
+                        f"{list(manifest.output_shape)}")
+
+
+def _check_platform(exported: jax.export.Exported, manifest: Manifest, path: str) -> str:
+  if list(manifest.platforms) != list(exported.platforms):
+    raise ArtifactError(f"{path}: manifest platforms {list(manifest.platforms)} do not match "
+                        f"the exported forward's {list(exported.platforms)}")
   here = local_platform()
   if here not in exported.platforms:
     raise ArtifactError(f"{path} was exported for platforms {list(exported.platforms)}, but "
@@ -461,7 +341,7 @@ def _check_platform(exported: jax.export.Exported, manifest: Mapping[str, Any], 
   return here
 
 
-def _restore_params(path: str, manifest: Mapping[str, Any], exported: jax.export.Exported
+def _restore_params(path: str, manifest: Manifest, exported: jax.export.Exported
                     ) -> Params:
   """Restores params into the exported function's input tree; checks shapes and sha256."""
   avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in exported.in_avals]
@@ -470,11 +350,11 @@ def _restore_params(path: str, manifest: Mapping[str, Any], exported: jax.export
     raise ArtifactError(f"{path}: the exported forward does not take (params, images)")
   target = args[0]
   want = leaf_listing(target)
-  listed = manifest["weights"].get("leaves")
+  listed = manifest.weights.get("leaves")
   if listed != want:
     raise ArtifactError(f"{path}: the manifest's weight listing does not match the exported "
                         f"forward's parameters: {_diff(listed or {}, want)}")
-  pdir = os.path.join(path, manifest["files"].get("params", PARAMS_DIR))
+  pdir = os.path.join(path, manifest.files["params"])
   if not os.path.isdir(pdir):
     raise ArtifactError(f"{path}: the weights checkpoint {os.path.basename(pdir)}/ is missing")
   try:
@@ -486,9 +366,9 @@ def _restore_params(path: str, manifest: Mapping[str, Any], exported: jax.export
     raise ArtifactError(f"{pdir}: weights do not match the exported forward: "
                         f"{_diff(got, want)}")
   digest = params_sha256(params)
-  if digest != manifest["weights"].get("sha256"):
+  if digest != manifest.weights.get("sha256"):
     raise ArtifactError(f"{pdir}: weights sha256 {digest} does not match the manifest's "
-                        f"{manifest['weights'].get('sha256')} (weights changed or corrupted)")
+                        f"{manifest.weights.get('sha256')} (weights changed or corrupted)")
   return params
 
 
@@ -504,7 +384,7 @@ class DeployedModel:
   """A loaded artifact: `model(images [B, H, W, C] float32) -> [B, K] float32` (jax.Array).
 
   Attributes:
-    manifest: the manifest dict.
+    manifest: the `Manifest` record.
     class_names: names of the outputs when the artifact records them, else None.
     preprocessing: the model's `Preprocessing` (resize/crop/normalise before calling).
     input_shape: `(B, H, W, C)`, B None for a symbolic batch.
@@ -514,18 +394,18 @@ class DeployedModel:
     params: the restored parameter tree (device arrays).
   """
 
-  def __init__(self, path: str, manifest: Dict[str, Any], exported: jax.export.Exported,
+  def __init__(self, path: str, manifest: Manifest, exported: jax.export.Exported,
                params: Params):
     self.path = path
     self.manifest = manifest
     self.exported = exported
     self.params = jax.device_put(params)
-    self.preprocessing = _preprocessing(manifest["preprocessing"])
+    self.preprocessing = manifest.preprocessing
     shape = exported.in_avals[-1].shape
     self.input_shape = tuple(d if isinstance(d, int) else None for d in shape)
     self.batch_size = self.input_shape[0]
     self.platforms = tuple(exported.platforms)
-    self.class_names = manifest.get("class_names")
+    self.class_names = None if manifest.class_names is None else list(manifest.class_names)
     self._call = jax.jit(exported.call)
 
   @property
@@ -537,7 +417,7 @@ class DeployedModel:
     x = jnp.asarray(images, jnp.float32)
     want = self.input_shape
     if x.ndim != 4 or tuple(x.shape[1:]) != want[1:]:
-      raise ValueError(f"{self.manifest['model']['name']} artifact expects images "
+      raise ValueError(f"{self.manifest.model} artifact expects images "
                        f"[B, {want[1]}, {want[2]}, {want[3]}] (NHWC), got shape {tuple(x.shape)}")
     if self.batch_size is not None and x.shape[0] != self.batch_size:
       raise ValueError(f"artifact was exported for batch size {self.batch_size}, got "
@@ -548,8 +428,8 @@ class DeployedModel:
 
   def __repr__(self) -> str:
     b = self.batch_size if self.batch_size is not None else BATCH_SYMBOL
-    return (f"DeployedModel({self.manifest['model']['name']!r}, schedule "
-            f"{self.manifest['schedule']['text']!r}, input [{b}, {self.input_shape[1]}, "
+    return (f"DeployedModel({self.manifest.model!r}, schedule "
+            f"{self.manifest.schedule_text!r}, input [{b}, {self.input_shape[1]}, "
             f"{self.input_shape[2]}, {self.input_shape[3]}], platforms {list(self.platforms)})")
 
 
@@ -563,6 +443,7 @@ def load(path: str) -> DeployedModel:
   path = os.path.abspath(os.fspath(path))
   manifest = read_manifest(path)
   exported = _read_exported(path, manifest)
+  _check_exported(exported, manifest, path)
   _check_platform(exported, manifest, path)
   params = _restore_params(path, manifest, exported)
   return DeployedModel(path, manifest, exported, params)

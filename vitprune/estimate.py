@@ -20,38 +20,12 @@ Points (see `token_points` / `sensitivity_points`):
   * layer l: `counts = [N] * (l + 1) + [n] * (depth - l)`, the reducer brings the tokens to n in
     block l (the paper's POMT schedule for l = 3) -- the per-layer sensitivity S[l, n].
 
-Estimate file (JSON, written atomically by `save_estimate`, checked by `load_estimate`):
-
-  {
-    "format": "vitprune-estimate", "version": 1,
-    "created": ISO-8601 time,
-    "kind": "tokens" | "sensitivity",
-    "model": {"name": str, "config": ViTConfig fields (vitprune.checkpoint.config_to_dict)},
-    "weights": {"source": str (directory, or "init_params(seed=S)"), "sha256": hex (params_sha256)},
-    "data": {"kind", "source", "num_examples", "classes", "labelled", "fingerprint"
-             (vitprune.data.DatasetInfo), "selection": {free-form: split, subset seed, ...}},
-    "method": {"name": str, "kwargs": {...}},
-    "seed": int (reducer / subset seed),
-    "layers": [int | null, ...]   (the reduction layers evaluated; null = after the embedding),
-    "tokens": [int, ...]          (the token grid n, ascending, unique),
-    "eval": {"batch_size": int, "dtype": str, "precision": str, "num_devices": int},
-    "metrics": ["accuracy", "agreement", "kl"] (labelled) | ["agreement", "kl"] (unlabelled),
-    "reference": {"counts": [...], "schedule": str, "num_examples": int,
-                  "accuracy": float | null, "agreement": 1.0, "kl": 0.0},
-    "points": [{"layer": int | null, "tokens": int, "counts": [depth + 1 ints], "schedule": str,
-                "num_examples": int, "accuracy": float | null, "agreement": float, "kl": float},
-               ...]  one per (layer, n) of layers x tokens, layer-major, n ascending,
-    "versions": {"estimate_format": 1, "python", "jax", "jaxlib", "numpy", "platform", "backend"}
-  }
-
-"tokens" files have a single layer (the A(n) curve, `curve`); "sensitivity" files have every
-requested layer (the table S[l, n], `sensitivity_table`).
+The run becomes an `Estimate` record (`estimate_record`; format, file reading and writing in
+`vitprune.records.estimate`).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import platform
 import time
@@ -59,22 +33,18 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 
-from vitprune import atomic
-from vitprune.digest import params_sha256
+from vitprune import data as data_lib
 from vitprune import schedule as schedule_lib
-from vitprune.checkpoint import config_from_dict, config_to_dict
 from vitprune.config import ViTConfig
+from vitprune.digest import params_sha256
 from vitprune.model import Params, jitted_forward
+from vitprune.records.estimate import (FIDELITY_METRICS, LABELLED_METRICS, VERSION, Estimate,
+                                       EstimatePoint, Scores)
 from vitprune.reduce.base import TokenReducer
 from vitprune.schedule import Schedule, check_schedule, full_schedule
-
-FORMAT = "vitprune-estimate"
-VERSION = 1
-KINDS = ("tokens", "sensitivity")
-LABELLED_METRICS = ("accuracy", "agreement", "kl")
-FIDELITY_METRICS = ("agreement", "kl")
 
 Batch = Tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -367,7 +337,6 @@ class EvalData:
   def batches(self, cfg: ViTConfig, batch_size: int, num_workers: int = 0
               ) -> Iterable[Batch]:
     """Fixed-shape padded batches with `cfg.preprocessing` (the model's eval transform)."""
-    from vitprune import data as data_lib  # pylint: disable=g-import-not-at-top
     return data_lib.iterate_batches(self.dataset, cfg.preprocessing, batch_size,
                                     indices=self.indices, num_workers=num_workers)
 
@@ -376,7 +345,6 @@ def subset_indices(labels: np.ndarray, labelled: bool, num_images: Optional[int]
                    ) -> np.ndarray:
   """All indices (`num_images` None), a seeded class-balanced sample (labelled), or a seeded
   uniform sample without replacement (unlabelled); int64 sorted."""
-  from vitprune import data as data_lib  # pylint: disable=g-import-not-at-top
   n = len(labels)
   if num_images is None:
     return np.arange(n, dtype=np.int64)
@@ -395,7 +363,6 @@ def load_eval_data(spec: str, *, num_images: Optional[int] = None, seed: int = 0
   """`spec` 'digits' (scikit-learn digits, `split` of `digits_split(split_seed)`) or an image
   folder (labelled `root/<class>/...` or a flat unlabelled folder); optionally a seeded subset of
   `num_images` (class-balanced when labelled)."""
-  from vitprune import data as data_lib  # pylint: disable=g-import-not-at-top
   if spec == "digits":
     ds = data_lib.digits_dataset()
     if split not in ("train", "test", "all"):
@@ -425,252 +392,35 @@ def load_eval_data(spec: str, *, num_images: Optional[int] = None, seed: int = 0
 
 
 def versions() -> Dict[str, Any]:
-  import jaxlib  # pylint: disable=g-import-not-at-top
   return {"estimate_format": VERSION, "python": platform.python_version(),
           "jax": jax.__version__, "jaxlib": jaxlib.__version__, "numpy": np.__version__,
           "platform": platform.platform(), "backend": jax.default_backend()}
 
 
-def _metric_values(r: PointResult) -> Dict[str, Any]:
-  return {"num_examples": r.num_examples, "accuracy": r.accuracy, "agreement": r.agreement,
-          "kl": r.kl}
+def _scores(r: PointResult) -> Scores:
+  return Scores(r.num_examples, r.accuracy, r.agreement, r.kl)
 
 
 def estimate_record(*, cfg: ViTConfig, params: Params, weights_source: str,
                     data_info: Dict[str, Any], method: str, method_kwargs: Dict[str, Any],
                     seed: int, points: Sequence[EvalPoint], result: EvalResult,
                     labelled: bool, dtype: str = "float32", precision: str = "highest",
-                    created: Optional[str] = None) -> Dict[str, Any]:
-  """The estimate-file document (see the module docstring) of an `evaluate` run."""
+                    created: Optional[str] = None) -> Estimate:
+  """The `Estimate` record of an `evaluate` run (checked as a file read back would be)."""
   points = list(points)
   if len(points) != len(result.points):
     raise ValueError(f"{len(points)} points but {len(result.points)} results")
-  layers = list(dict.fromkeys(p.layer for p in points))
-  tokens = sorted({p.tokens for p in points})
-  doc = {
-      "format": FORMAT, "version": VERSION,
-      "created": created or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-      "kind": "tokens" if len(layers) == 1 else "sensitivity",
-      "model": {"name": cfg.name, "config": config_to_dict(cfg)},
-      "weights": {"source": weights_source, "sha256": params_sha256(params)},
-      "data": dict(data_info),
-      "method": {"name": method, "kwargs": dict(method_kwargs)},
-      "seed": int(seed),
-      "layers": layers,
-      "tokens": tokens,
-      "eval": {"batch_size": result.batch_size, "dtype": dtype, "precision": precision,
-               "num_devices": result.num_devices},
-      "metrics": list(LABELLED_METRICS if labelled else FIDELITY_METRICS),
-      "reference": {"counts": list(full_schedule(cfg).counts),
-                    "schedule": schedule_lib.format_schedule(full_schedule(cfg), cfg),
-                    **_metric_values(result.reference)},
-      "points": [{"layer": p.layer, "tokens": p.tokens, "counts": list(p.schedule.counts),
-                  "schedule": schedule_lib.format_schedule(p.schedule, cfg), **_metric_values(r)}
-                 for p, r in zip(points, result.points)],
-      "versions": versions(),
-  }
-  validate_estimate(doc)
-  return doc
-
-
-# ----------------------------------------------------------------------------------------------
-# Files.
-# ----------------------------------------------------------------------------------------------
-
-
-class EstimateError(ValueError):
-  """An estimate document or file that does not follow the schema."""
-
-
-def _require(cond: bool, where: str, msg: str):
-  if not cond:
-    raise EstimateError(f"{where}: {msg}")
-
-
-def _is_int(x) -> bool:
-  return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_num(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-_TOP_KEYS = {"format": str, "version": int, "created": str, "kind": str, "model": dict,
-             "weights": dict, "data": dict, "method": dict, "seed": int, "layers": list,
-             "tokens": list, "eval": dict, "metrics": list, "reference": dict, "points": list,
-             "versions": dict}
-
-
-def _check_values(p: Dict[str, Any], where: str, labelled: bool, num_examples: int):
-  for key in ("num_examples", "accuracy", "agreement", "kl"):
-    _require(key in p, where, f"missing {key!r}")
-  _require(p["num_examples"] == num_examples, where,
-           f"num_examples {p['num_examples']} != data.num_examples {num_examples}")
-  if labelled:
-    _require(_is_num(p["accuracy"]) and 0 <= p["accuracy"] <= 1, where,
-             f"accuracy must be a number in [0, 1] for labelled data, got {p['accuracy']!r}")
-  else:
-    _require(p["accuracy"] is None, where,
-             f"accuracy must be null for unlabelled data, got {p['accuracy']!r}")
-  _require(_is_num(p["agreement"]) and 0 <= p["agreement"] <= 1, where,
-           f"agreement must be a number in [0, 1], got {p['agreement']!r}")
-  _require(_is_num(p["kl"]) and p["kl"] >= 0, where,
-           f"kl must be a finite number >= 0, got {p['kl']!r}")
-
-
-def _check_config_types(cfg: ViTConfig, where: str):
-  """JSON gives no types: each scalar config field must have its default's type."""
-  for f in dataclasses.fields(ViTConfig):
-    default, value = f.default, getattr(cfg, f.name)
-    if isinstance(default, bool):
-      ok = isinstance(value, bool)
-    elif isinstance(default, int):
-      ok = _is_int(value)
-    elif isinstance(default, float):
-      ok = _is_num(value)
-    elif isinstance(default, str):
-      ok = isinstance(value, str)
-    else:
-      continue
-    _require(ok, where, f"model.config.{f.name} must be {type(default).__name__}, "
-             f"got {value!r}")
-
-
-def validate_estimate(doc: Any, where: str = "estimate") -> Dict[str, Any]:
-  """Checks `doc` against the schema; returns it or raises `EstimateError` naming the problem."""
-  _require(isinstance(doc, dict), where, f"expected a JSON object, got {type(doc).__name__}")
-  _require(doc.get("format") == FORMAT, where,
-           f"format {doc.get('format')!r} is not {FORMAT!r}")
-  _require(doc.get("version") == VERSION, where, f"unsupported version {doc.get('version')!r} "
-           f"(this code reads version {VERSION})")
-  for key, typ in _TOP_KEYS.items():
-    _require(key in doc, where, f"missing key {key!r}")
-    ok = _is_int(doc[key]) if typ is int else isinstance(doc[key], typ)
-    _require(ok, where, f"{key!r} must be {typ.__name__}, got {type(doc[key]).__name__}")
-  _require(doc["kind"] in KINDS, where, f"kind {doc['kind']!r} not in {KINDS}")
-  try:
-    cfg = config_from_dict(doc["model"].get("config", {}))
-  except (ValueError, TypeError) as e:
-    raise EstimateError(f"{where}: model.config is invalid: {e}") from None
-  _check_config_types(cfg, where)
-  _require(doc["model"].get("name") == cfg.name, where,
-           f"model.name {doc['model'].get('name')!r} != config name {cfg.name!r}")
-  sha = doc["weights"].get("sha256")
-  _require(isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha),
-           where, f"weights.sha256 must be a 64-digit hex string, got {sha!r}")
-  data = doc["data"]
-  for key in ("fingerprint", "num_examples", "labelled"):
-    _require(key in data, where, f"data is missing {key!r}")
-  _require(_is_int(data["num_examples"]) and data["num_examples"] > 0, where,
-           f"data.num_examples must be a positive int, got {data['num_examples']!r}")
-  labelled = data["labelled"]
-  _require(isinstance(labelled, bool), where, "data.labelled must be true or false")
-  want_metrics = list(LABELLED_METRICS if labelled else FIDELITY_METRICS)
-  _require(doc["metrics"] == want_metrics, where,
-           f"metrics {doc['metrics']} != {want_metrics} for labelled={labelled}")
-  _require(isinstance(doc["method"].get("name"), str), where, "method.name must be a string")
-  batch = doc["eval"].get("batch_size")
-  _require(_is_int(batch) and batch > 0, where, f"eval.batch_size must be > 0, got {batch!r}")
-  layers, tokens = doc["layers"], doc["tokens"]
-  _require(bool(layers) and all(l is None or (_is_int(l) and 0 <= l < cfg.depth)
-                                for l in layers), where,
-           f"layers must be non-empty, each null or an int in [0, {cfg.depth - 1}]: {layers}")
-  _require(len(set(layers)) == len(layers), where, f"layers have duplicates: {layers}")
-  _require(doc["kind"] == "sensitivity" or len(layers) == 1, where,
-           f"a 'tokens' estimate has exactly one layer, got {layers}")
-  _require(bool(tokens) and all(_is_int(n) for n in tokens), where,
-           f"tokens must be a non-empty list of ints: {tokens}")
-  _require(tokens == sorted(set(tokens)), where, f"tokens must be ascending and unique: {tokens}")
-  try:
-    check_tokens(cfg, tokens)
-  except ValueError as e:
-    raise EstimateError(f"{where}: {e}") from None
-  ref = doc["reference"]
-  _require(ref.get("counts") == list(full_schedule(cfg).counts), where,
-           "reference.counts is not the unpruned schedule")
-  _check_values(ref, f"{where}: reference", labelled, data["num_examples"])
-  _require(ref["agreement"] == 1.0 and ref["kl"] == 0.0, where,
-           "the reference must agree with itself (agreement 1, kl 0)")
-  pts = doc["points"]
-  grid = [(l, n) for l in layers for n in tokens]
-  _require(len(pts) == len(grid), where, f"{len(pts)} points for a grid of {len(layers)} "
-           f"layers x {len(tokens)} token counts = {len(grid)}")
-  for i, (p, (l, n)) in enumerate(zip(pts, grid)):
-    pw = f"{where}: points[{i}]"
-    _require(isinstance(p, dict), pw, "must be an object")
-    _require(p.get("layer") == l and p.get("tokens") == n, pw,
-             f"expected layer {l} tokens {n} (layer-major grid), got layer {p.get('layer')!r} "
-             f"tokens {p.get('tokens')!r}")
-    counts = p.get("counts")
-    _require(isinstance(counts, list) and all(_is_int(c) for c in counts), pw,
-             "counts must be a list of ints")
-    try:
-      check_schedule(cfg, Schedule(tuple(counts)))
-    except ValueError as e:
-      raise EstimateError(f"{pw}: {e}") from None
-    want = (list(embed_schedule(cfg, n).counts) if l is None
-            else list(layer_schedule(cfg, n, l).counts))
-    _require(counts == want, pw, f"counts {counts} do not reduce to {n} tokens at "
-             f"{'the embedding' if l is None else f'layer {l}'} (expected {want})")
-    _require(isinstance(p.get("schedule"), str), pw, "schedule must be a string")
-    _check_values(p, pw, labelled, data["num_examples"])
-  return doc
-
-
-def save_estimate(path: str, doc: Dict[str, Any], *, overwrite: bool = False) -> str:
-  """Validates `doc` and writes it to `path` atomically (temp file + `os.replace`)."""
-  validate_estimate(doc)
-  path = os.path.abspath(path)
-  if os.path.exists(path) and not overwrite:
-    raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
-  return atomic.write_json(path, doc)
-
-
-def load_estimate(path: str) -> Dict[str, Any]:
-  """Reads and validates an estimate file; raises FileNotFoundError / `EstimateError`."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"estimate file {path!r} does not exist")
-  try:
-    with open(path) as f:
-      doc = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise EstimateError(f"{path}: not valid JSON: {e}") from None
-  return validate_estimate(doc, where=path)
-
-
-def default_metric(doc: Dict[str, Any]) -> str:
-  """'accuracy' for labelled estimates, else 'agreement'."""
-  return "accuracy" if doc["data"]["labelled"] else "agreement"
-
-
-def _metric(doc: Dict[str, Any], metric: Optional[str]) -> str:
-  metric = metric or default_metric(doc)
-  if metric not in doc["metrics"]:
-    raise ValueError(f"metric {metric!r} not in this estimate's metrics {doc['metrics']}")
-  return metric
-
-
-def curve(doc: Dict[str, Any], metric: Optional[str] = None,
-          layer: Any = "auto") -> Tuple[np.ndarray, np.ndarray]:
-  """A(n) of an estimate: `(tokens int64 [T], values float64 [T])` for one layer (default: the
-  only layer of a 'tokens' file; required for 'sensitivity' files)."""
-  metric = _metric(doc, metric)
-  if layer == "auto":
-    if len(doc["layers"]) != 1:
-      raise ValueError(f"estimate has layers {doc['layers']}; pass layer=")
-    layer = doc["layers"][0]
-  if layer not in doc["layers"]:
-    raise ValueError(f"layer {layer!r} not in this estimate's layers {doc['layers']}")
-  pts = [p for p in doc["points"] if p["layer"] == layer]
-  return (np.asarray([p["tokens"] for p in pts], np.int64),
-          np.asarray([p[metric] for p in pts], np.float64))
-
-
-def sensitivity_table(doc: Dict[str, Any], metric: Optional[str] = None
-                      ) -> Tuple[List[Optional[int]], np.ndarray, np.ndarray]:
-  """`(layers [L], tokens int64 [T], S float64 [L, T])`: the metric when reducing to
-  `tokens[j]` at `layers[i]` (None = after the embedding)."""
-  metric = _metric(doc, metric)
-  layers, tokens = list(doc["layers"]), np.asarray(doc["tokens"], np.int64)
-  values = np.asarray([p[metric] for p in doc["points"]], np.float64)
-  return layers, tokens, values.reshape(len(layers), len(tokens))
+  layers = tuple(dict.fromkeys(p.layer for p in points))
+  record = Estimate(
+      kind="tokens" if len(layers) == 1 else "sensitivity", config=cfg,
+      weights_source=weights_source, weights_sha256=params_sha256(params), data=dict(data_info),
+      method=method, method_kwargs=dict(method_kwargs), seed=int(seed), layers=layers,
+      tokens=tuple(sorted({p.tokens for p in points})), eval_batch_size=result.batch_size,
+      dtype=dtype, precision=precision, num_devices=result.num_devices,
+      metrics=LABELLED_METRICS if labelled else FIDELITY_METRICS,
+      reference=_scores(result.reference),
+      points=tuple(EstimatePoint(p.layer, p.tokens, tuple(p.schedule.counts),
+                                 schedule_lib.format_schedule(p.schedule, cfg), _scores(r))
+                   for p, r in zip(points, result.points)),
+      versions=versions(), created=created or time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+  return Estimate.from_json(record.to_json(), where="estimate_record")

@@ -5,7 +5,7 @@
   2. estimate  A(n): accuracy (labelled data) or top-1 agreement (unlabelled) with tokens randomly
                dropped after the embedding, over the same grid (`vitprune.estimate`).
   3. solve     n* = argmax U(n) = alpha (1 - L/max L) + (1 - alpha) A/max A, and the POMT schedule
-               that prunes to exactly n* tokens at block `layer` (`vitprune.solve_io`).
+               that prunes to exactly n* tokens at block `layer` (`vitprune.solve_stage`).
   4. verify    the chosen POMT graph and the unpruned graph are compiled and timed with the
                profiler's protocol on the same device, and evaluated on the same data.
 
@@ -15,8 +15,9 @@ per-layer schedule from the exact Pareto frontier (fastest above `accuracy_floor
 under `latency_budget`, else best utility); stage 4 is unchanged, so the solver's predictions
 are checked against the real graph and data.
 
-Every stage writes its file under `out_dir` (profile/, estimate/, solve/ and summary.json), so
-the stages can be rerun or inspected separately with their own CLIs.
+The stages pass typed records in memory (`Profile`, `Estimate`, `Solution`, `Verification`);
+only the output step writes files under `out_dir` (profile/, estimate/, solve/ and summary.json,
+written last), so the stages can be rerun or inspected separately with their own CLIs.
 """
 from __future__ import annotations
 
@@ -30,13 +31,14 @@ import numpy as np
 
 from vitprune import atomic
 from vitprune import estimate as estimate_lib
-from vitprune import solve as solve_lib
-from vitprune import solve_io
+from vitprune import solve_stage
 from vitprune.config import ViTConfig
 from vitprune.model import Params, jitted_forward
 from vitprune.profile import records, runner, timing
+from vitprune.records.estimate import Estimate, default_metric, write_estimate
+from vitprune.records.solution import Solution, write_solution
 from vitprune.reduce.methods import make_reducer
-from vitprune.schedule import Schedule, format_schedule, full_schedule
+from vitprune.schedule import Schedule, full_schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +106,8 @@ def _measure_graphs(cfg: ViTConfig, params: Params, graphs: Dict[str, Tuple[Sche
                             compile_s={k: s for k, (_, s) in compiled.items()})
 
 
-def _profile(cfg, params, spec, tokens, out_dir, progress, log) -> str:
-  """Stage 1 -> the profile file: the whole-model curve (paper) or the per-block table (multi)."""
+def _profile(cfg, params, spec, tokens, progress, log) -> records.Profile:
+  """Stage 1: the whole-model curve (paper) or the per-block table (multi)."""
   mode = "model" if spec.solver == "paper" else "block"
   what = "latency vs tokens" if mode == "model" else "per-block latency table"
   log(f"[1/4] profile: {cfg.name} {what} on {jax.devices()[0].device_kind}, batch "
@@ -113,19 +115,18 @@ def _profile(cfg, params, spec, tokens, out_dir, progress, log) -> str:
   pspec = runner.ProfileSpec(cfg=cfg, batch_sizes=(spec.batch_size,), dtype=spec.dtype,
                              mode=mode, tokens=tuple(tokens), timing=spec.timing,
                              threads=spec.threads, seed=spec.seed)
-  profile = runner.run_profile(pspec, params=params, out_dir=os.path.join(out_dir, "profile"),
-                               progress=progress, log=log)[0]
+  profile = runner.run_profile(pspec, params=params, progress=progress, log=log)[0]
   for line in runner.summary_table(profile).splitlines():
     if (" -> " in line and "saves" in line) or "predicted" in line:   # steps, predictor errors
       log("  " + line.strip())
   log(f"  {len(profile.steps)} steps, {len(profile.flats)} flat stretches (the profile "
       "JSON/CSV/PNG has them all)")
-  return os.path.join(out_dir, "profile", records.file_stem(profile) + ".json")
+  return profile
 
 
-def _estimate(cfg, params, spec, tokens, data, out_dir, weights_source, log) -> str:
-  """Stage 2 -> the estimate file: A(n) with random drops after the embedding (paper) or the
-  per-layer sensitivity of `spec.method` at every block (multi)."""
+def _estimate(cfg, params, spec, tokens, data, weights_source, log) -> Estimate:
+  """Stage 2: A(n) with random drops after the embedding (paper) or the per-layer sensitivity
+  of `spec.method` at every block (multi)."""
   if spec.solver == "paper":
     log(f"[2/4] estimate: accuracy with tokens randomly dropped after the embedding, "
         f"{len(data.indices)} images of {spec.data}")
@@ -140,110 +141,70 @@ def _estimate(cfg, params, spec, tokens, data, out_dir, weights_source, log) -> 
                                              make_reducer(method))
   result = estimate_lib.evaluate(cfg, params, data.batches(cfg, spec.eval_batch_size), points,
                                  labelled=data.labelled, dtype=spec.dtype)
-  doc = estimate_lib.estimate_record(
+  return estimate_lib.estimate_record(
       cfg=cfg, params=params, weights_source=weights_source, data_info=data.info,
       method=method, method_kwargs=kwargs, seed=spec.seed, points=points, result=result,
       labelled=data.labelled, dtype=spec.dtype)
-  name = f"{cfg.name}_{method}_{'embed' if spec.solver == 'paper' else 'layers'}.json"
-  return estimate_lib.save_estimate(os.path.join(out_dir, "estimate", name), doc,
-                                    overwrite=True)
 
 
-def _check_floor(cfg, params, spec, data, sol, estimate_path, record, log, chunk: int = 6):
-  """The fastest schedule whose *measured* metric on `data` meets the accuracy floor.
-
-  The solver's accuracy model combines single-layer sensitivities and can be optimistic when
-  several layers reduce. Two sources of measured candidates:
-    * single-reduction schedules: stage 2 already measured each one (S[l, n], same data);
-    * frontier schedules predicted to meet the floor and predicted faster than the best of
-      those: evaluated on the data here, `chunk` per data pass, fastest first.
-  Returns the chosen `solve.Plan` (predicted latency/accuracy) and updates `record["chosen"]`.
-  """
-  floor = spec.accuracy_floor
-  metric = "accuracy" if data.labelled else "agreement"
-  doc = estimate_lib.load_estimate(estimate_path)
-  measured = {tuple(p["counts"]): float(p[metric]) for p in doc["points"] if p[metric] >= floor}
-  singles = sorted((solve_lib.Plan(c, *solve_lib.predict_schedule(sol.model, c))
-                    for c in measured), key=lambda p: p.latency)
-  best = singles[0] if singles else sol.full
-  measured[tuple(sol.full.counts)] = float(doc["reference"][metric])
-  candidates = sorted((p for p in sol.frontier if p.accuracy >= floor and
-                       p.latency < best.latency), key=lambda p: p.latency)
+def _data_evaluator(cfg, params, spec, data) -> solve_stage.Evaluator:
+  """Measures schedules (counts) of `spec.method` on `data`: one data pass per call."""
   reducer = make_reducer(spec.method)
-  checked = 0
-  for start in range(0, len(candidates), chunk):
-    plans = candidates[start:start + chunk]
-    points = [estimate_lib.EvalPoint(Schedule(p.counts), reducer, p.counts[-1], None)
-              for p in plans]
+  metric = default_metric(data.labelled)
+
+  def evaluate(counts_list):
+    points = [estimate_lib.EvalPoint(Schedule(tuple(c)), reducer, c[-1], None)
+              for c in counts_list]
     result = estimate_lib.evaluate(cfg, params, data.batches(cfg, spec.eval_batch_size), points,
                                    labelled=data.labelled, dtype=spec.dtype)
-    checked += len(plans)
-    ok = [(p, float(getattr(r, metric))) for p, r in zip(plans, result.points)
-          if getattr(r, metric) >= floor]
-    if ok:
-      best = ok[0][0]
-      measured[tuple(best.counts)] = ok[0][1]
-      break
-  got = measured[tuple(best.counts)]
-  log(f"  checked {checked} multi-layer frontier schedules on the data and {len(singles)} "
-      f"measured single-reduction ones: " + (
-          f"the fastest that really meets {metric} >= {floor} measures {got:.4f}"
-          if got >= floor else f"none meets {metric} >= {floor}: keeping all tokens"))
-  record["chosen"].update(
-      schedule=format_schedule(Schedule(best.counts), cfg), counts=list(best.counts),
-      predicted_latency_s=best.latency, predicted_accuracy=best.accuracy,
-      measured_metric=measured[tuple(best.counts)], criterion="accuracy_floor_measured",
-      frontier_candidates_checked=checked)
-  return best
+    return [float(getattr(r, metric)) for r in result.points]
+
+  return evaluate
 
 
-def _solve(cfg, params, spec, data, profile_path, estimate_path, out_dir, log):
-  """Stage 3 -> (chosen Schedule, predicted latency s, predicted metric, solution paths)."""
+def _solve(cfg, params, spec, data, profile, estimate, log) -> Solution:
+  """Stage 3: the paper's n* or the multi-layer choice (floor checked on the data)."""
   if spec.solver == "paper":
     log(f"[3/4] solve: paper utility, alpha={spec.alpha}, {spec.method} at block {spec.layer}")
-    sol, record, _ = solve_io.solve_paper_files(
-        profile_path, estimate_path, alpha=spec.alpha, layer=spec.layer, method=spec.method,
+    sol = solve_stage.solve_paper(
+        profile, estimate, alpha=spec.alpha, layer=spec.layer, method=spec.method,
         allow_batch_mismatch=True)  # accuracy does not depend on the batch size it was run at
-    log(f"  n* = {sol.n_star} tokens; at n*, L = {1e3 * sol.latency_star:.4f} ms (every block "
-        f"at n*) and random-drop A = {sol.accuracy_star:.4f}: the paper's proxies for the "
-        f"{spec.method} schedule")
-    latency, metric = sol.latency_star, sol.accuracy_star
+    ch = sol.chosen
+    log(f"  n* = {ch.tokens} tokens; at n*, L = {1e3 * ch.predicted_latency_s:.4f} ms (every "
+        f"block at n*) and random-drop A = {ch.predicted_accuracy:.4f}: the paper's proxies for "
+        f"the {spec.method} schedule")
   else:
     rule = (f"accuracy >= {spec.accuracy_floor}" if spec.accuracy_floor is not None else
             f"latency <= {spec.latency_budget} s" if spec.latency_budget is not None else
             f"best utility, alpha={spec.alpha}")
     log(f"[3/4] solve: multi-layer Pareto frontier, {rule}")
-    sol, record, _ = solve_io.solve_multilayer_files(
-        profile_path, estimate_path, accuracy_floor=spec.accuracy_floor,
-        latency_budget=spec.latency_budget, alpha=spec.alpha, allow_batch_mismatch=True)
+    sol = solve_stage.solve_multilayer(
+        profile, estimate, accuracy_floor=spec.accuracy_floor,
+        latency_budget=spec.latency_budget, alpha=spec.alpha, allow_batch_mismatch=True,
+        evaluate=_data_evaluator(cfg, params, spec, data))
     log(f"  frontier: {len(sol.frontier)} schedules")
-    plan = sol.chosen
-    if spec.accuracy_floor is not None:
-      plan = _check_floor(cfg, params, spec, data, sol, estimate_path, record, log)
-    latency, metric = plan.latency, plan.accuracy
-    log(f"  chosen: predicted {1e3 * latency:.4f} ms, {metric:.4f}")
-  chosen = Schedule(tuple(record["chosen"]["counts"]))
-  log(f"  schedule {format_schedule(chosen, cfg)}")
-  return chosen, latency, metric, solve_io.write_solution(record, os.path.join(out_dir, "solve"))
+    if sol.basis == "measured":
+      got, floor = sol.chosen.measured_accuracy, spec.accuracy_floor
+      log(f"  checked {len(sol.checked)} multi-layer frontier schedules on the data and "
+          f"{sol.settings['singles_meeting_floor']} measured single-reduction ones: " + (
+              f"the fastest that really meets {sol.metric} >= {floor} measures {got:.4f}"
+              if got >= floor else
+              f"none meets {sol.metric} >= {floor}: keeping all tokens"))
+    log(f"  chosen: predicted {1e3 * sol.chosen.predicted_latency_s:.4f} ms, "
+        f"{sol.chosen.predicted_accuracy:.4f}")
+  log(f"  schedule {sol.chosen.schedule}")
+  return sol
 
 
-def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: str, *,
-                 weights_source: str, data: Optional[estimate_lib.EvalData] = None,
-                 progress: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
-  """Runs the four stages for a trained classifier -> the summary dict (also written to
-  `out_dir/summary.json`). `data`: the evaluation data if already loaded (else `spec.data`)."""
-  if cfg.num_classes == 0:
-    raise ValueError(f"{cfg.name} has no classifier head: the pipeline needs accuracy or "
-                     "agreement of class predictions")
-  os.makedirs(out_dir, exist_ok=True)
-  if data is None:
-    data = load_data(spec)
-  tokens = spec.grid(cfg)
-  profile_path = _profile(cfg, params, spec, tokens, out_dir, progress, log)
-  estimate_path = _estimate(cfg, params, spec, tokens, data, out_dir, weights_source, log)
-  chosen, predicted_latency, predicted_metric, solution_paths = _solve(
-      cfg, params, spec, data, profile_path, estimate_path, out_dir, log)
+@dataclasses.dataclass(frozen=True)
+class Verification:
+  """Stage 4: the unpruned and the chosen graph, timed and evaluated on the same images."""
+  unpruned: timing.Measurement
+  pruned: timing.Measurement
+  check: estimate_lib.EvalResult
 
+
+def _verify(cfg, params, spec, data, chosen: Schedule, log) -> Verification:
   log(f"[4/4] verify: compile and time the unpruned and the {spec.method} graphs, evaluate "
       "both on the same images")
   reducer = make_reducer(spec.method)
@@ -254,29 +215,62 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
       [estimate_lib.EvalPoint(chosen, reducer, chosen.counts[-1],
                               chosen.reduction_layers[0] if chosen.reduction_layers else None)],
       labelled=data.labelled, dtype=spec.dtype)
-  metric = "accuracy" if data.labelled else "agreement"
-  profile = records.load(profile_path)
+  return Verification(meas["unpruned"], meas[spec.method], check)
+
+
+def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: str, *,
+                 weights_source: str, data: Optional[estimate_lib.EvalData] = None,
+                 progress: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
+  """Runs the four stages for a trained classifier, then writes every output (profile,
+  estimate, solution, `summary.json`) under `out_dir` -> the summary dict. `data`: the
+  evaluation data if already loaded (else `spec.data`)."""
+  if cfg.num_classes == 0:
+    raise ValueError(f"{cfg.name} has no classifier head: the pipeline needs accuracy or "
+                     "agreement of class predictions")
+  if data is None:
+    data = load_data(spec)
+  tokens = spec.grid(cfg)
+  profile = _profile(cfg, params, spec, tokens, progress, log)
+  estimate = _estimate(cfg, params, spec, tokens, data, weights_source, log)
+  solution = _solve(cfg, params, spec, data, profile, estimate, log)
+  verification = _verify(cfg, params, spec, data, solution.schedule, log)
+  return write_outputs(out_dir, spec, data, weights_source, profile, estimate, solution,
+                       verification)
+
+
+def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
+                  weights_source: str, profile: records.Profile, estimate: Estimate,
+                  solution: Solution, verification: Verification) -> Dict[str, Any]:
+  """The output step: profile/, estimate/, solve/ and summary.json (written last)."""
+  cfg = solution.config
+  metric = default_metric(data.labelled)
+  profile_paths = runner.write_outputs(profile, os.path.join(out_dir, "profile"))
+  name = f"{cfg.name}_{estimate.method}_{'embed' if spec.solver == 'paper' else 'layers'}.json"
+  estimate_path = write_estimate(os.path.join(out_dir, "estimate", name), estimate,
+                                 overwrite=True)
+  solution_paths = write_solution(solution, os.path.join(out_dir, "solve"))
+  v, chosen = verification, solution.chosen
   summary = {
       "model": cfg.name, "weights": weights_source, "device_kind": profile.device_kind,
       "platform": profile.platform, "batch_size": spec.batch_size, "dtype": spec.dtype,
       "data": spec.data, "num_images": int(len(data.indices)), "metric": metric,
       "solver": spec.solver, "alpha": spec.alpha,
       "n_star": int(chosen.counts[-1]) if spec.solver == "paper" else None,
-      "schedule": format_schedule(chosen, cfg), "counts": list(chosen.counts),
-      "method": spec.method,
-      "predicted": {"latency_ms": 1e3 * float(predicted_latency),
-                    metric: float(predicted_metric)},
+      "schedule": chosen.schedule, "counts": list(chosen.counts),
+      "method": spec.method, "basis": solution.basis,
+      "predicted": {"latency_ms": 1e3 * chosen.predicted_latency_s,
+                    metric: chosen.predicted_accuracy},
       "unpruned": {"counts": list(full_schedule(cfg).counts),
-                   "latency_ms": 1e3 * meas["unpruned"].median,
-                   "iqr_ms": 1e3 * meas["unpruned"].iqr,
-                   metric: float(getattr(check.reference, metric))},
-      "pruned": {"latency_ms": 1e3 * meas[spec.method].median,
-                 "iqr_ms": 1e3 * meas[spec.method].iqr,
-                 metric: float(getattr(check.points[0], metric)),
-                 "agreement_with_unpruned": float(check.points[0].agreement)},
-      "files": {"profile": profile_path, "estimate": estimate_path,
+                   "latency_ms": 1e3 * v.unpruned.median,
+                   "iqr_ms": 1e3 * v.unpruned.iqr,
+                   metric: float(getattr(v.check.reference, metric))},
+      "pruned": {"latency_ms": 1e3 * v.pruned.median,
+                 "iqr_ms": 1e3 * v.pruned.iqr,
+                 metric: float(getattr(v.check.points[0], metric)),
+                 "agreement_with_unpruned": float(v.check.points[0].agreement)},
+      "files": {"profile": profile_paths["json"], "estimate": estimate_path,
                 "solution": solution_paths["json"], "solution_plot": solution_paths["png"],
-                "profile_plot": os.path.splitext(profile_path)[0] + ".png"},
+                "profile_plot": profile_paths["png"]},
       # One-token steps only: a drop between distant grid counts is not localised.
       "steps": [_describe_step(s) for s in profile.steps if s["n_from"] - s["n_to"] == 1],
   }
@@ -285,6 +279,8 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
   atomic.write_json(path, summary, indent=1)
   summary["files"]["summary"] = path
   return summary
+
+
 def _describe_step(s: Dict[str, Any]) -> str:
   return (f"{s['n_from']} -> {s['n_to']} saves {100 * s['saving_frac']:.1f}% "
           f"({1e3 * s['saving_s']:.4g} ms)")

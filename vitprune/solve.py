@@ -1,6 +1,6 @@
 """Schedule solvers: pick token counts from a latency profile and an accuracy estimate.
 
-Pure math over numpy arrays (no file formats; `vitprune.solve_io` reads profile/estimate files).
+Pure math over numpy arrays (no file formats; `vitprune.solve_stage` feeds it Profile and Estimate records).
 Every grid `ns` is a 1-D array of distinct token counts (prefix tokens included), sorted ascending
 here; all per-count arrays are aligned with it.
 

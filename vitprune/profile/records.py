@@ -56,6 +56,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from vitprune.profile import predict as predict_lib
 from vitprune import atomic
+from vitprune import jsonio
 from vitprune.profile import steps as steps_lib
 from vitprune.schedule import Schedule
 
@@ -130,6 +131,7 @@ class Profile:
   steps: Tuple[Dict[str, Any], ...] = ()
   flats: Tuple[Dict[str, Any], ...] = ()
   predictions: Tuple[Dict[str, Any], ...] = ()
+  source: str = dataclasses.field(default="profile", compare=False)  # file it was read from
 
   def __post_init__(self):
     # The JSON form of the config (tuples -> lists), so fresh and loaded profiles compare equal.
@@ -261,7 +263,7 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
                  modes=tuple(d["modes"]), reducer=d["reducer"], timing=d["timing"],
                  points=tuple(points), created=d["created"],
                  steps=tuple(d.get("steps", ())), flats=tuple(d.get("flats", ())),
-                 predictions=tuple(d.get("predictions", ())))
+                 predictions=tuple(d.get("predictions", ())), source=source)
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -315,12 +317,8 @@ def save(profile: Profile, out_dir: str, stem: Optional[str] = None) -> Dict[str
 
 
 def load(path: str) -> Profile:
-  try:
-    with open(path) as f:
-      d = json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from e
-  return from_json(d, source=path)
+  """The profile in `path`; FileNotFoundError / ValueError naming the file and the problem."""
+  return from_json(jsonio.read_json(path, "profile"), source=path)
 
 
 def merge(profiles: Sequence[Profile]) -> Profile:

@@ -1,0 +1,90 @@
+"""The typed records' file formats: strict readers, old files, canonical digests, and the solve
+stage's measured floor check."""
+import copy
+import json
+
+import pytest
+
+from tests.conftest import solution_file
+from vitprune import jsonio
+from vitprune.records import solution as S
+from vitprune.registry import get_config
+
+CFG = get_config("test_tiny_vit")
+
+
+def test_canonical_digest_ignores_layout():
+  a = {"b": [1, 2.5, None], "a": {"y": True, "x": "s"}}
+  b = json.loads(json.dumps(a, indent=3, sort_keys=False))
+  assert jsonio.canonical_sha256(a) == jsonio.canonical_sha256(b)
+  assert jsonio.canonical_sha256(a) != jsonio.canonical_sha256(dict(a, c=0))
+  with pytest.raises(ValueError):
+    jsonio.canonical(float("nan"))
+
+
+def test_read_json_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="widget file .* does not exist"):
+    jsonio.read_json(str(tmp_path / "none.json"), "widget")
+  p = tmp_path / "x.json"
+  p.write_bytes(b"\xff\xfe")
+  with pytest.raises(jsonio.FormatError, match="not valid JSON"):
+    jsonio.read_json(str(p), "widget")
+  p.write_text("[1]")
+  with pytest.raises(jsonio.FormatError, match="expected a JSON object"):
+    jsonio.read_json(str(p), "widget")
+
+
+def test_solution_round_trip_and_provenance(tmp_path):
+  path = solution_file(tmp_path / "s.json", CFG, [17, 17, 9], frontier=[[17, 17, 9], [17] * 3])
+  sol = S.read_solution(path)
+  assert sol.schedule.counts == (17, 17, 9) and sol.method == "pomt" and sol.model == CFG.name
+  assert sol.basis == "predicted" and sol.checked == ()
+  assert S.Solution.from_json(sol.to_json(), where="x") == sol
+  prov = sol.provenance()
+  assert prov["sha256"] == sol.sha256() and prov["path"] == path
+  assert "frontier" not in prov and prov["chosen"]["counts"] == [17, 17, 9]
+  # The digest is of the canonical JSON: re-indenting the file does not change it.
+  with open(path) as f:
+    doc = json.load(f)
+  with open(path, "w") as f:
+    json.dump(doc, f, indent=7)
+  assert S.read_solution(path).sha256() == sol.sha256()
+
+
+def test_version1_file_without_new_fields_loads(tmp_path):
+  """Files written before `checked`, `basis` and `measured_*` (and with a `full` entry without
+  a schedule text) still load; the choice is then said to rest on predictions."""
+  doc = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9])).to_json()
+  for key in ("checked",):
+    doc.pop(key)
+  doc["chosen"].pop("basis")
+  doc["full"] = {"counts": [17, 17, 17], "predicted_latency_s": 2e-3, "predicted_accuracy": 0.95}
+  sol = S.Solution.from_json(doc, where="old.json")
+  assert sol.basis == "predicted" and sol.checked == ()
+  assert sol.full.schedule == "full" and sol.full.counts == (17, 17, 17)
+
+
+@pytest.mark.parametrize("fn, match", [
+    (lambda d: d.update(format="vitprune-estimate"), "format 'vitprune-estimate'"),
+    (lambda d: d.update(version=7), "unsupported version 7"),
+    (lambda d: d.pop("chosen"), "missing field 'chosen'"),
+    (lambda d: d.pop("profile"), "missing field 'profile'"),
+    (lambda d: d["profile"].pop("batch_size"), "profile: missing field 'batch_size'"),
+    (lambda d: d["chosen"].pop("method"), "chosen: missing field 'method'"),
+    (lambda d: d["chosen"].update(counts=[17, 9.5, 9]), "counts must be a non-empty list of ints"),
+    (lambda d: d["chosen"].update(counts=[17, 9, 12]), "is not a schedule of test_tiny_vit"),
+    (lambda d: d["chosen"].update(predicted_latency_s="1"), "predicted_latency_s must be a finite"),
+    (lambda d: d["chosen"].update(measured_accuracy=float("inf")), "measured_accuracy must be"),
+    (lambda d: d["chosen"].update(basis="hoped"), "basis 'hoped'"),
+    (lambda d: d.update(mode="greedy"), "mode 'greedy'"),
+    (lambda d: d["model"].update(name="other"), "model.name 'other'"),
+    (lambda d: d["model"]["config"].update(colour=1), "model.config is invalid"),
+    (lambda d: d.update(frontier={}), "frontier must be a list"),
+    (lambda d: d["frontier"].append({"counts": [17, 17, 9]}), r"frontier\[0\]: missing field"),
+])
+def test_solution_errors_name_the_field(tmp_path, fn, match):
+  doc = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9])).to_json()
+  bad = copy.deepcopy(doc)
+  fn(bad)
+  with pytest.raises(S.SolutionError, match=match):
+    S.Solution.from_json(bad, where="bad.json")

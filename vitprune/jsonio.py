@@ -1,0 +1,86 @@
+"""Reading the project's JSON formats: one strict reader, field checks, canonical digests.
+
+Every file format of vitprune (estimate, solution, deployment manifest, weights config, latency
+profile) is a JSON object with a `format` name and a version. `read_json` is the one place that
+opens such a file; `check_format` the one place that checks its name and version; the `require_*`
+helpers check single fields with a message naming the file and the field. Writing is
+`vitprune.atomic.write_json`. No jax here: record modules that import this stay light.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from typing import Any, Dict, Sequence, Type
+
+
+class FormatError(ValueError):
+  """A file or document that does not follow its format; the message names where and what."""
+
+
+def read_json(path: str, what: str, error: Type[ValueError] = FormatError) -> Dict[str, Any]:
+  """The JSON object in `path` (`what` names the kind of file in messages).
+
+  Raises FileNotFoundError when `path` is not a file, `error` when it is not valid UTF-8 JSON or
+  not an object.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{what} file {path!r} does not exist")
+  try:
+    with open(path, encoding="utf-8") as f:
+      doc = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise error(f"{path}: not valid JSON: {e}") from None
+  if not isinstance(doc, dict):
+    raise error(f"{path}: expected a JSON object ({what} file), got {type(doc).__name__}")
+  return doc
+
+
+def check_format(doc: Any, where: str, fmt: str, versions: Sequence[int],
+                 error: Type[ValueError] = FormatError, version_key: str = "version") -> int:
+  """Checks `doc["format"] == fmt` and `doc[version_key] in versions`; returns the version."""
+  if not isinstance(doc, dict):
+    raise error(f"{where}: expected a JSON object, got {type(doc).__name__}")
+  if doc.get("format") != fmt:
+    raise error(f"{where}: format {doc.get('format')!r} is not {fmt!r}")
+  version = doc.get(version_key)
+  if not is_int(version) or version not in versions:
+    raise error(f"{where}: unsupported {version_key} {version!r} (this vitprune reads "
+                f"{', '.join(map(str, versions))})")
+  return version
+
+
+def is_int(x: Any) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_num(x: Any) -> bool:
+  """A finite int or float (bool excluded)."""
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def require(cond: bool, where: str, msg: str, error: Type[ValueError] = FormatError) -> None:
+  if not cond:
+    raise error(f"{where}: {msg}")
+
+
+def require_keys(doc: Dict[str, Any], keys: Sequence[str], where: str,
+                 error: Type[ValueError] = FormatError) -> None:
+  """Raises `error` naming every key of `keys` missing from `doc`."""
+  missing = [k for k in keys if k not in doc]
+  if missing:
+    raise error(f"{where}: missing {'field' if len(missing) == 1 else 'fields'} "
+                f"{', '.join(map(repr, missing))}")
+
+
+def canonical(obj: Any) -> bytes:
+  """Canonical JSON bytes of `obj`: sorted keys, no whitespace, NaN/inf rejected."""
+  return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def canonical_sha256(obj: Any) -> str:
+  """sha256 of `canonical(obj)`: the identity of a record, whatever file layout it was read
+  from (indentation, key order)."""
+  return hashlib.sha256(canonical(obj)).hexdigest()

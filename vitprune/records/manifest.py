@@ -1,0 +1,231 @@
+"""The deployment manifest record: what an artifact directory holds and how to call it.
+
+Written by `vitprune.deploy.export_artifact` as `manifest.json`; read (strictly, every field) by
+`vitprune.deploy.load`. Layout (format "vitprune-deploy", version 1):
+
+  {"format", "version", "created",
+   "model": {"name", "config"},
+   "schedule": {"counts": [depth + 1 ints], "text": compact schedule},
+   "reducer": null | {"name", "options", "class", "fields", "repr"},
+   "compute": {"dtype", "precision"},
+   "input": {"layout": "NHWC", "shape": [B | "b", S, S, C], "dtype", "batch_size": B | null,
+             "symbolic_batch": bool},
+   "output": {"shape": [B | "b", K], "dtype", "kind": "logits" | "features"},
+   "preprocessing": the model's Preprocessing fields,
+   "weights": {"sha256", "sha256_of", "num_params", "leaves": {path: {"shape", "dtype"}},
+               "source": {...}},
+   "platforms": [...], "files": {"forward", "forward_sha256", "params",
+                                 "calling_convention_version"},
+   "class_names": null | [num_classes names],
+   "identity": sha256 of the canonical JSON of `identity_fields` (also carried inside the
+               exported forward, so an edited manifest is detected),
+   "provenance": {...}, "versions": {...}}
+
+Everything that decides what the graph computes (config, schedule, reducer, compute, shapes,
+preprocessing, class names) is checked for consistency here and tied to the exported forward by
+`identity`; free-form entries (provenance, versions, weights source) are kept as given.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, Optional, Tuple, Union
+
+from vitprune import jsonio
+from vitprune import schedule as schedule_lib
+from vitprune.config import (Preprocessing, ViTConfig, check_config_types, config_from_dict,
+                             config_to_dict)
+
+FORMAT = "vitprune-deploy"
+VERSION = 1
+MANIFEST_FILE = "manifest.json"
+BATCH_SYMBOL = "b"
+DTYPES = ("float32", "bfloat16")
+PRECISIONS = ("highest", "high", "default")
+
+Dim = Union[int, str]
+
+
+class ArtifactError(jsonio.FormatError):
+  """A deployment artifact is missing, corrupt, or does not match its weights or this host."""
+
+
+def _req(cond: bool, where: str, msg: str):
+  jsonio.require(cond, where, msg, ArtifactError)
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+  """A deployment artifact's manifest (see the module docstring for the JSON layout)."""
+  config: ViTConfig
+  counts: Tuple[int, ...]
+  reducer: Optional[Dict[str, Any]]
+  dtype: str
+  precision: str
+  input_shape: Tuple[Dim, ...]
+  output_shape: Tuple[Dim, ...]
+  weights: Dict[str, Any]
+  platforms: Tuple[str, ...]
+  files: Dict[str, Any]
+  created: str
+  class_names: Optional[Tuple[str, ...]] = None
+  provenance: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  versions: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  source: str = dataclasses.field(default="manifest", compare=False)
+
+  @property
+  def model(self) -> str:
+    return self.config.name
+
+  @property
+  def schedule(self) -> schedule_lib.Schedule:
+    return schedule_lib.Schedule(self.counts)
+
+  @property
+  def schedule_text(self) -> str:
+    return schedule_lib.format_schedule(self.schedule, self.config)
+
+  @property
+  def preprocessing(self) -> Preprocessing:
+    return self.config.preprocessing
+
+  @property
+  def batch_size(self) -> Optional[int]:
+    b = self.input_shape[0]
+    return b if isinstance(b, int) else None
+
+  @property
+  def reducer_name(self) -> Optional[str]:
+    return None if self.reducer is None else self.reducer.get("name")
+
+  def identity_fields(self) -> Dict[str, Any]:
+    """What the exported graph computes and expects: tied to the forward by `identity`."""
+    return {"config": config_to_dict(self.config), "counts": list(self.counts),
+            "reducer": None if self.reducer is None else
+            {k: self.reducer.get(k) for k in ("name", "options", "fields")},
+            "dtype": self.dtype, "precision": self.precision,
+            "input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
+            "class_names": None if self.class_names is None else list(self.class_names)}
+
+  def identity(self) -> str:
+    return jsonio.canonical_sha256(self.identity_fields())
+
+  def to_json(self) -> Dict[str, Any]:
+    symbolic = self.batch_size is None
+    return {
+        "format": FORMAT, "version": VERSION, "created": self.created,
+        "model": {"name": self.model, "config": config_to_dict(self.config)},
+        "schedule": {"counts": list(self.counts), "text": self.schedule_text},
+        "reducer": self.reducer,
+        "compute": {"dtype": self.dtype, "precision": self.precision},
+        "input": {"layout": "NHWC", "shape": list(self.input_shape), "dtype": "float32",
+                  "batch_size": self.batch_size, "symbolic_batch": symbolic},
+        "output": {"shape": list(self.output_shape), "dtype": "float32",
+                   "kind": "logits" if self.config.num_classes else "features"},
+        "preprocessing": config_to_dict(self.config)["preprocessing"],
+        "weights": dict(self.weights), "platforms": list(self.platforms),
+        "files": dict(self.files),
+        "class_names": None if self.class_names is None else list(self.class_names),
+        "identity": self.identity(),
+        "provenance": dict(self.provenance), "versions": dict(self.versions),
+    }
+
+  @classmethod
+  def from_json(cls, doc: Any, where: str = MANIFEST_FILE) -> "Manifest":
+    """Checks every field (type, range, consistency with the config); `ArtifactError` naming
+    the file and the field otherwise."""
+    _req(isinstance(doc, dict) and doc.get("format") == FORMAT, where,
+         f"format {doc.get('format') if isinstance(doc, dict) else None!r} is not {FORMAT!r}")
+    _req(doc.get("version") == VERSION, where, f"unsupported format version "
+         f"{doc.get('version')!r} (this vitprune reads version {VERSION})")
+    missing = [k for k in ("created", "model", "schedule", "reducer", "compute", "input",
+                           "output", "preprocessing", "weights", "platforms", "files")
+               if k not in doc]
+    _req(not missing, where, f"lacks required entries {missing}")
+    for key in ("model", "schedule", "compute", "input", "output", "preprocessing", "weights",
+                "files"):
+      _req(isinstance(doc[key], dict), where, f"{key} must be an object, got "
+           f"{type(doc[key]).__name__}")
+    try:
+      cfg = config_from_dict(doc["model"].get("config") or {})
+    except (ValueError, TypeError) as e:
+      raise ArtifactError(f"{where}: model.config is invalid: {e}") from None
+    check_config_types(cfg, where, ArtifactError)
+    _req(doc["model"].get("name") == cfg.name, where,
+         f"model.name {doc['model'].get('name')!r} != config name {cfg.name!r}")
+    _req(doc["preprocessing"] == config_to_dict(cfg)["preprocessing"], where,
+         "preprocessing does not match model.config.preprocessing (edited?)")
+    counts = doc["schedule"].get("counts")
+    _req(isinstance(counts, list) and all(jsonio.is_int(c) for c in counts), where,
+         f"schedule.counts must be a list of ints, got {counts!r}")
+    try:
+      schedule = schedule_lib.check_schedule(cfg, schedule_lib.Schedule(tuple(counts)))
+    except (ValueError, TypeError) as e:
+      raise ArtifactError(f"{where}: schedule.counts {counts} is not a schedule of {cfg.name}: "
+                          f"{e}") from None
+    text = schedule_lib.format_schedule(schedule, cfg)
+    _req(doc["schedule"].get("text") == text, where,
+         f"schedule.text {doc['schedule'].get('text')!r} does not describe schedule.counts "
+         f"{counts} ({text!r})")
+    reducer = doc["reducer"]
+    _req(reducer is None or (isinstance(reducer, dict) and isinstance(reducer.get("name"), str)),
+         where, "reducer must be null or an object with a name")
+    _req(reducer is not None or schedule == schedule_lib.full_schedule(cfg), where,
+         "reducer is null but schedule.counts reduce tokens")
+    dtype, precision = doc["compute"].get("dtype"), doc["compute"].get("precision")
+    _req(dtype in DTYPES, where, f"compute.dtype {dtype!r} not in {DTYPES}")
+    _req(precision in PRECISIONS, where, f"compute.precision {precision!r} not in {PRECISIONS}")
+    in_shape, out_shape = doc["input"].get("shape"), doc["output"].get("shape")
+    symbolic, fixed = doc["input"].get("symbolic_batch"), doc["input"].get("batch_size")
+    _req(symbolic in (True, False), where, "input.symbolic_batch must be true or false")
+    _req((symbolic and fixed is None) or (not symbolic and jsonio.is_int(fixed) and fixed >= 1),
+         where, f"input.batch_size must be null (symbolic) or an int >= 1, got {fixed!r}")
+    batch = BATCH_SYMBOL if symbolic else fixed
+    want_in = [batch, cfg.img_size, cfg.img_size, cfg.in_chans]
+    _req(in_shape == want_in, where, f"input.shape {in_shape} is not {want_in} for {cfg.name}")
+    want_out = [batch, cfg.num_classes or cfg.embed_dim]
+    _req(out_shape == want_out, where, f"output.shape {out_shape} is not {want_out} for "
+         f"{cfg.name}")
+    w = doc["weights"]
+    sha = w.get("sha256")
+    _req(isinstance(sha, str) and len(sha) == 64, where, "weights.sha256 must be a sha256 hex")
+    _req(isinstance(w.get("leaves"), dict), where, "weights.leaves must be an object")
+    platforms = doc["platforms"]
+    _req(isinstance(platforms, list) and platforms and all(isinstance(p, str) for p in platforms),
+         where, f"platforms must be a non-empty list of names, got {platforms!r}")
+    files = doc["files"]
+    for key in ("forward", "forward_sha256", "params"):
+      _req(isinstance(files.get(key), str) and files[key], where,
+           f"files.{key} must be a non-empty string")
+    for key in ("forward", "params"):
+      _req(os.path.basename(files[key]) == files[key] and files[key] not in (".", ".."), where,
+           f"files.{key} {files[key]!r} must be a plain name inside the artifact")
+    names = doc.get("class_names")
+    _req(names is None or (isinstance(names, list) and len(names) == cfg.num_classes and
+                           all(isinstance(n, str) for n in names)), where,
+         f"class_names must be null or {cfg.num_classes} strings")
+    m = cls(config=cfg, counts=tuple(counts), reducer=reducer, dtype=dtype, precision=precision,
+            input_shape=tuple(in_shape), output_shape=tuple(out_shape), weights=dict(w),
+            platforms=tuple(platforms), files=dict(files), created=str(doc["created"]),
+            class_names=None if names is None else tuple(names),
+            provenance=dict(doc.get("provenance") or {}),
+            versions=dict(doc.get("versions") or {}), source=where)
+    ident = doc.get("identity")
+    _req(ident is None or ident == m.identity(), where,
+         "identity does not match the manifest's fields (the manifest was edited)")
+    return m
+
+
+def read_manifest(path: str) -> Manifest:
+  """The manifest of the artifact directory `path` (`ArtifactError` naming what is wrong)."""
+  if not os.path.isdir(path):
+    raise ArtifactError(f"{path} is not a deployment artifact directory (it does not exist "
+                        "or is not a directory)")
+  mf = os.path.join(path, MANIFEST_FILE)
+  if not os.path.isfile(mf):
+    raise ArtifactError(f"{path} is not a deployment artifact: {MANIFEST_FILE} is missing")
+  try:
+    doc = jsonio.read_json(mf, "manifest", ArtifactError)
+  except ArtifactError as e:
+    raise ArtifactError(f"{mf} is corrupted: {e}") from None
+  return Manifest.from_json(doc, where=mf)

@@ -1,0 +1,316 @@
+"""The solution record: the chosen token schedule, the frontier it came from, and what it rests on.
+
+Built by `vitprune.solve_stage` from a `Profile` and an `Estimate`; read by `experiments.deploy`.
+File (JSON, `format` "vitprune-solution", version 1; `write_solution` / `read_solution`):
+
+  {"format", "version", "created", "mode": "paper" | "multi",
+   "model": {"name", "config"},
+   "profile": {"path", "sha256", "device_kind", "platform", "dtype", "batch_size",
+               "latency_source": "measured" | "predicted_from_blocks" | "blocks"},
+   "estimate": {"path", "sha256", "kind", "method", "metric", "layers", "eval_batch_size",
+                "weights_sha256", "data_fingerprint"},
+   "settings": {...solver options...},
+   "chosen": {candidate fields + "method" (reducer to deploy with), "criterion", "basis"
+              ("predicted": the choice rests on the solver's predictions; "measured": on the
+              metric measured on the data), paper mode also "utility" and "schedule_latency_s"
+              (the POMT schedule's per-block prediction, or null)},
+   "full": candidate | null (the unpruned schedule),
+   "frontier": [candidate, ...] latency ascending (paper mode: the non-dominated (L(n), A(n))),
+   "checked": [candidate, ...] schedules evaluated on the data while choosing (may be empty),
+   paper mode only: "curve": {"tokens", "latency_s", "accuracy", "utility"}}
+
+  candidate = {"schedule": compact text (vitprune.schedule.format_schedule), "counts": [...],
+               "predicted_latency_s", "predicted_accuracy", optional "tokens" (paper: n),
+               "measured_latency_s", "measured_accuracy" (null or absent: not measured)}
+
+"predicted_*" numbers come from the solver's models; "measured_*" ones from compiled graphs and
+the data. `sha256` entries are digests of the canonical JSON of the input records
+(`vitprune.jsonio.canonical_sha256`), so they do not depend on how a file was indented. Files
+written before `checked` / `basis` / `measured_*` existed load with those empty.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Dict, List, Optional, Tuple
+
+from vitprune import atomic
+from vitprune import jsonio
+from vitprune import schedule as schedule_lib
+from vitprune.config import ViTConfig, check_config_types, config_from_dict, config_to_dict
+
+FORMAT = "vitprune-solution"
+VERSION = 1
+MODES = ("paper", "multi")
+BASES = ("predicted", "measured")
+
+
+class SolutionError(jsonio.FormatError):
+  """A solution document or file that does not follow the format."""
+
+
+def _opt_float(x: Any) -> Optional[float]:
+  return None if x is None else float(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  """A schedule with the solver's predictions and, once checked, its measurements."""
+  counts: Tuple[int, ...]
+  schedule: str
+  predicted_latency_s: float
+  predicted_accuracy: float
+  tokens: Optional[int] = None
+  measured_latency_s: Optional[float] = None
+  measured_accuracy: Optional[float] = None
+
+  def to_json(self) -> Dict[str, Any]:
+    d = {"schedule": self.schedule, "counts": list(self.counts),
+         "predicted_latency_s": self.predicted_latency_s,
+         "predicted_accuracy": self.predicted_accuracy}
+    if self.tokens is not None:
+      d["tokens"] = self.tokens
+    if self.measured_latency_s is not None or self.measured_accuracy is not None:
+      d.update(measured_latency_s=self.measured_latency_s,
+               measured_accuracy=self.measured_accuracy)
+    return d
+
+  @classmethod
+  def from_json(cls, d: Any, where: str, cfg: ViTConfig) -> "Candidate":
+    """`schedule` may be absent (version-1 files wrote none for "full"): formatted from
+    `counts`."""
+    jsonio.require(isinstance(d, dict), where, "must be an object", SolutionError)
+    jsonio.require_keys(d, ("counts", "predicted_latency_s", "predicted_accuracy"),
+                        where, SolutionError)
+    counts = d["counts"]
+    jsonio.require(isinstance(counts, list) and bool(counts) and
+                   all(jsonio.is_int(c) for c in counts), where,
+                   f"counts must be a non-empty list of ints, got {counts!r}", SolutionError)
+    text = d.get("schedule")
+    if text is None:
+      text = schedule_lib.format_schedule(schedule_lib.Schedule(tuple(counts)), cfg)
+    jsonio.require(isinstance(text, str), where, "schedule must be a string", SolutionError)
+    for key in ("predicted_latency_s", "predicted_accuracy"):
+      jsonio.require(jsonio.is_num(d[key]), where, f"{key} must be a finite number, got "
+                     f"{d[key]!r}", SolutionError)
+    for key in ("measured_latency_s", "measured_accuracy"):
+      jsonio.require(d.get(key) is None or jsonio.is_num(d[key]), where,
+                     f"{key} must be a finite number or null, got {d.get(key)!r}", SolutionError)
+    jsonio.require(d.get("tokens") is None or jsonio.is_int(d["tokens"]), where,
+                   f"tokens must be an int, got {d.get('tokens')!r}", SolutionError)
+    return cls(tuple(counts), text, float(d["predicted_latency_s"]),
+               float(d["predicted_accuracy"]), d.get("tokens"),
+               _opt_float(d.get("measured_latency_s")), _opt_float(d.get("measured_accuracy")))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileRef:
+  """Which profile a solution used: its identity and the part of it that was read."""
+  path: str
+  sha256: str
+  device_kind: str
+  platform: str
+  dtype: str
+  batch_size: int
+  latency_source: str
+
+  def to_json(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimateRef:
+  """Which estimate a solution used: its identity, metric and layers."""
+  path: str
+  sha256: str
+  kind: str
+  method: str
+  metric: str
+  layers: Tuple[Optional[int], ...]
+  eval_batch_size: int
+  weights_sha256: str
+  data_fingerprint: Optional[str]
+
+  def to_json(self) -> Dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["layers"] = list(self.layers)
+    return d
+
+
+def _ref(cls, d: Any, where: str):
+  jsonio.require(isinstance(d, dict), where, "must be an object", SolutionError)
+  names = [f.name for f in dataclasses.fields(cls)]
+  jsonio.require_keys(d, names, where, SolutionError)
+  values = {k: d[k] for k in names}
+  if "layers" in values:
+    values["layers"] = tuple(values["layers"])
+  return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Solution:
+  """A solver run: the choice, the alternatives, and the inputs it was made from."""
+  mode: str
+  config: ViTConfig
+  profile: ProfileRef
+  estimate: EstimateRef
+  settings: Dict[str, Any]
+  chosen: Candidate
+  method: str
+  criterion: str
+  full: Optional[Candidate]
+  frontier: Tuple[Candidate, ...]
+  created: str
+  basis: str = "predicted"
+  checked: Tuple[Candidate, ...] = ()
+  utility: Optional[float] = None                 # paper mode: U(n*)
+  schedule_latency_s: Optional[float] = None      # paper mode: per-block prediction
+  curve: Optional[Dict[str, List[float]]] = None  # paper mode: tokens/latency_s/accuracy/utility
+  source: str = dataclasses.field(default="solution", compare=False)
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise SolutionError(f"{self.source}: mode {self.mode!r} not in {MODES}")
+    if self.basis not in BASES:
+      raise SolutionError(f"{self.source}: basis {self.basis!r} not in {BASES}")
+
+  @property
+  def model(self) -> str:
+    return self.config.name
+
+  @property
+  def metric(self) -> str:
+    return self.estimate.metric
+
+  @property
+  def schedule(self) -> schedule_lib.Schedule:
+    """The chosen schedule, checked against the model."""
+    return schedule_lib.check_schedule(self.config, schedule_lib.Schedule(self.chosen.counts))
+
+  @property
+  def stem(self) -> str:
+    """Default output file stem: `<model>_<mode>_b<batch>`."""
+    return f"{self.model}_{self.mode}_b{self.profile.batch_size}"
+
+  def provenance(self) -> Dict[str, Any]:
+    """What a deployment records about this solution (no frontier, no curve)."""
+    return {"path": self.source, "sha256": self.sha256(), "mode": self.mode,
+            "created": self.created, "model": self.model, "basis": self.basis,
+            "criterion": self.criterion, "settings": dict(self.settings),
+            "profile": self.profile.to_json(), "estimate": self.estimate.to_json(),
+            "chosen": self.chosen.to_json()}
+
+  def sha256(self) -> str:
+    return jsonio.canonical_sha256(self.to_json())
+
+  def to_json(self) -> Dict[str, Any]:
+    chosen = self.chosen.to_json()
+    chosen.update(method=self.method, criterion=self.criterion, basis=self.basis)
+    if self.mode == "paper":
+      chosen.update(utility=self.utility, schedule_latency_s=self.schedule_latency_s)
+    d = {"format": FORMAT, "version": VERSION, "created": self.created, "mode": self.mode,
+         "model": {"name": self.model, "config": config_to_dict(self.config)},
+         "profile": self.profile.to_json(), "estimate": self.estimate.to_json(),
+         "settings": dict(self.settings), "chosen": chosen,
+         "full": None if self.full is None else self.full.to_json(),
+         "frontier": [c.to_json() for c in self.frontier],
+         "checked": [c.to_json() for c in self.checked]}
+    if self.curve is not None:
+      d["curve"] = {k: list(v) for k, v in self.curve.items()}
+    return d
+
+  @classmethod
+  def from_json(cls, doc: Any, where: str = "solution") -> "Solution":
+    """Checks `doc` field by field (`SolutionError` naming `where` and the field)."""
+    jsonio.check_format(doc, where, FORMAT, (VERSION,), SolutionError)
+    jsonio.require_keys(doc, ("created", "mode", "model", "profile", "estimate", "settings",
+                              "chosen", "full", "frontier"), where, SolutionError)
+    jsonio.require(doc["mode"] in MODES, where, f"mode {doc['mode']!r} not in {MODES}",
+                   SolutionError)
+    model = doc["model"]
+    jsonio.require(isinstance(model, dict) and isinstance(model.get("config"), dict), where,
+                   "model.config must be an object", SolutionError)
+    try:
+      cfg = config_from_dict(model["config"])
+    except (ValueError, TypeError) as e:
+      raise SolutionError(f"{where}: model.config is invalid: {e}") from None
+    check_config_types(cfg, where, SolutionError)
+    jsonio.require(model.get("name") == cfg.name, where,
+                   f"model.name {model.get('name')!r} != config name {cfg.name!r}", SolutionError)
+    ch = doc["chosen"]
+    jsonio.require_keys(ch if isinstance(ch, dict) else {}, ("method", "criterion"),
+                        f"{where}: chosen", SolutionError)
+    jsonio.require(isinstance(ch["method"], str), where, "chosen.method must be a string",
+                   SolutionError)
+    frontier = doc["frontier"]
+    jsonio.require(isinstance(frontier, list), where, "frontier must be a list", SolutionError)
+    checked = doc.get("checked", [])
+    jsonio.require(isinstance(checked, list), where, "checked must be a list", SolutionError)
+    jsonio.require(isinstance(doc["settings"], dict), where, "settings must be an object",
+                   SolutionError)
+    sol = cls(
+        mode=doc["mode"], config=cfg,
+        profile=_ref(ProfileRef, doc["profile"], f"{where}: profile"),
+        estimate=_ref(EstimateRef, doc["estimate"], f"{where}: estimate"),
+        settings=dict(doc["settings"]),
+        chosen=Candidate.from_json(ch, f"{where}: chosen", cfg), method=ch["method"],
+        criterion=str(ch["criterion"]),
+        full=None if doc["full"] is None else Candidate.from_json(doc["full"], f"{where}: full", cfg),
+        frontier=tuple(Candidate.from_json(c, f"{where}: frontier[{i}]", cfg)
+                       for i, c in enumerate(frontier)),
+        checked=tuple(Candidate.from_json(c, f"{where}: checked[{i}]", cfg)
+                      for i, c in enumerate(checked)),
+        created=str(doc["created"]), basis=ch.get("basis", "predicted"),
+        utility=_opt_float(ch.get("utility")),
+        schedule_latency_s=_opt_float(ch.get("schedule_latency_s")),
+        curve=doc.get("curve"), source=where)
+    try:
+      sol.schedule  # pylint: disable=pointless-statement  (checks the counts against the model)
+    except (ValueError, TypeError) as e:
+      raise SolutionError(f"{where}: chosen.counts {list(sol.chosen.counts)} is not a schedule "
+                          f"of {cfg.name}: {e}") from None
+    return sol
+
+
+def summary_lines(sol: Solution) -> List[str]:
+  """Human-readable summary; predicted numbers say they are predicted."""
+  ch, full, m = sol.chosen, sol.full, sol.metric
+  lines = [f"model {sol.model} ({sol.mode} mode, batch {sol.profile.batch_size}, "
+           f"{sol.profile.device_kind}, metric {m})",
+           f"chosen schedule: {ch.schedule}  counts {','.join(map(str, ch.counts))}  "
+           f"method {sol.method}  ({sol.criterion}, rests on {sol.basis} numbers)",
+           f"predicted latency {1e3 * ch.predicted_latency_s:.4g} ms, predicted {m} "
+           f"{ch.predicted_accuracy:.4f}"]
+  if sol.mode == "paper":
+    lines[-1] += f", n* = {ch.tokens}, U = {sol.utility:.4f}"
+    if sol.schedule_latency_s is not None:
+      lines.append(f"POMT schedule latency by the per-block table (predicted): "
+                   f"{1e3 * sol.schedule_latency_s:.4g} ms")
+  if ch.measured_accuracy is not None:
+    lines.append(f"measured {m} of the chosen schedule on the data: {ch.measured_accuracy:.4f}")
+  if full is not None:
+    lines.append(f"unpruned (predicted): {1e3 * full.predicted_latency_s:.4g} ms, "
+                 f"{full.predicted_accuracy:.4f}")
+  lines.append(f"frontier: {len(sol.frontier)} non-dominated schedules"
+               + (f"; {len(sol.checked)} checked on the data" if sol.checked else ""))
+  return lines
+
+
+def write_solution(sol: Solution, out_dir: str, stem: Optional[str] = None) -> Dict[str, str]:
+  """Writes `<stem>.json` and `<stem>.png` (paper: the U/L/A curves; multi: the frontier)
+  atomically -> {'json': path, 'png': path}. The plot is rendered before anything is written."""
+  from vitprune import solve_plot  # pylint: disable=g-import-not-at-top  (matplotlib: slow)
+  stem = stem or sol.stem
+  png = solve_plot.plot_solution(sol)
+  paths = {"json": os.path.join(out_dir, stem + ".json"),
+           "png": os.path.join(out_dir, stem + ".png")}
+  doc = sol.to_json()
+  atomic.write_bytes(paths["png"], png)
+  atomic.write_json(paths["json"], doc, indent=1)
+  return paths
+
+
+def read_solution(path: str) -> Solution:
+  """The solution in `path`; FileNotFoundError / `SolutionError` naming the file and field."""
+  path = os.path.abspath(path)
+  return Solution.from_json(jsonio.read_json(path, "solution", SolutionError), where=path)

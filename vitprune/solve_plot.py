@@ -1,0 +1,73 @@
+"""Plots of a `Solution` as PNG bytes (matplotlib, Agg backend, imported on first use).
+
+  paper mode: U(n), L(n) and A(n) against n, n* marked;
+  multi mode: the frontier's predicted (latency, accuracy), the chosen and unpruned schedules,
+              and, where schedules were checked on the data, their measured accuracy.
+"""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from vitprune.records.solution import Solution
+
+
+def _png(fig) -> bytes:
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+  plt.close(fig)
+  return buf.getvalue()
+
+
+def plot_paper(sol: Solution) -> bytes:
+  """PNG: U(n), L(n) (ms) and A(n) vs n, n* marked."""
+  c, n_star = sol.curve, sol.chosen.tokens
+  fig, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
+  series = (("utility U(n)", c["utility"], 1.0),
+            (f"latency L(n) [ms] ({sol.profile.latency_source})", c["latency_s"], 1e3),
+            (f"{sol.metric} A(n)", c["accuracy"], 1.0))
+  i = list(c["tokens"]).index(n_star)
+  for ax, (label, ys, scale) in zip(axes, series):
+    ax.plot(c["tokens"], [scale * y for y in ys], ".-", ms=3, lw=1)
+    ax.axvline(n_star, color="C3", ls="--", lw=1)
+    ax.plot([n_star], [scale * ys[i]], "o", color="C3")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+  axes[0].set_title(f"{sol.model}: n* = {n_star} (alpha = {sol.settings.get('alpha')}), "
+                    f"{sol.chosen.schedule}")
+  axes[-1].set_xlabel("tokens kept n")
+  return _png(fig)
+
+
+def plot_frontier(sol: Solution) -> bytes:
+  """PNG: predicted latency (ms) vs predicted accuracy of the frontier; measured accuracy of the
+  schedules checked on the data; chosen and unpruned marked."""
+  fr = sol.frontier
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  ax.step([1e3 * p.predicted_latency_s for p in fr], [p.predicted_accuracy for p in fr],
+          where="post", marker=".", ms=3, lw=1, label="Pareto frontier (predicted)")
+  measured = [p for p in sol.checked if p.measured_accuracy is not None]
+  if measured:
+    ax.plot([1e3 * p.predicted_latency_s for p in measured],
+            [p.measured_accuracy for p in measured], "x", color="C2",
+            label=f"checked on the data (measured {sol.metric})")
+  if sol.full is not None:
+    ax.plot([1e3 * sol.full.predicted_latency_s], [sol.full.predicted_accuracy], "s",
+            color="k", label="unpruned")
+  ch = sol.chosen
+  ax.plot([1e3 * ch.predicted_latency_s], [ch.predicted_accuracy], "o", color="C3",
+          label=f"chosen ({sol.criterion}, {sol.basis}): {ch.schedule}")
+  ax.set_xlabel("predicted latency [ms]")
+  ax.set_ylabel(sol.metric)
+  ax.set_title(f"{sol.model} ({sol.mode} mode)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return _png(fig)
+
+
+def plot_solution(sol: Solution) -> bytes:
+  return plot_paper(sol) if sol.mode == "paper" else plot_frontier(sol)
