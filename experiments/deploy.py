@@ -43,6 +43,9 @@ flags.DEFINE_enum("precision", "highest", ["highest", "high", "default"],
 flags.DEFINE_bool("verify", True, "Check the exported forward reproduces the in-process one "
                   "(when the local platform is exported).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
+flags.DEFINE_multi_string("target", ["jax"], "Deployment targets, repeatable or comma lists: "
+                          "jax, iree:host, iree:llvm-cpu:<triple>[:<cpu>], iree:cuda:<sm_XX>, "
+                          "iree:vulkan (IREE modules are added next to the jax export).")
 
 
 def parse_options(items) -> dict:
@@ -81,6 +84,8 @@ def run(argv_flags=FLAGS) -> str:
   f = argv_flags
   if not f.weights or not f.out:
     raise ValueError("--weights and --out are required")
+  from vitprune.edge.targets import parse_targets  # pylint: disable=g-import-not-at-top
+  parse_targets(f.target)  # a bad --target fails before any work
   cfg, meta = checkpoint.read_weights_config(f.weights)
   method = f.method
   provenance = {}
@@ -125,7 +130,7 @@ def run(argv_flags=FLAGS) -> str:
       platforms=f.platforms or None, batch_size=None if f.symbolic_batch else f.batch_size,
       dtype=f.dtype, precision=f.precision, provenance=provenance,
       weights_source={"path": os.path.abspath(f.weights), "meta": meta},
-      class_names=names, verify=f.verify, overwrite=f.overwrite)
+      class_names=names, verify=f.verify, overwrite=f.overwrite, targets=f.target)
 
 
 def main(argv):
@@ -135,7 +140,7 @@ def main(argv):
   common.quiet_logging()
   try:
     path = run()
-  except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+  except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:  # EdgeError too
     sys.exit(f"error: {e}")
   m = read_manifest(path)
   print(f"wrote {path}")
@@ -145,6 +150,8 @@ def main(argv):
   print(f"  input {m['input']['shape']} {m['input']['dtype']} -> output {m['output']['shape']}, "
         f"compute {m['compute']['dtype']}, platforms {','.join(m['platforms'])}")
   print(f"  weights sha256 {m['weights']['sha256']}")
+  if "targets" in m:
+    print(f"  targets {','.join(m['targets'])}")
 
 
 if __name__ == "__main__":
