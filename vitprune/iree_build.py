@@ -17,7 +17,8 @@ IREE workarounds, applied only while lowering for IREE:
   * a CPU compile that fails with data tiling / microkernels (IREE 3.13 rejects i1 padding in
     ToMe's masked scores) is retried without them; the record lists the flags actually used and
     the reason in `compiler.fallback`.
-Compiled modules can be cached by sha256(IREE version + backend + flags + MLIR text).
+Compiled modules can be cached by sha256(IREE version + backend + flags + MLIR text without
+source locations).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -84,12 +86,16 @@ def _install_sort_rule() -> None:
 
 @contextlib.contextmanager
 def iree_lowering():
+  """Lowering for IREE inside the block. jax caches lowered inner jits across exports, so the
+  caches are cleared on entry and exit: nothing lowered outside leaks in, or vice versa."""
   _install_sort_rule()
+  jax.clear_caches()
   token = _IREE_LOWERING.set(True)
   try:
     yield
   finally:
     _IREE_LOWERING.reset(token)
+    jax.clear_caches()
 
 
 @dataclasses.dataclass
@@ -148,6 +154,12 @@ def iree_version() -> str:
                          "'iree-base-compiler>=3.13,<4')") from None
 
 
+def strip_locations(mlir: str) -> str:
+  """MLIR text without source locations (they name the Python call site, not the program)."""
+  return "\n".join(re.sub(r" loc\(.*$", "", line) for line in mlir.splitlines()
+                   if not line.startswith("#loc"))
+
+
 def _first_error(e: Exception) -> str:
   lines = [l.strip() for l in str(e).splitlines() if "error:" in l]
   return (lines[0] if lines else str(e).strip().splitlines()[0])[:400]
@@ -164,8 +176,8 @@ def compile_module(mlir: str, target: Target, *, cache_dir: Optional[str] = None
   backends = [target.backend]
   fallback, last = None, None
   for flags in attempts:
-    key = hashlib.sha256(json.dumps([version, backends, flags]).encode() + mlir.encode()
-                         ).hexdigest()
+    key = hashlib.sha256(json.dumps([version, backends, flags]).encode() +
+                         strip_locations(mlir).encode()).hexdigest()
     cached = os.path.join(cache_dir, key[:2], key + ".vmfb") if cache_dir else None
     info = {"iree_version": version, "input_type": "stablehlo", "target_backends": backends,
             "flags": flags, "fallback": fallback, "cache_key": key}
