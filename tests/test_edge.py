@@ -86,13 +86,7 @@ def test_iree_host_matches_jax(method, method_modules, params, images):
   sched, lowered, compiled = method_modules
   low, (blob, info) = lowered[method], compiled[method]
   runner = edge_rt.Runner("local-task")
-  path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"vitprune_edge_{method}_{os.getpid()}")
-  with open(path, "wb") as f:
-    f.write(blob)
-  try:
-    fn = runner.load(path)
-  finally:
-    os.unlink(path)
+  fn = runner.load_bytes(blob)
   leaves = jax.tree.leaves(params)
   got = fn(*[runner.put(np.asarray(leaves[i])) for i in low.weight_index],
            runner.put(images)).to_host()

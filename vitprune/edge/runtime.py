@@ -114,9 +114,12 @@ class Runner:
     self.device = self.config.device
 
   def load(self, path: str, function: str = "main") -> Callable:
-    rt = self._rt
     with open(path, "rb") as f:
-      vm = rt.VmModule.copy_buffer(self.config.vm_instance, f.read())
+      return self.load_bytes(f.read(), function, path)
+
+  def load_bytes(self, blob: bytes, function: str = "main", path: str = "module") -> Callable:
+    rt = self._rt
+    vm = rt.VmModule.copy_buffer(self.config.vm_instance, blob)
     try:
       mod = rt.load_vm_module(vm, self.config)
       return mod[function]
