@@ -19,6 +19,7 @@ from absl import app, flags
 
 from experiments import common
 from vitprune import checkpoint, deploy, jsonio
+from vitprune.edge.targets import parse_targets
 from vitprune.profile import records
 from vitprune.records.estimate import read_estimate
 from vitprune.records.solution import read_solution
@@ -49,6 +50,9 @@ flags.DEFINE_enum("precision", "highest", ["highest", "high", "default"],
 flags.DEFINE_bool("verify", True, "Check the exported forward reproduces the in-process one "
                   "(when the local platform is exported).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
+flags.DEFINE_multi_string("target", ["jax"], "Deployment targets, repeatable or comma lists: "
+                          "jax, iree:host, iree:llvm-cpu:<triple>[:<cpu>], iree:cuda:<sm_XX>, "
+                          "iree:vulkan (IREE modules are added next to the jax export).")
 
 
 def parse_options(items) -> dict:
@@ -88,6 +92,7 @@ def run(argv_flags=FLAGS) -> str:
   f = argv_flags
   if not f.weights or not f.out:
     raise ValueError("--weights and --out are required")
+  parse_targets(f.target)  # a bad --target fails before any work
   cfg, meta = checkpoint.read_weights_config(f.weights)
   method = f.method
   provenance = {}
@@ -122,7 +127,7 @@ def run(argv_flags=FLAGS) -> str:
       platforms=f.platforms or None, batch_size=None if f.symbolic_batch else f.batch_size,
       dtype=f.dtype, precision=f.precision, provenance=provenance,
       weights_source={"path": os.path.abspath(f.weights), "meta": meta},
-      class_names=names, verify=f.verify, overwrite=f.overwrite)
+      class_names=names, verify=f.verify, overwrite=f.overwrite, targets=f.target)
 
 
 def main(argv):
@@ -131,7 +136,7 @@ def main(argv):
   common.quiet_logging()
   try:
     path = run()
-  except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+  except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:  # EdgeError too
     sys.exit(f"error: {e}")
   m = deploy.read_manifest(path)
   print(f"wrote {path}")
@@ -140,6 +145,7 @@ def main(argv):
   print(f"  input {list(m.input_shape)} float32 -> output {list(m.output_shape)}, "
         f"compute {m.dtype}, platforms {','.join(m.platforms)}")
   print(f"  weights sha256 {m.weights['sha256']}")
+  print(f"  targets {','.join(m.targets)}")
 
 
 if __name__ == "__main__":

@@ -21,3 +21,17 @@ def test_gpu_suite_rejects_unknown_stages():
   r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "nosuch"], cwd=ROOT,
                      capture_output=True, text=True, timeout=30)
   assert r.returncode == 2 and "unknown stage nosuch" in r.stderr
+
+
+def test_edge_speed_runs_on_a_tiny_model(tmp_path):
+  out = tmp_path / "edge.json"
+  r = subprocess.run([sys.executable, "-m", "benchmarks.edge_speed", "--models=test_tiny_vit",
+                      "--batch_sizes=1", "--schedules=test_tiny_vit=keep@1:9", "--baked=",
+                      "--min_run_time=0.01", f"--out={out}"], cwd=ROOT, capture_output=True,
+                     text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "| test_tiny_vit | 1 | keep@1:9 | args |" in r.stdout
+  import json  # pylint: disable=g-import-not-at-top
+  rows = json.loads(out.read_text())["rows"]
+  assert [(x["schedule"], x["weights"]) for x in rows] == [("full", "args"), ("keep@1:9", "args")]
+  assert all(x["iree_median_ms"] > 0 and x["module_mb"] > 0 for x in rows)

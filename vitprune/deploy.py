@@ -215,7 +215,8 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
                     provenance: Optional[Mapping[str, Any]] = None,
                     weights_source: Optional[Mapping[str, Any]] = None,
                     class_names: Optional[Sequence[str]] = None,
-                    verify: bool = True, overwrite: bool = False) -> str:
+                    verify: bool = True, overwrite: bool = False,
+                    targets: Optional[Sequence[str]] = None) -> str:
   """Writes a deployment artifact for `(cfg, params, schedule, reducer)` to directory `out`.
 
   Everything is staged in a temporary sibling directory that is renamed to `out` only when
@@ -234,6 +235,9 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
     verify: load the staged artifact and compare its outputs with `jitted_forward` on
       deterministic images (exact equality on CPU); only when the local platform is exported.
     overwrite: replace an existing `out`.
+    targets: deployment targets ('jax', 'iree:host', 'iree:cuda:sm_87', ...): IREE modules
+      are compiled into the staged directory by `vitprune.iree_build.write_targets` and listed
+      in the manifest's "targets"; default (or just 'jax') the jax export alone.
 
   Returns:
     The absolute path of the artifact.
@@ -269,6 +273,11 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
     ckptr = _checkpointer()
     ckptr.save(os.path.join(tmp, PARAMS_DIR), params32)
     ckptr.wait_until_finished()
+    if targets and [str(t) for t in targets] != ["jax"]:
+      from vitprune import iree_build  # pylint: disable=g-import-not-at-top  (IREE: optional)
+      manifest = dataclasses.replace(manifest, targets=tuple(iree_build.write_targets(
+          tmp, cfg, params32, targets, schedule=schedule, reducer=reducer, dtype=dtype,
+          precision=precision, batch_size=batch_size, class_names=class_names)))
     atomic.write_json(os.path.join(tmp, MANIFEST_FILE), manifest.to_json(), sort_keys=True)
     if verify and local_platform() in platforms:
       _verify(tmp, cfg, params32, schedule, reducer, dtype, precision, batch_size)

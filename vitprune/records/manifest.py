@@ -17,6 +17,7 @@ Written by `vitprune.deploy.export_artifact` as `manifest.json`; read (strictly,
    "platforms": [...], "files": {"forward", "forward_sha256", "params",
                                  "calling_convention_version"},
    "class_names": null | [num_classes names],
+   "targets": ["jax", IREE targets...] (modules and their records in iree/, `vitprune.edge`),
    "identity": sha256 of the canonical JSON of `identity_fields` (also carried inside the
                exported forward, so an edited manifest is detected),
    "provenance": {...}, "versions": {...}}
@@ -69,6 +70,7 @@ class Manifest:
   files: Dict[str, Any]
   created: str
   class_names: Optional[Tuple[str, ...]] = None
+  targets: Tuple[str, ...] = ("jax",)    # "jax" + IREE targets compiled into iree/
   provenance: Dict[str, Any] = dataclasses.field(default_factory=dict)
   versions: Dict[str, Any] = dataclasses.field(default_factory=dict)
   source: str = dataclasses.field(default="manifest", compare=False)
@@ -126,7 +128,7 @@ class Manifest:
         "weights": dict(self.weights), "platforms": list(self.platforms),
         "files": dict(self.files),
         "class_names": None if self.class_names is None else list(self.class_names),
-        "identity": self.identity(),
+        "targets": list(self.targets), "identity": self.identity(),
         "provenance": dict(self.provenance), "versions": dict(self.versions),
     }
 
@@ -204,10 +206,14 @@ class Manifest:
     _req(names is None or (isinstance(names, list) and len(names) == cfg.num_classes and
                            all(isinstance(n, str) for n in names)), where,
          f"class_names must be null or {cfg.num_classes} strings")
+    targets = doc.get("targets", ["jax"])
+    _req(isinstance(targets, list) and targets[:1] == ["jax"] and
+         all(isinstance(t, str) for t in targets), where,
+         f"targets must be a list of target names starting with 'jax', got {targets!r}")
     m = cls(config=cfg, counts=tuple(counts), reducer=reducer, dtype=dtype, precision=precision,
             input_shape=tuple(in_shape), output_shape=tuple(out_shape), weights=dict(w),
             platforms=tuple(platforms), files=dict(files), created=str(doc["created"]),
-            class_names=None if names is None else tuple(names),
+            class_names=None if names is None else tuple(names), targets=tuple(targets),
             provenance=dict(doc.get("provenance") or {}),
             versions=dict(doc.get("versions") or {}), source=where)
     ident = doc.get("identity")

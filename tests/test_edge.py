@@ -1,0 +1,262 @@
+"""Edge deployment: IREE targets vs JAX, cross-compilation, the jax-free runner and kits.
+
+Every compile uses the tiny test config (a few seconds each, two at a time)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from vitprune import deploy, iree_build, model
+from vitprune.edge import kit as kit_lib
+from vitprune.edge import runtime as edge_rt
+from vitprune.edge.targets import EdgeError, parse_target, parse_targets
+from vitprune.profile import records
+from vitprune.reduce.methods import make_reducer
+from vitprune.registry import get_config
+from vitprune.schedule import parse_schedule
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CFG = get_config("test_tiny_vit")
+METHODS = ("pomt", "topk", "tome", "evit", "random")
+# Runs a module as __main__ with jax, flax and orbax made unimportable (as on a board).
+NO_JAX = ("import sys, runpy; [sys.modules.__setitem__(m, None) for m in ('jax', 'jaxlib', "
+          "'flax', 'orbax', 'orbax.checkpoint')]; sys.argv = sys.argv[1:]; "
+          "runpy.run_module(sys.argv[0], run_name='__main__')")
+
+
+def run_edge(*args):
+  return subprocess.run([sys.executable, "-c", NO_JAX, "vitprune.edge", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def params():
+  return model.init_params(CFG, 0)
+
+
+@pytest.fixture(scope="module")
+def images():
+  return np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+
+
+def test_parse_targets():
+  assert parse_target("iree:host").cpu == "host"
+  t = parse_target("iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae")
+  assert (t.triple, t.cpu, t.arch, t.driver) == ("aarch64-linux-gnu", "cortex-a78ae", "aarch64",
+                                                 "local-task")
+  assert "--iree-llvmcpu-target-cpu=cortex-a78ae" in t.compile_flags()
+  assert parse_target("iree:cuda:SM_87").compile_flags() == ["--iree-cuda-target=sm_87"]
+  assert [x.text for x in parse_targets(["jax,iree:host", "iree:vulkan"])] == [
+      "jax", "iree:host", "iree:vulkan"]
+  for bad, msg in (("tpu", "unknown target"), ("iree:cuda:87", "not a CUDA architecture"),
+                   ("iree:llvm-cpu:aarch64", "not an LLVM target triple")):
+    with pytest.raises(EdgeError, match=msg):
+      parse_target(bad)
+  with pytest.raises(EdgeError, match="given twice"):
+    parse_targets(["iree:host", "iree:host"])
+
+
+def test_edge_package_imports_without_jax():
+  code = ("import sys; [sys.modules.__setitem__(m, None) for m in ('jax', 'flax', 'orbax')]; "
+          "import vitprune.edge, vitprune.edge.kit, vitprune.edge.__main__, vitprune.data, "
+          "vitprune.profile.records; print('ok')")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=60)
+  assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def method_modules(params):
+  sched = parse_schedule(CFG, "keep@1:10")
+  lowered = {m: iree_build.lower(CFG, params, schedule=sched, reducer=make_reducer(m),
+                                 batch_size=2) for m in METHODS}
+  host = parse_target("iree:host")
+  compiled = iree_build.compile_many({m: (low.mlir, host) for m, low in lowered.items()},
+                                     threads=2)
+  return sched, lowered, compiled
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_iree_host_matches_jax(method, method_modules, params, images):
+  sched, lowered, compiled = method_modules
+  low, (blob, info) = lowered[method], compiled[method]
+  runner = edge_rt.Runner("local-task")
+  fn = runner.load_bytes(blob)
+  leaves = jax.tree.leaves(params)
+  got = fn(*[runner.put(np.asarray(leaves[i])) for i in low.weight_index],
+           runner.put(images)).to_host()
+  want = np.asarray(model.jitted_forward(params, images, cfg=CFG, schedule=sched,
+                                         reducer=make_reducer(method), precision="highest"))
+  assert got.shape == want.shape == (2, CFG.num_classes)
+  assert np.max(np.abs(got - want)) <= 1e-5
+  assert info["iree_version"] and "--iree-llvmcpu-target-cpu=host" in info["flags"]
+
+
+def test_stable_sort_rule_only_inside_iree_lowering():
+  x = jax.ShapeDtypeStruct((2, 9), np.int32)
+  fn = jax.jit(lambda m: jax.numpy.argsort(m, axis=1, stable=True))
+  def text():  # the module without source locations (they name the calling line)
+    return iree_build.strip_locations(jax.export.export(fn, platforms=("cpu",))(x)
+                                      .mlir_module())
+  plain = text()
+  with iree_build.iree_lowering():
+    fixed = text()
+  assert plain == text()       # nothing leaks out of the block (jax caches lowerings)
+  assert "is_stable = true" in plain and "is_stable = true" not in fixed
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory, params):
+  out = str(tmp_path_factory.mktemp("art") / "tiny")
+  deploy.export_artifact(out, CFG, params, schedule=parse_schedule(CFG, "keep@1:9"),
+                         reducer=make_reducer("pomt"), reducer_name="pomt", batch_size=2,
+                         targets=["jax", "iree:host", "iree:cuda:sm_87",
+                                  "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae"])
+  return out
+
+
+def test_artifact_targets_cross_compile_and_match_jax(artifact, images):
+  with open(os.path.join(artifact, "manifest.json")) as f:
+    manifest = json.load(f)
+  assert manifest["targets"] == ["jax", "iree:host", "iree:cuda:sm_87",
+                                 "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae"]
+  recs = {r["target"]: r for r in edge_rt.read_records(artifact)}
+  assert set(recs) == set(manifest["targets"][1:])
+  for r in recs.values():
+    assert r["module"]["bytes"] > 0 and r["weights"]["params_sha256"] == \
+        manifest["weights"]["sha256"]
+    assert r["input"]["shape"] == [2, 32, 32, 3] and r["output"]["shape"] == [2, 10]
+  assert "--iree-cuda-target=sm_87" in recs["iree:cuda:sm_87"]["compiler"]["flags"]
+  edge = edge_rt.load(artifact)             # the first target this host runs: iree:host
+  assert edge.target == "iree:host"
+  want = np.asarray(deploy.load(artifact)(images))
+  assert np.max(np.abs(edge(images) - want)) <= 1e-5
+
+
+def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
+  with pytest.raises(EdgeError, match="no cuda device is available here"):
+    edge_rt.load(artifact, "iree:cuda:sm_87")
+  with pytest.raises(EdgeError, match="aarch64.*this host is x86_64"):
+    edge_rt.load(artifact, "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae")
+  r = run_edge("bench", f"--artifact={artifact}", "--target=iree:cuda:sm_87",
+               "--min_run_time=0.01")
+  assert r.returncode == 1 and r.stderr.strip().count("\n") == 0
+  assert r.stderr.startswith("error: ") and "cuda" in r.stderr
+
+  def copy(name):
+    dst = str(tmp_path / name)
+    shutil.copytree(artifact, dst)
+    return dst
+
+  bad = copy("bytes")
+  with open(os.path.join(bad, "iree", "iree_host.vmfb"), "r+b") as f:
+    f.seek(100)
+    byte = f.read(1)
+    f.seek(100)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  with pytest.raises(EdgeError, match="iree_host.vmfb has sha256 .* corrupted or replaced"):
+    edge_rt.load(bad, "iree:host")
+  bad = copy("record")
+  rec_path = os.path.join(bad, "iree", "iree_host.json")
+  with open(rec_path) as f:
+    rec = json.load(f)
+  rec["weights"]["sha256"] = "0" * 64
+  with open(rec_path, "w") as f:
+    json.dump(rec, f)
+  with pytest.raises(EdgeError, match="weights.bin has sha256"):
+    edge_rt.load(bad, "iree:host")
+  bad = copy("missing")
+  os.unlink(os.path.join(bad, "iree", "iree_host.vmfb"))
+  r = run_edge("bench", f"--artifact={bad}", "--target=iree:host", "--min_run_time=0.01")
+  assert r.returncode == 1 and "iree_host.vmfb is missing" in r.stderr
+  assert r.stderr.strip().count("\n") == 0
+
+
+def test_failed_compile_leaves_nothing(tmp_path, params, monkeypatch):
+  def boom(*a, **k):
+    raise iree_build.IreeBuildError("simulated: compiler killed")
+  monkeypatch.setattr(iree_build, "compile_module", boom)
+  out = tmp_path / "art"
+  with pytest.raises(iree_build.IreeBuildError, match="simulated"):
+    deploy.export_artifact(str(out), CFG, params, batch_size=1, targets=["iree:host"],
+                           verify=False)
+  assert os.listdir(tmp_path) == []
+  with pytest.raises(iree_build.IreeBuildError, match="fixed batch size"):
+    deploy.export_artifact(str(out), CFG, params, batch_size=None, targets=["iree:host"],
+                           verify=False)
+  assert os.listdir(tmp_path) == []
+
+
+def test_kit_profile_solve_deploy_run(tmp_path, params):
+  from tests.test_solve import _estimate  # pylint: disable=g-import-not-at-top
+  from vitprune.solve_io import solve_paper_files  # pylint: disable=g-import-not-at-top
+  from vitprune.data import write_digits_imagefolder  # pylint: disable=g-import-not-at-top
+  kit_dir, cache = str(tmp_path / "kit"), str(tmp_path / "cache")
+  grid = (17, 9)
+  iree_build.build_kit(kit_dir, CFG, params, target="iree:host", grid=grid,
+                       reducer=make_reducer("random"), reducer_name="random", threads=2,
+                       cache_dir=cache)
+  kit = kit_lib.read_kit(kit_dir)
+  assert [p["tokens"] for p in kit["points"]] == list(grid)
+  assert not any(p["cached"] for p in kit["points"])
+  # Rebuilding hits the cache (same MLIR + flags).
+  iree_build.build_kit(kit_dir, CFG, params, target="iree:host", grid=grid,
+                       reducer=make_reducer("random"), threads=2, cache_dir=cache,
+                       overwrite=True)
+  assert all(p["cached"] for p in kit_lib.read_kit(kit_dir)["points"])
+  out = str(tmp_path / "board.json")
+  r = run_edge("profile", f"--kit={kit_dir}", f"--out={out}", "--min_run_time=0.02",
+               "--quiet")
+  assert r.returncode == 0, r.stderr[-2000:]
+  prof = records.load(out)
+  assert prof.model == CFG.name and prof.platform == "iree-local-task"
+  assert sorted(p.tokens for p in prof.points) == sorted(grid)
+  assert all(p.component == "model" and p.median_s > 0 and p.num_samples >= 5
+             for p in prof.points)
+  est = _estimate(tmp_path, [None], sorted(grid), lambda l, n: 0.5 + n / 40, cfg=CFG, batch=1)
+  _, solution, _ = solve_paper_files(out, est, layer=1)
+  sol_path = str(tmp_path / "solution.json")
+  with open(sol_path, "w") as f:
+    json.dump(solution, f)
+  art = str(tmp_path / "art")
+  chosen = deploy.read_solution(sol_path)
+  deploy.export_artifact(art, CFG, params, schedule=parse_schedule(CFG, chosen["schedule"]),
+                         reducer=make_reducer(chosen["method"]), batch_size=1,
+                         targets=["iree:host"], verify=False)
+  imgs = str(tmp_path / "imgs")
+  write_digits_imagefolder(imgs)
+  r = run_edge("run", f"--artifact={art}", f"--images={imgs}", "--quiet",
+               "--min_run_time=0.02")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "accuracy " in r.stdout and "target iree:host" in r.stdout
+  # A tampered or incomplete kit is refused with one line.
+  with open(os.path.join(kit_dir, "kit.json")) as f:
+    doc = json.load(f)
+  good = doc["points"][0]["module"]["sha256"]
+  doc["points"][0]["module"]["sha256"] = "f" * 64
+  with open(os.path.join(kit_dir, "kit.json"), "w") as f:
+    json.dump(doc, f)
+  r = run_edge("profile", f"--kit={kit_dir}", f"--out={tmp_path / 'x.json'}")
+  assert r.returncode == 1 and "corrupted or replaced" in r.stderr
+  assert not os.path.exists(tmp_path / "x.json")
+  doc["points"][0]["module"]["sha256"] = good
+  with open(os.path.join(kit_dir, "kit.json"), "w") as f:
+    json.dump(doc, f)
+  os.unlink(os.path.join(kit_dir, doc["points"][1]["module"]["file"]))
+  with pytest.raises(EdgeError, match="is missing"):
+    kit_lib.profile_kit(kit_dir)
+
+
+def test_deploy_cli_rejects_a_bad_target_before_any_work(tmp_path):
+  r = subprocess.run([sys.executable, "-m", "experiments.deploy", "--weights=weights/vit_digits",
+                      f"--out={tmp_path / 'a'}", "--target=iree:cuda:87"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=120,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert r.returncode == 1 and r.stderr.strip() == (
+      "error: target 'iree:cuda:87': '87' is not a CUDA architecture such as sm_87")
+  assert not os.path.exists(tmp_path / "a")

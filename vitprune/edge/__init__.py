@@ -1,0 +1,17 @@
+"""Edge deployment without jax: run IREE-compiled artifacts and profile kits on a board.
+
+    python -m vitprune.edge run --artifact=DIR --images=DIR [--target=iree:host]
+    python -m vitprune.edge bench --artifact=DIR [--target=...]
+    python -m vitprune.edge profile --kit=DIR --out=FILE.json
+
+Needs only `iree-base-runtime`, numpy, pillow and absl-py (`requirements-edge.txt`) plus this
+`vitprune` source tree: importing `vitprune.edge` imports neither jax, flax nor orbax (the
+`vitprune` package imports its submodules lazily; `vitprune.data`, `vitprune.profile.records`
+and `vitprune.atomic` are numpy/PIL only). The host side (compiling) is `vitprune.iree_build`.
+"""
+from vitprune.edge.targets import EdgeError, Target, parse_target, parse_targets
+from vitprune.edge.runtime import EdgeModel, load
+from vitprune.edge.protocol import TimingConfig
+
+__all__ = ["EdgeError", "EdgeModel", "Target", "TimingConfig", "load", "parse_target",
+           "parse_targets"]

@@ -1,0 +1,160 @@
+r"""Board-side CLI (iree-base-runtime + numpy + pillow + absl-py; never imports jax).
+
+  python -m vitprune.edge run --artifact=deploy/digits --images=digits_imgs [--target=iree:host]
+  python -m vitprune.edge bench --artifact=deploy/digits [--batch_size ignored: fixed by module]
+  python -m vitprune.edge profile --kit=kits/digits --out=outputs/profile/board.json
+
+run:     classifies an image folder (labelled `DIR/<class>/<img>`: accuracy; flat: predictions),
+         then times one batch with the profiler's protocol.
+bench:   times the artifact's module on a deterministic random batch (median, IQR).
+profile: times every module of a kit and writes a latency profile JSON (+ CSV twin) that
+         `experiments.solve` / `vitprune.profile.records.load` read.
+Errors (bad flags, tampered or incomplete artifacts/kits, a module for a device this host lacks)
+end the program with one line `error: ...` and exit status 1.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+COMMANDS = ("run", "bench", "profile")
+flags.DEFINE_string("artifact", None, "Artifact directory with IREE targets (run, bench).")
+flags.DEFINE_string("images", None, "ImageFolder root or a flat folder of images (run).")
+flags.DEFINE_string("target", None, "Target to use, e.g. iree:host (default: the first target "
+                    "of the artifact this host can run).")
+flags.DEFINE_string("kit", None, "Kit directory (profile).")
+flags.DEFINE_string("out", None, "Profile JSON to write (profile).")
+flags.DEFINE_string("output", None, "Optional JSON file for run/bench results.")
+flags.DEFINE_integer("num_workers", 0, "Threads decoding images (run).")
+flags.DEFINE_bool("quiet", False, "Do not print per-file lines / progress.")
+flags.DEFINE_float("min_run_time", 0.5, "Seconds of timed calls per point.")
+flags.DEFINE_integer("warmup", 3, "Untimed calls before timing each point.")
+flags.DEFINE_integer("min_reps", 5, "At least this many timed calls per point.")
+flags.DEFINE_float("max_rel_iqr", 0.1, "Re-measure points whose IQR / median exceeds this.")
+flags.DEFINE_integer("max_retries", 2, "Re-measurement rounds for wide points.")
+flags.DEFINE_integer("seed", 0, "Seed of the shuffled visiting order.")
+
+
+def timing_config():
+  from vitprune.edge.protocol import TimingConfig  # pylint: disable=g-import-not-at-top
+  return TimingConfig(min_run_time=FLAGS.min_run_time, warmup=FLAGS.warmup,
+                      min_reps=FLAGS.min_reps, max_rel_iqr=FLAGS.max_rel_iqr,
+                      max_retries=FLAGS.max_retries, seed=FLAGS.seed)
+
+
+def latency(model, images, cfg) -> dict:
+  from vitprune.edge import protocol  # pylint: disable=g-import-not-at-top
+  m = protocol.measure_all({0: model.timed_call(images)}, cfg)[0]
+  return {"median_s": m.median, "q25_s": m.q25, "q75_s": m.q75, "iqr_s": m.iqr,
+          "num_samples": len(m.samples), "retries": m.retries,
+          "batch_size": int(images.shape[0])}
+
+
+def label_map(folder_classes, class_names, num_outputs):
+  """Folder label index -> output index: by name when the artifact names its classes, else the
+  sorted folder order (as experiments.run_deployed)."""
+  if class_names and all(c in class_names for c in folder_classes):
+    return [class_names.index(c) for c in folder_classes]
+  if len(folder_classes) > num_outputs:
+    raise ValueError(f"the image folder has {len(folder_classes)} classes but the model has "
+                     f"only {num_outputs} outputs")
+  return list(range(len(folder_classes)))
+
+
+def cmd_run() -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vitprune.data import ImageFolder, iterate_batches  # pylint: disable=g-import-not-at-top
+  from vitprune.edge import runtime  # pylint: disable=g-import-not-at-top
+  if not FLAGS.artifact or not FLAGS.images:
+    raise ValueError("run needs --artifact and --images")
+  cfg = timing_config()
+  model = runtime.load(FLAGS.artifact, FLAGS.target)
+  dataset = ImageFolder(FLAGS.images)
+  preds, probs, first = [], [], None
+  for images, _, idx in iterate_batches(dataset, model.preprocessing, model.batch_size,
+                                        num_workers=FLAGS.num_workers):
+    logits = model(images).astype(np.float64)
+    first = images if first is None else first
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    valid = idx >= 0
+    preds += np.argmax(logits, -1)[valid].tolist()
+    probs += (z / z.sum(-1, keepdims=True)).max(-1)[valid].tolist()
+  names = model.class_names
+  rows = [{"file": dataset.files[i], "pred": int(p), "class": names[p] if names else str(p),
+           "prob": float(q), "label": None} for i, (p, q) in enumerate(zip(preds, probs))]
+  res = {"artifact": model.path, "target": model.target, "images": dataset.root,
+         "num_images": len(dataset), "model": model.record.get("model"),
+         "schedule": model.record.get("schedule"), "predictions": rows, "accuracy": None}
+  if dataset.labelled:
+    mapping = label_map(dataset.classes, names, model.num_outputs)
+    for r, l in zip(rows, dataset.labels.tolist()):
+      r["label"] = mapping[l]
+    res["accuracy"] = sum(r["pred"] == r["label"] for r in rows) / len(rows)
+  res["latency"] = latency(model, first, cfg)
+  if not FLAGS.quiet:
+    for r in rows:
+      extra = "" if r["label"] is None else f"\tlabel={r['label']}"
+      print(f"{r['file']}\t{r['pred']}\t{r['class']}\t{r['prob']:.4f}{extra}")
+  print(f"model {res['model']} schedule {res['schedule']} target {res['target']}: "
+        f"{res['num_images']} images")
+  if res["accuracy"] is not None:
+    n_ok = sum(r["pred"] == r["label"] for r in rows)
+    print(f"accuracy {res['accuracy']:.4f} ({n_ok}/{res['num_images']})")
+  print_latency(res["latency"])
+  return res
+
+
+def print_latency(lat: dict) -> None:
+  b = lat["batch_size"]
+  print(f"latency batch {b}: median {lat['median_s'] * 1e3:.3f} ms (IQR "
+        f"{lat['iqr_s'] * 1e3:.3f} ms, {lat['num_samples']} samples), "
+        f"{lat['median_s'] * 1e3 / b:.3f} ms/image")
+
+
+def cmd_bench() -> dict:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vitprune.edge import runtime  # pylint: disable=g-import-not-at-top
+  if not FLAGS.artifact:
+    raise ValueError("bench needs --artifact")
+  cfg = timing_config()
+  model = runtime.load(FLAGS.artifact, FLAGS.target)
+  images = np.random.default_rng(0).normal(size=model.input_shape).astype(np.float32)
+  res = {"artifact": model.path, "target": model.target, "model": model.record.get("model"),
+         "schedule": model.record.get("schedule"), "latency": latency(model, images, cfg)}
+  print(f"model {res['model']} schedule {res['schedule']} target {res['target']}")
+  print_latency(res["latency"])
+  return res
+
+
+def cmd_profile() -> dict:
+  from vitprune.edge import kit as kit_lib  # pylint: disable=g-import-not-at-top
+  if not FLAGS.kit or not FLAGS.out:
+    raise ValueError("profile needs --kit and --out")
+  progress = None if FLAGS.quiet else (lambda msg: print(msg, file=sys.stderr))
+  profile, kit = kit_lib.profile_kit(FLAGS.kit, timing_config(), progress=progress)
+  paths = kit_lib.write_profile(profile, FLAGS.out, kit)
+  for p in sorted(profile.points, key=lambda p: (p.batch_size, -p.tokens)):
+    print(f"{p.component} b{p.batch_size} n{p.tokens}: median {p.median_s * 1e3:.3f} ms "
+          f"(IQR {p.iqr_s * 1e3:.3f} ms)")
+  print(f"wrote {paths['json']}")
+  return {"profile": paths}
+
+
+def main(argv):
+  from vitprune.edge.targets import EdgeError  # pylint: disable=g-import-not-at-top
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    sys.exit(f"error: give one command: {' | '.join(COMMANDS)} (got {argv[1:]})")
+  try:
+    res = {"run": cmd_run, "bench": cmd_bench, "profile": cmd_profile}[argv[1]]()
+    if FLAGS.output:
+      from vitprune import atomic  # pylint: disable=g-import-not-at-top
+      atomic.write_json(FLAGS.output, res, sort_keys=True)
+      print(f"wrote {FLAGS.output}")
+  except (EdgeError, ValueError, FileNotFoundError, OSError) as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,219 @@
+"""Runs the IREE modules of a deployment artifact with `iree.runtime` + numpy only (no jax).
+
+    model = load("deploy/vit_digits_pomt")            # picks the first target this host runs
+    model = load("deploy/vit_digits_pomt", "iree:host")
+    logits = model(images)                            # float32 [B, H, W, C] -> numpy [B, K]
+
+Artifact files written by `vitprune.iree_build` (next to the jax export):
+  iree/<target slug>.json   per-target record (format "vitprune-edge-target", version 1):
+      target, backend, driver, compiler {iree_version, input_type, target_backends, flags},
+      function, module {file, sha256, bytes}, weights {mode "args"|"baked", file, sha256,
+      params_sha256, leaves [{name, shape, dtype, offset, nbytes}]}, input {shape, dtype,
+      layout}, output {shape, dtype}, model, schedule, preprocessing, class_names, host_cpu
+      (the compiling CPU, for iree:host), compile_s.
+  iree/<target slug>.vmfb   the compiled module; function `main(*weights, images) -> logits`.
+  iree/weights.bin          float32 leaves, C order, 64-byte aligned (mode "args"; shared).
+
+Every file is checked against its sha256 before use; a missing, edited or replaced file, or a
+module for a device this host lacks, raises `EdgeError` with a one-line message.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from vitprune.edge.targets import EdgeError, check_runnable, parse_target
+
+RECORD_FORMAT = "vitprune-edge-target"
+RECORD_VERSION = 1
+EDGE_DIR = "iree"
+WEIGHTS_FILE = "iree/weights.bin"
+ALIGN = 64
+
+
+def sha256_file(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def read_json(path: str, what: str) -> Dict[str, Any]:
+  if not os.path.isfile(path):
+    raise EdgeError(f"{what}: {path} is missing")
+  try:
+    with open(path) as f:
+      doc = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise EdgeError(f"{what}: {path} is not valid JSON ({e})") from None
+  if not isinstance(doc, dict):
+    raise EdgeError(f"{what}: {path} does not hold a JSON object")
+  return doc
+
+
+def checked_file(root: str, entry: Dict[str, Any], what: str) -> str:
+  """Absolute path of `entry['file']` under `root` after checking it exists and its sha256."""
+  rel = entry.get("file")
+  if not isinstance(rel, str) or os.path.isabs(rel) or ".." in rel.split("/"):
+    raise EdgeError(f"{what}: bad file entry {rel!r}")
+  path = os.path.join(root, *rel.split("/"))
+  if not os.path.isfile(path):
+    raise EdgeError(f"{what}: {rel} is missing from {root} (incomplete copy?)")
+  got = sha256_file(path)
+  if got != entry.get("sha256"):
+    raise EdgeError(f"{what}: {rel} has sha256 {got[:16]}..., the record says "
+                    f"{str(entry.get('sha256'))[:16]}... (file corrupted or replaced)")
+  return path
+
+
+def read_weights(root: str, entry: Dict[str, Any], what: str) -> List[np.ndarray]:
+  """The weight leaves of `entry` (mode 'args') in argument order; [] for baked weights."""
+  if entry.get("mode") == "baked":
+    return []
+  path = checked_file(root, entry, what)
+  blob = np.fromfile(path, np.uint8)
+  out = []
+  for leaf in entry["leaves"]:
+    dtype, shape = np.dtype(leaf["dtype"]), tuple(leaf["shape"])
+    lo, n = int(leaf["offset"]), int(leaf["nbytes"])
+    if lo + n > blob.size or n != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+      raise EdgeError(f"{what}: weight leaf {leaf['name']} does not fit {path}")
+    out.append(blob[lo:lo + n].view(dtype).reshape(shape))
+  return out
+
+
+def pack_weights(leaves: Sequence[np.ndarray], names: Sequence[str]):
+  """-> (bytes, leaf entries): float leaves C-order, each at a 64-byte aligned offset."""
+  parts, entries, offset = [], [], 0
+  for name, a in zip(names, leaves):
+    a = np.ascontiguousarray(a)
+    pad = -offset % ALIGN
+    parts.append(b"\0" * pad)
+    offset += pad
+    entries.append({"name": name, "shape": [int(d) for d in a.shape], "dtype": a.dtype.name,
+                    "offset": offset, "nbytes": int(a.nbytes)})
+    parts.append(a.tobytes())
+    offset += a.nbytes
+  return b"".join(parts), entries
+
+
+class Runner:
+  """One IREE device with modules loaded on it and device-resident weights."""
+
+  def __init__(self, driver: str):
+    import iree.runtime as ireert  # pylint: disable=g-import-not-at-top
+    self._rt = ireert
+    self.driver = driver
+    self.config = ireert.Config(driver)
+    self.device = self.config.device
+
+  def load(self, path: str, function: str = "main") -> Callable:
+    with open(path, "rb") as f:
+      return self.load_bytes(f.read(), function, path)
+
+  def load_bytes(self, blob: bytes, function: str = "main", path: str = "module") -> Callable:
+    rt = self._rt
+    vm = rt.VmModule.copy_buffer(self.config.vm_instance, blob)
+    try:
+      mod = rt.load_vm_module(vm, self.config)
+      return mod[function]
+    except Exception as e:  # the runtime raises several types for incompatible modules
+      raise EdgeError(f"{path} cannot be loaded on the {self.driver} device: "
+                      f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+  def put(self, array: np.ndarray):
+    return self._rt.asdevicearray(self.device, np.ascontiguousarray(array))
+
+
+class EdgeModel:
+  """`model(images [B, H, W, C]) -> numpy [B, K]` from one IREE target of an artifact.
+
+  Attributes: path, record (the per-target JSON), target (text), batch_size, input_shape,
+  preprocessing (a `vitprune.config.Preprocessing`), class_names, num_outputs.
+  """
+
+  def __init__(self, path: str, record: Dict[str, Any], where: str):
+    from vitprune.config import Preprocessing  # pylint: disable=g-import-not-at-top
+    self.path, self.record, self.target = path, record, record["target"]
+    module = checked_file(path, record["module"], where)
+    weights = read_weights(path, record["weights"], where)
+    self._runner = Runner(record["driver"])
+    self._fn = self._runner.load(module, record.get("function", "main"))
+    self._weights = [self._runner.put(w) for w in weights]
+    self.input_shape = tuple(int(d) for d in record["input"]["shape"])
+    self.batch_size = self.input_shape[0]
+    self.num_outputs = int(record["output"]["shape"][-1])
+    prep = dict(record["preprocessing"])
+    for k in ("mean", "std"):
+      prep[k] = tuple(prep[k])
+    self.preprocessing = Preprocessing(**prep)
+    self.class_names = record.get("class_names")
+
+  def _check(self, images) -> np.ndarray:
+    x = np.asarray(images, np.float32)
+    if x.shape != self.input_shape:
+      raise ValueError(f"{self.target} module expects images {list(self.input_shape)} "
+                       f"(NHWC float32), got {list(x.shape)}")
+    return x
+
+  def __call__(self, images) -> np.ndarray:
+    x = self._runner.put(self._check(images))
+    return np.asarray(self._fn(*self._weights, x).to_host())
+
+  def timed_call(self, images) -> Callable[[], Any]:
+    """A no-argument call on device-resident `images` that returns when the result is on the
+    host (what the timing protocol times)."""
+    x = self._runner.put(self._check(images))
+    fn, weights = self._fn, self._weights
+    return lambda: fn(*weights, x).to_host()
+
+
+def read_records(path: str) -> List[Dict[str, Any]]:
+  """The per-target records of artifact `path`, in file-name order (validated headers)."""
+  if not os.path.isdir(path):
+    raise EdgeError(f"{path} is not an artifact directory")
+  files = sorted(glob.glob(os.path.join(path, EDGE_DIR, "*.json")))
+  if not files:
+    raise EdgeError(f"{path} holds no IREE target (no {EDGE_DIR}/*.json); export it with "
+                    "python -m experiments.deploy --target=iree:host")
+  out = []
+  for f in files:
+    doc = read_json(f, "edge target record")
+    if doc.get("format") != RECORD_FORMAT or doc.get("version") != RECORD_VERSION:
+      raise EdgeError(f"{f}: not a {RECORD_FORMAT} version {RECORD_VERSION} record")
+    missing = [k for k in ("target", "driver", "module", "weights", "input", "output",
+                           "preprocessing") if k not in doc]
+    if missing:
+      raise EdgeError(f"{f}: record lacks {missing}")
+    doc["_file"] = os.path.relpath(f, path)
+    out.append(doc)
+  return out
+
+
+def load(path: str, target: Optional[str] = None) -> EdgeModel:
+  """The artifact's module for `target` (default: the first one this host can run)."""
+  path = os.path.abspath(os.fspath(path))
+  records = read_records(path)
+  if target is not None:
+    want = parse_target(target).text
+    chosen = [r for r in records if r["target"] == want]
+    if not chosen:
+      raise EdgeError(f"{path} has no module for target {want} (it has "
+                      f"{', '.join(r['target'] for r in records)})")
+    check_runnable(chosen[0], f"{path} ({want})")
+    return EdgeModel(path, chosen[0], f"{path} ({want})")
+  reasons = []
+  for r in records:
+    try:
+      check_runnable(r, f"{r['target']}")
+    except EdgeError as e:
+      reasons.append(str(e))
+      continue
+    return EdgeModel(path, r, f"{path} ({r['target']})")
+  raise EdgeError(f"{path}: no target runs on this host: {'; '.join(reasons)}")

@@ -1,0 +1,381 @@
+"""Host side of edge deployment: StableHLO (`jax.export`) -> IREE modules, artifacts and kits.
+
+    write_targets(staged_dir, cfg, params, ["iree:host", "iree:cuda:sm_87"], schedule=s, ...)
+    build_kit("kits/digits", cfg, params, target="iree:host", grid=(65, 61, 57), jobs=2)
+
+The function compiled is `jax.export` of `vitprune.model.forward` lowered for 'cpu' (plain
+StableHLO, no XLA custom calls), compiled by `iree.compiler.compile_str(input_type="stablehlo")`
+with the target's flags (`vitprune.edge.targets`). The module's `main` takes the float32 weight
+leaves (in `jax.tree` order, unused leaves dropped) then the images, so one `weights.bin` serves
+every target of an artifact and every module of a kit (weights "args"); `weights="baked"` instead
+closes over the parameters, embedding them as constants in each module.
+
+IREE workarounds, applied only while lowering for IREE:
+  * stable sorts: IREE ignores `is_stable`; a stable sort is lowered as an unstable sort with an
+    extra iota key (ties broken by position = stable), the other operands gathered by the
+    resulting permutation. ToMe's `argsort(stable=True)` needs it.
+  * a CPU compile that fails with data tiling / microkernels (IREE 3.13 rejects i1 padding in
+    ToMe's masked scores) is retried without them; the record lists the flags actually used and
+    the reason in `compiler.fallback`.
+Compiled modules can be cached by sha256(IREE version + backend + flags + MLIR text without
+source locations).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import re
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitprune import atomic
+from vitprune.config import ViTConfig
+from vitprune.edge import runtime as edge_rt
+from vitprune.edge.kit import KIT_FORMAT, KIT_MANIFEST, KIT_VERSION
+from vitprune.edge.targets import CPU_TUNING, EdgeError, Target, host_cpu, parse_targets
+
+KIT_WEIGHTS = "weights.bin"
+
+
+class IreeBuildError(EdgeError):
+  """IREE compilation failed or the request cannot be compiled."""
+
+
+# ----------------------------------------------------------------------------- lowering
+
+
+_IREE_LOWERING = contextvars.ContextVar("vitprune_iree_lowering", default=False)
+_installed: List[bool] = []
+
+
+def _install_sort_rule() -> None:
+  """Registers (once) a cpu lowering of `sort` that, only inside `iree_lowering()`, makes
+  stable sorts explicit; outside it delegates to jax's own rule (identical output)."""
+  if _installed:
+    return
+  from jax._src.interpreters import mlir as jax_mlir  # pylint: disable=g-import-not-at-top
+  from jax.interpreters import mlir  # pylint: disable=g-import-not-at-top
+  default = jax_mlir._lowerings[jax.lax.sort_p].rule  # pylint: disable=protected-access
+
+  def rule(ctx, *operands, dimension, is_stable, num_keys):
+    if not (is_stable and _IREE_LOWERING.get()):
+      return default(ctx, *operands, dimension=dimension, is_stable=is_stable,
+                     num_keys=num_keys)
+
+    def explicit(*ops):
+      iota = jax.lax.broadcasted_iota(np.int32, ops[0].shape, dimension)
+      out = jax.lax.sort((*ops[:num_keys], iota), dimension=dimension, is_stable=False,
+                         num_keys=num_keys + 1)
+      return list(out[:num_keys]) + [jnp.take_along_axis(o, out[-1], axis=dimension)
+                                     for o in ops[num_keys:]]
+    return mlir.lower_fun(explicit, multiple_results=True)(ctx, *operands)
+
+  mlir.register_lowering(jax.lax.sort_p, rule, platform="cpu")
+  _installed.append(True)
+
+
+@contextlib.contextmanager
+def iree_lowering():
+  """Lowering for IREE inside the block. jax caches lowered inner jits across exports, so the
+  caches are cleared on entry and exit: nothing lowered outside leaks in, or vice versa."""
+  _install_sort_rule()
+  jax.clear_caches()
+  token = _IREE_LOWERING.set(True)
+  try:
+    yield
+  finally:
+    _IREE_LOWERING.reset(token)
+    jax.clear_caches()
+
+
+@dataclasses.dataclass
+class Lowered:
+  """StableHLO text of one forward and what its `main` takes besides the images."""
+  mlir: str
+  weight_names: Tuple[str, ...]      # () when baked
+  weight_index: Tuple[int, ...]      # indices into the flattened parameter leaves
+  input_shape: Tuple[int, ...]
+  output_shape: Tuple[int, ...]
+
+
+def lower(cfg: ViTConfig, params, *, schedule=None, reducer=None, dtype: str = "float32",
+          precision: str = "highest", batch_size: int = 1, weights: str = "args") -> Lowered:
+  """`jax.export` (platform cpu) of the forward -> StableHLO text for IREE."""
+  from vitprune import model  # pylint: disable=g-import-not-at-top
+  if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+    raise IreeBuildError(f"IREE targets need a fixed batch size >= 1, got {batch_size!r} "
+                         "(drop --symbolic_batch)")
+  if weights not in ("args", "baked"):
+    raise IreeBuildError(f"weights must be 'args' or 'baked', got {weights!r}")
+  fn = functools.partial(model.forward, cfg=cfg, schedule=schedule, reducer=reducer,
+                         dtype=dtype, precision=precision)
+  images = jax.ShapeDtypeStruct((batch_size, cfg.img_size, cfg.img_size, cfg.in_chans),
+                                jnp.float32)
+  leaves = jax.tree.flatten_with_path(params)[0]
+  with iree_lowering():
+    if weights == "args":
+      exported = jax.export.export(jax.jit(fn), platforms=("cpu",))(
+          model.abstract_params(cfg), images)
+    else:
+      consts = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+      exported = jax.export.export(jax.jit(lambda x: fn(consts, x)), platforms=("cpu",))(images)
+  kept = tuple(int(i) for i in exported.module_kept_var_idx)
+  if weights == "args":
+    if kept[-1] != len(leaves):
+      raise IreeBuildError("the exported forward dropped its images argument")
+    index = kept[:-1]
+  else:
+    index = ()
+  return Lowered(mlir=exported.mlir_module(),
+                 weight_names=tuple(jax.tree_util.keystr(leaves[i][0]) for i in index),
+                 weight_index=index, input_shape=tuple(images.shape),
+                 output_shape=tuple(int(d) for d in exported.out_avals[0].shape))
+
+
+# ----------------------------------------------------------------------------- compile
+
+
+def iree_version() -> str:
+  try:
+    from iree.compiler import version  # pylint: disable=g-import-not-at-top
+    return str(version.VERSION)
+  except ImportError:
+    raise IreeBuildError("iree-base-compiler is not installed (pip install "
+                         "'iree-base-compiler>=3.13,<4')") from None
+
+
+def strip_locations(mlir: str) -> str:
+  """MLIR text without source locations (they name the Python call site, not the program)."""
+  return "\n".join(re.sub(r" loc\(.*$", "", line) for line in mlir.splitlines()
+                   if not line.startswith("#loc"))
+
+
+def _first_error(e: Exception) -> str:
+  lines = [l.strip() for l in str(e).splitlines() if "error:" in l]
+  return (lines[0] if lines else str(e).strip().splitlines()[0])[:400]
+
+
+def compile_module(mlir: str, target: Target, *, cache_dir: Optional[str] = None
+                   ) -> Tuple[bytes, Dict[str, Any]]:
+  """-> (vmfb bytes, {flags, iree_version, compile_s, cached, fallback, target_backends})."""
+  import iree.compiler as ireec  # pylint: disable=g-import-not-at-top
+  version = iree_version()
+  attempts = [target.compile_flags()]
+  if any(f in CPU_TUNING for f in attempts[0]):
+    attempts.append([f for f in attempts[0] if f not in CPU_TUNING])
+  backends = [target.backend]
+  fallback, last = None, None
+  for flags in attempts:
+    key = hashlib.sha256(json.dumps([version, backends, flags]).encode() +
+                         strip_locations(mlir).encode()).hexdigest()
+    cached = os.path.join(cache_dir, key[:2], key + ".vmfb") if cache_dir else None
+    info = {"iree_version": version, "input_type": "stablehlo", "target_backends": backends,
+            "flags": flags, "fallback": fallback, "cache_key": key}
+    if cached and os.path.isfile(cached):
+      with open(cached, "rb") as f:
+        return f.read(), dict(info, compile_s=0.0, cached=True)
+    t0 = time.perf_counter()
+    try:
+      blob = ireec.compile_str(mlir, input_type="stablehlo", target_backends=backends,
+                               extra_args=flags)
+    except ireec.CompilerToolError as e:
+      last = _first_error(e)
+      fallback = f"{' '.join(CPU_TUNING)} failed ({last}); compiled without them"
+      continue
+    info.update(compile_s=time.perf_counter() - t0, cached=False)
+    if cached:
+      atomic.write_bytes(cached, blob)
+    return blob, info
+  raise IreeBuildError(f"IREE could not compile for {target.text}: {last}")
+
+
+def compile_many(jobs: Dict[Any, Tuple[str, Target]], *, threads: int = 2,
+                 cache_dir: Optional[str] = None,
+                 on_done: Optional[Callable[[Any, Dict[str, Any]], None]] = None
+                 ) -> Dict[Any, Tuple[bytes, Dict[str, Any]]]:
+  """Compiles `{key: (mlir, target)}`, `threads` at a time (each compile is an `iree-compile`
+  process, so threads overlap) -> {key: (bytes, info)}."""
+  if threads < 1:
+    raise IreeBuildError(f"threads must be >= 1, got {threads}")
+  out = {}
+  with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+    futures = {pool.submit(compile_module, m, t, cache_dir=cache_dir): k
+               for k, (m, t) in jobs.items()}
+    try:
+      for fut in concurrent.futures.as_completed(futures):
+        out[futures[fut]] = fut.result()
+        if on_done:
+          on_done(futures[fut], out[futures[fut]][1])
+    except BaseException:
+      for fut in futures:
+        fut.cancel()
+      raise
+  return out
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+
+def iree_targets(targets: Optional[Sequence[str]]) -> Tuple[Target, ...]:
+  """The IREE targets among `targets` (texts or Targets; None -> none)."""
+  texts = [t.text if isinstance(t, Target) else str(t) for t in targets or ()]
+  return tuple(t for t in parse_targets(texts) if t.is_iree) if texts else ()
+
+
+def _leaves32(params) -> List[np.ndarray]:
+  return [np.asarray(a, np.float32) for a in jax.tree.leaves(params)]
+
+
+def _host_record(target: Target) -> Dict[str, Any]:
+  return {"host_cpu": host_cpu()} if target.cpu == "host" else {}
+
+
+def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, schedule=None,
+                  reducer=None, dtype: str = "float32", precision: str = "highest",
+                  batch_size: Optional[int] = 1, class_names=None, weights: str = "args",
+                  threads: int = 2, cache_dir: Optional[str] = None) -> List[str]:
+  """Compiles the IREE `targets` into the (staged) artifact directory `tmp`; writes
+  `iree/<slug>.vmfb`, `iree/<slug>.json` and `iree/weights.bin`. Returns the target texts
+  (with 'jax' first: the jax export is always part of an artifact)."""
+  from vitprune.digest import params_sha256  # pylint: disable=g-import-not-at-top
+  chosen = iree_targets(targets)
+  if not chosen:
+    return ["jax"]
+  low = lower(cfg, params, schedule=schedule, reducer=reducer, dtype=dtype,
+              precision=precision, batch_size=batch_size, weights=weights)
+  os.makedirs(os.path.join(tmp, edge_rt.EDGE_DIR), exist_ok=True)
+  wentry: Dict[str, Any] = {"mode": weights, "params_sha256": params_sha256(params)}
+  if weights == "args":
+    leaves = _leaves32(params)
+    blob, entries = edge_rt.pack_weights([leaves[i] for i in low.weight_index],
+                                         low.weight_names)
+    with open(os.path.join(tmp, *edge_rt.WEIGHTS_FILE.split("/")), "wb") as f:
+      f.write(blob)
+    wentry.update(file=edge_rt.WEIGHTS_FILE, sha256=hashlib.sha256(blob).hexdigest(),
+                  bytes=len(blob), leaves=entries)
+  compiled = compile_many({t: (low.mlir, t) for t in chosen}, threads=threads,
+                          cache_dir=cache_dir)
+  from vitprune.schedule import format_schedule  # pylint: disable=g-import-not-at-top
+  for t in chosen:
+    blob, info = compiled[t]
+    rel = f"{edge_rt.EDGE_DIR}/{t.slug}.vmfb"
+    with open(os.path.join(tmp, *rel.split("/")), "wb") as f:
+      f.write(blob)
+    record = {
+        "format": edge_rt.RECORD_FORMAT, "version": edge_rt.RECORD_VERSION,
+        "target": t.text, "backend": t.backend, "driver": t.driver,
+        "compiler": {k: v for k, v in info.items() if k not in ("compile_s", "cached")},
+        "compile_s": info["compile_s"], "function": "main",
+        "module": {"file": rel, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)},
+        "weights": wentry,
+        "input": {"shape": list(low.input_shape), "dtype": "float32", "layout": "NHWC"},
+        "output": {"shape": list(low.output_shape), "dtype": "float32"},
+        "model": cfg.name,
+        "schedule": None if schedule is None else format_schedule(schedule, cfg),
+        "compute": {"dtype": dtype, "precision": precision},
+        "preprocessing": dataclasses.asdict(cfg.preprocessing),
+        "class_names": None if class_names is None else list(class_names),
+        **_host_record(t)}
+    atomic.write_json(os.path.join(tmp, edge_rt.EDGE_DIR, t.slug + ".json"), record,
+                      sort_keys=True)
+  return ["jax"] + [t.text for t in chosen]
+
+
+# ----------------------------------------------------------------------------- kits
+
+
+def kit_jobs(cfg: ViTConfig, *, mode: str, grid: Sequence[int] = (), schedules=(),
+             batch_sizes: Sequence[int] = (1,), reducer=None) -> List[Dict[str, Any]]:
+  """The kit's points: mode 'model' -> one per (batch, n) with tokens dropped after the
+  embedding; 'schedule' -> one per (batch, schedule)."""
+  from vitprune.schedule import Schedule, check_schedule  # pylint: disable=g-import-not-at-top
+  if mode not in ("model", "schedule"):
+    raise IreeBuildError(f"kit mode must be 'model' or 'schedule', got {mode!r}")
+  if mode == "model" and not grid:
+    raise IreeBuildError("mode model needs token counts (--tokens)")
+  if mode == "schedule" and not schedules:
+    raise IreeBuildError("mode schedule needs schedules (--schedules)")
+  jobs = []
+  for b in batch_sizes:
+    if mode == "model":
+      for n in grid:
+        s = Schedule((int(n),) * (cfg.depth + 1))
+        jobs.append({"component": "model", "batch_size": int(b), "tokens": int(n),
+                     "schedule": None, "counts": s,
+                     "reducer": reducer if n < cfg.num_tokens else None})
+    else:
+      for s in schedules:
+        s = check_schedule(cfg, s, reducer)
+        needs = s.counts[0] < cfg.num_tokens or s.reduction_layers
+        jobs.append({"component": "schedule", "batch_size": int(b), "tokens": s.counts[0],
+                     "schedule": list(s.counts), "counts": s,
+                     "reducer": reducer if needs else None})
+  return jobs
+
+
+def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "model",
+              grid: Sequence[int] = (), schedules=(), batch_sizes: Sequence[int] = (1,),
+              reducer=None, reducer_name: str = "random", dtype: str = "float32",
+              threads: int = 2, cache_dir: Optional[str] = None, overwrite: bool = False,
+              on_done: Optional[Callable[[Any, Dict[str, Any]], None]] = None) -> str:
+  """Compiles one module per kit point for one IREE target into directory `out` (atomic)."""
+  from vitprune.digest import params_sha256  # pylint: disable=g-import-not-at-top
+  (t,) = parse_targets([target])
+  if not t.is_iree:
+    raise IreeBuildError(f"a kit needs an IREE target, got {target!r}")
+  out = os.path.abspath(out)
+  if os.path.exists(out) and not overwrite:
+    raise FileExistsError(f"{out} already exists (pass --overwrite)")
+  jobs = kit_jobs(cfg, mode=mode, grid=grid, schedules=schedules, batch_sizes=batch_sizes,
+                  reducer=reducer)
+  precision = "highest" if dtype == "float32" else "default"
+  lowered = [lower(cfg, params, schedule=j["counts"], reducer=j["reducer"], dtype=dtype,
+                   precision=precision, batch_size=j["batch_size"]) for j in jobs]
+  compiled = compile_many({i: (low.mlir, t) for i, low in enumerate(lowered)},
+                          threads=threads, cache_dir=cache_dir, on_done=on_done)
+  leaves = _leaves32(params)
+  names = [jax.tree_util.keystr(k) for k, _ in jax.tree.flatten_with_path(params)[0]]
+  blob, entries = edge_rt.pack_weights(leaves, names)
+  with atomic.staged_dir(out) as tmp:
+    with open(os.path.join(tmp, KIT_WEIGHTS), "wb") as f:
+      f.write(blob)
+    os.makedirs(os.path.join(tmp, "modules"))
+    points = []
+    for i, (job, low) in enumerate(zip(jobs, lowered)):
+      vmfb, info = compiled[i]
+      sched = "" if job["schedule"] is None else "_s" + hashlib.sha256(
+          json.dumps(job["schedule"]).encode()).hexdigest()[:10]
+      rel = f"modules/{job['component']}_b{job['batch_size']}_n{job['tokens']}{sched}.vmfb"
+      with open(os.path.join(tmp, *rel.split("/")), "wb") as f:
+        f.write(vmfb)
+      points.append({"component": job["component"], "batch_size": job["batch_size"],
+                     "tokens": job["tokens"], "schedule": job["schedule"],
+                     "module": {"file": rel, "sha256": hashlib.sha256(vmfb).hexdigest()},
+                     "args": list(low.weight_index),
+                     "input": {"shape": list(low.input_shape), "dtype": "float32"},
+                     "compile_s": info["compile_s"], "cached": info["cached"],
+                     "fallback": info["fallback"]})
+    flags = compiled[0][1]
+    manifest = {
+        "format": KIT_FORMAT, "version": KIT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        "target": t.text, "backend": t.backend, "driver": t.driver,
+        "compiler": {k: flags[k] for k in ("iree_version", "input_type", "target_backends",
+                                           "flags")},
+        "model": cfg.name, "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
+        "dtype": dtype, "mode": mode, "reducer": reducer_name,
+        "weights": {"file": KIT_WEIGHTS, "sha256": hashlib.sha256(blob).hexdigest(),
+                    "params_sha256": params_sha256(params), "leaves": entries},
+        "points": points, **_host_record(t)}
+    atomic.write_json(os.path.join(tmp, KIT_MANIFEST), manifest, sort_keys=True)
+  return out
