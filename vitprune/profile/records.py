@@ -2,7 +2,12 @@
 
 One JSON file per (model, mode, batch size, dtype, device) run, named
 `<model>_<mode>_b<batch>_<dtype>_<device>.json`, next to a CSV twin (one row per point) and a PNG
-plot. Files are written atomically (temporary file in the same directory, then `os.replace`).
+plot. `save` merges into an existing profile of the same name point by point (new measurements
+replace points of the same key, the others are kept; a different model config, dtype, device
+kind or platform is refused), under a lock (`atomic.locked`) so concurrent runs lose nothing, and
+publishes JSON, CSV and PNG as one transaction (`atomic.staged_files`, the JSON last): a run
+killed part-way leaves the previous set, or a committed set that the next write completes.
+A file that is not a latency profile is never replaced.
 
 JSON schema (version 1), all latencies in seconds:
 
@@ -52,7 +57,7 @@ import io
 import json
 import os
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from vitprune.profile import predict as predict_lib
 from vitprune import atomic
@@ -303,14 +308,46 @@ def file_stem(profile: Profile) -> str:
           f"{_slug(profile.device_kind)}")
 
 
-def save(profile: Profile, out_dir: str, stem: Optional[str] = None) -> Dict[str, str]:
-  """Writes `<stem>.json` and `<stem>.csv` atomically -> {'json': path, 'csv': path}."""
+def save(profile: Profile, out_dir: str, stem: Optional[str] = None, *,
+         extra: Optional[Dict[str, Callable[[Profile, str], Any]]] = None) -> Dict[str, str]:
+  """Merges `profile` into `<stem>.json` / `<stem>.csv` (and `extra` files) -> {kind: path}.
+
+  An existing `<stem>.json` must be a latency profile of the same model config, dtype, device
+  kind and platform (else ValueError, nothing written); its points are kept unless measured
+  again (see `merge`). `extra` maps a file kind (its extension, e.g. 'png') to `fn(profile,
+  path)` writing that file for the merged profile; all files are published together.
+  """
   stem = stem or file_stem(profile)
-  paths = {"json": os.path.join(out_dir, stem + ".json"),
-           "csv": os.path.join(out_dir, stem + ".csv")}
-  text = json.dumps(to_json(profile), indent=1, allow_nan=False)
-  atomic.write_bytes(paths["json"], text.encode())
-  atomic.write_bytes(paths["csv"], to_csv(profile).encode())
+  out_dir = os.path.abspath(out_dir)
+  kinds = ["csv"] + sorted(extra or {}) + ["json"]          # the JSON is published last
+  paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in kinds}
+  with atomic.locked(paths["json"]):
+    atomic.cleanup_stale(paths["json"])                       # finish a killed run's commit
+    if os.path.lexists(paths["json"]):
+      try:
+        existing = load(paths["json"])
+      except (OSError, ValueError) as e:
+        raise ValueError(f"refusing to replace {paths['json']}: it is not a readable latency "
+                         f"profile ({e})") from None
+      try:
+        profile = merge([existing, profile])
+      except ValueError as e:
+        raise ValueError(f"cannot merge into {paths['json']}: {e}") from None
+    else:
+      foreign = [paths[k] for k in kinds if os.path.lexists(paths[k])]
+      if foreign:
+        raise ValueError(f"refusing to replace {foreign}: no profile {paths['json']} beside "
+                         "them, so they were not written by vitprune")
+    text = json.dumps(to_json(profile), indent=1, allow_nan=False)
+    csv_text = to_csv(profile)
+    names = [os.path.basename(paths[k]) for k in kinds]
+    with atomic.staged_files(out_dir, os.path.basename(paths["json"]), names) as tmp:
+      with open(os.path.join(tmp, names[0]), "w") as f:
+        f.write(csv_text)
+      for k in sorted(extra or {}):
+        extra[k](profile, os.path.join(tmp, os.path.basename(paths[k])))
+      with open(os.path.join(tmp, names[-1]), "w") as f:
+        f.write(text)
   return paths
 
 

@@ -49,7 +49,7 @@ class TimingConfig:
       if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise ValueError(f"{name} must be a number, got {v!r}")
       if not math.isfinite(v) or not v > 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {v}")
+        raise ValueError(f"{name} must be > 0 and finite, got {v}")
     for name in ("warmup", "min_reps", "max_reps", "max_retries", "seed"):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
