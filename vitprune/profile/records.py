@@ -250,16 +250,35 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
   missing = [k for k in _TOP_KEYS if k not in d]
   if missing:
     raise ValueError(f"{source}: missing keys {missing}")
+  for k in ("created", "model", "device_kind", "platform", "jax_version", "jaxlib_version",
+            "dtype", "reducer"):
+    if not isinstance(d[k], str):
+      raise ValueError(f"{source}: {k} must be a string, got {d[k]!r}")
+  for k in ("config", "timing"):
+    if not isinstance(d[k], dict):
+      raise ValueError(f"{source}: {k} must be an object, got {type(d[k]).__name__}")
+  if not isinstance(d["modes"], list) or not set(d["modes"]) <= set(MODES):
+    raise ValueError(f"{source}: modes must be a list of {MODES}, got {d['modes']!r}")
+  if not isinstance(d["points"], list):
+    raise ValueError(f"{source}: points must be a list")
   points = []
   for i, p in enumerate(d["points"]):
+    if not isinstance(p, dict):
+      raise ValueError(f"{source}: point {i} is not an object")
     miss = [k for k in _POINT_KEYS if k not in p]
     if miss:
       raise ValueError(f"{source}: point {i} is missing keys {miss}")
+    bad = _bad_point_field(p)
+    if bad:
+      raise ValueError(f"{source}: point {i}: {bad}")
     try:
       points.append(Point(**{k: p[k] for k in _POINT_KEYS if k != "schedule"},
                           schedule=None if p["schedule"] is None else tuple(p["schedule"])))
     except (TypeError, ValueError) as e:
       raise ValueError(f"{source}: point {i}: {e}") from e
+  for k in ("steps", "flats", "predictions"):
+    if not isinstance(d.get(k, []), list) or not all(isinstance(x, dict) for x in d.get(k, [])):
+      raise ValueError(f"{source}: {k} must be a list of objects")
   return Profile(model=d["model"], config=d["config"], device_kind=d["device_kind"],
                  platform=d["platform"], jax_version=d["jax_version"],
                  jaxlib_version=d["jaxlib_version"], dtype=d["dtype"],
@@ -267,6 +286,39 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
                  points=tuple(points), created=d["created"],
                  steps=tuple(d.get("steps", ())), flats=tuple(d.get("flats", ())),
                  predictions=tuple(d.get("predictions", ())))
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _bad_point_field(p: Dict[str, Any]) -> Optional[str]:
+  """What is wrong with the field types/ranges of a point read from a file, or None.
+
+  Latencies must be numbers but may be NaN/inf here (`json` reads them; the solver reports
+  them by token count); sizes and counts must be positive integers."""
+  if not isinstance(p["component"], str):
+    return f"component must be a string, got {p['component']!r}"
+  for k in ("batch_size", "tokens"):
+    if not _is_int(p[k]) or p[k] < 1:
+      return f"{k} must be a positive integer, got {p[k]!r}"
+  for k in ("num_samples", "retries"):
+    if not _is_int(p[k]) or p[k] < 0:
+      return f"{k} must be a non-negative integer, got {p[k]!r}"
+  for k in ("median_s", "q25_s", "q75_s", "compile_s"):
+    if not _is_num(p[k]):
+      return f"{k} must be a number, got {p[k]!r}"
+  if not isinstance(p["samples_s"], list) or not all(_is_num(x) for x in p["samples_s"]):
+    return "samples_s must be a list of numbers"
+  sched = p["schedule"]
+  if sched is not None and (not isinstance(sched, list) or not all(
+      _is_int(c) and c >= 1 for c in sched)):
+    return f"schedule must be null or a list of positive integers, got {sched!r}"
+  return None
 
 
 # ----------------------------------------------------------------------------- CSV
