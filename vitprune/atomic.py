@@ -174,6 +174,32 @@ def cleanup_stale(path: str) -> None:
     _roll_forward(commit, parent)
   for tmp in stale["tmp"]:
     _remove(tmp)
+  _remove_unheld_lock(path)
+
+
+def _lock_path(path: str) -> str:
+  return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
+
+
+def _remove_unheld_lock(path: str) -> None:
+  """Removes the lock file of `path` if nobody holds it (a killed holder leaves it behind)."""
+  lock_path = _lock_path(path)
+  try:
+    fd = os.open(lock_path, os.O_RDWR)
+  except FileNotFoundError:
+    return
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    os.close(fd)
+    return                                   # held (possibly by this very process)
+  try:
+    if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+      os.unlink(lock_path)
+  except FileNotFoundError:
+    pass
+  finally:
+    os.close(fd)
 
 
 # ----------------------------------------------------------------------------- files
@@ -383,7 +409,7 @@ def locked(path: str) -> Iterator[None]:
   path = os.path.abspath(path)
   parent, name = os.path.dirname(path), os.path.basename(path)
   os.makedirs(parent, exist_ok=True)
-  lock_path = os.path.join(parent, f".{name}.lock")
+  lock_path = _lock_path(path)
   while True:
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
