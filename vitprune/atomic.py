@@ -407,8 +407,7 @@ def locked(path: str) -> Iterator[None]:
   """Exclusive lock for writers of `path`: `fcntl.flock` on the hidden sibling `.NAME.lock`,
   which is removed on release (a waiter that locked a removed file retries on the new one)."""
   path = os.path.abspath(path)
-  parent, name = os.path.dirname(path), os.path.basename(path)
-  os.makedirs(parent, exist_ok=True)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
   lock_path = _lock_path(path)
   while True:
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
