@@ -80,7 +80,8 @@ def check_config(cfg: ViTConfig) -> ViTConfig:
 
 
 def config_from_dict(d: Dict[str, Any]) -> ViTConfig:
-  """Inverse of `config_to_dict`; raises ValueError on unknown, missing or invalid fields."""
+  """Inverse of `config_to_dict`; raises ValueError on unknown or missing fields (field types
+  and ranges: `check_config`)."""
   if not isinstance(d, dict):
     raise ValueError(f"config must be an object, got {type(d).__name__}")
   d = dict(d)
@@ -98,7 +99,7 @@ def config_from_dict(d: Dict[str, Any]) -> ViTConfig:
         if k in prep:
           prep[k] = tuple(prep[k])
       d["preprocessing"] = Preprocessing(**prep)
-    return check_config(ViTConfig(**d))
+    return ViTConfig(**d)
   except TypeError as e:
     raise ValueError(f"invalid config: {e}") from None
 
@@ -194,7 +195,7 @@ def read_weights_config(path: str) -> Tuple[ViTConfig, Dict[str, Any]]:
   """(config, meta) of a weights directory, without touching the parameters."""
   cfg_file, doc = _read_doc(path)
   try:
-    cfg = config_from_dict(doc["config"])
+    cfg = check_config(config_from_dict(doc["config"]))
   except ValueError as e:
     raise ValueError(f"{cfg_file}: {e}") from None
   if "class_names" in doc and doc["class_names"] is not None:
