@@ -19,6 +19,7 @@ from vitprune.registry import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = {"format": "vitprune-test", "version": 1}
+IS_OURS = atomic.json_marker("marker.json", "vitprune-test")
 
 
 def _run_killed_at(phase, body):
@@ -43,7 +44,7 @@ def _hidden(parent):
 
 
 def _write_ours(path, text):
-  with atomic.staged_dir(str(path), overwrite=True) as tmp:
+  with atomic.staged_dir(str(path), overwrite=True, is_ours=IS_OURS) as tmp:
     atomic.write_json(os.path.join(tmp, "marker.json"), MARKER)
     with open(os.path.join(tmp, "data.txt"), "w") as f:
       f.write(text)
@@ -59,7 +60,8 @@ def test_staged_dir_sigkill_then_next_run_recovers_and_cleans(tmp_path, phase, s
   _write_ours(target, "old")
   _run_killed_at(phase, f"""
       from vitprune import atomic
-      with atomic.staged_dir({str(target)!r}, overwrite=True) as tmp:
+      is_ours = atomic.json_marker("marker.json", "vitprune-test")
+      with atomic.staged_dir({str(target)!r}, overwrite=True, is_ours=is_ours) as tmp:
         atomic.write_json(os.path.join(tmp, "marker.json"), {MARKER!r})
         open(os.path.join(tmp, "data.txt"), "w").write("new")
   """)
@@ -143,6 +145,11 @@ def test_overwrite_refuses_foreign_folders_and_files(tmp_path):
   with pytest.raises(atomic.ForeignOutputError, match="it is a regular file"):
     with atomic.staged_dir(str(afile)) as tmp:     # the transitional default refuses too
       pass
+  (foreign / "profile.json").write_text('{"format": "vitprune-latency-profile"}')
+  with pytest.raises(atomic.ForeignOutputError, match="not a vitprune weights, artifact or"):
+    with atomic.staged_dir(str(foreign)) as tmp:   # a folder holding one of our files: not ours
+      pass
+  (foreign / "profile.json").unlink()
   cfg = get_config("test_tiny_vit")
   from vitprune.model import init_params
   with pytest.raises(atomic.ForeignOutputError, match="not a vitprune-weights folder"):

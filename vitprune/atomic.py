@@ -64,29 +64,20 @@ def json_marker(filename: str, *formats: str) -> Callable[[str], bool]:
   return is_ours
 
 
+# Directory outputs vitprune writes, by marker file and format: weights directories
+# (checkpoint), deployed artifacts (deploy) and digits image folders (data).
+DIRECTORY_MARKERS = (("config.json", "vitprune-weights"), ("manifest.json", "vitprune-deploy"),
+                     (".vitprune-imagefolder.json", "vitprune-digits-imagefolder"))
+
+
 def is_vitprune_output(path: str) -> bool:
-  """Default ownership test: a directory with a top-level JSON file (hidden or not) whose
-  "format" starts with 'vitprune-' (weights config.json, artifact manifest.json, ...)."""
-  if not os.path.isdir(path) or os.path.islink(path):
-    return False
-  try:
-    names = sorted(os.listdir(path))
-  except OSError:
-    return False
-  for name in names:
-    if not name.endswith(".json"):
-      continue
-    try:
-      with open(os.path.join(path, name)) as f:
-        doc = json.load(f)
-    except (OSError, ValueError):
-      continue
-    if isinstance(doc, dict) and str(doc.get("format", "")).startswith("vitprune-"):
-      return True
-  return False
+  """Default ownership test: a directory carrying one of `DIRECTORY_MARKERS` (a weights
+  directory, a deployed artifact or a digits image folder)."""
+  return any(json_marker(name, fmt)(path) for name, fmt in DIRECTORY_MARKERS)
 
 
-is_vitprune_output.description = "a vitprune output folder (with a vitprune JSON marker)"
+is_vitprune_output.description = ("a vitprune weights, artifact or image folder (with its "
+                                  "config.json / manifest.json / .vitprune-imagefolder.json)")
 
 
 def _describe(path: str) -> str:
@@ -316,8 +307,8 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
       `path` is replaced if `is_ours(path)`, else `ForeignOutputError`. None (the transitional
       default for callers that check existence themselves): like True, still refusing anything
       that is not ours.
-    is_ours: recognises our own output (default `is_vitprune_output`: a folder with a JSON file
-      whose "format" starts with 'vitprune-').
+    is_ours: recognises our own output (default `is_vitprune_output`: a folder with one of
+      vitprune's directory markers).
 
   The previous directory is moved aside first and deleted only once the new one is in place; on
   an exception the staging directory is deleted and `path` is left untouched. A foreign target is
