@@ -37,11 +37,13 @@ def test_staged_dir_publishes_replaces_and_rolls_back(tmp_path):
     assert os.path.isdir(tmp) and not target.exists()
     (tmp_path / tmp / "a.txt").write_text("one")
   assert (target / "a.txt").read_text() == "one"
-  with atomic.staged_dir(str(target)) as tmp:   # replace an existing directory
+  ours = lambda p: os.path.isfile(os.path.join(p, "a.txt")) or os.path.isfile(
+      os.path.join(p, "b.txt"))
+  with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:   # replace ours
     (tmp_path / tmp / "b.txt").write_text("two")
   assert sorted(os.listdir(target)) == ["b.txt"]
   with pytest.raises(RuntimeError, match="boom"):
-    with atomic.staged_dir(str(target)) as tmp:
+    with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:
       (tmp_path / tmp / "c.txt").write_text("three")
       raise RuntimeError("boom")
   assert sorted(os.listdir(target)) == ["b.txt"]          # old content intact

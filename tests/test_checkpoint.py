@@ -122,3 +122,45 @@ def test_extra_json_files_are_part_of_the_atomic_write(tmp_path):
       checkpoint.save_weights(str(tmp_path / "v"), cfg, init_params(cfg, 0),
                               extra_json={bad: {}})
   assert sorted(os.listdir(tmp_path)) == ["w"]     # failed writes left nothing behind
+
+
+def test_class_names_recorded_and_validated(tmp_path):
+  cfg = get_config("test_tiny_vit")
+  names = [f"c{i}" for i in range(cfg.num_classes)]
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0),
+                                 class_names=names)
+  assert checkpoint.read_class_names(path) == tuple(names)
+  plain = checkpoint.save_weights(str(tmp_path / "p"), cfg, init_params(cfg, 0))
+  assert checkpoint.read_class_names(plain) is None
+  with pytest.raises(ValueError, match="class_names has 3 names but the model has 10 classes"):
+    checkpoint.save_weights(str(tmp_path / "v"), cfg, init_params(cfg, 0),
+                            class_names=["a", "b", "c"])
+  with pytest.raises(ValueError, match="class_names must be a list of non-empty strings"):
+    checkpoint.save_weights(str(tmp_path / "v"), cfg, init_params(cfg, 0), class_names="abc")
+  cfile = os.path.join(path, "config.json")
+  doc = json.load(open(cfile))
+  json.dump(dict(doc, class_names=names[:-1] + [names[0]]), open(cfile, "w"))
+  with pytest.raises(ValueError, match=r"config\.json: class_names repeats \['c0'\]"):
+    checkpoint.read_weights_config(path)
+  assert sorted(os.listdir(tmp_path)) == ["p", "w"]
+
+
+def test_non_finite_params_and_impossible_configs_refused(tmp_path):
+  cfg = get_config("test_tiny_vit")
+  params = init_params(cfg, 0)
+  params["head"]["bias"] = params["head"]["bias"].at[3].set(np.inf)
+  with pytest.raises(ValueError, match=r"NaN/inf values in \[\"\['head'\]\['bias'\]\"\]"):
+    checkpoint.save_weights(str(tmp_path / "w"), cfg, params)
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  cfile = os.path.join(path, "config.json")
+  doc = json.load(open(cfile))
+  for field, bad, match in [("img_size", -32, "img_size must be a positive integer"),
+                            ("depth", "2", "depth must be a positive integer"),
+                            ("norm_eps", float("inf"), "norm_eps must be a finite number")]:
+    json.dump(dict(doc, config=dict(doc["config"], **{field: bad})), open(cfile, "w"))
+    with pytest.raises(ValueError, match=match):
+      checkpoint.read_weights_config(path)
+  json.dump(dict(doc, meta=[1]), open(cfile, "w"))
+  with pytest.raises(ValueError, match="'meta' must be an object"):
+    checkpoint.read_weights_config(path)
+  assert os.listdir(tmp_path) == ["w"]

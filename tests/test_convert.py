@@ -445,3 +445,43 @@ def test_cli_subprocess_exit_codes(tmp_path):
   r = _cli("--model=test_tiny_vit", f"--checkpoint={tmp_path / 'missing.pth'}")
   assert r.returncode == 1 and "checkpoint file not found" in r.stderr
   assert "Traceback" not in r.stderr
+
+
+def test_non_finite_weights_impossible_sizes_and_failed_verify_write_nothing(tmp_path):
+  cfg, _, sd = tiny_sd()
+  src = tmp_path / "nan.safetensors"
+  bad = dict(sd)
+  bad["blocks.0.attn.qkv.bias"] = bad["blocks.0.attn.qkv.bias"].copy()
+  bad["blocks.0.attn.qkv.bias"][1] = np.nan
+  save_file(bad, str(src))
+  out = tmp_path / "weights" / "m"
+  with pytest.raises(ValueError, match=r"NaN/inf values in \['blocks.0.attn.qkv.bias'\]"):
+    convert.convert_checkpoint(cfg, str(src), str(out))
+  save_file(sd, str(src))
+  with pytest.raises(ValueError, match="img_size must be a positive integer, got -32"):
+    convert.convert_checkpoint(cfg.replace(img_size=-32), str(src), str(out))
+  # Finite weights whose outputs overflow: verify fails before anything is written.
+  huge = dict(sd, **{"head.weight": np.full_like(sd["head.weight"], 3e38)})
+  save_file(huge, str(src))
+  with pytest.raises(ValueError, match="verify: the converted model produced non-finite"):
+    convert.convert_checkpoint(cfg, str(src), str(out), verify=True)
+  assert not out.parent.exists() or os.listdir(out.parent) == []
+  save_file(sd, str(src))
+  path, params, meta = convert.convert_checkpoint(cfg, str(src), str(out), verify=True)
+  want = np.asarray(forward(params, np.random.default_rng(0).standard_normal(
+      (1, 32, 32, 3)).astype(np.float32), cfg=cfg))
+  assert meta["verified"]["top1"] == int(want.argmax())
+  assert checkpoint.read_weights_config(path)[1]["verified"] == meta["verified"]
+
+
+def test_overwrite_refuses_a_foreign_folder(tmp_path):
+  cfg, _, sd = tiny_sd()
+  src = tmp_path / "m.safetensors"
+  save_file(sd, str(src))
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "NOTES.txt").write_text("keep me")
+  with pytest.raises(FileExistsError, match=f"refusing to replace {out}: it is a folder"):
+    convert.convert_checkpoint(cfg, str(src), str(out), overwrite=True)
+  assert os.listdir(out) == ["NOTES.txt"] and sorted(os.listdir(tmp_path)) == [
+      "m.safetensors", "out"]

@@ -350,3 +350,20 @@ def test_fingerprints(tmp_path):
   info = data.dataset_info(ds, name="digits-test")
   assert info.num_examples == 10 and info.kind == "imagefolder" and info.labelled
   assert info.to_dict()["classes"] == list(data.DIGITS_CLASSES)
+
+
+def test_imagefolder_num_classes_without_names_and_foreign_overwrite(tmp_path):
+  root = data.write_digits_imagefolder(tmp_path / "d", limit=20)
+  ds = data.ImageFolder(root, num_classes=10)      # exactly the model's classes: by position
+  np.testing.assert_array_equal(ds.labels, data.ImageFolder(root).labels)
+  assert not ds.labelled_by_name and ds.folder_classes == data.DIGITS_CLASSES
+  with pytest.raises(ValueError, match="has 10 class folders .* the model has 5 classes"):
+    data.ImageFolder(root, num_classes=5)
+  with pytest.raises(ValueError, match="num_classes must be a non-negative int"):
+    data.ImageFolder(root, num_classes=-1)
+  foreign = tmp_path / "mine"
+  foreign.mkdir()
+  (foreign / "NOTES.txt").write_text("x")
+  with pytest.raises(FileExistsError, match="refusing to replace"):
+    data.write_digits_imagefolder(foreign, limit=10, overwrite=True)
+  assert os.listdir(foreign) == ["NOTES.txt"]

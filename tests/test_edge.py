@@ -194,7 +194,9 @@ def test_failed_compile_leaves_nothing(tmp_path, params, monkeypatch):
 
 def test_kit_profile_solve_deploy_run(tmp_path, params):
   from tests.test_solve import _estimate  # pylint: disable=g-import-not-at-top
-  from vitprune.solve_io import solve_paper_files  # pylint: disable=g-import-not-at-top
+  from vitprune import solve_stage  # pylint: disable=g-import-not-at-top
+  from vitprune.records.estimate import read_estimate  # pylint: disable=g-import-not-at-top
+  from vitprune.records.solution import read_solution, write_solution  # pylint: disable=g-import-not-at-top
   from vitprune.data import write_digits_imagefolder  # pylint: disable=g-import-not-at-top
   kit_dir, cache = str(tmp_path / "kit"), str(tmp_path / "cache")
   grid = (17, 9)
@@ -219,14 +221,12 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   assert all(p.component == "model" and p.median_s > 0 and p.num_samples >= 5
              for p in prof.points)
   est = _estimate(tmp_path, [None], sorted(grid), lambda l, n: 0.5 + n / 40, cfg=CFG, batch=1)
-  _, solution, _ = solve_paper_files(out, est, layer=1)
-  sol_path = str(tmp_path / "solution.json")
-  with open(sol_path, "w") as f:
-    json.dump(solution, f)
+  solution = solve_stage.solve_paper(records.load(out), read_estimate(est), layer=1)
+  paths = write_solution(solution, str(tmp_path / "solve"))
+  chosen = read_solution(paths["json"])
   art = str(tmp_path / "art")
-  chosen = deploy.read_solution(sol_path)
-  deploy.export_artifact(art, CFG, params, schedule=parse_schedule(CFG, chosen["schedule"]),
-                         reducer=make_reducer(chosen["method"]), batch_size=1,
+  deploy.export_artifact(art, CFG, params, schedule=chosen.schedule,
+                         reducer=make_reducer(chosen.method), batch_size=1,
                          targets=["iree:host"], verify=False)
   imgs = str(tmp_path / "imgs")
   write_digits_imagefolder(imgs)

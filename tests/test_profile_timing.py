@@ -95,3 +95,16 @@ def test_compile_many_threads_matches_jit_and_real_timing():
   assert all(m.median > 0 and len(m.samples) >= 5 for m in meas.values())
   with pytest.raises(ValueError, match="threads must be >= 1"):
     timing.compile_many(jobs, threads=0)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(min_run_time=float("inf")), "min_run_time must be > 0 and finite, got inf"),
+    (dict(min_run_time=float("nan")), "min_run_time must be > 0 and finite"),
+    (dict(max_rel_iqr=float("inf")), "max_rel_iqr must be > 0 and finite"),
+    (dict(min_run_time="1"), "min_run_time must be a number"),
+    (dict(warmup=1.5), "warmup must be an integer"),
+    (dict(max_reps=True), "max_reps must be an integer"),
+])
+def test_timing_config_rejects_non_finite_and_wrong_types(kw, match):
+  with pytest.raises(ValueError, match=match):
+    timing.TimingConfig(**kw)

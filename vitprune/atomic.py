@@ -1,16 +1,199 @@
-"""Atomic writes: files via a temporary file + `os.replace`, directories via a staged sibling.
+"""Atomic writes that never destroy what vitprune did not write.
 
-A reader sees either the old file/directory or the complete new one, never a half-written one; on
-any failure the temporary is removed and the old one is left as it was.
+* `write_bytes` / `write_json`: a file via a temporary sibling + `os.replace`.
+* `staged_dir`: a directory filled in a temporary sibling and published by one `rename`. Without
+  `overwrite` the publishing rename is the exclusive claim of the path (a directory cannot be
+  renamed onto a non-empty directory on Linux), so of two concurrent writers exactly one succeeds
+  and the other gets `FileExistsError`. With `overwrite`, only a target recognised by `is_ours`
+  (a marker such as vitprune's `config.json` / `manifest.json`) is replaced; anything else (a
+  regular file, a folder of someone else's files) is refused with `ForeignOutputError`.
+* `staged_files`: several files of one directory published as one transaction (a staged sibling
+  directory, committed by renaming it, then rolled forward file by file).
+* `locked`: an exclusive `fcntl.flock` on a hidden sibling lock file (removed again on release).
+
+Temporaries are hidden siblings named `.NAME.tmp-<pid>-<random>` (staging), `.NAME.old-<pid>-...`
+(the replaced directory, deleted once the new one is in place) and `.NAME.commit-<pid>-...` (a
+committed `staged_files` transaction). A run killed part-way leaves them behind; the next write
+of the same NAME removes those whose owning process is gone (`cleanup_stale`), restoring a
+replaced directory that a killed run had moved aside before publishing its own, and finishing a
+committed `staged_files` transaction.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+
+# Test hook: called with a phase name at each step of a write ('staged', 'moved_aside',
+# 'published', 'file_written', 'committed', 'renamed:<file>'); fault-injection tests make it
+# SIGKILL the process. None in normal use.
+fault_hook: Optional[Callable[[str], None]] = None
+
+
+def _phase(name: str) -> None:
+  if fault_hook is not None:
+    fault_hook(name)
+
+
+class ForeignOutputError(FileExistsError):
+  """The target exists but was not written by vitprune (so it is never replaced)."""
+
+
+# ----------------------------------------------------------------------------- ownership markers
+
+
+def json_marker(filename: str, *formats: str) -> Callable[[str], bool]:
+  """Predicate: `path` is a directory whose `filename` is a JSON object with "format" among
+  `formats` (e.g. `json_marker('config.json', 'vitprune-weights')`)."""
+
+  def is_ours(path: str) -> bool:
+    try:
+      with open(os.path.join(path, filename)) as f:
+        doc = json.load(f)
+    except (OSError, ValueError):
+      return False
+    return isinstance(doc, dict) and doc.get("format") in formats
+
+  is_ours.description = f"a {' / '.join(formats)} folder (with {filename})"
+  return is_ours
+
+
+# Directory outputs vitprune writes, by marker file and format: weights directories
+# (checkpoint), deployed artifacts (deploy) and digits image folders (data).
+DIRECTORY_MARKERS = (("config.json", "vitprune-weights"), ("manifest.json", "vitprune-deploy"),
+                     (".vitprune-imagefolder.json", "vitprune-digits-imagefolder"))
+
+
+def is_vitprune_output(path: str) -> bool:
+  """Default ownership test: a directory carrying one of `DIRECTORY_MARKERS` (a weights
+  directory, a deployed artifact or a digits image folder)."""
+  return any(json_marker(name, fmt)(path) for name, fmt in DIRECTORY_MARKERS)
+
+
+is_vitprune_output.description = ("a vitprune weights, artifact or image folder (with its "
+                                  "config.json / manifest.json / .vitprune-imagefolder.json)")
+
+
+def _describe(path: str) -> str:
+  if os.path.islink(path):
+    return "a symbolic link"
+  if os.path.isdir(path):
+    return "a folder"
+  return "a regular file" if os.path.isfile(path) else "not a folder"
+
+
+def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
+  """Raises `ForeignOutputError` naming `path` unless it is absent, an empty directory, or ours."""
+  if not os.path.lexists(path):
+    return
+  if os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path):
+    return
+  if os.path.isdir(path) and not os.path.islink(path) and is_ours(path):
+    return
+  what = getattr(is_ours, "description", "a vitprune output")
+  raise ForeignOutputError(f"refusing to replace {path}: it is {_describe(path)} that is not "
+                           f"{what}; move it away or choose another output path")
+
+
+# ----------------------------------------------------------------------------- stale temporaries
+
+_KINDS = ("tmp", "old", "commit")
+
+
+def _pid_alive(pid: int) -> bool:
+  if pid <= 0:
+    return False
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _temp_prefix(name: str, kind: str) -> str:
+  return f".{name}.{kind}-{os.getpid()}-"
+
+
+def _stale(parent: str, name: str) -> Dict[str, list]:
+  """{kind: [paths]} of `.NAME.<kind>-<pid>-<random>` siblings whose process is gone."""
+  pattern = re.compile(rf"^\.{re.escape(name)}\.({'|'.join(_KINDS)})-(\d+)-[A-Za-z0-9_]+$")
+  found: Dict[str, list] = {k: [] for k in _KINDS}
+  try:
+    entries = os.listdir(parent)
+  except FileNotFoundError:
+    return found
+  for entry in sorted(entries):
+    m = pattern.match(entry)
+    if m and not _pid_alive(int(m.group(2))):
+      found[m.group(1)].append(os.path.join(parent, entry))
+  return found
+
+
+def _remove(path: str) -> None:
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path, ignore_errors=True)
+  else:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(path)
+
+
+def cleanup_stale(path: str) -> None:
+  """Removes what killed writers of `path` left behind (only temporaries of dead processes).
+
+  A moved-aside previous directory (`.NAME.old-*/NAME`) is restored when `path` is missing (the
+  run died between moving it aside and publishing); a committed `staged_files` transaction
+  (`.NAME.commit-*`) is rolled forward; everything else is deleted.
+  """
+  path = os.path.abspath(path)
+  parent, name = os.path.dirname(path), os.path.basename(path)
+  stale = _stale(parent, name)
+  for old in stale["old"]:
+    inner = os.path.join(old, name)
+    if not os.path.lexists(path) and os.path.lexists(inner):
+      with contextlib.suppress(OSError):
+        os.rename(inner, path)
+    _remove(old)
+  for commit in stale["commit"]:
+    _roll_forward(commit, parent)
+  for tmp in stale["tmp"]:
+    _remove(tmp)
+  _remove_unheld_lock(path)
+
+
+def _lock_path(path: str) -> str:
+  return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
+
+
+def _remove_unheld_lock(path: str) -> None:
+  """Removes the lock file of `path` if nobody holds it (a killed holder leaves it behind)."""
+  lock_path = _lock_path(path)
+  try:
+    fd = os.open(lock_path, os.O_RDWR)
+  except FileNotFoundError:
+    return
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    os.close(fd)
+    return                                   # held (possibly by this very process)
+  try:
+    if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+      os.unlink(lock_path)
+  except FileNotFoundError:
+    pass
+  finally:
+    os.close(fd)
+
+
+# ----------------------------------------------------------------------------- files
 
 
 def write_bytes(path: str, data: bytes) -> str:
@@ -19,13 +202,15 @@ def write_bytes(path: str, data: bytes) -> str:
     raise TypeError(f"write_bytes needs bytes, got {type(data).__name__}")
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
+  cleanup_stale(path)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(os.path.basename(path), "tmp"))
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.chmod(tmp, 0o644)
+    _phase("file_written")
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -44,30 +229,194 @@ def write_json(path: str, obj: Any, *, indent: int = 2, sort_keys: bool = False)
   return write_bytes(path, text.encode())
 
 
+# ----------------------------------------------------------------------------- directories
+
+
+def _rename_failed_because_taken(e: OSError) -> bool:
+  return e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR)
+
+
+def _publish_exclusive(tmp: str, path: str) -> None:
+  """Renames `tmp` onto `path` only if `path` is absent or an empty directory (atomically)."""
+  if not os.listdir(tmp):
+    # An empty directory may replace an empty one: claim with mkdir instead.
+    os.rmdir(tmp)
+    try:
+      os.mkdir(path, 0o755)
+    except FileExistsError:
+      if not (os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)):
+        raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)") \
+            from None
+    return
+  try:
+    os.rename(tmp, path)
+  except OSError as e:
+    if _rename_failed_because_taken(e):
+      raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)") \
+          from None
+    raise
+
+
+def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> None:
+  """Replaces `path` (if ours) by `tmp`; the old one is moved aside, then deleted."""
+  parent, name = os.path.dirname(path), os.path.basename(path)
+  for _ in range(100):   # only concurrent writers make this loop more than once
+    try:
+      os.rename(tmp, path)            # absent or an empty directory
+      return
+    except OSError as e:
+      if not _rename_failed_because_taken(e):
+        raise
+    check_replaceable(path, is_ours)
+    old = tempfile.mkdtemp(prefix=_temp_prefix(name, "old"), dir=parent)
+    aside = os.path.join(old, name)
+    try:
+      try:
+        os.rename(path, aside)
+      except FileNotFoundError:
+        continue                        # another writer moved it: try again
+      _phase("moved_aside")
+      if not is_ours(aside):            # replaced by something foreign after the check
+        os.rename(aside, path)
+        check_replaceable(path, is_ours)
+        continue
+      try:
+        os.rename(tmp, path)
+      except OSError as e:
+        if not _rename_failed_because_taken(e):
+          with contextlib.suppress(OSError):
+            os.rename(aside, path)
+          raise
+        continue                        # another writer published meanwhile: replace theirs
+      _phase("published")
+      return
+    finally:
+      shutil.rmtree(old, ignore_errors=True)
+  raise FileExistsError(f"{path} keeps being replaced by concurrent writers; giving up")
+
+
 @contextlib.contextmanager
-def staged_dir(path: str) -> Iterator[str]:
-  """Yields an empty temporary sibling directory of `path` to fill; on normal exit it replaces
-  `path` (an existing one is moved aside first and deleted only once the new one is in place),
-  on an exception it is deleted and `path` is left untouched."""
+def staged_dir(path: str, *, overwrite: Optional[bool] = None,
+               is_ours: Optional[Callable[[str], bool]] = None) -> Iterator[str]:
+  """Yields an empty temporary sibling directory of `path` to fill; on normal exit publishes it.
+
+  Args:
+    path: the directory to create or replace.
+    overwrite: False: `path` must be absent (or an empty directory) at the moment of publishing,
+      else `FileExistsError` (exactly one of several concurrent writers wins). True: an existing
+      `path` is replaced if `is_ours(path)`, else `ForeignOutputError`. None (the transitional
+      default for callers that check existence themselves): like True, still refusing anything
+      that is not ours.
+    is_ours: recognises our own output (default `is_vitprune_output`: a folder with one of
+      vitprune's directory markers).
+
+  The previous directory is moved aside first and deleted only once the new one is in place; on
+  an exception the staging directory is deleted and `path` is left untouched. A foreign target is
+  refused before the body runs (and again at publishing). Temporaries of killed writers of the
+  same path are cleaned up first (`cleanup_stale`).
+  """
   path = os.path.abspath(path)
+  is_ours = is_ours or is_vitprune_output
   parent, name = os.path.dirname(path), os.path.basename(path)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+  cleanup_stale(path)
+  if overwrite is False:
+    if os.path.lexists(path) and not (os.path.isdir(path) and not os.path.islink(path)
+                                      and not os.listdir(path)):
+      raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
+  else:
+    check_replaceable(path, is_ours)
+  tmp = tempfile.mkdtemp(prefix=_temp_prefix(name, "tmp"), dir=parent)
   os.chmod(tmp, 0o755)
   try:
     yield tmp
-    if os.path.lexists(path):
-      old = tempfile.mkdtemp(prefix=f".{name}.old-", dir=parent)
-      os.rename(path, os.path.join(old, name))
-      try:
-        os.rename(tmp, path)
-      except BaseException:
-        os.rename(os.path.join(old, name), path)
-        raise
-      finally:
-        shutil.rmtree(old, ignore_errors=True)
+    _phase("staged")
+    if overwrite is False:
+      _publish_exclusive(tmp, path)
     else:
-      os.rename(tmp, path)
+      _publish_replacing(tmp, path, is_ours)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+
+
+# ----------------------------------------------------------------------------- file sets
+
+
+def _roll_forward(commit: str, directory: str) -> None:
+  """Moves every file of a committed transaction into `directory` (its order file first, the
+  listed order), then removes the commit directory."""
+  order_file = os.path.join(commit, ".order")
+  try:
+    with open(order_file) as f:
+      order = [n for n in f.read().split("\n") if n]
+  except OSError:
+    order = []
+  for n in order:
+    src = os.path.join(commit, n)
+    if os.path.lexists(src):
+      os.replace(src, os.path.join(directory, n))
+      _phase(f"renamed:{n}")
+  shutil.rmtree(commit, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str]:
+  """Publishes files `names` of `directory` together: yields a staging directory to write them
+  into; on exit the staging directory is committed (renamed to `.KEY.commit-...`) and its files
+  are moved into place in the order given (put the file readers check last). A run killed after
+  the commit is finished by the next `cleanup_stale(os.path.join(directory, key))`; one killed
+  before it leaves the old files as they were. Callers serialise writers (see `locked`)."""
+  directory = os.path.abspath(directory)
+  os.makedirs(directory, exist_ok=True)
+  cleanup_stale(os.path.join(directory, key))
+  tmp = tempfile.mkdtemp(prefix=_temp_prefix(key, "tmp"), dir=directory)
+  try:
+    yield tmp
+    missing = [n for n in names if not os.path.isfile(os.path.join(tmp, n))]
+    if missing:
+      raise FileNotFoundError(f"staged_files: {missing} were not written")
+    for n in names:
+      os.chmod(os.path.join(tmp, n), 0o644)
+    with open(os.path.join(tmp, ".order"), "w") as f:
+      f.write("\n".join(names) + "\n")
+    _phase("staged")
+    commit = os.path.join(directory, os.path.basename(tmp).replace(".tmp-", ".commit-", 1))
+    os.rename(tmp, commit)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  _phase("committed")
+  _roll_forward(commit, directory)
+
+
+# ----------------------------------------------------------------------------- locks
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[None]:
+  """Exclusive lock for writers of `path`: `fcntl.flock` on the hidden sibling `.NAME.lock`,
+  which is removed on release (a waiter that locked a removed file retries on the new one)."""
+  path = os.path.abspath(path)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  lock_path = _lock_path(path)
+  while True:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX)
+      try:
+        same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+      except FileNotFoundError:
+        same = False
+    except BaseException:
+      os.close(fd)
+      raise
+    if same:
+      break
+    os.close(fd)
+  try:
+    yield
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(lock_path)
+    os.close(fd)

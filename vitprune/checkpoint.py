@@ -2,29 +2,40 @@
 
 Layout of a weights directory (e.g. `weights/deit_small_patch16_224/`):
   config.json   {"format": "vitprune-weights", "version": 1, "config": ViTConfig fields,
-                 "meta": {free-form provenance: source checkpoint, its sha256, ...}}
+                 "meta": {free-form provenance: source checkpoint, its sha256, ...},
+                 "class_names": ["0", ..., "9"] (optional: the names of the outputs, in order)}
   params/       orbax `StandardCheckpointer` checkpoint of the float32 parameter tree
 
 `load_weights(dir)` needs nothing else: the config rebuilds the abstract tree orbax restores into.
 Writes are atomic: everything is written into a temporary sibling directory which is renamed into
-place only when complete, so a failure never leaves a partial `weights/<name>/`.
+place only when complete, so a failure never leaves a partial `weights/<name>/`. Without
+`overwrite` the path is claimed atomically (of two concurrent writers one gets FileExistsError);
+with it, only a weights directory (its config.json marker) is replaced, never a foreign folder.
+Non-finite parameters are refused.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vitprune import atomic
-from vitprune.config import ViTConfig, config_from_dict, config_to_dict
+from vitprune.config import ViTConfig, check_config, config_from_dict, config_to_dict
+from vitprune.data import check_class_names
 from vitprune.model import Params, abstract_params, param_shapes
 
 FORMAT = "vitprune-weights"
 VERSION = 1
+CONFIG_FILE = "config.json"
+
+# A directory is a weights directory (so `save_weights(overwrite=True)` may replace it) when its
+# config.json carries our format marker.
+is_weights_dir = atomic.json_marker(CONFIG_FILE, FORMAT)
 
 
 def check_params(cfg: ViTConfig, params: Params) -> None:
@@ -42,6 +53,14 @@ def check_params(cfg: ViTConfig, params: Params) -> None:
                      f"  unexpected: {unexpected}\n  shape mismatches: {mismatched}")
 
 
+def check_finite(params: Params, what: str = "parameters") -> None:
+  """Raises ValueError naming every leaf of `params` holding NaN or inf values."""
+  bad = [jax.tree_util.keystr(k) for k, v in jax.tree.flatten_with_path(params)[0]
+         if not np.all(np.isfinite(np.asarray(v)))]
+  if bad:
+    raise ValueError(f"{what} hold NaN/inf values in {bad}; refusing to save them")
+
+
 def _checkpointer():
   import orbax.checkpoint as ocp  # imported lazily: orbax import is slow
   return ocp.StandardCheckpointer()
@@ -49,23 +68,32 @@ def _checkpointer():
 
 def save_weights(path: str, cfg: ViTConfig, params: Params, *,
                  meta: Optional[Dict[str, Any]] = None, overwrite: bool = False,
-                 extra_json: Optional[Dict[str, Any]] = None) -> str:
+                 extra_json: Optional[Dict[str, Any]] = None,
+                 class_names: Optional[Sequence[str]] = None) -> str:
   """Writes `params` (float32) and `cfg` to directory `path` atomically; returns its abs path.
 
   `extra_json` ({file name: object}) adds JSON files (e.g. training metrics) to the same atomic
-  write, so the directory never exists without them.
+  write, so the directory never exists without them. `class_names` (one per output) are recorded
+  so image folders can be labelled by class name (`read_class_names`). Raises FileExistsError
+  when `path` exists (or is claimed meanwhile by another writer) and not `overwrite`,
+  `atomic.ForeignOutputError` when `overwrite` would replace something that is not a weights
+  directory, ValueError on mismatched or non-finite parameters.
   """
+  check_config(cfg)
   check_params(cfg, params)
   path = os.path.abspath(path)
-  if os.path.exists(path) and not overwrite:
-    raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
   params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
+  check_finite(params32)
   doc = {"format": FORMAT, "version": VERSION, "config": config_to_dict(cfg), "meta": meta or {}}
-  with atomic.staged_dir(path) as tmp:
+  if class_names is not None:
+    doc["class_names"] = list(check_class_names(
+        [str(c) for c in class_names] if isinstance(class_names, (list, tuple)) else class_names,
+        cfg.num_classes))
+  with atomic.staged_dir(path, overwrite=bool(overwrite), is_ours=is_weights_dir) as tmp:
     ckptr = _checkpointer()
     ckptr.save(os.path.join(tmp, "params"), params32)
     ckptr.wait_until_finished()
-    atomic.write_json(os.path.join(tmp, "config.json"), doc, sort_keys=True)
+    atomic.write_json(os.path.join(tmp, CONFIG_FILE), doc, sort_keys=True)
     for name, obj in (extra_json or {}).items():
       if name in ("config.json", "params") or os.path.basename(name) != name:
         raise ValueError(f"extra_json file name {name!r} must be a plain file name other than "
@@ -74,21 +102,49 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
   return path
 
 
-def read_weights_config(path: str) -> Tuple[ViTConfig, Dict[str, Any]]:
-  """(config, meta) of a weights directory, without touching the parameters."""
-  cfg_file = os.path.join(path, "config.json")
+def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
+  """(config.json path, its validated top-level document)."""
+  cfg_file = os.path.join(path, CONFIG_FILE)
   if not os.path.isfile(cfg_file):
     raise FileNotFoundError(f"{path} is not a vitprune weights directory (no config.json)")
   try:
     with open(cfg_file) as f:
       doc = json.load(f)
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{cfg_file} is corrupted: {e}") from None
+  if not isinstance(doc, dict):
+    raise ValueError(f"{cfg_file} is corrupted: not a JSON object")
   if doc.get("format") != FORMAT:
     raise ValueError(f"{cfg_file}: format {doc.get('format')!r} is not {FORMAT!r}")
   if doc.get("version") != VERSION:
     raise ValueError(f"{cfg_file}: unsupported version {doc.get('version')!r}")
-  return config_from_dict(doc["config"]), doc.get("meta", {})
+  if not isinstance(doc.get("config"), dict):
+    raise ValueError(f"{cfg_file}: 'config' must be an object of ViTConfig fields")
+  if not isinstance(doc.get("meta", {}), dict):
+    raise ValueError(f"{cfg_file}: 'meta' must be an object")
+  return cfg_file, doc
+
+
+def read_weights_config(path: str) -> Tuple[ViTConfig, Dict[str, Any]]:
+  """(config, meta) of a weights directory, without touching the parameters."""
+  cfg_file, doc = _read_doc(path)
+  try:
+    cfg = check_config(config_from_dict(doc["config"]))
+  except ValueError as e:
+    raise ValueError(f"{cfg_file}: {e}") from None
+  if "class_names" in doc and doc["class_names"] is not None:
+    check_class_names(doc["class_names"], cfg.num_classes, f"{cfg_file}: class_names")
+  return cfg, doc.get("meta", {})
+
+
+def read_class_names(path: str) -> Optional[Tuple[str, ...]]:
+  """The class names a weights directory records (index order), or None if it has none."""
+  cfg_file, doc = _read_doc(path)
+  names = doc.get("class_names")
+  if names is None:
+    return None
+  cfg, _ = read_weights_config(path)
+  return check_class_names(names, cfg.num_classes, f"{cfg_file}: class_names")
 
 
 def load_weights(path: str) -> Tuple[ViTConfig, Params]:

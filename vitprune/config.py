@@ -114,7 +114,10 @@ def config_to_dict(cfg: ViTConfig) -> Dict[str, Any]:
 
 
 def config_from_dict(d: Dict[str, Any]) -> ViTConfig:
-  """Inverse of `config_to_dict`; raises ValueError on unknown or missing fields."""
+  """Inverse of `config_to_dict`; raises ValueError on unknown or missing fields (field types
+  and ranges: `check_config`, `check_config_types`)."""
+  if not isinstance(d, dict):
+    raise ValueError(f"config must be an object, got {type(d).__name__}")
   d = dict(d)
   known = {f.name for f in dataclasses.fields(ViTConfig)}
   unknown = sorted(set(d) - known)
@@ -122,6 +125,8 @@ def config_from_dict(d: Dict[str, Any]) -> ViTConfig:
     raise ValueError(f"config has unknown fields {unknown}")
   prep = d.pop("preprocessing", None)
   if prep is not None:
+    if not isinstance(prep, dict):
+      raise ValueError("invalid config: preprocessing must be an object")
     prep = dict(prep)
     for k in ("mean", "std"):
       if k in prep:
@@ -134,6 +139,42 @@ def config_from_dict(d: Dict[str, Any]) -> ViTConfig:
     return ViTConfig(**d)
   except TypeError as e:
     raise ValueError(f"invalid config: {e}") from None
+
+
+_POSITIVE_INTS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
+                  "mlp_hidden")
+_NON_NEGATIVE_INTS = ("num_classes", "num_reg_tokens")
+
+
+def check_config(cfg: ViTConfig) -> ViTConfig:
+  """Raises ValueError on impossible sizes or wrongly typed fields (e.g. img_size=-32)."""
+  for f in _POSITIVE_INTS + _NON_NEGATIVE_INTS:
+    v = getattr(cfg, f)
+    if isinstance(v, bool) or not isinstance(v, int) or v < (1 if f in _POSITIVE_INTS else 0):
+      kind = "a positive" if f in _POSITIVE_INTS else "a non-negative"
+      raise ValueError(f"{cfg.name}: {f} must be {kind} integer, got {v!r}")
+  for f in ("class_token", "dist_token", "no_embed_class", "layerscale"):
+    if not isinstance(getattr(cfg, f), bool):
+      raise ValueError(f"{cfg.name}: {f} must be true or false, got {getattr(cfg, f)!r}")
+  if isinstance(cfg.norm_eps, bool) or not isinstance(cfg.norm_eps, (int, float)) or not (
+      math.isfinite(cfg.norm_eps) and cfg.norm_eps > 0):
+    raise ValueError(f"{cfg.name}: norm_eps must be a finite number > 0, got {cfg.norm_eps!r}")
+  prep = cfg.preprocessing
+  if isinstance(prep.input_size, bool) or not isinstance(prep.input_size, int) or (
+      prep.input_size < 1):
+    raise ValueError(f"{cfg.name}: preprocessing.input_size must be a positive integer, got "
+                     f"{prep.input_size!r}")
+  for f in ("mean", "std"):
+    v = getattr(prep, f)
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+               for x in v) or (f == "std" and not all(x > 0 for x in v)):
+      raise ValueError(f"{cfg.name}: preprocessing.{f} must be finite numbers"
+                       f"{' > 0' if f == 'std' else ''}, got {v!r}")
+  if not (isinstance(prep.crop_pct, (int, float)) and math.isfinite(prep.crop_pct)
+          and 0 < prep.crop_pct <= 1):
+    raise ValueError(f"{cfg.name}: preprocessing.crop_pct must be in (0, 1], got "
+                     f"{prep.crop_pct!r}")
+  return cfg
 
 
 def check_config_types(cfg: ViTConfig, where: str, error: Type[ValueError] = ValueError) -> None:
@@ -155,3 +196,7 @@ def check_config_types(cfg: ViTConfig, where: str, error: Type[ValueError] = Val
     if not ok:
       raise error(f"{where}: model.config.{f.name} must be {type(default).__name__}, "
                   f"got {value!r}")
+  try:
+    check_config(cfg)
+  except ValueError as e:
+    raise error(f"{where}: model.config: {e}") from None

@@ -320,6 +320,8 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
     `cfg.grid_size` (timm: ('bicubic', True); big_vision npz: ('bilinear', False)).
   Raises `ConversionError` listing every missing key, unexpected key and shape mismatch.
   """
+  from vitprune.checkpoint import check_config
+  check_config(cfg)
   patterns = tuple(ignore_keys) + (HEAD_KEYS if drop_head else ())
   sd = {k: v for k, v in normalize_state_dict(state_dict).items()
         if not any(fnmatch.fnmatchcase(k, p) for p in patterns)}
@@ -331,6 +333,9 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
                 if tuple(np.shape(sd[k])) != want[k]]
   if missing or unexpected or mismatched:
     raise ConversionError(cfg.name, missing, unexpected, mismatched)
+  nonfinite = sorted(k for k in want if not np.all(np.isfinite(np.asarray(sd[k], np.float32))))
+  if nonfinite:
+    raise ValueError(f"checkpoint has NaN/inf values in {nonfinite}; refusing to convert it")
   leaves, treedef = jax.tree.flatten_with_path(param_shapes(cfg),
                                                is_leaf=lambda x: isinstance(x, tuple))
   values = []
@@ -363,21 +368,46 @@ def convert_file(cfg: ViTConfig, path: str, *, drop_head: bool = False,
   return params, meta
 
 
+def verify_forward(cfg: ViTConfig, params: Params) -> Dict[str, Any]:
+  """Runs the model on a fixed standard-normal image (seed 0) -> summary of its outputs;
+  raises ValueError if they are not finite."""
+  from vitprune.model import jitted_forward
+  x = np.random.default_rng(0).standard_normal(
+      (1, cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32)
+  y = np.asarray(jitted_forward(params, x, cfg=cfg))
+  if not np.all(np.isfinite(y)):
+    raise ValueError("verify: the converted model produced non-finite outputs")
+  summary = {"input": "standard normal, seed 0", "kind": "logits" if cfg.num_classes else
+             "features", "shape": list(y.shape), "mean": float(y.mean()), "std": float(y.std())}
+  if cfg.num_classes:
+    summary["top1"] = int(y.argmax())
+  return summary
+
+
 def convert_checkpoint(cfg: ViTConfig, checkpoint: str, out: str, *, overwrite: bool = False,
-                       drop_head: bool = False, ignore_keys: Sequence[str] = ()
-                       ) -> Tuple[str, Params, Dict[str, Any]]:
+                       drop_head: bool = False, ignore_keys: Sequence[str] = (),
+                       verify: bool = False) -> Tuple[str, Params, Dict[str, Any]]:
   """Converts `checkpoint` for `cfg` and saves it atomically with `save_weights` under `out`.
 
-  Returns (absolute output dir, params, meta). Nothing is written unless conversion succeeds;
-  the output directory is refused up front if it exists and `overwrite` is False.
+  Returns (absolute output dir, params, meta). Nothing is written unless conversion succeeds
+  (and, with `verify`, unless the converted model's outputs on a fixed input are finite: their
+  summary is `meta['verified']`). The output directory is refused up front if it exists and
+  `overwrite` is False, or if `overwrite` would replace something that is not a weights
+  directory. NaN/inf weights and impossible sizes (e.g. a non-positive img_size) are refused.
   """
-  from vitprune.checkpoint import save_weights
+  from vitprune import atomic  # pylint: disable=g-import-not-at-top
+  from vitprune.checkpoint import check_config, is_weights_dir, save_weights
+  check_config(cfg)
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"{os.path.abspath(out)} already exists (pass overwrite=True / "
                           "--overwrite)")
+  if overwrite:
+    atomic.check_replaceable(os.path.abspath(out), is_weights_dir)
   params, meta = convert_file(cfg, checkpoint, drop_head=drop_head, ignore_keys=ignore_keys)
   meta["converted_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds")
+  if verify:
+    meta["verified"] = verify_forward(cfg, params)
   path = save_weights(out, cfg, params, meta=meta, overwrite=overwrite)
   return path, params, meta
 

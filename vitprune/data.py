@@ -44,6 +44,9 @@ _PIL_FILTERS = {
 }
 
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
+DIGITS_MARKER = ".vitprune-imagefolder.json"
+DIGITS_FORMAT = "vitprune-digits-imagefolder"
+is_digits_imagefolder = atomic.json_marker(DIGITS_MARKER, DIGITS_FORMAT)
 _SPLITS = ("train", "test", "all")
 
 
@@ -112,8 +115,15 @@ def load_image(path: str) -> Image.Image:
 class ImageFolder:
   """A read-only image folder, labelled (`root/<class>/**/<img>`) or unlabelled (`root/<img>`).
 
-  Labelled: classes are the sorted subdirectory names (torchvision order), `class_to_idx` maps
-  them to 0..K-1, and each class contributes its image files in torchvision's walk order.
+  Labelled: each class folder contributes its image files in torchvision's walk order. Labels:
+  * `class_names` given (the model's output names, index order, e.g. from
+    `checkpoint.read_class_names`): a folder's label is the index of its name among them, so a
+    folder holding only some classes (`3/`, `5/`) is labelled right; a folder name that is not
+    a class name is a ValueError. `classes` is then `class_names`.
+  * else, with `num_classes` given (the model's output count): the folders must be exactly
+    `num_classes` classes (labels by sorted position, torchvision order), otherwise ValueError:
+    a subset of the classes cannot be labelled without names.
+  * else (neither given): torchvision's behaviour, labels 0..K-1 by sorted folder name.
   Unlabelled: the sorted image files directly in `root`; `labels` is all -1 and `classes` empty.
 
   `labelled=None` detects the mode: subfolders present -> labelled, else unlabelled. Images are
@@ -122,14 +132,22 @@ class ImageFolder:
   Attributes:
     root: the dataset root (absolute path).
     labelled: whether samples carry class labels.
-    classes: class names, `()` when unlabelled.
+    classes: class names (label index -> name), `()` when unlabelled.
+    folder_classes: the class folders present (sorted), `()` when unlabelled.
     class_to_idx: `{class name: index}`, `{}` when unlabelled.
     files: image paths relative to `root`, `[N]`, with '/' separators.
     labels: int32 `[N]`, -1 when unlabelled (read-only array).
   """
 
-  def __init__(self, root: Union[str, os.PathLike], *, labelled: Optional[bool] = None):
+  def __init__(self, root: Union[str, os.PathLike], *, labelled: Optional[bool] = None,
+               class_names: Optional[Sequence[str]] = None,
+               num_classes: Optional[int] = None):
     root = os.path.abspath(os.fspath(root))
+    if class_names is not None:
+      class_names = check_class_names(class_names, num_classes)
+    elif num_classes is not None and (isinstance(num_classes, bool) or not isinstance(
+        num_classes, (int, np.integer)) or num_classes < 0):
+      raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
     if not os.path.exists(root):
       raise FileNotFoundError(f"dataset root {root!r} does not exist")
     if not os.path.isdir(root):
@@ -137,11 +155,14 @@ class ImageFolder:
     classes = find_classes(root)
     if labelled is None:
       labelled = bool(classes)
+    folder_classes = classes
     if labelled:
       if not classes:
         raise FileNotFoundError(f"no class subfolders found in dataset root {root!r}")
+      index = _label_index(root, classes, class_names, num_classes)
       files, labels = [], []
-      for idx, name in enumerate(classes):
+      for name in classes:
+        idx = index[name]
         found = _class_files(os.path.join(root, name))
         if not found:
           raise FileNotFoundError(
@@ -156,18 +177,24 @@ class ImageFolder:
             f"no image files (extensions {', '.join(IMG_EXTENSIONS)}) directly in unlabelled "
             f"dataset root {root!r}")
       labels = [-1] * len(files)
-      classes = ()
+      classes = folder_classes = ()
+    if labelled and class_names is not None:
+      classes = class_names
     label_arr = np.asarray(labels, np.int32)
     label_arr.setflags(write=False)
     self._root = root
     self._labelled = bool(labelled)
     self._classes = tuple(classes)
+    self._folder_classes = tuple(folder_classes)
+    self._by_name = labelled and class_names is not None
     self._files = tuple(f.replace(os.sep, "/") for f in files)
     self._labels = label_arr
 
   root = property(lambda self: self._root)
   labelled = property(lambda self: self._labelled)
   classes = property(lambda self: self._classes)
+  folder_classes = property(lambda self: self._folder_classes)
+  labelled_by_name = property(lambda self: self._by_name)
   files = property(lambda self: self._files)
   labels = property(lambda self: self._labels)
 
@@ -202,6 +229,41 @@ class ImageFolder:
   def load(self, i: int) -> Image.Image:
     """Decoded PIL image of sample `i` (see `load_image` for errors)."""
     return load_image(self.path(i))
+
+
+def check_class_names(class_names, num_classes: Optional[int] = None,
+                      source: str = "class_names") -> Tuple[str, ...]:
+  """`class_names` as a tuple of distinct non-empty strings (`num_classes` of them when given),
+  else ValueError naming `source`."""
+  if isinstance(class_names, (str, bytes)) or not isinstance(class_names, (list, tuple)) or (
+      not all(isinstance(c, str) and c for c in class_names)):
+    raise ValueError(f"{source} must be a list of non-empty strings, got {class_names!r}")
+  names = tuple(class_names)
+  if num_classes is not None and len(names) != num_classes:
+    raise ValueError(f"{source} has {len(names)} names but the model has {num_classes} classes")
+  repeated = sorted({c for c in names if names.count(c) > 1})
+  if repeated:
+    raise ValueError(f"{source} repeats {repeated}")
+  return names
+
+
+def _label_index(root: str, folders: Tuple[str, ...], class_names: Optional[Tuple[str, ...]],
+                 num_classes: Optional[int]) -> dict:
+  """{class folder: label} by name (class_names), or by sorted position (see ImageFolder)."""
+  if class_names is not None:
+    unknown = [f for f in folders if f not in class_names]
+    if unknown:
+      shown = list(class_names) if len(class_names) <= 20 else (
+          list(class_names[:20]) + [f"... {len(class_names) - 20} more"])
+      raise ValueError(f"class folder(s) {unknown} in {root!r} are not among the model's class "
+                       f"names {shown}")
+    return {f: class_names.index(f) for f in folders}
+  if num_classes is not None and len(folders) != num_classes:
+    raise ValueError(f"{root!r} has {len(folders)} class folders {list(folders)[:20]} but the "
+                     f"model has {num_classes} classes and records no class names, so folders "
+                     f"cannot be matched to outputs; pass class_names (weights saved with "
+                     f"class_names=...) or use a folder with exactly {num_classes} classes")
+  return {f: i for i, f in enumerate(folders)}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -616,7 +678,9 @@ def write_digits_imagefolder(root: Union[str, os.PathLike], split: str = "test",
 
   `<idx>` is the index into `load_digits_arrays()`, zero-padded to 4 digits so that file order
   is index order. The folder is written into a temporary sibling directory and renamed into
-  place, so `root` either does not exist or is complete.
+  place, so `root` either does not exist or is complete. A hidden marker file
+  (`.vitprune-imagefolder.json`, ignored by `ImageFolder`) lets `overwrite=True` replace a
+  folder written here, and only such a folder.
 
   Args:
     root: target directory; must not exist (or be empty) unless `overwrite=True`.
@@ -627,14 +691,13 @@ def write_digits_imagefolder(root: Union[str, os.PathLike], split: str = "test",
     The absolute path of `root`.
   """
   root = os.path.abspath(os.fspath(root))
-  if os.path.exists(root) and not overwrite:
-    if not os.path.isdir(root) or os.listdir(root):
-      raise FileExistsError(f"{root!r} already exists; pass overwrite=True to replace it")
   images, labels = load_digits_arrays()
   idx = _split_indices(split, labels, seed, test_fraction)
   if limit is not None:
     idx = idx[balanced_subset(labels[idx], limit, seed)]
-  with atomic.staged_dir(root) as tmp:
+  with atomic.staged_dir(root, overwrite=overwrite, is_ours=is_digits_imagefolder) as tmp:
+    atomic.write_json(os.path.join(tmp, DIGITS_MARKER), {"format": DIGITS_FORMAT,
+                                                         "split": split, "seed": seed})
     for c in np.unique(labels[idx]):
       os.makedirs(os.path.join(tmp, DIGITS_CLASSES[c]))
     for i in idx:
@@ -669,6 +732,8 @@ def dataset_fingerprint(dataset_or_arrays, indices: Optional[Sequence[int]] = No
   if isinstance(dataset_or_arrays, ImageFolder):
     ds = dataset_or_arrays
     h.update(f"imagefolder labelled={ds.labelled}\n".encode())
+    if ds.labelled_by_name:   # labels depend on the class names too
+      h.update(f"class_names={list(ds.classes)}\n".encode())
     for i in _selected(len(ds), indices):
       h.update(f"{ds.files[i]}\t{os.path.getsize(ds.path(int(i)))}\n".encode())
     return h.hexdigest()

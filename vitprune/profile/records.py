@@ -2,7 +2,12 @@
 
 One JSON file per (model, mode, batch size, dtype, device) run, named
 `<model>_<mode>_b<batch>_<dtype>_<device>.json`, next to a CSV twin (one row per point) and a PNG
-plot. Files are written atomically (temporary file in the same directory, then `os.replace`).
+plot. `save` merges into an existing profile of the same name point by point (new measurements
+replace points of the same key, the others are kept; a different model config, dtype, device
+kind or platform is refused), under a lock (`atomic.locked`) so concurrent runs lose nothing, and
+publishes JSON, CSV and PNG as one transaction (`atomic.staged_files`, the JSON last): a run
+killed part-way leaves the previous set, or a committed set that the next write completes.
+A file that is not a latency profile is never replaced.
 
 JSON schema (version 1), all latencies in seconds:
 
@@ -52,7 +57,7 @@ import io
 import json
 import os
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from vitprune.profile import predict as predict_lib
 from vitprune import atomic
@@ -247,16 +252,35 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
   missing = [k for k in _TOP_KEYS if k not in d]
   if missing:
     raise ValueError(f"{source}: missing keys {missing}")
+  for k in ("created", "model", "device_kind", "platform", "jax_version", "jaxlib_version",
+            "dtype", "reducer"):
+    if not isinstance(d[k], str):
+      raise ValueError(f"{source}: {k} must be a string, got {d[k]!r}")
+  for k in ("config", "timing"):
+    if not isinstance(d[k], dict):
+      raise ValueError(f"{source}: {k} must be an object, got {type(d[k]).__name__}")
+  if not isinstance(d["modes"], list) or not set(d["modes"]) <= set(MODES):
+    raise ValueError(f"{source}: modes must be a list of {MODES}, got {d['modes']!r}")
+  if not isinstance(d["points"], list):
+    raise ValueError(f"{source}: points must be a list")
   points = []
   for i, p in enumerate(d["points"]):
+    if not isinstance(p, dict):
+      raise ValueError(f"{source}: point {i} is not an object")
     miss = [k for k in _POINT_KEYS if k not in p]
     if miss:
       raise ValueError(f"{source}: point {i} is missing keys {miss}")
+    bad = _bad_point_field(p)
+    if bad:
+      raise ValueError(f"{source}: point {i}: {bad}")
     try:
       points.append(Point(**{k: p[k] for k in _POINT_KEYS if k != "schedule"},
                           schedule=None if p["schedule"] is None else tuple(p["schedule"])))
     except (TypeError, ValueError) as e:
       raise ValueError(f"{source}: point {i}: {e}") from e
+  for k in ("steps", "flats", "predictions"):
+    if not isinstance(d.get(k, []), list) or not all(isinstance(x, dict) for x in d.get(k, [])):
+      raise ValueError(f"{source}: {k} must be a list of objects")
   return Profile(model=d["model"], config=d["config"], device_kind=d["device_kind"],
                  platform=d["platform"], jax_version=d["jax_version"],
                  jaxlib_version=d["jaxlib_version"], dtype=d["dtype"],
@@ -264,6 +288,39 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
                  points=tuple(points), created=d["created"],
                  steps=tuple(d.get("steps", ())), flats=tuple(d.get("flats", ())),
                  predictions=tuple(d.get("predictions", ())), source=source)
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _bad_point_field(p: Dict[str, Any]) -> Optional[str]:
+  """What is wrong with the field types/ranges of a point read from a file, or None.
+
+  Latencies must be numbers but may be NaN/inf here (`json` reads them; the solver reports
+  them by token count); sizes and counts must be positive integers."""
+  if not isinstance(p["component"], str):
+    return f"component must be a string, got {p['component']!r}"
+  for k in ("batch_size", "tokens"):
+    if not _is_int(p[k]) or p[k] < 1:
+      return f"{k} must be a positive integer, got {p[k]!r}"
+  for k in ("num_samples", "retries"):
+    if not _is_int(p[k]) or p[k] < 0:
+      return f"{k} must be a non-negative integer, got {p[k]!r}"
+  for k in ("median_s", "q25_s", "q75_s", "compile_s"):
+    if not _is_num(p[k]):
+      return f"{k} must be a number, got {p[k]!r}"
+  if not isinstance(p["samples_s"], list) or not all(_is_num(x) for x in p["samples_s"]):
+    return "samples_s must be a list of numbers"
+  sched = p["schedule"]
+  if sched is not None and (not isinstance(sched, list) or not all(
+      _is_int(c) and c >= 1 for c in sched)):
+    return f"schedule must be null or a list of positive integers, got {sched!r}"
+  return None
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -305,14 +362,46 @@ def file_stem(profile: Profile) -> str:
           f"{_slug(profile.device_kind)}")
 
 
-def save(profile: Profile, out_dir: str, stem: Optional[str] = None) -> Dict[str, str]:
-  """Writes `<stem>.json` and `<stem>.csv` atomically -> {'json': path, 'csv': path}."""
+def save(profile: Profile, out_dir: str, stem: Optional[str] = None, *,
+         extra: Optional[Dict[str, Callable[[Profile, str], Any]]] = None) -> Dict[str, str]:
+  """Merges `profile` into `<stem>.json` / `<stem>.csv` (and `extra` files) -> {kind: path}.
+
+  An existing `<stem>.json` must be a latency profile of the same model config, dtype, device
+  kind and platform (else ValueError, nothing written); its points are kept unless measured
+  again (see `merge`). `extra` maps a file kind (its extension, e.g. 'png') to `fn(profile,
+  path)` writing that file for the merged profile; all files are published together.
+  """
   stem = stem or file_stem(profile)
-  paths = {"json": os.path.join(out_dir, stem + ".json"),
-           "csv": os.path.join(out_dir, stem + ".csv")}
-  text = json.dumps(to_json(profile), indent=1, allow_nan=False)
-  atomic.write_bytes(paths["json"], text.encode())
-  atomic.write_bytes(paths["csv"], to_csv(profile).encode())
+  out_dir = os.path.abspath(out_dir)
+  kinds = ["csv"] + sorted(extra or {}) + ["json"]          # the JSON is published last
+  paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in kinds}
+  with atomic.locked(paths["json"]):
+    atomic.cleanup_stale(paths["json"])                       # finish a killed run's commit
+    if os.path.lexists(paths["json"]):
+      try:
+        existing = load(paths["json"])
+      except (OSError, ValueError) as e:
+        raise ValueError(f"refusing to replace {paths['json']}: it is not a readable latency "
+                         f"profile ({e})") from None
+      try:
+        profile = merge([existing, profile])
+      except ValueError as e:
+        raise ValueError(f"cannot merge into {paths['json']}: {e}") from None
+    else:
+      foreign = [paths[k] for k in kinds if os.path.lexists(paths[k])]
+      if foreign:
+        raise ValueError(f"refusing to replace {foreign}: no profile {paths['json']} beside "
+                         "them, so they were not written by vitprune")
+    text = json.dumps(to_json(profile), indent=1, allow_nan=False)
+    csv_text = to_csv(profile)
+    names = [os.path.basename(paths[k]) for k in kinds]
+    with atomic.staged_files(out_dir, os.path.basename(paths["json"]), names) as tmp:
+      with open(os.path.join(tmp, names[0]), "w") as f:
+        f.write(csv_text)
+      for k in sorted(extra or {}):
+        extra[k](profile, os.path.join(tmp, os.path.basename(paths[k])))
+      with open(os.path.join(tmp, names[-1]), "w") as f:
+        f.write(text)
   return paths
 
 

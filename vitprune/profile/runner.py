@@ -313,10 +313,11 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
 
 
 def write_outputs(profile: records.Profile, out_dir: str) -> Dict[str, str]:
-  """JSON + CSV + PNG of `profile` in `out_dir` (atomic) -> {'json', 'csv', 'png': path}."""
-  paths = records.save(profile, out_dir)
-  paths["png"] = plot_lib.plot_profile(profile, os.path.splitext(paths["json"])[0] + ".png")
-  return paths
+  """JSON + CSV + PNG of `profile` in `out_dir` -> {'json', 'csv', 'png': path}.
+
+  Merged point by point into an existing profile of the same name, under a lock, and published
+  together (`records.save`): the PNG plots the merged profile."""
+  return records.save(profile, out_dir, extra={"png": plot_lib.plot_profile})
 
 
 def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import math
 import time
 from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
@@ -43,8 +44,16 @@ class TimingConfig:
   seed: int = 0
 
   def __post_init__(self):
-    if not self.min_run_time > 0:
-      raise ValueError(f"min_run_time must be > 0 seconds, got {self.min_run_time}")
+    for name in ("min_run_time", "max_rel_iqr"):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {v!r}")
+      if not math.isfinite(v) or not v > 0:
+        raise ValueError(f"{name} must be > 0 and finite, got {v}")
+    for name in ("warmup", "min_reps", "max_reps", "max_retries", "seed"):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {v!r}")
     if self.warmup < 0:
       raise ValueError(f"warmup must be >= 0, got {self.warmup}")
     if self.min_reps < 3:
@@ -52,10 +61,10 @@ class TimingConfig:
                        f"got {self.min_reps}")
     if self.max_reps < self.min_reps:
       raise ValueError(f"max_reps {self.max_reps} < min_reps {self.min_reps}")
-    if not self.max_rel_iqr > 0:
-      raise ValueError(f"max_rel_iqr must be > 0, got {self.max_rel_iqr}")
     if self.max_retries < 0:
       raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+    if self.seed < 0:
+      raise ValueError(f"seed must be >= 0, got {self.seed}")
 
 
 @dataclasses.dataclass(frozen=True)
