@@ -113,7 +113,9 @@ def main(argv):
     if FLAGS.data.strip().lower() != "none":
       if FLAGS.num_images is not None and FLAGS.num_images < 1:
         raise ValueError(f"--num_images must be >= 1, got {FLAGS.num_images}")
-      data = estimate.load_eval_data(FLAGS.data, num_images=FLAGS.num_images, seed=FLAGS.seed)
+      data = estimate.load_eval_data(FLAGS.data, num_images=FLAGS.num_images, seed=FLAGS.seed,
+                                     class_names=common.class_names(source),
+                                     num_classes=cfg.num_classes)
     elif FLAGS.num_images is not None:
       raise ValueError("--num_images needs data (--data is 'none')")
   except (ValueError, KeyError, FileNotFoundError) as e:

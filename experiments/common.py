@@ -20,6 +20,13 @@ def quiet_logging() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
+def class_names(weights_source: str) -> Optional[Tuple[str, ...]]:
+  """The class names recorded with the weights `load_model` loaded (None for random weights
+  or weights that record none): image-folder labels are matched to them by name."""
+  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top
+  return checkpoint.read_class_names(weights_source) if os.path.isdir(weights_source) else None
+
+
 def load_model(model: Optional[str], weights: Optional[str], seed: int = 0
                ) -> Tuple[Any, Any, str]:
   """The `--model` / `--weights` rule every CLI follows -> (cfg, params, source description).

@@ -57,7 +57,8 @@ def run(model: str, checkpoint: str, *, img_size: Optional[int] = None,
   cfg = base.replace(**overrides) if overrides else base
   out = out or default_out(model, img_size, base.img_size)
   path, params, meta = convert_checkpoint(cfg, checkpoint, out, overwrite=overwrite,
-                                          drop_head=drop_head, ignore_keys=ignore_keys)
+                                          drop_head=drop_head, ignore_keys=ignore_keys,
+                                          verify=verify)
   print(f"converted {meta['source_file']} ({meta['source_format']}, sha256 "
         f"{meta['source_sha256'][:12]}) -> {path}")
   print(f"{cfg.name}: {count_params(params):,} parameters, img_size {cfg.img_size}, "
@@ -67,15 +68,9 @@ def run(model: str, checkpoint: str, *, img_size: Optional[int] = None,
     print(f"pos_embed resampled {tuple(r['from'])} -> {tuple(r['to'])} ({r['interpolation']}, "
           f"antialias={r['antialias']})")
   if verify:
-    from vitprune.model import jitted_forward
-    x = np.random.default_rng(0).standard_normal(
-        (1, cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32)
-    y = np.asarray(jitted_forward(params, x, cfg=cfg))
-    if not np.all(np.isfinite(y)):
-      raise ValueError("verify: the converted model produced non-finite outputs")
-    kind = "logits" if cfg.num_classes else "features"
-    print(f"verify: {kind} {y.shape}, mean {y.mean():+.6f}, std {y.std():.6f}"
-          + (f", top-1 class {int(y.argmax())}" if cfg.num_classes else ""))
+    v = meta["verified"]
+    print(f"verify: {v['kind']} {tuple(v['shape'])}, mean {v['mean']:+.6f}, std {v['std']:.6f}"
+          + (f", top-1 class {v['top1']}" if v.get("top1") is not None else ""))
   return path
 
 

@@ -118,9 +118,7 @@ def run(argv_flags=FLAGS) -> str:
   elif opts:
     raise ValueError("--method_opts given with --method=none")
   _, params = checkpoint.load_weights(f.weights)
-  names = meta.get("class_names") or meta.get("classes")
-  if not (isinstance(names, list) and len(names) == cfg.num_classes):
-    names = None
+  names = checkpoint.read_class_names(f.weights)
   return deploy.export_artifact(
       f.out, cfg, params, schedule=schedule, reducer=reducer,
       reducer_name=None if reducer is None else method.lower(), reducer_options=opts,

@@ -113,7 +113,8 @@ def main(argv: Sequence[str]):
       layers = [parse_layer(layer_text, cfg.depth)]
       points = estimate.token_points(cfg, tokens, reducer, layer=layers[0])
     data = estimate.load_eval_data(FLAGS.data, num_images=FLAGS.num_images, seed=FLAGS.seed,
-                                   split=FLAGS.split)
+                                   split=FLAGS.split, class_names=common.class_names(source),
+                                   num_classes=cfg.num_classes)
     result = estimate.evaluate(cfg, params, data.batches(cfg, FLAGS.batch_size,
                                                          FLAGS.num_workers),
                                points, labelled=data.labelled, dtype=FLAGS.dtype,

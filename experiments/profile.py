@@ -113,7 +113,8 @@ def pipeline_from_flags():
       layer=_LAYER.value, method=_METHOD.value, timing=tcfg, threads=_THREADS.value,
       seed=_SEED.value, solver=_SOLVER.value, accuracy_floor=_FLOOR.value,
       latency_budget=_BUDGET.value)
-  return cfg, params, source, spec, pipeline.load_data(spec)
+  return cfg, params, source, spec, pipeline.load_data(spec, common.class_names(source),
+                                                       cfg.num_classes)
 
 
 def spec_from_flags():

@@ -103,7 +103,7 @@ def run(f=FLAGS) -> dict:
     raise ValueError("--artifact and --images are required")
   model = load(f.artifact)
   bs = choose_batch_size(model.batch_size, f.batch_size)
-  dataset = ImageFolder(f.images)
+  dataset = ImageFolder(f.images, class_names=model.class_names, num_classes=model.num_outputs)
   out = classify(model, dataset, bs, f.num_workers)
   names = model.class_names
   rows = []

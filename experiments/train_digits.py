@@ -15,6 +15,7 @@ platform) inside the weights directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import sys
@@ -64,6 +65,10 @@ class TrainConfig:
     if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
       raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], "
                        f"got {self.warmup_epochs}")
+    for name in ("lr", "label_smoothing", "weight_decay", "min_lr_ratio", "clip_norm",
+                 "test_fraction", "warmup_epochs", "max_shift"):
+      if not math.isfinite(getattr(self, name)):
+        raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
     if not self.lr > 0:
       raise ValueError(f"lr must be > 0, got {self.lr}")
     if not 0.0 <= self.label_smoothing < 1.0:
@@ -315,6 +320,7 @@ def main(argv):
                    "devices": [str(d) for d in jax.devices()]},
   }
   path = checkpoint.save_weights(out, cfg, params, meta=meta, overwrite=FLAGS.overwrite,
+                                 class_names=data.DIGITS_CLASSES,
                                  extra_json={"metrics.json": metrics})
   print(f"held-out accuracy {test_acc:.4f} (train {train_acc:.4f}); {train_seconds:.0f}s; "
         f"saved to {path}")

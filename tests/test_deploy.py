@@ -420,7 +420,9 @@ def _write_pngs(root, layout):
 
 
 def test_clis_end_to_end(tmp_path, params):
-  weights = save_weights(str(tmp_path / "w"), CFG, params, meta={"source": "test"})
+  names = [str(i) for i in range(10)]
+  weights = save_weights(str(tmp_path / "w"), CFG, params, meta={"source": "test"},
+                         class_names=names)
   sol = solution_file(tmp_path / "solution.json", CFG, [17, 17, 9])
   out = str(tmp_path / "art")
   res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
@@ -453,8 +455,9 @@ def test_clis_end_to_end(tmp_path, params):
     want.extend(np.argmax(np.asarray(logits), -1)[idx >= 0].tolist())
   assert [r["file"] for r in got["predictions"]] == list(ds.files)
   assert [r["pred"] for r in got["predictions"]] == want
-  assert [r["label"] for r in got["predictions"]] == [0, 0, 1, 1, 1]  # folder order
-  labels = [0, 0, 1, 1, 1]
+  # Labels by class name, not by folder position: folders 0/ and 3/ are classes 0 and 3.
+  assert [r["label"] for r in got["predictions"]] == [0, 0, 3, 3, 3]
+  labels = [0, 0, 3, 3, 3]
   assert got["accuracy"] == pytest.approx(np.mean(np.asarray(want) == labels))
   lat = got["latency"]
   assert lat["batch_size"] == 2 and len(lat["samples_s"]) == 5

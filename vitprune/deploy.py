@@ -52,6 +52,9 @@ PARAMS_DIR = "params"
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 IDENTITY_PREFIX = "vitprune_"
 
+# `export_artifact(overwrite=True)` replaces only a directory whose manifest.json is ours.
+is_artifact_dir = atomic.json_marker(MANIFEST_FILE, FORMAT)
+
 Params = Dict[str, Any]
 
 
@@ -246,6 +249,8 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite)")
+  if overwrite:   # refuse a foreign folder before the (slow) export, not after
+    atomic.check_replaceable(out, is_artifact_dir)
   checkpoint.check_params(cfg, params)
   schedule = check_schedule(cfg, schedule, reducer)
   if class_names is not None:
@@ -267,7 +272,7 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   manifest = dataclasses.replace(manifest, files=dict(
       manifest.files, forward_sha256=hashlib.sha256(blob).hexdigest(),
       calling_convention_version=int(exported.calling_convention_version)))
-  with atomic.staged_dir(out) as tmp:
+  with atomic.staged_dir(out, overwrite=overwrite, is_ours=is_artifact_dir) as tmp:
     with open(os.path.join(tmp, FORWARD_FILE), "wb") as f:
       f.write(blob)
     ckptr = _checkpointer()

@@ -29,7 +29,7 @@ import dataclasses
 import os
 import platform
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +42,7 @@ from vitprune.config import ViTConfig
 from vitprune.digest import params_sha256
 from vitprune.model import Params, jitted_forward
 from vitprune.records.estimate import (FIDELITY_METRICS, LABELLED_METRICS, VERSION, Estimate,
-                                       EstimatePoint, Scores)
+                                       EstimatePoint, Scores, default_metric)
 from vitprune.reduce.base import TokenReducer
 from vitprune.schedule import Schedule, check_schedule, full_schedule
 
@@ -314,6 +314,24 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
                     batch_size=batch_size, num_devices=placement.num_devices)
 
 
+def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",
+                       reducer: Optional[TokenReducer], *, batch_size: int = 64,
+                       dtype: str = "float32") -> Callable[[Sequence[Sequence[int]]], List[float]]:
+  """A function `[counts, ...] -> [metric, ...]` that measures schedules of `reducer` on `data`
+  (one data pass per call; the metric is accuracy when labelled, else top-1 agreement): what the
+  solve stage calls to check an accuracy floor on measurements."""
+  metric = default_metric(data.labelled)
+
+  def measure(counts_list):
+    points = [EvalPoint(Schedule(tuple(int(c) for c in counts)), reducer, int(counts[-1]), None)
+              for counts in counts_list]
+    result = evaluate(cfg, params, data.batches(cfg, batch_size), points,
+                      labelled=data.labelled, dtype=dtype)
+    return [float(getattr(r, metric)) for r in result.points]
+
+  return measure
+
+
 # ----------------------------------------------------------------------------------------------
 # Data selection.
 # ----------------------------------------------------------------------------------------------
@@ -359,10 +377,14 @@ def subset_indices(labels: np.ndarray, labelled: bool, num_images: Optional[int]
 
 
 def load_eval_data(spec: str, *, num_images: Optional[int] = None, seed: int = 0,
-                   split: str = "test", split_seed: int = 0) -> EvalData:
+                   split: str = "test", split_seed: int = 0,
+                   class_names: Optional[Sequence[str]] = None,
+                   num_classes: Optional[int] = None) -> EvalData:
   """`spec` 'digits' (scikit-learn digits, `split` of `digits_split(split_seed)`) or an image
   folder (labelled `root/<class>/...` or a flat unlabelled folder); optionally a seeded subset of
-  `num_images` (class-balanced when labelled)."""
+  `num_images` (class-balanced when labelled). Folder labels follow the model's `class_names`
+  by name (a subset of the classes works); without names the folders must be exactly
+  `num_classes` (else a clear error instead of silently shifted labels)."""
   if spec == "digits":
     ds = data_lib.digits_dataset()
     if split not in ("train", "test", "all"):
@@ -379,7 +401,7 @@ def load_eval_data(spec: str, *, num_images: Optional[int] = None, seed: int = 0
     return EvalData(ds, idx, True, info)
   if not os.path.isdir(spec):
     raise FileNotFoundError(f"data {spec!r} is neither 'digits' nor an existing directory")
-  ds = data_lib.ImageFolder(spec)
+  ds = data_lib.ImageFolder(spec, class_names=class_names, num_classes=num_classes)
   idx = subset_indices(ds.labels, ds.labelled, num_images, seed)
   info = data_lib.dataset_info(ds, idx).to_dict()
   info["selection"] = {"num_images": num_images, "subset_seed": seed}

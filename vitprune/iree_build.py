@@ -346,7 +346,8 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
   leaves = _leaves32(params)
   names = [jax.tree_util.keystr(k) for k, _ in jax.tree.flatten_with_path(params)[0]]
   blob, entries = edge_rt.pack_weights(leaves, names)
-  with atomic.staged_dir(out) as tmp:
+  with atomic.staged_dir(out, overwrite=overwrite,
+                         is_ours=atomic.json_marker(KIT_MANIFEST, KIT_FORMAT)) as tmp:
     with open(os.path.join(tmp, KIT_WEIGHTS), "wb") as f:
       f.write(blob)
     os.makedirs(os.path.join(tmp, "modules"))

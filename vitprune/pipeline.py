@@ -16,14 +16,15 @@ under `latency_budget`, else best utility); stage 4 is unchanged, so the solver'
 are checked against the real graph and data.
 
 The stages pass typed records in memory (`Profile`, `Estimate`, `Solution`, `Verification`);
-only the output step writes files under `out_dir` (profile/, estimate/, solve/ and summary.json,
-written last), so the stages can be rerun or inspected separately with their own CLIs.
+only the output step writes files under `out_dir` (profile/, estimate/, solve/ and summary.json)
+as one transaction (staged, then published together), so the stages can be rerun or inspected
+separately with their own CLIs and a killed run never leaves a mix of two runs.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -83,9 +84,12 @@ class PipelineSpec:
     return tuple(range(cfg.num_tokens, cfg.num_prefix_tokens, -step))
 
 
-def load_data(spec: PipelineSpec) -> estimate_lib.EvalData:
-  """The evaluation data `spec` names (raises FileNotFoundError / ValueError on bad input)."""
-  return estimate_lib.load_eval_data(spec.data, num_images=spec.num_images, seed=spec.seed)
+def load_data(spec: PipelineSpec, class_names: Optional[Sequence[str]] = None,
+              num_classes: Optional[int] = None) -> estimate_lib.EvalData:
+  """The evaluation data `spec` names, image-folder labels matched to the model's
+  `class_names` (raises FileNotFoundError / ValueError on bad input)."""
+  return estimate_lib.load_eval_data(spec.data, num_images=spec.num_images, seed=spec.seed,
+                                     class_names=class_names, num_classes=num_classes)
 
 
 def _measure_graphs(cfg: ViTConfig, params: Params, graphs: Dict[str, Tuple[Schedule, Any]],
@@ -147,21 +151,6 @@ def _estimate(cfg, params, spec, tokens, data, weights_source, log) -> Estimate:
       labelled=data.labelled, dtype=spec.dtype)
 
 
-def _data_evaluator(cfg, params, spec, data) -> solve_stage.Evaluator:
-  """Measures schedules (counts) of `spec.method` on `data`: one data pass per call."""
-  reducer = make_reducer(spec.method)
-  metric = default_metric(data.labelled)
-
-  def evaluate(counts_list):
-    points = [estimate_lib.EvalPoint(Schedule(tuple(c)), reducer, c[-1], None)
-              for c in counts_list]
-    result = estimate_lib.evaluate(cfg, params, data.batches(cfg, spec.eval_batch_size), points,
-                                   labelled=data.labelled, dtype=spec.dtype)
-    return [float(getattr(r, metric)) for r in result.points]
-
-  return evaluate
-
-
 def _solve(cfg, params, spec, data, profile, estimate, log) -> Solution:
   """Stage 3: the paper's n* or the multi-layer choice (floor checked on the data)."""
   if spec.solver == "paper":
@@ -181,7 +170,9 @@ def _solve(cfg, params, spec, data, profile, estimate, log) -> Solution:
     sol = solve_stage.solve_multilayer(
         profile, estimate, accuracy_floor=spec.accuracy_floor,
         latency_budget=spec.latency_budget, alpha=spec.alpha, allow_batch_mismatch=True,
-        evaluate=_data_evaluator(cfg, params, spec, data))
+        evaluate=estimate_lib.schedule_evaluator(cfg, params, data, make_reducer(spec.method),
+                                                 batch_size=spec.eval_batch_size,
+                                                 dtype=spec.dtype))
     log(f"  frontier: {len(sol.frontier)} schedules")
     if sol.basis == "measured":
       got, floor = sol.chosen.measured_accuracy, spec.accuracy_floor
@@ -238,46 +229,71 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
                        verification)
 
 
+SUMMARY_FILE = "summary.json"
+SUMMARY_FORMAT = "vitprune-pipeline"
+_LAYOUT = {"profile", "estimate", "solve", SUMMARY_FILE}
+
+
+def is_pipeline_dir(path: str) -> bool:
+  """A pipeline output directory (ours to replace): its summary.json carries our format, or it
+  holds nothing but the pipeline's own layout (runs from before the format marker)."""
+  if atomic.json_marker(SUMMARY_FILE, SUMMARY_FORMAT)(path):
+    return True
+  try:
+    names = set(os.listdir(path))
+  except OSError:
+    return False
+  return SUMMARY_FILE in names and names <= _LAYOUT
+
+
 def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
                   weights_source: str, profile: records.Profile, estimate: Estimate,
                   solution: Solution, verification: Verification) -> Dict[str, Any]:
-  """The output step: profile/, estimate/, solve/ and summary.json (written last)."""
+  """The output step, one transaction: profile/, estimate/, solve/ and summary.json are written
+  into a staged sibling of `out_dir` and published together (a killed run leaves the previous
+  outputs whole, never a mix). `out_dir` is replaced only when it is a pipeline output."""
+  out_dir = os.path.abspath(out_dir)
   cfg = solution.config
   metric = default_metric(data.labelled)
-  profile_paths = runner.write_outputs(profile, os.path.join(out_dir, "profile"))
   name = f"{cfg.name}_{estimate.method}_{'embed' if spec.solver == 'paper' else 'layers'}.json"
-  estimate_path = write_estimate(os.path.join(out_dir, "estimate", name), estimate,
-                                 overwrite=True)
-  solution_paths = write_solution(solution, os.path.join(out_dir, "solve"))
-  v, chosen = verification, solution.chosen
-  summary = {
-      "model": cfg.name, "weights": weights_source, "device_kind": profile.device_kind,
-      "platform": profile.platform, "batch_size": spec.batch_size, "dtype": spec.dtype,
-      "data": spec.data, "num_images": int(len(data.indices)), "metric": metric,
-      "solver": spec.solver, "alpha": spec.alpha,
-      "n_star": int(chosen.counts[-1]) if spec.solver == "paper" else None,
-      "schedule": chosen.schedule, "counts": list(chosen.counts),
-      "method": spec.method, "basis": solution.basis,
-      "predicted": {"latency_ms": 1e3 * chosen.predicted_latency_s,
-                    metric: chosen.predicted_accuracy},
-      "unpruned": {"counts": list(full_schedule(cfg).counts),
-                   "latency_ms": 1e3 * v.unpruned.median,
-                   "iqr_ms": 1e3 * v.unpruned.iqr,
-                   metric: float(getattr(v.check.reference, metric))},
-      "pruned": {"latency_ms": 1e3 * v.pruned.median,
-                 "iqr_ms": 1e3 * v.pruned.iqr,
-                 metric: float(getattr(v.check.points[0], metric)),
-                 "agreement_with_unpruned": float(v.check.points[0].agreement)},
-      "files": {"profile": profile_paths["json"], "estimate": estimate_path,
-                "solution": solution_paths["json"], "solution_plot": solution_paths["png"],
-                "profile_plot": profile_paths["png"]},
-      # One-token steps only: a drop between distant grid counts is not localised.
-      "steps": [_describe_step(s) for s in profile.steps if s["n_from"] - s["n_to"] == 1],
-  }
-  summary["speedup"] = summary["unpruned"]["latency_ms"] / summary["pruned"]["latency_ms"]
-  path = os.path.join(out_dir, "summary.json")
-  atomic.write_json(path, summary, indent=1)
-  summary["files"]["summary"] = path
+  with atomic.staged_dir(out_dir, overwrite=True, is_ours=is_pipeline_dir) as tmp:
+
+    def final(path: str) -> str:   # where a staged file will be once published
+      return os.path.join(out_dir, os.path.relpath(path, tmp))
+
+    profile_paths = runner.write_outputs(profile, os.path.join(tmp, "profile"))
+    estimate_path = write_estimate(os.path.join(tmp, "estimate", name), estimate)
+    solution_paths = write_solution(solution, os.path.join(tmp, "solve"))
+    v, chosen = verification, solution.chosen
+    summary = {
+        "format": SUMMARY_FORMAT, "version": 1,
+        "model": cfg.name, "weights": weights_source, "device_kind": profile.device_kind,
+        "platform": profile.platform, "batch_size": spec.batch_size, "dtype": spec.dtype,
+        "data": spec.data, "num_images": int(len(data.indices)), "metric": metric,
+        "solver": spec.solver, "alpha": spec.alpha,
+        "n_star": int(chosen.counts[-1]) if spec.solver == "paper" else None,
+        "schedule": chosen.schedule, "counts": list(chosen.counts),
+        "method": spec.method, "basis": solution.basis,
+        "predicted": {"latency_ms": 1e3 * chosen.predicted_latency_s,
+                      metric: chosen.predicted_accuracy},
+        "unpruned": {"counts": list(full_schedule(cfg).counts),
+                     "latency_ms": 1e3 * v.unpruned.median,
+                     "iqr_ms": 1e3 * v.unpruned.iqr,
+                     metric: float(getattr(v.check.reference, metric))},
+        "pruned": {"latency_ms": 1e3 * v.pruned.median,
+                   "iqr_ms": 1e3 * v.pruned.iqr,
+                   metric: float(getattr(v.check.points[0], metric)),
+                   "agreement_with_unpruned": float(v.check.points[0].agreement)},
+        "files": {"profile": final(profile_paths["json"]), "estimate": final(estimate_path),
+                  "solution": final(solution_paths["json"]),
+                  "solution_plot": final(solution_paths["png"]),
+                  "profile_plot": final(profile_paths["png"])},
+        # One-token steps only: a drop between distant grid counts is not localised.
+        "steps": [_describe_step(s) for s in profile.steps if s["n_from"] - s["n_to"] == 1],
+    }
+    summary["speedup"] = summary["unpruned"]["latency_ms"] / summary["pruned"]["latency_ms"]
+    atomic.write_json(os.path.join(tmp, SUMMARY_FILE), summary, indent=1)
+  summary["files"]["summary"] = os.path.join(out_dir, SUMMARY_FILE)
   return summary
 
 
