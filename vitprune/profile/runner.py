@@ -101,9 +101,7 @@ def head_fn(cfg: ViTConfig, dtype: str) -> Callable:
   """(head params, x [B, n, C]) -> [B, K] float32: final norm (token pooling), pool, head."""
   def fn(hp, x):
     with jax.default_matmul_precision(_precision(dtype)):
-      if cfg.global_pool == "token":
-        x = model_lib.layer_norm(hp["norm"], x, cfg.norm_eps)
-      return model_lib.head(hp, x, cfg).astype(jnp.float32)
+      return model_lib.forward_head(hp, model_lib.final_norm(hp, x, cfg), cfg=cfg)
   return fn
 
 
