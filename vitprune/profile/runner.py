@@ -38,7 +38,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
+from tqdm import tqdm
 
 from vitprune import model as model_lib
 from vitprune.config import ViTConfig
@@ -233,7 +235,6 @@ def _measure(keys, *, spec, params, images, reducer, bar) -> Dict[Key, timing.Me
 
 
 def device_info() -> Dict[str, str]:
-  import jaxlib  # pylint: disable=g-import-not-at-top
   dev = jax.devices()[0]
   return dict(device_kind=str(dev.device_kind), platform=jax.default_backend(),
               jax_version=jax.__version__, jaxlib_version=jaxlib.__version__)
@@ -242,7 +243,6 @@ def device_info() -> Dict[str, str]:
 def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool = True,
                   log: Callable[[str], None] = print) -> records.Profile:
   """Measures one batch size -> an analysed `records.Profile` (nothing written)."""
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   cfg = spec.cfg
   reducer, reducer_name = make_drop_reducer(spec.reducer)
   rng = np.random.default_rng(spec.seed)
