@@ -8,7 +8,7 @@ drop tokens right after the embedding and how many tokens one block may remove
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Protocol, Tuple
+from typing import NamedTuple, Optional, Protocol, Tuple, runtime_checkable
 
 import jax
 
@@ -25,8 +25,12 @@ class AttentionStats(NamedTuple):
   values: jax.Array
 
 
+@runtime_checkable
 class TokenReducer(Protocol):
-  """Reduces `[B, N, C]` tokens to `[B, num_keep, C]`; prefix tokens are kept, in order."""
+  """Reduces `[B, N, C]` tokens to `[B, num_keep, C]`; prefix tokens are kept, in order.
+
+  `isinstance(obj, TokenReducer)` checks that every member below is present.
+  """
 
   # Short lower-case name (the `make_reducer` key), used in messages and records.
   name: str
