@@ -45,13 +45,14 @@ from __future__ import annotations
 import dataclasses
 import operator
 import re
-from typing import List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from vitprune.config import ViTConfig
-from vitprune.reduce.base import TokenReducer
-from vitprune.reduce.tome import tome_max_remove
+
+if TYPE_CHECKING:  # deployed models load schedules without importing vitprune.reduce
+  from vitprune.reduce.base import TokenReducer
 
 DEFAULT_POMT_LAYER = 3  # the paper's default reduction block
 
@@ -371,6 +372,8 @@ def remove_per_layer(cfg: ViTConfig, r: RSpec, inflection: Optional[float] = Non
     if not isinstance(r, int) or isinstance(r, bool):
       raise TypeError(f"with inflection=, r must be an int, got {r!r}")
     r = (r, inflection)
+  # Lazy: deployed models load schedules without importing vitprune.reduce (test_deploy).
+  from vitprune.reduce.tome import tome_max_remove  # pylint: disable=g-import-not-at-top
   rs = tome_r_list(cfg.depth, r)
   n = counts[0]
   out = [n]
