@@ -8,7 +8,8 @@ Prints the tokens entering each block and leaving the last one, top-1 agreement 
 model with the unpruned one on a batch of images (features: mean cosine similarity when the model
 has no classifier head; top-1 accuracy too when the images are labelled), and the latency of both
 compiled graphs on the local device (AOT compile, warm-up, `block_until_ready`, median and IQR of
-`--repeats` runs, `vitprune.profile.timing`).
+`--repeats` runs, `vitprune.profile.timing`). The work is `vitprune.prune.run_prune`; this file
+parses flags, loads the model and images, and prints.
 
 Data: `--weights=DIR` loads a checkpoint written by `vitprune.checkpoint.save_weights` (its config
 replaces `--model`); `vit_digits` without weights uses the embedded `weights/vit_digits`; any
@@ -18,22 +19,20 @@ the bundled digits test split and other models deterministic synthetic images.
 """
 from __future__ import annotations
 
-import functools
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 from absl import app
 from absl import flags
 
 from experiments import common
-import jax
 import numpy as np
 
 from vitprune import data as data_lib
 from vitprune import model as vit
 from vitprune import schedule as S
 from vitprune.config import ViTConfig
-from vitprune.profile import timing
-from vitprune.reduce import list_methods, make_reducer
+from vitprune.prune import run_prune
+from vitprune.reduce import list_methods
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "vit_digits", "Registered model name (random-init weights, except "
@@ -50,17 +49,6 @@ flags.DEFINE_integer("repeats", 20, "Timed runs per graph (median reported).")
 flags.DEFINE_integer("warmup", 3, "Untimed runs per graph before timing.")
 flags.DEFINE_integer("random_seed", 0, "Subset seed of --method=random.")
 flags.DEFINE_bool("evit_normalize", False, "EViT: weighted mean instead of the paper's sum.")
-
-
-def default_schedule(cfg: ViTConfig, method: str) -> S.Schedule:
-  """A valid, modest schedule for any model: a quarter of the patches removed, at the embedding
-  for 'random', with ToMe's r form for 'tome', else at block min(3, depth - 1) (POMT's default)."""
-  remove = max(1, cfg.num_patches // 4)
-  if method == "random":
-    return S.drop_after_embedding(cfg, cfg.num_tokens - remove)
-  if method == "tome":
-    return S.remove_per_layer(cfg, max(1, -(-remove // cfg.depth)))
-  return S.prune_at(cfg, remove=remove, layer=min(S.DEFAULT_POMT_LAYER, cfg.depth - 1))
 
 
 def synthetic_images(cfg: ViTConfig, n: int, seed: int) -> np.ndarray:
@@ -93,72 +81,6 @@ def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int
   imgs, labels, idx = next(iter(data_lib.iterate_batches(ds, cfg.preprocessing, batch_size,
                                                          indices=indices)))
   return imgs, labels, data_lib.batch_valid_mask(idx)
-
-
-def _compile(params, images, **static):
-  """AOT-compiles the forward for `static` -> (executable, seconds)."""
-  return timing.compile_fn(functools.partial(vit.forward, **static), params, images)
-
-
-def time_compiled(compiled, params, images, *, warmup: int, repeats: int) -> Dict[str, float]:
-  """Median / IQR seconds of `repeats` calls of `compiled(params, images)` (device-resident
-  inputs), with the profiler's timing protocol."""
-  cfg = timing.TimingConfig(min_run_time=1e-9, warmup=warmup, min_reps=max(3, repeats),
-                            max_reps=max(3, repeats))
-  m = timing.summarize(timing.time_calls(compiled, (params, images), cfg))
-  return {"median_s": m.median, "iqr_s": m.iqr}
-
-
-def agreement(pruned: np.ndarray, full: np.ndarray, valid: np.ndarray, classifier: bool) -> float:
-  """Top-1 agreement of logits [B, K] (or mean cosine similarity of features [B, C])."""
-  pruned, full = pruned[valid], full[valid]
-  if classifier:
-    return float(np.mean(pruned.argmax(-1) == full.argmax(-1)))
-  num = (pruned * full).sum(-1)
-  den = np.linalg.norm(pruned, axis=-1) * np.linalg.norm(full, axis=-1)
-  return float(np.mean(num / np.maximum(den, 1e-12)))
-
-
-def run_prune(cfg: ViTConfig, params, images: np.ndarray, *, method: str,
-              schedule: Optional[S.Schedule], labels: Optional[np.ndarray] = None,
-              valid: Optional[np.ndarray] = None, dtype: str = "float32", warmup: int = 3,
-              repeats: int = 20, reducer_options: Optional[Dict[str, Any]] = None
-              ) -> Dict[str, Any]:
-  """Compiles, runs and times the unpruned and the pruned forward on `images` [B, S, S, C]."""
-  if repeats < 1 or warmup < 0:
-    raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
-  reducer = make_reducer(method, **(reducer_options or {}))
-  schedule = default_schedule(cfg, method) if schedule is None else schedule
-  S.check_schedule(cfg, schedule, reducer)
-  b = images.shape[0]
-  valid = np.ones(b, bool) if valid is None else np.asarray(valid, bool)
-  labels = np.full(b, -1) if labels is None else np.asarray(labels)
-  params = jax.device_put(params)
-  x = jax.device_put(np.asarray(images, np.float32))
-  full_fn, full_compile = _compile(params, x, cfg=cfg, dtype=dtype)
-  pruned_fn, pruned_compile = _compile(params, x, cfg=cfg, schedule=schedule, reducer=reducer,
-                                       dtype=dtype)
-  full_out, pruned_out = np.asarray(full_fn(params, x)), np.asarray(pruned_fn(params, x))
-  if not np.isfinite(pruned_out).all():
-    raise FloatingPointError(f"the pruned {cfg.name} produced non-finite outputs")
-  classifier = cfg.num_classes > 0
-  result = {
-      "model": cfg.name, "method": method, "reducer": repr(reducer), "dtype": dtype,
-      "batch": int(b), "device": jax.devices()[0].device_kind,
-      "schedule": S.format_schedule(schedule, cfg), "counts": list(schedule.counts),
-      "metric": "top1_agreement" if classifier else "feature_cosine",
-      "agreement": agreement(pruned_out, full_out, valid, classifier),
-      "full": dict(time_compiled(full_fn, params, x, warmup=warmup, repeats=repeats),
-                   compile_s=full_compile),
-      "pruned": dict(time_compiled(pruned_fn, params, x, warmup=warmup, repeats=repeats),
-                     compile_s=pruned_compile),
-  }
-  labelled = valid & (labels >= 0)
-  if classifier and labelled.any():
-    result["accuracy_full"] = float(np.mean(full_out[labelled].argmax(-1) == labels[labelled]))
-    result["accuracy_pruned"] = float(np.mean(pruned_out[labelled].argmax(-1) ==
-                                              labels[labelled]))
-  return result
 
 
 def format_result(r: Dict[str, Any]) -> str:

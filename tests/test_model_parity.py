@@ -2,7 +2,12 @@
 import numpy as np
 import pytest
 
-from vitprune.model import forward, init_params, jitted_forward
+import jax
+
+from vitprune import schedule as S
+from vitprune.model import (forward, forward_features, forward_head, init_params,
+                            jitted_forward)
+from vitprune.reduce import make_reducer
 from vitprune.registry import get_config
 
 
@@ -60,3 +65,44 @@ def test_wrong_input_shape_and_options():
     forward(params, _images(cfg, 1), cfg=cfg, dtype="float16")
   with pytest.raises(ValueError, match="precision must be one of"):
     forward(params, _images(cfg, 1), cfg=cfg, precision="max")
+
+
+@pytest.mark.parametrize("name", ["test_tiny_vit", "test_tiny_distilled", "test_tiny_dinov2_reg"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_forward_is_head_of_features_exactly(name, dtype):
+  cfg = get_config(name)
+  params = init_params(cfg, 4)
+  x = _images(cfg, 2, seed=3)
+  sch = S.prune_at(cfg, keep=cfg.num_prefix_tokens + 5, layer=0)
+  kw = dict(cfg=cfg, schedule=sch, reducer=make_reducer("pomt"), dtype=dtype)
+
+  @jax.jit
+  def split(p, images):
+    feats = forward_features(p, images, **kw)
+    with jax.default_matmul_precision("highest" if dtype == "float32" else "default"):
+      return forward_head(p, feats, cfg=cfg), feats
+
+  logits, feats = split(params, x)
+  assert feats.shape == (2, sch.counts[-1], cfg.embed_dim) and feats.dtype.name == dtype
+  np.testing.assert_array_equal(np.asarray(logits), np.asarray(jitted_forward(params, x, **kw)))
+  np.testing.assert_array_equal(np.asarray(feats, np.float32),
+                                np.asarray(jitted_forward(params, x, features=True, **kw)))
+
+
+@pytest.mark.parametrize("name", ["test_tiny_vit", "test_tiny_distilled", "test_tiny_dinov2_reg"])
+def test_forward_head_pre_logits_and_headless_models(name):
+  cfg = get_config(name)
+  params = init_params(cfg, 5)
+  feats = forward_features(params, _images(cfg, 2), cfg=cfg)
+  pooled = np.asarray(forward_head(params, feats, cfg=cfg, pre_logits=True))
+  assert pooled.shape == (2, cfg.embed_dim) and pooled.dtype == np.float32
+  f = np.asarray(feats)
+  if cfg.global_pool == "token":
+    want = (f[:, 0] + f[:, 1]) / 2 if cfg.dist_token else f[:, 0]
+    np.testing.assert_allclose(pooled, want, rtol=1e-6, atol=1e-6)
+  headless = cfg.replace(num_classes=0)
+  hp = {k: v for k, v in params.items() if k not in ("head", "head_dist")}
+  out = np.asarray(forward_head(hp, feats, cfg=headless))
+  np.testing.assert_array_equal(out, np.asarray(forward(hp, _images(cfg, 2), cfg=headless)))
+  if not cfg.dist_token:
+    np.testing.assert_array_equal(out, pooled)

@@ -140,3 +140,15 @@ def test_describe_lines():
 def test_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
     steps.detect_steps(**kwargs)
+
+
+def test_curve_noise_is_the_robust_spread_of_the_drops_in_either_order():
+  rng = np.random.default_rng(3)
+  med = 1.0 + np.cumsum(rng.uniform(0.0, 0.1, 12))[::-1]          # descending by tokens
+  drops = med[:-1] - med[1:]
+  want = 1.4826 * np.median(np.abs(drops - np.median(drops)))
+  assert steps.curve_noise(med) == pytest.approx(want)
+  assert steps.curve_noise(med[::-1]) == pytest.approx(want)      # ascending order: same
+  assert steps.curve_noise(med[:3]) == 0.0                         # two drops: no estimate
+  tokens = np.arange(40, 40 - med.size, -1)
+  assert steps.detect_steps(tokens, med).curve_noise_s == pytest.approx(want)

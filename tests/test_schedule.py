@@ -189,3 +189,57 @@ def test_check_schedule_method_limits():
     with pytest.raises(ValueError, match=f"which {name} cannot do"):
       S.check_schedule(TINY, S.Schedule([12, 12, 12]), make_reducer(name))
   S.check_schedule(TINY, S.Schedule([12, 2, 2]), make_reducer("random"))
+
+
+@pytest.mark.parametrize("cfg", [TINY, REG, DEIT_S], ids=lambda c: c.name)
+def test_embed_and_layer_schedules_are_the_single_reduction_rule(cfg):
+  n_all, lo = cfg.num_tokens, cfg.num_prefix_tokens + 1
+  assert S.token_bounds(cfg) == (lo, n_all)
+  n = (lo + n_all) // 2
+  assert S.embed_schedule(cfg, n).counts == (n,) * (cfg.depth + 1)
+  assert S.embed_schedule(cfg, n) == S.drop_after_embedding(cfg, n)
+  for layer in range(cfg.depth):
+    s = S.layer_schedule(cfg, n, layer)
+    assert s.counts[:layer + 1] == (n_all,) * (layer + 1)
+    assert set(s.counts[layer + 1:]) == {n} and s.reduction_layers == (layer,)
+    assert s == S.prune_at(cfg, keep=n, layer=layer)
+    assert s.counts == S.layer_counts(n_all, n, cfg.depth, layer)
+  assert S.embed_counts(n, cfg.depth) == S.embed_schedule(cfg, n).counts
+  assert S.layer_schedule(cfg, n_all, 0) == S.full_schedule(cfg)
+
+
+@pytest.mark.parametrize("layer", [-1, TINY.depth, "1", 1.0, True])
+def test_layer_schedule_rejects_bad_layers(layer):
+  with pytest.raises(ValueError, match=rf"reduction layer must be an int in \[0, "
+                     rf"{TINY.depth - 1}\] for {TINY.name}"):
+    S.layer_schedule(TINY, 9, layer)
+
+
+def test_embed_and_layer_schedule_reject_bad_counts():
+  lo, hi = S.token_bounds(TINY)
+  for bad in (lo - 1, hi + 1):
+    with pytest.raises(ValueError):
+      S.embed_schedule(TINY, bad)
+    with pytest.raises(ValueError):
+      S.layer_schedule(TINY, bad, 0)
+  with pytest.raises(TypeError, match="n must be an int"):
+    S.embed_schedule(TINY, 9.0)
+  with pytest.raises(TypeError, match="n must be an int"):
+    S.layer_schedule(TINY, 9.0, 0)
+
+
+def test_check_token_grid_sorts_and_accepts_numpy_ints():
+  lo, hi = S.token_bounds(REG)
+  assert S.check_token_grid(REG, [hi, lo, np.int64(lo + 1)]) == (lo, lo + 1, hi)
+  assert all(type(n) is int for n in S.check_token_grid(REG, np.arange(lo, hi + 1)))
+
+
+@pytest.mark.parametrize("tokens, match", [
+    ([], "empty"),
+    ([REG.num_prefix_tokens], rf"\[{REG.num_prefix_tokens}\] outside "
+                              rf"\[{REG.num_prefix_tokens + 1}, {REG.num_tokens}\]"),
+    ([REG.num_tokens + 1], rf"outside \[{REG.num_prefix_tokens + 1}, {REG.num_tokens}\]"),
+    ([9, 9], "duplicates"), ([9.0], "must be ints"), ([True], "must be ints")])
+def test_check_token_grid_errors(tokens, match):
+  with pytest.raises(ValueError, match=match):
+    S.check_token_grid(REG, tokens)

@@ -4,6 +4,9 @@
     for each block l: tokens = block(tokens)     # reduced to schedule.counts[l + 1] mid-block
     out = head(pool(norm(tokens)))               # [B, num_classes] or [B, C] features
 
+`forward_features` (embedding, blocks, final norm) and `forward_head` (pooling, fc_norm, head)
+split it as timm does; `forward` = head of features.
+
 Numerics follow timm's `VisionTransformer`: exact (erf) GELU, LayerNorm with `cfg.norm_eps`,
 attention scale `head_dim ** -0.5`, LayerScale, token or average pooling (with fc_norm), DeiT
 distillation heads averaged at inference, DINOv2 registers and packed SwiGLU.
@@ -158,20 +161,6 @@ def embed(params: Params, images: jax.Array, cfg: ViTConfig) -> jax.Array:
   return jnp.concatenate(cls_like + regs + [x], axis=1) + pos
 
 
-def head(params: Params, x: jax.Array, cfg: ViTConfig) -> jax.Array:
-  """Final tokens [B, N, C] (already normed for token pooling) -> [B, K] logits or [B, C]."""
-  if cfg.global_pool == "avg":
-    pooled = layer_norm(params["fc_norm"], x[:, cfg.num_prefix_tokens:].mean(1), cfg.norm_eps)
-  else:
-    pooled = x[:, 0]
-  if cfg.num_classes == 0:
-    return pooled
-  out = dense(params["head"], pooled)
-  if cfg.dist_token:
-    out = (out + dense(params["head_dist"], x[:, 1])) / 2
-  return out
-
-
 def _check_inputs(cfg: ViTConfig, images: jax.Array, dtype: str, precision: str):
   want = (cfg.img_size, cfg.img_size, cfg.in_chans)
   if images.ndim != 4 or tuple(images.shape[1:]) != want:
@@ -183,15 +172,14 @@ def _check_inputs(cfg: ViTConfig, images: jax.Array, dtype: str, precision: str)
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
-def forward(params: Params, images: jax.Array, *, cfg: ViTConfig,
-            schedule: Optional[Schedule] = None, reducer: Optional[TokenReducer] = None,
-            dtype: str = "float32", precision: str = "highest",
-            features: bool = False) -> jax.Array:
-  """images [B, H, W, Cin] -> logits [B, num_classes] (features [B, C] if num_classes == 0).
+def forward_features(params: Params, images: jax.Array, *, cfg: ViTConfig,
+                     schedule: Optional[Schedule] = None,
+                     reducer: Optional[TokenReducer] = None, dtype: str = "float32",
+                     precision: str = "highest") -> jax.Array:
+  """images [B, H, W, Cin] -> final tokens [B, n, C] in `dtype` (timm's `forward_features`).
 
-  With `features=True`, returns the final normed tokens [B, N_last, C] instead (timm's
-  `forward_features`). All keyword arguments are static: use `jitted_forward` (or `jax.jit` with
-  them in `static_argnames`) to compile one graph per (cfg, batch shape, schedule, reducer, dtype).
+  Embedding, the blocks under `schedule` (n = its last count) and the final norm (token pooling;
+  average pooling normalises after pooling, in `forward_head`).
   """
   _check_inputs(cfg, images, dtype, precision)
   if schedule is not None and reducer is None and (
@@ -199,7 +187,7 @@ def forward(params: Params, images: jax.Array, *, cfg: ViTConfig,
     raise ValueError(f"schedule {schedule.counts} reduces tokens but no reducer was given")
   schedule = check_schedule(cfg, schedule, reducer)
   dt = DTYPES[dtype]
-  with jax.default_matmul_precision(precision if dt == jnp.float32 else "default"):
+  with jax.default_matmul_precision(_matmul_precision(dt, precision)):
     x = embed(params, images.astype(dt), cfg)
     if schedule.counts[0] < x.shape[1]:
       x = reducer.reduce_embedding(x, num_keep=schedule.counts[0],
@@ -208,11 +196,61 @@ def forward(params: Params, images: jax.Array, *, cfg: ViTConfig,
     for layer, bp in enumerate(params["blocks"]):
       x, size = block(bp, x, size, cfg=cfg, num_keep=schedule.tokens_out(layer),
                       reducer=reducer, layer=layer)
-    if cfg.global_pool == "token":
-      x = layer_norm(params["norm"], x, cfg.norm_eps)
-    if features:
-      return x.astype(jnp.float32)
-    return head(params, x, cfg).astype(jnp.float32)
+    return final_norm(params, x, cfg)
+
+
+def final_norm(params: Params, x: jax.Array, cfg: ViTConfig) -> jax.Array:
+  """[B, n, C] -> [B, n, C]: the last LayerNorm with token pooling (average pooling normalises
+  after pooling instead: fc_norm in `forward_head`)."""
+  return layer_norm(params["norm"], x, cfg.norm_eps) if cfg.global_pool == "token" else x
+
+
+def forward_head(params: Params, x: jax.Array, *, cfg: ViTConfig,
+                 pre_logits: bool = False) -> jax.Array:
+  """Final tokens [B, n, C] -> float32 logits [B, num_classes] (timm's `forward_head`).
+
+  Pooling (class token, or fc_norm of the patch mean) and the classifier; DeiT's distillation
+  head is averaged in. `pre_logits=True`, or a model without classifier (num_classes == 0),
+  returns the pooled features [B, C] instead (DeiT-distilled pre-logits: the mean of the class
+  and distillation tokens, as timm). Computes in x's dtype under the caller's matmul precision.
+  """
+  if cfg.global_pool == "avg":
+    pooled = layer_norm(params["fc_norm"], x[:, cfg.num_prefix_tokens:].mean(1), cfg.norm_eps)
+  else:
+    pooled = x[:, 0]
+  if pre_logits and cfg.dist_token:
+    pooled = (pooled + x[:, 1]) / 2
+  if pre_logits or cfg.num_classes == 0:
+    return pooled.astype(jnp.float32)
+  out = dense(params["head"], pooled)
+  if cfg.dist_token:
+    out = (out + dense(params["head_dist"], x[:, 1])) / 2
+  return out.astype(jnp.float32)
+
+
+def forward(params: Params, images: jax.Array, *, cfg: ViTConfig,
+            schedule: Optional[Schedule] = None, reducer: Optional[TokenReducer] = None,
+            dtype: str = "float32", precision: str = "highest",
+            features: bool = False) -> jax.Array:
+  """images [B, H, W, Cin] -> logits [B, num_classes] (features [B, C] if num_classes == 0):
+  `forward_head(forward_features(...))`.
+
+  `features=True` returns `forward_features` as float32 instead (kept for existing callers; new
+  code calls `forward_features`). All keyword arguments are static: use `jitted_forward` (or
+  `jax.jit` with them in `static_argnames`) to compile one graph per (cfg, batch shape,
+  schedule, reducer, dtype).
+  """
+  x = forward_features(params, images, cfg=cfg, schedule=schedule, reducer=reducer, dtype=dtype,
+                       precision=precision)
+  if features:
+    return x.astype(jnp.float32)
+  with jax.default_matmul_precision(_matmul_precision(DTYPES[dtype], precision)):
+    return forward_head(params, x, cfg=cfg)
+
+
+def _matmul_precision(dt, precision: str) -> str:
+  """float32 graphs run at `precision`; bfloat16 ones at the backend default."""
+  return precision if dt == jnp.float32 else "default"
 
 
 jitted_forward = jax.jit(

@@ -17,7 +17,10 @@ Constructors (all validated against the config):
   remove_per_layer(cfg, 8)                  ToMe / Top-K: r = 8 per layer (ToMe's 50% cap)
   remove_per_layer(cfg, 8, inflection=-0.5) ToMe's (r, inflection) form (`parse_r`)
   remove_per_layer(cfg, [8, 8, 4])          ToMe's explicit per-layer r list (zero-padded)
-  drop_after_embedding(cfg, 150)            150 tokens from the embedding on (random drop)
+  embed_schedule(cfg, 150)                  150 tokens from the embedding on (random drop);
+                                            also `drop_after_embedding`
+  layer_schedule(cfg, 120, 3)               = prune_at(cfg, keep=120, layer=3), the estimator's
+                                            and solver's single-reduction points
   from_counts(cfg, [197, 197, 120, ...])    explicit depth + 1 counts
 
 The compact text form (`parse_schedule(cfg, text)` / `format_schedule(schedule, cfg)`):
@@ -42,9 +45,14 @@ from __future__ import annotations
 import dataclasses
 import operator
 import re
-from typing import List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 from vitprune.config import ViTConfig
+
+if TYPE_CHECKING:  # deployed models load schedules without importing vitprune.reduce
+  from vitprune.reduce.base import TokenReducer
 
 DEFAULT_POMT_LAYER = 3  # the paper's default reduction block
 
@@ -94,11 +102,12 @@ def full_schedule(cfg: ViTConfig) -> Schedule:
   return Schedule((cfg.num_tokens,) * (cfg.depth + 1))
 
 
-def check_schedule(cfg: ViTConfig, schedule: Optional[Schedule], reducer=None) -> Schedule:
+def check_schedule(cfg: ViTConfig, schedule: Optional[Schedule],
+                   reducer: Optional[TokenReducer] = None) -> Schedule:
   """Validates `schedule` against `cfg` (None means no reduction); raises ValueError.
 
-  With a `reducer`, also checks what that method can do: reducing right after the embedding
-  needs `reducer.supports_embedding`, and a block may remove at most
+  With a `reducer`, also checks the limits it declares (`TokenReducer`): reducing right after
+  the embedding needs `reducer.supports_embedding`, and a block may remove at most
   `reducer.max_remove(tokens_in, num_prefix)` tokens (ToMe: half the non-prefix tokens).
   """
   if schedule is None:
@@ -113,7 +122,7 @@ def check_schedule(cfg: ViTConfig, schedule: Optional[Schedule], reducer=None) -
     raise ValueError(f"schedule starts with {c[0]} tokens but {cfg.name} has only "
                      f"{cfg.num_tokens} (prefix {cfg.num_prefix_tokens} + "
                      f"{cfg.num_patches} patches)")
-  floor = cfg.num_prefix_tokens + 1
+  floor = token_bounds(cfg)[0]
   for l, n in enumerate(c):
     if n < floor:
       raise ValueError(f"schedule count {n} at position {l} is below prefix tokens + 1 = "
@@ -127,22 +136,50 @@ def check_schedule(cfg: ViTConfig, schedule: Optional[Schedule], reducer=None) -
   return schedule
 
 
-def _check_method_limits(cfg: ViTConfig, schedule: Schedule, reducer) -> None:
-  name = getattr(reducer, "name", type(reducer).__name__)
-  if schedule.counts[0] < cfg.num_tokens and not getattr(reducer, "supports_embedding", False):
+def _check_method_limits(cfg: ViTConfig, schedule: Schedule, reducer: TokenReducer) -> None:
+  """The limits the reducer declares (`TokenReducer.supports_embedding`, `.max_remove`)."""
+  if schedule.counts[0] < cfg.num_tokens and not reducer.supports_embedding:
     raise ValueError(f"schedule {format_schedule(schedule, cfg)} drops tokens after the "
-                     f"embedding, which {name} cannot do (it needs attention); use the "
+                     f"embedding, which {reducer.name} cannot do (it needs attention); use the "
                      f"'random' method or start the schedule at {cfg.num_tokens} tokens")
-  max_remove = getattr(reducer, "max_remove", None)
-  if max_remove is None:
+  # TRANSITIONAL: tests/test_estimate.py's stand-in KeepFirst declares neither `name` nor
+  # `max_remove`; revert this commit once that test uses `vitprune.reduce.KeepFirst`.
+  if not hasattr(reducer, "max_remove"):
     return
   for l in schedule.reduction_layers:
     n, removed = schedule.tokens_in(l), schedule.removed_at(l)
-    limit = max_remove(n, cfg.num_prefix_tokens)
+    limit = reducer.max_remove(n, cfg.num_prefix_tokens)
     if removed > limit:
-      raise ValueError(f"{name} can remove at most {limit} of the {n} tokens entering block "
-                       f"{l} ({cfg.num_prefix_tokens} prefix tokens protected), the schedule "
-                       f"removes {removed}")
+      raise ValueError(f"{reducer.name} can remove at most {limit} of the {n} tokens entering "
+                       f"block {l} ({cfg.num_prefix_tokens} prefix tokens protected), the "
+                       f"schedule removes {removed}")
+
+
+def token_bounds(cfg: ViTConfig) -> Tuple[int, int]:
+  """Valid token counts anywhere in a schedule: [prefix + 1, num_tokens], both inclusive."""
+  return cfg.num_prefix_tokens + 1, cfg.num_tokens
+
+
+def check_token_grid(cfg: ViTConfig, tokens: Sequence[int]) -> Tuple[int, ...]:
+  """Validates a token grid: unique ints in `token_bounds(cfg)`; returns it sorted ascending.
+
+  Raises ValueError naming the problem (empty, non-int, out of range, duplicates).
+  """
+  ns = list(tokens)
+  if not ns:
+    raise ValueError("token grid is empty")
+  bad = [n for n in ns if isinstance(n, bool) or not isinstance(n, (int, np.integer))]
+  if bad:
+    raise ValueError(f"token counts must be ints, got {bad}")
+  lo, hi = token_bounds(cfg)
+  out = [n for n in ns if not lo <= n <= hi]
+  if out:
+    raise ValueError(f"token counts {sorted(out)} outside [{lo}, {hi}] for {cfg.name} "
+                     f"(prefix {cfg.num_prefix_tokens} + at least one patch, at most all "
+                     f"{hi} tokens)")
+  if len(set(ns)) != len(ns):
+    raise ValueError(f"token grid has duplicates: {ns}")
+  return tuple(sorted(int(n) for n in ns))
 
 
 def parse_token_grid(cfg: ViTConfig, spec: str) -> Tuple[int, ...]:
@@ -151,7 +188,7 @@ def parse_token_grid(cfg: ViTConfig, spec: str) -> Tuple[int, ...]:
   'all' | 'a:b' | 'a:b:step' (both ends inclusive, either direction) | 'n1,n2,...'. Every count
   must lie in [prefix + 1, num_tokens]; raises ValueError naming the problem.
   """
-  lo, hi = cfg.num_prefix_tokens + 1, cfg.num_tokens
+  lo, hi = token_bounds(cfg)
   text = spec.strip().lower()
   if not text:
     raise ValueError("--tokens is empty; use 'all', 'a:b', 'a:b:step' or 'n1,n2,...'")
@@ -191,9 +228,36 @@ def from_counts(cfg: ViTConfig, counts: Sequence[int]) -> Schedule:
   return check_schedule(cfg, Schedule(tuple(counts)))
 
 
-def drop_after_embedding(cfg: ViTConfig, keep: int) -> Schedule:
-  """`keep` tokens (prefix included) from the embedding on; no block reduces."""
-  return check_schedule(cfg, Schedule((_as_int(keep, "keep"),) * (cfg.depth + 1)))
+def embed_counts(n: int, depth: int) -> Tuple[int, ...]:
+  """`n` tokens from the embedding on: `[n] * (depth + 1)` (plain numbers, not validated)."""
+  return (int(n),) * (int(depth) + 1)
+
+
+def layer_counts(num_tokens: int, n: int, depth: int, layer: int) -> Tuple[int, ...]:
+  """All `num_tokens` tokens until block `layer` reduces to `n`:
+  `[num_tokens] * (layer + 1) + [n] * (depth - layer)` (plain numbers, not validated)."""
+  return (int(num_tokens),) * (int(layer) + 1) + (int(n),) * (int(depth) - int(layer))
+
+
+def embed_schedule(cfg: ViTConfig, n: int) -> Schedule:
+  """`n` tokens (prefix included) kept right after the embedding; no block reduces."""
+  return check_schedule(cfg, Schedule(embed_counts(_as_int(n, "n"), cfg.depth)))
+
+
+drop_after_embedding = embed_schedule
+
+
+def layer_schedule(cfg: ViTConfig, n: int, layer: int) -> Schedule:
+  """All tokens up to block `layer`, which reduces to `n` (prefix included), validated.
+
+  Raises ValueError when `layer` is not an int in [0, depth - 1].
+  """
+  if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) \
+      or not 0 <= layer < cfg.depth:
+    raise ValueError(f"reduction layer must be an int in [0, {cfg.depth - 1}] for {cfg.name} "
+                     f"(depth {cfg.depth}), got {layer!r}")
+  return check_schedule(cfg, Schedule(layer_counts(cfg.num_tokens, _as_int(n, "n"), cfg.depth,
+                                                   layer)))
 
 
 def _check_layer(cfg: ViTConfig, layer) -> int:
@@ -293,11 +357,6 @@ def tome_r_list(num_layers: int, r: RSpec) -> List[int]:
   return [int(min_val + step * i) for i in range(num_layers)]
 
 
-def tome_max_remove(num_tokens: int, num_prefix: int) -> int:
-  """ToMe's cap: at most half of the non-protected tokens merge in one block."""
-  return max(0, (num_tokens - num_prefix) // 2)
-
-
 def remove_per_layer(cfg: ViTConfig, r: RSpec, inflection: Optional[float] = None, *,
                      base: Optional[Schedule] = None) -> Schedule:
   """ToMe / Top-K: block l removes r_l tokens (`tome_r_list` semantics), each capped at half the
@@ -313,6 +372,8 @@ def remove_per_layer(cfg: ViTConfig, r: RSpec, inflection: Optional[float] = Non
     if not isinstance(r, int) or isinstance(r, bool):
       raise TypeError(f"with inflection=, r must be an int, got {r!r}")
     r = (r, inflection)
+  # Lazy: deployed models load schedules without importing vitprune.reduce (test_deploy).
+  from vitprune.reduce.tome import tome_max_remove  # pylint: disable=g-import-not-at-top
   rs = tome_r_list(cfg.depth, r)
   n = counts[0]
   out = [n]

@@ -64,6 +64,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from vitprune.schedule import layer_counts
+
 ACCURACY_MODELS = ("incremental", "additive")
 ArrayLike = Union[np.ndarray, Sequence[float]]
 
@@ -164,11 +166,12 @@ def utility(latency: ArrayLike, accuracy: ArrayLike, alpha: float = 0.5) -> np.n
 
 
 def pomt_counts(num_tokens: int, n: int, depth: int, layer: int = 3) -> Tuple[int, ...]:
-  """All tokens until block `layer` reduces to `n`: [N] * (layer + 1) + [n] * (depth - layer)."""
+  """All tokens until block `layer` reduces to `n` (`vitprune.schedule.layer_counts`), checked
+  against plain numbers (no model config here)."""
   _check_depth_layer(depth, layer)
   if not 1 <= int(n) <= int(num_tokens):
     raise ValueError(f"token count {n} is outside 1..{num_tokens}")
-  return (int(num_tokens),) * (layer + 1) + (int(n),) * (depth - layer)
+  return layer_counts(num_tokens, n, depth, layer)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

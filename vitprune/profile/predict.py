@@ -23,7 +23,7 @@ from typing import Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from vitprune.schedule import Schedule
+from vitprune.schedule import Schedule, embed_counts
 
 Table = Mapping[int, float]
 
@@ -79,7 +79,7 @@ def predict(table: BlockTable, schedule: Schedule, *, interpolate: bool = False)
 def predict_curve(table: BlockTable, depth: int, tokens: Sequence[int], *,
                   interpolate: bool = False) -> Dict[int, float]:
   """Predicted whole-model L(n) for constant schedules (n tokens from the embedding on)."""
-  return {int(n): predict(table, Schedule((int(n),) * (depth + 1)), interpolate=interpolate)
+  return {int(n): predict(table, Schedule(embed_counts(n, depth)), interpolate=interpolate)
           for n in tokens}
 
 

@@ -15,9 +15,10 @@ Modes (every graph AOT-compiled per shape, then timed by `timing.measure_all`):
 Modes block and schedule also time a trivial graph ('dispatch'): the per-call overhead that each
 separately timed part contains and the whole forward pays once (see `predict.py`).
 
-Token dropping: `vitprune.reduce.methods.make_reducer('random')` by default, or `KeepFirst` below
-(a static slice keeping the first tokens). Which tokens are kept does not
-change the graph's shapes or cost: a drop is a gather/slice of [B, n, C] rows either way.
+Token dropping: `vitprune.reduce.methods.make_reducer('random')` by default, or
+`vitprune.reduce.KeepFirst` (a static slice keeping the first tokens). Which tokens are kept
+does not change the graph's shapes or cost: a drop is a gather/slice of [B, n, C] rows either
+way.
 
 Parameters are random (`init_params`) unless given: values do not change a compiled graph's speed.
 They stay float32 as stored, exactly as `model.jitted_forward` is deployed (bfloat16 graphs cast
@@ -37,7 +38,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
+from tqdm import tqdm
 
 from vitprune import model as model_lib
 from vitprune.config import ViTConfig
@@ -45,34 +48,15 @@ from vitprune.profile import plot as plot_lib
 from vitprune.profile import records
 from vitprune.profile import steps as steps_lib
 from vitprune.profile import timing
+from vitprune.reduce.keep_first import KeepFirst
 from vitprune.reduce.methods import make_reducer
-from vitprune.schedule import Schedule, check_schedule
+from vitprune.schedule import (Schedule, check_schedule, check_token_grid, embed_schedule,
+                               token_bounds)
 
 MODES = records.MODES
 
 
 # ----------------------------------------------------------------------------- reducer
-
-
-@dataclasses.dataclass(frozen=True)
-class KeepFirst:
-  """Keeps the first `num_keep` tokens (prefix first) via a static slice: [B, N, C] -> [B, K, C].
-
-  Only for latency: same shapes and cost class as any drop-based reducer.
-  """
-  name = "keep_first"
-  needs_attention: bool = False
-  tracks_size: bool = False
-  supports_embedding: bool = True
-
-  def max_remove(self, num_tokens: int, num_prefix: int) -> int:
-    return num_tokens - num_prefix - 1
-
-  def reduce(self, x, size, stats, *, num_keep, num_prefix, layer):
-    return x[:, :num_keep], None if size is None else size[:, :num_keep]
-
-  def reduce_embedding(self, x, *, num_keep, num_prefix):
-    return x[:, :num_keep]
 
 
 def make_drop_reducer(name: Optional[str] = None) -> Tuple[Any, str]:
@@ -82,14 +66,6 @@ def make_drop_reducer(name: Optional[str] = None) -> Tuple[Any, str]:
     return KeepFirst(), "keep_first"
   name = name or "random"
   return make_reducer(name), name
-
-
-# ----------------------------------------------------------------------------- parsing
-
-
-def token_bounds(cfg: ViTConfig) -> Tuple[int, int]:
-  """Valid token counts entering block 0: [prefix + 1, num_tokens]."""
-  return cfg.num_prefix_tokens + 1, cfg.num_tokens
 
 
 # ----------------------------------------------------------------------------- graphs
@@ -127,9 +103,7 @@ def head_fn(cfg: ViTConfig, dtype: str) -> Callable:
   """(head params, x [B, n, C]) -> [B, K] float32: final norm (token pooling), pool, head."""
   def fn(hp, x):
     with jax.default_matmul_precision(_precision(dtype)):
-      if cfg.global_pool == "token":
-        x = model_lib.layer_norm(hp["norm"], x, cfg.norm_eps)
-      return model_lib.head(hp, x, cfg).astype(jnp.float32)
+      return model_lib.forward_head(hp, model_lib.final_norm(hp, x, cfg), cfg=cfg)
   return fn
 
 
@@ -180,16 +154,13 @@ class ProfileSpec:
       check_schedule(self.cfg, s)
     make_drop_reducer(self.reducer)   # unknown names fail here, before any compile
     if self.tokens is not None:
-      lo, hi = token_bounds(self.cfg)
-      bad = [n for n in self.tokens if not lo <= n <= hi]
-      if bad or not self.tokens:
-        raise ValueError(f"token counts {bad or '(none)'} are outside [{lo}, {hi}] for "
-                         f"{self.cfg.name}")
+      check_token_grid(self.cfg, set(self.tokens))   # repeats are measured once (`grid`)
 
   @property
   def grid(self) -> Tuple[int, ...]:
+    """The token counts to profile, descending (repeats in `tokens` are measured once)."""
     if self.tokens is not None:
-      return tuple(sorted(set(self.tokens), reverse=True))
+      return tuple(reversed(check_token_grid(self.cfg, set(self.tokens))))
     lo, hi = token_bounds(self.cfg)
     return tuple(range(hi, lo - 1, -1))
 
@@ -217,8 +188,7 @@ def _jobs(keys: Sequence[Key], *, spec: ProfileSpec, params, images, reducer
   for key in keys:
     comp, n, counts = key
     if comp == "model":
-      sched = Schedule((n,) * (cfg.depth + 1))
-      jobs[key] = (model_fn(cfg, sched, reducer, spec.dtype), (params, images))
+      jobs[key] = (model_fn(cfg, embed_schedule(cfg, n), reducer, spec.dtype), (params, images))
     elif comp == "schedule":
       jobs[key] = (model_fn(cfg, Schedule(counts), reducer, spec.dtype), (params, images))
     elif comp == "embed":
@@ -265,7 +235,6 @@ def _measure(keys, *, spec, params, images, reducer, bar) -> Dict[Key, timing.Me
 
 
 def device_info() -> Dict[str, str]:
-  import jaxlib  # pylint: disable=g-import-not-at-top
   dev = jax.devices()[0]
   return dict(device_kind=str(dev.device_kind), platform=jax.default_backend(),
               jax_version=jax.__version__, jaxlib_version=jaxlib.__version__)
@@ -274,7 +243,6 @@ def device_info() -> Dict[str, str]:
 def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool = True,
                   log: Callable[[str], None] = print) -> records.Profile:
   """Measures one batch size -> an analysed `records.Profile` (nothing written)."""
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   cfg = spec.cfg
   reducer, reducer_name = make_drop_reducer(spec.reducer)
   rng = np.random.default_rng(spec.seed)

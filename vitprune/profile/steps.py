@@ -8,8 +8,8 @@ free on a flat stretch and saves a lot just below a step. Given a measured curve
   noise = max(pair standard error, curve noise)
     pair standard error = sqrt(se(n_hi)^2 + se(n_lo)^2), se = 1.2533 * (IQR / 1.349) / sqrt(R):
         the standard error of a median of R samples whose spread is the IQR;
-    curve noise = 1.4826 * MAD(d): the robust spread of all the drops, which also captures
-        point-to-point drift that per-point IQRs cannot see (0 when fewer than 3 pairs).
+    curve noise = 1.4826 * MAD(d) (`curve_noise`): the robust spread of all the drops, which
+        also captures point-to-point drift that per-point IQRs cannot see (0 below 3 pairs).
 
 A pair is a *step* when `d - trend > k * noise` and `d > min_rel * L(n_hi)`, where `trend` is the
 median drop clipped at >= 0 (the smooth per-token cost on devices without steps, e.g. CPUs, so a
@@ -116,6 +116,19 @@ def pair_noise(iqrs: np.ndarray, counts: Optional[np.ndarray]) -> np.ndarray:
   return np.sqrt(se[:-1] ** 2 + se[1:] ** 2)
 
 
+def curve_noise(medians: Sequence[float]) -> float:
+  """[P] median latencies of a curve ordered by token count (either direction) -> its noise:
+  1.4826 * MAD of the drops between neighbouring points (0 with fewer than 3 drops).
+
+  A MAD ignores the sign, so ascending and descending orders give the same value.
+  """
+  m = np.asarray(medians, np.float64)
+  drops = m[:-1] - m[1:]
+  if drops.size < 3:
+    return 0.0
+  return _MAD_TO_SIGMA * float(np.median(np.abs(drops - np.median(drops))))
+
+
 def detect_steps(tokens: Sequence[int], medians: Sequence[float],
                  iqrs: Optional[Sequence[float]] = None, counts: Optional[Sequence[int]] = None,
                  *, k: float = 4.0, min_rel: float = 0.01, flat_rel: float = 0.02
@@ -137,12 +150,9 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
   t, med, iqr = t[order], med[order], iqr[order]
   cnt = None if cnt is None else cnt[order]
   drop = med[:-1] - med[1:]                                   # [P - 1]
-  if drop.size >= 3:
-    curve_noise = _MAD_TO_SIGMA * float(np.median(np.abs(drop - np.median(drop))))
-  else:
-    curve_noise = 0.0
+  curve_s = curve_noise(med)
   trend = max(float(np.median(drop)), 0.0) if drop.size >= 3 else 0.0
-  noise = np.maximum(pair_noise(iqr, cnt), curve_noise)
+  noise = np.maximum(pair_noise(iqr, cnt), curve_s)
   is_step = (drop - trend > k * noise) & (drop > min_rel * med[:-1])
   is_flat = ((np.abs(drop) <= k * noise) & (np.abs(drop) <= flat_rel * med[:-1])) & ~is_step
   steps = tuple(Step(int(t[i]), int(t[i + 1]), float(med[i]), float(med[i + 1]),
@@ -150,7 +160,7 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
   se = median_se(iqr, cnt)
 
   def span_flat(i, j):  # the whole span n[i] -> n[j + 1] changes within noise
-    span_noise = max(float(np.hypot(se[i], se[j + 1])), curve_noise)
+    span_noise = max(float(np.hypot(se[i], se[j + 1])), curve_s)
     change = abs(med[i] - med[j + 1])
     return change <= k * span_noise and change <= flat_rel * med[i]
 
@@ -164,7 +174,7 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
       j += 1
     flats.append(Flat(int(t[i]), int(t[j + 1]), float(med[i]), float(med[j + 1])))
     i = j + 1
-  return StepReport(steps, tuple(flats), curve_noise, trend)
+  return StepReport(steps, tuple(flats), curve_s, trend)
 
 
 def refine_grid(tokens: Sequence[int], report: StepReport, *, lo: int, hi: int) -> List[int]:

@@ -2,11 +2,13 @@
 
 A reducer is a frozen (hashable) dataclass, so it is a static argument of `jax.jit`. The forward
 calls it only in blocks whose schedule reduces tokens; other blocks never compute the explicit
-attention matrix and take the fast attention path.
+attention matrix and take the fast attention path. Each method owns its limits: whether it can
+drop tokens right after the embedding and how many tokens one block may remove
+(`vitprune.schedule.check_schedule` asks the reducer, it knows no method by name).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Protocol, Tuple
+from typing import NamedTuple, Optional, Protocol, Tuple, runtime_checkable
 
 import jax
 
@@ -23,13 +25,25 @@ class AttentionStats(NamedTuple):
   values: jax.Array
 
 
+@runtime_checkable
 class TokenReducer(Protocol):
-  """Reduces `[B, N, C]` tokens to `[B, num_keep, C]`; prefix tokens are kept, in order."""
+  """Reduces `[B, N, C]` tokens to `[B, num_keep, C]`; prefix tokens are kept, in order.
 
+  `isinstance(obj, TokenReducer)` checks that every member below is present.
+  """
+
+  # Short lower-case name (the `make_reducer` key), used in messages and records.
+  name: str
   # The block must build AttentionStats (explicit attention) when it reduces.
   needs_attention: bool
   # Carry per-token sizes [B, N] and use proportional attention (log size added to logits).
   tracks_size: bool
+  # `reduce_embedding` works: tokens can be dropped right after the embedding (no attention).
+  supports_embedding: bool
+
+  def max_remove(self, num_tokens: int, num_prefix: int) -> int:
+    """The most tokens one block may remove from `num_tokens` (`num_prefix` protected)."""
+    ...
 
   def reduce(self, x: jax.Array, size: Optional[jax.Array], stats: Optional[AttentionStats],
              *, num_keep: int, num_prefix: int, layer: int

@@ -7,13 +7,33 @@ tokens stay in their original order, and `jax.lax.top_k` breaks ties towards the
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vitprune.reduce.base import AttentionStats
+
+
+def leave_one_patch(num_tokens: int, num_prefix: int) -> int:
+  """The most tokens a block may remove: all but the prefix and one patch (or fill) token."""
+  return max(0, num_tokens - num_prefix - 1)
+
+
+class AttentionReducer:
+  """What the methods that read a block's attention share: they need `AttentionStats`, cannot
+  drop tokens right after the embedding, and may reduce down to the prefix plus one token."""
+  needs_attention = True
+  tracks_size = False
+  supports_embedding = False
+
+  def max_remove(self, num_tokens: int, num_prefix: int) -> int:
+    return leave_one_patch(num_tokens, num_prefix)
+
+  def reduce_embedding(self, x: jax.Array, *, num_keep: int, num_prefix: int) -> jax.Array:
+    raise ValueError(f"{type(self).__name__} needs attention and cannot drop tokens right after "
+                     "the embedding; use the 'random' method for that")
 
 
 def check_reduce_args(name: str, x: jax.Array, *, num_keep: int, num_prefix: int,
@@ -87,6 +107,13 @@ def cls_attention(probs: jax.Array, num_prefix: int, name: str) -> jax.Array:
   return probs[:, :, 0, num_prefix:].astype(jnp.float32).mean(axis=1)
 
 
+def cls_scores(name: str) -> Callable[[AttentionStats, int], jax.Array]:
+  """A `prune_by_score` score function: (stats, num_prefix) -> [B, P] class-token attention."""
+  def score(stats: AttentionStats, num_prefix: int) -> jax.Array:
+    return cls_attention(stats.probs, num_prefix, name)
+  return score
+
+
 def keep_patches(x: jax.Array, scores: jax.Array, k: int, num_prefix: int):
   """Keeps the prefix and the k best-scoring patches, in order.
 
@@ -104,3 +131,26 @@ def static_random_subset(seed: int, stream: int, p: int, k: int) -> np.ndarray:
   """A fixed, sorted random subset of k of p indices; `stream` separates layers (0: embedding)."""
   rng = np.random.default_rng([int(seed), int(stream)])
   return np.sort(rng.permutation(p)[:k]).astype(np.int32)
+
+
+FillFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def prune_by_score(name: str, x: jax.Array, stats: Optional[AttentionStats],
+                   score_fn: Callable[[AttentionStats, int], jax.Array], *, num_keep: int,
+                   num_prefix: int, fill: Optional[FillFn] = None) -> jax.Array:
+  """Score-then-keep (POMT, Top-K, EViT): x [B, N, C] -> [B, num_keep, C].
+
+  `score_fn(stats, num_prefix)` -> [B, P] patch scores; the prefix and the best-scoring patches
+  are kept, in order. Without `fill`, `num_keep - num_prefix` patches are kept; with it, one
+  fewer, and `fill(patches [B, P, C], dropped [B, P], scores [B, P])` -> [B, 1, C] summarises
+  the dropped patches in one token appended last.
+  """
+  extra = int(fill is not None)
+  check_reduce_args(name, x, num_keep=num_keep, num_prefix=num_prefix, fill=extra)
+  stats = require_stats(name, stats, x.shape[1])
+  scores = score_fn(stats, num_prefix)
+  kept, _, dropped = keep_patches(x, scores, num_keep - num_prefix - extra, num_prefix)
+  if fill is None:
+    return kept
+  return jnp.concatenate([kept, fill(x[:, num_prefix:], dropped, scores)], axis=1)

@@ -12,39 +12,30 @@ import dataclasses
 from typing import Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 
 from vitprune.reduce import common
 from vitprune.reduce.base import AttentionStats
 
 
+_scores = common.cls_scores("EViT")  # [B, P] attentiveness: head-mean class-token attention
+
+
 @dataclasses.dataclass(frozen=True)
-class EViT:
+class EViT(common.AttentionReducer):
   normalize: bool = False
   name = "evit"
-  needs_attention = True
-  tracks_size = False
-  supports_embedding = False
-
-  def max_remove(self, num_tokens: int, num_prefix: int) -> int:
-    return max(0, num_tokens - num_prefix - 1)
 
   def select(self, stats: AttentionStats, *, num_keep: int, num_prefix: int) -> jax.Array:
     """[B, num_keep - num_prefix - 1] kept patch indices (sorted)."""
-    return common.top_k_sorted(common.cls_attention(stats.probs, num_prefix, "EViT"),
-                               num_keep - num_prefix - 1)
+    return common.top_k_sorted(_scores(stats, num_prefix), num_keep - num_prefix - 1)
+
+  def _fuse(self, patches: jax.Array, dropped: jax.Array, attn: jax.Array) -> jax.Array:
+    """The fused token [B, 1, C]: attention-weighted sum (or mean) of the inattentive patches."""
+    return common.weighted_fill(patches, dropped * attn, normalize=self.normalize)
 
   def reduce(self, x: jax.Array, size: Optional[jax.Array], stats: Optional[AttentionStats],
              *, num_keep: int, num_prefix: int, layer: int
              ) -> Tuple[jax.Array, Optional[jax.Array]]:
     """x [B, N, C] -> ([B, num_keep, C]: prefix, kept patches, fused token; None)."""
-    common.check_reduce_args("EViT", x, num_keep=num_keep, num_prefix=num_prefix, fill=1)
-    stats = common.require_stats("EViT", stats, x.shape[1])
-    attn = common.cls_attention(stats.probs, num_prefix, "EViT")
-    kept_x, _, dropped = common.keep_patches(x, attn, num_keep - num_prefix - 1, num_prefix)
-    fused = common.weighted_fill(x[:, num_prefix:], dropped * attn, normalize=self.normalize)
-    return jnp.concatenate([kept_x, fused], axis=1), None
-
-  def reduce_embedding(self, x: jax.Array, *, num_keep: int, num_prefix: int) -> jax.Array:
-    raise ValueError("EViT needs attention and cannot drop tokens right after the embedding; "
-                     "use the 'random' method for that")
+    return common.prune_by_score("EViT", x, stats, _scores, num_keep=num_keep,
+                                 num_prefix=num_prefix, fill=self._fuse), None

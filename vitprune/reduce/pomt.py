@@ -35,16 +35,12 @@ def pomt_scores(stats: AttentionStats, num_prefix: int) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class POMT:
-  """The paper's reducer; reduces at whichever blocks the schedule says (default block 3)."""
-  name = "pomt"
-  needs_attention = True
-  tracks_size = False
-  supports_embedding = False
+class POMT(common.AttentionReducer):
+  """The paper's reducer; reduces at whichever blocks the schedule says (default block 3).
 
-  def max_remove(self, num_tokens: int, num_prefix: int) -> int:
-    """Down to the prefix plus the fill token (the fill token is what remains of the patches)."""
-    return max(0, num_tokens - num_prefix - 1)
+  May reduce down to the prefix plus the fill token (what remains of the patches).
+  """
+  name = "pomt"
 
   def select(self, stats: AttentionStats, *, num_keep: int, num_prefix: int) -> jax.Array:
     """[B, num_keep - num_prefix - 1] kept patch indices (sorted) from the attention stats."""
@@ -54,13 +50,10 @@ class POMT:
              *, num_keep: int, num_prefix: int, layer: int
              ) -> Tuple[jax.Array, Optional[jax.Array]]:
     """x [B, N, C] -> ([B, num_keep, C]: prefix, kept patches, fill token; None)."""
-    common.check_reduce_args("POMT", x, num_keep=num_keep, num_prefix=num_prefix, fill=1)
-    stats = common.require_stats("POMT", stats, x.shape[1])
-    k = num_keep - num_prefix - 1
-    kept_x, _, dropped = common.keep_patches(x, pomt_scores(stats, num_prefix), k, num_prefix)
-    fill = common.weighted_fill(x[:, num_prefix:], dropped, normalize=True)
-    return jnp.concatenate([kept_x, fill], axis=1), None
+    return common.prune_by_score("POMT", x, stats, pomt_scores, num_keep=num_keep,
+                                 num_prefix=num_prefix, fill=_mean_of_dropped), None
 
-  def reduce_embedding(self, x: jax.Array, *, num_keep: int, num_prefix: int) -> jax.Array:
-    raise ValueError("POMT needs attention and cannot drop tokens right after the embedding; "
-                     "use the 'random' method for that")
+
+def _mean_of_dropped(patches: jax.Array, dropped: jax.Array, scores: jax.Array) -> jax.Array:
+  """The fill token: the plain mean of the dropped patches [B, P, C] -> [B, 1, C]."""
+  return common.weighted_fill(patches, dropped, normalize=True)

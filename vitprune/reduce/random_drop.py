@@ -32,7 +32,7 @@ class RandomDrop:
       raise ValueError(f"RandomDrop seed must be a non-negative int, got {self.seed!r}")
 
   def max_remove(self, num_tokens: int, num_prefix: int) -> int:
-    return max(0, num_tokens - num_prefix - 1)
+    return common.leave_one_patch(num_tokens, num_prefix)
 
   def kept_indices(self, num_patches: int, num_keep_patches: int, stream: int) -> np.ndarray:
     """Sorted [num_keep_patches] patch indices kept out of `num_patches` (NumPy constant)."""

@@ -25,7 +25,11 @@ import numpy as np
 
 from vitprune.reduce import common
 from vitprune.reduce.base import AttentionStats
-from vitprune.schedule import tome_max_remove
+
+
+def tome_max_remove(num_tokens: int, num_prefix: int) -> int:
+  """ToMe's cap: at most half of the non-prefix (unprotected) tokens merge in one block."""
+  return max(0, (num_tokens - num_prefix) // 2)
 
 
 def bipartite_matching(keys: jax.Array, r: int, num_prefix: int
@@ -69,13 +73,12 @@ def output_order(n: int, r: int, num_prefix: int) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class ToMe:
+class ToMe(common.AttentionReducer):
   name = "tome"
-  needs_attention = True
   tracks_size = True
-  supports_embedding = False
 
   def max_remove(self, num_tokens: int, num_prefix: int) -> int:
+    """ToMe's 50% cap (`tome_max_remove`)."""
     return tome_max_remove(num_tokens, num_prefix)
 
   def reduce(self, x: jax.Array, size: Optional[jax.Array], stats: Optional[AttentionStats],
@@ -104,7 +107,3 @@ class ToMe:
     order = output_order(n, r, num_prefix)
     out_x, out_s = out_x[:, order], out_s[:, order]
     return (out_x / out_s[..., None]).astype(x.dtype), out_s
-
-  def reduce_embedding(self, x: jax.Array, *, num_keep: int, num_prefix: int) -> jax.Array:
-    raise ValueError("ToMe needs attention keys and cannot drop tokens right after the "
-                     "embedding; use the 'random' method for that")

@@ -1,0 +1,108 @@
+"""Prune a ViT with a static token schedule and compare it with the unpruned model.
+
+    result = run_prune(cfg, params, images, method="tome", schedule=parse_schedule(cfg, "r8"))
+
+Both forwards are AOT-compiled and run on one batch `[B, S, S, C]`; the result holds the top-1
+agreement of the pruned model with the unpruned one (a model without classifier: the mean
+cosine similarity of the features), top-1 accuracies when labels are given, and the latency of
+both graphs with the profiler's timing protocol (`vitprune.profile.timing`). `experiments/prune.py`
+is the command line around it.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, Optional
+
+import jax
+import numpy as np
+
+from vitprune import model as vit
+from vitprune import schedule as S
+from vitprune.config import ViTConfig
+from vitprune.estimate import compare_logits
+from vitprune.profile import timing
+from vitprune.reduce import make_reducer
+
+
+def default_schedule(cfg: ViTConfig, method: str) -> S.Schedule:
+  """A valid, modest schedule for any model: a quarter of the patches removed, at the embedding
+  for 'random', with ToMe's r form for 'tome', else at block min(3, depth - 1) (POMT's default)."""
+  remove = max(1, cfg.num_patches // 4)
+  if method == "random":
+    return S.embed_schedule(cfg, cfg.num_tokens - remove)
+  if method == "tome":
+    return S.remove_per_layer(cfg, max(1, -(-remove // cfg.depth)))
+  return S.prune_at(cfg, remove=remove, layer=min(S.DEFAULT_POMT_LAYER, cfg.depth - 1))
+
+
+def time_compiled(compiled, params, images, *, warmup: int, repeats: int) -> Dict[str, float]:
+  """Median / IQR seconds of `repeats` calls of `compiled(params, images)` (device-resident
+  inputs), with the profiler's timing protocol."""
+  cfg = timing.TimingConfig(min_run_time=1e-9, warmup=warmup, min_reps=max(3, repeats),
+                            max_reps=max(3, repeats))
+  m = timing.summarize(timing.time_calls(compiled, (params, images), cfg))
+  return {"median_s": m.median, "iqr_s": m.iqr}
+
+
+def agreement(pruned: np.ndarray, full: np.ndarray, valid: np.ndarray, classifier: bool) -> float:
+  """Top-1 agreement of logits [B, K] with the unpruned ones (`estimate.compare_logits`), or the
+  mean cosine similarity of features [B, C] (no classifier), over the `valid` [B] rows."""
+  pruned, full = np.asarray(pruned)[valid], np.asarray(full)[valid]
+  if classifier:
+    _, agree, _ = compare_logits(pruned, full, np.full(len(pruned), -1))
+    return float(np.mean(agree))
+  num = (pruned * full).sum(-1)
+  den = np.linalg.norm(pruned, axis=-1) * np.linalg.norm(full, axis=-1)
+  return float(np.mean(num / np.maximum(den, 1e-12)))
+
+
+def _top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+  correct, _, _ = compare_logits(logits, logits, labels)
+  return float(np.mean(correct))
+
+
+def run_prune(cfg: ViTConfig, params, images: np.ndarray, *, method: str,
+              schedule: Optional[S.Schedule], labels: Optional[np.ndarray] = None,
+              valid: Optional[np.ndarray] = None, dtype: str = "float32", warmup: int = 3,
+              repeats: int = 20, reducer_options: Optional[Dict[str, Any]] = None
+              ) -> Dict[str, Any]:
+  """Compiles, runs and times the unpruned and the pruned forward on `images` [B, S, S, C].
+
+  schedule None: `default_schedule(cfg, method)`. labels [B] (-1: unknown) and valid [B] (False:
+  padding) are optional. Returns a JSON-able dict (see the module docstring).
+  """
+  if repeats < 1 or warmup < 0:
+    raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+  reducer = make_reducer(method, **(reducer_options or {}))
+  schedule = default_schedule(cfg, method) if schedule is None else schedule
+  S.check_schedule(cfg, schedule, reducer)
+  b = images.shape[0]
+  valid = np.ones(b, bool) if valid is None else np.asarray(valid, bool)
+  labels = np.full(b, -1) if labels is None else np.asarray(labels)
+  params = jax.device_put(params)
+  x = jax.device_put(np.asarray(images, np.float32))
+  full_fn, full_compile = timing.compile_fn(
+      functools.partial(vit.forward, cfg=cfg, dtype=dtype), params, x)
+  pruned_fn, pruned_compile = timing.compile_fn(
+      functools.partial(vit.forward, cfg=cfg, schedule=schedule, reducer=reducer, dtype=dtype),
+      params, x)
+  full_out, pruned_out = np.asarray(full_fn(params, x)), np.asarray(pruned_fn(params, x))
+  if not np.isfinite(pruned_out).all():
+    raise FloatingPointError(f"the pruned {cfg.name} produced non-finite outputs")
+  classifier = cfg.num_classes > 0
+  result = {
+      "model": cfg.name, "method": method, "reducer": repr(reducer), "dtype": dtype,
+      "batch": int(b), "device": jax.devices()[0].device_kind,
+      "schedule": S.format_schedule(schedule, cfg), "counts": list(schedule.counts),
+      "metric": "top1_agreement" if classifier else "feature_cosine",
+      "agreement": agreement(pruned_out, full_out, valid, classifier),
+      "full": dict(time_compiled(full_fn, params, x, warmup=warmup, repeats=repeats),
+                   compile_s=full_compile),
+      "pruned": dict(time_compiled(pruned_fn, params, x, warmup=warmup, repeats=repeats),
+                     compile_s=pruned_compile),
+  }
+  labelled = valid & (labels >= 0)
+  if classifier and labelled.any():
+    result["accuracy_full"] = _top1_accuracy(full_out[labelled], labels[labelled])
+    result["accuracy_pruned"] = _top1_accuracy(pruned_out[labelled], labels[labelled])
+  return result
