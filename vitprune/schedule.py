@@ -142,10 +142,6 @@ def _check_method_limits(cfg: ViTConfig, schedule: Schedule, reducer: TokenReduc
     raise ValueError(f"schedule {format_schedule(schedule, cfg)} drops tokens after the "
                      f"embedding, which {reducer.name} cannot do (it needs attention); use the "
                      f"'random' method or start the schedule at {cfg.num_tokens} tokens")
-  # TRANSITIONAL: tests/test_estimate.py's stand-in KeepFirst declares neither `name` nor
-  # `max_remove`; revert this commit once that test uses `vitprune.reduce.KeepFirst`.
-  if not hasattr(reducer, "max_remove"):
-    return
   for l in schedule.reduction_layers:
     n, removed = schedule.tokens_in(l), schedule.removed_at(l)
     limit = reducer.max_remove(n, cfg.num_prefix_tokens)
