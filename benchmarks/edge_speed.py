@@ -6,7 +6,7 @@ r"""IREE (iree:host, llvm-cpu) vs JAX CPU latency of the deployed forward, compi
 Per (model, batch, schedule): JAX = `jit(forward)` AOT-compiled and timed with the profiler's
 protocol (`vitprune.profile.timing`); IREE = the same forward lowered by `vitprune.iree_build`
 and compiled for iree:host (weights as arguments), timed with the same protocol on the IREE
-runtime (`vitprune.edge.protocol`). `--baked` models also get a weights-baked-in module (size
+runtime (`vitprune.profile.protocol`, the jax-free part). `--baked` models also get a weights-baked-in module (size
 vs latency trade-off). vit_digits uses its embedded weights, other models random init_params.
 Prints a markdown table and writes JSON (--out). Latencies are medians; the IQR is reported.
 """
@@ -42,7 +42,8 @@ def _measure_iree(cfg, params, schedule, reducer, images, tcfg, weights):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vitprune import iree_build  # pylint: disable=g-import-not-at-top
-  from vitprune.edge import protocol, runtime  # pylint: disable=g-import-not-at-top
+  from vitprune.edge import runtime  # pylint: disable=g-import-not-at-top
+  from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
   from vitprune.edge.targets import parse_target  # pylint: disable=g-import-not-at-top
   needs = schedule.counts[0] < cfg.num_tokens or schedule.reduction_layers
   low = iree_build.lower(cfg, params, schedule=schedule, reducer=reducer if needs else None,
@@ -53,7 +54,7 @@ def _measure_iree(cfg, params, schedule, reducer, images, tcfg, weights):
   leaves = jax.tree.leaves(params)
   args = [runner.put(np.asarray(leaves[i], np.float32)) for i in low.weight_index]
   args.append(runner.put(np.asarray(images)))
-  m = protocol.measure_all({0: lambda: fn(*args).to_host()}, protocol.TimingConfig(
+  m = protocol.measure_all({0: (lambda: fn(*args).to_host(), ())}, protocol.TimingConfig(
       min_run_time=tcfg.min_run_time))[0]
   wbytes = sum(np.asarray(leaves[i]).nbytes for i in low.weight_index)
   return m, info, len(blob), wbytes

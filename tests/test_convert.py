@@ -13,6 +13,7 @@ from vitprune import checkpoint, convert
 from vitprune.convert import ConversionError, convert_file, convert_state_dict
 from vitprune.digest import file_sha256
 from vitprune.model import init_params, jitted_forward as forward
+from vitprune.model import jitted_forward_features as forward_features
 from vitprune.posembed import resample_abs_pos_embed, resize_matrix
 from vitprune.registry import get_config
 
@@ -50,7 +51,7 @@ def check_io(cfg, params, io_file):
   io = np.load(golden(io_file))
   x = io["input_nchw"].transpose(0, 2, 3, 1)
   out = np.asarray(forward(params, x, cfg=cfg))
-  feats = np.asarray(forward(params, x, cfg=cfg, features=True))
+  feats = np.asarray(forward_features(params, x, cfg=cfg))
   assert out.shape == io["output"].shape and feats.shape == io["features"].shape
   d_out, d_feat = np.abs(out - io["output"]).max(), np.abs(feats - io["features"]).max()
   assert d_out <= TOL, f"{io_file}: max |output - timm| = {d_out}"

@@ -17,7 +17,7 @@ from timm.layers import resample_abs_pos_embed as timm_resample  # noqa: E402
 from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402
 
 from vitprune.convert import convert_state_dict, load_checkpoint  # noqa: E402
-from vitprune.model import jitted_forward  # noqa: E402
+from vitprune.model import jitted_forward, jitted_forward_features  # noqa: E402
 from vitprune.posembed import resample_abs_pos_embed  # noqa: E402
 from vitprune.registry import get_config  # noqa: E402
 
@@ -67,7 +67,7 @@ def test_random_timm_model_matches(name, kwargs):
     ref, ref_feats = model(x).numpy(), model.forward_features(x).numpy()
   xn = x.numpy().transpose(0, 2, 3, 1)
   out = np.asarray(jitted_forward(params, xn, cfg=cfg))
-  feats = np.asarray(jitted_forward(params, xn, cfg=cfg, features=True))
+  feats = np.asarray(jitted_forward_features(params, xn, cfg=cfg))
   assert np.abs(out - ref).max() <= TOL
   assert np.abs(feats - ref_feats).max() <= TOL
 

@@ -17,24 +17,11 @@ from vitprune import estimate
 from vitprune.records import estimate as record_lib
 from vitprune.model import init_params, jitted_forward
 from vitprune.registry import get_config
-from vitprune.schedule import Schedule, full_schedule
+from vitprune.reduce import KeepFirst
+from vitprune.schedule import Schedule, embed_schedule, full_schedule, layer_schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = get_config("test_tiny_vit")  # 16 patches + cls = 17 tokens, depth 2, 10 classes
-
-
-@dataclasses.dataclass(frozen=True)
-class KeepFirst:
-  """Test reducer independent of vitprune.reduce: keeps the first `num_keep` tokens."""
-  needs_attention = False
-  tracks_size = False
-  supports_embedding = True
-
-  def reduce(self, x, size, stats, *, num_keep, num_prefix, layer):
-    return x[:, :num_keep], None if size is None else size[:, :num_keep]
-
-  def reduce_embedding(self, x, *, num_keep, num_prefix):
-    return x[:, :num_keep]
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +63,9 @@ def points():
 
 
 def test_schedules_of_points():
-  assert estimate.embed_schedule(CFG, 9).counts == (9, 9, 9)
-  assert estimate.layer_schedule(CFG, 9, 0).counts == (17, 9, 9)
-  assert estimate.layer_schedule(CFG, 9, 1).counts == (17, 17, 9)
+  assert embed_schedule(CFG, 9).counts == (9, 9, 9)
+  assert layer_schedule(CFG, 9, 0).counts == (17, 9, 9)
+  assert layer_schedule(CFG, 9, 1).counts == (17, 17, 9)
   pts = estimate.sensitivity_points(CFG, [17, 3], [None, 1], KeepFirst())
   assert [(p.layer, p.tokens, p.schedule.counts) for p in pts] == [
       (None, 3, (3, 3, 3)), (None, 17, (17, 17, 17)), (1, 3, (17, 17, 3)), (1, 17, (17, 17, 17))]
@@ -95,7 +82,7 @@ def test_bad_token_grid(tokens, match):
 @pytest.mark.parametrize("layer", [-1, 2, "1"])
 def test_bad_layer(layer):
   with pytest.raises(ValueError, match=r"reduction layer must be an int in \[0, 1\]"):
-    estimate.layer_schedule(CFG, 9, layer)
+    layer_schedule(CFG, 9, layer)
 
 
 def test_bad_layers_list():

@@ -157,7 +157,7 @@ def matched_pomt_schedule(cfg: ViTConfig, target: S.Schedule,
   d, big = cfg.depth, cfg.num_tokens
   n = math.ceil((token_budget(target) - (2 * layer + 1) * big) / (2 * d - 2 * layer - 1))
   n = min(big, max(cfg.num_prefix_tokens + 1, n))
-  return S.prune_at(cfg, keep=n, layer=layer)
+  return S.layer_schedule(cfg, n, layer)
 
 
 def default_method_variants(cfg: ViTConfig) -> List[Variant]:

@@ -70,45 +70,12 @@ class EvalPoint:
   layer: Optional[int]
 
 
-def embed_schedule(cfg: ViTConfig, n: int) -> Schedule:
-  """`n` tokens (prefix included) kept right after the embedding: `[n] * (depth + 1)`."""
-  return check_schedule(cfg, Schedule((int(n),) * (cfg.depth + 1)))
-
-
-def layer_schedule(cfg: ViTConfig, n: int, layer: int) -> Schedule:
-  """All tokens up to block `layer`, which reduces to `n`: `[N] * (layer + 1) + [n] * rest`."""
-  if not isinstance(layer, (int, np.integer)) or not 0 <= layer < cfg.depth:
-    raise ValueError(f"reduction layer must be an int in [0, {cfg.depth - 1}] for {cfg.name} "
-                     f"(depth {cfg.depth}), got {layer!r}")
-  counts = (cfg.num_tokens,) * (layer + 1) + (int(n),) * (cfg.depth - layer)
-  return check_schedule(cfg, Schedule(counts))
-
-
-def check_tokens(cfg: ViTConfig, tokens: Sequence[int]) -> Tuple[int, ...]:
-  """Validates a token grid: unique ints in [prefix + 1, N]; returns it sorted ascending."""
-  ns = list(tokens)
-  if not ns:
-    raise ValueError("token grid is empty")
-  bad = [n for n in ns if not isinstance(n, (int, np.integer))]
-  if bad:
-    raise ValueError(f"token counts must be ints, got {bad}")
-  lo, hi = cfg.num_prefix_tokens + 1, cfg.num_tokens
-  out = [n for n in ns if not lo <= n <= hi]
-  if out:
-    raise ValueError(f"token counts {sorted(out)} outside [{lo}, {hi}] for {cfg.name} "
-                     f"(prefix {cfg.num_prefix_tokens} + at least one patch, at most all "
-                     f"{hi} tokens)")
-  if len(set(ns)) != len(ns):
-    raise ValueError(f"token grid has duplicates: {ns}")
-  return tuple(sorted(int(n) for n in ns))
-
-
 def token_points(cfg: ViTConfig, tokens: Sequence[int], reducer: Optional[TokenReducer], *,
                  layer: Optional[int] = None) -> List[EvalPoint]:
   """A(n) grid: one point per n, dropping after the embedding (layer None) or in block `layer`."""
-  ns = check_tokens(cfg, tokens)
-  make = (lambda n: embed_schedule(cfg, n)) if layer is None else (
-      lambda n: layer_schedule(cfg, n, layer))
+  ns = schedule_lib.check_token_grid(cfg, tokens)
+  make = (lambda n: schedule_lib.embed_schedule(cfg, n)) if layer is None else (
+      lambda n: schedule_lib.layer_schedule(cfg, n, layer))
   return [EvalPoint(make(n), reducer, n, layer) for n in ns]
 
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from vitprune.config import ViTConfig
-from vitprune.model import forward, init_rule, param_shapes
+from vitprune.model import forward, forward_features, init_rule, param_shapes
 from vitprune.schedule import Schedule
 
 
@@ -65,5 +65,8 @@ class VisionTransformer(nn.Module):
   def __call__(self, images: jax.Array, features: bool = False) -> jax.Array:
     params = {name: self.param(name, init_subtree, shapes, name)
               for name, shapes in param_shapes(self.cfg).items()}
-    return forward(params, images, cfg=self.cfg, schedule=self.schedule, reducer=self.reducer,
-                   dtype=self.dtype, precision=self.precision, features=features)
+    static = dict(cfg=self.cfg, schedule=self.schedule, reducer=self.reducer, dtype=self.dtype,
+                  precision=self.precision)
+    if features:   # tokens after the final norm [B, n, C], float32 (timm's forward_features)
+      return forward_features(params, images, **static).astype(jnp.float32)
+    return forward(params, images, **static)

@@ -230,20 +230,15 @@ def forward_head(params: Params, x: jax.Array, *, cfg: ViTConfig,
 
 def forward(params: Params, images: jax.Array, *, cfg: ViTConfig,
             schedule: Optional[Schedule] = None, reducer: Optional[TokenReducer] = None,
-            dtype: str = "float32", precision: str = "highest",
-            features: bool = False) -> jax.Array:
+            dtype: str = "float32", precision: str = "highest") -> jax.Array:
   """images [B, H, W, Cin] -> logits [B, num_classes] (features [B, C] if num_classes == 0):
   `forward_head(forward_features(...))`.
 
-  `features=True` returns `forward_features` as float32 instead (kept for existing callers; new
-  code calls `forward_features`). All keyword arguments are static: use `jitted_forward` (or
-  `jax.jit` with them in `static_argnames`) to compile one graph per (cfg, batch shape,
-  schedule, reducer, dtype).
+  All keyword arguments are static: use `jitted_forward` (or `jax.jit` with them in
+  `static_argnames`) to compile one graph per (cfg, batch shape, schedule, reducer, dtype).
   """
   x = forward_features(params, images, cfg=cfg, schedule=schedule, reducer=reducer, dtype=dtype,
                        precision=precision)
-  if features:
-    return x.astype(jnp.float32)
   with jax.default_matmul_precision(_matmul_precision(DTYPES[dtype], precision)):
     return forward_head(params, x, cfg=cfg)
 
@@ -253,9 +248,11 @@ def _matmul_precision(dt, precision: str) -> str:
   return precision if dt == jnp.float32 else "default"
 
 
-jitted_forward = jax.jit(
-    forward, static_argnames=("cfg", "schedule", "reducer", "dtype", "precision", "features"))
+_STATIC = ("cfg", "schedule", "reducer", "dtype", "precision")
+jitted_forward = jax.jit(forward, static_argnames=_STATIC)
 jitted_forward.__doc__ = "`forward` under `jax.jit`, every keyword static."
+jitted_forward_features = jax.jit(forward_features, static_argnames=_STATIC)
+jitted_forward_features.__doc__ = "`forward_features` under `jax.jit`, every keyword static."
 
 
 # ----------------------------------------------------------------------------- parameters

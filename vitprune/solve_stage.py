@@ -277,7 +277,7 @@ def multilayer_inputs(profile: records.Profile, estimate: Estimate, cfg: ViTConf
   bpos = {int(n): i for i, n in enumerate(bt)}
   sel = [bpos[int(n)] for n in ns]
   med, iqr, cnt = bmed[sel], biqr[sel], bcnt[sel]
-  noise = step_k * np.maximum(steps_lib.pair_noise(iqr, cnt), _curve_noise(med))
+  noise = step_k * np.maximum(steps_lib.pair_noise(iqr, cnt), steps_lib.curve_noise(med))
   # Each separately timed part holds one per-call overhead, the whole forward pays it once: keep
   # it in the embedding, take it out of the blocks and the head (as predict.predict does).
   ovh = float(table.overhead_s)
@@ -286,12 +286,6 @@ def multilayer_inputs(profile: records.Profile, estimate: Estimate, cfg: ViTConf
   return MultiInputs(ns=ns, block=np.maximum(med - ovh, 0.0), head=np.maximum(head, 0.0),
                      embed=float(table.embed_s), layers=tuple(l for l, _ in rows),
                      sensitivity=sens, full_accuracy=full_acc, pair_noise=noise)
-
-
-def _curve_noise(medians: np.ndarray) -> float:
-  drops = medians[1:] - medians[:-1]
-  return (1.4826 * float(np.median(np.abs(drops - np.median(drops))))
-          if drops.size >= 3 else 0.0)
 
 
 def solve_multilayer(profile: records.Profile, estimate: Estimate, *,

@@ -11,7 +11,7 @@ and `vitprune.atomic` are numpy/PIL only). The host side (compiling) is `vitprun
 """
 from vitprune.edge.targets import EdgeError, Target, parse_target, parse_targets
 from vitprune.edge.runtime import EdgeModel, load
-from vitprune.edge.protocol import TimingConfig
+from vitprune.profile.protocol import TimingConfig
 
 __all__ = ["EdgeError", "EdgeModel", "Target", "TimingConfig", "load", "parse_target",
            "parse_targets"]

@@ -18,6 +18,8 @@ import sys
 
 from absl import app, flags
 
+from vitprune.profile import protocol
+
 FLAGS = flags.FLAGS
 COMMANDS = ("run", "bench", "profile")
 flags.DEFINE_string("artifact", None, "Artifact directory with IREE targets (run, bench).")
@@ -38,29 +40,16 @@ flags.DEFINE_integer("seed", 0, "Seed of the shuffled visiting order.")
 
 
 def timing_config():
-  from vitprune.edge.protocol import TimingConfig  # pylint: disable=g-import-not-at-top
-  return TimingConfig(min_run_time=FLAGS.min_run_time, warmup=FLAGS.warmup,
+  return protocol.TimingConfig(min_run_time=FLAGS.min_run_time, warmup=FLAGS.warmup,
                       min_reps=FLAGS.min_reps, max_rel_iqr=FLAGS.max_rel_iqr,
                       max_retries=FLAGS.max_retries, seed=FLAGS.seed)
 
 
 def latency(model, images, cfg) -> dict:
-  from vitprune.edge import protocol  # pylint: disable=g-import-not-at-top
-  m = protocol.measure_all({0: model.timed_call(images)}, cfg)[0]
+  m = protocol.measure_all({0: (model.timed_call(images), ())}, cfg)[0]
   return {"median_s": m.median, "q25_s": m.q25, "q75_s": m.q75, "iqr_s": m.iqr,
           "num_samples": len(m.samples), "retries": m.retries,
           "batch_size": int(images.shape[0])}
-
-
-def label_map(folder_classes, class_names, num_outputs):
-  """Folder label index -> output index: by name when the artifact names its classes, else the
-  sorted folder order (as experiments.run_deployed)."""
-  if class_names and all(c in class_names for c in folder_classes):
-    return [class_names.index(c) for c in folder_classes]
-  if len(folder_classes) > num_outputs:
-    raise ValueError(f"the image folder has {len(folder_classes)} classes but the model has "
-                     f"only {num_outputs} outputs")
-  return list(range(len(folder_classes)))
 
 
 def cmd_run() -> dict:
@@ -71,7 +60,8 @@ def cmd_run() -> dict:
     raise ValueError("run needs --artifact and --images")
   cfg = timing_config()
   model = runtime.load(FLAGS.artifact, FLAGS.target)
-  dataset = ImageFolder(FLAGS.images)
+  dataset = ImageFolder(FLAGS.images, class_names=model.class_names,
+                        num_classes=model.num_outputs)   # labels by class name
   preds, probs, first = [], [], None
   for images, _, idx in iterate_batches(dataset, model.preprocessing, model.batch_size,
                                         num_workers=FLAGS.num_workers):
@@ -88,9 +78,8 @@ def cmd_run() -> dict:
          "num_images": len(dataset), "model": model.record.get("model"),
          "schedule": model.record.get("schedule"), "predictions": rows, "accuracy": None}
   if dataset.labelled:
-    mapping = label_map(dataset.classes, names, model.num_outputs)
     for r, l in zip(rows, dataset.labels.tolist()):
-      r["label"] = mapping[l]
+      r["label"] = l
     res["accuracy"] = sum(r["pred"] == r["label"] for r in rows) / len(rows)
   res["latency"] = latency(model, first, cfg)
   if not FLAGS.quiet:

@@ -10,7 +10,7 @@ A kit (built on the host by `python -m experiments.edge_kit`, `vitprune.iree_bui
   weights.bin   every float32 parameter leaf (see `vitprune.edge.runtime.pack_weights`).
   modules/*.vmfb  one module per point: main(*weights[args], images) -> logits.
 
-`profile_kit` times every point with the profiler's protocol (`vitprune.edge.protocol`) and
+`profile_kit` times every point with the profiler's protocol (`vitprune.profile.protocol`) and
 returns a `vitprune.profile.records.Profile` (platform 'iree-<driver>', device kind naming the
 target and the CPU), which `write_profile` saves as the JSON (+ CSV twin) `experiments.solve`
 reads.
@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 
 from vitprune import atomic
-from vitprune.edge import protocol
+from vitprune.profile import protocol
 from vitprune.edge import runtime as rt
 from vitprune.edge.targets import EdgeError, check_runnable, host_cpu
 
@@ -78,7 +78,8 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
       progress(f"[{len(done)}/{len(calls)}] {p['component']} b{p['batch_size']} "
                f"n{p['tokens']}")
 
-  meas = protocol.measure_all(calls, cfg, on_done=on_done,
+  meas = protocol.measure_all({k: (call, ()) for k, call in calls.items()}, cfg,
+                              on_done=on_done,
                               compile_s={i: p["compile_s"] for i, p in enumerate(kit["points"])})
   points = tuple(records.Point.from_measurement(
       meas[i], component=p["component"], batch_size=p["batch_size"], tokens=p["tokens"],

@@ -15,88 +15,13 @@ Compile time is measured separately (lower + compile wall time) and never mixed 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
-import math
 import time
 from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import jax
-import numpy as np
 
-
-@dataclasses.dataclass(frozen=True)
-class TimingConfig:
-  """How long and how often each point is timed.
-
-  min_run_time: seconds of timed calls per point (per measurement round).
-  warmup: untimed calls before timing (the first call after compile can be slower).
-  min_reps / max_reps: bounds on the number of timed calls per round.
-  max_rel_iqr: a point whose IQR / median exceeds this is re-measured.
-  max_retries: at most this many re-measurement rounds.
-  seed: seeds the shuffled visiting order.
-  """
-  min_run_time: float = 0.5
-  warmup: int = 3
-  min_reps: int = 5
-  max_reps: int = 100_000
-  max_rel_iqr: float = 0.1
-  max_retries: int = 2
-  seed: int = 0
-
-  def __post_init__(self):
-    for name in ("min_run_time", "max_rel_iqr"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number, got {v!r}")
-      if not math.isfinite(v) or not v > 0:
-        raise ValueError(f"{name} must be > 0 and finite, got {v}")
-    for name in ("warmup", "min_reps", "max_reps", "max_retries", "seed"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {v!r}")
-    if self.warmup < 0:
-      raise ValueError(f"warmup must be >= 0, got {self.warmup}")
-    if self.min_reps < 3:
-      raise ValueError(f"min_reps must be >= 3 (a median and an IQR need samples), "
-                       f"got {self.min_reps}")
-    if self.max_reps < self.min_reps:
-      raise ValueError(f"max_reps {self.max_reps} < min_reps {self.min_reps}")
-    if self.max_retries < 0:
-      raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
-    if self.seed < 0:
-      raise ValueError(f"seed must be >= 0, got {self.seed}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Measurement:
-  """Summary of one point's timed samples (seconds)."""
-  median: float
-  q25: float
-  q75: float
-  samples: Tuple[float, ...]
-  compile_s: float = 0.0
-  retries: int = 0
-
-  @property
-  def iqr(self) -> float:
-    return self.q75 - self.q25
-
-  @property
-  def rel_iqr(self) -> float:
-    return self.iqr / self.median if self.median > 0 else float("inf")
-
-
-def summarize(samples: Sequence[float], *, compile_s: float = 0.0, retries: int = 0
-              ) -> Measurement:
-  """Samples [R] seconds -> median and quartiles (numpy's linear interpolation)."""
-  s = np.asarray(samples, np.float64)
-  if s.ndim != 1 or s.size == 0:
-    raise ValueError(f"need a non-empty 1-D list of samples, got shape {s.shape}")
-  if not np.all(np.isfinite(s)) or np.any(s < 0):
-    raise ValueError("samples must be finite, non-negative durations")
-  q25, med, q75 = np.percentile(s, [25, 50, 75])
-  return Measurement(float(med), float(q25), float(q75), tuple(float(v) for v in s),
-                     float(compile_s), int(retries))
+from vitprune.profile import protocol
+from vitprune.profile.protocol import Measurement, TimingConfig, summarize  # noqa: F401 (API)
 
 
 def enable_compilation_cache(cache_dir: str) -> None:
@@ -152,19 +77,8 @@ def compile_many(jobs: Mapping[Hashable, Tuple[Callable, Sequence[Any]]], *, thr
 
 def time_calls(compiled: Callable, args: Sequence[Any], cfg: TimingConfig,
                clock: Callable[[], float] = time.perf_counter) -> List[float]:
-  """Warm-up, then per-call seconds of `block_until_ready(compiled(*args))` until
-  `cfg.min_run_time` has elapsed and at least `cfg.min_reps` calls were timed."""
-  for _ in range(cfg.warmup):
-    jax.block_until_ready(compiled(*args))
-  samples = []
-  start = clock()
-  while len(samples) < cfg.max_reps:
-    t0 = clock()
-    jax.block_until_ready(compiled(*args))
-    samples.append(clock() - t0)
-    if len(samples) >= cfg.min_reps and clock() - start >= cfg.min_run_time:
-      break
-  return samples
+  """Per-call seconds of `block_until_ready(compiled(*args))` (`protocol.time_calls`)."""
+  return protocol.time_calls(compiled, args, cfg, clock, sync=jax.block_until_ready)
 
 
 def measure_all(points: Mapping[Hashable, Tuple[Callable, Sequence[Any]]], cfg: TimingConfig, *,
@@ -172,32 +86,6 @@ def measure_all(points: Mapping[Hashable, Tuple[Callable, Sequence[Any]]], cfg: 
                 on_done: Optional[Callable[[Hashable], None]] = None,
                 timer: Callable[[Callable, Sequence[Any], TimingConfig], List[float]] = time_calls
                 ) -> Dict[Hashable, Measurement]:
-  """Times every `key: (compiled, args)` in a seeded shuffled order -> {key: Measurement}.
-
-  Points with `rel_iqr > cfg.max_rel_iqr` are re-measured up to `cfg.max_retries` rounds (each
-  round reshuffled); a re-measurement replaces the previous one only if its relative IQR is
-  smaller. `on_done(key)` is called once per first-round point (progress reporting).
-  """
-  compile_s = compile_s or {}
-  keys = list(points)
-  rng = np.random.default_rng(cfg.seed)
-  out: Dict[Hashable, Measurement] = {}
-  for i in rng.permutation(len(keys)):
-    key = keys[i]
-    fn, args = points[key]
-    out[key] = summarize(timer(fn, args, cfg), compile_s=compile_s.get(key, 0.0))
-    if on_done:
-      on_done(key)
-  for attempt in range(1, cfg.max_retries + 1):
-    wide = [k for k in keys if out[k].rel_iqr > cfg.max_rel_iqr]
-    if not wide:
-      break
-    for i in rng.permutation(len(wide)):
-      key = wide[i]
-      fn, args = points[key]
-      m = summarize(timer(fn, args, cfg), compile_s=out[key].compile_s, retries=attempt)
-      if m.rel_iqr < out[key].rel_iqr:
-        out[key] = m
-      else:
-        out[key] = dataclasses.replace(out[key], retries=attempt)
-  return out
+  """`protocol.measure_all` of jax executables: `{key: (compiled, args)}` -> {key: Measurement}
+  (each call waits for the device with `block_until_ready`)."""
+  return protocol.measure_all(points, cfg, compile_s=compile_s, on_done=on_done, timer=timer)

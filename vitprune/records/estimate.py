@@ -264,19 +264,6 @@ def _check_scores(p: Dict[str, Any], where: str, labelled: bool, num_examples: i
            f"kl must be a finite number >= 0, got {p['kl']!r}")
 
 
-def _check_grid(cfg: ViTConfig, tokens: Sequence[int], where: str):
-  lo, hi = cfg.num_prefix_tokens + 1, cfg.num_tokens
-  out = sorted(n for n in tokens if not lo <= n <= hi)
-  _require(not out, where, f"token counts {out} outside [{lo}, {hi}] for {cfg.name} (prefix "
-           f"{cfg.num_prefix_tokens} + at least one patch, at most all {hi} tokens)")
-
-
-def _expected_counts(cfg: ViTConfig, layer: Optional[int], n: int) -> List[int]:
-  if layer is None:
-    return list(schedule_lib.drop_after_embedding(cfg, n).counts)
-  return list(schedule_lib.prune_at(cfg, keep=n, layer=layer).counts)
-
-
 def _validate(doc: Any, where: str) -> ViTConfig:
   jsonio.check_format(doc, where, FORMAT, (VERSION,), EstimateError)
   for key, typ in _TOP_KEYS.items():
@@ -320,7 +307,10 @@ def _validate(doc: Any, where: str) -> ViTConfig:
   _require(bool(tokens) and all(jsonio.is_int(n) for n in tokens), where,
            f"tokens must be a non-empty list of ints: {tokens}")
   _require(tokens == sorted(set(tokens)), where, f"tokens must be ascending and unique: {tokens}")
-  _check_grid(cfg, tokens, where)
+  try:
+    schedule_lib.check_token_grid(cfg, tokens)
+  except (ValueError, TypeError) as e:
+    raise EstimateError(f"{where}: {e}") from None
   ref = doc["reference"]
   _require(ref.get("counts") == list(schedule_lib.full_schedule(cfg).counts), where,
            "reference.counts is not the unpruned schedule")
@@ -344,7 +334,8 @@ def _validate(doc: Any, where: str) -> ViTConfig:
       schedule_lib.check_schedule(cfg, schedule_lib.Schedule(tuple(counts)))
     except ValueError as e:
       raise EstimateError(f"{pw}: {e}") from None
-    want = _expected_counts(cfg, l, n)
+    want = list(schedule_lib.embed_counts(n, cfg.depth) if l is None else
+                schedule_lib.layer_counts(cfg.num_tokens, n, cfg.depth, l))
     _require(counts == want, pw, f"counts {counts} do not reduce to {n} tokens at "
              f"{'the embedding' if l is None else f'layer {l}'} (expected {want})")
     _require(isinstance(p.get("schedule"), str), pw, "schedule must be a string")
