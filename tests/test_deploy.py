@@ -30,9 +30,15 @@ SCHED = Schedule((17, 17, 9))      # block 1 reduces 17 -> 9
 
 @dataclasses.dataclass(frozen=True)
 class KeepLastPatches:
-  """Test reducer independent of the methods module: keeps the prefix and the last patches."""
+  """Test reducer independent of the methods module: keeps the prefix and the last patches.
+  Implements the whole `TokenReducer` protocol (class attributes are not dataclass fields)."""
   needs_attention: bool = False
   tracks_size: bool = False
+  name = "keep_last"
+  supports_embedding = True
+
+  def max_remove(self, num_tokens, num_prefix):
+    return num_tokens - num_prefix - 1
 
   def reduce(self, x, size, stats, *, num_keep, num_prefix, layer):
     return jnp.concatenate([x[:, :num_prefix], x[:, x.shape[1] - (num_keep - num_prefix):]],

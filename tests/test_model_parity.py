@@ -6,7 +6,7 @@ import jax
 
 from vitprune import schedule as S
 from vitprune.model import (forward, forward_features, forward_head, init_params,
-                            jitted_forward)
+                            jitted_forward, jitted_forward_features)
 from vitprune.reduce import make_reducer
 from vitprune.registry import get_config
 
@@ -49,7 +49,7 @@ def test_batch_independence(name):
   batch = np.asarray(jitted_forward(params, x, cfg=cfg))
   alone = np.asarray(jitted_forward(params, x[1:2], cfg=cfg))
   np.testing.assert_allclose(alone[0], batch[1], atol=1e-5)
-  feats = np.asarray(jitted_forward(params, x, cfg=cfg, features=True))
+  feats = np.asarray(jitted_forward_features(params, x, cfg=cfg))
   assert feats.shape == (3, cfg.num_tokens, cfg.embed_dim)
 
 
@@ -85,8 +85,8 @@ def test_forward_is_head_of_features_exactly(name, dtype):
   logits, feats = split(params, x)
   assert feats.shape == (2, sch.counts[-1], cfg.embed_dim) and feats.dtype.name == dtype
   np.testing.assert_array_equal(np.asarray(logits), np.asarray(jitted_forward(params, x, **kw)))
-  np.testing.assert_array_equal(np.asarray(feats, np.float32),
-                                np.asarray(jitted_forward(params, x, features=True, **kw)))
+  np.testing.assert_array_equal(np.asarray(feats),
+                                np.asarray(jitted_forward_features(params, x, **kw)))
 
 
 @pytest.mark.parametrize("name", ["test_tiny_vit", "test_tiny_distilled", "test_tiny_dinov2_reg"])

@@ -98,8 +98,7 @@ def test_pomt_multi_layer_and_maximum():
   cfg, params, images = _setup("test_tiny_vit")
   red = make_reducer("pomt")
   for sch in (S.prune_layers(cfg, {0: 12, 1: 5}), S.prune_at(cfg, keep=2, layer=0)):
-    out = model.jitted_forward(params, images, cfg=cfg, schedule=sch, reducer=red,
-                               features=True)
+    out = model.jitted_forward_features(params, images, cfg=cfg, schedule=sch, reducer=red)
     assert out.shape == (4, sch.counts[-1], cfg.embed_dim) and np.isfinite(out).all()
 
 
