@@ -15,7 +15,6 @@ Non-finite parameters are refused.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitprune import atomic
+from vitprune import jsonio
 from vitprune.config import ViTConfig, check_config, config_from_dict, config_to_dict
 from vitprune.data import check_class_names
 from vitprune.model import Params, abstract_params, param_shapes
@@ -108,12 +108,9 @@ def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
   if not os.path.isfile(cfg_file):
     raise FileNotFoundError(f"{path} is not a vitprune weights directory (no config.json)")
   try:
-    with open(cfg_file) as f:
-      doc = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    doc = jsonio.read_json(cfg_file, "weights config")
+  except jsonio.FormatError as e:
     raise ValueError(f"{cfg_file} is corrupted: {e}") from None
-  if not isinstance(doc, dict):
-    raise ValueError(f"{cfg_file} is corrupted: not a JSON object")
   if doc.get("format") != FORMAT:
     raise ValueError(f"{cfg_file}: format {doc.get('format')!r} is not {FORMAT!r}")
   if doc.get("version") != VERSION:

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from vitprune import jsonio
 from vitprune.edge.targets import EdgeError, check_runnable, parse_target
 
 RECORD_FORMAT = "vitprune-edge-target"
@@ -45,16 +45,13 @@ def sha256_file(path: str) -> str:
 
 
 def read_json(path: str, what: str) -> Dict[str, Any]:
+  """`vitprune.jsonio.read_json` with every failure as an `EdgeError` naming `what`."""
   if not os.path.isfile(path):
     raise EdgeError(f"{what}: {path} is missing")
   try:
-    with open(path) as f:
-      doc = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise EdgeError(f"{what}: {path} is not valid JSON ({e})") from None
-  if not isinstance(doc, dict):
-    raise EdgeError(f"{what}: {path} does not hold a JSON object")
-  return doc
+    return jsonio.read_json(path, what)
+  except jsonio.FormatError as e:
+    raise EdgeError(f"{what}: {e}") from None
 
 
 def checked_file(root: str, entry: Dict[str, Any], what: str) -> str:
