@@ -445,7 +445,7 @@ def to_markdown(rows: Sequence[Dict[str, Any]]) -> str:
 def plot_png(rows: Sequence[Dict[str, Any]]) -> bytes:
   """PNG: latency (ms, IQR error bars) vs accuracy (labelled), agreement (unlabelled) or, with no
   data, the token budget (%), one panel per (batch size, dtype), one marker per variant."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  import matplotlib  # pylint: disable=g-import-not-at-top  (slow; plots only)
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   if not rows:

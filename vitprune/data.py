@@ -586,7 +586,7 @@ def load_digits_arrays() -> Tuple[np.ndarray, np.ndarray]:
     `(images uint8 [1797, 8, 8] in 0..255, labels int32 [1797] in 0..9)`; the original 0..16
     values are scaled by 255 / 16 and rounded.
   """
-  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top  (slow; digits only)
   bunch = load_digits()
   images = np.round(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
   return images, bunch.target.astype(np.int32)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import json
+import importlib.metadata as md
 import os
 import platform as _platform
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import vitprune
 from vitprune import atomic
 from vitprune.config import ViTConfig
 from vitprune.digest import file_sha256, params_sha256  # noqa: F401  (file_sha256: public API)
@@ -97,7 +98,6 @@ def normalize_platforms(platforms: Optional[Sequence[str]]) -> Tuple[str, ...]:
 
 
 def _versions() -> Dict[str, str]:
-  import importlib.metadata as md  # pylint: disable=g-import-not-at-top
 
   def version(dist):
     try:
@@ -105,7 +105,6 @@ def _versions() -> Dict[str, str]:
     except md.PackageNotFoundError:
       return "unknown"
 
-  import vitprune  # pylint: disable=g-import-not-at-top
   return {"jax": jax.__version__, "jaxlib": version("jaxlib"),
           "orbax-checkpoint": version("orbax-checkpoint"),
           "vitprune": getattr(vitprune, "__version__", "unknown"),

@@ -35,14 +35,19 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
+from jax._src.interpreters import mlir as jax_mlir  # private: jax's default sort lowering
+from jax.interpreters import mlir
 import jax.numpy as jnp
 import numpy as np
 
 from vitprune import atomic
+from vitprune import model
 from vitprune.config import ViTConfig
+from vitprune.digest import params_sha256
 from vitprune.edge import runtime as edge_rt
 from vitprune.edge.kit import KIT_FORMAT, KIT_MANIFEST, KIT_VERSION
 from vitprune.edge.targets import CPU_TUNING, EdgeError, Target, host_cpu, parse_targets
+from vitprune.schedule import Schedule, check_schedule, format_schedule
 
 KIT_WEIGHTS = "weights.bin"
 
@@ -63,8 +68,6 @@ def _install_sort_rule() -> None:
   stable sorts explicit; outside it delegates to jax's own rule (identical output)."""
   if _installed:
     return
-  from jax._src.interpreters import mlir as jax_mlir  # pylint: disable=g-import-not-at-top
-  from jax.interpreters import mlir  # pylint: disable=g-import-not-at-top
   default = jax_mlir._lowerings[jax.lax.sort_p].rule  # pylint: disable=protected-access
 
   def rule(ctx, *operands, dimension, is_stable, num_keys):
@@ -111,7 +114,6 @@ class Lowered:
 def lower(cfg: ViTConfig, params, *, schedule=None, reducer=None, dtype: str = "float32",
           precision: str = "highest", batch_size: int = 1, weights: str = "args") -> Lowered:
   """`jax.export` (platform cpu) of the forward -> StableHLO text for IREE."""
-  from vitprune import model  # pylint: disable=g-import-not-at-top
   if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
     raise IreeBuildError(f"IREE targets need a fixed batch size >= 1, got {batch_size!r} "
                          "(drop --symbolic_batch)")
@@ -147,7 +149,7 @@ def lower(cfg: ViTConfig, params, *, schedule=None, reducer=None, dtype: str = "
 
 def iree_version() -> str:
   try:
-    from iree.compiler import version  # pylint: disable=g-import-not-at-top
+    from iree.compiler import version  # pylint: disable=g-import-not-at-top  (optional install)
     return str(version.VERSION)
   except ImportError:
     raise IreeBuildError("iree-base-compiler is not installed (pip install "
@@ -168,7 +170,7 @@ def _first_error(e: Exception) -> str:
 def compile_module(mlir: str, target: Target, *, cache_dir: Optional[str] = None
                    ) -> Tuple[bytes, Dict[str, Any]]:
   """-> (vmfb bytes, {flags, iree_version, compile_s, cached, fallback, target_backends})."""
-  import iree.compiler as ireec  # pylint: disable=g-import-not-at-top
+  import iree.compiler as ireec  # pylint: disable=g-import-not-at-top  (optional install)
   version = iree_version()
   attempts = [target.compile_flags()]
   if any(f in CPU_TUNING for f in attempts[0]):
@@ -247,7 +249,6 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
   """Compiles the IREE `targets` into the (staged) artifact directory `tmp`; writes
   `iree/<slug>.vmfb`, `iree/<slug>.json` and `iree/weights.bin`. Returns the target texts
   (with 'jax' first: the jax export is always part of an artifact)."""
-  from vitprune.digest import params_sha256  # pylint: disable=g-import-not-at-top
   chosen = iree_targets(targets)
   if not chosen:
     return ["jax"]
@@ -265,7 +266,6 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
                   bytes=len(blob), leaves=entries)
   compiled = compile_many({t: (low.mlir, t) for t in chosen}, threads=threads,
                           cache_dir=cache_dir)
-  from vitprune.schedule import format_schedule  # pylint: disable=g-import-not-at-top
   for t in chosen:
     blob, info = compiled[t]
     rel = f"{edge_rt.EDGE_DIR}/{t.slug}.vmfb"
@@ -298,7 +298,6 @@ def kit_jobs(cfg: ViTConfig, *, mode: str, grid: Sequence[int] = (), schedules=(
              batch_sizes: Sequence[int] = (1,), reducer=None) -> List[Dict[str, Any]]:
   """The kit's points: mode 'model' -> one per (batch, n) with tokens dropped after the
   embedding; 'schedule' -> one per (batch, schedule)."""
-  from vitprune.schedule import Schedule, check_schedule  # pylint: disable=g-import-not-at-top
   if mode not in ("model", "schedule"):
     raise IreeBuildError(f"kit mode must be 'model' or 'schedule', got {mode!r}")
   if mode == "model" and not grid:
@@ -329,7 +328,6 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
               threads: int = 2, cache_dir: Optional[str] = None, overwrite: bool = False,
               on_done: Optional[Callable[[Any, Dict[str, Any]], None]] = None) -> str:
   """Compiles one module per kit point for one IREE target into directory `out` (atomic)."""
-  from vitprune.digest import params_sha256  # pylint: disable=g-import-not-at-top
   (t,) = parse_targets([target])
   if not t.is_iree:
     raise IreeBuildError(f"a kit needs an IREE target, got {target!r}")

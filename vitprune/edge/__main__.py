@@ -17,7 +17,13 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags
+import numpy as np
 
+from vitprune import atomic
+from vitprune.data import ImageFolder, iterate_batches
+from vitprune.edge import kit as kit_lib
+from vitprune.edge import runtime
+from vitprune.edge.targets import EdgeError
 from vitprune.profile import protocol
 
 FLAGS = flags.FLAGS
@@ -53,9 +59,6 @@ def latency(model, images, cfg) -> dict:
 
 
 def cmd_run() -> dict:
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from vitprune.data import ImageFolder, iterate_batches  # pylint: disable=g-import-not-at-top
-  from vitprune.edge import runtime  # pylint: disable=g-import-not-at-top
   if not FLAGS.artifact or not FLAGS.images:
     raise ValueError("run needs --artifact and --images")
   cfg = timing_config()
@@ -103,8 +106,6 @@ def print_latency(lat: dict) -> None:
 
 
 def cmd_bench() -> dict:
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from vitprune.edge import runtime  # pylint: disable=g-import-not-at-top
   if not FLAGS.artifact:
     raise ValueError("bench needs --artifact")
   cfg = timing_config()
@@ -118,7 +119,6 @@ def cmd_bench() -> dict:
 
 
 def cmd_profile() -> dict:
-  from vitprune.edge import kit as kit_lib  # pylint: disable=g-import-not-at-top
   if not FLAGS.kit or not FLAGS.out:
     raise ValueError("profile needs --kit and --out")
   progress = None if FLAGS.quiet else (lambda msg: print(msg, file=sys.stderr))
@@ -132,13 +132,11 @@ def cmd_profile() -> dict:
 
 
 def main(argv):
-  from vitprune.edge.targets import EdgeError  # pylint: disable=g-import-not-at-top
   if len(argv) != 2 or argv[1] not in COMMANDS:
     sys.exit(f"error: give one command: {' | '.join(COMMANDS)} (got {argv[1:]})")
   try:
     res = {"run": cmd_run, "bench": cmd_bench, "profile": cmd_profile}[argv[1]]()
     if FLAGS.output:
-      from vitprune import atomic  # pylint: disable=g-import-not-at-top
       atomic.write_json(FLAGS.output, res, sort_keys=True)
       print(f"wrote {FLAGS.output}")
   except (EdgeError, ValueError, FileNotFoundError, OSError) as e:

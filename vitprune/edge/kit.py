@@ -18,6 +18,8 @@ reads.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata as md
+import json
 import os
 from typing import Any, Callable, Dict, Optional
 
@@ -25,6 +27,7 @@ import numpy as np
 
 from vitprune import atomic
 from vitprune.profile import protocol
+from vitprune.profile import records
 from vitprune.edge import runtime as rt
 from vitprune.edge.targets import EdgeError, check_runnable, host_cpu
 
@@ -52,7 +55,6 @@ def read_kit(path: str) -> Dict[str, Any]:
 def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
                 progress: Optional[Callable[[str], None]] = None):
   """Loads and checks every module of kit `path`, times them -> `records.Profile`."""
-  from vitprune.profile import records  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
   kit = read_kit(path)
   check_runnable(kit, f"kit {path} ({kit['target']})")
@@ -99,8 +101,6 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
 def write_profile(profile, out: str, kit: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
   """Saves `profile` as JSON at `out` (+ CSV twin, same stem) atomically; the JSON also carries
   an 'edge' entry (kit target, compiler flags, IREE runtime version)."""
-  import json  # pylint: disable=g-import-not-at-top
-  from vitprune.profile import records  # pylint: disable=g-import-not-at-top
   doc = records.to_json(profile)
   if kit is not None:
     doc["edge"] = {"target": kit["target"], "compiler": kit.get("compiler"),
@@ -112,7 +112,6 @@ def write_profile(profile, out: str, kit: Optional[Dict[str, Any]] = None) -> Di
 
 
 def _runtime_version() -> str:
-  import importlib.metadata as md  # pylint: disable=g-import-not-at-top
   try:
     return md.version("iree-base-runtime")
   except md.PackageNotFoundError:

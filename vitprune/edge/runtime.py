@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from vitprune import jsonio
+from vitprune.config import Preprocessing
 from vitprune.edge.targets import EdgeError, check_runnable, parse_target
 
 RECORD_FORMAT = "vitprune-edge-target"
@@ -104,7 +105,7 @@ class Runner:
   """One IREE device with modules loaded on it and device-resident weights."""
 
   def __init__(self, driver: str):
-    import iree.runtime as ireert  # pylint: disable=g-import-not-at-top
+    import iree.runtime as ireert  # pylint: disable=g-import-not-at-top  (optional: needed to run)
     self._rt = ireert
     self.driver = driver
     self.config = ireert.Config(driver)
@@ -136,7 +137,6 @@ class EdgeModel:
   """
 
   def __init__(self, path: str, record: Dict[str, Any], where: str):
-    from vitprune.config import Preprocessing  # pylint: disable=g-import-not-at-top
     self.path, self.record, self.target = path, record, record["target"]
     module = checked_file(path, record["module"], where)
     weights = read_weights(path, record["weights"], where)

@@ -151,7 +151,7 @@ def check_runnable(record: Dict[str, Any], where: str) -> None:
         raise EdgeError(f"{where} was compiled with --target=iree:host on a CPU with features "
                         f"this CPU lacks ({', '.join(missing[:8])}); recompile on this machine")
     return
-  import iree.runtime as ireert  # pylint: disable=g-import-not-at-top
+  import iree.runtime as ireert  # pylint: disable=g-import-not-at-top  (optional: needed to run)
   if target.driver not in ireert.query_available_drivers():
     raise EdgeError(f"{where} targets {target.text}, but this IREE runtime has no "
                     f"{target.driver!r} driver")
