@@ -24,111 +24,93 @@ from __future__ import annotations
 
 from typing import List, Sequence
 
-from absl import app
 from absl import flags
 
 from experiments import common
-
-flags.DEFINE_string("model", None, "Registered model name: random init unless --weights; "
-                    "default vit_digits with its embedded trained weights.")
-flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights); "
-                    "default with neither flag: weights/vit_digits if present, else "
-                    "test_tiny_vit with random weights.")
-flags.DEFINE_list("batch_size", ["1", "32"], "Batch sizes to time (comma list).")
-flags.DEFINE_list("dtype", ["float32"], "Compute dtypes (comma list of float32, bfloat16).")
-flags.DEFINE_string("data", "digits", "'digits' (test split), an image folder (labelled or flat: "
-                    "fidelity only), or 'none' (latency only).")
-flags.DEFINE_integer("num_images", None, "Seeded class-balanced subset of the data (default all).")
-flags.DEFINE_string("variants", None, "';'-separated [NAME=]METHOD:SCHEDULE items or 'defaults' "
-                    "(default: the default method set).")
-flags.DEFINE_string("pomt_schedule", None, "POMT schedule text, e.g. keep@3:120 (instead of "
-                    "--solution).")
-flags.DEFINE_string("solution", None, "Solver output JSON (experiments.solve) for POMT.")
-flags.DEFINE_string("multi_solution", None, "Multi-layer solver output JSON (--mode=multi).")
-flags.DEFINE_integer("multi_frontier", 0, "Extra frontier schedules from --multi_solution.")
-flags.DEFINE_float("min_run_time", 0.3, "Seconds of timed calls per point.")
-flags.DEFINE_integer("compile_threads", 2, "Graphs compiled in parallel.")
-flags.DEFINE_integer("eval_batch_size", 64, "Batch size of the accuracy evaluation.")
-flags.DEFINE_string("out_dir", "outputs/benchmark", "Output directory.")
-flags.DEFINE_integer("seed", 0, "Seed of random weights, inputs, data subset, timing order.")
-flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.")
-
-FLAGS = flags.FLAGS
+from vitprune import benchmark as bench
+from vitprune import estimate
+from vitprune import memory
+from vitprune.profile import timing
 
 
-
-def parse_ints(values: Sequence[str], flag: str) -> List[int]:
-  """Positive distinct ints from a flag list; ValueError naming the flag."""
-  if not values:
-    raise ValueError(f"--{flag} is empty")
-  out = []
-  for v in values:
-    try:
-      n = int(str(v).strip())
-    except ValueError:
-      raise ValueError(f"--{flag}: {v!r} is not an integer") from None
-    if n < 1:
-      raise ValueError(f"--{flag}: {n} must be >= 1")
-    out.append(n)
-  if len(set(out)) != len(out):
-    raise ValueError(f"--{flag}: duplicate values in {out}")
-  return out
-
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers this CLI's flags on `fv` (only when run as a script, or into a fresh FlagValues
+  via `common.parse`)."""
+  flags.DEFINE_string("model", None, "Registered model name: random init unless --weights; "
+                      "default vit_digits with its embedded trained weights.", flag_values=fv)
+  flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights); "
+                      "default with neither flag: weights/vit_digits if present, else "
+                      "test_tiny_vit with random weights.", flag_values=fv)
+  flags.DEFINE_list("batch_size", ["1", "32"], "Batch sizes to time (comma list).", flag_values=fv)
+  flags.DEFINE_list("dtype", ["float32"], "Compute dtypes (comma list of float32, bfloat16).", flag_values=fv)
+  flags.DEFINE_string("data", "digits", "'digits' (test split), an image folder (labelled or flat: "
+                      "fidelity only), or 'none' (latency only).", flag_values=fv)
+  flags.DEFINE_integer("num_images", None, "Seeded class-balanced subset of the data (default all).", flag_values=fv)
+  flags.DEFINE_string("variants", None, "';'-separated [NAME=]METHOD:SCHEDULE items or 'defaults' "
+                      "(default: the default method set).", flag_values=fv)
+  flags.DEFINE_string("pomt_schedule", None, "POMT schedule text, e.g. keep@3:120 (instead of "
+                      "--solution).", flag_values=fv)
+  flags.DEFINE_string("solution", None, "Solver output JSON (experiments.solve) for POMT.", flag_values=fv)
+  flags.DEFINE_string("multi_solution", None, "Multi-layer solver output JSON (--mode=multi).", flag_values=fv)
+  flags.DEFINE_integer("multi_frontier", 0, "Extra frontier schedules from --multi_solution.", flag_values=fv)
+  flags.DEFINE_float("min_run_time", 0.3, "Seconds of timed calls per point.", flag_values=fv)
+  flags.DEFINE_integer("compile_threads", 2, "Graphs compiled in parallel.", flag_values=fv)
+  flags.DEFINE_integer("eval_batch_size", 64, "Batch size of the accuracy evaluation.", flag_values=fv)
+  flags.DEFINE_string("out_dir", "outputs/benchmark", "Output directory.", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed of random weights, inputs, data subset, timing order.", flag_values=fv)
+  flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.", flag_values=fv)
 
 def parse_dtypes(values: Sequence[str]) -> List[str]:
-  from vitprune.benchmark import DTYPES  # pylint: disable=g-import-not-at-top
   out = [str(v).strip().lower() for v in values]
-  bad = [v for v in out if v not in DTYPES]
+  bad = [v for v in out if v not in bench.DTYPES]
   if not out or bad:
-    raise ValueError(f"--dtype: {bad or 'empty'}; valid: {', '.join(DTYPES)}")
+    raise ValueError(f"--dtype: {bad or 'empty'}; valid: {', '.join(bench.DTYPES)}")
   if len(set(out)) != len(out):
     raise ValueError(f"--dtype: duplicate values in {out}")
   return out
 
 
-def main(argv):
-  common.quiet_logging()
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from vitprune import benchmark as bench  # pylint: disable=g-import-not-at-top
-  from vitprune import estimate  # pylint: disable=g-import-not-at-top
-  from vitprune.profile import timing  # pylint: disable=g-import-not-at-top
-  try:
-    batch_sizes = parse_ints(FLAGS.batch_size, "batch_size")
-    dtypes = parse_dtypes(FLAGS.dtype)
-    if FLAGS.multi_frontier < 0:
-      raise ValueError(f"--multi_frontier must be >= 0, got {FLAGS.multi_frontier}")
-    if FLAGS.multi_frontier and not FLAGS.multi_solution:
-      raise ValueError("--multi_frontier needs --multi_solution")
-    tcfg = timing.TimingConfig(min_run_time=FLAGS.min_run_time, seed=FLAGS.seed)
-    cfg, params, source = common.load_model(FLAGS.model, FLAGS.weights, FLAGS.seed)
-    spec = bench.BenchmarkSpec(cfg, batch_sizes=tuple(batch_sizes), dtypes=tuple(dtypes),
-                               timing=tcfg, threads=FLAGS.compile_threads,
-                               eval_batch_size=FLAGS.eval_batch_size, seed=FLAGS.seed)
-    variants = bench.build_variants(
-        cfg, variants=FLAGS.variants, pomt_schedule=FLAGS.pomt_schedule,
-        solution=FLAGS.solution, multi_solution=FLAGS.multi_solution,
-        multi_frontier=FLAGS.multi_frontier)
-    data = None
-    if FLAGS.data.strip().lower() != "none":
-      if FLAGS.num_images is not None and FLAGS.num_images < 1:
-        raise ValueError(f"--num_images must be >= 1, got {FLAGS.num_images}")
-      data = estimate.load_eval_data(FLAGS.data, num_images=FLAGS.num_images, seed=FLAGS.seed,
-                                     class_names=common.class_names(source),
-                                     num_classes=cfg.num_classes)
-    elif FLAGS.num_images is not None:
-      raise ValueError("--num_images needs data (--data is 'none')")
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    raise app.UsageError(str(e)) from None
+def main(f: flags.FlagValues):
+  """Checks every flag and --out_dir, then benchmarks, writes and prints the table."""
+  batch_sizes = common.parse_ints(f.batch_size, "batch_size")
+  dtypes = parse_dtypes(f.dtype)
+  if f.multi_frontier < 0:
+    raise ValueError(f"--multi_frontier must be >= 0, got {f.multi_frontier}")
+  if f.multi_frontier and not f.multi_solution:
+    raise ValueError("--multi_frontier needs --multi_solution")
+  common.positive(f.eval_batch_size, "eval_batch_size")
+  common.positive(f.compile_threads, "compile_threads")
+  use_data = f.data.strip().lower() != "none"
+  if use_data:
+    common.positive(f.num_images, "num_images", allow_none=True)
+  elif f.num_images is not None:
+    raise ValueError("--num_images needs data (--data is 'none')")
+  tcfg = timing.TimingConfig(min_run_time=f.min_run_time, seed=f.seed)
+  common.check_output_dir(f.out_dir)
+  cfg = common.model_config(f.model, f.weights)
+  variants = bench.build_variants(
+      cfg, variants=f.variants, pomt_schedule=f.pomt_schedule, solution=f.solution,
+      multi_solution=f.multi_solution, multi_frontier=f.multi_frontier)
+  for dtype in dtypes:
+    memory.check_batch_fits(cfg, batch_sizes, dtype)
+    if use_data:
+      memory.check_batch_fits(cfg, [f.eval_batch_size], dtype, flag="--eval_batch_size")
+  cfg, params, source = common.load_model(f.model, f.weights, f.seed)
+  spec = bench.BenchmarkSpec(cfg, batch_sizes=tuple(batch_sizes), dtypes=tuple(dtypes),
+                             timing=tcfg, threads=f.compile_threads,
+                             eval_batch_size=f.eval_batch_size, seed=f.seed)
+  data = None
+  if use_data:
+    data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
+                                   class_names=common.class_names(source),
+                                   num_classes=cfg.num_classes)
   print(f"{cfg.name} ({source}): {len(variants)} variants x batch {batch_sizes} x {dtypes}")
-  try:
-    rows = bench.run_benchmark(spec, params, variants, data=data, progress=FLAGS.progress)
-  except ValueError as e:   # e.g. labels beyond the model's classes
-    raise app.UsageError(str(e)) from None
-  paths = bench.write_outputs(rows, FLAGS.out_dir)
+  rows = bench.run_benchmark(spec, params, variants, data=data, progress=f.progress)
+  paths = bench.write_outputs(rows, f.out_dir)
   print(bench.to_markdown(rows))
   print(f"wrote {paths['csv']}, {paths['md']}, {paths['png']}")
+  return rows
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main, define_flags)

@@ -1,30 +1,234 @@
-"""Helpers shared by the experiments CLIs."""
+"""Helpers shared by the experiments CLIs: the one entry point (`run`), up-front checks of flag
+values and output paths, and the --model/--weights rule.
+
+Every CLI is `define_flags(fv)` + `main(f)` (f: the parsed `flags.FlagValues`) and ends with
+`common.run(main, define_flags)`. Flags are registered only when the module runs as a script, so
+importing a CLI (tests, other code) registers nothing; `parse(define_flags, argv)` parses into a
+fresh `FlagValues` for tests.
+
+The contract of `run` (the README's "What happens when things go wrong"):
+  * a bad flag value, a bad input file, an occupied or unwritable output, a batch that cannot
+    fit in memory: one line `error: <message>` on stderr, no traceback, no help text, exit 1;
+  * flag syntax (unknown flag, a value of the wrong type, stray positional arguments): the same
+    one line plus `(see --help)`, exit 2;
+  * Ctrl-C: `error: interrupted`, exit 130.
+Checks run before any work, so a refused run changes no file.
+"""
 from __future__ import annotations
 
+import math
 import os
-from typing import Any, Optional, Tuple
+import sys
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+from absl import app
 from absl import flags
 from absl import logging
+
+from vitprune.edge.targets import EdgeError
+from vitprune.registry import get_config
 
 # The embedded default: a registered model whose trained weights ship in the repository.
 EMBEDDED_MODEL = "vit_digits"
 EMBEDDED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "weights", "vit_digits")
 
+# What the library raises on bad input (ValueError covers jsonio.FormatError and its record,
+# artifact, estimate and solve errors, EdgeError; OSError covers missing, occupied (incl.
+# atomic.ForeignOutputError), unwritable and wrong-kind paths).
+INPUT_ERRORS = (ValueError, KeyError, OSError, EdgeError, ImportError)
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
-def quiet_logging() -> None:
+
+def one_line(message: Any) -> str:
+  """`message` on one line (KeyError: its text, not the quoted repr)."""
+  if isinstance(message, KeyError) and message.args:
+    message = message.args[0]
+  return " ".join(str(message).split())
+
+
+def fail(message: Any, code: int = EXIT_ERROR, hint: bool = False):
+  """Prints `error: <message>` (+ `(see --help)` when `hint`) to stderr and exits `code`."""
+  sys.stderr.write(f"error: {one_line(message)}\n")
+  if hint:
+    sys.stderr.write("(see --help)\n")
+  sys.stderr.flush()
+  sys.exit(code)
+
+
+def quiet_logging(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Shows warnings and errors only (orbax logs every checkpoint step at INFO), unless the user
   passed --verbosity."""
-  if not flags.FLAGS["verbosity"].present:
+  if "verbosity" not in fv or not fv["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+
+
+def check_finite(fv: flags.FlagValues) -> None:
+  """Every float flag must hold a finite number (`--alpha=nan`, `--min_run_time=inf`)."""
+  for name, flag in sorted(fv._flags().items()):  # pylint: disable=protected-access
+    v = flag.value
+    if isinstance(v, float) and not math.isfinite(v) and name == flag.name:
+      raise ValueError(f"--{name}={v} is not a finite number")
+
+
+def parse(define_flags: Callable[[flags.FlagValues], None], argv: Sequence[str] = ()
+          ) -> flags.FlagValues:
+  """A fresh FlagValues with the CLI's flags, parsed from `argv` (without the program name) and
+  checked for non-finite floats; for tests and library callers."""
+  fv = flags.FlagValues()
+  define_flags(fv)
+  fv(["prog", *argv])
+  check_finite(fv)
+  return fv
+
+
+def run(main: Callable[[flags.FlagValues], Any],
+        define_flags: Callable[[flags.FlagValues], None]) -> None:
+  """The entry point of every CLI: registers and parses the flags, runs `main(FLAGS)` and maps
+  errors to one line and an exit code (see the module doc)."""
+  fv = flags.FLAGS
+  define_flags(fv)
+
+  def parse_argv(argv: List[str]) -> List[str]:
+    try:
+      return fv(argv)
+    except flags.Error as e:
+      fail(e, EXIT_USAGE, hint=True)
+
+  def guarded(argv: List[str]) -> None:
+    try:
+      if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+      quiet_logging(fv)
+      check_finite(fv)
+      main(fv)
+    except (app.UsageError, flags.Error) as e:
+      fail(e, EXIT_USAGE, hint=True)
+    except INPUT_ERRORS as e:
+      fail(e)
+    except KeyboardInterrupt:
+      fail("interrupted", EXIT_INTERRUPTED)
+
+  app.run(guarded, flags_parser=parse_argv)
+
+
+# ----------------------------------------------------------------------------- up-front checks
+
+
+def positive(value: Optional[int], flag: str, allow_none: bool = False) -> None:
+  """ValueError unless `value` >= 1 (None passes when `allow_none`)."""
+  if value is None and allow_none:
+    return
+  if value is None or value < 1:
+    raise ValueError(f"--{flag} must be >= 1, got {value}")
+
+
+def parse_ints(values: Sequence[str], flag: str) -> List[int]:
+  """Positive distinct ints from a list flag; ValueError naming the flag."""
+  if not values:
+    raise ValueError(f"--{flag} is empty")
+  out = []
+  for v in values:
+    try:
+      n = int(str(v).strip())
+    except ValueError:
+      raise ValueError(f"--{flag}: {v!r} is not an integer") from None
+    if n < 1:
+      raise ValueError(f"--{flag}: {n} must be >= 1")
+    out.append(n)
+  if len(set(out)) != len(out):
+    raise ValueError(f"--{flag}: duplicate values in {out}")
+  return out
+
+
+def _existing_ancestor(path: str) -> str:
+  cur = os.path.abspath(path)
+  while not os.path.lexists(cur):
+    parent = os.path.dirname(cur)
+    if parent == cur:
+      break
+    cur = parent
+  return cur
+
+
+def _check_creatable(path: str, flag: str) -> None:
+  """`path` (absent) can be created: its nearest existing ancestor is a writable directory."""
+  anc = _existing_ancestor(os.path.dirname(os.path.abspath(path)))
+  if not os.path.isdir(anc):
+    raise NotADirectoryError(f"--{flag}={path}: {anc} is a file, not a directory")
+  if not os.access(anc, os.W_OK | os.X_OK):
+    raise PermissionError(f"--{flag}={path}: cannot write in {anc} (permission denied)")
+
+
+def check_output_dir(path: str, flag: str = "out_dir") -> None:
+  """`path` is (or can become) a writable directory; raises naming the flag otherwise."""
+  if not path:
+    raise ValueError(f"--{flag} is empty")
+  if os.path.lexists(path):
+    if not os.path.isdir(path):
+      raise NotADirectoryError(f"--{flag}={path} is a file, not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+      raise PermissionError(f"--{flag}={path}: cannot write in it (permission denied)")
+    return
+  _check_creatable(path, flag)
+
+
+def check_output_file(path: str, flag: str = "output", overwrite: bool = True) -> None:
+  """`path` is (or can become) a writable file; raises naming the flag otherwise."""
+  if not path:
+    raise ValueError(f"--{flag} is empty")
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"--{flag}={path} is a directory, not a file")
+  if os.path.lexists(path):
+    if not overwrite:
+      raise FileExistsError(f"--{flag}={path} already exists (pass --overwrite to replace it)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.access(parent, os.W_OK | os.X_OK):
+      raise PermissionError(f"--{flag}={path}: cannot write in {parent} (permission denied)")
+    return
+  _check_creatable(path, flag)
+
+
+def check_new_dir(path: str, flag: str = "out", overwrite: bool = False) -> None:
+  """An output directory the CLI creates whole: not a file, absent (or empty) unless
+  `overwrite`, and creatable."""
+  if not path:
+    raise ValueError(f"--{flag} is required")
+  if os.path.lexists(path):
+    if not os.path.isdir(path):
+      raise NotADirectoryError(f"--{flag}={path} is a file, not a directory")
+    if os.listdir(path) and not overwrite:
+      raise FileExistsError(f"--{flag}={path} already exists (pass --overwrite to replace it)")
+  _check_creatable(path, flag)
+
+
+# ----------------------------------------------------------------------------- models
+
+# _MODEL_CODE: vitprune.checkpoint / vitprune.model are imported inside the functions below so
+# that experiments.run_deployed, which needs only the artifact, never imports the model code.
 
 
 def class_names(weights_source: str) -> Optional[Tuple[str, ...]]:
   """The class names recorded with the weights `load_model` loaded (None for random weights
   or weights that record none): image-folder labels are matched to them by name."""
-  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top
+  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (lazy: see _MODEL_CODE)
   return checkpoint.read_class_names(weights_source) if os.path.isdir(weights_source) else None
+
+
+def model_config(model: Optional[str], weights: Optional[str]):
+  """The config `load_model` would load, without loading parameters (for up-front checks)."""
+  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (lazy: see _MODEL_CODE)
+  model = model or EMBEDDED_MODEL
+  if not weights and model == EMBEDDED_MODEL:
+    weights = EMBEDDED_WEIGHTS
+  if weights:
+    if not os.path.isdir(weights):
+      raise FileNotFoundError(f"--weights={weights!r} is not a directory")
+    cfg, _ = checkpoint.read_weights_config(weights)
+    if model != EMBEDDED_MODEL and model != cfg.name:
+      raise ValueError(f"--model={model!r} but {weights} holds {cfg.name!r}")
+    return cfg
+  return get_config(model)
 
 
 def load_model(model: Optional[str], weights: Optional[str], seed: int = 0
@@ -36,18 +240,12 @@ def load_model(model: Optional[str], weights: Optional[str], seed: int = 0
   weights for `vit_digits`, random `init_params(cfg, seed)` for any other registered name.
   Raises FileNotFoundError / ValueError / KeyError naming the problem.
   """
-  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top
+  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (lazy: see _MODEL_CODE)
   from vitprune import model as model_lib  # pylint: disable=g-import-not-at-top
-  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
-  model = model or EMBEDDED_MODEL
-  if not weights and model == EMBEDDED_MODEL:
+  cfg = model_config(model, weights)
+  if not weights and (model or EMBEDDED_MODEL) == EMBEDDED_MODEL:
     weights = EMBEDDED_WEIGHTS
   if weights:
-    if not os.path.isdir(weights):
-      raise FileNotFoundError(f"--weights={weights!r} is not a directory")
-    cfg, params = checkpoint.load_weights(weights)
-    if model != EMBEDDED_MODEL and model != cfg.name:
-      raise ValueError(f"--model={model!r} but {weights} holds {cfg.name!r}")
+    _, params = checkpoint.load_weights(weights)
     return cfg, params, os.path.abspath(weights)
-  cfg = get_config(model)
   return cfg, model_lib.init_params(cfg, seed), f"init_params(seed={seed})"

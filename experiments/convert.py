@@ -11,28 +11,32 @@ and a message on stderr, without a traceback.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Optional, Sequence
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
+from vitprune.convert import convert_checkpoint, count_params
+from vitprune.registry import get_config
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "timm model name (see vitprune.registry.list_models()).")
-flags.DEFINE_string("checkpoint", None, "Checkpoint file: .safetensors, .pth/.pt/.bin (needs "
-                    "torch), or .npz (AugReg / big_vision, or timm names).")
-flags.DEFINE_integer("img_size", None, "Input size to convert for (position embeddings are "
-                     "resampled like timm); default: the model's native size.")
-flags.DEFINE_integer("num_classes", None, "Classes of the head; 0 = features only (needs "
-                     "--drop_head if the checkpoint has a head). Default: the registry's.")
-flags.DEFINE_string("out", None, "Output directory; default weights/<model> (weights/<model>_"
-                    "<img_size> at a non-native size).")
-flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
-flags.DEFINE_bool("drop_head", False, "Discard the checkpoint's head/head_dist.")
-flags.DEFINE_list("ignore_keys", [], "fnmatch patterns of checkpoint keys to discard, e.g. "
-                  "mask_token for original DINOv2 checkpoints.")
-flags.DEFINE_bool("verify", False, "Run the converted model on a fixed input.")
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers this CLI's flags on `fv` (only when run as a script, or into a fresh FlagValues
+  via `common.parse`)."""
+  flags.DEFINE_string("model", None, "timm model name (see vitprune.registry.list_models()).", flag_values=fv)
+  flags.DEFINE_string("checkpoint", None, "Checkpoint file: .safetensors, .pth/.pt/.bin (needs "
+                      "torch), or .npz (AugReg / big_vision, or timm names).", flag_values=fv)
+  flags.DEFINE_integer("img_size", None, "Input size to convert for (position embeddings are "
+                       "resampled like timm); default: the model's native size.", flag_values=fv)
+  flags.DEFINE_integer("num_classes", None, "Classes of the head; 0 = features only (needs "
+                       "--drop_head if the checkpoint has a head). Default: the registry's.", flag_values=fv)
+  flags.DEFINE_string("out", None, "Output directory; default weights/<model> (weights/<model>_"
+                      "<img_size> at a non-native size).", flag_values=fv)
+  flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.", flag_values=fv)
+  flags.DEFINE_bool("drop_head", False, "Discard the checkpoint's head/head_dist.", flag_values=fv)
+  flags.DEFINE_list("ignore_keys", [], "fnmatch patterns of checkpoint keys to discard, e.g. "
+                    "mask_token for original DINOv2 checkpoints.", flag_values=fv)
+  flags.DEFINE_bool("verify", False, "Run the converted model on a fixed input.", flag_values=fv)
 
 
 def default_out(model: str, img_size: Optional[int], native: int) -> str:
@@ -44,10 +48,6 @@ def run(model: str, checkpoint: str, *, img_size: Optional[int] = None,
         num_classes: Optional[int] = None, out: Optional[str] = None, overwrite: bool = False,
         drop_head: bool = False, ignore_keys: Sequence[str] = (), verify: bool = False) -> str:
   """Converts and saves; returns the output directory. Raises on any problem."""
-  import numpy as np
-  from vitprune.convert import convert_checkpoint, count_params
-  from vitprune.registry import get_config
-
   base = get_config(model)  # KeyError with close-name suggestions
   overrides = {}
   if img_size is not None:
@@ -74,25 +74,23 @@ def run(model: str, checkpoint: str, *, img_size: Optional[int] = None,
   return path
 
 
-def main(argv):
-  common.quiet_logging()
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS.model or not FLAGS.checkpoint:
-    print("error: --model and --checkpoint are required", file=sys.stderr)
-    return 1
-  try:
-    run(FLAGS.model, FLAGS.checkpoint, img_size=FLAGS.img_size, num_classes=FLAGS.num_classes,
-        out=FLAGS.out, overwrite=FLAGS.overwrite, drop_head=FLAGS.drop_head,
-        ignore_keys=FLAGS.ignore_keys, verify=FLAGS.verify)
-  except KeyError as e:  # unknown model: the message carries the suggestions
-    print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-    return 1
-  except (FileNotFoundError, FileExistsError, ImportError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+def main(f: flags.FlagValues) -> str:
+  """Checks the flags and the output directory, then converts."""
+  if not f.model or not f.checkpoint:
+    raise ValueError("--model and --checkpoint are required")
+  if f.img_size is not None and f.img_size < 1:
+    raise ValueError(f"--img_size must be >= 1, got {f.img_size}")
+  if f.num_classes is not None and f.num_classes < 0:
+    raise ValueError(f"--num_classes must be >= 0, got {f.num_classes}")
+  base = get_config(f.model)  # KeyError with close-name suggestions
+  out = f.out or default_out(f.model, f.img_size, base.img_size)
+  if os.path.lexists(out) and not os.path.isdir(out):
+    raise NotADirectoryError(f"--out={out} is a file, not a directory")
+  common.check_output_dir(os.path.dirname(os.path.abspath(out)), "out")
+  return run(f.model, f.checkpoint, img_size=f.img_size, num_classes=f.num_classes, out=out,
+             overwrite=f.overwrite, drop_head=f.drop_head, ignore_keys=f.ignore_keys,
+             verify=f.verify)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main, define_flags)

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 from vitprune import checkpoint, deploy, jsonio
@@ -26,33 +25,36 @@ from vitprune.records.solution import read_solution
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import parse_schedule
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights).")
-flags.DEFINE_string("out", None, "Artifact directory to write.")
-flags.DEFINE_string("schedule", None, "Token schedule text (default: from --solution, else "
-                    "'full').")
-flags.DEFINE_string("method", "pomt", "Token-reduction method (vitprune.reduce.methods), or "
-                    "'none'.")
-flags.DEFINE_list("method_opts", [], "Reducer options as key=value (values parsed as JSON, "
-                  "else kept as strings), e.g. seed=3.")
-flags.DEFINE_string("solution", None, "Solver output JSON to take the schedule (and method) "
-                    "from; recorded as provenance.")
-flags.DEFINE_string("profile", None, "Profile file the schedule was chosen with (provenance).")
-flags.DEFINE_string("estimate", None, "Estimate file the schedule was chosen with "
-                    "(provenance).")
-flags.DEFINE_list("platforms", [], "Export platforms (cpu, cuda, rocm, tpu); default the "
-                  "local one.")
-flags.DEFINE_integer("batch_size", 1, "Fixed batch size of the exported graph.")
-flags.DEFINE_bool("symbolic_batch", False, "Export with a symbolic batch dimension instead.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-flags.DEFINE_enum("precision", "highest", ["highest", "high", "default"],
-                  "float32 matmul precision.")
-flags.DEFINE_bool("verify", True, "Check the exported forward reproduces the in-process one "
-                  "(when the local platform is exported).")
-flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
-flags.DEFINE_multi_string("target", ["jax"], "Deployment targets, repeatable or comma lists: "
-                          "jax, iree:host, iree:llvm-cpu:<triple>[:<cpu>], iree:cuda:<sm_XX>, "
-                          "iree:vulkan (IREE modules are added next to the jax export).")
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers this CLI's flags on `fv` (only when run as a script, or into a fresh FlagValues
+  via `common.parse`)."""
+  flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights).", flag_values=fv)
+  flags.DEFINE_string("out", None, "Artifact directory to write.", flag_values=fv)
+  flags.DEFINE_string("schedule", None, "Token schedule text (default: from --solution, else "
+                      "'full').", flag_values=fv)
+  flags.DEFINE_string("method", "pomt", "Token-reduction method (vitprune.reduce.methods), or "
+                      "'none'.", flag_values=fv)
+  flags.DEFINE_list("method_opts", [], "Reducer options as key=value (values parsed as JSON, "
+                    "else kept as strings), e.g. seed=3.", flag_values=fv)
+  flags.DEFINE_string("solution", None, "Solver output JSON to take the schedule (and method) "
+                      "from; recorded as provenance.", flag_values=fv)
+  flags.DEFINE_string("profile", None, "Profile file the schedule was chosen with (provenance).", flag_values=fv)
+  flags.DEFINE_string("estimate", None, "Estimate file the schedule was chosen with "
+                      "(provenance).", flag_values=fv)
+  flags.DEFINE_list("platforms", [], "Export platforms (cpu, cuda, rocm, tpu); default the "
+                    "local one.", flag_values=fv)
+  flags.DEFINE_integer("batch_size", 1, "Fixed batch size of the exported graph.", flag_values=fv)
+  flags.DEFINE_bool("symbolic_batch", False, "Export with a symbolic batch dimension instead.", flag_values=fv)
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", flag_values=fv)
+  flags.DEFINE_enum("precision", "highest", ["highest", "high", "default"],
+                    "float32 matmul precision.", flag_values=fv)
+  flags.DEFINE_bool("verify", True, "Check the exported forward reproduces the in-process one "
+                    "(when the local platform is exported).", flag_values=fv)
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --out.", flag_values=fv)
+  flags.DEFINE_multi_string("target", ["jax"], "Deployment targets, repeatable or comma lists: "
+                            "jax, iree:host, iree:llvm-cpu:<triple>[:<cpu>], iree:cuda:<sm_XX>, "
+                            "iree:vulkan (IREE modules are added next to the jax export).", flag_values=fv)
 
 
 def parse_options(items) -> dict:
@@ -87,12 +89,15 @@ def input_provenance(profile_path: str = "", estimate_path: str = "") -> dict:
   return out
 
 
-def run(argv_flags=FLAGS) -> str:
-  """Exports according to the flags; returns the artifact path."""
-  f = argv_flags
+def main(f: flags.FlagValues) -> str:
+  """Checks the flags and --out, exports, prints the manifest summary; returns the artifact
+  path."""
   if not f.weights or not f.out:
     raise ValueError("--weights and --out are required")
+  common.check_new_dir(f.out, "out", overwrite=f.overwrite)
   parse_targets(f.target)  # a bad --target fails before any work
+  if not f.symbolic_batch:
+    common.positive(f.batch_size, "batch_size")
   cfg, meta = checkpoint.read_weights_config(f.weights)
   method = f.method
   provenance = {}
@@ -119,23 +124,13 @@ def run(argv_flags=FLAGS) -> str:
     raise ValueError("--method_opts given with --method=none")
   _, params = checkpoint.load_weights(f.weights)
   names = checkpoint.read_class_names(f.weights)
-  return deploy.export_artifact(
+  path = deploy.export_artifact(
       f.out, cfg, params, schedule=schedule, reducer=reducer,
       reducer_name=None if reducer is None else method.lower(), reducer_options=opts,
       platforms=f.platforms or None, batch_size=None if f.symbolic_batch else f.batch_size,
       dtype=f.dtype, precision=f.precision, provenance=provenance,
       weights_source={"path": os.path.abspath(f.weights), "meta": meta},
       class_names=names, verify=f.verify, overwrite=f.overwrite, targets=f.target)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  common.quiet_logging()
-  try:
-    path = run()
-  except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:  # EdgeError too
-    sys.exit(f"error: {e}")
   m = deploy.read_manifest(path)
   print(f"wrote {path}")
   print(f"  model {m.model}, schedule {m.schedule_text} "
@@ -144,7 +139,8 @@ def main(argv):
         f"compute {m.dtype}, platforms {','.join(m.platforms)}")
   print(f"  weights sha256 {m.weights['sha256']}")
   print(f"  targets {','.join(m.targets)}")
+  return path
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main, define_flags)

@@ -17,43 +17,45 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from experiments import common
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Registered model name (default: the embedded vit_digits).")
-flags.DEFINE_string("weights", None, "Weights directory.")
-flags.DEFINE_string("target", "iree:host", "IREE target (see vitprune.edge.targets).")
-flags.DEFINE_enum("mode", "model", ["model", "schedule"], "What the kit times.")
-flags.DEFINE_string("tokens", "all", "Token grid for mode model ('all', 'a:b[:step]', list).")
-flags.DEFINE_string("schedules", None, "';'-separated schedules for mode schedule.")
-flags.DEFINE_list("batch_sizes", ["1"], "Batch sizes.")
-flags.DEFINE_string("reducer", None, "Token-drop reducer (default 'random'; 'keep_first').")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-flags.DEFINE_integer("jobs", max(1, os.cpu_count() or 1), "Parallel compiles.")
-flags.DEFINE_string("cache_dir", "outputs/iree_cache", "Compiled-module cache ('' for none).")
-flags.DEFINE_string("out", None, "Kit directory to write.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing --out.")
+from vitprune import iree_build
+from vitprune.edge.targets import parse_target
+from vitprune.profile.runner import make_drop_reducer
+from vitprune.schedule import parse_schedule, parse_token_grid
 
 
-def run(f=FLAGS) -> str:
-  from vitprune import iree_build  # pylint: disable=g-import-not-at-top
-  from vitprune.profile.runner import make_drop_reducer  # pylint: disable=g-import-not-at-top
-  from vitprune.schedule import parse_schedule, parse_token_grid  # pylint: disable=g-import-not-at-top
-  if not f.out:
-    raise ValueError("--out is required")
-  try:
-    batches = [int(b) for b in f.batch_sizes]
-  except ValueError:
-    raise ValueError(f"--batch_sizes {f.batch_sizes} are not integers") from None
-  if not batches or min(batches) < 1:
-    raise ValueError(f"--batch_sizes must be positive integers, got {f.batch_sizes}")
-  cfg, params, _ = common.load_model(f.model, f.weights)
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers this CLI's flags on `fv` (only when run as a script, or into a fresh FlagValues
+  via `common.parse`)."""
+  flags.DEFINE_string("model", None, "Registered model name (default: the embedded vit_digits).", flag_values=fv)
+  flags.DEFINE_string("weights", None, "Weights directory.", flag_values=fv)
+  flags.DEFINE_string("target", "iree:host", "IREE target (see vitprune.edge.targets).", flag_values=fv)
+  flags.DEFINE_enum("mode", "model", ["model", "schedule"], "What the kit times.", flag_values=fv)
+  flags.DEFINE_string("tokens", "all", "Token grid for mode model ('all', 'a:b[:step]', list).", flag_values=fv)
+  flags.DEFINE_string("schedules", None, "';'-separated schedules for mode schedule.", flag_values=fv)
+  flags.DEFINE_list("batch_sizes", ["1"], "Batch sizes.", flag_values=fv)
+  flags.DEFINE_string("reducer", None, "Token-drop reducer (default 'random'; 'keep_first').", flag_values=fv)
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", flag_values=fv)
+  flags.DEFINE_integer("jobs", max(1, os.cpu_count() or 1), "Parallel compiles.", flag_values=fv)
+  flags.DEFINE_string("cache_dir", "outputs/iree_cache", "Compiled-module cache ('' for none).", flag_values=fv)
+  flags.DEFINE_string("out", None, "Kit directory to write.", flag_values=fv)
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --out.", flag_values=fv)
+
+
+def main(f: flags.FlagValues) -> str:
+  """Checks every flag and --out, then builds the kit; returns its path."""
+  common.check_new_dir(f.out, "out", overwrite=f.overwrite)
+  batches = common.parse_ints(f.batch_sizes, "batch_sizes")
+  common.positive(f.jobs, "jobs")
+  parse_target(f.target)
+  cfg = common.model_config(f.model, f.weights)
   reducer, name = make_drop_reducer(f.reducer)
   grid = parse_token_grid(cfg, f.tokens) if f.mode == "model" else ()
   schedules = [parse_schedule(cfg, s.strip()) for s in (f.schedules or "").split(";")
                if s.strip()] if f.mode == "schedule" else ()
+  cfg, params, _ = common.load_model(f.model, f.weights)
   total = len(batches) * (len(grid) or len(schedules))
   done = []
 
@@ -62,23 +64,14 @@ def run(f=FLAGS) -> str:
     how = "cached" if info["cached"] else f"{info['compile_s']:.1f} s"
     print(f"[{len(done)}/{total}] compiled ({how})", file=sys.stderr)
 
-  return iree_build.build_kit(f.out, cfg, params, target=f.target, mode=f.mode, grid=grid,
+  path = iree_build.build_kit(f.out, cfg, params, target=f.target, mode=f.mode, grid=grid,
                               schedules=schedules, batch_sizes=batches, reducer=reducer,
                               reducer_name=name, dtype=f.dtype, threads=f.jobs,
                               cache_dir=f.cache_dir or None, overwrite=f.overwrite,
                               on_done=on_done)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  common.quiet_logging()
-  try:
-    path = run()
-  except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-    sys.exit(f"error: {e}")
   print(f"wrote {path}")
+  return path
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main, define_flags)

@@ -20,44 +20,41 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
-from absl import app
 from absl import flags
-
 import numpy as np
 
 from experiments import common
 from vitprune import estimate
+from vitprune import memory
 from vitprune.records.estimate import table_text, write_estimate
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import parse_token_grid
 
-FLAGS = flags.FLAGS
 
-
-def define_flags():
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Registers this CLI's flags (only when run as a script, so importing is side-effect free)."""
   flags.DEFINE_string("model", None, "Registered model name: random init unless --weights; "
-                      "default vit_digits with its embedded trained weights.")
-  flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights).")
-  flags.DEFINE_integer("init_seed", 0, "Seed of init_params when only --model is given.")
-  flags.DEFINE_string("data", "digits", "'digits' or an image folder (labelled or flat).")
-  flags.DEFINE_string("split", "test", "digits split: train | test | all.")
-  flags.DEFINE_string("method", "random", "random | pomt | topk | tome | evit.")
-  flags.DEFINE_string("tokens", None, "Token grid: 'a,b,c', 'start:stop:step' or 'all'.")
+                      "default vit_digits with its embedded trained weights.", flag_values=fv)
+  flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights).", flag_values=fv)
+  flags.DEFINE_integer("init_seed", 0, "Seed of init_params when only --model is given.", flag_values=fv)
+  flags.DEFINE_string("data", "digits", "'digits' or an image folder (labelled or flat).", flag_values=fv)
+  flags.DEFINE_string("split", "test", "digits split: train | test | all.", flag_values=fv)
+  flags.DEFINE_string("method", "random", "random | pomt | topk | tome | evit.", flag_values=fv)
+  flags.DEFINE_string("tokens", None, "Token grid: 'a,b,c', 'start:stop:step' or 'all'.", flag_values=fv)
   flags.DEFINE_string("layer", None,
-                      "'embed' or a block index (default: embed for random, else 3).")
-  flags.DEFINE_string("layers", None, "Per-layer sensitivity: comma list of layers, or 'all'.")
-  flags.DEFINE_integer("num_images", None, "Seeded class-balanced subset size (default: all).")
-  flags.DEFINE_integer("batch_size", 64, "Fixed batch size (last batch padded).")
-  flags.DEFINE_integer("seed", 0, "Seed of the subset and of the random reducer.")
-  flags.DEFINE_string("dtype", "float32", "float32 | bfloat16.")
-  flags.DEFINE_integer("num_workers", 4, "Image decoding threads.")
-  flags.DEFINE_bool("shard", True, "Shard batches over all local devices.")
-  flags.DEFINE_string("out_dir", "outputs/estimate", "Where the estimate JSON is written.")
-  flags.DEFINE_string("out_name", None, "File name (default derived from model/method/grid).")
-  flags.DEFINE_bool("overwrite", False, "Replace an existing estimate file.")
+                      "'embed' or a block index (default: embed for random, else 3).", flag_values=fv)
+  flags.DEFINE_string("layers", None, "Per-layer sensitivity: comma list of layers, or 'all'.", flag_values=fv)
+  flags.DEFINE_integer("num_images", None, "Seeded class-balanced subset size (default: all).", flag_values=fv)
+  flags.DEFINE_integer("batch_size", 64, "Fixed batch size (last batch padded).", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed of the subset and of the random reducer.", flag_values=fv)
+  flags.DEFINE_string("dtype", "float32", "float32 | bfloat16.", flag_values=fv)
+  flags.DEFINE_integer("num_workers", 4, "Image decoding threads.", flag_values=fv)
+  flags.DEFINE_bool("shard", True, "Shard batches over all local devices.", flag_values=fv)
+  flags.DEFINE_string("out_dir", "outputs/estimate", "Where the estimate JSON is written.", flag_values=fv)
+  flags.DEFINE_string("out_name", None, "File name (default derived from model/method/grid).", flag_values=fv)
+  flags.DEFINE_bool("overwrite", False, "Replace an existing estimate file.", flag_values=fv)
 
 
 def parse_tokens(cfg, text: Optional[str]) -> List[int]:
@@ -91,53 +88,51 @@ def _slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
-def main(argv: Sequence[str]):
-  common.quiet_logging()
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    if FLAGS.batch_size < 1:
-      raise ValueError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
-    cfg, params, source = common.load_model(FLAGS.model, FLAGS.weights, FLAGS.init_seed)
-    method = FLAGS.method.strip().lower()
-    kwargs = {"seed": FLAGS.seed} if method == "random" else {}
-    reducer = make_reducer(method, **kwargs)
-    tokens = parse_tokens(cfg, FLAGS.tokens)
-    if FLAGS.layers is not None:
-      if FLAGS.layer is not None:
-        raise ValueError("pass either --layer (one curve) or --layers (sensitivity table)")
-      layers = parse_layers(FLAGS.layers, cfg.depth)
-      points = estimate.sensitivity_points(cfg, tokens, layers, reducer)
-    else:
-      layer_text = FLAGS.layer or ("embed" if method == "random" else "3")
-      layers = [parse_layer(layer_text, cfg.depth)]
-      points = estimate.token_points(cfg, tokens, reducer, layer=layers[0])
-    data = estimate.load_eval_data(FLAGS.data, num_images=FLAGS.num_images, seed=FLAGS.seed,
-                                   split=FLAGS.split, class_names=common.class_names(source),
-                                   num_classes=cfg.num_classes)
-    result = estimate.evaluate(cfg, params, data.batches(cfg, FLAGS.batch_size,
-                                                         FLAGS.num_workers),
-                               points, labelled=data.labelled, dtype=FLAGS.dtype,
-                               shard=FLAGS.shard)
-    record = estimate.estimate_record(
-        cfg=cfg, params=params, weights_source=source, data_info=data.info, method=method,
-        method_kwargs=kwargs, seed=FLAGS.seed, points=points, result=result,
-        labelled=data.labelled, dtype=FLAGS.dtype)
-    layer_tag = "-".join("embed" if l is None else f"L{l}" for l in layers)
-    if len(layer_tag) > 40:
-      layer_tag = f"{len(layers)}layers"
-    data_tag = "digits-" + FLAGS.split if FLAGS.data == "digits" else os.path.basename(
-        os.path.normpath(FLAGS.data))
-    name = FLAGS.out_name or _slug(f"{cfg.name}_{method}_{layer_tag}_{data_tag}_"
-                                   f"n{record.data['num_examples']}_s{FLAGS.seed}") + ".json"
-    path = write_estimate(os.path.join(FLAGS.out_dir, name), record,
-                          overwrite=FLAGS.overwrite)
-  except (ValueError, KeyError, FileNotFoundError, FileExistsError) as e:
-    raise app.UsageError(str(e)) from None
+def main(f: flags.FlagValues):
+  """Checks every flag and the output file, then evaluates, writes and prints the estimate."""
+  common.positive(f.batch_size, "batch_size")
+  common.positive(f.num_images, "num_images", allow_none=True)
+  if f.num_workers < 0:
+    raise ValueError(f"--num_workers must be >= 0, got {f.num_workers}")
+  common.check_output_dir(f.out_dir)
+  cfg = common.model_config(f.model, f.weights)
+  method = f.method.strip().lower()
+  kwargs = {"seed": f.seed} if method == "random" else {}
+  reducer = make_reducer(method, **kwargs)
+  tokens = parse_tokens(cfg, f.tokens)
+  if f.layers is not None:
+    if f.layer is not None:
+      raise ValueError("pass either --layer (one curve) or --layers (sensitivity table)")
+    layers = parse_layers(f.layers, cfg.depth)
+    points = estimate.sensitivity_points(cfg, tokens, layers, reducer)
+  else:
+    layer_text = f.layer or ("embed" if method == "random" else "3")
+    layers = [parse_layer(layer_text, cfg.depth)]
+    points = estimate.token_points(cfg, tokens, reducer, layer=layers[0])
+  memory.check_batch_fits(cfg, [f.batch_size], f.dtype)
+  cfg, params, source = common.load_model(f.model, f.weights, f.init_seed)
+  data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed, split=f.split,
+                                 class_names=common.class_names(source),
+                                 num_classes=cfg.num_classes)
+  layer_tag = "-".join("embed" if l is None else f"L{l}" for l in layers)
+  if len(layer_tag) > 40:
+    layer_tag = f"{len(layers)}layers"
+  data_tag = "digits-" + f.split if f.data == "digits" else os.path.basename(
+      os.path.normpath(f.data))
+  name = f.out_name or _slug(f"{cfg.name}_{method}_{layer_tag}_{data_tag}_"
+                             f"n{data.info['num_examples']}_s{f.seed}") + ".json"
+  common.check_output_file(os.path.join(f.out_dir, name), "out_name", overwrite=f.overwrite)
+  result = estimate.evaluate(cfg, params, data.batches(cfg, f.batch_size, f.num_workers),
+                             points, labelled=data.labelled, dtype=f.dtype, shard=f.shard)
+  record = estimate.estimate_record(
+      cfg=cfg, params=params, weights_source=source, data_info=data.info, method=method,
+      method_kwargs=kwargs, seed=f.seed, points=points, result=result,
+      labelled=data.labelled, dtype=f.dtype)
+  path = write_estimate(os.path.join(f.out_dir, name), record, overwrite=f.overwrite)
   print(table_text(record))
   print(f"wrote {path}")
+  return record
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  common.run(main, define_flags)

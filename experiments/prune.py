@@ -19,36 +19,38 @@ the bundled digits test split and other models deterministic synthetic images.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-from absl import app
 from absl import flags
-
-from experiments import common
 import numpy as np
 
+from experiments import common
 from vitprune import data as data_lib
+from vitprune import memory
 from vitprune import model as vit
 from vitprune import schedule as S
 from vitprune.config import ViTConfig
 from vitprune.prune import run_prune
 from vitprune.reduce import list_methods
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "vit_digits", "Registered model name (random-init weights, except "
-                    "vit_digits: the embedded weights/vit_digits).")
-flags.DEFINE_enum("method", "pomt", list_methods(), "Token-reduction method.")
-flags.DEFINE_string("schedule", "", "Schedule text (see vitprune.schedule), e.g. keep@3:120, r8, "
-                    "r8,-0.5, embed:150, list:...; empty: a method-appropriate default.")
-flags.DEFINE_string("weights", "", "Checkpoint directory (vitprune.checkpoint.load_weights).")
-flags.DEFINE_string("images", "", "Image folder (vitprune.data.ImageFolder); default synthetic.")
-flags.DEFINE_integer("batch_size", 32, "Images in the batch.")
-flags.DEFINE_integer("seed", 0, "Seed of random-init weights and synthetic images.")
-flags.DEFINE_enum("dtype", "float32", sorted(vit.DTYPES), "Compute dtype.")
-flags.DEFINE_integer("repeats", 20, "Timed runs per graph (median reported).")
-flags.DEFINE_integer("warmup", 3, "Untimed runs per graph before timing.")
-flags.DEFINE_integer("random_seed", 0, "Subset seed of --method=random.")
-flags.DEFINE_bool("evit_normalize", False, "EViT: weighted mean instead of the paper's sum.")
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers this CLI's flags on `fv` (only when run as a script, or into a fresh FlagValues
+  via `common.parse`)."""
+  flags.DEFINE_string("model", "vit_digits", "Registered model name (random-init weights, except "
+                      "vit_digits: the embedded weights/vit_digits).", flag_values=fv)
+  flags.DEFINE_enum("method", "pomt", list_methods(), "Token-reduction method.", flag_values=fv)
+  flags.DEFINE_string("schedule", "", "Schedule text (see vitprune.schedule), e.g. keep@3:120, r8, "
+                      "r8,-0.5, embed:150, list:...; empty: a method-appropriate default.", flag_values=fv)
+  flags.DEFINE_string("weights", "", "Checkpoint directory (vitprune.checkpoint.load_weights).", flag_values=fv)
+  flags.DEFINE_string("images", "", "Image folder (vitprune.data.ImageFolder); default synthetic.", flag_values=fv)
+  flags.DEFINE_integer("batch_size", 32, "Images in the batch.", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed of random-init weights and synthetic images.", flag_values=fv)
+  flags.DEFINE_enum("dtype", "float32", sorted(vit.DTYPES), "Compute dtype.", flag_values=fv)
+  flags.DEFINE_integer("repeats", 20, "Timed runs per graph (median reported).", flag_values=fv)
+  flags.DEFINE_integer("warmup", 3, "Untimed runs per graph before timing.", flag_values=fv)
+  flags.DEFINE_integer("random_seed", 0, "Subset seed of --method=random.", flag_values=fv)
+  flags.DEFINE_bool("evit_normalize", False, "EViT: weighted mean instead of the paper's sum.", flag_values=fv)
 
 
 def synthetic_images(cfg: ViTConfig, n: int, seed: int) -> np.ndarray:
@@ -66,11 +68,13 @@ def synthetic_images(cfg: ViTConfig, n: int, seed: int) -> np.ndarray:
   return ((img - mean) / std).astype(np.float32)
 
 
-def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int
+def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int,
+                class_names: Optional[Sequence[str]] = None
                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(images [B, S, S, C], labels [B] (-1 unknown), valid [B] bool) for one batch."""
+  """(images [B, S, S, C], labels [B] (-1 unknown), valid [B] bool) for one batch; image-folder
+  labels are matched to the model's `class_names` by name."""
   if images_dir:
-    ds = data_lib.ImageFolder(images_dir)
+    ds = data_lib.ImageFolder(images_dir, class_names=class_names, num_classes=cfg.num_classes)
     indices = np.arange(min(len(ds), batch_size))
   elif cfg.name == common.EMBEDDED_MODEL:
     ds = data_lib.digits_dataset()
@@ -102,25 +106,26 @@ def format_result(r: Dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  common.quiet_logging()
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.batch_size < 1:
-    raise app.UsageError(f"--batch_size must be >= 1, got {FLAGS.batch_size}")
-  try:
-    cfg, params, _ = common.load_model(FLAGS.model, FLAGS.weights, FLAGS.seed)
-    schedule = S.parse_schedule(cfg, FLAGS.schedule) if FLAGS.schedule else None
-    images, labels, valid = load_images(cfg, FLAGS.images, FLAGS.batch_size, FLAGS.seed)
-    options = {"random": {"seed": FLAGS.random_seed},
-               "evit": {"normalize": FLAGS.evit_normalize}}.get(FLAGS.method, {})
-    result = run_prune(cfg, params, images, method=FLAGS.method, schedule=schedule,
-                       labels=labels, valid=valid, dtype=FLAGS.dtype, warmup=FLAGS.warmup,
-                       repeats=FLAGS.repeats, reducer_options=options)
-  except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
-    raise app.UsageError(str(e)) from e
+def main(f: flags.FlagValues):
+  """Checks the flags, loads the model and one batch, prunes, prints the comparison."""
+  common.positive(f.batch_size, "batch_size")
+  common.positive(f.repeats, "repeats")
+  if f.warmup < 0:
+    raise ValueError(f"--warmup must be >= 0, got {f.warmup}")
+  cfg = common.model_config(f.model, f.weights)
+  schedule = S.parse_schedule(cfg, f.schedule) if f.schedule else None
+  memory.check_batch_fits(cfg, [f.batch_size], f.dtype)
+  cfg, params, source = common.load_model(f.model, f.weights, f.seed)
+  images, labels, valid = load_images(cfg, f.images, f.batch_size, f.seed,
+                                      common.class_names(source))
+  options = {"random": {"seed": f.random_seed},
+             "evit": {"normalize": f.evit_normalize}}.get(f.method, {})
+  result = run_prune(cfg, params, images, method=f.method, schedule=schedule, labels=labels,
+                     valid=valid, dtype=f.dtype, warmup=f.warmup, repeats=f.repeats,
+                     reducer_options=options)
   print(format_result(result))
+  return result
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main, define_flags)

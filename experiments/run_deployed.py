@@ -11,24 +11,30 @@ device-resident batch, after the first call (compile + first run, reported separ
 """
 from __future__ import annotations
 
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
+import jax
+import numpy as np
 
 from experiments import common
 from vitprune import atomic
+from vitprune.data import ImageFolder, iterate_batches
+from vitprune.deploy import load
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("artifact", None, "Artifact directory (python -m experiments.deploy).")
-flags.DEFINE_string("images", None, "ImageFolder root or a flat folder of images.")
-flags.DEFINE_integer("batch_size", None, "Batch size: must equal the artifact's fixed batch; "
-                     "free (default 8) for a symbolic-batch artifact.")
-flags.DEFINE_integer("repeats", 20, "Timed calls for the latency (after the first call).")
-flags.DEFINE_integer("warmup", 2, "Untimed calls after the first one, before timing.")
-flags.DEFINE_integer("num_workers", 0, "Threads decoding images.")
-flags.DEFINE_string("output", None, "Optional JSON file for predictions and latency.")
-flags.DEFINE_bool("quiet", False, "Do not print the per-file lines.")
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers this CLI's flags on `fv` (only when run as a script, or into a fresh FlagValues
+  via `common.parse`)."""
+  flags.DEFINE_string("artifact", None, "Artifact directory (python -m experiments.deploy).", flag_values=fv)
+  flags.DEFINE_string("images", None, "ImageFolder root or a flat folder of images.", flag_values=fv)
+  flags.DEFINE_integer("batch_size", None, "Batch size: must equal the artifact's fixed batch; "
+                       "free (default 8) for a symbolic-batch artifact.", flag_values=fv)
+  flags.DEFINE_integer("repeats", 20, "Timed calls for the latency (after the first call).", flag_values=fv)
+  flags.DEFINE_integer("warmup", 2, "Untimed calls after the first one, before timing.", flag_values=fv)
+  flags.DEFINE_integer("num_workers", 0, "Threads decoding images.", flag_values=fv)
+  flags.DEFINE_string("output", None, "Optional JSON file for predictions and latency.", flag_values=fv)
+  flags.DEFINE_bool("quiet", False, "Do not print the per-file lines.", flag_values=fv)
 
 
 def choose_batch_size(model_batch, requested):
@@ -52,15 +58,17 @@ def label_map(folder_classes, class_names, num_outputs):
   return list(range(len(folder_classes)))  # torchvision convention: sorted folder order
 
 
-def time_model(model, images, *, repeats: int, warmup: int) -> dict:
-  """Steady-state latency of `model(images)` in seconds: median / IQR of `repeats` timed calls
-  on device-resident images after `warmup` untimed ones (`model` has been called before)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+def check_timing(repeats: int, warmup: int) -> None:
   if repeats < 3:
     raise ValueError(f"--repeats must be >= 3 for a median and an IQR, got {repeats}")
   if warmup < 0:
     raise ValueError(f"--warmup must be >= 0, got {warmup}")
+
+
+def time_model(model, images, *, repeats: int, warmup: int) -> dict:
+  """Steady-state latency of `model(images)` in seconds: median / IQR of `repeats` timed calls
+  on device-resident images after `warmup` untimed ones (`model` has been called before)."""
+  check_timing(repeats, warmup)
   x = jax.device_put(images)
   for _ in range(warmup):
     jax.block_until_ready(model(x))
@@ -79,8 +87,6 @@ def time_model(model, images, *, repeats: int, warmup: int) -> dict:
 def classify(model, dataset, batch_size: int, num_workers: int = 0) -> dict:
   """Predictions for every file of `dataset` (index, max softmax probability), the first batch
   (for timing) and the wall time of the first call (compilation + first run)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from vitprune.data import iterate_batches  # pylint: disable=g-import-not-at-top
   preds, probs, first, first_s = [], [], None, None
   for images, _, idx in iterate_batches(dataset, model.preprocessing, batch_size,
                                         num_workers=num_workers):
@@ -96,11 +102,16 @@ def classify(model, dataset, batch_size: int, num_workers: int = 0) -> dict:
   return {"pred": preds, "prob": probs, "first_batch": first, "first_call_s": first_s}
 
 
-def run(f=FLAGS) -> dict:
-  from vitprune.data import ImageFolder  # pylint: disable=g-import-not-at-top
-  from vitprune.deploy import load  # pylint: disable=g-import-not-at-top
+def run(f: flags.FlagValues) -> dict:
+  """Checks the flags and --output, classifies --images with the artifact and times one batch
+  -> the result dict (what --output holds)."""
   if not f.artifact or not f.images:
     raise ValueError("--artifact and --images are required")
+  check_timing(f.repeats, f.warmup)
+  if f.num_workers < 0:
+    raise ValueError(f"--num_workers must be >= 0, got {f.num_workers}")
+  if f.output:
+    common.check_output_file(f.output)
   model = load(f.artifact)
   bs = choose_batch_size(model.batch_size, f.batch_size)
   dataset = ImageFolder(f.images, class_names=model.class_names, num_classes=model.num_outputs)
@@ -127,16 +138,9 @@ def run(f=FLAGS) -> dict:
   return result
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  from vitprune.deploy import ArtifactError  # pylint: disable=g-import-not-at-top
-  common.quiet_logging()
-  try:
-    res = run()
-  except (ArtifactError, ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
-  if not FLAGS.quiet:
+def main(f: flags.FlagValues) -> dict:
+  res = run(f)
+  if not f.quiet:
     for r in res["predictions"]:
       extra = "" if r["label"] is None else f"\tlabel={r['label']}"
       print(f"{r['file']}\t{r['pred']}\t{r['class']}\t{r['prob']:.4f}{extra}")
@@ -149,10 +153,11 @@ def main(argv):
   print(f"latency batch {b}: median {lat['median_s'] * 1e3:.3f} ms (IQR "
         f"{lat['iqr_s'] * 1e3:.3f} ms, {lat['repeats']} repeats), "
         f"{lat['median_s'] * 1e3 / b:.3f} ms/image; first call {lat['first_call_s']:.3f} s")
-  if FLAGS.output:
-    atomic.write_json(FLAGS.output, res, sort_keys=True)
-    print(f"wrote {FLAGS.output}")
+  if f.output:
+    atomic.write_json(f.output, res, sort_keys=True)
+    print(f"wrote {f.output}")
+  return res
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main, define_flags)

@@ -13,9 +13,6 @@ latency and accuracy.
 """
 from __future__ import annotations
 
-import sys
-
-from absl import app
 from absl import flags
 
 from experiments import common
@@ -24,47 +21,52 @@ from vitprune.profile import records
 from vitprune.records.estimate import read_estimate
 from vitprune.records.solution import summary_lines, write_solution
 
-_PROFILE = flags.DEFINE_string("profile", None, "Latency profile JSON (experiments.profile).")
-_ESTIMATE = flags.DEFINE_string("estimate", None, "Estimate JSON (experiments.estimate).")
-_MODE = flags.DEFINE_enum("mode", "paper", ["paper", "multi"],
-                          "paper: utility argmax over n (one reduction at --layer); multi: "
-                          "per-layer schedules by dynamic programming.")
-_ALPHA = flags.DEFINE_float("alpha", 0.5, "Utility weight of latency, in [0, 1].")
-_LAYER = flags.DEFINE_integer("layer", 3, "Paper mode: the reducing block.")
-_FLOOR = flags.DEFINE_float("accuracy_floor", None,
-                            "Multi mode: fastest schedule with predicted accuracy >= this.")
-_BUDGET = flags.DEFINE_float("latency_budget", None,
-                             "Multi mode: most accurate schedule with predicted latency <= this "
-                             "many seconds.")
-_BATCH = flags.DEFINE_integer("batch_size", None,
-                              "Profile batch size (default: the profile's only one, else the "
-                              "estimate's).")
-_METRIC = flags.DEFINE_enum("metric", None, ["accuracy", "agreement"],
-                            "Estimate metric (default: accuracy if labelled, else agreement).")
-_METHOD = flags.DEFINE_string("method", None,
-                              "Paper mode: reducer recorded for deployment (default: the "
-                              "estimate's method when it reduced in a block, else pomt).")
-_ACC_MODEL = flags.DEFINE_enum("accuracy_model", "incremental", ["incremental", "additive"],
-                               "Multi mode: how per-layer sensitivities combine.")
-_MONOTONE = flags.DEFINE_bool("monotone", True,
-                              "Multi mode: pessimistic monotone envelope of the drops.")
-_BOTTOMS = flags.DEFINE_bool("step_bottoms_only", False,
-                             "Multi mode: only counts at the bottom of a latency step (+ all).")
-_STEP_K = flags.DEFINE_float("step_k", 4.0, "Step-bottom noise multiplier.")
-_ALLOW_BATCH = flags.DEFINE_bool("allow_batch_mismatch", False,
-                                 "Combine a profile and an estimate of different batch sizes.")
-_OUT_DIR = flags.DEFINE_string("out_dir", "outputs/solve", "Output directory.")
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers this CLI's flags on `fv` (only when run as a script, or into a fresh FlagValues
+  via `common.parse`)."""
+  flags.DEFINE_string("profile", None, "Latency profile JSON (experiments.profile).", flag_values=fv)
+  flags.DEFINE_string("estimate", None, "Estimate JSON (experiments.estimate).", flag_values=fv)
+  flags.DEFINE_enum("mode", "paper", ["paper", "multi"],
+                            "paper: utility argmax over n (one reduction at --layer); multi: "
+                            "per-layer schedules by dynamic programming.", flag_values=fv)
+  flags.DEFINE_float("alpha", 0.5, "Utility weight of latency, in [0, 1].", flag_values=fv)
+  flags.DEFINE_integer("layer", 3, "Paper mode: the reducing block.", flag_values=fv)
+  flags.DEFINE_float("accuracy_floor", None,
+                              "Multi mode: fastest schedule with predicted accuracy >= this.", flag_values=fv)
+  flags.DEFINE_float("latency_budget", None,
+                               "Multi mode: most accurate schedule with predicted latency <= this "
+                               "many seconds.", flag_values=fv)
+  flags.DEFINE_integer("batch_size", None,
+                                "Profile batch size (default: the profile's only one, else the "
+                                "estimate's).", flag_values=fv)
+  flags.DEFINE_enum("metric", None, ["accuracy", "agreement"],
+                              "Estimate metric (default: accuracy if labelled, else agreement).", flag_values=fv)
+  flags.DEFINE_string("method", None,
+                                "Paper mode: reducer recorded for deployment (default: the "
+                                "estimate's method when it reduced in a block, else pomt).", flag_values=fv)
+  flags.DEFINE_enum("accuracy_model", "incremental", ["incremental", "additive"],
+                                 "Multi mode: how per-layer sensitivities combine.", flag_values=fv)
+  flags.DEFINE_bool("monotone", True,
+                                "Multi mode: pessimistic monotone envelope of the drops.", flag_values=fv)
+  flags.DEFINE_bool("step_bottoms_only", False,
+                               "Multi mode: only counts at the bottom of a latency step (+ all).", flag_values=fv)
+  flags.DEFINE_float("step_k", 4.0, "Step-bottom noise multiplier.", flag_values=fv)
+  flags.DEFINE_bool("allow_batch_mismatch", False,
+                                   "Combine a profile and an estimate of different batch sizes.", flag_values=fv)
+  flags.DEFINE_string("out_dir", "outputs/solve", "Output directory.", flag_values=fv)
 
 
-def run(argv_flags=flags.FLAGS):
-  """Reads the two records, solves, writes the outputs; returns (Solution, paths)."""
-  f = argv_flags
+def main(f: flags.FlagValues):
+  """Checks the flags and the output directory, reads the two records, solves, writes the
+  outputs; returns (Solution, paths)."""
   if not f.profile or not f.estimate:
     raise ValueError("--profile and --estimate are required")
   if f.mode == "paper":
     for name in ("accuracy_floor", "latency_budget"):
       if f[name].value is not None:
         raise ValueError(f"--{name} applies to --mode=multi only")
+  common.check_output_dir(f.out_dir)
   profile, estimate = records.load(f.profile), read_estimate(f.estimate)
   if f.mode == "paper":
     sol = solve_stage.solve_paper(
@@ -84,16 +86,5 @@ def run(argv_flags=flags.FLAGS):
   return sol, paths
 
 
-def main(argv):
-  common.quiet_logging()
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    run()
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-
-
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main, define_flags)

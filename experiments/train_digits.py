@@ -22,7 +22,6 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from absl import app
 from absl import flags
 
 from experiments import common
@@ -256,39 +255,30 @@ def train(cfg: ViTConfig, tc: TrainConfig, train_data: Tuple[np.ndarray, np.ndar
 # ----------------------------------------------------------------------------- CLI
 
 
-FLAGS = flags.FLAGS
-
-
-def define_flags():
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Registers this CLI's flags (only when run as a script, so importing is side-effect free)."""
-  flags.DEFINE_string("out", "weights/vit_digits", "Output weights directory.")
-  flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
-  flags.DEFINE_integer("epochs", TrainConfig.epochs, "Training epochs.")
-  flags.DEFINE_integer("batch_size", TrainConfig.batch_size, "Batch size.")
-  flags.DEFINE_float("lr", TrainConfig.lr, "Peak learning rate.")
-  flags.DEFINE_integer("warmup_epochs", TrainConfig.warmup_epochs, "Linear warm-up epochs.")
-  flags.DEFINE_float("weight_decay", TrainConfig.weight_decay, "AdamW weight decay.")
-  flags.DEFINE_float("label_smoothing", TrainConfig.label_smoothing, "Label smoothing.")
-  flags.DEFINE_integer("max_shift", TrainConfig.max_shift, "Random shift augmentation (pixels).")
-  flags.DEFINE_integer("seed", TrainConfig.seed, "Init / shuffle / augmentation seed.")
+  flags.DEFINE_string("out", "weights/vit_digits", "Output weights directory.", flag_values=fv)
+  flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.", flag_values=fv)
+  flags.DEFINE_integer("epochs", TrainConfig.epochs, "Training epochs.", flag_values=fv)
+  flags.DEFINE_integer("batch_size", TrainConfig.batch_size, "Batch size.", flag_values=fv)
+  flags.DEFINE_float("lr", TrainConfig.lr, "Peak learning rate.", flag_values=fv)
+  flags.DEFINE_integer("warmup_epochs", TrainConfig.warmup_epochs, "Linear warm-up epochs.", flag_values=fv)
+  flags.DEFINE_float("weight_decay", TrainConfig.weight_decay, "AdamW weight decay.", flag_values=fv)
+  flags.DEFINE_float("label_smoothing", TrainConfig.label_smoothing, "Label smoothing.", flag_values=fv)
+  flags.DEFINE_integer("max_shift", TrainConfig.max_shift, "Random shift augmentation (pixels).", flag_values=fv)
+  flags.DEFINE_integer("seed", TrainConfig.seed, "Init / shuffle / augmentation seed.", flag_values=fv)
   flags.DEFINE_integer("split_seed", TrainConfig.split_seed,
-                       "Seed of the digits train/test split.")
+                       "Seed of the digits train/test split.", flag_values=fv)
 
 
-def main(argv):
-  common.quiet_logging()
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  out = os.path.abspath(FLAGS.out)
-  if os.path.exists(out) and not FLAGS.overwrite:
-    raise app.UsageError(f"{out} already exists; pass --overwrite to replace it")
-  try:
-    tc = TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
-                     warmup_epochs=FLAGS.warmup_epochs, weight_decay=FLAGS.weight_decay,
-                     label_smoothing=FLAGS.label_smoothing, max_shift=FLAGS.max_shift,
-                     seed=FLAGS.seed, split_seed=FLAGS.split_seed)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+def main(f: flags.FlagValues):
+  """Checks every flag and --out, then trains, saves and prints the held-out accuracy."""
+  out = os.path.abspath(f.out)
+  common.check_new_dir(out, "out", overwrite=f.overwrite)
+  tc = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr,
+                   warmup_epochs=f.warmup_epochs, weight_decay=f.weight_decay,
+                   label_smoothing=f.label_smoothing, max_shift=f.max_shift,
+                   seed=f.seed, split_seed=f.split_seed)
   cfg = vit_digits
   t_start = time.time()
   train_data = load_split("train", cfg, seed=tc.split_seed, test_fraction=tc.test_fraction)
@@ -319,7 +309,7 @@ def main(argv):
                    "optax": optax.__version__, "backend": jax.default_backend(),
                    "devices": [str(d) for d in jax.devices()]},
   }
-  path = checkpoint.save_weights(out, cfg, params, meta=meta, overwrite=FLAGS.overwrite,
+  path = checkpoint.save_weights(out, cfg, params, meta=meta, overwrite=f.overwrite,
                                  class_names=data.DIGITS_CLASSES,
                                  extra_json={"metrics.json": metrics})
   print(f"held-out accuracy {test_acc:.4f} (train {train_acc:.4f}); {train_seconds:.0f}s; "
@@ -327,5 +317,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  common.run(main, define_flags)

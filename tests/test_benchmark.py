@@ -5,25 +5,17 @@ import os
 
 import numpy as np
 import pytest
-from absl import app
-from absl import flags
-from absl.testing import flagsaver
 
 from vitprune import benchmark as B
 from vitprune import schedule as S
 from vitprune.registry import get_config
 
-from tests.conftest import load_cli, solution_file
-
-cli = None  # experiments.benchmark, loaded per test module by the fixture below
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _load_cli():
-  global cli
-  cli = load_cli("benchmark")
+from experiments import benchmark as cli
+from experiments import common
+from tests.conftest import solution_file
 
 
+ERRORS = (ValueError, KeyError, OSError)
 TINY = get_config("test_tiny_vit")
 DEIT_S = get_config("deit_small_patch16_224")
 
@@ -151,9 +143,7 @@ def test_spec_errors():
 
 
 def _run(argv):
-  with flagsaver.flagsaver():
-    flags.FLAGS(["benchmark"] + argv)
-    cli.main(["benchmark"])
+  return cli.main(common.parse(cli.define_flags, argv))
 
 
 def _read_outputs(out_dir):
@@ -251,9 +241,13 @@ def test_cli_latency_only(tmp_path):
     (["--data=none", "--num_images=5"], "needs data"),
     (["--multi_frontier=2"], "needs --multi_solution"),
     (["--pomt_schedule=keep@5:9"], "out of range"),
+    (["--min_run_time=inf"], "--min_run_time=inf is not a finite number"),
+    (["--min_run_time=0"], "min_run_time must be > 0"),
+    (["--compile_threads=0"], "--compile_threads must be >= 1"),
+    (["--batch_size=1000000000"], "--batch_size=1000000000 cannot fit in memory"),
 ])
 def test_cli_errors(tmp_path, argv, match):
-  with pytest.raises(app.UsageError, match=match):
+  with pytest.raises(ERRORS, match=match):
     _run(["--model=test_tiny_vit", "--data=none", f"--out_dir={tmp_path}"] + argv)
   assert not os.listdir(tmp_path)
 
@@ -262,7 +256,7 @@ def test_cli_solution_for_another_model(tmp_path):
   sol = _solution(tmp_path / "s.json", DEIT_S, [197] * 4 + [120] * 9)
   out = tmp_path / "out"
   for flag in ("--solution", "--multi_solution"):
-    with pytest.raises(app.UsageError, match="solution for model 'deit_small_patch16_224', "
+    with pytest.raises(ERRORS, match="solution for model 'deit_small_patch16_224', "
                                              "not for 'test_tiny_vit'"):
       _run(["--model=test_tiny_vit", "--data=none", f"{flag}={sol}", f"--out_dir={out}"])
   assert not out.exists()

@@ -409,8 +409,7 @@ def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_cli_run_and_errors(tmp_path, capsys):
-  from tests.conftest import load_cli
-  cli = load_cli("convert")
+  from experiments import convert as cli  # pylint: disable=g-import-not-at-top  (name clash)
   cfg, _, sd = tiny_sd()
   src = tmp_path / "tiny.safetensors"
   save_file(sd, str(src))

@@ -1,37 +1,28 @@
-"""experiments.profile end to end on the tiny config (in-process absl flags), and its errors."""
+"""experiments.profile end to end on the tiny config (in-process, its flags parsed into a fresh
+FlagValues by `common.parse`), and its errors."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from absl import app, flags
-
 from vitprune.profile import records, runner
 from vitprune.registry import get_config
 from vitprune.schedule import Schedule, parse_token_grid
 
-from tests.conftest import load_cli
+from experiments import common
+from experiments import profile as cli
 
-cli = None  # experiments.profile, loaded per test module by the fixture below
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _load_cli():
-  global cli
-  cli = load_cli("profile")
-
-
-FLAGS = flags.FLAGS
+ERRORS = (ValueError, KeyError, OSError)
 FAST = ["--min_run_time=0.005", "--max_retries=0", "--noprogress", "--threads=2"]
 CFG = get_config("test_tiny_vit")   # 1 cls + 16 patches = 17 tokens, depth 2
 
 
+def _flags(*args):
+  return common.parse(cli.define_flags, args)
+
+
 def _run(tmp_path, *args):
-  FLAGS.unparse_flags()
-  FLAGS(["profile", f"--out_dir={tmp_path}", "--model=test_tiny_vit", "--mode=model", *FAST,
-         *args])
-  return cli.run(["profile"])
+  return cli.main(_flags(f"--out_dir={tmp_path}", "--model=test_tiny_vit", "--mode=model",
+                         *FAST, *args))
 
 
 def test_model_mode_writes_profile_csv_png(tmp_path, capsys):
@@ -84,10 +75,9 @@ def test_adaptive_grid_is_subset_and_keeps_ends(tmp_path):
 
 def test_default_flags_run_the_pipeline_on_the_embedded_model():
   # The no-flag run itself is exercised by hand (README); here: what it would run.
-  FLAGS.unparse_flags()
-  FLAGS(["profile"])
-  assert FLAGS.mode == "pipeline" and FLAGS.out_dir is None
-  cfg, params, source, spec, data = cli.pipeline_from_flags()
+  f = _flags()
+  assert f.mode == "pipeline" and f.out_dir is None
+  cfg, params, source, spec, data = cli.pipeline_from_flags(f)
   assert data.labelled and len(data.indices) == 359
   assert cfg.name == "vit_digits" and params is not None
   assert source.endswith(os.path.join("weights", "vit_digits"))
@@ -98,10 +88,8 @@ def test_default_flags_run_the_pipeline_on_the_embedded_model():
 
 
 def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys):
-  FLAGS.unparse_flags()
-  FLAGS(["profile", f"--out_dir={tmp_path}", *FAST, "--tokens=65,49,33,17",
-         "--num_images=40", "--eval_batch_size=20"])
-  s = cli.run(["profile"])
+  s = cli.main(_flags(f"--out_dir={tmp_path}", *FAST, "--tokens=65,49,33,17",
+         "--num_images=40", "--eval_batch_size=20"))
   assert s["model"] == "vit_digits" and s["num_images"] == 40 and s["metric"] == "accuracy"
   assert s["n_star"] in (65, 49, 33, 17)
   assert s["counts"] == [65] * 4 + [s["n_star"]] * 3
@@ -120,28 +108,22 @@ def test_pipeline_on_image_folders(tmp_path):
   # The real-data path: PNG files through ImageFolder and the model's eval preprocessing.
   from vitprune.data import write_digits_imagefolder
   labelled = write_digits_imagefolder(str(tmp_path / "digits"), split="test", limit=30)
-  FLAGS.unparse_flags()
-  FLAGS(["profile", f"--out_dir={tmp_path / 'a'}", *FAST, "--tokens=65,33",
-         f"--data={labelled}", "--eval_batch_size=16"])
-  s = cli.run(["profile"])
+  s = cli.main(_flags(f"--out_dir={tmp_path / 'a'}", *FAST, "--tokens=65,33",
+         f"--data={labelled}", "--eval_batch_size=16"))
   assert s["metric"] == "accuracy" and s["num_images"] == 30 and s["unpruned"]["accuracy"] > 0.8
   flat = tmp_path / "flat"
   flat.mkdir()
   for png in sorted((tmp_path / "digits").glob("*/*.png"))[:20]:
     (flat / png.name).write_bytes(png.read_bytes())
-  FLAGS.unparse_flags()
-  FLAGS(["profile", f"--out_dir={tmp_path / 'b'}", *FAST, "--tokens=65,33",
-         f"--data={flat}", "--eval_batch_size=16"])
-  s = cli.run(["profile"])
+  s = cli.main(_flags(f"--out_dir={tmp_path / 'b'}", *FAST, "--tokens=65,33",
+         f"--data={flat}", "--eval_batch_size=16"))
   assert s["metric"] == "agreement" and s["num_images"] == 20
   assert s["unpruned"]["agreement"] == 1.0 and "accuracy" not in s["pruned"]
 
 
 def test_pipeline_multi_layer_solver(tmp_path, capsys):
-  FLAGS.unparse_flags()
-  FLAGS(["profile", f"--out_dir={tmp_path}", *FAST, "--tokens=65,33,17", "--num_images=40",
-         "--eval_batch_size=20", "--solver=multi", "--accuracy_floor=0.5"])
-  s = cli.run(["profile"])
+  s = cli.main(_flags(f"--out_dir={tmp_path}", *FAST, "--tokens=65,33,17", "--num_images=40",
+         "--eval_batch_size=20", "--solver=multi", "--accuracy_floor=0.5"))
   assert s["solver"] == "multi" and s["n_star"] is None and s["method"] == "pomt"
   counts = s["counts"]
   assert counts[0] == 65 and all(a >= b for a, b in zip(counts, counts[1:]))
@@ -164,27 +146,38 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
 
 
 def test_pipeline_errors(tmp_path):
-  with pytest.raises(app.UsageError, match="needs trained --weights for test_tiny_vit"):
-    FLAGS.unparse_flags()
-    FLAGS(["profile", f"--out_dir={tmp_path}", "--model=test_tiny_vit"])
-    cli.run(["profile"])
-  with pytest.raises(app.UsageError, match="takes one --batch_size"):
-    FLAGS.unparse_flags()
-    FLAGS(["profile", f"--out_dir={tmp_path}", "--batch_size=1,2"])
-    cli.run(["profile"])
-  with pytest.raises(app.UsageError, match="neither 'digits' nor an existing directory"):
-    FLAGS.unparse_flags()
-    FLAGS(["profile", f"--out_dir={tmp_path}", f"--data={tmp_path / 'missing'}"])
-    cli.run(["profile"])
-  with pytest.raises(app.UsageError, match="apply to solver='multi' only"):
-    FLAGS.unparse_flags()
-    FLAGS(["profile", f"--out_dir={tmp_path}", "--accuracy_floor=0.9"])
-    cli.run(["profile"])
-  with pytest.raises(app.UsageError, match="not both"):
-    FLAGS.unparse_flags()
-    FLAGS(["profile", f"--out_dir={tmp_path}", "--solver=multi", "--accuracy_floor=0.9",
-           "--latency_budget=0.001"])
-    cli.run(["profile"])
+  with pytest.raises(ERRORS, match="needs trained --weights for test_tiny_vit"):
+    cli.main(_flags(f"--out_dir={tmp_path}", "--model=test_tiny_vit"))
+  with pytest.raises(ERRORS, match="takes one --batch_size"):
+    cli.main(_flags(f"--out_dir={tmp_path}", "--batch_size=1,2"))
+  with pytest.raises(ERRORS, match="neither 'digits' nor an existing directory"):
+    cli.main(_flags(f"--out_dir={tmp_path}", f"--data={tmp_path / 'missing'}"))
+  with pytest.raises(ERRORS, match="apply to solver='multi' only"):
+    cli.main(_flags(f"--out_dir={tmp_path}", "--accuracy_floor=0.9"))
+  with pytest.raises(ERRORS, match="not both"):
+    cli.main(_flags(f"--out_dir={tmp_path}", "--solver=multi", "--accuracy_floor=0.9",
+           "--latency_budget=0.001"))
+
+
+def test_pipeline_checks_flags_and_out_dir_before_any_stage(tmp_path):
+  out = tmp_path / "p"
+  for args, match in ((["--layer=6"], r"layer 6 is outside \[0, 5\]"),
+                      (["--method=nosuch"], "unknown token-reduction method 'nosuch'"),
+                      (["--alpha=nan"], "--alpha=nan is not a finite number"),
+                      (["--solver=multi", "--accuracy_floor=1.5"], r"accuracy_floor must be in"),
+                      (["--eval_batch_size=1000000000"], "--eval_batch_size=1000000000 cannot fit")):
+    with pytest.raises(ERRORS, match=match):
+      cli.main(_flags(f"--out_dir={out}", *args))
+  assert not out.exists()
+  foreign = tmp_path / "foreign"
+  foreign.mkdir()
+  (foreign / "notes.txt").write_text("mine")
+  with pytest.raises(FileExistsError, match="refusing to replace"):
+    cli.pipeline_from_flags(_flags(), str(foreign))
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
+    cli.pipeline_from_flags(_flags(), str(tmp_path / "file"))
+  assert os.listdir(foreign) == ["notes.txt"]
 
 
 def test_weights_flag(tmp_path):
@@ -194,10 +187,10 @@ def test_weights_flag(tmp_path):
   (prof,) = _run(tmp_path / "out", f"--weights={wdir}", "--model=test_tiny_distilled",
                  "--tokens=18,3")
   assert prof.model == "test_tiny_distilled" and {p.tokens for p in prof.points} == {18, 3}
-  with pytest.raises(app.UsageError, match="is not a directory"):
+  with pytest.raises(ERRORS, match="is not a directory"):
     _run(tmp_path, f"--weights={tmp_path / 'missing'}")
   (tmp_path / "empty").mkdir()
-  with pytest.raises(app.UsageError, match="no config.json"):
+  with pytest.raises(ERRORS, match="no config.json"):
     _run(tmp_path, f"--weights={tmp_path / 'empty'}")
 
 
@@ -219,18 +212,13 @@ def test_weights_flag(tmp_path):
     (["--threads=0"], "threads must be >= 1"),
     (["--min_run_time=0"], "min_run_time must be > 0"),
     (["--reducer=nosuch"], "nosuch"),
+    (["--min_run_time=inf"], "--min_run_time=inf is not a finite number"),
+    (["--batch_size=1000000000"], r"--batch_size=1000000000 cannot fit in memory.*at most \d+ fit"),
 ])
 def test_flag_errors(tmp_path, args, match):
-  with pytest.raises(app.UsageError, match=match):
+  with pytest.raises(ERRORS, match=match):
     _run(tmp_path, *args)
   assert not os.path.exists(tmp_path / "profile")
-
-
-def test_unexpected_positional_argument(tmp_path):
-  FLAGS.unparse_flags()
-  FLAGS(["profile", f"--out_dir={tmp_path}"])
-  with pytest.raises(app.UsageError, match="unexpected arguments"):
-    cli.run(["profile", "extra"])
 
 
 def test_parse_tokens_forms():
@@ -256,13 +244,3 @@ def test_keep_first_reducer_and_spec_validation():
     runner.ProfileSpec(cfg=CFG, mode="schedule", schedules=(Schedule((17, 17)),))
   assert runner.coarse_grid(range(17, 1, -1), 5) == (17, 12, 7, 2)
   assert runner.coarse_grid([17, 16, 15], 2) == (17, 15)
-
-
-def test_subprocess_error_exit():
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  r = subprocess.run([sys.executable, "-m", "experiments.profile", "--model=test_tiny_vit",
-                      "--mode=model", "--tokens=0:3"],
-                     capture_output=True, text=True, env=env, timeout=120,
-                     cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  assert r.returncode == 1
-  assert "counts [0, 1] are outside [2, 17]" in r.stderr

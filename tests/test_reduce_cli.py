@@ -1,25 +1,18 @@
-"""vitprune.prune (the library entry point) and experiments/prune.py (the CLI, in-process)."""
+"""vitprune.prune (the library entry point) and experiments/prune.py (the CLI, in-process with its
+flags parsed into a fresh FlagValues by `common.parse`)."""
+import os
+import shutil
+
 import numpy as np
 import pytest
-from absl import app
-from absl import flags
-from absl.testing import flagsaver
-
 from vitprune import model
 from vitprune import prune as prune_lib
 from vitprune import schedule as S
 from vitprune.reduce import make_reducer
 from vitprune.registry import get_config
 
-from tests.conftest import load_cli
-
-prune = None  # experiments.prune, loaded per test module by the fixture below
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _load_cli():
-  global prune
-  prune = load_cli("prune")
+from experiments import common
+from experiments import prune
 
 
 CFG = get_config("test_tiny_vit")
@@ -87,19 +80,33 @@ def test_run_prune_errors():
     (["--batch_size=0"], "--batch_size must be >= 1"),
     (["--images=/nonexistent/dir"], "does not exist"),
     (["--weights=/nonexistent/dir"], "nonexistent"),
+    (["--repeats=0"], "--repeats must be >= 1"),
+    (["--batch_size=1000000000"], "cannot fit in memory"),
 ])
 def test_cli_errors(argv, match):
-  with flagsaver.flagsaver():
-    flags.FLAGS(["prune"] + argv)
-    with pytest.raises(app.UsageError, match=match):
-      prune.main(["prune"])
+  with pytest.raises((ValueError, KeyError, OSError), match=match):
+    prune.main(common.parse(prune.define_flags, argv))
 
 
 def test_cli_default_prunes_the_embedded_model_on_digits(capsys):
-  with flagsaver.flagsaver():
-    flags.FLAGS(["prune", "--batch_size=8", "--repeats=3", "--warmup=1"])
-    prune.main(["prune"])
+  prune.main(common.parse(prune.define_flags, ["--batch_size=8", "--repeats=3", "--warmup=1"]))
   out = capsys.readouterr().out
   assert "vit_digits  method=pomt  schedule=keep@3:49  batch=8" in out
   assert "tokens entering block: 0:65 1:65 2:65 3:65 4:49 5:49  | leaving the last: 49" in out
   assert "top-1 accuracy: unpruned" in out and "speed-up:" in out
+
+
+def test_load_images_matches_folder_labels_to_the_model_class_names(tmp_path):
+  # Folders named after a subset of the classes: labels are the class indices, not folder order.
+  from vitprune.data import write_digits_imagefolder
+  root = write_digits_imagefolder(str(tmp_path / "d"), split="test", limit=20)
+  dirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  keep = dirs[-2:]
+  for name in dirs:
+    if name not in keep:
+      shutil.rmtree(os.path.join(root, name))
+  cfg = get_config("vit_digits")
+  names = common.class_names(common.EMBEDDED_WEIGHTS)
+  _, labels, valid = prune.load_images(cfg, root, 8, 0, names)
+  assert set(labels[valid].tolist()) <= {names.index(k) for k in keep}
+  assert set(labels[valid].tolist()) != {0, 1}

@@ -74,6 +74,29 @@ class PipelineSpec:
       raise ValueError("accuracy_floor / latency_budget apply to solver='multi' only")
     if self.accuracy_floor is not None and self.latency_budget is not None:
       raise ValueError("give accuracy_floor or latency_budget, not both")
+    if self.accuracy_floor is not None and not 0.0 <= self.accuracy_floor <= 1.0:
+      raise ValueError(f"accuracy_floor must be in [0, 1], got {self.accuracy_floor}")
+    if self.latency_budget is not None and not 0.0 < self.latency_budget < float("inf"):
+      raise ValueError(f"latency_budget must be a positive number of seconds, got "
+                       f"{self.latency_budget}")
+    if self.num_images is not None and self.num_images < 1:
+      raise ValueError(f"num_images must be >= 1, got {self.num_images}")
+    if self.threads < 1:
+      raise ValueError(f"threads must be >= 1, got {self.threads}")
+    if self.layer < 0:
+      raise ValueError(f"layer must be >= 0, got {self.layer}")
+    make_reducer(self.method)   # an unknown method fails here, before any stage runs
+
+  def check(self, cfg: ViTConfig) -> None:
+    """The checks that need the model: `layer` is one of its blocks, `tokens` within its range.
+    Raises ValueError before any stage runs."""
+    if self.layer >= cfg.depth:
+      raise ValueError(f"layer {self.layer} is outside [0, {cfg.depth - 1}] ({cfg.name} has "
+                       f"{cfg.depth} blocks)")
+    bad = [n for n in self.tokens or () if not cfg.num_prefix_tokens < n <= cfg.num_tokens]
+    if bad:
+      raise ValueError(f"tokens {bad} are outside [{cfg.num_prefix_tokens + 1}, "
+                       f"{cfg.num_tokens}]")
 
   def grid(self, cfg: ViTConfig) -> Tuple[int, ...]:
     """Token counts to profile and estimate: `tokens`, else every count (paper) or every 4th

@@ -1,0 +1,78 @@
+"""One happy-path subprocess per CLI on tiny inputs (solve, deploy and run_deployed have theirs in
+test_solve.py / test_deploy.py): exit 0, the printed result, the files written."""
+import json
+import os
+import subprocess
+import sys
+
+from vitprune import checkpoint
+from vitprune.convert import to_timm_state_dict
+from vitprune.model import init_params
+from vitprune.profile import records
+from vitprune.records.estimate import read_estimate
+from vitprune.registry import get_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = get_config("test_tiny_vit")
+
+
+def _cli(name, *args, cwd=ROOT):
+  r = subprocess.run([sys.executable, "-m", f"experiments.{name}", *args], cwd=cwd,
+                     capture_output=True, text=True, timeout=300,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
+  assert r.returncode == 0, r.stderr[-3000:]
+  return r
+
+
+def test_profile(tmp_path):
+  r = _cli("profile", "--model=test_tiny_vit", "--mode=model", "--tokens=17,9",
+           "--min_run_time=0.005", "--max_retries=0", "--noprogress", f"--out_dir={tmp_path}")
+  prof = records.load(str(tmp_path / "test-tiny-vit_model_b1_float32_cpu.json"))
+  assert sorted(p.tokens for p in prof.points) == [9, 17]
+  assert "== test_tiny_vit | float32" in r.stdout
+
+
+def test_prune():
+  r = _cli("prune", "--model=test_tiny_vit", "--batch_size=2", "--repeats=2", "--warmup=0")
+  assert "test_tiny_vit  method=pomt" in r.stdout and "speed-up:" in r.stdout
+
+
+def test_estimate(tmp_path):
+  r = _cli("estimate", "--model=test_tiny_vit", "--tokens=17,9", "--num_images=8",
+           "--batch_size=8", f"--out_dir={tmp_path}", "--out_name=e.json")
+  est = read_estimate(str(tmp_path / "e.json"))
+  assert est.model == "test_tiny_vit" and sorted(est.tokens) == [9, 17]
+  assert f"wrote {tmp_path / 'e.json'}" in r.stdout
+
+
+def test_benchmark(tmp_path):
+  r = _cli("benchmark", "--model=test_tiny_vit", "--data=none", "--batch_size=1",
+           "--min_run_time=0.005", "--variants=tome:r2", "--noprogress", f"--out_dir={tmp_path}")
+  assert sorted(os.listdir(tmp_path)) == [f"test_tiny_vit_cpu.{e}" for e in ("csv", "md", "png")]
+  assert "| tome:r2 |" in r.stdout
+
+
+def test_convert(tmp_path):
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top  (test dep)
+  sd = to_timm_state_dict(TINY, init_params(TINY, 0))
+  save_file(sd, str(tmp_path / "t.safetensors"))
+  r = _cli("convert", "--model=test_tiny_vit", f"--checkpoint={tmp_path / 't.safetensors'}",
+           f"--out={tmp_path / 'w'}")
+  assert checkpoint.read_weights_config(str(tmp_path / "w"))[0] == TINY
+  assert f"-> {tmp_path / 'w'}" in r.stdout
+
+
+def test_edge_kit(tmp_path):
+  r = _cli("edge_kit", "--model=test_tiny_vit", "--tokens=17", "--cache_dir=",
+           f"--out={tmp_path / 'kit'}")
+  with open(tmp_path / "kit" / "kit.json") as f:
+    assert len(json.load(f)["points"]) == 1
+  assert f"wrote {tmp_path / 'kit'}" in r.stdout
+
+
+def test_train_digits(tmp_path):
+  r = _cli("train_digits", "--epochs=1", "--warmup_epochs=0", "--batch_size=1024",
+           f"--out={tmp_path / 'w'}")
+  cfg, meta = checkpoint.read_weights_config(str(tmp_path / "w"))
+  assert cfg.name == "vit_digits" and meta["epochs"] == 1
+  assert "held-out accuracy" in r.stdout

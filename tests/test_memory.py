@@ -1,0 +1,90 @@
+"""vitprune/memory.py (the batch-fits check) and the up-front checks of experiments/common.py."""
+import jax
+import pytest
+
+from experiments import common
+from experiments import profile as profile_cli
+from vitprune import memory
+from vitprune.model import init_params
+from vitprune.registry import get_config
+from vitprune.schedule import parse_schedule
+
+TINY = get_config("test_tiny_vit")
+DEIT = get_config("deit_small_patch16_224")
+
+
+def test_param_count_matches_the_initialised_tree():
+  leaves = jax.tree_util.tree_leaves(init_params(TINY, 0))
+  assert memory.param_count(TINY) == sum(x.size for x in leaves)
+
+
+def test_forward_bytes_is_affine_in_the_batch_and_follows_tokens_and_dtype():
+  f = [memory.forward_bytes(DEIT, b) for b in (1, 2, 3)]
+  assert f[2] - f[1] == f[1] - f[0] > 0
+  assert f[0] > 4 * memory.param_count(DEIT)
+  # The peak is the largest block: reducing inside block 0 keeps it, reducing before it does not.
+  late = parse_schedule(DEIT, "keep@0:50")
+  assert memory.forward_bytes(DEIT, 8, schedule=late) == memory.forward_bytes(DEIT, 8)
+  early = parse_schedule(DEIT, "embed:50")
+  assert memory.forward_bytes(DEIT, 8, schedule=early) < memory.forward_bytes(DEIT, 8)
+  assert (memory.forward_bytes(DEIT, 9, "bfloat16") - memory.forward_bytes(DEIT, 8, "bfloat16")
+          < f[1] - f[0])
+  with pytest.raises(ValueError, match="batch size must be >= 1"):
+    memory.forward_bytes(DEIT, 0)
+  with pytest.raises(ValueError, match="dtype must be one of"):
+    memory.forward_bytes(DEIT, 1, "float16")
+
+
+def test_max_batch_and_check_batch_fits():
+  avail = memory.forward_bytes(DEIT, 40) + 1
+  n = memory.max_batch(DEIT, avail)
+  assert n == 40 and memory.forward_bytes(DEIT, n + 1) > avail
+  memory.check_batch_fits(DEIT, [1, 40], available=avail)
+  with pytest.raises(ValueError, match=r"--eval_batch_size=41 cannot fit in memory: a float32 "
+                                       r"forward of deit_small_patch16_224 needs .* \(at most "
+                                       r"40 fit; see /proc/meminfo MemAvailable\)"):
+    memory.check_batch_fits(DEIT, [41, 2], available=avail, flag="--eval_batch_size")
+  with pytest.raises(ValueError, match="not even batch 1 fits"):
+    memory.check_batch_fits(DEIT, [1], available=1000)
+
+
+def test_available_bytes_reads_meminfo(tmp_path):
+  p = tmp_path / "meminfo"
+  p.write_text("MemTotal:       1000 kB\nMemAvailable:     512 kB\n")
+  assert memory.available_bytes(str(p)) == 512 * 1024
+  p.write_text("MemTotal:       1000 kB\n")
+  assert memory.available_bytes(str(p)) is None
+  assert memory.available_bytes(str(tmp_path / "missing")) is None
+
+
+def test_output_checks(tmp_path):
+  (tmp_path / "f").write_text("x")
+  (tmp_path / "d").mkdir()
+  (tmp_path / "d" / "x").write_text("x")
+  common.check_output_dir(str(tmp_path / "new" / "deeper"))
+  with pytest.raises(NotADirectoryError, match=r"--out_dir=.*/f is a file, not a directory"):
+    common.check_output_dir(str(tmp_path / "f"))
+  with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
+    common.check_output_dir(str(tmp_path / "f" / "sub"))
+  with pytest.raises(IsADirectoryError, match="--output=.* is a directory, not a file"):
+    common.check_output_file(str(tmp_path / "d"))
+  with pytest.raises(FileExistsError, match="pass --overwrite"):
+    common.check_output_file(str(tmp_path / "f"), overwrite=False)
+  common.check_output_file(str(tmp_path / "f"))
+  with pytest.raises(FileExistsError, match="--out=.* already exists"):
+    common.check_new_dir(str(tmp_path / "d"))
+  common.check_new_dir(str(tmp_path / "d"), overwrite=True)
+  common.check_new_dir(str(tmp_path / "absent"))
+  assert not (tmp_path / "new").exists() and not (tmp_path / "absent").exists()
+
+
+def test_one_line_and_finite_flags():
+  assert common.one_line(KeyError("unknown model 'x'")) == "unknown model 'x'"
+  assert common.one_line(ValueError("a\n  b")) == "a b"
+  with pytest.raises(ValueError, match="--alpha=nan is not a finite number"):
+    common.parse(profile_cli.define_flags, ["--alpha=nan"])
+  with pytest.raises(ValueError, match="must be >= 1, got 0"):
+    common.positive(0, "jobs")
+  assert common.parse_ints(["2", " 3"], "b") == [2, 3]
+  with pytest.raises(ValueError, match="duplicate"):
+    common.parse_ints(["2", "2"], "b")

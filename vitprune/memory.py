@@ -1,0 +1,117 @@
+"""How much memory a forward needs, and whether a batch fits: checked before any work.
+
+`forward_bytes(cfg, batch, dtype, schedule)` is an upper-bound style estimate of the live memory
+of one inference forward (no gradients): the parameters (stored float32, plus a cast copy for a
+lower compute dtype), the float32 input images, and the largest block's activations: the
+residual stream, q/k/v, the attention output, the MLP hidden layer and the attention logits and
+probabilities `[B, heads, n, n]` (explicit in a block that reduces tokens with attention
+statistics; also counted for the fused path, which may materialise them on CPU). The estimate
+is affine in the batch size, so the largest batch that fits follows directly.
+
+`check_batch_fits` compares it with the memory the machine has available (`/proc/meminfo`
+MemAvailable; no new dependency) and raises ValueError naming the batch, the estimate, what is
+available and the largest batch that fits.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from vitprune.config import ViTConfig
+from vitprune.model import param_shapes
+from vitprune.schedule import Schedule, full_schedule
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+MEMINFO = "/proc/meminfo"
+
+
+def param_count(cfg: ViTConfig) -> int:
+  """Number of parameters of `cfg` (from `param_shapes`, no arrays built)."""
+  def count(node) -> int:
+    if isinstance(node, dict):
+      return sum(count(v) for v in node.values())
+    if isinstance(node, list):
+      return sum(count(v) for v in node)
+    return int(np.prod(node))
+  return count(param_shapes(cfg))
+
+
+def _dtype_bytes(dtype: str) -> int:
+  if dtype not in DTYPE_BYTES:
+    raise ValueError(f"dtype must be one of {sorted(DTYPE_BYTES)}, got {dtype!r}")
+  return DTYPE_BYTES[dtype]
+
+
+def _fixed_bytes(cfg: ViTConfig, dtype: str) -> int:
+  """Batch-independent bytes: float32 parameters, plus their cast copy below float32."""
+  n = param_count(cfg)
+  d = _dtype_bytes(dtype)
+  return 4 * n + (d * n if d != 4 else 0)
+
+
+def _per_example_bytes(cfg: ViTConfig, dtype: str, schedule: Optional[Schedule]) -> int:
+  """Bytes per image: the float32 input plus the largest block's live activations."""
+  d = _dtype_bytes(dtype)
+  counts = (schedule or full_schedule(cfg)).counts
+  image = 4 * cfg.img_size * cfg.img_size * cfg.in_chans
+  dim, heads = cfg.embed_dim, cfg.num_heads
+  worst = 0
+  for n in counts[:-1] or counts:
+    # residual in + q, k, v + attention output + residual out + MLP hidden (pre/post activation)
+    tokens = n * (6 * dim + 2 * cfg.mlp_hidden)
+    attn = 2 * heads * n * n          # logits and probabilities
+    worst = max(worst, d * (tokens + attn))
+  return image + worst
+
+
+def forward_bytes(cfg: ViTConfig, batch: int, dtype: str = "float32",
+                  schedule: Optional[Schedule] = None) -> int:
+  """Estimated peak bytes of one forward of `cfg` at `batch` images (see the module doc)."""
+  if batch < 1:
+    raise ValueError(f"batch size must be >= 1, got {batch}")
+  return _fixed_bytes(cfg, dtype) + batch * _per_example_bytes(cfg, dtype, schedule)
+
+
+def max_batch(cfg: ViTConfig, available: int, dtype: str = "float32",
+              schedule: Optional[Schedule] = None) -> int:
+  """The largest batch whose `forward_bytes` is within `available` bytes (0: none fits)."""
+  room = available - _fixed_bytes(cfg, dtype)
+  return max(0, room // _per_example_bytes(cfg, dtype, schedule))
+
+
+def available_bytes(meminfo: str = MEMINFO) -> Optional[int]:
+  """MemAvailable of `meminfo` in bytes (None where the file or the field is missing)."""
+  try:
+    with open(meminfo) as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          value, unit = line.split()[1:3]
+          return int(value) * {"kB": 1024, "mB": 1024 ** 2, "gB": 1024 ** 3}.get(unit, 1)
+  except (OSError, ValueError, IndexError):
+    return None
+  return None
+
+
+def _gib(n: float) -> str:
+  return f"{n / 2 ** 30:.3g} GiB"
+
+
+def check_batch_fits(cfg: ViTConfig, batches: Sequence[int], dtype: str = "float32", *,
+                     schedule: Optional[Schedule] = None, flag: str = "--batch_size",
+                     available: Optional[int] = None) -> None:
+  """Raises ValueError when the largest of `batches` cannot fit in `available` bytes (default:
+  `available_bytes()`; no check where that is unknown), naming what fits."""
+  if available is None:
+    available = available_bytes()
+    if available is None:
+      return
+  batch = max(batches)
+  need = forward_bytes(cfg, batch, dtype, schedule)
+  if need <= available:
+    return
+  fits = max_batch(cfg, available, dtype, schedule)
+  hint = (f"at most {fits} fit" if fits else "not even batch 1 fits")
+  raise ValueError(f"{flag}={batch} cannot fit in memory: a {dtype} forward of {cfg.name} needs "
+                   f"~{_gib(need)} but {_gib(available)} is available ({hint}; "
+                   f"see {MEMINFO} MemAvailable)")
