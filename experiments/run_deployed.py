@@ -11,16 +11,12 @@ device-resident batch, after the first call (compile + first run, reported separ
 """
 from __future__ import annotations
 
-import time
-
 from absl import flags
-import jax
-import numpy as np
 
 from experiments import common
 from vitprune import atomic
-from vitprune.data import ImageFolder, iterate_batches
-from vitprune.deploy import load
+from vitprune import deploy
+from vitprune.data import ImageFolder
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -48,74 +44,20 @@ def choose_batch_size(model_batch, requested):
   return requested or 8
 
 
-def label_map(folder_classes, class_names, num_outputs):
-  """Folder label index -> model output index (by name when the artifact names its classes)."""
-  if class_names and all(c in class_names for c in folder_classes):
-    return [class_names.index(c) for c in folder_classes]
-  if len(folder_classes) > num_outputs:
-    raise ValueError(f"the image folder has {len(folder_classes)} classes but the model has "
-                     f"only {num_outputs} outputs")
-  return list(range(len(folder_classes)))  # torchvision convention: sorted folder order
-
-
-def check_timing(repeats: int, warmup: int) -> None:
-  if repeats < 3:
-    raise ValueError(f"--repeats must be >= 3 for a median and an IQR, got {repeats}")
-  if warmup < 0:
-    raise ValueError(f"--warmup must be >= 0, got {warmup}")
-
-
-def time_model(model, images, *, repeats: int, warmup: int) -> dict:
-  """Steady-state latency of `model(images)` in seconds: median / IQR of `repeats` timed calls
-  on device-resident images after `warmup` untimed ones (`model` has been called before)."""
-  check_timing(repeats, warmup)
-  x = jax.device_put(images)
-  for _ in range(warmup):
-    jax.block_until_ready(model(x))
-  samples = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(model(x))
-    samples.append(time.perf_counter() - t0)
-  q25, med, q75 = np.percentile(samples, [25, 50, 75])
-  return {"median_s": float(med), "q25_s": float(q25),
-          "q75_s": float(q75), "iqr_s": float(q75 - q25), "repeats": repeats,
-          "warmup": warmup, "batch_size": int(images.shape[0]),
-          "samples_s": [float(s) for s in samples]}
-
-
-def classify(model, dataset, batch_size: int, num_workers: int = 0) -> dict:
-  """Predictions for every file of `dataset` (index, max softmax probability), the first batch
-  (for timing) and the wall time of the first call (compilation + first run)."""
-  preds, probs, first, first_s = [], [], None, None
-  for images, _, idx in iterate_batches(dataset, model.preprocessing, batch_size,
-                                        num_workers=num_workers):
-    t0 = time.perf_counter()
-    logits = np.asarray(model(images), np.float64)
-    if first is None:
-      first, first_s = images, time.perf_counter() - t0
-    valid = idx >= 0
-    z = np.exp(logits - logits.max(-1, keepdims=True))
-    p = z / z.sum(-1, keepdims=True)
-    preds.extend(np.argmax(logits, -1)[valid].tolist())
-    probs.extend(p.max(-1)[valid].tolist())
-  return {"pred": preds, "prob": probs, "first_batch": first, "first_call_s": first_s}
-
-
 def run(f: flags.FlagValues) -> dict:
   """Checks the flags and --output, classifies --images with the artifact and times one batch
   -> the result dict (what --output holds)."""
   if not f.artifact or not f.images:
     raise ValueError("--artifact and --images are required")
-  check_timing(f.repeats, f.warmup)
+  timing_cfg = deploy.repeat_timing(f.repeats, f.warmup)
   if f.num_workers < 0:
     raise ValueError(f"--num_workers must be >= 0, got {f.num_workers}")
   if f.output:
     common.check_output_file(f.output)
-  model = load(f.artifact)
+  model = deploy.load(f.artifact)
   bs = choose_batch_size(model.batch_size, f.batch_size)
   dataset = ImageFolder(f.images, class_names=model.class_names, num_classes=model.num_outputs)
-  out = classify(model, dataset, bs, f.num_workers)
+  out = deploy.classify(model, dataset, bs, f.num_workers)
   names = model.class_names
   rows = []
   for i, (p, prob) in enumerate(zip(out["pred"], out["prob"])):
@@ -126,15 +68,15 @@ def run(f: flags.FlagValues) -> dict:
             "model": model.manifest.model,
             "schedule": model.manifest.schedule_text, "predictions": rows,
             "accuracy": None}
-  if dataset.labelled:
-    mapping = label_map(dataset.classes, names, model.num_outputs)
-    labels = [mapping[l] for l in dataset.labels.tolist()]
-    for r, l in zip(rows, labels):
+  if dataset.labelled:   # labels are model output indices (matched by class name)
+    for r, l in zip(rows, dataset.labels.tolist()):
       r["label"] = l
     result["accuracy"] = sum(r["pred"] == r["label"] for r in rows) / len(rows)
-  result["latency"] = time_model(model, out["first_batch"], repeats=f.repeats,
-                                 warmup=f.warmup)
-  result["latency"]["first_call_s"] = out["first_call_s"]
+  m = deploy.time_model(model, out["first_batch"], timing_cfg)
+  result["latency"] = {"median_s": m.median, "q25_s": m.q25, "q75_s": m.q75, "iqr_s": m.iqr,
+                       "repeats": len(m.samples), "warmup": f.warmup,
+                       "batch_size": int(out["first_batch"].shape[0]),
+                       "samples_s": list(m.samples), "first_call_s": out["first_call_s"]}
   return result
 
 

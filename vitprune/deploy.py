@@ -34,6 +34,7 @@ import hashlib
 import importlib.metadata as md
 import os
 import platform as _platform
+import time
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -43,6 +44,9 @@ import numpy as np
 import vitprune
 from vitprune import atomic
 from vitprune.config import ViTConfig
+from vitprune.data import iterate_batches
+from vitprune.profile import protocol
+from vitprune.profile.protocol import Measurement, TimingConfig
 from vitprune.digest import file_sha256, params_sha256  # noqa: F401  (file_sha256: public API)
 from vitprune.records.manifest import (BATCH_SYMBOL, FORMAT, MANIFEST_FILE, VERSION,  # noqa: F401
                                        ArtifactError, Manifest, read_manifest)
@@ -444,6 +448,42 @@ class DeployedModel:
     return (f"DeployedModel({self.manifest.model!r}, schedule "
             f"{self.manifest.schedule_text!r}, input [{b}, {self.input_shape[1]}, "
             f"{self.input_shape[2]}, {self.input_shape[3]}], platforms {list(self.platforms)})")
+
+
+def repeat_timing(repeats: int, warmup: int) -> TimingConfig:
+  """The profiler's protocol with exactly `repeats` timed calls after `warmup` untimed ones."""
+  if repeats < 3:
+    raise ValueError(f"--repeats must be >= 3 for a median and an IQR, got {repeats}")
+  if warmup < 0:
+    raise ValueError(f"--warmup must be >= 0, got {warmup}")
+  return TimingConfig(min_run_time=1e-9, warmup=warmup, min_reps=repeats, max_reps=repeats,
+                      max_retries=0)
+
+
+def time_model(model: "DeployedModel", images: np.ndarray, cfg: TimingConfig) -> Measurement:
+  """Steady-state latency of `model(images)` on device-resident images (`model` has been
+  called once before, so compilation is excluded)."""
+  x = jax.device_put(jnp.asarray(images, jnp.float32))
+  return protocol.summarize(protocol.time_calls(model, (x,), cfg, sync=jax.block_until_ready))
+
+
+def classify(model: "DeployedModel", dataset, batch_size: int, num_workers: int = 0
+             ) -> Dict[str, Any]:
+  """Every image of `dataset` (an ImageFolder) through `model` in padded batches -> {"pred":
+  argmax [M], "prob": max softmax probability [M], "first_batch": [B, H, W, C],
+  "first_call_s": wall time of the first call (compilation + first run)}."""
+  preds, probs, first, first_s = [], [], None, None
+  for images, _, idx in iterate_batches(dataset, model.preprocessing, batch_size,
+                                        num_workers=num_workers):
+    t0 = time.perf_counter()
+    logits = np.asarray(model(images), np.float64)
+    if first is None:
+      first, first_s = images, time.perf_counter() - t0
+    valid = idx >= 0
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    preds.extend(np.argmax(logits, -1)[valid].tolist())
+    probs.extend((z / z.sum(-1, keepdims=True)).max(-1)[valid].tolist())
+  return {"pred": preds, "prob": probs, "first_batch": first, "first_call_s": first_s}
 
 
 def load(path: str) -> DeployedModel:
