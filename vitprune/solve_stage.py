@@ -453,9 +453,11 @@ def floor_status(c: Candidate, floor: float) -> Optional[str]:
   return "straddles"
 
 
-def _num_images(estimate: Estimate, num_images: Optional[int]) -> Optional[int]:
+def _num_images(estimate: Optional[Estimate], num_images: Optional[int]) -> Optional[int]:
   if num_images is not None:
     return int(num_images)
+  if estimate is None:
+    return None
   n = estimate.reference.get("num_examples")
   return int(n) if n is not None else None
 
@@ -534,7 +536,8 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
       raise ValueError("the floor was not checked yet: pass the DP's cost model")
     solution = check_floor(solution, estimate, model, evaluate, chunk=chunk,
                            num_images=num_images)
-  images = solution.settings.get("num_images", _num_images(estimate, num_images))
+  images = (num_images if num_images is not None else solution.settings.get("num_images")
+            if "num_images" in solution.settings else _num_images(estimate, None))
   known: Dict[Tuple[int, ...], Candidate] = {c.counts: c for c in solution.checked}
   chosen = solution.chosen
   known[chosen.counts] = chosen

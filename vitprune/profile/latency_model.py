@@ -13,7 +13,8 @@ every schedule. Here a block's cost comes from whole graphs instead:
                      + mlp * (s(c_depth) - s(c_0))
                      + sum_{l reduces} (r0 + r1 * c_l / N)
 
-    with c = counts (c_0 = N), scale, mlp, r0, r1 >= 0 (bounded least squares on relative error).
+    with c = counts (c_0 = N), 0 <= mlp <= scale, r0, r1 >= 0 (bounded least squares on
+    relative error).
     `mlp`: a reducing block runs its MLP at the output count (`model.block` reduces between the
     attention and the MLP); summed over the blocks that is sum_l b(c_l) + phi * (b(c_depth) -
     b(c_0)) with phi the MLP's share of a block, exactly one per-count term at the final count.
@@ -302,7 +303,8 @@ def fit_arrays(*, model: str, config: Dict[str, Any], device_kind: str, platform
                curve_s: Sequence[float], schedules: Sequence[Sequence[int]],
                measured_s: Sequence[float], max_residual: float = DEFAULT_MAX_RESIDUAL
                ) -> LatencyModel:
-  """The bounded least-squares fit (relative error; scale, mlp, r0, r1 >= 0) on plain arrays."""
+  """The bounded least-squares fit (relative error; 0 <= mlp <= scale; r0, r1 >= 0) on plain
+  arrays: `schedules` [S] counts with their `measured_s` [S] medians, the curve U(`tokens`)."""
   from scipy.optimize import lsq_linear  # pylint: disable=g-import-not-at-top  (slow import)
   order = np.argsort(tokens)
   base = LatencyModel(model=model, config=dict(config), device_kind=device_kind,
@@ -316,11 +318,16 @@ def fit_arrays(*, model: str, config: Dict[str, Any], device_kind: str, platform
     raise CalibrationError(f"need >= {len(PARAMS)} calibration schedules with positive finite "
                            f"latencies, got {y.size}")
   x = np.stack([features(base, base._check(c)) for c in base.calibration])
+  # Solved for (const, scale - mlp, mlp, r0, r1), all but const >= 0: 0 <= mlp <= scale (the
+  # MLP is a share of the block).
+  x[:, 2] += x[:, 1]
   w = 1.0 / y
   lo = np.array([-np.inf, 0.0, 0.0, 0.0, 0.0])
   res = lsq_linear(x * w[:, None], y * w, bounds=(lo, np.full(len(PARAMS), np.inf)),
                    method="bvls", lsmr_tol=None)
-  return dataclasses.replace(base, params=dict(zip(PARAMS, (float(v) for v in res.x))))
+  const, rest, mlp, r0, r1 = (float(v) for v in res.x)
+  return dataclasses.replace(base, params={"const": const, "scale": rest + mlp, "mlp": mlp,
+                                           "r0": r0, "r1": r1})
 
 
 # ----------------------------------------------------------------------------------------------
