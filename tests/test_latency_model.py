@@ -111,12 +111,22 @@ def test_fit_from_profiles_and_refusal_of_mismatched_calibration():
   full = (N,) * (D + 1)
   scheds = _schedules(8, 4)
   cal = [_pt("schedule", N, _truth(c), schedule=c) for c in scheds + [full]]
-  lm = lm_lib.fit(_profile(tuple(curve + cal)), batch_size=1, method="pomt")
+  lm = lm_lib.fit(_profile(tuple(curve + cal)), batch_size=1, method="pomt",
+                  include_curve=False)
   for k, v in TRUE.items():
     assert lm.params[k] == pytest.approx(v, rel=1e-6, abs=1e-12), k
   # Without a measured full schedule, it comes from the curve's U(N) point.
-  lm2 = lm_lib.fit(_profile(tuple(curve + cal[:-1])), batch_size=1, method="pomt")
+  lm2 = lm_lib.fit(_profile(tuple(curve + cal[:-1])), batch_size=1, method="pomt",
+                   include_curve=False)
   assert lm2.calibration_s[lm2.calibration.index(full)] == curve[-1].median_s
+  # With the uniform graphs in the fit (the default), a world where they follow the model
+  # (scale 1, constant 0) is recovered exactly as well.
+  uni = dict(TRUE, const=0.0, scale=1.0)
+  cal = [_pt("schedule", N, _truth(c, uni), schedule=c) for c in scheds]
+  lm3 = lm_lib.fit(_profile(tuple(curve + cal)), batch_size=1, method="pomt")
+  assert all((n,) * (D + 1) in lm3.calibration for n in GRID)
+  for k, v in uni.items():
+    assert lm3.params[k] == pytest.approx(v, rel=1e-6, abs=1e-12), k
   c_prof = _profile(tuple(curve))
   for kw, what in ((dict(device_kind="gpu"), "device"), (dict(dtype="bfloat16"), "dtype"),
                    (dict(config=dataclasses.asdict(get_config("test_tiny_vit")),

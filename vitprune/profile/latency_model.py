@@ -7,7 +7,8 @@ every schedule. Here a block's cost comes from whole graphs instead:
   * the uniform-count curve U(n) (profile mode 'model': tokens dropped after the embedding, every
     block at n) gives the shape of the in-graph block cost, s(n) = U(n) / depth;
   * a few measured multi-layer calibration schedules of the method (whole graphs, the profiler's
-    protocol, one shuffled measurement with the curve) fit by least squares
+    protocol, one shuffled measurement with the curve), together with the uniform graphs
+    themselves, fit by least squares
 
       pred(counts) = const + scale * sum_{l < depth} s(c_l)
                      + mlp * (s(c_depth) - s(c_0))
@@ -173,7 +174,7 @@ class LatencyModel:
 
   @property
   def calibrated_range(self) -> Tuple[int, int]:
-    """Smallest and largest count the calibration schedules used."""
+    """Smallest and largest count the calibration graphs used."""
     used = [c for s in self.calibration for c in s]
     return min(used), max(used)
 
@@ -278,11 +279,14 @@ def check_compatible(curve: records.Profile, calibration: records.Profile, batch
 
 
 def fit(curve: records.Profile, calibration: Optional[records.Profile] = None, *,
-        batch_size: int, method: str, max_residual: float = DEFAULT_MAX_RESIDUAL
-        ) -> LatencyModel:
+        batch_size: int, method: str, max_residual: float = DEFAULT_MAX_RESIDUAL,
+        include_curve: bool = True) -> LatencyModel:
   """Fits the latency model from the uniform curve ('model' points of `curve`) and the measured
   calibration schedules ('schedule' points of `calibration`, default `curve` itself) at
-  `batch_size`. The full schedule is taken from the curve (U(N)) when not calibrated itself."""
+  `batch_size`. The full schedule is taken from the curve (U(N)) when not calibrated itself.
+  `include_curve`: the uniform graphs (n,) * (depth + 1) are fitted too (they are compiled
+  graphs as well; they pin scale and constant, so a few noisy calibration schedules cannot
+  trade one against the other)."""
   calibration = curve if calibration is None else calibration
   check_compatible(curve, calibration, batch_size)
   pts = sorted(curve.curve("model", batch_size), key=lambda p: p.tokens)
@@ -294,6 +298,9 @@ def fit(curve: records.Profile, calibration: Optional[records.Profile] = None, *
                            f"counts including the full {n_full}, has {list(tokens)}")
   sched = {p.schedule: p.median_s for p in calibration.curve("schedule", batch_size)}
   sched.setdefault((n_full,) * (depth + 1), pts[-1].median_s)
+  if include_curve:
+    for p in pts:
+      sched.setdefault((p.tokens,) * (depth + 1), p.median_s)
   return fit_arrays(model=curve.model, config=curve.config, device_kind=curve.device_kind,
                     platform=curve.platform, dtype=curve.dtype, batch_size=batch_size,
                     method=method, tokens=tokens, curve_s=[p.median_s for p in pts],
