@@ -41,7 +41,8 @@ _BATCHES = flags.DEFINE_list("batch_sizes", None, "Batch sizes (default: vit_dig
                              "models 1 and 8).")
 _NUM = flags.DEFINE_integer("num_schedules", None, "Held-out schedules per method (default: "
                             "vit_digits 30, other models 8).")
-_NUM_CAL = flags.DEFINE_integer("calibration_schedules", 10, "Calibration schedules per method.")
+_NUM_CAL = flags.DEFINE_integer("calibration_schedules", 10, "Calibration schedules per method "
+                                "(DeiT-sized models: 6, --quick: 5).")
 _FLOOR = flags.DEFINE_float("accuracy_floor", 0.95, "vit_digits: floor of the in-loop choice.")
 _MIN_RUN = flags.DEFINE_float("min_run_time", None, "Seconds of timed calls per graph (default "
                               "0.1; 0.05 for batch > 1 of large models).")
@@ -52,9 +53,11 @@ _OUT = flags.DEFINE_string("out", "outputs/benchmark/predictor_accuracy.json", "
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 
 
-def _grid(cfg, quick: bool):
+def _grid(cfg, quick: bool, step: int = 0):
+  """Token counts of the curve (and the DP): every 4th count of vit_digits-sized models, every
+  24th of DeiT-sized ones (16th in --quick)."""
   n = cfg.num_tokens
-  step = 16 if quick else (4 if n <= 80 else 16)
+  step = step or (16 if quick else (4 if n <= 80 else 24))
   return sorted(set(range(n, cfg.num_prefix_tokens, -step)))
 
 
@@ -136,7 +139,8 @@ def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
   from vitprune.reduce.methods import make_reducer
   from vitprune.schedule import Schedule
   reducer = make_reducer(method)
-  reduced = [n for n in grid if n < cfg.num_tokens]
+  # The sensitivity grid (and so the DP's): every other curve count, to keep the run short.
+  reduced = [n for n in (grid if quick else _grid(cfg, quick, step=8)) if n < cfg.num_tokens]
   points = estimate_lib.sensitivity_points(cfg, reduced, list(range(cfg.depth)), reducer)
   result = estimate_lib.evaluate(cfg, params, data.batches(cfg, 64), points,
                                  labelled=data.labelled, dtype="float32")
@@ -149,7 +153,7 @@ def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
                                      allow_batch_mismatch=True, evaluate=evaluate,
                                      num_images=len(data.indices))
   fr = list(sol.frontier)
-  k = 4 if quick else 14
+  k = 4 if quick else 8
   if len(fr) > k:   # spread over the frontier
     fr = [fr[round(i * (len(fr) - 1) / (k - 1))] for i in range(k)]
   acc = evaluate([c.counts for c in fr])
@@ -212,7 +216,7 @@ def main(argv):
                                  min_reps=3 if large and b > 1 else 5, max_retries=1,
                                  seed=_SEED.value)
       num = _NUM.value or (3 if quick else 8 if large else 30)
-      num_cal = min(_NUM_CAL.value, 5) if quick else (8 if large else _NUM_CAL.value)
+      num_cal = min(_NUM_CAL.value, 5) if quick else (6 if large else _NUM_CAL.value)
       rows += run_one(cfg, params, b, methods, num=num, num_cal=num_cal, tcfg=tcfg,
                       threads=_THREADS.value, seed=_SEED.value, data=data,
                       floor=_FLOOR.value, quick=quick, log=lambda s: print(s, file=sys.stderr))
