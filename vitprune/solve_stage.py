@@ -12,7 +12,14 @@ size. Accuracy values are the estimate's metric ('accuracy' for labelled data, e
     --mode=block) and the per-layer sensitivity rows of the estimate (rows of integer layers; the
     after-embedding row is not a block reduction and is ignored), on the common token grid plus
     the full count. With an accuracy floor and an `evaluate` callback the floor is checked on the
-    data: the choice then rests on measured accuracy (`Solution.basis == "measured"`).
+    data: the choice then rests on measured accuracy (`Solution.basis == "measured"`), every
+    measured candidate with its Wilson 95 % interval (`wilson_interval`, `floor_status`).
+    With `latency_model` (`vitprune.profile.latency_model.LatencyModel`, calibrated on whole
+    compiled graphs) the DP's costs come from it instead of the isolated per-block table, which
+    over-predicts the compiled graph (`profile.latency_source == "calibrated-graph"`).
+  in the loop (`check_in_loop`): the choice and its frontier neighbours that meet the floor on
+    measured accuracy are compiled and timed in one shuffled measurement (`time_schedules`
+    callback) and the fastest measured one is chosen.
 """
 from __future__ import annotations
 
