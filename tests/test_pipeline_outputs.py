@@ -38,3 +38,27 @@ def test_output_step_refuses_a_foreign_directory(tmp_path):
       pass
   assert (foreign / "NOTES.txt").read_text() == "do not delete"
   assert sorted(os.listdir(tmp_path)) == ["work"]   # no staged leftovers
+
+
+def test_schedule_timer_times_every_schedule_in_one_measurement(monkeypatch):
+  """The in-loop timer of the multi-layer main job: one compile + one shuffled measurement
+  (`timing.measure_all`) for all schedules, medians back in the order asked."""
+  from vitprune.model import init_params
+  from vitprune.profile import timing
+  from vitprune.reduce.methods import make_reducer
+  from vitprune.registry import get_config
+  cfg = get_config("test_tiny_vit")            # 17 tokens, depth 2
+  spec = pipeline.PipelineSpec(timing=timing.TimingConfig(min_run_time=0.01), threads=1)
+  calls = []
+  real = timing.measure_all
+
+  def spy(points, cfg_, **kw):
+    calls.append(sorted(points))
+    return real(points, cfg_, **kw)
+
+  monkeypatch.setattr(timing, "measure_all", spy)
+  timer = pipeline.schedule_timer(cfg, init_params(cfg, 0), spec, make_reducer("pomt"))
+  schedules = [(17, 9, 9), (17, 17, 5), (17, 17, 17)]
+  seconds = timer(schedules)
+  assert calls == [[0, 1, 2]]                  # one measurement of all three graphs
+  assert len(seconds) == 3 and all(s > 0 for s in seconds)

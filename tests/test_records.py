@@ -64,6 +64,28 @@ def test_version1_file_without_new_fields_loads(tmp_path):
   assert sol.full.schedule == "full" and sol.full.counts == (17, 17, 17)
 
 
+def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
+  """A measured candidate written before the binomial interval (measured_* without num_images)
+  loads with no interval; one with it round-trips, and the summary says what was measured."""
+  doc = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9])).to_json()
+  doc["chosen"].update(measured_accuracy=0.9, measured_latency_s=None)
+  old = S.Solution.from_json(copy.deepcopy(doc), where="old.json")
+  assert old.chosen.measured_accuracy == 0.9 and old.chosen.num_images is None
+  assert old.chosen.measured_accuracy_low is None and "num_images" not in old.chosen.to_json()
+  doc["chosen"].update(measured_latency_s=1e-3, measured_accuracy_low=0.85,
+                       measured_accuracy_high=0.93, num_images=200)
+  doc["settings"].update(accuracy_floor=0.88, floor_straddles=[doc["chosen"]["schedule"]])
+  doc["mode"] = "multi"
+  new = S.Solution.from_json(doc, where="new.json")
+  assert (new.chosen.measured_accuracy_low, new.chosen.measured_accuracy_high,
+          new.chosen.num_images) == (0.85, 0.93, 200)
+  assert S.Solution.from_json(new.to_json()) == new
+  text = "\n".join(S.summary_lines(new))
+  assert "95% interval 0.8500..0.9300, 200 images" in text
+  assert "measured latency of the chosen compiled graph: 1 ms" in text
+  assert "straddles the floor 0.88" in text
+
+
 @pytest.mark.parametrize("fn, match", [
     (lambda d: d.update(format="vitprune-estimate"), "format 'vitprune-estimate'"),
     (lambda d: d.update(version=7), "unsupported version 7"),
@@ -76,6 +98,8 @@ def test_version1_file_without_new_fields_loads(tmp_path):
     (lambda d: d["chosen"].update(predicted_latency_s="1"), "predicted_latency_s must be a finite"),
     (lambda d: d["chosen"].update(measured_accuracy=float("inf")), "measured_accuracy must be"),
     (lambda d: d["chosen"].update(basis="hoped"), "basis 'hoped'"),
+    (lambda d: d["chosen"].update(measured_accuracy_low="x"), "measured_accuracy_low must be"),
+    (lambda d: d["chosen"].update(num_images=1.5), "num_images must be an int"),
     (lambda d: d.update(mode="greedy"), "mode 'greedy'"),
     (lambda d: d["model"].update(name="other"), "model.name 'other'"),
     (lambda d: d["model"]["config"].update(colour=1), "model.config is invalid"),

@@ -537,6 +537,56 @@ def test_multilayer_end_to_end(tmp_path):
     assert f.read(4) == b"\x89PNG"
 
 
+def _latency_model(batch=8, **over):
+  """A calibrated-graph latency model of CFG fitted on synthetic exact measurements."""
+  from vitprune.profile import latency_model as lm_lib
+  tokens = list(range(2, N + 1))
+  curve = [_step_latency(n) + 1e-5 * n for n in tokens]
+  truth = dict(const=5e-5, scale=0.5, mlp=0.2, r0=2e-5, r1=1e-5)
+  base = lm_lib.fit_arrays(model=CFG.name, config=dataclasses.asdict(CFG), device_kind="cpu",
+                           platform="cpu", dtype="float32", batch_size=batch, method="pomt",
+                           tokens=tokens, curve_s=curve, schedules=[(N,) * 7] * 5,
+                           measured_s=[1.0] * 5)
+  lm = dataclasses.replace(base, params=truth)
+  scheds = lm_lib.sample_schedules(N, 6, tokens, 10, seed=0) + [(N,) * 7]
+  fitted = lm_lib.fit_arrays(**{**dict(model=CFG.name, config=dataclasses.asdict(CFG),
+                                       device_kind="cpu", platform="cpu", dtype="float32",
+                                       batch_size=batch, method="pomt", tokens=tokens,
+                                       curve_s=curve), **over},
+                             schedules=scheds, measured_s=[lm.predict(c) for c in scheds])
+  return fitted, curve
+
+
+def test_multilayer_with_the_calibrated_latency_model(tmp_path):
+  """The DP's costs come from the latency model: every predicted latency equals its predict(),
+  the solution names the source and keeps the model's residuals; mismatches are refused."""
+  lm, curve = _latency_model()
+  ps = _save_profile(tmp_path, [_point("model", n, v) for n, v in zip(range(2, N + 1), curve)])
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  sol = _multi(ps, es, accuracy_floor=0.8, latency_model=lm)
+  assert sol.profile.latency_source == "calibrated-graph"
+  assert sol.settings["latency_model"]["residual_p90"] < 1e-9
+  assert sol.settings["latency_model"]["params"]["scale"] == pytest.approx(0.5)
+  for p in sol.frontier + (sol.full,):
+    assert p.predicted_latency_s == pytest.approx(lm.predict(p.counts), rel=1e-9)
+  # The isolated block table would give other numbers: the model is what was used.
+  blocks = _multi(_block_profile(tmp_path), es, accuracy_floor=0.8)
+  assert blocks.profile.latency_source == "blocks"
+  assert blocks.full.predicted_latency_s != pytest.approx(sol.full.predicted_latency_s)
+  # Measured candidates carry the Wilson interval for the estimate's 20 images.
+  checked = _multi(ps, es, accuracy_floor=0.8, latency_model=lm,
+                   evaluate=lambda cs: [0.85] * len(cs))
+  assert checked.chosen.num_images == 20
+  assert (checked.chosen.measured_accuracy_low, checked.chosen.measured_accuracy_high) == (
+      solve_stage.wilson_interval(checked.chosen.measured_accuracy, 20))
+  other, _ = _latency_model(batch=1)
+  with pytest.raises(solve_stage.SolveInputError, match="batch size"):
+    _multi(ps, es, latency_model=other, batch_size=8)
+  gpu, _ = _latency_model(device_kind="H200")
+  with pytest.raises(solve_stage.SolveInputError, match="device 'H200'"):
+    _multi(ps, es, latency_model=gpu)
+
+
 def test_multilayer_step_bottoms_only(tmp_path):
   ps = _block_profile(tmp_path)
   es = _estimate(tmp_path, [1, 3], list(range(4, N)), _acc)

@@ -9,11 +9,17 @@
   4. verify    the chosen POMT graph and the unpruned graph are compiled and timed with the
                profiler's protocol on the same device, and evaluated on the same data.
 
-With `solver='multi'` (beyond the paper) stage 1 measures the per-block table B(n) instead,
-stage 2 the per-layer sensitivity S[l, n] of `method` at every block, and stage 3 picks a
-per-layer schedule from the exact Pareto frontier (fastest above `accuracy_floor`, most accurate
-under `latency_budget`, else best utility); stage 4 is unchanged, so the solver's predictions
-are checked against the real graph and data.
+With `solver='multi'` (beyond the paper) stage 1 measures, in one shuffled measurement, the
+uniform-count curve and `calibration_schedules` multi-layer schedules of `method` as whole
+compiled graphs and fits the latency model of the compiled graph
+(`vitprune.profile.latency_model`); stage 2 the per-layer sensitivity S[l, n] of `method` at
+every block; stage 3 picks a per-layer schedule from the exact Pareto frontier (fastest above
+`accuracy_floor`, most accurate under `latency_budget`, else best utility). With a floor, the
+floor is checked on the data (measured accuracy, with its binomial interval) and the latency is
+measured in the loop: the choice and up to `loop_neighbours` frontier neighbours on each side
+that meet the floor are compiled and timed together, and the fastest measured one is chosen
+(`solve_stage.check_in_loop`). Stage 4 is unchanged, so the choice is verified on the real graph
+and data.
 
 The stages pass typed records in memory (`Profile`, `Estimate`, `Solution`, `Verification`);
 only the output step writes files under `out_dir` (profile/, estimate/, solve/ and summary.json)
@@ -35,6 +41,7 @@ from vitprune import estimate as estimate_lib
 from vitprune import solve_stage
 from vitprune.config import ViTConfig
 from vitprune.model import Params, jitted_forward
+from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import records, runner, timing
 from vitprune.records.estimate import Estimate, default_metric, write_estimate
 from vitprune.records.solution import Solution, write_solution
@@ -60,6 +67,8 @@ class PipelineSpec:
   solver: str = "paper"                    # 'paper' | 'multi'
   accuracy_floor: Optional[float] = None   # multi: fastest schedule at or above this
   latency_budget: Optional[float] = None   # multi: most accurate schedule within (seconds)
+  calibration_schedules: int = 10          # multi: compiled graphs fitting the latency model
+  loop_neighbours: int = 2                 # multi + floor: frontier neighbours timed in the loop
 
   def __post_init__(self):
     if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -133,8 +142,38 @@ def _measure_graphs(cfg: ViTConfig, params: Params, graphs: Dict[str, Tuple[Sche
                             compile_s={k: s for k, (_, s) in compiled.items()})
 
 
+def schedule_timer(cfg: ViTConfig, params: Params, spec: PipelineSpec, reducer
+                   ) -> Callable[[Sequence[Sequence[int]]], list]:
+  """`time_schedules(counts_list) -> [median seconds]`: compiles every schedule of `reducer` and
+  times them all in ONE shuffled measurement with the profiler's protocol (`timing`)."""
+  def time_schedules(counts_list):
+    graphs = {i: (Schedule(tuple(int(c) for c in counts)), reducer)
+              for i, counts in enumerate(counts_list)}
+    meas = _measure_graphs(cfg, params, graphs, spec)
+    return [meas[i].median for i in range(len(counts_list))]
+  return time_schedules
+
+
+def _calibrate(cfg, params, spec, tokens, log):
+  """Stage 1, multi: the latency model of the compiled graph -> (Profile, LatencyModel)."""
+  log(f"[1/4] profile: {cfg.name} latency model of the compiled graph on "
+      f"{jax.devices()[0].device_kind}, batch {spec.batch_size}, {spec.dtype}: uniform curve at "
+      f"{len(tokens)} token counts + {spec.calibration_schedules} {spec.method} calibration "
+      f"schedules, one shuffled measurement")
+  lm, profile = latency_model_lib.calibrate(
+      cfg, params, method=spec.method, batch_size=spec.batch_size, dtype=spec.dtype,
+      tokens=tokens, timing_cfg=spec.timing, num_schedules=spec.calibration_schedules,
+      threads=spec.threads, seed=spec.seed)
+  p = lm.params
+  log(f"  fit: scale {p['scale']:.3f} of the uniform curve's per-block share, MLP shift "
+      f"{p['mlp']:.3f}, reduction {1e6 * p['r0']:.1f} + {1e6 * p['r1']:.1f} * n/N us, "
+      f"constant {1e6 * p['const']:.1f} us; calibration |error| median "
+      f"{100 * lm.residual_median:.1f}%, p90 {100 * lm.residual_p90:.1f}%")
+  return profile, lm
+
+
 def _profile(cfg, params, spec, tokens, progress, log) -> records.Profile:
-  """Stage 1: the whole-model curve (paper) or the per-block table (multi)."""
+  """Stage 1: the whole-model curve (paper) or the per-block table."""
   mode = "model" if spec.solver == "paper" else "block"
   what = "latency vs tokens" if mode == "model" else "per-block latency table"
   log(f"[1/4] profile: {cfg.name} {what} on {jax.devices()[0].device_kind}, batch "
@@ -174,7 +213,7 @@ def _estimate(cfg, params, spec, tokens, data, weights_source, log) -> Estimate:
       labelled=data.labelled, dtype=spec.dtype)
 
 
-def _solve(cfg, params, spec, data, profile, estimate, log) -> Solution:
+def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None) -> Solution:
   """Stage 3: the paper's n* or the multi-layer choice (floor checked on the data)."""
   if spec.solver == "paper":
     log(f"[3/4] solve: paper utility, alpha={spec.alpha}, {spec.method} at block {spec.layer}")
@@ -190,13 +229,29 @@ def _solve(cfg, params, spec, data, profile, estimate, log) -> Solution:
             f"latency <= {spec.latency_budget} s" if spec.latency_budget is not None else
             f"best utility, alpha={spec.alpha}")
     log(f"[3/4] solve: multi-layer Pareto frontier, {rule}")
+    evaluate = estimate_lib.schedule_evaluator(cfg, params, data, make_reducer(spec.method),
+                                               batch_size=spec.eval_batch_size,
+                                               dtype=spec.dtype)
     sol = solve_stage.solve_multilayer(
         profile, estimate, accuracy_floor=spec.accuracy_floor,
         latency_budget=spec.latency_budget, alpha=spec.alpha, allow_batch_mismatch=True,
-        evaluate=estimate_lib.schedule_evaluator(cfg, params, data, make_reducer(spec.method),
-                                                 batch_size=spec.eval_batch_size,
-                                                 dtype=spec.dtype))
-    log(f"  frontier: {len(sol.frontier)} schedules")
+        evaluate=evaluate, latency_model=latency_model, num_images=len(data.indices))
+    log(f"  frontier: {len(sol.frontier)} schedules (latency: {sol.profile.latency_source})")
+    if sol.basis == "measured" and spec.loop_neighbours > 0:
+      before = sol.chosen
+      sol = solve_stage.check_in_loop(
+          sol, estimate, None, evaluate,
+          schedule_timer(cfg, params, spec, make_reducer(spec.method)),
+          neighbours=spec.loop_neighbours, num_images=len(data.indices))
+      log(f"  timed {sol.settings['timed_in_loop']} compiled graphs meeting the floor around "
+          f"the choice: fastest measured {sol.chosen.schedule} "
+          f"{1e3 * sol.chosen.measured_latency_s:.4f} ms (predicted "
+          f"{1e3 * sol.chosen.predicted_latency_s:.4f} ms)"
+          + ("" if sol.chosen.counts == before.counts else
+             f", replacing the predicted-fastest {before.schedule}"))
+    if sol.settings.get("floor_straddles"):
+      log(f"  the 95% interval straddles the floor for: "
+          f"{', '.join(sol.settings['floor_straddles'])}")
     if sol.basis == "measured":
       got, floor = sol.chosen.measured_accuracy, spec.accuracy_floor
       log(f"  checked {len(sol.checked)} multi-layer frontier schedules on the data and "
@@ -244,9 +299,13 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
   if data is None:
     data = load_data(spec)
   tokens = spec.grid(cfg)
-  profile = _profile(cfg, params, spec, tokens, progress, log)
+  latency_model = None
+  if spec.solver == "paper":
+    profile = _profile(cfg, params, spec, tokens, progress, log)
+  else:
+    profile, latency_model = _calibrate(cfg, params, spec, tokens, log)
   estimate = _estimate(cfg, params, spec, tokens, data, weights_source, log)
-  solution = _solve(cfg, params, spec, data, profile, estimate, log)
+  solution = _solve(cfg, params, spec, data, profile, estimate, log, latency_model)
   verification = _verify(cfg, params, spec, data, solution.schedule, log)
   return write_outputs(out_dir, spec, data, weights_source, profile, estimate, solution,
                        verification)
@@ -297,8 +356,12 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
         "n_star": int(chosen.counts[-1]) if spec.solver == "paper" else None,
         "schedule": chosen.schedule, "counts": list(chosen.counts),
         "method": spec.method, "basis": solution.basis,
+        "latency_source": solution.profile.latency_source,
         "predicted": {"latency_ms": 1e3 * chosen.predicted_latency_s,
                       metric: chosen.predicted_accuracy},
+        "measured_in_loop": (None if chosen.measured_latency_s is None else
+                             {"latency_ms": 1e3 * chosen.measured_latency_s,
+                              metric: chosen.measured_accuracy}),
         "unpruned": {"counts": list(full_schedule(cfg).counts),
                      "latency_ms": 1e3 * v.unpruned.median,
                      "iqr_ms": 1e3 * v.unpruned.iqr,

@@ -2,7 +2,8 @@
 
   paper mode: U(n), L(n) and A(n) against n, n* marked;
   multi mode: the frontier's predicted (latency, accuracy), the chosen and unpruned schedules,
-              and, where schedules were checked on the data, their measured accuracy.
+              and, where schedules were checked, their measured accuracy (with its binomial
+              interval) and measured latency (predicted -> measured point joined by a line).
 """
 from __future__ import annotations
 
@@ -54,14 +55,31 @@ def plot_frontier(sol: Solution) -> bytes:
   if measured:
     ax.plot([1e3 * p.predicted_latency_s for p in measured],
             [p.measured_accuracy for p in measured], "x", color="C2",
-            label=f"checked on the data (measured {sol.metric})")
+            label=f"checked on the data (predicted latency, measured {sol.metric})")
+    ci = [p for p in measured if p.measured_accuracy_low is not None]
+    if ci:
+      ax.errorbar([1e3 * p.predicted_latency_s for p in ci], [p.measured_accuracy for p in ci],
+                  yerr=[[p.measured_accuracy - p.measured_accuracy_low for p in ci],
+                        [p.measured_accuracy_high - p.measured_accuracy for p in ci]],
+                  fmt="none", ecolor="C2", alpha=0.4, lw=1)
+  timed = [p for p in sol.checked if p.measured_latency_s is not None and
+           p.measured_accuracy is not None]
+  for p in timed:
+    ax.plot([1e3 * p.predicted_latency_s, 1e3 * p.measured_latency_s],
+            [p.measured_accuracy] * 2, "-", color="C1", lw=0.8, alpha=0.6)
+  if timed:
+    ax.plot([1e3 * p.measured_latency_s for p in timed], [p.measured_accuracy for p in timed],
+            "+", color="C1", ms=8, label=f"measured latency and {sol.metric}")
   if sol.full is not None:
     ax.plot([1e3 * sol.full.predicted_latency_s], [sol.full.predicted_accuracy], "s",
             color="k", label="unpruned")
   ch = sol.chosen
   ax.plot([1e3 * ch.predicted_latency_s], [ch.predicted_accuracy], "o", color="C3",
           label=f"chosen ({sol.criterion}, {sol.basis}): {ch.schedule}")
-  ax.set_xlabel("predicted latency [ms]")
+  if ch.measured_latency_s is not None and ch.measured_accuracy is not None:
+    ax.plot([1e3 * ch.measured_latency_s], [ch.measured_accuracy], "*", color="C3", ms=10,
+            label="chosen (measured)")
+  ax.set_xlabel(f"latency [ms] (predicted: {sol.profile.latency_source})")
   ax.set_ylabel(sol.metric)
   ax.set_title(f"{sol.model} ({sol.mode} mode)")
   ax.grid(alpha=0.3)

@@ -12,7 +12,14 @@ size. Accuracy values are the estimate's metric ('accuracy' for labelled data, e
     --mode=block) and the per-layer sensitivity rows of the estimate (rows of integer layers; the
     after-embedding row is not a block reduction and is ignored), on the common token grid plus
     the full count. With an accuracy floor and an `evaluate` callback the floor is checked on the
-    data: the choice then rests on measured accuracy (`Solution.basis == "measured"`).
+    data: the choice then rests on measured accuracy (`Solution.basis == "measured"`), every
+    measured candidate with its Wilson 95 % interval (`wilson_interval`, `floor_status`).
+    With `latency_model` (`vitprune.profile.latency_model.LatencyModel`, calibrated on whole
+    compiled graphs) the DP's costs come from it instead of the isolated per-block table, which
+    over-predicts the compiled graph (`profile.latency_source == "calibrated-graph"`).
+  in the loop (`check_in_loop`): the choice and its frontier neighbours that meet the floor on
+    measured accuracy are compiled and timed in one shuffled measurement (`time_schedules`
+    callback) and the fastest measured one is chosen.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune import solve
 from vitprune.config import ViTConfig, config_to_dict
+from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import predict as predict_lib
 from vitprune.profile import records
 from vitprune.profile import steps as steps_lib
@@ -33,6 +41,9 @@ from vitprune.records.solution import Candidate, EstimateRef, ProfileRef, Soluti
 
 # Measures schedules on the data: a list of counts -> their metric values, same order.
 Evaluator = Callable[[Sequence[Tuple[int, ...]]], Sequence[float]]
+# Compiles and times schedules (one shuffled measurement): a list of counts -> median seconds.
+Timer = Callable[[Sequence[Tuple[int, ...]]], Sequence[float]]
+LatencyModel = latency_model_lib.LatencyModel
 
 
 class SolveInputError(ValueError):
@@ -239,11 +250,78 @@ class MultiInputs:
   sensitivity: np.ndarray   # [len(layers), K]
   full_accuracy: float
   pair_noise: np.ndarray    # [K - 1] seconds, k * max(pair standard error, curve noise)
+  reduce: Optional[np.ndarray] = None   # [K] extra seconds of a reducing block (None: 0)
+
+
+def _sensitivity_rows(estimate: Estimate, metric: str):
+  est_layers, tokens, values = estimate.table(metric)
+  rows = [(l, r) for r, l in enumerate(est_layers) if l is not None]
+  if not rows:
+    raise SolveInputError(f"estimate {estimate.source} has no per-layer sensitivity (layers "
+                          f"{est_layers}: only drops after the embedding); estimate with "
+                          f"reduction layers for multi mode")
+  return rows, tokens, values
+
+
+def _sensitivity(estimate: Estimate, metric: str, ns: np.ndarray, rows, tokens, values):
+  full_acc = float(estimate.reference.get(metric))
+  pos = {int(n): i for i, n in enumerate(tokens)}
+  sens = np.array([[values[r, pos[int(n)]] if int(n) in pos else full_acc for n in ns[:-1]]
+                   + [full_acc] for _, r in rows])
+  return sens, full_acc
+
+
+def check_latency_model(lm: LatencyModel, profile: records.Profile, cfg: ViTConfig,
+                        batch: int) -> None:
+  """SolveInputError (one line) unless `lm` was calibrated for this model, device, platform,
+  dtype and batch size."""
+  for what, a, b in (("model", lm.model, cfg.name),
+                     ("model config", lm.config, profile.config),
+                     ("device", lm.device_kind, profile.device_kind),
+                     ("platform", lm.platform, profile.platform),
+                     ("dtype", lm.dtype, profile.dtype),
+                     ("batch size", lm.batch_size, batch)):
+    if a != b:
+      shown = (lm.model, profile.model) if what == "model config" else (a, b)
+      raise SolveInputError(f"the latency model was calibrated for {what} {shown[0]!r}, the "
+                            f"profile {profile.source} is for {shown[1]!r}")
+
+
+def model_multilayer_inputs(lm: LatencyModel, profile: records.Profile, estimate: Estimate,
+                            cfg: ViTConfig, batch: int, metric: str, step_k: float = 4.0
+                            ) -> MultiInputs:
+  """The DP's arrays from a calibrated `LatencyModel` (per-count in-graph block cost, reduce
+  cost, head cost at the final count, constant) and the sensitivity rows, on the estimate's
+  grid inside the model's measured curve (+ N)."""
+  check_latency_model(lm, profile, cfg, batch)
+  rows, tokens, values = _sensitivity_rows(estimate, metric)
+  n_full = cfg.num_tokens
+  common = {int(n) for n in tokens.tolist() if lm.tokens[0] <= int(n) < n_full}
+  if not common:
+    raise SolveInputError(f"the latency model (curve {lm.tokens[0]}..{lm.tokens[-1]}) and "
+                          f"estimate {estimate.source} share no token count below {n_full}")
+  ns = np.array(sorted(common) + [n_full], np.int64)
+  sens, full_acc = _sensitivity(estimate, metric, ns, rows, tokens, values)
+  arr = lm.dp_arrays(ns)
+  # Step noise of the in-graph block cost: the uniform curve's, per block.
+  pts = {p.tokens: p for p in profile.curve("model", batch)}
+  if all(int(n) in pts for n in ns):
+    med = np.array([pts[int(n)].median_s for n in ns])
+    iqr = np.array([pts[int(n)].iqr_s for n in ns])
+    cnt = np.array([pts[int(n)].num_samples for n in ns], np.float64)
+    noise = step_k * np.maximum(steps_lib.pair_noise(iqr, cnt), steps_lib.curve_noise(med))
+    noise = noise * lm.params["scale"] / cfg.depth
+  else:
+    noise = np.zeros(ns.size - 1)
+  return MultiInputs(ns=ns, block=arr["block"], head=arr["head"], embed=arr["embed"],
+                     layers=tuple(l for l, _ in rows), sensitivity=sens, full_accuracy=full_acc,
+                     pair_noise=noise, reduce=arr["reduce"])
 
 
 def multilayer_inputs(profile: records.Profile, estimate: Estimate, cfg: ViTConfig, batch: int,
                       metric: str, step_k: float = 4.0) -> MultiInputs:
-  """Aligns the per-block table and the sensitivity table on their common grid (+ N)."""
+  """Aligns the per-block table and the sensitivity table on their common grid (+ N) (the
+  isolated per-block table: a diagnostic baseline; it over-predicts the compiled graph)."""
   table = _block_table(profile, batch)
   if table is None:
     raise SolveInputError(f"profile {profile.source} has no complete per-block table (embed, "
@@ -252,12 +330,7 @@ def multilayer_inputs(profile: records.Profile, estimate: Estimate, cfg: ViTConf
   if n_full not in table.block_s:
     raise SolveInputError(f"profile {profile.source}: the per-block table lacks the full count "
                           f"{n_full} (block 0 always sees all tokens)")
-  est_layers, tokens, values = estimate.table(metric)
-  rows = [(l, r) for r, l in enumerate(est_layers) if l is not None]
-  if not rows:
-    raise SolveInputError(f"estimate {estimate.source} has no per-layer sensitivity (layers "
-                          f"{est_layers}: only drops after the embedding); estimate with "
-                          f"reduction layers for multi mode")
+  rows, tokens, values = _sensitivity_rows(estimate, metric)
   head_single = len(table.head_s) == 1
   common = set(table.block_s) & set(tokens.tolist())
   if not head_single:
@@ -269,10 +342,7 @@ def multilayer_inputs(profile: records.Profile, estimate: Estimate, cfg: ViTConf
                           f"{tokens.min()}..{tokens.max()}) share no token count below "
                           f"{n_full}")
   ns = np.array(sorted(common) + [n_full], np.int64)
-  full_acc = float(estimate.reference.get(metric))
-  pos = {int(n): i for i, n in enumerate(tokens)}
-  sens = np.array([[values[r, pos[int(n)]] if int(n) in pos else full_acc for n in ns[:-1]]
-                   + [full_acc] for _, r in rows])
+  sens, full_acc = _sensitivity(estimate, metric, ns, rows, tokens, values)
   bt, bmed, biqr, bcnt = _curve(profile, "block", batch)
   bpos = {int(n): i for i, n in enumerate(bt)}
   sel = [bpos[int(n)] for n in ns]
@@ -295,43 +365,113 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
                      accuracy_model: str = "incremental", monotone: bool = True,
                      step_bottoms_only: bool = False, step_k: float = 4.0,
                      allow_batch_mismatch: bool = False,
-                     evaluate: Optional[Evaluator] = None, chunk: int = 6) -> Solution:
+                     evaluate: Optional[Evaluator] = None, chunk: int = 6,
+                     latency_model: Optional[LatencyModel] = None,
+                     num_images: Optional[int] = None) -> Solution:
   """The exact multi-layer Pareto frontier and the schedule chosen on it.
 
+  Latency: with `latency_model` (`vitprune.profile.latency_model`, calibrated on whole compiled
+  graphs) the DP's costs come from it (`profile.latency_source == "calibrated-graph"`); without,
+  from the isolated per-block table ("blocks": it over-predicts the compiled graph). Every
+  latency in the solution is still a prediction (`predicted_latency_s`).
   With `accuracy_floor` and `evaluate` (schedules -> metric measured on the data), the floor is
   checked on measurements (`check_floor`) and the solution rests on them.
   """
   cfg = check_same_model(profile, estimate)
-  batch = resolve_batch(profile, estimate, batch_size, ("block",), allow_batch_mismatch)
+  components = ("model",) if latency_model is not None else ("block",)
+  batch = resolve_batch(profile, estimate,
+                        latency_model.batch_size if latency_model is not None and
+                        batch_size is None else batch_size, components, allow_batch_mismatch)
   metric = resolve_metric(estimate, metric)
-  inp = multilayer_inputs(profile, estimate, cfg, batch, metric, step_k)
+  if latency_model is not None:
+    inp = model_multilayer_inputs(latency_model, profile, estimate, cfg, batch, metric, step_k)
+    source = latency_model.source
+  else:
+    inp = multilayer_inputs(profile, estimate, cfg, batch, metric, step_k)
+    source = "blocks"
   sol = solve.solve_multilayer(
       inp.ns, inp.block, inp.sensitivity, inp.full_accuracy, depth=cfg.depth,
       num_tokens=cfg.num_tokens, layers=inp.layers, embed_latency=inp.embed,
-      head_latency=inp.head, accuracy_model=accuracy_model, monotone=monotone,
-      step_bottoms_only=step_bottoms_only, pair_noise=inp.pair_noise,
+      head_latency=inp.head, reduce_latency=inp.reduce, accuracy_model=accuracy_model,
+      monotone=monotone, step_bottoms_only=step_bottoms_only, pair_noise=inp.pair_noise,
       accuracy_floor=accuracy_floor, latency_budget=latency_budget, alpha=alpha)
 
   def cand(plan: solve.Plan, **extra) -> Candidate:
     return _candidate(cfg, plan.counts, plan.latency, plan.accuracy, **extra)
 
+  settings = {"alpha": alpha, "accuracy_floor": accuracy_floor,
+              "latency_budget": latency_budget, "metric": metric,
+              "accuracy_model": accuracy_model, "monotone": monotone,
+              "step_bottoms_only": step_bottoms_only, "step_k": step_k,
+              "grid": sol.grid.tolist(), "allow_batch_mismatch": allow_batch_mismatch}
+  if latency_model is not None:
+    settings["latency_model"] = latency_model.summary()
+    why = latency_model.trust(sol.chosen.counts)
+    if why:
+      settings["latency_untrusted"] = why
   solution = Solution(
-      mode="multi", config=cfg, profile=_profile_ref(profile, batch, "blocks"),
-      estimate=_estimate_ref(estimate, metric, inp.layers),
-      settings={"alpha": alpha, "accuracy_floor": accuracy_floor,
-                "latency_budget": latency_budget, "metric": metric,
-                "accuracy_model": accuracy_model, "monotone": monotone,
-                "step_bottoms_only": step_bottoms_only, "step_k": step_k,
-                "grid": sol.grid.tolist(), "allow_batch_mismatch": allow_batch_mismatch},
+      mode="multi", config=cfg, profile=_profile_ref(profile, batch, source),
+      estimate=_estimate_ref(estimate, metric, inp.layers), settings=settings,
       chosen=cand(sol.chosen), method=estimate.method, criterion=sol.criterion,
       full=cand(sol.full), frontier=tuple(cand(p) for p in sol.frontier), created=_now())
   if accuracy_floor is not None and evaluate is not None:
-    solution = check_floor(solution, estimate, sol.model, evaluate, chunk=chunk)
+    solution = check_floor(solution, estimate, sol.model, evaluate, chunk=chunk,
+                           num_images=num_images)
   return solution
 
 
+# ----------------------------------------------------------------------------------------------
+# Measurements: accuracy with its binomial uncertainty, latency of compiled graphs.
+
+def wilson_interval(p: float, n: int, z: float = 1.959963984540054) -> Tuple[float, float]:
+  """Wilson score interval (default 95 %) of a proportion `p` measured on `n` examples."""
+  if n < 1:
+    raise ValueError(f"need at least one example, got {n}")
+  if not 0.0 <= p <= 1.0:
+    raise ValueError(f"a proportion must be in [0, 1], got {p}")
+  z2 = z * z
+  den = 1.0 + z2 / n
+  centre = (p + z2 / (2 * n)) / den
+  half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / den
+  return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def _measured(c: Candidate, value: float, num_images: Optional[int]) -> Candidate:
+  """`c` with its measured metric and, given the number of images, its Wilson interval."""
+  value = float(value)
+  if num_images is None or not 0.0 <= value <= 1.0:
+    return dataclasses.replace(c, measured_accuracy=value)
+  lo, hi = wilson_interval(value, int(num_images))
+  return dataclasses.replace(c, measured_accuracy=value, measured_accuracy_low=lo,
+                             measured_accuracy_high=hi, num_images=int(num_images))
+
+
+def floor_status(c: Candidate, floor: float) -> Optional[str]:
+  """'meets' / 'fails' when the measured value and its whole interval are on one side of the
+  floor, 'straddles' when the interval contains it (None: not measured)."""
+  if c.measured_accuracy is None:
+    return None
+  lo = c.measured_accuracy if c.measured_accuracy_low is None else c.measured_accuracy_low
+  hi = c.measured_accuracy if c.measured_accuracy_high is None else c.measured_accuracy_high
+  if lo >= floor:
+    return "meets"
+  if hi < floor:
+    return "fails"
+  return "straddles"
+
+
+def _num_images(estimate: Optional[Estimate], num_images: Optional[int]) -> Optional[int]:
+  if num_images is not None:
+    return int(num_images)
+  if estimate is None:
+    return None
+  n = estimate.reference.get("num_examples")
+  return int(n) if n is not None else None
+
+
 def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
-                evaluate: Evaluator, chunk: int = 6) -> Solution:
+                evaluate: Evaluator, chunk: int = 6, num_images: Optional[int] = None
+                ) -> Solution:
   """The fastest schedule whose *measured* metric meets the solution's accuracy floor.
 
   The combined accuracy model can be optimistic when several layers reduce. Two sources of
@@ -339,11 +479,15 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
     * single-reduction schedules: the estimate already measured each one (S[l, n], same data);
     * frontier schedules predicted to meet the floor and predicted faster than the best of
       those: measured with `evaluate`, `chunk` per call, fastest first, until one meets it.
+  The floor means the MEASURED metric meets it. Every measured candidate carries its Wilson 95 %
+  interval for `num_images` evaluated images (default: the estimate's reference count);
+  `settings['floor_straddles']` lists the checked schedules whose interval contains the floor.
   Returns the solution with `chosen` (its measured metric filled in), `checked` (every frontier
   schedule measured here) and `basis="measured"`; criterion "accuracy_floor_measured".
   """
   cfg, metric = solution.config, solution.metric
   floor = solution.settings["accuracy_floor"]
+  images = _num_images(estimate, num_images)
   measured = estimate.measured(metric)
   full = solution.full
   grid = {int(n) for n in model.ns}
@@ -351,9 +495,9 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
                     for c, v in measured.items()
                     if v >= floor and c != full.counts and grid.issuperset(c)),
                    key=lambda p: p.latency)
-  best = (_candidate(cfg, singles[0].counts, singles[0].latency, singles[0].accuracy,
-                     measured_accuracy=measured[singles[0].counts]) if singles else
-          dataclasses.replace(full, measured_accuracy=measured[full.counts]))
+  best = (_measured(_candidate(cfg, singles[0].counts, singles[0].latency, singles[0].accuracy),
+                    measured[singles[0].counts], images) if singles else
+          _measured(full, measured[full.counts], images))
   candidates = sorted((p for p in solution.frontier if p.predicted_accuracy >= floor and
                        p.predicted_latency_s < best.predicted_latency_s),
                       key=lambda p: p.predicted_latency_s)
@@ -361,13 +505,79 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   for start in range(0, len(candidates), chunk):
     batch = candidates[start:start + chunk]
     values = evaluate([p.counts for p in batch])
-    done = [dataclasses.replace(p, measured_accuracy=float(v)) for p, v in zip(batch, values)]
+    done = [_measured(p, v, images) for p, v in zip(batch, values)]
     checked += done
     ok = [p for p in done if p.measured_accuracy >= floor]
     if ok:
       best = ok[0]
       break
+  straddles = [c.schedule for c in checked + [best] if floor_status(c, floor) == "straddles"]
   return dataclasses.replace(solution, chosen=best, checked=tuple(checked), basis="measured",
                              criterion="accuracy_floor_measured",
-                             settings=dict(solution.settings, singles_meeting_floor=len(singles)))
+                             settings=dict(solution.settings, singles_meeting_floor=len(singles),
+                                           num_images=images,
+                                           floor_straddles=sorted(set(straddles))))
 
+
+def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.CostModel],
+                  evaluate: Evaluator, time_schedules: Timer, *, neighbours: int = 2,
+                  num_images: Optional[int] = None, chunk: int = 6) -> Solution:
+  """Measures latency in the loop: the fastest MEASURED schedule that meets the floor on
+  MEASURED accuracy.
+
+  Needs `settings['accuracy_floor']`. If the solution's floor was not yet checked on the data,
+  `check_floor` runs first (needs `model`, the DP's `solve.CostModel`). Then the chosen schedule
+  and up to `neighbours` frontier schedules on each side of it (predicted faster / slower; only
+  those predicted to meet the floor, the faster ones also measured to meet it when already
+  checked) get their accuracy measured where missing (one `evaluate` call) and, every schedule
+  whose measured accuracy meets the floor, their latency in ONE call of `time_schedules`
+  (compiled graphs, one shuffled measurement). The fastest measured one is chosen. Every
+  schedule checked keeps predicted and measured latency and accuracy (`checked`); criterion
+  "accuracy_floor_measured", basis "measured", `settings['latency_basis'] == "measured"`.
+  """
+  floor = solution.settings.get("accuracy_floor")
+  if floor is None:
+    raise ValueError("check_in_loop needs a solution with an accuracy floor")
+  if solution.basis != "measured" or solution.chosen.measured_accuracy is None:
+    if model is None:
+      raise ValueError("the floor was not checked yet: pass the DP's cost model")
+    solution = check_floor(solution, estimate, model, evaluate, chunk=chunk,
+                           num_images=num_images)
+  images = (num_images if num_images is not None else solution.settings.get("num_images")
+            if "num_images" in solution.settings else _num_images(estimate, None))
+  known: Dict[Tuple[int, ...], Candidate] = {c.counts: c for c in solution.checked}
+  chosen = solution.chosen
+  known[chosen.counts] = chosen
+  eligible = [p for p in solution.frontier
+              if p.predicted_accuracy >= floor and p.counts != chosen.counts and
+              (p.counts not in known or known[p.counts].measured_accuracy >= floor)]
+  faster = sorted((p for p in eligible if p.predicted_latency_s <= chosen.predicted_latency_s),
+                  key=lambda p: -p.predicted_latency_s)[:neighbours]
+  slower = sorted((p for p in eligible if p.predicted_latency_s > chosen.predicted_latency_s),
+                  key=lambda p: p.predicted_latency_s)[:neighbours]
+  pool = [known.get(p.counts, p) for p in faster + slower]
+  todo = [p for p in pool if p.measured_accuracy is None]
+  if todo:
+    values = evaluate([p.counts for p in todo])
+    got = {p.counts: _measured(p, v, images) for p, v in zip(todo, values)}
+    pool = [got.get(p.counts, p) for p in pool]
+  for p in pool:
+    known[p.counts] = p
+  timed = [chosen] + [p for p in pool if p.measured_accuracy >= floor]
+  if chosen.measured_accuracy < floor:     # nothing met the floor: chosen is the full schedule
+    timed = [chosen]
+  seconds = time_schedules([p.counts for p in timed])
+  if len(seconds) != len(timed):
+    raise ValueError(f"time_schedules returned {len(seconds)} latencies for {len(timed)} "
+                     f"schedules")
+  timed = [dataclasses.replace(p, measured_latency_s=float(t)) for p, t in zip(timed, seconds)]
+  for p in timed:
+    known[p.counts] = p
+  best = min(timed, key=lambda p: (p.measured_latency_s, -sum(p.counts)))
+  checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
+  straddles = sorted({c.schedule for c in checked if floor_status(c, floor) == "straddles"})
+  return dataclasses.replace(
+      solution, chosen=best, checked=checked, basis="measured",
+      criterion="accuracy_floor_measured",
+      settings=dict(solution.settings, num_images=images, floor_straddles=straddles,
+                    timed_in_loop=len(timed), latency_basis="measured"))

@@ -6,7 +6,10 @@ File (JSON, `format` "vitprune-solution", version 1; `write_solution` / `read_so
   {"format", "version", "created", "mode": "paper" | "multi",
    "model": {"name", "config"},
    "profile": {"path", "sha256", "device_kind", "platform", "dtype", "batch_size",
-               "latency_source": "measured" | "predicted_from_blocks" | "blocks"},
+               "latency_source": "measured" | "predicted_from_blocks" | "blocks" |
+                                 "calibrated-graph" (multi mode with a
+                                 vitprune.profile.latency_model.LatencyModel; its parameters and
+                                 residuals are in settings["latency_model"])},
    "estimate": {"path", "sha256", "kind", "method", "metric", "layers", "eval_batch_size",
                 "weights_sha256", "data_fingerprint"},
    "settings": {...solver options...},
@@ -21,12 +24,18 @@ File (JSON, `format` "vitprune-solution", version 1; `write_solution` / `read_so
 
   candidate = {"schedule": compact text (vitprune.schedule.format_schedule), "counts": [...],
                "predicted_latency_s", "predicted_accuracy", optional "tokens" (paper: n),
-               "measured_latency_s", "measured_accuracy" (null or absent: not measured)}
+               "measured_latency_s", "measured_accuracy" (null or absent: not measured),
+               with a measured accuracy also "num_images" and its Wilson 95 % interval
+               "measured_accuracy_low", "measured_accuracy_high" (absent in older files)}
 
 "predicted_*" numbers come from the solver's models; "measured_*" ones from compiled graphs and
 the data. `sha256` entries are digests of the canonical JSON of the input records
 (`vitprune.jsonio.canonical_sha256`), so they do not depend on how a file was indented. Files
-written before `checked` / `basis` / `measured_*` existed load with those empty.
+written before `checked` / `basis` / `measured_*` / `num_images` existed load with those empty.
+Multi mode with an accuracy floor: the floor means the MEASURED metric meets it;
+settings["floor_straddles"] lists checked schedules whose interval contains the floor. With
+latency measured in the loop (`solve_stage.check_in_loop`) settings["latency_basis"] is
+"measured": the choice is the fastest measured compiled graph among those meeting the floor.
 """
 from __future__ import annotations
 
@@ -63,6 +72,9 @@ class Candidate:
   tokens: Optional[int] = None
   measured_latency_s: Optional[float] = None
   measured_accuracy: Optional[float] = None
+  measured_accuracy_low: Optional[float] = None    # binomial (Wilson 95 %) interval of the
+  measured_accuracy_high: Optional[float] = None   # measured metric over `num_images`
+  num_images: Optional[int] = None
 
   def to_json(self) -> Dict[str, Any]:
     d = {"schedule": self.schedule, "counts": list(self.counts),
@@ -73,6 +85,9 @@ class Candidate:
     if self.measured_latency_s is not None or self.measured_accuracy is not None:
       d.update(measured_latency_s=self.measured_latency_s,
                measured_accuracy=self.measured_accuracy)
+    if self.num_images is not None:
+      d.update(measured_accuracy_low=self.measured_accuracy_low,
+               measured_accuracy_high=self.measured_accuracy_high, num_images=self.num_images)
     return d
 
   @classmethod
@@ -93,14 +108,18 @@ class Candidate:
     for key in ("predicted_latency_s", "predicted_accuracy"):
       jsonio.require(jsonio.is_num(d[key]), where, f"{key} must be a finite number, got "
                      f"{d[key]!r}", SolutionError)
-    for key in ("measured_latency_s", "measured_accuracy"):
+    for key in ("measured_latency_s", "measured_accuracy", "measured_accuracy_low",
+                "measured_accuracy_high"):
       jsonio.require(d.get(key) is None or jsonio.is_num(d[key]), where,
                      f"{key} must be a finite number or null, got {d.get(key)!r}", SolutionError)
-    jsonio.require(d.get("tokens") is None or jsonio.is_int(d["tokens"]), where,
-                   f"tokens must be an int, got {d.get('tokens')!r}", SolutionError)
+    for key in ("tokens", "num_images"):
+      jsonio.require(d.get(key) is None or jsonio.is_int(d[key]), where,
+                     f"{key} must be an int, got {d.get(key)!r}", SolutionError)
     return cls(tuple(counts), text, float(d["predicted_latency_s"]),
                float(d["predicted_accuracy"]), d.get("tokens"),
-               _opt_float(d.get("measured_latency_s")), _opt_float(d.get("measured_accuracy")))
+               _opt_float(d.get("measured_latency_s")), _opt_float(d.get("measured_accuracy")),
+               _opt_float(d.get("measured_accuracy_low")),
+               _opt_float(d.get("measured_accuracy_high")), d.get("num_images"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,8 +305,23 @@ def summary_lines(sol: Solution) -> List[str]:
     if sol.schedule_latency_s is not None:
       lines.append(f"POMT schedule latency by the per-block table (predicted): "
                    f"{1e3 * sol.schedule_latency_s:.4g} ms")
+  if sol.profile.latency_source == "calibrated-graph" and "latency_model" in sol.settings:
+    lm = sol.settings["latency_model"]
+    lines.append(f"latency model: calibrated on {lm['num_calibration']} compiled graphs, "
+                 f"calibration |error| median {100 * lm['residual_median']:.1f}%, p90 "
+                 f"{100 * lm['residual_p90']:.1f}%")
   if ch.measured_accuracy is not None:
-    lines.append(f"measured {m} of the chosen schedule on the data: {ch.measured_accuracy:.4f}")
+    line = f"measured {m} of the chosen schedule on the data: {ch.measured_accuracy:.4f}"
+    if ch.num_images is not None:
+      line += (f" (95% interval {ch.measured_accuracy_low:.4f}..{ch.measured_accuracy_high:.4f}"
+               f", {ch.num_images} images)")
+    lines.append(line)
+  if ch.measured_latency_s is not None:
+    lines.append(f"measured latency of the chosen compiled graph: "
+                 f"{1e3 * ch.measured_latency_s:.4g} ms")
+  if sol.settings.get("floor_straddles"):
+    lines.append(f"interval straddles the floor {sol.settings.get('accuracy_floor')} for: "
+                 + ", ".join(sol.settings["floor_straddles"]))
   if full is not None:
     lines.append(f"unpruned (predicted): {1e3 * full.predicted_latency_s:.4g} ms, "
                  f"{full.predicted_accuracy:.4f}")

@@ -1,0 +1,262 @@
+r"""How well the solver's predictions hold: predicted vs measured latency and accuracy.
+
+  python -m benchmarks.predictor_accuracy                 # full run (~10-12 min, 2 idle cores)
+  python -m benchmarks.predictor_accuracy --quick         # smoke run (~1 min)
+
+For every (model, batch size, method): the latency model of the compiled graph
+(`vitprune.profile.latency_model`) is calibrated (uniform curve + calibration schedules, one
+shuffled measurement), then held-out random multi-layer schedules (none used for calibration)
+are compiled and timed in one shuffled measurement and compared with
+  * the calibrated model ("calibrated"), and
+  * the old isolated per-block sum (`vitprune.profile.predict`, block table profiled alongside).
+For vit_digits (trained weights, the 359 sklearn digits test images) also the frontier: the
+method's per-layer sensitivity is estimated, the multi-layer frontier solved with the calibrated
+model, and its schedules measured (latency and accuracy): latency error on the frontier, and the
+accuracy error (points) of the combination model vs measured; the floor choice is checked in the
+loop (`solve_stage.check_in_loop`) and its measured accuracy compared with --accuracy_floor.
+Calibration time is reported as a share of the profile time (the block-table profile).
+
+Prints a markdown table and writes JSON (--out). Numbers depend on the machine and its load: run
+on an idle machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List
+
+import numpy as np
+from absl import app
+from absl import flags
+
+_MODELS = flags.DEFINE_list("models", ["vit_digits", "deit_small_patch16_224"],
+                            "Registered model names (vit_digits uses weights/vit_digits and "
+                            "the digits data; others random weights, latency only).")
+_METHODS = flags.DEFINE_list("methods", ["pomt", "topk", "tome", "evit", "random"],
+                             "Token-reduction methods.")
+_BATCHES = flags.DEFINE_list("batch_sizes", None, "Batch sizes (default: vit_digits 1, other "
+                             "models 1 and 8).")
+_NUM = flags.DEFINE_integer("num_schedules", None, "Held-out schedules per method (default: "
+                            "vit_digits 30, other models 8).")
+_NUM_CAL = flags.DEFINE_integer("calibration_schedules", 10, "Calibration schedules per method "
+                                "(DeiT-sized models: 6, --quick: 5).")
+_FLOOR = flags.DEFINE_float("accuracy_floor", 0.95, "vit_digits: floor of the in-loop choice.")
+_MIN_RUN = flags.DEFINE_float("min_run_time", None, "Seconds of timed calls per graph (default "
+                              "0.1; 0.05 for batch > 1 of large models).")
+_THREADS = flags.DEFINE_integer("threads", 2, "Compile threads.")
+_QUICK = flags.DEFINE_bool("quick", False, "Smoke mode: vit_digits, pomt, batch 1, coarse grid, "
+                           "few schedules and images, short timing.")
+_OUT = flags.DEFINE_string("out", "outputs/benchmark/predictor_accuracy.json", "JSON output.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed.")
+
+
+def _grid(cfg, quick: bool, step: int = 0):
+  """Token counts of the curve (and the DP): every 4th count of vit_digits-sized models, every
+  24th of DeiT-sized ones (16th in --quick)."""
+  n = cfg.num_tokens
+  step = step or (16 if quick else (4 if n <= 80 else 24))
+  return sorted(set(range(n, cfg.num_prefix_tokens, -step)))
+
+
+def _errors(pred, meas):
+  from vitprune.profile import latency_model as lm_lib  # pylint: disable=g-import-not-at-top
+  return lm_lib.relative_errors(pred, meas)
+
+
+def _measure(cfg, params, method, batch, grid, schedules, tcfg, threads, seed):
+  """Median seconds of `schedules` (one shuffled measurement, plus the full graph)."""
+  from vitprune.profile import latency_model as lm_lib  # pylint: disable=g-import-not-at-top
+  prof = lm_lib.measure_calibration(cfg, params, method=method, batch_size=batch,
+                                    dtype="float32", tokens=[cfg.num_tokens],
+                                    schedules=schedules, timing_cfg=tcfg, threads=threads,
+                                    seed=seed)
+  got = {p.schedule: p.median_s for p in prof.curve("schedule", batch)}
+  return [got[tuple(c)] for c in schedules]
+
+
+def run_one(cfg, params, batch, methods, *, num, num_cal, tcfg, threads, seed, data, floor,
+            quick, log) -> List[Dict[str, Any]]:
+  # pylint: disable=g-import-not-at-top
+  from vitprune.profile import latency_model as lm_lib
+  from vitprune.profile import predict as predict_lib
+  from vitprune.profile import records, runner
+  from vitprune.schedule import Schedule
+  grid = _grid(cfg, quick)
+  t0 = time.perf_counter()
+  block_prof = runner.profile_batch(
+      runner.ProfileSpec(cfg=cfg, batch_sizes=(batch,), mode="block", tokens=tuple(grid),
+                         timing=tcfg, threads=threads, seed=seed), batch, params,
+      progress=False)
+  profile_s = time.perf_counter() - t0
+  table = records.block_table(block_prof, batch)
+  rows = []
+  for method in methods:
+    t0 = time.perf_counter()
+    lm, cal_prof = lm_lib.calibrate(cfg, params, method=method, batch_size=batch,
+                                    dtype="float32", tokens=grid, timing_cfg=tcfg,
+                                    num_schedules=num_cal, threads=threads, seed=seed)
+    cal_s = time.perf_counter() - t0
+    held = lm_lib.sample_schedules(cfg.num_tokens, cfg.depth, grid, num, seed=seed + 1000,
+                                   max_remove=lm_lib.method_limit(cfg, method),
+                                   exclude=lm.calibration, spread=False)
+    meas = _measure(cfg, params, method, batch, grid, held, tcfg, threads, seed)
+    row = {"model": cfg.name, "batch_size": batch, "method": method,
+           "num_heldout": len(held), "num_calibration": len(lm.calibration),
+           "calibration_s": cal_s, "profile_s": profile_s,
+           "calibration_share": cal_s / profile_s,
+           "latency_model": dict(lm.summary(),
+                                 calibration=[list(c) for c in lm.calibration]),
+           "heldout": {"calibrated": _errors([lm.predict(c) for c in held], meas),
+                       "block_sum": _errors([predict_lib.predict(table, Schedule(c))
+                                             for c in held], meas)},
+           "schedules": [{"counts": list(c), "measured_s": m, "calibrated_s": lm.predict(c),
+                          "block_sum_s": predict_lib.predict(table, Schedule(c))}
+                         for c, m in zip(held, meas)]}
+    if data is not None:
+      row.update(_frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
+                           threads, seed, table, quick))
+    rows.append(row)
+    h = row["heldout"]
+    log(f"{cfg.name} b{batch} {method}: held-out |err| calibrated median "
+        f"{100 * h['calibrated']['median']:.1f}% p90 {100 * h['calibrated']['p90']:.1f}% | "
+        f"block sum median {100 * h['block_sum']['median']:.1f}% p90 "
+        f"{100 * h['block_sum']['p90']:.1f}% | calibration {cal_s:.1f}s "
+        f"({100 * cal_s / profile_s:.0f}% of the profile)")
+  return rows
+
+
+def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg, threads, seed,
+              table, quick) -> Dict[str, Any]:
+  """vit_digits: sensitivity estimate, frontier with the calibrated model, frontier schedules
+  measured (latency + accuracy), in-loop floor choice."""
+  # pylint: disable=g-import-not-at-top
+  from vitprune import estimate as estimate_lib
+  from vitprune import solve_stage
+  from vitprune.profile import predict as predict_lib
+  from vitprune.reduce.methods import make_reducer
+  from vitprune.schedule import Schedule
+  reducer = make_reducer(method)
+  # The sensitivity grid (and so the DP's): every other curve count, to keep the run short.
+  reduced = [n for n in (grid if quick else _grid(cfg, quick, step=8)) if n < cfg.num_tokens]
+  points = estimate_lib.sensitivity_points(cfg, reduced, list(range(cfg.depth)), reducer)
+  result = estimate_lib.evaluate(cfg, params, data.batches(cfg, 64), points,
+                                 labelled=data.labelled, dtype="float32")
+  est = estimate_lib.estimate_record(
+      cfg=cfg, params=params, weights_source="weights/vit_digits", data_info=data.info,
+      method=method, method_kwargs={}, seed=seed, points=points, result=result,
+      labelled=data.labelled, dtype="float32")
+  evaluate = estimate_lib.schedule_evaluator(cfg, params, data, reducer, batch_size=64)
+  sol = solve_stage.solve_multilayer(cal_prof, est, accuracy_floor=floor, latency_model=lm,
+                                     allow_batch_mismatch=True, evaluate=evaluate,
+                                     num_images=len(data.indices))
+  fr = list(sol.frontier)
+  k = 4 if quick else 8
+  if len(fr) > k:   # spread over the frontier
+    fr = [fr[round(i * (len(fr) - 1) / (k - 1))] for i in range(k)]
+  acc = evaluate([c.counts for c in fr])
+  meas = _measure(cfg, params, method, batch, grid, [c.counts for c in fr], tcfg, threads, seed)
+  acc_err = [100 * (c.predicted_accuracy - a) for c, a in zip(fr, acc)]
+
+  def time_schedules(counts_list):
+    return _measure(cfg, params, method, batch, grid, list(counts_list), tcfg, threads, seed)
+
+  loop = solve_stage.check_in_loop(sol, est, None, evaluate, time_schedules,
+                                   num_images=len(data.indices))
+  ch = loop.chosen
+  return {"frontier": {
+      "num": len(fr),
+      "latency": {"calibrated": _errors([c.predicted_latency_s for c in fr], meas),
+                  "block_sum": _errors([predict_lib.predict(table, Schedule(c.counts))
+                                        for c in fr], meas)},
+      "accuracy_error_points": {"mean": float(np.mean(np.abs(acc_err))),
+                                "max": float(np.max(np.abs(acc_err))),
+                                "mean_signed": float(np.mean(acc_err))},
+      "schedules": [{"counts": list(c.counts), "predicted_accuracy": c.predicted_accuracy,
+                     "measured_accuracy": a, "predicted_s": c.predicted_latency_s,
+                     "measured_s": m} for c, a, m in zip(fr, acc, meas)]},
+      "choice": {"floor": floor, "schedule": ch.schedule, "counts": list(ch.counts),
+                 "measured_accuracy": ch.measured_accuracy,
+                 "measured_accuracy_low": ch.measured_accuracy_low,
+                 "measured_latency_s": ch.measured_latency_s,
+                 "predicted_latency_s": ch.predicted_latency_s,
+                 "meets_floor": bool(ch.measured_accuracy >= floor),
+                 "floor_straddles": loop.settings.get("floor_straddles", [])}}
+
+
+def main(argv):
+  del argv
+  # pylint: disable=g-import-not-at-top
+  from vitprune import estimate as estimate_lib
+  from vitprune.model import init_params
+  from vitprune.profile import timing
+  from vitprune.registry import get_config
+  from experiments import common
+  quick = _QUICK.value
+  models = ["vit_digits"] if quick and not flags.FLAGS["models"].present else _MODELS.value
+  methods = ["pomt"] if quick and not flags.FLAGS["methods"].present else _METHODS.value
+  timing.enable_compilation_cache(tempfile.mkdtemp(prefix="vitprune_pred_cache_"))
+  rows: List[Dict[str, Any]] = []
+  t_all = time.perf_counter()
+  for name in models:
+    if name == "vit_digits":
+      cfg, params, _ = common.load_model("vit_digits", "weights/vit_digits", _SEED.value)
+      data = estimate_lib.load_eval_data("digits", num_images=60 if quick else None,
+                                         seed=_SEED.value)
+    else:
+      cfg, params, data = get_config(name), init_params(get_config(name), _SEED.value), None
+    large = cfg.num_tokens > 80
+    batches = ([int(b) for b in _BATCHES.value] if _BATCHES.value else
+               [1] if quick or not large else [1, 8])
+    for b in batches:
+      min_run = _MIN_RUN.value or (0.01 if quick else 0.05 if (large and b > 1) else 0.1)
+      tcfg = timing.TimingConfig(min_run_time=min_run, warmup=1 if large else 3,
+                                 min_reps=3 if large and b > 1 else 5, max_retries=1,
+                                 seed=_SEED.value)
+      num = _NUM.value or (3 if quick else 8 if large else 30)
+      num_cal = min(_NUM_CAL.value, 5) if quick else (6 if large else _NUM_CAL.value)
+      rows += run_one(cfg, params, b, methods, num=num, num_cal=num_cal, tcfg=tcfg,
+                      threads=_THREADS.value, seed=_SEED.value, data=data,
+                      floor=_FLOOR.value, quick=quick, log=lambda s: print(s, file=sys.stderr))
+  total = time.perf_counter() - t_all
+  print(table(rows))
+  print(f"\ntotal {total:.0f} s")
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  with open(_OUT.value, "w") as f:
+    json.dump({"format": "vitprune-predictor-accuracy", "version": 1, "total_s": total,
+               "quick": quick, "rows": rows}, f, indent=1)
+  print(f"wrote {_OUT.value}")
+
+
+def table(rows) -> str:
+  """The markdown table of the rows."""
+  head = ("| model | batch | method | held-out | calibrated |err| median / p90 / within 10% | "
+          "block sum |err| median / p90 / within 10% | frontier calibrated median / p90 | "
+          "accuracy |err| mean / max (points) | choice meets floor (measured) | "
+          "calibration / profile time |")
+  lines = [head, "|" + "---|" * 10]
+
+  def e(d):
+    return f"{100 * d['median']:.1f}% / {100 * d['p90']:.1f}% / {100 * d['within10']:.0f}%"
+
+  for r in rows:
+    fr = r.get("frontier")
+    ch = r.get("choice")
+    lines.append(
+        f"| {r['model']} | {r['batch_size']} | {r['method']} | {r['num_heldout']} | "
+        f"{e(r['heldout']['calibrated'])} | {e(r['heldout']['block_sum'])} | "
+        + (f"{100 * fr['latency']['calibrated']['median']:.1f}% / "
+           f"{100 * fr['latency']['calibrated']['p90']:.1f}% | "
+           f"{fr['accuracy_error_points']['mean']:.2f} / "
+           f"{fr['accuracy_error_points']['max']:.2f} | " if fr else "- | - | ")
+        + (f"{'yes' if ch['meets_floor'] else 'NO'} ({ch['measured_accuracy']:.4f} >= "
+           f"{ch['floor']}) | " if ch else "- | ")
+        + f"{r['calibration_s']:.1f}s / {r['profile_s']:.1f}s "
+          f"({100 * r['calibration_share']:.0f}%) |")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,232 @@
+"""The latency model of the compiled graph: exact fit, DP arrays, record, refusals, trust; the
+solve stage's Wilson intervals and in-loop latency check (fake timing / evaluate callbacks)."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from vitprune import solve
+from vitprune import solve_stage
+from vitprune.config import config_to_dict
+from vitprune.profile import latency_model as lm_lib
+from vitprune.profile import records
+from vitprune.records.solution import Candidate, EstimateRef, ProfileRef, Solution
+from vitprune.registry import get_config
+
+CFG = get_config("vit_digits")               # N = 65, depth 6
+N, D = CFG.num_tokens, CFG.depth
+GRID = tuple(range(5, N + 1, 4))             # 5, 9, ..., 65
+TRUE = {"const": 2e-4, "scale": 0.6, "mlp": 0.25, "r0": 3e-5, "r1": 4e-5}
+
+
+def _curve():
+  t = np.array(GRID, np.float64)
+  return 1e-4 + 2e-5 * t + 3e-8 * t ** 2 + 1e-5 * (t > 33)   # a step, as real curves have
+
+
+def _truth(counts, params=TRUE):
+  """The model written out by hand (independent of `features`)."""
+  s = np.interp(counts, GRID, _curve()) / D
+  t = params["const"] + params["scale"] * s[:D].sum() + params["mlp"] * (s[D] - s[0])
+  for l in range(D):
+    if counts[l + 1] < counts[l]:
+      t += params["r0"] + params["r1"] * counts[l] / N
+  return float(t)
+
+
+def _schedules(num, seed):
+  return lm_lib.sample_schedules(N, D, GRID, num, seed=seed)
+
+
+def _fit(scheds, measured, **kw):
+  return lm_lib.fit_arrays(model=CFG.name, config=config_to_dict(CFG), device_kind="cpu",
+                           platform="cpu", dtype="float32", batch_size=1, method="pomt",
+                           tokens=GRID, curve_s=_curve(), schedules=scheds,
+                           measured_s=measured, **kw)
+
+
+def test_fit_recovers_known_parameters_exactly():
+  scheds = _schedules(10, 0) + [(N,) * (D + 1)]
+  lm = _fit(scheds, [_truth(c) for c in scheds])
+  for k, v in TRUE.items():
+    assert lm.params[k] == pytest.approx(v, rel=1e-6, abs=1e-12), k
+  assert lm.residual_p90 < 1e-9 and lm.trust(scheds[0]) is None
+  held = lm_lib.sample_schedules(N, D, GRID, 20, seed=7, exclude=scheds, spread=False)
+  assert not set(held) & set(scheds)
+  for c in held:
+    assert lm.predict(c) == pytest.approx(_truth(c), rel=1e-9)
+
+
+def test_dp_arrays_reproduce_predict_and_stay_non_negative():
+  # A negative constant forces the shift of constants between embed, blocks and head.
+  params = dict(TRUE, const=-2e-5, mlp=0.3)
+  scheds = _schedules(12, 1) + [(N,) * (D + 1)]
+  lm = _fit(scheds, [_truth(c, params) for c in scheds])
+  assert lm.params["const"] == pytest.approx(-2e-5, rel=1e-6)
+  arr = lm.dp_arrays(GRID)
+  assert min(arr["block"].min(), arr["head"].min(), arr["reduce"].min(), arr["embed"]) >= 0
+  sens = np.full((D, len(GRID)), 0.9)
+  model = solve.make_cost_model(GRID, arr["block"], sens, 0.95, depth=D, num_tokens=N,
+                                embed_latency=arr["embed"], head_latency=arr["head"],
+                                reduce_latency=arr["reduce"])
+  for c in _schedules(15, 3):
+    assert solve.predict_schedule(model, c)[0] == pytest.approx(lm.predict(c), rel=1e-9)
+
+
+def test_record_round_trip_and_trust():
+  scheds = _schedules(8, 2) + [(N,) * (D + 1)]
+  noisy = [_truth(c) * (1.3 if i % 2 else 0.8) for i, c in enumerate(scheds)]
+  lm = _fit(scheds, noisy)
+  back = lm_lib.LatencyModel.from_json(lm.to_json())
+  assert back == lm and back.predict(scheds[0]) == lm.predict(scheds[0])
+  assert "p90 calibration error" in lm.trust(scheds[0])        # residuals above 10 %
+  good = _fit(scheds, [_truth(c) for c in scheds])
+  lo, _ = good.calibrated_range
+  outside = (N,) * D + (GRID[0] if lo > GRID[0] else lo,)
+  if lo > GRID[0]:
+    assert "outside the calibrated range" in good.trust(outside)
+  with pytest.raises(ValueError, match="outside the measured curve"):
+    good.predict((N,) * D + (1,))
+  with pytest.raises(lm_lib.LatencyModelError, match="params"):
+    lm_lib.LatencyModel.from_json(dict(lm.to_json(), params={"const": 1}))
+
+
+def _profile(points, **kw):
+  base = dict(model=CFG.name, config=dataclasses.asdict(CFG), device_kind="cpu",
+              platform="cpu", jax_version="0", jaxlib_version="0", dtype="float32",
+              modes=("model", "schedule"), reducer="pomt+random", timing={}, points=points,
+              source="p.json")
+  base.update(kw)
+  return records.Profile(**base)
+
+
+def _pt(component, tokens, seconds, batch=1, schedule=None):
+  return records.Point(component=component, batch_size=batch, tokens=tokens, median_s=seconds,
+                       q25_s=seconds, q75_s=seconds, num_samples=3, samples_s=(seconds,) * 3,
+                       schedule=schedule)
+
+
+def test_fit_from_profiles_and_refusal_of_mismatched_calibration():
+  curve = [_pt("model", n, float(v)) for n, v in zip(GRID, _curve())]
+  full = (N,) * (D + 1)
+  scheds = _schedules(8, 4)
+  cal = [_pt("schedule", N, _truth(c), schedule=c) for c in scheds + [full]]
+  lm = lm_lib.fit(_profile(tuple(curve + cal)), batch_size=1, method="pomt",
+                  include_curve=False)
+  for k, v in TRUE.items():
+    assert lm.params[k] == pytest.approx(v, rel=1e-6, abs=1e-12), k
+  # Without a measured full schedule, it comes from the curve's U(N) point.
+  lm2 = lm_lib.fit(_profile(tuple(curve + cal[:-1])), batch_size=1, method="pomt",
+                   include_curve=False)
+  assert lm2.calibration_s[lm2.calibration.index(full)] == curve[-1].median_s
+  # With the uniform graphs in the fit (the default), a world where they follow the model
+  # (scale 1, constant 0) is recovered exactly as well.
+  uni = dict(TRUE, const=0.0, scale=1.0)
+  cal = [_pt("schedule", N, _truth(c, uni), schedule=c) for c in scheds]
+  lm3 = lm_lib.fit(_profile(tuple(curve + cal)), batch_size=1, method="pomt")
+  assert all((n,) * (D + 1) in lm3.calibration for n in GRID)
+  for k, v in uni.items():
+    assert lm3.params[k] == pytest.approx(v, rel=1e-6, abs=1e-12), k
+  c_prof = _profile(tuple(curve))
+  for kw, what in ((dict(device_kind="gpu"), "device"), (dict(dtype="bfloat16"), "dtype"),
+                   (dict(config=dataclasses.asdict(get_config("test_tiny_vit")),
+                         model="test_tiny_vit"), "model")):
+    with pytest.raises(lm_lib.CalibrationError, match=f"is for {what}") as e:
+      lm_lib.fit(c_prof, _profile(tuple(cal), **kw), batch_size=1, method="pomt")
+    assert "\n" not in str(e.value)
+  other_batch = [_pt("schedule", N, _truth(c), batch=8, schedule=c) for c in scheds]
+  with pytest.raises(lm_lib.CalibrationError, match="another batch size"):
+    lm_lib.fit(c_prof, _profile(tuple(other_batch)), batch_size=1, method="pomt")
+  # The solve stage refuses a latency model of another batch size / device.
+  with pytest.raises(solve_stage.SolveInputError, match="batch size"):
+    solve_stage.check_latency_model(lm, _profile(tuple(curve)), CFG, 8)
+  with pytest.raises(solve_stage.SolveInputError, match="device"):
+    solve_stage.check_latency_model(lm, _profile(tuple(curve), device_kind="TPU"), CFG, 1)
+
+
+def test_sample_schedules_respects_method_limits():
+  half = lambda n: (n - 1) // 2   # noqa: E731  (ToMe-like cap)
+  for c in lm_lib.sample_schedules(N, D, GRID, 25, seed=5, max_remove=half, spread=False):
+    assert c[0] == N and len(c) == D + 1
+    assert all(c[l] - c[l + 1] <= half(c[l]) for l in range(D))
+
+
+def test_wilson_interval_hand_computed():
+  # 50 / 100: centre (0.5 + z^2/200) / (1 + z^2/100) = 0.5; half = z sqrt(0.0025 + z^2/40000)
+  # / (1 + z^2/100) = 0.0961696...
+  z = 1.959963984540054
+  half = z * np.sqrt(0.0025 + z * z / 40000) / (1 + z * z / 100)
+  lo, hi = solve_stage.wilson_interval(0.5, 100)
+  assert (lo, hi) == pytest.approx((0.5 - half, 0.5 + half), abs=1e-12)
+  assert (lo, hi) == pytest.approx((0.40383, 0.59617), abs=1e-5)
+  lo, hi = solve_stage.wilson_interval(1.0, 10)      # 10 / 10: lower bound n / (n + z^2)
+  assert lo == pytest.approx(10 / (10 + z * z), abs=1e-12) and hi == pytest.approx(1.0)
+  with pytest.raises(ValueError):
+    solve_stage.wilson_interval(0.5, 0)
+
+
+def _cand(counts, lat, acc, measured=None):
+  c = Candidate(counts=tuple(counts), schedule=str(counts), predicted_latency_s=lat,
+                predicted_accuracy=acc)
+  return c if measured is None else dataclasses.replace(c, measured_accuracy=measured)
+
+
+def _solution(frontier, chosen, checked=(), floor=0.9):
+  cfg = get_config("test_tiny_vit")
+  return Solution(mode="multi", config=cfg,
+                  profile=ProfileRef("p", "s", "cpu", "cpu", "float32", 1, "calibrated-graph"),
+                  estimate=EstimateRef("e", "s", "sensitivity", "pomt", "accuracy", (0, 1), 8,
+                                       "w", None),
+                  settings={"accuracy_floor": floor, "num_images": 400}, chosen=chosen,
+                  method="pomt", criterion="accuracy_floor_measured", full=None,
+                  frontier=tuple(frontier), created="now", basis="measured",
+                  checked=tuple(checked))
+
+
+def test_check_in_loop_picks_the_fastest_measured_schedule_meeting_the_floor():
+  # Frontier by predicted latency; the prediction ranks them wrongly (fake timer below).
+  f = [_cand((17, 3, 3), 1.0, 0.80), _cand((17, 5, 3), 2.0, 0.91),
+       _cand((17, 9, 5), 3.0, 0.93), _cand((17, 9, 9), 4.0, 0.95),
+       _cand((17, 13, 9), 5.0, 0.96), _cand((17, 13, 13), 6.0, 0.97),
+       _cand((17, 17, 17), 9.0, 0.98)]
+  checked = [_cand((17, 5, 3), 2.0, 0.91, measured=0.85)]     # faster, measured below floor
+  chosen = _cand((17, 9, 5), 3.0, 0.93, measured=0.92)
+  sol = _solution(f, chosen, checked)
+  true_lat = {(17, 9, 5): 3.2, (17, 9, 9): 2.9, (17, 13, 9): 2.5, (17, 13, 13): 2.4}
+  true_acc = {(17, 9, 9): 0.94, (17, 13, 9): 0.89}           # (17, 13, 9) fails the floor
+  calls = []
+
+  def evaluate(counts_list):
+    calls.append(("evaluate", list(counts_list)))
+    return [true_acc[c] for c in counts_list]
+
+  def time_schedules(counts_list):
+    calls.append(("time", list(counts_list)))
+    return [true_lat[c] for c in counts_list]
+
+  out = solve_stage.check_in_loop(sol, None, None, evaluate, time_schedules, neighbours=2)
+  # Neighbours: faster (17, 5, 3) was measured below the floor -> excluded; slower two are
+  # (17, 9, 9) and (17, 13, 9); (17, 13, 13) is the third and not considered.
+  assert calls[0] == ("evaluate", [(17, 9, 9), (17, 13, 9)])
+  assert [k for k, _ in calls] == ["evaluate", "time"]        # ONE timing call
+  assert sorted(calls[1][1]) == sorted([(17, 9, 5), (17, 9, 9)])
+  assert out.chosen.counts == (17, 9, 9) and out.chosen.measured_latency_s == 2.9
+  assert out.basis == "measured" and out.settings["latency_basis"] == "measured"
+  by = {c.counts: c for c in out.checked}
+  assert by[(17, 9, 5)].measured_latency_s == 3.2 and by[(17, 13, 9)].measured_latency_s is None
+  assert by[(17, 9, 9)].num_images == 400
+  lo, hi = solve_stage.wilson_interval(0.94, 400)
+  assert (by[(17, 9, 9)].measured_accuracy_low, by[(17, 9, 9)].measured_accuracy_high) == (lo, hi)
+  # 0.89 on 400 images: interval 0.856..0.917 contains 0.9 -> reported as straddling.
+  assert out.settings["floor_straddles"] == [str((17, 13, 9))]
+  assert solve_stage.floor_status(by[(17, 13, 9)], 0.9) == "straddles"
+  assert solve_stage.floor_status(by[(17, 9, 9)], 0.9) == "meets"
+  back = Solution.from_json(out.to_json())
+  assert back.chosen == out.chosen and back.checked == out.checked
+
+
+def test_check_in_loop_without_floor_is_refused():
+  c = _cand((17, 17, 17), 1.0, 0.9, measured=0.9)
+  sol = dataclasses.replace(_solution([c], c), settings={"accuracy_floor": None})
+  with pytest.raises(ValueError, match="accuracy floor"):
+    solve_stage.check_in_loop(sol, None, None, lambda c: [], lambda c: [])
