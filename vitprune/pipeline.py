@@ -296,6 +296,7 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
   if cfg.num_classes == 0:
     raise ValueError(f"{cfg.name} has no classifier head: the pipeline needs accuracy or "
                      "agreement of class predictions")
+  spec.check(cfg)   # layer and tokens against the model, before any stage runs
   if data is None:
     data = load_data(spec)
   tokens = spec.grid(cfg)
