@@ -6,6 +6,10 @@ r"""Schedule solver CLI: a latency profile + an accuracy estimate -> a token sch
   # per-layer sensitivity table, fastest schedule keeping predicted accuracy >= 0.9:
   python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
       --accuracy_floor=0.9 [--step_bottoms_only]
+  # ... and measured in the loop: with the weights and the estimate's data, the floor is checked
+  # on measured accuracy and the choice and its frontier neighbours are compiled and timed:
+  python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
+      --accuracy_floor=0.9 --weights=weights/vit_digits --data=digits
 
 Writes `<out_dir>/<model>_<mode>_b<batch>.{json,png}` (format in `vitprune/records/solution.py`) and
 prints the chosen schedule (compact text, usable as `--schedule` elsewhere) with its predicted
@@ -16,7 +20,12 @@ from __future__ import annotations
 from absl import flags
 
 from experiments import common
+from vitprune import estimate as estimate_lib
+from vitprune import pipeline
 from vitprune import solve_stage
+from vitprune.digest import params_sha256
+from vitprune.profile.protocol import TimingConfig
+from vitprune.reduce.methods import make_reducer
 from vitprune.profile import records
 from vitprune.records.estimate import read_estimate
 from vitprune.records.solution import summary_lines, write_solution
@@ -55,6 +64,21 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_bool("allow_batch_mismatch", False,
                                    "Combine a profile and an estimate of different batch sizes.", flag_values=fv)
   flags.DEFINE_string("out_dir", "outputs/solve", "Output directory.", flag_values=fv)
+  flags.DEFINE_string("weights", None, "Multi mode with --accuracy_floor: the weights the "
+                      "estimate measured; the choice is then checked in the loop (measured "
+                      "accuracy on --data, measured latency of compiled graphs).", flag_values=fv)
+  flags.DEFINE_string("data", "digits", "With --weights: the estimate's data ('digits' or an "
+                      "image folder); its fingerprint must match the estimate's.", flag_values=fv)
+  flags.DEFINE_integer("num_images", None, "With --weights: the estimate's --num_images.",
+                       flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "With --weights: the estimate's --seed (data subset).",
+                       flag_values=fv)
+  flags.DEFINE_integer("eval_batch_size", 64, "With --weights: evaluation batch size.",
+                       flag_values=fv)
+  flags.DEFINE_integer("loop_neighbours", 2, "With --weights: frontier neighbours on each side "
+                       "of the choice timed in the loop.", flag_values=fv)
+  flags.DEFINE_float("min_run_time", 0.2, "With --weights: seconds of timed calls per graph.",
+                     flag_values=fv)
 
 
 def main(f: flags.FlagValues):
@@ -66,8 +90,12 @@ def main(f: flags.FlagValues):
     for name in ("accuracy_floor", "latency_budget"):
       if f[name].value is not None:
         raise ValueError(f"--{name} applies to --mode=multi only")
+  if f.weights and (f.mode != "multi" or f.accuracy_floor is None):
+    raise ValueError("--weights measures a multi-mode --accuracy_floor choice in the loop: pass "
+                     "--mode=multi and --accuracy_floor")
   common.check_output_dir(f.out_dir)
   profile, estimate = records.load(f.profile), read_estimate(f.estimate)
+  loop = in_loop(f, estimate) if f.weights else None
   if f.mode == "paper":
     sol = solve_stage.solve_paper(
         profile, estimate, alpha=f.alpha, layer=f.layer, batch_size=f.batch_size,
@@ -78,12 +106,43 @@ def main(f: flags.FlagValues):
         alpha=f.alpha, batch_size=f.batch_size, metric=f.metric,
         accuracy_model=f.accuracy_model, monotone=f.monotone,
         step_bottoms_only=f.step_bottoms_only, step_k=f.step_k,
-        allow_batch_mismatch=f.allow_batch_mismatch)
+        allow_batch_mismatch=f.allow_batch_mismatch,
+        **({} if loop is None else {"evaluate": loop["evaluate"],
+                                    "num_images": loop["num_images"]}))
+    if loop is not None:
+      spec = pipeline.PipelineSpec(batch_size=sol.profile.batch_size, dtype=profile.dtype,
+                                   method=estimate.method,
+                                   timing=TimingConfig(min_run_time=f.min_run_time))
+      timer = pipeline.schedule_timer(loop["cfg"], loop["params"], spec, loop["reducer"])
+      sol = solve_stage.check_in_loop(sol, estimate, None, loop["evaluate"], timer,
+                                      neighbours=f.loop_neighbours,
+                                      num_images=loop["num_images"])
   paths = write_solution(sol, f.out_dir)
   for line in summary_lines(sol):
     print(line)
   print(f"wrote {paths['json']} and {paths['png']}")
   return sol, paths
+
+
+def in_loop(f: flags.FlagValues, estimate) -> dict:
+  """The weights and data the estimate measured, as the solve stage's measurement callbacks;
+  refuses weights or data other than the estimate's."""
+  cfg, params, source = common.load_model(None, f.weights)
+  if params_sha256(params) != estimate.weights_sha256:
+    raise ValueError(f"--weights={f.weights} are not the weights estimate {estimate.source} "
+                     "measured (weights sha256 differs)")
+  data = estimate_lib.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
+                                     class_names=common.class_names(source),
+                                     num_classes=cfg.num_classes)
+  if data.info.get("fingerprint") != estimate.data_fingerprint:
+    raise ValueError(f"--data={f.data} (--num_images={f.num_images}, --seed={f.seed}) is not "
+                     f"the data estimate {estimate.source} measured (fingerprint differs)")
+  reducer = make_reducer(estimate.method, **estimate.method_kwargs)
+  return {"cfg": cfg, "params": params, "reducer": reducer,
+          "num_images": int(len(data.indices)),
+          "evaluate": estimate_lib.schedule_evaluator(cfg, params, data, reducer,
+                                                      batch_size=f.eval_batch_size,
+                                                      dtype=estimate.dtype)}
 
 
 if __name__ == "__main__":

@@ -356,38 +356,54 @@ def sample_schedules(num_tokens: int, depth: int, grid: Sequence[int], num: int,
     raise ValueError("the grid needs counts below the full count")
   seen = {tuple(int(c) for c in s) for s in exclude}
   out: List[Counts] = []
-  tries = 0
+  tries = fails = 0
   while len(out) < num and tries < 200 * max(num, 1):
     tries += 1
     i = len(out)
-    k = int(rng.integers(1, min(max_reductions, depth) + 1))
     if spread and num > 1:
       last = below[round(i * (len(below) - 1) / (num - 1))]
     else:
       last = int(rng.choice(below))
-    mids = [n for n in below if n > last]
-    steps = sorted(rng.choice(mids, size=min(k - 1, len(mids)), replace=False).tolist(),
-                   reverse=True) if k > 1 and mids else []
-    targets = [int(n) for n in steps] + [last]
+    # A method with a per-block cap (ToMe: half the tokens) may need more reductions to reach a
+    # small final count: allow more as draws for this schedule keep failing.
+    k_hi = min(depth, max_reductions + fails // 10)
+    targets = _reduction_path(rng, num_tokens, last, int(rng.integers(1, k_hi + 1)), below,
+                              max_remove)
+    if targets is None:
+      fails += 1
+      continue
     layers = sorted(rng.choice(depth, size=len(targets), replace=False).tolist())
     counts, cur = [num_tokens], num_tokens
     for l in range(depth):
       if layers and l == layers[0]:
         layers.pop(0)
-        nxt = targets.pop(0)
-        if max_remove is not None and cur - nxt > max_remove(cur):
-          break
-        cur = nxt
+        cur = targets.pop(0)
       counts.append(cur)
-    if len(counts) != depth + 1:
-      continue
     t = tuple(counts)
-    if t not in seen:
-      seen.add(t)
-      out.append(t)
+    if t in seen:
+      fails += 1
+      continue
+    seen.add(t)
+    out.append(t)
+    fails = 0
   if len(out) < num:
     raise ValueError(f"could only draw {len(out)} of {num} distinct schedules on this grid")
   return out
+
+
+def _reduction_path(rng, start: int, last: int, k: int, below: Sequence[int],
+                    max_remove: Optional[Callable[[int], int]]) -> Optional[List[int]]:
+  """`k` strictly decreasing grid counts from `start` ending at `last`, each step within
+  `max_remove(n_in)`, drawn at random; None when this draw cannot reach `last`."""
+  targets, cur = [], start
+  for j in range(k, 0, -1):
+    cand = [last] if j == 1 else [n for n in below if last < n < cur]
+    cand = [n for n in cand if max_remove is None or cur - n <= max_remove(cur)]
+    if not cand:
+      return None
+    cur = int(rng.choice(cand))
+    targets.append(cur)
+  return targets
 
 
 def method_limit(cfg, method: str) -> Callable[[int], int]:

@@ -1,0 +1,112 @@
+"""SIGKILL in the middle of each CLI's write: the previous good output survives whole and the
+next run succeeds (the CLIs write through `vitprune.atomic`, whose phases the hook names)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from experiments import common
+from experiments import solve as solve_cli
+from tests.conftest import solution_file
+from tests.test_solve import CFG as SOLVE_CFG, N, _acc, _block_profile, _estimate
+from vitprune import atomic, deploy
+from vitprune.checkpoint import save_weights
+from vitprune.model import init_params
+from vitprune.records.solution import read_solution
+from vitprune.registry import get_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = get_config("test_tiny_vit")
+
+
+def _kill_cli_at(phase, module, *args):
+  """Runs `python -m module args` with a hook that SIGKILLs the process at `phase`."""
+  script = textwrap.dedent(f"""
+      import os, runpy, signal, sys
+      from vitprune import atomic
+      def hook(name):
+        if name == {phase!r}:
+          os.kill(os.getpid(), signal.SIGKILL)
+      atomic.fault_hook = hook
+      sys.argv = [{module!r}, *{list(args)!r}]
+      runpy.run_module({module!r}, run_name="__main__")
+  """)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == -signal.SIGKILL, (phase, proc.returncode, proc.stderr[-2000:])
+
+
+def _snapshot(path):
+  out = {}
+  for root, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(root, name)
+      with open(full, "rb") as f:
+        out[os.path.relpath(full, path)] = f.read()
+  return out
+
+
+@pytest.mark.parametrize("phase", ["staged", "moved_aside"])
+def test_deploy_killed_keeps_the_previous_artifact(tmp_path, phase):
+  params = init_params(TINY, 0)
+  weights = save_weights(str(tmp_path / "w"), TINY, params)
+  out = str(tmp_path / "art")
+  deploy.export_artifact(out, TINY, params, verify=False)          # the previous good artifact
+  before = _snapshot(out)
+  _kill_cli_at(phase, "experiments.deploy", f"--weights={weights}", "--method=pomt",
+               "--schedule=keep@1:9", f"--out={out}", "--overwrite", "--noverify")
+  atomic.cleanup_stale(out)                    # what the next writer of `out` does first
+  assert _snapshot(out) == before                                  # untouched, still loads
+  assert deploy.load(out).manifest.schedule_text == "full"
+  deploy.export_artifact(out, TINY, params, verify=False, overwrite=True)  # the next run
+  assert sorted(os.listdir(tmp_path)) == ["art", "w"]              # temporaries cleaned
+
+
+def test_solve_killed_keeps_the_previous_solution(tmp_path):
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3], list(range(4, N)), _acc)
+  out = tmp_path / "solve"
+  previous = solution_file(str(tmp_path / "keep.json"), SOLVE_CFG, [N] * 7)
+  out.mkdir()
+  stem = out / "solve_test_vit_multi_b8.json"
+  os.replace(previous, stem)
+  before = stem.read_bytes()
+  _kill_cli_at("file_written", "experiments.solve", f"--profile={ps}", f"--estimate={es}",
+               "--mode=multi", f"--out_dir={out}")
+  assert stem.read_bytes() == before and read_solution(str(stem)).chosen.counts == (N,) * 7
+  sol, _ = solve_cli.main(common.parse(solve_cli.define_flags, [     # the next run
+      f"--profile={ps}", f"--estimate={es}", "--mode=multi", f"--out_dir={out}"]))
+  assert read_solution(str(stem)) == sol
+  assert not [n for n in os.listdir(out) if n.startswith(".")]     # and it cleaned up
+
+
+def test_estimate_killed_keeps_the_previous_estimate(tmp_path):
+  es = _estimate(tmp_path, [None], [5, 9, 17], lambda l, n: 0.5, cfg=TINY, batch=4,
+                 name="e.json")
+  before = open(es, "rb").read()
+  _kill_cli_at("file_written", "experiments.estimate", "--model=test_tiny_vit",
+               "--data=digits", "--num_images=20", "--tokens=9,17", "--method=random",
+               f"--out_dir={tmp_path}", "--out_name=e.json", "--overwrite")
+  assert open(es, "rb").read() == before
+  assert json.loads(before)["format"] == "vitprune-estimate"
+
+
+def test_main_job_killed_keeps_the_previous_outputs(tmp_path):
+  out = tmp_path / "pipeline"
+  args = [f"--out_dir={out}", "--min_run_time=0.005", "--max_retries=0", "--noprogress",
+          "--tokens=65,33", "--num_images=20"]
+  proc = subprocess.run([sys.executable, "-m", "experiments.profile", *args], cwd=ROOT,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  before = _snapshot(out)
+  assert "summary.json" in before
+  _kill_cli_at("moved_aside", "experiments.profile", *args)
+  atomic.cleanup_stale(str(out))                                   # what the next run does first
+  assert _snapshot(out) == before                                  # the previous run, whole
+  assert sorted(os.listdir(tmp_path)) == ["pipeline"]

@@ -1,0 +1,69 @@
+"""experiments.solve with --weights: the multi-layer choice checked in the loop (measured accuracy
+on the estimate's data, measured latency of compiled graphs), and refusal of other weights/data."""
+import dataclasses
+
+import pytest
+
+from experiments import common
+from experiments import solve as solve_cli
+from tests.test_solve import _point, _profile
+from vitprune import estimate as estimate_lib
+from vitprune.checkpoint import save_weights
+from vitprune.model import init_params
+from vitprune.records.estimate import write_estimate
+from vitprune.reduce import make_reducer
+from vitprune.registry import get_config
+
+TINY = get_config("test_tiny_vit")     # 17 tokens, depth 2, 10 classes, 32x32 (digits fit)
+TOKENS = [5, 9, 13]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("loop")
+  params = init_params(TINY, 0)
+  weights = save_weights(str(root / "w"), TINY, params)
+  data = estimate_lib.load_eval_data("digits", num_images=20, seed=0)
+  points = estimate_lib.sensitivity_points(TINY, TOKENS, [0, 1], make_reducer("pomt"))
+  result = estimate_lib.evaluate(TINY, params, data.batches(TINY, 20), points, labelled=True)
+  est = estimate_lib.estimate_record(cfg=TINY, params=params, weights_source=weights,
+                                     data_info=data.info, method="pomt", method_kwargs={},
+                                     seed=0, points=points, result=result, labelled=True)
+  es = write_estimate(str(root / "e.json"), est)
+  pts = [_point("embed", 17, 1e-4, batch=1)] + [_point("head", n, 1e-5, batch=1)
+                                               for n in TOKENS + [17]]
+  pts += [_point("block", n, 1e-5 * n, batch=1) for n in TOKENS + [17]]
+  prof = dataclasses.replace(_profile(pts, cfg=TINY, modes=("block",)))
+  from vitprune.profile import records  # pylint: disable=g-import-not-at-top
+  records.save(prof, str(root), stem="p")
+  return root, weights, es, str(root / "p.json")
+
+
+def _run(root, es, ps, *extra):
+  fv = common.parse(solve_cli.define_flags, [
+      f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.0",
+      f"--out_dir={root / 'out'}", "--min_run_time=0.005", "--allow_batch_mismatch", *extra])
+  return solve_cli.main(fv)
+
+
+def test_choice_rests_on_measurements(inputs):
+  root, weights, es, ps = inputs
+  sol, paths = _run(root, es, ps, f"--weights={weights}", "--num_images=20")
+  assert sol.basis == "measured" and sol.settings["latency_basis"] == "measured"
+  assert sol.chosen.measured_accuracy is not None and sol.chosen.measured_latency_s > 0
+  timed = [c for c in sol.checked if c.measured_latency_s is not None]
+  assert sol.chosen in timed
+  assert sol.chosen.measured_latency_s == min(c.measured_latency_s for c in timed
+                                              if c.measured_accuracy >= 0.0)
+
+
+def test_other_weights_or_data_are_refused(inputs):
+  root, weights, es, ps = inputs
+  other = save_weights(str(root / "w2"), TINY, init_params(TINY, 1))
+  with pytest.raises(ValueError, match="are not the weights estimate .* measured"):
+    _run(root, es, ps, f"--weights={other}", "--num_images=20")
+  with pytest.raises(ValueError, match="is not the data estimate .* measured"):
+    _run(root, es, ps, f"--weights={weights}", "--num_images=30")
+  with pytest.raises(ValueError, match="pass --mode=multi and --accuracy_floor"):
+    solve_cli.main(common.parse(solve_cli.define_flags, [
+        f"--profile={ps}", f"--estimate={es}", f"--weights={weights}"]))
