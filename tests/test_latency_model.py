@@ -230,3 +230,15 @@ def test_check_in_loop_without_floor_is_refused():
   sol = dataclasses.replace(_solution([c], c), settings={"accuracy_floor": None})
   with pytest.raises(ValueError, match="accuracy floor"):
     solve_stage.check_in_loop(sol, None, None, lambda c: [], lambda c: [])
+
+
+def test_calibration_schedules_of_a_capped_method_reach_the_smallest_count():
+  """ToMe removes at most half the tokens per block: reaching the grid's smallest count takes
+  more reductions than the default; every drawn schedule stays within the cap."""
+  cfg = get_config("vit_digits")
+  cap = lm_lib.method_limit(cfg, "tome")
+  grid = list(range(cfg.num_tokens, 4, -4))
+  scheds = lm_lib.sample_schedules(cfg.num_tokens, cfg.depth, grid, 10, seed=0, max_remove=cap)
+  assert len(set(scheds)) == 10 and min(s[-1] for s in scheds) == min(grid)
+  for s in scheds:
+    assert all(a - b <= cap(a) for a, b in zip(s, s[1:])), s
