@@ -1,13 +1,13 @@
 """Content digests that tie files together: weights, checkpoints, profiles and estimates.
 
-Light on purpose (hashlib, numpy, jax.tree_util): deployment uses it without the model code.
+Light on purpose (hashlib, numpy; jax only to flatten parameter trees): deployment uses it
+without the model code, and the board runner (`vitprune.edge`, no jax) for file digests.
 """
 from __future__ import annotations
 
 import hashlib
 from typing import Any
 
-import jax
 import numpy as np
 
 
@@ -19,6 +19,7 @@ def params_sha256(params: Any) -> str:
   checkpoint is laid out, or on the host's byte order. The estimate files and the deployment
   manifest record this same digest, so one weights tree has one identity everywhere.
   """
+  import jax  # pylint: disable=g-import-not-at-top  (lazy: boards running vitprune.edge have no jax)
   h = hashlib.sha256()
   leaves = jax.tree.flatten_with_path(params)[0]
   for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):

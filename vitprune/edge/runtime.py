@@ -20,13 +20,13 @@ module for a device this host lacks, raises `EdgeError` with a one-line message.
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from vitprune import jsonio
+from vitprune.digest import file_sha256
 from vitprune.config import Preprocessing
 from vitprune.edge.targets import EdgeError, check_runnable, parse_target
 
@@ -35,14 +35,6 @@ RECORD_VERSION = 1
 EDGE_DIR = "iree"
 WEIGHTS_FILE = "iree/weights.bin"
 ALIGN = 64
-
-
-def sha256_file(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def read_json(path: str, what: str) -> Dict[str, Any]:
@@ -63,7 +55,7 @@ def checked_file(root: str, entry: Dict[str, Any], what: str) -> str:
   path = os.path.join(root, *rel.split("/"))
   if not os.path.isfile(path):
     raise EdgeError(f"{what}: {rel} is missing from {root} (incomplete copy?)")
-  got = sha256_file(path)
+  got = file_sha256(path)
   if got != entry.get("sha256"):
     raise EdgeError(f"{what}: {rel} has sha256 {got[:16]}..., the record says "
                     f"{str(entry.get('sha256'))[:16]}... (file corrupted or replaced)")

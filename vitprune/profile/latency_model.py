@@ -254,10 +254,6 @@ def features(lm: LatencyModel, counts: Counts) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Fitting.
 
-def _identity(profile: records.Profile) -> Tuple:
-  return (profile.model, profile.config, profile.device_kind, profile.platform, profile.dtype)
-
-
 def check_compatible(curve: records.Profile, calibration: records.Profile, batch_size: int
                      ) -> None:
   """CalibrationError (one line) unless both profiles are of the same model config, device,
