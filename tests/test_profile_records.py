@@ -97,8 +97,9 @@ def test_merge_later_wins_and_batches_union():
 
 @pytest.mark.parametrize("kw, match", [
     (dict(dtype="bfloat16"), "different dtype"),
-    (dict(device="NVIDIA H100"), "different device_kind"),
-    (dict(cfg=get_config("test_tiny_distilled")), "different model config"),
+    (dict(device="NVIDIA H100"), "different device: "),
+    (dict(cfg=get_config("test_tiny_distilled")),
+     "different model: 'test_tiny_vit' vs 'test_tiny_distilled'"),
 ])
 def test_merge_mismatch_errors(kw, match):
   with pytest.raises(ValueError, match=match):

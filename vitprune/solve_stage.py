@@ -275,16 +275,12 @@ def check_latency_model(lm: LatencyModel, profile: records.Profile, cfg: ViTConf
                         batch: int) -> None:
   """SolveInputError (one line) unless `lm` was calibrated for this model, device, platform,
   dtype and batch size."""
-  for what, a, b in (("model", lm.model, cfg.name),
-                     ("model config", lm.config, profile.config),
-                     ("device", lm.device_kind, profile.device_kind),
-                     ("platform", lm.platform, profile.platform),
-                     ("dtype", lm.dtype, profile.dtype),
-                     ("batch size", lm.batch_size, batch)):
-    if a != b:
-      shown = (lm.model, profile.model) if what == "model config" else (a, b)
-      raise SolveInputError(f"the latency model was calibrated for {what} {shown[0]!r}, the "
-                            f"profile {profile.source} is for {shown[1]!r}")
+  diff = records.setup_mismatch(lm, profile)
+  if diff is None and lm.batch_size != batch:
+    diff = ("batch size", lm.batch_size, batch)
+  if diff:
+    raise SolveInputError(f"the latency model was calibrated for {diff[0]} {diff[1]!r}, the "
+                          f"profile {profile.source} is for {diff[2]!r}")
 
 
 def model_multilayer_inputs(lm: LatencyModel, profile: records.Profile, estimate: Estimate,

@@ -258,15 +258,10 @@ def check_compatible(curve: records.Profile, calibration: records.Profile, batch
                      ) -> None:
   """CalibrationError (one line) unless both profiles are of the same model config, device,
   platform and dtype and both hold points at `batch_size`."""
-  for what, a, b in (("model", curve.model, calibration.model),
-                     ("model config", curve.config, calibration.config),
-                     ("device", curve.device_kind, calibration.device_kind),
-                     ("platform", curve.platform, calibration.platform),
-                     ("dtype", curve.dtype, calibration.dtype)):
-    if a != b:
-      shown = (curve.model, calibration.model) if what == "model config" else (a, b)
-      raise CalibrationError(f"calibration data {calibration.source} is for {what} "
-                             f"{shown[1]!r} but the curve {curve.source} is for {shown[0]!r}")
+  diff = records.setup_mismatch(curve, calibration)
+  if diff:
+    raise CalibrationError(f"calibration data {calibration.source} is for {diff[0]} "
+                           f"{diff[2]!r} but the curve {curve.source} is for {diff[1]!r}")
   for prof, kind in ((curve, "model"), (calibration, "schedule")):
     have = sorted({p.batch_size for p in prof.points if p.component == kind})
     if batch_size not in have:

@@ -410,20 +410,32 @@ def load(path: str) -> Profile:
   return from_json(jsonio.read_json(path, "profile"), source=path)
 
 
+# The fields that make two measurements comparable, with the words a message uses for each.
+SETUP_FIELDS = (("model", "model"), ("config", "model config"), ("device_kind", "device"),
+                ("platform", "platform"), ("dtype", "dtype"))
+
+
+def setup_mismatch(a: Any, b: Any) -> Optional[Tuple[str, Any, Any]]:
+  """The first of model, model config, device, platform and dtype in which two measurement
+  setups differ (anything with those attributes: `Profile`, `LatencyModel`), as (what, a's
+  value, b's value), a config shown by its model name; None when they agree."""
+  for field, what in SETUP_FIELDS:
+    va, vb = getattr(a, field), getattr(b, field)
+    if va != vb:
+      return (what, a.model, b.model) if field == "config" else (what, va, vb)
+  return None
+
+
 def merge(profiles: Sequence[Profile]) -> Profile:
   """One profile with every point of `profiles` (same model config, dtype, device kind and
   platform, else ValueError); later profiles (by `created`) win on duplicate points."""
   if not profiles:
     raise ValueError("merge needs at least one profile")
-  ref = profiles[0]
   for p in profiles[1:]:
-    for field in ("config", "dtype", "device_kind", "platform"):
-      a, b = getattr(ref, field), getattr(p, field)
-      if a != b:
-        what = "model config" if field == "config" else field
-        shown = (ref.model, p.model) if field == "config" else (a, b)
-        raise ValueError(f"cannot merge profiles with different {what}: {shown[0]!r} vs "
-                         f"{shown[1]!r}")
+    diff = setup_mismatch(profiles[0], p)
+    if diff:
+      raise ValueError(f"cannot merge profiles with different {diff[0]}: {diff[1]!r} vs "
+                       f"{diff[2]!r}")
   ordered = sorted(profiles, key=lambda p: p.created)
   points: Dict[Tuple, Point] = {}
   for p in ordered:
