@@ -1,6 +1,7 @@
 """Tests for vitprune.solve (paper utility argmax, the exact Pareto DP, errors) and
 vitprune.solve_stage + the experiments.solve CLI on synthetic profile/estimate files."""
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -18,7 +19,8 @@ from vitprune.records.estimate import Estimate, read_estimate, write_estimate
 from vitprune.records.solution import read_solution, write_solution
 from vitprune.profile import predict as profile_predict
 from vitprune.profile import records
-from vitprune.schedule import Schedule
+from vitprune.reduce.methods import make_reducer
+from vitprune.schedule import Schedule, check_schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 16 px images in 4 px patches: 16 patches + cls = 17 tokens; depth 6 so that block 3 exists.
@@ -127,8 +129,14 @@ def _synthetic(depth, k, seed, layers=None):
               num_tokens=40, layers=layers)
 
 
-def _brute_force(p, accuracy_model, monotone):
-  """All non-increasing schedules on the grid, costs computed from the formulas directly."""
+def _half_cap(ns):
+  """ToMe-like per-block cap (prefix 1): at most half of the non-prefix tokens."""
+  return (np.asarray(ns) - 1) // 2
+
+
+def _brute_force(p, accuracy_model, monotone, max_remove=None):
+  """All non-increasing schedules on the grid (each block removing at most max_remove [K] from
+  its count), costs computed from the formulas directly."""
   ns, depth = p["ns"], p["depth"]
   pos = {int(n): i for i, n in enumerate(ns)}
   d = np.zeros((depth, ns.size))
@@ -146,6 +154,9 @@ def _brute_force(p, accuracy_model, monotone):
     if any(c[l + 1] > c[l] for l in range(depth)):
       continue
     if any(c[l + 1] < c[l] and l not in p["layers"] for l in range(depth)):
+      continue
+    if max_remove is not None and any(c[l] - c[l + 1] > max_remove[pos[c[l]]]
+                                      for l in range(depth)):
       continue
     lat = p["embed_latency"] + p["head_latency"][pos[c[-1]]]
     drop = 0.0
@@ -169,14 +180,16 @@ def _model(p, **kw):
 CASES = [(3, 4, 0, None), (3, 6, 1, None), (4, 5, 2, None), (4, 4, 3, (1, 3)), (4, 6, 4, None)]
 
 
+@pytest.mark.parametrize("capped", [False, True])
 @pytest.mark.parametrize("accuracy_model", ["incremental", "additive"])
 @pytest.mark.parametrize("monotone", [True, False])
 @pytest.mark.parametrize("depth,k,seed,layers", CASES)
-def test_dp_matches_brute_force(depth, k, seed, layers, accuracy_model, monotone):
+def test_dp_matches_brute_force(depth, k, seed, layers, accuracy_model, monotone, capped):
   p = _synthetic(depth, k, seed, layers)
-  model = _model(p, accuracy_model=accuracy_model, monotone=monotone)
+  cap = _half_cap(p["ns"]) if capped else None
+  model = _model(p, accuracy_model=accuracy_model, monotone=monotone, max_remove=cap)
   frontier = solve.pareto_frontier(model)
-  brute = _brute_force(p, accuracy_model, monotone)
+  brute = _brute_force(p, accuracy_model, monotone, cap)
   lats = np.array([b[1] for b in brute])
   accs = np.array([b[2] for b in brute])
   f_lat = np.array([f.latency for f in frontier])
@@ -342,6 +355,37 @@ def test_multilayer_errors():
   assert all(f.counts[1] == 6 for f in solve.pareto_frontier(model))
 
 
+def test_capped_dp_never_removes_more_than_the_method_may():
+  # ToMe's 50 % cap on a realistic grid: the frontier reaches small counts only over several
+  # blocks, every plan passes the per-block limit, and predict_schedule refuses a plan that
+  # breaks it.
+  ns = np.arange(2, 66)
+  block = 1e-4 * (1 + np.ceil(ns / 8))
+  sens = np.stack([0.95 - 0.3 * (1 - ns / 65) ** 2 for _ in range(6)])
+  cap = _half_cap(ns)
+  sol = solve.solve_multilayer(ns, block, sens, 0.95, depth=6, num_tokens=65, max_remove=cap)
+  for plan in sol.frontier:
+    c = plan.counts
+    assert all(c[l] - c[l + 1] <= (c[l] - 1) // 2 for l in range(6)), c
+  # The fastest plan is the fastest schedule that respects the cap (direct recursion).
+  lat = dict(zip(ns.tolist(), block.tolist()))
+
+  @functools.lru_cache(maxsize=None)
+  def fastest(layer, n):      # seconds of blocks layer.. when block `layer` sees n tokens
+    if layer == 6:
+      return 0.0
+    return lat[n] + min(fastest(layer + 1, m) for m in range(max(2, n - (n - 1) // 2), n + 1))
+
+  assert sol.frontier[0].latency == pytest.approx(fastest(0, 65))
+  uncapped = solve.solve_multilayer(ns, block, sens, 0.95, depth=6, num_tokens=65)
+  assert uncapped.frontier[0].latency < sol.frontier[0].latency   # the cap binds here
+  with pytest.raises(ValueError, match=r"block 0 removes 55 tokens from 65; the method removes "
+                                       r"at most 32 in one block"):
+    solve.predict_schedule(sol.model, (65,) + (10,) * 6)
+  with pytest.raises(ValueError, match="max_remove must be integers >= 0"):
+    solve.make_cost_model(ns, block, sens, 0.95, depth=6, num_tokens=65, max_remove=-cap)
+
+
 def test_dp_is_fast_on_realistic_sizes():
   # Depth 12, 197 counts, noisy step-like block latency: the exact DP finishes quickly and its
   # frontier runs from the fastest possible latency to the full schedule.
@@ -386,7 +430,7 @@ def _step_latency(n):
 
 
 def _estimate(tmp_path, layers, tokens, value, *, cfg=CFG, batch=8, name="e.json",
-              labelled=True, full=0.9):
+              labelled=True, full=0.9, method=None):
   def counts(l, n):
     if l is None:
       return [n] * (cfg.depth + 1)
@@ -402,7 +446,7 @@ def _estimate(tmp_path, layers, tokens, value, *, cfg=CFG, batch=8, name="e.json
       "weights": {"source": "init_params(seed=0)", "sha256": "0" * 64},
       "data": {"kind": "synthetic", "source": "test", "num_examples": 20, "classes": 10,
                "labelled": labelled, "fingerprint": "f" * 16, "selection": {}},
-      "method": {"name": "random" if layers == [None] else "pomt", "kwargs": {}},
+      "method": {"name": method or ("random" if layers == [None] else "pomt"), "kwargs": {}},
       "seed": 0, "layers": layers, "tokens": tokens,
       "eval": {"batch_size": batch, "dtype": "float32", "precision": "highest",
                "num_devices": 1},
@@ -487,6 +531,26 @@ def _block_profile(tmp_path, name="b.json", batch=8, noise=0.0):
   pts += [_point("block", n, _step_latency(n) / 6 + 1e-6 * n, batch, iqr=noise)
           for n in range(2, N + 1)]
   return _save_profile(tmp_path, pts, name=name, modes=("block",))
+
+
+def test_multilayer_respects_the_methods_per_block_limit(tmp_path):
+  # ToMe merges at most half of the non-prefix tokens in one block: every plan of its frontier
+  # passes check_schedule with the ToMe reducer (was: the DP ignored the cap and the chosen plan
+  # was refused at deploy). The same tables for POMT (no such cap) do break it somewhere.
+  ps = _block_profile(tmp_path)
+  tome_est = _estimate(tmp_path, list(range(6)), list(range(2, N)), _acc, method="tome",
+                       name="tome.json")
+  pomt_est = _estimate(tmp_path, list(range(6)), list(range(2, N)), _acc, name="pomt.json")
+  tome = make_reducer("tome")
+  sol = _multi(ps, tome_est)
+  for p in sol.frontier:
+    check_schedule(CFG, Schedule(p.counts), tome)
+  assert sol.frontier[0].counts[-1] < N // 2          # it still prunes deep, over several blocks
+
+  def breaks_cap(counts):
+    return any(a - b > tome.max_remove(a, 1) for a, b in zip(counts, counts[1:]))
+
+  assert any(breaks_cap(p.counts) for p in _multi(ps, pomt_est).frontier)
 
 
 def test_multilayer_files_subtract_the_measured_call_overhead(tmp_path):

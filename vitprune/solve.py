@@ -56,11 +56,18 @@ labels keep the schedule with more tokens in total (the later reduction).
 Step bottoms: a grid count n is at a step bottom when B(n) is lower than B(n') at the next larger
 grid count n' by more than the noise of that pair; `step_bottoms_only=True` restricts the
 per-layer choices to step bottoms plus the full count N.
+
+Per-block removal limits: a method may cap how many tokens one block removes (ToMe merges at most
+half of the non-prefix tokens, `TokenReducer.max_remove`). `max_remove` [K] gives that cap for
+each source count; block l may then go from n_in to n_out only when n_in - n_out <= max_remove(n_in).
+The sources allowed for a target n_out are then a window of the grid, not a suffix; the DP
+answers each window from a sparse table of Pareto sets (union of two overlapping power-of-two
+ranges; taking the Pareto set of a union is associative and idempotent), so it stays exact.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -259,7 +266,8 @@ class CostModel:
 
   ns: [K]; block: [K] B(n); reduce: [K] R(n_in); head: [K] head(n_final); embed: scalar;
   drop: [depth, K] per-layer single-reduction drop D[l, n] (D[l, N] = 0, layers that may not
-  reduce are marked in `can_reduce` [depth]); full_accuracy: A_full.
+  reduce are marked in `can_reduce` [depth]); full_accuracy: A_full; min_keep: [K] the fewest
+  tokens one block may leave from ns[i] (ns[i] - max_remove(ns[i]); 0: no limit).
   """
   ns: np.ndarray
   block: np.ndarray
@@ -270,6 +278,7 @@ class CostModel:
   can_reduce: np.ndarray
   full_accuracy: float
   accuracy_model: str
+  min_keep: Optional[np.ndarray] = None
 
   @property
   def depth(self) -> int:
@@ -285,12 +294,14 @@ def make_cost_model(ns: ArrayLike, block_latency: ArrayLike, sensitivity: ArrayL
                     layers: Optional[Sequence[int]] = None, embed_latency: float = 0.0,
                     head_latency: Union[float, ArrayLike] = 0.0,
                     reduce_latency: Optional[ArrayLike] = None,
-                    accuracy_model: str = "incremental", monotone: bool = True) -> CostModel:
+                    accuracy_model: str = "incremental", monotone: bool = True,
+                    max_remove: Optional[ArrayLike] = None) -> CostModel:
   """Builds the `CostModel` from arrays aligned with the grid `ns` [K].
 
   block_latency, reduce_latency: [K]; head_latency: scalar or [K]; sensitivity: [len(layers), K]
   accuracy S[l, n] when only block layers[r] reduces from all tokens to n (default
   layers = 0..depth-1; blocks not listed never reduce). The grid must contain num_tokens.
+  max_remove: [K] the most tokens one block may remove from ns[i] (None: no limit).
   """
   if accuracy_model not in ACCURACY_MODELS:
     raise ValueError(f"unknown accuracy_model {accuracy_model!r}; use one of {ACCURACY_MODELS}")
@@ -324,8 +335,16 @@ def make_cost_model(ns: ArrayLike, block_latency: ArrayLike, sensitivity: ArrayL
     raise ValueError(f"sensitivity must have shape [len(layers)={len(layers)}, K={k}], got "
                      f"{sens.shape}")
   sens = _finite("sensitivity", sens, 2, k)
+  min_keep = None
+  if max_remove is not None:
+    cap = _finite("max_remove", max_remove, 1, k)
+    if np.any(cap < 0) or np.any(cap != np.round(cap)):
+      raise ValueError(f"max_remove must be integers >= 0, got {cap.tolist()}")
+    min_keep = (g - cap.astype(np.int64))
   order = np.argsort(g)
   g, block, red, head, sens = g[order], block[order], red[order], head[order], sens[:, order]
+  if min_keep is not None:
+    min_keep = min_keep[order]
   d_rows = a_full - sens
   d_rows[:, -1] = 0.0                      # reducing to N tokens is no reduction
   if monotone:
@@ -336,7 +355,8 @@ def make_cost_model(ns: ArrayLike, block_latency: ArrayLike, sensitivity: ArrayL
   drop[list(layers)] = d_rows
   can_reduce[list(layers)] = True
   return CostModel(ns=g, block=block, reduce=red, head=head, embed=embed, drop=drop,
-                   can_reduce=can_reduce, full_accuracy=a_full, accuracy_model=accuracy_model)
+                   can_reduce=can_reduce, full_accuracy=a_full, accuracy_model=accuracy_model,
+                   min_keep=min_keep)
 
 
 def _check_counts(model: CostModel, counts: Sequence[int]) -> np.ndarray:
@@ -355,6 +375,9 @@ def _check_counts(model: CostModel, counts: Sequence[int]) -> np.ndarray:
       raise ValueError(f"schedule counts must never increase: block {l} {c[l]} -> {c[l + 1]}")
     if c[l + 1] < c[l] and not model.can_reduce[l]:
       raise ValueError(f"block {l} reduces but has no sensitivity estimate")
+    if model.min_keep is not None and c[l + 1] < model.min_keep[pos[c[l]]]:
+      raise ValueError(f"block {l} removes {c[l] - c[l + 1]} tokens from {c[l]}; the method "
+                       f"removes at most {c[l] - int(model.min_keep[pos[c[l]]])} in one block")
   return np.asarray([pos[v] for v in c])
 
 
@@ -452,21 +475,86 @@ def _layer(model: CostModel, layer: int, prev: Sequence[Optional[_Labels]]):
     return out
   # Reducing i -> j < i: latency block[i] + reduce[i] and drop base[i] + d[j] (incremental:
   # base = -d[i]; additive: base = 0) split into a source part and a target shift d[j], so the
-  # candidates of target j are the Pareto set of all sources i > j (built as a suffix) shifted.
+  # candidates of target j are the Pareto set of the allowed sources i > j, shifted. Without a
+  # removal limit the allowed sources are all i > j (a suffix, built incrementally); with one,
+  # those with min_keep[i] <= ns[j] (`_windows`).
   d = model.drop[layer]
   base = -d if model.accuracy_model == "incremental" else np.zeros(k)
-  suffix: Optional[_Labels] = None
-  for j in range(k - 1, -1, -1):
-    if suffix is not None:
-      moved = _Labels(suffix.lat, suffix.drop + d[j], suffix.tok + model.ns[j], suffix.p_state,
-                      suffix.p_label)
-      out[j] = moved.pareto() if out[j] is None else _Labels.concat([out[j], moved]).pareto()
-    if prev[j] is not None:
-      p = prev[j]
-      src = _Labels(p.lat + model.block[j] + model.reduce[j], p.drop + base[j], p.tok,
-                    np.full(p.lat.size, j), np.arange(p.lat.size))
-      suffix = src.pareto() if suffix is None else _Labels.concat([suffix, src]).pareto()
+  src: list = [None] * k
+  for i in range(k):
+    if prev[i] is not None:
+      p = prev[i]
+      src[i] = _Labels(p.lat + model.block[i] + model.reduce[i], p.drop + base[i], p.tok,
+                       np.full(p.lat.size, i), np.arange(p.lat.size))
+  windows = _windows(model)
+  if windows is None:
+    sources = _suffix_pareto(src)
+  else:
+    table = _SparseTable(src)
+    sources = [table.query(lo, hi) if lo <= hi else None for lo, hi in windows]
+  for j in range(k):
+    s = sources[j]
+    if s is None:
+      continue
+    moved = _Labels(s.lat, s.drop + d[j], s.tok + model.ns[j], s.p_state, s.p_label)
+    out[j] = moved if out[j] is None else _Labels.concat([out[j], moved]).pareto()
   return out
+
+
+def _union(a: Optional[_Labels], b: Optional[_Labels]) -> Optional[_Labels]:
+  """Pareto set of the union of two label sets (None: empty)."""
+  if a is None:
+    return b
+  if b is None:
+    return a
+  return _Labels.concat([a, b]).pareto()
+
+
+def _suffix_pareto(src: Sequence[Optional[_Labels]]) -> list:
+  """[K] Pareto set of src[j + 1:], for every j (None when empty)."""
+  k = len(src)
+  out: list = [None] * k
+  acc: Optional[_Labels] = None
+  for j in range(k - 1, -1, -1):
+    out[j] = acc
+    if src[j] is not None:
+      acc = _union(acc, src[j].pareto())
+  return out
+
+
+def _windows(model: CostModel) -> Optional[List[Tuple[int, int]]]:
+  """[K] (lo, hi): grid indices of the sources i that may reduce to ns[j] in one block (lo > hi:
+  none); None when no limit binds (every i > j may). Needs min_keep non-decreasing in n (true
+  of a cap on a share of the tokens), so each window is contiguous."""
+  mk = model.min_keep
+  if mk is None or np.all(mk <= model.ns[0]):
+    return None
+  if np.any(np.diff(mk) < 0):
+    raise ValueError(f"max_remove must leave a non-decreasing minimum count, got min_keep "
+                     f"{mk.tolist()} on grid {model.ns.tolist()}")
+  k = model.ns.size
+  # hi(j): the last source whose min_keep <= ns[j].
+  hi = np.searchsorted(mk, model.ns, side="right") - 1
+  return [(j + 1, int(hi[j])) for j in range(k)]
+
+
+class _SparseTable:
+  """Pareto sets of every range src[a : a + 2^t]; any range [lo, hi] is the union of two."""
+
+  def __init__(self, src: Sequence[Optional[_Labels]]):
+    level = [None if s is None else s.pareto() for s in src]
+    self.levels = [level]
+    width = 1
+    while 2 * width <= len(src):
+      prev = self.levels[-1]
+      self.levels.append([_union(prev[a], prev[a + width])
+                          for a in range(len(src) - 2 * width + 1)])
+      width *= 2
+
+  def query(self, lo: int, hi: int) -> Optional[_Labels]:
+    t = (hi - lo + 1).bit_length() - 1
+    level = self.levels[t]
+    return _union(level[lo], level[hi - (1 << t) + 1])
 
 
 def pareto_frontier(model: CostModel) -> Tuple[Plan, ...]:
@@ -572,9 +660,10 @@ def solve_multilayer(ns: ArrayLike, block_latency: ArrayLike, sensitivity: Array
                      step_bottoms_only: bool = False, pair_noise: Optional[ArrayLike] = None,
                      accuracy_floor: Optional[float] = None,
                      latency_budget: Optional[float] = None,
-                     alpha: float = 0.5) -> MultiLayerSolution:
+                     alpha: float = 0.5,
+                     max_remove: Optional[ArrayLike] = None) -> MultiLayerSolution:
   """Multi-layer schedule: exact Pareto frontier + one chosen plan (see `make_cost_model`,
-  `choose`). With `step_bottoms_only`, the grid is first restricted to the step bottoms of the
+  `choose`; `max_remove` [K]: the method's per-block removal cap at each count). With `step_bottoms_only`, the grid is first restricted to the step bottoms of the
   block latency (`step_bottoms`, `pair_noise` [K - 1] on the ascending grid) plus num_tokens.
   """
   _check_alpha(alpha)
@@ -583,12 +672,15 @@ def solve_multilayer(ns: ArrayLike, block_latency: ArrayLike, sensitivity: Array
   model = make_cost_model(ns, block_latency, sensitivity, full_accuracy, depth=depth,
                           num_tokens=num_tokens, layers=layers, embed_latency=embed_latency,
                           head_latency=head_latency, reduce_latency=reduce_latency,
-                          accuracy_model=accuracy_model, monotone=monotone)
+                          accuracy_model=accuracy_model, monotone=monotone,
+                          max_remove=max_remove)
   if step_bottoms_only:
     mask = step_bottoms(model.ns, model.block, pair_noise)
     model = dataclasses.replace(model, ns=model.ns[mask], block=model.block[mask],
                                 reduce=model.reduce[mask], head=model.head[mask],
-                                drop=model.drop[:, mask])
+                                drop=model.drop[:, mask],
+                                min_keep=None if model.min_keep is None
+                                else model.min_keep[mask])
   frontier = pareto_frontier(model)
   full_counts = (model.num_tokens,) * (depth + 1)
   full = Plan(full_counts, *predict_schedule(model, full_counts))

@@ -354,6 +354,16 @@ def multilayer_inputs(profile: records.Profile, estimate: Estimate, cfg: ViTConf
                      sensitivity=sens, full_accuracy=full_acc, pair_noise=noise)
 
 
+def method_caps(cfg: ViTConfig, method: str, ns: np.ndarray) -> Optional[np.ndarray]:
+  """[K] the most tokens `method` may remove in one block from each count of ns
+  (`TokenReducer.max_remove`; None for a method vitprune does not know)."""
+  try:
+    limit = latency_model_lib.method_limit(cfg, method)
+  except ValueError:
+    return None
+  return np.array([limit(int(n)) for n in ns], np.int64)
+
+
 def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
                      accuracy_floor: Optional[float] = None,
                      latency_budget: Optional[float] = None, alpha: float = 0.5,
@@ -390,7 +400,8 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
       num_tokens=cfg.num_tokens, layers=inp.layers, embed_latency=inp.embed,
       head_latency=inp.head, reduce_latency=inp.reduce, accuracy_model=accuracy_model,
       monotone=monotone, step_bottoms_only=step_bottoms_only, pair_noise=inp.pair_noise,
-      accuracy_floor=accuracy_floor, latency_budget=latency_budget, alpha=alpha)
+      accuracy_floor=accuracy_floor, latency_budget=latency_budget, alpha=alpha,
+      max_remove=method_caps(cfg, estimate.method, inp.ns))
 
   def cand(plan: solve.Plan, **extra) -> Candidate:
     return _candidate(cfg, plan.counts, plan.latency, plan.accuracy, **extra)
