@@ -1,4 +1,4 @@
-"""Smoke tests of experiments/train_digits.py and of the shipped weights/vit_digits checkpoint."""
+"""Tests of vitprune/train.py and of the shipped weights/vit_digits checkpoint."""
 import json
 import os
 
@@ -7,12 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import train_digits as td
 from vitprune import checkpoint
+from vitprune import model
+from vitprune import train as td
 from vitprune.data import digits_preprocessing, digits_split
-from vitprune.registry import get_config
-
-vit_digits = get_config("vit_digits")
 from vitprune.registry import get_config
 
 vit_digits = get_config("vit_digits")
@@ -49,7 +47,7 @@ def test_background_value_and_shift():
 
 
 def test_decay_mask():
-  mask = td.decay_mask(td.model.init_params(TINY))
+  mask = td.decay_mask(model.init_params(TINY))
   flat = {jax.tree_util.keystr(k): v for k, v in jax.tree.flatten_with_path(mask)[0]}
   decayed = sorted(k for k, v in flat.items() if v)
   assert decayed == sorted(
@@ -101,7 +99,7 @@ def test_train_steps_fit_a_batch_and_are_deterministic(one_batch):
   np.testing.assert_allclose(hist[0]["loss"], np.log(10), atol=0.05)  # near-uniform at init
   assert hist[-1]["loss"] < hist[0]["loss"] - 0.3
   assert hist[-1]["test_accuracy"] >= 0.3  # chance is 0.1
-  init = td.model.init_params(TINY, 3)
+  init = model.init_params(TINY, 3)
   assert not np.allclose(p1["head"]["kernel"], init["head"]["kernel"])
   _, h3 = td.train(TINY, tc, one_batch, None, max_steps=5, log=lambda s: None)
   assert [h["steps"] for h in h3] == [1, 2, 3, 4, 5]
