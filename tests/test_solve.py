@@ -795,3 +795,33 @@ def test_multilayer_floor_checked_on_measurements(tmp_path):
   from vitprune.records.solution import Solution, summary_lines
   assert Solution.from_json(doc) == sol
   assert any("rests on measured numbers" in line for line in summary_lines(sol))
+  # The measured multi-layer schedules correct the combination model (the evaluator's 0.03 is
+  # a larger drop than predicted: k > 1), and the summary says by how much.
+  corr = sol.settings["accuracy_correction"]
+  multi = [c for c in measured if sum(a > b for a, b in zip(c.counts, c.counts[1:])) > 1]
+  assert corr["num_schedules"] == len(multi) and corr["drop_scale"] > 1
+  assert corr["error_points_after"] < corr["error_points_before"] == pytest.approx(3.0)
+  assert any("measured multi-layer schedules: drops x" in line for line in summary_lines(sol))
+  full = sol.full.predicted_accuracy
+  for c in multi:
+    assert solve_stage.corrected_accuracy(sol, c) == pytest.approx(
+        full - corr["drop_scale"] * (full - c.predicted_accuracy))
+  assert solve_stage.corrected_accuracy(predicted, multi[0]) == multi[0].predicted_accuracy
+
+
+def _cand(counts, predicted, measured=None):
+  return solve_stage.Candidate(counts=tuple(counts), schedule="x", predicted_latency_s=1e-3,
+                               predicted_accuracy=predicted, measured_accuracy=measured)
+
+
+def test_fit_drop_scale_recovers_the_scale_and_ignores_single_reductions():
+  full = 0.9
+  multi = [_cand((17, 9, 5, 5), full - d, full - 1.5 * d) for d in (0.01, 0.02, 0.04)]
+  single = _cand((17, 9, 9, 9), 0.85, 0.5)          # one reduction: says nothing of combining
+  unmeasured = _cand((17, 13, 5, 5), 0.8)
+  corr = solve_stage.fit_drop_scale(full, multi + [single, unmeasured])
+  assert corr["drop_scale"] == pytest.approx(1.5) and corr["num_schedules"] == 3
+  assert corr["error_points_after"] == pytest.approx(0.0, abs=1e-9)
+  assert corr["error_points_before"] == pytest.approx(100 * 0.5 * np.mean([0.01, 0.02, 0.04]))
+  assert solve_stage.fit_drop_scale(full, [single, unmeasured]) is None
+  assert solve_stage.fit_drop_scale(full, [_cand((17, 9, 5, 5), full, full)]) is None

@@ -476,6 +476,40 @@ def _num_images(estimate: Optional[Estimate], num_images: Optional[int]) -> Opti
   return int(n) if n is not None else None
 
 
+def fit_drop_scale(full_accuracy: float, checked: Sequence[Candidate]
+                   ) -> Optional[Dict[str, Any]]:
+  """Corrects the combined accuracy model from measurements: the least-squares scale k of
+  measured drop ~= k * predicted drop (drops from `full_accuracy`) over the `checked` schedules
+  that reduce in more than one block and were measured (single reductions are reproduced
+  exactly by the model and say nothing about how reductions combine). k > 1: the combination
+  model is optimistic. None when no such schedule predicts a drop.
+
+  Returns {"drop_scale", "num_schedules", "error_points_before", "error_points_after"} (mean
+  |predicted - measured| in points over those schedules, in-sample)."""
+  pairs = [(full_accuracy - c.predicted_accuracy, full_accuracy - c.measured_accuracy)
+           for c in checked if c.measured_accuracy is not None and
+           sum(a > b for a, b in zip(c.counts, c.counts[1:])) > 1]
+  pred = np.array([p for p, _ in pairs])
+  meas = np.array([m for _, m in pairs])
+  if pred.size == 0 or not np.any(pred > 0):
+    return None
+  k = float(np.dot(pred, meas) / np.dot(pred, pred))
+  return {"drop_scale": k, "num_schedules": int(pred.size),
+          "error_points_before": float(100 * np.mean(np.abs(pred - meas))),
+          "error_points_after": float(100 * np.mean(np.abs(k * pred - meas)))}
+
+
+def corrected_accuracy(solution: Solution, candidate: Candidate) -> float:
+  """`candidate`'s predicted accuracy with the solution's measured drop correction
+  (`settings["accuracy_correction"]`, `fit_drop_scale`) applied; the raw prediction when the
+  solution has none. Still a prediction."""
+  corr = solution.settings.get("accuracy_correction")
+  if not corr or solution.full is None:
+    return candidate.predicted_accuracy
+  full = solution.full.predicted_accuracy
+  return full - corr["drop_scale"] * (full - candidate.predicted_accuracy)
+
+
 def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
                 evaluate: Evaluator, chunk: int = 6, num_images: Optional[int] = None
                 ) -> Solution:
@@ -519,11 +553,13 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
       best = ok[0]
       break
   straddles = [c.schedule for c in checked + [best] if floor_status(c, floor) == "straddles"]
+  settings = dict(solution.settings, singles_meeting_floor=len(singles), num_images=images,
+                  floor_straddles=sorted(set(straddles)))
+  correction = fit_drop_scale(full.predicted_accuracy, checked + [best])
+  if correction:
+    settings["accuracy_correction"] = correction
   return dataclasses.replace(solution, chosen=best, checked=tuple(checked), basis="measured",
-                             criterion="accuracy_floor_measured",
-                             settings=dict(solution.settings, singles_meeting_floor=len(singles),
-                                           num_images=images,
-                                           floor_straddles=sorted(set(straddles))))
+                             criterion="accuracy_floor_measured", settings=settings)
 
 
 def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.CostModel],
@@ -583,8 +619,11 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   best = min(timed, key=lambda p: (p.measured_latency_s, -sum(p.counts)))
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
   straddles = sorted({c.schedule for c in checked if floor_status(c, floor) == "straddles"})
-  return dataclasses.replace(
-      solution, chosen=best, checked=checked, basis="measured",
-      criterion="accuracy_floor_measured",
-      settings=dict(solution.settings, num_images=images, floor_straddles=straddles,
-                    timed_in_loop=len(timed), latency_basis="measured"))
+  settings = dict(solution.settings, num_images=images, floor_straddles=straddles,
+                  timed_in_loop=len(timed), latency_basis="measured")
+  correction = (fit_drop_scale(solution.full.predicted_accuracy, checked)
+                if solution.full is not None else None)
+  if correction:
+    settings["accuracy_correction"] = correction
+  return dataclasses.replace(solution, chosen=best, checked=checked, basis="measured",
+                             criterion="accuracy_floor_measured", settings=settings)

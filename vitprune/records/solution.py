@@ -36,6 +36,9 @@ Multi mode with an accuracy floor: the floor means the MEASURED metric meets it;
 settings["floor_straddles"] lists checked schedules whose interval contains the floor. With
 latency measured in the loop (`solve_stage.check_in_loop`) settings["latency_basis"] is
 "measured": the choice is the fastest measured compiled graph among those meeting the floor.
+settings["accuracy_correction"] (when measured multi-layer schedules exist): the least-squares
+scale of measured vs predicted accuracy drops (`solve_stage.fit_drop_scale`), k > 1 meaning the
+combination model is optimistic; `solve_stage.corrected_accuracy` applies it.
 """
 from __future__ import annotations
 
@@ -319,6 +322,12 @@ def summary_lines(sol: Solution) -> List[str]:
   if ch.measured_latency_s is not None:
     lines.append(f"measured latency of the chosen compiled graph: "
                  f"{1e3 * ch.measured_latency_s:.4g} ms")
+  corr = sol.settings.get("accuracy_correction")
+  if corr:
+    lines.append(f"combined accuracy model vs {corr['num_schedules']} measured multi-layer "
+                 f"schedules: drops x{corr['drop_scale']:.2f} (mean |error| "
+                 f"{corr['error_points_before']:.2f} -> {corr['error_points_after']:.2f} points "
+                 f"after correction)")
   if sol.settings.get("floor_straddles"):
     lines.append(f"interval straddles the floor {sol.settings.get('accuracy_floor')} for: "
                  + ", ".join(sol.settings["floor_straddles"]))
