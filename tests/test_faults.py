@@ -218,7 +218,8 @@ def test_profile_merge_keeps_earlier_points_and_refuses_mismatches(tmp_path):
   assert sorted(int(r.split(",")[6]) for r in csv_rows) == sorted(got)
   before = {k: open(p, "rb").read() for k, p in first.items()}
   other = _profile([17], 5e-3, cfg=get_config("test_tiny_distilled"))
-  with pytest.raises(ValueError, match="cannot merge into .*different model config"):
+  with pytest.raises(ValueError, match="cannot merge into .*different model: 'test_tiny_vit' vs "
+                                       "'test_tiny_distilled'"):
     records.save(other, str(tmp_path), stem=os.path.basename(first["json"])[:-5])
   assert {k: open(p, "rb").read() for k, p in first.items()} == before
   foreign = tmp_path / "foreign"
