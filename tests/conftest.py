@@ -1,4 +1,23 @@
-"""Shared test helpers."""
+"""Shared test helpers, and one persistent XLA compilation cache for the whole test session.
+
+Many tests compile the same graphs (vit_digits at the same schedules, in-process and in the CLI
+subprocesses they start); the cache compiles each distinct graph once per session. It lives in
+a fresh temporary directory (nothing carries over between runs) and is set through the
+environment before jax is imported, so subprocesses share it. Set VITPRUNE_TEST_XLA_CACHE=0 to
+run without it.
+"""
+import atexit
+import os
+import shutil
+import tempfile
+
+if os.environ.get("VITPRUNE_TEST_XLA_CACHE", "1") != "0" and \
+    "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="vitprune_test_xla_cache_")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
 
 def solution_file(path, cfg, counts, *, mode="paper", method="pomt", frontier=(),
