@@ -143,7 +143,9 @@ def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
   reducer = make_reducer(method)
   # The sensitivity grid (and so the DP's): every other curve count, to keep the run short.
   reduced = [n for n in (grid if quick else _grid(cfg, quick, step=8)) if n < cfg.num_tokens]
-  points = estimate_lib.sensitivity_points(cfg, reduced, list(range(cfg.depth)), reducer)
+  # --quick: sensitivity of two blocks only (the DP reduces in those), to keep the smoke run short.
+  layers = [1, 3] if quick else list(range(cfg.depth))
+  points = estimate_lib.sensitivity_points(cfg, reduced, layers, reducer)
   result = estimate_lib.evaluate(cfg, params, data.batches(cfg, 64), points,
                                  labelled=data.labelled, dtype="float32")
   est = estimate_lib.estimate_record(
