@@ -145,6 +145,15 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   assert f"chosen: multi-layer pomt schedule {s['schedule']}" in out
 
 
+def test_multi_grid_keeps_the_counts_one_block_can_reach():
+  from vitprune import pipeline
+  from vitprune.reduce.methods import make_reducer
+  cfg = get_config("vit_digits")
+  grid = (65, 49, 33, 32, 17)
+  assert pipeline.one_block_counts(cfg, grid, make_reducer("tome")) == [49, 33]
+  assert pipeline.one_block_counts(cfg, grid, make_reducer("pomt")) == [49, 33, 32, 17]
+
+
 def test_pipeline_errors(tmp_path):
   with pytest.raises(ERRORS, match="needs trained --weights for test_tiny_vit"):
     cli.main(_flags(f"--out_dir={tmp_path}", "--model=test_tiny_vit"))
@@ -165,7 +174,10 @@ def test_pipeline_checks_flags_and_out_dir_before_any_stage(tmp_path):
                       (["--method=nosuch"], "unknown token-reduction method 'nosuch'"),
                       (["--alpha=nan"], "--alpha=nan is not a finite number"),
                       (["--solver=multi", "--accuracy_floor=1.5"], r"accuracy_floor must be in"),
-                      (["--eval_batch_size=1000000000"], "--eval_batch_size=1000000000 cannot fit")):
+                      (["--eval_batch_size=1000000000"], "--eval_batch_size=1000000000 cannot fit"),
+                      (["--solver=multi", "--method=tome", "--tokens=65,17,9"],
+                       r"tome removes at most 32 of 65 tokens in one block: no token count of "
+                       r"the grid \(9..65\) below 65 is reachable; use counts >= 33")):
     with pytest.raises(ERRORS, match=match):
       cli.main(_flags(f"--out_dir={out}", *args))
   assert not out.exists()

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -106,6 +106,8 @@ class PipelineSpec:
     if bad:
       raise ValueError(f"tokens {bad} are outside [{cfg.num_prefix_tokens + 1}, "
                        f"{cfg.num_tokens}]")
+    if self.solver == "multi":
+      one_block_counts(cfg, self.grid(cfg), make_reducer(self.method))
 
   def grid(self, cfg: ViTConfig) -> Tuple[int, ...]:
     """Token counts to profile and estimate: `tokens`, else every count (paper) or every 4th
@@ -190,6 +192,19 @@ def _profile(cfg, params, spec, tokens, progress, log) -> records.Profile:
   return profile
 
 
+def one_block_counts(cfg, tokens: Sequence[int], reducer) -> List[int]:
+  """The counts of `tokens` below N that one block of `reducer` can reach from all N tokens
+  (the per-layer sensitivity grid; ToMe: at least about half); ValueError when none is."""
+  n_full = cfg.num_tokens
+  cap = reducer.max_remove(n_full, cfg.num_prefix_tokens)
+  reduced = [n for n in tokens if n < n_full and n_full - n <= cap]
+  if not reduced:
+    raise ValueError(f"{reducer.name} removes at most {cap} of {n_full} tokens in one block: "
+                     f"no token count of the grid ({min(tokens)}..{max(tokens)}) below {n_full} "
+                     f"is reachable; use counts >= {n_full - cap}")
+  return reduced
+
+
 def _estimate(cfg, params, spec, tokens, data, weights_source, log) -> Estimate:
   """Stage 2: A(n) with random drops after the embedding (paper) or the per-layer sensitivity
   of `spec.method` at every block (multi)."""
@@ -199,12 +214,16 @@ def _estimate(cfg, params, spec, tokens, data, weights_source, log) -> Estimate:
     method, kwargs = "random", {"seed": spec.seed}
     points = estimate_lib.token_points(cfg, tokens, make_reducer(method, **kwargs), layer=None)
   else:
-    log(f"[2/4] estimate: {spec.method} sensitivity at each of {cfg.depth} blocks x "
-        f"{len(tokens) - 1} token counts, {len(data.indices)} images of {spec.data}")
     method, kwargs = spec.method, {}
-    reduced = [n for n in tokens if n < cfg.num_tokens]
-    points = estimate_lib.sensitivity_points(cfg, reduced, list(range(cfg.depth)),
-                                             make_reducer(method))
+    reducer = make_reducer(method)
+    reduced = one_block_counts(cfg, tokens, reducer)
+    log(f"[2/4] estimate: {spec.method} sensitivity at each of {cfg.depth} blocks x "
+        f"{len(reduced)} token counts, {len(data.indices)} images of {spec.data}")
+    if len(reduced) < sum(n < cfg.num_tokens for n in tokens):
+      log(f"  {method} removes at most {reducer.max_remove(cfg.num_tokens, cfg.num_prefix_tokens)}"
+          f" of {cfg.num_tokens} tokens in one block: counts below {min(reduced)} cannot be "
+          f"measured as single reductions and are left out of the multi-layer grid")
+    points = estimate_lib.sensitivity_points(cfg, reduced, list(range(cfg.depth)), reducer)
   result = estimate_lib.evaluate(cfg, params, data.batches(cfg, spec.eval_batch_size), points,
                                  labelled=data.labelled, dtype=spec.dtype)
   return estimate_lib.estimate_record(
