@@ -137,12 +137,13 @@ def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
   # pylint: disable=g-import-not-at-top
   from vitprune import estimate as estimate_lib
   from vitprune import solve_stage
+  from vitprune.pipeline import one_block_counts
   from vitprune.profile import predict as predict_lib
   from vitprune.reduce.methods import make_reducer
   from vitprune.schedule import Schedule
   reducer = make_reducer(method)
   # The sensitivity grid (and so the DP's): every other curve count, to keep the run short.
-  reduced = [n for n in (grid if quick else _grid(cfg, quick, step=8)) if n < cfg.num_tokens]
+  reduced = one_block_counts(cfg, grid if quick else _grid(cfg, quick, step=8), reducer)
   # --quick: sensitivity of two blocks only (the DP reduces in those), to keep the smoke run short.
   layers = [1, 3] if quick else list(range(cfg.depth))
   points = estimate_lib.sensitivity_points(cfg, reduced, layers, reducer)
