@@ -59,8 +59,8 @@ per-layer choices to step bottoms plus the full count N.
 
 Per-block removal limits: a method may cap how many tokens one block removes (ToMe merges at most
 half of the non-prefix tokens, `TokenReducer.max_remove`). `max_remove` [K] gives that cap for
-each source count; block l may then go from n_in to n_out only when n_in - n_out <= max_remove(n_in).
-The sources allowed for a target n_out are then a window of the grid, not a suffix; the DP
+each source count; block l may then go from n_in to n_out only when
+n_in - n_out <= max_remove(n_in). The sources allowed for a target n_out are then a window of the grid, not a suffix; the DP
 answers each window from a sparse table of Pareto sets (union of two overlapping power-of-two
 ranges; taking the Pareto set of a union is associative and idempotent), so it stays exact.
 """
@@ -663,8 +663,9 @@ def solve_multilayer(ns: ArrayLike, block_latency: ArrayLike, sensitivity: Array
                      alpha: float = 0.5,
                      max_remove: Optional[ArrayLike] = None) -> MultiLayerSolution:
   """Multi-layer schedule: exact Pareto frontier + one chosen plan (see `make_cost_model`,
-  `choose`; `max_remove` [K]: the method's per-block removal cap at each count). With `step_bottoms_only`, the grid is first restricted to the step bottoms of the
-  block latency (`step_bottoms`, `pair_noise` [K - 1] on the ascending grid) plus num_tokens.
+  `choose`; `max_remove` [K]: the method's per-block removal cap at each count). With
+  `step_bottoms_only`, the grid is first restricted to the step bottoms of the block latency
+  (`step_bottoms`, `pair_noise` [K - 1] on the ascending grid) plus num_tokens.
   """
   _check_alpha(alpha)
   if accuracy_floor is not None and latency_budget is not None:
