@@ -14,9 +14,13 @@ IREE workarounds, applied only while lowering for IREE:
   * stable sorts: IREE ignores `is_stable`; a stable sort is lowered as an unstable sort with an
     extra iota key (ties broken by position = stable), the other operands gathered by the
     resulting permutation. ToMe's `argsort(stable=True)` needs it.
-  * a CPU compile that fails with data tiling / microkernels (IREE 3.13 rejects i1 padding in
-    ToMe's masked scores) is retried without them; the record lists the flags actually used and
-    the reason in `compiler.fallback`.
+  * a CPU compile that fails is retried as `vitprune.edge.targets.next_attempt` says (a stack
+    limit up to 64 KiB; without the matmul generalization; without data tiling / microkernels,
+    which IREE 3.13 rejects on ToMe's i1 padding); the record lists the flags actually used and
+    what was given up in `compiler.fallback`.
+CPU modules are compiled for the latency or throughput profile and run on its driver
+(`choose_runtime`: from the unpruned model's estimated work, or from a driver given); records and
+kits store the choice under `runtime`.
 Compiled modules can be cached by sha256(IREE version + backend + flags + MLIR text without
 source locations).
 """
