@@ -2,17 +2,20 @@ r"""IREE (iree:host, llvm-cpu) vs JAX CPU latency of the deployed forward, compi
 
   python -m benchmarks.edge_speed                       # vit_digits + DeiT-S, batch 1 and 8
   python -m benchmarks.edge_speed --models=vit_digits --batch_sizes=1 --out=/tmp/e.json
+  python -m benchmarks.edge_speed --drivers=auto,local-sync,local-task   # compare drivers
 
-Per (model, batch, schedule): JAX = `jit(forward)` AOT-compiled and timed with the profiler's
-protocol (`vitprune.profile.timing`); IREE = the same forward lowered by `vitprune.iree_build`
-and compiled for iree:host (weights as arguments), timed with the same protocol on the IREE
-runtime (`vitprune.profile.protocol`, the jax-free part). `--baked` models also get a weights-baked-in module (size
-vs latency trade-off). vit_digits uses its embedded weights, other models random init_params.
-Prints a markdown table and writes JSON (--out). Latencies are medians; the IQR is reported.
+Per (model, batch, schedule): JAX = `jit(forward)` AOT-compiled (`vitprune.profile.timing`);
+IREE = the same forward lowered by `vitprune.iree_build` and compiled for iree:host the way an
+artifact is (`choose_runtime`: CPU profile and driver from the model's estimated work; a driver
+named in --drivers compiles that driver's profile), weights as arguments (`--baked` models also
+get a weights-baked-in module). JAX and every IREE variant of one point are timed interleaved:
+--rounds shuffled rounds of the profiler's protocol (`vitprune.profile.protocol`), samples pooled;
+latencies are medians with the IQR. vit_digits uses its embedded weights, other models random
+init_params. Prints a markdown table and writes JSON (--out).
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import platform
 import time
@@ -25,49 +28,84 @@ flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes.")
 flags.DEFINE_list("schedules", ["vit_digits=keep@3:35", "deit_small_patch16_224=keep@3:130"],
                   "model=schedule pairs timed (POMT) besides the unpruned model.")
 flags.DEFINE_list("baked", ["vit_digits"], "Models also compiled with weights baked in.")
-flags.DEFINE_float("min_run_time", 0.5, "Seconds of timed calls per point.")
+flags.DEFINE_list("drivers", ["auto"], "IREE drivers timed: auto (the artifact's choice), "
+                  "local-sync, local-task.")
+flags.DEFINE_float("min_run_time", 0.5, "Seconds of timed calls per variant and point (split "
+                   "over the rounds).")
+flags.DEFINE_integer("rounds", 3, "Interleaved rounds per point (samples pooled).")
 flags.DEFINE_string("out", "outputs/benchmark/edge_speed.json", "JSON output.")
 
 
-def _measure_jax(cfg, params, schedule, reducer, images, tcfg):
+def _jax_call(cfg, params, schedule, reducer, images):
+  import jax  # pylint: disable=g-import-not-at-top
   from vitprune.profile import runner, timing  # pylint: disable=g-import-not-at-top
   fn = runner.model_fn(cfg, schedule, reducer, "float32")
   args = timing.device_put((params, images))
   compiled, compile_s = timing.compile_fn(fn, *args)
-  m = timing.measure_all({0: (compiled, args)}, tcfg)[0]
-  return m, compile_s
+  return (lambda: jax.block_until_ready(compiled(*args))), compile_s
 
 
-def _measure_iree(cfg, params, schedule, reducer, images, tcfg, weights):
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+def _iree_modules(cfg, params, schedule, reducer, batch, weights, plans):
+  """{profile: (lowered, vmfb, info)} for the distinct profiles of `plans`."""
   from vitprune import iree_build  # pylint: disable=g-import-not-at-top
-  from vitprune.edge import runtime  # pylint: disable=g-import-not-at-top
-  from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
   from vitprune.edge.targets import parse_target  # pylint: disable=g-import-not-at-top
   needs = schedule.counts[0] < cfg.num_tokens or schedule.reduction_layers
   low = iree_build.lower(cfg, params, schedule=schedule, reducer=reducer if needs else None,
-                         batch_size=images.shape[0], weights=weights)
-  blob, info = iree_build.compile_module(low.mlir, parse_target("iree:host"))
-  runner = runtime.Runner("local-task")
+                         batch_size=batch, weights=weights)
+  out = {}
+  for plan in plans:
+    if plan["profile"] not in out:
+      blob, info = iree_build.compile_module(low.mlir, parse_target("iree:host"),
+                                             profile=plan["profile"])
+      out[plan["profile"]] = (low, blob, info)
+  return out
+
+
+def _iree_call(driver, low, blob, params, images):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vitprune.edge import runtime  # pylint: disable=g-import-not-at-top
+  runner = runtime.Runner(driver)
   fn = runner.load_bytes(blob)
   leaves = jax.tree.leaves(params)
   args = [runner.put(np.asarray(leaves[i], np.float32)) for i in low.weight_index]
   args.append(runner.put(np.asarray(images)))
-  m = protocol.measure_all({0: (lambda: fn(*args).to_host(), ())}, protocol.TimingConfig(
-      min_run_time=tcfg.min_run_time))[0]
-  wbytes = sum(np.asarray(leaves[i]).nbytes for i in low.weight_index)
-  return m, info, len(blob), wbytes
+  return lambda: fn(*args).to_host()
+
+
+def measure_interleaved(calls, min_run_time: float, rounds: int):
+  """{key: Measurement} of `calls` {key: fn}: `rounds` shuffled rounds, samples pooled."""
+  from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
+  cfg = protocol.TimingConfig(min_run_time=min_run_time / rounds, max_retries=0)
+  pooled = {k: [] for k in calls}
+  for r in range(rounds):
+    res = protocol.measure_all({k: (fn, ()) for k, fn in calls.items()},
+                               dataclasses.replace(cfg, seed=r, warmup=3 if r == 0 else 1))
+    for k, m in res.items():
+      pooled[k] += m.samples
+  return {k: protocol.summarize(v) for k, v in pooled.items()}
+
+
+def _plans(cfg, batch):
+  """One runtime plan per distinct driver of --drivers; 'auto' marks the artifact's choice."""
+  from vitprune import iree_build  # pylint: disable=g-import-not-at-top
+  from vitprune.edge.targets import parse_target  # pylint: disable=g-import-not-at-top
+  host = parse_target("iree:host")
+  auto = iree_build.choose_runtime(cfg, batch, host)
+  plans = {}
+  for d in FLAGS.drivers:
+    plan = auto if d in ("auto", auto["driver"]) else iree_build.choose_runtime(cfg, batch,
+                                                                                 host, d)
+    plans.setdefault(plan["driver"], dict(plan, auto=plan is auto))
+  return list(plans.values())
 
 
 def run() -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from experiments import common  # pylint: disable=g-import-not-at-top
-  from vitprune.profile import timing  # pylint: disable=g-import-not-at-top
   from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
   from vitprune.schedule import parse_schedule  # pylint: disable=g-import-not-at-top
   from vitprune.edge.targets import host_cpu  # pylint: disable=g-import-not-at-top
-  tcfg = timing.TimingConfig(min_run_time=FLAGS.min_run_time)
   pairs = dict(p.split("=", 1) for p in FLAGS.schedules)
   rows = []
   for name in FLAGS.models:
@@ -78,36 +116,56 @@ def run() -> dict:
     for b in [int(x) for x in FLAGS.batch_sizes]:
       images = np.random.default_rng(0).normal(
           size=(b, cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32)
+      plans = _plans(cfg, b)
       for text, sched in scheds:
         reducer = make_reducer("pomt")
-        jm, jc = _measure_jax(cfg, params, sched, reducer, images, tcfg)
-        modes = ["args"] + (["baked"] if name in FLAGS.baked else [])
-        for mode in modes:
-          im, info, mbytes, wbytes = _measure_iree(cfg, params, sched, reducer, images, tcfg,
-                                                   mode)
+        calls, built = {}, {}
+        calls["jax"], jax_compile_s = _jax_call(cfg, params, sched, reducer, images)
+        for mode in ["args"] + (["baked"] if name in FLAGS.baked else []):
+          mods = _iree_modules(cfg, params, sched, reducer, b, mode, plans)
+          for plan in plans:
+            low, blob, info = mods[plan["profile"]]
+            calls[(mode, plan["driver"])] = _iree_call(plan["driver"], low, blob, params, images)
+            built[(mode, plan["driver"])] = (low, blob, info, plan)
+        meas = measure_interleaved(calls, FLAGS.min_run_time, FLAGS.rounds)
+        jm = meas["jax"]
+        for (mode, driver), (low, blob, info, plan) in built.items():
+          im = meas[(mode, driver)]
+          wbytes = _weights_bytes(params, low.weight_index)
           rows.append({"model": name, "weights_source": source, "batch_size": b,
-                       "schedule": text, "weights": mode,
+                       "schedule": text, "weights": mode, "driver": driver,
+                       "auto": plan["auto"], "profile": plan["profile"],
+                       "gflop": plan["gflop"],
                        "jax_median_ms": jm.median * 1e3, "jax_iqr_ms": jm.iqr * 1e3,
-                       "jax_compile_s": jc, "iree_median_ms": im.median * 1e3,
+                       "jax_compile_s": jax_compile_s, "iree_median_ms": im.median * 1e3,
                        "iree_iqr_ms": im.iqr * 1e3, "iree_compile_s": info["compile_s"],
                        "iree_flags": info["flags"], "iree_fallback": info["fallback"],
-                       "ratio": im.median / jm.median, "module_mb": mbytes / 2**20,
+                       "samples": {"jax": len(jm.samples), "iree": len(im.samples)},
+                       "ratio": im.median / jm.median, "module_mb": len(blob) / 2**20,
                        "weights_file_mb": (wbytes if mode == "args" else 0) / 2**20})
-          print(f"{name} b{b} {text} {mode}: jax {jm.median * 1e3:.3f} ms, iree "
-                f"{im.median * 1e3:.3f} ms", flush=True)
+          print(f"{name} b{b} {text} {mode} {driver}: jax {jm.median * 1e3:.3f} ms, iree "
+                f"{im.median * 1e3:.3f} ms ({im.median / jm.median:.2f}x)", flush=True)
   return {"machine": {"cpu": host_cpu()["model"], "cores": os.cpu_count(),
                       "platform": platform.platform()},
           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-          "min_run_time": FLAGS.min_run_time, "rows": rows}
+          "min_run_time": FLAGS.min_run_time, "rounds": FLAGS.rounds, "rows": rows}
+
+
+def _weights_bytes(params, index) -> int:
+  """float32 bytes of the weight leaves a module takes as arguments."""
+  import jax  # pylint: disable=g-import-not-at-top
+  leaves = jax.tree.leaves(params)
+  return sum(4 * leaves[i].size for i in index)
 
 
 def table(res: dict) -> str:
-  head = ("| model | batch | schedule | weights | JAX ms (IQR) | IREE ms (IQR) | IREE/JAX | "
-          "IREE compile s | module MB | weights.bin MB |")
-  lines = [head, "|" + "---|" * 10]
+  head = ("| model | batch | schedule | weights | driver | JAX ms (IQR) | IREE ms (IQR) | "
+          "IREE/JAX | IREE compile s | module MB | weights.bin MB |")
+  lines = [head, "|" + "---|" * 11]
   for r in res["rows"]:
+    driver = r["driver"] + (" (auto)" if r["auto"] else "")
     lines.append(f"| {r['model']} | {r['batch_size']} | {r['schedule']} | {r['weights']} | "
-                 f"{r['jax_median_ms']:.3f} ({r['jax_iqr_ms']:.3f}) | "
+                 f"{driver} | {r['jax_median_ms']:.3f} ({r['jax_iqr_ms']:.3f}) | "
                  f"{r['iree_median_ms']:.3f} ({r['iree_iqr_ms']:.3f}) | {r['ratio']:.2f}x | "
                  f"{r['iree_compile_s']:.1f} | {r['module_mb']:.2f} | "
                  f"{r['weights_file_mb']:.2f} |")
@@ -119,6 +177,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   from experiments import common  # pylint: disable=g-import-not-at-top
   from vitprune import atomic  # pylint: disable=g-import-not-at-top
+  from vitprune.edge.targets import CPU_DRIVERS  # pylint: disable=g-import-not-at-top
+  bad = [d for d in FLAGS.drivers if d not in ("auto",) + tuple(CPU_DRIVERS.values())]
+  if bad or not FLAGS.drivers:
+    raise app.UsageError(f"--drivers takes auto, {', '.join(CPU_DRIVERS.values())}; got "
+                         f"{FLAGS.drivers}")
+  if FLAGS.rounds < 1:
+    raise app.UsageError(f"--rounds must be >= 1, got {FLAGS.rounds}")
   common.quiet_logging()
   res = run()
   print(f"\nmachine: {res['machine']['cpu']}, {res['machine']['cores']} cores")

@@ -21,7 +21,7 @@ from absl import flags
 
 from experiments import common
 from vitprune import iree_build
-from vitprune.edge.targets import parse_target
+from vitprune.edge.targets import check_driver, parse_target
 from vitprune.profile.runner import make_drop_reducer
 from vitprune.schedule import parse_schedule, parse_token_grid
 
@@ -36,6 +36,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string("tokens", "all", "Token grid for mode model ('all', 'a:b[:step]', list).", flag_values=fv)
   flags.DEFINE_string("schedules", None, "';'-separated schedules for mode schedule.", flag_values=fv)
   flags.DEFINE_list("batch_sizes", ["1"], "Batch sizes.", flag_values=fv)
+  flags.DEFINE_string("driver", None, "CPU targets: runtime driver local-sync or local-task (default: chosen from the model's work, see vitprune.iree_build.choose_runtime).", flag_values=fv)
   flags.DEFINE_string("reducer", None, "Token-drop reducer (default 'random'; 'keep_first').", flag_values=fv)
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", flag_values=fv)
   flags.DEFINE_integer("jobs", max(1, os.cpu_count() or 1), "Parallel compiles.", flag_values=fv)
@@ -49,7 +50,9 @@ def main(f: flags.FlagValues) -> str:
   common.check_new_dir(f.out, "out", overwrite=f.overwrite)
   batches = common.parse_ints(f.batch_sizes, "batch_sizes")
   common.positive(f.jobs, "jobs")
-  parse_target(f.target)
+  target = parse_target(f.target)
+  if f.driver is not None:
+    check_driver(target, f.driver)
   cfg = common.model_config(f.model, f.weights)
   reducer, name = make_drop_reducer(f.reducer)
   grid = parse_token_grid(cfg, f.tokens) if f.mode == "model" else ()
@@ -68,7 +71,7 @@ def main(f: flags.FlagValues) -> str:
                               schedules=schedules, batch_sizes=batches, reducer=reducer,
                               reducer_name=name, dtype=f.dtype, threads=f.jobs,
                               cache_dir=f.cache_dir or None, overwrite=f.overwrite,
-                              on_done=on_done)
+                              on_done=on_done, driver=f.driver)
   print(f"wrote {path}")
   return path
 

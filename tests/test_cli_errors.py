@@ -57,6 +57,9 @@ CASES = [
     ("train_digits", ["--out={file}/w"], 1, "is a file, not a directory"),
     ("edge_kit", ["--out={file}"], 1, "is a file, not a directory"),
     ("edge_kit", ["--batch_sizes=0", "--out={out}"], 1, "--batch_sizes: 0 must be >= 1"),
+    ("edge_kit", ["--driver=local-turbo", "--out={out}"], 1,
+     "IREE driver 'local-turbo' cannot run target iree:host; expected one of local-task, "
+     "local-sync"),
     ("prune", ["--batch_size=x"], 2, "flag --batch_size=x"),
 ]
 

@@ -14,7 +14,9 @@ import pytest
 from vitprune import deploy, iree_build, model
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime as edge_rt
+from vitprune.edge import targets as targets_lib
 from vitprune.edge.targets import EdgeError, parse_target, parse_targets
+from vitprune.flops import forward_gflop
 from vitprune.profile import records
 from vitprune.reduce.methods import make_reducer
 from vitprune.registry import get_config
@@ -61,6 +63,36 @@ def test_parse_targets():
     parse_targets(["iree:host", "iree:host"])
 
 
+def test_cpu_profile_driver_and_compile_retries():
+  host = parse_target("iree:host")
+  small, deit8 = get_config("vit_digits"), get_config("deit_small_patch16_224")
+  assert 0.03 < forward_gflop(small) < 0.035 and 70 < forward_gflop(deit8, 8) < 75
+  assert iree_build.choose_runtime(small, 1, host) == {
+      "profile": "latency", "driver": "local-sync", "gflop": 0.032, "source": "auto"}
+  assert iree_build.choose_runtime(deit8, 8, host)["driver"] == "local-task"
+  given = iree_build.choose_runtime(small, 1, host, "local-task")
+  assert (given["profile"], given["source"]) == ("throughput", "given")
+  assert iree_build.choose_runtime(small, 1, parse_target("iree:cuda:sm_87"))["driver"] == "cuda"
+  with pytest.raises(EdgeError, match=r"^IREE driver 'cuda' cannot run target iree:host; "
+                     r"expected one of local-task, local-sync$"):
+    iree_build.choose_runtime(small, 1, host, "cuda")
+  latency = host.compile_flags("latency")
+  assert set(targets_lib.CPU_LATENCY) <= set(latency) and host.compile_flags() == (
+      ["--iree-llvmcpu-target-cpu=host"] + list(targets_lib.CPU_TUNING))
+  with pytest.raises(EdgeError, match="unknown CPU profile"):
+    host.compile_flags("fast")
+  stack = "error: 'func.func' op exceeded stack allocation limit of 32768 bytes for function. Got "
+  flags, why = targets_lib.next_attempt(latency, stack + "50368 bytes")
+  assert flags == latency + [targets_lib.CPU_STACK] and "stack limit" in why
+  flags, why = targets_lib.next_attempt(flags, stack + "335872 bytes")
+  assert "--iree-opt-generalize-matmul" not in flags and why.startswith("dropped")
+  flags, _ = targets_lib.next_attempt(flags, stack + "335872 bytes")
+  assert not set(targets_lib.CPU_TUNING) & set(flags)
+  assert targets_lib.next_attempt(flags, "error: anything") is None
+  flags, _ = targets_lib.next_attempt(latency, "error: failed to lower micro kernel")
+  assert set(targets_lib.CPU_FUSION) <= set(flags) and not set(targets_lib.CPU_TUNING) & set(flags)
+
+
 def test_edge_package_imports_without_jax():
   code = ("import sys; [sys.modules.__setitem__(m, None) for m in ('jax', 'flax', 'orbax')]; "
           "import vitprune.edge, vitprune.edge.kit, vitprune.edge.__main__, vitprune.data, "
@@ -77,7 +109,7 @@ def method_modules(params):
                                  batch_size=2) for m in METHODS}
   host = parse_target("iree:host")
   compiled = iree_build.compile_many({m: (low.mlir, host) for m, low in lowered.items()},
-                                     threads=2)
+                                     threads=2, profile="latency")
   return sched, lowered, compiled
 
 
@@ -85,7 +117,7 @@ def method_modules(params):
 def test_iree_host_matches_jax(method, method_modules, params, images):
   sched, lowered, compiled = method_modules
   low, (blob, info) = lowered[method], compiled[method]
-  runner = edge_rt.Runner("local-task")
+  runner = edge_rt.Runner("local-sync")
   fn = runner.load_bytes(blob)
   leaves = jax.tree.leaves(params)
   got = fn(*[runner.put(np.asarray(leaves[i])) for i in low.weight_index],
@@ -95,6 +127,10 @@ def test_iree_host_matches_jax(method, method_modules, params, images):
   assert got.shape == want.shape == (2, CFG.num_classes)
   assert np.max(np.abs(got - want)) <= 1e-5
   assert info["iree_version"] and "--iree-llvmcpu-target-cpu=host" in info["flags"]
+  assert info["profile"] == "latency" and "--iree-llvmcpu-vector-pproc-strategy=peel" in info[
+      "flags"]
+  if method == "tome":  # IREE 3.13 rejects ToMe's i1 padding with data tiling: retried without
+    assert "dropped --iree-opt-data-tiling" in info["fallback"]
 
 
 def test_stable_sort_rule_only_inside_iree_lowering():
@@ -132,10 +168,26 @@ def test_artifact_targets_cross_compile_and_match_jax(artifact, images):
         manifest["weights"]["sha256"]
     assert r["input"]["shape"] == [2, 32, 32, 3] and r["output"]["shape"] == [2, 10]
   assert "--iree-cuda-target=sm_87" in recs["iree:cuda:sm_87"]["compiler"]["flags"]
+  host = recs["iree:host"]   # a tiny graph: latency profile, recorded with the driver it chose
+  assert host["driver"] == host["runtime"]["driver"] == "local-sync"
+  assert (host["runtime"]["source"], host["compiler"]["profile"]) == ("auto", "latency")
+  assert "--iree-opt-generalize-matmul" in host["compiler"]["flags"]
+  assert recs["iree:cuda:sm_87"]["driver"] == "cuda"
   edge = edge_rt.load(artifact)             # the first target this host runs: iree:host
-  assert edge.target == "iree:host"
+  assert (edge.target, edge.driver) == ("iree:host", "local-sync")
   want = np.asarray(deploy.load(artifact)(images))
   assert np.max(np.abs(edge(images) - want)) <= 1e-5
+  task = edge_rt.load(artifact, "iree:host", driver="local-task")   # the override is honoured
+  assert task.driver == "local-task" and task._runner.driver == "local-task"
+  assert np.max(np.abs(task(images) - want)) <= 1e-5
+  with pytest.raises(EdgeError, match="^IREE driver 'vulkan' cannot run target iree:host"):
+    edge_rt.load(artifact, "iree:host", driver="vulkan")
+  r = run_edge("bench", f"--artifact={artifact}", "--target=iree:host", "--driver=local-task",
+               "--min_run_time=0.01")
+  assert r.returncode == 0 and "driver local-task" in r.stdout, r.stderr[-2000:]
+  r = run_edge("bench", f"--artifact={artifact}", "--driver=local-turbo", "--min_run_time=0.01")
+  assert r.returncode == 1 and r.stderr.strip().count("\n") == 0
+  assert "IREE driver 'local-turbo' cannot run target" in r.stderr
 
 
 def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
@@ -202,14 +254,16 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   grid = (17, 9)
   iree_build.build_kit(kit_dir, CFG, params, target="iree:host", grid=grid,
                        reducer=make_reducer("random"), reducer_name="random", threads=2,
-                       cache_dir=cache)
+                       cache_dir=cache, driver="local-task")
   kit = kit_lib.read_kit(kit_dir)
   assert [p["tokens"] for p in kit["points"]] == list(grid)
+  assert (kit["driver"], kit["runtime"]["source"], kit["compiler"]["profile"]) == (
+      "local-task", "given", "throughput")
   assert not any(p["cached"] for p in kit["points"])
   # Rebuilding hits the cache (same MLIR + flags).
   iree_build.build_kit(kit_dir, CFG, params, target="iree:host", grid=grid,
                        reducer=make_reducer("random"), threads=2, cache_dir=cache,
-                       overwrite=True)
+                       overwrite=True, driver="local-task")
   assert all(p["cached"] for p in kit_lib.read_kit(kit_dir)["points"])
   out = str(tmp_path / "board.json")
   r = run_edge("profile", f"--kit={kit_dir}", f"--out={out}", "--min_run_time=0.02",
@@ -260,3 +314,4 @@ def test_deploy_cli_rejects_a_bad_target_before_any_work(tmp_path):
   assert r.returncode == 1 and r.stderr.strip() == (
       "error: target 'iree:cuda:87': '87' is not a CUDA architecture such as sm_87")
   assert not os.path.exists(tmp_path / "a")
+

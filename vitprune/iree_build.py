@@ -14,9 +14,13 @@ IREE workarounds, applied only while lowering for IREE:
   * stable sorts: IREE ignores `is_stable`; a stable sort is lowered as an unstable sort with an
     extra iota key (ties broken by position = stable), the other operands gathered by the
     resulting permutation. ToMe's `argsort(stable=True)` needs it.
-  * a CPU compile that fails with data tiling / microkernels (IREE 3.13 rejects i1 padding in
-    ToMe's masked scores) is retried without them; the record lists the flags actually used and
-    the reason in `compiler.fallback`.
+  * a CPU compile that fails is retried as `vitprune.edge.targets.next_attempt` says (a stack
+    limit up to 64 KiB; without the matmul generalization; without data tiling / microkernels,
+    which IREE 3.13 rejects on ToMe's i1 padding); the record lists the flags actually used and
+    what was given up in `compiler.fallback`.
+CPU modules are compiled for the latency or throughput profile and run on its driver
+(`choose_runtime`: from the unpruned model's estimated work, or from a driver given); records and
+kits store the choice under `runtime`.
 Compiled modules can be cached by sha256(IREE version + backend + flags + MLIR text without
 source locations).
 """
@@ -46,7 +50,9 @@ from vitprune.config import ViTConfig
 from vitprune.digest import params_sha256
 from vitprune.edge import runtime as edge_rt
 from vitprune.edge.kit import KIT_FORMAT, KIT_MANIFEST, KIT_VERSION
-from vitprune.edge.targets import CPU_TUNING, EdgeError, Target, host_cpu, parse_targets
+from vitprune.edge.targets import (CPU_DRIVERS, EdgeError, Target, check_driver, cpu_profile,
+                                   default_driver, host_cpu, next_attempt, parse_targets)
+from vitprune.flops import forward_gflop
 from vitprune.schedule import Schedule, check_schedule, format_schedule
 
 KIT_WEIGHTS = "weights.bin"
@@ -167,51 +173,60 @@ def _first_error(e: Exception) -> str:
   return (lines[0] if lines else str(e).strip().splitlines()[0])[:400]
 
 
-def compile_module(mlir: str, target: Target, *, cache_dir: Optional[str] = None
-                   ) -> Tuple[bytes, Dict[str, Any]]:
-  """-> (vmfb bytes, {flags, iree_version, compile_s, cached, fallback, target_backends})."""
+def _compile_once(ireec, mlir: str, backends: List[str], flags: List[str], version: str,
+                  cache_dir: Optional[str]) -> Tuple[bytes, bool, str]:
+  """-> (vmfb, cached, cache key); raises ireec.CompilerToolError."""
+  key = hashlib.sha256(json.dumps([version, backends, flags]).encode() +
+                       strip_locations(mlir).encode()).hexdigest()
+  cached = os.path.join(cache_dir, key[:2], key + ".vmfb") if cache_dir else None
+  if cached and os.path.isfile(cached):
+    with open(cached, "rb") as f:
+      return f.read(), True, key
+  blob = ireec.compile_str(mlir, input_type="stablehlo", target_backends=backends,
+                           extra_args=flags)
+  if cached:
+    atomic.write_bytes(cached, blob)
+  return blob, False, key
+
+
+def compile_module(mlir: str, target: Target, *, profile: str = "throughput",
+                   cache_dir: Optional[str] = None) -> Tuple[bytes, Dict[str, Any]]:
+  """-> (vmfb bytes, {flags, profile, iree_version, compile_s, cached, fallback,
+  target_backends, cache_key}). A failed CPU compile is retried as `next_attempt` says; the
+  flags actually used and what was given up (`fallback`, None if nothing) are returned;
+  compile_s includes the failed attempts."""
   import iree.compiler as ireec  # pylint: disable=g-import-not-at-top  (optional install)
   version = iree_version()
-  attempts = [target.compile_flags()]
-  if any(f in CPU_TUNING for f in attempts[0]):
-    attempts.append([f for f in attempts[0] if f not in CPU_TUNING])
-  backends = [target.backend]
-  fallback, last = None, None
-  for flags in attempts:
-    key = hashlib.sha256(json.dumps([version, backends, flags]).encode() +
-                         strip_locations(mlir).encode()).hexdigest()
-    cached = os.path.join(cache_dir, key[:2], key + ".vmfb") if cache_dir else None
-    info = {"iree_version": version, "input_type": "stablehlo", "target_backends": backends,
-            "flags": flags, "fallback": fallback, "cache_key": key}
-    if cached and os.path.isfile(cached):
-      with open(cached, "rb") as f:
-        return f.read(), dict(info, compile_s=0.0, cached=True)
-    t0 = time.perf_counter()
+  flags, backends, given_up = target.compile_flags(profile), [target.backend], []
+  t0 = time.perf_counter()
+  while True:
     try:
-      blob = ireec.compile_str(mlir, input_type="stablehlo", target_backends=backends,
-                               extra_args=flags)
+      blob, cached, key = _compile_once(ireec, mlir, backends, flags, version, cache_dir)
+      break
     except ireec.CompilerToolError as e:
-      last = _first_error(e)
-      fallback = f"{' '.join(CPU_TUNING)} failed ({last}); compiled without them"
-      continue
-    info.update(compile_s=time.perf_counter() - t0, cached=False)
-    if cached:
-      atomic.write_bytes(cached, blob)
-    return blob, info
-  raise IreeBuildError(f"IREE could not compile for {target.text}: {last}")
+      first = _first_error(e)
+      step = next_attempt(flags, str(e)) if target.backend == "llvm-cpu" else None
+      if step is None:
+        raise IreeBuildError(f"IREE could not compile for {target.text}: {first}") from None
+      flags = step[0]
+      given_up.append(f"{step[1]} after: {first}")
+  return blob, {"iree_version": version, "input_type": "stablehlo", "target_backends": backends,
+                "flags": flags, "profile": profile if target.backend == "llvm-cpu" else None,
+                "fallback": "; ".join(given_up) or None, "cache_key": key,
+                "compile_s": 0.0 if cached else time.perf_counter() - t0, "cached": cached}
 
 
 def compile_many(jobs: Dict[Any, Tuple[str, Target]], *, threads: int = 2,
-                 cache_dir: Optional[str] = None,
+                 profile: str = "throughput", cache_dir: Optional[str] = None,
                  on_done: Optional[Callable[[Any, Dict[str, Any]], None]] = None
                  ) -> Dict[Any, Tuple[bytes, Dict[str, Any]]]:
-  """Compiles `{key: (mlir, target)}`, `threads` at a time (each compile is an `iree-compile`
-  process, so threads overlap) -> {key: (bytes, info)}."""
+  """Compiles `{key: (mlir, target)}` for CPU `profile`, `threads` at a time (each compile is an
+  `iree-compile` process, so threads overlap) -> {key: (bytes, info)}."""
   if threads < 1:
     raise IreeBuildError(f"threads must be >= 1, got {threads}")
   out = {}
   with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-    futures = {pool.submit(compile_module, m, t, cache_dir=cache_dir): k
+    futures = {pool.submit(compile_module, m, t, profile=profile, cache_dir=cache_dir): k
                for k, (m, t) in jobs.items()}
     try:
       for fut in concurrent.futures.as_completed(futures):
@@ -234,6 +249,23 @@ def iree_targets(targets: Optional[Sequence[str]]) -> Tuple[Target, ...]:
   return tuple(t for t in parse_targets(texts) if t.is_iree) if texts else ()
 
 
+def choose_runtime(cfg: ViTConfig, batch_size: int, target: Target,
+                   driver: Optional[str] = None) -> Dict[str, Any]:
+  """{profile, driver, gflop, source} for `target`'s modules of `cfg` at `batch_size`: a CPU
+  driver given (`driver`, checked) sets its profile; otherwise the profile follows the
+  unpruned model's estimated work (`cpu_profile`) and the driver the profile. Non-CPU targets
+  ignore `driver` and run on their own."""
+  gflop = forward_gflop(cfg, batch_size)
+  if target.backend != "llvm-cpu":
+    return {"profile": None, "driver": target.driver, "gflop": round(gflop, 3), "source": "auto"}
+  if driver is None:
+    profile = cpu_profile(gflop)
+  else:
+    profile = {v: k for k, v in CPU_DRIVERS.items()}[check_driver(target, driver)]
+  return {"profile": profile, "driver": default_driver(target, profile),
+          "gflop": round(gflop, 3), "source": "auto" if driver is None else "given"}
+
+
 def _leaves32(params) -> List[np.ndarray]:
   return [np.asarray(a, np.float32) for a in jax.tree.leaves(params)]
 
@@ -245,13 +277,16 @@ def _host_record(target: Target) -> Dict[str, Any]:
 def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, schedule=None,
                   reducer=None, dtype: str = "float32", precision: str = "highest",
                   batch_size: Optional[int] = 1, class_names=None, weights: str = "args",
-                  threads: int = 2, cache_dir: Optional[str] = None) -> List[str]:
+                  threads: int = 2, cache_dir: Optional[str] = None,
+                  driver: Optional[str] = None) -> List[str]:
   """Compiles the IREE `targets` into the (staged) artifact directory `tmp`; writes
-  `iree/<slug>.vmfb`, `iree/<slug>.json` and `iree/weights.bin`. Returns the target texts
-  (with 'jax' first: the jax export is always part of an artifact)."""
+  `iree/<slug>.vmfb`, `iree/<slug>.json` and `iree/weights.bin`. `driver`: the CPU targets'
+  runtime driver (default: chosen by `choose_runtime`). Returns the target texts (with 'jax'
+  first: the jax export is always part of an artifact)."""
   chosen = iree_targets(targets)
   if not chosen:
     return ["jax"]
+  plans = {t: choose_runtime(cfg, batch_size or 1, t, driver) for t in chosen}
   low = lower(cfg, params, schedule=schedule, reducer=reducer, dtype=dtype,
               precision=precision, batch_size=batch_size, weights=weights)
   os.makedirs(os.path.join(tmp, edge_rt.EDGE_DIR), exist_ok=True)
@@ -264,7 +299,8 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
       f.write(blob)
     wentry.update(file=edge_rt.WEIGHTS_FILE, sha256=hashlib.sha256(blob).hexdigest(),
                   bytes=len(blob), leaves=entries)
-  compiled = compile_many({t: (low.mlir, t) for t in chosen}, threads=threads,
+  profile = next((p["profile"] for p in plans.values() if p["profile"]), "throughput")
+  compiled = compile_many({t: (low.mlir, t) for t in chosen}, threads=threads, profile=profile,
                           cache_dir=cache_dir)
   for t in chosen:
     blob, info = compiled[t]
@@ -273,7 +309,8 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
       f.write(blob)
     record = {
         "format": edge_rt.RECORD_FORMAT, "version": edge_rt.RECORD_VERSION,
-        "target": t.text, "backend": t.backend, "driver": t.driver,
+        "target": t.text, "backend": t.backend, "driver": plans[t]["driver"],
+        "runtime": plans[t],
         "compiler": {k: v for k, v in info.items() if k not in ("compile_s", "cached")},
         "compile_s": info["compile_s"], "function": "main",
         "module": {"file": rel, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)},
@@ -326,11 +363,15 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
               grid: Sequence[int] = (), schedules=(), batch_sizes: Sequence[int] = (1,),
               reducer=None, reducer_name: str = "random", dtype: str = "float32",
               threads: int = 2, cache_dir: Optional[str] = None, overwrite: bool = False,
-              on_done: Optional[Callable[[Any, Dict[str, Any]], None]] = None) -> str:
-  """Compiles one module per kit point for one IREE target into directory `out` (atomic)."""
+              on_done: Optional[Callable[[Any, Dict[str, Any]], None]] = None,
+              driver: Optional[str] = None) -> str:
+  """Compiles one module per kit point for one IREE target into directory `out` (atomic).
+  Every point shares one runtime plan (`choose_runtime` at the largest batch size), so a profile
+  measures the modules the way an artifact of the same model and batch size runs."""
   (t,) = parse_targets([target])
   if not t.is_iree:
     raise IreeBuildError(f"a kit needs an IREE target, got {target!r}")
+  plan = choose_runtime(cfg, max(int(b) for b in batch_sizes), t, driver)
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"{out} already exists (pass --overwrite)")
@@ -340,7 +381,8 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
   lowered = [lower(cfg, params, schedule=j["counts"], reducer=j["reducer"], dtype=dtype,
                    precision=precision, batch_size=j["batch_size"]) for j in jobs]
   compiled = compile_many({i: (low.mlir, t) for i, low in enumerate(lowered)},
-                          threads=threads, cache_dir=cache_dir, on_done=on_done)
+                          threads=threads, profile=plan["profile"] or "throughput",
+                          cache_dir=cache_dir, on_done=on_done)
   leaves = _leaves32(params)
   names = [jax.tree_util.keystr(k) for k, _ in jax.tree.flatten_with_path(params)[0]]
   blob, entries = edge_rt.pack_weights(leaves, names)
@@ -363,14 +405,14 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
                      "args": list(low.weight_index),
                      "input": {"shape": list(low.input_shape), "dtype": "float32"},
                      "compile_s": info["compile_s"], "cached": info["cached"],
-                     "fallback": info["fallback"]})
+                     "flags": info["flags"], "fallback": info["fallback"]})
     flags = compiled[0][1]
     manifest = {
         "format": KIT_FORMAT, "version": KIT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-        "target": t.text, "backend": t.backend, "driver": t.driver,
+        "target": t.text, "backend": t.backend, "driver": plan["driver"], "runtime": plan,
         "compiler": {k: flags[k] for k in ("iree_version", "input_type", "target_backends",
-                                           "flags")},
+                                           "flags", "profile")},
         "model": cfg.name, "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
         "dtype": dtype, "mode": mode, "reducer": reducer_name,
         "weights": {"file": KIT_WEIGHTS, "sha256": hashlib.sha256(blob).hexdigest(),

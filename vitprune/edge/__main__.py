@@ -3,6 +3,7 @@ r"""Board-side CLI (iree-base-runtime + numpy + pillow + absl-py; never imports 
   python -m vitprune.edge run --artifact=deploy/digits --images=digits_imgs [--target=iree:host]
   python -m vitprune.edge bench --artifact=deploy/digits [--batch_size ignored: fixed by module]
   python -m vitprune.edge profile --kit=kits/digits --out=outputs/profile/board.json
+  ... [--driver=local-sync|local-task]   CPU modules: override the driver the record names
 
 run:     classifies an image folder (labelled `DIR/<class>/<img>`: accuracy; flat: predictions),
          then times one batch with the profiler's protocol.
@@ -32,6 +33,8 @@ flags.DEFINE_string("artifact", None, "Artifact directory with IREE targets (run
 flags.DEFINE_string("images", None, "ImageFolder root or a flat folder of images (run).")
 flags.DEFINE_string("target", None, "Target to use, e.g. iree:host (default: the first target "
                     "of the artifact this host can run).")
+flags.DEFINE_string("driver", None, "IREE driver to run on instead of the one the artifact or "
+                    "kit records (llvm-cpu targets: local-sync or local-task).")
 flags.DEFINE_string("kit", None, "Kit directory (profile).")
 flags.DEFINE_string("out", None, "Profile JSON to write (profile).")
 flags.DEFINE_string("output", None, "Optional JSON file for run/bench results.")
@@ -62,7 +65,7 @@ def cmd_run() -> dict:
   if not FLAGS.artifact or not FLAGS.images:
     raise ValueError("run needs --artifact and --images")
   cfg = timing_config()
-  model = runtime.load(FLAGS.artifact, FLAGS.target)
+  model = runtime.load(FLAGS.artifact, FLAGS.target, FLAGS.driver)
   dataset = ImageFolder(FLAGS.images, class_names=model.class_names,
                         num_classes=model.num_outputs)   # labels by class name
   preds, probs, first = [], [], None
@@ -77,7 +80,8 @@ def cmd_run() -> dict:
   names = model.class_names
   rows = [{"file": dataset.files[i], "pred": int(p), "class": names[p] if names else str(p),
            "prob": float(q), "label": None} for i, (p, q) in enumerate(zip(preds, probs))]
-  res = {"artifact": model.path, "target": model.target, "images": dataset.root,
+  res = {"artifact": model.path, "target": model.target, "driver": model.driver,
+         "images": dataset.root,
          "num_images": len(dataset), "model": model.record.get("model"),
          "schedule": model.record.get("schedule"), "predictions": rows, "accuracy": None}
   if dataset.labelled:
@@ -89,8 +93,8 @@ def cmd_run() -> dict:
     for r in rows:
       extra = "" if r["label"] is None else f"\tlabel={r['label']}"
       print(f"{r['file']}\t{r['pred']}\t{r['class']}\t{r['prob']:.4f}{extra}")
-  print(f"model {res['model']} schedule {res['schedule']} target {res['target']}: "
-        f"{res['num_images']} images")
+  print(f"model {res['model']} schedule {res['schedule']} target {res['target']} driver "
+        f"{res['driver']}: {res['num_images']} images")
   if res["accuracy"] is not None:
     n_ok = sum(r["pred"] == r["label"] for r in rows)
     print(f"accuracy {res['accuracy']:.4f} ({n_ok}/{res['num_images']})")
@@ -109,11 +113,13 @@ def cmd_bench() -> dict:
   if not FLAGS.artifact:
     raise ValueError("bench needs --artifact")
   cfg = timing_config()
-  model = runtime.load(FLAGS.artifact, FLAGS.target)
+  model = runtime.load(FLAGS.artifact, FLAGS.target, FLAGS.driver)
   images = np.random.default_rng(0).normal(size=model.input_shape).astype(np.float32)
-  res = {"artifact": model.path, "target": model.target, "model": model.record.get("model"),
-         "schedule": model.record.get("schedule"), "latency": latency(model, images, cfg)}
-  print(f"model {res['model']} schedule {res['schedule']} target {res['target']}")
+  res = {"artifact": model.path, "target": model.target, "driver": model.driver,
+         "model": model.record.get("model"), "schedule": model.record.get("schedule"),
+         "latency": latency(model, images, cfg)}
+  print(f"model {res['model']} schedule {res['schedule']} target {res['target']} driver "
+        f"{res['driver']}")
   print_latency(res["latency"])
   return res
 
@@ -122,7 +128,8 @@ def cmd_profile() -> dict:
   if not FLAGS.kit or not FLAGS.out:
     raise ValueError("profile needs --kit and --out")
   progress = None if FLAGS.quiet else (lambda msg: print(msg, file=sys.stderr))
-  profile, kit = kit_lib.profile_kit(FLAGS.kit, timing_config(), progress=progress)
+  profile, kit = kit_lib.profile_kit(FLAGS.kit, timing_config(), progress=progress,
+                                     driver=FLAGS.driver)
   paths = kit_lib.write_profile(profile, FLAGS.out, kit)
   for p in sorted(profile.points, key=lambda p: (p.batch_size, -p.tokens)):
     print(f"{p.component} b{p.batch_size} n{p.tokens}: median {p.median_s * 1e3:.3f} ms "

@@ -1,19 +1,20 @@
 """On-device latency profiles from a kit of IREE modules (no jax on the board).
 
 A kit (built on the host by `python -m experiments.edge_kit`, `vitprune.iree_build.build_kit`):
-  kit.json      format "vitprune-edge-kit", version 1: target, backend, driver, compiler
-                {iree_version, input_type, target_backends, flags}, host_cpu (iree:host), model,
-                config, dtype, mode ('model' | 'schedule'), reducer, weights {file, sha256,
-                params_sha256, leaves}, points [{component, batch_size, tokens, schedule,
-                module {file, sha256}, args (weight leaf indices), input {shape, dtype},
-                compile_s, cached, fallback}].
+  kit.json      format "vitprune-edge-kit", version 1: target, backend, driver, runtime
+                {profile, driver, gflop, source}, compiler {iree_version, input_type,
+                target_backends, flags, profile}, host_cpu (iree:host), model, config, dtype,
+                mode ('model' | 'schedule'), reducer, weights {file, sha256, params_sha256,
+                leaves}, points [{component, batch_size, tokens, schedule, module {file,
+                sha256}, args (weight leaf indices), input {shape, dtype}, compile_s, cached,
+                flags, fallback}].
   weights.bin   every float32 parameter leaf (see `vitprune.edge.runtime.pack_weights`).
   modules/*.vmfb  one module per point: main(*weights[args], images) -> logits.
 
-`profile_kit` times every point with the profiler's protocol (`vitprune.profile.protocol`) and
-returns a `vitprune.profile.records.Profile` (platform 'iree-<driver>', device kind naming the
-target and the CPU), which `write_profile` saves as the JSON (+ CSV twin) `experiments.solve`
-reads.
+`profile_kit` times every point with the profiler's protocol (`vitprune.profile.protocol`) on
+the kit's driver (or the one given) and returns a `vitprune.profile.records.Profile` (platform
+'iree-<driver>', device kind naming the target and the CPU), which `write_profile` saves as the
+JSON (+ CSV twin) `experiments.solve` reads.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from vitprune import atomic
 from vitprune.profile import protocol
 from vitprune.profile import records
 from vitprune.edge import runtime as rt
-from vitprune.edge.targets import EdgeError, check_runnable, host_cpu
+from vitprune.edge.targets import EdgeError, check_driver, check_runnable, host_cpu, parse_target
 
 KIT_FORMAT = "vitprune-edge-kit"
 KIT_VERSION = 1
@@ -53,10 +54,12 @@ def read_kit(path: str) -> Dict[str, Any]:
 
 
 def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
-                progress: Optional[Callable[[str], None]] = None):
-  """Loads and checks every module of kit `path`, times them -> `records.Profile`."""
+                progress: Optional[Callable[[str], None]] = None, driver: Optional[str] = None):
+  """Loads and checks every module of kit `path`, times them on `driver` (default: the kit's)
+  -> (`records.Profile`, the kit manifest with the driver used)."""
   path = os.path.abspath(path)
   kit = read_kit(path)
+  kit["driver"] = check_driver(parse_target(kit["target"]), driver or kit["driver"])
   check_runnable(kit, f"kit {path} ({kit['target']})")
   weights = rt.read_weights(path, kit["weights"], f"kit {path}")
   modules = [rt.checked_file(path, p["module"], f"kit {path}") for p in kit["points"]]

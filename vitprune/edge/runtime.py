@@ -6,7 +6,8 @@
 
 Artifact files written by `vitprune.iree_build` (next to the jax export):
   iree/<target slug>.json   per-target record (format "vitprune-edge-target", version 1):
-      target, backend, driver, compiler {iree_version, input_type, target_backends, flags},
+      target, backend, driver, runtime {profile, driver, gflop, source}, compiler
+      {iree_version, input_type, target_backends, flags, profile, fallback},
       function, module {file, sha256, bytes}, weights {mode "args"|"baked", file, sha256,
       params_sha256, leaves [{name, shape, dtype, offset, nbytes}]}, input {shape, dtype,
       layout}, output {shape, dtype}, model, schedule, preprocessing, class_names, host_cpu
@@ -14,8 +15,10 @@ Artifact files written by `vitprune.iree_build` (next to the jax export):
   iree/<target slug>.vmfb   the compiled module; function `main(*weights, images) -> logits`.
   iree/weights.bin          float32 leaves, C order, 64-byte aligned (mode "args"; shared).
 
-Every file is checked against its sha256 before use; a missing, edited or replaced file, or a
-module for a device this host lacks, raises `EdgeError` with a one-line message.
+Modules run on the record's driver unless `load(..., driver=)` names another one the target
+accepts (llvm-cpu: local-sync or local-task). Every file is checked against its sha256 before
+use; a missing, edited or replaced file, a module for a device this host lacks or a driver the
+target cannot use raises `EdgeError` with a one-line message.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import numpy as np
 from vitprune import jsonio
 from vitprune.digest import file_sha256
 from vitprune.config import Preprocessing
-from vitprune.edge.targets import EdgeError, check_runnable, parse_target
+from vitprune.edge.targets import EdgeError, check_driver, check_runnable, parse_target
 
 RECORD_FORMAT = "vitprune-edge-target"
 RECORD_VERSION = 1
@@ -124,15 +127,17 @@ class Runner:
 class EdgeModel:
   """`model(images [B, H, W, C]) -> numpy [B, K]` from one IREE target of an artifact.
 
-  Attributes: path, record (the per-target JSON), target (text), batch_size, input_shape,
-  preprocessing (a `vitprune.config.Preprocessing`), class_names, num_outputs.
+  Attributes: path, record (the per-target JSON), target (text), driver (the one it runs on),
+  batch_size, input_shape, preprocessing (a `vitprune.config.Preprocessing`), class_names,
+  num_outputs.
   """
 
   def __init__(self, path: str, record: Dict[str, Any], where: str):
     self.path, self.record, self.target = path, record, record["target"]
+    self.driver = check_driver(parse_target(self.target), record["driver"])
     module = checked_file(path, record["module"], where)
     weights = read_weights(path, record["weights"], where)
-    self._runner = Runner(record["driver"])
+    self._runner = Runner(self.driver)
     self._fn = self._runner.load(module, record.get("function", "main"))
     self._weights = [self._runner.put(w) for w in weights]
     self.input_shape = tuple(int(d) for d in record["input"]["shape"])
@@ -185,8 +190,16 @@ def read_records(path: str) -> List[Dict[str, Any]]:
   return out
 
 
-def load(path: str, target: Optional[str] = None) -> EdgeModel:
-  """The artifact's module for `target` (default: the first one this host can run)."""
+def with_driver(record: Dict[str, Any], driver: Optional[str]) -> Dict[str, Any]:
+  """`record` running on `driver` (None: its own), checked against its target."""
+  if driver is None:
+    return record
+  return dict(record, driver=check_driver(parse_target(record["target"]), driver))
+
+
+def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) -> EdgeModel:
+  """The artifact's module for `target` (default: the first one this host can run), on
+  `driver` (default: the one its record names)."""
   path = os.path.abspath(os.fspath(path))
   records = read_records(path)
   if target is not None:
@@ -195,14 +208,16 @@ def load(path: str, target: Optional[str] = None) -> EdgeModel:
     if not chosen:
       raise EdgeError(f"{path} has no module for target {want} (it has "
                       f"{', '.join(r['target'] for r in records)})")
-    check_runnable(chosen[0], f"{path} ({want})")
-    return EdgeModel(path, chosen[0], f"{path} ({want})")
+    record = with_driver(chosen[0], driver)
+    check_runnable(record, f"{path} ({want})")
+    return EdgeModel(path, record, f"{path} ({want})")
   reasons = []
   for r in records:
     try:
-      check_runnable(r, f"{r['target']}")
+      record = with_driver(r, driver)
+      check_runnable(record, f"{r['target']}")
     except EdgeError as e:
       reasons.append(str(e))
       continue
-    return EdgeModel(path, r, f"{path} ({r['target']})")
+    return EdgeModel(path, record, f"{path} ({r['target']})")
   raise EdgeError(f"{path}: no target runs on this host: {'; '.join(reasons)}")

@@ -9,7 +9,14 @@ Target texts:
 
 The CPU targets use data tiling and microkernels (`--iree-opt-data-tiling
 --iree-llvmcpu-enable-ukernels=all`): IREE's default CPU code generation is several times slower
-than XLA on ViT matmuls. Importing this module needs neither jax nor IREE.
+than XLA on ViT matmuls. A CPU module is built for one of two profiles, chosen from the graph's
+estimated work (`cpu_profile`, measured in README "IREE host vs JAX CPU"):
+  latency     (< TASK_MIN_GFLOP per call): runs on the `local-sync` driver (the caller's thread;
+              no task-system hand-offs), compiled with the transposes fused into the matmuls
+              (`--iree-opt-generalize-matmul`) and peeled vector loops for odd token counts.
+  throughput  (larger graphs): runs on `local-task` (one worker per core), default codegen.
+A compile that fails is retried with less (`next_attempt`); the record lists what was used.
+Importing this module needs neither jax nor IREE.
 """
 from __future__ import annotations
 
@@ -24,6 +31,15 @@ class EdgeError(ValueError):
 
 
 CPU_TUNING = ("--iree-opt-data-tiling", "--iree-llvmcpu-enable-ukernels=all")
+CPU_FUSION = ("--iree-opt-generalize-matmul",)
+CPU_PEEL = ("--iree-llvmcpu-vector-pproc-strategy=peel",)
+CPU_LATENCY = CPU_FUSION + CPU_PEEL
+# IREE's 32 KiB per-dispatch stack limit is a fail-safe; local-task workers have 128 KiB stacks.
+STACK_LIMIT = 65536
+CPU_STACK = f"--iree-llvmcpu-stack-allocation-limit={STACK_LIMIT}"
+CPU_PROFILES = ("latency", "throughput")
+CPU_DRIVERS = {"latency": "local-sync", "throughput": "local-task"}
+TASK_MIN_GFLOP = 16.0
 _ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
 _FORMS = ("jax", "iree:host", "iree:llvm-cpu:<triple>[:<cpu>]", "iree:cuda:<sm_XX>",
           "iree:vulkan")
@@ -53,9 +69,15 @@ class Target:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", self.text.replace(":", "_"))
 
   @property
+  def drivers(self) -> Tuple[str, ...]:
+    """The IREE runtime drivers that can run this target's modules (the first is the default)."""
+    return {"llvm-cpu": ("local-task", "local-sync"), "cuda": ("cuda",),
+            "vulkan-spirv": ("vulkan",)}[self.backend]
+
+  @property
   def driver(self) -> str:
-    """The IREE runtime driver that runs this target's modules."""
-    return {"llvm-cpu": "local-task", "cuda": "cuda", "vulkan-spirv": "vulkan"}[self.backend]
+    """The default IREE runtime driver of this target (llvm-cpu: see `cpu_profile`)."""
+    return self.drivers[0]
 
   @property
   def arch(self) -> Optional[str]:
@@ -64,12 +86,16 @@ class Target:
       return None
     return normalize_arch(self.triple.split("-")[0] if self.triple else platform.machine())
 
-  def compile_flags(self) -> List[str]:
-    """`iree-compile` flags besides the input type and the target backend."""
+  def compile_flags(self, profile: str = "throughput") -> List[str]:
+    """`iree-compile` flags besides the input type and the target backend (llvm-cpu: for
+    `profile` 'latency' or 'throughput')."""
     if self.backend == "llvm-cpu":
+      if profile not in CPU_PROFILES:
+        raise EdgeError(f"unknown CPU profile {profile!r}; expected one of "
+                        f"{', '.join(CPU_PROFILES)}")
       flags = [f"--iree-llvmcpu-target-triple={self.triple}"] if self.triple else []
       flags.append(f"--iree-llvmcpu-target-cpu={self.cpu or 'generic'}")
-      return flags + list(CPU_TUNING)
+      return flags + list(CPU_TUNING) + (list(CPU_LATENCY) if profile == "latency" else [])
     if self.backend == "cuda":
       return [f"--iree-cuda-target={self.sm}"]
     return []
@@ -114,6 +140,51 @@ def parse_targets(items: Sequence[str]) -> Tuple[Target, ...]:
   return tuple(out)
 
 
+# ----------------------------------------------------------------------------- profiles, drivers
+
+
+def cpu_profile(gflop: float) -> str:
+  """'latency' below `TASK_MIN_GFLOP` estimated GFLOP per call, else 'throughput'."""
+  return "latency" if gflop < TASK_MIN_GFLOP else "throughput"
+
+
+def default_driver(target: Target, profile: str) -> str:
+  """The driver a module of `target` built for `profile` runs on unless told otherwise."""
+  return CPU_DRIVERS[profile] if target.backend == "llvm-cpu" else target.driver
+
+
+def check_driver(target: Target, driver: str) -> str:
+  """`driver` if it can run `target`'s modules; raises EdgeError naming the accepted ones."""
+  if driver not in target.drivers:
+    raise EdgeError(f"IREE driver {driver!r} cannot run target {target.text}; expected one of "
+                    f"{', '.join(target.drivers)}")
+  return driver
+
+
+# ----------------------------------------------------------------------------- compile retries
+
+
+_STACK = re.compile(r"exceeded stack allocation limit of \d+ bytes for function\. "
+                    r"Got (\d+) bytes")
+
+
+def next_attempt(flags: Sequence[str], error: str) -> Optional[Tuple[List[str], str]]:
+  """After a CPU compile with `flags` failed with compiler output `error`: (the flags to try
+  next, what changed), or None when nothing is left to drop.
+
+  A dispatch over IREE's stack limit but within `STACK_LIMIT` gets the higher limit; a larger
+  one drops the matmul fusion, then data tiling; any other error drops data tiling and
+  microkernels first (IREE 3.13 rejects ToMe's i1 padding with them), then the fusion."""
+  flags = list(flags)
+  stack = [int(n) for n in _STACK.findall(error)]
+  if stack and max(stack) <= STACK_LIMIT and CPU_STACK not in flags:
+    return flags + [CPU_STACK], f"raised the stack limit to {STACK_LIMIT} bytes"
+  for group in ((CPU_FUSION, CPU_TUNING) if stack else (CPU_TUNING, CPU_FUSION)):
+    if set(group) <= set(flags):
+      return [f for f in flags if f not in group], f"dropped {' '.join(group)}"
+  return None
+
+
 # ----------------------------------------------------------------------------- this host
 
 
@@ -152,13 +223,14 @@ def check_runnable(record: Dict[str, Any], where: str) -> None:
                         f"this CPU lacks ({', '.join(missing[:8])}); recompile on this machine")
     return
   import iree.runtime as ireert  # pylint: disable=g-import-not-at-top  (optional: needed to run)
-  if target.driver not in ireert.query_available_drivers():
+  driver = record.get("driver", target.driver)
+  if driver not in ireert.query_available_drivers():
     raise EdgeError(f"{where} targets {target.text}, but this IREE runtime has no "
-                    f"{target.driver!r} driver")
+                    f"{driver!r} driver")
   try:
-    ireert.get_device(target.driver)
+    ireert.get_device(driver)
   except Exception as e:  # the runtime raises RuntimeError/ValueError variants
-    raise EdgeError(f"{where} targets {target.text}, but no {target.driver} device is "
+    raise EdgeError(f"{where} targets {target.text}, but no {driver} device is "
                     f"available here ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
                     ) from None
 
