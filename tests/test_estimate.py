@@ -204,8 +204,8 @@ def test_sharded_equals_unsharded(tmp_path):
       out["error"] = str(e)
     print(json.dumps(out))
   """ % REPO)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
+  xla_flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+  env = dict(os.environ, XLA_FLAGS=xla_flags.strip(), JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                         env=env, cwd=REPO, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
