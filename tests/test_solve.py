@@ -797,12 +797,14 @@ def test_multilayer_floor_checked_on_measurements(tmp_path):
   assert any("rests on measured numbers" in line for line in summary_lines(sol))
   # The measured multi-layer schedules correct the combination model (the evaluator's 0.03 is
   # a larger drop than predicted: k > 1), and the summary says by how much.
-  corr = sol.settings["accuracy_correction"]
   multi = [c for c in measured if sum(a > b for a, b in zip(c.counts, c.counts[1:])) > 1]
+  assert ("accuracy_correction" in sol.settings) == (len(multi) >= 3)   # fitted from 3 up
+  full = sol.full.predicted_accuracy
+  corr = solve_stage.fit_drop_scale(full, measured, min_schedules=1)
   assert corr["num_schedules"] == len(multi) and corr["drop_scale"] > 1
   assert corr["error_points_after"] < corr["error_points_before"] == pytest.approx(3.0)
+  sol = dataclasses.replace(sol, settings=dict(sol.settings, accuracy_correction=corr))
   assert any("measured multi-layer schedules: drops x" in line for line in summary_lines(sol))
-  full = sol.full.predicted_accuracy
   for c in multi:
     assert solve_stage.corrected_accuracy(sol, c) == pytest.approx(
         full - corr["drop_scale"] * (full - c.predicted_accuracy))
@@ -824,4 +826,6 @@ def test_fit_drop_scale_recovers_the_scale_and_ignores_single_reductions():
   assert corr["error_points_after"] == pytest.approx(0.0, abs=1e-9)
   assert corr["error_points_before"] == pytest.approx(100 * 0.5 * np.mean([0.01, 0.02, 0.04]))
   assert solve_stage.fit_drop_scale(full, [single, unmeasured]) is None
-  assert solve_stage.fit_drop_scale(full, [_cand((17, 9, 5, 5), full, full)]) is None
+  assert solve_stage.fit_drop_scale(full, multi[:2]) is None          # too few to fit
+  assert solve_stage.fit_drop_scale(full, multi[:2], min_schedules=2)["num_schedules"] == 2
+  assert solve_stage.fit_drop_scale(full, [_cand((17, 9, 5, 5), full, full)] * 3) is None
