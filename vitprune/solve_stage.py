@@ -1,4 +1,5 @@
-"""The solve stage: a `Profile` and an `Estimate` in, a `Solution` out (no files, no jax).
+"""The solve stage: a `Profile` and an `Estimate` in, a `Solution` out (no files; jax is imported
+only to ask the method's reducer for its per-block limit, `method_caps`).
 
 The two records must describe the same model (name and config) and, unless
 `allow_batch_mismatch`, the profile batch size used must equal the estimate's evaluation batch
