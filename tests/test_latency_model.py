@@ -151,6 +151,20 @@ def test_sample_schedules_respects_method_limits():
     assert all(c[l] - c[l + 1] <= half(c[l]) for l in range(D))
 
 
+def test_calibration_draws_only_counts_the_method_can_reach():
+  # ToMe on DeiT-S's every-24th grid: 197 -> 101 -> 53 -> 29 within the 50 % cap, 5 never (29
+  # may lose only 14). The stratified draw used to aim its first schedule at 5 and give up.
+  half = lambda n: (n - 1) // 2   # noqa: E731
+  grid = list(range(197, 4, -24))           # 197, 173, ..., 29, 5
+  assert lm_lib.reachable_counts(197, 12, grid, half) == [29, 53, 77, 101, 125, 149, 173]
+  assert lm_lib.reachable_counts(197, 2, grid, half) == [53, 77, 101, 125, 149, 173]
+  assert lm_lib.reachable_counts(197, 12, grid) == [5, 29, 53, 77, 101, 125, 149, 173]
+  got = lm_lib.sample_schedules(197, 12, grid, 6, seed=0, max_remove=half)
+  assert len(set(got)) == 6 and min(c[-1] for c in got) == 29
+  for c in got:
+    assert all(c[l] - c[l + 1] <= half(c[l]) for l in range(12))
+
+
 def test_wilson_interval_hand_computed():
   # 50 / 100: centre (0.5 + z^2/200) / (1 + z^2/100) = 0.5; half = z sqrt(0.0025 + z^2/40000)
   # / (1 + z^2/100) = 0.0961696...
