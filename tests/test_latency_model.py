@@ -16,7 +16,7 @@ from vitprune.registry import get_config
 CFG = get_config("vit_digits")               # N = 65, depth 6
 N, D = CFG.num_tokens, CFG.depth
 GRID = tuple(range(5, N + 1, 4))             # 5, 9, ..., 65
-TRUE = {"const": 2e-4, "scale": 0.6, "mlp": 0.25, "r0": 3e-5, "r1": 4e-5}
+TRUE = {"const": 2e-4, "scale": 0.6, "mlp": 0.25, "r0": 3e-5, "r1": 4e-5, "post": 0.1}
 
 
 def _curve():
@@ -31,6 +31,8 @@ def _truth(counts, params=TRUE):
   for l in range(D):
     if counts[l + 1] < counts[l]:
       t += params["r0"] + params["r1"] * counts[l] / N
+    if counts[l] < counts[0]:            # a block after a reduction
+      t += params["post"] * s[l]
   return float(t)
 
 
@@ -89,6 +91,12 @@ def test_record_round_trip_and_trust():
     good.predict((N,) * D + (1,))
   with pytest.raises(lm_lib.LatencyModelError, match="params"):
     lm_lib.LatencyModel.from_json(dict(lm.to_json(), params={"const": 1}))
+  # A model written before `post` existed loads with post = 0 (a bad `post` is still refused).
+  old = lm.to_json()
+  old["params"] = {k: v for k, v in old["params"].items() if k != "post"}
+  assert lm_lib.LatencyModel.from_json(old).params["post"] == 0.0
+  with pytest.raises(lm_lib.LatencyModelError, match="params"):
+    lm_lib.LatencyModel.from_json(dict(old, params=dict(old["params"], post="x")))
 
 
 def _profile(points, **kw):

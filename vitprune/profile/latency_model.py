@@ -13,14 +13,19 @@ every schedule. Here a block's cost comes from whole graphs instead:
       pred(counts) = const + scale * sum_{l < depth} s(c_l)
                      + mlp * (s(c_depth) - s(c_0))
                      + sum_{l reduces} (r0 + r1 * c_l / N)
+                     + post * sum_{l < depth, c_l < c_0} s(c_l)
 
-    with c = counts (c_0 = N), 0 <= mlp <= scale, r0, r1 >= 0 (bounded least squares on
+    with c = counts (c_0 = N), 0 <= mlp <= scale, r0, r1, post >= 0 (bounded least squares on
     relative error).
     `mlp`: a reducing block runs its MLP at the output count (`model.block` reduces between the
     attention and the MLP); summed over the blocks that is sum_l b(c_l) + phi * (b(c_depth) -
     b(c_0)) with phi the MLP's share of a block, exactly one per-count term at the final count.
     r0 + r1 c_l / N: the reduction itself (scoring, top-k or matching, gather), a function of the
     reducing block's input count.
+    `post`: what a block costs beyond the uniform graph's once a block has reduced (ToMe carries
+    token sizes into proportional attention in every later block, which leaves the fused
+    attention path); 0 for methods whose later blocks are plain. In the DP (c_0 = N) it is a
+    per-count term on counts below N. Files written before it existed load with post = 0.
 
 The model stays additive per block, so the exact multi-layer DP applies unchanged
 (`dp_arrays`: per-count block cost, per-count reduce cost, head cost at the final count, one
@@ -44,7 +49,8 @@ from vitprune.profile import records
 FORMAT = "vitprune-latency-model"
 VERSION = 1
 SOURCE = "calibrated-graph"
-PARAMS = ("const", "scale", "mlp", "r0", "r1")
+PARAMS = ("const", "scale", "mlp", "r0", "r1", "post")
+OPTIONAL_PARAMS = {"post": 0.0}     # absent in files written before the parameter existed
 DEFAULT_MAX_RESIDUAL = 0.10   # p90 |relative error| on the calibration set above this: untrusted
 
 
@@ -87,7 +93,8 @@ class LatencyModel:
     object.__setattr__(self, "calibration", tuple(tuple(int(c) for c in s)
                                                   for s in self.calibration))
     object.__setattr__(self, "calibration_s", tuple(float(v) for v in self.calibration_s))
-    object.__setattr__(self, "params", {k: float(self.params[k]) for k in PARAMS})
+    object.__setattr__(self, "params", {k: float(self.params[k] if k in self.params else
+                                                  OPTIONAL_PARAMS[k]) for k in PARAMS})
     if len(self.tokens) != len(self.curve_s) or len(self.tokens) < 2:
       raise ValueError(f"need >= 2 curve points with one latency each, got {len(self.tokens)} "
                        f"counts and {len(self.curve_s)} latencies")
@@ -144,7 +151,7 @@ class LatencyModel:
     p = self.params
     s = self.shape(ns)
     s_full = float(self.shape(self.num_tokens))
-    block = p["scale"] * s
+    block = p["scale"] * s + p["post"] * s * (ns < self.num_tokens)
     head = p["mlp"] * s
     embed = p["const"] - p["mlp"] * s_full
     shift = min(float(block.min()), max(0.0, -embed) / self.depth)
@@ -219,8 +226,9 @@ class LatencyModel:
             "tokens", "curve_s", "params", "calibration")
     jsonio.require_keys(doc, keys, where, LatencyModelError)
     params = doc["params"]
-    jsonio.require(isinstance(params, dict) and all(jsonio.is_num(params.get(k)) for k in PARAMS),
-                   where, f"params must hold numbers {PARAMS}", LatencyModelError)
+    jsonio.require(isinstance(params, dict) and all(
+        jsonio.is_num(params.get(k)) or (k in OPTIONAL_PARAMS and k not in params)
+        for k in PARAMS), where, f"params must hold numbers {PARAMS}", LatencyModelError)
     cal = doc["calibration"]
     jsonio.require(isinstance(cal, list) and all(isinstance(c, dict) and "counts" in c and
                                                  jsonio.is_num(c.get("measured_s"))
@@ -247,8 +255,9 @@ def features(lm: LatencyModel, counts: Counts) -> np.ndarray:
   d = lm.depth
   s = lm.shape(c)
   red = c[1:] < c[:-1]
+  after = c[:d] < c[0]
   return np.array([1.0, float(s[:d].sum()), float(s[d] - s[0]), float(red.sum()),
-                   float((c[:d][red] / lm.num_tokens).sum())])
+                   float((c[:d][red] / lm.num_tokens).sum()), float(s[:d][after].sum())])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,16 +328,16 @@ def fit_arrays(*, model: str, config: Dict[str, Any], device_kind: str, platform
     raise CalibrationError(f"need >= {len(PARAMS)} calibration schedules with positive finite "
                            f"latencies, got {y.size}")
   x = np.stack([features(base, base._check(c)) for c in base.calibration])
-  # Solved for (const, scale - mlp, mlp, r0, r1), all but const >= 0: 0 <= mlp <= scale (the
-  # MLP is a share of the block).
+  # Solved for (const, scale - mlp, mlp, r0, r1, post), all but const >= 0: 0 <= mlp <= scale
+  # (the MLP is a share of the block).
   x[:, 2] += x[:, 1]
   w = 1.0 / y
-  lo = np.array([-np.inf, 0.0, 0.0, 0.0, 0.0])
+  lo = np.array([-np.inf, 0.0, 0.0, 0.0, 0.0, 0.0])
   res = lsq_linear(x * w[:, None], y * w, bounds=(lo, np.full(len(PARAMS), np.inf)),
                    method="bvls", lsmr_tol=None)
-  const, rest, mlp, r0, r1 = (float(v) for v in res.x)
+  const, rest, mlp, r0, r1, post = (float(v) for v in res.x)
   return dataclasses.replace(base, params={"const": const, "scale": rest + mlp, "mlp": mlp,
-                                           "r0": r0, "r1": r1})
+                                           "r0": r0, "r1": r1, "post": post})
 
 
 # ----------------------------------------------------------------------------------------------
