@@ -49,7 +49,7 @@ def test_predictor_accuracy_quick(tmp_path):
   held = {tuple(s["counts"]) for s in row["schedules"]}
   cal = {tuple(c) for c in row["latency_model"].get("calibration", [])}
   assert len(held) == row["num_heldout"] >= 3 and not held & cal
-  for key in ("calibrated", "block_sum"):
+  for key in ("calibrated", "interleaved", "block_sum"):
     e = row["heldout"][key]
     assert e["count"] == row["num_heldout"] and 0 <= e["within10"] <= 1 and e["p90"] >= e["median"]
   acc = row["frontier"]["accuracy_error_points"]
