@@ -152,7 +152,7 @@ def artifact(tmp_path_factory, params):
   deploy.export_artifact(out, CFG, params, schedule=parse_schedule(CFG, "keep@1:9"),
                          reducer=make_reducer("pomt"), reducer_name="pomt", batch_size=2,
                          targets=["jax", "iree:host", "iree:cuda:sm_87",
-                                  "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae"])
+                                  "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae", "iree:vulkan"])
   return out
 
 
@@ -160,7 +160,7 @@ def test_artifact_targets_cross_compile_and_match_jax(artifact, images):
   with open(os.path.join(artifact, "manifest.json")) as f:
     manifest = json.load(f)
   assert manifest["targets"] == ["jax", "iree:host", "iree:cuda:sm_87",
-                                 "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae"]
+                                 "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae", "iree:vulkan"]
   recs = {r["target"]: r for r in edge_rt.read_records(artifact)}
   assert set(recs) == set(manifest["targets"][1:])
   for r in recs.values():
@@ -173,6 +173,7 @@ def test_artifact_targets_cross_compile_and_match_jax(artifact, images):
   assert (host["runtime"]["source"], host["compiler"]["profile"]) == ("auto", "latency")
   assert "--iree-opt-generalize-matmul" in host["compiler"]["flags"]
   assert recs["iree:cuda:sm_87"]["driver"] == "cuda"
+  assert recs["iree:vulkan"]["driver"] == "vulkan"     # SPIR-V for Vulkan GPUs (compile only)
   edge = edge_rt.load(artifact)             # the first target this host runs: iree:host
   assert (edge.target, edge.driver) == ("iree:host", "local-sync")
   want = np.asarray(deploy.load(artifact)(images))
@@ -193,6 +194,9 @@ def test_artifact_targets_cross_compile_and_match_jax(artifact, images):
 def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
   with pytest.raises(EdgeError, match="no cuda device is available here"):
     edge_rt.load(artifact, "iree:cuda:sm_87")
+  with pytest.raises(EdgeError, match=r"targets iree:vulkan, but (this IREE runtime has no "
+                                      r"'vulkan' driver|no vulkan device is available here)"):
+    edge_rt.load(artifact, "iree:vulkan")
   with pytest.raises(EdgeError, match="aarch64.*this host is x86_64"):
     edge_rt.load(artifact, "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae")
   r = run_edge("bench", f"--artifact={artifact}", "--target=iree:cuda:sm_87",
