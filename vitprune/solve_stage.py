@@ -559,7 +559,8 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   straddles = [c.schedule for c in checked + [best] if floor_status(c, floor) == "straddles"]
   settings = dict(solution.settings, singles_meeting_floor=len(singles), num_images=images,
                   floor_straddles=sorted(set(straddles)))
-  correction = fit_drop_scale(full.predicted_accuracy, checked + [best])
+  correction = fit_drop_scale(full.predicted_accuracy,
+                              list({c.counts: c for c in checked + [best]}.values()))
   if correction:
     settings["accuracy_correction"] = correction
   return dataclasses.replace(solution, chosen=best, checked=tuple(checked), basis="measured",
