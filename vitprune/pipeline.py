@@ -194,10 +194,12 @@ def _profile(cfg, params, spec, tokens, progress, log) -> records.Profile:
 
 def one_block_counts(cfg, tokens: Sequence[int], reducer) -> List[int]:
   """The counts of `tokens` below N that one block of `reducer` can reach from all N tokens
-  (the per-layer sensitivity grid; ToMe: at least about half); ValueError when none is."""
+  (the per-layer sensitivity grid; ToMe: at least about half), ascending; ValueError when none
+  is."""
   n_full = cfg.num_tokens
   cap = reducer.max_remove(n_full, cfg.num_prefix_tokens)
-  reduced = [n for n in tokens if n < n_full and n_full - n <= cap]
+  reduced = latency_model_lib.reachable_counts(
+      n_full, 1, tokens, lambda n: reducer.max_remove(n, cfg.num_prefix_tokens))
   if not reduced:
     raise ValueError(f"{reducer.name} removes at most {cap} of {n_full} tokens in one block: "
                      f"no token count of the grid ({min(tokens)}..{max(tokens)}) below {n_full} "
