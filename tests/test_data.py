@@ -297,6 +297,26 @@ def test_digits_arrays_and_stratified_split():
     data.digits_split(test_fraction=1.0)
 
 
+def test_digits_read_from_the_shipped_csv_equal_sklearn_load_digits(monkeypatch):
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  bunch = load_digits()
+  want = np.round(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+  images, labels = data.load_digits_arrays()
+  np.testing.assert_array_equal(images, want)
+  np.testing.assert_array_equal(labels, bunch.target)
+  labels[0] = 9                           # callers get copies: the cached table is untouched
+  assert data.load_digits_arrays()[1][0] == bunch.target[0]
+  # Without the CSV (no sklearn package directory found), the sklearn loader gives the same.
+  data._digits_table.cache_clear()
+  monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+  try:
+    fb_images, fb_labels = data.load_digits_arrays()
+  finally:
+    data._digits_table.cache_clear()
+  np.testing.assert_array_equal(fb_images, want)
+  np.testing.assert_array_equal(fb_labels, bunch.target)
+
+
 def test_digits_preprocessing_matches_embedded_model():
   from vitprune.registry import get_config
   prep = data.digits_preprocessing(32)
