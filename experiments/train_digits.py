@@ -52,6 +52,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("seed", TrainConfig.seed, "Init / shuffle / augmentation seed.", flag_values=fv)
   flags.DEFINE_integer("split_seed", TrainConfig.split_seed,
                        "Seed of the digits train/test split.", flag_values=fv)
+  flags.DEFINE_integer("max_steps", None, "Stop after this many optimizer steps (smoke runs; "
+                       "the learning-rate schedule still spans --epochs).", lower_bound=1,
+                       flag_values=fv)
 
 
 def main(f: flags.FlagValues):
@@ -68,22 +71,22 @@ def main(f: flags.FlagValues):
   test_data = load_split("test", cfg, seed=tc.split_seed, test_fraction=tc.test_fraction)
   print(f"{cfg.name}: {cfg.num_tokens} tokens, depth {cfg.depth}; train {len(train_data[0])} / "
         f"test {len(test_data[0])} digits; {jax.device_count()} {jax.default_backend()} device(s)")
-  params, history = train(cfg, tc, train_data, test_data)
+  params, history = train(cfg, tc, train_data, test_data, max_steps=f.max_steps)
   train_seconds = time.time() - t_start
-  test_acc = accuracy(params, cfg, *test_data)
+  test_acc = history[-1]["test_accuracy"]   # the final params are the last epoch's
   train_acc = accuracy(params, cfg, *train_data)
   command = "python -m experiments.train_digits " + " ".join(sys.argv[1:])
   meta = {"dataset": "sklearn_digits", "split": {"seed": tc.split_seed,
                                                  "test_fraction": tc.test_fraction,
                                                  "num_train": len(train_data[0]),
                                                  "num_test": len(test_data[0])},
-          "epochs": tc.epochs, "test_accuracy": test_acc, "train_accuracy": train_acc,
+          "epochs": tc.epochs, "max_steps": f.max_steps, "test_accuracy": test_acc, "train_accuracy": train_acc,
           "train_config": dataclasses.asdict(tc), "trained_by": "experiments/train_digits.py"}
   metrics = {
       "model": cfg.name, "test_accuracy": test_acc, "train_accuracy": train_acc,
       "num_test": len(test_data[0]), "num_train": len(train_data[0]),
       "command": command, "seed": tc.seed, "split_seed": tc.split_seed,
-      "train_config": dataclasses.asdict(tc), "train_seconds": round(train_seconds, 1),
+      "train_config": dataclasses.asdict(tc), "max_steps": f.max_steps, "train_seconds": round(train_seconds, 1),
       "history": history,
       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
       "platform": {"python": platform.python_version(), "machine": platform.machine(),

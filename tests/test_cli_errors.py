@@ -53,6 +53,7 @@ CASES = [
     ("convert", ["--model=deit_smal_patch16_224", "--checkpoint=c.npz", "--out={out}"], 1,
      "unknown model 'deit_smal_patch16_224'. Did you mean: deit_small_patch16_224"),
     ("train_digits", ["--lr=inf", "--out={out}"], 1, "--lr=inf is not a finite number"),
+    ("train_digits", ["--max_steps=0", "--out={out}"], 2, "--max_steps=0: 0 is not a positive integer"),
     ("train_digits", ["--out={full}"], 1, "already exists (pass --overwrite"),
     ("train_digits", ["--out={file}/w"], 1, "is a file, not a directory"),
     ("edge_kit", ["--out={file}"], 1, "is a file, not a directory"),

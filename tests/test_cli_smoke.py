@@ -71,8 +71,10 @@ def test_edge_kit(tmp_path):
 
 
 def test_train_digits(tmp_path):
-  r = _cli("train_digits", "--epochs=1", "--warmup_epochs=0", "--batch_size=1024",
-           f"--out={tmp_path / 'w'}")
+  r = _cli("train_digits", "--epochs=1", "--warmup_epochs=0", "--batch_size=32",
+           "--max_steps=2", f"--out={tmp_path / 'w'}")
   cfg, meta = checkpoint.read_weights_config(str(tmp_path / "w"))
-  assert cfg.name == "vit_digits" and meta["epochs"] == 1
+  assert cfg.name == "vit_digits" and meta["epochs"] == 1 and meta["max_steps"] == 2
+  metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
+  assert metrics["history"][-1]["steps"] == 2 and metrics["max_steps"] == 2
   assert "held-out accuracy" in r.stdout
