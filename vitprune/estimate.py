@@ -26,6 +26,7 @@ The run becomes an `Estimate` record (`estimate_record`; format, file reading an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 import time
@@ -40,7 +41,8 @@ from vitprune import data as data_lib
 from vitprune import schedule as schedule_lib
 from vitprune.config import ViTConfig
 from vitprune.digest import params_sha256
-from vitprune.model import Params, jitted_forward
+from vitprune.model import Params, forward
+from vitprune.profile import timing
 from vitprune.records.estimate import (FIDELITY_METRICS, LABELLED_METRICS, VERSION, Estimate,
                                        EstimatePoint, Scores, default_metric)
 from vitprune.reduce.base import TokenReducer
@@ -219,8 +221,11 @@ def _check_batch(batch: Batch, batch_size: Optional[int], labelled: bool, cfg: V
 
 def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
              points: Sequence[EvalPoint], *, labelled: bool, dtype: str = "float32",
-             precision: str = "highest", shard: bool = True) -> EvalResult:
+             precision: str = "highest", shard: bool = True, threads: int = 2) -> EvalResult:
   """Streams `batches` once, comparing every point with the unpruned model on each batch.
+
+  Every distinct graph (the unpruned one and one per point) is compiled once, on the first
+  batch, `threads` at a time (`timing.compile_many`).
 
   Args:
     cfg, params: the model (a classifier: `cfg.num_classes > 0`).
@@ -230,6 +235,7 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
     labelled: compute accuracy (labels must be >= 0 on real rows); else fidelity only.
     dtype, precision: forwarded to `vitprune.model.forward` (the reference uses the same).
     shard: with several devices, shard each batch over `data_mesh()` (B divisible by the count).
+    threads: graphs compiled at once.
 
   Returns:
     An `EvalResult`; raises ValueError for empty data, bad batches or invalid schedules.
@@ -250,6 +256,7 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
   correct = np.zeros(len(points), np.int64)
   agree = np.zeros(len(points), np.int64)
   kl = np.zeros(len(points), np.float64)
+  graphs = {}   # (schedule, reducer) -> compiled forward, built on the first batch
   for batch in batches:
     images, labels, valid = _check_batch(batch, batch_size, labelled, cfg)
     if batch_size is None:
@@ -259,13 +266,15 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
     if not valid.any():
       continue
     x = placement.batch(images)
-    fwd = dict(cfg=cfg, dtype=dtype, precision=precision)
-    ref = np.asarray(jax.device_get(jitted_forward(dev_params, x, schedule=ref_schedule, **fwd)))
+    if not graphs:
+      graphs = _compile_graphs(cfg, dev_params, x, [(ref_schedule, None)] +
+                               [(p.schedule, p.reducer) for p in points],
+                               dtype=dtype, precision=precision, threads=threads)
+    ref = np.asarray(jax.device_get(graphs[ref_schedule, None](dev_params, x)))
     n += int(valid.sum())
     ref_correct += int((ref.argmax(-1) == labels)[valid].sum())
     for i, p in enumerate(points):
-      logits = jax.device_get(jitted_forward(dev_params, x, schedule=p.schedule,
-                                             reducer=p.reducer, **fwd))
+      logits = jax.device_get(graphs[p.schedule, p.reducer](dev_params, x))
       c, a, k = compare_logits(logits, ref, labels)
       correct[i] += int(c[valid].sum())
       agree[i] += int(a[valid].sum())
@@ -279,6 +288,19 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
   return EvalResult(reference=result(ref_correct, n, 0.0),
                     points=tuple(result(*v) for v in zip(correct, agree, kl)),
                     batch_size=batch_size, num_devices=placement.num_devices)
+
+
+def _compile_graphs(cfg: ViTConfig, params: Params, x: jax.Array,
+                    graphs: Sequence[Tuple[Schedule, Optional[TokenReducer]]], *, dtype: str,
+                    precision: str, threads: int) -> Dict[Tuple[Schedule, Any], Any]:
+  """`{(schedule, reducer): compiled forward(params, x)}` for each distinct graph, compiled
+  `threads` at a time for the shapes (and shardings) of `params` and `x` [B, S, S, C]."""
+  jobs = {}
+  for sched, red in graphs:
+    fn = functools.partial(forward, cfg=cfg, schedule=sched, reducer=red, dtype=dtype,
+                           precision=precision)
+    jobs.setdefault((sched, red), (fn, (params, x)))
+  return {k: c for k, (c, _) in timing.compile_many(jobs, threads=threads).items()}
 
 
 def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",

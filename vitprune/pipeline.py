@@ -227,7 +227,8 @@ def _estimate(cfg, params, spec, tokens, data, weights_source, log) -> Estimate:
           f"measured as single reductions and are left out of the multi-layer grid")
     points = estimate_lib.sensitivity_points(cfg, reduced, list(range(cfg.depth)), reducer)
   result = estimate_lib.evaluate(cfg, params, data.batches(cfg, spec.eval_batch_size), points,
-                                 labelled=data.labelled, dtype=spec.dtype)
+                                 labelled=data.labelled, dtype=spec.dtype,
+                                 threads=spec.threads)
   return estimate_lib.estimate_record(
       cfg=cfg, params=params, weights_source=weights_source, data_info=data.info,
       method=method, method_kwargs=kwargs, seed=spec.seed, points=points, result=result,
@@ -304,7 +305,7 @@ def _verify(cfg, params, spec, data, chosen: Schedule, log) -> Verification:
       cfg, params, data.batches(cfg, spec.eval_batch_size),
       [estimate_lib.EvalPoint(chosen, reducer, chosen.counts[-1],
                               chosen.reduction_layers[0] if chosen.reduction_layers else None)],
-      labelled=data.labelled, dtype=spec.dtype)
+      labelled=data.labelled, dtype=spec.dtype, threads=spec.threads)
   return Verification(meas["unpruned"], meas[spec.method], check)
 
 
