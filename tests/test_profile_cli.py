@@ -100,8 +100,11 @@ def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys):
     assert os.path.exists(s["files"][key]), key
   with open(s["files"]["summary"]) as f:
     assert json.load(f)["schedule"] == s["schedule"]
+  assert list(s["seconds"]) == ["profile", "estimate", "solve", "verify"]   # paper: no in-loop
+  assert all(v > 0 for v in s["seconds"].values())
   out = capsys.readouterr().out
   assert f"n* = {s['n_star']} tokens" in out and "speedup x" in out
+  assert "wall seconds: profile " in out and "in-loop" not in out
 
 
 def test_pipeline_on_image_folders(tmp_path):
@@ -143,6 +146,9 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "multi-layer Pareto frontier, accuracy >= 0.5" in out
   assert f"chosen: multi-layer pomt schedule {s['schedule']}" in out
+  t = s["seconds"]
+  assert set(t) == {"profile", "estimate", "solve", "in_loop", "verify"}
+  assert 0 < t["in_loop"] < t["solve"] and f"(in-loop timing {t['in_loop']:.1f})" in out
 
 
 def test_multi_grid_keeps_the_counts_one_block_can_reach():

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
@@ -235,8 +236,10 @@ def _estimate(cfg, params, spec, tokens, data, weights_source, log) -> Estimate:
       labelled=data.labelled, dtype=spec.dtype)
 
 
-def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None) -> Solution:
-  """Stage 3: the paper's n* or the multi-layer choice (floor checked on the data)."""
+def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
+           seconds: Optional[Dict[str, float]] = None) -> Solution:
+  """Stage 3: the paper's n* or the multi-layer choice (floor checked on the data).
+  `seconds['in_loop']` gets the wall time of the in-loop timing (multi with a floor)."""
   if spec.solver == "paper":
     log(f"[3/4] solve: paper utility, alpha={spec.alpha}, {spec.method} at block {spec.layer}")
     sol = solve_stage.solve_paper(
@@ -260,11 +263,13 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None) 
         evaluate=evaluate, latency_model=latency_model, num_images=len(data.indices))
     log(f"  frontier: {len(sol.frontier)} schedules (latency: {sol.profile.latency_source})")
     if sol.basis == "measured" and spec.loop_neighbours > 0:
-      before = sol.chosen
+      before, t0 = sol.chosen, time.perf_counter()
       sol = solve_stage.check_in_loop(
           sol, estimate, None, evaluate,
           schedule_timer(cfg, params, spec, make_reducer(spec.method)),
           neighbours=spec.loop_neighbours, num_images=len(data.indices))
+      if seconds is not None:
+        seconds["in_loop"] = time.perf_counter() - t0
       log(f"  timed {sol.settings['timed_in_loop']} compiled graphs meeting the floor around "
           f"the choice: fastest measured {sol.chosen.schedule} "
           f"{1e3 * sol.chosen.measured_latency_s:.4f} ms (predicted "
@@ -323,15 +328,26 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
     data = load_data(spec)
   tokens = spec.grid(cfg)
   latency_model = None
+  seconds, clock = {}, time.perf_counter()
+
+  def lap(stage):
+    nonlocal clock
+    now = time.perf_counter()
+    seconds[stage], clock = now - clock, now
+
   if spec.solver == "paper":
     profile = _profile(cfg, params, spec, tokens, progress, log)
   else:
     profile, latency_model = _calibrate(cfg, params, spec, tokens, log)
+  lap("profile")
   estimate = _estimate(cfg, params, spec, tokens, data, weights_source, log)
-  solution = _solve(cfg, params, spec, data, profile, estimate, log, latency_model)
+  lap("estimate")
+  solution = _solve(cfg, params, spec, data, profile, estimate, log, latency_model, seconds)
+  lap("solve")
   verification = _verify(cfg, params, spec, data, solution.schedule, log)
+  lap("verify")
   return write_outputs(out_dir, spec, data, weights_source, profile, estimate, solution,
-                       verification)
+                       verification, seconds)
 
 
 SUMMARY_FILE = "summary.json"
@@ -353,10 +369,12 @@ def is_pipeline_dir(path: str) -> bool:
 
 def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
                   weights_source: str, profile: records.Profile, estimate: Estimate,
-                  solution: Solution, verification: Verification) -> Dict[str, Any]:
+                  solution: Solution, verification: Verification,
+                  seconds: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
   """The output step, one transaction: profile/, estimate/, solve/ and summary.json are written
   into a staged sibling of `out_dir` and published together (a killed run leaves the previous
-  outputs whole, never a mix). `out_dir` is replaced only when it is a pipeline output."""
+  outputs whole, never a mix). `out_dir` is replaced only when it is a pipeline output.
+  `seconds`: wall seconds per stage (profile, estimate, solve, in_loop within solve, verify)."""
   out_dir = os.path.abspath(out_dir)
   cfg = solution.config
   metric = default_metric(data.labelled)
@@ -399,6 +417,7 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
                   "profile_plot": final(profile_paths["png"])},
         # One-token steps only: a drop between distant grid counts is not localised.
         "steps": [_describe_step(s) for s in profile.steps if s["n_from"] - s["n_to"] == 1],
+        "seconds": {k: round(v, 3) for k, v in (seconds or {}).items()},
     }
     summary["speedup"] = summary["unpruned"]["latency_ms"] / summary["pruned"]["latency_ms"]
     atomic.write_json(os.path.join(tmp, SUMMARY_FILE), summary, indent=1)
@@ -435,5 +454,11 @@ def format_summary(s: Dict[str, Any]) -> str:
   ]
   if s["steps"]:
     lines.append("   latency steps: " + "; ".join(s["steps"][:6]))
+  t = s.get("seconds") or {}
+  if t:
+    lines.append("   wall seconds: " + ", ".join(
+        f"{k} {v:.1f}" + (f" (in-loop timing {t['in_loop']:.1f})" if k == "solve" and
+                          "in_loop" in t else "")
+        for k, v in t.items() if k != "in_loop"))
   lines.append("   files: " + ", ".join(f"{k}={v}" for k, v in s["files"].items()))
   return "\n".join(lines)
