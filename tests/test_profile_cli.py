@@ -151,6 +151,27 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   assert 0 < t["in_loop"] < t["solve"] and f"(in-loop timing {t['in_loop']:.1f})" in out
 
 
+def test_floor_study_checks_the_main_job(tmp_path, capsys):
+  # Same job as test_pipeline_multi_layer_solver: its graphs come from the session's XLA cache.
+  from benchmarks import floor_study
+  f = common.parse(floor_study.define_flags, [
+      "--seeds=1", "--accuracy_floor=0.5", f"--out={tmp_path / 'fs.json'}",
+      "--job_flags=" + " ".join(FAST + ["--tokens=65,33,17", "--num_images=40",
+                                        "--eval_batch_size=20"])])
+  (row,) = floor_study.main(f)
+  assert row["meets_floor"] == (row["measured_accuracy"] >= 0.5) and row["basis"] == "measured"
+  assert row["checked"] >= row["meeting_floor"] >= 1
+  assert 0 < row["uniform_curve_s"] and 0 <= row["overhead_s"] <= row["wall_s"]
+  assert row["overhead_share"] == pytest.approx(row["overhead_s"] / row["wall_s"])
+  if row["retime"]:
+    assert row["retime"]["ratio"] >= 1.0 and row["retime"]["schedules"] == row["meeting_floor"]
+  doc = json.loads((tmp_path / "fs.json").read_text())
+  assert doc["totals"]["seeds"] == 1 and doc["rows"][0]["schedule"] == row["schedule"]
+  assert f"| 0 | {row['schedule']} |" in capsys.readouterr().out
+  with pytest.raises(ERRORS, match="is a directory, not a file"):
+    floor_study.main(common.parse(floor_study.define_flags, [f"--out={tmp_path}"]))
+
+
 def test_multi_grid_keeps_the_counts_one_block_can_reach():
   from vitprune import pipeline
   from vitprune.reduce.methods import make_reducer

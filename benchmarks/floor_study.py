@@ -1,0 +1,157 @@
+r"""The main job's choice under an accuracy floor, over seeds: is the floor met, does the choice
+hold when re-timed, and what do calibration and in-loop timing cost?
+
+  python -m benchmarks.floor_study                          # 10 seeds (~35 min, 2 idle cores)
+  python -m benchmarks.floor_study --seeds=1 --job_flags='--tokens=65,33,17 --num_images=40'
+
+For each seed S the main job runs exactly as
+`python -m experiments.profile --solver=multi --accuracy_floor=F --method=M --seed=S` (the seed
+draws the calibration schedules and the timing order); then
+  1. floor: the chosen schedule's accuracy measured by the job's verify stage (all images the
+     job evaluates) is compared with the floor;
+  2. re-timed: every schedule the job checked on the data whose measured accuracy meets the
+     floor is compiled and timed again, together, in one fresh shuffled measurement; the chosen
+     schedule's median over the fastest one's (target <= 1.05);
+  3. cost: the uniform curve alone (stage 1 without calibration schedules: same counts, same
+     timing protocol) is measured right after the job; overhead = (stage-1 seconds - uniform
+     curve seconds) + in-loop timing seconds, as a share of the job's wall time (target <= 30 %).
+
+Prints a markdown table and writes JSON (--out). Run on an idle machine.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shlex
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+from absl import flags
+
+from experiments import common
+from experiments import profile as profile_cli
+from vitprune import atomic, pipeline
+from vitprune.profile import latency_model
+from vitprune.records.solution import read_solution
+from vitprune.reduce.methods import make_reducer
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers this benchmark's flags (only when run as a script)."""
+  flags.DEFINE_integer("seeds", 10, "Seeds 0..seeds-1, one main job each.", lower_bound=1,
+                       flag_values=fv)
+  flags.DEFINE_float("accuracy_floor", 0.97, "The main job's --accuracy_floor.", flag_values=fv)
+  flags.DEFINE_string("method", "pomt", "The main job's --method.", flag_values=fv)
+  flags.DEFINE_string("job_flags", "", "Further flags of the main job, space-separated (e.g. "
+                      "'--tokens=65,33,17 --num_images=40' for a smoke run).", flag_values=fv)
+  flags.DEFINE_string("out", "outputs/benchmark/floor_study.json", "JSON output.",
+                      flag_values=fv)
+
+
+def run_seed(seed: int, floor: float, method: str, job_flags: Sequence[str], out_dir: str
+             ) -> Dict[str, Any]:
+  """One main job + its checks -> a result row."""
+  f = common.parse(profile_cli.define_flags,
+                   ["--solver=multi", f"--accuracy_floor={floor}", f"--method={method}",
+                    f"--seed={seed}", f"--out_dir={out_dir}", "--noprogress", *job_flags])
+  t0 = time.perf_counter()
+  with contextlib.redirect_stdout(io.StringIO()):
+    summary = profile_cli.main(f)
+  wall = time.perf_counter() - t0
+  cfg, params, _, spec, _ = profile_cli.pipeline_from_flags(f)
+  solution = read_solution(summary["files"]["solution"])
+  metric = summary["metric"]
+  measured = summary["pruned"][metric]
+
+  t0 = time.perf_counter()
+  latency_model.measure_calibration(
+      cfg, params, method=method, batch_size=spec.batch_size, dtype=spec.dtype,
+      tokens=sorted(set(spec.grid(cfg)) | {cfg.num_tokens}), schedules=[],
+      timing_cfg=spec.timing, threads=spec.threads, seed=seed)
+  uniform_s = time.perf_counter() - t0
+  seconds = summary["seconds"]
+  overhead = max(seconds["profile"] - uniform_s, 0.0) + seconds.get("in_loop", 0.0)
+
+  meeting = {c.counts: c for c in solution.checked
+             if c.measured_accuracy is not None and c.measured_accuracy >= floor}
+  chosen = tuple(summary["counts"])
+  retime = None
+  if chosen in meeting and len(meeting) > 1:
+    order = sorted(meeting)
+    medians = pipeline.schedule_timer(cfg, params, spec, make_reducer(method))(order)
+    fastest = int(np.argmin(medians))
+    retime = {"schedules": len(order),
+              "chosen_ms": 1e3 * medians[order.index(chosen)],
+              "fastest_ms": 1e3 * medians[fastest],
+              "fastest": meeting[order[fastest]].schedule,
+              "ratio": medians[order.index(chosen)] / medians[fastest]}
+  return {"seed": seed, "schedule": summary["schedule"], "counts": list(chosen),
+          "basis": summary["basis"], "metric": metric, "floor": floor,
+          "measured_accuracy": measured, "meets_floor": measured >= floor,
+          "predicted_accuracy": summary["predicted"][metric],
+          "unpruned_accuracy": summary["unpruned"][metric], "speedup": summary["speedup"],
+          "checked": len(solution.checked), "meeting_floor": len(meeting), "retime": retime,
+          "wall_s": wall, "seconds": seconds, "uniform_curve_s": uniform_s,
+          "overhead_s": overhead, "overhead_share": overhead / wall}
+
+
+def table(rows: List[Dict[str, Any]]) -> str:
+  lines = ["| seed | chosen | measured acc | meets | re-timed chosen / fastest | wall s | "
+           "stage 1 s (uniform only) | in-loop s | overhead share |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    rt = r["retime"]
+    lines.append(
+        f"| {r['seed']} | {r['schedule']} | {r['measured_accuracy']:.4f} | "
+        f"{'yes' if r['meets_floor'] else 'NO'} | "
+        + (f"{rt['ratio']:.3f} ({rt['schedules']} schedules)" if rt else "n/a") + " | "
+        f"{r['wall_s']:.0f} | {r['seconds']['profile']:.1f} ({r['uniform_curve_s']:.1f}) | "
+        f"{r['seconds'].get('in_loop', 0.0):.1f} | {100 * r['overhead_share']:.1f}% |")
+  return "\n".join(lines)
+
+
+def totals(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+  ratios = [r["retime"]["ratio"] for r in rows if r["retime"]]
+  shares = [r["overhead_share"] for r in rows]
+  return {"seeds": len(rows), "meets_floor": sum(r["meets_floor"] for r in rows),
+          "retimed": len(ratios), "within_5pct": sum(x <= 1.05 for x in ratios),
+          "ratio_median": float(np.median(ratios)) if ratios else None,
+          "ratio_max": float(max(ratios)) if ratios else None,
+          "overhead_share_median": float(np.median(shares)),
+          "overhead_share_max": float(max(shares))}
+
+
+def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
+  """Runs the study, prints the table and writes --out -> the rows."""
+  common.check_output_file(f.out, "out")
+  rows = []
+  with tempfile.TemporaryDirectory(prefix="floor_study_") as tmp:
+    for seed in range(f.seeds):
+      row = run_seed(seed, f.accuracy_floor, f.method, shlex.split(f.job_flags),
+                     os.path.join(tmp, f"seed{seed}"))
+      rows.append(row)
+      print(f"seed {seed}: {row['schedule']} {row['measured_accuracy']:.4f} "
+            f"(floor {row['floor']}), wall {row['wall_s']:.0f} s, overhead "
+            f"{100 * row['overhead_share']:.1f}%", file=sys.stderr)
+  tot = totals(rows)
+  print(table(rows))
+  ratio = ("n/a" if tot["ratio_median"] is None else
+           f"median ratio {tot['ratio_median']:.3f}, max {tot['ratio_max']:.3f}")
+  print(f"\nfloor met on measurement: {tot['meets_floor']}/{tot['seeds']} seeds; re-timed "
+        f"chosen within 5% of the fastest schedule meeting the floor: {tot['within_5pct']}/"
+        f"{tot['retimed']} ({ratio}); calibration + in-loop timing: median "
+        f"{100 * tot['overhead_share_median']:.1f}%, max "
+        f"{100 * tot['overhead_share_max']:.1f}% of the main job's wall time")
+  atomic.write_json(f.out, {
+      "command": "python -m benchmarks.floor_study " + " ".join(sys.argv[1:]),
+      "method": f.method, "floor": f.accuracy_floor, "job_flags": f.job_flags,
+      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "totals": tot, "rows": rows}, indent=1)
+  print(f"wrote {f.out}")
+  return rows
+
+
+if __name__ == "__main__":
+  common.run(main, define_flags)
