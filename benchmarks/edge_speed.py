@@ -15,7 +15,6 @@ init_params. Prints a markdown table and writes JSON (--out).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import platform
 import time
@@ -76,14 +75,8 @@ def _iree_call(driver, low, blob, params, images):
 def measure_interleaved(calls, min_run_time: float, rounds: int):
   """{key: Measurement} of `calls` {key: fn}: `rounds` shuffled rounds, samples pooled."""
   from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
-  cfg = protocol.TimingConfig(min_run_time=min_run_time / rounds, max_retries=0)
-  pooled = {k: [] for k in calls}
-  for r in range(rounds):
-    res = protocol.measure_all({k: (fn, ()) for k, fn in calls.items()},
-                               dataclasses.replace(cfg, seed=r, warmup=3 if r == 0 else 1))
-    for k, m in res.items():
-      pooled[k] += m.samples
-  return {k: protocol.summarize(v) for k, v in pooled.items()}
+  cfg = protocol.TimingConfig(min_run_time=min_run_time, max_retries=0, rounds=rounds)
+  return protocol.measure_all({k: (fn, ()) for k, fn in calls.items()}, cfg)
 
 
 def _plans(cfg, batch):

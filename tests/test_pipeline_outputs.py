@@ -54,11 +54,20 @@ def test_schedule_timer_times_every_schedule_in_one_measurement(monkeypatch):
 
   def spy(points, cfg_, **kw):
     calls.append(sorted(points))
+    rounds.append(cfg_.rounds)
     return real(points, cfg_, **kw)
+
+  rounds = []
 
   monkeypatch.setattr(timing, "measure_all", spy)
   timer = pipeline.schedule_timer(cfg, init_params(cfg, 0), spec, make_reducer("pomt"))
   schedules = [(17, 9, 9), (17, 17, 5), (17, 17, 17)]
   seconds = timer(schedules)
-  assert calls == [[0, 1, 2]]                  # one measurement of all three graphs
+  assert calls == [[0, 1, 2]]                  # one measurement of all three graphs,
+  assert rounds == [spec.loop_rounds] == [5]   # in interleaved rounds
   assert len(seconds) == 3 and all(s > 0 for s in seconds)
+
+
+def test_spec_refuses_zero_loop_rounds():
+  with pytest.raises(ValueError, match="loop_rounds must be >= 1, got 0"):
+    pipeline.PipelineSpec(loop_rounds=0)

@@ -1,4 +1,5 @@
 """The timing protocol with fake timers/clocks (exact), and real AOT compiles of tiny functions."""
+import dataclasses
 import itertools
 
 import jax
@@ -24,6 +25,7 @@ def test_summarize_exact():
     (dict(min_run_time=0), "min_run_time"), (dict(warmup=-1), "warmup"),
     (dict(min_reps=2), "min_reps"), (dict(min_reps=10, max_reps=5), "max_reps"),
     (dict(max_rel_iqr=0), "max_rel_iqr"), (dict(max_retries=-1), "max_retries"),
+    (dict(rounds=0), "rounds must be >= 1"),
 ])
 def test_timing_config_errors(kw, match):
   with pytest.raises(ValueError, match=match):
@@ -77,6 +79,48 @@ def test_measure_all_shuffles_seeded_and_retries_wide_points():
   rounds.clear()
   timing.measure_all(points, cfg0, timer=timer)
   assert set(rounds.values()) == {1}
+
+
+def test_measure_all_in_rounds_interleaves_bursts_and_pools_samples():
+  visits, budgets = [], []
+
+  def timer(fn, args, cfg):
+    visits.append(fn)
+    budgets.append(cfg.min_run_time)
+    # A machine that slows down as the measurement goes on: every burst is slower than the last.
+    return [1.0 + 0.1 * len(visits)] * 5
+
+  keys = ["a", "b", "c"]
+  points = {k: (k, ()) for k in keys}
+  done = []
+  cfg = timing.TimingConfig(min_run_time=0.6, rounds=3, max_retries=0, seed=5)
+  out = timing.measure_all(points, cfg, timer=timer, on_done=done.append)
+  rng = np.random.default_rng(5)
+  want = [keys[i] for _ in range(3) for i in rng.permutation(3)]
+  assert visits == want                            # every round visits every point, reshuffled
+  assert budgets == pytest.approx([0.2] * 9)       # min_run_time split over the rounds
+  assert list(out) == want[:3] and done == want[6:]   # first-round order; done after last burst
+  for k in keys:
+    assert len(out[k].samples) == 15
+  # The drift reaches every point alike: medians differ by less than one round's drift (0.3),
+  # while one burst per point (rounds=1) would put them a whole burst apart.
+  meds = [out[k].median for k in keys]
+  assert max(meds) - min(meds) < 0.3
+  visits.clear()
+  one = timing.measure_all(points, dataclasses.replace(cfg, rounds=1), timer=timer)
+  assert len(visits) == 3 and all(len(m.samples) == 5 for m in one.values())
+
+
+def test_measure_all_retries_in_rounds():
+  calls = {}
+
+  def timer(fn, args, cfg):
+    calls[fn] = calls.get(fn, 0) + 1
+    return [1.0, 2.0, 3.0, 4.0, 5.0] if fn == "wide" else [3.0] * 5
+
+  cfg = timing.TimingConfig(min_run_time=1.0, rounds=2, max_retries=1, max_rel_iqr=0.1)
+  out = timing.measure_all({"a": ("a", ()), "wide": ("wide", ())}, cfg, timer=timer)
+  assert calls == {"a": 2, "wide": 4} and out["wide"].retries == 1
 
 
 def test_compile_many_threads_matches_jit_and_real_timing():

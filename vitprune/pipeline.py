@@ -17,7 +17,8 @@ every block; stage 3 picks a per-layer schedule from the exact Pareto frontier (
 `accuracy_floor`, most accurate under `latency_budget`, else best utility). With a floor, the
 floor is checked on the data (measured accuracy, with its binomial interval) and the latency is
 measured in the loop: the choice and up to `loop_neighbours` frontier neighbours on each side
-that meet the floor are compiled and timed together, and the fastest measured one is chosen
+that meet the floor are compiled and timed together (in `loop_rounds` interleaved rounds), and
+the fastest measured one is chosen
 (`solve_stage.check_in_loop`). Stage 4 is unchanged, so the choice is verified on the real graph
 and data.
 
@@ -70,6 +71,7 @@ class PipelineSpec:
   latency_budget: Optional[float] = None   # multi: most accurate schedule within (seconds)
   calibration_schedules: int = 10          # multi: compiled graphs fitting the latency model
   loop_neighbours: int = 2                 # multi + floor: frontier neighbours timed in the loop
+  loop_rounds: int = 5                     # ... in this many interleaved rounds (TimingConfig)
 
   def __post_init__(self):
     if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -93,6 +95,8 @@ class PipelineSpec:
       raise ValueError(f"num_images must be >= 1, got {self.num_images}")
     if self.threads < 1:
       raise ValueError(f"threads must be >= 1, got {self.threads}")
+    if self.loop_rounds < 1:
+      raise ValueError(f"loop_rounds must be >= 1, got {self.loop_rounds}")
     if self.layer < 0:
       raise ValueError(f"layer must be >= 0, got {self.layer}")
     make_reducer(self.method)   # an unknown method fails here, before any stage runs
@@ -148,11 +152,16 @@ def _measure_graphs(cfg: ViTConfig, params: Params, graphs: Dict[str, Tuple[Sche
 def schedule_timer(cfg: ViTConfig, params: Params, spec: PipelineSpec, reducer
                    ) -> Callable[[Sequence[Sequence[int]]], list]:
   """`time_schedules(counts_list) -> [median seconds]`: compiles every schedule of `reducer` and
-  times them all in ONE shuffled measurement with the profiler's protocol (`timing`)."""
+  times them all in ONE shuffled measurement with the profiler's protocol (`timing`), in
+  `spec.loop_rounds` interleaved rounds (each graph's time split into bursts, every round
+  reshuffled), so drift during the measurement reaches every candidate alike."""
+  loop_spec = dataclasses.replace(spec, timing=dataclasses.replace(spec.timing,
+                                                                   rounds=spec.loop_rounds))
+
   def time_schedules(counts_list):
     graphs = {i: (Schedule(tuple(int(c) for c in counts)), reducer)
               for i, counts in enumerate(counts_list)}
-    meas = _measure_graphs(cfg, params, graphs, spec)
+    meas = _measure_graphs(cfg, params, graphs, loop_spec)
     return [meas[i].median for i in range(len(counts_list))]
   return time_schedules
 

@@ -5,7 +5,9 @@ Every point is timed as `fn(*args)` (made synchronous by the caller's `sync`), r
 the per-call samples with the inter-quartile range (IQR) as spread. Points are visited in a seeded
 random order, so slow drift (thermal, clocks, other processes) spreads over the whole curve instead
 of masquerading as a step; points whose relative IQR exceeds `max_rel_iqr` are re-measured (a
-bounded number of times, again in shuffled order) and the tighter measurement is kept.
+bounded number of times, again in shuffled order) and the tighter measurement is kept. With
+`rounds > 1` each point is timed in several short bursts, one per round, every round in a fresh
+shuffled order: drift then reaches every point alike (how a few candidates are compared).
 
 `vitprune.profile.timing` applies it to jax executables (AOT compile, `block_until_ready`);
 `vitprune.edge` to IREE modules on a board without jax.
@@ -30,6 +32,10 @@ class TimingConfig:
   max_rel_iqr: a point whose IQR / median exceeds this is re-measured.
   max_retries: at most this many re-measurement rounds.
   seed: seeds the shuffled visiting order.
+  rounds: each point is timed in this many bursts of `min_run_time / rounds` seconds (each with
+    its warm-up), every round visiting all points in a fresh shuffled order, samples pooled: drift
+    during the measurement then reaches every point alike. For comparing a few candidates (the
+    in-loop choice); 1 (one burst per point) for long curves.
   """
   min_run_time: float = 0.5
   warmup: int = 3
@@ -38,6 +44,7 @@ class TimingConfig:
   max_rel_iqr: float = 0.1
   max_retries: int = 2
   seed: int = 0
+  rounds: int = 1
 
   def __post_init__(self):
     for name in ("min_run_time", "max_rel_iqr"):
@@ -46,7 +53,7 @@ class TimingConfig:
         raise ValueError(f"{name} must be a number, got {v!r}")
       if not math.isfinite(v) or not v > 0:
         raise ValueError(f"{name} must be > 0 and finite, got {v}")
-    for name in ("warmup", "min_reps", "max_reps", "max_retries", "seed"):
+    for name in ("warmup", "min_reps", "max_reps", "max_retries", "seed", "rounds"):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise ValueError(f"{name} must be an integer, got {v!r}")
@@ -61,6 +68,8 @@ class TimingConfig:
       raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
     if self.seed < 0:
       raise ValueError(f"seed must be >= 0, got {self.seed}")
+    if self.rounds < 1:
+      raise ValueError(f"rounds must be >= 1, got {self.rounds}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,30 +134,45 @@ def measure_all(points: Mapping[Hashable, Tuple[Callable, Sequence[Any]]], cfg: 
                 ) -> Dict[Hashable, Measurement]:
   """Times every `key: (fn, args)` in a seeded shuffled order -> {key: Measurement}.
 
-  Points with `rel_iqr > cfg.max_rel_iqr` are re-measured up to `cfg.max_retries` rounds (each
-  round reshuffled); a re-measurement replaces the previous one only if its relative IQR is
-  smaller. `on_done(key)` is called once per first-round point (progress reporting).
+  With `cfg.rounds > 1` every point is timed in that many bursts, each round in a fresh
+  shuffled order (`_sample_rounds`). Points with `rel_iqr > cfg.max_rel_iqr` are re-measured up
+  to `cfg.max_retries` times (each re-measurement reshuffled, in rounds too); a re-measurement
+  replaces the previous one only if its relative IQR is smaller. `on_done(key)` is called once
+  per point of the first measurement (progress reporting).
   """
   compile_s = compile_s or {}
   keys = list(points)
   rng = np.random.default_rng(cfg.seed)
-  out: Dict[Hashable, Measurement] = {}
-  for i in rng.permutation(len(keys)):
-    key = keys[i]
-    fn, args = points[key]
-    out[key] = summarize(timer(fn, args, cfg), compile_s=compile_s.get(key, 0.0))
-    if on_done:
-      on_done(key)
+  out: Dict[Hashable, Measurement] = {
+      k: summarize(v, compile_s=compile_s.get(k, 0.0))
+      for k, v in _sample_rounds(keys, points, cfg, rng, timer, on_done).items()}
   for attempt in range(1, cfg.max_retries + 1):
     wide = [k for k in keys if out[k].rel_iqr > cfg.max_rel_iqr]
     if not wide:
       break
-    for i in rng.permutation(len(wide)):
-      key = wide[i]
-      fn, args = points[key]
-      m = summarize(timer(fn, args, cfg), compile_s=out[key].compile_s, retries=attempt)
+    for key, v in _sample_rounds(wide, points, cfg, rng, timer).items():
+      m = summarize(v, compile_s=out[key].compile_s, retries=attempt)
       if m.rel_iqr < out[key].rel_iqr:
         out[key] = m
       else:
         out[key] = dataclasses.replace(out[key], retries=attempt)
   return out
+
+
+def _sample_rounds(keys: Sequence[Hashable], points, cfg: TimingConfig, rng, timer,
+                   on_done: Optional[Callable[[Hashable], None]] = None
+                   ) -> Dict[Hashable, List[float]]:
+  """{key: samples}: `cfg.rounds` rounds, each visiting every key once in a fresh shuffled
+  order and timing it for `min_run_time / rounds` seconds; `on_done` after a key's last burst.
+  Keys come out in the order of the first round."""
+  burst = (cfg if cfg.rounds == 1 else
+           dataclasses.replace(cfg, min_run_time=cfg.min_run_time / cfg.rounds))
+  samples: Dict[Hashable, List[float]] = {}
+  for r in range(cfg.rounds):
+    for i in rng.permutation(len(keys)):
+      key = keys[i]
+      fn, args = points[key]
+      samples.setdefault(key, []).extend(timer(fn, args, burst))
+      if on_done and r == cfg.rounds - 1:
+        on_done(key)
+  return samples
