@@ -26,8 +26,6 @@ on an idle machine.
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
 import tempfile
 import time
@@ -36,6 +34,8 @@ from typing import Any, Dict, List
 import numpy as np
 from absl import app
 from absl import flags
+
+from vitprune import atomic
 
 _MODELS = flags.DEFINE_list("models", ["vit_digits", "deit_small_patch16_224"],
                             "Registered model names (vit_digits uses weights/vit_digits and "
@@ -56,6 +56,9 @@ _QUICK = flags.DEFINE_bool("quick", False, "Smoke mode: vit_digits, pomt, batch 
                            "few schedules and images, short timing.")
 _OUT = flags.DEFINE_string("out", "outputs/benchmark/predictor_accuracy.json", "JSON output.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "Interleaved timing rounds of every measurement "
+                               "(TimingConfig.rounds; the main job's calibration uses 1).",
+                               lower_bound=1)
 
 
 def _grid(cfg, quick: bool, step: int = 0):
@@ -253,7 +256,7 @@ def main(argv):
       min_run = _MIN_RUN.value or (0.01 if quick else 0.05 if (large and b > 1) else 0.1)
       tcfg = timing.TimingConfig(min_run_time=min_run, warmup=1 if large else 3,
                                  min_reps=3 if large and b > 1 else 5, max_retries=1,
-                                 seed=_SEED.value)
+                                 seed=_SEED.value, rounds=_ROUNDS.value)
       num = _NUM.value or (3 if quick else 8 if large else 30)
       num_cal = min(_NUM_CAL.value, 5) if quick else (6 if large else _NUM_CAL.value)
       rows += run_one(cfg, params, b, methods, num=num, num_cal=num_cal, tcfg=tcfg,
@@ -262,10 +265,9 @@ def main(argv):
   total = time.perf_counter() - t_all
   print(table(rows))
   print(f"\ntotal {total:.0f} s")
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  with open(_OUT.value, "w") as f:
-    json.dump({"format": "vitprune-predictor-accuracy", "version": 1, "total_s": total,
-               "quick": quick, "rows": rows}, f, indent=1)
+  atomic.write_json(_OUT.value, {"format": "vitprune-predictor-accuracy", "version": 1,
+                                 "total_s": total, "quick": quick, "rounds": _ROUNDS.value,
+                                 "rows": rows}, indent=1)
   print(f"wrote {_OUT.value}")
 
 
