@@ -80,13 +80,15 @@ def main(f: flags.FlagValues):
                                                  "test_fraction": tc.test_fraction,
                                                  "num_train": len(train_data[0]),
                                                  "num_test": len(test_data[0])},
-          "epochs": tc.epochs, "max_steps": f.max_steps, "test_accuracy": test_acc, "train_accuracy": train_acc,
+          "epochs": tc.epochs, "max_steps": f.max_steps, "test_accuracy": test_acc,
+          "train_accuracy": train_acc,
           "train_config": dataclasses.asdict(tc), "trained_by": "experiments/train_digits.py"}
   metrics = {
       "model": cfg.name, "test_accuracy": test_acc, "train_accuracy": train_acc,
       "num_test": len(test_data[0]), "num_train": len(train_data[0]),
       "command": command, "seed": tc.seed, "split_seed": tc.split_seed,
-      "train_config": dataclasses.asdict(tc), "max_steps": f.max_steps, "train_seconds": round(train_seconds, 1),
+      "train_config": dataclasses.asdict(tc), "max_steps": f.max_steps,
+      "train_seconds": round(train_seconds, 1),
       "history": history,
       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
       "platform": {"python": platform.python_version(), "machine": platform.machine(),
