@@ -75,6 +75,25 @@ def test_dp_arrays_reproduce_predict_and_stay_non_negative():
     assert solve.predict_schedule(model, c)[0] == pytest.approx(lm.predict(c), rel=1e-9)
 
 
+def test_dp_arrays_tolerate_round_off_of_a_constant_shifted_to_zero():
+  # The constant just covered by the blocks' shift: embed is 0 up to round-off (a real run hit
+  # -8.5e-22 s and was refused). Round-off passes; a truly negative constant is still refused.
+  scheds = _schedules(12, 1) + [(N,) * (D + 1)]
+  lm = _fit(scheds, [_truth(c) for c in scheds])
+  p = lm.params
+  s = lm.shape(np.asarray(GRID))
+  bmin = float((p["scale"] * s + p["post"] * s * (np.asarray(GRID) < N)).min())
+  head_min = float((p["mlp"] * s).min())
+  base = p["mlp"] * float(lm.shape(N)) - D * bmin - head_min   # blocks and head both shifted
+  for k in range(-4, 12):
+    edge = dataclasses.replace(lm, params=dict(p, const=base * (1 + k * 1e-16)))
+    arr = edge.dp_arrays(GRID)
+    assert arr["embed"] >= 0 and arr["block"].min() >= 0 and arr["head"].min() >= 0
+  bad = dataclasses.replace(lm, params=dict(p, const=base - 1e-6))
+  with pytest.raises(ValueError, match="predicts negative time for short schedules"):
+    bad.dp_arrays(GRID)
+
+
 def test_record_round_trip_and_trust():
   scheds = _schedules(8, 2) + [(N,) * (D + 1)]
   noisy = [_truth(c) * (1.3 if i % 2 else 0.8) for i, c in enumerate(scheds)]

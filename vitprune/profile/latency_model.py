@@ -158,10 +158,14 @@ class LatencyModel:
     block, embed = block - shift, embed + self.depth * shift
     shift = min(float(head.min()), max(0.0, -embed))
     head, embed = head - shift, embed + shift
-    if embed < 0:
+    # Round-off of the shifts (~1e-22 s) is not a negative time: tolerate it relative to the scale.
+    tol = 1e-9 * (abs(p["const"]) + self.depth * float(np.abs(block).max()) +
+                  float(np.abs(head).max()))
+    if embed < -tol:
       raise ValueError(f"the latency model of {self.model} predicts negative time for short "
                        f"schedules (constant {embed:.3g} s); recalibrate")
-    return {"block": block, "reduce": self.reduce_s(ns), "head": head, "embed": float(embed)}
+    return {"block": block, "reduce": self.reduce_s(ns), "head": head,
+            "embed": max(float(embed), 0.0)}
 
   # -- how good it is -----------------------------------------------------------------------
 
