@@ -270,11 +270,11 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
       graphs = _compile_graphs(cfg, dev_params, x, [(ref_schedule, None)] +
                                [(p.schedule, p.reducer) for p in points],
                                dtype=dtype, precision=precision, threads=threads)
-    ref = np.asarray(jax.device_get(graphs[ref_schedule, None](dev_params, x)))
+    ref = np.asarray(jax.device_get(graphs[_graph_key(cfg, ref_schedule, None)](dev_params, x)))
     n += int(valid.sum())
     ref_correct += int((ref.argmax(-1) == labels)[valid].sum())
     for i, p in enumerate(points):
-      logits = jax.device_get(graphs[p.schedule, p.reducer](dev_params, x))
+      logits = jax.device_get(graphs[_graph_key(cfg, p.schedule, p.reducer)](dev_params, x))
       c, a, k = compare_logits(logits, ref, labels)
       correct[i] += int(c[valid].sum())
       agree[i] += int(a[valid].sum())
@@ -297,10 +297,17 @@ def _compile_graphs(cfg: ViTConfig, params: Params, x: jax.Array,
   `threads` at a time for the shapes (and shardings) of `params` and `x` [B, S, S, C]."""
   jobs = {}
   for sched, red in graphs:
-    fn = functools.partial(forward, cfg=cfg, schedule=sched, reducer=red, dtype=dtype,
+    key = _graph_key(cfg, sched, red)
+    fn = functools.partial(forward, cfg=cfg, schedule=key[0], reducer=key[1], dtype=dtype,
                            precision=precision)
-    jobs.setdefault((sched, red), (fn, (params, x)))
+    jobs.setdefault(key, (fn, (params, x)))
   return {k: c for k, (c, _) in timing.compile_many(jobs, threads=threads).items()}
+
+
+def _graph_key(cfg: ViTConfig, schedule: Schedule, reducer: Optional[TokenReducer]
+               ) -> Tuple[Schedule, Optional[TokenReducer]]:
+  """One key per distinct graph: a schedule that reduces nothing runs no reducer."""
+  return (schedule, None if schedule == full_schedule(cfg) else reducer)
 
 
 def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",
