@@ -256,7 +256,10 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
   correct = np.zeros(len(points), np.int64)
   agree = np.zeros(len(points), np.int64)
   kl = np.zeros(len(points), np.float64)
-  graphs = {}   # (schedule, reducer) -> compiled forward, built on the first batch
+  # One key per distinct graph (a schedule that reduces nothing runs no reducer: the reference).
+  ref_key = (ref_schedule, None)
+  keys = [ref_key if p.schedule == ref_schedule else (p.schedule, p.reducer) for p in points]
+  graphs = {}   # key -> compiled forward, built on the first batch
   for batch in batches:
     images, labels, valid = _check_batch(batch, batch_size, labelled, cfg)
     if batch_size is None:
@@ -267,14 +270,13 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
       continue
     x = placement.batch(images)
     if not graphs:
-      graphs = _compile_graphs(cfg, dev_params, x, [(ref_schedule, None)] +
-                               [(p.schedule, p.reducer) for p in points],
-                               dtype=dtype, precision=precision, threads=threads)
-    ref = np.asarray(jax.device_get(graphs[_graph_key(cfg, ref_schedule, None)](dev_params, x)))
+      graphs = _compile_graphs(cfg, dev_params, x, [ref_key] + keys, dtype=dtype,
+                               precision=precision, threads=threads)
+    ref = np.asarray(jax.device_get(graphs[ref_key](dev_params, x)))
     n += int(valid.sum())
     ref_correct += int((ref.argmax(-1) == labels)[valid].sum())
-    for i, p in enumerate(points):
-      logits = jax.device_get(graphs[_graph_key(cfg, p.schedule, p.reducer)](dev_params, x))
+    for i, key in enumerate(keys):
+      logits = jax.device_get(graphs[key](dev_params, x))
       c, a, k = compare_logits(logits, ref, labels)
       correct[i] += int(c[valid].sum())
       agree[i] += int(a[valid].sum())
@@ -293,21 +295,11 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
 def _compile_graphs(cfg: ViTConfig, params: Params, x: jax.Array,
                     graphs: Sequence[Tuple[Schedule, Optional[TokenReducer]]], *, dtype: str,
                     precision: str, threads: int) -> Dict[Tuple[Schedule, Any], Any]:
-  """`{(schedule, reducer): compiled forward(params, x)}` for each distinct graph, compiled
-  `threads` at a time for the shapes (and shardings) of `params` and `x` [B, S, S, C]."""
-  jobs = {}
-  for sched, red in graphs:
-    key = _graph_key(cfg, sched, red)
-    fn = functools.partial(forward, cfg=cfg, schedule=key[0], reducer=key[1], dtype=dtype,
-                           precision=precision)
-    jobs.setdefault(key, (fn, (params, x)))
+  """`{(schedule, reducer): compiled forward(params, x)}`, each distinct graph compiled once,
+  `threads` at a time, for the shapes (and shardings) of `params` and `x` [B, S, S, C]."""
+  jobs = {key: (functools.partial(forward, cfg=cfg, schedule=key[0], reducer=key[1], dtype=dtype,
+                                  precision=precision), (params, x)) for key in graphs}
   return {k: c for k, (c, _) in timing.compile_many(jobs, threads=threads).items()}
-
-
-def _graph_key(cfg: ViTConfig, schedule: Schedule, reducer: Optional[TokenReducer]
-               ) -> Tuple[Schedule, Optional[TokenReducer]]:
-  """One key per distinct graph: a schedule that reduces nothing runs no reducer."""
-  return (schedule, None if schedule == full_schedule(cfg) else reducer)
 
 
 def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",
