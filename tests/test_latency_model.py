@@ -94,6 +94,30 @@ def test_dp_arrays_tolerate_round_off_of_a_constant_shifted_to_zero():
     bad.dp_arrays(GRID)
 
 
+def test_fit_clips_round_off_below_the_bounds(monkeypatch):
+  # BVLS returned r1 = -1.7e-21 in a suite run; make_cost_model then refused the model ("reduce
+  # latency must be >= 0 seconds"). Bounded parameters come back exactly at their bounds.
+  import scipy.optimize
+  real = scipy.optimize.lsq_linear
+
+  def round_off(*args, **kwargs):
+    res = real(*args, **kwargs)
+    res.x = res.x.copy()
+    res.x[1:] = np.where(res.x[1:] == 0.0, -1.7e-21, res.x[1:])
+    res.x[4] = -1.7e-21                          # r1
+    return res
+
+  monkeypatch.setattr(scipy.optimize, "lsq_linear", round_off)
+  scheds = _schedules(10, 0) + [(N,) * (D + 1)]
+  lm = _fit(scheds, [_truth(c, dict(TRUE, r1=0.0)) for c in scheds])
+  assert lm.params["r1"] == 0.0 and min(v for k, v in lm.params.items() if k != "const") >= 0
+  arr = lm.dp_arrays(GRID)
+  assert arr["reduce"].min() >= 0
+  solve.make_cost_model(GRID, arr["block"], np.full((D, len(GRID)), 0.9), 0.95, depth=D,
+                        num_tokens=N, embed_latency=arr["embed"], head_latency=arr["head"],
+                        reduce_latency=arr["reduce"])
+
+
 def test_record_round_trip_and_trust():
   scheds = _schedules(8, 2) + [(N,) * (D + 1)]
   noisy = [_truth(c) * (1.3 if i % 2 else 0.8) for i, c in enumerate(scheds)]
