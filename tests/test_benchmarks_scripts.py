@@ -56,3 +56,67 @@ def test_predictor_accuracy_quick(tmp_path):
   assert 0 <= acc["mean"] <= acc["max"]
   assert row["choice"]["meets_floor"] == (row["choice"]["measured_accuracy"] >=
                                           row["choice"]["floor"])
+
+
+def test_accuracy_combination_conditional_model_by_hand():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  from benchmarks import accuracy_combination as ac  # pylint: disable=g-import-not-at-top
+  from vitprune import solve  # pylint: disable=g-import-not-at-top
+  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+  cfg = get_config("vit_digits")                    # N = 65, depth 6
+  ns = np.array([17, 33, 49, 65])
+  sens = np.array([[0.50, 0.80, 0.90, 1.0], [0.70, 0.90, 0.95, 1.0], [0.80, 0.95, 1.0, 1.0],
+                   [0.90, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+  model = solve.make_cost_model(ns, ns.astype(float), sens, 1.0, depth=6, num_tokens=65)
+  base = (0, 49)
+  scheds = ac.conditional_schedules(cfg, base, ns.tolist())
+  assert scheds[0] == (65, 49, 17, 17, 17, 17, 17) and scheds[1] == (65, 49, 33, 33, 33, 33, 33)
+  assert scheds[-1] == (65, 49, 49, 49, 49, 49, 33) and len(scheds) == 5 * 2
+  base_sched = (65, 49, 49, 49, 49, 49, 49)
+  # Measured: the base 0.88; block 1 -> 33: 0.80, -> 17: 0.60; block 4 -> 33: 0.86, -> 17:
+  # 0.89 (better than at 33: the envelope keeps the drop at 17 >= the drop at 33).
+  meas = {s: 0.88 for s in scheds}
+  meas.update({scheds[1]: 0.80, scheds[0]: 0.60, scheds[7]: 0.86, scheds[6]: 0.89})
+  rows = ac.conditional_rows(cfg, base, [base_sched] + scheds,
+                             [0.88] + [meas[s] for s in scheds])
+  assert rows[1] == pytest.approx({33: 0.08, 17: 0.28, 49: 0.0})
+  assert rows[4] == pytest.approx({33: 0.02, 17: 0.02, 49: 0.0})
+  # Block 0 -> 49 (single-layer drop 0.10), block 1 49 -> 33 (conditional 0.08), block 4
+  # 33 -> 17 (conditional 0.02 - 0.02 = 0).
+  c = (65, 49, 33, 33, 33, 17, 17)
+  assert ac.conditional_drop(model, base, rows, c) == pytest.approx(0.10 + 0.08 + 0.0)
+  # Without an earlier reduction block 1 is charged its single-layer drop (0.10 at 33), and a
+  # reduction from above the base count (65 -> 49 first at block 1) too.
+  assert ac.conditional_drop(model, base, rows, (65, 65, 33, 33, 33, 33, 33)) == pytest.approx(
+      0.10)
+  assert solve.predict_schedule(model, c)[1] == pytest.approx(1.0 - (0.10 + (0.10 - 0.05)))
+  e = ac.errors([0.9, 0.5], [0.95, 0.45], 1.0)
+  assert e["all"] == pytest.approx({"count": 2, "mean": 5.0, "max": 5.0, "mean_signed": 0.0})
+  assert e["drop_lt_10"] == pytest.approx({"count": 1, "mean": 5.0, "max": 5.0,
+                                           "mean_signed": -5.0})
+  for bad, msg in (("x", "is not BLOCK:COUNT"), ("5:49", "block 5 must be in 0..4"),
+                   ("0:65", "count 65 must be in 2..64")):
+    with pytest.raises(ValueError, match=msg):
+      ac.parse_conditional(bad, cfg)
+
+
+def test_accuracy_combination_quick(tmp_path, capsys):
+  import json  # pylint: disable=g-import-not-at-top
+  from benchmarks import accuracy_combination as ac  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "acc.json"
+  res = ac.main(common.parse(ac.define_flags, ["--quick", "--conditional=3:41",
+                                                f"--out={out}"]))
+  text = capsys.readouterr().out
+  assert "| frontier | incremental |" in text and "| random | conditional |" in text
+  assert json.loads(out.read_text())["families"].keys() == {"random", "frontier"}
+  for fam in res["families"].values():
+    assert set(fam["errors"]) == {"incremental", "additive", "conditional"}
+    for s in fam["schedules"]:
+      assert 0 <= s["measured"] <= 1 and s["counts"][0] == 65
+  # Single-layer-only schedules of the frontier are the table's own points: reproduced exactly.
+  for s in res["families"]["frontier"]["schedules"]:
+    c = s["counts"]
+    if sum(a > b for a, b in zip(c, c[1:])) == 1 and s["measured"] <= res["full_accuracy"]:
+      assert abs(s["incremental"] - s["measured"]) < 1e-9 or s["incremental"] < s["measured"]

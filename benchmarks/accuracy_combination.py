@@ -1,0 +1,240 @@
+r"""Where the multi-layer solver's accuracy prediction errs, and why: combined single-layer
+sensitivities vs measured accuracy of multi-layer schedules (vit_digits, the 359 test digits).
+
+  python -m benchmarks.accuracy_combination                 # ~8 min on 2 idle cores
+  python -m benchmarks.accuracy_combination --quick --conditional=3:41   # smoke (~30 s)
+
+The solver predicts a schedule's accuracy from the per-layer sensitivity S[l, n] (accuracy when
+only block l reduces, from all N tokens to n) with the 'incremental' combination
+(`vitprune.solve`, the default) or the 'additive' one. This benchmark measures
+  1. the sensitivity table (as the main job does: every block, every 4th count);
+  2. `--num_random` random multi-layer schedules (1 to 5 reductions at random blocks);
+  3. `--num_frontier` schedules spread over the solver's Pareto frontier, with FLOP as the
+     latency (`vitprune.flops.block_flop`: deterministic, so the frontier does not depend on
+     this machine's timing noise; the accuracy side is exactly the solver's);
+  4. with `--conditional=B:M`, the sensitivity of every later block after a first reduction to
+     M tokens at block B, and a "conditional" combination: a reduction after an earlier one
+     (n_in < N, n_in <= M) is charged C[l, n_out] - C[l, n_in] from that table instead of the
+     single-layer increment. It tests whether the error is an interaction that single-layer
+     tables cannot see.
+Every schedule is measured on the same images as the table, so the error is the combination
+model's alone (no sampling error between prediction and measurement). Errors are reported in
+points (predicted - measured: positive = optimistic), over all schedules and over those whose
+measured drop is below 10 points (the region a floor near the unpruned accuracy uses).
+
+Prints a markdown table and writes JSON (--out).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from absl import flags
+
+from experiments import common
+from vitprune import atomic, solve
+from vitprune import estimate as estimate_lib
+from vitprune.flops import block_flop
+from vitprune.pipeline import one_block_counts
+from vitprune.profile import latency_model
+from vitprune.reduce.methods import make_reducer
+
+Counts = Tuple[int, ...]
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers this benchmark's flags."""
+  flags.DEFINE_string("method", "pomt", "Token-reduction method.", flag_values=fv)
+  flags.DEFINE_integer("num_random", 60, "Random multi-layer schedules.", lower_bound=1,
+                       flag_values=fv)
+  flags.DEFINE_integer("num_frontier", 24, "Schedules spread over the frontier.", lower_bound=2,
+                       flag_values=fv)
+  flags.DEFINE_string("conditional", "0:49", "B:M: also measure every later block's sensitivity "
+                      "after a first reduction to M tokens at block B ('' for none).",
+                      flag_values=fv)
+  flags.DEFINE_integer("step", 4, "Token grid step (the main job's multi-layer grid: 4).",
+                       lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("num_images", None, "A class-balanced subset of the test digits "
+                       "(default: all 359).", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed of the random schedules.", flag_values=fv)
+  flags.DEFINE_bool("quick", False, "Smoke run: grid step 24, 3 random and 3 frontier "
+                    "schedules, 60 images.", flag_values=fv)
+  flags.DEFINE_string("out", "outputs/benchmark/accuracy_combination.json", "JSON output.",
+                      flag_values=fv)
+
+
+def parse_conditional(text: str, cfg) -> Optional[Tuple[int, int]]:
+  """'B:M' -> (block B, count M), checked against the model; '' -> None."""
+  if not text:
+    return None
+  try:
+    b, m = (int(v) for v in text.split(":"))
+  except ValueError:
+    raise ValueError(f"--conditional: {text!r} is not BLOCK:COUNT (e.g. 0:49)") from None
+  if not 0 <= b < cfg.depth - 1:
+    raise ValueError(f"--conditional: block {b} must be in 0..{cfg.depth - 2} (a later block "
+                     f"must follow it)")
+  if not cfg.num_prefix_tokens < m < cfg.num_tokens:
+    raise ValueError(f"--conditional: count {m} must be in {cfg.num_prefix_tokens + 1}.."
+                     f"{cfg.num_tokens - 1}")
+  return b, m
+
+
+def conditional_schedules(cfg, base: Tuple[int, int], grid: Sequence[int]) -> List[Counts]:
+  """First reduction to M at block B, then one more at each later block l to n < M."""
+  b, m = base
+  n_full, depth = cfg.num_tokens, cfg.depth
+  out = []
+  for l in range(b + 1, depth):
+    for n in sorted(g for g in grid if g < m):
+      out.append(tuple([n_full] * (b + 1) + [m] * (l - b) + [n] * (depth - l)))
+  return out
+
+
+def conditional_rows(cfg, base: Tuple[int, int], schedules: Sequence[Counts],
+                     measured: Sequence[float]) -> Dict[int, Dict[int, float]]:
+  """{block l: {n: C[l, n]}}: drop (vs the base schedule) of reducing to n at l after the base
+  reduction, with the solver's pessimistic envelope (a drop at n >= every drop at a larger n,
+  >= 0); C[l, M] = 0."""
+  b, m = base
+  base_acc = measured[0]
+  rows: Dict[int, Dict[int, float]] = {}
+  for c, a in zip(schedules[1:], measured[1:]):
+    l = next(j for j in range(b + 1, cfg.depth) if c[j + 1] < m)
+    rows.setdefault(l, {})[c[-1]] = base_acc - a
+  for l, row in rows.items():
+    worst = 0.0
+    for n in sorted(row, reverse=True):
+      worst = max(worst, row[n])
+      row[n] = worst
+    row[m] = 0.0
+  return rows
+
+
+def conditional_drop(model: solve.CostModel, base: Tuple[int, int],
+                     rows: Dict[int, Dict[int, float]], counts: Counts) -> float:
+  """The conditional combination (module doc) of one schedule: drop from the full accuracy."""
+  b, m = base
+  pos = {int(n): i for i, n in enumerate(model.ns)}
+  n_full = model.num_tokens
+  drop = 0.0
+  for l in range(model.depth):
+    n_in, n_out = counts[l], counts[l + 1]
+    if n_out >= n_in:
+      continue
+    row = rows.get(l)
+    if n_in < n_full and n_in <= m and row is not None and n_out in row and n_in in row:
+      drop += row[n_out] - row[n_in]
+    else:
+      d = model.drop[l]
+      drop += d[pos[n_out]] - (d[pos[n_in]] if n_in < n_full else 0.0)
+  return drop
+
+
+def errors(pred: Sequence[float], meas: Sequence[float], full: float) -> Dict[str, Any]:
+  """Points (pred - meas) over all schedules and over those with measured drop < 10 points."""
+  p, m = 100 * np.asarray(pred), 100 * np.asarray(meas)
+  e = p - m
+  out = {}
+  for name, sel in (("all", np.ones(e.size, bool)), ("drop_lt_10", 100 * full - m < 10)):
+    x = e[sel]
+    out[name] = ({"count": int(x.size), "mean": float(np.mean(np.abs(x))),
+                  "max": float(np.max(np.abs(x))), "mean_signed": float(np.mean(x))}
+                 if x.size else {"count": 0})
+  return out
+
+
+def main(f: flags.FlagValues) -> Dict[str, Any]:
+  """Measures, prints the table, writes --out -> the result."""
+  common.check_output_file(f.out, "out")
+  quick = f.quick
+  cfg, params, _ = common.load_model("vit_digits", "weights/vit_digits")
+  base = parse_conditional(f.conditional, cfg)
+  reducer = make_reducer(f.method)
+  data = estimate_lib.load_eval_data("digits", num_images=60 if quick else f.num_images)
+  evaluate = estimate_lib.schedule_evaluator(cfg, params, data, reducer, batch_size=64)
+  n_full, depth = cfg.num_tokens, cfg.depth
+  step = 24 if quick else f.step
+  grid = one_block_counts(cfg, range(n_full, cfg.num_prefix_tokens, -step), reducer)
+  ns = np.array(grid + [n_full], np.int64)
+  t0 = time.perf_counter()
+
+  def log(s):
+    print(f"[{time.perf_counter() - t0:5.0f} s] {s}", file=sys.stderr)
+
+  log(f"sensitivity: {depth} blocks x {len(grid)} counts, {len(data.indices)} images")
+  full_acc, *single = evaluate([(n_full,) * (depth + 1)] + [
+      tuple([n_full] * (l + 1) + [n] * (depth - l)) for l in range(depth) for n in grid])
+  sens = np.array(single).reshape(depth, len(grid))
+  sens = np.concatenate([sens, np.full((depth, 1), full_acc)], axis=1)
+  flop = np.array([block_flop(cfg, int(n)) for n in ns], np.float64)
+  caps = np.array([reducer.max_remove(int(n), cfg.num_prefix_tokens) for n in ns])
+  models = {name: solve.make_cost_model(ns, flop, sens, full_acc, depth=depth,
+                                        num_tokens=n_full, accuracy_model=name, max_remove=caps)
+            for name in solve.ACCURACY_MODELS}
+  num_random, num_frontier = (3, 3) if quick else (f.num_random, f.num_frontier)
+  rand = latency_model.sample_schedules(
+      n_full, depth, list(ns), num_random, seed=f.seed, max_reductions=min(5, depth),
+      max_remove=latency_model.method_limit(cfg, f.method), spread=False)
+  frontier = [p.counts for p in solve.pareto_frontier(models["incremental"])]
+  if len(frontier) > num_frontier:   # spread over the frontier
+    k = num_frontier
+    frontier = list(dict.fromkeys(frontier[round(i * (len(frontier) - 1) / (k - 1))]
+                                  for i in range(k)))
+  cond = conditional_schedules(cfg, base, list(ns)) if base else []
+  cond_base = ([tuple([n_full] * (base[0] + 1) + [base[1]] * (depth - base[0]))]
+               if base else [])
+  log(f"measuring {len(rand)} random, {len(frontier)} frontier"
+      + (f" and {len(cond) + 1} conditional (after {base[1]} tokens at block {base[0]})"
+         if base else "") + " schedules")
+  measured = evaluate(rand + frontier + cond_base + cond)
+  m_rand, m_front = measured[:len(rand)], measured[len(rand):len(rand) + len(frontier)]
+  rows = (conditional_rows(cfg, base, cond_base + cond, measured[len(rand) + len(frontier):])
+          if base else None)
+
+  def predictions(schedules):
+    out = {name: [solve.predict_schedule(m, c)[1] for c in schedules]
+           for name, m in models.items()}
+    if rows is not None:
+      out["conditional"] = [full_acc - conditional_drop(models["incremental"], base, rows, c)
+                            for c in schedules]
+    return out
+
+  result = {"command": "python -m benchmarks.accuracy_combination " + " ".join(sys.argv[1:]),
+            "method": f.method, "num_images": int(len(data.indices)), "grid": ns.tolist(),
+            "full_accuracy": full_acc, "conditional_base": list(base) if base else None,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "families": {}}
+  for fam, scheds, meas in (("random", rand, m_rand), ("frontier", frontier, m_front)):
+    pred = predictions(scheds)
+    result["families"][fam] = {
+        "errors": {name: errors(p, meas, full_acc) for name, p in pred.items()},
+        "schedules": [dict({"counts": list(c), "measured": a},
+                           **{name: p[i] for name, p in pred.items()})
+                      for i, (c, a) in enumerate(zip(scheds, meas))]}
+  result["seconds"] = time.perf_counter() - t0
+  print(table(result))
+  atomic.write_json(f.out, result, indent=1)
+  print(f"wrote {f.out}")
+  return result
+
+
+def table(result: Dict[str, Any]) -> str:
+  """Markdown: one row per (family, combination model)."""
+  lines = ["| schedules | combination | all: n, mean / max abs err, mean signed (points) | "
+           "measured drop < 10 points: same |", "|---|---|---|---|"]
+
+  def cell(e):
+    if not e["count"]:
+      return "0"
+    return f"{e['count']}, {e['mean']:.2f} / {e['max']:.2f}, {e['mean_signed']:+.2f}"
+
+  for fam, r in result["families"].items():
+    for name, e in r["errors"].items():
+      lines.append(f"| {fam} | {name} | {cell(e['all'])} | {cell(e['drop_lt_10'])} |")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  common.run(main, define_flags)
