@@ -1,16 +1,12 @@
-"""Latency-vs-tokens plot of a profile (matplotlib, Agg backend, written atomically)."""
+"""Latency-vs-tokens plot of a profile (matplotlib, Agg backend, imported on first use, written
+atomically)."""
 from __future__ import annotations
 
 import io
 from typing import Optional
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
-
-from vitprune import atomic  # noqa: E402
-from vitprune.profile import records  # noqa: E402
+from vitprune import atomic
+from vitprune.profile import records
 
 
 def plot_profile(profile: records.Profile, path: str, *, component: Optional[str] = None) -> str:
@@ -26,6 +22,9 @@ def plot_profile(profile: records.Profile, path: str, *, component: Optional[str
     raise ValueError(f"can plot only {records.CURVE_COMPONENTS}, got {component!r}")
   if component not in have:
     raise ValueError(f"profile of {profile.model} has no {component!r} points to plot")
+  import matplotlib  # pylint: disable=g-import-not-at-top  (~0.3 s: every CLI importing the
+  matplotlib.use("Agg")  # profiler paid it, even to print a one-line error)
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(8, 4.5))
   for b in profile.batch_sizes:
     pts = profile.curve(component, b)
