@@ -2,6 +2,7 @@
 (no traceback, no help text), and not a single file changed in the output location.
 
 Each case fails before any heavy work (a subprocess costs mostly its jax import)."""
+import concurrent.futures
 import hashlib
 import os
 import subprocess
@@ -77,11 +78,11 @@ def _snapshot(root):
   return out
 
 
-@pytest.mark.parametrize("cli, args, code, message", CASES,
-                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-def test_bad_input_gets_one_line_and_changes_nothing(tmp_path, cli, args, code, message):
-  loc = tmp_path / "loc"
-  loc.mkdir()
+def _run_case(case_dir, cli, args):
+  """Runs one case in `case_dir` (its own output location `loc/`) -> (process, loc snapshot
+  before the run)."""
+  loc = case_dir / "loc"
+  loc.mkdir(parents=True)
   (loc / "file").write_text("an existing file\n")
   (loc / "full").mkdir()
   (loc / "full" / "notes.txt").write_text("someone's notes\n")
@@ -92,14 +93,32 @@ def test_bad_input_gets_one_line_and_changes_nothing(tmp_path, cli, args, code, 
       a = a.replace(k, v)
     argv.append(a)
   before = _snapshot(loc)
-  r = subprocess.run([sys.executable, "-m", f"experiments.{cli}", *argv], cwd=str(tmp_path),
+  r = subprocess.run([sys.executable, "-m", f"experiments.{cli}", *argv], cwd=str(case_dir),
                      capture_output=True, text=True, timeout=180,
                      env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
+  return r, before
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Every case's subprocess, run concurrently (each costs mostly its imports, one core):
+  {case index: (case dir, process, snapshot before)}."""
+  dirs = [tmp_path_factory.mktemp(f"case{i}") for i in range(len(CASES))]
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+    futures = [pool.submit(_run_case, d, cli, args) for d, (cli, args, _, _) in zip(dirs, CASES)]
+    return {i: (d, *f.result()) for i, (d, f) in enumerate(zip(dirs, futures))}
+
+
+@pytest.mark.parametrize("index", range(len(CASES)),
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_input_gets_one_line_and_changes_nothing(runs, index):
+  _, _, code, message = CASES[index]
+  case_dir, r, before = runs[index]
   assert r.returncode == code, r.stderr[-2000:]
   lines = r.stderr.strip().splitlines()
   assert "Traceback" not in r.stderr and "USAGE" not in r.stderr and "flags:" not in r.stderr
   assert lines and lines[0].startswith("error: ") and message in lines[0], r.stderr[-2000:]
   assert lines[1:] == (["(see --help)"] if code == 2 else []), r.stderr[-2000:]
   assert r.stdout == ""
-  assert _snapshot(loc) == before
-  assert sorted(os.listdir(tmp_path)) == ["loc"]     # nothing created next to it either
+  assert _snapshot(case_dir / "loc") == before
+  assert sorted(os.listdir(case_dir)) == ["loc"]     # nothing created next to it either
