@@ -1,14 +1,15 @@
 r"""Where the multi-layer solver's accuracy prediction errs, and why: combined single-layer
 sensitivities vs measured accuracy of multi-layer schedules (vit_digits, the 359 test digits).
 
-  python -m benchmarks.accuracy_combination                 # ~8 min on 2 idle cores
+  python -m benchmarks.accuracy_combination                 # ~9 min on 2 cores
   python -m benchmarks.accuracy_combination --quick --conditional=3:41   # smoke (~30 s)
 
 The solver predicts a schedule's accuracy from the per-layer sensitivity S[l, n] (accuracy when
 only block l reduces, from all N tokens to n) with the 'incremental' combination
 (`vitprune.solve`, the default) or the 'additive' one. This benchmark measures
   1. the sensitivity table (as the main job does: every block, every 4th count);
-  2. `--num_random` random multi-layer schedules (1 to 5 reductions at random blocks);
+  2. `--num_random` random multi-layer schedules (2 to 5 reductions at random blocks: a single
+     reduction is a point of the table, which the combination reproduces by construction);
   3. `--num_frontier` schedules spread over the solver's Pareto frontier, with FLOP as the
      latency (`vitprune.flops.block_flop`: deterministic, so the frontier does not depend on
      this machine's timing noise; the accuracy side is exactly the solver's);
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import flags
@@ -82,13 +83,15 @@ def parse_conditional(text: str, cfg) -> Optional[Tuple[int, int]]:
   return b, m
 
 
-def conditional_schedules(cfg, base: Tuple[int, int], grid: Sequence[int]) -> List[Counts]:
-  """First reduction to M at block B, then one more at each later block l to n < M."""
+def conditional_schedules(cfg, base: Tuple[int, int], grid: Sequence[int],
+                          max_remove: Callable[[int], int]) -> List[Counts]:
+  """First reduction to M at block B, then one more at each later block l to every n < M of
+  `grid` that one block can reach from M (`max_remove(M)`)."""
   b, m = base
   n_full, depth = cfg.num_tokens, cfg.depth
   out = []
   for l in range(b + 1, depth):
-    for n in sorted(g for g in grid if g < m):
+    for n in sorted(g for g in grid if m - max_remove(m) <= g < m):
       out.append(tuple([n_full] * (b + 1) + [m] * (l - b) + [n] * (depth - l)))
   return out
 
@@ -133,6 +136,11 @@ def conditional_drop(model: solve.CostModel, base: Tuple[int, int],
   return drop
 
 
+def num_reductions(counts: Sequence[int]) -> int:
+  """How many blocks of the schedule reduce."""
+  return sum(a > b for a, b in zip(counts, counts[1:]))
+
+
 def errors(pred: Sequence[float], meas: Sequence[float], full: float) -> Dict[str, Any]:
   """Points (pred - meas) over all schedules and over those with measured drop < 10 points."""
   p, m = 100 * np.asarray(pred), 100 * np.asarray(meas)
@@ -150,9 +158,14 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   """Measures, prints the table, writes --out -> the result."""
   common.check_output_file(f.out, "out")
   quick = f.quick
-  cfg, params, _ = common.load_model("vit_digits", "weights/vit_digits")
+  cfg, params, _ = common.load_model("vit_digits", None)     # the embedded trained weights
   base = parse_conditional(f.conditional, cfg)
   reducer = make_reducer(f.method)
+  limit = latency_model.method_limit(cfg, f.method)
+  if base and base[1] < cfg.num_tokens - limit(cfg.num_tokens):
+    raise ValueError(f"--conditional: {f.method} keeps at least "
+                     f"{cfg.num_tokens - limit(cfg.num_tokens)} of {cfg.num_tokens} tokens in "
+                     f"one block, so block {base[0]} cannot reduce to {base[1]}")
   data = estimate_lib.load_eval_data("digits", num_images=60 if quick else f.num_images)
   evaluate = estimate_lib.schedule_evaluator(cfg, params, data, reducer, batch_size=64)
   n_full, depth = cfg.num_tokens, cfg.depth
@@ -175,15 +188,18 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
                                         num_tokens=n_full, accuracy_model=name, max_remove=caps)
             for name in solve.ACCURACY_MODELS}
   num_random, num_frontier = (3, 3) if quick else (f.num_random, f.num_frontier)
-  rand = latency_model.sample_schedules(
-      n_full, depth, list(ns), num_random, seed=f.seed, max_reductions=min(5, depth),
-      max_remove=latency_model.method_limit(cfg, f.method), spread=False)
+  draws = latency_model.sample_schedules(
+      n_full, depth, list(ns), 4 * num_random, seed=f.seed, max_reductions=min(5, depth),
+      max_remove=limit, spread=False)
+  rand = [c for c in draws if num_reductions(c) >= 2][:num_random]
+  if len(rand) < num_random:
+    raise ValueError(f"drew only {len(rand)} of {num_random} schedules with >= 2 reductions")
   frontier = [p.counts for p in solve.pareto_frontier(models["incremental"])]
   if len(frontier) > num_frontier:   # spread over the frontier
     k = num_frontier
     frontier = list(dict.fromkeys(frontier[round(i * (len(frontier) - 1) / (k - 1))]
                                   for i in range(k)))
-  cond = conditional_schedules(cfg, base, list(ns)) if base else []
+  cond = conditional_schedules(cfg, base, list(ns), limit) if base else []
   cond_base = ([tuple([n_full] * (base[0] + 1) + [base[1]] * (depth - base[0]))]
                if base else [])
   log(f"measuring {len(rand)} random, {len(frontier)} frontier"
@@ -205,6 +221,12 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   result = {"command": "python -m benchmarks.accuracy_combination " + " ".join(sys.argv[1:]),
             "method": f.method, "num_images": int(len(data.indices)), "grid": ns.tolist(),
             "full_accuracy": full_acc, "conditional_base": list(base) if base else None,
+            "sensitivity": {str(l): dict(zip(map(str, ns.tolist()), sens[l].tolist()))
+                            for l in range(depth)},
+            "conditional": ({"base_accuracy": measured[len(rand) + len(frontier)],
+                             "rows": {str(l): {str(n): v for n, v in sorted(r.items())}
+                                      for l, r in sorted(rows.items())}}
+                            if base else None),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "families": {}}
   for fam, scheds, meas in (("random", rand, m_rand), ("frontier", frontier, m_front)):
     pred = predictions(scheds)
