@@ -79,8 +79,8 @@ def _snapshot(root):
 
 
 def _run_case(case_dir, cli, args):
-  """Runs one case in `case_dir` (its own output location `loc/`) -> (process, loc snapshot
-  before the run)."""
+  """Runs one case in `case_dir` (its own output location `loc/`) -> (process or the error that
+  stopped it, loc snapshot before the run)."""
   loc = case_dir / "loc"
   loc.mkdir(parents=True)
   (loc / "file").write_text("an existing file\n")
@@ -93,9 +93,12 @@ def _run_case(case_dir, cli, args):
       a = a.replace(k, v)
     argv.append(a)
   before = _snapshot(loc)
-  r = subprocess.run([sys.executable, "-m", f"experiments.{cli}", *argv], cwd=str(case_dir),
-                     capture_output=True, text=True, timeout=180,
-                     env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
+  try:
+    r = subprocess.run([sys.executable, "-m", f"experiments.{cli}", *argv], cwd=str(case_dir),
+                       capture_output=True, text=True, timeout=180,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
+  except subprocess.SubprocessError as e:      # fails this case only, not all of them
+    return e, before
   return r, before
 
 
@@ -104,7 +107,8 @@ def runs(tmp_path_factory):
   """Every case's subprocess, run concurrently (each costs mostly its imports, one core):
   {case index: (case dir, process, snapshot before)}."""
   dirs = [tmp_path_factory.mktemp(f"case{i}") for i in range(len(CASES))]
-  with concurrent.futures.ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+  workers = min(8, max(2, len(os.sched_getaffinity(0))))
+  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
     futures = [pool.submit(_run_case, d, cli, args) for d, (cli, args, _, _) in zip(dirs, CASES)]
     return {i: (d, *f.result()) for i, (d, f) in enumerate(zip(dirs, futures))}
 
@@ -114,6 +118,7 @@ def runs(tmp_path_factory):
 def test_bad_input_gets_one_line_and_changes_nothing(runs, index):
   _, _, code, message = CASES[index]
   case_dir, r, before = runs[index]
+  assert isinstance(r, subprocess.CompletedProcess), f"{CASES[index][0]}: {r}"
   assert r.returncode == code, r.stderr[-2000:]
   lines = r.stderr.strip().splitlines()
   assert "Traceback" not in r.stderr and "USAGE" not in r.stderr and "flags:" not in r.stderr

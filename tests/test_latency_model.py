@@ -109,8 +109,9 @@ def test_fit_clips_round_off_below_the_bounds(monkeypatch):
 
   monkeypatch.setattr(scipy.optimize, "lsq_linear", round_off)
   scheds = _schedules(10, 0) + [(N,) * (D + 1)]
-  lm = _fit(scheds, [_truth(c, dict(TRUE, r1=0.0)) for c in scheds])
-  assert lm.params["r1"] == 0.0 and min(v for k, v in lm.params.items() if k != "const") >= 0
+  lm = _fit(scheds, [_truth(c, dict(TRUE, r0=0.0, r1=0.0)) for c in scheds])
+  assert lm.params["r0"] == lm.params["r1"] == 0.0
+  assert min(v for k, v in lm.params.items() if k != "const") >= 0
   arr = lm.dp_arrays(GRID)
   assert arr["reduce"].min() >= 0
   solve.make_cost_model(GRID, arr["block"], np.full((D, len(GRID)), 0.9), 0.95, depth=D,
