@@ -41,9 +41,10 @@ default) D is first replaced by its pessimistic monotone envelope along the coun
 D[l, n] <- max(0, max_{m >= n} D[l, m]), so measurement noise can never make removing tokens look
 beneficial (every increment is >= 0); `monotone=False` uses the raw table.
 Neither model sees interactions: a cut the table calls free (a late block down to a few tokens)
-can cost points after an earlier reduction, and the frontier seeks such cuts, so its accuracy is
-optimistic (vit_digits POMT: +4.7 points on average; `benchmarks/accuracy_combination.py`). A
-floor is therefore checked on measurements (`vitprune.solve_stage.check_floor`).
+can cost points after an early reduction (block 0), and the DP seeks such cuts, so the default
+incremental frontier is optimistic (vit_digits POMT: +4.7 points on average;
+`benchmarks/accuracy_combination.py`). A floor is therefore checked on measurements
+(`vitprune.solve_stage.check_floor`).
 
 Both objectives are sums of per-block terms that depend only on (layer, tokens in, tokens out), so
 a dynamic programme over layers with the token count as state is exact. Because two objectives
