@@ -294,6 +294,13 @@ class CostModel:
     return int(self.ns[-1])
 
 
+def drop_envelope(drop: ArrayLike) -> np.ndarray:
+  """Pessimistic envelope of accuracy drops [..., K] on counts ascending along the last axis:
+  the drop at n becomes max(0, every drop measured at n or a larger count)."""
+  d = np.asarray(drop, np.float64)
+  return np.maximum(np.maximum.accumulate(d[..., ::-1], axis=-1)[..., ::-1], 0.0)
+
+
 def make_cost_model(ns: ArrayLike, block_latency: ArrayLike, sensitivity: ArrayLike,
                     full_accuracy: float, *, depth: int, num_tokens: int,
                     layers: Optional[Sequence[int]] = None, embed_latency: float = 0.0,
@@ -353,8 +360,7 @@ def make_cost_model(ns: ArrayLike, block_latency: ArrayLike, sensitivity: ArrayL
   d_rows = a_full - sens
   d_rows[:, -1] = 0.0                      # reducing to N tokens is no reduction
   if monotone:
-    # Pessimistic envelope: drop at n >= every drop measured at a larger count, and >= 0.
-    d_rows = np.maximum(np.maximum.accumulate(d_rows[:, ::-1], axis=1)[:, ::-1], 0.0)
+    d_rows = drop_envelope(d_rows)
   drop = np.zeros((depth, k))
   can_reduce = np.zeros(depth, bool)
   drop[list(layers)] = d_rows
