@@ -35,12 +35,14 @@ import numpy as np
 from absl import flags
 
 from experiments import common
-from vitprune import atomic, solve
+from vitprune import atomic, solve, solve_stage
+from vitprune import schedule as schedule_lib
 from vitprune import estimate as estimate_lib
 from vitprune.flops import block_flop
 from vitprune.pipeline import one_block_counts
 from vitprune.profile import latency_model
 from vitprune.reduce.methods import make_reducer
+from vitprune.schedule import Schedule
 
 Counts = Tuple[int, ...]
 
@@ -88,12 +90,9 @@ def conditional_schedules(cfg, base: Tuple[int, int], grid: Sequence[int],
   """First reduction to M at block B, then one more at each later block l to every n < M of
   `grid` that one block can reach from M (`max_remove(M)`)."""
   b, m = base
-  n_full, depth = cfg.num_tokens, cfg.depth
-  out = []
-  for l in range(b + 1, depth):
-    for n in sorted(g for g in grid if m - max_remove(m) <= g < m):
-      out.append(tuple([n_full] * (b + 1) + [m] * (l - b) + [n] * (depth - l)))
-  return out
+  return [schedule_lib.prune_layers(cfg, {b: m, l: n}).counts
+          for l in range(b + 1, cfg.depth)
+          for n in sorted(g for g in grid if m - max_remove(m) <= g < m)]
 
 
 def conditional_rows(cfg, base: Tuple[int, int], schedules: Sequence[Counts],
@@ -103,16 +102,14 @@ def conditional_rows(cfg, base: Tuple[int, int], schedules: Sequence[Counts],
   >= 0); C[l, M] = 0."""
   b, m = base
   base_acc = measured[0]
-  rows: Dict[int, Dict[int, float]] = {}
+  raw: Dict[int, Dict[int, float]] = {}
   for c, a in zip(schedules[1:], measured[1:]):
     l = next(j for j in range(b + 1, cfg.depth) if c[j + 1] < m)
-    rows.setdefault(l, {})[c[-1]] = base_acc - a
-  for l, row in rows.items():
-    worst = 0.0
-    for n in sorted(row, reverse=True):
-      worst = max(worst, row[n])
-      row[n] = worst
-    row[m] = 0.0
+    raw.setdefault(l, {m: 0.0})[c[-1]] = base_acc - a
+  rows = {}
+  for l, row in raw.items():
+    ns = sorted(row)
+    rows[l] = dict(zip(ns, solve.drop_envelope([row[n] for n in ns]).tolist()))
   return rows
 
 
@@ -134,11 +131,6 @@ def conditional_drop(model: solve.CostModel, base: Tuple[int, int],
       d = model.drop[l]
       drop += d[pos[n_out]] - (d[pos[n_in]] if n_in < n_full else 0.0)
   return drop
-
-
-def num_reductions(counts: Sequence[int]) -> int:
-  """How many blocks of the schedule reduce."""
-  return sum(a > b for a, b in zip(counts, counts[1:]))
 
 
 def errors(pred: Sequence[float], meas: Sequence[float], full: float) -> Dict[str, Any]:
@@ -178,12 +170,12 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     print(f"[{time.perf_counter() - t0:5.0f} s] {s}", file=sys.stderr)
 
   log(f"sensitivity: {depth} blocks x {len(grid)} counts, {len(data.indices)} images")
-  full_acc, *single = evaluate([(n_full,) * (depth + 1)] + [
-      tuple([n_full] * (l + 1) + [n] * (depth - l)) for l in range(depth) for n in grid])
+  full_acc, *single = evaluate([schedule_lib.embed_counts(n_full, depth)] + [
+      schedule_lib.layer_counts(n_full, n, depth, l) for l in range(depth) for n in grid])
   sens = np.array(single).reshape(depth, len(grid))
   sens = np.concatenate([sens, np.full((depth, 1), full_acc)], axis=1)
   flop = np.array([block_flop(cfg, int(n)) for n in ns], np.float64)
-  caps = np.array([reducer.max_remove(int(n), cfg.num_prefix_tokens) for n in ns])
+  caps = solve_stage.method_caps(cfg, f.method, ns)
   models = {name: solve.make_cost_model(ns, flop, sens, full_acc, depth=depth,
                                         num_tokens=n_full, accuracy_model=name, max_remove=caps)
             for name in solve.ACCURACY_MODELS}
@@ -191,7 +183,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   draws = latency_model.sample_schedules(
       n_full, depth, list(ns), 4 * num_random, seed=f.seed, max_reductions=min(5, depth),
       max_remove=limit, spread=False)
-  rand = [c for c in draws if num_reductions(c) >= 2][:num_random]
+  rand = [c for c in draws if len(Schedule(c).reduction_layers) >= 2][:num_random]
   if len(rand) < num_random:
     raise ValueError(f"drew only {len(rand)} of {num_random} schedules with >= 2 reductions")
   frontier = [p.counts for p in solve.pareto_frontier(models["incremental"])]
@@ -200,8 +192,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     frontier = list(dict.fromkeys(frontier[round(i * (len(frontier) - 1) / (k - 1))]
                                   for i in range(k)))
   cond = conditional_schedules(cfg, base, list(ns), limit) if base else []
-  cond_base = ([tuple([n_full] * (base[0] + 1) + [base[1]] * (depth - base[0]))]
-               if base else [])
+  cond_base = [schedule_lib.layer_counts(n_full, base[1], depth, base[0])] if base else []
   log(f"measuring {len(rand)} random, {len(frontier)} frontier"
       + (f" and {len(cond) + 1} conditional (after {base[1]} tokens at block {base[0]})"
          if base else "") + " schedules")

@@ -64,6 +64,7 @@ def test_accuracy_combination_conditional_model_by_hand():
   from benchmarks import accuracy_combination as ac  # pylint: disable=g-import-not-at-top
   from vitprune import solve  # pylint: disable=g-import-not-at-top
   from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+  from vitprune.schedule import Schedule  # pylint: disable=g-import-not-at-top
   cfg = get_config("vit_digits")                    # N = 65, depth 6
   ns = np.array([17, 33, 49, 57, 65])
   sens = np.array([[0.50, 0.80, 0.90, 0.95, 1.0], [0.70, 0.90, 0.95, 0.99, 1.0],
@@ -102,7 +103,7 @@ def test_accuracy_combination_conditional_model_by_hand():
       0.10)
   assert ac.conditional_drop(model, base, rows, (65, 57, 33, 33, 33, 33, 33)) == pytest.approx(
       0.05 + 0.09)
-  assert ac.num_reductions((65, 57, 33, 33, 33, 17, 17)) == 3
+  assert len(Schedule((65, 57, 33, 33, 33, 17, 17)).reduction_layers) == 3
   e = ac.errors([0.9, 0.5], [0.95, 0.45], 1.0)
   assert e["all"] == pytest.approx({"count": 2, "mean": 5.0, "max": 5.0, "mean_signed": 0.0})
   assert e["drop_lt_10"] == pytest.approx({"count": 1, "mean": 5.0, "max": 5.0,
@@ -118,6 +119,7 @@ def test_accuracy_combination_quick(tmp_path, capsys):
   import pytest  # pylint: disable=g-import-not-at-top
   from benchmarks import accuracy_combination as ac  # pylint: disable=g-import-not-at-top
   from experiments import common  # pylint: disable=g-import-not-at-top
+  from vitprune.schedule import Schedule  # pylint: disable=g-import-not-at-top
   out = tmp_path / "acc.json"
   res = ac.main(common.parse(ac.define_flags, ["--quick", "--conditional=3:41",
                                                 f"--out={out}"]))
@@ -129,7 +131,7 @@ def test_accuracy_combination_quick(tmp_path, capsys):
     for s in fam["schedules"]:
       assert 0 <= s["measured"] <= 1 and s["counts"][0] == 65
   rand = res["families"]["random"]["schedules"]
-  assert len(rand) == 3 and all(ac.num_reductions(s["counts"]) >= 2 for s in rand)
+  assert len(rand) == 3 and all(len(Schedule(s["counts"]).reduction_layers) >= 2 for s in rand)
   # The base of the conditional rows is the table's own point S[3, 41]: the same graph on the
   # same images measures exactly the same (checks how the measurements are split).
   assert res["conditional"]["base_accuracy"] == res["sensitivity"]["3"]["41"]
