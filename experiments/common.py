@@ -4,7 +4,7 @@ values and output paths, and the --model/--weights rule.
 Every CLI is `define_flags(fv)` + `main(f)` (f: the parsed `flags.FlagValues`) and ends with
 `common.run(main, define_flags)`. Flags are registered only when the module runs as a script, so
 importing a CLI (tests, other code) registers nothing; `parse(define_flags, argv)` parses into a
-fresh `FlagValues` for tests.
+fresh `FlagValues` for tests, and `run_in_process` runs a CLI as `run` does, without a process.
 
 The contract of `run` (the README's "What happens when things go wrong"):
   * a bad flag value, a bad input file, an occupied or unwritable output, a batch that cannot
@@ -82,34 +82,50 @@ def parse(define_flags: Callable[[flags.FlagValues], None], argv: Sequence[str] 
   return fv
 
 
+def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,
+                argv: List[str]) -> None:
+  """Runs `main(fv)` on parsed flags (`argv`: what parsing left, program name first) and maps
+  errors to one line and an exit code (see the module doc)."""
+  try:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_logging(fv)
+    check_finite(fv)
+    main(fv)
+  except (app.UsageError, flags.Error) as e:
+    fail(e, EXIT_USAGE, hint=True)
+  except INPUT_ERRORS as e:
+    fail(e)
+  except KeyboardInterrupt:
+    fail("interrupted", EXIT_INTERRUPTED)
+
+
+def _parse_or_fail(fv: flags.FlagValues, argv: List[str]) -> List[str]:
+  try:
+    return fv(argv)
+  except flags.Error as e:
+    fail(e, EXIT_USAGE, hint=True)
+
+
 def run(main: Callable[[flags.FlagValues], Any],
         define_flags: Callable[[flags.FlagValues], None]) -> None:
   """The entry point of every CLI: registers and parses the flags, runs `main(FLAGS)` and maps
   errors to one line and an exit code (see the module doc)."""
   fv = flags.FLAGS
   define_flags(fv)
+  app.run(lambda argv: _run_parsed(main, fv, argv),
+          flags_parser=lambda argv: _parse_or_fail(fv, argv))
 
-  def parse_argv(argv: List[str]) -> List[str]:
-    try:
-      return fv(argv)
-    except flags.Error as e:
-      fail(e, EXIT_USAGE, hint=True)
 
-  def guarded(argv: List[str]) -> None:
-    try:
-      if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-      quiet_logging(fv)
-      check_finite(fv)
-      main(fv)
-    except (app.UsageError, flags.Error) as e:
-      fail(e, EXIT_USAGE, hint=True)
-    except INPUT_ERRORS as e:
-      fail(e)
-    except KeyboardInterrupt:
-      fail("interrupted", EXIT_INTERRUPTED)
-
-  app.run(guarded, flags_parser=parse_argv)
+def run_in_process(main: Callable[[flags.FlagValues], Any],
+                   define_flags: Callable[[flags.FlagValues], None],
+                   argv: Sequence[str]) -> None:
+  """`run` without absl's `app.run` and on a fresh FlagValues (`argv` without the program name):
+  the same parsing, one-line errors and exit codes (SystemExit); for tests, which then need no
+  subprocess per bad input."""
+  fv = flags.FlagValues()
+  define_flags(fv)
+  _run_parsed(main, fv, _parse_or_fail(fv, ["prog", *argv]))
 
 
 # ----------------------------------------------------------------------------- up-front checks

@@ -1,14 +1,21 @@
-"""Bad input to every CLI, run as a subprocess: exit code, one `error:` line naming the problem
-(no traceback, no help text), and not a single file changed in the output location.
+"""Bad input to every CLI: exit code, one `error:` line naming the problem (no traceback, no
+help text), and not a single file changed in the output location.
 
-Each case fails before any heavy work (a subprocess costs mostly its jax import)."""
+Every case runs in-process through `common.run_in_process` (the same parsing and error mapping
+as the CLIs' `common.run`); a few run as real subprocesses too, which must print exactly the
+same (a subprocess costs ~2 s of imports, so not all 31)."""
 import concurrent.futures
+import contextlib
 import hashlib
+import importlib
+import io
 import os
 import subprocess
 import sys
 
 import pytest
+
+from experiments import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIGHTS = os.path.join(ROOT, "weights", "vit_digits")
@@ -78,9 +85,9 @@ def _snapshot(root):
   return out
 
 
-def _run_case(case_dir, cli, args):
-  """Runs one case in `case_dir` (its own output location `loc/`) -> (process or the error that
-  stopped it, loc snapshot before the run)."""
+def _prepare(case_dir, args):
+  """Makes `case_dir`/loc (an existing file, a non-empty foreign directory) -> (argv with the
+  placeholders filled in, loc snapshot)."""
   loc = case_dir / "loc"
   loc.mkdir(parents=True)
   (loc / "file").write_text("an existing file\n")
@@ -92,38 +99,89 @@ def _run_case(case_dir, cli, args):
     for k, v in subs.items():
       a = a.replace(k, v)
     argv.append(a)
-  before = _snapshot(loc)
+  return argv, _snapshot(loc)
+
+
+def _run_in_process(case_dir, cli, argv):
+  """-> (exit code, stdout, stderr) of `experiments.<cli>` run in-process in `case_dir`."""
+  module = importlib.import_module(f"experiments.{cli}")
+  out, err = io.StringIO(), io.StringIO()
+  cwd = os.getcwd()
+  os.chdir(case_dir)
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      try:
+        common.run_in_process(module.main, module.define_flags, argv)
+        code = 0
+      except SystemExit as e:
+        code = e.code
+  finally:
+    os.chdir(cwd)
+  return code, out.getvalue(), err.getvalue()
+
+
+def _check(case_dir, before, code, stdout, stderr, index):
+  _, _, want_code, message = CASES[index]
+  assert code == want_code, stderr[-2000:]
+  lines = stderr.strip().splitlines()
+  assert "Traceback" not in stderr and "USAGE" not in stderr and "flags:" not in stderr
+  assert lines and lines[0].startswith("error: ") and message in lines[0], stderr[-2000:]
+  assert lines[1:] == (["(see --help)"] if want_code == 2 else []), stderr[-2000:]
+  assert stdout == ""
+  assert _snapshot(case_dir / "loc") == before
+  assert sorted(os.listdir(case_dir)) == ["loc"]     # nothing created next to it either
+
+
+@pytest.mark.parametrize("index", range(len(CASES)),
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_input_gets_one_line_and_changes_nothing(tmp_path, index):
+  cli, args, _, _ = CASES[index]
+  argv, before = _prepare(tmp_path, args)
+  _check(tmp_path, before, *_run_in_process(tmp_path, cli, argv), index)
+
+
+# A library error (exit 1), an unknown flag and a flag validator (exit 2 at parse time), a stray
+# positional argument (exit 2 after parsing): the real entry point (absl's app.run, the global
+# FLAGS) must print what the in-process path prints.
+SUBPROCESS_CASES = [1, 7, 8, 24]
+
+
+def _run_subprocess(case_dir, cli, argv):
   try:
     r = subprocess.run([sys.executable, "-m", f"experiments.{cli}", *argv], cwd=str(case_dir),
                        capture_output=True, text=True, timeout=180,
                        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
   except subprocess.SubprocessError as e:      # fails this case only, not all of them
-    return e, before
-  return r, before
+    return e
+  return r
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """Every case's subprocess, run concurrently (each costs mostly its imports, one core):
-  {case index: (case dir, process, snapshot before)}."""
-  dirs = [tmp_path_factory.mktemp(f"case{i}") for i in range(len(CASES))]
-  workers = min(8, max(2, len(os.sched_getaffinity(0))))
-  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    futures = [pool.submit(_run_case, d, cli, args) for d, (cli, args, _, _) in zip(dirs, CASES)]
-    return {i: (d, *f.result()) for i, (d, f) in enumerate(zip(dirs, futures))}
+def subprocess_runs(tmp_path_factory):
+  """The SUBPROCESS_CASES, run concurrently: {index: (case dir, process, snapshot before)}."""
+  prepared = {}
+  for i in SUBPROCESS_CASES:
+    d = tmp_path_factory.mktemp(f"case{i}")
+    prepared[i] = (d, *_prepare(d, CASES[i][1]))
+  with concurrent.futures.ThreadPoolExecutor(max_workers=len(SUBPROCESS_CASES)) as pool:
+    futures = {i: pool.submit(_run_subprocess, d, CASES[i][0], argv)
+               for i, (d, argv, _) in prepared.items()}
+    return {i: (prepared[i][0], f.result(), prepared[i][2]) for i, f in futures.items()}
 
 
-@pytest.mark.parametrize("index", range(len(CASES)),
-                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-def test_bad_input_gets_one_line_and_changes_nothing(runs, index):
-  _, _, code, message = CASES[index]
-  case_dir, r, before = runs[index]
+def test_subprocess_cases_cover_both_exit_codes_and_parse_stages():
+  codes = {CASES[i][2] for i in SUBPROCESS_CASES}
+  assert codes == {1, 2}
+  assert any(CASES[i][1] == ["extra"] for i in SUBPROCESS_CASES)
+
+
+@pytest.mark.parametrize("index", SUBPROCESS_CASES,
+                         ids=[f"{CASES[i][0]}-{i}" for i in SUBPROCESS_CASES])
+def test_subprocess_prints_what_the_in_process_run_prints(subprocess_runs, tmp_path, index):
+  case_dir, r, before = subprocess_runs[index]
   assert isinstance(r, subprocess.CompletedProcess), f"{CASES[index][0]}: {r}"
-  assert r.returncode == code, r.stderr[-2000:]
-  lines = r.stderr.strip().splitlines()
-  assert "Traceback" not in r.stderr and "USAGE" not in r.stderr and "flags:" not in r.stderr
-  assert lines and lines[0].startswith("error: ") and message in lines[0], r.stderr[-2000:]
-  assert lines[1:] == (["(see --help)"] if code == 2 else []), r.stderr[-2000:]
-  assert r.stdout == ""
-  assert _snapshot(case_dir / "loc") == before
-  assert sorted(os.listdir(case_dir)) == ["loc"]     # nothing created next to it either
+  _check(case_dir, before, r.returncode, r.stdout, r.stderr, index)
+  argv, _ = _prepare(tmp_path, CASES[index][1])
+  code, _, err = _run_in_process(tmp_path, CASES[index][0], argv)
+  assert (code, err.replace(str(tmp_path), "<dir>")) == \
+      (r.returncode, r.stderr.replace(str(case_dir), "<dir>"))
