@@ -26,39 +26,58 @@ on an idle machine.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import sys
 import tempfile
 import time
 from typing import Any, Dict, List
 
+import jax
 import numpy as np
-from absl import app
 from absl import flags
 
-from vitprune import atomic
+from experiments import common
+from vitprune import atomic, solve_stage
+from vitprune import estimate as estimate_lib
+from vitprune.model import init_params
+from vitprune.pipeline import one_block_counts
+from vitprune.profile import latency_model as lm_lib
+from vitprune.profile import predict as predict_lib
+from vitprune.profile import records, runner, timing
+from vitprune.reduce.methods import make_reducer
+from vitprune.registry import get_config
+from vitprune.schedule import Schedule
 
-_MODELS = flags.DEFINE_list("models", ["vit_digits", "deit_small_patch16_224"],
-                            "Registered model names (vit_digits uses weights/vit_digits and "
-                            "the digits data; others random weights, latency only).")
-_METHODS = flags.DEFINE_list("methods", ["pomt", "topk", "tome", "evit", "random"],
-                             "Token-reduction methods.")
-_BATCHES = flags.DEFINE_list("batch_sizes", None, "Batch sizes (default: vit_digits 1, other "
-                             "models 1 and 8).")
-_NUM = flags.DEFINE_integer("num_schedules", None, "Held-out schedules per method (default: "
-                            "vit_digits 30, other models 8).")
-_NUM_CAL = flags.DEFINE_integer("calibration_schedules", 10, "Calibration schedules per method "
-                                "(DeiT-sized models: 6, --quick: 5).")
-_FLOOR = flags.DEFINE_float("accuracy_floor", 0.95, "vit_digits: floor of the in-loop choice.")
-_MIN_RUN = flags.DEFINE_float("min_run_time", None, "Seconds of timed calls per graph (default "
-                              "0.1; 0.05 for batch > 1 of large models).")
-_THREADS = flags.DEFINE_integer("threads", 2, "Compile threads.")
-_QUICK = flags.DEFINE_bool("quick", False, "Smoke mode: vit_digits, pomt, batch 1, coarse grid, "
-                           "few schedules and images, short timing.")
-_OUT = flags.DEFINE_string("out", "outputs/benchmark/predictor_accuracy.json", "JSON output.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed.")
-_ROUNDS = flags.DEFINE_integer("rounds", 1, "Interleaved timing rounds of every measurement "
-                               "(TimingConfig.rounds; the main job's calibration uses 1).",
-                               lower_bound=1)
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers this benchmark's flags."""
+  flags.DEFINE_list("models", ["vit_digits", "deit_small_patch16_224"],
+                    "Registered model names (vit_digits uses weights/vit_digits and the digits "
+                    "data; others random weights, latency only).", flag_values=fv)
+  flags.DEFINE_list("methods", ["pomt", "topk", "tome", "evit", "random"],
+                    "Token-reduction methods.", flag_values=fv)
+  flags.DEFINE_list("batch_sizes", None, "Batch sizes (default: vit_digits 1, other models 1 "
+                    "and 8).", flag_values=fv)
+  flags.DEFINE_integer("num_schedules", None, "Held-out schedules per method (default: "
+                       "vit_digits 30, other models 8).", flag_values=fv)
+  flags.DEFINE_integer("calibration_schedules", 10, "Calibration schedules per method "
+                       "(DeiT-sized models: 6, --quick: 5).", flag_values=fv)
+  flags.DEFINE_float("accuracy_floor", 0.95, "vit_digits: floor of the in-loop choice.",
+                     flag_values=fv)
+  flags.DEFINE_float("min_run_time", None, "Seconds of timed calls per graph (default 0.1; "
+                     "0.05 for batch > 1 of large models).", flag_values=fv)
+  flags.DEFINE_integer("threads", 2, "Compile threads.", flag_values=fv)
+  flags.DEFINE_bool("quick", False, "Smoke mode: vit_digits, pomt, batch 1, coarse grid, few "
+                    "schedules and images, short timing.", flag_values=fv)
+  flags.DEFINE_string("out", "outputs/benchmark/predictor_accuracy.json", "JSON output.",
+                      flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed.", flag_values=fv)
+  flags.DEFINE_integer("rounds", 1, "Interleaved timing rounds of every measurement "
+                       "(TimingConfig.rounds; the main job's calibration uses 1).",
+                       lower_bound=1, flag_values=fv)
+  flags.DEFINE_string("compile_cache_dir", None, "JAX's persistent compilation cache (the "
+                      "benchmark compiles many graphs twice); default: the one JAX already "
+                      "uses, else a temporary directory removed at the end.", flag_values=fv)
 
 
 def _grid(cfg, quick: bool, step: int = 0):
@@ -70,13 +89,11 @@ def _grid(cfg, quick: bool, step: int = 0):
 
 
 def _errors(pred, meas):
-  from vitprune.profile import latency_model as lm_lib  # pylint: disable=g-import-not-at-top
   return lm_lib.relative_errors(pred, meas)
 
 
 def _measure(cfg, params, method, batch, grid, schedules, tcfg, threads, seed):
   """Median seconds of `schedules` (one shuffled measurement, plus the full graph)."""
-  from vitprune.profile import latency_model as lm_lib  # pylint: disable=g-import-not-at-top
   prof = lm_lib.measure_calibration(cfg, params, method=method, batch_size=batch,
                                     dtype="float32", tokens=[cfg.num_tokens],
                                     schedules=schedules, timing_cfg=tcfg, threads=threads,
@@ -89,9 +106,6 @@ def _interleaved(cfg, params, method, batch, grid, lm, held, tcfg, threads, seed
   """The model's own error without the machine's drift between two measurements: the curve,
   the calibration schedules and the held-out ones timed in ONE shuffled measurement, the model
   refitted on the calibration part only, scored on the held-out part."""
-  # pylint: disable=g-import-not-at-top
-  import dataclasses
-  from vitprune.profile import latency_model as lm_lib
   cal = [c for c in lm.calibration if c[0] == cfg.num_tokens]
   prof = lm_lib.measure_calibration(cfg, params, method=method, batch_size=batch,
                                     dtype="float32", tokens=grid, schedules=cal + list(held),
@@ -106,11 +120,6 @@ def _interleaved(cfg, params, method, batch, grid, lm, held, tcfg, threads, seed
 
 def run_one(cfg, params, batch, methods, *, num, num_cal, tcfg, threads, seed, data, floor,
             quick, log) -> List[Dict[str, Any]]:
-  # pylint: disable=g-import-not-at-top
-  from vitprune.profile import latency_model as lm_lib
-  from vitprune.profile import predict as predict_lib
-  from vitprune.profile import records, runner
-  from vitprune.schedule import Schedule
   grid = _grid(cfg, quick)
   t0 = time.perf_counter()
   block_prof = runner.profile_batch(
@@ -161,13 +170,6 @@ def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
               table, quick) -> Dict[str, Any]:
   """vit_digits: sensitivity estimate, frontier with the calibrated model, frontier schedules
   measured (latency + accuracy), in-loop floor choice."""
-  # pylint: disable=g-import-not-at-top
-  from vitprune import estimate as estimate_lib
-  from vitprune import solve_stage
-  from vitprune.pipeline import one_block_counts
-  from vitprune.profile import predict as predict_lib
-  from vitprune.reduce.methods import make_reducer
-  from vitprune.schedule import Schedule
   reducer = make_reducer(method)
   # The sensitivity grid (and so the DP's): every other curve count, to keep the run short.
   reduced = one_block_counts(cfg, grid if quick else _grid(cfg, quick, step=8), reducer)
@@ -228,47 +230,54 @@ def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
                  "floor_straddles": loop.settings.get("floor_straddles", [])}}
 
 
-def main(argv):
-  del argv
-  # pylint: disable=g-import-not-at-top
-  from vitprune import estimate as estimate_lib
-  from vitprune.model import init_params
-  from vitprune.profile import timing
-  from vitprune.registry import get_config
-  from experiments import common
-  quick = _QUICK.value
-  models = ["vit_digits"] if quick and not flags.FLAGS["models"].present else _MODELS.value
-  methods = ["pomt"] if quick and not flags.FLAGS["methods"].present else _METHODS.value
-  timing.enable_compilation_cache(tempfile.mkdtemp(prefix="vitprune_pred_cache_"))
-  rows: List[Dict[str, Any]] = []
-  t_all = time.perf_counter()
+def main(f: flags.FlagValues) -> Dict[str, Any]:
+  """Runs the benchmark, prints the table, writes the JSON -> the JSON document."""
+  quick = f.quick
+  models = ["vit_digits"] if quick and not f["models"].present else f.models
+  methods = ["pomt"] if quick and not f["methods"].present else f.methods
+  # Bad input is refused before any work (each check names the flag or value).
+  common.check_output_file(f.out, "out")
+  for m in methods:
+    make_reducer(m)
   for name in models:
-    if name == "vit_digits":
-      cfg, params, _ = common.load_model("vit_digits", "weights/vit_digits", _SEED.value)
-      data = estimate_lib.load_eval_data("digits", num_images=60 if quick else None,
-                                         seed=_SEED.value)
-    else:
-      cfg, params, data = get_config(name), init_params(get_config(name), _SEED.value), None
-    large = cfg.num_tokens > 80
-    batches = ([int(b) for b in _BATCHES.value] if _BATCHES.value else
-               [1] if quick or not large else [1, 8])
-    for b in batches:
-      min_run = _MIN_RUN.value or (0.01 if quick else 0.05 if (large and b > 1) else 0.1)
-      tcfg = timing.TimingConfig(min_run_time=min_run, warmup=1 if large else 3,
-                                 min_reps=3 if large and b > 1 else 5, max_retries=1,
-                                 seed=_SEED.value, rounds=_ROUNDS.value)
-      num = _NUM.value or (3 if quick else 8 if large else 30)
-      num_cal = min(_NUM_CAL.value, 5) if quick else (6 if large else _NUM_CAL.value)
-      rows += run_one(cfg, params, b, methods, num=num, num_cal=num_cal, tcfg=tcfg,
-                      threads=_THREADS.value, seed=_SEED.value, data=data,
-                      floor=_FLOOR.value, quick=quick, log=lambda s: print(s, file=sys.stderr))
-  total = time.perf_counter() - t_all
+    get_config(name)
+  batch_sizes = common.parse_ints(f.batch_sizes, "batch_sizes") if f.batch_sizes else None
+  for flag in ("num_schedules", "calibration_schedules", "threads"):
+    common.positive(f[flag].value, flag, allow_none=flag == "num_schedules")
+  with contextlib.ExitStack() as stack:
+    cache = f.compile_cache_dir or jax.config.jax_compilation_cache_dir or stack.enter_context(
+        tempfile.TemporaryDirectory(prefix="vitprune_pred_cache_"))
+    timing.enable_compilation_cache(cache)
+    rows: List[Dict[str, Any]] = []
+    t_all = time.perf_counter()
+    for name in models:
+      if name == "vit_digits":
+        cfg, params, _ = common.load_model("vit_digits", common.EMBEDDED_WEIGHTS, f.seed)
+        data = estimate_lib.load_eval_data("digits", num_images=60 if quick else None,
+                                           seed=f.seed)
+      else:
+        cfg, params, data = get_config(name), init_params(get_config(name), f.seed), None
+      large = cfg.num_tokens > 80
+      batches = batch_sizes or ([1] if quick or not large else [1, 8])
+      for b in batches:
+        min_run = f.min_run_time or (0.01 if quick else 0.05 if (large and b > 1) else 0.1)
+        tcfg = timing.TimingConfig(min_run_time=min_run, warmup=1 if large else 3,
+                                   min_reps=3 if large and b > 1 else 5, max_retries=1,
+                                   seed=f.seed, rounds=f.rounds)
+        num = f.num_schedules or (3 if quick else 8 if large else 30)
+        num_cal = min(f.calibration_schedules, 5) if quick else (
+            6 if large else f.calibration_schedules)
+        rows += run_one(cfg, params, b, methods, num=num, num_cal=num_cal, tcfg=tcfg,
+                        threads=f.threads, seed=f.seed, data=data, floor=f.accuracy_floor,
+                        quick=quick, log=lambda s: print(s, file=sys.stderr))
+    total = time.perf_counter() - t_all
+  doc = {"format": "vitprune-predictor-accuracy", "version": 1, "total_s": total,
+         "quick": quick, "rounds": f.rounds, "rows": rows}
   print(table(rows))
   print(f"\ntotal {total:.0f} s")
-  atomic.write_json(_OUT.value, {"format": "vitprune-predictor-accuracy", "version": 1,
-                                 "total_s": total, "quick": quick, "rounds": _ROUNDS.value,
-                                 "rows": rows}, indent=1)
-  print(f"wrote {_OUT.value}")
+  atomic.write_json(f.out, doc, indent=1)
+  print(f"wrote {f.out}")
+  return doc
 
 
 def _corrected(fr) -> str:
@@ -312,4 +321,4 @@ def table(rows) -> str:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main, define_flags)

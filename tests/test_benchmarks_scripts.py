@@ -37,14 +37,18 @@ def test_edge_speed_runs_on_a_tiny_model(tmp_path):
   assert all(x["iree_median_ms"] > 0 and x["module_mb"] > 0 for x in rows)
 
 
-def test_predictor_accuracy_quick(tmp_path):
-  out = tmp_path / "pred.json"
-  r = subprocess.run([sys.executable, "-m", "benchmarks.predictor_accuracy", "--quick",
-                      f"--out={out}"], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                     env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  assert r.returncode == 0, r.stderr[-2000:]
-  assert "| vit_digits | 1 | pomt |" in r.stdout and "block sum" in r.stdout
+def test_predictor_accuracy_quick(tmp_path, capsys):
   import json  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import predictor_accuracy as pa  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "pred.json"
+  cache = jax.config.jax_compilation_cache_dir       # the test session's (conftest), kept
+  doc = pa.main(common.parse(pa.define_flags, ["--quick", f"--out={out}"]))
+  assert jax.config.jax_compilation_cache_dir == cache
+  stdout = capsys.readouterr().out
+  assert "| vit_digits | 1 | pomt |" in stdout and "block sum" in stdout
+  assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
   (row,) = json.loads(out.read_text())["rows"]
   held = {tuple(s["counts"]) for s in row["schedules"]}
   cal = {tuple(c) for c in row["latency_model"].get("calibration", [])}
@@ -56,6 +60,21 @@ def test_predictor_accuracy_quick(tmp_path):
   assert 0 <= acc["mean"] <= acc["max"]
   assert row["choice"]["meets_floor"] == (row["choice"]["measured_accuracy"] >=
                                           row["choice"]["floor"])
+
+
+def test_predictor_accuracy_refuses_bad_input_before_any_work(tmp_path):
+  import pytest  # pylint: disable=g-import-not-at-top
+  from benchmarks import predictor_accuracy as pa  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  out = f"--out={tmp_path / 'p.json'}"
+  for argv, message in (([f"--out={tmp_path}"], "is a directory, not a file"),
+                        (["--methods=nosuch", out], "unknown token-reduction method 'nosuch'"),
+                        (["--models=deit_smal", out], "unknown model 'deit_smal'"),
+                        (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
+                        (["--threads=0", out], "--threads must be >= 1")):
+    with pytest.raises(common.INPUT_ERRORS, match=message):
+      pa.main(common.parse(pa.define_flags, argv))
+  assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_accuracy_combination_conditional_model_by_hand():
