@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from experiments import common
+from experiments import profile as profile_cli
 from experiments import solve as solve_cli
 from tests.conftest import solution_file
 from tests.test_solve import CFG as SOLVE_CFG, N, _acc, _block_profile, _estimate
@@ -100,10 +101,7 @@ def test_main_job_killed_keeps_the_previous_outputs(tmp_path):
   out = tmp_path / "pipeline"
   args = [f"--out_dir={out}", "--min_run_time=0.005", "--max_retries=0", "--noprogress",
           "--tokens=65,33", "--num_images=20"]
-  proc = subprocess.run([sys.executable, "-m", "experiments.profile", *args], cwd=ROOT,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT),
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  profile_cli.main(common.parse(profile_cli.define_flags, args))   # the previous run
   before = _snapshot(out)
   assert "summary.json" in before
   _kill_cli_at("moved_aside", "experiments.profile", *args)
