@@ -18,26 +18,43 @@ from __future__ import annotations
 import os
 import platform
 import time
+from typing import Dict, List
 
-from absl import app, flags
+import jax
+import numpy as np
+from absl import flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["vit_digits", "deit_small_patch16_224"], "Registered models.")
-flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes.")
-flags.DEFINE_list("schedules", ["vit_digits=keep@3:35", "deit_small_patch16_224=keep@3:130"],
-                  "model=schedule pairs timed (POMT) besides the unpruned model.")
-flags.DEFINE_list("baked", ["vit_digits"], "Models also compiled with weights baked in.")
-flags.DEFINE_list("drivers", ["auto"], "IREE drivers timed: auto (the artifact's choice), "
-                  "local-sync, local-task.")
-flags.DEFINE_float("min_run_time", 0.5, "Seconds of timed calls per variant and point (split "
-                   "over the rounds).")
-flags.DEFINE_integer("rounds", 3, "Interleaved rounds per point (samples pooled).")
-flags.DEFINE_string("out", "outputs/benchmark/edge_speed.json", "JSON output.")
+from experiments import common
+from vitprune import atomic, iree_build
+from vitprune.edge import runtime
+from vitprune.edge.targets import CPU_DRIVERS, host_cpu, parse_target
+from vitprune.profile import protocol, runner, timing
+from vitprune.reduce.methods import make_reducer
+from vitprune.registry import get_config
+from vitprune.schedule import parse_schedule
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers this benchmark's flags."""
+  flags.DEFINE_list("models", ["vit_digits", "deit_small_patch16_224"], "Registered models.",
+                    flag_values=fv)
+  flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes.", flag_values=fv)
+  flags.DEFINE_list("schedules", ["vit_digits=keep@3:35", "deit_small_patch16_224=keep@3:130"],
+                    "model=schedule pairs timed (POMT) besides the unpruned model.",
+                    flag_values=fv)
+  flags.DEFINE_list("baked", ["vit_digits"], "Models also compiled with weights baked in.",
+                    flag_values=fv)
+  flags.DEFINE_list("drivers", ["auto"], "IREE drivers timed: auto (the artifact's choice), "
+                    "local-sync, local-task.", flag_values=fv)
+  flags.DEFINE_float("min_run_time", 0.5, "Seconds of timed calls per variant and point (split "
+                     "over the rounds).", flag_values=fv)
+  flags.DEFINE_integer("rounds", 3, "Interleaved rounds per point (samples pooled).",
+                       lower_bound=1, flag_values=fv)
+  flags.DEFINE_string("out", "outputs/benchmark/edge_speed.json", "JSON output.",
+                      flag_values=fv)
 
 
 def _jax_call(cfg, params, schedule, reducer, images):
-  import jax  # pylint: disable=g-import-not-at-top
-  from vitprune.profile import runner, timing  # pylint: disable=g-import-not-at-top
   fn = runner.model_fn(cfg, schedule, reducer, "float32")
   args = timing.device_put((params, images))
   compiled, compile_s = timing.compile_fn(fn, *args)
@@ -46,8 +63,6 @@ def _jax_call(cfg, params, schedule, reducer, images):
 
 def _iree_modules(cfg, params, schedule, reducer, batch, weights, plans):
   """{profile: (lowered, vmfb, info)} for the distinct profiles of `plans`."""
-  from vitprune import iree_build  # pylint: disable=g-import-not-at-top
-  from vitprune.edge.targets import parse_target  # pylint: disable=g-import-not-at-top
   needs = schedule.counts[0] < cfg.num_tokens or schedule.reduction_layers
   low = iree_build.lower(cfg, params, schedule=schedule, reducer=reducer if needs else None,
                          batch_size=batch, weights=weights)
@@ -61,66 +76,55 @@ def _iree_modules(cfg, params, schedule, reducer, batch, weights, plans):
 
 
 def _iree_call(driver, low, blob, params, images):
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from vitprune.edge import runtime  # pylint: disable=g-import-not-at-top
-  runner = runtime.Runner(driver)
-  fn = runner.load_bytes(blob)
+  rt = runtime.Runner(driver)
+  fn = rt.load_bytes(blob)
   leaves = jax.tree.leaves(params)
-  args = [runner.put(np.asarray(leaves[i], np.float32)) for i in low.weight_index]
-  args.append(runner.put(np.asarray(images)))
+  args = [rt.put(np.asarray(leaves[i], np.float32)) for i in low.weight_index]
+  args.append(rt.put(np.asarray(images)))
   return lambda: fn(*args).to_host()
 
 
 def measure_interleaved(calls, min_run_time: float, rounds: int):
   """{key: Measurement} of `calls` {key: fn}: `rounds` shuffled rounds, samples pooled."""
-  from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
   cfg = protocol.TimingConfig(min_run_time=min_run_time, max_retries=0, rounds=rounds)
   return protocol.measure_all({k: (fn, ()) for k, fn in calls.items()}, cfg)
 
 
-def _plans(cfg, batch):
-  """One runtime plan per distinct driver of --drivers; 'auto' marks the artifact's choice."""
-  from vitprune import iree_build  # pylint: disable=g-import-not-at-top
-  from vitprune.edge.targets import parse_target  # pylint: disable=g-import-not-at-top
+def _plans(cfg, batch, drivers: List[str]) -> List[Dict]:
+  """One runtime plan per distinct driver of `drivers`; 'auto' marks the artifact's choice."""
   host = parse_target("iree:host")
   auto = iree_build.choose_runtime(cfg, batch, host)
   plans = {}
-  for d in FLAGS.drivers:
+  for d in drivers:
     plan = auto if d in ("auto", auto["driver"]) else iree_build.choose_runtime(cfg, batch,
                                                                                  host, d)
     plans.setdefault(plan["driver"], dict(plan, auto=plan is auto))
   return list(plans.values())
 
 
-def run() -> dict:
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from experiments import common  # pylint: disable=g-import-not-at-top
-  from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
-  from vitprune.schedule import parse_schedule  # pylint: disable=g-import-not-at-top
-  from vitprune.edge.targets import host_cpu  # pylint: disable=g-import-not-at-top
-  pairs = dict(p.split("=", 1) for p in FLAGS.schedules)
+def run(f: flags.FlagValues, pairs: Dict[str, str], batch_sizes: List[int]) -> dict:
+  """Times every (model, batch, schedule) point -> the JSON document."""
   rows = []
-  for name in FLAGS.models:
+  for name in f.models:
     cfg, params, source = common.load_model(name, None)
     scheds = [("full", parse_schedule(cfg, "full"))]
     if name in pairs:
       scheds.append((pairs[name], parse_schedule(cfg, pairs[name])))
-    for b in [int(x) for x in FLAGS.batch_sizes]:
+    for b in batch_sizes:
       images = np.random.default_rng(0).normal(
           size=(b, cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32)
-      plans = _plans(cfg, b)
+      plans = _plans(cfg, b, f.drivers)
       for text, sched in scheds:
         reducer = make_reducer("pomt")
         calls, built = {}, {}
         calls["jax"], jax_compile_s = _jax_call(cfg, params, sched, reducer, images)
-        for mode in ["args"] + (["baked"] if name in FLAGS.baked else []):
+        for mode in ["args"] + (["baked"] if name in f.baked else []):
           mods = _iree_modules(cfg, params, sched, reducer, b, mode, plans)
           for plan in plans:
             low, blob, info = mods[plan["profile"]]
             calls[(mode, plan["driver"])] = _iree_call(plan["driver"], low, blob, params, images)
             built[(mode, plan["driver"])] = (low, blob, info, plan)
-        meas = measure_interleaved(calls, FLAGS.min_run_time, FLAGS.rounds)
+        meas = measure_interleaved(calls, f.min_run_time, f.rounds)
         jm = meas["jax"]
         for (mode, driver), (low, blob, info, plan) in built.items():
           im = meas[(mode, driver)]
@@ -141,12 +145,11 @@ def run() -> dict:
   return {"machine": {"cpu": host_cpu()["model"], "cores": os.cpu_count(),
                       "platform": platform.platform()},
           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-          "min_run_time": FLAGS.min_run_time, "rounds": FLAGS.rounds, "rows": rows}
+          "min_run_time": f.min_run_time, "rounds": f.rounds, "rows": rows}
 
 
 def _weights_bytes(params, index) -> int:
   """float32 bytes of the weight leaves a module takes as arguments."""
-  import jax  # pylint: disable=g-import-not-at-top
   leaves = jax.tree.leaves(params)
   return sum(4 * leaves[i].size for i in index)
 
@@ -165,25 +168,33 @@ def table(res: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  from experiments import common  # pylint: disable=g-import-not-at-top
-  from vitprune import atomic  # pylint: disable=g-import-not-at-top
-  from vitprune.edge.targets import CPU_DRIVERS  # pylint: disable=g-import-not-at-top
-  bad = [d for d in FLAGS.drivers if d not in ("auto",) + tuple(CPU_DRIVERS.values())]
-  if bad or not FLAGS.drivers:
-    raise app.UsageError(f"--drivers takes auto, {', '.join(CPU_DRIVERS.values())}; got "
-                         f"{FLAGS.drivers}")
-  if FLAGS.rounds < 1:
-    raise app.UsageError(f"--rounds must be >= 1, got {FLAGS.rounds}")
-  common.quiet_logging()
-  res = run()
+def main(f: flags.FlagValues) -> dict:
+  """Checks the flags, times every point, prints the table, writes the JSON -> the document."""
+  common.check_output_file(f.out, "out")
+  bad = [d for d in f.drivers if d not in ("auto",) + tuple(CPU_DRIVERS.values())]
+  if bad or not f.drivers:
+    raise ValueError(f"--drivers takes auto, {', '.join(CPU_DRIVERS.values())}; got "
+                     f"{f.drivers}")
+  if not f.min_run_time > 0:
+    raise ValueError(f"--min_run_time must be > 0, got {f.min_run_time}")
+  batch_sizes = common.parse_ints(f.batch_sizes, "batch_sizes")
+  pairs = {}
+  for p in f.schedules:
+    name, sep, text = p.partition("=")
+    if not sep:
+      raise ValueError(f"--schedules: {p!r} is not model=schedule")
+    pairs[name] = text
+  for name in f.models:
+    cfg = get_config(name)
+    if name in pairs:
+      parse_schedule(cfg, pairs[name])
+  res = run(f, pairs, batch_sizes)
   print(f"\nmachine: {res['machine']['cpu']}, {res['machine']['cores']} cores")
   print(table(res))
-  atomic.write_json(FLAGS.out, res, sort_keys=True)
-  print(f"wrote {FLAGS.out}")
+  atomic.write_json(f.out, res, sort_keys=True)
+  print(f"wrote {f.out}")
+  return res
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main, define_flags)

@@ -16,24 +16,31 @@ import dataclasses
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 
+from experiments import common
 from vitprune.profile import runner
 from vitprune.profile import timing
 from vitprune.registry import get_config
 from vitprune.schedule import parse_token_grid
 
-_MODEL = flags.DEFINE_string("model", "test_tiny_vit", "Registered model name.")
-_BATCH = flags.DEFINE_integer("batch_size", 1, "Batch size.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-_TOKENS = flags.DEFINE_string("tokens", "all", "Token grid (see experiments.profile).")
-_MIN_RUN = flags.DEFINE_float("min_run_time", 0.05, "Seconds of timed calls per point.")
-_THREADS = flags.DEFINE_integer("threads", 4, "Compile threads of the parallel configurations.")
-_STRIDE = flags.DEFINE_integer("coarse_stride", 0, "Adaptive coarse stride (0: ~16 points).")
-_CACHE = flags.DEFINE_string("compile_cache_dir", None,
-                             "Compilation cache for the cached runs (default: a fresh temp dir).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed.")
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers this benchmark's flags."""
+  flags.DEFINE_string("model", "test_tiny_vit", "Registered model name.", flag_values=fv)
+  flags.DEFINE_integer("batch_size", 1, "Batch size.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.",
+                    flag_values=fv)
+  flags.DEFINE_string("tokens", "all", "Token grid (see experiments.profile).", flag_values=fv)
+  flags.DEFINE_float("min_run_time", 0.05, "Seconds of timed calls per point.", flag_values=fv)
+  flags.DEFINE_integer("threads", 4, "Compile threads of the parallel configurations.",
+                       lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("coarse_stride", 0, "Adaptive coarse stride (0: ~16 points).",
+                       lower_bound=0, flag_values=fv)
+  flags.DEFINE_string("compile_cache_dir", None, "Compilation cache for the cached runs "
+                      "(default: a fresh temp dir). Sets JAX's cache for the whole process, so "
+                      "run this benchmark in its own process.", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed.", flag_values=fv)
 
 
 def _steps(prof, component):
@@ -51,26 +58,26 @@ def _run(name, spec, cache_dir=None):
               steps=_steps(prof, comp), component=comp)
 
 
-def main(argv):
-  del argv
-  cfg = get_config(_MODEL.value)
+def main(f: flags.FlagValues) -> None:
+  """Profiles the model in every configuration and prints the table."""
+  cfg = get_config(f.model)
   base = runner.ProfileSpec(
-      cfg=cfg, batch_sizes=(_BATCH.value,), dtype=_DTYPE.value, mode="model",
-      tokens=parse_token_grid(cfg, _TOKENS.value), threads=1,
-      timing=timing.TimingConfig(min_run_time=_MIN_RUN.value, seed=_SEED.value),
-      coarse_stride=_STRIDE.value, seed=_SEED.value)
-  par = dataclasses.replace(base, threads=_THREADS.value)
+      cfg=cfg, batch_sizes=(f.batch_size,), dtype=f.dtype, mode="model",
+      tokens=parse_token_grid(cfg, f.tokens), threads=1,
+      timing=timing.TimingConfig(min_run_time=f.min_run_time, seed=f.seed),
+      coarse_stride=f.coarse_stride, seed=f.seed)
+  par = dataclasses.replace(base, threads=f.threads)
   ada = dataclasses.replace(par, adaptive=True)
   rows = [_run("default (model, 1 thread)", base),
-          _run(f"parallel ({_THREADS.value} threads)", par),
+          _run(f"parallel ({f.threads} threads)", par),
           _run("adaptive + parallel", ada),
           _run("per-block + parallel", dataclasses.replace(par, mode="block")),
           _run("adaptive + parallel (repeat)", ada)]
-  cache = _CACHE.value or tempfile.mkdtemp(prefix="vitprune_jax_cache_")
+  cache = f.compile_cache_dir or tempfile.mkdtemp(prefix="vitprune_jax_cache_")
   rows.append(_run("adaptive + parallel + cache (cold)", ada, cache))
   rows.append(_run("adaptive + parallel + cache (warm)", ada, cache))
   dev = runner.device_info()
-  print(f"{cfg.name} | batch {_BATCH.value} | {_DTYPE.value} | {dev['device_kind']} "
+  print(f"{cfg.name} | batch {f.batch_size} | {f.dtype} | {dev['device_kind']} "
         f"({dev['platform']}) | {len(base.grid)} token counts | cache {cache}")
   print(f"{'configuration':<36} {'wall s':>8} {'compile s':>10} {'run s':>8} {'graphs':>6}  steps")
   for r in rows:
@@ -91,4 +98,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main, define_flags)

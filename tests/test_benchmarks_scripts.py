@@ -23,18 +23,37 @@ def test_gpu_suite_rejects_unknown_stages():
   assert r.returncode == 2 and "unknown stage nosuch" in r.stderr
 
 
-def test_edge_speed_runs_on_a_tiny_model(tmp_path):
-  out = tmp_path / "edge.json"
-  r = subprocess.run([sys.executable, "-m", "benchmarks.edge_speed", "--models=test_tiny_vit",
-                      "--batch_sizes=1", "--schedules=test_tiny_vit=keep@1:9", "--baked=",
-                      "--min_run_time=0.01", f"--out={out}"], cwd=ROOT, capture_output=True,
-                     text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  assert r.returncode == 0, r.stderr[-2000:]
-  assert "| test_tiny_vit | 1 | keep@1:9 | args |" in r.stdout
+def test_edge_speed_runs_on_a_tiny_model(tmp_path, capsys):
   import json  # pylint: disable=g-import-not-at-top
+  from benchmarks import edge_speed  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "edge.json"
+  res = edge_speed.main(common.parse(edge_speed.define_flags, [
+      "--models=test_tiny_vit", "--batch_sizes=1", "--schedules=test_tiny_vit=keep@1:9",
+      "--baked=", "--min_run_time=0.01", f"--out={out}"]))
+  assert "| test_tiny_vit | 1 | keep@1:9 | args |" in capsys.readouterr().out
   rows = json.loads(out.read_text())["rows"]
+  assert rows == json.loads(json.dumps(res["rows"]))
   assert [(x["schedule"], x["weights"]) for x in rows] == [("full", "args"), ("keep@1:9", "args")]
   assert all(x["iree_median_ms"] > 0 and x["module_mb"] > 0 for x in rows)
+
+
+def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
+  import pytest  # pylint: disable=g-import-not-at-top
+  from benchmarks import edge_speed  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  out = f"--out={tmp_path / 'e.json'}"
+  for argv, message in (([f"--out={tmp_path}"], "is a directory, not a file"),
+                        (["--drivers=local-turbo", out], "--drivers takes auto"),
+                        (["--min_run_time=0", out], "--min_run_time must be > 0"),
+                        (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
+                        (["--schedules=keep@1:9", out], "is not model=schedule"),
+                        (["--models=vit_digits", "--schedules=vit_digits=keep@9:9", out],
+                         "layer 9"),
+                        (["--models=nosuch", out], "unknown model 'nosuch'")):
+    with pytest.raises(common.INPUT_ERRORS, match=message):
+      edge_speed.main(common.parse(edge_speed.define_flags, argv))
+  assert list(tmp_path.iterdir()) == []
 
 
 def test_predictor_accuracy_quick(tmp_path, capsys):
