@@ -55,6 +55,7 @@ from tqdm import tqdm
 
 from vitprune import atomic
 from vitprune import estimate
+from vitprune import figure
 from vitprune import schedule as S
 from vitprune.config import ViTConfig
 from vitprune.profile import runner, timing
@@ -445,9 +446,6 @@ def to_markdown(rows: Sequence[Dict[str, Any]]) -> str:
 def plot_png(rows: Sequence[Dict[str, Any]]) -> bytes:
   """PNG: latency (ms, IQR error bars) vs accuracy (labelled), agreement (unlabelled) or, with no
   data, the token budget (%), one panel per (batch size, dtype), one marker per variant."""
-  import matplotlib  # pylint: disable=g-import-not-at-top  (slow; plots only)
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   if not rows:
     raise ValueError("no rows to plot")
   if rows[0]["accuracy"] is not None:
@@ -459,7 +457,7 @@ def plot_png(rows: Sequence[Dict[str, Any]]) -> bytes:
   panels = list(dict.fromkeys((r["batch_size"], r["dtype"]) for r in rows))
   cols = min(len(panels), 4)
   nrows = -(-len(panels) // cols)
-  fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.8 * nrows), squeeze=False)
+  fig, axes = figure.subplots(nrows, cols, figsize=(4.5 * cols, 3.8 * nrows), squeeze=False)
   names = list(dict.fromkeys(r["variant"] for r in rows))
   markers = "so^vD<>ph*Xd"
   for ax, (b, dt) in zip(axes.flat, panels):
@@ -480,10 +478,7 @@ def plot_png(rows: Sequence[Dict[str, Any]]) -> bytes:
     ax.axis("off")
   axes.flat[0].legend(fontsize=7)
   fig.suptitle(f"{rows[0]['model']} on {rows[0]['device_kind']}", fontsize=10)
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  return buf.getvalue()
+  return figure.png_bytes(fig, dpi=110, bbox_inches="tight")
 
 
 def output_stem(rows: Sequence[Dict[str, Any]]) -> str:

@@ -1,4 +1,4 @@
-"""Plots of a `Solution` as PNG bytes (matplotlib, Agg backend, imported on first use).
+"""Plots of a `Solution` as PNG bytes (`vitprune.figure`: matplotlib imported on first use).
 
   paper mode: U(n), L(n) and A(n) against n, n* marked;
   multi mode: the frontier's predicted (latency, accuracy), the chosen and unpruned schedules,
@@ -7,27 +7,18 @@
 """
 from __future__ import annotations
 
-import io
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-
+from vitprune import figure
 from vitprune.records.solution import Solution
 
 
 def _png(fig) -> bytes:
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-  plt.close(fig)
-  return buf.getvalue()
+  return figure.png_bytes(fig, dpi=120, bbox_inches="tight")
 
 
 def plot_paper(sol: Solution) -> bytes:
   """PNG: U(n), L(n) (ms) and A(n) vs n, n* marked."""
   c, n_star = sol.curve, sol.chosen.tokens
-  fig, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
+  fig, axes = figure.subplots(3, 1, figsize=(7, 7), sharex=True)
   series = (("utility U(n)", c["utility"], 1.0),
             (f"latency L(n) [ms] ({sol.profile.latency_source})", c["latency_s"], 1e3),
             (f"{sol.metric} A(n)", c["accuracy"], 1.0))
@@ -48,7 +39,7 @@ def plot_frontier(sol: Solution) -> bytes:
   """PNG: predicted latency (ms) vs predicted accuracy of the frontier; measured accuracy of the
   schedules checked on the data; chosen and unpruned marked."""
   fr = sol.frontier
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = figure.subplots(figsize=(7, 4.5))
   ax.step([1e3 * p.predicted_latency_s for p in fr], [p.predicted_accuracy for p in fr],
           where="post", marker=".", ms=3, lw=1, label="Pareto frontier (predicted)")
   measured = [p for p in sol.checked if p.measured_accuracy is not None]

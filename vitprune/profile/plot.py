@@ -1,11 +1,10 @@
-"""Latency-vs-tokens plot of a profile (matplotlib, Agg backend, imported on first use, written
-atomically)."""
+"""Latency-vs-tokens plot of a profile (`vitprune.figure`: matplotlib imported on first use),
+written atomically."""
 from __future__ import annotations
 
-import io
 from typing import Optional
 
-from vitprune import atomic
+from vitprune import atomic, figure
 from vitprune.profile import records
 
 
@@ -22,10 +21,7 @@ def plot_profile(profile: records.Profile, path: str, *, component: Optional[str
     raise ValueError(f"can plot only {records.CURVE_COMPONENTS}, got {component!r}")
   if component not in have:
     raise ValueError(f"profile of {profile.model} has no {component!r} points to plot")
-  import matplotlib  # pylint: disable=g-import-not-at-top  (~0.3 s: every CLI importing the
-  matplotlib.use("Agg")  # profiler paid it, even to print a one-line error)
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(8, 4.5))
+  fig, ax = figure.subplots(figsize=(8, 4.5))
   for b in profile.batch_sizes:
     pts = profile.curve(component, b)
     if not pts:
@@ -49,9 +45,6 @@ def plot_profile(profile: records.Profile, path: str, *, component: Optional[str
                f"({profile.platform})", fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  buf = io.BytesIO()
   fig.tight_layout()
-  fig.savefig(buf, format="png", dpi=120)
-  plt.close(fig)
-  atomic.write_bytes(path, buf.getvalue())
+  atomic.write_bytes(path, figure.png_bytes(fig, dpi=120))
   return path

@@ -342,7 +342,7 @@ def summary_lines(sol: Solution) -> List[str]:
 def write_solution(sol: Solution, out_dir: str, stem: Optional[str] = None) -> Dict[str, str]:
   """Writes `<stem>.json` and `<stem>.png` (paper: the U/L/A curves; multi: the frontier)
   atomically -> {'json': path, 'png': path}. The plot is rendered before anything is written."""
-  from vitprune import solve_plot  # pylint: disable=g-import-not-at-top  (matplotlib: slow)
+  from vitprune import solve_plot  # pylint: disable=g-import-not-at-top  (it imports this module)
   stem = stem or sol.stem
   png = solve_plot.plot_solution(sol)
   paths = {"json": os.path.join(out_dir, stem + ".json"),
