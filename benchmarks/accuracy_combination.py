@@ -209,7 +209,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
                             for c in schedules]
     return out
 
-  result = {"command": "python -m benchmarks.accuracy_combination " + " ".join(sys.argv[1:]),
+  result = {"command": common.command_line("benchmarks.accuracy_combination", f),
             "method": f.method, "num_images": int(len(data.indices)), "grid": ns.tolist(),
             "full_accuracy": full_acc, "conditional_base": list(base) if base else None,
             "sensitivity": {str(l): dict(zip(map(str, ns.tolist()), sens[l].tolist()))

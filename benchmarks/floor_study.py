@@ -146,7 +146,7 @@ def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
         f"{100 * tot['overhead_share_median']:.1f}%, max "
         f"{100 * tot['overhead_share_max']:.1f}% of the main job's wall time")
   atomic.write_json(f.out, {
-      "command": "python -m benchmarks.floor_study " + " ".join(sys.argv[1:]),
+      "command": common.command_line("benchmarks.floor_study", f),
       "method": f.method, "floor": f.accuracy_floor, "job_flags": f.job_flags,
       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "totals": tot, "rows": rows}, indent=1)
   print(f"wrote {f.out}")

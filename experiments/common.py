@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import sys
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -80,6 +81,14 @@ def parse(define_flags: Callable[[flags.FlagValues], None], argv: Sequence[str] 
   fv(["prog", *argv])
   check_finite(fv)
   return fv
+
+
+def command_line(module: str, fv: flags.FlagValues) -> str:
+  """`python -m <module>` with the flags given on the command line (not the defaults), in name
+  order, shell-quoted: the run's record of how it was started (in-process runs too)."""
+  given = [fv[name].serialize() for name in sorted(fv)
+           if fv[name].present and name == fv[name].name]
+  return " ".join(["python", "-m", module] + [shlex.quote(a) for a in given])
 
 
 def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,

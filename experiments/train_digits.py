@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import sys
 import time
 
 from absl import flags
@@ -75,7 +74,7 @@ def main(f: flags.FlagValues):
   train_seconds = time.time() - t_start
   test_acc = history[-1]["test_accuracy"]   # the final params are the last epoch's
   train_acc = accuracy(params, cfg, *train_data)
-  command = "python -m experiments.train_digits " + " ".join(sys.argv[1:])
+  command = common.command_line("experiments.train_digits", f)
   meta = {"dataset": "sklearn_digits", "split": {"seed": tc.split_seed,
                                                  "test_fraction": tc.test_fraction,
                                                  "num_train": len(train_data[0]),

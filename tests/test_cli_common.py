@@ -1,4 +1,4 @@
-"""experiments/common.py: the --model/--weights rule shared by every CLI."""
+"""experiments/common.py: the --model/--weights rule every CLI shares, the recorded command."""
 import os
 
 import numpy as np
@@ -36,3 +36,14 @@ def test_weights_directory_and_errors(tmp_path):
     common.load_model(None, str(tmp_path / "missing"))
   with pytest.raises(KeyError, match="Did you mean"):
     common.load_model("deit_smal_patch16_224", None)
+
+
+def test_command_line_records_the_given_flags_quoted():
+  from experiments import train_digits  # pylint: disable=g-import-not-at-top
+  fv = common.parse(train_digits.define_flags, ["--out=/tmp/a b", "--epochs=3", "--overwrite",
+                                                "--epochs=2"])
+  assert common.command_line("experiments.train_digits", fv) == (
+      "python -m experiments.train_digits --epochs=2 '--out=/tmp/a b' --overwrite")
+  assert common.command_line("experiments.train_digits",
+                             common.parse(train_digits.define_flags)) == (
+      "python -m experiments.train_digits")
