@@ -16,7 +16,7 @@ IREE workarounds, applied only while lowering for IREE:
     resulting permutation. ToMe's `argsort(stable=True)` needs it.
   * a CPU compile that fails is retried as `vitprune.edge.targets.next_attempt` says (a stack
     limit up to 64 KiB; without the matmul generalization; without data tiling / microkernels,
-    which IREE 3.13 rejects on ToMe's i1 padding); the record lists the flags actually used and
+    e.g. where IREE 3.13 cannot pad an i1 tensor); the record lists the flags actually used and
     what was given up in `compiler.fallback`.
 CPU modules are compiled for the latency or throughput profile and run on its driver
 (`choose_runtime`: from the unpruned model's estimated work, or from a driver given); records and

@@ -41,11 +41,19 @@ def bipartite_matching(keys: jax.Array, r: int, num_prefix: int
   metric = metric / jnp.maximum(jnp.linalg.norm(metric, axis=-1, keepdims=True),
                                 jnp.finfo(jnp.float32).tiny)
   a, b = metric[:, 0::2], metric[:, 1::2]
+  # The optimization barriers here and in `ToMe.reduce` change no number. They keep IREE (3.13)
+  # from fusing the head mean / norm into the scores matmul and the merge matmul into its add:
+  # with data tiling those fusions fail to compile ("large vector sizes", DeiT-S), and the retry
+  # without data tiling made the whole ToMe graph several times slower.
+  a, b = jax.lax.optimization_barrier((a, b))
   scores = jnp.einsum("bic,bjc->bij", a, b)  # [B, nA, nB]
   prot_a = np.arange(0, n, 2) < num_prefix
   prot_b = np.arange(1, n, 2) < num_prefix
   protected = prot_a[:, None] | prot_b[None, :]
-  scores = jnp.where(protected[None], -jnp.inf, scores)
+  # An additive -inf bias rather than a boolean select: the same scores (finite + 0 and
+  # finite - inf), and no i1 tensor, which IREE's data tiling cannot pad (its CPU compile then
+  # dropped data tiling and microkernels for the whole graph).
+  scores = scores + np.where(protected, -np.inf, 0.0).astype(np.float32)[None]
   node_max = scores.max(axis=-1)     # [B, nA]
   node_idx = scores.argmax(axis=-1)  # [B, nA]
   n_a = a.shape[1]
@@ -100,7 +108,8 @@ class ToMe(common.AttentionReducer):
     xs = x.astype(jnp.float32) * size[..., None]
     xa, xb, sa, sb = xs[:, 0::2], xs[:, 1::2], size[:, 0::2], size[:, 1::2]
     onehot = jax.nn.one_hot(dst, xb.shape[1], dtype=jnp.float32)  # [B, r, nB]
-    xb = xb + jnp.einsum("brn,brc->bnc", onehot, common.gather_tokens(xa, src))
+    merged = jnp.einsum("brn,brc->bnc", onehot, common.gather_tokens(xa, src))
+    xb = xb + jax.lax.optimization_barrier(merged)      # see bipartite_matching
     sb = sb + jnp.einsum("brn,br->bn", onehot, common.gather_tokens(sa, src))
     out_x = jnp.concatenate([common.gather_tokens(xa, unm), xb], axis=1)
     out_s = jnp.concatenate([common.gather_tokens(sa, unm), sb], axis=1)
