@@ -38,22 +38,28 @@ def test_edge_speed_runs_on_a_tiny_model(tmp_path, capsys):
   assert all(x["iree_median_ms"] > 0 and x["module_mb"] > 0 for x in rows)
 
 
-def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
+def _assert_refused(script, cases, tmp_path):
+  """Each (argv, message) of `cases` makes `script.main` raise an input error matching
+  `message` before it writes anything under `tmp_path`."""
   import pytest  # pylint: disable=g-import-not-at-top
-  from benchmarks import edge_speed  # pylint: disable=g-import-not-at-top
   from experiments import common  # pylint: disable=g-import-not-at-top
-  out = f"--out={tmp_path / 'e.json'}"
-  for argv, message in (([f"--out={tmp_path}"], "is a directory, not a file"),
-                        (["--drivers=local-turbo", out], "--drivers takes auto"),
-                        (["--min_run_time=0", out], "--min_run_time must be > 0"),
-                        (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
-                        (["--schedules=keep@1:9", out], "is not model=schedule"),
-                        (["--models=vit_digits", "--schedules=vit_digits=keep@9:9", out],
-                         "layer 9"),
-                        (["--models=nosuch", out], "unknown model 'nosuch'")):
+  for argv, message in cases:
     with pytest.raises(common.INPUT_ERRORS, match=message):
-      edge_speed.main(common.parse(edge_speed.define_flags, argv))
+      script.main(common.parse(script.define_flags, argv))
   assert list(tmp_path.iterdir()) == []
+
+
+def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
+  from benchmarks import edge_speed  # pylint: disable=g-import-not-at-top
+  out = f"--out={tmp_path / 'e.json'}"
+  _assert_refused(edge_speed, [
+      ([f"--out={tmp_path}"], "is a directory, not a file"),
+      (["--drivers=local-turbo", out], "--drivers takes auto"),
+      (["--min_run_time=0", out], "--min_run_time must be > 0"),
+      (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
+      (["--schedules=keep@1:9", out], "is not model=schedule"),
+      (["--models=vit_digits", "--schedules=vit_digits=keep@9:9", out], "layer 9"),
+      (["--models=nosuch", out], "unknown model 'nosuch'")], tmp_path)
 
 
 def test_predictor_accuracy_quick(tmp_path, capsys):
@@ -82,18 +88,14 @@ def test_predictor_accuracy_quick(tmp_path, capsys):
 
 
 def test_predictor_accuracy_refuses_bad_input_before_any_work(tmp_path):
-  import pytest  # pylint: disable=g-import-not-at-top
-  from benchmarks import predictor_accuracy as pa  # pylint: disable=g-import-not-at-top
-  from experiments import common  # pylint: disable=g-import-not-at-top
+  from benchmarks import predictor_accuracy  # pylint: disable=g-import-not-at-top
   out = f"--out={tmp_path / 'p.json'}"
-  for argv, message in (([f"--out={tmp_path}"], "is a directory, not a file"),
-                        (["--methods=nosuch", out], "unknown token-reduction method 'nosuch'"),
-                        (["--models=deit_smal", out], "unknown model 'deit_smal'"),
-                        (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
-                        (["--threads=0", out], "--threads must be >= 1")):
-    with pytest.raises(common.INPUT_ERRORS, match=message):
-      pa.main(common.parse(pa.define_flags, argv))
-  assert sorted(p.name for p in tmp_path.iterdir()) == []
+  _assert_refused(predictor_accuracy, [
+      ([f"--out={tmp_path}"], "is a directory, not a file"),
+      (["--methods=nosuch", out], "unknown token-reduction method 'nosuch'"),
+      (["--models=deit_smal", out], "unknown model 'deit_smal'"),
+      (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
+      (["--threads=0", out], "--threads must be >= 1")], tmp_path)
 
 
 def test_accuracy_combination_conditional_model_by_hand():
