@@ -40,8 +40,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     flag_values=fv)
   flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes.", flag_values=fv)
   flags.DEFINE_list("schedules", ["vit_digits=keep@3:35", "deit_small_patch16_224=keep@3:130"],
-                    "model=schedule pairs timed (POMT) besides the unpruned model.",
+                    "model=schedule pairs timed (with --method) besides the unpruned model.",
                     flag_values=fv)
+  flags.DEFINE_string("method", "pomt", "Token-reduction method of the --schedules.",
+                      flag_values=fv)
   flags.DEFINE_list("baked", ["vit_digits"], "Models also compiled with weights baked in.",
                     flag_values=fv)
   flags.DEFINE_list("drivers", ["auto"], "IREE drivers timed: auto (the artifact's choice), "
@@ -115,7 +117,7 @@ def run(f: flags.FlagValues, pairs: Dict[str, str], batch_sizes: List[int]) -> d
           size=(b, cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32)
       plans = _plans(cfg, b, f.drivers)
       for text, sched in scheds:
-        reducer = make_reducer("pomt")
+        reducer = make_reducer(f.method)
         calls, built = {}, {}
         calls["jax"], jax_compile_s = _jax_call(cfg, params, sched, reducer, images)
         for mode in ["args"] + (["baked"] if name in f.baked else []):
@@ -145,7 +147,8 @@ def run(f: flags.FlagValues, pairs: Dict[str, str], batch_sizes: List[int]) -> d
   return {"machine": {"cpu": host_cpu()["model"], "cores": os.cpu_count(),
                       "platform": platform.platform()},
           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-          "min_run_time": f.min_run_time, "rounds": f.rounds, "rows": rows}
+          "method": f.method, "min_run_time": f.min_run_time, "rounds": f.rounds,
+          "rows": rows}
 
 
 def _weights_bytes(params, index) -> int:
@@ -184,6 +187,11 @@ def main(f: flags.FlagValues) -> dict:
     if not sep:
       raise ValueError(f"--schedules: {p!r} is not model=schedule")
     pairs[name] = text
+  make_reducer(f.method)
+  for flag, names in (("schedules", pairs), ("baked", f.baked)):
+    unknown = sorted(set(names) - set(f.models))
+    if unknown and f[flag].present:      # a default naming an untimed model is fine
+      raise ValueError(f"--{flag} names {unknown}, which --models={f.models} does not time")
   for name in f.models:
     cfg = get_config(name)
     if name in pairs:

@@ -59,7 +59,11 @@ def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
       (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
       (["--schedules=keep@1:9", out], "is not model=schedule"),
       (["--models=vit_digits", "--schedules=vit_digits=keep@9:9", out], "layer 9"),
-      (["--models=nosuch", out], "unknown model 'nosuch'")], tmp_path)
+      (["--models=nosuch", out], "unknown model 'nosuch'"),
+      (["--method=nosuch", out], "unknown token-reduction method 'nosuch'"),
+      (["--models=vit_digits", "--schedules=deit_small_patch16_224=full", out],
+       r"--schedules names \['deit_small_patch16_224'\], which --models"),
+      (["--models=vit_digits", "--baked=vit_digit", out], "--baked names")], tmp_path)
 
 
 def test_predictor_accuracy_quick(tmp_path, capsys):

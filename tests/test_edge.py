@@ -1,6 +1,7 @@
 """Edge deployment: IREE targets vs JAX, cross-compilation, the jax-free runner and kits.
 
 Every compile uses the tiny test config (a few seconds each, two at a time)."""
+import functools
 import json
 import os
 import shutil
@@ -134,6 +135,13 @@ def test_iree_host_matches_jax(method, method_modules, params, images):
   # Every method compiles with data tiling and microkernels at the first attempt (ToMe's
   # protected-token mask is an additive bias: IREE 3.13 could not pad its i1 select).
   assert info["fallback"] is None and set(targets_lib.CPU_TUNING) <= set(info["flags"])
+
+
+def test_tome_writes_its_iree_form_only_inside_iree_lowering(method_modules, params, images):
+  sched, lowered, _ = method_modules
+  assert "optimization_barrier" in lowered["tome"].mlir
+  fn = functools.partial(model.forward, cfg=CFG, schedule=sched, reducer=make_reducer("tome"))
+  assert "optimization_barrier" not in jax.jit(fn).lower(params, images).as_text()
 
 
 def test_stable_sort_rule_only_inside_iree_lowering():

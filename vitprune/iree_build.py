@@ -14,6 +14,8 @@ IREE workarounds, applied only while lowering for IREE:
   * stable sorts: IREE ignores `is_stable`; a stable sort is lowered as an unstable sort with an
     extra iota key (ties broken by position = stable), the other operands gathered by the
     resulting permutation. ToMe's `argsort(stable=True)` needs it.
+  * graphs that ask `vitprune.lowering.for_iree()` while traced: ToMe's matching (see
+    `reduce/tome.py`) avoids forms IREE's data tiling cannot compile.
   * a CPU compile that fails is retried as `vitprune.edge.targets.next_attempt` says (a stack
     limit up to 64 KiB; without the matmul generalization; without data tiling / microkernels,
     e.g. where IREE 3.13 cannot pad an i1 tensor); the record lists the flags actually used and
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import contextvars
 import dataclasses
 import functools
 import hashlib
@@ -45,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitprune import atomic
+from vitprune import lowering
 from vitprune import model
 from vitprune.config import ViTConfig
 from vitprune.digest import params_sha256
@@ -65,7 +67,6 @@ class IreeBuildError(EdgeError):
 # ----------------------------------------------------------------------------- lowering
 
 
-_IREE_LOWERING = contextvars.ContextVar("vitprune_iree_lowering", default=False)
 _installed: List[bool] = []
 
 
@@ -77,7 +78,7 @@ def _install_sort_rule() -> None:
   default = jax_mlir._lowerings[jax.lax.sort_p].rule  # pylint: disable=protected-access
 
   def rule(ctx, *operands, dimension, is_stable, num_keys):
-    if not (is_stable and _IREE_LOWERING.get()):
+    if not (is_stable and lowering.for_iree()):
       return default(ctx, *operands, dimension=dimension, is_stable=is_stable,
                      num_keys=num_keys)
 
@@ -99,11 +100,11 @@ def iree_lowering():
   caches are cleared on entry and exit: nothing lowered outside leaks in, or vice versa."""
   _install_sort_rule()
   jax.clear_caches()
-  token = _IREE_LOWERING.set(True)
+  token = lowering.IREE.set(True)
   try:
     yield
   finally:
-    _IREE_LOWERING.reset(token)
+    lowering.IREE.reset(token)
     jax.clear_caches()
 
 

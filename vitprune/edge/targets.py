@@ -40,7 +40,8 @@ CPU_STACK = f"--iree-llvmcpu-stack-allocation-limit={STACK_LIMIT}"
 CPU_PROFILES = ("latency", "throughput")
 CPU_DRIVERS = {"latency": "local-sync", "throughput": "local-task"}
 # Between vit_digits at batch 1 (0.03 GFLOP: local-sync 1.18x JAX, local-task 1.69x) and at batch 8
-# (0.26: local-task 1.26x, local-sync 1.61x), idle 2-core CPU, README "IREE host vs JAX CPU".
+# (0.26: local-task 1.26x, local-sync 1.61x): the first idle run of benchmarks.edge_speed with both
+# drivers on the 2-core CPU (README "IREE host vs JAX CPU": its auto-driver column "before").
 TASK_MIN_GFLOP = 0.1
 _ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
 _FORMS = ("jax", "iree:host", "iree:llvm-cpu:<triple>[:<cpu>]", "iree:cuda:<sm_XX>",

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitprune.lowering import for_iree
 from vitprune.reduce import common
 from vitprune.reduce.base import AttentionStats
 
@@ -41,19 +42,21 @@ def bipartite_matching(keys: jax.Array, r: int, num_prefix: int
   metric = metric / jnp.maximum(jnp.linalg.norm(metric, axis=-1, keepdims=True),
                                 jnp.finfo(jnp.float32).tiny)
   a, b = metric[:, 0::2], metric[:, 1::2]
-  # The optimization barriers here and in `ToMe.reduce` change no number. They keep IREE (3.13)
-  # from fusing the head mean / norm into the scores matmul and the merge matmul into its add:
-  # with data tiling those fusions fail to compile ("large vector sizes", DeiT-S), and the retry
-  # without data tiling made the whole ToMe graph several times slower.
-  a, b = jax.lax.optimization_barrier((a, b))
-  scores = jnp.einsum("bic,bjc->bij", a, b)  # [B, nA, nB]
   prot_a = np.arange(0, n, 2) < num_prefix
   prot_b = np.arange(1, n, 2) < num_prefix
-  protected = prot_a[:, None] | prot_b[None, :]
-  # An additive -inf bias rather than a boolean select: the same scores (finite + 0 and
-  # finite - inf), and no i1 tensor, which IREE's data tiling cannot pad (its CPU compile then
-  # dropped data tiling and microkernels for the whole graph).
-  scores = scores + np.where(protected, -np.inf, 0.0).astype(np.float32)[None]
+  if not for_iree():
+    scores = jnp.einsum("bic,bjc->bij", a, b)  # [B, nA, nB]
+    scores = jnp.where((prot_a[:, None] | prot_b[None, :])[None], -jnp.inf, scores)
+  else:
+    # The same scores in a form IREE 3.13 compiles with data tiling (else every ToMe module lost
+    # data tiling and microkernels): a barrier keeps the head mean / norm out of the matmul
+    # ("large vector sizes"), and the protected rows / columns get an additive -inf bias
+    # instead of a boolean select (an i1 tensor its data tiling cannot pad).
+    a, b = jax.lax.optimization_barrier((a, b))
+    scores = jnp.einsum("bic,bjc->bij", a, b)
+    bias_a = np.where(prot_a, -np.inf, 0.0).astype(np.float32)
+    bias_b = np.where(prot_b, -np.inf, 0.0).astype(np.float32)
+    scores = scores + bias_a[None, :, None] + bias_b[None, None, :]
   node_max = scores.max(axis=-1)     # [B, nA]
   node_idx = scores.argmax(axis=-1)  # [B, nA]
   n_a = a.shape[1]
@@ -109,7 +112,9 @@ class ToMe(common.AttentionReducer):
     xa, xb, sa, sb = xs[:, 0::2], xs[:, 1::2], size[:, 0::2], size[:, 1::2]
     onehot = jax.nn.one_hot(dst, xb.shape[1], dtype=jnp.float32)  # [B, r, nB]
     merged = jnp.einsum("brn,brc->bnc", onehot, common.gather_tokens(xa, src))
-    xb = xb + jax.lax.optimization_barrier(merged)      # see bipartite_matching
+    if for_iree():   # keeps IREE from fusing the matmul into the add (see bipartite_matching)
+      merged = jax.lax.optimization_barrier(merged)
+    xb = xb + merged
     sb = sb + jnp.einsum("brn,br->bn", onehot, common.gather_tokens(sa, src))
     out_x = jnp.concatenate([common.gather_tokens(xa, unm), xb], axis=1)
     out_s = jnp.concatenate([common.gather_tokens(sa, unm), sb], axis=1)
