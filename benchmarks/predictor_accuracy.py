@@ -26,14 +26,14 @@ on an idle machine.
 """
 from __future__ import annotations
 
-import contextlib
+import atexit
 import dataclasses
+import shutil
 import sys
 import tempfile
 import time
 from typing import Any, Dict, List
 
-import jax
 import numpy as np
 from absl import flags
 
@@ -76,8 +76,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        "(TimingConfig.rounds; the main job's calibration uses 1).",
                        lower_bound=1, flag_values=fv)
   flags.DEFINE_string("compile_cache_dir", None, "JAX's persistent compilation cache (the "
-                      "benchmark compiles many graphs twice); default: the one JAX already "
-                      "uses, else a temporary directory removed at the end.", flag_values=fv)
+                      "benchmark compiles many graphs twice; set process-wide); default: a "
+                      "fresh temporary directory, removed at exit, so compile times start "
+                      "cold.", flag_values=fv)
 
 
 def _grid(cfg, quick: bool, step: int = 0):
@@ -244,33 +245,39 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   batch_sizes = common.parse_ints(f.batch_sizes, "batch_sizes") if f.batch_sizes else None
   for flag in ("num_schedules", "calibration_schedules", "threads"):
     common.positive(f[flag].value, flag, allow_none=flag == "num_schedules")
-  with contextlib.ExitStack() as stack:
-    cache = f.compile_cache_dir or jax.config.jax_compilation_cache_dir or stack.enter_context(
-        tempfile.TemporaryDirectory(prefix="vitprune_pred_cache_"))
-    timing.enable_compilation_cache(cache)
-    rows: List[Dict[str, Any]] = []
-    t_all = time.perf_counter()
-    for name in models:
-      if name == "vit_digits":
-        cfg, params, _ = common.load_model("vit_digits", common.EMBEDDED_WEIGHTS, f.seed)
-        data = estimate_lib.load_eval_data("digits", num_images=60 if quick else None,
-                                           seed=f.seed)
-      else:
-        cfg, params, data = get_config(name), init_params(get_config(name), f.seed), None
-      large = cfg.num_tokens > 80
-      batches = batch_sizes or ([1] if quick or not large else [1, 8])
-      for b in batches:
-        min_run = f.min_run_time or (0.01 if quick else 0.05 if (large and b > 1) else 0.1)
-        tcfg = timing.TimingConfig(min_run_time=min_run, warmup=1 if large else 3,
-                                   min_reps=3 if large and b > 1 else 5, max_retries=1,
-                                   seed=f.seed, rounds=f.rounds)
-        num = f.num_schedules or (3 if quick else 8 if large else 30)
-        num_cal = min(f.calibration_schedules, 5) if quick else (
-            6 if large else f.calibration_schedules)
-        rows += run_one(cfg, params, b, methods, num=num, num_cal=num_cal, tcfg=tcfg,
-                        threads=f.threads, seed=f.seed, data=data, floor=f.accuracy_floor,
-                        quick=quick, log=lambda s: print(s, file=sys.stderr))
-    total = time.perf_counter() - t_all
+  if not 0 < f.accuracy_floor <= 1:
+    raise ValueError(f"--accuracy_floor must be in (0, 1], got {f.accuracy_floor}")
+  if f.min_run_time is not None and not f.min_run_time > 0:
+    raise ValueError(f"--min_run_time must be > 0, got {f.min_run_time}")
+  if f.compile_cache_dir:
+    cache = f.compile_cache_dir
+  else:   # fresh, so compile times (in the calibration and profile seconds) start cold
+    cache = tempfile.mkdtemp(prefix="vitprune_pred_cache_")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)   # JAX keeps it process-wide
+  timing.enable_compilation_cache(cache)
+  rows: List[Dict[str, Any]] = []
+  t_all = time.perf_counter()
+  for name in models:
+    if name == "vit_digits":
+      cfg, params, _ = common.load_model("vit_digits", common.EMBEDDED_WEIGHTS, f.seed)
+      data = estimate_lib.load_eval_data("digits", num_images=60 if quick else None,
+                                         seed=f.seed)
+    else:
+      cfg, params, data = get_config(name), init_params(get_config(name), f.seed), None
+    large = cfg.num_tokens > 80
+    batches = batch_sizes or ([1] if quick or not large else [1, 8])
+    for b in batches:
+      min_run = f.min_run_time or (0.01 if quick else 0.05 if (large and b > 1) else 0.1)
+      tcfg = timing.TimingConfig(min_run_time=min_run, warmup=1 if large else 3,
+                                 min_reps=3 if large and b > 1 else 5, max_retries=1,
+                                 seed=f.seed, rounds=f.rounds)
+      num = f.num_schedules or (3 if quick else 8 if large else 30)
+      num_cal = min(f.calibration_schedules, 5) if quick else (
+          6 if large else f.calibration_schedules)
+      rows += run_one(cfg, params, b, methods, num=num, num_cal=num_cal, tcfg=tcfg,
+                      threads=f.threads, seed=f.seed, data=data, floor=f.accuracy_floor,
+                      quick=quick, log=lambda s: print(s, file=sys.stderr))
+  total = time.perf_counter() - t_all
   doc = {"format": "vitprune-predictor-accuracy", "version": 1, "total_s": total,
          "quick": quick, "rounds": f.rounds, "rows": rows}
   print(table(rows))

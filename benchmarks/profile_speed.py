@@ -12,7 +12,9 @@ configuration compiles the same kernels deployment would use.
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import shutil
 import tempfile
 import time
 
@@ -38,7 +40,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("coarse_stride", 0, "Adaptive coarse stride (0: ~16 points).",
                        lower_bound=0, flag_values=fv)
   flags.DEFINE_string("compile_cache_dir", None, "Compilation cache for the cached runs "
-                      "(default: a fresh temp dir). Sets JAX's cache for the whole process, so "
+                      "(default: a fresh temp dir, removed at exit). Sets JAX's cache for the whole process, so "
                       "run this benchmark in its own process.", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed.", flag_values=fv)
 
@@ -73,7 +75,10 @@ def main(f: flags.FlagValues) -> None:
           _run("adaptive + parallel", ada),
           _run("per-block + parallel", dataclasses.replace(par, mode="block")),
           _run("adaptive + parallel (repeat)", ada)]
-  cache = f.compile_cache_dir or tempfile.mkdtemp(prefix="vitprune_jax_cache_")
+  cache = f.compile_cache_dir
+  if not cache:
+    cache = tempfile.mkdtemp(prefix="vitprune_jax_cache_")
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
   rows.append(_run("adaptive + parallel + cache (cold)", ada, cache))
   rows.append(_run("adaptive + parallel + cache (warm)", ada, cache))
   dev = runner.device_info()

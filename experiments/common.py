@@ -86,8 +86,8 @@ def parse(define_flags: Callable[[flags.FlagValues], None], argv: Sequence[str] 
 def command_line(module: str, fv: flags.FlagValues) -> str:
   """`python -m <module>` with the flags given on the command line (not the defaults), in name
   order, shell-quoted: the run's record of how it was started (in-process runs too)."""
-  given = [fv[name].serialize() for name in sorted(fv)
-           if fv[name].present and name == fv[name].name]
+  given = [arg for name in sorted(fv) if fv[name].present and name == fv[name].name
+           for arg in fv[name].serialize().split("\n")]      # a multi flag: one per value
   return " ".join(["python", "-m", module] + [shlex.quote(a) for a in given])
 
 
@@ -129,9 +129,10 @@ def run(main: Callable[[flags.FlagValues], Any],
 def run_in_process(main: Callable[[flags.FlagValues], Any],
                    define_flags: Callable[[flags.FlagValues], None],
                    argv: Sequence[str]) -> None:
-  """`run` without absl's `app.run` and on a fresh FlagValues (`argv` without the program name):
-  the same parsing, one-line errors and exit codes (SystemExit); for tests, which then need no
-  subprocess per bad input."""
+  """`run` without absl's `app.run`, on a fresh FlagValues (`argv` without the program name):
+  the CLI's own flags, checks, one-line errors and exit codes (SystemExit); for tests, which then
+  need no subprocess per bad input. Unlike `run`: absl's global flags (--helpshort,
+  --verbosity) are unknown here, and logging's verbosity is set for the whole process."""
   fv = flags.FlagValues()
   define_flags(fv)
   _run_parsed(main, fv, _parse_or_fail(fv, ["prog", *argv]))

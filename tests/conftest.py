@@ -26,6 +26,10 @@ if os.environ.get("VITPRUNE_TEST_XLA_CACHE", "1") != "0" and \
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
+# Several test processes (pytest.ini) on one GPU: none may preallocate most of its memory.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 # Flags that shorten XLA CPU compiles (measured on test_profile_cli + test_reduce_methods, 2-core
 # CPU, jaxlib 0.10.2: 86 s at level 0 alone, 65 s with the two emitter/runtime flags as well).
 # XLA aborts on a flag it does not know, so those two are added only for the jaxlib releases

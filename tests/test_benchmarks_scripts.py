@@ -72,9 +72,10 @@ def test_predictor_accuracy_quick(tmp_path, capsys):
   from benchmarks import predictor_accuracy as pa  # pylint: disable=g-import-not-at-top
   from experiments import common  # pylint: disable=g-import-not-at-top
   out = tmp_path / "pred.json"
-  cache = jax.config.jax_compilation_cache_dir       # the test session's (conftest), kept
-  doc = pa.main(common.parse(pa.define_flags, ["--quick", f"--out={out}"]))
-  assert jax.config.jax_compilation_cache_dir == cache
+  cache = jax.config.jax_compilation_cache_dir       # the test session's (conftest), if any
+  doc = pa.main(common.parse(pa.define_flags, ["--quick", f"--out={out}"] + (
+      [f"--compile_cache_dir={cache}"] if cache else [])))
+  assert jax.config.jax_compilation_cache_dir == cache or not cache
   stdout = capsys.readouterr().out
   assert "| vit_digits | 1 | pomt |" in stdout and "block sum" in stdout
   assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
@@ -99,7 +100,9 @@ def test_predictor_accuracy_refuses_bad_input_before_any_work(tmp_path):
       (["--methods=nosuch", out], "unknown token-reduction method 'nosuch'"),
       (["--models=deit_smal", out], "unknown model 'deit_smal'"),
       (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
-      (["--threads=0", out], "--threads must be >= 1")], tmp_path)
+      (["--threads=0", out], "--threads must be >= 1"),
+      (["--accuracy_floor=1.5", out], r"--accuracy_floor must be in \(0, 1\]"),
+      (["--min_run_time=-1", out], "--min_run_time must be > 0")], tmp_path)
 
 
 def test_accuracy_combination_conditional_model_by_hand():

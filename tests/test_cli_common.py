@@ -47,3 +47,10 @@ def test_command_line_records_the_given_flags_quoted():
   assert common.command_line("experiments.train_digits",
                              common.parse(train_digits.define_flags)) == (
       "python -m experiments.train_digits")
+
+
+def test_command_line_gives_a_multi_flag_one_argument_per_value():
+  from experiments import deploy  # pylint: disable=g-import-not-at-top
+  fv = common.parse(deploy.define_flags, ["--target=iree:host", "--target=jax,iree:vulkan"])
+  assert common.command_line("experiments.deploy", fv) == (
+      "python -m experiments.deploy --target=iree:host --target=jax,iree:vulkan")
