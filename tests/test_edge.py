@@ -116,6 +116,14 @@ def method_modules(params):
   return sched, lowered, compiled
 
 
+def test_tome_compiles_without_fallback_for_the_throughput_profile(method_modules):
+  # vit_digits from batch 8 and DeiT-S use this profile (no matmul generalization, local-task).
+  _, lowered, _ = method_modules
+  _, info = iree_build.compile_module(lowered["tome"].mlir, parse_target("iree:host"),
+                                      profile="throughput")
+  assert info["fallback"] is None and set(targets_lib.CPU_TUNING) <= set(info["flags"])
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_iree_host_matches_jax(method, method_modules, params, images):
   sched, lowered, compiled = method_modules
