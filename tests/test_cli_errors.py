@@ -12,6 +12,7 @@ import io
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -102,6 +103,10 @@ def _prepare(case_dir, args):
   return argv, _snapshot(loc)
 
 
+_HIDDEN_BY_DEFAULT = (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                      ResourceWarning)
+
+
 def _run_in_process(case_dir, cli, argv):
   """-> (exit code, stdout, stderr) of `experiments.<cli>` run in-process in `case_dir`."""
   module = importlib.import_module(f"experiments.{cli}")
@@ -109,7 +114,9 @@ def _run_in_process(case_dir, cli, argv):
   cwd = os.getcwd()
   os.chdir(case_dir)
   try:
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+        warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
       try:
         common.run_in_process(module.main, module.define_flags, argv)
         code = 0
@@ -117,7 +124,10 @@ def _run_in_process(case_dir, cli, argv):
         code = e.code
   finally:
     os.chdir(cwd)
-  return code, out.getvalue(), err.getvalue()
+  # What a process would print to stderr (Python's default filters hide these categories).
+  shown = [w for w in caught if not issubclass(w.category, _HIDDEN_BY_DEFAULT)]
+  return code, out.getvalue(), err.getvalue() + "".join(
+      warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in shown)
 
 
 def _check(case_dir, before, code, stdout, stderr, index):
