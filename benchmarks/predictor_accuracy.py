@@ -26,11 +26,8 @@ on an idle machine.
 """
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import shutil
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List
 
@@ -249,12 +246,9 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     raise ValueError(f"--accuracy_floor must be in (0, 1], got {f.accuracy_floor}")
   if f.min_run_time is not None and not f.min_run_time > 0:
     raise ValueError(f"--min_run_time must be > 0, got {f.min_run_time}")
-  if f.compile_cache_dir:
-    cache = f.compile_cache_dir
-  else:   # fresh, so compile times (in the calibration and profile seconds) start cold
-    cache = tempfile.mkdtemp(prefix="vitprune_pred_cache_")
-    atexit.register(shutil.rmtree, cache, ignore_errors=True)   # JAX keeps it process-wide
-  timing.enable_compilation_cache(cache)
+  # A fresh cache by default, so compile times (in the calibration and profile seconds) start cold.
+  timing.enable_compilation_cache(f.compile_cache_dir or
+                                  timing.temporary_cache_dir("vitprune_pred_cache_"))
   rows: List[Dict[str, Any]] = []
   t_all = time.perf_counter()
   for name in models:

@@ -12,10 +12,7 @@ configuration compiles the same kernels deployment would use.
 """
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import shutil
-import tempfile
 import time
 
 from absl import flags
@@ -75,10 +72,7 @@ def main(f: flags.FlagValues) -> None:
           _run("adaptive + parallel", ada),
           _run("per-block + parallel", dataclasses.replace(par, mode="block")),
           _run("adaptive + parallel (repeat)", ada)]
-  cache = f.compile_cache_dir
-  if not cache:
-    cache = tempfile.mkdtemp(prefix="vitprune_jax_cache_")
-    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+  cache = f.compile_cache_dir or timing.temporary_cache_dir()
   rows.append(_run("adaptive + parallel + cache (cold)", ada, cache))
   rows.append(_run("adaptive + parallel + cache (warm)", ada, cache))
   dev = runner.device_info()

@@ -152,3 +152,17 @@ def test_compile_many_threads_matches_jit_and_real_timing():
 def test_timing_config_rejects_non_finite_and_wrong_types(kw, match):
   with pytest.raises(ValueError, match=match):
     timing.TimingConfig(**kw)
+
+
+def test_temporary_cache_dir_lives_until_the_process_exits():
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = ("import os; from vitprune.profile import timing; "
+          "p = timing.temporary_cache_dir('vitprune_t_'); assert os.path.isdir(p); print(p)")
+  r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                     timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert r.returncode == 0, r.stderr[-2000:]
+  path = r.stdout.strip()
+  assert os.path.basename(path).startswith("vitprune_t_") and not os.path.exists(path)

@@ -14,7 +14,10 @@ Compile time is measured separately (lower + compile wall time) and never mixed 
 """
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
+import shutil
+import tempfile
 import time
 from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
@@ -33,6 +36,14 @@ def enable_compilation_cache(cache_dir: str) -> None:
   jax.config.update("jax_compilation_cache_dir", cache_dir)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def temporary_cache_dir(prefix: str = "vitprune_jax_cache_") -> str:
+  """A fresh directory for `enable_compilation_cache`, removed when the process exits (JAX keeps
+  the cache setting process-wide, so the directory must outlive its caller)."""
+  path = tempfile.mkdtemp(prefix=prefix)
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  return path
 
 
 def device_put(tree: Any) -> Any:
