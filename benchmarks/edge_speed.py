@@ -86,10 +86,9 @@ def _iree_call(driver, low, blob, params, images):
   return lambda: fn(*args).to_host()
 
 
-def measure_interleaved(calls, min_run_time: float, rounds: int):
-  """{key: Measurement} of `calls` {key: fn}: `rounds` shuffled rounds, samples pooled."""
-  cfg = protocol.TimingConfig(min_run_time=min_run_time, max_retries=0, rounds=rounds)
-  return protocol.measure_all({k: (fn, ()) for k, fn in calls.items()}, cfg)
+def measure_interleaved(calls, tcfg: protocol.TimingConfig):
+  """{key: Measurement} of `calls` {key: fn}: `tcfg.rounds` shuffled rounds, samples pooled."""
+  return protocol.measure_all({k: (fn, ()) for k, fn in calls.items()}, tcfg)
 
 
 def _plans(cfg, batch, drivers: List[str]) -> List[Dict]:
@@ -104,7 +103,8 @@ def _plans(cfg, batch, drivers: List[str]) -> List[Dict]:
   return list(plans.values())
 
 
-def run(f: flags.FlagValues, pairs: Dict[str, str], batch_sizes: List[int]) -> dict:
+def run(f: flags.FlagValues, pairs: Dict[str, str], batch_sizes: List[int],
+        tcfg: protocol.TimingConfig) -> dict:
   """Times every (model, batch, schedule) point -> the JSON document."""
   rows = []
   for name in f.models:
@@ -126,7 +126,7 @@ def run(f: flags.FlagValues, pairs: Dict[str, str], batch_sizes: List[int]) -> d
             low, blob, info = mods[plan["profile"]]
             calls[(mode, plan["driver"])] = _iree_call(plan["driver"], low, blob, params, images)
             built[(mode, plan["driver"])] = (low, blob, info, plan)
-        meas = measure_interleaved(calls, f.min_run_time, f.rounds)
+        meas = measure_interleaved(calls, tcfg)
         jm = meas["jax"]
         for (mode, driver), (low, blob, info, plan) in built.items():
           im = meas[(mode, driver)]
@@ -178,8 +178,7 @@ def main(f: flags.FlagValues) -> dict:
   if bad or not f.drivers:
     raise ValueError(f"--drivers takes auto, {', '.join(CPU_DRIVERS.values())}; got "
                      f"{f.drivers}")
-  if not f.min_run_time > 0:
-    raise ValueError(f"--min_run_time must be > 0, got {f.min_run_time}")
+  tcfg = protocol.TimingConfig(min_run_time=f.min_run_time, max_retries=0, rounds=f.rounds)
   batch_sizes = common.parse_ints(f.batch_sizes, "batch_sizes")
   pairs = {}
   for p in f.schedules:
@@ -196,7 +195,7 @@ def main(f: flags.FlagValues) -> dict:
     cfg = get_config(name)
     if name in pairs:
       parse_schedule(cfg, pairs[name])
-  res = run(f, pairs, batch_sizes)
+  res = run(f, pairs, batch_sizes, tcfg)
   print(f"\nmachine: {res['machine']['cpu']}, {res['machine']['cores']} cores")
   print(table(res))
   atomic.write_json(f.out, res, sort_keys=True)

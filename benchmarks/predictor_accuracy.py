@@ -244,8 +244,8 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     common.positive(f[flag].value, flag, allow_none=flag == "num_schedules")
   if not 0 < f.accuracy_floor <= 1:
     raise ValueError(f"--accuracy_floor must be in (0, 1], got {f.accuracy_floor}")
-  if f.min_run_time is not None and not f.min_run_time > 0:
-    raise ValueError(f"--min_run_time must be > 0, got {f.min_run_time}")
+  if f.min_run_time is not None:   # TimingConfig owns the check (> 0 and finite)
+    timing.TimingConfig(min_run_time=f.min_run_time)
   # A fresh cache by default, so compile times (in the calibration and profile seconds) start cold.
   timing.enable_compilation_cache(f.compile_cache_dir or
                                   timing.temporary_cache_dir("vitprune_pred_cache_"))

@@ -55,7 +55,7 @@ def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
   _assert_refused(edge_speed, [
       ([f"--out={tmp_path}"], "is a directory, not a file"),
       (["--drivers=local-turbo", out], "--drivers takes auto"),
-      (["--min_run_time=0", out], "--min_run_time must be > 0"),
+      (["--min_run_time=0", out], r"^min_run_time must be > 0 and finite, got 0\.0$"),
       (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
       (["--schedules=keep@1:9", out], "is not model=schedule"),
       (["--models=vit_digits", "--schedules=vit_digits=keep@9:9", out], "layer 9"),
@@ -102,7 +102,8 @@ def test_predictor_accuracy_refuses_bad_input_before_any_work(tmp_path):
       (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
       (["--threads=0", out], "--threads must be >= 1"),
       (["--accuracy_floor=1.5", out], r"--accuracy_floor must be in \(0, 1\]"),
-      (["--min_run_time=-1", out], "--min_run_time must be > 0")], tmp_path)
+      (["--min_run_time=-1", out], r"^min_run_time must be > 0 and finite, got -1\.0$")],
+      tmp_path)
 
 
 def test_accuracy_combination_conditional_model_by_hand():
