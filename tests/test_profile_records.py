@@ -130,6 +130,11 @@ def test_load_errors(tmp_path):
       records.load(str(path))
 
 
+def test_point_relative_iqr_is_the_protocol_s():
+  p = _point("model", 17, 2.0, spread=0.5)
+  assert p.iqr_s == pytest.approx(0.5) and p.rel_iqr == pytest.approx(0.25)
+
+
 def test_point_validation():
   with pytest.raises(ValueError, match="exactly when its component is 'schedule'"):
     _point("schedule", 17, 1.0)

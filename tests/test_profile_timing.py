@@ -14,6 +14,7 @@ def test_summarize_exact():
   m = timing.summarize([4.0, 1.0, 3.0, 2.0, 5.0], compile_s=1.5, retries=1)
   assert (m.median, m.q25, m.q75, m.iqr) == (3.0, 2.0, 4.0, 2.0)
   assert m.rel_iqr == pytest.approx(2 / 3)
+  assert timing.summarize([0.0, 0.0, 0.0]).rel_iqr == float("inf")   # no spread of nothing
   assert m.samples == (4.0, 1.0, 3.0, 2.0, 5.0) and m.compile_s == 1.5 and m.retries == 1
   with pytest.raises(ValueError, match="non-empty"):
     timing.summarize([])

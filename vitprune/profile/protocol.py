@@ -72,6 +72,11 @@ class TimingConfig:
       raise ValueError(f"rounds must be >= 1, got {self.rounds}")
 
 
+def relative_iqr(iqr: float, median: float) -> float:
+  """IQR / median, the spread the protocol re-measures on (inf for a non-positive median)."""
+  return iqr / median if median > 0 else float("inf")
+
+
 @dataclasses.dataclass(frozen=True)
 class Measurement:
   """Summary of one point's timed samples (seconds)."""
@@ -88,7 +93,7 @@ class Measurement:
 
   @property
   def rel_iqr(self) -> float:
-    return self.iqr / self.median if self.median > 0 else float("inf")
+    return relative_iqr(self.iqr, self.median)
 
 
 def summarize(samples: Sequence[float], *, compile_s: float = 0.0, retries: int = 0

@@ -60,6 +60,7 @@ import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from vitprune.profile import predict as predict_lib
+from vitprune.profile import protocol
 from vitprune import atomic
 from vitprune import jsonio
 from vitprune.profile import steps as steps_lib
@@ -107,7 +108,7 @@ class Point:
 
   @property
   def rel_iqr(self) -> float:
-    return self.iqr_s / self.median_s if self.median_s > 0 else float("inf")
+    return protocol.relative_iqr(self.iqr_s, self.median_s)
 
   @classmethod
   def from_measurement(cls, m, *, component: str, batch_size: int, tokens: int,
