@@ -32,9 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_safetensors_numpy
+
+from vitprune import atomic
+from vitprune.checkpoint import check_config, check_params, is_weights_dir, save_weights
 from vitprune.config import ViTConfig
 from vitprune.digest import file_sha256
-from vitprune.model import Params, param_shapes
+from vitprune.model import Params, jitted_forward, param_shapes
 from vitprune.posembed import resample_abs_pos_embed
 
 StateDict = Dict[str, np.ndarray]
@@ -74,12 +79,11 @@ def _to_numpy_dict(sd: Dict[str, Any], path: str) -> StateDict:
 
 
 def _load_safetensors(path: str) -> StateDict:
-  from safetensors import SafetensorError
-  from safetensors.numpy import load_file
   try:
-    return load_file(path)
+    return load_safetensors_numpy(path)
   except (SafetensorError, OSError, ValueError, TypeError) as e:
     if "bf16" in str(e).lower() or "bfloat16" in str(e).lower():  # numpy has no bfloat16
+      # pylint: disable-next=g-import-not-at-top  (bf16 files only; imports flax)
       from safetensors.flax import load_file as load_flax
       return {k: np.asarray(v.astype(jnp.float32)) for k, v in load_flax(path).items()}
     raise ValueError(f"{path}: not a valid .safetensors file ({type(e).__name__}: {e})") from None
@@ -99,7 +103,7 @@ def unwrap_torch_state_dict(obj: Any, path: str = "<state dict>") -> Dict[str, A
 
 def _load_torch(path: str) -> StateDict:
   try:
-    import torch
+    import torch  # pylint: disable=g-import-not-at-top  (optional: .pth files only)
   except ImportError:
     raise ImportError(f"reading {path} needs PyTorch (torch), which is not installed in this "
                       "environment; install torch, or convert the file to .safetensors "
@@ -320,7 +324,6 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
     `cfg.grid_size` (timm: ('bicubic', True); big_vision npz: ('bilinear', False)).
   Raises `ConversionError` listing every missing key, unexpected key and shape mismatch.
   """
-  from vitprune.checkpoint import check_config
   check_config(cfg)
   patterns = tuple(ignore_keys) + (HEAD_KEYS if drop_head else ())
   sd = {k: v for k, v in normalize_state_dict(state_dict).items()
@@ -371,7 +374,6 @@ def convert_file(cfg: ViTConfig, path: str, *, drop_head: bool = False,
 def verify_forward(cfg: ViTConfig, params: Params) -> Dict[str, Any]:
   """Runs the model on a fixed standard-normal image (seed 0) -> summary of its outputs;
   raises ValueError if they are not finite."""
-  from vitprune.model import jitted_forward
   x = np.random.default_rng(0).standard_normal(
       (1, cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32)
   y = np.asarray(jitted_forward(params, x, cfg=cfg))
@@ -395,8 +397,6 @@ def convert_checkpoint(cfg: ViTConfig, checkpoint: str, out: str, *, overwrite: 
   `overwrite` is False, or if `overwrite` would replace something that is not a weights
   directory. NaN/inf weights and impossible sizes (e.g. a non-positive img_size) are refused.
   """
-  from vitprune import atomic  # pylint: disable=g-import-not-at-top
-  from vitprune.checkpoint import check_config, is_weights_dir, save_weights
   check_config(cfg)
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"{os.path.abspath(out)} already exists (pass overwrite=True / "
@@ -414,7 +414,6 @@ def convert_checkpoint(cfg: ViTConfig, checkpoint: str, out: str, *, overwrite: 
 
 def to_timm_state_dict(cfg: ViTConfig, params: Params) -> StateDict:
   """Inverse of `convert_state_dict`: our tree -> {timm name: float32 np.ndarray}."""
-  from vitprune.checkpoint import check_params
   check_params(cfg, params)
   leaves = jax.tree.flatten_with_path(params)[0]
   out = {}
