@@ -36,6 +36,7 @@ class KeepLastPatches:
   tracks_size: bool = False
   name = "keep_last"
   supports_embedding = True
+  layer_dependent = False
 
   def max_remove(self, num_tokens, num_prefix):
     return num_tokens - num_prefix - 1

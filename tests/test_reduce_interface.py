@@ -15,8 +15,8 @@ from vitprune.registry import get_config
 CFG = get_config("test_tiny_vit")        # 17 tokens, prefix 1, depth 2
 REG = get_config("test_tiny_dinov2_reg")  # 19 tokens, prefix 3, depth 2
 REDUCERS = [make_reducer(m) for m in list_methods()] + [KeepFirst()]
-PROTOCOL = ("name", "needs_attention", "tracks_size", "supports_embedding", "max_remove",
-            "reduce", "reduce_embedding")
+PROTOCOL = ("name", "needs_attention", "tracks_size", "supports_embedding", "layer_dependent",
+            "max_remove", "reduce", "reduce_embedding")
 
 
 def _images(cfg, b=2, seed=0):
@@ -37,7 +37,7 @@ def test_reducers_declare_the_whole_protocol(red):
   for member in PROTOCOL:
     assert hasattr(red, member), member
   assert isinstance(red.name, str) and red.name == red.name.lower()
-  for flag in ("needs_attention", "tracks_size", "supports_embedding"):
+  for flag in ("needs_attention", "tracks_size", "supports_embedding", "layer_dependent"):
     assert isinstance(getattr(red, flag), bool), flag
   hash(red)
 

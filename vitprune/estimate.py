@@ -26,7 +26,6 @@ The run becomes an `Estimate` record (`estimate_record`; format, file reading an
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import platform
 import time
@@ -41,8 +40,8 @@ from vitprune import data as data_lib
 from vitprune import schedule as schedule_lib
 from vitprune.config import ViTConfig
 from vitprune.digest import params_sha256
-from vitprune.model import Params, forward
-from vitprune.profile import timing
+from vitprune.model import Params
+from vitprune.piecewise import PiecewiseForward
 from vitprune.records.estimate import (FIDELITY_METRICS, LABELLED_METRICS, VERSION, Estimate,
                                        EstimatePoint, Scores, default_metric)
 from vitprune.reduce.base import TokenReducer
@@ -173,8 +172,15 @@ class _Placement:
   def batch(self, x: np.ndarray) -> jax.Array:
     if self.mesh is None:
       return jnp.asarray(x)
-    spec = jax.sharding.PartitionSpec("data", *([None] * (x.ndim - 1)))
-    return jax.device_put(x, jax.sharding.NamedSharding(self.mesh, spec))
+    return jax.device_put(x, self.token_sharding(x.ndim))
+
+  @property
+  def token_sharding(self) -> Optional[Callable[[int], jax.sharding.Sharding]]:
+    """ndim -> the sharding of a batch-major array (batch axis over the mesh); None: no mesh."""
+    if self.mesh is None:
+      return None
+    return lambda ndim: jax.sharding.NamedSharding(
+        self.mesh, jax.sharding.PartitionSpec("data", *([None] * (ndim - 1))))
 
 
 def _placement(shard: bool, batch_size: int) -> _Placement:
@@ -221,11 +227,14 @@ def _check_batch(batch: Batch, batch_size: Optional[int], labelled: bool, cfg: V
 
 def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
              points: Sequence[EvalPoint], *, labelled: bool, dtype: str = "float32",
-             precision: str = "highest", shard: bool = True, threads: int = 2) -> EvalResult:
+             precision: str = "highest", shard: bool = True, threads: int = 2,
+             pieces: Optional[Dict[Any, PiecewiseForward]] = None) -> EvalResult:
   """Streams `batches` once, comparing every point with the unpruned model on each batch.
 
-  Every distinct graph (the unpruned one and one per point) is compiled once, on the first
-  batch, `threads` at a time (`timing.compile_many`).
+  Each schedule runs as separately compiled pieces (`vitprune.piecewise`: embedding, one block
+  per (tokens in, tokens out), head), every distinct piece compiled once on the first batch,
+  `threads` at a time: D x K sensitivity points need about 2K block compiles, not D x K whole
+  graphs. The logits are the whole graph's (`jitted_forward`; tested).
 
   Args:
     cfg, params: the model (a classifier: `cfg.num_classes > 0`).
@@ -236,6 +245,8 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
     dtype, precision: forwarded to `vitprune.model.forward` (the reference uses the same).
     shard: with several devices, shard each batch over `data_mesh()` (B divisible by the count).
     threads: graphs compiled at once.
+    pieces: a dict the caller keeps between calls with the same params, dtype and precision
+      (reducer -> `PiecewiseForward`): compiled pieces are reused from it and added to it.
 
   Returns:
     An `EvalResult`; raises ValueError for empty data, bad batches or invalid schedules.
@@ -259,7 +270,8 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
   # One key per distinct graph (a schedule that reduces nothing runs no reducer: the reference).
   ref_key = (ref_schedule, None)
   keys = [ref_key if p.schedule == ref_schedule else (p.schedule, p.reducer) for p in points]
-  graphs = {}   # key -> compiled forward, built on the first batch
+  forwards = {} if pieces is None else pieces   # reducer -> its pieces, built on the first batch
+  compiled = False
   for batch in batches:
     images, labels, valid = _check_batch(batch, batch_size, labelled, cfg)
     if batch_size is None:
@@ -269,14 +281,15 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
     if not valid.any():
       continue
     x = placement.batch(images)
-    if not graphs:
-      graphs = _compile_graphs(cfg, dev_params, x, [ref_key] + keys, dtype=dtype,
-                               precision=precision, threads=threads)
-    ref = np.asarray(jax.device_get(graphs[ref_key](dev_params, x)))
+    if not compiled:
+      _compile_pieces(forwards, cfg, dev_params, x, [ref_key] + keys, placement, dtype=dtype,
+                      precision=precision, threads=threads)
+      compiled = True
+    ref = np.asarray(jax.device_get(forwards[None](ref_schedule, x)))
     n += int(valid.sum())
     ref_correct += int((ref.argmax(-1) == labels)[valid].sum())
-    for i, key in enumerate(keys):
-      logits = jax.device_get(graphs[key](dev_params, x))
+    for i, (schedule, reducer) in enumerate(keys):
+      logits = jax.device_get(forwards[reducer](schedule, x))
       c, a, k = compare_logits(logits, ref, labels)
       correct[i] += int(c[valid].sum())
       agree[i] += int(a[valid].sum())
@@ -292,14 +305,23 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
                     batch_size=batch_size, num_devices=placement.num_devices)
 
 
-def _compile_graphs(cfg: ViTConfig, params: Params, x: jax.Array,
-                    graphs: Sequence[Tuple[Schedule, Optional[TokenReducer]]], *, dtype: str,
-                    precision: str, threads: int) -> Dict[Tuple[Schedule, Any], Any]:
-  """`{(schedule, reducer): compiled forward(params, x)}`, each distinct graph compiled once,
-  `threads` at a time, for the shapes (and shardings) of `params` and `x` [B, S, S, C]."""
-  jobs = {key: (functools.partial(forward, cfg=cfg, schedule=key[0], reducer=key[1], dtype=dtype,
-                                  precision=precision), (params, x)) for key in graphs}
-  return {k: c for k, (c, _) in timing.compile_many(jobs, threads=threads).items()}
+def _compile_pieces(forwards: Dict[Any, PiecewiseForward], cfg: ViTConfig, params: Params,
+                    x: jax.Array, graphs: Sequence[Tuple[Schedule, Optional[TokenReducer]]],
+                    placement: _Placement, *, dtype: str, precision: str, threads: int) -> None:
+  """Fills `forwards` ({reducer: PiecewiseForward}; None: the unpruned reference) so that every
+  piece of `graphs` ((schedule, reducer) pairs) is compiled for the shapes (and shardings) of
+  `params` and `x` [B, S, S, C], `threads` at a time. An entry built for other params (or
+  another dtype / precision) is replaced."""
+  by_reducer: Dict[Any, List[Schedule]] = {}
+  for schedule, reducer in graphs:
+    by_reducer.setdefault(reducer, []).append(schedule)
+  for reducer, schedules in by_reducer.items():
+    pf = forwards.get(reducer)
+    if pf is None or not pf.serves(params, dtype, precision):
+      pf = forwards[reducer] = PiecewiseForward(cfg, params, reducer, dtype=dtype,
+                                                precision=precision,
+                                                token_sharding=placement.token_sharding)
+    pf.compile(schedules, x.shape[0], threads=threads)
 
 
 def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",
@@ -309,12 +331,13 @@ def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",
   (one data pass per call; the metric is accuracy when labelled, else top-1 agreement): what the
   solve stage calls to check an accuracy floor on measurements."""
   metric = default_metric(data.labelled)
+  pieces: Dict[Any, PiecewiseForward] = {}    # compiled once, reused by every call
 
   def measure(counts_list):
     points = [EvalPoint(Schedule(tuple(int(c) for c in counts)), reducer, int(counts[-1]), None)
               for counts in counts_list]
     result = evaluate(cfg, params, data.batches(cfg, batch_size), points,
-                      labelled=data.labelled, dtype=dtype)
+                      labelled=data.labelled, dtype=dtype, pieces=pieces)
     return [float(getattr(r, metric)) for r in result.points]
 
   return measure

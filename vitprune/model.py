@@ -187,7 +187,7 @@ def forward_features(params: Params, images: jax.Array, *, cfg: ViTConfig,
     raise ValueError(f"schedule {schedule.counts} reduces tokens but no reducer was given")
   schedule = check_schedule(cfg, schedule, reducer)
   dt = DTYPES[dtype]
-  with jax.default_matmul_precision(_matmul_precision(dt, precision)):
+  with jax.default_matmul_precision(matmul_precision(dt, precision)):
     x = embed(params, images.astype(dt), cfg)
     if schedule.counts[0] < x.shape[1]:
       x = reducer.reduce_embedding(x, num_keep=schedule.counts[0],
@@ -239,11 +239,11 @@ def forward(params: Params, images: jax.Array, *, cfg: ViTConfig,
   """
   x = forward_features(params, images, cfg=cfg, schedule=schedule, reducer=reducer, dtype=dtype,
                        precision=precision)
-  with jax.default_matmul_precision(_matmul_precision(DTYPES[dtype], precision)):
+  with jax.default_matmul_precision(matmul_precision(DTYPES[dtype], precision)):
     return forward_head(params, x, cfg=cfg)
 
 
-def _matmul_precision(dt, precision: str) -> str:
+def matmul_precision(dt, precision: str) -> str:
   """float32 graphs run at `precision`; bfloat16 ones at the backend default."""
   return precision if dt == jnp.float32 else "default"
 

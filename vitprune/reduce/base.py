@@ -40,6 +40,9 @@ class TokenReducer(Protocol):
   tracks_size: bool
   # `reduce_embedding` works: tokens can be dropped right after the embedding (no attention).
   supports_embedding: bool
+  # `reduce`'s output depends on `layer` (not only on its inputs): e.g. a per-layer random
+  # subset. False lets one compiled block serve every layer (`vitprune.piecewise`).
+  layer_dependent: bool
 
   def max_remove(self, num_tokens: int, num_prefix: int) -> int:
     """The most tokens one block may remove from `num_tokens` (`num_prefix` protected)."""

@@ -27,6 +27,7 @@ class AttentionReducer:
   needs_attention = True
   tracks_size = False
   supports_embedding = False
+  layer_dependent = False
 
   def max_remove(self, num_tokens: int, num_prefix: int) -> int:
     return leave_one_patch(num_tokens, num_prefix)

@@ -22,6 +22,7 @@ class KeepFirst:
   needs_attention = False
   tracks_size = False
   supports_embedding = True
+  layer_dependent = False
 
   def max_remove(self, num_tokens: int, num_prefix: int) -> int:
     return common.leave_one_patch(num_tokens, num_prefix)

@@ -25,6 +25,7 @@ class RandomDrop:
   needs_attention = False
   tracks_size = False
   supports_embedding = True
+  layer_dependent = True      # each layer drops its own fixed random subset
 
   def __post_init__(self):
     if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \

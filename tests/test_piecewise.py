@@ -1,0 +1,126 @@
+"""vitprune.piecewise: a schedule run as cached compiled pieces computes the whole graph's logits,
+and each distinct piece is compiled once across schedules."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vitprune import estimate
+from vitprune.model import init_params, jitted_forward
+from vitprune.piecewise import PiecewiseForward
+from vitprune.reduce import KeepFirst
+from vitprune.reduce.methods import list_methods, make_reducer
+from vitprune.registry import get_config
+from vitprune.schedule import Schedule, layer_counts
+
+CFG = get_config("test_tiny_vit")          # 17 tokens, prefix 1, depth 2
+REG = get_config("test_tiny_dinov2_reg")   # 19 tokens, prefix 3 (cls + 2 registers), depth 2
+REDUCERS = [make_reducer(m) for m in list_methods()] + [KeepFirst()]
+
+
+def _images(cfg, b=3, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).normal(
+      size=(b, cfg.img_size, cfg.img_size, cfg.in_chans)), jnp.float32)
+
+
+def _schedules(cfg, red):
+  """Full, one reduction per block, two reductions, and an embedding drop where supported."""
+  n, p = cfg.num_tokens, cfg.num_prefix_tokens
+  out = [(n,) * (cfg.depth + 1)]
+  for layer in range(cfg.depth):
+    out.append(layer_counts(n, n - red.max_remove(n, p), cfg.depth, layer))
+  first = n - red.max_remove(n, p) // 2
+  out.append((n, first, first - red.max_remove(first, p)))
+  if red.supports_embedding:
+    out.append((p + 5, p + 5, p + 2))
+  return [Schedule(c) for c in out]
+
+
+@pytest.mark.parametrize("cfg", [CFG, REG], ids=lambda c: c.name)
+@pytest.mark.parametrize("red", REDUCERS, ids=lambda r: r.name)
+def test_logits_equal_the_whole_graph(red, cfg):
+  params, x = init_params(cfg, seed=2), _images(cfg)
+  pf = PiecewiseForward(cfg, params, red)
+  for s in _schedules(cfg, red):
+    want = np.asarray(jitted_forward(params, x, cfg=cfg, schedule=s, reducer=red))
+    got = np.asarray(pf(s, x))
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=str(s.counts))
+
+
+def test_bfloat16_and_default_precision_follow_the_model():
+  params, x, red = init_params(CFG, seed=2), _images(CFG), make_reducer("pomt")
+  s = Schedule((17, 17, 9))
+  for dtype, precision in (("bfloat16", "highest"), ("float32", "default")):
+    pf = PiecewiseForward(CFG, params, red, dtype=dtype, precision=precision)
+    want = jitted_forward(params, x, cfg=CFG, schedule=s, reducer=red, dtype=dtype,
+                          precision=precision)
+    np.testing.assert_allclose(np.asarray(pf(s, x)), np.asarray(want), rtol=2e-2, atol=2e-2)
+
+
+def test_sensitivity_table_compiles_each_piece_once_whatever_the_depth():
+  """D x K single-reduction schedules of a layer-independent reducer: embed(N), block(N, N),
+  K blocks N -> n, K blocks n -> n and K heads: 3K + 2 pieces, not D x K graphs."""
+  cfg = get_config("test_tiny_vit")
+  params, x, red = init_params(cfg, seed=1), _images(cfg, b=2), make_reducer("pomt")
+  counts = [13, 9, 5]
+  table = [Schedule(layer_counts(17, n, cfg.depth, layer))
+           for layer in range(cfg.depth) for n in counts]
+  pf = PiecewiseForward(cfg, params, red)
+  assert pf.compile(table, batch=2, threads=2) == 3 * len(counts) + 2
+  assert pf.num_compiled == 3 * len(counts) + 2
+  first = [np.asarray(pf(s, x)) for s in table]
+  assert pf.compile(table, batch=2) == 0 and pf.num_compiled == 3 * len(counts) + 2
+  again = [np.asarray(pf(s, x)) for s in reversed(table)]
+  for a, b in zip(first, reversed(again)):
+    np.testing.assert_array_equal(a, b)
+  # A new multi-layer schedule compiles only the pieces it adds (block 13 -> 9).
+  assert pf.compile([Schedule((17, 13, 9))], batch=2) == 1
+  # Another batch size is another set of shapes.
+  assert pf.compile([Schedule((17, 13, 9))], batch=3) == 4
+
+
+def test_layer_dependent_reducers_get_a_block_per_layer():
+  """Random drop keeps a different fixed subset per layer: its reducing blocks are keyed by
+  layer (the same counts at two layers are two pieces); its plain blocks are shared."""
+  params, x, red = init_params(CFG, seed=1), _images(CFG, b=2), make_reducer("random", seed=3)
+  assert red.layer_dependent and not make_reducer("pomt").layer_dependent
+  pf = PiecewiseForward(CFG, params, red)
+  a, b = Schedule((17, 9, 9)), Schedule((17, 17, 9))
+  pf.compile([a, b], batch=2)
+  # embed, head(9), block 17 -> 9 at layer 0, block 9 -> 9, block 17 -> 17, block 17 -> 9 at 1
+  assert pf.num_compiled == 6
+  for s in (a, b):
+    np.testing.assert_array_equal(
+        np.asarray(pf(s, x)), np.asarray(jitted_forward(params, x, cfg=CFG, schedule=s,
+                                                        reducer=red)))
+
+
+def test_bad_input_is_refused():
+  params = init_params(CFG, seed=1)
+  with pytest.raises(ValueError, match="dtype must be one of"):
+    PiecewiseForward(CFG, params, None, dtype="float16")
+  with pytest.raises(ValueError, match="precision must be one of"):
+    PiecewiseForward(CFG, params, None, precision="fast")
+  pf = PiecewiseForward(CFG, params, make_reducer("pomt"))
+  with pytest.raises(ValueError, match="drops tokens after the embedding, which pomt cannot do"):
+    pf(Schedule((9, 9, 9)), _images(CFG))
+  with pytest.raises(ValueError):
+    pf.compile([Schedule((17, 17, 18))], batch=1)        # counts must not increase
+
+
+def test_evaluate_reuses_the_callers_pieces_and_rebuilds_for_other_params():
+  params, other = init_params(CFG, seed=1), init_params(CFG, seed=5)
+  x = np.asarray(_images(CFG, b=4))
+  y = np.arange(4, dtype=np.int32)
+  batches = lambda: [(x, y, np.arange(4))]
+  red = make_reducer("topk")
+  pts = [estimate.EvalPoint(Schedule((17, 9, 9)), red, 9, 0)]
+  pieces = {}
+  first = estimate.evaluate(CFG, params, batches(), pts, labelled=True, pieces=pieces)
+  built = {k: v.num_compiled for k, v in pieces.items()}
+  assert set(built) == {None, red}
+  same = estimate.evaluate(CFG, params, batches(), pts, labelled=True, pieces=pieces)
+  assert {k: v.num_compiled for k, v in pieces.items()} == built and same == first
+  fresh = estimate.evaluate(CFG, other, batches(), pts, labelled=True)
+  swapped = estimate.evaluate(CFG, other, batches(), pts, labelled=True, pieces=pieces)
+  assert swapped == fresh and all(pf.params is other for pf in pieces.values())
