@@ -75,6 +75,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        flag_values=fv)
   flags.DEFINE_integer("eval_batch_size", 64, "With --weights: evaluation batch size.",
                        flag_values=fv)
+  flags.DEFINE_bool("measure_frontier", False, "With --weights, --mode=multi: measure the "
+                    "accuracy of every frontier schedule on the estimate's data.", flag_values=fv)
   flags.DEFINE_integer("loop_neighbours", 2, "With --weights: frontier neighbours on each side "
                        "of the choice timed in the loop.", flag_values=fv)
   flags.DEFINE_float("min_run_time", 0.2, "With --weights: seconds of timed calls per graph.",
@@ -93,6 +95,9 @@ def main(f: flags.FlagValues):
   if f.weights and (f.mode != "multi" or f.accuracy_floor is None):
     raise ValueError("--weights measures a multi-mode --accuracy_floor choice in the loop: pass "
                      "--mode=multi and --accuracy_floor")
+  if f.measure_frontier and not f.weights:
+    raise ValueError("--measure_frontier measures schedules on the data: pass --weights (and "
+                     "the estimate's --data)")
   common.check_output_dir(f.out_dir)
   profile, estimate = records.load(f.profile), read_estimate(f.estimate)
   loop = in_loop(f, estimate) if f.weights else None
@@ -108,7 +113,8 @@ def main(f: flags.FlagValues):
         step_bottoms_only=f.step_bottoms_only, step_k=f.step_k,
         allow_batch_mismatch=f.allow_batch_mismatch,
         **({} if loop is None else {"evaluate": loop["evaluate"],
-                                    "num_images": loop["num_images"]}))
+                                    "num_images": loop["num_images"],
+                                    "measure_all": f.measure_frontier}))
     if loop is not None:
       spec = pipeline.PipelineSpec(batch_size=sol.profile.batch_size, dtype=profile.dtype,
                                    method=estimate.method,

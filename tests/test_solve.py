@@ -811,6 +811,51 @@ def test_multilayer_floor_checked_on_measurements(tmp_path):
   assert solve_stage.corrected_accuracy(predicted, multi[0]) == multi[0].predicted_accuracy
 
 
+def test_measure_frontier_measures_every_schedule_once_and_the_choice_uses_it(tmp_path):
+  """measure_all: one evaluator call for the whole frontier; every frontier schedule is in
+  `checked` with its measured value; the model's own frontier error is reported exactly; the
+  floor check then chooses on those measurements without evaluating again."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  floor = 0.7
+  predicted = _multi(ps, es, accuracy_floor=floor)
+  by_counts = {p.counts: p.predicted_accuracy for p in predicted.frontier}
+  calls = []
+
+  def evaluate(counts_list):     # multi-layer schedules really lose 0.03 more than predicted
+    calls.append([tuple(c) for c in counts_list])
+    return [by_counts[tuple(c)] - (0.03 if len(set(c[1:])) > 1 else 0.0) for c in counts_list]
+
+  sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, measure_all=True,
+               num_images=359)
+  assert len(calls) == 1 and sorted(calls[0]) == sorted(by_counts)
+  measured = {c.counts: c for c in sol.checked}
+  assert set(measured) >= set(by_counts)
+  err = [100 * (0.03 if len(set(c[1:])) > 1 else 0.0) for c in by_counts]
+  got = sol.settings["frontier_accuracy_error"]
+  assert got["num_schedules"] == len(by_counts)
+  assert got["mean_abs_points"] == pytest.approx(np.mean(err))
+  assert got["max_abs_points"] == pytest.approx(max(err))
+  assert got["mean_signed_points"] == pytest.approx(np.mean(err))
+  for c in by_counts:
+    assert measured[c].num_images == 359 and measured[c].measured_accuracy_low is not None
+  # The choice: the predicted-fastest frontier schedule whose MEASURED accuracy meets the floor.
+  meets = [p for p in predicted.frontier if measured[p.counts].measured_accuracy >= floor]
+  assert sol.basis == "measured" and sol.chosen.measured_accuracy >= floor
+  assert sol.chosen.predicted_latency_s <= min(p.predicted_latency_s for p in meets)
+  from vitprune.records.solution import Solution, summary_lines
+  assert Solution.from_json(sol.to_json()) == sol
+  assert any("every frontier schedule measured on the data" in line
+             for line in summary_lines(sol))
+  # Measuring again measures nothing new.
+  again = solve_stage.measure_frontier(sol, evaluate, num_images=359)
+  assert len(calls) == 1 and again.checked == sol.checked
+  with pytest.raises(solve_stage.SolveInputError, match="needs an evaluator"):
+    _multi(ps, es, accuracy_floor=floor, measure_all=True)
+  with pytest.raises(ValueError, match="returned 1 values for"):
+    solve_stage.measure_frontier(predicted, lambda cs: [0.5], num_images=359)
+
+
 def _cand(counts, predicted, measured=None):
   return solve_stage.Candidate(counts=tuple(counts), schedule="x", predicted_latency_s=1e-3,
                                predicted_accuracy=predicted, measured_accuracy=measured)

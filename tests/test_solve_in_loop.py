@@ -57,6 +57,14 @@ def test_choice_rests_on_measurements(inputs):
                                               if c.measured_accuracy >= 0.0)
 
 
+def test_measure_frontier_measures_the_whole_frontier(inputs):
+  root, weights, es, ps = inputs
+  sol, _ = _run(root, es, ps, f"--weights={weights}", "--num_images=20", "--measure_frontier")
+  measured = {c.counts for c in sol.checked if c.measured_accuracy is not None}
+  assert measured >= {p.counts for p in sol.frontier}
+  assert sol.settings["frontier_accuracy_error"]["num_schedules"] == len(sol.frontier)
+
+
 def test_other_weights_or_data_are_refused(inputs):
   root, weights, es, ps = inputs
   other = save_weights(str(root / "w2"), TINY, init_params(TINY, 1))
@@ -64,6 +72,8 @@ def test_other_weights_or_data_are_refused(inputs):
     _run(root, es, ps, f"--weights={other}", "--num_images=20")
   with pytest.raises(ValueError, match="is not the data estimate .* measured"):
     _run(root, es, ps, f"--weights={weights}", "--num_images=30")
+  with pytest.raises(ValueError, match="--measure_frontier measures schedules on the data"):
+    _run(root, es, ps, "--measure_frontier")
   with pytest.raises(ValueError, match="pass --mode=multi and --accuracy_floor"):
     solve_cli.main(common.parse(solve_cli.define_flags, [
         f"--profile={ps}", f"--estimate={es}", f"--weights={weights}"]))

@@ -72,6 +72,7 @@ class PipelineSpec:
   calibration_schedules: int = 10          # multi: compiled graphs fitting the latency model
   loop_neighbours: int = 2                 # multi + floor: frontier neighbours timed in the loop
   loop_rounds: int = 5                     # ... in this many interleaved rounds (TimingConfig)
+  measure_frontier: bool = False           # multi: measure every frontier schedule's accuracy
 
   def __post_init__(self):
     if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -84,6 +85,8 @@ class PipelineSpec:
     if self.solver == "paper" and (self.accuracy_floor is not None or
                                    self.latency_budget is not None):
       raise ValueError("accuracy_floor / latency_budget apply to solver='multi' only")
+    if self.measure_frontier and self.solver != "multi":
+      raise ValueError("measure_frontier applies to solver='multi' only")
     if self.accuracy_floor is not None and self.latency_budget is not None:
       raise ValueError("give accuracy_floor or latency_budget, not both")
     if self.accuracy_floor is not None and not 0.0 <= self.accuracy_floor <= 1.0:
@@ -269,8 +272,14 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     sol = solve_stage.solve_multilayer(
         profile, estimate, accuracy_floor=spec.accuracy_floor,
         latency_budget=spec.latency_budget, alpha=spec.alpha, allow_batch_mismatch=True,
-        evaluate=evaluate, latency_model=latency_model, num_images=len(data.indices))
+        evaluate=evaluate, latency_model=latency_model, num_images=len(data.indices),
+        measure_all=spec.measure_frontier)
     log(f"  frontier: {len(sol.frontier)} schedules (latency: {sol.profile.latency_source})")
+    err = sol.settings.get("frontier_accuracy_error")
+    if err:
+      log(f"  every frontier schedule measured on the data: the combined model erred by "
+          f"{err['mean_abs_points']:.2f} points on average (max {err['max_abs_points']:.2f}, "
+          f"signed {err['mean_signed_points']:+.2f})")
     if sol.basis == "measured" and spec.loop_neighbours > 0:
       before, t0 = sol.chosen, time.perf_counter()
       sol = solve_stage.check_in_loop(

@@ -374,7 +374,8 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
                      allow_batch_mismatch: bool = False,
                      evaluate: Optional[Evaluator] = None, chunk: int = 6,
                      latency_model: Optional[LatencyModel] = None,
-                     num_images: Optional[int] = None) -> Solution:
+                     num_images: Optional[int] = None, measure_all: bool = False
+                     ) -> Solution:
   """The exact multi-layer Pareto frontier and the schedule chosen on it.
 
   Latency: with `latency_model` (`vitprune.profile.latency_model`, calibrated on whole compiled
@@ -382,8 +383,11 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   from the isolated per-block table ("blocks": it over-predicts the compiled graph). Every
   latency in the solution is still a prediction (`predicted_latency_s`).
   With `accuracy_floor` and `evaluate` (schedules -> metric measured on the data), the floor is
-  checked on measurements (`check_floor`) and the solution rests on them.
+  checked on measurements (`check_floor`) and the solution rests on them. With `measure_all`
+  (needs `evaluate`) every frontier schedule is measured first (`measure_frontier`).
   """
+  if measure_all and evaluate is None:
+    raise SolveInputError("measuring the whole frontier needs an evaluator (weights and data)")
   cfg = check_same_model(profile, estimate)
   components = ("model",) if latency_model is not None else ("block",)
   batch = resolve_batch(profile, estimate,
@@ -422,6 +426,8 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
       estimate=_estimate_ref(estimate, metric, inp.layers), settings=settings,
       chosen=cand(sol.chosen), method=estimate.method, criterion=sol.criterion,
       full=cand(sol.full), frontier=tuple(cand(p) for p in sol.frontier), created=_now())
+  if measure_all:
+    solution = measure_frontier(solution, evaluate, num_images=_num_images(estimate, num_images))
   if accuracy_floor is not None and evaluate is not None:
     solution = check_floor(solution, estimate, sol.model, evaluate, chunk=chunk,
                            num_images=num_images)
@@ -503,6 +509,32 @@ def fit_drop_scale(full_accuracy: float, checked: Sequence[Candidate], min_sched
           "error_points_after": float(100 * np.mean(np.abs(k * pred - meas)))}
 
 
+def measure_frontier(solution: Solution, evaluate: Evaluator, *,
+                     num_images: Optional[int] = None) -> Solution:
+  """Every frontier schedule measured on the data (one `evaluate` call for those not measured
+  yet) -> the solution with each of them in `checked` (measured metric, Wilson interval for
+  `num_images`) and `settings['frontier_accuracy_error']`: the combination model's error on
+  its own frontier, in points (predicted - measured: mean |e|, max |e|, mean signed). The
+  frontier's predictions stay as they were (a diagnostic of the model); a choice made after
+  this (`check_floor`) uses the measured values."""
+  known = {c.counts: c for c in solution.checked}
+  todo = [p for p in solution.frontier
+          if p.counts not in known or known[p.counts].measured_accuracy is None]
+  if todo:
+    values = evaluate([p.counts for p in todo])
+    if len(values) != len(todo):
+      raise ValueError(f"evaluate returned {len(values)} values for {len(todo)} schedules")
+    for p, v in zip(todo, values):
+      known[p.counts] = _measured(known.get(p.counts, p), v, num_images)
+  err = 100 * np.array([p.predicted_accuracy - known[p.counts].measured_accuracy
+                        for p in solution.frontier], np.float64)
+  settings = dict(solution.settings, frontier_accuracy_error={
+      "num_schedules": int(err.size), "mean_abs_points": float(np.abs(err).mean()),
+      "max_abs_points": float(np.abs(err).max()), "mean_signed_points": float(err.mean())})
+  checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
+  return dataclasses.replace(solution, checked=checked, settings=settings)
+
+
 def corrected_accuracy(solution: Solution, candidate: Candidate) -> float:
   """`candidate`'s predicted accuracy with the solution's measured drop correction
   (`settings["accuracy_correction"]`, `fit_drop_scale`) applied; the raw prediction when the
@@ -543,19 +575,26 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   best = (_measured(_candidate(cfg, singles[0].counts, singles[0].latency, singles[0].accuracy),
                     measured[singles[0].counts], images) if singles else
           _measured(full, measured[full.counts], images))
-  candidates = sorted((p for p in solution.frontier if p.predicted_accuracy >= floor and
-                       p.predicted_latency_s < best.predicted_latency_s),
+  known = {c.counts: c for c in solution.checked if c.measured_accuracy is not None}
+  # Measured schedules are candidates on their measurement, the others on their prediction.
+  candidates = sorted((p for p in solution.frontier if p.predicted_latency_s <
+                       best.predicted_latency_s and
+                       (known[p.counts].measured_accuracy if p.counts in known else
+                        p.predicted_accuracy) >= floor),
                       key=lambda p: p.predicted_latency_s)
   checked: List[Candidate] = []
   for start in range(0, len(candidates), chunk):
     batch = candidates[start:start + chunk]
-    values = evaluate([p.counts for p in batch])
-    done = [_measured(p, v, images) for p, v in zip(batch, values)]
+    todo = [p for p in batch if p.counts not in known]
+    values = evaluate([p.counts for p in todo]) if todo else []
+    got = {p.counts: _measured(p, v, images) for p, v in zip(todo, values)}
+    done = [known.get(p.counts) or got[p.counts] for p in batch]
     checked += done
     ok = [p for p in done if p.measured_accuracy >= floor]
     if ok:
       best = ok[0]
       break
+  checked = list({c.counts: c for c in list(solution.checked) + checked}.values())
   straddles = [c.schedule for c in checked + [best] if floor_status(c, floor) == "straddles"]
   settings = dict(solution.settings, singles_meeting_floor=len(singles), num_images=images,
                   floor_straddles=sorted(set(straddles)))
@@ -563,6 +602,7 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
                               list({c.counts: c for c in checked + [best]}.values()))
   if correction:
     settings["accuracy_correction"] = correction
+  checked.sort(key=lambda p: p.predicted_latency_s)
   return dataclasses.replace(solution, chosen=best, checked=tuple(checked), basis="measured",
                              criterion="accuracy_floor_measured", settings=settings)
 

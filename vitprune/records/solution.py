@@ -328,6 +328,12 @@ def summary_lines(sol: Solution) -> List[str]:
                  f"schedules: drops x{corr['drop_scale']:.2f} (mean |error| "
                  f"{corr['error_points_before']:.2f} -> {corr['error_points_after']:.2f} points "
                  f"after correction)")
+  err = sol.settings.get("frontier_accuracy_error")
+  if err:
+    lines.append(f"every frontier schedule measured on the data ({err['num_schedules']}): the "
+                 f"combined accuracy model errs by {err['mean_abs_points']:.2f} points on average "
+                 f"(max {err['max_abs_points']:.2f}, mean signed {err['mean_signed_points']:+.2f};"
+                 f" predicted - measured)")
   if sol.settings.get("floor_straddles"):
     lines.append(f"interval straddles the floor {sol.settings.get('accuracy_floor')} for: "
                  + ", ".join(sol.settings["floor_straddles"]))
