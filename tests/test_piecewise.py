@@ -101,6 +101,8 @@ def test_bad_input_is_refused():
     PiecewiseForward(CFG, params, None, dtype="float16")
   with pytest.raises(ValueError, match="precision must be one of"):
     PiecewiseForward(CFG, params, None, precision="fast")
+  with pytest.raises(ValueError, match="reduces tokens but no reducer was given"):
+    PiecewiseForward(CFG, params, None).compile([Schedule((17, 9, 9))], batch=1)
   pf = PiecewiseForward(CFG, params, make_reducer("pomt"))
   with pytest.raises(ValueError, match="drops tokens after the embedding, which pomt cannot do"):
     pf(Schedule((9, 9, 9)), _images(CFG))

@@ -132,6 +132,8 @@ class PiecewiseForward:
     `threads` at a time -> how many were compiled."""
     jobs = {}
     for s in schedules:
+      if self.reducer is None and (s.counts[0] < self.cfg.num_tokens or s.reduction_layers):
+        raise ValueError(f"schedule {s.counts} reduces tokens but no reducer was given")
       check_schedule(self.cfg, s, self.reducer)
       for key, fn, args in self._pieces(s, batch):
         if (key, batch) not in self._compiled and (key, batch) not in jobs:
