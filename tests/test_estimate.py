@@ -187,12 +187,15 @@ def test_sharded_equals_unsharded(tmp_path):
     from vitprune import estimate
     from vitprune.model import init_params
     from vitprune.reduce.methods import make_reducer
+    from vitprune.schedule import Schedule
     assert jax.device_count() == 4, jax.devices()
     params = init_params(CFG, seed=1)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(13, 32, 32, 3)).astype(np.float32)
     y = rng.integers(0, 10, 13).astype(np.int32)
     pts = points() + estimate.token_points(CFG, [3, 9], make_reducer("random", seed=2))
+    pts += estimate.sensitivity_points(CFG, [9, 13], [0, 1], make_reducer("tome"))
+    pts += [estimate.EvalPoint(Schedule((17, 13, 9)), make_reducer("topk"), 9, 0)]
     out = {}
     for shard in (True, False):
       r = estimate.evaluate(CFG, params, batches_of(x, y, 8), pts, labelled=True, shard=shard)

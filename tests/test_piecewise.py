@@ -1,5 +1,7 @@
 """vitprune.piecewise: a schedule run as cached compiled pieces computes the whole graph's logits,
 and each distinct piece is compiled once across schedules."""
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -47,14 +49,20 @@ def test_logits_equal_the_whole_graph(red, cfg):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=str(s.counts))
 
 
-def test_bfloat16_and_default_precision_follow_the_model():
+def test_bfloat16_follows_the_model():
+  """The pieces compute in bfloat16 like the whole bfloat16 graph: their logits are bfloat16
+  values (the float32 graph's are not) within bfloat16 rounding of the whole graph's."""
   params, x, red = init_params(CFG, seed=2), _images(CFG), make_reducer("pomt")
   s = Schedule((17, 17, 9))
-  for dtype, precision in (("bfloat16", "highest"), ("float32", "default")):
-    pf = PiecewiseForward(CFG, params, red, dtype=dtype, precision=precision)
-    want = jitted_forward(params, x, cfg=CFG, schedule=s, reducer=red, dtype=dtype,
-                          precision=precision)
-    np.testing.assert_allclose(np.asarray(pf(s, x)), np.asarray(want), rtol=2e-2, atol=2e-2)
+  pf = PiecewiseForward(CFG, params, red, dtype="bfloat16")
+  got = np.asarray(pf(s, x))
+  bf16 = np.asarray(jitted_forward(params, x, cfg=CFG, schedule=s, reducer=red,
+                                   dtype="bfloat16"))
+  f32 = np.asarray(jitted_forward(params, x, cfg=CFG, schedule=s, reducer=red))
+  representable = lambda v: np.array_equal(v, np.asarray(jnp.asarray(v, jnp.bfloat16),
+                                                          np.float32))
+  assert representable(got) and representable(bf16) and not representable(f32)
+  np.testing.assert_allclose(got, bf16, rtol=0, atol=2e-3)
 
 
 def test_sensitivity_table_compiles_each_piece_once_whatever_the_depth():
@@ -66,17 +74,46 @@ def test_sensitivity_table_compiles_each_piece_once_whatever_the_depth():
   table = [Schedule(layer_counts(17, n, cfg.depth, layer))
            for layer in range(cfg.depth) for n in counts]
   pf = PiecewiseForward(cfg, params, red)
-  assert pf.compile(table, batch=2, threads=2) == 3 * len(counts) + 2
+  assert pf.compile(table, x, threads=2) == 3 * len(counts) + 2
   assert pf.num_compiled == 3 * len(counts) + 2
   first = [np.asarray(pf(s, x)) for s in table]
-  assert pf.compile(table, batch=2) == 0 and pf.num_compiled == 3 * len(counts) + 2
+  assert pf.compile(table, x) == 0 and pf.num_compiled == 3 * len(counts) + 2
   again = [np.asarray(pf(s, x)) for s in reversed(table)]
   for a, b in zip(first, reversed(again)):
     np.testing.assert_array_equal(a, b)
   # A new multi-layer schedule compiles only the pieces it adds (block 13 -> 9).
-  assert pf.compile([Schedule((17, 13, 9))], batch=2) == 1
-  # Another batch size is another set of shapes.
-  assert pf.compile([Schedule((17, 13, 9))], batch=3) == 4
+  assert pf.compile([Schedule((17, 13, 9))], x) == 1
+  # Another batch size, or another image dtype, is another set of pieces.
+  assert pf.compile([Schedule((17, 13, 9))], _images(cfg, b=3)) == 4
+  x8 = jnp.asarray(np.asarray(x).clip(0, 1) * 255, jnp.uint8)
+  assert pf.compile([Schedule((17, 13, 9))], x8) == 4
+  np.testing.assert_allclose(
+      np.asarray(pf(Schedule((17, 13, 9)), x8)),
+      np.asarray(jitted_forward(params, x8, cfg=cfg, schedule=Schedule((17, 13, 9)),
+                                reducer=red)), rtol=1e-6, atol=1e-6)
+
+
+def test_a_reducer_that_does_not_declare_layer_dependence_gets_a_block_per_layer():
+  @dataclasses.dataclass(frozen=True)
+  class Undeclared:                       # a third-party reducer written before the flag
+    name = "undeclared"
+    needs_attention = False
+    tracks_size = False
+    supports_embedding = False
+
+    def max_remove(self, n, p):
+      return n - p - 1
+
+    def reduce(self, x, size, stats, *, num_keep, num_prefix, layer):
+      return x[:, :num_keep] * (1.0 + layer), size
+
+  params, x = init_params(CFG, seed=1), _images(CFG, b=2)
+  red = Undeclared()
+  pf = PiecewiseForward(CFG, params, red)
+  for s in (Schedule((17, 9, 9)), Schedule((17, 17, 9))):
+    np.testing.assert_allclose(
+        np.asarray(pf(s, x)), np.asarray(jitted_forward(params, x, cfg=CFG, schedule=s,
+                                                        reducer=red)), rtol=1e-6, atol=1e-6)
 
 
 def test_layer_dependent_reducers_get_a_block_per_layer():
@@ -86,7 +123,7 @@ def test_layer_dependent_reducers_get_a_block_per_layer():
   assert red.layer_dependent and not make_reducer("pomt").layer_dependent
   pf = PiecewiseForward(CFG, params, red)
   a, b = Schedule((17, 9, 9)), Schedule((17, 17, 9))
-  pf.compile([a, b], batch=2)
+  pf.compile([a, b], x)
   # embed, head(9), block 17 -> 9 at layer 0, block 9 -> 9, block 17 -> 17, block 17 -> 9 at 1
   assert pf.num_compiled == 6
   for s in (a, b):
@@ -102,12 +139,14 @@ def test_bad_input_is_refused():
   with pytest.raises(ValueError, match="precision must be one of"):
     PiecewiseForward(CFG, params, None, precision="fast")
   with pytest.raises(ValueError, match="reduces tokens but no reducer was given"):
-    PiecewiseForward(CFG, params, None).compile([Schedule((17, 9, 9))], batch=1)
+    PiecewiseForward(CFG, params, None).compile([Schedule((17, 9, 9))], _images(CFG))
   pf = PiecewiseForward(CFG, params, make_reducer("pomt"))
   with pytest.raises(ValueError, match="drops tokens after the embedding, which pomt cannot do"):
     pf(Schedule((9, 9, 9)), _images(CFG))
-  with pytest.raises(ValueError):
-    pf.compile([Schedule((17, 17, 18))], batch=1)        # counts must not increase
+  with pytest.raises(ValueError, match="must never increase"):
+    pf.compile([Schedule((17, 17, 18))], _images(CFG))
+  with pytest.raises(ValueError, match=r"expects images \[B, 32, 32, 3\] \(NHWC\)"):
+    pf(Schedule((17, 17, 9)), jnp.zeros((2, 16, 16, 3)))
 
 
 def test_evaluate_reuses_the_callers_pieces_and_rebuilds_for_other_params():
@@ -126,3 +165,21 @@ def test_evaluate_reuses_the_callers_pieces_and_rebuilds_for_other_params():
   fresh = estimate.evaluate(CFG, other, batches(), pts, labelled=True)
   swapped = estimate.evaluate(CFG, other, batches(), pts, labelled=True, pieces=pieces)
   assert swapped == fresh and all(pf.params is other for pf in pieces.values())
+
+
+def test_whole_graphs_option_runs_the_deployed_graph_with_the_same_result():
+  params = init_params(CFG, seed=1)
+  x = np.asarray(_images(CFG, b=4))
+  y = np.arange(4, dtype=np.int32)
+  red = make_reducer("tome")
+  pts = estimate.sensitivity_points(CFG, [9, 13], [0, 1], red)
+  cache = {}
+  whole = estimate.evaluate(CFG, params, [(x, y, np.arange(4))], pts, labelled=True,
+                            whole_graphs=True, pieces=cache)
+  assert all(isinstance(v, estimate.WholeGraphs) for v in cache.values())
+  pieces = estimate.evaluate(CFG, params, [(x, y, np.arange(4))], pts, labelled=True,
+                             pieces=cache)
+  assert all(isinstance(v, PiecewiseForward) for v in cache.values())   # replaced: other kind
+  for a, b in zip(whole.points, pieces.points):
+    assert (a.num_examples, a.correct, a.agree) == (b.num_examples, b.correct, b.agree)
+    np.testing.assert_allclose(a.kl_sum, b.kl_sum, rtol=1e-5, atol=1e-9)

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from safetensors import SafetensorError
+from safetensors.flax import load_file as load_safetensors_jax
 from safetensors.numpy import load_file as load_safetensors_numpy
 
 from vitprune import atomic
@@ -83,9 +84,7 @@ def _load_safetensors(path: str) -> StateDict:
     return load_safetensors_numpy(path)
   except (SafetensorError, OSError, ValueError, TypeError) as e:
     if "bf16" in str(e).lower() or "bfloat16" in str(e).lower():  # numpy has no bfloat16
-      # pylint: disable-next=g-import-not-at-top  (bf16 files only; imports flax)
-      from safetensors.flax import load_file as load_flax
-      return {k: np.asarray(v.astype(jnp.float32)) for k, v in load_flax(path).items()}
+      return {k: np.asarray(v.astype(jnp.float32)) for k, v in load_safetensors_jax(path).items()}
     raise ValueError(f"{path}: not a valid .safetensors file ({type(e).__name__}: {e})") from None
 
 

@@ -3,7 +3,7 @@
 Evaluation streams fixed-shape batches `(images [B, S, S, C], labels [B], indices [B])` (as
 `vitprune.data.iterate_batches` yields them; padding rows have index -1 and are masked out). For
 every batch the unpruned reference logits are computed once and each evaluation point (a static
-`Schedule` + reducer, compiled once) is compared with it:
+`Schedule` + reducer, run as cached compiled pieces, `vitprune.piecewise`) is compared with it:
 
   accuracy   top-1 accuracy against the labels (labelled data only),
   agreement  top-1 agreement with the unpruned model (fidelity, needs no labels),
@@ -26,6 +26,7 @@ The run becomes an `Estimate` record (`estimate_record`; format, file reading an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 import time
@@ -40,8 +41,9 @@ from vitprune import data as data_lib
 from vitprune import schedule as schedule_lib
 from vitprune.config import ViTConfig
 from vitprune.digest import params_sha256
-from vitprune.model import Params
+from vitprune.model import Params, forward
 from vitprune.piecewise import PiecewiseForward
+from vitprune.profile import timing
 from vitprune.records.estimate import (FIDELITY_METRICS, LABELLED_METRICS, VERSION, Estimate,
                                        EstimatePoint, Scores, default_metric)
 from vitprune.reduce.base import TokenReducer
@@ -214,7 +216,7 @@ def _check_batch(batch: Batch, batch_size: Optional[int], labelled: bool, cfg: V
                      f"{indices.shape}")
   if batch_size is not None and b != batch_size:
     raise ValueError(f"batch of {b} rows after batches of {batch_size}: every batch must have "
-                     "the same (padded) size so one graph is compiled; pad the last batch")
+                     "the same (padded) size so each piece is compiled once; pad the last batch")
   valid = indices >= 0
   if labelled and np.any(labels[valid] < 0):
     raise ValueError("labelled evaluation got unlabelled examples (label -1); pass "
@@ -228,13 +230,16 @@ def _check_batch(batch: Batch, batch_size: Optional[int], labelled: bool, cfg: V
 def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
              points: Sequence[EvalPoint], *, labelled: bool, dtype: str = "float32",
              precision: str = "highest", shard: bool = True, threads: int = 2,
-             pieces: Optional[Dict[Any, PiecewiseForward]] = None) -> EvalResult:
+             pieces: Optional[Dict[Any, Any]] = None, whole_graphs: bool = False
+             ) -> EvalResult:
   """Streams `batches` once, comparing every point with the unpruned model on each batch.
 
   Each schedule runs as separately compiled pieces (`vitprune.piecewise`: embedding, one block
   per (tokens in, tokens out), head), every distinct piece compiled once on the first batch,
-  `threads` at a time: D x K sensitivity points need about 2K block compiles, not D x K whole
-  graphs. The logits are the whole graph's (`jitted_forward`; tested).
+  `threads` at a time: D x K sensitivity points need about 3K small compiles, not D x K whole
+  graphs. The logits equal the whole graph's (`jitted_forward`) up to float rounding (fusion
+  across blocks); `whole_graphs=True` runs the whole compiled graph of each schedule instead
+  (what is timed and deployed: the pipeline's verification).
 
   Args:
     cfg, params: the model (a classifier: `cfg.num_classes > 0`).
@@ -244,9 +249,10 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
     labelled: compute accuracy (labels must be >= 0 on real rows); else fidelity only.
     dtype, precision: forwarded to `vitprune.model.forward` (the reference uses the same).
     shard: with several devices, shard each batch over `data_mesh()` (B divisible by the count).
-    threads: graphs compiled at once.
-    pieces: a dict the caller keeps between calls with the same params, dtype and precision
-      (reducer -> `PiecewiseForward`): compiled pieces are reused from it and added to it.
+    threads: pieces (graphs) compiled at once.
+    pieces: a dict the caller keeps between calls with the same params (the same object),
+      dtype and precision (reducer -> compiled pieces): reused from it and added to it.
+    whole_graphs: one whole compiled graph per schedule (`model.forward`) instead of pieces.
 
   Returns:
     An `EvalResult`; raises ValueError for empty data, bad batches or invalid schedules.
@@ -267,7 +273,7 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
   correct = np.zeros(len(points), np.int64)
   agree = np.zeros(len(points), np.int64)
   kl = np.zeros(len(points), np.float64)
-  # One key per distinct graph (a schedule that reduces nothing runs no reducer: the reference).
+  # One key per distinct schedule (one that reduces nothing runs no reducer: the reference).
   ref_key = (ref_schedule, None)
   keys = [ref_key if p.schedule == ref_schedule else (p.schedule, p.reducer) for p in points]
   forwards = {} if pieces is None else pieces   # reducer -> its pieces, built on the first batch
@@ -282,8 +288,9 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
       continue
     x = placement.batch(images)
     if not compiled:
-      _compile_pieces(forwards, cfg, dev_params, x, [ref_key] + keys, placement, dtype=dtype,
-                      precision=precision, threads=threads)
+      _compile_pieces(forwards, cfg, params, dev_params, x, [ref_key] + keys, placement,
+                      dtype=dtype, precision=precision, threads=threads,
+                      kind=WholeGraphs if whole_graphs else PiecewiseForward)
       compiled = True
     ref = np.asarray(jax.device_get(forwards[None](ref_schedule, x)))
     n += int(valid.sum())
@@ -305,23 +312,56 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
                     batch_size=batch_size, num_devices=placement.num_devices)
 
 
-def _compile_pieces(forwards: Dict[Any, PiecewiseForward], cfg: ViTConfig, params: Params,
+class WholeGraphs:
+  """One whole compiled graph per schedule (`model.forward`: what is timed and deployed), with
+  `PiecewiseForward`'s interface (`serves`, `compile`, call)."""
+
+  def __init__(self, cfg: ViTConfig, params: Params, reducer: Optional[TokenReducer], *,
+               dtype: str = "float32", precision: str = "highest", placed: Params = None,
+               token_sharding=None):
+    del token_sharding    # the images' sharding is the only one a whole graph needs
+    self.cfg, self.params, self.reducer = cfg, params, reducer
+    self._dtype, self._precision = dtype, precision
+    self._placed = params if placed is None else placed
+    self._compiled: Dict[Any, Any] = {}
+
+  def serves(self, params: Params, dtype: str, precision: str) -> bool:
+    return params is self.params and (dtype, precision) == (self._dtype, self._precision)
+
+  def compile(self, schedules: Sequence[Schedule], images: jax.Array, threads: int = 1) -> int:
+    key = lambda s: (s, images.shape[0], str(images.dtype))
+    jobs = {key(s): (functools.partial(forward, cfg=self.cfg, schedule=s,
+                                       reducer=self.reducer if s.reduction_layers or
+                                       s.counts[0] < self.cfg.num_tokens else None,
+                                       dtype=self._dtype, precision=self._precision),
+                     (self._placed, images))
+            for s in schedules if key(s) not in self._compiled}
+    for k, (compiled, _) in timing.compile_many(jobs, threads=threads).items():
+      self._compiled[k] = compiled
+    return len(jobs)
+
+  def __call__(self, schedule: Schedule, images: jax.Array) -> jax.Array:
+    self.compile([schedule], images)
+    return self._compiled[(schedule, images.shape[0], str(images.dtype))](self._placed, images)
+
+
+def _compile_pieces(forwards: Dict[Any, Any], cfg: ViTConfig, params: Params, placed: Params,
                     x: jax.Array, graphs: Sequence[Tuple[Schedule, Optional[TokenReducer]]],
-                    placement: _Placement, *, dtype: str, precision: str, threads: int) -> None:
-  """Fills `forwards` ({reducer: PiecewiseForward}; None: the unpruned reference) so that every
-  piece of `graphs` ((schedule, reducer) pairs) is compiled for the shapes (and shardings) of
-  `params` and `x` [B, S, S, C], `threads` at a time. An entry built for other params (or
-  another dtype / precision) is replaced."""
+                    placement: _Placement, *, dtype: str, precision: str, threads: int,
+                    kind=PiecewiseForward) -> None:
+  """Fills `forwards` ({reducer: `kind` instance}; None: the unpruned reference) so that every
+  schedule of `graphs` ((schedule, reducer) pairs) is compiled for `placed` (the params as
+  placed) and `x` [B, S, S, C] (shape, dtype, sharding), `threads` at a time. An entry built for
+  other params (or another dtype, precision or kind) is replaced."""
   by_reducer: Dict[Any, List[Schedule]] = {}
   for schedule, reducer in graphs:
     by_reducer.setdefault(reducer, []).append(schedule)
   for reducer, schedules in by_reducer.items():
-    pf = forwards.get(reducer)
-    if pf is None or not pf.serves(params, dtype, precision):
-      pf = forwards[reducer] = PiecewiseForward(cfg, params, reducer, dtype=dtype,
-                                                precision=precision,
-                                                token_sharding=placement.token_sharding)
-    pf.compile(schedules, x.shape[0], threads=threads)
+    entry = forwards.get(reducer)
+    if not (isinstance(entry, kind) and entry.serves(params, dtype, precision)):
+      entry = forwards[reducer] = kind(cfg, params, reducer, dtype=dtype, precision=precision,
+                                       placed=placed, token_sharding=placement.token_sharding)
+    entry.compile(schedules, x, threads=threads)
 
 
 def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",

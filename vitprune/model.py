@@ -32,7 +32,7 @@ import numpy as np
 
 from vitprune.config import ViTConfig
 from vitprune.reduce.base import AttentionStats, TokenReducer
-from vitprune.schedule import Schedule, check_schedule
+from vitprune.schedule import Schedule, check_reducer_given, check_schedule
 
 Params = Dict[str, Any]
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -161,15 +161,21 @@ def embed(params: Params, images: jax.Array, cfg: ViTConfig) -> jax.Array:
   return jnp.concatenate(cls_like + regs + [x], axis=1) + pos
 
 
-def _check_inputs(cfg: ViTConfig, images: jax.Array, dtype: str, precision: str):
-  want = (cfg.img_size, cfg.img_size, cfg.in_chans)
-  if images.ndim != 4 or tuple(images.shape[1:]) != want:
-    raise ValueError(f"{cfg.name} expects images [B, {want[0]}, {want[1]}, {want[2]}] (NHWC), "
-                     f"got shape {tuple(images.shape)}")
+def check_options(dtype: str, precision: str) -> None:
+  """ValueError unless `dtype` and `precision` are ones the forward supports."""
   if dtype not in DTYPES:
     raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
   if precision not in PRECISIONS:
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def check_inputs(cfg: ViTConfig, images: jax.Array, dtype: str, precision: str) -> None:
+  """ValueError unless `images` is [B, S, S, C] for `cfg` and the options are supported."""
+  want = (cfg.img_size, cfg.img_size, cfg.in_chans)
+  if images.ndim != 4 or tuple(images.shape[1:]) != want:
+    raise ValueError(f"{cfg.name} expects images [B, {want[0]}, {want[1]}, {want[2]}] (NHWC), "
+                     f"got shape {tuple(images.shape)}")
+  check_options(dtype, precision)
 
 
 def forward_features(params: Params, images: jax.Array, *, cfg: ViTConfig,
@@ -181,10 +187,9 @@ def forward_features(params: Params, images: jax.Array, *, cfg: ViTConfig,
   Embedding, the blocks under `schedule` (n = its last count) and the final norm (token pooling;
   average pooling normalises after pooling, in `forward_head`).
   """
-  _check_inputs(cfg, images, dtype, precision)
-  if schedule is not None and reducer is None and (
-      schedule.counts[0] < cfg.num_tokens or schedule.reduction_layers):
-    raise ValueError(f"schedule {schedule.counts} reduces tokens but no reducer was given")
+  check_inputs(cfg, images, dtype, precision)
+  if isinstance(schedule, Schedule):
+    check_reducer_given(cfg, schedule, reducer)
   schedule = check_schedule(cfg, schedule, reducer)
   dt = DTYPES[dtype]
   with jax.default_matmul_precision(matmul_precision(dt, precision)):

@@ -46,7 +46,7 @@ from vitprune.model import Params, jitted_forward
 from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import records, runner, timing
 from vitprune.records.estimate import Estimate, default_metric, write_estimate
-from vitprune.records.solution import Solution, write_solution
+from vitprune.records.solution import Solution, describe_frontier_error, write_solution
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import Schedule, full_schedule
 
@@ -275,11 +275,8 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
         evaluate=evaluate, latency_model=latency_model, num_images=len(data.indices),
         measure_all=spec.measure_frontier)
     log(f"  frontier: {len(sol.frontier)} schedules (latency: {sol.profile.latency_source})")
-    err = sol.settings.get("frontier_accuracy_error")
-    if err:
-      log(f"  every frontier schedule measured on the data: the combined model erred by "
-          f"{err['mean_abs_points']:.2f} points on average (max {err['max_abs_points']:.2f}, "
-          f"signed {err['mean_signed_points']:+.2f})")
+    if sol.settings.get("frontier_accuracy_error"):
+      log("  " + describe_frontier_error(sol.settings["frontier_accuracy_error"]))
     if sol.basis == "measured" and spec.loop_neighbours > 0:
       before, t0 = sol.chosen, time.perf_counter()
       sol = solve_stage.check_in_loop(
@@ -299,7 +296,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           f"{', '.join(sol.settings['floor_straddles'])}")
     if sol.basis == "measured":
       got, floor = sol.chosen.measured_accuracy, spec.accuracy_floor
-      log(f"  checked {len(sol.checked)} multi-layer frontier schedules on the data and "
+      log(f"  measured {len(sol.checked)} frontier schedules on the data and "
           f"{sol.settings['singles_meeting_floor']} measured single-reduction ones: " + (
               f"the fastest that really meets {sol.metric} >= {floor} measures {got:.4f}"
               if got >= floor else
@@ -328,7 +325,8 @@ def _verify(cfg, params, spec, data, chosen: Schedule, log) -> Verification:
       cfg, params, data.batches(cfg, spec.eval_batch_size),
       [estimate_lib.EvalPoint(chosen, reducer, chosen.counts[-1],
                               chosen.reduction_layers[0] if chosen.reduction_layers else None)],
-      labelled=data.labelled, dtype=spec.dtype, threads=spec.threads)
+      labelled=data.labelled, dtype=spec.dtype, threads=spec.threads,
+      whole_graphs=True)          # the graphs that are timed and deployed, not pieces
   return Verification(meas["unpruned"], meas[spec.method], check)
 
 

@@ -102,6 +102,14 @@ def full_schedule(cfg: ViTConfig) -> Schedule:
   return Schedule((cfg.num_tokens,) * (cfg.depth + 1))
 
 
+def check_reducer_given(cfg: ViTConfig, schedule: Schedule,
+                        reducer: Optional["TokenReducer"]) -> None:
+  """ValueError when `schedule` reduces tokens (after the embedding or in a block) and
+  `reducer` is None."""
+  if reducer is None and (schedule.counts[0] < cfg.num_tokens or schedule.reduction_layers):
+    raise ValueError(f"schedule {schedule.counts} reduces tokens but no reducer was given")
+
+
 def check_schedule(cfg: ViTConfig, schedule: Optional[Schedule],
                    reducer: Optional[TokenReducer] = None) -> Schedule:
   """Validates `schedule` against `cfg` (None means no reduction); raises ValueError.

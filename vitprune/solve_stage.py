@@ -474,6 +474,24 @@ def floor_status(c: Candidate, floor: float) -> Optional[str]:
   return "straddles"
 
 
+def _measure(evaluate: Evaluator, candidates: Sequence[Candidate], num_images: Optional[int]
+             ) -> List[Candidate]:
+  """`candidates` with their metric measured by one `evaluate` call (Wilson interval for
+  `num_images`), same order; other fields (e.g. a measured latency) are kept."""
+  if not candidates:
+    return []
+  values = evaluate([c.counts for c in candidates])
+  if len(values) != len(candidates):
+    raise ValueError(f"evaluate returned {len(values)} values for {len(candidates)} schedules")
+  return [_measured(c, v, num_images) for c, v in zip(candidates, values)]
+
+
+def _accuracy(c: Candidate) -> float:
+  """What a choice compares with a floor: the measured metric when there is one, else the
+  predicted one."""
+  return c.predicted_accuracy if c.measured_accuracy is None else c.measured_accuracy
+
+
 def _num_images(estimate: Optional[Estimate], num_images: Optional[int]) -> Optional[int]:
   if num_images is not None:
     return int(num_images)
@@ -517,22 +535,24 @@ def measure_frontier(solution: Solution, evaluate: Evaluator, *,
   its own frontier, in points (predicted - measured: mean |e|, max |e|, mean signed). The
   frontier's predictions stay as they were (a diagnostic of the model); a choice made after
   this (`check_floor`) uses the measured values."""
+  if not solution.frontier:
+    raise ValueError("the solution has no frontier to measure")
   known = {c.counts: c for c in solution.checked}
-  todo = [p for p in solution.frontier
-          if p.counts not in known or known[p.counts].measured_accuracy is None]
-  if todo:
-    values = evaluate([p.counts for p in todo])
-    if len(values) != len(todo):
-      raise ValueError(f"evaluate returned {len(values)} values for {len(todo)} schedules")
-    for p, v in zip(todo, values):
-      known[p.counts] = _measured(known.get(p.counts, p), v, num_images)
+  own = [c for c in (solution.chosen, solution.full) if c is not None]
+  todo = list({p.counts: known.get(p.counts, p) for p in list(solution.frontier) + own
+               if known.get(p.counts, p).measured_accuracy is None}.values())
+  for c in _measure(evaluate, todo, num_images):
+    known[c.counts] = c
   err = 100 * np.array([p.predicted_accuracy - known[p.counts].measured_accuracy
                         for p in solution.frontier], np.float64)
   settings = dict(solution.settings, frontier_accuracy_error={
       "num_schedules": int(err.size), "mean_abs_points": float(np.abs(err).mean()),
       "max_abs_points": float(np.abs(err).max()), "mean_signed_points": float(err.mean())})
+  full = solution.full
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
-  return dataclasses.replace(solution, checked=checked, settings=settings)
+  return dataclasses.replace(
+      solution, checked=checked, settings=settings, chosen=known[solution.chosen.counts],
+      full=None if full is None else known[full.counts])
 
 
 def corrected_accuracy(solution: Solution, candidate: Candidate) -> float:
@@ -554,13 +574,16 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   The combined accuracy model can be optimistic when several layers reduce. Two sources of
   measured candidates:
     * single-reduction schedules: the estimate already measured each one (S[l, n], same data);
-    * frontier schedules predicted to meet the floor and predicted faster than the best of
-      those: measured with `evaluate`, `chunk` per call, fastest first, until one meets it.
+    * frontier schedules predicted faster than the best of those that meet the floor, on their
+      measured metric when already measured (`solution.checked`, e.g. by `measure_frontier`;
+      the same data is assumed), else on their prediction: the unmeasured ones are measured
+      with `evaluate`, `chunk` per call, fastest first, until one meets it.
   The floor means the MEASURED metric meets it. Every measured candidate carries its Wilson 95 %
   interval for `num_images` evaluated images (default: the estimate's reference count);
   `settings['floor_straddles']` lists the checked schedules whose interval contains the floor.
-  Returns the solution with `chosen` (its measured metric filled in), `checked` (every frontier
-  schedule measured here) and `basis="measured"`; criterion "accuracy_floor_measured".
+  Returns the solution with `chosen` (its measured metric filled in), `checked` (the schedules
+  measured before and here, by predicted latency; the interval and correction diagnostics use
+  them all) and `basis="measured"`; criterion "accuracy_floor_measured".
   """
   cfg, metric = solution.config, solution.metric
   floor = solution.settings["accuracy_floor"]
@@ -575,20 +598,18 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   best = (_measured(_candidate(cfg, singles[0].counts, singles[0].latency, singles[0].accuracy),
                     measured[singles[0].counts], images) if singles else
           _measured(full, measured[full.counts], images))
-  known = {c.counts: c for c in solution.checked if c.measured_accuracy is not None}
-  # Measured schedules are candidates on their measurement, the others on their prediction.
-  candidates = sorted((p for p in solution.frontier if p.predicted_latency_s <
-                       best.predicted_latency_s and
-                       (known[p.counts].measured_accuracy if p.counts in known else
-                        p.predicted_accuracy) >= floor),
+  prior = {c.counts: c for c in solution.checked}
+  # Schedules measured before (`measure_frontier`) are candidates on their measurement.
+  candidates = sorted((prior.get(p.counts, p) for p in solution.frontier
+                       if p.predicted_latency_s < best.predicted_latency_s and
+                       _accuracy(prior.get(p.counts, p)) >= floor),
                       key=lambda p: p.predicted_latency_s)
   checked: List[Candidate] = []
   for start in range(0, len(candidates), chunk):
     batch = candidates[start:start + chunk]
-    todo = [p for p in batch if p.counts not in known]
-    values = evaluate([p.counts for p in todo]) if todo else []
-    got = {p.counts: _measured(p, v, images) for p, v in zip(todo, values)}
-    done = [known.get(p.counts) or got[p.counts] for p in batch]
+    got = {c.counts: c for c in _measure(evaluate, [p for p in batch
+                                                    if p.measured_accuracy is None], images)}
+    done = [got.get(p.counts, p) for p in batch]
     checked += done
     ok = [p for p in done if p.measured_accuracy >= floor]
     if ok:
@@ -616,8 +637,8 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   Needs `settings['accuracy_floor']`. If the solution's floor was not yet checked on the data,
   `check_floor` runs first (needs `model`, the DP's `solve.CostModel`). Then the chosen schedule
   and up to `neighbours` frontier schedules on each side of it (predicted faster / slower; only
-  those predicted to meet the floor, the faster ones also measured to meet it when already
-  checked) get their accuracy measured where missing (one `evaluate` call) and, every schedule
+  those meeting the floor, on their measured accuracy where already measured, else on their
+  prediction) get their accuracy measured where missing (one `evaluate` call) and, every schedule
   whose measured accuracy meets the floor, their latency in ONE call of `time_schedules`
   (compiled graphs, one shuffled measurement). The fastest measured one is chosen. Every
   schedule checked keeps predicted and measured latency and accuracy (`checked`); criterion
@@ -637,18 +658,15 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   chosen = solution.chosen
   known[chosen.counts] = chosen
   eligible = [p for p in solution.frontier
-              if p.predicted_accuracy >= floor and p.counts != chosen.counts and
-              (p.counts not in known or known[p.counts].measured_accuracy >= floor)]
+              if p.counts != chosen.counts and _accuracy(known.get(p.counts, p)) >= floor]
   faster = sorted((p for p in eligible if p.predicted_latency_s <= chosen.predicted_latency_s),
                   key=lambda p: -p.predicted_latency_s)[:neighbours]
   slower = sorted((p for p in eligible if p.predicted_latency_s > chosen.predicted_latency_s),
                   key=lambda p: p.predicted_latency_s)[:neighbours]
   pool = [known.get(p.counts, p) for p in faster + slower]
-  todo = [p for p in pool if p.measured_accuracy is None]
-  if todo:
-    values = evaluate([p.counts for p in todo])
-    got = {p.counts: _measured(p, v, images) for p, v in zip(todo, values)}
-    pool = [got.get(p.counts, p) for p in pool]
+  got = {c.counts: c for c in _measure(evaluate, [p for p in pool
+                                                   if p.measured_accuracy is None], images)}
+  pool = [got.get(p.counts, p) for p in pool]
   for p in pool:
     known[p.counts] = p
   timed = [chosen] + [p for p in pool if p.measured_accuracy >= floor]

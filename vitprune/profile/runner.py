@@ -43,6 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vitprune import model as model_lib
+from vitprune import piecewise
 from vitprune.config import ViTConfig
 from vitprune.profile import plot as plot_lib
 from vitprune.profile import records
@@ -71,10 +72,6 @@ def make_drop_reducer(name: Optional[str] = None) -> Tuple[Any, str]:
 # ----------------------------------------------------------------------------- graphs
 
 
-def _precision(dtype: str) -> str:
-  return "highest" if dtype == "float32" else "default"
-
-
 def model_fn(cfg: ViTConfig, schedule: Schedule, reducer, dtype: str) -> Callable:
   """(params, images [B, H, W, C]) -> logits: the deployed forward under `schedule`."""
   needs = schedule.counts[0] < cfg.num_tokens or schedule.reduction_layers
@@ -82,38 +79,9 @@ def model_fn(cfg: ViTConfig, schedule: Schedule, reducer, dtype: str) -> Callabl
                            reducer=reducer if needs else None, dtype=dtype)
 
 
-def embed_fn(cfg: ViTConfig, dtype: str) -> Callable:
-  """(params, images [B, H, W, C]) -> tokens [B, num_tokens, C] in `dtype`."""
-  def fn(params, images):
-    with jax.default_matmul_precision(_precision(dtype)):
-      return model_lib.embed(params, images.astype(model_lib.DTYPES[dtype]), cfg)
-  return fn
-
-
-def block_fn(cfg: ViTConfig, dtype: str) -> Callable:
-  """(block params, x [B, n, C]) -> [B, n, C]: one block without reduction."""
-  def fn(bp, x):
-    with jax.default_matmul_precision(_precision(dtype)):
-      return model_lib.block(bp, x, None, cfg=cfg, num_keep=x.shape[1], reducer=None,
-                             layer=0)[0]
-  return fn
-
-
-def head_fn(cfg: ViTConfig, dtype: str) -> Callable:
-  """(head params, x [B, n, C]) -> [B, K] float32: final norm (token pooling), pool, head."""
-  def fn(hp, x):
-    with jax.default_matmul_precision(_precision(dtype)):
-      return model_lib.forward_head(hp, model_lib.final_norm(hp, x, cfg), cfg=cfg)
-  return fn
-
-
 def dispatch_fn(x):
   """[B, 1, 1] -> x + 1: next to no work, so its latency is the cost of calling an executable."""
   return x + 1
-
-
-def _head_params(params):
-  return {k: params[k] for k in ("norm", "fc_norm", "head", "head_dist") if k in params}
 
 
 # ----------------------------------------------------------------------------- spec
@@ -192,16 +160,17 @@ def _jobs(keys: Sequence[Key], *, spec: ProfileSpec, params, images, reducer
     elif comp == "schedule":
       jobs[key] = (model_fn(cfg, Schedule(counts), reducer, spec.dtype), (params, images))
     elif comp == "embed":
-      jobs[key] = (embed_fn(cfg, spec.dtype), (params, images))
+      jobs[key] = (piecewise.embed_fn(cfg, dtype=spec.dtype), (params, images))
     elif comp == "dispatch":  # per-call overhead: a trivial graph on a [B, 1, 1] input
       jobs[key] = (dispatch_fn, (timing.device_put(jnp.zeros((b, 1, 1), dt)),))
     else:
       x = timing.device_put(jnp.asarray(
           np.random.default_rng(spec.seed).normal(0, 1, (b, n, cfg.embed_dim)), dt))
       if comp == "block":
-        jobs[key] = (block_fn(cfg, spec.dtype), (params["blocks"][0], x))
+        jobs[key] = (piecewise.block_fn(cfg, dtype=spec.dtype), (params["blocks"][0], x))
       else:
-        jobs[key] = (head_fn(cfg, spec.dtype), (_head_params(params), x))
+        jobs[key] = (piecewise.head_fn(cfg, dtype=spec.dtype),
+                     (piecewise.head_params(params), x))
   return jobs
 
 

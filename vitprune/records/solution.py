@@ -330,10 +330,7 @@ def summary_lines(sol: Solution) -> List[str]:
                  f"after correction)")
   err = sol.settings.get("frontier_accuracy_error")
   if err:
-    lines.append(f"every frontier schedule measured on the data ({err['num_schedules']}): the "
-                 f"combined accuracy model errs by {err['mean_abs_points']:.2f} points on average "
-                 f"(max {err['max_abs_points']:.2f}, mean signed {err['mean_signed_points']:+.2f};"
-                 f" predicted - measured)")
+    lines.append(describe_frontier_error(err))
   if sol.settings.get("floor_straddles"):
     lines.append(f"interval straddles the floor {sol.settings.get('accuracy_floor')} for: "
                  + ", ".join(sol.settings["floor_straddles"]))
@@ -343,6 +340,14 @@ def summary_lines(sol: Solution) -> List[str]:
   lines.append(f"frontier: {len(sol.frontier)} non-dominated schedules"
                + (f"; {len(sol.checked)} checked on the data" if sol.checked else ""))
   return lines
+
+
+def describe_frontier_error(err: Dict[str, Any]) -> str:
+  """One line for `settings['frontier_accuracy_error']` (`solve_stage.measure_frontier`)."""
+  return (f"every frontier schedule measured on the data ({err['num_schedules']}): the "
+          f"combined accuracy model errs by {err['mean_abs_points']:.2f} points on average "
+          f"(max {err['max_abs_points']:.2f}, mean signed {err['mean_signed_points']:+.2f}; "
+          f"predicted - measured)")
 
 
 def write_solution(sol: Solution, out_dir: str, stem: Optional[str] = None) -> Dict[str, str]:

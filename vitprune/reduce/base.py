@@ -41,7 +41,8 @@ class TokenReducer(Protocol):
   # `reduce_embedding` works: tokens can be dropped right after the embedding (no attention).
   supports_embedding: bool
   # `reduce`'s output depends on `layer` (not only on its inputs): e.g. a per-layer random
-  # subset. False lets one compiled block serve every layer (`vitprune.piecewise`).
+  # subset. False lets one compiled block serve every layer (`vitprune.piecewise`, which treats
+  # a reducer without this attribute as layer-dependent).
   layer_dependent: bool
 
   def max_remove(self, num_tokens: int, num_prefix: int) -> int:
