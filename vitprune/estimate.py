@@ -366,12 +366,14 @@ def _compile_pieces(forwards: Dict[Any, Any], cfg: ViTConfig, params: Params, pl
 
 def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",
                        reducer: Optional[TokenReducer], *, batch_size: int = 64,
-                       dtype: str = "float32") -> Callable[[Sequence[Sequence[int]]], List[float]]:
+                       dtype: str = "float32", pieces: Optional[Dict[Any, Any]] = None
+                       ) -> Callable[[Sequence[Sequence[int]]], List[float]]:
   """A function `[counts, ...] -> [metric, ...]` that measures schedules of `reducer` on `data`
   (one data pass per call; the metric is accuracy when labelled, else top-1 agreement): what the
-  solve stage calls to check an accuracy floor on measurements."""
+  solve stage calls to check an accuracy floor on measurements. Compiled pieces are kept between
+  calls, in `pieces` when given (e.g. the dict the estimate stage's `evaluate` filled)."""
   metric = default_metric(data.labelled)
-  pieces: Dict[Any, PiecewiseForward] = {}    # compiled once, reused by every call
+  pieces = {} if pieces is None else pieces
 
   def measure(counts_list):
     points = [EvalPoint(Schedule(tuple(int(c) for c in counts)), reducer, int(counts[-1]), None)

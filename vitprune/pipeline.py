@@ -220,7 +220,7 @@ def one_block_counts(cfg, tokens: Sequence[int], reducer) -> List[int]:
   return reduced
 
 
-def _estimate(cfg, params, spec, tokens, data, weights_source, log) -> Estimate:
+def _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces=None) -> Estimate:
   """Stage 2: A(n) with random drops after the embedding (paper) or the per-layer sensitivity
   of `spec.method` at every block (multi)."""
   if spec.solver == "paper":
@@ -241,7 +241,7 @@ def _estimate(cfg, params, spec, tokens, data, weights_source, log) -> Estimate:
     points = estimate_lib.sensitivity_points(cfg, reduced, list(range(cfg.depth)), reducer)
   result = estimate_lib.evaluate(cfg, params, data.batches(cfg, spec.eval_batch_size), points,
                                  labelled=data.labelled, dtype=spec.dtype,
-                                 threads=spec.threads)
+                                 threads=spec.threads, pieces=pieces)
   return estimate_lib.estimate_record(
       cfg=cfg, params=params, weights_source=weights_source, data_info=data.info,
       method=method, method_kwargs=kwargs, seed=spec.seed, points=points, result=result,
@@ -249,7 +249,7 @@ def _estimate(cfg, params, spec, tokens, data, weights_source, log) -> Estimate:
 
 
 def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
-           seconds: Optional[Dict[str, float]] = None) -> Solution:
+           seconds: Optional[Dict[str, float]] = None, pieces=None) -> Solution:
   """Stage 3: the paper's n* or the multi-layer choice (floor checked on the data).
   `seconds['in_loop']` gets the wall time of the in-loop timing (multi with a floor)."""
   if spec.solver == "paper":
@@ -268,7 +268,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     log(f"[3/4] solve: multi-layer Pareto frontier, {rule}")
     evaluate = estimate_lib.schedule_evaluator(cfg, params, data, make_reducer(spec.method),
                                                batch_size=spec.eval_batch_size,
-                                               dtype=spec.dtype)
+                                               dtype=spec.dtype, pieces=pieces)
     sol = solve_stage.solve_multilayer(
         profile, estimate, accuracy_floor=spec.accuracy_floor,
         latency_budget=spec.latency_budget, alpha=spec.alpha, allow_batch_mismatch=True,
@@ -356,9 +356,11 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
   else:
     profile, latency_model = _calibrate(cfg, params, spec, tokens, log)
   lap("profile")
-  estimate = _estimate(cfg, params, spec, tokens, data, weights_source, log)
+  pieces: Dict[Any, Any] = {}    # compiled model pieces: the estimate's, reused by the solve
+  estimate = _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces)
   lap("estimate")
-  solution = _solve(cfg, params, spec, data, profile, estimate, log, latency_model, seconds)
+  solution = _solve(cfg, params, spec, data, profile, estimate, log, latency_model, seconds,
+                    pieces)
   lap("solve")
   verification = _verify(cfg, params, spec, data, solution.schedule, log)
   lap("verify")
