@@ -46,6 +46,11 @@ if os.environ.get("VITPRUNE_TEST_XLA_OPT", "0") != "1" and \
   os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] +
                                      _FAST_COMPILE_FLAGS).strip()
 
+# After the environment above is set; none of these imports jax.
+from vitprune import atomic  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vitprune import jsonio  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vitprune.records import solution as S  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 # The test files that take longest (summed durations, 2-core machine: edge 80 s, profile_cli 73 s,
 # benchmarks_scripts 60 s, cli_smoke 54 s), run first: with one file per test process
 # (pytest.ini), a long file started last would leave the other processes idle at the end.
@@ -62,8 +67,6 @@ def solution_file(path, cfg, counts, *, mode="paper", method="pomt", frontier=()
                   settings=None):
   """Writes a genuine `Solution` record choosing `counts` (predictions are placeholders: 1 ms,
   accuracy 0.9) and returns its path."""
-  from vitprune import jsonio  # pylint: disable=g-import-not-at-top  (test helper)
-  from vitprune.records import solution as S  # pylint: disable=g-import-not-at-top
 
   def cand(c):
     return S.Candidate(counts=tuple(c), schedule="list:" + ",".join(map(str, c)),
@@ -77,7 +80,6 @@ def solution_file(path, cfg, counts, *, mode="paper", method="pomt", frontier=()
       settings=dict(settings or {"alpha": 0.5}), chosen=cand(counts), method=method,
       criterion="utility", full=None, frontier=tuple(cand(c) for c in frontier),
       created="2026-01-01T00:00:00+00:00")
-  from vitprune import atomic  # pylint: disable=g-import-not-at-top
   atomic.write_json(str(path), sol.to_json())
   assert jsonio.read_json(str(path), "solution")["format"] == S.FORMAT
   return str(path)
