@@ -856,6 +856,41 @@ def test_measure_frontier_measures_every_schedule_once_and_the_choice_uses_it(tm
     solve_stage.measure_frontier(predicted, lambda cs: [0.5], num_images=359)
 
 
+def test_a_schedule_predicted_below_the_floor_but_measured_above_it_can_be_chosen(tmp_path):
+  """Once measured, a schedule competes on its measurement: the fastest frontier schedule,
+  predicted below the floor, measures above it and is chosen (check_floor) and timed
+  (check_in_loop)."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  floor = 0.8
+  predicted = _multi(ps, es, accuracy_floor=floor)
+  below = [p for p in predicted.frontier if p.predicted_accuracy < floor]
+  fastest = min(below, key=lambda p: p.predicted_latency_s)
+  assert fastest.predicted_latency_s < predicted.chosen.predicted_latency_s
+
+  def evaluate(counts_list):
+    return [floor + 0.01 if tuple(c) == fastest.counts else
+            {p.counts: p.predicted_accuracy for p in predicted.frontier}.get(tuple(c), 0.5)
+            for c in counts_list]
+
+  sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, measure_all=True)
+  assert sol.chosen.counts == fastest.counts
+  assert sol.chosen.measured_accuracy == pytest.approx(floor + 0.01)
+  # In the loop: the neighbours of another choice include it on its measurement.
+  other = next(p for p in sol.checked if p.counts != fastest.counts and
+               p.measured_accuracy >= floor and p.predicted_accuracy >= floor)
+  timed = []
+
+  def time_schedules(counts_list):
+    timed.extend(tuple(c) for c in counts_list)
+    return [1e-3] * len(counts_list)
+
+  start = dataclasses.replace(sol, chosen=other)
+  solve_stage.check_in_loop(start, read_estimate(es), None, evaluate, time_schedules,
+                            neighbours=len(sol.frontier))
+  assert fastest.counts in timed
+
+
 def _cand(counts, predicted, measured=None):
   return solve_stage.Candidate(counts=tuple(counts), schedule="x", predicted_latency_s=1e-3,
                                predicted_accuracy=predicted, measured_accuracy=measured)

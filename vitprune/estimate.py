@@ -250,8 +250,9 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
     dtype, precision: forwarded to `vitprune.model.forward` (the reference uses the same).
     shard: with several devices, shard each batch over `data_mesh()` (B divisible by the count).
     threads: pieces (graphs) compiled at once.
-    pieces: a dict the caller keeps between calls with the same params (the same object),
-      dtype and precision (reducer -> compiled pieces): reused from it and added to it.
+    pieces: a dict the caller keeps between calls ((reducer, mesh) -> compiled pieces): reused
+      when built for the same params object (not mutated in place since), dtype and precision,
+      else replaced.
     whole_graphs: one whole compiled graph per schedule (`model.forward`) instead of pieces.
 
   Returns:
@@ -267,7 +268,6 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
       raise ValueError(f"point n={p.tokens} layer={p.layer} reduces tokens but has no reducer")
   ref_schedule = full_schedule(cfg)
   placement, batch_size = None, None
-  dev_params = None
   n = 0
   ref_correct = 0
   correct = np.zeros(len(points), np.int64)
@@ -283,20 +283,19 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
     if batch_size is None:
       batch_size = images.shape[0]
       placement = _placement(shard, batch_size)
-      dev_params = placement.params(params)
     if not valid.any():
       continue
     x = placement.batch(images)
     if not compiled:
-      _compile_pieces(forwards, cfg, params, dev_params, x, [ref_key] + keys, placement,
+      _compile_pieces(forwards, cfg, params, x, [ref_key] + keys, placement,
                       dtype=dtype, precision=precision, threads=threads,
                       kind=WholeGraphs if whole_graphs else PiecewiseForward)
       compiled = True
-    ref = np.asarray(jax.device_get(forwards[None](ref_schedule, x)))
+    ref = np.asarray(jax.device_get(forwards[(None, placement.mesh)](ref_schedule, x)))
     n += int(valid.sum())
     ref_correct += int((ref.argmax(-1) == labels)[valid].sum())
     for i, (schedule, reducer) in enumerate(keys):
-      logits = jax.device_get(forwards[reducer](schedule, x))
+      logits = jax.device_get(forwards[(reducer, placement.mesh)](schedule, x))
       c, a, k = compare_logits(logits, ref, labels)
       correct[i] += int(c[valid].sum())
       agree[i] += int(a[valid].sum())
@@ -345,22 +344,25 @@ class WholeGraphs:
     return self._compiled[(schedule, images.shape[0], str(images.dtype))](self._placed, images)
 
 
-def _compile_pieces(forwards: Dict[Any, Any], cfg: ViTConfig, params: Params, placed: Params,
-                    x: jax.Array, graphs: Sequence[Tuple[Schedule, Optional[TokenReducer]]],
+def _compile_pieces(forwards: Dict[Any, Any], cfg: ViTConfig, params: Params, x: jax.Array,
+                    graphs: Sequence[Tuple[Schedule, Optional[TokenReducer]]],
                     placement: _Placement, *, dtype: str, precision: str, threads: int,
                     kind=PiecewiseForward) -> None:
-  """Fills `forwards` ({reducer: `kind` instance}; None: the unpruned reference) so that every
-  schedule of `graphs` ((schedule, reducer) pairs) is compiled for `placed` (the params as
-  placed) and `x` [B, S, S, C] (shape, dtype, sharding), `threads` at a time. An entry built for
-  other params (or another dtype, precision or kind) is replaced."""
+  """Fills `forwards` ({(reducer, mesh): `kind` instance}; reducer None: the unpruned
+  reference) so that every schedule of `graphs` ((schedule, reducer) pairs) is compiled for the
+  params as `placement` places them and `x` [B, S, S, C] (shape, dtype, sharding), `threads` at
+  a time. An entry built for other params (or another dtype, precision or kind) is replaced;
+  only then are the params placed (copied to the mesh) again."""
   by_reducer: Dict[Any, List[Schedule]] = {}
   for schedule, reducer in graphs:
     by_reducer.setdefault(reducer, []).append(schedule)
   for reducer, schedules in by_reducer.items():
-    entry = forwards.get(reducer)
+    key = (reducer, placement.mesh)
+    entry = forwards.get(key)
     if not (isinstance(entry, kind) and entry.serves(params, dtype, precision)):
-      entry = forwards[reducer] = kind(cfg, params, reducer, dtype=dtype, precision=precision,
-                                       placed=placed, token_sharding=placement.token_sharding)
+      entry = forwards[key] = kind(cfg, params, reducer, dtype=dtype, precision=precision,
+                                   placed=placement.params(params),
+                                   token_sharding=placement.token_sharding)
     entry.compile(schedules, x, threads=threads)
 
 

@@ -164,8 +164,8 @@ class PiecewiseForward:
     model.check_inputs(self.cfg, images, self._dtype, self._precision)
     jobs = {}
     for s in schedules:
-      check_reducer_given(self.cfg, s, self.reducer)
       check_schedule(self.cfg, s, self.reducer)
+      check_reducer_given(self.cfg, s, self.reducer)
       for key, fn, args in self._pieces(s, images):
         if key not in self._compiled and key not in jobs:
           jobs[key] = (fn, args)

@@ -296,7 +296,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           f"{', '.join(sol.settings['floor_straddles'])}")
     if sol.basis == "measured":
       got, floor = sol.chosen.measured_accuracy, spec.accuracy_floor
-      log(f"  measured {len(sol.checked)} frontier schedules on the data and "
+      log(f"  measured {len(sol.checked)} schedules on the data and "
           f"{sol.settings['singles_meeting_floor']} measured single-reduction ones: " + (
               f"the fastest that really meets {sol.metric} >= {floor} measures {got:.4f}"
               if got >= floor else

@@ -532,9 +532,10 @@ def measure_frontier(solution: Solution, evaluate: Evaluator, *,
   """Every frontier schedule measured on the data (one `evaluate` call for those not measured
   yet) -> the solution with each of them in `checked` (measured metric, Wilson interval for
   `num_images`) and `settings['frontier_accuracy_error']`: the combination model's error on
-  its own frontier, in points (predicted - measured: mean |e|, max |e|, mean signed). The
-  frontier's predictions stay as they were (a diagnostic of the model); a choice made after
-  this (`check_floor`) uses the measured values."""
+  its own frontier, in points (predicted - measured: mean |e|, max |e|, mean signed). `chosen`
+  and `full` are measured too and replaced by their measured copies. The frontier's predictions
+  stay as they were (a diagnostic of the model); a choice made after this (`check_floor`) uses
+  the measured values."""
   if not solution.frontier:
     raise ValueError("the solution has no frontier to measure")
   known = {c.counts: c for c in solution.checked}
