@@ -26,7 +26,6 @@ The run becomes an `Estimate` record (`estimate_record`; format, file reading an
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import platform
 import time
@@ -41,9 +40,8 @@ from vitprune import data as data_lib
 from vitprune import schedule as schedule_lib
 from vitprune.config import ViTConfig
 from vitprune.digest import params_sha256
-from vitprune.model import Params, forward
-from vitprune.piecewise import PiecewiseForward
-from vitprune.profile import timing
+from vitprune.model import Params
+from vitprune.piecewise import PiecewiseForward, WholeGraphs
 from vitprune.records.estimate import (FIDELITY_METRICS, LABELLED_METRICS, VERSION, Estimate,
                                        EstimatePoint, Scores, default_metric)
 from vitprune.reduce.base import TokenReducer
@@ -311,39 +309,6 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
                     batch_size=batch_size, num_devices=placement.num_devices)
 
 
-class WholeGraphs:
-  """One whole compiled graph per schedule (`model.forward`: what is timed and deployed), with
-  `PiecewiseForward`'s interface (`serves`, `compile`, call)."""
-
-  def __init__(self, cfg: ViTConfig, params: Params, reducer: Optional[TokenReducer], *,
-               dtype: str = "float32", precision: str = "highest", placed: Params = None,
-               token_sharding=None):
-    del token_sharding    # the images' sharding is the only one a whole graph needs
-    self.cfg, self.params, self.reducer = cfg, params, reducer
-    self._dtype, self._precision = dtype, precision
-    self._placed = params if placed is None else placed
-    self._compiled: Dict[Any, Any] = {}
-
-  def serves(self, params: Params, dtype: str, precision: str) -> bool:
-    return params is self.params and (dtype, precision) == (self._dtype, self._precision)
-
-  def compile(self, schedules: Sequence[Schedule], images: jax.Array, threads: int = 1) -> int:
-    key = lambda s: (s, images.shape[0], str(images.dtype))
-    jobs = {key(s): (functools.partial(forward, cfg=self.cfg, schedule=s,
-                                       reducer=self.reducer if s.reduction_layers or
-                                       s.counts[0] < self.cfg.num_tokens else None,
-                                       dtype=self._dtype, precision=self._precision),
-                     (self._placed, images))
-            for s in schedules if key(s) not in self._compiled}
-    for k, (compiled, _) in timing.compile_many(jobs, threads=threads).items():
-      self._compiled[k] = compiled
-    return len(jobs)
-
-  def __call__(self, schedule: Schedule, images: jax.Array) -> jax.Array:
-    self.compile([schedule], images)
-    return self._compiled[(schedule, images.shape[0], str(images.dtype))](self._placed, images)
-
-
 def _compile_pieces(forwards: Dict[Any, Any], cfg: ViTConfig, params: Params, x: jax.Array,
                     graphs: Sequence[Tuple[Schedule, Optional[TokenReducer]]],
                     placement: _Placement, *, dtype: str, precision: str, threads: int,
@@ -359,7 +324,7 @@ def _compile_pieces(forwards: Dict[Any, Any], cfg: ViTConfig, params: Params, x:
   for reducer, schedules in by_reducer.items():
     key = (reducer, placement.mesh)
     entry = forwards.get(key)
-    if not (isinstance(entry, kind) and entry.serves(params, dtype, precision)):
+    if not (type(entry) is kind and entry.serves(params, dtype, precision)):
       entry = forwards[key] = kind(cfg, params, reducer, dtype=dtype, precision=precision,
                                    placed=placement.params(params),
                                    token_sharding=placement.token_sharding)

@@ -55,7 +55,7 @@ from vitprune.edge.kit import KIT_FORMAT, KIT_MANIFEST, KIT_VERSION
 from vitprune.edge.targets import (CPU_DRIVERS, EdgeError, Target, check_driver, cpu_profile,
                                    default_driver, host_cpu, next_attempt, parse_targets)
 from vitprune.flops import forward_gflop
-from vitprune.schedule import Schedule, check_schedule, format_schedule
+from vitprune.schedule import Schedule, check_schedule, format_schedule, reduces_tokens
 
 KIT_WEIGHTS = "weights.bin"
 
@@ -353,10 +353,9 @@ def kit_jobs(cfg: ViTConfig, *, mode: str, grid: Sequence[int] = (), schedules=(
     else:
       for s in schedules:
         s = check_schedule(cfg, s, reducer)
-        needs = s.counts[0] < cfg.num_tokens or s.reduction_layers
         jobs.append({"component": "schedule", "batch_size": int(b), "tokens": s.counts[0],
                      "schedule": list(s.counts), "counts": s,
-                     "reducer": reducer if needs else None})
+                     "reducer": reducer if reduces_tokens(cfg, s) else None})
   return jobs
 
 

@@ -14,10 +14,11 @@ the model's own functions with the same dtype and matmul precision, so a schedul
 `jitted_forward` computes; only XLA's fusion across block boundaries differs (logits equal up to
 float rounding; bit-identical on the CPU in the tests, but a near-tie could flip an argmax). For
 measuring accuracy only: latency, and the pipeline's final verification, use the whole compiled
-graph.
+graph (`WholeGraphs`: the same interface, one piece per schedule).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Tuple
 
 import jax
@@ -82,6 +83,13 @@ def head_fn(cfg: ViTConfig, *, dtype: str = "float32", precision: str = "highest
   return fn
 
 
+def _images_struct(images: Any) -> Tuple[jax.ShapeDtypeStruct, Tuple[int, str]]:
+  """(the images' shape, dtype and sharding to lower with; (batch, dtype) for the cache keys)."""
+  return (jax.ShapeDtypeStruct(images.shape, images.dtype,
+                               sharding=getattr(images, "sharding", None)),
+          (images.shape[0], str(images.dtype)))
+
+
 def _layer_dependent(reducer: Optional[TokenReducer]) -> bool:
   # A reducer that does not declare it is assumed to depend on the layer (safe: no sharing).
   return reducer is not None and bool(getattr(reducer, "layer_dependent", True))
@@ -129,9 +137,7 @@ class PiecewiseForward:
     batch = images.shape[0]
     opts = dict(dtype=self._dtype, precision=self._precision)
     dt = model.DTYPES[self._dtype]
-    where = (batch, str(images.dtype))
-    images = jax.ShapeDtypeStruct(images.shape, images.dtype,
-                                  sharding=getattr(images, "sharding", None))
+    images, where = _images_struct(images)
     out = [(("embed", counts[0]) + where,
             embed_fn(cfg, num_keep=counts[0], reducer=red, **opts), (self._placed, images))]
     sized = False
@@ -181,3 +187,22 @@ class PiecewiseForward:
     for block_params, (key, _, _) in zip(self._placed["blocks"], blocks):
       x, size = self._compiled[key](block_params, x, size)
     return self._compiled[head_key](self._head, x)
+
+
+class WholeGraphs(PiecewiseForward):
+  """The same interface with one piece per schedule: its whole compiled graph (`model.forward`,
+  what is timed and deployed; the pipeline's verification evaluates it)."""
+
+  def _pieces(self, schedule: Schedule, images: Any):
+    images, where = _images_struct(images)
+    return [(("graph", schedule.counts) + where,
+             functools.partial(model.forward, cfg=self.cfg, schedule=schedule,
+                               reducer=self.reducer, dtype=self._dtype,
+                               precision=self._precision),
+             (self._placed, images))]
+
+  def __call__(self, schedule: Schedule, images: jax.Array) -> jax.Array:
+    """images [B, S, S, C] -> float32 logits [B, K] of `schedule` (compiles it if missing)."""
+    self.compile([schedule], images)
+    (key, _, _), = self._pieces(schedule, images)
+    return self._compiled[key](self._placed, images)

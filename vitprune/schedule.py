@@ -102,11 +102,15 @@ def full_schedule(cfg: ViTConfig) -> Schedule:
   return Schedule((cfg.num_tokens,) * (cfg.depth + 1))
 
 
+def reduces_tokens(cfg: ViTConfig, schedule: Schedule) -> bool:
+  """Whether `schedule` removes tokens (right after the embedding or in a block)."""
+  return schedule.counts[0] < cfg.num_tokens or bool(schedule.reduction_layers)
+
+
 def check_reducer_given(cfg: ViTConfig, schedule: Schedule,
                         reducer: Optional["TokenReducer"]) -> None:
-  """ValueError when `schedule` reduces tokens (after the embedding or in a block) and
-  `reducer` is None."""
-  if reducer is None and (schedule.counts[0] < cfg.num_tokens or schedule.reduction_layers):
+  """ValueError when `schedule` reduces tokens and `reducer` is None."""
+  if reducer is None and reduces_tokens(cfg, schedule):
     raise ValueError(f"schedule {schedule.counts} reduces tokens but no reducer was given")
 
 

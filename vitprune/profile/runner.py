@@ -52,7 +52,7 @@ from vitprune.profile import timing
 from vitprune.reduce.keep_first import KeepFirst
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import (Schedule, check_schedule, check_token_grid, embed_schedule,
-                               token_bounds)
+                               reduces_tokens, token_bounds)
 
 MODES = records.MODES
 
@@ -74,9 +74,9 @@ def make_drop_reducer(name: Optional[str] = None) -> Tuple[Any, str]:
 
 def model_fn(cfg: ViTConfig, schedule: Schedule, reducer, dtype: str) -> Callable:
   """(params, images [B, H, W, C]) -> logits: the deployed forward under `schedule`."""
-  needs = schedule.counts[0] < cfg.num_tokens or schedule.reduction_layers
   return functools.partial(model_lib.forward, cfg=cfg, schedule=schedule,
-                           reducer=reducer if needs else None, dtype=dtype)
+                           reducer=reducer if reduces_tokens(cfg, schedule) else None,
+                           dtype=dtype)
 
 
 def dispatch_fn(x):
