@@ -38,7 +38,7 @@ from experiments import common
 from vitprune import atomic, solve_stage
 from vitprune import estimate as estimate_lib
 from vitprune.model import init_params
-from vitprune.pipeline import one_block_counts
+from vitprune.pipeline import PipelineSpec, one_block_counts
 from vitprune.profile import latency_model as lm_lib
 from vitprune.profile import predict as predict_lib
 from vitprune.profile import records, runner, timing
@@ -57,8 +57,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     "and 8).", flag_values=fv)
   flags.DEFINE_integer("num_schedules", None, "Held-out schedules per method (default: "
                        "vit_digits 30, other models 8).", flag_values=fv)
-  flags.DEFINE_integer("calibration_schedules", 10, "Calibration schedules per method "
-                       "(DeiT-sized models: 6, --quick: 5).", flag_values=fv)
+  flags.DEFINE_integer("calibration_schedules", PipelineSpec.calibration_schedules,
+                       "Calibration schedules per method (the main job's; DeiT-sized models: 6, "
+                       "--quick: 5).", flag_values=fv)
   flags.DEFINE_float("accuracy_floor", 0.95, "vit_digits: floor of the in-loop choice.",
                      flag_values=fv)
   flags.DEFINE_float("min_run_time", None, "Seconds of timed calls per graph (default 0.1; "

@@ -82,6 +82,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                               "whose predicted accuracy (agreement when unlabelled) is >= this.", flag_values=fv)
   flags.DEFINE_float("latency_budget", None, "Pipeline, --solver=multi: most accurate "
                                "schedule whose predicted latency (seconds) is <= this.", flag_values=fv)
+  flags.DEFINE_integer("calibration_schedules", pipeline.PipelineSpec.calibration_schedules,
+                       "Pipeline, --solver=multi: multi-layer schedules compiled and timed with "
+                       "the uniform curve to fit the latency model of the compiled graph.",
+                       flag_values=fv)
   flags.DEFINE_bool("measure_frontier", False, "Pipeline, --solver=multi: measure the accuracy "
                     "of every frontier schedule on the data (the solution then reports measured "
                     "accuracy for the whole frontier and the combined model's error).",
@@ -120,7 +124,8 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: str = ""):
       num_images=f.num_images, eval_batch_size=f.eval_batch_size, alpha=f.alpha,
       layer=f.layer, method=f.method, timing=_timing_from_flags(f), threads=f.threads,
       seed=f.seed, solver=f.solver, accuracy_floor=f.accuracy_floor,
-      latency_budget=f.latency_budget, measure_frontier=f.measure_frontier)
+      latency_budget=f.latency_budget, measure_frontier=f.measure_frontier,
+      calibration_schedules=f.calibration_schedules)
   spec.check(cfg)
   memory.check_batch_fits(cfg, [spec.batch_size], spec.dtype)
   memory.check_batch_fits(cfg, [spec.eval_batch_size], spec.dtype, flag="--eval_batch_size")

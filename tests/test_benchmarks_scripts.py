@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -64,6 +67,43 @@ def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
       (["--models=vit_digits", "--schedules=deit_small_patch16_224=full", out],
        r"--schedules names \['deit_small_patch16_224'\], which --models"),
       (["--models=vit_digits", "--baked=vit_digit", out], "--baked names")], tmp_path)
+
+
+def test_calibration_size_fits_every_set_on_one_measurement(tmp_path, capsys):
+  import json  # pylint: disable=g-import-not-at-top
+  from benchmarks import calibration_size as cs  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "cs.json"
+  doc = cs.main(common.parse(cs.define_flags, [
+      "--methods=pomt", "--sizes=4,5", "--draws=1", "--num_heldout=2", "--tokens=65,33,17",
+      "--min_run_time=0.005", f"--out={out}"]))
+  assert "| pomt | 4 |" in capsys.readouterr().out
+  assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
+  (held,) = doc["heldout"].values()
+  assert len(held) == 2 and all(h["measured_s"] > 0 for h in held)
+  assert [(r["size"], len(r["calibration"])) for r in doc["rows"]] == [(4, 4), (5, 5)]
+  held_counts = {tuple(h["counts"]) for h in held}
+  for r in doc["rows"]:      # held out: never fitted; errors are of these exact predictions
+    assert not held_counts & {tuple(c) for c in r["calibration"]}
+    err = [abs(p - h["measured_s"]) / h["measured_s"] for p, h in zip(r["predicted_s"], held)]
+    assert r["heldout"]["median"] == pytest.approx(float(np.median(err)))
+    assert set(c for s in r["calibration"] for c in s) <= {65, 33, 17}
+  # One measurement: every set's compile and timed seconds come from the same points.
+  assert doc["rows"][0]["measurement_s"] == doc["rows"][1]["measurement_s"]
+
+
+def test_calibration_size_refuses_bad_input_before_any_work(tmp_path):
+  from benchmarks import calibration_size  # pylint: disable=g-import-not-at-top
+  out = f"--out={tmp_path / 'c.json'}"
+  _assert_refused(calibration_size, [
+      ([f"--out={tmp_path}"], "is a directory, not a file"),
+      (["--sizes=3,10", out], r"--sizes must be >= 4 \(the latency model's reduction terms\), "
+                              r"got 3"),
+      (["--sizes=x", out], "--sizes"),
+      (["--methods=nosuch", out], "unknown token-reduction method 'nosuch'"),
+      (["--tokens=70", out], r"counts \[70\] are outside"),
+      (["--min_run_time=0", out], r"^min_run_time must be > 0 and finite, got 0\.0$")],
+      tmp_path)
 
 
 def test_predictor_accuracy_quick(tmp_path, capsys):

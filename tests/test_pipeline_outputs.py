@@ -71,3 +71,14 @@ def test_schedule_timer_times_every_schedule_in_one_measurement(monkeypatch):
 def test_spec_refuses_zero_loop_rounds():
   with pytest.raises(ValueError, match="loop_rounds must be >= 1, got 0"):
     pipeline.PipelineSpec(loop_rounds=0)
+
+
+def test_spec_and_calibrate_refuse_too_few_calibration_schedules():
+  from vitprune.profile import latency_model
+  from vitprune.registry import get_config
+  with pytest.raises(ValueError, match="calibration_schedules must be >= 4 .* got 3"):
+    pipeline.PipelineSpec(calibration_schedules=3)
+  cfg = get_config("test_tiny_vit")
+  with pytest.raises(latency_model.CalibrationError, match="need >= 4 calibration schedules"):
+    latency_model.calibrate(cfg, None, method="pomt", batch_size=1, dtype="float32",
+                            tokens=[17, 9], timing_cfg=None, num_schedules=3)

@@ -69,7 +69,9 @@ class PipelineSpec:
   solver: str = "paper"                    # 'paper' | 'multi'
   accuracy_floor: Optional[float] = None   # multi: fastest schedule at or above this
   latency_budget: Optional[float] = None   # multi: most accurate schedule within (seconds)
-  calibration_schedules: int = 10          # multi: compiled graphs fitting the latency model
+  # multi: compiled graphs fitting the latency model (6: benchmarks/calibration_size.py found
+  # 10 no better on held-out schedules beyond the machine's noise, at 1.7x the compile time)
+  calibration_schedules: int = 6
   loop_neighbours: int = 2                 # multi + floor: frontier neighbours timed in the loop
   loop_rounds: int = 5                     # ... in this many interleaved rounds (TimingConfig)
   measure_frontier: bool = False           # multi: measure every frontier schedule's accuracy
@@ -100,6 +102,10 @@ class PipelineSpec:
       raise ValueError(f"threads must be >= 1, got {self.threads}")
     if self.loop_rounds < 1:
       raise ValueError(f"loop_rounds must be >= 1, got {self.loop_rounds}")
+    least = latency_model_lib.MIN_CALIBRATION_SCHEDULES
+    if self.calibration_schedules < least:
+      raise ValueError(f"calibration_schedules must be >= {least} (the latency model fits "
+                       f"{least} reduction terms from them), got {self.calibration_schedules}")
     if self.layer < 0:
       raise ValueError(f"layer must be >= 0, got {self.layer}")
     make_reducer(self.method)   # an unknown method fails here, before any stage runs

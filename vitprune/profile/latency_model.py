@@ -51,6 +51,9 @@ VERSION = 1
 SOURCE = "calibrated-graph"
 PARAMS = ("const", "scale", "mlp", "r0", "r1", "post")
 OPTIONAL_PARAMS = {"post": 0.0}     # absent in files written before the parameter existed
+# The uniform graphs pin const and scale; the calibration schedules must carry the reduction
+# terms (mlp, r0, r1, post), so at least one schedule per term.
+MIN_CALIBRATION_SCHEDULES = len(PARAMS) - 2
 DEFAULT_MAX_RESIDUAL = 0.10   # p90 |relative error| on the calibration set above this: untrusted
 
 
@@ -482,6 +485,9 @@ def calibrate(cfg, params, *, method: str, batch_size: int, dtype: str, tokens: 
               ) -> Tuple[LatencyModel, records.Profile]:
   """Draws `num_schedules` spread calibration schedules of `method` on `tokens`, measures them
   with the uniform curve (`measure_calibration`) and fits -> (LatencyModel, the Profile)."""
+  if num_schedules < MIN_CALIBRATION_SCHEDULES:
+    raise CalibrationError(f"need >= {MIN_CALIBRATION_SCHEDULES} calibration schedules (one per "
+                           f"reduction term of the latency model), got {num_schedules}")
   grid = sorted(set(int(t) for t in tokens) | {cfg.num_tokens})
   scheds = sample_schedules(cfg.num_tokens, cfg.depth, grid, num_schedules, seed=seed,
                             max_remove=method_limit(cfg, method))

@@ -1,0 +1,157 @@
+r"""How many calibration schedules does the latency model of the compiled graph need?
+
+  python -m benchmarks.calibration_size                       # 5 methods (~15 min, 2 idle cores)
+  python -m benchmarks.calibration_size --methods=pomt --sizes=4,10 --draws=1 --num_heldout=6 \
+      --tokens=65,33,17                                      # smoke run (~20 s)
+
+For each method, ONE shuffled measurement (the main job's timing protocol) times the uniform
+curve on the main job's grid, the calibration schedules the main job would draw for every
+--sizes value and each of --draws seeds (`latency_model.sample_schedules`, spread over the
+final counts), and --num_heldout held-out random schedules (none used for calibration). Every
+(size, draw) set is then fitted (`latency_model.fit`, the uniform graphs included, as in the
+main job) and scored on the held-out schedules: |relative error| median / p90 / share within
+10 %. Because everything comes from one measurement, the machine's drift between measurements
+does not count as model error, and sizes are compared on the same held-out timings.
+Cost per size: the calibration schedules' compile seconds (summed, as the main job compiles
+them) and timed seconds (samples x median), per the measurement's own records.
+
+Prints a markdown table and writes JSON (--out). Run on an idle machine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+from absl import flags
+
+from experiments import common
+from vitprune import atomic
+from vitprune.pipeline import PipelineSpec
+from vitprune.profile import latency_model as lm_lib
+from vitprune.profile import timing
+from vitprune.reduce.methods import make_reducer
+from vitprune.registry import get_config
+from vitprune.schedule import parse_token_grid
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers this benchmark's flags."""
+  flags.DEFINE_list("methods", ["pomt", "topk", "tome", "evit", "random"],
+                    "Token-reduction methods.", flag_values=fv)
+  flags.DEFINE_list("sizes", ["4", "6", "8", "10"], "Calibration set sizes to compare.",
+                    flag_values=fv)
+  flags.DEFINE_integer("draws", 3, "Calibration sets drawn per size (seeds 0..draws-1, as the "
+                       "main job's --seed draws them).", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("num_heldout", 30, "Held-out random schedules per method.",
+                       lower_bound=1, flag_values=fv)
+  flags.DEFINE_string("tokens", None, "Curve and schedule grid (vitprune.schedule."
+                      "parse_token_grid syntax; default: the main job's --solver=multi grid).",
+                      flag_values=fv)
+  flags.DEFINE_integer("batch_size", 1, "Batch size.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_float("min_run_time", 0.25, "Seconds of timed calls per graph (the main job's "
+                     "default).", flag_values=fv)
+  flags.DEFINE_string("out", "outputs/benchmark/calibration_size.json", "JSON output.",
+                      flag_values=fv)
+
+
+def run_method(cfg, params, method: str, grid: List[int], sizes: List[int], draws: int,
+               num_heldout: int, batch: int, tcfg, threads: int
+               ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+  """One shuffled measurement for `method` -> (one row per (size, draw), the held-out
+  schedules with their measured median and IQR)."""
+  limit = lm_lib.method_limit(cfg, method)
+  sets = {(k, d): lm_lib.sample_schedules(cfg.num_tokens, cfg.depth, grid, k, seed=d,
+                                          max_remove=limit)
+          for k in sizes for d in range(draws)}
+  pool = sorted({s for v in sets.values() for s in v})
+  held = lm_lib.sample_schedules(cfg.num_tokens, cfg.depth, grid, num_heldout, seed=1000,
+                                 max_remove=limit, exclude=pool, spread=False)
+  t0 = time.perf_counter()
+  prof = lm_lib.measure_calibration(cfg, params, method=method, batch_size=batch,
+                                    dtype="float32", tokens=grid, schedules=pool + held,
+                                    timing_cfg=tcfg, threads=threads, seed=0)
+  measure_s = time.perf_counter() - t0
+  sched = {p.schedule: p for p in prof.curve("schedule", batch)}
+  held_s = [sched[h].median_s for h in held]
+  rows = []
+  for (k, d), cal in sets.items():
+    keep = set(cal)
+    part = dataclasses.replace(prof, points=tuple(p for p in prof.points
+                                                  if p.component == "model" or p.schedule in keep))
+    lm = lm_lib.fit(part, batch_size=batch, method=method)
+    err = lm_lib.relative_errors([lm.predict(h) for h in held], held_s)
+    rows.append({"method": method, "size": k, "draw": d, "heldout": err,
+                 "predicted_s": [lm.predict(h) for h in held],
+                 "params": dict(lm.params), "calibration": [list(c) for c in cal],
+                 "reductions": float(np.mean([sum(b < a for a, b in zip(c, c[1:]))
+                                              for c in cal])),
+                 "compile_s": float(sum(sched[c].compile_s for c in cal)),
+                 "timed_s": float(sum(sched[c].num_samples * sched[c].median_s for c in cal)),
+                 "measurement_s": measure_s, "num_heldout": len(held)})
+  return rows, [{"counts": list(h), "measured_s": sched[h].median_s, "iqr_s": sched[h].iqr_s}
+                for h in held]
+
+
+def summarize(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+  """One line per (method, size): medians over the draws (and the worst draw's p90)."""
+  out = []
+  for key in sorted({(r["method"], r["size"]) for r in rows}):
+    rs = [r for r in rows if (r["method"], r["size"]) == key]
+    out.append({"method": key[0], "size": key[1], "draws": len(rs),
+                "median": float(np.median([r["heldout"]["median"] for r in rs])),
+                "p90": float(np.median([r["heldout"]["p90"] for r in rs])),
+                "p90_worst": float(max(r["heldout"]["p90"] for r in rs)),
+                "within10": float(np.median([r["heldout"]["within10"] for r in rs])),
+                "compile_s": float(np.median([r["compile_s"] for r in rs])),
+                "timed_s": float(np.median([r["timed_s"] for r in rs]))})
+  return out
+
+
+def table(summary: List[Dict[str, Any]]) -> str:
+  lines = ["| method | calibration schedules | held-out \\|err\\| median / p90 / within 10 % "
+           "(median over draws) | worst draw's p90 | compile s | timed s |",
+           "|---|---|---|---|---|---|"]
+  for s in summary:
+    lines.append(f"| {s['method']} | {s['size']} | {100 * s['median']:.1f}% / "
+                 f"{100 * s['p90']:.1f}% / {100 * s['within10']:.0f}% | "
+                 f"{100 * s['p90_worst']:.1f}% | {s['compile_s']:.1f} | {s['timed_s']:.1f} |")
+  return "\n".join(lines)
+
+
+def main(f: flags.FlagValues) -> Dict[str, Any]:
+  # Bad input is refused before any work (each check names the flag or value).
+  common.check_output_file(f.out, "out")
+  sizes = sorted(set(common.parse_ints(f.sizes, "sizes")))
+  if min(sizes) < lm_lib.MIN_CALIBRATION_SCHEDULES:
+    raise ValueError(f"--sizes must be >= {lm_lib.MIN_CALIBRATION_SCHEDULES} (the latency "
+                     f"model's reduction terms), got {min(sizes)}")
+  for m in f.methods:
+    make_reducer(m)
+  tcfg = timing.TimingConfig(min_run_time=f.min_run_time)
+  cfg = get_config(common.EMBEDDED_MODEL)
+  grid = sorted(set(parse_token_grid(cfg, f.tokens) if f.tokens else
+                    PipelineSpec(solver="multi").grid(cfg)) | {cfg.num_tokens})
+  cfg, params, _ = common.load_model(common.EMBEDDED_MODEL, common.EMBEDDED_WEIGHTS, 0)
+  rows: List[Dict[str, Any]] = []
+  heldout: Dict[str, Any] = {}
+  for method in f.methods:
+    got, heldout[method] = run_method(cfg, params, method, grid, sizes, f.draws,
+                                      f.num_heldout, f.batch_size, tcfg,
+                                      threads=PipelineSpec().threads)
+    rows += got
+    print(f"{method}: measured in {got[0]['measurement_s']:.0f} s", file=sys.stderr)
+  summary = summarize(rows)
+  print(table(summary))
+  doc = {"command": common.command_line("benchmarks.calibration_size", f),
+         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": cfg.name,
+         "batch_size": f.batch_size, "summary": summary, "heldout": heldout, "rows": rows}
+  atomic.write_json(f.out, doc, indent=1)
+  print(f"wrote {f.out}")
+  return doc
+
+
+if __name__ == "__main__":
+  common.run(main, define_flags)
