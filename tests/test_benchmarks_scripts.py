@@ -81,6 +81,8 @@ def test_calibration_size_fits_every_set_on_one_measurement(tmp_path, capsys):
   assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
   (held,) = doc["heldout"].values()
   assert len(held) == 2 and all(h["measured_s"] > 0 for h in held)
+  nf = doc["summary"][0]["noise_floor"]
+  assert nf["count"] == 2 and 0 <= nf["median"] <= nf["p90"]
   assert [(r["size"], len(r["calibration"])) for r in doc["rows"]] == [(4, 4), (5, 5)]
   held_counts = {tuple(h["counts"]) for h in held}
   for r in doc["rows"]:      # held out: never fitted; errors are of these exact predictions
