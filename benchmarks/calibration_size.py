@@ -1,6 +1,6 @@
 r"""How many calibration schedules does the latency model of the compiled graph need?
 
-  python -m benchmarks.calibration_size                       # 5 methods (~20 min, 2 idle cores)
+  python -m benchmarks.calibration_size                       # 5 methods (~30 min, 2 idle cores)
   python -m benchmarks.calibration_size --methods=pomt --sizes=4,10 --draws=1 --num_heldout=6 \
       --tokens=65,33,17                                      # smoke run (~20 s)
 
@@ -15,14 +15,14 @@ does not count as model error, and sizes are compared on the same held-out timin
 floor (--noise_floor): the held-out graphs timed again in a second shuffled measurement, the
 relative difference between the two medians. It carries the noise of both measurements (about
 sqrt(2) x one's), so a model scored within one measurement can come in below it, but not far.
-Cost per size: the calibration schedules' compile seconds (summed, as the main job compiles
-them) and timed seconds (samples x median), per the measurement's own records.
+Cost per size: the calibration schedules' per-graph compile seconds, summed (they are wall
+times of compiles running 2 at a time, so they overlap: compare sizes by them, not with a job's
+wall time), and timed seconds (samples x median), per the measurement's own records.
 
 Prints a markdown table and writes JSON (--out). Run on an idle machine.
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from typing import Any, Dict, List, Tuple
@@ -35,8 +35,6 @@ from vitprune import atomic
 from vitprune.pipeline import PipelineSpec
 from vitprune.profile import latency_model as lm_lib
 from vitprune.profile import timing
-from vitprune.reduce.methods import make_reducer
-from vitprune.registry import get_config
 from vitprune.schedule import parse_token_grid
 
 
@@ -57,24 +55,40 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_float("min_run_time", 0.25, "Seconds of timed calls per graph (the main job's "
                      "default).", flag_values=fv)
   flags.DEFINE_bool("noise_floor", True, "Time the held-out schedules again in a second "
-                    "shuffled measurement: the error between two measurements of the same graphs "
-                    "(no model can be closer on this machine).", flag_values=fv)
+                    "shuffled measurement: the re-measurement error (a model cannot be verified "
+                    "below it against a fresh measurement on this machine).", flag_values=fv)
   flags.DEFINE_string("out", "outputs/benchmark/calibration_size.json", "JSON output.",
                       flag_values=fv)
 
 
-def run_method(cfg, params, method: str, grid: List[int], sizes: List[int], draws: int,
-               num_heldout: int, batch: int, tcfg, threads: int, noise_floor: bool = True
-               ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-  """One shuffled measurement for `method` -> (one row per (size, draw), the held-out
-  schedules with their measured median and IQR)."""
+def draw_schedules(cfg, method: str, grid: List[int], sizes: List[int], draws: int,
+                   num_heldout: int) -> Tuple[Dict[Tuple[int, int], List], List]:
+  """-> ({(size, draw): the calibration set the main job would draw with --seed=draw},
+  the held-out schedules, none in any set). ValueError naming the flag when the grid cannot
+  hold that many distinct schedules."""
   limit = lm_lib.method_limit(cfg, method)
-  sets = {(k, d): lm_lib.sample_schedules(cfg.num_tokens, cfg.depth, grid, k, seed=d,
-                                          max_remove=limit)
-          for k in sizes for d in range(draws)}
+  try:
+    sets = {(k, d): lm_lib.sample_schedules(cfg.num_tokens, cfg.depth, grid, k, seed=d,
+                                            max_remove=limit)
+            for k in sizes for d in range(draws)}
+  except ValueError as e:
+    raise ValueError(f"--sizes / --tokens: {method}: {e}") from None
   pool = sorted({s for v in sets.values() for s in v})
-  held = lm_lib.sample_schedules(cfg.num_tokens, cfg.depth, grid, num_heldout, seed=1000,
-                                 max_remove=limit, exclude=pool, spread=False)
+  try:
+    held = lm_lib.heldout_schedules(cfg, grid, num_heldout, method=method, exclude=pool,
+                                    seed=1000)
+  except ValueError as e:
+    raise ValueError(f"--num_heldout / --tokens: {method}: {e}") from None
+  return sets, held
+
+
+def run_method(cfg, params, method: str, grid: List[int], sets: Dict[Tuple[int, int], List],
+               held: List, batch: int, tcfg, threads: int, noise_floor: bool = True
+               ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+  """One shuffled measurement of the curve, every set and the held-out schedules (plus one of
+  the held-out ones alone with `noise_floor`) -> (one row per (size, draw), the held-out
+  schedules with their measured median and IQR)."""
+  pool = sorted({s for v in sets.values() for s in v})
   t0 = time.perf_counter()
   prof = lm_lib.measure_calibration(cfg, params, method=method, batch_size=batch,
                                     dtype="float32", tokens=grid, schedules=pool + held,
@@ -83,22 +97,19 @@ def run_method(cfg, params, method: str, grid: List[int], sizes: List[int], draw
   sched = {p.schedule: p for p in prof.curve("schedule", batch)}
   held_s = [sched[h].median_s for h in held]
   noise = None
-  if noise_floor:   # the same held-out graphs timed again: what no model can beat here
-    again = lm_lib.measure_calibration(cfg, params, method=method, batch_size=batch,
-                                       dtype="float32", tokens=[cfg.num_tokens], schedules=held,
-                                       timing_cfg=tcfg, threads=threads, seed=1)
-    second = {p.schedule: p.median_s for p in again.curve("schedule", batch)}
-    noise = lm_lib.relative_errors([second[h] for h in held], held_s)
+  if noise_floor:   # the same held-out graphs timed again: the re-measurement error
+    again = lm_lib.measure_schedules(cfg, params, method=method, batch_size=batch,
+                                     schedules=held, timing_cfg=tcfg, threads=threads, seed=1)
+    noise = lm_lib.relative_errors(again, held_s)
   rows = []
   for (k, d), cal in sets.items():
-    keep = set(cal)
-    part = dataclasses.replace(prof, points=tuple(p for p in prof.points
-                                                  if p.component == "model" or p.schedule in keep))
-    lm = lm_lib.fit(part, batch_size=batch, method=method)
-    err = lm_lib.relative_errors([lm.predict(h) for h in held], held_s)
-    rows.append({"method": method, "size": k, "draw": d, "heldout": err,
-                 "predicted_s": [lm.predict(h) for h in held],
-                 "params": dict(lm.params), "calibration": [list(c) for c in cal],
+    lm = lm_lib.fit_on(prof, cal, batch_size=batch, method=method)
+    predicted = [lm.predict(h) for h in held]
+    rows.append({"method": method, "size": k, "draw": d,
+                 "heldout": lm_lib.relative_errors(predicted, held_s),
+                 "predicted_s": predicted, "params": dict(lm.params),
+                 "calibration": [list(c) for c in cal],
+                 "fitted": [list(c) for c in lm.calibration],
                  "reductions": float(np.mean([sum(b < a for a, b in zip(c, c[1:]))
                                               for c in cal])),
                  "compile_s": float(sum(sched[c].compile_s for c in cal)),
@@ -126,7 +137,8 @@ def summarize(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def table(summary: List[Dict[str, Any]]) -> str:
   lines = ["| method | calibration schedules | held-out \\|err\\| median / p90 / within 10 % "
-           "(median over draws) | worst draw's p90 | compile s | timed s | noise floor: "
+           "(median over draws) | worst draw's p90 | summed per-graph compile s (2 "
+           "threads, overlapping) | timed s | noise floor: "
            "held-out re-measured, median / p90 |",
            "|---|---|---|---|---|---|---|"]
   for s in summary:
@@ -139,25 +151,31 @@ def table(summary: List[Dict[str, Any]]) -> str:
 
 
 def main(f: flags.FlagValues) -> Dict[str, Any]:
+  """Runs the benchmark, prints the table, writes --out -> the JSON document."""
   # Bad input is refused before any work (each check names the flag or value).
   common.check_output_file(f.out, "out")
   sizes = sorted(set(common.parse_ints(f.sizes, "sizes")))
   if min(sizes) < lm_lib.MIN_CALIBRATION_SCHEDULES:
     raise ValueError(f"--sizes must be >= {lm_lib.MIN_CALIBRATION_SCHEDULES} (the latency "
                      f"model's reduction terms), got {min(sizes)}")
-  for m in f.methods:
-    make_reducer(m)
+  if not f.methods or len(set(f.methods)) != len(f.methods):
+    raise ValueError(f"--methods must name each method once, got {f.methods}")
   tcfg = timing.TimingConfig(min_run_time=f.min_run_time)
-  cfg = get_config(common.EMBEDDED_MODEL)
-  grid = sorted(set(parse_token_grid(cfg, f.tokens) if f.tokens else
-                    PipelineSpec(solver="multi").grid(cfg)) | {cfg.num_tokens})
+  cfg = common.model_config(common.EMBEDDED_MODEL, common.EMBEDDED_WEIGHTS)
+  tokens = parse_token_grid(cfg, f.tokens) if f.tokens else None
+  specs = {m: PipelineSpec(solver="multi", method=m, tokens=tokens) for m in f.methods}
+  for spec in specs.values():   # the main job's checks (method, grid) for every method first,
+    spec.check(cfg)
+  draws = {}                    # then every schedule drawn
+  for method, spec in specs.items():
+    grid = sorted(set(spec.grid(cfg)) | {cfg.num_tokens})
+    draws[method] = (grid,) + draw_schedules(cfg, method, grid, sizes, f.draws, f.num_heldout)
   cfg, params, _ = common.load_model(common.EMBEDDED_MODEL, common.EMBEDDED_WEIGHTS, 0)
   rows: List[Dict[str, Any]] = []
   heldout: Dict[str, Any] = {}
-  for method in f.methods:
-    got, heldout[method] = run_method(cfg, params, method, grid, sizes, f.draws,
-                                      f.num_heldout, f.batch_size, tcfg,
-                                      threads=PipelineSpec().threads,
+  for method, (grid, sets, held) in draws.items():
+    got, heldout[method] = run_method(cfg, params, method, grid, sets, held, f.batch_size,
+                                      tcfg, threads=PipelineSpec().threads,
                                       noise_floor=f.noise_floor)
     rows += got
     print(f"{method}: measured in {got[0]['measurement_s']:.0f} s", file=sys.stderr)

@@ -94,6 +94,7 @@ def run_seed(seed: int, floor: float, method: str, job_flags: Sequence[str], out
           "predicted_accuracy": summary["predicted"][metric],
           "unpruned_accuracy": summary["unpruned"][metric], "speedup": summary["speedup"],
           "checked": len(solution.checked), "meeting_floor": len(meeting), "retime": retime,
+          "calibration_schedules": spec.calibration_schedules,
           "wall_s": wall, "seconds": seconds, "uniform_curve_s": uniform_s,
           "overhead_s": overhead, "overhead_share": overhead / wall}
 

@@ -26,7 +26,6 @@ on an idle machine.
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from typing import Any, Dict, List
@@ -38,7 +37,7 @@ from experiments import common
 from vitprune import atomic, solve_stage
 from vitprune import estimate as estimate_lib
 from vitprune.model import init_params
-from vitprune.pipeline import PipelineSpec, one_block_counts
+from vitprune.pipeline import one_block_counts
 from vitprune.profile import latency_model as lm_lib
 from vitprune.profile import predict as predict_lib
 from vitprune.profile import records, runner, timing
@@ -57,7 +56,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     "and 8).", flag_values=fv)
   flags.DEFINE_integer("num_schedules", None, "Held-out schedules per method (default: "
                        "vit_digits 30, other models 8).", flag_values=fv)
-  flags.DEFINE_integer("calibration_schedules", PipelineSpec.calibration_schedules,
+  flags.DEFINE_integer("calibration_schedules", lm_lib.DEFAULT_CALIBRATION_SCHEDULES,
                        "Calibration schedules per method (the main job's; DeiT-sized models: 6, "
                        "--quick: 5).", flag_values=fv)
   flags.DEFINE_float("accuracy_floor", 0.95, "vit_digits: floor of the in-loop choice.",
@@ -91,14 +90,11 @@ def _errors(pred, meas):
   return lm_lib.relative_errors(pred, meas)
 
 
-def _measure(cfg, params, method, batch, grid, schedules, tcfg, threads, seed):
+def _measure(cfg, params, method, batch, schedules, tcfg, threads, seed):
   """Median seconds of `schedules` (one shuffled measurement, plus the full graph)."""
-  prof = lm_lib.measure_calibration(cfg, params, method=method, batch_size=batch,
-                                    dtype="float32", tokens=[cfg.num_tokens],
-                                    schedules=schedules, timing_cfg=tcfg, threads=threads,
-                                    seed=seed)
-  got = {p.schedule: p.median_s for p in prof.curve("schedule", batch)}
-  return [got[tuple(c)] for c in schedules]
+  return lm_lib.measure_schedules(cfg, params, method=method, batch_size=batch,
+                                  schedules=schedules, timing_cfg=tcfg, threads=threads,
+                                  seed=seed)
 
 
 def _interleaved(cfg, params, method, batch, grid, lm, held, tcfg, threads, seed):
@@ -109,10 +105,7 @@ def _interleaved(cfg, params, method, batch, grid, lm, held, tcfg, threads, seed
   prof = lm_lib.measure_calibration(cfg, params, method=method, batch_size=batch,
                                     dtype="float32", tokens=grid, schedules=cal + list(held),
                                     timing_cfg=tcfg, threads=threads, seed=seed)
-  held_set = {tuple(c) for c in held}
-  cal_only = dataclasses.replace(prof, points=tuple(p for p in prof.points
-                                                    if p.schedule not in held_set))
-  refit = lm_lib.fit(cal_only, batch_size=batch, method=method)
+  refit = lm_lib.fit_on(prof, cal, batch_size=batch, method=method)
   got = {p.schedule: p.median_s for p in prof.curve("schedule", batch)}
   return _errors([refit.predict(c) for c in held], [got[tuple(c)] for c in held])
 
@@ -134,10 +127,9 @@ def run_one(cfg, params, batch, methods, *, num, num_cal, tcfg, threads, seed, d
                                     dtype="float32", tokens=grid, timing_cfg=tcfg,
                                     num_schedules=num_cal, threads=threads, seed=seed)
     cal_s = time.perf_counter() - t0
-    held = lm_lib.sample_schedules(cfg.num_tokens, cfg.depth, grid, num, seed=seed + 1000,
-                                   max_remove=lm_lib.method_limit(cfg, method),
-                                   exclude=lm.calibration, spread=False)
-    meas = _measure(cfg, params, method, batch, grid, held, tcfg, threads, seed)
+    held = lm_lib.heldout_schedules(cfg, grid, num, method=method, exclude=lm.calibration,
+                                    seed=seed + 1000)
+    meas = _measure(cfg, params, method, batch, held, tcfg, threads, seed)
     inter = _interleaved(cfg, params, method, batch, grid, lm, held, tcfg, threads, seed)
     row = {"model": cfg.name, "batch_size": batch, "method": method,
            "num_heldout": len(held), "num_calibration": len(lm.calibration),
@@ -190,7 +182,7 @@ def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
   if len(fr) > k:   # spread over the frontier
     fr = [fr[round(i * (len(fr) - 1) / (k - 1))] for i in range(k)]
   acc = evaluate([c.counts for c in fr])
-  meas = _measure(cfg, params, method, batch, grid, [c.counts for c in fr], tcfg, threads, seed)
+  meas = _measure(cfg, params, method, batch, [c.counts for c in fr], tcfg, threads, seed)
   acc_err = [100 * (c.predicted_accuracy - a) for c, a in zip(fr, acc)]
   # The drop correction fitted on the schedules the floor check measured, scored on the frontier
   # schedules it did not measure (held out from the fit).
@@ -199,7 +191,7 @@ def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
   corr_err = [100 * (solve_stage.corrected_accuracy(sol, c) - a) for c, a in held]
 
   def time_schedules(counts_list):
-    return _measure(cfg, params, method, batch, grid, list(counts_list), tcfg, threads, seed)
+    return _measure(cfg, params, method, batch, list(counts_list), tcfg, threads, seed)
 
   loop = solve_stage.check_in_loop(sol, est, None, evaluate, time_schedules,
                                    num_images=len(data.indices))
@@ -243,6 +235,10 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   batch_sizes = common.parse_ints(f.batch_sizes, "batch_sizes") if f.batch_sizes else None
   for flag in ("num_schedules", "calibration_schedules", "threads"):
     common.positive(f[flag].value, flag, allow_none=flag == "num_schedules")
+  if f.calibration_schedules < lm_lib.MIN_CALIBRATION_SCHEDULES:
+    raise ValueError(f"--calibration_schedules must be >= {lm_lib.MIN_CALIBRATION_SCHEDULES} "
+                     f"(one per reduction term of the latency model), got "
+                     f"{f.calibration_schedules}")
   if not 0 < f.accuracy_floor <= 1:
     raise ValueError(f"--accuracy_floor must be in (0, 1], got {f.accuracy_floor}")
   if f.min_run_time is not None:   # TimingConfig owns the check (> 0 and finite)

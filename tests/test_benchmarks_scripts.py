@@ -69,10 +69,19 @@ def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
       (["--models=vit_digits", "--baked=vit_digit", out], "--baked names")], tmp_path)
 
 
-def test_calibration_size_fits_every_set_on_one_measurement(tmp_path, capsys):
+def test_calibration_size_fits_every_set_on_one_measurement(tmp_path, capsys, monkeypatch):
   import json  # pylint: disable=g-import-not-at-top
   from benchmarks import calibration_size as cs  # pylint: disable=g-import-not-at-top
   from experiments import common  # pylint: disable=g-import-not-at-top
+  from vitprune.profile import latency_model  # pylint: disable=g-import-not-at-top
+  calls = []
+  measure = latency_model.measure_calibration
+
+  def spy(*args, **kwargs):
+    calls.append((sorted(kwargs["tokens"]), [tuple(c) for c in kwargs["schedules"]]))
+    return measure(*args, **kwargs)
+
+  monkeypatch.setattr(latency_model, "measure_calibration", spy)
   out = tmp_path / "cs.json"
   doc = cs.main(common.parse(cs.define_flags, [
       "--methods=pomt", "--sizes=4,5", "--draws=1", "--num_heldout=2", "--tokens=65,33,17",
@@ -80,18 +89,24 @@ def test_calibration_size_fits_every_set_on_one_measurement(tmp_path, capsys):
   assert "| pomt | 4 |" in capsys.readouterr().out
   assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
   (held,) = doc["heldout"].values()
+  held_counts = [tuple(h["counts"]) for h in held]
   assert len(held) == 2 and all(h["measured_s"] > 0 for h in held)
   nf = doc["summary"][0]["noise_floor"]
   assert nf["count"] == 2 and 0 <= nf["median"] <= nf["p90"]
+  # ONE measurement of the curve, both sets and the held-out graphs; then the held-out graphs
+  # alone (the noise floor).
+  sets = [tuple(c) for r in doc["rows"] for c in r["calibration"]]
+  assert len(calls) == 2
+  assert calls[0] == ([17, 33, 65], sorted(set(sets)) + held_counts)
+  assert calls[1] == ([65], held_counts)
   assert [(r["size"], len(r["calibration"])) for r in doc["rows"]] == [(4, 4), (5, 5)]
-  held_counts = {tuple(h["counts"]) for h in held}
-  for r in doc["rows"]:      # held out: never fitted; errors are of these exact predictions
-    assert not held_counts & {tuple(c) for c in r["calibration"]}
+  for r in doc["rows"]:
+    fitted = {tuple(c) for c in r["fitted"]}
+    # What the fit saw: the set and the 3 uniform graphs, never a held-out schedule.
+    assert fitted == {tuple(c) for c in r["calibration"]} | {(n,) * 7 for n in (17, 33, 65)}
+    assert not fitted & set(held_counts)
     err = [abs(p - h["measured_s"]) / h["measured_s"] for p, h in zip(r["predicted_s"], held)]
     assert r["heldout"]["median"] == pytest.approx(float(np.median(err)))
-    assert set(c for s in r["calibration"] for c in s) <= {65, 33, 17}
-  # One measurement: every set's compile and timed seconds come from the same points.
-  assert doc["rows"][0]["measurement_s"] == doc["rows"][1]["measurement_s"]
 
 
 def test_calibration_size_refuses_bad_input_before_any_work(tmp_path):
@@ -103,6 +118,13 @@ def test_calibration_size_refuses_bad_input_before_any_work(tmp_path):
                               r"got 3"),
       (["--sizes=x", out], "--sizes"),
       (["--methods=nosuch", out], "unknown token-reduction method 'nosuch'"),
+      (["--methods=pomt,pomt", out], r"--methods must name each method once"),
+      (["--methods=pomt,tome", "--tokens=65,17,9", out],
+       "tome removes at most 32 of 65 tokens in one block"),
+      (["--methods=pomt", "--tokens=65,33", "--sizes=40", out],
+       r"--sizes / --tokens: pomt: could only draw"),
+      (["--methods=pomt", "--tokens=65,33", "--sizes=4", "--draws=1", "--num_heldout=40", out],
+       r"--num_heldout / --tokens: pomt: could only draw"),
       (["--tokens=70", out], r"counts \[70\] are outside"),
       (["--min_run_time=0", out], r"^min_run_time must be > 0 and finite, got 0\.0$")],
       tmp_path)
@@ -143,6 +165,8 @@ def test_predictor_accuracy_refuses_bad_input_before_any_work(tmp_path):
       (["--models=deit_smal", out], "unknown model 'deit_smal'"),
       (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
       (["--threads=0", out], "--threads must be >= 1"),
+      (["--calibration_schedules=3", out], r"--calibration_schedules must be >= 4 \(one per "
+                                           r"reduction term of the latency model\), got 3"),
       (["--accuracy_floor=1.5", out], r"--accuracy_floor must be in \(0, 1\]"),
       (["--min_run_time=-1", out], r"^min_run_time must be > 0 and finite, got -1\.0$")],
       tmp_path)

@@ -192,6 +192,8 @@ def test_pipeline_errors(tmp_path):
     cli.main(_flags(f"--out_dir={tmp_path}", "--accuracy_floor=0.9"))
   with pytest.raises(ERRORS, match="measure_frontier applies to solver='multi' only"):
     cli.main(_flags(f"--out_dir={tmp_path}", "--measure_frontier"))
+  with pytest.raises(ERRORS, match="--calibration_schedules applies to --solver=multi only"):
+    cli.main(_flags(f"--out_dir={tmp_path}", "--calibration_schedules=8"))
   with pytest.raises(ERRORS, match="not both"):
     cli.main(_flags(f"--out_dir={tmp_path}", "--solver=multi", "--accuracy_floor=0.9",
            "--latency_budget=0.001"))

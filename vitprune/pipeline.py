@@ -69,9 +69,8 @@ class PipelineSpec:
   solver: str = "paper"                    # 'paper' | 'multi'
   accuracy_floor: Optional[float] = None   # multi: fastest schedule at or above this
   latency_budget: Optional[float] = None   # multi: most accurate schedule within (seconds)
-  # multi: compiled graphs fitting the latency model (6: benchmarks/calibration_size.py found
-  # 10 no better on held-out schedules beyond the machine's noise, at 1.7x the compile time)
-  calibration_schedules: int = 6
+  # multi: compiled graphs fitting the latency model
+  calibration_schedules: int = latency_model_lib.DEFAULT_CALIBRATION_SCHEDULES
   loop_neighbours: int = 2                 # multi + floor: frontier neighbours timed in the loop
   loop_rounds: int = 5                     # ... in this many interleaved rounds (TimingConfig)
   measure_frontier: bool = False           # multi: measure every frontier schedule's accuracy

@@ -54,6 +54,10 @@ OPTIONAL_PARAMS = {"post": 0.0}     # absent in files written before the paramet
 # The uniform graphs pin const and scale; the calibration schedules must carry the reduction
 # terms (mlp, r0, r1, post), so at least one schedule per term.
 MIN_CALIBRATION_SCHEDULES = len(PARAMS) - 2
+# The main job's count: `python -m benchmarks.calibration_size` measured 10 no better than 6 on
+# held-out schedules beyond the machine's re-measurement noise for most methods (a few points of
+# p90 for some), at 1.7x the compile time.
+DEFAULT_CALIBRATION_SCHEDULES = 6
 DEFAULT_MAX_RESIDUAL = 0.10   # p90 |relative error| on the calibration set above this: untrusted
 
 
@@ -480,7 +484,8 @@ def measure_calibration(cfg, params, *, method: str, batch_size: int, dtype: str
 
 
 def calibrate(cfg, params, *, method: str, batch_size: int, dtype: str, tokens: Sequence[int],
-              timing_cfg, num_schedules: int = 10, threads: int = 1, seed: int = 0,
+              timing_cfg, num_schedules: int = DEFAULT_CALIBRATION_SCHEDULES,
+              threads: int = 1, seed: int = 0,
               max_residual: float = DEFAULT_MAX_RESIDUAL
               ) -> Tuple[LatencyModel, records.Profile]:
   """Draws `num_schedules` spread calibration schedules of `method` on `tokens`, measures them
@@ -495,6 +500,37 @@ def calibrate(cfg, params, *, method: str, batch_size: int, dtype: str, tokens: 
                              tokens=grid, schedules=scheds, timing_cfg=timing_cfg,
                              threads=threads, seed=seed)
   return fit(prof, batch_size=batch_size, method=method, max_residual=max_residual), prof
+
+
+def fit_on(profile: records.Profile, schedules: Sequence[Sequence[int]], *, batch_size: int,
+           method: str) -> LatencyModel:
+  """`fit` on the uniform curve of `profile` and only its calibration points whose schedule is
+  in `schedules` (one measurement holding calibration and held-out graphs: fit on one part,
+  score on the other)."""
+  keep = {tuple(int(c) for c in s) for s in schedules}
+  part = dataclasses.replace(profile, points=tuple(
+      p for p in profile.points if p.component != "schedule" or p.schedule in keep))
+  return fit(part, batch_size=batch_size, method=method)
+
+
+def heldout_schedules(cfg, grid: Sequence[int], num: int, *, method: str,
+                      exclude: Sequence[Sequence[int]], seed: int) -> List[Counts]:
+  """`num` random schedules of `method` on `grid` for scoring the model, none in `exclude`
+  (the calibration), final counts drawn uniformly (not spread)."""
+  return sample_schedules(cfg.num_tokens, cfg.depth, grid, num, seed=seed,
+                          max_remove=method_limit(cfg, method), exclude=exclude, spread=False)
+
+
+def measure_schedules(cfg, params, *, method: str, batch_size: int,
+                      schedules: Sequence[Sequence[int]], timing_cfg, threads: int = 1,
+                      seed: int = 0, dtype: str = "float32") -> List[float]:
+  """Median seconds of each of `schedules` (whole compiled graphs of `method`), timed in one
+  shuffled measurement together with the full graph (`measure_calibration`)."""
+  prof = measure_calibration(cfg, params, method=method, batch_size=batch_size, dtype=dtype,
+                             tokens=[cfg.num_tokens], schedules=schedules,
+                             timing_cfg=timing_cfg, threads=threads, seed=seed)
+  got = {p.schedule: p.median_s for p in prof.curve("schedule", batch_size)}
+  return [got[tuple(int(c) for c in s)] for s in schedules]
 
 
 def relative_errors(predicted: Sequence[float], measured: Sequence[float]) -> Dict[str, float]:
