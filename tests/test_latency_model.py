@@ -196,6 +196,22 @@ def test_fit_from_profiles_and_refusal_of_mismatched_calibration():
     solve_stage.check_latency_model(lm, _profile(tuple(curve), device_kind="TPU"), CFG, 1)
 
 
+def test_fit_on_fits_the_named_schedules_only_and_heldout_excludes_the_calibration():
+  curve = [_pt("model", n, float(v)) for n, v in zip(GRID, _curve())]
+  cal = _schedules(8, 4)
+  held = lm_lib.heldout_schedules(CFG, GRID, 5, method="pomt", exclude=cal, seed=7)
+  assert len(set(held)) == 5 and not set(held) & set(cal)
+  # The held-out graphs are far off the model: fitting them would move every parameter.
+  pts = ([_pt("schedule", N, _truth(c), schedule=c) for c in cal] +
+         [_pt("schedule", N, 3 * _truth(c), schedule=c) for c in held])
+  lm = lm_lib.fit_on(_profile(tuple(curve + pts)), [list(c) for c in cal], batch_size=1,
+                     method="pomt")
+  assert set(lm.calibration) == set(cal) | {(n,) * (D + 1) for n in GRID}
+  only = lm_lib.fit(_profile(tuple(curve + pts[:len(cal)])), batch_size=1, method="pomt")
+  assert lm.params == only.params
+  assert lm.predict(held[0]) == pytest.approx(only.predict(held[0]), rel=1e-12)
+
+
 def test_sample_schedules_respects_method_limits():
   half = lambda n: (n - 1) // 2   # noqa: E731  (ToMe-like cap)
   for c in lm_lib.sample_schedules(N, D, GRID, 25, seed=5, max_remove=half, spread=False):
