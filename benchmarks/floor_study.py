@@ -11,7 +11,9 @@ draws the calibration schedules and the timing order); then
      job evaluates) is compared with the floor;
   2. re-timed: every schedule the job checked on the data whose measured accuracy meets the
      floor is compiled and timed again, together, in one fresh shuffled measurement; the chosen
-     schedule's median over the fastest one's (target <= 1.05);
+     schedule's median over the fastest one's (target <= 1.05). Where that is above 1, the row
+     says whether the job's in-loop timing timed the fastest one too and, if so, the ratio it
+     measured (the JSON keeps every checked schedule with its in-loop latency);
   3. cost: the uniform curve alone (stage 1 without calibration schedules: same counts, same
      timing protocol) is measured right after the job; overhead = (stage-1 seconds - uniform
      curve seconds) + in-loop timing seconds, as a share of the job's wall time (target <= 30 %).
@@ -83,20 +85,39 @@ def run_seed(seed: int, floor: float, method: str, job_flags: Sequence[str], out
     order = sorted(meeting)
     medians = pipeline.schedule_timer(cfg, params, spec, make_reducer(method))(order)
     fastest = int(np.argmin(medians))
+    loop_s = meeting[order[fastest]].measured_latency_s   # None: the loop did not time it
     retime = {"schedules": len(order),
               "chosen_ms": 1e3 * medians[order.index(chosen)],
               "fastest_ms": 1e3 * medians[fastest],
               "fastest": meeting[order[fastest]].schedule,
-              "ratio": medians[order.index(chosen)] / medians[fastest]}
+              "ratio": medians[order.index(chosen)] / medians[fastest],
+              "all_ms": {meeting[c].schedule: 1e3 * m for c, m in zip(order, medians)},
+              "fastest_timed_in_loop": loop_s is not None,
+              "loop_ratio": (meeting[chosen].measured_latency_s / loop_s
+                             if loop_s is not None else None)}
   return {"seed": seed, "schedule": summary["schedule"], "counts": list(chosen),
           "basis": summary["basis"], "metric": metric, "floor": floor,
           "measured_accuracy": measured, "meets_floor": measured >= floor,
           "predicted_accuracy": summary["predicted"][metric],
           "unpruned_accuracy": summary["unpruned"][metric], "speedup": summary["speedup"],
           "checked": len(solution.checked), "meeting_floor": len(meeting), "retime": retime,
+          "checked_schedules": [{"schedule": c.schedule, "counts": list(c.counts),
+                                 "measured_accuracy": c.measured_accuracy,
+                                 "loop_ms": (None if c.measured_latency_s is None
+                                             else 1e3 * c.measured_latency_s)}
+                                for c in solution.checked],
           "calibration_schedules": spec.calibration_schedules,
           "wall_s": wall, "seconds": seconds, "uniform_curve_s": uniform_s,
           "overhead_s": overhead, "overhead_share": overhead / wall}
+
+
+def _loop_note(rt: Dict[str, Any]) -> str:
+  """Where the re-timing found a faster schedule: what the in-loop timing said of the two."""
+  if rt["ratio"] <= 1.0:
+    return ""
+  if not rt.get("fastest_timed_in_loop"):
+    return "; the loop did not time the fastest"
+  return f"; in the loop x{rt['loop_ratio']:.3f}"
 
 
 def table(rows: List[Dict[str, Any]]) -> str:
@@ -108,7 +129,8 @@ def table(rows: List[Dict[str, Any]]) -> str:
     lines.append(
         f"| {r['seed']} | {r['schedule']} | {r['measured_accuracy']:.4f} | "
         f"{'yes' if r['meets_floor'] else 'NO'} | "
-        + (f"{rt['ratio']:.3f} ({rt['schedules']} schedules)" if rt else "n/a") + " | "
+        + (f"{rt['ratio']:.3f} ({rt['schedules']} schedules{_loop_note(rt)})" if rt else
+           "n/a") + " | "
         f"{r['wall_s']:.0f} | {r['seconds']['profile']:.1f} ({r['uniform_curve_s']:.1f}) | "
         f"{r['seconds'].get('in_loop', 0.0):.1f} | {100 * r['overhead_share']:.1f}% |")
   return "\n".join(lines)

@@ -163,8 +163,19 @@ def test_floor_study_checks_the_main_job(tmp_path, capsys):
   assert row["checked"] >= row["meeting_floor"] >= 1
   assert 0 < row["uniform_curve_s"] and 0 <= row["overhead_s"] <= row["wall_s"]
   assert row["overhead_share"] == pytest.approx(row["overhead_s"] / row["wall_s"])
+  checked = row["checked_schedules"]
+  assert len(checked) == row["checked"] and row["calibration_schedules"] == 6
+  chosen = [c for c in checked if c["counts"] == row["counts"]]
+  assert len(chosen) == 1 and chosen[0]["loop_ms"] > 0     # the choice was timed in the loop
   if row["retime"]:
-    assert row["retime"]["ratio"] >= 1.0 and row["retime"]["schedules"] == row["meeting_floor"]
+    rt = row["retime"]
+    assert rt["ratio"] >= 1.0 and rt["schedules"] == row["meeting_floor"] == len(rt["all_ms"])
+    assert rt["all_ms"][rt["fastest"]] == min(rt["all_ms"].values()) == rt["fastest_ms"]
+    loop = {c["schedule"]: c["loop_ms"] for c in checked}
+    assert rt["fastest_timed_in_loop"] == (loop[rt["fastest"]] is not None)
+    if rt["fastest_timed_in_loop"]:    # the loop chose the fastest it measured
+      assert rt["loop_ratio"] == pytest.approx(chosen[0]["loop_ms"] / loop[rt["fastest"]])
+      assert rt["loop_ratio"] <= 1.0
   doc = json.loads((tmp_path / "fs.json").read_text())
   assert doc["totals"]["seeds"] == 1 and doc["rows"][0]["schedule"] == row["schedule"]
   assert f"| 0 | {row['schedule']} |" in capsys.readouterr().out
