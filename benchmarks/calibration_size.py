@@ -62,9 +62,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def draw_schedules(cfg, method: str, grid: List[int], sizes: List[int], draws: int,
-                   num_heldout: int) -> Tuple[Dict[Tuple[int, int], List], List]:
+                   num_heldout: int) -> Tuple[Dict[Tuple[int, int], List], List, List]:
   """-> ({(size, draw): the calibration set the main job would draw with --seed=draw},
-  the held-out schedules, none in any set). ValueError naming the flag when the grid cannot
+  the distinct schedules of all sets, the held-out schedules, none of them in any set). ValueError naming the flag when the grid cannot
   hold that many distinct schedules."""
   limit = lm_lib.method_limit(cfg, method)
   try:
@@ -79,16 +79,15 @@ def draw_schedules(cfg, method: str, grid: List[int], sizes: List[int], draws: i
                                     seed=1000)
   except ValueError as e:
     raise ValueError(f"--num_heldout / --tokens: {method}: {e}") from None
-  return sets, held
+  return sets, pool, held
 
 
 def run_method(cfg, params, method: str, grid: List[int], sets: Dict[Tuple[int, int], List],
-               held: List, batch: int, tcfg, threads: int, noise_floor: bool = True
-               ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-  """One shuffled measurement of the curve, every set and the held-out schedules (plus one of
-  the held-out ones alone with `noise_floor`) -> (one row per (size, draw), the held-out
-  schedules with their measured median and IQR)."""
-  pool = sorted({s for v in sets.values() for s in v})
+               pool: List, held: List, batch: int, tcfg, threads: int,
+               noise_floor: bool = True) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+  """One shuffled measurement of the curve, the `pool` of every set's schedules and the
+  held-out schedules (plus one of the held-out ones alone with `noise_floor`) -> (one row per
+  (size, draw), the held-out schedules with their measured median and IQR)."""
   t0 = time.perf_counter()
   prof = lm_lib.measure_calibration(cfg, params, method=method, batch_size=batch,
                                     dtype="float32", tokens=grid, schedules=pool + held,
@@ -155,9 +154,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   # Bad input is refused before any work (each check names the flag or value).
   common.check_output_file(f.out, "out")
   sizes = sorted(set(common.parse_ints(f.sizes, "sizes")))
-  if min(sizes) < lm_lib.MIN_CALIBRATION_SCHEDULES:
-    raise ValueError(f"--sizes must be >= {lm_lib.MIN_CALIBRATION_SCHEDULES} (the latency "
-                     f"model's reduction terms), got {min(sizes)}")
+  lm_lib.check_calibration_count(min(sizes), "--sizes")
   if not f.methods or len(set(f.methods)) != len(f.methods):
     raise ValueError(f"--methods must name each method once, got {f.methods}")
   tcfg = timing.TimingConfig(min_run_time=f.min_run_time)
@@ -169,13 +166,14 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   draws = {}                    # then every schedule drawn
   for method, spec in specs.items():
     grid = sorted(set(spec.grid(cfg)) | {cfg.num_tokens})
-    draws[method] = (grid,) + draw_schedules(cfg, method, grid, sizes, f.draws, f.num_heldout)
+    draws[method] = (spec, grid) + draw_schedules(cfg, method, grid, sizes, f.draws,
+                                                  f.num_heldout)
   cfg, params, _ = common.load_model(common.EMBEDDED_MODEL, common.EMBEDDED_WEIGHTS, 0)
   rows: List[Dict[str, Any]] = []
   heldout: Dict[str, Any] = {}
-  for method, (grid, sets, held) in draws.items():
-    got, heldout[method] = run_method(cfg, params, method, grid, sets, held, f.batch_size,
-                                      tcfg, threads=PipelineSpec().threads,
+  for method, (spec, grid, sets, pool, held) in draws.items():
+    got, heldout[method] = run_method(cfg, params, method, grid, sets, pool, held,
+                                      f.batch_size, tcfg, threads=spec.threads,
                                       noise_floor=f.noise_floor)
     rows += got
     print(f"{method}: measured in {got[0]['measurement_s']:.0f} s", file=sys.stderr)

@@ -235,10 +235,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   batch_sizes = common.parse_ints(f.batch_sizes, "batch_sizes") if f.batch_sizes else None
   for flag in ("num_schedules", "calibration_schedules", "threads"):
     common.positive(f[flag].value, flag, allow_none=flag == "num_schedules")
-  if f.calibration_schedules < lm_lib.MIN_CALIBRATION_SCHEDULES:
-    raise ValueError(f"--calibration_schedules must be >= {lm_lib.MIN_CALIBRATION_SCHEDULES} "
-                     f"(one per reduction term of the latency model), got "
-                     f"{f.calibration_schedules}")
+  lm_lib.check_calibration_count(f.calibration_schedules, "--calibration_schedules")
   if not 0 < f.accuracy_floor <= 1:
     raise ValueError(f"--accuracy_floor must be in (0, 1], got {f.accuracy_floor}")
   if f.min_run_time is not None:   # TimingConfig owns the check (> 0 and finite)

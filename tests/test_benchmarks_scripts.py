@@ -114,8 +114,8 @@ def test_calibration_size_refuses_bad_input_before_any_work(tmp_path):
   out = f"--out={tmp_path / 'c.json'}"
   _assert_refused(calibration_size, [
       ([f"--out={tmp_path}"], "is a directory, not a file"),
-      (["--sizes=3,10", out], r"--sizes must be >= 4 \(the latency model's reduction terms\), "
-                              r"got 3"),
+      (["--sizes=3,10", out], r"--sizes must be >= 4 \(one per reduction term of the latency "
+                              r"model\), got 3"),
       (["--sizes=x", out], "--sizes"),
       (["--methods=nosuch", out], "unknown token-reduction method 'nosuch'"),
       (["--methods=pomt,pomt", out], r"--methods must name each method once"),

@@ -79,6 +79,8 @@ def test_spec_and_calibrate_refuse_too_few_calibration_schedules():
   with pytest.raises(ValueError, match="calibration_schedules must be >= 4 .* got 3"):
     pipeline.PipelineSpec(calibration_schedules=3)
   cfg = get_config("test_tiny_vit")
-  with pytest.raises(latency_model.CalibrationError, match="need >= 4 calibration schedules"):
+  with pytest.raises(latency_model.CalibrationError,
+                     match=r"^num_schedules must be >= 4 \(one per reduction term of the "
+                           r"latency model\), got 3$"):
     latency_model.calibrate(cfg, None, method="pomt", batch_size=1, dtype="float32",
                             tokens=[17, 9], timing_cfg=None, num_schedules=3)

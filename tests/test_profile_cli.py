@@ -217,8 +217,8 @@ def test_pipeline_checks_flags_and_out_dir_before_any_stage(tmp_path):
                       (["--alpha=nan"], "--alpha=nan is not a finite number"),
                       (["--solver=multi", "--accuracy_floor=1.5"], r"accuracy_floor must be in"),
                       (["--solver=multi", "--calibration_schedules=3"],
-                       r"calibration_schedules must be >= 4 \(the latency model fits 4 "
-                       r"reduction terms from them\), got 3"),
+                       r"calibration_schedules must be >= 4 \(one per reduction term of the "
+                       r"latency model\), got 3"),
                       (["--eval_batch_size=1000000000"], "--eval_batch_size=1000000000 cannot fit"),
                       (["--solver=multi", "--method=tome", "--tokens=65,17,9"],
                        r"tome removes at most 32 of 65 tokens in one block: no token count of "

@@ -101,10 +101,8 @@ class PipelineSpec:
       raise ValueError(f"threads must be >= 1, got {self.threads}")
     if self.loop_rounds < 1:
       raise ValueError(f"loop_rounds must be >= 1, got {self.loop_rounds}")
-    least = latency_model_lib.MIN_CALIBRATION_SCHEDULES
-    if self.calibration_schedules < least:
-      raise ValueError(f"calibration_schedules must be >= {least} (the latency model fits "
-                       f"{least} reduction terms from them), got {self.calibration_schedules}")
+    latency_model_lib.check_calibration_count(self.calibration_schedules,
+                                              "calibration_schedules")
     if self.layer < 0:
       raise ValueError(f"layer must be >= 0, got {self.layer}")
     make_reducer(self.method)   # an unknown method fails here, before any stage runs

@@ -483,6 +483,14 @@ def measure_calibration(cfg, params, *, method: str, batch_size: int, dtype: str
   return records.analyze(prof)
 
 
+def check_calibration_count(num: int, name: str = "num_schedules") -> None:
+  """CalibrationError (a ValueError naming `name`) unless `num` calibration schedules can fit
+  the model: at least one per reduction term."""
+  if num < MIN_CALIBRATION_SCHEDULES:
+    raise CalibrationError(f"{name} must be >= {MIN_CALIBRATION_SCHEDULES} (one per reduction "
+                           f"term of the latency model), got {num}")
+
+
 def calibrate(cfg, params, *, method: str, batch_size: int, dtype: str, tokens: Sequence[int],
               timing_cfg, num_schedules: int = DEFAULT_CALIBRATION_SCHEDULES,
               threads: int = 1, seed: int = 0,
@@ -490,9 +498,7 @@ def calibrate(cfg, params, *, method: str, batch_size: int, dtype: str, tokens: 
               ) -> Tuple[LatencyModel, records.Profile]:
   """Draws `num_schedules` spread calibration schedules of `method` on `tokens`, measures them
   with the uniform curve (`measure_calibration`) and fits -> (LatencyModel, the Profile)."""
-  if num_schedules < MIN_CALIBRATION_SCHEDULES:
-    raise CalibrationError(f"need >= {MIN_CALIBRATION_SCHEDULES} calibration schedules (one per "
-                           f"reduction term of the latency model), got {num_schedules}")
+  check_calibration_count(num_schedules)
   grid = sorted(set(int(t) for t in tokens) | {cfg.num_tokens})
   scheds = sample_schedules(cfg.num_tokens, cfg.depth, grid, num_schedules, seed=seed,
                             max_remove=method_limit(cfg, method))
