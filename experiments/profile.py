@@ -90,6 +90,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     "of every frontier schedule on the data (the solution then reports measured "
                     "accuracy for the whole frontier and the combined model's error).",
                     flag_values=fv)
+  flags.DEFINE_integer("refine_accuracy_rounds", 0, "Pipeline, --solver=multi: correct the "
+                       "combined accuracy model from the measured frontier and re-solve, up to "
+                       "this many rounds (0: off).", lower_bound=0, flag_values=fv)
 
 
 def _batch_sizes(values: List[str]):
@@ -116,6 +119,8 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: str = ""):
                      f"{f.model} (use --mode=model for latency alone)")
   if f["calibration_schedules"].present and f.solver != "multi":
     raise ValueError("--calibration_schedules applies to --solver=multi only")
+  if f.refine_accuracy_rounds and f.solver != "multi":
+    raise ValueError("--refine_accuracy_rounds applies to --solver=multi only")
   cfg = common.model_config(f.model, f.weights)
   sizes = _batch_sizes(f.batch_size)
   if len(sizes) != 1:
@@ -127,7 +132,8 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: str = ""):
       layer=f.layer, method=f.method, timing=_timing_from_flags(f), threads=f.threads,
       seed=f.seed, solver=f.solver, accuracy_floor=f.accuracy_floor,
       latency_budget=f.latency_budget, measure_frontier=f.measure_frontier,
-      calibration_schedules=f.calibration_schedules)
+      calibration_schedules=f.calibration_schedules,
+      refine_accuracy_rounds=f.refine_accuracy_rounds)
   spec.check(cfg)
   memory.check_batch_fits(cfg, [spec.batch_size], spec.dtype)
   memory.check_batch_fits(cfg, [spec.eval_batch_size], spec.dtype, flag="--eval_batch_size")

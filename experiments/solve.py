@@ -77,6 +77,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        flag_values=fv)
   flags.DEFINE_bool("measure_frontier", False, "With --weights, --mode=multi: measure the "
                     "accuracy of every frontier schedule on the estimate's data.", flag_values=fv)
+  flags.DEFINE_integer("refine_accuracy_rounds", 0, "With --weights, --mode=multi: correct the "
+                       "combined accuracy model from the measured frontier and re-solve, up to "
+                       "this many rounds (0: off).", lower_bound=0, flag_values=fv)
   flags.DEFINE_integer("loop_neighbours", 2, "With --weights: frontier neighbours on each side "
                        "of the choice timed in the loop.", flag_values=fv)
   flags.DEFINE_float("min_run_time", 0.2, "With --weights: seconds of timed calls per graph.",
@@ -98,6 +101,9 @@ def main(f: flags.FlagValues):
   if f.measure_frontier and not f.weights:
     raise ValueError("--measure_frontier measures schedules on the data: pass --weights (and "
                      "the estimate's --data)")
+  if f.refine_accuracy_rounds and not f.weights:
+    raise ValueError("--refine_accuracy_rounds measures schedules on the data: pass --weights "
+                     "(and the estimate's --data)")
   common.check_output_dir(f.out_dir)
   profile, estimate = records.load(f.profile), read_estimate(f.estimate)
   loop = in_loop(f, estimate) if f.weights else None
@@ -114,7 +120,8 @@ def main(f: flags.FlagValues):
         allow_batch_mismatch=f.allow_batch_mismatch,
         **({} if loop is None else {"evaluate": loop["evaluate"],
                                     "num_images": loop["num_images"],
-                                    "measure_all": f.measure_frontier}))
+                                    "measure_all": f.measure_frontier,
+                                    "refine_rounds": f.refine_accuracy_rounds}))
     if loop is not None:
       spec = pipeline.PipelineSpec(batch_size=sol.profile.batch_size, dtype=profile.dtype,
                                    method=estimate.method,

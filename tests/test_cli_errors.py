@@ -3,7 +3,7 @@ help text), and not a single file changed in the output location.
 
 Every case runs in-process through `common.run_in_process` (the same parsing and error mapping
 as the CLIs' `common.run`); a few run as real subprocesses too, which must print exactly the
-same (a subprocess costs ~2 s of imports, so not all 31)."""
+same (a subprocess costs ~2 s of imports, so not all of them)."""
 import concurrent.futures
 import contextlib
 import hashlib
@@ -71,6 +71,10 @@ CASES = [
      "IREE driver 'local-turbo' cannot run target iree:host; expected one of local-task, "
      "local-sync"),
     ("prune", ["--batch_size=x"], 2, "flag --batch_size=x"),
+    ("profile", ["--refine_accuracy_rounds=2", "--out_dir={out}"], 1,
+     "--refine_accuracy_rounds applies to --solver=multi only"),
+    ("profile", ["--solver=multi", "--refine_accuracy_rounds=-1", "--out_dir={out}"], 2,
+     "flag --refine_accuracy_rounds=-1: -1 is not a non-negative integer"),
 ]
 
 

@@ -126,7 +126,8 @@ def test_pipeline_on_image_folders(tmp_path):
 
 def test_pipeline_multi_layer_solver(tmp_path, capsys):
   s = cli.main(_flags(f"--out_dir={tmp_path}", *FAST, "--tokens=65,33,17", "--num_images=40",
-         "--eval_batch_size=20", "--solver=multi", "--accuracy_floor=0.5"))
+         "--eval_batch_size=20", "--solver=multi", "--accuracy_floor=0.5",
+         "--refine_accuracy_rounds=2"))
   assert s["solver"] == "multi" and s["n_star"] is None and s["method"] == "pomt"
   counts = s["counts"]
   assert counts[0] == 65 and all(a >= b for a, b in zip(counts, counts[1:]))
@@ -139,12 +140,16 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   assert chosen["criterion"] == "accuracy_floor_measured" and chosen["counts"] == counts
   assert chosen["measured_accuracy"] == pytest.approx(s["pruned"]["accuracy"])
   assert chosen["basis"] == "measured" and s["basis"] == "measured"
+  with open(s["files"]["solution"]) as f:
+    refined = json.load(f)["settings"]["accuracy_refinement"]
+  assert refined["rounds"][0]["num_schedules"] >= 1
   with open(s["files"]["estimate"]) as f:
     est = json.load(f)
   assert est["kind"] == "sensitivity" and est["layers"] == list(range(6))
   assert est["tokens"] == [17, 33]
   out = capsys.readouterr().out
   assert "multi-layer Pareto frontier, accuracy >= 0.5" in out
+  assert "accuracy model corrected from measurements in" in out
   assert f"chosen: multi-layer pomt schedule {s['schedule']}" in out
   t = s["seconds"]
   assert set(t) == {"profile", "estimate", "solve", "in_loop", "verify"}
@@ -205,6 +210,8 @@ def test_pipeline_errors(tmp_path):
     cli.main(_flags(f"--out_dir={tmp_path}", "--measure_frontier"))
   with pytest.raises(ERRORS, match="--calibration_schedules applies to --solver=multi only"):
     cli.main(_flags(f"--out_dir={tmp_path}", "--calibration_schedules=8"))
+  with pytest.raises(ERRORS, match="--refine_accuracy_rounds applies to --solver=multi only"):
+    cli.main(_flags(f"--out_dir={tmp_path}", "--refine_accuracy_rounds=2"))
   with pytest.raises(ERRORS, match="not both"):
     cli.main(_flags(f"--out_dir={tmp_path}", "--solver=multi", "--accuracy_floor=0.9",
            "--latency_budget=0.001"))

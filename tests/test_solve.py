@@ -909,3 +909,157 @@ def test_fit_drop_scale_recovers_the_scale_and_ignores_single_reductions():
   assert solve_stage.fit_drop_scale(full, multi[:2]) is None          # too few to fit
   assert solve_stage.fit_drop_scale(full, multi[:2], min_schedules=2)["num_schedules"] == 2
   assert solve_stage.fit_drop_scale(full, [_cand((17, 9, 5, 5), full, full)] * 3) is None
+
+
+# ------------------------------------------------------------------------------------------------
+# Measured correction of the combined accuracy model (refine_accuracy).
+
+def _hidden_delta(model, per_token):
+  """A correction the truth hides: each layer charges `per_token[l]` per token removed."""
+  return np.outer(per_token, model.num_tokens - model.ns).astype(np.float64)
+
+
+def _all_schedules(model):
+  out = []
+  for tail in itertools.product(model.ns.tolist(), repeat=model.depth):
+    c = (model.num_tokens,) + tail
+    try:
+      solve.predict_schedule(model, c)
+    except ValueError:
+      continue
+    out.append(c)
+  return out
+
+
+@pytest.mark.parametrize("accuracy_model", ["incremental", "additive"])
+def test_fit_drop_correction_recovers_a_hidden_interaction(accuracy_model):
+  p = _synthetic(3, 5, 2)
+  model = _model(p, accuracy_model=accuracy_model)
+  truth = solve.with_drop_correction(model, _hidden_delta(model, [0.002, 0.0, 0.004]))
+  schedules = _all_schedules(model)
+  measured = {c: solve.predict_schedule(truth, c)[1] for c in schedules}
+  delta, fitted = solve.fit_drop_correction(model, measured, anchor_singles=False)
+  assert fitted == sum(solve.is_multi_reduction(c) for c in schedules) > 0
+  assert delta.shape == model.drop.shape and np.all(delta >= 0)
+  assert np.all(np.diff(delta, axis=1) <= 1e-12) and np.all(delta[:, -1] == 0)
+  fixed = solve.with_drop_correction(model, delta)
+  for c in schedules:
+    if solve.is_multi_reduction(c):
+      assert solve.predict_schedule(fixed, c)[1] == pytest.approx(measured[c], abs=1e-9)
+  # Single reductions and the unpruned schedule say nothing about combining: nothing to fit.
+  singles = {c: v - 0.5 for c, v in measured.items() if not solve.is_multi_reduction(c)}
+  none, n = solve.fit_drop_correction(model, singles)
+  assert n == 0 and not none.any()
+
+
+def test_fit_drop_correction_anchored_on_single_reductions_trades_the_two_off():
+  """By default every single reduction is a row at the table's value: the fit moves the
+  multi-layer predictions towards their measurements and single reductions away from the table
+  by less than the unanchored fit, which reproduces the multi-layer schedules alone."""
+  model = _model(_synthetic(3, 5, 2))
+  truth = solve.with_drop_correction(model, _hidden_delta(model, [0.002, 0.0, 0.004]))
+  schedules = _all_schedules(model)
+  multi = [c for c in schedules if solve.is_multi_reduction(c)]
+  singles = [c for c in schedules if c != (40,) * 4 and not solve.is_multi_reduction(c)]
+  measured = {c: solve.predict_schedule(truth, c)[1] for c in multi}
+
+  def err(delta, group, target):
+    fixed = solve.with_drop_correction(model, delta)
+    return np.mean([abs(solve.predict_schedule(fixed, c)[1] - target(c)) for c in group])
+
+  def table(c):
+    return solve.predict_schedule(model, c)[1]
+
+  anchored, _ = solve.fit_drop_correction(model, measured)
+  free, _ = solve.fit_drop_correction(model, measured, anchor_singles=False)
+  zero = np.zeros_like(model.drop)
+  assert err(anchored, multi, measured.get) < err(zero, multi, measured.get)
+  assert err(free, multi, measured.get) < err(anchored, multi, measured.get)
+  assert err(anchored, singles, table) < err(free, singles, table)
+
+
+def test_fit_drop_correction_is_never_optimistic():
+  """Measurements better than predicted leave the model as it is (the correction is >= 0)."""
+  model = _model(_synthetic(3, 5, 2))
+  better = {c: min(1.0, solve.predict_schedule(model, c)[1] + 0.05)
+            for c in _all_schedules(model) if solve.is_multi_reduction(c)}
+  delta, _ = solve.fit_drop_correction(model, better)
+  assert not delta.any()
+
+
+def test_with_drop_correction_refuses_bad_tables():
+  model = _model(_synthetic(3, 5, 2))
+  with pytest.raises(ValueError, match="must be >= 0"):
+    solve.with_drop_correction(model, -np.ones_like(model.drop))
+  with pytest.raises(ValueError, match="has 2 layers, the model 3"):
+    solve.with_drop_correction(model, np.zeros((2, model.ns.size)))
+  with pytest.raises(ValueError, match="entries along the token axis"):
+    solve.with_drop_correction(model, np.zeros((3, model.ns.size + 1)))
+  with pytest.raises(ValueError, match="NaN/inf"):
+    solve.with_drop_correction(model, np.full_like(model.drop, np.nan))
+
+
+def _dp_model(ps, es):
+  prof, est = records.load(ps), read_estimate(es)
+  inp = solve_stage.multilayer_inputs(prof, est, CFG, 8, "accuracy")
+  return solve.make_cost_model(inp.ns, inp.block, inp.sensitivity, inp.full_accuracy,
+                               depth=CFG.depth, num_tokens=N, layers=inp.layers,
+                               embed_latency=inp.embed, head_latency=inp.head)
+
+
+def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
+  """The truth charges every removed token more than the table (a hidden correction): round 0
+  measures the optimistic frontier (its errors are exactly the base model's, predicted before
+  measuring), later rounds fit the correction and measure only what they have not seen; at
+  convergence every frontier schedule is measured and the in-sample error is a fraction of the
+  first round's, and the floor holds on measurement."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  model = _dp_model(ps, es)
+  hidden = np.zeros(CFG.depth)
+  hidden[[1, 3, 5]] = [0.004, 0.002, 0.003]
+  truth = solve.with_drop_correction(model, _hidden_delta(model, hidden))
+  calls = []
+
+  def evaluate(counts_list):
+    calls.append([tuple(c) for c in counts_list])
+    return [solve.predict_schedule(truth, c)[1] for c in counts_list]
+
+  floor = 0.8
+  sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, refine_rounds=6,
+               num_images=359)
+  ref = sol.settings["accuracy_refinement"]
+  seen = [c for call in calls for c in call]
+  assert len(seen) == len(set(seen))                  # nothing measured twice
+  assert ref["converged"] and ref["rounds"][-1]["num_schedules"] == 0
+  first = ref["rounds"][0]
+  assert first["round"] == 0 and first["fitted_on"] == 0
+  assert first["mean_signed_points"] > 0.5           # the uncorrected frontier is optimistic
+  assert first["num_schedules"] == len(calls[0])
+  base = {p.counts: p.accuracy for p in solve.pareto_frontier(model)}
+  assert set(calls[0]) == set(base)
+  assert first["mean_abs_points"] == pytest.approx(
+      100 * np.mean([abs(base[c] - solve.predict_schedule(truth, c)[1]) for c in base]))
+  assert ref["frontier_in_sample"]["mean_abs_points"] < first["mean_abs_points"] / 2
+  measured = {c.counts: c for c in sol.checked}
+  for p in sol.frontier:
+    assert p.measured_accuracy == pytest.approx(solve.predict_schedule(truth, p.counts)[1])
+    assert measured[p.counts].num_images == 359
+  assert ref["measured_schedules"] == len({c.counts for c in sol.checked})
+  # The choice: the fastest (predicted latency) frontier schedule whose measured accuracy meets
+  # the floor, or a faster measured single reduction (check_floor), never below the floor.
+  assert sol.basis == "measured" and sol.chosen.measured_accuracy >= floor
+  meets = [p for p in sol.frontier if p.measured_accuracy >= floor]
+  assert sol.chosen.predicted_latency_s <= min(p.predicted_latency_s for p in meets) + 1e-12
+  from vitprune.records.solution import Solution, summary_lines
+  assert Solution.from_json(sol.to_json()) == sol
+  assert any("accuracy model corrected from measurements" in line and "converged" in line
+             for line in summary_lines(sol))
+  # Without a budget of rounds: round 0 only (the base frontier measured), not converged.
+  calls.clear()
+  once = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, refine_rounds=1)
+  assert len(once.settings["accuracy_refinement"]["rounds"]) == 2
+  with pytest.raises(solve_stage.SolveInputError, match="needs an evaluator"):
+    _multi(ps, es, accuracy_floor=floor, refine_rounds=2)
+  with pytest.raises(ValueError, match="rounds must be >= 0"):
+    solve_stage.refine_accuracy(sol, model, evaluate, rounds=-1)

@@ -1,6 +1,7 @@
 """experiments.solve with --weights: the multi-layer choice checked in the loop (measured accuracy
 on the estimate's data, measured latency of compiled graphs), and refusal of other weights/data."""
 import dataclasses
+import json
 
 import pytest
 
@@ -65,6 +66,21 @@ def test_measure_frontier_measures_the_whole_frontier(inputs):
   assert sol.settings["frontier_accuracy_error"]["num_schedules"] == len(sol.frontier)
 
 
+def test_refine_accuracy_measures_every_frontier_it_solves(inputs):
+  root, weights, es, ps = inputs
+  sol, paths = _run(root, es, ps, f"--weights={weights}", "--num_images=20",
+                    "--refine_accuracy_rounds=3")
+  ref = sol.settings["accuracy_refinement"]
+  assert 2 <= len(ref["rounds"]) <= 4 and ref["rounds"][0]["round"] == 0
+  measured = {c.counts: c for c in sol.checked if c.measured_accuracy is not None}
+  assert {p.counts for p in sol.frontier} <= set(measured)
+  assert all(p.measured_accuracy == measured[p.counts].measured_accuracy for p in sol.frontier)
+  assert ref["measured_schedules"] == len(measured)
+  assert sol.basis == "measured" and sol.chosen.measured_latency_s > 0
+  with open(paths["json"]) as f:
+    assert json.load(f)["settings"]["accuracy_refinement"] == ref
+
+
 def test_other_weights_or_data_are_refused(inputs):
   root, weights, es, ps = inputs
   other = save_weights(str(root / "w2"), TINY, init_params(TINY, 1))
@@ -74,6 +90,8 @@ def test_other_weights_or_data_are_refused(inputs):
     _run(root, es, ps, f"--weights={weights}", "--num_images=30")
   with pytest.raises(ValueError, match="--measure_frontier measures schedules on the data"):
     _run(root, es, ps, "--measure_frontier")
+  with pytest.raises(ValueError, match="--refine_accuracy_rounds measures schedules on the data"):
+    _run(root, es, ps, "--refine_accuracy_rounds=2")
   with pytest.raises(ValueError, match="pass --mode=multi and --accuracy_floor"):
     solve_cli.main(common.parse(solve_cli.define_flags, [
         f"--profile={ps}", f"--estimate={es}", f"--weights={weights}"]))

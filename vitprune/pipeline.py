@@ -46,7 +46,8 @@ from vitprune.model import Params, jitted_forward
 from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import records, runner, timing
 from vitprune.records.estimate import Estimate, default_metric, write_estimate
-from vitprune.records.solution import Solution, describe_frontier_error, write_solution
+from vitprune.records.solution import (Solution, describe_frontier_error,
+                                       describe_refinement, write_solution)
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import Schedule, full_schedule
 
@@ -74,6 +75,8 @@ class PipelineSpec:
   loop_neighbours: int = 2                 # multi + floor: frontier neighbours timed in the loop
   loop_rounds: int = 5                     # ... in this many interleaved rounds (TimingConfig)
   measure_frontier: bool = False           # multi: measure every frontier schedule's accuracy
+  refine_accuracy_rounds: int = 0          # multi: correct the accuracy model from measured
+                                           # frontiers, re-solve (solve_stage.refine_accuracy)
 
   def __post_init__(self):
     if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -88,6 +91,10 @@ class PipelineSpec:
       raise ValueError("accuracy_floor / latency_budget apply to solver='multi' only")
     if self.measure_frontier and self.solver != "multi":
       raise ValueError("measure_frontier applies to solver='multi' only")
+    if self.refine_accuracy_rounds and self.solver != "multi":
+      raise ValueError("refine_accuracy_rounds applies to solver='multi' only")
+    if self.refine_accuracy_rounds < 0:
+      raise ValueError(f"refine_accuracy_rounds must be >= 0, got {self.refine_accuracy_rounds}")
     if self.accuracy_floor is not None and self.latency_budget is not None:
       raise ValueError("give accuracy_floor or latency_budget, not both")
     if self.accuracy_floor is not None and not 0.0 <= self.accuracy_floor <= 1.0:
@@ -276,10 +283,12 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
         profile, estimate, accuracy_floor=spec.accuracy_floor,
         latency_budget=spec.latency_budget, alpha=spec.alpha, allow_batch_mismatch=True,
         evaluate=evaluate, latency_model=latency_model, num_images=len(data.indices),
-        measure_all=spec.measure_frontier)
+        measure_all=spec.measure_frontier, refine_rounds=spec.refine_accuracy_rounds)
     log(f"  frontier: {len(sol.frontier)} schedules (latency: {sol.profile.latency_source})")
     if sol.settings.get("frontier_accuracy_error"):
       log("  " + describe_frontier_error(sol.settings["frontier_accuracy_error"]))
+    if sol.settings.get("accuracy_refinement"):
+      log("  " + describe_refinement(sol.settings["accuracy_refinement"]))
     if sol.basis == "measured" and spec.loop_neighbours > 0:
       before, t0 = sol.chosen, time.perf_counter()
       sol = solve_stage.check_in_loop(

@@ -72,7 +72,7 @@ ranges; taking the Pareto set of a union is associative and idempotent), so it s
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -414,6 +414,79 @@ def predict_schedule(model: CostModel, counts: Sequence[int]) -> Tuple[float, fl
     drop += float(bd[0])
   lat += float(model.head[idx[-1]])
   return lat, model.full_accuracy - drop
+
+
+# ----------------------------------------------------------------------------------------------
+# Measured correction of the combined accuracy model.
+
+def is_multi_reduction(counts: Sequence[int]) -> bool:
+  """Whether a schedule reduces in more than one block (a single reduction is a point of the
+  sensitivity table, which the combination reproduces by construction)."""
+  return sum(int(a) > int(b) for a, b in zip(counts, counts[1:])) > 1
+
+
+def _correction_columns(model: CostModel, counts: Sequence[int]) -> np.ndarray:
+  """[depth, K] 0/1: which increments of the drop correction (`fit_drop_correction`) a
+  schedule's predicted drop contains under `model.accuracy_model`."""
+  idx = _check_counts(model, counts)
+  k = model.ns.size
+  cols = np.zeros((model.depth, k))
+  for l in range(model.depth):
+    src, dst = int(idx[l]), int(idx[l + 1])
+    if dst < src:      # incremental: delta[dst] - delta[src]; additive: delta[dst]
+      cols[l, dst:src if model.accuracy_model == "incremental" else k - 1] = 1.0
+  return cols
+
+
+def _single_reductions(model: CostModel) -> List[Tuple[int, ...]]:
+  """Every schedule in which one block reduces, to any grid count it may reach."""
+  n_full, out = model.num_tokens, []
+  for l in np.flatnonzero(model.can_reduce):
+    for n in model.ns[:-1]:
+      if model.min_keep is None or n >= model.min_keep[-1]:
+        out.append(layer_counts(n_full, int(n), model.depth, int(l)))
+  return out
+
+
+def fit_drop_correction(model: CostModel, measured: Dict[Tuple[int, ...], float], *,
+                        anchor_singles: bool = True) -> Tuple[np.ndarray, int]:
+  """The per-layer drop table's correction from measured multi-layer schedules.
+
+  The combination misses interactions (a late cut the table calls free costs points after an
+  early one) and the DP seeks exactly those cuts. This fits delta [depth, K] with
+  delta[l, N] = 0, delta >= 0 and non-increasing in n (removing a token never costs less than
+  the table says, and costs more the fewer remain), so that `with_drop_correction(model, delta)`
+  predicts the measured drops of `measured` ({counts: metric}; schedules reducing in one block
+  or none are skipped) in the least-squares sense (non-negative least squares on the increments
+  between grid counts). With `anchor_singles` every single reduction on the grid is a row too,
+  at the table's own value (the table measured it): a per-layer table cannot represent an
+  interaction exactly, so the fit trades the two off instead of charging single reductions
+  whatever the combinations need. The corrected model keeps the DP exact (it is a drop table).
+  Returns (delta, number of measured schedules fitted); zeros when none qualifies."""
+  from scipy.optimize import nnls  # pylint: disable=g-import-not-at-top  (only when refining)
+  rows = [(c, float(v)) for c, v in measured.items() if is_multi_reduction(c)]
+  delta = np.zeros_like(model.drop)
+  if not rows:
+    return delta, 0
+  anchors = [(c, predict_schedule(model, c)[1])
+             for c in (_single_reductions(model) if anchor_singles else [])]
+  x = np.stack([_correction_columns(model, c).ravel() for c, _ in rows + anchors])
+  y = np.array([predict_schedule(model, c)[1] - v for c, v in rows + anchors])
+  inc, _ = nnls(x, y)
+  inc = inc.reshape(model.depth, -1)
+  delta = np.cumsum(inc[:, ::-1], axis=1)[:, ::-1]          # delta[l, k] = sum_{j >= k} inc
+  delta = (delta - delta[:, -1:]) * model.can_reduce[:, None]
+  return delta, len(rows)
+
+
+def with_drop_correction(model: CostModel, delta: ArrayLike) -> CostModel:
+  """`model` with `delta` [depth, K] (>= 0, from `fit_drop_correction`) added to its drop table."""
+  d = _finite("drop correction", delta, 2, model.ns.size)
+  if d.shape[0] != model.depth:
+    raise ValueError(f"drop correction has {d.shape[0]} layers, the model {model.depth}")
+  if np.any(d < 0):
+    raise ValueError(f"a drop correction must be >= 0 (pessimistic), got min {d.min()}")
+  return dataclasses.replace(model, drop=model.drop + d)
 
 
 # ----------------------------------------------------------------------------------------------

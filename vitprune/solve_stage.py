@@ -374,8 +374,8 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
                      allow_batch_mismatch: bool = False,
                      evaluate: Optional[Evaluator] = None, chunk: int = 6,
                      latency_model: Optional[LatencyModel] = None,
-                     num_images: Optional[int] = None, measure_all: bool = False
-                     ) -> Solution:
+                     num_images: Optional[int] = None, measure_all: bool = False,
+                     refine_rounds: int = 0) -> Solution:
   """The exact multi-layer Pareto frontier and the schedule chosen on it.
 
   Latency: with `latency_model` (`vitprune.profile.latency_model`, calibrated on whole compiled
@@ -384,10 +384,15 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   latency in the solution is still a prediction (`predicted_latency_s`).
   With `accuracy_floor` and `evaluate` (schedules -> metric measured on the data), the floor is
   checked on measurements (`check_floor`) and the solution rests on them. With `measure_all`
-  (needs `evaluate`) every frontier schedule is measured first (`measure_frontier`).
+  (needs `evaluate`) every frontier schedule is measured first (`measure_frontier`). With
+  `refine_rounds` > 0 (needs `evaluate`) the accuracy model is corrected from measured frontier
+  schedules and the frontier re-solved, up to that many times (`refine_accuracy`).
   """
   if measure_all and evaluate is None:
     raise SolveInputError("measuring the whole frontier needs an evaluator (weights and data)")
+  if refine_rounds and evaluate is None:
+    raise SolveInputError("refining the accuracy model measures schedules: it needs an "
+                          "evaluator (weights and data)")
   cfg = check_same_model(profile, estimate)
   components = ("model",) if latency_model is not None else ("block",)
   batch = resolve_batch(profile, estimate,
@@ -426,10 +431,15 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
       estimate=_estimate_ref(estimate, metric, inp.layers), settings=settings,
       chosen=cand(sol.chosen), method=estimate.method, criterion=sol.criterion,
       full=cand(sol.full), frontier=tuple(cand(p) for p in sol.frontier), created=_now())
+  images = _num_images(estimate, num_images)
   if measure_all:
-    solution = measure_frontier(solution, evaluate, num_images=_num_images(estimate, num_images))
+    solution = measure_frontier(solution, evaluate, num_images=images)
+  model = sol.model
+  if refine_rounds:
+    solution, model = refine_accuracy(solution, model, evaluate, rounds=refine_rounds,
+                                      num_images=images)
   if accuracy_floor is not None and evaluate is not None:
-    solution = check_floor(solution, estimate, sol.model, evaluate, chunk=chunk,
+    solution = check_floor(solution, estimate, model, evaluate, chunk=chunk,
                            num_images=num_images)
   return solution
 
@@ -516,7 +526,7 @@ def fit_drop_scale(full_accuracy: float, checked: Sequence[Candidate], min_sched
   |predicted - measured| in points over those schedules, in-sample)."""
   pairs = [(full_accuracy - c.predicted_accuracy, full_accuracy - c.measured_accuracy)
            for c in checked if c.measured_accuracy is not None and
-           sum(a > b for a, b in zip(c.counts, c.counts[1:])) > 1]
+           solve.is_multi_reduction(c.counts)]
   pred = np.array([p for p, _ in pairs])
   meas = np.array([m for _, m in pairs])
   if pred.size < max(1, min_schedules) or not np.any(pred > 0):
@@ -554,6 +564,87 @@ def measure_frontier(solution: Solution, evaluate: Evaluator, *,
   return dataclasses.replace(
       solution, checked=checked, settings=settings, chosen=known[solution.chosen.counts],
       full=None if full is None else known[full.counts])
+
+
+def _error_points(pairs: Sequence[Tuple[float, float]]) -> Dict[str, Any]:
+  """(predicted, measured) pairs -> {"num_schedules", "mean_abs_points", "max_abs_points",
+  "mean_signed_points"} (predicted - measured, in points; zeros for no pair)."""
+  err = 100 * np.array([p - m for p, m in pairs], np.float64)
+  if not err.size:
+    return {"num_schedules": 0, "mean_abs_points": 0.0, "max_abs_points": 0.0,
+            "mean_signed_points": 0.0}
+  return {"num_schedules": int(err.size), "mean_abs_points": float(np.abs(err).mean()),
+          "max_abs_points": float(np.abs(err).max()), "mean_signed_points": float(err.mean())}
+
+
+def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evaluator, *,
+                    rounds: int = 4, num_images: Optional[int] = None
+                    ) -> Tuple[Solution, solve.CostModel]:
+  """The frontier of an accuracy model corrected where the DP goes, from measurements.
+
+  Round 0 measures every frontier schedule of `model` not measured yet (one `evaluate` call).
+  Each later round fits the drop correction (`solve.fit_drop_correction`) on every measured
+  multi-layer schedule, re-solves the frontier with the corrected model and measures the
+  schedules it has not seen; it stops when a frontier brings nothing new (converged) or after
+  `rounds` corrections. Each round's errors are those of the schedules it measured, predicted
+  BEFORE they were measured (out of sample): `settings["accuracy_refinement"]["rounds"]`.
+
+  Returns (solution, corrected model): the frontier of the last model (every schedule measured,
+  predicted accuracy from that model), every measured schedule in `checked`, `chosen` re-chosen
+  with the solution's criterion on the measured metric (an infeasible floor keeps the unpruned
+  schedule; `check_floor` decides), `full` measured. Pass the model on to `check_floor`.
+  """
+  if rounds < 0:
+    raise ValueError(f"refinement rounds must be >= 0, got {rounds}")
+  cfg, st = solution.config, solution.settings
+  images = num_images if num_images is not None else st.get("num_images")
+  known: Dict[Tuple[int, ...], Candidate] = {
+      c.counts: c for c in solution.checked if c.measured_accuracy is not None}
+  current, history, fitted = model, [], 0
+  for r in range(rounds + 1):
+    if r:
+      delta, fitted = solve.fit_drop_correction(
+          model, {c: p.measured_accuracy for c, p in known.items()})
+      current = solve.with_drop_correction(model, delta)
+    plans = solve.pareto_frontier(current)
+    new = [_candidate(cfg, p.counts, p.latency, p.accuracy) for p in plans
+           if p.counts not in known]
+    for c in _measure(evaluate, new, images):
+      known[c.counts] = c
+    history.append(dict(_error_points([(c.predicted_accuracy,
+                                        known[c.counts].measured_accuracy) for c in new]),
+                        round=r, frontier=len(plans), fitted_on=fitted))
+    if not new:
+      break
+
+  def measured(p: solve.Plan) -> Candidate:
+    return dataclasses.replace(known[p.counts], predicted_latency_s=float(p.latency),
+                               predicted_accuracy=float(p.accuracy))
+
+  frontier = tuple(measured(p) for p in plans)
+  full_plan = solve.Plan(solution.full.counts, *solve.predict_schedule(current,
+                                                                       solution.full.counts))
+  todo = [c for c in (solution.full,) if c.counts not in known]
+  for c in _measure(evaluate, todo, images):
+    known[c.counts] = c
+  full = measured(full_plan)
+  try:
+    pick, _ = solve.choose([solve.Plan(c.counts, c.predicted_latency_s, c.measured_accuracy)
+                            for c in frontier], accuracy_floor=st.get("accuracy_floor"),
+                           latency_budget=st.get("latency_budget"), alpha=st.get("alpha", 0.5))
+    chosen = next(c for c in frontier if c.counts == pick.counts)
+  except ValueError:                       # nothing measured meets the floor / budget
+    chosen = full
+  for c in frontier:
+    known[c.counts] = c
+  known[full.counts] = full
+  final = _error_points([(c.predicted_accuracy, c.measured_accuracy) for c in frontier])
+  settings = dict(st, num_images=images, accuracy_refinement={
+      "rounds": history, "converged": not history[-1]["num_schedules"],
+      "measured_schedules": len(known), "frontier_in_sample": final})
+  checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
+  return dataclasses.replace(solution, frontier=frontier, chosen=chosen, full=full,
+                             checked=checked, basis="measured", settings=settings), current
 
 
 def corrected_accuracy(solution: Solution, candidate: Candidate) -> float:

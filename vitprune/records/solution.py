@@ -36,6 +36,10 @@ Multi mode with an accuracy floor: the floor means the MEASURED metric meets it;
 settings["floor_straddles"] lists checked schedules whose interval contains the floor. With
 latency measured in the loop (`solve_stage.check_in_loop`) settings["latency_basis"] is
 "measured": the choice is the fastest measured compiled graph among those meeting the floor.
+settings["accuracy_refinement"] (`solve_stage.refine_accuracy`): the accuracy model corrected
+from measured frontier schedules; "rounds": per round the frontier size, the schedules measured
+and their error predicted before measurement (points), "converged", "measured_schedules" and
+"frontier_in_sample" (the final frontier's error under the final model, fitted on them).
 settings["accuracy_correction"] (when measured multi-layer schedules exist): the least-squares
 scale of measured vs predicted accuracy drops (`solve_stage.fit_drop_scale`), k > 1 meaning the
 combination model is optimistic; `solve_stage.corrected_accuracy` applies it.
@@ -331,6 +335,9 @@ def summary_lines(sol: Solution) -> List[str]:
   err = sol.settings.get("frontier_accuracy_error")
   if err:
     lines.append(describe_frontier_error(err))
+  refined = sol.settings.get("accuracy_refinement")
+  if refined:
+    lines.append(describe_refinement(refined))
   if sol.settings.get("floor_straddles"):
     lines.append(f"interval straddles the floor {sol.settings.get('accuracy_floor')} for: "
                  + ", ".join(sol.settings["floor_straddles"]))
@@ -348,6 +355,23 @@ def describe_frontier_error(err: Dict[str, Any]) -> str:
           f"combined accuracy model errs by {err['mean_abs_points']:.2f} points on average "
           f"(max {err['max_abs_points']:.2f}, mean signed {err['mean_signed_points']:+.2f}; "
           f"predicted - measured)")
+
+
+def describe_refinement(ref: Dict[str, Any]) -> str:
+  """One line for `settings['accuracy_refinement']` (`solve_stage.refine_accuracy`): the
+  out-of-sample error of the first and the last round that measured new schedules."""
+  rounds = [r for r in ref["rounds"] if r["num_schedules"]]
+  first, last = rounds[0], rounds[-1]
+
+  def err(r):
+    return (f"{r['mean_abs_points']:.2f} (max {r['max_abs_points']:.2f}) points on "
+            f"{r['num_schedules']} schedules")
+
+  return (f"accuracy model corrected from measurements in {len(ref['rounds']) - 1} round(s)"
+          f" ({'converged' if ref['converged'] else 'not converged'}, "
+          f"{ref['measured_schedules']} schedules measured): predicted before measuring, it "
+          f"erred by {err(first)} in round {first['round']}"
+          + ("" if last is first else f" and {err(last)} in round {last['round']}"))
 
 
 def write_solution(sol: Solution, out_dir: str, stem: Optional[str] = None) -> Dict[str, str]:
