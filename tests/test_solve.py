@@ -1059,7 +1059,47 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
   calls.clear()
   once = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, refine_rounds=1)
   assert len(once.settings["accuracy_refinement"]["rounds"]) == 2
+  # After measure_frontier, round 0 has nothing new to measure; the correction still runs.
+  both = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, measure_all=True,
+                refine_rounds=6)
+  rounds = both.settings["accuracy_refinement"]["rounds"]
+  assert rounds[0]["num_schedules"] == 0 and rounds[1]["fitted_on"] > 0
+  assert [r["num_schedules"] for r in rounds[1:]] == [r["num_schedules"]
+                                                      for r in ref["rounds"][1:]]
+  from vitprune.records.solution import describe_refinement
+  assert describe_refinement(dict(ref, rounds=[dict(r, num_schedules=0)
+                                               for r in ref["rounds"]])).endswith(
+      "no frontier schedule beyond those measured before")
   with pytest.raises(solve_stage.SolveInputError, match="needs an evaluator"):
     _multi(ps, es, accuracy_floor=floor, refine_rounds=2)
   with pytest.raises(ValueError, match="rounds must be >= 0"):
     solve_stage.refine_accuracy(sol, model, evaluate, rounds=-1)
+
+
+def test_refine_frontier_measures_only_what_it_does_not_know():
+  model = _model(_synthetic(3, 5, 2))
+  truth = solve.with_drop_correction(model, _hidden_delta(model, [0.002, 0.0, 0.004]))
+  calls = []
+
+  def measure(counts_list):
+    calls.append(list(counts_list))
+    return [solve.predict_schedule(truth, c)[1] for c in counts_list]
+
+  base = {p.counts: solve.predict_schedule(truth, p.counts)[1]
+          for p in solve.pareto_frontier(model)}
+  # Seeded with the base frontier (e.g. measure_frontier), round 0 has nothing new; the
+  # correction is still fitted and what it finds measured.
+  ref = solve.refine_frontier(model, measure, rounds=10, measured=base)
+  assert all(c not in base for call in calls for c in call)
+  assert ref.rounds[0].new == () and ref.rounds[1].fitted_on > 0 and ref.converged
+  assert ref.rounds[1].new, "the hidden correction moves the frontier"
+  ref = solve.refine_frontier(model, measure, rounds=10)
+  assert ref.converged and ref.rounds[0].fitted_on == 0 and len(ref.rounds[0].new) == len(base)
+  assert not solve.refine_frontier(model, measure, rounds=0).converged
+  assert {p.counts for p in ref.frontier} <= set(ref.measured)
+  for r in ref.rounds[1:]:
+    assert r.fitted_on == sum(solve.is_multi_reduction(c) for c in ref.measured
+                              if any(c in (p.counts for p in q.new)
+                                     for q in ref.rounds[:r.index]))
+  with pytest.raises(ValueError, match="measure returned 1 values for"):
+    solve.refine_frontier(model, lambda cs: [0.5], rounds=1)

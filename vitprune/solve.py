@@ -489,6 +489,59 @@ def with_drop_correction(model: CostModel, delta: ArrayLike) -> CostModel:
   return dataclasses.replace(model, drop=model.drop + d)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class RefinementRound:
+  """One round of `refine_frontier`: the frontier it solved, how many measured schedules its
+  correction was fitted on, and the schedules it measured, as predicted BEFORE measuring."""
+  index: int
+  frontier_size: int
+  fitted_on: int
+  new: Tuple["Plan", ...]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Refinement:
+  """`refine_frontier`'s result: the last corrected model, its frontier (every schedule
+  measured), every measurement ({counts: metric}) and the rounds."""
+  model: CostModel
+  frontier: Tuple["Plan", ...]
+  measured: Dict[Tuple[int, ...], float]
+  rounds: Tuple[RefinementRound, ...]
+
+  @property
+  def converged(self) -> bool:
+    """Whether the last corrected frontier brought no schedule that was not measured before."""
+    return len(self.rounds) > 1 and not self.rounds[-1].new
+
+
+def refine_frontier(model: CostModel, measure, *, rounds: int = 4,
+                    measured: Optional[Dict[Tuple[int, ...], float]] = None) -> Refinement:
+  """The frontier of `model`'s accuracy corrected where the DP goes, from measurements.
+
+  `measure`: [counts, ...] -> [metric, ...] (one call per round, only schedules not measured
+  yet; `measured` seeds what is known). Round 0 measures `model`'s frontier; each later round
+  fits `fit_drop_correction` on everything measured, re-solves and measures what is new. Stops
+  when a corrected frontier brings nothing new (converged) or after `rounds` corrections."""
+  if rounds < 0:
+    raise ValueError(f"refinement rounds must be >= 0, got {rounds}")
+  known = dict(measured or {})
+  current, history, fitted = model, [], 0
+  for r in range(rounds + 1):
+    if r:
+      delta, fitted = fit_drop_correction(model, known)
+      current = with_drop_correction(model, delta)
+    plans = pareto_frontier(current)
+    new = tuple(p for p in plans if p.counts not in known)
+    values = measure([p.counts for p in new]) if new else []
+    if len(values) != len(new):
+      raise ValueError(f"measure returned {len(values)} values for {len(new)} schedules")
+    known.update((p.counts, float(v)) for p, v in zip(new, values))
+    history.append(RefinementRound(r, len(plans), fitted, new))
+    if r and not new:          # round 0 measured nothing new: its frontier was known; fit once
+      break
+  return Refinement(current, plans, known, tuple(history))
+
+
 # ----------------------------------------------------------------------------------------------
 # Multi-layer mode: exact Pareto dynamic programme.
 

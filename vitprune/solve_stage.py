@@ -580,54 +580,43 @@ def _error_points(pairs: Sequence[Tuple[float, float]]) -> Dict[str, Any]:
 def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evaluator, *,
                     rounds: int = 4, num_images: Optional[int] = None
                     ) -> Tuple[Solution, solve.CostModel]:
-  """The frontier of an accuracy model corrected where the DP goes, from measurements.
+  """The solution on the frontier of an accuracy model corrected from measurements
+  (`solve.refine_frontier`: measure the frontier, fit the drop correction, re-solve, measure
+  what is new, until nothing is new or after `rounds` corrections).
 
-  Round 0 measures every frontier schedule of `model` not measured yet (one `evaluate` call).
-  Each later round fits the drop correction (`solve.fit_drop_correction`) on every measured
-  multi-layer schedule, re-solves the frontier with the corrected model and measures the
-  schedules it has not seen; it stops when a frontier brings nothing new (converged) or after
-  `rounds` corrections. Each round's errors are those of the schedules it measured, predicted
-  BEFORE they were measured (out of sample): `settings["accuracy_refinement"]["rounds"]`.
-
-  Returns (solution, corrected model): the frontier of the last model (every schedule measured,
-  predicted accuracy from that model), every measured schedule in `checked`, `chosen` re-chosen
-  with the solution's criterion on the measured metric (an infeasible floor keeps the unpruned
-  schedule; `check_floor` decides), `full` measured. Pass the model on to `check_floor`.
+  `settings["accuracy_refinement"]["rounds"]`: per round the frontier size, the number of
+  measured schedules the correction was fitted on and the error (points) of the schedules it
+  measured, predicted BEFORE they were measured (out of sample); "frontier_in_sample": the final
+  frontier's error under the final model, which was fitted on them.
+  Returns (solution, corrected model): the final frontier (every schedule measured, predicted
+  accuracy from the final model), every measured schedule in `checked` (as predicted when it was
+  measured), `chosen` re-chosen with the solution's criterion on the measured metric (an
+  infeasible floor keeps the unpruned schedule; `check_floor` decides), `full` measured. Pass
+  the model on to `check_floor`.
   """
-  if rounds < 0:
-    raise ValueError(f"refinement rounds must be >= 0, got {rounds}")
   cfg, st = solution.config, solution.settings
   images = num_images if num_images is not None else st.get("num_images")
   known: Dict[Tuple[int, ...], Candidate] = {
       c.counts: c for c in solution.checked if c.measured_accuracy is not None}
-  current, history, fitted = model, [], 0
-  for r in range(rounds + 1):
-    if r:
-      delta, fitted = solve.fit_drop_correction(
-          model, {c: p.measured_accuracy for c, p in known.items()})
-      current = solve.with_drop_correction(model, delta)
-    plans = solve.pareto_frontier(current)
-    new = [_candidate(cfg, p.counts, p.latency, p.accuracy) for p in plans
-           if p.counts not in known]
-    for c in _measure(evaluate, new, images):
-      known[c.counts] = c
-    history.append(dict(_error_points([(c.predicted_accuracy,
-                                        known[c.counts].measured_accuracy) for c in new]),
-                        round=r, frontier=len(plans), fitted_on=fitted))
-    if not new:
-      break
+  full = solution.full
+  ref = solve.refine_frontier(model, evaluate, rounds=rounds, measured={
+      c: p.measured_accuracy for c, p in known.items()})
+  history = []
+  for r in ref.rounds:
+    for p in r.new:
+      known[p.counts] = _measured(_candidate(cfg, p.counts, p.latency, p.accuracy),
+                                  ref.measured[p.counts], images)
+    history.append(dict(_error_points([(p.accuracy, ref.measured[p.counts]) for p in r.new]),
+                        round=r.index, frontier=r.frontier_size, fitted_on=r.fitted_on))
+  if full.counts not in known:
+    known.update((c.counts, c) for c in _measure(evaluate, [full], images))
 
   def measured(p: solve.Plan) -> Candidate:
     return dataclasses.replace(known[p.counts], predicted_latency_s=float(p.latency),
                                predicted_accuracy=float(p.accuracy))
 
-  frontier = tuple(measured(p) for p in plans)
-  full_plan = solve.Plan(solution.full.counts, *solve.predict_schedule(current,
-                                                                       solution.full.counts))
-  todo = [c for c in (solution.full,) if c.counts not in known]
-  for c in _measure(evaluate, todo, images):
-    known[c.counts] = c
-  full = measured(full_plan)
+  frontier = tuple(measured(p) for p in ref.frontier)
+  full = measured(solve.Plan(full.counts, *solve.predict_schedule(ref.model, full.counts)))
   try:
     pick, _ = solve.choose([solve.Plan(c.counts, c.predicted_latency_s, c.measured_accuracy)
                             for c in frontier], accuracy_floor=st.get("accuracy_floor"),
@@ -635,16 +624,14 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
     chosen = next(c for c in frontier if c.counts == pick.counts)
   except ValueError:                       # nothing measured meets the floor / budget
     chosen = full
-  for c in frontier:
-    known[c.counts] = c
-  known[full.counts] = full
-  final = _error_points([(c.predicted_accuracy, c.measured_accuracy) for c in frontier])
+  known.update((c.counts, c) for c in frontier + (full,))
   settings = dict(st, num_images=images, accuracy_refinement={
-      "rounds": history, "converged": not history[-1]["num_schedules"],
-      "measured_schedules": len(known), "frontier_in_sample": final})
+      "rounds": history, "converged": ref.converged, "measured_schedules": len(known),
+      "frontier_in_sample": _error_points([(c.predicted_accuracy, c.measured_accuracy)
+                                           for c in frontier])})
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
   return dataclasses.replace(solution, frontier=frontier, chosen=chosen, full=full,
-                             checked=checked, basis="measured", settings=settings), current
+                             checked=checked, basis="measured", settings=settings), ref.model
 
 
 def corrected_accuracy(solution: Solution, candidate: Candidate) -> float:

@@ -361,16 +361,19 @@ def describe_refinement(ref: Dict[str, Any]) -> str:
   """One line for `settings['accuracy_refinement']` (`solve_stage.refine_accuracy`): the
   out-of-sample error of the first and the last round that measured new schedules."""
   rounds = [r for r in ref["rounds"] if r["num_schedules"]]
+  head = (f"accuracy model corrected from measurements in {len(ref['rounds']) - 1} round(s)"
+          f" ({'converged' if ref['converged'] else 'not converged'}, "
+          f"{ref['measured_schedules']} schedules measured)")
+  if not rounds:
+    return head + ": no frontier schedule beyond those measured before"
   first, last = rounds[0], rounds[-1]
 
   def err(r):
     return (f"{r['mean_abs_points']:.2f} (max {r['max_abs_points']:.2f}) points on "
             f"{r['num_schedules']} schedules")
 
-  return (f"accuracy model corrected from measurements in {len(ref['rounds']) - 1} round(s)"
-          f" ({'converged' if ref['converged'] else 'not converged'}, "
-          f"{ref['measured_schedules']} schedules measured): predicted before measuring, it "
-          f"erred by {err(first)} in round {first['round']}"
+  return (head + f": predicted before measuring, it erred by {err(first)} in round "
+          f"{first['round']}"
           + ("" if last is first else f" and {err(last)} in round {last['round']}"))
 
 
