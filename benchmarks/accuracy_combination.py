@@ -1,7 +1,7 @@
 r"""Where the multi-layer solver's accuracy prediction errs, and why: combined single-layer
 sensitivities vs measured accuracy of multi-layer schedules (vit_digits, the 359 test digits).
 
-  python -m benchmarks.accuracy_combination                 # ~9 min on 2 cores
+  python -m benchmarks.accuracy_combination                 # ~12 min on 2 cores
   python -m benchmarks.accuracy_combination --quick --conditional=3:41   # smoke (~30 s)
 
 The solver predicts a schedule's accuracy from the per-layer sensitivity S[l, n] (accuracy when
@@ -18,6 +18,12 @@ only block l reduces, from all N tokens to n) with the 'incremental' combination
      (n_in < N, n_in <= M) is charged C[l, n_out] - C[l, n_in] from that table instead of the
      single-layer increment. It tests whether the error is an interaction that single-layer
      tables cannot see.
+  5. with `--refine_rounds` > 0, the measured correction of the main job's
+     `--refine_accuracy_rounds` (`solve.refine_frontier`, FLOP latency): per round the error of
+     the schedules it measured, predicted BEFORE measuring; the corrected model on the random
+     schedules it never measured ("refined" rows); and per floor the fewest FLOP among measured
+     schedules meeting it, from the uncorrected frontier alone vs after the refinement, with
+     what the uncorrected model's own choice measures.
 Every schedule is measured on the same images as the table, so the error is the combination
 model's alone (no sampling error between prediction and measurement). Errors are reported in
 points (predicted - measured: positive = optimistic), over all schedules and over those whose
@@ -62,6 +68,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("num_images", None, "A class-balanced subset of the test digits "
                        "(default: all 359).", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed of the random schedules.", flag_values=fv)
+  flags.DEFINE_integer("refine_rounds", 6, "Rounds of the measured correction "
+                       "(`solve.refine_frontier`, as --refine_accuracy_rounds); 0: skip it.",
+                       lower_bound=0, flag_values=fv)
+  flags.DEFINE_string("floors", "0.95,0.96,0.97", "Accuracy floors for the refinement's "
+                      "choice rows.", flag_values=fv)
   flags.DEFINE_bool("quick", False, "Smoke run: grid step 24, 3 random and 3 frontier "
                     "schedules, 60 images.", flag_values=fv)
   flags.DEFINE_string("out", "outputs/benchmark/accuracy_combination.json", "JSON output.",
@@ -226,11 +237,90 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
         "schedules": [dict({"counts": list(c), "measured": a},
                            **{name: p[i] for name, p in pred.items()})
                       for i, (c, a) in enumerate(zip(scheds, meas))]}
+  if f.refine_rounds:
+    floors = [float(v) for v in f.floors.split(",") if v.strip()]
+    log(f"refinement: up to {2 if quick else f.refine_rounds} rounds")
+    result["refinement"] = refinement(models["incremental"], evaluate,
+                                      2 if quick else f.refine_rounds, floors, flop,
+                                      dict(zip(rand, m_rand)))
   result["seconds"] = time.perf_counter() - t0
   print(table(result))
+  if "refinement" in result:
+    print()
+    print(refinement_table(result["refinement"]))
   atomic.write_json(f.out, result, indent=1)
   print(f"wrote {f.out}")
   return result
+
+
+def refinement(model: solve.CostModel, evaluate, rounds: int, floors: Sequence[float],
+               flop: np.ndarray, random: Dict[Counts, float]) -> Dict[str, Any]:
+  """The measured correction on `model` (FLOP latency): rounds, held-out random schedules, and
+  per floor the fewest FLOP meeting it before (the uncorrected frontier, all measured) and after
+  (everything the refinement measured)."""
+  ref = solve.refine_frontier(model, evaluate, rounds=rounds)
+  full = model.full_accuracy
+  out: Dict[str, Any] = {"converged": ref.converged, "measured": len(ref.measured), "rounds": []}
+  for r in ref.rounds:
+    e = errors([p.accuracy for p in r.new], [ref.measured[p.counts] for p in r.new], full)
+    out["rounds"].append({"round": r.index, "frontier": r.frontier_size,
+                          "fitted_on": r.fitted_on, "errors": e})
+  held = [c for c in random if c not in ref.measured]
+  out["random_held_out"] = {
+      name: errors([solve.predict_schedule(m, c)[1] for c in held], [random[c] for c in held],
+                   full) for name, m in (("incremental", model), ("refined", ref.model))}
+  pos = {int(n): i for i, n in enumerate(model.ns)}
+
+  def cost(c):
+    return float(sum(flop[pos[n]] for n in c[:-1]))
+
+  base = ref.rounds[0].new
+  out["floors"] = []
+  for floor in floors:
+    try:
+      pick, _ = solve.choose(base, accuracy_floor=floor)
+      own = {"counts": list(pick.counts), "predicted": pick.accuracy,
+             "measured": ref.measured[pick.counts]}
+    except ValueError:
+      own = None
+    row = {"floor": floor, "uncorrected_choice": own}
+    for name, pool in (("before", [p.counts for p in base]), ("after", list(ref.measured))):
+      ok = [c for c in pool if ref.measured[c] >= floor]
+      best = min(ok, key=cost) if ok else None
+      row[name] = (None if best is None else
+                   {"counts": list(best), "flop": cost(best), "measured": ref.measured[best]})
+    out["floors"].append(row)
+  return out
+
+
+def refinement_table(ref: Dict[str, Any]) -> str:
+  """Markdown: one row per refinement round, then one per floor."""
+  lines = ["| round | frontier | fitted on | measured this round: n, mean / max abs err, mean "
+           "signed (points, predicted before measuring) | of those, measured drop < 10 points |",
+           "|---|---|---|---|---|"]
+
+  def cell(e):
+    if not e["count"]:
+      return "0"
+    return f"{e['count']}, {e['mean']:.2f} / {e['max']:.2f}, {e['mean_signed']:+.2f}"
+
+  for r in ref["rounds"]:
+    lines.append(f"| {r['round']} | {r['frontier']} | {r['fitted_on']} | "
+                 f"{cell(r['errors']['all'])} | {cell(r['errors']['drop_lt_10'])} |")
+  lines += ["", "| random schedules never measured by it | all | drop < 10 points |",
+            "|---|---|---|"]
+  for name, e in ref["random_held_out"].items():
+    lines.append(f"| {name} | {cell(e['all'])} | {cell(e['drop_lt_10'])} |")
+  lines += ["", "| floor | uncorrected model's choice: predicted / measured | fewest MFLOP "
+            "meeting it: uncorrected frontier | after refinement |", "|---|---|---|---|"]
+  for row in ref["floors"]:
+    own = row["uncorrected_choice"]
+    mine = "infeasible" if own is None else f"{own['predicted']:.4f} / {own['measured']:.4f}"
+    cells = ["none" if row[k] is None else
+             f"{row[k]['flop'] / 1e6:.2f} ({','.join(map(str, row[k]['counts']))})"
+             for k in ("before", "after")]
+    lines.append(f"| {row['floor']} | {mine} | {cells[0]} | {cells[1]} |")
+  return "\n".join(lines)
 
 
 def table(result: Dict[str, Any]) -> str:

@@ -250,6 +250,18 @@ def test_accuracy_combination_quick(tmp_path, capsys):
   # same images measures exactly the same (checks how the measurements are split).
   assert res["conditional"]["base_accuracy"] == res["sensitivity"]["3"]["41"]
   assert set(res["conditional"]["rows"]) == {"4", "5"}
+  # The refinement: round 0 measures the uncorrected frontier (the DP's own, so the frontier
+  # family's schedules are among them); later rounds fit on what is measured.
+  ref = res["refinement"]
+  assert ref["rounds"][0]["fitted_on"] == 0 and len(ref["rounds"]) <= 3
+  assert ref["rounds"][0]["errors"]["all"]["count"] == ref["rounds"][0]["frontier"]
+  assert ref["measured"] == sum(r["errors"]["all"]["count"] for r in ref["rounds"])
+  assert [row["floor"] for row in ref["floors"]] == [0.95, 0.96, 0.97]
+  for row in ref["floors"]:
+    if row["before"]:               # refining never loses a schedule it had
+      assert row["after"]["flop"] <= row["before"]["flop"]
+      assert row["after"]["measured"] >= row["floor"]
+  assert "| round | frontier | fitted on |" in text
   with pytest.raises(ValueError, match="tome keeps at least 33 of 65 tokens in one block, so "
                                        "block 0 cannot reduce to 21"):
     ac.main(common.parse(ac.define_flags, ["--method=tome", "--conditional=0:21",
