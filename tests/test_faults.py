@@ -1,7 +1,6 @@
 """Nothing lost, nothing silently wrong: SIGKILL at every write phase, concurrent writers,
 foreign folders, profile merges and labels by class name."""
 import dataclasses
-import json
 import os
 import shutil
 import signal

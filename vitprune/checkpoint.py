@@ -15,7 +15,6 @@ Non-finite parameters are refused.
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
