@@ -107,6 +107,7 @@ def run_seed(seed: int, floor: float, method: str, job_flags: Sequence[str], out
                                              else 1e3 * c.measured_latency_s)}
                                 for c in solution.checked],
           "calibration_schedules": spec.calibration_schedules,
+          "accuracy_refinement": solution.settings.get("accuracy_refinement"),
           "wall_s": wall, "seconds": seconds, "uniform_curve_s": uniform_s,
           "overhead_s": overhead, "overhead_share": overhead / wall}
 

@@ -170,6 +170,7 @@ def test_floor_study_checks_the_main_job(tmp_path, capsys):
   assert row["overhead_share"] == pytest.approx(row["overhead_s"] / row["wall_s"])
   checked = row["checked_schedules"]
   assert len(checked) == row["checked"] and row["calibration_schedules"] == 6
+  assert row["accuracy_refinement"] is None          # not asked for
   chosen = [c for c in checked if c["counts"] == row["counts"]]
   assert len(chosen) == 1 and chosen[0]["loop_ms"] > 0     # the choice was timed in the loop
   if row["retime"]:

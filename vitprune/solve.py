@@ -44,7 +44,11 @@ Neither model sees interactions: a cut the table calls free (a late block down t
 can cost points after an early reduction (block 0), and the DP seeks such cuts, so the default
 incremental frontier is optimistic (vit_digits POMT: +4.7 points on average;
 `benchmarks/accuracy_combination.py`). A floor is therefore checked on measurements
-(`vitprune.solve_stage.check_floor`).
+(`vitprune.solve_stage.check_floor`), and `refine_frontier` corrects the model where the DP goes:
+it measures the frontier, fits a drop correction delta[l, n] (>= 0, non-increasing in n, 0 at N;
+`fit_drop_correction`, anchored on the single reductions the table measured) to the measured
+multi-layer schedules, re-solves with D + delta (still a drop table, so the DP stays exact) and
+measures what is new, until a frontier brings nothing new.
 
 Both objectives are sums of per-block terms that depend only on (layer, tokens in, tokens out), so
 a dynamic programme over layers with the token count as state is exact. Because two objectives
