@@ -1,7 +1,7 @@
 r"""Where the multi-layer solver's accuracy prediction errs, and why: combined single-layer
 sensitivities vs measured accuracy of multi-layer schedules (vit_digits, the 359 test digits).
 
-  python -m benchmarks.accuracy_combination                 # ~12 min on 2 cores
+  python -m benchmarks.accuracy_combination                 # ~3 min on 2 cores
   python -m benchmarks.accuracy_combination --quick --conditional=3:41   # smoke (~30 s)
 
 The solver predicts a schedule's accuracy from the per-layer sensitivity S[l, n] (accuracy when

@@ -156,6 +156,21 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   assert 0 < t["in_loop"] < t["solve"] and f"(in-loop timing {t['in_loop']:.1f})" in out
 
 
+def test_pipeline_refinement_without_a_floor(tmp_path, capsys):
+  """A latency budget: the refinement chooses on measured accuracy, no floor to check in the
+  loop (the in-loop timing is for floors only)."""
+  s = cli.main(_flags(f"--out_dir={tmp_path}", *FAST, "--tokens=65,33,17", "--num_images=40",
+         "--eval_batch_size=20", "--solver=multi", "--latency_budget=10",
+         "--refine_accuracy_rounds=2"))
+  with open(s["files"]["solution"]) as f:
+    sol = json.load(f)
+  assert sol["chosen"]["basis"] == "measured" and sol["settings"]["accuracy_refinement"]
+  best = max(c["measured_accuracy"] for c in sol["checked"]
+             if c["predicted_latency_s"] <= 10)
+  assert sol["chosen"]["measured_accuracy"] == best == pytest.approx(s["pruned"]["accuracy"])
+  assert "in_loop" not in s["seconds"] and "timed" not in capsys.readouterr().out
+
+
 def test_floor_study_checks_the_main_job(tmp_path, capsys):
   # Same job as test_pipeline_multi_layer_solver: its graphs come from the session's XLA cache.
   from benchmarks import floor_study

@@ -1040,7 +1040,7 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
   assert set(calls[0]) == set(base)
   assert first["mean_abs_points"] == pytest.approx(
       100 * np.mean([abs(base[c] - solve.predict_schedule(truth, c)[1]) for c in base]))
-  assert ref["frontier_in_sample"]["mean_abs_points"] < first["mean_abs_points"] / 2
+  assert ref["final_frontier"]["mean_abs_points"] < first["mean_abs_points"] / 2
   measured = {c.counts: c for c in sol.checked}
   for p in sol.frontier:
     assert p.measured_accuracy == pytest.approx(solve.predict_schedule(truth, p.counts)[1])
@@ -1049,21 +1049,45 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
   # The choice: the fastest (predicted latency) frontier schedule whose measured accuracy meets
   # the floor, or a faster measured single reduction (check_floor), never below the floor.
   assert sol.basis == "measured" and sol.chosen.measured_accuracy >= floor
-  meets = [p for p in sol.frontier if p.measured_accuracy >= floor]
+  meets = [p for p in sol.checked if p.measured_accuracy >= floor]   # frontier or not
   assert sol.chosen.predicted_latency_s <= min(p.predicted_latency_s for p in meets) + 1e-12
+  assert {p.counts for p in sol.frontier} <= {p.counts for p in sol.checked}
+  for p in sol.checked:                # one model for every prediction: the final one
+    assert p.predicted_accuracy == pytest.approx(solve.predict_schedule(
+        solve.with_drop_correction(model, solve.fit_drop_correction(model, {
+            c.counts: c.measured_accuracy for c in sol.checked})[0]), p.counts)[1], abs=1e-9)
+  assert "accuracy_correction" not in sol.settings     # a scale of fitted predictions: omitted
   from vitprune.records.solution import Solution, summary_lines
   assert Solution.from_json(sol.to_json()) == sol
   assert any("accuracy model corrected from measurements" in line and "converged" in line
              for line in summary_lines(sol))
-  # Without a budget of rounds: round 0 only (the base frontier measured), not converged.
-  calls.clear()
-  once = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, refine_rounds=1)
-  assert len(once.settings["accuracy_refinement"]["rounds"]) == 2
+  # No correction (rounds=0): the base frontier measured, nothing fitted, not converged.
+  plain = _multi(ps, es, accuracy_floor=floor)
+  once = solve_stage.refine_accuracy(plain, model, evaluate, rounds=0)[0]
+  rounds = once.settings["accuracy_refinement"]["rounds"]
+  assert len(rounds) == 1 and rounds[0]["num_schedules"] == len(plain.frontier)
+  assert not once.settings["accuracy_refinement"]["converged"]
+  # Without a floor the choice is made on the measured metric too (budget, utility), and an
+  # infeasible floor keeps the unpruned schedule.
+  fast = min(p.predicted_latency_s for p in sol.checked)
+  budget = _multi(ps, es, latency_budget=2 * fast, evaluate=evaluate, refine_rounds=6)
+  within = [p for p in budget.checked if p.predicted_latency_s <= 2 * fast]
+  assert budget.basis == "measured" and budget.chosen.measured_accuracy == max(
+      p.measured_accuracy for p in within)
+  util = _multi(ps, es, evaluate=evaluate, refine_rounds=6)
+  assert util.basis == "measured" and util.chosen.measured_accuracy is not None
+  high = solve_stage.refine_accuracy(
+      dataclasses.replace(sol, settings=dict(sol.settings, accuracy_floor=0.99)), model,
+      evaluate)[0]
+  assert high.chosen.counts == (N,) * (CFG.depth + 1)
   # After measure_frontier, round 0 has nothing new to measure; the correction still runs.
   both = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, measure_all=True,
                 refine_rounds=6)
   rounds = both.settings["accuracy_refinement"]["rounds"]
   assert rounds[0]["num_schedules"] == 0 and rounds[1]["fitted_on"] > 0
+  assert "frontier_accuracy_error" not in both.settings      # it described the old frontier
+  assert both.settings["accuracy_refinement"]["uncorrected_frontier"]["num_schedules"] == len(
+      calls[0])
   assert [r["num_schedules"] for r in rounds[1:]] == [r["num_schedules"]
                                                       for r in ref["rounds"][1:]]
   from vitprune.records.solution import describe_refinement

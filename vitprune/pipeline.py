@@ -289,7 +289,8 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
       log("  " + describe_frontier_error(sol.settings["frontier_accuracy_error"]))
     if sol.settings.get("accuracy_refinement"):
       log("  " + describe_refinement(sol.settings["accuracy_refinement"]))
-    if sol.basis == "measured" and spec.loop_neighbours > 0:
+    floor_checked = sol.basis == "measured" and spec.accuracy_floor is not None
+    if floor_checked and spec.loop_neighbours > 0:
       before, t0 = sol.chosen, time.perf_counter()
       sol = solve_stage.check_in_loop(
           sol, estimate, None, evaluate,
@@ -306,7 +307,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     if sol.settings.get("floor_straddles"):
       log(f"  the 95% interval straddles the floor for: "
           f"{', '.join(sol.settings['floor_straddles'])}")
-    if sol.basis == "measured":
+    if floor_checked:
       got, floor = sol.chosen.measured_accuracy, spec.accuracy_floor
       log(f"  measured {len(sol.checked)} schedules on the data and "
           f"{sol.settings['singles_meeting_floor']} measured single-reduction ones: " + (
@@ -314,7 +315,9 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
               if got >= floor else
               f"none meets {sol.metric} >= {floor}: keeping all tokens"))
     log(f"  chosen: predicted {1e3 * sol.chosen.predicted_latency_s:.4f} ms, "
-        f"{sol.chosen.predicted_accuracy:.4f}")
+        f"{sol.chosen.predicted_accuracy:.4f}"
+        + ("" if sol.chosen.measured_accuracy is None else
+           f"; measured {sol.chosen.measured_accuracy:.4f}"))
   log(f"  schedule {sol.chosen.schedule}")
   return sol
 

@@ -423,9 +423,6 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
               "grid": sol.grid.tolist(), "allow_batch_mismatch": allow_batch_mismatch}
   if latency_model is not None:
     settings["latency_model"] = latency_model.summary()
-    why = latency_model.trust(sol.chosen.counts)
-    if why:
-      settings["latency_untrusted"] = why
   solution = Solution(
       mode="multi", config=cfg, profile=_profile_ref(profile, batch, source),
       estimate=_estimate_ref(estimate, metric, inp.layers), settings=settings,
@@ -441,6 +438,10 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   if accuracy_floor is not None and evaluate is not None:
     solution = check_floor(solution, estimate, model, evaluate, chunk=chunk,
                            num_images=num_images)
+  why = latency_model.trust(solution.chosen.counts) if latency_model is not None else None
+  if why:                                  # about the schedule finally chosen
+    solution = dataclasses.replace(solution, settings=dict(solution.settings,
+                                                           latency_untrusted=why))
   return solution
 
 
@@ -537,6 +538,17 @@ def fit_drop_scale(full_accuracy: float, checked: Sequence[Candidate], min_sched
           "error_points_after": float(100 * np.mean(np.abs(k * pred - meas)))}
 
 
+def _error_points(pairs: Sequence[Tuple[float, float]]) -> Dict[str, Any]:
+  """(predicted, measured) pairs -> {"num_schedules", "mean_abs_points", "max_abs_points",
+  "mean_signed_points"} (predicted - measured, in points; zeros for no pair)."""
+  err = 100 * np.array([p - m for p, m in pairs], np.float64)
+  if not err.size:
+    return {"num_schedules": 0, "mean_abs_points": 0.0, "max_abs_points": 0.0,
+            "mean_signed_points": 0.0}
+  return {"num_schedules": int(err.size), "mean_abs_points": float(np.abs(err).mean()),
+          "max_abs_points": float(np.abs(err).max()), "mean_signed_points": float(err.mean())}
+
+
 def measure_frontier(solution: Solution, evaluate: Evaluator, *,
                      num_images: Optional[int] = None) -> Solution:
   """Every frontier schedule measured on the data (one `evaluate` call for those not measured
@@ -554,27 +566,13 @@ def measure_frontier(solution: Solution, evaluate: Evaluator, *,
                if known.get(p.counts, p).measured_accuracy is None}.values())
   for c in _measure(evaluate, todo, num_images):
     known[c.counts] = c
-  err = 100 * np.array([p.predicted_accuracy - known[p.counts].measured_accuracy
-                        for p in solution.frontier], np.float64)
-  settings = dict(solution.settings, frontier_accuracy_error={
-      "num_schedules": int(err.size), "mean_abs_points": float(np.abs(err).mean()),
-      "max_abs_points": float(np.abs(err).max()), "mean_signed_points": float(err.mean())})
+  settings = dict(solution.settings, frontier_accuracy_error=_error_points(
+      [(p.predicted_accuracy, known[p.counts].measured_accuracy) for p in solution.frontier]))
   full = solution.full
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
   return dataclasses.replace(
       solution, checked=checked, settings=settings, chosen=known[solution.chosen.counts],
       full=None if full is None else known[full.counts])
-
-
-def _error_points(pairs: Sequence[Tuple[float, float]]) -> Dict[str, Any]:
-  """(predicted, measured) pairs -> {"num_schedules", "mean_abs_points", "max_abs_points",
-  "mean_signed_points"} (predicted - measured, in points; zeros for no pair)."""
-  err = 100 * np.array([p - m for p, m in pairs], np.float64)
-  if not err.size:
-    return {"num_schedules": 0, "mean_abs_points": 0.0, "max_abs_points": 0.0,
-            "mean_signed_points": 0.0}
-  return {"num_schedules": int(err.size), "mean_abs_points": float(np.abs(err).mean()),
-          "max_abs_points": float(np.abs(err).max()), "mean_signed_points": float(err.mean())}
 
 
 def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evaluator, *,
@@ -584,21 +582,22 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
   (`solve.refine_frontier`: measure the frontier, fit the drop correction, re-solve, measure
   what is new, until nothing is new or after `rounds` corrections).
 
-  `settings["accuracy_refinement"]["rounds"]`: per round the frontier size, the number of
-  measured schedules the correction was fitted on and the error (points) of the schedules it
-  measured, predicted BEFORE they were measured (out of sample); "frontier_in_sample": the final
-  frontier's error under the final model, which was fitted on them.
-  Returns (solution, corrected model): the final frontier (every schedule measured, predicted
-  accuracy from the final model), every measured schedule in `checked` (as predicted when it was
-  measured), `chosen` re-chosen with the solution's criterion on the measured metric (an
-  infeasible floor keeps the unpruned schedule; `check_floor` decides), `full` measured. Pass
-  the model on to `check_floor`.
+  `settings["accuracy_refinement"]`: "rounds", per round the frontier size, the number of
+  measured multi-layer schedules the correction was fitted on and the error (points) of the
+  schedules it measured, predicted BEFORE they were measured (out of sample: the honest figure);
+  "final_frontier": the final frontier's error under the final model (in sample when
+  "converged": the model was fitted on all of them); "uncorrected_frontier": what
+  `measure_frontier` reported before, when it ran.
+  Returns (solution, corrected model): the final frontier (every schedule measured), every
+  measured schedule in `checked`, all with the final model's predicted accuracy; `chosen`
+  re-chosen with the solution's criterion among ALL measured schedules on their measured metric
+  (an infeasible floor or budget keeps the unpruned schedule); `full` measured. Pass the model
+  on to `check_floor`.
   """
-  cfg, st = solution.config, solution.settings
+  cfg, st = solution.config, dict(solution.settings)
   images = num_images if num_images is not None else st.get("num_images")
   known: Dict[Tuple[int, ...], Candidate] = {
       c.counts: c for c in solution.checked if c.measured_accuracy is not None}
-  full = solution.full
   ref = solve.refine_frontier(model, evaluate, rounds=rounds, measured={
       c: p.measured_accuracy for c, p in known.items()})
   history = []
@@ -608,30 +607,30 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
                                   ref.measured[p.counts], images)
     history.append(dict(_error_points([(p.accuracy, ref.measured[p.counts]) for p in r.new]),
                         round=r.index, frontier=r.frontier_size, fitted_on=r.fitted_on))
+  full = solution.full
   if full.counts not in known:
     known.update((c.counts, c) for c in _measure(evaluate, [full], images))
-
-  def measured(p: solve.Plan) -> Candidate:
-    return dataclasses.replace(known[p.counts], predicted_latency_s=float(p.latency),
-                               predicted_accuracy=float(p.accuracy))
-
-  frontier = tuple(measured(p) for p in ref.frontier)
-  full = measured(solve.Plan(full.counts, *solve.predict_schedule(ref.model, full.counts)))
+  # One model for every prediction in the solution: the final one.
+  known = {c: dataclasses.replace(p, predicted_accuracy=solve.predict_schedule(ref.model, c)[1])
+           for c, p in known.items()}
+  frontier = tuple(known[p.counts] for p in ref.frontier)
+  full = known[full.counts]
   try:
     pick, _ = solve.choose([solve.Plan(c.counts, c.predicted_latency_s, c.measured_accuracy)
-                            for c in frontier], accuracy_floor=st.get("accuracy_floor"),
+                            for c in known.values()], accuracy_floor=st.get("accuracy_floor"),
                            latency_budget=st.get("latency_budget"), alpha=st.get("alpha", 0.5))
-    chosen = next(c for c in frontier if c.counts == pick.counts)
+    chosen = known[pick.counts]
   except ValueError:                       # nothing measured meets the floor / budget
     chosen = full
-  known.update((c.counts, c) for c in frontier + (full,))
-  settings = dict(st, num_images=images, accuracy_refinement={
-      "rounds": history, "converged": ref.converged, "measured_schedules": len(known),
-      "frontier_in_sample": _error_points([(c.predicted_accuracy, c.measured_accuracy)
-                                           for c in frontier])})
+  refinement = {"rounds": history, "converged": ref.converged, "measured_schedules": len(known),
+                "final_frontier": _error_points([(c.predicted_accuracy, c.measured_accuracy)
+                                                 for c in frontier])}
+  if "frontier_accuracy_error" in st:      # measure_frontier's figure: the uncorrected frontier
+    refinement["uncorrected_frontier"] = st.pop("frontier_accuracy_error")
+  st.update(num_images=images, accuracy_refinement=refinement)
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
   return dataclasses.replace(solution, frontier=frontier, chosen=chosen, full=full,
-                             checked=checked, basis="measured", settings=settings), ref.model
+                             checked=checked, basis="measured", settings=st), ref.model
 
 
 def corrected_accuracy(solution: Solution, candidate: Candidate) -> float:
@@ -678,10 +677,13 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
                     measured[singles[0].counts], images) if singles else
           _measured(full, measured[full.counts], images))
   prior = {c.counts: c for c in solution.checked}
-  # Schedules measured before (`measure_frontier`) are candidates on their measurement.
-  candidates = sorted((prior.get(p.counts, p) for p in solution.frontier
+  # Schedules measured before (`measure_frontier`, `refine_accuracy`), on the frontier or not,
+  # are candidates on their measurement.
+  pool = {p.counts: prior.get(p.counts, p) for p in solution.frontier}
+  pool.update((c, p) for c, p in prior.items() if p.measured_accuracy is not None)
+  candidates = sorted((p for p in pool.values()
                        if p.predicted_latency_s < best.predicted_latency_s and
-                       _accuracy(prior.get(p.counts, p)) >= floor),
+                       _accuracy(p) >= floor),
                       key=lambda p: p.predicted_latency_s)
   checked: List[Candidate] = []
   for start in range(0, len(candidates), chunk):
@@ -698,8 +700,9 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   straddles = [c.schedule for c in checked + [best] if floor_status(c, floor) == "straddles"]
   settings = dict(solution.settings, singles_meeting_floor=len(singles), num_images=images,
                   floor_straddles=sorted(set(straddles)))
-  correction = fit_drop_scale(full.predicted_accuracy,
-                              list({c.counts: c for c in checked + [best]}.values()))
+  correction = (None if "accuracy_refinement" in settings else   # its predictions are fitted
+                fit_drop_scale(full.predicted_accuracy,
+                               list({c.counts: c for c in checked + [best]}.values())))
   if correction:
     settings["accuracy_correction"] = correction
   checked.sort(key=lambda p: p.predicted_latency_s)
@@ -764,7 +767,8 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   settings = dict(solution.settings, num_images=images, floor_straddles=straddles,
                   timed_in_loop=len(timed), latency_basis="measured")
   correction = (fit_drop_scale(solution.full.predicted_accuracy, checked)
-                if solution.full is not None else None)
+                if solution.full is not None and "accuracy_refinement" not in settings
+                else None)
   if correction:
     settings["accuracy_correction"] = correction
   return dataclasses.replace(solution, chosen=best, checked=checked, basis="measured",

@@ -38,8 +38,10 @@ latency measured in the loop (`solve_stage.check_in_loop`) settings["latency_bas
 "measured": the choice is the fastest measured compiled graph among those meeting the floor.
 settings["accuracy_refinement"] (`solve_stage.refine_accuracy`): the accuracy model corrected
 from measured frontier schedules; "rounds": per round the frontier size, the schedules measured
-and their error predicted before measurement (points), "converged", "measured_schedules" and
-"frontier_in_sample" (the final frontier's error under the final model, fitted on them).
+and their error predicted before measurement (points), "converged", "measured_schedules",
+"final_frontier" (the final frontier's error under the final model: in sample when converged)
+and, when the frontier was measured first, "uncorrected_frontier". Every predicted accuracy of
+such a solution is the final model's.
 settings["accuracy_correction"] (when measured multi-layer schedules exist): the least-squares
 scale of measured vs predicted accuracy drops (`solve_stage.fit_drop_scale`), k > 1 meaning the
 combination model is optimistic; `solve_stage.corrected_accuracy` applies it.
