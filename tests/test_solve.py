@@ -891,6 +891,37 @@ def test_a_schedule_predicted_below_the_floor_but_measured_above_it_can_be_chose
   assert fastest.counts in timed
 
 
+def test_in_loop_neighbours_include_measured_schedules_off_the_frontier(tmp_path):
+  """A schedule measured earlier (e.g. by the refinement) that left the frontier but meets the
+  floor and is predicted next to the choice is timed with it."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  floor = 0.75
+  predicted = _multi(ps, es, accuracy_floor=floor)
+
+  def evaluate(counts_list):
+    return [0.9] * len(counts_list)
+
+  sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, measure_all=True)
+  on_frontier = {p.counts for p in predicted.frontier}
+  off = next(c for c in itertools.product(range(4, N + 1), repeat=CFG.depth)
+             if (N,) + c not in on_frontier and all(a >= b for a, b in zip((N,) + c, c)) and
+             len(set(c)) > 1)
+  extra = dataclasses.replace(sol.chosen, counts=(N,) + off, schedule="off",
+                              predicted_latency_s=sol.chosen.predicted_latency_s * 1.0001,
+                              measured_latency_s=None)
+  start = dataclasses.replace(sol, checked=sol.checked + (extra,))
+  timed = []
+
+  def time_schedules(counts_list):
+    timed.extend(tuple(c) for c in counts_list)
+    return [1e-3] * len(counts_list)
+
+  solve_stage.check_in_loop(start, read_estimate(es), None, evaluate, time_schedules,
+                            neighbours=1)
+  assert extra.counts in timed and sol.chosen.counts in timed
+
+
 def _cand(counts, predicted, measured=None):
   return solve_stage.Candidate(counts=tuple(counts), schedule="x", predicted_latency_s=1e-3,
                                predicted_accuracy=predicted, measured_accuracy=measured)

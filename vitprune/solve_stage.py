@@ -718,10 +718,11 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
 
   Needs `settings['accuracy_floor']`. If the solution's floor was not yet checked on the data,
   `check_floor` runs first (needs `model`, the DP's `solve.CostModel`). Then the chosen schedule
-  and up to `neighbours` frontier schedules on each side of it (predicted faster / slower; only
-  those meeting the floor, on their measured accuracy where already measured, else on their
-  prediction) get their accuracy measured where missing (one `evaluate` call) and, every schedule
-  whose measured accuracy meets the floor, their latency in ONE call of `time_schedules`
+  and up to `neighbours` schedules on each side of it (predicted faster / slower), taken from the
+  frontier and every schedule already measured (only those meeting the floor, on their measured
+  accuracy where already measured, else on their prediction) get their accuracy measured where
+  missing (one `evaluate` call) and, every schedule whose measured accuracy meets the floor,
+  their latency in ONE call of `time_schedules`
   (compiled graphs, one shuffled measurement). The fastest measured one is chosen. Every
   schedule checked keeps predicted and measured latency and accuracy (`checked`); criterion
   "accuracy_floor_measured", basis "measured", `settings['latency_basis'] == "measured"`.
@@ -739,8 +740,11 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   known: Dict[Tuple[int, ...], Candidate] = {c.counts: c for c in solution.checked}
   chosen = solution.chosen
   known[chosen.counts] = chosen
-  eligible = [p for p in solution.frontier
-              if p.counts != chosen.counts and _accuracy(known.get(p.counts, p)) >= floor]
+  # The frontier and every schedule already measured (`refine_accuracy` measures many off the
+  # final frontier), on their measured accuracy where there is one.
+  around = {p.counts: known.get(p.counts, p) for p in solution.frontier}
+  around.update((c, p) for c, p in known.items() if p.measured_accuracy is not None)
+  eligible = [p for c, p in around.items() if c != chosen.counts and _accuracy(p) >= floor]
   faster = sorted((p for p in eligible if p.predicted_latency_s <= chosen.predicted_latency_s),
                   key=lambda p: -p.predicted_latency_s)[:neighbours]
   slower = sorted((p for p in eligible if p.predicted_latency_s > chosen.predicted_latency_s),
