@@ -7,7 +7,7 @@ r"""Schedule solver CLI: a latency profile + an accuracy estimate -> a token sch
   python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
       --accuracy_floor=0.9 [--step_bottoms_only]
   # ... and measured in the loop: with the weights and the estimate's data, the floor is checked
-  # on measured accuracy and the choice and its frontier neighbours are compiled and timed:
+  # on measured accuracy and the choice and its neighbours are compiled and timed:
   python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
       --accuracy_floor=0.9 --weights=weights/vit_digits --data=digits
 
@@ -80,8 +80,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("refine_accuracy_rounds", 0, "With --weights, --mode=multi: correct the "
                        "combined accuracy model from the measured frontier and re-solve, up to "
                        "this many rounds (0: off).", lower_bound=0, flag_values=fv)
-  flags.DEFINE_integer("loop_neighbours", 2, "With --weights: frontier neighbours on each side "
-                       "of the choice timed in the loop.", flag_values=fv)
+  flags.DEFINE_integer("loop_neighbours", 2, "With --weights: schedules (frontier or measured) "
+                       "on each side of the choice timed in the loop.", flag_values=fv)
   flags.DEFINE_float("min_run_time", 0.2, "With --weights: seconds of timed calls per graph.",
                      flag_values=fv)
 

@@ -1100,13 +1100,20 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
   assert not once.settings["accuracy_refinement"]["converged"]
   # Without a floor the choice is made on the measured metric too (budget, utility), and an
   # infeasible floor keeps the unpruned schedule.
-  fast = min(p.predicted_latency_s for p in sol.checked)
-  budget = _multi(ps, es, latency_budget=2 * fast, evaluate=evaluate, refine_rounds=6)
-  within = [p for p in budget.checked if p.predicted_latency_s <= 2 * fast]
+  lats = sorted(p.predicted_latency_s for p in sol.checked)
+  limit = (lats[0] + lats[-1]) / 2                   # binds: some checked schedules are slower
+  budget = _multi(ps, es, latency_budget=limit, evaluate=evaluate, refine_rounds=6)
+  within = [p for p in budget.checked if p.predicted_latency_s <= limit]
+  assert 0 < len(within) < len(budget.checked)
   assert budget.basis == "measured" and budget.chosen.measured_accuracy == max(
       p.measured_accuracy for p in within)
   util = _multi(ps, es, evaluate=evaluate, refine_rounds=6)
-  assert util.basis == "measured" and util.chosen.measured_accuracy is not None
+  lat = np.array([p.predicted_latency_s for p in util.checked])
+  acc = np.array([p.measured_accuracy for p in util.checked])
+  best = solve.utility(lat, acc, 0.5)
+  assert util.basis == "measured"
+  assert solve.utility(lat, acc, 0.5)[[p.counts for p in util.checked].index(
+      util.chosen.counts)] == pytest.approx(best.max())
   high = solve_stage.refine_accuracy(
       dataclasses.replace(sol, settings=dict(sol.settings, accuracy_floor=0.99)), model,
       evaluate)[0]

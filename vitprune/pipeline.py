@@ -16,9 +16,9 @@ compiled graphs and fits the latency model of the compiled graph
 every block; stage 3 picks a per-layer schedule from the exact Pareto frontier (fastest above
 `accuracy_floor`, most accurate under `latency_budget`, else best utility). With a floor, the
 floor is checked on the data (measured accuracy, with its binomial interval) and the latency is
-measured in the loop: the choice and up to `loop_neighbours` frontier neighbours on each side
-that meet the floor are compiled and timed together (in `loop_rounds` interleaved rounds), and
-the fastest measured one is chosen
+measured in the loop: the choice and up to `loop_neighbours` neighbours on each side (from the
+frontier and the schedules measured) that meet the floor are compiled and timed together (in
+`loop_rounds` interleaved rounds), and the fastest measured one is chosen
 (`solve_stage.check_in_loop`). Stage 4 is unchanged, so the choice is verified on the real graph
 and data.
 
@@ -72,7 +72,7 @@ class PipelineSpec:
   latency_budget: Optional[float] = None   # multi: most accurate schedule within (seconds)
   # multi: compiled graphs fitting the latency model
   calibration_schedules: int = latency_model_lib.DEFAULT_CALIBRATION_SCHEDULES
-  loop_neighbours: int = 2                 # multi + floor: frontier neighbours timed in the loop
+  loop_neighbours: int = 2                 # multi + floor: neighbours timed in the loop
   loop_rounds: int = 5                     # ... in this many interleaved rounds (TimingConfig)
   measure_frontier: bool = False           # multi: measure every frontier schedule's accuracy
   refine_accuracy_rounds: int = 0          # multi: correct the accuracy model from measured

@@ -18,8 +18,8 @@ size. Accuracy values are the estimate's metric ('accuracy' for labelled data, e
     With `latency_model` (`vitprune.profile.latency_model.LatencyModel`, calibrated on whole
     compiled graphs) the DP's costs come from it instead of the isolated per-block table, which
     over-predicts the compiled graph (`profile.latency_source == "calibrated-graph"`).
-  in the loop (`check_in_loop`): the choice and its frontier neighbours that meet the floor on
-    measured accuracy are compiled and timed in one shuffled measurement (`time_schedules`
+  in the loop (`check_in_loop`): the choice and its neighbours (frontier or measured) meeting the
+    floor on measured accuracy are compiled and timed in one shuffled measurement (`time_schedules`
     callback) and the fastest measured one is chosen.
 """
 from __future__ import annotations
@@ -652,10 +652,11 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   The combined accuracy model can be optimistic when several layers reduce. Two sources of
   measured candidates:
     * single-reduction schedules: the estimate already measured each one (S[l, n], same data);
-    * frontier schedules predicted faster than the best of those that meet the floor, on their
-      measured metric when already measured (`solution.checked`, e.g. by `measure_frontier`;
-      the same data is assumed), else on their prediction: the unmeasured ones are measured
-      with `evaluate`, `chunk` per call, fastest first, until one meets it.
+    * frontier schedules, and schedules measured before off the frontier (`solution.checked`,
+      e.g. by `refine_accuracy`; the unpruned schedule only when on the frontier), predicted
+      faster than the best of those that meet the floor, on their measured metric when already
+      measured (the same data is assumed), else on their prediction: the unmeasured ones are
+      measured with `evaluate`, `chunk` per call, fastest first, until one meets it.
   The floor means the MEASURED metric meets it. Every measured candidate carries its Wilson 95 %
   interval for `num_images` evaluated images (default: the estimate's reference count);
   `settings['floor_straddles']` lists the checked schedules whose interval contains the floor.
@@ -680,7 +681,8 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   # Schedules measured before (`measure_frontier`, `refine_accuracy`), on the frontier or not,
   # are candidates on their measurement.
   pool = {p.counts: prior.get(p.counts, p) for p in solution.frontier}
-  pool.update((c, p) for c, p in prior.items() if p.measured_accuracy is not None)
+  pool.update((c, p) for c, p in prior.items()
+              if p.measured_accuracy is not None and c != full.counts)
   candidates = sorted((p for p in pool.values()
                        if p.predicted_latency_s < best.predicted_latency_s and
                        _accuracy(p) >= floor),
@@ -743,7 +745,9 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   # The frontier and every schedule already measured (`refine_accuracy` measures many off the
   # final frontier), on their measured accuracy where there is one.
   around = {p.counts: known.get(p.counts, p) for p in solution.frontier}
-  around.update((c, p) for c, p in known.items() if p.measured_accuracy is not None)
+  unpruned = None if solution.full is None else solution.full.counts
+  around.update((c, p) for c, p in known.items()
+                if p.measured_accuracy is not None and c != unpruned)
   eligible = [p for c, p in around.items() if c != chosen.counts and _accuracy(p) >= floor]
   faster = sorted((p for p in eligible if p.predicted_latency_s <= chosen.predicted_latency_s),
                   key=lambda p: -p.predicted_latency_s)[:neighbours]
@@ -770,6 +774,7 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   straddles = sorted({c.schedule for c in checked if floor_status(c, floor) == "straddles"})
   settings = dict(solution.settings, num_images=images, floor_straddles=straddles,
                   timed_in_loop=len(timed), latency_basis="measured")
+  settings.pop("latency_untrusted", None)  # about a predicted latency: the choice is measured now
   correction = (fit_drop_scale(solution.full.predicted_accuracy, checked)
                 if solution.full is not None and "accuracy_refinement" not in settings
                 else None)
