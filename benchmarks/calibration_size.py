@@ -64,8 +64,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 def draw_schedules(cfg, method: str, grid: List[int], sizes: List[int], draws: int,
                    num_heldout: int) -> Tuple[Dict[Tuple[int, int], List], List, List]:
   """-> ({(size, draw): the calibration set the main job would draw with --seed=draw},
-  the distinct schedules of all sets, the held-out schedules, none of them in any set). ValueError naming the flag when the grid cannot
-  hold that many distinct schedules."""
+  the distinct schedules of all sets, the held-out schedules, none of them in any set).
+  ValueError naming the flag when the grid cannot hold that many distinct schedules."""
   limit = lm_lib.method_limit(cfg, method)
   try:
     sets = {(k, d): lm_lib.sample_schedules(cfg.num_tokens, cfg.depth, grid, k, seed=d,

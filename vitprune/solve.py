@@ -472,10 +472,9 @@ def fit_drop_correction(model: CostModel, measured: Dict[Tuple[int, ...], float]
   delta = np.zeros_like(model.drop)
   if not rows:
     return delta, 0
-  anchors = [(c, predict_schedule(model, c)[1])
-             for c in (_single_reductions(model) if anchor_singles else [])]
-  x = np.stack([_correction_columns(model, c).ravel() for c, _ in rows + anchors])
-  y = np.array([predict_schedule(model, c)[1] - v for c, v in rows + anchors])
+  anchors = _single_reductions(model) if anchor_singles else []   # residual 0: the table's own
+  x = np.stack([_correction_columns(model, c).ravel() for c in [c for c, _ in rows] + anchors])
+  y = np.array([predict_schedule(model, c)[1] - v for c, v in rows] + [0.0] * len(anchors))
   inc, _ = nnls(x, y)
   inc = inc.reshape(model.depth, -1)
   delta = np.cumsum(inc[:, ::-1], axis=1)[:, ::-1]          # delta[l, k] = sum_{j >= k} inc

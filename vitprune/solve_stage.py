@@ -644,6 +644,27 @@ def corrected_accuracy(solution: Solution, candidate: Candidate) -> float:
   return full - corr["drop_scale"] * (full - candidate.predicted_accuracy)
 
 
+def _candidate_pool(solution: Solution, known: Dict[Tuple[int, ...], Candidate]
+                    ) -> Dict[Tuple[int, ...], Candidate]:
+  """What a floor check may choose from: every frontier schedule (as measured, where `known`
+  has it) and every schedule of `known` measured off the frontier (`measure_frontier`,
+  `refine_accuracy`), the unpruned one only when on the frontier."""
+  unpruned = None if solution.full is None else solution.full.counts
+  pool = {p.counts: known.get(p.counts, p) for p in solution.frontier}
+  pool.update((c, p) for c, p in known.items()
+              if p.measured_accuracy is not None and c != unpruned)
+  return pool
+
+
+def _drop_scale(solution: Solution, settings: Dict[str, Any], checked: Sequence[Candidate]
+                ) -> Optional[Dict[str, Any]]:
+  """`fit_drop_scale` over `checked`, or None where it says nothing: no unpruned schedule, or a
+  refined solution (its predictions were fitted to these measurements)."""
+  if solution.full is None or "accuracy_refinement" in settings:
+    return None
+  return fit_drop_scale(solution.full.predicted_accuracy, checked)
+
+
 def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
                 evaluate: Evaluator, chunk: int = 6, num_images: Optional[int] = None
                 ) -> Solution:
@@ -677,12 +698,8 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   best = (_measured(_candidate(cfg, singles[0].counts, singles[0].latency, singles[0].accuracy),
                     measured[singles[0].counts], images) if singles else
           _measured(full, measured[full.counts], images))
-  prior = {c.counts: c for c in solution.checked}
-  # Schedules measured before (`measure_frontier`, `refine_accuracy`), on the frontier or not,
-  # are candidates on their measurement.
-  pool = {p.counts: prior.get(p.counts, p) for p in solution.frontier}
-  pool.update((c, p) for c, p in prior.items()
-              if p.measured_accuracy is not None and c != full.counts)
+  # Schedules measured before, on the frontier or not, are candidates on their measurement.
+  pool = _candidate_pool(solution, {c.counts: c for c in solution.checked})
   candidates = sorted((p for p in pool.values()
                        if p.predicted_latency_s < best.predicted_latency_s and
                        _accuracy(p) >= floor),
@@ -702,9 +719,8 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   straddles = [c.schedule for c in checked + [best] if floor_status(c, floor) == "straddles"]
   settings = dict(solution.settings, singles_meeting_floor=len(singles), num_images=images,
                   floor_straddles=sorted(set(straddles)))
-  correction = (None if "accuracy_refinement" in settings else   # its predictions are fitted
-                fit_drop_scale(full.predicted_accuracy,
-                               list({c.counts: c for c in checked + [best]}.values())))
+  correction = _drop_scale(solution, settings,
+                           list({c.counts: c for c in checked + [best]}.values()))
   if correction:
     settings["accuracy_correction"] = correction
   checked.sort(key=lambda p: p.predicted_latency_s)
@@ -742,13 +758,8 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   known: Dict[Tuple[int, ...], Candidate] = {c.counts: c for c in solution.checked}
   chosen = solution.chosen
   known[chosen.counts] = chosen
-  # The frontier and every schedule already measured (`refine_accuracy` measures many off the
-  # final frontier), on their measured accuracy where there is one.
-  around = {p.counts: known.get(p.counts, p) for p in solution.frontier}
-  unpruned = None if solution.full is None else solution.full.counts
-  around.update((c, p) for c, p in known.items()
-                if p.measured_accuracy is not None and c != unpruned)
-  eligible = [p for c, p in around.items() if c != chosen.counts and _accuracy(p) >= floor]
+  eligible = [p for c, p in _candidate_pool(solution, known).items()
+              if c != chosen.counts and _accuracy(p) >= floor]
   faster = sorted((p for p in eligible if p.predicted_latency_s <= chosen.predicted_latency_s),
                   key=lambda p: -p.predicted_latency_s)[:neighbours]
   slower = sorted((p for p in eligible if p.predicted_latency_s > chosen.predicted_latency_s),
@@ -775,9 +786,7 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   settings = dict(solution.settings, num_images=images, floor_straddles=straddles,
                   timed_in_loop=len(timed), latency_basis="measured")
   settings.pop("latency_untrusted", None)  # about a predicted latency: the choice is measured now
-  correction = (fit_drop_scale(solution.full.predicted_accuracy, checked)
-                if solution.full is not None and "accuracy_refinement" not in settings
-                else None)
+  correction = _drop_scale(solution, settings, checked)
   if correction:
     settings["accuracy_correction"] = correction
   return dataclasses.replace(solution, chosen=best, checked=checked, basis="measured",
