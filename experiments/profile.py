@@ -95,6 +95,26 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        "this many rounds (0: off).", lower_bound=0, flag_values=fv)
 
 
+# Flags one side of --mode reads and the other would silently ignore.
+PIPELINE_ONLY = ("data", "num_images", "eval_batch_size", "alpha", "layer", "method", "solver",
+                 "accuracy_floor", "latency_budget", "calibration_schedules", "measure_frontier",
+                 "refine_accuracy_rounds")
+PROFILE_ONLY = ("schedule", "reducer", "adaptive", "coarse_stride", "compile_cache_dir")
+
+
+def check_mode_flags(f: flags.FlagValues) -> None:
+  """Refuses flags given on the command line that --mode does not read (one line naming them)."""
+  pipeline_mode = f.mode == "pipeline"
+  unread = [n for n in (PROFILE_ONLY if pipeline_mode else PIPELINE_ONLY) if f[n].present]
+  if unread:
+    names = ", ".join(f"--{n}" for n in unread)
+    verb = "applies" if len(unread) == 1 else "apply"
+    if pipeline_mode:
+      raise ValueError(f"{names} {verb} to --mode=model, block or schedule, not --mode=pipeline "
+                       "(the pipeline's method is --method)")
+    raise ValueError(f"{names} {verb} to --mode=pipeline only, not --mode={f.mode}")
+
+
 def _batch_sizes(values: List[str]):
   try:
     sizes = tuple(int(v) for v in values)
@@ -166,6 +186,7 @@ def spec_from_flags(f: flags.FlagValues, out_dir: str = ""):
 def main(f: flags.FlagValues):
   """Runs what the flags describe: the pipeline (-> its summary) or a profile (-> one Profile
   per batch size), printing the summary."""
+  check_mode_flags(f)
   if f.mode == "pipeline":
     out_dir = f.out_dir or "outputs/pipeline"
     cfg, params, source, spec, data = pipeline_from_flags(f, out_dir)

@@ -231,6 +231,13 @@ def test_pipeline_errors(tmp_path):
   with pytest.raises(ERRORS, match="not both"):
     cli.main(_flags(f"--out_dir={tmp_path}", "--solver=multi", "--accuracy_floor=0.9",
            "--latency_budget=0.001"))
+  for flag in ("--reducer=tome", "--adaptive", "--coarse_stride=4", "--schedule=keep@3:33",
+               f"--compile_cache_dir={tmp_path / 'cache'}"):
+    name = flag.split("=")[0]
+    with pytest.raises(ERRORS, match=f"^{name} applies to --mode=model, block or schedule, not "
+                       r"--mode=pipeline \(the pipeline's method is --method\)$"):
+      cli.main(_flags(f"--out_dir={tmp_path}", flag))
+  assert not os.path.exists(tmp_path / "cache")
 
 
 def test_pipeline_checks_flags_and_out_dir_before_any_stage(tmp_path):
@@ -292,6 +299,10 @@ def test_weights_flag(tmp_path):
     (["--threads=0"], "threads must be >= 1"),
     (["--min_run_time=0"], "min_run_time must be > 0"),
     (["--reducer=nosuch"], "nosuch"),
+    (["--accuracy_floor=0.9"], "^--accuracy_floor applies to --mode=pipeline only, not "
+                               "--mode=model$"),
+    (["--method=tome", "--data=digits", "--refine_accuracy_rounds=0"],
+     "^--data, --method, --refine_accuracy_rounds apply to --mode=pipeline only"),
     (["--min_run_time=inf"], "--min_run_time=inf is not a finite number"),
     (["--batch_size=1000000000"], r"--batch_size=1000000000 cannot fit in memory.*at most \d+ fit"),
 ])
