@@ -64,26 +64,28 @@ def _jax_call(cfg, params, schedule, reducer, images):
 
 
 def _iree_modules(cfg, params, schedule, reducer, batch, weights, plans):
-  """{profile: (lowered, vmfb, info)} for the distinct profiles of `plans`."""
+  """{(profile, shards): (lowered, vmfb, info)} for the distinct plans of `plans` (a sharded
+  plan's module takes batch / shards images)."""
   needs = schedule.counts[0] < cfg.num_tokens or schedule.reduction_layers
-  low = iree_build.lower(cfg, params, schedule=schedule, reducer=reducer if needs else None,
-                         batch_size=batch, weights=weights)
   out = {}
   for plan in plans:
-    if plan["profile"] not in out:
+    key = (plan["profile"], plan["shards"])
+    if key not in out:
+      low = iree_build.lower(cfg, params, schedule=schedule, reducer=reducer if needs else None,
+                             batch_size=batch // plan["shards"], weights=weights)
       blob, info = iree_build.compile_module(low.mlir, parse_target("iree:host"),
                                              profile=plan["profile"])
-      out[plan["profile"]] = (low, blob, info)
+      out[key] = (low, blob, info)
   return out
 
 
-def _iree_call(driver, low, blob, params, images):
-  rt = runtime.Runner(driver)
-  fn = rt.load_bytes(blob)
+def _iree_call(driver, shards, low, blob, params, images):
+  """The module on `shards` devices of `driver` (`runtime.Devices`, as an artifact runs it)."""
+  devices = runtime.Devices(driver, shards)
+  fns = devices.load_bytes(blob)
   leaves = jax.tree.leaves(params)
-  args = [rt.put(np.asarray(leaves[i], np.float32)) for i in low.weight_index]
-  args.append(rt.put(np.asarray(images)))
-  return lambda: fn(*args).to_host()
+  weights = devices.put_weights([np.asarray(leaves[i], np.float32) for i in low.weight_index])
+  return devices.bind(fns, weights, devices.put_batch(np.asarray(images)))
 
 
 def measure_interleaved(calls, tcfg: protocol.TimingConfig):
@@ -92,15 +94,20 @@ def measure_interleaved(calls, tcfg: protocol.TimingConfig):
 
 
 def _plans(cfg, batch, drivers: List[str]) -> List[Dict]:
-  """One runtime plan per distinct driver of `drivers`; 'auto' marks the artifact's choice."""
+  """One runtime plan per distinct driver of `drivers` (a driver named runs unsharded); 'auto'
+  marks the artifact's choice (possibly sharded, `choose_runtime`)."""
   host = parse_target("iree:host")
   auto = iree_build.choose_runtime(cfg, batch, host)
   plans = {}
   for d in drivers:
-    plan = auto if d in ("auto", auto["driver"]) else iree_build.choose_runtime(cfg, batch,
-                                                                                 host, d)
-    plans.setdefault(plan["driver"], dict(plan, auto=plan is auto))
+    plan = auto if d == "auto" else iree_build.choose_runtime(cfg, batch, host, d)
+    plans.setdefault(plan_name(plan), dict(plan, auto=plan is auto))
   return list(plans.values())
+
+
+def plan_name(plan: Dict) -> str:
+  """'local-task', or 'local-sync x2' for a plan of 2 shards."""
+  return plan["driver"] + (f" x{plan['shards']}" if plan["shards"] > 1 else "")
 
 
 def run(f: flags.FlagValues, pairs: Dict[str, str], batch_sizes: List[int],
@@ -123,16 +130,18 @@ def run(f: flags.FlagValues, pairs: Dict[str, str], batch_sizes: List[int],
         for mode in ["args"] + (["baked"] if name in f.baked else []):
           mods = _iree_modules(cfg, params, sched, reducer, b, mode, plans)
           for plan in plans:
-            low, blob, info = mods[plan["profile"]]
-            calls[(mode, plan["driver"])] = _iree_call(plan["driver"], low, blob, params, images)
-            built[(mode, plan["driver"])] = (low, blob, info, plan)
+            low, blob, info = mods[plan["profile"], plan["shards"]]
+            key = (mode, plan_name(plan))
+            calls[key] = _iree_call(plan["driver"], plan["shards"], low, blob, params, images)
+            built[key] = (low, blob, info, plan)
         meas = measure_interleaved(calls, tcfg)
         jm = meas["jax"]
         for (mode, driver), (low, blob, info, plan) in built.items():
           im = meas[(mode, driver)]
           wbytes = _weights_bytes(params, low.weight_index)
           rows.append({"model": name, "weights_source": source, "batch_size": b,
-                       "schedule": text, "weights": mode, "driver": driver,
+                       "schedule": text, "weights": mode, "driver": plan["driver"],
+                       "shards": plan["shards"],
                        "auto": plan["auto"], "profile": plan["profile"],
                        "gflop": plan["gflop"],
                        "jax_median_ms": jm.median * 1e3, "jax_iqr_ms": jm.iqr * 1e3,
@@ -162,7 +171,7 @@ def table(res: dict) -> str:
           "IREE/JAX | IREE compile s | module MB | weights.bin MB |")
   lines = [head, "|" + "---|" * 11]
   for r in res["rows"]:
-    driver = r["driver"] + (" (auto)" if r["auto"] else "")
+    driver = plan_name(r) + (" (auto)" if r["auto"] else "")
     lines.append(f"| {r['model']} | {r['batch_size']} | {r['schedule']} | {r['weights']} | "
                  f"{driver} | {r['jax_median_ms']:.3f} ({r['jax_iqr_ms']:.3f}) | "
                  f"{r['iree_median_ms']:.3f} ({r['iree_iqr_ms']:.3f}) | {r['ratio']:.2f}x | "

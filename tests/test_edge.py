@@ -18,7 +18,7 @@ from vitprune.edge import runtime as edge_rt
 from vitprune.edge import targets as targets_lib
 from vitprune.edge.targets import EdgeError, parse_target, parse_targets
 from vitprune.flops import forward_gflop
-from vitprune.profile import records
+from vitprune.profile import protocol, records
 from vitprune.reduce.methods import make_reducer
 from vitprune.registry import get_config
 from vitprune.schedule import parse_schedule
@@ -69,12 +69,28 @@ def test_cpu_profile_driver_and_compile_retries():
   small, deit8 = get_config("vit_digits"), get_config("deit_small_patch16_224")
   assert 0.03 < forward_gflop(small) < 0.035 and 70 < forward_gflop(deit8, 8) < 75
   assert iree_build.choose_runtime(small, 1, host) == {
-      "profile": "latency", "driver": "local-sync", "gflop": 0.032, "source": "auto"}
+      "profile": "latency", "driver": "local-sync", "gflop": 0.032, "shards": 1,
+      "source": "auto"}
   assert iree_build.choose_runtime(deit8, 8, host)["driver"] == "local-task"
   for cfg, batch in ((small, 8), (deit8, 1)):   # 0.26 and 9.2 GFLOP: both cores pay off
-    assert iree_build.choose_runtime(cfg, batch, host)["profile"] == "throughput"
-  given = iree_build.choose_runtime(small, 1, host, "local-task")
-  assert (given["profile"], given["source"]) == ("throughput", "given")
+    assert iree_build.choose_runtime(cfg, batch, host, cores=1)["profile"] == "throughput"
+  # On several cores a batch splits into shards of small graphs, each on its own local-sync.
+  plan = iree_build.choose_runtime(small, 8, host, cores=2)
+  assert (plan["profile"], plan["driver"], plan["shards"]) == ("latency", "local-sync", 2)
+  assert [iree_build.choose_runtime(small, 8, host, cores=c)["shards"] for c in (3, 4, 16)] == [
+      2, 4, 8]
+  assert iree_build.choose_runtime(small, 6, host, cores=4)["shards"] == 3
+  assert iree_build.choose_runtime(small, 7, host, cores=4)["shards"] == 1   # 7 is prime
+  for batch in (2, 8):      # DeiT-S shards would do 9.2 / 36.8 GFLOP each: the task system
+    plan = iree_build.choose_runtime(deit8, batch, host, cores=2)
+    assert (plan["driver"], plan["shards"]) == ("local-task", 1)
+  cross = parse_target("iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae")   # its cores: unknown
+  assert iree_build.choose_runtime(small, 8, cross)["shards"] == 1
+  assert targets_lib.cpu_plan(2 * targets_lib.SHARD_MAX_GFLOP - 0.01, 2, 2) == ("latency", 2)
+  assert targets_lib.cpu_plan(2 * targets_lib.SHARD_MAX_GFLOP, 2, 2) == ("throughput", 1)
+  assert [targets_lib.shards_for(b, 4) for b in (1, 2, 3, 5, 6, 12)] == [1, 2, 3, 1, 3, 4]
+  given = iree_build.choose_runtime(small, 8, host, "local-task", cores=2)
+  assert (given["profile"], given["source"], given["shards"]) == ("throughput", "given", 1)
   assert iree_build.choose_runtime(small, 1, parse_target("iree:cuda:sm_87"))["driver"] == "cuda"
   with pytest.raises(EdgeError, match=r"^IREE driver 'cuda' cannot run target iree:host; "
                      r"expected one of local-task, local-sync$"):
@@ -168,10 +184,13 @@ def test_stable_sort_rule_only_inside_iree_lowering():
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory, params):
   out = str(tmp_path_factory.mktemp("art") / "tiny")
-  deploy.export_artifact(out, CFG, params, schedule=parse_schedule(CFG, "keep@1:9"),
-                         reducer=make_reducer("pomt"), reducer_name="pomt", batch_size=2,
-                         targets=["jax", "iree:host", "iree:cuda:sm_87",
-                                  "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae", "iree:vulkan"])
+  with pytest.MonkeyPatch.context() as mp:   # a 2-core host: iree:host runs 2 shards of 1 image
+    mp.setattr(iree_build, "usable_cores", lambda: 2)
+    deploy.export_artifact(out, CFG, params, schedule=parse_schedule(CFG, "keep@1:9"),
+                           reducer=make_reducer("pomt"), reducer_name="pomt", batch_size=2,
+                           targets=["jax", "iree:host", "iree:cuda:sm_87",
+                                    "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae",
+                                    "iree:vulkan"])
   return out
 
 
@@ -190,21 +209,28 @@ def test_artifact_targets_cross_compile_and_match_jax(artifact, images):
   host = recs["iree:host"]   # a tiny graph: latency profile, recorded with the driver it chose
   assert host["driver"] == host["runtime"]["driver"] == "local-sync"
   assert (host["runtime"]["source"], host["compiler"]["profile"]) == ("auto", "latency")
+  assert (host["runtime"]["shards"], host["module"]["batch_size"]) == (2, 1)
   assert "--iree-opt-generalize-matmul" in host["compiler"]["flags"]
+  cross = recs["iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae"]    # the board's cores: unknown
+  assert (cross["runtime"]["shards"], cross["module"]["batch_size"]) == (1, 2)
   assert recs["iree:cuda:sm_87"]["driver"] == "cuda"
   assert recs["iree:vulkan"]["driver"] == "vulkan"     # SPIR-V for Vulkan GPUs (compile only)
   edge = edge_rt.load(artifact)             # the first target this host runs: iree:host
-  assert (edge.target, edge.driver) == ("iree:host", "local-sync")
+  assert (edge.target, edge.driver, edge.shards) == ("iree:host", "local-sync", 2)
   want = np.asarray(deploy.load(artifact)(images))
-  assert np.max(np.abs(edge(images) - want)) <= 1e-5
+  assert np.abs(want[0] - want[1]).max() > 1e-3        # the two images' logits differ
+  assert np.max(np.abs(edge(images) - want)) <= 1e-5   # shards concatenated in batch order
+  assert np.max(np.abs(edge(images[::-1]) - want[::-1])) <= 1e-5
+  with pytest.raises(ValueError, match=r"expects images \[2, 32, 32, 3\]"):
+    edge(images[:1])
   task = edge_rt.load(artifact, "iree:host", driver="local-task")   # the override is honoured
-  assert task.driver == "local-task" and task._runner.driver == "local-task"
+  assert task.driver == "local-task" and task._devices.driver == "local-task"
   assert np.max(np.abs(task(images) - want)) <= 1e-5
   with pytest.raises(EdgeError, match="^IREE driver 'vulkan' cannot run target iree:host"):
     edge_rt.load(artifact, "iree:host", driver="vulkan")
   r = run_edge("bench", f"--artifact={artifact}", "--target=iree:host", "--driver=local-task",
                "--min_run_time=0.01")
-  assert r.returncode == 0 and "driver local-task" in r.stdout, r.stderr[-2000:]
+  assert r.returncode == 0 and "driver local-task x2 shards" in r.stdout, r.stderr[-2000:]
   r = run_edge("bench", f"--artifact={artifact}", "--driver=local-turbo", "--min_run_time=0.01")
   assert r.returncode == 1 and r.stderr.strip().count("\n") == 0
   assert "IREE driver 'local-turbo' cannot run target" in r.stderr
@@ -245,6 +271,21 @@ def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
     json.dump(rec, f)
   with pytest.raises(EdgeError, match="weights.bin has sha256"):
     edge_rt.load(bad, "iree:host")
+  for name, edit, msg in (
+      ("shards3", lambda r: r["runtime"].update(shards=3), "shards 3 does not split the batch "
+       "of 2 into equal parts"),
+      ("shards0", lambda r: r["runtime"].update(shards=0), "shards 0 does not split"),
+      ("unsharded", lambda r: r["runtime"].pop("shards"), "a module for batch 1 in 1 shard"
+       r"\(s\) cannot take the record's batch of 2")):
+    bad = copy(name)
+    rec_path = os.path.join(bad, "iree", "iree_host.json")
+    with open(rec_path) as f:
+      rec = json.load(f)
+    edit(rec)
+    with open(rec_path, "w") as f:
+      json.dump(rec, f)
+    with pytest.raises(EdgeError, match=msg):
+      edge_rt.load(bad, "iree:host")
   bad = copy("missing")
   os.unlink(os.path.join(bad, "iree", "iree_host.vmfb"))
   r = run_edge("bench", f"--artifact={bad}", "--target=iree:host", "--min_run_time=0.01")
@@ -326,6 +367,26 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
     json.dump(doc, f)
   os.unlink(os.path.join(kit_dir, doc["points"][1]["module"]["file"]))
   with pytest.raises(EdgeError, match="is missing"):
+    kit_lib.profile_kit(kit_dir)
+
+
+def test_sharded_kit_times_each_batch_in_its_shards(tmp_path, params, monkeypatch):
+  monkeypatch.setattr(iree_build, "usable_cores", lambda: 2)
+  kit_dir = str(tmp_path / "kit")
+  iree_build.build_kit(kit_dir, CFG, params, target="iree:host", grid=(17,), batch_sizes=(1, 2),
+                       reducer=make_reducer("random"), threads=2)
+  kit = kit_lib.read_kit(kit_dir)      # the plan at batch 2: 2 shards; batch 1 runs whole
+  assert (kit["runtime"]["shards"], kit["driver"]) == (2, "local-sync")
+  assert [(p["batch_size"], p["shards"], p["input"]["shape"][0]) for p in kit["points"]] == [
+      (1, 1, 1), (2, 2, 2)]
+  prof, _ = kit_lib.profile_kit(kit_dir, protocol.TimingConfig(min_run_time=0.01))
+  assert sorted(p.batch_size for p in prof.points) == [1, 2]
+  assert all(p.median_s > 0 for p in prof.points)
+  doc = kit_lib.read_kit(kit_dir)
+  doc["points"][1]["shards"] = 4
+  with open(os.path.join(kit_dir, "kit.json"), "w") as f:
+    json.dump(doc, f)
+  with pytest.raises(EdgeError, match=r"shards 4 does not split the batch of 2"):
     kit_lib.profile_kit(kit_dir)
 
 

@@ -52,8 +52,9 @@ from vitprune.config import ViTConfig
 from vitprune.digest import params_sha256
 from vitprune.edge import runtime as edge_rt
 from vitprune.edge.kit import KIT_FORMAT, KIT_MANIFEST, KIT_VERSION
-from vitprune.edge.targets import (CPU_DRIVERS, EdgeError, Target, check_driver, cpu_profile,
-                                   default_driver, host_cpu, next_attempt, parse_targets)
+from vitprune.edge.targets import (CPU_DRIVERS, EdgeError, Target, check_driver, cpu_plan,
+                                   default_driver, host_cpu, next_attempt, parse_targets,
+                                   shards_for, usable_cores)
 from vitprune.flops import forward_gflop
 from vitprune.schedule import Schedule, check_schedule, format_schedule, reduces_tokens
 
@@ -217,18 +218,20 @@ def compile_module(mlir: str, target: Target, *, profile: str = "throughput",
                 "compile_s": 0.0 if cached else time.perf_counter() - t0, "cached": cached}
 
 
-def compile_many(jobs: Dict[Any, Tuple[str, Target]], *, threads: int = 2,
+def compile_many(jobs: Dict[Any, Tuple[Any, ...]], *, threads: int = 2,
                  profile: str = "throughput", cache_dir: Optional[str] = None,
                  on_done: Optional[Callable[[Any, Dict[str, Any]], None]] = None
                  ) -> Dict[Any, Tuple[bytes, Dict[str, Any]]]:
-  """Compiles `{key: (mlir, target)}` for CPU `profile`, `threads` at a time (each compile is an
-  `iree-compile` process, so threads overlap) -> {key: (bytes, info)}."""
+  """Compiles `{key: (mlir, target[, profile])}` for CPU `profile` (or the job's own),
+  `threads` at a time (each compile is an `iree-compile` process, so threads overlap)
+  -> {key: (bytes, info)}."""
   if threads < 1:
     raise IreeBuildError(f"threads must be >= 1, got {threads}")
   out = {}
   with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-    futures = {pool.submit(compile_module, m, t, profile=profile, cache_dir=cache_dir): k
-               for k, (m, t) in jobs.items()}
+    futures = {pool.submit(compile_module, job[0], job[1],
+                           profile=job[2] if len(job) > 2 else profile, cache_dir=cache_dir): k
+               for k, job in jobs.items()}
     try:
       for fut in concurrent.futures.as_completed(futures):
         out[futures[fut]] = fut.result()
@@ -251,20 +254,25 @@ def iree_targets(targets: Optional[Sequence[str]]) -> Tuple[Target, ...]:
 
 
 def choose_runtime(cfg: ViTConfig, batch_size: int, target: Target,
-                   driver: Optional[str] = None) -> Dict[str, Any]:
-  """{profile, driver, gflop, source} for `target`'s modules of `cfg` at `batch_size`: a CPU
-  driver given (`driver`, checked) sets its profile; otherwise the profile follows the
-  unpruned model's estimated work (`cpu_profile`) and the driver the profile. Non-CPU targets
-  ignore `driver` and run on their own."""
+                   driver: Optional[str] = None, cores: Optional[int] = None) -> Dict[str, Any]:
+  """{profile, driver, gflop, shards, source} for `target`'s modules of `cfg` at `batch_size`:
+  a CPU driver given (`driver`, checked) sets its profile, one shard; otherwise profile and
+  shards follow the unpruned model's estimated work (`cpu_plan`) on `cores` (default: this
+  machine's for iree:host, 1 for a cross-compiled CPU, whose board is unknown here) and the
+  driver the profile. Non-CPU targets ignore `driver` and run on their own, unsharded."""
   gflop = forward_gflop(cfg, batch_size)
   if target.backend != "llvm-cpu":
-    return {"profile": None, "driver": target.driver, "gflop": round(gflop, 3), "source": "auto"}
+    return {"profile": None, "driver": target.driver, "gflop": round(gflop, 3), "shards": 1,
+            "source": "auto"}
   if driver is None:
-    profile = cpu_profile(gflop)
+    if cores is None:
+      cores = usable_cores() if target.cpu == "host" else 1
+    profile, shards = cpu_plan(gflop, batch_size, cores)
   else:
-    profile = {v: k for k, v in CPU_DRIVERS.items()}[check_driver(target, driver)]
+    profile, shards = {v: k for k, v in CPU_DRIVERS.items()}[check_driver(target, driver)], 1
   return {"profile": profile, "driver": default_driver(target, profile),
-          "gflop": round(gflop, 3), "source": "auto" if driver is None else "given"}
+          "gflop": round(gflop, 3), "shards": shards,
+          "source": "auto" if driver is None else "given"}
 
 
 def _leaves32(params) -> List[np.ndarray]:
@@ -288,8 +296,14 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
   if not chosen:
     return ["jax"]
   plans = {t: choose_runtime(cfg, batch_size or 1, t, driver) for t in chosen}
-  low = lower(cfg, params, schedule=schedule, reducer=reducer, dtype=dtype,
-              precision=precision, batch_size=batch_size, weights=weights)
+  module_batch = {t: batch_size if p["shards"] == 1 else batch_size // p["shards"]
+                  for t, p in plans.items()}     # None (symbolic) is refused by `lower`
+  lows = {}
+  for b in module_batch.values():
+    if b not in lows:
+      lows[b] = lower(cfg, params, schedule=schedule, reducer=reducer, dtype=dtype,
+                      precision=precision, batch_size=b, weights=weights)
+  low = next(iter(lows.values()))          # weight leaves and names do not depend on the batch
   os.makedirs(os.path.join(tmp, edge_rt.EDGE_DIR), exist_ok=True)
   wentry: Dict[str, Any] = {"mode": weights, "params_sha256": params_sha256(params)}
   if weights == "args":
@@ -300,9 +314,9 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
       f.write(blob)
     wentry.update(file=edge_rt.WEIGHTS_FILE, sha256=hashlib.sha256(blob).hexdigest(),
                   bytes=len(blob), leaves=entries)
-  profile = next((p["profile"] for p in plans.values() if p["profile"]), "throughput")
-  compiled = compile_many({t: (low.mlir, t) for t in chosen}, threads=threads, profile=profile,
-                          cache_dir=cache_dir)
+  compiled = compile_many({t: (lows[module_batch[t]].mlir, t,
+                               plans[t]["profile"] or "throughput") for t in chosen},
+                          threads=threads, cache_dir=cache_dir)
   for t in chosen:
     blob, info = compiled[t]
     rel = f"{edge_rt.EDGE_DIR}/{t.slug}.vmfb"
@@ -314,10 +328,12 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
         "runtime": plans[t],
         "compiler": {k: v for k, v in info.items() if k not in ("compile_s", "cached")},
         "compile_s": info["compile_s"], "function": "main",
-        "module": {"file": rel, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)},
+        "module": {"file": rel, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
+                   "batch_size": module_batch[t]},
         "weights": wentry,
-        "input": {"shape": list(low.input_shape), "dtype": "float32", "layout": "NHWC"},
-        "output": {"shape": list(low.output_shape), "dtype": "float32"},
+        "input": {"shape": [batch_size] + list(low.input_shape[1:]), "dtype": "float32",
+                  "layout": "NHWC"},
+        "output": {"shape": [batch_size] + list(low.output_shape[1:]), "dtype": "float32"},
         "model": cfg.name,
         "schedule": None if schedule is None else format_schedule(schedule, cfg),
         "compute": {"dtype": dtype, "precision": precision},
@@ -367,7 +383,8 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
               driver: Optional[str] = None) -> str:
   """Compiles one module per kit point for one IREE target into directory `out` (atomic).
   Every point shares one runtime plan (`choose_runtime` at the largest batch size), so a profile
-  measures the modules the way an artifact of the same model and batch size runs."""
+  measures the modules the way an artifact of the same model and batch size runs; under a
+  sharded plan a point at batch b runs in `shards_for(b, shards)` shards."""
   (t,) = parse_targets([target])
   if not t.is_iree:
     raise IreeBuildError(f"a kit needs an IREE target, got {target!r}")
@@ -378,8 +395,10 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
   jobs = kit_jobs(cfg, mode=mode, grid=grid, schedules=schedules, batch_sizes=batch_sizes,
                   reducer=reducer)
   precision = "highest" if dtype == "float32" else "default"
+  shards = [shards_for(j["batch_size"], plan["shards"]) for j in jobs]
   lowered = [lower(cfg, params, schedule=j["counts"], reducer=j["reducer"], dtype=dtype,
-                   precision=precision, batch_size=j["batch_size"]) for j in jobs]
+                   precision=precision, batch_size=j["batch_size"] // k)
+             for j, k in zip(jobs, shards)]
   compiled = compile_many({i: (low.mlir, t) for i, low in enumerate(lowered)},
                           threads=threads, profile=plan["profile"] or "throughput",
                           cache_dir=cache_dir, on_done=on_done)
@@ -402,8 +421,9 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
       points.append({"component": job["component"], "batch_size": job["batch_size"],
                      "tokens": job["tokens"], "schedule": job["schedule"],
                      "module": {"file": rel, "sha256": hashlib.sha256(vmfb).hexdigest()},
-                     "args": list(low.weight_index),
-                     "input": {"shape": list(low.input_shape), "dtype": "float32"},
+                     "args": list(low.weight_index), "shards": shards[i],
+                     "input": {"shape": [job["batch_size"]] + list(low.input_shape[1:]),
+                               "dtype": "float32"},
                      "compile_s": info["compile_s"], "cached": info["cached"],
                      "flags": info["flags"], "fallback": info["fallback"]})
     flags = compiled[0][1]

@@ -81,7 +81,7 @@ def cmd_run() -> dict:
   rows = [{"file": dataset.files[i], "pred": int(p), "class": names[p] if names else str(p),
            "prob": float(q), "label": None} for i, (p, q) in enumerate(zip(preds, probs))]
   res = {"artifact": model.path, "target": model.target, "driver": model.driver,
-         "images": dataset.root,
+         "shards": model.shards, "images": dataset.root,
          "num_images": len(dataset), "model": model.record.get("model"),
          "schedule": model.record.get("schedule"), "predictions": rows, "accuracy": None}
   if dataset.labelled:
@@ -94,12 +94,17 @@ def cmd_run() -> dict:
       extra = "" if r["label"] is None else f"\tlabel={r['label']}"
       print(f"{r['file']}\t{r['pred']}\t{r['class']}\t{r['prob']:.4f}{extra}")
   print(f"model {res['model']} schedule {res['schedule']} target {res['target']} driver "
-        f"{res['driver']}: {res['num_images']} images")
+        f"{describe_driver(model)}: {res['num_images']} images")
   if res["accuracy"] is not None:
     n_ok = sum(r["pred"] == r["label"] for r in rows)
     print(f"accuracy {res['accuracy']:.4f} ({n_ok}/{res['num_images']})")
   print_latency(res["latency"])
   return res
+
+
+def describe_driver(model) -> str:
+  """'local-sync' or, for a sharded module, 'local-sync x2 shards'."""
+  return model.driver + (f" x{model.shards} shards" if model.shards > 1 else "")
 
 
 def print_latency(lat: dict) -> None:
@@ -116,10 +121,10 @@ def cmd_bench() -> dict:
   model = runtime.load(FLAGS.artifact, FLAGS.target, FLAGS.driver)
   images = np.random.default_rng(0).normal(size=model.input_shape).astype(np.float32)
   res = {"artifact": model.path, "target": model.target, "driver": model.driver,
-         "model": model.record.get("model"), "schedule": model.record.get("schedule"),
+         "shards": model.shards, "model": model.record.get("model"), "schedule": model.record.get("schedule"),
          "latency": latency(model, images, cfg)}
   print(f"model {res['model']} schedule {res['schedule']} target {res['target']} driver "
-        f"{res['driver']}")
+        f"{describe_driver(model)}")
   print_latency(res["latency"])
   return res
 

@@ -2,12 +2,13 @@
 
 A kit (built on the host by `python -m experiments.edge_kit`, `vitprune.iree_build.build_kit`):
   kit.json      format "vitprune-edge-kit", version 1: target, backend, driver, runtime
-                {profile, driver, gflop, source}, compiler {iree_version, input_type,
+                {profile, driver, gflop, shards, source}, compiler {iree_version, input_type,
                 target_backends, flags, profile}, host_cpu (iree:host), model, config, dtype,
                 mode ('model' | 'schedule'), reducer, weights {file, sha256, params_sha256,
                 leaves}, points [{component, batch_size, tokens, schedule, module {file,
-                sha256}, args (weight leaf indices), input {shape, dtype}, compile_s, cached,
-                flags, fallback}].
+                sha256}, args (weight leaf indices), shards (the module takes [batch / shards,
+                ...]; the batch runs split over that many devices), input {shape, dtype},
+                compile_s, cached, flags, fallback}].
   weights.bin   every float32 parameter leaf (see `vitprune.edge.runtime.pack_weights`).
   modules/*.vmfb  one module per point: main(*weights[args], images) -> logits.
 
@@ -63,17 +64,19 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
   check_runnable(kit, f"kit {path} ({kit['target']})")
   weights = rt.read_weights(path, kit["weights"], f"kit {path}")
   modules = [rt.checked_file(path, p["module"], f"kit {path}") for p in kit["points"]]
-  runner = rt.Runner(kit["driver"])
-  dev_weights = [runner.put(w) for w in weights]
+  shards = [rt.check_shards(p.get("shards", 1), int(p["input"]["shape"][0]),
+                            f"kit {path} ({p['module'].get('file')})") for p in kit["points"]]
+  devices = rt.Devices(kit["driver"], max(shards))
+  dev_weights = devices.put_weights(weights)
   rng = np.random.default_rng(0)
   calls, inputs = {}, {}
-  for i, (point, module) in enumerate(zip(kit["points"], modules)):
-    fn = runner.load(module)
+  for i, (point, module, k) in enumerate(zip(kit["points"], modules, shards)):
+    fns = devices.load(module)[:k]
     shape = tuple(point["input"]["shape"])
-    if shape not in inputs:
-      inputs[shape] = runner.put(rng.normal(size=shape).astype(np.float32))
-    args = [dev_weights[j] for j in point["args"]] + [inputs[shape]]
-    calls[i] = (lambda fn=fn, args=args: fn(*args).to_host())
+    if (shape, k) not in inputs:
+      inputs[shape, k] = devices.put_batch(rng.normal(size=shape).astype(np.float32), k)
+    args = [[w[j] for j in point["args"]] for w in dev_weights[:k]]
+    calls[i] = devices.bind(fns, args, inputs[shape, k])
   done = []
 
   def on_done(key):

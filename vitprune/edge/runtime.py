@@ -6,7 +6,7 @@
 
 Artifact files written by `vitprune.iree_build` (next to the jax export):
   iree/<target slug>.json   per-target record (format "vitprune-edge-target", version 1):
-      target, backend, driver, runtime {profile, driver, gflop, source}, compiler
+      target, backend, driver, runtime {profile, driver, gflop, shards, source}, compiler
       {iree_version, input_type, target_backends, flags, profile, fallback},
       function, module {file, sha256, bytes}, weights {mode "args"|"baked", file, sha256,
       params_sha256, leaves [{name, shape, dtype, offset, nbytes}]}, input {shape, dtype,
@@ -15,13 +15,17 @@ Artifact files written by `vitprune.iree_build` (next to the jax export):
   iree/<target slug>.vmfb   the compiled module; function `main(*weights, images) -> logits`.
   iree/weights.bin          float32 leaves, C order, 64-byte aligned (mode "args"; shared).
 
-Modules run on the record's driver unless `load(..., driver=)` names another one the target
+A module with runtime.shards = S > 1 takes [B / S, ...]: `EdgeModel` splits the batch into S
+parts run in parallel, each on its own device of the driver (`Devices`). Modules run on the
+record's driver unless `load(..., driver=)` names another one the target
 accepts (llvm-cpu: local-sync or local-task). Every file is checked against its sha256 before
 use; a missing, edited or replaced file, a module for a device this host lacks or a driver the
 target cannot use raises `EdgeError` with a one-line message.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import glob
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -106,10 +110,6 @@ class Runner:
     self.config = ireert.Config(driver)
     self.device = self.config.device
 
-  def load(self, path: str, function: str = "main") -> Callable:
-    with open(path, "rb") as f:
-      return self.load_bytes(f.read(), function, path)
-
   def load_bytes(self, blob: bytes, function: str = "main", path: str = "module") -> Callable:
     rt = self._rt
     vm = rt.VmModule.copy_buffer(self.config.vm_instance, blob)
@@ -124,6 +124,60 @@ class Runner:
     return self._rt.asdevicearray(self.device, np.ascontiguousarray(array))
 
 
+class Devices:
+  """`shards` devices of one driver, each holding its own copy of the weights: a function loaded
+  on them runs a batch [B, ...] as `shards` equal parts [B / shards, ...], one per device, in
+  parallel threads (IREE releases the GIL while a function runs; local-sync runs it on the
+  calling thread), and returns the parts' results concatenated. One shard is one `Runner`."""
+
+  def __init__(self, driver: str, shards: int = 1):
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+      raise EdgeError(f"shards must be an integer >= 1, got {shards!r}")
+    self.driver, self.shards = driver, shards
+    self.runners = [Runner(driver) for _ in range(shards)]
+    self._pool = (concurrent.futures.ThreadPoolExecutor(shards - 1, "vitprune-shard")
+                  if shards > 1 else None)
+
+  def load(self, path: str, function: str = "main") -> List[Callable]:
+    """The function `function` of module file `path`, loaded on every device."""
+    with open(path, "rb") as f:
+      return self.load_bytes(f.read(), function, path)
+
+  def load_bytes(self, blob: bytes, function: str = "main", path: str = "module"
+                 ) -> List[Callable]:
+    """The function `function` of module bytes `blob`, loaded on every device."""
+    return [r.load_bytes(blob, function, path) for r in self.runners]
+
+  def put_weights(self, leaves: Sequence[np.ndarray]) -> List[List[Any]]:
+    """`leaves` copied onto every device: [shard][leaf]."""
+    return [[r.put(w) for w in leaves] for r in self.runners]
+
+  def put_batch(self, x: np.ndarray, parts: Optional[int] = None) -> List[Any]:
+    """`x` [B, ...] split into `parts` (default `shards`) equal parts along the batch, part i on
+    device i."""
+    parts = self.shards if parts is None else parts
+    if not 1 <= parts <= self.shards or x.shape[0] % parts:
+      raise ValueError(f"a batch of {x.shape[0]} does not split into {parts} equal shards "
+                       f"over {self.shards} devices")
+    return [r.put(part) for r, part in zip(self.runners, np.split(x, parts))]
+
+  def bind(self, fns: Sequence[Callable], weights: Sequence[Sequence[Any]],
+           inputs: Sequence[Any]) -> Callable[[], np.ndarray]:
+    """A no-argument call running fns[i](*weights[i], inputs[i]) at once on the first
+    len(inputs) devices -> the results on the host, concatenated along the batch."""
+    calls = [functools.partial(lambda f, w, x: f(*w, x).to_host(), f, w, x)
+             for f, w, x in zip(fns, weights, inputs)]
+    if len(calls) == 1:
+      return calls[0]
+    pool, first, rest = self._pool, calls[0], calls[1:]
+
+    def run():
+      futures = [pool.submit(c) for c in rest]
+      head = first()
+      return np.concatenate([np.asarray(head)] + [np.asarray(f.result()) for f in futures])
+    return run
+
+
 class EdgeModel:
   """`model(images [B, H, W, C]) -> numpy [B, K]` from one IREE target of an artifact.
 
@@ -135,13 +189,19 @@ class EdgeModel:
   def __init__(self, path: str, record: Dict[str, Any], where: str):
     self.path, self.record, self.target = path, record, record["target"]
     self.driver = check_driver(parse_target(self.target), record["driver"])
-    module = checked_file(path, record["module"], where)
-    weights = read_weights(path, record["weights"], where)
-    self._runner = Runner(self.driver)
-    self._fn = self._runner.load(module, record.get("function", "main"))
-    self._weights = [self._runner.put(w) for w in weights]
     self.input_shape = tuple(int(d) for d in record["input"]["shape"])
     self.batch_size = self.input_shape[0]
+    self.shards = check_shards((record.get("runtime") or {}).get("shards", 1),
+                               self.batch_size, where)
+    module_batch = record["module"].get("batch_size", self.batch_size // self.shards)
+    if module_batch * self.shards != self.batch_size:
+      raise EdgeError(f"{where}: a module for batch {module_batch} in {self.shards} shard(s) "
+                      f"cannot take the record's batch of {self.batch_size}")
+    module = checked_file(path, record["module"], where)
+    weights = read_weights(path, record["weights"], where)
+    self._devices = Devices(self.driver, self.shards)
+    self._fns = self._devices.load(module, record.get("function", "main"))
+    self._weights = self._devices.put_weights(weights)
     self.num_outputs = int(record["output"]["shape"][-1])
     prep = dict(record["preprocessing"])
     for k in ("mean", "std"):
@@ -157,15 +217,22 @@ class EdgeModel:
     return x
 
   def __call__(self, images) -> np.ndarray:
-    x = self._runner.put(self._check(images))
-    return np.asarray(self._fn(*self._weights, x).to_host())
+    return np.asarray(self.timed_call(images)())
 
   def timed_call(self, images) -> Callable[[], Any]:
     """A no-argument call on device-resident `images` that returns when the result is on the
     host (what the timing protocol times)."""
-    x = self._runner.put(self._check(images))
-    fn, weights = self._fn, self._weights
-    return lambda: fn(*weights, x).to_host()
+    xs = self._devices.put_batch(self._check(images))
+    return self._devices.bind(self._fns, self._weights, xs)
+
+
+def check_shards(shards: Any, batch: int, where: str) -> int:
+  """`shards` (from a record or kit; 1 when absent, as in files written before sharding) if it
+  splits a batch of `batch` into equal parts; raises EdgeError naming `where` otherwise."""
+  if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1 or batch % shards:
+    raise EdgeError(f"{where}: shards {shards!r} does not split the batch of {batch} into "
+                    "equal parts")
+  return shards
 
 
 def read_records(path: str) -> List[Dict[str, Any]]:

@@ -15,12 +15,17 @@ estimated work (`cpu_profile`, measured in README "IREE host vs JAX CPU"):
               no task-system hand-offs), compiled with the transposes fused into the matmuls
               (`--iree-opt-generalize-matmul`) and peeled vector loops for odd token counts.
   throughput  (larger graphs): runs on `local-task` (one worker per core), default codegen.
+On a multi-core host a batch is split instead when that keeps each part small (`cpu_plan`):
+`shards` equal parts of the batch, each on its own `local-sync` device and thread, compiled
+for the latency profile at batch B / shards (IREE's task system splits ~1-100 ms graphs over
+cores worse than independent calls do; README "IREE host vs JAX CPU").
 A compile that fails is retried with less (`next_attempt`); the record lists what was used.
 Importing this module needs neither jax nor IREE.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -43,6 +48,10 @@ CPU_DRIVERS = {"latency": "local-sync", "throughput": "local-task"}
 # (0.26: local-task 1.26x, local-sync 1.61x): the first idle run of benchmarks.edge_speed with both
 # drivers on the 2-core CPU (README "IREE host vs JAX CPU": its auto-driver column "before").
 TASK_MIN_GFLOP = 0.1
+# Sharded runs measured against the unsharded driver, 2-core CPU, idle (per-shard GFLOP): vit_digits
+# batch 8 (0.13) 0.85-0.94x JAX vs 1.27-1.32x, batch 32 (0.52) 0.96x vs 1.13x, batch 128 (2.1)
+# 0.98x vs 1.23x; DeiT-S batch 2 (9.2) and 8 (36.8) no gain (1.09-1.21x vs 1.10-1.19x).
+SHARD_MAX_GFLOP = 4.0
 _ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
 _FORMS = ("jax", "iree:host", "iree:llvm-cpu:<triple>[:<cpu>]", "iree:cuda:<sm_XX>",
           "iree:vulkan")
@@ -149,6 +158,31 @@ def parse_targets(items: Sequence[str]) -> Tuple[Target, ...]:
 def cpu_profile(gflop: float) -> str:
   """'latency' below `TASK_MIN_GFLOP` estimated GFLOP per call, else 'throughput'."""
   return "latency" if gflop < TASK_MIN_GFLOP else "throughput"
+
+
+def shards_for(batch_size: int, at_most: int) -> int:
+  """The largest divisor of `batch_size` that is <= `at_most` (>= 1): how many equal shards a
+  batch splits into on `at_most` cores (or under a plan of `at_most` shards)."""
+  return max(s for s in range(1, max(1, min(int(at_most), int(batch_size))) + 1)
+             if batch_size % s == 0)
+
+
+def cpu_plan(gflop: float, batch_size: int, cores: int) -> Tuple[str, int]:
+  """(profile, shards) of a CPU module doing `gflop` per call at `batch_size` on `cores` cores:
+  `shards` > 1 (`shards_for(batch_size, cores)`) when each shard then does less than
+  `SHARD_MAX_GFLOP`; such shards use the latency profile. Otherwise one shard, `cpu_profile`."""
+  shards = shards_for(batch_size, cores)
+  if shards > 1 and gflop / shards < SHARD_MAX_GFLOP:
+    return "latency", shards
+  return cpu_profile(gflop), 1
+
+
+def usable_cores() -> int:
+  """CPU cores this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    return os.cpu_count() or 1
 
 
 def default_driver(target: Target, profile: str) -> str:
