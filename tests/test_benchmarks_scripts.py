@@ -26,18 +26,22 @@ def test_gpu_suite_rejects_unknown_stages():
   assert r.returncode == 2 and "unknown stage nosuch" in r.stderr
 
 
-def test_edge_speed_runs_on_a_tiny_model(tmp_path, capsys):
+def test_edge_speed_runs_on_a_tiny_model(tmp_path, capsys, monkeypatch):
   import json  # pylint: disable=g-import-not-at-top
   from benchmarks import edge_speed  # pylint: disable=g-import-not-at-top
   from experiments import common  # pylint: disable=g-import-not-at-top
+  from vitprune import iree_build  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(iree_build, "usable_cores", lambda: 2)   # the artifact's choice: 2 shards
   out = tmp_path / "edge.json"
   res = edge_speed.main(common.parse(edge_speed.define_flags, [
-      "--models=test_tiny_vit", "--batch_sizes=1", "--schedules=test_tiny_vit=keep@1:9",
+      "--models=test_tiny_vit", "--batch_sizes=2", "--schedules=test_tiny_vit=keep@1:9",
       "--baked=", "--min_run_time=0.01", f"--out={out}"]))
-  assert "| test_tiny_vit | 1 | keep@1:9 | args |" in capsys.readouterr().out
+  assert "| test_tiny_vit | 2 | keep@1:9 | args | local-sync x2 (auto) |" in \
+      capsys.readouterr().out
   rows = json.loads(out.read_text())["rows"]
   assert rows == json.loads(json.dumps(res["rows"]))
-  assert [(x["schedule"], x["weights"]) for x in rows] == [("full", "args"), ("keep@1:9", "args")]
+  assert [(x["schedule"], x["weights"], x["shards"]) for x in rows] == [
+      ("full", "args", 2), ("keep@1:9", "args", 2)]
   assert all(x["iree_median_ms"] > 0 and x["module_mb"] > 0 for x in rows)
 
 
