@@ -55,6 +55,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_multi_string("target", ["jax"], "Deployment targets, repeatable or comma lists: "
                             "jax, iree:host, iree:llvm-cpu:<triple>[:<cpu>], iree:cuda:<sm_XX>, "
                             "iree:vulkan (IREE modules are added next to the jax export).", flag_values=fv)
+  flags.DEFINE_integer("cpu_cores", None, "CPU targets: cores of the CPU the modules run on, for batch shards (default: this machine's for iree:host, 1 for a cross-compiled CPU; 1: never shard).", flag_values=fv)
 
 
 def parse_options(items) -> dict:
@@ -96,6 +97,9 @@ def main(f: flags.FlagValues) -> str:
     raise ValueError("--weights and --out are required")
   common.check_new_dir(f.out, "out", overwrite=f.overwrite)
   parse_targets(f.target)  # a bad --target fails before any work
+  common.positive(f.cpu_cores, "cpu_cores", allow_none=True)
+  if f.cpu_cores is not None and not any(t.backend == "llvm-cpu" for t in parse_targets(f.target)):
+    raise ValueError("--cpu_cores needs an IREE CPU target (iree:host or iree:llvm-cpu:...)")
   if not f.symbolic_batch:
     common.positive(f.batch_size, "batch_size")
   cfg, meta = checkpoint.read_weights_config(f.weights)
@@ -130,7 +134,8 @@ def main(f: flags.FlagValues) -> str:
       platforms=f.platforms or None, batch_size=None if f.symbolic_batch else f.batch_size,
       dtype=f.dtype, precision=f.precision, provenance=provenance,
       weights_source={"path": os.path.abspath(f.weights), "meta": meta},
-      class_names=names, verify=f.verify, overwrite=f.overwrite, targets=f.target)
+      class_names=names, verify=f.verify, overwrite=f.overwrite, targets=f.target,
+      cpu_cores=f.cpu_cores)
   m = deploy.read_manifest(path)
   print(f"wrote {path}")
   print(f"  model {m.model}, schedule {m.schedule_text} "

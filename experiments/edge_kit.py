@@ -37,6 +37,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string("schedules", None, "';'-separated schedules for mode schedule.", flag_values=fv)
   flags.DEFINE_list("batch_sizes", ["1"], "Batch sizes.", flag_values=fv)
   flags.DEFINE_string("driver", None, "CPU targets: runtime driver local-sync or local-task (default: chosen from the model's work, see vitprune.iree_build.choose_runtime).", flag_values=fv)
+  flags.DEFINE_integer("cpu_cores", None, "CPU targets: cores of the CPU the modules run on, for batch shards (default: this machine's for iree:host, 1 for a cross-compiled CPU; 1: never shard).", flag_values=fv)
   flags.DEFINE_string("reducer", None, "Token-drop reducer (default 'random'; 'keep_first').", flag_values=fv)
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", flag_values=fv)
   flags.DEFINE_integer("jobs", max(1, os.cpu_count() or 1), "Parallel compiles.", flag_values=fv)
@@ -50,7 +51,11 @@ def main(f: flags.FlagValues) -> str:
   common.check_new_dir(f.out, "out", overwrite=f.overwrite)
   batches = common.parse_ints(f.batch_sizes, "batch_sizes")
   common.positive(f.jobs, "jobs")
+  common.positive(f.cpu_cores, "cpu_cores", allow_none=True)
   target = parse_target(f.target)
+  if f.cpu_cores is not None and (f.driver is not None or target.backend != "llvm-cpu"):
+    raise ValueError("--cpu_cores applies to CPU targets whose driver is chosen automatically "
+                     "(not with --driver or a GPU target)")
   if f.driver is not None:
     check_driver(target, f.driver)
   cfg = common.model_config(f.model, f.weights)
@@ -71,7 +76,7 @@ def main(f: flags.FlagValues) -> str:
                               schedules=schedules, batch_sizes=batches, reducer=reducer,
                               reducer_name=name, dtype=f.dtype, threads=f.jobs,
                               cache_dir=f.cache_dir or None, overwrite=f.overwrite,
-                              on_done=on_done, driver=f.driver)
+                              on_done=on_done, driver=f.driver, cores=f.cpu_cores)
   print(f"wrote {path}")
   return path
 

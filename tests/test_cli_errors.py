@@ -75,6 +75,15 @@ CASES = [
      "--refine_accuracy_rounds applies to --solver=multi only"),
     ("profile", ["--solver=multi", "--refine_accuracy_rounds=-1", "--out_dir={out}"], 2,
      "flag --refine_accuracy_rounds=-1: -1 is not a non-negative integer"),
+    ("edge_kit", ["--cpu_cores=0", "--out={out}"], 1, "--cpu_cores must be >= 1, got 0"),
+    ("edge_kit", ["--cpu_cores=4", "--driver=local-task", "--out={out}"], 1,
+     "--cpu_cores applies to CPU targets whose driver is chosen automatically"),
+    ("edge_kit", ["--cpu_cores=4", "--target=iree:cuda:sm_87", "--out={out}"], 1,
+     "--cpu_cores applies to CPU targets"),
+    ("deploy", [f"--weights={WEIGHTS}", "--cpu_cores=2", "--out={out}"], 1,
+     "--cpu_cores needs an IREE CPU target (iree:host or iree:llvm-cpu:...)"),
+    ("deploy", [f"--weights={WEIGHTS}", "--cpu_cores=-1", "--target=iree:host", "--out={out}"],
+     1, "--cpu_cores must be >= 1, got -1"),
 ]
 
 

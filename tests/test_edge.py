@@ -86,6 +86,10 @@ def test_cpu_profile_driver_and_compile_retries():
     assert (plan["driver"], plan["shards"]) == ("local-task", 1)
   cross = parse_target("iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae")   # its cores: unknown
   assert iree_build.choose_runtime(small, 8, cross)["shards"] == 1
+  assert iree_build.choose_runtime(small, 8, cross, cores=12)["shards"] == 8   # told: a board
+  for bad in (0, -2, 1.5, True):
+    with pytest.raises(iree_build.IreeBuildError, match="CPU cores must be an integer >= 1"):
+      iree_build.choose_runtime(small, 8, host, cores=bad)
   assert targets_lib.cpu_plan(2 * targets_lib.SHARD_MAX_GFLOP - 0.01, 2, 2) == ("latency", 2)
   assert targets_lib.cpu_plan(2 * targets_lib.SHARD_MAX_GFLOP, 2, 2) == ("throughput", 1)
   assert [targets_lib.shards_for(b, 4) for b in (1, 2, 3, 5, 6, 12)] == [1, 2, 3, 1, 3, 4]

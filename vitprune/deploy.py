@@ -222,7 +222,8 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
                     weights_source: Optional[Mapping[str, Any]] = None,
                     class_names: Optional[Sequence[str]] = None,
                     verify: bool = True, overwrite: bool = False,
-                    targets: Optional[Sequence[str]] = None) -> str:
+                    targets: Optional[Sequence[str]] = None,
+                    cpu_cores: Optional[int] = None) -> str:
   """Writes a deployment artifact for `(cfg, params, schedule, reducer)` to directory `out`.
 
   Everything is staged in a temporary sibling directory that is renamed to `out` only when
@@ -244,6 +245,9 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
     targets: deployment targets ('jax', 'iree:host', 'iree:cuda:sm_87', ...): IREE modules
       are compiled into the staged directory by `vitprune.iree_build.write_targets` and listed
       in the manifest's "targets"; default (or just 'jax') the jax export alone.
+    cpu_cores: cores of the CPU the IREE CPU modules will run on, for batch shards
+      (`vitprune.iree_build.choose_runtime`; default: this machine's for iree:host, 1 for a
+      cross-compiled CPU).
 
   Returns:
     The absolute path of the artifact.
@@ -285,7 +289,8 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
       from vitprune import iree_build  # pylint: disable=g-import-not-at-top  (IREE: optional)
       manifest = dataclasses.replace(manifest, targets=tuple(iree_build.write_targets(
           tmp, cfg, params32, targets, schedule=schedule, reducer=reducer, dtype=dtype,
-          precision=precision, batch_size=batch_size, class_names=class_names)))
+          precision=precision, batch_size=batch_size, class_names=class_names,
+          cores=cpu_cores)))
     atomic.write_json(os.path.join(tmp, MANIFEST_FILE), manifest.to_json(), sort_keys=True)
     if verify and local_platform() in platforms:
       _verify(tmp, cfg, params32, schedule, reducer, dtype, precision, batch_size)

@@ -267,6 +267,8 @@ def choose_runtime(cfg: ViTConfig, batch_size: int, target: Target,
   if driver is None:
     if cores is None:
       cores = usable_cores() if target.cpu == "host" else 1
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+      raise IreeBuildError(f"CPU cores must be an integer >= 1, got {cores!r}")
     profile, shards = cpu_plan(gflop, batch_size, cores)
   else:
     profile, shards = {v: k for k, v in CPU_DRIVERS.items()}[check_driver(target, driver)], 1
@@ -287,15 +289,15 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
                   reducer=None, dtype: str = "float32", precision: str = "highest",
                   batch_size: Optional[int] = 1, class_names=None, weights: str = "args",
                   threads: int = 2, cache_dir: Optional[str] = None,
-                  driver: Optional[str] = None) -> List[str]:
+                  driver: Optional[str] = None, cores: Optional[int] = None) -> List[str]:
   """Compiles the IREE `targets` into the (staged) artifact directory `tmp`; writes
-  `iree/<slug>.vmfb`, `iree/<slug>.json` and `iree/weights.bin`. `driver`: the CPU targets'
-  runtime driver (default: chosen by `choose_runtime`). Returns the target texts (with 'jax'
+  `iree/<slug>.vmfb`, `iree/<slug>.json` and `iree/weights.bin`. `driver`, `cores`: the CPU
+  targets' runtime driver and core count (default: as `choose_runtime` says). Returns the target texts (with 'jax'
   first: the jax export is always part of an artifact)."""
   chosen = iree_targets(targets)
   if not chosen:
     return ["jax"]
-  plans = {t: choose_runtime(cfg, batch_size or 1, t, driver) for t in chosen}
+  plans = {t: choose_runtime(cfg, batch_size or 1, t, driver, cores) for t in chosen}
   module_batch = {t: batch_size if p["shards"] == 1 else batch_size // p["shards"]
                   for t, p in plans.items()}     # None (symbolic) is refused by `lower`
   lows = {}
@@ -380,7 +382,7 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
               reducer=None, reducer_name: str = "random", dtype: str = "float32",
               threads: int = 2, cache_dir: Optional[str] = None, overwrite: bool = False,
               on_done: Optional[Callable[[Any, Dict[str, Any]], None]] = None,
-              driver: Optional[str] = None) -> str:
+              driver: Optional[str] = None, cores: Optional[int] = None) -> str:
   """Compiles one module per kit point for one IREE target into directory `out` (atomic).
   Every point shares one runtime plan (`choose_runtime` at the largest batch size), so a profile
   measures the modules the way an artifact of the same model and batch size runs; under a
@@ -388,7 +390,7 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
   (t,) = parse_targets([target])
   if not t.is_iree:
     raise IreeBuildError(f"a kit needs an IREE target, got {target!r}")
-  plan = choose_runtime(cfg, max(int(b) for b in batch_sizes), t, driver)
+  plan = choose_runtime(cfg, max(int(b) for b in batch_sizes), t, driver, cores)
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"{out} already exists (pass --overwrite)")
