@@ -6,8 +6,9 @@ r"""IREE (iree:host, llvm-cpu) vs JAX CPU latency of the deployed forward, compi
 
 Per (model, batch, schedule): JAX = `jit(forward)` AOT-compiled (`vitprune.profile.timing`);
 IREE = the same forward lowered by `vitprune.iree_build` and compiled for iree:host the way an
-artifact is (`choose_runtime`: CPU profile and driver from the model's estimated work; a driver
-named in --drivers compiles that driver's profile), weights as arguments (`--baked` models also
+artifact is (`choose_runtime`: CPU profile, driver and batch shards from the model's estimated
+work and this machine's cores; a driver named in --drivers compiles that driver's profile and
+runs unsharded), weights as arguments (`--baked` models also
 get a weights-baked-in module). JAX and every IREE variant of one point are timed interleaved:
 --rounds shuffled rounds of the profiler's protocol (`vitprune.profile.protocol`), samples pooled;
 latencies are medians with the IQR. vit_digits uses its embedded weights, other models random
