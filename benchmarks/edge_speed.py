@@ -28,7 +28,7 @@ from absl import flags
 from experiments import common
 from vitprune import atomic, iree_build
 from vitprune.edge import runtime
-from vitprune.edge.targets import CPU_DRIVERS, host_cpu, parse_target
+from vitprune.edge.targets import CPU_DRIVERS, describe_runtime, host_cpu, parse_target
 from vitprune.profile import protocol, runner, timing
 from vitprune.reduce.methods import make_reducer
 from vitprune.registry import get_config
@@ -68,25 +68,27 @@ def _iree_modules(cfg, params, schedule, reducer, batch, weights, plans):
   """{(profile, shards): (lowered, vmfb, info)} for the distinct plans of `plans` (a sharded
   plan's module takes batch / shards images)."""
   needs = schedule.counts[0] < cfg.num_tokens or schedule.reduction_layers
-  out = {}
+  out, lows = {}, {}
   for plan in plans:
-    key = (plan["profile"], plan["shards"])
+    key, b = (plan["profile"], plan["shards"]), batch // plan["shards"]
     if key not in out:
-      low = iree_build.lower(cfg, params, schedule=schedule, reducer=reducer if needs else None,
-                             batch_size=batch // plan["shards"], weights=weights)
-      blob, info = iree_build.compile_module(low.mlir, parse_target("iree:host"),
+      if b not in lows:
+        lows[b] = iree_build.lower(cfg, params, schedule=schedule,
+                                   reducer=reducer if needs else None, batch_size=b,
+                                   weights=weights)
+      blob, info = iree_build.compile_module(lows[b].mlir, parse_target("iree:host"),
                                              profile=plan["profile"])
-      out[key] = (low, blob, info)
+      out[key] = (lows[b], blob, info)
   return out
 
 
 def _iree_call(driver, shards, low, blob, params, images):
-  """The module on `shards` devices of `driver` (`runtime.Devices`, as an artifact runs it)."""
-  devices = runtime.Devices(driver, shards)
-  fns = devices.load_bytes(blob)
+  """The module run on `driver` in `shards` parts (`runtime.Runner`, as an artifact runs it)."""
+  rt = runtime.Runner(driver, shards)
+  fns = [rt.load_bytes(blob) for _ in range(shards)]
   leaves = jax.tree.leaves(params)
-  weights = devices.put_weights([np.asarray(leaves[i], np.float32) for i in low.weight_index])
-  return devices.bind(fns, weights, devices.put_batch(np.asarray(images)))
+  weights = [rt.put(np.asarray(leaves[i], np.float32)) for i in low.weight_index]
+  return rt.bind(fns, weights, rt.put_batch(np.asarray(images), shards))
 
 
 def measure_interleaved(calls, tcfg: protocol.TimingConfig):
@@ -99,16 +101,17 @@ def _plans(cfg, batch, drivers: List[str]) -> List[Dict]:
   marks the artifact's choice (possibly sharded, `choose_runtime`)."""
   host = parse_target("iree:host")
   auto = iree_build.choose_runtime(cfg, batch, host)
-  plans = {}
+  plans = {plan_name(auto): dict(auto, auto=True)} if "auto" in drivers else {}
   for d in drivers:
-    plan = auto if d == "auto" else iree_build.choose_runtime(cfg, batch, host, d)
-    plans.setdefault(plan_name(plan), dict(plan, auto=plan is auto))
+    if d != "auto":
+      plan = iree_build.choose_runtime(cfg, batch, host, d)
+      plans.setdefault(plan_name(plan), dict(plan, auto=False))
   return list(plans.values())
 
 
 def plan_name(plan: Dict) -> str:
-  """'local-task', or 'local-sync x2' for a plan of 2 shards."""
-  return plan["driver"] + (f" x{plan['shards']}" if plan["shards"] > 1 else "")
+  """'local-task', or 'local-sync x2 shards' for a plan of 2 shards."""
+  return describe_runtime(plan["driver"], plan["shards"])
 
 
 def run(f: flags.FlagValues, pairs: Dict[str, str], batch_sizes: List[int],

@@ -110,9 +110,15 @@ def check_mode_flags(f: flags.FlagValues) -> None:
     names = ", ".join(f"--{n}" for n in unread)
     verb = "applies" if len(unread) == 1 else "apply"
     if pipeline_mode:
-      raise ValueError(f"{names} {verb} to --mode=model, block or schedule, not --mode=pipeline "
-                       "(the pipeline's method is --method)")
+      hint = " (the pipeline's method is --method)" if "reducer" in unread else ""
+      raise ValueError(f"{names} {verb} to --mode=model, block or schedule, not "
+                       f"--mode=pipeline{hint}")
     raise ValueError(f"{names} {verb} to --mode=pipeline only, not --mode={f.mode}")
+  if f.mode == "schedule" and (f["adaptive"].present or f["coarse_stride"].present):
+    raise ValueError("--adaptive and --coarse_stride apply to --mode=model or block (a grid of "
+                     "token counts), not --mode=schedule")
+  if f["coarse_stride"].present and not f.adaptive:
+    raise ValueError("--coarse_stride needs --adaptive")
 
 
 def _batch_sizes(values: List[str]):

@@ -36,7 +36,7 @@ def test_edge_speed_runs_on_a_tiny_model(tmp_path, capsys, monkeypatch):
   res = edge_speed.main(common.parse(edge_speed.define_flags, [
       "--models=test_tiny_vit", "--batch_sizes=2", "--schedules=test_tiny_vit=keep@1:9",
       "--baked=", "--min_run_time=0.01", f"--out={out}"]))
-  assert "| test_tiny_vit | 2 | keep@1:9 | args | local-sync x2 (auto) |" in \
+  assert "| test_tiny_vit | 2 | keep@1:9 | args | local-sync x2 shards (auto) |" in \
       capsys.readouterr().out
   rows = json.loads(out.read_text())["rows"]
   assert rows == json.loads(json.dumps(res["rows"]))

@@ -228,7 +228,7 @@ def test_artifact_targets_cross_compile_and_match_jax(artifact, images):
   with pytest.raises(ValueError, match=r"expects images \[2, 32, 32, 3\]"):
     edge(images[:1])
   task = edge_rt.load(artifact, "iree:host", driver="local-task")   # the override is honoured
-  assert task.driver == "local-task" and task._devices.driver == "local-task"
+  assert task.driver == "local-task" and task._runner.driver == "local-task"
   assert np.max(np.abs(task(images) - want)) <= 1e-5
   with pytest.raises(EdgeError, match="^IREE driver 'vulkan' cannot run target iree:host"):
     edge_rt.load(artifact, "iree:host", driver="vulkan")
@@ -280,7 +280,10 @@ def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
        "of 2 into equal parts"),
       ("shards0", lambda r: r["runtime"].update(shards=0), "shards 0 does not split"),
       ("unsharded", lambda r: r["runtime"].pop("shards"), "a module for batch 1 in 1 shard"
-       r"\(s\) cannot take the record's batch of 2")):
+       r"\(s\) cannot take the batch of 2"),
+      ("nullbatch", lambda r: r["module"].update(batch_size=None), "a module for batch None in "
+       r"2 shard\(s\)"),
+      ("strbatch", lambda r: r["module"].update(batch_size="1"), "a module for batch '1'")):
     bad = copy(name)
     rec_path = os.path.join(bad, "iree", "iree_host.json")
     with open(rec_path) as f:
@@ -374,23 +377,58 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
     kit_lib.profile_kit(kit_dir)
 
 
-def test_sharded_kit_times_each_batch_in_its_shards(tmp_path, params, monkeypatch):
+def test_many_shards_keep_batch_order_and_old_records_still_load(tmp_path, params):
+  imgs = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype(np.float32)
+  want = np.asarray(model.forward(params, imgs, cfg=CFG))
+  art4, art1 = str(tmp_path / "s4"), str(tmp_path / "s1")
+  for out, cores in ((art4, 4), (art1, 1)):
+    deploy.export_artifact(out, CFG, params, batch_size=4, targets=["iree:host"],
+                           cpu_cores=cores, verify=False)
+  edge = edge_rt.load(art4)
+  assert edge.shards == 4 and edge.record["module"]["batch_size"] == 1
+  for order in ([0, 1, 2, 3], [3, 1, 0, 2]):
+    assert np.max(np.abs(edge(imgs[order]) - want[order])) <= 1e-5
+  # A record written before shards existed has neither runtime.shards nor module.batch_size.
+  rec_path = os.path.join(art1, "iree", "iree_host.json")
+  with open(rec_path) as f:
+    rec = json.load(f)
+  assert (rec["runtime"]["shards"], rec["module"]["batch_size"]) == (1, 4)
+  del rec["runtime"]["shards"], rec["module"]["batch_size"]
+  with open(rec_path, "w") as f:
+    json.dump(rec, f)
+  old = edge_rt.load(art1)
+  assert old.shards == 1 and np.max(np.abs(old(imgs) - want)) <= 1e-5
+
+
+def test_kit_points_run_as_an_artifact_at_their_batch_size(tmp_path, params, monkeypatch):
   monkeypatch.setattr(iree_build, "usable_cores", lambda: 2)
+  host = parse_target("iree:host")
   kit_dir = str(tmp_path / "kit")
   iree_build.build_kit(kit_dir, CFG, params, target="iree:host", grid=(17,), batch_sizes=(1, 2),
                        reducer=make_reducer("random"), threads=2)
   kit = kit_lib.read_kit(kit_dir)      # the plan at batch 2: 2 shards; batch 1 runs whole
   assert (kit["runtime"]["shards"], kit["driver"]) == (2, "local-sync")
-  assert [(p["batch_size"], p["shards"], p["input"]["shape"][0]) for p in kit["points"]] == [
-      (1, 1, 1), (2, 2, 2)]
+  for p in kit["points"]:
+    assert p["runtime"] == iree_build.choose_runtime(CFG, p["batch_size"], host)
+  assert [(p["batch_size"], p["runtime"]["shards"], p["module"]["batch_size"])
+          for p in kit["points"]] == [(1, 1, 1), (2, 2, 1)]
   prof, _ = kit_lib.profile_kit(kit_dir, protocol.TimingConfig(min_run_time=0.01))
   assert sorted(p.batch_size for p in prof.points) == [1, 2]
   assert all(p.median_s > 0 for p in prof.points)
+  prof, used = kit_lib.profile_kit(kit_dir, protocol.TimingConfig(min_run_time=0.01),
+                                   driver="local-task")      # an override covers every point
+  assert used["driver"] == "local-task" and prof.platform == "iree-local-task"
   doc = kit_lib.read_kit(kit_dir)
-  doc["points"][1]["shards"] = 4
+  doc["points"][1]["runtime"]["shards"] = 4
   with open(os.path.join(kit_dir, "kit.json"), "w") as f:
     json.dump(doc, f)
   with pytest.raises(EdgeError, match=r"shards 4 does not split the batch of 2"):
+    kit_lib.profile_kit(kit_dir)
+  del doc["points"][1]["runtime"]      # an old kit: the kit's driver, one shard
+  with open(os.path.join(kit_dir, "kit.json"), "w") as f:
+    json.dump(doc, f)
+  with pytest.raises(EdgeError, match=r"a module for batch 1 in 1 shard\(s\) cannot take the "
+                     "batch of 2"):
     kit_lib.profile_kit(kit_dir)
 
 

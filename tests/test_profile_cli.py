@@ -234,8 +234,9 @@ def test_pipeline_errors(tmp_path):
   for flag in ("--reducer=tome", "--adaptive", "--coarse_stride=4", "--schedule=keep@3:33",
                f"--compile_cache_dir={tmp_path / 'cache'}"):
     name = flag.split("=")[0]
+    hint = r" \(the pipeline's method is --method\)" if name == "--reducer" else ""
     with pytest.raises(ERRORS, match=f"^{name} applies to --mode=model, block or schedule, not "
-                       r"--mode=pipeline \(the pipeline's method is --method\)$"):
+                       f"--mode=pipeline{hint}$"):
       cli.main(_flags(f"--out_dir={tmp_path}", flag))
   assert not os.path.exists(tmp_path / "cache")
 
@@ -299,6 +300,9 @@ def test_weights_flag(tmp_path):
     (["--threads=0"], "threads must be >= 1"),
     (["--min_run_time=0"], "min_run_time must be > 0"),
     (["--reducer=nosuch"], "nosuch"),
+    (["--mode=schedule", "--schedule=17,17,17", "--adaptive"], "^--adaptive and "
+     "--coarse_stride apply to --mode=model or block"),
+    (["--coarse_stride=4"], "^--coarse_stride needs --adaptive$"),
     (["--accuracy_floor=0.9"], "^--accuracy_floor applies to --mode=pipeline only, not "
                                "--mode=model$"),
     (["--method=tome", "--data=digits", "--refine_accuracy_rounds=0"],

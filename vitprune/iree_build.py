@@ -54,7 +54,7 @@ from vitprune.edge import runtime as edge_rt
 from vitprune.edge.kit import KIT_FORMAT, KIT_MANIFEST, KIT_VERSION
 from vitprune.edge.targets import (CPU_DRIVERS, EdgeError, Target, check_driver, cpu_plan,
                                    default_driver, host_cpu, next_attempt, parse_targets,
-                                   shards_for, usable_cores)
+                                   usable_cores)
 from vitprune.flops import forward_gflop
 from vitprune.schedule import Schedule, check_schedule, format_schedule, reduces_tokens
 
@@ -384,26 +384,27 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
               on_done: Optional[Callable[[Any, Dict[str, Any]], None]] = None,
               driver: Optional[str] = None, cores: Optional[int] = None) -> str:
   """Compiles one module per kit point for one IREE target into directory `out` (atomic).
-  Every point shares one runtime plan (`choose_runtime` at the largest batch size), so a profile
-  measures the modules the way an artifact of the same model and batch size runs; under a
-  sharded plan a point at batch b runs in `shards_for(b, shards)` shards."""
+  Each batch size gets the runtime plan an artifact at that batch size gets (`choose_runtime`:
+  profile, driver, shards; recorded per point), so a profile measures the modules the way such
+  an artifact runs them; the kit-level `runtime` is the plan at the largest batch size."""
   (t,) = parse_targets([target])
   if not t.is_iree:
     raise IreeBuildError(f"a kit needs an IREE target, got {target!r}")
-  plan = choose_runtime(cfg, max(int(b) for b in batch_sizes), t, driver, cores)
+  plans = {int(b): choose_runtime(cfg, int(b), t, driver, cores) for b in batch_sizes}
+  plan = plans[max(plans)]
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"{out} already exists (pass --overwrite)")
   jobs = kit_jobs(cfg, mode=mode, grid=grid, schedules=schedules, batch_sizes=batch_sizes,
                   reducer=reducer)
   precision = "highest" if dtype == "float32" else "default"
-  shards = [shards_for(j["batch_size"], plan["shards"]) for j in jobs]
+  point_plans = [plans[j["batch_size"]] for j in jobs]
   lowered = [lower(cfg, params, schedule=j["counts"], reducer=j["reducer"], dtype=dtype,
-                   precision=precision, batch_size=j["batch_size"] // k)
-             for j, k in zip(jobs, shards)]
-  compiled = compile_many({i: (low.mlir, t) for i, low in enumerate(lowered)},
-                          threads=threads, profile=plan["profile"] or "throughput",
-                          cache_dir=cache_dir, on_done=on_done)
+                   precision=precision, batch_size=j["batch_size"] // p["shards"])
+             for j, p in zip(jobs, point_plans)]
+  compiled = compile_many({i: (low.mlir, t, p["profile"] or "throughput")
+                           for i, (low, p) in enumerate(zip(lowered, point_plans))},
+                          threads=threads, cache_dir=cache_dir, on_done=on_done)
   leaves = _leaves32(params)
   names = [jax.tree_util.keystr(k) for k, _ in jax.tree.flatten_with_path(params)[0]]
   blob, entries = edge_rt.pack_weights(leaves, names)
@@ -422,13 +423,14 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
         f.write(vmfb)
       points.append({"component": job["component"], "batch_size": job["batch_size"],
                      "tokens": job["tokens"], "schedule": job["schedule"],
-                     "module": {"file": rel, "sha256": hashlib.sha256(vmfb).hexdigest()},
-                     "args": list(low.weight_index), "shards": shards[i],
+                     "module": {"file": rel, "sha256": hashlib.sha256(vmfb).hexdigest(),
+                                "batch_size": int(low.input_shape[0])},
+                     "args": list(low.weight_index), "runtime": point_plans[i],
                      "input": {"shape": [job["batch_size"]] + list(low.input_shape[1:]),
                                "dtype": "float32"},
                      "compile_s": info["compile_s"], "cached": info["cached"],
                      "flags": info["flags"], "fallback": info["fallback"]})
-    flags = compiled[0][1]
+    flags = compiled[[j["batch_size"] for j in jobs].index(max(plans))][1]   # the kit's plan
     manifest = {
         "format": KIT_FORMAT, "version": KIT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),

@@ -24,7 +24,7 @@ from vitprune import atomic
 from vitprune.data import ImageFolder, iterate_batches
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime
-from vitprune.edge.targets import EdgeError
+from vitprune.edge.targets import EdgeError, describe_runtime
 from vitprune.profile import protocol
 
 FLAGS = flags.FLAGS
@@ -94,17 +94,12 @@ def cmd_run() -> dict:
       extra = "" if r["label"] is None else f"\tlabel={r['label']}"
       print(f"{r['file']}\t{r['pred']}\t{r['class']}\t{r['prob']:.4f}{extra}")
   print(f"model {res['model']} schedule {res['schedule']} target {res['target']} driver "
-        f"{describe_driver(model)}: {res['num_images']} images")
+        f"{describe_runtime(model.driver, model.shards)}: {res['num_images']} images")
   if res["accuracy"] is not None:
     n_ok = sum(r["pred"] == r["label"] for r in rows)
     print(f"accuracy {res['accuracy']:.4f} ({n_ok}/{res['num_images']})")
   print_latency(res["latency"])
   return res
-
-
-def describe_driver(model) -> str:
-  """'local-sync' or, for a sharded module, 'local-sync x2 shards'."""
-  return model.driver + (f" x{model.shards} shards" if model.shards > 1 else "")
 
 
 def print_latency(lat: dict) -> None:
@@ -124,7 +119,7 @@ def cmd_bench() -> dict:
          "shards": model.shards, "model": model.record.get("model"), "schedule": model.record.get("schedule"),
          "latency": latency(model, images, cfg)}
   print(f"model {res['model']} schedule {res['schedule']} target {res['target']} driver "
-        f"{describe_driver(model)}")
+        f"{describe_runtime(model.driver, model.shards)}")
   print_latency(res["latency"])
   return res
 

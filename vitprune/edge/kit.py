@@ -6,14 +6,15 @@ A kit (built on the host by `python -m experiments.edge_kit`, `vitprune.iree_bui
                 target_backends, flags, profile}, host_cpu (iree:host), model, config, dtype,
                 mode ('model' | 'schedule'), reducer, weights {file, sha256, params_sha256,
                 leaves}, points [{component, batch_size, tokens, schedule, module {file,
-                sha256}, args (weight leaf indices), shards (the module takes [batch / shards,
-                ...]; the batch runs split over that many devices), input {shape, dtype},
-                compile_s, cached, flags, fallback}].
+                sha256}, args (weight leaf indices), runtime (the plan of an artifact at the
+                point's batch size: {profile, driver, gflop, shards, source}; the module takes
+                [batch / shards, ...]), input {shape, dtype}, compile_s, cached, flags,
+                fallback}].
   weights.bin   every float32 parameter leaf (see `vitprune.edge.runtime.pack_weights`).
   modules/*.vmfb  one module per point: main(*weights[args], images) -> logits.
 
 `profile_kit` times every point with the profiler's protocol (`vitprune.profile.protocol`) on
-the kit's driver (or the one given) and returns a `vitprune.profile.records.Profile` (platform
+its plan's driver and shards (or on the driver given) and returns a `vitprune.profile.records.Profile` (platform
 'iree-<driver>', device kind naming the target and the CPU), which `write_profile` saves as the
 JSON (+ CSV twin) `experiments.solve` reads.
 """
@@ -56,27 +57,38 @@ def read_kit(path: str) -> Dict[str, Any]:
 
 def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
                 progress: Optional[Callable[[str], None]] = None, driver: Optional[str] = None):
-  """Loads and checks every module of kit `path`, times them on `driver` (default: the kit's)
-  -> (`records.Profile`, the kit manifest with the driver used)."""
+  """Loads and checks every module of kit `path`, times each point on its own runtime plan's
+  driver and shards (kits made before per-point plans: the kit's driver, one shard), or every
+  point on `driver` when given -> (`records.Profile`, the kit manifest with the driver used:
+  several drivers joined by '+')."""
   path = os.path.abspath(path)
   kit = read_kit(path)
-  kit["driver"] = check_driver(parse_target(kit["target"]), driver or kit["driver"])
-  check_runnable(kit, f"kit {path} ({kit['target']})")
+  target = parse_target(kit["target"])
+  plans = []
+  for p in kit["points"]:
+    where = f"kit {path} ({p.get('module', {}).get('file')})"
+    plan = p.get("runtime") or {"driver": kit["driver"], "shards": p.get("shards", 1)}
+    plans.append((check_driver(target, driver or plan.get("driver")),
+                  rt.check_shards(plan.get("shards"), int(p["input"]["shape"][0]), where,
+                                  p["module"])))
+  kit["driver"] = "+".join(sorted({d for d, _ in plans}))
+  for d in sorted({d for d, _ in plans}):
+    check_runnable(dict(kit, driver=d), f"kit {path} ({kit['target']})")
   weights = rt.read_weights(path, kit["weights"], f"kit {path}")
   modules = [rt.checked_file(path, p["module"], f"kit {path}") for p in kit["points"]]
-  shards = [rt.check_shards(p.get("shards", 1), int(p["input"]["shape"][0]),
-                            f"kit {path} ({p['module'].get('file')})") for p in kit["points"]]
-  devices = rt.Devices(kit["driver"], max(shards))
-  dev_weights = devices.put_weights(weights)
+  runners, dev_weights = {}, {}
+  for d in sorted({d for d, _ in plans}):
+    runners[d] = rt.Runner(d, max(k for dd, k in plans if dd == d))
+    dev_weights[d] = [runners[d].put(w) for w in weights]
   rng = np.random.default_rng(0)
   calls, inputs = {}, {}
-  for i, (point, module, k) in enumerate(zip(kit["points"], modules, shards)):
-    fns = devices.load(module)[:k]
+  for i, (point, module, (d, k)) in enumerate(zip(kit["points"], modules, plans)):
+    fns = runners[d].load(module, contexts=k)
     shape = tuple(point["input"]["shape"])
-    if (shape, k) not in inputs:
-      inputs[shape, k] = devices.put_batch(rng.normal(size=shape).astype(np.float32), k)
-    args = [[w[j] for j in point["args"]] for w in dev_weights[:k]]
-    calls[i] = devices.bind(fns, args, inputs[shape, k])
+    if (shape, d, k) not in inputs:
+      inputs[shape, d, k] = runners[d].put_batch(rng.normal(size=shape).astype(np.float32), k)
+    calls[i] = runners[d].bind(fns, [dev_weights[d][j] for j in point["args"]],
+                               inputs[shape, d, k])
   done = []
 
   def on_done(key):

@@ -16,7 +16,8 @@ Artifact files written by `vitprune.iree_build` (next to the jax export):
   iree/weights.bin          float32 leaves, C order, 64-byte aligned (mode "args"; shared).
 
 A module with runtime.shards = S > 1 takes [B / S, ...]: `EdgeModel` splits the batch into S
-parts run in parallel, each on its own device of the driver (`Devices`). Modules run on the
+parts run at once, each through its own VM context of the module in its own thread, on one
+device of the driver with one copy of the weights (`Runner`). Modules run on the
 record's driver unless `load(..., driver=)` names another one the target
 accepts (llvm-cpu: local-sync or local-task). Every file is checked against its sha256 before
 use; a missing, edited or replaced file, a module for a device this host lacks or a driver the
@@ -101,14 +102,27 @@ def pack_weights(leaves: Sequence[np.ndarray], names: Sequence[str]):
 
 
 class Runner:
-  """One IREE device with modules loaded on it and device-resident weights."""
+  """One IREE device of `driver` with modules loaded on it (one VM context per load) and
+  device-resident arrays. With `shards` > 1 a batch can run split into up to that many equal
+  parts at once (`put_batch`, `bind`): each part through its own context of the same module, in
+  its own thread (IREE releases the GIL while a function runs; local-sync runs it on the calling
+  thread), all reading the same device-resident weights."""
 
-  def __init__(self, driver: str):
+  def __init__(self, driver: str, shards: int = 1):
     import iree.runtime as ireert  # pylint: disable=g-import-not-at-top  (optional: needed to run)
     self._rt = ireert
-    self.driver = driver
+    self.driver, self.shards = driver, check_shards(shards, shards, "runner")
     self.config = ireert.Config(driver)
     self.device = self.config.device
+    self._pool = (concurrent.futures.ThreadPoolExecutor(shards - 1, "vitprune-shard")
+                  if shards > 1 else None)
+
+  def load(self, path: str, function: str = "main", contexts: int = 1) -> List[Callable]:
+    """The function `function` of module file `path`, loaded into `contexts` VM contexts (one
+    per shard that runs it)."""
+    with open(path, "rb") as f:
+      blob = f.read()
+    return [self.load_bytes(blob, function, path) for _ in range(contexts)]
 
   def load_bytes(self, blob: bytes, function: str = "main", path: str = "module") -> Callable:
     rt = self._rt
@@ -123,57 +137,30 @@ class Runner:
   def put(self, array: np.ndarray):
     return self._rt.asdevicearray(self.device, np.ascontiguousarray(array))
 
-
-class Devices:
-  """`shards` devices of one driver, each holding its own copy of the weights: a function loaded
-  on them runs a batch [B, ...] as `shards` equal parts [B / shards, ...], one per device, in
-  parallel threads (IREE releases the GIL while a function runs; local-sync runs it on the
-  calling thread), and returns the parts' results concatenated. One shard is one `Runner`."""
-
-  def __init__(self, driver: str, shards: int = 1):
-    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
-      raise EdgeError(f"shards must be an integer >= 1, got {shards!r}")
-    self.driver, self.shards = driver, shards
-    self.runners = [Runner(driver) for _ in range(shards)]
-    self._pool = (concurrent.futures.ThreadPoolExecutor(shards - 1, "vitprune-shard")
-                  if shards > 1 else None)
-
-  def load(self, path: str, function: str = "main") -> List[Callable]:
-    """The function `function` of module file `path`, loaded on every device."""
-    with open(path, "rb") as f:
-      return self.load_bytes(f.read(), function, path)
-
-  def load_bytes(self, blob: bytes, function: str = "main", path: str = "module"
-                 ) -> List[Callable]:
-    """The function `function` of module bytes `blob`, loaded on every device."""
-    return [r.load_bytes(blob, function, path) for r in self.runners]
-
-  def put_weights(self, leaves: Sequence[np.ndarray]) -> List[List[Any]]:
-    """`leaves` copied onto every device: [shard][leaf]."""
-    return [[r.put(w) for w in leaves] for r in self.runners]
-
-  def put_batch(self, x: np.ndarray, parts: Optional[int] = None) -> List[Any]:
-    """`x` [B, ...] split into `parts` (default `shards`) equal parts along the batch, part i on
-    device i."""
-    parts = self.shards if parts is None else parts
+  def put_batch(self, x: np.ndarray, parts: int) -> List[Any]:
+    """`x` [B, ...] split along the batch into `parts` equal device arrays [B / parts, ...]."""
     if not 1 <= parts <= self.shards or x.shape[0] % parts:
       raise ValueError(f"a batch of {x.shape[0]} does not split into {parts} equal shards "
-                       f"over {self.shards} devices")
-    return [r.put(part) for r, part in zip(self.runners, np.split(x, parts))]
+                       f"(this runner runs at most {self.shards})")
+    return [self.put(part) for part in np.split(x, parts)]
 
-  def bind(self, fns: Sequence[Callable], weights: Sequence[Sequence[Any]],
+  def bind(self, fns: Sequence[Callable], weights: Sequence[Any],
            inputs: Sequence[Any]) -> Callable[[], np.ndarray]:
-    """A no-argument call running fns[i](*weights[i], inputs[i]) at once on the first
-    len(inputs) devices -> the results on the host, concatenated along the batch."""
-    calls = [functools.partial(lambda f, w, x: f(*w, x).to_host(), f, w, x)
-             for f, w, x in zip(fns, weights, inputs)]
+    """A no-argument call running fns[i](*weights, inputs[i]) for every part at once -> the
+    results on the host, concatenated along the batch. A part that fails raises once every
+    part has finished (no call outlives it)."""
+    calls = [functools.partial(lambda f, x: f(*weights, x).to_host(), f, x)
+             for f, x in zip(fns, inputs)]
     if len(calls) == 1:
       return calls[0]
     pool, first, rest = self._pool, calls[0], calls[1:]
 
     def run():
       futures = [pool.submit(c) for c in rest]
-      head = first()
+      try:
+        head = first()
+      finally:
+        concurrent.futures.wait(futures)
       return np.concatenate([np.asarray(head)] + [np.asarray(f.result()) for f in futures])
     return run
 
@@ -192,16 +179,12 @@ class EdgeModel:
     self.input_shape = tuple(int(d) for d in record["input"]["shape"])
     self.batch_size = self.input_shape[0]
     self.shards = check_shards((record.get("runtime") or {}).get("shards", 1),
-                               self.batch_size, where)
-    module_batch = record["module"].get("batch_size", self.batch_size // self.shards)
-    if module_batch * self.shards != self.batch_size:
-      raise EdgeError(f"{where}: a module for batch {module_batch} in {self.shards} shard(s) "
-                      f"cannot take the record's batch of {self.batch_size}")
+                               self.batch_size, where, record["module"])
     module = checked_file(path, record["module"], where)
     weights = read_weights(path, record["weights"], where)
-    self._devices = Devices(self.driver, self.shards)
-    self._fns = self._devices.load(module, record.get("function", "main"))
-    self._weights = self._devices.put_weights(weights)
+    self._runner = Runner(self.driver, self.shards)
+    self._fns = self._runner.load(module, record.get("function", "main"), self.shards)
+    self._weights = [self._runner.put(w) for w in weights]
     self.num_outputs = int(record["output"]["shape"][-1])
     prep = dict(record["preprocessing"])
     for k in ("mean", "std"):
@@ -222,16 +205,25 @@ class EdgeModel:
   def timed_call(self, images) -> Callable[[], Any]:
     """A no-argument call on device-resident `images` that returns when the result is on the
     host (what the timing protocol times)."""
-    xs = self._devices.put_batch(self._check(images))
-    return self._devices.bind(self._fns, self._weights, xs)
+    xs = self._runner.put_batch(self._check(images), self.shards)
+    return self._runner.bind(self._fns, self._weights, xs)
 
 
-def check_shards(shards: Any, batch: int, where: str) -> int:
+def _is_count(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def check_shards(shards: Any, batch: int, where: str, module: Optional[Dict] = None) -> int:
   """`shards` (from a record or kit; 1 when absent, as in files written before sharding) if it
-  splits a batch of `batch` into equal parts; raises EdgeError naming `where` otherwise."""
-  if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1 or batch % shards:
+  splits a batch of `batch` into equal parts, each the batch the `module` entry says it was
+  compiled for (when it says); raises EdgeError naming `where` otherwise."""
+  if not _is_count(shards) or batch % shards:
     raise EdgeError(f"{where}: shards {shards!r} does not split the batch of {batch} into "
                     "equal parts")
+  module_batch = (module or {}).get("batch_size", batch // shards)
+  if not _is_count(module_batch) or module_batch * shards != batch:
+    raise EdgeError(f"{where}: a module for batch {module_batch!r} in {shards} shard(s) cannot "
+                    f"take the batch of {batch}")
   return shards
 
 

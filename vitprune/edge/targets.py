@@ -177,12 +177,26 @@ def cpu_plan(gflop: float, batch_size: int, cores: int) -> Tuple[str, int]:
   return cpu_profile(gflop), 1
 
 
-def usable_cores() -> int:
-  """CPU cores this process may run on."""
+def describe_runtime(driver: str, shards: int = 1) -> str:
+  """'local-task', or 'local-sync x2 shards' for a batch run in 2 shards."""
+  return driver + (f" x{shards} shards" if shards > 1 else "")
+
+
+def usable_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+  """CPU cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota
+  (`cpu_max`, e.g. a container started with --cpus=2 on a larger host)."""
   try:
-    return len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
   except (AttributeError, OSError):
-    return os.cpu_count() or 1
+    cores = os.cpu_count() or 1
+  try:
+    with open(cpu_max) as f:
+      quota, period = f.read().split()[:2]
+    if quota != "max":
+      cores = min(cores, max(1, int(-(-int(quota) // int(period)))))
+  except (OSError, ValueError):
+    pass
+  return cores
 
 
 def default_driver(target: Target, profile: str) -> str:
