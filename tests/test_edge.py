@@ -273,7 +273,39 @@ def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
   rec["weights"]["sha256"] = "0" * 64
   with open(rec_path, "w") as f:
     json.dump(rec, f)
+  with pytest.raises(EdgeError, match="the record does not match its module"):
+    edge_rt.load(bad, "iree:host")
+  bad = copy("weights")          # the record intact, its weights file changed
+  with open(os.path.join(bad, "iree", "weights.bin"), "r+b") as f:
+    f.write(b"\1\2\3\4")
   with pytest.raises(EdgeError, match="weights.bin has sha256"):
+    edge_rt.load(bad, "iree:host")
+  # Fields that change what the numbers mean are bound to the module's function name.
+  for name, change in (("classes", lambda r: r.update(class_names=list("abcdefghij"))),
+                       ("nan", lambda r: r["preprocessing"].update(mean=[float("nan")] * 3)),
+                       ("crop", lambda r: r["preprocessing"].update(crop_pct=0.5)),
+                       ("schedule", lambda r: r.update(schedule="keep@1:5")),
+                       ("model", lambda r: r.update(model="vit_digits"))):
+    bad = copy("id_" + name)
+    rec_path = os.path.join(bad, "iree", "iree_host.json")
+    with open(rec_path) as f:
+      rec = json.load(f)
+    change(rec)
+    with open(rec_path, "w") as f:
+      json.dump(rec, f)
+    with pytest.raises(EdgeError, match="the record does not match its module|bad value"):
+      edge_rt.load(bad, "iree:host")
+    r = run_edge("bench", f"--artifact={bad}", "--target=iree:host", "--min_run_time=0.01")
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr[-2000:]
+  bad = copy("renamed")          # the function name edited to match edited fields
+  rec_path = os.path.join(bad, "iree", "iree_host.json")
+  with open(rec_path) as f:
+    rec = json.load(f)
+  rec["class_names"] = list("abcdefghij")
+  rec["function"] = edge_rt.function_name(edge_rt.record_identity(rec))
+  with open(rec_path, "w") as f:
+    json.dump(rec, f)
+  with pytest.raises(EdgeError, match="has no function 'main_[0-9a-f]{16}': the record"):
     edge_rt.load(bad, "iree:host")
   for name, edit, msg in (
       ("shards3", lambda r: r["runtime"].update(shards=3), "shards 3 does not split the batch "
@@ -377,13 +409,17 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
     kit_lib.profile_kit(kit_dir)
 
 
-def test_many_shards_keep_batch_order_and_old_records_still_load(tmp_path, params):
+def test_many_shards_keep_batch_order_and_old_records_still_load(tmp_path, params,
+                                                                 monkeypatch):
   imgs = np.random.default_rng(1).normal(size=(4, 32, 32, 3)).astype(np.float32)
   want = np.asarray(model.forward(params, imgs, cfg=CFG))
   art4, art1 = str(tmp_path / "s4"), str(tmp_path / "s1")
-  for out, cores in ((art4, 4), (art1, 1)):
-    deploy.export_artifact(out, CFG, params, batch_size=4, targets=["iree:host"],
-                           cpu_cores=cores, verify=False)
+  deploy.export_artifact(art4, CFG, params, batch_size=4, targets=["iree:host"], cpu_cores=4,
+                         verify=False)
+  with monkeypatch.context() as mp:         # as exported before function names had identities
+    mp.setattr(iree_build, "rename_main", lambda mlir, name: mlir)
+    deploy.export_artifact(art1, CFG, params, batch_size=4, targets=["iree:host"],
+                           cpu_cores=1, verify=False)
   edge = edge_rt.load(art4)
   assert edge.shards == 4 and edge.record["module"]["batch_size"] == 1
   for order in ([0, 1, 2, 3], [3, 1, 0, 2]):
@@ -394,6 +430,7 @@ def test_many_shards_keep_batch_order_and_old_records_still_load(tmp_path, param
     rec = json.load(f)
   assert (rec["runtime"]["shards"], rec["module"]["batch_size"]) == (1, 4)
   del rec["runtime"]["shards"], rec["module"]["batch_size"]
+  rec["function"] = "main"
   with open(rec_path, "w") as f:
     json.dump(rec, f)
   old = edge_rt.load(art1)
@@ -418,7 +455,19 @@ def test_kit_points_run_as_an_artifact_at_their_batch_size(tmp_path, params, mon
   prof, used = kit_lib.profile_kit(kit_dir, protocol.TimingConfig(min_run_time=0.01),
                                    driver="local-task")      # an override covers every point
   assert used["driver"] == "local-task" and prof.platform == "iree-local-task"
-  doc = kit_lib.read_kit(kit_dir)
+  good = kit_lib.read_kit(kit_dir)
+  for change in (lambda d: d["points"][0].update(tokens=9),   # a label edited after the build
+                 lambda d: d["points"][0].update(batch_size=8),
+                 lambda d: d.update(model="vit_digits"),
+                 lambda d: d["config"].update(depth=3),
+                 lambda d: d.update(dtype="bfloat16")):
+    doc = json.loads(json.dumps(good))
+    change(doc)
+    with open(os.path.join(kit_dir, "kit.json"), "w") as f:
+      json.dump(doc, f)
+    with pytest.raises(EdgeError, match="does not match its module|does not split|cannot take"):
+      kit_lib.profile_kit(kit_dir)
+  doc = json.loads(json.dumps(good))
   doc["points"][1]["runtime"]["shards"] = 4
   with open(os.path.join(kit_dir, "kit.json"), "w") as f:
     json.dump(doc, f)

@@ -51,7 +51,7 @@ from vitprune import model
 from vitprune.config import ViTConfig
 from vitprune.digest import params_sha256
 from vitprune.edge import runtime as edge_rt
-from vitprune.edge.kit import KIT_FORMAT, KIT_MANIFEST, KIT_VERSION
+from vitprune.edge.kit import KIT_FORMAT, KIT_MANIFEST, KIT_VERSION, point_identity
 from vitprune.edge.targets import (CPU_DRIVERS, EdgeError, Target, check_driver, cpu_plan,
                                    default_driver, host_cpu, next_attempt, parse_targets,
                                    usable_cores)
@@ -153,6 +153,15 @@ def lower(cfg: ViTConfig, params, *, schedule=None, reducer=None, dtype: str = "
 
 
 # ----------------------------------------------------------------------------- compile
+
+
+def rename_main(mlir: str, name: str) -> str:
+  """`mlir` (a `jax.export` module) with its public function `main` renamed `name`."""
+  head = "func.func public @main("
+  if mlir.count(head) != 1:
+    raise IreeBuildError(f"expected one '{head}' in the exported module, found "
+                         f"{mlir.count(head)}")
+  return mlir.replace(head, f"func.func public @{name}(")
 
 
 def iree_version() -> str:
@@ -316,32 +325,35 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
       f.write(blob)
     wentry.update(file=edge_rt.WEIGHTS_FILE, sha256=hashlib.sha256(blob).hexdigest(),
                   bytes=len(blob), leaves=entries)
-  compiled = compile_many({t: (lows[module_batch[t]].mlir, t,
-                               plans[t]["profile"] or "throughput") for t in chosen},
+  records = {t: {
+      "format": edge_rt.RECORD_FORMAT, "version": edge_rt.RECORD_VERSION,
+      "target": t.text, "backend": t.backend, "driver": plans[t]["driver"],
+      "runtime": plans[t],
+      "module": {"file": f"{edge_rt.EDGE_DIR}/{t.slug}.vmfb", "batch_size": module_batch[t]},
+      "weights": wentry,
+      "input": {"shape": [batch_size] + list(low.input_shape[1:]), "dtype": "float32",
+                "layout": "NHWC"},
+      "output": {"shape": [batch_size] + list(low.output_shape[1:]), "dtype": "float32"},
+      "model": cfg.name,
+      "schedule": None if schedule is None else format_schedule(schedule, cfg),
+      "compute": {"dtype": dtype, "precision": precision},
+      "preprocessing": dataclasses.asdict(cfg.preprocessing),
+      "class_names": None if class_names is None else list(class_names),
+      **_host_record(t)} for t in chosen}
+  for record in records.values():    # the module's function is named after the record
+    record["function"] = edge_rt.function_name(edge_rt.record_identity(record))
+  compiled = compile_many({t: (rename_main(lows[module_batch[t]].mlir, records[t]["function"]),
+                               t, plans[t]["profile"] or "throughput") for t in chosen},
                           threads=threads, cache_dir=cache_dir)
   for t in chosen:
     blob, info = compiled[t]
-    rel = f"{edge_rt.EDGE_DIR}/{t.slug}.vmfb"
+    record = records[t]
+    rel = record["module"]["file"]
     with open(os.path.join(tmp, *rel.split("/")), "wb") as f:
       f.write(blob)
-    record = {
-        "format": edge_rt.RECORD_FORMAT, "version": edge_rt.RECORD_VERSION,
-        "target": t.text, "backend": t.backend, "driver": plans[t]["driver"],
-        "runtime": plans[t],
-        "compiler": {k: v for k, v in info.items() if k not in ("compile_s", "cached")},
-        "compile_s": info["compile_s"], "function": "main",
-        "module": {"file": rel, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
-                   "batch_size": module_batch[t]},
-        "weights": wentry,
-        "input": {"shape": [batch_size] + list(low.input_shape[1:]), "dtype": "float32",
-                  "layout": "NHWC"},
-        "output": {"shape": [batch_size] + list(low.output_shape[1:]), "dtype": "float32"},
-        "model": cfg.name,
-        "schedule": None if schedule is None else format_schedule(schedule, cfg),
-        "compute": {"dtype": dtype, "precision": precision},
-        "preprocessing": dataclasses.asdict(cfg.preprocessing),
-        "class_names": None if class_names is None else list(class_names),
-        **_host_record(t)}
+    record["module"].update(sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob))
+    record.update(compiler={k: v for k, v in info.items() if k not in ("compile_s", "cached")},
+                  compile_s=info["compile_s"])
     atomic.write_json(os.path.join(tmp, edge_rt.EDGE_DIR, t.slug + ".json"), record,
                       sort_keys=True)
   return ["jax"] + [t.text for t in chosen]
@@ -402,45 +414,50 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
   lowered = [lower(cfg, params, schedule=j["counts"], reducer=j["reducer"], dtype=dtype,
                    precision=precision, batch_size=j["batch_size"] // p["shards"])
              for j, p in zip(jobs, point_plans)]
-  compiled = compile_many({i: (low.mlir, t, p["profile"] or "throughput")
-                           for i, (low, p) in enumerate(zip(lowered, point_plans))},
-                          threads=threads, cache_dir=cache_dir, on_done=on_done)
   leaves = _leaves32(params)
   names = [jax.tree_util.keystr(k) for k, _ in jax.tree.flatten_with_path(params)[0]]
   blob, entries = edge_rt.pack_weights(leaves, names)
+  manifest = {
+      "format": KIT_FORMAT, "version": KIT_VERSION,
+      "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+      "target": t.text, "backend": t.backend, "driver": plan["driver"], "runtime": plan,
+      "model": cfg.name, "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
+      "dtype": dtype, "mode": mode, "reducer": reducer_name,
+      "weights": {"file": KIT_WEIGHTS, "sha256": hashlib.sha256(blob).hexdigest(),
+                  "params_sha256": params_sha256(params), "leaves": entries},
+      "points": [], **_host_record(t)}
+  for job, low, p in zip(jobs, lowered, point_plans):
+    sched = "" if job["schedule"] is None else "_s" + hashlib.sha256(
+        json.dumps(job["schedule"]).encode()).hexdigest()[:10]
+    point = {"component": job["component"], "batch_size": job["batch_size"],
+             "tokens": job["tokens"], "schedule": job["schedule"],
+             "module": {"file": f"modules/{job['component']}_b{job['batch_size']}"
+                                f"_n{job['tokens']}{sched}.vmfb",
+                        "batch_size": int(low.input_shape[0])},
+             "args": list(low.weight_index), "runtime": p,
+             "input": {"shape": [job["batch_size"]] + list(low.input_shape[1:]),
+                       "dtype": "float32"}}
+    point["function"] = edge_rt.function_name(point_identity(manifest, point))
+    manifest["points"].append(point)
+  compiled = compile_many({i: (rename_main(low.mlir, point["function"]), t,
+                               p["profile"] or "throughput")
+                           for i, (low, p, point) in enumerate(zip(lowered, point_plans,
+                                                                   manifest["points"]))},
+                          threads=threads, cache_dir=cache_dir, on_done=on_done)
   with atomic.staged_dir(out, overwrite=overwrite,
                          is_ours=atomic.json_marker(KIT_MANIFEST, KIT_FORMAT)) as tmp:
     with open(os.path.join(tmp, KIT_WEIGHTS), "wb") as f:
       f.write(blob)
     os.makedirs(os.path.join(tmp, "modules"))
-    points = []
-    for i, (job, low) in enumerate(zip(jobs, lowered)):
+    for i, point in enumerate(manifest["points"]):
       vmfb, info = compiled[i]
-      sched = "" if job["schedule"] is None else "_s" + hashlib.sha256(
-          json.dumps(job["schedule"]).encode()).hexdigest()[:10]
-      rel = f"modules/{job['component']}_b{job['batch_size']}_n{job['tokens']}{sched}.vmfb"
-      with open(os.path.join(tmp, *rel.split("/")), "wb") as f:
+      with open(os.path.join(tmp, *point["module"]["file"].split("/")), "wb") as f:
         f.write(vmfb)
-      points.append({"component": job["component"], "batch_size": job["batch_size"],
-                     "tokens": job["tokens"], "schedule": job["schedule"],
-                     "module": {"file": rel, "sha256": hashlib.sha256(vmfb).hexdigest(),
-                                "batch_size": int(low.input_shape[0])},
-                     "args": list(low.weight_index), "runtime": point_plans[i],
-                     "input": {"shape": [job["batch_size"]] + list(low.input_shape[1:]),
-                               "dtype": "float32"},
-                     "compile_s": info["compile_s"], "cached": info["cached"],
-                     "flags": info["flags"], "fallback": info["fallback"]})
+      point["module"]["sha256"] = hashlib.sha256(vmfb).hexdigest()
+      point.update(compile_s=info["compile_s"], cached=info["cached"], flags=info["flags"],
+                   fallback=info["fallback"])
     flags = compiled[[j["batch_size"] for j in jobs].index(max(plans))][1]   # the kit's plan
-    manifest = {
-        "format": KIT_FORMAT, "version": KIT_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-        "target": t.text, "backend": t.backend, "driver": plan["driver"], "runtime": plan,
-        "compiler": {k: flags[k] for k in ("iree_version", "input_type", "target_backends",
-                                           "flags", "profile")},
-        "model": cfg.name, "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
-        "dtype": dtype, "mode": mode, "reducer": reducer_name,
-        "weights": {"file": KIT_WEIGHTS, "sha256": hashlib.sha256(blob).hexdigest(),
-                    "params_sha256": params_sha256(params), "leaves": entries},
-        "points": points, **_host_record(t)}
+    manifest["compiler"] = {k: flags[k] for k in ("iree_version", "input_type",
+                                                  "target_backends", "flags", "profile")}
     atomic.write_json(os.path.join(tmp, KIT_MANIFEST), manifest, sort_keys=True)
   return out

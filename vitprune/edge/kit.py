@@ -39,6 +39,18 @@ KIT_VERSION = 1
 KIT_MANIFEST = "kit.json"
 
 
+def point_identity(kit: Dict[str, Any], point: Dict[str, Any]) -> Dict[str, Any]:
+  """What a kit point's module computes and what its timing will be recorded as: the fields its
+  function name is derived from (`runtime.function_name`), the kit's model, config, dtype and
+  reducer included, so an edited label (batch size, tokens, model) is refused. Not the weights:
+  they do not change a timing, and the compile cache then serves kits of other weights."""
+  return {**{k: kit.get(k) for k in ("target", "model", "config", "dtype", "mode", "reducer")},
+          **{k: point.get(k) for k in ("component", "batch_size", "tokens", "schedule", "input",
+                                       "args")},
+          "shards": (point.get("runtime") or {}).get("shards", point.get("shards", 1)),
+          "module_batch": (point.get("module") or {}).get("batch_size")}
+
+
 def read_kit(path: str) -> Dict[str, Any]:
   """The validated kit manifest of directory `path` (EdgeError when invalid)."""
   if not os.path.isdir(path):
@@ -64,13 +76,14 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
   path = os.path.abspath(path)
   kit = read_kit(path)
   target = parse_target(kit["target"])
-  plans = []
+  plans, functions = [], []     # (driver, shards) and the function name of every point
   for p in kit["points"]:
     where = f"kit {path} ({p.get('module', {}).get('file')})"
     plan = p.get("runtime") or {"driver": kit["driver"], "shards": p.get("shards", 1)}
     plans.append((check_driver(target, driver or plan.get("driver")),
                   rt.check_shards(plan.get("shards"), int(p["input"]["shape"][0]), where,
                                   p["module"])))
+    functions.append(rt.checked_function(p, point_identity(kit, p), where))
   kit["driver"] = "+".join(sorted({d for d, _ in plans}))
   for d in sorted({d for d, _ in plans}):
     check_runnable(dict(kit, driver=d), f"kit {path} ({kit['target']})")
@@ -83,7 +96,7 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
   rng = np.random.default_rng(0)
   calls, inputs = {}, {}
   for i, (point, module, (d, k)) in enumerate(zip(kit["points"], modules, plans)):
-    fns = runners[d].load(module, contexts=k)
+    fns = runners[d].load(module, functions[i], contexts=k)
     shape = tuple(point["input"]["shape"])
     if (shape, d, k) not in inputs:
       inputs[shape, d, k] = runners[d].put_batch(rng.normal(size=shape).astype(np.float32), k)

@@ -129,10 +129,14 @@ class Runner:
     vm = rt.VmModule.copy_buffer(self.config.vm_instance, blob)
     try:
       mod = rt.load_vm_module(vm, self.config)
-      return mod[function]
     except Exception as e:  # the runtime raises several types for incompatible modules
       raise EdgeError(f"{path} cannot be loaded on the {self.driver} device: "
                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    try:
+      return mod[function]
+    except Exception:  # KeyError / RuntimeError, by runtime version
+      raise EdgeError(f"{path} has no function {function!r}: the record or kit entry naming it "
+                      "does not belong to this module") from None
 
   def put(self, array: np.ndarray):
     return self._rt.asdevicearray(self.device, np.ascontiguousarray(array))
@@ -180,10 +184,11 @@ class EdgeModel:
     self.batch_size = self.input_shape[0]
     self.shards = check_shards((record.get("runtime") or {}).get("shards", 1),
                                self.batch_size, where, record["module"])
+    function = checked_function(record, record_identity(record), where)
     module = checked_file(path, record["module"], where)
     weights = read_weights(path, record["weights"], where)
     self._runner = Runner(self.driver, self.shards)
-    self._fns = self._runner.load(module, record.get("function", "main"), self.shards)
+    self._fns = self._runner.load(module, function, self.shards)
     self._weights = [self._runner.put(w) for w in weights]
     self.num_outputs = int(record["output"]["shape"][-1])
     prep = dict(record["preprocessing"])
@@ -207,6 +212,41 @@ class EdgeModel:
     host (what the timing protocol times)."""
     xs = self._runner.put_batch(self._check(images), self.shards)
     return self._runner.bind(self._fns, self._weights, xs)
+
+
+def record_identity(record: Dict[str, Any]) -> Dict[str, Any]:
+  """What an artifact's target record says its module computes and how it is called: the
+  fields its function name is derived from (`function_name`)."""
+  weights = record.get("weights") or {}
+  return {**{k: record.get(k) for k in ("target", "model", "schedule", "compute", "preprocessing",
+                                        "class_names", "input", "output")},
+          "shards": (record.get("runtime") or {}).get("shards", 1),
+          "module_batch": (record.get("module") or {}).get("batch_size"),
+          "weights": {k: weights.get(k) for k in ("mode", "sha256", "params_sha256")}}
+
+
+def function_name(identity: Dict[str, Any]) -> str:
+  """The module function of an artifact target or kit point: 'main_' + 16 hex digits of the
+  sha256 of its identity. Built into the module (whose sha256 the record holds), so a record
+  edited after export (class names, preprocessing, schedule, shapes, ...) names a function its
+  module lacks, as a jax artifact's manifest identity is its exported function's name."""
+  try:
+    return "main_" + jsonio.canonical_sha256(identity)[:16]
+  except ValueError as e:      # NaN or inf in a record
+    raise EdgeError(f"bad value in a record: {e}") from None
+
+
+def checked_function(entry: Dict[str, Any], identity: Dict[str, Any], where: str) -> str:
+  """The function an artifact record or kit point calls: `function_name(identity)`, which its
+  'function' field must name; 'main' (written before identities) is taken unchecked."""
+  named = entry.get("function", "main")
+  if named == "main":
+    return named
+  want = function_name(identity)
+  if named != want:
+    raise EdgeError(f"{where}: the record does not match its module (function {named!r}, its "
+                    f"fields give {want!r}): edited after export?")
+  return named
 
 
 def _is_count(v: Any) -> bool:
