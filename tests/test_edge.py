@@ -240,6 +240,50 @@ def test_artifact_targets_cross_compile_and_match_jax(artifact, images):
   assert "IREE driver 'local-turbo' cannot run target" in r.stderr
 
 
+def test_edge_cli_refuses_unread_flags_and_foreign_outputs_before_timing(artifact, tmp_path):
+  def one_line_error(r, code=1):
+    assert r.returncode == code and r.stderr.startswith("error: "), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+  r = run_edge("bench", f"--artifact={artifact}", f"--out={tmp_path / 'p.json'}")
+  one_line_error(r)
+  assert "--out is not read by bench (only by profile)" in r.stderr
+  r = run_edge("bench", f"--artifact={artifact}", "--warmup=abc")
+  one_line_error(r, 2)
+  assert r.stderr.strip().splitlines()[1:] == ["(see --help)"]
+  foreign = tmp_path / "mine.json"
+  foreign.write_text('{"mine": true}')
+  r = run_edge("bench", f"--artifact={artifact}", f"--output={foreign}", "--min_run_time=30")
+  one_line_error(r)                  # refused at once, not after 30 s of timing
+  assert "refusing to replace --output=" in r.stderr and foreign.read_text() == '{"mine": true}'
+  r = run_edge("bench", f"--artifact={artifact}", f"--output={tmp_path}")
+  one_line_error(r)
+  assert "is a directory, not a file" in r.stderr
+  (tmp_path / "afile").write_text("x")
+  r = run_edge("profile", f"--kit={artifact}", f"--out={tmp_path / 'afile' / 'p.json'}")
+  one_line_error(r)
+  assert "afile is a file, not a directory" in r.stderr
+  r = run_edge("profile", f"--kit={artifact}", f"--out={tmp_path}")
+  one_line_error(r)
+  out = tmp_path / "res.json"
+  for _ in range(2):                 # our own results file is replaced
+    r = run_edge("bench", f"--artifact={artifact}", f"--output={out}", "--min_run_time=0.01")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(out.read_text())["format"] == "vitprune-edge-result"
+
+
+def test_edge_cli_ctrl_c_is_one_line(artifact):
+  import signal  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  p = subprocess.Popen([sys.executable, "-c", NO_JAX, "vitprune.edge", "bench",
+                        f"--artifact={artifact}", "--min_run_time=60"], cwd=ROOT,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  time.sleep(8)                      # imported and timing
+  p.send_signal(signal.SIGINT)
+  out, err = p.communicate(timeout=60)
+  assert p.returncode == 130 and err.strip() == "error: interrupted", err[-2000:]
+
+
 def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
   with pytest.raises(EdgeError, match="no cuda device is available here"):
     edge_rt.load(artifact, "iree:cuda:sm_87")

@@ -10,11 +10,16 @@ run:     classifies an image folder (labelled `DIR/<class>/<img>`: accuracy; fla
 bench:   times the artifact's module on a deterministic random batch (median, IQR).
 profile: times every module of a kit and writes a latency profile JSON (+ CSV twin) that
          `experiments.solve` / `vitprune.profile.records.load` read.
-Errors (bad flags, tampered or incomplete artifacts/kits, a module for a device this host lacks)
-end the program with one line `error: ...` and exit status 1.
+Errors (tampered or incomplete artifacts/kits, a module for a device this host lacks, a flag the
+command does not read, an output path it could not write or a file it did not write itself) end
+the program with one line `error: ...` and exit status 1, before any timing where they can; a
+malformed flag exits 2 (`error: ...` then `(see --help)`), Ctrl-C exits 130 (`error:
+interrupted`). Results JSON (--output) carry "format": "vitprune-edge-result".
 """
 from __future__ import annotations
 
+import json
+import os
 import sys
 
 from absl import app, flags
@@ -26,6 +31,7 @@ from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime
 from vitprune.edge.targets import EdgeError, describe_runtime
 from vitprune.profile import protocol
+from vitprune.profile import records
 
 FLAGS = flags.FLAGS
 COMMANDS = ("run", "bench", "profile")
@@ -138,17 +144,82 @@ def cmd_profile() -> dict:
   return {"profile": paths}
 
 
+# The flags each command reads (besides the timing ones); any other flag given is refused.
+COMMAND_FLAGS = {"run": ("artifact", "images", "target", "driver", "output", "num_workers",
+                         "quiet"),
+                 "bench": ("artifact", "target", "driver", "output"),
+                 "profile": ("kit", "out", "driver", "quiet")}
+TIMING_FLAGS = ("min_run_time", "warmup", "min_reps", "max_rel_iqr", "max_retries", "seed")
+RESULT_FORMAT = "vitprune-edge-result"
+
+
+def check_flags(command: str) -> None:
+  """Refuses flags `command` does not read and output paths it could not write or would
+  replace without owning them, before any work (ValueError / OSError, one line)."""
+  known = {n for names in COMMAND_FLAGS.values() for n in names}
+  unread = sorted(n for n in known - set(COMMAND_FLAGS[command]) if FLAGS[n].present)
+  if unread:
+    users = {n: [c for c, names in COMMAND_FLAGS.items() if n in names] for n in unread}
+    raise ValueError("; ".join(f"--{n} is not read by {command} (only by {', '.join(users[n])})"
+                               for n in unread))
+  if FLAGS.output:
+    check_output(FLAGS.output, "output", RESULT_FORMAT)
+  if command == "profile" and FLAGS.out:
+    stem = FLAGS.out[:-5] if FLAGS.out.endswith(".json") else FLAGS.out
+    if os.path.isdir(FLAGS.out):
+      raise IsADirectoryError(f"--out={FLAGS.out} is a directory, not a file")
+    check_output(stem + ".json", "out", records.FORMAT)
+    if os.path.lexists(stem + ".csv") and not os.path.lexists(stem + ".json"):
+      raise FileExistsError(f"refusing to replace {stem}.csv: no profile {stem}.json is next to "
+                            "it; move it away or choose another --out")
+
+
+def check_output(path: str, flag: str, fmt: str) -> None:
+  """`path` can be written as a JSON file of format `fmt`: not a directory, below a directory,
+  and, if it exists, a JSON object of that format (never a file someone else made)."""
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"--{flag}={path} is a directory, not a file")
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise NotADirectoryError(f"--{flag}={path}: {parent} is a file, not a directory")
+  if os.path.lexists(path):
+    try:
+      with open(path) as f:
+        ours = json.load(f).get("format") == fmt
+    except (OSError, ValueError, AttributeError):
+      ours = False
+    if not ours:
+      raise FileExistsError(f"refusing to replace --{flag}={path}: it is not a {fmt} file; "
+                            "move it away or choose another path")
+
+
+def parse_flags(argv):
+  """absl's parsing, with a bad flag reported as one `error:` line (exit 2), as the
+  experiments CLIs do."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.stderr.write(f"error: {e}\n(see --help)\n")
+    sys.exit(2)
+
+
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     sys.exit(f"error: give one command: {' | '.join(COMMANDS)} (got {argv[1:]})")
   try:
+    check_flags(argv[1])
     res = {"run": cmd_run, "bench": cmd_bench, "profile": cmd_profile}[argv[1]]()
     if FLAGS.output:
-      atomic.write_json(FLAGS.output, res, sort_keys=True)
+      atomic.write_json(FLAGS.output, dict(res, format=RESULT_FORMAT), sort_keys=True)
       print(f"wrote {FLAGS.output}")
   except (EdgeError, ValueError, FileNotFoundError, OSError) as e:
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt:
+    sys.stderr.write("error: interrupted\n")
+    sys.exit(130)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
