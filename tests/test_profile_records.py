@@ -118,11 +118,27 @@ def test_load_errors(tmp_path):
                                     if k != "median_s"}]},
       "count": {**good, "points": [{**good["points"][0], "num_samples": 7}]},
       "component": {**good, "points": [{**good["points"][0], "component": "mlp"}]},
+      "dtype": {**good, "dtype": "float99"},
+      "config": {**good, "config": {**good["config"], "depth": -3}},
+      "tokens": {**good, "points": [{**good["points"][0], "tokens": 1000}]},
+      "prefix": {**good, "points": [{**good["points"][0], "tokens": 1}]},
+      "sched": {**good, "modes": ["schedule"], "points": [{**good["points"][0],
+                                                           "component": "schedule",
+                                                           "schedule": [17, 9]}]},
+      "median": {**good, "points": [{**good["points"][0], "median_s": 1e300}]},
+      "q25": {**good, "points": [{**good["points"][0],
+                                  "q25_s": good["points"][0]["median_s"] * 2}]},
   }
   matches = {"notjson": "not valid JSON", "format": "not a latency profile",
              "version": "schema_version 99", "missing": r"missing keys \['points'\]",
              "point": r"point 0 is missing keys \['median_s'\]",
-             "count": "num_samples 7 != 3", "component": "unknown component 'mlp'"}
+             "count": "num_samples 7 != 3", "component": "unknown component 'mlp'",
+             "dtype": r"dtype must be one of \('float32', 'bfloat16'\), got 'float99'",
+             "config": "depth", "tokens": r"tokens 1000 is outside \[2, 17\] for test_tiny_vit",
+             "prefix": r"tokens 1 is outside \[2, 17\]",
+             "sched": r"schedule \[17, 9\] is not 3 counts within \[2, 17\]",
+             "median": "median_s 1e\\+300 is not its 3 samples'.*edited",
+             "q25": "q25_s .* is not its 3 samples'"}
   for name, content in cases.items():
     path = tmp_path / f"{name}.json"
     path.write_text(content if isinstance(content, str) else json.dumps(content))

@@ -406,7 +406,7 @@ def test_dp_is_fast_on_realistic_sizes():
 # solve_stage on records read from files, and the CLI.
 
 def _point(component, tokens, median, batch=8, iqr=0.0):
-  samples = (median - iqr / 2, median, median + iqr / 2)
+  samples = (median - iqr, median, median + iqr)   # quartiles median -/+ iqr / 2
   return records.Point(component=component, batch_size=batch, tokens=tokens, median_s=median,
                        q25_s=median - iqr / 2, q75_s=median + iqr / 2, num_samples=3,
                        samples_s=samples)

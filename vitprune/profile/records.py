@@ -55,6 +55,7 @@ import dataclasses
 import datetime
 import io
 import json
+import math
 import os
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -63,6 +64,7 @@ from vitprune.profile import predict as predict_lib
 from vitprune.profile import protocol
 from vitprune import atomic
 from vitprune import jsonio
+from vitprune.config import ViTConfig, check_config, config_from_dict
 from vitprune.profile import steps as steps_lib
 from vitprune.schedule import Schedule
 
@@ -70,6 +72,7 @@ FORMAT = "vitprune-latency-profile"
 SCHEMA_VERSION = 1
 COMPONENTS = ("model", "schedule", "embed", "block", "head", "dispatch")
 MODES = ("model", "block", "schedule")
+DTYPES = ("float32", "bfloat16")      # the compute dtypes vitprune profiles (`vitprune.model`)
 CURVE_COMPONENTS = ("model", "block")   # components whose L(n) curves get step detection
 
 
@@ -260,6 +263,12 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
   for k in ("config", "timing"):
     if not isinstance(d[k], dict):
       raise ValueError(f"{source}: {k} must be an object, got {type(d[k]).__name__}")
+  if d["dtype"] not in DTYPES:
+    raise ValueError(f"{source}: dtype must be one of {DTYPES}, got {d['dtype']!r}")
+  try:
+    cfg = check_config(config_from_dict(d["config"]))
+  except ValueError as e:
+    raise ValueError(f"{source}: {e}") from None
   if not isinstance(d["modes"], list) or not set(d["modes"]) <= set(MODES):
     raise ValueError(f"{source}: modes must be a list of {MODES}, got {d['modes']!r}")
   if not isinstance(d["points"], list):
@@ -271,7 +280,7 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
     miss = [k for k in _POINT_KEYS if k not in p]
     if miss:
       raise ValueError(f"{source}: point {i} is missing keys {miss}")
-    bad = _bad_point_field(p)
+    bad = _bad_point_field(p) or _bad_point_value(p, cfg)
     if bad:
       raise ValueError(f"{source}: point {i}: {bad}")
     try:
@@ -321,6 +330,27 @@ def _bad_point_field(p: Dict[str, Any]) -> Optional[str]:
   if sched is not None and (not isinstance(sched, list) or not all(
       _is_int(c) and c >= 1 for c in sched)):
     return f"schedule must be null or a list of positive integers, got {sched!r}"
+  return None
+
+
+def _bad_point_value(p: Dict[str, Any], cfg: ViTConfig) -> Optional[str]:
+  """What a point's values say that its model or its own samples contradict, or None: token
+  counts the model cannot have, a schedule of another depth, quartiles that are not the
+  samples' (`protocol.summarize` made them; a different one was edited; a NaN or inf one is
+  kept for the solver to report by token count)."""
+  lo, hi = cfg.num_prefix_tokens + 1, cfg.num_tokens
+  if p["component"] != "dispatch" and not lo <= p["tokens"] <= hi:   # dispatch: no tokens (1)
+    return f"tokens {p['tokens']} is outside [{lo}, {hi}] for {cfg.name}"
+  sched = p["schedule"]
+  if sched is not None and (len(sched) != cfg.depth + 1 or not all(lo <= c <= hi
+                                                                    for c in sched)):
+    return (f"schedule {sched} is not {cfg.depth + 1} counts within [{lo}, {hi}] "
+            f"for {cfg.name}")
+  if p["samples_s"] and all(math.isfinite(x) and x >= 0 for x in p["samples_s"]):
+    want = protocol.summarize(p["samples_s"])
+    for k, v in (("q25_s", want.q25), ("median_s", want.median), ("q75_s", want.q75)):
+      if math.isfinite(p[k]) and not math.isclose(p[k], v, rel_tol=1e-9, abs_tol=1e-15):
+        return f"{k} {p[k]!r} is not its {len(p['samples_s'])} samples' ({v!r}): edited?"
   return None
 
 
