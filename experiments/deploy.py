@@ -18,6 +18,7 @@ from absl import flags
 
 from experiments import common
 from vitprune import checkpoint, deploy, jsonio
+from vitprune.digest import params_sha256
 from vitprune.edge.targets import parse_targets
 from vitprune.profile import records
 from vitprune.records.estimate import read_estimate
@@ -44,7 +45,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       "(provenance).", flag_values=fv)
   flags.DEFINE_list("platforms", [], "Export platforms (cpu, cuda, rocm, tpu); default the "
                     "local one.", flag_values=fv)
-  flags.DEFINE_integer("batch_size", 1, "Fixed batch size of the exported graph.", flag_values=fv)
+  flags.DEFINE_integer("batch_size", 1, "Fixed batch size of the exported graph (with "
+                       "--solution: the batch its schedule was chosen for, unless given).",
+                       flag_values=fv)
+  flags.DEFINE_bool("allow_batch_mismatch", False, "Deploy a --solution at another batch size "
+                    "than the one its schedule was chosen for.", flag_values=fv)
   flags.DEFINE_bool("symbolic_batch", False, "Export with a symbolic batch dimension instead.", flag_values=fv)
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", flag_values=fv)
   flags.DEFINE_enum("precision", "highest", ["highest", "high", "default"],
@@ -105,6 +110,7 @@ def main(f: flags.FlagValues) -> str:
   cfg, meta = checkpoint.read_weights_config(f.weights)
   method = f.method
   provenance = {}
+  batch_size = None if f.symbolic_batch else f.batch_size
   if f.solution:
     if f["schedule"].present:
       raise ValueError("give either --schedule or --solution, not both")
@@ -118,6 +124,15 @@ def main(f: flags.FlagValues) -> str:
                        f"{sol.method!r}")
     method, schedule = sol.method, sol.schedule
     provenance["solution"] = sol.provenance()
+    chosen_for = sol.profile.batch_size
+    if not f["batch_size"].present and not f.symbolic_batch:
+      batch_size = chosen_for
+    elif batch_size != chosen_for and not f.allow_batch_mismatch:
+      given = "--symbolic_batch" if batch_size is None else f"--batch_size={batch_size}"
+      raise ValueError(f"{given}, but the solver output {f.solution} chose its schedule for "
+                       f"batch {chosen_for} (latency steps depend on the batch size); pass "
+                       f"--batch_size={chosen_for}, or --allow_batch_mismatch to deploy it "
+                       "anyway")
   else:
     schedule = parse_schedule(cfg, f.schedule or "full")
   provenance.update(input_provenance(f.profile, f.estimate))
@@ -127,11 +142,15 @@ def main(f: flags.FlagValues) -> str:
   elif opts:
     raise ValueError("--method_opts given with --method=none")
   _, params = checkpoint.load_weights(f.weights)
+  if f.solution and sol.estimate.weights_sha256 != params_sha256(params):
+    raise ValueError(f"the solver output {f.solution} was estimated on other weights (sha256 "
+                     f"{sol.estimate.weights_sha256[:16]}...) than --weights={f.weights} "
+                     f"({params_sha256(params)[:16]}...): its accuracy says nothing about them")
   names = checkpoint.read_class_names(f.weights)
   path = deploy.export_artifact(
       f.out, cfg, params, schedule=schedule, reducer=reducer,
       reducer_name=None if reducer is None else method.lower(), reducer_options=opts,
-      platforms=f.platforms or None, batch_size=None if f.symbolic_batch else f.batch_size,
+      platforms=f.platforms or None, batch_size=batch_size,
       dtype=f.dtype, precision=f.precision, provenance=provenance,
       weights_source={"path": os.path.abspath(f.weights), "meta": meta},
       class_names=names, verify=f.verify, overwrite=f.overwrite, targets=f.target,

@@ -19,6 +19,7 @@ from vitprune.checkpoint import save_weights
 from vitprune.data import ImageFolder, iterate_batches
 from vitprune.model import init_params, jitted_forward
 from vitprune.registry import get_config
+from vitprune.digest import params_sha256
 from vitprune.records.solution import read_solution
 from vitprune.schedule import Schedule, format_schedule
 from tests.conftest import solution_file
@@ -430,10 +431,22 @@ def test_clis_end_to_end(tmp_path, params):
   names = [str(i) for i in range(10)]
   weights = save_weights(str(tmp_path / "w"), CFG, params, meta={"source": "test"},
                          class_names=names)
-  sol = solution_file(tmp_path / "solution.json", CFG, [17, 17, 9])
+  sha = params_sha256(params)
+  sol = solution_file(tmp_path / "solution.json", CFG, [17, 17, 9], batch_size=2,
+                      weights_sha256=sha)
   out = str(tmp_path / "art")
+  # The solution's checks: other weights, another batch size (refused before any work).
+  other = solution_file(tmp_path / "other.json", CFG, [17, 17, 9], batch_size=2)
+  res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={other}",
+             f"--out={out}")
+  assert res.returncode == 1 and "was estimated on other weights" in res.stderr
   res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
-             "--platforms=cpu,cuda", "--batch_size=2", "--noverify", f"--out={out}")
+             "--batch_size=4", f"--out={out}")
+  assert res.returncode == 1 and ("--batch_size=4, but the solver output" in res.stderr
+                                  and "chose its schedule for batch 2" in res.stderr)
+  assert not os.path.exists(out)
+  res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
+             "--platforms=cpu,cuda", "--noverify", f"--out={out}")   # batch 2 from the solution
   assert res.returncode == 0, res.stderr[-3000:]
   assert f"wrote {out}" in res.stdout and "reducer pomt" in res.stdout
   m = deploy.read_manifest(out).to_json()

@@ -112,8 +112,20 @@ class Candidate:
                    f"counts must be a non-empty list of ints, got {counts!r}", SolutionError)
     text = d.get("schedule")
     if text is None:
-      text = schedule_lib.format_schedule(schedule_lib.Schedule(tuple(counts)), cfg)
+      try:
+        text = schedule_lib.format_schedule(schedule_lib.Schedule(tuple(counts)), cfg)
+      except (ValueError, TypeError) as e:
+        raise SolutionError(f"{where}: counts {counts} is not a schedule of {cfg.name}: "
+                            f"{e}") from None
     jsonio.require(isinstance(text, str), where, "schedule must be a string", SolutionError)
+    try:
+      parsed = schedule_lib.parse_schedule(cfg, text).counts
+    except (ValueError, TypeError) as e:
+      raise SolutionError(f"{where}: schedule {text!r} does not parse for {cfg.name}: "
+                          f"{e}") from None
+    jsonio.require(list(parsed) == list(counts), where,
+                   f"schedule {text!r} is counts {list(parsed)}, not the counts {counts} "
+                   "recorded with it (edited?)", SolutionError)
     for key in ("predicted_latency_s", "predicted_accuracy"):
       jsonio.require(jsonio.is_num(d[key]), where, f"{key} must be a finite number, got "
                      f"{d[key]!r}", SolutionError)
@@ -165,11 +177,26 @@ class EstimateRef:
     return d
 
 
+# Fields of the input references that must be positive integers; every other one but
+# `layers` and `data_fingerprint` (null when the data had none) must be a string.
+_REF_COUNTS = ("batch_size", "eval_batch_size")
+
+
 def _ref(cls, d: Any, where: str):
   jsonio.require(isinstance(d, dict), where, "must be an object", SolutionError)
   names = [f.name for f in dataclasses.fields(cls)]
   jsonio.require_keys(d, names, where, SolutionError)
   values = {k: d[k] for k in names}
+  for k, v in values.items():
+    if k in _REF_COUNTS:
+      jsonio.require(jsonio.is_int(v) and v >= 1, where,
+                     f"{k} must be a positive integer, got {v!r}", SolutionError)
+    elif k == "layers":
+      jsonio.require(isinstance(v, list) and all(l is None or jsonio.is_int(l) for l in v),
+                     where, f"layers must be a list of ints or nulls, got {v!r}", SolutionError)
+    elif not (k == "data_fingerprint" and v is None):
+      jsonio.require(isinstance(v, str), where, f"{k} must be a string, got {v!r}",
+                     SolutionError)
   if "layers" in values:
     values["layers"] = tuple(values["layers"])
   return cls(**values)
