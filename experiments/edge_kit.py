@@ -53,6 +53,10 @@ def main(f: flags.FlagValues) -> str:
   common.positive(f.jobs, "jobs")
   common.positive(f.cpu_cores, "cpu_cores", allow_none=True)
   target = parse_target(f.target)
+  if f.mode == "model" and f.schedules:
+    raise ValueError("--schedules applies to --mode=schedule (mode model times --tokens)")
+  if f.mode == "schedule" and f["tokens"].present:
+    raise ValueError("--tokens applies to --mode=model (mode schedule times --schedules)")
   if f.cpu_cores is not None and (f.driver is not None or target.backend != "llvm-cpu"):
     raise ValueError("--cpu_cores applies to CPU targets whose driver is chosen automatically "
                      "(not with --driver or a GPU target)")

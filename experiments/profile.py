@@ -114,9 +114,10 @@ def check_mode_flags(f: flags.FlagValues) -> None:
       raise ValueError(f"{names} {verb} to --mode=model, block or schedule, not "
                        f"--mode=pipeline{hint}")
     raise ValueError(f"{names} {verb} to --mode=pipeline only, not --mode={f.mode}")
-  if f.mode == "schedule" and (f["adaptive"].present or f["coarse_stride"].present):
-    raise ValueError("--adaptive and --coarse_stride apply to --mode=model or block (a grid of "
-                     "token counts), not --mode=schedule")
+  if f.mode == "schedule" and (f["adaptive"].present or f["coarse_stride"].present
+                              or f["tokens"].present):
+    raise ValueError("--tokens, --adaptive and --coarse_stride apply to --mode=model or block (a "
+                     "grid of token counts), not --mode=schedule (its graphs are --schedule)")
   if f["coarse_stride"].present and not f.adaptive:
     raise ValueError("--coarse_stride needs --adaptive")
 

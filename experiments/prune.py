@@ -112,6 +112,9 @@ def main(f: flags.FlagValues):
   common.positive(f.repeats, "repeats")
   if f.warmup < 0:
     raise ValueError(f"--warmup must be >= 0, got {f.warmup}")
+  for flag, method in (("random_seed", "random"), ("evit_normalize", "evit")):
+    if f[flag].present and f.method != method:
+      raise ValueError(f"--{flag} applies to --method={method} only, not --method={f.method}")
   cfg = common.model_config(f.model, f.weights)
   schedule = S.parse_schedule(cfg, f.schedule) if f.schedule else None
   memory.check_batch_fits(cfg, [f.batch_size], f.dtype)

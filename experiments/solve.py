@@ -31,6 +31,11 @@ from vitprune.records.estimate import read_estimate
 from vitprune.records.solution import summary_lines, write_solution
 
 
+# Flags one mode reads and the other would silently ignore; flags only the in-loop check reads.
+MULTI_ONLY = ("accuracy_model", "monotone", "step_bottoms_only", "step_k")
+LOOP_ONLY = ("data", "num_images", "seed", "eval_batch_size", "loop_neighbours", "min_run_time")
+
+
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Registers this CLI's flags on `fv` (only when run as a script, or into a fresh FlagValues
   via `common.parse`)."""
@@ -91,10 +96,18 @@ def main(f: flags.FlagValues):
   outputs; returns (Solution, paths)."""
   if not f.profile or not f.estimate:
     raise ValueError("--profile and --estimate are required")
+  given = lambda names: [f"--{n}" for n in names if f[n].present]  # pylint: disable=unnecessary-lambda-assignment
   if f.mode == "paper":
     for name in ("accuracy_floor", "latency_budget"):
       if f[name].value is not None:
         raise ValueError(f"--{name} applies to --mode=multi only")
+    unread = given(MULTI_ONLY)
+    if unread:
+      raise ValueError(f"{', '.join(unread)} {'applies' if len(unread) == 1 else 'apply'} to "
+                       "--mode=multi only")
+  if f.mode == "multi" and given(("layer", "method")):
+    raise ValueError(f"{', '.join(given(('layer', 'method')))} applies to --mode=paper only "
+                     "(multi mode chooses every block, for the estimate's method)")
   if f.weights and (f.mode != "multi" or f.accuracy_floor is None):
     raise ValueError("--weights measures a multi-mode --accuracy_floor choice in the loop: pass "
                      "--mode=multi and --accuracy_floor")
@@ -104,6 +117,10 @@ def main(f: flags.FlagValues):
   if f.refine_accuracy_rounds and not f.weights:
     raise ValueError("--refine_accuracy_rounds measures schedules on the data: pass --weights "
                      "(and the estimate's --data)")
+  if not f.weights and given(LOOP_ONLY):
+    unread = given(LOOP_ONLY)
+    raise ValueError(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} read only "
+                     "with --weights (the in-loop check)")
   common.check_output_dir(f.out_dir)
   profile, estimate = records.load(f.profile), read_estimate(f.estimate)
   loop = in_loop(f, estimate) if f.weights else None

@@ -300,8 +300,9 @@ def test_weights_flag(tmp_path):
     (["--threads=0"], "threads must be >= 1"),
     (["--min_run_time=0"], "min_run_time must be > 0"),
     (["--reducer=nosuch"], "nosuch"),
-    (["--mode=schedule", "--schedule=17,17,17", "--adaptive"], "^--adaptive and "
+    (["--mode=schedule", "--schedule=17,17,17", "--adaptive"], "^--tokens, --adaptive and "
      "--coarse_stride apply to --mode=model or block"),
+    (["--mode=schedule", "--schedule=17,17,17", "--tokens=9:17"], "not --mode=schedule"),
     (["--coarse_stride=4"], "^--coarse_stride needs --adaptive$"),
     (["--accuracy_floor=0.9"], "^--accuracy_floor applies to --mode=pipeline only, not "
                                "--mode=model$"),
