@@ -760,6 +760,20 @@ def test_cli(tmp_path):
   r = _cli(f"--estimate={es}")
   assert r.returncode == 1 and "--profile and --estimate are required" in r.stderr
   assert sorted(os.listdir(out)) == [f"{CFG.name}_multi_b8.json", f"{CFG.name}_multi_b8.png"]
+  r = _cli(f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.8",
+           f"--out_dir={out}")      # our own solution is replaced
+  assert r.returncode == 0, r.stderr
+  foreign = tmp_path / "foreign"
+  foreign.mkdir()
+  (foreign / f"{CFG.name}_multi_b8.json").write_text('{"mine": true}')
+  (foreign / f"{CFG.name}_multi_b8.png").write_text("mine")
+  for _ in ("json", "png"):
+    r = _cli(f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.85",
+             f"--out_dir={foreign}")
+    assert r.returncode == 1 and "refusing to replace" in r.stderr, r.stderr
+    assert (foreign / f"{CFG.name}_multi_b8.png").read_text() == "mine"
+    (foreign / f"{CFG.name}_multi_b8.json").unlink(missing_ok=True)   # then the png alone
+  assert (foreign / f"{CFG.name}_multi_b8.png").read_text() == "mine"
 
 
 def test_multilayer_floor_checked_on_measurements(tmp_path):

@@ -101,6 +101,21 @@ def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
                            f"{what}; move it away or choose another output path")
 
 
+def check_replaceable_json(path: str, fmt: str) -> None:
+  """Raises `ForeignOutputError` naming `path` unless it is absent or a JSON object whose
+  "format" is `fmt` (a file vitprune wrote and may replace)."""
+  if not os.path.lexists(path):
+    return
+  try:
+    with open(path) as f:
+      ours = json.load(f).get("format") == fmt
+  except (OSError, ValueError, AttributeError):
+    ours = False
+  if not ours or os.path.islink(path):
+    raise ForeignOutputError(f"refusing to replace {path}: it is {_describe(path)} that is not "
+                             f"a {fmt} file; move it away or choose another output path")
+
+
 # ----------------------------------------------------------------------------- stale temporaries
 
 _KINDS = ("tmp", "old", "commit")

@@ -18,7 +18,6 @@ interrupted`). Results JSON (--output) carry "format": "vitprune-edge-result".
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -184,15 +183,7 @@ def check_output(path: str, flag: str, fmt: str) -> None:
     parent = os.path.dirname(parent)
   if not os.path.isdir(parent):
     raise NotADirectoryError(f"--{flag}={path}: {parent} is a file, not a directory")
-  if os.path.lexists(path):
-    try:
-      with open(path) as f:
-        ours = json.load(f).get("format") == fmt
-    except (OSError, ValueError, AttributeError):
-      ours = False
-    if not ours:
-      raise FileExistsError(f"refusing to replace --{flag}={path}: it is not a {fmt} file; "
-                            "move it away or choose another path")
+  atomic.check_replaceable_json(path, fmt)
 
 
 def parse_flags(argv):

@@ -414,6 +414,11 @@ def write_solution(sol: Solution, out_dir: str, stem: Optional[str] = None) -> D
   png = solve_plot.plot_solution(sol)
   paths = {"json": os.path.join(out_dir, stem + ".json"),
            "png": os.path.join(out_dir, stem + ".png")}
+  atomic.check_replaceable_json(paths["json"], FORMAT)   # never a file someone else made
+  if os.path.lexists(paths["png"]) and not os.path.lexists(paths["json"]):
+    raise atomic.ForeignOutputError(f"refusing to replace {paths['png']}: no solution "
+                                    f"{stem}.json is next to it; move it away or choose another "
+                                    "output directory")
   doc = sol.to_json()
   atomic.write_bytes(paths["png"], png)
   atomic.write_json(paths["json"], doc, indent=1)
