@@ -184,6 +184,8 @@ def spec_from_flags(f: flags.FlagValues, out_dir: str = ""):
                             adaptive=f.adaptive, coarse_stride=f.coarse_stride,
                             reducer=f.reducer, seed=f.seed)
   memory.check_batch_fits(cfg, spec.batch_sizes, spec.dtype)
+  if f.compile_cache_dir:      # JAX would only warn and run without a cache
+    common.check_output_dir(f.compile_cache_dir, "compile_cache_dir")
   if out_dir:
     common.check_output_dir(out_dir)
   _, params, _ = common.load_model(f.model, f.weights, f.seed)

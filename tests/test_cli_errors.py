@@ -77,6 +77,7 @@ CASES = [
      "flag --refine_accuracy_rounds=-1: -1 is not a non-negative integer"),
     ("edge_kit", ["--cpu_cores=0", "--out={out}"], 1, "--cpu_cores must be >= 1, got 0"),
     ("edge_kit", ["--schedules=full", "--out={out}"], 1, "--schedules applies to --mode=schedule"),
+    ("edge_kit", ["--overwrite", "--out={full}"], 1, "refusing to replace"),
     ("prune", ["--method=pomt", "--evit_normalize"], 1,
      "--evit_normalize applies to --method=evit only, not --method=pomt"),
     ("prune", ["--method=tome", "--random_seed=3"], 1, "--random_seed applies to --method=random"),

@@ -255,6 +255,9 @@ def test_manifest_platforms_must_match_exported(artifact, tmp_path):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.__setitem__("version", 2), "unsupported format version 2"),
+    (lambda d: d.__setitem__("version", True), "unsupported format version True"),
+    (lambda d: d["input"].__setitem__("dtype", "float64"), "input.dtype 'float64' is not"),
+    (lambda d: d["output"].__setitem__("dtype", "int8"), "output.dtype 'int8' is not"),
     (lambda d: d.__setitem__("format", "other"), "format 'other' is not 'vitprune-deploy'"),
     (lambda d: d.pop("weights"), r"lacks required entries \['weights'\]"),
 ])

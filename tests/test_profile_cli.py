@@ -304,6 +304,7 @@ def test_weights_flag(tmp_path):
      "--coarse_stride apply to --mode=model or block"),
     (["--mode=schedule", "--schedule=17,17,17", "--tokens=9:17"], "not --mode=schedule"),
     (["--coarse_stride=4"], "^--coarse_stride needs --adaptive$"),
+    (["--compile_cache_dir=/dev/null"], "compile_cache_dir"),
     (["--accuracy_floor=0.9"], "^--accuracy_floor applies to --mode=pipeline only, not "
                                "--mode=model$"),
     (["--method=tome", "--data=digits", "--refine_accuracy_rounds=0"],

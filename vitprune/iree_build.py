@@ -407,6 +407,9 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"{out} already exists (pass --overwrite)")
+  is_kit = atomic.json_marker(KIT_MANIFEST, KIT_FORMAT)
+  if overwrite:        # a foreign folder is refused before the (slow) compiles, not after
+    atomic.check_replaceable(out, is_kit)
   jobs = kit_jobs(cfg, mode=mode, grid=grid, schedules=schedules, batch_sizes=batch_sizes,
                   reducer=reducer)
   precision = "highest" if dtype == "float32" else "default"
@@ -444,8 +447,7 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
                            for i, (low, p, point) in enumerate(zip(lowered, point_plans,
                                                                    manifest["points"]))},
                           threads=threads, cache_dir=cache_dir, on_done=on_done)
-  with atomic.staged_dir(out, overwrite=overwrite,
-                         is_ours=atomic.json_marker(KIT_MANIFEST, KIT_FORMAT)) as tmp:
+  with atomic.staged_dir(out, overwrite=overwrite, is_ours=is_kit) as tmp:
     with open(os.path.join(tmp, KIT_WEIGHTS), "wb") as f:
       f.write(blob)
     os.makedirs(os.path.join(tmp, "modules"))

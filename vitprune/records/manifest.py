@@ -138,7 +138,8 @@ class Manifest:
     the file and the field otherwise."""
     _req(isinstance(doc, dict) and doc.get("format") == FORMAT, where,
          f"format {doc.get('format') if isinstance(doc, dict) else None!r} is not {FORMAT!r}")
-    _req(doc.get("version") == VERSION, where, f"unsupported format version "
+    _req(jsonio.is_int(doc.get("version")) and doc["version"] == VERSION, where,
+         f"unsupported format version "
          f"{doc.get('version')!r} (this vitprune reads version {VERSION})")
     missing = [k for k in ("created", "model", "schedule", "reducer", "compute", "input",
                            "output", "preprocessing", "weights", "platforms", "files")
@@ -178,6 +179,9 @@ class Manifest:
     _req(dtype in DTYPES, where, f"compute.dtype {dtype!r} not in {DTYPES}")
     _req(precision in PRECISIONS, where, f"compute.precision {precision!r} not in {PRECISIONS}")
     in_shape, out_shape = doc["input"].get("shape"), doc["output"].get("shape")
+    for side in ("input", "output"):   # the exported function takes and returns float32
+      _req(doc[side].get("dtype") == "float32", where,
+           f"{side}.dtype {doc[side].get('dtype')!r} is not 'float32'")
     symbolic, fixed = doc["input"].get("symbolic_batch"), doc["input"].get("batch_size")
     _req(symbolic in (True, False), where, "input.symbolic_batch must be true or false")
     _req((symbolic and fixed is None) or (not symbolic and jsonio.is_int(fixed) and fixed >= 1),
