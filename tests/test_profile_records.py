@@ -126,6 +126,7 @@ def test_load_errors(tmp_path):
                                                            "component": "schedule",
                                                            "schedule": [17, 9]}]},
       "median": {**good, "points": [{**good["points"][0], "median_s": 1e300}]},
+      "negative": {**good, "points": [{**good["points"][0], "median_s": -1.0}]},
       "q25": {**good, "points": [{**good["points"][0],
                                   "q25_s": good["points"][0]["median_s"] * 2}]},
   }
@@ -138,7 +139,8 @@ def test_load_errors(tmp_path):
              "prefix": r"tokens 1 is outside \[2, 17\]",
              "sched": r"schedule \[17, 9\] is not 3 counts within \[2, 17\]",
              "median": "median_s 1e\\+300 is not its 3 samples'.*edited",
-             "q25": "q25_s .* is not its 3 samples'"}
+             "q25": "q25_s .* is not its 3 samples'",
+             "negative": r"negative.json: point 0: median_s must be >= 0 seconds, got -1.0"}
   for name, content in cases.items():
     path = tmp_path / f"{name}.json"
     path.write_text(content if isinstance(content, str) else json.dumps(content))

@@ -346,6 +346,9 @@ def _bad_point_value(p: Dict[str, Any], cfg: ViTConfig) -> Optional[str]:
                                                                     for c in sched)):
     return (f"schedule {sched} is not {cfg.depth + 1} counts within [{lo}, {hi}] "
             f"for {cfg.name}")
+  for k in ("median_s", "q25_s", "q75_s"):
+    if math.isfinite(p[k]) and p[k] < 0:
+      return f"{k} must be >= 0 seconds, got {p[k]!r}"
   if p["samples_s"] and all(math.isfinite(x) and x >= 0 for x in p["samples_s"]):
     want = protocol.summarize(p["samples_s"])
     for k, v in (("q25_s", want.q25), ("median_s", want.median), ("q75_s", want.q75)):
