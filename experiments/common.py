@@ -26,6 +26,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from vitprune import atomic
 from vitprune.edge.targets import EdgeError
 from vitprune.registry import get_config
 
@@ -167,25 +168,6 @@ def parse_ints(values: Sequence[str], flag: str) -> List[int]:
   return out
 
 
-def _existing_ancestor(path: str) -> str:
-  cur = os.path.abspath(path)
-  while not os.path.lexists(cur):
-    parent = os.path.dirname(cur)
-    if parent == cur:
-      break
-    cur = parent
-  return cur
-
-
-def _check_creatable(path: str, flag: str) -> None:
-  """`path` (absent) can be created: its nearest existing ancestor is a writable directory."""
-  anc = _existing_ancestor(os.path.dirname(os.path.abspath(path)))
-  if not os.path.isdir(anc):
-    raise NotADirectoryError(f"--{flag}={path}: {anc} is a file, not a directory")
-  if not os.access(anc, os.W_OK | os.X_OK):
-    raise PermissionError(f"--{flag}={path}: cannot write in {anc} (permission denied)")
-
-
 def check_output_dir(path: str, flag: str = "out_dir") -> None:
   """`path` is (or can become) a writable directory; raises naming the flag otherwise."""
   if not path:
@@ -196,7 +178,7 @@ def check_output_dir(path: str, flag: str = "out_dir") -> None:
     if not os.access(path, os.W_OK | os.X_OK):
       raise PermissionError(f"--{flag}={path}: cannot write in it (permission denied)")
     return
-  _check_creatable(path, flag)
+  atomic.check_creatable(path, flag)
 
 
 def check_output_file(path: str, flag: str = "output", overwrite: bool = True) -> None:
@@ -212,7 +194,7 @@ def check_output_file(path: str, flag: str = "output", overwrite: bool = True) -
     if not os.access(parent, os.W_OK | os.X_OK):
       raise PermissionError(f"--{flag}={path}: cannot write in {parent} (permission denied)")
     return
-  _check_creatable(path, flag)
+  atomic.check_creatable(path, flag)
 
 
 def check_new_dir(path: str, flag: str = "out", overwrite: bool = False) -> None:
@@ -225,7 +207,7 @@ def check_new_dir(path: str, flag: str = "out", overwrite: bool = False) -> None
       raise NotADirectoryError(f"--{flag}={path} is a file, not a directory")
     if os.listdir(path) and not overwrite:
       raise FileExistsError(f"--{flag}={path} already exists (pass --overwrite to replace it)")
-  _check_creatable(path, flag)
+  atomic.check_creatable(path, flag)
 
 
 # ----------------------------------------------------------------------------- models

@@ -127,9 +127,10 @@ def main(f: flags.FlagValues) -> str:
     chosen_for = sol.profile.batch_size
     if not f["batch_size"].present and not f.symbolic_batch:
       batch_size = chosen_for
-    elif batch_size != chosen_for and not f.allow_batch_mismatch:
-      given = "--symbolic_batch" if batch_size is None else f"--batch_size={batch_size}"
-      raise ValueError(f"{given}, but the solver output {f.solution} chose its schedule for "
+    elif batch_size not in (None, chosen_for) and not f.allow_batch_mismatch:
+      # (a symbolic batch covers the chosen one)
+      raise ValueError(f"--batch_size={batch_size}, but the solver output {f.solution} chose "
+                       f"its schedule for "
                        f"batch {chosen_for} (latency steps depend on the batch size); pass "
                        f"--batch_size={chosen_for}, or --allow_batch_mismatch to deploy it "
                        "anyway")

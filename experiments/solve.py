@@ -106,8 +106,10 @@ def main(f: flags.FlagValues):
       raise ValueError(f"{', '.join(unread)} {'applies' if len(unread) == 1 else 'apply'} to "
                        "--mode=multi only")
   if f.mode == "multi" and given(("layer", "method")):
-    raise ValueError(f"{', '.join(given(('layer', 'method')))} applies to --mode=paper only "
-                     "(multi mode chooses every block, for the estimate's method)")
+    names = given(("layer", "method"))
+    raise ValueError(f"{', '.join(names)} {'applies' if len(names) == 1 else 'apply'} to "
+                     "--mode=paper only (multi mode chooses every block, for the estimate's "
+                     "method)")
   if f.weights and (f.mode != "multi" or f.accuracy_floor is None):
     raise ValueError("--weights measures a multi-mode --accuracy_floor choice in the loop: pass "
                      "--mode=multi and --accuracy_floor")

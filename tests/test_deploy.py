@@ -452,6 +452,10 @@ def test_clis_end_to_end(tmp_path, params):
              "--batch_size=4", "--allow_batch_mismatch", "--noverify", f"--out={out}4")
   assert res.returncode == 0 and deploy.read_manifest(out + "4").input_shape[0] == 4
   res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
+             "--symbolic_batch", "--noverify", f"--out={out}s")   # covers the chosen batch
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert deploy.read_manifest(out + "s").to_json()["input"]["symbolic_batch"] is True
+  res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
              "--platforms=cpu,cuda", "--noverify", f"--out={out}")   # batch 2 from the solution
   assert res.returncode == 0, res.stderr[-3000:]
   assert f"wrote {out}" in res.stdout and "reducer pomt" in res.stdout

@@ -265,6 +265,7 @@ def test_edge_cli_refuses_unread_flags_and_foreign_outputs_before_timing(artifac
   assert "afile is a file, not a directory" in r.stderr
   r = run_edge("profile", f"--kit={artifact}", f"--out={tmp_path}")
   one_line_error(r)
+  assert "is a directory, not a file" in r.stderr
   out = tmp_path / "res.json"
   for _ in range(2):                 # our own results file is replaced
     r = run_edge("bench", f"--artifact={artifact}", f"--output={out}", "--min_run_time=0.01")
@@ -278,7 +279,13 @@ def test_edge_cli_ctrl_c_is_one_line(artifact):
   p = subprocess.Popen([sys.executable, "-c", NO_JAX, "vitprune.edge", "bench",
                         f"--artifact={artifact}", "--min_run_time=60"], cwd=ROOT,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  time.sleep(8)                      # imported and timing
+  deadline = time.time() + 90         # wait until the IREE runtime is loaded (then timing)
+  while time.time() < deadline and p.poll() is None:
+    with open(f"/proc/{p.pid}/maps") as f:
+      if "iree" in f.read():
+        break
+    time.sleep(0.2)
+  time.sleep(2)
   p.send_signal(signal.SIGINT)
   out, err = p.communicate(timeout=60)
   assert p.returncode == 130 and err.strip() == "error: interrupted", err[-2000:]
@@ -325,7 +332,13 @@ def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
   with pytest.raises(EdgeError, match="weights.bin has sha256"):
     edge_rt.load(bad, "iree:host")
   # Fields that change what the numbers mean are bound to the module's function name.
+  def swap_leaves(r):             # two same-shaped weights exchanged in weights.bin's table
+    leaves = r["weights"]["leaves"]
+    a, b = [i for i, l in enumerate(leaves) if "qkv" in l["name"] and "kernel" in l["name"]][:2]
+    leaves[a]["offset"], leaves[b]["offset"] = leaves[b]["offset"], leaves[a]["offset"]
+
   for name, change in (("classes", lambda r: r.update(class_names=list("abcdefghij"))),
+                       ("leaves", swap_leaves),
                        ("nan", lambda r: r["preprocessing"].update(mean=[float("nan")] * 3)),
                        ("crop", lambda r: r["preprocessing"].update(crop_pct=0.5)),
                        ("schedule", lambda r: r.update(schedule="keep@1:5")),
@@ -509,7 +522,7 @@ def test_kit_points_run_as_an_artifact_at_their_batch_size(tmp_path, params, mon
     change(doc)
     with open(os.path.join(kit_dir, "kit.json"), "w") as f:
       json.dump(doc, f)
-    with pytest.raises(EdgeError, match="does not match its module|does not split|cannot take"):
+    with pytest.raises(EdgeError, match="does not match its module"):
       kit_lib.profile_kit(kit_dir)
   doc = json.loads(json.dumps(good))
   doc["points"][1]["runtime"]["shards"] = 4

@@ -127,6 +127,8 @@ def test_load_errors(tmp_path):
                                                            "schedule": [17, 9]}]},
       "median": {**good, "points": [{**good["points"][0], "median_s": 1e300}]},
       "negative": {**good, "points": [{**good["points"][0], "median_s": -1.0}]},
+      "prep": {**good, "config": {**good["config"], "preprocessing": {
+          **good["config"]["preprocessing"], "mean": 0.5}}},
       "q25": {**good, "points": [{**good["points"][0],
                                   "q25_s": good["points"][0]["median_s"] * 2}]},
   }
@@ -140,7 +142,8 @@ def test_load_errors(tmp_path):
              "sched": r"schedule \[17, 9\] is not 3 counts within \[2, 17\]",
              "median": "median_s 1e\\+300 is not its 3 samples'.*edited",
              "q25": "q25_s .* is not its 3 samples'",
-             "negative": r"negative.json: point 0: median_s must be >= 0 seconds, got -1.0"}
+             "negative": r"negative.json: point 0: median_s must be >= 0 seconds, got -1.0",
+             "prep": "prep.json: invalid preprocessing: mean must be a list, got 0.5"}
   for name, content in cases.items():
     path = tmp_path / f"{name}.json"
     path.write_text(content if isinstance(content, str) else json.dumps(content))

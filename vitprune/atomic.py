@@ -101,10 +101,28 @@ def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
                            f"{what}; move it away or choose another output path")
 
 
-def check_replaceable_json(path: str, fmt: str) -> None:
+def check_creatable(path: str, flag: str) -> None:
+  """`path` (absent) can be created: its nearest existing ancestor is a writable directory;
+  raises naming `--flag` otherwise."""
+  anc = os.path.dirname(os.path.abspath(path))
+  while not os.path.lexists(anc) and os.path.dirname(anc) != anc:
+    anc = os.path.dirname(anc)
+  if not os.path.isdir(anc):
+    raise NotADirectoryError(f"--{flag}={path}: {anc} is a file, not a directory")
+  if not os.access(anc, os.W_OK | os.X_OK):
+    raise PermissionError(f"--{flag}={path}: cannot write in {anc} (permission denied)")
+
+
+def check_replaceable_json(path: str, fmt: str, companions: Sequence[str] = ()) -> None:
   """Raises `ForeignOutputError` naming `path` unless it is absent or a JSON object whose
-  "format" is `fmt` (a file vitprune wrote and may replace)."""
+  "format" is `fmt` (a file vitprune wrote and may replace); files written together with it
+  (`companions`, e.g. its CSV or PNG) are refused when present without it."""
   if not os.path.lexists(path):
+    stray = [c for c in companions if os.path.lexists(c)]
+    if stray:
+      raise ForeignOutputError(f"refusing to replace {', '.join(stray)}: no {fmt} file "
+                               f"{os.path.basename(path)} is next to it; move it away or "
+                               "choose another output path")
     return
   try:
     with open(path) as f:

@@ -57,7 +57,7 @@ from vitprune import atomic
 from vitprune import estimate
 from vitprune import figure
 from vitprune import schedule as S
-from vitprune.config import ViTConfig
+from vitprune.config import COMPUTE_DTYPES, ViTConfig
 from vitprune.profile import runner, timing
 from vitprune.records.solution import read_solution
 from vitprune.reduce.methods import list_methods, make_reducer
@@ -68,7 +68,7 @@ REF_DEPTH = 12
 EVIT_LAYERS = (3, 6, 9)
 EVIT_KEEP_RATE = 0.7
 TOME_RS = (8, 13)
-DTYPES = ("float32", "bfloat16")
+DTYPES = COMPUTE_DTYPES
 
 CSV_COLUMNS = (
     "model", "device_kind", "platform", "batch_size", "dtype", "variant", "method", "source",

@@ -9,6 +9,11 @@ import math
 from typing import Any, Dict, Tuple, Type
 
 
+# The compute dtypes vitprune builds graphs in (`vitprune.model.DTYPES` maps them to jnp types);
+# profiles, manifests and benchmarks are checked against them.
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
   """Eval-time preprocessing, as timm's `pretrained_cfg` defines it.
@@ -130,6 +135,8 @@ def config_from_dict(d: Dict[str, Any]) -> ViTConfig:
     prep = dict(prep)
     for k in ("mean", "std"):
       if k in prep:
+        if not isinstance(prep[k], (list, tuple)):
+          raise ValueError(f"invalid preprocessing: {k} must be a list, got {prep[k]!r}")
         prep[k] = tuple(prep[k])
     try:
       d["preprocessing"] = Preprocessing(**prep)

@@ -30,12 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitprune.config import ViTConfig
+from vitprune.config import COMPUTE_DTYPES, ViTConfig
 from vitprune.reduce.base import AttentionStats, TokenReducer
 from vitprune.schedule import Schedule, check_reducer_given, check_schedule
 
 Params = Dict[str, Any]
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {name: getattr(jnp, name) for name in COMPUTE_DTYPES}
 PRECISIONS = ("highest", "high", "default")
 
 

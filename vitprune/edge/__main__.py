@@ -1,7 +1,7 @@
 r"""Board-side CLI (iree-base-runtime + numpy + pillow + absl-py; never imports jax).
 
   python -m vitprune.edge run --artifact=deploy/digits --images=digits_imgs [--target=iree:host]
-  python -m vitprune.edge bench --artifact=deploy/digits [--batch_size ignored: fixed by module]
+  python -m vitprune.edge bench --artifact=deploy/digits        # batch: the module's own
   python -m vitprune.edge profile --kit=kits/digits --out=outputs/profile/board.json
   ... [--driver=local-sync|local-task]   CPU modules: override the driver the record names
 
@@ -167,23 +167,17 @@ def check_flags(command: str) -> None:
     stem = FLAGS.out[:-5] if FLAGS.out.endswith(".json") else FLAGS.out
     if os.path.isdir(FLAGS.out):
       raise IsADirectoryError(f"--out={FLAGS.out} is a directory, not a file")
-    check_output(stem + ".json", "out", records.FORMAT)
-    if os.path.lexists(stem + ".csv") and not os.path.lexists(stem + ".json"):
-      raise FileExistsError(f"refusing to replace {stem}.csv: no profile {stem}.json is next to "
-                            "it; move it away or choose another --out")
+    check_output(stem + ".json", "out", records.FORMAT, [stem + ".csv"])
 
 
-def check_output(path: str, flag: str, fmt: str) -> None:
-  """`path` can be written as a JSON file of format `fmt`: not a directory, below a directory,
-  and, if it exists, a JSON object of that format (never a file someone else made)."""
+def check_output(path: str, flag: str, fmt: str, companions=()) -> None:
+  """`path` can be written as a JSON file of format `fmt`: not a directory, creatable in a
+  writable directory, and, if it exists, a JSON object of that format (never a file someone
+  else made; `companions` written with it likewise)."""
   if os.path.isdir(path):
     raise IsADirectoryError(f"--{flag}={path} is a directory, not a file")
-  parent = os.path.dirname(os.path.abspath(path))
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent):
-    raise NotADirectoryError(f"--{flag}={path}: {parent} is a file, not a directory")
-  atomic.check_replaceable_json(path, fmt)
+  atomic.check_creatable(path, flag)
+  atomic.check_replaceable_json(path, fmt, companions)
 
 
 def parse_flags(argv):

@@ -11,7 +11,8 @@ A kit (built on the host by `python -m experiments.edge_kit`, `vitprune.iree_bui
                 [batch / shards, ...]), input {shape, dtype}, compile_s, cached, flags,
                 fallback}].
   weights.bin   every float32 parameter leaf (see `vitprune.edge.runtime.pack_weights`).
-  modules/*.vmfb  one module per point: main(*weights[args], images) -> logits.
+  modules/*.vmfb  one module per point: <function>(*weights[args], images) -> logits (the
+                point's `function`: 'main_' + a digest of `point_identity`; 'main' before).
 
 `profile_kit` times every point with the profiler's protocol (`vitprune.profile.protocol`) on
 its plan's driver and shards (or on the driver given) and returns a `vitprune.profile.records.Profile` (platform

@@ -12,7 +12,8 @@ Artifact files written by `vitprune.iree_build` (next to the jax export):
       params_sha256, leaves [{name, shape, dtype, offset, nbytes}]}, input {shape, dtype,
       layout}, output {shape, dtype}, model, schedule, preprocessing, class_names, host_cpu
       (the compiling CPU, for iree:host), compile_s.
-  iree/<target slug>.vmfb   the compiled module; function `main(*weights, images) -> logits`.
+  iree/<target slug>.vmfb   the compiled module; function `<function>(*weights, images) -> logits`
+      (`function_name`: 'main_' + a digest of the record; 'main' in records written before).
   iree/weights.bin          float32 leaves, C order, 64-byte aligned (mode "args"; shared).
 
 A module with runtime.shards = S > 1 takes [B / S, ...]: `EdgeModel` splits the batch into S
@@ -222,7 +223,8 @@ def record_identity(record: Dict[str, Any]) -> Dict[str, Any]:
                                         "class_names", "input", "output")},
           "shards": (record.get("runtime") or {}).get("shards", 1),
           "module_batch": (record.get("module") or {}).get("batch_size"),
-          "weights": {k: weights.get(k) for k in ("mode", "sha256", "params_sha256")}}
+          "weights": {k: weights.get(k) for k in ("mode", "sha256", "params_sha256",
+                                                   "leaves")}}
 
 
 def function_name(identity: Dict[str, Any]) -> str:

@@ -64,7 +64,7 @@ from vitprune.profile import predict as predict_lib
 from vitprune.profile import protocol
 from vitprune import atomic
 from vitprune import jsonio
-from vitprune.config import ViTConfig, check_config, config_from_dict
+from vitprune.config import COMPUTE_DTYPES, ViTConfig, check_config, config_from_dict
 from vitprune.profile import steps as steps_lib
 from vitprune.schedule import Schedule
 
@@ -72,7 +72,7 @@ FORMAT = "vitprune-latency-profile"
 SCHEMA_VERSION = 1
 COMPONENTS = ("model", "schedule", "embed", "block", "head", "dispatch")
 MODES = ("model", "block", "schedule")
-DTYPES = ("float32", "bfloat16")      # the compute dtypes vitprune profiles (`vitprune.model`)
+DTYPES = COMPUTE_DTYPES
 CURVE_COMPONENTS = ("model", "block")   # components whose L(n) curves get step detection
 
 

@@ -34,14 +34,14 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
-from vitprune.config import (Preprocessing, ViTConfig, check_config_types, config_from_dict,
-                             config_to_dict)
+from vitprune.config import (COMPUTE_DTYPES, Preprocessing, ViTConfig, check_config_types,
+                             config_from_dict, config_to_dict)
 
 FORMAT = "vitprune-deploy"
 VERSION = 1
 MANIFEST_FILE = "manifest.json"
 BATCH_SYMBOL = "b"
-DTYPES = ("float32", "bfloat16")
+DTYPES = COMPUTE_DTYPES
 PRECISIONS = ("highest", "high", "default")
 
 Dim = Union[int, str]

@@ -408,20 +408,22 @@ def describe_refinement(ref: Dict[str, Any]) -> str:
 
 def write_solution(sol: Solution, out_dir: str, stem: Optional[str] = None) -> Dict[str, str]:
   """Writes `<stem>.json` and `<stem>.png` (paper: the U/L/A curves; multi: the frontier)
-  atomically -> {'json': path, 'png': path}. The plot is rendered before anything is written."""
+  together (`atomic.staged_files`: a run killed midway leaves the old pair or the new one)
+  -> {'json': path, 'png': path}. The plot is rendered before anything is written; a file
+  there that is not a solution (or a PNG without its JSON) is never replaced."""
   from vitprune import solve_plot  # pylint: disable=g-import-not-at-top  (it imports this module)
   stem = stem or sol.stem
   png = solve_plot.plot_solution(sol)
   paths = {"json": os.path.join(out_dir, stem + ".json"),
            "png": os.path.join(out_dir, stem + ".png")}
-  atomic.check_replaceable_json(paths["json"], FORMAT)   # never a file someone else made
-  if os.path.lexists(paths["png"]) and not os.path.lexists(paths["json"]):
-    raise atomic.ForeignOutputError(f"refusing to replace {paths['png']}: no solution "
-                                    f"{stem}.json is next to it; move it away or choose another "
-                                    "output directory")
   doc = sol.to_json()
-  atomic.write_bytes(paths["png"], png)
-  atomic.write_json(paths["json"], doc, indent=1)
+  with atomic.locked(paths["json"]):
+    atomic.check_replaceable_json(paths["json"], FORMAT, [paths["png"]])   # never another's
+    names = [stem + ".png", stem + ".json"]         # the JSON, which readers check, last
+    with atomic.staged_files(out_dir, stem + ".json", names) as tmp:
+      with open(os.path.join(tmp, names[0]), "wb") as f:
+        f.write(png)
+      atomic.write_json(os.path.join(tmp, names[1]), doc, indent=1)
   return paths
 
 
