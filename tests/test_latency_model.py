@@ -248,8 +248,8 @@ def test_wilson_interval_hand_computed():
 
 
 def _cand(counts, lat, acc, measured=None):
-  c = Candidate(counts=tuple(counts), schedule=str(counts), predicted_latency_s=lat,
-                predicted_accuracy=acc)
+  c = Candidate(counts=tuple(counts), schedule="list:" + ",".join(map(str, counts)),
+                predicted_latency_s=lat, predicted_accuracy=acc)
   return c if measured is None else dataclasses.replace(c, measured_accuracy=measured)
 
 
@@ -300,7 +300,7 @@ def test_check_in_loop_picks_the_fastest_measured_schedule_meeting_the_floor():
   lo, hi = solve_stage.wilson_interval(0.94, 400)
   assert (by[(17, 9, 9)].measured_accuracy_low, by[(17, 9, 9)].measured_accuracy_high) == (lo, hi)
   # 0.89 on 400 images: interval 0.856..0.917 contains 0.9 -> reported as straddling.
-  assert out.settings["floor_straddles"] == [str((17, 13, 9))]
+  assert out.settings["floor_straddles"] == ["list:17,13,9"]
   assert solve_stage.floor_status(by[(17, 13, 9)], 0.9) == "straddles"
   assert solve_stage.floor_status(by[(17, 9, 9)], 0.9) == "meets"
   back = Solution.from_json(out.to_json())
