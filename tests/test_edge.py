@@ -309,6 +309,17 @@ def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
     shutil.copytree(artifact, dst)
     return dst
 
+  def edited_copy(name, change):
+    """A copy of the artifact whose iree:host record `change` edited in place."""
+    dst = copy(name)
+    rec_path = os.path.join(dst, "iree", "iree_host.json")
+    with open(rec_path) as f:
+      rec = json.load(f)
+    change(rec)
+    with open(rec_path, "w") as f:
+      json.dump(rec, f)
+    return dst
+
   bad = copy("bytes")
   with open(os.path.join(bad, "iree", "iree_host.vmfb"), "r+b") as f:
     f.seek(100)
@@ -317,13 +328,7 @@ def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
     f.write(bytes([byte[0] ^ 0xFF]))
   with pytest.raises(EdgeError, match="iree_host.vmfb has sha256 .* corrupted or replaced"):
     edge_rt.load(bad, "iree:host")
-  bad = copy("record")
-  rec_path = os.path.join(bad, "iree", "iree_host.json")
-  with open(rec_path) as f:
-    rec = json.load(f)
-  rec["weights"]["sha256"] = "0" * 64
-  with open(rec_path, "w") as f:
-    json.dump(rec, f)
+  bad = edited_copy("record", lambda r: r["weights"].update(sha256="0" * 64))
   with pytest.raises(EdgeError, match="the record does not match its module"):
     edge_rt.load(bad, "iree:host")
   bad = copy("weights")          # the record intact, its weights file changed
@@ -343,25 +348,16 @@ def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
                        ("crop", lambda r: r["preprocessing"].update(crop_pct=0.5)),
                        ("schedule", lambda r: r.update(schedule="keep@1:5")),
                        ("model", lambda r: r.update(model="vit_digits"))):
-    bad = copy("id_" + name)
-    rec_path = os.path.join(bad, "iree", "iree_host.json")
-    with open(rec_path) as f:
-      rec = json.load(f)
-    change(rec)
-    with open(rec_path, "w") as f:
-      json.dump(rec, f)
+    bad = edited_copy("id_" + name, change)
     with pytest.raises(EdgeError, match="the record does not match its module|bad value"):
       edge_rt.load(bad, "iree:host")
     r = run_edge("bench", f"--artifact={bad}", "--target=iree:host", "--min_run_time=0.01")
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr[-2000:]
-  bad = copy("renamed")          # the function name edited to match edited fields
-  rec_path = os.path.join(bad, "iree", "iree_host.json")
-  with open(rec_path) as f:
-    rec = json.load(f)
-  rec["class_names"] = list("abcdefghij")
-  rec["function"] = edge_rt.function_name(edge_rt.record_identity(rec))
-  with open(rec_path, "w") as f:
-    json.dump(rec, f)
+  def rename(r):                 # the function name edited to match edited fields
+    r["class_names"] = list("abcdefghij")
+    r["function"] = edge_rt.function_name(edge_rt.record_identity(r))
+
+  bad = edited_copy("renamed", rename)
   with pytest.raises(EdgeError, match="has no function 'main_[0-9a-f]{16}': the record"):
     edge_rt.load(bad, "iree:host")
   for name, edit, msg in (
@@ -373,13 +369,7 @@ def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
       ("nullbatch", lambda r: r["module"].update(batch_size=None), "a module for batch None in "
        r"2 shard\(s\)"),
       ("strbatch", lambda r: r["module"].update(batch_size="1"), "a module for batch '1'")):
-    bad = copy(name)
-    rec_path = os.path.join(bad, "iree", "iree_host.json")
-    with open(rec_path) as f:
-      rec = json.load(f)
-    edit(rec)
-    with open(rec_path, "w") as f:
-      json.dump(rec, f)
+    bad = edited_copy(name, edit)
     with pytest.raises(EdgeError, match=msg):
       edge_rt.load(bad, "iree:host")
   bad = copy("missing")
