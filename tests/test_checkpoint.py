@@ -164,3 +164,28 @@ def test_non_finite_params_and_impossible_configs_refused(tmp_path):
   with pytest.raises(ValueError, match="'meta' must be an object"):
     checkpoint.read_weights_config(path)
   assert os.listdir(tmp_path) == ["w"]
+
+
+def test_corrupt_checkpoint_data_is_one_line_from_the_cli(tmp_path):
+  # Zeroed bytes inside orbax's data file: the restore fails while its I/O threads print
+  # 'Event loop is closed' tracebacks; the CLI must still print exactly one line.
+  import shutil  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  bad = tmp_path / "w"
+  shutil.copytree(os.path.join(root, "weights", "vit_digits"), bad)
+  data = max((os.path.join(d, f) for d, _, fs in os.walk(bad / "params") for f in fs
+              if os.sep + "d" + os.sep in os.path.join(d, f) + os.sep), key=os.path.getsize)
+  size = os.path.getsize(data)
+  with open(data, "r+b") as f:
+    f.seek(size // 2)
+    f.write(b"\0" * 64)
+  for _ in range(3):        # the threads' timing varies from run to run
+    r = subprocess.run([sys.executable, "-m", "experiments.deploy", f"--weights={bad}",
+                        f"--out={tmp_path / 'art'}"], cwd=root, capture_output=True, text=True,
+                       timeout=180)
+    assert r.returncode == 1 and r.stdout == "", r.stderr[-3000:]
+    assert r.stderr.startswith("error: could not restore parameters from ")
+    assert r.stderr.count("\n") == 1, r.stderr[-3000:]
+  assert not os.path.exists(tmp_path / "art")

@@ -15,7 +15,11 @@ Non-finite parameters are refused.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
+import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
@@ -58,6 +62,32 @@ def check_finite(params: Params, what: str = "parameters") -> None:
          if not np.all(np.isfinite(np.asarray(v)))]
   if bad:
     raise ValueError(f"{what} hold NaN/inf values in {bad}; refusing to save them")
+
+
+@contextlib.contextmanager
+def _stderr_kept_unless_failing():
+  """Holds back what is written to file descriptor 2 inside the block: replayed if the block
+  succeeds, dropped if it raises. A corrupt checkpoint makes orbax's I/O threads print
+  'Event loop is closed' tracebacks while the restore fails and for a moment after it; the
+  caller reports the failure in one line instead."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as held:
+    os.dup2(held.fileno(), 2)
+    try:
+      yield
+    except BaseException:
+      time.sleep(1.0)       # the I/O threads finish failing within it (error path only)
+      os.dup2(saved, 2)
+      raise
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+    held.seek(0)
+    text = held.read()
+    if text:
+      os.write(2, text)
 
 
 def _checkpointer():
@@ -151,7 +181,8 @@ def load_weights(path: str) -> Tuple[ViTConfig, Params]:
   if not os.path.isdir(params_dir):
     raise FileNotFoundError(f"{path} has no params/ checkpoint")
   try:
-    params = _checkpointer().restore(params_dir, abstract_params(cfg))
+    with _stderr_kept_unless_failing():
+      params = _checkpointer().restore(params_dir, abstract_params(cfg))
   except Exception as e:  # orbax raises many types; name the directory
     raise ValueError(f"could not restore parameters from {params_dir}: {e}") from e
   check_params(cfg, params)
