@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from vitprune import checkpoint, convert
+from vitprune import checkpoint, convert, orbax_io
 from vitprune.convert import ConversionError, convert_file, convert_state_dict
 from vitprune.digest import file_sha256
 from vitprune.model import init_params, jitted_forward as forward
@@ -402,7 +402,7 @@ def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
       open(os.path.join(path, "partial"), "w").close()
       raise OSError("disk full")
 
-  monkeypatch.setattr(checkpoint, "_checkpointer", lambda: Boom())
+  monkeypatch.setattr(orbax_io, "checkpointer", lambda: Boom())
   with pytest.raises(OSError, match="disk full"):
     convert.convert_checkpoint(cfg, str(src), str(parent / "m"))
   assert os.listdir(parent) == []

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitprune import deploy
+from vitprune import deploy, orbax_io
 from vitprune.checkpoint import save_weights
 from vitprune.data import ImageFolder, iterate_batches
 from vitprune.model import init_params, jitted_forward
@@ -98,7 +98,7 @@ def _edit_manifest(path, fn):
 def _resave_params(path, params):
   pdir = os.path.join(path, deploy.PARAMS_DIR)
   shutil.rmtree(pdir)
-  ckptr = deploy._checkpointer()
+  ckptr = orbax_io.checkpointer()
   ckptr.save(pdir, jax.tree.map(np.asarray, params))
   ckptr.wait_until_finished()
 
@@ -357,7 +357,7 @@ class _FailingCheckpointer:
 
 
 def test_failed_export_leaves_nothing(tmp_path, params, monkeypatch):
-  monkeypatch.setattr(deploy, "_checkpointer", _FailingCheckpointer)
+  monkeypatch.setattr(orbax_io, "checkpointer", _FailingCheckpointer)
   with pytest.raises(OSError, match="disk full"):
     deploy.export_artifact(str(tmp_path / "art"), CFG, params, schedule=SCHED,
                            reducer=REDUCER)
@@ -367,7 +367,7 @@ def test_failed_export_leaves_nothing(tmp_path, params, monkeypatch):
 def test_failed_overwrite_keeps_old_artifact(artifact, tmp_path, params, monkeypatch):
   path = _copy(artifact, tmp_path)
   before = {n: os.path.getmtime(os.path.join(path, n)) for n in os.listdir(path)}
-  monkeypatch.setattr(deploy, "_checkpointer", _FailingCheckpointer)
+  monkeypatch.setattr(orbax_io, "checkpointer", _FailingCheckpointer)
   with pytest.raises(OSError, match="disk full"):
     deploy.export_artifact(path, CFG, params, overwrite=True)
   monkeypatch.undo()

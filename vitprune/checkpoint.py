@@ -15,11 +15,7 @@ Non-finite parameters are refused.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-import tempfile
-import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
@@ -28,6 +24,7 @@ import numpy as np
 
 from vitprune import atomic
 from vitprune import jsonio
+from vitprune import orbax_io
 from vitprune.config import ViTConfig, check_config, config_from_dict, config_to_dict
 from vitprune.data import check_class_names
 from vitprune.model import Params, abstract_params, param_shapes
@@ -64,37 +61,6 @@ def check_finite(params: Params, what: str = "parameters") -> None:
     raise ValueError(f"{what} hold NaN/inf values in {bad}; refusing to save them")
 
 
-@contextlib.contextmanager
-def _stderr_kept_unless_failing():
-  """Holds back what is written to file descriptor 2 inside the block: replayed if the block
-  succeeds, dropped if it raises. A corrupt checkpoint makes orbax's I/O threads print
-  'Event loop is closed' tracebacks while the restore fails and for a moment after it; the
-  caller reports the failure in one line instead."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as held:
-    os.dup2(held.fileno(), 2)
-    try:
-      yield
-    except BaseException:
-      time.sleep(1.0)       # the I/O threads finish failing within it (error path only)
-      os.dup2(saved, 2)
-      raise
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-    held.seek(0)
-    text = held.read()
-    if text:
-      os.write(2, text)
-
-
-def _checkpointer():
-  import orbax.checkpoint as ocp  # imported lazily: orbax import is slow
-  return ocp.StandardCheckpointer()
-
-
 def save_weights(path: str, cfg: ViTConfig, params: Params, *,
                  meta: Optional[Dict[str, Any]] = None, overwrite: bool = False,
                  extra_json: Optional[Dict[str, Any]] = None,
@@ -119,7 +85,7 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
         [str(c) for c in class_names] if isinstance(class_names, (list, tuple)) else class_names,
         cfg.num_classes))
   with atomic.staged_dir(path, overwrite=bool(overwrite), is_ours=is_weights_dir) as tmp:
-    ckptr = _checkpointer()
+    ckptr = orbax_io.checkpointer()
     ckptr.save(os.path.join(tmp, "params"), params32)
     ckptr.wait_until_finished()
     atomic.write_json(os.path.join(tmp, CONFIG_FILE), doc, sort_keys=True)
@@ -181,8 +147,7 @@ def load_weights(path: str) -> Tuple[ViTConfig, Params]:
   if not os.path.isdir(params_dir):
     raise FileNotFoundError(f"{path} has no params/ checkpoint")
   try:
-    with _stderr_kept_unless_failing():
-      params = _checkpointer().restore(params_dir, abstract_params(cfg))
+    params = orbax_io.restore(params_dir, abstract_params(cfg))
   except Exception as e:  # orbax raises many types; name the directory
     raise ValueError(f"could not restore parameters from {params_dir}: {e}") from e
   check_params(cfg, params)

@@ -43,6 +43,7 @@ import numpy as np
 
 import vitprune
 from vitprune import atomic
+from vitprune import orbax_io
 from vitprune.config import ViTConfig
 from vitprune.data import iterate_batches
 from vitprune.profile import protocol
@@ -113,11 +114,6 @@ def _versions() -> Dict[str, str]:
           "orbax-checkpoint": version("orbax-checkpoint"),
           "vitprune": getattr(vitprune, "__version__", "unknown"),
           "python": _platform.python_version()}
-
-
-def _checkpointer():
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  (slow import)
-  return ocp.StandardCheckpointer()
 
 
 def _jsonable(x: Any) -> Any:
@@ -282,7 +278,7 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   with atomic.staged_dir(out, overwrite=overwrite, is_ours=is_artifact_dir) as tmp:
     with open(os.path.join(tmp, FORWARD_FILE), "wb") as f:
       f.write(blob)
-    ckptr = _checkpointer()
+    ckptr = orbax_io.checkpointer()
     ckptr.save(os.path.join(tmp, PARAMS_DIR), params32)
     ckptr.wait_until_finished()
     if targets and [str(t) for t in targets] != ["jax"]:
@@ -380,7 +376,7 @@ def _restore_params(path: str, manifest: Manifest, exported: jax.export.Exported
   if not os.path.isdir(pdir):
     raise ArtifactError(f"{path}: the weights checkpoint {os.path.basename(pdir)}/ is missing")
   try:
-    params = _checkpointer().restore(pdir, target)
+    params = orbax_io.restore(pdir, target)
   except Exception as e:  # orbax raises many types; name the directory
     raise ArtifactError(f"could not restore the weights from {pdir}: {e}") from e
   got = leaf_listing(params)
