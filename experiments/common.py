@@ -38,7 +38,7 @@ EMBEDDED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 # What the library raises on bad input (ValueError covers jsonio.FormatError and its record,
 # artifact, estimate and solve errors, EdgeError; OSError covers missing, occupied (incl.
 # atomic.ForeignOutputError), unwritable and wrong-kind paths).
-INPUT_ERRORS = (ValueError, KeyError, OSError, EdgeError, ImportError)
+INPUT_ERRORS = (ValueError, KeyError, OSError, EdgeError, ImportError, MemoryError)
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
@@ -185,8 +185,7 @@ def check_output_dir(path: str, flag: str = "out_dir") -> None:
   if os.path.lexists(path):
     if not os.path.isdir(path):
       raise NotADirectoryError(f"--{flag}={path} is a file, not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
-      raise PermissionError(f"--{flag}={path}: cannot write in it (permission denied)")
+    atomic.check_writable_dir(path, f"--{flag}={path}")
     return
   atomic.check_creatable(path, flag)
 
@@ -200,9 +199,7 @@ def check_output_file(path: str, flag: str = "output", overwrite: bool = True) -
   if os.path.lexists(path):
     if not overwrite:
       raise FileExistsError(f"--{flag}={path} already exists (pass --overwrite to replace it)")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.access(parent, os.W_OK | os.X_OK):
-      raise PermissionError(f"--{flag}={path}: cannot write in {parent} (permission denied)")
+    atomic.check_writable_dir(os.path.dirname(os.path.abspath(path)), f"--{flag}={path}")
     return
   atomic.check_creatable(path, flag)
 

@@ -26,9 +26,10 @@ from absl import flags
 import numpy as np
 
 from experiments import common
+from vitprune import atomic
 from vitprune import estimate
 from vitprune import memory
-from vitprune.records.estimate import table_text, write_estimate
+from vitprune.records.estimate import FORMAT as ESTIMATE_FORMAT, table_text, write_estimate
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import parse_token_grid
 
@@ -122,6 +123,7 @@ def main(f: flags.FlagValues):
   name = f.out_name or _slug(f"{cfg.name}_{method}_{layer_tag}_{data_tag}_"
                              f"n{data.info['num_examples']}_s{f.seed}") + ".json"
   common.check_output_file(os.path.join(f.out_dir, name), "out_name", overwrite=f.overwrite)
+  atomic.check_replaceable_json(os.path.join(f.out_dir, name), ESTIMATE_FORMAT)
   result = estimate.evaluate(cfg, params, data.batches(cfg, f.batch_size, f.num_workers),
                              points, labelled=data.labelled, dtype=f.dtype, shard=f.shard)
   record = estimate.estimate_record(

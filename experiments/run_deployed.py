@@ -19,6 +19,9 @@ from vitprune import deploy
 from vitprune.data import ImageFolder
 
 
+RESULT_FORMAT = "vitprune-run-result"   # marks --output files this CLI may replace
+
+
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Registers this CLI's flags on `fv` (only when run as a script, or into a fresh FlagValues
   via `common.parse`)."""
@@ -54,6 +57,7 @@ def run(f: flags.FlagValues) -> dict:
     raise ValueError(f"--num_workers must be >= 0, got {f.num_workers}")
   if f.output:
     common.check_output_file(f.output)
+    atomic.check_replaceable_json(f.output, RESULT_FORMAT)
   model = deploy.load(f.artifact)
   bs = choose_batch_size(model.batch_size, f.batch_size)
   dataset = ImageFolder(f.images, class_names=model.class_names, num_classes=model.num_outputs)
@@ -96,7 +100,7 @@ def main(f: flags.FlagValues) -> dict:
         f"{lat['iqr_s'] * 1e3:.3f} ms, {lat['repeats']} repeats), "
         f"{lat['median_s'] * 1e3 / b:.3f} ms/image; first call {lat['first_call_s']:.3f} s")
   if f.output:
-    atomic.write_json(f.output, res, sort_keys=True)
+    atomic.write_json(f.output, dict(res, format=RESULT_FORMAT), sort_keys=True)
     print(f"wrote {f.output}")
   return res
 

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from vitprune import atomic
 from vitprune import benchmark as B
 from vitprune import schedule as S
 from vitprune.registry import get_config
@@ -278,3 +279,17 @@ def test_markdown_and_csv_formatting():
   assert B.output_stem([dict(row, device_kind="NVIDIA H100 80GB HBM3")]) == (
       "m_NVIDIA-H100-80GB-HBM3")
   assert np.isclose(B.token_budget(S.Schedule((17, 15, 13))), 17 + 15 + 15 + 13)
+
+
+def test_write_outputs_never_replaces_foreign_tables(tmp_path):
+  rows = [dict.fromkeys(B.CSV_COLUMNS, None) | {"model": "m", "device_kind": "cpu"}]
+  paths = {k: str(tmp_path / f"t.{k}") for k in ("csv", "md", "png")}
+  (tmp_path / "t.md").write_text("my notes")          # an MD without our CSV beside it
+  with pytest.raises(atomic.ForeignOutputError, match=r"t\.md: no benchmark table t\.csv"):
+    B.check_replaceable_outputs(paths)
+  (tmp_path / "t.csv").write_text("my,csv\n1,2\n")     # a CSV that is not ours
+  with pytest.raises(atomic.ForeignOutputError, match=r"t\.csv: it is not a vitprune benchmark"):
+    B.check_replaceable_outputs(paths)
+  (tmp_path / "t.csv").write_text(B.to_csv(rows))      # ours: replaceable, with its MD
+  B.check_replaceable_outputs(paths)
+  assert (tmp_path / "t.md").read_text() == "my notes"

@@ -97,6 +97,12 @@ CASES = [
      "--cpu_cores needs an IREE CPU target (iree:host or iree:llvm-cpu:...)"),
     ("deploy", [f"--weights={WEIGHTS}", "--cpu_cores=-1", "--target=iree:host", "--out={out}"],
      1, "--cpu_cores must be >= 1, got -1"),
+    ("estimate", ["--out_dir={full}", "--out_name=notes.txt", "--overwrite", "--tokens=65,33",
+                  "--num_images=20"], 1, "refusing to replace"),
+    ("run_deployed", ["--artifact={out}", "--images={out}", "--output={file}"], 1,
+     "refusing to replace"),
+    ("profile", ["--out_dir=/proc/vitprune_out", "--num_images=20"], 1,
+     "--out_dir=/proc/vitprune_out: cannot write in /proc"),
 ]
 
 

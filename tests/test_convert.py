@@ -353,6 +353,12 @@ def test_corrupted_npz(tmp_path):
   np.savez(q, foo=np.zeros(2))
   with pytest.raises(ValueError, match=r"other\.npz: \.npz has neither big_vision names"):
     convert.load_checkpoint(str(q))
+  one = tmp_path / "one.npz"                  # a single array (.npy) under an .npz name
+  with open(one, "wb") as f:
+    np.save(f, np.zeros(3))
+  with pytest.raises(ValueError, match=r"one\.npz: not a valid \.npz file \(it holds one "
+                     "ndarray"):
+    convert.load_checkpoint(str(one))
 
 
 def test_non_array_entries_rejected():

@@ -19,8 +19,11 @@ def test_is_pipeline_dir(tmp_path):
   ours = tmp_path / "ours"
   _layout(ours, {"format": pipeline.SUMMARY_FORMAT, "version": 1})
   assert pipeline.is_pipeline_dir(str(ours))
-  os.makedirs(ours / "extra")                 # the marker decides, not the layout
-  assert pipeline.is_pipeline_dir(str(ours))
+  (ours / "notes.txt").write_text("mine")     # something the pipeline did not write: never
+  assert not pipeline.is_pipeline_dir(str(ours))   # deleted by a rerun, marker or not
+  os.unlink(ours / "notes.txt")
+  os.makedirs(ours / "extra")
+  assert not pipeline.is_pipeline_dir(str(ours))
   old = tmp_path / "old"                      # a run from before the format marker
   _layout(old, {"model": "vit_digits", "solver": "paper"})
   assert pipeline.is_pipeline_dir(str(old))

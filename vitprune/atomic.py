@@ -109,8 +109,18 @@ def check_creatable(path: str, flag: str) -> None:
     anc = os.path.dirname(anc)
   if not os.path.isdir(anc):
     raise NotADirectoryError(f"--{flag}={path}: {anc} is a file, not a directory")
-  if not os.access(anc, os.W_OK | os.X_OK):
-    raise PermissionError(f"--{flag}={path}: cannot write in {anc} (permission denied)")
+  check_writable_dir(anc, f"--{flag}={path}")
+
+
+def check_writable_dir(directory: str, what: str) -> None:
+  """Raises PermissionError naming `what` unless a file can really be created in `directory`
+  (tried: root passes `os.access` even where nothing can be created, e.g. /proc)."""
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".vitprune-write-check-", dir=directory)
+  except OSError as e:
+    raise PermissionError(f"{what}: cannot write in {directory} ({e.strerror or e})") from None
+  os.close(fd)
+  os.unlink(probe)
 
 
 def check_replaceable_json(path: str, fmt: str, companions: Sequence[str] = ()) -> None:

@@ -487,6 +487,27 @@ def output_stem(rows: Sequence[Dict[str, Any]]) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{r['model']}_{r['device_kind']}").strip("-")
 
 
+def check_replaceable_outputs(paths: Dict[str, str]) -> None:
+  """Refuses (`atomic.ForeignOutputError`) to replace outputs vitprune did not write: an existing
+  CSV must start with our header, and the MD/PNG may exist only beside such a CSV."""
+  header = ",".join(CSV_COLUMNS)
+  try:
+    with open(paths["csv"]) as f:
+      ours = f.readline().rstrip("\n") == header
+  except FileNotFoundError:
+    ours = None
+  except (OSError, UnicodeDecodeError):
+    ours = False
+  if ours is False:
+    raise atomic.ForeignOutputError(f"refusing to replace {paths['csv']}: it is not a vitprune "
+                                    "benchmark table; move it away or choose another --out_dir")
+  stray = [paths[k] for k in ("md", "png") if ours is None and os.path.lexists(paths[k])]
+  if stray:
+    raise atomic.ForeignOutputError(f"refusing to replace {', '.join(stray)}: no benchmark "
+                                    f"table {os.path.basename(paths['csv'])} is beside it; move "
+                                    "it away or choose another --out_dir")
+
+
 def write_outputs(rows: Sequence[Dict[str, Any]], out_dir: str,
                   stem: Optional[str] = None) -> Dict[str, str]:
   """`<stem>.csv`, `<stem>.md` and `<stem>.png` in `out_dir`, each atomic; everything is rendered
@@ -494,6 +515,7 @@ def write_outputs(rows: Sequence[Dict[str, Any]], out_dir: str,
   stem = stem or output_stem(rows)
   data = {"png": plot_png(rows), "csv": to_csv(rows).encode(), "md": to_markdown(rows).encode()}
   paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in data}
+  check_replaceable_outputs(paths)
   for k, blob in data.items():
     atomic.write_bytes(paths[k], blob)
   return paths

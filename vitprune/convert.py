@@ -123,7 +123,14 @@ def _load_torch(path: str) -> StateDict:
 
 def _load_npz(path: str) -> StateDict:
   try:
-    with np.load(path, allow_pickle=False) as z:
+    z = np.load(path, allow_pickle=False)
+  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+    raise ValueError(f"{path}: not a valid .npz file ({type(e).__name__}: {e})") from None
+  if not isinstance(z, np.lib.npyio.NpzFile):     # a single array (.npy) named .npz
+    raise ValueError(f"{path}: not a valid .npz file (it holds one {type(z).__name__}, not an "
+                     "archive of named arrays)")
+  try:
+    with z:
       return {k: z[k] for k in z.files}
   except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
     raise ValueError(f"{path}: not a valid .npz file ({type(e).__name__}: {e})") from None

@@ -389,10 +389,9 @@ _LAYOUT = {"profile", "estimate", "solve", SUMMARY_FILE}
 
 
 def is_pipeline_dir(path: str) -> bool:
-  """A pipeline output directory (ours to replace): its summary.json carries our format, or it
-  holds nothing but the pipeline's own layout (runs from before the format marker)."""
-  if atomic.json_marker(SUMMARY_FILE, SUMMARY_FORMAT)(path):
-    return True
+  """A pipeline output directory (ours to replace): it holds nothing but the pipeline's own
+  layout, with a summary.json (of our format, or from before the format marker). A file someone
+  added there (notes, another run's outputs) makes it not ours, so it is never deleted."""
   try:
     names = set(os.listdir(path))
   except OSError:
