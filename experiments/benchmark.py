@@ -30,7 +30,9 @@ from experiments import common
 from vitprune import benchmark as bench
 from vitprune import estimate
 from vitprune import memory
+from vitprune.digest import params_sha256
 from vitprune.profile import timing
+from vitprune.records.solution import read_solution
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -85,6 +87,8 @@ def main(f: flags.FlagValues):
     common.positive(f.num_images, "num_images", allow_none=True)
   elif f.num_images is not None:
     raise ValueError("--num_images needs data (--data is 'none')")
+  elif f["eval_batch_size"].present:
+    raise ValueError("--eval_batch_size needs data (--data is 'none': nothing is evaluated)")
   tcfg = timing.TimingConfig(min_run_time=f.min_run_time, seed=f.seed)
   common.check_output_dir(f.out_dir)
   cfg = common.model_config(f.model, f.weights)
@@ -96,6 +100,13 @@ def main(f: flags.FlagValues):
     if use_data:
       memory.check_batch_fits(cfg, [f.eval_batch_size], dtype, flag="--eval_batch_size")
   cfg, params, source = common.load_model(f.model, f.weights, f.seed)
+  for flag, path in (("solution", f.solution), ("multi_solution", f.multi_solution)):
+    if path:        # a schedule chosen on other weights says nothing about these
+      sol, got = read_solution(path), params_sha256(params)
+      if sol.estimate.weights_sha256 != got:
+        raise ValueError(f"--{flag}={path} was estimated on other weights (sha256 "
+                         f"{sol.estimate.weights_sha256[:16]}...) than the benchmarked ones "
+                         f"({source}, {got[:16]}...)")
   spec = bench.BenchmarkSpec(cfg, batch_sizes=tuple(batch_sizes), dtypes=tuple(dtypes),
                              timing=tcfg, threads=f.compile_threads,
                              eval_batch_size=f.eval_batch_size, seed=f.seed)

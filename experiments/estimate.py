@@ -96,6 +96,15 @@ def main(f: flags.FlagValues):
   if f.num_workers < 0:
     raise ValueError(f"--num_workers must be >= 0, got {f.num_workers}")
   common.check_output_dir(f.out_dir)
+  for name in ("tokens", "layer", "layers"):
+    if f[name].present and not (f[name].value or "").strip():
+      raise ValueError(f"--{name} is empty (leave it out for the default)")
+  embedded = (f.model or common.EMBEDDED_MODEL) == common.EMBEDDED_MODEL
+  if f["init_seed"].present and (f.weights or embedded):
+    raise ValueError("--init_seed seeds random weights; it applies only to --model without "
+                     "--weights (and not to the embedded vit_digits)")
+  if f["split"].present and f.data != "digits":
+    raise ValueError(f"--split applies to --data=digits only, not --data={f.data}")
   cfg = common.model_config(f.model, f.weights)
   method = f.method.strip().lower()
   kwargs = {"seed": f.seed} if method == "random" else {}

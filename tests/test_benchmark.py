@@ -171,7 +171,10 @@ def _parse_markdown(md):
 
 
 def test_cli_labelled_run(tmp_path, capsys):
-  sol = _solution(tmp_path / "sol.json", TINY, [17, 11, 11])
+  from vitprune.digest import params_sha256  # pylint: disable=g-import-not-at-top
+  from vitprune.model import init_params  # pylint: disable=g-import-not-at-top
+  sol = solution_file(tmp_path / "sol.json", TINY, [17, 11, 11],     # the CLI's --seed=0 weights
+                      weights_sha256=params_sha256(init_params(TINY, 0)))
   out = tmp_path / "out"
   _run(["--model=test_tiny_vit", "--data=digits", "--num_images=20", "--batch_size=1,2",
         "--dtype=float32,bfloat16", "--min_run_time=0.005", f"--solution={sol}",
@@ -293,3 +296,16 @@ def test_write_outputs_never_replaces_foreign_tables(tmp_path):
   (tmp_path / "t.csv").write_text(B.to_csv(rows))      # ours: replaceable, with its MD
   B.check_replaceable_outputs(paths)
   assert (tmp_path / "t.md").read_text() == "my notes"
+
+
+def test_cli_refuses_a_solution_of_other_weights_and_unread_flags(tmp_path):
+  from experiments import benchmark as cli  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from tests.conftest import solution_file  # pylint: disable=g-import-not-at-top
+  sol = solution_file(tmp_path / "s.json", TINY, [17, 11, 11])     # estimated on weights 0...0
+  base = ["--model=test_tiny_vit", "--data=none", "--batch_size=1", f"--out_dir={tmp_path / 'o'}"]
+  with pytest.raises(ValueError, match="was estimated on other weights"):
+    cli.main(common.parse(cli.define_flags, base + [f"--solution={sol}"]))
+  with pytest.raises(ValueError, match="--eval_batch_size needs data"):
+    cli.main(common.parse(cli.define_flags, base + ["--eval_batch_size=8"]))
+  assert not os.path.exists(tmp_path / "o")

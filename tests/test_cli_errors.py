@@ -103,6 +103,10 @@ CASES = [
      "refusing to replace"),
     ("profile", ["--out_dir=/proc/vitprune_out", "--num_images=20"], 1,
      "--out_dir=/proc/vitprune_out: cannot write in /proc"),
+    ("estimate", ["--init_seed=5", "--out_dir={out}"], 1, "--init_seed seeds random weights"),
+    ("estimate", ["--split=all", "--data={full}", "--out_dir={out}"], 1,
+     "--split applies to --data=digits only"),
+    ("estimate", ["--tokens=", "--out_dir={out}"], 1, "--tokens is empty"),
 ]
 
 
