@@ -67,7 +67,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("num_images", None, "A class-balanced subset of the test digits "
                        "(default: all 359).", lower_bound=1, flag_values=fv)
-  flags.DEFINE_integer("seed", 0, "Seed of the random schedules.", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed of the random schedules.", lower_bound=0, flag_values=fv)
   flags.DEFINE_integer("refine_rounds", 6, "Rounds of the measured correction "
                        "(`solve.refine_frontier`, as --refine_accuracy_rounds); 0: skip it.",
                        lower_bound=0, flag_values=fv)
@@ -157,9 +157,26 @@ def errors(pred: Sequence[float], meas: Sequence[float], full: float) -> Dict[st
   return out
 
 
+def parse_floors(text: str) -> List[float]:
+  """--floors: comma-separated accuracies in (0, 1], checked before any measurement."""
+  out = []
+  for v in text.split(","):
+    if not v.strip():
+      continue
+    try:
+      floor = float(v)
+    except ValueError:
+      raise ValueError(f"--floors: {v.strip()!r} is not a number") from None
+    if not 0 < floor <= 1:
+      raise ValueError(f"--floors: {floor} is not an accuracy in (0, 1]")
+    out.append(floor)
+  return out
+
+
 def main(f: flags.FlagValues) -> Dict[str, Any]:
   """Measures, prints the table, writes --out -> the result."""
   common.check_output_file(f.out, "out")
+  floors = parse_floors(f.floors)
   quick = f.quick
   cfg, params, _ = common.load_model("vit_digits", None)     # the embedded trained weights
   base = parse_conditional(f.conditional, cfg)
@@ -238,7 +255,6 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
                            **{name: p[i] for name, p in pred.items()})
                       for i, (c, a) in enumerate(zip(scheds, meas))]}
   if f.refine_rounds:
-    floors = [float(v) for v in f.floors.split(",") if v.strip()]
     log(f"refinement: up to {2 if quick else f.refine_rounds} rounds")
     result["refinement"] = refinement(models["incremental"], evaluate,
                                       2 if quick else f.refine_rounds, floors, flop,

@@ -48,9 +48,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_float("weight_decay", TrainConfig.weight_decay, "AdamW weight decay.", flag_values=fv)
   flags.DEFINE_float("label_smoothing", TrainConfig.label_smoothing, "Label smoothing.", flag_values=fv)
   flags.DEFINE_integer("max_shift", TrainConfig.max_shift, "Random shift augmentation (pixels).", flag_values=fv)
-  flags.DEFINE_integer("seed", TrainConfig.seed, "Init / shuffle / augmentation seed.", flag_values=fv)
+  flags.DEFINE_integer("seed", TrainConfig.seed, "Init / shuffle / augmentation seed.",
+                       lower_bound=0, flag_values=fv)
   flags.DEFINE_integer("split_seed", TrainConfig.split_seed,
-                       "Seed of the digits train/test split.", flag_values=fv)
+                       "Seed of the digits train/test split.", lower_bound=0, flag_values=fv)
   flags.DEFINE_integer("max_steps", None, "Stop after this many optimizer steps (smoke runs; "
                        "the learning-rate schedule still spans --epochs).", lower_bound=1,
                        flag_values=fv)

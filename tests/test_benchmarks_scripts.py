@@ -272,3 +272,17 @@ def test_accuracy_combination_quick(tmp_path, capsys):
                                        "block 0 cannot reduce to 21"):
     ac.main(common.parse(ac.define_flags, ["--method=tome", "--conditional=0:21",
                                            f"--out={out}"]))
+
+
+def test_accuracy_combination_refuses_bad_floors_and_seeds_before_measuring(tmp_path):
+  from benchmarks import accuracy_combination as ac  # pylint: disable=g-import-not-at-top
+  out = f"--out={tmp_path / 'a.json'}"
+  _assert_refused(ac, [
+      (["--quick", "--floors=abc", out], "--floors: 'abc' is not a number"),
+      (["--quick", "--floors=0.95,1.5", out], r"--floors: 1.5 is not an accuracy in \(0, 1\]"),
+      (["--quick", "--floors=-1", out], "--floors: -1.0 is not an accuracy"),
+  ], tmp_path)
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  with pytest.raises(Exception, match="-1 is not a non-negative integer"):
+    common.parse(ac.define_flags, ["--seed=-1", out])
