@@ -145,6 +145,8 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: str = ""):
   if not f.weights and f.model != common.EMBEDDED_MODEL:
     raise ValueError(f"--mode=pipeline estimates accuracy, so it needs trained --weights for "
                      f"{f.model} (use --mode=model for latency alone)")
+  common.positive(f.eval_batch_size, "eval_batch_size")
+  common.positive(f.num_images, "num_images", allow_none=True)
   if f["calibration_schedules"].present and f.solver != "multi":
     raise ValueError("--calibration_schedules applies to --solver=multi only")
   if f.refine_accuracy_rounds and f.solver != "multi":

@@ -234,7 +234,8 @@ def _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces=None)
   """Stage 2: A(n) with random drops after the embedding (paper) or the per-layer sensitivity
   of `spec.method` at every block (multi)."""
   if spec.solver == "paper":
-    log(f"[2/4] estimate: accuracy with tokens randomly dropped after the embedding, "
+    metric = "accuracy" if data.labelled else "agreement with the unpruned model"
+    log(f"[2/4] estimate: {metric} with tokens randomly dropped after the embedding, "
         f"{len(data.indices)} images of {spec.data}")
     method, kwargs = "random", {"seed": spec.seed}
     points = estimate_lib.token_points(cfg, tokens, make_reducer(method, **kwargs), layer=None)
