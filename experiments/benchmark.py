@@ -22,6 +22,7 @@ Writes `<out_dir>/<model>_<device>.{csv,md,png}` atomically and prints the markd
 """
 from __future__ import annotations
 
+import os
 from typing import List, Sequence
 
 from absl import flags
@@ -32,6 +33,7 @@ from vitprune import estimate
 from vitprune import memory
 from vitprune.digest import params_sha256
 from vitprune.profile import timing
+from vitprune.profile.runner import device_info
 from vitprune.records.solution import read_solution
 
 
@@ -116,6 +118,9 @@ def main(f: flags.FlagValues):
     data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
                                    class_names=common.class_names(source),
                                    num_classes=cfg.num_classes)
+  stem = bench.output_stem([{"model": cfg.name, **device_info()}])
+  bench.check_replaceable_outputs({k: os.path.join(f.out_dir, f"{stem}.{k}")
+                                   for k in ("csv", "md", "png")})   # before the work
   print(f"{cfg.name} ({source}): {len(variants)} variants x batch {batch_sizes} x {dtypes}")
   rows = bench.run_benchmark(spec, params, variants, data=data, progress=f.progress)
   paths = bench.write_outputs(rows, f.out_dir)

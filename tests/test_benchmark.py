@@ -309,3 +309,8 @@ def test_cli_refuses_a_solution_of_other_weights_and_unread_flags(tmp_path):
   with pytest.raises(ValueError, match="--eval_batch_size needs data"):
     cli.main(common.parse(cli.define_flags, base + ["--eval_batch_size=8"]))
   assert not os.path.exists(tmp_path / "o")
+  os.makedirs(tmp_path / "o")                          # someone's table where ours would go
+  (tmp_path / "o" / "test_tiny_vit_cpu.csv").write_text("my,csv\n")
+  with pytest.raises(atomic.ForeignOutputError, match="not a vitprune benchmark table"):
+    cli.main(common.parse(cli.define_flags, base + ["--min_run_time=1000"]))   # before the work
+  assert os.listdir(tmp_path / "o") == ["test_tiny_vit_cpu.csv"]

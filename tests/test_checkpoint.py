@@ -189,3 +189,17 @@ def test_corrupt_checkpoint_data_is_one_line_from_the_cli(tmp_path):
     assert r.stderr.startswith("error: could not restore parameters from ")
     assert r.stderr.count("\n") == 1, r.stderr[-3000:]
   assert not os.path.exists(tmp_path / "art")
+
+
+def test_weights_load_with_stderr_closed(tmp_path):
+  # The restore holds back fd 2 only when there is one: a process started with stderr closed
+  # (2>&-, some service managers) still loads good weights.
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = ("from vitprune import checkpoint; checkpoint.load_weights('weights/vit_digits'); "
+          "print('loaded')")
+  import shlex  # pylint: disable=g-import-not-at-top
+  r = subprocess.run(["sh", "-c", f"exec {shlex.quote(sys.executable)} -c {shlex.quote(code)} "
+                      "2>&-"], cwd=root, stdout=subprocess.PIPE, text=True, timeout=180)
+  assert r.returncode == 0 and r.stdout.strip().endswith("loaded")

@@ -112,15 +112,20 @@ def check_creatable(path: str, flag: str) -> None:
   check_writable_dir(anc, f"--{flag}={path}")
 
 
+WRITE_CHECK_PREFIX = ".vitprune-write-check-"    # `check_writable_dir`'s momentary probe file
+
+
 def check_writable_dir(directory: str, what: str) -> None:
   """Raises PermissionError naming `what` unless a file can really be created in `directory`
   (tried: root passes `os.access` even where nothing can be created, e.g. /proc)."""
   try:
-    fd, probe = tempfile.mkstemp(prefix=".vitprune-write-check-", dir=directory)
+    fd, probe = tempfile.mkstemp(prefix=WRITE_CHECK_PREFIX, dir=directory)
   except OSError as e:
     raise PermissionError(f"{what}: cannot write in {directory} ({e.strerror or e})") from None
-  os.close(fd)
-  os.unlink(probe)
+  try:
+    os.close(fd)
+  finally:
+    os.unlink(probe)
 
 
 def check_replaceable_json(path: str, fmt: str, companions: Sequence[str] = ()) -> None:

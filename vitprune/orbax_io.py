@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -24,27 +25,45 @@ def restore(directory: str, target: Any) -> Any:
     return checkpointer().restore(directory, target)
 
 
+_REDIRECT = threading.Lock()   # one redirection of fd 2 at a time (restores are rare)
+
+
 @contextlib.contextmanager
 def _stderr_kept_unless_failing():
   """Holds back what is written to file descriptor 2 inside the block: replayed if the block
   succeeds, dropped if it raises. A corrupt checkpoint makes orbax's I/O threads print
   'Event loop is closed' tracebacks while the restore fails and for a moment after it; the
-  caller reports the failure in one line instead."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as held:
+  caller reports the failure in one line instead. Without a usable fd 2 (stderr closed) it does
+  nothing; overlapping restores in other threads run without the hold-back."""
+  if sys.stderr is None or not _REDIRECT.acquire(blocking=False):
+    yield
+    return
+  try:
+    held = tempfile.TemporaryFile()
+    saved = os.dup(2)
+  except OSError:                # no fd 2 or no temporary file: do not hold anything back
+    _REDIRECT.release()
+    yield
+    return
+  try:
+    sys.stderr.flush()
     os.dup2(held.fileno(), 2)
     try:
       yield
     except BaseException:
-      time.sleep(1.0)       # the I/O threads finish failing within it (error path only)
-      os.dup2(saved, 2)
+      time.sleep(1.0)            # the I/O threads finish failing within it (error path only)
       raise
     finally:
-      sys.stderr.flush()
+      try:
+        sys.stderr.flush()
+      except (OSError, ValueError):
+        pass
       os.dup2(saved, 2)
-      os.close(saved)
     held.seek(0)
     text = held.read()
-    if text:
-      os.write(2, text)
+    while text:
+      text = text[os.write(2, text):]
+  finally:
+    os.close(saved)
+    held.close()
+    _REDIRECT.release()

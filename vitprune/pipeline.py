@@ -394,7 +394,7 @@ def is_pipeline_dir(path: str) -> bool:
   layout, with a summary.json (of our format, or from before the format marker). A file someone
   added there (notes, another run's outputs) makes it not ours, so it is never deleted."""
   try:
-    names = set(os.listdir(path))
+    names = {n for n in os.listdir(path) if not n.startswith(atomic.WRITE_CHECK_PREFIX)}
   except OSError:
     return False
   return SUMMARY_FILE in names and names <= _LAYOUT

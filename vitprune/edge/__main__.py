@@ -50,7 +50,7 @@ flags.DEFINE_integer("warmup", 3, "Untimed calls before timing each point.")
 flags.DEFINE_integer("min_reps", 5, "At least this many timed calls per point.")
 flags.DEFINE_float("max_rel_iqr", 0.1, "Re-measure points whose IQR / median exceeds this.")
 flags.DEFINE_integer("max_retries", 2, "Re-measurement rounds for wide points.")
-flags.DEFINE_integer("seed", 0, "Seed of the shuffled visiting order.")
+flags.DEFINE_integer("seed", 0, "Seed of the shuffled visiting order.", lower_bound=0)
 
 
 def timing_config():
