@@ -49,20 +49,12 @@ def one_line(message: Any) -> str:
   return " ".join(str(message).split())
 
 
-# Set by `run` (a real process, not `run_in_process`): after the error line, stderr is closed
-# for the interpreter's shutdown, where libraries' background threads (orbax's restore after a
-# corrupt checkpoint) otherwise print tracebacks under the one line.
-_QUIET_EXIT = False
-
-
 def fail(message: Any, code: int = EXIT_ERROR, hint: bool = False):
   """Prints `error: <message>` (+ `(see --help)` when `hint`) to stderr and exits `code`."""
   sys.stderr.write(f"error: {one_line(message)}\n")
   if hint:
     sys.stderr.write("(see --help)\n")
   sys.stderr.flush()
-  if _QUIET_EXIT:
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
   sys.exit(code)
 
 
@@ -129,8 +121,6 @@ def run(main: Callable[[flags.FlagValues], Any],
         define_flags: Callable[[flags.FlagValues], None]) -> None:
   """The entry point of every CLI: registers and parses the flags, runs `main(FLAGS)` and maps
   errors to one line and an exit code (see the module doc)."""
-  global _QUIET_EXIT
-  _QUIET_EXIT = True
   fv = flags.FLAGS
   define_flags(fv)
   app.run(lambda argv: _run_parsed(main, fv, argv),
