@@ -103,13 +103,9 @@ def main(f: flags.FlagValues):
     if use_data:
       memory.check_batch_fits(cfg, [f.eval_batch_size], dtype, flag="--eval_batch_size")
   cfg, params, source = common.load_model(f.model, f.weights, f.seed)
-  for flag, path in (("solution", f.solution), ("multi_solution", f.multi_solution)):
-    if path:        # a schedule chosen on other weights says nothing about these
-      sol, got = read_solution(path), params_sha256(params)
-      if sol.estimate.weights_sha256 != got:
-        raise ValueError(f"--{flag}={path} was estimated on other weights (sha256 "
-                         f"{sol.estimate.weights_sha256[:16]}...) than the benchmarked ones "
-                         f"({source}, {got[:16]}...)")
+  for path in (f.solution, f.multi_solution):
+    if path:
+      read_solution(path).check_weights(params_sha256(params), f"the benchmarked ones ({source})")
   spec = bench.BenchmarkSpec(cfg, batch_sizes=tuple(batch_sizes), dtypes=tuple(dtypes),
                              timing=tcfg, threads=f.compile_threads,
                              eval_batch_size=f.eval_batch_size, seed=f.seed)

@@ -143,10 +143,8 @@ def main(f: flags.FlagValues) -> str:
   elif opts:
     raise ValueError("--method_opts given with --method=none")
   _, params = checkpoint.load_weights(f.weights)
-  if f.solution and sol.estimate.weights_sha256 != params_sha256(params):
-    raise ValueError(f"the solver output {f.solution} was estimated on other weights (sha256 "
-                     f"{sol.estimate.weights_sha256[:16]}...) than --weights={f.weights} "
-                     f"({params_sha256(params)[:16]}...): its accuracy says nothing about them")
+  if f.solution:
+    sol.check_weights(params_sha256(params), f"--weights={f.weights}")
   names = checkpoint.read_class_names(f.weights)
   path = deploy.export_artifact(
       f.out, cfg, params, schedule=schedule, reducer=reducer,

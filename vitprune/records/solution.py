@@ -247,6 +247,15 @@ class Solution:
     """Default output file stem: `<model>_<mode>_b<batch>`."""
     return f"{self.model}_{self.mode}_b{self.profile.batch_size}"
 
+  def check_weights(self, weights_sha256: str, weights: str) -> None:
+    """Raises ValueError unless this solution was estimated on the parameters whose
+    `vitprune.digest.params_sha256` is `weights_sha256` (`weights` names them): a schedule
+    chosen on other weights says nothing about their accuracy."""
+    if self.estimate.weights_sha256 != weights_sha256:
+      raise ValueError(f"the solver output {self.source} was estimated on other weights "
+                       f"(sha256 {self.estimate.weights_sha256[:16]}...) than {weights} "
+                       f"({weights_sha256[:16]}...): its accuracy says nothing about them")
+
   def provenance(self) -> Dict[str, Any]:
     """What a deployment records about this solution (no frontier, no curve)."""
     return {"path": self.source, "sha256": self.sha256(), "mode": self.mode,
