@@ -150,6 +150,16 @@ def positive(value: Optional[int], flag: str, allow_none: bool = False) -> None:
     raise ValueError(f"--{flag} must be >= 1, got {value}")
 
 
+def given_flags(fv: flags.FlagValues, names: Sequence[str]) -> List[str]:
+  """['--name', ...] of `names` given on the command line (a default does not count)."""
+  return [f"--{n}" for n in names if fv[n].present]
+
+
+def applies(flag_names: Sequence[str]) -> str:
+  """'--a applies' / '--a, --b apply': the start of a refusal naming flags a run does not read."""
+  return f"{', '.join(flag_names)} {'applies' if len(flag_names) == 1 else 'apply'}"
+
+
 def parse_ints(values: Sequence[str], flag: str) -> List[int]:
   """Positive distinct ints from a list flag; ValueError naming the flag."""
   if not values:

@@ -101,9 +101,9 @@ def main(f: flags.FlagValues) -> str:
   if not f.weights or not f.out:
     raise ValueError("--weights and --out are required")
   common.check_new_dir(f.out, "out", overwrite=f.overwrite)
-  parse_targets(f.target)  # a bad --target fails before any work
+  targets = parse_targets(f.target)  # a bad --target fails before any work
   common.positive(f.cpu_cores, "cpu_cores", allow_none=True)
-  if f.cpu_cores is not None and not any(t.backend == "llvm-cpu" for t in parse_targets(f.target)):
+  if f.cpu_cores is not None and not any(t.backend == "llvm-cpu" for t in targets):
     raise ValueError("--cpu_cores needs an IREE CPU target (iree:host or iree:llvm-cpu:...)")
   if not f.symbolic_batch:
     common.positive(f.batch_size, "batch_size")

@@ -106,15 +106,13 @@ PROFILE_ONLY = ("schedule", "reducer", "adaptive", "coarse_stride", "compile_cac
 def check_mode_flags(f: flags.FlagValues) -> None:
   """Refuses flags given on the command line that --mode does not read (one line naming them)."""
   pipeline_mode = f.mode == "pipeline"
-  unread = [n for n in (PROFILE_ONLY if pipeline_mode else PIPELINE_ONLY) if f[n].present]
+  unread = common.given_flags(f, PROFILE_ONLY if pipeline_mode else PIPELINE_ONLY)
   if unread:
-    names = ", ".join(f"--{n}" for n in unread)
-    verb = "applies" if len(unread) == 1 else "apply"
     if pipeline_mode:
-      hint = " (the pipeline's method is --method)" if "reducer" in unread else ""
-      raise ValueError(f"{names} {verb} to --mode=model, block or schedule, not "
+      hint = " (the pipeline's method is --method)" if "--reducer" in unread else ""
+      raise ValueError(f"{common.applies(unread)} to --mode=model, block or schedule, not "
                        f"--mode=pipeline{hint}")
-    raise ValueError(f"{names} {verb} to --mode=pipeline only, not --mode={f.mode}")
+    raise ValueError(f"{common.applies(unread)} to --mode=pipeline only, not --mode={f.mode}")
   if f.mode == "schedule" and (f["adaptive"].present or f["coarse_stride"].present
                               or f["tokens"].present):
     raise ValueError("--tokens, --adaptive and --coarse_stride apply to --mode=model or block (a "

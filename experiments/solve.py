@@ -96,20 +96,17 @@ def main(f: flags.FlagValues):
   outputs; returns (Solution, paths)."""
   if not f.profile or not f.estimate:
     raise ValueError("--profile and --estimate are required")
-  given = lambda names: [f"--{n}" for n in names if f[n].present]  # pylint: disable=unnecessary-lambda-assignment
   if f.mode == "paper":
     for name in ("accuracy_floor", "latency_budget"):
       if f[name].value is not None:
         raise ValueError(f"--{name} applies to --mode=multi only")
-    unread = given(MULTI_ONLY)
+    unread = common.given_flags(f, MULTI_ONLY)
     if unread:
-      raise ValueError(f"{', '.join(unread)} {'applies' if len(unread) == 1 else 'apply'} to "
-                       "--mode=multi only")
-  if f.mode == "multi" and given(("layer", "method")):
-    names = given(("layer", "method"))
-    raise ValueError(f"{', '.join(names)} {'applies' if len(names) == 1 else 'apply'} to "
-                     "--mode=paper only (multi mode chooses every block, for the estimate's "
-                     "method)")
+      raise ValueError(f"{common.applies(unread)} to --mode=multi only")
+  unread = common.given_flags(f, ("layer", "method"))
+  if f.mode == "multi" and unread:
+    raise ValueError(f"{common.applies(unread)} to --mode=paper only (multi mode chooses every "
+                     "block, for the estimate's method)")
   if f.weights and (f.mode != "multi" or f.accuracy_floor is None):
     raise ValueError("--weights measures a multi-mode --accuracy_floor choice in the loop: pass "
                      "--mode=multi and --accuracy_floor")
@@ -119,8 +116,8 @@ def main(f: flags.FlagValues):
   if f.refine_accuracy_rounds and not f.weights:
     raise ValueError("--refine_accuracy_rounds measures schedules on the data: pass --weights "
                      "(and the estimate's --data)")
-  if not f.weights and given(LOOP_ONLY):
-    unread = given(LOOP_ONLY)
+  unread = common.given_flags(f, LOOP_ONLY)
+  if not f.weights and unread:
     raise ValueError(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} read only "
                      "with --weights (the in-loop check)")
   common.check_output_dir(f.out_dir)

@@ -301,8 +301,8 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
                   driver: Optional[str] = None, cores: Optional[int] = None) -> List[str]:
   """Compiles the IREE `targets` into the (staged) artifact directory `tmp`; writes
   `iree/<slug>.vmfb`, `iree/<slug>.json` and `iree/weights.bin`. `driver`, `cores`: the CPU
-  targets' runtime driver and core count (default: as `choose_runtime` says). Returns the target texts (with 'jax'
-  first: the jax export is always part of an artifact)."""
+  targets' runtime driver and core count (default: as `choose_runtime` says). Returns the
+  target texts (with 'jax' first: the jax export is always part of an artifact)."""
   chosen = iree_targets(targets)
   if not chosen:
     return ["jax"]

@@ -121,7 +121,8 @@ def cmd_bench() -> dict:
   model = runtime.load(FLAGS.artifact, FLAGS.target, FLAGS.driver)
   images = np.random.default_rng(0).normal(size=model.input_shape).astype(np.float32)
   res = {"artifact": model.path, "target": model.target, "driver": model.driver,
-         "shards": model.shards, "model": model.record.get("model"), "schedule": model.record.get("schedule"),
+         "shards": model.shards, "model": model.record.get("model"),
+         "schedule": model.record.get("schedule"),
          "latency": latency(model, images, cfg)}
   print(f"model {res['model']} schedule {res['schedule']} target {res['target']} driver "
         f"{describe_runtime(model.driver, model.shards)}")

@@ -15,9 +15,9 @@ A kit (built on the host by `python -m experiments.edge_kit`, `vitprune.iree_bui
                 point's `function`: 'main_' + a digest of `point_identity`; 'main' before).
 
 `profile_kit` times every point with the profiler's protocol (`vitprune.profile.protocol`) on
-its plan's driver and shards (or on the driver given) and returns a `vitprune.profile.records.Profile` (platform
-'iree-<driver>', device kind naming the target and the CPU), which `write_profile` saves as the
-JSON (+ CSV twin) `experiments.solve` reads.
+its plan's driver and shards (or on the driver given) and returns a
+`vitprune.profile.records.Profile` (platform 'iree-<driver>', device kind naming the target and
+the CPU), which `write_profile` saves as the JSON (+ CSV twin) `experiments.solve` reads.
 """
 from __future__ import annotations
 
@@ -85,13 +85,14 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
                   rt.check_shards(plan.get("shards"), int(p["input"]["shape"][0]), where,
                                   p["module"])))
     functions.append(rt.checked_function(p, point_identity(kit, p), where))
-  kit["driver"] = "+".join(sorted({d for d, _ in plans}))
-  for d in sorted({d for d, _ in plans}):
+  drivers = sorted({d for d, _ in plans})
+  kit["driver"] = "+".join(drivers)
+  for d in drivers:
     check_runnable(dict(kit, driver=d), f"kit {path} ({kit['target']})")
   weights = rt.read_weights(path, kit["weights"], f"kit {path}")
   modules = [rt.checked_file(path, p["module"], f"kit {path}") for p in kit["points"]]
   runners, dev_weights = {}, {}
-  for d in sorted({d for d, _ in plans}):
+  for d in drivers:
     runners[d] = rt.Runner(d, max(k for dd, k in plans if dd == d))
     dev_weights[d] = [runners[d].put(w) for w in weights]
   rng = np.random.default_rng(0)

@@ -16,9 +16,10 @@ estimated work (`cpu_profile`, measured in README "IREE host vs JAX CPU"):
               (`--iree-opt-generalize-matmul`) and peeled vector loops for odd token counts.
   throughput  (larger graphs): runs on `local-task` (one worker per core), default codegen.
 On a multi-core host a batch is split instead when that keeps each part small (`cpu_plan`):
-`shards` equal parts of the batch, each on its own `local-sync` device and thread, compiled
-for the latency profile at batch B / shards (IREE's task system splits ~1-100 ms graphs over
-cores worse than independent calls do; README "IREE host vs JAX CPU").
+`shards` equal parts of the batch, each a `local-sync` call in its own thread (one device, one
+copy of the weights: `vitprune.edge.runtime.Runner`), compiled for the latency profile at batch
+B / shards (IREE's task system splits ~1-100 ms graphs over cores worse than independent calls
+do; README "IREE host vs JAX CPU").
 A compile that fails is retried with less (`next_attempt`); the record lists what was used.
 Importing this module needs neither jax nor IREE.
 """
@@ -162,7 +163,7 @@ def cpu_profile(gflop: float) -> str:
 
 def shards_for(batch_size: int, at_most: int) -> int:
   """The largest divisor of `batch_size` that is <= `at_most` (>= 1): how many equal shards a
-  batch splits into on `at_most` cores (or under a plan of `at_most` shards)."""
+  batch splits into on `at_most` cores."""
   return max(s for s in range(1, max(1, min(int(at_most), int(batch_size))) + 1)
              if batch_size % s == 0)
 
