@@ -17,7 +17,7 @@ from vitprune import estimate
 from vitprune.records import estimate as record_lib
 from vitprune.model import init_params, jitted_forward
 from vitprune.registry import get_config
-from vitprune.reduce import KeepFirst
+from vitprune.reduce import KeepFirst, RandomDrop
 from vitprune.schedule import Schedule, embed_schedule, full_schedule, layer_schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -241,12 +241,12 @@ def test_params_sha256(params):
 
 @pytest.fixture(scope="module")
 def doc(params, images, labels):
-  pts = estimate.sensitivity_points(CFG, [5, 17], [None, 0, 1], KeepFirst())
+  pts = estimate.sensitivity_points(CFG, [5, 17], [None, 0, 1], RandomDrop(seed=0))
   res = estimate.evaluate(CFG, params, batches_of(images, labels, 4), pts, labelled=True)
   info = {"kind": "arrays", "source": "synthetic", "num_examples": 7, "classes": [],
           "labelled": True, "fingerprint": "f" * 64}
   return estimate.estimate_record(cfg=CFG, params=params, weights_source="init", data_info=info,
-                                  method="keepfirst", method_kwargs={}, seed=0, points=pts,
+                                  method="random", method_kwargs={"seed": 0}, seed=0, points=pts,
                                   result=res, labelled=True), res
 
 
@@ -321,6 +321,9 @@ def _mutate(d, fn):
     (lambda d: d["points"][1].update(num_examples=6), "num_examples 6"),
     (lambda d: d["reference"].update(agreement=0.5), "agree with itself"),
     (lambda d: d["eval"].update(batch_size=0), "eval.batch_size"),
+    (lambda d: d["method"].update(name="pmot"), "method.name 'pmot' is not a token-reduction "
+     "method \\(evit, pomt, random, tome, topk\\)"),
+    (lambda d: d["method"].update(name=3), "method.name 3 is not a token-reduction method"),
 ])
 def test_validation_errors(doc, fn, match):
   with pytest.raises(record_lib.EstimateError, match=match):

@@ -34,6 +34,14 @@ def test_read_json_errors(tmp_path):
     jsonio.read_json(str(p), "widget")
 
 
+def test_method_names_are_the_reducers():
+  """The jax-free vocabulary the readers check is the reducers' registry (case-insensitive)."""
+  from vitprune.config import METHOD_NAMES, is_method_name
+  from vitprune.reduce.methods import list_methods
+  assert tuple(list_methods()) == METHOD_NAMES
+  assert is_method_name(" POMT ") and not is_method_name("keep_first") and not is_method_name(1)
+
+
 def test_solution_round_trip_and_provenance(tmp_path):
   path = solution_file(tmp_path / "s.json", CFG, [17, 17, 9], frontier=[[17, 17, 9], [17] * 3])
   sol = S.read_solution(path)
@@ -93,6 +101,9 @@ def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
     (lambda d: d.pop("profile"), "missing field 'profile'"),
     (lambda d: d["profile"].pop("batch_size"), "profile: missing field 'batch_size'"),
     (lambda d: d["chosen"].pop("method"), "chosen: missing field 'method'"),
+    (lambda d: d["chosen"].update(method="ToMe-r8"), "chosen.method 'ToMe-r8' is not a "
+     r"token-reduction method \(evit, pomt, random, tome, topk\)"),
+    (lambda d: d["estimate"].update(method=None), "estimate: method None is not a"),
     (lambda d: d["chosen"].update(counts=[17, 9.5, 9]), "counts must be a non-empty list of ints"),
     (lambda d: d["chosen"].update(counts=[17, 9, 12]), r"schedule 'list:17,17,9' is counts "
      r"\[17, 17, 9\], not the counts \[17, 9, 12\] recorded with it"),

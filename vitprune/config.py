@@ -12,6 +12,14 @@ from typing import Any, Dict, Tuple, Type
 # The compute dtypes vitprune builds graphs in (`vitprune.model.DTYPES` maps them to jnp types);
 # profiles, manifests and benchmarks are checked against them.
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# The token-reduction methods (`vitprune.reduce.methods.METHODS` builds them; that module asserts
+# the two agree); estimate and solution files are checked against them without importing jax.
+METHOD_NAMES = ("evit", "pomt", "random", "tome", "topk")
+
+
+def is_method_name(name: Any) -> bool:
+  """Whether `name` names a token-reduction method (case and surrounding spaces ignored)."""
+  return isinstance(name, str) and name.strip().lower() in METHOD_NAMES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,7 +41,8 @@ import numpy as np
 from vitprune import atomic
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
-from vitprune.config import ViTConfig, check_config_types, config_from_dict, config_to_dict
+from vitprune.config import (METHOD_NAMES, ViTConfig, check_config_types, config_from_dict,
+                             config_to_dict, is_method_name)
 
 FORMAT = "vitprune-estimate"
 VERSION = 1
@@ -291,7 +292,9 @@ def _validate(doc: Any, where: str) -> ViTConfig:
   want_metrics = list(LABELLED_METRICS if labelled else FIDELITY_METRICS)
   _require(doc["metrics"] == want_metrics, where,
            f"metrics {doc['metrics']} != {want_metrics} for labelled={labelled}")
-  _require(isinstance(doc["method"].get("name"), str), where, "method.name must be a string")
+  _require(is_method_name(doc["method"].get("name")), where,
+           f"method.name {doc['method'].get('name')!r} is not a token-reduction method "
+           f"({', '.join(METHOD_NAMES)})")
   _require(isinstance(doc["method"].get("kwargs", {}), dict), where,
            "method.kwargs must be an object")
   batch = doc["eval"].get("batch_size")

@@ -55,7 +55,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from vitprune import atomic
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
-from vitprune.config import ViTConfig, check_config_types, config_from_dict, config_to_dict
+from vitprune.config import (METHOD_NAMES, ViTConfig, check_config_types, config_from_dict,
+                             config_to_dict, is_method_name)
 
 FORMAT = "vitprune-solution"
 VERSION = 1
@@ -194,6 +195,9 @@ def _ref(cls, d: Any, where: str):
     elif k == "layers":
       jsonio.require(isinstance(v, list) and all(l is None or jsonio.is_int(l) for l in v),
                      where, f"layers must be a list of ints or nulls, got {v!r}", SolutionError)
+    elif k == "method":
+      jsonio.require(is_method_name(v), where, f"method {v!r} is not a token-reduction method "
+                     f"({', '.join(METHOD_NAMES)})", SolutionError)
     elif not (k == "data_fingerprint" and v is None):
       jsonio.require(isinstance(v, str), where, f"{k} must be a string, got {v!r}",
                      SolutionError)
@@ -304,8 +308,9 @@ class Solution:
     ch = doc["chosen"]
     jsonio.require_keys(ch if isinstance(ch, dict) else {}, ("method", "criterion"),
                         f"{where}: chosen", SolutionError)
-    jsonio.require(isinstance(ch["method"], str), where, "chosen.method must be a string",
-                   SolutionError)
+    jsonio.require(is_method_name(ch["method"]), where,
+                   f"chosen.method {ch['method']!r} is not a token-reduction method "
+                   f"({', '.join(METHOD_NAMES)})", SolutionError)
     frontier = doc["frontier"]
     jsonio.require(isinstance(frontier, list), where, "frontier must be a list", SolutionError)
     checked = doc.get("checked", [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Type
 
+from vitprune.config import METHOD_NAMES
 from vitprune.reduce.evit import EViT
 from vitprune.reduce.pomt import POMT
 from vitprune.reduce.random_drop import RandomDrop
@@ -13,6 +14,7 @@ from vitprune.reduce.topk import TopK
 
 METHODS: Dict[str, Type] = {"pomt": POMT, "topk": TopK, "tome": ToMe, "evit": EViT,
                             "random": RandomDrop}
+assert tuple(sorted(METHODS)) == METHOD_NAMES, "config.METHOD_NAMES must list METHODS"
 
 
 def list_methods() -> list:
