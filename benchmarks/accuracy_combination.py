@@ -24,6 +24,13 @@ only block l reduces, from all N tokens to n) with the 'incremental' combination
      schedules it never measured ("refined" rows); and per floor the fewest FLOP among measured
      schedules meeting it, from the uncorrected frontier alone vs after the refinement, with
      what the uncorrected model's own choice measures.
+  6. a "per-image" combination (`solve.per_image_accuracy`): each test image's top-1 margin
+     (its label's logit minus the largest other) moves by the incremental single-layer changes
+     of that image, and the image counts as correct while the sum stays > 0, so cuts that each
+     leave an image correct can together flip it. It is not a sum of per-block terms, so the
+     DP cannot optimise it; its own frontier ("per-image frontier" rows) comes from scoring
+     every non-increasing schedule on the grid (skipped above `--enumerate_limit`), spread
+     over `--num_frontier` schedules and measured like the solver's.
 Every schedule is measured on the same images as the table, so the error is the combination
 model's alone (no sampling error between prediction and measurement). Errors are reported in
 points (predicted - measured: positive = optimistic), over all schedules and over those whose
@@ -73,6 +80,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        lower_bound=0, flag_values=fv)
   flags.DEFINE_string("floors", "0.95,0.96,0.97", "Accuracy floors for the refinement's "
                       "choice rows.", flag_values=fv)
+  flags.DEFINE_integer("enumerate_limit", 200000, "Most schedules scored for the per-image "
+                       "model's own frontier (more: the rows are skipped; 0: always skip).",
+                       lower_bound=0, flag_values=fv)
   flags.DEFINE_bool("quick", False, "Smoke run: grid step 24, 3 random and 3 frontier "
                     "schedules, 60 images.", flag_values=fv)
   flags.DEFINE_string("out", "outputs/benchmark/accuracy_combination.json", "JSON output.",
@@ -157,6 +167,47 @@ def errors(pred: Sequence[float], meas: Sequence[float], full: float) -> Dict[st
   return out
 
 
+def enumerate_schedules(model: solve.CostModel, limit: int) -> Optional[np.ndarray]:
+  """[S, depth + 1] grid indices of every schedule the solver could return under `model`
+  (non-increasing, counts[0] = N, reductions only where allowed and within the per-block
+  cap), or None when there are more than `limit`."""
+  k, depth = model.ns.size, model.depth
+  min_keep = model.min_keep if model.min_keep is not None else np.zeros(k, np.int64)
+  rows = [np.array([[k - 1]], np.int64)]
+  for l in range(depth):
+    nxt = []
+    for row in rows[-1]:
+      src = int(row[-1])
+      dsts = [src] + ([j for j in range(src) if model.ns[j] >= min_keep[src]]
+                      if model.can_reduce[l] else [])
+      nxt.extend(list(row) + [j] for j in dsts)
+      if len(nxt) > limit:
+        return None
+    rows.append(np.array(nxt, np.int64))
+  return rows[-1]
+
+
+def per_image_frontier(model: solve.CostModel, table: solve.MarginTable, num: int,
+                       limit: int) -> Tuple[List[Counts], int]:
+  """Schedules spread over the per-image model's own Pareto frontier (cost: `model`'s latency
+  side, accuracy: `solve.per_image_accuracy`) -> (up to `num` counts, schedules scored; scored
+  > limit and no schedules when enumeration is over `limit`)."""
+  idx = enumerate_schedules(model, limit) if limit else None
+  if idx is None:
+    return [], limit + 1
+  counts = model.ns[idx]
+  lat = model.embed + model.head[idx[:, -1]] + sum(
+      model.block[idx[:, l]] + (idx[:, l + 1] < idx[:, l]) * model.reduce[idx[:, l]]
+      for l in range(model.depth))
+  acc = solve.per_image_accuracy(table, counts.tolist())
+  keep = solve.nondominated(lat, acc, counts.sum(axis=1))
+  front = [tuple(int(c) for c in counts[i]) for i in sorted(keep, key=lambda i: lat[i])]
+  if len(front) > num:
+    front = list(dict.fromkeys(front[round(i * (len(front) - 1) / (num - 1))]
+                               for i in range(num)))
+  return front, len(counts)
+
+
 def parse_floors(text: str) -> List[float]:
   """--floors: comma-separated accuracies in (0, 1], checked before any measurement."""
   out = []
@@ -198,9 +249,12 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     print(f"[{time.perf_counter() - t0:5.0f} s] {s}", file=sys.stderr)
 
   log(f"sensitivity: {depth} blocks x {len(grid)} counts, {len(data.indices)} images")
-  full_acc, *single = evaluate([schedule_lib.embed_counts(n_full, depth)] + [
-      schedule_lib.layer_counts(n_full, n, depth, l) for l in range(depth) for n in grid])
+  (full_acc, *single), margins = evaluate([schedule_lib.embed_counts(n_full, depth)] + [
+      schedule_lib.layer_counts(n_full, n, depth, l) for l in range(depth) for n in grid],
+                                          margins=True)
   sens = np.array(single).reshape(depth, len(grid))
+  per_image = solve.MarginTable.build(ns, margins[0],
+                                      margins[1:].reshape(depth, len(grid), -1))
   sens = np.concatenate([sens, np.full((depth, 1), full_acc)], axis=1)
   flop = np.array([block_flop(cfg, int(n)) for n in ns], np.float64)
   caps = solve_stage.method_caps(cfg, f.method, ns)
@@ -224,6 +278,11 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   log(f"measuring {len(rand)} random, {len(frontier)} frontier"
       + (f" and {len(cond) + 1} conditional (after {base[1]} tokens at block {base[0]})"
          if base else "") + " schedules")
+  own, scored = per_image_frontier(models["incremental"], per_image, num_frontier,
+                                   f.enumerate_limit)
+  log(f"per-image frontier: {len(own)} of the schedules spread over it "
+      f"({scored} scored)" if own else f"per-image frontier skipped ({scored} schedules > "
+      f"--enumerate_limit={f.enumerate_limit})")
   measured = evaluate(rand + frontier + cond_base + cond)
   m_rand, m_front = measured[:len(rand)], measured[len(rand):len(rand) + len(frontier)]
   rows = (conditional_rows(cfg, base, cond_base + cond, measured[len(rand) + len(frontier):])
@@ -232,6 +291,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   def predictions(schedules):
     out = {name: [solve.predict_schedule(m, c)[1] for c in schedules]
            for name, m in models.items()}
+    out["per-image"] = solve.per_image_accuracy(per_image, schedules).tolist()
     if rows is not None:
       out["conditional"] = [full_acc - conditional_drop(models["incremental"], base, rows, c)
                             for c in schedules]
@@ -247,8 +307,14 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
                                       for l, r in sorted(rows.items())}}
                             if base else None),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "families": {}}
-  for fam, scheds, meas in (("random", rand, m_rand), ("frontier", frontier, m_front)):
+  families = [("random", rand, m_rand), ("frontier", frontier, m_front)]
+  if own:
+    families.append(("per-image frontier", own, evaluate(own)))
+  result["per_image_enumerated"] = scored
+  for fam, scheds, meas in families:
     pred = predictions(scheds)
+    if fam == "per-image frontier":
+      pred.pop("conditional", None)
     result["families"][fam] = {
         "errors": {name: errors(p, meas, full_acc) for name, p in pred.items()},
         "schedules": [dict({"counts": list(c), "measured": a},

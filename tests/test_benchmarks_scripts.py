@@ -234,6 +234,7 @@ def test_accuracy_combination_conditional_model_by_hand():
 
 def test_accuracy_combination_quick(tmp_path, capsys):
   import json  # pylint: disable=g-import-not-at-top
+  import math  # pylint: disable=g-import-not-at-top
   import pytest  # pylint: disable=g-import-not-at-top
   from benchmarks import accuracy_combination as ac  # pylint: disable=g-import-not-at-top
   from experiments import common  # pylint: disable=g-import-not-at-top
@@ -243,11 +244,21 @@ def test_accuracy_combination_quick(tmp_path, capsys):
                                                 f"--out={out}"]))
   text = capsys.readouterr().out
   assert "| frontier | incremental |" in text and "| random | conditional |" in text
-  assert json.loads(out.read_text())["families"].keys() == {"random", "frontier"}
-  for fam in res["families"].values():
-    assert set(fam["errors"]) == {"incremental", "additive", "conditional"}
+  assert json.loads(out.read_text())["families"].keys() == {"random", "frontier",
+                                                            "per-image frontier"}
+  assert "| per-image frontier | per-image |" in text
+  for name, fam in res["families"].items():
+    assert set(fam["errors"]) == {"incremental", "additive", "per-image"} | (
+        set() if name == "per-image frontier" else {"conditional"})
     for s in fam["schedules"]:
       assert 0 <= s["measured"] <= 1 and s["counts"][0] == 65
+  # The per-image model scored every schedule of the quick grid (non-increasing choices of the
+  # grid's counts over 6 blocks, POMT reducing anywhere) and spread its own frontier's 3
+  # schedules from the cheapest (block 0 to the fewest tokens) up, accuracy rising.
+  own = res["families"]["per-image frontier"]["schedules"]
+  assert res["per_image_enumerated"] == math.comb(len(res["grid"]) + 5, 6)
+  assert len(own) == 3 and own[0]["counts"] == [65] + [min(res["grid"])] * 6
+  assert own[0]["per-image"] < own[1]["per-image"] < own[2]["per-image"]
   rand = res["families"]["random"]["schedules"]
   assert len(rand) == 3 and all(len(Schedule(s["counts"]).reduction_layers) >= 2 for s in rand)
   # The base of the conditional rows is the table's own point S[3, 41]: the same graph on the

@@ -144,6 +144,35 @@ def test_padding_rows_are_ignored(params, images, labels):
   assert a == b
 
 
+def test_top1_margins_by_hand():
+  m = estimate.top1_margins(np.array([[1.0, 3.0, 2.0], [0.0, 0.0, 5.0], [2.0, 2.0, 0.0]]),
+                            np.array([1, 0, 1]))
+  np.testing.assert_array_equal(m, [1.0, -5.0, 0.0])    # a tie is margin 0: not top-1
+
+
+def test_margins_are_each_examples_top1_margin(params, images, labels):
+  """`margins=True` keeps, in data order, every example's margin against its label (> 0 exactly
+  where it is correct); unlabelled, against the unpruned model's class (> 0 where it agrees)."""
+  pts = points()
+  res = estimate.evaluate(CFG, params, batches_of(images, labels, 4), pts, labelled=True,
+                          margins=True)
+  assert res.margins.shape == (1 + len(pts), 7)
+  ref = np.asarray(jitted_forward(params, jnp.asarray(images), cfg=CFG))
+  np.testing.assert_allclose(res.margins[0], estimate.top1_margins(ref, labels), atol=1e-4)
+  for i, p in enumerate(pts):
+    out = np.asarray(jitted_forward(params, jnp.asarray(images), cfg=CFG, schedule=p.schedule,
+                                    reducer=p.reducer))
+    np.testing.assert_allclose(res.margins[1 + i], estimate.top1_margins(out, labels), atol=1e-4)
+  for r, m in zip((res.reference,) + res.points, res.margins):
+    assert int((m > 0).sum()) == r.correct
+  unl = estimate.evaluate(CFG, params, batches_of(images, np.full(7, -1, np.int32), 3), pts,
+                          labelled=False, margins=True)
+  assert np.all(unl.margins[0] > 0)
+  assert [int((m > 0).sum()) for m in unl.margins[1:]] == [r.agree for r in unl.points]
+  assert estimate.evaluate(CFG, params, batches_of(images, labels, 4), pts,
+                           labelled=True).margins is None
+
+
 def test_unlabelled_gives_fidelity_only(params, images):
   unl = np.full(7, -1, np.int32)
   res = estimate.evaluate(CFG, params, batches_of(images, unl, 4), points(), labelled=False)

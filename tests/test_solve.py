@@ -1179,3 +1179,42 @@ def test_refine_frontier_measures_only_what_it_does_not_know():
                                      for q in ref.rounds[:r.index]))
   with pytest.raises(ValueError, match="measure returned 1 values for"):
     solve.refine_frontier(model, lambda cs: [0.5], rounds=1)
+
+
+def _margin_table():
+  """depth 2, grid 5 / 9 / 17, three images (reference margins 1, 1, -1)."""
+  single = [[[0.5, -1.0, -1.0], [0.8, 0.5, -1.0]],      # block 0 alone to 5, to 9
+            [[0.2, 0.9, 2.0], [1.0, 0.9, -1.0]]]        # block 1 alone to 5, to 9
+  return solve.MarginTable.build([5, 9, 17], [1.0, 1.0, -1.0], single)
+
+
+def test_per_image_accuracy_by_hand():
+  table = _margin_table()
+  acc = solve.per_image_accuracy(table, [[17, 17, 17], [17, 5, 5], [17, 17, 5], [17, 9, 9],
+                                         [17, 9, 5]])
+  # Unpruned and single reductions are the measured points (2/3, 1/3, 3/3, 2/3). [17, 9, 5]:
+  # image 0 keeps margin 0.8 after block 0's cut and 0.2 after block 1's alone, but block 1 going
+  # 9 -> 5 costs it 1.0 - 0.2 = 0.8 more: 0.8 - 0.8 = 0, a tie, counted wrong; image 1:
+  # 0.5 + (0.9 - 0.9) > 0; image 2: -1 + (2.0 - -1.0) = 2 > 0.
+  np.testing.assert_allclose(acc, [2 / 3, 1 / 3, 1.0, 2 / 3, 2 / 3])
+  assert table.margins.shape == (2, 3, 3)
+  np.testing.assert_array_equal(table.margins[:, -1], [[1.0, 1.0, -1.0]] * 2)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda t: solve.per_image_accuracy(t, [[17, 13, 5]]), "token count 13 is not on the "
+     r"margin table's grid \[5, 9, 17\]"),
+    (lambda t: solve.per_image_accuracy(t, [[17, 9]]), "schedules need 3 counts each"),
+    (lambda t: solve.MarginTable.build([5, 9, 17], [1.0, 1.0], [[[0.0] * 3] * 2] * 2),
+     "single-layer margins has 3 entries along the token axis, the grid has 2"),
+    (lambda t: solve.MarginTable.build([5, 17], [1.0, 1.0, 1.0], [[[0.0] * 3] * 2] * 2),
+     "single-layer margins have 2 counts, the grid has 1 below 17"),
+    (lambda t: solve.MarginTable.build([9, 5, 17], [1.0, 1.0, 1.0], [[[0.0] * 3] * 2] * 2),
+     "token grid must be ascending"),
+    (lambda t: solve.MarginTable.build([5, 9, 17], [1.0, float("nan"), 1.0],
+                                       [[[0.0] * 3] * 2] * 2),
+     "reference margins contains 1 NaN/inf"),
+])
+def test_per_image_errors(call, match):
+  with pytest.raises(ValueError, match=match):
+    call(_margin_table())

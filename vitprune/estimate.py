@@ -149,6 +149,17 @@ def compare_logits(logits: np.ndarray, ref_logits: np.ndarray, labels: np.ndarra
   return pred == np.asarray(labels), pred == ref_logits.argmax(-1), kl
 
 
+def top1_margins(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
+  """`[B, K]` logits, `[B]` target classes -> `[B]` float64 margins: the target's logit minus
+  the largest other logit (> 0: the target is the top-1 class; ties count as wrong)."""
+  logits = np.asarray(logits, np.float64)
+  rows = np.arange(logits.shape[0])
+  target_logit = logits[rows, np.asarray(target)]
+  other = logits.copy()
+  other[rows, np.asarray(target)] = -np.inf
+  return target_logit - other.max(axis=-1)
+
+
 def data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> jax.sharding.Mesh:
   """A 1-D data-parallel mesh over `devices` (default all), axis name 'data'."""
   return jax.sharding.Mesh(np.asarray(list(devices or jax.devices())), ("data",))
@@ -196,11 +207,15 @@ def _placement(shard: bool, batch_size: int) -> _Placement:
 
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
-  """`reference`: the unpruned model (agreement 1, KL 0); `points`: one result per point."""
+  """`reference`: the unpruned model (agreement 1, KL 0); `points`: one result per point.
+  `margins` (`evaluate(..., margins=True)`, else None): `[1 + P, M]` float64 top-1 margins
+  (`top1_margins`) of the reference and each point on the M examples in data order, against
+  the labels (labelled) or the reference's top-1 class."""
   reference: PointResult
   points: Tuple[PointResult, ...]
   batch_size: int
   num_devices: int
+  margins: Optional[np.ndarray] = None
 
 
 def _check_batch(batch: Batch, batch_size: Optional[int], labelled: bool, cfg: ViTConfig
@@ -228,8 +243,8 @@ def _check_batch(batch: Batch, batch_size: Optional[int], labelled: bool, cfg: V
 def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
              points: Sequence[EvalPoint], *, labelled: bool, dtype: str = "float32",
              precision: str = "highest", shard: bool = True, threads: int = 2,
-             pieces: Optional[Dict[Any, Any]] = None, whole_graphs: bool = False
-             ) -> EvalResult:
+             pieces: Optional[Dict[Any, Any]] = None, whole_graphs: bool = False,
+             margins: bool = False) -> EvalResult:
   """Streams `batches` once, comparing every point with the unpruned model on each batch.
 
   Each schedule runs as separately compiled pieces (`vitprune.piecewise`: embedding, one block
@@ -252,6 +267,8 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
       when built for the same params object (not mutated in place since), dtype and precision,
       else replaced.
     whole_graphs: one whole compiled graph per schedule (`model.forward`) instead of pieces.
+    margins: also keep every example's top-1 margin (`EvalResult.margins`; the per-image
+      accuracy model of `vitprune.solve.per_image_accuracy`).
 
   Returns:
     An `EvalResult`; raises ValueError for empty data, bad batches or invalid schedules.
@@ -271,6 +288,7 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
   correct = np.zeros(len(points), np.int64)
   agree = np.zeros(len(points), np.int64)
   kl = np.zeros(len(points), np.float64)
+  margin_parts: List[np.ndarray] = []   # [1 + P, B valid] per batch
   # One key per distinct schedule (one that reduces nothing runs no reducer: the reference).
   ref_key = (ref_schedule, None)
   keys = [ref_key if p.schedule == ref_schedule else (p.schedule, p.reducer) for p in points]
@@ -292,12 +310,18 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
     ref = np.asarray(jax.device_get(forwards[(None, placement.mesh)](ref_schedule, x)))
     n += int(valid.sum())
     ref_correct += int((ref.argmax(-1) == labels)[valid].sum())
+    target = labels if labelled else ref.argmax(-1)
+    batch_margins = [top1_margins(ref, target)[valid]] if margins else None
     for i, (schedule, reducer) in enumerate(keys):
       logits = jax.device_get(forwards[(reducer, placement.mesh)](schedule, x))
       c, a, k = compare_logits(logits, ref, labels)
       correct[i] += int(c[valid].sum())
       agree[i] += int(a[valid].sum())
       kl[i] += float(np.sum(k[valid]))
+      if margins:
+        batch_margins.append(top1_margins(logits, target)[valid])
+    if margins:
+      margin_parts.append(np.stack(batch_margins))
   if n == 0:
     raise ValueError("no examples to evaluate (empty data or only padding rows)")
 
@@ -306,7 +330,8 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
 
   return EvalResult(reference=result(ref_correct, n, 0.0),
                     points=tuple(result(*v) for v in zip(correct, agree, kl)),
-                    batch_size=batch_size, num_devices=placement.num_devices)
+                    batch_size=batch_size, num_devices=placement.num_devices,
+                    margins=np.concatenate(margin_parts, axis=1) if margins else None)
 
 
 def _compile_pieces(forwards: Dict[Any, Any], cfg: ViTConfig, params: Params, x: jax.Array,
@@ -338,16 +363,18 @@ def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",
   """A function `[counts, ...] -> [metric, ...]` that measures schedules of `reducer` on `data`
   (one data pass per call; the metric is accuracy when labelled, else top-1 agreement): what the
   solve stage calls to check an accuracy floor on measurements. Compiled pieces are kept between
-  calls, in `pieces` when given (e.g. the dict the estimate stage's `evaluate` filled)."""
+  calls, in `pieces` when given (e.g. the dict the estimate stage's `evaluate` filled).
+  `measure(counts_list, margins=True)` -> (metrics, `[S, M]` per-example top-1 margins)."""
   metric = default_metric(data.labelled)
   pieces = {} if pieces is None else pieces
 
-  def measure(counts_list):
+  def measure(counts_list, margins: bool = False):
     points = [EvalPoint(Schedule(tuple(int(c) for c in counts)), reducer, int(counts[-1]), None)
               for counts in counts_list]
     result = evaluate(cfg, params, data.batches(cfg, batch_size), points,
-                      labelled=data.labelled, dtype=dtype, pieces=pieces)
-    return [float(getattr(r, metric)) for r in result.points]
+                      labelled=data.labelled, dtype=dtype, pieces=pieces, margins=margins)
+    metrics = [float(getattr(r, metric)) for r in result.points]
+    return (metrics, result.margins[1:]) if margins else metrics
 
   return measure
 

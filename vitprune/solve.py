@@ -421,6 +421,57 @@ def predict_schedule(model: CostModel, counts: Sequence[int]) -> Tuple[float, fl
 
 
 # ----------------------------------------------------------------------------------------------
+# Per-image combination (a diagnostic model: not decomposable per block, so not used by the DP).
+
+@dataclasses.dataclass(frozen=True)
+class MarginTable:
+  """Per-example top-1 margins of the single-layer sensitivity points.
+
+  ns: int64 [K] ascending token grid, ns[-1] = N (all tokens).
+  reference: float64 [M] margins of the unpruned model on M examples.
+  margins: float64 [depth, K, M]: block l reducing from N to ns[k] alone (margins[:, -1] =
+    reference).
+  """
+  ns: np.ndarray
+  reference: np.ndarray
+  margins: np.ndarray
+
+  @classmethod
+  def build(cls, ns: ArrayLike, reference: ArrayLike, single: ArrayLike) -> "MarginTable":
+    """`single` [depth, K - 1, M]: the margins for every grid count below N = ns[-1]."""
+    grid = _grid(ns)
+    if np.any(np.diff(grid) <= 0):
+      raise ValueError(f"token grid must be ascending, got {grid.tolist()}")
+    ref = _finite("reference margins", reference, 1)
+    single = _finite("single-layer margins", single, 3, ref.size)
+    if single.shape[1] != grid.size - 1:
+      raise ValueError(f"single-layer margins have {single.shape[1]} counts, the grid has "
+                       f"{grid.size - 1} below {grid[-1]}")
+    full = np.broadcast_to(ref, (single.shape[0], 1, ref.size))
+    return cls(grid, ref, np.concatenate([single, full], axis=1))
+
+
+def per_image_accuracy(table: MarginTable, counts_list: Sequence[Sequence[int]]) -> np.ndarray:
+  """[S] predicted accuracies of S schedules: each example's margin moves by the incremental
+  single-layer changes, margin(counts) = m_ref + sum_l (m[l, counts[l+1]] - m[l, counts[l]]), and
+  the example counts as correct when that stays > 0 (the incremental model per example instead
+  of per dataset: cuts that each leave an example correct can together flip it)."""
+  idx = {int(n): k for k, n in enumerate(table.ns)}
+  try:
+    cols = np.array([[idx[int(c)] for c in counts] for counts in counts_list], np.int64)
+  except KeyError as e:
+    raise ValueError(f"token count {e.args[0]} is not on the margin table's grid "
+                     f"{table.ns.tolist()}") from None
+  depth = table.margins.shape[0]
+  if cols.ndim != 2 or cols.shape[1] != depth + 1:
+    raise ValueError(f"schedules need {depth + 1} counts each")
+  m = np.repeat(table.reference[None], len(cols), axis=0)
+  for l in range(depth):
+    m += table.margins[l, cols[:, l + 1]] - table.margins[l, cols[:, l]]
+  return (m > 0).mean(axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
 # Measured correction of the combined accuracy model.
 
 def is_multi_reduction(counts: Sequence[int]) -> bool:
