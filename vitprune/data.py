@@ -24,7 +24,7 @@ import hashlib
 import importlib.util
 import math
 import os
-from typing import Iterator, Optional, Protocol, Sequence, Tuple, Union
+from typing import Dict, Iterator, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -73,20 +73,33 @@ def find_classes(root: str) -> Tuple[str, ...]:
     return tuple(sorted(e.name for e in it if e.is_dir() and not e.name.startswith(".")))
 
 
-def _class_files(class_dir: str) -> Tuple[str, ...]:
+def _class_files(class_dir: str, seen: Dict[str, str]) -> Tuple[str, ...]:
   """Image files under `class_dir` (recursively, following links) in torchvision's order.
 
   torchvision iterates `sorted(os.walk(class_dir))` and `sorted(fnames)` per directory; hidden
   files and directories are skipped here. Returns paths relative to `class_dir`.
+  `seen` ({real path: path}, shared by the class folders of one dataset, holding its root) makes
+  a folder or image reached twice through symbolic links (a loop, a link to the root or into
+  another class) a ValueError: torchvision would read it again, counting images twice or under
+  another class.
   """
+  def visit(path: str) -> None:
+    real = os.path.realpath(path)
+    if real in seen:
+      raise ValueError(f"{path!r} is {seen[real]!r} again (through a symbolic link): every "
+                       "image of a dataset must be reached once, under one class")
+    seen[real] = path
+
   walked = []
   for dirpath, dirnames, fnames in os.walk(class_dir, followlinks=True):
+    visit(dirpath)
     dirnames[:] = [d for d in dirnames if not d.startswith(".")]
     walked.append((dirpath, fnames))
   files = []
   for dirpath, fnames in sorted(walked):
     for fname in sorted(fnames):
       if is_image_file(fname):
+        visit(os.path.join(dirpath, fname))
         files.append(os.path.relpath(os.path.join(dirpath, fname), class_dir))
   return tuple(files)
 
@@ -112,6 +125,16 @@ def load_image(path: str) -> Image.Image:
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise ValueError(f"cannot decode image file {path!r}: {e}") from e
   return img
+
+
+def check_8bit(image: Image.Image, what: str = "image") -> Image.Image:
+  """`image` unchanged when its pixels have at most 8 bits per channel; ValueError for 16-bit,
+  32-bit integer and float modes ('I;16', 'I', 'F'): timm's loader (`convert('RGB')`) clips
+  those to 255, so a 16-bit scan would be read as mostly white without a word."""
+  if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+    raise ValueError(f"{what} has mode {image.mode!r} (more than 8 bits per channel), which "
+                     "the timm eval transform would clip to 255; convert it to 8 bits first")
+  return image
 
 
 class ImageFolder:
@@ -163,9 +186,10 @@ class ImageFolder:
         raise FileNotFoundError(f"no class subfolders found in dataset root {root!r}")
       index = _label_index(root, classes, class_names, num_classes)
       files, labels = [], []
+      seen = {os.path.realpath(root): root}
       for name in classes:
         idx = index[name]
-        found = _class_files(os.path.join(root, name))
+        found = _class_files(os.path.join(root, name), seen)
         if not found:
           raise FileNotFoundError(
               f"class folder {os.path.join(root, name)!r} contains no image files with "
@@ -229,8 +253,9 @@ class ImageFolder:
     return int(self._labels[i]) if self._labelled else None
 
   def load(self, i: int) -> Image.Image:
-    """Decoded PIL image of sample `i` (see `load_image` for errors)."""
-    return load_image(self.path(i))
+    """Decoded PIL image of sample `i` (see `load_image` and `check_8bit` for errors)."""
+    path = self.path(i)
+    return check_8bit(load_image(path), f"image file {path!r}")
 
 
 def check_class_names(class_names, num_classes: Optional[int] = None,
@@ -403,7 +428,7 @@ def preprocess_image(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     float32 `[S, S, C]` with `S = prep.input_size`, `C = prep.channels`.
   """
   mean, std = _check_prep(prep)
-  img = image.convert("RGB" if prep.channels == 3 else "L")
+  img = check_8bit(image).convert("RGB" if prep.channels == 3 else "L")
   new_h, new_w = resize_shorter_side(img.height, img.width, scale_size(prep))
   if (new_h, new_w) != (img.height, img.width):
     img = img.resize((new_w, new_h), _PIL_FILTERS[prep.interpolation])
