@@ -1,6 +1,7 @@
 """timm checkpoint conversion: golden parity with timm, formats, resampling and every error path."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from vitprune import checkpoint, convert, orbax_io
-from vitprune.convert import ConversionError, convert_file, convert_state_dict
+from vitprune.convert import (ConversionError, convert_file, convert_state_dict,
+                              to_timm_state_dict)
 from vitprune.digest import file_sha256
 from vitprune.model import init_params, jitted_forward as forward
 from vitprune.model import jitted_forward_features as forward_features
@@ -228,6 +230,42 @@ def test_original_deit3_gamma_names():
           for k, v in sd.items()}
   assert "blocks.1.gamma_2" in orig
   check_io(cfg, convert_state_dict(cfg, orig), case["files"]["io"])
+
+
+@pytest.mark.parametrize("legacy, current", [("blocks.1.gamma_2", "blocks.1.ls2.gamma"),
+                                               ("blocks.0.mlp.w12.weight",
+                                                "blocks.0.mlp.fc1.weight")])
+def test_legacy_and_timm_names_of_one_parameter_are_refused(legacy, current):
+  """Both names present: one would silently overwrite the other after renaming."""
+  case = CASES["deit3_small"]
+  cfg = case_config(case)
+  sd = dict(load_file(golden(case["files"]["state_dict"])))
+  sd[legacy] = np.full_like(sd[current], 7.0) if current in sd else np.ones(3, np.float32)
+  with pytest.raises(ValueError, match=f"checkpoint holds both '{re.escape(current)}' and "
+                     f"'{re.escape(legacy)}', two names of timm's '{re.escape(current)}'"):
+    convert_state_dict(cfg, sd)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.bool_, np.complex64])
+def test_non_float_weights_are_refused(dtype):
+  """An int8-quantised (or any non-float) checkpoint: refused, not cast as is."""
+  cfg = get_config("test_tiny_vit")
+  sd = to_timm_state_dict(cfg, init_params(cfg, 0))
+  sd["norm.weight"] = np.asarray(sd["norm.weight"]).astype(dtype)
+  with pytest.raises(ValueError, match=r"checkpoint has non-float values in \['norm.weight "
+                     rf"\({np.dtype(dtype).name}\)'\]: vitprune converts float16/bfloat16/"):
+    convert_state_dict(cfg, sd)
+
+
+def test_half_precision_weights_convert():
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  cfg = get_config("test_tiny_vit")
+  sd = {k: np.asarray(v) for k, v in to_timm_state_dict(cfg, init_params(cfg, 0)).items()}
+  for dtype in (np.float16, ml_dtypes.bfloat16, np.float64):
+    half = {k: v.astype(dtype) for k, v in sd.items()}
+    out = convert_state_dict(cfg, half)
+    np.testing.assert_allclose(np.asarray(out["norm"]["scale"]),
+                               sd["norm.weight"].astype(dtype).astype(np.float32))
 
 
 def test_features_only_needs_explicit_drop_head():

@@ -258,12 +258,15 @@ def normalize_state_dict(sd: StateDict) -> StateDict:
     if "cls_token" in sd:
       sd["cls_token"] = sd["cls_token"] + sd["pos_embed"][:, :1]
     sd["pos_embed"] = sd["pos_embed"][:, 1:]
-  out = {}
-  for k, v in sd.items():
-    k = re.sub(r"^(blocks\.\d+\.mlp\.)w12\.", r"\1fc1.", k)
+  out, source = {}, {}
+  for key, v in sd.items():
+    k = re.sub(r"^(blocks\.\d+\.mlp\.)w12\.", r"\1fc1.", key)
     k = re.sub(r"^(blocks\.\d+\.mlp\.)w3\.", r"\1fc2.", k)
     k = re.sub(r"^(blocks\.\d+\.)gamma_([12])$", r"\1ls\2.gamma", k)
-    out[k] = v
+    if k in out:
+      raise ValueError(f"checkpoint holds both {source[k]!r} and {key!r}, two names of timm's "
+                       f"{k!r} (legacy and current); keep one of them")
+    out[k], source[k] = v, key
   return out
 
 
@@ -319,6 +322,11 @@ def _maybe_resample_pos_embed(cfg: ViTConfig, sd: StateDict, resample: Tuple[str
   return sd
 
 
+def _is_float(dtype: np.dtype) -> bool:
+  """Real floating point, numpy's or ml_dtypes' (bfloat16 is not a numpy 'f' kind)."""
+  return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
 def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool = False,
                        ignore_keys: Sequence[str] = (),
                        resample: Tuple[str, bool] = TIMM_RESAMPLE) -> Params:
@@ -342,6 +350,13 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
                 if tuple(np.shape(sd[k])) != want[k]]
   if missing or unexpected or mismatched:
     raise ConversionError(cfg.name, missing, unexpected, mismatched)
+  not_float = sorted(f"{k} ({np.asarray(sd[k]).dtype})" for k in want
+                     if not _is_float(np.asarray(sd[k]).dtype))
+  if not_float:
+    raise ValueError(f"checkpoint has non-float values in {not_float[:5]}"
+                     f"{f' and {len(not_float) - 5} more' if len(not_float) > 5 else ''}: "
+                     "vitprune converts float16/bfloat16/float32/float64 weights (a quantised "
+                     "checkpoint must be dequantised first)")
   nonfinite = sorted(k for k in want if not np.all(np.isfinite(np.asarray(sd[k], np.float32))))
   if nonfinite:
     raise ValueError(f"checkpoint has NaN/inf values in {nonfinite}; refusing to convert it")
