@@ -26,6 +26,7 @@ import numpy as np
 
 from experiments import common
 from vitprune import data as data_lib
+from vitprune import estimate as estimate_lib
 from vitprune import memory
 from vitprune import model as vit
 from vitprune import schedule as S
@@ -45,7 +46,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string("weights", "", "Checkpoint directory (vitprune.checkpoint.load_weights).", flag_values=fv)
   flags.DEFINE_string("images", "", "Image folder (vitprune.data.ImageFolder); default synthetic.", flag_values=fv)
   flags.DEFINE_integer("batch_size", 32, "Images in the batch.", flag_values=fv)
-  flags.DEFINE_integer("seed", 0, "Seed of random-init weights and synthetic images.",
+  flags.DEFINE_integer("seed", 0, "Seed of random-init weights, synthetic images and the "
+                       "sample of a larger --images folder.",
                        lower_bound=0, flag_values=fv)
   flags.DEFINE_enum("dtype", "float32", sorted(vit.DTYPES), "Compute dtype.", flag_values=fv)
   flags.DEFINE_integer("repeats", 20, "Timed runs per graph (median reported).", flag_values=fv)
@@ -72,21 +74,31 @@ def synthetic_images(cfg: ViTConfig, n: int, seed: int) -> np.ndarray:
 
 def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int,
                 class_names: Optional[Sequence[str]] = None
-                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(images [B, S, S, C], labels [B] (-1 unknown), valid [B] bool) for one batch; image-folder
-  labels are matched to the model's `class_names` by name."""
+                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+  """(images [B, S, S, C], labels [B] (-1 unknown), valid [B] bool, which images in words) for
+  one batch; image-folder
+  labels are matched to the model's `class_names` by name. A folder with more than B images
+  gives a seeded sample of B (class-balanced when labelled; never "the first B files", which
+  are one class)."""
   if images_dir:
     ds = data_lib.ImageFolder(images_dir, class_names=class_names, num_classes=cfg.num_classes)
-    indices = np.arange(min(len(ds), batch_size))
+    if len(ds) <= batch_size:
+      indices, note = np.arange(len(ds)), f"all {len(ds)} images of {images_dir}"
+    else:
+      indices = estimate_lib.subset_indices(ds.labels, ds.labelled, batch_size, seed)
+      note = (f"{batch_size} of the {len(ds)} images of {images_dir} "
+              f"({'class-balanced ' if ds.labelled else ''}sample, seed {seed})")
   elif cfg.name == common.EMBEDDED_MODEL:
     ds = data_lib.digits_dataset()
     indices = data_lib.digits_split()[1][:batch_size]
+    note = f"the first {len(indices)} test digits"
   else:
     imgs = synthetic_images(cfg, batch_size, seed)
-    return imgs, np.full(batch_size, -1, np.int32), np.ones(batch_size, bool)
+    return (imgs, np.full(batch_size, -1, np.int32), np.ones(batch_size, bool),
+            f"{batch_size} synthetic images (seed {seed})")
   imgs, labels, idx = next(iter(data_lib.iterate_batches(ds, cfg.preprocessing, batch_size,
                                                          indices=indices)))
-  return imgs, labels, data_lib.batch_valid_mask(idx)
+  return imgs, labels, data_lib.batch_valid_mask(idx), note
 
 
 def format_result(r: Dict[str, Any]) -> str:
@@ -121,14 +133,15 @@ def main(f: flags.FlagValues):
   schedule = S.parse_schedule(cfg, f.schedule) if f.schedule else None
   memory.check_batch_fits(cfg, [f.batch_size], f.dtype)
   cfg, params, source = common.load_model(f.model, f.weights, f.seed)
-  images, labels, valid = load_images(cfg, f.images, f.batch_size, f.seed,
-                                      common.class_names(source))
+  images, labels, valid, note = load_images(cfg, f.images, f.batch_size, f.seed,
+                                            common.class_names(source))
   options = {"random": {"seed": f.random_seed},
              "evit": {"normalize": f.evit_normalize}}.get(f.method, {})
   result = run_prune(cfg, params, images, method=f.method, schedule=schedule, labels=labels,
                      valid=valid, dtype=f.dtype, warmup=f.warmup, repeats=f.repeats,
                      reducer_options=options)
   print(format_result(result))
+  print(f"images: {note}")
   return result
 
 

@@ -107,6 +107,23 @@ def test_load_images_matches_folder_labels_to_the_model_class_names(tmp_path):
       shutil.rmtree(os.path.join(root, name))
   cfg = get_config("vit_digits")
   names = common.class_names(common.EMBEDDED_WEIGHTS)
-  _, labels, valid = prune.load_images(cfg, root, 8, 0, names)
+  _, labels, valid, note = prune.load_images(cfg, root, 8, 0, names)
   assert set(labels[valid].tolist()) <= {names.index(k) for k in keep}
   assert set(labels[valid].tolist()) != {0, 1}
+  assert note.startswith("all ") and valid.sum() == int(note.split()[1])
+
+
+def test_load_images_samples_a_larger_folder_class_balanced(tmp_path):
+  """More images than the batch: a seeded class-balanced sample, said in words (the folder's
+  first 10 files hold 3 of the 10 classes)."""
+  from vitprune.data import ImageFolder, write_digits_imagefolder
+  root = write_digits_imagefolder(str(tmp_path / "d"), split="test", limit=40)
+  cfg = get_config("vit_digits")
+  names = common.class_names(common.EMBEDDED_WEIGHTS)
+  assert len(set(ImageFolder(root, class_names=names).labels[:10].tolist())) <= 3
+  images, labels, valid, note = prune.load_images(cfg, root, 10, 3, names)
+  assert valid.all() and len(set(labels.tolist())) == 10
+  assert note == f"10 of the 40 images of {root} (class-balanced sample, seed 3)"
+  again = prune.load_images(cfg, root, 10, 3, names)
+  np.testing.assert_array_equal(again[0], images)
+  np.testing.assert_array_equal(again[1], labels)
