@@ -67,6 +67,41 @@ def test_wrong_input_shape_and_options():
     forward(params, _images(cfg, 1), cfg=cfg, precision="max")
 
 
+@pytest.mark.parametrize("edit, match", [
+    (lambda p: p.update(blocks=p["blocks"][:1]), r"missing: \[\"\['blocks'\]\[1\]"),
+    (lambda p: p.update(blocks=p["blocks"] * 2), r"unexpected: \[\"\['blocks'\]\[2\]"),
+    (lambda p: p.pop("head"), r"missing: \[\"\['head'\]\['bias'\]\""),
+    (lambda p: p.update(dist_token=np.zeros((1, 1, 32), np.float32)),
+     r"unexpected: \[\"\['dist_token'\]\"\]"),
+    (lambda p: p["norm"].update(scale=np.ones(32, np.int32)),
+     r"not floating point: \[\"\['norm'\]\['scale'\]: int32\"\]"),
+])
+def test_parameters_that_do_not_fit_the_config_are_refused(edit, match):
+  """A tree with fewer blocks ran as a shallower model (a schedule's later reduction silently
+  dropped); more blocks, extra or missing leaves and integer leaves failed cryptically or not at
+  all. The check runs at trace time, jitted too."""
+  cfg = get_config("test_tiny_vit")                       # depth 2, width 32
+  params = init_params(cfg, 0)
+  params = {k: (list(v) if k == "blocks" else dict(v) if isinstance(v, dict) else v)
+            for k, v in params.items()}
+  edit(params)
+  for fn in (forward, jitted_forward):
+    with pytest.raises(ValueError, match=r"(?s)parameters do not match test_tiny_vit:.*" + match):
+      fn(params, _images(cfg, 1), cfg=cfg)
+
+
+@pytest.mark.parametrize("images, match", [
+    (np.zeros((1, 32, 32, 3), np.uint8), "got uint8 pixels"),
+    (np.zeros((1, 32, 32, 3), bool), "got bool pixels"),
+    (np.zeros((1, 32, 32, 3), np.int32).tolist(), "images must be an array .* got list"),
+])
+def test_unprocessed_images_are_refused(images, match):
+  """Raw 0..255 pixels ran and gave logits of a wrongly scaled input."""
+  cfg = get_config("test_tiny_vit")
+  with pytest.raises(ValueError, match=match):
+    forward(init_params(cfg, 0), images, cfg=cfg)
+
+
 @pytest.mark.parametrize("name", ["test_tiny_vit", "test_tiny_distilled", "test_tiny_dinov2_reg"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_forward_is_head_of_features_exactly(name, dtype):

@@ -27,7 +27,7 @@ from vitprune import jsonio
 from vitprune import orbax_io
 from vitprune.config import ViTConfig, check_config, config_from_dict, config_to_dict
 from vitprune.data import check_class_names
-from vitprune.model import Params, abstract_params, param_shapes
+from vitprune.model import Params, abstract_params, check_params
 
 FORMAT = "vitprune-weights"
 VERSION = 1
@@ -36,21 +36,6 @@ CONFIG_FILE = "config.json"
 # A directory is a weights directory (so `save_weights(overwrite=True)` may replace it) when its
 # config.json carries our format marker.
 is_weights_dir = atomic.json_marker(CONFIG_FILE, FORMAT)
-
-
-def check_params(cfg: ViTConfig, params: Params) -> None:
-  """Raises ValueError listing every missing/unexpected leaf and shape mismatch vs `cfg`."""
-  want = {jax.tree_util.keystr(k): tuple(v) for k, v in jax.tree.flatten_with_path(
-      param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))[0]}
-  got = {jax.tree_util.keystr(k): tuple(np.shape(v))
-         for k, v in jax.tree.flatten_with_path(params)[0]}
-  missing = sorted(set(want) - set(got))
-  unexpected = sorted(set(got) - set(want))
-  mismatched = [f"{k}: expected {want[k]}, got {got[k]}"
-                for k in sorted(set(want) & set(got)) if want[k] != got[k]]
-  if missing or unexpected or mismatched:
-    raise ValueError(f"parameters do not match {cfg.name}:\n  missing: {missing}\n"
-                     f"  unexpected: {unexpected}\n  shape mismatches: {mismatched}")
 
 
 def check_finite(params: Params, what: str = "parameters") -> None:

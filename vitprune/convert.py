@@ -37,10 +37,10 @@ from safetensors.flax import load_file as load_safetensors_jax
 from safetensors.numpy import load_file as load_safetensors_numpy
 
 from vitprune import atomic
-from vitprune.checkpoint import check_config, check_params, is_weights_dir, save_weights
+from vitprune.checkpoint import check_config, is_weights_dir, save_weights
 from vitprune.config import ViTConfig
 from vitprune.digest import file_sha256
-from vitprune.model import Params, jitted_forward, param_shapes
+from vitprune.model import Params, check_params, jitted_forward, param_shapes
 from vitprune.posembed import resample_abs_pos_embed
 
 StateDict = Dict[str, np.ndarray]

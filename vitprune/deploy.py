@@ -248,13 +248,13 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   Returns:
     The absolute path of the artifact.
   """
-  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (imports the model)
+  from vitprune.model import check_params  # pylint: disable=g-import-not-at-top
   out = os.path.abspath(out)
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite)")
   if overwrite:   # refuse a foreign folder before the (slow) export, not after
     atomic.check_replaceable(out, is_artifact_dir)
-  checkpoint.check_params(cfg, params)
+  check_params(cfg, params)
   schedule = check_schedule(cfg, schedule, reducer)
   if class_names is not None:
     class_names = [str(c) for c in class_names]

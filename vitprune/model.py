@@ -169,8 +169,34 @@ def check_options(dtype: str, precision: str) -> None:
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
+def check_params(cfg: ViTConfig, params: Params) -> None:
+  """Raises ValueError listing every missing/unexpected leaf, shape mismatch and non-float leaf
+  of `params` vs `cfg` (shapes only: cheap, and works on tracers)."""
+  want = {jax.tree_util.keystr(k): tuple(v) for k, v in jax.tree.flatten_with_path(
+      param_shapes(cfg), is_leaf=_is_shape)[0]}
+  leaves = {jax.tree_util.keystr(k): v for k, v in jax.tree.flatten_with_path(params)[0]}
+  got = {k: tuple(np.shape(v)) for k, v in leaves.items()}
+  missing = sorted(set(want) - set(got))
+  unexpected = sorted(set(got) - set(want))
+  mismatched = [f"{k}: expected {want[k]}, got {got[k]}"
+                for k in sorted(set(want) & set(got)) if want[k] != got[k]]
+  not_float = [f"{k}: {jnp.result_type(v)}" for k, v in sorted(leaves.items())
+               if not jnp.issubdtype(jnp.result_type(v), jnp.floating)]
+  if missing or unexpected or mismatched or not_float:
+    raise ValueError(f"parameters do not match {cfg.name}:\n  missing: {missing}\n"
+                     f"  unexpected: {unexpected}\n  shape mismatches: {mismatched}"
+                     + (f"\n  not floating point: {not_float}" if not_float else ""))
+
+
 def check_inputs(cfg: ViTConfig, images: jax.Array, dtype: str, precision: str) -> None:
-  """ValueError unless `images` is [B, S, S, C] for `cfg` and the options are supported."""
+  """ValueError unless `images` is a floating-point [B, S, S, C] array for `cfg` (preprocessed:
+  raw uint8 pixels would run, scaled wrong) and the options are supported."""
+  if not (hasattr(images, "shape") and hasattr(images, "dtype")):
+    raise ValueError(f"images must be an array [B, S, S, C], got {type(images).__name__}")
+  if not jnp.issubdtype(images.dtype, jnp.floating):
+    raise ValueError(f"images must be floating point, preprocessed as the model expects "
+                     f"(vitprune.data.preprocess_image, timm's eval transform), got "
+                     f"{images.dtype} pixels")
   want = (cfg.img_size, cfg.img_size, cfg.in_chans)
   if images.ndim != 4 or tuple(images.shape[1:]) != want:
     raise ValueError(f"{cfg.name} expects images [B, {want[0]}, {want[1]}, {want[2]}] (NHWC), "
@@ -188,6 +214,7 @@ def forward_features(params: Params, images: jax.Array, *, cfg: ViTConfig,
   average pooling normalises after pooling, in `forward_head`).
   """
   check_inputs(cfg, images, dtype, precision)
+  check_params(cfg, params)
   if isinstance(schedule, Schedule):
     check_reducer_given(cfg, schedule, reducer)
   schedule = check_schedule(cfg, schedule, reducer)
