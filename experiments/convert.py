@@ -83,7 +83,9 @@ def main(f: flags.FlagValues) -> str:
   if f.num_classes is not None and f.num_classes < 0:
     raise ValueError(f"--num_classes must be >= 0, got {f.num_classes}")
   base = get_config(f.model)  # KeyError with close-name suggestions
-  out = f.out or default_out(f.model, f.img_size, base.img_size)
+  if f.out == "":
+    raise ValueError("--out is empty (leave it out for the default weights/<model>)")
+  out = f.out if f.out is not None else default_out(f.model, f.img_size, base.img_size)
   if os.path.lexists(out) and not os.path.isdir(out):
     raise NotADirectoryError(f"--out={out} is a file, not a directory")
   common.check_output_dir(os.path.dirname(os.path.abspath(out)), "out")

@@ -59,6 +59,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def main(f: flags.FlagValues):
   """Checks every flag and --out, then trains, saves and prints the held-out accuracy."""
+  if not f.out:
+    raise ValueError("--out is empty")
   out = os.path.abspath(f.out)
   common.check_new_dir(out, "out", overwrite=f.overwrite)
   tc = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr,

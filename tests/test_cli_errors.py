@@ -107,6 +107,9 @@ CASES = [
     ("estimate", ["--split=all", "--data={full}", "--out_dir={out}"], 1,
      "--split applies to --data=digits only"),
     ("estimate", ["--tokens=", "--out_dir={out}"], 1, "--tokens is empty"),
+    ("train_digits", ["--out="], 1, "--out is empty"),
+    ("convert", ["--model=test_tiny_vit", "--checkpoint=c.npz", "--out="], 1,
+     "--out is empty (leave it out for the default weights/<model>)"),
 ]
 
 
