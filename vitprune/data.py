@@ -73,34 +73,43 @@ def find_classes(root: str) -> Tuple[str, ...]:
     return tuple(sorted(e.name for e in it if e.is_dir() and not e.name.startswith(".")))
 
 
-def _class_files(class_dir: str, seen: Dict[str, str]) -> Tuple[str, ...]:
+def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
+                 class_reals: Sequence[str]) -> Tuple[str, ...]:
   """Image files under `class_dir` (recursively, following links) in torchvision's order.
 
   torchvision iterates `sorted(os.walk(class_dir))` and `sorted(fnames)` per directory; hidden
   files and directories are skipped here. Returns paths relative to `class_dir`.
-  `seen` ({real path: path}, shared by the class folders of one dataset, holding its root) makes
-  a folder or image reached twice through symbolic links (a loop, a link to the root or into
-  another class) a ValueError: torchvision would read it again, counting images twice or under
-  another class.
+  What torchvision would read twice is a ValueError instead (counted twice, or under another
+  class): a folder reached again through a symbolic link (a loop, a link to the root or into
+  another class; `seen`: {(st_dev, st_ino): path} of the folders walked so far, holding the
+  root's), and an image that is a link into a class folder the dataset reads anyway
+  (`class_reals`: the class folders' real paths). Links to files outside them (a deduplicating
+  store: git-annex, DVC, a hub cache) are fine, also when two of them share one file.
   """
-  def visit(path: str) -> None:
-    real = os.path.realpath(path)
-    if real in seen:
-      raise ValueError(f"{path!r} is {seen[real]!r} again (through a symbolic link): every "
-                       "image of a dataset must be reached once, under one class")
-    seen[real] = path
-
   walked = []
   for dirpath, dirnames, fnames in os.walk(class_dir, followlinks=True):
-    visit(dirpath)
+    st = os.stat(dirpath)
+    if (st.st_dev, st.st_ino) in seen:
+      raise ValueError(f"{dirpath!r} is {seen[(st.st_dev, st.st_ino)]!r} again (through a "
+                       "symbolic link): every image of a dataset must be reached once, under "
+                       "one class")
+    seen[(st.st_dev, st.st_ino)] = dirpath
     dirnames[:] = [d for d in dirnames if not d.startswith(".")]
     walked.append((dirpath, fnames))
   files = []
   for dirpath, fnames in sorted(walked):
     for fname in sorted(fnames):
       if is_image_file(fname):
-        visit(os.path.join(dirpath, fname))
-        files.append(os.path.relpath(os.path.join(dirpath, fname), class_dir))
+        path = os.path.join(dirpath, fname)
+        if os.path.islink(path):
+          real = os.path.realpath(path)
+          inside = [c for c in class_reals if real.startswith(c + os.sep)]
+          if inside and not any(part.startswith(".") for part in
+                                os.path.relpath(real, inside[0]).split(os.sep)):
+            raise ValueError(f"{path!r} is a link to {real!r}, which the dataset also reads "
+                             "as an image of its own: every image of a dataset must be reached "
+                             "once, under one class")
+        files.append(os.path.relpath(path, class_dir))
   return tuple(files)
 
 
@@ -186,10 +195,12 @@ class ImageFolder:
         raise FileNotFoundError(f"no class subfolders found in dataset root {root!r}")
       index = _label_index(root, classes, class_names, num_classes)
       files, labels = [], []
-      seen = {os.path.realpath(root): root}
+      root_stat = os.stat(root)
+      seen = {(root_stat.st_dev, root_stat.st_ino): root}
+      class_reals = [os.path.realpath(os.path.join(root, name)) for name in classes]
       for name in classes:
         idx = index[name]
-        found = _class_files(os.path.join(root, name), seen)
+        found = _class_files(os.path.join(root, name), seen, class_reals)
         if not found:
           raise FileNotFoundError(
               f"class folder {os.path.join(root, name)!r} contains no image files with "
