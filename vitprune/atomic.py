@@ -20,6 +20,7 @@ committed `staged_files` transaction.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
@@ -191,6 +192,23 @@ def _remove(path: str) -> None:
   else:
     with contextlib.suppress(FileNotFoundError):
       os.unlink(path)
+
+
+_AT_EXIT: list = []      # paths `remove_at_exit` owns, removed by `remove_exit_paths`
+
+
+def remove_at_exit(path: str) -> None:
+  """Removes `path` (a temporary file or directory of this process) when the process exits, or
+  earlier through `remove_exit_paths` (a CLI that ends at once on Ctrl-C)."""
+  if not _AT_EXIT:
+    atexit.register(remove_exit_paths)
+  _AT_EXIT.append(path)
+
+
+def remove_exit_paths() -> None:
+  """Removes every path `remove_at_exit` registered (idempotent)."""
+  while _AT_EXIT:
+    _remove(_AT_EXIT.pop())
 
 
 def cleanup_stale(path: str) -> None:

@@ -14,15 +14,14 @@ Compile time is measured separately (lower + compile wall time) and never mixed 
 """
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
-import shutil
 import tempfile
 import time
 from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 
+from vitprune import atomic
 from vitprune.profile import protocol
 from vitprune.profile.protocol import Measurement, TimingConfig, summarize  # noqa: F401 (API)
 
@@ -42,7 +41,7 @@ def temporary_cache_dir(prefix: str = "vitprune_jax_cache_") -> str:
   """A fresh directory for `enable_compilation_cache`, removed when the process exits (JAX keeps
   the cache setting process-wide, so the directory must outlive its caller)."""
   path = tempfile.mkdtemp(prefix=prefix)
-  atexit.register(shutil.rmtree, path, ignore_errors=True)
+  atomic.remove_at_exit(path)
   return path
 
 
