@@ -188,13 +188,13 @@ def enumerate_schedules(model: solve.CostModel, limit: int) -> Optional[np.ndarr
 
 
 def per_image_frontier(model: solve.CostModel, table: solve.MarginTable, num: int,
-                       limit: int) -> Tuple[List[Counts], int]:
+                       limit: int) -> Tuple[List[Counts], Optional[int]]:
   """Schedules spread over the per-image model's own Pareto frontier (cost: `model`'s latency
-  side, accuracy: `solve.per_image_accuracy`) -> (up to `num` counts, schedules scored; scored
-  > limit and no schedules when enumeration is over `limit`)."""
+  side, accuracy: `solve.per_image_accuracy`) -> (up to `num` counts, schedules scored), or
+  ([], None) when there are more than `limit` schedules (or `limit` is 0)."""
   idx = enumerate_schedules(model, limit) if limit else None
   if idx is None:
-    return [], limit + 1
+    return [], None
   counts = model.ns[idx]
   lat = model.embed + model.head[idx[:, -1]] + sum(
       model.block[idx[:, l]] + (idx[:, l + 1] < idx[:, l]) * model.reduce[idx[:, l]]
@@ -281,7 +281,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   own, scored = per_image_frontier(models["incremental"], per_image, num_frontier,
                                    f.enumerate_limit)
   log(f"per-image frontier: {len(own)} of the schedules spread over it "
-      f"({scored} scored)" if own else f"per-image frontier skipped ({scored} schedules > "
+      f"({scored} scored)" if own else "per-image frontier skipped (more schedules than "
       f"--enumerate_limit={f.enumerate_limit})")
   measured = evaluate(rand + frontier + cond_base + cond)
   m_rand, m_front = measured[:len(rand)], measured[len(rand):len(rand) + len(frontier)]

@@ -76,10 +76,9 @@ def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int,
                 class_names: Optional[Sequence[str]] = None
                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, str]:
   """(images [B, S, S, C], labels [B] (-1 unknown), valid [B] bool, which images in words) for
-  one batch; image-folder
-  labels are matched to the model's `class_names` by name. A folder with more than B images
-  gives a seeded sample of B (class-balanced when labelled; never "the first B files", which
-  are one class)."""
+  one batch. Image-folder labels are matched to the model's `class_names` by name; a folder
+  with more than B images gives a seeded sample of B (class-balanced when labelled; never "the
+  first B files", which are one class)."""
   if images_dir:
     ds = data_lib.ImageFolder(images_dir, class_names=class_names, num_classes=cfg.num_classes)
     if len(ds) <= batch_size:
@@ -140,6 +139,7 @@ def main(f: flags.FlagValues):
   result = run_prune(cfg, params, images, method=f.method, schedule=schedule, labels=labels,
                      valid=valid, dtype=f.dtype, warmup=f.warmup, repeats=f.repeats,
                      reducer_options=options)
+  result["images"] = note
   print(format_result(result))
   print(f"images: {note}")
   return result

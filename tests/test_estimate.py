@@ -145,9 +145,12 @@ def test_padding_rows_are_ignored(params, images, labels):
 
 
 def test_top1_margins_by_hand():
-  m = estimate.top1_margins(np.array([[1.0, 3.0, 2.0], [0.0, 0.0, 5.0], [2.0, 2.0, 0.0]]),
-                            np.array([1, 0, 1]))
-  np.testing.assert_array_equal(m, [1.0, -5.0, 0.0])    # a tie is margin 0: not top-1
+  logits = np.array([[1.0, 3.0, 2.0], [0.0, 0.0, 5.0], [2.0, 2.0, 0.0], [2.0, 2.0, 0.0]])
+  m = estimate.top1_margins(logits, np.array([1, 0, 1, 0]))
+  # Ties go where argmax puts them: class 1 tied with class 0 loses (margin 0), class 0 tied
+  # with class 1 wins (the smallest positive margin).
+  np.testing.assert_array_equal(m, [1.0, -5.0, 0.0, np.nextafter(0.0, 1.0)])
+  assert ((m > 0) == (logits.argmax(-1) == [1, 0, 1, 0])).all()
 
 
 def test_margins_are_each_examples_top1_margin(params, images, labels):

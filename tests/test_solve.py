@@ -1197,6 +1197,8 @@ def test_per_image_accuracy_by_hand():
   # 9 -> 5 costs it 1.0 - 0.2 = 0.8 more: 0.8 - 0.8 = 0, a tie, counted wrong; image 1:
   # 0.5 + (0.9 - 0.9) > 0; image 2: -1 + (2.0 - -1.0) = 2 > 0.
   np.testing.assert_allclose(acc, [2 / 3, 1 / 3, 1.0, 2 / 3, 2 / 3])
+  np.testing.assert_array_equal(acc, solve.per_image_accuracy(   # chunks change nothing
+      table, [[17, 17, 17], [17, 5, 5], [17, 17, 5], [17, 9, 9], [17, 9, 5]], chunk=2))
   assert table.margins.shape == (2, 3, 3)
   np.testing.assert_array_equal(table.margins[:, -1], [[1.0, 1.0, -1.0]] * 2)
 
@@ -1205,8 +1207,11 @@ def test_per_image_accuracy_by_hand():
     (lambda t: solve.per_image_accuracy(t, [[17, 13, 5]]), "token count 13 is not on the "
      r"margin table's grid \[5, 9, 17\]"),
     (lambda t: solve.per_image_accuracy(t, [[17, 9]]), "schedules need 3 counts each"),
+    (lambda t: solve.per_image_accuracy(t, [[9, 9, 5]]), r"counts \[9, 9, 5\] must start at "
+     "all 17 tokens and never increase"),
+    (lambda t: solve.per_image_accuracy(t, [[17, 5, 9]]), "never increase"),
     (lambda t: solve.MarginTable.build([5, 9, 17], [1.0, 1.0], [[[0.0] * 3] * 2] * 2),
-     "single-layer margins has 3 entries along the token axis, the grid has 2"),
+     "single-layer margins cover 3 examples, the reference 2"),
     (lambda t: solve.MarginTable.build([5, 17], [1.0, 1.0, 1.0], [[[0.0] * 3] * 2] * 2),
      "single-layer margins have 2 counts, the grid has 1 below 17"),
     (lambda t: solve.MarginTable.build([9, 5, 17], [1.0, 1.0, 1.0], [[[0.0] * 3] * 2] * 2),

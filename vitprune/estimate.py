@@ -151,13 +151,18 @@ def compare_logits(logits: np.ndarray, ref_logits: np.ndarray, labels: np.ndarra
 
 def top1_margins(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
   """`[B, K]` logits, `[B]` target classes -> `[B]` float64 margins: the target's logit minus
-  the largest other logit (> 0: the target is the top-1 class; ties count as wrong)."""
+  the largest other logit, > 0 exactly where `argmax` picks the target (a tie goes to the lower
+  class index, as argmax breaks it: a tie with a higher class is the smallest positive margin)."""
   logits = np.asarray(logits, np.float64)
+  target = np.asarray(target)
   rows = np.arange(logits.shape[0])
-  target_logit = logits[rows, np.asarray(target)]
-  other = logits.copy()
-  other[rows, np.asarray(target)] = -np.inf
-  return target_logit - other.max(axis=-1)
+  target_logit = logits[rows, target]
+  classes = np.arange(logits.shape[1])
+  lower = np.where(classes < target[:, None], logits, -np.inf).max(axis=-1)
+  higher = np.where(classes > target[:, None], logits, -np.inf).max(axis=-1)
+  above_higher = target_logit - higher
+  above_higher[above_higher == 0] = np.nextafter(0.0, 1.0)
+  return np.minimum(target_logit - lower, above_higher)
 
 
 def data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> jax.sharding.Mesh:

@@ -443,7 +443,10 @@ class MarginTable:
     if np.any(np.diff(grid) <= 0):
       raise ValueError(f"token grid must be ascending, got {grid.tolist()}")
     ref = _finite("reference margins", reference, 1)
-    single = _finite("single-layer margins", single, 3, ref.size)
+    single = _finite("single-layer margins", single, 3)
+    if single.shape[2] != ref.size:
+      raise ValueError(f"single-layer margins cover {single.shape[2]} examples, the reference "
+                       f"{ref.size}")
     if single.shape[1] != grid.size - 1:
       raise ValueError(f"single-layer margins have {single.shape[1]} counts, the grid has "
                        f"{grid.size - 1} below {grid[-1]}")
@@ -451,24 +454,36 @@ class MarginTable:
     return cls(grid, ref, np.concatenate([single, full], axis=1))
 
 
-def per_image_accuracy(table: MarginTable, counts_list: Sequence[Sequence[int]]) -> np.ndarray:
+def per_image_accuracy(table: MarginTable, counts_list: Sequence[Sequence[int]], *,
+                       chunk: int = 4096) -> np.ndarray:
   """[S] predicted accuracies of S schedules: each example's margin moves by the incremental
   single-layer changes, margin(counts) = m_ref + sum_l (m[l, counts[l+1]] - m[l, counts[l]]), and
   the example counts as correct when that stays > 0 (the incremental model per example instead
-  of per dataset: cuts that each leave an example correct can together flip it)."""
+  of per dataset: cuts that each leave an example correct can together flip it). Unlike the
+  solver's incremental model, the raw margins are used (no monotone envelope)."""
   idx = {int(n): k for k, n in enumerate(table.ns)}
-  try:
-    cols = np.array([[idx[int(c)] for c in counts] for counts in counts_list], np.int64)
-  except KeyError as e:
-    raise ValueError(f"token count {e.args[0]} is not on the margin table's grid "
-                     f"{table.ns.tolist()}") from None
-  depth = table.margins.shape[0]
-  if cols.ndim != 2 or cols.shape[1] != depth + 1:
-    raise ValueError(f"schedules need {depth + 1} counts each")
-  m = np.repeat(table.reference[None], len(cols), axis=0)
-  for l in range(depth):
-    m += table.margins[l, cols[:, l + 1]] - table.margins[l, cols[:, l]]
-  return (m > 0).mean(axis=1)
+  depth, n_full = table.margins.shape[0], int(table.ns[-1])
+  rows = []
+  for counts in counts_list:
+    counts = [int(c) for c in counts]
+    if len(counts) != depth + 1:
+      raise ValueError(f"schedules need {depth + 1} counts each, got {counts}")
+    if counts[0] != n_full or any(b > a for a, b in zip(counts, counts[1:])):
+      raise ValueError(f"counts {counts} must start at all {n_full} tokens and never increase")
+    missing = [c for c in counts if c not in idx]
+    if missing:
+      raise ValueError(f"token count {missing[0]} is not on the margin table's grid "
+                       f"{table.ns.tolist()}")
+    rows.append([idx[c] for c in counts])
+  cols = np.array(rows, np.int64).reshape(-1, depth + 1)
+  out = np.empty(len(cols))
+  for s in range(0, len(cols), chunk):      # [chunk, M] at a time: bounded memory
+    c = cols[s:s + chunk]
+    m = np.repeat(table.reference[None], len(c), axis=0)
+    for l in range(depth):
+      m += table.margins[l, c[:, l + 1]] - table.margins[l, c[:, l]]
+    out[s:s + chunk] = (m > 0).mean(axis=1)
+  return out
 
 
 # ----------------------------------------------------------------------------------------------

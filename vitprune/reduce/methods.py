@@ -14,7 +14,9 @@ from vitprune.reduce.topk import TopK
 
 METHODS: Dict[str, Type] = {"pomt": POMT, "topk": TopK, "tome": ToMe, "evit": EViT,
                             "random": RandomDrop}
-assert tuple(sorted(METHODS)) == METHOD_NAMES, "config.METHOD_NAMES must list METHODS"
+if tuple(sorted(METHODS)) != METHOD_NAMES:
+  raise ImportError(f"config.METHOD_NAMES {METHOD_NAMES} must list the reducers "
+                    f"{tuple(sorted(METHODS))}")
 
 
 def list_methods() -> list:
