@@ -207,6 +207,20 @@ def test_images_reached_twice_through_links_are_refused(tmp_path, link, target, 
     data.ImageFolder(root)
 
 
+def test_a_flat_folder_refuses_a_link_to_its_own_image(tmp_path):
+  _png(str(tmp_path / "a.png"), _gray(3, 3))
+  os.symlink("a.png", tmp_path / "b.png")
+  with pytest.raises(ValueError, match=re.escape(f"'{tmp_path}/b.png' is a link to "
+                                                 f"'{tmp_path}/a.png', which the dataset")):
+    data.ImageFolder(tmp_path)
+  os.unlink(tmp_path / "b.png")
+  outside = tmp_path.parent / f"{tmp_path.name}_blob.png"
+  _png(str(outside), _gray(3, 3))
+  os.symlink(outside, tmp_path / "b.png")
+  os.symlink(outside, tmp_path / "c.png")               # a deduplicating store: fine
+  assert data.ImageFolder(tmp_path).files == ("a.png", "b.png", "c.png")
+
+
 def test_links_outside_the_dataset_are_read_once_each(tmp_path):
   """A linked folder outside the dataset, and a deduplicating store (git-annex, DVC, a hub
   cache: images are links into a blob folder, two identical images one blob) are fine."""

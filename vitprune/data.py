@@ -114,9 +114,19 @@ def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
 
 
 def _flat_files(root: str) -> Tuple[str, ...]:
-  """Image files directly inside `root` (not recursive), sorted by name."""
+  """Image files directly inside `root` (not recursive), sorted by name; an image that is a
+  link to another image of `root` (read twice) is a ValueError."""
   with os.scandir(root) as it:
-    return tuple(sorted(e.name for e in it if e.is_file() and is_image_file(e.name)))
+    entries = [e for e in it if e.is_file() and is_image_file(e.name)]
+  names = {e.name for e in entries}
+  real_root = os.path.realpath(root)
+  for e in entries:
+    if e.is_symlink():
+      real = os.path.realpath(e.path)
+      if os.path.dirname(real) == real_root and os.path.basename(real) in names:
+        raise ValueError(f"{e.path!r} is a link to {real!r}, which the dataset also reads as "
+                         "an image of its own: every image of a dataset must be reached once")
+  return tuple(sorted(names))
 
 
 def load_image(path: str) -> Image.Image:
