@@ -152,6 +152,25 @@ def test_call_rejects_wrong_shapes(artifact):
     model(np.zeros((3, 16, 16, 3), np.float32))
 
 
+@pytest.mark.parametrize("images, match", [
+    (np.zeros((3, 32, 32, 3), np.uint8), "images must be floating point, .* got uint8 pixels"),
+    (np.zeros((3, 32, 32, 3), bool), "got bool pixels"),
+    (np.zeros((3, 32, 32, 3), np.int32).tolist(), "got int64 pixels"),
+    (np.full((3, 32, 32, 3), np.nan, np.float32), "images hold NaN or inf values"),
+])
+def test_call_rejects_raw_pixels_and_non_finite_images(artifact, images, match):
+  """Raw 0..255 digits ran as floats and gave wrong classes; NaN gave NaN logits (argmax 0)."""
+  with pytest.raises(ValueError, match=match):
+    deploy.load(artifact)(images)
+
+
+def test_call_takes_lists_and_other_float_dtypes(artifact, params):
+  model, x = deploy.load(artifact), _images(3)
+  want = np.asarray(model(x))
+  np.testing.assert_array_equal(np.asarray(model(x.tolist())), want)
+  np.testing.assert_array_equal(np.asarray(model(x.astype(np.float64))), want)
+
+
 def test_symbolic_batch_runs_at_several_batch_sizes(tmp_path, params):
   path = deploy.export_artifact(str(tmp_path / "sym"), CFG, params, schedule=SCHED,
                                 reducer=REDUCER, batch_size=None, verify=False)

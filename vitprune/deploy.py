@@ -431,8 +431,16 @@ class DeployedModel:
     return int(self.exported.out_avals[0].shape[-1])
 
   def __call__(self, images) -> jax.Array:
-    """images [B, H, W, C] (converted to float32) -> [B, K] float32."""
-    x = jnp.asarray(images, jnp.float32)
+    """images [B, H, W, C], preprocessed floats (converted to float32) -> [B, K] float32.
+    Raw integer pixels and NaN/inf are refused (they would run and give wrong classes)."""
+    arr = images if hasattr(images, "dtype") else np.asarray(images)
+    if arr.dtype == object:
+      arr = np.asarray(arr, np.float32)
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+      raise ValueError(f"images must be floating point, preprocessed as the artifact records "
+                       f"(manifest 'preprocessing'; vitprune.data.preprocess_image), got "
+                       f"{arr.dtype} pixels")
+    x = jnp.asarray(arr, jnp.float32)
     want = self.input_shape
     if x.ndim != 4 or tuple(x.shape[1:]) != want[1:]:
       raise ValueError(f"{self.manifest.model} artifact expects images "
@@ -442,6 +450,8 @@ class DeployedModel:
                        f"{x.shape[0]} images (pad the batch, or export with a symbolic batch)")
     if x.shape[0] < 1:
       raise ValueError("empty batch")
+    if not bool(jnp.isfinite(x).all()):
+      raise ValueError("images hold NaN or inf values")
     return self._call(self.params, x)
 
   def __repr__(self) -> str:
