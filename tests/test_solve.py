@@ -265,6 +265,16 @@ def test_monotone_envelope():
   np.testing.assert_allclose(raw.drop, [[0.3, 0.1, 0.2, 0.0], [0.0, 0.0, -0.05, 0.0]])
 
 
+def test_accuracies_must_be_in_unit_range():
+  ns = np.array([2, 4, 6, 8])
+  sens = np.array([[0.98, 0.2, 0.98, 0.9], [0.98, 0.2, 0.98, 0.9]])
+  for bad, kw in ((1.5, {}), (0.9, {"sens": sens + 0.5}), (0.9, {"sens": sens - 1.0})):
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\] \(an accuracy or agreement\)"):
+      solve.make_cost_model(ns, np.ones(4), kw.get("sens", sens), bad, depth=2, num_tokens=8)
+  with pytest.raises(ValueError, match=r"accuracy must be in \[0, 1\]"):
+    solve.solve_paper(ns, np.ones(4), [0.5, 0.6, -0.1, 0.9], depth=2, num_tokens=8, layer=0)
+
+
 def test_step_bottoms():
   ns = np.array([1, 2, 3, 4, 5, 6])
   lat = np.array([1.0, 1.0, 2.0, 2.05, 2.0, 3.0])
@@ -531,6 +541,24 @@ def _block_profile(tmp_path, name="b.json", batch=8, noise=0.0):
   pts += [_point("block", n, _step_latency(n) / 6 + 1e-6 * n, batch, iqr=noise)
           for n in range(2, N + 1)]
   return _save_profile(tmp_path, pts, name=name, modes=("block",))
+
+
+def test_raw_table_predictions_are_reported_within_zero_and_one(tmp_path):
+  """A non-monotone estimate solved with the raw table (`monotone=False`): block 1's curve is
+  0.5 from 12 tokens up and 0.98 below, so 12 -> 5 at block 1 'gains' 0.48 (a fault probe's
+  edited estimate was reported at predicted accuracy 1.24)."""
+  def acc(l, n):
+    return 0.9 if l != 1 else (0.98 if n < 12 else 0.5)
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, list(range(CFG.depth)), list(range(5, N + 1)), acc)
+  ns = np.arange(5, N + 1)
+  model = solve.make_cost_model(ns, np.ones(ns.size), [[acc(l, n) for n in ns]
+                                                       for l in range(CFG.depth)], 0.9,
+                                depth=CFG.depth, num_tokens=N, monotone=False)
+  assert solve.predict_schedule(model, [N, 12] + [5] * (CFG.depth - 1))[1] > 1.3  # the raw sum
+  sol = _multi(ps, es, accuracy_floor=0.95, monotone=False)
+  assert all(0.0 <= c.predicted_accuracy <= 1.0 for c in sol.frontier + (sol.chosen,))
+  assert max(c.predicted_accuracy for c in sol.frontier) == 1.0
 
 
 def test_multilayer_respects_the_methods_per_block_limit(tmp_path):

@@ -126,6 +126,14 @@ def _grid(ns: ArrayLike, num_tokens: Optional[int] = None) -> np.ndarray:
   return g
 
 
+def _unit(name: str, a: np.ndarray) -> np.ndarray:
+  """`a` unchanged when every value is an accuracy or agreement in [0, 1]; else ValueError."""
+  if np.any((a < 0) | (a > 1)):
+    raise ValueError(f"{name} must be in [0, 1] (an accuracy or agreement), got values from "
+                     f"{float(np.min(a))} to {float(np.max(a))}")
+  return a
+
+
 def _check_alpha(alpha: float) -> float:
   alpha = float(alpha)
   if not 0.0 <= alpha <= 1.0:  # also rejects NaN
@@ -232,7 +240,7 @@ def solve_paper(ns: ArrayLike, latency: ArrayLike, accuracy: ArrayLike, alpha: f
   _check_depth_layer(depth, layer)
   g = _grid(ns, num_tokens)
   lat = _finite("latency", latency, 1, g.size)
-  acc = _finite("accuracy", accuracy, 1, g.size)
+  acc = _unit("accuracy", _finite("accuracy", accuracy, 1, g.size))
   order = np.argsort(g)
   g, lat, acc = g[order], lat[order], acc[order]
   u = utility(lat, acc, alpha)
@@ -339,7 +347,7 @@ def make_cost_model(ns: ArrayLike, block_latency: ArrayLike, sensitivity: ArrayL
       raise ValueError(f"{name} must be >= 0 seconds, got min {a.min()}")
   if embed < 0:
     raise ValueError(f"embed latency must be >= 0 seconds, got {embed}")
-  a_full = float(_finite("full accuracy", full_accuracy, 0))
+  a_full = float(_unit("full accuracy", _finite("full accuracy", full_accuracy, 0)))
   layers = tuple(range(depth)) if layers is None else tuple(int(l) for l in layers)
   if len(set(layers)) != len(layers):
     raise ValueError(f"sensitivity layers must be distinct, got {layers}")
@@ -350,7 +358,7 @@ def make_cost_model(ns: ArrayLike, block_latency: ArrayLike, sensitivity: ArrayL
   if sens.ndim != 2 or sens.shape[0] != len(layers):
     raise ValueError(f"sensitivity must have shape [len(layers)={len(layers)}, K={k}], got "
                      f"{sens.shape}")
-  sens = _finite("sensitivity", sens, 2, k)
+  sens = _unit("sensitivity", _finite("sensitivity", sens, 2, k))
   min_keep = None
   if max_remove is not None:
     cap = _finite("max_remove", max_remove, 1, k)

@@ -167,11 +167,14 @@ def _estimate_ref(estimate: Estimate, metric: str, layers: Sequence[Optional[int
 
 def _candidate(cfg: ViTConfig, counts: Sequence[int], latency: float, accuracy: float,
                **extra) -> Candidate:
+  """A schedule with its predictions; the accuracy is reported within [0, 1] (a raw,
+  `--nomonotone` table can add up to more than 1: the edited estimate of a fault probe predicted
+  1.24; choices are the same either way, floors being at most 1)."""
   counts = tuple(int(c) for c in counts)
   return Candidate(counts=counts,
                    schedule=schedule_lib.format_schedule(schedule_lib.Schedule(counts), cfg),
-                   predicted_latency_s=float(latency), predicted_accuracy=float(accuracy),
-                   **extra)
+                   predicted_latency_s=float(latency),
+                   predicted_accuracy=min(max(float(accuracy), 0.0), 1.0), **extra)
 
 
 def _now() -> str:
