@@ -519,6 +519,21 @@ def test_paper_end_to_end(tmp_path):
   assert sol.profile.path == ps and sol.estimate.path == es
 
 
+def test_paper_method_is_checked_and_its_per_block_limit_applied(tmp_path):
+  """--method=bogus wrote a solution deploy then refused; --method=tome chose keep@3:9, which
+  ToMe cannot do (at most half of the 16 non-prefix tokens from 17 in one block)."""
+  ps = _save_profile(tmp_path, [_point("model", n, _step_latency(n)) for n in range(2, N + 1)])
+  es = _estimate(tmp_path, [None], list(range(5, N + 1)), _acc)
+  with pytest.raises(solve_stage.SolveInputError, match="unknown token-reduction method "
+                     "'bogus'; valid: evit, pomt, random, tome, topk"):
+    _paper(ps, es, method="bogus")
+  sol = _paper(ps, es, alpha=0.5, method=" ToMe ")
+  assert sol.method == "tome" and sol.chosen.tokens >= 9 and min(sol.curve["tokens"]) == 9
+  check_schedule(CFG, Schedule(sol.chosen.counts), make_reducer("tome"))
+  for c in sol.frontier:
+    check_schedule(CFG, Schedule(c.counts), make_reducer("tome"))
+
+
 def test_paper_predicted_from_block_table(tmp_path):
   pts = [_point("embed", N, 1e-4)] + [_point("head", n, 1e-5) for n in range(2, N + 1)]
   pts += [_point("block", n, _step_latency(n) / 6) for n in range(2, N + 1)]

@@ -350,8 +350,11 @@ def summary_lines(sol: Solution) -> List[str]:
            f"method {sol.method}  ({sol.criterion}, rests on {sol.basis} numbers)",
            f"predicted latency {1e3 * ch.predicted_latency_s:.4g} ms, predicted {m} "
            f"{ch.predicted_accuracy:.4f}"]
-  if sol.mode == "paper":
-    lines[-1] += f", n* = {ch.tokens}, U = {sol.utility:.4f}"
+  if sol.mode == "paper":      # the curves' values at n*, not this schedule's graph
+    lines[-1] = (f"utility at n* = {ch.tokens}: U = {sol.utility:.4f} from the curves' predicted "
+                 f"latency L(n*) {1e3 * ch.predicted_latency_s:.4g} ms and {m} A(n*) "
+                 f"{ch.predicted_accuracy:.4f} (the profile's and the estimate's graphs of n* "
+                 f"tokens, not this schedule's)")
     if sol.schedule_latency_s is not None:
       lines.append(f"POMT schedule latency by the per-block table (predicted): "
                    f"{1e3 * sol.schedule_latency_s:.4g} ms")
