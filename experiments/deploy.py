@@ -51,7 +51,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_bool("allow_batch_mismatch", False, "Deploy a --solution at another batch size "
                     "than the one its schedule was chosen for.", flag_values=fv)
   flags.DEFINE_bool("symbolic_batch", False, "Export with a symbolic batch dimension instead.", flag_values=fv)
-  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", flag_values=fv)
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (with "
+                    "--solution: the dtype its profile was timed in).", flag_values=fv)
   flags.DEFINE_enum("precision", "highest", ["highest", "high", "default"],
                     "float32 matmul precision.", flag_values=fv)
   flags.DEFINE_bool("verify", True, "Check the exported forward reproduces the in-process one "
@@ -108,7 +109,7 @@ def main(f: flags.FlagValues) -> str:
   if not f.symbolic_batch:
     common.positive(f.batch_size, "batch_size")
   cfg, meta = checkpoint.read_weights_config(f.weights)
-  method = f.method
+  method, dtype = f.method, f.dtype
   provenance = {}
   batch_size = None if f.symbolic_batch else f.batch_size
   if f.solution:
@@ -134,6 +135,14 @@ def main(f: flags.FlagValues) -> str:
                        f"batch {chosen_for} (latency steps depend on the batch size); pass "
                        f"--batch_size={chosen_for}, or --allow_batch_mismatch to deploy it "
                        "anyway")
+    timed_in = sol.profile.dtype
+    if not f["dtype"].present:
+      dtype = timed_in
+    elif dtype != timed_in:
+      raise ValueError(f"--dtype={dtype}, but the solver output {f.solution} timed its schedule "
+                       f"in {timed_in} (latency steps depend on the dtype); pass "
+                       f"--dtype={timed_in}, or deploy the schedule by text "
+                       f"(--schedule={sol.schedule})")
   else:
     schedule = parse_schedule(cfg, f.schedule or "full")
   provenance.update(input_provenance(f.profile, f.estimate))
@@ -150,7 +159,7 @@ def main(f: flags.FlagValues) -> str:
       f.out, cfg, params, schedule=schedule, reducer=reducer,
       reducer_name=None if reducer is None else method.lower(), reducer_options=opts,
       platforms=f.platforms or None, batch_size=batch_size,
-      dtype=f.dtype, precision=f.precision, provenance=provenance,
+      dtype=dtype, precision=f.precision, provenance=provenance,
       weights_source={"path": os.path.abspath(f.weights), "meta": meta},
       class_names=names, verify=f.verify, overwrite=f.overwrite, targets=f.target,
       cpu_cores=f.cpu_cores)

@@ -470,6 +470,16 @@ def test_clis_end_to_end(tmp_path, params):
   res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
              "--batch_size=4", "--allow_batch_mismatch", "--noverify", f"--out={out}4")
   assert res.returncode == 0 and deploy.read_manifest(out + "4").input_shape[0] == 4
+  # The dtype its profile was timed in: another is refused, none given takes it.
+  res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
+             "--dtype=bfloat16", f"--out={out}")
+  assert res.returncode == 1 and ("--dtype=bfloat16, but the solver output" in res.stderr
+                                  and "timed its schedule in float32" in res.stderr)
+  bf16 = solution_file(tmp_path / "bf16.json", CFG, [17, 17, 9], batch_size=2,
+                       weights_sha256=sha, dtype="bfloat16")
+  res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={bf16}", "--noverify",
+             f"--out={out}b")
+  assert res.returncode == 0 and deploy.read_manifest(out + "b").dtype == "bfloat16"
   res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
              "--symbolic_batch", "--noverify", f"--out={out}s")   # covers the chosen batch
   assert res.returncode == 0, res.stderr[-2000:]

@@ -534,6 +534,20 @@ def test_paper_method_is_checked_and_its_per_block_limit_applied(tmp_path):
     check_schedule(CFG, Schedule(c.counts), make_reducer("tome"))
 
 
+def test_profile_and_estimate_of_different_dtypes_are_refused(tmp_path):
+  """A float32 profile with a bfloat16 estimate (or the other way) solved silently."""
+  ps = _save_profile(tmp_path, [_point("model", n, _step_latency(n)) for n in range(2, N + 1)])
+  es = _estimate(tmp_path, [None], list(range(5, N + 1)), _acc)
+  with open(es) as f:
+    doc = json.load(f)
+  doc["eval"]["dtype"] = "bfloat16"
+  with open(es, "w") as f:
+    json.dump(doc, f)
+  with pytest.raises(solve_stage.SolveInputError, match=r"timed float32 graphs but estimate "
+                     r".* evaluated bfloat16 ones: estimate \(or profile\) in one dtype"):
+    _paper(ps, es)
+
+
 def test_paper_predicted_from_block_table(tmp_path):
   pts = [_point("embed", N, 1e-4)] + [_point("head", n, 1e-5) for n in range(2, N + 1)]
   pts += [_point("block", n, _step_latency(n) / 6) for n in range(2, N + 1)]
