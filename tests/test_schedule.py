@@ -128,6 +128,7 @@ def test_parse_schedule_forms(text, counts):
     ("list:197,x", "count 'x' is not an integer"),
     ("pomt", "cannot parse 'pomt'; accepted forms"),
     (",".join(["197"] * 6 + ["198"] * 7), "never increase"),
+    ("keep@3:1 20", "a space between digits"),          # read as keep@3:120 before
 ])
 def test_parse_schedule_errors(text, match):
   with pytest.raises(ValueError, match=match):

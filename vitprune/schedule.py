@@ -441,6 +441,9 @@ def parse_schedule(cfg: ViTConfig, text: str) -> Schedule:
   """
   if not isinstance(text, str):
     raise TypeError(f"schedule text must be a str, got {type(text).__name__}")
+  if re.search(r"\d\s+\d", text):
+    raise ValueError(f"schedule {text!r}: a space between digits (spaces are ignored elsewhere, "
+                     "so '3 5' would read as 35)")
   t = re.sub(r"\s+", "", text).lower()
   if not t:
     raise ValueError(f"empty schedule; accepted forms: {', '.join(_FORMS)}")
