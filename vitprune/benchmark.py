@@ -227,7 +227,8 @@ def solution_variants(cfg: ViTConfig, path: str, *, multi: bool,
                       frontier: int = 0) -> List[Variant]:
   """Variants from a solver output (`vitprune.records.solution.read_solution`).
 
-  The chosen schedule (the solution's method), named 'pomt' (paper mode) or 'multi'; with
+  The chosen schedule (the solution's method), named after the method (paper mode: 'pomt' by
+  default) or 'multi' (a multi-layer solution, also when given as --solution); with
   `multi` (a multi-layer solution) also `frontier` further frontier schedules, evenly spaced in
   predicted latency, named 'multi-f<i>'. Raises ValueError when the file is for another model,
   or `multi` does not match the file's mode.
@@ -239,7 +240,7 @@ def solution_variants(cfg: ViTConfig, path: str, *, multi: bool,
                      "(or its config differs)")
   if multi and sol.mode != "multi":
     raise ValueError(f"{flag} {path} is a {sol.mode!r}-mode solution; pass it as --solution")
-  base = "multi" if multi else "pomt"
+  base = "multi" if sol.mode == "multi" else sol.method
   source = "multi_solution" if multi else "solution"
 
   def variant(vname, cand):
