@@ -118,8 +118,8 @@ def test_solution_variants(tmp_path):
   with pytest.raises(ValueError, match="paper'-mode solution"):
     B.build_variants(TINY, multi_solution=paper)
   # A multi-layer solution given as --solution is named for what it is, not 'pomt'.
-  assert [(v.name, v.method) for v in B.build_variants(TINY, solution=multi)][1:] == \
-      [("multi", "topk")]
+  assert [(v.name, v.method) for v in B.build_variants(TINY, solution=multi)][1] == \
+      ("multi", "topk")
   other = _solution(tmp_path / "o.json", DEIT_S, [197] * 4 + [120] * 9)
   with pytest.raises(ValueError, match="solution for model 'deit_small_patch16_224'"):
     B.build_variants(TINY, solution=other)
