@@ -353,6 +353,9 @@ def _mutate(d, fn):
     (lambda d: d["points"][1].update(num_examples=6), "num_examples 6"),
     (lambda d: d["reference"].update(agreement=0.5), "agree with itself"),
     (lambda d: d["eval"].update(batch_size=0), "eval.batch_size"),
+    (lambda d: d["points"][1].update(accuracy=1 / 7), "points\\[1\\]: 17 tokens is the "
+     "unpruned model, but its accuracy 0.142857"),
+    (lambda d: d["points"][3].update(agreement=0.5), "points\\[3\\]: 17 tokens is the unpruned"),
     (lambda d: d["method"].update(name="pmot"), "method.name 'pmot' is not a token-reduction "
      "method \\(evit, pomt, random, tome, topk\\)"),
     (lambda d: d["method"].update(name=3), "method.name 3 is not a token-reduction method"),

@@ -465,7 +465,8 @@ def _estimate(tmp_path, layers, tokens, value, *, cfg=CFG, batch=8, name="e.json
                     "num_examples": 20, "accuracy": full if labelled else None,
                     "agreement": 1.0, "kl": 0.0},
       "points": [{"layer": l, "tokens": n, "counts": counts(l, n), "schedule": "x",
-                  **vals(value(l, n))} for l in layers for n in tokens],
+                  **vals(full if n == cfg.num_tokens else value(l, n))}   # N: unpruned
+                 for l in layers for n in tokens],
       "versions": {},
   }
   path = str(tmp_path / name)

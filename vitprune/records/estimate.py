@@ -343,6 +343,10 @@ def _validate(doc: Any, where: str) -> ViTConfig:
              f"{'the embedding' if l is None else f'layer {l}'} (expected {want})")
     _require(isinstance(p.get("schedule"), str), pw, "schedule must be a string")
     _check_scores(p, pw, labelled, data["num_examples"])
+    if counts == ref["counts"]:     # nothing removed: the reference's graph, the same scores
+      _require(p["accuracy"] == ref["accuracy"] and p["agreement"] == 1.0, pw,
+               f"{n} tokens is the unpruned model, but its accuracy {p['accuracy']} / "
+               f"agreement {p['agreement']} are not the reference's {ref['accuracy']} / 1.0")
   return cfg
 
 
