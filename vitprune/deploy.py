@@ -433,6 +433,11 @@ class DeployedModel:
   def __call__(self, images) -> jax.Array:
     """images [B, H, W, C], preprocessed floats (converted to float32) -> [B, K] float32.
     Raw integer pixels and NaN/inf are refused (they would run and give wrong classes)."""
+    return self.call_checked(self.check_images(images))
+
+  def check_images(self, images) -> jax.Array:
+    """`images` as the float32 [B, H, W, C] array the graph takes; ValueError for another
+    shape or batch, integer/bool pixels, or NaN/inf values."""
     arr = images if hasattr(images, "dtype") else np.asarray(images)
     if arr.dtype == object:
       arr = np.asarray(arr, np.float32)
@@ -452,6 +457,10 @@ class DeployedModel:
       raise ValueError("empty batch")
     if not bool(jnp.isfinite(x).all()):
       raise ValueError("images hold NaN or inf values")
+    return x
+
+  def call_checked(self, x: jax.Array) -> jax.Array:
+    """The exported graph on `x` from `check_images` (no checks: what `time_model` times)."""
     return self._call(self.params, x)
 
   def __repr__(self) -> str:
@@ -474,8 +483,9 @@ def repeat_timing(repeats: int, warmup: int) -> TimingConfig:
 def time_model(model: "DeployedModel", images: np.ndarray, cfg: TimingConfig) -> Measurement:
   """Steady-state latency of `model(images)` on device-resident images (`model` has been
   called once before, so compilation is excluded)."""
-  x = jax.device_put(jnp.asarray(images, jnp.float32))
-  return protocol.summarize(protocol.time_calls(model, (x,), cfg, sync=jax.block_until_ready))
+  x = jax.device_put(model.check_images(images))      # checked once, outside the timed calls
+  return protocol.summarize(protocol.time_calls(model.call_checked, (x,), cfg,
+                                                sync=jax.block_until_ready))
 
 
 def classify(model: "DeployedModel", dataset, batch_size: int, num_workers: int = 0

@@ -57,10 +57,6 @@ class SolveInputError(ValueError):
 def check_same_model(profile: records.Profile, estimate: Estimate) -> ViTConfig:
   """The model config both records describe, computed in one dtype; SolveInputError naming both
   otherwise (an estimate written before it recorded its dtype passes)."""
-  if estimate.dtype and estimate.dtype != profile.dtype:
-    raise SolveInputError(f"profile {profile.source} timed {profile.dtype} graphs but estimate "
-                          f"{estimate.source} evaluated {estimate.dtype} ones: estimate (or "
-                          f"profile) in one dtype (--dtype={profile.dtype})")
   if profile.model != estimate.model:
     raise SolveInputError(f"profile {profile.source} is for model {profile.model!r} but "
                           f"estimate {estimate.source} is for model {estimate.model!r}")
@@ -71,6 +67,10 @@ def check_same_model(profile: records.Profile, estimate: Estimate) -> ViTConfig:
     shown = ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in diff)
     raise SolveInputError(f"profile {profile.source} and estimate {estimate.source} are both "
                           f"for {profile.model!r} but their configs differ ({shown})")
+  if estimate.dtype and estimate.dtype != profile.dtype:
+    raise SolveInputError(f"profile {profile.source} timed {profile.dtype} graphs but estimate "
+                          f"{estimate.source} evaluated {estimate.dtype} ones: estimate (or "
+                          f"profile) in one dtype (--dtype={profile.dtype})")
   return estimate.config
 
 
