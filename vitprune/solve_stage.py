@@ -32,7 +32,7 @@ import numpy as np
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune import solve
-from vitprune.config import METHOD_NAMES, ViTConfig, config_to_dict, is_method_name
+from vitprune.config import ViTConfig, config_to_dict
 from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import predict as predict_lib
 from vitprune.profile import records
@@ -213,14 +213,13 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
                           ) from None
   if method is None:
     method = "pomt" if est_layer is None else estimate.method
-  if not is_method_name(method):
-    raise SolveInputError(f"unknown token-reduction method {method!r}; valid: "
-                          f"{', '.join(METHOD_NAMES)}")
+  try:                         # the reducers' registry names the valid methods
+    limit = latency_model_lib.method_limit(cfg, method)
+  except ValueError as e:
+    raise SolveInputError(str(e)) from None
   method = method.strip().lower()
-  cap = method_caps(cfg, method, np.array([cfg.num_tokens]))
-  if cap is not None:          # block `layer` reduces from all N tokens: at most cap[0] of them
-    keep = ns >= cfg.num_tokens - int(cap[0])
-    ns, lat_c, acc_c = ns[keep], lat_c[keep], acc_c[keep]
+  keep = ns >= cfg.num_tokens - limit(cfg.num_tokens)   # block `layer` reduces from all N
+  ns, lat_c, acc_c = ns[keep], lat_c[keep], acc_c[keep]
   sol = solve.solve_paper(ns, lat_c, acc_c, alpha, depth=cfg.depth, num_tokens=cfg.num_tokens,
                           layer=layer)
   table = _block_table(profile, batch)
