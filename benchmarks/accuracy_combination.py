@@ -196,9 +196,7 @@ def per_image_frontier(model: solve.CostModel, table: solve.MarginTable, num: in
   if idx is None:
     return [], None
   counts = model.ns[idx]
-  lat = model.embed + model.head[idx[:, -1]] + sum(
-      model.block[idx[:, l]] + (idx[:, l + 1] < idx[:, l]) * model.reduce[idx[:, l]]
-      for l in range(model.depth))
+  lat = solve.schedule_latencies(model, idx)
   acc = solve.per_image_accuracy(table, counts.tolist())
   keep = solve.nondominated(lat, acc, counts.sum(axis=1))
   front = [tuple(int(c) for c in counts[i]) for i in sorted(keep, key=lambda i: lat[i])]

@@ -199,6 +199,9 @@ def test_dp_matches_brute_force(depth, k, seed, layers, accuracy_model, monotone
   assert np.all(np.diff(f_lat) > 0) and np.all(np.diff(f_acc) > 0)
   for f in frontier:
     assert solve.predict_schedule(model, f.counts) == pytest.approx((f.latency, f.accuracy))
+  pos = {int(n): i for i, n in enumerate(model.ns)}      # the vectorised latency agrees
+  np.testing.assert_allclose(solve.schedule_latencies(
+      model, [[pos[c] for c in f.counts] for f in frontier]), f_lat, rtol=1e-12)
   # Non-dominated: no brute-force schedule is strictly better in one objective and not worse in
   # the other.
   for f in frontier:

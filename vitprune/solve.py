@@ -416,6 +416,16 @@ def _block_costs(model: CostModel, layer: int, src: np.ndarray, dst: np.ndarray)
   return lat, drop
 
 
+def schedule_latencies(model: CostModel, idx: np.ndarray) -> np.ndarray:
+  """[S] predicted latencies of S schedules given as grid indices [S, depth + 1] (not checked:
+  for many schedules at once, e.g. every one on the grid)."""
+  idx = np.asarray(idx, np.int64)
+  lat = model.embed + model.head[idx[:, -1]]
+  for l in range(model.depth):
+    lat = lat + _block_costs(model, l, idx[:, l], idx[:, l + 1])[0]
+  return lat
+
+
 def predict_schedule(model: CostModel, counts: Sequence[int]) -> Tuple[float, float]:
   """(predicted latency seconds, predicted accuracy) of one schedule under `model`."""
   idx = _check_counts(model, counts)
