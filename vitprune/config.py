@@ -22,6 +22,11 @@ def is_method_name(name: Any) -> bool:
   return isinstance(name, str) and name.strip().lower() in METHOD_NAMES
 
 
+def not_a_method(what: str, name: Any) -> str:
+  """The readers' refusal of `name` in field `what` (when `is_method_name(name)` is false)."""
+  return f"{what} {name!r} is not a token-reduction method ({', '.join(METHOD_NAMES)})"
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
   """Eval-time preprocessing, as timm's `pretrained_cfg` defines it.

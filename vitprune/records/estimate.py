@@ -41,8 +41,8 @@ import numpy as np
 from vitprune import atomic
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
-from vitprune.config import (METHOD_NAMES, ViTConfig, check_config_types, config_from_dict,
-                             config_to_dict, is_method_name)
+from vitprune.config import (ViTConfig, check_config_types, config_from_dict, config_to_dict,
+                             is_method_name, not_a_method)
 
 FORMAT = "vitprune-estimate"
 VERSION = 1
@@ -293,8 +293,7 @@ def _validate(doc: Any, where: str) -> ViTConfig:
   _require(doc["metrics"] == want_metrics, where,
            f"metrics {doc['metrics']} != {want_metrics} for labelled={labelled}")
   _require(is_method_name(doc["method"].get("name")), where,
-           f"method.name {doc['method'].get('name')!r} is not a token-reduction method "
-           f"({', '.join(METHOD_NAMES)})")
+           not_a_method("method.name", doc["method"].get("name")))
   _require(isinstance(doc["method"].get("kwargs", {}), dict), where,
            "method.kwargs must be an object")
   batch = doc["eval"].get("batch_size")

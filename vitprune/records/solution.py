@@ -55,8 +55,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from vitprune import atomic
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
-from vitprune.config import (METHOD_NAMES, ViTConfig, check_config_types, config_from_dict,
-                             config_to_dict, is_method_name)
+from vitprune.config import (ViTConfig, check_config_types, config_from_dict, config_to_dict,
+                             is_method_name, not_a_method)
 
 FORMAT = "vitprune-solution"
 VERSION = 1
@@ -196,8 +196,7 @@ def _ref(cls, d: Any, where: str):
       jsonio.require(isinstance(v, list) and all(l is None or jsonio.is_int(l) for l in v),
                      where, f"layers must be a list of ints or nulls, got {v!r}", SolutionError)
     elif k == "method":
-      jsonio.require(is_method_name(v), where, f"method {v!r} is not a token-reduction method "
-                     f"({', '.join(METHOD_NAMES)})", SolutionError)
+      jsonio.require(is_method_name(v), where, not_a_method("method", v), SolutionError)
     elif not (k == "data_fingerprint" and v is None):
       jsonio.require(isinstance(v, str), where, f"{k} must be a string, got {v!r}",
                      SolutionError)
@@ -309,8 +308,7 @@ class Solution:
     jsonio.require_keys(ch if isinstance(ch, dict) else {}, ("method", "criterion"),
                         f"{where}: chosen", SolutionError)
     jsonio.require(is_method_name(ch["method"]), where,
-                   f"chosen.method {ch['method']!r} is not a token-reduction method "
-                   f"({', '.join(METHOD_NAMES)})", SolutionError)
+                   not_a_method("chosen.method", ch["method"]), SolutionError)
     frontier = doc["frontier"]
     jsonio.require(isinstance(frontier, list), where, "frontier must be a list", SolutionError)
     checked = doc.get("checked", [])
