@@ -351,11 +351,15 @@ def _mutate(d, fn):
     (lambda d: d["points"][1].update(kl=-0.1), "kl must be a finite number >= 0"),
     (lambda d: d["points"][1].update(kl=float("nan")), "kl must be a finite number"),
     (lambda d: d["points"][1].update(num_examples=6), "num_examples 6"),
-    (lambda d: d["reference"].update(agreement=0.5), "agree with itself"),
+    (lambda d: d["reference"].update(agreement=6 / 7), "agree with itself"),
+        (lambda d: d["points"][1].update(accuracy=0.5), "points\\[1\\]: accuracy 0.5 is not a "
+         "count of 7 images \\(k / 7\\)"),
+        (lambda d: d["points"][0].update(agreement=0.9), "points\\[0\\]: agreement 0.9 is not a "
+         "count of 7 images"),
     (lambda d: d["eval"].update(batch_size=0), "eval.batch_size"),
     (lambda d: d["points"][1].update(accuracy=1 / 7), "points\\[1\\]: 17 tokens is the "
      "unpruned model, but its accuracy 0.142857"),
-    (lambda d: d["points"][3].update(agreement=0.5), "points\\[3\\]: 17 tokens is the unpruned"),
+    (lambda d: d["points"][3].update(agreement=5 / 7), "points\\[3\\]: 17 tokens is the unpruned"),
     (lambda d: d["method"].update(name="pmot"), "method.name 'pmot' is not a token-reduction "
      "method \\(evit, pomt, random, tome, topk\\)"),
     (lambda d: d["method"].update(name=3), "method.name 3 is not a token-reduction method"),

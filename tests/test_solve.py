@@ -442,6 +442,14 @@ def _step_latency(n):
   return 2e-3 if n >= 10 else 1e-3
 
 
+NUM_EXAMPLES = 100_000     # synthetic estimates: accuracies on a 1e-5 grid
+
+
+def _share(a):
+  """`a` as k / NUM_EXAMPLES, as a measured accuracy is (the estimate reader checks it)."""
+  return round(a * NUM_EXAMPLES) / NUM_EXAMPLES
+
+
 def _estimate(tmp_path, layers, tokens, value, *, cfg=CFG, batch=8, name="e.json",
               labelled=True, full=0.9, method=None):
   def counts(l, n):
@@ -449,15 +457,16 @@ def _estimate(tmp_path, layers, tokens, value, *, cfg=CFG, batch=8, name="e.json
       return [n] * (cfg.depth + 1)
     return [cfg.num_tokens] * (l + 1) + [n] * (cfg.depth - l)
   def vals(a):
-    return {"num_examples": 20, "accuracy": a if labelled else None,
-            "agreement": 1.0 if a == full else min(1.0, a + 0.05), "kl": 0.0 if a == full
-            else 0.1}
+    a = _share(a)
+    return {"num_examples": NUM_EXAMPLES, "accuracy": a if labelled else None,
+            "agreement": 1.0 if a == full else _share(min(1.0, a + 0.05)),
+            "kl": 0.0 if a == full else 0.1}
   doc = {
       "format": "vitprune-estimate", "version": 1, "created": "2025-01-01T00:00:00",
       "kind": "tokens" if len(layers) == 1 else "sensitivity",
       "model": {"name": cfg.name, "config": config_to_dict(cfg)},
       "weights": {"source": "init_params(seed=0)", "sha256": "0" * 64},
-      "data": {"kind": "synthetic", "source": "test", "num_examples": 20, "classes": 10,
+      "data": {"kind": "synthetic", "source": "test", "num_examples": NUM_EXAMPLES, "classes": 10,
                "labelled": labelled, "fingerprint": "f" * 16, "selection": {}},
       "method": {"name": method or ("random" if layers == [None] else "pomt"), "kwargs": {}},
       "seed": 0, "layers": layers, "tokens": tokens,
@@ -465,7 +474,7 @@ def _estimate(tmp_path, layers, tokens, value, *, cfg=CFG, batch=8, name="e.json
                "num_devices": 1},
       "metrics": ["accuracy", "agreement", "kl"] if labelled else ["agreement", "kl"],
       "reference": {"counts": [cfg.num_tokens] * (cfg.depth + 1), "schedule": "full",
-                    "num_examples": 20, "accuracy": full if labelled else None,
+                    "num_examples": NUM_EXAMPLES, "accuracy": full if labelled else None,
                     "agreement": 1.0, "kl": 0.0},
       "points": [{"layer": l, "tokens": n, "counts": counts(l, n), "schedule": "x",
                   **vals(full if n == cfg.num_tokens else value(l, n))}   # N: unpruned
@@ -640,7 +649,7 @@ def test_multilayer_end_to_end(tmp_path):
   # The same arrays handed to the library directly give the same frontier.
   ns = np.arange(4, N + 1)
   block = np.array([_step_latency(n) / 6 + 1e-6 * n for n in ns])
-  sens = np.array([[_acc(l, n) for n in ns[:-1]] + [0.9] for l in (1, 3, 5)])
+  sens = np.array([[_share(_acc(l, n)) for n in ns[:-1]] + [0.9] for l in (1, 3, 5)])
   direct = solve.solve_multilayer(ns, block, sens, 0.9, depth=6, num_tokens=N, layers=(1, 3, 5),
                                   embed_latency=1e-4, head_latency=np.full(ns.size, 1e-5),
                                   accuracy_floor=0.8)
@@ -698,12 +707,12 @@ def test_multilayer_with_the_calibrated_latency_model(tmp_path):
   blocks = _multi(_block_profile(tmp_path), es, accuracy_floor=0.8)
   assert blocks.profile.latency_source == "blocks"
   assert blocks.full.predicted_latency_s != pytest.approx(sol.full.predicted_latency_s)
-  # Measured candidates carry the Wilson interval for the estimate's 20 images.
+  # Measured candidates carry the Wilson interval for the estimate's number of images.
   checked = _multi(ps, es, accuracy_floor=0.8, latency_model=lm,
                    evaluate=lambda cs: [0.85] * len(cs))
-  assert checked.chosen.num_images == 20
+  assert checked.chosen.num_images == NUM_EXAMPLES
   assert (checked.chosen.measured_accuracy_low, checked.chosen.measured_accuracy_high) == (
-      solve_stage.wilson_interval(checked.chosen.measured_accuracy, 20))
+      solve_stage.wilson_interval(checked.chosen.measured_accuracy, NUM_EXAMPLES))
   other, _ = _latency_model(batch=1)
   with pytest.raises(solve_stage.SolveInputError, match="batch size"):
     _multi(ps, es, latency_model=other, batch_size=8)
