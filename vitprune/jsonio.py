@@ -61,6 +61,12 @@ def is_num(x: Any) -> bool:
   return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def is_share(x: Any, count: int) -> bool:
+  """Whether `x` is k / count for an integer k, as a metric counted over `count` images is
+  (float64 division, exact through JSON)."""
+  return is_num(x) and float(x) == round(float(x) * count) / count
+
+
 def require(cond: bool, where: str, msg: str, error: Type[ValueError] = FormatError) -> None:
   if not cond:
     raise error(f"{where}: {msg}")

@@ -264,13 +264,8 @@ def _check_scores(p: Dict[str, Any], where: str, labelled: bool, num_examples: i
   _require(jsonio.is_num(p["kl"]) and p["kl"] >= 0, where,
            f"kl must be a finite number >= 0, got {p['kl']!r}")
   for key in ("accuracy", "agreement") if labelled else ("agreement",):
-    _require(_is_share(p[key], num_examples), where,
+    _require(jsonio.is_share(p[key], num_examples), where,
              f"{key} {p[key]!r} is not a count of {num_examples} images (k / {num_examples})")
-
-
-def _is_share(value: float, num_examples: int) -> bool:
-  """Whether `value` is k / num_examples for an integer k, as `evaluate` computes it."""
-  return float(value) == round(float(value) * num_examples) / num_examples
 
 
 def _validate(doc: Any, where: str) -> ViTConfig:

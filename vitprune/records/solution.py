@@ -137,6 +137,16 @@ class Candidate:
     for key in ("tokens", "num_images"):
       jsonio.require(d.get(key) is None or jsonio.is_int(d[key]), where,
                      f"{key} must be an int, got {d.get(key)!r}", SolutionError)
+    n, acc = d.get("num_images"), d.get("measured_accuracy")
+    if n is not None:
+      jsonio.require(n > 0 and acc is not None, where, f"num_images {n} needs a measured_accuracy "
+                     "over at least one image", SolutionError)
+      jsonio.require(jsonio.is_share(acc, n), where, f"measured_accuracy {acc!r} is not a count "
+                     f"of {n} images (k / {n})", SolutionError)
+      low, high = d.get("measured_accuracy_low"), d.get("measured_accuracy_high")
+      jsonio.require(low is not None and high is not None and low <= acc <= high, where,
+                     f"the measured accuracy's interval [{low}, {high}] does not hold "
+                     f"{acc}", SolutionError)
     return cls(tuple(counts), text, float(d["predicted_latency_s"]),
                float(d["predicted_accuracy"]), d.get("tokens"),
                _opt_float(d.get("measured_latency_s")), _opt_float(d.get("measured_accuracy")),
