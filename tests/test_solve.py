@@ -859,7 +859,8 @@ def test_multilayer_floor_checked_on_measurements(tmp_path):
   def evaluate(counts_list):     # multi-layer schedules really lose 0.03 more than predicted
     calls.append(list(counts_list))
     by_counts = {p.counts: p.predicted_accuracy for p in predicted.frontier}
-    return [by_counts[tuple(c)] - (0.03 if len(set(c[1:])) > 1 else 0.0) for c in counts_list]
+    return [_share(by_counts[tuple(c)] - (0.03 if len(set(c[1:])) > 1 else 0.0))
+            for c in counts_list]
 
   sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, chunk=2)
   assert sol.basis == "measured" and sol.criterion == "accuracy_floor_measured"
@@ -908,10 +909,11 @@ def test_measure_frontier_measures_every_schedule_once_and_the_choice_uses_it(tm
 
   def evaluate(counts_list):     # multi-layer schedules really lose 0.03 more than predicted
     calls.append([tuple(c) for c in counts_list])
-    return [by_counts[tuple(c)] - (0.03 if len(set(c[1:])) > 1 else 0.0) for c in counts_list]
+    return [_share(by_counts[tuple(c)] - (0.03 if len(set(c[1:])) > 1 else 0.0))
+            for c in counts_list]
 
   sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, measure_all=True,
-               num_images=359)
+               num_images=NUM_EXAMPLES)
   assert len(calls) == 1 and sorted(calls[0]) == sorted(by_counts)
   measured = {c.counts: c for c in sol.checked}
   assert set(measured) >= set(by_counts)
@@ -922,7 +924,7 @@ def test_measure_frontier_measures_every_schedule_once_and_the_choice_uses_it(tm
   assert got["max_abs_points"] == pytest.approx(max(err))
   assert got["mean_signed_points"] == pytest.approx(np.mean(err))
   for c in by_counts:
-    assert measured[c].num_images == 359 and measured[c].measured_accuracy_low is not None
+    assert measured[c].num_images == NUM_EXAMPLES and measured[c].measured_accuracy_low is not None
   # The choice: the predicted-fastest frontier schedule whose MEASURED accuracy meets the floor.
   meets = [p for p in predicted.frontier if measured[p.counts].measured_accuracy >= floor]
   assert sol.basis == "measured" and sol.chosen.measured_accuracy >= floor
@@ -932,12 +934,15 @@ def test_measure_frontier_measures_every_schedule_once_and_the_choice_uses_it(tm
   assert any("every frontier schedule measured on the data" in line
              for line in summary_lines(sol))
   # Measuring again measures nothing new.
-  again = solve_stage.measure_frontier(sol, evaluate, num_images=359)
+  again = solve_stage.measure_frontier(sol, evaluate, num_images=NUM_EXAMPLES)
   assert len(calls) == 1 and again.checked == sol.checked
   with pytest.raises(solve_stage.SolveInputError, match="needs an evaluator"):
     _multi(ps, es, accuracy_floor=floor, measure_all=True)
   with pytest.raises(ValueError, match="returned 1 values for"):
-    solve_stage.measure_frontier(predicted, lambda cs: [0.5], num_images=359)
+    solve_stage.measure_frontier(predicted, lambda cs: [0.5], num_images=NUM_EXAMPLES)
+  # A value no count of the estimate's images gives: measured on other images.
+  with pytest.raises(ValueError, match=r"measured 0.5 for .* not a count of 359 images"):
+    solve_stage.measure_frontier(predicted, lambda cs: [0.5] * len(cs), num_images=359)
 
 
 def test_a_schedule_predicted_below_the_floor_but_measured_above_it_can_be_chosen(tmp_path):
@@ -953,8 +958,8 @@ def test_a_schedule_predicted_below_the_floor_but_measured_above_it_can_be_chose
   assert fastest.predicted_latency_s < predicted.chosen.predicted_latency_s
 
   def evaluate(counts_list):
-    return [floor + 0.01 if tuple(c) == fastest.counts else
-            {p.counts: p.predicted_accuracy for p in predicted.frontier}.get(tuple(c), 0.5)
+    return [_share(floor + 0.01 if tuple(c) == fastest.counts else
+                   {p.counts: p.predicted_accuracy for p in predicted.frontier}.get(tuple(c), 0.5))
             for c in counts_list]
 
   sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, measure_all=True)
@@ -1138,11 +1143,11 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
 
   def evaluate(counts_list):
     calls.append([tuple(c) for c in counts_list])
-    return [solve.predict_schedule(truth, c)[1] for c in counts_list]
+    return [_share(solve.predict_schedule(truth, c)[1]) for c in counts_list]
 
   floor = 0.8
   sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, refine_rounds=6,
-               num_images=359)
+               num_images=NUM_EXAMPLES)
   ref = sol.settings["accuracy_refinement"]
   seen = [c for call in calls for c in call]
   assert len(seen) == len(set(seen))                  # nothing measured twice
@@ -1159,7 +1164,7 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
   measured = {c.counts: c for c in sol.checked}
   for p in sol.frontier:
     assert p.measured_accuracy == pytest.approx(solve.predict_schedule(truth, p.counts)[1])
-    assert measured[p.counts].num_images == 359
+    assert measured[p.counts].num_images == NUM_EXAMPLES
   assert ref["measured_schedules"] == len({c.counts for c in sol.checked})
   # The choice: the fastest (predicted latency) frontier schedule whose measured accuracy meets
   # the floor, or a faster measured single reduction (check_floor), never below the floor.
@@ -1229,7 +1234,7 @@ def test_refine_frontier_measures_only_what_it_does_not_know():
 
   def measure(counts_list):
     calls.append(list(counts_list))
-    return [solve.predict_schedule(truth, c)[1] for c in counts_list]
+    return [_share(solve.predict_schedule(truth, c)[1]) for c in counts_list]
 
   base = {p.counts: solve.predict_schedule(truth, p.counts)[1]
           for p in solve.pareto_frontier(model)}

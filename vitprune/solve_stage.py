@@ -481,6 +481,10 @@ def _measured(c: Candidate, value: float, num_images: Optional[int]) -> Candidat
   value = float(value)
   if num_images is None or not 0.0 <= value <= 1.0:
     return dataclasses.replace(c, measured_accuracy=value)
+  if not jsonio.is_share(value, int(num_images)):
+    raise ValueError(f"the evaluator measured {value!r} for {c.schedule}, which is not a count "
+                     f"of {int(num_images)} images (k / {int(num_images)}): it evaluated other "
+                     "images than the estimate's (pass num_images=)")
   lo, hi = wilson_interval(value, int(num_images))
   return dataclasses.replace(c, measured_accuracy=value, measured_accuracy_low=lo,
                              measured_accuracy_high=hi, num_images=int(num_images))
