@@ -89,6 +89,10 @@ def test_compiles_once_per_schedule():
   model.jitted_forward(params, images + 1, cfg=cfg, schedule=S.parse_schedule(cfg, "keep@1:9"),
                        reducer=make_reducer("pomt"))
   assert model.jitted_forward._cache_size() == n  # equal static args hash equal: no recompile
+  # Defaults spelled out are the same static arguments as defaults left out.
+  model.jitted_forward(params, images, cfg=cfg, schedule=sch, reducer=red, dtype="float32",
+                       precision="highest")
+  assert model.jitted_forward._cache_size() == n
   model.jitted_forward(params, images, cfg=cfg, schedule=S.prune_at(cfg, keep=8, layer=1),
                        reducer=red)
   assert model.jitted_forward._cache_size() == n + 1

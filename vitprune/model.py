@@ -23,6 +23,8 @@ weights and activations to bfloat16 and keeps LayerNorm statistics and softmax i
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Any, Dict, Optional, Tuple
 
@@ -281,10 +283,27 @@ def matmul_precision(dt, precision: str) -> str:
 
 
 _STATIC = ("cfg", "schedule", "reducer", "dtype", "precision")
-jitted_forward = jax.jit(forward, static_argnames=_STATIC)
-jitted_forward.__doc__ = "`forward` under `jax.jit`, every keyword static."
-jitted_forward_features = jax.jit(forward_features, static_argnames=_STATIC)
-jitted_forward_features.__doc__ = "`forward_features` under `jax.jit`, every keyword static."
+
+
+def _jit_static_keywords(fn):
+  """`fn` under `jax.jit` with every keyword static, always called with every keyword spelled
+  out: jax keys its cache on the keywords as given, so `dtype="float32"` and an omitted dtype
+  would otherwise compile the same graph twice."""
+  jitted = jax.jit(fn, static_argnames=_STATIC)
+  defaults = {k: p.default for k, p in inspect.signature(fn).parameters.items()
+              if k in _STATIC and p.default is not inspect.Parameter.empty}
+
+  @functools.wraps(fn)
+  def call(params, images, **static):
+    return jitted(params, images, **{**defaults, **static})
+
+  call.__doc__ = f"`{fn.__name__}` under `jax.jit`, every keyword static (one graph per value)."
+  call._cache_size = jitted._cache_size          # pylint: disable=protected-access
+  return call
+
+
+jitted_forward = _jit_static_keywords(forward)
+jitted_forward_features = _jit_static_keywords(forward_features)
 
 
 # ----------------------------------------------------------------------------- parameters
