@@ -65,12 +65,16 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def parse_options(items) -> dict:
-  """['k=v', ...] -> {k: json value or string}."""
+  """['k=v', ...] -> {k: json value or string}; true/false in any case are booleans (Python's
+  True/False too); the reducer checks each option's type (`make_reducer`)."""
   opts = {}
   for item in items:
     if "=" not in item:
       raise ValueError(f"--method_opts entry {item!r} is not key=value")
     k, v = item.split("=", 1)
+    if v.strip().lower() in ("true", "false"):
+      opts[k.strip()] = v.strip().lower() == "true"
+      continue
     try:
       opts[k.strip()] = json.loads(v)
     except json.JSONDecodeError:

@@ -110,6 +110,9 @@ CASES = [
     ("train_digits", ["--out="], 1, "--out is empty"),
     ("convert", ["--model=test_tiny_vit", "--checkpoint=c.npz", "--out="], 1,
      "--out is empty (leave it out for the default weights/<model>)"),
+    ("deploy", [f"--weights={WEIGHTS}", "--method=evit", "--method_opts=normalize=maybe",
+                "--schedule=keep@3:33", "--out={out}"], 1,
+     "method 'evit' option normalize must be bool, got 'maybe'"),
 ]
 
 

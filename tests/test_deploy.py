@@ -549,3 +549,13 @@ def test_cli_errors(tmp_path, artifact):
   assert res.returncode != 0
   assert "is for model 'deit_tiny_patch16_224'" in res.stderr
   assert not os.path.exists(tmp_path / "o")
+
+
+def test_method_opts_parse_booleans_and_json_and_keep_other_text():
+  """--method_opts: JSON values, true/false in any case (Python's False is not the truthy string
+  'False'), anything else as text for the reducer's type check to refuse."""
+  from experiments.deploy import parse_options   # pylint: disable=g-import-not-at-top
+  assert parse_options(["normalize=False", "a=TRUE", "seed=3", "x=[1, 2]", "s=maybe"]) == {
+      "normalize": False, "a": True, "seed": 3, "x": [1, 2], "s": "maybe"}
+  with pytest.raises(ValueError, match="'seed' is not key=value"):
+    parse_options(["seed"])

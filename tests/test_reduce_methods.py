@@ -305,3 +305,11 @@ def test_make_reducer():
     make_reducer("dynamicvit")
   with pytest.raises(ValueError, match="method 'pomt' accepts no options"):
     make_reducer("pomt", seed=1)
+  # Option types are checked: "False" from a command line is not False (it is truthy).
+  assert make_reducer("random", seed=np.int64(4)) == RandomDrop(seed=4)
+  for name, opts, bad in (("evit", dict(normalize="False"), "normalize must be bool, got 'False'"),
+                          ("evit", dict(normalize=1), "normalize must be bool, got 1"),
+                          ("random", dict(seed=1.5), "seed must be int, got 1.5"),
+                          ("random", dict(seed=True), "seed must be int, got True")):
+    with pytest.raises(ValueError, match=f"method '{name}' option {bad}"):
+      make_reducer(name, **opts)

@@ -3,7 +3,10 @@ seed=3)`, `make_reducer('evit', normalize=True)`."""
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Dict, Type
+
+import numpy as np
 
 from vitprune.config import METHOD_NAMES
 from vitprune.reduce.evit import EViT
@@ -23,6 +26,21 @@ def list_methods() -> list:
   return sorted(METHODS)
 
 
+_OPTION_TYPES = {"bool": (bool, np.bool_), "int": numbers.Integral, "float": numbers.Real,
+                 "str": str}
+
+
+def _is_kind(value, kind: str) -> bool:
+  """Whether `value` fits the option annotation `kind` (numpy scalars count; a bool is not a
+  number here; an annotation not listed in _OPTION_TYPES is not checked)."""
+  want = _OPTION_TYPES.get(kind)
+  if want is None:
+    return True
+  if isinstance(value, (bool, np.bool_)) and kind != "bool":
+    return False
+  return isinstance(value, want)
+
+
 def make_reducer(name: str, **kwargs):
   """The reducer registered as `name` (case-insensitive), built with `kwargs` (its fields).
 
@@ -33,6 +51,11 @@ def make_reducer(name: str, **kwargs):
     raise ValueError(f"unknown token-reduction method {name!r}; valid: "
                      f"{', '.join(list_methods())}")
   cls = METHODS[key]
+  for f in dataclasses.fields(cls):        # "False" from a command line is not False
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if f.name in kwargs and not _is_kind(kwargs[f.name], kind):
+      raise ValueError(f"method {key!r} option {f.name} must be {kind}, got "
+                       f"{kwargs[f.name]!r}")
   try:
     return cls(**kwargs)
   except TypeError as e:
