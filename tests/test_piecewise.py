@@ -183,3 +183,17 @@ def test_whole_graphs_option_runs_the_deployed_graph_with_the_same_result():
   for a, b in zip(whole.points, pieces.points):
     assert (a.num_examples, a.correct, a.agree) == (b.num_examples, b.correct, b.agree)
     np.testing.assert_allclose(a.kl_sum, b.kl_sum, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", [PiecewiseForward, WholeGraphs])
+def test_pieces_refuse_another_models_params_and_take_none_as_unpruned(kind):
+  """Another config's tree (here one distillation token more, which a random drop would treat as
+  a patch) is refused at construction, as `forward` refuses it; schedule None is the unpruned
+  graph, as in `forward`."""
+  other = init_params(get_config("test_tiny_distilled"), 1)
+  with pytest.raises(ValueError, match="parameters do not match test_tiny_vit"):
+    kind(CFG, other, make_reducer("random"))
+  params, x = init_params(CFG, 0), _images(CFG)
+  pf = kind(CFG, params, make_reducer("random"))
+  np.testing.assert_array_equal(np.asarray(pf(None, x)),
+                                np.asarray(pf(Schedule((CFG.num_tokens,) * 3), x)))

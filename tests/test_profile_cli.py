@@ -324,6 +324,8 @@ def test_parse_tokens_forms():
   assert parse_token_grid(CFG, "17:2:-5") == (17, 12, 7, 2)
   assert parse_token_grid(CFG, " 9,3,9 ") == (9, 3)
   assert parse_token_grid(get_config("test_tiny_dinov2_reg"), "all")[-1] == 4
+  with pytest.raises(ValueError, match="ASCII digits"):       # int() reads them as 5, 6
+    parse_token_grid(CFG, "\u0665,\u0666")
 
 
 def test_keep_first_reducer_and_spec_validation():

@@ -93,6 +93,11 @@ def test_compiles_once_per_schedule():
   model.jitted_forward(params, images, cfg=cfg, schedule=sch, reducer=red, dtype="float32",
                        precision="highest")
   assert model.jitted_forward._cache_size() == n
+  # What jit keys on is checked first: jax's own message about hashing names neither.
+  with pytest.raises(TypeError, match=r"schedule must be a vitprune Schedule .* got list"):
+    model.jitted_forward(params, images, cfg=cfg, schedule=[17, 9, 9], reducer=red)
+  with pytest.raises(TypeError, match=r"reducer must be a token reducer \(make_reducer\('pomt'\)\)"):
+    model.jitted_forward(params, images, cfg=cfg, schedule=sch, reducer="pomt")
   model.jitted_forward(params, images, cfg=cfg, schedule=S.prune_at(cfg, keep=8, layer=1),
                        reducer=red)
   assert model.jitted_forward._cache_size() == n + 1

@@ -1,4 +1,6 @@
 """Schedules: constructors, ToMe's parse_r, the text form (round trip, errors), validation."""
+import re
+
 import numpy as np
 import pytest
 
@@ -128,7 +130,13 @@ def test_parse_schedule_forms(text, counts):
     ("list:197,x", "count 'x' is not an integer"),
     ("pomt", "cannot parse 'pomt'; accepted forms"),
     (",".join(["197"] * 6 + ["198"] * 7), "never increase"),
-    ("keep@3:1 20", "a space between digits"),          # read as keep@3:120 before
+    ("keep@3:1 20", "a space inside a number"),         # read as keep@3:120 before
+    ("r8,-0. 5", "a space inside a number"),            # read as inflection -0.5 before
+    ("keep@\u0663:\u0661\u0662\u0660", "only ASCII"),  # Arabic-Indic digits parsed as 3:120
+    ("keep@3:\uff11\uff12\uff10", "only ASCII"),           # full-width digits
+    ("keep@3:+120", "'\\+' joins terms .* numbers take no '\\+' sign"),   # was "'' is not ..."
+    ("r8,+1", "numbers take no '\\+' sign"),
+    ("+r8", "numbers take no '\\+' sign"),
 ])
 def test_parse_schedule_errors(text, match):
   with pytest.raises(ValueError, match=match):
@@ -170,8 +178,10 @@ def test_check_schedule_original_errors():
   assert S.check_schedule(DEIT_S, None) == S.full_schedule(DEIT_S)
   with pytest.raises(ValueError, match="13"):
     S.check_schedule(DEIT_S, S.Schedule([197] * 12))
-  with pytest.raises(TypeError, match="expected a Schedule"):
+  with pytest.raises(TypeError, match=r"schedule must be a vitprune Schedule .* got tuple"):
     S.check_schedule(DEIT_S, (197,) * 13)
+  with pytest.raises(TypeError, match=r"reducer must be a token reducer \(make_reducer\('pomt'\)\)"):
+    S.check_schedule(DEIT_S, None, "pomt")
 
 
 def test_check_schedule_method_limits():
@@ -244,3 +254,17 @@ def test_check_token_grid_sorts_and_accepts_numpy_ints():
 def test_check_token_grid_errors(tokens, match):
   with pytest.raises(ValueError, match=match):
     S.check_token_grid(REG, tokens)
+
+
+@pytest.mark.parametrize("counts, error", [
+    ((float("nan"), 17, 17), "schedule count nan at position 0 is not an integer"),
+    ((float("inf"), 17, 17), "schedule count inf at position 0 is not an integer"),
+    ((None, 17), "schedule count None at position 0 is not an integer"),
+    (("17", 9), "schedule count '17' at position 0 is not an integer"),
+    ((17, 9.5), "schedule count 9.5 at position 1 is not an integer"),
+    ((True, 1), "schedule count True at position 0 is not an integer"),
+])
+def test_schedule_counts_must_be_integers(counts, error):
+  with pytest.raises(ValueError, match=re.escape(error)):
+    S.Schedule(counts)
+  assert S.Schedule((np.int64(17), 17.0)).counts == (17, 17)    # integral values are kept

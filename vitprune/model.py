@@ -34,7 +34,8 @@ import numpy as np
 
 from vitprune.config import COMPUTE_DTYPES, ViTConfig
 from vitprune.reduce.base import AttentionStats, TokenReducer
-from vitprune.schedule import Schedule, check_reducer_given, check_schedule
+from vitprune.schedule import (Schedule, check_reducer_given, check_schedule,
+                               check_static_types)
 
 Params = Dict[str, Any]
 DTYPES = {name: getattr(jnp, name) for name in COMPUTE_DTYPES}
@@ -295,6 +296,7 @@ def _jit_static_keywords(fn):
 
   @functools.wraps(fn)
   def call(params, images, **static):
+    check_static_types(static.get("schedule"), static.get("reducer"))   # before jax hashes them
     return jitted(params, images, **{**defaults, **static})
 
   call.__doc__ = f"`{fn.__name__}` under `jax.jit`, every keyword static (one graph per value)."

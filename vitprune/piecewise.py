@@ -111,6 +111,7 @@ class PiecewiseForward:
                dtype: str = "float32", precision: str = "highest", placed: Params = None,
                token_sharding: Optional[Callable[[int], Any]] = None):
     model.check_options(dtype, precision)
+    model.check_params(cfg, params)      # another model's tree would run piece by piece
     self.cfg, self.params, self.reducer = cfg, params, reducer
     self._dtype, self._precision = dtype, precision
     self._placed = params if placed is None else placed
@@ -170,7 +171,7 @@ class PiecewiseForward:
     model.check_inputs(self.cfg, images, self._dtype, self._precision)
     jobs = {}
     for s in schedules:
-      check_schedule(self.cfg, s, self.reducer)
+      s = check_schedule(self.cfg, s, self.reducer)       # None: the unpruned schedule
       check_reducer_given(self.cfg, s, self.reducer)
       for key, fn, args in self._pieces(s, images):
         if key not in self._compiled and key not in jobs:
@@ -180,8 +181,10 @@ class PiecewiseForward:
     return len(jobs)
 
   def __call__(self, schedule: Schedule, images: jax.Array) -> jax.Array:
-    """images [B, S, S, C] -> float32 logits [B, K] of `schedule` (compiles missing pieces)."""
+    """images [B, S, S, C] -> float32 logits [B, K] of `schedule` (None: unpruned; compiles
+    missing pieces)."""
     self.compile([schedule], images)
+    schedule = check_schedule(self.cfg, schedule, self.reducer)
     (embed_key, _, _), *blocks, (head_key, _, _) = self._pieces(schedule, images)
     x, size = self._compiled[embed_key](self._placed, images), None
     for block_params, (key, _, _) in zip(self._placed["blocks"], blocks):
@@ -202,7 +205,8 @@ class WholeGraphs(PiecewiseForward):
              (self._placed, images))]
 
   def __call__(self, schedule: Schedule, images: jax.Array) -> jax.Array:
-    """images [B, S, S, C] -> float32 logits [B, K] of `schedule` (compiles it if missing)."""
+    """images [B, S, S, C] -> float32 logits [B, K] of `schedule` (None: unpruned; compiles it
+    if missing)."""
     self.compile([schedule], images)
-    (key, _, _), = self._pieces(schedule, images)
+    (key, _, _), = self._pieces(check_schedule(self.cfg, schedule, self.reducer), images)
     return self._compiled[key](self._placed, images)

@@ -43,9 +43,12 @@ and `full` stand alone. `format_schedule` picks the shorter of the `keep@` and `
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import operator
 import re
-from typing import TYPE_CHECKING, List, Mapping, Optional, Sequence, Tuple, Union
+import reprlib
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -66,7 +69,8 @@ class Schedule:
     if not counts:
       raise ValueError("a schedule needs at least one count (tokens entering block 0)")
     for i, c in enumerate(counts):
-      if isinstance(c, bool) or int(c) != c:
+      if (isinstance(c, (bool, np.bool_)) or not isinstance(c, numbers.Real)
+          or not math.isfinite(c) or int(c) != c):
         raise ValueError(f"schedule count {c!r} at position {i} is not an integer")
     object.__setattr__(self, "counts", tuple(int(c) for c in counts))
 
@@ -114,6 +118,23 @@ def check_reducer_given(cfg: ViTConfig, schedule: Schedule,
     raise ValueError(f"schedule {schedule.counts} reduces tokens but no reducer was given")
 
 
+def check_static_types(schedule: Any, reducer: Any) -> None:
+  """TypeError (one line) unless `schedule` is a Schedule or None and `reducer` a token reducer
+  or None: what a compiled graph is keyed on (a list of counts or a method name would fail
+  inside jax with a message that names neither)."""
+  if schedule is not None and not isinstance(schedule, Schedule):
+    raise TypeError(f"schedule must be a vitprune Schedule (parse_schedule(cfg, text) or "
+                    f"Schedule(counts)) or None, got {type(schedule).__name__} "
+                    f"{reprlib.repr(schedule)}")
+  if reducer is not None and not all(hasattr(reducer, a) for a in _REDUCER_ATTRIBUTES):
+    hint = f" (make_reducer({reducer!r}))" if isinstance(reducer, str) else ""
+    raise TypeError(f"reducer must be a token reducer{hint} or None, got "
+                    f"{type(reducer).__name__} {reprlib.repr(reducer)}")
+
+
+_REDUCER_ATTRIBUTES = ("name", "max_remove", "reduce")     # what every reducer has
+
+
 def check_schedule(cfg: ViTConfig, schedule: Optional[Schedule],
                    reducer: Optional[TokenReducer] = None) -> Schedule:
   """Validates `schedule` against `cfg` (None means no reduction); raises ValueError.
@@ -122,10 +143,9 @@ def check_schedule(cfg: ViTConfig, schedule: Optional[Schedule],
   the embedding needs `reducer.supports_embedding`, and a block may remove at most
   `reducer.max_remove(tokens_in, num_prefix)` tokens (ToMe: half the non-prefix tokens).
   """
+  check_static_types(schedule, reducer)
   if schedule is None:
     return full_schedule(cfg)
-  if not isinstance(schedule, Schedule):
-    raise TypeError(f"expected a Schedule, got {type(schedule).__name__}")
   c = schedule.counts
   if len(c) != cfg.depth + 1:
     raise ValueError(f"schedule has {len(c)} counts, {cfg.name} needs depth + 1 = "
@@ -200,6 +220,8 @@ def parse_token_grid(cfg: ViTConfig, spec: str) -> Tuple[int, ...]:
   text = spec.strip().lower()
   if not text:
     raise ValueError("--tokens is empty; use 'all', 'a:b', 'a:b:step' or 'n1,n2,...'")
+  if not text.isascii():       # int() reads other scripts' digits too
+    raise ValueError(f"--tokens {spec!r}: write the counts with the ASCII digits 0-9")
   try:
     if text == "all":
       counts = list(range(hi, lo - 1, -1))
@@ -393,7 +415,7 @@ def remove_per_layer(cfg: ViTConfig, r: RSpec, inflection: Optional[float] = Non
 
 # ----------------------------------------------------------------------------- text form
 
-_INT = r"[+-]?\d+"
+_INT = r"-?[0-9]+"        # ASCII digits; '+' joins terms, so it is never a sign
 
 
 def _parse_int(s: str, what: str, text: str) -> int:
@@ -441,10 +463,16 @@ def parse_schedule(cfg: ViTConfig, text: str) -> Schedule:
   """
   if not isinstance(text, str):
     raise TypeError(f"schedule text must be a str, got {type(text).__name__}")
-  if re.search(r"\d\s+\d", text):
-    raise ValueError(f"schedule {text!r}: a space between digits (spaces are ignored elsewhere, "
+  if not text.isascii():
+    raise ValueError(f"schedule {text!r}: only ASCII letters, digits and punctuation are read "
+                     "(write the digits 0-9)")
+  if re.search(r"[0-9.]\s+[0-9.]", text):
+    raise ValueError(f"schedule {text!r}: a space inside a number (spaces are ignored elsewhere, "
                      "so '3 5' would read as 35)")
   t = re.sub(r"\s+", "", text).lower()
+  if re.search(r"(^|[:,@])\+", t):
+    raise ValueError(f"schedule {text!r}: '+' joins terms (embed:50+keep@3:35); numbers take no '+' "
+                     "sign")
   if not t:
     raise ValueError(f"empty schedule; accepted forms: {', '.join(_FORMS)}")
   if t in ("full", "none"):
