@@ -374,7 +374,7 @@ def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",
   pieces = {} if pieces is None else pieces
 
   def measure(counts_list, margins: bool = False):
-    points = [EvalPoint(Schedule(tuple(int(c) for c in counts)), reducer, int(counts[-1]), None)
+    points = [EvalPoint(Schedule(tuple(counts)), reducer, int(counts[-1]), None)
               for counts in counts_list]
     result = evaluate(cfg, params, data.batches(cfg, batch_size), points,
                       labelled=data.labelled, dtype=dtype, pieces=pieces, margins=margins)

@@ -172,7 +172,7 @@ def schedule_timer(cfg: ViTConfig, params: Params, spec: PipelineSpec, reducer
                                                                    rounds=spec.loop_rounds))
 
   def time_schedules(counts_list):
-    graphs = {i: (Schedule(tuple(int(c) for c in counts)), reducer)
+    graphs = {i: (Schedule(tuple(counts)), reducer)
               for i, counts in enumerate(counts_list)}
     meas = _measure_graphs(cfg, params, graphs, loop_spec)
     return [meas[i].median for i in range(len(counts_list))]
