@@ -8,27 +8,49 @@ from vitprune import atomic
 from vitprune import pipeline
 
 
+FILES = {"profile": "profile/m_b1.json", "profile_plot": "profile/m_b1.png",
+         "estimate": "estimate/e.json", "solution": "solve/s.json", "solution_plot": "solve/s.png"}
+
+
 def _layout(root, summary):
-  for sub in ("profile", "estimate", "solve"):
-    os.makedirs(os.path.join(root, sub))
+  """A pipeline output as the output step writes it: the files `summary` lists (the profile's CSV
+  beside its JSON) and the summary."""
+  files = {k: os.path.join(str(root), v) for k, v in FILES.items()}
+  for path in list(files.values()) + [os.path.join(str(root), "profile", "m_b1.csv")]:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      f.write("x")
   with open(os.path.join(root, pipeline.SUMMARY_FILE), "w") as f:
-    json.dump(summary, f)
+    json.dump({**summary, "files": files} if summary is not None else {"mine": 1}, f)
 
 
 def test_is_pipeline_dir(tmp_path):
   ours = tmp_path / "ours"
   _layout(ours, {"format": pipeline.SUMMARY_FORMAT, "version": 1})
   assert pipeline.is_pipeline_dir(str(ours))
-  (ours / "notes.txt").write_text("mine")     # something the pipeline did not write: never
-  assert not pipeline.is_pipeline_dir(str(ours))   # deleted by a rerun, marker or not
-  os.unlink(ours / "notes.txt")
-  os.makedirs(ours / "extra")
-  assert not pipeline.is_pipeline_dir(str(ours))
+  for extra in ("notes.txt", "profile/NOTES.txt", "solve/my_other_solution.json",
+                "estimate/e.csv.bak"):          # something the pipeline did not write: never
+    (ours / extra).write_text("mine")           # deleted by a rerun, marker or not
+    assert not pipeline.is_pipeline_dir(str(ours)), extra
+    os.unlink(ours / extra)
+  for folder in ("extra", "solve/sub"):
+    os.makedirs(ours / folder)
+    assert not pipeline.is_pipeline_dir(str(ours)), folder
+    os.rmdir(ours / folder)
+  assert pipeline.is_pipeline_dir(str(ours))
   old = tmp_path / "old"                      # a run from before the format marker
   _layout(old, {"model": "vit_digits", "solver": "paper"})
   assert pipeline.is_pipeline_dir(str(old))
   (old / "NOTES.txt").write_text("mine")      # ... but not once it holds something else
   assert not pipeline.is_pipeline_dir(str(old))
+  mine = tmp_path / "mine"                    # the layout, but a summary.json that is not ours
+  _layout(mine, None)
+  assert not pipeline.is_pipeline_dir(str(mine))
+  other = tmp_path / "other"
+  _layout(other, {"format": "someone-else", "version": 1})
+  assert not pipeline.is_pipeline_dir(str(other))
+  (other / pipeline.SUMMARY_FILE).write_text("[" * 100000)    # not JSON at all
+  assert not pipeline.is_pipeline_dir(str(other))
   assert not pipeline.is_pipeline_dir(str(tmp_path / "missing"))
 
 

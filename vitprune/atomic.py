@@ -57,7 +57,7 @@ def json_marker(filename: str, *formats: str) -> Callable[[str], bool]:
     try:
       with open(os.path.join(path, filename)) as f:
         doc = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
       return False
     return isinstance(doc, dict) and doc.get("format") in formats
 
@@ -143,7 +143,7 @@ def check_replaceable_json(path: str, fmt: str, companions: Sequence[str] = ()) 
   try:
     with open(path) as f:
       ours = json.load(f).get("format") == fmt
-  except (OSError, ValueError, AttributeError):
+  except (OSError, ValueError, AttributeError, RecursionError):
     ours = False
   if not ours or os.path.islink(path):
     raise ForeignOutputError(f"refusing to replace {path}: it is {_describe(path)} that is not "

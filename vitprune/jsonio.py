@@ -30,12 +30,23 @@ def read_json(path: str, what: str, error: Type[ValueError] = FormatError) -> Di
     raise FileNotFoundError(f"{what} file {path!r} does not exist")
   try:
     with open(path, encoding="utf-8") as f:
-      doc = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise error(f"{path}: not valid JSON: {e}") from None
+      doc = json.load(f, parse_constant=_no_constant)
+  except (ValueError, RecursionError) as e:   # bad JSON, bytes, NaN, a 5000-digit int, nesting
+    raise error(f"{path}: not valid JSON: {_first_line(e)}") from None
   if not isinstance(doc, dict):
     raise error(f"{path}: expected a JSON object ({what} file), got {type(doc).__name__}")
   return doc
+
+
+def _no_constant(name: str):
+  """JSON's non-standard NaN / Infinity: none of our writers produce them (allow_nan=False)."""
+  raise ValueError(f"{name} is not a JSON number")
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e) or type(e).__name__
+  return ("maximum nesting depth exceeded" if isinstance(e, RecursionError)
+          else text.splitlines()[0])
 
 
 def check_format(doc: Any, where: str, fmt: str, versions: Sequence[int],

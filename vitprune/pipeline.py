@@ -40,6 +40,7 @@ import numpy as np
 
 from vitprune import atomic
 from vitprune import estimate as estimate_lib
+from vitprune import jsonio
 from vitprune import solve_stage
 from vitprune.config import ViTConfig
 from vitprune.model import Params, jitted_forward
@@ -387,17 +388,42 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
 SUMMARY_FILE = "summary.json"
 SUMMARY_FORMAT = "vitprune-pipeline"
 _LAYOUT = {"profile", "estimate", "solve", SUMMARY_FILE}
+_OUTPUT_EXTENSIONS = (".json", ".csv", ".png")     # what the stages write beside each listed file
 
 
 def is_pipeline_dir(path: str) -> bool:
-  """A pipeline output directory (ours to replace): it holds nothing but the pipeline's own
-  layout, with a summary.json (of our format, or from before the format marker). A file someone
-  added there (notes, another run's outputs) makes it not ours, so it is never deleted."""
+  """A pipeline output directory (ours to replace): a summary.json of our format (or from
+  before the format marker: an object with its "files") and, in profile/, estimate/ and solve/,
+  nothing but the files that summary lists and their companions (a profile's CSV: the same stem
+  with another of the extensions we write). A file someone added anywhere in it (notes, another
+  run's outputs), or a summary.json that is not ours, makes it not ours: it is never deleted."""
   try:
     names = {n for n in os.listdir(path) if not n.startswith(atomic.WRITE_CHECK_PREFIX)}
   except OSError:
     return False
-  return SUMMARY_FILE in names and names <= _LAYOUT
+  if SUMMARY_FILE not in names or not names <= _LAYOUT:
+    return False
+  try:
+    summary = jsonio.read_json(os.path.join(path, SUMMARY_FILE), "summary")
+  except (OSError, ValueError):
+    return False
+  files = summary.get("files") if isinstance(summary, dict) else None
+  if summary.get("format", SUMMARY_FORMAT) != SUMMARY_FORMAT or not isinstance(files, dict):
+    return False
+  ours = set()
+  for listed in files.values():
+    if isinstance(listed, str):
+      stem = os.path.splitext(os.path.basename(listed))[0]
+      sub = os.path.basename(os.path.dirname(listed))
+      ours.update((sub, stem + ext) for ext in _OUTPUT_EXTENSIONS)
+  for sub in names - {SUMMARY_FILE}:
+    folder = os.path.join(path, sub)
+    if os.path.islink(folder) or not os.path.isdir(folder):
+      return False
+    with os.scandir(folder) as entries:
+      if not all(e.is_file(follow_symlinks=False) and (sub, e.name) in ours for e in entries):
+        return False
+  return True
 
 
 def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
