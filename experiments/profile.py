@@ -16,7 +16,7 @@ flat stretches and the per-block predictor's errors.
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import List, Optional
 
 from absl import flags
 
@@ -136,7 +136,7 @@ def _timing_from_flags(f) -> timing.TimingConfig:
                              max_retries=f.max_retries, seed=f.seed)
 
 
-def pipeline_from_flags(f: flags.FlagValues, out_dir: str = ""):
+def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
   """-> (cfg, params, weights source, PipelineSpec, EvalData). Every flag (and `out_dir`, when
   given) is checked before the parameters and data are loaded; raises ValueError / KeyError /
   OSError naming the problem."""
@@ -165,7 +165,7 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: str = ""):
   spec.check(cfg)
   memory.check_batch_fits(cfg, [spec.batch_size], spec.dtype)
   memory.check_batch_fits(cfg, [spec.eval_batch_size], spec.dtype, flag="--eval_batch_size")
-  if out_dir:
+  if out_dir is not None:
     common.check_output_dir(out_dir)
     atomic.check_replaceable(os.path.abspath(out_dir), pipeline.is_pipeline_dir)
   cfg, params, source = common.load_model(f.model, f.weights, f.seed)
@@ -173,7 +173,7 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: str = ""):
                                                        cfg.num_classes)
 
 
-def spec_from_flags(f: flags.FlagValues, out_dir: str = ""):
+def spec_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
   """-> (ProfileSpec, params); every flag (and `out_dir`, when given) is checked before the
   parameters are built; raises ValueError / KeyError / OSError naming the problem."""
   cfg = common.model_config(f.model, f.weights)
@@ -187,7 +187,7 @@ def spec_from_flags(f: flags.FlagValues, out_dir: str = ""):
   memory.check_batch_fits(cfg, spec.batch_sizes, spec.dtype)
   if f.compile_cache_dir:      # JAX would only warn and run without a cache
     common.check_output_dir(f.compile_cache_dir, "compile_cache_dir")
-  if out_dir:
+  if out_dir is not None:
     common.check_output_dir(out_dir)
   _, params, _ = common.load_model(f.model, f.weights, f.seed)
   return spec, params
@@ -198,13 +198,13 @@ def main(f: flags.FlagValues):
   per batch size), printing the summary."""
   check_mode_flags(f)
   if f.mode == "pipeline":
-    out_dir = f.out_dir or "outputs/pipeline"
+    out_dir = "outputs/pipeline" if f.out_dir is None else f.out_dir    # "" is refused
     cfg, params, source, spec, data = pipeline_from_flags(f, out_dir)
     summary = pipeline.run_pipeline(cfg, params, spec, out_dir, weights_source=source,
                                     data=data, progress=f.progress)
     print(pipeline.format_summary(summary))
     return summary
-  out_dir = f.out_dir or "outputs/profile"
+  out_dir = "outputs/profile" if f.out_dir is None else f.out_dir
   spec, params = spec_from_flags(f, out_dir)
   profiles = runner.run_profile(spec, params=params, out_dir=out_dir,
                                 compile_cache_dir=f.compile_cache_dir, progress=f.progress)

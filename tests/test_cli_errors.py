@@ -113,6 +113,8 @@ CASES = [
     ("deploy", [f"--weights={WEIGHTS}", "--method=evit", "--method_opts=normalize=maybe",
                 "--schedule=keep@3:33", "--out={out}"], 1,
      "method 'evit' option normalize must be bool, got 'maybe'"),
+    ("profile", ["--out_dir="], 1, "--out_dir is empty"),
+    ("profile", ["--mode=model", "--tokens=65", "--out_dir="], 1, "--out_dir is empty"),
 ]
 
 
