@@ -127,6 +127,11 @@ def test_load_errors(tmp_path):
                                                            "schedule": [17, 9]}]},
       "median": {**good, "points": [{**good["points"][0], "median_s": 1e300}]},
       "negative": {**good, "points": [{**good["points"][0], "median_s": -1.0}]},
+      "nosamples": {**good, "points": [{**good["points"][0], "samples_s": [], "num_samples": 0,
+                                        "median_s": 1e-9, "q25_s": 1e-9, "q75_s": 1e-9}]},
+      "negsample": {**good, "points": [{**good["points"][0], "median_s": 1e-9,
+                                        "samples_s": [-1.0] + good["points"][0]["samples_s"][1:]}]},
+      "compile": {**good, "points": [{**good["points"][0], "compile_s": -2.0}]},
       "prep": {**good, "config": {**good["config"], "preprocessing": {
           **good["config"]["preprocessing"], "mean": 0.5}}},
       "q25": {**good, "points": [{**good["points"][0],
@@ -142,7 +147,11 @@ def test_load_errors(tmp_path):
              "sched": r"schedule \[17, 9\] is not 3 counts within \[2, 17\]",
              "median": "median_s 1e\\+300 is not its 3 samples'.*edited",
              "q25": "q25_s .* is not its 3 samples'",
-             "negative": r"negative.json: point 0: median_s must be >= 0 seconds, got -1.0",
+             "negative": r"negative.json: point 0: median_s must be a finite number >= 0 "
+                         r"seconds, got -1.0",
+             "nosamples": r"point 0: samples_s is empty: a point holds the durations",
+             "negsample": r"point 0: samples_s holds -1.0: every sample is a duration >= 0",
+             "compile": r"point 0: compile_s must be a finite number >= 0 seconds, got -2.0",
              "prep": "prep.json: invalid preprocessing: mean must be a list, got 0.5"}
   for name, content in cases.items():
     path = tmp_path / f"{name}.json"

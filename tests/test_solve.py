@@ -774,9 +774,11 @@ def test_empty_intersection_nan_and_metric(tmp_path):
   text = json.dumps(records.to_json(_profile(pts)))    # json writes NaN; records.save refuses
   bad = tmp_path / "nan.json"
   bad.write_text(text)
+  with pytest.raises(ValueError, match=r"nan.json: not valid JSON: NaN is not a JSON number"):
+    _paper(str(bad), es)                 # the reader refuses it (none of our writers makes it)
   with pytest.raises(solve_stage.SolveInputError, match=r"model latency is NaN/inf at token counts "
                                                      r"\[7\]"):
-    _paper(str(bad), es)
+    solve_stage.solve_paper(_profile(pts), read_estimate(es))     # a Profile built in memory
   with pytest.raises(solve_stage.SolveInputError, match="metric 'kl' is not usable"):
     _paper(ps, es, metric="kl")
   eu = _estimate(tmp_path, [None], [5, 6], _acc, labelled=False, name="eu.json")

@@ -311,8 +311,8 @@ def _is_num(v) -> bool:
 def _bad_point_field(p: Dict[str, Any]) -> Optional[str]:
   """What is wrong with the field types/ranges of a point read from a file, or None.
 
-  Latencies must be numbers but may be NaN/inf here (`json` reads them; the solver reports
-  them by token count); sizes and counts must be positive integers."""
+  Latencies must be numbers (their values: `_bad_point_value`); sizes and counts must be
+  positive integers."""
   if not isinstance(p["component"], str):
     return f"component must be a string, got {p['component']!r}"
   for k in ("batch_size", "tokens"):
@@ -335,9 +335,9 @@ def _bad_point_field(p: Dict[str, Any]) -> Optional[str]:
 
 def _bad_point_value(p: Dict[str, Any], cfg: ViTConfig) -> Optional[str]:
   """What a point's values say that its model or its own samples contradict, or None: token
-  counts the model cannot have, a schedule of another depth, quartiles that are not the
-  samples' (`protocol.summarize` made them; a different one was edited; a NaN or inf one is
-  kept for the solver to report by token count)."""
+  counts the model cannot have, a schedule of another depth, no samples or a negative one,
+  quartiles that are not the samples' (`protocol.summarize` made them; a different one was
+  edited)."""
   lo, hi = cfg.num_prefix_tokens + 1, cfg.num_tokens
   if p["component"] != "dispatch" and not lo <= p["tokens"] <= hi:   # dispatch: no tokens (1)
     return f"tokens {p['tokens']} is outside [{lo}, {hi}] for {cfg.name}"
@@ -346,14 +346,19 @@ def _bad_point_value(p: Dict[str, Any], cfg: ViTConfig) -> Optional[str]:
                                                                     for c in sched)):
     return (f"schedule {sched} is not {cfg.depth + 1} counts within [{lo}, {hi}] "
             f"for {cfg.name}")
-  for k in ("median_s", "q25_s", "q75_s"):
-    if math.isfinite(p[k]) and p[k] < 0:
-      return f"{k} must be >= 0 seconds, got {p[k]!r}"
-  if p["samples_s"] and all(math.isfinite(x) and x >= 0 for x in p["samples_s"]):
-    want = protocol.summarize(p["samples_s"])
-    for k, v in (("q25_s", want.q25), ("median_s", want.median), ("q75_s", want.q75)):
-      if math.isfinite(p[k]) and not math.isclose(p[k], v, rel_tol=1e-9, abs_tol=1e-15):
-        return f"{k} {p[k]!r} is not its {len(p['samples_s'])} samples' ({v!r}): edited?"
+  for k in ("median_s", "q25_s", "q75_s", "compile_s"):
+    if not (math.isfinite(p[k]) and p[k] >= 0):
+      return f"{k} must be a finite number >= 0 seconds, got {p[k]!r}"
+  samples = p["samples_s"]
+  if not samples:
+    return "samples_s is empty: a point holds the durations of its timed calls"
+  bad = [x for x in samples if not (math.isfinite(x) and x >= 0)]
+  if bad:
+    return f"samples_s holds {bad[0]!r}: every sample is a duration >= 0 seconds"
+  want = protocol.summarize(samples)
+  for k, v in (("q25_s", want.q25), ("median_s", want.median), ("q75_s", want.q75)):
+    if not math.isclose(p[k], v, rel_tol=1e-9, abs_tol=1e-15):
+      return f"{k} {p[k]!r} is not its {len(samples)} samples' ({v!r}): edited?"
   return None
 
 
