@@ -19,10 +19,10 @@ def _point(component, n, median, *, batch=1, schedule=None, spread=0.0):
 
 
 def _profile(points, *, created="2025-01-01T00:00:00+00:00", dtype="float32",
-             device="cpu", modes=("model",), cfg=CFG):
+             device="cpu", modes=("model",), cfg=CFG, reducer="keep_first"):
   return records.analyze(records.Profile(
       model=cfg.name, config=dataclasses.asdict(cfg), device_kind=device, platform="cpu",
-      jax_version="0.0", jaxlib_version="0.0", dtype=dtype, modes=modes, reducer="keep_first",
+      jax_version="0.0", jaxlib_version="0.0", dtype=dtype, modes=modes, reducer=reducer,
       timing={"min_run_time": 0.1}, points=tuple(points), created=created))
 
 
@@ -100,6 +100,7 @@ def test_merge_later_wins_and_batches_union():
     (dict(device="NVIDIA H100"), "different device: "),
     (dict(cfg=get_config("test_tiny_distilled")),
      "different model: 'test_tiny_vit' vs 'test_tiny_distilled'"),
+    (dict(reducer="random"), "timed with different reducers: 'keep_first' vs 'random'"),
 ])
 def test_merge_mismatch_errors(kw, match):
   with pytest.raises(ValueError, match=match):

@@ -466,8 +466,9 @@ def setup_mismatch(a: Any, b: Any) -> Optional[Tuple[str, Any, Any]]:
 
 
 def merge(profiles: Sequence[Profile]) -> Profile:
-  """One profile with every point of `profiles` (same model config, dtype, device kind and
-  platform, else ValueError); later profiles (by `created`) win on duplicate points."""
+  """One profile with every point of `profiles` (same model config, dtype, device kind,
+  platform and reducer, else ValueError); later profiles (by `created`) win on duplicate
+  points."""
   if not profiles:
     raise ValueError("merge needs at least one profile")
   for p in profiles[1:]:
@@ -475,13 +476,16 @@ def merge(profiles: Sequence[Profile]) -> Profile:
     if diff:
       raise ValueError(f"cannot merge profiles with different {diff[0]}: {diff[1]!r} vs "
                        f"{diff[2]!r}")
+    if p.reducer != profiles[0].reducer:       # a pruned graph is the reducer's own graph
+      raise ValueError(f"cannot merge profiles timed with different reducers: "
+                       f"{profiles[0].reducer!r} vs {p.reducer!r} (their pruned graphs differ; "
+                       "write to another output directory)")
   ordered = sorted(profiles, key=lambda p: p.created)
   points: Dict[Tuple, Point] = {}
   for p in ordered:
     for pt in p.points:
       points[pt.key] = pt
   modes = tuple(m for m in MODES if any(m in p.modes for p in profiles))
-  reducers = sorted({p.reducer for p in profiles})
   merged = dataclasses.replace(ordered[-1], points=tuple(points.values()), modes=modes,
-                               reducer="+".join(reducers), created=now_iso())
+                               created=now_iso())
   return analyze(merged)
