@@ -20,7 +20,7 @@ from vitprune.records.solution import read_solution, write_solution
 from vitprune.profile import predict as profile_predict
 from vitprune.profile import records
 from vitprune.reduce.methods import make_reducer
-from vitprune.schedule import Schedule, check_schedule
+from vitprune.schedule import Schedule, check_schedule, format_schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 16 px images in 4 px patches: 16 patches + cls = 17 tokens; depth 6 so that block 3 exists.
@@ -476,7 +476,8 @@ def _estimate(tmp_path, layers, tokens, value, *, cfg=CFG, batch=8, name="e.json
       "reference": {"counts": [cfg.num_tokens] * (cfg.depth + 1), "schedule": "full",
                     "num_examples": NUM_EXAMPLES, "accuracy": full if labelled else None,
                     "agreement": 1.0, "kl": 0.0},
-      "points": [{"layer": l, "tokens": n, "counts": counts(l, n), "schedule": "x",
+      "points": [{"layer": l, "tokens": n, "counts": counts(l, n),
+                  "schedule": format_schedule(Schedule(tuple(counts(l, n))), cfg),
                   **vals(full if n == cfg.num_tokens else value(l, n))}   # N: unpruned
                  for l in layers for n in tokens],
       "versions": {},

@@ -302,6 +302,12 @@ def _validate(doc: Any, where: str) -> ViTConfig:
   batch = doc["eval"].get("batch_size")
   _require(jsonio.is_int(batch) and batch > 0, where,
            f"eval.batch_size must be > 0, got {batch!r}")
+  devices = doc["eval"].get("num_devices", 1)
+  _require(jsonio.is_int(devices) and devices > 0, where,
+           f"eval.num_devices must be a positive int, got {devices!r}")
+  for key in ("dtype", "precision"):     # absent in files written before they were recorded
+    _require(isinstance(doc["eval"].get(key, ""), str), where,
+             f"eval.{key} must be a string, got {doc['eval'][key]!r}")
   layers, tokens = doc["layers"], doc["tokens"]
   _require(bool(layers) and all(l is None or (jsonio.is_int(l) and 0 <= l < cfg.depth)
                                 for l in layers), where,
@@ -344,6 +350,12 @@ def _validate(doc: Any, where: str) -> ViTConfig:
     _require(counts == want, pw, f"counts {counts} do not reduce to {n} tokens at "
              f"{'the embedding' if l is None else f'layer {l}'} (expected {want})")
     _require(isinstance(p.get("schedule"), str), pw, "schedule must be a string")
+    try:
+      parsed = list(schedule_lib.parse_schedule(cfg, p["schedule"]).counts)
+    except ValueError as e:
+      raise EstimateError(f"{pw}: schedule {p['schedule']!r} does not parse: {e}") from None
+    _require(parsed == counts, pw, f"schedule {p['schedule']!r} is counts {parsed}, not the "
+             f"counts {counts} recorded with it (edited?)")
     _check_scores(p, pw, labelled, data["num_examples"])
     if counts == ref["counts"]:     # nothing removed: the reference's graph, the same scores
       _require(p["accuracy"] == ref["accuracy"] and p["agreement"] == 1.0, pw,
