@@ -44,13 +44,15 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum("mode", "paper", ["paper", "multi"],
                             "paper: utility argmax over n (one reduction at --layer); multi: "
                             "per-layer schedules by dynamic programming.", flag_values=fv)
-  flags.DEFINE_float("alpha", 0.5, "Utility weight of latency, in [0, 1].", flag_values=fv)
+  flags.DEFINE_float("alpha", 0.5, "Utility weight of latency, in [0, 1].", lower_bound=0.0,
+                     upper_bound=1.0, flag_values=fv)
   flags.DEFINE_integer("layer", 3, "Paper mode: the reducing block.", flag_values=fv)
   flags.DEFINE_float("accuracy_floor", None,
-                              "Multi mode: fastest schedule with predicted accuracy >= this.", flag_values=fv)
+                     "Multi mode: fastest schedule with predicted accuracy >= this, in [0, 1].",
+                     lower_bound=0.0, upper_bound=1.0, flag_values=fv)
   flags.DEFINE_float("latency_budget", None,
                                "Multi mode: most accurate schedule with predicted latency <= this "
-                               "many seconds.", flag_values=fv)
+                               "many seconds.", lower_bound=0.0, flag_values=fv)
   flags.DEFINE_integer("batch_size", None,
                                 "Profile batch size (default: the profile's only one, else the "
                                 "estimate's).", flag_values=fv)
@@ -65,7 +67,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                                 "Multi mode: pessimistic monotone envelope of the drops.", flag_values=fv)
   flags.DEFINE_bool("step_bottoms_only", False,
                                "Multi mode: only counts at the bottom of a latency step (+ all).", flag_values=fv)
-  flags.DEFINE_float("step_k", 4.0, "Step-bottom noise multiplier.", flag_values=fv)
+  flags.DEFINE_float("step_k", 4.0, "Step-bottom noise multiplier.", lower_bound=0.0,
+                     flag_values=fv)
   flags.DEFINE_bool("allow_batch_mismatch", False,
                                    "Combine a profile and an estimate of different batch sizes.", flag_values=fv)
   flags.DEFINE_string("out_dir", "outputs/solve", "Output directory.", flag_values=fv)
@@ -75,18 +78,19 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string("data", "digits", "With --weights: the estimate's data ('digits' or an "
                       "image folder); its fingerprint must match the estimate's.", flag_values=fv)
   flags.DEFINE_integer("num_images", None, "With --weights: the estimate's --num_images.",
-                       flag_values=fv)
+                       lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("seed", 0, "With --weights: the estimate's --seed (data subset).",
                        lower_bound=0, flag_values=fv)
   flags.DEFINE_integer("eval_batch_size", 64, "With --weights: evaluation batch size.",
-                       flag_values=fv)
+                       lower_bound=1, flag_values=fv)
   flags.DEFINE_bool("measure_frontier", False, "With --weights, --mode=multi: measure the "
                     "accuracy of every frontier schedule on the estimate's data.", flag_values=fv)
   flags.DEFINE_integer("refine_accuracy_rounds", 0, "With --weights, --mode=multi: correct the "
                        "combined accuracy model from the measured frontier and re-solve, up to "
                        "this many rounds (0: off).", lower_bound=0, flag_values=fv)
   flags.DEFINE_integer("loop_neighbours", 2, "With --weights: schedules (frontier or measured) "
-                       "on each side of the choice timed in the loop.", flag_values=fv)
+                       "on each side of the choice timed in the loop.", lower_bound=0,
+                       flag_values=fv)
   flags.DEFINE_float("min_run_time", 0.2, "With --weights: seconds of timed calls per graph.",
                      flag_values=fv)
 

@@ -115,6 +115,12 @@ CASES = [
      "method 'evit' option normalize must be bool, got 'maybe'"),
     ("profile", ["--out_dir="], 1, "--out_dir is empty"),
     ("profile", ["--mode=model", "--tokens=65", "--out_dir="], 1, "--out_dir is empty"),
+    ("solve", ["--profile=p", "--estimate=e", "--accuracy_floor=-1"], 2,
+     "flag --accuracy_floor=-1: -1.0 is not a number in the range [0.0, 1.0]"),
+    ("solve", ["--profile=p", "--estimate=e", "--loop_neighbours=-1"], 2,
+     "flag --loop_neighbours=-1: -1 is not a non-negative integer"),
+    ("solve", ["--profile=p", "--estimate=e", "--eval_batch_size=0"], 2,
+     "flag --eval_batch_size=0: 0 is not a positive integer"),
 ]
 
 
