@@ -948,6 +948,36 @@ def test_measure_frontier_measures_every_schedule_once_and_the_choice_uses_it(tm
     solve_stage.measure_frontier(predicted, lambda cs: [0.5] * len(cs), num_images=359)
 
 
+def test_a_measured_frontier_makes_budget_and_utility_choices_on_measurements(tmp_path):
+  """measure_all without a floor: the budget (most accurate within the predicted-latency budget)
+  and utility choices are made again on the MEASURED metric, which here ranks the schedules
+  differently from the prediction (multi-layer ones lose 0.2 more than predicted)."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  plain = _multi(ps, es)
+  pred = {p.counts: p.predicted_accuracy for p in plain.frontier + (plain.full,)}
+
+  def evaluate(counts_list):
+    return [_share(pred[tuple(c)] - (0.2 if solve.is_multi_reduction(c) else 0.0))
+            for c in counts_list]
+
+  lats = sorted(p.predicted_latency_s for p in plain.frontier)
+  limit = lats[len(lats) // 2]
+  predicted = _multi(ps, es, latency_budget=limit)
+  assert solve.is_multi_reduction(predicted.chosen.counts)      # the prediction's own choice
+  budget = _multi(ps, es, latency_budget=limit, evaluate=evaluate, measure_all=True)
+  within = [c for c in budget.checked if c.predicted_latency_s <= limit]
+  assert budget.basis == "measured" and budget.chosen.counts != predicted.chosen.counts
+  assert budget.chosen.measured_accuracy == max(c.measured_accuracy for c in within)
+  assert budget.chosen.predicted_latency_s <= limit
+  util = _multi(ps, es, evaluate=evaluate, measure_all=True)
+  lat = np.array([c.predicted_latency_s for c in util.checked])
+  acc = np.array([c.measured_accuracy for c in util.checked])
+  i = [c.counts for c in util.checked].index(util.chosen.counts)
+  assert util.basis == "measured"
+  assert solve.utility(lat, acc, 0.5)[i] == pytest.approx(solve.utility(lat, acc, 0.5).max())
+
+
 def test_a_schedule_predicted_below_the_floor_but_measured_above_it_can_be_chosen(tmp_path):
   """Once measured, a schedule competes on its measurement: the fastest frontier schedule,
   predicted below the floor, measures above it and is chosen (check_floor) and timed

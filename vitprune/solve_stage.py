@@ -453,6 +453,8 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   if accuracy_floor is not None and evaluate is not None:
     solution = check_floor(solution, estimate, model, evaluate, chunk=chunk,
                            num_images=num_images)
+  if measure_all and not refine_rounds and accuracy_floor is None:
+    solution = choose_on_measurements(solution)   # (a floor is checked on them just above)
   why = latency_model.trust(solution.chosen.counts) if latency_model is not None else None
   if why:                                  # about the schedule finally chosen
     solution = dataclasses.replace(solution, settings=dict(solution.settings,
@@ -634,13 +636,7 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
            for c, p in known.items()}
   frontier = tuple(known[p.counts] for p in ref.frontier)
   full = known[full.counts]
-  try:
-    pick, _ = solve.choose([solve.Plan(c.counts, c.predicted_latency_s, c.measured_accuracy)
-                            for c in known.values()], accuracy_floor=st.get("accuracy_floor"),
-                           latency_budget=st.get("latency_budget"), alpha=st.get("alpha", 0.5))
-    chosen = known[pick.counts]
-  except ValueError:                       # nothing measured meets the floor / budget
-    chosen = full
+  chosen = _choose_measured(list(known.values()), st, full)
   refinement = {"rounds": history, "converged": ref.converged, "measured_schedules": len(known),
                 "final_frontier": _error_points([(c.predicted_accuracy, c.measured_accuracy)
                                                  for c in frontier])}
@@ -745,6 +741,32 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   checked.sort(key=lambda p: p.predicted_latency_s)
   return dataclasses.replace(solution, chosen=best, checked=tuple(checked), basis="measured",
                              criterion="accuracy_floor_measured", settings=settings)
+
+
+def _choose_measured(measured: Sequence[Candidate], settings: Dict[str, Any],
+                     fallback: Candidate) -> Candidate:
+  """`solve.choose` with the solution's criterion (floor, budget or utility) over candidates on
+  their MEASURED metric and predicted latency; `fallback` (the unpruned schedule) when nothing
+  meets the floor or the budget."""
+  try:
+    pick, _ = solve.choose([solve.Plan(c.counts, c.predicted_latency_s, c.measured_accuracy)
+                            for c in measured], accuracy_floor=settings.get("accuracy_floor"),
+                           latency_budget=settings.get("latency_budget"),
+                           alpha=settings.get("alpha", 0.5))
+  except ValueError:
+    return fallback
+  return {c.counts: c for c in measured}[pick.counts]
+
+
+def choose_on_measurements(solution: Solution) -> Solution:
+  """After `measure_frontier` without a floor: the budget or utility choice made again on the
+  MEASURED metric of every measured schedule (latency still predicted), basis "measured"."""
+  measured = [c for c in solution.checked if c.measured_accuracy is not None]
+  if not measured:
+    return solution
+  return dataclasses.replace(solution, chosen=_choose_measured(measured, solution.settings,
+                                                               solution.full or solution.chosen),
+                             basis="measured")
 
 
 def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.CostModel],
