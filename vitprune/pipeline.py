@@ -163,14 +163,20 @@ def _measure_graphs(cfg: ViTConfig, params: Params, graphs: Dict[str, Tuple[Sche
                             compile_s={k: s for k, (_, s) in compiled.items()})
 
 
+def _interleaved(spec: PipelineSpec) -> PipelineSpec:
+  """`spec` timing graphs in `spec.loop_rounds` interleaved rounds (the protocol of every
+  comparison the job makes: drift during the measurement reaches each graph alike)."""
+  return dataclasses.replace(spec, timing=dataclasses.replace(spec.timing,
+                                                              rounds=spec.loop_rounds))
+
+
 def schedule_timer(cfg: ViTConfig, params: Params, spec: PipelineSpec, reducer
                    ) -> Callable[[Sequence[Sequence[int]]], list]:
   """`time_schedules(counts_list) -> [median seconds]`: compiles every schedule of `reducer` and
   times them all in ONE shuffled measurement with the profiler's protocol (`timing`), in
   `spec.loop_rounds` interleaved rounds (each graph's time split into bursts, every round
   reshuffled), so drift during the measurement reaches every candidate alike."""
-  loop_spec = dataclasses.replace(spec, timing=dataclasses.replace(spec.timing,
-                                                                   rounds=spec.loop_rounds))
+  loop_spec = _interleaved(spec)
 
   def time_schedules(counts_list):
     graphs = {i: (Schedule(tuple(counts)), reducer)
@@ -337,7 +343,7 @@ def _verify(cfg, params, spec, data, chosen: Schedule, log) -> Verification:
       "both on the same images")
   reducer = make_reducer(spec.method)
   graphs = {"unpruned": (full_schedule(cfg), None), spec.method: (chosen, reducer)}
-  meas = _measure_graphs(cfg, params, graphs, spec)
+  meas = _measure_graphs(cfg, params, graphs, _interleaved(spec))   # unpruned vs pruned, fairly
   check = estimate_lib.evaluate(
       cfg, params, data.batches(cfg, spec.eval_batch_size),
       [estimate_lib.EvalPoint(chosen, reducer, chosen.counts[-1],
