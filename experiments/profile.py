@@ -122,13 +122,7 @@ def check_mode_flags(f: flags.FlagValues) -> None:
 
 
 def _batch_sizes(values: List[str]):
-  try:
-    sizes = tuple(int(v) for v in values)
-  except ValueError:
-    raise ValueError(f"--batch_size must be comma-separated integers, got {values}") from None
-  if not sizes or min(sizes) < 1:
-    raise ValueError(f"--batch_size values must be >= 1, got {list(sizes)}")
-  return sizes
+  return tuple(common.parse_ints(values, "batch_size"))    # >= 1, distinct
 
 
 def _timing_from_flags(f) -> timing.TimingConfig:

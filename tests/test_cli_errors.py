@@ -121,6 +121,8 @@ CASES = [
      "flag --loop_neighbours=-1: -1 is not a non-negative integer"),
     ("solve", ["--profile=p", "--estimate=e", "--eval_batch_size=0"], 2,
      "flag --eval_batch_size=0: 0 is not a positive integer"),
+    ("estimate", ["--out_dir={out}", "--out_name=../escape.json"], 1,
+     "--out_name=../escape.json must be a file name, not a path"),
 ]
 
 
