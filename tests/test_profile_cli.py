@@ -253,7 +253,9 @@ def test_pipeline_checks_flags_and_out_dir_before_any_stage(tmp_path):
                       (["--eval_batch_size=1000000000"], "--eval_batch_size=1000000000 cannot fit"),
                       (["--solver=multi", "--method=tome", "--tokens=65,17,9"],
                        r"tome removes at most 32 of 65 tokens in one block: no token count of "
-                       r"the grid \(9..65\) below 65 is reachable; use counts >= 33")):
+                       r"the grid \(9..65\) below 65 is reachable; use counts >= 33"),
+                      (["--solver=multi", "--tokens=65"], r"the token grid \(65..65\) has no "
+                       "count below all 65 tokens")):
     with pytest.raises(ERRORS, match=match):
       cli.main(_flags(f"--out_dir={out}", *args))
   assert not out.exists()

@@ -230,6 +230,9 @@ def one_block_counts(cfg, tokens: Sequence[int], reducer) -> List[int]:
   cap = reducer.max_remove(n_full, cfg.num_prefix_tokens)
   reduced = latency_model_lib.reachable_counts(
       n_full, 1, tokens, lambda n: reducer.max_remove(n, cfg.num_prefix_tokens))
+  if not any(int(n) < n_full for n in tokens):
+    raise ValueError(f"the token grid ({min(tokens)}..{max(tokens)}) has no count below all "
+                     f"{n_full} tokens: a multi-layer schedule needs counts to reduce to")
   if not reduced:
     raise ValueError(f"{reducer.name} removes at most {cap} of {n_full} tokens in one block: "
                      f"no token count of the grid ({min(tokens)}..{max(tokens)}) below {n_full} "
