@@ -67,6 +67,14 @@ def test_json_round_trip_and_files(tmp_path):
   assert d["schema_version"] == records.SCHEMA_VERSION and d["batch_sizes"] == [1]
   assert d["config"]["depth"] == 2 and d["points"][0]["num_samples"] == 3
   assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths.values())
+  # Steps are derived: an edited step list is recomputed from the points on load.
+  d["steps"] = [dict(d["steps"][0], n_from=9, n_to=8, saving_frac=0.99)] if d["steps"] else []
+  d["predictions"] = [{"batch_size": 1, "component": "model", "schedule": [17, 17, 17],
+                       "predicted_s": 1.0, "measured_s": 1.0, "rel_error": 0.0}]
+  with open(paths["json"], "w") as f:
+    json.dump(d, f)
+  edited = records.load(paths["json"])
+  assert (edited.steps, edited.predictions) == (prof.steps, prof.predictions)
 
 
 def test_csv_twin():

@@ -445,8 +445,10 @@ def save(profile: Profile, out_dir: str, stem: Optional[str] = None, *,
 
 
 def load(path: str) -> Profile:
-  """The profile in `path`; FileNotFoundError / ValueError naming the file and the problem."""
-  return from_json(jsonio.read_json(path, "profile"), source=path)
+  """The profile in `path`; FileNotFoundError / ValueError naming the file and the problem.
+  Steps, flats and predictions are recomputed from the points (`analyze`): what the file says
+  of them is derived data, never trusted."""
+  return analyze(from_json(jsonio.read_json(path, "profile"), source=path))
 
 
 # The fields that make two measurements comparable, with the words a message uses for each.
