@@ -253,7 +253,7 @@ def test_non_float_weights_are_refused(dtype):
   sd = to_timm_state_dict(cfg, init_params(cfg, 0))
   sd["norm.weight"] = np.asarray(sd["norm.weight"]).astype(dtype)
   with pytest.raises(ValueError, match=r"checkpoint has non-float values in \['norm.weight "
-                     rf"\({np.dtype(dtype).name}\)'\]: vitprune converts float16/bfloat16/"):
+                     rf"\({np.dtype(dtype).name}\)'\]: vitprune converts floating-point "):
     convert_state_dict(cfg, sd)
 
 
@@ -261,7 +261,7 @@ def test_half_precision_weights_convert():
   import ml_dtypes  # pylint: disable=g-import-not-at-top
   cfg = get_config("test_tiny_vit")
   sd = {k: np.asarray(v) for k, v in to_timm_state_dict(cfg, init_params(cfg, 0)).items()}
-  for dtype in (np.float16, ml_dtypes.bfloat16, np.float64):
+  for dtype in (np.float16, ml_dtypes.bfloat16, np.float64, ml_dtypes.float8_e4m3fn):
     half = {k: v.astype(dtype) for k, v in sd.items()}
     out = convert_state_dict(cfg, half)
     np.testing.assert_allclose(np.asarray(out["norm"]["scale"]),

@@ -42,6 +42,20 @@ def test_method_names_are_the_reducers():
   assert is_method_name(" POMT ") and not is_method_name("keep_first") and not is_method_name(1)
 
 
+def test_is_float_dtype_is_real_floating_point_of_numpy_and_ml_dtypes():
+  """The one float check (images, parameter leaves, checkpoint values): numpy floats and
+  ml_dtypes' bfloat16 / float8 are floats; ints, bools, complex and structured types are not."""
+  import ml_dtypes
+  import numpy as np
+  from vitprune.config import is_float_dtype
+  for dt in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn,
+             "float32"):
+    assert is_float_dtype(dt), dt
+  for dt in (np.int8, np.uint8, np.int32, np.bool_, np.complex64, ml_dtypes.int4,
+             np.dtype([("a", np.float32)]), "V4"):
+    assert not is_float_dtype(dt), dt
+
+
 def test_solution_round_trip_and_provenance(tmp_path):
   path = solution_file(tmp_path / "s.json", CFG, [17, 17, 9], frontier=[[17, 17, 9], [17] * 3])
   sol = S.read_solution(path)

@@ -8,6 +8,8 @@ import dataclasses
 import math
 from typing import Any, Dict, Tuple, Type
 
+import numpy as np
+
 
 # The compute dtypes vitprune builds graphs in (`vitprune.model.DTYPES` maps them to jnp types);
 # profiles, manifests and benchmarks are checked against them.
@@ -15,6 +17,23 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 # The token-reduction methods (`vitprune.reduce.methods.METHODS` builds them; that module asserts
 # the two agree); estimate and solution files are checked against them without importing jax.
 METHOD_NAMES = ("evit", "pomt", "random", "tome", "topk")
+
+
+def is_float_dtype(dtype: Any) -> bool:
+  """Whether `dtype` is a real floating-point type: numpy's, or ml_dtypes' extended ones
+  (bfloat16, float8_*) which numpy stores as kind 'V'. The one float check of images, parameter
+  leaves and checkpoint values (jax-free, for the deployed-model and conversion paths too)."""
+  import ml_dtypes   # pylint: disable=g-import-not-at-top  (a jax dependency; imported late)
+  dt = np.dtype(dtype)
+  if dt.kind == "f":
+    return True
+  if dt.kind != "V":
+    return False
+  try:
+    ml_dtypes.finfo(dt)
+  except ValueError:
+    return False
+  return True
 
 
 def is_method_name(name: Any) -> bool:

@@ -38,7 +38,7 @@ from safetensors.numpy import load_file as load_safetensors_numpy
 
 from vitprune import atomic
 from vitprune.checkpoint import check_config, is_weights_dir, save_weights
-from vitprune.config import ViTConfig
+from vitprune.config import ViTConfig, is_float_dtype
 from vitprune.digest import file_sha256
 from vitprune.model import Params, check_params, jitted_forward, param_shapes
 from vitprune.posembed import resample_abs_pos_embed
@@ -322,11 +322,6 @@ def _maybe_resample_pos_embed(cfg: ViTConfig, sd: StateDict, resample: Tuple[str
   return sd
 
 
-def _is_float(dtype: np.dtype) -> bool:
-  """Real floating point, numpy's or ml_dtypes' (bfloat16 is not a numpy 'f' kind)."""
-  return dtype.kind == "f" or dtype.name == "bfloat16"
-
-
 def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool = False,
                        ignore_keys: Sequence[str] = (),
                        resample: Tuple[str, bool] = TIMM_RESAMPLE) -> Params:
@@ -351,12 +346,12 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
   if missing or unexpected or mismatched:
     raise ConversionError(cfg.name, missing, unexpected, mismatched)
   not_float = sorted(f"{k} ({np.asarray(sd[k]).dtype})" for k in want
-                     if not _is_float(np.asarray(sd[k]).dtype))
+                     if not is_float_dtype(np.asarray(sd[k]).dtype))
   if not_float:
     raise ValueError(f"checkpoint has non-float values in {not_float[:5]}"
                      f"{f' and {len(not_float) - 5} more' if len(not_float) > 5 else ''}: "
-                     "vitprune converts float16/bfloat16/float32/float64 weights (a quantised "
-                     "checkpoint must be dequantised first)")
+                     "vitprune converts floating-point weights (float16, bfloat16, float32, "
+                     "...; a quantised checkpoint must be dequantised first)")
   nonfinite = sorted(k for k in want if not np.all(np.isfinite(np.asarray(sd[k], np.float32))))
   if nonfinite:
     raise ValueError(f"checkpoint has NaN/inf values in {nonfinite}; refusing to convert it")

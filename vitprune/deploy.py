@@ -44,7 +44,7 @@ import numpy as np
 import vitprune
 from vitprune import atomic
 from vitprune import orbax_io
-from vitprune.config import ViTConfig
+from vitprune.config import ViTConfig, is_float_dtype
 from vitprune.data import iterate_batches
 from vitprune.profile import protocol
 from vitprune.profile.protocol import Measurement, TimingConfig
@@ -441,7 +441,7 @@ class DeployedModel:
     arr = images if hasattr(images, "dtype") else np.asarray(images)
     if arr.dtype == object:
       arr = np.asarray(arr, np.float32)
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
+    if not is_float_dtype(arr.dtype):
       raise ValueError(f"images must be floating point, preprocessed as the artifact records "
                        f"(manifest 'preprocessing'; vitprune.data.preprocess_image), got "
                        f"{arr.dtype} pixels")

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitprune.config import COMPUTE_DTYPES, ViTConfig
+from vitprune.config import COMPUTE_DTYPES, ViTConfig, is_float_dtype
 from vitprune.reduce.base import AttentionStats, TokenReducer
 from vitprune.schedule import (Schedule, check_reducer_given, check_schedule,
                                check_static_types)
@@ -184,7 +184,7 @@ def check_params(cfg: ViTConfig, params: Params) -> None:
   mismatched = [f"{k}: expected {want[k]}, got {got[k]}"
                 for k in sorted(set(want) & set(got)) if want[k] != got[k]]
   not_float = [f"{k}: {jnp.result_type(v)}" for k, v in sorted(leaves.items())
-               if not jnp.issubdtype(jnp.result_type(v), jnp.floating)]
+               if not is_float_dtype(jnp.result_type(v))]
   if missing or unexpected or mismatched or not_float:
     raise ValueError(f"parameters do not match {cfg.name}:\n  missing: {missing}\n"
                      f"  unexpected: {unexpected}\n  shape mismatches: {mismatched}"
@@ -196,7 +196,7 @@ def check_inputs(cfg: ViTConfig, images: jax.Array, dtype: str, precision: str) 
   raw uint8 pixels would run, scaled wrong) and the options are supported."""
   if not (hasattr(images, "shape") and hasattr(images, "dtype")):
     raise ValueError(f"images must be an array [B, S, S, C], got {type(images).__name__}")
-  if not jnp.issubdtype(images.dtype, jnp.floating):
+  if not is_float_dtype(images.dtype):
     raise ValueError(f"images must be floating point, preprocessed as the model expects "
                      f"(vitprune.data.preprocess_image, timm's eval transform), got "
                      f"{images.dtype} pixels")
