@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shlex
 import sys
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -183,10 +184,9 @@ def parse_ints(values: Sequence[str], flag: str) -> List[int]:
     raise ValueError(f"--{flag} is empty")
   out = []
   for v in values:
-    try:
-      n = int(str(v).strip())
-    except ValueError:
-      raise ValueError(f"--{flag}: {v!r} is not an integer") from None
+    if not re.fullmatch(r"-?[0-9]+", str(v).strip()):     # int() also reads '+8', '1_0', '٨'
+      raise ValueError(f"--{flag}: {v!r} is not an integer")
+    n = int(str(v).strip())
     if n < 1:
       raise ValueError(f"--{flag}: {n} must be >= 1")
     out.append(n)

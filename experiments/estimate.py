@@ -105,6 +105,10 @@ def main(f: flags.FlagValues):
   if f["init_seed"].present and (f.weights or embedded):
     raise ValueError("--init_seed seeds random weights; it applies only to --model without "
                      "--weights (and not to the embedded vit_digits)")
+  if f.out_name is not None and (os.path.basename(f.out_name) != f.out_name
+                                 or f.out_name in ("", ".", "..")):
+    raise ValueError(f"--out_name={f.out_name} must be a file name, not a path (the file goes "
+                     "in --out_dir)")
   if f["split"].present and f.data != "digits":
     raise ValueError(f"--split applies to --data=digits only, not --data={f.data}")
   cfg = common.model_config(f.model, f.weights)
@@ -133,9 +137,6 @@ def main(f: flags.FlagValues):
       os.path.normpath(f.data))
   name = f.out_name or _slug(f"{cfg.name}_{method}_{layer_tag}_{data_tag}_"
                              f"n{data.info['num_examples']}_s{f.seed}") + ".json"
-  if os.path.basename(name) != name or name in (".", ".."):
-    raise ValueError(f"--out_name={name} must be a file name, not a path (the file goes in "
-                     "--out_dir)")
   common.check_output_file(os.path.join(f.out_dir, name), "out_name", overwrite=f.overwrite)
   atomic.check_replaceable_json(os.path.join(f.out_dir, name), ESTIMATE_FORMAT)
   result = estimate.evaluate(cfg, params, data.batches(cfg, f.batch_size, f.num_workers),

@@ -363,8 +363,8 @@ def _mutate(d, fn):
     (lambda d: d["eval"].update(dtype=32), "eval.dtype must be a string, got 32"),
     (lambda d: d["points"][2].update(schedule="keep@0:9"), r"points\[2\]: schedule 'keep@0:9' "
      r"is counts \[17, 9, 9\], not the counts \[17, 5, 5\] recorded with it"),
-    (lambda d: d["points"][2].update(schedule="pomt"), r"points\[2\]: schedule 'pomt' does not "
-     "parse"),
+    (lambda d: d["points"][2].update(schedule="pomt"), r"points\[2\]: schedule 'pomt': cannot "
+     "parse 'pomt'"),
     (lambda d: d["points"][1].update(accuracy=1 / 7), "points\\[1\\]: 17 tokens is the "
      "unpruned model, but its accuracy 0.142857"),
     (lambda d: d["points"][3].update(agreement=5 / 7), "points\\[3\\]: 17 tokens is the unpruned"),

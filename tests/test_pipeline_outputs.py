@@ -1,6 +1,7 @@
 """The main job's output step is one transaction that replaces only its own outputs."""
 import json
 import os
+import types
 
 import pytest
 
@@ -91,6 +92,33 @@ def test_schedule_timer_times_every_schedule_in_one_measurement(monkeypatch):
   assert calls == [[0, 1, 2]]                  # one measurement of all three graphs,
   assert rounds == [spec.loop_rounds] == [5]   # in interleaved rounds
   assert len(seconds) == 3 and all(s > 0 for s in seconds)
+
+
+def test_verify_times_both_graphs_in_interleaved_rounds(monkeypatch):
+  """The verify stage: the unpruned and the chosen graph in ONE measurement, in the in-loop
+  protocol's interleaved rounds (one burst each let drift decide the speed-up)."""
+  from vitprune import estimate as estimate_lib
+  from vitprune.model import init_params
+  from vitprune.profile import timing
+  from vitprune.registry import get_config
+  from vitprune.schedule import Schedule
+  cfg = get_config("test_tiny_vit")
+  spec = pipeline.PipelineSpec(timing=timing.TimingConfig(min_run_time=0.01), threads=1,
+                               method="pomt")
+  seen = []
+  real = timing.measure_all
+
+  def spy(points, cfg_, **kw):
+    seen.append((sorted(points), cfg_.rounds))
+    return real(points, cfg_, **kw)
+
+  monkeypatch.setattr(timing, "measure_all", spy)
+  monkeypatch.setattr(estimate_lib, "evaluate", lambda *a, **k: "evaluated")
+  data = types.SimpleNamespace(batches=lambda *a: [], labelled=True)     # evaluate is stubbed
+  v = pipeline._verify(cfg, init_params(cfg, 0), spec, data, Schedule((17, 9, 9)),
+                       lambda _: None)
+  assert seen == [(["pomt", "unpruned"], spec.loop_rounds)] and spec.loop_rounds > 1
+  assert v.unpruned.median > 0 and v.pruned.median > 0
 
 
 def test_spec_refuses_zero_loop_rounds():

@@ -141,6 +141,8 @@ def test_load_errors(tmp_path):
       "negsample": {**good, "points": [{**good["points"][0], "median_s": 1e-9,
                                         "samples_s": [-1.0] + good["points"][0]["samples_s"][1:]}]},
       "compile": {**good, "points": [{**good["points"][0], "compile_s": -2.0}]},
+      "zero": {**good, "points": [{**good["points"][0], "samples_s": [0.0, 0.0, 0.0],
+                                   "median_s": 0.0, "q25_s": 0.0, "q75_s": 0.0}]},
       "prep": {**good, "config": {**good["config"], "preprocessing": {
           **good["config"]["preprocessing"], "mean": 0.5}}},
       "q25": {**good, "points": [{**good["points"][0],
@@ -161,6 +163,7 @@ def test_load_errors(tmp_path):
              "nosamples": r"point 0: samples_s is empty: a point holds the durations",
              "negsample": r"point 0: samples_s holds -1.0: every sample is a duration >= 0",
              "compile": r"point 0: compile_s must be a finite number >= 0 seconds, got -2.0",
+             "zero": r"point 0: median_s is 0 seconds: a timed call takes time",
              "prep": "prep.json: invalid preprocessing: mean must be a list, got 0.5"}
   for name, content in cases.items():
     path = tmp_path / f"{name}.json"

@@ -946,6 +946,16 @@ def test_measure_frontier_measures_every_schedule_once_and_the_choice_uses_it(tm
   # A value no count of the estimate's images gives: measured on other images.
   with pytest.raises(ValueError, match=r"measured 0.5 for .* not a count of 359 images"):
     solve_stage.measure_frontier(predicted, lambda cs: [0.5] * len(cs), num_images=359)
+  # A count averaged in float32 (jnp.mean) is that count: stored as the exact k / n.
+  f32 = solve_stage.measure_frontier(
+      predicted, lambda cs: [np.float32(350 / 359)] * len(cs), num_images=359)
+  assert {c.measured_accuracy for c in f32.checked} == {350 / 359}
+  assert Solution.from_json(f32.to_json()).checked == f32.checked
+  # Every count of n images, 0 and n included, makes a solution its reader accepts.
+  for k in (0, 359):
+    edge = solve_stage.measure_frontier(predicted, lambda cs, k=k: [k / 359] * len(cs),
+                                        num_images=359)
+    assert Solution.from_json(edge.to_json()).chosen.measured_accuracy == k / 359
 
 
 def test_a_measured_frontier_makes_budget_and_utility_choices_on_measurements(tmp_path):

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from typing import Any, Dict, Sequence, Type
 
 
@@ -30,12 +31,20 @@ def read_json(path: str, what: str, error: Type[ValueError] = FormatError) -> Di
     raise FileNotFoundError(f"{what} file {path!r} does not exist")
   try:
     with open(path, encoding="utf-8") as f:
-      doc = json.load(f, parse_constant=_no_constant)
+      doc = json.load(f, parse_constant=_no_constant, parse_int=_bounded_int)
   except (ValueError, RecursionError) as e:   # bad JSON, bytes, NaN, a 5000-digit int, nesting
     raise error(f"{path}: not valid JSON: {_first_line(e)}") from None
   if not isinstance(doc, dict):
     raise error(f"{path}: expected a JSON object ({what} file), got {type(doc).__name__}")
   return doc
+
+
+def _bounded_int(text: str) -> int:
+  """A JSON integer no float overflows on (every number a record holds is used as one)."""
+  value = int(text)
+  if abs(value) > sys.float_info.max:
+    raise ValueError(f"integer of {len(text)} digits is out of range")
+  return value
 
 
 def _no_constant(name: str):
@@ -73,9 +82,9 @@ def is_num(x: Any) -> bool:
 
 
 def is_share(x: Any, count: int) -> bool:
-  """Whether `x` is k / count for an integer k, as a metric counted over `count` images is
+  """Whether `x` is k / count for an integer k, as a metric counted over `count` >= 1 images is
   (float64 division, exact through JSON)."""
-  return is_num(x) and float(x) == round(float(x) * count) / count
+  return is_num(x) and count >= 1 and float(x) == round(float(x) * count) / count
 
 
 def require(cond: bool, where: str, msg: str, error: Type[ValueError] = FormatError) -> None:

@@ -7,7 +7,8 @@
   3. solve     n* = argmax U(n) = alpha (1 - L/max L) + (1 - alpha) A/max A, and the POMT schedule
                that prunes to exactly n* tokens at block `layer` (`vitprune.solve_stage`).
   4. verify    the chosen POMT graph and the unpruned graph are compiled and timed with the
-               profiler's protocol on the same device, and evaluated on the same data.
+               profiler's protocol on the same device (in `loop_rounds` interleaved rounds),
+               and evaluated on the same data.
 
 With `solver='multi'` (beyond the paper) stage 1 measures, in one shuffled measurement, the
 uniform-count curve and `calibration_schedules` multi-layer schedules of `method` as whole
@@ -74,7 +75,8 @@ class PipelineSpec:
   # multi: compiled graphs fitting the latency model
   calibration_schedules: int = latency_model_lib.DEFAULT_CALIBRATION_SCHEDULES
   loop_neighbours: int = 2                 # multi + floor: neighbours timed in the loop
-  loop_rounds: int = 5                     # ... in this many interleaved rounds (TimingConfig)
+  loop_rounds: int = 5                     # ... and the verify stage's two graphs, in this many
+                                           # interleaved rounds (TimingConfig.rounds)
   measure_frontier: bool = False           # multi: measure every frontier schedule's accuracy
   refine_accuracy_rounds: int = 0          # multi: correct the accuracy model from measured
                                            # frontiers, re-solve (solve_stage.refine_accuracy)

@@ -399,7 +399,9 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   latency in the solution is still a prediction (`predicted_latency_s`).
   With `accuracy_floor` and `evaluate` (schedules -> metric measured on the data), the floor is
   checked on measurements (`check_floor`) and the solution rests on them. With `measure_all`
-  (needs `evaluate`) every frontier schedule is measured first (`measure_frontier`). With
+  (needs `evaluate`) every frontier schedule is measured first (`measure_frontier`); without a
+  floor the budget or utility choice is then made on those measurements
+  (`choose_on_measurements`). With
   `refine_rounds` > 0 (needs `evaluate`) the accuracy model is corrected from measured frontier
   schedules and the frontier re-solved, up to that many times (`refine_accuracy`).
   """
@@ -475,7 +477,8 @@ def wilson_interval(p: float, n: int, z: float = 1.959963984540054) -> Tuple[flo
   den = 1.0 + z2 / n
   centre = (p + z2 / (2 * n)) / den
   half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / den
-  return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+  # The interval holds p exactly (at p = 0 or 1 float rounding put the bound a hair inside).
+  return float(min(p, max(0.0, centre - half))), float(max(p, min(1.0, centre + half)))
 
 
 def _measured(c: Candidate, value: float, num_images: Optional[int]) -> Candidate:
@@ -483,10 +486,13 @@ def _measured(c: Candidate, value: float, num_images: Optional[int]) -> Candidat
   value = float(value)
   if num_images is None or not 0.0 <= value <= 1.0:
     return dataclasses.replace(c, measured_accuracy=value)
-  if not jsonio.is_share(value, int(num_images)):
+  n = int(num_images)
+  k = round(value * n)
+  if abs(value * n - k) > n * 2.0 ** -22:      # float32 rounding of k / n is tolerated
     raise ValueError(f"the evaluator measured {value!r} for {c.schedule}, which is not a count "
-                     f"of {int(num_images)} images (k / {int(num_images)}): it evaluated other "
-                     "images than the estimate's (pass num_images=)")
+                     f"of {n} images (k / {n}): it evaluated other images than the estimate's, "
+                     "or averaged something else")
+  value = k / n                                  # exactly what the readers check
   lo, hi = wilson_interval(value, int(num_images))
   return dataclasses.replace(c, measured_accuracy=value, measured_accuracy_low=lo,
                              measured_accuracy_high=hi, num_images=int(num_images))

@@ -349,6 +349,8 @@ def _bad_point_value(p: Dict[str, Any], cfg: ViTConfig) -> Optional[str]:
   for k in ("median_s", "q25_s", "q75_s", "compile_s"):
     if not (math.isfinite(p[k]) and p[k] >= 0):
       return f"{k} must be a finite number >= 0 seconds, got {p[k]!r}"
+  if p["median_s"] == 0:
+    return "median_s is 0 seconds: a timed call takes time (a broken timer?)"
   samples = p["samples_s"]
   if not samples:
     return "samples_s is empty: a point holds the durations of its timed calls"
@@ -448,7 +450,11 @@ def load(path: str) -> Profile:
   """The profile in `path`; FileNotFoundError / ValueError naming the file and the problem.
   Steps, flats and predictions are recomputed from the points (`analyze`): what the file says
   of them is derived data, never trusted."""
-  return analyze(from_json(jsonio.read_json(path, "profile"), source=path))
+  profile = from_json(jsonio.read_json(path, "profile"), source=path)
+  try:
+    return analyze(profile)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
 
 
 # The fields that make two measurements comparable, with the words a message uses for each.

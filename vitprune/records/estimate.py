@@ -353,7 +353,7 @@ def _validate(doc: Any, where: str) -> ViTConfig:
     try:
       parsed = list(schedule_lib.parse_schedule(cfg, p["schedule"]).counts)
     except ValueError as e:
-      raise EstimateError(f"{pw}: schedule {p['schedule']!r} does not parse: {e}") from None
+      raise EstimateError(f"{pw}: {e}") from None      # the error names the schedule text
     _require(parsed == counts, pw, f"schedule {p['schedule']!r} is counts {parsed}, not the "
              f"counts {counts} recorded with it (edited?)")
     _check_scores(p, pw, labelled, data["num_examples"])

@@ -144,7 +144,8 @@ class Candidate:
       jsonio.require(jsonio.is_share(acc, n), where, f"measured_accuracy {acc!r} is not a count "
                      f"of {n} images (k / {n})", SolutionError)
       low, high = d.get("measured_accuracy_low"), d.get("measured_accuracy_high")
-      jsonio.require(low is not None and high is not None and low <= acc <= high, where,
+      jsonio.require(low is not None and high is not None and low - 1e-12 <= acc <= high + 1e-12,
+                     where,
                      f"the measured accuracy's interval [{low}, {high}] does not hold "
                      f"{acc}", SolutionError)
     return cls(tuple(counts), text, float(d["predicted_latency_s"]),
