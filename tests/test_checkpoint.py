@@ -156,10 +156,15 @@ def test_non_finite_params_and_impossible_configs_refused(tmp_path):
   doc = json.load(open(cfile))
   for field, bad, match in [("img_size", -32, "img_size must be a positive integer"),
                             ("depth", "2", "depth must be a positive integer"),
-                            ("norm_eps", float("inf"), "norm_eps must be a finite number")]:
+                            ("norm_eps", float("inf"), "Infinity is not a JSON number")]:
     json.dump(dict(doc, config=dict(doc["config"], **{field: bad})), open(cfile, "w"))
     with pytest.raises(ValueError, match=match):
       checkpoint.read_weights_config(path)
+  with open(cfile, "w") as f:          # a number no float holds: read as inf by plain json
+    f.write(json.dumps(dict(doc, config=dict(doc["config"], norm_eps=123.0))).replace(
+        "123.0", "1e400"))
+  with pytest.raises(ValueError, match="not valid JSON: number 1e400 is out of range"):
+    checkpoint.read_weights_config(path)
   json.dump(dict(doc, meta=[1]), open(cfile, "w"))
   with pytest.raises(ValueError, match="'meta' must be an object"):
     checkpoint.read_weights_config(path)

@@ -31,7 +31,8 @@ def read_json(path: str, what: str, error: Type[ValueError] = FormatError) -> Di
     raise FileNotFoundError(f"{what} file {path!r} does not exist")
   try:
     with open(path, encoding="utf-8") as f:
-      doc = json.load(f, parse_constant=_no_constant, parse_int=_bounded_int)
+      doc = json.load(f, parse_constant=_no_constant, parse_int=_bounded_int,
+                      parse_float=_finite_float)
   except (ValueError, RecursionError) as e:   # bad JSON, bytes, NaN, a 5000-digit int, nesting
     raise error(f"{path}: not valid JSON: {_first_line(e)}") from None
   if not isinstance(doc, dict):
@@ -44,6 +45,13 @@ def _bounded_int(text: str) -> int:
   value = int(text)
   if abs(value) > sys.float_info.max:
     raise ValueError(f"integer of {len(text)} digits is out of range")
+  return value
+
+
+def _finite_float(text: str) -> float:
+  value = float(text)
+  if not math.isfinite(value):          # 1e400 parses to inf
+    raise ValueError(f"number {text} is out of range")
   return value
 
 
