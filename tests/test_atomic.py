@@ -41,10 +41,47 @@ def test_staged_dir_publishes_replaces_and_rolls_back(tmp_path):
       os.path.join(p, "b.txt"))
   with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:   # replace ours
     (tmp_path / tmp / "b.txt").write_text("two")
-  assert sorted(os.listdir(target)) == ["b.txt"]
+  assert sorted(os.listdir(target)) == [atomic.INVENTORY_FILE, "b.txt"]
   with pytest.raises(RuntimeError, match="boom"):
     with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:
       (tmp_path / tmp / "c.txt").write_text("three")
       raise RuntimeError("boom")
-  assert sorted(os.listdir(target)) == ["b.txt"]          # old content intact
+  assert sorted(os.listdir(target)) == [atomic.INVENTORY_FILE, "b.txt"]   # old content intact
   assert sorted(os.listdir(tmp_path)) == ["art"]           # no staging or old dirs left
+
+
+def test_a_published_directory_holding_files_we_did_not_write_is_not_replaced(tmp_path):
+  """--overwrite replaces our directory only while it holds nothing but what we published
+  (its inventory): a user's NOTES.txt or a board profile written into a kit is never deleted,
+  at the top or deeper; a directory from before inventories keeps the marker rule."""
+  target = tmp_path / "art"
+  ours = lambda p: os.path.isfile(os.path.join(p, "m.json"))
+  with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:
+    os.makedirs(os.path.join(tmp, "sub"))
+    for name in ("m.json", "sub/w.bin"):
+      (tmp_path / tmp / name).write_text("x")
+  assert atomic.unlisted_files(str(target)) == []
+  for extra in ("NOTES.txt", "sub/board.json"):
+    (target / extra).write_text("mine")
+    with pytest.raises(atomic.ForeignOutputError, match=f"holds {extra}, which vitprune did not"):
+      with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:
+        (tmp_path / tmp / "m.json").write_text("y")
+    assert (target / extra).read_text() == "mine"
+    os.unlink(target / extra)
+  with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:   # clean again: ok
+    (tmp_path / tmp / "m.json").write_text("new")
+  assert (target / "m.json").read_text() == "new"
+  os.unlink(target / atomic.INVENTORY_FILE)        # written before inventories: marker alone
+  (target / "NOTES.txt").write_text("mine")
+  assert atomic.unlisted_files(str(target)) == []
+
+
+def test_special_files_are_never_opened_as_outputs(tmp_path):
+  """A FIFO (or /dev/zero) given as an output is refused by what it is, without opening it
+  (reading one blocked forever or filled memory)."""
+  fifo = tmp_path / "out.json"
+  os.mkfifo(fifo)
+  with pytest.raises(atomic.ForeignOutputError, match="a special file"):
+    atomic.check_replaceable_json(str(fifo), "vitprune-x")
+  with pytest.raises(atomic.ForeignOutputError, match="a special file"):
+    atomic.check_replaceable_json("/dev/zero", "vitprune-x")

@@ -107,7 +107,8 @@ def _resave_params(path, params):
 
 
 def test_round_trip_fixed_batch_equals_jitted_forward(artifact, params):
-  assert sorted(os.listdir(artifact)) == ["forward.jax_export", "manifest.json", "params"]
+  assert sorted(os.listdir(artifact)) == [".vitprune-files.json", "forward.jax_export",
+                                          "manifest.json", "params"]
   model = deploy.load(artifact)
   x = _images(3)
   got = np.asarray(model(x))

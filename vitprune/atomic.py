@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 # Test hook: called with a phase name at each step of a write ('staged', 'moved_aside',
 # 'published', 'file_written', 'committed', 'renamed:<file>'); fault-injection tests make it
@@ -54,6 +54,8 @@ def json_marker(filename: str, *formats: str) -> Callable[[str], bool]:
   `formats` (e.g. `json_marker('config.json', 'vitprune-weights')`)."""
 
   def is_ours(path: str) -> bool:
+    if not os.path.isfile(os.path.join(path, filename)):
+      return False
     try:
       with open(os.path.join(path, filename)) as f:
         doc = json.load(f)
@@ -86,16 +88,53 @@ def _describe(path: str) -> str:
     return "a symbolic link"
   if os.path.isdir(path):
     return "a folder"
-  return "a regular file" if os.path.isfile(path) else "not a folder"
+  return ("a regular file" if os.path.isfile(path) else
+          "a special file (a device, FIFO or socket)")
+
+
+INVENTORY_FILE = ".vitprune-files.json"   # every file a staged directory held when published
+
+
+def _write_inventory(directory: str) -> None:
+  """Lists every file under `directory` (relative, '/'-separated) in its INVENTORY_FILE."""
+  files = sorted(os.path.relpath(os.path.join(d, f), directory).replace(os.sep, "/")
+                 for d, _, fs in os.walk(directory) for f in fs)
+  with open(os.path.join(directory, INVENTORY_FILE), "w") as f:
+    json.dump({"format": "vitprune-inventory", "files": files}, f)
+
+
+def unlisted_files(directory: str) -> List[str]:
+  """Files under `directory` that its INVENTORY_FILE does not list (someone added them after we
+  published it), sorted; [] for a directory written before inventories existed (its marker
+  alone decides) or whose inventory cannot be read."""
+  try:
+    with open(os.path.join(directory, INVENTORY_FILE)) as f:
+      listed = set(json.load(f)["files"])
+  except (OSError, ValueError, RecursionError, KeyError, TypeError):
+    return []
+  out = []
+  for d, _, fs in os.walk(directory):
+    for f in fs:
+      rel = os.path.relpath(os.path.join(d, f), directory).replace(os.sep, "/")
+      if rel != INVENTORY_FILE and rel not in listed and not f.startswith(WRITE_CHECK_PREFIX):
+        out.append(rel)
+  return sorted(out)
 
 
 def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
-  """Raises `ForeignOutputError` naming `path` unless it is absent, an empty directory, or ours."""
+  """Raises `ForeignOutputError` naming `path` unless it is absent, an empty directory, or ours
+  (`is_ours`, and holding no file beyond those we published there: `unlisted_files`)."""
   if not os.path.lexists(path):
     return
   if os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path):
     return
   if os.path.isdir(path) and not os.path.islink(path) and is_ours(path):
+    extra = unlisted_files(path)
+    if extra:
+      raise ForeignOutputError(
+          f"refusing to replace {path}: it holds {', '.join(extra[:3])}"
+          f"{f' and {len(extra) - 3} more' if len(extra) > 3 else ''}, which vitprune did not "
+          "write there; move them away or choose another output path")
     return
   what = getattr(is_ours, "description", "a vitprune output")
   raise ForeignOutputError(f"refusing to replace {path}: it is {_describe(path)} that is not "
@@ -140,11 +179,13 @@ def check_replaceable_json(path: str, fmt: str, companions: Sequence[str] = ()) 
                                f"{os.path.basename(path)} is next to it; move it away or "
                                "choose another output path")
     return
-  try:
-    with open(path) as f:
-      ours = json.load(f).get("format") == fmt
-  except (OSError, ValueError, AttributeError, RecursionError):
-    ours = False
+  ours = False
+  if os.path.isfile(path):              # never open a FIFO or a device (it would block or flood)
+    try:
+      with open(path) as f:
+        ours = json.load(f).get("format") == fmt
+    except (OSError, ValueError, AttributeError, RecursionError):
+      ours = False
   if not ours or os.path.islink(path):
     raise ForeignOutputError(f"refusing to replace {path}: it is {_describe(path)} that is not "
                              f"a {fmt} file; move it away or choose another output path")
@@ -342,7 +383,7 @@ def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> N
       except FileNotFoundError:
         continue                        # another writer moved it: try again
       _phase("moved_aside")
-      if not is_ours(aside):            # replaced by something foreign after the check
+      if not is_ours(aside) or unlisted_files(aside):   # changed after the check
         os.rename(aside, path)
         check_replaceable(path, is_ours)
         continue
@@ -396,6 +437,7 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
   os.chmod(tmp, 0o755)
   try:
     yield tmp
+    _write_inventory(tmp)
     _phase("staged")
     if overwrite is False:
       _publish_exclusive(tmp, path)

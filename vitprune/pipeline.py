@@ -409,7 +409,8 @@ def is_pipeline_dir(path: str) -> bool:
   with another of the extensions we write). A file someone added anywhere in it (notes, another
   run's outputs), or a summary.json that is not ours, makes it not ours: it is never deleted."""
   try:
-    names = {n for n in os.listdir(path) if not n.startswith(atomic.WRITE_CHECK_PREFIX)}
+    names = {n for n in os.listdir(path) if not n.startswith(atomic.WRITE_CHECK_PREFIX)
+             and n != atomic.INVENTORY_FILE}
   except OSError:
     return False
   if SUMMARY_FILE not in names or not names <= _LAYOUT:
