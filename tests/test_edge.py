@@ -538,3 +538,49 @@ def test_deploy_cli_rejects_a_bad_target_before_any_work(tmp_path):
       "error: target 'iree:cuda:87': '87' is not a CUDA architecture such as sm_87")
   assert not os.path.exists(tmp_path / "a")
 
+
+
+def test_edge_profile_files_are_published_together_and_merge_only_with_their_setup(tmp_path):
+  """The board's profile JSON and CSV: a failure while publishing leaves the old pair (a kill
+  left a new JSON beside an old CSV), and an existing profile of another platform (a jax one)
+  is refused, not replaced."""
+  import dataclasses
+  from vitprune import atomic
+  from vitprune.profile import records
+  from vitprune.registry import get_config
+  cfg = get_config("test_tiny_vit")
+
+  def prof(platform, median):
+    pts = [records.Point(component="model", batch_size=1, tokens=n, median_s=median,
+                         q25_s=median, q75_s=median, num_samples=3, samples_s=(median,) * 3,
+                         compile_s=0.1, retries=0) for n in (17, 9)]
+    return records.analyze(records.Profile(
+        model=cfg.name, config=dataclasses.asdict(cfg), device_kind="cpu", platform=platform,
+        jax_version="", jaxlib_version="", dtype="float32", modes=("model",),
+        reducer="keep_first", timing={}, points=tuple(pts), created=records.now_iso()))
+
+  out = str(tmp_path / "board.json")
+  paths = kit_lib.write_profile(prof("iree-local-sync", 1e-3), out)
+  before = {k: open(p, "rb").read() for k, p in paths.items()}
+
+  def fail(phase):
+    if phase.startswith("renamed:"):
+      raise RuntimeError("killed while publishing")
+
+  atomic.fault_hook = fail
+  try:
+    with pytest.raises(RuntimeError, match="killed"):
+      kit_lib.write_profile(prof("iree-local-sync", 2e-3), out)
+  finally:
+    atomic.fault_hook = None
+  kit_lib.write_profile(prof("iree-local-sync", 3e-3), out)    # the next run finishes the set
+  after = records.load(out)
+  assert {p.median_s for p in after.points} == {3e-3}
+  assert ",17,,3,3,3," in open(paths["csv"]).read()          # milliseconds: the JSON's twin
+  assert before["csv"] != open(paths["csv"], "rb").read()
+  jax_out = str(tmp_path / "jax.json")
+  records.save(prof("cpu", 1e-3), str(tmp_path), stem="jax")
+  with pytest.raises(ValueError, match="cannot merge into .*jax.json: cannot merge profiles with "
+                     "different platform"):
+    kit_lib.write_profile(prof("iree-local-sync", 1e-3), jax_out)
+  assert records.load(jax_out).platform == "cpu"

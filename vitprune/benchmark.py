@@ -511,14 +511,19 @@ def check_replaceable_outputs(paths: Dict[str, str]) -> None:
 
 def write_outputs(rows: Sequence[Dict[str, Any]], out_dir: str,
                   stem: Optional[str] = None) -> Dict[str, str]:
-  """`<stem>.csv`, `<stem>.md` and `<stem>.png` in `out_dir`, each atomic; everything is rendered
-  before the first file is written -> {'csv', 'md', 'png': path}."""
+  """`<stem>.csv`, `<stem>.md` and `<stem>.png` in `out_dir`, published together (a kill leaves
+  the old three or the new three); everything is rendered first -> {'csv', 'md', 'png': path}."""
   stem = stem or output_stem(rows)
   data = {"png": plot_png(rows), "csv": to_csv(rows).encode(), "md": to_markdown(rows).encode()}
   paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in data}
   check_replaceable_outputs(paths)
-  for k, blob in data.items():
-    atomic.write_bytes(paths[k], blob)
+  names = [os.path.basename(paths[k]) for k in ("png", "md", "csv")]   # the CSV (our header) last
+  with atomic.locked(paths["csv"]):                                     # published together
+    with atomic.staged_files(os.path.dirname(os.path.abspath(paths["csv"])), names[-1],
+                             names) as tmp:
+      for k, blob in data.items():
+        with open(os.path.join(tmp, os.path.basename(paths[k])), "wb") as f:
+          f.write(blob)
   return paths
 
 
