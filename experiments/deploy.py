@@ -17,7 +17,7 @@ import os
 from absl import flags
 
 from experiments import common
-from vitprune import checkpoint, deploy, jsonio
+from vitprune import checkpoint, deploy, jsonio, memory
 from vitprune.digest import params_sha256
 from vitprune.edge.targets import parse_targets
 from vitprune.profile import records
@@ -72,6 +72,8 @@ def parse_options(items) -> dict:
     if "=" not in item:
       raise ValueError(f"--method_opts entry {item!r} is not key=value")
     k, v = item.split("=", 1)
+    if k.strip() in opts:
+      raise ValueError(f"--method_opts gives {k.strip()!r} twice")
     if v.strip().lower() in ("true", "false"):
       opts[k.strip()] = v.strip().lower() == "true"
       continue
@@ -112,6 +114,11 @@ def main(f: flags.FlagValues) -> str:
     raise ValueError("--cpu_cores needs an IREE CPU target (iree:host or iree:llvm-cpu:...)")
   if not f.symbolic_batch:
     common.positive(f.batch_size, "batch_size")
+  elif f["batch_size"].present:
+    raise ValueError("--batch_size applies without --symbolic_batch (a symbolic batch takes "
+                     "any size)")
+  if f.allow_batch_mismatch and not f.solution:
+    raise ValueError("--allow_batch_mismatch applies with --solution only")
   cfg, meta = checkpoint.read_weights_config(f.weights)
   method, dtype = f.method, f.dtype
   provenance = {}
@@ -149,6 +156,10 @@ def main(f: flags.FlagValues) -> str:
                        f"(--schedule={sol.schedule})")
   else:
     schedule = parse_schedule(cfg, f.schedule or "full")
+  if dtype == "bfloat16" and any(t.backend == "llvm-cpu" for t in targets):
+    raise ValueError("IREE CPU targets compile float32 graphs only (a bfloat16 dot_general "
+                     "does not legalize for llvm-cpu); deploy bfloat16 for the other targets")
+  memory.check_batch_fits(cfg, [batch_size or 1], dtype)    # before the export, naming the fit
   provenance.update(input_provenance(f.profile, f.estimate))
   reducer, opts = None, parse_options(f.method_opts)
   if method.lower() != "none":

@@ -62,11 +62,18 @@ def main(f: flags.FlagValues) -> str:
                      "(not with --driver or a GPU target)")
   if f.driver is not None:
     check_driver(target, f.driver)
+  if f.cache_dir:
+    common.check_output_dir(f.cache_dir, "cache_dir")
+  if f.dtype == "bfloat16" and target.backend == "llvm-cpu":
+    raise ValueError("IREE CPU targets compile float32 graphs only (a bfloat16 dot_general "
+                     "does not legalize for llvm-cpu); use --dtype=float32")
   cfg = common.model_config(f.model, f.weights)
   reducer, name = make_drop_reducer(f.reducer)
   grid = parse_token_grid(cfg, f.tokens) if f.mode == "model" else ()
   schedules = [parse_schedule(cfg, s.strip()) for s in (f.schedules or "").split(";")
                if s.strip()] if f.mode == "schedule" else ()
+  if len(set(schedules)) != len(schedules):
+    raise ValueError("--schedules lists a schedule twice")
   cfg, params, _ = common.load_model(f.model, f.weights)
   total = len(batches) * (len(grid) or len(schedules))
   done = []

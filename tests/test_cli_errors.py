@@ -123,6 +123,21 @@ CASES = [
      "flag --eval_batch_size=0: 0 is not a positive integer"),
     ("estimate", ["--out_dir={out}", "--out_name=../escape.json"], 1,
      "--out_name=../escape.json must be a file name, not a path"),
+    ("deploy", [f"--weights={WEIGHTS}", "--symbolic_batch", "--batch_size=4", "--out={out}"], 1,
+     "--batch_size applies without --symbolic_batch"),
+    ("deploy", [f"--weights={WEIGHTS}", "--allow_batch_mismatch", "--out={out}"], 1,
+     "--allow_batch_mismatch applies with --solution only"),
+    ("deploy", [f"--weights={WEIGHTS}", "--method=random", "--method_opts=seed=3,seed=4",
+                "--schedule=keep@3:33", "--out={out}"], 1, "--method_opts gives 'seed' twice"),
+    ("deploy", [f"--weights={WEIGHTS}", "--dtype=bfloat16", "--target=iree:host",
+                "--out={out}"], 1, "IREE CPU targets compile float32 graphs only"),
+    ("deploy", [f"--weights={WEIGHTS}", "--batch_size=10000000", "--out={out}"], 1,
+     "cannot fit"),
+    ("edge_kit", ["--out={out}", "--cache_dir={file}"], 1, "is a file, not a directory"),
+    ("edge_kit", ["--out={out}", "--dtype=bfloat16"], 1,
+     "IREE CPU targets compile float32 graphs only"),
+    ("edge_kit", ["--out={out}", "--mode=schedule", "--schedules=keep@3:35;keep@3:35"], 1,
+     "--schedules lists a schedule twice"),
 ]
 
 

@@ -149,6 +149,10 @@ def parse_targets(items: Sequence[str]) -> Tuple[Target, ...]:
     target = parse_target(t)
     if target in out:
       raise EdgeError(f"target {target.text!r} given twice")
+    same = [o for o in out if o.is_iree and target.is_iree and o.slug == target.slug]
+    if same:            # one file name for two modules: one would be dropped
+      raise EdgeError(f"targets {same[0].text!r} and {target.text!r} would share the module "
+                      f"file iree/{target.slug}.vmfb; give one of them")
     out.append(target)
   return tuple(out)
 
