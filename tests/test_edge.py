@@ -584,3 +584,19 @@ def test_edge_profile_files_are_published_together_and_merge_only_with_their_set
                      "different platform"):
     kit_lib.write_profile(prof("iree-local-sync", 1e-3), jax_out)
   assert records.load(jax_out).platform == "cpu"
+
+
+def test_a_malformed_record_is_one_line_from_the_board_cli(artifact, tmp_path):
+  """A record field the header checks do not cover (input.shape deleted; runtime a list) ends
+  the board CLI with one line naming the artifact, not a traceback."""
+  for name, change in (("shape", lambda r: r["input"].pop("shape")),
+                       ("runtime", lambda r: r.update(runtime=[1]))):
+    bad = tmp_path / name
+    shutil.copytree(artifact, bad)
+    rec = bad / edge_rt.EDGE_DIR / "iree_host.json"
+    doc = json.loads(rec.read_text())
+    change(doc)
+    rec.write_text(json.dumps(doc))
+    r = run_edge("bench", f"--artifact={bad}", "--min_run_time=0.01")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert r.stderr.startswith(f"error: {bad}"), r.stderr

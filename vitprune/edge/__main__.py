@@ -202,6 +202,10 @@ def main(argv):
       print(f"wrote {FLAGS.output}")
   except (EdgeError, ValueError, FileNotFoundError, OSError) as e:
     sys.exit(f"error: {e}")
+  except (KeyError, TypeError, AttributeError, IndexError) as e:   # a field the checks missed
+    where = getattr(FLAGS, "kit", None) or getattr(FLAGS, "artifact", None) or "the input"
+    sys.exit(f"error: {where}: a record or kit field is missing or of the wrong type "
+             f"({type(e).__name__}: {e}); rebuild it with experiments.deploy / edge_kit")
   except KeyboardInterrupt:
     sys.stderr.write("error: interrupted\n")
     sys.exit(130)
