@@ -350,7 +350,7 @@ def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
                        ("model", lambda r: r.update(model="vit_digits"))):
     bad = edited_copy("id_" + name, change)
     with pytest.raises(EdgeError, match="the record does not match its module|bad value|"
-                       "NaN is not a JSON number"):
+                       "NaN is not a JSON number|is not of this artifact"):
       edge_rt.load(bad, "iree:host")
     r = run_edge("bench", f"--artifact={bad}", "--target=iree:host", "--min_run_time=0.01")
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr[-2000:]
@@ -600,3 +600,19 @@ def test_a_malformed_record_is_one_line_from_the_board_cli(artifact, tmp_path):
     r = run_edge("bench", f"--artifact={bad}", "--min_run_time=0.01")
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr[-2000:]
     assert r.stderr.startswith(f"error: {bad}"), r.stderr
+
+
+def test_a_module_from_another_artifact_is_refused(artifact, tmp_path):
+  """iree/ copied in from an artifact of other weights: the jax graph and the IREE module would
+  answer for different weights (0.98 vs 0.09 accuracy in the fault probe); the manifest's
+  weights, model and schedule must be the records'."""
+  mixed = tmp_path / "mixed"
+  shutil.copytree(artifact, mixed)
+  man = json.loads((mixed / "manifest.json").read_text())
+  man["weights"]["sha256"] = "0" * 64
+  (mixed / "manifest.json").write_text(json.dumps(man))
+  with pytest.raises(EdgeError, match=r"module's record \(weights .*\) is not of this artifact "
+                     r"\(weights 000000000000\.\.\..*files mixed from two artifacts"):
+    edge_rt.load(str(mixed), "iree:host")
+  os.unlink(mixed / "manifest.json")          # a board copy holding iree/ alone still loads
+  assert edge_rt.load(str(mixed), "iree:host") is not None

@@ -298,11 +298,33 @@ def with_driver(record: Dict[str, Any], driver: Optional[str]) -> Dict[str, Any]
   return dict(record, driver=check_driver(parse_target(record["target"]), driver))
 
 
+def _check_against_manifest(path: str, records: List[Dict[str, Any]]) -> None:
+  """The IREE records of an artifact must be of the artifact: the manifest's weights sha256,
+  model and schedule (a module copied in from another artifact ran other weights, while the
+  jax graph beside it answered for these)."""
+  manifest = os.path.join(path, "manifest.json")
+  if not os.path.isfile(manifest):       # a board copy of iree/ alone: nothing to compare with
+    return
+  doc = read_json(manifest, "artifact manifest")
+  model = doc.get("model")
+  want = (doc.get("weights", {}).get("sha256"),
+          model.get("name") if isinstance(model, dict) else model,
+          doc.get("schedule", {}).get("text"))
+  for r in records:
+    got = (r.get("weights", {}).get("params_sha256"), r.get("model"), r.get("schedule"))
+    if got != want:
+      raise EdgeError(f"{path}: the {r.get('target')} module's record (weights "
+                      f"{str(got[0])[:12]}..., {got[1]}, {got[2]}) is not of this artifact "
+                      f"(weights {str(want[0])[:12]}..., {want[1]}, {want[2]}): files mixed "
+                      "from two artifacts? rebuild it with experiments.deploy")
+
+
 def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) -> EdgeModel:
   """The artifact's module for `target` (default: the first one this host can run), on
   `driver` (default: the one its record names)."""
   path = os.path.abspath(os.fspath(path))
   records = read_records(path)
+  _check_against_manifest(path, records)
   if target is not None:
     want = parse_target(target).text
     chosen = [r for r in records if r["target"] == want]
