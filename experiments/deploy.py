@@ -102,6 +102,27 @@ def input_provenance(profile_path: str = "", estimate_path: str = "") -> dict:
   return out
 
 
+def check_inputs_match(provenance: dict, model: str, weights_sha256: str,
+                       batch_size, dtype: str) -> None:
+  """The --profile / --estimate a deployment records must be of what it deploys: the same
+  model, the estimate of these weights, the profile timed at this batch size (any, for a
+  symbolic batch) in this dtype. ValueError naming the mismatch."""
+  prof, est = provenance.get("profile"), provenance.get("estimate")
+  for name, rec in (("--profile", prof), ("--estimate", est)):
+    if rec is not None and rec["model"] != model:
+      raise ValueError(f"{name}={rec['path']} is of model {rec['model']!r}, the weights are "
+                       f"{model!r}")
+  if est is not None and est["weights_sha256"] != weights_sha256:
+    raise ValueError(f"--estimate={est['path']} was measured on other weights (sha256 "
+                     f"{est['weights_sha256'][:12]}..., these are {weights_sha256[:12]}...)")
+  if prof is not None and prof["dtype"] != dtype:
+    raise ValueError(f"--profile={prof['path']} was timed in {prof['dtype']}, the artifact "
+                     f"computes in {dtype}")
+  if prof is not None and batch_size is not None and batch_size not in prof["batch_sizes"]:
+    raise ValueError(f"--profile={prof['path']} holds batch sizes {prof['batch_sizes']}, the "
+                     f"artifact runs batch {batch_size} (latency steps depend on the batch)")
+
+
 def main(f: flags.FlagValues) -> str:
   """Checks the flags and --out, exports, prints the manifest summary; returns the artifact
   path."""
@@ -169,6 +190,7 @@ def main(f: flags.FlagValues) -> str:
   _, params = checkpoint.load_weights(f.weights)
   if f.solution:
     sol.check_weights(params_sha256(params), f"--weights={f.weights}")
+  check_inputs_match(provenance, cfg.name, params_sha256(params), batch_size, dtype)
   names = checkpoint.read_class_names(f.weights)
   path = deploy.export_artifact(
       f.out, cfg, params, schedule=schedule, reducer=reducer,

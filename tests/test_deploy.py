@@ -560,3 +560,24 @@ def test_method_opts_parse_booleans_and_json_and_keep_other_text():
       "normalize": False, "a": True, "seed": 3, "x": [1, 2], "s": "maybe"}
   with pytest.raises(ValueError, match="'seed' is not key=value"):
     parse_options(["seed"])
+
+
+def test_deploy_refuses_a_profile_or_estimate_of_something_else():
+  """--profile / --estimate are recorded as where a deployment came from: they must be of its
+  model, its weights (estimate), its batch and dtype (profile)."""
+  from experiments.deploy import check_inputs_match   # pylint: disable=g-import-not-at-top
+  prof = {"path": "p.json", "model": "vit_digits", "dtype": "float32", "batch_sizes": [1]}
+  est = {"path": "e.json", "model": "vit_digits", "weights_sha256": "a" * 64}
+  ok = {"profile": prof, "estimate": est}
+  check_inputs_match(ok, "vit_digits", "a" * 64, 1, "float32")
+  check_inputs_match(ok, "vit_digits", "a" * 64, None, "float32")      # symbolic batch
+  for args, match in (
+      (("deit_tiny", "a" * 64, 1, "float32"), r"--profile=p.json is of model 'vit_digits'"),
+      (("vit_digits", "b" * 64, 1, "float32"), r"--estimate=e.json was measured on other "
+       r"weights \(sha256 aaaaaaaaaaaa\.\.\., these are bbbbbbbbbbbb\.\.\.\)"),
+      (("vit_digits", "a" * 64, 4, "float32"), r"holds batch sizes \[1\], the artifact runs "
+       r"batch 4"),
+      (("vit_digits", "a" * 64, 1, "bfloat16"), "was timed in float32, the artifact computes "
+       "in bfloat16")):
+    with pytest.raises(ValueError, match=match):
+      check_inputs_match(ok, *args)
