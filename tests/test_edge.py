@@ -616,3 +616,16 @@ def test_a_module_from_another_artifact_is_refused(artifact, tmp_path):
     edge_rt.load(str(mixed), "iree:host")
   os.unlink(mixed / "manifest.json")          # a board copy holding iree/ alone still loads
   assert edge_rt.load(str(mixed), "iree:host") is not None
+
+
+def test_a_pruned_vit_digits_graph_compiles_for_cuda(tmp_path):
+  """keep@3:35 on vit_digits sorts 34 kept indices: IREE's CUDA backend failed to bufferize a
+  sort of that length (the README's own edge command failed); the reducers order their indices
+  with a second top_k instead (same values, checked against the references elsewhere)."""
+  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+  cfg = get_config("vit_digits")
+  out = deploy.export_artifact(str(tmp_path / "d"), cfg, model.init_params(cfg, 0),
+                               schedule=parse_schedule(cfg, "keep@3:35"),
+                               reducer=make_reducer("pomt"), reducer_name="pomt",
+                               batch_size=1, targets=["jax", "iree:cuda:sm_87"])
+  assert deploy.read_manifest(out).targets == ("jax", "iree:cuda:sm_87")

@@ -71,7 +71,9 @@ def top_k_sorted(scores: jax.Array, k: int) -> jax.Array:
   if k == 0:
     return jnp.zeros(scores.shape[:1] + (0,), jnp.int32)
   _, idx = jax.lax.top_k(scores, k)
-  return jnp.sort(idx, axis=-1)
+  # Ascending distinct indices as a second top_k (of -idx) rather than a sort: the same values,
+  # and IREE's CUDA backend cannot bufferize a sort of a length that is not a power of two.
+  return -jax.lax.top_k(-idx, k)[0]
 
 
 def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
