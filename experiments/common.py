@@ -226,6 +226,8 @@ def check_new_dir(path: str, flag: str = "out", overwrite: bool = False) -> None
   `overwrite`, and creatable."""
   if not path:
     raise ValueError(f"--{flag} is required")
+  if os.path.isdir(os.path.dirname(os.path.abspath(path))):
+    atomic.cleanup_stale(path)   # a killed writer's moved-aside output is restored first
   if os.path.lexists(path):
     if not os.path.isdir(path):
       raise NotADirectoryError(f"--{flag}={path} is a file, not a directory")

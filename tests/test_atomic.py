@@ -85,3 +85,17 @@ def test_special_files_are_never_opened_as_outputs(tmp_path):
     atomic.check_replaceable_json(str(fifo), "vitprune-x")
   with pytest.raises(atomic.ForeignOutputError, match="a special file"):
     atomic.check_replaceable_json("/dev/zero", "vitprune-x")
+
+
+def test_a_new_dir_check_restores_an_output_a_killed_writer_moved_aside(tmp_path):
+  """Killed between moving the old output aside and publishing: the next run's up-front check
+  (`common.check_new_dir`) puts it back before any work, so it is refused as existing (or
+  replaced with --overwrite) instead of missing until a later export."""
+  from experiments import common   # pylint: disable=g-import-not-at-top
+  out = tmp_path / "art"
+  aside = tmp_path / ".art.old-999999999-abc"          # no such process
+  (aside / "art").mkdir(parents=True)
+  (aside / "art" / "manifest.json").write_text("{}")
+  with pytest.raises(FileExistsError, match="already exists"):
+    common.check_new_dir(str(out), "out")
+  assert (out / "manifest.json").read_text() == "{}" and not aside.exists()
