@@ -18,7 +18,8 @@ def test_round_trip(tmp_path, name):
   cfg = get_config(name)
   params = init_params(cfg, seed=7)
   path = checkpoint.save_weights(str(tmp_path / name), cfg, params, meta={"k": [1, "x"]})
-  assert path == str(tmp_path / name) and sorted(os.listdir(path)) == [".vitprune-files.json", "config.json", "params"]
+  assert path == str(tmp_path / name)
+  assert sorted(os.listdir(path)) == [".vitprune-files.json", "config.json", "params"]
   cfg2, loaded = checkpoint.load_weights(path)
   assert cfg2 == cfg and hash(cfg2) == hash(cfg)
   assert jax.tree.structure(loaded) == jax.tree.structure(params)

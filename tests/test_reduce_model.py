@@ -96,7 +96,8 @@ def test_compiles_once_per_schedule():
   # What jit keys on is checked first: jax's own message about hashing names neither.
   with pytest.raises(TypeError, match=r"schedule must be a vitprune Schedule .* got list"):
     model.jitted_forward(params, images, cfg=cfg, schedule=[17, 9, 9], reducer=red)
-  with pytest.raises(TypeError, match=r"reducer must be a token reducer \(make_reducer\('pomt'\)\)"):
+  with pytest.raises(TypeError,
+                     match=r"reducer must be a token reducer \(make_reducer\('pomt'\)\)"):
     model.jitted_forward(params, images, cfg=cfg, schedule=sch, reducer="pomt")
   model.jitted_forward(params, images, cfg=cfg, schedule=S.prune_at(cfg, keep=8, layer=1),
                        reducer=red)

@@ -180,7 +180,8 @@ def test_check_schedule_original_errors():
     S.check_schedule(DEIT_S, S.Schedule([197] * 12))
   with pytest.raises(TypeError, match=r"schedule must be a vitprune Schedule .* got tuple"):
     S.check_schedule(DEIT_S, (197,) * 13)
-  with pytest.raises(TypeError, match=r"reducer must be a token reducer \(make_reducer\('pomt'\)\)"):
+  with pytest.raises(TypeError,
+                     match=r"reducer must be a token reducer \(make_reducer\('pomt'\)\)"):
     S.check_schedule(DEIT_S, None, "pomt")
 
 

@@ -829,7 +829,8 @@ def test_cli(tmp_path):
          "0.9" in r.stderr
   assert "Traceback" not in r.stderr
   r = _cli(f"--profile={ps}", f"--estimate={es}", "--alpha=1.5", f"--out_dir={out}")
-  assert r.returncode == 2 and "--alpha=1.5: 1.5 is not a number in the range [0.0, 1.0]" in r.stderr
+  assert r.returncode == 2
+  assert "--alpha=1.5: 1.5 is not a number in the range [0.0, 1.0]" in r.stderr
   r = _cli(f"--estimate={es}")
   assert r.returncode == 1 and "--profile and --estimate are required" in r.stderr
   assert sorted(os.listdir(out)) == [f"{CFG.name}_multi_b8.json", f"{CFG.name}_multi_b8.png"]

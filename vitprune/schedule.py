@@ -471,8 +471,8 @@ def parse_schedule(cfg: ViTConfig, text: str) -> Schedule:
                      "so '3 5' would read as 35)")
   t = re.sub(r"\s+", "", text).lower()
   if re.search(r"(^|[:,@])\+", t):
-    raise ValueError(f"schedule {text!r}: '+' joins terms (embed:50+keep@3:35); numbers take no '+' "
-                     "sign")
+    raise ValueError(f"schedule {text!r}: '+' joins terms (embed:50+keep@3:35); numbers take "
+                     "no '+' sign")
   if not t:
     raise ValueError(f"empty schedule; accepted forms: {', '.join(_FORMS)}")
   if t in ("full", "none"):
