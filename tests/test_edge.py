@@ -416,6 +416,16 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
                        reducer=make_reducer("random"), threads=2, cache_dir=cache,
                        overwrite=True, driver="local-task")
   assert all(p["cached"] for p in kit_lib.read_kit(kit_dir)["points"])
+  # A point field edited to the wrong type is refused by name, as a field of kit.json.
+  bad_kit = tmp_path / "bad_kit"
+  shutil.copytree(kit_dir, bad_kit)
+  doc = json.loads((bad_kit / "kit.json").read_text())
+  doc["points"][1].update(compile_s="x")
+  doc["points"][1]["input"].pop("shape")
+  (bad_kit / "kit.json").write_text(json.dumps(doc))
+  with pytest.raises(EdgeError, match=r"kit.json: points\[1\]: input.shape, compile_s missing "
+                     "or of the wrong type"):
+    kit_lib.read_kit(str(bad_kit))
   out = str(tmp_path / "board.json")
   r = run_edge("profile", f"--kit={kit_dir}", f"--out={out}", "--min_run_time=0.02",
                "--quiet")

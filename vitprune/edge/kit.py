@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from vitprune import atomic
+from vitprune import atomic, jsonio
 from vitprune.profile import protocol
 from vitprune.profile import records
 from vitprune.edge import runtime as rt
@@ -63,9 +63,30 @@ def read_kit(path: str) -> Dict[str, Any]:
                          "points") if k not in doc]
   if missing:
     raise EdgeError(f"{path}/{KIT_MANIFEST} lacks {missing}")
-  if not doc["points"]:
+  if not isinstance(doc["points"], list) or not doc["points"]:
     raise EdgeError(f"{path}/{KIT_MANIFEST} lists no points")
+  for i, p in enumerate(doc["points"]):
+    bad = _bad_point(p)
+    if bad:
+      raise EdgeError(f"{path}/{KIT_MANIFEST}: points[{i}]: {bad}")
   return doc
+
+
+def _bad_point(p: Any) -> Optional[str]:
+  """What is malformed in a kit point's fields the profile reads (None: nothing)."""
+  if not isinstance(p, dict):
+    return "must be an object"
+  ints = lambda v: isinstance(v, list) and all(jsonio.is_int(x) and x >= 0 for x in v)
+  shape = p.get("input", {}).get("shape") if isinstance(p.get("input"), dict) else None
+  checks = (("input.shape", ints(shape) and len(shape) == 4 and shape[0] >= 1),
+            ("args", ints(p.get("args"))),
+            ("compile_s", jsonio.is_num(p.get("compile_s")) and p.get("compile_s") >= 0),
+            ("component", isinstance(p.get("component"), str)),
+            ("batch_size", jsonio.is_int(p.get("batch_size")) and p.get("batch_size") >= 1),
+            ("tokens", jsonio.is_int(p.get("tokens")) and p.get("tokens") >= 1),
+            ("module", isinstance(p.get("module"), dict)))
+  wrong = [name for name, ok in checks if not ok]
+  return f"{', '.join(wrong)} missing or of the wrong type" if wrong else None
 
 
 def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
