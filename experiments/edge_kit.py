@@ -10,7 +10,8 @@ host in parallel and cached, for `python -m vitprune.edge profile --kit=DIR --ou
 vitprune.schedule.parse_token_grid. Mode model drops tokens right after the embedding (the
 profiler's 'model' mode, reducer --reducer, default 'random'); mode schedule compiles the given
 schedules (';'-separated). Compiled modules are cached in --cache_dir by a hash of the MLIR and
-the flags, so rebuilding a kit recompiles only what changed.
+the flags (iree:host: and of this machine's CPU), so rebuilding a kit recompiles only what
+changed.
 """
 from __future__ import annotations
 

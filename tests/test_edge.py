@@ -639,3 +639,24 @@ def test_a_pruned_vit_digits_graph_compiles_for_cuda(tmp_path):
                                reducer=make_reducer("pomt"), reducer_name="pomt",
                                batch_size=1, targets=["jax", "iree:cuda:sm_87"])
   assert deploy.read_manifest(out).targets == ("jax", "iree:cuda:sm_87")
+
+
+def test_the_compile_cache_keys_host_modules_by_the_cpu(tmp_path, monkeypatch):
+  """`--iree-llvmcpu-target-cpu=host` means this machine's CPU: a cache shared between machines
+  must not serve one CPU's module to another (other flags: keyed by the flags alone)."""
+  import types  # pylint: disable=g-import-not-at-top
+  compiled = []
+  fake = types.SimpleNamespace(compile_str=lambda *a, **k: compiled.append(1) or b"vmfb")
+  cpu = {"arch": "x86_64", "model": "A", "features": ["avx2"]}
+  monkeypatch.setattr(iree_build, "host_cpu", lambda: dict(cpu))
+  host = ["--iree-llvmcpu-target-cpu=host"]
+  named = ["--iree-llvmcpu-target-cpu=cortex-a78ae"]
+  for flags_, other_cpu_hits in ((host, False), (named, True)):
+    cpu["model"] = "A"
+    assert not iree_build._compile_once(fake, "module {}", ["llvm-cpu"], flags_, "v",
+                                        str(tmp_path))[1]
+    assert iree_build._compile_once(fake, "module {}", ["llvm-cpu"], flags_, "v",
+                                    str(tmp_path))[1]              # same CPU: cached
+    cpu["model"] = "B"
+    assert iree_build._compile_once(fake, "module {}", ["llvm-cpu"], flags_, "v",
+                                    str(tmp_path))[1] == other_cpu_hits

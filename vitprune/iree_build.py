@@ -187,7 +187,11 @@ def _first_error(e: Exception) -> str:
 def _compile_once(ireec, mlir: str, backends: List[str], flags: List[str], version: str,
                   cache_dir: Optional[str]) -> Tuple[bytes, bool, str]:
   """-> (vmfb, cached, cache key); raises ireec.CompilerToolError."""
-  key = hashlib.sha256(json.dumps([version, backends, flags]).encode() +
+  # "target-cpu=host" means this machine's CPU: key it by the CPU, not by the word "host", so a
+  # cache shared between machines never serves a module built for another CPU.
+  host = ([host_cpu()] if any(f.endswith("target-cpu=host") for f in flags)
+          else [])
+  key = hashlib.sha256(json.dumps([version, backends, flags] + host).encode() +
                        strip_locations(mlir).encode()).hexdigest()
   cached = os.path.join(cache_dir, key[:2], key + ".vmfb") if cache_dir else None
   if cached and os.path.isfile(cached):
