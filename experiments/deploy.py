@@ -188,9 +188,10 @@ def main(f: flags.FlagValues) -> str:
   elif opts:
     raise ValueError("--method_opts given with --method=none")
   _, params = checkpoint.load_weights(f.weights)
+  weights_sha256 = params_sha256(params)
   if f.solution:
-    sol.check_weights(params_sha256(params), f"--weights={f.weights}")
-  check_inputs_match(provenance, cfg.name, params_sha256(params), batch_size, dtype)
+    sol.check_weights(weights_sha256, f"--weights={f.weights}")
+  check_inputs_match(provenance, cfg.name, weights_sha256, batch_size, dtype)
   names = checkpoint.read_class_names(f.weights)
   path = deploy.export_artifact(
       f.out, cfg, params, schedule=schedule, reducer=reducer,

@@ -95,12 +95,16 @@ def _describe(path: str) -> str:
 INVENTORY_FILE = ".vitprune-files.json"   # every file a staged directory held when published
 
 
+def _tree_files(directory: str) -> List[str]:
+  """Every file under `directory`, relative and '/'-separated, sorted."""
+  return sorted(os.path.relpath(os.path.join(d, f), directory).replace(os.sep, "/")
+                for d, _, fs in os.walk(directory) for f in fs)
+
+
 def _write_inventory(directory: str) -> None:
-  """Lists every file under `directory` (relative, '/'-separated) in its INVENTORY_FILE."""
-  files = sorted(os.path.relpath(os.path.join(d, f), directory).replace(os.sep, "/")
-                 for d, _, fs in os.walk(directory) for f in fs)
+  """Lists every file under `directory` in its INVENTORY_FILE."""
   with open(os.path.join(directory, INVENTORY_FILE), "w") as f:
-    json.dump({"format": "vitprune-inventory", "files": files}, f)
+    json.dump({"format": "vitprune-inventory", "files": _tree_files(directory)}, f)
 
 
 def unlisted_files(directory: str) -> List[str]:
@@ -112,13 +116,8 @@ def unlisted_files(directory: str) -> List[str]:
       listed = set(json.load(f)["files"])
   except (OSError, ValueError, RecursionError, KeyError, TypeError):
     return []
-  out = []
-  for d, _, fs in os.walk(directory):
-    for f in fs:
-      rel = os.path.relpath(os.path.join(d, f), directory).replace(os.sep, "/")
-      if rel != INVENTORY_FILE and rel not in listed and not f.startswith(WRITE_CHECK_PREFIX):
-        out.append(rel)
-  return sorted(out)
+  return [rel for rel in _tree_files(directory) if rel != INVENTORY_FILE and rel not in listed
+          and not os.path.basename(rel).startswith(WRITE_CHECK_PREFIX)]
 
 
 def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:

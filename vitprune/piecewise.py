@@ -29,7 +29,7 @@ from vitprune.config import ViTConfig
 from vitprune.model import Params
 from vitprune.profile import timing
 from vitprune.reduce.base import TokenReducer
-from vitprune.schedule import Schedule, check_reducer_given, check_schedule
+from vitprune.schedule import Schedule, check_reducer_given, check_schedule, full_schedule
 
 HEAD_KEYS = ("norm", "fc_norm", "head", "head_dist")
 
@@ -183,8 +183,8 @@ class PiecewiseForward:
   def __call__(self, schedule: Schedule, images: jax.Array) -> jax.Array:
     """images [B, S, S, C] -> float32 logits [B, K] of `schedule` (None: unpruned; compiles
     missing pieces)."""
-    self.compile([schedule], images)
-    schedule = check_schedule(self.cfg, schedule, self.reducer)
+    schedule = full_schedule(self.cfg) if schedule is None else schedule
+    self.compile([schedule], images)                           # checks it
     (embed_key, _, _), *blocks, (head_key, _, _) = self._pieces(schedule, images)
     x, size = self._compiled[embed_key](self._placed, images), None
     for block_params, (key, _, _) in zip(self._placed["blocks"], blocks):
@@ -207,6 +207,7 @@ class WholeGraphs(PiecewiseForward):
   def __call__(self, schedule: Schedule, images: jax.Array) -> jax.Array:
     """images [B, S, S, C] -> float32 logits [B, K] of `schedule` (None: unpruned; compiles it
     if missing)."""
-    self.compile([schedule], images)
-    (key, _, _), = self._pieces(check_schedule(self.cfg, schedule, self.reducer), images)
+    schedule = full_schedule(self.cfg) if schedule is None else schedule
+    self.compile([schedule], images)                           # checks it
+    (key, _, _), = self._pieces(schedule, images)
     return self._compiled[key](self._placed, images)

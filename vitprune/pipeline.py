@@ -419,7 +419,7 @@ def is_pipeline_dir(path: str) -> bool:
     summary = jsonio.read_json(os.path.join(path, SUMMARY_FILE), "summary")
   except (OSError, ValueError):
     return False
-  files = summary.get("files") if isinstance(summary, dict) else None
+  files = summary.get("files")            # read_json gives an object
   if summary.get("format", SUMMARY_FORMAT) != SUMMARY_FORMAT or not isinstance(files, dict):
     return False
   ours = set()

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata as md
-import json
 import os
 from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from vitprune import atomic, jsonio
+from vitprune import jsonio
 from vitprune.profile import protocol
 from vitprune.profile import records
 from vitprune.edge import runtime as rt
@@ -153,34 +152,15 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
 
 
 def write_profile(profile, out: str, kit: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
-  """Saves `profile` as JSON at `out` (+ CSV twin, same stem), published together; an existing
-  profile there is merged with it (`records.merge`: refused for another device, platform,
-  dtype, model or reducer). The JSON also carries an 'edge' entry (kit target, compiler flags,
-  IREE runtime version)."""
+  """Saves `profile` as JSON at `out` (+ CSV twin, same stem) with `records.save`: merged into
+  an existing profile of the same setup only, the files published together. The JSON also
+  carries an 'edge' entry (kit target, compiler flags, IREE runtime version)."""
   stem = os.path.abspath(out[:-5] if out.endswith(".json") else out)
-  with atomic.locked(stem + ".json"):
-    if os.path.isfile(stem + ".json"):     # merge into an earlier profile of the same setup only
-      try:
-        profile = records.merge([records.load(stem + ".json"), profile])
-      except ValueError as e:
-        raise ValueError(f"cannot merge into {stem}.json: {e}") from None
-    return _write_profile(profile, stem, kit)
-
-
-def _write_profile(profile, stem: str, kit: Optional[Dict[str, Any]]) -> Dict[str, str]:
-  doc = records.to_json(profile)
-  if kit is not None:
-    doc["edge"] = {"target": kit["target"], "compiler": kit.get("compiler"),
-                   "iree_runtime": _runtime_version(), "host_cpu": host_cpu()["model"]}
-  blobs = {"csv": records.to_csv(profile).encode(),         # the JSON, which readers check, last
-           "json": json.dumps(doc, indent=1, allow_nan=False).encode()}
-  paths = {k: f"{stem}.{k}" for k in blobs}
-  with atomic.staged_files(os.path.dirname(stem), os.path.basename(paths["json"]),
-                           [os.path.basename(paths[k]) for k in blobs]) as tmp:   # together
-    for k, blob in blobs.items():
-      with open(os.path.join(tmp, os.path.basename(paths[k])), "wb") as f:
-        f.write(blob)
-  return paths
+  fields = None if kit is None else {"edge": {
+      "target": kit["target"], "compiler": kit.get("compiler"),
+      "iree_runtime": _runtime_version(), "host_cpu": host_cpu()["model"]}}
+  paths = records.save(profile, os.path.dirname(stem), os.path.basename(stem), fields=fields)
+  return {"json": paths["json"], "csv": paths["csv"]}
 
 
 def _runtime_version() -> str:

@@ -404,8 +404,10 @@ def file_stem(profile: Profile) -> str:
 
 
 def save(profile: Profile, out_dir: str, stem: Optional[str] = None, *,
-         extra: Optional[Dict[str, Callable[[Profile, str], Any]]] = None) -> Dict[str, str]:
+         extra: Optional[Dict[str, Callable[[Profile, str], Any]]] = None,
+         fields: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
   """Merges `profile` into `<stem>.json` / `<stem>.csv` (and `extra` files) -> {kind: path}.
+  `fields`: more top-level JSON entries (e.g. the board's 'edge' entry; readers ignore them).
 
   An existing `<stem>.json` must be a latency profile of the same model config, dtype, device
   kind and platform (else ValueError, nothing written); its points are kept unless measured
@@ -433,7 +435,7 @@ def save(profile: Profile, out_dir: str, stem: Optional[str] = None, *,
       if foreign:
         raise ValueError(f"refusing to replace {foreign}: no profile {paths['json']} beside "
                          "them, so they were not written by vitprune")
-    text = json.dumps(to_json(profile), indent=1, allow_nan=False)
+    text = json.dumps(dict(to_json(profile), **(fields or {})), indent=1, allow_nan=False)
     csv_text = to_csv(profile)
     names = [os.path.basename(paths[k]) for k in kinds]
     with atomic.staged_files(out_dir, os.path.basename(paths["json"]), names) as tmp:
