@@ -660,3 +660,35 @@ def test_the_compile_cache_keys_host_modules_by_the_cpu(tmp_path, monkeypatch):
     cpu["model"] = "B"
     assert iree_build._compile_once(fake, "module {}", ["llvm-cpu"], flags_, "v",
                                     str(tmp_path))[1] == other_cpu_hits
+
+
+def test_the_compile_cache_never_serves_a_damaged_or_foreign_entry(tmp_path):
+  """A cache file holds its key and the module's sha256: a truncated or flipped file, or one
+  copied over another key's, is recompiled and replaced, never served as a module."""
+  import types  # pylint: disable=g-import-not-at-top
+  compiled = []
+  modules = {"module {a}": b"module-A" * 100, "module {b}": b"module-B" * 100}
+  fake = types.SimpleNamespace(
+      compile_str=lambda mlir, **k: compiled.append(mlir) or modules[mlir])
+  flags = ["--iree-llvmcpu-target-cpu=cortex-a78ae"]
+
+  def compile_(mlir):
+    blob, cached, key = iree_build._compile_once(fake, mlir, ["llvm-cpu"], flags, "v",
+                                                 str(tmp_path))
+    assert blob == modules[mlir]
+    return cached, os.path.join(str(tmp_path), key[:2], key + ".module")
+
+  (cached_a, path_a), (cached_b, path_b) = compile_("module {a}"), compile_("module {b}")
+  assert not cached_a and not cached_b and compile_("module {a}")[0]
+  good_a = open(path_a, "rb").read()
+  damages = {"truncated": good_a[:-7], "a flipped byte": good_a[:-1] + b"?",
+             "another key's entry": open(path_b, "rb").read(),
+             "a bare module (older format)": modules["module {a}"], "empty": b""}
+  for what, data in damages.items():
+    with open(path_a, "wb") as f:
+      f.write(data)
+    n = len(compiled)
+    assert compile_("module {a}") == (False, path_a), what
+    assert len(compiled) == n + 1, what                        # recompiled ...
+    assert open(path_a, "rb").read() == good_a, what           # ... and replaced
+    assert compile_("module {a}")[0], what                     # served again afterwards

@@ -24,7 +24,8 @@ CPU modules are compiled for the latency or throughput profile and run on its dr
 (`choose_runtime`: from the unpruned model's estimated work, or from a driver given); records and
 kits store the choice under `runtime`.
 Compiled modules can be cached by sha256(IREE version + backend + flags + MLIR text without
-source locations).
+source locations); a cache file holds its key and the module's sha256, and one that does not
+match (renamed, copied over another, damaged) is recompiled and replaced, never served.
 """
 from __future__ import annotations
 
@@ -184,6 +185,32 @@ def _first_error(e: Exception) -> str:
   return (lines[0] if lines else str(e).strip().splitlines()[0])[:400]
 
 
+_CACHE_MAGIC = b"vitprune-iree-cache-v1\n"
+
+
+def _cache_entry(key: str, blob: bytes) -> bytes:
+  """A cache file: magic, the key it was stored under and the module's sha256, then the module,
+  so that a file renamed, copied over another or damaged is never served as a module."""
+  return (_CACHE_MAGIC + key.encode() + b"\n" + hashlib.sha256(blob).hexdigest().encode()
+          + b"\n" + blob)
+
+
+def _read_cache_entry(path: str, key: str) -> Optional[bytes]:
+  """-> the module stored in `path` for `key`, or None if the file is not one (absent, another
+  key's, an older format, truncated or damaged): the caller recompiles and replaces it."""
+  if not os.path.isfile(path):
+    return None
+  with open(path, "rb") as f:
+    data = f.read()
+  head = _CACHE_MAGIC + key.encode() + b"\n"
+  if not data.startswith(head):
+    return None
+  digest, sep, blob = data[len(head):].partition(b"\n")
+  if not sep or digest != hashlib.sha256(blob).hexdigest().encode():
+    return None
+  return blob
+
+
 def _compile_once(ireec, mlir: str, backends: List[str], flags: List[str], version: str,
                   cache_dir: Optional[str]) -> Tuple[bytes, bool, str]:
   """-> (vmfb, cached, cache key); raises ireec.CompilerToolError."""
@@ -193,14 +220,14 @@ def _compile_once(ireec, mlir: str, backends: List[str], flags: List[str], versi
           else [])
   key = hashlib.sha256(json.dumps([version, backends, flags] + host).encode() +
                        strip_locations(mlir).encode()).hexdigest()
-  cached = os.path.join(cache_dir, key[:2], key + ".vmfb") if cache_dir else None
-  if cached and os.path.isfile(cached):
-    with open(cached, "rb") as f:
-      return f.read(), True, key
+  cached = os.path.join(cache_dir, key[:2], key + ".module") if cache_dir else None
+  blob = _read_cache_entry(cached, key) if cached else None
+  if blob is not None:
+    return blob, True, key
   blob = ireec.compile_str(mlir, input_type="stablehlo", target_backends=backends,
                            extra_args=flags)
   if cached:
-    atomic.write_bytes(cached, blob)
+    atomic.write_bytes(cached, _cache_entry(key, blob))
   return blob, False, key
 
 
