@@ -12,10 +12,12 @@ device-resident batch, after the first call (compile + first run, reported separ
 from __future__ import annotations
 
 from absl import flags
+import jax
 
 from experiments import common
 from vitprune import atomic
 from vitprune import deploy
+from vitprune import memory
 from vitprune.data import ImageFolder
 
 
@@ -60,6 +62,10 @@ def run(f: flags.FlagValues) -> dict:
     atomic.check_replaceable_json(f.output, RESULT_FORMAT)
   model = deploy.load(f.artifact)
   bs = choose_batch_size(model.batch_size, f.batch_size)
+  # The loaded weights give the parameter count: the model code is never imported.
+  memory.check_batch_fits(model.manifest.config, [bs], model.manifest.dtype,
+                          schedule=model.manifest.schedule,
+                          num_params=sum(p.size for p in jax.tree.leaves(model.params)))
   dataset = ImageFolder(f.images, class_names=model.class_names, num_classes=model.num_outputs)
   out = deploy.classify(model, dataset, bs, f.num_workers)
   names = model.class_names

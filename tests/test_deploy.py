@@ -533,6 +533,13 @@ def test_clis_end_to_end(tmp_path, params):
              "--repeats=3", "--warmup=0")
   assert res.returncode == 0, res.stderr[-3000:]
   assert "x.png\t" in res.stdout and "accuracy" not in res.stdout
+  # A symbolic-batch artifact takes any --batch_size: one that cannot fit is refused up front,
+  # from the loaded weights' size (the model code is not imported), before any image is read.
+  res = _cli("experiments.run_deployed", f"--artifact={out}s", f"--images={flat}",
+             "--batch_size=1000000000")
+  assert res.returncode == 1 and "Traceback" not in res.stderr
+  assert ("error: --batch_size=1000000000 cannot fit in memory: a float32 forward of "
+          f"{CFG.name} needs") in res.stderr
 
 
 def test_cli_errors(tmp_path, artifact):

@@ -35,6 +35,19 @@ def test_forward_bytes_is_affine_in_the_batch_and_follows_tokens_and_dtype():
     memory.forward_bytes(DEIT, 1, "float16")
 
 
+def test_a_given_parameter_count_replaces_the_model_code(monkeypatch):
+  """`num_params` (run_deployed: the loaded weights' size) is used instead of `param_count`,
+  which imports the model code."""
+  n = memory.param_count(DEIT)
+  want = memory.forward_bytes(DEIT, 8)
+  monkeypatch.setattr(memory, "param_count", lambda cfg: pytest.fail("model code used"))
+  assert memory.forward_bytes(DEIT, 8, num_params=n) == want
+  assert memory.forward_bytes(DEIT, 8, num_params=n + 10) == want + 40
+  assert memory.max_batch(DEIT, want, num_params=n) == 8
+  with pytest.raises(ValueError, match="at most 8 fit"):
+    memory.check_batch_fits(DEIT, [9], available=want, num_params=n)
+
+
 def test_max_batch_and_check_batch_fits():
   avail = memory.forward_bytes(DEIT, 40) + 1
   n = memory.max_batch(DEIT, avail)

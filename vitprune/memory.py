@@ -10,7 +10,8 @@ is affine in the batch size, so the largest batch that fits follows directly.
 
 `check_batch_fits` compares it with the memory the machine has available (`/proc/meminfo`
 MemAvailable; no new dependency) and raises ValueError naming the batch, the estimate, what is
-available and the largest batch that fits.
+available and the largest batch that fits. Given `num_params` (a deployment manifest records
+it), nothing here imports the model code (`vitprune.model`, jax), so `run_deployed` can check too.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vitprune.config import ViTConfig
-from vitprune.model import param_shapes
 from vitprune.schedule import Schedule, full_schedule
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
@@ -28,6 +28,8 @@ MEMINFO = "/proc/meminfo"
 
 def param_count(cfg: ViTConfig) -> int:
   """Number of parameters of `cfg` (from `param_shapes`, no arrays built)."""
+  from vitprune.model import param_shapes  # pylint: disable=g-import-not-at-top  (imports jax)
+
   def count(node) -> int:
     if isinstance(node, dict):
       return sum(count(v) for v in node.values())
@@ -43,9 +45,9 @@ def _dtype_bytes(dtype: str) -> int:
   return DTYPE_BYTES[dtype]
 
 
-def _fixed_bytes(cfg: ViTConfig, dtype: str) -> int:
+def _fixed_bytes(cfg: ViTConfig, dtype: str, num_params: Optional[int] = None) -> int:
   """Batch-independent bytes: float32 parameters, plus their cast copy below float32."""
-  n = param_count(cfg)
+  n = param_count(cfg) if num_params is None else num_params
   d = _dtype_bytes(dtype)
   return 4 * n + (d * n if d != 4 else 0)
 
@@ -66,17 +68,17 @@ def _per_example_bytes(cfg: ViTConfig, dtype: str, schedule: Optional[Schedule])
 
 
 def forward_bytes(cfg: ViTConfig, batch: int, dtype: str = "float32",
-                  schedule: Optional[Schedule] = None) -> int:
+                  schedule: Optional[Schedule] = None, num_params: Optional[int] = None) -> int:
   """Estimated peak bytes of one forward of `cfg` at `batch` images (see the module doc)."""
   if batch < 1:
     raise ValueError(f"batch size must be >= 1, got {batch}")
-  return _fixed_bytes(cfg, dtype) + batch * _per_example_bytes(cfg, dtype, schedule)
+  return _fixed_bytes(cfg, dtype, num_params) + batch * _per_example_bytes(cfg, dtype, schedule)
 
 
 def max_batch(cfg: ViTConfig, available: int, dtype: str = "float32",
-              schedule: Optional[Schedule] = None) -> int:
+              schedule: Optional[Schedule] = None, num_params: Optional[int] = None) -> int:
   """The largest batch whose `forward_bytes` is within `available` bytes (0: none fits)."""
-  room = available - _fixed_bytes(cfg, dtype)
+  room = available - _fixed_bytes(cfg, dtype, num_params)
   return max(0, room // _per_example_bytes(cfg, dtype, schedule))
 
 
@@ -99,7 +101,8 @@ def _gib(n: float) -> str:
 
 def check_batch_fits(cfg: ViTConfig, batches: Sequence[int], dtype: str = "float32", *,
                      schedule: Optional[Schedule] = None, flag: str = "--batch_size",
-                     available: Optional[int] = None) -> None:
+                     available: Optional[int] = None,
+                     num_params: Optional[int] = None) -> None:
   """Raises ValueError when the largest of `batches` cannot fit in `available` bytes (default:
   `available_bytes()`; no check where that is unknown), naming what fits."""
   if available is None:
@@ -107,10 +110,10 @@ def check_batch_fits(cfg: ViTConfig, batches: Sequence[int], dtype: str = "float
     if available is None:
       return
   batch = max(batches)
-  need = forward_bytes(cfg, batch, dtype, schedule)
+  need = forward_bytes(cfg, batch, dtype, schedule, num_params)
   if need <= available:
     return
-  fits = max_batch(cfg, available, dtype, schedule)
+  fits = max_batch(cfg, available, dtype, schedule, num_params)
   hint = (f"at most {fits} fit" if fits else "not even batch 1 fits")
   raise ValueError(f"{flag}={batch} cannot fit in memory: a {dtype} forward of {cfg.name} needs "
                    f"~{_gib(need)} but {_gib(available)} is available ({hint}; "
