@@ -221,6 +221,39 @@ def test_a_flat_folder_refuses_a_link_to_its_own_image(tmp_path):
   assert data.ImageFolder(tmp_path).files == ("a.png", "b.png", "c.png")
 
 
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("make, message", [
+    (os.mkfifo, "is named like an image but is not a regular file (a FIFO"),
+    (lambda p: os.symlink("/dev/zero", p), "is named like an image but is not a regular file"),
+    (lambda p: os.symlink("missing.png", p), "is a link to nothing (dangling symbolic link)"),
+])
+def test_an_image_name_that_is_not_a_regular_file_is_refused_at_scan(tmp_path, flat, make,
+                                                                     message):
+  """A FIFO named `b.png` blocked every `--data` CLI in open() for ever (labelled folders), or
+  was skipped without a word (flat folders); a dangling link failed only when read."""
+  folder = tmp_path if flat else tmp_path / "3"
+  _png(str(folder / "a.png"), _gray(3, 3))
+  make(str(folder / "b.png"))
+  with pytest.raises(ValueError, match=re.escape(f"'{folder}/b.png' {message}")):
+    data.ImageFolder(tmp_path)
+
+
+def test_names_that_are_not_utf8_are_refused_by_path(tmp_path):
+  """torchvision reads them; here the dataset fingerprint failed on them with a message naming
+  nothing ('utf-8' codec can't encode ...)."""
+  _png(str(tmp_path / "3" / "a.png"), _gray(3, 3))
+  with open(os.path.join(os.fsencode(tmp_path / "3"), b"\xff.png"), "wb") as f:
+    Image.fromarray(_gray(3, 3)).save(f, format="PNG")
+  with pytest.raises(ValueError, match=re.escape(f"'{tmp_path}/3/\\udcff.png': the file name "
+                                                 "is not valid UTF-8")):
+    data.ImageFolder(tmp_path)
+  os.unlink(os.path.join(os.fsencode(tmp_path / "3"), b"\xff.png"))
+  os.mkdir(os.path.join(os.fsencode(tmp_path), b"\xfe"))
+  with pytest.raises(ValueError, match=re.escape(f"class folder '{tmp_path}/\\udcfe': the "
+                                                 "name is not valid UTF-8")):
+    data.ImageFolder(tmp_path)
+
+
 def test_links_outside_the_dataset_are_read_once_each(tmp_path):
   """A linked folder outside the dataset, and a deduplicating store (git-annex, DVC, a hub
   cache: images are links into a blob folder, two identical images one blob) are fine."""

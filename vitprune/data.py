@@ -24,6 +24,7 @@ import hashlib
 import importlib.util
 import math
 import os
+import stat
 from typing import Dict, Iterator, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
@@ -63,6 +64,24 @@ def is_image_file(name: str) -> bool:
   return not base.startswith(".") and base.lower().endswith(IMG_EXTENSIONS)
 
 
+def _check_image_entry(path: str) -> str:
+  """`path` when it names a regular file (through links) with a UTF-8 name, else ValueError
+  naming it: a FIFO or device named like an image would block or never end on read, a dangling
+  link has nothing to read, and a name that is not UTF-8 cannot be recorded."""
+  try:
+    path.encode("utf-8")
+  except UnicodeEncodeError:
+    raise ValueError(f"{path!r}: the file name is not valid UTF-8 (rename it)") from None
+  try:
+    mode = os.stat(path).st_mode
+  except FileNotFoundError:
+    raise ValueError(f"{path!r} is a link to nothing (dangling symbolic link)") from None
+  if not stat.S_ISREG(mode):
+    raise ValueError(f"{path!r} is named like an image but is not a regular file (a FIFO, "
+                     "device or socket)")
+  return path
+
+
 def find_classes(root: str) -> Tuple[str, ...]:
   """Class names as torchvision's `find_classes`: sorted subdirectory names of `root`.
 
@@ -70,7 +89,14 @@ def find_classes(root: str) -> Tuple[str, ...]:
   `.ipynb_checkpoints`-style folders do not become classes.
   """
   with os.scandir(root) as it:
-    return tuple(sorted(e.name for e in it if e.is_dir() and not e.name.startswith(".")))
+    names = tuple(sorted(e.name for e in it if e.is_dir() and not e.name.startswith(".")))
+  for name in names:
+    try:
+      name.encode("utf-8")
+    except UnicodeEncodeError:
+      raise ValueError(f"class folder {os.path.join(root, name)!r}: the name is not valid "
+                       "UTF-8 (rename it)") from None
+  return names
 
 
 def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
@@ -100,7 +126,7 @@ def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
   for dirpath, fnames in sorted(walked):
     for fname in sorted(fnames):
       if is_image_file(fname):
-        path = os.path.join(dirpath, fname)
+        path = _check_image_entry(os.path.join(dirpath, fname))
         if os.path.islink(path):
           real = os.path.realpath(path)
           inside = [c for c in class_reals if real.startswith(c + os.sep)]
@@ -117,7 +143,9 @@ def _flat_files(root: str) -> Tuple[str, ...]:
   """Image files directly inside `root` (not recursive), sorted by name; an image that is a
   link to another image of `root` (read twice) is a ValueError."""
   with os.scandir(root) as it:
-    entries = [e for e in it if e.is_file() and is_image_file(e.name)]
+    entries = [e for e in it if not e.is_dir() and is_image_file(e.name)]
+  for e in entries:
+    _check_image_entry(e.path)
   names = {e.name for e in entries}
   real_root = os.path.realpath(root)
   for e in entries:
