@@ -39,7 +39,8 @@ EMBEDDED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 # What the library raises on bad input (ValueError covers jsonio.FormatError and its record,
 # artifact, estimate and solve errors, EdgeError; OSError covers missing, occupied (incl.
 # atomic.ForeignOutputError), unwritable and wrong-kind paths).
-INPUT_ERRORS = (ValueError, KeyError, OSError, EdgeError, ImportError, MemoryError)
+INPUT_ERRORS = (ValueError, KeyError, OSError, EdgeError, ImportError, MemoryError,
+                FloatingPointError)   # non-finite outputs (vitprune.prune)
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 

@@ -1,6 +1,7 @@
 """vitprune.checkpoint: save/load round trips, refusals, corruption and atomicity."""
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -170,6 +171,25 @@ def test_non_finite_params_and_impossible_configs_refused(tmp_path):
   with pytest.raises(ValueError, match="'meta' must be an object"):
     checkpoint.read_weights_config(path)
   assert os.listdir(tmp_path) == ["w"]
+
+
+def test_non_finite_params_written_by_hand_are_refused_on_load(tmp_path):
+  """save_weights refuses NaN, but a directory written with orbax directly (a diverged run)
+  loaded: prune then failed with a traceback, estimate only after the whole evaluation."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from vitprune import orbax_io  # pylint: disable=g-import-not-at-top
+  cfg = get_config("test_tiny_vit")
+  params = jax.tree.map(np.array, init_params(cfg, 0))      # writable copies
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, params)
+  params["blocks"][1]["mlp"]["fc1"]["kernel"][0, 0] = np.nan
+  shutil.rmtree(os.path.join(path, "params"))
+  saver = orbax_io.checkpointer()
+  saver.save(os.path.join(path, "params"), params)
+  saver.wait_until_finished()
+  with pytest.raises(ValueError, match=re.escape(
+      f"the parameters in {path}/params hold NaN/inf values in [\"['blocks'][1]['mlp']['fc1']"
+      "['kernel']\"]; refusing to load them")):
+    checkpoint.load_weights(path)
 
 
 def test_corrupt_checkpoint_data_is_one_line_from_the_cli(tmp_path):

@@ -38,12 +38,13 @@ CONFIG_FILE = "config.json"
 is_weights_dir = atomic.json_marker(CONFIG_FILE, FORMAT)
 
 
-def check_finite(params: Params, what: str = "parameters") -> None:
+def check_finite(params: Params, what: str = "parameters",
+                 refusing: str = "refusing to save them") -> None:
   """Raises ValueError naming every leaf of `params` holding NaN or inf values."""
   bad = [jax.tree_util.keystr(k) for k, v in jax.tree.flatten_with_path(params)[0]
          if not np.all(np.isfinite(np.asarray(v)))]
   if bad:
-    raise ValueError(f"{what} hold NaN/inf values in {bad}; refusing to save them")
+    raise ValueError(f"{what} hold NaN/inf values in {bad}; {refusing}")
 
 
 def save_weights(path: str, cfg: ViTConfig, params: Params, *,
@@ -136,4 +137,7 @@ def load_weights(path: str) -> Tuple[ViTConfig, Params]:
   except Exception as e:  # orbax raises many types; name the directory
     raise ValueError(f"could not restore parameters from {params_dir}: {e}") from e
   check_params(cfg, params)
+  # A diverged training run saved by hand: every output would be NaN (prune failed with a
+  # traceback, estimate after the whole evaluation).
+  check_finite(params, f"the parameters in {params_dir}", "refusing to load them")
   return cfg, jax.tree.map(jnp.asarray, params)
