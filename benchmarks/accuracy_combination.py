@@ -74,7 +74,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("num_images", None, "A class-balanced subset of the test digits "
                        "(default: all 359).", lower_bound=1, flag_values=fv)
-  flags.DEFINE_integer("seed", 0, "Seed of the random schedules.", lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed of the random schedules.", lower_bound=0,
+                       upper_bound=common.MAX_SEED, flag_values=fv)
   flags.DEFINE_integer("refine_rounds", 6, "Rounds of the measured correction "
                        "(`solve.refine_frontier`, as --refine_accuracy_rounds); 0: skip it.",
                        lower_bound=0, flag_values=fv)

@@ -42,6 +42,7 @@ EMBEDDED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 INPUT_ERRORS = (ValueError, KeyError, OSError, EdgeError, ImportError, MemoryError,
                 FloatingPointError)   # non-finite outputs (vitprune.prune)
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+MAX_SEED = 2 ** 32 - 1   # jax keys and numpy generators take 32 bits (a larger --seed wrapped)
 
 
 def one_line(message: Any) -> str:
@@ -222,9 +223,11 @@ def check_output_file(path: str, flag: str = "output", overwrite: bool = True) -
   atomic.check_creatable(path, flag)
 
 
-def check_new_dir(path: str, flag: str = "out", overwrite: bool = False) -> None:
+def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,
+                  is_ours: Optional[Callable[[str], bool]] = None) -> None:
   """An output directory the CLI creates whole: not a file, absent (or empty) unless
-  `overwrite`, and creatable."""
+  `overwrite`, and creatable; with `is_ours`, one that `overwrite` may replace (else
+  `atomic.ForeignOutputError` before any work, not after it)."""
   if not path:
     raise ValueError(f"--{flag} is required")
   if os.path.isdir(os.path.dirname(os.path.abspath(path))):
@@ -234,6 +237,8 @@ def check_new_dir(path: str, flag: str = "out", overwrite: bool = False) -> None
       raise NotADirectoryError(f"--{flag}={path} is a file, not a directory")
     if os.listdir(path) and not overwrite:
       raise FileExistsError(f"--{flag}={path} already exists (pass --overwrite to replace it)")
+    if is_ours is not None:
+      atomic.check_replaceable(os.path.abspath(path), is_ours)
   atomic.check_creatable(path, flag)
 
 

@@ -59,7 +59,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string("compile_cache_dir", None,
                                "Persistent JAX compilation cache directory (reuse across runs).", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed: random weights, inputs, measurement order.",
-                       lower_bound=0, flag_values=fv)
+                       lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
   flags.DEFINE_string("weights", None,
                                  "Weights directory (vitprune.checkpoint.load_weights); its config replaces --model.", flag_values=fv)
   flags.DEFINE_integer("threads", 2, "Parallel compile threads.", flag_values=fv)

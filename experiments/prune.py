@@ -48,12 +48,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("batch_size", 32, "Images in the batch.", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed of random-init weights, synthetic images and the "
                        "sample of a larger --images folder.",
-                       lower_bound=0, flag_values=fv)
+                       lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
   flags.DEFINE_enum("dtype", "float32", sorted(vit.DTYPES), "Compute dtype.", flag_values=fv)
   flags.DEFINE_integer("repeats", 20, "Timed runs per graph (median reported).", flag_values=fv)
   flags.DEFINE_integer("warmup", 3, "Untimed runs per graph before timing.", flag_values=fv)
   flags.DEFINE_integer("random_seed", 0, "Subset seed of --method=random.",
-                       lower_bound=0, flag_values=fv)
+                       lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
   flags.DEFINE_bool("evit_normalize", False, "EViT: weighted mean instead of the paper's sum.", flag_values=fv)
 
 

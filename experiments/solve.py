@@ -80,7 +80,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("num_images", None, "With --weights: the estimate's --num_images.",
                        lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("seed", 0, "With --weights: the estimate's --seed (data subset).",
-                       lower_bound=0, flag_values=fv)
+                       lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
   flags.DEFINE_integer("eval_batch_size", 64, "With --weights: evaluation batch size.",
                        lower_bound=1, flag_values=fv)
   flags.DEFINE_bool("measure_frontier", False, "With --weights, --mode=multi: measure the "

@@ -29,7 +29,7 @@ import optax
 from vitprune import checkpoint
 from vitprune import data
 from vitprune.registry import get_config
-from vitprune.train import TrainConfig, accuracy, load_split, train
+from vitprune.train import TrainConfig, accuracy, check_train_config, load_split, train
 
 vit_digits = get_config("vit_digits")
 
@@ -49,9 +49,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_float("label_smoothing", TrainConfig.label_smoothing, "Label smoothing.", flag_values=fv)
   flags.DEFINE_integer("max_shift", TrainConfig.max_shift, "Random shift augmentation (pixels).", flag_values=fv)
   flags.DEFINE_integer("seed", TrainConfig.seed, "Init / shuffle / augmentation seed.",
-                       lower_bound=0, flag_values=fv)
+                       lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
   flags.DEFINE_integer("split_seed", TrainConfig.split_seed,
-                       "Seed of the digits train/test split.", lower_bound=0, flag_values=fv)
+                       "Seed of the digits train/test split.", lower_bound=0,
+                       upper_bound=common.MAX_SEED, flag_values=fv)
   flags.DEFINE_integer("max_steps", None, "Stop after this many optimizer steps (smoke runs; "
                        "the learning-rate schedule still spans --epochs).", lower_bound=1,
                        flag_values=fv)
@@ -62,12 +63,13 @@ def main(f: flags.FlagValues):
   if not f.out:
     raise ValueError("--out is empty")
   out = os.path.abspath(f.out)
-  common.check_new_dir(out, "out", overwrite=f.overwrite)
+  common.check_new_dir(out, "out", overwrite=f.overwrite, is_ours=checkpoint.is_weights_dir)
   tc = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr,
                    warmup_epochs=f.warmup_epochs, weight_decay=f.weight_decay,
                    label_smoothing=f.label_smoothing, max_shift=f.max_shift,
                    seed=f.seed, split_seed=f.split_seed)
   cfg = vit_digits
+  check_train_config(cfg, tc)
   t_start = time.time()
   train_data = load_split("train", cfg, seed=tc.split_seed, test_fraction=tc.test_fraction)
   test_data = load_split("test", cfg, seed=tc.split_seed, test_fraction=tc.test_fraction)

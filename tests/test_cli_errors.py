@@ -138,6 +138,12 @@ CASES = [
      "IREE CPU targets compile float32 graphs only"),
     ("edge_kit", ["--out={out}", "--mode=schedule", "--schedules=keep@3:35;keep@3:35"], 1,
      "--schedules lists a schedule twice"),
+    ("train_digits", ["--out={full}", "--overwrite", "--max_steps=1", "--epochs=1",
+                      "--warmup_epochs=0"], 1, "refusing to replace"),   # before training
+    ("train_digits", ["--seed=4294967296", "--out={out}"], 2,
+     "flag --seed=4294967296: 4294967296 is not"),          # jax keys wrapped it to seed 0
+    ("train_digits", ["--max_shift=32", "--out={out}"], 1,
+     "max_shift 32 must be below the image size 32"),
 ]
 
 

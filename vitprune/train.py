@@ -193,6 +193,12 @@ def accuracy(params: Params, cfg: ViTConfig, images: np.ndarray, labels: np.ndar
   return correct / len(images)
 
 
+def check_train_config(cfg: ViTConfig, tc: TrainConfig) -> None:
+  """Raises ValueError where `tc` cannot train `cfg` (what TrainConfig alone cannot know)."""
+  if tc.max_shift >= cfg.img_size:   # every training image would leave the frame
+    raise ValueError(f"max_shift {tc.max_shift} must be below the image size {cfg.img_size}")
+
+
 def train(cfg: ViTConfig, tc: TrainConfig, train_data: Tuple[np.ndarray, np.ndarray],
           test_data: Optional[Tuple[np.ndarray, np.ndarray]] = None, *,
           max_steps: Optional[int] = None, log: Callable[[str], None] = print
@@ -201,6 +207,7 @@ def train(cfg: ViTConfig, tc: TrainConfig, train_data: Tuple[np.ndarray, np.ndar
 
   `max_steps` stops early (smoke tests); the schedule still spans `tc.epochs`.
   """
+  check_train_config(cfg, tc)
   x_train, y_train = train_data
   steps_per_epoch = len(x_train) // tc.batch_size
   if steps_per_epoch == 0:
