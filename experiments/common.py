@@ -143,6 +143,9 @@ def run(main: Callable[[flags.FlagValues], Any],
   errors to one line and an exit code (see the module doc)."""
   fv = flags.FLAGS
   define_flags(fv)
+  for stream in (sys.stdout, sys.stderr):   # a path that is not UTF-8 (surrogates) prints as
+    if hasattr(stream, "reconfigure"):      # \udcff instead of failing after the work is done
+      stream.reconfigure(errors="backslashreplace")
   app.run(lambda argv: _run_parsed(main, fv, argv, whole_process=True),
           flags_parser=lambda argv: _parse_or_fail(fv, argv))
 

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 from absl import flags
 
 from experiments import common
+from vitprune import memory
 from vitprune.convert import convert_checkpoint, count_params
 from vitprune.registry import get_config
 
@@ -56,6 +57,8 @@ def run(model: str, checkpoint: str, *, img_size: Optional[int] = None,
     overrides["num_classes"] = num_classes
   cfg = base.replace(**overrides) if overrides else base
   out = out or default_out(model, img_size, base.img_size)
+  if verify:   # one forward at batch 1: before any work, not out of memory after the conversion
+    memory.check_batch_fits(cfg, [1], "float32", flag="--verify's batch size")
   path, params, meta = convert_checkpoint(cfg, checkpoint, out, overwrite=overwrite,
                                           drop_head=drop_head, ignore_keys=ignore_keys,
                                           verify=verify)

@@ -144,6 +144,9 @@ CASES = [
      "flag --seed=4294967296: 4294967296 is not"),          # jax keys wrapped it to seed 0
     ("train_digits", ["--max_shift=32", "--out={out}"], 1,
      "max_shift 32 must be below the image size 32"),
+    ("convert", ["--model=test_tiny_vit", "--checkpoint=none.safetensors", "--img_size=4096",
+                 "--verify", "--out={out}"], 1,
+     "--verify's batch size=1 cannot fit in memory"),     # was an XLA out-of-memory traceback
 ]
 
 

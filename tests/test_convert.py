@@ -257,6 +257,50 @@ def test_non_float_weights_are_refused(dtype):
     convert_state_dict(cfg, sd)
 
 
+@pytest.mark.parametrize("shape", [(1, 26, 32), (1, 17, 32)])
+def test_an_integer_pos_embed_is_refused_also_when_it_would_be_resampled(shape):
+  """Resampling computes in float32: an int8 pos_embed of another length was cast, resampled
+  and converted without a word (the same tensor at the native length was refused)."""
+  cfg = get_config("test_tiny_vit")
+  sd = to_timm_state_dict(cfg, init_params(cfg, 0))
+  sd["pos_embed"] = np.full(shape, 7, np.int8)
+  with pytest.raises(ValueError, match=re.escape("non-float values in ['pos_embed (int8)']")):
+    convert_state_dict(cfg, sd)
+
+
+@pytest.mark.parametrize("field, value, shown", [
+    ("pos_embed", np.zeros((26,), np.float32), "pos_embed (26,) must be [1, L, C]"),
+    ("pos_embed", np.zeros((2, 18, 32), np.float32), "pos_embed (2, 18, 32) must be"),
+    ("cls_token", np.zeros((5,), np.float32), "cls_token (5,) [1, 1, C]"),
+    ("cls_token", np.zeros((1, 1, 8), np.float32), "cls_token (1, 1, 8) [1, 1, C]"),
+])
+def test_original_dinov2_layout_with_malformed_tokens_is_one_error(field, value, shown):
+  """Folding the cls position into cls_token indexed pos_embed[:, :1] (IndexError traceback)
+  or broadcast a wrong cls_token (a numpy message naming no key)."""
+  cfg = get_config("test_tiny_vit")
+  sd = to_timm_state_dict(cfg, init_params(cfg, 0))
+  sd["register_tokens"] = np.zeros((1, 2, 32), np.float32)
+  sd[field] = value
+  with pytest.raises(ValueError, match=re.escape("original DINOv2 layout (register_tokens): ")
+                     + ".*" + re.escape(shown)):
+    convert_state_dict(cfg, sd)
+
+
+def test_a_float8_safetensors_file_is_one_error(tmp_path):
+  """safetensors' numpy and jax loaders both fail on float8 (AttributeError traceback)."""
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  import safetensors.flax  # pylint: disable=g-import-not-at-top
+  cfg = get_config("test_tiny_vit")
+  sd = to_timm_state_dict(cfg, init_params(cfg, 0))
+  path = str(tmp_path / "f8.safetensors")
+  safetensors.flax.save_file(
+      {k: jax.numpy.asarray(np.asarray(v).astype(ml_dtypes.float8_e4m3fn)) for k, v in sd.items()},
+      path)
+  with pytest.raises(ValueError, match=re.escape(f"{path}: holds float8 tensors, which "
+                                                 "safetensors cannot load")):
+    convert_file(cfg, path)
+
+
 def test_half_precision_weights_convert():
   import ml_dtypes  # pylint: disable=g-import-not-at-top
   cfg = get_config("test_tiny_vit")
@@ -314,6 +358,34 @@ def test_big_vision_scanned_layout_equals_unscanned(tmp_path):
   assert sorted(got) == sorted(ref)
   for k in ref:
     np.testing.assert_array_equal(got[k], ref[k])
+
+
+S = "Transformer/encoderblock/"
+Q = "Transformer/encoderblock_0/MultiHeadDotProductAttention_1/"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({S + "LayerNorm_0/scale": np.float32(1)},
+     f"'{S}LayerNorm_0/scale' has shape (), not [depth, C] of a scanned encoder"),
+    ({S + "LayerNorm_0/scale": np.ones((3, 32), np.float32),
+      S + "LayerNorm_0/bias": np.ones((2, 32), np.float32)},
+     f"'{S}LayerNorm_0/bias' has shape (2, 32), not one entry per block of the scanned depth 3"),
+    ({"embedding/kernel": np.zeros((8, 8, 32), np.float32)},
+     "'embedding/kernel' has shape (8, 8, 32), which cannot be 'patch_embed.proj.weight'"),
+    ({Q + "query/kernel": np.zeros((32, 2, 16), np.float32),
+      Q + "key/kernel": np.zeros((16, 2, 16), np.float32),
+      Q + "value/kernel": np.zeros((32, 2, 16), np.float32)},
+     f"'{Q}query/kernel' (32, 2, 16), '{Q}key/kernel' (16, 2, 16), '{Q}value/kernel' "
+     "(32, 2, 16) cannot be concatenated into 'blocks.0.attn.qkv.weight'"),
+])
+def test_malformed_big_vision_npz_is_one_error_naming_file_and_key(tmp_path, extra, message):
+  """Scalars, wrong ranks and short scanned axes were IndexError tracebacks or numpy messages
+  naming neither the file nor the key."""
+  w = dict({"embedding/kernel": np.zeros((8, 8, 3, 32), np.float32)}, **extra)
+  path = str(tmp_path / "bv.npz")
+  np.savez(path, **w)
+  with pytest.raises(ValueError, match=re.escape(f"{path}: {message}")):
+    convert.load_checkpoint(path)
 
 
 def test_big_vision_unknown_key_is_unexpected(tmp_path):
@@ -474,6 +546,20 @@ def _cli(*args):
   return subprocess.run([sys.executable, "-m", "experiments.convert", *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=120,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def test_a_path_that_is_not_utf8_prints_escaped_instead_of_failing_after_the_write(tmp_path):
+  """Under a UTF-8 locale stdout is strict: printing `\\udcff` failed after --out was written
+  (exit 1, and a rerun then said "already exists")."""
+  cfg = get_config("test_tiny_vit")
+  src = os.path.join(os.fsencode(tmp_path), b"\xff.safetensors")
+  save_file(to_timm_state_dict(cfg, init_params(cfg, 0)), os.fsdecode(src))
+  r = subprocess.run([sys.executable, "-m", "experiments.convert", "--model=test_tiny_vit",
+                      b"--checkpoint=" + src, f"--out={tmp_path / 'w'}"], cwd=ROOT,
+                     capture_output=True, timeout=120,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONIOENCODING="utf-8:strict"))
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert b"converted \\udcff.safetensors (safetensors" in r.stdout
 
 
 def test_cli_subprocess_exit_codes(tmp_path):

@@ -26,7 +26,7 @@ import math
 import os
 import re
 import zipfile
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -82,9 +82,13 @@ def _to_numpy_dict(sd: Dict[str, Any], path: str) -> StateDict:
 def _load_safetensors(path: str) -> StateDict:
   try:
     return load_safetensors_numpy(path)
-  except (SafetensorError, OSError, ValueError, TypeError) as e:
+  except (SafetensorError, OSError, ValueError, TypeError, AttributeError) as e:
     if "bf16" in str(e).lower() or "bfloat16" in str(e).lower():  # numpy has no bfloat16
       return {k: np.asarray(v.astype(jnp.float32)) for k, v in load_safetensors_jax(path).items()}
+    if isinstance(e, AttributeError) and "float8" in str(e):   # nor do safetensors' loaders
+      raise ValueError(f"{path}: holds float8 tensors, which safetensors cannot load into "
+                       "numpy or jax; dequantise them (float16, bfloat16 or float32) "
+                       "first") from None
     raise ValueError(f"{path}: not a valid .safetensors file ({type(e).__name__}: {e})") from None
 
 
@@ -156,7 +160,10 @@ def load_checkpoint(path: str) -> Tuple[StateDict, str]:
     return _load_torch(path), "torch"
   raw = _load_npz(path)
   if big_vision_prefix(raw) is not None:
-    return big_vision_to_timm(raw), "big_vision"
+    try:
+      return big_vision_to_timm(raw), "big_vision"
+    except ValueError as e:
+      raise ValueError(f"{path}: {e}") from None
   if "patch_embed.proj.weight" in raw:
     return raw, "npz"
   raise ValueError(f"{path}: .npz has neither big_vision names ('embedding/kernel') nor timm "
@@ -172,6 +179,18 @@ def big_vision_prefix(w: StateDict) -> Optional[str]:
     if f"{prefix}embedding/kernel" in w:
       return prefix
   return None
+
+
+def _concatenate(parts: Dict[str, np.ndarray], fn: Callable[[np.ndarray], np.ndarray],
+                 dst: str) -> np.ndarray:
+  """np.concatenate of `fn` of each of `parts` ({npz key: array}); ValueError naming the keys
+  and shapes where they do not fit together."""
+  try:
+    return np.concatenate([fn(v) for v in parts.values()])
+  except (ValueError, IndexError) as e:
+    shapes = ", ".join(f"{k!r} {v.shape}" for k, v in parts.items())
+    raise ValueError(f"{shapes} cannot be concatenated into {dst!r} "
+                     f"({type(e).__name__}: {e})") from None
 
 
 def big_vision_to_timm(w: StateDict) -> StateDict:
@@ -193,11 +212,19 @@ def big_vision_to_timm(w: StateDict) -> StateDict:
   def take(k, idx=None):
     used.add(k)
     v = np.asarray(w[k])
+    if idx is not None and (v.ndim == 0 or v.shape[0] <= idx):
+      raise ValueError(f"{k!r} has shape {v.shape}, not one entry per block of the scanned "
+                       f"depth {depth}")
     return v[idx] if idx is not None else v
 
   def put(dst, src, fn=lambda v: v, idx=None):
     if src in w:
-      out[dst] = fn(take(src, idx))
+      v = take(src, idx)
+      try:
+        out[dst] = fn(v)
+      except (ValueError, IndexError) as e:   # a transpose/reshape of the wrong rank
+        raise ValueError(f"{src!r} has shape {v.shape}, which cannot be {dst!r} "
+                         f"({type(e).__name__}: {e})") from None
 
   put("patch_embed.proj.weight", "embedding/kernel", lambda v: v.transpose(3, 2, 0, 1))
   put("patch_embed.proj.bias", "embedding/bias")
@@ -213,7 +240,11 @@ def big_vision_to_timm(w: StateDict) -> StateDict:
   mha, mlp_sub, ln2 = (0, 0, 1) if big_vision else (1, 3, 2)
   scanned = "Transformer/encoderblock/LayerNorm_0/scale" in w
   if scanned:
-    depth = w["Transformer/encoderblock/LayerNorm_0/scale"].shape[0]
+    scale = np.shape(w["Transformer/encoderblock/LayerNorm_0/scale"])
+    if len(scale) != 2:
+      raise ValueError(f"'Transformer/encoderblock/LayerNorm_0/scale' has shape {scale}, not "
+                       "[depth, C] of a scanned encoder")
+    depth = scale[0]
   else:
     depth = len({m.group(1) for k in w
                  for m in [re.match(r"Transformer/encoderblock_(\d+)/", k)] if m})
@@ -226,11 +257,13 @@ def big_vision_to_timm(w: StateDict) -> StateDict:
     put(t + "norm1.bias", bp + "LayerNorm_0/bias", idx=idx)
     qkv = [mp + f"{n}/kernel" for n in ("query", "key", "value")]
     if all(k in w for k in qkv):  # [C, H, D] each -> [3 * H * D, C]
-      out[t + "attn.qkv.weight"] = np.concatenate(
-          [take(k, idx).reshape(take(k, idx).shape[0], -1).T for k in qkv])
+      out[t + "attn.qkv.weight"] = _concatenate(
+          {k: take(k, idx) for k in qkv}, lambda v: v.reshape(v.shape[0], -1).T,
+          t + "attn.qkv.weight")
     qkv_b = [mp + f"{n}/bias" for n in ("query", "key", "value")]
     if all(k in w for k in qkv_b):
-      out[t + "attn.qkv.bias"] = np.concatenate([take(k, idx).reshape(-1) for k in qkv_b])
+      out[t + "attn.qkv.bias"] = _concatenate(
+          {k: take(k, idx) for k in qkv_b}, lambda v: v.reshape(-1), t + "attn.qkv.bias")
     put(t + "attn.proj.weight", mp + "out/kernel",  # [H, D, C] -> [C, H * D]
         lambda v: v.transpose(2, 0, 1).reshape(v.shape[2], -1), idx=idx)
     put(t + "attn.proj.bias", mp + "out/bias", idx=idx)
@@ -254,6 +287,12 @@ def normalize_state_dict(sd: StateDict) -> StateDict:
   `mask_token` is left in place (it is unused; ignore it explicitly)."""
   sd = dict(sd)
   if "register_tokens" in sd and "reg_token" not in sd and "pos_embed" in sd:
+    pe, cls = np.shape(sd["pos_embed"]), np.shape(sd.get("cls_token", np.zeros((1, 1, 1))))
+    if len(pe) != 3 or pe[0] != 1 or pe[1] < 1 or cls[:2] != (1, 1) or len(cls) != 3 or \
+        ("cls_token" in sd and cls[2] != pe[2]):
+      raise ValueError(f"original DINOv2 layout (register_tokens): pos_embed {pe} must be "
+                       f"[1, L, C] and cls_token {cls if 'cls_token' in sd else None} [1, 1, C] "
+                       "to fold the cls position into cls_token")
     sd["reg_token"] = sd.pop("register_tokens")
     if "cls_token" in sd:
       sd["cls_token"] = sd["cls_token"] + sd["pos_embed"][:, :1]
@@ -337,21 +376,22 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
   patterns = tuple(ignore_keys) + (HEAD_KEYS if drop_head else ())
   sd = {k: v for k, v in normalize_state_dict(state_dict).items()
         if not any(fnmatch.fnmatchcase(k, p) for p in patterns)}
-  sd = _maybe_resample_pos_embed(cfg, sd, resample)
   want = expected_keys(cfg)
-  missing = sorted(set(want) - set(sd))
-  unexpected = sorted(set(sd) - set(want))
-  mismatched = [(k, want[k], tuple(np.shape(sd[k]))) for k in sorted(set(want) & set(sd))
-                if tuple(np.shape(sd[k])) != want[k]]
-  if missing or unexpected or mismatched:
-    raise ConversionError(cfg.name, missing, unexpected, mismatched)
-  not_float = sorted(f"{k} ({np.asarray(sd[k]).dtype})" for k in want
+  # Before resampling the position embedding, which computes in float32 (it hid an int8 one).
+  not_float = sorted(f"{k} ({np.asarray(sd[k]).dtype})" for k in set(want) & set(sd)
                      if not is_float_dtype(np.asarray(sd[k]).dtype))
   if not_float:
     raise ValueError(f"checkpoint has non-float values in {not_float[:5]}"
                      f"{f' and {len(not_float) - 5} more' if len(not_float) > 5 else ''}: "
                      "vitprune converts floating-point weights (float16, bfloat16, float32, "
                      "...; a quantised checkpoint must be dequantised first)")
+  sd = _maybe_resample_pos_embed(cfg, sd, resample)
+  missing = sorted(set(want) - set(sd))
+  unexpected = sorted(set(sd) - set(want))
+  mismatched = [(k, want[k], tuple(np.shape(sd[k]))) for k in sorted(set(want) & set(sd))
+                if tuple(np.shape(sd[k])) != want[k]]
+  if missing or unexpected or mismatched:
+    raise ConversionError(cfg.name, missing, unexpected, mismatched)
   nonfinite = sorted(k for k in want if not np.all(np.isfinite(np.asarray(sd[k], np.float32))))
   if nonfinite:
     raise ValueError(f"checkpoint has NaN/inf values in {nonfinite}; refusing to convert it")
