@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import re
 
 import pytest
 
@@ -170,6 +171,36 @@ def test_load_errors(tmp_path):
     path.write_text(content if isinstance(content, str) else json.dumps(content))
     with pytest.raises(ValueError, match=matches[name]):
       records.load(str(path))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda p: dataclasses.replace(p, median_s=p.median_s * 2), "is not its 3 samples'"),
+    (lambda p: dataclasses.replace(p, tokens=500), "tokens 500 is outside [2, 17]"),
+    (lambda p: dataclasses.replace(p, samples_s=(0.0,) * 3, num_samples=3, median_s=0.0,
+                                   q25_s=0.0, q75_s=0.0), "median_s is 0 seconds"),
+])
+def test_save_refuses_what_load_would_refuse_and_writes_nothing(tmp_path, edit, message):
+  """A profile built in Python was published unchecked: load then refused it, and every later
+  save to that name failed (a good profile cannot merge into an unreadable one)."""
+  points = _staircase_points()
+  bad = dataclasses.replace(_profile(points), points=tuple([edit(points[0])] + points[1:]))
+  with pytest.raises(ValueError, match=re.escape("the profile to save: point 0: ") + ".*" +
+                     re.escape(message)):
+    records.save(bad, str(tmp_path))
+  assert os.listdir(tmp_path) == []
+  records.save(_profile(points), str(tmp_path))        # the name is still free for a good one
+
+
+def test_a_model_name_that_is_not_the_config_s_is_refused(tmp_path):
+  prof = dataclasses.replace(_profile(_staircase_points()), model="vit_digits")
+  with pytest.raises(ValueError, match=re.escape(
+      "the profile to save: model 'vit_digits' is not its config's name 'test_tiny_vit'")):
+    records.save(prof, str(tmp_path))
+  good = records.save(_profile(_staircase_points()), str(tmp_path))["json"]
+  doc = json.load(open(good))
+  json.dump(dict(doc, model="vit_digits"), open(good, "w"))
+  with pytest.raises(ValueError, match="model 'vit_digits' is not its config's name"):
+    records.load(good)
 
 
 def test_point_relative_iqr_is_the_protocol_s():

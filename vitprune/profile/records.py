@@ -269,6 +269,8 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
     cfg = check_config(config_from_dict(d["config"]))
   except ValueError as e:
     raise ValueError(f"{source}: {e}") from None
+  if d["model"] != cfg.name:
+    raise ValueError(f"{source}: model {d['model']!r} is not its config's name {cfg.name!r}")
   if not isinstance(d["modes"], list) or not set(d["modes"]) <= set(MODES):
     raise ValueError(f"{source}: modes must be a list of {MODES}, got {d['modes']!r}")
   if not isinstance(d["points"], list):
@@ -414,6 +416,9 @@ def save(profile: Profile, out_dir: str, stem: Optional[str] = None, *,
   again (see `merge`). `extra` maps a file kind (its extension, e.g. 'png') to `fn(profile,
   path)` writing that file for the merged profile; all files are published together.
   """
+  # What `load` would refuse is never published (it would also block the name for good
+  # profiles, which cannot merge into an unreadable one).
+  from_json(json.loads(json.dumps(to_json(profile))), source="the profile to save")
   stem = stem or file_stem(profile)
   out_dir = os.path.abspath(out_dir)
   kinds = ["csv"] + sorted(extra or {}) + ["json"]          # the JSON is published last
