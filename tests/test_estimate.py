@@ -311,13 +311,25 @@ def test_round_trip_and_atomic_write(doc, tmp_path):
   assert os.listdir(tmp_path / "sub") == ["e.json"]
   with pytest.raises(FileExistsError, match="overwrite"):
     record_lib.write_estimate(path, rec)
-  bad = dataclasses.replace(rec, points=(dataclasses.replace(
-      rec.points[0], scores=dataclasses.replace(rec.points[0].scores, agreement=2.0)),
-      *rec.points[1:]))
-  with pytest.raises(record_lib.EstimateError):
-    record_lib.write_estimate(path, bad, overwrite=True)
+  with pytest.raises(record_lib.EstimateError, match="agreement must be a number in"):
+    dataclasses.replace(rec, points=(dataclasses.replace(    # refused when built
+        rec.points[0], scores=dataclasses.replace(rec.points[0].scores, agreement=2.0)),
+        *rec.points[1:]))
   assert record_lib.read_estimate(path) == rec  # untouched
   assert os.listdir(tmp_path / "sub") == ["e.json"]
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda r: dict(tokens=r.tokens[::-1]), "tokens"),            # the solver read it as is
+    (lambda r: dict(points=r.points[1:]), "points"),              # numpy's reshape error
+    (lambda r: dict(layers=tuple(str(l) for l in r.layers)), "layers"),
+])
+def test_a_record_built_in_python_is_checked_as_a_file_is(doc, edit, match):
+  """`Estimate(...)` was never validated: reversed tokens changed the solver's predictions
+  without a word (write_estimate would have refused the same record)."""
+  rec, _ = doc
+  with pytest.raises(record_lib.EstimateError, match=match):
+    dataclasses.replace(rec, **edit(rec))
 
 
 def _mutate(d, fn):

@@ -33,6 +33,7 @@ curve, `Estimate.curve`); "sensitivity" records have every requested layer (`Est
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -110,6 +111,15 @@ class Estimate:
   versions: Dict[str, Any]
   created: str
   source: str = dataclasses.field(default="estimate", compare=False)  # file it was read from
+
+  def __post_init__(self):
+    # A record built in Python is checked as a file is: the solver reads its tokens, layers
+    # and points as a table, and fields that disagree would silently change its predictions.
+    try:
+      doc = self.to_json()
+    except (AttributeError, TypeError, ValueError) as e:
+      raise EstimateError(f"{self.source}: not an estimate record ({e})") from None
+    _validate(json.loads(json.dumps(doc)), self.source)
 
   @property
   def model(self) -> str:
