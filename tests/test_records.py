@@ -1,7 +1,9 @@
 """The typed records' file formats: strict readers, old files, canonical digests, and the solve
 stage's measured floor check."""
 import copy
+import dataclasses
 import json
+import os
 
 import pytest
 
@@ -155,3 +157,30 @@ def test_solution_errors_name_the_field(tmp_path, fn, match):
   fn(bad)
   with pytest.raises(S.SolutionError, match=match):
     S.Solution.from_json(bad, where="bad.json")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda s: dict(chosen=dataclasses.replace(s.chosen, schedule="list:17,17,17")),
+     r"schedule 'list:17,17,17' is counts \[17, 17, 17\], not the counts \[17, 17, 9\]"),
+    (lambda s: dict(method="magic"), "chosen.method 'magic' is not a token-reduction method"),
+    (lambda s: dict(chosen=dataclasses.replace(
+        s.chosen, measured_accuracy=0.9612, measured_accuracy_low=0.9,
+        measured_accuracy_high=0.99, num_images=50)),
+     r"measured_accuracy 0.9612 is not a count of 50 images"),
+    (lambda s: dict(curve=None), "a paper-mode solution needs its curve"),
+    (lambda s: dict(curve=dict(s.curve, utility=[0.5])), "curve lists .* must have one"),
+    (lambda s: dict(curve=dict(s.curve, tokens=[17, 12])),
+     r"chosen.tokens 9 is not among curve.tokens"),
+])
+def test_write_solution_refuses_what_read_solution_would_refuse(tmp_path, edit, match):
+  """A Solution built in Python was written unchecked: read_solution then refused the file
+  (and a paper solution without its curve crashed inside the plot)."""
+  sol = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9]))
+  curve = {"tokens": [17, 9], "latency_s": [2e-3, 1e-3], "accuracy": [0.9, 0.8],
+           "utility": [0.5, 0.6]}
+  sol = dataclasses.replace(sol, chosen=dataclasses.replace(sol.chosen, tokens=9), curve=curve)
+  S.write_solution(sol, str(tmp_path / "good"))                    # the unedited one writes
+  bad = dataclasses.replace(sol, **edit(sol))
+  with pytest.raises(S.SolutionError, match=r"\(not written\): .*" + match):
+    S.write_solution(bad, str(tmp_path / "out"))
+  assert not os.path.exists(tmp_path / "out")

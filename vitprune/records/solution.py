@@ -49,6 +49,7 @@ combination model is optimistic; `solve_stage.corrected_accuracy` applies it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -347,7 +348,33 @@ class Solution:
     except (ValueError, TypeError) as e:
       raise SolutionError(f"{where}: chosen.counts {list(sol.chosen.counts)} is not a schedule "
                           f"of {cfg.name}: {e}") from None
+    if sol.curve is not None:
+      _check_curve(sol, where)
     return sol
+
+
+CURVE_KEYS = ("tokens", "latency_s", "accuracy", "utility")
+
+
+def _check_curve(sol: Solution, where: str) -> None:
+  """A paper-mode curve: four number lists of one length over distinct token counts, n*
+  among them (what the plot and a reader of the file rely on)."""
+  c = sol.curve
+  jsonio.require(isinstance(c, dict) and all(isinstance(c.get(k), list) for k in CURVE_KEYS),
+                 where, f"curve must hold the lists {list(CURVE_KEYS)}", SolutionError)
+  n = len(c["tokens"])
+  jsonio.require(n > 0 and all(len(c[k]) == n for k in CURVE_KEYS), where,
+                 f"curve lists {list(CURVE_KEYS)} must have one non-zero length, got "
+                 f"{[len(c[k]) for k in CURVE_KEYS]}", SolutionError)
+  jsonio.require(all(jsonio.is_int(t) for t in c["tokens"]) and
+                 len(set(c["tokens"])) == n, where,
+                 "curve.tokens must be distinct integers", SolutionError)
+  for k in CURVE_KEYS[1:]:
+    jsonio.require(all(jsonio.is_num(v) for v in c[k]), where,
+                   f"curve.{k} must hold finite numbers", SolutionError)
+  jsonio.require(sol.chosen.tokens in c["tokens"], where,
+                 f"chosen.tokens {sol.chosen.tokens!r} is not among curve.tokens",
+                 SolutionError)
 
 
 def summary_lines(sol: Solution) -> List[str]:
@@ -439,10 +466,15 @@ def write_solution(sol: Solution, out_dir: str, stem: Optional[str] = None) -> D
   there that is not a solution (or a PNG without its JSON) is never replaced."""
   from vitprune import solve_plot  # pylint: disable=g-import-not-at-top  (it imports this module)
   stem = stem or sol.stem
-  png = solve_plot.plot_solution(sol)
   paths = {"json": os.path.join(out_dir, stem + ".json"),
            "png": os.path.join(out_dir, stem + ".png")}
   doc = sol.to_json()
+  # What `read_solution` would refuse is never written (a record built in Python is not checked
+  # field by field); the paper plot needs the curve.
+  Solution.from_json(json.loads(json.dumps(doc)), where=f"{paths['json']} (not written)")
+  if sol.mode == "paper" and sol.curve is None:
+    raise SolutionError(f"{paths['json']} (not written): a paper-mode solution needs its curve")
+  png = solve_plot.plot_solution(sol)
   with atomic.locked(paths["json"]):
     atomic.check_replaceable_json(paths["json"], FORMAT, [paths["png"]])   # never another's
     names = [stem + ".png", stem + ".json"]         # the JSON, which readers check, last
