@@ -359,6 +359,9 @@ def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
     r["function"] = edge_rt.function_name(edge_rt.record_identity(r))
 
   bad = edited_copy("renamed", rename)
+  with pytest.raises(EdgeError, match="its class_names .* differs from the manifest's"):
+    edge_rt.load(bad, "iree:host")
+  os.unlink(os.path.join(bad, "manifest.json"))     # a board copy: the module still tells
   with pytest.raises(EdgeError, match="has no function 'main_[0-9a-f]{16}': the record"):
     edge_rt.load(bad, "iree:host")
   for name, edit, msg in (
@@ -612,17 +615,29 @@ def test_a_malformed_record_is_one_line_from_the_board_cli(artifact, tmp_path):
     assert r.stderr.startswith(f"error: {bad}"), r.stderr
 
 
-def test_a_module_from_another_artifact_is_refused(artifact, tmp_path):
-  """iree/ copied in from an artifact of other weights: the jax graph and the IREE module would
-  answer for different weights (0.98 vs 0.09 accuracy in the fault probe); the manifest's
-  weights, model and schedule must be the records'."""
+@pytest.mark.parametrize("field, edit", [
+    ("weights", lambda m: m["weights"].update(sha256="0" * 64)),
+    ("reducer", lambda m: m["reducer"].update(name="random", options={"seed": 0})),
+    ("class_names", lambda m: m.update(class_names=list("abcdefghij"))),
+    ("preprocessing", lambda m: m["preprocessing"].update(crop_pct=0.5)),
+    ("compute", lambda m: m["compute"].update(precision="default")),
+    ("schedule", lambda m: m["schedule"].update(text="keep@0:5")),
+])
+def test_a_module_from_another_artifact_is_refused(artifact, tmp_path, field, edit):
+  """iree/ copied in from another artifact: the jax graph and the IREE module would answer for
+  different weights (0.98 vs 0.09 accuracy in a fault probe), another reducer (random drop's
+  0.9526 reported for a POMT artifact's 0.9777) or reversed class names (0.0084): every field
+  the manifest and the records both state must agree."""
   mixed = tmp_path / "mixed"
   shutil.copytree(artifact, mixed)
   man = json.loads((mixed / "manifest.json").read_text())
-  man["weights"]["sha256"] = "0" * 64
+  rec = json.loads((mixed / edge_rt.EDGE_DIR / "iree_host.json").read_text())
+  assert rec["reducer"] == {k: man["reducer"][k] for k in ("name", "options", "fields")}
+  edge_rt.load(str(mixed), "iree:host")
+  edit(man)
   (mixed / "manifest.json").write_text(json.dumps(man))
-  with pytest.raises(EdgeError, match=r"module's record \(weights .*\) is not of this artifact "
-                     r"\(weights 000000000000\.\.\..*files mixed from two artifacts"):
+  with pytest.raises(EdgeError, match=rf"module's record is not of this artifact: its {field} "
+                     r".* differs from the manifest's .*files mixed from two artifacts"):
     edge_rt.load(str(mixed), "iree:host")
   os.unlink(mixed / "manifest.json")          # a board copy holding iree/ alone still loads
   assert edge_rt.load(str(mixed), "iree:host") is not None

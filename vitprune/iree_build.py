@@ -329,11 +329,14 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
                   reducer=None, dtype: str = "float32", precision: str = "highest",
                   batch_size: Optional[int] = 1, class_names=None, weights: str = "args",
                   threads: int = 2, cache_dir: Optional[str] = None,
-                  driver: Optional[str] = None, cores: Optional[int] = None) -> List[str]:
+                  driver: Optional[str] = None, cores: Optional[int] = None,
+                  reducer_entry: Optional[Dict[str, Any]] = None) -> List[str]:
   """Compiles the IREE `targets` into the (staged) artifact directory `tmp`; writes
   `iree/<slug>.vmfb`, `iree/<slug>.json` and `iree/weights.bin`. `driver`, `cores`: the CPU
-  targets' runtime driver and core count (default: as `choose_runtime` says). Returns the
-  target texts (with 'jax' first: the jax export is always part of an artifact)."""
+  targets' runtime driver and core count (default: as `choose_runtime` says);
+  `reducer_entry`: the manifest's description of `reducer` (name, options, fields), recorded
+  so that a module of another reducer is told apart. Returns the target texts (with 'jax'
+  first: the jax export is always part of an artifact)."""
   chosen = iree_targets(targets)
   if not chosen:
     return ["jax"]
@@ -367,6 +370,7 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
       "output": {"shape": [batch_size] + list(low.output_shape[1:]), "dtype": "float32"},
       "model": cfg.name,
       "schedule": None if schedule is None else format_schedule(schedule, cfg),
+      "reducer": reducer_entry,
       "compute": {"dtype": dtype, "precision": precision},
       "preprocessing": dataclasses.asdict(cfg.preprocessing),
       "class_names": None if class_names is None else list(class_names),

@@ -219,8 +219,10 @@ def record_identity(record: Dict[str, Any]) -> Dict[str, Any]:
   """What an artifact's target record says its module computes and how it is called: the
   fields its function name is derived from (`function_name`)."""
   weights = record.get("weights") or {}
+  # "reducer": in records written since it was recorded (older ones keep their function names)
   return {**{k: record.get(k) for k in ("target", "model", "schedule", "compute", "preprocessing",
                                         "class_names", "input", "output")},
+          **({"reducer": record["reducer"]} if "reducer" in record else {}),
           "shards": (record.get("runtime") or {}).get("shards", 1),
           "module_batch": (record.get("module") or {}).get("batch_size"),
           "weights": {k: weights.get(k) for k in ("mode", "sha256", "params_sha256",
@@ -299,24 +301,45 @@ def with_driver(record: Dict[str, Any], driver: Optional[str]) -> Dict[str, Any]
 
 
 def _check_against_manifest(path: str, records: List[Dict[str, Any]]) -> None:
-  """The IREE records of an artifact must be of the artifact: the manifest's weights sha256,
-  model and schedule (a module copied in from another artifact ran other weights, while the
-  jax graph beside it answered for these)."""
+  """The IREE records of an artifact must be of the artifact: every field a record and the
+  manifest both state (weights sha256, model, schedule, reducer, class names, preprocessing,
+  compute, shapes). A module copied in from another artifact ran other weights, another
+  reducer or another label order, while the jax graph beside it answered for these."""
   manifest = os.path.join(path, "manifest.json")
   if not os.path.isfile(manifest):       # a board copy of iree/ alone: nothing to compare with
     return
   doc = read_json(manifest, "artifact manifest")
-  model = doc.get("model")
-  want = (doc.get("weights", {}).get("sha256"),
-          model.get("name") if isinstance(model, dict) else model,
-          doc.get("schedule", {}).get("text"))
+
+  def entry(key: str, sub: Optional[str] = None):
+    v = doc.get(key)
+    return v.get(sub) if sub and isinstance(v, dict) else (None if sub else v)
+
+  reducer = entry("reducer")
+  want = {"weights": entry("weights", "sha256"),
+          "model": entry("model", "name") if isinstance(doc.get("model"), dict)
+          else doc.get("model"),
+          "schedule": entry("schedule", "text"),
+          "reducer": None if not isinstance(reducer, dict) else
+          {k: reducer.get(k) for k in ("name", "options", "fields")},
+          "class_names": entry("class_names"), "preprocessing": entry("preprocessing"),
+          "compute": entry("compute"),
+          "input shape": entry("input", "shape"), "output shape": entry("output", "shape")}
   for r in records:
-    got = (r.get("weights", {}).get("params_sha256"), r.get("model"), r.get("schedule"))
-    if got != want:
-      raise EdgeError(f"{path}: the {r.get('target')} module's record (weights "
-                      f"{str(got[0])[:12]}..., {got[1]}, {got[2]}) is not of this artifact "
-                      f"(weights {str(want[0])[:12]}..., {want[1]}, {want[2]}): files mixed "
-                      "from two artifacts? rebuild it with experiments.deploy")
+    got = {"weights": (r.get("weights") or {}).get("params_sha256"), "model": r.get("model"),
+           "schedule": r.get("schedule"), "reducer": r.get("reducer"),
+           "class_names": r.get("class_names"), "preprocessing": r.get("preprocessing"),
+           "compute": r.get("compute"), "input shape": (r.get("input") or {}).get("shape"),
+           "output shape": (r.get("output") or {}).get("shape")}
+    if "reducer" not in r:          # written before records held it
+      got.pop("reducer")
+    bad = [k for k in got if got[k] != want[k]]
+    if bad:
+      k = bad[0]
+      shown = {"weights": lambda v: f"{str(v)[:12]}..."}.get(k, repr)
+      raise EdgeError(f"{path}: the {r.get('target')} module's record is not of this artifact: "
+                      f"its {k} {shown(got[k])} differs from the manifest's {shown(want[k])}"
+                      f"{f' (and {len(bad) - 1} more field(s))' if len(bad) > 1 else ''}: "
+                      "files mixed from two artifacts? rebuild it with experiments.deploy")
 
 
 def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) -> EdgeModel:
