@@ -217,6 +217,20 @@ def test_corrupt_checkpoint_data_is_one_line_from_the_cli(tmp_path):
   assert not os.path.exists(tmp_path / "art")
 
 
+@pytest.mark.parametrize("special", ["fifo", "link to /dev/zero"])
+def test_a_special_file_inside_params_is_refused_unopened(tmp_path, special):
+  """A FIFO at params/_METADATA made every reader of the weights (deploy, run_deployed's
+  artifact params/ alike) block for ever inside orbax."""
+  cfg = get_config("test_tiny_vit")
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  target = os.path.join(path, "params", "_METADATA")
+  os.unlink(target)
+  os.mkfifo(target) if special == "fifo" else os.symlink("/dev/zero", target)
+  with pytest.raises(ValueError, match=re.escape(f"{target} is not a regular file (a FIFO, "
+                                                 "device or socket) inside the checkpoint")):
+    checkpoint.load_weights(path)
+
+
 def test_weights_load_with_stderr_closed(tmp_path):
   # The restore holds back fd 2 only when there is one: a process started with stderr closed
   # (2>&-, some service managers) still loads good weights.

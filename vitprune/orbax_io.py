@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 import tempfile
 import threading
@@ -20,9 +21,26 @@ def checkpointer():
 def restore(directory: str, target: Any) -> Any:
   """The pytree checkpointed in `directory`, restored onto `target`'s structure; the library's
   exception when it cannot (callers name the directory), without the tracebacks its I/O threads
-  print on the way (`_stderr_kept_unless_failing`)."""
+  print on the way (`_stderr_kept_unless_failing`). A FIFO, device or socket inside is refused
+  unopened (orbax would block on it for ever)."""
+  _check_regular_tree(directory)
   with _stderr_kept_unless_failing():
     return checkpointer().restore(directory, target)
+
+
+def _check_regular_tree(directory: str) -> None:
+  """OSError naming the first entry under `directory` (a link: its target) that is neither a
+  regular file nor a folder."""
+  for root, dirs, files in os.walk(directory):
+    for name in dirs + files:
+      path = os.path.join(root, name)
+      try:
+        mode = os.stat(path).st_mode
+      except OSError:            # a dangling link: orbax reports what it misses
+        continue
+      if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise OSError(f"{path} is not a regular file (a FIFO, device or socket) inside the "
+                      "checkpoint; refusing to open it")
 
 
 _REDIRECT = threading.Lock()   # one redirection of fd 2 at a time (restores are rare)
