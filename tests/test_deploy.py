@@ -280,6 +280,8 @@ def test_manifest_platforms_must_match_exported(artifact, tmp_path):
     (lambda d: d["output"].__setitem__("dtype", "int8"), "output.dtype 'int8' is not"),
     (lambda d: d.__setitem__("format", "other"), "format 'other' is not 'vitprune-deploy'"),
     (lambda d: d.pop("weights"), r"lacks required entries \['weights'\]"),
+    (lambda d: d.__setitem__("provenance", [1, 2]), r"provenance must be an object, got \[1, 2\]"),
+    (lambda d: d.__setitem__("versions", "x"), "versions must be an object, got 'x'"),
 ])
 def test_bad_manifest_is_refused(artifact, tmp_path, edit, message):
   path = _copy(artifact, tmp_path)

@@ -214,6 +214,9 @@ class Manifest:
     _req(isinstance(targets, list) and targets[:1] == ["jax"] and
          all(isinstance(t, str) for t in targets), where,
          f"targets must be a list of target names starting with 'jax', got {targets!r}")
+    for key in ("provenance", "versions"):
+      _req(isinstance(doc.get(key) or {}, dict), where,
+           f"{key} must be an object, got {doc.get(key)!r}")
     m = cls(config=cfg, counts=tuple(counts), reducer=reducer, dtype=dtype, precision=precision,
             input_shape=tuple(in_shape), output_shape=tuple(out_shape), weights=dict(w),
             platforms=tuple(platforms), files=dict(files), created=str(doc["created"]),
