@@ -4,6 +4,7 @@ Every compile uses the tiny test config (a few seconds each, two at a time)."""
 import functools
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -429,6 +430,12 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   with pytest.raises(EdgeError, match=r"kit.json: points\[1\]: input.shape, compile_s missing "
                      "or of the wrong type"):
     kit_lib.read_kit(str(bad_kit))
+  doc = json.loads((pathlib.Path(kit_dir) / "kit.json").read_text())
+  doc["points"].append(dict(doc["points"][0]))       # refused before timing, naming both
+  (bad_kit / "kit.json").write_text(json.dumps(doc))
+  with pytest.raises(EdgeError, match=r"kit.json: points\[2\] repeats points\[0\] \(model, "
+                     r"batch 1, 17 tokens\)"):
+    kit_lib.read_kit(str(bad_kit))
   out = str(tmp_path / "board.json")
   r = run_edge("profile", f"--kit={kit_dir}", f"--out={out}", "--min_run_time=0.02",
                "--quiet")
@@ -707,3 +714,29 @@ def test_the_compile_cache_never_serves_a_damaged_or_foreign_entry(tmp_path):
     assert len(compiled) == n + 1, what                        # recompiled ...
     assert open(path_a, "rb").read() == good_a, what           # ... and replaced
     assert compile_("module {a}")[0], what                     # served again afterwards
+
+
+def test_a_damaged_cache_slot_is_bypassed_not_fatal(tmp_path, caplog):
+  """A file where an entry's folder goes, or a folder at the entry itself: the kit failed after
+  compiling ('File exists' / 'Is a directory'); the module is good, only not cached."""
+  import types  # pylint: disable=g-import-not-at-top
+  fake = types.SimpleNamespace(compile_str=lambda mlir, **k: b"module-" + mlir.encode())
+  flags = ["--iree-llvmcpu-target-cpu=cortex-a78ae"]
+  key = iree_build._compile_once(fake, "module {a}", ["llvm-cpu"], flags, "v", None)[2]
+  slot = tmp_path / key[:2]
+  slot.write_text("junk")                                    # a file where the folder goes
+  assert iree_build._compile_once(fake, "module {a}", ["llvm-cpu"], flags, "v",
+                                  str(tmp_path))[:2] == (b"module-module {a}", False)
+  assert "could not store" in caplog.text and slot.read_text() == "junk"
+  slot.unlink()
+  (slot / (key + ".module")).mkdir(parents=True)             # a folder at the entry
+  assert iree_build._compile_once(fake, "module {a}", ["llvm-cpu"], flags, "v",
+                                  str(tmp_path))[:2] == (b"module-module {a}", False)
+
+
+def test_bytes_that_are_not_a_module_are_one_error_naming_the_file():
+  """A damaged module whose record's sha256 was updated to match: the runtime's verifier
+  failed outside the error mapping (a message without the file's name)."""
+  with pytest.raises(EdgeError, match=r"^/x/iree_host.vmfb cannot be loaded on the local-sync "
+                     "device: "):
+    edge_rt.Runner("local-sync").load_bytes(b"junk" * 10, "main", "/x/iree_host.vmfb")

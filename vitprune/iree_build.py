@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -185,6 +186,7 @@ def _first_error(e: Exception) -> str:
   return (lines[0] if lines else str(e).strip().splitlines()[0])[:400]
 
 
+_log = logging.getLogger(__name__)
 _CACHE_MAGIC = b"vitprune-iree-cache-v1\n"
 
 
@@ -200,8 +202,11 @@ def _read_cache_entry(path: str, key: str) -> Optional[bytes]:
   key's, an older format, truncated or damaged): the caller recompiles and replaces it."""
   if not os.path.isfile(path):
     return None
-  with open(path, "rb") as f:
-    data = f.read()
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError:              # unreadable: recompiled (and the store below says why it fails)
+    return None
   head = _CACHE_MAGIC + key.encode() + b"\n"
   if not data.startswith(head):
     return None
@@ -227,7 +232,12 @@ def _compile_once(ireec, mlir: str, backends: List[str], flags: List[str], versi
   blob = ireec.compile_str(mlir, input_type="stablehlo", target_backends=backends,
                            extra_args=flags)
   if cached:
-    atomic.write_bytes(cached, _cache_entry(key, blob))
+    try:
+      atomic.write_bytes(cached, _cache_entry(key, blob))
+    except OSError as e:   # a damaged cache (a file where its folder goes, a folder at the
+      # entry, no space): the module is good, only not cached
+      _log.warning("IREE compile cache: could not store %s (%s); continuing uncached",
+                   cached, e.strerror or e)
   return blob, False, key
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata as md
+import json
 import os
 from typing import Any, Callable, Dict, Optional
 
@@ -64,10 +65,16 @@ def read_kit(path: str) -> Dict[str, Any]:
     raise EdgeError(f"{path}/{KIT_MANIFEST} lacks {missing}")
   if not isinstance(doc["points"], list) or not doc["points"]:
     raise EdgeError(f"{path}/{KIT_MANIFEST} lists no points")
+  seen: Dict[Any, int] = {}
   for i, p in enumerate(doc["points"]):
     bad = _bad_point(p)
     if bad:
       raise EdgeError(f"{path}/{KIT_MANIFEST}: points[{i}]: {bad}")
+    key = json.dumps([p["component"], p["batch_size"], p["tokens"], p.get("schedule")])
+    if key in seen:     # refused before timing, not after it (a profile holds one per point)
+      raise EdgeError(f"{path}/{KIT_MANIFEST}: points[{i}] repeats points[{seen[key]}] "
+                      f"({p['component']}, batch {p['batch_size']}, {p['tokens']} tokens)")
+    seen[key] = i
   return doc
 
 

@@ -127,8 +127,8 @@ class Runner:
 
   def load_bytes(self, blob: bytes, function: str = "main", path: str = "module") -> Callable:
     rt = self._rt
-    vm = rt.VmModule.copy_buffer(self.config.vm_instance, blob)
-    try:
+    try:      # the bytes are verified here (a damaged module fails in copy_buffer)
+      vm = rt.VmModule.copy_buffer(self.config.vm_instance, blob)
       mod = rt.load_vm_module(vm, self.config)
     except Exception as e:  # the runtime raises several types for incompatible modules
       raise EdgeError(f"{path} cannot be loaded on the {self.driver} device: "
