@@ -106,7 +106,8 @@ def main(f: flags.FlagValues) -> dict:
         f"{lat['iqr_s'] * 1e3:.3f} ms, {lat['repeats']} repeats), "
         f"{lat['median_s'] * 1e3 / b:.3f} ms/image; first call {lat['first_call_s']:.3f} s")
   if f.output:
-    atomic.write_json(f.output, dict(res, format=RESULT_FORMAT), sort_keys=True)
+    atomic.replace_json(f.output, dict(res, format=RESULT_FORMAT), RESULT_FORMAT,
+                        sort_keys=True)
     print(f"wrote {f.output}")
   return res
 

@@ -99,3 +99,19 @@ def test_a_new_dir_check_restores_an_output_a_killed_writer_moved_aside(tmp_path
   with pytest.raises(FileExistsError, match="already exists"):
     common.check_new_dir(str(out), "out")
   assert (out / "manifest.json").read_text() == "{}" and not aside.exists()
+
+
+def test_replace_json_refuses_a_file_made_after_the_up_front_check(tmp_path):
+  """run_deployed / vitprune.edge --output: the path was checked up front only, so a file a
+  user created there during a long run was replaced at the end (exit 0)."""
+  path = str(tmp_path / "result.json")
+  atomic.check_replaceable_json(path, "vitprune-x")               # absent: fine up front
+  with open(path, "w") as f:                                      # ... then someone writes it
+    f.write('{"mine": "notes"}')
+  with pytest.raises(atomic.ForeignOutputError, match="refusing to replace .*result.json"):
+    atomic.replace_json(path, {"format": "vitprune-x", "v": 1}, "vitprune-x")
+  assert open(path).read() == '{"mine": "notes"}'
+  os.unlink(path)
+  atomic.replace_json(path, {"format": "vitprune-x", "v": 1}, "vitprune-x")
+  atomic.replace_json(path, {"format": "vitprune-x", "v": 2}, "vitprune-x")   # ours: replaced
+  assert json.load(open(path))["v"] == 2 and sorted(os.listdir(tmp_path)) == ["result.json"]

@@ -190,6 +190,15 @@ def check_replaceable_json(path: str, fmt: str, companions: Sequence[str] = ()) 
                              f"a {fmt} file; move it away or choose another output path")
 
 
+def replace_json(path: str, obj: Any, fmt: str, **json_kw) -> str:
+  """Writes `obj` (whose "format" is `fmt`) to `path` atomically, checking under the writers'
+  lock, at the moment of writing, that `path` is still absent or a `fmt` file: a file someone
+  made there while the run worked (after the up-front check) is refused, not replaced."""
+  with locked(path):
+    check_replaceable_json(path, fmt)
+    return write_json(path, obj, **json_kw)
+
+
 # ----------------------------------------------------------------------------- stale temporaries
 
 _KINDS = ("tmp", "old", "commit")

@@ -198,7 +198,8 @@ def main(argv):
     check_flags(argv[1])
     res = {"run": cmd_run, "bench": cmd_bench, "profile": cmd_profile}[argv[1]]()
     if FLAGS.output:
-      atomic.write_json(FLAGS.output, dict(res, format=RESULT_FORMAT), sort_keys=True)
+      atomic.replace_json(FLAGS.output, dict(res, format=RESULT_FORMAT), RESULT_FORMAT,
+                          sort_keys=True)
       print(f"wrote {FLAGS.output}")
   except (EdgeError, ValueError, FileNotFoundError, OSError) as e:
     sys.exit(f"error: {e}")

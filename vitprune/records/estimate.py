@@ -385,8 +385,7 @@ def write_estimate(path: str, estimate: Estimate, *, overwrite: bool = False) ->
   _validate(doc, path)
   if os.path.exists(path) and not overwrite:
     raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
-  atomic.check_replaceable_json(path, FORMAT)     # --overwrite replaces estimates only
-  return atomic.write_json(path, doc)
+  return atomic.replace_json(path, doc, FORMAT)   # --overwrite replaces estimates only
 
 
 def read_estimate(path: str) -> Estimate:
