@@ -49,6 +49,23 @@ def test_paper_known_answer():
   assert Schedule(sol.counts).reduction_layers == (3,)
 
 
+@pytest.mark.parametrize("kw, match", [
+    (dict(layer=2.9), "reduction layer must be an int, got 2.9"),      # ran at block 2
+    (dict(layer=True), "reduction layer must be an int, got True"),    # ran at block 1
+    (dict(depth=6.9), "depth must be an int, got 6.9"),
+    (dict(num_tokens=65.9), "num_tokens must be an int, got 65.9"),
+    (dict(alpha="x"), "alpha must be a number in \\[0, 1\\], got 'x'"),
+])
+def test_paper_solver_refuses_numbers_it_would_truncate(kw, match):
+  ns, lat, acc = np.array([5, 40, 65]), np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.8, 0.9])
+  args = dict(alpha=0.5, depth=6, num_tokens=65, layer=3)
+  with pytest.raises(TypeError, match=match):
+    solve.solve_paper(ns, lat, acc, **dict(args, **kw))
+  with pytest.raises(TypeError, match="token count must be an int, got 40.7"):
+    solve.pomt_counts(65, 40.7, 6, 3)                                  # kept 40 tokens
+  assert solve.pomt_counts(np.int64(65), np.int64(40), 6, 3) == (65, 65, 65, 65, 40, 40, 40)
+
+
 def test_paper_alpha_extremes_and_layer():
   ns = np.array([10, 20, 30, 40])
   lat = np.array([1.0, 2.0, 3.0, 4.0])

@@ -271,7 +271,7 @@ def layer_counts(num_tokens: int, n: int, depth: int, layer: int) -> Tuple[int, 
 
 def embed_schedule(cfg: ViTConfig, n: int) -> Schedule:
   """`n` tokens (prefix included) kept right after the embedding; no block reduces."""
-  return check_schedule(cfg, Schedule(embed_counts(_as_int(n, "n"), cfg.depth)))
+  return check_schedule(cfg, Schedule(embed_counts(as_int(n, "n"), cfg.depth)))
 
 
 drop_after_embedding = embed_schedule
@@ -286,18 +286,18 @@ def layer_schedule(cfg: ViTConfig, n: int, layer: int) -> Schedule:
       or not 0 <= layer < cfg.depth:
     raise ValueError(f"reduction layer must be an int in [0, {cfg.depth - 1}] for {cfg.name} "
                      f"(depth {cfg.depth}), got {layer!r}")
-  return check_schedule(cfg, Schedule(layer_counts(cfg.num_tokens, _as_int(n, "n"), cfg.depth,
+  return check_schedule(cfg, Schedule(layer_counts(cfg.num_tokens, as_int(n, "n"), cfg.depth,
                                                    layer)))
 
 
 def _check_layer(cfg: ViTConfig, layer) -> int:
-  layer = _as_int(layer, "layer")
+  layer = as_int(layer, "layer")
   if not 0 <= layer < cfg.depth:
     raise ValueError(f"layer {layer} is out of range: {cfg.name} has blocks 0..{cfg.depth - 1}")
   return layer
 
 
-def _as_int(v, what: str) -> int:
+def as_int(v, what: str) -> int:
   """`v` as an int; bools, floats and strings are refused (no silent truncation)."""
   if isinstance(v, bool):
     raise TypeError(f"{what} must be an int, got {v!r}")
@@ -329,11 +329,11 @@ def prune_at(cfg: ViTConfig, *, keep: Optional[int] = None, remove: Optional[int
   layer = _check_layer(cfg, layer)
   counts = _start(cfg, base)
   if remove is not None:
-    remove = _as_int(remove, "remove")
+    remove = as_int(remove, "remove")
     if remove < 0:
       raise ValueError(f"remove must be >= 0, got {remove}")
     keep = counts[layer + 1] - remove
-  keep = _as_int(keep, "keep")
+  keep = as_int(keep, "keep")
   return check_schedule(cfg, Schedule(_keep_from(counts, layer, keep)))
 
 
@@ -342,7 +342,7 @@ def prune_layers(cfg: ViTConfig, keeps: Mapping[int, int],
   """Several POMT-style reductions: `{layer: tokens leaving that block}`."""
   counts = _start(cfg, base)
   for layer in sorted(keeps):
-    counts = _keep_from(counts, _check_layer(cfg, layer), _as_int(keeps[layer], "keep"))
+    counts = _keep_from(counts, _check_layer(cfg, layer), as_int(keeps[layer], "keep"))
   return check_schedule(cfg, Schedule(counts))
 
 
@@ -370,13 +370,13 @@ def tome_r_list(num_layers: int, r: RSpec) -> List[int]:
       raise ValueError(f"inflection must be in [-1, 1] (ToMe: -1 decreasing, 0 constant, "
                        f"+1 increasing), got {inflect}")
   elif not isinstance(r, (int, str)) and hasattr(r, "__iter__"):
-    rs = [_as_int(v, "r") for v in r]
+    rs = [as_int(v, "r") for v in r]
     if len(rs) > num_layers:
       raise ValueError(f"r list has {len(rs)} entries for {num_layers} layers")
     if any(v < 0 for v in rs):
       raise ValueError(f"r values must be >= 0, got {rs}")
     return rs + [0] * (num_layers - len(rs))
-  r = _as_int(r, "r")
+  r = as_int(r, "r")
   if r < 0:
     raise ValueError(f"r must be >= 0, got {r}")
   min_val = int(r * (1.0 - inflect))

@@ -76,11 +76,12 @@ ranges; taking the Pareto set of a union is associative and idempotent), so it s
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from vitprune.schedule import layer_counts
+from vitprune.schedule import as_int, layer_counts
 
 ACCURACY_MODELS = ("incremental", "additive")
 ArrayLike = Union[np.ndarray, Sequence[float]]
@@ -135,17 +136,22 @@ def _unit(name: str, a: np.ndarray) -> np.ndarray:
 
 
 def _check_alpha(alpha: float) -> float:
+  if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+    raise TypeError(f"alpha must be a number in [0, 1], got {alpha!r}")
   alpha = float(alpha)
   if not 0.0 <= alpha <= 1.0:  # also rejects NaN
     raise ValueError(f"alpha must be in [0, 1], got {alpha}")
   return alpha
 
 
-def _check_depth_layer(depth: int, layer: int):
-  if int(depth) < 1:
+def _check_depth_layer(depth: int, layer: int) -> Tuple[int, int]:
+  """(depth, layer) as ints (2.9 or True is refused, never truncated), layer in 0..depth-1."""
+  depth, layer = as_int(depth, "depth"), as_int(layer, "reduction layer")
+  if depth < 1:
     raise ValueError(f"depth must be >= 1, got {depth}")
-  if not 0 <= int(layer) < int(depth):
+  if not 0 <= layer < depth:
     raise ValueError(f"reduction layer {layer} is outside blocks 0..{depth - 1}")
+  return depth, layer
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,8 +198,9 @@ def utility(latency: ArrayLike, accuracy: ArrayLike, alpha: float = 0.5) -> np.n
 def pomt_counts(num_tokens: int, n: int, depth: int, layer: int = 3) -> Tuple[int, ...]:
   """All tokens until block `layer` reduces to `n` (`vitprune.schedule.layer_counts`), checked
   against plain numbers (no model config here)."""
-  _check_depth_layer(depth, layer)
-  if not 1 <= int(n) <= int(num_tokens):
+  depth, layer = _check_depth_layer(depth, layer)
+  n, num_tokens = as_int(n, "token count"), as_int(num_tokens, "num_tokens")
+  if not 1 <= n <= num_tokens:
     raise ValueError(f"token count {n} is outside 1..{num_tokens}")
   return layer_counts(num_tokens, n, depth, layer)
 
@@ -237,8 +244,8 @@ def solve_paper(ns: ArrayLike, latency: ArrayLike, accuracy: ArrayLike, alpha: f
   smaller latency, then the larger n.
   """
   alpha = _check_alpha(alpha)
-  _check_depth_layer(depth, layer)
-  g = _grid(ns, num_tokens)
+  depth, layer = _check_depth_layer(depth, layer)
+  g = _grid(ns, as_int(num_tokens, "num_tokens"))
   lat = _finite("latency", latency, 1, g.size)
   acc = _unit("accuracy", _finite("accuracy", accuracy, 1, g.size))
   order = np.argsort(g)
@@ -249,7 +256,7 @@ def solve_paper(ns: ArrayLike, latency: ArrayLike, accuracy: ArrayLike, alpha: f
   index = int(best[np.lexsort((-g[best], lat[best]))[0]])
   counts = pomt_counts(num_tokens, int(g[index]), depth, layer)
   return PaperSolution(ns=g, latency=lat, accuracy=acc, utility=u, alpha=alpha, index=index,
-                       layer=int(layer), counts=counts)
+                       layer=layer, counts=counts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,10 +336,11 @@ def make_cost_model(ns: ArrayLike, block_latency: ArrayLike, sensitivity: ArrayL
   """
   if accuracy_model not in ACCURACY_MODELS:
     raise ValueError(f"unknown accuracy_model {accuracy_model!r}; use one of {ACCURACY_MODELS}")
-  if int(depth) < 1:
+  depth, num_tokens = as_int(depth, "depth"), as_int(num_tokens, "num_tokens")
+  if depth < 1:
     raise ValueError(f"depth must be >= 1, got {depth}")
   g = _grid(ns, num_tokens)
-  if int(num_tokens) not in set(g.tolist()):
+  if num_tokens not in set(g.tolist()):
     raise ValueError(f"the grid must contain the full token count {num_tokens} (block 0 always "
                      f"sees all tokens); grid is {g.min()}..{g.max()}")
   k = g.size
@@ -348,7 +356,8 @@ def make_cost_model(ns: ArrayLike, block_latency: ArrayLike, sensitivity: ArrayL
   if embed < 0:
     raise ValueError(f"embed latency must be >= 0 seconds, got {embed}")
   a_full = float(_unit("full accuracy", _finite("full accuracy", full_accuracy, 0)))
-  layers = tuple(range(depth)) if layers is None else tuple(int(l) for l in layers)
+  layers = (tuple(range(depth)) if layers is None else
+            tuple(as_int(l, "sensitivity layer") for l in layers))
   if len(set(layers)) != len(layers):
     raise ValueError(f"sensitivity layers must be distinct, got {layers}")
   for l in layers:
