@@ -71,6 +71,24 @@ def test_run_prune_errors():
     prune_lib.run_prune(CFG, params, images, method="pomt", schedule=None, repeats=0)
 
 
+@pytest.mark.parametrize("kw, match", [
+    (dict(images="uint8"), "images must be floating point"),       # was cast and ran
+    (dict(images="list"), "images must be an array"),
+    (dict(labels=np.array([0, 99])), r"labels must be -1 \(unknown\) or classes 0..9"),  # 0.0
+    (dict(labels=np.array([0, 1, 2])), r"labels must have one entry per image \[2\]"),
+    (dict(valid=np.array([False, False])), "valid is False for every image"),   # nan
+    (dict(valid=np.array([True])), r"valid must have one entry per image \[2\]"),
+])
+def test_run_prune_checks_its_inputs_as_the_forward_and_evaluate_do(kw, match):
+  params = model.init_params(CFG, 0)
+  images = prune.synthetic_images(CFG, 2, seed=0)
+  images = {"uint8": np.zeros(images.shape, np.uint8), "list": images.tolist()}.get(
+      kw.pop("images", None), images)
+  with pytest.raises(ValueError, match=match):
+    prune_lib.run_prune(CFG, params, images, method="pomt", schedule=None, warmup=0, repeats=1,
+                        **kw)
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--model=test_tiny_vit", "--schedule=keep@5:3"], "layer 5 is out of range"),
     (["--model=test_tiny_vit", "--method=tome", "--schedule=list:17,8,8"],

@@ -61,6 +61,27 @@ def _top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
   return float(np.mean(correct))
 
 
+def _check_rows(cfg: ViTConfig, b: int, valid, labels):
+  """-> (valid bool [B], labels int [B], -1 unknown): ValueError unless each has one entry per
+  image, some row is valid and every known label is one of the model's classes."""
+  valid = np.ones(b, bool) if valid is None else np.asarray(valid)
+  labels = np.full(b, -1) if labels is None else np.asarray(labels)
+  for name, a in (("valid", valid), ("labels", labels)):
+    if a.shape != (b,):
+      raise ValueError(f"{name} must have one entry per image [{b}], got shape {a.shape}")
+  if valid.dtype != bool:
+    raise ValueError(f"valid must be booleans, got {valid.dtype}")
+  if not valid.any():
+    raise ValueError("valid is False for every image: nothing to compare")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be integers (-1: unknown), got {labels.dtype}")
+  known = labels[valid & (labels >= 0)]
+  if labels.min() < -1 or (known.size and known.max() >= max(cfg.num_classes, 1)):
+    raise ValueError(f"labels must be -1 (unknown) or classes 0..{cfg.num_classes - 1} of "
+                     f"{cfg.name}, got {labels.min()}..{labels.max()}")
+  return valid, labels
+
+
 def run_prune(cfg: ViTConfig, params, images: np.ndarray, *, method: str,
               schedule: Optional[S.Schedule], labels: Optional[np.ndarray] = None,
               valid: Optional[np.ndarray] = None, dtype: str = "float32", warmup: int = 3,
@@ -76,9 +97,9 @@ def run_prune(cfg: ViTConfig, params, images: np.ndarray, *, method: str,
   reducer = make_reducer(method, **(reducer_options or {}))
   schedule = default_schedule(cfg, method) if schedule is None else schedule
   S.check_schedule(cfg, schedule, reducer)
+  vit.check_inputs(cfg, images, dtype, "highest")   # before the float32 cast: no raw pixels
+  valid, labels = _check_rows(cfg, images.shape[0], valid, labels)
   b = images.shape[0]
-  valid = np.ones(b, bool) if valid is None else np.asarray(valid, bool)
-  labels = np.full(b, -1) if labels is None else np.asarray(labels)
   params = jax.device_put(params)
   x = jax.device_put(np.asarray(images, np.float32))
   full_fn, full_compile = timing.compile_fn(
