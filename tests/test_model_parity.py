@@ -27,6 +27,17 @@ def test_jitted_forward_does_not_recompile():
   assert after_first == before + 1
   assert jitted_forward._cache_size() == after_first
   assert a.shape == b.shape == (2, 7) and not np.allclose(a, b)
+  # The full schedule spelled out, with or without a reducer that never runs: the same graph.
+  from vitprune.reduce import make_reducer  # pylint: disable=g-import-not-at-top
+  from vitprune.schedule import full_schedule  # pylint: disable=g-import-not-at-top
+  for kw in (dict(schedule=full_schedule(cfg)), dict(schedule=full_schedule(cfg),
+                                                     reducer=make_reducer("pomt")),
+             dict(reducer=make_reducer("tome"))):
+    np.testing.assert_array_equal(jitted_forward(params, x, cfg=cfg, **kw), a)
+  assert jitted_forward._cache_size() == after_first
+  with pytest.raises(TypeError, match="reducer must be a token reducer instance .* got the "
+                     "class"):
+    jitted_forward(params, x, cfg=cfg, reducer=type(make_reducer("pomt")))
 
 
 @pytest.mark.parametrize("name", ["test_tiny_vit", "test_tiny_dinov2_reg"])

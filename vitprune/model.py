@@ -35,7 +35,7 @@ import numpy as np
 from vitprune.config import COMPUTE_DTYPES, ViTConfig, is_float_dtype
 from vitprune.reduce.base import AttentionStats, TokenReducer
 from vitprune.schedule import (Schedule, check_reducer_given, check_schedule,
-                               check_static_types)
+                               check_static_types, full_schedule)
 
 Params = Dict[str, Any]
 DTYPES = {name: getattr(jnp, name) for name in COMPUTE_DTYPES}
@@ -297,7 +297,14 @@ def _jit_static_keywords(fn):
   @functools.wraps(fn)
   def call(params, images, **static):
     check_static_types(static.get("schedule"), static.get("reducer"))   # before jax hashes them
-    return jitted(params, images, **{**defaults, **static})
+    static = {**defaults, **static}
+    cfg, schedule = static.get("cfg"), static.get("schedule")
+    if schedule is not None and isinstance(cfg, ViTConfig) and \
+        schedule.counts == full_schedule(cfg).counts:
+      schedule = None                   # reduces nothing: the unpruned graph, compiled once
+    if schedule is None:
+      static.update(schedule=None, reducer=None)   # a reducer that never runs changes nothing
+    return jitted(params, images, **static)
 
   call.__doc__ = f"`{fn.__name__}` under `jax.jit`, every keyword static (one graph per value)."
   call._cache_size = jitted._cache_size          # pylint: disable=protected-access

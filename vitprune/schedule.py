@@ -126,6 +126,9 @@ def check_static_types(schedule: Any, reducer: Any) -> None:
     raise TypeError(f"schedule must be a vitprune Schedule (parse_schedule(cfg, text) or "
                     f"Schedule(counts)) or None, got {type(schedule).__name__} "
                     f"{reprlib.repr(schedule)}")
+  if isinstance(reducer, type):
+    raise TypeError(f"reducer must be a token reducer instance (make_reducer(name) or "
+                    f"{reducer.__name__}(...)), got the class {reducer.__name__} itself")
   if reducer is not None and not all(hasattr(reducer, a) for a in _REDUCER_ATTRIBUTES):
     hint = f" (make_reducer({reducer!r}))" if isinstance(reducer, str) else ""
     raise TypeError(f"reducer must be a token reducer{hint} or None, got "
