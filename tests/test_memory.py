@@ -101,3 +101,18 @@ def test_one_line_and_finite_flags():
   assert common.parse_ints(["2", " 3"], "b") == [2, 3]
   with pytest.raises(ValueError, match="duplicate"):
     common.parse_ints(["2", "2"], "b")
+
+
+def test_bad_arguments_are_refused_by_name():
+  from vitprune import flops  # pylint: disable=g-import-not-at-top
+  digits = get_config("vit_digits")
+  with pytest.raises(ValueError, match="schedule has 7 counts, deit_small_patch16_224 needs"):
+    memory.forward_bytes(DEIT, 1, schedule=parse_schedule(digits, "keep@3:35"))
+  with pytest.raises(ValueError, match="--batch_size: no batch size given"):
+    memory.check_batch_fits(DEIT, [])                      # max() of an empty sequence
+  with pytest.raises(ValueError, match="batch_size must be >= 1, got -3"):
+    flops.forward_gflop(DEIT, -3)                          # -0.097 GFLOP
+  with pytest.raises(ValueError, match="tokens must be >= 1, got -5"):
+    flops.block_flop(DEIT, -5)
+  with pytest.raises(TypeError, match="batch_size must be an int, got 1.5"):
+    flops.forward_gflop(DEIT, 1.5)

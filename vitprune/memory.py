@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vitprune.config import ViTConfig
-from vitprune.schedule import Schedule, full_schedule
+from vitprune.schedule import Schedule, check_schedule
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 MEMINFO = "/proc/meminfo"
@@ -55,7 +55,7 @@ def _fixed_bytes(cfg: ViTConfig, dtype: str, num_params: Optional[int] = None) -
 def _per_example_bytes(cfg: ViTConfig, dtype: str, schedule: Optional[Schedule]) -> int:
   """Bytes per image: the float32 input plus the largest block's live activations."""
   d = _dtype_bytes(dtype)
-  counts = (schedule or full_schedule(cfg)).counts
+  counts = check_schedule(cfg, schedule).counts    # another model's schedule is refused
   image = 4 * cfg.img_size * cfg.img_size * cfg.in_chans
   dim, heads = cfg.embed_dim, cfg.num_heads
   worst = 0
@@ -105,6 +105,8 @@ def check_batch_fits(cfg: ViTConfig, batches: Sequence[int], dtype: str = "float
                      num_params: Optional[int] = None) -> None:
   """Raises ValueError when the largest of `batches` cannot fit in `available` bytes (default:
   `available_bytes()`; no check where that is unknown), naming what fits."""
+  if not batches:
+    raise ValueError(f"{flag}: no batch size given")
   if available is None:
     available = available_bytes()
     if available is None:
