@@ -225,7 +225,7 @@ def parse_floors(text: str) -> List[float]:
 
 def main(f: flags.FlagValues) -> Dict[str, Any]:
   """Measures, prints the table, writes --out -> the result."""
-  common.check_output_file(f.out, "out")
+  atomic.check_output_file(f.out, "out")
   floors = parse_floors(f.floors)
   quick = f.quick
   cfg, params, _ = common.load_model("vit_digits", None)     # the embedded trained weights

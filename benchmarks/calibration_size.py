@@ -152,7 +152,7 @@ def table(summary: List[Dict[str, Any]]) -> str:
 def main(f: flags.FlagValues) -> Dict[str, Any]:
   """Runs the benchmark, prints the table, writes --out -> the JSON document."""
   # Bad input is refused before any work (each check names the flag or value).
-  common.check_output_file(f.out, "out")
+  atomic.check_output_file(f.out, "out")
   sizes = sorted(set(common.parse_ints(f.sizes, "sizes")))
   lm_lib.check_calibration_count(min(sizes), "--sizes")
   if not f.methods or len(set(f.methods)) != len(f.methods):

@@ -186,7 +186,7 @@ def table(res: dict) -> str:
 
 def main(f: flags.FlagValues) -> dict:
   """Checks the flags, times every point, prints the table, writes the JSON -> the document."""
-  common.check_output_file(f.out, "out")
+  atomic.check_output_file(f.out, "out")
   bad = [d for d in f.drivers if d not in ("auto",) + tuple(CPU_DRIVERS.values())]
   if bad or not f.drivers:
     raise ValueError(f"--drivers takes auto, {', '.join(CPU_DRIVERS.values())}; got "

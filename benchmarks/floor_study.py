@@ -150,7 +150,7 @@ def totals(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
   """Runs the study, prints the table and writes --out -> the rows."""
-  common.check_output_file(f.out, "out")
+  atomic.check_output_file(f.out, "out")
   rows = []
   with tempfile.TemporaryDirectory(prefix="floor_study_") as tmp:
     for seed in range(f.seeds):

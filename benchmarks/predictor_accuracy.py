@@ -227,7 +227,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   models = ["vit_digits"] if quick and not f["models"].present else f.models
   methods = ["pomt"] if quick and not f["methods"].present else f.methods
   # Bad input is refused before any work (each check names the flag or value).
-  common.check_output_file(f.out, "out")
+  atomic.check_output_file(f.out, "out")
   for m in methods:
     make_reducer(m)
   for name in models:

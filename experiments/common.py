@@ -212,20 +212,6 @@ def check_output_dir(path: str, flag: str = "out_dir") -> None:
   atomic.check_creatable(path, flag)
 
 
-def check_output_file(path: str, flag: str = "output", overwrite: bool = True) -> None:
-  """`path` is (or can become) a writable file; raises naming the flag otherwise."""
-  if not path:
-    raise ValueError(f"--{flag} is empty")
-  if os.path.isdir(path):
-    raise IsADirectoryError(f"--{flag}={path} is a directory, not a file")
-  if os.path.lexists(path):
-    if not overwrite:
-      raise FileExistsError(f"--{flag}={path} already exists (pass --overwrite to replace it)")
-    atomic.check_writable_dir(os.path.dirname(os.path.abspath(path)), f"--{flag}={path}")
-    return
-  atomic.check_creatable(path, flag)
-
-
 def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,
                   is_ours: Optional[Callable[[str], bool]] = None) -> None:
   """An output directory the CLI creates whole: not a file, absent (or empty) unless

@@ -137,7 +137,7 @@ def main(f: flags.FlagValues):
       os.path.normpath(f.data))
   name = f.out_name or _slug(f"{cfg.name}_{method}_{layer_tag}_{data_tag}_"
                              f"n{data.info['num_examples']}_s{f.seed}") + ".json"
-  common.check_output_file(os.path.join(f.out_dir, name), "out_name", overwrite=f.overwrite)
+  atomic.check_output_file(os.path.join(f.out_dir, name), "out_name", overwrite=f.overwrite)
   atomic.check_replaceable_json(os.path.join(f.out_dir, name), ESTIMATE_FORMAT)
   result = estimate.evaluate(cfg, params, data.batches(cfg, f.batch_size, f.num_workers),
                              points, labelled=data.labelled, dtype=f.dtype, shard=f.shard)

@@ -58,7 +58,7 @@ def run(f: flags.FlagValues) -> dict:
   if f.num_workers < 0:
     raise ValueError(f"--num_workers must be >= 0, got {f.num_workers}")
   if f.output:
-    common.check_output_file(f.output)
+    atomic.check_output_file(f.output)
     atomic.check_replaceable_json(f.output, RESULT_FORMAT)
   model = deploy.load(f.artifact)
   bs = choose_batch_size(model.batch_size, f.batch_size)

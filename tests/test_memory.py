@@ -4,6 +4,7 @@ import pytest
 
 from experiments import common
 from experiments import profile as profile_cli
+from vitprune import atomic
 from vitprune import memory
 from vitprune.model import init_params
 from vitprune.registry import get_config
@@ -80,10 +81,10 @@ def test_output_checks(tmp_path):
   with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
     common.check_output_dir(str(tmp_path / "f" / "sub"))
   with pytest.raises(IsADirectoryError, match="--output=.* is a directory, not a file"):
-    common.check_output_file(str(tmp_path / "d"))
+    atomic.check_output_file(str(tmp_path / "d"))
   with pytest.raises(FileExistsError, match="pass --overwrite"):
-    common.check_output_file(str(tmp_path / "f"), overwrite=False)
-  common.check_output_file(str(tmp_path / "f"))
+    atomic.check_output_file(str(tmp_path / "f"), overwrite=False)
+  atomic.check_output_file(str(tmp_path / "f"))
   with pytest.raises(FileExistsError, match="--out=.* already exists"):
     common.check_new_dir(str(tmp_path / "d"))
   common.check_new_dir(str(tmp_path / "d"), overwrite=True)

@@ -140,6 +140,20 @@ def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
                            f"{what}; move it away or choose another output path")
 
 
+def check_output_file(path: str, flag: str = "output", overwrite: bool = True) -> None:
+  """`path` is (or can become) a writable file; raises naming `--flag` otherwise."""
+  if not path:
+    raise ValueError(f"--{flag} is empty")
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"--{flag}={path} is a directory, not a file")
+  if os.path.lexists(path):
+    if not overwrite:
+      raise FileExistsError(f"--{flag}={path} already exists (pass --overwrite to replace it)")
+    check_writable_dir(os.path.dirname(os.path.abspath(path)), f"--{flag}={path}")
+    return
+  check_creatable(path, flag)
+
+
 def check_creatable(path: str, flag: str) -> None:
   """`path` (absent) can be created: its nearest existing ancestor is a writable directory;
   raises naming `--flag` otherwise."""

@@ -172,12 +172,10 @@ def check_flags(command: str) -> None:
 
 
 def check_output(path: str, flag: str, fmt: str, companions=()) -> None:
-  """`path` can be written as a JSON file of format `fmt`: not a directory, creatable in a
-  writable directory, and, if it exists, a JSON object of that format (never a file someone
-  else made; `companions` written with it likewise)."""
-  if os.path.isdir(path):
-    raise IsADirectoryError(f"--{flag}={path} is a directory, not a file")
-  atomic.check_creatable(path, flag)
+  """`path` can be written as a JSON file of format `fmt`: a writable file path, and, if it
+  exists, a JSON object of that format (never a file someone else made; `companions` written
+  with it likewise)."""
+  atomic.check_output_file(path, flag)
   atomic.check_replaceable_json(path, fmt, companions)
 
 
