@@ -54,3 +54,13 @@ def test_command_line_gives_a_multi_flag_one_argument_per_value():
   fv = common.parse(deploy.define_flags, ["--target=iree:host", "--target=jax,iree:vulkan"])
   assert common.command_line("experiments.deploy", fv) == (
       "python -m experiments.deploy --target=iree:host --target=jax,iree:vulkan")
+
+
+def test_warnings_print_on_one_line():
+  """PIL's DecompressionBombWarning (an 89-179 Mpx image) printed the library's file and its
+  source line as a second line."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  text = common.one_line_warning(UserWarning("Image size (95000000 pixels)\n exceeds"),
+                                 UserWarning, "/x/PIL/Image.py", 3593, "warnings.warn(")
+  assert text == "warning: UserWarning: Image size (95000000 pixels) exceeds\n"
+  assert warnings.formatwarning is not common.one_line_warning   # only a CLI process sets it
