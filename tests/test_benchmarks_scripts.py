@@ -295,5 +295,5 @@ def test_accuracy_combination_refuses_bad_floors_and_seeds_before_measuring(tmp_
   ], tmp_path)
   from experiments import common  # pylint: disable=g-import-not-at-top
   import pytest  # pylint: disable=g-import-not-at-top
-  with pytest.raises(Exception, match="-1 is not a non-negative integer"):
+  with pytest.raises(Exception, match=r"-1 is not an integer in the range \[0, 4294967295\]"):
     common.parse(ac.define_flags, ["--seed=-1", out])

@@ -249,9 +249,20 @@ def test_names_that_are_not_utf8_are_refused_by_path(tmp_path):
     data.ImageFolder(tmp_path)
   os.unlink(os.path.join(os.fsencode(tmp_path / "3"), b"\xff.png"))
   os.mkdir(os.path.join(os.fsencode(tmp_path), b"\xfe"))
-  with pytest.raises(ValueError, match=re.escape(f"class folder '{tmp_path}/\\udcfe': the "
+  with pytest.raises(ValueError, match=re.escape(f"'{tmp_path}/\\udcfe': the class folder's "
                                                  "name is not valid UTF-8")):
     data.ImageFolder(tmp_path)
+  os.mkdir(os.path.join(os.fsencode(tmp_path / "3"), b"\xfd"))
+  assert data.ImageFolder(tmp_path / "3", labelled=False).files == ("a.png",)   # unused
+
+
+def test_a_root_below_a_folder_that_is_not_utf8_is_fine(tmp_path):
+  """Only the names below the root are recorded (files, fingerprint): the root's own path may
+  hold any bytes."""
+  root = os.path.join(os.fsencode(tmp_path), b"caf\xe9")
+  _png(os.path.join(os.fsdecode(root), "3", "a.png"), _gray(3, 3))
+  assert data.ImageFolder(os.fsdecode(root)).files == ("3/a.png",)
+  assert len(data.dataset_fingerprint(data.ImageFolder(os.fsdecode(root)))) == 64
 
 
 def test_links_outside_the_dataset_are_read_once_each(tmp_path):

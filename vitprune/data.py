@@ -64,18 +64,25 @@ def is_image_file(name: str) -> bool:
   return not base.startswith(".") and base.lower().endswith(IMG_EXTENSIONS)
 
 
-def _check_image_entry(path: str) -> str:
-  """`path` when it names a regular file (through links) with a UTF-8 name, else ValueError
-  naming it: a FIFO or device named like an image would block or never end on read, a dangling
-  link has nothing to read, and a name that is not UTF-8 cannot be recorded."""
+def _check_utf8(name: str, path: str, what: str = "the file name") -> None:
+  """ValueError naming `path` unless `name` (the part below the dataset root: what records and
+  fingerprints hold) is valid UTF-8."""
   try:
-    path.encode("utf-8")
+    name.encode("utf-8")
   except UnicodeEncodeError:
-    raise ValueError(f"{path!r}: the file name is not valid UTF-8 (rename it)") from None
+    raise ValueError(f"{path!r}: {what} is not valid UTF-8 (rename it)") from None
+
+
+def _check_image_entry(path: str) -> str:
+  """`path` when it names a regular file (through links), else ValueError naming it: a FIFO
+  or device named like an image would block or never end on read, a dangling link or a link
+  loop has nothing to read."""
   try:
     mode = os.stat(path).st_mode
   except FileNotFoundError:
     raise ValueError(f"{path!r} is a link to nothing (dangling symbolic link)") from None
+  except OSError as e:
+    raise ValueError(f"{path!r} cannot be read ({e.strerror or e})") from None
   if not stat.S_ISREG(mode):
     raise ValueError(f"{path!r} is named like an image but is not a regular file (a FIFO, "
                      "device or socket)")
@@ -89,14 +96,7 @@ def find_classes(root: str) -> Tuple[str, ...]:
   `.ipynb_checkpoints`-style folders do not become classes.
   """
   with os.scandir(root) as it:
-    names = tuple(sorted(e.name for e in it if e.is_dir() and not e.name.startswith(".")))
-  for name in names:
-    try:
-      name.encode("utf-8")
-    except UnicodeEncodeError:
-      raise ValueError(f"class folder {os.path.join(root, name)!r}: the name is not valid "
-                       "UTF-8 (rename it)") from None
-  return names
+    return tuple(sorted(e.name for e in it if e.is_dir() and not e.name.startswith(".")))
 
 
 def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
@@ -127,6 +127,7 @@ def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
     for fname in sorted(fnames):
       if is_image_file(fname):
         path = _check_image_entry(os.path.join(dirpath, fname))
+        _check_utf8(os.path.relpath(path, class_dir), path)
         if os.path.islink(path):
           real = os.path.realpath(path)
           inside = [c for c in class_reals if real.startswith(c + os.sep)]
@@ -146,6 +147,7 @@ def _flat_files(root: str) -> Tuple[str, ...]:
     entries = [e for e in it if not e.is_dir() and is_image_file(e.name)]
   for e in entries:
     _check_image_entry(e.path)
+    _check_utf8(e.name, e.path)
   names = {e.name for e in entries}
   real_root = os.path.realpath(root)
   for e in entries:
@@ -231,6 +233,8 @@ class ImageFolder:
     if labelled:
       if not classes:
         raise FileNotFoundError(f"no class subfolders found in dataset root {root!r}")
+      for name in classes:
+        _check_utf8(name, os.path.join(root, name), "the class folder's name")
       index = _label_index(root, classes, class_names, num_classes)
       files, labels = [], []
       root_stat = os.stat(root)
