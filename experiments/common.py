@@ -21,7 +21,6 @@ import os
 import re
 import shlex
 import sys
-import warnings
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from absl import app
@@ -29,6 +28,7 @@ from absl import flags
 from absl import logging
 
 from vitprune import atomic
+from vitprune import console
 from vitprune.edge.targets import EdgeError
 from vitprune.registry import get_config
 
@@ -138,23 +138,13 @@ def _parse_or_fail(fv: flags.FlagValues, argv: List[str]) -> List[str]:
     fail(e, EXIT_USAGE, hint=True)
 
 
-def one_line_warning(message, category, filename, lineno, line=None) -> str:
-  """A CLI's warnings as `warning: <Category>: <message>` on one line (Python prints the
-  library's file, line and source line too: PIL's DecompressionBombWarning took two)."""
-  del filename, lineno, line
-  return f"warning: {category.__name__}: {one_line(message)}\n"
-
-
 def run(main: Callable[[flags.FlagValues], Any],
         define_flags: Callable[[flags.FlagValues], None]) -> None:
   """The entry point of every CLI: registers and parses the flags, runs `main(FLAGS)` and maps
   errors to one line and an exit code (see the module doc)."""
   fv = flags.FLAGS
   define_flags(fv)
-  for stream in (sys.stdout, sys.stderr):   # a path that is not UTF-8 (surrogates) prints as
-    if hasattr(stream, "reconfigure"):      # \udcff instead of failing after the work is done
-      stream.reconfigure(errors="backslashreplace")
-  warnings.formatwarning = one_line_warning
+  console.setup_process()
   app.run(lambda argv: _run_parsed(main, fv, argv, whole_process=True),
           flags_parser=lambda argv: _parse_or_fail(fv, argv))
 

@@ -60,7 +60,8 @@ def test_warnings_print_on_one_line():
   """PIL's DecompressionBombWarning (an 89-179 Mpx image) printed the library's file and its
   source line as a second line."""
   import warnings  # pylint: disable=g-import-not-at-top
-  text = common.one_line_warning(UserWarning("Image size (95000000 pixels)\n exceeds"),
-                                 UserWarning, "/x/PIL/Image.py", 3593, "warnings.warn(")
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  text = console.one_line_warning(UserWarning("Image size (95000000 pixels)\n exceeds"),
+                                  UserWarning, "/x/PIL/Image.py", 3593, "warnings.warn(")
   assert text == "warning: UserWarning: Image size (95000000 pixels) exceeds\n"
-  assert warnings.formatwarning is not common.one_line_warning   # only a CLI process sets it
+  assert warnings.formatwarning is not console.one_line_warning   # only a CLI process sets it

@@ -740,3 +740,14 @@ def test_bytes_that_are_not_a_module_are_one_error_naming_the_file():
   with pytest.raises(EdgeError, match=r"^/x/iree_host.vmfb cannot be loaded on the local-sync "
                      "device: "):
     edge_rt.Runner("local-sync").load_bytes(b"junk" * 10, "main", "/x/iree_host.vmfb")
+
+
+def test_the_board_cli_prints_a_path_that_is_not_utf8_escaped(artifact, tmp_path):
+  """The board CLI wrote --output, then failed printing its name (exit 1 after the work)."""
+  out = os.path.join(os.fsencode(tmp_path), b"\xff.json")
+  r = subprocess.run([sys.executable, "-c", NO_JAX, "vitprune.edge", "bench",
+                      f"--artifact={artifact}", "--target=iree:host", "--min_run_time=0.01",
+                      b"--output=" + out], cwd=ROOT, capture_output=True, timeout=120,
+                     env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"))
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert b"wrote " in r.stdout and b"\\udcff.json" in r.stdout and os.path.isfile(out)

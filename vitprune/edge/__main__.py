@@ -25,6 +25,7 @@ from absl import app, flags
 import numpy as np
 
 from vitprune import atomic
+from vitprune import console
 from vitprune.data import ImageFolder, iterate_batches
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime
@@ -211,4 +212,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  console.setup_process()
   app.run(main, flags_parser=parse_flags)
