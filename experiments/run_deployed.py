@@ -12,7 +12,6 @@ device-resident batch, after the first call (compile + first run, reported separ
 from __future__ import annotations
 
 from absl import flags
-import jax
 
 from experiments import common
 from vitprune import atomic
@@ -60,12 +59,13 @@ def run(f: flags.FlagValues) -> dict:
   if f.output:
     atomic.check_output_file(f.output)
     atomic.check_replaceable_json(f.output, RESULT_FORMAT)
+  manifest = deploy.read_manifest(f.artifact)
+  bs = choose_batch_size(manifest.batch_size, f.batch_size)
+  # Before loading (its weights are not yet in memory); the manifest's weight listing gives the
+  # parameter count, so the model code is never imported.
+  memory.check_batch_fits(manifest.config, [bs], manifest.dtype, schedule=manifest.schedule,
+                          num_params=deploy.listed_param_count(manifest))
   model = deploy.load(f.artifact)
-  bs = choose_batch_size(model.batch_size, f.batch_size)
-  # The loaded weights give the parameter count: the model code is never imported.
-  memory.check_batch_fits(model.manifest.config, [bs], model.manifest.dtype,
-                          schedule=model.manifest.schedule,
-                          num_params=sum(p.size for p in jax.tree.leaves(model.params)))
   dataset = ImageFolder(f.images, class_names=model.class_names, num_classes=model.num_outputs)
   out = deploy.classify(model, dataset, bs, f.num_workers)
   names = model.class_names

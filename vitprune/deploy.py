@@ -32,6 +32,7 @@ import dataclasses
 import datetime
 import hashlib
 import importlib.metadata as md
+import operator
 import os
 import platform as _platform
 import time
@@ -505,6 +506,17 @@ def classify(model: "DeployedModel", dataset, batch_size: int, num_workers: int 
     preds.extend(np.argmax(logits, -1)[valid].tolist())
     probs.extend((z / z.sum(-1, keepdims=True)).max(-1)[valid].tolist())
   return {"pred": preds, "prob": probs, "first_batch": first, "first_call_s": first_s}
+
+
+def listed_param_count(manifest: Manifest) -> int:
+  """Parameters the manifest's weight listing holds (`load` checks the listing against the
+  exported forward; this needs neither the weights nor the model code)."""
+  try:
+    return int(sum(int(np.prod([operator.index(d) for d in leaf["shape"]]))
+                   for leaf in manifest.weights["leaves"].values()))
+  except (TypeError, ValueError, KeyError, AttributeError):
+    raise ArtifactError(f"{manifest.source}: weights.leaves is not a listing of leaf shapes "
+                        "(edited?)") from None
 
 
 def load(path: str) -> DeployedModel:
