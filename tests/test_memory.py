@@ -117,3 +117,7 @@ def test_bad_arguments_are_refused_by_name():
     flops.block_flop(DEIT, -5)
   with pytest.raises(TypeError, match="batch_size must be an int, got 1.5"):
     flops.forward_gflop(DEIT, 1.5)
+  with pytest.raises(TypeError, match="batch size must be an int, got 2.5"):
+    memory.check_batch_fits(DEIT, [2.5], available=10 ** 12)       # estimated as 2.5 images
+  with pytest.raises(TypeError, match="batch size must be an int, got True"):
+    memory.forward_bytes(DEIT, True)

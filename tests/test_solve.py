@@ -272,6 +272,8 @@ def test_incremental_model_reproduces_single_layer_points():
   additive = dataclasses.replace(model, accuracy_model="additive")
   assert solve.predict_schedule(additive, (10, 8, 5, 5))[1] == pytest.approx(0.9 - 0.3)
   assert solve.predict_schedule(model, (10, 8, 5, 5))[0] == pytest.approx(3.0)  # 3 blocks x 1
+  with pytest.raises(TypeError, match="schedule count must be an int, got 5.9"):
+    solve.predict_schedule(model, (10, 8, 5.9, 5.9))             # was predicted as (10, 8, 5, 5)
 
 
 def test_monotone_envelope():

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vitprune.config import ViTConfig
-from vitprune.schedule import Schedule, check_schedule
+from vitprune.schedule import Schedule, as_positive_int, check_schedule
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 MEMINFO = "/proc/meminfo"
@@ -70,8 +70,7 @@ def _per_example_bytes(cfg: ViTConfig, dtype: str, schedule: Optional[Schedule])
 def forward_bytes(cfg: ViTConfig, batch: int, dtype: str = "float32",
                   schedule: Optional[Schedule] = None, num_params: Optional[int] = None) -> int:
   """Estimated peak bytes of one forward of `cfg` at `batch` images (see the module doc)."""
-  if batch < 1:
-    raise ValueError(f"batch size must be >= 1, got {batch}")
+  batch = as_positive_int(batch, "batch size")
   return _fixed_bytes(cfg, dtype, num_params) + batch * _per_example_bytes(cfg, dtype, schedule)
 
 

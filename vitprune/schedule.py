@@ -310,6 +310,14 @@ def as_int(v, what: str) -> int:
     raise TypeError(f"{what} must be an int, got {v!r}") from None
 
 
+def as_positive_int(v, what: str) -> int:
+  """`v` as an int >= 1 (`as_int`, then ValueError naming `what` below 1)."""
+  v = as_int(v, what)
+  if v < 1:
+    raise ValueError(f"{what} must be >= 1, got {v}")
+  return v
+
+
 def _start(cfg: ViTConfig, base: Optional[Schedule]) -> List[int]:
   return list(check_schedule(cfg, base).counts)
 

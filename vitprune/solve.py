@@ -393,7 +393,7 @@ def make_cost_model(ns: ArrayLike, block_latency: ArrayLike, sensitivity: ArrayL
 
 def _check_counts(model: CostModel, counts: Sequence[int]) -> np.ndarray:
   """Grid indices [depth + 1] of a schedule, validated against `model`."""
-  c = [int(v) for v in counts]
+  c = [as_int(v, "schedule count") for v in counts]
   if len(c) != model.depth + 1:
     raise ValueError(f"schedule has {len(c)} counts, depth {model.depth} needs {model.depth + 1}")
   pos = {int(n): i for i, n in enumerate(model.ns)}
@@ -492,7 +492,7 @@ def per_image_accuracy(table: MarginTable, counts_list: Sequence[Sequence[int]],
   depth, n_full = table.margins.shape[0], int(table.ns[-1])
   rows = []
   for counts in counts_list:
-    counts = [int(c) for c in counts]
+    counts = [as_int(c, "schedule count") for c in counts]
     if len(counts) != depth + 1:
       raise ValueError(f"schedules need {depth + 1} counts each, got {counts}")
     if counts[0] != n_full or any(b > a for a, b in zip(counts, counts[1:])):
