@@ -21,6 +21,7 @@ from absl import flags
 
 from experiments import common
 from vitprune import estimate as estimate_lib
+from vitprune import memory
 from vitprune import pipeline
 from vitprune import solve_stage
 from vitprune.digest import params_sha256
@@ -160,6 +161,8 @@ def main(f: flags.FlagValues):
 def in_loop(f: flags.FlagValues, estimate) -> dict:
   """The weights and data the estimate measured, as the solve stage's measurement callbacks;
   refuses weights or data other than the estimate's."""
+  memory.check_batch_fits(estimate.config, [f.eval_batch_size], estimate.dtype,
+                          flag="--eval_batch_size")          # before loading or evaluating
   cfg, params, source = common.load_model(None, f.weights)
   if params_sha256(params) != estimate.weights_sha256:
     raise ValueError(f"--weights={f.weights} are not the weights estimate {estimate.source} "

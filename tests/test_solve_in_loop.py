@@ -88,6 +88,9 @@ def test_other_weights_or_data_are_refused(inputs):
     _run(root, es, ps, f"--weights={other}", "--num_images=20")
   with pytest.raises(ValueError, match="is not the data estimate .* measured"):
     _run(root, es, ps, f"--weights={weights}", "--num_images=30")
+  with pytest.raises(ValueError, match="--eval_batch_size=1000000000 cannot fit in memory"):
+    _run(root, es, ps, f"--weights={weights}", "--num_images=20",
+         "--eval_batch_size=1000000000")
   with pytest.raises(ValueError, match="--measure_frontier measures schedules on the data"):
     _run(root, es, ps, "--measure_frontier")
   with pytest.raises(ValueError, match="--refine_accuracy_rounds measures schedules on the data"):
