@@ -68,7 +68,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     "schedules and images, short timing.", flag_values=fv)
   flags.DEFINE_string("out", "outputs/benchmark/predictor_accuracy.json", "JSON output.",
                       flag_values=fv)
-  flags.DEFINE_integer("seed", 0, "Seed.", lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed.", lower_bound=0, upper_bound=common.MAX_SEED,
+                       flag_values=fv)
   flags.DEFINE_integer("rounds", 1, "Interleaved timing rounds of every measurement "
                        "(TimingConfig.rounds; the main job's calibration uses 1).",
                        lower_bound=1, flag_values=fv)

@@ -43,7 +43,7 @@ EMBEDDED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 INPUT_ERRORS = (ValueError, KeyError, OSError, EdgeError, ImportError, MemoryError,
                 FloatingPointError)   # non-finite outputs (vitprune.prune)
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-MAX_SEED = 2 ** 32 - 1   # jax keys and numpy generators take 32 bits (a larger --seed wrapped)
+MAX_SEED = 2 ** 32 - 1   # jax PRNG keys take 32 bits: a larger --seed wrapped (2**32 gave seed 0)
 
 
 def one_line(message: Any) -> str:

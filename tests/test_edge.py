@@ -751,3 +751,22 @@ def test_the_board_cli_prints_a_path_that_is_not_utf8_escaped(artifact, tmp_path
                      env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"))
   assert r.returncode == 0, r.stderr[-2000:]
   assert b"wrote " in r.stdout and b"\\udcff.json" in r.stdout and os.path.isfile(out)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.update(version=3), r"not a vitprune-edge-target record of version 1 or 2 "
+     r"\(a newer vitprune wrote it\?\)"),
+    (lambda r: r.pop("reducer"), r"record lacks \['reducer'\]"),
+])
+def test_record_versions(artifact, tmp_path, edit, message):
+  """Version 2 records hold the reducer (part of the function identity): a runtime that reads
+  version 1 only refuses them by version, not as 'edited after export'."""
+  bad = tmp_path / "v"
+  shutil.copytree(artifact, bad)
+  rec = bad / edge_rt.EDGE_DIR / "iree_host.json"
+  doc = json.loads(rec.read_text())
+  assert doc["version"] == 2 and doc["reducer"]["name"] == "pomt"
+  edit(doc)
+  rec.write_text(json.dumps(doc))
+  with pytest.raises(EdgeError, match=message):
+    edge_rt.load(str(bad), "iree:host")

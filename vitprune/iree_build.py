@@ -350,6 +350,9 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
   chosen = iree_targets(targets)
   if not chosen:
     return ["jax"]
+  if reducer is not None and reducer_entry is None:
+    raise ValueError("write_targets needs reducer_entry (the manifest's description of the "
+                     "reducer) with a reducer: the records must name it")
   plans = {t: choose_runtime(cfg, batch_size or 1, t, driver, cores) for t in chosen}
   module_batch = {t: batch_size if p["shards"] == 1 else batch_size // p["shards"]
                   for t, p in plans.items()}     # None (symbolic) is refused by `lower`

@@ -77,8 +77,10 @@ def _check_rows(cfg: ViTConfig, b: int, valid, labels):
     raise ValueError(f"labels must be integers (-1: unknown), got {labels.dtype}")
   known = labels[valid & (labels >= 0)]
   if labels.min() < -1 or (known.size and known.max() >= max(cfg.num_classes, 1)):
-    raise ValueError(f"labels must be -1 (unknown) or classes 0..{cfg.num_classes - 1} of "
-                     f"{cfg.name}, got {labels.min()}..{labels.max()}")
+    classes = (f"classes 0..{cfg.num_classes - 1} of {cfg.name}" if cfg.num_classes else
+               f"nothing else: {cfg.name} has no classifier head")
+    raise ValueError(f"labels must be -1 (unknown) or {classes}, got "
+                     f"{labels.min()}..{labels.max()}")
   return valid, labels
 
 
@@ -108,8 +110,9 @@ def run_prune(cfg: ViTConfig, params, images: np.ndarray, *, method: str,
       functools.partial(vit.forward, cfg=cfg, schedule=schedule, reducer=reducer, dtype=dtype),
       params, x)
   full_out, pruned_out = np.asarray(full_fn(params, x)), np.asarray(pruned_fn(params, x))
-  if not np.isfinite(pruned_out).all():
-    raise FloatingPointError(f"the pruned {cfg.name} produced non-finite outputs")
+  for what, out in (("unpruned", full_out), ("pruned", pruned_out)):
+    if not np.isfinite(out).all():
+      raise FloatingPointError(f"the {what} {cfg.name} produced non-finite outputs ({dtype})")
   classifier = cfg.num_classes > 0
   result = {
       "model": cfg.name, "method": method, "reducer": repr(reducer), "dtype": dtype,

@@ -30,6 +30,7 @@ import concurrent.futures
 import functools
 import glob
 import os
+import reprlib
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -40,7 +41,8 @@ from vitprune.config import Preprocessing
 from vitprune.edge.targets import EdgeError, check_driver, check_runnable, parse_target
 
 RECORD_FORMAT = "vitprune-edge-target"
-RECORD_VERSION = 1
+RECORD_VERSION = 2          # 2: the record holds the reducer (part of its function's identity)
+RECORD_VERSIONS = (1, 2)    # what this runtime reads (an older runtime refuses version 2 by name)
 EDGE_DIR = "iree"
 WEIGHTS_FILE = "iree/weights.bin"
 ALIGN = 64
@@ -282,8 +284,11 @@ def read_records(path: str) -> List[Dict[str, Any]]:
   out = []
   for f in files:
     doc = read_json(f, "edge target record")
-    if doc.get("format") != RECORD_FORMAT or doc.get("version") != RECORD_VERSION:
-      raise EdgeError(f"{f}: not a {RECORD_FORMAT} version {RECORD_VERSION} record")
+    if doc.get("format") != RECORD_FORMAT or doc.get("version") not in RECORD_VERSIONS:
+      raise EdgeError(f"{f}: not a {RECORD_FORMAT} record of version "
+                      f"{' or '.join(map(str, RECORD_VERSIONS))} (a newer vitprune wrote it?)")
+    if doc["version"] >= 2 and "reducer" not in doc:
+      raise EdgeError(f"{f}: record lacks ['reducer']")
     missing = [k for k in ("target", "driver", "module", "weights", "input", "output",
                            "preprocessing") if k not in doc]
     if missing:
@@ -335,7 +340,7 @@ def _check_against_manifest(path: str, records: List[Dict[str, Any]]) -> None:
     bad = [k for k in got if got[k] != want[k]]
     if bad:
       k = bad[0]
-      shown = {"weights": lambda v: f"{str(v)[:12]}..."}.get(k, repr)
+      shown = {"weights": lambda v: f"{str(v)[:12]}..."}.get(k, reprlib.repr)
       raise EdgeError(f"{path}: the {r.get('target')} module's record is not of this artifact: "
                       f"its {k} {shown(got[k])} differs from the manifest's {shown(want[k])}"
                       f"{f' (and {len(bad) - 1} more field(s))' if len(bad) > 1 else ''}: "
