@@ -48,7 +48,7 @@ import numpy as np
 from absl import flags
 
 from experiments import common
-from vitprune import atomic, solve, solve_stage
+from vitprune import solve, solve_stage
 from vitprune import schedule as schedule_lib
 from vitprune import estimate as estimate_lib
 from vitprune.flops import block_flop
@@ -58,6 +58,9 @@ from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import Schedule
 
 Counts = Tuple[int, ...]
+
+
+RESULT_FORMAT = "vitprune-accuracy-combination"    # marks --out files this script may replace
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -225,7 +228,7 @@ def parse_floors(text: str) -> List[float]:
 
 def main(f: flags.FlagValues) -> Dict[str, Any]:
   """Measures, prints the table, writes --out -> the result."""
-  atomic.check_output_file(f.out, "out")
+  common.check_result_file(f.out, RESULT_FORMAT)
   floors = parse_floors(f.floors)
   quick = f.quick
   cfg, params, _ = common.load_model("vit_digits", None)     # the embedded trained weights
@@ -329,7 +332,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   if "refinement" in result:
     print()
     print(refinement_table(result["refinement"]))
-  atomic.write_json(f.out, result, indent=1)
+  common.write_result(f.out, result, indent=1)
   print(f"wrote {f.out}")
   return result
 

@@ -31,11 +31,13 @@ import numpy as np
 from absl import flags
 
 from experiments import common
-from vitprune import atomic
 from vitprune.pipeline import PipelineSpec
 from vitprune.profile import latency_model as lm_lib
 from vitprune.profile import timing
 from vitprune.schedule import parse_token_grid
+
+
+RESULT_FORMAT = "vitprune-calibration-size"    # marks --out files this script may replace
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -152,7 +154,7 @@ def table(summary: List[Dict[str, Any]]) -> str:
 def main(f: flags.FlagValues) -> Dict[str, Any]:
   """Runs the benchmark, prints the table, writes --out -> the JSON document."""
   # Bad input is refused before any work (each check names the flag or value).
-  atomic.check_output_file(f.out, "out")
+  common.check_result_file(f.out, RESULT_FORMAT)
   sizes = sorted(set(common.parse_ints(f.sizes, "sizes")))
   lm_lib.check_calibration_count(min(sizes), "--sizes")
   if not f.methods or len(set(f.methods)) != len(f.methods):
@@ -182,7 +184,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   doc = {"command": common.command_line("benchmarks.calibration_size", f),
          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": cfg.name,
          "batch_size": f.batch_size, "summary": summary, "heldout": heldout, "rows": rows}
-  atomic.write_json(f.out, doc, indent=1)
+  common.write_result(f.out, doc, indent=1)
   print(f"wrote {f.out}")
   return doc
 

@@ -26,13 +26,16 @@ import numpy as np
 from absl import flags
 
 from experiments import common
-from vitprune import atomic, iree_build
+from vitprune import iree_build
 from vitprune.edge import runtime
 from vitprune.edge.targets import CPU_DRIVERS, describe_runtime, host_cpu, parse_target
 from vitprune.profile import protocol, runner, timing
 from vitprune.reduce.methods import make_reducer
 from vitprune.registry import get_config
 from vitprune.schedule import parse_schedule
+
+
+RESULT_FORMAT = "vitprune-edge-speed"    # marks --out files this script may replace
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -186,7 +189,7 @@ def table(res: dict) -> str:
 
 def main(f: flags.FlagValues) -> dict:
   """Checks the flags, times every point, prints the table, writes the JSON -> the document."""
-  atomic.check_output_file(f.out, "out")
+  common.check_result_file(f.out, RESULT_FORMAT)
   bad = [d for d in f.drivers if d not in ("auto",) + tuple(CPU_DRIVERS.values())]
   if bad or not f.drivers:
     raise ValueError(f"--drivers takes auto, {', '.join(CPU_DRIVERS.values())}; got "
@@ -211,7 +214,7 @@ def main(f: flags.FlagValues) -> dict:
   res = run(f, pairs, batch_sizes, tcfg)
   print(f"\nmachine: {res['machine']['cpu']}, {res['machine']['cores']} cores")
   print(table(res))
-  atomic.write_json(f.out, res, sort_keys=True)
+  common.write_result(f.out, res, sort_keys=True)
   print(f"wrote {f.out}")
   return res
 

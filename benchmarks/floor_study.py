@@ -36,7 +36,7 @@ from absl import flags
 
 from experiments import common
 from experiments import profile as profile_cli
-from vitprune import atomic, pipeline
+from vitprune import pipeline
 from vitprune.profile import latency_model
 from vitprune.records.solution import read_solution
 from vitprune.reduce.methods import make_reducer
@@ -51,6 +51,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       "'--tokens=65,33,17 --num_images=40' for a smoke run).", flag_values=fv)
   flags.DEFINE_string("out", "outputs/benchmark/floor_study.json", "JSON output.",
                       flag_values=fv)
+
+
+RESULT_FORMAT = "vitprune-floor-study"    # marks --out files this script may replace
 
 
 def run_seed(seed: int, floor: float, method: str, job_flags: Sequence[str], out_dir: str
@@ -150,7 +153,7 @@ def totals(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
   """Runs the study, prints the table and writes --out -> the rows."""
-  atomic.check_output_file(f.out, "out")
+  common.check_result_file(f.out, RESULT_FORMAT)
   rows = []
   with tempfile.TemporaryDirectory(prefix="floor_study_") as tmp:
     for seed in range(f.seeds):
@@ -169,7 +172,7 @@ def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
         f"{tot['retimed']} ({ratio}); calibration + in-loop timing: median "
         f"{100 * tot['overhead_share_median']:.1f}%, max "
         f"{100 * tot['overhead_share_max']:.1f}% of the main job's wall time")
-  atomic.write_json(f.out, {
+  common.write_result(f.out, {
       "command": common.command_line("benchmarks.floor_study", f),
       "method": f.method, "floor": f.accuracy_floor, "job_flags": f.job_flags,
       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "totals": tot, "rows": rows}, indent=1)

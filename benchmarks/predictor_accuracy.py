@@ -34,7 +34,7 @@ import numpy as np
 from absl import flags
 
 from experiments import common
-from vitprune import atomic, solve_stage
+from vitprune import solve_stage
 from vitprune import estimate as estimate_lib
 from vitprune.model import init_params
 from vitprune.pipeline import one_block_counts
@@ -77,6 +77,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       "benchmark compiles many graphs twice; set process-wide); default: a "
                       "fresh temporary directory, removed at exit, so compile times start "
                       "cold.", flag_values=fv)
+
+
+RESULT_FORMAT = "vitprune-predictor-accuracy"    # marks --out files this script may replace
 
 
 def _grid(cfg, quick: bool, step: int = 0):
@@ -228,7 +231,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   models = ["vit_digits"] if quick and not f["models"].present else f.models
   methods = ["pomt"] if quick and not f["methods"].present else f.methods
   # Bad input is refused before any work (each check names the flag or value).
-  atomic.check_output_file(f.out, "out")
+  common.check_result_file(f.out, RESULT_FORMAT)
   for m in methods:
     make_reducer(m)
   for name in models:
@@ -267,11 +270,11 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
                       threads=f.threads, seed=f.seed, data=data, floor=f.accuracy_floor,
                       quick=quick, log=lambda s: print(s, file=sys.stderr))
   total = time.perf_counter() - t_all
-  doc = {"format": "vitprune-predictor-accuracy", "version": 1, "total_s": total,
+  doc = {"version": 1, "total_s": total,
          "quick": quick, "rounds": f.rounds, "rows": rows}
   print(table(rows))
   print(f"\ntotal {total:.0f} s")
-  atomic.write_json(f.out, doc, indent=1)
+  common.write_result(f.out, doc, indent=1)
   print(f"wrote {f.out}")
   return doc
 

@@ -21,7 +21,7 @@ import os
 import re
 import shlex
 import sys
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -209,6 +209,19 @@ def check_output_dir(path: str, flag: str = "out_dir") -> None:
     atomic.check_writable_dir(path, f"--{flag}={path}")
     return
   atomic.check_creatable(path, flag)
+
+
+def check_result_file(path: str, fmt: str, flag: str = "out") -> None:
+  """A results JSON `--flag` may write: a writable file path that is absent or a `fmt` file
+  (never a file someone else made; the write re-checks: `write_result`)."""
+  atomic.check_output_file(path, flag)
+  atomic.check_replaceable_json(path, fmt)
+
+
+def write_result(path: str, doc: Dict[str, Any], fmt: str, **json_kw) -> str:
+  """Writes results `doc` marked `"format": fmt` to `path` (re-checked under the writers' lock:
+  a file made there during the run is refused, not replaced)."""
+  return atomic.replace_json(path, {"format": fmt, **doc}, fmt, **json_kw)
 
 
 def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,

@@ -297,3 +297,24 @@ def test_accuracy_combination_refuses_bad_floors_and_seeds_before_measuring(tmp_
   import pytest  # pylint: disable=g-import-not-at-top
   with pytest.raises(Exception, match=r"-1 is not an integer in the range \[0, 4294967295\]"):
     common.parse(ac.define_flags, ["--seed=-1", out])
+
+
+def test_every_benchmark_refuses_to_replace_a_file_it_did_not_write(tmp_path):
+  """--out replaced any file (a user's notes.txt was overwritten by calibration_size's JSON):
+  results are marked with their format, and only a file of that format is replaced."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  notes = tmp_path / "notes.txt"
+  notes.write_text("my notes")
+  for name in ("accuracy_combination", "calibration_size", "edge_speed", "floor_study",
+               "predictor_accuracy"):
+    script = importlib.import_module(f"benchmarks.{name}")
+    with pytest.raises(common.INPUT_ERRORS, match=f"refusing to replace {notes}: it is a "
+                       "regular file that is not a vitprune-"):
+      script.main(common.parse(script.define_flags, [f"--out={notes}"]))
+    assert notes.read_text() == "my notes"
+    other = tmp_path / f"{name}.json"      # a result of another script is not replaced either
+    other.write_text('{"format": "vitprune-other"}')
+    with pytest.raises(common.INPUT_ERRORS, match="refusing to replace"):
+      script.main(common.parse(script.define_flags, [f"--out={other}"]))
