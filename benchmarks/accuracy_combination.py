@@ -299,7 +299,8 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
                             for c in schedules]
     return out
 
-  result = {"command": common.command_line("benchmarks.accuracy_combination", f),
+  result = {"format": RESULT_FORMAT,
+            "command": common.command_line("benchmarks.accuracy_combination", f),
             "method": f.method, "num_images": int(len(data.indices)), "grid": ns.tolist(),
             "full_accuracy": full_acc, "conditional_base": list(base) if base else None,
             "sensitivity": {str(l): dict(zip(map(str, ns.tolist()), sens[l].tolist()))
@@ -332,7 +333,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   if "refinement" in result:
     print()
     print(refinement_table(result["refinement"]))
-  common.write_result(f.out, result, indent=1)
+  common.write_result(f.out, result, RESULT_FORMAT, indent=1)
   print(f"wrote {f.out}")
   return result
 

@@ -181,10 +181,11 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     print(f"{method}: measured in {got[0]['measurement_s']:.0f} s", file=sys.stderr)
   summary = summarize(rows)
   print(table(summary))
-  doc = {"command": common.command_line("benchmarks.calibration_size", f),
+  doc = {"format": RESULT_FORMAT,
+         "command": common.command_line("benchmarks.calibration_size", f),
          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": cfg.name,
          "batch_size": f.batch_size, "summary": summary, "heldout": heldout, "rows": rows}
-  common.write_result(f.out, doc, indent=1)
+  common.write_result(f.out, doc, RESULT_FORMAT, indent=1)
   print(f"wrote {f.out}")
   return doc
 

@@ -211,10 +211,10 @@ def main(f: flags.FlagValues) -> dict:
     cfg = get_config(name)
     if name in pairs:
       parse_schedule(cfg, pairs[name])
-  res = run(f, pairs, batch_sizes, tcfg)
+  res = {"format": RESULT_FORMAT, **run(f, pairs, batch_sizes, tcfg)}
   print(f"\nmachine: {res['machine']['cpu']}, {res['machine']['cores']} cores")
   print(table(res))
-  common.write_result(f.out, res, sort_keys=True)
+  common.write_result(f.out, res, RESULT_FORMAT, sort_keys=True)
   print(f"wrote {f.out}")
   return res
 

@@ -175,7 +175,8 @@ def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
   common.write_result(f.out, {
       "command": common.command_line("benchmarks.floor_study", f),
       "method": f.method, "floor": f.accuracy_floor, "job_flags": f.job_flags,
-      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "totals": tot, "rows": rows}, indent=1)
+      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "totals": tot, "rows": rows},
+      RESULT_FORMAT, indent=1)
   print(f"wrote {f.out}")
   return rows
 

@@ -270,11 +270,11 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
                       threads=f.threads, seed=f.seed, data=data, floor=f.accuracy_floor,
                       quick=quick, log=lambda s: print(s, file=sys.stderr))
   total = time.perf_counter() - t_all
-  doc = {"version": 1, "total_s": total,
+  doc = {"format": RESULT_FORMAT, "version": 1, "total_s": total,
          "quick": quick, "rounds": f.rounds, "rows": rows}
   print(table(rows))
   print(f"\ntotal {total:.0f} s")
-  common.write_result(f.out, doc, indent=1)
+  common.write_result(f.out, doc, RESULT_FORMAT, indent=1)
   print(f"wrote {f.out}")
   return doc
 

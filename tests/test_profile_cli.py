@@ -25,6 +25,29 @@ def _run(tmp_path, *args):
                          *FAST, *args))
 
 
+@pytest.mark.parametrize("name, content, message", [
+    ("test-tiny-vit_model_b1-2_float32_cpu.png", "notes", "no profile .*b1-2_float32_cpu.json "
+     "beside them"),                             # the combined plot replaced any file there
+    ("test-tiny-vit_model_b2_float32_cpu.csv", "x", "no profile .*b2_float32_cpu.json"),
+])
+def test_every_output_of_a_batch_list_is_checked_before_measuring(tmp_path, name, content,
+                                                                  message):
+  """A refusal for a later batch size came after the earlier ones were published."""
+  (tmp_path / name).write_text(content)
+  with pytest.raises(ValueError, match=message):
+    _run(tmp_path, "--tokens=17,9", "--batch_size=1,2")
+  assert os.listdir(tmp_path) == [name] and (tmp_path / name).read_text() == content
+
+
+def test_a_profile_of_another_reducer_is_refused_before_measuring(tmp_path, monkeypatch):
+  _run(tmp_path, "--tokens=17,9")
+  monkeypatch.setattr(runner, "profile_batch", lambda *a, **k: pytest.fail("measured"))
+  with pytest.raises(ValueError, match="cannot merge into .* different reducers"):
+    _run(tmp_path, "--tokens=17,9", "--reducer=keep_first"
+         if records.load(str(next(tmp_path.glob("*.json")))).reducer == "random"
+         else "--reducer=random")
+
+
 def test_model_mode_writes_profile_csv_png(tmp_path, capsys):
   profs = _run(tmp_path, "--tokens=17,9", "--batch_size=1,2")
   assert [p.batch_sizes for p in profs] == [(1,), (2,)]
@@ -38,6 +61,8 @@ def test_model_mode_writes_profile_csv_png(tmp_path, capsys):
     assert back.reducer in ("random", "keep_first")   # library RandomDrop when present
     assert len(open(f"{stem}.csv").read().strip().split("\n")) == 3
     assert os.path.getsize(f"{stem}.png") > 0
+  both = records.load(str(tmp_path / "test-tiny-vit_model_b1-2_float32_cpu.json"))
+  assert both.batch_sizes == (1, 2) and len(both.points) == 4     # all batch sizes, one plot
   assert (tmp_path / "test-tiny-vit_model_b1-2_float32_cpu.png").exists()
   out = capsys.readouterr().out
   assert "== test_tiny_vit | float32" in out and "-- steps of model curve, batch 2" in out

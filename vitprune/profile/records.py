@@ -398,11 +398,36 @@ def _slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "unknown"
 
 
-def file_stem(profile: Profile) -> str:
-  """`<model>_<modes>_b<batches>_<dtype>_<device>`."""
-  batches = "-".join(str(b) for b in profile.batch_sizes)
+def file_stem(profile: Profile, batch_sizes: Optional[Sequence[int]] = None) -> str:
+  """`<model>_<modes>_b<batches>_<dtype>_<device>` (`batch_sizes`: the profile's by default)."""
+  batches = "-".join(str(b) for b in (profile.batch_sizes if batch_sizes is None
+                                      else batch_sizes))
   return (f"{_slug(profile.model)}_{'-'.join(profile.modes)}_b{batches}_{profile.dtype}_"
           f"{_slug(profile.device_kind)}")
+
+
+def check_save(setup: Profile, out_dir: str, stem: str, extra: Sequence[str] = ()) -> None:
+  """Raises, before anything is measured, what `save` of a profile of `setup` (its model,
+  config, dtype, device, platform and reducer; its points are not looked at) as `stem` would
+  raise about the files in `out_dir`: an unreadable or incompatible profile there, or files of
+  its names without their profile."""
+  out_dir = os.path.abspath(out_dir)
+  paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in ["csv", *extra, "json"]}
+  if not os.path.lexists(paths["json"]):
+    foreign = [p for p in paths.values() if os.path.lexists(p)]
+    if foreign:
+      raise ValueError(f"refusing to replace {foreign}: no profile {paths['json']} beside "
+                       "them, so they were not written by vitprune")
+    return
+  try:
+    existing = load(paths["json"])
+  except (OSError, ValueError) as e:
+    raise ValueError(f"refusing to replace {paths['json']}: it is not a readable latency "
+                     f"profile ({e})") from None
+  try:
+    merge([existing, setup])
+  except ValueError as e:
+    raise ValueError(f"cannot merge into {paths['json']}: {e}") from None
 
 
 def save(profile: Profile, out_dir: str, stem: Optional[str] = None, *,

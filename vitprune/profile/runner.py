@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -266,6 +265,8 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
   writes each profile's JSON/CSV/PNG there, plus a merged plot when there are several batch
   sizes. `compile_cache_dir` enables JAX's persistent compilation cache (process-wide setting).
   """
+  if out_dir:
+    check_outputs(spec, out_dir)
   if compile_cache_dir:
     timing.enable_compilation_cache(compile_cache_dir)
   if params is None:
@@ -278,11 +279,27 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
     if out_dir:
       paths = write_outputs(prof, out_dir)
       log(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
-  if out_dir and len(profiles) > 1:
-    merged = records.merge(profiles)
-    path = os.path.join(out_dir, records.file_stem(merged) + ".png")
-    log(f"wrote {plot_lib.plot_profile(merged, path)}")
+  if out_dir and len(profiles) > 1:   # every batch size in one profile too (one plot of all)
+    paths = write_outputs(records.merge(profiles), out_dir)
+    log(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
   return profiles
+
+
+def check_outputs(spec: ProfileSpec, out_dir: str) -> None:
+  """Refuses, before anything is measured, an output `run_profile` could not write into
+  `out_dir`: for every batch size (and all of them together), a profile there that is not
+  readable or not of this setup (model, dtype, device, reducer), or files of its names without
+  their profile."""
+  setup = records.Profile(model=spec.cfg.name, config=dataclasses.asdict(spec.cfg),
+                          dtype=spec.dtype, modes=(spec.mode,),
+                          reducer=make_drop_reducer(spec.reducer)[1],
+                          timing=dataclasses.asdict(spec.timing), points=(),
+                          **device_info())
+  batches = [[int(b)] for b in spec.batch_sizes]
+  if len(batches) > 1:
+    batches.append(sorted(int(b) for b in spec.batch_sizes))
+  for b in batches:
+    records.check_save(setup, out_dir, records.file_stem(setup, b), extra=("png",))
 
 
 # ----------------------------------------------------------------------------- summary
