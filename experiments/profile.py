@@ -143,6 +143,11 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
     raise ValueError("--calibration_schedules applies to --solver=multi only")
   if f.refine_accuracy_rounds and f.solver != "multi":
     raise ValueError("--refine_accuracy_rounds applies to --solver=multi only")
+  if f["layer"].present and f.solver == "multi":
+    raise ValueError("--layer applies to --solver=paper only (multi chooses every block)")
+  if f["alpha"].present and (f.accuracy_floor is not None or f.latency_budget is not None):
+    raise ValueError("--alpha weighs the utility, which is used only without --accuracy_floor "
+                     "/ --latency_budget")
   cfg = common.model_config(f.model, f.weights)
   sizes = _batch_sizes(f.batch_size)
   if len(sizes) != 1:

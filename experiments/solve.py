@@ -17,9 +17,12 @@ latency and accuracy.
 """
 from __future__ import annotations
 
+import os
+
 from absl import flags
 
 from experiments import common
+from vitprune import atomic
 from vitprune import estimate as estimate_lib
 from vitprune import memory
 from vitprune import pipeline
@@ -28,7 +31,9 @@ from vitprune.digest import params_sha256
 from vitprune.profile.protocol import TimingConfig
 from vitprune.reduce.methods import make_reducer
 from vitprune.profile import records
+from vitprune.profile.runner import device_info
 from vitprune.records.estimate import read_estimate
+from vitprune.records.solution import FORMAT as SOLUTION_FORMAT
 from vitprune.records.solution import summary_lines, write_solution
 
 
@@ -112,6 +117,12 @@ def main(f: flags.FlagValues):
   if f.mode == "multi" and unread:
     raise ValueError(f"{common.applies(unread)} to --mode=paper only (multi mode chooses every "
                      "block, for the estimate's method)")
+  if f.mode == "multi" and f["alpha"].present and (f.accuracy_floor is not None or
+                                                   f.latency_budget is not None):
+    raise ValueError("--alpha weighs the utility, which multi mode uses only without "
+                     "--accuracy_floor / --latency_budget")
+  if f["step_k"].present and not f.step_bottoms_only:
+    raise ValueError("--step_k applies with --step_bottoms_only only")
   if f.weights and (f.mode != "multi" or f.accuracy_floor is None):
     raise ValueError("--weights measures a multi-mode --accuracy_floor choice in the loop: pass "
                      "--mode=multi and --accuracy_floor")
@@ -126,7 +137,19 @@ def main(f: flags.FlagValues):
     raise ValueError(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} read only "
                      "with --weights (the in-loop check)")
   common.check_output_dir(f.out_dir)
+  timing_cfg = TimingConfig(min_run_time=f.min_run_time)    # checked before any work
   profile, estimate = records.load(f.profile), read_estimate(f.estimate)
+  batch = f.batch_size or (profile.batch_sizes[0] if len(profile.batch_sizes) == 1 else None)
+  if batch is not None:          # the outputs (`Solution.stem`), checked before any work
+    stem = os.path.join(f.out_dir, f"{profile.model}_{f.mode}_b{batch}")
+    atomic.check_replaceable_json(stem + ".json", SOLUTION_FORMAT, [stem + ".png"])
+  if f.weights:
+    here = device_info()
+    if (profile.device_kind, profile.platform) != (here["device_kind"], here["platform"]):
+      raise ValueError(f"--weights times the choice on this machine ({here['device_kind']}, "
+                       f"{here['platform']}), but {f.profile} was measured on "
+                       f"{profile.device_kind} ({profile.platform}): run the in-loop check on "
+                       "that device, or solve without --weights")
   loop = in_loop(f, estimate) if f.weights else None
   if f.mode == "paper":
     sol = solve_stage.solve_paper(
@@ -146,7 +169,7 @@ def main(f: flags.FlagValues):
     if loop is not None:
       spec = pipeline.PipelineSpec(batch_size=sol.profile.batch_size, dtype=profile.dtype,
                                    method=estimate.method,
-                                   timing=TimingConfig(min_run_time=f.min_run_time))
+                                   timing=timing_cfg)
       timer = pipeline.schedule_timer(loop["cfg"], loop["params"], spec, loop["reducer"])
       sol = solve_stage.check_in_loop(sol, estimate, None, loop["evaluate"], timer,
                                       neighbours=f.loop_neighbours,

@@ -147,6 +147,14 @@ CASES = [
     ("convert", ["--model=test_tiny_vit", "--checkpoint=none.safetensors", "--img_size=4096",
                  "--verify", "--out={out}"], 1,
      "--verify's batch size=1 cannot fit in memory"),     # was an XLA out-of-memory traceback
+    ("profile", ["--solver=multi", "--layer=2", "--accuracy_floor=0.9", "--out_dir={out}"], 1,
+     "--layer applies to --solver=paper only"),           # ran, and the layer was not used
+    ("profile", ["--solver=multi", "--alpha=0.2", "--accuracy_floor=0.9", "--out_dir={out}"], 1,
+     "--alpha weighs the utility, which is used only without --accuracy_floor"),
+    ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--accuracy_floor=0.9",
+               "--alpha=0"], 1, "--alpha weighs the utility, which multi mode uses only"),
+    ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--step_k=0"], 1,
+     "--step_k applies with --step_bottoms_only only"),
 ]
 
 
