@@ -567,6 +567,17 @@ def test_paper_method_is_checked_and_its_per_block_limit_applied(tmp_path):
     check_schedule(CFG, Schedule(c.counts), make_reducer("tome"))
 
 
+def test_paper_refuses_a_one_layer_estimate_of_another_block(tmp_path):
+  """An estimate of block 1 was read as block 0's accuracy (a fault probe: A(n*) 1.0000 from
+  block 5 for a block-3 schedule whose own row says 0.975)."""
+  ps = _save_profile(tmp_path, [_point("model", n, _step_latency(n)) for n in range(2, N + 1)])
+  es = _estimate(tmp_path, [1], list(range(5, N + 1)), _acc)
+  with pytest.raises(solve_stage.SolveInputError, match=r"has layers \[1\]; paper mode at "
+                     r"block 0 needs an embed \('tokens'\) estimate or one with layer 0"):
+    _paper(ps, es, layer=0)
+  assert _paper(ps, es, layer=1).settings["layer"] == 1
+
+
 def test_profile_and_estimate_of_different_dtypes_are_refused(tmp_path):
   """A float32 profile with a bfloat16 estimate (or the other way) solved silently."""
   ps = _save_profile(tmp_path, [_point("model", n, _step_latency(n)) for n in range(2, N + 1)])

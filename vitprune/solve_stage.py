@@ -198,13 +198,15 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
   batch = resolve_batch(profile, estimate, batch_size, ("model", "block"), allow_batch_mismatch)
   metric = resolve_metric(estimate, metric)
   lt, lat, source = latency_curve(profile, cfg, batch)
-  if len(estimate.layers) == 1:
-    est_layer = estimate.layers[0]
-  elif layer in estimate.layers:
+  if layer in estimate.layers:
     est_layer = layer
-  else:
-    raise SolveInputError(f"estimate {estimate.source} has layers {list(estimate.layers)}; "
-                          f"paper mode needs a 'tokens' estimate or one with layer {layer}")
+  elif list(estimate.layers) == [None]:   # the paper's proxy: tokens dropped after the embedding
+    est_layer = None
+  else:            # another block's curve would be read as block `layer`'s accuracy
+    raise SolveInputError(f"estimate {estimate.source} has layers "
+                          f"{['embed' if l is None else l for l in estimate.layers]}; paper "
+                          f"mode at block {layer} needs an embed ('tokens') estimate or one "
+                          f"with layer {layer}")
   at, acc = estimate.curve(metric, layer=est_layer)
   try:
     ns, lat_c, acc_c = solve.intersect_grid(lt, lat, at, acc)
