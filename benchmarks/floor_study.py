@@ -151,9 +151,26 @@ def totals(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
           "overhead_share_max": float(max(shares))}
 
 
+# The main job's flags the study sets itself (a --job_flags copy would override them unseen).
+STUDY_FLAGS = ("solver", "accuracy_floor", "latency_budget", "method", "seed", "out_dir", "mode")
+
+
+def check_job_flags(job_flags: Sequence[str]) -> None:
+  """ValueError when `job_flags` set a flag the study sets (its rows would report the study's
+  floor, method and seed while the jobs ran with others)."""
+  names = {a[2:].split("=", 1)[0] for a in job_flags if a.startswith("--")}
+  owned = sorted(n for n in names
+                 if n in STUDY_FLAGS or (n.startswith("no") and n[2:] in STUDY_FLAGS))
+  if owned:
+    raise ValueError(f"--job_flags sets {', '.join('--' + n for n in owned)}, which the study "
+                     "sets itself (--accuracy_floor, --method, seeds 0..--seeds-1, a temporary "
+                     "output folder)")
+
+
 def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
   """Runs the study, prints the table and writes --out -> the rows."""
   common.check_result_file(f.out, RESULT_FORMAT)
+  check_job_flags(shlex.split(f.job_flags))
   rows = []
   with tempfile.TemporaryDirectory(prefix="floor_study_") as tmp:
     for seed in range(f.seeds):
