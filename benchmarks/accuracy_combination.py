@@ -231,6 +231,10 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   common.check_result_file(f.out, RESULT_FORMAT)
   floors = parse_floors(f.floors)
   quick = f.quick
+
+  def smoke(flag: str, value):     # --quick's value, unless the flag was given
+    return value if quick and not f[flag].present else f[flag].value
+
   cfg, params, _ = common.load_model("vit_digits", None)     # the embedded trained weights
   base = parse_conditional(f.conditional, cfg)
   reducer = make_reducer(f.method)
@@ -239,10 +243,10 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     raise ValueError(f"--conditional: {f.method} keeps at least "
                      f"{cfg.num_tokens - limit(cfg.num_tokens)} of {cfg.num_tokens} tokens in "
                      f"one block, so block {base[0]} cannot reduce to {base[1]}")
-  data = estimate_lib.load_eval_data("digits", num_images=60 if quick else f.num_images)
+  data = estimate_lib.load_eval_data("digits", num_images=smoke("num_images", 60))
   evaluate = estimate_lib.schedule_evaluator(cfg, params, data, reducer, batch_size=64)
   n_full, depth = cfg.num_tokens, cfg.depth
-  step = 24 if quick else f.step
+  step = smoke("step", 24)
   grid = one_block_counts(cfg, range(n_full, cfg.num_prefix_tokens, -step), reducer)
   ns = np.array(grid + [n_full], np.int64)
   t0 = time.perf_counter()
@@ -263,7 +267,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   models = {name: solve.make_cost_model(ns, flop, sens, full_acc, depth=depth,
                                         num_tokens=n_full, accuracy_model=name, max_remove=caps)
             for name in solve.ACCURACY_MODELS}
-  num_random, num_frontier = (3, 3) if quick else (f.num_random, f.num_frontier)
+  num_random, num_frontier = smoke("num_random", 3), smoke("num_frontier", 3)
   draws = latency_model.sample_schedules(
       n_full, depth, list(ns), 4 * num_random, seed=f.seed, max_reductions=min(5, depth),
       max_remove=limit, spread=False)
@@ -324,9 +328,9 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
                            **{name: p[i] for name, p in pred.items()})
                       for i, (c, a) in enumerate(zip(scheds, meas))]}
   if f.refine_rounds:
-    log(f"refinement: up to {2 if quick else f.refine_rounds} rounds")
+    log(f"refinement: up to {smoke('refine_rounds', 2)} rounds")
     result["refinement"] = refinement(models["incremental"], evaluate,
-                                      2 if quick else f.refine_rounds, floors, flop,
+                                      smoke("refine_rounds", 2), floors, flop,
                                       dict(zip(rand, m_rand)))
   result["seconds"] = time.perf_counter() - t0
   print(table(result))

@@ -196,11 +196,16 @@ def main(f: flags.FlagValues) -> dict:
                      f"{f.drivers}")
   tcfg = protocol.TimingConfig(min_run_time=f.min_run_time, max_retries=0, rounds=f.rounds)
   batch_sizes = common.parse_ints(f.batch_sizes, "batch_sizes")
+  if not f.models:
+    raise ValueError("--models is empty")
   pairs = {}
   for p in f.schedules:
     name, sep, text = p.partition("=")
     if not sep:
       raise ValueError(f"--schedules: {p!r} is not model=schedule")
+    if name in pairs:            # the later one silently replaced the earlier
+      raise ValueError(f"--schedules gives {name!r} twice ({pairs[name]}, {text}): one "
+                       "schedule per model")
     pairs[name] = text
   make_reducer(f.method)
   for flag, names in (("schedules", pairs), ("baked", f.baked)):

@@ -236,12 +236,19 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     make_reducer(m)
   for name in models:
     get_config(name)
-  batch_sizes = common.parse_ints(f.batch_sizes, "batch_sizes") if f.batch_sizes else None
+  if not models or not methods:
+    raise ValueError(f"--{'models' if not models else 'methods'} is empty")
+  batch_sizes = (common.parse_ints(f.batch_sizes, "batch_sizes")
+                 if f["batch_sizes"].present else None)
+  if f["accuracy_floor"].present and "vit_digits" not in models:
+    raise ValueError("--accuracy_floor applies to vit_digits (the only model with data here)")
   for flag in ("num_schedules", "calibration_schedules", "threads"):
     common.positive(f[flag].value, flag, allow_none=flag == "num_schedules")
   lm_lib.check_calibration_count(f.calibration_schedules, "--calibration_schedules")
   if not 0 < f.accuracy_floor <= 1:
     raise ValueError(f"--accuracy_floor must be in (0, 1], got {f.accuracy_floor}")
+  if f.compile_cache_dir:      # JAX would only warn and run without a cache
+    common.check_output_dir(f.compile_cache_dir, "compile_cache_dir")
   if f.min_run_time is not None:   # TimingConfig owns the check (> 0 and finite)
     timing.TimingConfig(min_run_time=f.min_run_time)
   # A fresh cache by default, so compile times (in the calibration and profile seconds) start cold.
@@ -264,8 +271,8 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
                                  min_reps=3 if large and b > 1 else 5, max_retries=1,
                                  seed=f.seed, rounds=f.rounds)
       num = f.num_schedules or (3 if quick else 8 if large else 30)
-      num_cal = min(f.calibration_schedules, 5) if quick else (
-          6 if large else f.calibration_schedules)
+      num_cal = (f.calibration_schedules if f["calibration_schedules"].present   # as given
+                 else 5 if quick else 6 if large else f.calibration_schedules)
       rows += run_one(cfg, params, b, methods, num=num, num_cal=num_cal, tcfg=tcfg,
                       threads=f.threads, seed=f.seed, data=data, floor=f.accuracy_floor,
                       quick=quick, log=lambda s: print(s, file=sys.stderr))

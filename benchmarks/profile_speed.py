@@ -60,6 +60,8 @@ def _run(name, spec, cache_dir=None):
 
 def main(f: flags.FlagValues) -> None:
   """Profiles the model in every configuration and prints the table."""
+  if f.compile_cache_dir:      # JAX would only warn and run the "cache" rows without one
+    common.check_output_dir(f.compile_cache_dir, "compile_cache_dir")
   cfg = get_config(f.model)
   base = runner.ProfileSpec(
       cfg=cfg, batch_sizes=(f.batch_size,), dtype=f.dtype, mode="model",

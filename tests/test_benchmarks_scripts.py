@@ -70,7 +70,10 @@ def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
       (["--method=nosuch", out], "unknown token-reduction method 'nosuch'"),
       (["--models=vit_digits", "--schedules=deit_small_patch16_224=full", out],
        r"--schedules names \['deit_small_patch16_224'\], which --models"),
-      (["--models=vit_digits", "--baked=vit_digit", out], "--baked names")], tmp_path)
+      (["--models=vit_digits", "--baked=vit_digit", out], "--baked names"),
+      (["--models=", out], "--models is empty"),
+      (["--schedules=vit_digits=keep@3:35,vit_digits=keep@3:20", out],
+       "--schedules gives 'vit_digits' twice")], tmp_path)
 
 
 def test_calibration_size_fits_every_set_on_one_measurement(tmp_path, capsys, monkeypatch):
@@ -172,7 +175,12 @@ def test_predictor_accuracy_refuses_bad_input_before_any_work(tmp_path):
       (["--calibration_schedules=3", out], r"--calibration_schedules must be >= 4 \(one per "
                                            r"reduction term of the latency model\), got 3"),
       (["--accuracy_floor=1.5", out], r"--accuracy_floor must be in \(0, 1\]"),
-      (["--min_run_time=-1", out], r"^min_run_time must be > 0 and finite, got -1\.0$")],
+      (["--min_run_time=-1", out], r"^min_run_time must be > 0 and finite, got -1\.0$"),
+      (["--models=", out], "--models is empty"),
+      (["--batch_sizes=", out], "--batch_sizes is empty"),        # ran with batch 1
+      (["--models=test_tiny_vit", "--accuracy_floor=0.5", out],
+       "--accuracy_floor applies to vit_digits"),                  # written nowhere
+      ([f"--compile_cache_dir={__file__}", out], "is a file, not a directory")],
       tmp_path)
 
 
@@ -241,7 +249,7 @@ def test_accuracy_combination_quick(tmp_path, capsys):
   from vitprune.schedule import Schedule  # pylint: disable=g-import-not-at-top
   out = tmp_path / "acc.json"
   res = ac.main(common.parse(ac.define_flags, ["--quick", "--conditional=3:41",
-                                                f"--out={out}"]))
+                                                "--num_random=2", f"--out={out}"]))
   text = capsys.readouterr().out
   assert "| frontier | incremental |" in text and "| random | conditional |" in text
   assert json.loads(out.read_text())["families"].keys() == {"random", "frontier",
@@ -260,7 +268,8 @@ def test_accuracy_combination_quick(tmp_path, capsys):
   assert len(own) == 3 and own[0]["counts"] == [65] + [min(res["grid"])] * 6
   assert own[0]["per-image"] < own[1]["per-image"] < own[2]["per-image"]
   rand = res["families"]["random"]["schedules"]
-  assert len(rand) == 3 and all(len(Schedule(s["counts"]).reduction_layers) >= 2 for s in rand)
+  # --num_random=2 given: --quick's 3 is not imposed
+  assert len(rand) == 2 and all(len(Schedule(s["counts"]).reduction_layers) >= 2 for s in rand)
   # The base of the conditional rows is the table's own point S[3, 41]: the same graph on the
   # same images measures exactly the same (checks how the measurements are split).
   assert res["conditional"]["base_accuracy"] == res["sensitivity"]["3"]["41"]
