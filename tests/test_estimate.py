@@ -358,6 +358,8 @@ def _mutate(d, fn):
     (lambda d: d["points"][2].update(tokens=6), "expected layer 0 tokens 5"),
     (lambda d: d["points"][2].update(counts=[17, 6, 5]), "do not reduce to 5 tokens at layer 0"),
     (lambda d: d["points"][2].update(counts=[17, 5, 9]), "never increase"),
+    (lambda d: d["points"][1].update(tokens=17.0), r"points\[1\]: expected layer None tokens 17"),
+    (lambda d: d["points"][4].update(layer=True), r"points\[4\]: expected layer 1 tokens 5"),
     (lambda d: d["points"][1].update(accuracy=1.5), "accuracy must be a number in"),
     (lambda d: d["points"][1].update(accuracy=None), "accuracy must be a number in"),
     (lambda d: d["points"][1].update(kl=-0.1), "kl must be a finite number >= 0"),
