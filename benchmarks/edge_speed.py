@@ -196,8 +196,8 @@ def main(f: flags.FlagValues) -> dict:
                      f"{f.drivers}")
   tcfg = protocol.TimingConfig(min_run_time=f.min_run_time, max_retries=0, rounds=f.rounds)
   batch_sizes = common.parse_ints(f.batch_sizes, "batch_sizes")
-  if not f.models:
-    raise ValueError("--models is empty")
+  if not f.models or len(set(f.models)) != len(f.models):   # a repeat was timed twice
+    raise ValueError(f"--models must name each model once, got {f.models}")
   pairs = {}
   for p in f.schedules:
     name, sep, text = p.partition("=")

@@ -151,20 +151,20 @@ def totals(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
           "overhead_share_max": float(max(shares))}
 
 
-# The main job's flags the study sets itself (a --job_flags copy would override them unseen).
+# The main job's flags the study owns (a --job_flags copy would override them unseen).
 STUDY_FLAGS = ("solver", "accuracy_floor", "latency_budget", "method", "seed", "out_dir", "mode")
 
 
 def check_job_flags(job_flags: Sequence[str]) -> None:
-  """ValueError when `job_flags` set a flag the study sets (its rows would report the study's
-  floor, method and seed while the jobs ran with others)."""
-  names = {a[2:].split("=", 1)[0] for a in job_flags if a.startswith("--")}
-  owned = sorted(n for n in names
-                 if n in STUDY_FLAGS or (n.startswith("no") and n[2:] in STUDY_FLAGS))
+  """ValueError when `job_flags` (parsed as the main job parses them: `-flag`, `--noflag`
+  alike) set a flag the study owns: its rows would report the study's floor, method and seed
+  while the jobs ran with others."""
+  given = common.parse(profile_cli.define_flags, list(job_flags))
+  owned = [n for n in STUDY_FLAGS if given[n].present]
   if owned:
     raise ValueError(f"--job_flags sets {', '.join('--' + n for n in owned)}, which the study "
-                     "sets itself (--accuracy_floor, --method, seeds 0..--seeds-1, a temporary "
-                     "output folder)")
+                     "owns (--accuracy_floor, --method, seeds 0..--seeds-1, the multi solver, "
+                     "a temporary output folder)")
 
 
 def main(f: flags.FlagValues) -> List[Dict[str, Any]]:

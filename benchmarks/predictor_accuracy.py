@@ -236,8 +236,9 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     make_reducer(m)
   for name in models:
     get_config(name)
-  if not models or not methods:
-    raise ValueError(f"--{'models' if not models else 'methods'} is empty")
+  for flag, names in (("models", models), ("methods", methods)):
+    if not names or len(set(names)) != len(names):     # a repeat was measured twice
+      raise ValueError(f"--{flag} must name each entry once, got {names}")
   batch_sizes = (common.parse_ints(f.batch_sizes, "batch_sizes")
                  if f["batch_sizes"].present else None)
   if f["accuracy_floor"].present and "vit_digits" not in models:

@@ -17,12 +17,9 @@ latency and accuracy.
 """
 from __future__ import annotations
 
-import os
-
 from absl import flags
 
 from experiments import common
-from vitprune import atomic
 from vitprune import estimate as estimate_lib
 from vitprune import memory
 from vitprune import pipeline
@@ -33,7 +30,7 @@ from vitprune.reduce.methods import make_reducer
 from vitprune.profile import records
 from vitprune.profile.runner import device_info
 from vitprune.records.estimate import read_estimate
-from vitprune.records.solution import FORMAT as SOLUTION_FORMAT
+from vitprune.records import solution as solution_lib
 from vitprune.records.solution import summary_lines, write_solution
 
 
@@ -139,10 +136,10 @@ def main(f: flags.FlagValues):
   common.check_output_dir(f.out_dir)
   timing_cfg = TimingConfig(min_run_time=f.min_run_time)    # checked before any work
   profile, estimate = records.load(f.profile), read_estimate(f.estimate)
-  batch = f.batch_size or (profile.batch_sizes[0] if len(profile.batch_sizes) == 1 else None)
-  if batch is not None:          # the outputs (`Solution.stem`), checked before any work
-    stem = os.path.join(f.out_dir, f"{profile.model}_{f.mode}_b{batch}")
-    atomic.check_replaceable_json(stem + ".json", SOLUTION_FORMAT, [stem + ".png"])
+  batch = solve_stage.resolve_batch(      # the solver's choice, to check its outputs up front
+      profile, estimate, f.batch_size, solve_stage.MODE_COMPONENTS[f.mode],
+      f.allow_batch_mismatch)
+  solution_lib.check_output(f.out_dir, solution_lib.solution_stem(profile.model, f.mode, batch))
   if f.weights:
     here = device_info()
     if (profile.device_kind, profile.platform) != (here["device_kind"], here["platform"]):

@@ -71,7 +71,8 @@ def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
       (["--models=vit_digits", "--schedules=deit_small_patch16_224=full", out],
        r"--schedules names \['deit_small_patch16_224'\], which --models"),
       (["--models=vit_digits", "--baked=vit_digit", out], "--baked names"),
-      (["--models=", out], "--models is empty"),
+      (["--models=", out], r"--models must name each model once, got \[\]"),
+      (["--models=vit_digits,vit_digits", out], "--models must name each model once"),
       (["--schedules=vit_digits=keep@3:35,vit_digits=keep@3:20", out],
        "--schedules gives 'vit_digits' twice")], tmp_path)
 
@@ -176,7 +177,8 @@ def test_predictor_accuracy_refuses_bad_input_before_any_work(tmp_path):
                                            r"reduction term of the latency model\), got 3"),
       (["--accuracy_floor=1.5", out], r"--accuracy_floor must be in \(0, 1\]"),
       (["--min_run_time=-1", out], r"^min_run_time must be > 0 and finite, got -1\.0$"),
-      (["--models=", out], "--models is empty"),
+      (["--models=", out], r"--models must name each entry once, got \[\]"),
+      (["--methods=pomt,pomt", out], "--methods must name each entry once"),
       (["--batch_sizes=", out], "--batch_sizes is empty"),        # ran with batch 1
       (["--models=test_tiny_vit", "--accuracy_floor=0.5", out],
        "--accuracy_floor applies to vit_digits"),                  # written nowhere

@@ -228,10 +228,10 @@ def test_floor_study_checks_the_main_job(tmp_path, capsys):
   with pytest.raises(ERRORS, match="is a directory, not a file"):
     floor_study.main(common.parse(floor_study.define_flags, [f"--out={tmp_path}"]))
   with pytest.raises(ERRORS, match="--job_flags sets --accuracy_floor, --seed, which the "
-                     "study sets itself"):       # the rows said floor 0.97, seed 0
+                     "study owns"):       # the rows said floor 0.97, seed 0
     floor_study.main(common.parse(floor_study.define_flags, [
         f"--out={tmp_path / 'fs2.json'}",
-        "--job_flags=--tokens=17,9 --accuracy_floor=0.5 --seed=7 --noprogress"]))
+        "--job_flags=--tokens=17,9 -accuracy_floor=0.5 --seed=7 --noprogress"]))
 
 
 def test_multi_grid_keeps_the_counts_one_block_can_reach():

@@ -98,3 +98,30 @@ def test_other_weights_or_data_are_refused(inputs):
   with pytest.raises(ValueError, match="pass --mode=multi and --accuracy_floor"):
     solve_cli.main(common.parse(solve_cli.define_flags, [
         f"--profile={ps}", f"--estimate={es}", f"--weights={weights}"]))
+
+
+def test_in_loop_timing_refuses_a_profile_of_another_device(inputs, monkeypatch):
+  """The choice was timed on this machine and reported beside the H100 profile's numbers."""
+  import json  # pylint: disable=g-import-not-at-top
+  root, weights, es, ps = inputs
+  doc = json.load(open(ps))
+  gpu = root / "gpu"
+  gpu.mkdir(exist_ok=True)
+  json.dump(dict(doc, device_kind="NVIDIA H100", platform="gpu"), open(gpu / "p.json", "w"))
+  monkeypatch.setattr(common, "load_model", lambda *a: pytest.fail("loaded before refusing"))
+  with pytest.raises(ValueError, match=r"--weights times the choice on this machine \(cpu, "
+                     r"cpu\), but .*p.json was measured on NVIDIA H100 \(gpu\)"):
+    _run(root, es, str(gpu / "p.json"), f"--weights={weights}", "--num_images=20")
+
+
+def test_outputs_are_checked_before_the_in_loop_work(inputs, monkeypatch):
+  root, weights, es, ps = inputs
+  out = root / "foreign"
+  out.mkdir(exist_ok=True)
+  (out / "test_tiny_vit_multi_b1.json").write_text('{"mine": 1}')
+  monkeypatch.setattr(common, "load_model", lambda *a: pytest.fail("loaded before refusing"))
+  fv = common.parse(solve_cli.define_flags, [
+      f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.0",
+      f"--out_dir={out}", "--allow_batch_mismatch", f"--weights={weights}", "--num_images=20"])
+  with pytest.raises(OSError, match="refusing to replace .*test_tiny_vit_multi_b1.json"):
+    solve_cli.main(fv)

@@ -74,6 +74,10 @@ def check_same_model(profile: records.Profile, estimate: Estimate) -> ViTConfig:
   return estimate.config
 
 
+# The profile curves each mode solves on (multi mode: without a calibrated latency model).
+MODE_COMPONENTS = {"paper": ("model", "block"), "multi": ("block",)}
+
+
 def resolve_batch(profile: records.Profile, estimate: Estimate, batch_size: Optional[int],
                   components: Tuple[str, ...], allow_batch_mismatch: bool = False) -> int:
   """The profile batch size to solve for, checked against the estimate's evaluation batch."""
@@ -195,7 +199,8 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
                 allow_batch_mismatch: bool = False) -> Solution:
   """The paper's n* = argmax U(n) and the POMT schedule reducing to n* at block `layer`."""
   cfg = check_same_model(profile, estimate)
-  batch = resolve_batch(profile, estimate, batch_size, ("model", "block"), allow_batch_mismatch)
+  batch = resolve_batch(profile, estimate, batch_size, MODE_COMPONENTS["paper"],
+                        allow_batch_mismatch)
   metric = resolve_metric(estimate, metric)
   lt, lat, source = latency_curve(profile, cfg, batch)
   if layer in estimate.layers:
@@ -413,7 +418,7 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
     raise SolveInputError("refining the accuracy model measures schedules: it needs an "
                           "evaluator (weights and data)")
   cfg = check_same_model(profile, estimate)
-  components = ("model",) if latency_model is not None else ("block",)
+  components = ("model",) if latency_model is not None else MODE_COMPONENTS["multi"]
   batch = resolve_batch(profile, estimate,
                         latency_model.batch_size if latency_model is not None and
                         batch_size is None else batch_size, components, allow_batch_mismatch)

@@ -409,23 +409,31 @@ def file_stem(profile: Profile, batch_sizes: Optional[Sequence[int]] = None) -> 
 def check_save(setup: Profile, out_dir: str, stem: str, extra: Sequence[str] = ()) -> None:
   """Raises, before anything is measured, what `save` of a profile of `setup` (its model,
   config, dtype, device, platform and reducer; its points are not looked at) as `stem` would
-  raise about the files in `out_dir`: an unreadable or incompatible profile there, or files of
-  its names without their profile."""
+  raise about the files in `out_dir` (a killed run's write is finished first, as `save` does)."""
   out_dir = os.path.abspath(out_dir)
   paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in ["csv", *extra, "json"]}
+  with atomic.locked(paths["json"]):
+    _merged_with_existing(setup, paths)
+
+
+def _merged_with_existing(profile: Profile, paths: Dict[str, str]) -> Profile:
+  """`profile` merged into the profile at `paths['json']` (after finishing a killed run's
+  commit; call under its lock), or `profile` when there is none; ValueError for an unreadable or
+  incompatible profile there, or for files of its names (`paths`) without their profile."""
+  atomic.cleanup_stale(paths["json"])                         # finish a killed run's commit
   if not os.path.lexists(paths["json"]):
     foreign = [p for p in paths.values() if os.path.lexists(p)]
     if foreign:
       raise ValueError(f"refusing to replace {foreign}: no profile {paths['json']} beside "
                        "them, so they were not written by vitprune")
-    return
+    return profile
   try:
     existing = load(paths["json"])
   except (OSError, ValueError) as e:
     raise ValueError(f"refusing to replace {paths['json']}: it is not a readable latency "
                      f"profile ({e})") from None
   try:
-    merge([existing, setup])
+    return merge([existing, profile])
   except ValueError as e:
     raise ValueError(f"cannot merge into {paths['json']}: {e}") from None
 
@@ -449,22 +457,7 @@ def save(profile: Profile, out_dir: str, stem: Optional[str] = None, *,
   kinds = ["csv"] + sorted(extra or {}) + ["json"]          # the JSON is published last
   paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in kinds}
   with atomic.locked(paths["json"]):
-    atomic.cleanup_stale(paths["json"])                       # finish a killed run's commit
-    if os.path.lexists(paths["json"]):
-      try:
-        existing = load(paths["json"])
-      except (OSError, ValueError) as e:
-        raise ValueError(f"refusing to replace {paths['json']}: it is not a readable latency "
-                         f"profile ({e})") from None
-      try:
-        profile = merge([existing, profile])
-      except ValueError as e:
-        raise ValueError(f"cannot merge into {paths['json']}: {e}") from None
-    else:
-      foreign = [paths[k] for k in kinds if os.path.lexists(paths[k])]
-      if foreign:
-        raise ValueError(f"refusing to replace {foreign}: no profile {paths['json']} beside "
-                         "them, so they were not written by vitprune")
+    profile = _merged_with_existing(profile, paths)
     text = json.dumps(dict(to_json(profile), **(fields or {})), indent=1, allow_nan=False)
     csv_text = to_csv(profile)
     names = [os.path.basename(paths[k]) for k in kinds]

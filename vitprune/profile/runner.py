@@ -262,8 +262,8 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
   """Profiles every batch size of `spec` -> one analysed Profile per batch size.
 
   params: the model's parameter tree (default: `init_params(cfg, spec.seed)`). With `out_dir`,
-  writes each profile's JSON/CSV/PNG there, plus a merged plot when there are several batch
-  sizes. `compile_cache_dir` enables JAX's persistent compilation cache (process-wide setting).
+  checks every output first (`check_outputs`), then writes each profile's JSON/CSV/PNG there,
+  plus one profile of all batch sizes when there are several. `compile_cache_dir` enables JAX's persistent compilation cache (process-wide setting).
   """
   if out_dir:
     check_outputs(spec, out_dir)

@@ -345,7 +345,8 @@ def _validate(doc: Any, where: str) -> ViTConfig:
   for i, (p, (l, n)) in enumerate(zip(pts, grid)):
     pw = f"{where}: points[{i}]"
     _require(isinstance(p, dict), pw, "must be an object")
-    _require(p.get("layer") == l and p.get("tokens") == n and jsonio.is_int(p["tokens"]) and
+    _require("layer" in p and p["layer"] == l and p.get("tokens") == n and
+             jsonio.is_int(p["tokens"]) and
              (l is None or jsonio.is_int(p["layer"])), pw,        # 17.0 and true are not ints
              f"expected layer {l} tokens {n} (layer-major grid), got layer {p.get('layer')!r} "
              f"tokens {p.get('tokens')!r}")

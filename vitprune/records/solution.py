@@ -259,8 +259,8 @@ class Solution:
 
   @property
   def stem(self) -> str:
-    """Default output file stem: `<model>_<mode>_b<batch>`."""
-    return f"{self.model}_{self.mode}_b{self.profile.batch_size}"
+    """Default output file stem (`solution_stem`)."""
+    return solution_stem(self.model, self.mode, self.profile.batch_size)
 
   def check_weights(self, weights_sha256: str, weights: str) -> None:
     """Raises ValueError unless this solution was estimated on the parameters whose
@@ -459,6 +459,25 @@ def describe_refinement(ref: Dict[str, Any]) -> str:
           + ("" if last is first else f" and {err(last)} in round {last['round']}"))
 
 
+def solution_stem(model: str, mode: str, batch_size: int) -> str:
+  """`<model>_<mode>_b<batch>`: the file stem of a solution."""
+  return f"{model}_{mode}_b{batch_size}"
+
+
+def _check_replaceable(json_path: str) -> None:
+  """`json_path` (and its PNG) may be written: absent or a solution's, after finishing a killed
+  run's publish (call under its lock)."""
+  atomic.cleanup_stale(json_path)
+  atomic.check_replaceable_json(json_path, FORMAT, [json_path[:-len(".json")] + ".png"])
+
+
+def check_output(out_dir: str, stem: str) -> None:
+  """Refuses, before any work, an output `write_solution(..., out_dir, stem)` could not write."""
+  path = os.path.join(out_dir, stem + ".json")
+  with atomic.locked(path):
+    _check_replaceable(path)
+
+
 def write_solution(sol: Solution, out_dir: str, stem: Optional[str] = None) -> Dict[str, str]:
   """Writes `<stem>.json` and `<stem>.png` (paper: the U/L/A curves; multi: the frontier)
   together (`atomic.staged_files`: a run killed midway leaves the old pair or the new one)
@@ -476,7 +495,7 @@ def write_solution(sol: Solution, out_dir: str, stem: Optional[str] = None) -> D
     raise SolutionError(f"{paths['json']} (not written): a paper-mode solution needs its curve")
   png = solve_plot.plot_solution(sol)
   with atomic.locked(paths["json"]):
-    atomic.check_replaceable_json(paths["json"], FORMAT, [paths["png"]])   # never another's
+    _check_replaceable(paths["json"])                          # never another's
     names = [stem + ".png", stem + ".json"]         # the JSON, which readers check, last
     with atomic.staged_files(out_dir, stem + ".json", names) as tmp:
       with open(os.path.join(tmp, names[0]), "wb") as f:
