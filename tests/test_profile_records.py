@@ -118,6 +118,18 @@ def test_merge_mismatch_errors(kw, match):
     records.merge([])
 
 
+def test_merge_refuses_another_timing_protocol_but_not_another_seed():
+  """The merged file's `timing` described only the latest run (min_run_time 0.1 for points
+  timed at 0.05)."""
+  a = _profile(_staircase_points())
+  b = dataclasses.replace(a, timing={"min_run_time": 0.05})
+  with pytest.raises(ValueError, match=r"timed with different settings \(min_run_time 0.1 vs "
+                     r"0.05; write to another output directory\)"):
+    records.merge([a, b])
+  seeded = dataclasses.replace(a, timing={"min_run_time": 0.1, "seed": 3})
+  assert records.merge([a, seeded]).points
+
+
 def test_load_errors(tmp_path):
   good = records.to_json(_profile(_staircase_points()))
   cases = {

@@ -498,6 +498,14 @@ def setup_mismatch(a: Any, b: Any) -> Optional[Tuple[str, Any, Any]]:
   return None
 
 
+def _timing_difference(a: Dict[str, Any], b: Dict[str, Any]) -> Optional[str]:
+  """The timing settings in which two profiles differ, as text (None: the same protocol; the
+  seed, which only orders the measurements, is not compared)."""
+  keys = sorted((set(a) | set(b)) - {"seed"})
+  diff = [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+  return ", ".join(diff) or None
+
+
 def merge(profiles: Sequence[Profile]) -> Profile:
   """One profile with every point of `profiles` (same model config, dtype, device kind,
   platform and reducer, else ValueError); later profiles (by `created`) win on duplicate
@@ -513,6 +521,10 @@ def merge(profiles: Sequence[Profile]) -> Profile:
       raise ValueError(f"cannot merge profiles timed with different reducers: "
                        f"{profiles[0].reducer!r} vs {p.reducer!r} (their pruned graphs differ; "
                        "write to another output directory)")
+    diff = _timing_difference(profiles[0].timing, p.timing)
+    if diff:   # the file records one protocol: it would describe points it did not time
+      raise ValueError(f"cannot merge profiles timed with different settings ({diff}; write "
+                       "to another output directory)")
   ordered = sorted(profiles, key=lambda p: p.created)
   points: Dict[Tuple, Point] = {}
   for p in ordered:
