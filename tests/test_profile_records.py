@@ -141,6 +141,7 @@ def test_load_errors(tmp_path):
       "count": {**good, "points": [{**good["points"][0], "num_samples": 7}]},
       "component": {**good, "points": [{**good["points"][0], "component": "mlp"}]},
       "dtype": {**good, "dtype": "float99"},
+      "timing": {**good, "timing": {"min_run_time": -1}},
       "config": {**good, "config": {**good["config"], "depth": -3}},
       "tokens": {**good, "points": [{**good["points"][0], "tokens": 1000}]},
       "prefix": {**good, "points": [{**good["points"][0], "tokens": 1}]},
@@ -177,7 +178,8 @@ def test_load_errors(tmp_path):
              "negsample": r"point 0: samples_s holds -1.0: every sample is a duration >= 0",
              "compile": r"point 0: compile_s must be a finite number >= 0 seconds, got -2.0",
              "zero": r"point 0: median_s is 0 seconds: a timed call takes time",
-             "prep": "prep.json: invalid preprocessing: mean must be a list, got 0.5"}
+             "prep": "prep.json: invalid preprocessing: mean must be a list, got 0.5",
+             "timing": r"timing.json: timing: min_run_time must be > 0 and finite, got -1"}
   for name, content in cases.items():
     path = tmp_path / f"{name}.json"
     path.write_text(content if isinstance(content, str) else json.dumps(content))
