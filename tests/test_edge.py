@@ -700,7 +700,13 @@ def test_the_compile_cache_never_serves_a_damaged_or_foreign_entry(tmp_path):
     assert blob == modules[mlir]
     return cached, os.path.join(str(tmp_path), key[:2], key + ".module")
 
+  key_a = iree_build._compile_once(fake, "module {a}", ["llvm-cpu"], flags, "v", None)[2]
+  os.makedirs(os.path.join(str(tmp_path), key_a[:2]))
+  legacy = os.path.join(str(tmp_path), key_a[:2], key_a + ".vmfb")
+  with open(legacy, "wb") as f:
+    f.write(b"bare module")
   (cached_a, path_a), (cached_b, path_b) = compile_("module {a}"), compile_("module {b}")
+  assert not os.path.exists(legacy)               # replaced by the new entry, not left behind
   assert not cached_a and not cached_b and compile_("module {a}")[0]
   good_a = open(path_a, "rb").read()
   damages = {"truncated": good_a[:-7], "a flipped byte": good_a[:-1] + b"?",

@@ -234,6 +234,9 @@ def _compile_once(ireec, mlir: str, backends: List[str], flags: List[str], versi
   if cached:
     try:
       atomic.write_bytes(cached, _cache_entry(key, blob))
+      legacy = cached[:-len(".module")] + ".vmfb"    # this key's entry before the header
+      if os.path.isfile(legacy) and not os.path.islink(legacy):
+        os.unlink(legacy)
     except OSError as e:   # a damaged cache (a file where its folder goes, a folder at the
       # entry, no space): the module is good, only not cached
       _log.warning("IREE compile cache: could not store %s (%s); continuing uncached",
