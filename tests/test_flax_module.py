@@ -70,3 +70,18 @@ def test_trains_with_optax_through_a_pruned_graph():
     params, state, loss = step(params, state)
     losses.append(float(loss))
   assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_a_config_that_is_not_a_vitconfig_is_one_type_error():
+  """A model name or a dict as cfg failed deep inside ("'str' object has no attribute
+  'embed_dim'")."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  cfg = get_config("test_tiny_vit")
+  params = init_params(cfg, 0)
+  x = jnp.zeros((2, cfg.img_size, cfg.img_size, cfg.in_chans))
+  for bad in ("test_tiny_vit", {"embed_dim": 32}):
+    with pytest.raises(TypeError, match="cfg must be a vitprune ViTConfig .* got "
+                       "(str 'test_tiny_vit'|FrozenDict FrozenDict)"):
+      VisionTransformer(bad).apply({"params": params}, x)
+    with pytest.raises(TypeError, match="cfg must be a vitprune ViTConfig"):
+      jitted_forward(params, x, cfg=bad)

@@ -191,9 +191,20 @@ def check_params(cfg: ViTConfig, params: Params) -> None:
                      + (f"\n  not floating point: {not_float}" if not_float else ""))
 
 
+def check_config_type(cfg: Any) -> ViTConfig:
+  """`cfg` when it is a `ViTConfig`, else TypeError naming what it is (a model name or a dict
+  failed deep inside with "'str' object has no attribute 'img_size'")."""
+  if not isinstance(cfg, ViTConfig):
+    raise TypeError(f"cfg must be a vitprune ViTConfig (vitprune.load_weights(path)[0] or "
+                    f"vitprune.registry.get_config(name)), got {type(cfg).__name__} "
+                    f"{' '.join(repr(cfg).split())[:60]}")
+  return cfg
+
+
 def check_inputs(cfg: ViTConfig, images: jax.Array, dtype: str, precision: str) -> None:
   """ValueError unless `images` is a floating-point [B, S, S, C] array for `cfg` (preprocessed:
   raw uint8 pixels would run, scaled wrong) and the options are supported."""
+  check_config_type(cfg)
   if not (hasattr(images, "shape") and hasattr(images, "dtype")):
     raise ValueError(f"images must be an array [B, S, S, C], got {type(images).__name__}")
   if not is_float_dtype(images.dtype):
@@ -297,6 +308,8 @@ def _jit_static_keywords(fn):
   @functools.wraps(fn)
   def call(params, images, **static):
     check_static_types(static.get("schedule"), static.get("reducer"))   # before jax hashes them
+    if "cfg" in static:
+      check_config_type(static["cfg"])
     static = {**defaults, **static}
     cfg, schedule = static.get("cfg"), static.get("schedule")
     if schedule is not None and isinstance(cfg, ViTConfig) and \
@@ -320,7 +333,7 @@ jitted_forward_features = _jit_static_keywords(forward_features)
 
 def param_shapes(cfg: ViTConfig) -> Params:
   """The parameter tree of `cfg` as nested dicts of shape tuples (lists for `blocks`)."""
-  c, ps = cfg.embed_dim, cfg.patch_size
+  c, ps = check_config_type(cfg).embed_dim, cfg.patch_size
 
   def lin(i, o):
     return {"kernel": (i, o), "bias": (o,)}
