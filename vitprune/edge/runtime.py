@@ -305,44 +305,50 @@ def with_driver(record: Dict[str, Any], driver: Optional[str]) -> Dict[str, Any]
   return dict(record, driver=check_driver(parse_target(record["target"]), driver))
 
 
+def _sub(d: Any, *keys: str) -> Any:
+  """d[k0][k1]..., None where a level is missing or not an object."""
+  for k in keys:
+    d = d.get(k) if isinstance(d, dict) else None
+  return d
+
+
+# The fields an artifact's IREE record and its manifest both state: (what, the manifest's,
+# the record's).
+_SHARED_FIELDS = (
+    ("weights", lambda m: _sub(m, "weights", "sha256"),
+     lambda r: _sub(r, "weights", "params_sha256")),
+    ("model", lambda m: _sub(m, "model", "name") if isinstance(m.get("model"), dict)
+     else m.get("model"), lambda r: r.get("model")),
+    ("schedule", lambda m: _sub(m, "schedule", "text"), lambda r: r.get("schedule")),
+    ("reducer", lambda m: None if not isinstance(m.get("reducer"), dict) else
+     {k: m["reducer"].get(k) for k in ("name", "options", "fields")},
+     lambda r: r.get("reducer")),
+    ("class_names", lambda m: m.get("class_names"), lambda r: r.get("class_names")),
+    ("preprocessing", lambda m: m.get("preprocessing"), lambda r: r.get("preprocessing")),
+    ("compute", lambda m: m.get("compute"), lambda r: r.get("compute")),
+    ("input shape", lambda m: _sub(m, "input", "shape"), lambda r: _sub(r, "input", "shape")),
+    ("output shape", lambda m: _sub(m, "output", "shape"),
+     lambda r: _sub(r, "output", "shape")))
+
+
 def _check_against_manifest(path: str, records: List[Dict[str, Any]]) -> None:
   """The IREE records of an artifact must be of the artifact: every field a record and the
-  manifest both state (weights sha256, model, schedule, reducer, class names, preprocessing,
-  compute, shapes). A module copied in from another artifact ran other weights, another
-  reducer or another label order, while the jax graph beside it answered for these."""
+  manifest both state (`_SHARED_FIELDS`). A module copied in from another artifact ran other
+  weights, another reducer or another label order, while the jax graph beside it answered for
+  these."""
   manifest = os.path.join(path, "manifest.json")
   if not os.path.isfile(manifest):       # a board copy of iree/ alone: nothing to compare with
     return
   doc = read_json(manifest, "artifact manifest")
-
-  def entry(key: str, sub: Optional[str] = None):
-    v = doc.get(key)
-    return v.get(sub) if sub and isinstance(v, dict) else (None if sub else v)
-
-  reducer = entry("reducer")
-  want = {"weights": entry("weights", "sha256"),
-          "model": entry("model", "name") if isinstance(doc.get("model"), dict)
-          else doc.get("model"),
-          "schedule": entry("schedule", "text"),
-          "reducer": None if not isinstance(reducer, dict) else
-          {k: reducer.get(k) for k in ("name", "options", "fields")},
-          "class_names": entry("class_names"), "preprocessing": entry("preprocessing"),
-          "compute": entry("compute"),
-          "input shape": entry("input", "shape"), "output shape": entry("output", "shape")}
   for r in records:
-    got = {"weights": (r.get("weights") or {}).get("params_sha256"), "model": r.get("model"),
-           "schedule": r.get("schedule"), "reducer": r.get("reducer"),
-           "class_names": r.get("class_names"), "preprocessing": r.get("preprocessing"),
-           "compute": r.get("compute"), "input shape": (r.get("input") or {}).get("shape"),
-           "output shape": (r.get("output") or {}).get("shape")}
-    if "reducer" not in r:          # written before records held it
-      got.pop("reducer")
-    bad = [k for k in got if got[k] != want[k]]
+    bad = [(what, got, want) for what, of_manifest, of_record in _SHARED_FIELDS
+           if (what != "reducer" or "reducer" in r)     # records before version 2 lack it
+           for got, want in [(of_record(r), of_manifest(doc))] if got != want]
     if bad:
-      k = bad[0]
-      shown = {"weights": lambda v: f"{str(v)[:12]}..."}.get(k, reprlib.repr)
+      what, got, want = bad[0]
+      shown = (lambda v: f"{str(v)[:12]}...") if what == "weights" else reprlib.repr
       raise EdgeError(f"{path}: the {r.get('target')} module's record is not of this artifact: "
-                      f"its {k} {shown(got[k])} differs from the manifest's {shown(want[k])}"
+                      f"its {what} {shown(got)} differs from the manifest's {shown(want)}"
                       f"{f' (and {len(bad) - 1} more field(s))' if len(bad) > 1 else ''}: "
                       "files mixed from two artifacts? rebuild it with experiments.deploy")
 
