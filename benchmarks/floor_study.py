@@ -190,7 +190,7 @@ def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
         f"{100 * tot['overhead_share_median']:.1f}%, max "
         f"{100 * tot['overhead_share_max']:.1f}% of the main job's wall time")
   common.write_result(f.out, {
-      "command": common.command_line("benchmarks.floor_study", f),
+      "format": RESULT_FORMAT, "command": common.command_line("benchmarks.floor_study", f),
       "method": f.method, "floor": f.accuracy_floor, "job_flags": f.job_flags,
       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "totals": tot, "rows": rows},
       RESULT_FORMAT, indent=1)

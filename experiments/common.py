@@ -219,9 +219,11 @@ def check_result_file(path: str, fmt: str, flag: str = "out") -> None:
 
 
 def write_result(path: str, doc: Dict[str, Any], fmt: str, **json_kw) -> str:
-  """Writes results `doc` marked `"format": fmt` to `path` (re-checked under the writers' lock:
-  a file made there during the run is refused, not replaced)."""
-  return atomic.replace_json(path, {"format": fmt, **doc}, fmt, **json_kw)
+  """Writes results `doc` (which carries `"format": fmt`) to `path` (re-checked under the
+  writers' lock: a file made there during the run is refused, not replaced)."""
+  if doc.get("format") != fmt:
+    raise ValueError(f"results for {path} must carry format {fmt!r}")
+  return atomic.replace_json(path, doc, fmt, **json_kw)
 
 
 def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,
