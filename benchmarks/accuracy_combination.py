@@ -48,6 +48,7 @@ import numpy as np
 from absl import flags
 
 from experiments import common
+from vitprune import atomic
 from vitprune import solve, solve_stage
 from vitprune import schedule as schedule_lib
 from vitprune import estimate as estimate_lib
@@ -228,7 +229,7 @@ def parse_floors(text: str) -> List[float]:
 
 def main(f: flags.FlagValues) -> Dict[str, Any]:
   """Measures, prints the table, writes --out -> the result."""
-  common.check_result_file(f.out, RESULT_FORMAT)
+  atomic.check_output_json(f.out, RESULT_FORMAT, "out")
   floors = parse_floors(f.floors)
   quick = f.quick
 

@@ -31,6 +31,7 @@ import numpy as np
 from absl import flags
 
 from experiments import common
+from vitprune import atomic
 from vitprune.pipeline import PipelineSpec
 from vitprune.profile import latency_model as lm_lib
 from vitprune.profile import timing
@@ -154,7 +155,7 @@ def table(summary: List[Dict[str, Any]]) -> str:
 def main(f: flags.FlagValues) -> Dict[str, Any]:
   """Runs the benchmark, prints the table, writes --out -> the JSON document."""
   # Bad input is refused before any work (each check names the flag or value).
-  common.check_result_file(f.out, RESULT_FORMAT)
+  atomic.check_output_json(f.out, RESULT_FORMAT, "out")
   sizes = sorted(set(common.parse_ints(f.sizes, "sizes")))
   lm_lib.check_calibration_count(min(sizes), "--sizes")
   if not f.methods or len(set(f.methods)) != len(f.methods):

@@ -26,6 +26,7 @@ import numpy as np
 from absl import flags
 
 from experiments import common
+from vitprune import atomic
 from vitprune import iree_build
 from vitprune.edge import runtime
 from vitprune.edge.targets import CPU_DRIVERS, describe_runtime, host_cpu, parse_target
@@ -189,7 +190,7 @@ def table(res: dict) -> str:
 
 def main(f: flags.FlagValues) -> dict:
   """Checks the flags, times every point, prints the table, writes the JSON -> the document."""
-  common.check_result_file(f.out, RESULT_FORMAT)
+  atomic.check_output_json(f.out, RESULT_FORMAT, "out")
   bad = [d for d in f.drivers if d not in ("auto",) + tuple(CPU_DRIVERS.values())]
   if bad or not f.drivers:
     raise ValueError(f"--drivers takes auto, {', '.join(CPU_DRIVERS.values())}; got "

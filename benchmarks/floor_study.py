@@ -36,6 +36,7 @@ from absl import flags
 
 from experiments import common
 from experiments import profile as profile_cli
+from vitprune import atomic
 from vitprune import pipeline
 from vitprune.profile import latency_model
 from vitprune.records.solution import read_solution
@@ -169,7 +170,7 @@ def check_job_flags(job_flags: Sequence[str]) -> None:
 
 def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
   """Runs the study, prints the table and writes --out -> the rows."""
-  common.check_result_file(f.out, RESULT_FORMAT)
+  atomic.check_output_json(f.out, RESULT_FORMAT, "out")
   check_job_flags(shlex.split(f.job_flags))
   rows = []
   with tempfile.TemporaryDirectory(prefix="floor_study_") as tmp:

@@ -34,6 +34,7 @@ import numpy as np
 from absl import flags
 
 from experiments import common
+from vitprune import atomic
 from vitprune import solve_stage
 from vitprune import estimate as estimate_lib
 from vitprune.model import init_params
@@ -231,7 +232,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   models = ["vit_digits"] if quick and not f["models"].present else f.models
   methods = ["pomt"] if quick and not f["methods"].present else f.methods
   # Bad input is refused before any work (each check names the flag or value).
-  common.check_result_file(f.out, RESULT_FORMAT)
+  atomic.check_output_json(f.out, RESULT_FORMAT, "out")
   for m in methods:
     make_reducer(m)
   for name in models:

@@ -211,16 +211,10 @@ def check_output_dir(path: str, flag: str = "out_dir") -> None:
   atomic.check_creatable(path, flag)
 
 
-def check_result_file(path: str, fmt: str, flag: str = "out") -> None:
-  """A results JSON `--flag` may write: a writable file path that is absent or a `fmt` file
-  (never a file someone else made; the write re-checks: `write_result`)."""
-  atomic.check_output_file(path, flag)
-  atomic.check_replaceable_json(path, fmt)
-
-
 def write_result(path: str, doc: Dict[str, Any], fmt: str, **json_kw) -> str:
-  """Writes results `doc` (which carries `"format": fmt`) to `path` (re-checked under the
-  writers' lock: a file made there during the run is refused, not replaced)."""
+  """Writes results `doc` (which carries `"format": fmt`) to `path`, checked up front with
+  `atomic.check_output_json` (re-checked here under the writers' lock: a file made there during
+  the run is refused, not replaced)."""
   if doc.get("format") != fmt:
     raise ValueError(f"results for {path} must carry format {fmt!r}")
   return atomic.replace_json(path, doc, fmt, **json_kw)

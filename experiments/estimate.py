@@ -137,8 +137,8 @@ def main(f: flags.FlagValues):
       os.path.normpath(f.data))
   name = f.out_name or _slug(f"{cfg.name}_{method}_{layer_tag}_{data_tag}_"
                              f"n{data.info['num_examples']}_s{f.seed}") + ".json"
-  atomic.check_output_file(os.path.join(f.out_dir, name), "out_name", overwrite=f.overwrite)
-  atomic.check_replaceable_json(os.path.join(f.out_dir, name), ESTIMATE_FORMAT)
+  atomic.check_output_json(os.path.join(f.out_dir, name), ESTIMATE_FORMAT, "out_name",
+                           overwrite=f.overwrite)
   result = estimate.evaluate(cfg, params, data.batches(cfg, f.batch_size, f.num_workers),
                              points, labelled=data.labelled, dtype=f.dtype, shard=f.shard)
   record = estimate.estimate_record(

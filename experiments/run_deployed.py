@@ -57,8 +57,7 @@ def run(f: flags.FlagValues) -> dict:
   if f.num_workers < 0:
     raise ValueError(f"--num_workers must be >= 0, got {f.num_workers}")
   if f.output:
-    atomic.check_output_file(f.output)
-    atomic.check_replaceable_json(f.output, RESULT_FORMAT)
+    atomic.check_output_json(f.output, RESULT_FORMAT)
   manifest = deploy.read_manifest(f.artifact)
   bs = choose_batch_size(manifest.batch_size, f.batch_size)
   # Before loading (its weights are not yet in memory); the manifest's weight listing gives the

@@ -154,6 +154,15 @@ def check_output_file(path: str, flag: str = "output", overwrite: bool = True) -
   check_creatable(path, flag)
 
 
+def check_output_json(path: str, fmt: str, flag: str = "output",
+                      companions: Sequence[str] = (), overwrite: bool = True) -> None:
+  """`path` is a writable file path (`check_output_file`) that is absent or a JSON file of
+  format `fmt` (`check_replaceable_json`: never a file someone else made; `companions` written
+  with it likewise)."""
+  check_output_file(path, flag, overwrite=overwrite)
+  check_replaceable_json(path, fmt, companions)
+
+
 def check_creatable(path: str, flag: str) -> None:
   """`path` (absent) can be created: its nearest existing ancestor is a writable directory;
   raises naming `--flag` otherwise."""

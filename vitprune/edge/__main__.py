@@ -164,20 +164,12 @@ def check_flags(command: str) -> None:
     raise ValueError("; ".join(f"--{n} is not read by {command} (only by {', '.join(users[n])})"
                                for n in unread))
   if FLAGS.output:
-    check_output(FLAGS.output, "output", RESULT_FORMAT)
+    atomic.check_output_json(FLAGS.output, RESULT_FORMAT, "output")
   if command == "profile" and FLAGS.out:
     stem = FLAGS.out[:-5] if FLAGS.out.endswith(".json") else FLAGS.out
     if os.path.isdir(FLAGS.out):
       raise IsADirectoryError(f"--out={FLAGS.out} is a directory, not a file")
-    check_output(stem + ".json", "out", records.FORMAT, [stem + ".csv"])
-
-
-def check_output(path: str, flag: str, fmt: str, companions=()) -> None:
-  """`path` can be written as a JSON file of format `fmt`: a writable file path, and, if it
-  exists, a JSON object of that format (never a file someone else made; `companions` written
-  with it likewise)."""
-  atomic.check_output_file(path, flag)
-  atomic.check_replaceable_json(path, fmt, companions)
+    atomic.check_output_json(stem + ".json", records.FORMAT, "out", [stem + ".csv"])
 
 
 def parse_flags(argv):
