@@ -241,11 +241,16 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
   points = tuple(records.Point.from_measurement(
       m, component=k[0], batch_size=batch_size, tokens=k[1], schedule=k[2])
       for k, m in meas.items())
-  prof = records.Profile(model=cfg.name, config=dataclasses.asdict(cfg), dtype=spec.dtype,
-                         modes=(spec.mode,), reducer=reducer_name,
-                         timing=dataclasses.asdict(spec.timing), points=points,
+  return records.analyze(_profile_of(spec, reducer_name, points))
+
+
+def _profile_of(spec: ProfileSpec, reducer_name: str,
+                points: Sequence[records.Point] = ()) -> records.Profile:
+  """A Profile of `spec`'s setup on this device holding `points`."""
+  return records.Profile(model=spec.cfg.name, config=dataclasses.asdict(spec.cfg),
+                         dtype=spec.dtype, modes=(spec.mode,), reducer=reducer_name,
+                         timing=dataclasses.asdict(spec.timing), points=tuple(points),
                          created=records.now_iso(), **device_info())
-  return records.analyze(prof)
 
 
 def write_outputs(profile: records.Profile, out_dir: str) -> Dict[str, str]:
@@ -263,7 +268,8 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
 
   params: the model's parameter tree (default: `init_params(cfg, spec.seed)`). With `out_dir`,
   checks every output first (`check_outputs`), then writes each profile's JSON/CSV/PNG there,
-  plus one profile of all batch sizes when there are several. `compile_cache_dir` enables JAX's persistent compilation cache (process-wide setting).
+  plus one profile of all batch sizes when there are several. `compile_cache_dir` enables
+  JAX's persistent compilation cache (process-wide setting).
   """
   if out_dir:
     check_outputs(spec, out_dir)
@@ -290,11 +296,7 @@ def check_outputs(spec: ProfileSpec, out_dir: str) -> None:
   `out_dir`: for every batch size (and all of them together), a profile there that is not
   readable or not of this setup (model, dtype, device, reducer), or files of its names without
   their profile."""
-  setup = records.Profile(model=spec.cfg.name, config=dataclasses.asdict(spec.cfg),
-                          dtype=spec.dtype, modes=(spec.mode,),
-                          reducer=make_drop_reducer(spec.reducer)[1],
-                          timing=dataclasses.asdict(spec.timing), points=(),
-                          **device_info())
+  setup = _profile_of(spec, make_drop_reducer(spec.reducer)[1])
   batches = [[int(b)] for b in spec.batch_sizes]
   if len(batches) > 1:
     batches.append(sorted(int(b) for b in spec.batch_sizes))
