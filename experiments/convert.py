@@ -58,7 +58,7 @@ def run(model: str, checkpoint: str, *, img_size: Optional[int] = None,
   cfg = base.replace(**overrides) if overrides else base
   out = out or default_out(model, img_size, base.img_size)
   if verify:   # one forward at batch 1: before any work, not out of memory after the conversion
-    memory.check_batch_fits(cfg, [1], "float32", flag="--verify's batch size")
+    memory.check_batch_fits(cfg, [1], "float32", what="--verify (one image through the model)")
   path, params, meta = convert_checkpoint(cfg, checkpoint, out, overwrite=overwrite,
                                           drop_head=drop_head, ignore_keys=ignore_keys,
                                           verify=verify)

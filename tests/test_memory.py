@@ -60,6 +60,8 @@ def test_max_batch_and_check_batch_fits():
     memory.check_batch_fits(DEIT, [41, 2], available=avail, flag="--eval_batch_size")
   with pytest.raises(ValueError, match="not even batch 1 fits"):
     memory.check_batch_fits(DEIT, [1], available=1000)
+  with pytest.raises(ValueError, match=r"^--verify \(one image\) cannot fit in memory"):
+    memory.check_batch_fits(DEIT, [1], available=1000, what="--verify (one image)")
 
 
 def test_available_bytes_reads_meminfo(tmp_path):

@@ -101,9 +101,10 @@ def _gib(n: float) -> str:
 def check_batch_fits(cfg: ViTConfig, batches: Sequence[int], dtype: str = "float32", *,
                      schedule: Optional[Schedule] = None, flag: str = "--batch_size",
                      available: Optional[int] = None,
-                     num_params: Optional[int] = None) -> None:
+                     num_params: Optional[int] = None, what: Optional[str] = None) -> None:
   """Raises ValueError when the largest of `batches` cannot fit in `available` bytes (default:
-  `available_bytes()`; no check where that is unknown), naming what fits."""
+  `available_bytes()`; no check where that is unknown), naming what fits. The error starts with
+  `what` (default: `flag`=the batch)."""
   if not batches:
     raise ValueError(f"{flag}: no batch size given")
   if available is None:
@@ -116,6 +117,6 @@ def check_batch_fits(cfg: ViTConfig, batches: Sequence[int], dtype: str = "float
     return
   fits = max_batch(cfg, available, dtype, schedule, num_params)
   hint = (f"at most {fits} fit" if fits else "not even batch 1 fits")
-  raise ValueError(f"{flag}={batch} cannot fit in memory: a {dtype} forward of {cfg.name} needs "
+  raise ValueError(f"{what or f'{flag}={batch}'} cannot fit in memory: a {dtype} forward of {cfg.name} needs "
                    f"~{_gib(need)} but {_gib(available)} is available ({hint}; "
                    f"see {MEMINFO} MemAvailable)")
