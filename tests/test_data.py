@@ -150,6 +150,17 @@ def test_unlabelled_flat_folder(tmp_path):
     data.ImageFolder(tmp_path, labelled=True)
 
 
+def test_labelled_folder_warns_about_images_outside_class_folders(tmp_path):
+  _png(str(tmp_path / "cat" / "a.png"), _gray(5, 5, 1))
+  _png(str(tmp_path / "loose.png"), _gray(5, 5, 2))
+  (tmp_path / "notes.txt").write_text("not an image: no warning for it")
+  with pytest.warns(UserWarning, match=r"^1 image file\(s\) directly in labelled dataset root "
+                                       r".* \(e.g. 'loose.png'\) belong to no class folder"):
+    ds = data.ImageFolder(tmp_path)
+  assert ds.labelled and ds.files == ("cat/a.png",)
+  assert data.ImageFolder(tmp_path, labelled=False).files == ("loose.png",)
+
+
 def test_folder_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     data.ImageFolder(tmp_path / "missing")

@@ -25,6 +25,7 @@ import importlib.util
 import math
 import os
 import stat
+import warnings
 from typing import Dict, Iterator, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
@@ -159,6 +160,17 @@ def _flat_files(root: str) -> Tuple[str, ...]:
   return tuple(sorted(names))
 
 
+def _warn_unlabelled_root_images(root: str) -> None:
+  """Warns when a labelled `root` also holds image files directly (torchvision skips them too:
+  they belong to no class, so they are left out of the evaluation, not silently dropped)."""
+  with os.scandir(root) as it:
+    loose = sorted(e.name for e in it if not e.is_dir() and is_image_file(e.name))
+  if loose:
+    warnings.warn(f"{len(loose)} image file(s) directly in labelled dataset root {root!r} "
+                  f"(e.g. {loose[0]!r}) belong to no class folder and are not evaluated",
+                  stacklevel=3)
+
+
 def load_image(path: str) -> Image.Image:
   """Open and fully decode the image at `path` (the mode is left as stored).
 
@@ -249,6 +261,7 @@ class ImageFolder:
               f"extensions {', '.join(IMG_EXTENSIONS)}")
         files.extend(f"{name}/{p}" for p in found)
         labels.extend([idx] * len(found))
+      _warn_unlabelled_root_images(root)
     else:
       files = list(_flat_files(root))
       if not files:
