@@ -97,6 +97,8 @@ def test_remove_per_layer_caps_at_half():
     ("keep@3:120+keep@6:80", (197,) * 4 + (120,) * 3 + (80,) * 6),
     ("remove@3:77", (197,) * 4 + (120,) * 9),
     ("remove@3:10,6:5", (197,) * 4 + (187,) * 3 + (182,) * 6),
+    ("remove@6:5,3:10", (197,) * 4 + (187,) * 3 + (182,) * 6),       # order does not matter
+    ("remove@6:5+remove@3:10", (197,) * 4 + (187,) * 3 + (182,) * 6),  # (block 6's 5 was lost)
     ("r8", tuple(197 - 8 * i for i in range(13))),
     ("r8,-0.5", tuple(197 - int(c) for c in np.cumsum([0, 12, 11, 10, 9, 9, 8, 7, 6, 6, 5, 4,
                                                       4]))),

@@ -28,7 +28,8 @@ The compact text form (`parse_schedule(cfg, text)` / `format_schedule(schedule, 
   full | none                    no reduction
   keep@3:120                     120 tokens leave block 3 (prefix tokens included)
   keep@3:120,6:80                several layers
-  remove@3:77                    block 3 removes 77 tokens (several: remove@3:10,6:5)
+  remove@3:77                    block 3 removes 77 tokens (several: remove@3:10,6:5, in
+                                any order; each block's removal is kept)
   r8 | r8,-0.5                   ToMe r per layer, optionally with an inflection in [-1, 1]
   rlist:8,8,4                    ToMe per-layer r list, zero-padded to the depth
   embed:150                      150 tokens enter block 0 (dropped after the embedding)
@@ -332,8 +333,11 @@ def _keep_from(counts: List[int], layer: int, keep: int) -> List[int]:
 
 def prune_at(cfg: ViTConfig, *, keep: Optional[int] = None, remove: Optional[int] = None,
              layer: int = DEFAULT_POMT_LAYER, base: Optional[Schedule] = None) -> Schedule:
-  """POMT-style: block `layer` reduces to `keep` tokens (prefix included), or by `remove` tokens;
-  later blocks keep that count. `base` (default: no reduction) is the schedule to modify."""
+  """POMT-style: block `layer` reduces to `keep` tokens (prefix included), later blocks keeping
+  at most that count; or block `layer` removes `remove` more tokens, every later count lowered
+  by as many (the later blocks' own reductions are kept, so the order in which several
+  removals are applied does not matter). `base` (default: no reduction) is the schedule to
+  modify."""
   if (keep is None) == (remove is None):
     raise ValueError("prune_at needs exactly one of keep= (tokens left, prefix included) or "
                      "remove= (tokens removed at that layer)")
@@ -343,7 +347,8 @@ def prune_at(cfg: ViTConfig, *, keep: Optional[int] = None, remove: Optional[int
     remove = as_int(remove, "remove")
     if remove < 0:
       raise ValueError(f"remove must be >= 0, got {remove}")
-    keep = counts[layer + 1] - remove
+    lowered = counts[:layer + 1] + [c - remove for c in counts[layer + 1:]]
+    return check_schedule(cfg, Schedule(lowered))
   keep = as_int(keep, "keep")
   return check_schedule(cfg, Schedule(_keep_from(counts, layer, keep)))
 
