@@ -42,7 +42,7 @@ EMBEDDED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 # atomic.ForeignOutputError), unwritable and wrong-kind paths).
 INPUT_ERRORS = (ValueError, KeyError, OSError, EdgeError, ImportError, MemoryError,
                 FloatingPointError)   # non-finite outputs (vitprune.prune)
-EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, console.EXIT_INTERRUPTED
 MAX_SEED = 2 ** 32 - 1   # jax PRNG keys take 32 bits: a larger --seed wrapped (2**32 gave seed 0)
 
 
@@ -107,6 +107,7 @@ def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,
     quiet_logging(fv)
     check_finite(fv)
     main(fv)
+    console.raise_if_interrupted()      # a Ctrl-C some callback swallowed: not a success
   except (app.UsageError, flags.Error) as e:
     fail(e, EXIT_USAGE, hint=True)
   except INPUT_ERRORS as e:

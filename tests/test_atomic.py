@@ -115,3 +115,23 @@ def test_replace_json_refuses_a_file_made_after_the_up_front_check(tmp_path):
   atomic.replace_json(path, {"format": "vitprune-x", "v": 1}, "vitprune-x")
   atomic.replace_json(path, {"format": "vitprune-x", "v": 2}, "vitprune-x")   # ours: replaced
   assert json.load(open(path))["v"] == 2 and sorted(os.listdir(tmp_path)) == ["result.json"]
+
+
+def test_nothing_is_published_after_a_swallowed_interrupt(tmp_path, monkeypatch):
+  """A Ctrl-C raised inside a callback is dropped by Python; the recorded interrupt still stops
+  every publish: the old file and directory stay, no temporary is left."""
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  f = tmp_path / "r.json"
+  atomic.write_json(str(f), {"v": 1})
+  d = tmp_path / "out"
+  monkeypatch.setattr(console, "_interrupted", True)
+  with pytest.raises(KeyboardInterrupt):
+    atomic.write_json(str(f), {"v": 2})
+  with pytest.raises(KeyboardInterrupt):
+    with atomic.staged_dir(str(d)) as tmp:
+      open(os.path.join(tmp, "x"), "w").close()
+  with pytest.raises(KeyboardInterrupt):
+    with atomic.staged_files(str(tmp_path), "pair", ["a"]) as tmp:
+      open(os.path.join(tmp, "a"), "w").close()
+  assert json.loads(f.read_text()) == {"v": 1}
+  assert sorted(os.listdir(tmp_path)) == ["r.json"]

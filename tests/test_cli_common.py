@@ -65,3 +65,48 @@ def test_warnings_print_on_one_line():
                                   UserWarning, "/x/PIL/Image.py", 3593, "warnings.warn(")
   assert text == "warning: UserWarning: Image size (95000000 pixels) exceeds\n"
   assert warnings.formatwarning is not console.one_line_warning   # only a CLI process sets it
+
+
+def test_a_swallowed_interrupt_is_not_a_success(monkeypatch, capsys):
+  """Ctrl-C early in a run was raised inside JAX's gc callback, printed as 'Exception ignored'
+  and dropped: the run finished, replaced its outputs and exited 0."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  ran = []
+
+  def main(f):
+    del f
+    ran.append(True)
+    monkeypatch.setattr(console, "_interrupted", True)   # as `_record_interrupt` does
+
+  with pytest.raises(SystemExit) as e:
+    common.run_in_process(main, lambda fv: flags.DEFINE_bool("x", False, "", flag_values=fv), [])
+  assert ran and e.value.code == 130
+  assert capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_the_interrupt_handler_records_and_raises(monkeypatch):
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(console, "_interrupted", False)
+  with pytest.raises(KeyboardInterrupt):
+    console._record_interrupt(2, None)
+  assert console.interrupted()
+  with pytest.raises(KeyboardInterrupt):
+    console.raise_if_interrupted()
+
+
+@pytest.mark.parametrize("argv, installed", [
+    (["python", "-m", "experiments.profile", "--tokens=65"], True),
+    (["python", "-m", "benchmarks.floor_study"], True),
+    (["python", "-m", "pytest", "-q", "tests"], False),      # an importer keeps its handler
+    (["python", "-c", "import experiments"], False),
+    (["python", "-m"], False),
+])
+def test_early_interrupt_exits_only_in_a_cli_process(monkeypatch, argv, installed):
+  import signal  # pylint: disable=g-import-not-at-top
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  seen = []
+  monkeypatch.setattr("sys.orig_argv", argv, raising=False)
+  monkeypatch.setattr(signal, "signal", lambda sig, handler: seen.append((sig, handler)))
+  console.exit_on_early_interrupt("experiments", "benchmarks")
+  assert seen == ([(signal.SIGINT, console._exit_now)] if installed else [])

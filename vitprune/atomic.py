@@ -31,6 +31,8 @@ import shutil
 import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
+from vitprune import console
+
 # Test hook: called with a phase name at each step of a write ('staged', 'moved_aside',
 # 'published', 'file_written', 'committed', 'renamed:<file>'); fault-injection tests make it
 # SIGKILL the process. None in normal use.
@@ -40,6 +42,11 @@ fault_hook: Optional[Callable[[str], None]] = None
 def _phase(name: str) -> None:
   if fault_hook is not None:
     fault_hook(name)
+
+
+def _before_publish() -> None:
+  """Nothing is published after a Ctrl-C, even one a callback swallowed (`console`)."""
+  console.raise_if_interrupted()
 
 
 class ForeignOutputError(FileExistsError):
@@ -349,6 +356,7 @@ def write_bytes(path: str, data: bytes) -> str:
       os.fsync(f.fileno())
     os.chmod(tmp, 0o644)
     _phase("file_written")
+    _before_publish()
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -376,6 +384,7 @@ def _rename_failed_because_taken(e: OSError) -> bool:
 
 def _publish_exclusive(tmp: str, path: str) -> None:
   """Renames `tmp` onto `path` only if `path` is absent or an empty directory (atomically)."""
+  _before_publish()
   if not os.listdir(tmp):
     # An empty directory may replace an empty one: claim with mkdir instead.
     os.rmdir(tmp)
@@ -397,6 +406,7 @@ def _publish_exclusive(tmp: str, path: str) -> None:
 
 def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> None:
   """Replaces `path` (if ours) by `tmp`; the old one is moved aside, then deleted."""
+  _before_publish()
   parent, name = os.path.dirname(path), os.path.basename(path)
   for _ in range(100):   # only concurrent writers make this loop more than once
     try:
@@ -520,6 +530,7 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
     with open(os.path.join(tmp, ".order"), "w") as f:
       f.write("\n".join(names) + "\n")
     _phase("staged")
+    _before_publish()
     commit = os.path.join(directory, os.path.basename(tmp).replace(".tmp-", ".commit-", 1))
     os.rename(tmp, commit)
   except BaseException:

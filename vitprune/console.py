@@ -1,10 +1,26 @@
 """What every vitprune command line sets up for its process (the experiments CLIs and the board
 CLI `vitprune.edge` alike; no jax here): standard streams that print a path's undecodable bytes
-escaped (`\\udcff`) instead of failing after the work is done, and warnings on one line."""
+escaped (`\\udcff`) instead of failing after the work is done, warnings on one line, and a
+Ctrl-C that is never lost.
+
+Python raises KeyboardInterrupt wherever the main thread is, and an exception raised inside a
+callback (JAX's garbage-collection hook, a weakref finaliser) is printed and dropped, so an
+early Ctrl-C could let a run finish and replace its outputs. The handler `setup_process`
+installs therefore also records the interrupt; `raise_if_interrupted` (called by
+`vitprune.atomic` before anything is published, and by the CLIs' entry point after the run)
+raises it again. `exit_on_early_interrupt` covers the imports before that: nothing is written
+yet, so an interrupt there exits at once.
+"""
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 import warnings
+
+EXIT_INTERRUPTED = 130
+_interrupted = False
 
 
 def one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -15,8 +31,55 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def setup_process() -> None:
-  """Configures this process's stdout/stderr and warning format (call once, in `main`)."""
+  """Configures this process's stdout/stderr, warning format and Ctrl-C handling (call once, in
+  `main`)."""
   for stream in (sys.stdout, sys.stderr):
     if hasattr(stream, "reconfigure"):
       stream.reconfigure(errors="backslashreplace")
   warnings.formatwarning = one_line_warning
+  install_interrupt_handler()
+
+
+def _record_interrupt(signum, frame) -> None:
+  """SIGINT handler: remember the interrupt, then raise it as Python's default handler does."""
+  del signum, frame
+  global _interrupted
+  _interrupted = True
+  raise KeyboardInterrupt
+
+
+def interrupted() -> bool:
+  """Whether this process received Ctrl-C since `setup_process`."""
+  return _interrupted
+
+
+def raise_if_interrupted() -> None:
+  """KeyboardInterrupt when an interrupt arrived and was swallowed (see the module doc)."""
+  if _interrupted:
+    raise KeyboardInterrupt
+
+
+def install_interrupt_handler() -> None:
+  """Makes Ctrl-C recorded as well as raised (`_record_interrupt`); main thread only."""
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, _record_interrupt)
+
+
+def _exit_now(signum, frame) -> None:
+  del signum, frame
+  os.write(2, b"error: interrupted\n")
+  os._exit(EXIT_INTERRUPTED)
+
+
+def exit_on_early_interrupt(*packages: str) -> None:
+  """When this process is `python -m <package>.<cli>` for one of `packages`: Ctrl-C exits at
+  once with `error: interrupted` (130) until `setup_process` installs the real handler. Called
+  where the CLI's package is first imported, before its heavy imports (jax: ~1 s); other
+  importers (tests, library users) keep their own handler."""
+  argv = list(getattr(sys, "orig_argv", ()))
+  if "-m" not in argv or argv.index("-m") + 1 >= len(argv):
+    return
+  module = argv[argv.index("-m") + 1]
+  if (any(module == p or module.startswith(p + ".") for p in packages)
+      and threading.current_thread() is threading.main_thread()):
+    signal.signal(signal.SIGINT, _exit_now)
