@@ -281,19 +281,19 @@ def compile_many(jobs: Dict[Any, Tuple[Any, ...]], *, threads: int = 2,
   if threads < 1:
     raise IreeBuildError(f"threads must be >= 1, got {threads}")
   out = {}
-  with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads)
+  try:
     futures = {pool.submit(compile_module, job[0], job[1],
                            profile=job[2] if len(job) > 2 else profile, cache_dir=cache_dir): k
                for k, job in jobs.items()}
-    try:
-      for fut in concurrent.futures.as_completed(futures):
-        out[futures[fut]] = fut.result()
-        if on_done:
-          on_done(futures[fut], out[futures[fut]][1])
-    except BaseException:
-      for fut in futures:
-        fut.cancel()
-      raise
+    for fut in concurrent.futures.as_completed(futures):
+      out[futures[fut]] = fut.result()
+      if on_done:
+        on_done(futures[fut], out[futures[fut]][1])
+  except BaseException:        # drop the queued compiles; running ones are not waited for
+    pool.shutdown(wait=False, cancel_futures=True)
+    raise
+  pool.shutdown()
   return out
 
 

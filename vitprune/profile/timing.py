@@ -75,13 +75,18 @@ def compile_many(jobs: Mapping[Hashable, Tuple[Callable, Sequence[Any]]], *, thr
       if on_done:
         on_done(key, out[key][1])
     return out
-  with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads)
+  try:
     futures = {pool.submit(compile_fn, fn, *args): key for key, (fn, args) in jobs.items()}
     for fut in concurrent.futures.as_completed(futures):
       key = futures[fut]
       out[key] = fut.result()
       if on_done:
         on_done(key, out[key][1])
+  except BaseException:        # Ctrl-C or a failed compile: drop the queued compiles, do not
+    pool.shutdown(wait=False, cancel_futures=True)       # wait for them (a minute on DeiT-S)
+    raise
+  pool.shutdown()
   return out
 
 
