@@ -106,6 +106,7 @@ def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_logging(fv)
     check_finite(fv)
+    check_jax_platforms()
     main(fv)
     console.raise_if_interrupted()      # a Ctrl-C some callback swallowed: not a success
   except (app.UsageError, flags.Error) as e:
@@ -116,6 +117,23 @@ def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,
     if whole_process:
       _exit_interrupted()
     fail("interrupted", EXIT_INTERRUPTED)
+
+
+def check_jax_platforms(environ: Optional[Dict[str, str]] = None) -> None:
+  """ValueError naming JAX_PLATFORMS (or JAX_PLATFORM_NAME) when it asks for a backend JAX
+  cannot start here (`gpu` on a CPU-only machine was a 66-line traceback at the first array, or
+  an empty AssertionError blamed on the weights); nothing is checked when neither is set."""
+  env = os.environ if environ is None else environ
+  name = next((k for k in ("JAX_PLATFORMS", "JAX_PLATFORM_NAME") if env.get(k)), None)
+  if name is None:
+    return
+  import jax  # pylint: disable=g-import-not-at-top  (only when a platform is forced)
+  try:
+    jax.devices()
+  except (RuntimeError, AssertionError, ValueError) as e:
+    reason = one_line(e) or type(e).__name__
+    raise ValueError(f"{name}={env[name]!r}: JAX cannot start that backend on this machine "
+                     f"({reason}); unset {name} or name an available one, e.g. cpu") from None
 
 
 def _exit_interrupted() -> None:

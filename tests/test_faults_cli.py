@@ -132,3 +132,18 @@ def test_ctrl_c_while_training_is_one_line_and_exit_130(tmp_path):
   assert [l for l in err.splitlines() if l.startswith("error:")] == ["error: interrupted"], err
   assert "Traceback" not in err and "Fatal Python error" not in err, err[-2000:]
   assert not out.exists()
+
+
+@pytest.mark.parametrize("platform", ["bogus", "cuda"])
+def test_an_unavailable_jax_platform_is_one_line_before_any_work(tmp_path, platform):
+  """JAX_PLATFORMS=gpu/cuda on a CPU-only machine: a 56-66 line traceback, or an empty
+  AssertionError reported as 'could not restore parameters'."""
+  env = dict(os.environ, JAX_PLATFORMS=platform, PYTHONPATH=ROOT)
+  env.pop("JAX_PLATFORM_NAME", None)
+  proc = subprocess.run([sys.executable, "-m", "experiments.estimate", "--tokens=65",
+                         "--num_images=10", f"--out_dir={tmp_path / 'e'}"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert proc.stderr.startswith(f"error: JAX_PLATFORMS='{platform}': JAX cannot start that "
+                                "backend on this machine ("), proc.stderr[-2000:]
+  assert len(proc.stderr.splitlines()) == 1 and not (tmp_path / "e").exists()
