@@ -122,10 +122,11 @@ def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,
 def check_jax_platforms(environ: Optional[Dict[str, str]] = None) -> None:
   """ValueError naming JAX_PLATFORMS (or JAX_PLATFORM_NAME) when it asks for a backend JAX
   cannot start here (`gpu` on a CPU-only machine was a 66-line traceback at the first array, or
-  an empty AssertionError blamed on the weights); nothing is checked when neither is set."""
+  an empty AssertionError blamed on the weights); nothing is checked when neither is set, or
+  for `cpu` alone (JAX always has it; starting it early would only move XLA's start-up logs)."""
   env = os.environ if environ is None else environ
   name = next((k for k in ("JAX_PLATFORMS", "JAX_PLATFORM_NAME") if env.get(k)), None)
-  if name is None:
+  if name is None or {p.strip() for p in env[name].split(",")} == {"cpu"}:   # always there
     return
   import jax  # pylint: disable=g-import-not-at-top  (only when a platform is forced)
   try:
@@ -251,6 +252,7 @@ def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,
   if os.path.lexists(path):
     if not os.path.isdir(path):
       raise NotADirectoryError(f"--{flag}={path} is a file, not a directory")
+    atomic.check_not_mount_point(os.path.abspath(path))
     if os.listdir(path) and not overwrite:
       raise FileExistsError(f"--{flag}={path} already exists (pass --overwrite to replace it)")
     if is_ours is not None:

@@ -135,3 +135,17 @@ def test_nothing_is_published_after_a_swallowed_interrupt(tmp_path, monkeypatch)
       open(os.path.join(tmp, "a"), "w").close()
   assert json.loads(f.read_text()) == {"v": 1}
   assert sorted(os.listdir(tmp_path)) == ["r.json"]
+
+
+def test_a_mount_point_is_never_an_output_directory(tmp_path):
+  """A mount point passed the up-front checks and the publishing rename failed with EBUSY after
+  all the work."""
+  assert atomic.is_free(str(tmp_path / "absent")) and atomic.is_free(str(tmp_path))
+  (tmp_path / "f").write_text("x")
+  assert not atomic.is_free(str(tmp_path)) and not atomic.is_free(str(tmp_path / "f"))
+  with pytest.raises(OSError, match="^/ is a mount point"):
+    atomic.check_replaceable("/", atomic.is_vitprune_output)
+  with pytest.raises(OSError, match="^/ is a mount point"):
+    with atomic.staged_dir("/", overwrite=False):
+      pass
+  atomic.check_not_mount_point(str(tmp_path))

@@ -410,6 +410,15 @@ def test_export_argument_errors(artifact, tmp_path, params):
   with pytest.raises(ValueError, match="parameters do not match"):
     deploy.export_artifact(str(tmp_path / "a"), CFG, {"head": params["head"]})
   assert os.listdir(tmp_path) == []
+  with pytest.raises(OSError, match="^/ is a mount point, which cannot be replaced"):
+    deploy.export_artifact("/", CFG, params, overwrite=True)
+
+
+def test_export_into_an_empty_directory(tmp_path, params):
+  """The CLI accepted an empty --out and the library then refused it ('already exists')."""
+  (tmp_path / "a").mkdir()
+  deploy.export_artifact(str(tmp_path / "a"), CFG, params)
+  assert deploy.load(str(tmp_path / "a")).manifest.to_json()["model"]["name"] == CFG.name
 
 
 # ----------------------------------------------------------------------------- fresh process

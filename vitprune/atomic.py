@@ -127,12 +127,28 @@ def unlisted_files(directory: str) -> List[str]:
           and not os.path.basename(rel).startswith(WRITE_CHECK_PREFIX)]
 
 
+def is_free(path: str) -> bool:
+  """Whether `path` is absent or an empty directory (not a link): what a new output may take."""
+  return not os.path.lexists(path) or (os.path.isdir(path) and not os.path.islink(path)
+                                       and not os.listdir(path))
+
+
+def check_not_mount_point(path: str) -> None:
+  """OSError naming `path` when it is a mount point: an output directory is published by
+  renaming a sibling onto it, which a mount point refuses (EBUSY, after all the work)."""
+  if os.path.ismount(path):
+    raise OSError(f"{path} is a mount point, which cannot be replaced by a new output "
+                  "directory; write into a directory inside it")
+
+
 def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
   """Raises `ForeignOutputError` naming `path` unless it is absent, an empty directory, or ours
-  (`is_ours`, and holding no file beyond those we published there: `unlisted_files`)."""
+  (`is_ours`, and holding no file beyond those we published there: `unlisted_files`); OSError
+  for a mount point (`check_not_mount_point`)."""
   if not os.path.lexists(path):
     return
-  if os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path):
+  check_not_mount_point(path)
+  if is_free(path):
     return
   if os.path.isdir(path) and not os.path.islink(path) and is_ours(path):
     extra = unlisted_files(path)
@@ -391,7 +407,7 @@ def _publish_exclusive(tmp: str, path: str) -> None:
     try:
       os.mkdir(path, 0o755)
     except FileExistsError:
-      if not (os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)):
+      if not is_free(path):
         raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)") \
             from None
     return
@@ -469,8 +485,8 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
   os.makedirs(parent, exist_ok=True)
   cleanup_stale(path)
   if overwrite is False:
-    if os.path.lexists(path) and not (os.path.isdir(path) and not os.path.islink(path)
-                                      and not os.listdir(path)):
+    check_not_mount_point(path)
+    if not is_free(path):
       raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
   else:
     check_replaceable(path, is_ours)

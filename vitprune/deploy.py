@@ -251,8 +251,9 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   """
   from vitprune.model import check_params  # pylint: disable=g-import-not-at-top
   out = os.path.abspath(out)
-  if os.path.exists(out) and not overwrite:
+  if not overwrite and not atomic.is_free(out):
     raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite)")
+  atomic.check_not_mount_point(out)
   if overwrite:   # refuse a foreign folder before the (slow) export, not after
     atomic.check_replaceable(out, is_artifact_dir)
   check_params(cfg, params)

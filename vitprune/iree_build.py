@@ -456,8 +456,9 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
   plans = {int(b): choose_runtime(cfg, int(b), t, driver, cores) for b in batch_sizes}
   plan = plans[max(plans)]
   out = os.path.abspath(out)
-  if os.path.exists(out) and not overwrite:
+  if not overwrite and not atomic.is_free(out):
     raise FileExistsError(f"{out} already exists (pass --overwrite)")
+  atomic.check_not_mount_point(out)
   is_kit = atomic.json_marker(KIT_MANIFEST, KIT_FORMAT)
   if overwrite:        # a foreign folder is refused before the (slow) compiles, not after
     atomic.check_replaceable(out, is_kit)
