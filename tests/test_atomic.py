@@ -149,3 +149,18 @@ def test_a_mount_point_is_never_an_output_directory(tmp_path):
     with atomic.staged_dir("/", overwrite=False):
       pass
   atomic.check_not_mount_point(str(tmp_path))
+
+
+def test_a_directory_where_a_file_set_goes_is_refused_before_committing(tmp_path):
+  """The roll-forward of a committed set failed on a directory (EISDIR) after the PNG was
+  replaced: old and new files mixed, and a commit directory left behind."""
+  (tmp_path / "a.png").write_text("old")
+  (tmp_path / "a.md").mkdir()
+  with pytest.raises(IsADirectoryError, match=r"a\.md: it is a directory"):
+    with atomic.staged_files(str(tmp_path), "a.json", ["a.png", "a.md", "a.json"]) as tmp:
+      for n in ("a.png", "a.md", "a.json"):
+        (tmp_path / os.path.basename(tmp) / n).write_text("new")
+  assert (tmp_path / "a.png").read_text() == "old"
+  assert sorted(os.listdir(tmp_path)) == ["a.md", "a.png"]
+  with pytest.raises(atomic.ForeignOutputError, match=r"a\.md: it is a folder"):
+    atomic.check_replaceable_json(str(tmp_path / "a.json"), "f", [str(tmp_path / "a.md")])

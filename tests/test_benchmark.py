@@ -299,6 +299,14 @@ def test_write_outputs_never_replaces_foreign_tables(tmp_path):
   (tmp_path / "t.csv").write_text(B.to_csv(rows))      # ours: replaceable, with its MD
   B.check_replaceable_outputs(paths)
   assert (tmp_path / "t.md").read_text() == "my notes"
+  (tmp_path / "t.png").mkdir()                          # publish failed after the work, mixed
+  with pytest.raises(atomic.ForeignOutputError, match=r"t\.png: it is a folder, not a file"):
+    B.check_replaceable_outputs(paths)
+  (tmp_path / "t.png").rmdir()
+  os.remove(tmp_path / "t.csv")
+  os.mkfifo(tmp_path / "t.csv")                         # opening it blocked forever
+  with pytest.raises(atomic.ForeignOutputError, match=r"t\.csv: it is not a vitprune benchmark"):
+    B.check_replaceable_outputs(paths)
 
 
 def test_cli_refuses_a_solution_of_other_weights_and_unread_flags(tmp_path):

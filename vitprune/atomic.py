@@ -213,10 +213,22 @@ def check_writable_dir(directory: str, what: str) -> None:
     os.unlink(probe)
 
 
+def check_companions(paths: Sequence[str]) -> None:
+  """`ForeignOutputError` for any of `paths` (files published together with an output we may
+  replace: its CSV, MD or PNG) that exists but is not a regular file (a directory there made the
+  publish fail after all the work, leaving old and new files mixed)."""
+  odd = [p for p in paths if os.path.lexists(p) and (os.path.islink(p) or not os.path.isfile(p))]
+  if odd:
+    raise ForeignOutputError(f"refusing to replace {odd[0]}: it is {_describe(odd[0])}, not a "
+                             "file vitprune wrote; move it away or choose another output path")
+
+
 def check_replaceable_json(path: str, fmt: str, companions: Sequence[str] = ()) -> None:
   """Raises `ForeignOutputError` naming `path` unless it is absent or a JSON object whose
   "format" is `fmt` (a file vitprune wrote and may replace); files written together with it
-  (`companions`, e.g. its CSV or PNG) are refused when present without it."""
+  (`companions`, e.g. its CSV or PNG) are refused when present without it, or when they are
+  not regular files (`check_companions`)."""
+  check_companions(companions)
   if not os.path.lexists(path):
     stray = [c for c in companions if os.path.lexists(c)]
     if stray:
@@ -541,6 +553,11 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
     missing = [n for n in names if not os.path.isfile(os.path.join(tmp, n))]
     if missing:
       raise FileNotFoundError(f"staged_files: {missing} were not written")
+    taken = [n for n in names if os.path.isdir(os.path.join(directory, n))
+             and not os.path.islink(os.path.join(directory, n))]
+    if taken:            # the roll-forward could not replace it: refuse before committing
+      raise IsADirectoryError(f"refusing to replace {os.path.join(directory, taken[0])}: it is "
+                              "a directory, not a file vitprune wrote")
     for n in names:
       os.chmod(os.path.join(tmp, n), 0o644)
     with open(os.path.join(tmp, ".order"), "w") as f:

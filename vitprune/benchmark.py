@@ -492,13 +492,17 @@ def check_replaceable_outputs(paths: Dict[str, str]) -> None:
   """Refuses (`atomic.ForeignOutputError`) to replace outputs vitprune did not write: an existing
   CSV must start with our header, and the MD/PNG may exist only beside such a CSV."""
   header = ",".join(CSV_COLUMNS)
-  try:
-    with open(paths["csv"]) as f:
-      ours = f.readline().rstrip("\n") == header
-  except FileNotFoundError:
+  atomic.check_companions([paths["md"], paths["png"]])
+  if not os.path.lexists(paths["csv"]):
     ours = None
-  except (OSError, UnicodeDecodeError):
-    ours = False
+  elif os.path.islink(paths["csv"]) or not os.path.isfile(paths["csv"]):
+    ours = False                  # never open a FIFO or a device: it blocks or never ends
+  else:
+    try:
+      with open(paths["csv"]) as f:
+        ours = f.readline(len(header) + 2).rstrip("\n") == header
+    except (OSError, UnicodeDecodeError):
+      ours = False
   if ours is False:
     raise atomic.ForeignOutputError(f"refusing to replace {paths['csv']}: it is not a vitprune "
                                     "benchmark table; move it away or choose another --out_dir")
