@@ -123,6 +123,19 @@ def check_inputs_match(provenance: dict, model: str, weights_sha256: str,
                      f"artifact runs batch {batch_size} (latency steps depend on the batch)")
 
 
+def check_solution_inputs(provenance: dict, profile_ref, estimate_ref, solution: str) -> None:
+  """With --solution, a --profile / --estimate given as well must be the very record the solution
+  was solved from (same canonical sha256): the manifest records both, and two different
+  profiles there contradict each other. ValueError naming the two."""
+  for flag, key, ref in (("--profile", "profile", profile_ref),
+                         ("--estimate", "estimate", estimate_ref)):
+    rec = provenance.get(key)
+    if rec is not None and ref is not None and rec["sha256"] != ref.sha256:
+      raise ValueError(f"{flag}={rec['path']} (sha256 {rec['sha256'][:12]}...) is not the "
+                       f"{key} the solver output {solution} was solved from ({ref.path}, sha256 "
+                       f"{ref.sha256[:12]}...); give that one, or leave {flag} out")
+
+
 def main(f: flags.FlagValues) -> str:
   """Checks the flags and --out, exports, prints the manifest summary; returns the artifact
   path."""
@@ -182,6 +195,8 @@ def main(f: flags.FlagValues) -> str:
                      "does not legalize for llvm-cpu); deploy bfloat16 for the other targets")
   memory.check_batch_fits(cfg, [batch_size or 1], dtype)    # before the export, naming the fit
   provenance.update(input_provenance(f.profile, f.estimate))
+  if f.solution:
+    check_solution_inputs(provenance, sol.profile, sol.estimate, f.solution)
   reducer, opts = None, parse_options(f.method_opts)
   if method.lower() != "none":
     reducer = make_reducer(method, **opts)

@@ -599,3 +599,23 @@ def test_deploy_refuses_a_profile_or_estimate_of_something_else():
        "in bfloat16")):
     with pytest.raises(ValueError, match=match):
       check_inputs_match(ok, *args)
+
+
+def test_deploy_refuses_a_profile_or_estimate_the_solution_was_not_solved_from():
+  """Deploy recorded a --profile whose sha256 differed from the one in its own embedded
+  solution (the profile file had been replaced after solving)."""
+  import types  # pylint: disable=g-import-not-at-top
+  from experiments.deploy import check_solution_inputs  # pylint: disable=g-import-not-at-top
+  prov = {"profile": {"path": "/p.json", "sha256": "a" * 64},
+          "estimate": {"path": "/e.json", "sha256": "c" * 64}}
+  same_p, other_p = (types.SimpleNamespace(path="/p.json", sha256=h) for h in ("a" * 64, "b" * 64))
+  est = types.SimpleNamespace(path="/e.json", sha256="c" * 64)
+  check_solution_inputs(prov, same_p, est, "s.json")
+  check_solution_inputs({}, other_p, est, "s.json")                 # nothing given: nothing to match
+  with pytest.raises(ValueError, match=r"^--profile=/p.json \(sha256 aaaaaaaaaaaa\.\.\.\) is not "
+                                       r"the profile the solver output s.json was solved from "
+                                       r"\(/p.json, sha256 bbbbbbbbbbbb\.\.\.\)"):
+    check_solution_inputs(prov, other_p, est, "s.json")
+  with pytest.raises(ValueError, match=r"^--estimate=/e.json .* is not the estimate"):
+    check_solution_inputs(prov, same_p, types.SimpleNamespace(path="/e.json", sha256="d" * 64),
+                          "s.json")
