@@ -183,9 +183,7 @@ def test_non_finite_params_written_by_hand_are_refused_on_load(tmp_path):
   path = checkpoint.save_weights(str(tmp_path / "w"), cfg, params)
   params["blocks"][1]["mlp"]["fc1"]["kernel"][0, 0] = np.nan
   shutil.rmtree(os.path.join(path, "params"))
-  saver = orbax_io.checkpointer()
-  saver.save(os.path.join(path, "params"), params)
-  saver.wait_until_finished()
+  orbax_io.save(os.path.join(path, "params"), params)
   with pytest.raises(ValueError, match=re.escape(
       f"the parameters in {path}/params hold NaN/inf values in [\"['blocks'][1]['mlp']['fc1']"
       "['kernel']\"]; refusing to load them")):
@@ -243,3 +241,18 @@ def test_weights_load_with_stderr_closed(tmp_path):
   r = subprocess.run(["sh", "-c", f"exec {shlex.quote(sys.executable)} -c {shlex.quote(code)} "
                       "2>&-"], cwd=root, stdout=subprocess.PIPE, text=True, timeout=180)
   assert r.returncode == 0 and r.stdout.strip().endswith("loaded")
+
+
+def test_a_path_orbax_cannot_take_is_refused_before_any_work(tmp_path):
+  """A --out whose name is not UTF-8 reached tensorstore after the export: 795 lines of
+  tracebacks and no error line."""
+  from vitprune import orbax_io  # pylint: disable=g-import-not-at-top
+  cfg = get_config("test_tiny_vit")
+  bad = os.fsdecode(os.fsencode(str(tmp_path)) + b"/w\xff")
+  with pytest.raises(OSError, match=r"w\\udcff': orbax checkpoints \(weights\) cannot be read or "
+                                    r"written at a path whose name is not valid UTF-8"):
+    checkpoint.save_weights(bad, cfg, init_params(cfg, 0))
+  with pytest.raises(OSError, match="not valid UTF-8"):
+    orbax_io.restore(bad, None)
+  assert os.listdir(tmp_path) == []
+  assert orbax_io.storage_path(str(tmp_path / "é")) == str(tmp_path / "é")

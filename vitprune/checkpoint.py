@@ -63,6 +63,7 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
   check_config(cfg)
   check_params(cfg, params)
   path = os.path.abspath(path)
+  orbax_io.storage_path(path)      # before any work: the checkpoint goes below it
   params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
   check_finite(params32)
   doc = {"format": FORMAT, "version": VERSION, "config": config_to_dict(cfg), "meta": meta or {}}
@@ -71,9 +72,7 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
         [str(c) for c in class_names] if isinstance(class_names, (list, tuple)) else class_names,
         cfg.num_classes))
   with atomic.staged_dir(path, overwrite=bool(overwrite), is_ours=is_weights_dir) as tmp:
-    ckptr = orbax_io.checkpointer()
-    ckptr.save(os.path.join(tmp, "params"), params32)
-    ckptr.wait_until_finished()
+    orbax_io.save(os.path.join(tmp, "params"), params32)
     atomic.write_json(os.path.join(tmp, CONFIG_FILE), doc, sort_keys=True)
     for name, obj in (extra_json or {}).items():
       if name in ("config.json", "params") or os.path.basename(name) != name:

@@ -254,6 +254,7 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   if not overwrite and not atomic.is_free(out):
     raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite)")
   atomic.check_not_mount_point(out)
+  orbax_io.storage_path(out)       # before the (slow) export: the weights checkpoint goes below it
   if overwrite:   # refuse a foreign folder before the (slow) export, not after
     atomic.check_replaceable(out, is_artifact_dir)
   check_params(cfg, params)
@@ -280,9 +281,7 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   with atomic.staged_dir(out, overwrite=overwrite, is_ours=is_artifact_dir) as tmp:
     with open(os.path.join(tmp, FORWARD_FILE), "wb") as f:
       f.write(blob)
-    ckptr = orbax_io.checkpointer()
-    ckptr.save(os.path.join(tmp, PARAMS_DIR), params32)
-    ckptr.wait_until_finished()
+    orbax_io.save(os.path.join(tmp, PARAMS_DIR), params32)
     if targets and [str(t) for t in targets] != ["jax"]:
       from vitprune import iree_build  # pylint: disable=g-import-not-at-top  (IREE: optional)
       manifest = dataclasses.replace(manifest, targets=tuple(iree_build.write_targets(

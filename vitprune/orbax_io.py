@@ -18,11 +18,40 @@ def checkpointer():
   return ocp.StandardCheckpointer()
 
 
+def storage_path(path: str) -> str:
+  """`path`, checked to be one orbax can use: its storage layer (tensorstore) takes UTF-8
+  names and orbax's Python side the file system encoding, so the name's bytes must be UTF-8
+  and read as the same text in this process (a C locale reads non-ASCII bytes as escapes).
+  OSError naming the path otherwise (it was a 795-line traceback after the work)."""
+  try:
+    text = os.fsencode(path).decode("utf-8")
+  except UnicodeDecodeError:
+    raise OSError(f"{path!r}: orbax checkpoints (weights) cannot be read or written at a path "
+                  "whose name is not valid UTF-8; rename it or choose another path") from None
+  if text != path:
+    raise OSError(f"{path!r}: orbax checkpoints (weights) cannot use a non-ASCII path while "
+                  f"Python reads file names as {sys.getfilesystemencoding()} (a C/POSIX "
+                  "locale); set PYTHONUTF8=1 or a UTF-8 locale, or choose an ASCII path")
+  return path
+
+
+def save(directory: str, tree: Any) -> None:
+  """Checkpoints the pytree `tree` into the new `directory` and waits for it; the library's
+  exception when it cannot (a full disk), without the tracebacks its I/O threads print on the
+  way (hundreds of lines around the one 'No space left on device')."""
+  directory = storage_path(directory)
+  with _stderr_kept_unless_failing():
+    ckptr = checkpointer()
+    ckptr.save(directory, tree)
+    ckptr.wait_until_finished()
+
+
 def restore(directory: str, target: Any) -> Any:
   """The pytree checkpointed in `directory`, restored onto `target`'s structure; the library's
   exception when it cannot (callers name the directory), without the tracebacks its I/O threads
   print on the way (`_stderr_kept_unless_failing`). A FIFO, device or socket inside is refused
   unopened (orbax would block on it for ever)."""
+  directory = storage_path(directory)
   _check_regular_tree(directory)
   with _stderr_kept_unless_failing():
     return checkpointer().restore(directory, target)
