@@ -395,6 +395,23 @@ def test_balanced_subset_redistributes_small_classes():
   assert counts[0] == 2 and sorted(counts[1:].tolist()) == [14, 15]
 
 
+@pytest.mark.parametrize("sizes, n, want", [
+    ([10, 8, 8, 12], 34, [9, 8, 8, 9]),        # the 12-image class got 8 while the 10 got 10
+    ([2, 2, 13, 7, 11, 3, 17], 48, None),     # 13 and 17 left with 11-12 each, not 13 and 10
+    ([5, 50, 50], 60, [5, 28, 27]),
+])
+def test_balanced_subset_is_as_even_as_the_class_sizes_allow(sizes, n, want):
+  labels = np.repeat(np.arange(len(sizes)), sizes)
+  for seed in range(40):
+    got = np.bincount(labels[data.balanced_subset(labels, n, seed)], minlength=len(sizes))
+    assert got.sum() == n and np.all(got <= sizes)
+    room = got < np.array(sizes)                     # classes that could have given more
+    assert got[room].max() - got[room].min() <= 1 and got[room].min() >= got[~room].max(
+        initial=0), (seed, got)
+    if want is not None:
+      assert sorted(got[room]) == sorted(np.array(want)[room])
+
+
 def test_balanced_subset_errors():
   labels = np.array([0, 0, 1, 1])
   for n in (0, -1, 5):

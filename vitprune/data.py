@@ -617,20 +617,23 @@ def _batches(dataset, prep, batch_size, idx, drop_remainder, pad_remainder, num_
 
 
 def _quotas(counts: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-  """Per-class sample counts summing to `n`: equal shares, random remainder, capped by `counts`.
+  """Per-class sample counts summing to `n`, as equal as the class sizes `counts` allow.
 
-  A class smaller than its share gives all it has; the shortfall is shared again among the
-  classes with images left (water filling), the remainder always going to random classes.
+  Water filling: every class gets min(count, q) for the highest level q those sum to at most
+  `n`; the rest go one each to random classes with images left above q. So a class smaller
+  than its share gives all it has and the others differ by at most one (sharing the shortfall
+  round by round gave a 12-image class fewer samples than a 10-image one).
   """
-  quota = np.zeros_like(counts)
-  left = n
-  while left > 0:
-    open_ = np.flatnonzero(quota < counts)
-    share = np.full(len(open_), left // len(open_))
-    share[rng.choice(len(open_), left % len(open_), replace=False)] += 1
-    take = np.minimum(share, counts[open_] - quota[open_])
-    quota[open_] += take
-    left -= int(take.sum())
+  lo, hi = 0, int(counts.max())
+  while lo < hi:                       # the highest q with sum(min(counts, q)) <= n
+    mid = (lo + hi + 1) // 2
+    if int(np.minimum(counts, mid).sum()) <= n:
+      lo = mid
+    else:
+      hi = mid - 1
+  quota = np.minimum(counts, lo)
+  open_ = np.flatnonzero(counts > lo)
+  quota[open_[rng.choice(len(open_), n - int(quota.sum()), replace=False)]] += 1
   return quota
 
 
@@ -639,7 +642,8 @@ def balanced_subset(labels: Sequence[int], n: int, seed: int) -> np.ndarray:
 
   Each class gets `n // K` samples and the remaining `n % K` go to randomly chosen classes; a
   class with fewer images than its share contributes all of them and the shortfall is spread
-  over the others. Within a class the samples are drawn uniformly without replacement.
+  over the others, which then differ by at most one (`_quotas`). Within a class the samples are
+  drawn uniformly without replacement.
 
   Args:
     labels: int `[N]` class labels, all >= 0.
