@@ -34,6 +34,11 @@ def test_read_json_errors(tmp_path):
   p.write_text("[1]")
   with pytest.raises(jsonio.FormatError, match="expected a JSON object"):
     jsonio.read_json(str(p), "widget")
+  p.write_text('{"seed": 0, "a": {"b": 1, "b": 2}}')     # last one won, silently
+  with pytest.raises(jsonio.FormatError, match=r"x.json: not valid JSON: key 'b' appears twice"):
+    jsonio.read_json(str(p), "widget")
+  p.write_text('{"seed": 0, "b": {"seed": 1}}')          # the same key in two objects is fine
+  assert jsonio.read_json(str(p), "widget")["b"] == {"seed": 1}
 
 
 def test_method_names_are_the_reducers():

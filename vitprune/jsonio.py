@@ -32,7 +32,7 @@ def read_json(path: str, what: str, error: Type[ValueError] = FormatError) -> Di
   try:
     with open(path, encoding="utf-8") as f:
       doc = json.load(f, parse_constant=_no_constant, parse_int=_bounded_int,
-                      parse_float=_finite_float)
+                      parse_float=_finite_float, object_pairs_hook=_unique_keys)
   except (ValueError, RecursionError) as e:   # bad JSON, bytes, NaN, a 5000-digit int, nesting
     raise error(f"{path}: not valid JSON: {_first_line(e)}") from None
   if not isinstance(doc, dict):
@@ -53,6 +53,17 @@ def _finite_float(text: str) -> float:
   if not math.isfinite(value):          # 1e400 parses to inf
     raise ValueError(f"number {text} is out of range")
   return value
+
+
+def _unique_keys(pairs) -> Dict[str, Any]:
+  """An object whose keys are distinct: a key written twice (a hand edit appending a second
+  "seed") was read as the last one, silently."""
+  doc = dict(pairs)
+  if len(doc) != len(pairs):
+    seen = set()
+    dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+    raise ValueError(f"key {dup!r} appears twice in one object")
+  return doc
 
 
 def _no_constant(name: str):
