@@ -151,6 +151,9 @@ def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
     (lambda d: d["chosen"].update(measured_accuracy=0.5, num_images=0),
      "num_images 0 needs a measured_accuracy over at least one image"),
     (lambda d: d.update(mode="greedy"), "mode 'greedy'"),
+    (lambda d: (d.update(mode="multi"), d["chosen"].update(utility=0.5)),     # relabelled paper
+     r"mode 'multi' but it holds the paper mode's chosen.utility \(edited\?\)"),
+    (lambda d: d.update(mode="multi", curve={"tokens": [9]}), "paper mode's curve"),
     (lambda d: d["model"].update(name="other"), "model.name 'other'"),
     (lambda d: d["model"]["config"].update(colour=1), "model.config is invalid"),
     (lambda d: d.update(frontier={}), "frontier must be a list"),

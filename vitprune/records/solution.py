@@ -327,6 +327,12 @@ class Solution:
     jsonio.require(isinstance(checked, list), where, "checked must be a list", SolutionError)
     jsonio.require(isinstance(doc["settings"], dict), where, "settings must be an object",
                    SolutionError)
+    paper_only = [k for k, v in (("curve", doc.get("curve")), ("chosen.utility", ch.get("utility")),
+                                 ("chosen.schedule_latency_s", ch.get("schedule_latency_s")))
+                  if v is not None]
+    jsonio.require(doc["mode"] == "paper" or not paper_only, where,
+                   f"mode {doc['mode']!r} but it holds the paper mode's {', '.join(paper_only)} "
+                   "(edited?)", SolutionError)
     sol = cls(
         mode=doc["mode"], config=cfg,
         profile=_ref(ProfileRef, doc["profile"], f"{where}: profile"),
