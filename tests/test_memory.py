@@ -1,4 +1,6 @@
 """vitprune/memory.py (the batch-fits check) and the up-front checks of experiments/common.py."""
+import os
+
 import jax
 import pytest
 
@@ -82,6 +84,11 @@ def test_output_checks(tmp_path):
     common.check_output_dir(str(tmp_path / "f"))
   with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
     common.check_output_dir(str(tmp_path / "f" / "sub"))
+  os.symlink(tmp_path / "gone", tmp_path / "dangling")     # was described as "a file"
+  with pytest.raises(NotADirectoryError, match="dangling is a dangling symbolic link, not a dir"):
+    common.check_output_dir(str(tmp_path / "dangling"))
+  with pytest.raises(NotADirectoryError, match="dangling is a dangling symbolic link, not a dir"):
+    common.check_new_dir(str(tmp_path / "dangling"))
   with pytest.raises(IsADirectoryError, match="--output=.* is a directory, not a file"):
     atomic.check_output_file(str(tmp_path / "d"))
   with pytest.raises(FileExistsError, match="pass --overwrite"):
