@@ -164,3 +164,24 @@ def test_a_directory_where_a_file_set_goes_is_refused_before_committing(tmp_path
   assert sorted(os.listdir(tmp_path)) == ["a.md", "a.png"]
   with pytest.raises(atomic.ForeignOutputError, match=r"a\.md: it is a folder"):
     atomic.check_replaceable_json(str(tmp_path / "a.json"), "f", [str(tmp_path / "a.md")])
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):
+  """'[Errno 28] No space left on device' named no file: which output of the run failed?"""
+  import errno  # pylint: disable=g-import-not-at-top
+
+  def full(*a, **k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(os, "fsync", full)
+  with pytest.raises(OSError, match=r"^\[Errno 28\] No space left on device while writing "
+                                    r".*/r\.json$"):
+    atomic.write_json(str(tmp_path / "r.json"), {"v": 1})
+  monkeypatch.undo()
+  with pytest.raises(OSError, match=r"No space left on device while writing .*/out$"):
+    with atomic.staged_dir(str(tmp_path / "out")):
+      full()
+  with pytest.raises(OSError, match=r"^boom$"):            # other errors pass unchanged
+    with atomic.staged_dir(str(tmp_path / "out")):
+      raise OSError("boom")
+  assert os.listdir(tmp_path) == []

@@ -44,6 +44,18 @@ def _phase(name: str) -> None:
     fault_hook(name)
 
 
+_NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _named(e: BaseException, path: str) -> BaseException:
+  """A full disk or file-size limit hit while writing `path`, as an OSError naming it (the
+  write call's own error names no file: '[Errno 28] No space left on device'); `e` otherwise."""
+  if (isinstance(e, OSError) and e.errno in _NO_ROOM and not e.filename
+      and " while writing " not in str(e.strerror)):
+    return OSError(e.errno, f"{e.strerror} while writing {path}")
+  return e
+
+
 def _before_publish() -> None:
   """Nothing is published after a Ctrl-C, even one a callback swallowed (`console`)."""
   console.raise_if_interrupted()
@@ -386,10 +398,13 @@ def write_bytes(path: str, data: bytes) -> str:
     _phase("file_written")
     _before_publish()
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp):
       os.unlink(tmp)
-    raise
+    named = _named(e, path)
+    if named is e:
+      raise
+    raise named from None
   return path
 
 
@@ -512,9 +527,12 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
       _publish_exclusive(tmp, path)
     else:
       _publish_replacing(tmp, path, is_ours)
-  except BaseException:
+  except BaseException as e:
     shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    named = _named(e, path)
+    if named is e:
+      raise
+    raise named from None
 
 
 # ----------------------------------------------------------------------------- file sets
@@ -566,9 +584,12 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
     _before_publish()
     commit = os.path.join(directory, os.path.basename(tmp).replace(".tmp-", ".commit-", 1))
     os.rename(tmp, commit)
-  except BaseException:
+  except BaseException as e:
     shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    named = _named(e, os.path.join(directory, key))
+    if named is e:
+      raise
+    raise named from None
   _phase("committed")
   _roll_forward(commit, directory)
 
