@@ -219,18 +219,13 @@ def parse_ints(values: Sequence[str], flag: str) -> List[int]:
   return out
 
 
-def _not_a_dir(path: str) -> str:
-  """What an existing `path` that is not a directory is, for an error message."""
-  return "a dangling symbolic link" if not os.path.exists(path) else "a file"
-
-
 def check_output_dir(path: str, flag: str = "out_dir") -> None:
   """`path` is (or can become) a writable directory; raises naming the flag otherwise."""
   if not path:
     raise ValueError(f"--{flag} is empty")
   if os.path.lexists(path):
     if not os.path.isdir(path):
-      raise NotADirectoryError(f"--{flag}={path} is {_not_a_dir(path)}, not a directory")
+      raise NotADirectoryError(f"--{flag}={path} is {atomic.describe(path)}, not a directory")
     atomic.check_writable_dir(path, f"--{flag}={path}")
     return
   atomic.check_creatable(path, flag)
@@ -256,7 +251,7 @@ def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,
     atomic.cleanup_stale(path)   # a killed writer's moved-aside output is restored first
   if os.path.lexists(path):
     if not os.path.isdir(path):
-      raise NotADirectoryError(f"--{flag}={path} is {_not_a_dir(path)}, not a directory")
+      raise NotADirectoryError(f"--{flag}={path} is {atomic.describe(path)}, not a directory")
     atomic.check_not_mount_point(os.path.abspath(path))
     if os.listdir(path) and not overwrite:
       raise FileExistsError(f"--{flag}={path} already exists (pass --overwrite to replace it)")

@@ -305,7 +305,8 @@ def test_write_outputs_never_replaces_foreign_tables(tmp_path):
   (tmp_path / "t.png").rmdir()
   os.remove(tmp_path / "t.csv")
   os.mkfifo(tmp_path / "t.csv")                         # opening it blocked forever
-  with pytest.raises(atomic.ForeignOutputError, match=r"t\.csv: it is not a vitprune benchmark"):
+  with pytest.raises(atomic.ForeignOutputError, match=r"t\.csv: it is a special file \(a device, "
+                                                   r"FIFO or socket\), not a benchmark table"):
     B.check_replaceable_outputs(paths)
 
 

@@ -182,7 +182,7 @@ def test_predictor_accuracy_refuses_bad_input_before_any_work(tmp_path):
       (["--batch_sizes=", out], "--batch_sizes is empty"),        # ran with batch 1
       (["--models=test_tiny_vit", "--accuracy_floor=0.5", out],
        "--accuracy_floor applies to vit_digits"),                  # written nowhere
-      ([f"--compile_cache_dir={__file__}", out], "is a file, not a directory")],
+      ([f"--compile_cache_dir={__file__}", out], "is a regular file, not a directory")],
       tmp_path)
 
 

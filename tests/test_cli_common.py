@@ -108,5 +108,24 @@ def test_early_interrupt_exits_only_in_a_cli_process(monkeypatch, argv, installe
   seen = []
   monkeypatch.setattr("sys.orig_argv", argv, raising=False)
   monkeypatch.setattr(signal, "signal", lambda sig, handler: seen.append((sig, handler)))
+  monkeypatch.setattr(signal, "getsignal", lambda sig: signal.default_int_handler)
   console.exit_on_early_interrupt("experiments", "benchmarks")
   assert seen == ([(signal.SIGINT, console._exit_now)] if installed else [])
+
+
+def test_an_ignored_sigint_stays_ignored():
+  """A shell's background job (`cmd &`) starts with SIGINT ignored; the CLI's handler made a
+  Ctrl-C meant for the foreground kill it. Python's default handler is replaced, as before."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = ("import signal, sys; sys.path.insert(0, %r)\n"
+            "from vitprune import console\n"
+            "if sys.argv[1] == 'ignored': signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "console.setup_process()\n"
+            "print(signal.getsignal(signal.SIGINT) is console._record_interrupt, "
+            "signal.getsignal(signal.SIGINT) is signal.SIG_IGN)" % root)
+  for mode, want in (("default", "True False"), ("ignored", "False True")):
+    out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip()
+    assert out == want, (mode, out)

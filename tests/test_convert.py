@@ -615,3 +615,17 @@ def test_overwrite_refuses_a_foreign_folder(tmp_path):
     convert.convert_checkpoint(cfg, str(src), str(out), overwrite=True)
   assert os.listdir(out) == ["NOTES.txt"] and sorted(os.listdir(tmp_path)) == [
       "m.safetensors", "out"]
+
+
+def test_output_checks_come_before_reading_the_checkpoint(tmp_path):
+  """An output orbax cannot take was refused only inside save_weights, after the conversion
+  (and --verify); an empty directory was refused though the CLI accepted it."""
+  cfg = get_config("test_tiny_vit")
+  bad = os.fsdecode(os.fsencode(str(tmp_path)) + b"/w\xff")
+  with pytest.raises(OSError, match="not valid UTF-8"):         # not: checkpoint missing
+    convert.convert_checkpoint(cfg, str(tmp_path / "missing.npz"), bad)
+  with pytest.raises(OSError, match="is a mount point"):
+    convert.convert_checkpoint(cfg, str(tmp_path / "missing.npz"), "/", overwrite=True)
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="missing.npz"):  # past the output checks
+    convert.convert_checkpoint(cfg, str(tmp_path / "missing.npz"), str(tmp_path / "empty"))

@@ -80,7 +80,7 @@ def test_output_checks(tmp_path):
   (tmp_path / "d").mkdir()
   (tmp_path / "d" / "x").write_text("x")
   common.check_output_dir(str(tmp_path / "new" / "deeper"))
-  with pytest.raises(NotADirectoryError, match=r"--out_dir=.*/f is a file, not a directory"):
+  with pytest.raises(NotADirectoryError, match=r"--out_dir=.*/f is a regular file, not a dir"):
     common.check_output_dir(str(tmp_path / "f"))
   with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
     common.check_output_dir(str(tmp_path / "f" / "sub"))

@@ -295,7 +295,7 @@ def test_pipeline_checks_flags_and_out_dir_before_any_stage(tmp_path):
   with pytest.raises(FileExistsError, match="refusing to replace"):
     cli.pipeline_from_flags(_flags(), str(foreign))
   (tmp_path / "file").write_text("x")
-  with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
+  with pytest.raises(NotADirectoryError, match="is a regular file, not a directory"):
     cli.pipeline_from_flags(_flags(), str(tmp_path / "file"))
   assert os.listdir(foreign) == ["notes.txt"]
 

@@ -166,6 +166,27 @@ def test_compile_many_interrupted_drops_the_queued_compiles(monkeypatch):
   release.set()
 
 
+def test_run_jobs_propagates_a_failure_and_drops_the_queue():
+  """The one pool of the XLA and IREE compiles (`vitprune.parallel`)."""
+  import threading  # pylint: disable=g-import-not-at-top
+  from vitprune import parallel  # pylint: disable=g-import-not-at-top
+  ran, gate = [], threading.Event()
+
+  def job(k):
+    ran.append(k)
+    if k == 0:
+      raise OSError("iree-compile failed")
+    gate.wait(10)
+    return k
+
+  with pytest.raises(OSError, match="iree-compile failed"):
+    parallel.run_jobs({k: (lambda k=k: job(k)) for k in range(10)}, threads=2)
+  assert len(ran) <= 3
+  gate.set()
+  assert parallel.run_jobs({k: (lambda k=k: k * k) for k in range(5)}, 3) == {
+      k: k * k for k in range(5)}
+
+
 @pytest.mark.parametrize("kw, match", [
     (dict(min_run_time=float("inf")), "min_run_time must be > 0 and finite, got inf"),
     (dict(min_run_time=float("nan")), "min_run_time must be > 0 and finite"),

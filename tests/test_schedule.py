@@ -99,6 +99,8 @@ def test_remove_per_layer_caps_at_half():
     ("remove@3:10,6:5", (197,) * 4 + (187,) * 3 + (182,) * 6),
     ("remove@6:5,3:10", (197,) * 4 + (187,) * 3 + (182,) * 6),       # order does not matter
     ("remove@6:5+remove@3:10", (197,) * 4 + (187,) * 3 + (182,) * 6),  # (block 6's 5 was lost)
+    ("keep@6:80+remove@3:10", (197,) * 4 + (187,) * 3 + (70,) * 6),  # remove@ is relative
+    ("r8+remove@3:10", tuple(197 - 8 * i - 10 * (i >= 4) for i in range(13))),
     ("r8", tuple(197 - 8 * i for i in range(13))),
     ("r8,-0.5", tuple(197 - int(c) for c in np.cumsum([0, 12, 11, 10, 9, 9, 8, 7, 6, 6, 5, 4,
                                                       4]))),
@@ -122,6 +124,8 @@ def test_parse_schedule_forms(text, counts):
     ("keep@3:1", "below prefix tokens"),
     ("keep@3:250", "only 197 are scheduled"),
     ("remove@3:-5", "remove must be >= 0"),
+    ("keep@10:5+remove@3:10", r"'keep@10:5\+remove@3:10': block 3 cannot remove 10 tokens: the 5 "
+     r"leaving the last block would fall to -5, below prefix tokens \+ 1 = 2"),
     ("r8,abc", "inflection 'abc' is not a number"),
     ("r8,2", r"inflection must be in \[-1, 1\]"),
     ("keep@3:120+r8", "without reduction layers"),

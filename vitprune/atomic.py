@@ -102,9 +102,10 @@ is_vitprune_output.description = ("a vitprune weights, artifact or image folder 
                                   "config.json / manifest.json / .vitprune-imagefolder.json)")
 
 
-def _describe(path: str) -> str:
+def describe(path: str) -> str:
+  """What kind of thing an existing `path` is, for messages ('a folder', 'a symbolic link')."""
   if os.path.islink(path):
-    return "a symbolic link"
+    return "a symbolic link" if os.path.exists(path) else "a dangling symbolic link"
   if os.path.isdir(path):
     return "a folder"
   return ("a regular file" if os.path.isfile(path) else
@@ -153,6 +154,17 @@ def check_not_mount_point(path: str) -> None:
                   "directory; write into a directory inside it")
 
 
+def check_output_dir_target(path: str, overwrite: bool, is_ours: Callable[[str], bool],
+                            hint: str = "pass overwrite=True / --overwrite") -> None:
+  """Before any work: `path` may become a new output directory (absent or empty: `is_free`),
+  or, with `overwrite`, replace one of ours (`check_replaceable`); never a mount point."""
+  check_not_mount_point(path)
+  if not overwrite and not is_free(path):
+    raise FileExistsError(f"{path} already exists ({hint})")
+  if overwrite:
+    check_replaceable(path, is_ours)
+
+
 def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
   """Raises `ForeignOutputError` naming `path` unless it is absent, an empty directory, or ours
   (`is_ours`, and holding no file beyond those we published there: `unlisted_files`); OSError
@@ -171,7 +183,7 @@ def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
           "write there; move them away or choose another output path")
     return
   what = getattr(is_ours, "description", "a vitprune output")
-  raise ForeignOutputError(f"refusing to replace {path}: it is {_describe(path)} that is not "
+  raise ForeignOutputError(f"refusing to replace {path}: it is {describe(path)} that is not "
                            f"{what}; move it away or choose another output path")
 
 
@@ -231,7 +243,7 @@ def check_companions(paths: Sequence[str]) -> None:
   publish fail after all the work, leaving old and new files mixed)."""
   odd = [p for p in paths if os.path.lexists(p) and (os.path.islink(p) or not os.path.isfile(p))]
   if odd:
-    raise ForeignOutputError(f"refusing to replace {odd[0]}: it is {_describe(odd[0])}, not a "
+    raise ForeignOutputError(f"refusing to replace {odd[0]}: it is {describe(odd[0])}, not a "
                              "file vitprune wrote; move it away or choose another output path")
 
 
@@ -256,7 +268,7 @@ def check_replaceable_json(path: str, fmt: str, companions: Sequence[str] = ()) 
     except (OSError, ValueError, AttributeError, RecursionError):
       ours = False
   if not ours or os.path.islink(path):
-    raise ForeignOutputError(f"refusing to replace {path}: it is {_describe(path)} that is not "
+    raise ForeignOutputError(f"refusing to replace {path}: it is {describe(path)} that is not "
                              f"a {fmt} file; move it away or choose another output path")
 
 
@@ -509,10 +521,10 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
   path = os.path.abspath(path)
   is_ours = is_ours or is_vitprune_output
   parent, name = os.path.dirname(path), os.path.basename(path)
+  check_not_mount_point(path)
   os.makedirs(parent, exist_ok=True)
   cleanup_stale(path)
   if overwrite is False:
-    check_not_mount_point(path)
     if not is_free(path):
       raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
   else:

@@ -490,7 +490,8 @@ def output_stem(rows: Sequence[Dict[str, Any]]) -> str:
 
 def check_replaceable_outputs(paths: Dict[str, str]) -> None:
   """Refuses (`atomic.ForeignOutputError`) to replace outputs vitprune did not write: an existing
-  CSV must start with our header, and the MD/PNG may exist only beside such a CSV."""
+  CSV must be a regular file (never a link, FIFO or device) starting with our header, and the
+  MD/PNG may exist only beside such a CSV, as regular files (`atomic.check_companions`)."""
   header = ",".join(CSV_COLUMNS)
   atomic.check_companions([paths["md"], paths["png"]])
   if not os.path.lexists(paths["csv"]):
@@ -504,8 +505,11 @@ def check_replaceable_outputs(paths: Dict[str, str]) -> None:
     except (OSError, UnicodeDecodeError):
       ours = False
   if ours is False:
-    raise atomic.ForeignOutputError(f"refusing to replace {paths['csv']}: it is not a vitprune "
-                                    "benchmark table; move it away or choose another --out_dir")
+    what = ("not a vitprune benchmark table" if os.path.isfile(paths["csv"])
+            and not os.path.islink(paths["csv"]) else
+            f"{atomic.describe(paths['csv'])}, not a benchmark table vitprune wrote")
+    raise atomic.ForeignOutputError(f"refusing to replace {paths['csv']}: it is {what}; move it "
+                                    "away or choose another --out_dir")
   stray = [paths[k] for k in ("md", "png") if ours is None and os.path.lexists(paths[k])]
   if stray:
     raise atomic.ForeignOutputError(f"refusing to replace {', '.join(stray)}: no benchmark "

@@ -59,9 +59,17 @@ def raise_if_interrupted() -> None:
     raise KeyboardInterrupt
 
 
+def _may_handle_sigint() -> bool:
+  """Only the main thread may set handlers, and only Python's default one is replaced: a
+  process started with SIGINT ignored (a shell's background job `cmd &`) stays immune to a
+  Ctrl-C meant for the foreground."""
+  return (threading.current_thread() is threading.main_thread()
+          and signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _exit_now))
+
+
 def install_interrupt_handler() -> None:
-  """Makes Ctrl-C recorded as well as raised (`_record_interrupt`); main thread only."""
-  if threading.current_thread() is threading.main_thread():
+  """Makes Ctrl-C recorded as well as raised (`_record_interrupt`), where `_may_handle_sigint`."""
+  if _may_handle_sigint():
     signal.signal(signal.SIGINT, _record_interrupt)
 
 
@@ -80,6 +88,5 @@ def exit_on_early_interrupt(*packages: str) -> None:
   if "-m" not in argv or argv.index("-m") + 1 >= len(argv):
     return
   module = argv[argv.index("-m") + 1]
-  if (any(module == p or module.startswith(p + ".") for p in packages)
-      and threading.current_thread() is threading.main_thread()):
+  if any(module == p or module.startswith(p + ".") for p in packages) and _may_handle_sigint():
     signal.signal(signal.SIGINT, _exit_now)

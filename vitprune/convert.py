@@ -37,6 +37,7 @@ from safetensors.flax import load_file as load_safetensors_jax
 from safetensors.numpy import load_file as load_safetensors_numpy
 
 from vitprune import atomic
+from vitprune import orbax_io
 from vitprune.checkpoint import check_config, is_weights_dir, save_weights
 from vitprune.config import ViTConfig, is_float_dtype
 from vitprune.digest import file_sha256
@@ -454,11 +455,8 @@ def convert_checkpoint(cfg: ViTConfig, checkpoint: str, out: str, *, overwrite: 
   directory. NaN/inf weights and impossible sizes (e.g. a non-positive img_size) are refused.
   """
   check_config(cfg)
-  if os.path.exists(out) and not overwrite:
-    raise FileExistsError(f"{os.path.abspath(out)} already exists (pass overwrite=True / "
-                          "--overwrite)")
-  if overwrite:
-    atomic.check_replaceable(os.path.abspath(out), is_weights_dir)
+  atomic.check_output_dir_target(os.path.abspath(out), overwrite, is_weights_dir)
+  orbax_io.storage_path(os.path.abspath(out))       # before converting, not in save_weights
   params, meta = convert_file(cfg, checkpoint, drop_head=drop_head, ignore_keys=ignore_keys)
   meta["converted_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds")

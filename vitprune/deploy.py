@@ -251,12 +251,8 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   """
   from vitprune.model import check_params  # pylint: disable=g-import-not-at-top
   out = os.path.abspath(out)
-  if not overwrite and not atomic.is_free(out):
-    raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite)")
-  atomic.check_not_mount_point(out)
-  orbax_io.storage_path(out)       # before the (slow) export: the weights checkpoint goes below it
-  if overwrite:   # refuse a foreign folder before the (slow) export, not after
-    atomic.check_replaceable(out, is_artifact_dir)
+  atomic.check_output_dir_target(out, overwrite, is_artifact_dir)   # before the (slow) export
+  orbax_io.storage_path(out)                                  # the weights checkpoint goes below
   check_params(cfg, params)
   schedule = check_schedule(cfg, schedule, reducer)
   if class_names is not None:

@@ -29,7 +29,6 @@ match (renamed, copied over another, damaged) is recompiled and replaced, never 
 """
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -50,6 +49,7 @@ import numpy as np
 from vitprune import atomic
 from vitprune import lowering
 from vitprune import model
+from vitprune import parallel
 from vitprune.config import ViTConfig
 from vitprune.digest import params_sha256
 from vitprune.edge import runtime as edge_rt
@@ -280,21 +280,11 @@ def compile_many(jobs: Dict[Any, Tuple[Any, ...]], *, threads: int = 2,
   -> {key: (bytes, info)}."""
   if threads < 1:
     raise IreeBuildError(f"threads must be >= 1, got {threads}")
-  out = {}
-  pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads)
-  try:
-    futures = {pool.submit(compile_module, job[0], job[1],
-                           profile=job[2] if len(job) > 2 else profile, cache_dir=cache_dir): k
-               for k, job in jobs.items()}
-    for fut in concurrent.futures.as_completed(futures):
-      out[futures[fut]] = fut.result()
-      if on_done:
-        on_done(futures[fut], out[futures[fut]][1])
-  except BaseException:        # drop the queued compiles; running ones are not waited for
-    pool.shutdown(wait=False, cancel_futures=True)
-    raise
-  pool.shutdown()
-  return out
+  done = (lambda key, result: on_done(key, result[1])) if on_done else None
+  return parallel.run_jobs(
+      {k: functools.partial(compile_module, job[0], job[1],
+                            profile=job[2] if len(job) > 2 else profile, cache_dir=cache_dir)
+       for k, job in jobs.items()}, threads, done)
 
 
 # ----------------------------------------------------------------------------- artifacts
@@ -456,12 +446,8 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
   plans = {int(b): choose_runtime(cfg, int(b), t, driver, cores) for b in batch_sizes}
   plan = plans[max(plans)]
   out = os.path.abspath(out)
-  if not overwrite and not atomic.is_free(out):
-    raise FileExistsError(f"{out} already exists (pass --overwrite)")
-  atomic.check_not_mount_point(out)
   is_kit = atomic.json_marker(KIT_MANIFEST, KIT_FORMAT)
-  if overwrite:        # a foreign folder is refused before the (slow) compiles, not after
-    atomic.check_replaceable(out, is_kit)
+  atomic.check_output_dir_target(out, overwrite, is_kit, "pass --overwrite")   # before compiling
   jobs = kit_jobs(cfg, mode=mode, grid=grid, schedules=schedules, batch_sizes=batch_sizes,
                   reducer=reducer)
   precision = "highest" if dtype == "float32" else "default"

@@ -117,6 +117,6 @@ def check_batch_fits(cfg: ViTConfig, batches: Sequence[int], dtype: str = "float
     return
   fits = max_batch(cfg, available, dtype, schedule, num_params)
   hint = (f"at most {fits} fit" if fits else "not even batch 1 fits")
-  raise ValueError(f"{what or f'{flag}={batch}'} cannot fit in memory: a {dtype} forward of {cfg.name} needs "
-                   f"~{_gib(need)} but {_gib(available)} is available ({hint}; "
+  raise ValueError(f"{what or f'{flag}={batch}'} cannot fit in memory: a {dtype} forward of "
+                   f"{cfg.name} needs ~{_gib(need)} but {_gib(available)} is available ({hint}; "
                    f"see {MEMINFO} MemAvailable)")

@@ -36,7 +36,9 @@ The compact text form (`parse_schedule(cfg, text)` / `format_schedule(schedule, 
   list:197,197,120,...           explicit depth + 1 counts (a bare `197,197,120,...` also works)
 
 Terms combine with `+`, applied left to right from the full schedule, e.g. `embed:150+keep@3:120`
-or `embed:150+r8`. `embed` must come first; `r`/`rlist` need no earlier reduction layer; `list`
+or `embed:150+r8`. `keep@` sets counts (later blocks keep at most that many); `remove@` is
+relative: the block and every later one lose R more tokens, so `r8+remove@3:10` is ToMe's r8
+with 10 more tokens removed at block 3, and `keep@6:80+remove@3:10` leaves 70 after block 6. `embed` must come first; `r`/`rlist` need no earlier reduction layer; `list`
 and `full` stand alone. `format_schedule` picks the shorter of the `keep@` and `list:` forms, so
 `parse_schedule(cfg, format_schedule(s, cfg)) == s` for every valid schedule `s`; `str(s)` is
 `format_schedule(s)` (which always states `embed:` because it does not know the model).
@@ -348,6 +350,10 @@ def prune_at(cfg: ViTConfig, *, keep: Optional[int] = None, remove: Optional[int
     if remove < 0:
       raise ValueError(f"remove must be >= 0, got {remove}")
     lowered = counts[:layer + 1] + [c - remove for c in counts[layer + 1:]]
+    if lowered[-1] < cfg.num_prefix_tokens + 1:
+      raise ValueError(f"block {layer} cannot remove {remove} tokens: the {counts[-1]} leaving "
+                       f"the last block would fall to {lowered[-1]}, below prefix tokens + 1 = "
+                       f"{cfg.num_prefix_tokens + 1}")
     return check_schedule(cfg, Schedule(lowered))
   keep = as_int(keep, "keep")
   return check_schedule(cfg, Schedule(_keep_from(counts, layer, keep)))

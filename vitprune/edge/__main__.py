@@ -192,6 +192,7 @@ def main(argv):
       atomic.replace_json(FLAGS.output, dict(res, format=RESULT_FORMAT), RESULT_FORMAT,
                           sort_keys=True)
       print(f"wrote {FLAGS.output}")
+    console.raise_if_interrupted()       # a Ctrl-C some callback swallowed: not a success
   except (EdgeError, ValueError, FileNotFoundError, OSError) as e:
     sys.exit(f"error: {e}")
   except (KeyError, TypeError, AttributeError, IndexError) as e:   # a field the checks missed

@@ -14,7 +14,7 @@ Compile time is measured separately (lower + compile wall time) and never mixed 
 """
 from __future__ import annotations
 
-import concurrent.futures
+import functools
 import tempfile
 import time
 from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Seque
 import jax
 
 from vitprune import atomic
+from vitprune import parallel
 from vitprune.profile import protocol
 from vitprune.profile.protocol import Measurement, TimingConfig, summarize  # noqa: F401 (API)
 
@@ -75,19 +76,9 @@ def compile_many(jobs: Mapping[Hashable, Tuple[Callable, Sequence[Any]]], *, thr
       if on_done:
         on_done(key, out[key][1])
     return out
-  pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads)
-  try:
-    futures = {pool.submit(compile_fn, fn, *args): key for key, (fn, args) in jobs.items()}
-    for fut in concurrent.futures.as_completed(futures):
-      key = futures[fut]
-      out[key] = fut.result()
-      if on_done:
-        on_done(key, out[key][1])
-  except BaseException:        # Ctrl-C or a failed compile: drop the queued compiles, do not
-    pool.shutdown(wait=False, cancel_futures=True)       # wait for them (a minute on DeiT-S)
-    raise
-  pool.shutdown()
-  return out
+  done = (lambda key, result: on_done(key, result[1])) if on_done else None
+  return parallel.run_jobs({key: functools.partial(compile_fn, fn, *args)
+                            for key, (fn, args) in jobs.items()}, threads, done)
 
 
 def time_calls(compiled: Callable, args: Sequence[Any], cfg: TimingConfig,
