@@ -623,18 +623,25 @@ def test_a_malformed_record_is_one_line_from_the_board_cli(artifact, tmp_path):
 
 
 @pytest.mark.parametrize("field, edit", [
-    ("weights", lambda m: m["weights"].update(sha256="0" * 64)),
-    ("reducer", lambda m: m["reducer"].update(name="random", options={"seed": 0})),
-    ("class_names", lambda m: m.update(class_names=list("abcdefghij"))),
-    ("preprocessing", lambda m: m["preprocessing"].update(crop_pct=0.5)),
-    ("compute", lambda m: m["compute"].update(precision="default")),
-    ("schedule", lambda m: m["schedule"].update(text="keep@0:5")),
+    ("weights .* differs from the manifest's", lambda m: m["weights"].update(sha256="0" * 64)),
+    ("reducer name, options .* differs from the manifest's",
+     lambda m: m["reducer"].update(name="random", options={"seed": 0})),
+    ("class_names .* differs from the manifest's",
+     lambda m: m.update(class_names=list("abcdefghij"))),
+    ("preprocessing crop_pct 1.0 differs from the manifest's 0.5",
+     lambda m: m["preprocessing"].update(crop_pct=0.5)),
+    (r"preprocessing mean \[.*\] differs from the manifest's \[0.25, 0.25, 0.25\]",
+     lambda m: m["preprocessing"].update(mean=[0.25, 0.25, 0.25])),
+    ("compute precision .* differs from the manifest's",
+     lambda m: m["compute"].update(precision="default")),
+    ("schedule .* differs from the manifest's", lambda m: m["schedule"].update(text="keep@0:5")),
 ])
 def test_a_module_from_another_artifact_is_refused(artifact, tmp_path, field, edit):
   """iree/ copied in from another artifact: the jax graph and the IREE module would answer for
   different weights (0.98 vs 0.09 accuracy in a fault probe), another reducer (random drop's
   0.9526 reported for a POMT artifact's 0.9777) or reversed class names (0.0084): every field
-  the manifest and the records both state must agree."""
+  the manifest and the records both state must agree; the message names the differing key of
+  an object (it showed two truncated dicts, hiding a changed mean)."""
   mixed = tmp_path / "mixed"
   shutil.copytree(artifact, mixed)
   man = json.loads((mixed / "manifest.json").read_text())
@@ -643,8 +650,8 @@ def test_a_module_from_another_artifact_is_refused(artifact, tmp_path, field, ed
   edge_rt.load(str(mixed), "iree:host")
   edit(man)
   (mixed / "manifest.json").write_text(json.dumps(man))
-  with pytest.raises(EdgeError, match=rf"module's record is not of this artifact: its {field} "
-                     r".* differs from the manifest's .*files mixed from two artifacts"):
+  with pytest.raises(EdgeError, match=rf"module's record is not of this artifact: its {field}"
+                     r".*: files mixed from two artifacts"):
     edge_rt.load(str(mixed), "iree:host")
   os.unlink(mixed / "manifest.json")          # a board copy holding iree/ alone still loads
   assert edge_rt.load(str(mixed), "iree:host") is not None

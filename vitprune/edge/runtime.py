@@ -31,7 +31,7 @@ import functools
 import glob
 import os
 import reprlib
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -331,6 +331,21 @@ _SHARED_FIELDS = (
      lambda r: _sub(r, "output", "shape")))
 
 
+def _first_difference(what: str, got: Any, want: Any) -> Tuple[str, Any, Any]:
+  """(what, got, want) narrowed to the first differing key where both are objects, e.g.
+  ('preprocessing mean', [0.5, ...], [0.485, ...]), so the message shows the field that differs
+  rather than two truncated dicts."""
+  while isinstance(got, dict) and isinstance(want, dict):
+    keys = [k for k in sorted(set(got) | set(want), key=str) if got.get(k) != want.get(k)]
+    if len(keys) != 1:
+      if keys:
+        what = f"{what} {', '.join(map(str, keys))}"
+        got, want = ({k: got.get(k) for k in keys}, {k: want.get(k) for k in keys})
+      break
+    what, got, want = f"{what} {keys[0]}", got.get(keys[0]), want.get(keys[0])
+  return what, got, want
+
+
 def _check_against_manifest(path: str, records: List[Dict[str, Any]]) -> None:
   """The IREE records of an artifact must be of the artifact: every field a record and the
   manifest both state (`_SHARED_FIELDS`). A module copied in from another artifact ran other
@@ -345,7 +360,7 @@ def _check_against_manifest(path: str, records: List[Dict[str, Any]]) -> None:
            if (what != "reducer" or "reducer" in r)     # records before version 2 lack it
            for got, want in [(of_record(r), of_manifest(doc))] if got != want]
     if bad:
-      what, got, want = bad[0]
+      what, got, want = _first_difference(*bad[0])
       shown = (lambda v: f"{str(v)[:12]}...") if what == "weights" else reprlib.repr
       raise EdgeError(f"{path}: the {r.get('target')} module's record is not of this artifact: "
                       f"its {what} {shown(got)} differs from the manifest's {shown(want)}"
