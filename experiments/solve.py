@@ -6,6 +6,10 @@ r"""Schedule solver CLI: a latency profile + an accuracy estimate -> a token sch
   # per-layer sensitivity table, fastest schedule keeping predicted accuracy >= 0.9:
   python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
       --accuracy_floor=0.9 [--step_bottoms_only]
+  # The latency of the compiled graph instead of the isolated blocks: a profile holding
+  # calibration schedules of the estimate's method (the main job's --solver=multi profile):
+  python -m experiments.solve --mode=multi --profile=OUT/profile/P.json \
+      --estimate=OUT/estimate/E.json --accuracy_floor=0.97
   # ... and measured in the loop: with the weights and the estimate's data, the floor is checked
   # on measured accuracy and the choice and its neighbours are compiled and timed:
   python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
@@ -136,7 +140,10 @@ def main(f: flags.FlagValues):
   common.check_output_dir(f.out_dir)
   timing_cfg = TimingConfig(min_run_time=f.min_run_time)    # checked before any work
   profile, estimate = records.load(f.profile), read_estimate(f.estimate)
-  batch = solve_stage.resolve_batch(      # the solver's choice, to check its outputs up front
+  calibrated = (solve_stage.profile_latency_model(profile, estimate, f.batch_size,
+                                                  f.allow_batch_mismatch)
+                if f.mode == "multi" else None)
+  batch = calibrated[0] if calibrated else solve_stage.resolve_batch(  # checks outputs up front
       profile, estimate, f.batch_size, solve_stage.MODE_COMPONENTS[f.mode],
       f.allow_batch_mismatch)
   solution_lib.check_output(f.out_dir, solution_lib.solution_stem(profile.model, f.mode, batch))
@@ -159,6 +166,7 @@ def main(f: flags.FlagValues):
         accuracy_model=f.accuracy_model, monotone=f.monotone,
         step_bottoms_only=f.step_bottoms_only, step_k=f.step_k,
         allow_batch_mismatch=f.allow_batch_mismatch,
+        latency_model=calibrated[1] if calibrated else None,
         **({} if loop is None else {"evaluate": loop["evaluate"],
                                     "num_images": loop["num_images"],
                                     "measure_all": f.measure_frontier,

@@ -437,11 +437,11 @@ def test_dp_is_fast_on_realistic_sizes():
 # ==============================================================================================
 # solve_stage on records read from files, and the CLI.
 
-def _point(component, tokens, median, batch=8, iqr=0.0):
+def _point(component, tokens, median, batch=8, iqr=0.0, schedule=None):
   samples = (median - iqr, median, median + iqr)   # quartiles median -/+ iqr / 2
   return records.Point(component=component, batch_size=batch, tokens=tokens, median_s=median,
                        q25_s=median - iqr / 2, q75_s=median + iqr / 2, num_samples=3,
-                       samples_s=samples)
+                       samples_s=samples, schedule=schedule)
 
 
 def _profile(points, cfg=CFG, modes=("model",)):
@@ -750,6 +750,50 @@ def test_multilayer_with_the_calibrated_latency_model(tmp_path):
   gpu, _ = _latency_model(device_kind="H200")
   with pytest.raises(solve_stage.SolveInputError, match="device 'H200'"):
     _multi(ps, es, latency_model=gpu)
+
+
+def _calibration_profile(tmp_path, reducer="pomt+random", name="cal.json"):
+  """A profile as the main job's --solver=multi writes: the uniform curve ('model') and pomt
+  calibration schedules ('schedule'), timed exactly as the synthetic latency model predicts."""
+  from vitprune.profile import latency_model as lm_lib
+  truth, _ = _latency_model()
+  tokens = list(range(2, N + 1))
+  pts = [_point("model", n, truth.predict((n,) * 7)) for n in tokens]
+  for c in lm_lib.sample_schedules(N, 6, tokens, 8, seed=1):
+    pts.append(_point("schedule", c[0], truth.predict(c), schedule=c))
+  prof = dataclasses.replace(_profile(pts, modes=("model", "schedule")), reducer=reducer)
+  records.save(prof, str(tmp_path), stem=name[:-5])
+  return str(tmp_path / name), truth
+
+
+def test_a_calibration_profile_solves_on_the_compiled_graph_latency_model(tmp_path):
+  """The main job's --solver=multi profile (curve + calibration schedules, no block table) fed
+  to experiments.solve --mode=multi: the latency model is fitted from it, as the main job does
+  (it failed with 'no block points'); schedules of another reducer are refused naming both."""
+  ps, truth = _calibration_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  batch, lm = solve_stage.profile_latency_model(records.load(ps), read_estimate(es))
+  assert batch == 8 and lm.source == "calibrated-graph"
+  for c in [(N,) * 7, (N, N, 9, 9, 5, 5, 5), (N, 3, 3, 3, 3, 3, 3)]:
+    assert lm.predict(c) == pytest.approx(truth.predict(c), rel=1e-6)
+  assert solve_stage.profile_latency_model(records.load(_block_profile(tmp_path)),
+                                           read_estimate(es)) is None
+  out = tmp_path / "out"
+  r = _cli(f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.8",
+           f"--out_dir={out}")
+  assert r.returncode == 0, r.stderr
+  assert "latency model: calibrated on" in r.stdout
+  sol = read_solution(str(out / f"{CFG.name}_multi_b8.json"))
+  assert sol.profile.latency_source == "calibrated-graph"
+  assert sol.chosen.predicted_latency_s == pytest.approx(truth.predict(sol.chosen.counts),
+                                                         rel=1e-6)
+  other, _ = _calibration_profile(tmp_path, reducer="random", name="rand.json")
+  r = _cli(f"--profile={other}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.8",
+           f"--out_dir={tmp_path / 'out2'}")
+  assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+  assert (f"error: profile {other} timed its schedules with the 'random' reducer, estimate "
+          f"{es} is of method 'pomt'") in r.stderr
+  assert not (tmp_path / "out2").exists()
 
 
 def test_multilayer_step_bottoms_only(tmp_path):

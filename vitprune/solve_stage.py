@@ -9,8 +9,10 @@ size. Accuracy values are the estimate's metric ('accuracy' for labelled data, e
   paper mode (`solve_paper`): L(n) = the profile's whole-model curve at the batch size ("model"
     points; predicted from the per-block table when only that was profiled), A(n) = the
     estimate's curve (a 'tokens' record, or the row of `layer` in a sensitivity record).
-  multi mode (`solve_multilayer`): the per-block table (embed/block/head points; profile with
-    --mode=block) and the per-layer sensitivity rows of the estimate (rows of integer layers; the
+  multi mode (`solve_multilayer`): the latency model of the compiled graph
+    (`profile_latency_model`: fitted on a profile holding calibration schedules, as the main
+    job's --solver=multi writes) or else the per-block table (embed/block/head points; profile
+    with --mode=block), and the per-layer sensitivity rows of the estimate (rows of integer layers; the
     after-embedding row is not a block reduction and is ignored), on the common token grid plus
     the full count. With an accuracy floor and an `evaluate` callback the floor is checked on the
     data: the choice then rests on measured accuracy (`Solution.basis == "measured"`), every
@@ -76,6 +78,30 @@ def check_same_model(profile: records.Profile, estimate: Estimate) -> ViTConfig:
 
 # The profile curves each mode solves on (multi mode: without a calibrated latency model).
 MODE_COMPONENTS = {"paper": ("model", "block"), "multi": ("block",)}
+
+
+def profile_latency_model(profile: records.Profile, estimate: Estimate,
+                          batch_size: Optional[int] = None, allow_batch_mismatch: bool = False
+                          ) -> Optional[Tuple[int, LatencyModel]]:
+  """(batch, the latency model of the compiled graph fitted on `profile`) when it holds
+  calibration schedules ('schedule' points, e.g. the main job's `--solver=multi` profile) of the
+  estimate's method; None when it holds none (multi mode then needs the per-block table).
+  SolveInputError (one line) for schedules of another reducer or a curve `fit` cannot use."""
+  if not any(p.component == "schedule" for p in profile.points):
+    return None
+  reducers = profile.reducer.split("+")
+  if estimate.method not in reducers:
+    raise SolveInputError(f"profile {profile.source} timed its schedules with the "
+                          f"{profile.reducer!r} reducer, estimate {estimate.source} is of "
+                          f"method {estimate.method!r}: calibrate with the estimate's method "
+                          f"(python -m experiments.profile --solver=multi "
+                          f"--method={estimate.method}) or profile with --mode=block")
+  batch = resolve_batch(profile, estimate, batch_size, ("schedule",), allow_batch_mismatch)
+  try:
+    return batch, latency_model_lib.fit(profile, batch_size=batch, method=estimate.method)
+  except latency_model_lib.CalibrationError as e:
+    raise SolveInputError(f"profile {profile.source}: its calibration schedules cannot be "
+                          f"fitted ({e})") from None
 
 
 def resolve_batch(profile: records.Profile, estimate: Estimate, batch_size: Optional[int],
