@@ -128,7 +128,10 @@ def test_edge_package_imports_without_jax():
 
 @pytest.fixture(scope="module")
 def method_modules(params):
-  sched = parse_schedule(CFG, "keep@1:10")
+  # Every method reduces in both blocks: ToMe merging a second time gathered the carried sizes
+  # from a strided slice, which IREE 3.13 could not translate (every multi-block ToMe graph
+  # failed, e.g. vit_digits r8); one reducing block compiled.
+  sched = parse_schedule(CFG, "keep@0:12,1:8")
   lowered = {m: iree_build.lower(CFG, params, schedule=sched, reducer=make_reducer(m),
                                  batch_size=2) for m in METHODS}
   host = parse_target("iree:host")

@@ -109,15 +109,19 @@ class ToMe(common.AttentionReducer):
     size = size.astype(jnp.float32)
     src, dst, unm = bipartite_matching(stats.keys, r, num_prefix)
     xs = x.astype(jnp.float32) * size[..., None]
-    xa, xb, sa, sb = xs[:, 0::2], xs[:, 1::2], size[:, 0::2], size[:, 1::2]
+    xa, xb, sb = xs[:, 0::2], xs[:, 1::2], size[:, 1::2]
+    # Sizes of A tokens are gathered from `size` itself (A index i is token 2i): IREE 3.13 fails
+    # to translate a gather from the strided slice size[:, 0::2] ("LLVM Translation failed ...
+    # unrealized_conversion_cast"), so every ToMe graph merging in two or more blocks failed.
+    size_a = lambda idx: common.gather_tokens(size, 2 * idx)   # pylint: disable=unnecessary-lambda-assignment
     onehot = jax.nn.one_hot(dst, xb.shape[1], dtype=jnp.float32)  # [B, r, nB]
     merged = jnp.einsum("brn,brc->bnc", onehot, common.gather_tokens(xa, src))
     if for_iree():   # keeps IREE from fusing the matmul into the add (see bipartite_matching)
       merged = jax.lax.optimization_barrier(merged)
     xb = xb + merged
-    sb = sb + jnp.einsum("brn,br->bn", onehot, common.gather_tokens(sa, src))
+    sb = sb + jnp.einsum("brn,br->bn", onehot, size_a(src))
     out_x = jnp.concatenate([common.gather_tokens(xa, unm), xb], axis=1)
-    out_s = jnp.concatenate([common.gather_tokens(sa, unm), sb], axis=1)
+    out_s = jnp.concatenate([size_a(unm), sb], axis=1)
     order = output_order(n, r, num_prefix)
     out_x, out_s = out_x[:, order], out_s[:, order]
     return (out_x / out_s[..., None]).astype(x.dtype), out_s
