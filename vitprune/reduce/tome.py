@@ -113,7 +113,8 @@ class ToMe(common.AttentionReducer):
     # Sizes of A tokens are gathered from `size` itself (A index i is token 2i): IREE 3.13 fails
     # to translate a gather from the strided slice size[:, 0::2] ("LLVM Translation failed ...
     # unrealized_conversion_cast"), so every ToMe graph merging in two or more blocks failed.
-    size_a = lambda idx: common.gather_tokens(size, 2 * idx)   # pylint: disable=unnecessary-lambda-assignment
+    def size_a(idx):     # [B, K] A indices -> [B, K] their sizes
+      return common.gather_tokens(size, 2 * idx)
     onehot = jax.nn.one_hot(dst, xb.shape[1], dtype=jnp.float32)  # [B, r, nB]
     merged = jnp.einsum("brn,brc->bnc", onehot, common.gather_tokens(xa, src))
     if for_iree():   # keeps IREE from fusing the matmul into the add (see bipartite_matching)
