@@ -147,3 +147,16 @@ def test_an_unavailable_jax_platform_is_one_line_before_any_work(tmp_path, platf
   assert proc.stderr.startswith(f"error: JAX_PLATFORMS='{platform}': JAX cannot start that "
                                 "backend on this machine ("), proc.stderr[-2000:]
   assert len(proc.stderr.splitlines()) == 1 and not (tmp_path / "e").exists()
+
+
+def test_a_bad_xla_flag_is_reported_not_swallowed(tmp_path):
+  """XLA exits the process from C++ on an unknown XLA_FLAGS entry; the backend started inside
+  the weights restore, whose stderr is held back, and the run ended with status 1 and no output
+  at all."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, XLA_FLAGS="--xla_no_such_flag")
+  proc = subprocess.run([sys.executable, "-m", "experiments.prune", "--schedule=keep@3:35",
+                         "--repeats=1"], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode != 0
+  assert "Unknown flag in XLA_FLAGS: --xla_no_such_flag" in proc.stderr, proc.stderr[-2000:]
+  assert len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]

@@ -40,6 +40,7 @@ def save(directory: str, tree: Any) -> None:
   exception when it cannot (a full disk), without the tracebacks its I/O threads print on the
   way (hundreds of lines around the one 'No space left on device')."""
   directory = storage_path(directory)
+  _start_backend()
   with _stderr_kept_unless_failing():
     ckptr = checkpointer()
     ckptr.save(directory, tree)
@@ -53,8 +54,17 @@ def restore(directory: str, target: Any) -> Any:
   unopened (orbax would block on it for ever)."""
   directory = storage_path(directory)
   _check_regular_tree(directory)
+  _start_backend()
   with _stderr_kept_unless_failing():
     return checkpointer().restore(directory, target)
+
+
+def _start_backend() -> None:
+  """Starts JAX's backend before fd 2 is held back: XLA exits the process from C++ on a bad
+  `XLA_FLAGS` ('Unknown flag in XLA_FLAGS: --bogus'), and inside the hold-back that line was
+  lost with it (exit status 1, nothing printed)."""
+  import jax  # pylint: disable=g-import-not-at-top  (orbax imports it too)
+  jax.devices()
 
 
 def _check_regular_tree(directory: str) -> None:
