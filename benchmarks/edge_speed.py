@@ -21,11 +21,11 @@ import platform
 import time
 from typing import Dict, List
 
-import jax
 import numpy as np
 from absl import flags
 
-from experiments import common
+from experiments import common   # before jax: a Ctrl-C during the imports exits at once
+import jax  # pylint: disable=g-bad-import-order,wrong-import-order
 from vitprune import atomic
 from vitprune import iree_build
 from vitprune.edge import runtime
