@@ -125,4 +125,7 @@ class ToMe(common.AttentionReducer):
     out_s = jnp.concatenate([size_a(unm), sb], axis=1)
     order = output_order(n, r, num_prefix)
     out_x, out_s = out_x[:, order], out_s[:, order]
-    return (out_x / out_s[..., None]).astype(x.dtype), out_s
+    out_x = (out_x / out_s[..., None]).astype(x.dtype)
+    if for_iree():
+      out_x, out_s = jax.lax.optimization_barrier((out_x, out_s))
+    return out_x, out_s
