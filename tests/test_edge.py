@@ -169,6 +169,35 @@ def test_iree_host_matches_jax(method, method_modules, params, images):
   assert info["fallback"] is None and set(targets_lib.CPU_TUNING) <= set(info["flags"])
 
 
+def test_tome_at_batch_1_matches_jax(params):
+  """ToMe at batch 1 with data tiling and microkernels: IREE 3.13 fused the merge's output into
+  the next matmul's packing and the module crashed the process (SIGSEGV / SIGBUS, every
+  tiny-model ToMe schedule; batch 2 and vit_digits ran); a barrier after the merge keeps them
+  apart. Run in a subprocess so a crash fails this test alone."""
+  code = ("import numpy as np, jax\n"
+          "from vitprune import iree_build, model\n"
+          "from vitprune.edge import runtime as rt\n"
+          "from vitprune.edge.targets import parse_target\n"
+          "from vitprune.registry import get_config\n"
+          "from vitprune.reduce.methods import make_reducer\n"
+          "from vitprune.schedule import parse_schedule\n"
+          "cfg = get_config('test_tiny_vit'); p = model.init_params(cfg, 0)\n"
+          "s, red = parse_schedule(cfg, 'keep@0:12,1:8'), make_reducer('tome')\n"
+          "low = iree_build.lower(cfg, p, schedule=s, reducer=red, batch_size=1)\n"
+          "blob, info = iree_build.compile_module(low.mlir, parse_target('iree:host'), "
+          "profile='throughput')\n"
+          "assert info['fallback'] is None, info\n"
+          "r = rt.Runner('local-sync'); fn = r.load_bytes(blob); leaves = jax.tree.leaves(p)\n"
+          "x = np.random.default_rng(0).normal(size=(1, 32, 32, 3)).astype(np.float32)\n"
+          "got = fn(*[r.put(np.asarray(leaves[i])) for i in low.weight_index], r.put(x))\n"
+          "want = model.jitted_forward(p, x, cfg=cfg, schedule=s, reducer=red)\n"
+          "print(float(np.max(np.abs(got.to_host() - np.asarray(want)))))\n")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+  assert float(r.stdout.split()[-1]) <= 1e-5
+
+
 def test_tome_writes_its_iree_form_only_inside_iree_lowering(method_modules, params, images):
   sched, lowered, _ = method_modules
   assert "optimization_barrier" in lowered["tome"].mlir
@@ -786,3 +815,33 @@ def test_record_versions(artifact, tmp_path, edit, message):
   rec.write_text(json.dumps(doc))
   with pytest.raises(EdgeError, match=message):
     edge_rt.load(str(bad), "iree:host")
+
+
+def test_a_schedule_kit_profile_names_each_schedule(tmp_path, params):
+  """Two schedules entering with the same count printed as two identical 'schedule b1 n17'
+  lines; each line names its schedule's counts."""
+  kit_dir = str(tmp_path / "kit")
+  scheds = [parse_schedule(CFG, t) for t in ("keep@0:12,1:8", "keep@1:9")]
+  iree_build.build_kit(kit_dir, CFG, params, target="iree:host", mode="schedule",
+                       schedules=scheds, reducer=make_reducer("tome"), reducer_name="tome",
+                       threads=2)
+  r = run_edge("profile", f"--kit={kit_dir}", f"--out={tmp_path / 'p.json'}",
+               "--min_run_time=0.02", "--quiet")
+  assert r.returncode == 0, r.stderr[-2000:]
+  lines = r.stdout.splitlines()
+  assert [l.split(":")[0] for l in lines[:2]] == ["schedule b1 17,12,8", "schedule b1 17,17,9"]
+  assert lines[2] == f"wrote {tmp_path / 'p.json'}"
+
+
+def test_a_manifest_field_missing_is_named_as_missing(artifact, tmp_path):
+  """A manifest without a field the records state was reported as the record's value 'differs
+  from the manifest's None: files mixed from two artifacts?'."""
+  for field in ("preprocessing", "compute"):
+    bad = tmp_path / field
+    shutil.copytree(artifact, bad)
+    man = json.loads((bad / "manifest.json").read_text())
+    del man[field]
+    (bad / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(EdgeError, match=rf"manifest.json: states no {field} \(the iree:\S+ "
+                       r"module's record does\): an edited or truncated manifest\?"):
+      edge_rt.load(str(bad), "iree:host")

@@ -138,8 +138,9 @@ def cmd_profile() -> dict:
   profile, kit = kit_lib.profile_kit(FLAGS.kit, timing_config(), progress=progress,
                                      driver=FLAGS.driver)
   paths = kit_lib.write_profile(profile, FLAGS.out, kit)
-  for p in sorted(profile.points, key=lambda p: (p.batch_size, -p.tokens)):
-    print(f"{p.component} b{p.batch_size} n{p.tokens}: median {p.median_s * 1e3:.3f} ms "
+  for p in sorted(profile.points, key=lambda p: (p.batch_size, -p.tokens, p.schedule or ())):
+    what = f"n{p.tokens}" if p.schedule is None else ",".join(map(str, p.schedule))
+    print(f"{p.component} b{p.batch_size} {what}: median {p.median_s * 1e3:.3f} ms "
           f"(IQR {p.iqr_s * 1e3:.3f} ms)")
   print(f"wrote {paths['json']}")
   return {"profile": paths}

@@ -361,6 +361,10 @@ def _check_against_manifest(path: str, records: List[Dict[str, Any]]) -> None:
            for got, want in [(of_record(r), of_manifest(doc))] if got != want]
     if bad:
       what, got, want = _first_difference(*bad[0])
+      if want is None and bad[0][0].split()[0] not in doc:     # absent, not null
+        raise EdgeError(f"{manifest}: states no {what} (the {r.get('target')} module's record "
+                        "does): an edited or truncated manifest? rebuild it with "
+                        "experiments.deploy")
       shown = (lambda v: f"{str(v)[:12]}...") if what == "weights" else reprlib.repr
       raise EdgeError(f"{path}: the {r.get('target')} module's record is not of this artifact: "
                       f"its {what} {shown(got)} differs from the manifest's {shown(want)}"
