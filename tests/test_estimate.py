@@ -375,6 +375,9 @@ def _mutate(d, fn):
      r"got \[1\]"),
     (lambda d: d["eval"].update(num_devices="x"), "eval.num_devices must be a positive int"),
     (lambda d: d["eval"].update(dtype=32), "eval.dtype must be a string, got 32"),
+    (lambda d: d["eval"].update(dtype="float16"), r"eval.dtype must be one of \['float32', "
+     r"'bfloat16'\], got 'float16'"),
+    (lambda d: d["data"].update(fingerprint=5), "data.fingerprint must be a string, got 5"),
     (lambda d: d["points"][2].update(schedule="keep@0:9"), r"points\[2\]: schedule 'keep@0:9' "
      r"is counts \[17, 9, 9\], not the counts \[17, 5, 5\] recorded with it"),
     (lambda d: d["points"][2].update(schedule="pomt"), r"points\[2\]: schedule 'pomt': cannot "
@@ -389,6 +392,14 @@ def _mutate(d, fn):
 def test_validation_errors(doc, fn, match):
   with pytest.raises(record_lib.EstimateError, match=match):
     record_lib.Estimate.from_json(_mutate(doc[0].to_json(), fn))
+
+
+def test_a_record_written_before_dtype_and_precision_loads(doc):
+  """eval.dtype / eval.precision absent (files before they were recorded): the check's message
+  was built from the missing key and the file was refused as 'dtype'."""
+  d = _mutate(doc[0].to_json(), lambda d: (d["eval"].pop("dtype"), d["eval"].pop("precision")))
+  est = record_lib.Estimate.from_json(d)
+  assert est.dtype in (None, "")
 
 
 def test_unlabelled_record_needs_null_accuracy(doc):

@@ -42,8 +42,8 @@ import numpy as np
 from vitprune import atomic
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
-from vitprune.config import (ViTConfig, check_config_types, config_from_dict, config_to_dict,
-                             is_method_name, not_a_method)
+from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, config_from_dict,
+                             config_to_dict, is_method_name, not_a_method)
 
 FORMAT = "vitprune-estimate"
 VERSION = 1
@@ -316,8 +316,13 @@ def _validate(doc: Any, where: str) -> ViTConfig:
   _require(jsonio.is_int(devices) and devices > 0, where,
            f"eval.num_devices must be a positive int, got {devices!r}")
   for key in ("dtype", "precision"):     # absent in files written before they were recorded
-    _require(isinstance(doc["eval"].get(key, ""), str), where,
-             f"eval.{key} must be a string, got {doc['eval'][key]!r}")
+    value = doc["eval"].get(key, "")
+    _require(isinstance(value, str), where, f"eval.{key} must be a string, got {value!r}")
+  dtype = doc["eval"].get("dtype")
+  _require(dtype in (None, "", *COMPUTE_DTYPES), where,
+           f"eval.dtype must be one of {list(COMPUTE_DTYPES)}, got {dtype!r}")
+  _require(data["fingerprint"] is None or isinstance(data["fingerprint"], str), where,
+           f"data.fingerprint must be a string, got {data['fingerprint']!r}")
   layers, tokens = doc["layers"], doc["tokens"]
   _require(bool(layers) and all(l is None or (jsonio.is_int(l) and 0 <= l < cfg.depth)
                                 for l in layers), where,
