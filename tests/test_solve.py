@@ -791,9 +791,24 @@ def test_a_calibration_profile_solves_on_the_compiled_graph_latency_model(tmp_pa
   r = _cli(f"--profile={other}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.8",
            f"--out_dir={tmp_path / 'out2'}")
   assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
-  assert (f"error: profile {other} timed its schedules with the 'random' reducer, estimate "
+  assert (f"error: profile {other} timed 'random' schedules (reducer 'random'), estimate "
           f"{es} is of method 'pomt'") in r.stderr
   assert not (tmp_path / "out2").exists()
+  # The main job's POMT profile names the uniform curve's 'random' too: a random-drop estimate
+  # is not calibrated by it.
+  es_random = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc, name="er.json",
+                        method="random")
+  with pytest.raises(solve_stage.SolveInputError, match=r"timed 'pomt' schedules \(reducer "
+                     r"'pomt\+random'\), estimate .* is of method 'random'"):
+    solve_stage.profile_latency_model(records.load(ps), read_estimate(es_random))
+  # Fewer calibration schedules than reduction terms: refused, not fitted 'perfectly'.
+  prof = records.load(ps)
+  kept = [p for p in prof.points if p.component != "schedule"] + [
+      p for p in prof.points if p.component == "schedule"][:1]
+  few = dataclasses.replace(prof, points=tuple(kept))
+  with pytest.raises(solve_stage.SolveInputError, match=r"holds 1 calibration schedule\(s\) at "
+                     r"batch 8; the latency model needs >= \d"):
+    solve_stage.profile_latency_model(few, read_estimate(es))
 
 
 def test_multilayer_step_bottoms_only(tmp_path):

@@ -89,14 +89,20 @@ def profile_latency_model(profile: records.Profile, estimate: Estimate,
   SolveInputError (one line) for schedules of another reducer or a curve `fit` cannot use."""
   if not any(p.component == "schedule" for p in profile.points):
     return None
-  reducers = profile.reducer.split("+")
-  if estimate.method not in reducers:
-    raise SolveInputError(f"profile {profile.source} timed its schedules with the "
-                          f"{profile.reducer!r} reducer, estimate {estimate.source} is of "
-                          f"method {estimate.method!r}: calibrate with the estimate's method "
+  timed = latency_model_lib.schedule_method(profile)
+  if estimate.method != timed:
+    raise SolveInputError(f"profile {profile.source} timed {timed!r} schedules (reducer "
+                          f"{profile.reducer!r}), estimate {estimate.source} is of method "
+                          f"{estimate.method!r}: calibrate with the estimate's method "
                           f"(python -m experiments.profile --solver=multi "
                           f"--method={estimate.method}) or profile with --mode=block")
   batch = resolve_batch(profile, estimate, batch_size, ("schedule",), allow_batch_mismatch)
+  num = len(profile.curve("schedule", batch))
+  if num < latency_model_lib.MIN_CALIBRATION_SCHEDULES:
+    raise SolveInputError(f"profile {profile.source} holds {num} calibration schedule(s) at "
+                          f"batch {batch}; the latency model needs >= "
+                          f"{latency_model_lib.MIN_CALIBRATION_SCHEDULES} (one per reduction "
+                          f"term)")
   try:
     return batch, latency_model_lib.fit(profile, batch_size=batch, method=estimate.method)
   except latency_model_lib.CalibrationError as e:

@@ -483,6 +483,14 @@ def measure_calibration(cfg, params, *, method: str, batch_size: int, dtype: str
   return records.analyze(prof)
 
 
+def schedule_method(profile: records.Profile) -> str:
+  """The method whose graphs a profile's 'schedule' points timed: `measure_calibration` names
+  the uniform curve's reducer ('random' unless the method drops after the embedding) and the
+  method, joined by '+' ('pomt+random': POMT schedules); one name timed both."""
+  names = profile.reducer.split("+")
+  return names[0] if len(names) == 1 else "+".join(n for n in names if n != "random")
+
+
 def check_calibration_count(num: int, name: str = "num_schedules") -> None:
   """CalibrationError (a ValueError naming `name`) unless `num` calibration schedules can fit
   the model: at least one per reduction term."""
