@@ -16,7 +16,7 @@ from vitprune import solve_stage
 from vitprune.config import config_to_dict
 from vitprune.config import ViTConfig
 from vitprune.records.estimate import Estimate, read_estimate, write_estimate
-from vitprune.records.solution import read_solution, write_solution
+from vitprune.records.solution import read_solution, summary_lines, write_solution
 from vitprune.profile import predict as profile_predict
 from vitprune.profile import records
 from vitprune.reduce.methods import make_reducer
@@ -809,6 +809,23 @@ def test_a_calibration_profile_solves_on_the_compiled_graph_latency_model(tmp_pa
   with pytest.raises(solve_stage.SolveInputError, match=r"holds 1 calibration schedule\(s\) at "
                      r"batch 8; the latency model needs >= \d"):
     solve_stage.profile_latency_model(few, read_estimate(es))
+
+
+def test_an_untrusted_latency_model_is_said_in_the_summary(tmp_path):
+  """A fit whose calibration error exceeds its limit is recorded as `latency_untrusted`; it was
+  only in the JSON, now the summary (CLI and main job) prints it as a warning."""
+  ps, _ = _calibration_profile(tmp_path)
+  prof = records.load(ps)
+  skewed = tuple(dataclasses.replace(p, median_s=p.median_s * (1.6 if i % 2 else 1.0))
+                 if p.component == "schedule" else p for i, p in enumerate(prof.points))
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  _, lm = solve_stage.profile_latency_model(dataclasses.replace(prof, points=skewed),
+                                            read_estimate(es))
+  assert lm.residual_p90 > lm.max_residual
+  sol = _multi(ps, es, accuracy_floor=0.8, latency_model=lm)
+  why = sol.settings["latency_untrusted"]
+  assert why.startswith("the pomt latency model's p90 calibration error")
+  assert f"warning: the predicted latency is not to be trusted: {why}" in summary_lines(sol)
 
 
 def test_multilayer_step_bottoms_only(tmp_path):

@@ -327,6 +327,9 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
               f"the fastest that really meets {sol.metric} >= {floor} measures {got:.4f}"
               if got >= floor else
               f"none meets {sol.metric} >= {floor}: keeping all tokens"))
+    if sol.settings.get("latency_untrusted"):
+      log(f"  warning: the predicted latency is not to be trusted: "
+          f"{sol.settings['latency_untrusted']}")
     log(f"  chosen: predicted {1e3 * sol.chosen.predicted_latency_s:.4f} ms, "
         f"{sol.chosen.predicted_accuracy:.4f}"
         + ("" if sol.chosen.measured_accuracy is None else

@@ -405,6 +405,9 @@ def summary_lines(sol: Solution) -> List[str]:
     lines.append(f"latency model: calibrated on {lm['num_calibration']} compiled graphs, "
                  f"calibration |error| median {100 * lm['residual_median']:.1f}%, p90 "
                  f"{100 * lm['residual_p90']:.1f}%")
+  if sol.settings.get("latency_untrusted"):
+    lines.append(f"warning: the predicted latency is not to be trusted: "
+                 f"{sol.settings['latency_untrusted']}")
   if ch.measured_accuracy is not None:
     line = f"measured {m} of the chosen schedule on the data: {ch.measured_accuracy:.4f}"
     if ch.num_images is not None:
