@@ -89,9 +89,25 @@ def test_dp_arrays_tolerate_round_off_of_a_constant_shifted_to_zero():
     edge = dataclasses.replace(lm, params=dict(p, const=base * (1 + k * 1e-16)))
     arr = edge.dp_arrays(GRID)
     assert arr["embed"] >= 0 and arr["block"].min() >= 0 and arr["head"].min() >= 0
-  bad = dataclasses.replace(lm, params=dict(p, const=base - 1e-6))
+  # Below that, embed goes negative while block 0 (always at all N tokens) still covers it:
+  # every schedule's prediction is positive, and the DP reproduces them (this was refused).
+  block_n = float(p["scale"] * lm.shape(N)) - bmin
+  covered = dataclasses.replace(lm, params=dict(p, const=base - 0.5 * block_n))
+  arr = covered.dp_arrays(GRID)
+  assert arr["embed"] == pytest.approx(-0.5 * block_n, rel=1e-6)
+  sens = np.full((D, len(GRID)), 0.9)
+  model = solve.make_cost_model(GRID, arr["block"], sens, 0.95, depth=D, num_tokens=N,
+                                embed_latency=arr["embed"], head_latency=arr["head"],
+                                reduce_latency=arr["reduce"])
+  for c in _schedules(15, 3) + [(N,) + (min(GRID),) * D]:
+    assert covered.predict(c) > 0
+    assert solve.predict_schedule(model, c)[0] == pytest.approx(covered.predict(c), rel=1e-9)
+  bad = dataclasses.replace(lm, params=dict(p, const=base - block_n - 1e-6))
   with pytest.raises(ValueError, match="predicts negative time for short schedules"):
     bad.dp_arrays(GRID)
+  with pytest.raises(ValueError, match="makes the cheapest schedule take negative time"):
+    solve.make_cost_model(GRID, arr["block"], sens, 0.95, depth=D, num_tokens=N,
+                          embed_latency=-block_n - 1e-3, head_latency=arr["head"])
 
 
 def test_fit_clips_round_off_below_the_bounds(monkeypatch):

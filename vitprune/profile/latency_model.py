@@ -149,9 +149,12 @@ class LatencyModel:
 
   def dp_arrays(self, ns: Sequence[int]) -> Dict[str, Any]:
     """The DP's cost tables on the grid `ns` (must contain N): {'block' [K], 'reduce' [K],
-    'head' [K], 'embed'}, all >= 0, such that embed + sum_l (block[c_l] + reduce[c_l] if l
-    reduces) + head[c_depth] == predict(c) for every schedule starting at N. Constants are moved
-    between the parts (every schedule has exactly depth blocks and one head) to keep each >= 0."""
+    'head' [K], 'embed'} such that embed + sum_l (block[c_l] + reduce[c_l] if l reduces) +
+    head[c_depth] == predict(c) for every schedule starting at N. Constants are moved between
+    the parts (every schedule has exactly depth blocks and one head) to keep each >= 0; embed
+    stays negative only where block 0 (always at N) covers it: no schedule is predicted to take
+    negative time (a steep curve with a large MLP shift was refused although every prediction
+    was positive)."""
     ns = np.asarray([int(n) for n in ns])
     if self.num_tokens not in set(ns.tolist()):
       raise ValueError(f"grid must contain the full count {self.num_tokens}")
@@ -168,11 +171,13 @@ class LatencyModel:
     # Round-off of the shifts (~1e-22 s) is not a negative time: tolerate it relative to the scale.
     tol = 1e-9 * (abs(p["const"]) + self.depth * float(np.abs(block).max()) +
                   float(np.abs(head).max()))
-    if embed < -tol:
+    cheapest = (embed + float(block[ns == self.num_tokens][0]) +
+                (self.depth - 1) * float(block.min()) + float(head.min()))
+    if cheapest < -tol:
       raise ValueError(f"the latency model of {self.model} predicts negative time for short "
-                       f"schedules (constant {embed:.3g} s); recalibrate")
+                       f"schedules ({cheapest:.3g} s); recalibrate")
     return {"block": block, "reduce": self.reduce_s(ns), "head": head,
-            "embed": max(float(embed), 0.0)}
+            "embed": float(embed) if embed < -tol else max(float(embed), 0.0)}
 
   # -- how good it is -----------------------------------------------------------------------
 
