@@ -154,6 +154,11 @@ def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
     (lambda d: (d.update(mode="multi"), d["chosen"].update(utility=0.5)),     # relabelled paper
      r"mode 'multi' but it holds the paper mode's chosen.utility \(edited\?\)"),
     (lambda d: d.update(mode="multi", curve={"tokens": [9]}), "paper mode's curve"),
+    (lambda d: (d.update(mode="multi"), d["chosen"].update(method="tome")),   # deploy would
+     r"chosen.method 'tome' but estimate.method 'pomt': a multi-layer solution deploys the "
+     r"method it was solved for \(edited\?\)"),                     # run another reducer
+    (lambda d: (d.update(mode="multi"), d["settings"].update(latency_model={"method": "topk"})),
+     "chosen.method 'pomt' but settings.latency_model.method 'topk'"),
     (lambda d: d["model"].update(name="other"), "model.name 'other'"),
     (lambda d: d["model"]["config"].update(colour=1), "model.config is invalid"),
     (lambda d: d.update(frontier={}), "frontier must be a list"),

@@ -333,6 +333,16 @@ class Solution:
     jsonio.require(doc["mode"] == "paper" or not paper_only, where,
                    f"mode {doc['mode']!r} but it holds the paper mode's {', '.join(paper_only)} "
                    "(edited?)", SolutionError)
+    if doc["mode"] == "multi":    # chooses among the estimate's method's schedules, timed so
+      lm = doc["settings"].get("latency_model")
+      for what, other in (("estimate.method", (doc["estimate"] or {}).get("method")
+                           if isinstance(doc["estimate"], dict) else None),
+                          ("settings.latency_model.method",
+                           lm.get("method", ch["method"]) if isinstance(lm, dict) else
+                           ch["method"])):
+        jsonio.require(other == ch["method"], where,
+                       f"chosen.method {ch['method']!r} but {what} {other!r}: a multi-layer "
+                       "solution deploys the method it was solved for (edited?)", SolutionError)
     sol = cls(
         mode=doc["mode"], config=cfg,
         profile=_ref(ProfileRef, doc["profile"], f"{where}: profile"),
