@@ -809,6 +809,15 @@ def test_a_calibration_profile_solves_on_the_compiled_graph_latency_model(tmp_pa
   with pytest.raises(solve_stage.SolveInputError, match=r"holds 1 calibration schedule\(s\) at "
                      r"batch 8; the latency model needs >= \d"):
     solve_stage.profile_latency_model(few, read_estimate(es))
+  # The curve cut above the schedules' smallest counts: named with the file (it was an error
+  # naming neither).
+  low = min(min(p.schedule) for p in prof.points if p.component == "schedule")
+  cut = dataclasses.replace(prof, points=tuple(
+      p for p in prof.points if p.component != "model" or p.tokens > low))
+  with pytest.raises(solve_stage.SolveInputError, match=rf"profile {ps}: its calibration "
+                     rf"schedules cannot be fitted \(counts \[{low}.*are outside the measured "
+                     "curve"):
+    solve_stage.profile_latency_model(cut, read_estimate(es))
 
 
 def test_an_untrusted_latency_model_is_said_in_the_summary(tmp_path):

@@ -105,7 +105,7 @@ def profile_latency_model(profile: records.Profile, estimate: Estimate,
                           f"term)")
   try:
     return batch, latency_model_lib.fit(profile, batch_size=batch, method=estimate.method)
-  except latency_model_lib.CalibrationError as e:
+  except ValueError as e:      # CalibrationError, or a schedule outside the measured curve
     raise SolveInputError(f"profile {profile.source}: its calibration schedules cannot be "
                           f"fitted ({e})") from None
 
