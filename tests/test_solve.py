@@ -864,6 +864,10 @@ def test_model_mismatch_names_both(tmp_path):
   es2 = _estimate(tmp_path, [None], [5, 6], _acc, cfg=wider, name="e2.json")
   with pytest.raises(solve_stage.SolveInputError, match=r"configs differ \(embed_dim: 16 vs 32\)"):
     _paper(ps, es2)
+  out = tmp_path / "new" / "out"       # refused by the CLI: nothing created on the way
+  r = _cli(f"--profile={ps}", f"--estimate={es2}", f"--out_dir={out}", "--layer=0")
+  assert r.returncode == 1 and "configs differ (embed_dim: 16 vs 32)" in r.stderr, r.stderr
+  assert not (tmp_path / "new").exists()
 
 
 def test_batch_mismatch_names_both(tmp_path):

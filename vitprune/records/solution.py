@@ -491,8 +491,12 @@ def _check_replaceable(json_path: str) -> None:
 
 
 def check_output(out_dir: str, stem: str) -> None:
-  """Refuses, before any work, an output `write_solution(..., out_dir, stem)` could not write."""
+  """Refuses, before any work, an output `write_solution(..., out_dir, stem)` could not write.
+  Creates nothing: an absent `out_dir` holds nothing to refuse (a refused run left it behind
+  empty, made by the lock)."""
   path = os.path.join(out_dir, stem + ".json")
+  if not os.path.isdir(out_dir):
+    return
   with atomic.locked(path):
     _check_replaceable(path)
 
