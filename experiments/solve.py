@@ -62,7 +62,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                                "many seconds.", lower_bound=0.0, flag_values=fv)
   flags.DEFINE_integer("batch_size", None,
                                 "Profile batch size (default: the profile's only one, else the "
-                                "estimate's).", flag_values=fv)
+                                "estimate's).", lower_bound=1, flag_values=fv)
   flags.DEFINE_enum("metric", None, ["accuracy", "agreement"],
                               "Estimate metric (default: accuracy if labelled, else agreement).", flag_values=fv)
   flags.DEFINE_string("method", None,

@@ -157,6 +157,8 @@ CASES = [
                "--alpha=0"], 1, "--alpha weighs the utility, which multi mode uses only"),
     ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--step_k=0"], 1,
      "--step_k applies with --step_bottoms_only only"),
+    ("solve", ["--profile=p", "--estimate=e", "--batch_size=0"], 2,      # read the profiles first
+     "--batch_size=0: 0 is not a positive integer"),
 ]
 
 
