@@ -353,6 +353,10 @@ def _bad_point_value(p: Dict[str, Any], cfg: ViTConfig) -> Optional[str]:
                                                                     for c in sched)):
     return (f"schedule {sched} is not {cfg.depth + 1} counts within [{lo}, {hi}] "
             f"for {cfg.name}")
+  if sched is not None and any(b > a for a, b in zip(sched, sched[1:])):
+    return f"schedule {sched} increases: token counts never grow between blocks"
+  if sched is not None and sched[0] != p["tokens"]:
+    return f"tokens {p['tokens']} is not its schedule's first count {sched[0]}: edited?"
   for k in ("median_s", "q25_s", "q75_s", "compile_s"):
     if not (math.isfinite(p[k]) and p[k] >= 0):
       return f"{k} must be a finite number >= 0 seconds, got {p[k]!r}"
