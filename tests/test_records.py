@@ -138,6 +138,14 @@ def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
     (lambda d: d["chosen"].update(predicted_latency_s="1"), "predicted_latency_s must be a finite"),
     (lambda d: d["chosen"].update(measured_accuracy=float("inf")), "measured_accuracy must be"),
     (lambda d: d["chosen"].update(basis="hoped"), "basis 'hoped'"),
+    (lambda d: d["chosen"].update(basis="measured"), "chosen.basis is 'measured' but the chosen "
+     r"schedule has no measured number \(edited\?\)"),
+    (lambda d: d["chosen"].update(predicted_latency_s=-1), "predicted_latency_s must be >= 0"),
+    (lambda d: d["chosen"].update(measured_latency_s=-1e-3), "measured_latency_s must be >= 0"),
+    (lambda d: d["chosen"].update(predicted_accuracy=-3), r"predicted_accuracy must be in \[0, "
+     r"1\], got -3"),
+    (lambda d: d["chosen"].update(criterion=5), "chosen.criterion and created must be strings"),
+    (lambda d: d.update(created=None), "chosen.criterion and created must be strings"),
     (lambda d: d["chosen"].update(measured_accuracy_low="x"), "measured_accuracy_low must be"),
     (lambda d: d["chosen"].update(num_images=1.5), "num_images must be an int"),
     (lambda d: d["chosen"].update(measured_accuracy=0.9612, measured_accuracy_low=0.9,

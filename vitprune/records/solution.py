@@ -138,6 +138,13 @@ class Candidate:
     for key in ("tokens", "num_images"):
       jsonio.require(d.get(key) is None or jsonio.is_int(d[key]), where,
                      f"{key} must be an int, got {d.get(key)!r}", SolutionError)
+    for key in ("predicted_latency_s", "measured_latency_s"):
+      jsonio.require(d.get(key) is None or d[key] >= 0, where,
+                     f"{key} must be >= 0 seconds, got {d.get(key)!r}", SolutionError)
+    for key in ("predicted_accuracy", "measured_accuracy", "measured_accuracy_low",
+                "measured_accuracy_high"):
+      jsonio.require(d.get(key) is None or 0 <= d[key] <= 1, where,
+                     f"{key} must be in [0, 1], got {d.get(key)!r}", SolutionError)
     n, acc = d.get("num_images"), d.get("measured_accuracy")
     if n is not None:
       jsonio.require(n > 0 and acc is not None, where, f"num_images {n} needs a measured_accuracy "
@@ -343,6 +350,13 @@ class Solution:
         jsonio.require(other == ch["method"], where,
                        f"chosen.method {ch['method']!r} but {what} {other!r}: a multi-layer "
                        "solution deploys the method it was solved for (edited?)", SolutionError)
+    jsonio.require(isinstance(ch["criterion"], str) and isinstance(doc["created"], str), where,
+                   f"chosen.criterion and created must be strings, got {ch['criterion']!r} and "
+                   f"{doc['created']!r}", SolutionError)
+    jsonio.require(ch.get("basis", "predicted") != "measured" or any(
+        ch.get(k) is not None for k in ("measured_accuracy", "measured_latency_s")), where,
+                   "chosen.basis is 'measured' but the chosen schedule has no measured number "
+                   "(edited?)", SolutionError)
     sol = cls(
         mode=doc["mode"], config=cfg,
         profile=_ref(ProfileRef, doc["profile"], f"{where}: profile"),
