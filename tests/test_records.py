@@ -134,6 +134,8 @@ def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
      "is not a schedule of test_tiny_vit|does not parse|never increase"),
     (lambda d: d["profile"].update(batch_size=0), "batch_size must be a positive integer, got 0"),
     (lambda d: d["profile"].update(batch_size="1"), "batch_size must be a positive integer"),
+    (lambda d: d["profile"].update(dtype="float16"), r"profile: dtype must be one of "
+     r"\['float32', 'bfloat16'\], got 'float16'"),
     (lambda d: d["estimate"].update(weights_sha256=None), "weights_sha256 must be a string"),
     (lambda d: d["chosen"].update(predicted_latency_s="1"), "predicted_latency_s must be a finite"),
     (lambda d: d["chosen"].update(measured_accuracy=float("inf")), "measured_accuracy must be"),

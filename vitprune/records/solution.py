@@ -56,8 +56,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from vitprune import atomic
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
-from vitprune.config import (ViTConfig, check_config_types, config_from_dict, config_to_dict,
-                             is_method_name, not_a_method)
+from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, config_from_dict,
+                             config_to_dict, is_method_name, not_a_method)
 
 FORMAT = "vitprune-solution"
 VERSION = 1
@@ -216,6 +216,9 @@ def _ref(cls, d: Any, where: str):
                      where, f"layers must be a list of ints or nulls, got {v!r}", SolutionError)
     elif k == "method":
       jsonio.require(is_method_name(v), where, not_a_method("method", v), SolutionError)
+    elif k == "dtype":
+      jsonio.require(v in COMPUTE_DTYPES, where, f"dtype must be one of {list(COMPUTE_DTYPES)}, "
+                     f"got {v!r}", SolutionError)
     elif not (k == "data_fingerprint" and v is None):
       jsonio.require(isinstance(v, str), where, f"{k} must be a string, got {v!r}",
                      SolutionError)
