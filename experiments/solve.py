@@ -140,6 +140,7 @@ def main(f: flags.FlagValues):
   common.check_output_dir(f.out_dir)
   timing_cfg = TimingConfig(min_run_time=f.min_run_time)    # checked before any work
   profile, estimate = records.load(f.profile), read_estimate(f.estimate)
+  solve_stage.check_same_model(profile, estimate)     # before anything read from either
   calibrated = (solve_stage.profile_latency_model(profile, estimate, f.batch_size,
                                                   f.allow_batch_mismatch)
                 if f.mode == "multi" else None)

@@ -826,21 +826,26 @@ def test_a_schedule_kit_profile_names_each_schedule(tmp_path, params):
                        schedules=scheds, reducer=make_reducer("tome"), reducer_name="tome",
                        threads=2)
   r = run_edge("profile", f"--kit={kit_dir}", f"--out={tmp_path / 'p.json'}",
-               "--min_run_time=0.02", "--quiet")
+               "--min_run_time=0.02")
   assert r.returncode == 0, r.stderr[-2000:]
   lines = r.stdout.splitlines()
   assert [l.split(":")[0] for l in lines[:2]] == ["schedule b1 17,12,8", "schedule b1 17,17,9"]
   assert lines[2] == f"wrote {tmp_path / 'p.json'}"
+  progress = sorted(l.split("] ")[1] for l in r.stderr.splitlines() if l.startswith("["))
+  assert progress == ["schedule b1 17,12,8", "schedule b1 17,17,9"], r.stderr
 
 
 def test_a_manifest_field_missing_is_named_as_missing(artifact, tmp_path):
   """A manifest without a field the records state was reported as the record's value 'differs
   from the manifest's None: files mixed from two artifacts?'."""
-  for field in ("preprocessing", "compute"):
-    bad = tmp_path / field
+  for field in ("preprocessing", "compute", "preprocessing mean"):
+    bad = tmp_path / field.replace(" ", "_")
     shutil.copytree(artifact, bad)
     man = json.loads((bad / "manifest.json").read_text())
-    del man[field]
+    if " " in field:
+      del man["preprocessing"]["mean"]
+    else:
+      del man[field]
     (bad / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(EdgeError, match=rf"manifest.json: states no {field} \(the iree:\S+ "
                        r"module's record does\): an edited or truncated manifest\?"):

@@ -144,8 +144,11 @@ def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
      r"schedule has no measured number \(edited\?\)"),
     (lambda d: d["chosen"].update(predicted_latency_s=-1), "predicted_latency_s must be >= 0"),
     (lambda d: d["chosen"].update(measured_latency_s=-1e-3), "measured_latency_s must be >= 0"),
-    (lambda d: d["chosen"].update(predicted_accuracy=-3), r"predicted_accuracy must be in \[0, "
-     r"1\], got -3"),
+    (lambda d: d["chosen"].update(measured_accuracy=1.5), r"measured_accuracy must be in \[0, "
+     r"1\], got 1.5"),
+    (lambda d: d["chosen"].update(measured_accuracy=0.5, measured_accuracy_low=-0.1,
+                                  measured_accuracy_high=0.9, num_images=2),
+     r"measured_accuracy_low must be in \[0, 1\], got -0.1"),
     (lambda d: d["chosen"].update(criterion=5), "chosen.criterion and created must be strings"),
     (lambda d: d.update(created=None), "chosen.criterion and created must be strings"),
     (lambda d: d["chosen"].update(measured_accuracy_low="x"), "measured_accuracy_low must be"),
@@ -180,6 +183,19 @@ def test_solution_errors_name_the_field(tmp_path, fn, match):
   fn(bad)
   with pytest.raises(S.SolutionError, match=match):
     S.Solution.from_json(bad, where="bad.json")
+
+
+def test_older_solutions_the_new_checks_must_not_refuse(tmp_path):
+  """Predicted accuracies outside [0, 1] (written before they were reported within it, e.g.
+  1.24 from a raw --nomonotone table) and a multi solution whose latency model summary has no
+  method still load."""
+  doc = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9])).to_json()
+  for edit in (lambda d: d["chosen"].update(predicted_accuracy=1.24),
+               lambda d: d["chosen"].update(predicted_accuracy=-0.2),
+               lambda d: (d.update(mode="multi"), d["settings"].update(latency_model={}))):
+    old = copy.deepcopy(doc)
+    edit(old)
+    S.Solution.from_json(old, where="old.json")
 
 
 @pytest.mark.parametrize("edit, match", [

@@ -778,6 +778,14 @@ def test_a_calibration_profile_solves_on_the_compiled_graph_latency_model(tmp_pa
     assert lm.predict(c) == pytest.approx(truth.predict(c), rel=1e-6)
   assert solve_stage.profile_latency_model(records.load(_block_profile(tmp_path)),
                                            read_estimate(es)) is None
+  # A --mode=schedule profile (schedule points and the block table, no uniform curve) of another
+  # reducer: not a calibration; multi mode solves on its block table as before.
+  blocks = records.load(_block_profile(tmp_path))
+  sched_mode = dataclasses.replace(blocks, modes=("schedule",), reducer="random", points=(
+      blocks.points + (_point("schedule", N, 1e-3, schedule=(N,) * 7),)))
+  assert solve_stage.profile_latency_model(sched_mode, read_estimate(es)) is None
+  assert solve_stage.solve_multilayer(sched_mode, read_estimate(es), accuracy_floor=0.8
+                                      ).profile.latency_source == "blocks"
   out = tmp_path / "out"
   r = _cli(f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.8",
            f"--out_dir={out}")

@@ -356,8 +356,8 @@ def make_cost_model(ns: ArrayLike, block_latency: ArrayLike, sensitivity: ArrayL
   cheapest = embed + block[g == num_tokens][0] + (depth - 1) * block.min() + head.min()
   if cheapest < -1e-9 * (abs(embed) + depth * block.max() + head.max()):
     raise ValueError(f"embed latency {embed} s makes the cheapest schedule take negative time "
-                     f"({cheapest} s): embed + block 0 at all tokens + the other blocks and the "
-                     "head at their cheapest must be >= 0")
+                     f"(a lower bound of {cheapest} s): embed + block 0 at all tokens + the "
+                     "other blocks and the head at their cheapest must be >= 0")
   a_full = float(_unit("full accuracy", _finite("full accuracy", full_accuracy, 0)))
   layers = (tuple(range(depth)) if layers is None else
             tuple(as_int(l, "sensitivity layer") for l in layers))

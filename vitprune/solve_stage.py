@@ -10,13 +10,14 @@ size. Accuracy values are the estimate's metric ('accuracy' for labelled data, e
     points; predicted from the per-block table when only that was profiled), A(n) = the
     estimate's curve (a 'tokens' record, or the row of `layer` in a sensitivity record).
   multi mode (`solve_multilayer`): the latency model of the compiled graph
-    (`profile_latency_model`: fitted on a profile holding calibration schedules, as the main
-    job's --solver=multi writes) or else the per-block table (embed/block/head points; profile
-    with --mode=block), and the per-layer sensitivity rows of the estimate (rows of integer layers; the
-    after-embedding row is not a block reduction and is ignored), on the common token grid plus
-    the full count. With an accuracy floor and an `evaluate` callback the floor is checked on the
-    data: the choice then rests on measured accuracy (`Solution.basis == "measured"`), every
-    measured candidate with its Wilson 95 % interval (`wilson_interval`, `floor_status`).
+    (`profile_latency_model`: fitted on a profile holding a uniform curve and calibration
+    schedules, as the main job's --solver=multi writes) or else the per-block table
+    (embed/block/head points; profile with --mode=block), and the per-layer sensitivity rows of
+    the estimate (rows of integer layers; the after-embedding row is not a block reduction and
+    is ignored), on the common token grid plus the full count. With an accuracy floor and an
+    `evaluate` callback the floor is checked on the data: the choice then rests on measured
+    accuracy (`Solution.basis == "measured"`), every measured candidate with its Wilson 95 %
+    interval (`wilson_interval`, `floor_status`).
     With `latency_model` (`vitprune.profile.latency_model.LatencyModel`, calibrated on whole
     compiled graphs) the DP's costs come from it instead of the isolated per-block table, which
     over-predicts the compiled graph (`profile.latency_source == "calibrated-graph"`).
@@ -83,14 +84,16 @@ MODE_COMPONENTS = {"paper": ("model", "block"), "multi": ("block",)}
 def profile_latency_model(profile: records.Profile, estimate: Estimate,
                           batch_size: Optional[int] = None, allow_batch_mismatch: bool = False
                           ) -> Optional[Tuple[int, LatencyModel]]:
-  """(batch, the latency model of the compiled graph fitted on `profile`) when it holds
-  calibration schedules ('schedule' points, e.g. the main job's `--solver=multi` profile) of the
-  estimate's method; None when it holds none (multi mode then needs the per-block table).
+  """(batch, the latency model of the compiled graph fitted on `profile`) when it holds a
+  uniform curve ('model' points) and calibration schedules ('schedule' points) of the
+  estimate's method, as the main job's `--solver=multi` profile does; None otherwise (multi
+  mode then reads the per-block table, which a `--mode=schedule` profile holds too).
   SolveInputError (one line) for schedules of another reducer or a curve `fit` cannot use."""
-  if not any(p.component == "schedule" for p in profile.points):
+  comps = {p.component for p in profile.points}
+  if not {"schedule", "model"} <= comps:   # a --mode=schedule profile: its block table is used
     return None
   timed = latency_model_lib.schedule_method(profile)
-  if estimate.method != timed:
+  if estimate.method.lower() != timed.lower():
     raise SolveInputError(f"profile {profile.source} timed {timed!r} schedules (reducer "
                           f"{profile.reducer!r}), estimate {estimate.source} is of method "
                           f"{estimate.method!r}: calibrate with the estimate's method "
@@ -206,16 +209,21 @@ def _estimate_ref(estimate: Estimate, metric: str, layers: Sequence[Optional[int
                      data_fingerprint=estimate.data_fingerprint)
 
 
+def _reported(accuracy: float) -> float:
+  """A predicted accuracy as reported: within [0, 1] (a raw, `--nomonotone` table can add up to
+  more than 1: the edited estimate of a fault probe predicted 1.24; capped multi-reduction plans
+  can sum their drops below 0; choices are the same either way, floors being in [0, 1])."""
+  return min(max(float(accuracy), 0.0), 1.0)
+
+
 def _candidate(cfg: ViTConfig, counts: Sequence[int], latency: float, accuracy: float,
                **extra) -> Candidate:
-  """A schedule with its predictions; the accuracy is reported within [0, 1] (a raw,
-  `--nomonotone` table can add up to more than 1: the edited estimate of a fault probe predicted
-  1.24; choices are the same either way, floors being at most 1)."""
+  """A schedule with its predictions (the accuracy `_reported`)."""
   counts = tuple(int(c) for c in counts)
   return Candidate(counts=counts,
                    schedule=schedule_lib.format_schedule(schedule_lib.Schedule(counts), cfg),
-                   predicted_latency_s=float(latency),
-                   predicted_accuracy=min(max(float(accuracy), 0.0), 1.0), **extra)
+                   predicted_latency_s=float(latency), predicted_accuracy=_reported(accuracy),
+                   **extra)
 
 
 def _now() -> str:
@@ -677,7 +685,8 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
   if full.counts not in known:
     known.update((c.counts, c) for c in _measure(evaluate, [full], images))
   # One model for every prediction in the solution: the final one.
-  known = {c: dataclasses.replace(p, predicted_accuracy=solve.predict_schedule(ref.model, c)[1])
+  known = {c: dataclasses.replace(
+      p, predicted_accuracy=_reported(solve.predict_schedule(ref.model, c)[1]))
            for c, p in known.items()}
   frontier = tuple(known[p.counts] for p in ref.frontier)
   full = known[full.counts]

@@ -139,9 +139,8 @@ def cmd_profile() -> dict:
                                      driver=FLAGS.driver)
   paths = kit_lib.write_profile(profile, FLAGS.out, kit)
   for p in sorted(profile.points, key=lambda p: (p.batch_size, -p.tokens, p.schedule or ())):
-    what = f"n{p.tokens}" if p.schedule is None else ",".join(map(str, p.schedule))
-    print(f"{p.component} b{p.batch_size} {what}: median {p.median_s * 1e3:.3f} ms "
-          f"(IQR {p.iqr_s * 1e3:.3f} ms)")
+    print(f"{kit_lib.point_label(p.component, p.batch_size, p.tokens, p.schedule)}: median "
+          f"{p.median_s * 1e3:.3f} ms (IQR {p.iqr_s * 1e3:.3f} ms)")
   print(f"wrote {paths['json']}")
   return {"profile": paths}
 

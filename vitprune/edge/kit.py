@@ -25,7 +25,7 @@ import dataclasses
 import importlib.metadata as md
 import json
 import os
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -95,6 +95,13 @@ def _bad_point(p: Any) -> Optional[str]:
   return f"{', '.join(wrong)} missing or of the wrong type" if wrong else None
 
 
+def point_label(component: str, batch_size: int, tokens: int,
+                schedule: Optional[Sequence[int]]) -> str:
+  """'model b1 n65', or 'schedule b1 65,57,49,...' (schedules entering with one count differ)."""
+  what = f"n{tokens}" if schedule is None else ",".join(map(str, schedule))
+  return f"{component} b{batch_size} {what}"
+
+
 def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
                 progress: Optional[Callable[[str], None]] = None, driver: Optional[str] = None):
   """Loads and checks every module of kit `path`, times each point on its own runtime plan's
@@ -137,8 +144,8 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
     done.append(key)
     if progress:
       p = kit["points"][key]
-      progress(f"[{len(done)}/{len(calls)}] {p['component']} b{p['batch_size']} "
-               f"n{p['tokens']}")
+      progress(f"[{len(done)}/{len(calls)}] "
+               f"{point_label(p['component'], p['batch_size'], p['tokens'], p['schedule'])}")
 
   meas = protocol.measure_all({k: (call, ()) for k, call in calls.items()}, cfg,
                               on_done=on_done,

@@ -331,10 +331,13 @@ _SHARED_FIELDS = (
      lambda r: _sub(r, "output", "shape")))
 
 
+_ABSENT = object()     # a key the manifest does not have (not the same as null)
+
+
 def _first_difference(what: str, got: Any, want: Any) -> Tuple[str, Any, Any]:
   """(what, got, want) narrowed to the first differing key where both are objects, e.g.
   ('preprocessing mean', [0.5, ...], [0.485, ...]), so the message shows the field that differs
-  rather than two truncated dicts."""
+  rather than two truncated dicts; `want` is `_ABSENT` where the manifest lacks that key."""
   while isinstance(got, dict) and isinstance(want, dict):
     keys = [k for k in sorted(set(got) | set(want), key=str) if got.get(k) != want.get(k)]
     if len(keys) != 1:
@@ -342,7 +345,7 @@ def _first_difference(what: str, got: Any, want: Any) -> Tuple[str, Any, Any]:
         what = f"{what} {', '.join(map(str, keys))}"
         got, want = ({k: got.get(k) for k in keys}, {k: want.get(k) for k in keys})
       break
-    what, got, want = f"{what} {keys[0]}", got.get(keys[0]), want.get(keys[0])
+    what, got, want = f"{what} {keys[0]}", got.get(keys[0]), want.get(keys[0], _ABSENT)
   return what, got, want
 
 
@@ -361,7 +364,7 @@ def _check_against_manifest(path: str, records: List[Dict[str, Any]]) -> None:
            for got, want in [(of_record(r), of_manifest(doc))] if got != want]
     if bad:
       what, got, want = _first_difference(*bad[0])
-      if want is None and bad[0][0].split()[0] not in doc:     # absent, not null
+      if want is _ABSENT or (want is None and bad[0][0].split()[0] not in doc):
         raise EdgeError(f"{manifest}: states no {what} (the {r.get('target')} module's record "
                         "does): an edited or truncated manifest? rebuild it with "
                         "experiments.deploy")

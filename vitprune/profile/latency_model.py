@@ -175,7 +175,7 @@ class LatencyModel:
                 (self.depth - 1) * float(block.min()) + float(head.min()))
     if cheapest < -tol:
       raise ValueError(f"the latency model of {self.model} predicts negative time for short "
-                       f"schedules ({cheapest:.3g} s); recalibrate")
+                       f"schedules (a lower bound of {cheapest:.3g} s); recalibrate")
     return {"block": block, "reduce": self.reduce_s(ns), "head": head,
             "embed": float(embed) if embed < -tol else max(float(embed), 0.0)}
 

@@ -141,8 +141,9 @@ class Candidate:
     for key in ("predicted_latency_s", "measured_latency_s"):
       jsonio.require(d.get(key) is None or d[key] >= 0, where,
                      f"{key} must be >= 0 seconds, got {d.get(key)!r}", SolutionError)
-    for key in ("predicted_accuracy", "measured_accuracy", "measured_accuracy_low",
-                "measured_accuracy_high"):
+    for key in ("measured_accuracy", "measured_accuracy_low", "measured_accuracy_high"):
+      # (predicted accuracies are not checked: files written before they were reported within
+      # [0, 1] hold e.g. 1.24 from a raw --nomonotone table)
       jsonio.require(d.get(key) is None or 0 <= d[key] <= 1, where,
                      f"{key} must be in [0, 1], got {d.get(key)!r}", SolutionError)
     n, acc = d.get("num_images"), d.get("measured_accuracy")
@@ -343,10 +344,11 @@ class Solution:
     jsonio.require(doc["mode"] == "paper" or not paper_only, where,
                    f"mode {doc['mode']!r} but it holds the paper mode's {', '.join(paper_only)} "
                    "(edited?)", SolutionError)
-    if doc["mode"] == "multi":    # chooses among the estimate's method's schedules, timed so
+    # A multi solution chooses among, and times, the schedules of its estimate's method (an
+    # estimate that is not an object: `_ref` below says so).
+    if doc["mode"] == "multi" and isinstance(doc["estimate"], dict):
       lm = doc["settings"].get("latency_model")
-      for what, other in (("estimate.method", (doc["estimate"] or {}).get("method")
-                           if isinstance(doc["estimate"], dict) else None),
+      for what, other in (("estimate.method", doc["estimate"].get("method")),
                           ("settings.latency_model.method",
                            lm.get("method", ch["method"]) if isinstance(lm, dict) else
                            ch["method"])):

@@ -126,6 +126,7 @@ class ToMe(common.AttentionReducer):
     order = output_order(n, r, num_prefix)
     out_x, out_s = out_x[:, order], out_s[:, order]
     out_x = (out_x / out_s[..., None]).astype(x.dtype)
-    if for_iree():
+    if for_iree():   # IREE 3.13 fused the merge into the next matmul's packing: at batch 1
+      # (data tiling + microkernels) the module crashed the process (SIGSEGV)
       out_x, out_s = jax.lax.optimization_barrier((out_x, out_s))
     return out_x, out_s
