@@ -181,6 +181,29 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   assert 0 < t["in_loop"] < t["solve"] and f"(in-loop timing {t['in_loop']:.1f})" in out
 
 
+def test_a_failed_late_stage_keeps_what_was_measured(tmp_path, capsys, monkeypatch):
+  """A failure in the solve or verify stage lost the profile and the estimate (a fault probe's
+  main job: 60 s of measurement, then an error and no file); they are kept in a new sibling
+  directory that experiments.solve reads, and the output directory is left untouched."""
+  from vitprune import pipeline  # pylint: disable=g-import-not-at-top
+  from vitprune.records.estimate import read_estimate  # pylint: disable=g-import-not-at-top
+
+  def broken(*args, **kwargs):
+    raise ValueError("verify broke")
+  monkeypatch.setattr(pipeline, "_verify", broken)
+  out = tmp_path / "run"
+  with pytest.raises(ValueError, match="verify broke"):
+    cli.main(_flags(f"--out_dir={out}", *FAST, "--tokens=65,33,17", "--num_images=40",
+                    "--eval_batch_size=20", "--solver=multi", "--accuracy_floor=0.5"))
+  assert not out.exists()
+  (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith("run.partial-")]
+  assert f"is kept in {kept} (experiments.solve reads it)" in capsys.readouterr().out
+  (prof,) = (kept / "profile").glob("*.json")
+  assert {p.component for p in records.load(str(prof)).points} == {"model", "schedule"}
+  assert read_estimate(str(kept / "estimate" / "vit_digits_pomt_layers.json")).kind == (
+      "sensitivity")
+
+
 def test_pipeline_refinement_without_a_floor(tmp_path, capsys):
   """A latency budget: the refinement chooses on measured accuracy, no floor to check in the
   loop (the in-loop timing is for floors only)."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -390,11 +391,18 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
   pieces: Dict[Any, Any] = {}    # compiled model pieces: the estimate's, reused by the solve
   estimate = _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces)
   lap("estimate")
-  solution = _solve(cfg, params, spec, data, profile, estimate, log, latency_model, seconds,
-                    pieces)
-  lap("solve")
-  verification = _verify(cfg, params, spec, data, solution.schedule, log)
-  lap("verify")
+  try:
+    solution = _solve(cfg, params, spec, data, profile, estimate, log, latency_model, seconds,
+                      pieces)
+    lap("solve")
+    verification = _verify(cfg, params, spec, data, solution.schedule, log)
+    lap("verify")
+  except Exception:            # (not a Ctrl-C: an interrupted run writes nothing)
+    kept = keep_measured(out_dir, spec, profile, estimate, log)
+    if kept:
+      log(f"the solve or verify stage failed; what the profile and estimate stages measured "
+          f"is kept in {kept} (experiments.solve reads it)")
+    raise
   return write_outputs(out_dir, spec, data, weights_source, profile, estimate, solution,
                        verification, seconds)
 
@@ -441,6 +449,30 @@ def is_pipeline_dir(path: str) -> bool:
   return True
 
 
+def _estimate_name(spec: PipelineSpec, estimate: Estimate) -> str:
+  return (f"{estimate.config.name}_{estimate.method}_"
+          f"{'embed' if spec.solver == 'paper' else 'layers'}.json")
+
+
+def keep_measured(out_dir: str, spec: PipelineSpec, profile: records.Profile,
+                  estimate: Estimate, log: Callable[[str], None] = print) -> Optional[str]:
+  """After a later stage failed: the profile and the estimate (minutes of measurement) written
+  to a new sibling `<out_dir>.partial-XXXX/` ({profile,estimate}/, as in an output directory)
+  -> its path; None (logged) when even that cannot be written. `out_dir` is left as it was."""
+  out_dir = os.path.abspath(out_dir)
+  try:
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    kept = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".partial-",
+                            dir=os.path.dirname(out_dir))
+    os.chmod(kept, 0o755)
+    runner.write_outputs(profile, os.path.join(kept, "profile"))
+    write_estimate(os.path.join(kept, "estimate", _estimate_name(spec, estimate)), estimate)
+    return kept
+  except (OSError, ValueError) as e:
+    log(f"could not keep the profile and estimate measured so far: {e}")
+    return None
+
+
 def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
                   weights_source: str, profile: records.Profile, estimate: Estimate,
                   solution: Solution, verification: Verification,
@@ -452,7 +484,7 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
   out_dir = os.path.abspath(out_dir)
   cfg = solution.config
   metric = default_metric(data.labelled)
-  name = f"{cfg.name}_{estimate.method}_{'embed' if spec.solver == 'paper' else 'layers'}.json"
+  name = _estimate_name(spec, estimate)
   with atomic.staged_dir(out_dir, overwrite=True, is_ours=is_pipeline_dir) as tmp:
 
     def final(path: str) -> str:   # where a staged file will be once published
