@@ -56,6 +56,15 @@ def test_command_line_gives_a_multi_flag_one_argument_per_value():
       "python -m experiments.deploy --target=iree:host --target=jax,iree:vulkan")
 
 
+def test_an_exception_without_text_is_named_not_printed_empty():
+  """numpy's MemoryError has no message: the CLI printed `error: ` and nothing else."""
+  assert common.one_line(MemoryError()) == "out of memory (MemoryError)"
+  assert common.one_line(MemoryError("Unable to allocate 1 GiB")) == "Unable to allocate 1 GiB"
+  assert common.one_line(OSError()) == "OSError"
+  assert common.one_line(KeyError("schedule")) == "schedule"
+  assert common.one_line("") == ""
+
+
 def test_warnings_print_on_one_line():
   """PIL's DecompressionBombWarning (an 89-179 Mpx image) printed the library's file and its
   source line as a second line."""

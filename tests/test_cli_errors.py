@@ -159,6 +159,8 @@ CASES = [
      "--step_k applies with --step_bottoms_only only"),
     ("solve", ["--profile=p", "--estimate=e", "--batch_size=0"], 2,      # read the profiles first
      "--batch_size=0: 0 is not a positive integer"),
+    ("benchmark", ["--min_run_time=1e308", "--out_dir={out}"], 1,       # ran for days
+     "min_run_time must be at most 3600 seconds per point"),
 ]
 
 

@@ -179,6 +179,44 @@ def test_folder_errors(tmp_path):
     data.ImageFolder(root)
 
 
+@pytest.mark.parametrize("unreadable", ["cat/sub", "cat"])
+def test_a_folder_that_cannot_be_listed_is_named_not_skipped(tmp_path, monkeypatch, unreadable):
+  """os.walk skipped an unreadable sub-folder silently (its images left out of the evaluation);
+  an unreadable class folder was reported as holding no images."""
+  root = tmp_path / "ds"
+  _png(str(root / "cat" / "0.png"), _gray(3, 3))
+  _png(str(root / "cat" / "sub" / "1.png"), _gray(3, 3))
+  _png(str(root / "dog" / "2.png"), _gray(3, 3))
+  denied, scandir = str(root / unreadable), os.scandir
+
+  def refusing_scandir(path="."):
+    if os.fspath(path) == denied:
+      raise PermissionError(13, "Permission denied", os.fspath(path))
+    return scandir(path)
+
+  monkeypatch.setattr(os, "scandir", refusing_scandir)
+  with pytest.raises(ValueError, match=rf"^dataset folder '{re.escape(denied)}' cannot be read "
+                     r"\(Permission denied\)$"):
+    data.ImageFolder(root)
+
+
+def test_an_extreme_aspect_ratio_is_refused_before_the_resize(tmp_path):
+  """A 100000x1 PNG (a few hundred bytes) became 3200000x32 pixels before the crop; 1000000x1
+  took GBs and died with an empty MemoryError."""
+  path = tmp_path / "ds" / "cls" / "thin.png"
+  _png(str(path), np.zeros((1, 100_000), np.uint8))
+  assert path.stat().st_size < 2000
+  ds, prep = data.ImageFolder(tmp_path / "ds"), data.digits_preprocessing()
+  msg = (r"a 100000x1 image would be resized to 3200000x32 pixels before the 32x32 center "
+         r"crop \(more than 89478485\): its aspect ratio is too extreme$")
+  with pytest.raises(ValueError, match="^" + msg):
+    data.preprocess_image(ds.load(0), prep)
+  with pytest.raises(ValueError, match=rf"^image file '{re.escape(str(path))}': " + msg):
+    list(data.iterate_batches(ds, prep, 1))
+  wide = Image.fromarray(np.zeros((30, 8000), np.uint8))        # a panorama is still fine
+  assert data.preprocess_image(wide, prep).shape == (32, 32, 3)
+
+
 def test_corrupt_and_truncated_images_name_the_file(tmp_path):
   _png(str(tmp_path / "cls" / "good.png"), np.random.default_rng(0).integers(
       0, 256, (64, 64), dtype=np.uint8))

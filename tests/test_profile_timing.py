@@ -192,6 +192,7 @@ def test_run_jobs_propagates_a_failure_and_drops_the_queue():
     (dict(min_run_time=float("nan")), "min_run_time must be > 0 and finite"),
     (dict(max_rel_iqr=float("inf")), "max_rel_iqr must be > 0 and finite"),
     (dict(min_run_time="1"), "min_run_time must be a number"),
+    (dict(min_run_time=1e308), "min_run_time must be at most 3600 seconds per point, got 1e"),
     (dict(warmup=1.5), "warmup must be an integer"),
     (dict(max_reps=True), "max_reps must be an integer"),
 ])

@@ -47,6 +47,10 @@ _PIL_FILTERS = {
     "hamming": Image.Resampling.HAMMING,
 }
 
+# The eval resize keeps the aspect ratio: a 1000000x1 PNG (a few hundred bytes) would become
+# 32000000x32 pixels (GBs) before the crop. The bound is PIL's default decompression-bomb limit.
+MAX_RESIZED_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
 DIGITS_MARKER = ".vitprune-imagefolder.json"
 DIGITS_FORMAT = "vitprune-digits-imagefolder"
@@ -100,6 +104,13 @@ def find_classes(root: str) -> Tuple[str, ...]:
     return tuple(sorted(e.name for e in it if e.is_dir() and not e.name.startswith(".")))
 
 
+def _unreadable_folder(error: OSError) -> None:
+  """`os.walk`'s onerror: a folder of the dataset that cannot be listed is a ValueError naming
+  it (os.walk skips it silently: its images would be left out of the evaluation unseen)."""
+  raise ValueError(f"dataset folder {error.filename!r} cannot be read "
+                   f"({error.strerror or error})") from None
+
+
 def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
                  class_reals: Sequence[str]) -> Tuple[str, ...]:
   """Image files under `class_dir` (recursively, following links) in torchvision's order.
@@ -114,7 +125,8 @@ def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
   store: git-annex, DVC, a hub cache) are fine, also when two of them share one file.
   """
   walked = []
-  for dirpath, dirnames, fnames in os.walk(class_dir, followlinks=True):
+  for dirpath, dirnames, fnames in os.walk(class_dir, onerror=_unreadable_folder,
+                                           followlinks=True):
     st = os.stat(dirpath)
     if (st.st_dev, st.st_ino) in seen:
       raise ValueError(f"{dirpath!r} is {seen[(st.st_dev, st.st_ino)]!r} again (through a "
@@ -496,6 +508,10 @@ def preprocess_image(image: Image.Image, prep: Preprocessing) -> np.ndarray:
   mean, std = _check_prep(prep)
   img = check_8bit(image).convert("RGB" if prep.channels == 3 else "L")
   new_h, new_w = resize_shorter_side(img.height, img.width, scale_size(prep))
+  if new_h * new_w > MAX_RESIZED_PIXELS:
+    raise ValueError(f"a {img.width}x{img.height} image would be resized to {new_w}x{new_h} "
+                     f"pixels before the {prep.input_size}x{prep.input_size} center crop (more "
+                     f"than {MAX_RESIZED_PIXELS}): its aspect ratio is too extreme")
   if (new_h, new_w) != (img.height, img.width):
     img = img.resize((new_w, new_h), _PIL_FILTERS[prep.interpolation])
   arr = np.asarray(img, np.uint8).reshape(img.height, img.width, prep.channels)
@@ -593,7 +609,13 @@ def _batches(dataset, prep, batch_size, idx, drop_remainder, pad_remainder, num_
   labels = np.asarray(dataset.labels, np.int32)
 
   def one(i):
-    return preprocess_image(dataset.load(int(i)), prep)
+    image = dataset.load(int(i))
+    try:
+      return preprocess_image(image, prep)
+    except ValueError as e:
+      where = (f"image file {dataset.path(int(i))!r}" if hasattr(dataset, "path")
+               else f"image {int(i)}")
+      raise ValueError(f"{where}: {e}") from None
 
   pool = concurrent.futures.ThreadPoolExecutor(num_workers) if num_workers else None
   try:

@@ -22,6 +22,10 @@ from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Seque
 import numpy as np
 
 
+# Seconds of timed calls per point, at most: --min_run_time=1e308 ran for days, not refused.
+MAX_RUN_TIME = 3600.0
+
+
 @dataclasses.dataclass(frozen=True)
 class TimingConfig:
   """How long and how often each point is timed.
@@ -53,6 +57,9 @@ class TimingConfig:
         raise ValueError(f"{name} must be a number, got {v!r}")
       if not math.isfinite(v) or not v > 0:
         raise ValueError(f"{name} must be > 0 and finite, got {v}")
+    if self.min_run_time > MAX_RUN_TIME:
+      raise ValueError(f"min_run_time must be at most {MAX_RUN_TIME:g} seconds per point, got "
+                       f"{self.min_run_time:g}")
     for name in ("warmup", "min_reps", "max_reps", "max_retries", "seed", "rounds"):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
