@@ -161,6 +161,13 @@ CASES = [
      "--batch_size=0: 0 is not a positive integer"),
     ("benchmark", ["--min_run_time=1e308", "--out_dir={out}"], 1,       # ran for days
      "min_run_time must be at most 3600 seconds per point"),
+    ("digits_images", [], 1, "--out is required"),
+    ("digits_images", ["--out={out}", "--limit=360"], 1,
+     "subset size n=360 exceeds the dataset size 359"),
+    ("digits_images", ["--out={full}", "--overwrite"], 1,
+     "it is a folder that is not a vitprune-digits-imagefolder folder"),
+    ("digits_images", ["--out={file}"], 1, "already exists"),
+    ("digits_images", ["--out={out}", "--split=val"], 2, "value should be one of"),
 ]
 
 

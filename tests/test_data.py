@@ -570,3 +570,20 @@ def test_imagefolder_num_classes_without_names_and_foreign_overwrite(tmp_path):
   with pytest.raises(FileExistsError, match="refusing to replace"):
     data.write_digits_imagefolder(foreign, limit=10, overwrite=True)
   assert os.listdir(foreign) == ["NOTES.txt"]
+
+
+def test_digits_images_cli_writes_the_split_and_replaces_only_its_own_folder(tmp_path, capsys):
+  from experiments import common, digits_images   # pylint: disable=g-import-not-at-top
+  out = tmp_path / "imgs"
+  common.run_in_process(digits_images.main, digits_images.define_flags,
+                        [f"--out={out}", "--limit=20", "--seed=3"])
+  assert capsys.readouterr().out == f"wrote 20 digits (test split) to {out}\n"
+  ds = data.ImageFolder(out)
+  idx = sorted(int(os.path.splitext(os.path.basename(f))[0]) for f in ds.files)
+  test = data.digits_split(seed=3)[1]
+  labels = data.load_digits_arrays()[1]
+  assert idx == sorted(test[data.balanced_subset(labels[test], 20, 3)].tolist())
+  common.run_in_process(digits_images.main, digits_images.define_flags,
+                        [f"--out={out}", "--split=all", "--overwrite"])
+  assert len(data.ImageFolder(out)) == len(labels)
+  assert sorted(os.listdir(tmp_path)) == ["imgs"]

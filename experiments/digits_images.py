@@ -1,0 +1,42 @@
+r"""Write the bundled digits as an ImageFolder of 8x8 grayscale PNGs (`DIR/<class>/<idx>.png`).
+
+  python -m experiments.digits_images --out=/tmp/digits_imgs            # the 359 test digits
+  python -m experiments.digits_images --out=DIR --split=all --limit=100 --overwrite
+
+For the CLIs that read image folders (`run_deployed`, `vitprune.edge run`, `estimate --data=DIR`):
+the same images, split and class-balanced subset as `--data=digits`. The folder is written next
+to `--out` and renamed into place; an existing `--out` is refused unless it is a folder written
+here and `--overwrite` is given.
+"""
+from __future__ import annotations
+
+from absl import flags
+
+from experiments import common
+from vitprune import data
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers this CLI's flags on `fv`."""
+  flags.DEFINE_string("out", None, "Folder to create.", flag_values=fv)
+  flags.DEFINE_enum("split", "test", ["train", "test", "all"], "Which digits (the split of "
+                    "--data=digits).", flag_values=fv)
+  flags.DEFINE_integer("limit", None, "Only a class-balanced subset of this many images.",
+                       lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed of the split and the subset.", lower_bound=0,
+                       upper_bound=common.MAX_SEED, flag_values=fv)
+  flags.DEFINE_bool("overwrite", False, "Replace a folder this CLI wrote before.", flag_values=fv)
+
+
+def main(f: flags.FlagValues) -> str:
+  if not f.out:
+    raise ValueError("--out is required")
+  root = data.write_digits_imagefolder(f.out, f.split, f.limit, seed=f.seed,
+                                       overwrite=f.overwrite)
+  n = len(data.ImageFolder(root))
+  print(f"wrote {n} digits ({f.split} split) to {root}")
+  return root
+
+
+if __name__ == "__main__":
+  common.run(main, define_flags)
