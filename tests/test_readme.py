@@ -1,0 +1,24 @@
+"""README's Python snippets run as written (in order, in one namespace, from the repository
+root), and give what their comments say."""
+import os
+import re
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_readme_python_snippets_run_as_written(monkeypatch):
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    blocks = re.findall(r"^```python\n(.*?)^```", f.read(), re.S | re.M)
+  assert len(blocks) == 2
+  monkeypatch.chdir(ROOT)
+  namespace, logits = {}, []
+  for block in blocks:          # the functional forward, then the flax Module
+    exec(compile(block, "README.md", "exec"), namespace)   # pylint: disable=exec-used
+    logits.append(np.asarray(namespace["logits"]))
+  images, labels = namespace["images"], namespace["labels"]
+  assert images.shape == (8, 32, 32, 3) and labels.shape == (8,)
+  assert logits[0].shape == (8, 10)
+  np.testing.assert_allclose(logits[1], logits[0], atol=1e-5)
+  assert (logits[0].argmax(-1) == labels).mean() >= 0.75
