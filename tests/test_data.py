@@ -235,6 +235,27 @@ def test_corrupt_and_truncated_images_name_the_file(tmp_path):
     list(data.iterate_batches(ds, prep, 2))
 
 
+def test_empty_and_unopenable_images_say_so_not_cannot_decode(tmp_path, monkeypatch):
+  (tmp_path / "cls").mkdir()
+  empty, locked = tmp_path / "cls" / "empty.png", tmp_path / "cls" / "locked.png"
+  empty.write_bytes(b"")
+  _png(str(locked), _gray(3, 3))
+  with pytest.raises(ValueError, match=rf"^image file '{re.escape(str(empty))}' is empty "
+                     r"\(0 bytes\)$"):
+    data.load_image(str(empty))
+  real_open = open
+
+  def refusing_open(path, *args, **kwargs):       # root reads any file: deny it here
+    if str(path) == str(locked):
+      raise PermissionError(13, "Permission denied", str(path))
+    return real_open(path, *args, **kwargs)
+
+  monkeypatch.setattr("builtins.open", refusing_open)
+  with pytest.raises(ValueError, match=rf"^image file '{re.escape(str(locked))}' cannot be "
+                     r"opened \(Permission denied\)$"):
+    data.load_image(str(locked))
+
+
 @pytest.mark.parametrize("link, target, again", [
     ("cat/up", "..", "is '{root}' again"),               # the root: every class read again
     ("cat/loop", ".", "is '{root}/cat' again"),          # a loop

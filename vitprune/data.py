@@ -186,17 +186,23 @@ def _warn_unlabelled_root_images(root: str) -> None:
 def load_image(path: str) -> Image.Image:
   """Open and fully decode the image at `path` (the mode is left as stored).
 
-  Raises `FileNotFoundError` when it is missing and `ValueError` naming the file when PIL cannot
-  decode it (corrupt, truncated or not an image).
+  Raises `FileNotFoundError` when it is missing, and `ValueError` naming the file when it cannot
+  be opened (permissions), is empty, or PIL cannot decode it (corrupt, truncated, not an image).
   """
   try:
-    with open(path, "rb") as f:
-      img = Image.open(f)
-      img.load()
+    f = open(path, "rb")
   except FileNotFoundError as e:
     raise FileNotFoundError(f"image file {path!r} does not exist") from e
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-    raise ValueError(f"cannot decode image file {path!r}: {e}") from e
+  except OSError as e:
+    raise ValueError(f"image file {path!r} cannot be opened ({e.strerror or e})") from None
+  with f:
+    if os.fstat(f.fileno()).st_size == 0:
+      raise ValueError(f"image file {path!r} is empty (0 bytes)")
+    try:
+      img = Image.open(f)
+      img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+      raise ValueError(f"cannot decode image file {path!r}: {e}") from e
   return img
 
 
