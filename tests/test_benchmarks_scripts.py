@@ -155,9 +155,17 @@ def test_predictor_accuracy_quick(tmp_path, capsys):
   held = {tuple(s["counts"]) for s in row["schedules"]}
   cal = {tuple(c) for c in row["latency_model"].get("calibration", [])}
   assert len(held) == row["num_heldout"] >= 3 and not held & cal
-  for key in ("calibrated", "interleaved", "block_sum"):
+  for key in ("calibrated", "anchored", "interleaved", "block_sum"):
     e = row["heldout"][key]
     assert e["count"] == row["num_heldout"] and 0 <= e["within10"] <= 1 and e["p90"] >= e["median"]
+  ratio = row["heldout"]["anchored"]["speed_ratio"]       # the anchored column is the
+  assert 0.2 < ratio < 5                                  # calibrated one rescaled
+  for s in row["schedules"]:
+    assert s["calibrated_s"] > 0
+  anchored = [s["calibrated_s"] * ratio for s in row["schedules"]]
+  measured = [s["measured_s"] for s in row["schedules"]]
+  want = float(np.median(np.abs(np.array(anchored) - measured) / measured))
+  assert abs(row["heldout"]["anchored"]["median"] - want) < 1e-12
   acc = row["frontier"]["accuracy_error_points"]
   assert 0 <= acc["mean"] <= acc["max"]
   assert row["choice"]["meets_floor"] == (row["choice"]["measured_accuracy"] >=

@@ -540,16 +540,23 @@ def heldout_schedules(cfg, grid: Sequence[int], num: int, *, method: str,
                           max_remove=method_limit(cfg, method), exclude=exclude, spread=False)
 
 
-def measure_schedules(cfg, params, *, method: str, batch_size: int,
+def measure_with_full(cfg, params, *, method: str, batch_size: int,
                       schedules: Sequence[Sequence[int]], timing_cfg, threads: int = 1,
-                      seed: int = 0, dtype: str = "float32") -> List[float]:
-  """Median seconds of each of `schedules` (whole compiled graphs of `method`), timed in one
-  shuffled measurement together with the full graph (`measure_calibration`)."""
+                      seed: int = 0, dtype: str = "float32") -> Tuple[List[float], float]:
+  """Median seconds of each of `schedules` (whole compiled graphs of `method`) and of the full
+  (unpruned) graph, timed in one shuffled measurement (`measure_calibration`) -> (schedules'
+  medians, full graph's median)."""
   prof = measure_calibration(cfg, params, method=method, batch_size=batch_size, dtype=dtype,
                              tokens=[cfg.num_tokens], schedules=schedules,
                              timing_cfg=timing_cfg, threads=threads, seed=seed)
   got = {p.schedule: p.median_s for p in prof.curve("schedule", batch_size)}
-  return [got[tuple(int(c) for c in s)] for s in schedules]
+  full = next(p.median_s for p in prof.curve("model", batch_size) if p.tokens == cfg.num_tokens)
+  return [got[tuple(int(c) for c in s)] for s in schedules], full
+
+
+def measure_schedules(cfg, params, **kwargs) -> List[float]:
+  """Median seconds of each of `kwargs['schedules']` (`measure_with_full`'s first part)."""
+  return measure_with_full(cfg, params, **kwargs)[0]
 
 
 def relative_errors(predicted: Sequence[float], measured: Sequence[float]) -> Dict[str, float]:
