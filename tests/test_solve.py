@@ -752,6 +752,27 @@ def test_multilayer_with_the_calibrated_latency_model(tmp_path):
     _multi(ps, es, latency_model=gpu)
 
 
+def test_step_bottoms_only_needs_the_curve_at_every_count_of_the_grid(tmp_path):
+  """With the latency model, the steps' noise comes from the uniform curve; where the curve was
+  not measured at a grid count the noise was 0, every count passed as a bottom and
+  step_bottoms_only silently restricted nothing."""
+  lm, curve = _latency_model()
+  every_other = [(n, v) for n, v in zip(range(2, N + 1), curve) if n % 2 or n == N]
+  ps = _save_profile(tmp_path, [_point("model", n, v) for n, v in every_other])
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  assert _multi(ps, es, accuracy_floor=0.8, latency_model=lm).settings["grid"] == list(
+      range(4, N + 1))                                  # without the flag: solved as before
+  with pytest.raises(solve_stage.SolveInputError, match=rf"^step_bottoms_only / "
+                     rf"--step_bottoms_only needs the step noise of the uniform curve at "
+                     rf"every count of the grid, but profile "
+                     rf"{ps} did not measure the curve at \[4, 6, 8, "):
+    _multi(ps, es, accuracy_floor=0.8, latency_model=lm, step_bottoms_only=True)
+  full = _save_profile(tmp_path, [_point("model", n, v, iqr=1e-4)    # measured with noise:
+                                   for n, v in zip(range(2, N + 1), curve)], name="full.json")
+  sol = _multi(full, es, accuracy_floor=0.8, latency_model=lm, step_bottoms_only=True)
+  assert sol.settings["grid"] == [9, N]                 # only the real step survives
+
+
 def _calibration_profile(tmp_path, reducer="pomt+random", name="cal.json"):
   """A profile as the main job's --solver=multi writes: the uniform curve ('model') and pomt
   calibration schedules ('schedule'), timed exactly as the synthetic latency model predicts."""

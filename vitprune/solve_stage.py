@@ -312,7 +312,8 @@ class MultiInputs:
   layers: Tuple[int, ...]
   sensitivity: np.ndarray   # [len(layers), K]
   full_accuracy: float
-  pair_noise: np.ndarray    # [K - 1] seconds, k * max(pair standard error, curve noise)
+  pair_noise: Optional[np.ndarray]   # [K - 1] seconds, k * max(pair standard error, curve
+  #                                     noise); None: the curve was not measured at every count
   reduce: Optional[np.ndarray] = None   # [K] extra seconds of a reducing block (None: 0)
 
 
@@ -371,7 +372,7 @@ def model_multilayer_inputs(lm: LatencyModel, profile: records.Profile, estimate
     noise = step_k * np.maximum(steps_lib.pair_noise(iqr, cnt), steps_lib.curve_noise(med))
     noise = noise * lm.params["scale"] / cfg.depth
   else:
-    noise = np.zeros(ns.size - 1)
+    noise = None
   return MultiInputs(ns=ns, block=arr["block"], head=arr["head"], embed=arr["embed"],
                      layers=tuple(l for l, _ in rows), sensitivity=sens, full_accuracy=full_acc,
                      pair_noise=noise, reduce=arr["reduce"])
@@ -469,6 +470,12 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   else:
     inp = multilayer_inputs(profile, estimate, cfg, batch, metric, step_k)
     source = "blocks"
+  if step_bottoms_only and inp.pair_noise is None:   # every count would pass as a bottom
+    missing = sorted({int(n) for n in inp.ns} - {p.tokens for p in profile.curve("model", batch)})
+    raise SolveInputError(f"step_bottoms_only / --step_bottoms_only needs the step noise of "
+                          f"the uniform curve at every count of the grid, but profile "
+                          f"{profile.source} did not measure the curve at {missing}; "
+                          f"profile those counts or drop step_bottoms_only")
   sol = solve.solve_multilayer(
       inp.ns, inp.block, inp.sensitivity, inp.full_accuracy, depth=cfg.depth,
       num_tokens=cfg.num_tokens, layers=inp.layers, embed_latency=inp.embed,
