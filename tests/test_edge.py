@@ -416,6 +416,28 @@ def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
   assert r.stderr.strip().count("\n") == 0
 
 
+def test_weights_table_must_be_the_packing_of_its_file(tmp_path):
+  """weights.bin is checked by its sha256, its leaf table by the packing: a kit record whose
+  offset was edited read other leaves' bytes as the weight without a word."""
+  leaves = [np.arange(6, dtype=np.float32).reshape(2, 3), np.full((5,), 7, np.float32),
+            np.ones((4, 4), np.float32)]
+  blob, table = edge_rt.pack_weights(leaves, ["a", "b", "c"])
+  (tmp_path / "weights.bin").write_bytes(blob)
+  entry = {"mode": "args", "file": "weights.bin", "leaves": table,
+           "sha256": deploy.file_sha256(str(tmp_path / "weights.bin"))}
+  for got, want in zip(edge_rt.read_weights(str(tmp_path), entry, "kit K"), leaves):
+    np.testing.assert_array_equal(got, want)
+  shifted = json.loads(json.dumps(entry))
+  shifted["leaves"][1]["offset"] += 4            # still inside the file, 4-byte aligned
+  with pytest.raises(EdgeError, match=r"^kit K: weight leaf b is at offset 68 of .*weights\.bin, "
+                     r"but the packing puts it at 64 \(an edited record\?\)$"):
+    edge_rt.read_weights(str(tmp_path), shifted, "kit K")
+  dropped = dict(entry, leaves=table[:2])        # a leaf left out of the table
+  with pytest.raises(EdgeError, match=r"weights\.bin holds 192 bytes, its weight leaves end at "
+                     r"84$"):
+    edge_rt.read_weights(str(tmp_path), dropped, "kit K")
+
+
 def test_failed_compile_leaves_nothing(tmp_path, params, monkeypatch):
   def boom(*a, **k):
     raise iree_build.IreeBuildError("simulated: compiler killed")

@@ -79,13 +79,21 @@ def read_weights(root: str, entry: Dict[str, Any], what: str) -> List[np.ndarray
     return []
   path = checked_file(root, entry, what)
   blob = np.fromfile(path, np.uint8)
-  out = []
+  out, end = [], 0
   for leaf in entry["leaves"]:
     dtype, shape = np.dtype(leaf["dtype"]), tuple(leaf["shape"])
     lo, n = int(leaf["offset"]), int(leaf["nbytes"])
     if lo + n > blob.size or n != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
       raise EdgeError(f"{what}: weight leaf {leaf['name']} does not fit {path}")
+    # The file is checked by its sha256, the table by the packing: an edited offset would read
+    # the bytes of other leaves as this one.
+    if lo != end + (-end % ALIGN):
+      raise EdgeError(f"{what}: weight leaf {leaf['name']} is at offset {lo} of {path}, but "
+                      f"the packing puts it at {end + (-end % ALIGN)} (an edited record?)")
+    end = lo + n
     out.append(blob[lo:lo + n].view(dtype).reshape(shape))
+  if end != blob.size:
+    raise EdgeError(f"{what}: {path} holds {blob.size} bytes, its weight leaves end at {end}")
   return out
 
 
