@@ -68,7 +68,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Registers this benchmark's flags."""
   flags.DEFINE_string("method", "pomt", "Token-reduction method.", flag_values=fv)
   flags.DEFINE_integer("num_random", 60, "Random multi-layer schedules.", lower_bound=1,
-                       flag_values=fv)
+                       upper_bound=10000, flag_values=fv)
   flags.DEFINE_integer("num_frontier", 24, "Schedules spread over the frontier.", lower_bound=2,
                        flag_values=fv)
   flags.DEFINE_string("conditional", "0:49", "B:M: also measure every later block's sensitivity "

@@ -48,9 +48,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_list("sizes", ["4", "6", "8", "10"], "Calibration set sizes to compare.",
                     flag_values=fv)
   flags.DEFINE_integer("draws", 3, "Calibration sets drawn per size (seeds 0..draws-1, as the "
-                       "main job's --seed draws them).", lower_bound=1, flag_values=fv)
+                       "main job's --seed draws them).", lower_bound=1, upper_bound=100,
+                       flag_values=fv)
   flags.DEFINE_integer("num_heldout", 30, "Held-out random schedules per method.",
-                       lower_bound=1, flag_values=fv)
+                       lower_bound=1, upper_bound=1000, flag_values=fv)
   flags.DEFINE_string("tokens", None, "Curve and schedule grid (vitprune.schedule."
                       "parse_token_grid syntax; default: the main job's --solver=multi grid).",
                       flag_values=fv)
@@ -158,7 +159,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   atomic.check_output_json(f.out, RESULT_FORMAT, "out")
   sizes = sorted(set(common.parse_ints(f.sizes, "sizes")))
   lm_lib.check_calibration_count(min(sizes), "--sizes")
-  if not f.methods or len(set(f.methods)) != len(f.methods):
+  if not f.methods or len({m.strip().lower() for m in f.methods}) != len(f.methods):
     raise ValueError(f"--methods must name each method once, got {f.methods}")
   tcfg = timing.TimingConfig(min_run_time=f.min_run_time)
   cfg = common.model_config(common.EMBEDDED_MODEL, common.EMBEDDED_WEIGHTS)

@@ -33,7 +33,7 @@ from vitprune.edge.targets import CPU_DRIVERS, describe_runtime, host_cpu, parse
 from vitprune.profile import protocol, runner, timing
 from vitprune.reduce.methods import make_reducer
 from vitprune.registry import get_config
-from vitprune.schedule import parse_schedule
+from vitprune.schedule import check_schedule, parse_schedule
 
 
 RESULT_FORMAT = "vitprune-edge-speed"    # marks --out files this script may replace
@@ -208,15 +208,15 @@ def main(f: flags.FlagValues) -> dict:
       raise ValueError(f"--schedules gives {name!r} twice ({pairs[name]}, {text}): one "
                        "schedule per model")
     pairs[name] = text
-  make_reducer(f.method)
+  reducer = make_reducer(f.method)
   for flag, names in (("schedules", pairs), ("baked", f.baked)):
     unknown = sorted(set(names) - set(f.models))
     if unknown and f[flag].present:      # a default naming an untimed model is fine
       raise ValueError(f"--{flag} names {unknown}, which --models={f.models} does not time")
   for name in f.models:
     cfg = get_config(name)
-    if name in pairs:
-      parse_schedule(cfg, pairs[name])
+    if name in pairs:     # and within the method's limits (refused after timing the full model)
+      check_schedule(cfg, parse_schedule(cfg, pairs[name]), reducer)
   res = {"format": RESULT_FORMAT, **run(f, pairs, batch_sizes, tcfg)}
   print(f"\nmachine: {res['machine']['cpu']}, {res['machine']['cores']} cores")
   print(table(res))

@@ -156,11 +156,32 @@ def totals(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 STUDY_FLAGS = ("solver", "accuracy_floor", "latency_budget", "method", "seed", "out_dir", "mode")
 
 
+def split_job_flags(text: str) -> List[str]:
+  """--job_flags split as a shell would, checked (`check_job_flags`); errors name --job_flags."""
+  try:
+    job_flags = shlex.split(text)
+  except ValueError as e:                       # e.g. "No closing quotation"
+    raise ValueError(f"--job_flags={text!r}: {e}") from None
+  check_job_flags(job_flags)
+  return job_flags
+
+
 def check_job_flags(job_flags: Sequence[str]) -> None:
   """ValueError when `job_flags` (parsed as the main job parses them: `-flag`, `--noflag`
-  alike) set a flag the study owns: its rows would report the study's floor, method and seed
-  while the jobs ran with others."""
-  given = common.parse(profile_cli.define_flags, list(job_flags))
+  alike) are not the main job's flags, hold other arguments (ignored: the study would run
+  without them), or set a flag the study owns: its rows would report the study's floor, method
+  and seed while the jobs ran with others."""
+  fv = flags.FlagValues()
+  profile_cli.define_flags(fv)
+  try:
+    rest = fv(["prog", *job_flags])[1:]
+  except flags.Error as e:
+    raise ValueError(f"--job_flags: {common.one_line(e)}") from None
+  common.check_finite(fv)
+  if rest:
+    raise ValueError(f"--job_flags: {rest} are not flags of the main job (python -m "
+                     "experiments.profile takes no other arguments)")
+  given = fv
   owned = [n for n in STUDY_FLAGS if given[n].present]
   if owned:
     raise ValueError(f"--job_flags sets {', '.join('--' + n for n in owned)}, which the study "
@@ -171,11 +192,11 @@ def check_job_flags(job_flags: Sequence[str]) -> None:
 def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
   """Runs the study, prints the table and writes --out -> the rows."""
   atomic.check_output_json(f.out, RESULT_FORMAT, "out")
-  check_job_flags(shlex.split(f.job_flags))
+  job_flags = split_job_flags(f.job_flags)
   rows = []
   with tempfile.TemporaryDirectory(prefix="floor_study_") as tmp:
     for seed in range(f.seeds):
-      row = run_seed(seed, f.accuracy_floor, f.method, shlex.split(f.job_flags),
+      row = run_seed(seed, f.accuracy_floor, f.method, job_flags,
                      os.path.join(tmp, f"seed{seed}"))
       rows.append(row)
       print(f"seed {seed}: {row['schedule']} {row['measured_accuracy']:.4f} "

@@ -59,10 +59,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_list("batch_sizes", None, "Batch sizes (default: vit_digits 1, other models 1 "
                     "and 8).", flag_values=fv)
   flags.DEFINE_integer("num_schedules", None, "Held-out schedules per method (default: "
-                       "vit_digits 30, other models 8).", flag_values=fv)
+                       "vit_digits 30, other models 8).", upper_bound=1000, flag_values=fv)
   flags.DEFINE_integer("calibration_schedules", lm_lib.DEFAULT_CALIBRATION_SCHEDULES,
                        "Calibration schedules per method (the main job's; DeiT-sized models: 6, "
-                       "--quick: 5).", flag_values=fv)
+                       "--quick: 5).", upper_bound=1000, flag_values=fv)
   flags.DEFINE_float("accuracy_floor", 0.95, "vit_digits: floor of the in-loop choice.",
                      flag_values=fv)
   flags.DEFINE_float("min_run_time", None, "Seconds of timed calls per graph (default 0.1; "
@@ -254,7 +254,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   for name in models:
     get_config(name)
   for flag, names in (("models", models), ("methods", methods)):
-    if not names or len(set(names)) != len(names):     # a repeat was measured twice
+    if not names or len({n.strip().lower() for n in names}) != len(names):   # measured twice
       raise ValueError(f"--{flag} must name each entry once, got {names}")
   batch_sizes = (common.parse_ints(f.batch_sizes, "batch_sizes")
                  if f["batch_sizes"].present else None)

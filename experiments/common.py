@@ -227,12 +227,19 @@ def check_output_dir(path: str, flag: str = "out_dir") -> None:
   """`path` is (or can become) a writable directory; raises naming the flag otherwise."""
   if not path:
     raise ValueError(f"--{flag} is empty")
-  if os.path.lexists(path):
+  bare = _without_trailing_sep(path)
+  if os.path.lexists(bare):
     if not os.path.isdir(path):
-      raise NotADirectoryError(f"--{flag}={path} is {atomic.describe(path)}, not a directory")
+      raise NotADirectoryError(f"--{flag}={path} is {atomic.describe(bare)}, not a directory")
     atomic.check_writable_dir(path, f"--{flag}={path}")
     return
   atomic.check_creatable(path, flag)
+
+
+def _without_trailing_sep(path: str) -> str:
+  """`path` without trailing separators ('f.txt/' names the file f.txt: os.path.lexists says
+  False for it, so an existing file passed as a directory was found only at the final write)."""
+  return path.rstrip("/" + os.sep) or path
 
 
 def write_result(path: str, doc: Dict[str, Any], fmt: str, **json_kw) -> str:
@@ -253,9 +260,10 @@ def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,
     raise ValueError(f"--{flag} is required")
   if os.path.isdir(os.path.dirname(os.path.abspath(path))):
     atomic.cleanup_stale(path)   # a killed writer's moved-aside output is restored first
-  if os.path.lexists(path):
+  bare = _without_trailing_sep(path)
+  if os.path.lexists(bare):
     if not os.path.isdir(path):
-      raise NotADirectoryError(f"--{flag}={path} is {atomic.describe(path)}, not a directory")
+      raise NotADirectoryError(f"--{flag}={path} is {atomic.describe(bare)}, not a directory")
     atomic.check_not_mount_point(os.path.abspath(path))
     if os.listdir(path) and not overwrite:
       raise FileExistsError(f"--{flag}={path} already exists (pass --overwrite to replace it)")

@@ -29,8 +29,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def main(f: flags.FlagValues) -> str:
-  if not f.out:
-    raise ValueError("--out is required")
+  common.check_new_dir(f.out, "out", f.overwrite, data.is_digits_imagefolder)
   root = data.write_digits_imagefolder(f.out, f.split, f.limit, seed=f.seed,
                                        overwrite=f.overwrite)
   n = len(data.ImageFolder(root))

@@ -30,6 +30,7 @@ from vitprune import estimate as estimate_lib
 from vitprune import memory
 from vitprune import model as vit
 from vitprune import schedule as S
+from vitprune.profile import protocol
 from vitprune.config import ViTConfig
 from vitprune.prune import run_prune
 from vitprune.reduce import list_methods
@@ -125,6 +126,9 @@ def main(f: flags.FlagValues):
   common.positive(f.repeats, "repeats")
   if f.warmup < 0:
     raise ValueError(f"--warmup must be >= 0, got {f.warmup}")
+  for flag in ("warmup", "repeats"):      # time_compiled's TimingConfig bounds, before any work
+    if f[flag].value > protocol.MAX_CALLS:
+      raise ValueError(f"--{flag} must be at most {protocol.MAX_CALLS}, got {f[flag].value}")
   for flag, method in (("random_seed", "random"), ("evit_normalize", "evit")):
     if f[flag].present and f.method != method:
       raise ValueError(f"--{flag} applies to --method={method} only, not --method={f.method}")

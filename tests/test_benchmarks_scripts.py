@@ -61,11 +61,14 @@ def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
   out = f"--out={tmp_path / 'e.json'}"
   _assert_refused(edge_speed, [
       ([f"--out={tmp_path}"], "is a directory, not a file"),
+      ([f"--out={tmp_path}/e.json/"], "ends in '/'"),     # refused at the write, after the work
       (["--drivers=local-turbo", out], "--drivers takes auto"),
       (["--min_run_time=0", out], r"^min_run_time must be > 0 and finite, got 0\.0$"),
       (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
       (["--schedules=keep@1:9", out], "is not model=schedule"),
       (["--models=vit_digits", "--schedules=vit_digits=keep@9:9", out], "layer 9"),
+      (["--models=vit_digits", "--method=tome", "--schedules=vit_digits=keep@3:5", out],
+       "tome can remove at most 32 of the 65 tokens entering block 3"),   # after the full model
       (["--models=nosuch", out], "unknown model 'nosuch'"),
       (["--method=nosuch", out], "unknown token-reduction method 'nosuch'"),
       (["--models=vit_digits", "--schedules=deit_small_patch16_224=full", out],
@@ -127,6 +130,7 @@ def test_calibration_size_refuses_bad_input_before_any_work(tmp_path):
       (["--sizes=x", out], "--sizes"),
       (["--methods=nosuch", out], "unknown token-reduction method 'nosuch'"),
       (["--methods=pomt,pomt", out], r"--methods must name each method once"),
+      (["--methods=POMT,pomt", out], r"--methods must name each method once"),
       (["--methods=pomt,tome", "--tokens=65,17,9", out],
        "tome removes at most 32 of 65 tokens in one block"),
       (["--methods=pomt", "--tokens=65,33", "--sizes=40", out],
@@ -187,6 +191,8 @@ def test_predictor_accuracy_refuses_bad_input_before_any_work(tmp_path):
       (["--min_run_time=-1", out], r"^min_run_time must be > 0 and finite, got -1\.0$"),
       (["--models=", out], r"--models must name each entry once, got \[\]"),
       (["--methods=pomt,pomt", out], "--methods must name each entry once"),
+      (["--methods=pomt,POMT", out], "--methods must name each entry once"),   # one method
+      ([f"--out={tmp_path}/p.json/"], "ends in '/': that names a directory, not a file"),
       (["--batch_sizes=", out], "--batch_sizes is empty"),        # ran with batch 1
       (["--models=test_tiny_vit", "--accuracy_floor=0.5", out],
        "--accuracy_floor applies to vit_digits"),                  # written nowhere

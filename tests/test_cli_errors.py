@@ -166,8 +166,15 @@ CASES = [
      "subset size n=360 exceeds the dataset size 359"),
     ("digits_images", ["--out={full}", "--overwrite"], 1,
      "it is a folder that is not a vitprune-digits-imagefolder folder"),
-    ("digits_images", ["--out={file}"], 1, "already exists"),
+    ("digits_images", ["--out={file}"], 1, "is a regular file, not a directory"),
+    ("digits_images", ["--out={file}/x"], 1, "is a file, not a directory"),
+    ("benchmark", ["--data=none", "--out_dir={file}/"], 1,          # found at the final write
+     "is a regular file, not a directory"),
     ("digits_images", ["--out={out}", "--split=val"], 2, "value should be one of"),
+    ("prune", ["--repeats=1000000000000"], 1, "--repeats must be at most 10000000"),  # ran
+    ("prune", ["--warmup=1000000000000"], 1, "--warmup must be at most 10000000"),    # for days
+    ("profile", ["--solver=multi", "--calibration_schedules=1000000000000",
+                 "--out_dir={out}"], 2, "is not integer <= 1000"),
 ]
 
 

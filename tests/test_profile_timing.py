@@ -46,7 +46,7 @@ def test_time_calls_respects_min_run_time_min_reps_and_warmup():
   assert len(calls) == 2 + 4
   cfg_reps = timing.TimingConfig(min_run_time=1e-9, warmup=0, min_reps=6)
   assert len(timing.time_calls(fn, (1,), cfg_reps, clock=clock)) == 6
-  cfg_max = timing.TimingConfig(min_run_time=1e9, warmup=0, min_reps=3, max_reps=5)
+  cfg_max = timing.TimingConfig(min_run_time=3600.0, warmup=0, min_reps=3, max_reps=5)
   assert len(timing.time_calls(fn, (1,), cfg_max, clock=clock)) == 5
 
 
@@ -193,6 +193,9 @@ def test_run_jobs_propagates_a_failure_and_drops_the_queue():
     (dict(max_rel_iqr=float("inf")), "max_rel_iqr must be > 0 and finite"),
     (dict(min_run_time="1"), "min_run_time must be a number"),
     (dict(min_run_time=1e308), "min_run_time must be at most 3600 seconds per point, got 1e"),
+    (dict(max_reps=10 ** 12), "max_reps must be at most 10000000, got 1000000000000"),
+    (dict(warmup=10 ** 12), "warmup must be at most 10000000"),
+    (dict(rounds=1001), "rounds must be at most 1000, got 1001"),
     (dict(warmup=1.5), "warmup must be an integer"),
     (dict(max_reps=True), "max_reps must be an integer"),
 ])

@@ -193,6 +193,8 @@ def check_output_file(path: str, flag: str = "output", overwrite: bool = True) -
     raise ValueError(f"--{flag} is empty")
   if os.path.isdir(path):
     raise IsADirectoryError(f"--{flag}={path} is a directory, not a file")
+  if path.endswith(("/", os.sep)):     # passed every check, then the final rename failed
+    raise IsADirectoryError(f"--{flag}={path} ends in '/': that names a directory, not a file")
   if os.path.lexists(path):
     if not overwrite:
       raise FileExistsError(f"--{flag}={path} already exists (pass --overwrite to replace it)")

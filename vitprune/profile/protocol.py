@@ -24,6 +24,9 @@ import numpy as np
 
 # Seconds of timed calls per point, at most: --min_run_time=1e308 ran for days, not refused.
 MAX_RUN_TIME = 3600.0
+# Calls per point (warm-up, timed) and rounds, at most: --repeats=10**12 ran for days too.
+MAX_CALLS = 10 ** 7
+MAX_ROUNDS = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +67,9 @@ class TimingConfig:
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise ValueError(f"{name} must be an integer, got {v!r}")
+    for name, most in (("warmup", MAX_CALLS), ("max_reps", MAX_CALLS), ("rounds", MAX_ROUNDS)):
+      if getattr(self, name) > most:
+        raise ValueError(f"{name} must be at most {most}, got {getattr(self, name)}")
     if self.warmup < 0:
       raise ValueError(f"warmup must be >= 0, got {self.warmup}")
     if self.min_reps < 3:
