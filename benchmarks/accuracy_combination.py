@@ -223,7 +223,11 @@ def parse_floors(text: str) -> List[float]:
       raise ValueError(f"--floors: {v.strip()!r} is not a number") from None
     if not 0 < floor <= 1:
       raise ValueError(f"--floors: {floor} is not an accuracy in (0, 1]")
+    if floor in out:                   # its row was printed twice
+      raise ValueError(f"--floors gives {floor} twice")
     out.append(floor)
+  if not out:                          # the floor table came out empty
+    raise ValueError(f"--floors={text!r} names no floor")
   return out
 
 

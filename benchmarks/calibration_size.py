@@ -32,6 +32,7 @@ from absl import flags
 
 from experiments import common
 from vitprune import atomic
+from vitprune import memory
 from vitprune.pipeline import PipelineSpec
 from vitprune.profile import latency_model as lm_lib
 from vitprune.profile import timing
@@ -163,6 +164,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     raise ValueError(f"--methods must name each method once, got {f.methods}")
   tcfg = timing.TimingConfig(min_run_time=f.min_run_time)
   cfg = common.model_config(common.EMBEDDED_MODEL, common.EMBEDDED_WEIGHTS)
+  memory.check_batch_fits(cfg, [f.batch_size])             # else numpy's "Unable to allocate"
   tokens = parse_token_grid(cfg, f.tokens) if f.tokens else None
   specs = {m: PipelineSpec(solver="multi", method=m, tokens=tokens) for m in f.methods}
   for spec in specs.values():   # the main job's checks (method, grid) for every method first,

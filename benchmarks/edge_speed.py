@@ -28,6 +28,7 @@ from experiments import common   # before jax: a Ctrl-C during the imports exits
 import jax  # pylint: disable=g-bad-import-order,wrong-import-order
 from vitprune import atomic
 from vitprune import iree_build
+from vitprune import memory
 from vitprune.edge import runtime
 from vitprune.edge.targets import CPU_DRIVERS, describe_runtime, host_cpu, parse_target
 from vitprune.profile import protocol, runner, timing
@@ -215,6 +216,7 @@ def main(f: flags.FlagValues) -> dict:
       raise ValueError(f"--{flag} names {unknown}, which --models={f.models} does not time")
   for name in f.models:
     cfg = get_config(name)
+    memory.check_batch_fits(cfg, batch_sizes, flag="--batch_sizes")
     if name in pairs:     # and within the method's limits (refused after timing the full model)
       check_schedule(cfg, parse_schedule(cfg, pairs[name]), reducer)
   res = {"format": RESULT_FORMAT, **run(f, pairs, batch_sizes, tcfg)}

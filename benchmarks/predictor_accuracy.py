@@ -38,6 +38,7 @@ from absl import flags
 
 from experiments import common
 from vitprune import atomic
+from vitprune import memory
 from vitprune import solve_stage
 from vitprune import estimate as estimate_lib
 from vitprune.model import init_params
@@ -258,6 +259,8 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
       raise ValueError(f"--{flag} must name each entry once, got {names}")
   batch_sizes = (common.parse_ints(f.batch_sizes, "batch_sizes")
                  if f["batch_sizes"].present else None)
+  for name in models if batch_sizes else ():    # else numpy's "Unable to allocate" later
+    memory.check_batch_fits(get_config(name), batch_sizes, flag="--batch_sizes")
   if f["accuracy_floor"].present and "vit_digits" not in models:
     raise ValueError("--accuracy_floor applies to vit_digits (the only model with data here)")
   for flag in ("num_schedules", "calibration_schedules", "threads"):

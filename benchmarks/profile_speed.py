@@ -18,6 +18,7 @@ import time
 from absl import flags
 
 from experiments import common
+from vitprune import memory
 from vitprune.profile import runner
 from vitprune.profile import timing
 from vitprune.registry import get_config
@@ -63,6 +64,7 @@ def main(f: flags.FlagValues) -> None:
   if f.compile_cache_dir:      # JAX would only warn and run the "cache" rows without one
     common.check_output_dir(f.compile_cache_dir, "compile_cache_dir")
   cfg = get_config(f.model)
+  memory.check_batch_fits(cfg, [f.batch_size], f.dtype)   # else numpy's "Unable to allocate"
   base = runner.ProfileSpec(
       cfg=cfg, batch_sizes=(f.batch_size,), dtype=f.dtype, mode="model",
       tokens=parse_token_grid(cfg, f.tokens), threads=1,

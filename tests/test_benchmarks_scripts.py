@@ -62,6 +62,7 @@ def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
   _assert_refused(edge_speed, [
       ([f"--out={tmp_path}"], "is a directory, not a file"),
       ([f"--out={tmp_path}/e.json/"], "ends in '/'"),     # refused at the write, after the work
+      (["--batch_sizes=1000000000000", out], "^--batch_sizes=1000000000000 cannot fit in memory"),
       (["--drivers=local-turbo", out], "--drivers takes auto"),
       (["--min_run_time=0", out], r"^min_run_time must be > 0 and finite, got 0\.0$"),
       (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
@@ -131,6 +132,7 @@ def test_calibration_size_refuses_bad_input_before_any_work(tmp_path):
       (["--methods=nosuch", out], "unknown token-reduction method 'nosuch'"),
       (["--methods=pomt,pomt", out], r"--methods must name each method once"),
       (["--methods=POMT,pomt", out], r"--methods must name each method once"),
+      (["--batch_size=1000000000000", out], "^--batch_size=1000000000000 cannot fit in memory"),
       (["--methods=pomt,tome", "--tokens=65,17,9", out],
        "tome removes at most 32 of 65 tokens in one block"),
       (["--methods=pomt", "--tokens=65,33", "--sizes=40", out],
@@ -192,6 +194,7 @@ def test_predictor_accuracy_refuses_bad_input_before_any_work(tmp_path):
       (["--models=", out], r"--models must name each entry once, got \[\]"),
       (["--methods=pomt,pomt", out], "--methods must name each entry once"),
       (["--methods=pomt,POMT", out], "--methods must name each entry once"),   # one method
+      (["--batch_sizes=1000000000000", out], "^--batch_sizes=1000000000000 cannot fit in memory"),
       ([f"--out={tmp_path}/p.json/"], "ends in '/': that names a directory, not a file"),
       (["--batch_sizes=", out], "--batch_sizes is empty"),        # ran with batch 1
       (["--models=test_tiny_vit", "--accuracy_floor=0.5", out],
@@ -317,6 +320,9 @@ def test_accuracy_combination_refuses_bad_floors_and_seeds_before_measuring(tmp_
       (["--quick", "--floors=abc", out], "--floors: 'abc' is not a number"),
       (["--quick", "--floors=0.95,1.5", out], r"--floors: 1.5 is not an accuracy in \(0, 1\]"),
       (["--quick", "--floors=-1", out], "--floors: -1.0 is not an accuracy"),
+      (["--quick", "--floors=0.95,0.95", out], "--floors gives 0.95 twice"),
+      (["--quick", "--floors=", out], "--floors='' names no floor"),
+      (["--quick", "--floors= , ", out], "names no floor"),
   ], tmp_path)
   from experiments import common  # pylint: disable=g-import-not-at-top
   import pytest  # pylint: disable=g-import-not-at-top
