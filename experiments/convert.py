@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 from absl import flags
 
 from experiments import common
+from vitprune import checkpoint
 from vitprune import memory
 from vitprune.convert import convert_checkpoint, count_params
 from vitprune.registry import get_config
@@ -89,9 +90,7 @@ def main(f: flags.FlagValues) -> str:
   if f.out == "":
     raise ValueError("--out is empty (leave it out for the default weights/<model>)")
   out = f.out if f.out is not None else default_out(f.model, f.img_size, base.img_size)
-  if os.path.lexists(out) and not os.path.isdir(out):
-    raise NotADirectoryError(f"--out={out} is a file, not a directory")
-  common.check_output_dir(os.path.dirname(os.path.abspath(out)), "out")
+  common.check_new_dir(out, "out", overwrite=f.overwrite, is_ours=checkpoint.is_weights_dir)
   return run(f.model, f.checkpoint, img_size=f.img_size, num_classes=f.num_classes, out=out,
              overwrite=f.overwrite, drop_head=f.drop_head, ignore_keys=f.ignore_keys,
              verify=f.verify)

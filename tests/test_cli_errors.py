@@ -173,6 +173,10 @@ CASES = [
     ("digits_images", ["--out={out}", "--split=val"], 2, "value should be one of"),
     ("prune", ["--repeats=1000000000000"], 1, "--repeats must be at most 10000000"),  # ran
     ("prune", ["--warmup=1000000000000"], 1, "--warmup must be at most 10000000"),    # for days
+    ("convert", ["--model=test_tiny_vit", "--checkpoint=c.npz", "--out={file}/"], 1,
+     "is a regular file, not a directory"),     # said "already exists (pass --overwrite", which
+    ("convert", ["--model=test_tiny_vit", "--checkpoint=c.npz", "--out={full}",   # it refused
+                 "--overwrite"], 1, "that is not a vitprune-weights folder"),   # not ours
     ("profile", ["--solver=multi", "--calibration_schedules=1000000000000",
                  "--out_dir={out}"], 2, "is not integer <= 1000"),
 ]
