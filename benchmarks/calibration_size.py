@@ -102,8 +102,9 @@ def run_method(cfg, params, method: str, grid: List[int], sets: Dict[Tuple[int, 
   held_s = [sched[h].median_s for h in held]
   noise = None
   if noise_floor:   # the same held-out graphs timed again: the re-measurement error
-    again = lm_lib.measure_schedules(cfg, params, method=method, batch_size=batch,
-                                     schedules=held, timing_cfg=tcfg, threads=threads, seed=1)
+    again, _ = lm_lib.measure_with_full(cfg, params, method=method, batch_size=batch,
+                                        schedules=held, timing_cfg=tcfg, threads=threads,
+                                        seed=1)
     noise = lm_lib.relative_errors(again, held_s)
   rows = []
   for (k, d), cal in sets.items():
@@ -160,8 +161,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   atomic.check_output_json(f.out, RESULT_FORMAT, "out")
   sizes = sorted(set(common.parse_ints(f.sizes, "sizes")))
   lm_lib.check_calibration_count(min(sizes), "--sizes")
-  if not f.methods or len({m.strip().lower() for m in f.methods}) != len(f.methods):
-    raise ValueError(f"--methods must name each method once, got {f.methods}")
+  common.check_names_once(f.methods, "methods", "method")
   tcfg = timing.TimingConfig(min_run_time=f.min_run_time)
   cfg = common.model_config(common.EMBEDDED_MODEL, common.EMBEDDED_WEIGHTS)
   memory.check_batch_fits(cfg, [f.batch_size])             # else numpy's "Unable to allocate"

@@ -217,7 +217,7 @@ def main(f: flags.FlagValues) -> dict:
   for name in f.models:
     cfg = get_config(name)
     memory.check_batch_fits(cfg, batch_sizes, flag="--batch_sizes")
-    if name in pairs:     # and within the method's limits (refused after timing the full model)
+    if name in pairs:     # within the method's limits (was refused only after timing)
       check_schedule(cfg, parse_schedule(cfg, pairs[name]), reducer)
   res = {"format": RESULT_FORMAT, **run(f, pairs, batch_sizes, tcfg)}
   print(f"\nmachine: {res['machine']['cpu']}, {res['machine']['cores']} cores")

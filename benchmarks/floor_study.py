@@ -171,17 +171,10 @@ def check_job_flags(job_flags: Sequence[str]) -> None:
   alike) are not the main job's flags, hold other arguments (ignored: the study would run
   without them), or set a flag the study owns: its rows would report the study's floor, method
   and seed while the jobs ran with others."""
-  fv = flags.FlagValues()
-  profile_cli.define_flags(fv)
   try:
-    rest = fv(["prog", *job_flags])[1:]
-  except flags.Error as e:
+    given = common.parse(profile_cli.define_flags, list(job_flags))
+  except (flags.Error, ValueError) as e:
     raise ValueError(f"--job_flags: {common.one_line(e)}") from None
-  common.check_finite(fv)
-  if rest:
-    raise ValueError(f"--job_flags: {rest} are not flags of the main job (python -m "
-                     "experiments.profile takes no other arguments)")
-  given = fv
   owned = [n for n in STUDY_FLAGS if given[n].present]
   if owned:
     raise ValueError(f"--job_flags sets {', '.join('--' + n for n in owned)}, which the study "

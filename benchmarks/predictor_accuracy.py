@@ -255,8 +255,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   for name in models:
     get_config(name)
   for flag, names in (("models", models), ("methods", methods)):
-    if not names or len({n.strip().lower() for n in names}) != len(names):   # measured twice
-      raise ValueError(f"--{flag} must name each entry once, got {names}")
+    common.check_names_once(names, flag)          # a repeat was measured twice
   batch_sizes = (common.parse_ints(f.batch_sizes, "batch_sizes")
                  if f["batch_sizes"].present else None)
   for name in models if batch_sizes else ():    # else numpy's "Unable to allocate" later

@@ -84,10 +84,12 @@ def check_finite(fv: flags.FlagValues) -> None:
 def parse(define_flags: Callable[[flags.FlagValues], None], argv: Sequence[str] = ()
           ) -> flags.FlagValues:
   """A fresh FlagValues with the CLI's flags, parsed from `argv` (without the program name) and
-  checked for non-finite floats; for tests and library callers."""
+  checked for non-finite floats and stray arguments; for tests and library callers."""
   fv = flags.FlagValues()
   define_flags(fv)
-  fv(["prog", *argv])
+  rest = fv(["prog", *argv])[1:]
+  if rest:                                # as the CLIs' `run` refuses them
+    raise ValueError(f"unexpected arguments: {rest}")
   check_finite(fv)
   return fv
 
@@ -204,6 +206,13 @@ def given_flags(fv: flags.FlagValues, names: Sequence[str]) -> List[str]:
 def applies(flag_names: Sequence[str]) -> str:
   """'--a applies' / '--a, --b apply': the start of a refusal naming flags a run does not read."""
   return f"{', '.join(flag_names)} {'applies' if len(flag_names) == 1 else 'apply'}"
+
+
+def check_names_once(names: Sequence[str], flag: str, what: str = "entry") -> None:
+  """ValueError naming `--flag` unless `names` is non-empty and names each entry once, case-blind
+  (methods and models are looked up case-blind: 'pomt,POMT' measured one method twice)."""
+  if not names or len({n.lower() for n in names}) != len(names):
+    raise ValueError(f"--{flag} must name each {what} once, got {list(names)}")
 
 
 def parse_ints(values: Sequence[str], flag: str) -> List[int]:

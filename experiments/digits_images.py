@@ -5,8 +5,8 @@ r"""Write the bundled digits as an ImageFolder of 8x8 grayscale PNGs (`DIR/<clas
 
 For the CLIs that read image folders (`run_deployed`, `vitprune.edge run`, `estimate --data=DIR`):
 the same images, split and class-balanced subset as `--data=digits`. The folder is written next
-to `--out` and renamed into place; an existing `--out` is refused unless it is a folder written
-here and `--overwrite` is given.
+to `--out` and renamed into place; an existing non-empty `--out` is refused unless it is a
+digits folder written here and `--overwrite` is given.
 """
 from __future__ import annotations
 
@@ -29,7 +29,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def main(f: flags.FlagValues) -> str:
+  """Checks --out and --limit, writes the folder, prints what it wrote -> its path."""
   common.check_new_dir(f.out, "out", f.overwrite, data.is_digits_imagefolder)
+  train, test = data.digits_split(f.seed)
+  size = {"train": len(train), "test": len(test), "all": len(train) + len(test)}[f.split]
+  if f.limit is not None and f.limit > size:
+    raise ValueError(f"--limit={f.limit} exceeds the {size} digits of the {f.split} split")
   root = data.write_digits_imagefolder(f.out, f.split, f.limit, seed=f.seed,
                                        overwrite=f.overwrite)
   n = len(data.ImageFolder(root))

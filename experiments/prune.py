@@ -124,11 +124,7 @@ def main(f: flags.FlagValues):
   """Checks the flags, loads the model and one batch, prunes, prints the comparison."""
   common.positive(f.batch_size, "batch_size")
   common.positive(f.repeats, "repeats")
-  if f.warmup < 0:
-    raise ValueError(f"--warmup must be >= 0, got {f.warmup}")
-  for flag in ("warmup", "repeats"):      # time_compiled's TimingConfig bounds, before any work
-    if f[flag].value > protocol.MAX_CALLS:
-      raise ValueError(f"--{flag} must be at most {protocol.MAX_CALLS}, got {f[flag].value}")
+  protocol.repeat_timing(max(3, f.repeats), f.warmup)   # time_compiled's, before any work
   for flag, method in (("random_seed", "random"), ("evit_normalize", "evit")):
     if f[flag].present and f.method != method:
       raise ValueError(f"--{flag} applies to --method={method} only, not --method={f.method}")

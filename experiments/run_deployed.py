@@ -17,6 +17,7 @@ from experiments import common
 from vitprune import atomic
 from vitprune import deploy
 from vitprune import memory
+from vitprune.profile import protocol
 from vitprune.data import ImageFolder
 
 
@@ -53,7 +54,7 @@ def run(f: flags.FlagValues) -> dict:
   -> the result dict (what --output holds)."""
   if not f.artifact or not f.images:
     raise ValueError("--artifact and --images are required")
-  timing_cfg = deploy.repeat_timing(f.repeats, f.warmup)
+  timing_cfg = protocol.repeat_timing(f.repeats, f.warmup)
   if f.num_workers < 0:
     raise ValueError(f"--num_workers must be >= 0, got {f.num_workers}")
   if f.output:

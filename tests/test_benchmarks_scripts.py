@@ -61,7 +61,7 @@ def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
   out = f"--out={tmp_path / 'e.json'}"
   _assert_refused(edge_speed, [
       ([f"--out={tmp_path}"], "is a directory, not a file"),
-      ([f"--out={tmp_path}/e.json/"], "ends in '/'"),     # refused at the write, after the work
+      ([f"--out={tmp_path}/e.json/"], "ends in '/'"),     # was refused only at the write
       (["--batch_sizes=1000000000000", out], "^--batch_sizes=1000000000000 cannot fit in memory"),
       (["--drivers=local-turbo", out], "--drivers takes auto"),
       (["--min_run_time=0", out], r"^min_run_time must be > 0 and finite, got 0\.0$"),
@@ -69,7 +69,7 @@ def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
       (["--schedules=keep@1:9", out], "is not model=schedule"),
       (["--models=vit_digits", "--schedules=vit_digits=keep@9:9", out], "layer 9"),
       (["--models=vit_digits", "--method=tome", "--schedules=vit_digits=keep@3:5", out],
-       "tome can remove at most 32 of the 65 tokens entering block 3"),   # after the full model
+       "tome can remove at most 32 of the 65 tokens entering block 3"),   # was after timing
       (["--models=nosuch", out], "unknown model 'nosuch'"),
       (["--method=nosuch", out], "unknown token-reduction method 'nosuch'"),
       (["--models=vit_digits", "--schedules=deit_small_patch16_224=full", out],

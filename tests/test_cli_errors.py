@@ -163,7 +163,7 @@ CASES = [
      "min_run_time must be at most 3600 seconds per point"),
     ("digits_images", [], 1, "--out is required"),
     ("digits_images", ["--out={out}", "--limit=360"], 1,
-     "subset size n=360 exceeds the dataset size 359"),
+     "--limit=360 exceeds the 359 digits of the test split"),
     ("digits_images", ["--out={full}", "--overwrite"], 1,
      "it is a folder that is not a vitprune-digits-imagefolder folder"),
     ("digits_images", ["--out={file}"], 1, "is a regular file, not a directory"),

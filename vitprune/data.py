@@ -48,7 +48,8 @@ _PIL_FILTERS = {
 }
 
 # The eval resize keeps the aspect ratio: a 1000000x1 PNG (a few hundred bytes) would become
-# 32000000x32 pixels (GBs) before the crop. The bound is PIL's default decompression-bomb limit.
+# 32000000x32 pixels (GBs) before the crop. The bound is PIL's default decompression-bomb limit,
+# fixed here (raising or disabling PIL's own limit does not lift it).
 MAX_RESIZED_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 
 DIGITS_CLASSES = tuple(str(d) for d in range(10))

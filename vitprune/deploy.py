@@ -467,16 +467,6 @@ class DeployedModel:
             f"{self.input_shape[2]}, {self.input_shape[3]}], platforms {list(self.platforms)})")
 
 
-def repeat_timing(repeats: int, warmup: int) -> TimingConfig:
-  """The profiler's protocol with exactly `repeats` timed calls after `warmup` untimed ones."""
-  if repeats < 3:
-    raise ValueError(f"--repeats must be >= 3 for a median and an IQR, got {repeats}")
-  if warmup < 0:
-    raise ValueError(f"--warmup must be >= 0, got {warmup}")
-  return TimingConfig(min_run_time=1e-9, warmup=warmup, min_reps=repeats, max_reps=repeats,
-                      max_retries=0)
-
-
 def time_model(model: "DeployedModel", images: np.ndarray, cfg: TimingConfig) -> Measurement:
   """Steady-state latency of `model(images)` on device-resident images (`model` has been
   called once before, so compilation is excluded)."""

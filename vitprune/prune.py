@@ -20,7 +20,7 @@ from vitprune import model as vit
 from vitprune import schedule as S
 from vitprune.config import ViTConfig
 from vitprune.estimate import compare_logits
-from vitprune.profile import timing
+from vitprune.profile import protocol, timing
 from vitprune.reduce import make_reducer
 
 
@@ -38,8 +38,7 @@ def default_schedule(cfg: ViTConfig, method: str) -> S.Schedule:
 def time_compiled(compiled, params, images, *, warmup: int, repeats: int) -> Dict[str, float]:
   """Median / IQR seconds of `repeats` calls of `compiled(params, images)` (device-resident
   inputs), with the profiler's timing protocol."""
-  cfg = timing.TimingConfig(min_run_time=1e-9, warmup=warmup, min_reps=max(3, repeats),
-                            max_reps=max(3, repeats))
+  cfg = protocol.repeat_timing(max(3, repeats), warmup, max_retries=2)
   m = timing.summarize(timing.time_calls(compiled, (params, images), cfg))
   return {"median_s": m.median, "iqr_s": m.iqr}
 

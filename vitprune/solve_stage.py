@@ -312,8 +312,7 @@ class MultiInputs:
   layers: Tuple[int, ...]
   sensitivity: np.ndarray   # [len(layers), K]
   full_accuracy: float
-  pair_noise: Optional[np.ndarray]   # [K - 1] seconds, k * max(pair standard error, curve
-  #                                     noise); None: the curve was not measured at every count
+  pair_noise: Optional[np.ndarray]   # [K - 1] s, k * max(pair SE, curve noise); None: unknown
   reduce: Optional[np.ndarray] = None   # [K] extra seconds of a reducing block (None: 0)
 
 

@@ -554,11 +554,6 @@ def measure_with_full(cfg, params, *, method: str, batch_size: int,
   return [got[tuple(int(c) for c in s)] for s in schedules], full
 
 
-def measure_schedules(cfg, params, **kwargs) -> List[float]:
-  """Median seconds of each of `kwargs['schedules']` (`measure_with_full`'s first part)."""
-  return measure_with_full(cfg, params, **kwargs)[0]
-
-
 def relative_errors(predicted: Sequence[float], measured: Sequence[float]) -> Dict[str, float]:
   """{'median', 'p90', 'within10'} of |predicted - measured| / measured."""
   p, m = np.asarray(predicted, np.float64), np.asarray(measured, np.float64)

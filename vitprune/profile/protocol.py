@@ -85,6 +85,20 @@ class TimingConfig:
       raise ValueError(f"rounds must be >= 1, got {self.rounds}")
 
 
+def repeat_timing(repeats: int, warmup: int, max_retries: int = 0) -> TimingConfig:
+  """The protocol with exactly `repeats` timed calls after `warmup` untimed ones (the CLIs'
+  --repeats / --warmup: errors name those flags, not the config's fields)."""
+  if repeats < 3:
+    raise ValueError(f"--repeats must be >= 3 for a median and an IQR, got {repeats}")
+  if warmup < 0:
+    raise ValueError(f"--warmup must be >= 0, got {warmup}")
+  for flag, v in (("repeats", repeats), ("warmup", warmup)):
+    if v > MAX_CALLS:                     # 10**12 ran for days
+      raise ValueError(f"--{flag} must be at most {MAX_CALLS}, got {v}")
+  return TimingConfig(min_run_time=1e-9, warmup=warmup, min_reps=repeats, max_reps=repeats,
+                      max_retries=max_retries)
+
+
 def relative_iqr(iqr: float, median: float) -> float:
   """IQR / median, the spread the protocol re-measures on (inf for a non-positive median)."""
   return iqr / median if median > 0 else float("inf")
