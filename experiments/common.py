@@ -81,6 +81,16 @@ def check_finite(fv: flags.FlagValues) -> None:
       raise ValueError(f"--{name}={v} is not a finite number")
 
 
+def check_not_empty(fv: flags.FlagValues) -> None:
+  """A string flag given as empty (`--model=`, `--solution=`) is refused, unless empty is its
+  default: it was read as "not given" and the run went on with the default."""
+  for name, flag in sorted(fv._flags().items()):  # pylint: disable=protected-access
+    if (name == flag.name and flag.present and isinstance(flag.value, str) and not flag.value
+        and flag.default != ""):
+      raise ValueError(f"--{name} is empty" + ("" if flag.default is None else
+                                               f" (leave it out for the default {flag.default})"))
+
+
 def parse(define_flags: Callable[[flags.FlagValues], None], argv: Sequence[str] = ()
           ) -> flags.FlagValues:
   """A fresh FlagValues with the CLI's flags, parsed from `argv` (without the program name) and
@@ -91,6 +101,7 @@ def parse(define_flags: Callable[[flags.FlagValues], None], argv: Sequence[str] 
   if rest:                                # as the CLIs' `run` refuses them
     raise ValueError(f"unexpected arguments: {rest}")
   check_finite(fv)
+  check_not_empty(fv)
   return fv
 
 
@@ -112,6 +123,7 @@ def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_logging(fv)
     check_finite(fv)
+    check_not_empty(fv)
     check_jax_platforms()
     main(fv)
     console.raise_if_interrupted()      # a Ctrl-C some callback swallowed: not a success

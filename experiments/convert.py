@@ -87,8 +87,6 @@ def main(f: flags.FlagValues) -> str:
   if f.num_classes is not None and f.num_classes < 0:
     raise ValueError(f"--num_classes must be >= 0, got {f.num_classes}")
   base = get_config(f.model)  # KeyError with close-name suggestions
-  if f.out == "":
-    raise ValueError("--out is empty (leave it out for the default weights/<model>)")
   out = f.out if f.out is not None else default_out(f.model, f.img_size, base.img_size)
   common.check_new_dir(out, "out", overwrite=f.overwrite, is_ours=checkpoint.is_weights_dir)
   return run(f.model, f.checkpoint, img_size=f.img_size, num_classes=f.num_classes, out=out,

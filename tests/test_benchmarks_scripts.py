@@ -132,6 +132,7 @@ def test_calibration_size_refuses_bad_input_before_any_work(tmp_path):
       (["--methods=nosuch", out], "unknown token-reduction method 'nosuch'"),
       (["--methods=pomt,pomt", out], r"--methods must name each method once"),
       (["--methods=POMT,pomt", out], r"--methods must name each method once"),
+      (["--tokens=", out], r"^--tokens is empty$"),       # ran the default grid
       (["--batch_size=1000000000000", out], "^--batch_size=1000000000000 cannot fit in memory"),
       (["--methods=pomt,tome", "--tokens=65,17,9", out],
        "tome removes at most 32 of 65 tokens in one block"),
@@ -321,7 +322,7 @@ def test_accuracy_combination_refuses_bad_floors_and_seeds_before_measuring(tmp_
       (["--quick", "--floors=0.95,1.5", out], r"--floors: 1.5 is not an accuracy in \(0, 1\]"),
       (["--quick", "--floors=-1", out], "--floors: -1.0 is not an accuracy"),
       (["--quick", "--floors=0.95,0.95", out], "--floors gives 0.95 twice"),
-      (["--quick", "--floors=", out], "--floors='' names no floor"),
+      (["--quick", "--floors=", out], r"--floors is empty \(leave it out for the default"),
       (["--quick", "--floors= , ", out], "names no floor"),
   ], tmp_path)
   from experiments import common  # pylint: disable=g-import-not-at-top

@@ -65,6 +65,27 @@ def test_an_exception_without_text_is_named_not_printed_empty():
   assert common.one_line("") == ""
 
 
+def test_a_string_flag_given_empty_is_refused_unless_empty_is_its_default():
+  """`--solution=` ran the benchmark without a solution, `--model=` ran vit_digits."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  def define(fv):
+    flags.DEFINE_string("solution", None, "", flag_values=fv)
+    flags.DEFINE_string("model", "vit_digits", "", flag_values=fv)
+    flags.DEFINE_string("job_flags", "", "", flag_values=fv)
+    flags.DEFINE_list("sizes", ["1"], "", flag_values=fv)
+
+  common.parse(define, ["--job_flags=", "--model=deit"])          # empty default: fine
+  with pytest.raises(ValueError, match=r"^--solution is empty$"):
+    common.parse(define, ["--solution="])
+  with pytest.raises(ValueError, match=r"^--model is empty \(leave it out for the default "
+                     r"vit_digits\)$"):
+    common.parse(define, ["--model="])
+  assert common.parse(define, ["--sizes="]).sizes == []            # lists: their own checks
+  with pytest.raises(ValueError, match=r"^unexpected arguments: \['x'\]$"):
+    common.parse(define, ["x"])
+
+
 def test_warnings_print_on_one_line():
   """PIL's DecompressionBombWarning (an 89-179 Mpx image) printed the library's file and its
   source line as a second line."""

@@ -111,7 +111,7 @@ CASES = [
     ("estimate", ["--tokens=", "--out_dir={out}"], 1, "--tokens is empty"),
     ("train_digits", ["--out="], 1, "--out is empty"),
     ("convert", ["--model=test_tiny_vit", "--checkpoint=c.npz", "--out="], 1,
-     "--out is empty (leave it out for the default weights/<model>)"),
+     "--out is empty"),
     ("deploy", [f"--weights={WEIGHTS}", "--method=evit", "--method_opts=normalize=maybe",
                 "--schedule=keep@3:33", "--out={out}"], 1,
      "method 'evit' option normalize must be bool, got 'maybe'"),
@@ -177,6 +177,8 @@ CASES = [
      "is a regular file, not a directory"),     # said "already exists (pass --overwrite", which
     ("convert", ["--model=test_tiny_vit", "--checkpoint=c.npz", "--out={full}",   # it refused
                  "--overwrite"], 1, "that is not a vitprune-weights folder"),   # not ours
+    ("prune", ["--model="], 1, "--model is empty (leave it out for the default vit_digits)"),
+    ("benchmark", ["--solution=", "--out_dir={out}"], 1, "--solution is empty"),  # ran without
     ("profile", ["--solver=multi", "--calibration_schedules=1000000000000",
                  "--out_dir={out}"], 2, "is not integer <= 1000"),
 ]
