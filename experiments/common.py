@@ -81,12 +81,16 @@ def check_finite(fv: flags.FlagValues) -> None:
       raise ValueError(f"--{name}={v} is not a finite number")
 
 
+EMPTY_MEANS_NONE = "('' for none)"     # in a flag's help: an empty value is meaningful
+
+
 def check_not_empty(fv: flags.FlagValues) -> None:
   """A string flag given as empty (`--model=`, `--solution=`) is refused, unless empty is its
-  default: it was read as "not given" and the run went on with the default."""
+  default or its help says `EMPTY_MEANS_NONE`: it was read as "not given" and the run went on
+  with the default."""
   for name, flag in sorted(fv._flags().items()):  # pylint: disable=protected-access
     if (name == flag.name and flag.present and isinstance(flag.value, str) and not flag.value
-        and flag.default != ""):
+        and flag.default != "" and EMPTY_MEANS_NONE not in (flag.help or "")):
       raise ValueError(f"--{name} is empty" + ("" if flag.default is None else
                                                f" (leave it out for the default {flag.default})"))
 

@@ -74,8 +74,10 @@ def test_a_string_flag_given_empty_is_refused_unless_empty_is_its_default():
     flags.DEFINE_string("model", "vit_digits", "", flag_values=fv)
     flags.DEFINE_string("job_flags", "", "", flag_values=fv)
     flags.DEFINE_list("sizes", ["1"], "", flag_values=fv)
+    flags.DEFINE_string("cache_dir", "c", "Cache ('' for none).", flag_values=fv)
 
   common.parse(define, ["--job_flags=", "--model=deit"])          # empty default: fine
+  assert common.parse(define, ["--cache_dir="]).cache_dir == ""   # documented as meaningful
   with pytest.raises(ValueError, match=r"^--solution is empty$"):
     common.parse(define, ["--solution="])
   with pytest.raises(ValueError, match=r"^--model is empty \(leave it out for the default "
