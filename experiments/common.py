@@ -11,7 +11,8 @@ The contract of `run` (the README's "What happens when things go wrong"):
     fit in memory: one line `error: <message>` on stderr, no traceback, no help text, exit 1;
   * flag syntax (unknown flag, a value of the wrong type, stray positional arguments): the same
     one line plus `(see --help)`, exit 2;
-  * Ctrl-C: `error: interrupted`, exit 130.
+  * Ctrl-C: `error: interrupted`, exit 130;
+  * --help (and absl's -?, --helpshort, --helpfull): the usage on stdout, exit 0.
 Checks run before any work, so a refused run changes no file.
 """
 from __future__ import annotations
@@ -174,10 +175,15 @@ def _exit_interrupted() -> None:
 
 
 def _parse_or_fail(fv: flags.FlagValues, argv: List[str]) -> List[str]:
+  """Parsed argv, or exit: EXIT_USAGE with one line on bad flag syntax, 0 after --help."""
   try:
     return fv(argv)
   except flags.Error as e:
     fail(e, EXIT_USAGE, hint=True)
+  except SystemExit as e:   # absl's --help/-?/--helpshort/--helpfull/--helpxml print usage and
+    if e.code == 1:         # exit 1 (the only exit while parsing); asking for help succeeded
+      raise SystemExit(0) from None
+    raise
 
 
 def run(main: Callable[[flags.FlagValues], Any],

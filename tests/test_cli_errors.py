@@ -305,3 +305,13 @@ def test_subprocess_prints_what_the_in_process_run_prints(subprocess_runs, tmp_p
   code, _, err = _run_in_process(tmp_path, CASES[index][0], argv)
   assert (code, err.replace(str(tmp_path), "<dir>")) == \
       (r.returncode, r.stderr.replace(str(case_dir), "<dir>"))
+
+
+@pytest.mark.parametrize("flag", ["--help", "--helpfull"])
+def test_help_prints_usage_and_succeeds(tmp_path, flag):
+  # absl's help flags exit 1 after printing; asking for help is not a failure
+  r = _run_subprocess(tmp_path, "solve", [flag])
+  assert isinstance(r, subprocess.CompletedProcess), r
+  assert (r.returncode, r.stderr) == (0, ""), r.stderr[-2000:]
+  assert "--accuracy_floor" in r.stdout and "python -m experiments.solve" in r.stdout
+  assert os.listdir(tmp_path) == []
