@@ -11,7 +11,7 @@ The contract of `run` (the README's "What happens when things go wrong"):
     fit in memory: one line `error: <message>` on stderr, no traceback, no help text, exit 1;
   * flag syntax (unknown flag, a value of the wrong type, stray positional arguments): the same
     one line plus `(see --help)`, exit 2;
-  * Ctrl-C: `error: interrupted`, exit 130;
+  * Ctrl-C: `error: interrupted`, exit 130; SIGTERM: `error: terminated`, exit 143;
   * --help (and absl's -?, --helpshort, --helpfull): the usage on stdout, exit 0.
 Checks run before any work, so a refused run changes no file.
 """
@@ -139,7 +139,7 @@ def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,
   except KeyboardInterrupt:
     if whole_process:
       _exit_interrupted()
-    fail("interrupted", EXIT_INTERRUPTED)
+    fail(*console.interrupt_exit())
 
 
 def check_jax_platforms(environ: Optional[Dict[str, str]] = None) -> None:
@@ -161,17 +161,18 @@ def check_jax_platforms(environ: Optional[Dict[str, str]] = None) -> None:
 
 
 def _exit_interrupted() -> None:
-  """Ctrl-C in a CLI process: the error line, this process's temporaries
-  (`atomic.remove_at_exit`: the temporary XLA cache), then exit 130 at once. A normal
+  """Ctrl-C (or SIGTERM) in a CLI process: the error line, this process's temporaries
+  (`atomic.remove_at_exit`: the temporary XLA cache), then exit 130 (143) at once. A normal
   interpreter exit, or JAX's own exit handlers, can crash tearing XLA down while a compile or
   step started before the interrupt is still running (train_digits: SIGSEGV in 3 of 3 runs of
   `tests/test_faults_cli.py`'s Ctrl-C test); by the time the interrupt reaches here every
   `finally` of the run has removed its staged outputs."""
-  sys.stderr.write("error: interrupted\n")
+  text, code = console.interrupt_exit()
+  sys.stderr.write(f"error: {text}\n")
   sys.stdout.flush()
   sys.stderr.flush()
   atomic.remove_exit_paths()
-  os._exit(EXIT_INTERRUPTED)
+  os._exit(code)
 
 
 def _parse_or_fail(fv: flags.FlagValues, argv: List[str]) -> List[str]:

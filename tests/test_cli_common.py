@@ -120,11 +120,26 @@ def test_a_swallowed_interrupt_is_not_a_success(monkeypatch, capsys):
 def test_the_interrupt_handler_records_and_raises(monkeypatch):
   from vitprune import console  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(console, "_interrupted", False)
+  monkeypatch.setattr(console, "_terminated", False)
   with pytest.raises(KeyboardInterrupt):
     console._record_interrupt(2, None)
   assert console.interrupted()
+  assert console.interrupt_exit() == ("interrupted", 130)
   with pytest.raises(KeyboardInterrupt):
     console.raise_if_interrupted()
+
+
+def test_sigterm_is_recorded_as_an_interrupt_that_exits_143(monkeypatch):
+  import signal  # pylint: disable=g-import-not-at-top
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(console, "_interrupted", False)
+  monkeypatch.setattr(console, "_terminated", False)
+  with pytest.raises(KeyboardInterrupt):      # the run's `finally` blocks clean up
+    console._record_interrupt(signal.SIGTERM, None)
+  assert console.interrupted() and console.interrupt_exit() == ("terminated", 143)
+  with pytest.raises(KeyboardInterrupt):
+    console._record_interrupt(signal.SIGINT, None)
+  assert console.interrupt_exit() == ("terminated", 143)    # a later Ctrl-C does not hide it
 
 
 @pytest.mark.parametrize("argv, installed", [
@@ -158,6 +173,27 @@ def test_an_ignored_sigint_stays_ignored():
             "print(signal.getsignal(signal.SIGINT) is console._record_interrupt, "
             "signal.getsignal(signal.SIGINT) is signal.SIG_IGN)" % root)
   for mode, want in (("default", "True False"), ("ignored", "False True")):
+    out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip()
+    assert out == want, (mode, out)
+
+
+def test_sigterm_is_handled_only_where_it_had_its_default_action():
+  """`setup_process` takes SIGTERM over from its default action (kill at once, no cleanup), but
+  leaves an ignored SIGTERM or a handler of the embedding program alone."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = ("import signal, sys; sys.path.insert(0, %r)\n"
+            "from vitprune import console\n"
+            "mine = lambda *a: None\n"
+            "if sys.argv[1] == 'ignored': signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "if sys.argv[1] == 'own': signal.signal(signal.SIGTERM, mine)\n"
+            "console.setup_process()\n"
+            "h = signal.getsignal(signal.SIGTERM)\n"
+            "print(h is console._record_interrupt, h is signal.SIG_IGN, h is mine)" % root)
+  for mode, want in (("default", "True False False"), ("ignored", "False True False"),
+                     ("own", "False False True")):
     out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
                          timeout=60, check=True).stdout.strip()
     assert out == want, (mode, out)

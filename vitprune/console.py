@@ -1,7 +1,9 @@
 """What every vitprune command line sets up for its process (the experiments CLIs and the board
 CLI `vitprune.edge` alike; no jax here): standard streams that print a path's undecodable bytes
 escaped (`\\udcff`) instead of failing after the work is done, warnings on one line, and a
-Ctrl-C that is never lost.
+Ctrl-C that is never lost. SIGTERM (`kill`, `timeout`, a batch scheduler) is handled as Ctrl-C
+is, so a run's `finally` blocks remove what it staged, and ends with `error: terminated`, exit
+143 (its default action killed the process on the spot, leaving temporary folders behind).
 
 Python raises KeyboardInterrupt wherever the main thread is, and an exception raised inside a
 callback (JAX's garbage-collection hook, a weakref finaliser) is printed and dropped, so an
@@ -20,7 +22,9 @@ import threading
 import warnings
 
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
 _interrupted = False
+_terminated = False
 
 
 def one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -41,16 +45,24 @@ def setup_process() -> None:
 
 
 def _record_interrupt(signum, frame) -> None:
-  """SIGINT handler: remember the interrupt, then raise it as Python's default handler does."""
-  del signum, frame
-  global _interrupted
+  """SIGINT (and SIGTERM) handler: remember the interrupt, then raise it as Python's default
+  SIGINT handler does."""
+  del frame
+  global _interrupted, _terminated
   _interrupted = True
+  _terminated = _terminated or signum == signal.SIGTERM
   raise KeyboardInterrupt
 
 
 def interrupted() -> bool:
-  """Whether this process received Ctrl-C since `setup_process`."""
+  """Whether this process received Ctrl-C (or SIGTERM) since `setup_process`."""
   return _interrupted
+
+
+def interrupt_exit() -> tuple:
+  """(error text, exit status) of an interrupted run: ('terminated', 143) after SIGTERM, else
+  ('interrupted', 130)."""
+  return ("terminated", EXIT_TERMINATED) if _terminated else ("interrupted", EXIT_INTERRUPTED)
 
 
 def raise_if_interrupted() -> None:
@@ -68,9 +80,13 @@ def _may_handle_sigint() -> bool:
 
 
 def install_interrupt_handler() -> None:
-  """Makes Ctrl-C recorded as well as raised (`_record_interrupt`), where `_may_handle_sigint`."""
+  """Makes Ctrl-C recorded as well as raised (`_record_interrupt`), where `_may_handle_sigint`;
+  SIGTERM too where it still has its default action (not ignored, no handler of the caller's)."""
   if _may_handle_sigint():
     signal.signal(signal.SIGINT, _record_interrupt)
+  if (threading.current_thread() is threading.main_thread()
+      and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, _record_interrupt)):
+    signal.signal(signal.SIGTERM, _record_interrupt)
 
 
 def _exit_now(signum, frame) -> None:

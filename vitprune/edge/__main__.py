@@ -14,7 +14,7 @@ Errors (tampered or incomplete artifacts/kits, a module for a device this host l
 command does not read, an output path it could not write or a file it did not write itself) end
 the program with one line `error: ...` and exit status 1, before any timing where they can; a
 malformed flag exits 2 (`error: ...` then `(see --help)`), Ctrl-C exits 130 (`error:
-interrupted`). Results JSON (--output) carry "format": "vitprune-edge-result".
+interrupted`), SIGTERM 143 (`error: terminated`). Results JSON (--output) carry "format": "vitprune-edge-result".
 """
 from __future__ import annotations
 
@@ -200,8 +200,9 @@ def main(argv):
     sys.exit(f"error: {where}: a record or kit field is missing or of the wrong type "
              f"({type(e).__name__}: {e}); rebuild it with experiments.deploy / edge_kit")
   except KeyboardInterrupt:
-    sys.stderr.write("error: interrupted\n")
-    sys.exit(130)
+    text, code = console.interrupt_exit()
+    sys.stderr.write(f"error: {text}\n")
+    sys.exit(code)
 
 
 if __name__ == "__main__":
