@@ -14,7 +14,8 @@ Errors (tampered or incomplete artifacts/kits, a module for a device this host l
 command does not read, an output path it could not write or a file it did not write itself) end
 the program with one line `error: ...` and exit status 1, before any timing where they can; a
 malformed flag exits 2 (`error: ...` then `(see --help)`), Ctrl-C exits 130 (`error:
-interrupted`), SIGTERM 143 (`error: terminated`). Results JSON (--output) carry "format": "vitprune-edge-result".
+interrupted`), SIGTERM 143 (`error: terminated`). Results JSON (--output) carry "format":
+"vitprune-edge-result".
 """
 from __future__ import annotations
 
