@@ -1490,3 +1490,75 @@ def test_per_image_accuracy_by_hand():
 def test_per_image_errors(call, match):
   with pytest.raises(ValueError, match=match):
     call(_margin_table())
+
+
+def test_anchored_accuracy_by_hand():
+  table = _margin_table()
+  schedules = [[17, 17, 17], [17, 5, 5], [17, 17, 5], [17, 9, 9], [17, 9, 5]]
+  # No measured schedule: every margin moves from the unpruned model's (per_image_accuracy).
+  np.testing.assert_allclose(solve.anchored_accuracy(table, {}, schedules),
+                             solve.per_image_accuracy(table, schedules))
+  # [17, 9, 5] measured (margins 1, 1, -1: 2/3): it predicts itself; [17, 9, 9] is nearer to it
+  # (distance: block 1's steps differ by mean |(0.2-1, 0.9-0.9, 2-(-1)) - 0| = 3.8/3) than to
+  # the unpruned model (block 0's steps (-0.2, -0.5, 0): 0.7/3), so with one neighbour it moves
+  # from the unpruned model: margins (0.8, 0.5, -1) -> 2/3.
+  anchors = {(17, 9, 5): [1.0, 1.0, -1.0]}
+  np.testing.assert_allclose(solve.anchored_accuracy(table, anchors, [[17, 9, 5]]), [2 / 3])
+  np.testing.assert_allclose(solve.anchored_accuracy(table, anchors, [[17, 9, 9]],
+                                                     neighbours=1), [2 / 3])
+  # [17, 17, 5] (steps: 0, then block 1 from 17 to 5: (-0.8, -0.1, 3)) from the anchor:
+  # m_A + steps(S) - steps(A) = (1, 1, -1) + (-0.8, -0.1, 3) - ((-0.2, -0.5, 0) + (-0.8, 0, 3))
+  # = (1.2, 1.4, -1): 2/3, at distance (0.7 + 0.1)/3; from the unpruned model (1, 1, -1) +
+  # (-0.8, -0.1, 3) = (0.2, 0.9, 2): 3/3, at distance 3.9/3. Weights 1 / distance.
+  want = (2 / 3 / 0.8 + 1 / 3.9) / (1 / 0.8 + 1 / 3.9)
+  np.testing.assert_allclose(solve.anchored_accuracy(table, anchors, [[17, 17, 5]]), [want])
+  np.testing.assert_allclose(solve.anchored_accuracy(table, anchors, [[17, 17, 5]],
+                                                     neighbours=1), [2 / 3])
+  np.testing.assert_array_equal(   # chunks change nothing
+      solve.anchored_accuracy(table, anchors, schedules),
+      solve.anchored_accuracy(table, anchors, schedules, chunk=2))
+
+
+@pytest.mark.parametrize("anchors, kwargs, match", [
+    ({(17, 9, 5): [1.0, 1.0]}, {}, r"anchor \[17, 9, 5\] has margins for 2 examples, the "
+     "margin table for 3"),
+    ({(17, 9, 5): [1.0, float("inf"), 1.0]}, {}, r"margins of anchor \[17, 9, 5\] contains "
+     "1 NaN/inf"),
+    ({(17, 13, 5): [1.0, 1.0, 1.0]}, {}, "token count 13 is not on the margin table's grid"),
+    ({}, {"neighbours": 0}, "neighbours must be >= 1, got 0"),
+])
+def test_anchored_accuracy_errors(anchors, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    solve.anchored_accuracy(_margin_table(), anchors, [[17, 9, 9]], **kwargs)
+
+
+def test_refine_frontier_with_margins_predicts_from_earlier_rounds():
+  """With a margin table the refinement asks for margins, keeps them, and predicts each round's
+  new schedules from the schedules measured in earlier rounds only."""
+  table = _margin_table()
+  model = solve.make_cost_model([5, 9, 17], [1.0, 2.0, 4.0],
+                                [[0.0, 1 / 3, 2 / 3], [1.0, 2 / 3, 2 / 3]], 2 / 3, depth=2,
+                                num_tokens=17)
+  rng = np.random.default_rng(0)
+  truth, calls = {}, []
+
+  def measure(counts_list, margins=False):
+    assert margins
+    calls.append(list(counts_list))
+    got = [truth.setdefault(tuple(c), rng.normal(size=3)) for c in counts_list]
+    return [float((m > 0).mean()) for m in got], np.stack(got) if got else np.zeros((0, 3))
+
+  ref = solve.refine_frontier(model, measure, rounds=3, table=table)
+  assert set(ref.margins) == set(ref.measured) == {tuple(c) for call in calls for c in call}
+  seen = {}
+  for r in ref.rounds:
+    todo = [p.counts for p in r.new]
+    np.testing.assert_allclose(r.anchored, solve.anchored_accuracy(table, seen, todo))
+    seen.update((c, truth[c]) for c in todo)
+  np.testing.assert_allclose(ref.rounds[0].anchored,
+                             solve.per_image_accuracy(table, [p.counts for p in
+                                                              ref.rounds[0].new]))
+  assert solve.refine_frontier(model, lambda cs: [0.5] * len(cs), rounds=1).margins is None
+  with pytest.raises(ValueError, match="measure returned margins for 0 of"):
+    solve.refine_frontier(model, lambda cs, margins: ([0.5] * len(cs), np.zeros((0, 3))),
+                          rounds=1, table=table)

@@ -77,7 +77,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -451,7 +451,8 @@ def predict_schedule(model: CostModel, counts: Sequence[int]) -> Tuple[float, fl
 
 
 # ----------------------------------------------------------------------------------------------
-# Per-image combination (a diagnostic model: not decomposable per block, so not used by the DP).
+# Per-image combination (diagnostic models: not decomposable per block, so not used by the DP;
+# `anchored_accuracy` predicts what the refinement measures next from what it measured before).
 
 @dataclasses.dataclass(frozen=True)
 class MarginTable:
@@ -484,13 +485,8 @@ class MarginTable:
     return cls(grid, ref, np.concatenate([single, full], axis=1))
 
 
-def per_image_accuracy(table: MarginTable, counts_list: Sequence[Sequence[int]], *,
-                       chunk: int = 4096) -> np.ndarray:
-  """[S] predicted accuracies of S schedules: each example's margin moves by the incremental
-  single-layer changes, margin(counts) = m_ref + sum_l (m[l, counts[l+1]] - m[l, counts[l]]), and
-  the example counts as correct when that stays > 0 (the incremental model per example instead
-  of per dataset: cuts that each leave an example correct can together flip it). Unlike the
-  solver's incremental model, the raw margins are used (no monotone envelope)."""
+def _margin_columns(table: MarginTable, counts_list: Sequence[Sequence[int]]) -> np.ndarray:
+  """Grid indices [S, depth + 1] of S schedules on `table`'s grid, validated."""
   idx = {int(n): k for k, n in enumerate(table.ns)}
   depth, n_full = table.margins.shape[0], int(table.ns[-1])
   rows = []
@@ -505,14 +501,75 @@ def per_image_accuracy(table: MarginTable, counts_list: Sequence[Sequence[int]],
       raise ValueError(f"token count {missing[0]} is not on the margin table's grid "
                        f"{table.ns.tolist()}")
     rows.append([idx[c] for c in counts])
-  cols = np.array(rows, np.int64).reshape(-1, depth + 1)
+  return np.array(rows, np.int64).reshape(-1, depth + 1)
+
+
+def _margin_steps(table: MarginTable, cols: np.ndarray) -> np.ndarray:
+  """[S, depth, M] each block's incremental single-layer margin change for schedules `cols`
+  [S, depth + 1]: m[l, counts[l+1]] - m[l, counts[l]] (0 where block l keeps its tokens)."""
+  depth = table.margins.shape[0]
+  return np.stack([table.margins[l, cols[:, l + 1]] - table.margins[l, cols[:, l]]
+                   for l in range(depth)], axis=1)
+
+
+def per_image_accuracy(table: MarginTable, counts_list: Sequence[Sequence[int]], *,
+                       chunk: int = 4096) -> np.ndarray:
+  """[S] predicted accuracies of S schedules: each example's margin moves by the incremental
+  single-layer changes, margin(counts) = m_ref + sum_l (m[l, counts[l+1]] - m[l, counts[l]]), and
+  the example counts as correct when that stays > 0 (the incremental model per example instead
+  of per dataset: cuts that each leave an example correct can together flip it). Unlike the
+  solver's incremental model, the raw margins are used (no monotone envelope)."""
+  cols = _margin_columns(table, counts_list)
   out = np.empty(len(cols))
   for s in range(0, len(cols), chunk):      # [chunk, M] at a time: bounded memory
     c = cols[s:s + chunk]
     m = np.repeat(table.reference[None], len(c), axis=0)
-    for l in range(depth):
+    for l in range(table.margins.shape[0]):
       m += table.margins[l, c[:, l + 1]] - table.margins[l, c[:, l]]
     out[s:s + chunk] = (m > 0).mean(axis=1)
+  return out
+
+
+def anchored_accuracy(table: MarginTable, anchors: Mapping[Tuple[int, ...], ArrayLike],
+                      counts_list: Sequence[Sequence[int]], *, neighbours: int = 3,
+                      chunk: int = 64) -> np.ndarray:
+  """[S] predicted accuracies of S schedules from the measured schedules nearest to each.
+
+  anchors: {counts: [M] per-example margins measured for that schedule} (the unpruned model,
+  `table.reference`, is always one). `per_image_accuracy` moves every margin from the unpruned
+  model's; here they move from a measured schedule A, by the difference of the single-layer
+  steps: margin(S) = m_A + sum_l (step_l(S) - step_l(A)), so an interaction A measured (a late
+  cut that costs more after an early one) is kept wherever S shares it. The `neighbours`
+  anchors with the smallest distance sum_l mean_i |step_l(S)_i - step_l(A)_i| each predict an
+  accuracy, averaged with weights 1 / distance; a measured schedule predicts its own
+  measurement. With no anchors this is `per_image_accuracy`. For frontiers (S x anchors x depth x
+  M work), not for scoring every schedule on a grid."""
+  neighbours = as_int(neighbours, "neighbours")
+  if neighbours < 1:
+    raise ValueError(f"neighbours must be >= 1, got {neighbours}")
+  m_ref = table.reference
+  a_counts = list(anchors)
+  a_cols = _margin_columns(table, a_counts)
+  a_marg = [_finite(f"margins of anchor {list(c)}", anchors[c], 1) for c in a_counts]
+  for c, m in zip(a_counts, a_marg):
+    if m.size != m_ref.size:
+      raise ValueError(f"anchor {list(c)} has margins for {m.size} examples, the margin table "
+                       f"for {m_ref.size}")
+  a_steps = np.concatenate([np.zeros((1,) + table.margins.shape[:1] + m_ref.shape),
+                            _margin_steps(table, a_cols)])               # [A + 1, depth, M]
+  base = np.stack([m_ref] + a_marg) - a_steps.sum(axis=1)                # [A + 1, M]
+  cols = _margin_columns(table, counts_list)
+  k = min(neighbours, len(base))
+  out = np.empty(len(cols))
+  for s in range(0, len(cols), chunk):
+    steps = _margin_steps(table, cols[s:s + chunk])                       # [c, depth, M]
+    dist = np.stack([np.abs(steps - a).mean(axis=2).sum(axis=1) for a in a_steps], axis=1)
+    near = np.argsort(dist, axis=1, kind="stable")[:, :k]                 # [c, k]
+    total = steps.sum(axis=1)                                             # [c, M]
+    for i, row in enumerate(near):
+      d = dist[i, row]
+      acc = ((base[row] + total[i]) > 0).mean(axis=1)                     # [k]
+      out[s + i] = acc[0] if d[0] == 0 else float(np.average(acc, weights=1.0 / d))
   return out
 
 
@@ -591,21 +648,27 @@ def with_drop_correction(model: CostModel, delta: ArrayLike) -> CostModel:
 @dataclasses.dataclass(frozen=True, eq=False)
 class RefinementRound:
   """One round of `refine_frontier`: the frontier it solved, how many measured schedules its
-  correction was fitted on, and the schedules it measured, as predicted BEFORE measuring."""
+  correction was fitted on, and the schedules it measured, as predicted BEFORE measuring (by
+  the corrected model: `new[i].accuracy`; with a margin table also by `anchored_accuracy` on
+  every schedule measured in earlier rounds: `anchored[i]`)."""
   index: int
   frontier_size: int
   fitted_on: int
   new: Tuple["Plan", ...]
+  anchored: Optional[Tuple[float, ...]] = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Refinement:
   """`refine_frontier`'s result: the last corrected model, its frontier (every schedule
-  measured), every measurement ({counts: metric}) and the rounds."""
+  measured), every measurement ({counts: metric}), the rounds, and with a margin table the
+  per-example margins of every schedule it measured ({counts: [M]}, `anchored_accuracy`'s
+  anchors)."""
   model: CostModel
   frontier: Tuple["Plan", ...]
   measured: Dict[Tuple[int, ...], float]
   rounds: Tuple[RefinementRound, ...]
+  margins: Optional[Dict[Tuple[int, ...], np.ndarray]] = None
 
   @property
   def converged(self) -> bool:
@@ -614,16 +677,21 @@ class Refinement:
 
 
 def refine_frontier(model: CostModel, measure, *, rounds: int = 4,
-                    measured: Optional[Dict[Tuple[int, ...], float]] = None) -> Refinement:
+                    measured: Optional[Dict[Tuple[int, ...], float]] = None,
+                    table: Optional[MarginTable] = None) -> Refinement:
   """The frontier of `model`'s accuracy corrected where the DP goes, from measurements.
 
   `measure`: [counts, ...] -> [metric, ...] (one call per round, only schedules not measured
   yet; `measured` seeds what is known). Round 0 measures `model`'s frontier; each later round
   fits `fit_drop_correction` on everything measured, re-solves and measures what is new. Stops
-  when a corrected frontier brings nothing new (converged) or after `rounds` corrections."""
+  when a corrected frontier brings nothing new (converged) or after `rounds` corrections.
+  With `table` (the sensitivity points' per-example margins) `measure(counts_list,
+  margins=True)` -> (metrics, [S, M] margins) is called instead, and each round's new schedules
+  are also predicted by `anchored_accuracy` from everything measured before them."""
   if rounds < 0:
     raise ValueError(f"refinement rounds must be >= 0, got {rounds}")
   known = dict(measured or {})
+  margins: Optional[Dict[Tuple[int, ...], np.ndarray]] = None if table is None else {}
   current, history, fitted = model, [], 0
   for r in range(rounds + 1):
     if r:
@@ -631,14 +699,23 @@ def refine_frontier(model: CostModel, measure, *, rounds: int = 4,
       current = with_drop_correction(model, delta)
     plans = pareto_frontier(current)
     new = tuple(p for p in plans if p.counts not in known)
-    values = measure([p.counts for p in new]) if new else []
+    todo = [p.counts for p in new]
+    anchored = None
+    if table is None:
+      values = measure(todo) if new else []
+    else:
+      anchored = tuple(anchored_accuracy(table, margins, todo).tolist())
+      values, got = measure(todo, margins=True) if new else ([], np.zeros((0, 0)))
+      if len(got) != len(new):
+        raise ValueError(f"measure returned margins for {len(got)} of {len(new)} schedules")
+      margins.update((c, np.asarray(m, np.float64)) for c, m in zip(todo, got))
     if len(values) != len(new):
       raise ValueError(f"measure returned {len(values)} values for {len(new)} schedules")
     known.update((p.counts, float(v)) for p, v in zip(new, values))
-    history.append(RefinementRound(r, len(plans), fitted, new))
+    history.append(RefinementRound(r, len(plans), fitted, new, anchored))
     if r and not new:          # round 0 measured nothing new: its frontier was known; fit once
       break
-  return Refinement(current, plans, known, tuple(history))
+  return Refinement(current, plans, known, tuple(history), margins)
 
 
 # ----------------------------------------------------------------------------------------------
