@@ -23,7 +23,9 @@ only block l reduces, from all N tokens to n) with the 'incremental' combination
      the schedules it measured, predicted BEFORE measuring; the corrected model on the random
      schedules it never measured ("refined" rows); and per floor the fewest FLOP among measured
      schedules meeting it, from the uncorrected frontier alone vs after the refinement, with
-     what the uncorrected model's own choice measures.
+     what the uncorrected model's own choice measures. The same rounds also predict the
+     schedules they measure by `solve.anchored_accuracy` ("anchored": per-image margins moved
+     from the 3 nearest schedules measured in earlier rounds), before measuring them.
   6. a "per-image" combination (`solve.per_image_accuracy`): each test image's top-1 margin
      (its label's logit minus the largest other) moves by the incremental single-layer changes
      of that image, and the image counts as correct while the sum stays > 0, so cuts that each
@@ -336,7 +338,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     log(f"refinement: up to {smoke('refine_rounds', 2)} rounds")
     result["refinement"] = refinement(models["incremental"], evaluate,
                                       smoke("refine_rounds", 2), floors, flop,
-                                      dict(zip(rand, m_rand)))
+                                      dict(zip(rand, m_rand)), per_image)
   result["seconds"] = time.perf_counter() - t0
   print(table(result))
   if "refinement" in result:
@@ -348,21 +350,30 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
 
 
 def refinement(model: solve.CostModel, evaluate, rounds: int, floors: Sequence[float],
-               flop: np.ndarray, random: Dict[Counts, float]) -> Dict[str, Any]:
-  """The measured correction on `model` (FLOP latency): rounds, held-out random schedules, and
-  per floor the fewest FLOP meeting it before (the uncorrected frontier, all measured) and after
-  (everything the refinement measured)."""
-  ref = solve.refine_frontier(model, evaluate, rounds=rounds)
+               flop: np.ndarray, random: Dict[Counts, float],
+               table: solve.MarginTable) -> Dict[str, Any]:
+  """The measured correction on `model` (FLOP latency): rounds (each one's schedules predicted
+  before measuring by the corrected model and by `solve.anchored_accuracy`), held-out random
+  schedules, and per floor the fewest FLOP meeting it before (the uncorrected frontier, all
+  measured) and after (everything the refinement measured)."""
+  ref = solve.refine_frontier(model, evaluate, rounds=rounds, table=table)
   full = model.full_accuracy
   out: Dict[str, Any] = {"converged": ref.converged, "measured": len(ref.measured), "rounds": []}
   for r in ref.rounds:
-    e = errors([p.accuracy for p in r.new], [ref.measured[p.counts] for p in r.new], full)
+    meas = [ref.measured[p.counts] for p in r.new]
     out["rounds"].append({"round": r.index, "frontier": r.frontier_size,
-                          "fitted_on": r.fitted_on, "errors": e})
+                          "fitted_on": r.fitted_on,
+                          "errors": errors([p.accuracy for p in r.new], meas, full),
+                          "anchored_errors": errors(r.anchored, meas, full),
+                          "schedules": [{"counts": list(p.counts), "measured": m,
+                                         "corrected": p.accuracy, "anchored": a}
+                                        for p, m, a in zip(r.new, meas, r.anchored)]})
   held = [c for c in random if c not in ref.measured]
   out["random_held_out"] = {
       name: errors([solve.predict_schedule(m, c)[1] for c in held], [random[c] for c in held],
                    full) for name, m in (("incremental", model), ("refined", ref.model))}
+  out["random_held_out"]["anchored"] = errors(
+      solve.anchored_accuracy(table, ref.margins, held), [random[c] for c in held], full)
   pos = {int(n): i for i, n in enumerate(model.ns)}
 
   def cost(c):
@@ -390,8 +401,9 @@ def refinement(model: solve.CostModel, evaluate, rounds: int, floors: Sequence[f
 def refinement_table(ref: Dict[str, Any]) -> str:
   """Markdown: one row per refinement round, then one per floor."""
   lines = ["| round | frontier | fitted on | measured this round: n, mean / max abs err, mean "
-           "signed (points, predicted before measuring) | of those, measured drop < 10 points |",
-           "|---|---|---|---|---|"]
+           "signed (points, predicted before measuring) | of those, measured drop < 10 points |"
+           " anchored: all | anchored: drop < 10 points |",
+           "|---|---|---|---|---|---|---|"]
 
   def cell(e):
     if not e["count"]:
@@ -399,8 +411,10 @@ def refinement_table(ref: Dict[str, Any]) -> str:
     return f"{e['count']}, {e['mean']:.2f} / {e['max']:.2f}, {e['mean_signed']:+.2f}"
 
   for r in ref["rounds"]:
+    a = r["anchored_errors"]
     lines.append(f"| {r['round']} | {r['frontier']} | {r['fitted_on']} | "
-                 f"{cell(r['errors']['all'])} | {cell(r['errors']['drop_lt_10'])} |")
+                 f"{cell(r['errors']['all'])} | {cell(r['errors']['drop_lt_10'])} | "
+                 f"{cell(a['all'])} | {cell(a['drop_lt_10'])} |")
   lines += ["", "| random schedules never measured by it | all | drop < 10 points |",
             "|---|---|---|"]
   for name, e in ref["random_held_out"].items():

@@ -308,6 +308,19 @@ def test_accuracy_combination_quick(tmp_path, capsys):
     if row["uncorrected_choice"]:    # the uncorrected model's own pick, as predicted/measured
       assert row["uncorrected_choice"]["predicted"] >= row["floor"]
   assert "| round | frontier | fitted on |" in text
+  # Round 0's anchored predictions have no measured schedule to start from: the per-image
+  # model's, on the same schedules (the frontier family holds those it spread over).
+  per_image = {tuple(s["counts"]): s["per-image"]
+               for s in res["families"]["frontier"]["schedules"]}
+  first = {tuple(s["counts"]): s["anchored"] for s in ref["rounds"][0]["schedules"]}
+  assert per_image and set(per_image) <= set(first)
+  for c, v in per_image.items():
+    assert first[c] == pytest.approx(v, abs=1e-12)
+  for r in ref["rounds"]:
+    assert r["anchored_errors"]["all"]["count"] == len(r["schedules"]) == \
+        r["errors"]["all"]["count"]
+  assert set(ref["random_held_out"]) == {"incremental", "refined", "anchored"}
+  assert "| anchored |" in text
   with pytest.raises(ValueError, match="tome keeps at least 33 of 65 tokens in one block, so "
                                        "block 0 cannot reduce to 21"):
     ac.main(common.parse(ac.define_flags, ["--method=tome", "--conditional=0:21",
