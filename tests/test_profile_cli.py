@@ -168,6 +168,10 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   with open(s["files"]["solution"]) as f:
     refined = json.load(f)["settings"]["accuracy_refinement"]
   assert refined["rounds"][0]["num_schedules"] >= 1
+  # The estimate stage kept its per-example margins in memory: every round also reports the
+  # anchored per-image prediction, which round 0 (no multi-layer schedule measured yet) makes
+  # from the unpruned model alone.
+  assert all(r["anchored"]["num_schedules"] == r["num_schedules"] for r in refined["rounds"])
   with open(s["files"]["estimate"]) as f:
     est = json.load(f)
   assert est["kind"] == "sensitivity" and est["layers"] == list(range(6))
@@ -175,6 +179,7 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "multi-layer Pareto frontier, accuracy >= 0.5" in out
   assert "accuracy model corrected from measurements in" in out
+  assert "; the anchored per-image prediction by " in out
   assert f"chosen: multi-layer pomt schedule {s['schedule']}" in out
   t = s["seconds"]
   assert set(t) == {"profile", "estimate", "solve", "in_loop", "verify"}

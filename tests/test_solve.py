@@ -13,6 +13,7 @@ import pytest
 
 from vitprune import solve
 from vitprune import solve_stage
+from vitprune import schedule as schedule_lib
 from vitprune.config import config_to_dict
 from vitprune.config import ViTConfig
 from vitprune.records.estimate import Estimate, read_estimate, write_estimate
@@ -1417,6 +1418,63 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
     _multi(ps, es, accuracy_floor=floor, refine_rounds=2)
   with pytest.raises(ValueError, match="rounds must be >= 0"):
     solve_stage.refine_accuracy(sol, model, evaluate, rounds=-1)
+
+
+def test_refine_accuracy_reports_anchored_predictions_from_the_estimates_margins(tmp_path):
+  """With the estimate's per-example margins each round also reports the anchored per-image
+  prediction's error, predicted before measuring from the earlier rounds' margins; margins that
+  miss a single reduction of the grid are refused."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  model = _dp_model(ps, es)
+  rng = np.random.default_rng(0)
+  slack, weight = rng.uniform(0.1, 1.0, 50), rng.uniform(0.5, 1.5, (CFG.depth, 50))
+
+  def margins_of(c):          # cuts interact: a late cut costs more after an early one
+    cut = [(c[l] - c[l + 1]) / N for l in range(CFG.depth)]
+    early = sum(cut[:3])
+    return slack - sum(weight[l] * cut[l] * (1 + 2 * early * (l >= 3))
+                       for l in range(CFG.depth))
+
+  measured_margins = {}
+
+  def evaluate(counts_list, margins=False):
+    got = [margins_of(tuple(c)) for c in counts_list]
+    measured_margins.update((tuple(c), m) for c, m in zip(counts_list, got))
+    acc = [float((m > 0).mean()) for m in got]
+    return (acc, np.stack(got) if got else np.zeros((0, 50))) if margins else acc
+
+  singles = {schedule_lib.layer_counts(N, n, CFG.depth, l): margins_of(
+      schedule_lib.layer_counts(N, n, CFG.depth, l)) for l in (1, 3, 5) for n in range(4, N)}
+  singles[(N,) * (CFG.depth + 1)] = margins_of((N,) * (CFG.depth + 1))
+  plain = _multi(ps, es, accuracy_floor=0.5)
+  sol, _ = solve_stage.refine_accuracy(plain, model, evaluate, rounds=4, margins=singles)
+  rows = sol.settings["accuracy_refinement"]["rounds"]
+  table = solve_stage.margin_table(model, singles)
+  ref = solve.refine_frontier(model, lambda cs: [float((margins_of(tuple(c)) > 0).mean())
+                                                 for c in cs], rounds=4)
+  seen = {}
+  assert len(rows) == len(ref.rounds) and any(r["num_schedules"] for r in rows[1:])
+  for row, r in zip(rows, ref.rounds):      # the same rounds; anchored from earlier ones only
+    todo = [p.counts for p in r.new]
+    pred = solve.anchored_accuracy(table, seen, todo)
+    want = 100 * (pred - np.array([ref.measured[c] for c in todo]))
+    assert row["anchored"]["num_schedules"] == len(todo)
+    if todo:
+      assert row["anchored"]["mean_abs_points"] == pytest.approx(np.abs(want).mean())
+      assert row["anchored"]["max_abs_points"] == pytest.approx(np.abs(want).max())
+    seen.update((c, measured_margins[c]) for c in todo)
+  from vitprune.records.solution import describe_refinement  # pylint: disable=g-import-not-at-top
+  assert "; the anchored per-image prediction by " in describe_refinement(
+      sol.settings["accuracy_refinement"])
+  assert "anchored" not in describe_refinement(solve_stage.refine_accuracy(
+      plain, model, lambda cs: evaluate(cs), rounds=1)[0].settings["accuracy_refinement"])
+  missing = dict(singles)
+  del missing[schedule_lib.layer_counts(N, 9, CFG.depth, 3)]
+  assert solve_stage.margin_table(model, missing) is None
+  with pytest.raises(solve_stage.SolveInputError, match="do not cover the unpruned schedule "
+                                                         "and every single reduction"):
+    solve_stage.refine_accuracy(plain, model, evaluate, rounds=1, margins=missing)
 
 
 def test_refine_frontier_measures_only_what_it_does_not_know():

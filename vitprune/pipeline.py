@@ -52,7 +52,7 @@ from vitprune.records.estimate import Estimate, default_metric, write_estimate
 from vitprune.records.solution import (Solution, describe_frontier_error,
                                        describe_refinement, write_solution)
 from vitprune.reduce.methods import make_reducer
-from vitprune.schedule import Schedule, full_schedule
+from vitprune.schedule import Schedule, embed_counts, full_schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,9 +243,12 @@ def one_block_counts(cfg, tokens: Sequence[int], reducer) -> List[int]:
   return reduced
 
 
-def _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces=None) -> Estimate:
+def _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces=None
+              ) -> Tuple[Estimate, Optional[Dict[Tuple[int, ...], np.ndarray]]]:
   """Stage 2: A(n) with random drops after the embedding (paper) or the per-layer sensitivity
-  of `spec.method` at every block (multi)."""
+  of `spec.method` at every block (multi) -> (record, margins): with the accuracy refinement
+  also every measured schedule's per-example top-1 margins ({counts: [M]}, the unpruned one
+  included: the anchors of `solve.anchored_accuracy`), else None. The margins stay in memory."""
   if spec.solver == "paper":
     metric = "accuracy" if data.labelled else "agreement with the unpruned model"
     log(f"[2/4] estimate: {metric} with tokens randomly dropped after the embedding, "
@@ -263,19 +266,26 @@ def _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces=None)
           f" of {cfg.num_tokens} tokens in one block: counts below {min(reduced)} cannot be "
           f"measured as single reductions and are left out of the multi-layer grid")
     points = estimate_lib.sensitivity_points(cfg, reduced, list(range(cfg.depth)), reducer)
+  keep = spec.solver == "multi" and spec.refine_accuracy_rounds > 0
   result = estimate_lib.evaluate(cfg, params, data.batches(cfg, spec.eval_batch_size), points,
                                  labelled=data.labelled, dtype=spec.dtype,
-                                 threads=spec.threads, pieces=pieces)
-  return estimate_lib.estimate_record(
+                                 threads=spec.threads, pieces=pieces, margins=keep)
+  record = estimate_lib.estimate_record(
       cfg=cfg, params=params, weights_source=weights_source, data_info=data.info,
       method=method, method_kwargs=kwargs, seed=spec.seed, points=points, result=result,
       labelled=data.labelled, dtype=spec.dtype)
+  if not keep:
+    return record, None
+  margins = {embed_counts(cfg.num_tokens, cfg.depth): result.margins[0]}
+  margins.update((tuple(p.schedule.counts), m) for p, m in zip(points, result.margins[1:]))
+  return record, margins
 
 
 def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
-           seconds: Optional[Dict[str, float]] = None, pieces=None) -> Solution:
+           seconds: Optional[Dict[str, float]] = None, pieces=None, margins=None) -> Solution:
   """Stage 3: the paper's n* or the multi-layer choice (floor checked on the data).
-  `seconds['in_loop']` gets the wall time of the in-loop timing (multi with a floor)."""
+  `seconds['in_loop']` gets the wall time of the in-loop timing (multi with a floor);
+  `margins`: the estimate stage's (anchored predictions in the refinement's report)."""
   if spec.solver == "paper":
     log(f"[3/4] solve: paper utility, alpha={spec.alpha}, {spec.method} at block {spec.layer}")
     sol = solve_stage.solve_paper(
@@ -297,7 +307,8 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
         profile, estimate, accuracy_floor=spec.accuracy_floor,
         latency_budget=spec.latency_budget, alpha=spec.alpha, allow_batch_mismatch=True,
         evaluate=evaluate, latency_model=latency_model, num_images=len(data.indices),
-        measure_all=spec.measure_frontier, refine_rounds=spec.refine_accuracy_rounds)
+        measure_all=spec.measure_frontier, refine_rounds=spec.refine_accuracy_rounds,
+        margins=margins)
     log(f"  frontier: {len(sol.frontier)} schedules (latency: {sol.profile.latency_source})")
     if sol.settings.get("frontier_accuracy_error"):
       log("  " + describe_frontier_error(sol.settings["frontier_accuracy_error"]))
@@ -389,11 +400,11 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
     profile, latency_model = _calibrate(cfg, params, spec, tokens, log)
   lap("profile")
   pieces: Dict[Any, Any] = {}    # compiled model pieces: the estimate's, reused by the solve
-  estimate = _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces)
+  estimate, margins = _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces)
   lap("estimate")
   try:
     solution = _solve(cfg, params, spec, data, profile, estimate, log, latency_model, seconds,
-                      pieces)
+                      pieces, margins)
     lap("solve")
     verification = _verify(cfg, params, spec, data, solution.schedule, log)
     lap("verify")

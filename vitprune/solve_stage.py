@@ -437,7 +437,8 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
                      evaluate: Optional[Evaluator] = None, chunk: int = 6,
                      latency_model: Optional[LatencyModel] = None,
                      num_images: Optional[int] = None, measure_all: bool = False,
-                     refine_rounds: int = 0) -> Solution:
+                     refine_rounds: int = 0,
+                     margins: Optional[Dict[Tuple[int, ...], np.ndarray]] = None) -> Solution:
   """The exact multi-layer Pareto frontier and the schedule chosen on it.
 
   Latency: with `latency_model` (`vitprune.profile.latency_model`, calibrated on whole compiled
@@ -450,7 +451,10 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   floor the budget or utility choice is then made on those measurements
   (`choose_on_measurements`). With
   `refine_rounds` > 0 (needs `evaluate`) the accuracy model is corrected from measured frontier
-  schedules and the frontier re-solved, up to that many times (`refine_accuracy`).
+  schedules and the frontier re-solved, up to that many times (`refine_accuracy`); `margins`
+  ({counts: [M] per-example top-1 margins} of the estimate's single reductions and the
+  unpruned schedule, on the images `evaluate` measures, in its order) adds the anchored
+  per-image prediction to each round's report.
   """
   if measure_all and evaluate is None:
     raise SolveInputError("measuring the whole frontier needs an evaluator (weights and data)")
@@ -504,7 +508,7 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   model = sol.model
   if refine_rounds:
     solution, model = refine_accuracy(solution, model, evaluate, rounds=refine_rounds,
-                                      num_images=images)
+                                      num_images=images, margins=margins)
   if accuracy_floor is not None and evaluate is not None:
     solution = check_floor(solution, estimate, model, evaluate, chunk=chunk,
                            num_images=num_images)
@@ -655,8 +659,31 @@ def measure_frontier(solution: Solution, evaluate: Evaluator, *,
       full=None if full is None else known[full.counts])
 
 
+def margin_table(model: solve.CostModel, margins: Dict[Tuple[int, ...], np.ndarray]
+                 ) -> Optional[solve.MarginTable]:
+  """`solve.MarginTable` on `model`'s grid from {counts: [M] margins} of the unpruned schedule
+  and of every single reduction the model may make (a block that never reduces needs none), or
+  None when one of them is missing."""
+  n_full, depth = model.num_tokens, model.depth
+  ref = margins.get(schedule_lib.embed_counts(n_full, depth))
+  if ref is None:
+    return None
+  rows = []
+  for l in range(depth):
+    row = []
+    for n in model.ns[:-1]:
+      m = (margins.get(schedule_lib.layer_counts(n_full, int(n), depth, l))
+           if model.can_reduce[l] else ref)
+      if m is None:
+        return None
+      row.append(m)
+    rows.append(row)
+  return solve.MarginTable.build(model.ns, ref, np.asarray(rows, np.float64))
+
+
 def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evaluator, *,
-                    rounds: int = 4, num_images: Optional[int] = None
+                    rounds: int = 4, num_images: Optional[int] = None,
+                    margins: Optional[Dict[Tuple[int, ...], np.ndarray]] = None
                     ) -> Tuple[Solution, solve.CostModel]:
   """The solution on the frontier of an accuracy model corrected from measurements
   (`solve.refine_frontier`: measure the frontier, fit the drop correction, re-solve, measure
@@ -667,7 +694,10 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
   schedules it measured, predicted BEFORE they were measured (out of sample: the honest figure);
   "final_frontier": the final frontier's error under the final model (in sample when
   "converged": the model was fitted on all of them); "uncorrected_frontier": what
-  `measure_frontier` reported before, when it ran.
+  `measure_frontier` reported before, when it ran. With `margins` (see `margin_table`; it
+  must cover the model's grid) every round also has "anchored": the error of
+  `solve.anchored_accuracy` on the same schedules, predicted before measuring them from the
+  schedules measured in earlier rounds (`evaluate` must then take `margins=True`).
   Returns (solution, corrected model): the final frontier (every schedule measured), every
   measured schedule in `checked`, all with the final model's predicted accuracy; `chosen`
   re-chosen with the solution's criterion among ALL measured schedules on their measured metric
@@ -678,15 +708,23 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
   images = num_images if num_images is not None else st.get("num_images")
   known: Dict[Tuple[int, ...], Candidate] = {
       c.counts: c for c in solution.checked if c.measured_accuracy is not None}
+  table = None if margins is None else margin_table(model, margins)
+  if margins is not None and table is None:
+    raise SolveInputError("the per-example margins do not cover the unpruned schedule and "
+                          "every single reduction on the solver's grid")
   ref = solve.refine_frontier(model, evaluate, rounds=rounds, measured={
-      c: p.measured_accuracy for c, p in known.items()})
+      c: p.measured_accuracy for c, p in known.items()}, table=table)
   history = []
   for r in ref.rounds:
     for p in r.new:
       known[p.counts] = _measured(_candidate(cfg, p.counts, p.latency, p.accuracy),
                                   ref.measured[p.counts], images)
-    history.append(dict(_error_points([(p.accuracy, ref.measured[p.counts]) for p in r.new]),
-                        round=r.index, frontier=r.frontier_size, fitted_on=r.fitted_on))
+    row = dict(_error_points([(p.accuracy, ref.measured[p.counts]) for p in r.new]),
+               round=r.index, frontier=r.frontier_size, fitted_on=r.fitted_on)
+    if r.anchored is not None:
+      row["anchored"] = _error_points([(a, ref.measured[p.counts])
+                                       for p, a in zip(r.new, r.anchored)])
+    history.append(row)
   full = solution.full
   if full.counts not in known:
     known.update((c.counts, c) for c in _measure(evaluate, [full], images))

@@ -38,7 +38,8 @@ latency measured in the loop (`solve_stage.check_in_loop`) settings["latency_bas
 "measured": the choice is the fastest measured compiled graph among those meeting the floor.
 settings["accuracy_refinement"] (`solve_stage.refine_accuracy`): the accuracy model corrected
 from measured frontier schedules; "rounds": per round the frontier size, the schedules measured
-and their error predicted before measurement (points), "converged", "measured_schedules",
+and their error predicted before measurement (points; with the estimate's per-example margins
+also "anchored": `solve.anchored_accuracy`'s), "converged", "measured_schedules",
 "final_frontier" (the final frontier's error under the final model: in sample when converged)
 and, when the frontier was measured first, "uncorrected_frontier". Every predicted accuracy of
 such a solution is the final model's.
@@ -492,9 +493,14 @@ def describe_refinement(ref: Dict[str, Any]) -> str:
     return (f"{r['mean_abs_points']:.2f} (max {r['max_abs_points']:.2f}) points on "
             f"{r['num_schedules']} schedules")
 
-  return (head + f": predicted before measuring, it erred by {err(first)} in round "
-          f"{first['round']}"
-          + ("" if last is first else f" and {err(last)} in round {last['round']}"))
+  def pair(key=None):
+    one = (lambda r: r) if key is None else (lambda r: r[key])
+    return (f"{err(one(first))} in round {first['round']}"
+            + ("" if last is first else f" and {err(one(last))} in round {last['round']}"))
+
+  return (head + f": predicted before measuring, it erred by {pair()}"
+          + (f"; the anchored per-image prediction by {pair('anchored')}"
+             if "anchored" in first and "anchored" in last else ""))
 
 
 def solution_stem(model: str, mode: str, batch_size: int) -> str:
