@@ -29,7 +29,7 @@ import shlex
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from absl import flags
@@ -141,6 +141,58 @@ def table(rows: List[Dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def pooled_errors(rounds: Sequence[Dict[str, Any]], key: Optional[str] = None
+                  ) -> Dict[str, Any]:
+  """Pools per-round accuracy errors (`settings['accuracy_refinement']['rounds']`, or each
+  round's `key` entry, e.g. "anchored") -> {"n", "mean", "max"} in points (mean weighted by the
+  schedules each round measured)."""
+  parts = [(r if key is None else r[key]) for r in rounds
+           if (r if key is None else r.get(key, {})).get("num_schedules")]
+  n = sum(p["num_schedules"] for p in parts)
+  if not n:
+    return {"n": 0, "mean": None, "max": None}
+  return {"n": n, "mean": sum(p["num_schedules"] * p["mean_abs_points"] for p in parts) / n,
+          "max": max(p["max_abs_points"] for p in parts)}
+
+
+def refinement_summary(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+  """Where the jobs refined the accuracy model (--job_flags=--refine_accuracy_rounds=R): the
+  errors predicted before measuring, round 0 (the uncorrected frontier) and later rounds, of
+  the corrected model and of the anchored per-image prediction, per seed and pooled."""
+  per_seed, pools = [], {"round0": [], "later": []}
+  for r in rows:
+    ref = r.get("accuracy_refinement")
+    if not ref:
+      continue
+    first, later = ref["rounds"][:1], ref["rounds"][1:]
+    pools["round0"] += first
+    pools["later"] += later
+    per_seed.append({"seed": r["seed"], "round0": pooled_errors(first),
+                     "round0_anchored": pooled_errors(first, "anchored"),
+                     "later": pooled_errors(later), "later_anchored": pooled_errors(later,
+                                                                                   "anchored")})
+  if not per_seed:
+    return {}
+  return {"seeds": per_seed,
+          "pooled": {"round0": pooled_errors(pools["round0"]),
+                     "round0_anchored": pooled_errors(pools["round0"], "anchored"),
+                     "later": pooled_errors(pools["later"]),
+                     "later_anchored": pooled_errors(pools["later"], "anchored")}}
+
+
+def refinement_table(summary: Dict[str, Any]) -> str:
+  """Markdown: per seed and pooled, the refinement's errors predicted before measuring."""
+  def cell(e):
+    return "-" if not e["n"] else f"{e['mean']:.2f} / {e['max']:.2f} ({e['n']})"
+
+  lines = ["| seed | round 0: corrected model | round 0: anchored | later rounds: corrected "
+           "model | later rounds: anchored |", "|---|---|---|---|---|"]
+  for row in summary["seeds"] + [dict(summary["pooled"], seed="all")]:
+    lines.append(f"| {row['seed']} | {cell(row['round0'])} | {cell(row['round0_anchored'])} | "
+                 f"{cell(row['later'])} | {cell(row['later_anchored'])} |")
+  return "\n".join(lines)
+
+
 def totals(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
   ratios = [r["retime"]["ratio"] for r in rows if r["retime"]]
   shares = [r["overhead_share"] for r in rows]
@@ -204,10 +256,15 @@ def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
         f"{tot['retimed']} ({ratio}); calibration + in-loop timing: median "
         f"{100 * tot['overhead_share_median']:.1f}%, max "
         f"{100 * tot['overhead_share_max']:.1f}% of the main job's wall time")
+  refined = refinement_summary(rows)
+  if refined:
+    print("\naccuracy |error| mean / max points (schedules), predicted before measuring:")
+    print(refinement_table(refined))
   common.write_result(f.out, {
       "format": RESULT_FORMAT, "command": common.command_line("benchmarks.floor_study", f),
       "method": f.method, "floor": f.accuracy_floor, "job_flags": f.job_flags,
-      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "totals": tot, "rows": rows},
+      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "totals": tot,
+      "refinement": refined or None, "rows": rows},
       RESULT_FORMAT, indent=1)
   print(f"wrote {f.out}")
   return rows

@@ -363,3 +363,30 @@ def test_every_benchmark_refuses_to_replace_a_file_it_did_not_write(tmp_path):
     other.write_text('{"format": "vitprune-other"}')
     with pytest.raises(common.INPUT_ERRORS, match="refusing to replace"):
       script.main(common.parse(script.define_flags, [f"--out={other}"]))
+
+
+def test_floor_study_pools_the_refinement_errors_by_hand():
+  from benchmarks import floor_study  # pylint: disable=g-import-not-at-top
+
+  def err(n, mean, top):
+    return {"num_schedules": n, "mean_abs_points": mean, "max_abs_points": top}
+
+  rows = [{"seed": 0, "accuracy_refinement": {"rounds": [
+              dict(err(4, 3.0, 9.0), anchored=err(4, 2.0, 5.0)),
+              dict(err(2, 1.0, 1.5), anchored=err(2, 0.5, 0.8)),
+              dict(err(6, 0.5, 2.5), anchored=err(6, 0.3, 1.1)),
+              dict(err(0, 0.0, 0.0), anchored=err(0, 0.0, 0.0))]}},
+          {"seed": 1, "accuracy_refinement": None},                # not refined: left out
+          {"seed": 2, "accuracy_refinement": {"rounds": [err(2, 1.0, 2.0)]}}]   # no margins
+  s = floor_study.refinement_summary(rows)
+  assert [r["seed"] for r in s["seeds"]] == [0, 2]
+  assert s["seeds"][0]["later"] == {"n": 8, "mean": (2 * 1.0 + 6 * 0.5) / 8, "max": 2.5}
+  assert s["seeds"][0]["later_anchored"] == {"n": 8, "mean": (2 * 0.5 + 6 * 0.3) / 8,
+                                             "max": 1.1}
+  assert s["seeds"][1]["round0_anchored"] == {"n": 0, "mean": None, "max": None}
+  assert s["pooled"]["round0"] == {"n": 6, "mean": (4 * 3.0 + 2 * 1.0) / 6, "max": 9.0}
+  assert s["pooled"]["round0_anchored"]["n"] == 4
+  text = floor_study.refinement_table(s)
+  assert "| 0 | 3.00 / 9.00 (4) | 2.00 / 5.00 (4) | 0.62 / 2.50 (8) | 0.35 / 1.10 (8) |" in text
+  assert "| 2 | 1.00 / 2.00 (2) | - | - | - |" in text and "| all |" in text
+  assert floor_study.refinement_summary([{"seed": 0, "accuracy_refinement": None}]) == {}
