@@ -181,6 +181,8 @@ CASES = [
     ("benchmark", ["--solution=", "--out_dir={out}"], 1, "--solution is empty"),  # ran without
     ("profile", ["--solver=multi", "--calibration_schedules=1000000000000",
                  "--out_dir={out}"], 2, "is not integer <= 1000"),
+    ("convert", ["--model=test_tiny_vit", "--checkpoint={full}", "--out={out}"], 1,
+     "is a directory, not a checkpoint file; pass the file itself"),   # said "not found"
 ]
 
 

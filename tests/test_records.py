@@ -175,6 +175,7 @@ def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
     (lambda d: d["model"].update(name="other"), "model.name 'other'"),
     (lambda d: d["model"]["config"].update(colour=1), "model.config is invalid"),
     (lambda d: d.update(frontier={}), "frontier must be a list"),
+    (lambda d: d.update(chosen="keep@1:9"), "^bad.json: chosen must be an object, got str$"),
     (lambda d: d["frontier"].append({"counts": [17, 17, 9]}), r"frontier\[0\]: missing field"),
 ])
 def test_solution_errors_name_the_field(tmp_path, fn, match):

@@ -148,6 +148,9 @@ def load_checkpoint(path: str) -> Tuple[StateDict, str]:
   big_vision names, returned already mapped to timm names), 'npz' (.npz with timm names).
   Raises FileNotFoundError / ValueError / ImportError naming the file.
   """
+  if os.path.isdir(path):     # e.g. a HF snapshot folder: the file inside it is meant
+    raise IsADirectoryError(f"{path} is a directory, not a checkpoint file; pass the file "
+                            f"itself ({', '.join(sorted(EXTENSIONS))})")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"checkpoint file not found: {path}")
   ext = os.path.splitext(path)[1].lower()

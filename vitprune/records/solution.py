@@ -329,8 +329,9 @@ class Solution:
     jsonio.require(model.get("name") == cfg.name, where,
                    f"model.name {model.get('name')!r} != config name {cfg.name!r}", SolutionError)
     ch = doc["chosen"]
-    jsonio.require_keys(ch if isinstance(ch, dict) else {}, ("method", "criterion"),
-                        f"{where}: chosen", SolutionError)
+    jsonio.require(isinstance(ch, dict), where, f"chosen must be an object, got "
+                   f"{type(ch).__name__}", SolutionError)
+    jsonio.require_keys(ch, ("method", "criterion"), f"{where}: chosen", SolutionError)
     jsonio.require(is_method_name(ch["method"]), where,
                    not_a_method("chosen.method", ch["method"]), SolutionError)
     frontier = doc["frontier"]
