@@ -183,6 +183,8 @@ CASES = [
                  "--out_dir={out}"], 2, "is not integer <= 1000"),
     ("convert", ["--model=test_tiny_vit", "--checkpoint={full}", "--out={out}"], 1,
      "is a directory, not a checkpoint file; pass the file itself"),   # said "not found"
+    ("train_digits", ["--lr=1e308", "--out={out}"], 1,      # trained 40 epochs of NaN losses
+     "lr 1e+308 overflows float32, the dtype training computes in"),
 ]
 
 

@@ -70,7 +70,9 @@ def test_epoch_batches():
     (dict(epochs=0), "epochs must be >= 1"), (dict(batch_size=0), "batch_size must be >= 1"),
     (dict(warmup_epochs=50), "warmup_epochs"), (dict(lr=0.0), "lr must be > 0"),
     (dict(label_smoothing=1.0), "label_smoothing"), (dict(max_shift=-1), "max_shift"),
-    (dict(weight_decay=-1.0), "weight_decay")])
+    (dict(weight_decay=-1.0), "weight_decay"),
+    (dict(lr=1e308), "^lr 1e\\+308 overflows float32, the dtype training computes in$"),
+    (dict(weight_decay=1e39), "^weight_decay 1e\\+39 overflows float32")])
 def test_train_config_errors(kw, match):
   with pytest.raises(ValueError, match=match):
     td.TrainConfig(**kw)
@@ -120,3 +122,15 @@ def test_shipped_checkpoint_matches_its_metrics():
   assert metrics["command"].startswith("python -m experiments.train_digits")
   size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(WEIGHTS) for f in fs)
   assert size < 2 * 1024 * 1024
+
+
+def test_a_diverging_run_stops_with_an_error(one_batch):
+  """A learning rate float32 holds but training cannot (the loss goes NaN) ended 40 epochs of
+  NaN losses with saved garbage weights; it stops after the first such epoch (epoch 1's one
+  step computed its loss before the update that blew up)."""
+  tc = td.TrainConfig(epochs=40, batch_size=16, lr=1e30, warmup_epochs=0, max_shift=0, seed=3)
+  logs = []
+  with pytest.raises(FloatingPointError, match=r"^training diverged: the mean loss of epoch 2 "
+                     r"is nan \(after 2 steps\); lower the learning rate \(lr 1e\+30\)$"):
+    td.train(TINY, tc, one_batch, None, log=logs.append)
+  assert len(logs) == 1 and "epoch   1" in logs[0]

@@ -52,6 +52,12 @@ class TrainConfig:
                  "test_fraction", "warmup_epochs", "max_shift"):
       if not math.isfinite(getattr(self, name)):
         raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+    with np.errstate(over="ignore"):          # training computes in float32
+      big = [n for n in ("lr", "weight_decay", "clip_norm")
+             if not np.isfinite(np.float32(getattr(self, n)))]
+    if big:
+      raise ValueError(f"{big[0]} {getattr(self, big[0])} overflows float32, the dtype "
+                       "training computes in")
     if not self.lr > 0:
       raise ValueError(f"lr must be > 0, got {self.lr}")
     if not 0.0 <= self.label_smoothing < 1.0:
@@ -236,6 +242,10 @@ def train(cfg: ViTConfig, tc: TrainConfig, train_data: Tuple[np.ndarray, np.ndar
     if test_data is not None:
       rec["test_accuracy"] = accuracy(state.params, cfg, *test_data)
     rec["seconds"] = time.time() - t0
+    if not math.isfinite(rec["loss"]):     # the rest of the run would train on NaNs
+      raise FloatingPointError(f"training diverged: the mean loss of epoch {epoch + 1} is "
+                               f"{rec['loss']} (after {step} steps); lower the learning rate "
+                               f"(lr {tc.lr})")
     history.append(rec)
     log(f"epoch {rec['epoch']:3d}  loss {rec['loss']:.4f}  train acc {rec['train_accuracy']:.4f}"
         + (f"  test acc {rec['test_accuracy']:.4f}" if "test_accuracy" in rec else "")
