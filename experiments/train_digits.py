@@ -75,6 +75,9 @@ def main(f: flags.FlagValues):
   t_start = time.time()
   train_data = load_split("train", cfg, seed=tc.split_seed, test_fraction=tc.test_fraction)
   test_data = load_split("test", cfg, seed=tc.split_seed, test_fraction=tc.test_fraction)
+  if tc.batch_size > len(train_data[0]):     # (train() says so too, after this run's output)
+    raise ValueError(f"--batch_size={tc.batch_size} is larger than the {len(train_data[0])} "
+                     "training digits")
   print(f"{cfg.name}: {cfg.num_tokens} tokens, depth {cfg.depth}; train {len(train_data[0])} / "
         f"test {len(test_data[0])} digits; {jax.device_count()} {jax.default_backend()} device(s)")
   params, history = train(cfg, tc, train_data, test_data, max_steps=f.max_steps)

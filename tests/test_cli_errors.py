@@ -185,6 +185,8 @@ CASES = [
      "is a directory, not a checkpoint file; pass the file itself"),   # said "not found"
     ("train_digits", ["--lr=1e308", "--out={out}"], 1,      # trained 40 epochs of NaN losses
      "lr 1e+308 overflows float32, the dtype training computes in"),
+    ("train_digits", ["--batch_size=100000", "--out={out}"], 1,   # after printing a line
+     "--batch_size=100000 is larger than the 1438 training digits"),
 ]
 
 
