@@ -137,9 +137,10 @@ def test_sigterm_is_recorded_as_an_interrupt_that_exits_143(monkeypatch):
   with pytest.raises(KeyboardInterrupt):      # the run's `finally` blocks clean up
     console._record_interrupt(signal.SIGTERM, None)
   assert console.interrupted() and console.interrupt_exit() == ("terminated", 143)
+  console._record_interrupt(signal.SIGTERM, None)      # a second SIGTERM: the cleanup goes on
   with pytest.raises(KeyboardInterrupt):
-    console._record_interrupt(signal.SIGINT, None)
-  assert console.interrupt_exit() == ("terminated", 143)    # a later Ctrl-C does not hide it
+    console._record_interrupt(signal.SIGINT, None)      # a Ctrl-C still stops it
+  assert console.interrupt_exit() == ("terminated", 143)    # and does not hide the SIGTERM
 
 
 @pytest.mark.parametrize("argv, installed", [
@@ -187,6 +188,7 @@ def test_sigterm_is_handled_only_where_it_had_its_default_action():
   script = ("import signal, sys; sys.path.insert(0, %r)\n"
             "from vitprune import console\n"
             "mine = lambda *a: None\n"
+            "if sys.argv[1] == 'default': signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
             "if sys.argv[1] == 'ignored': signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
             "if sys.argv[1] == 'own': signal.signal(signal.SIGTERM, mine)\n"
             "console.setup_process()\n"

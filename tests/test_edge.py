@@ -872,3 +872,9 @@ def test_a_manifest_field_missing_is_named_as_missing(artifact, tmp_path):
     with pytest.raises(EdgeError, match=rf"manifest.json: states no {field} \(the iree:\S+ "
                        r"module's record does\): an edited or truncated manifest\?"):
       edge_rt.load(str(bad), "iree:host")
+
+
+def test_edge_cli_help_exits_0():
+  r = run_edge("--help")       # absl exits 1 after printing the usage
+  assert (r.returncode, r.stderr) == (0, ""), r.stderr[-2000:]
+  assert "USAGE: vitprune.edge" in r.stdout and "--artifact" in r.stdout

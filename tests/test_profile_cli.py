@@ -413,3 +413,36 @@ def test_keep_first_reducer_and_spec_validation():
     runner.ProfileSpec(cfg=CFG, mode="schedule", schedules=(Schedule((17, 17)),))
   assert runner.coarse_grid(range(17, 1, -1), 5) == (17, 12, 7, 2)
   assert runner.coarse_grid([17, 16, 15], 2) == (17, 15)
+
+
+def test_the_estimate_stage_margins_are_the_solve_stage_evaluators():
+  """The margin table the refinement reports from is keyed by schedule and in the data order
+  of the solve stage's evaluator: the estimate stage's margins of a single reduction equal what
+  that evaluator measures for it, and the evaluator records every schedule it measures."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vitprune import estimate as estimate_lib  # pylint: disable=g-import-not-at-top
+  from vitprune import pipeline  # pylint: disable=g-import-not-at-top
+  from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
+  from vitprune.schedule import embed_counts, layer_counts  # pylint: disable=g-import-not-at-top
+  cfg, params, source = common.load_model("vit_digits", None)
+  spec = pipeline.PipelineSpec(solver="multi", tokens=(65, 33, 17), num_images=30,
+                               eval_batch_size=8, refine_accuracy_rounds=1)
+  data = pipeline.load_data(spec)
+  est, margins = pipeline._estimate(cfg, params, spec, spec.grid(cfg), data, source,
+                                    lambda s: None)
+  singles = [layer_counts(65, n, 6, l) for l in range(6) for n in (17, 33)]
+  assert set(margins) == {embed_counts(65, 6)} | set(singles)
+  recorded = {}
+  evaluate = estimate_lib.schedule_evaluator(cfg, params, data, make_reducer("pomt"),
+                                             batch_size=16, record_margins=recorded)
+  picked = [singles[1], singles[8], (65, 65, 33, 33, 17, 17, 17)]
+  acc, got = evaluate(picked, margins=True)
+  for c, m in zip(picked[:2], got):
+    np.testing.assert_allclose(m, margins[c], atol=1e-5)
+    assert est.measured("accuracy")[c] == pytest.approx((m > 0).mean())
+  assert set(recorded) == set(picked)
+  np.testing.assert_array_equal(recorded[picked[2]], got[2])
+  assert evaluate(picked[:1]) == acc[:1] and len(recorded) == 3     # metrics only: recorded too
+  plain = pipeline.PipelineSpec(solver="multi", tokens=(65, 33), num_images=30)
+  assert pipeline._estimate(cfg, params, plain, plain.grid(cfg), data, source,
+                            lambda s: None)[1] is None          # no refinement: none kept

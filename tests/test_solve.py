@@ -1469,12 +1469,32 @@ def test_refine_accuracy_reports_anchored_predictions_from_the_estimates_margins
       sol.settings["accuracy_refinement"])
   assert "anchored" not in describe_refinement(solve_stage.refine_accuracy(
       plain, model, lambda cs: evaluate(cs), rounds=1)[0].settings["accuracy_refinement"])
+  # The table holds each single reduction's margins where the model's grid puts it.
+  for l in (1, 3, 5):
+    for k, n in enumerate(model.ns[:-1]):
+      np.testing.assert_array_equal(
+          table.margins[l, k], singles[schedule_lib.layer_counts(N, int(n), CFG.depth, l)])
+  np.testing.assert_array_equal(table.margins[0, 0], table.reference)   # never reduces
   missing = dict(singles)
   del missing[schedule_lib.layer_counts(N, 9, CFG.depth, 3)]
   assert solve_stage.margin_table(model, missing) is None
-  with pytest.raises(solve_stage.SolveInputError, match="do not cover the unpruned schedule "
-                                                         "and every single reduction"):
-    solve_stage.refine_accuracy(plain, model, evaluate, rounds=1, margins=missing)
+  skipped = solve_stage.refine_accuracy(plain, model, evaluate, rounds=1, margins=missing)[0]
+  ref_skipped = skipped.settings["accuracy_refinement"]       # a report: the job goes on
+  assert "anchored" not in ref_skipped["rounds"][0]
+  assert ref_skipped["anchored_skipped"].startswith("the per-example margins do not cover")
+  # Schedules measured before the refinement (measure_frontier) are anchors from round 0 on.
+  measured_margins.clear()
+  front = solve_stage.measure_frontier(plain, evaluate, num_images=50)
+  anchors = dict(measured_margins)
+  assert anchors and set(anchors) <= {c.counts for c in front.checked}
+  again = solve_stage.refine_accuracy(front, model, evaluate, rounds=1,
+                                      margins={**singles, **anchors})[0]
+  rows = again.settings["accuracy_refinement"]["rounds"]
+  assert rows[0]["num_schedules"] == 0 and rows[1]["num_schedules"] > 0
+  first_new = [c for c in measured_margins if c not in anchors]
+  pred = solve.anchored_accuracy(table, anchors, first_new)
+  want = 100 * (pred - np.array([(margins_of(c) > 0).mean() for c in first_new]))
+  assert rows[1]["anchored"]["mean_abs_points"] == pytest.approx(np.abs(want).mean())
 
 
 def test_refine_frontier_measures_only_what_it_does_not_know():
@@ -1556,10 +1576,10 @@ def test_anchored_accuracy_by_hand():
   # No measured schedule: every margin moves from the unpruned model's (per_image_accuracy).
   np.testing.assert_allclose(solve.anchored_accuracy(table, {}, schedules),
                              solve.per_image_accuracy(table, schedules))
-  # [17, 9, 5] measured (margins 1, 1, -1: 2/3): it predicts itself; [17, 9, 9] is nearer to it
-  # (distance: block 1's steps differ by mean |(0.2-1, 0.9-0.9, 2-(-1)) - 0| = 3.8/3) than to
-  # the unpruned model (block 0's steps (-0.2, -0.5, 0): 0.7/3), so with one neighbour it moves
-  # from the unpruned model: margins (0.8, 0.5, -1) -> 2/3.
+  # [17, 9, 5] measured (margins 1, 1, -1: 2/3): it predicts itself. [17, 9, 9] is nearer to
+  # the unpruned model (block 0's steps (-0.2, -0.5, 0): 0.7/3) than to the anchor (block 1's
+  # steps differ by mean |(0.2-1, 0.9-0.9, 2-(-1)) - 0| = 3.8/3), so with one neighbour it
+  # moves from the unpruned model: margins (0.8, 0.5, -1) -> 2/3.
   anchors = {(17, 9, 5): [1.0, 1.0, -1.0]}
   np.testing.assert_allclose(solve.anchored_accuracy(table, anchors, [[17, 9, 5]]), [2 / 3])
   np.testing.assert_allclose(solve.anchored_accuracy(table, anchors, [[17, 9, 9]],
@@ -1572,9 +1592,16 @@ def test_anchored_accuracy_by_hand():
   np.testing.assert_allclose(solve.anchored_accuracy(table, anchors, [[17, 17, 5]]), [want])
   np.testing.assert_allclose(solve.anchored_accuracy(table, anchors, [[17, 17, 5]],
                                                      neighbours=1), [2 / 3])
-  np.testing.assert_array_equal(   # chunks change nothing
-      solve.anchored_accuracy(table, anchors, schedules),
-      solve.anchored_accuracy(table, anchors, schedules, chunk=2))
+  # Distances on example 0 alone (distance_examples=1): to the anchor 0.2 (block 0's step),
+  # to the unpruned model 0.8; the predictions still use every example.
+  want = (2 / 3 / 0.2 + 1 / 0.8) / (1 / 0.2 + 1 / 0.8)
+  np.testing.assert_allclose(solve.anchored_accuracy(table, anchors, [[17, 17, 5]],
+                                                     distance_examples=1), [want])
+  # A measured schedule predicts exactly its measurement, ties stored as the smallest positive
+  # margin included (m_A - steps + steps rounded them to 0: counted wrong).
+  tiny = {(17, 9, 5): [5e-324, 1e-17, -1.0]}
+  np.testing.assert_array_equal(solve.anchored_accuracy(table, tiny, [[17, 9, 5]]), [2 / 3])
+  np.testing.assert_allclose(solve.anchored_accuracy(table, {}, [[17, 17, 17]]), [2 / 3])
 
 
 @pytest.mark.parametrize("anchors, kwargs, match", [
@@ -1617,6 +1644,19 @@ def test_refine_frontier_with_margins_predicts_from_earlier_rounds():
                              solve.per_image_accuracy(table, [p.counts for p in
                                                               ref.rounds[0].new]))
   assert solve.refine_frontier(model, lambda cs: [0.5] * len(cs), rounds=1).margins is None
-  with pytest.raises(ValueError, match="measure returned margins for 0 of"):
-    solve.refine_frontier(model, lambda cs, margins: ([0.5] * len(cs), np.zeros((0, 3))),
-                          rounds=1, table=table)
+  for got in (np.zeros((0, 3)), lambda n: np.zeros((n, 2)), lambda n: np.zeros(n)):
+    with pytest.raises(ValueError, match=r"measure returned margins of shape \(\d*,? ?\d*\) "
+                                         r"for \d+ schedules on 3 examples"):
+      solve.refine_frontier(model, lambda cs, margins, g=got: (
+          [0.5] * len(cs), g(len(cs)) if callable(g) else g), rounds=1, table=table)
+  # Schedules measured before (e.g. the whole frontier) are anchors from round 0 on.
+  first = [p.counts for p in solve.pareto_frontier(model)]
+  pre = solve.refine_frontier(model, measure, rounds=0, table=table,
+                              measured={c: float((truth[c] > 0).mean()) for c in first[:2]},
+                              anchors={c: truth[c] for c in first[:2]})
+  todo = [p.counts for p in pre.rounds[0].new]
+  assert todo and not set(todo) & set(first[:2])
+  np.testing.assert_allclose(pre.rounds[0].anchored, solve.anchored_accuracy(
+      table, {c: truth[c] for c in first[:2]}, todo))
+  with pytest.raises(ValueError, match="anchors need the margin table"):
+    solve.refine_frontier(model, measure, rounds=0, anchors={})

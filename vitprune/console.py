@@ -49,6 +49,8 @@ def _record_interrupt(signum, frame) -> None:
   SIGINT handler does."""
   del frame
   global _interrupted, _terminated
+  if signum == signal.SIGTERM and _terminated:   # a repeated SIGTERM (`kill` twice, a
+    return                                       # scheduler): let the cleanup finish
   _interrupted = True
   _terminated = _terminated or signum == signal.SIGTERM
   raise KeyboardInterrupt

@@ -146,7 +146,7 @@ def load_checkpoint(path: str) -> Tuple[StateDict, str]:
 
   Formats: 'safetensors', 'torch' (.pth/.pt/.bin; needs torch), 'big_vision' (.npz with AugReg /
   big_vision names, returned already mapped to timm names), 'npz' (.npz with timm names).
-  Raises FileNotFoundError / ValueError / ImportError naming the file.
+  Raises IsADirectoryError / FileNotFoundError / ValueError / ImportError naming the file.
   """
   if os.path.isdir(path):     # e.g. a HF snapshot folder: the file inside it is meant
     raise IsADirectoryError(f"{path} is a directory, not a checkpoint file; pass the file "

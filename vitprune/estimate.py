@@ -363,22 +363,28 @@ def _compile_pieces(forwards: Dict[Any, Any], cfg: ViTConfig, params: Params, x:
 
 def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",
                        reducer: Optional[TokenReducer], *, batch_size: int = 64,
-                       dtype: str = "float32", pieces: Optional[Dict[Any, Any]] = None
+                       dtype: str = "float32", pieces: Optional[Dict[Any, Any]] = None,
+                       record_margins: Optional[Dict[Tuple[int, ...], np.ndarray]] = None
                        ) -> Callable[[Sequence[Sequence[int]]], List[float]]:
   """A function `[counts, ...] -> [metric, ...]` that measures schedules of `reducer` on `data`
   (one data pass per call; the metric is accuracy when labelled, else top-1 agreement): what the
   solve stage calls to check an accuracy floor on measurements. Compiled pieces are kept between
   calls, in `pieces` when given (e.g. the dict the estimate stage's `evaluate` filled).
-  `measure(counts_list, margins=True)` -> (metrics, `[S, M]` per-example top-1 margins)."""
+  `measure(counts_list, margins=True)` -> (metrics, `[S, M]` per-example top-1 margins). With
+  `record_margins` every call also stores each schedule's `[M]` margins there ({counts: ...})."""
   metric = default_metric(data.labelled)
   pieces = {} if pieces is None else pieces
 
   def measure(counts_list, margins: bool = False):
     points = [EvalPoint(Schedule(tuple(counts)), reducer, int(counts[-1]), None)
               for counts in counts_list]
+    keep = margins or record_margins is not None
     result = evaluate(cfg, params, data.batches(cfg, batch_size), points,
-                      labelled=data.labelled, dtype=dtype, pieces=pieces, margins=margins)
+                      labelled=data.labelled, dtype=dtype, pieces=pieces, margins=keep)
     metrics = [float(getattr(r, metric)) for r in result.points]
+    if record_margins is not None:
+      record_margins.update((tuple(int(c) for c in counts), m)
+                            for counts, m in zip(counts_list, result.margins[1:]))
     return (metrics, result.margins[1:]) if margins else metrics
 
   return measure

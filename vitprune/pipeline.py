@@ -248,7 +248,8 @@ def _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces=None
   """Stage 2: A(n) with random drops after the embedding (paper) or the per-layer sensitivity
   of `spec.method` at every block (multi) -> (record, margins): with the accuracy refinement
   also every measured schedule's per-example top-1 margins ({counts: [M]}, the unpruned one
-  included: the anchors of `solve.anchored_accuracy`), else None. The margins stay in memory."""
+  included: the margin table of `solve.anchored_accuracy`), else None. They stay in memory;
+  the solve stage adds the margins of every schedule it measures (the anchors)."""
   if spec.solver == "paper":
     metric = "accuracy" if data.labelled else "agreement with the unpruned model"
     log(f"[2/4] estimate: {metric} with tokens randomly dropped after the embedding, "
@@ -302,7 +303,8 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     log(f"[3/4] solve: multi-layer Pareto frontier, {rule}")
     evaluate = estimate_lib.schedule_evaluator(cfg, params, data, make_reducer(spec.method),
                                                batch_size=spec.eval_batch_size,
-                                               dtype=spec.dtype, pieces=pieces)
+                                               dtype=spec.dtype, pieces=pieces,
+                                               record_margins=margins)
     sol = solve_stage.solve_multilayer(
         profile, estimate, accuracy_floor=spec.accuracy_floor,
         latency_budget=spec.latency_budget, alpha=spec.alpha, allow_batch_mismatch=True,

@@ -532,44 +532,56 @@ def per_image_accuracy(table: MarginTable, counts_list: Sequence[Sequence[int]],
 
 def anchored_accuracy(table: MarginTable, anchors: Mapping[Tuple[int, ...], ArrayLike],
                       counts_list: Sequence[Sequence[int]], *, neighbours: int = 3,
-                      chunk: int = 64) -> np.ndarray:
+                      distance_examples: int = 4096) -> np.ndarray:
   """[S] predicted accuracies of S schedules from the measured schedules nearest to each.
 
-  anchors: {counts: [M] per-example margins measured for that schedule} (the unpruned model,
-  `table.reference`, is always one). `per_image_accuracy` moves every margin from the unpruned
-  model's; here they move from a measured schedule A, by the difference of the single-layer
+  anchors: {counts: [M] per-example margins measured for that schedule}; the unpruned model
+  (`table.reference`) is always one too. `per_image_accuracy` moves every margin from the
+  unpruned model's; here they move from an anchor A, by the difference of the single-layer
   steps: margin(S) = m_A + sum_l (step_l(S) - step_l(A)), so an interaction A measured (a late
   cut that costs more after an early one) is kept wherever S shares it. The `neighbours`
-  anchors with the smallest distance sum_l mean_i |step_l(S)_i - step_l(A)_i| each predict an
-  accuracy, averaged with weights 1 / distance; a measured schedule predicts its own
-  measurement. With no anchors this is `per_image_accuracy`. For frontiers (S x anchors x depth x
-  M work), not for scoring every schedule on a grid."""
+  anchors with the smallest distance sum_l mean_i |step_l(S)_i - step_l(A)_i| (over at most
+  `distance_examples` evenly spaced examples) each predict an accuracy, and those accuracies
+  are averaged with weights 1 / distance (an anchor at distance 0 alone). A measured schedule
+  predicts its own measurement; with no anchors this is `per_image_accuracy`. Work: S x anchors
+  x depth x min(M, distance_examples) for the distances; memory [anchors, M]."""
   neighbours = as_int(neighbours, "neighbours")
   if neighbours < 1:
     raise ValueError(f"neighbours must be >= 1, got {neighbours}")
   m_ref = table.reference
-  a_counts = list(anchors)
-  a_cols = _margin_columns(table, a_counts)
-  a_marg = [_finite(f"margins of anchor {list(c)}", anchors[c], 1) for c in a_counts]
+  depth, k_grid = table.margins.shape[:2]
+  a_counts = [tuple(as_int(c, "schedule count") for c in a) for a in anchors]
+  a_marg = [_finite(f"margins of anchor {list(c)}", anchors[a], 1)
+            for c, a in zip(a_counts, anchors)]
   for c, m in zip(a_counts, a_marg):
     if m.size != m_ref.size:
       raise ValueError(f"anchor {list(c)} has margins for {m.size} examples, the margin table "
                        f"for {m_ref.size}")
-  a_steps = np.concatenate([np.zeros((1,) + table.margins.shape[:1] + m_ref.shape),
-                            _margin_steps(table, a_cols)])               # [A + 1, depth, M]
-  base = np.stack([m_ref] + a_marg) - a_steps.sum(axis=1)                # [A + 1, M]
+  a_cols = np.concatenate([np.full((1, depth + 1), k_grid - 1, np.int64),   # the unpruned model
+                           _margin_columns(table, a_counts)])                # [A + 1, depth + 1]
+  marg = np.stack([m_ref] + a_marg)                                          # [A + 1, M]
+  base = marg.copy()                               # m_A - sum_l step_l(A), one block at a time
+  for l in range(depth):
+    base -= table.margins[l, a_cols[:, l + 1]] - table.margins[l, a_cols[:, l]]
+  sub = np.unique(np.linspace(0, m_ref.size - 1, min(m_ref.size, distance_examples))
+                  .round().astype(np.int64))       # the examples distances are measured on
+  a_steps = _margin_steps(MarginTable(table.ns, m_ref[sub], table.margins[:, :, sub]),
+                          a_cols)                                            # [A + 1, depth, m]
+  measured = {c: i + 1 for i, c in enumerate(a_counts)}
   cols = _margin_columns(table, counts_list)
-  k = min(neighbours, len(base))
+  k = min(neighbours, len(marg))
   out = np.empty(len(cols))
-  for s in range(0, len(cols), chunk):
-    steps = _margin_steps(table, cols[s:s + chunk])                       # [c, depth, M]
-    dist = np.stack([np.abs(steps - a).mean(axis=2).sum(axis=1) for a in a_steps], axis=1)
-    near = np.argsort(dist, axis=1, kind="stable")[:, :k]                 # [c, k]
-    total = steps.sum(axis=1)                                             # [c, M]
-    for i, row in enumerate(near):
-      d = dist[i, row]
-      acc = ((base[row] + total[i]) > 0).mean(axis=1)                     # [k]
-      out[s + i] = acc[0] if d[0] == 0 else float(np.average(acc, weights=1.0 / d))
+  for i, col in enumerate(cols):
+    own = measured.get(tuple(int(n) for n in table.ns[col]))
+    if own is not None or (col == k_grid - 1).all():     # measured, or the unpruned model
+      out[i] = float((marg[own or 0] > 0).mean())
+      continue
+    steps = _margin_steps(table, col[None])[0]                               # [depth, M]
+    dist = np.abs(a_steps - steps[None][:, :, sub]).mean(axis=2).sum(axis=1)  # [A + 1]
+    near = np.argsort(dist, kind="stable")[:k]
+    acc = ((base[near] + steps.sum(axis=0)) > 0).mean(axis=1)                # [k]
+    d = dist[near]
+    out[i] = acc[0] if d[0] == 0 else float(np.average(acc, weights=1.0 / d))
   return out
 
 
@@ -678,7 +690,9 @@ class Refinement:
 
 def refine_frontier(model: CostModel, measure, *, rounds: int = 4,
                     measured: Optional[Dict[Tuple[int, ...], float]] = None,
-                    table: Optional[MarginTable] = None) -> Refinement:
+                    table: Optional[MarginTable] = None,
+                    anchors: Optional[Mapping[Tuple[int, ...], ArrayLike]] = None
+                    ) -> Refinement:
   """The frontier of `model`'s accuracy corrected where the DP goes, from measurements.
 
   `measure`: [counts, ...] -> [metric, ...] (one call per round, only schedules not measured
@@ -687,11 +701,16 @@ def refine_frontier(model: CostModel, measure, *, rounds: int = 4,
   when a corrected frontier brings nothing new (converged) or after `rounds` corrections.
   With `table` (the sensitivity points' per-example margins) `measure(counts_list,
   margins=True)` -> (metrics, [S, M] margins) is called instead, and each round's new schedules
-  are also predicted by `anchored_accuracy` from everything measured before them."""
+  are also predicted by `anchored_accuracy` from everything measured before them: `anchors`
+  ({counts: [M] margins}, e.g. of the schedules in `measured`) and the earlier rounds."""
   if rounds < 0:
     raise ValueError(f"refinement rounds must be >= 0, got {rounds}")
+  if anchors is not None and table is None:
+    raise ValueError("anchors need the margin table of the single reductions (table=)")
   known = dict(measured or {})
-  margins: Optional[Dict[Tuple[int, ...], np.ndarray]] = None if table is None else {}
+  margins: Optional[Dict[Tuple[int, ...], np.ndarray]] = (
+      None if table is None else {tuple(c): np.asarray(m, np.float64)
+                                  for c, m in (anchors or {}).items()})
   current, history, fitted = model, [], 0
   for r in range(rounds + 1):
     if r:
@@ -704,11 +723,13 @@ def refine_frontier(model: CostModel, measure, *, rounds: int = 4,
     if table is None:
       values = measure(todo) if new else []
     else:
-      anchored = tuple(anchored_accuracy(table, margins, todo).tolist())
+      anchored = tuple(anchored_accuracy(table, margins, todo).tolist()) if new else ()
       values, got = measure(todo, margins=True) if new else ([], np.zeros((0, 0)))
-      if len(got) != len(new):
-        raise ValueError(f"measure returned margins for {len(got)} of {len(new)} schedules")
-      margins.update((c, np.asarray(m, np.float64)) for c, m in zip(todo, got))
+      got = np.asarray(got, np.float64)
+      if new and got.shape != (len(new), table.reference.size):
+        raise ValueError(f"measure returned margins of shape {got.shape} for {len(new)} "
+                         f"schedules on {table.reference.size} examples")
+      margins.update(zip(todo, got))
     if len(values) != len(new):
       raise ValueError(f"measure returned {len(values)} values for {len(new)} schedules")
     known.update((p.counts, float(v)) for p, v in zip(new, values))

@@ -694,10 +694,13 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
   schedules it measured, predicted BEFORE they were measured (out of sample: the honest figure);
   "final_frontier": the final frontier's error under the final model (in sample when
   "converged": the model was fitted on all of them); "uncorrected_frontier": what
-  `measure_frontier` reported before, when it ran. With `margins` (see `margin_table`; it
-  must cover the model's grid) every round also has "anchored": the error of
+  `measure_frontier` reported before, when it ran. With `margins` ({counts: [M]}: the
+  unpruned schedule and the single reductions, see `margin_table`, plus any schedule measured
+  before, e.g. by `measure_frontier`) every round also has "anchored": the error of
   `solve.anchored_accuracy` on the same schedules, predicted before measuring them from the
-  schedules measured in earlier rounds (`evaluate` must then take `margins=True`).
+  schedules measured before (those of `solution.checked` that `margins` holds, and the earlier
+  rounds'); `evaluate` must then take `margins=True`. Margins that miss a single reduction of
+  the grid leave "anchored" out ("anchored_skipped" says why).
   Returns (solution, corrected model): the final frontier (every schedule measured), every
   measured schedule in `checked`, all with the final model's predicted accuracy; `chosen`
   re-chosen with the solution's criterion among ALL measured schedules on their measured metric
@@ -709,11 +712,9 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
   known: Dict[Tuple[int, ...], Candidate] = {
       c.counts: c for c in solution.checked if c.measured_accuracy is not None}
   table = None if margins is None else margin_table(model, margins)
-  if margins is not None and table is None:
-    raise SolveInputError("the per-example margins do not cover the unpruned schedule and "
-                          "every single reduction on the solver's grid")
+  anchors = None if table is None else {c: margins[c] for c in known if c in margins}
   ref = solve.refine_frontier(model, evaluate, rounds=rounds, measured={
-      c: p.measured_accuracy for c, p in known.items()}, table=table)
+      c: p.measured_accuracy for c, p in known.items()}, table=table, anchors=anchors)
   history = []
   for r in ref.rounds:
     for p in r.new:
@@ -740,6 +741,9 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
                                                  for c in frontier])}
   if "frontier_accuracy_error" in st:      # measure_frontier's figure: the uncorrected frontier
     refinement["uncorrected_frontier"] = st.pop("frontier_accuracy_error")
+  if margins is not None and table is None:      # a report, not a reason to fail the job
+    refinement["anchored_skipped"] = ("the per-example margins do not cover the unpruned "
+                                      "schedule and every single reduction on the grid")
   st.update(num_images=images, accuracy_refinement=refinement)
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
   return dataclasses.replace(solution, frontier=frontier, chosen=chosen, full=full,

@@ -174,13 +174,17 @@ def check_flags(command: str) -> None:
 
 
 def parse_flags(argv):
-  """absl's parsing, with a bad flag reported as one `error:` line (exit 2), as the
-  experiments CLIs do."""
+  """absl's parsing, with a bad flag reported as one `error:` line (exit 2) and --help exiting
+  0 after the usage (absl exits 1), as the experiments CLIs do."""
   try:
     return FLAGS(argv)
   except flags.Error as e:
     sys.stderr.write(f"error: {e}\n(see --help)\n")
     sys.exit(2)
+  except SystemExit as e:       # absl's help flags, the only exit while parsing
+    if e.code == 1:
+      raise SystemExit(0) from None
+    raise
 
 
 def main(argv):
