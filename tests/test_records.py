@@ -4,6 +4,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 
 import pytest
 
@@ -39,6 +40,13 @@ def test_read_json_errors(tmp_path):
     jsonio.read_json(str(p), "widget")
   p.write_text('{"seed": 0, "b": {"seed": 1}}')          # the same key in two objects is fine
   assert jsonio.read_json(str(p), "widget")["b"] == {"seed": 1}
+  for digits in (400, 5000):      # past float's range; past int()'s 4300-digit limit, whose
+    p.write_text('{"seed": -' + "9" * digits + "}")    # message told a user to call sys.*
+    with pytest.raises(jsonio.FormatError, match=rf"^{re.escape(str(p))}: not valid JSON: "
+                       rf"integer of {digits} digits is out of range$"):
+      jsonio.read_json(str(p), "widget")
+  p.write_text('{"seed": 1' + "0" * 308 + "}")           # 309 digits in range: read
+  assert jsonio.read_json(str(p), "widget")["seed"] == 10 ** 308
 
 
 def test_method_names_are_the_reducers():

@@ -29,7 +29,7 @@ import warnings
 from typing import Dict, Iterator, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from vitprune import atomic
 from vitprune.config import Preprocessing
@@ -203,7 +203,9 @@ def load_image(path: str) -> Image.Image:
       img = Image.open(f)
       img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-      raise ValueError(f"cannot decode image file {path!r}: {e}") from e
+      reason = ("not an image PIL can identify (another format, or corrupt)"
+                if isinstance(e, UnidentifiedImageError) else str(e))
+      raise ValueError(f"cannot decode image file {path!r}: {reason}") from e
   return img
 
 

@@ -42,9 +42,12 @@ def read_json(path: str, what: str, error: Type[ValueError] = FormatError) -> Di
 
 def _bounded_int(text: str) -> int:
   """A JSON integer no float overflows on (every number a record holds is used as one)."""
+  digits = len(text.lstrip("-"))
+  if digits > 309:             # above float's range (and past int()'s 4300-digit limit, whose
+    raise ValueError(f"integer of {digits} digits is out of range")   # message names sys.*)
   value = int(text)
   if abs(value) > sys.float_info.max:
-    raise ValueError(f"integer of {len(text)} digits is out of range")
+    raise ValueError(f"integer of {digits} digits is out of range")
   return value
 
 
