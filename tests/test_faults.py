@@ -338,3 +338,12 @@ def test_imagefolder_unknown_class_name_is_a_clear_error(tmp_path):
     data.ImageFolder(root, class_names=["a", "b", "c"], num_classes=10)
   with pytest.raises(ValueError, match=r"repeats \['a'\]"):
     data.ImageFolder(root, class_names=["a", "a"])
+
+
+def test_the_up_front_profile_check_creates_no_folder(tmp_path):
+  """A profile run killed while measuring left its --out_dir (and every parent it lacked)
+  behind, empty: the up-front check took the writers' lock, which made the folder."""
+  nxt = _profile([3], 4e-3)
+  out = tmp_path / "a" / "b"
+  records.check_save(nxt, str(out), records.file_stem(nxt), extra=("png",))
+  assert os.listdir(tmp_path) == []
