@@ -132,6 +132,8 @@ def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,
     check_jax_platforms()
     main(fv)
     console.raise_if_interrupted()      # a Ctrl-C some callback swallowed: not a success
+    if whole_process:
+      console.finish_quietly()          # done: a signal now must not turn it into a failure
   except (app.UsageError, flags.Error) as e:
     fail(e, EXIT_USAGE, hint=True)
   except INPUT_ERRORS as e:

@@ -41,7 +41,30 @@ def setup_process() -> None:
     if hasattr(stream, "reconfigure"):
       stream.reconfigure(errors="backslashreplace")
   warnings.formatwarning = one_line_warning
+  sys.unraisablehook = _quiet_recorded_interrupt
   install_interrupt_handler()
+
+
+def _quiet_recorded_interrupt(unraisable) -> None:
+  """`sys.unraisablehook`: an interrupt raised inside a callback (JAX's garbage-collection
+  hook, a weakref finaliser) printed "Exception ignored in ..." and a traceback before the
+  error line; it is recorded (`_record_interrupt`) and raised again, so say nothing of it.
+  Anything else goes to Python's hook."""
+  if isinstance(unraisable.exc_value, KeyboardInterrupt) and _interrupted:
+    return
+  sys.__unraisablehook__(unraisable)
+
+
+def finish_quietly() -> None:
+  """After a run succeeded (outputs written, success printed): Ctrl-C and SIGTERM are ignored
+  while the process exits. Python's finalisation restores their default actions, so a signal in
+  the last moments killed a finished run (exit 130/143, no error line, its outputs already
+  replaced). Only in the main thread, and only where this module handles them."""
+  if threading.current_thread() is not threading.main_thread():
+    return
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    if signal.getsignal(sig) is _record_interrupt:
+      signal.signal(sig, signal.SIG_IGN)
 
 
 def _record_interrupt(signum, frame) -> None:

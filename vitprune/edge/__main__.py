@@ -198,6 +198,7 @@ def main(argv):
                           sort_keys=True)
       print(f"wrote {FLAGS.output}")
     console.raise_if_interrupted()       # a Ctrl-C some callback swallowed: not a success
+    console.finish_quietly()             # done: a signal now must not turn it into a failure
   except (EdgeError, ValueError, FileNotFoundError, OSError) as e:
     sys.exit(f"error: {e}")
   except (KeyError, TypeError, AttributeError, IndexError) as e:   # a field the checks missed
