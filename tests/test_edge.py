@@ -878,3 +878,42 @@ def test_edge_cli_help_exits_0():
   r = run_edge("--help")       # absl exits 1 after printing the usage
   assert (r.returncode, r.stderr) == (0, ""), r.stderr[-2000:]
   assert "USAGE: vitprune.edge" in r.stdout and "--artifact" in r.stdout
+
+
+def test_targets_mismatch_by_hand():
+  assert targets_lib.targets_mismatch(["jax", "iree:host"], ["iree:host"]) is None
+  assert targets_lib.targets_mismatch(["jax"], []) is None
+  assert targets_lib.targets_mismatch(["jax"], ["iree:host"]) == (
+      "the manifest's targets ['jax'] does not list iree:host, which iree/ holds: an edited "
+      "manifest or a partial copy? rebuild it with experiments.deploy")
+  assert targets_lib.targets_mismatch(["jax", "iree:host", "iree:vulkan"], ["iree:host"]) == (
+      "the manifest's targets ['jax', 'iree:host', 'iree:vulkan'] lists iree:vulkan but iree/ "
+      "holds no module record for it: an edited manifest or a partial copy? rebuild it with "
+      "experiments.deploy")
+
+
+def test_the_manifests_targets_must_be_what_iree_holds(artifact, tmp_path, params):
+  """An artifact whose manifest was edited to list no IREE target still ran its iree:host
+  module on a board, and a jax artifact edited to list iree:host loaded in run_deployed: both
+  sides now compare the manifest's targets with the module records in iree/."""
+  from vitprune.records.manifest import ArtifactError  # pylint: disable=g-import-not-at-top
+  bad = tmp_path / "bad"
+  shutil.copytree(artifact, bad)
+  man = json.loads((bad / "manifest.json").read_text())
+  man["targets"] = ["jax"]
+  (bad / "manifest.json").write_text(json.dumps(man))
+  with pytest.raises(EdgeError, match=r"manifest.json: the manifest's targets \['jax'\] does "
+                     r"not list iree:cuda:sm_87, .*iree:host.*, which iree/ holds"):
+    edge_rt.load(str(bad), "iree:host")
+  with pytest.raises(ArtifactError, match=r"does not list iree:cuda:sm_87"):
+    deploy.load(str(bad))
+  jax_only = str(tmp_path / "jax_only")
+  deploy.export_artifact(jax_only, CFG, params, verify=False)
+  man = json.loads(open(os.path.join(jax_only, "manifest.json")).read())
+  man["targets"] = ["jax", "iree:host"]
+  with open(os.path.join(jax_only, "manifest.json"), "w") as f:
+    json.dump(man, f)
+  with pytest.raises(ArtifactError, match=r"lists iree:host but iree/ holds no module record "
+                     r"for it"):
+    deploy.load(jax_only)
+  assert deploy.load(str(artifact)).manifest.targets[0] == "jax"      # the genuine one loads

@@ -44,6 +44,7 @@ import numpy as np
 
 import vitprune
 from vitprune import atomic
+from vitprune import jsonio
 from vitprune import orbax_io
 from vitprune.config import ViTConfig, is_float_dtype
 from vitprune.data import iterate_batches
@@ -505,6 +506,23 @@ def listed_param_count(manifest: Manifest) -> int:
                         "(edited?)") from None
 
 
+def _check_targets(path: str, manifest: Manifest) -> None:
+  """ArtifactError when the manifest's targets and the IREE module records in iree/ disagree
+  (`vitprune.edge.targets.targets_mismatch`)."""
+  from vitprune.edge.runtime import EDGE_DIR  # pylint: disable=g-import-not-at-top
+  from vitprune.edge.targets import targets_mismatch  # pylint: disable=g-import-not-at-top
+  found = []
+  for name in sorted(os.listdir(os.path.join(path, EDGE_DIR))
+                     if os.path.isdir(os.path.join(path, EDGE_DIR)) else []):
+    if name.endswith(".json"):
+      record = jsonio.read_json(os.path.join(path, EDGE_DIR, name), "IREE target record",
+                                ArtifactError)
+      found.append(str(record.get("target")))
+  why = targets_mismatch(manifest.targets, found)
+  if why:
+    raise ArtifactError(f"{path}: {why}")
+
+
 def load(path: str) -> DeployedModel:
   """Loads the artifact directory `path` written by `export_artifact`.
 
@@ -514,6 +532,7 @@ def load(path: str) -> DeployedModel:
   """
   path = os.path.abspath(os.fspath(path))
   manifest = read_manifest(path)
+  _check_targets(path, manifest)
   exported = _read_exported(path, manifest)
   _check_exported(exported, manifest, path)
   _check_platform(exported, manifest, path)

@@ -38,7 +38,8 @@ import numpy as np
 from vitprune import jsonio
 from vitprune.digest import file_sha256
 from vitprune.config import Preprocessing
-from vitprune.edge.targets import EdgeError, check_driver, check_runnable, parse_target
+from vitprune.edge.targets import (EdgeError, check_driver, check_runnable, parse_target,
+                                    targets_mismatch)
 
 RECORD_FORMAT = "vitprune-edge-target"
 RECORD_VERSION = 2          # 2: the record holds the reducer (part of its function's identity)
@@ -366,6 +367,10 @@ def _check_against_manifest(path: str, records: List[Dict[str, Any]]) -> None:
   if not os.path.isfile(manifest):       # a board copy of iree/ alone: nothing to compare with
     return
   doc = read_json(manifest, "artifact manifest")
+  if isinstance(doc.get("targets"), list):         # (manifests without it: "jax" alone)
+    why = targets_mismatch([str(t) for t in doc["targets"]], [r["target"] for r in records])
+    if why:
+      raise EdgeError(f"{manifest}: {why}")
   for r in records:
     bad = [(what, got, want) for what, of_manifest, of_record in _SHARED_FIELDS
            if (what != "reducer" or "reducer" in r)     # records before version 2 lack it

@@ -157,6 +157,22 @@ def parse_targets(items: Sequence[str]) -> Tuple[Target, ...]:
   return tuple(out)
 
 
+def targets_mismatch(listed: Sequence[str], found: Sequence[str]) -> Optional[str]:
+  """Why an artifact's manifest "targets" (`listed`, "jax" first) disagree with the IREE module
+  records its iree/ folder holds (their "target" fields, `found`), or None when they agree. An
+  edited manifest (or a partial copy) made run_deployed and vitprune.edge state targets the
+  artifact does not have, or run a module it does not list."""
+  listed_iree, found = sorted(set(listed) - {"jax"}), sorted(set(found))
+  if listed_iree == found:
+    return None
+  extra, missing = sorted(set(found) - set(listed_iree)), sorted(set(listed_iree) - set(found))
+  parts = ([f"lists {', '.join(missing)} but iree/ holds no module record for "
+            f"{'it' if len(missing) == 1 else 'them'}"] if missing else []) + (
+      [f"does not list {', '.join(extra)}, which iree/ holds"] if extra else [])
+  return (f"the manifest's targets {list(listed)} {' and '.join(parts)}: an edited manifest or "
+          "a partial copy? rebuild it with experiments.deploy")
+
+
 # ----------------------------------------------------------------------------- profiles, drivers
 
 
