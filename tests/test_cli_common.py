@@ -161,66 +161,60 @@ def test_early_interrupt_exits_only_in_a_cli_process(monkeypatch, argv, installe
   assert seen == ([(signal.SIGINT, console._exit_now)] if installed else [])
 
 
-def test_an_ignored_sigint_stays_ignored():
-  """A shell's background job (`cmd &`) starts with SIGINT ignored; the CLI's handler made a
-  Ctrl-C meant for the foreground kill it. Python's default handler is replaced, as before."""
+def _console_script(body: str, mode: str):
+  """Runs `body` in a fresh interpreter with `vitprune.console` imported and `mode` as
+  sys.argv[1] -> the CompletedProcess (signal handlers are per process)."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  script = ("import signal, sys; sys.path.insert(0, %r)\n"
-            "from vitprune import console\n"
-            "if sys.argv[1] == 'ignored': signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-            "console.setup_process()\n"
-            "print(signal.getsignal(signal.SIGINT) is console._record_interrupt, "
-            "signal.getsignal(signal.SIGINT) is signal.SIG_IGN)" % root)
+  script = f"import os, signal, sys, time, weakref; sys.path.insert(0, {root!r})\n" \
+           "from vitprune import console\n" + body
+  return subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
+                        timeout=60)
+
+
+def test_an_ignored_sigint_stays_ignored():
+  """A shell's background job (`cmd &`) starts with SIGINT ignored; the CLI's handler made a
+  Ctrl-C meant for the foreground kill it. Python's default handler is replaced, as before."""
+  body = ("if sys.argv[1] == 'ignored': signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+          "console.setup_process()\n"
+          "print(signal.getsignal(signal.SIGINT) is console._record_interrupt, "
+          "signal.getsignal(signal.SIGINT) is signal.SIG_IGN)")
   for mode, want in (("default", "True False"), ("ignored", "False True")):
-    out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
-                         timeout=60, check=True).stdout.strip()
-    assert out == want, (mode, out)
+    r = _console_script(body, mode)
+    assert (r.returncode, r.stdout.strip()) == (0, want), (mode, r)
 
 
 def test_sigterm_is_handled_only_where_it_had_its_default_action():
   """`setup_process` takes SIGTERM over from its default action (kill at once, no cleanup), but
   leaves an ignored SIGTERM or a handler of the embedding program alone."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  script = ("import signal, sys; sys.path.insert(0, %r)\n"
-            "from vitprune import console\n"
-            "mine = lambda *a: None\n"
-            "if sys.argv[1] == 'default': signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
-            "if sys.argv[1] == 'ignored': signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "if sys.argv[1] == 'own': signal.signal(signal.SIGTERM, mine)\n"
-            "console.setup_process()\n"
-            "h = signal.getsignal(signal.SIGTERM)\n"
-            "print(h is console._record_interrupt, h is signal.SIG_IGN, h is mine)" % root)
+  body = ("mine = lambda *a: None\n"
+          "if sys.argv[1] == 'default': signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+          "if sys.argv[1] == 'ignored': signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+          "if sys.argv[1] == 'own': signal.signal(signal.SIGTERM, mine)\n"
+          "console.setup_process()\n"
+          "h = signal.getsignal(signal.SIGTERM)\n"
+          "print(h is console._record_interrupt, h is signal.SIG_IGN, h is mine)")
   for mode, want in (("default", "True False False"), ("ignored", "False True False"),
                      ("own", "False False True")):
-    out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
-                         timeout=60, check=True).stdout.strip()
-    assert out == want, (mode, out)
+    r = _console_script(body, mode)
+    assert (r.returncode, r.stdout.strip()) == (0, want), (mode, r)
 
 
 def test_an_interrupt_inside_a_callback_prints_no_traceback():
   """A signal handled inside a weakref finaliser (or JAX's garbage-collection hook) raised there,
   and Python printed "Exception ignored in ..." and a traceback before the error line; it is
   recorded (so the run still stops), and `setup_process`'s hook says nothing of it."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  script = ("import os, signal, sys, weakref; sys.path.insert(0, %r)\n"
-            "from vitprune import console\n"
-            "if sys.argv[1] == 'setup': console.setup_process()\n"
-            "else: signal.signal(signal.SIGTERM, console._record_interrupt)\n"
-            "class A: pass\n"
-            "a = A()\n"
-            "weakref.finalize(a, lambda: os.kill(os.getpid(), signal.SIGTERM))\n"
-            "del a\n"
-            "print(console.interrupted(), console.interrupt_exit())\n"
-            "weakref.finalize(A(), lambda: 1 / 0)\n" % root)   # other errors: still printed
+  body = ("if sys.argv[1] == 'setup': console.setup_process()\n"
+          "else: signal.signal(signal.SIGTERM, console._record_interrupt)\n"
+          "class A: pass\n"
+          "a = A()\n"
+          "weakref.finalize(a, lambda: os.kill(os.getpid(), signal.SIGTERM))\n"
+          "del a\n"
+          "print(console.interrupted(), console.interrupt_exit())\n"
+          "weakref.finalize(A(), lambda: 1 / 0)\n")   # other errors: still printed
   for mode in ("setup", "plain"):
-    r = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
-                       timeout=60)
+    r = _console_script(body, mode)
     assert (r.returncode, r.stdout) == (0, "True ('terminated', 143)\n"), r.stderr
     assert ("KeyboardInterrupt" in r.stderr) == (mode == "plain"), (mode, r.stderr)
     assert "ZeroDivisionError" in r.stderr, r.stderr
@@ -230,21 +224,15 @@ def test_a_finished_run_ignores_late_signals():
   """Python's finalisation restores SIGINT / SIGTERM's default actions, so a signal in a
   finished run's last moments killed it (exit 130/143, no error line, outputs already written);
   `finish_quietly` ignores them from then on, and leaves a caller's own handler alone."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  script = ("import os, signal, sys, time; sys.path.insert(0, %r)\n"
-            "from vitprune import console\n"
-            "console.setup_process()\n"
-            "mine = lambda *a: print('mine')\n"
-            "if sys.argv[1] == 'own': signal.signal(signal.SIGTERM, mine)\n"
-            "console.finish_quietly()\n"
-            "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN,\n"
-            "      signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)\n"
-            "os.kill(os.getpid(), signal.SIGTERM); os.kill(os.getpid(), signal.SIGINT)\n"
-            "time.sleep(0.2); print('done', console.interrupted())\n" % root)
+  body = ("console.setup_process()\n"
+          "mine = lambda *a: print('mine')\n"
+          "if sys.argv[1] == 'own': signal.signal(signal.SIGTERM, mine)\n"
+          "console.finish_quietly()\n"
+          "print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN,\n"
+          "      signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)\n"
+          "os.kill(os.getpid(), signal.SIGTERM); os.kill(os.getpid(), signal.SIGINT)\n"
+          "time.sleep(0.2); print('done', console.interrupted())\n")
   for mode, want in (("default", "True True\ndone False\n"),
                      ("own", "True False\nmine\ndone False\n")):
-    r = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
-                       timeout=60)
+    r = _console_script(body, mode)
     assert (r.returncode, r.stdout, r.stderr) == (0, want, ""), (mode, r)
