@@ -131,9 +131,9 @@ def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,
     check_not_empty(fv)
     check_jax_platforms()
     main(fv)
-    console.raise_if_interrupted()      # a Ctrl-C some callback swallowed: not a success
     if whole_process:
-      console.finish_quietly()          # done: a signal now must not turn it into a failure
+      console.finish_quietly()          # done: a signal from now on must not fail it, and one
+    console.raise_if_interrupted()      # before (even swallowed by a callback) still does
   except (app.UsageError, flags.Error) as e:
     fail(e, EXIT_USAGE, hint=True)
   except INPUT_ERRORS as e:

@@ -884,36 +884,56 @@ def test_targets_mismatch_by_hand():
   assert targets_lib.targets_mismatch(["jax", "iree:host"], ["iree:host"]) is None
   assert targets_lib.targets_mismatch(["jax"], []) is None
   assert targets_lib.targets_mismatch(["jax"], ["iree:host"]) == (
-      "the manifest's targets ['jax'] does not list iree:host, which iree/ holds: an edited "
-      "manifest or a partial copy? rebuild it with experiments.deploy")
+      "the manifest (targets ['jax']) does not list iree:host, for which iree/ holds a module "
+      "record: an edited manifest or a partial copy? rebuild it with experiments.deploy")
   assert targets_lib.targets_mismatch(["jax", "iree:host", "iree:vulkan"], ["iree:host"]) == (
-      "the manifest's targets ['jax', 'iree:host', 'iree:vulkan'] lists iree:vulkan but iree/ "
-      "holds no module record for it: an edited manifest or a partial copy? rebuild it with "
+      "the manifest (targets ['jax', 'iree:host', 'iree:vulkan']) lists iree:vulkan, for which "
+      "iree/ holds no module record: an edited manifest or a partial copy? rebuild it with "
       "experiments.deploy")
+  assert targets_lib.targets_mismatch(["jax", "iree:host"], ["iree:host", "iree:host"]) == (
+      "iree/ holds more than one module record for iree:host: a copied record? rebuild it "
+      "with experiments.deploy")
 
 
 def test_the_manifests_targets_must_be_what_iree_holds(artifact, tmp_path, params):
-  """An artifact whose manifest was edited to list no IREE target still ran its iree:host
-  module on a board, and a jax artifact edited to list iree:host loaded in run_deployed: both
-  sides now compare the manifest's targets with the module records in iree/."""
+  """An artifact whose manifest was edited to list no IREE target (or to lose its targets)
+  still ran its iree:host module on a board, and a jax artifact edited to list iree:host loaded
+  in run_deployed: both sides compare the manifest's targets with the module records in iree/,
+  found and read as the board reads them."""
   from vitprune.records.manifest import ArtifactError  # pylint: disable=g-import-not-at-top
-  bad = tmp_path / "bad"
-  shutil.copytree(artifact, bad)
-  man = json.loads((bad / "manifest.json").read_text())
-  man["targets"] = ["jax"]
-  (bad / "manifest.json").write_text(json.dumps(man))
-  with pytest.raises(EdgeError, match=r"manifest.json: the manifest's targets \['jax'\] does "
-                     r"not list iree:cuda:sm_87, .*iree:host.*, which iree/ holds"):
-    edge_rt.load(str(bad), "iree:host")
-  with pytest.raises(ArtifactError, match=r"does not list iree:cuda:sm_87"):
-    deploy.load(str(bad))
+  for name, edit in (("listed", lambda m: m.update(targets=["jax"])),
+                     ("deleted", lambda m: m.pop("targets"))):
+    bad = tmp_path / name
+    shutil.copytree(artifact, bad)
+    man = json.loads((bad / "manifest.json").read_text())
+    edit(man)
+    (bad / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(EdgeError, match=r"manifest.json: the manifest \(targets \['jax'\]\) "
+                       r"does not list iree:cuda:sm_87, .*iree:host.*, for which iree/ holds"):
+      edge_rt.load(str(bad), "iree:host")
+    with pytest.raises(ArtifactError, match=r"does not list iree:cuda:sm_87"):
+      deploy.load(str(bad))
+  copied = tmp_path / "copied"                       # a second record of one target
+  shutil.copytree(artifact, copied)
+  shutil.copy(copied / "iree" / "iree_host.json", copied / "iree" / "zz_host.json")
+  with pytest.raises(EdgeError, match="more than one module record for iree:host"):
+    edge_rt.load(str(copied), "iree:host")
+  with pytest.raises(ArtifactError, match="more than one module record for iree:host"):
+    deploy.load(str(copied))
+  junk = tmp_path / "junk"                           # what a Mac leaves on a FAT card: skipped
+  shutil.copytree(artifact, junk)
+  (junk / "iree" / "._iree_host.json").write_bytes(b"\x00\x05\x16\x07 binary")
+  assert list(deploy.load(str(junk)).manifest.targets) == json.loads(
+      (junk / "manifest.json").read_text())["targets"]
+  (junk / "iree" / "notes.json").write_text('{"target": "iree:host"}')   # not a record
+  with pytest.raises(ArtifactError, match=r"notes.json: not a vitprune-edge-target record"):
+    deploy.load(str(junk))
   jax_only = str(tmp_path / "jax_only")
   deploy.export_artifact(jax_only, CFG, params, verify=False)
   man = json.loads(open(os.path.join(jax_only, "manifest.json")).read())
   man["targets"] = ["jax", "iree:host"]
   with open(os.path.join(jax_only, "manifest.json"), "w") as f:
     json.dump(man, f)
-  with pytest.raises(ArtifactError, match=r"lists iree:host but iree/ holds no module record "
-                     r"for it"):
+  with pytest.raises(ArtifactError, match=r"lists iree:host, for which iree/ holds no module "
+                     r"record"):
     deploy.load(jax_only)
-  assert deploy.load(str(artifact)).manifest.targets[0] == "jax"      # the genuine one loads

@@ -347,3 +347,9 @@ def test_the_up_front_profile_check_creates_no_folder(tmp_path):
   out = tmp_path / "a" / "b"
   records.check_save(nxt, str(out), records.file_stem(nxt), extra=("png",))
   assert os.listdir(tmp_path) == []
+  (tmp_path / "f").write_text("x")        # still refused up front, before anything is measured
+  for bad, match in ((tmp_path / "f", "is a regular file, not a directory"),
+                     (tmp_path / "f" / "sub", r"f is a file, not a directory")):
+    with pytest.raises(NotADirectoryError, match=match):
+      records.check_save(nxt, str(bad), records.file_stem(nxt), extra=("png",))
+  assert os.listdir(tmp_path) == ["f"]

@@ -25,6 +25,7 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + signal.SIGTERM
 _interrupted = False
 _terminated = False
+_previous_unraisablehook = sys.__unraisablehook__
 
 
 def one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -41,7 +42,10 @@ def setup_process() -> None:
     if hasattr(stream, "reconfigure"):
       stream.reconfigure(errors="backslashreplace")
   warnings.formatwarning = one_line_warning
-  sys.unraisablehook = _quiet_recorded_interrupt
+  global _previous_unraisablehook
+  if sys.unraisablehook is not _quiet_recorded_interrupt:
+    _previous_unraisablehook = sys.unraisablehook
+    sys.unraisablehook = _quiet_recorded_interrupt
   install_interrupt_handler()
 
 
@@ -49,17 +53,19 @@ def _quiet_recorded_interrupt(unraisable) -> None:
   """`sys.unraisablehook`: an interrupt raised inside a callback (JAX's garbage-collection
   hook, a weakref finaliser) printed "Exception ignored in ..." and a traceback before the
   error line; it is recorded (`_record_interrupt`) and raised again, so say nothing of it.
-  Anything else goes to Python's hook."""
+  Anything else goes to the hook it replaced (Python's, or a library's)."""
   if isinstance(unraisable.exc_value, KeyboardInterrupt) and _interrupted:
     return
-  sys.__unraisablehook__(unraisable)
+  _previous_unraisablehook(unraisable)
 
 
 def finish_quietly() -> None:
   """After a run succeeded (outputs written, success printed): Ctrl-C and SIGTERM are ignored
   while the process exits. Python's finalisation restores their default actions, so a signal in
   the last moments killed a finished run (exit 130/143, no error line, its outputs already
-  replaced). Only in the main thread, and only where this module handles them."""
+  replaced). Only in the main thread, and only where this module handles them. (A process
+  that then hangs in its teardown needs SIGKILL; a child started after this inherits the
+  ignored signals: start none.)"""
   if threading.current_thread() is not threading.main_thread():
     return
   for sig in (signal.SIGINT, signal.SIGTERM):

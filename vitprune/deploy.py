@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import glob
 import hashlib
 import importlib.metadata as md
 import operator
@@ -44,7 +45,6 @@ import numpy as np
 
 import vitprune
 from vitprune import atomic
-from vitprune import jsonio
 from vitprune import orbax_io
 from vitprune.config import ViTConfig, is_float_dtype
 from vitprune.data import iterate_batches
@@ -509,16 +509,14 @@ def listed_param_count(manifest: Manifest) -> int:
 def _check_targets(path: str, manifest: Manifest) -> None:
   """ArtifactError when the manifest's targets and the IREE module records in iree/ disagree
   (`vitprune.edge.targets.targets_mismatch`)."""
-  from vitprune.edge.runtime import EDGE_DIR  # pylint: disable=g-import-not-at-top
-  from vitprune.edge.targets import targets_mismatch  # pylint: disable=g-import-not-at-top
+  from vitprune.edge import runtime, targets  # pylint: disable=g-import-not-at-top
   found = []
-  for name in sorted(os.listdir(os.path.join(path, EDGE_DIR))
-                     if os.path.isdir(os.path.join(path, EDGE_DIR)) else []):
-    if name.endswith(".json"):
-      record = jsonio.read_json(os.path.join(path, EDGE_DIR, name), "IREE target record",
-                                ArtifactError)
-      found.append(str(record.get("target")))
-  why = targets_mismatch(manifest.targets, found)
+  if glob.glob(os.path.join(path, runtime.EDGE_DIR, "*.json")):     # as the board finds them
+    try:
+      found = [str(r["target"]) for r in runtime.read_records(path)]
+    except targets.EdgeError as e:
+      raise ArtifactError(str(e)) from None
+  why = targets.targets_mismatch(manifest.targets, found)
   if why:
     raise ArtifactError(f"{path}: {why}")
 

@@ -197,8 +197,8 @@ def main(argv):
       atomic.replace_json(FLAGS.output, dict(res, format=RESULT_FORMAT), RESULT_FORMAT,
                           sort_keys=True)
       print(f"wrote {FLAGS.output}")
-    console.raise_if_interrupted()       # a Ctrl-C some callback swallowed: not a success
-    console.finish_quietly()             # done: a signal now must not turn it into a failure
+    console.finish_quietly()             # done: a signal from now on must not fail it, and
+    console.raise_if_interrupted()       # one before (even swallowed by a callback) still does
   except (EdgeError, ValueError, FileNotFoundError, OSError) as e:
     sys.exit(f"error: {e}")
   except (KeyError, TypeError, AttributeError, IndexError) as e:   # a field the checks missed

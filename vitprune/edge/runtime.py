@@ -367,10 +367,12 @@ def _check_against_manifest(path: str, records: List[Dict[str, Any]]) -> None:
   if not os.path.isfile(manifest):       # a board copy of iree/ alone: nothing to compare with
     return
   doc = read_json(manifest, "artifact manifest")
-  if isinstance(doc.get("targets"), list):         # (manifests without it: "jax" alone)
-    why = targets_mismatch([str(t) for t in doc["targets"]], [r["target"] for r in records])
-    if why:
-      raise EdgeError(f"{manifest}: {why}")
+  listed = doc.get("targets", ["jax"])        # (absent: "jax" alone, as vitprune.load reads it)
+  if not (isinstance(listed, list) and all(isinstance(t, str) for t in listed)):
+    raise EdgeError(f"{manifest}: targets must be a list of target names, got {listed!r}")
+  why = targets_mismatch(listed, [str(r["target"]) for r in records])
+  if why:
+    raise EdgeError(f"{manifest}: {why}")
   for r in records:
     bad = [(what, got, want) for what, of_manifest, of_record in _SHARED_FIELDS
            if (what != "reducer" or "reducer" in r)     # records before version 2 lack it

@@ -161,15 +161,21 @@ def targets_mismatch(listed: Sequence[str], found: Sequence[str]) -> Optional[st
   """Why an artifact's manifest "targets" (`listed`, "jax" first) disagree with the IREE module
   records its iree/ folder holds (their "target" fields, `found`), or None when they agree. An
   edited manifest (or a partial copy) made run_deployed and vitprune.edge state targets the
-  artifact does not have, or run a module it does not list."""
+  artifact does not have, or run a module it does not list; two records of one target (a copied
+  record) ran whichever sorted first."""
+  twice = sorted({t for t in found if list(found).count(t) > 1})
+  if twice:
+    return (f"iree/ holds more than one module record for {', '.join(twice)}: a copied "
+            "record? rebuild it with experiments.deploy")
   listed_iree, found = sorted(set(listed) - {"jax"}), sorted(set(found))
   if listed_iree == found:
     return None
   extra, missing = sorted(set(found) - set(listed_iree)), sorted(set(listed_iree) - set(found))
-  parts = ([f"lists {', '.join(missing)} but iree/ holds no module record for "
-            f"{'it' if len(missing) == 1 else 'them'}"] if missing else []) + (
-      [f"does not list {', '.join(extra)}, which iree/ holds"] if extra else [])
-  return (f"the manifest's targets {list(listed)} {' and '.join(parts)}: an edited manifest or "
+  parts = ([f"lists {', '.join(missing)}, for which iree/ holds no module record"]
+           if missing else []) + (
+      [f"does not list {', '.join(extra)}, for which iree/ holds a module record"]
+      if extra else [])
+  return (f"the manifest (targets {list(listed)}) {' and '.join(parts)}: an edited manifest or "
           "a partial copy? rebuild it with experiments.deploy")
 
 

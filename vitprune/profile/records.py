@@ -420,8 +420,11 @@ def check_save(setup: Profile, out_dir: str, stem: str, extra: Sequence[str] = (
   config, dtype, device, platform and reducer; its points are not looked at) as `stem` would
   raise about the files in `out_dir` (a killed run's write is finished first, as `save` does)."""
   out_dir = os.path.abspath(out_dir)
-  if not os.path.isdir(out_dir):   # nothing there to check; the lock would create the folder,
-    return                         # left behind empty by a run killed before its `save`
+  if not os.path.isdir(out_dir):   # no profile there; the lock would create the folder, left
+    if os.path.lexists(out_dir):   # behind empty by a run killed before its `save`
+      raise NotADirectoryError(f"{out_dir} is {atomic.describe(out_dir)}, not a directory")
+    atomic.check_creatable(out_dir, "out_dir")
+    return
   paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in ["csv", *extra, "json"]}
   with atomic.locked(paths["json"]):
     _merged_with_existing(setup, paths)
