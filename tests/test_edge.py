@@ -499,6 +499,20 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   assert sorted(p.tokens for p in prof.points) == sorted(grid)
   assert all(p.component == "model" and p.median_s > 0 and p.num_samples >= 5
              for p in prof.points)
+  before = open(out, "rb").read()
+  # Other timing settings cannot merge into it: refused before the kit is timed (it measured
+  # every point, then refused the merge), and outputs that would land elsewhere are refused.
+  r = run_edge("profile", f"--kit={kit_dir}", f"--out={out}", "--min_run_time=0.03")
+  assert r.returncode == 1 and r.stderr.startswith("error: cannot merge"), r.stderr[-2000:]
+  assert "[1/" not in r.stderr and r.stderr.count("\n") == 1 and r.stdout == ""
+  for bad, message in ((f"{tmp_path / 'newdir'}/", "ends in '/': that names a directory"),
+                       (str(tmp_path / "board.csv"), "must name the profile's .json file"),
+                       (os.path.join(kit_dir, "p.json"), "is inside the kit")):
+    r = run_edge("profile", f"--kit={kit_dir}", f"--out={bad}")
+    assert r.returncode == 1 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
+  assert open(out, "rb").read() == before
+  assert not [n for n in os.listdir(tmp_path) if n.startswith(("newdir", "board.csv."))]
+  assert not os.path.exists(os.path.join(kit_dir, "p.json"))
   est = _estimate(tmp_path, [None], sorted(grid), lambda l, n: 0.5 + n / 40, cfg=CFG, batch=1)
   solution = solve_stage.solve_paper(records.load(out), read_estimate(est), layer=1)
   paths = write_solution(solution, str(tmp_path / "solve"))

@@ -136,6 +136,7 @@ def cmd_profile() -> dict:
   if not FLAGS.kit or not FLAGS.out:
     raise ValueError("profile needs --kit and --out")
   progress = None if FLAGS.quiet else (lambda msg: print(msg, file=sys.stderr))
+  kit_lib.check_profile_output(FLAGS.kit, FLAGS.out, timing_config(), FLAGS.driver)
   profile, kit = kit_lib.profile_kit(FLAGS.kit, timing_config(), progress=progress,
                                      driver=FLAGS.driver)
   paths = kit_lib.write_profile(profile, FLAGS.out, kit)
@@ -167,10 +168,25 @@ def check_flags(command: str) -> None:
   if FLAGS.output:
     atomic.check_output_json(FLAGS.output, RESULT_FORMAT, "output")
   if command == "profile" and FLAGS.out:
-    stem = FLAGS.out[:-5] if FLAGS.out.endswith(".json") else FLAGS.out
     if os.path.isdir(FLAGS.out):
       raise IsADirectoryError(f"--out={FLAGS.out} is a directory, not a file")
+    if FLAGS.out.endswith(("/", os.sep)):         # wrote <dir>.json beside the folder meant
+      raise ValueError(f"--out={FLAGS.out} ends in '/': that names a directory, not the "
+                       "profile's .json file")
+    if not FLAGS.out.endswith(".json"):            # board.csv became board.csv.json + .csv.csv
+      raise ValueError(f"--out={FLAGS.out} must name the profile's .json file (its .csv twin "
+                       "is written beside it)")
+    if FLAGS.kit and _inside(FLAGS.out, FLAGS.kit):
+      raise ValueError(f"--out={FLAGS.out} is inside the kit {FLAGS.kit}: write the profile "
+                       "elsewhere (a kit holds only what edge_kit wrote)")
+    stem = FLAGS.out[:-5]
     atomic.check_output_json(stem + ".json", records.FORMAT, "out", [stem + ".csv"])
+
+
+def _inside(path: str, folder: str) -> bool:
+  """Whether `path` lies in `folder` (symbolic links resolved)."""
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return os.path.commonpath([path, folder]) == folder
 
 
 def parse_flags(argv):

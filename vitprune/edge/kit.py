@@ -102,16 +102,13 @@ def point_label(component: str, batch_size: int, tokens: int,
   return f"{component} b{batch_size} {what}"
 
 
-def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
-                progress: Optional[Callable[[str], None]] = None, driver: Optional[str] = None):
-  """Loads and checks every module of kit `path`, times each point on its own runtime plan's
-  driver and shards (kits made before per-point plans: the kit's driver, one shard), or every
-  point on `driver` when given -> (`records.Profile`, the kit manifest with the driver used:
-  several drivers joined by '+')."""
-  path = os.path.abspath(path)
+def _kit_plans(path: str, driver: Optional[str]):
+  """Kit `path` read and checked -> (kit manifest with the driver(s) used joined by '+',
+  [(driver, shards)] and [function name] per point): each point's own runtime plan (kits made
+  before per-point plans: the kit's driver, one shard), or `driver` for every point."""
   kit = read_kit(path)
   target = parse_target(kit["target"])
-  plans, functions = [], []     # (driver, shards) and the function name of every point
+  plans, functions = [], []
   for p in kit["points"]:
     where = f"kit {path} ({p.get('module', {}).get('file')})"
     plan = p.get("runtime") or {"driver": kit["driver"], "shards": p.get("shards", 1)}
@@ -123,6 +120,46 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
   kit["driver"] = "+".join(drivers)
   for d in drivers:
     check_runnable(dict(kit, driver=d), f"kit {path} ({kit['target']})")
+  return kit, plans, functions
+
+
+def _kit_profile(kit: Dict[str, Any], cfg: protocol.TimingConfig,
+                 points: Sequence[records.Point] = ()) -> records.Profile:
+  """The profile record of `kit` timed with `cfg` on this host, holding `points`."""
+  cpu = host_cpu()
+  return records.Profile(
+      model=kit["model"], config=kit["config"],
+      device_kind=f"{kit['target']} {cpu['model']}" if kit["backend"] == "llvm-cpu"
+      else kit["target"],
+      platform=f"iree-{kit['driver']}", jax_version="none", jaxlib_version="none",
+      dtype=kit["dtype"], modes=(kit["mode"],), reducer=kit.get("reducer", "unknown"),
+      timing=dataclasses.asdict(cfg), points=tuple(points), created=records.now_iso())
+
+
+def _out_stem(out: str) -> str:
+  return os.path.abspath(out[:-5] if out.endswith(".json") else out)
+
+
+def check_profile_output(path: str, out: str,
+                         cfg: protocol.TimingConfig = protocol.TimingConfig(),
+                         driver: Optional[str] = None) -> None:
+  """Refuses, before anything is measured, a profile of kit `path` that `write_profile` could
+  not merge into the one at `out` (another model, device, driver, dtype or timing settings):
+  the board's whole run was thrown away at the end."""
+  kit, _, _ = _kit_plans(os.path.abspath(path), driver)
+  stem = _out_stem(out)
+  records.check_save(_kit_profile(kit, cfg), os.path.dirname(stem), os.path.basename(stem))
+
+
+def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
+                progress: Optional[Callable[[str], None]] = None, driver: Optional[str] = None):
+  """Loads and checks every module of kit `path`, times each point on its own runtime plan's
+  driver and shards (kits made before per-point plans: the kit's driver, one shard), or every
+  point on `driver` when given -> (`records.Profile`, the kit manifest with the driver used:
+  several drivers joined by '+')."""
+  path = os.path.abspath(path)
+  kit, plans, functions = _kit_plans(path, driver)
+  drivers = sorted({d for d, _ in plans})
   weights = rt.read_weights(path, kit["weights"], f"kit {path}")
   modules = [rt.checked_file(path, p["module"], f"kit {path}") for p in kit["points"]]
   runners, dev_weights = {}, {}
@@ -153,23 +190,14 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
   points = tuple(records.Point.from_measurement(
       meas[i], component=p["component"], batch_size=p["batch_size"], tokens=p["tokens"],
       schedule=p["schedule"]) for i, p in enumerate(kit["points"]))
-  cpu = host_cpu()
-  prof = records.Profile(
-      model=kit["model"], config=kit["config"],
-      device_kind=f"{kit['target']} {cpu['model']}" if kit["backend"] == "llvm-cpu"
-      else kit["target"],
-      platform=f"iree-{kit['driver']}", jax_version="none", jaxlib_version="none",
-      dtype=kit["dtype"], modes=(kit["mode"],), reducer=kit.get("reducer", "unknown"),
-      timing=dataclasses.asdict(cfg),
-      points=points, created=records.now_iso())
-  return records.analyze(prof), kit
+  return records.analyze(_kit_profile(kit, cfg, points)), kit
 
 
 def write_profile(profile, out: str, kit: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
   """Saves `profile` as JSON at `out` (+ CSV twin, same stem) with `records.save`: merged into
   an existing profile of the same setup only, the files published together. The JSON also
   carries an 'edge' entry (kit target, compiler flags, IREE runtime version)."""
-  stem = os.path.abspath(out[:-5] if out.endswith(".json") else out)
+  stem = _out_stem(out)
   fields = None if kit is None else {"edge": {
       "target": kit["target"], "compiler": kit.get("compiler"),
       "iree_runtime": _runtime_version(), "host_cpu": host_cpu()["model"]}}
