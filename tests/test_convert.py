@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 
 import jax
 import numpy as np
@@ -587,6 +588,14 @@ def test_non_finite_weights_impossible_sizes_and_failed_verify_write_nothing(tmp
   out = tmp_path / "weights" / "m"
   with pytest.raises(ValueError, match=r"NaN/inf values in \['blocks.0.attn.qkv.bias'\]"):
     convert.convert_checkpoint(cfg, str(src), str(out))
+  # float64 values float32 cannot hold: not "NaN/inf", and no overflow warning line before it
+  wide = dict(sd, **{"head.weight": np.full(sd["head.weight"].shape, 1e300)})
+  save_file(wide, str(src))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    with pytest.raises(ValueError, match=r"^checkpoint has values beyond float32's range "
+                       r"\(\|x\| > 3.4e38\) in \['head.weight'\]; refusing to convert it$"):
+      convert.convert_checkpoint(cfg, str(src), str(out))
   save_file(sd, str(src))
   with pytest.raises(ValueError, match="img_size must be a positive integer, got -32"):
     convert.convert_checkpoint(cfg.replace(img_size=-32), str(src), str(out))

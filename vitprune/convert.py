@@ -396,9 +396,16 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
                 if tuple(np.shape(sd[k])) != want[k]]
   if missing or unexpected or mismatched:
     raise ConversionError(cfg.name, missing, unexpected, mismatched)
-  nonfinite = sorted(k for k in want if not np.all(np.isfinite(np.asarray(sd[k], np.float32))))
+  nonfinite = sorted(k for k in want
+                     if not np.all(np.isfinite(np.asarray(sd[k]).astype(np.float64))))
   if nonfinite:
     raise ValueError(f"checkpoint has NaN/inf values in {nonfinite}; refusing to convert it")
+  with np.errstate(over="ignore"):            # float64 values float32 cannot hold became inf
+    too_big = sorted(k for k in want
+                     if not np.all(np.isfinite(np.asarray(sd[k], np.float32))))
+  if too_big:
+    raise ValueError(f"checkpoint has values beyond float32's range (|x| > 3.4e38) in "
+                     f"{too_big}; refusing to convert it")
   leaves, treedef = jax.tree.flatten_with_path(param_shapes(cfg),
                                                is_leaf=lambda x: isinstance(x, tuple))
   values = []
