@@ -130,3 +130,12 @@ def test_bad_arguments_are_refused_by_name():
     memory.check_batch_fits(DEIT, [2.5], available=10 ** 12)       # estimated as 2.5 images
   with pytest.raises(TypeError, match="batch size must be an int, got True"):
     memory.forward_bytes(DEIT, True)
+
+
+def test_conversion_fits_by_hand():
+  cfg = get_config("test_tiny_vit").replace(img_size=800)      # 100x100 patches of 8 px
+  need = 4 * memory.param_count(cfg) + 3 * 8 * 100 ** 2 * cfg.embed_dim
+  memory.check_conversion_fits(cfg, what="--img_size=800", available=need)
+  with pytest.raises(ValueError, match=r"^--img_size=800 cannot fit in memory: converting "
+                     r"test_tiny_vit at img_size 800 \(100x100 patches\) needs ~"):
+    memory.check_conversion_fits(cfg, what="--img_size=800", available=need - 1)
