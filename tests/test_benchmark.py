@@ -81,6 +81,7 @@ def test_parse_variants():
     ("tome:keep@0:3", "tome can remove at most 8"),
     ("evit:embed:10", "after the embedding"),
     ("bad name=tome:r2", "variant name"),
+    (" =topk:r1", r"variant name '' must be non-empty"),    # fell back to 'topk:r1'
 ])
 def test_parse_variants_errors(text, match):
   with pytest.raises(ValueError, match=match):

@@ -218,8 +218,8 @@ def parse_variants(cfg: ViTConfig, text: str) -> List[Variant]:
     if sched == S.full_schedule(cfg):
       raise ValueError(f"--variants item {item!r} does not reduce any token (the unpruned "
                        "baseline is always included)")
-    out.append(_check_variant(cfg, Variant(name or f"{method}:{sched_text}", method, sched,
-                                           "user")))
+    out.append(_check_variant(cfg, Variant(f"{method}:{sched_text}" if name is None else name,
+                                           method, sched, "user")))   # ' =' is refused
   return out
 
 
