@@ -543,6 +543,9 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   os.unlink(os.path.join(kit_dir, doc["points"][1]["module"]["file"]))
   with pytest.raises(EdgeError, match="is missing"):
     kit_lib.profile_kit(kit_dir)
+  os.mkfifo(os.path.join(kit_dir, doc["points"][1]["module"]["file"]))    # not "missing"
+  with pytest.raises(EdgeError, match=r"\.vmfb in .* is not a regular file \(replaced\?\)$"):
+    kit_lib.profile_kit(kit_dir)
 
 
 def test_many_shards_keep_batch_order_and_old_records_still_load(tmp_path, params,

@@ -66,6 +66,8 @@ def checked_file(root: str, entry: Dict[str, Any], what: str) -> str:
     raise EdgeError(f"{what}: bad file entry {rel!r}")
   path = os.path.join(root, *rel.split("/"))
   if not os.path.isfile(path):
+    if os.path.lexists(path):       # a folder or FIFO in its place was called "missing"
+      raise EdgeError(f"{what}: {rel} in {root} is not a regular file (replaced?)")
     raise EdgeError(f"{what}: {rel} is missing from {root} (incomplete copy?)")
   got = file_sha256(path)
   if got != entry.get("sha256"):
