@@ -185,3 +185,29 @@ def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):
     with atomic.staged_dir(str(tmp_path / "out")):
       raise OSError("boom")
   assert os.listdir(tmp_path) == []
+
+
+def test_a_link_to_our_output_is_refused_as_a_link(tmp_path):
+  """A symbolic link to a genuine output was refused as 'a symbolic link that is not a
+  vitprune-weights folder', though what it points to is one: the link is the reason."""
+  real = tmp_path / "real"
+  real.mkdir()
+  (real / "config.json").write_text("{}")
+
+  def is_ours(p):
+    return os.path.isfile(os.path.join(p, "config.json"))
+  is_ours.description = "a vitprune-weights folder (with config.json)"
+  os.symlink(real, tmp_path / "link")
+  with pytest.raises(atomic.ForeignOutputError, match=r"link: it is a symbolic link \(to a "
+                     r"vitprune-weights folder \(with config.json\), which is replaced only "
+                     r"where it lies\); pass the folder itself"):
+    atomic.check_replaceable(str(tmp_path / "link"), is_ours)
+  atomic.write_json(str(tmp_path / "r.json"), {"format": "vitprune-x"})
+  os.symlink(tmp_path / "r.json", tmp_path / "l.json")
+  with pytest.raises(atomic.ForeignOutputError, match=r"l.json: it is a symbolic link \(to a "
+                     r"vitprune-x file, which is replaced only where it lies\)"):
+    atomic.check_output_json(str(tmp_path / "l.json"), "vitprune-x")
+  (tmp_path / "other.json").write_text("{}")
+  os.symlink(tmp_path / "other.json", tmp_path / "l2.json")             # not ours: as before
+  with pytest.raises(atomic.ForeignOutputError, match="that is not a vitprune-x file"):
+    atomic.check_output_json(str(tmp_path / "l2.json"), "vitprune-x")
