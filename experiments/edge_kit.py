@@ -1,5 +1,6 @@
 r"""Build an on-device profile kit: one IREE module per token count (or schedule), compiled on the
-host in parallel and cached, for `python -m vitprune.edge profile --kit=DIR --out=FILE` on a board.
+host in parallel and cached, for `python -m vitprune.edge profile --kit=DIR --out=FILE.json` on a
+board.
 
   python -m experiments.edge_kit --tokens=65:5:-4 --target=iree:host --out=kits/digits
   python -m experiments.edge_kit --model=deit_small_patch16_224 --tokens=197:17:-20 \

@@ -198,14 +198,14 @@ def test_a_link_to_our_output_is_refused_as_a_link(tmp_path):
     return os.path.isfile(os.path.join(p, "config.json"))
   is_ours.description = "a vitprune-weights folder (with config.json)"
   os.symlink(real, tmp_path / "link")
-  with pytest.raises(atomic.ForeignOutputError, match=r"link: it is a symbolic link \(to a "
-                     r"vitprune-weights folder \(with config.json\), which is replaced only "
-                     r"where it lies\); pass the folder itself"):
+  with pytest.raises(atomic.ForeignOutputError, match=r"link: it is a symbolic link to a "
+                     r"vitprune-weights folder \(with config.json\); pass the folder itself "
+                     r"\(a link is never replaced\)"):
     atomic.check_replaceable(str(tmp_path / "link"), is_ours)
   atomic.write_json(str(tmp_path / "r.json"), {"format": "vitprune-x"})
   os.symlink(tmp_path / "r.json", tmp_path / "l.json")
-  with pytest.raises(atomic.ForeignOutputError, match=r"l.json: it is a symbolic link \(to a "
-                     r"vitprune-x file, which is replaced only where it lies\)"):
+  with pytest.raises(atomic.ForeignOutputError, match=r"l.json: it is a symbolic link to a "
+                     r"vitprune-x file; pass the file itself \(a link is never replaced\)"):
     atomic.check_output_json(str(tmp_path / "l.json"), "vitprune-x")
   (tmp_path / "other.json").write_text("{}")
   os.symlink(tmp_path / "other.json", tmp_path / "l2.json")             # not ours: as before

@@ -187,9 +187,9 @@ CASES = [
      "lr 1e+308 overflows float32, the dtype training computes in"),
     ("train_digits", ["--batch_size=100000", "--out={out}"], 1,   # after printing a line
      "--batch_size=100000 is larger than the 1438 training digits"),
-    ("convert", ["--model=test_tiny_vit", "--checkpoint=c.npz", "--img_size=100000",
+    ("convert", ["--model=test_tiny_vit", "--checkpoint=c.npz", "--img_size=100000000",
                  "--out={out}"], 1,      # numpy's "Unable to allocate 37.3 GiB ..." after loading
-     "--img_size=100000 cannot fit in memory: converting test_tiny_vit at img_size 100000"),
+     "--img_size=100000000 cannot fit in memory: converting test_tiny_vit at img_size"),
 ]
 
 

@@ -596,6 +596,10 @@ def test_non_finite_weights_impossible_sizes_and_failed_verify_write_nothing(tmp
     with pytest.raises(ValueError, match=r"^checkpoint has values beyond float32's range "
                        r"\(\|x\| > 3.4e38\) in \['head.weight'\]; refusing to convert it$"):
       convert.convert_checkpoint(cfg, str(src), str(out))
+    # ... also in the position embedding resampled to another size (cast before the checks)
+    pos = dict(sd, pos_embed=np.full(sd["pos_embed"].shape, 1e300))
+    with pytest.raises(ValueError, match=r"beyond float32's range .* in \['pos_embed'\]"):
+      convert.convert_state_dict(cfg.replace(img_size=48), pos)
   save_file(sd, str(src))
   with pytest.raises(ValueError, match="img_size must be a positive integer, got -32"):
     convert.convert_checkpoint(cfg.replace(img_size=-32), str(src), str(out))

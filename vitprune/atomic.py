@@ -184,9 +184,9 @@ def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
     return
   what = getattr(is_ours, "description", "a vitprune output")
   if os.path.islink(path) and os.path.isdir(path) and is_ours(path):   # a link to ours: the
-    raise ForeignOutputError(f"refusing to replace {path}: it is a symbolic link (to {what}, "
-                             "which is replaced only where it lies); pass the folder itself "
-                             "or choose another output path")
+    raise ForeignOutputError(f"refusing to replace {path}: it is a symbolic link to {what}; "
+                             "pass the folder itself (a link is never replaced) or choose "
+                             "another output path")
   raise ForeignOutputError(f"refusing to replace {path}: it is {describe(path)} that is not "
                            f"{what}; move it away or choose another output path")
 
@@ -274,9 +274,9 @@ def check_replaceable_json(path: str, fmt: str, companions: Sequence[str] = ()) 
     except (OSError, ValueError, AttributeError, RecursionError):
       ours = False
   if ours and os.path.islink(path):     # ours behind a link: the link is what is refused
-    raise ForeignOutputError(f"refusing to replace {path}: it is a symbolic link (to a {fmt} "
-                             "file, which is replaced only where it lies); pass the file itself "
-                             "or choose another output path")
+    raise ForeignOutputError(f"refusing to replace {path}: it is a symbolic link to a {fmt} "
+                             "file; pass the file itself (a link is never replaced) or choose "
+                             "another output path")
   if not ours:
     raise ForeignOutputError(f"refusing to replace {path}: it is {describe(path)} that is not "
                              f"a {fmt} file; move it away or choose another output path")

@@ -389,6 +389,16 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
                      f"{f' and {len(not_float) - 5} more' if len(not_float) > 5 else ''}: "
                      "vitprune converts floating-point weights (float16, bfloat16, float32, "
                      "...; a quantised checkpoint must be dequantised first)")
+  present = sorted(set(want) & set(sd))        # (resampling casts the position embedding too)
+  nonfinite = [k for k in present
+               if not np.all(np.isfinite(np.asarray(sd[k]).astype(np.float64)))]
+  if nonfinite:
+    raise ValueError(f"checkpoint has NaN/inf values in {nonfinite}; refusing to convert it")
+  with np.errstate(over="ignore"):            # float64 values float32 cannot hold became inf
+    too_big = [k for k in present if not np.all(np.isfinite(np.asarray(sd[k], np.float32)))]
+  if too_big:
+    raise ValueError(f"checkpoint has values beyond float32's range (|x| > 3.4e38) in "
+                     f"{too_big}; refusing to convert it")
   sd = _maybe_resample_pos_embed(cfg, sd, resample)
   missing = sorted(set(want) - set(sd))
   unexpected = sorted(set(sd) - set(want))
@@ -396,16 +406,6 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
                 if tuple(np.shape(sd[k])) != want[k]]
   if missing or unexpected or mismatched:
     raise ConversionError(cfg.name, missing, unexpected, mismatched)
-  nonfinite = sorted(k for k in want
-                     if not np.all(np.isfinite(np.asarray(sd[k]).astype(np.float64))))
-  if nonfinite:
-    raise ValueError(f"checkpoint has NaN/inf values in {nonfinite}; refusing to convert it")
-  with np.errstate(over="ignore"):            # float64 values float32 cannot hold became inf
-    too_big = sorted(k for k in want
-                     if not np.all(np.isfinite(np.asarray(sd[k], np.float32))))
-  if too_big:
-    raise ValueError(f"checkpoint has values beyond float32's range (|x| > 3.4e38) in "
-                     f"{too_big}; refusing to convert it")
   leaves, treedef = jax.tree.flatten_with_path(param_shapes(cfg),
                                                is_leaf=lambda x: isinstance(x, tuple))
   values = []

@@ -144,8 +144,9 @@ def compare_logits(logits: np.ndarray, ref_logits: np.ndarray, labels: np.ndarra
   """
   logits, ref_logits = np.asarray(logits), np.asarray(ref_logits)
   logp, ref_logp = log_softmax64(logits), log_softmax64(ref_logits)
-  kl = np.maximum(np.sum(np.exp(ref_logp) * (ref_logp - logp), axis=-1), 0.0)  # KL >= 0: the
-  pred = logits.argmax(-1)                         # sum of nearly equal terms rounds below 0
+  kl = np.sum(np.exp(ref_logp) * (ref_logp - logp), axis=-1)
+  kl[(kl < 0) & (kl > -1e-9)] = 0.0     # KL >= 0: nearly equal terms round a little below 0
+  pred = logits.argmax(-1)
   return pred == np.asarray(labels), pred == ref_logits.argmax(-1), kl
 
 

@@ -125,13 +125,15 @@ def check_batch_fits(cfg: ViTConfig, batches: Sequence[int], dtype: str = "float
 def check_conversion_fits(cfg: ViTConfig, *, what: str, available: Optional[int] = None) -> None:
   """Raises ValueError when converting a checkpoint to `cfg` cannot fit in `available` bytes
   (default: `available_bytes()`; no check where that is unknown): its float32 parameters plus
-  the position-embedding resampling to `cfg`'s grid (float64 [grid, grid, embed_dim], ~3 live
-  copies). A huge --img_size failed after reading the checkpoint, with numpy's bare message."""
+  the position-embedding resampling to `cfg`'s grid ([grid, grid, embed_dim]: the float64
+  resize, its float32 cast and the jax copy, 16 bytes per element; the checkpoint read itself
+  is not counted). A huge --img_size failed after reading the checkpoint, with numpy's bare
+  message."""
   if available is None:
     available = available_bytes()
     if available is None:
       return
-  need = 4 * param_count(cfg) + 3 * 8 * cfg.grid_size ** 2 * cfg.embed_dim
+  need = 4 * param_count(cfg) + (8 + 4 + 4) * cfg.grid_size ** 2 * cfg.embed_dim
   if need > available:
     raise ValueError(f"{what} cannot fit in memory: converting {cfg.name} at img_size "
                      f"{cfg.img_size} ({cfg.grid_size}x{cfg.grid_size} patches) needs "

@@ -148,7 +148,8 @@ def check_profile_output(path: str, out: str,
   the board's whole run was thrown away at the end."""
   kit, _, _ = _kit_plans(os.path.abspath(path), driver)
   stem = _out_stem(out)
-  records.check_save(_kit_profile(kit, cfg), os.path.dirname(stem), os.path.basename(stem))
+  records.check_save(_kit_profile(kit, cfg), os.path.dirname(stem), os.path.basename(stem),
+                     flag="out")
 
 
 def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),

@@ -67,7 +67,8 @@ def checked_file(root: str, entry: Dict[str, Any], what: str) -> str:
   path = os.path.join(root, *rel.split("/"))
   if not os.path.isfile(path):
     if os.path.lexists(path):       # a folder or FIFO in its place was called "missing"
-      raise EdgeError(f"{what}: {rel} in {root} is not a regular file (replaced?)")
+      kind = "a dangling symbolic link" if os.path.islink(path) else "not a regular file"
+      raise EdgeError(f"{what}: {rel} in {root} is {kind} (replaced?)")
     raise EdgeError(f"{what}: {rel} is missing from {root} (incomplete copy?)")
   got = file_sha256(path)
   if got != entry.get("sha256"):

@@ -415,7 +415,8 @@ def file_stem(profile: Profile, batch_sizes: Optional[Sequence[int]] = None) -> 
           f"{_slug(profile.device_kind)}")
 
 
-def check_save(setup: Profile, out_dir: str, stem: str, extra: Sequence[str] = ()) -> None:
+def check_save(setup: Profile, out_dir: str, stem: str, extra: Sequence[str] = (),
+               flag: str = "out_dir") -> None:
   """Raises, before anything is measured, what `save` of a profile of `setup` (its model,
   config, dtype, device, platform and reducer; its points are not looked at) as `stem` would
   raise about the files in `out_dir` (a killed run's write is finished first, as `save` does)."""
@@ -423,7 +424,7 @@ def check_save(setup: Profile, out_dir: str, stem: str, extra: Sequence[str] = (
   if not os.path.isdir(out_dir):   # no profile there; the lock would create the folder, left
     if os.path.lexists(out_dir):   # behind empty by a run killed before its `save`
       raise NotADirectoryError(f"{out_dir} is {atomic.describe(out_dir)}, not a directory")
-    atomic.check_creatable(out_dir, "out_dir")
+    atomic.check_creatable(out_dir, flag)      # (`flag` names the folder in its message)
     return
   paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in ["csv", *extra, "json"]}
   with atomic.locked(paths["json"]):
