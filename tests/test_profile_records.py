@@ -124,7 +124,8 @@ def test_merge_refuses_another_timing_protocol_but_not_another_seed():
   a = _profile(_staircase_points())
   b = dataclasses.replace(a, timing={"min_run_time": 0.05})
   with pytest.raises(ValueError, match=r"timed with different settings \(min_run_time 0.1 vs "
-                     r"0.05; write to another output directory\)"):
+                     r"0.05; write them to another output: a directory, or an edge --out "
+                     r"file\)"):
     records.merge([a, b])
   seeded = dataclasses.replace(a, timing={"min_run_time": 0.1, "seed": 3})
   assert records.merge([a, seeded]).points

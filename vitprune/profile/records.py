@@ -535,11 +535,11 @@ def merge(profiles: Sequence[Profile]) -> Profile:
     if p.reducer != profiles[0].reducer:       # a pruned graph is the reducer's own graph
       raise ValueError(f"cannot merge profiles timed with different reducers: "
                        f"{profiles[0].reducer!r} vs {p.reducer!r} (their pruned graphs differ; "
-                       "write to another output directory)")
+                       "write them to another output: a directory, or an edge --out file)")
     diff = _timing_difference(profiles[0].timing, p.timing)
     if diff:   # the file records one protocol: it would describe points it did not time
       raise ValueError(f"cannot merge profiles timed with different settings ({diff}; write "
-                       "to another output directory)")
+                       "them to another output: a directory, or an edge --out file)")
   ordered = sorted(profiles, key=lambda p: p.created)
   points: Dict[Tuple, Point] = {}
   for p in ordered:
