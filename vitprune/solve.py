@@ -512,6 +512,14 @@ def _margin_steps(table: MarginTable, cols: np.ndarray) -> np.ndarray:
                    for l in range(depth)], axis=1)
 
 
+def _margin_step_sum(table: MarginTable, cols: np.ndarray) -> np.ndarray:
+  """[S, M] `_margin_steps` summed over the blocks, one block at a time ([S, M] memory)."""
+  total = np.zeros((len(cols), table.reference.size))
+  for l in range(table.margins.shape[0]):
+    total += table.margins[l, cols[:, l + 1]] - table.margins[l, cols[:, l]]
+  return total
+
+
 def per_image_accuracy(table: MarginTable, counts_list: Sequence[Sequence[int]], *,
                        chunk: int = 4096) -> np.ndarray:
   """[S] predicted accuracies of S schedules: each example's margin moves by the incremental
@@ -522,10 +530,7 @@ def per_image_accuracy(table: MarginTable, counts_list: Sequence[Sequence[int]],
   cols = _margin_columns(table, counts_list)
   out = np.empty(len(cols))
   for s in range(0, len(cols), chunk):      # [chunk, M] at a time: bounded memory
-    c = cols[s:s + chunk]
-    m = np.repeat(table.reference[None], len(c), axis=0)
-    for l in range(table.margins.shape[0]):
-      m += table.margins[l, c[:, l + 1]] - table.margins[l, c[:, l]]
+    m = table.reference[None] + _margin_step_sum(table, cols[s:s + chunk])
     out[s:s + chunk] = (m > 0).mean(axis=1)
   return out
 
@@ -560,9 +565,7 @@ def anchored_accuracy(table: MarginTable, anchors: Mapping[Tuple[int, ...], Arra
   a_cols = np.concatenate([np.full((1, depth + 1), k_grid - 1, np.int64),   # the unpruned model
                            _margin_columns(table, a_counts)])                # [A + 1, depth + 1]
   marg = np.stack([m_ref] + a_marg)                                          # [A + 1, M]
-  base = marg.copy()                               # m_A - sum_l step_l(A), one block at a time
-  for l in range(depth):
-    base -= table.margins[l, a_cols[:, l + 1]] - table.margins[l, a_cols[:, l]]
+  base = marg - _margin_step_sum(table, a_cols)                    # m_A - sum_l step_l(A)
   sub = np.unique(np.linspace(0, m_ref.size - 1, min(m_ref.size, distance_examples))
                   .round().astype(np.int64))       # the examples distances are measured on
   a_steps = _margin_steps(MarginTable(table.ns, m_ref[sub], table.margins[:, :, sub]),
@@ -719,14 +722,16 @@ def refine_frontier(model: CostModel, measure, *, rounds: int = 4,
     plans = pareto_frontier(current)
     new = tuple(p for p in plans if p.counts not in known)
     todo = [p.counts for p in new]
-    anchored = None
-    if table is None:
-      values = measure(todo) if new else []
+    anchored = None if table is None else ()
+    if not new:
+      values = []
+    elif table is None:
+      values = measure(todo)
     else:
-      anchored = tuple(anchored_accuracy(table, margins, todo).tolist()) if new else ()
-      values, got = measure(todo, margins=True) if new else ([], np.zeros((0, 0)))
+      anchored = tuple(anchored_accuracy(table, margins, todo).tolist())
+      values, got = measure(todo, margins=True)
       got = np.asarray(got, np.float64)
-      if new and got.shape != (len(new), table.reference.size):
+      if got.shape != (len(new), table.reference.size):
         raise ValueError(f"measure returned margins of shape {got.shape} for {len(new)} "
                          f"schedules on {table.reference.size} examples")
       margins.update(zip(todo, got))
