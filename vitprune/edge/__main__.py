@@ -136,9 +136,8 @@ def cmd_profile() -> dict:
   if not FLAGS.kit or not FLAGS.out:
     raise ValueError("profile needs --kit and --out")
   progress = None if FLAGS.quiet else (lambda msg: print(msg, file=sys.stderr))
-  kit_lib.check_profile_output(FLAGS.kit, FLAGS.out, timing_config(), FLAGS.driver)
   profile, kit = kit_lib.profile_kit(FLAGS.kit, timing_config(), progress=progress,
-                                     driver=FLAGS.driver)
+                                     driver=FLAGS.driver, out=FLAGS.out)
   paths = kit_lib.write_profile(profile, FLAGS.out, kit)
   for p in sorted(profile.points, key=lambda p: (p.batch_size, -p.tokens, p.schedule or ())):
     print(f"{kit_lib.point_label(p.component, p.batch_size, p.tokens, p.schedule)}: median "

@@ -140,26 +140,21 @@ def _out_stem(out: str) -> str:
   return os.path.abspath(out[:-5] if out.endswith(".json") else out)
 
 
-def check_profile_output(path: str, out: str,
-                         cfg: protocol.TimingConfig = protocol.TimingConfig(),
-                         driver: Optional[str] = None) -> None:
-  """Refuses, before anything is measured, a profile of kit `path` that `write_profile` could
-  not merge into the one at `out` (another model, device, driver, dtype or timing settings):
-  the board's whole run was thrown away at the end."""
-  kit, _, _ = _kit_plans(os.path.abspath(path), driver)
-  stem = _out_stem(out)
-  records.check_save(_kit_profile(kit, cfg), os.path.dirname(stem), os.path.basename(stem),
-                     flag="out")
-
-
 def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
-                progress: Optional[Callable[[str], None]] = None, driver: Optional[str] = None):
+                progress: Optional[Callable[[str], None]] = None, driver: Optional[str] = None,
+                out: Optional[str] = None):
   """Loads and checks every module of kit `path`, times each point on its own runtime plan's
   driver and shards (kits made before per-point plans: the kit's driver, one shard), or every
   point on `driver` when given -> (`records.Profile`, the kit manifest with the driver used:
-  several drivers joined by '+')."""
+  several drivers joined by '+'). With `out` (where `write_profile` will save it), a profile
+  there it could not merge into (another model, device, driver, dtype or timing settings) is
+  refused before anything is timed: the board's whole run was thrown away at the end."""
   path = os.path.abspath(path)
   kit, plans, functions = _kit_plans(path, driver)
+  if out is not None:
+    stem = _out_stem(out)
+    records.check_save(_kit_profile(kit, cfg), os.path.dirname(stem), os.path.basename(stem),
+                       flag="out")
   drivers = sorted({d for d, _ in plans})
   weights = rt.read_weights(path, kit["weights"], f"kit {path}")
   modules = [rt.checked_file(path, p["module"], f"kit {path}") for p in kit["points"]]
