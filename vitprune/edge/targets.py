@@ -25,6 +25,7 @@ Importing this module needs neither jax nor IREE.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import platform
@@ -163,7 +164,7 @@ def targets_mismatch(listed: Sequence[str], found: Sequence[str]) -> Optional[st
   edited manifest (or a partial copy) made run_deployed and vitprune.edge state targets the
   artifact does not have, or run a module it does not list; two records of one target (a copied
   record) ran whichever sorted first."""
-  twice = sorted({t for t in found if list(found).count(t) > 1})
+  twice = sorted(t for t, n in collections.Counter(found).items() if n > 1)
   if twice:
     return (f"iree/ holds more than one module record for {', '.join(twice)}: a copied "
             "record? rebuild it with experiments.deploy")
