@@ -183,10 +183,8 @@ def _parse_or_fail(fv: flags.FlagValues, argv: List[str]) -> List[str]:
     return fv(argv)
   except flags.Error as e:
     fail(e, EXIT_USAGE, hint=True)
-  except SystemExit as e:   # absl's --help/-?/--helpshort/--helpfull/--helpxml print usage and
-    if e.code == 1:         # exit 1 (the only exit while parsing); asking for help succeeded
-      raise SystemExit(0) from None
-    raise
+  except SystemExit as e:
+    console.exit_after_help(e)
 
 
 def run(main: Callable[[flags.FlagValues], Any],

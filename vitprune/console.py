@@ -85,6 +85,15 @@ def _record_interrupt(signum, frame) -> None:
   raise KeyboardInterrupt
 
 
+def exit_after_help(e: SystemExit) -> None:
+  """Re-raises `e`, caught while absl parsed the flags: absl's help flags (--help, -?,
+  --helpshort, --helpfull, --helpxml) print the usage and exit 1, the only exit while parsing;
+  asking for help succeeded, so exit 0."""
+  if e.code == 1:
+    raise SystemExit(0) from None
+  raise e
+
+
 def interrupted() -> bool:
   """Whether this process received Ctrl-C (or SIGTERM) since `setup_process`."""
   return _interrupted

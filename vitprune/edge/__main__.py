@@ -196,10 +196,8 @@ def parse_flags(argv):
   except flags.Error as e:
     sys.stderr.write(f"error: {e}\n(see --help)\n")
     sys.exit(2)
-  except SystemExit as e:       # absl's help flags, the only exit while parsing
-    if e.code == 1:
-      raise SystemExit(0) from None
-    raise
+  except SystemExit as e:
+    console.exit_after_help(e)
 
 
 def main(argv):
