@@ -146,8 +146,8 @@ def pooled_errors(rounds: Sequence[Dict[str, Any]], key: Optional[str] = None
   """Pools per-round accuracy errors (`settings['accuracy_refinement']['rounds']`, or each
   round's `key` entry, e.g. "anchored") -> {"n", "mean", "max"} in points (mean weighted by the
   schedules each round measured)."""
-  parts = [(r if key is None else r[key]) for r in rounds
-           if (r if key is None else r.get(key, {})).get("num_schedules")]
+  parts = [e for e in (r if key is None else r.get(key, {}) for r in rounds)
+           if e.get("num_schedules")]
   n = sum(p["num_schedules"] for p in parts)
   if not n:
     return {"n": 0, "mean": None, "max": None}
@@ -159,25 +159,22 @@ def refinement_summary(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
   """Where the jobs refined the accuracy model (--job_flags=--refine_accuracy_rounds=R): the
   errors predicted before measuring, round 0 (the uncorrected frontier) and later rounds, of
   the corrected model and of the anchored per-image prediction, per seed and pooled."""
-  per_seed, pools = [], {"round0": [], "later": []}
+  def cells(first, later):
+    return {"round0": pooled_errors(first), "round0_anchored": pooled_errors(first, "anchored"),
+            "later": pooled_errors(later), "later_anchored": pooled_errors(later, "anchored")}
+
+  per_seed, all_first, all_later = [], [], []
   for r in rows:
     ref = r.get("accuracy_refinement")
     if not ref:
       continue
     first, later = ref["rounds"][:1], ref["rounds"][1:]
-    pools["round0"] += first
-    pools["later"] += later
-    per_seed.append({"seed": r["seed"], "round0": pooled_errors(first),
-                     "round0_anchored": pooled_errors(first, "anchored"),
-                     "later": pooled_errors(later), "later_anchored": pooled_errors(later,
-                                                                                   "anchored")})
+    all_first += first
+    all_later += later
+    per_seed.append(dict(cells(first, later), seed=r["seed"]))
   if not per_seed:
     return {}
-  return {"seeds": per_seed,
-          "pooled": {"round0": pooled_errors(pools["round0"]),
-                     "round0_anchored": pooled_errors(pools["round0"], "anchored"),
-                     "later": pooled_errors(pools["later"]),
-                     "later_anchored": pooled_errors(pools["later"], "anchored")}}
+  return {"seeds": per_seed, "pooled": cells(all_first, all_later)}
 
 
 def refinement_table(summary: Dict[str, Any]) -> str:
