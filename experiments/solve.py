@@ -14,6 +14,11 @@ r"""Schedule solver CLI: a latency profile + an accuracy estimate -> a token sch
   # on measured accuracy and the choice and its neighbours are compiled and timed:
   python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
       --accuracy_floor=0.9 --weights=weights/vit_digits --data=digits
+  # ... with the accuracy model corrected from measured frontiers (up to 4 rounds), each round
+  # also reporting the anchored per-image prediction it made before measuring:
+  python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
+      --accuracy_floor=0.9 --weights=weights/vit_digits --refine_accuracy_rounds=4 \
+      --anchored_prediction
 
 Writes `<out_dir>/<model>_<mode>_b<batch>.{json,png}` (format in `vitprune/records/solution.py`) and
 prints the chosen schedule (compact text, usable as `--schedule` elsewhere) with its predicted
@@ -95,6 +100,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("refine_accuracy_rounds", 0, "With --weights, --mode=multi: correct the "
                        "combined accuracy model from the measured frontier and re-solve, up to "
                        "this many rounds (0: off).", lower_bound=0, flag_values=fv)
+  flags.DEFINE_bool("anchored_prediction", False, "With --refine_accuracy_rounds: also report "
+                    "each round's anchored per-image prediction (solve.anchored_accuracy), "
+                    "before measuring; re-measures the estimate's single reductions once for "
+                    "their per-example margins (about the estimate's own time).", flag_values=fv)
   flags.DEFINE_integer("loop_neighbours", 2, "With --weights: schedules (frontier or measured) "
                        "on each side of the choice timed in the loop.", lower_bound=0,
                        flag_values=fv)
@@ -133,6 +142,9 @@ def main(f: flags.FlagValues):
   if f.refine_accuracy_rounds and not f.weights:
     raise ValueError("--refine_accuracy_rounds measures schedules on the data: pass --weights "
                      "(and the estimate's --data)")
+  if f.anchored_prediction and not f.refine_accuracy_rounds:
+    raise ValueError("--anchored_prediction reports on the accuracy refinement: pass "
+                     "--refine_accuracy_rounds (and --weights)")
   unread = common.given_flags(f, LOOP_ONLY)
   if not f.weights and unread:
     raise ValueError(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} read only "
@@ -171,7 +183,8 @@ def main(f: flags.FlagValues):
         **({} if loop is None else {"evaluate": loop["evaluate"],
                                     "num_images": loop["num_images"],
                                     "measure_all": f.measure_frontier,
-                                    "refine_rounds": f.refine_accuracy_rounds}))
+                                    "refine_rounds": f.refine_accuracy_rounds,
+                                    "margins": loop["margins"]}))
     if loop is not None:
       spec = pipeline.PipelineSpec(batch_size=sol.profile.batch_size, dtype=profile.dtype,
                                    method=estimate.method,
@@ -203,11 +216,20 @@ def in_loop(f: flags.FlagValues, estimate) -> dict:
     raise ValueError(f"--data={f.data} (--num_images={f.num_images}, --seed={f.seed}) is not "
                      f"the data estimate {estimate.source} measured (fingerprint differs)")
   reducer = make_reducer(estimate.method, **estimate.method_kwargs)
-  return {"cfg": cfg, "params": params, "reducer": reducer,
-          "num_images": int(len(data.indices)),
-          "evaluate": estimate_lib.schedule_evaluator(cfg, params, data, reducer,
-                                                      batch_size=f.eval_batch_size,
-                                                      dtype=estimate.dtype)}
+  margins = {} if f.anchored_prediction else None
+  evaluate = estimate_lib.schedule_evaluator(cfg, params, data, reducer,
+                                             batch_size=f.eval_batch_size,
+                                             dtype=estimate.dtype, record_margins=margins)
+  if margins is not None:        # the refinement's anchored prediction starts from them
+    remeasured, differ = solve_stage.remeasure_margins(estimate, evaluate)
+    margins.update(remeasured)        # (`evaluate` recorded them too; these are the contract)
+    if differ:
+      print(f"note: {len(differ)} of the {len(remeasured)} schedules of "
+            f"{estimate.source} measure another {estimate.metric()} here ({', '.join(differ[:3])}"
+            f"{', ...' if len(differ) > 3 else ''}): the anchored predictions start from this "
+            "run's per-example margins")
+  return {"cfg": cfg, "params": params, "reducer": reducer, "evaluate": evaluate,
+          "num_images": int(len(data.indices)), "margins": margins}
 
 
 if __name__ == "__main__":

@@ -190,6 +190,9 @@ CASES = [
     ("convert", ["--model=test_tiny_vit", "--checkpoint=c.npz", "--img_size=100000000",
                  "--out={out}"], 1,      # numpy's "Unable to allocate 37.3 GiB ..." after loading
      "--img_size=100000000 cannot fit in memory: converting test_tiny_vit at img_size"),
+    ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--accuracy_floor=0.9",
+               "--anchored_prediction"], 1,
+     "--anchored_prediction reports on the accuracy refinement: pass --refine_accuracy_rounds"),
 ]
 
 

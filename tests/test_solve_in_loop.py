@@ -3,6 +3,7 @@ on the estimate's data, measured latency of compiled graphs), and refusal of oth
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from experiments import common
@@ -79,6 +80,48 @@ def test_refine_accuracy_measures_every_frontier_it_solves(inputs):
   assert sol.basis == "measured" and sol.chosen.measured_latency_s > 0
   with open(paths["json"]) as f:
     assert json.load(f)["settings"]["accuracy_refinement"] == ref
+
+
+def test_anchored_prediction_remeasures_the_main_jobs_margins(inputs, capsys):
+  """The CLI re-measures the estimate's single reductions for their per-example margins; the
+  main job keeps them from its estimate stage: the same margins, and every round reports."""
+  root, weights, es, ps = inputs
+  sol, _ = _run(root, es, ps, f"--weights={weights}", "--num_images=20",
+                "--refine_accuracy_rounds=2", "--anchored_prediction")
+  assert "note:" not in capsys.readouterr().out      # re-measured as the estimate measured them
+  ref = sol.settings["accuracy_refinement"]
+  assert "anchored_skipped" not in ref
+  assert all("anchored" in r for r in ref["rounds"])
+  params = init_params(TINY, 0)
+  data = estimate_lib.load_eval_data("digits", num_images=20, seed=0)
+  points = estimate_lib.sensitivity_points(TINY, TOKENS, [0, 1], make_reducer("pomt"))
+  result = estimate_lib.evaluate(TINY, params, data.batches(TINY, 20), points, labelled=True,
+                                 margins=True)
+  kept = {(17, 17, 17): result.margins[0]}          # what the main job's estimate stage keeps
+  kept.update((p.schedule.counts, m) for p, m in zip(points, result.margins[1:]))
+  evaluate = estimate_lib.schedule_evaluator(TINY, params, data, make_reducer("pomt"),
+                                             batch_size=7)     # batches need not match
+  from vitprune import solve_stage  # pylint: disable=g-import-not-at-top
+  from vitprune.records.estimate import read_estimate  # pylint: disable=g-import-not-at-top
+  remeasured, differ = solve_stage.remeasure_margins(read_estimate(es), evaluate)
+  assert differ == [] and list(remeasured) == list(kept)
+  for counts, m in kept.items():
+    np.testing.assert_allclose(remeasured[counts], m, rtol=0, atol=1e-5, err_msg=str(counts))
+
+
+def test_anchored_prediction_notes_an_estimate_measured_otherwise(inputs, capsys):
+  root, weights, es, ps = inputs
+  doc = json.load(open(es))
+  point = doc["points"][1]
+  point["accuracy"] = 0.5 if point["accuracy"] != 0.5 else 0.55
+  edited = root / "edited_e.json"
+  edited.write_text(json.dumps(doc))
+  sol, _ = _run(root, str(edited), ps, f"--weights={weights}", "--num_images=20",
+                "--refine_accuracy_rounds=1", "--anchored_prediction")
+  out = capsys.readouterr().out
+  assert (f"note: 1 of the 7 schedules of {edited} measure another accuracy here "
+          f"({point['schedule']}): the anchored predictions start from this run's") in out
+  assert "anchored" in sol.settings["accuracy_refinement"]["rounds"][0]
 
 
 def test_other_weights_or_data_are_refused(inputs):

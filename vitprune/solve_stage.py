@@ -681,6 +681,25 @@ def margin_table(model: solve.CostModel, margins: Dict[Tuple[int, ...], np.ndarr
   return solve.MarginTable.build(model.ns, ref, np.asarray(rows, np.float64))
 
 
+def remeasure_margins(estimate: Estimate, evaluate: Evaluator
+                      ) -> Tuple[Dict[Tuple[int, ...], np.ndarray], List[str]]:
+  """{counts: [M] per-example top-1 margins} of the unpruned schedule and of every single
+  reduction `estimate` measured (its block rows), measured again with `evaluate(...,
+  margins=True)` on the estimate's data: an estimate file keeps scores, not margins, and
+  `margin_table` needs them. Also returns the schedules whose metric measured here differs from
+  the record's (another device or batch size can round a logit the other way; the margins are
+  then this run's)."""
+  cfg = estimate.config
+  metric = estimate.metric()
+  points = [p for p in estimate.points if p.layer is not None]
+  counts = [schedule_lib.embed_counts(cfg.num_tokens, cfg.depth)] + [p.counts for p in points]
+  names = ["full"] + [p.schedule for p in points]
+  recorded = [estimate.reference.get(metric)] + [p.scores.get(metric) for p in points]
+  values, margins = evaluate(counts, margins=True)
+  differ = [name for name, v, r in zip(names, values, recorded) if abs(float(v) - float(r)) > 1e-9]
+  return dict(zip(counts, margins)), differ
+
+
 def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evaluator, *,
                     rounds: int = 4, num_images: Optional[int] = None,
                     margins: Optional[Dict[Tuple[int, ...], np.ndarray]] = None
