@@ -194,8 +194,11 @@ def run(main: Callable[[flags.FlagValues], Any],
   fv = flags.FLAGS
   define_flags(fv)
   console.setup_process()
-  app.run(lambda argv: _run_parsed(main, fv, argv, whole_process=True),
-          flags_parser=lambda argv: _parse_or_fail(fv, argv))
+  try:
+    app.run(lambda argv: _run_parsed(main, fv, argv, whole_process=True),
+            flags_parser=lambda argv: _parse_or_fail(fv, argv))
+  except KeyboardInterrupt:     # in absl's start-up, before `_run_parsed` (was a traceback)
+    _exit_interrupted()
 
 
 def run_in_process(main: Callable[[flags.FlagValues], Any],

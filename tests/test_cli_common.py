@@ -156,9 +156,52 @@ def test_early_interrupt_exits_only_in_a_cli_process(monkeypatch, argv, installe
   seen = []
   monkeypatch.setattr("sys.orig_argv", argv, raising=False)
   monkeypatch.setattr(signal, "signal", lambda sig, handler: seen.append((sig, handler)))
-  monkeypatch.setattr(signal, "getsignal", lambda sig: signal.default_int_handler)
+  monkeypatch.setattr(signal, "getsignal", lambda sig: (
+      signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL))
   console.exit_on_early_interrupt("experiments", "benchmarks")
-  assert seen == ([(signal.SIGINT, console._exit_now)] if installed else [])
+  assert seen == ([(signal.SIGINT, console._exit_now), (signal.SIGTERM, console._exit_now)]
+                  if installed else [])
+
+
+@pytest.mark.parametrize("sig, line, code", [("SIGINT", "error: interrupted", 130),
+                                             ("SIGTERM", "error: terminated", 143)])
+def test_a_signal_during_a_clis_imports_ends_it_with_an_error_line(sig, line, code):
+  """Before `setup_process` (the CLI still importing jax): nothing is written yet, so the
+  process ends at once, but with the error line and status of a later signal (SIGTERM's
+  default action ended it silently)."""
+  body = ("sys.orig_argv = ['python', '-m', 'experiments.profile']\n"
+          "console.exit_on_early_interrupt('experiments')\n"
+          f"os.kill(os.getpid(), signal.{sig}); time.sleep(30); print('survived')")
+  r = _console_script(body, "default")
+  assert (r.returncode, r.stderr, r.stdout) == (code, line + "\n", "")
+
+
+@pytest.mark.parametrize("entry", ["experiments", "edge"])
+@pytest.mark.parametrize("sig, line, code", [("SIGINT", "error: interrupted", 130),
+                                             ("SIGTERM", "error: terminated", 143)])
+def test_a_signal_in_absls_start_up_is_one_line(entry, sig, line, code):
+  """A signal after `setup_process`, while absl's `app.run` still starts up (it names the
+  process, parses the flags), came before the run's own handler: a traceback, and exit 130 for
+  a SIGTERM."""
+  start = ("from experiments import common\n"
+           "common.run(lambda f: print('ran'), lambda fv: None)" if entry == "experiments" else
+           "import runpy; sys.argv = ['edge', 'run']\n"
+           "runpy.run_module('vitprune.edge', run_name='__main__')")
+  body = ("from absl import command_name\n"
+          f"def hit(): os.kill(os.getpid(), signal.{sig}); time.sleep(30)\n"
+          "command_name.make_process_name_useful = hit\n" + start)
+  r = _console_script(body, "default")
+  assert (r.returncode, r.stderr, r.stdout) == (code, line + "\n", "")
+
+
+def test_setup_process_replaces_the_early_handlers():
+  body = ("sys.orig_argv = ['python', '-m', 'experiments.profile']\n"
+          "console.exit_on_early_interrupt('experiments')\n"
+          "console.setup_process()\n"
+          "print(all(signal.getsignal(s) is console._record_interrupt "
+          "for s in (signal.SIGINT, signal.SIGTERM)))")
+  r = _console_script(body, "default")
+  assert (r.returncode, r.stdout.strip()) == (0, "True"), r
 
 
 def _console_script(body: str, mode: str):

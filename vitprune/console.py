@@ -125,24 +125,30 @@ def install_interrupt_handler() -> None:
   if _may_handle_sigint():
     signal.signal(signal.SIGINT, _record_interrupt)
   if (threading.current_thread() is threading.main_thread()
-      and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, _record_interrupt)):
+      and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, _record_interrupt, _exit_now)):
     signal.signal(signal.SIGTERM, _record_interrupt)
 
 
 def _exit_now(signum, frame) -> None:
-  del signum, frame
+  del frame
+  if signum == signal.SIGTERM:
+    os.write(2, b"error: terminated\n")
+    os._exit(EXIT_TERMINATED)
   os.write(2, b"error: interrupted\n")
   os._exit(EXIT_INTERRUPTED)
 
 
 def exit_on_early_interrupt(*packages: str) -> None:
   """When this process is `python -m <package>.<cli>` for one of `packages`: Ctrl-C exits at
-  once with `error: interrupted` (130) until `setup_process` installs the real handler. Called
-  where the CLI's package is first imported, before its heavy imports (jax: ~1 s); other
-  importers (tests, library users) keep their own handler."""
+  once with `error: interrupted` (130), and SIGTERM (where it has its default action) with
+  `error: terminated` (143), until `setup_process` installs the real handler. Called where the
+  CLI's package is first imported, before its heavy imports (jax: ~1 s); other importers
+  (tests, library users) keep their own handlers."""
   argv = list(getattr(sys, "orig_argv", ()))
   if "-m" not in argv or argv.index("-m") + 1 >= len(argv):
     return
   module = argv[argv.index("-m") + 1]
   if any(module == p or module.startswith(p + ".") for p in packages) and _may_handle_sigint():
     signal.signal(signal.SIGINT, _exit_now)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+      signal.signal(signal.SIGTERM, _exit_now)

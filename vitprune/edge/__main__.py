@@ -219,11 +219,19 @@ def main(argv):
     sys.exit(f"error: {where}: a record or kit field is missing or of the wrong type "
              f"({type(e).__name__}: {e}); rebuild it with experiments.deploy / edge_kit")
   except KeyboardInterrupt:
-    text, code = console.interrupt_exit()
-    sys.stderr.write(f"error: {text}\n")
-    sys.exit(code)
+    exit_interrupted()
+
+
+def exit_interrupted():
+  """`error: interrupted` (exit 130), or `error: terminated` (143) after SIGTERM."""
+  text, code = console.interrupt_exit()
+  sys.stderr.write(f"error: {text}\n")
+  sys.exit(code)
 
 
 if __name__ == "__main__":
   console.setup_process()
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:       # in absl's start-up, before main's own handler
+    exit_interrupted()
