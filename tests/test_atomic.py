@@ -1,4 +1,5 @@
 """vitprune.atomic: a failed write never replaces or half-writes the target."""
+import contextlib
 import json
 import os
 
@@ -135,6 +136,74 @@ def test_nothing_is_published_after_a_swallowed_interrupt(tmp_path, monkeypatch)
       open(os.path.join(tmp, "a"), "w").close()
   assert json.loads(f.read_text()) == {"v": 1}
   assert sorted(os.listdir(tmp_path)) == ["r.json"]
+
+
+@pytest.fixture
+def cli_console(monkeypatch):
+  """`vitprune.console` as in a command-line run, no interrupt yet."""
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  for name, value in (("_interrupted", False), ("_terminated", False), ("_held", 0),
+                      ("_written", []), ("_is_cli", True)):
+    monkeypatch.setattr(console, name, value)
+  return console
+
+
+@pytest.mark.parametrize("phase", ["moved_aside", "published"])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_a_directory_is_published_leaves_the_new_one_whole(
+    tmp_path, monkeypatch, cli_console, phase, sig):
+  """Ctrl-C / SIGTERM between moving the old directory aside and renaming the new one in:
+  the cleanup deleted the old copy AND the staged one (the whole output lost). Now the publish
+  finishes, then the interrupt is raised, and the error line says the output was written."""
+  import signal  # pylint: disable=g-import-not-at-top
+  target = tmp_path / "art"
+  ours = lambda p: os.path.isfile(os.path.join(p, "m.json"))
+  with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:
+    (tmp_path / tmp / "m.json").write_text("old")
+  assert cli_console._written == [str(target)]
+  cli_console._written.clear()
+  signum = getattr(signal, sig)
+  monkeypatch.setattr(atomic, "fault_hook", lambda name: name == phase and
+                      cli_console._record_interrupt(signum, None))
+  with pytest.raises(KeyboardInterrupt):
+    with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:
+      (tmp_path / tmp / "m.json").write_text("new")
+  assert (target / "m.json").read_text() == "new"
+  assert sorted(os.listdir(tmp_path)) == ["art"]              # no staged or old copy left
+  text, code = cli_console.interrupt_exit()
+  assert text.endswith(f"(after writing {target})") and code == 128 + (
+      signum if sig == "SIGTERM" else 2)
+
+
+def test_a_signal_while_a_file_set_rolls_forward_finishes_it(tmp_path, monkeypatch,
+                                                             cli_console):
+  """The profile's and the solution's file sets: a signal between their renames left new and
+  old files side by side and the commit directory behind."""
+  import signal  # pylint: disable=g-import-not-at-top
+  for v in ("old", "new"):
+    if v == "new":
+      cli_console._written.clear()
+      monkeypatch.setattr(atomic, "fault_hook", lambda name: name == "renamed:a.csv" and
+                          cli_console._record_interrupt(signal.SIGTERM, None))
+    with contextlib.ExitStack() as stack:
+      if v == "new":
+        stack.enter_context(pytest.raises(KeyboardInterrupt))
+      with atomic.staged_files(str(tmp_path), "p", ["a.csv", "a.json"]) as tmp:
+        for n in ("a.csv", "a.json"):
+          open(os.path.join(tmp, n), "w").write(v)
+  assert [open(tmp_path / n).read() for n in ("a.csv", "a.json")] == ["new", "new"]
+  assert sorted(os.listdir(tmp_path)) == ["a.csv", "a.json"]
+  assert cli_console.interrupt_exit() == (f"terminated (after writing {tmp_path / 'a.json'})",
+                                          143)
+
+
+def test_replace_json_notes_what_it_wrote_only_in_a_cli_process(tmp_path, cli_console,
+                                                                 monkeypatch):
+  atomic.replace_json(str(tmp_path / "r.json"), {"format": "f"}, "f")
+  assert cli_console._written == [str(tmp_path / "r.json")]
+  monkeypatch.setattr(cli_console, "_is_cli", False)        # a library user's process
+  atomic.replace_json(str(tmp_path / "s.json"), {"format": "f"}, "f")
+  assert cli_console._written == [str(tmp_path / "r.json")]
 
 
 def test_a_mount_point_is_never_an_output_directory(tmp_path):

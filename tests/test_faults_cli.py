@@ -24,14 +24,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = get_config("test_tiny_vit")
 
 
-def _kill_cli_at(phase, module, *args):
-  """Runs `python -m module args` with a hook that SIGKILLs the process at `phase`."""
+def _kill_cli_at(phase, module, *args, sig=signal.SIGKILL):
+  """Runs `python -m module args` with a hook that sends `sig` to the process at `phase` ->
+  the CompletedProcess (after SIGKILL: checked to have died of it)."""
   script = textwrap.dedent(f"""
       import os, runpy, signal, sys
       from vitprune import atomic
       def hook(name):
         if name == {phase!r}:
-          os.kill(os.getpid(), signal.SIGKILL)
+          os.kill(os.getpid(), {int(sig)})
       atomic.fault_hook = hook
       sys.argv = [{module!r}, *{list(args)!r}]
       runpy.run_module({module!r}, run_name="__main__")
@@ -39,7 +40,9 @@ def _kill_cli_at(phase, module, *args):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=300)
-  assert proc.returncode == -signal.SIGKILL, (phase, proc.returncode, proc.stderr[-2000:])
+  if sig == signal.SIGKILL:
+    assert proc.returncode == -signal.SIGKILL, (phase, proc.returncode, proc.stderr[-2000:])
+  return proc
 
 
 def _snapshot(path):
@@ -107,6 +110,24 @@ def test_main_job_killed_keeps_the_previous_outputs(tmp_path):
   _kill_cli_at("moved_aside", "experiments.profile", *args)
   atomic.cleanup_stale(str(out))                                   # what the next run does first
   assert _snapshot(out) == before                                  # the previous run, whole
+  assert sorted(os.listdir(tmp_path)) == ["pipeline"]
+
+
+@pytest.mark.parametrize("phase", ["moved_aside", "published"])
+def test_sigterm_while_the_main_job_publishes_keeps_the_new_outputs(tmp_path, phase):
+  """SIGTERM right after the main job moved its previous outputs aside: the cleanup deleted
+  them and the new ones (the whole --out_dir gone, exit 143). Now the publish finishes, and the
+  error line says the outputs were written."""
+  out = tmp_path / "pipeline"
+  args = [f"--out_dir={out}", "--min_run_time=0.005", "--max_retries=0", "--noprogress",
+          "--tokens=65,33", "--num_images=20"]
+  profile_cli.main(common.parse(profile_cli.define_flags, args))   # the previous run
+  before = _snapshot(out)
+  proc = _kill_cli_at(phase, "experiments.profile", *args, sig=signal.SIGTERM)
+  assert proc.returncode == 143, proc.stderr[-2000:]
+  assert proc.stderr.splitlines()[-1] == f"error: terminated (after writing {out})"
+  after = _snapshot(out)
+  assert after != before and sorted(after) == sorted(before)      # the new run's, whole
   assert sorted(os.listdir(tmp_path)) == ["pipeline"]
 
 

@@ -288,7 +288,10 @@ def replace_json(path: str, obj: Any, fmt: str, **json_kw) -> str:
   made there while the run worked (after the up-front check) is refused, not replaced."""
   with locked(path):
     check_replaceable_json(path, fmt)
-    return write_json(path, obj, **json_kw)
+    with console.interrupts_held():
+      write_json(path, obj, **json_kw)
+      console.wrote(path)
+    return path
 
 
 # ----------------------------------------------------------------------------- stale temporaries
@@ -459,14 +462,15 @@ def _publish_exclusive(tmp: str, path: str) -> None:
       if not is_free(path):
         raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)") \
             from None
-    return
-  try:
-    os.rename(tmp, path)
-  except OSError as e:
-    if _rename_failed_because_taken(e):
-      raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)") \
-          from None
-    raise
+  else:
+    try:
+      os.rename(tmp, path)
+    except OSError as e:
+      if _rename_failed_because_taken(e):
+        raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)") \
+            from None
+      raise
+  console.wrote(path)
 
 
 def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> None:
@@ -476,6 +480,7 @@ def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> N
   for _ in range(100):   # only concurrent writers make this loop more than once
     try:
       os.rename(tmp, path)            # absent or an empty directory
+      console.wrote(path)
       return
     except OSError as e:
       if not _rename_failed_because_taken(e):
@@ -501,6 +506,7 @@ def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> N
             os.rename(aside, path)
           raise
         continue                        # another writer published meanwhile: replace theirs
+      console.wrote(path)
       _phase("published")
       return
     finally:
@@ -545,10 +551,11 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
     yield tmp
     _write_inventory(tmp)
     _phase("staged")
-    if overwrite is False:
-      _publish_exclusive(tmp, path)
-    else:
-      _publish_replacing(tmp, path, is_ours)
+    with console.interrupts_held():     # moved aside, the old one must come back or be replaced
+      if overwrite is False:
+        _publish_exclusive(tmp, path)
+      else:
+        _publish_replacing(tmp, path, is_ours)
   except BaseException as e:
     shutil.rmtree(tmp, ignore_errors=True)
     named = _named(e, path)
@@ -603,17 +610,19 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
     with open(os.path.join(tmp, ".order"), "w") as f:
       f.write("\n".join(names) + "\n")
     _phase("staged")
-    _before_publish()
-    commit = os.path.join(directory, os.path.basename(tmp).replace(".tmp-", ".commit-", 1))
-    os.rename(tmp, commit)
+    with console.interrupts_held():      # committed, the files roll forward to the last one
+      _before_publish()
+      commit = os.path.join(directory, os.path.basename(tmp).replace(".tmp-", ".commit-", 1))
+      os.rename(tmp, commit)
+      _phase("committed")
+      _roll_forward(commit, directory)
+      console.wrote(os.path.join(directory, names[-1]))
   except BaseException as e:
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)          # (gone once committed)
     named = _named(e, os.path.join(directory, key))
     if named is e:
       raise
     raise named from None
-  _phase("committed")
-  _roll_forward(commit, directory)
 
 
 # ----------------------------------------------------------------------------- locks

@@ -15,16 +15,21 @@ yet, so an interrupt there exits at once.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import warnings
+from typing import Iterator, List
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + signal.SIGTERM
 _interrupted = False
 _terminated = False
+_held = 0            # > 0 inside `interrupts_held`: a signal is recorded, raised on leaving
+_written: List[str] = []      # outputs this CLI process published (`wrote`), for its error line
+_is_cli = False               # `setup_process` ran: this process is one command-line run
 _previous_unraisablehook = sys.__unraisablehook__
 
 
@@ -42,7 +47,8 @@ def setup_process() -> None:
     if hasattr(stream, "reconfigure"):
       stream.reconfigure(errors="backslashreplace")
   warnings.formatwarning = one_line_warning
-  global _previous_unraisablehook
+  global _previous_unraisablehook, _is_cli
+  _is_cli = True
   if sys.unraisablehook is not _quiet_recorded_interrupt:
     _previous_unraisablehook = sys.unraisablehook
     sys.unraisablehook = _quiet_recorded_interrupt
@@ -82,7 +88,31 @@ def _record_interrupt(signum, frame) -> None:
     return                                       # scheduler): let the cleanup finish
   _interrupted = True
   _terminated = _terminated or signum == signal.SIGTERM
-  raise KeyboardInterrupt
+  if not _held:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+  """Ctrl-C and SIGTERM are recorded but not raised inside (`vitprune.atomic`'s renames that
+  publish an output: stopped between moving the old one aside and putting the new one in place,
+  its cleanup deleted both); the interrupt is raised on leaving, once the output is whole."""
+  global _held
+  _held += 1
+  try:
+    yield
+  finally:
+    _held -= 1
+  if not _held:
+    raise_if_interrupted()
+
+
+def wrote(path: str) -> None:
+  """Notes an output this command-line run published (after `setup_process`; a library user's
+  process keeps no list): an interrupt after it says so (`interrupt_exit`), as the output is
+  then the new one, not the one before the run."""
+  if _is_cli:
+    _written.append(path)
 
 
 def exit_after_help(e: SystemExit) -> None:
@@ -101,8 +131,15 @@ def interrupted() -> bool:
 
 def interrupt_exit() -> tuple:
   """(error text, exit status) of an interrupted run: ('terminated', 143) after SIGTERM, else
-  ('interrupted', 130)."""
-  return ("terminated", EXIT_TERMINATED) if _terminated else ("interrupted", EXIT_INTERRUPTED)
+  ('interrupted', 130); the text ends '(after writing PATH)' when the run had published an
+  output that is still there (`wrote`; a file staged inside a published directory is not)."""
+  text, code = (("terminated", EXIT_TERMINATED) if _terminated else
+                ("interrupted", EXIT_INTERRUPTED))
+  written = [p for p in _written if os.path.lexists(p)]   # not those staged in a published dir
+  if written:
+    more = f" and {len(written) - 1} more" if len(written) > 1 else ""
+    text += f" (after writing {written[-1]}{more})"
+  return text, code
 
 
 def raise_if_interrupted() -> None:
