@@ -60,6 +60,10 @@ def run(f: flags.FlagValues) -> dict:
   if f.output:
     atomic.check_output_json(f.output, RESULT_FORMAT)
   manifest = deploy.read_manifest(f.artifact)
+  if not manifest.config.num_classes:
+    raise ValueError(f"{f.artifact} outputs [B, {manifest.output_shape[-1]}] features (no "
+                     "classification head, num_classes=0): run_deployed classifies images; "
+                     "vitprune.load(path)(images) returns the features")
   bs = choose_batch_size(manifest.batch_size, f.batch_size)
   # Before loading (its weights are not yet in memory); the manifest's weight listing gives the
   # parameter count, so the model code is never imported.

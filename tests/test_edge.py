@@ -677,6 +677,34 @@ def test_edge_profile_files_are_published_together_and_merge_only_with_their_set
   assert records.load(jax_out).platform == "cpu"
 
 
+def test_a_features_artifact_is_not_run_as_a_classifier(tmp_path, artifact, capsys):
+  """A model converted without its head (num_classes=0) outputs [B, C] features: `run` printed
+  a "class" and a probability per image from a softmax over them, and exited 0."""
+  from experiments import common, run_deployed  # pylint: disable=g-import-not-at-top
+  cfg = CFG.replace(num_classes=0)
+  out = str(tmp_path / "features")
+  deploy.export_artifact(out, cfg, model.init_params(cfg, 0), batch_size=2,
+                         targets=["jax", "iree:host"])
+  record = json.loads((tmp_path / "features" / edge_rt.EDGE_DIR / "iree_host.json").read_text())
+  assert record["output"] == {"shape": [2, cfg.embed_dim], "dtype": "float32",
+                              "kind": "features"}
+  assert json.loads((pathlib.Path(artifact) / edge_rt.EDGE_DIR / "iree_host.json").read_text()
+                    )["output"]["kind"] == "logits"
+  r = run_edge("run", f"--artifact={out}", f"--images={tmp_path}")
+  assert (r.returncode, r.stdout) == (1, ""), r.stderr[-2000:]
+  assert r.stderr == (f"error: {out}: its iree:host module outputs [B, {cfg.embed_dim}] "
+                      "features (no classification head): `run` classifies images; `bench` "
+                      "times the module\n")
+  with pytest.raises(SystemExit) as e:
+    common.run_in_process(run_deployed.main, run_deployed.define_flags,
+                          [f"--artifact={out}", f"--images={tmp_path}"])
+  assert e.value.code == 1
+  assert capsys.readouterr().err == (
+      f"error: {out} outputs [B, {cfg.embed_dim}] features (no classification head, "
+      "num_classes=0): run_deployed classifies images; vitprune.load(path)(images) returns the "
+      "features\n")
+
+
 def test_a_malformed_record_is_one_line_from_the_board_cli(artifact, tmp_path):
   """A record field the header checks do not cover (input.shape deleted; runtime a list) ends
   the board CLI with one line naming the artifact, not a traceback."""

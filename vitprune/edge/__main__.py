@@ -73,6 +73,10 @@ def cmd_run() -> dict:
     raise ValueError("run needs --artifact and --images")
   cfg = timing_config()
   model = runtime.load(FLAGS.artifact, FLAGS.target, FLAGS.driver)
+  if model.output_kind != "logits":
+    raise EdgeError(f"{FLAGS.artifact}: its {model.target} module outputs [B, "
+                    f"{model.num_outputs}] {model.output_kind} (no classification head): `run` "
+                    "classifies images; `bench` times the module")
   dataset = ImageFolder(FLAGS.images, class_names=model.class_names,
                         num_classes=model.num_outputs)   # labels by class name
   preds, probs, first = [], [], None

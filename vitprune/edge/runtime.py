@@ -189,7 +189,7 @@ class EdgeModel:
 
   Attributes: path, record (the per-target JSON), target (text), driver (the one it runs on),
   batch_size, input_shape, preprocessing (a `vitprune.config.Preprocessing`), class_names,
-  num_outputs.
+  num_outputs, output_kind ("logits", or "features" for a model without a head).
   """
 
   def __init__(self, path: str, record: Dict[str, Any], where: str):
@@ -206,6 +206,7 @@ class EdgeModel:
     self._fns = self._runner.load(module, function, self.shards)
     self._weights = [self._runner.put(w) for w in weights]
     self.num_outputs = int(record["output"]["shape"][-1])
+    self.output_kind = record["output"].get("kind", "logits")   # (absent: built before kinds)
     prep = dict(record["preprocessing"])
     for k in ("mean", "std"):
       prep[k] = tuple(prep[k])
