@@ -47,15 +47,7 @@ EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, console.EXIT_INTERRUPTED
 MAX_SEED = 2 ** 32 - 1   # jax PRNG keys take 32 bits: a larger --seed wrapped (2**32 gave seed 0)
 
 
-def one_line(message: Any) -> str:
-  """`message` on one line (KeyError: its text, not the quoted repr; an exception without text,
-  e.g. numpy's bare MemoryError: what it is, not an empty line)."""
-  if isinstance(message, KeyError) and message.args:
-    message = message.args[0]
-  text = " ".join(str(message).split())
-  if not text and isinstance(message, MemoryError):
-    return "out of memory (MemoryError)"
-  return text or (type(message).__name__ if isinstance(message, BaseException) else text)
+one_line = console.one_line
 
 
 def fail(message: Any, code: int = EXIT_ERROR, hint: bool = False):

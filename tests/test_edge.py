@@ -705,6 +705,22 @@ def test_a_features_artifact_is_not_run_as_a_classifier(tmp_path, artifact, caps
       "features\n")
 
 
+def test_a_manifest_that_is_not_a_file_is_refused_and_errors_are_one_line(artifact, tmp_path):
+  """A directory named manifest.json made the board CLI skip every record-vs-manifest check
+  (`run_deployed` said it was missing); an error naming a path with a newline took two lines."""
+  bad = tmp_path / "dir_manifest"
+  shutil.copytree(artifact, bad)
+  (bad / "manifest.json").unlink()
+  (bad / "manifest.json").mkdir()
+  r = run_edge("bench", f"--artifact={bad}", "--min_run_time=0.01")
+  assert (r.returncode, r.stderr) == (1, f"error: {bad}/manifest.json exists but is not a "
+                                         "regular file: copy the artifact's manifest.json with "
+                                         "its iree/ folder, or the iree/ folder alone\n")
+  r = run_edge("run", f"--artifact={tmp_path}/no\nsuch", f"--images={tmp_path}")
+  assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+  assert r.stderr.startswith(f"error: {tmp_path}/no such "), r.stderr
+
+
 def test_a_malformed_record_is_one_line_from_the_board_cli(artifact, tmp_path):
   """A record field the header checks do not cover (input.shape deleted; runtime a list) ends
   the board CLI with one line naming the artifact, not a traceback."""

@@ -40,6 +40,17 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
   return f"warning: {category.__name__}: {' '.join(str(message).split())}\n"
 
 
+def one_line(message) -> str:
+  """`message` on one line (KeyError: its text, not the quoted repr; an exception without text,
+  e.g. numpy's bare MemoryError: what it is, not an empty line): every CLI's error line."""
+  if isinstance(message, KeyError) and message.args:
+    message = message.args[0]
+  text = " ".join(str(message).split())
+  if not text and isinstance(message, MemoryError):
+    return "out of memory (MemoryError)"
+  return text or (type(message).__name__ if isinstance(message, BaseException) else text)
+
+
 def setup_process() -> None:
   """Configures this process's stdout/stderr, warning format and Ctrl-C handling (call once, in
   `main`)."""

@@ -198,7 +198,7 @@ def parse_flags(argv):
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    sys.stderr.write(f"error: {e}\n(see --help)\n")
+    sys.stderr.write(f"error: {console.one_line(e)}\n(see --help)\n")
     sys.exit(2)
   except SystemExit as e:
     console.exit_after_help(e)
@@ -217,11 +217,12 @@ def main(argv):
     console.finish_quietly()             # done: a signal from now on must not fail it, and
     console.raise_if_interrupted()       # one before (even swallowed by a callback) still does
   except (EdgeError, ValueError, FileNotFoundError, OSError) as e:
-    sys.exit(f"error: {e}")
+    sys.exit(f"error: {console.one_line(e)}")
   except (KeyError, TypeError, AttributeError, IndexError) as e:   # a field the checks missed
     where = getattr(FLAGS, "kit", None) or getattr(FLAGS, "artifact", None) or "the input"
-    sys.exit(f"error: {where}: a record or kit field is missing or of the wrong type "
-             f"({type(e).__name__}: {e}); rebuild it with experiments.deploy / edge_kit")
+    sys.exit(console.one_line(
+        f"error: {where}: a record or kit field is missing or of the wrong type "
+        f"({type(e).__name__}: {e}); rebuild it with experiments.deploy / edge_kit"))
   except KeyboardInterrupt:
     exit_interrupted()
 

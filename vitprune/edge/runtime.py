@@ -368,8 +368,11 @@ def _check_against_manifest(path: str, records: List[Dict[str, Any]]) -> None:
   weights, another reducer or another label order, while the jax graph beside it answered for
   these."""
   manifest = os.path.join(path, "manifest.json")
-  if not os.path.isfile(manifest):       # a board copy of iree/ alone: nothing to compare with
+  if not os.path.lexists(manifest):      # a board copy of iree/ alone: nothing to compare with
     return
+  if not os.path.isfile(manifest):       # (a directory there skipped every check)
+    raise EdgeError(f"{manifest} exists but is not a regular file: copy the artifact's "
+                    "manifest.json with its iree/ folder, or the iree/ folder alone")
   doc = read_json(manifest, "artifact manifest")
   listed = doc.get("targets", ["jax"])        # (absent: "jax" alone, as vitprune.load reads it)
   if not (isinstance(listed, list) and all(isinstance(t, str) for t in listed)):
