@@ -461,6 +461,40 @@ def _write_pngs(root, layout):
         os.path.join(root, rel))
 
 
+def test_a_random_drop_solution_deploys_with_the_seed_it_was_measured_with(tmp_path, params):
+  """The solution did not keep the estimate's method options: a random-drop schedule measured
+  with seed 3 was deployed (and benchmarked) with seed 0, other tokens dropped."""
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from experiments import deploy as deploy_cli  # pylint: disable=g-import-not-at-top
+  from vitprune import benchmark  # pylint: disable=g-import-not-at-top
+  weights = save_weights(str(tmp_path / "w"), CFG, params)
+  sol = solution_file(tmp_path / "s.json", CFG, [17, 9, 9], method="random",
+                      weights_sha256=params_sha256(params), method_kwargs={"seed": 3})
+  assert read_solution(sol).method_kwargs == {"seed": 3}
+  common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+      f"--weights={weights}", f"--solution={sol}", "--noverify", f"--out={tmp_path / 'a'}"])
+  assert deploy.load(str(tmp_path / "a")).manifest.reducer["options"] == {"seed": 3}
+  with pytest.raises(SystemExit):
+    common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+        f"--weights={weights}", f"--solution={sol}", "--noverify", "--method_opts=seed=0",
+        f"--out={tmp_path / 'b'}"])
+  assert not (tmp_path / "b").exists()
+  (variant,) = benchmark.solution_variants(CFG, sol, multi=False)
+  assert variant.reducer_for(CFG).seed == 3
+  old = solution_file(tmp_path / "old.json", CFG, [17, 9, 9], method="random",
+                      weights_sha256=params_sha256(params))    # a file from before: no options
+  assert "method_kwargs" not in json.load(open(old))["estimate"]
+  assert read_solution(old).method_kwargs is None
+  doc = json.load(open(sol))
+  doc["estimate"]["method_kwargs"] = ["seed", 3]
+  json.dump(doc, open(tmp_path / "bad.json", "w"))
+  with pytest.raises(ValueError, match=r"estimate.*: method_kwargs must be an object of option "
+                     r"values, got \['seed', 3\]"):
+    read_solution(str(tmp_path / "bad.json"))
+  paper = dataclasses.replace(read_solution(sol), method="pomt")   # estimated with random drop
+  assert paper.method_kwargs == {}                                 # (paper mode), chose POMT
+
+
 def test_clis_end_to_end(tmp_path, params):
   names = [str(i) for i in range(10)]
   weights = save_weights(str(tmp_path / "w"), CFG, params, meta={"source": "test"},

@@ -92,11 +92,13 @@ class Variant:
   method: Optional[str]
   schedule: S.Schedule
   source: str
+  options: Tuple[Tuple[str, Any], ...] = ()      # the reducer's (a solution's random seed)
 
   def reducer_for(self, cfg: ViTConfig):
     """The reducer realising the schedule on `cfg` (None when nothing is reduced)."""
     full = self.schedule == S.full_schedule(cfg)
-    return None if self.method is None or full else make_reducer(self.method)
+    return (None if self.method is None or full else
+            make_reducer(self.method, **dict(self.options)))
 
 
 def _check_variant(cfg: ViTConfig, v: Variant) -> Variant:
@@ -243,8 +245,11 @@ def solution_variants(cfg: ViTConfig, path: str, *, multi: bool,
   base = "multi" if sol.mode == "multi" else sol.method
   source = "multi_solution" if multi else "solution"
 
+  options = tuple(sorted((sol.method_kwargs or {}).items()))
+
   def variant(vname, cand):
-    return _check_variant(cfg, Variant(vname, sol.method, S.Schedule(cand.counts), source))
+    return _check_variant(cfg, Variant(vname, sol.method, S.Schedule(cand.counts), source,
+                                       options))
 
   out = [variant(base, sol.chosen)]
   if multi and frontier > 0:

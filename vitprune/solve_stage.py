@@ -206,7 +206,8 @@ def _estimate_ref(estimate: Estimate, metric: str, layers: Sequence[Optional[int
                      method=estimate.method, metric=metric, layers=tuple(layers),
                      eval_batch_size=estimate.eval_batch_size,
                      weights_sha256=estimate.weights_sha256,
-                     data_fingerprint=estimate.data_fingerprint)
+                     data_fingerprint=estimate.data_fingerprint,
+                     method_kwargs=dict(estimate.method_kwargs))
 
 
 def _reported(accuracy: float) -> float:

@@ -11,7 +11,8 @@ File (JSON, `format` "vitprune-solution", version 1; `write_solution` / `read_so
                                  vitprune.profile.latency_model.LatencyModel; its parameters and
                                  residuals are in settings["latency_model"])},
    "estimate": {"path", "sha256", "kind", "method", "metric", "layers", "eval_batch_size",
-                "weights_sha256", "data_fingerprint"},
+                "weights_sha256", "data_fingerprint", "method_kwargs" (the options the
+                estimate's reducer ran with, e.g. random drop's seed; absent in older files)},
    "settings": {...solver options...},
    "chosen": {candidate fields + "method" (reducer to deploy with), "criterion", "basis"
               ("predicted": the choice rests on the solver's predictions; "measured": on the
@@ -192,25 +193,34 @@ class EstimateRef:
   eval_batch_size: int
   weights_sha256: str
   data_fingerprint: Optional[str]
+  method_kwargs: Optional[Dict[str, Any]] = None     # None: a file from before they were kept
 
   def to_json(self) -> Dict[str, Any]:
     d = dataclasses.asdict(self)
     d["layers"] = list(self.layers)
+    if self.method_kwargs is None:
+      del d["method_kwargs"]
     return d
 
 
 # Fields of the input references that must be positive integers; every other one but
-# `layers` and `data_fingerprint` (null when the data had none) must be a string.
+# `layers`, `method_kwargs` and `data_fingerprint` (null when the data had none) must be a string.
 _REF_COUNTS = ("batch_size", "eval_batch_size")
+_REF_OPTIONAL = ("method_kwargs",)
 
 
 def _ref(cls, d: Any, where: str):
   jsonio.require(isinstance(d, dict), where, "must be an object", SolutionError)
   names = [f.name for f in dataclasses.fields(cls)]
-  jsonio.require_keys(d, names, where, SolutionError)
-  values = {k: d[k] for k in names}
+  jsonio.require_keys(d, [n for n in names if n not in _REF_OPTIONAL], where, SolutionError)
+  values = {k: d[k] for k in names if k in d}
   for k, v in values.items():
-    if k in _REF_COUNTS:
+    if k == "method_kwargs":
+      jsonio.require(isinstance(v, dict) and all(
+          isinstance(o, str) and (v[o] is None or isinstance(v[o], (str, bool, int, float)))
+          for o in v), where, f"method_kwargs must be an object of option values, got {v!r}",
+                     SolutionError)
+    elif k in _REF_COUNTS:
       jsonio.require(jsonio.is_int(v) and v >= 1, where,
                      f"{k} must be a positive integer, got {v!r}", SolutionError)
     elif k == "layers":
@@ -263,6 +273,15 @@ class Solution:
   @property
   def metric(self) -> str:
     return self.estimate.metric
+
+  @property
+  def method_kwargs(self) -> Optional[Dict[str, Any]]:
+    """The options to build the chosen method's reducer with: the estimate's when it measured
+    that method (random drop's seed decides which tokens go), else none; None when an older
+    file does not say."""
+    if self.method.lower() != self.estimate.method.lower():
+      return {}
+    return None if self.estimate.method_kwargs is None else dict(self.estimate.method_kwargs)
 
   @property
   def schedule(self) -> schedule_lib.Schedule:
