@@ -89,12 +89,15 @@ def test_csv_twin():
 
 
 def test_merge_later_wins_and_batches_union():
-  a = _profile(_staircase_points(batch=1), created="2025-01-01T00:00:00+00:00")
+  """The profile given last wins on a duplicate point, whatever the files' `created` says: a
+  file from a board whose clock ran ahead (or an edited one) kept its old points over a new
+  measurement, while the run printed the new numbers."""
+  a = _profile(_staircase_points(batch=1), created="9999-01-01T00:00:00+00:00")
   newer = [_point("model", 17, 5e-2)]
   b = _profile(newer, created="2025-02-01T00:00:00+00:00")
   c = _profile(_staircase_points(batch=8, jump=2e-3), created="2025-01-15T00:00:00+00:00",
                modes=("block",))
-  m = records.merge([b, a, c])
+  m = records.merge([a, c, b])
   assert m.batch_sizes == (1, 8)
   assert m.modes == ("model", "block")
   assert len(m.points) == 32

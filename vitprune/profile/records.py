@@ -523,8 +523,9 @@ def _timing_difference(a: Dict[str, Any], b: Dict[str, Any]) -> Optional[str]:
 
 def merge(profiles: Sequence[Profile]) -> Profile:
   """One profile with every point of `profiles` (same model config, dtype, device kind,
-  platform and reducer, else ValueError); later profiles (by `created`) win on duplicate
-  points."""
+  platform and reducer, else ValueError); a later profile in `profiles` wins on duplicate
+  points (pass the new measurement last: ordering by `created` let a file from a clock that
+  ran ahead, or an edited one, override points measured now)."""
   if not profiles:
     raise ValueError("merge needs at least one profile")
   for p in profiles[1:]:
@@ -540,12 +541,11 @@ def merge(profiles: Sequence[Profile]) -> Profile:
     if diff:   # the file records one protocol: it would describe points it did not time
       raise ValueError(f"cannot merge profiles timed with different settings ({diff}; write "
                        "them to another output: a directory, or an edge --out file)")
-  ordered = sorted(profiles, key=lambda p: p.created)
   points: Dict[Tuple, Point] = {}
-  for p in ordered:
+  for p in profiles:
     for pt in p.points:
       points[pt.key] = pt
   modes = tuple(m for m in MODES if any(m in p.modes for p in profiles))
-  merged = dataclasses.replace(ordered[-1], points=tuple(points.values()), modes=modes,
+  merged = dataclasses.replace(profiles[-1], points=tuple(points.values()), modes=modes,
                                created=now_iso())
   return analyze(merged)
