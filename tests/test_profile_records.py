@@ -172,6 +172,8 @@ def test_load_errors(tmp_path):
           **good["config"]["preprocessing"], "mean": 0.5}}},
       "q25": {**good, "points": [{**good["points"][0],
                                   "q25_s": good["points"][0]["median_s"] * 2}]},
+      "modes": {**good, "modes": [["model"]]},                   # (a TypeError traceback)
+      "patch": {**good, "config": {**good["config"], "patch_size": 0}},   # (ZeroDivisionError)
   }
   matches = {"notjson": "not valid JSON", "format": "not a latency profile",
              "version": "schema_version 99", "missing": r"missing keys \['points'\]",
@@ -192,7 +194,10 @@ def test_load_errors(tmp_path):
              "compile": r"point 0: compile_s must be a finite number >= 0 seconds, got -2.0",
              "zero": r"point 0: median_s is 0 seconds: a timed call takes time",
              "prep": "prep.json: invalid preprocessing: mean must be a list, got 0.5",
-             "timing": r"timing.json: timing: min_run_time must be > 0 and finite, got -1"}
+             "timing": r"timing.json: timing: min_run_time must be > 0 and finite, got -1",
+             "modes": r"modes must be a list of \('model', 'block', 'schedule'\), got "
+                      r"\[\['model'\]\]",
+             "patch": "patch.json: test_tiny_vit: patch_size must be a positive integer, got 0"}
   for name, content in cases.items():
     path = tmp_path / f"{name}.json"
     path.write_text(content if isinstance(content, str) else json.dumps(content))

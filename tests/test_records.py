@@ -158,6 +158,10 @@ def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
                                   measured_accuracy_high=0.9, num_images=2),
      r"measured_accuracy_low must be in \[0, 1\], got -0.1"),
     (lambda d: d["chosen"].update(criterion=5), "chosen.criterion and created must be strings"),
+    (lambda d: d["chosen"].update(utility=[]),           # a TypeError traceback in deploy
+     r"chosen.utility must be a finite number or null, got \[\]"),
+    (lambda d: d["chosen"].update(schedule_latency_s={}),
+     "chosen.schedule_latency_s must be a finite number or null, got {}"),
     (lambda d: d.update(created=None), "chosen.criterion and created must be strings"),
     (lambda d: d["chosen"].update(measured_accuracy_low="x"), "measured_accuracy_low must be"),
     (lambda d: d["chosen"].update(num_images=1.5), "num_images must be an int"),

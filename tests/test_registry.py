@@ -86,6 +86,10 @@ def test_replace_keeps_preprocessing_in_sync():
     (dict(mlp_type="relu"), "unknown mlp_type"),
     (dict(global_pool="max"), "unknown global_pool"),
     (dict(class_token=False), "needs a class token"),
+    (dict(patch_size=0), "patch_size must be a positive integer, got 0"),   # ZeroDivisionError
+    (dict(num_heads=0), "num_heads must be a positive integer, got 0"),     # (before)
+    (dict(img_size="224"), "img_size must be a positive integer, got '224'"),
+    (dict(depth=2**63), "depth must be at most 2147483647, got 9223372036854775808"),
 ])
 def test_invalid_configs_are_rejected(changes, message):
   with pytest.raises(ValueError, match=message):

@@ -88,6 +88,7 @@ class ViTConfig:
   preprocessing: Preprocessing = Preprocessing()
 
   def __post_init__(self):
+    _check_sizes(self)         # before dividing by them (patch_size 0 was a ZeroDivisionError)
     if self.img_size % self.patch_size:
       raise ValueError(f"{self.name}: img_size {self.img_size} is not a multiple of "
                        f"patch_size {self.patch_size}")
@@ -185,13 +186,22 @@ _POSITIVE_INTS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "n
 _NON_NEGATIVE_INTS = ("num_classes", "num_reg_tokens")
 
 
-def check_config(cfg: ViTConfig) -> ViTConfig:
-  """Raises ValueError on impossible sizes or wrongly typed fields (e.g. img_size=-32)."""
+MAX_SIZE = 2**31 - 1      # any size field (a depth of 2**63 overflowed in numpy, not here)
+
+
+def _check_sizes(cfg: ViTConfig) -> None:
   for f in _POSITIVE_INTS + _NON_NEGATIVE_INTS:
     v = getattr(cfg, f)
     if isinstance(v, bool) or not isinstance(v, int) or v < (1 if f in _POSITIVE_INTS else 0):
       kind = "a positive" if f in _POSITIVE_INTS else "a non-negative"
       raise ValueError(f"{cfg.name}: {f} must be {kind} integer, got {v!r}")
+    if v > MAX_SIZE:
+      raise ValueError(f"{cfg.name}: {f} must be at most {MAX_SIZE}, got {v!r}")
+
+
+def check_config(cfg: ViTConfig) -> ViTConfig:
+  """Raises ValueError on impossible sizes or wrongly typed fields (e.g. img_size=-32)."""
+  _check_sizes(cfg)
   for f in ("class_token", "dist_token", "no_embed_class", "layerscale"):
     if not isinstance(getattr(cfg, f), bool):
       raise ValueError(f"{cfg.name}: {f} must be true or false, got {getattr(cfg, f)!r}")

@@ -276,7 +276,8 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
     raise ValueError(f"{source}: {e}") from None
   if d["model"] != cfg.name:
     raise ValueError(f"{source}: model {d['model']!r} is not its config's name {cfg.name!r}")
-  if not isinstance(d["modes"], list) or not set(d["modes"]) <= set(MODES):
+  if not (isinstance(d["modes"], list) and all(isinstance(m, str) for m in d["modes"])
+          and set(d["modes"]) <= set(MODES)):
     raise ValueError(f"{source}: modes must be a list of {MODES}, got {d['modes']!r}")
   if not isinstance(d["points"], list):
     raise ValueError(f"{source}: points must be a list")

@@ -379,6 +379,10 @@ class Solution:
     jsonio.require(isinstance(ch["criterion"], str) and isinstance(doc["created"], str), where,
                    f"chosen.criterion and created must be strings, got {ch['criterion']!r} and "
                    f"{doc['created']!r}", SolutionError)
+    for key in ("utility", "schedule_latency_s"):       # paper mode's
+      jsonio.require(ch.get(key) is None or jsonio.is_num(ch[key]), where,
+                     f"chosen.{key} must be a finite number or null, got {ch.get(key)!r}",
+                     SolutionError)
     jsonio.require(ch.get("basis", "predicted") != "measured" or any(
         ch.get(k) is not None for k in ("measured_accuracy", "measured_latency_s")), where,
                    "chosen.basis is 'measured' but the chosen schedule has no measured number "
