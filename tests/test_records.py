@@ -28,6 +28,12 @@ def test_canonical_digest_ignores_layout():
 def test_read_json_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="widget file .* does not exist"):
     jsonio.read_json(str(tmp_path / "none.json"), "widget")
+  os.mkfifo(tmp_path / "fifo")       # a directory or a FIFO "did not exist"
+  os.symlink(tmp_path / "none.json", tmp_path / "dangling")
+  for name, why in ((".", "is a directory"), ("fifo", "is not a regular file"),
+                    ("dangling", "is a dangling link")):
+    with pytest.raises(FileNotFoundError, match=f"widget file .* {why}$"):
+      jsonio.read_json(str(tmp_path / name), "widget")
   p = tmp_path / "x.json"
   p.write_bytes(b"\xff\xfe")
   with pytest.raises(jsonio.FormatError, match="not valid JSON"):

@@ -27,8 +27,11 @@ def read_json(path: str, what: str, error: Type[ValueError] = FormatError) -> Di
   not an object.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{what} file {path!r} does not exist")
+  if not os.path.isfile(path):        # (one type for every caller; the message says which)
+    why = ("does not exist" if not os.path.lexists(path) else
+           "is a directory" if os.path.isdir(path) else
+           "is a dangling link" if os.path.islink(path) else "is not a regular file")
+    raise FileNotFoundError(f"{what} file {path!r} {why}")
   try:
     with open(path, encoding="utf-8") as f:
       doc = json.load(f, parse_constant=_no_constant, parse_int=_bounded_int,
