@@ -675,6 +675,20 @@ def test_edge_profile_files_are_published_together_and_merge_only_with_their_set
                      "different platform"):
     kit_lib.write_profile(prof("iree-local-sync", 1e-3), jax_out)
   assert records.load(jax_out).platform == "cpu"
+  # Two kits of one setup but another shard plan (or compiler, runtime, host): one curve held
+  # points timed in 2 shards and in 1, nothing telling them apart.
+  kit = {"target": "iree:host", "compiler": {"flags": []}, "shards": {"1": [2]}}
+  board = str(tmp_path / "board2.json")
+  kit_lib.write_profile(prof("iree-local-sync", 1e-3), board, kit)
+  assert json.load(open(board))["edge"]["shards"] == {"1": [2]}
+  kit_lib.write_profile(prof("iree-local-sync", 2e-3), board, kit)          # same setup: merged
+  with pytest.raises(ValueError, match=r"cannot merge into .*board2.json: it was timed with edge "
+                     r"shards \{'1': \[2\]\}, this run with \{'1': \[1\]\}"):
+    kit_lib.write_profile(prof("iree-local-sync", 3e-3), board, dict(kit, shards={"1": [1]}))
+  with pytest.raises(ValueError, match="it was timed with edge compiler"):
+    records.check_save(prof("iree-local-sync", 1e-3), str(tmp_path), "board2", flag="out",
+                       fields=kit_lib.edge_fields(dict(kit, compiler={"flags": ["-O3"]})))
+  assert {p.median_s for p in records.load(board).points} == {2e-3}
 
 
 def test_a_features_artifact_is_not_run_as_a_classifier(tmp_path, artifact, capsys):

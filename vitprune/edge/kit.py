@@ -25,7 +25,7 @@ import dataclasses
 import importlib.metadata as md
 import json
 import os
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -118,6 +118,11 @@ def _kit_plans(path: str, driver: Optional[str]):
     functions.append(rt.checked_function(p, point_identity(kit, p), where))
   drivers = sorted({d for d, _ in plans})
   kit["driver"] = "+".join(drivers)
+  shards: Dict[str, List[int]] = {}      # per batch size: the board profile's merge key too
+  for p, (_, k) in zip(kit["points"], plans):
+    shards.setdefault(str(p["input"]["shape"][0]), []).append(k)
+  kit["shards"] = {b: sorted(set(ks)) for b, ks in sorted(shards.items(),
+                                                          key=lambda item: int(item[0]))}
   for d in drivers:
     check_runnable(dict(kit, driver=d), f"kit {path} ({kit['target']})")
   return kit, plans, functions
@@ -154,7 +159,7 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
   if out is not None:
     stem = _out_stem(out)
     records.check_save(_kit_profile(kit, cfg), os.path.dirname(stem), os.path.basename(stem),
-                       flag="out")
+                       flag="out", fields=edge_fields(kit))
   drivers = sorted({d for d, _ in plans})
   weights = rt.read_weights(path, kit["weights"], f"kit {path}")
   modules = [rt.checked_file(path, p["module"], f"kit {path}") for p in kit["points"]]
@@ -192,13 +197,21 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
 def write_profile(profile, out: str, kit: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
   """Saves `profile` as JSON at `out` (+ CSV twin, same stem) with `records.save`: merged into
   an existing profile of the same setup only, the files published together. The JSON also
-  carries an 'edge' entry (kit target, compiler flags, IREE runtime version)."""
+  carries an 'edge' entry (`edge_fields`), which must match the existing one's."""
   stem = _out_stem(out)
-  fields = None if kit is None else {"edge": {
-      "target": kit["target"], "compiler": kit.get("compiler"),
-      "iree_runtime": _runtime_version(), "host_cpu": host_cpu()["model"]}}
-  paths = records.save(profile, os.path.dirname(stem), os.path.basename(stem), fields=fields)
+  paths = records.save(profile, os.path.dirname(stem), os.path.basename(stem),
+                       fields=None if kit is None else edge_fields(kit))
   return {"json": paths["json"], "csv": paths["csv"]}
+
+
+def edge_fields(kit: Dict[str, Any]) -> Dict[str, Any]:
+  """The board profile's 'edge' entry: kit target, compiler flags, IREE runtime version, host
+  CPU and the shards each batch size ran in (from `_kit_plans`). A profile merges only into one
+  whose entry is the same (`records.save`): points of one curve timed in 2 shards and in 1 were
+  merged before."""
+  return {"edge": {"target": kit["target"], "compiler": kit.get("compiler"),
+                   "iree_runtime": _runtime_version(), "host_cpu": host_cpu()["model"],
+                   "shards": kit.get("shards")}}
 
 
 def _runtime_version() -> str:
