@@ -2,6 +2,7 @@
 
 Every compile uses the tiny test config (a few seconds each, two at a time)."""
 import functools
+import glob
 import json
 import os
 import pathlib
@@ -784,6 +785,19 @@ def test_a_module_from_another_artifact_is_refused(artifact, tmp_path, field, ed
     edge_rt.load(str(mixed), "iree:host")
   os.unlink(mixed / "manifest.json")          # a board copy holding iree/ alone still loads
   assert edge_rt.load(str(mixed), "iree:host") is not None
+
+
+def test_vitprune_load_refuses_a_module_from_another_artifact(artifact, tmp_path, params):
+  """`vitprune.load` (run_deployed) checked only that iree/ holds the manifest's targets: the
+  IREE module of another schedule, copied in, loaded beside this artifact's jax graph."""
+  out = tmp_path / "full"
+  deploy.export_artifact(str(out), CFG, params, batch_size=2, targets=["jax", "iree:host"])
+  assert deploy.load(str(out)) is not None
+  for f in glob.glob(os.path.join(artifact, edge_rt.EDGE_DIR, "iree_host.*")):
+    shutil.copy(f, out / edge_rt.EDGE_DIR)                  # keep@1:9's module and record
+  with pytest.raises(deploy.ArtifactError, match=r"record is not of this artifact: its "
+                     r"schedule .*keep@1:9.* differs from the manifest's .*full"):
+    deploy.load(str(out))
 
 
 def test_a_pruned_vit_digits_graph_compiles_for_cuda(tmp_path):

@@ -508,15 +508,17 @@ def listed_param_count(manifest: Manifest) -> int:
 
 def _check_targets(path: str, manifest: Manifest) -> None:
   """ArtifactError when the manifest's targets and the IREE module records in iree/ disagree
-  (`vitprune.edge.targets.targets_mismatch`)."""
+  (`vitprune.edge.targets.targets_mismatch`), or a record and the manifest state different
+  weights, schedule, reducer, ... (`runtime.check_against_manifest`, as the board checks: an
+  iree/ folder copied in from another artifact loaded here)."""
   from vitprune.edge import runtime, targets  # pylint: disable=g-import-not-at-top
-  found = []
   if glob.glob(os.path.join(path, runtime.EDGE_DIR, "*.json")):     # as the board finds them
     try:
-      found = [str(r["target"]) for r in runtime.read_records(path)]
+      runtime.check_against_manifest(path, runtime.read_records(path))
     except targets.EdgeError as e:
       raise ArtifactError(str(e)) from None
-  why = targets.targets_mismatch(manifest.targets, found)
+    return
+  why = targets.targets_mismatch(manifest.targets, [])
   if why:
     raise ArtifactError(f"{path}: {why}")
 

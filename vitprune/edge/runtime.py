@@ -362,7 +362,7 @@ def _first_difference(what: str, got: Any, want: Any) -> Tuple[str, Any, Any]:
   return what, got, want
 
 
-def _check_against_manifest(path: str, records: List[Dict[str, Any]]) -> None:
+def check_against_manifest(path: str, records: List[Dict[str, Any]]) -> None:
   """The IREE records of an artifact must be of the artifact: every field a record and the
   manifest both state (`_SHARED_FIELDS`). A module copied in from another artifact ran other
   weights, another reducer or another label order, while the jax graph beside it answered for
@@ -402,7 +402,7 @@ def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) 
   `driver` (default: the one its record names)."""
   path = os.path.abspath(os.fspath(path))
   records = read_records(path)
-  _check_against_manifest(path, records)
+  check_against_manifest(path, records)
   if target is not None:
     want = parse_target(target).text
     chosen = [r for r in records if r["target"] == want]
