@@ -185,7 +185,8 @@ class Manifest:
     symbolic, fixed = doc["input"].get("symbolic_batch"), doc["input"].get("batch_size")
     _req(symbolic in (True, False), where, "input.symbolic_batch must be true or false")
     _req((symbolic and fixed is None) or (not symbolic and jsonio.is_int(fixed) and fixed >= 1),
-         where, f"input.batch_size must be null (symbolic) or an int >= 1, got {fixed!r}")
+         where, f"input.batch_size must be null with symbolic_batch true, else an int >= 1; "
+         f"got {fixed!r} with symbolic_batch {str(symbolic).lower()}")
     batch = BATCH_SYMBOL if symbolic else fixed
     want_in = [batch, cfg.img_size, cfg.img_size, cfg.in_chans]
     _req(in_shape == want_in, where, f"input.shape {in_shape} is not {want_in} for {cfg.name}")
