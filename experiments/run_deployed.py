@@ -15,6 +15,7 @@ from absl import flags
 
 from experiments import common
 from vitprune import atomic
+from vitprune import console
 from vitprune import deploy
 from vitprune import memory
 from vitprune.profile import protocol
@@ -99,7 +100,8 @@ def main(f: flags.FlagValues) -> dict:
   if not f.quiet:
     for r in res["predictions"]:
       extra = "" if r["label"] is None else f"\tlabel={r['label']}"
-      print(f"{r['file']}\t{r['pred']}\t{r['class']}\t{r['prob']:.4f}{extra}")
+      print(f"{console.printable(r['file'])}\t{r['pred']}\t{console.printable(r['class'])}\t"
+            f"{r['prob']:.4f}{extra}")
   lat = res["latency"]
   b = lat["batch_size"]
   print(f"model {res['model']} schedule {res['schedule']}: {res['num_images']} images")

@@ -800,6 +800,29 @@ def test_vitprune_load_refuses_a_module_from_another_artifact(artifact, tmp_path
     deploy.load(str(out))
 
 
+def test_a_control_character_in_a_file_name_cannot_fake_a_prediction_row(artifact, tmp_path,
+                                                                          capsys):
+  """Each prediction is one tab-separated line: a file named "a\\n9\\t9\\t0.99..." printed a
+  second, fake row (run_deployed and the board's `run`)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from experiments import common, run_deployed  # pylint: disable=g-import-not-at-top
+  flat = tmp_path / "flat"
+  flat.mkdir()
+  odd = "a\n9\t9\t0.99\tlabel=9.png"
+  for name in ("b.png", odd):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(flat / name, format="PNG")
+  common.run_in_process(run_deployed.main, run_deployed.define_flags,
+                        [f"--artifact={artifact}", f"--images={flat}", "--repeats=3"])
+  jax_rows = capsys.readouterr().out.splitlines()[:2]
+  r = run_edge("run", f"--artifact={artifact}", f"--images={flat}", "--target=iree:host",
+               "--min_run_time=0.01")
+  assert r.returncode == 0, r.stderr[-2000:]
+  for rows in (jax_rows, r.stdout.splitlines()[:2]):
+    assert [row.split("\t")[0] for row in rows] == [
+        "a\\n9\\t9\\t0.99\\tlabel=9.png", "b.png"], rows
+    assert all(len(row.split("\t")) == 4 for row in rows), rows
+
+
 def test_a_pruned_vit_digits_graph_compiles_for_cuda(tmp_path):
   """keep@3:35 on vit_digits sorts 34 kept indices: IREE's CUDA backend failed to bufferize a
   sort of that length (the README's own edge command failed); the reducers order their indices

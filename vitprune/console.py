@@ -51,6 +51,12 @@ def one_line(message) -> str:
   return text or (type(message).__name__ if isinstance(message, BaseException) else text)
 
 
+def printable(text: str) -> str:
+  """`text` with its control characters escaped (`\\t`, `\\n`, `\\x1b`): a file name printed in
+  a tab-separated line (a name holding a tab and a newline printed a second, fake row)."""
+  return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def setup_process() -> None:
   """Configures this process's stdout/stderr, warning format and Ctrl-C handling (call once, in
   `main`)."""

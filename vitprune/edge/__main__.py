@@ -103,7 +103,8 @@ def cmd_run() -> dict:
   if not FLAGS.quiet:
     for r in rows:
       extra = "" if r["label"] is None else f"\tlabel={r['label']}"
-      print(f"{r['file']}\t{r['pred']}\t{r['class']}\t{r['prob']:.4f}{extra}")
+      print(f"{console.printable(r['file'])}\t{r['pred']}\t{console.printable(r['class'])}\t"
+            f"{r['prob']:.4f}{extra}")
   print(f"model {res['model']} schedule {res['schedule']} target {res['target']} driver "
         f"{describe_runtime(model.driver, model.shards)}: {res['num_images']} images")
   if res["accuracy"] is not None:
