@@ -193,6 +193,8 @@ CASES = [
     ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--accuracy_floor=0.9",
                "--anchored_prediction"], 1,
      "--anchored_prediction reports on the accuracy refinement: pass --refine_accuracy_rounds"),
+    ("profile", ["--tokens=2", "--out_dir={out}"], 1,   # chose n* = 2 at chance level
+     "tokens [2] lack the full 65: the paper solver weighs every count against the unpruned"),
 ]
 
 

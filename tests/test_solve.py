@@ -902,13 +902,19 @@ def test_model_mismatch_names_both(tmp_path):
 
 def test_batch_mismatch_names_both(tmp_path):
   ps = _save_profile(tmp_path, [_point("model", n, 1e-3, batch=1) for n in range(5, N + 1)])
-  es = _estimate(tmp_path, [None], [5, 6], _acc, batch=8)
+  es = _estimate(tmp_path, [None], [5, 6, N], _acc, batch=8)
   with pytest.raises(solve_stage.SolveInputError,
                      match=r"batch sizes differ: profile .*p\.json at batch 1, estimate "
                            r".*e\.json at batch 8"):
     _paper(ps, es)
   sol = _paper(ps, es, allow_batch_mismatch=True)
-  assert sol.curve["tokens"] == [5, 6]
+  assert sol.curve["tokens"] == [5, 6, N]
+  # Without the full count the utility's scale was the grid's own best, and a one-count grid
+  # was "chosen" whatever it measured.
+  es = _estimate(tmp_path, [None], [5, 6], _acc, batch=8, name="no_full.json")
+  with pytest.raises(solve_stage.SolveInputError, match=rf"have no common point at the full {N} "
+                     "tokens: paper mode weighs every count against the unpruned model"):
+    _paper(ps, es, allow_batch_mismatch=True)
   with pytest.raises(solve_stage.SolveInputError, match=r"no model/block points at batch size 4 "
                                                      r"\(has \[1\]\)"):
     _paper(ps, es, batch_size=4, allow_batch_mismatch=True)

@@ -130,6 +130,10 @@ class PipelineSpec:
                        f"{cfg.num_tokens}]")
     if self.solver == "multi":
       one_block_counts(cfg, self.grid(cfg), make_reducer(self.method))
+    elif cfg.num_tokens not in self.grid(cfg):   # the solve stage refused it after the others
+      raise ValueError(f"tokens {list(self.tokens)} lack the full {cfg.num_tokens}: the paper "
+                       "solver weighs every count against the unpruned model (add "
+                       f"{cfg.num_tokens})")
 
   def grid(self, cfg: ViTConfig) -> Tuple[int, ...]:
     """Token counts to profile and estimate: `tokens`, else every count (paper) or every 4th

@@ -259,6 +259,11 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
   except ValueError as e:
     raise SolveInputError(f"profile {profile.source} and estimate {estimate.source}: {e}"
                           ) from None
+  if cfg.num_tokens not in ns:        # (the utility's scale was the grid's own best, and a
+    raise SolveInputError(            # one-count grid was "chosen" whatever it measured)
+        f"profile {profile.source} and estimate {estimate.source} have no common point at "
+        f"the full {cfg.num_tokens} tokens: paper mode weighs every count against the unpruned "
+        f"model; measure {cfg.num_tokens} in both")
   if method is None:
     method = "pomt" if est_layer is None else estimate.method
   try:                         # the reducers' registry names the valid methods
