@@ -194,6 +194,17 @@ def test_a_signal_in_absls_start_up_is_one_line(entry, sig, line, code):
   assert (r.returncode, r.stderr, r.stdout) == (code, line + "\n", "")
 
 
+def test_the_board_cli_exits_early_too():
+  """`python -m vitprune.edge` (the board CLI, no experiments package) got no early handler: a
+  SIGTERM during its imports ended it silently."""
+  body = ("sys.orig_argv = ['python', '-m', 'vitprune.edge', 'run']\n"
+          "import vitprune.edge\n"
+          "print([signal.getsignal(s) is console._exit_now for s in (signal.SIGINT, "
+          "signal.SIGTERM)])")
+  r = _console_script(body, "default")
+  assert (r.returncode, r.stdout.strip()) == (0, "[True, True]"), r
+
+
 def test_setup_process_replaces_the_early_handlers():
   body = ("sys.orig_argv = ['python', '-m', 'experiments.profile']\n"
           "console.exit_on_early_interrupt('experiments')\n"

@@ -9,7 +9,11 @@ Needs only `iree-base-runtime`, numpy, pillow and absl-py (`requirements-edge.tx
 `vitprune` package imports its submodules lazily; `vitprune.data`, `vitprune.profile.records`
 and `vitprune.atomic` are numpy/PIL only). The host side (compiling) is `vitprune.iree_build`.
 """
-from vitprune.edge.targets import EdgeError, Target, parse_target, parse_targets
+from vitprune import console
+
+console.exit_on_early_interrupt("vitprune.edge")   # `python -m vitprune.edge`: before its imports
+
+from vitprune.edge.targets import EdgeError, Target, parse_target, parse_targets  # noqa: E402
 from vitprune.edge.runtime import EdgeModel, load
 from vitprune.profile.protocol import TimingConfig
 

@@ -45,8 +45,8 @@ JSON schema (version 1), all latencies in seconds:
 
 `steps`, `flats` and `predictions` are derived from `points` by `analyze` (steps.py, predict.py);
 `merge` recomputes them. Profiles merge when model config, dtype, device kind and platform agree;
-a point measured again (same component, batch size, tokens, schedule) is taken from the later
-profile (by "created").
+a point measured again (same component, batch size, tokens, schedule) is taken from the profile
+given last (`save`: the new measurement; never by "created", which another clock may have set).
 """
 from __future__ import annotations
 
