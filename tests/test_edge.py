@@ -642,8 +642,8 @@ def test_edge_profile_files_are_published_together_and_merge_only_with_their_set
   from vitprune.registry import get_config
   cfg = get_config("test_tiny_vit")
 
-  def prof(platform, median):
-    pts = [records.Point(component="model", batch_size=1, tokens=n, median_s=median,
+  def prof(platform, median, batch=1):
+    pts = [records.Point(component="model", batch_size=batch, tokens=n, median_s=median,
                          q25_s=median, q75_s=median, num_samples=3, samples_s=(median,) * 3,
                          compile_s=0.1, retries=0) for n in (17, 9)]
     return records.analyze(records.Profile(
@@ -683,13 +683,27 @@ def test_edge_profile_files_are_published_together_and_merge_only_with_their_set
   kit_lib.write_profile(prof("iree-local-sync", 1e-3), board, kit)
   assert json.load(open(board))["edge"]["shards"] == {"1": [2]}
   kit_lib.write_profile(prof("iree-local-sync", 2e-3), board, kit)          # same setup: merged
-  with pytest.raises(ValueError, match=r"cannot merge into .*board2.json: it was timed with edge "
-                     r"shards \{'1': \[2\]\}, this run with \{'1': \[1\]\}"):
+  with pytest.raises(ValueError, match=r"cannot merge into .*board2.json: its batch-1 points ran "
+                     r"in \[2\] shard\(s\), this run's in \[1\]"):
     kit_lib.write_profile(prof("iree-local-sync", 3e-3), board, dict(kit, shards={"1": [1]}))
-  with pytest.raises(ValueError, match="it was timed with edge compiler"):
+  with pytest.raises(ValueError, match=r"it was timed with edge compiler \{'flags': \[\]\}, this "
+                     r"run with \{'flags': \['-O3'\]\}"):
     records.check_save(prof("iree-local-sync", 1e-3), str(tmp_path), "board2", flag="out",
-                       fields=kit_lib.edge_fields(dict(kit, compiler={"flags": ["-O3"]})))
+                       fields=kit_lib.edge_fields(dict(kit, compiler={"flags": ["-O3"]})),
+                       merge_fields=kit_lib.merge_edge_fields)
   assert {p.median_s for p in records.load(board).points} == {2e-3}
+  kit_lib.write_profile(prof("iree-local-sync", 4e-3, batch=8), board, dict(kit, shards={
+      "8": [1]}))                                  # another batch size: its own shard plan
+  assert json.load(open(board))["edge"]["shards"] == {"1": [2], "8": [1]}
+  assert {(p.batch_size, p.median_s) for p in records.load(board).points} == {(1, 2e-3),
+                                                                                (8, 4e-3)}
+  doc = json.load(open(board))                     # a board profile from before "shards"
+  del doc["edge"]["shards"]
+  json.dump(doc, open(board, "w"))
+  kit_lib.write_profile(prof("iree-local-sync", 5e-3), board, kit)
+  assert json.load(open(board))["edge"]["shards"] == {"1": [2]}
+  with pytest.raises(ValueError, match="different platform"):      # not a board profile
+    kit_lib.write_profile(prof("iree-local-sync", 1e-3), jax_out, kit)
 
 
 def test_a_features_artifact_is_not_run_as_a_classifier(tmp_path, artifact, capsys):

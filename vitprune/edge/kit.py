@@ -159,7 +159,7 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
   if out is not None:
     stem = _out_stem(out)
     records.check_save(_kit_profile(kit, cfg), os.path.dirname(stem), os.path.basename(stem),
-                       flag="out", fields=edge_fields(kit))
+                       flag="out", fields=edge_fields(kit), merge_fields=merge_edge_fields)
   drivers = sorted({d for d, _ in plans})
   weights = rt.read_weights(path, kit["weights"], f"kit {path}")
   modules = [rt.checked_file(path, p["module"], f"kit {path}") for p in kit["points"]]
@@ -200,18 +200,43 @@ def write_profile(profile, out: str, kit: Optional[Dict[str, Any]] = None) -> Di
   carries an 'edge' entry (`edge_fields`), which must match the existing one's."""
   stem = _out_stem(out)
   paths = records.save(profile, os.path.dirname(stem), os.path.basename(stem),
-                       fields=None if kit is None else edge_fields(kit))
+                       fields=None if kit is None else edge_fields(kit),
+                       merge_fields=merge_edge_fields)
   return {"json": paths["json"], "csv": paths["csv"]}
 
 
 def edge_fields(kit: Dict[str, Any]) -> Dict[str, Any]:
   """The board profile's 'edge' entry: kit target, compiler flags, IREE runtime version, host
   CPU and the shards each batch size ran in (from `_kit_plans`). A profile merges only into one
-  whose entry is the same (`records.save`): points of one curve timed in 2 shards and in 1 were
+  of the same setup (`merge_edge_fields`): points of one curve timed in 2 shards and in 1 were
   merged before."""
   return {"edge": {"target": kit["target"], "compiler": kit.get("compiler"),
                    "iree_runtime": _runtime_version(), "host_cpu": host_cpu()["model"],
                    "shards": kit.get("shards")}}
+
+
+EDGE_SETUP = ("target", "compiler", "iree_runtime", "host_cpu")
+
+
+def merge_edge_fields(existing: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
+  """`new`'s 'edge' entry (`edge_fields`) merged with that of the profile file `existing` (its
+  JSON document): every setup entry the file states must be this run's, and each batch size both
+  hold must have run in the same shards; the new batch sizes' shards are added. A file from
+  before an entry was kept says nothing about it (accepted)."""
+  old, cur = existing.get("edge"), new["edge"]
+  if not isinstance(old, dict):
+    return new
+  for key in EDGE_SETUP:
+    if key in old and old[key] != cur.get(key):
+      raise ValueError(f"it was timed with edge {key} {old[key]!r}, this run with "
+                       f"{cur.get(key)!r} (write it to another --out)")
+  shards = dict(old.get("shards") or {})
+  for batch, ks in (cur.get("shards") or {}).items():
+    if batch in shards and shards[batch] != ks:
+      raise ValueError(f"its batch-{batch} points ran in {shards[batch]} shard(s), this run's "
+                       f"in {ks} (write it to another --out)")
+    shards[batch] = ks
+  return {"edge": dict(cur, shards=dict(sorted(shards.items(), key=lambda i: int(i[0]))))}
 
 
 def _runtime_version() -> str:

@@ -417,7 +417,8 @@ def file_stem(profile: Profile, batch_sizes: Optional[Sequence[int]] = None) -> 
 
 
 def check_save(setup: Profile, out_dir: str, stem: str, extra: Sequence[str] = (),
-               flag: str = "out_dir", fields: Optional[Dict[str, Any]] = None) -> None:
+               flag: str = "out_dir", fields: Optional[Dict[str, Any]] = None,
+               merge_fields: Optional[MergeFields] = None) -> None:
   """Raises, before anything is measured, what `save` of a profile of `setup` (its model,
   config, dtype, device, platform and reducer; its points are not looked at) with `fields` as
   `stem` would raise about the files in `out_dir` (a killed run's write is finished first, as
@@ -430,59 +431,52 @@ def check_save(setup: Profile, out_dir: str, stem: str, extra: Sequence[str] = (
     return
   paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in ["csv", *extra, "json"]}
   with atomic.locked(paths["json"]):
-    _merged_with_existing(setup, paths, fields)
+    _merged_with_existing(setup, paths, fields, merge_fields)
+
+
+# How a save's extra top-level entries combine with those of the profile file it merges into:
+# (the file's JSON document, the new entries) -> the entries to write; ValueError when they
+# cannot (the board's 'edge' entry: `vitprune.edge.kit.merge_edge_fields`).
+MergeFields = Callable[[Dict[str, Any], Dict[str, Any]], Dict[str, Any]]
 
 
 def _merged_with_existing(profile: Profile, paths: Dict[str, str],
-                          fields: Optional[Dict[str, Any]] = None) -> Profile:
-  """`profile` merged into the profile at `paths['json']` (after finishing a killed run's
-  commit; call under its lock), or `profile` when there is none; ValueError for an unreadable or
-  incompatible profile there (its `fields` entries too: the board's 'edge' setup), or for files
-  of its names (`paths`) without their profile."""
+                          fields: Optional[Dict[str, Any]] = None,
+                          merge_fields: Optional[MergeFields] = None
+                          ) -> Tuple[Profile, Optional[Dict[str, Any]]]:
+  """(`profile` merged into the profile at `paths['json']`, the `fields` to write: combined with
+  the file's by `merge_fields`) after finishing a killed run's commit (call under its lock), or
+  (`profile`, `fields`) when there is none; ValueError for an unreadable or incompatible profile
+  there, or for files of its names (`paths`) without their profile."""
   atomic.cleanup_stale(paths["json"])                         # finish a killed run's commit
   if not os.path.lexists(paths["json"]):
     foreign = [p for p in paths.values() if os.path.lexists(p)]
     if foreign:
       raise ValueError(f"refusing to replace {foreign}: no profile {paths['json']} beside "
                        "them, so they were not written by vitprune")
-    return profile
+    return profile, fields
   try:
     existing = load(paths["json"])
   except (OSError, ValueError) as e:
     raise ValueError(f"refusing to replace {paths['json']}: it is not a readable latency "
                      f"profile ({e})") from None
-  _check_same_fields(paths["json"], fields)
   try:
-    return merge([existing, profile])
+    merged = merge([existing, profile])
+    if fields and merge_fields:
+      fields = merge_fields(jsonio.read_json(paths["json"], "profile"),
+                            json.loads(json.dumps(fields)))
   except ValueError as e:
     raise ValueError(f"cannot merge into {paths['json']}: {e}") from None
-
-
-def _check_same_fields(path: str, fields: Optional[Dict[str, Any]]) -> None:
-  """The extra top-level entries (`save`'s `fields`) of the profile at `path` must be this
-  run's: points timed on another IREE runtime, compiler flags or shard plan would share a curve
-  with nothing to tell them apart."""
-  if not fields:
-    return
-  doc = jsonio.read_json(path, "profile")
-  for key, new in json.loads(json.dumps(fields)).items():
-    old = doc.get(key)
-    if old == new:
-      continue
-    if isinstance(old, dict) and isinstance(new, dict):
-      sub = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
-      what, old, new = f"{key} {sub}", old.get(sub, "absent"), new.get(sub, "absent")
-    else:
-      what = key
-    raise ValueError(f"cannot merge into {path}: it was timed with {what} {old!r}, this run "
-                     f"with {new!r} (write it to another output)")
+  return merged, fields
 
 
 def save(profile: Profile, out_dir: str, stem: Optional[str] = None, *,
          extra: Optional[Dict[str, Callable[[Profile, str], Any]]] = None,
-         fields: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
+         fields: Optional[Dict[str, Any]] = None,
+         merge_fields: Optional[MergeFields] = None) -> Dict[str, str]:
   """Merges `profile` into `<stem>.json` / `<stem>.csv` (and `extra` files) -> {kind: path}.
-  `fields`: more top-level JSON entries (e.g. the board's 'edge' entry; readers ignore them).
+  `fields`: more top-level JSON entries (e.g. the board's 'edge' entry; readers ignore them),
+  combined with an existing file's by `merge_fields` (default: replaced).
 
   An existing `<stem>.json` must be a latency profile of the same model config, dtype, device
   kind and platform (else ValueError, nothing written); its points are kept unless measured
@@ -497,7 +491,7 @@ def save(profile: Profile, out_dir: str, stem: Optional[str] = None, *,
   kinds = ["csv"] + sorted(extra or {}) + ["json"]          # the JSON is published last
   paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in kinds}
   with atomic.locked(paths["json"]):
-    profile = _merged_with_existing(profile, paths, fields)
+    profile, fields = _merged_with_existing(profile, paths, fields, merge_fields)
     text = json.dumps(dict(to_json(profile), **(fields or {})), indent=1, allow_nan=False)
     csv_text = to_csv(profile)
     names = [os.path.basename(paths[k]) for k in kinds]
