@@ -198,8 +198,9 @@ def main(f: flags.FlagValues) -> str:
   if f.solution:
     check_solution_inputs(provenance, sol.profile, sol.estimate, f.solution)
   reducer, opts = None, parse_options(f.method_opts)
-  if f.solution and sol.method_kwargs is not None:   # (None: an older file does not say)
-    if f["method_opts"].present and opts != sol.method_kwargs:
+  if f.solution and sol.method_kwargs is not None:   # (None: not measured with any, or unsaid)
+    if f["method_opts"].present and (make_reducer(method, **opts) !=
+                                     make_reducer(method, **sol.method_kwargs)):
       raise ValueError(f"--method_opts gives {opts}, but the solver output {f.solution} "
                        f"measured {method} with {sol.method_kwargs}: its accuracy is for those "
                        "(leave --method_opts out)")

@@ -464,7 +464,8 @@ def _write_pngs(root, layout):
         os.path.join(root, rel))
 
 
-def test_a_random_drop_solution_deploys_with_the_seed_it_was_measured_with(tmp_path, params):
+def test_a_random_drop_solution_deploys_with_the_seed_it_was_measured_with(tmp_path, params,
+                                                                          capsys):
   """The solution did not keep the estimate's method options: a random-drop schedule measured
   with seed 3 was deployed (and benchmarked) with seed 0, other tokens dropped."""
   from experiments import common  # pylint: disable=g-import-not-at-top
@@ -481,7 +482,13 @@ def test_a_random_drop_solution_deploys_with_the_seed_it_was_measured_with(tmp_p
     common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
         f"--weights={weights}", f"--solution={sol}", "--noverify", "--method_opts=seed=0",
         f"--out={tmp_path / 'b'}"])
+  assert capsys.readouterr().err == (f"error: --method_opts gives {{'seed': 0}}, but the solver "
+                                     f"output {sol} measured random with {{'seed': 3}}: its "
+                                     "accuracy is for those (leave --method_opts out)\n")
   assert not (tmp_path / "b").exists()
+  common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [   # the same options given
+      f"--weights={weights}", f"--solution={sol}", "--noverify", "--method_opts=seed=3",
+      f"--out={tmp_path / 'c'}"])
   (variant,) = benchmark.solution_variants(CFG, sol, multi=False)
   assert variant.reducer_for(CFG).seed == 3
   old = solution_file(tmp_path / "old.json", CFG, [17, 9, 9], method="random",
@@ -495,7 +502,7 @@ def test_a_random_drop_solution_deploys_with_the_seed_it_was_measured_with(tmp_p
                      r"values, got \['seed', 3\]"):
     read_solution(str(tmp_path / "bad.json"))
   paper = dataclasses.replace(read_solution(sol), method="pomt")   # estimated with random drop
-  assert paper.method_kwargs == {}                                 # (paper mode), chose POMT
+  assert paper.method_kwargs is None                               # (paper mode), chose POMT
 
 
 def test_clis_end_to_end(tmp_path, params):

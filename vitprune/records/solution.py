@@ -276,11 +276,12 @@ class Solution:
 
   @property
   def method_kwargs(self) -> Optional[Dict[str, Any]]:
-    """The options to build the chosen method's reducer with: the estimate's when it measured
-    that method (random drop's seed decides which tokens go), else none; None when an older
-    file does not say."""
+    """The options the chosen method's reducer was measured with: the estimate's when it
+    measured that method (random drop's seed decides which tokens go); None when nothing was
+    measured with them (paper mode's POMT on a random-drop estimate) or an older file does not
+    say."""
     if self.method.lower() != self.estimate.method.lower():
-      return {}
+      return None
     return None if self.estimate.method_kwargs is None else dict(self.estimate.method_kwargs)
 
   @property
