@@ -220,16 +220,20 @@ def in_loop(f: flags.FlagValues, estimate) -> dict:
   evaluate = estimate_lib.schedule_evaluator(cfg, params, data, reducer,
                                              batch_size=f.eval_batch_size,
                                              dtype=estimate.dtype, record_margins=margins)
-  if margins is not None:        # the refinement's anchored prediction starts from them
-    remeasured, differ = solve_stage.remeasure_margins(estimate, evaluate)
-    margins.update(remeasured)        # (`evaluate` recorded them too; these are the contract)
+
+  def remeasured():        # when the refinement starts: after every input check of the solve
+    got, differ = solve_stage.remeasure_margins(estimate, evaluate)
+    margins.update(got)               # (`evaluate` recorded them too; these are the contract)
     if differ:
-      print(f"note: {len(differ)} of the {len(remeasured)} schedules of "
-            f"{estimate.source} measure another {estimate.metric()} here ({', '.join(differ[:3])}"
+      print(f"note: {len(differ)} of the {len(got)} schedules of {estimate.source} measure "
+            f"another {estimate.metric()} here ({', '.join(differ[:3])}"
             f"{', ...' if len(differ) > 3 else ''}): the anchored predictions start from this "
             "run's per-example margins")
+    return margins
+
   return {"cfg": cfg, "params": params, "reducer": reducer, "evaluate": evaluate,
-          "num_images": int(len(data.indices)), "margins": margins}
+          "num_images": int(len(data.indices)),
+          "margins": None if margins is None else remeasured}
 
 
 if __name__ == "__main__":

@@ -109,6 +109,34 @@ def test_anchored_prediction_remeasures_the_main_jobs_margins(inputs, capsys):
     np.testing.assert_allclose(remeasured[counts], m, rtol=0, atol=1e-5, err_msg=str(counts))
 
 
+def test_margins_are_measured_only_when_the_refinement_needs_them(inputs):
+  """Re-measuring the margins takes about the estimate's time: a function giving them is called
+  once the refinement starts (after the solve's input checks), and never without it."""
+  root, weights, es, ps = inputs
+  from vitprune import solve_stage  # pylint: disable=g-import-not-at-top
+  from vitprune.profile import records  # pylint: disable=g-import-not-at-top
+  from vitprune.records.estimate import read_estimate  # pylint: disable=g-import-not-at-top
+  params = init_params(TINY, 0)
+  data = estimate_lib.load_eval_data("digits", num_images=20, seed=0)
+  evaluate = estimate_lib.schedule_evaluator(TINY, params, data, make_reducer("pomt"))
+  calls = []
+
+  def margins():
+    calls.append(1)
+    return solve_stage.remeasure_margins(read_estimate(es), evaluate)[0]
+
+  kw = dict(accuracy_floor=0.0, allow_batch_mismatch=True, evaluate=evaluate, num_images=20,
+            margins=margins)
+  solve_stage.solve_multilayer(records.load(ps), read_estimate(es), **kw)
+  assert calls == []
+  with pytest.raises(ValueError, match="pair_noise must be >= 0"):    # an input refused
+    solve_stage.solve_multilayer(records.load(ps), read_estimate(es), refine_rounds=1,
+                                 step_bottoms_only=True, step_k=-1.0, **kw)
+  assert calls == []
+  sol = solve_stage.solve_multilayer(records.load(ps), read_estimate(es), refine_rounds=1, **kw)
+  assert calls == [1] and "anchored" in sol.settings["accuracy_refinement"]["rounds"][0]
+
+
 def test_anchored_prediction_notes_an_estimate_measured_otherwise(inputs, capsys):
   root, weights, es, ps = inputs
   doc = json.load(open(es))

@@ -28,7 +28,7 @@ size. Accuracy values are the estimate's metric ('accuracy' for labelled data, e
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -48,6 +48,8 @@ Evaluator = Callable[[Sequence[Tuple[int, ...]]], Sequence[float]]
 # Compiles and times schedules (one shuffled measurement): a list of counts -> median seconds.
 Timer = Callable[[Sequence[Tuple[int, ...]]], Sequence[float]]
 LatencyModel = latency_model_lib.LatencyModel
+# Per-example top-1 margins {counts: [M]} (`refine_accuracy`), or a function that measures them.
+Margins = Union[Dict[Tuple[int, ...], np.ndarray], Callable[[], Dict[Tuple[int, ...], np.ndarray]]]
 
 
 class SolveInputError(ValueError):
@@ -444,7 +446,7 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
                      latency_model: Optional[LatencyModel] = None,
                      num_images: Optional[int] = None, measure_all: bool = False,
                      refine_rounds: int = 0,
-                     margins: Optional[Dict[Tuple[int, ...], np.ndarray]] = None) -> Solution:
+                     margins: Optional[Margins] = None) -> Solution:
   """The exact multi-layer Pareto frontier and the schedule chosen on it.
 
   Latency: with `latency_model` (`vitprune.profile.latency_model`, calibrated on whole compiled
@@ -459,8 +461,9 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   `refine_rounds` > 0 (needs `evaluate`) the accuracy model is corrected from measured frontier
   schedules and the frontier re-solved, up to that many times (`refine_accuracy`); `margins`
   ({counts: [M] per-example top-1 margins} of the estimate's single reductions and the
-  unpruned schedule, on the images `evaluate` measures, in its order) adds the anchored
-  per-image prediction to each round's report.
+  unpruned schedule, on the images `evaluate` measures, in its order; or a function measuring
+  them, called only once the refinement starts) adds the anchored per-image prediction to each
+  round's report.
   """
   if measure_all and evaluate is None:
     raise SolveInputError("measuring the whole frontier needs an evaluator (weights and data)")
@@ -708,7 +711,7 @@ def remeasure_margins(estimate: Estimate, evaluate: Evaluator
 
 def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evaluator, *,
                     rounds: int = 4, num_images: Optional[int] = None,
-                    margins: Optional[Dict[Tuple[int, ...], np.ndarray]] = None
+                    margins: Optional[Margins] = None
                     ) -> Tuple[Solution, solve.CostModel]:
   """The solution on the frontier of an accuracy model corrected from measurements
   (`solve.refine_frontier`: measure the frontier, fit the drop correction, re-solve, measure
@@ -724,7 +727,9 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
   before, e.g. by `measure_frontier`) every round also has "anchored": the error of
   `solve.anchored_accuracy` on the same schedules, predicted before measuring them from the
   schedules measured before (those of `solution.checked` that `margins` holds, and the earlier
-  rounds'); `evaluate` must then take `margins=True`. Margins that miss a single reduction of
+  rounds'; or a function returning them, called here, when they are first needed: e.g.
+  `remeasure_margins`, after every input check); `evaluate` must then take `margins=True`.
+  Margins that miss a single reduction of
   the grid leave "anchored" out ("anchored_skipped" says why).
   Returns (solution, corrected model): the final frontier (every schedule measured), every
   measured schedule in `checked`, all with the final model's predicted accuracy; `chosen`
@@ -736,6 +741,8 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
   images = num_images if num_images is not None else st.get("num_images")
   known: Dict[Tuple[int, ...], Candidate] = {
       c.counts: c for c in solution.checked if c.measured_accuracy is not None}
+  if callable(margins):
+    margins = margins()
   table = None if margins is None else margin_table(model, margins)
   anchors = None if table is None else {c: margins[c] for c in known if c in margins}
   ref = solve.refine_frontier(model, evaluate, rounds=rounds, measured={
