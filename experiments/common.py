@@ -161,6 +161,7 @@ def _exit_interrupted() -> None:
   step started before the interrupt is still running (train_digits: SIGSEGV in 3 of 3 runs of
   `tests/test_faults_cli.py`'s Ctrl-C test); by the time the interrupt reaches here every
   `finally` of the run has removed its staged outputs."""
+  console.finish_quietly()         # a second signal now cut the cleanup short, printing twice
   text, code = console.interrupt_exit()
   sys.stderr.write(f"error: {text}\n")
   sys.stdout.flush()

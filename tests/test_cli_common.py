@@ -159,12 +159,13 @@ def test_early_interrupt_exits_only_in_a_cli_process(monkeypatch, argv, installe
   monkeypatch.setattr(signal, "getsignal", lambda sig: (
       signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL))
   console.exit_on_early_interrupt("experiments", "benchmarks")
-  assert seen == ([(signal.SIGINT, console._exit_now), (signal.SIGTERM, console._exit_now)]
-                  if installed else [])
+  assert seen == ([(signal.SIGINT, console._exit_now), (signal.SIGTERM, console._exit_now),
+                   (signal.SIGHUP, console._exit_now)] if installed else [])
 
 
 @pytest.mark.parametrize("sig, line, code", [("SIGINT", "error: interrupted", 130),
-                                             ("SIGTERM", "error: terminated", 143)])
+                                             ("SIGTERM", "error: terminated", 143),
+                                             ("SIGHUP", "error: hung up", 129)])
 def test_a_signal_during_a_clis_imports_ends_it_with_an_error_line(sig, line, code):
   """Before `setup_process` (the CLI still importing jax): nothing is written yet, so the
   process ends at once, but with the error line and status of a later signal (SIGTERM's
@@ -192,6 +193,31 @@ def test_a_signal_in_absls_start_up_is_one_line(entry, sig, line, code):
           "command_name.make_process_name_useful = hit\n" + start)
   r = _console_script(body, "default")
   assert (r.returncode, r.stderr, r.stdout) == (code, line + "\n", "")
+
+
+def test_sigterm_during_the_imports_of_a_background_job_is_one_line():
+  """A shell's background job (`cmd &`) starts with SIGINT ignored, which skipped the early
+  SIGTERM handler too: exit -15, no line."""
+  body = ("signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+          "sys.orig_argv = ['python', '-m', 'experiments.profile']\n"
+          "console.exit_on_early_interrupt('experiments')\n"
+          "os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)")
+  r = _console_script(body, "default")
+  assert (r.returncode, r.stderr) == (143, "error: terminated\n")
+
+
+def test_a_second_signal_while_an_interrupted_run_exits_is_ignored():
+  """SIGINT, then SIGTERM during the cleanup: two error lines, and the cleanup cut short."""
+  body = ("from experiments import common\n"
+          "from vitprune import atomic\n"
+          "def slow_cleanup(): os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.5); "
+          "print('cleaned')\n"
+          "atomic.remove_exit_paths = slow_cleanup\n"
+          "def main(f): os.kill(os.getpid(), signal.SIGINT); time.sleep(30)\n"
+          "sys.argv = ['prog']\n"
+          "common.run(main, lambda fv: None)")
+  r = _console_script(body, "default")
+  assert (r.returncode, r.stderr, r.stdout) == (130, "error: interrupted\n", "cleaned\n")
 
 
 def test_the_board_cli_exits_early_too():

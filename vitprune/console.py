@@ -3,7 +3,8 @@ CLI `vitprune.edge` alike; no jax here): standard streams that print a path's un
 escaped (`\\udcff`) instead of failing after the work is done, warnings on one line, and a
 Ctrl-C that is never lost. SIGTERM (`kill`, `timeout`, a batch scheduler) is handled as Ctrl-C
 is, so a run's `finally` blocks remove what it staged, and ends with `error: terminated`, exit
-143 (its default action killed the process on the spot, leaving temporary folders behind).
+143 (its default action killed the process on the spot, leaving temporary folders behind); so is
+SIGHUP (a closed terminal or ssh session: `error: hung up`, exit 129).
 
 Python raises KeyboardInterrupt wherever the main thread is, and an exception raised inside a
 callback (JAX's garbage-collection hook, a weakref finaliser) is printed and dropped, so an
@@ -25,8 +26,11 @@ from typing import Iterator, List
 
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + signal.SIGTERM
+# Signals that stop a run as Ctrl-C does, where they have their default action, and their words.
+STOP_SIGNALS = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 _interrupted = False
-_terminated = False
+_terminated = False          # by one of STOP_SIGNALS (the first: `_stop_signal`)
+_stop_signal = signal.SIGTERM
 _held = 0            # > 0 inside `interrupts_held`: a signal is recorded, raised on leaving
 _written: List[str] = []      # outputs this CLI process published (`wrote`), for its error line
 _is_cli = False               # `setup_process` ran: this process is one command-line run
@@ -83,15 +87,15 @@ def _quiet_recorded_interrupt(unraisable) -> None:
 
 
 def finish_quietly() -> None:
-  """After a run succeeded (outputs written, success printed): Ctrl-C and SIGTERM are ignored
-  while the process exits. Python's finalisation restores their default actions, so a signal in
-  the last moments killed a finished run (exit 130/143, no error line, its outputs already
-  replaced). Only in the main thread, and only where this module handles them. (A process
-  that then hangs in its teardown needs SIGKILL; a child started after this inherits the
-  ignored signals: start none.)"""
+  """After a run succeeded (outputs written, success printed), or once an interrupted run
+  exits: Ctrl-C, SIGTERM and SIGHUP are ignored while the process exits. Python's finalisation
+  restores their default actions, so a signal in the last moments killed a finished run (exit
+  130/143, no error line, its outputs already replaced). Only in the main thread, and only
+  where this module handles them. (A process that then hangs in its teardown needs SIGKILL; a
+  child started after this inherits the ignored signals: start none.)"""
   if threading.current_thread() is not threading.main_thread():
     return
-  for sig in (signal.SIGINT, signal.SIGTERM):
+  for sig in (signal.SIGINT, *STOP_SIGNALS):
     if signal.getsignal(sig) is _record_interrupt:
       signal.signal(sig, signal.SIG_IGN)
 
@@ -100,11 +104,12 @@ def _record_interrupt(signum, frame) -> None:
   """SIGINT (and SIGTERM) handler: remember the interrupt, then raise it as Python's default
   SIGINT handler does."""
   del frame
-  global _interrupted, _terminated
-  if signum == signal.SIGTERM and _terminated:   # a repeated SIGTERM (`kill` twice, a
+  global _interrupted, _terminated, _stop_signal
+  if signum in STOP_SIGNALS and _terminated:     # a repeated SIGTERM (`kill` twice, a
     return                                       # scheduler): let the cleanup finish
   _interrupted = True
-  _terminated = _terminated or signum == signal.SIGTERM
+  if signum in STOP_SIGNALS:
+    _terminated, _stop_signal = True, signum
   if not _held:
     raise KeyboardInterrupt
 
@@ -150,7 +155,7 @@ def interrupt_exit() -> tuple:
   """(error text, exit status) of an interrupted run: ('terminated', 143) after SIGTERM, else
   ('interrupted', 130); the text ends '(after writing PATH)' when the run had published an
   output that is still there (`wrote`; a file staged inside a published directory is not)."""
-  text, code = (("terminated", EXIT_TERMINATED) if _terminated else
+  text, code = ((STOP_SIGNALS[_stop_signal], 128 + _stop_signal) if _terminated else
                 ("interrupted", EXIT_INTERRUPTED))
   written = [p for p in _written if os.path.lexists(p)]   # not those staged in a published dir
   if written:
@@ -178,16 +183,18 @@ def install_interrupt_handler() -> None:
   SIGTERM too where it still has its default action (not ignored, no handler of the caller's)."""
   if _may_handle_sigint():
     signal.signal(signal.SIGINT, _record_interrupt)
-  if (threading.current_thread() is threading.main_thread()
-      and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, _record_interrupt, _exit_now)):
-    signal.signal(signal.SIGTERM, _record_interrupt)
+  if threading.current_thread() is not threading.main_thread():
+    return
+  for sig in STOP_SIGNALS:
+    if signal.getsignal(sig) in (signal.SIG_DFL, _record_interrupt, _exit_now):
+      signal.signal(sig, _record_interrupt)
 
 
 def _exit_now(signum, frame) -> None:
   del frame
-  if signum == signal.SIGTERM:
-    os.write(2, b"error: terminated\n")
-    os._exit(EXIT_TERMINATED)
+  if signum in STOP_SIGNALS:
+    os.write(2, f"error: {STOP_SIGNALS[signum]}\n".encode())
+    os._exit(128 + signum)
   os.write(2, b"error: interrupted\n")
   os._exit(EXIT_INTERRUPTED)
 
@@ -202,7 +209,11 @@ def exit_on_early_interrupt(*packages: str) -> None:
   if "-m" not in argv or argv.index("-m") + 1 >= len(argv):
     return
   module = argv[argv.index("-m") + 1]
-  if any(module == p or module.startswith(p + ".") for p in packages) and _may_handle_sigint():
+  if not any(module == p or module.startswith(p + ".") for p in packages):
+    return
+  if _may_handle_sigint():
     signal.signal(signal.SIGINT, _exit_now)
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-      signal.signal(signal.SIGTERM, _exit_now)
+  if threading.current_thread() is threading.main_thread():
+    for sig in STOP_SIGNALS:      # (also when SIGINT is ignored: a background job `cmd &`)
+      if signal.getsignal(sig) == signal.SIG_DFL:
+        signal.signal(sig, _exit_now)

@@ -230,6 +230,7 @@ def main(argv):
 
 def exit_interrupted():
   """`error: interrupted` (exit 130), or `error: terminated` (143) after SIGTERM."""
+  console.finish_quietly()         # a second signal would print a second error line
   text, code = console.interrupt_exit()
   sys.stderr.write(f"error: {text}\n")
   sys.exit(code)
