@@ -196,6 +196,18 @@ def test_a_signal_while_a_file_set_rolls_forward_finishes_it(tmp_path, monkeypat
                                           143)
 
 
+def test_replace_json_without_overwrite_refuses_a_file_made_meanwhile(tmp_path, monkeypatch):
+  """Two estimates with the same --out_name and no --overwrite: both passed the up-front check
+  and the second replaced the first. The check is made again under the writers' lock."""
+  path = tmp_path / "e.json"
+  atomic.replace_json(str(path), {"format": "f", "run": 1}, "f", overwrite=False)
+  with pytest.raises(FileExistsError, match=r"e.json already exists \(pass overwrite"):
+    atomic.replace_json(str(path), {"format": "f", "run": 2}, "f", overwrite=False)
+  assert json.loads(path.read_text())["run"] == 1
+  atomic.replace_json(str(path), {"format": "f", "run": 3}, "f")
+  assert json.loads(path.read_text())["run"] == 3
+
+
 def test_replace_json_notes_what_it_wrote_only_in_a_cli_process(tmp_path, cli_console,
                                                                  monkeypatch):
   atomic.replace_json(str(tmp_path / "r.json"), {"format": "f"}, "f")

@@ -283,11 +283,14 @@ def check_replaceable_json(path: str, fmt: str, companions: Sequence[str] = ()) 
                              f"a {fmt} file; move it away or choose another output path")
 
 
-def replace_json(path: str, obj: Any, fmt: str, **json_kw) -> str:
+def replace_json(path: str, obj: Any, fmt: str, *, overwrite: bool = True, **json_kw) -> str:
   """Writes `obj` (whose "format" is `fmt`) to `path` atomically, checking under the writers'
-  lock, at the moment of writing, that `path` is still absent or a `fmt` file: a file someone
-  made there while the run worked (after the up-front check) is refused, not replaced."""
+  lock, at the moment of writing, that `path` is still absent or (with `overwrite`) a `fmt`
+  file: a file someone made there while the run worked (after the up-front check), or another
+  run's output without `overwrite`, is refused, not replaced."""
   with locked(path):
+    if not overwrite and os.path.lexists(path):
+      raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
     check_replaceable_json(path, fmt)
     with console.interrupts_held():
       write_json(path, obj, **json_kw)

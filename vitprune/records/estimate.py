@@ -390,9 +390,9 @@ def write_estimate(path: str, estimate: Estimate, *, overwrite: bool = False) ->
   path = os.path.abspath(path)
   doc = estimate.to_json()
   _validate(doc, path)
-  if os.path.exists(path) and not overwrite:
+  if os.path.exists(path) and not overwrite:      # (early; checked again under the lock)
     raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
-  return atomic.replace_json(path, doc, FORMAT)   # --overwrite replaces estimates only
+  return atomic.replace_json(path, doc, FORMAT, overwrite=overwrite)  # estimates only
 
 
 def read_estimate(path: str) -> Estimate:
