@@ -255,6 +255,7 @@ def check_output_dir(path: str, flag: str = "out_dir") -> None:
   """`path` is (or can become) a writable directory; raises naming the flag otherwise."""
   if not path:
     raise ValueError(f"--{flag} is empty")
+  atomic.check_name_fits(path, flag)      # (the main job publishes the folder through a sibling)
   bare = _without_trailing_sep(path)
   if os.path.lexists(bare):
     if not os.path.isdir(path):
@@ -286,6 +287,7 @@ def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,
   `atomic.ForeignOutputError` before any work, not after it)."""
   if not path:
     raise ValueError(f"--{flag} is required")
+  atomic.check_name_fits(path, flag)
   if os.path.isdir(os.path.dirname(os.path.abspath(path))):
     atomic.cleanup_stale(path)   # a killed writer's moved-aside output is restored first
   bare = _without_trailing_sep(path)

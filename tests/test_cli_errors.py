@@ -195,6 +195,10 @@ CASES = [
      "--anchored_prediction reports on the accuracy refinement: pass --refine_accuracy_rounds"),
     ("profile", ["--tokens=2", "--out_dir={out}"], 1,   # chose n* = 2 at chance level
      "tokens [2] lack the full 65: the paper solver weighs every count against the unpruned"),
+    ("profile", ["--out_dir={out}/" + "p" * 245], 1,      # after all the work: File name too long
+     "--out_dir: the name pppppppppppppppppppppppp... is 245 bytes; at most"),
+    ("estimate", ["--out_dir={out}", "--out_name=" + "e" * 240 + ".json"], 1,
+     "--out_name: the name eeeeeeeeeeeeeeeeeeeeeeee... is 245 bytes; at most"),
 ]
 
 

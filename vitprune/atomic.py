@@ -196,6 +196,7 @@ def check_output_file(path: str, flag: str = "output", overwrite: bool = True) -
   """`path` is (or can become) a writable file; raises naming `--flag` otherwise."""
   if not path:
     raise ValueError(f"--{flag} is empty")
+  check_name_fits(path, flag)
   if os.path.isdir(path):
     raise IsADirectoryError(f"--{flag}={path} is a directory, not a file")
   if path.endswith(("/", os.sep)):     # passed every check, then the final rename failed
@@ -217,12 +218,37 @@ def check_output_json(path: str, fmt: str, flag: str = "output",
   check_replaceable_json(path, fmt, companions)
 
 
-def check_creatable(path: str, flag: str) -> None:
-  """`path` (absent) can be created: its nearest existing ancestor is a writable directory;
-  raises naming `--flag` otherwise."""
+def _existing_ancestor(path: str) -> str:
   anc = os.path.dirname(os.path.abspath(path))
   while not os.path.lexists(anc) and os.path.dirname(anc) != anc:
     anc = os.path.dirname(anc)
+  return anc
+
+
+def check_name_fits(path: str, flag: str) -> None:
+  """ValueError naming `--flag` when the hidden temporaries a write of `path` makes beside it
+  (`.NAME.commit-PID-xxxxxxxx`) would not fit the file system's name limit: a name of ~240
+  bytes passed every check and failed at the publish, after all the work."""
+  name = os.path.basename(path.rstrip("/" + os.sep)) or path
+  try:
+    limit = os.pathconf(_existing_ancestor(path), "PC_NAME_MAX")
+  except (OSError, ValueError):
+    limit = 255
+  extra = len(os.fsencode(_temp_prefix("", "commit"))) + 8          # + mkdtemp's random part
+  size = len(os.fsencode(name))
+  if size + extra > limit:
+    raise ValueError(f"--{flag}: the name {name[:24]}... is {size} bytes; at most "
+                     f"{limit - extra} fit (vitprune writes it through a hidden temporary "
+                     f"beside it, {_temp_prefix('NAME', 'tmp')}..., within the {limit}-byte "
+                     "name limit)")
+
+
+def check_creatable(path: str, flag: str) -> None:
+  """`path` (absent) can be created: its nearest existing ancestor is a writable directory and
+  its name leaves room for our temporaries (`check_name_fits`); raises naming `--flag`
+  otherwise."""
+  check_name_fits(path, flag)
+  anc = _existing_ancestor(path)
   if not os.path.isdir(anc):
     raise NotADirectoryError(f"--{flag}={path}: {anc} is a file, not a directory")
   check_writable_dir(anc, f"--{flag}={path}")
