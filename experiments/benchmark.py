@@ -121,7 +121,8 @@ def main(f: flags.FlagValues):
   rows = bench.run_benchmark(spec, params, variants, data=data, progress=f.progress)
   paths = bench.write_outputs(rows, f.out_dir)
   print(bench.to_markdown(rows))
-  print(f"wrote {paths['csv']}, {paths['md']}, {paths['png']}")
+  print(f"wrote {common.shown(paths['csv'])}, {common.shown(paths['md'])}, "
+        f"{common.shown(paths['png'])}")
   return rows
 
 

@@ -50,6 +50,12 @@ MAX_SEED = 2 ** 32 - 1   # jax PRNG keys take 32 bits: a larger --seed wrapped (
 one_line = console.one_line
 
 
+def shown(path: Any) -> str:
+  """A path as a success line prints it: its control characters escaped (`console.printable`: a
+  name holding a newline or a terminal escape split the line or recoloured the terminal)."""
+  return console.printable(str(path))
+
+
 def fail(message: Any, code: int = EXIT_ERROR, hint: bool = False):
   """Prints `error: <message>` (+ `(see --help)` when `hint`) to stderr and exits `code`."""
   sys.stderr.write(f"error: {one_line(message)}\n")

@@ -224,7 +224,7 @@ def main(f: flags.FlagValues) -> str:
       class_names=names, verify=f.verify, overwrite=f.overwrite, targets=f.target,
       cpu_cores=f.cpu_cores)
   m = deploy.read_manifest(path)
-  print(f"wrote {path}")
+  print(f"wrote {common.shown(path)}")
   print(f"  model {m.model}, schedule {m.schedule_text} "
         f"(counts {','.join(map(str, m.counts))}), reducer {m.reducer_name or 'none'}")
   print(f"  input {list(m.input_shape)} float32 -> output {list(m.output_shape)}, "

@@ -37,7 +37,8 @@ def main(f: flags.FlagValues) -> str:
     raise ValueError(f"--limit={f.limit} exceeds the {size} digits of the {f.split} split")
   root = data.write_digits_imagefolder(f.out, f.split, f.limit, seed=f.seed,
                                        overwrite=f.overwrite)
-  print(f"wrote {size if f.limit is None else f.limit} digits ({f.split} split) to {root}")
+  print(f"wrote {size if f.limit is None else f.limit} digits ({f.split} split) to "
+        f"{common.shown(root)}")
   return root
 
 

@@ -90,7 +90,7 @@ def main(f: flags.FlagValues) -> str:
                               reducer_name=name, dtype=f.dtype, threads=f.jobs,
                               cache_dir=f.cache_dir or None, overwrite=f.overwrite,
                               on_done=on_done, driver=f.driver, cores=f.cpu_cores)
-  print(f"wrote {path}")
+  print(f"wrote {common.shown(path)}")
   return path
 
 

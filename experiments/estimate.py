@@ -147,7 +147,7 @@ def main(f: flags.FlagValues):
       labelled=data.labelled, dtype=f.dtype)
   path = write_estimate(os.path.join(f.out_dir, name), record, overwrite=f.overwrite)
   print(table_text(record))
-  print(f"wrote {path}")
+  print(f"wrote {common.shown(path)}")
   return record
 
 

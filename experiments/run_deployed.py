@@ -114,7 +114,7 @@ def main(f: flags.FlagValues) -> dict:
   if f.output:
     atomic.replace_json(f.output, dict(res, format=RESULT_FORMAT), RESULT_FORMAT,
                         sort_keys=True)
-    print(f"wrote {f.output}")
+    print(f"wrote {common.shown(f.output)}")
   return res
 
 

@@ -196,7 +196,7 @@ def main(f: flags.FlagValues):
   paths = write_solution(sol, f.out_dir)
   for line in summary_lines(sol):
     print(line)
-  print(f"wrote {paths['json']} and {paths['png']}")
+  print(f"wrote {common.shown(paths['json'])} and {common.shown(paths['png'])}")
   return sol, paths
 
 

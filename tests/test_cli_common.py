@@ -338,3 +338,15 @@ def test_a_cli_process_finishes_quietly_and_a_test_process_does_not(monkeypatch)
   calls.clear()
   common.run_in_process(lambda f: calls.append("main"), define, [])
   assert calls == ["main", "check"]
+
+
+def test_success_lines_escape_control_characters_of_paths(tmp_path, capsys):
+  """A path holding a newline or a terminal escape split the `wrote ...` line in two, or
+  recoloured the terminal (error lines were already one line)."""
+  from experiments import estimate as estimate_cli  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "a\x1b[31mb\nc"
+  common.run_in_process(estimate_cli.main, estimate_cli.define_flags,
+                        ["--tokens=65,33", "--num_images=10", f"--out_dir={out}"])
+  last = capsys.readouterr().out.splitlines()[-1]
+  assert last.startswith(f"wrote {tmp_path}/a\\x1b[31mb\\nc/vit_digits_random_embed_"), last
+  assert common.shown("x\ty") == "x\\ty" and common.shown("é ü") == "é ü"

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitprune import atomic
+from vitprune import console
 from vitprune import estimate as estimate_lib
 from vitprune import jsonio
 from vitprune import solve_stage
@@ -583,5 +584,6 @@ def format_summary(s: Dict[str, Any]) -> str:
         f"{k} {v:.1f}" + (f" (in-loop timing {t['in_loop']:.1f})" if k == "solve" and
                           "in_loop" in t else "")
         for k, v in t.items() if k != "in_loop"))
-  lines.append("   files: " + ", ".join(f"{k}={v}" for k, v in s["files"].items()))
+  lines.append("   files: " + ", ".join(f"{k}={console.printable(v)}"
+                                       for k, v in s["files"].items()))
   return "\n".join(lines)

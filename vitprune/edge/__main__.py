@@ -147,7 +147,7 @@ def cmd_profile() -> dict:
   for p in sorted(profile.points, key=lambda p: (p.batch_size, -p.tokens, p.schedule or ())):
     print(f"{kit_lib.point_label(p.component, p.batch_size, p.tokens, p.schedule)}: median "
           f"{p.median_s * 1e3:.3f} ms (IQR {p.iqr_s * 1e3:.3f} ms)")
-  print(f"wrote {paths['json']}")
+  print(f"wrote {console.printable(paths['json'])}")
   return {"profile": paths}
 
 
@@ -214,7 +214,7 @@ def main(argv):
     if FLAGS.output:
       atomic.replace_json(FLAGS.output, dict(res, format=RESULT_FORMAT), RESULT_FORMAT,
                           sort_keys=True)
-      print(f"wrote {FLAGS.output}")
+      print(f"wrote {console.printable(FLAGS.output)}")
     console.finish_quietly()             # done: a signal from now on must not fail it, and
     console.raise_if_interrupted()       # one before (even swallowed by a callback) still does
   except (EdgeError, ValueError, FileNotFoundError, OSError) as e:

@@ -41,6 +41,7 @@ import jaxlib
 import numpy as np
 from tqdm import tqdm
 
+from vitprune import console
 from vitprune import model as model_lib
 from vitprune import piecewise
 from vitprune.config import ViTConfig
@@ -284,11 +285,15 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
     profiles.append(prof)
     if out_dir:
       paths = write_outputs(prof, out_dir)
-      log(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
+      log(_wrote(paths))
   if out_dir and len(profiles) > 1:   # every batch size in one profile too (one plot of all)
     paths = write_outputs(records.merge(profiles), out_dir)
-    log(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
+    log(_wrote(paths))
   return profiles
+
+
+def _wrote(paths: Dict[str, str]) -> str:
+  return "wrote " + ", ".join(console.printable(paths[k]) for k in ("json", "csv", "png"))
 
 
 def check_outputs(spec: ProfileSpec, out_dir: str) -> None:
