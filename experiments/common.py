@@ -169,9 +169,12 @@ def _exit_interrupted() -> None:
   `finally` of the run has removed its staged outputs."""
   console.finish_quietly()         # a second signal now cut the cleanup short, printing twice
   text, code = console.interrupt_exit()
-  sys.stderr.write(f"error: {text}\n")
-  sys.stdout.flush()
-  sys.stderr.flush()
+  try:            # after a hang-up stderr may be gone (EIO, a broken pipe): exit all the same
+    sys.stderr.write(f"error: {text}\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+  except (OSError, ValueError):
+    pass
   atomic.remove_exit_paths()
   os._exit(code)
 
@@ -257,11 +260,15 @@ def parse_ints(values: Sequence[str], flag: str) -> List[int]:
   return out
 
 
-def check_output_dir(path: str, flag: str = "out_dir") -> None:
-  """`path` is (or can become) a writable directory; raises naming the flag otherwise."""
+def check_output_dir(path: str, flag: str = "out_dir", published: bool = False) -> None:
+  """`path` is (or can become) a writable directory; raises naming the flag otherwise.
+  `published`: the folder itself is published whole through a hidden sibling (the main job's),
+  so its name must leave room for that (`atomic.check_name_fits`); files written inside it make
+  their temporaries there, whatever its name."""
   if not path:
     raise ValueError(f"--{flag} is empty")
-  atomic.check_name_fits(path, flag)      # (the main job publishes the folder through a sibling)
+  if published:
+    atomic.check_name_fits(path, flag)
   bare = _without_trailing_sep(path)
   if os.path.lexists(bare):
     if not os.path.isdir(path):

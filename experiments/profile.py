@@ -166,7 +166,7 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
   memory.check_batch_fits(cfg, [spec.batch_size], spec.dtype)
   memory.check_batch_fits(cfg, [spec.eval_batch_size], spec.dtype, flag="--eval_batch_size")
   if out_dir is not None:
-    common.check_output_dir(out_dir)
+    common.check_output_dir(out_dir, published=True)
     atomic.check_replaceable(os.path.abspath(out_dir), pipeline.is_pipeline_dir)
   cfg, params, source = common.load_model(f.model, f.weights, f.seed)
   return cfg, params, source, spec, pipeline.load_data(spec, common.class_names(source),

@@ -268,7 +268,8 @@ def test_failed_orbax_futures_reported_late_are_dropped():
   script = (
       "import asyncio, gc, sys\n"
       f"sys.path.insert(0, {root!r})\n"
-      "from vitprune import orbax_io\n"
+      "from vitprune import console, orbax_io\n"
+      "if sys.argv[1] == 'cli': console.setup_process()\n"
       "kept = []\n"
       "try:\n"
       "  with orbax_io._stderr_kept_unless_failing():\n"
@@ -281,5 +282,9 @@ def test_failed_orbax_futures_reported_late_are_dropped():
       "  print(f'error: {e}', file=sys.stderr)\n"
       "kept.clear()\n"
       "gc.collect()\n")
-  r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+  r = subprocess.run([sys.executable, "-c", script, "cli"], capture_output=True, text=True,
+                     timeout=60)
   assert (r.returncode, r.stderr) == (0, "error: [Errno 28] No space left on device\n"), r.stderr
+  r = subprocess.run([sys.executable, "-c", script, "library"], capture_output=True, text=True,
+                     timeout=60)             # a library user's process keeps asyncio's reports
+  assert r.returncode == 0 and "Future exception was never retrieved" in r.stderr, r.stderr

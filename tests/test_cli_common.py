@@ -350,3 +350,36 @@ def test_success_lines_escape_control_characters_of_paths(tmp_path, capsys):
   last = capsys.readouterr().out.splitlines()[-1]
   assert last.startswith(f"wrote {tmp_path}/a\\x1b[31mb\\nc/vit_digits_random_embed_"), last
   assert common.shown("x\ty") == "x\\ty" and common.shown("é ü") == "é ü"
+
+
+def test_only_a_folder_published_whole_needs_room_for_its_hidden_sibling(tmp_path, monkeypatch):
+  """The main job publishes its --out_dir through `.NAME.tmp-PID-...` beside it: a ~245-byte
+  name failed after all the work. Folders only written into keep any name the system allows."""
+  long = tmp_path / ("b" * 240)
+  long.mkdir()
+  common.check_output_dir(str(long))                         # solve, estimate, caches: fine
+  with pytest.raises(ValueError, match=r"--out_dir: the name bbbbbbbbbbbbbbbbbbbbbbbb\.\.\. is "
+                     r"240 bytes; at most \d+ fit"):
+    common.check_output_dir(str(long), published=True)
+  monkeypatch.chdir(long)
+  with pytest.raises(ValueError, match="is 240 bytes"):     # '.' names that folder too
+    common.check_output_dir(".", published=True)
+  with pytest.raises(ValueError, match="--out: the name"):
+    common.check_new_dir(str(tmp_path / ("c" * 240)), "out")
+
+
+def test_a_hang_up_with_stderr_gone_still_exits_129():
+  """A closed terminal or ssh session leaves stderr unwritable: writing the error line raised
+  (a broken pipe), so the run skipped its fast exit and ended 1."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = (f"import os, signal, sys, time; sys.path.insert(0, {root!r})\n"
+            "from experiments import common\n"
+            "sys.argv = ['prog']\n"
+            "def main(f): time.sleep(1); os.kill(os.getpid(), signal.SIGHUP); time.sleep(30)\n"
+            "common.run(main, lambda fv: None)")
+  p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE)
+  p.stderr.close()                                 # the reader is gone
+  assert p.wait(timeout=60) == 129

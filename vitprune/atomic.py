@@ -229,25 +229,25 @@ def check_name_fits(path: str, flag: str) -> None:
   """ValueError naming `--flag` when the hidden temporaries a write of `path` makes beside it
   (`.NAME.commit-PID-xxxxxxxx`) would not fit the file system's name limit: a name of ~240
   bytes passed every check and failed at the publish, after all the work."""
-  name = os.path.basename(path.rstrip("/" + os.sep)) or path
+  name = os.path.basename(os.path.abspath(path))         # ('.', 'x/..', 'dir/' too)
   try:
     limit = os.pathconf(_existing_ancestor(path), "PC_NAME_MAX")
   except (OSError, ValueError):
     limit = 255
+  if limit <= 0:                                         # no fixed limit
+    return
   extra = len(os.fsencode(_temp_prefix("", "commit"))) + 8          # + mkdtemp's random part
   size = len(os.fsencode(name))
   if size + extra > limit:
     raise ValueError(f"--{flag}: the name {name[:24]}... is {size} bytes; at most "
                      f"{limit - extra} fit (vitprune writes it through a hidden temporary "
-                     f"beside it, {_temp_prefix('NAME', 'tmp')}..., within the {limit}-byte "
+                     f"beside it, {_temp_prefix('NAME', 'commit')}..., within the {limit}-byte "
                      "name limit)")
 
 
 def check_creatable(path: str, flag: str) -> None:
-  """`path` (absent) can be created: its nearest existing ancestor is a writable directory and
-  its name leaves room for our temporaries (`check_name_fits`); raises naming `--flag`
-  otherwise."""
-  check_name_fits(path, flag)
+  """`path` (absent) can be created: its nearest existing ancestor is a writable directory;
+  raises naming `--flag` otherwise."""
   anc = _existing_ancestor(path)
   if not os.path.isdir(anc):
     raise NotADirectoryError(f"--{flag}={path}: {anc} is a file, not a directory")

@@ -129,6 +129,11 @@ def interrupts_held() -> Iterator[None]:
     raise_if_interrupted()
 
 
+def is_cli() -> bool:
+  """Whether this process is one command-line run (`setup_process` ran)."""
+  return _is_cli
+
+
 def wrote(path: str) -> None:
   """Notes an output this command-line run published (after `setup_process`; a library user's
   process keeps no list): an interrupt after it says so (`interrupt_exit`), as the output is

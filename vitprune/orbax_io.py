@@ -98,8 +98,12 @@ def _quiet_unretrieved_futures() -> None:
   """After a failed save or restore, orbax's failed futures are reported by asyncio when they
   are garbage-collected, which can be after the hold-back, after the run's one error line (a
   full disk printed 4 to 127 more lines in 3 of 25 runs): collect them now, and drop such
-  reports from then on (only these: the failure itself is the caller's to report)."""
+  reports from then on in a command-line run (only these: the failure itself is the caller's
+  to report; a library user's process keeps every report)."""
   gc.collect()
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  if not console.is_cli():
+    return
   log = logging.getLogger("asyncio")
   if not any(isinstance(f, _DropUnretrieved) for f in log.filters):
     log.addFilter(_DropUnretrieved())

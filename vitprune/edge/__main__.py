@@ -232,7 +232,11 @@ def exit_interrupted():
   """`error: interrupted` (exit 130), or `error: terminated` (143) after SIGTERM."""
   console.finish_quietly()         # a second signal would print a second error line
   text, code = console.interrupt_exit()
-  sys.stderr.write(f"error: {text}\n")
+  try:            # after a hang-up stderr may be gone (EIO, a broken pipe): exit all the same
+    sys.stderr.write(f"error: {text}\n")
+    sys.stderr.flush()
+  except (OSError, ValueError):
+    pass
   sys.exit(code)
 
 
