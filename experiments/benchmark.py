@@ -111,6 +111,7 @@ def main(f: flags.FlagValues):
                              eval_batch_size=f.eval_batch_size, seed=f.seed)
   data = None
   if use_data:
+    common.check_digits_split(source, f.data)
     data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
                                    class_names=common.class_names(source),
                                    num_classes=cfg.num_classes)

@@ -328,6 +328,24 @@ def class_names(weights_source: str) -> Optional[Tuple[str, ...]]:
   return checkpoint.read_class_names(weights_source) if os.path.isdir(weights_source) else None
 
 
+def check_digits_split(weights_source: str, data: Optional[str]) -> None:
+  """ValueError when `data` is the bundled digits ('digits': the test split of seed 0, test
+  fraction 0.2) but the weights were trained on another split of them (`train_digits
+  --split_seed`): most of that test split is their training data, and every score on it would
+  be inflated, with no warning."""
+  if data != "digits" or not os.path.isdir(weights_source):
+    return
+  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (lazy: see _MODEL_CODE)
+  meta = checkpoint.read_weights_config(weights_source)[1]
+  split = meta.get("split") if meta.get("dataset") == "sklearn_digits" else None
+  if isinstance(split, dict) and (split.get("seed", 0), split.get("test_fraction", 0.2)) != (
+      0, 0.2):
+    raise ValueError(f"--weights={weights_source} were trained on the digits split of seed "
+                     f"{split.get('seed')} (test fraction {split.get('test_fraction')}), but "
+                     "--data=digits is the test split of seed 0 (0.2): most of it is their "
+                     "training data, so every score would be inflated")
+
+
 def model_config(model: Optional[str], weights: Optional[str]):
   """The config `load_model` would load, without loading parameters (for up-front checks)."""
   from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (lazy: see _MODEL_CODE)

@@ -127,6 +127,7 @@ def main(f: flags.FlagValues):
     points = estimate.token_points(cfg, tokens, reducer, layer=layers[0])
   memory.check_batch_fits(cfg, [f.batch_size], f.dtype)
   cfg, params, source = common.load_model(f.model, f.weights, f.init_seed)
+  common.check_digits_split(source, f.data)
   data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed, split=f.split,
                                  class_names=common.class_names(source),
                                  num_classes=cfg.num_classes)

@@ -169,6 +169,7 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
     common.check_output_dir(out_dir, published=True)
     atomic.check_replaceable(os.path.abspath(out_dir), pipeline.is_pipeline_dir)
   cfg, params, source = common.load_model(f.model, f.weights, f.seed)
+  common.check_digits_split(source, spec.data)
   return cfg, params, source, spec, pipeline.load_data(spec, common.class_names(source),
                                                        cfg.num_classes)
 

@@ -132,6 +132,7 @@ def main(f: flags.FlagValues):
   schedule = S.parse_schedule(cfg, f.schedule) if f.schedule else None
   memory.check_batch_fits(cfg, [f.batch_size], f.dtype)
   cfg, params, source = common.load_model(f.model, f.weights, f.seed)
+  common.check_digits_split(source, f.images or "digits")
   images, labels, valid, note = load_images(cfg, f.images, f.batch_size, f.seed,
                                             common.class_names(source))
   options = {"random": {"seed": f.random_seed},

@@ -209,6 +209,7 @@ def in_loop(f: flags.FlagValues, estimate) -> dict:
   if params_sha256(params) != estimate.weights_sha256:
     raise ValueError(f"--weights={f.weights} are not the weights estimate {estimate.source} "
                      "measured (weights sha256 differs)")
+  common.check_digits_split(source, f.data)
   data = estimate_lib.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
                                      class_names=common.class_names(source),
                                      num_classes=cfg.num_classes)

@@ -383,3 +383,27 @@ def test_a_hang_up_with_stderr_gone_still_exits_129():
                        stderr=subprocess.PIPE)
   p.stderr.close()                                 # the reader is gone
   assert p.wait(timeout=60) == 129
+
+
+def test_weights_trained_on_another_digits_split_are_not_scored_on_the_bundled_one(tmp_path):
+  """`train_digits --split_seed=1`, then `estimate --data=digits`: 288 of the 359 test digits
+  were training images, and the inflated accuracy came with no warning."""
+  from experiments import estimate as estimate_cli  # pylint: disable=g-import-not-at-top
+  from vitprune.checkpoint import save_weights  # pylint: disable=g-import-not-at-top
+  from vitprune.model import init_params  # pylint: disable=g-import-not-at-top
+  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+  cfg = get_config("vit_digits")
+  for seed in (0, 1):
+    save_weights(str(tmp_path / f"w{seed}"), cfg, init_params(cfg, 0), meta={
+        "dataset": "sklearn_digits", "split": {"seed": seed, "test_fraction": 0.2}})
+  common.check_digits_split(str(tmp_path / "w0"), "digits")          # the bundled split
+  common.check_digits_split(str(tmp_path / "w1"), str(tmp_path))     # an image folder
+  common.check_digits_split(common.EMBEDDED_WEIGHTS, "digits")
+  with pytest.raises(SystemExit) as e:
+    common.run_in_process(estimate_cli.main, estimate_cli.define_flags, [
+        f"--weights={tmp_path / 'w1'}", "--tokens=65", "--num_images=10",
+        f"--out_dir={tmp_path / 'e'}"])
+  assert e.value.code == 1 and not (tmp_path / "e").exists()
+  with pytest.raises(ValueError, match=r"w1 were trained on the digits split of seed 1 \(test "
+                     r"fraction 0.2\), but --data=digits is the test split of seed 0"):
+    common.check_digits_split(str(tmp_path / "w1"), "digits")
