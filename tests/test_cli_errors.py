@@ -199,6 +199,10 @@ CASES = [
      "--out_dir: the name pppppppppppppppppppppppp... is 245 bytes; at most"),
     ("estimate", ["--out_dir={out}", "--out_name=" + "e" * 240 + ".json"], 1,
      "--out_name: the name eeeeeeeeeeeeeeeeeeeeeeee... is 245 bytes; at most"),
+    ("train_digits", ["--out={out}/" + "a" * 300 + "/w"], 1,     # after training: Errno 36
+     "--out: the name aaaaaaaaaaaaaaaaaaaaaaaa... in it is 300 bytes; the file system holds"),
+    ("estimate", ["--out_dir={out}" + ("/" + "b" * 200) * 22], 1,   # folders left behind
+     "--out_dir: the path is"),
 ]
 
 

@@ -245,9 +245,29 @@ def check_name_fits(path: str, flag: str) -> None:
                      "name limit)")
 
 
+def _check_path_lengths(path: str, flag: str) -> None:
+  """ValueError naming `--flag` when a folder to create in `path` has a name, or the whole path
+  a length, the file system cannot hold (they failed at the final write, after the work)."""
+  anc, full = _existing_ancestor(path), os.path.abspath(path)
+  try:
+    name_max, path_max = (os.pathconf(anc, "PC_NAME_MAX"), os.pathconf(anc, "PC_PATH_MAX"))
+  except (OSError, ValueError):
+    name_max, path_max = 255, 4096
+  for part in os.path.relpath(full, anc).split(os.sep):
+    if name_max > 0 and len(os.fsencode(part)) > name_max:
+      raise ValueError(f"--{flag}: the name {part[:24]}... in it is {len(os.fsencode(part))} "
+                       f"bytes; the file system holds at most {name_max}")
+  extra = len(os.fsencode(_temp_prefix(os.path.basename(full), "commit"))) + 9
+  if path_max > 0 and len(os.fsencode(full)) + extra > path_max:
+    raise ValueError(f"--{flag}: the path is {len(os.fsencode(full))} bytes; with the hidden "
+                     f"temporary written beside it, at most {path_max} fit")
+
+
 def check_creatable(path: str, flag: str) -> None:
-  """`path` (absent) can be created: its nearest existing ancestor is a writable directory;
-  raises naming `--flag` otherwise."""
+  """`path` (absent) can be created: its nearest existing ancestor is a writable directory,
+  and the names and length of the path fit the file system; raises naming `--flag`
+  otherwise."""
+  _check_path_lengths(path, flag)
   anc = _existing_ancestor(path)
   if not os.path.isdir(anc):
     raise NotADirectoryError(f"--{flag}={path}: {anc} is a file, not a directory")
