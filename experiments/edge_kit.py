@@ -23,6 +23,7 @@ from absl import flags
 
 from experiments import common
 from vitprune import iree_build
+from vitprune import memory
 from vitprune.edge.targets import check_driver, parse_target
 from vitprune.profile.runner import make_drop_reducer
 from vitprune.schedule import parse_schedule, parse_token_grid
@@ -70,6 +71,7 @@ def main(f: flags.FlagValues) -> str:
     raise ValueError("IREE CPU targets compile float32 graphs only (a bfloat16 dot_general "
                      "does not legalize for llvm-cpu); use --dtype=float32")
   cfg = common.model_config(f.model, f.weights)
+  memory.check_batch_fits(cfg, batches, f.dtype, flag="--batch_sizes")   # (the board: traceback)
   reducer, name = make_drop_reducer(f.reducer)
   grid = parse_token_grid(cfg, f.tokens) if f.mode == "model" else ()
   schedules = [parse_schedule(cfg, s.strip()) for s in (f.schedules or "").split(";")

@@ -203,6 +203,8 @@ CASES = [
      "--out: the name aaaaaaaaaaaaaaaaaaaaaaaa... in it is 300 bytes; the file system holds"),
     ("estimate", ["--out_dir={out}" + ("/" + "b" * 200) * 22], 1,   # folders left behind
      "--out_dir: the path is"),
+    ("edge_kit", ["--tokens=65", "--batch_sizes=1000000000", "--out={out}"], 1,  # board: traceback
+     "--batch_sizes=1000000000 cannot fit in memory"),
 ]
 
 

@@ -217,7 +217,7 @@ def main(argv):
       print(f"wrote {console.printable(FLAGS.output)}")
     console.finish_quietly()             # done: a signal from now on must not fail it, and
     console.raise_if_interrupted()       # one before (even swallowed by a callback) still does
-  except (EdgeError, ValueError, FileNotFoundError, OSError) as e:
+  except (EdgeError, ValueError, FileNotFoundError, OSError, MemoryError) as e:
     sys.exit(f"error: {console.one_line(e)}")
   except (KeyError, TypeError, AttributeError, IndexError) as e:   # a field the checks missed
     where = getattr(FLAGS, "kit", None) or getattr(FLAGS, "artifact", None) or "the input"
