@@ -13,6 +13,7 @@ configuration compiles the same kernels deployment would use.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 from absl import flags
@@ -63,6 +64,10 @@ def main(f: flags.FlagValues) -> None:
   """Profiles the model in every configuration and prints the table."""
   if f.compile_cache_dir:      # JAX would only warn and run the "cache" rows without one
     common.check_output_dir(f.compile_cache_dir, "compile_cache_dir")
+    if os.path.isdir(f.compile_cache_dir) and os.listdir(f.compile_cache_dir):
+      raise ValueError(f"--compile_cache_dir={f.compile_cache_dir} is not empty: the 'cache "
+                       "(cold)' row starts from an empty cache (a reused one timed it warm); "
+                       "pass an empty or new folder")
   cfg = get_config(f.model)
   memory.check_batch_fits(cfg, [f.batch_size], f.dtype)   # else numpy's "Unable to allocate"
   base = runner.ProfileSpec(

@@ -20,6 +20,18 @@ def test_profile_speed_runs_on_a_tiny_grid():
     assert row in r.stdout
 
 
+def test_profile_speed_refuses_a_warm_cache_for_its_cold_row(tmp_path):
+  """A reused --compile_cache_dir made the 'cache (cold)' row as fast as the warm one, still
+  labelled cold."""
+  from benchmarks import profile_speed  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  (tmp_path / "entry").write_text("x")
+  with pytest.raises(ValueError, match=f"--compile_cache_dir={tmp_path} is not empty: the "
+                     "'cache \\(cold\\)' row starts from an empty cache"):
+    profile_speed.main(common.parse(profile_speed.define_flags, [
+        "--tokens=17,9", f"--compile_cache_dir={tmp_path}"]))
+
+
 def test_gpu_suite_rejects_unknown_stages():
   r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "nosuch"], cwd=ROOT,
                      capture_output=True, text=True, timeout=30)
