@@ -23,15 +23,16 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     "--data=digits).", flag_values=fv)
   flags.DEFINE_integer("limit", None, "Only a class-balanced subset of this many images.",
                        lower_bound=1, flag_values=fv)
-  flags.DEFINE_integer("seed", 0, "Seed of the split and the subset.", lower_bound=0,
-                       upper_bound=common.MAX_SEED, flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Seed of the class-balanced subset (--limit), as estimate "
+                       "--seed draws it; the split is always --data=digits' (seed 0).",
+                       lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
   flags.DEFINE_bool("overwrite", False, "Replace a folder this CLI wrote before.", flag_values=fv)
 
 
 def main(f: flags.FlagValues) -> str:
   """Checks --out and --limit, writes the folder, prints what it wrote -> its path."""
   common.check_new_dir(f.out, "out", f.overwrite, data.is_digits_imagefolder)
-  train, test = data.digits_split(f.seed)
+  train, test = data.digits_split()        # --data=digits' split, whatever --seed says
   size = {"train": len(train), "test": len(test), "all": len(train) + len(test)}[f.split]
   if f.limit is not None and f.limit > size:
     raise ValueError(f"--limit={f.limit} exceeds the {size} digits of the {f.split} split")

@@ -1,4 +1,5 @@
 """Tests for vitprune.data: folders, timm-exact eval preprocessing, batching, subsets, digits."""
+import glob
 import os
 import re
 
@@ -602,10 +603,21 @@ def test_digits_images_cli_writes_the_split_and_replaces_only_its_own_folder(tmp
   assert capsys.readouterr().out == f"wrote 20 digits (test split) to {out}\n"
   ds = data.ImageFolder(out)
   idx = sorted(int(os.path.splitext(os.path.basename(f))[0]) for f in ds.files)
-  test = data.digits_split(seed=3)[1]
+  test = data.digits_split(seed=0)[1]        # the split of --data=digits; --seed: the subset
   labels = data.load_digits_arrays()[1]
   assert idx == sorted(test[data.balanced_subset(labels[test], 20, 3)].tolist())
   common.run_in_process(digits_images.main, digits_images.define_flags,
                         [f"--out={out}", "--split=all", "--overwrite"])
   assert len(data.ImageFolder(out)) == len(labels)
   assert sorted(os.listdir(tmp_path)) == ["imgs"]
+
+
+def test_digits_images_seed_draws_the_subset_of_the_bundled_split(tmp_path):
+  """`digits_images --seed=1` also moved the train/test split: 84 of 100 "test" digits were the
+  bundled model's training images. The seed now draws only the subset, as `estimate --seed`."""
+  from vitprune import estimate as estimate_lib  # pylint: disable=g-import-not-at-top
+  root = data.write_digits_imagefolder(tmp_path / "d", split="test", limit=100, seed=1)
+  files = sorted(int(os.path.basename(p)[:-4]) for p in glob.glob(f"{root}/*/*.png"))
+  want = estimate_lib.load_eval_data("digits", num_images=100, seed=1).indices
+  assert files == sorted(int(i) for i in want)
+  assert set(files) <= set(data.digits_split(0)[1].tolist())

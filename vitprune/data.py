@@ -828,7 +828,8 @@ def digits_batches(split: str = "test", batch_size: int = 64, *,
 
 def write_digits_imagefolder(root: Union[str, os.PathLike], split: str = "test",
                              limit: Optional[int] = None, *, seed: int = 0,
-                             test_fraction: float = 0.2, overwrite: bool = False) -> str:
+                             test_fraction: float = 0.2, overwrite: bool = False,
+                             split_seed: int = 0) -> str:
   """Materialises digits as 8x8 grayscale PNGs in an ImageFolder layout `root/<class>/<idx>.png`.
 
   `<idx>` is the index into `load_digits_arrays()`, zero-padded to 4 digits so that file order
@@ -839,20 +840,23 @@ def write_digits_imagefolder(root: Union[str, os.PathLike], split: str = "test",
 
   Args:
     root: target directory; must not exist (or be empty) unless `overwrite=True`.
-    split: 'train' | 'test' | 'all' (see `digits_split`).
-    limit: if set, only a `balanced_subset` of that many images of the split (same `seed`).
+    split: 'train' | 'test' | 'all' (see `digits_split(split_seed)`: seed 0 is the split of
+      `--data=digits` and of the bundled model's training).
+    limit: if set, only a `balanced_subset` of that many images of the split, drawn with `seed`
+      (as `estimate --num_images --seed` draws it).
 
   Returns:
     The absolute path of `root`.
   """
   root = os.path.abspath(os.fspath(root))
   images, labels = load_digits_arrays()
-  idx = _split_indices(split, labels, seed, test_fraction)
+  idx = _split_indices(split, labels, split_seed, test_fraction)
   if limit is not None:
     idx = idx[balanced_subset(labels[idx], limit, seed)]
   with atomic.staged_dir(root, overwrite=overwrite, is_ours=is_digits_imagefolder) as tmp:
     atomic.write_json(os.path.join(tmp, DIGITS_MARKER), {"format": DIGITS_FORMAT,
-                                                         "split": split, "seed": seed})
+                                                         "split": split, "seed": seed,
+                                                         "split_seed": split_seed})
     for c in np.unique(labels[idx]):
       os.makedirs(os.path.join(tmp, DIGITS_CLASSES[c]))
     for i in idx:
