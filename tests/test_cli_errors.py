@@ -205,6 +205,8 @@ CASES = [
      "--out_dir: the path is"),
     ("edge_kit", ["--tokens=65", "--batch_sizes=1000000000", "--out={out}"], 1,  # board: traceback
      "--batch_sizes=1000000000 cannot fit in memory"),
+    ("prune", ["--repeats=2"], 1,                  # timed 3 runs, reported as 2
+     "--repeats must be >= 3 for a median and an IQR, got 2"),
 ]
 
 

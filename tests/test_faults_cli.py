@@ -179,7 +179,7 @@ def test_a_bad_xla_flag_is_reported_not_swallowed(tmp_path):
   at all."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, XLA_FLAGS="--xla_no_such_flag")
   proc = subprocess.run([sys.executable, "-m", "experiments.prune", "--schedule=keep@3:35",
-                         "--repeats=1"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         "--repeats=3"], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=120)
   assert proc.returncode != 0
   assert "Unknown flag in XLA_FLAGS: --xla_no_such_flag" in proc.stderr, proc.stderr[-2000:]
