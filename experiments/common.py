@@ -346,18 +346,24 @@ def check_digits_split(weights_source: str, data: Optional[str]) -> None:
                      "training data, so every score would be inflated")
 
 
+def given_model(fv: flags.FlagValues) -> Optional[str]:
+  """`--model` as given, None when left at its default (a default of 'vit_digits' with other
+  `--weights` is not a contradiction; the same name given explicitly is)."""
+  return fv.model if fv["model"].present else None
+
+
 def model_config(model: Optional[str], weights: Optional[str]):
   """The config `load_model` would load, without loading parameters (for up-front checks)."""
   from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (lazy: see _MODEL_CODE)
-  model = model or EMBEDDED_MODEL
+  given, model = model, model or EMBEDDED_MODEL
   if not weights and model == EMBEDDED_MODEL:
     weights = EMBEDDED_WEIGHTS
   if weights:
     if not os.path.isdir(weights):
       raise FileNotFoundError(f"--weights={weights!r} is not a directory")
     cfg, _ = checkpoint.read_weights_config(weights)
-    if model != EMBEDDED_MODEL and model != cfg.name:
-      raise ValueError(f"--model={model!r} but {weights} holds {cfg.name!r}")
+    if given is not None and given != cfg.name:     # (--model=vit_digits too: it was let by)
+      raise ValueError(f"--model={given!r} but {weights} holds {cfg.name!r}")
     return cfg
   return get_config(model)
 

@@ -149,7 +149,7 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
   if f["alpha"].present and (f.accuracy_floor is not None or f.latency_budget is not None):
     raise ValueError("--alpha weighs the utility, which is used only without --accuracy_floor "
                      "/ --latency_budget")
-  cfg = common.model_config(f.model, f.weights)
+  cfg = common.model_config(common.given_model(f), f.weights)
   sizes = _batch_sizes(f.batch_size)
   if len(sizes) != 1:
     raise ValueError(f"--mode=pipeline takes one --batch_size, got {list(sizes)}")
@@ -168,7 +168,7 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
   if out_dir is not None:
     common.check_output_dir(out_dir, published=True)
     atomic.check_replaceable(os.path.abspath(out_dir), pipeline.is_pipeline_dir)
-  cfg, params, source = common.load_model(f.model, f.weights, f.seed)
+  cfg, params, source = common.load_model(common.given_model(f), f.weights, f.seed)
   common.check_digits_split(source, spec.data)
   return cfg, params, source, spec, pipeline.load_data(spec, common.class_names(source),
                                                        cfg.num_classes)
@@ -177,7 +177,7 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
 def spec_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
   """-> (ProfileSpec, params); every flag (and `out_dir`, when given) is checked before the
   parameters are built; raises ValueError / KeyError / OSError naming the problem."""
-  cfg = common.model_config(f.model, f.weights)
+  cfg = common.model_config(common.given_model(f), f.weights)
   tokens = parse_token_grid(cfg, f.tokens)
   schedules = tuple(parse_schedule(cfg, s) for s in f.schedule)
   spec = runner.ProfileSpec(cfg=cfg, batch_sizes=_batch_sizes(f.batch_size), dtype=f.dtype,
@@ -190,7 +190,7 @@ def spec_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
     common.check_output_dir(f.compile_cache_dir, "compile_cache_dir")
   if out_dir is not None:
     common.check_output_dir(out_dir)
-  _, params, _ = common.load_model(f.model, f.weights, f.seed)
+  _, params, _ = common.load_model(common.given_model(f), f.weights, f.seed)
   return spec, params
 
 

@@ -128,10 +128,10 @@ def main(f: flags.FlagValues):
   for flag, method in (("random_seed", "random"), ("evit_normalize", "evit")):
     if f[flag].present and f.method != method:
       raise ValueError(f"--{flag} applies to --method={method} only, not --method={f.method}")
-  cfg = common.model_config(f.model, f.weights)
+  cfg = common.model_config(common.given_model(f), f.weights)
   schedule = S.parse_schedule(cfg, f.schedule) if f.schedule else None
   memory.check_batch_fits(cfg, [f.batch_size], f.dtype)
-  cfg, params, source = common.load_model(f.model, f.weights, f.seed)
+  cfg, params, source = common.load_model(common.given_model(f), f.weights, f.seed)
   common.check_digits_split(source, f.images or "digits")
   images, labels, valid, note = load_images(cfg, f.images, f.batch_size, f.seed,
                                             common.class_names(source))

@@ -407,3 +407,22 @@ def test_weights_trained_on_another_digits_split_are_not_scored_on_the_bundled_o
   with pytest.raises(ValueError, match=r"w1 were trained on the digits split of seed 1 \(test "
                      r"fraction 0.2\), but --data=digits is the test split of seed 0"):
     common.check_digits_split(str(tmp_path / "w1"), "digits")
+
+
+def test_an_explicit_model_of_the_default_name_must_match_the_weights(tmp_path):
+  """`--model=vit_digits --weights=<test_tiny_vit weights>` built a test_tiny_vit kit: the name
+  check skipped the default model's name even when it was given."""
+  from experiments import prune  # pylint: disable=g-import-not-at-top
+  from vitprune.checkpoint import save_weights  # pylint: disable=g-import-not-at-top
+  from vitprune.model import init_params  # pylint: disable=g-import-not-at-top
+  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+  cfg = get_config("test_tiny_vit")
+  weights = save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  assert common.model_config(None, weights).name == "test_tiny_vit"
+  with pytest.raises(ValueError, match=f"--model='vit_digits' but {weights} holds "
+                     "'test_tiny_vit'"):
+    common.model_config("vit_digits", weights)
+  fv = common.parse(prune.define_flags, [f"--weights={weights}"])      # the flag's default
+  assert common.given_model(fv) is None and fv.model == "vit_digits"
+  assert common.given_model(common.parse(prune.define_flags, ["--model=vit_digits"])) == (
+      "vit_digits")
