@@ -225,18 +225,30 @@ def _existing_ancestor(path: str) -> str:
   return anc
 
 
+def _fs_limit(path: str, name: str, default: int) -> int:
+  """`os.pathconf` value `name` ('PC_NAME_MAX', 'PC_PATH_MAX') where `path` would be created;
+  `default` when the system does not say; <= 0: no fixed limit."""
+  try:
+    return os.pathconf(_existing_ancestor(path), name)
+  except (OSError, ValueError):
+    return default
+
+
+def _temp_overhead() -> int:
+  """Bytes the longest hidden temporary's name adds to an output's (`.NAME.commit-PID-` and
+  mkdtemp's 8 random characters)."""
+  return len(os.fsencode(_temp_prefix("", "commit"))) + 8
+
+
 def check_name_fits(path: str, flag: str) -> None:
   """ValueError naming `--flag` when the hidden temporaries a write of `path` makes beside it
   (`.NAME.commit-PID-xxxxxxxx`) would not fit the file system's name limit: a name of ~240
   bytes passed every check and failed at the publish, after all the work."""
   name = os.path.basename(os.path.abspath(path))         # ('.', 'x/..', 'dir/' too)
-  try:
-    limit = os.pathconf(_existing_ancestor(path), "PC_NAME_MAX")
-  except (OSError, ValueError):
-    limit = 255
+  limit = _fs_limit(path, "PC_NAME_MAX", 255)
   if limit <= 0:                                         # no fixed limit
     return
-  extra = len(os.fsencode(_temp_prefix("", "commit"))) + 8          # + mkdtemp's random part
+  extra = _temp_overhead()
   size = len(os.fsencode(name))
   if size + extra > limit:
     raise ValueError(f"--{flag}: the name {name[:24]}... is {size} bytes; at most "
@@ -249,15 +261,13 @@ def _check_path_lengths(path: str, flag: str) -> None:
   """ValueError naming `--flag` when a folder to create in `path` has a name, or the whole path
   a length, the file system cannot hold (they failed at the final write, after the work)."""
   anc, full = _existing_ancestor(path), os.path.abspath(path)
-  try:
-    name_max, path_max = (os.pathconf(anc, "PC_NAME_MAX"), os.pathconf(anc, "PC_PATH_MAX"))
-  except (OSError, ValueError):
-    name_max, path_max = 255, 4096
+  name_max = _fs_limit(path, "PC_NAME_MAX", 255)
+  path_max = _fs_limit(path, "PC_PATH_MAX", 4096)
   for part in os.path.relpath(full, anc).split(os.sep):
     if name_max > 0 and len(os.fsencode(part)) > name_max:
       raise ValueError(f"--{flag}: the name {part[:24]}... in it is {len(os.fsencode(part))} "
                        f"bytes; the file system holds at most {name_max}")
-  extra = len(os.fsencode(_temp_prefix(os.path.basename(full), "commit"))) + 9
+  extra = _temp_overhead() + len(os.fsencode(os.path.basename(full))) + 1
   if path_max > 0 and len(os.fsencode(full)) + extra > path_max:
     raise ValueError(f"--{flag}: the path is {len(os.fsencode(full))} bytes; with the hidden "
                      f"temporary written beside it, at most {path_max} fit")
@@ -520,7 +530,6 @@ def _publish_exclusive(tmp: str, path: str) -> None:
         raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)") \
             from None
       raise
-  console.wrote(path)
 
 
 def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> None:
@@ -530,7 +539,6 @@ def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> N
   for _ in range(100):   # only concurrent writers make this loop more than once
     try:
       os.rename(tmp, path)            # absent or an empty directory
-      console.wrote(path)
       return
     except OSError as e:
       if not _rename_failed_because_taken(e):
@@ -556,7 +564,6 @@ def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> N
             os.rename(aside, path)
           raise
         continue                        # another writer published meanwhile: replace theirs
-      console.wrote(path)
       _phase("published")
       return
     finally:
@@ -606,6 +613,7 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
         _publish_exclusive(tmp, path)
       else:
         _publish_replacing(tmp, path, is_ours)
+      console.wrote(path)
   except BaseException as e:
     shutil.rmtree(tmp, ignore_errors=True)
     named = _named(e, path)
