@@ -25,7 +25,6 @@ import warnings
 from typing import Iterator, List
 
 EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 128 + signal.SIGTERM
 # Signals that stop a run as Ctrl-C does, where they have their default action, and their words.
 STOP_SIGNALS = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 _interrupted = False
@@ -101,8 +100,8 @@ def finish_quietly() -> None:
 
 
 def _record_interrupt(signum, frame) -> None:
-  """SIGINT (and SIGTERM) handler: remember the interrupt, then raise it as Python's default
-  SIGINT handler does."""
+  """SIGINT (and STOP_SIGNALS) handler: remember the interrupt, then raise it as Python's
+  default SIGINT handler does (outside `interrupts_held`)."""
   del frame
   global _interrupted, _terminated, _stop_signal
   if signum in STOP_SIGNALS and _terminated:     # a repeated SIGTERM (`kill` twice, a
@@ -116,7 +115,7 @@ def _record_interrupt(signum, frame) -> None:
 
 @contextlib.contextmanager
 def interrupts_held() -> Iterator[None]:
-  """Ctrl-C and SIGTERM are recorded but not raised inside (`vitprune.atomic`'s renames that
+  """Ctrl-C and STOP_SIGNALS are recorded but not raised inside (`vitprune.atomic`'s renames that
   publish an output: stopped between moving the old one aside and putting the new one in place,
   its cleanup deleted both); the interrupt is raised on leaving, once the output is whole."""
   global _held
@@ -152,14 +151,15 @@ def exit_after_help(e: SystemExit) -> None:
 
 
 def interrupted() -> bool:
-  """Whether this process received Ctrl-C (or SIGTERM) since `setup_process`."""
+  """Whether this process received Ctrl-C (or one of STOP_SIGNALS) since `setup_process`."""
   return _interrupted
 
 
 def interrupt_exit() -> tuple:
-  """(error text, exit status) of an interrupted run: ('terminated', 143) after SIGTERM, else
-  ('interrupted', 130); the text ends '(after writing PATH)' when the run had published an
-  output that is still there (`wrote`; a file staged inside a published directory is not)."""
+  """(error text, exit status) of an interrupted run: ('terminated', 143) after SIGTERM, ('hung up',
+  129) after SIGHUP, else ('interrupted', 130); the text ends '(after writing PATH)' when the
+  run had published an output that is still there (`wrote`; a file staged inside a published
+  directory is not)."""
   text, code = ((STOP_SIGNALS[_stop_signal], 128 + _stop_signal) if _terminated else
                 ("interrupted", EXIT_INTERRUPTED))
   written = [p for p in _written if os.path.lexists(p)]   # not those staged in a published dir
@@ -185,7 +185,8 @@ def _may_handle_sigint() -> bool:
 
 def install_interrupt_handler() -> None:
   """Makes Ctrl-C recorded as well as raised (`_record_interrupt`), where `_may_handle_sigint`;
-  SIGTERM too where it still has its default action (not ignored, no handler of the caller's)."""
+  STOP_SIGNALS too where they still have their default action (not ignored, e.g. by nohup; no
+  handler of the caller's)."""
   if _may_handle_sigint():
     signal.signal(signal.SIGINT, _record_interrupt)
   if threading.current_thread() is not threading.main_thread():
@@ -205,11 +206,11 @@ def _exit_now(signum, frame) -> None:
 
 
 def exit_on_early_interrupt(*packages: str) -> None:
-  """When this process is `python -m <package>.<cli>` for one of `packages`: Ctrl-C exits at
-  once with `error: interrupted` (130), and SIGTERM (where it has its default action) with
-  `error: terminated` (143), until `setup_process` installs the real handler. Called where the
-  CLI's package is first imported, before its heavy imports (jax: ~1 s); other importers
-  (tests, library users) keep their own handlers."""
+  """When this process is `python -m <package>.<cli>` for one of `packages`: Ctrl-C exits at once
+  with `error: interrupted` (130), and STOP_SIGNALS (where they have their default action) with
+  `error: terminated` (143) or `error: hung up` (129), until `setup_process` installs the real
+  handler. Called where the CLI's package is first imported, before its heavy imports (jax: ~1
+  s); other importers (tests, library users) keep their own handlers."""
   argv = list(getattr(sys, "orig_argv", ()))
   if "-m" not in argv or argv.index("-m") + 1 >= len(argv):
     return

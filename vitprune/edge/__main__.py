@@ -229,7 +229,8 @@ def main(argv):
 
 
 def exit_interrupted():
-  """`error: interrupted` (exit 130), or `error: terminated` (143) after SIGTERM."""
+  """`error: interrupted` (exit 130), or after SIGTERM / SIGHUP `error: terminated` (143) /
+  `error: hung up` (129)."""
   console.finish_quietly()         # a second signal would print a second error line
   text, code = console.interrupt_exit()
   try:            # after a hang-up stderr may be gone (EIO, a broken pipe): exit all the same
