@@ -456,15 +456,15 @@ def _merged_with_existing(profile: Profile, paths: Dict[str, str],
                        "them, so they were not written by vitprune")
     return profile, fields
   try:
-    existing = load(paths["json"])
+    doc = jsonio.read_json(paths["json"], "profile")     # read once: its extra entries too
+    existing = _profile_of(doc, paths["json"])
   except (OSError, ValueError) as e:
     raise ValueError(f"refusing to replace {paths['json']}: it is not a readable latency "
                      f"profile ({e})") from None
   try:
     merged = merge([existing, profile])
     if fields and merge_fields:
-      fields = merge_fields(jsonio.read_json(paths["json"], "profile"),
-                            json.loads(json.dumps(fields)))
+      fields = merge_fields(doc, json.loads(json.dumps(fields)))
   except ValueError as e:
     raise ValueError(f"cannot merge into {paths['json']}: {e}") from None
   return merged, fields
@@ -509,7 +509,12 @@ def load(path: str) -> Profile:
   """The profile in `path`; FileNotFoundError / ValueError naming the file and the problem.
   Steps, flats and predictions are recomputed from the points (`analyze`): what the file says
   of them is derived data, never trusted."""
-  profile = from_json(jsonio.read_json(path, "profile"), source=path)
+  return _profile_of(jsonio.read_json(path, "profile"), path)
+
+
+def _profile_of(doc: Dict[str, Any], path: str) -> Profile:
+  """`load` of the document `doc` read from `path`."""
+  profile = from_json(doc, source=path)
   try:
     return analyze(profile)
   except ValueError as e:
