@@ -734,6 +734,24 @@ def test_a_features_artifact_is_not_run_as_a_classifier(tmp_path, artifact, caps
       "features\n")
 
 
+def test_a_features_record_built_before_kinds_takes_its_kind_from_the_manifest(tmp_path,
+                                                                              monkeypatch):
+  """Records written before output kinds (function named without one) of a model without a
+  head: the board would classify its features; the artifact's manifest states the kind."""
+  name_of = edge_rt.function_name
+  monkeypatch.setattr(edge_rt, "function_name", lambda identity: name_of(
+      {**identity, "output": {k: v for k, v in identity["output"].items() if k != "kind"}}))
+  cfg = CFG.replace(num_classes=0)
+  out = tmp_path / "features"
+  deploy.export_artifact(str(out), cfg, model.init_params(cfg, 0), batch_size=2,
+                         targets=["jax", "iree:host"])
+  path = out / edge_rt.EDGE_DIR / "iree_host.json"
+  record = json.loads(path.read_text())
+  del record["output"]["kind"]                       # as that version wrote it
+  path.write_text(json.dumps(record))
+  assert edge_rt.load(str(out)).output_kind == "features"
+
+
 def test_a_manifest_that_is_not_a_file_is_refused_and_errors_are_one_line(artifact, tmp_path):
   """A directory named manifest.json made the board CLI skip every record-vs-manifest check
   (`run_deployed` said it was missing); an error naming a path with a newline took two lines."""

@@ -192,7 +192,8 @@ class EdgeModel:
   num_outputs, output_kind ("logits", or "features" for a model without a head).
   """
 
-  def __init__(self, path: str, record: Dict[str, Any], where: str):
+  def __init__(self, path: str, record: Dict[str, Any], where: str,
+               manifest_kind: Optional[str] = None):
     self.path, self.record, self.target = path, record, record["target"]
     self.driver = check_driver(parse_target(self.target), record["driver"])
     self.input_shape = tuple(int(d) for d in record["input"]["shape"])
@@ -206,7 +207,8 @@ class EdgeModel:
     self._fns = self._runner.load(module, function, self.shards)
     self._weights = [self._runner.put(w) for w in weights]
     self.num_outputs = int(record["output"]["shape"][-1])
-    self.output_kind = record["output"].get("kind", "logits")   # (absent: built before kinds)
+    # (absent: a record built before kinds, whose artifact's manifest may state it)
+    self.output_kind = record["output"].get("kind", manifest_kind or "logits")
     prep = dict(record["preprocessing"])
     for k in ("mean", "std"):
       prep[k] = tuple(prep[k])
@@ -362,14 +364,14 @@ def _first_difference(what: str, got: Any, want: Any) -> Tuple[str, Any, Any]:
   return what, got, want
 
 
-def check_against_manifest(path: str, records: List[Dict[str, Any]]) -> None:
+def check_against_manifest(path: str, records: List[Dict[str, Any]]) -> Optional[Dict]:
   """The IREE records of an artifact must be of the artifact: every field a record and the
   manifest both state (`_SHARED_FIELDS`). A module copied in from another artifact ran other
   weights, another reducer or another label order, while the jax graph beside it answered for
-  these."""
+  these. Returns the manifest (None where the artifact has none)."""
   manifest = os.path.join(path, "manifest.json")
   if not os.path.lexists(manifest):      # a board copy of iree/ alone: nothing to compare with
-    return
+    return None
   if not os.path.isfile(manifest):       # (a directory there skipped every check)
     raise EdgeError(f"{manifest} exists but is not a regular file: copy the artifact's "
                     "manifest.json with its iree/ folder, or the iree/ folder alone")
@@ -395,6 +397,7 @@ def check_against_manifest(path: str, records: List[Dict[str, Any]]) -> None:
                       f"its {what} {shown(got)} differs from the manifest's {shown(want)}"
                       f"{f' (and {len(bad) - 1} more field(s))' if len(bad) > 1 else ''}: "
                       "files mixed from two artifacts? rebuild it with experiments.deploy")
+  return doc
 
 
 def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) -> EdgeModel:
@@ -402,7 +405,8 @@ def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) 
   `driver` (default: the one its record names)."""
   path = os.path.abspath(os.fspath(path))
   records = read_records(path)
-  check_against_manifest(path, records)
+  kind = _sub(check_against_manifest(path, records), "output", "kind")
+  kind = kind if kind in ("logits", "features") else None
   if target is not None:
     want = parse_target(target).text
     chosen = [r for r in records if r["target"] == want]
@@ -411,7 +415,7 @@ def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) 
                       f"{', '.join(r['target'] for r in records)})")
     record = with_driver(chosen[0], driver)
     check_runnable(record, f"{path} ({want})")
-    return EdgeModel(path, record, f"{path} ({want})")
+    return EdgeModel(path, record, f"{path} ({want})", kind)
   reasons = []
   for r in records:
     try:
@@ -420,5 +424,5 @@ def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) 
     except EdgeError as e:
       reasons.append(str(e))
       continue
-    return EdgeModel(path, record, f"{path} ({r['target']})")
+    return EdgeModel(path, record, f"{path} ({r['target']})", kind)
   raise EdgeError(f"{path}: no target runs on this host: {'; '.join(reasons)}")
