@@ -288,3 +288,28 @@ def test_failed_orbax_futures_reported_late_are_dropped():
   r = subprocess.run([sys.executable, "-c", script, "library"], capture_output=True, text=True,
                      timeout=60)             # a library user's process keeps asyncio's reports
   assert r.returncode == 0 and "Future exception was never retrieved" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("code, expected", [
+    (28, r"^\[Errno 28\] No space left on device while writing .*/w$"),
+    (5, r"^RESOURCE_EXHAUSTED: Error writing .*os_error_code='5'\]$")])
+def test_a_full_disk_under_orbax_names_the_output_not_its_temporary(tmp_path, monkeypatch, code,
+                                                                   expected):
+  """tensorstore reports a full disk as 'RESOURCE_EXHAUSTED: Error writing ... at local file
+  "<out>/.w.tmp-.../params.orbax-checkpoint-tmp/..." ... [os_error_code='28']': the error line
+  named a hidden temporary that no longer exists, not the output the user asked for. Other
+  failures pass unchanged."""
+  from vitprune import orbax_io  # pylint: disable=g-import-not-at-top
+
+  class FullDisk:
+    def save(self, directory, tree):
+      del tree
+      raise ValueError(f'RESOURCE_EXHAUSTED: Error writing "a/0" in OCDBT database at local '
+                       f'file "{directory}/ocdbt.process_0/": Failed to write 41756 bytes to '
+                       f"file 13: No space left on device [os_error_code='{code}']")
+
+  monkeypatch.setattr(orbax_io, "checkpointer", FullDisk)
+  cfg = get_config("test_tiny_vit")
+  with pytest.raises((OSError, ValueError), match=expected):
+    checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  assert os.listdir(tmp_path) == []

@@ -3,9 +3,11 @@ neither the model code nor orbax until used."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -43,10 +45,30 @@ def save(directory: str, tree: Any) -> None:
   way (hundreds of lines around the one 'No space left on device')."""
   directory = storage_path(directory)
   _start_backend()
-  with _stderr_kept_unless_failing():
-    ckptr = checkpointer()
-    ckptr.save(directory, tree)
-    ckptr.wait_until_finished()
+  try:
+    with _stderr_kept_unless_failing():
+      ckptr = checkpointer()
+      ckptr.save(directory, tree)
+      ckptr.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except  (re-raised unless the disk is full)
+    full = _no_room(e)
+    if full is None:
+      raise
+    raise full from None
+
+
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
+def _no_room(e: Exception) -> OSError | None:
+  """A full disk or quota as the OSError it is, naming no file (the writer of a staged
+  directory names its output: `atomic`), where orbax reports it as tensorstore's
+  'RESOURCE_EXHAUSTED: Error writing ... at local file "<hidden temporary>" ... [os_error_code=
+  '28']'; None for any other failure."""
+  code = _OS_ERROR_CODE.search(str(e))
+  if code and int(code.group(1)) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+    return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
+  return None
 
 
 def restore(directory: str, target: Any) -> Any:
