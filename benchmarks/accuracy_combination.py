@@ -233,6 +233,20 @@ def parse_floors(text: str) -> List[float]:
   return out
 
 
+def random_multilayer(num_tokens: int, depth: int, grid: List[int], num: int, *, seed: int,
+                      max_remove) -> List[Tuple[int, ...]]:
+  """The first `num` of 4 x `num` distinct random schedules on `grid` that have 2 to 5
+  reductions; ValueError naming --num_random where the grid gives fewer."""
+  draws = latency_model.sample_schedules(
+      num_tokens, depth, grid, 4 * num, seed=seed, max_reductions=min(5, depth),
+      max_remove=max_remove, spread=False, at_most=True)
+  out = [c for c in draws if len(Schedule(c).reduction_layers) >= 2][:num]
+  if len(out) < num:
+    raise ValueError(f"--num_random={num}: only {len(out)} of the {len(draws)} distinct random "
+                     "schedules drawn on this grid have 2 or more reductions; ask for fewer")
+  return out
+
+
 def main(f: flags.FlagValues) -> Dict[str, Any]:
   """Measures, prints the table, writes --out -> the result."""
   atomic.check_output_json(f.out, RESULT_FORMAT, "out")
@@ -261,6 +275,8 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   def log(s):
     print(f"[{time.perf_counter() - t0:5.0f} s] {s}", file=sys.stderr)
 
+  rand = random_multilayer(n_full, depth, list(ns), smoke("num_random", 3), seed=f.seed,
+                           max_remove=limit)     # drawn before measuring: too many is refused
   log(f"sensitivity: {depth} blocks x {len(grid)} counts, {len(data.indices)} images")
   (full_acc, *single), margins = evaluate([schedule_lib.embed_counts(n_full, depth)] + [
       schedule_lib.layer_counts(n_full, n, depth, l) for l in range(depth) for n in grid],
@@ -274,13 +290,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   models = {name: solve.make_cost_model(ns, flop, sens, full_acc, depth=depth,
                                         num_tokens=n_full, accuracy_model=name, max_remove=caps)
             for name in solve.ACCURACY_MODELS}
-  num_random, num_frontier = smoke("num_random", 3), smoke("num_frontier", 3)
-  draws = latency_model.sample_schedules(
-      n_full, depth, list(ns), 4 * num_random, seed=f.seed, max_reductions=min(5, depth),
-      max_remove=limit, spread=False)
-  rand = [c for c in draws if len(Schedule(c).reduction_layers) >= 2][:num_random]
-  if len(rand) < num_random:
-    raise ValueError(f"drew only {len(rand)} of {num_random} schedules with >= 2 reductions")
+  num_frontier = smoke("num_frontier", 3)
   frontier = [p.counts for p in solve.pareto_frontier(models["incremental"])]
   if len(frontier) > num_frontier:   # spread over the frontier
     k = num_frontier

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 from absl import flags
@@ -274,6 +274,9 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   # A fresh cache by default, so compile times (in the calibration and profile seconds) start cold.
   timing.enable_compilation_cache(f.compile_cache_dir or
                                   timing.temporary_cache_dir("vitprune_pred_cache_"))
+  for name in models:          # drawn before measuring: more than the grid holds is refused
+    check_draws(get_config(name), methods, *_schedule_counts(f, get_config(name), quick),
+                quick=quick, seed=f.seed)
   rows: List[Dict[str, Any]] = []
   t_all = time.perf_counter()
   for name in models:
@@ -290,9 +293,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
       tcfg = timing.TimingConfig(min_run_time=min_run, warmup=1 if large else 3,
                                  min_reps=3 if large and b > 1 else 5, max_retries=1,
                                  seed=f.seed, rounds=f.rounds)
-      num = f.num_schedules or (3 if quick else 8 if large else 30)
-      num_cal = (f.calibration_schedules if f["calibration_schedules"].present   # as given
-                 else 5 if quick else 6 if large else f.calibration_schedules)
+      num, num_cal = _schedule_counts(f, cfg, quick)
       rows += run_one(cfg, params, b, methods, num=num, num_cal=num_cal, tcfg=tcfg,
                       threads=f.threads, seed=f.seed, data=data, floor=f.accuracy_floor,
                       quick=quick, log=lambda s: print(s, file=sys.stderr))
@@ -304,6 +305,33 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   common.write_result(f.out, doc, RESULT_FORMAT, indent=1)
   print(f"wrote {f.out}")
   return doc
+
+
+def _schedule_counts(f: flags.FlagValues, cfg, quick: bool) -> Tuple[int, int]:
+  """(held-out, calibration) schedules per method for model `cfg`."""
+  large = cfg.num_tokens > 80
+  num = f.num_schedules or (3 if quick else 8 if large else 30)
+  num_cal = (f.calibration_schedules if f["calibration_schedules"].present   # as given
+             else 5 if quick else 6 if large else f.calibration_schedules)
+  return num, num_cal
+
+
+def check_draws(cfg, methods: Sequence[str], num: int, num_cal: int, *, quick: bool,
+                seed: int) -> None:
+  """The calibration and held-out schedules `run_one` will draw for each method, drawn now:
+  ValueError naming the flag where the grid holds fewer distinct schedules."""
+  grid = _grid(cfg, quick)
+  for method in methods:
+    try:
+      cal = lm_lib.calibration_schedules(cfg, grid, num_cal, method=method, seed=seed)
+    except ValueError as e:
+      raise ValueError(f"--calibration_schedules={num_cal}: {e} ({cfg.name}, {method})"
+                       ) from None
+    try:
+      lm_lib.heldout_schedules(cfg, grid, num, method=method, exclude=cal, seed=seed + 1000)
+    except ValueError as e:
+      raise ValueError(f"--num_schedules={num}: {e} besides the {num_cal} calibration ones "
+                       f"({cfg.name}, {method})") from None
 
 
 def _corrected(fr) -> str:

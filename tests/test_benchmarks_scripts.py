@@ -212,7 +212,14 @@ def test_predictor_accuracy_refuses_bad_input_before_any_work(tmp_path):
       (["--batch_sizes=", out], "--batch_sizes is empty"),        # ran with batch 1
       (["--models=test_tiny_vit", "--accuracy_floor=0.5", out],
        "--accuracy_floor applies to vit_digits"),                  # written nowhere
-      ([f"--compile_cache_dir={__file__}", out], "is a regular file, not a directory")],
+      ([f"--compile_cache_dir={__file__}", out], "is a regular file, not a directory"),
+      # more schedules than --quick's grid holds: refused after the block profile and the
+      # calibration had been measured
+      (["--quick", "--num_schedules=200", out], r"^--num_schedules=200: could only draw \d+ of "
+                                                r"200 distinct schedules on this grid besides "
+                                                r"the 5 calibration ones \(vit_digits, pomt\)$"),
+      (["--quick", "--methods=tome", "--calibration_schedules=200", out],
+       r"^--calibration_schedules=200: could only draw \d+ of 200 .* \(vit_digits, tome\)$")],
       tmp_path)
 
 
@@ -349,6 +356,10 @@ def test_accuracy_combination_refuses_bad_floors_and_seeds_before_measuring(tmp_
       (["--quick", "--floors=0.95,0.95", out], "--floors gives 0.95 twice"),
       (["--quick", "--floors=", out], r"--floors is empty \(leave it out for the default"),
       (["--quick", "--floors= , ", out], "names no floor"),
+      # refused after the sensitivity table had been measured ("drew only 40 of 100000")
+      (["--quick", "--num_random=10000", out], r"^--num_random=10000: only \d+ of the \d+ "
+                                                "distinct random schedules drawn on this grid "
+                                                "have 2 or more reductions; ask for fewer$"),
   ], tmp_path)
   from experiments import common  # pylint: disable=g-import-not-at-top
   import pytest  # pylint: disable=g-import-not-at-top

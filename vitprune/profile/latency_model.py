@@ -364,10 +364,11 @@ def fit_arrays(*, model: str, config: Dict[str, Any], device_kind: str, platform
 def sample_schedules(num_tokens: int, depth: int, grid: Sequence[int], num: int, *, seed: int,
                      max_remove: Optional[Callable[[int], int]] = None,
                      max_reductions: int = 3, exclude: Sequence[Sequence[int]] = (),
-                     spread: bool = True) -> List[Counts]:
+                     spread: bool = True, at_most: bool = False) -> List[Counts]:
   """`num` distinct random multi-layer schedules on `grid` (start at num_tokens, 1 to
   `max_reductions` reductions at random blocks, each within `max_remove(n_in)`), none in
-  `exclude`. `spread`: the final counts are stratified over the grid (calibration)."""
+  `exclude`. `spread`: the final counts are stratified over the grid (calibration). Fewer than
+  `num` to be found: ValueError, or (`at_most`) the ones found."""
   rng = np.random.default_rng(seed)
   below = reachable_counts(num_tokens, depth, grid, max_remove)
   if not below:
@@ -375,7 +376,8 @@ def sample_schedules(num_tokens: int, depth: int, grid: Sequence[int], num: int,
   seen = {tuple(int(c) for c in s) for s in exclude}
   out: List[Counts] = []
   tries = fails = 0
-  while len(out) < num and tries < 200 * max(num, 1):
+  # (1000 failed draws in a row: the grid holds no more; a larger `num` would try for hours)
+  while len(out) < num and tries < 200 * max(num, 1) and fails < 1000:
     tries += 1
     i = len(out)
     if spread and num > 1:
@@ -404,7 +406,7 @@ def sample_schedules(num_tokens: int, depth: int, grid: Sequence[int], num: int,
     seen.add(t)
     out.append(t)
     fails = 0
-  if len(out) < num:
+  if len(out) < num and not at_most:
     raise ValueError(f"could only draw {len(out)} of {num} distinct schedules on this grid")
   return out
 
@@ -513,12 +515,19 @@ def calibrate(cfg, params, *, method: str, batch_size: int, dtype: str, tokens: 
   with the uniform curve (`measure_calibration`) and fits -> (LatencyModel, the Profile)."""
   check_calibration_count(num_schedules)
   grid = sorted(set(int(t) for t in tokens) | {cfg.num_tokens})
-  scheds = sample_schedules(cfg.num_tokens, cfg.depth, grid, num_schedules, seed=seed,
-                            max_remove=method_limit(cfg, method))
+  scheds = calibration_schedules(cfg, grid, num_schedules, method=method, seed=seed)
   prof = measure_calibration(cfg, params, method=method, batch_size=batch_size, dtype=dtype,
                              tokens=grid, schedules=scheds, timing_cfg=timing_cfg,
                              threads=threads, seed=seed)
   return fit(prof, batch_size=batch_size, method=method, max_residual=max_residual), prof
+
+
+def calibration_schedules(cfg, grid: Sequence[int], num: int, *, method: str,
+                          seed: int) -> List[Counts]:
+  """The `num` calibration schedules `calibrate` draws for `method` on `grid` (which holds the
+  full count), final counts spread over the grid."""
+  return sample_schedules(cfg.num_tokens, cfg.depth, grid, num, seed=seed,
+                          max_remove=method_limit(cfg, method))
 
 
 def fit_on(profile: records.Profile, schedules: Sequence[Sequence[int]], *, batch_size: int,
