@@ -251,6 +251,9 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   """Measures, prints the table, writes --out -> the result."""
   atomic.check_output_json(f.out, RESULT_FORMAT, "out")
   floors = parse_floors(f.floors)
+  if f["floors"].present and not f.refine_rounds:      # no refinement: no floor table
+    raise ValueError("--floors sets the refinement's floor table, and --refine_rounds=0 runs "
+                     "no refinement")
   quick = f.quick
 
   def smoke(flag: str, value):     # --quick's value, unless the flag was given

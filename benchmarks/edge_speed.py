@@ -34,7 +34,7 @@ from vitprune.edge.targets import CPU_DRIVERS, describe_runtime, host_cpu, parse
 from vitprune.profile import protocol, runner, timing
 from vitprune.reduce.methods import make_reducer
 from vitprune.registry import get_config
-from vitprune.schedule import check_schedule, parse_schedule
+from vitprune.schedule import check_schedule, parse_schedule, reduces_tokens
 
 
 RESULT_FORMAT = "vitprune-edge-speed"    # marks --out files this script may replace
@@ -214,11 +214,17 @@ def main(f: flags.FlagValues) -> dict:
     unknown = sorted(set(names) - set(f.models))
     if unknown and f[flag].present:      # a default naming an untimed model is fine
       raise ValueError(f"--{flag} names {unknown}, which --models={f.models} does not time")
+  pruned = []
   for name in f.models:
     cfg = get_config(name)
     memory.check_batch_fits(cfg, batch_sizes, flag="--batch_sizes")
     if name in pairs:     # within the method's limits (was refused only after timing)
-      check_schedule(cfg, parse_schedule(cfg, pairs[name]), reducer)
+      schedule = parse_schedule(cfg, pairs[name])
+      check_schedule(cfg, schedule, reducer)
+      pruned += [name] if reduces_tokens(cfg, schedule) else []
+  if f["method"].present and not pruned:       # it would time the unpruned models only
+    raise ValueError(f"--method={f.method} applies to the pruned --schedules, and none of "
+                     f"--models={f.models} has one")
   res = {"format": RESULT_FORMAT, **run(f, pairs, batch_sizes, tcfg)}
   print(f"\nmachine: {res['machine']['cpu']}, {res['machine']['cores']} cores")
   print(table(res))

@@ -78,6 +78,11 @@ def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
       (["--drivers=local-turbo", out], "--drivers takes auto"),
       (["--min_run_time=0", out], r"^min_run_time must be > 0 and finite, got 0\.0$"),
       (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
+      # timed the unpruned models only, reporting --method=tome in the JSON
+      (["--models=vit_digits", "--schedules=vit_digits=full", "--method=tome", out],
+       r"^--method=tome applies to the pruned --schedules, and none of "
+       r"--models=\['vit_digits'\] has one$"),
+      (["--models=test_tiny_vit", "--method=tome", out], "none of --models"),
       (["--schedules=keep@1:9", out], "is not model=schedule"),
       (["--models=vit_digits", "--schedules=vit_digits=keep@9:9", out], "layer 9"),
       (["--models=vit_digits", "--method=tome", "--schedules=vit_digits=keep@3:5", out],
@@ -356,6 +361,8 @@ def test_accuracy_combination_refuses_bad_floors_and_seeds_before_measuring(tmp_
       (["--quick", "--floors=0.95,0.95", out], "--floors gives 0.95 twice"),
       (["--quick", "--floors=", out], r"--floors is empty \(leave it out for the default"),
       (["--quick", "--floors= , ", out], "names no floor"),
+      (["--quick", "--refine_rounds=0", "--floors=0.9", out],
+       "^--floors sets the refinement's floor table, and --refine_rounds=0 runs no refinement$"),
       # refused after the sensitivity table had been measured ("drew only 40 of 100000")
       (["--quick", "--num_random=10000", out], r"^--num_random=10000: only \d+ of the \d+ "
                                                 "distinct random schedules drawn on this grid "
