@@ -621,3 +621,19 @@ def test_digits_images_seed_draws_the_subset_of_the_bundled_split(tmp_path):
   want = estimate_lib.load_eval_data("digits", num_images=100, seed=1).indices
   assert files == sorted(int(i) for i in want)
   assert set(files) <= set(data.digits_split(0)[1].tolist())
+
+
+@pytest.mark.parametrize("target, message", [
+    ("/nonexistent/mount/4", "is a link to nothing (dangling symbolic link): a class folder on "
+                             "storage that is not there?"),
+    ("4", "is a symbolic link that cannot be followed (Too many levels of symbolic links)")])
+def test_a_class_link_that_leads_nowhere_is_refused(tmp_path, target, message):
+  """A class folder linked to storage that is not mounted was not a class: its images were
+  left out and the accuracy reported over the other classes (exit 0, no warning)."""
+  for c in "0123":
+    _png(str(tmp_path / c / "a.png"), _gray(3, 3))
+  os.symlink(target, tmp_path / "4")
+  with pytest.raises(ValueError, match=re.escape(f"'{tmp_path}/4' {message}")):
+    data.ImageFolder(tmp_path, class_names=[str(d) for d in range(10)])
+  with pytest.raises(ValueError, match=re.escape(f"'{tmp_path}/4' {message}")):
+    data.ImageFolder(tmp_path, labelled=False)

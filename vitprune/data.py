@@ -99,10 +99,23 @@ def find_classes(root: str) -> Tuple[str, ...]:
   """Class names as torchvision's `find_classes`: sorted subdirectory names of `root`.
 
   Hidden directories (names starting with '.') are skipped, unlike torchvision, so stray
-  `.ipynb_checkpoints`-style folders do not become classes.
+  `.ipynb_checkpoints`-style folders do not become classes. A symbolic link there that leads
+  nowhere (dangling, or a loop) is a ValueError naming it: it may be a class folder on a
+  storage that is not mounted, whose images would be left out of the evaluation unseen.
   """
   with os.scandir(root) as it:
-    return tuple(sorted(e.name for e in it if e.is_dir() and not e.name.startswith(".")))
+    entries = [e for e in it if not e.name.startswith(".")]
+  for e in entries:
+    if e.is_symlink() and not is_image_file(e.name):     # (images: `_check_image_entry`)
+      try:
+        os.stat(e.path)
+      except FileNotFoundError:
+        raise ValueError(f"{e.path!r} is a link to nothing (dangling symbolic link): a class "
+                         "folder on storage that is not there?") from None
+      except OSError as err:
+        raise ValueError(f"{e.path!r} is a symbolic link that cannot be followed "
+                         f"({err.strerror or err})") from None
+  return tuple(sorted(e.name for e in entries if e.is_dir()))
 
 
 def _unreadable_folder(error: OSError) -> None:
