@@ -80,8 +80,10 @@ def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int,
   one batch. Image-folder labels are matched to the model's `class_names` by name; a folder
   with more than B images gives a seeded sample of B (class-balanced when labelled; never "the
   first B files", which are one class)."""
+  headless = not cfg.num_classes       # compared by features: labels are not used
   if images_dir:
-    ds = data_lib.ImageFolder(images_dir, class_names=class_names, num_classes=cfg.num_classes)
+    ds = data_lib.ImageFolder(images_dir, class_names=None if headless else class_names,
+                              num_classes=None if headless else cfg.num_classes)
     if len(ds) <= batch_size:
       indices, note = np.arange(len(ds)), f"all {len(ds)} images of {images_dir}"
     else:
@@ -89,7 +91,8 @@ def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int,
       note = (f"{batch_size} of the {len(ds)} images of {images_dir} "
               f"({'class-balanced ' if ds.labelled else ''}sample, seed {seed})")
   elif cfg.name == common.EMBEDDED_MODEL:
-    ds = data_lib.digits_dataset()
+    ds = (data_lib.digits_dataset() if headless else
+          data_lib.digits_for_model(class_names, cfg.num_classes))
     indices = data_lib.digits_split()[1][:batch_size]
     note = f"the first {len(indices)} test digits"
   else:
@@ -98,6 +101,8 @@ def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int,
             f"{batch_size} synthetic images (seed {seed})")
   imgs, labels, idx = next(iter(data_lib.iterate_batches(ds, cfg.preprocessing, batch_size,
                                                          indices=indices)))
+  if headless:
+    labels, note = np.full_like(labels, -1), f"{note}, labels unused (no classifier head)"
   return imgs, labels, data_lib.batch_valid_mask(idx), note
 
 

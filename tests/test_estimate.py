@@ -495,3 +495,28 @@ def test_kl_is_never_negative():
   assert kl.min() >= 0.0
   np.testing.assert_allclose(kl, np.maximum(raw, 0.0))
   assert raw.min() > -1e-9                   # only rounding is clamped, not a real error
+
+def test_load_eval_data_digits_follow_the_model_class_names(tmp_path):
+  """--data=digits took the digits' own labels whatever the weights named their outputs; a
+  folder of the same images was matched by name (two accuracies for one set of images)."""
+  plain = estimate.load_eval_data("digits", num_images=30, seed=3)
+  names = [str(d) for d in (3, 1, 4, 0, 5, 9, 2, 6, 8, 7)]
+  mapped = estimate.load_eval_data("digits", num_images=30, seed=3, class_names=names,
+                                   num_classes=10)
+  np.testing.assert_array_equal(mapped.indices, plain.indices)
+  want = np.array([names.index(str(l)) for l in plain.dataset.labels[plain.indices]])
+  np.testing.assert_array_equal(mapped.dataset.labels[mapped.indices], want)
+  assert mapped.info["fingerprint"] != plain.info["fingerprint"]
+  same = estimate.load_eval_data("digits", num_images=30, seed=3,
+                                 class_names=[str(d) for d in range(10)], num_classes=10)
+  assert same.info["fingerprint"] == plain.info["fingerprint"]
+  with pytest.raises(ValueError, match=r"^the digits have 10 classes but the model has 12 and "
+                                       "records no class names"):
+    estimate.load_eval_data("digits", num_classes=12)
+  with pytest.raises(ValueError, match=r"the digits \['0'\] are not among"):
+    estimate.load_eval_data("digits", class_names=[str(d) for d in range(1, 11)])
+  with pytest.raises(ValueError, match=r"has class folders but the model has no classification "
+                                       r"head \(num_classes=0\)"):
+    (tmp_path / "3").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "3" / "a.png")
+    estimate.load_eval_data(str(tmp_path), num_classes=0)

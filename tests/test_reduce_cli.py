@@ -145,3 +145,33 @@ def test_load_images_samples_a_larger_folder_class_balanced(tmp_path):
   again = prune.load_images(cfg, root, 10, 3, names)
   np.testing.assert_array_equal(again[0], images)
   np.testing.assert_array_equal(again[1], labels)
+
+
+def test_the_digits_follow_the_class_names_of_the_weights(tmp_path):
+  """Weights naming their outputs '9'..'0' were scored on the digits as if output k were digit k
+  (0.9749 for the reversed names, 0.0084 for the same images as a folder)."""
+  cfg = get_config("vit_digits")
+  names = tuple(reversed(common.class_names(common.EMBEDDED_WEIGHTS)))
+  _, plain, valid, _ = prune.load_images(cfg, "", 16, 0, tuple(str(d) for d in range(10)))
+  _, mapped, _, _ = prune.load_images(cfg, "", 16, 0, names)
+  np.testing.assert_array_equal(mapped[valid], 9 - plain[valid])
+  with pytest.raises(ValueError, match=r"^the digits \['9'\] are not among the model's class "
+                                       r"names \['0', .*'a'\]: these weights were not trained"):
+    prune.load_images(cfg, "", 16, 0, tuple("012345678a"))
+
+
+def test_a_model_without_a_head_is_compared_by_features_on_any_images(tmp_path):
+  """Features weights (convert --num_classes=0) failed on the digits ('labels must be -1
+  (unknown) or nothing else') and on a class folder ('a folder with exactly 0 classes')."""
+  from vitprune.data import write_digits_imagefolder
+  cfg = get_config("vit_digits").replace(num_classes=0)
+  root = write_digits_imagefolder(str(tmp_path / "d"), split="test", limit=20)
+  for images_dir, note in (("", "the first 8 test digits"),
+                           (root, f"8 of the 20 images of {root} (class-balanced sample")):
+    _, labels, valid, said = prune.load_images(cfg, images_dir, 8, 0, None)
+    assert (labels == -1).all() and valid.all()
+    assert said.startswith(note) and said.endswith(", labels unused (no classifier head)")
+  r = prune_lib.run_prune(cfg, model.init_params(cfg, 0), prune.load_images(cfg, "", 4, 0)[0],
+                          method="pomt", schedule=None, labels=np.full(4, -1), repeats=3,
+                          warmup=1)
+  assert r["metric"] == "feature_cosine"

@@ -26,7 +26,7 @@ import math
 import os
 import stat
 import warnings
-from typing import Dict, Iterator, Optional, Protocol, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -374,17 +374,23 @@ def check_class_names(class_names, num_classes: Optional[int] = None,
   return names
 
 
+def _shown_names(names: Sequence[str]) -> List[str]:
+  """A model's class names for an error message (the first 20)."""
+  return list(names) if len(names) <= 20 else list(names[:20]) + [f"... {len(names) - 20} more"]
+
+
 def _label_index(root: str, folders: Tuple[str, ...], class_names: Optional[Tuple[str, ...]],
                  num_classes: Optional[int]) -> dict:
   """{class folder: label} by name (class_names), or by sorted position (see ImageFolder)."""
   if class_names is not None:
     unknown = [f for f in folders if f not in class_names]
     if unknown:
-      shown = list(class_names) if len(class_names) <= 20 else (
-          list(class_names[:20]) + [f"... {len(class_names) - 20} more"])
       raise ValueError(f"class folder(s) {unknown} in {root!r} are not among the model's class "
-                       f"names {shown}")
+                       f"names {_shown_names(class_names)}")
     return {f: class_names.index(f) for f in folders}
+  if num_classes == 0:
+    raise ValueError(f"{root!r} has class folders but the model has no classification head "
+                     "(num_classes=0): there are no outputs to match them to")
   if num_classes is not None and len(folders) != num_classes:
     raise ValueError(f"{root!r} has {len(folders)} class folders {list(folders)[:20]} but the "
                      f"model has {num_classes} classes and records no class names, so folders "
@@ -811,6 +817,30 @@ def digits_dataset() -> ArrayDataset:
   """All 1797 digits as an `ArrayDataset` (classes '0'..'9')."""
   images, labels = load_digits_arrays()
   return ArrayDataset(images, labels, DIGITS_CLASSES)
+
+
+def digits_for_model(class_names: Optional[Sequence[str]] = None,
+                     num_classes: Optional[int] = None) -> ArrayDataset:
+  """`digits_dataset()` labelled by a model's outputs: by name where it records `class_names`
+  (digit '3' is the output named '3', wherever it is), else by position, which needs a model
+  of 10 classes (any other count: ValueError, not silently shifted labels). A model without a
+  head (num_classes 0) gets the digits as they are."""
+  ds = digits_dataset()
+  if class_names is None:
+    if num_classes and num_classes != len(DIGITS_CLASSES):
+      raise ValueError(f"the digits have {len(DIGITS_CLASSES)} classes but the model has "
+                       f"{num_classes} and records no class names, so digits cannot be matched "
+                       "to its outputs")
+    return ds
+  names = check_class_names(class_names, num_classes)
+  missing = [c for c in DIGITS_CLASSES if c not in names]
+  if missing:
+    raise ValueError(f"the digits {missing} are not among the model's class names "
+                     f"{_shown_names(names)}: these weights were not trained on the digits")
+  if tuple(names) == DIGITS_CLASSES:
+    return ds
+  to_model = np.array([names.index(c) for c in DIGITS_CLASSES], np.int32)
+  return ArrayDataset(ds.images, to_model[ds.labels], tuple(names))
 
 
 def digits_batches(split: str = "test", batch_size: int = 64, *,

@@ -443,9 +443,10 @@ def load_eval_data(spec: str, *, num_images: Optional[int] = None, seed: int = 0
   folder (labelled `root/<class>/...` or a flat unlabelled folder); optionally a seeded subset of
   `num_images` (class-balanced when labelled). Folder labels follow the model's `class_names`
   by name (a subset of the classes works); without names the folders must be exactly
-  `num_classes` (else a clear error instead of silently shifted labels)."""
+  `num_classes` (else a clear error instead of silently shifted labels); so do the digits'
+  (`data.digits_for_model`)."""
   if spec == "digits":
-    ds = data_lib.digits_dataset()
+    ds = data_lib.digits_for_model(class_names, num_classes)
     if split not in ("train", "test", "all"):
       raise ValueError(f"unknown digits split {split!r}; expected train, test or all")
     if split == "all":
@@ -453,7 +454,8 @@ def load_eval_data(spec: str, *, num_images: Optional[int] = None, seed: int = 0
     else:
       train, test = data_lib.digits_split(split_seed)
       base = train if split == "train" else test
-    idx = base[subset_indices(ds.labels[base], True, num_images, seed)]
+    digits = data_lib.digits_dataset().labels     # (the subset: the same images, whatever
+    idx = base[subset_indices(digits[base], True, num_images, seed)]   # the model names them)
     info = data_lib.dataset_info(ds, idx, name="sklearn_digits").to_dict()
     info["selection"] = {"split": split, "split_seed": split_seed, "num_images": num_images,
                          "subset_seed": seed}
