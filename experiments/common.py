@@ -329,21 +329,47 @@ def class_names(weights_source: str) -> Optional[Tuple[str, ...]]:
 
 
 def check_digits_split(weights_source: str, data: Optional[str]) -> None:
-  """ValueError when `data` is the bundled digits ('digits': the test split of seed 0, test
-  fraction 0.2) but the weights were trained on another split of them (`train_digits
-  --split_seed`): most of that test split is their training data, and every score on it would
-  be inflated, with no warning."""
-  if data != "digits" or not os.path.isdir(weights_source):
+  """ValueError when the weights were trained on the digits (`train_digits`) and `data` holds
+  some of their training images: 'digits' (the test split of seed 0, test fraction 0.2) for
+  weights trained on another split (`--split_seed`), or a folder `digits_images` wrote (its
+  file names are the digits' indices) of any split that overlaps their training split. Every
+  score on those would be inflated, with no warning."""
+  if not data or not os.path.isdir(weights_source):
     return
   from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (lazy: see _MODEL_CODE)
   meta = checkpoint.read_weights_config(weights_source)[1]
   split = meta.get("split") if meta.get("dataset") == "sklearn_digits" else None
-  if isinstance(split, dict) and (split.get("seed", 0), split.get("test_fraction", 0.2)) != (
-      0, 0.2):
-    raise ValueError(f"--weights={weights_source} were trained on the digits split of seed "
-                     f"{split.get('seed')} (test fraction {split.get('test_fraction')}), but "
-                     "--data=digits is the test split of seed 0 (0.2): most of it is their "
-                     "training data, so every score would be inflated")
+  if not isinstance(split, dict):
+    return
+  seed, fraction = split.get("seed", 0), split.get("test_fraction", 0.2)
+  if data == "digits":
+    if (seed, fraction) != (0, 0.2):
+      raise ValueError(f"--weights={weights_source} were trained on the digits split of seed "
+                       f"{seed} (test fraction {fraction}), but --data=digits is the test split "
+                       "of seed 0 (0.2): most of it is their training data, so every score "
+                       "would be inflated")
+    return
+  from vitprune import data as data_lib  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(os.path.join(data, data_lib.DIGITS_MARKER)):
+    return
+  folder = digits_folder_indices(data)
+  seen = folder & set(data_lib.digits_split(seed, fraction)[0].tolist())
+  if seen:
+    raise ValueError(f"{len(seen)} of the {len(folder)} digits in {data} are training images "
+                     f"of --weights={weights_source} (digits split of seed {seed}, test "
+                     f"fraction {fraction}), so every score on them would be inflated"
+                     + (f": write that split's test images (digits_images --split=test "
+                        f"--split_seed={seed})" if fraction == 0.2 else ""))
+
+
+def digits_folder_indices(root: str) -> set:
+  """The digits' indices of the images of a folder `digits_images` wrote (`<class>/<idx>.png`;
+  other files are not counted)."""
+  found = set()
+  for dirpath, _, files in os.walk(root):
+    found.update(int(n[:-4]) for n in files
+                 if len(n) == 8 and n.endswith(".png") and n[:4].isdigit() and dirpath != root)
+  return found
 
 
 def given_model(fv: flags.FlagValues) -> Optional[str]:

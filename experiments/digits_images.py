@@ -4,7 +4,8 @@ r"""Write the bundled digits as an ImageFolder of 8x8 grayscale PNGs (`DIR/<clas
   python -m experiments.digits_images --out=DIR --split=all --limit=100 --overwrite
 
 For the CLIs that read image folders (`run_deployed`, `vitprune.edge run`, `estimate --data=DIR`):
-the same images, split and class-balanced subset as `--data=digits`. The folder is written next
+the same images, split and class-balanced subset as `--data=digits` (`--split_seed`: the split of
+weights trained with `train_digits --split_seed`). The folder is written next
 to `--out` and renamed into place; an existing non-empty `--out` is refused unless it is a
 digits folder written here and `--overwrite` is given.
 """
@@ -24,7 +25,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("limit", None, "Only a class-balanced subset of this many images.",
                        lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed of the class-balanced subset (--limit), as estimate "
-                       "--seed draws it; the split is always --data=digits' (seed 0).",
+                       "--seed draws it.",
+                       lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
+  flags.DEFINE_integer("split_seed", 0, "Seed of the train/test split (train_digits "
+                       "--split_seed); 0: the split of --data=digits and the bundled model.",
                        lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
   flags.DEFINE_bool("overwrite", False, "Replace a folder this CLI wrote before.", flag_values=fv)
 
@@ -32,14 +36,14 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 def main(f: flags.FlagValues) -> str:
   """Checks --out and --limit, writes the folder, prints what it wrote -> its path."""
   common.check_new_dir(f.out, "out", f.overwrite, data.is_digits_imagefolder)
-  train, test = data.digits_split()        # --data=digits' split, whatever --seed says
+  train, test = data.digits_split(f.split_seed)
   size = {"train": len(train), "test": len(test), "all": len(train) + len(test)}[f.split]
   if f.limit is not None and f.limit > size:
     raise ValueError(f"--limit={f.limit} exceeds the {size} digits of the {f.split} split")
   root = data.write_digits_imagefolder(f.out, f.split, f.limit, seed=f.seed,
-                                       overwrite=f.overwrite)
-  print(f"wrote {size if f.limit is None else f.limit} digits ({f.split} split) to "
-        f"{common.shown(root)}")
+                                       overwrite=f.overwrite, split_seed=f.split_seed)
+  print(f"wrote {size if f.limit is None else f.limit} digits ({f.split} split"
+        f"{f' of seed {f.split_seed}' if f.split_seed else ''}) to {common.shown(root)}")
   return root
 
 

@@ -1,5 +1,6 @@
 """experiments/common.py: the --model/--weights rule every CLI shares, the recorded command."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -407,6 +408,51 @@ def test_weights_trained_on_another_digits_split_are_not_scored_on_the_bundled_o
   with pytest.raises(ValueError, match=r"w1 were trained on the digits split of seed 1 \(test "
                      r"fraction 0.2\), but --data=digits is the test split of seed 0"):
     common.check_digits_split(str(tmp_path / "w1"), "digits")
+
+
+def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_path, capsys):
+  """`digits_images` folders took no split check: weights of `--split_seed=1` scored on the
+  bundled test split written as a folder (288 of 359 their training images), or the bundled
+  model on a `--split=train` folder, reported inflated accuracies with no warning."""
+  from experiments import digits_images  # pylint: disable=g-import-not-at-top
+  from experiments import estimate as estimate_cli  # pylint: disable=g-import-not-at-top
+  from vitprune import data  # pylint: disable=g-import-not-at-top
+  from vitprune.checkpoint import save_weights  # pylint: disable=g-import-not-at-top
+  from vitprune.model import init_params  # pylint: disable=g-import-not-at-top
+  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+  cfg = get_config("vit_digits")
+  w1 = save_weights(str(tmp_path / "w1"), cfg, init_params(cfg, 0), meta={
+      "dataset": "sklearn_digits", "split": {"seed": 1, "test_fraction": 0.2}})
+  folders = {}
+  for name, argv in (("test0", []), ("test1", ["--split_seed=1"]), ("train0", ["--split=train",
+                                                                            "--limit=30"])):
+    folders[name] = str(tmp_path / name)
+    common.run_in_process(digits_images.main, digits_images.define_flags,
+                          [f"--out={folders[name]}"] + argv)
+  assert capsys.readouterr().out.splitlines()[1] == (f"wrote 359 digits (test split of seed 1) "
+                                                     f"to {folders['test1']}")
+  assert common.digits_folder_indices(folders["test1"]) == set(
+      data.digits_split(1)[1].tolist())
+  common.check_digits_split(w1, folders["test1"])                  # its own test split
+  common.check_digits_split(common.EMBEDDED_WEIGHTS, folders["test0"])
+  leaked = len(common.digits_folder_indices(folders["test0"]) & set(
+      data.digits_split(1)[0].tolist()))
+  assert leaked > 250
+  with pytest.raises(ValueError, match=re.escape(
+      f"{leaked} of the 359 digits in {folders['test0']} are training images of --weights={w1} "
+      "(digits split of seed 1, test fraction 0.2), so every score on them would be inflated: "
+      "write that split's test images (digits_images --split=test --split_seed=1)")):
+    common.check_digits_split(w1, folders["test0"])
+  with pytest.raises(ValueError, match=r"^30 of the 30 digits in .*train0 are training images "
+                                       r"of --weights=.*weights/vit_digits \(digits split of "
+                                       r"seed 0"):
+    common.check_digits_split(common.EMBEDDED_WEIGHTS, folders["train0"])
+  with pytest.raises(SystemExit) as e:
+    common.run_in_process(estimate_cli.main, estimate_cli.define_flags, [
+        f"--weights={w1}", f"--data={folders['test0']}", "--tokens=65",
+        f"--out_dir={tmp_path / 'e'}"])
+  assert e.value.code == 1 and not (tmp_path / "e").exists()
+  assert "are training images of --weights=" in capsys.readouterr().err
 
 
 def test_an_explicit_model_of_the_default_name_must_match_the_weights(tmp_path):
