@@ -362,6 +362,19 @@ def check_digits_split(weights_source: str, data: Optional[str]) -> None:
                         f"--split_seed={seed})" if fraction == 0.2 else ""))
 
 
+_DATA_WORDS = {"digits": "the bundled digits", "none": "no data (latency only)"}
+
+
+def check_data_word(value: str, flag: str = "data", words: Sequence[str] = ("digits",)) -> None:
+  """ValueError when `value` is one of `words` (`_DATA_WORDS`: a meaning of its own) and also
+  a folder in the working directory: which one was meant? (`prune --images=digits` reads the
+  folder; `estimate --data=digits` read the bundled digits beside it without a word.)"""
+  word = value.strip().lower() if value.strip().lower() == "none" else value   # (as benchmark)
+  if word in words and os.path.isdir(value):
+    raise ValueError(f"--{flag}={value} means {_DATA_WORDS[word]}, and ./{value} is also a "
+                     f"folder here: pass --{flag}=./{value} for the folder")
+
+
 def digits_folder_indices(root: str) -> set:
   """The digits' indices of the images of a folder `digits_images` wrote (`<class>/<idx>.png`;
   other files are not counted)."""

@@ -19,6 +19,7 @@ the bundled digits test split and other models deterministic synthetic images.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from absl import flags
@@ -137,7 +138,7 @@ def main(f: flags.FlagValues):
   schedule = S.parse_schedule(cfg, f.schedule) if f.schedule else None
   memory.check_batch_fits(cfg, [f.batch_size], f.dtype)
   cfg, params, source = common.load_model(common.given_model(f), f.weights, f.seed)
-  common.check_digits_split(source, f.images or "digits")
+  common.check_digits_split(source, os.path.abspath(f.images) if f.images else "digits")
   images, labels, valid, note = load_images(cfg, f.images, f.batch_size, f.seed,
                                             common.class_names(source))
   options = {"random": {"seed": f.random_seed},

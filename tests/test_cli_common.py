@@ -472,3 +472,33 @@ def test_an_explicit_model_of_the_default_name_must_match_the_weights(tmp_path):
   assert common.given_model(fv) is None and fv.model == "vit_digits"
   assert common.given_model(common.parse(prune.define_flags, ["--model=vit_digits"])) == (
       "vit_digits")
+
+
+def test_a_data_word_that_is_also_a_folder_here_is_refused(tmp_path, monkeypatch, capsys):
+  """`--data=digits` with a folder ./digits (say, `digits_images --out=digits`) evaluated the
+  bundled digits, not the folder (`prune --images=digits` reads the folder); benchmark
+  `--data=none` with a folder ./none ran latency only."""
+  from experiments import benchmark, profile  # pylint: disable=g-import-not-at-top
+  from experiments import estimate as estimate_cli  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  from experiments import digits_images, prune  # pylint: disable=g-import-not-at-top
+  common.check_data_word("digits")
+  common.run_in_process(digits_images.main, digits_images.define_flags,
+                        ["--out=digits", "--split=train", "--limit=10"])
+  (tmp_path / "None").mkdir()
+  common.check_data_word("./digits")
+  common.check_data_word("none")                      # not a word of estimate's --data
+  for cli, argv, line in (
+      (estimate_cli, ["--tokens=65"], "--data=digits means the bundled digits, and ./digits is "
+                                      "also a folder here: pass --data=./digits for the folder"),
+      (profile, ["--mode=pipeline"], "--data=digits means the bundled digits, and ./digits is "
+                                     "also a folder here: pass --data=./digits for the folder"),
+      (benchmark, ["--data=None"], "--data=None means no data (latency only), and ./None is also "
+                                   "a folder here: pass --data=./None for the folder")):
+    with pytest.raises(SystemExit) as e:
+      common.run_in_process(cli.main, cli.define_flags, argv)
+    assert e.value.code == 1 and capsys.readouterr().err.endswith(f"error: {line}\n")
+  with pytest.raises(SystemExit):       # the folder, checked as one (was: as the bundled set)
+    common.run_in_process(prune.main, prune.define_flags, ["--images=digits"])
+  assert "10 of the 10 digits in" in capsys.readouterr().err
+  assert sorted(os.listdir(tmp_path)) == ["None", "digits"]
