@@ -135,7 +135,12 @@ def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,
   except (app.UsageError, flags.Error) as e:
     fail(e, EXIT_USAGE, hint=True)
   except INPUT_ERRORS as e:
-    fail(e)
+    if not console.interrupted():
+      fail(e)
+    if whole_process:    # a failure while the interrupt was held (publishing): both are said
+      _exit_interrupted(e)
+    text, code = console.interrupt_exit()
+    fail(f"{one_line(e)} ({text})", code)
   except KeyboardInterrupt:
     if whole_process:
       _exit_interrupted()
@@ -160,8 +165,9 @@ def check_jax_platforms(environ: Optional[Dict[str, str]] = None) -> None:
                      f"({reason}); unset {name} or name an available one, e.g. cpu") from None
 
 
-def _exit_interrupted() -> None:
-  """Ctrl-C (or SIGTERM) in a CLI process: the error line, this process's temporaries
+def _exit_interrupted(error: Optional[BaseException] = None) -> None:
+  """Ctrl-C (or SIGTERM) in a CLI process: the error line (`error`'s, when the run also failed,
+  with the interrupt in brackets), this process's temporaries
   (`atomic.remove_at_exit`: the temporary XLA cache), then exit 130 (143) at once. A normal
   interpreter exit, or JAX's own exit handlers, can crash tearing XLA down while a compile or
   step started before the interrupt is still running (train_digits: SIGSEGV in 3 of 3 runs of
@@ -169,6 +175,8 @@ def _exit_interrupted() -> None:
   `finally` of the run has removed its staged outputs."""
   console.finish_quietly()         # a second signal now cut the cleanup short, printing twice
   text, code = console.interrupt_exit()
+  if error is not None:
+    text = f"{one_line(error)} ({text})"
   try:            # after a hang-up stderr may be gone (EIO, a broken pipe): exit all the same
     sys.stderr.write(f"error: {text}\n")
     sys.stdout.flush()

@@ -502,3 +502,27 @@ def test_a_data_word_that_is_also_a_folder_here_is_refused(tmp_path, monkeypatch
     common.run_in_process(prune.main, prune.define_flags, ["--images=digits"])
   assert "10 of the 10 digits in" in capsys.readouterr().err
   assert sorted(os.listdir(tmp_path)) == ["None", "digits"]
+
+
+@pytest.mark.parametrize("sig, code, said", [("SIGTERM", 143, "terminated"),
+                                             ("SIGINT", 130, "interrupted")])
+def test_a_failure_while_an_interrupt_is_held_exits_as_interrupted(monkeypatch, capsys, sig,
+                                                                   code, said):
+  """A signal held during a publish, then the publish failed (a full disk): the run exited 1
+  with the failure alone, as if nobody had asked it to stop."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  for name, value in (("_interrupted", False), ("_terminated", False), ("_held", 0),
+                      ("_written", []), ("_is_cli", True)):
+    monkeypatch.setattr(console, name, value)
+
+  def main(_):
+    with console.interrupts_held():
+      console._record_interrupt(getattr(signal, sig), None)  # pylint: disable=protected-access
+      raise OSError(28, "No space left on device while writing /out")
+
+  with pytest.raises(SystemExit) as e:
+    common.run_in_process(main, lambda fv: None, [])
+  assert e.value.code == code
+  assert capsys.readouterr().err == ("error: [Errno 28] No space left on device while writing "
+                                     f"/out ({said})\n")
