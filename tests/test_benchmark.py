@@ -327,3 +327,13 @@ def test_cli_refuses_a_solution_of_other_weights_and_unread_flags(tmp_path):
   with pytest.raises(atomic.ForeignOutputError, match="not a vitprune benchmark table"):
     cli.main(common.parse(cli.define_flags, base + ["--min_run_time=1000"]))   # before the work
   assert os.listdir(tmp_path / "o") == ["test_tiny_vit_cpu.csv"]
+
+
+def test_a_row_names_the_reducer_options_a_solution_chose():
+  """Two rows of one method and schedule from solutions of other random seeds (or EViT's
+  normalisation) looked the same: the table did not show the options."""
+  sched = S.Schedule((17, 11, 11))
+  cells = [B.method_text(B.Variant("v", m, sched, "solution", o)) for m, o in (
+      (None, ()), ("tome", ()), ("random", (("seed", 3),)),
+      ("evit", (("normalize", True),)))]
+  assert cells == ["none", "tome", "random(seed=3)", "evit(normalize=true)"]

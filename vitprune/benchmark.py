@@ -42,6 +42,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import math
 import os
 import re
@@ -99,6 +100,15 @@ class Variant:
     full = self.schedule == S.full_schedule(cfg)
     return (None if self.method is None or full else
             make_reducer(self.method, **dict(self.options)))
+
+
+def method_text(v: Variant) -> str:
+  """The method cell of a row: 'none', 'tome', or with the reducer's options a solution chose,
+  'random(seed=3)' (two rows of one method and schedule then say how they differ)."""
+  if v.method is None:
+    return "none"
+  opts = ",".join(f"{k}={json.dumps(val)}" for k, val in v.options)
+  return f"{v.method}({opts})" if opts else v.method
 
 
 def _check_variant(cfg: ViTConfig, v: Variant) -> Variant:
@@ -397,7 +407,7 @@ def tabulate(spec: BenchmarkSpec, variants: Sequence[Variant], latency: Dict, qu
         rows.append({
             "model": cfg.name, "device_kind": device["device_kind"],
             "platform": device["platform"], "batch_size": int(b), "dtype": dt,
-            "variant": v.name, "method": v.method or "none", "source": v.source,
+            "variant": v.name, "method": method_text(v), "source": v.source,
             "schedule": S.format_schedule(v.schedule, cfg),
             "counts": ",".join(map(str, v.schedule.counts)),
             "final_tokens": v.schedule.counts[-1],
