@@ -734,6 +734,22 @@ def test_a_features_artifact_is_not_run_as_a_classifier(tmp_path, artifact, caps
       "features\n")
 
 
+def test_the_board_model_refuses_raw_pixels_and_non_finite_images(artifact, images):
+  """`vitprune.edge.load(path)(images)` took uint8 pixels as they were (a 3 read as class 0)
+  and NaN/inf images (all-NaN logits, argmax 0) without a word; `vitprune.load` refuses both."""
+  m = edge_rt.load(artifact)
+  x = np.asarray(images[:2], np.float32)
+  np.testing.assert_array_equal(m(x.astype(np.float64)), m(x))
+  for bad, message in ((np.zeros(x.shape, np.uint8), "^images must be floating point, "
+                        r"preprocessed as the record says \('preprocessing'.*got uint8 pixels$"),
+                       (x.astype(np.complex64), "got complex64 pixels"),
+                       (np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x),
+                        "^images hold NaN or inf values$"),
+                       (np.full(x.shape, 1e300), "^images hold NaN or inf values$")):
+    with pytest.raises(ValueError, match=message):
+      m(bad)
+
+
 def test_a_features_record_built_before_kinds_takes_its_kind_from_the_manifest(tmp_path,
                                                                               monkeypatch):
   """Records written before output kinds (function named without one) of a model without a

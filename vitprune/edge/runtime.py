@@ -37,7 +37,7 @@ import numpy as np
 
 from vitprune import jsonio
 from vitprune.digest import file_sha256
-from vitprune.config import Preprocessing
+from vitprune.config import Preprocessing, is_float_dtype
 from vitprune.edge.targets import (EdgeError, check_driver, check_runnable, parse_target,
                                     targets_mismatch)
 
@@ -216,10 +216,24 @@ class EdgeModel:
     self.class_names = record.get("class_names")
 
   def _check(self, images) -> np.ndarray:
-    x = np.asarray(images, np.float32)
+    """`images` as the float32 array the module takes; ValueError for another shape,
+    integer/bool/complex pixels (raw uint8 pixels were classified as they were) or NaN/inf
+    values (all-NaN logits, read as class 0), as `vitprune.load`'s model refuses them."""
+    arr = np.asarray(images)
+    if arr.dtype == object:
+      arr = np.asarray(arr, np.float32)
+    # (ml_dtypes is asked only about its own kinds: a board may run without it)
+    if not (arr.dtype.kind == "f" or arr.dtype.kind == "V" and is_float_dtype(arr.dtype)):
+      raise ValueError(f"images must be floating point, preprocessed as the record says "
+                       f"('preprocessing'; vitprune.edge run does it for image files), got "
+                       f"{arr.dtype} pixels")
+    with np.errstate(over="ignore"):          # (a float64 beyond float32 becomes inf: refused)
+      x = arr.astype(np.float32, copy=False)
     if x.shape != self.input_shape:
       raise ValueError(f"{self.target} module expects images {list(self.input_shape)} "
                        f"(NHWC float32), got {list(x.shape)}")
+    if not np.isfinite(x).all():
+      raise ValueError("images hold NaN or inf values")
     return x
 
   def __call__(self, images) -> np.ndarray:
