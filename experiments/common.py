@@ -277,7 +277,8 @@ def check_output_dir(path: str, flag: str = "out_dir", published: bool = False) 
     raise ValueError(f"--{flag} is empty")
   if published:
     atomic.check_name_fits(path, flag)
-  bare = _without_trailing_sep(path)
+  bare = _without_trailing_sep(path)   # (not published whole: files are written into it)
+  atomic.check_outside_published(bare, flag, itself=not published)
   if os.path.lexists(bare):
     if not os.path.isdir(path):
       raise NotADirectoryError(f"--{flag}={path} is {atomic.describe(bare)}, not a directory")
@@ -309,6 +310,7 @@ def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,
   if not path:
     raise ValueError(f"--{flag} is required")
   atomic.check_name_fits(path, flag)
+  atomic.check_outside_published(_without_trailing_sep(path), flag)
   if os.path.isdir(os.path.dirname(os.path.abspath(path))):
     atomic.cleanup_stale(path)   # a killed writer's moved-aside output is restored first
   bare = _without_trailing_sep(path)

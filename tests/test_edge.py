@@ -307,6 +307,30 @@ def test_edge_cli_refuses_unread_flags_and_foreign_outputs_before_timing(artifac
     assert json.loads(out.read_text())["format"] == "vitprune-edge-result"
 
 
+def test_no_output_is_written_inside_an_artifact(artifact, tmp_path, capsys):
+  """`--output=ARTIFACT/iree/bench.json` was written, and every later load of the artifact
+  failed on it ('not a vitprune-edge-target record ... (a newer vitprune wrote it?)'); deploy
+  --out=ARTIFACT/sub nested an artifact the outer one could then not be replaced over."""
+  from experiments import common, run_deployed  # pylint: disable=g-import-not-at-top
+  from experiments import deploy as deploy_cli  # pylint: disable=g-import-not-at-top
+  before = sorted(str(p) for p in pathlib.Path(artifact).rglob("*"))
+  inside = os.path.join(artifact, edge_rt.EDGE_DIR, "bench.json")
+  r = run_edge("bench", f"--artifact={artifact}", f"--output={inside}")
+  assert (r.returncode, r.stdout) == (1, "")
+  assert r.stderr == (f"error: --output={inside} is inside {artifact}, which vitprune wrote as "
+                      "a whole (it lists its files): write elsewhere\n")
+  for cli, argv, flag in ((run_deployed, [f"--artifact={artifact}", f"--images={tmp_path}",
+                                          f"--output={inside}"], "output"),
+                          (deploy_cli, [f"--weights={ROOT}/weights/vit_digits",
+                                        f"--out={artifact}/sub"], "out")):
+    with pytest.raises(SystemExit) as e:
+      common.run_in_process(cli.main, cli.define_flags, argv)
+    assert e.value.code == 1
+    assert f"error: --{flag}={argv[-1].split('=', 1)[1]} is inside {artifact}, which " in (
+        capsys.readouterr().err)
+  assert sorted(str(p) for p in pathlib.Path(artifact).rglob("*")) == before
+
+
 def test_edge_cli_ctrl_c_is_one_line(artifact):
   import signal  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top

@@ -192,11 +192,39 @@ def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
                            f"{what}; move it away or choose another output path")
 
 
+def published_folder_around(path: str, itself: bool = False) -> Optional[str]:
+  """The nearest folder above `path` (or `itself`, from `path` up) that vitprune published
+  whole (it holds an INVENTORY_FILE: an artifact, a kit, weights, the main job's output), None
+  if none."""
+  folder = os.path.abspath(path) if itself else os.path.dirname(os.path.abspath(path))
+  while True:
+    if os.path.isfile(os.path.join(folder, INVENTORY_FILE)):
+      return folder
+    parent = os.path.dirname(folder)
+    if parent == folder:
+      return None
+    folder = parent
+
+
+def check_outside_published(path: str, flag: str, itself: bool = False) -> None:
+  """ValueError naming `--flag` when `path` lies inside (or, `itself`: a folder to write files
+  into, is) a folder vitprune published whole: a result written into an artifact's iree/ was
+  then read as a module record ('not a vitprune-edge-target record'), and such a folder is
+  never replaced once it holds files it was not published with."""
+  folder = published_folder_around(path, itself)
+  if folder is not None:
+    where = "is" if folder == os.path.abspath(path) else "is inside"
+    raise ValueError(f"--{flag}={path} {where} {folder}, which vitprune wrote as a whole (it "
+                     "lists its files): write elsewhere")
+
+
 def check_output_file(path: str, flag: str = "output", overwrite: bool = True) -> None:
-  """`path` is (or can become) a writable file; raises naming `--flag` otherwise."""
+  """`path` is (or can become) a writable file outside the folders vitprune publishes whole;
+  raises naming `--flag` otherwise."""
   if not path:
     raise ValueError(f"--{flag} is empty")
   check_name_fits(path, flag)
+  check_outside_published(path, flag)
   if os.path.isdir(path):
     raise IsADirectoryError(f"--{flag}={path} is a directory, not a file")
   if path.endswith(("/", os.sep)):     # passed every check, then the final rename failed
