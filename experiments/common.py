@@ -375,14 +375,22 @@ def check_digits_split(weights_source: str, data: Optional[str]) -> None:
 _DATA_WORDS = {"digits": "the bundled digits", "none": "no data (latency only)"}
 
 
-def check_data_word(value: str, flag: str = "data", words: Sequence[str] = ("digits",)) -> None:
-  """ValueError when `value` is one of `words` (`_DATA_WORDS`: a meaning of its own) and also
-  a folder in the working directory: which one was meant? (`prune --images=digits` reads the
-  folder; `estimate --data=digits` read the bundled digits beside it without a word.)"""
+def check_data_word(fv: flags.FlagValues, flag: str = "data",
+                    words: Sequence[str] = ("digits",)) -> None:
+  """ValueError when `--flag`, given, is one of `words` (`_DATA_WORDS`: a meaning of its own)
+  and also a folder in the working directory: which one was meant? (`prune --images=digits`
+  reads the folder; `estimate --data=digits` read the bundled digits beside it without a
+  word.) Left at its default, the flag means what it always means."""
+  value = fv[flag].value
+  if not fv[flag].present:
+    return
   word = value.strip().lower() if value.strip().lower() == "none" else value   # (as benchmark)
   if word in words and os.path.isdir(value):
+    default = fv[flag].default
     raise ValueError(f"--{flag}={value} means {_DATA_WORDS[word]}, and ./{value} is also a "
-                     f"folder here: pass --{flag}=./{value} for the folder")
+                     f"folder here: pass --{flag}=./{value} for the folder"
+                     + (f", or leave --{flag} out for {_DATA_WORDS[word]}" if word == default
+                        else ""))
 
 
 def digits_folder_indices(root: str) -> set:

@@ -140,7 +140,7 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
                      f"{f.model} (use --mode=model for latency alone)")
   common.positive(f.eval_batch_size, "eval_batch_size")
   common.positive(f.num_images, "num_images", allow_none=True)
-  common.check_data_word(f.data)
+  common.check_data_word(f)
   if f["calibration_schedules"].present and f.solver != "multi":
     raise ValueError("--calibration_schedules applies to --solver=multi only")
   if f.refine_accuracy_rounds and f.solver != "multi":

@@ -205,7 +205,7 @@ def in_loop(f: flags.FlagValues, estimate) -> dict:
   refuses weights or data other than the estimate's."""
   memory.check_batch_fits(estimate.config, [f.eval_batch_size], estimate.dtype,
                           flag="--eval_batch_size")          # before loading or evaluating
-  common.check_data_word(f.data)
+  common.check_data_word(f)
   cfg, params, source = common.load_model(None, f.weights)
   if params_sha256(params) != estimate.weights_sha256:
     raise ValueError(f"--weights={f.weights} are not the weights estimate {estimate.source} "

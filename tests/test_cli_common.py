@@ -480,19 +480,23 @@ def test_a_data_word_that_is_also_a_folder_here_is_refused(tmp_path, monkeypatch
   `--data=none` with a folder ./none ran latency only."""
   from experiments import benchmark, profile  # pylint: disable=g-import-not-at-top
   from experiments import estimate as estimate_cli  # pylint: disable=g-import-not-at-top
-  monkeypatch.chdir(tmp_path)
   from experiments import digits_images, prune  # pylint: disable=g-import-not-at-top
-  common.check_data_word("digits")
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
   common.run_in_process(digits_images.main, digits_images.define_flags,
                         ["--out=digits", "--split=train", "--limit=10"])
   (tmp_path / "None").mkdir()
-  common.check_data_word("./digits")
-  common.check_data_word("none")                      # not a word of estimate's --data
+  fv = flags.FlagValues()
+  estimate_cli.define_flags(fv)
+  for argv in ([], ["--data=./digits"], ["--data=none"]):   # none: not a word of estimate's
+    fv.unparse_flags()
+    fv(["prog", *argv])
+    common.check_data_word(fv)                     # (left out: the bundled digits, as always)
+  digits = ("--data=digits means the bundled digits, and ./digits is also a folder here: pass "
+            "--data=./digits for the folder, or leave --data out for the bundled digits")
   for cli, argv, line in (
-      (estimate_cli, ["--tokens=65"], "--data=digits means the bundled digits, and ./digits is "
-                                      "also a folder here: pass --data=./digits for the folder"),
-      (profile, ["--mode=pipeline"], "--data=digits means the bundled digits, and ./digits is "
-                                     "also a folder here: pass --data=./digits for the folder"),
+      (estimate_cli, ["--tokens=65", "--data=digits"], digits),
+      (profile, ["--mode=pipeline", "--data=digits"], digits),
       (benchmark, ["--data=None"], "--data=None means no data (latency only), and ./None is also "
                                    "a folder here: pass --data=./None for the folder")):
     with pytest.raises(SystemExit) as e:
