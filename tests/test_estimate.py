@@ -510,11 +510,16 @@ def test_load_eval_data_digits_follow_the_model_class_names(tmp_path):
   same = estimate.load_eval_data("digits", num_images=30, seed=3,
                                  class_names=[str(d) for d in range(10)], num_classes=10)
   assert same.info["fingerprint"] == plain.info["fingerprint"]
-  with pytest.raises(ValueError, match=r"^the digits have 10 classes but the model has 12 and "
-                                       "records no class names"):
-    estimate.load_eval_data("digits", num_classes=12)
-  with pytest.raises(ValueError, match=r"the digits \['0'\] are not among"):
-    estimate.load_eval_data("digits", class_names=[str(d) for d in range(1, 11)])
+  # Outputs that are not the digits (an ImageNet model): unlabelled, never shifted labels.
+  for kw, why in (({"num_classes": 12}, "it has 12 classes and records no class names"),
+                  ({"class_names": [str(d) for d in range(1, 11)]},
+                   r"its class names \['1', .*'10'\] lack the digits \['0'\]")):
+    with pytest.warns(UserWarning, match=r"^the model's outputs are not the digits 0-9 \("
+                      f"{why}\\): the digits are used unlabelled, for agreement and KL"):
+      got = estimate.load_eval_data("digits", num_images=30, seed=3, **kw)
+    assert not got.labelled and (got.dataset.labels == -1).all()
+    np.testing.assert_array_equal(got.indices, plain.indices)
+  assert estimate.load_eval_data("digits", num_classes=10).labelled     # by position
   with pytest.raises(ValueError, match=r"has class folders but the model has no classification "
                                        r"head \(num_classes=0\)"):
     (tmp_path / "3").mkdir()

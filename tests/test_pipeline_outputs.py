@@ -137,3 +137,24 @@ def test_spec_and_calibrate_refuse_too_few_calibration_schedules():
                            r"latency model\), got 3$"):
     latency_model.calibrate(cfg, None, method="pomt", batch_size=1, dtype="float32",
                             tokens=[17, 9], timing_cfg=None, num_schedules=3)
+
+
+def test_a_library_run_labels_its_data_by_the_weights_class_names(monkeypatch, tmp_path):
+  """`run_pipeline(data=None)` loaded `spec.data` without the weights' class names: weights
+  naming their outputs '9'..'0' were scored by position (the CLIs match by name)."""
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+  got = []
+
+  def load_data(spec, class_names=None, num_classes=None):
+    got.append((spec.data, class_names, num_classes))
+    raise KeyboardInterrupt         # stop before any stage runs
+
+  monkeypatch.setattr(pipeline, "load_data", load_data)
+  cfg = get_config("vit_digits")
+  for source, names in ((common.EMBEDDED_WEIGHTS, tuple(str(d) for d in range(10))),
+                        ("init_params(seed=0)", None)):
+    with pytest.raises(KeyboardInterrupt):
+      pipeline.run_pipeline(cfg, None, pipeline.PipelineSpec(), str(tmp_path / "out"),
+                            weights_source=source)
+    assert got.pop() == ("digits", names, 10)

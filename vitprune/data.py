@@ -822,25 +822,28 @@ def digits_dataset() -> ArrayDataset:
 def digits_for_model(class_names: Optional[Sequence[str]] = None,
                      num_classes: Optional[int] = None) -> ArrayDataset:
   """`digits_dataset()` labelled by a model's outputs: by name where it records `class_names`
-  (digit '3' is the output named '3', wherever it is), else by position, which needs a model
-  of 10 classes (any other count: ValueError, not silently shifted labels). A model without a
-  head (num_classes 0) gets the digits as they are."""
+  (digit '3' is the output named '3', wherever it is), else by position for a model of 10
+  classes. A model whose outputs are not the digits (names without them, or another number of
+  classes and no names: an ImageNet model) gets them unlabelled, with a warning: agreement and
+  KL only, never an accuracy against shifted labels. A model without a head (num_classes 0)
+  gets the digits as they are."""
   ds = digits_dataset()
   if class_names is None:
-    if num_classes and num_classes != len(DIGITS_CLASSES):
-      raise ValueError(f"the digits have {len(DIGITS_CLASSES)} classes but the model has "
-                       f"{num_classes} and records no class names, so digits cannot be matched "
-                       "to its outputs")
-    return ds
-  names = check_class_names(class_names, num_classes)
-  missing = [c for c in DIGITS_CLASSES if c not in names]
-  if missing:
-    raise ValueError(f"the digits {missing} are not among the model's class names "
-                     f"{_shown_names(names)}: these weights were not trained on the digits")
-  if tuple(names) == DIGITS_CLASSES:
-    return ds
-  to_model = np.array([names.index(c) for c in DIGITS_CLASSES], np.int32)
-  return ArrayDataset(ds.images, to_model[ds.labels], tuple(names))
+    if not num_classes or num_classes == len(DIGITS_CLASSES):
+      return ds
+    why = f"it has {num_classes} classes and records no class names"
+  else:
+    names = check_class_names(class_names, num_classes)
+    missing = [c for c in DIGITS_CLASSES if c not in names]
+    if not missing:
+      if tuple(names) == DIGITS_CLASSES:
+        return ds
+      to_model = np.array([names.index(c) for c in DIGITS_CLASSES], np.int32)
+      return ArrayDataset(ds.images, to_model[ds.labels], tuple(names))
+    why = f"its class names {_shown_names(names)} lack the digits {missing}"
+  warnings.warn(f"the model's outputs are not the digits 0-9 ({why}): the digits are used "
+                "unlabelled, for agreement and KL with the unpruned model only", stacklevel=2)
+  return ArrayDataset(ds.images, np.full(len(ds.labels), -1, np.int32))
 
 
 def digits_batches(split: str = "test", batch_size: int = 64, *,

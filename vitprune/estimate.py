@@ -459,7 +459,7 @@ def load_eval_data(spec: str, *, num_images: Optional[int] = None, seed: int = 0
     info = data_lib.dataset_info(ds, idx, name="sklearn_digits").to_dict()
     info["selection"] = {"split": split, "split_seed": split_seed, "num_images": num_images,
                          "subset_seed": seed}
-    return EvalData(ds, idx, True, info)
+    return EvalData(ds, idx, bool(ds.classes), info)     # (unlabelled: not the model's classes)
   if not os.path.isdir(spec):
     raise FileNotFoundError(f"data {spec!r} is neither 'digits' nor an existing directory")
   ds = data_lib.ImageFolder(spec, class_names=class_names, num_classes=num_classes)

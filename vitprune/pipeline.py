@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitprune import atomic
+from vitprune import checkpoint
 from vitprune import console
 from vitprune import estimate as estimate_lib
 from vitprune import jsonio
@@ -390,8 +391,9 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
     raise ValueError(f"{cfg.name} has no classifier head: the pipeline needs accuracy or "
                      "agreement of class predictions")
   spec.check(cfg)   # layer and tokens against the model, before any stage runs
-  if data is None:
-    data = load_data(spec)
+  if data is None:           # labelled by the class names the weights record, as the CLI does
+    data = load_data(spec, checkpoint.read_class_names(weights_source)
+                     if os.path.isdir(weights_source) else None, cfg.num_classes)
   tokens = spec.grid(cfg)
   latency_model = None
   seconds, clock = {}, time.perf_counter()
