@@ -624,12 +624,13 @@ def test_digits_images_seed_draws_the_subset_of_the_bundled_split(tmp_path):
 
 
 @pytest.mark.parametrize("target, message", [
-    ("/nonexistent/mount/4", "is a link to nothing (dangling symbolic link): a class folder on "
+    ("/nonexistent/mount/4", "is a link to nothing (dangling symbolic link): a folder on "
                              "storage that is not there?"),
     ("4", "is a symbolic link that cannot be followed (Too many levels of symbolic links)")])
-def test_a_class_link_that_leads_nowhere_is_refused(tmp_path, target, message):
+def test_a_folder_link_that_leads_nowhere_is_refused(tmp_path, target, message):
   """A class folder linked to storage that is not mounted was not a class: its images were
-  left out and the accuracy reported over the other classes (exit 0, no warning)."""
+  left out and the accuracy reported over the other classes (exit 0, no warning); the same
+  for such a folder inside a class."""
   for c in "0123":
     _png(str(tmp_path / c / "a.png"), _gray(3, 3))
   os.symlink(target, tmp_path / "4")
@@ -637,3 +638,12 @@ def test_a_class_link_that_leads_nowhere_is_refused(tmp_path, target, message):
     data.ImageFolder(tmp_path, class_names=[str(d) for d in range(10)])
   with pytest.raises(ValueError, match=re.escape(f"'{tmp_path}/4' {message}")):
     data.ImageFolder(tmp_path, labelled=False)
+  os.unlink(tmp_path / "4")
+  os.symlink(target, tmp_path / "3" / "4")
+  with pytest.raises(ValueError, match=re.escape(f"'{tmp_path}/3/4' {message}")):
+    data.ImageFolder(tmp_path)
+  os.unlink(tmp_path / "3" / "4")
+  for name in ("notes.txt", ".cache"):      # not named like a folder, or hidden: as before
+    os.symlink("/nonexistent/x", tmp_path / name)
+    os.symlink("/nonexistent/x", tmp_path / "3" / name)
+  assert len(data.ImageFolder(tmp_path)) == 4

@@ -99,23 +99,32 @@ def find_classes(root: str) -> Tuple[str, ...]:
   """Class names as torchvision's `find_classes`: sorted subdirectory names of `root`.
 
   Hidden directories (names starting with '.') are skipped, unlike torchvision, so stray
-  `.ipynb_checkpoints`-style folders do not become classes. A symbolic link there that leads
-  nowhere (dangling, or a loop) is a ValueError naming it: it may be a class folder on a
-  storage that is not mounted, whose images would be left out of the evaluation unseen.
+  `.ipynb_checkpoints`-style folders do not become classes. A link that may be a class folder
+  but leads nowhere is a ValueError (`_check_folder_link`).
   """
   with os.scandir(root) as it:
     entries = [e for e in it if not e.name.startswith(".")]
   for e in entries:
-    if e.is_symlink() and not is_image_file(e.name):     # (images: `_check_image_entry`)
-      try:
-        os.stat(e.path)
-      except FileNotFoundError:
-        raise ValueError(f"{e.path!r} is a link to nothing (dangling symbolic link): a class "
-                         "folder on storage that is not there?") from None
-      except OSError as err:
-        raise ValueError(f"{e.path!r} is a symbolic link that cannot be followed "
-                         f"({err.strerror or err})") from None
+    _check_folder_link(e.path)
   return tuple(sorted(e.name for e in entries if e.is_dir()))
+
+
+def _check_folder_link(path: str) -> None:
+  """ValueError naming `path` when it is a symbolic link named like a folder (no extension:
+  not `notes.txt`, not an image) that leads nowhere, dangling or in a loop: a class folder, or
+  a folder of one, on storage that is not mounted was skipped without a word, and its images
+  left out of the evaluation."""
+  name = os.path.basename(path)
+  if name.startswith(".") or os.path.splitext(name)[1] or not os.path.islink(path):
+    return
+  try:
+    os.stat(path)
+  except FileNotFoundError:
+    raise ValueError(f"{path!r} is a link to nothing (dangling symbolic link): a folder on "
+                     "storage that is not there?") from None
+  except OSError as err:
+    raise ValueError(f"{path!r} is a symbolic link that cannot be followed "
+                     f"({err.strerror or err})") from None
 
 
 def _unreadable_folder(error: OSError) -> None:
@@ -152,6 +161,7 @@ def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
   files = []
   for dirpath, fnames in sorted(walked):
     for fname in sorted(fnames):
+      _check_folder_link(os.path.join(dirpath, fname))   # (os.walk lists such a link as a file)
       if is_image_file(fname):
         path = _check_image_entry(os.path.join(dirpath, fname))
         _check_utf8(os.path.relpath(path, class_dir), path)
