@@ -360,16 +360,7 @@ def check_digits_split(weights_source: str, data: Optional[str]) -> None:
                        "would be inflated")
     return
   from vitprune import data as data_lib  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(os.path.join(data, data_lib.DIGITS_MARKER)):
-    return
-  folder = digits_folder_indices(data)
-  seen = folder & set(data_lib.digits_split(seed, fraction)[0].tolist())
-  if seen:
-    raise ValueError(f"{len(seen)} of the {len(folder)} digits in {data} are training images "
-                     f"of --weights={weights_source} (digits split of seed {seed}, test "
-                     f"fraction {fraction}), so every score on them would be inflated"
-                     + (f": write that split's test images (digits_images --split=test "
-                        f"--split_seed={seed})" if fraction == 0.2 else ""))
+  data_lib.check_digits_folder(data, meta, f"--weights={weights_source}")
 
 
 _DATA_WORDS = {"digits": "the bundled digits", "none": "no data (latency only)"}
@@ -391,16 +382,6 @@ def check_data_word(fv: flags.FlagValues, flag: str = "data",
                      f"folder here: pass --{flag}=./{value} for the folder"
                      + (f", or leave --{flag} out for {_DATA_WORDS[word]}" if word == default
                         else ""))
-
-
-def digits_folder_indices(root: str) -> set:
-  """The digits' indices of the images of a folder `digits_images` wrote (`<class>/<idx>.png`;
-  other files are not counted)."""
-  found = set()
-  for dirpath, _, files in os.walk(root):
-    found.update(int(n[:-4]) for n in files
-                 if len(n) == 8 and n.endswith(".png") and n[:4].isdigit() and dirpath != root)
-  return found
 
 
 def given_model(fv: flags.FlagValues) -> Optional[str]:

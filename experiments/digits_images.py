@@ -1,12 +1,13 @@
 r"""Write the bundled digits as an ImageFolder of 8x8 grayscale PNGs (`DIR/<class>/<idx>.png`).
 
   python -m experiments.digits_images --out=/tmp/digits_imgs            # the 359 test digits
-  python -m experiments.digits_images --out=DIR --split=all --limit=100 --overwrite
+  python -m experiments.digits_images --out=DIR --limit=100 --seed=1 --overwrite
 
 For the CLIs that read image folders (`run_deployed`, `vitprune.edge run`, `estimate --data=DIR`):
-the same images, split and class-balanced subset as `--data=digits` (`--split_seed`: the split of
-weights trained with `train_digits --split_seed`). The folder is written next
-to `--out` and renamed into place; an existing non-empty `--out` is refused unless it is a
+the same images, split and class-balanced subset as `--data=digits` (with the default
+`--split_seed=0`; another: the split of weights trained with `train_digits --split_seed`); the
+CLIs refuse a folder holding training images of the weights they score. The folder is written
+next to `--out` and renamed into place; an existing non-empty `--out` is refused unless it is a
 digits folder written here and `--overwrite` is given.
 """
 from __future__ import annotations

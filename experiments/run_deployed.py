@@ -18,8 +18,9 @@ from vitprune import atomic
 from vitprune import console
 from vitprune import deploy
 from vitprune import memory
+from vitprune.edge import runtime
 from vitprune.profile import protocol
-from vitprune.data import ImageFolder
+from vitprune.data import ImageFolder, check_digits_folder
 
 
 RESULT_FORMAT = "vitprune-run-result"   # marks --output files this CLI may replace
@@ -71,6 +72,8 @@ def run(f: flags.FlagValues) -> dict:
   memory.check_batch_fits(manifest.config, [bs], manifest.dtype, schedule=manifest.schedule,
                           num_params=deploy.listed_param_count(manifest))
   model = deploy.load(f.artifact)
+  check_digits_folder(f.images, runtime.weights_meta({"weights": manifest.weights}),
+                      f"the weights of {f.artifact}")     # (as estimate checks --weights)
   dataset = ImageFolder(f.images, class_names=model.class_names, num_classes=model.num_outputs)
   out = deploy.classify(model, dataset, bs, f.num_workers)
   names = model.class_names

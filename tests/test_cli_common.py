@@ -431,11 +431,11 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
                           [f"--out={folders[name]}"] + argv)
   assert capsys.readouterr().out.splitlines()[1] == (f"wrote 359 digits (test split of seed 1) "
                                                      f"to {folders['test1']}")
-  assert common.digits_folder_indices(folders["test1"]) == set(
+  assert data.digits_folder_indices(folders["test1"]) == set(
       data.digits_split(1)[1].tolist())
   common.check_digits_split(w1, folders["test1"])                  # its own test split
   common.check_digits_split(common.EMBEDDED_WEIGHTS, folders["test0"])
-  leaked = len(common.digits_folder_indices(folders["test0"]) & set(
+  leaked = len(data.digits_folder_indices(folders["test0"]) & set(
       data.digits_split(1)[0].tolist()))
   assert leaked > 250
   with pytest.raises(ValueError, match=re.escape(

@@ -647,3 +647,26 @@ def test_a_folder_link_that_leads_nowhere_is_refused(tmp_path, target, message):
     os.symlink("/nonexistent/x", tmp_path / name)
     os.symlink("/nonexistent/x", tmp_path / "3" / name)
   assert len(data.ImageFolder(tmp_path)) == 4
+
+
+def test_a_digits_folder_is_checked_by_its_marker_where_the_digits_table_is_missing(
+    tmp_path, monkeypatch):
+  """A board without scikit-learn's digits table cannot list the weights' training split: the
+  folder's marker (split, split seed) decides instead of a traceback."""
+  train = data.write_digits_imagefolder(tmp_path / "train", split="train", limit=10)
+  test = data.write_digits_imagefolder(tmp_path / "test", split="test", limit=10)
+  meta = {"dataset": "sklearn_digits", "split": {"seed": 0, "test_fraction": 0.2}}
+
+  def missing(*args, **kw):
+    raise ModuleNotFoundError("No module named 'sklearn'")
+
+  monkeypatch.setattr(data, "digits_split", missing)
+  data.check_digits_folder(str(test), meta, "W")
+  data.check_digits_folder(str(train), {"dataset": "other"}, "W")       # not digits weights
+  with pytest.raises(ValueError, match=re.escape(
+      f"{train} holds the digits' train split of seed 0, and W were trained on the split of "
+      "seed 0 (test fraction 0.2): some of its images are their training data")):
+    data.check_digits_folder(str(train), meta, "W")
+  with pytest.raises(ValueError, match="holds the digits' test split of seed 0, and W were "
+                                       "trained on the split of seed 1"):
+    data.check_digits_folder(str(test), {**meta, "split": {"seed": 1}}, "W")

@@ -331,6 +331,36 @@ def test_no_output_is_written_inside_an_artifact(artifact, tmp_path, capsys):
   assert sorted(str(p) for p in pathlib.Path(artifact).rglob("*")) == before
 
 
+def test_a_digits_folder_of_the_weights_training_images_is_refused_on_the_board(tmp_path,
+                                                                                capsys):
+  """`run_deployed` and `vitprune.edge run` scored the bundled model on a `digits_images
+  --split=train` folder (accuracy 1.0000, exit 0), which `estimate` refuses."""
+  from experiments import common, run_deployed  # pylint: disable=g-import-not-at-top
+  from vitprune import checkpoint, data  # pylint: disable=g-import-not-at-top
+  cfg, params = checkpoint.load_weights(os.path.join(ROOT, "weights", "vit_digits"))
+  meta = checkpoint.read_weights_config(os.path.join(ROOT, "weights", "vit_digits"))[1]
+  art = deploy.export_artifact(str(tmp_path / "art"), cfg, params, batch_size=2,
+                               targets=["jax", "iree:host"], class_names=data.DIGITS_CLASSES,
+                               weights_source={"path": "weights/vit_digits", "meta": meta})
+  train = data.write_digits_imagefolder(tmp_path / "train", split="train", limit=10)
+  test = data.write_digits_imagefolder(tmp_path / "test", split="test", limit=10)
+  said = (f"10 of the 10 digits in {train} are training images of the weights of {art} "
+          "(digits split of seed 0, test fraction 0.2), so every score on them would be "
+          "inflated: write that split's test images (digits_images --split=test "
+          "--split_seed=0)")
+  r = run_edge("run", f"--artifact={art}", f"--images={train}")
+  assert (r.returncode, r.stdout, r.stderr) == (1, "", f"error: {said}\n")
+  with pytest.raises(SystemExit) as e:
+    common.run_in_process(run_deployed.main, run_deployed.define_flags,
+                          [f"--artifact={art}", f"--images={train}", "--repeats=3"])
+  assert e.value.code == 1 and capsys.readouterr().err == f"error: {said}\n"
+  r = run_edge("run", f"--artifact={art}", f"--images={test}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  common.run_in_process(run_deployed.main, run_deployed.define_flags,
+                        [f"--artifact={art}", f"--images={test}", "--repeats=3"])
+  assert "accuracy" in capsys.readouterr().out
+
+
 def test_edge_cli_ctrl_c_is_one_line(artifact):
   import signal  # pylint: disable=g-import-not-at-top
   import time  # pylint: disable=g-import-not-at-top

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
+import json
 import math
 import os
 import stat
@@ -854,6 +855,54 @@ def digits_for_model(class_names: Optional[Sequence[str]] = None,
   warnings.warn(f"the model's outputs are not the digits 0-9 ({why}): the digits are used "
                 "unlabelled, for agreement and KL with the unpruned model only", stacklevel=2)
   return ArrayDataset(ds.images, np.full(len(ds.labels), -1, np.int32))
+
+
+def digits_folder_indices(root: str) -> set:
+  """The digits' indices of the images of a folder `write_digits_imagefolder` wrote
+  (`<class>/<idx>.png`; other files are not counted)."""
+  found = set()
+  for dirpath, _, files in os.walk(root):
+    found.update(int(n[:-4]) for n in files
+                 if len(n) == 8 and n.endswith(".png") and n[:4].isdigit() and dirpath != root)
+  return found
+
+
+def _read_marker(folder: str) -> Dict:
+  """The DIGITS_MARKER of a digits folder ({} where it cannot be read)."""
+  try:
+    with open(os.path.join(folder, DIGITS_MARKER)) as f:
+      doc = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return doc if isinstance(doc, dict) else {}
+
+
+def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
+  """ValueError when `folder` was written by `write_digits_imagefolder` (`digits_images`) and
+  the weights (`whose`, named in the message; `meta` as `train_digits` records it: dataset and
+  split) were trained on some of its images: every score on them would be inflated."""
+  split = (meta.get("split") if isinstance(meta, dict)
+           and meta.get("dataset") == "sklearn_digits" else None)
+  if not isinstance(split, dict) or not is_digits_imagefolder(folder):
+    return
+  seed, fraction = split.get("seed", 0), split.get("test_fraction", 0.2)
+  hint = (f": write that split's test images (digits_images --split=test --split_seed={seed})"
+          if fraction == 0.2 else "")
+  found = digits_folder_indices(folder)
+  try:
+    seen = found & set(digits_split(seed, fraction)[0].tolist())
+  except ImportError:       # a board without scikit-learn's table: what the marker says it holds
+    marker = _read_marker(folder)
+    if (marker.get("split"), marker.get("split_seed", 0), fraction) != ("test", seed, 0.2):
+      raise ValueError(f"{folder} holds the digits' {marker.get('split')} split of seed "
+                       f"{marker.get('split_seed', 0)}, and {whose} were trained on the split "
+                       f"of seed {seed} (test fraction {fraction}): some of its images are "
+                       f"their training data, so every score would be inflated{hint}") from None
+    return
+  if seen:
+    raise ValueError(f"{len(seen)} of the {len(found)} digits in {folder} are training images "
+                     f"of {whose} (digits split of seed {seed}, test fraction {fraction}), so "
+                     f"every score on them would be inflated{hint}")
 
 
 def digits_batches(split: str = "test", batch_size: int = 64, *,

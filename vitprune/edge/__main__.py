@@ -27,7 +27,7 @@ import numpy as np
 
 from vitprune import atomic
 from vitprune import console
-from vitprune.data import ImageFolder, iterate_batches
+from vitprune.data import ImageFolder, check_digits_folder, iterate_batches
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime
 from vitprune.edge.targets import EdgeError, describe_runtime
@@ -77,6 +77,10 @@ def cmd_run() -> dict:
     raise EdgeError(f"{FLAGS.artifact}: its {model.target} module outputs [B, "
                     f"{model.num_outputs}] {model.output_kind} (no classification head): `run` "
                     "classifies images; `bench` times the module")
+  manifest = os.path.join(model.path, "manifest.json")      # (a board copy may have iree/ alone)
+  if os.path.isfile(manifest):
+    meta = runtime.weights_meta(runtime.read_json(manifest, "artifact manifest"))
+    check_digits_folder(FLAGS.images, meta, f"the weights of {FLAGS.artifact}")
   dataset = ImageFolder(FLAGS.images, class_names=model.class_names,
                         num_classes=model.num_outputs)   # labels by class name
   preds, probs, first = [], [], None

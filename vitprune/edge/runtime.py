@@ -378,6 +378,12 @@ def _first_difference(what: str, got: Any, want: Any) -> Tuple[str, Any, Any]:
   return what, got, want
 
 
+def weights_meta(manifest: Dict[str, Any]) -> Any:
+  """What an artifact's manifest says of its weights' origin (`train_digits` records the
+  dataset and split there), None where it says nothing."""
+  return _sub(manifest, "weights", "source", "meta")
+
+
 def check_against_manifest(path: str, records: List[Dict[str, Any]]) -> Optional[Dict]:
   """The IREE records of an artifact must be of the artifact: every field a record and the
   manifest both state (`_SHARED_FIELDS`). A module copied in from another artifact ran other
