@@ -1151,3 +1151,24 @@ def test_the_manifests_targets_must_be_what_iree_holds(artifact, tmp_path, param
   with pytest.raises(ArtifactError, match=r"lists iree:host, for which iree/ holds no module "
                      r"record"):
     deploy.load(jax_only)
+
+
+def test_the_board_cli_exits_as_interrupted_when_it_fails_with_a_signal_held():
+  """A signal held while `--output` was published, then the publish failed: `vitprune.edge`
+  exited 1 with the failure alone (the experiments CLIs say both and exit 143)."""
+  code = (
+      "import signal, sys\n"
+      f"sys.path.insert(0, {ROOT!r})\n"
+      "from vitprune import console\n"
+      "import vitprune.edge.__main__ as m\n"
+      "console.setup_process()\n"
+      "m.FLAGS(['prog'])\n"
+      "def fake():\n"
+      "  with console.interrupts_held():\n"
+      "    console._record_interrupt(signal.SIGTERM, None)\n"
+      "    raise OSError(28, 'No space left on device while writing /out')\n"
+      "m.cmd_bench = fake\n"
+      "m.main(['prog', 'bench'])\n")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert (r.returncode, r.stderr) == (
+      143, "error: [Errno 28] No space left on device while writing /out (terminated)\n")

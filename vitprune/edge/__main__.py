@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Optional
 
 from absl import app, flags
 import numpy as np
@@ -222,6 +223,8 @@ def main(argv):
     console.finish_quietly()             # done: a signal from now on must not fail it, and
     console.raise_if_interrupted()       # one before (even swallowed by a callback) still does
   except (EdgeError, ValueError, FileNotFoundError, OSError, MemoryError) as e:
+    if console.interrupted():    # a failure while the interrupt was held: both are said
+      exit_interrupted(e)
     sys.exit(f"error: {console.one_line(e)}")
   except (KeyError, TypeError, AttributeError, IndexError) as e:   # a field the checks missed
     where = getattr(FLAGS, "kit", None) or getattr(FLAGS, "artifact", None) or "the input"
@@ -232,11 +235,14 @@ def main(argv):
     exit_interrupted()
 
 
-def exit_interrupted():
+def exit_interrupted(error: Optional[BaseException] = None):
   """`error: interrupted` (exit 130), or after SIGTERM / SIGHUP `error: terminated` (143) /
-  `error: hung up` (129)."""
+  `error: hung up` (129); `error`'s line with the interrupt in brackets when the run also
+  failed."""
   console.finish_quietly()         # a second signal would print a second error line
   text, code = console.interrupt_exit()
+  if error is not None:
+    text = f"{console.one_line(error)} ({text})"
   try:            # after a hang-up stderr may be gone (EIO, a broken pipe): exit all the same
     sys.stderr.write(f"error: {text}\n")
     sys.stderr.flush()
