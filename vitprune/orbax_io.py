@@ -48,13 +48,30 @@ def save(directory: str, tree: Any) -> None:
   try:
     with _stderr_kept_unless_failing():
       ckptr = checkpointer()
-      ckptr.save(directory, tree)
-      ckptr.wait_until_finished()
+      try:
+        ckptr.save(directory, tree)
+        ckptr.wait_until_finished()
+      except BaseException:
+        _settle(ckptr)
+        raise
   except Exception as e:  # pylint: disable=broad-except  (re-raised unless the disk is full)
     full = _no_room(e)
     if full is None:
       raise
     raise full from None
+
+
+def _settle(ckptr) -> None:
+  """After a failed or interrupted save: waits for the checkpointer's background writes to end
+  (`close`), so the caller's cleanup of the staged directory does not race them (a Ctrl-C in
+  `wait_until_finished` left files that orbax's threads created after the `rmtree`). Its own
+  failure, or a second interrupt meanwhile (held), is dropped: the first exception stands."""
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  try:
+    with console.interrupts_held():
+      ckptr.close()
+  except BaseException:  # pylint: disable=broad-except
+    pass
 
 
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
