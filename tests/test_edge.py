@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -599,8 +600,13 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   with pytest.raises(EdgeError, match="is missing"):
     kit_lib.profile_kit(kit_dir)
   os.mkfifo(os.path.join(kit_dir, doc["points"][1]["module"]["file"]))    # not "missing"
-  with pytest.raises(EdgeError, match=r"\.vmfb in .* is not a regular file \(replaced\?\)$"):
+  with pytest.raises(EdgeError, match=r"\.vmfb in .* is not a regular file \(a device, FIFO or "
+                                      r"socket\) \(replaced\?\)$"):
     kit_lib.profile_kit(kit_dir)
+  os.unlink(os.path.join(kit_dir, doc["points"][1]["module"]["file"]))
+  os.symlink("/dev/zero", os.path.join(kit_dir, doc["points"][1]["module"]["file"]))
+  with pytest.raises(EdgeError, match=r"\.vmfb in .* is not a regular file \(a device"):
+    kit_lib.profile_kit(kit_dir)                       # (was "a dangling symbolic link")
 
 
 def test_many_shards_keep_batch_order_and_old_records_still_load(tmp_path, params,
@@ -833,6 +839,13 @@ def test_a_manifest_that_is_not_a_file_is_refused_and_errors_are_one_line(artifa
   assert (r.returncode, r.stderr) == (1, f"error: {bad}/manifest.json exists but is not a "
                                          "regular file: copy the artifact's manifest.json with "
                                          "its iree/ folder, or the iree/ folder alone\n")
+  with pytest.raises(deploy.ArtifactError, match=re.escape(    # (said "manifest.json is missing")
+      f"{bad}/manifest.json is a directory: an artifact's manifest is a JSON file")):
+    deploy.load(str(bad))
+  os.unlink(bad / edge_rt.EDGE_DIR / "iree_host.json")
+  os.mkfifo(bad / edge_rt.EDGE_DIR / "iree_host.json")
+  with pytest.raises(EdgeError, match=r"iree_host.json is not a regular file \(a device, FIFO"):
+    edge_rt.read_json(str(bad / edge_rt.EDGE_DIR / "iree_host.json"), "edge target record")
   r = run_edge("run", f"--artifact={tmp_path}/no\nsuch", f"--images={tmp_path}")
   assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
   assert r.stderr.startswith(f"error: {tmp_path}/no such "), r.stderr
@@ -852,6 +865,13 @@ def test_a_malformed_record_is_one_line_from_the_board_cli(artifact, tmp_path):
     r = run_edge("bench", f"--artifact={bad}", "--min_run_time=0.01")
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr[-2000:]
     assert r.stderr.startswith(f"error: {bad}"), r.stderr
+  bad = tmp_path / "version"
+  shutil.copytree(artifact, bad)
+  rec = bad / edge_rt.EDGE_DIR / "iree_host.json"
+  rec.write_text(json.dumps(dict(json.loads(rec.read_text()), version=True)))
+  with pytest.raises(EdgeError, match="iree_host.json: not a vitprune-edge-target record of "
+                                      "version 1 or 2"):       # (true passed as version 1)
+    edge_rt.read_records(str(bad))
 
 
 @pytest.mark.parametrize("field, edit", [
@@ -1107,6 +1127,9 @@ def test_targets_mismatch_by_hand():
   assert targets_lib.targets_mismatch(["jax", "iree:host"], ["iree:host", "iree:host"]) == (
       "iree/ holds more than one module record for iree:host: a copied record? rebuild it "
       "with experiments.deploy")
+  assert targets_lib.targets_mismatch(["jax", "iree:host", "iree:host"], ["iree:host"]) == (
+      "the manifest lists iree:host more than once (targets ['jax', 'iree:host', 'iree:host']): "
+      "an edited manifest? rebuild it with experiments.deploy")       # (was accepted)
 
 
 def test_the_manifests_targets_must_be_what_iree_holds(artifact, tmp_path, params):

@@ -30,7 +30,9 @@ def test_read_json_errors(tmp_path):
     jsonio.read_json(str(tmp_path / "none.json"), "widget")
   os.mkfifo(tmp_path / "fifo")       # a directory or a FIFO "did not exist"
   os.symlink(tmp_path / "none.json", tmp_path / "dangling")
-  for name, why in ((".", "is a directory"), ("fifo", "is not a regular file"),
+  os.symlink("/dev/zero", tmp_path / "device")     # (was called a dangling link)
+  special = r"is not a regular file \(a device, FIFO or socket\)"
+  for name, why in ((".", "is a directory"), ("fifo", special), ("device", special),
                     ("dangling", "is a dangling link")):
     with pytest.raises(FileNotFoundError, match=f"widget file .* {why}$"):
       jsonio.read_json(str(tmp_path / name), "widget")

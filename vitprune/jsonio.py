@@ -20,6 +20,20 @@ class FormatError(ValueError):
   """A file or document that does not follow its format; the message names where and what."""
 
 
+def why_not_a_file(path: str) -> str:
+  """Why `path` cannot be read as a file ('does not exist', 'is a directory', 'is a dangling
+  link', 'is not a regular file (a device, FIFO or socket)'); '' when it is a regular file
+  (through links)."""
+  if os.path.isfile(path):
+    return ""
+  if not os.path.lexists(path):
+    return "does not exist"
+  if not os.path.exists(path):
+    return "is a dangling link"
+  return ("is a directory" if os.path.isdir(path) else
+          "is not a regular file (a device, FIFO or socket)")
+
+
 def read_json(path: str, what: str, error: Type[ValueError] = FormatError) -> Dict[str, Any]:
   """The JSON object in `path` (`what` names the kind of file in messages).
 
@@ -27,10 +41,8 @@ def read_json(path: str, what: str, error: Type[ValueError] = FormatError) -> Di
   not an object.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):        # (one type for every caller; the message says which)
-    why = ("does not exist" if not os.path.lexists(path) else
-           "is a directory" if os.path.isdir(path) else
-           "is a dangling link" if os.path.islink(path) else "is not a regular file")
+  why = why_not_a_file(path)
+  if why:                             # (one type for every caller; the message says which)
     raise FileNotFoundError(f"{what} file {path!r} {why}")
   try:
     with open(path, encoding="utf-8") as f:

@@ -51,8 +51,9 @@ ALIGN = 64
 
 def read_json(path: str, what: str) -> Dict[str, Any]:
   """`vitprune.jsonio.read_json` with every failure as an `EdgeError` naming `what`."""
-  if not os.path.isfile(path):
-    raise EdgeError(f"{what}: {path} is missing")
+  why = jsonio.why_not_a_file(path)
+  if why:                      # (a FIFO or a folder there was called "missing")
+    raise EdgeError(f"{what}: {path} {'is missing' if why == 'does not exist' else why}")
   try:
     return jsonio.read_json(path, what)
   except jsonio.FormatError as e:
@@ -65,11 +66,11 @@ def checked_file(root: str, entry: Dict[str, Any], what: str) -> str:
   if not isinstance(rel, str) or os.path.isabs(rel) or ".." in rel.split("/"):
     raise EdgeError(f"{what}: bad file entry {rel!r}")
   path = os.path.join(root, *rel.split("/"))
-  if not os.path.isfile(path):
-    if os.path.lexists(path):       # a folder or FIFO in its place was called "missing"
-      kind = "a dangling symbolic link" if os.path.islink(path) else "not a regular file"
-      raise EdgeError(f"{what}: {rel} in {root} is {kind} (replaced?)")
+  why = jsonio.why_not_a_file(path)
+  if why == "does not exist":
     raise EdgeError(f"{what}: {rel} is missing from {root} (incomplete copy?)")
+  if why:                           # (a link to /dev/zero was called dangling)
+    raise EdgeError(f"{what}: {rel} in {root} {why} (replaced?)")
   got = file_sha256(path)
   if got != entry.get("sha256"):
     raise EdgeError(f"{what}: {rel} has sha256 {got[:16]}..., the record says "
@@ -313,7 +314,8 @@ def read_records(path: str) -> List[Dict[str, Any]]:
   out = []
   for f in files:
     doc = read_json(f, "edge target record")
-    if doc.get("format") != RECORD_FORMAT or doc.get("version") not in RECORD_VERSIONS:
+    if (doc.get("format") != RECORD_FORMAT or not jsonio.is_int(doc.get("version"))
+        or doc["version"] not in RECORD_VERSIONS):             # (true passed as version 1)
       raise EdgeError(f"{f}: not a {RECORD_FORMAT} record of version "
                       f"{' or '.join(map(str, RECORD_VERSIONS))} (a newer vitprune wrote it?)")
     if doc["version"] >= 2 and "reducer" not in doc:

@@ -164,6 +164,10 @@ def targets_mismatch(listed: Sequence[str], found: Sequence[str]) -> Optional[st
   edited manifest (or a partial copy) made run_deployed and vitprune.edge state targets the
   artifact does not have, or run a module it does not list; two records of one target (a copied
   record) ran whichever sorted first."""
+  listed_twice = sorted(t for t, n in collections.Counter(listed).items() if n > 1)
+  if listed_twice:
+    return (f"the manifest lists {', '.join(listed_twice)} more than once (targets "
+            f"{list(listed)}): an edited manifest? rebuild it with experiments.deploy")
   twice = sorted(t for t, n in collections.Counter(found).items() if n > 1)
   if twice:
     return (f"iree/ holds more than one module record for {', '.join(twice)}: a copied "

@@ -236,8 +236,11 @@ def read_manifest(path: str) -> Manifest:
     raise ArtifactError(f"{path} is not a deployment artifact directory (it does not exist "
                         "or is not a directory)")
   mf = os.path.join(path, MANIFEST_FILE)
-  if not os.path.isfile(mf):
+  why = jsonio.why_not_a_file(mf)
+  if why == "does not exist":
     raise ArtifactError(f"{path} is not a deployment artifact: {MANIFEST_FILE} is missing")
+  if why:                        # (a folder or FIFO there was called "missing")
+    raise ArtifactError(f"{mf} {why}: an artifact's manifest is a JSON file")
   try:
     doc = jsonio.read_json(mf, "manifest", ArtifactError)
   except ArtifactError as e:
