@@ -595,6 +595,10 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   assert not os.path.exists(tmp_path / "x.json")
   doc["points"][0]["module"]["sha256"] = good
   with open(os.path.join(kit_dir, "kit.json"), "w") as f:
+    json.dump(dict(doc, backend="cuda"), f)
+  with pytest.raises(EdgeError, match="backend 'cuda' is not the iree:host target's 'llvm-cpu'"):
+    kit_lib.profile_kit(kit_dir)
+  with open(os.path.join(kit_dir, "kit.json"), "w") as f:
     json.dump(doc, f)
   os.unlink(os.path.join(kit_dir, doc["points"][1]["module"]["file"]))
   with pytest.raises(EdgeError, match="is missing"):

@@ -108,6 +108,11 @@ def _kit_plans(path: str, driver: Optional[str]):
   before per-point plans: the kit's driver, one shard), or `driver` for every point."""
   kit = read_kit(path)
   target = parse_target(kit["target"])
+  # (an edited 'cuda' on a CPU kit dropped the CPU from the board profile's device)
+  if kit.get("backend", target.backend) != target.backend:
+    raise EdgeError(f"kit {path}: backend {kit.get('backend')!r} is not the {target.text} "
+                    f"target's {target.backend!r}: an edited kit.json? rebuild it with "
+                    "experiments.edge_kit")
   plans, functions = [], []
   for p in kit["points"]:
     where = f"kit {path} ({p.get('module', {}).get('file')})"
@@ -134,7 +139,8 @@ def _kit_profile(kit: Dict[str, Any], cfg: protocol.TimingConfig,
   cpu = host_cpu()
   return records.Profile(
       model=kit["model"], config=kit["config"],
-      device_kind=f"{kit['target']} {cpu['model']}" if kit["backend"] == "llvm-cpu"
+      device_kind=f"{kit['target']} {cpu['model']}"
+      if parse_target(kit["target"]).backend == "llvm-cpu"
       else kit["target"],
       platform=f"iree-{kit['driver']}", jax_version="none", jaxlib_version="none",
       dtype=kit["dtype"], modes=(kit["mode"],), reducer=kit.get("reducer", "unknown"),
