@@ -337,3 +337,14 @@ def test_a_row_names_the_reducer_options_a_solution_chose():
       (None, ()), ("tome", ()), ("random", (("seed", 3),)),
       ("evit", (("normalize", True),)))]
   assert cells == ["none", "tome", "random(seed=3)", "evit(normalize=true)"]
+  import types  # pylint: disable=g-import-not-at-top
+  variants = [B.Variant(B.UNPRUNED, None, S.Schedule((17, 17, 17)), "baseline"),
+              B.Variant("random", "random", sched, "solution", (("seed", 3),))]
+  m = types.SimpleNamespace(median=1e-3, q25=1e-3, q75=1e-3, iqr=0.0, rel_iqr=0.0,
+                            samples=[1e-3], retries=0, compile_s=0.1)
+  rows = B.tabulate(B.BenchmarkSpec(TINY), variants, {(v.name, 1, "float32"): m
+                                                      for v in variants}, None,
+                    {"device_kind": "cpu", "platform": "cpu"})
+  assert [r["method"] for r in rows] == ["none", "random(seed=3)"]
+  assert "| random | random(seed=3) |" in B.to_markdown(rows)
+  assert ',random,random(seed=3),solution,' in B.to_csv(rows)
