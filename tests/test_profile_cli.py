@@ -186,18 +186,21 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   assert 0 < t["in_loop"] < t["solve"] and f"(in-loop timing {t['in_loop']:.1f})" in out
 
 
-def test_a_failed_late_stage_keeps_what_was_measured(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("stage", ["_verify", "write_outputs"])
+def test_a_failed_late_stage_keeps_what_was_measured(tmp_path, capsys, monkeypatch, stage):
   """A failure in the solve or verify stage lost the profile and the estimate (a fault probe's
   main job: 60 s of measurement, then an error and no file); they are kept in a new sibling
-  directory that experiments.solve reads, and the output directory is left untouched."""
+  directory that experiments.solve reads, and the output directory is left untouched. So does
+  a failure of the output step (a file added to the output folder during the run made it not
+  ours to replace: the measurements were lost)."""
   from vitprune import pipeline  # pylint: disable=g-import-not-at-top
   from vitprune.records.estimate import read_estimate  # pylint: disable=g-import-not-at-top
 
   def broken(*args, **kwargs):
-    raise ValueError("verify broke")
-  monkeypatch.setattr(pipeline, "_verify", broken)
+    raise ValueError(f"{stage} broke")
+  monkeypatch.setattr(pipeline, stage, broken)
   out = tmp_path / "run"
-  with pytest.raises(ValueError, match="verify broke"):
+  with pytest.raises(ValueError, match=f"{stage} broke"):
     cli.main(_flags(f"--out_dir={out}", *FAST, "--tokens=65,33,17", "--num_images=40",
                     "--eval_batch_size=20", "--solver=multi", "--accuracy_floor=0.5"))
   assert not out.exists()

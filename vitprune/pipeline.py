@@ -417,14 +417,14 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
     lap("solve")
     verification = _verify(cfg, params, spec, data, solution.schedule, log)
     lap("verify")
+    return write_outputs(out_dir, spec, data, weights_source, profile, estimate, solution,
+                         verification, seconds)
   except Exception:            # (not a Ctrl-C: an interrupted run writes nothing)
     kept = keep_measured(out_dir, spec, profile, estimate, log)
-    if kept:
-      log(f"the solve or verify stage failed; what the profile and estimate stages measured "
-          f"is kept in {kept} (experiments.solve reads it)")
+    if kept:                   # (the output step too: a folder no longer ours, a full disk)
+      log(f"the solve, verify or output stage failed; what the profile and estimate stages "
+          f"measured is kept in {kept} (experiments.solve reads it)")
     raise
-  return write_outputs(out_dir, spec, data, weights_source, profile, estimate, solution,
-                       verification, seconds)
 
 
 SUMMARY_FILE = "summary.json"
