@@ -145,6 +145,9 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
     raise ValueError("--calibration_schedules applies to --solver=multi only")
   if f.refine_accuracy_rounds and f.solver != "multi":
     raise ValueError("--refine_accuracy_rounds applies to --solver=multi only")
+  if f.measure_frontier and f.refine_accuracy_rounds:     # (as experiments.solve)
+    raise ValueError("--measure_frontier and --refine_accuracy_rounds both measure the whole "
+                     "uncorrected frontier (the refinement in its round 0): give one")
   if f["layer"].present and f.solver == "multi":
     raise ValueError("--layer applies to --solver=paper only (multi chooses every block)")
   if f["alpha"].present and (f.accuracy_floor is not None or f.latency_budget is not None):

@@ -207,6 +207,13 @@ CASES = [
      "--batch_sizes=1000000000 cannot fit in memory"),
     ("prune", ["--repeats=2"], 1,                  # timed 3 runs, reported as 2
      "--repeats must be >= 3 for a median and an IQR, got 2"),
+    # the frontier measured first left the refinement's round 0 (its honest error) empty
+    ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--accuracy_floor=0.9",
+               "--weights=w", "--measure_frontier", "--refine_accuracy_rounds=1"], 1,
+     "--measure_frontier and --refine_accuracy_rounds both measure the whole uncorrected"),
+    ("profile", ["--solver=multi", "--accuracy_floor=0.9", "--measure_frontier",
+                 "--refine_accuracy_rounds=1", "--out_dir={out}"], 1,
+     "--measure_frontier and --refine_accuracy_rounds both measure the whole uncorrected"),
 ]
 
 
