@@ -214,6 +214,12 @@ CASES = [
     ("profile", ["--solver=multi", "--accuracy_floor=0.9", "--measure_frontier",
                  "--refine_accuracy_rounds=1", "--out_dir={out}"], 1,
      "--measure_frontier and --refine_accuracy_rounds both measure the whole uncorrected"),
+    # chose "full" and reported the unpruned graph timed against itself as a speed-up
+    ("profile", ["--tokens=65", "--out_dir={out}"], 1,
+     "tokens [65]: no count below the full 65 that pomt reaches in one block (from 65 it keeps"),
+    ("profile", ["--method=tome", "--tokens=65,17", "--out_dir={out}"], 1,
+     "tokens [65, 17]: no count below the full 65 that tome reaches in one block (from 65 it "
+     "keeps at least 33): paper mode has nothing to choose; measure counts in [33, 64] too"),
 ]
 
 

@@ -918,6 +918,13 @@ def test_batch_mismatch_names_both(tmp_path):
   with pytest.raises(solve_stage.SolveInputError, match=r"no model/block points at batch size 4 "
                                                      r"\(has \[1\]\)"):
     _paper(ps, es, batch_size=4, allow_batch_mismatch=True)
+  # The full count alone (or with counts the method cannot reach in one block): the unpruned
+  # model was "chosen", and the main job timed it against itself as a speed-up.
+  es = _estimate(tmp_path, [None], [N], _acc, batch=8, name="full_only.json")
+  with pytest.raises(solve_stage.SolveInputError, match=rf"^no count below the full {N} that "
+                     rf"pomt reaches in one block \(from {N} it keeps at least 2\): paper mode "
+                     rf"has nothing to choose; measure counts in \[2, {N - 1}\] too$"):
+    _paper(ps, es, allow_batch_mismatch=True)
 
 
 def test_empty_intersection_nan_and_metric(tmp_path):

@@ -236,6 +236,16 @@ def _now() -> str:
 # ----------------------------------------------------------------------------------------------
 # Paper mode.
 
+def paper_grid_error(cfg, method: str, limit: Callable[[int], int]) -> str:
+  """Why a grid without a count below N that `method` reaches in one block leaves paper mode
+  nothing to choose."""
+  n = cfg.num_tokens
+  lowest = max(n - limit(n), cfg.num_prefix_tokens + 1)
+  return (f"no count below the full {n} that {method} reaches in one block (from {n} it keeps "
+          f"at least {lowest}): paper mode has nothing to choose; measure counts in "
+          f"[{lowest}, {n - 1}] too")
+
+
 def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 0.5,
                 layer: int = 3, batch_size: Optional[int] = None,
                 metric: Optional[str] = None, method: Optional[str] = None,
@@ -275,6 +285,8 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
   method = method.strip().lower()
   keep = ns >= cfg.num_tokens - limit(cfg.num_tokens)   # block `layer` reduces from all N
   ns, lat_c, acc_c = ns[keep], lat_c[keep], acc_c[keep]
+  if ns.size < 2:            # only N: "chose" the unpruned model and timed it against itself
+    raise SolveInputError(paper_grid_error(cfg, method, limit))
   sol = solve.solve_paper(ns, lat_c, acc_c, alpha, depth=cfg.depth, num_tokens=cfg.num_tokens,
                           layer=layer)
   table = _block_table(profile, batch)
