@@ -259,7 +259,8 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   def smoke(flag: str, value):     # --quick's value, unless the flag was given
     return value if quick and not f[flag].present else f[flag].value
 
-  cfg, params, _ = common.load_model("vit_digits", None)     # the embedded trained weights
+  cfg, params, source = common.load_model("vit_digits", None)   # the embedded trained weights
+  common.check_digits_split(source, "digits")         # (retrained in place with another split)
   base = parse_conditional(f.conditional, cfg)
   reducer = make_reducer(f.method)
   limit = latency_model.method_limit(cfg, f.method)
@@ -267,7 +268,9 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     raise ValueError(f"--conditional: {f.method} keeps at least "
                      f"{cfg.num_tokens - limit(cfg.num_tokens)} of {cfg.num_tokens} tokens in "
                      f"one block, so block {base[0]} cannot reduce to {base[1]}")
-  data = estimate_lib.load_eval_data("digits", num_images=smoke("num_images", 60))
+  data = estimate_lib.load_eval_data("digits", num_images=smoke("num_images", 60),
+                                     class_names=common.class_names(source),
+                                     num_classes=cfg.num_classes)
   evaluate = estimate_lib.schedule_evaluator(cfg, params, data, reducer, batch_size=64)
   n_full, depth = cfg.num_tokens, cfg.depth
   step = smoke("step", 24)

@@ -281,8 +281,11 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   t_all = time.perf_counter()
   for name in models:
     if name == "vit_digits":
-      cfg, params, _ = common.load_model("vit_digits", common.EMBEDDED_WEIGHTS, f.seed)
+      cfg, params, source = common.load_model("vit_digits", common.EMBEDDED_WEIGHTS, f.seed)
+      common.check_digits_split(source, "digits")     # (retrained in place with another split)
       data = estimate_lib.load_eval_data("digits", num_images=60 if quick else None,
+                                         class_names=common.class_names(source),
+                                         num_classes=cfg.num_classes,
                                          seed=f.seed)
     else:
       cfg, params, data = get_config(name), init_params(get_config(name), f.seed), None

@@ -420,3 +420,25 @@ def test_floor_study_pools_the_refinement_errors_by_hand():
   assert "| 0 | 3.00 / 9.00 (4) | 2.00 / 5.00 (4) | 0.62 / 2.50 (8) | 0.35 / 1.10 (8) |" in text
   assert "| 2 | 1.00 / 2.00 (2) | - | - | - |" in text and "| all |" in text
   assert floor_study.refinement_summary([{"seed": 0, "accuracy_refinement": None}]) == {}
+
+
+def test_the_benchmarks_on_the_bundled_weights_check_their_digits_split(tmp_path, monkeypatch):
+  """predictor_accuracy and accuracy_combination scored weights/vit_digits on the digits test
+  split unchecked: retrained in place with another --split_seed, they would report inflated
+  accuracies (every CLI refuses that)."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  from benchmarks import accuracy_combination  # pylint: disable=g-import-not-at-top
+  from benchmarks import predictor_accuracy  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  checked = []
+
+  def check(source, data):
+    checked.append((source, data))
+    raise ValueError("trained on another split")
+
+  monkeypatch.setattr(common, "check_digits_split", check)
+  for script in (accuracy_combination, predictor_accuracy):
+    with pytest.raises(ValueError, match="trained on another split"):
+      script.main(common.parse(script.define_flags, ["--quick", f"--out={tmp_path / 'o.json'}"]))
+  assert checked == [(common.EMBEDDED_WEIGHTS, "digits")] * 2
+  assert list(tmp_path.iterdir()) == []

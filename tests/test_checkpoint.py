@@ -340,3 +340,28 @@ def test_an_interrupted_save_waits_for_orbax_before_the_cleanup(tmp_path, monkey
     checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
   assert events == ["save", "closed"]
   assert os.listdir(tmp_path) == []            # removed after the write, not before it
+
+
+def test_a_stuck_background_write_never_keeps_a_failed_save_from_ending(tmp_path, monkeypatch):
+  """The wait for orbax's writes after a failure is bounded: a write stuck on slow storage
+  made a Ctrl-C wait for it, every further signal held, with nothing printed."""
+  import time  # pylint: disable=g-import-not-at-top
+  from vitprune import orbax_io  # pylint: disable=g-import-not-at-top
+
+  class Stuck:
+    def save(self, directory, tree):
+      del directory, tree
+
+    def wait_until_finished(self):
+      raise KeyboardInterrupt
+
+    def close(self):
+      time.sleep(30)
+
+  monkeypatch.setattr(orbax_io, "checkpointer", Stuck)
+  monkeypatch.setattr(orbax_io, "SETTLE_S", 0.2)
+  cfg = get_config("test_tiny_vit")
+  t0 = time.perf_counter()
+  with pytest.raises(KeyboardInterrupt):
+    checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  assert time.perf_counter() - t0 < 5 and os.listdir(tmp_path) == []

@@ -643,6 +643,10 @@ def test_a_folder_link_that_leads_nowhere_is_refused(tmp_path, target, message):
   with pytest.raises(ValueError, match=re.escape(f"'{tmp_path}/3/4' {message}")):
     data.ImageFolder(tmp_path)
   os.unlink(tmp_path / "3" / "4")
+  os.symlink(target if target.startswith("/") else "v1.2", tmp_path / "v1.2")   # a version
+  with pytest.raises(ValueError, match=re.escape(f"'{tmp_path}/v1.2' {message}")):
+    data.ImageFolder(tmp_path)
+  os.unlink(tmp_path / "v1.2")
   for name in ("notes.txt", ".cache"):      # not named like a folder, or hidden: as before
     os.symlink("/nonexistent/x", tmp_path / name)
     os.symlink("/nonexistent/x", tmp_path / "3" / name)

@@ -314,20 +314,28 @@ def test_no_output_is_written_inside_an_artifact(artifact, tmp_path, capsys):
   --out=ARTIFACT/sub nested an artifact the outer one could then not be replaced over."""
   from experiments import common, run_deployed  # pylint: disable=g-import-not-at-top
   from experiments import deploy as deploy_cli  # pylint: disable=g-import-not-at-top
+  from experiments import estimate as estimate_cli  # pylint: disable=g-import-not-at-top
   before = sorted(str(p) for p in pathlib.Path(artifact).rglob("*"))
+  real = os.path.realpath(artifact)
   inside = os.path.join(artifact, edge_rt.EDGE_DIR, "bench.json")
   r = run_edge("bench", f"--artifact={artifact}", f"--output={inside}")
   assert (r.returncode, r.stdout) == (1, "")
-  assert r.stderr == (f"error: --output={inside} is inside {artifact}, which vitprune wrote as "
-                      "a whole (it lists its files): write elsewhere\n")
-  for cli, argv, flag in ((run_deployed, [f"--artifact={artifact}", f"--images={tmp_path}",
-                                          f"--output={inside}"], "output"),
-                          (deploy_cli, [f"--weights={ROOT}/weights/vit_digits",
-                                        f"--out={artifact}/sub"], "out")):
+  assert r.stderr == (f"error: --output={inside} is inside {real}, a folder vitprune wrote as a "
+                      "whole (it lists its files in .vitprune-files.json): write elsewhere\n")
+  os.symlink(os.path.join(artifact, edge_rt.EDGE_DIR), tmp_path / "link")   # (got through)
+  for cli, argv, where in (
+      (run_deployed, [f"--artifact={artifact}", f"--images={tmp_path}", f"--output={inside}"],
+       f"is inside {real}, a folder"),
+      (deploy_cli, [f"--weights={ROOT}/weights/vit_digits", f"--out={artifact}/sub"],
+       f"is inside {real}, a folder"),
+      (estimate_cli, ["--tokens=65", f"--out_dir={artifact}"], "is a folder"),
+      (estimate_cli, ["--tokens=65", f"--out_dir={tmp_path}/link/sub"],
+       f"is inside {real}, a folder")):
     with pytest.raises(SystemExit) as e:
       common.run_in_process(cli.main, cli.define_flags, argv)
     assert e.value.code == 1
-    assert f"error: --{flag}={argv[-1].split('=', 1)[1]} is inside {artifact}, which " in (
+    flag, value = argv[-1][2:].split("=", 1)
+    assert f"error: --{flag}={value} {where} vitprune wrote as a whole" in (
         capsys.readouterr().err)
   assert sorted(str(p) for p in pathlib.Path(artifact).rglob("*")) == before
 

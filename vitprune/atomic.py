@@ -196,7 +196,8 @@ def published_folder_around(path: str, itself: bool = False) -> Optional[str]:
   """The nearest folder above `path` (or `itself`, from `path` up) that vitprune published
   whole (it holds an INVENTORY_FILE: an artifact, a kit, weights, the main job's output), None
   if none."""
-  folder = os.path.abspath(path) if itself else os.path.dirname(os.path.abspath(path))
+  real = os.path.realpath(path)      # (through a link into an artifact's iree/ too)
+  folder = real if itself else os.path.dirname(real)
   while True:
     if os.path.isfile(os.path.join(folder, INVENTORY_FILE)):
       return folder
@@ -213,9 +214,10 @@ def check_outside_published(path: str, flag: str, itself: bool = False) -> None:
   never replaced once it holds files it was not published with."""
   folder = published_folder_around(path, itself)
   if folder is not None:
-    where = "is" if folder == os.path.abspath(path) else "is inside"
-    raise ValueError(f"--{flag}={path} {where} {folder}, which vitprune wrote as a whole (it "
-                     "lists its files): write elsewhere")
+    where = ("is a folder" if folder == os.path.realpath(path) else f"is inside {folder}, a "
+             "folder")
+    raise ValueError(f"--{flag}={path} {where} vitprune wrote as a whole (it lists its files "
+                     f"in {INVENTORY_FILE}): write elsewhere")
 
 
 def check_output_file(path: str, flag: str = "output", overwrite: bool = True) -> None:

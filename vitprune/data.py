@@ -111,12 +111,14 @@ def find_classes(root: str) -> Tuple[str, ...]:
 
 
 def _check_folder_link(path: str) -> None:
-  """ValueError naming `path` when it is a symbolic link named like a folder (no extension:
-  not `notes.txt`, not an image) that leads nowhere, dangling or in a loop: a class folder, or
-  a folder of one, on storage that is not mounted was skipped without a word, and its images
-  left out of the evaluation."""
+  """ValueError naming `path` when it is a symbolic link named like a folder (no alphabetic
+  extension: not `notes.txt`, not an image) that leads nowhere, dangling or in a loop: a class
+  folder, or a folder of one, on storage that is not mounted was skipped without a word, and
+  its images left out of the evaluation."""
   name = os.path.basename(path)
-  if name.startswith(".") or os.path.splitext(name)[1] or not os.path.islink(path):
+  ext = os.path.splitext(name)[1][1:]
+  file_like = ext.isalpha() and len(ext) <= 5      # notes.txt, a.json; not v1.2, n01440764
+  if name.startswith(".") or file_like or not os.path.islink(path):
     return
   try:
     os.stat(path)

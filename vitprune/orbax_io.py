@@ -61,16 +61,26 @@ def save(directory: str, tree: Any) -> None:
     raise full from None
 
 
+SETTLE_S = 30.0    # the longest `_settle` waits for a failed save's background writes
+
+
 def _settle(ckptr) -> None:
-  """After a failed or interrupted save: waits for the checkpointer's background writes to end
-  (`close`), so the caller's cleanup of the staged directory does not race them (a Ctrl-C in
-  `wait_until_finished` left files that orbax's threads created after the `rmtree`). Its own
-  failure, or a second interrupt meanwhile (held), is dropped: the first exception stands."""
-  from vitprune import console  # pylint: disable=g-import-not-at-top
-  try:
-    with console.interrupts_held():
+  """After a failed or interrupted save: waits (at most SETTLE_S, and only until a second
+  interrupt) for the checkpointer's background writes to end (`close`), so the caller's cleanup
+  of the staged directory does not race them (a Ctrl-C in `wait_until_finished` left files that
+  orbax's threads created after the `rmtree`). The first exception stands: `close`'s own
+  failure is dropped, and a stuck write never keeps the process from ending."""
+  def close():
+    try:
       ckptr.close()
-  except BaseException:  # pylint: disable=broad-except
+    except BaseException:  # pylint: disable=broad-except  (the save's error is the caller's)
+      pass
+
+  waiter = threading.Thread(target=close, name="vitprune-orbax-settle", daemon=True)
+  waiter.start()
+  try:
+    waiter.join(SETTLE_S)
+  except KeyboardInterrupt:      # a second Ctrl-C: stop waiting
     pass
 
 

@@ -228,14 +228,16 @@ def main(argv):
     sys.exit(f"error: {console.one_line(e)}")
   except (KeyError, TypeError, AttributeError, IndexError) as e:   # a field the checks missed
     where = getattr(FLAGS, "kit", None) or getattr(FLAGS, "artifact", None) or "the input"
-    sys.exit(console.one_line(
-        f"error: {where}: a record or kit field is missing or of the wrong type "
-        f"({type(e).__name__}: {e}); rebuild it with experiments.deploy / edge_kit"))
+    text = (f"{where}: a record or kit field is missing or of the wrong type "
+            f"({type(e).__name__}: {e}); rebuild it with experiments.deploy / edge_kit")
+    if console.interrupted():
+      exit_interrupted(text)
+    sys.exit(console.one_line(f"error: {text}"))
   except KeyboardInterrupt:
     exit_interrupted()
 
 
-def exit_interrupted(error: Optional[BaseException] = None):
+def exit_interrupted(error: Optional[object] = None):
   """`error: interrupted` (exit 130), or after SIGTERM / SIGHUP `error: terminated` (143) /
   `error: hung up` (129); `error`'s line with the interrupt in brackets when the run also
   failed."""
