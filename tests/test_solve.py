@@ -577,6 +577,12 @@ def test_paper_refuses_a_one_layer_estimate_of_another_block(tmp_path):
                      r"block 0 needs an embed \('tokens'\) estimate or one with layer 0"):
     _paper(ps, es, layer=0)
   assert _paper(ps, es, layer=1).settings["layer"] == 1
+  # Another method's measured block-1 accuracy was reported as this method's.
+  assert _paper(ps, es, layer=1, method=" POMT ").method == "pomt"      # the estimate's
+  with pytest.raises(solve_stage.SolveInputError, match=r"^method 'tome': estimate .*e\.json "
+                     r"measured 'pomt' at block 1, so its accuracies are that method's; pass "
+                     r"--method=pomt, or an embed \('tokens'\) estimate"):
+    _paper(ps, es, layer=1, method="tome")
 
 
 def test_profile_and_estimate_of_different_dtypes_are_refused(tmp_path):

@@ -283,6 +283,12 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
   except ValueError as e:
     raise SolveInputError(str(e)) from None
   method = method.strip().lower()
+  if est_layer is not None and method != estimate.method.strip().lower():
+    # (top-k's measured accuracy at block 3 was reported as the pomt schedule's)
+    raise SolveInputError(f"method {method!r}: estimate {estimate.source} measured "
+                          f"{estimate.method!r} at block {layer}, so its accuracies are that "
+                          f"method's; pass --method={estimate.method}, or an embed ('tokens') "
+                          "estimate, whose random drop stands in for any method")
   keep = ns >= cfg.num_tokens - limit(cfg.num_tokens)   # block `layer` reduces from all N
   ns, lat_c, acc_c = ns[keep], lat_c[keep], acc_c[keep]
   if ns.size < 2:            # only N: "chose" the unpruned model and timed it against itself
