@@ -114,6 +114,10 @@ def main(f: flags.FlagValues):
     raise ValueError(f"--split applies to --data=digits only, not --data={f.data}")
   cfg = common.model_config(f.model, f.weights)
   method = f.method.strip().lower()
+  if f["seed"].present and f.num_images is None and method != "random":
+    # (the file was named _s5 and recorded subset_seed 5 for the same images and numbers)
+    raise ValueError(f"--seed draws the --num_images subset and seeds --method=random; with "
+                     f"neither (all images, --method={method}) it changes nothing")
   kwargs = {"seed": f.seed} if method == "random" else {}
   reducer = make_reducer(method, **kwargs)
   tokens = parse_tokens(cfg, f.tokens)

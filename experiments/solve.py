@@ -154,6 +154,9 @@ def main(f: flags.FlagValues):
   if not f.weights and unread:
     raise ValueError(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} read only "
                      "with --weights (the in-loop check)")
+  if f["seed"].present and f.num_images is None:   # (passed the data check whatever it said)
+    raise ValueError("--seed draws the --num_images subset (the estimate's); without "
+                     "--num_images every image is used and it changes nothing")
   common.check_output_dir(f.out_dir)
   timing_cfg = TimingConfig(min_run_time=f.min_run_time)    # checked before any work
   profile, estimate = records.load(f.profile), read_estimate(f.estimate)

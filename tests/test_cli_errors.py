@@ -220,6 +220,13 @@ CASES = [
     ("profile", ["--method=tome", "--tokens=65,17", "--out_dir={out}"], 1,
      "tokens [65, 17]: no count below the full 65 that tome reaches in one block (from 65 it "
      "keeps at least 33): paper mode has nothing to choose; measure counts in [33, 64] too"),
+    # named the file _s5 and recorded subset_seed 5 for the same images and numbers
+    ("estimate", ["--method=pomt", "--tokens=65", "--seed=5", "--out_dir={out}"], 1,
+     "--seed draws the --num_images subset and seeds --method=random; with neither (all "
+     "images, --method=pomt) it changes nothing"),
+    ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--accuracy_floor=0.9",
+               "--weights=w", "--seed=7"], 1,
+     "--seed draws the --num_images subset (the estimate's); without --num_images every image"),
 ]
 
 
