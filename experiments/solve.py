@@ -223,8 +223,14 @@ def in_loop(f: flags.FlagValues, estimate) -> dict:
                                      class_names=common.class_names(source),
                                      num_classes=cfg.num_classes)
   if data.info.get("fingerprint") != estimate.data_fingerprint:
+    selection = estimate.data.get("selection")
+    split = selection.get("split") if isinstance(selection, dict) else None
     raise ValueError(f"--data={f.data} (--num_images={f.num_images}, --seed={f.seed}) is not "
-                     f"the data estimate {estimate.source} measured (fingerprint differs)")
+                     f"the data estimate {estimate.source} measured (fingerprint differs; it "
+                     f"records {estimate.data.get('source')!r}, selection {selection})"
+                     + (f": it measured the digits' {split} split, and solve measures the test "
+                        "split only (make the estimate with --split=test)"
+                        if split not in (None, "test") else ""))
   reducer = make_reducer(estimate.method, **estimate.method_kwargs)
   margins = {} if f.anchored_prediction else None
   evaluate = estimate_lib.schedule_evaluator(cfg, params, data, reducer,

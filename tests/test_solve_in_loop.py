@@ -157,8 +157,15 @@ def test_other_weights_or_data_are_refused(inputs):
   other = save_weights(str(root / "w2"), TINY, init_params(TINY, 1))
   with pytest.raises(ValueError, match="are not the weights estimate .* measured"):
     _run(root, es, ps, f"--weights={other}", "--num_images=20")
-  with pytest.raises(ValueError, match="is not the data estimate .* measured"):
+  with pytest.raises(ValueError, match=r"is not the data estimate .* measured \(fingerprint "
+                                       r"differs; it records .*'num_images': 20"):
     _run(root, es, ps, f"--weights={weights}", "--num_images=30")
+  doc = json.load(open(es))          # an estimate of another split: named, with the way out
+  doc["data"]["selection"]["split"] = "train"
+  (root / "train_e.json").write_text(json.dumps(doc))
+  with pytest.raises(ValueError, match=r": it measured the digits' train split, and solve "
+                                       r"measures the test split only \(make the estimate"):
+    _run(root, str(root / "train_e.json"), ps, f"--weights={weights}", "--num_images=30")
   with pytest.raises(ValueError, match="--eval_batch_size=1000000000 cannot fit in memory"):
     _run(root, es, ps, f"--weights={weights}", "--num_images=20",
          "--eval_batch_size=1000000000")
