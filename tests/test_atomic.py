@@ -2,6 +2,7 @@
 import contextlib
 import json
 import os
+import re
 
 import pytest
 
@@ -291,3 +292,23 @@ def test_a_link_to_our_output_is_refused_as_a_link(tmp_path):
   os.symlink(tmp_path / "other.json", tmp_path / "l2.json")             # not ours: as before
   with pytest.raises(atomic.ForeignOutputError, match="that is not a vitprune-x file"):
     atomic.check_output_json(str(tmp_path / "l2.json"), "vitprune-x")
+
+
+def test_outputs_inside_a_published_folder_are_refused_by_its_inventory(tmp_path):
+  """A folder vitprune published whole lists its files; an output inside it (or through a link
+  into it) is refused; a file of that name that is not our inventory refuses nothing."""
+  pub = tmp_path / "art"
+  with atomic.staged_dir(str(pub)) as tmp:
+    os.makedirs(os.path.join(tmp, "iree"))
+  assert atomic.published_folder_around(str(pub / "iree" / "x.json")) == str(pub)
+  assert atomic.published_folder_around(str(pub), itself=True) == str(pub)
+  assert atomic.published_folder_around(str(pub)) is None           # replacing it whole: fine
+  os.symlink(pub / "iree", tmp_path / "link")
+  with pytest.raises(ValueError, match=re.escape(f"--out={tmp_path}/link/new/r.json is inside "
+                                                 f"{pub}, a folder vitprune wrote as a whole")):
+    atomic.check_output_file(str(tmp_path / "link" / "new" / "r.json"), "out")
+  home = tmp_path / "home"
+  home.mkdir()
+  (home / atomic.INVENTORY_FILE).write_text('{"mine": 1}')
+  atomic.check_output_file(str(home / "r.json"), "out")
+  assert atomic.published_folder_around(str(home / "sub" / "r.json")) is None

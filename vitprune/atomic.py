@@ -122,6 +122,9 @@ def _tree_files(directory: str) -> List[str]:
                 for d, _, fs in os.walk(directory) for f in fs)
 
 
+_has_inventory = json_marker(INVENTORY_FILE, "vitprune-inventory")
+
+
 def _write_inventory(directory: str) -> None:
   """Lists every file under `directory` in its INVENTORY_FILE."""
   with open(os.path.join(directory, INVENTORY_FILE), "w") as f:
@@ -199,7 +202,7 @@ def published_folder_around(path: str, itself: bool = False) -> Optional[str]:
   real = os.path.realpath(path)      # (through a link into an artifact's iree/ too)
   folder = real if itself else os.path.dirname(real)
   while True:
-    if os.path.isfile(os.path.join(folder, INVENTORY_FILE)):
+    if _has_inventory(folder):        # (a file of that name alone is not ours: its format is)
       return folder
     parent = os.path.dirname(folder)
     if parent == folder:
