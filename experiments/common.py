@@ -139,8 +139,7 @@ def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,
       fail(e)
     if whole_process:    # a failure while the interrupt was held (publishing): both are said
       _exit_interrupted(e)
-    text, code = console.interrupt_exit()
-    fail(f"{one_line(e)} ({text})", code)
+    fail(*console.interrupt_exit(e))
   except KeyboardInterrupt:
     if whole_process:
       _exit_interrupted()
@@ -174,9 +173,7 @@ def _exit_interrupted(error: Optional[BaseException] = None) -> None:
   `tests/test_faults_cli.py`'s Ctrl-C test); by the time the interrupt reaches here every
   `finally` of the run has removed its staged outputs."""
   console.finish_quietly()         # a second signal now cut the cleanup short, printing twice
-  text, code = console.interrupt_exit()
-  if error is not None:
-    text = f"{one_line(error)} ({text})"
+  text, code = console.interrupt_exit(error)
   try:            # after a hang-up stderr may be gone (EIO, a broken pipe): exit all the same
     sys.stderr.write(f"error: {text}\n")
     sys.stdout.flush()

@@ -155,18 +155,19 @@ def interrupted() -> bool:
   return _interrupted
 
 
-def interrupt_exit() -> tuple:
+def interrupt_exit(error: object = None) -> tuple:
   """(error text, exit status) of an interrupted run: ('terminated', 143) after SIGTERM, ('hung up',
   129) after SIGHUP, else ('interrupted', 130); the text ends '(after writing PATH)' when the
   run had published an output that is still there (`wrote`; a file staged inside a published
-  directory is not)."""
+  directory is not). With `error` (the run also failed, the interrupt held meanwhile): its line,
+  the interrupt in brackets."""
   text, code = ((STOP_SIGNALS[_stop_signal], 128 + _stop_signal) if _terminated else
                 ("interrupted", EXIT_INTERRUPTED))
   written = [p for p in _written if os.path.lexists(p)]   # not those staged in a published dir
   if written:
     more = f" and {len(written) - 1} more" if len(written) > 1 else ""
     text += f" (after writing {written[-1]}{more})"
-  return text, code
+  return (text if error is None else f"{one_line(error)} ({text})"), code
 
 
 def raise_if_interrupted() -> None:

@@ -242,9 +242,7 @@ def exit_interrupted(error: Optional[object] = None):
   `error: hung up` (129); `error`'s line with the interrupt in brackets when the run also
   failed."""
   console.finish_quietly()         # a second signal would print a second error line
-  text, code = console.interrupt_exit()
-  if error is not None:
-    text = f"{console.one_line(error)} ({text})"
+  text, code = console.interrupt_exit(error)
   try:            # after a hang-up stderr may be gone (EIO, a broken pipe): exit all the same
     sys.stderr.write(f"error: {text}\n")
     sys.stderr.flush()
