@@ -344,20 +344,17 @@ def check_digits_split(weights_source: str, data: Optional[str]) -> None:
   if not data or not os.path.isdir(weights_source):
     return
   from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (lazy: see _MODEL_CODE)
-  meta = checkpoint.read_weights_config(weights_source)[1]
-  split = meta.get("split") if meta.get("dataset") == "sklearn_digits" else None
-  if not isinstance(split, dict):
-    return
-  seed, fraction = split.get("seed", 0), split.get("test_fraction", 0.2)
-  if data == "digits":
-    if (seed, fraction) != (0, 0.2):
-      raise ValueError(f"--weights={weights_source} were trained on the digits split of seed "
-                       f"{seed} (test fraction {fraction}), but --data=digits is the test split "
-                       "of seed 0 (0.2): most of it is their training data, so every score "
-                       "would be inflated")
-    return
   from vitprune import data as data_lib  # pylint: disable=g-import-not-at-top
-  data_lib.check_digits_folder(data, meta, f"--weights={weights_source}")
+  meta = checkpoint.read_weights_config(weights_source)[1]
+  if data != "digits":
+    data_lib.check_digits_folder(data, meta, f"--weights={weights_source}")
+    return
+  trained = data_lib.digits_training_split(meta)
+  if trained is not None and trained != (0, 0.2):
+    raise ValueError(f"--weights={weights_source} were trained on the digits split of seed "
+                     f"{trained[0]} (test fraction {trained[1]}), but --data=digits is the test "
+                     "split of seed 0 (0.2): most of it is their training data, so every score "
+                     "would be inflated")
 
 
 _DATA_WORDS = {"digits": "the bundled digits", "none": "no data (latency only)"}

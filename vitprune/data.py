@@ -27,7 +27,7 @@ import math
 import os
 import stat
 import warnings
-from typing import Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -879,15 +879,24 @@ def _read_marker(folder: str) -> Dict:
   return doc if isinstance(doc, dict) else {}
 
 
-def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
-  """ValueError when `folder` was written by `write_digits_imagefolder` (`digits_images`) and
-  the weights (`whose`, named in the message; `meta` as `train_digits` records it: dataset and
-  split) were trained on some of its images: every score on them would be inflated."""
+def digits_training_split(meta: Any) -> Optional[Tuple[int, float]]:
+  """(split seed, test fraction) of weights trained on the digits, from their `meta` as
+  `train_digits` records it (dataset and split); None for other weights."""
   split = (meta.get("split") if isinstance(meta, dict)
            and meta.get("dataset") == "sklearn_digits" else None)
-  if not isinstance(split, dict) or not is_digits_imagefolder(folder):
+  if not isinstance(split, dict):
+    return None
+  return split.get("seed", 0), split.get("test_fraction", 0.2)
+
+
+def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
+  """ValueError when `folder` was written by `write_digits_imagefolder` (`digits_images`) and
+  the weights (`whose`, named in the message; `meta` as `train_digits` records it) were trained
+  on some of its images: every score on them would be inflated."""
+  trained = digits_training_split(meta)
+  if trained is None or not is_digits_imagefolder(folder):
     return
-  seed, fraction = split.get("seed", 0), split.get("test_fraction", 0.2)
+  seed, fraction = trained
   hint = (f": write that split's test images (digits_images --split=test --split_seed={seed})"
           if fraction == 0.2 else "")
   found = digits_folder_indices(folder)
