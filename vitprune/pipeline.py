@@ -140,11 +140,10 @@ class PipelineSpec:
                        "solver weighs every count against the unpruned model (add "
                        f"{cfg.num_tokens})")
     else:
-      limit = latency_model_lib.method_limit(cfg, self.method)
-      if not any(cfg.num_tokens - limit(cfg.num_tokens) <= n < cfg.num_tokens
-                 for n in self.grid(cfg)):
-        raise ValueError(f"tokens {list(self.tokens)}: "
-                         + solve_stage.paper_grid_error(cfg, self.method, limit))
+      try:
+        solve_stage.check_paper_grid(cfg, self.method, self.grid(cfg))
+      except solve_stage.SolveInputError as e:
+        raise ValueError(f"tokens {list(self.tokens)}: {e}") from None
 
   def grid(self, cfg: ViTConfig) -> Tuple[int, ...]:
     """Token counts to profile and estimate: `tokens`, else every count (paper) or every 4th

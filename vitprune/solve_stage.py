@@ -236,14 +236,15 @@ def _now() -> str:
 # ----------------------------------------------------------------------------------------------
 # Paper mode.
 
-def paper_grid_error(cfg, method: str, limit: Callable[[int], int]) -> str:
-  """Why a grid without a count below N that `method` reaches in one block leaves paper mode
-  nothing to choose."""
+def check_paper_grid(cfg, method: str, counts: Sequence[int]) -> None:
+  """SolveInputError when `counts` hold no count below N that `method` reaches in one block:
+  paper mode would have nothing to choose but the unpruned model."""
   n = cfg.num_tokens
-  lowest = max(n - limit(n), cfg.num_prefix_tokens + 1)
-  return (f"no count below the full {n} that {method} reaches in one block (from {n} it keeps "
-          f"at least {lowest}): paper mode has nothing to choose; measure counts in "
-          f"[{lowest}, {n - 1}] too")
+  lowest = max(n - latency_model_lib.method_limit(cfg, method)(n), cfg.num_prefix_tokens + 1)
+  if not any(lowest <= c < n for c in counts):
+    raise SolveInputError(f"no count below the full {n} that {method} reaches in one block "
+                          f"(from {n} it keeps at least {lowest}): paper mode has nothing to "
+                          f"choose; measure counts in [{lowest}, {n - 1}] too")
 
 
 def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 0.5,
@@ -289,10 +290,10 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
                           f"{estimate.method!r} at block {layer}, so its accuracies are that "
                           f"method's; pass --method={estimate.method}, or an embed ('tokens') "
                           "estimate, whose random drop stands in for any method")
+  # (only N left: "chose" the unpruned model and timed it against itself)
+  check_paper_grid(cfg, method, ns.tolist())
   keep = ns >= cfg.num_tokens - limit(cfg.num_tokens)   # block `layer` reduces from all N
   ns, lat_c, acc_c = ns[keep], lat_c[keep], acc_c[keep]
-  if ns.size < 2:            # only N: "chose" the unpruned model and timed it against itself
-    raise SolveInputError(paper_grid_error(cfg, method, limit))
   sol = solve.solve_paper(ns, lat_c, acc_c, alpha, depth=cfg.depth, num_tokens=cfg.num_tokens,
                           layer=layer)
   table = _block_table(profile, batch)
