@@ -332,7 +332,7 @@ def class_names(weights_source: str) -> Optional[Tuple[str, ...]]:
   """The class names recorded with the weights `load_model` loaded (None for random weights
   or weights that record none): image-folder labels are matched to them by name."""
   from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (lazy: see _MODEL_CODE)
-  return checkpoint.read_class_names(weights_source) if os.path.isdir(weights_source) else None
+  return checkpoint.source_class_names(weights_source)
 
 
 def check_digits_split(weights_source: str, data: Optional[str]) -> None:

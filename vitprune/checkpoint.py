@@ -124,6 +124,12 @@ def read_class_names(path: str) -> Optional[Tuple[str, ...]]:
   return check_class_names(names, cfg.num_classes, f"{cfg_file}: class_names")
 
 
+def source_class_names(weights_source: str) -> Optional[Tuple[str, ...]]:
+  """The class names recorded with the weights `weights_source` names: a weights directory's
+  (`read_class_names`), None for random weights ('init_params(seed=0)') or none recorded."""
+  return read_class_names(weights_source) if os.path.isdir(weights_source) else None
+
+
 def load_weights(path: str) -> Tuple[ViTConfig, Params]:
   """(config, float32 params as jax arrays) from a directory written by `save_weights`."""
   path = os.path.abspath(path)

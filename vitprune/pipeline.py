@@ -400,8 +400,7 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
                      "agreement of class predictions")
   spec.check(cfg)   # layer and tokens against the model, before any stage runs
   if data is None:           # labelled by the class names the weights record, as the CLI does
-    data = load_data(spec, checkpoint.read_class_names(weights_source)
-                     if os.path.isdir(weights_source) else None, cfg.num_classes)
+    data = load_data(spec, checkpoint.source_class_names(weights_source), cfg.num_classes)
   tokens = spec.grid(cfg)
   latency_model = None
   seconds, clock = {}, time.perf_counter()
