@@ -78,10 +78,9 @@ def cmd_run() -> dict:
     raise EdgeError(f"{FLAGS.artifact}: its {model.target} module outputs [B, "
                     f"{model.num_outputs}] {model.output_kind} (no classification head): `run` "
                     "classifies images; `bench` times the module")
-  manifest = os.path.join(model.path, "manifest.json")      # (a board copy may have iree/ alone)
-  if os.path.isfile(manifest):
-    meta = runtime.weights_meta(runtime.read_json(manifest, "artifact manifest"))
-    check_digits_folder(FLAGS.images, meta, f"the weights of {FLAGS.artifact}")
+  # (no manifest: a board copy of iree/ alone says nothing of the weights' training split)
+  check_digits_folder(FLAGS.images, runtime.weights_meta(model.manifest),
+                      f"the weights of {FLAGS.artifact}")
   dataset = ImageFolder(FLAGS.images, class_names=model.class_names,
                         num_classes=model.num_outputs)   # labels by class name
   preds, probs, first = [], [], None

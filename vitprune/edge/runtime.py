@@ -190,12 +190,14 @@ class EdgeModel:
 
   Attributes: path, record (the per-target JSON), target (text), driver (the one it runs on),
   batch_size, input_shape, preprocessing (a `vitprune.config.Preprocessing`), class_names,
-  num_outputs, output_kind ("logits", or "features" for a model without a head).
+  num_outputs, output_kind ("logits", or "features" for a model without a head), manifest (the
+  artifact's manifest.json the records were checked against; None for a copy of iree/ alone).
   """
 
   def __init__(self, path: str, record: Dict[str, Any], where: str,
-               manifest_kind: Optional[str] = None):
+               manifest: Optional[Dict[str, Any]] = None):
     self.path, self.record, self.target = path, record, record["target"]
+    self.manifest = manifest
     self.driver = check_driver(parse_target(self.target), record["driver"])
     self.input_shape = tuple(int(d) for d in record["input"]["shape"])
     self.batch_size = self.input_shape[0]
@@ -209,7 +211,9 @@ class EdgeModel:
     self._weights = [self._runner.put(w) for w in weights]
     self.num_outputs = int(record["output"]["shape"][-1])
     # (absent: a record built before kinds, whose artifact's manifest may state it)
-    self.output_kind = record["output"].get("kind", manifest_kind or "logits")
+    kind = _sub(manifest, "output", "kind")
+    self.output_kind = record["output"].get(
+        "kind", kind if kind in ("logits", "features") else "logits")
     prep = dict(record["preprocessing"])
     for k in ("mean", "std"):
       prep[k] = tuple(prep[k])
@@ -427,8 +431,7 @@ def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) 
   `driver` (default: the one its record names)."""
   path = os.path.abspath(os.fspath(path))
   records = read_records(path)
-  kind = _sub(check_against_manifest(path, records), "output", "kind")
-  kind = kind if kind in ("logits", "features") else None
+  manifest = check_against_manifest(path, records)
   if target is not None:
     want = parse_target(target).text
     chosen = [r for r in records if r["target"] == want]
@@ -437,7 +440,7 @@ def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) 
                       f"{', '.join(r['target'] for r in records)})")
     record = with_driver(chosen[0], driver)
     check_runnable(record, f"{path} ({want})")
-    return EdgeModel(path, record, f"{path} ({want})", kind)
+    return EdgeModel(path, record, f"{path} ({want})", manifest)
   reasons = []
   for r in records:
     try:
@@ -446,5 +449,5 @@ def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) 
     except EdgeError as e:
       reasons.append(str(e))
       continue
-    return EdgeModel(path, record, f"{path} ({r['target']})", kind)
+    return EdgeModel(path, record, f"{path} ({r['target']})", manifest)
   raise EdgeError(f"{path}: no target runs on this host: {'; '.join(reasons)}")
