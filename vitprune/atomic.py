@@ -45,13 +45,13 @@ def _phase(name: str) -> None:
     fault_hook(name)
 
 
-_NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)   # a full disk, file-size limit or quota
 
 
 def _named(e: BaseException, path: str) -> BaseException:
   """A full disk or file-size limit hit while writing `path`, as an OSError naming it (the
   write call's own error names no file: '[Errno 28] No space left on device'); `e` otherwise."""
-  if (isinstance(e, OSError) and e.errno in _NO_ROOM and not e.filename
+  if (isinstance(e, OSError) and e.errno in NO_ROOM and not e.filename
       and " while writing " not in str(e.strerror)):
     return OSError(e.errno, f"{e.strerror} while writing {path}")
   return e

@@ -3,7 +3,6 @@ neither the model code nor orbax until used."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import gc
 import logging
 import os
@@ -14,6 +13,8 @@ import tempfile
 import threading
 import time
 from typing import Any
+
+from vitprune import atomic
 
 
 def checkpointer():
@@ -93,7 +94,7 @@ def _no_room(e: Exception) -> OSError | None:
   'RESOURCE_EXHAUSTED: Error writing ... at local file "<hidden temporary>" ... [os_error_code=
   '28']'; None for any other failure."""
   code = _OS_ERROR_CODE.search(str(e))
-  if code and int(code.group(1)) in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+  if code and int(code.group(1)) in atomic.NO_ROOM:
     return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
   return None
 
