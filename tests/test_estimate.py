@@ -389,6 +389,15 @@ def _mutate(d, fn):
     (lambda d: d["method"].update(name="pmot"), "method.name 'pmot' is not a token-reduction "
      "method \\(evit, pomt, random, tome, topk\\)"),
     (lambda d: d["method"].update(name=3), "method.name 3 is not a token-reduction method"),
+    (lambda d: d["method"].update(kwargs={"sigma": 1}), r"method.kwargs: method 'random' "
+     r"accepts \['seed'\], got \['sigma'\]"),
+    (lambda d: d["method"].update(kwargs={"seed": "0"}), "method.kwargs: method 'random' option "
+     "seed must be int, got '0'"),
+    (lambda d: d["method"].update(name="pomt"), r"method 'pomt' accepts no options, got "
+     r"\['seed'\]"),
+    (lambda d: d["points"][0].update(agreement=1.0, accuracy=2 / 7), r"points\[0\]: accuracy "
+     r"0.2857\d+ differs from the reference's 0.5714\d+ on 2 of 7 images, but agreement 1.0 "
+     "leaves only 0 predictions changed"),
 ])
 def test_validation_errors(doc, fn, match):
   with pytest.raises(record_lib.EstimateError, match=match):

@@ -17,6 +17,13 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 # The token-reduction methods (`vitprune.reduce.methods.METHODS` builds them; that module asserts
 # the two agree); estimate and solution files are checked against them without importing jax.
 METHOD_NAMES = ("evit", "pomt", "random", "tome", "topk")
+# Each method's options (its reducer's dataclass fields) and their kinds; `reduce.methods` asserts
+# they agree with the reducers, so records can check `method.kwargs` without importing jax.
+METHOD_OPTIONS: Dict[str, Dict[str, str]] = {
+    "evit": {"normalize": "bool"}, "pomt": {}, "random": {"seed": "int"}, "tome": {},
+    "topk": {}}
+_OPTION_KINDS = {"bool": (bool, np.bool_), "int": (int, np.integer),
+                 "float": (int, float, np.integer, np.floating), "str": (str,)}
 
 
 def is_float_dtype(dtype: Any) -> bool:
@@ -44,6 +51,28 @@ def is_method_name(name: Any) -> bool:
 def not_a_method(what: str, name: Any) -> str:
   """The readers' refusal of `name` in field `what` (when `is_method_name(name)` is false)."""
   return f"{what} {name!r} is not a token-reduction method ({', '.join(METHOD_NAMES)})"
+
+
+def is_option_kind(value: Any, kind: str) -> bool:
+  """Whether `value` fits the option kind 'bool' | 'int' | 'float' | 'str' (numpy scalars count;
+  a bool is not a number here)."""
+  if isinstance(value, (bool, np.bool_)) and kind != "bool":
+    return False
+  return isinstance(value, _OPTION_KINDS[kind])
+
+
+def method_options_problem(name: str, kwargs: Dict[str, Any]) -> str:
+  """Why `kwargs` are not options of method `name` ('' when they are): an option the method
+  does not take, or a value of the wrong kind ("False" from a command line is not False)."""
+  options = METHOD_OPTIONS[name.strip().lower()]
+  unknown = sorted(k for k in kwargs if k not in options)
+  if unknown:
+    return (f"method {name.strip().lower()!r} accepts {sorted(options) or 'no options'}, "
+            f"got {sorted(kwargs)}")
+  for k, v in kwargs.items():
+    if not is_option_kind(v, options[k]):
+      return f"method {name.strip().lower()!r} option {k} must be {options[k]}, got {v!r}"
+  return ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,7 +43,8 @@ from vitprune import atomic
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, config_from_dict,
-                             config_to_dict, is_method_name, not_a_method)
+                             config_to_dict, is_method_name, method_options_problem,
+                             not_a_method)
 
 FORMAT = "vitprune-estimate"
 VERSION = 1
@@ -309,6 +310,8 @@ def _validate(doc: Any, where: str) -> ViTConfig:
            not_a_method("method.name", doc["method"].get("name")))
   _require(isinstance(doc["method"].get("kwargs", {}), dict), where,
            "method.kwargs must be an object")
+  problem = method_options_problem(doc["method"]["name"], doc["method"].get("kwargs", {}))
+  _require(not problem, where, f"method.kwargs: {problem}")
   batch = doc["eval"].get("batch_size")
   _require(jsonio.is_int(batch) and batch > 0, where,
            f"eval.batch_size must be > 0, got {batch!r}")
@@ -378,6 +381,13 @@ def _validate(doc: Any, where: str) -> ViTConfig:
       _require(p["accuracy"] == ref["accuracy"] and p["agreement"] == 1.0, pw,
                f"{n} tokens is the unpruned model, but its accuracy {p['accuracy']} / "
                f"agreement {p['agreement']} are not the reference's {ref['accuracy']} / 1.0")
+    if labelled:     # accuracy moves only on the images whose prediction moved
+      num = data["num_examples"]
+      moved = round(abs(p["accuracy"] - ref["accuracy"]) * num)
+      _require(moved <= round((1 - p["agreement"]) * num), pw,
+               f"accuracy {p['accuracy']} differs from the reference's {ref['accuracy']} on "
+               f"{moved} of {num} images, but agreement {p['agreement']} leaves only "
+               f"{round((1 - p['agreement']) * num)} predictions changed (edited?)")
   return cfg
 
 

@@ -59,7 +59,8 @@ from vitprune import atomic
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, config_from_dict,
-                             config_to_dict, is_method_name, not_a_method)
+                             config_to_dict, is_method_name, method_options_problem,
+                             not_a_method)
 
 FORMAT = "vitprune-solution"
 VERSION = 1
@@ -234,6 +235,9 @@ def _ref(cls, d: Any, where: str):
     elif not (k == "data_fingerprint" and v is None):
       jsonio.require(isinstance(v, str), where, f"{k} must be a string, got {v!r}",
                      SolutionError)
+  if values.get("method_kwargs") is not None and "method" in values:
+    problem = method_options_problem(values["method"], values["method_kwargs"])
+    jsonio.require(not problem, where, f"method_kwargs: {problem}", SolutionError)
   if "layers" in values:
     values["layers"] = tuple(values["layers"])
   return cls(**values)
