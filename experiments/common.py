@@ -346,12 +346,15 @@ def check_digits_split(weights_source: str, data: Optional[str]) -> None:
   from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (lazy: see _MODEL_CODE)
   from vitprune import data as data_lib  # pylint: disable=g-import-not-at-top
   meta = checkpoint.read_weights_config(weights_source)[1]
+  who = (f"the embedded weights {weights_source}"
+         if os.path.realpath(weights_source) == os.path.realpath(EMBEDDED_WEIGHTS)
+         else f"--weights={weights_source}")                # (no --weights given: not that)
   if data != "digits":
-    data_lib.check_digits_folder(data, meta, f"--weights={weights_source}")
+    data_lib.check_digits_folder(data, meta, who)
     return
   trained = data_lib.digits_training_split(meta)
   if trained is not None and trained != (0, 0.2):
-    raise ValueError(f"--weights={weights_source} were trained on the digits split of seed "
+    raise ValueError(f"{who} were trained on the digits split of seed "
                      f"{trained[0]} (test fraction {trained[1]}), but --data=digits is the test "
                      "split of seed 0 (0.2): most of it is their training data, so every score "
                      "would be inflated")

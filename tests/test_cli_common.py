@@ -444,8 +444,8 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
       "write that split's test images (digits_images --split=test --split_seed=1)")):
     common.check_digits_split(w1, folders["test0"])
   with pytest.raises(ValueError, match=r"^30 of the 30 digits in .*train0 are training images "
-                                       r"of --weights=.*weights/vit_digits \(digits split of "
-                                       r"seed 0"):
+                                       r"of the embedded weights .*weights/vit_digits \(digits "
+                                       r"split of seed 0"):
     common.check_digits_split(common.EMBEDDED_WEIGHTS, folders["train0"])
   with pytest.raises(SystemExit) as e:
     common.run_in_process(estimate_cli.main, estimate_cli.define_flags, [
