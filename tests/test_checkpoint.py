@@ -190,6 +190,93 @@ def test_non_finite_params_written_by_hand_are_refused_on_load(tmp_path):
     checkpoint.load_weights(path)
 
 
+def test_a_flipped_byte_in_the_parameters_is_refused_on_load(tmp_path):
+  """One byte of the shipped checkpoint's data XOR 0xff made one weight 3.1e35 (finite): prune
+  reported accuracy 0.0000 with exit 0. save_weights now records the tree's digest."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from vitprune.digest import params_sha256  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  shipped = os.path.join(root, "weights", "vit_digits")
+  recorded = json.load(open(os.path.join(shipped, "config.json")))["params_sha256"]
+  assert params_sha256(checkpoint.load_weights(shipped)[1]) == recorded
+  bad = str(tmp_path / "w")
+  shutil.copytree(shipped, bad)
+  data = max((os.path.join(d, f) for d, _, fs in os.walk(os.path.join(bad, "params"))
+              for f in fs if "/d/" in os.path.join(d, f)), key=os.path.getsize)
+  with open(data, "r+b") as f:
+    f.seek(os.path.getsize(data) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  with pytest.raises(ValueError, match=re.escape(
+      f"the parameters in {bad}/params do not match the params_sha256 its config.json records "
+      "(corrupted or edited since they were saved)")):
+    checkpoint.load_weights(bad)
+
+
+def test_the_params_digest_is_recorded_checked_and_optional(tmp_path):
+  from vitprune.digest import params_sha256  # pylint: disable=g-import-not-at-top
+  cfg = get_config("test_tiny_vit")
+  params = init_params(cfg, 0)
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, params)
+  cfile = os.path.join(path, "config.json")
+  doc = json.load(open(cfile))
+  assert doc["params_sha256"] == params_sha256(params)
+  json.dump(dict(doc, params_sha256="ABC"), open(cfile, "w"))
+  with pytest.raises(ValueError, match="params_sha256 must be a 64-digit hex string, got 'ABC'"):
+    checkpoint.load_weights(path)
+  json.dump(dict(doc, params_sha256="0" * 64), open(cfile, "w"))
+  with pytest.raises(ValueError, match="do not match the params_sha256"):
+    checkpoint.load_weights(path)
+  doc.pop("params_sha256")                 # a folder written before it was recorded
+  json.dump(doc, open(cfile, "w"))
+  assert params_sha256(checkpoint.load_weights(path)[1]) == params_sha256(params)
+
+
+def test_integer_values_in_a_checkpoint_are_refused_not_cast(tmp_path):
+  """int32 values in params/ (written with orbax by hand) were restored as float32 without a
+  word; convert refuses an integer checkpoint, and so must the loader."""
+  from vitprune import orbax_io  # pylint: disable=g-import-not-at-top
+  cfg = get_config("test_tiny_vit")
+  params = init_params(cfg, 0)
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, params)
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(os.path.join(path, "params"))
+  orbax_io.save(os.path.join(path, "params"), jax.tree.map(
+      lambda a: (np.asarray(a) * 100).astype(np.int32), params))
+  n = len(jax.tree.leaves(params))
+  with pytest.raises(ValueError, match=re.escape(
+      f"could not restore parameters from {path}/params: values stored in other dtypes than the "
+      "float32 restored (orbax would cast them): ['blocks'][0]['attn']['proj']['bias'] is int32, "
+      "['blocks'][0]['attn']['proj']['kernel'] is int32, ['blocks'][0]['attn']['qkv']['bias'] is "
+      f"int32 and {n - 3} more")):
+    checkpoint.load_weights(path)
+
+
+def test_files_beside_the_shipped_weights_are_never_replaced_with_them(tmp_path):
+  """The shipped weights/vit_digits had no inventory, so `train_digits --out=weights/vit_digits
+  --overwrite` (README's own command) deleted a NOTES.txt or a run folder kept in it; a weights
+  folder written before inventories is held to the weights layout."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  shipped = os.path.join(root, "weights", "vit_digits")
+  assert atomic.published_folder_around(os.path.join(shipped, "sub")) == shipped
+  assert atomic.unlisted_files(shipped) == []
+  for inventory in (True, False):
+    w = str(tmp_path / f"w{inventory}")
+    shutil.copytree(shipped, w)
+    if not inventory:
+      os.remove(os.path.join(w, atomic.INVENTORY_FILE))
+    atomic.check_replaceable(w, checkpoint.is_weights_dir)
+    os.makedirs(os.path.join(w, "myrun"))
+    open(os.path.join(w, "myrun", "results.csv"), "w").close()
+    open(os.path.join(w, "NOTES.txt"), "w").close()
+    with pytest.raises(atomic.ForeignOutputError, match=re.escape(
+        f"refusing to replace {w}: it holds NOTES.txt, myrun/results.csv, which vitprune did "
+        "not write there")):
+      atomic.check_replaceable(w, checkpoint.is_weights_dir)
+
+
 def test_corrupt_checkpoint_data_is_one_line_from_the_cli(tmp_path):
   # Zeroed bytes inside orbax's data file: the restore fails while its I/O threads print
   # 'Event loop is closed' tracebacks; the CLI must still print exactly one line.

@@ -131,17 +131,28 @@ def _write_inventory(directory: str) -> None:
     json.dump({"format": "vitprune-inventory", "files": _tree_files(directory)}, f)
 
 
+# What a weights folder written before inventories existed holds (`checkpoint.save_weights`):
+# its marker, the training metrics, and the orbax checkpoint under params/.
+_WEIGHTS_LAYOUT = ("config.json", "metrics.json", "params/")
+
+
 def unlisted_files(directory: str) -> List[str]:
   """Files under `directory` that its INVENTORY_FILE does not list (someone added them after we
-  published it), sorted; [] for a directory written before inventories existed (its marker
-  alone decides) or whose inventory cannot be read."""
+  published it), sorted. A directory written before inventories existed (or whose inventory
+  cannot be read): for a weights folder, the files outside its layout (`_WEIGHTS_LAYOUT`: a
+  NOTES.txt beside the weights was deleted with them); [] for the others (their marker alone
+  decides)."""
+  files = [rel for rel in _tree_files(directory) if rel != INVENTORY_FILE
+           and not os.path.basename(rel).startswith(WRITE_CHECK_PREFIX)]
   try:
     with open(os.path.join(directory, INVENTORY_FILE)) as f:
       listed = set(json.load(f)["files"])
   except (OSError, ValueError, RecursionError, KeyError, TypeError):
-    return []
-  return [rel for rel in _tree_files(directory) if rel != INVENTORY_FILE and rel not in listed
-          and not os.path.basename(rel).startswith(WRITE_CHECK_PREFIX)]
+    if not json_marker(*DIRECTORY_MARKERS[0])(directory):
+      return []
+    return [rel for rel in files if rel not in _WEIGHTS_LAYOUT[:2]
+            and not rel.startswith(_WEIGHTS_LAYOUT[2])]
+  return [rel for rel in files if rel not in listed]
 
 
 def is_free(path: str) -> bool:

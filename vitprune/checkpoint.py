@@ -3,7 +3,9 @@
 Layout of a weights directory (e.g. `weights/deit_small_patch16_224/`):
   config.json   {"format": "vitprune-weights", "version": 1, "config": ViTConfig fields,
                  "meta": {free-form provenance: source checkpoint, its sha256, ...},
-                 "class_names": ["0", ..., "9"] (optional: the names of the outputs, in order)}
+                 "class_names": ["0", ..., "9"] (optional: the names of the outputs, in order),
+                 "params_sha256": `digest.params_sha256` of params/ (checked on load; absent in
+                 folders written before it was recorded)}
   params/       orbax `StandardCheckpointer` checkpoint of the float32 parameter tree
 
 `load_weights(dir)` needs nothing else: the config rebuilds the abstract tree orbax restores into.
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitprune import atomic
+from vitprune import digest
 from vitprune import jsonio
 from vitprune import orbax_io
 from vitprune.config import ViTConfig, check_config, config_from_dict, config_to_dict
@@ -66,7 +69,8 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
   orbax_io.storage_path(path)      # before any work: the checkpoint goes below it
   params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
   check_finite(params32)
-  doc = {"format": FORMAT, "version": VERSION, "config": config_to_dict(cfg), "meta": meta or {}}
+  doc = {"format": FORMAT, "version": VERSION, "config": config_to_dict(cfg), "meta": meta or {},
+         "params_sha256": digest.params_sha256(params32)}
   if class_names is not None:
     doc["class_names"] = list(check_class_names(
         [str(c) for c in class_names] if isinstance(class_names, (list, tuple)) else class_names,
@@ -99,6 +103,9 @@ def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
     raise ValueError(f"{cfg_file}: 'config' must be an object of ViTConfig fields")
   if not isinstance(doc.get("meta", {}), dict):
     raise ValueError(f"{cfg_file}: 'meta' must be an object")
+  sha = doc.get("params_sha256", "0" * 64)
+  if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+    raise ValueError(f"{cfg_file}: params_sha256 must be a 64-digit hex string, got {sha!r}")
   return cfg_file, doc
 
 
@@ -134,6 +141,7 @@ def load_weights(path: str) -> Tuple[ViTConfig, Params]:
   """(config, float32 params as jax arrays) from a directory written by `save_weights`."""
   path = os.path.abspath(path)
   cfg, _ = read_weights_config(path)
+  recorded = _read_doc(path)[1].get("params_sha256")
   params_dir = os.path.join(path, "params")
   if not os.path.isdir(params_dir):
     raise FileNotFoundError(f"{path} has no params/ checkpoint")
@@ -145,4 +153,7 @@ def load_weights(path: str) -> Tuple[ViTConfig, Params]:
   # A diverged training run saved by hand: every output would be NaN (prune failed with a
   # traceback, estimate after the whole evaluation).
   check_finite(params, f"the parameters in {params_dir}", "refusing to load them")
+  if recorded is not None and digest.params_sha256(params) != recorded:   # a flipped byte
+    raise ValueError(f"the parameters in {params_dir} do not match the params_sha256 its "
+                     f"config.json records (corrupted or edited since they were saved)")
   return cfg, jax.tree.map(jnp.asarray, params)

@@ -108,7 +108,27 @@ def restore(directory: str, target: Any) -> Any:
   _check_regular_tree(directory)
   _start_backend()
   with _stderr_kept_unless_failing():
-    return checkpointer().restore(directory, target)
+    ckptr = checkpointer()
+    _check_stored_dtypes(ckptr.metadata(directory), target)
+    return ckptr.restore(directory, target)
+
+
+def _check_stored_dtypes(metadata: Any, target: Any) -> None:
+  """ValueError naming the leaves stored in another dtype than `target` asks for: orbax casts
+  them on restore (int32 values restored as float32 without a word)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  tree = getattr(metadata, "item_metadata", metadata)
+  stored = {jax.tree_util.keystr(k): getattr(v, "dtype", None)
+            for k, v in jax.tree.flatten_with_path(tree)[0]}
+  wrong = [f"{key} is {stored[key]}" for key, want in
+           ((jax.tree_util.keystr(k), v.dtype) for k, v in jax.tree.flatten_with_path(target)[0])
+           if stored.get(key) is not None and np.dtype(stored[key]) != np.dtype(want)]
+  if wrong:
+    raise ValueError(f"values stored in other dtypes than the "
+                     f"{np.dtype(jax.tree.leaves(target)[0].dtype)} restored (orbax would cast "
+                     f"them): {', '.join(wrong[:3])}"
+                     f"{f' and {len(wrong) - 3} more' if len(wrong) > 3 else ''}")
 
 
 def _start_backend() -> None:
