@@ -479,7 +479,8 @@ def _estimate(tmp_path, layers, tokens, value, *, cfg=CFG, batch=8, name="e.json
   def vals(a):
     a = _share(a)
     return {"num_examples": NUM_EXAMPLES, "accuracy": a if labelled else None,
-            "agreement": 1.0 if a == full else _share(min(1.0, a + 0.05)),
+            "agreement": 1.0 if a == full else _share(min(1.0, a + 0.05) if not labelled else
+                                                      1.0 - abs(a - full)),
             "kl": 0.0 if a == full else 0.1}
   doc = {
       "format": "vitprune-estimate", "version": 1, "created": "2025-01-01T00:00:00",

@@ -142,6 +142,7 @@ def test_anchored_prediction_notes_an_estimate_measured_otherwise(inputs, capsys
   doc = json.load(open(es))
   point = doc["points"][1]
   point["accuracy"] = 0.5 if point["accuracy"] != 0.5 else 0.55
+  point["agreement"] = 0.0          # (else the reader refuses the edit: accuracy moved alone)
   edited = root / "edited_e.json"
   edited.write_text(json.dumps(doc))
   sol, _ = _run(root, str(edited), ps, f"--weights={weights}", "--num_images=20",
