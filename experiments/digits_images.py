@@ -36,6 +36,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def main(f: flags.FlagValues) -> str:
   """Checks --out and --limit, writes the folder, prints what it wrote -> its path."""
+  if f["seed"].present and f.limit is None:       # (recorded in the folder's marker: untrue)
+    raise ValueError(f"--seed={f.seed} applies with --limit only (it draws that subset); "
+                     "without --limit every image of the split is written")
+  if f["split_seed"].present and f.split == "all":
+    raise ValueError(f"--split_seed={f.split_seed} changes nothing with --split=all (every "
+                     "digit, whatever the split); give --split=train or --split=test")
   common.check_new_dir(f.out, "out", f.overwrite, data.is_digits_imagefolder)
   train, test = data.digits_split(f.split_seed)
   size = {"train": len(train), "test": len(test), "all": len(train) + len(test)}[f.split]

@@ -137,6 +137,10 @@ def main(f: flags.FlagValues):
   cfg = common.model_config(common.given_model(f), f.weights)
   schedule = S.parse_schedule(cfg, f.schedule) if f.schedule else None
   memory.check_batch_fits(cfg, [f.batch_size], f.dtype)
+  if (f["seed"].present and not f.images and cfg.name == common.EMBEDDED_MODEL):
+    raise ValueError(f"--seed={f.seed} changes nothing here: {cfg.name} has trained weights "
+                     "and is run on the first test digits; it seeds random-init weights, "
+                     "synthetic images and the sample of a larger --images folder")
   cfg, params, source = common.load_model(common.given_model(f), f.weights, f.seed)
   common.check_digits_split(source, os.path.abspath(f.images) if f.images else "digits")
   images, labels, valid, note = load_images(cfg, f.images, f.batch_size, f.seed,

@@ -227,6 +227,13 @@ CASES = [
     ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--accuracy_floor=0.9",
                "--weights=w", "--seed=7"], 1,
      "--seed draws the --num_images subset (the estimate's); without --num_images every image"),
+    # ran, its --seed unread (trained weights, the first test digits)
+    ("prune", ["--seed=5"], 1, "--seed=5 changes nothing here: vit_digits has trained weights "
+     "and is run on the first test digits"),
+    # wrote the folder, its marker recording a seed-5 subset it was not
+    ("digits_images", ["--out={out}", "--seed=5"], 1, "--seed=5 applies with --limit only"),
+    ("digits_images", ["--out={out}", "--split=all", "--split_seed=3"], 1,
+     "--split_seed=3 changes nothing with --split=all"),
 ]
 
 

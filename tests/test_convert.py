@@ -441,6 +441,19 @@ def test_missing_file():
     convert.load_checkpoint("/nonexistent/nope.safetensors")
 
 
+def test_a_special_file_is_not_reported_missing(tmp_path):
+  """A FIFO named model.safetensors was 'checkpoint file not found'."""
+  fifo = tmp_path / "model.safetensors"
+  os.mkfifo(fifo)
+  with pytest.raises(OSError, match=re.escape(f"checkpoint {fifo} is not a regular file (a "
+                                              "device, FIFO or socket)")):
+    convert.load_checkpoint(str(fifo))
+  os.remove(fifo)
+  os.symlink(tmp_path / "gone.safetensors", fifo)
+  with pytest.raises(OSError, match=re.escape(f"checkpoint {fifo} is a dangling link")):
+    convert.load_checkpoint(str(fifo))
+
+
 def test_wrong_extension(tmp_path):
   p = tmp_path / "model.ckpt"
   p.write_bytes(b"x")

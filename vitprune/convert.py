@@ -37,6 +37,7 @@ from safetensors.flax import load_file as load_safetensors_jax
 from safetensors.numpy import load_file as load_safetensors_numpy
 
 from vitprune import atomic
+from vitprune import jsonio
 from vitprune import orbax_io
 from vitprune.checkpoint import check_config, is_weights_dir, save_weights
 from vitprune.config import ViTConfig, is_float_dtype
@@ -151,8 +152,11 @@ def load_checkpoint(path: str) -> Tuple[StateDict, str]:
   if os.path.isdir(path):     # e.g. a HF snapshot folder: the file inside it is meant
     raise IsADirectoryError(f"{path} is a directory, not a checkpoint file; pass the file "
                             f"itself ({', '.join(sorted(EXTENSIONS))})")
-  if not os.path.isfile(path):
+  why = jsonio.why_not_a_file(path)
+  if why == "does not exist":
     raise FileNotFoundError(f"checkpoint file not found: {path}")
+  if why:                                    # a FIFO was 'not found'
+    raise OSError(f"checkpoint {path} {why}")
   ext = os.path.splitext(path)[1].lower()
   if ext not in EXTENSIONS:
     raise ValueError(f"{path}: unsupported checkpoint extension {ext!r}; expected one of "
