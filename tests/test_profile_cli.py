@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from vitprune import pipeline
 from vitprune.profile import records, runner
 from vitprune.registry import get_config
 from vitprune.schedule import Schedule, parse_token_grid
@@ -449,3 +450,24 @@ def test_the_estimate_stage_margins_are_the_solve_stage_evaluators():
   plain = pipeline.PipelineSpec(solver="multi", tokens=(65, 33), num_images=30)
   assert pipeline._estimate(cfg, params, plain, plain.grid(cfg), data, source,
                             lambda s: None)[1] is None          # no refinement: none kept
+
+
+def test_the_main_job_verifies_the_random_drop_graph_its_solution_deploys(tmp_path):
+  """`--method=random --seed=5`: the estimate, the solution (and so deploy and benchmark) used
+  seed 5, but the verify step timed and scored the seed-0 graph: other tokens dropped, another
+  accuracy (0.7855 reported for a graph that deploys at 0.8468)."""
+  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top
+  from vitprune import estimate as estimate_lib  # pylint: disable=g-import-not-at-top
+  from vitprune.records.solution import read_solution  # pylint: disable=g-import-not-at-top
+  from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
+  s = cli.main(_flags(f"--out_dir={tmp_path}", *FAST, "--method=random", "--seed=5",
+                      "--layer=1", "--tokens=65,15", "--alpha=0.9"))
+  assert s["counts"] == [65, 65, 15, 15, 15, 15, 15]
+  assert read_solution(s["files"]["solution"]).method_kwargs == {"seed": 5}
+  cfg, params = checkpoint.load_weights(common.EMBEDDED_WEIGHTS)
+  data = pipeline.load_data(pipeline.PipelineSpec(), checkpoint.read_class_names(
+      common.EMBEDDED_WEIGHTS), cfg.num_classes)
+  accuracy = {seed: estimate_lib.schedule_evaluator(cfg, params, data, make_reducer(
+      "random", seed=seed))([s["counts"]])[0] for seed in (0, 5)}
+  assert accuracy[0] != accuracy[5]                 # (else this test could not tell them apart)
+  assert s["pruned"]["accuracy"] == accuracy[5]

@@ -374,10 +374,13 @@ class Verification:
   check: estimate_lib.EvalResult
 
 
-def _verify(cfg, params, spec, data, chosen: Schedule, log) -> Verification:
+def _verify(cfg, params, spec, data, solution: Solution, log) -> Verification:
+  """The solution's graph as it deploys: its method with the options its accuracy was measured
+  with (random drop's seed decides which tokens go: `Solution.method_kwargs`)."""
   log(f"[4/4] verify: compile and time the unpruned and the {spec.method} graphs, evaluate "
       "both on the same images")
-  reducer = make_reducer(spec.method)
+  chosen = solution.schedule
+  reducer = make_reducer(solution.method, **(solution.method_kwargs or {}))
   graphs = {"unpruned": (full_schedule(cfg), None), spec.method: (chosen, reducer)}
   meas = _measure_graphs(cfg, params, graphs, _interleaved(spec))   # unpruned vs pruned, fairly
   check = estimate_lib.evaluate(
@@ -422,7 +425,7 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
     solution = _solve(cfg, params, spec, data, profile, estimate, log, latency_model, seconds,
                       pieces, margins)
     lap("solve")
-    verification = _verify(cfg, params, spec, data, solution.schedule, log)
+    verification = _verify(cfg, params, spec, data, solution, log)
     lap("verify")
     return write_outputs(out_dir, spec, data, weights_source, profile, estimate, solution,
                          verification, seconds)
