@@ -152,3 +152,30 @@ def test_curve_noise_is_the_robust_spread_of_the_drops_in_either_order():
   assert steps.curve_noise(med[:3]) == 0.0                         # two drops: no estimate
   tokens = np.arange(40, 40 - med.size, -1)
   assert steps.detect_steps(tokens, med).curve_noise_s == pytest.approx(want)
+
+
+def test_a_linear_curve_on_an_uneven_grid_or_of_two_points_has_no_steps():
+  """The trend was the median drop per grid interval (0 below 3 drops): `--tokens=65,33` called
+  a linear curve's one interval a step ('65 -> 33 saves 49%'), and on 65,64,63,62,20 the long
+  last interval was a step ('62 -> 20 saves 68%')."""
+  for tokens in ([65, 33], [65, 64, 63, 62, 20], [65, 49, 47, 20, 9, 2]):
+    med = [1e-5 * n for n in tokens]
+    rep = steps.detect_steps(tokens, med, [1e-7] * len(tokens), [100] * len(tokens))
+    assert rep.steps == () and rep.trend_s == pytest.approx(1e-5), tokens
+    assert rep.curve_noise_s == pytest.approx(0.0, abs=1e-18)
+  tokens = [65, 64, 63, 62, 20]        # a real step in the long interval is still one
+  med = [1e-5 * n + (1e-4 if n >= 62 else 0.0) for n in tokens]
+  rep = steps.detect_steps(tokens, med, [1e-7] * 5, [100] * 5)
+  assert [(s.n_from, s.n_to) for s in rep.steps] == [(62, 20)]
+
+
+def test_curve_noise_about_the_per_token_trend():
+  tokens = np.array([65, 50, 35, 34, 33, 20])
+  med = 1e-5 * tokens + np.array([0, 1, 0, -1, 0, 1]) * 1e-7
+  assert steps.curve_noise(med) > 1e-5                       # uneven gaps read as noise
+  assert steps.curve_noise(med, tokens) < 5e-7
+  assert steps.curve_noise(med[::-1], tokens[::-1]) == pytest.approx(
+      steps.curve_noise(med, tokens))
+  even = np.arange(20, 1, -1)
+  noisy = 1e-5 * even + np.random.default_rng(0).normal(0, 1e-7, even.size)
+  assert steps.curve_noise(noisy, even) == pytest.approx(steps.curve_noise(noisy))

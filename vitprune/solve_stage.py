@@ -395,7 +395,8 @@ def model_multilayer_inputs(lm: LatencyModel, profile: records.Profile, estimate
     med = np.array([pts[int(n)].median_s for n in ns])
     iqr = np.array([pts[int(n)].iqr_s for n in ns])
     cnt = np.array([pts[int(n)].num_samples for n in ns], np.float64)
-    noise = step_k * np.maximum(steps_lib.pair_noise(iqr, cnt), steps_lib.curve_noise(med))
+    noise = step_k * np.maximum(steps_lib.pair_noise(iqr, cnt),
+                              steps_lib.curve_noise(med, ns))
     noise = noise * lm.params["scale"] / cfg.depth
   else:
     noise = None
@@ -433,7 +434,8 @@ def multilayer_inputs(profile: records.Profile, estimate: Estimate, cfg: ViTConf
   bpos = {int(n): i for i, n in enumerate(bt)}
   sel = [bpos[int(n)] for n in ns]
   med, iqr, cnt = bmed[sel], biqr[sel], bcnt[sel]
-  noise = step_k * np.maximum(steps_lib.pair_noise(iqr, cnt), steps_lib.curve_noise(med))
+  noise = step_k * np.maximum(steps_lib.pair_noise(iqr, cnt),
+                              steps_lib.curve_noise(med, ns))
   # Each separately timed part holds one per-call overhead, the whole forward pays it once: keep
   # it in the embedding, take it out of the blocks and the head (as predict.predict does).
   ovh = float(table.overhead_s)

@@ -330,7 +330,7 @@ def summary_table(profile: records.Profile) -> str:
       if rep is None:
         continue
       lines.append(f"-- steps of {comp} curve, batch {b} (curve noise "
-                   f"{1e3 * rep.curve_noise_s:.3g} ms, trend {1e3 * rep.trend_s:.3g} ms/interval)")
+                   f"{1e3 * rep.curve_noise_s:.3g} ms, trend {1e3 * rep.trend_s:.3g} ms/token)")
       lines += ["  " + s for s in rep.describe()]
   if profile.predictions:
     lines.append("-- per-block sum (embed + sum blocks + head) vs measured graph")

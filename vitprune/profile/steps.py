@@ -11,9 +11,11 @@ free on a flat stretch and saves a lot just below a step. Given a measured curve
     curve noise = 1.4826 * MAD(d) (`curve_noise`): the robust spread of all the drops, which
         also captures point-to-point drift that per-point IQRs cannot see (0 below 3 pairs).
 
-A pair is a *step* when `d - trend > k * noise` and `d > min_rel * L(n_hi)`, where `trend` is the
-median drop clipped at >= 0 (the smooth per-token cost on devices without steps, e.g. CPUs, so a
-linear curve has no steps). A pair is *flat* when `|d| <= k * noise` and `|d| <= flat_rel *
+A pair is a *step* when its excess over the trend, `d - trend`, is `> k * noise` and `> min_rel *
+L(n_hi)`, where `trend = c * (n_hi - n_lo)` and `c` is the median drop per token clipped at >= 0
+(the smooth per-token cost on devices without steps, e.g. CPUs: a linear curve has no steps, on
+any grid, and a lone pair of two points is never a step, having nothing to tell a step from the
+trend). The curve noise is then the MAD of the drops about that trend. A pair is *flat* when `|d| <= k * noise` and `|d| <= flat_rel *
 L(n_hi)`: pruning buys nothing there. Consecutive flat pairs are joined (greedily, from many tokens
 down) into flat stretches as long as the change across the whole stretch is also within `k` times
 its noise and within `flat_rel` of its latency, so a slow slope made of individually
@@ -72,8 +74,8 @@ class Flat:
 class StepReport:
   steps: Tuple[Step, ...]
   flats: Tuple[Flat, ...]
-  curve_noise_s: float   # 1.4826 * MAD of the drops
-  trend_s: float         # median drop per grid interval, clipped at >= 0
+  curve_noise_s: float   # 1.4826 * MAD of the drops about the trend
+  trend_s: float         # median drop per token, clipped at >= 0
 
   def describe(self) -> List[str]:
     lines = [s.describe() for s in self.steps] or ["no steps above noise"]
@@ -116,9 +118,11 @@ def pair_noise(iqrs: np.ndarray, counts: Optional[np.ndarray]) -> np.ndarray:
   return np.sqrt(se[:-1] ** 2 + se[1:] ** 2)
 
 
-def curve_noise(medians: Sequence[float]) -> float:
-  """[P] median latencies of a curve ordered by token count (either direction) -> its noise:
-  1.4826 * MAD of the drops between neighbouring points (0 with fewer than 3 drops).
+def curve_noise(medians: Sequence[float], tokens: Optional[Sequence[int]] = None) -> float:
+  """[P] median latencies of a curve ordered by token count (either direction), and its [P]
+  token counts in the same order -> its noise: 1.4826 * MAD of the drops between neighbouring
+  points about the per-token trend (0 with fewer than 3 drops). Without `tokens` the grid is
+  taken as evenly spaced (on one, both give the same value).
 
   A MAD ignores the sign, so ascending and descending orders give the same value.
   """
@@ -126,6 +130,9 @@ def curve_noise(medians: Sequence[float]) -> float:
   drops = m[:-1] - m[1:]
   if drops.size < 3:
     return 0.0
+  if tokens is not None:    # an uneven grid: a linear curve's drops grow with the gaps
+    gaps = np.abs(np.diff(np.asarray(tokens, np.float64)))
+    drops = drops - np.median(drops / gaps) * gaps
   return _MAD_TO_SIGMA * float(np.median(np.abs(drops - np.median(drops))))
 
 
@@ -150,10 +157,12 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
   t, med, iqr = t[order], med[order], iqr[order]
   cnt = None if cnt is None else cnt[order]
   drop = med[:-1] - med[1:]                                   # [P - 1]
-  curve_s = curve_noise(med)
-  trend = max(float(np.median(drop)), 0.0) if drop.size >= 3 else 0.0
+  gap = (t[:-1] - t[1:]).astype(np.float64)                   # [P - 1] tokens per pair
+  curve_s = curve_noise(med, t)
+  per_token = max(float(np.median(drop / gap)), 0.0)
+  excess = drop - per_token * gap
   noise = np.maximum(pair_noise(iqr, cnt), curve_s)
-  is_step = (drop - trend > k * noise) & (drop > min_rel * med[:-1])
+  is_step = (excess > k * noise) & (excess > min_rel * med[:-1])
   is_flat = ((np.abs(drop) <= k * noise) & (np.abs(drop) <= flat_rel * med[:-1])) & ~is_step
   steps = tuple(Step(int(t[i]), int(t[i + 1]), float(med[i]), float(med[i + 1]),
                      float(noise[i])) for i in np.flatnonzero(is_step))
@@ -174,7 +183,7 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
       j += 1
     flats.append(Flat(int(t[i]), int(t[j + 1]), float(med[i]), float(med[j + 1])))
     i = j + 1
-  return StepReport(steps, tuple(flats), curve_s, trend)
+  return StepReport(steps, tuple(flats), curve_s, per_token)
 
 
 def refine_grid(tokens: Sequence[int], report: StepReport, *, lo: int, hi: int) -> List[int]:
