@@ -121,6 +121,24 @@ def test_merge_mismatch_errors(kw, match):
     records.merge([])
 
 
+def test_merge_refuses_another_jax_and_a_file_with_a_graph_twice(tmp_path):
+  """A profile timed under jax 0.4.1 merged into a 0.10.2 one and was relabelled 0.10.2 for
+  every point; a point appended twice (edited) loaded, the last one silently winning."""
+  a = _profile(_staircase_points())
+  for field in ("jax_version", "jaxlib_version"):
+    old = dataclasses.replace(a, **{field: "0.4.1"})
+    with pytest.raises(ValueError, match=re.escape(
+        f"cannot merge profiles measured with different {field.split('_')[0]} versions: '0.4.1' "
+        "vs '0.0' (another compiler builds other graphs")):
+      records.merge([old, a])
+  doc = records.to_json(a)
+  doc["points"].append(dict(doc["points"][3], compile_s=9.0))   # (consistent on its own)
+  with pytest.raises(ValueError, match=re.escape(
+      "p.json: point 16 (model, batch 1, 14 tokens) repeats point 3: a profile holds one timing "
+      "per graph (edited?)")):
+    records.from_json(doc, "p.json")
+
+
 def test_merge_refuses_another_timing_protocol_but_not_another_seed():
   """The merged file's `timing` described only the latest run (min_run_time 0.1 for points
   timed at 0.05)."""

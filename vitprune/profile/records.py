@@ -296,6 +296,13 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
                           schedule=None if p["schedule"] is None else tuple(p["schedule"])))
     except (TypeError, ValueError) as e:
       raise ValueError(f"{source}: point {i}: {e}") from e
+  first: Dict[Tuple, int] = {}
+  for i, pt in enumerate(points):       # two timings of one graph: which one is the profile?
+    j = first.setdefault(pt.key, i)
+    if j != i:
+      graph = f"{pt.tokens} tokens" + ("" if pt.schedule is None else f" {list(pt.schedule)}")
+      raise ValueError(f"{source}: point {i} ({pt.component}, batch {pt.batch_size}, {graph}) "
+                       f"repeats point {j}: a profile holds one timing per graph (edited?)")
   for k in ("steps", "flats", "predictions"):
     if not isinstance(d.get(k, []), list) or not all(isinstance(x, dict) for x in d.get(k, [])):
       raise ValueError(f"{source}: {k} must be a list of objects")
@@ -562,6 +569,12 @@ def merge(profiles: Sequence[Profile]) -> Profile:
       raise ValueError(f"cannot merge profiles timed with different reducers: "
                        f"{profiles[0].reducer!r} vs {p.reducer!r} (their pruned graphs differ; "
                        "write them to another output: a directory, or an edge --out file)")
+    for field in ("jax_version", "jaxlib_version"):   # (the file records one of each)
+      if getattr(p, field) != getattr(profiles[0], field):
+        raise ValueError(f"cannot merge profiles measured with different {field.split('_')[0]} "
+                         f"versions: {getattr(profiles[0], field)!r} vs {getattr(p, field)!r} "
+                         "(another compiler builds other graphs; write them to another output: "
+                         "a directory, or an edge --out file)")
     diff = _timing_difference(profiles[0].timing, p.timing)
     if diff:   # the file records one protocol: it would describe points it did not time
       raise ValueError(f"cannot merge profiles timed with different settings ({diff}; write "
