@@ -2,6 +2,7 @@
 FlagValues by `common.parse`), and its errors."""
 import json
 import os
+import re
 
 import pytest
 from vitprune import pipeline
@@ -356,8 +357,9 @@ def test_weights_flag(tmp_path):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--tokens=1:5"], r"counts \[1\] are outside \[2, 17\]"),
-    (["--tokens=10:18"], r"counts \[18\] are outside"),
+    (["--tokens=1:5"], r"the range's ends \[1\] are outside \[2, 17\]"),
+    (["--tokens=10:18"], r"ends \[18\] are outside"),
+    (["--tokens=1,5"], r"counts \[1\] are outside \[2, 17\]"),
     (["--tokens=5:10:-1"], "never goes from 5 to 10"),
     (["--tokens=5:10:0"], "step must not be 0"),
     (["--tokens=a:b"], "is not 'all'"),
@@ -400,6 +402,20 @@ def test_parse_tokens_forms():
   assert parse_token_grid(get_config("test_tiny_dinov2_reg"), "all")[-1] == 4
   with pytest.raises(ValueError, match="ASCII digits"):       # int() reads them as 5, 6
     parse_token_grid(CFG, "\u0665,\u0666")
+  for spec in ("1_0,5", "+9,3", "9:+3", "9:3:-+1", "--tokens"):  # int() took the first three
+    with pytest.raises(ValueError, match="is not 'all', 'a:b', 'a:b:step' or a comma list"):
+      parse_token_grid(CFG, spec)
+
+
+def test_a_huge_token_range_is_refused_before_it_is_listed():
+  """`--tokens=1:999999999999999` built the whole list (7 GB, 'out of memory'), `1:200000` a
+  1.5 MB error line listing every count."""
+  with pytest.raises(ValueError, match=re.escape(
+      "--tokens '1:999999999999999': the range's ends [1, 999999999999999] are outside [2, 17]")):
+    parse_token_grid(CFG, "1:999999999999999")
+  with pytest.raises(ValueError) as e:
+    parse_token_grid(CFG, ",".join(str(n) for n in range(100, 200000)))
+  assert len(str(e.value)) < 200 and "are outside [2, 17]" in str(e.value)
 
 
 def test_keep_first_reducer_and_spec_validation():

@@ -57,6 +57,17 @@ def test_prune_at_type_and_increase_errors():
     S.prune_at(DEIT_S, keep=150, layer=5, base=S.prune_at(DEIT_S, keep=120, layer=3))
 
 
+def test_a_huge_tome_r_is_a_value_error_not_an_overflow():
+  """`--schedule=r1000...0` (309+ digits) was a 45-line OverflowError traceback."""
+  for r in (10 ** 400, (10 ** 400, 0.5)):
+    with pytest.raises(ValueError, match=r"r must be at most 2147483647 tokens per layer, got "
+                                         r"1000.*000$"):
+      S.tome_r_list(12, r)
+  with pytest.raises(ValueError, match="r must be at most"):
+    S.parse_schedule(REG, "r" + "9" * 309)
+  assert S.tome_r_list(2, S.MAX_R) == [S.MAX_R] * 2
+
+
 def test_tome_r_list_matches_parse_r():
   # ToMe parse_r: min = int(r (1 - inflect)), max = 2 r - min, linear over layers, truncated.
   assert S.tome_r_list(12, 8) == [8] * 12

@@ -223,37 +223,53 @@ def parse_token_grid(cfg: ViTConfig, spec: str) -> Tuple[int, ...]:
   must lie in [prefix + 1, num_tokens]; raises ValueError naming the problem.
   """
   lo, hi = token_bounds(cfg)
+  shown = reprlib.repr(spec)     # (a megabyte of --tokens is not echoed whole)
   text = spec.strip().lower()
   if not text:
     raise ValueError("--tokens is empty; use 'all', 'a:b', 'a:b:step' or 'n1,n2,...'")
   if not text.isascii():       # int() reads other scripts' digits too
-    raise ValueError(f"--tokens {spec!r}: write the counts with the ASCII digits 0-9")
+    raise ValueError(f"--tokens {shown}: write the counts with the ASCII digits 0-9")
   try:
     if text == "all":
       counts = list(range(hi, lo - 1, -1))
     elif ":" in text:
-      parts = [int(p) for p in text.split(":")]
+      parts = [_grid_int(p) for p in text.split(":")]
       if len(parts) not in (2, 3):
         raise ValueError
       a, b = parts[:2]
       step = parts[2] if len(parts) == 3 else (1 if b >= a else -1)
       if step == 0:
-        raise ValueError(f"--tokens {spec!r}: step must not be 0")
+        raise ValueError(f"--tokens {shown}: step must not be 0")
       if (b - a) * step < 0:
-        raise ValueError(f"--tokens {spec!r}: step {step} never goes from {a} to {b}")
+        raise ValueError(f"--tokens {shown}: step {step} never goes from {a} to {b}")
+      ends = sorted({c for c in (a, b) if not lo <= c <= hi})   # (before listing 1e15 counts)
+      if ends:
+        raise ValueError(f"--tokens {shown}: the range's ends {ends} are outside [{lo}, {hi}] "
+                         f"for {cfg.name} (prefix tokens {cfg.num_prefix_tokens} + 1 .. "
+                         f"{cfg.num_tokens} tokens)")
       counts = list(range(a, b + (1 if step > 0 else -1), step))
     else:
-      counts = [int(p) for p in text.split(",")]
+      counts = [_grid_int(p) for p in text.split(",")]
   except ValueError as e:
     if str(e).startswith("--tokens"):
       raise
-    raise ValueError(f"--tokens {spec!r} is not 'all', 'a:b', 'a:b:step' or a comma list of "
+    raise ValueError(f"--tokens {shown} is not 'all', 'a:b', 'a:b:step' or a comma list of "
                      f"integers") from None
   bad = sorted({c for c in counts if not lo <= c <= hi})
   if bad:
-    raise ValueError(f"--tokens {spec!r}: counts {bad} are outside [{lo}, {hi}] for {cfg.name} "
-                     f"(prefix tokens {cfg.num_prefix_tokens} + 1 .. {cfg.num_tokens} tokens)")
+    raise ValueError(f"--tokens {shown}: counts {reprlib.repr(bad)} are outside "
+                     f"[{lo}, {hi}] for {cfg.name} (prefix tokens {cfg.num_prefix_tokens} + 1 "
+                     f".. {cfg.num_tokens} tokens)")
   return tuple(sorted(set(counts), reverse=True))
+
+
+def _grid_int(text: str) -> int:
+  """One integer of `--tokens`: optional '-' and the digits 0-9 (int() also took '6_5' and
+  '+65'), else ValueError."""
+  text = text.strip()
+  if not re.fullmatch(r"-?[0-9]+", text):
+    raise ValueError
+  return int(text)
 
 
 # ----------------------------------------------------------------------------- constructors
@@ -371,6 +387,9 @@ def prune_layers(cfg: ViTConfig, keeps: Mapping[int, int],
 RSpec = Union[int, Tuple[int, float], Sequence[int]]
 
 
+MAX_R = 2 ** 31 - 1      # far above any model's token count; a float holds it exactly
+
+
 def tome_r_list(num_layers: int, r: RSpec) -> List[int]:
   """ToMe's `parse_r`: a constant r, an (r, inflection) pair or an explicit list -> per-layer r.
 
@@ -401,6 +420,8 @@ def tome_r_list(num_layers: int, r: RSpec) -> List[int]:
   r = as_int(r, "r")
   if r < 0:
     raise ValueError(f"r must be >= 0, got {r}")
+  if r > MAX_R:        # (a float of it overflowed: a traceback)
+    raise ValueError(f"r must be at most {MAX_R} tokens per layer, got {reprlib.repr(r)}")
   min_val = int(r * (1.0 - inflect))
   max_val = 2 * r - min_val
   if num_layers == 1:
