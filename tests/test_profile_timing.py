@@ -27,6 +27,7 @@ def test_summarize_exact():
     (dict(min_reps=2), "min_reps"), (dict(min_reps=10, max_reps=5), "max_reps"),
     (dict(max_rel_iqr=0), "max_rel_iqr"), (dict(max_retries=-1), "max_retries"),
     (dict(rounds=0), "rounds must be >= 1"),
+    (dict(max_retries=101), "max_retries must be at most 100, got 101"),  # (days of retries)
 ])
 def test_timing_config_errors(kw, match):
   with pytest.raises(ValueError, match=match):

@@ -27,6 +27,9 @@ MAX_RUN_TIME = 3600.0
 # Calls per point (warm-up, timed) and rounds, at most: --repeats=10**12 ran for days too.
 MAX_CALLS = 10 ** 7
 MAX_ROUNDS = 1000
+# Re-measurement rounds of noisy points, at most: --max_retries=10**8 with a tight
+# --max_rel_iqr re-measured for days after the progress bar reached 100 %.
+MAX_RETRIES = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +70,8 @@ class TimingConfig:
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise ValueError(f"{name} must be an integer, got {v!r}")
-    for name, most in (("warmup", MAX_CALLS), ("max_reps", MAX_CALLS), ("rounds", MAX_ROUNDS)):
+    for name, most in (("warmup", MAX_CALLS), ("max_reps", MAX_CALLS), ("rounds", MAX_ROUNDS),
+                       ("max_retries", MAX_RETRIES)):
       if getattr(self, name) > most:
         raise ValueError(f"{name} must be at most {most}, got {getattr(self, name)}")
     if self.warmup < 0:
