@@ -376,6 +376,14 @@ def test_weights_flag(tmp_path):
     (["--threads=0"], "threads must be >= 1"),
     (["--min_run_time=0"], "min_run_time must be > 0"),
     (["--reducer=nosuch"], "nosuch"),
+    (["--reducer=KEEP_FIRST_X"], r"valid: evit, pomt, random, tome, topk, keep_first \(the "
+                                 r"profiler's own\)"),
+    # refused after every graph had compiled (61 s on vit_digits), not naming --reducer
+    (["--mode=block", "--reducer=pomt"], "^--reducer=pomt cannot drop tokens after the "
+                                         "embedding, which every graph of --mode=block does"),
+    (["--reducer=tome"], "^--reducer=tome cannot drop tokens after the embedding"),
+    (["--mode=schedule", "--schedule=17,5,5", "--reducer=tome"], "tome can remove at most 8 of "
+     "the 17 tokens entering block 0"),
     (["--mode=schedule", "--schedule=17,17,17", "--adaptive"], "^--tokens, --adaptive and "
      "--coarse_stride apply to --mode=model or block"),
     (["--mode=schedule", "--schedule=17,17,17", "--tokens=9:17"], "not --mode=schedule"),
@@ -392,6 +400,18 @@ def test_flag_errors(tmp_path, args, match):
   with pytest.raises(ERRORS, match=match):
     _run(tmp_path, *args)
   assert not os.path.exists(tmp_path / "profile")
+
+
+def test_reducer_names_are_recorded_in_their_one_spelling(tmp_path):
+  """`--reducer=RANDOM` was recorded as 'RANDOM', and the next merge into the same file was
+  refused as 'timed with different reducers: 'random' vs 'RANDOM''."""
+  assert runner.make_drop_reducer("RANDOM")[1] == "random"
+  assert runner.make_drop_reducer(" Keep_First ")[1] == "keep_first"
+  _run(tmp_path, "--tokens=17,9", "--reducer=RANDOM")
+  _run(tmp_path, "--tokens=13")                          # merged into the same file
+  (path,) = [str(p) for p in tmp_path.iterdir() if p.suffix == ".json"]
+  prof = records.load(path)
+  assert prof.reducer == "random" and {p.tokens for p in prof.points} == {17, 13, 9}
 
 
 def test_parse_tokens_forms():

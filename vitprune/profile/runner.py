@@ -63,10 +63,15 @@ MODES = records.MODES
 def make_drop_reducer(name: Optional[str] = None) -> Tuple[Any, str]:
   """-> (reducer, its name). None: the library's 'random' drop; 'keep_first': `KeepFirst`;
   any other name goes through `vitprune.reduce.methods.make_reducer`."""
+  name = (name or "random").strip().lower()      # ('RANDOM' was recorded as such: no merge)
   if name == "keep_first":
     return KeepFirst(), "keep_first"
-  name = name or "random"
-  return make_reducer(name), name
+  try:
+    return make_reducer(name), name
+  except ValueError as e:
+    if not str(e).startswith("unknown token-reduction method"):
+      raise
+    raise ValueError(f"{e}, keep_first (the profiler's own)") from None
 
 
 # ----------------------------------------------------------------------------- graphs
@@ -118,9 +123,14 @@ class ProfileSpec:
       raise ValueError("mode 'schedule' needs at least one --schedule")
     if self.mode != "schedule" and self.schedules:
       raise ValueError(f"--schedule is only used with --mode=schedule, not {self.mode!r}")
-    for s in self.schedules:
-      check_schedule(self.cfg, s)
-    make_drop_reducer(self.reducer)   # unknown names fail here, before any compile
+    reducer, name = make_drop_reducer(self.reducer)   # unknown names fail here, before any
+    for s in self.schedules:                          # compile, and the reducer's limits too
+      check_schedule(self.cfg, s, reducer if reduces_tokens(self.cfg, s) else None)
+    if self.mode in ("model", "block") and not reducer.supports_embedding:
+      raise ValueError(f"--reducer={name} cannot drop tokens after the embedding, which every "
+                       f"graph of --mode={self.mode} does (n tokens from the embedding on; "
+                       "attention-based reducers need a block before them); use --reducer="
+                       "random or keep_first, or time its schedules with --mode=schedule")
     if self.tokens is not None:
       check_token_grid(self.cfg, set(self.tokens))   # repeats are measured once (`grid`)
 
