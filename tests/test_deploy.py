@@ -165,6 +165,15 @@ def test_call_rejects_raw_pixels_and_non_finite_images(artifact, images, match):
     deploy.load(artifact)(images)
 
 
+def test_call_refuses_outputs_that_are_not_finite(artifact):
+  """Finite images of 3e38 (no preprocessing) gave all-NaN logits, read as class 0."""
+  x = _images(3)
+  x[1] = 3e38
+  with pytest.raises(FloatingPointError, match=r"^the model's outputs are NaN/inf for 1 of 3 "
+                     r"images \(first: 1\), whose values reach 3e\+38: are they preprocessed"):
+    deploy.load(artifact)(x)
+
+
 def test_call_takes_lists_and_other_float_dtypes(artifact, params):
   model, x = deploy.load(artifact), _images(3)
   want = np.asarray(model(x))

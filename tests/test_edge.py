@@ -820,6 +820,11 @@ def test_the_board_model_refuses_raw_pixels_and_non_finite_images(artifact, imag
                        (np.full(x.shape, 1e300), "^images hold NaN or inf values$")):
     with pytest.raises(ValueError, match=message):
       m(bad)
+  huge = x.copy()
+  huge[0] = 3e38                            # finite, but the logits are NaN: class 0
+  with pytest.raises(FloatingPointError, match=r"^the model's outputs are NaN/inf for 1 of 2 "
+                     r"images \(first: 0\), whose values reach 3e\+38"):
+    m(huge)
 
 
 def test_a_features_record_built_before_kinds_takes_its_kind_from_the_manifest(tmp_path,

@@ -51,6 +51,7 @@ from vitprune.data import iterate_batches
 from vitprune.profile import protocol
 from vitprune.profile.protocol import Measurement, TimingConfig
 from vitprune.digest import file_sha256, params_sha256  # noqa: F401  (file_sha256: public API)
+from vitprune.edge.runtime import check_finite_outputs
 from vitprune.records.manifest import (BATCH_SYMBOL, FORMAT, MANIFEST_FILE, VERSION,  # noqa: F401
                                        ArtifactError, Manifest, read_manifest)
 from vitprune.schedule import check_schedule
@@ -430,8 +431,10 @@ class DeployedModel:
 
   def __call__(self, images) -> jax.Array:
     """images [B, H, W, C], preprocessed floats (converted to float32) -> [B, K] float32.
-    Raw integer pixels and NaN/inf are refused (they would run and give wrong classes)."""
-    return self.call_checked(self.check_images(images))
+    Raw integer pixels and NaN/inf are refused (they would run and give wrong classes), and so
+    are outputs that are not finite (finite inputs of 3e38 gave NaN logits: class 0)."""
+    x = self.check_images(images)
+    return check_finite_outputs(self.call_checked(x), x)
 
   def check_images(self, images) -> jax.Array:
     """`images` as the float32 [B, H, W, C] array the graph takes; ValueError for another

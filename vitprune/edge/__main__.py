@@ -221,7 +221,8 @@ def main(argv):
       print(f"wrote {console.printable(FLAGS.output)}")
     console.finish_quietly()             # done: a signal from now on must not fail it, and
     console.raise_if_interrupted()       # one before (even swallowed by a callback) still does
-  except (EdgeError, ValueError, FileNotFoundError, OSError, MemoryError) as e:
+  except (EdgeError, ValueError, FileNotFoundError, OSError, MemoryError,
+          FloatingPointError) as e:
     if console.interrupted():    # a failure while the interrupt was held: both are said
       exit_interrupted(e)
     sys.exit(f"error: {console.one_line(e)}")

@@ -242,13 +242,30 @@ class EdgeModel:
     return x
 
   def __call__(self, images) -> np.ndarray:
-    return np.asarray(self.timed_call(images)())
+    """images [B, H, W, C] preprocessed float32 -> [B, K]; non-finite outputs refused."""
+    x = self._check(images)
+    return check_finite_outputs(np.asarray(self.timed_call(x)()), x)
 
   def timed_call(self, images) -> Callable[[], Any]:
     """A no-argument call on device-resident `images` that returns when the result is on the
     host (what the timing protocol times)."""
     xs = self._runner.put_batch(self._check(images), self.shards)
     return self._runner.bind(self._fns, self._weights, xs)
+
+
+def check_finite_outputs(outputs: Any, images: np.ndarray) -> Any:
+  """`outputs` [B, K] of a deployed model on `images` [B, H, W, C] (JAX's or a board's), or
+  FloatingPointError naming the images whose outputs are NaN/inf: finite inputs far outside
+  the preprocessed range (3e38) gave all-NaN logits, read as class 0 without a word."""
+  bad = ~np.isfinite(np.asarray(outputs)).reshape(len(outputs), -1).all(axis=1)
+  if bad.any():
+    rows = np.flatnonzero(bad)
+    peak = float(np.max(np.abs(np.asarray(images)[rows])))
+    raise FloatingPointError(
+        f"the model's outputs are NaN/inf for {rows.size} of {len(outputs)} images (first: "
+        f"{rows[0]}), whose values reach {peak:.3g}: are they preprocessed as the artifact "
+        "records ('preprocessing')?")
+  return outputs
 
 
 def record_identity(record: Dict[str, Any]) -> Dict[str, Any]:
