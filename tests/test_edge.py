@@ -1212,3 +1212,42 @@ def test_the_board_cli_exits_as_interrupted_when_it_fails_with_a_signal_held():
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   assert (r.returncode, r.stderr) == (
       143, "error: [Errno 28] No space left on device while writing /out (terminated)\n")
+
+
+def test_a_module_for_a_named_cpu_this_one_lacks_is_an_error_not_a_crash(tmp_path, params,
+                                                                        images, monkeypatch):
+  """`--target=iree:llvm-cpu:x86_64-linux-gnu:diamondrapids` run on an x86-64 CPU without its
+  instructions: exit 132 and a native stack dump (the architecture check passed). A trial run
+  in a child process now turns the SIGILL into an error line, and `load` takes the next target
+  this CPU runs."""
+  import platform  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  from vitprune.edge.targets import EdgeError  # pylint: disable=g-import-not-at-top
+  record = {"target": "iree:llvm-cpu:x86_64-linux-gnu:x86-64"}
+  calls = []
+  run = subprocess.run
+  monkeypatch.setattr(subprocess, "run", lambda argv, **kw: run(argv, **kw) if argv[1] != "-c"
+                      else calls.append(argv) or subprocess.CompletedProcess(argv, -4))
+  with pytest.raises(EdgeError, match=r"^m \(x\) was compiled for the CPU 'x86-64', and a trial "
+                     r"run on this CPU \(.*\) died of SIGILL: this CPU lacks instructions"):
+    edge_rt.check_runs_here("/a", record, "m (x)")
+  assert calls[0][-3:] == ["/a", record["target"], "local-task"]
+  for target in ("iree:host", "iree:llvm-cpu:x86_64-linux-gnu", "iree:cuda:sm_87"):
+    edge_rt.check_runs_here("/a", {"target": target}, "m")          # no trial run for these
+  monkeypatch.setenv("VITPRUNE_EDGE_PROBED", "1")                    # (nor inside the trial)
+  edge_rt.check_runs_here("/a", record, "m")
+  assert len(calls) == 1
+  monkeypatch.undo()
+  flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+  if platform.machine() != "x86_64" or "amx_tile" in flags:
+    pytest.skip("needs an x86-64 CPU without Diamond Rapids' AMX instructions")
+  out = str(tmp_path / "art")
+  named = ["iree:llvm-cpu:x86_64-linux-gnu:diamondrapids", "iree:llvm-cpu:x86_64-linux-gnu:x86-64"]
+  deploy.export_artifact(out, CFG, params, schedule=parse_schedule(CFG, "keep@1:9"),
+                         reducer=make_reducer("pomt"), reducer_name="pomt", batch_size=2,
+                         targets=named)
+  with pytest.raises(EdgeError, match="died of SIGILL"):
+    edge_rt.load(out, named[0])
+  m = edge_rt.load(out)
+  assert m.target == named[1]
+  np.testing.assert_allclose(m(images), np.asarray(deploy.load(out)(images)), atol=1e-4)

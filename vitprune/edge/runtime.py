@@ -38,8 +38,8 @@ import numpy as np
 from vitprune import jsonio
 from vitprune.digest import file_sha256
 from vitprune.config import Preprocessing, is_float_dtype
-from vitprune.edge.targets import (EdgeError, check_driver, check_runnable, parse_target,
-                                    targets_mismatch)
+from vitprune.edge.targets import (EdgeError, check_driver, check_runnable, host_cpu,
+                                    parse_target, targets_mismatch)
 
 RECORD_FORMAT = "vitprune-edge-target"
 RECORD_VERSION = 2          # 2: the record holds the reducer (part of its function's identity)
@@ -443,6 +443,45 @@ def check_against_manifest(path: str, records: List[Dict[str, Any]]) -> Optional
   return doc
 
 
+_PROBED = "VITPRUNE_EDGE_PROBED"     # set in the probe's own process: it does not probe again
+
+
+def check_runs_here(path: str, record: Dict[str, Any], where: str) -> None:
+  """A module compiled for a named CPU (`iree:llvm-cpu:<triple>:<cpu>`) first runs one batch of
+  zeros in a child process: on a CPU of the same architecture that lacks one of the named CPU's
+  instructions it dies of SIGILL (IREE does not check them all), which no process survives
+  (exit 132 and a native stack dump, not an error line). EdgeError when the child dies of a
+  signal; any other failure is left to this process to meet and report."""
+  cpu = parse_target(record["target"]).cpu
+  if cpu in (None, "host", "generic") or os.environ.get(_PROBED):
+    return
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = dict(os.environ, **{_PROBED: "1", "PYTHONPATH": os.pathsep.join(
+      p for p in (package_root, os.environ.get("PYTHONPATH")) if p)})
+  code = ("import sys, numpy as np\nfrom vitprune.edge import runtime as r\n"
+          "m = r.load(sys.argv[1], sys.argv[2], sys.argv[3])\n"
+          "m(np.zeros(m.input_shape, np.float32))\n")
+  try:
+    child = subprocess.run([sys.executable, "-c", code, path, record["target"],
+                            record.get("driver") or parse_target(record["target"]).driver],
+                           env=env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600,
+                           check=False)
+  except subprocess.TimeoutExpired:
+    return
+  if child.returncode < 0:
+    try:
+      name = signal.Signals(-child.returncode).name
+    except ValueError:
+      name = f"signal {-child.returncode}"
+    raise EdgeError(f"{where} was compiled for the CPU {cpu!r}, and a trial run on this CPU "
+                    f"({host_cpu()['model']}) died of {name}: this CPU lacks instructions the "
+                    "module uses; compile for this board's CPU (--target=iree:host on it)")
+
+
 def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) -> EdgeModel:
   """The artifact's module for `target` (default: the first one this host can run), on
   `driver` (default: the one its record names)."""
@@ -457,12 +496,14 @@ def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) 
                       f"{', '.join(r['target'] for r in records)})")
     record = with_driver(chosen[0], driver)
     check_runnable(record, f"{path} ({want})")
+    check_runs_here(path, record, f"{path} ({want})")
     return EdgeModel(path, record, f"{path} ({want})", manifest)
   reasons = []
   for r in records:
     try:
       record = with_driver(r, driver)
       check_runnable(record, f"{r['target']}")
+      check_runs_here(path, record, f"{r['target']}")
     except EdgeError as e:
       reasons.append(str(e))
       continue
