@@ -1251,3 +1251,20 @@ def test_a_module_for_a_named_cpu_this_one_lacks_is_an_error_not_a_crash(tmp_pat
   m = edge_rt.load(out)
   assert m.target == named[1]
   np.testing.assert_allclose(m(images), np.asarray(deploy.load(out)(images)), atol=1e-4)
+
+
+@pytest.mark.parametrize("args, want", [
+    (["--iree-llvmcpu-target-triple=x86_64-linux-gnu", "--iree-llvmcpu-target-cpu=notacpu"],
+     "'notacpu' is not a recognized processor for this target (ignoring processor)"),
+    (["--iree-llvmcpu-target-triple=foo-bar"], "createTargetMachine(foo-unknown-unknown-eabi-elf) "
+     "failed; machine may not be enabled in LLVM"),
+])
+def test_a_failed_compile_names_its_reason(args, want):
+  """`--target=iree:llvm-cpu:x86_64-linux-gnu:notacpu` was 'IREE could not compile ...: Error
+  invoking IREE compiler tool iree-compile': the one line that said why was dropped."""
+  import iree.compiler as ic  # pylint: disable=g-import-not-at-top
+  with pytest.raises(Exception) as e:
+    ic.compile_str("module {}", target_backends=["llvm-cpu"], extra_args=args)
+  assert iree_build._first_error(e.value) == want
+  assert iree_build._first_error(ValueError("x\nDiagnostics:\na.mlir:3:1: error: bad op\nLLVM "
+                                            "ERROR: later")) == "a.mlir:3:1: error: bad op"

@@ -182,8 +182,20 @@ def strip_locations(mlir: str) -> str:
 
 
 def _first_error(e: Exception) -> str:
-  lines = [l.strip() for l in str(e).splitlines() if "error:" in l]
-  return (lines[0] if lines else str(e).strip().splitlines()[0])[:400]
+  """The line of an `iree-compile` failure that says what went wrong: an unknown CPU name, else
+  the first 'error:' line, else the first line of its diagnostics ('createTargetMachine(foo-...)
+  failed'), else its first line ('Error invoking IREE compiler tool iree-compile' named none)."""
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  if not lines:
+    return type(e).__name__
+  diagnostics = lines[lines.index("Diagnostics:") + 1:] if "Diagnostics:" in lines else []
+  for wanted in (lambda l: "is not a recognized processor" in l,
+                 lambda l: "error:" in l.lower() and not l.startswith("LLVM ERROR"),
+                 lambda l: l in diagnostics[:1], lambda l: "error:" in l.lower()):
+    found = [l for l in lines if wanted(l)]
+    if found:
+      return found[0][:400]
+  return lines[0][:400]
 
 
 _log = logging.getLogger(__name__)
