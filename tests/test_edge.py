@@ -1225,13 +1225,19 @@ def test_a_module_for_a_named_cpu_this_one_lacks_is_an_error_not_a_crash(tmp_pat
   from vitprune.edge.targets import EdgeError  # pylint: disable=g-import-not-at-top
   record = {"target": "iree:llvm-cpu:x86_64-linux-gnu:x86-64"}
   calls = []
-  run = subprocess.run
+  run, code = subprocess.run, [-4]
   monkeypatch.setattr(subprocess, "run", lambda argv, **kw: run(argv, **kw) if argv[1] != "-c"
-                      else calls.append(argv) or subprocess.CompletedProcess(argv, -4))
+                      else calls.append(argv) or subprocess.CompletedProcess(argv, code[0]))
   with pytest.raises(EdgeError, match=r"^m \(x\) was compiled for the CPU 'x86-64', and a trial "
                      r"run on this CPU \(.*\) died of SIGILL: this CPU lacks instructions"):
     edge_rt.check_runs_here("/a", record, "m (x)")
   assert calls[0][-3:] == ["/a", record["target"], "local-task"]
+  for code[0] in (-11, -9, 1):           # not a missing instruction: this process finds out
+    edge_rt.check_runs_here("/a", record, "m (x)")
+  code[0] = -2                           # the terminal's Ctrl-C reached the child
+  with pytest.raises(KeyboardInterrupt):
+    edge_rt.check_runs_here("/a", record, "m (x)")
+  del calls[1:]
   for target in ("iree:host", "iree:llvm-cpu:x86_64-linux-gnu", "iree:cuda:sm_87"):
     edge_rt.check_runs_here("/a", {"target": target}, "m")          # no trial run for these
   monkeypatch.setenv("VITPRUNE_EDGE_PROBED", "1")                    # (nor inside the trial)
@@ -1251,6 +1257,17 @@ def test_a_module_for_a_named_cpu_this_one_lacks_is_an_error_not_a_crash(tmp_pat
   m = edge_rt.load(out)
   assert m.target == named[1]
   np.testing.assert_allclose(m(images), np.asarray(deploy.load(out)(images)), atol=1e-4)
+  for target in named:                    # a kit's first point is tried the same way
+    kit_dir = str(tmp_path / target.rsplit(":", 1)[1])
+    iree_build.build_kit(kit_dir, CFG, params, target=target, grid=(17, 9),
+                         reducer=make_reducer("random"))
+    if target == named[0]:
+      with pytest.raises(EdgeError, match=f"^kit {kit_dir} was compiled for the CPU "
+                         "'diamondrapids', and a trial run .* died of SIGILL"):
+        kit_lib.profile_kit(kit_dir, protocol.TimingConfig(min_run_time=0.01))
+    else:
+      prof, _ = kit_lib.profile_kit(kit_dir, protocol.TimingConfig(min_run_time=0.01))
+      assert len(prof.points) == 2
 
 
 @pytest.mark.parametrize("args, want", [

@@ -162,6 +162,8 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
   refused before anything is timed: the board's whole run was thrown away at the end."""
   path = os.path.abspath(path)
   kit, plans, functions = _kit_plans(path, driver)
+  rt.trial_in_child(kit["target"], f"kit {path}", "from vitprune.edge import kit\n"
+                    "kit.trial_call(sys.argv[1], sys.argv[2] or None)\n", path, driver or "")
   if out is not None:
     stem = _out_stem(out)
     records.check_save(_kit_profile(kit, cfg), os.path.dirname(stem), os.path.basename(stem),
@@ -198,6 +200,19 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
       meas[i], component=p["component"], batch_size=p["batch_size"], tokens=p["tokens"],
       schedule=p["schedule"]) for i, p in enumerate(kit["points"]))
   return records.analyze(_kit_profile(kit, cfg, points)), kit
+
+
+def trial_call(path: str, driver: Optional[str] = None) -> None:
+  """One call of the first point of kit `path` on zeros, as `profile_kit` runs it (the trial
+  run of a kit for a named CPU: `runtime.trial_in_child`)."""
+  kit, plans, functions = _kit_plans(path, driver)
+  point, (d, k) = kit["points"][0], plans[0]
+  weights = rt.read_weights(path, kit["weights"], f"kit {path}")
+  runner = rt.Runner(d, k)
+  fns = runner.load(rt.checked_file(path, point["module"], f"kit {path}"), functions[0],
+                    contexts=k)
+  x = runner.put_batch(np.zeros(tuple(point["input"]["shape"]), np.float32), k)
+  runner.bind(fns, [runner.put(weights[j]) for j in point["args"]], x)()
 
 
 def write_profile(profile, out: str, kit: Optional[Dict[str, Any]] = None) -> Dict[str, str]:

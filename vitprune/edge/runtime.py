@@ -31,10 +31,14 @@ import functools
 import glob
 import os
 import reprlib
+import signal
+import subprocess
+import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from vitprune import console
 from vitprune import jsonio
 from vitprune.digest import file_sha256
 from vitprune.config import Preprocessing, is_float_dtype
@@ -447,39 +451,44 @@ _PROBED = "VITPRUNE_EDGE_PROBED"     # set in the probe's own process: it does n
 
 
 def check_runs_here(path: str, record: Dict[str, Any], where: str) -> None:
-  """A module compiled for a named CPU (`iree:llvm-cpu:<triple>:<cpu>`) first runs one batch of
-  zeros in a child process: on a CPU of the same architecture that lacks one of the named CPU's
-  instructions it dies of SIGILL (IREE does not check them all), which no process survives
-  (exit 132 and a native stack dump, not an error line). EdgeError when the child dies of a
-  signal; any other failure is left to this process to meet and report."""
-  cpu = parse_target(record["target"]).cpu
+  """An artifact's module for a named CPU runs one batch of zeros in a child process first
+  (`trial_in_child`)."""
+  trial_in_child(record["target"], where, "from vitprune.edge import runtime as r\n"
+                 "m = r.load(sys.argv[1], sys.argv[2], sys.argv[3])\n"
+                 "m(np.zeros(m.input_shape, np.float32))\n",
+                 path, record["target"],
+                 record.get("driver") or parse_target(record["target"]).driver)
+
+
+def trial_in_child(target: str, where: str, code: str, *argv: str) -> None:
+  """For a module compiled for a named CPU (`iree:llvm-cpu:<triple>:<cpu>`), runs `code` (with
+  `sys`, `np` and `argv` as sys.argv[1:]) in a child process first: on a CPU of the same
+  architecture that lacks one of the named CPU's instructions it dies of SIGILL (IREE does not
+  check them all), which no process survives (exit 132 and a native stack dump, not an error
+  line). EdgeError when the child dies of SIGILL, an interrupt when of SIGINT; any other
+  failure is left to this process to meet and report (and a child still running after 600 s
+  is let go). Nothing for other targets, or inside such a child."""
+  cpu = parse_target(target).cpu
   if cpu in (None, "host", "generic") or os.environ.get(_PROBED):
     return
-  import signal  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env = dict(os.environ, **{_PROBED: "1", "PYTHONPATH": os.pathsep.join(
       p for p in (package_root, os.environ.get("PYTHONPATH")) if p)})
-  code = ("import sys, numpy as np\nfrom vitprune.edge import runtime as r\n"
-          "m = r.load(sys.argv[1], sys.argv[2], sys.argv[3])\n"
-          "m(np.zeros(m.input_shape, np.float32))\n")
   try:
-    child = subprocess.run([sys.executable, "-c", code, path, record["target"],
-                            record.get("driver") or parse_target(record["target"]).driver],
-                           env=env, stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600,
-                           check=False)
+    child = subprocess.run([sys.executable, "-c", "import sys, numpy as np\n" + code, *argv],
+                           env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=600, check=False)
   except subprocess.TimeoutExpired:
     return
-  if child.returncode < 0:
-    try:
-      name = signal.Signals(-child.returncode).name
-    except ValueError:
-      name = f"signal {-child.returncode}"
+  if -child.returncode == signal.SIGINT:     # the terminal's Ctrl-C reached it too
+    console.raise_if_interrupted()
+    raise KeyboardInterrupt
+  if -child.returncode == signal.SIGILL:
     raise EdgeError(f"{where} was compiled for the CPU {cpu!r}, and a trial run on this CPU "
-                    f"({host_cpu()['model']}) died of {name}: this CPU lacks instructions the "
+                    f"({host_cpu()['model']}) died of SIGILL: this CPU lacks instructions the "
                     "module uses; compile for this board's CPU (--target=iree:host on it)")
+  # Another signal (SIGSEGV, the OOM killer's SIGKILL, a SIGTERM) says nothing about the
+  # instructions: this process meets the cause, or not, itself.
 
 
 def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) -> EdgeModel:
