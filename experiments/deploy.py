@@ -90,7 +90,7 @@ def input_provenance(profile_path: str = "", estimate_path: str = "") -> dict:
   if profile_path:
     p = records.load(profile_path)
     out["profile"] = {"path": os.path.abspath(profile_path),
-                      "sha256": jsonio.canonical_sha256(records.to_json(p)), "model": p.model,
+                      "sha256": records.measurement_sha256(p), "model": p.model,
                       "device_kind": p.device_kind, "platform": p.platform, "dtype": p.dtype,
                       "batch_sizes": list(p.batch_sizes), "modes": list(p.modes)}
   if estimate_path:
@@ -123,6 +123,15 @@ def check_inputs_match(provenance: dict, model: str, weights_sha256: str,
                      f"artifact runs batch {batch_size} (latency steps depend on the batch)")
 
 
+def _solved_before_measurement_digests(path: str, sha256: str) -> bool:
+  """Whether `sha256` is the digest solutions recorded of profile `path` before they recorded
+  `records.measurement_sha256`: of the whole JSON, steps included (as the file holds them)."""
+  try:
+    return jsonio.canonical_sha256(jsonio.read_json(path, "profile")) == sha256
+  except (OSError, ValueError):
+    return False
+
+
 def check_solution_inputs(provenance: dict, profile_ref, estimate_ref, solution: str) -> None:
   """With --solution, a --profile / --estimate given as well must be the very record the solution
   was solved from (same canonical sha256): the manifest records both, and two different
@@ -130,7 +139,8 @@ def check_solution_inputs(provenance: dict, profile_ref, estimate_ref, solution:
   for flag, key, ref in (("--profile", "profile", profile_ref),
                          ("--estimate", "estimate", estimate_ref)):
     rec = provenance.get(key)
-    if rec is not None and ref is not None and rec["sha256"] != ref.sha256:
+    if rec is not None and ref is not None and rec["sha256"] != ref.sha256 and not (
+        key == "profile" and _solved_before_measurement_digests(rec["path"], ref.sha256)):
       raise ValueError(f"{flag}={rec['path']} (sha256 {rec['sha256'][:12]}...) is not the "
                        f"{key} the solver output {solution} was solved from ({ref.path}, sha256 "
                        f"{ref.sha256[:12]}...); give that one, or leave {flag} out")

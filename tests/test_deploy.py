@@ -678,3 +678,37 @@ def test_deploy_refuses_a_profile_or_estimate_the_solution_was_not_solved_from()
   with pytest.raises(ValueError, match=r"^--estimate=/e.json .* is not the estimate"):
     check_solution_inputs(prov, same_p, types.SimpleNamespace(path="/e.json", sha256="d" * 64),
                           "s.json")
+
+
+def test_a_solution_names_its_profile_by_what_was_measured(tmp_path):
+  """The profile digest covered the steps recomputed on load: with a better step detector every
+  solution of an uneven grid (`--tokens=65,33`) was refused by `deploy --profile` as 'not the
+  profile it was solved from'. Solutions now record the measurement's digest; one written
+  before (of the whole file, as read then) is still accepted."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  from experiments import deploy as deploy_cli  # pylint: disable=g-import-not-at-top
+  from vitprune import jsonio  # pylint: disable=g-import-not-at-top
+  from vitprune.profile import records  # pylint: disable=g-import-not-at-top
+  pts = [records.Point(component="model", batch_size=1, tokens=n, median_s=m, q25_s=m, q75_s=m,
+                       num_samples=3, samples_s=(m, m, m), compile_s=0.1, retries=0)
+         for n, m in ((17, 2e-3), (9, 1e-3))]
+  prof = records.analyze(records.Profile(
+      model=CFG.name, config=dataclasses.asdict(CFG), device_kind="cpu", platform="cpu",
+      jax_version="0", jaxlib_version="0", dtype="float32", modes=("model",), reducer="random",
+      timing={"min_run_time": 0.1}, points=tuple(pts), created="2026-01-01T00:00:00+00:00"))
+  edited = dataclasses.replace(prof, steps=({"n_from": 17, "n_to": 9},))
+  assert records.measurement_sha256(edited) == records.measurement_sha256(prof)
+  path = str(tmp_path / "p.json")
+  with open(path, "w") as f:
+    json.dump(records.to_json(edited), f)       # as an older detector wrote it
+  prov = deploy_cli.input_provenance(path)
+  assert prov["profile"]["sha256"] == records.measurement_sha256(prof)
+  est = types.SimpleNamespace(path="/e.json", sha256="c" * 64)
+  for recorded in (records.measurement_sha256(prof),
+                   jsonio.canonical_sha256(records.to_json(edited))):   # a solution from before
+    deploy_cli.check_solution_inputs(prov, types.SimpleNamespace(path=path, sha256=recorded),
+                                     est, "s.json")
+  with pytest.raises(ValueError, match="is not the profile the solver output s.json was solved"):
+    deploy_cli.check_solution_inputs(prov, types.SimpleNamespace(path=path, sha256="b" * 64),
+                                     est, "s.json")

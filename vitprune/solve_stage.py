@@ -32,7 +32,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune import solve
 from vitprune.config import ViTConfig, config_to_dict
@@ -197,7 +196,7 @@ def latency_curve(profile: records.Profile, cfg: ViTConfig, batch: int
 
 def _profile_ref(profile: records.Profile, batch: int, latency_source: str) -> ProfileRef:
   return ProfileRef(path=profile.source,
-                    sha256=jsonio.canonical_sha256(records.to_json(profile)),
+                    sha256=records.measurement_sha256(profile),
                     device_kind=profile.device_kind, platform=profile.platform,
                     dtype=profile.dtype, batch_size=batch, latency_source=latency_source)
 
@@ -396,7 +395,7 @@ def model_multilayer_inputs(lm: LatencyModel, profile: records.Profile, estimate
     iqr = np.array([pts[int(n)].iqr_s for n in ns])
     cnt = np.array([pts[int(n)].num_samples for n in ns], np.float64)
     noise = step_k * np.maximum(steps_lib.pair_noise(iqr, cnt),
-                              steps_lib.curve_noise(med, ns))
+                                steps_lib.curve_noise(med, ns))
     noise = noise * lm.params["scale"] / cfg.depth
   else:
     noise = None

@@ -240,6 +240,19 @@ def to_json(profile: Profile) -> Dict[str, Any]:
               predictions=[dict(p) for p in profile.predictions])
 
 
+ANALYSIS_KEYS = ("steps", "flats", "predictions")   # recomputed from the points on load
+
+
+def measurement_sha256(profile: Profile) -> str:
+  """The canonical sha256 of what `profile` measured (its JSON without `ANALYSIS_KEYS`): the
+  identity a solution and a deployment record of the profile they used. Its analysis is left
+  out: it is recomputed on load, and a better step detector would change a digest of it."""
+  doc = to_json(profile)
+  for key in ANALYSIS_KEYS:
+    del doc[key]
+  return jsonio.canonical_sha256(doc)
+
+
 _POINT_KEYS = ("component", "batch_size", "tokens", "schedule", "median_s", "q25_s", "q75_s",
                "num_samples", "samples_s", "compile_s", "retries")
 _TOP_KEYS = ("created", "model", "config", "device_kind", "platform", "jax_version",
