@@ -242,7 +242,8 @@ def parse_token_grid(cfg: ViTConfig, spec: str) -> Tuple[int, ...]:
         raise ValueError(f"--tokens {shown}: step must not be 0")
       if (b - a) * step < 0:
         raise ValueError(f"--tokens {shown}: step {step} never goes from {a} to {b}")
-      ends = sorted({c for c in (a, b) if not lo <= c <= hi})   # (before listing 1e15 counts)
+      last = a + (b - a) // step * step       # the last count listed ('65:1:-7' ends at 2)
+      ends = sorted({c for c in (a, last) if not lo <= c <= hi})   # (before listing 1e15)
       if ends:
         raise ValueError(f"--tokens {shown}: the range's ends {ends} are outside [{lo}, {hi}] "
                          f"for {cfg.name} (prefix tokens {cfg.num_prefix_tokens} + 1 .. "
