@@ -89,7 +89,8 @@ def json_marker(filename: str, *formats: str) -> Callable[[str], bool]:
 
 # Directory outputs vitprune writes, by marker file and format: weights directories
 # (checkpoint), deployed artifacts (deploy) and digits image folders (data).
-DIRECTORY_MARKERS = (("config.json", "vitprune-weights"), ("manifest.json", "vitprune-deploy"),
+WEIGHTS_MARKER = ("config.json", "vitprune-weights")
+DIRECTORY_MARKERS = (WEIGHTS_MARKER, ("manifest.json", "vitprune-deploy"),
                      (".vitprune-imagefolder.json", "vitprune-digits-imagefolder"))
 
 
@@ -133,13 +134,13 @@ def _write_inventory(directory: str) -> None:
 
 # What a weights folder written before inventories existed holds (`checkpoint.save_weights`):
 # its marker, the training metrics, and the orbax checkpoint under params/.
-_WEIGHTS_LAYOUT = ("config.json", "metrics.json", "params/")
+_WEIGHTS_FILES, _WEIGHTS_TREE = ("config.json", "metrics.json"), "params/"
 
 
 def unlisted_files(directory: str) -> List[str]:
   """Files under `directory` that its INVENTORY_FILE does not list (someone added them after we
   published it), sorted. A directory written before inventories existed (or whose inventory
-  cannot be read): for a weights folder, the files outside its layout (`_WEIGHTS_LAYOUT`: a
+  cannot be read): for a weights folder, the files outside its layout (`_WEIGHTS_FILES`, `_WEIGHTS_TREE`: a
   NOTES.txt beside the weights was deleted with them); [] for the others (their marker alone
   decides)."""
   files = [rel for rel in _tree_files(directory) if rel != INVENTORY_FILE
@@ -148,10 +149,10 @@ def unlisted_files(directory: str) -> List[str]:
     with open(os.path.join(directory, INVENTORY_FILE)) as f:
       listed = set(json.load(f)["files"])
   except (OSError, ValueError, RecursionError, KeyError, TypeError):
-    if not json_marker(*DIRECTORY_MARKERS[0])(directory):
+    if not json_marker(*WEIGHTS_MARKER)(directory):
       return []
-    return [rel for rel in files if rel not in _WEIGHTS_LAYOUT[:2]
-            and not rel.startswith(_WEIGHTS_LAYOUT[2])]
+    return [rel for rel in files if rel not in _WEIGHTS_FILES
+            and not rel.startswith(_WEIGHTS_TREE)]
   return [rel for rel in files if rel not in listed]
 
 

@@ -103,15 +103,19 @@ def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
     raise ValueError(f"{cfg_file}: 'config' must be an object of ViTConfig fields")
   if not isinstance(doc.get("meta", {}), dict):
     raise ValueError(f"{cfg_file}: 'meta' must be an object")
-  sha = doc.get("params_sha256", "0" * 64)
-  if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+  sha = doc.get("params_sha256")                              # (absent or null: not recorded)
+  if sha is not None and not (isinstance(sha, str) and len(sha) == 64
+                              and all(c in "0123456789abcdef" for c in sha)):
     raise ValueError(f"{cfg_file}: params_sha256 must be a 64-digit hex string, got {sha!r}")
   return cfg_file, doc
 
 
 def read_weights_config(path: str) -> Tuple[ViTConfig, Dict[str, Any]]:
   """(config, meta) of a weights directory, without touching the parameters."""
-  cfg_file, doc = _read_doc(path)
+  return _config_of(*_read_doc(path))
+
+
+def _config_of(cfg_file: str, doc: Dict[str, Any]) -> Tuple[ViTConfig, Dict[str, Any]]:
   try:
     cfg = check_config(config_from_dict(doc["config"]))
   except ValueError as e:
@@ -140,8 +144,9 @@ def source_class_names(weights_source: str) -> Optional[Tuple[str, ...]]:
 def load_weights(path: str) -> Tuple[ViTConfig, Params]:
   """(config, float32 params as jax arrays) from a directory written by `save_weights`."""
   path = os.path.abspath(path)
-  cfg, _ = read_weights_config(path)
-  recorded = _read_doc(path)[1].get("params_sha256")
+  cfg_file, doc = _read_doc(path)
+  cfg, _ = _config_of(cfg_file, doc)
+  recorded = doc.get("params_sha256")
   params_dir = os.path.join(path, "params")
   if not os.path.isdir(params_dir):
     raise FileNotFoundError(f"{path} has no params/ checkpoint")
@@ -155,5 +160,6 @@ def load_weights(path: str) -> Tuple[ViTConfig, Params]:
   check_finite(params, f"the parameters in {params_dir}", "refusing to load them")
   if recorded is not None and digest.params_sha256(params) != recorded:   # a flipped byte
     raise ValueError(f"the parameters in {params_dir} do not match the params_sha256 its "
-                     f"config.json records (corrupted or edited since they were saved)")
+                     f"config.json records (corrupted or edited since they were saved; a change "
+                     f"meant: save them with vitprune.save_weights)")
   return cfg, jax.tree.map(jnp.asarray, params)

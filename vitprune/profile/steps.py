@@ -8,19 +8,20 @@ free on a flat stretch and saves a lot just below a step. Given a measured curve
   noise = max(pair standard error, curve noise)
     pair standard error = sqrt(se(n_hi)^2 + se(n_lo)^2), se = 1.2533 * (IQR / 1.349) / sqrt(R):
         the standard error of a median of R samples whose spread is the IQR;
-    curve noise = 1.4826 * MAD(d) (`curve_noise`): the robust spread of all the drops, which
-        also captures point-to-point drift that per-point IQRs cannot see (0 below 3 pairs).
+    curve noise = 1.4826 * MAD of the drops about the median drop per token (`curve_noise`):
+        the robust spread of the drops, which also captures point-to-point drift that
+        per-point IQRs cannot see (0 below 3 pairs).
 
 A pair is a *step* when its excess over the trend, `d - trend`, is `> k * noise` and `> min_rel *
 L(n_hi)`, where `trend = c * (n_hi - n_lo)` and `c` is the median drop per token clipped at >= 0
 (the smooth per-token cost on devices without steps, e.g. CPUs: a linear curve has no steps, on
 any grid, and a lone pair of two points is never a step, having nothing to tell a step from the
-trend). The curve noise is then the MAD of the drops about that trend. A pair is *flat* when `|d| <= k * noise` and `|d| <= flat_rel *
-L(n_hi)`: pruning buys nothing there. Consecutive flat pairs are joined (greedily, from many tokens
-down) into flat stretches as long as the change across the whole stretch is also within `k` times
-its noise and within `flat_rel` of its latency, so a slow slope made of individually
-insignificant drops does not become one long "flat" stretch, and a stretch is never called flat
-when pruning across it saves more than `flat_rel` (on a noisy device: no flat claims at all).
+trend). A pair is *flat* when `|d| <= k * noise` and `|d| <= flat_rel * L(n_hi)`: pruning buys
+nothing there. Consecutive flat pairs are joined (greedily, from many tokens down) into flat
+stretches as long as the change across the whole stretch is also within `k` times its noise and
+within `flat_rel` of its latency, so a slow slope made of individually insignificant drops does
+not become one long "flat" stretch, and a stretch is never called flat when pruning across it
+saves more than `flat_rel` (on a noisy device: no flat claims at all).
 """
 from __future__ import annotations
 
