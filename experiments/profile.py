@@ -48,15 +48,17 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "schedule", [], "Schedule(s) for --mode=schedule (repeat the flag): depth + 1 comma-separated "
       "counts, or any syntax vitprune.schedule.parse_schedule accepts.", flag_values=fv)
   flags.DEFINE_string(
-      "reducer", None, "Token-drop method for model/schedule graphs (default: the library's "
-      "'random' by default; keep_first: a static slice).", flag_values=fv)
+      "reducer", None, "Token-drop method of the pruned graphs (default: the library's "
+      "'random'; keep_first: a static slice; --mode=model|block drop after the embedding, "
+      "which only these two do).", flag_values=fv)
   flags.DEFINE_string("out_dir", None, "Output directory (default outputs/profile/; "
                                  "the pipeline: outputs/pipeline/ with profile/, estimate/, solve/ "
                                  "and summary.json).", flag_values=fv)
   flags.DEFINE_float("min_run_time", 0.25, "Seconds of timed calls per point.", flag_values=fv)
   flags.DEFINE_float("max_rel_iqr", 0.1,
                                     "Re-measure points whose IQR / median exceeds this.", flag_values=fv)
-  flags.DEFINE_integer("max_retries", 2, "Re-measurement rounds for wide points.", flag_values=fv)
+  flags.DEFINE_integer("max_retries", 2, "Re-measurement rounds for wide points (at most 100).",
+                       flag_values=fv)
   flags.DEFINE_string("compile_cache_dir", None,
                                "Persistent JAX compilation cache directory (reuse across runs).", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed: random weights, inputs, measurement order.",

@@ -52,7 +52,7 @@ flags.DEFINE_float("min_run_time", 0.5, "Seconds of timed calls per point.")
 flags.DEFINE_integer("warmup", 3, "Untimed calls before timing each point.")
 flags.DEFINE_integer("min_reps", 5, "At least this many timed calls per point.")
 flags.DEFINE_float("max_rel_iqr", 0.1, "Re-measure points whose IQR / median exceeds this.")
-flags.DEFINE_integer("max_retries", 2, "Re-measurement rounds for wide points.")
+flags.DEFINE_integer("max_retries", 2, "Re-measurement rounds for wide points (at most 100).")
 flags.DEFINE_integer("seed", 0, "Seed of the shuffled visiting order.", lower_bound=0)
 
 
