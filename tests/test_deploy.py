@@ -170,7 +170,8 @@ def test_call_refuses_outputs_that_are_not_finite(artifact):
   x = _images(3)
   x[1] = 3e38
   with pytest.raises(FloatingPointError, match=r"^the model's outputs are NaN/inf for 1 of 3 "
-                     r"images \(first: 1\), whose values reach 3e\+38: are they preprocessed"):
+                     r"images \(first: batch row 1\), whose values reach 3e\+38: are they "
+                     r"preprocessed"):
     deploy.load(artifact)(x)
 
 

@@ -823,7 +823,7 @@ def test_the_board_model_refuses_raw_pixels_and_non_finite_images(artifact, imag
   huge = x.copy()
   huge[0] = 3e38                            # finite, but the logits are NaN: class 0
   with pytest.raises(FloatingPointError, match=r"^the model's outputs are NaN/inf for 1 of 2 "
-                     r"images \(first: 0\), whose values reach 3e\+38"):
+                     r"images \(first: batch row 0\), whose values reach 3e\+38"):
     m(huge)
 
 

@@ -267,8 +267,8 @@ def check_finite_outputs(outputs: Any, images: np.ndarray) -> Any:
     peak = float(np.max(np.abs(np.asarray(images)[rows])))
     raise FloatingPointError(
         f"the model's outputs are NaN/inf for {rows.size} of {len(outputs)} images (first: "
-        f"{rows[0]}), whose values reach {peak:.3g}: are they preprocessed as the artifact "
-        "records ('preprocessing')?")
+        f"batch row {rows[0]}), whose values reach {peak:.3g}: are they preprocessed as the "
+        "artifact records ('preprocessing')?")
   return outputs
 
 

@@ -218,7 +218,7 @@ def _ref(cls, d: Any, where: str):
   for k, v in values.items():
     if k == "method_kwargs":
       jsonio.require(isinstance(v, dict) and all(
-          isinstance(o, str) and (v[o] is None or isinstance(v[o], (str, bool, int, float)))
+          isinstance(o, str) and isinstance(v[o], (str, bool, int, float))
           for o in v), where, f"method_kwargs must be an object of option values, got {v!r}",
                      SolutionError)
     elif k in _REF_COUNTS:
