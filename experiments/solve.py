@@ -175,7 +175,7 @@ def main(f: flags.FlagValues):
                        f"{here['platform']}), but {f.profile} was measured on "
                        f"{profile.device_kind} ({profile.platform}): run the in-loop check on "
                        "that device, or solve without --weights")
-  loop = in_loop(f, estimate) if f.weights else None
+  loop = in_loop(f, estimate, profile.dtype) if f.weights else None
   if f.mode == "paper":
     sol = solve_stage.solve_paper(
         profile, estimate, alpha=f.alpha, layer=f.layer, batch_size=f.batch_size,
@@ -208,10 +208,12 @@ def main(f: flags.FlagValues):
   return sol, paths
 
 
-def in_loop(f: flags.FlagValues, estimate) -> dict:
+def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
   """The weights and data the estimate measured, as the solve stage's measurement callbacks;
-  refuses weights or data other than the estimate's."""
-  memory.check_batch_fits(estimate.config, [f.eval_batch_size], estimate.dtype,
+  refuses weights or data other than the estimate's. Schedules are evaluated in the estimate's
+  dtype (one written before it was recorded: the profile's, as the solver pairs them)."""
+  dtype = estimate.dtype or profile_dtype
+  memory.check_batch_fits(estimate.config, [f.eval_batch_size], dtype,
                           flag="--eval_batch_size")          # before loading or evaluating
   common.check_data_word(f)
   cfg, params, source = common.load_model(None, f.weights)
@@ -233,16 +235,18 @@ def in_loop(f: flags.FlagValues, estimate) -> dict:
                         if split not in (None, "test") else ""))
   reducer = make_reducer(estimate.method, **estimate.method_kwargs)
   margins = {} if f.anchored_prediction else None
+  metric = estimate.metric(f.metric)                 # what the solver reads from the estimate
   evaluate = estimate_lib.schedule_evaluator(cfg, params, data, reducer,
                                              batch_size=f.eval_batch_size,
-                                             dtype=estimate.dtype, record_margins=margins)
+                                             dtype=dtype, record_margins=margins,
+                                             metric=metric)
 
   def remeasured():        # when the refinement starts: after every input check of the solve
-    got, differ = solve_stage.remeasure_margins(estimate, evaluate)
+    got, differ = solve_stage.remeasure_margins(estimate, evaluate, metric)
     margins.update(got)               # (`evaluate` recorded them too; these are the contract)
     if differ:
       print(f"note: {len(differ)} of the {len(got)} schedules of {estimate.source} measure "
-            f"another {estimate.metric()} here ({', '.join(differ[:3])}"
+            f"another {metric} here ({', '.join(differ[:3])}"
             f"{', ...' if len(differ) > 3 else ''}): the anchored predictions start from this "
             "run's per-example margins")
     return margins

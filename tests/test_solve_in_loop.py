@@ -204,3 +204,64 @@ def test_outputs_are_checked_before_the_in_loop_work(inputs, monkeypatch):
       f"--out_dir={out}", "--allow_batch_mismatch", f"--weights={weights}", "--num_images=20"])
   with pytest.raises(OSError, match="refusing to replace .*test_tiny_vit_multi_b1.json"):
     solve_cli.main(fv)
+
+
+def test_measured_numbers_are_the_solutions_metric(inputs):
+  """`--metric=agreement --weights`: every schedule measured in the loop was recorded with its
+  top-1 accuracy as 'measured agreement' (the unpruned one at 0.9749, not 1.0), and the floor
+  check and the drop correction ran on those."""
+  root, weights, es, ps = inputs
+  from vitprune.records.estimate import read_estimate  # pylint: disable=g-import-not-at-top
+  est = read_estimate(es)
+  sol, _ = _run(root, es, ps, f"--weights={weights}", "--num_images=20", "--metric=agreement",
+                "--refine_accuracy_rounds=1")
+  assert sol.metric == "agreement"
+  measured = {c.counts: c.measured_accuracy for c in sol.checked
+              if c.measured_accuracy is not None}
+  recorded = est.measured("agreement")
+  assert len(measured) > 1
+  for counts, value in measured.items():          # the estimate measured some of them too
+    if counts in recorded:
+      assert value == recorded[counts], counts
+  data = estimate_lib.load_eval_data("digits", num_images=20, seed=0)
+  params = init_params(TINY, 0)
+  full = [17, 17, 17]
+  assess = {m: estimate_lib.schedule_evaluator(TINY, params, data, make_reducer("pomt"),
+                                               metric=m)
+            for m in ("agreement", "accuracy")}
+  assert assess["agreement"]([full]) == [1.0]
+  assert assess["accuracy"]([full]) == [est.reference.accuracy] != [1.0]
+  values, margins = assess["agreement"]([full], margins=True)
+  assert (margins[0] >= 0).all()                  # against the unpruned model's own class
+  unlabelled = dataclasses.replace(data, labelled=False)
+  with pytest.raises(ValueError, match="metric 'accuracy': schedules are measured by agreement"):
+    estimate_lib.schedule_evaluator(TINY, params, unlabelled, None, metric="accuracy")
+
+
+def test_an_estimate_with_an_embedding_row_solves_in_the_loop(inputs, tmp_path):
+  """A multi-mode estimate that also measured drops after the embedding (`--layers=embed,0,1`)
+  solved without --weights and failed with it: 'schedule must start with all 65 tokens'."""
+  root, weights, _, ps = inputs
+  params = init_params(TINY, 0)
+  data = estimate_lib.load_eval_data("digits", num_images=20, seed=0)
+  points = estimate_lib.sensitivity_points(TINY, TOKENS, [None, 0, 1], make_reducer("random"))
+  result = estimate_lib.evaluate(TINY, params, data.batches(TINY, 20), points, labelled=True)
+  est = estimate_lib.estimate_record(cfg=TINY, params=params, weights_source=weights,
+                                     data_info=data.info, method="random", method_kwargs={},
+                                     seed=0, points=points, result=result, labelled=True)
+  es = write_estimate(str(tmp_path / "e.json"), est)
+  sol, _ = _run(root, es, ps, f"--weights={weights}", "--num_images=20",
+                "--accuracy_floor=0.01")
+  assert sol.basis == "measured" and sol.chosen.counts[0] == 17
+
+
+def test_an_estimate_from_before_dtypes_were_recorded_solves_in_the_loop(inputs, tmp_path):
+  """eval.dtype absent (an older estimate): `--weights` failed with "dtype must be one of
+  ['bfloat16', 'float32'], got ''", naming neither the file nor the field."""
+  root, weights, es, ps = inputs
+  doc = json.load(open(es))
+  del doc["eval"]["dtype"]
+  old = tmp_path / "old.json"
+  old.write_text(json.dumps(doc))
+  sol, _ = _run(root, str(old), ps, f"--weights={weights}", "--num_images=20")
+  assert sol.basis == "measured"

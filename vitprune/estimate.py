@@ -250,7 +250,7 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
              points: Sequence[EvalPoint], *, labelled: bool, dtype: str = "float32",
              precision: str = "highest", shard: bool = True, threads: int = 2,
              pieces: Optional[Dict[Any, Any]] = None, whole_graphs: bool = False,
-             margins: bool = False) -> EvalResult:
+             margins: bool = False, agreement_margins: bool = False) -> EvalResult:
   """Streams `batches` once, comparing every point with the unpruned model on each batch.
 
   Each schedule runs as separately compiled pieces (`vitprune.piecewise`: embedding, one block
@@ -274,7 +274,8 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
       else replaced.
     whole_graphs: one whole compiled graph per schedule (`model.forward`) instead of pieces.
     margins: also keep every example's top-1 margin (`EvalResult.margins`; the per-image
-      accuracy model of `vitprune.solve.per_image_accuracy`).
+      accuracy model of `vitprune.solve.per_image_accuracy`), against the label (unlabelled or
+      `agreement_margins`: against the unpruned model's class, the agreement metric's target).
 
   Returns:
     An `EvalResult`; raises ValueError for empty data, bad batches or invalid schedules.
@@ -316,7 +317,7 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
     ref = np.asarray(jax.device_get(forwards[(None, placement.mesh)](ref_schedule, x)))
     n += int(valid.sum())
     ref_correct += int((ref.argmax(-1) == labels)[valid].sum())
-    target = labels if labelled else ref.argmax(-1)
+    target = labels if labelled and not agreement_margins else ref.argmax(-1)
     batch_margins = [top1_margins(ref, target)[valid]] if margins else None
     for i, (schedule, reducer) in enumerate(keys):
       logits = jax.device_get(forwards[(reducer, placement.mesh)](schedule, x))
@@ -365,15 +366,21 @@ def _compile_pieces(forwards: Dict[Any, Any], cfg: ViTConfig, params: Params, x:
 def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",
                        reducer: Optional[TokenReducer], *, batch_size: int = 64,
                        dtype: str = "float32", pieces: Optional[Dict[Any, Any]] = None,
-                       record_margins: Optional[Dict[Tuple[int, ...], np.ndarray]] = None
+                       record_margins: Optional[Dict[Tuple[int, ...], np.ndarray]] = None,
+                       metric: Optional[str] = None
                        ) -> Callable[[Sequence[Sequence[int]]], List[float]]:
   """A function `[counts, ...] -> [metric, ...]` that measures schedules of `reducer` on `data`
   (one data pass per call; the metric is accuracy when labelled, else top-1 agreement): what the
   solve stage calls to check an accuracy floor on measurements. Compiled pieces are kept between
   calls, in `pieces` when given (e.g. the dict the estimate stage's `evaluate` filled).
   `measure(counts_list, margins=True)` -> (metrics, `[S, M]` per-example top-1 margins). With
-  `record_margins` every call also stores each schedule's `[M]` margins there ({counts: ...})."""
-  metric = default_metric(data.labelled)
+  `record_margins` every call also stores each schedule's `[M]` margins there ({counts: ...}).
+  `metric`: 'accuracy' (labelled data only) or 'agreement' (default: `default_metric`); the
+  margins are that metric's (against the label, or the unpruned model's class)."""
+  metric = metric or default_metric(data.labelled)
+  if metric not in ("accuracy", "agreement") or (metric == "accuracy" and not data.labelled):
+    raise ValueError(f"metric {metric!r}: schedules are measured by "
+                     f"{'accuracy or ' if data.labelled else ''}agreement on this data")
   pieces = {} if pieces is None else pieces
 
   def measure(counts_list, margins: bool = False):
@@ -381,7 +388,8 @@ def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",
               for counts in counts_list]
     keep = margins or record_margins is not None
     result = evaluate(cfg, params, data.batches(cfg, batch_size), points,
-                      labelled=data.labelled, dtype=dtype, pieces=pieces, margins=keep)
+                      labelled=data.labelled, dtype=dtype, pieces=pieces, margins=keep,
+                      agreement_margins=metric == "agreement")
     metrics = [float(getattr(r, metric)) for r in result.points]
     if record_margins is not None:
       record_margins.update((tuple(int(c) for c in counts), m)

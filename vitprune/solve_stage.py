@@ -710,16 +710,16 @@ def margin_table(model: solve.CostModel, margins: Dict[Tuple[int, ...], np.ndarr
   return solve.MarginTable.build(model.ns, ref, np.asarray(rows, np.float64))
 
 
-def remeasure_margins(estimate: Estimate, evaluate: Evaluator
+def remeasure_margins(estimate: Estimate, evaluate: Evaluator, metric: Optional[str] = None
                       ) -> Tuple[Dict[Tuple[int, ...], np.ndarray], List[str]]:
   """{counts: [M] per-example top-1 margins} of the unpruned schedule and of every single
   reduction `estimate` measured (its block rows), measured again with `evaluate(...,
   margins=True)` on the estimate's data: an estimate file keeps scores, not margins, and
   `margin_table` needs them. Also returns the schedules whose metric measured here differs from
   the record's (another device or batch size can round a logit the other way; the margins are
-  then this run's)."""
+  then this run's). `metric`: the one `evaluate` measures (default: the estimate's default)."""
   cfg = estimate.config
-  metric = estimate.metric()
+  metric = estimate.metric(metric)
   points = [p for p in estimate.points if p.layer is not None]
   counts = [schedule_lib.embed_counts(cfg.num_tokens, cfg.depth)] + [p.counts for p in points]
   names = ["full"] + [p.schedule for p in points]
@@ -862,7 +862,9 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   grid = {int(n) for n in model.ns}
   singles = sorted((solve.Plan(c, *solve.predict_schedule(model, c))
                     for c, v in measured.items()
-                    if v >= floor and c != full.counts and grid.issuperset(c)),
+                    if v >= floor and c != full.counts and grid.issuperset(c)
+                    and c[0] == full.counts[0]),    # (not an after-embedding row: multi mode
+                                                    # prunes in blocks only)
                    key=lambda p: p.latency)
   best = (_measured(_candidate(cfg, singles[0].counts, singles[0].latency, singles[0].accuracy),
                     measured[singles[0].counts], images) if singles else
