@@ -231,6 +231,18 @@ def test_older_solutions_the_new_checks_must_not_refuse(tmp_path):
     (lambda s: dict(curve=dict(s.curve, utility=[0.5])), "curve lists .* must have one"),
     (lambda s: dict(curve=dict(s.curve, tokens=[17, 12])),
      r"chosen.tokens 9 is not among curve.tokens"),
+    # a probe's hand edits that deploy took as a measured floor choice
+    (lambda s: dict(criterion="banana"), r"chosen.criterion 'banana' not in \('utility'"),
+    (lambda s: dict(settings=dict(s.settings, accuracy_floor="high")),
+     "settings.accuracy_floor must be a finite number or null, got 'high'"),
+    (lambda s: dict(full=dataclasses.replace(s.chosen)), r"full.counts \[17, 17, 9\] is not the "
+     r"unpruned schedule \[17, 17, 17\]"),
+    (lambda s: dict(criterion="accuracy_floor_measured", basis="measured",
+                    settings=dict(s.settings, accuracy_floor=0.97),
+                    chosen=dataclasses.replace(s.chosen, measured_accuracy=0.5,
+                                               measured_accuracy_low=0.3,
+                                               measured_accuracy_high=0.7, num_images=50)),
+     r"criterion 'accuracy_floor_measured', but the chosen .* measured 0.5 < the floor 0.97"),
 ])
 def test_write_solution_refuses_what_read_solution_would_refuse(tmp_path, edit, match):
   """A Solution built in Python was written unchecked: read_solution then refused the file

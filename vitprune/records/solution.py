@@ -66,6 +66,8 @@ FORMAT = "vitprune-solution"
 VERSION = 1
 MODES = ("paper", "multi")
 BASES = ("predicted", "measured")
+# How a choice was made (`solve.choose`, `solve_stage.check_floor`); no version wrote another.
+CRITERIA = ("utility", "accuracy_floor", "latency_budget", "accuracy_floor_measured")
 
 
 class SolutionError(jsonio.FormatError):
@@ -208,6 +210,30 @@ class EstimateRef:
 # `layers`, `method_kwargs` and `data_fingerprint` (null when the data had none) must be a string.
 _REF_COUNTS = ("batch_size", "eval_batch_size")
 _REF_OPTIONAL = ("method_kwargs",)
+
+
+def _check_choice(sol: "Solution", where: str) -> None:
+  """What the choice claims, against itself: a known criterion, numeric settings, the unpruned
+  schedule as `full`, and a floor met on measurement when the criterion says so."""
+  def require(cond, msg):
+    jsonio.require(cond, where, msg, SolutionError)
+  require(sol.criterion in CRITERIA, f"chosen.criterion {sol.criterion!r} not in {CRITERIA}")
+  for key in ("accuracy_floor", "latency_budget"):
+    value = sol.settings.get(key)
+    require(value is None or jsonio.is_num(value),
+            f"settings.{key} must be a finite number or null, got {value!r}")
+  unpruned = schedule_lib.full_schedule(sol.config).counts
+  require(sol.full is None or sol.full.counts == unpruned,
+          f"full.counts {list(sol.full.counts) if sol.full else None} is not the unpruned "
+          f"schedule {list(unpruned)} (edited?)")
+  if sol.criterion == "accuracy_floor_measured":
+    floor, got = sol.settings.get("accuracy_floor"), sol.chosen.measured_accuracy
+    require(floor is not None and got is not None,
+            "criterion 'accuracy_floor_measured' needs settings.accuracy_floor and the chosen "
+            "schedule's measured accuracy (edited?)")
+    require(got >= floor or sol.chosen.counts == unpruned,
+            f"criterion 'accuracy_floor_measured', but the chosen {sol.chosen.schedule} "
+            f"measured {got} < the floor {floor} (edited?)")
 
 
 def _ref(cls, d: Any, where: str):
@@ -413,6 +439,7 @@ class Solution:
     except (ValueError, TypeError) as e:
       raise SolutionError(f"{where}: chosen.counts {list(sol.chosen.counts)} is not a schedule "
                           f"of {cfg.name}: {e}") from None
+    _check_choice(sol, where)
     if sol.curve is not None:
       _check_curve(sol, where)
     return sol
