@@ -121,8 +121,8 @@ def main(f: flags.FlagValues):
                                    for k in ("csv", "md", "png")})   # before the work
   print(f"{cfg.name} ({source}): {len(variants)} variants x batch {batch_sizes} x {dtypes}")
   rows = bench.run_benchmark(spec, params, variants, data=data, progress=f.progress)
-  paths = bench.write_outputs(rows, f.out_dir)
-  print(bench.to_markdown(rows))
+  print(bench.to_markdown(rows))        # (before the files: a write refused at the end
+  paths = bench.write_outputs(rows, f.out_dir)   # keeps the measured table on stdout)
   print(f"wrote {common.shown(paths['csv'])}, {common.shown(paths['md'])}, "
         f"{common.shown(paths['png'])}")
   return rows

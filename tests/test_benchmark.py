@@ -127,6 +127,10 @@ def test_solution_variants(tmp_path):
   bad = _solution(tmp_path / "b.json", TINY, [17, 11, 12])
   with pytest.raises(ValueError, match="does not parse for test_tiny_vit: .*never increase"):
     B.build_variants(TINY, solution=bad)
+  unpruned = _solution(tmp_path / "u.json", TINY, [17, 17, 17])   # was a 'pomt' row: the
+  with pytest.raises(ValueError, match=r"--solution .*u.json chose the unpruned schedule: "
+                     r"it is the baseline row already"):                # baseline timed twice
+    B.build_variants(TINY, solution=unpruned)
   with open(tmp_path / "n.json", "w") as f:
     json.dump({"format": "other"}, f)
   with pytest.raises(ValueError, match="format 'other' is not 'vitprune-solution'"):
@@ -348,3 +352,17 @@ def test_a_row_names_the_reducer_options_a_solution_chose():
   assert [r["method"] for r in rows] == ["none", "random(seed=3)"]
   assert "| random | random(seed=3) |" in B.to_markdown(rows)
   assert ',random,random(seed=3),solution,' in B.to_csv(rows)
+
+
+def test_the_table_is_printed_before_the_files_are_written(tmp_path, capsys, monkeypatch):
+  """A CSV made at the output while the benchmark ran: the write was refused and the run's
+  whole table was lost with it (every benchmarks/ script prints before writing)."""
+  def refused(rows, out_dir):
+    raise FileExistsError(f"refusing to replace {out_dir}/x.csv")
+  monkeypatch.setattr(B, "write_outputs", refused)
+  with pytest.raises(FileExistsError):
+    _run(["--model=test_tiny_vit", "--data=none", "--min_run_time=0.005", "--noprogress",
+          "--batch_size=1", "--variants=tome:r2", f"--out_dir={tmp_path}"])
+  table = _parse_markdown("\n".join(l for l in capsys.readouterr().out.splitlines()
+                                    if l.startswith("|")))
+  assert {r["variant"] for r in table} == {"unpruned", "pomt", "tome:r2"}

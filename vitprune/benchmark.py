@@ -252,6 +252,9 @@ def solution_variants(cfg: ViTConfig, path: str, *, multi: bool,
                      "(or its config differs)")
   if multi and sol.mode != "multi":
     raise ValueError(f"{flag} {path} is a {sol.mode!r}-mode solution; pass it as --solution")
+  if not S.reduces_tokens(cfg, S.Schedule(sol.chosen.counts)):   # (it was timed twice)
+    raise ValueError(f"{flag} {path} chose the unpruned schedule: it is the baseline row "
+                     "already; nothing pruned to compare")
   base = "multi" if sol.mode == "multi" else sol.method
   source = "multi_solution" if multi else "solution"
 
