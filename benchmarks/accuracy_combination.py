@@ -276,6 +276,11 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   step = smoke("step", 24)
   grid = one_block_counts(cfg, range(n_full, cfg.num_prefix_tokens, -step), reducer)
   ns = np.array(grid + [n_full], np.int64)
+  cond = conditional_schedules(cfg, base, list(ns), limit) if base else []
+  if base and not cond:      # (its rows fell back to the incremental numbers, unsaid)
+    raise ValueError(f"--conditional={f.conditional}: no count of the grid "
+                     f"{sorted(ns.tolist(), reverse=True)} below {base[1]} is reachable from it "
+                     "in one later block, so nothing conditional would be measured")
   t0 = time.perf_counter()
 
   def log(s):
@@ -302,7 +307,6 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     k = num_frontier
     frontier = list(dict.fromkeys(frontier[round(i * (len(frontier) - 1) / (k - 1))]
                                   for i in range(k)))
-  cond = conditional_schedules(cfg, base, list(ns), limit) if base else []
   cond_base = [schedule_lib.layer_counts(n_full, base[1], depth, base[0])] if base else []
   log(f"measuring {len(rand)} random, {len(frontier)} frontier"
       + (f" and {len(cond) + 1} conditional (after {base[1]} tokens at block {base[0]})"

@@ -221,7 +221,10 @@ def main(f: flags.FlagValues) -> dict:
     if name in pairs:     # within the method's limits (was refused only after timing)
       schedule = parse_schedule(cfg, pairs[name])
       check_schedule(cfg, schedule, reducer)
-      pruned += [name] if reduces_tokens(cfg, schedule) else []
+      if not reduces_tokens(cfg, schedule):    # (the unpruned model, timed twice)
+        raise ValueError(f"--schedules: {name}={pairs[name]} removes no token; it would time "
+                         "the unpruned model again")
+      pruned.append(name)
   if f["method"].present and not pruned:       # it would time the unpruned models only
     raise ValueError(f"--method={f.method} applies to the pruned --schedules, and none of "
                      f"--models={f.models} has one")

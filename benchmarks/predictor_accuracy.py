@@ -209,7 +209,8 @@ def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
   # schedules it did not measure (held out from the fit).
   fitted = {c.counts for c in sol.checked}
   held = [(c, a) for c, a in zip(fr, acc) if c.counts not in fitted]
-  corr_err = [100 * (solve_stage.corrected_accuracy(sol, c) - a) for c, a in held]
+  corr_err = ([100 * (solve_stage.corrected_accuracy(sol, c) - a) for c, a in held]
+              if sol.settings.get("accuracy_correction") else [])   # (none fitted: no row)
 
   def time_schedules(counts_list):
     return _measure(cfg, params, method, batch, list(counts_list), tcfg, threads, seed)[0]
@@ -380,8 +381,8 @@ def table(rows) -> str:
            f"{fr['accuracy_error_points']['mean']:.2f} / "
            f"{fr['accuracy_error_points']['max']:.2f} | " if fr else "- | - | ")
         + (_corrected(fr) if fr else "- | ")
-        + (f"{'yes' if ch['meets_floor'] else 'NO'} ({ch['measured_accuracy']:.4f} >= "
-           f"{ch['floor']}) | " if ch else "- | ")
+        + (f"{'yes' if ch['meets_floor'] else 'NO'} ({ch['measured_accuracy']:.4f} "
+           f"{'>=' if ch['meets_floor'] else '<'} {ch['floor']}) | " if ch else "- | ")
         + f"{r['calibration_s']:.1f}s / {r['profile_s']:.1f}s "
           f"({100 * r['calibration_share']:.0f}%) |")
   return "\n".join(lines)

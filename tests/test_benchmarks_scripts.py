@@ -78,10 +78,12 @@ def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
       (["--drivers=local-turbo", out], "--drivers takes auto"),
       (["--min_run_time=0", out], r"^min_run_time must be > 0 and finite, got 0\.0$"),
       (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
-      # timed the unpruned models only, reporting --method=tome in the JSON
+      # timed the unpruned models only, reporting --method=tome in the JSON; without
+      # --method the unpruned model was timed twice, once as a "pruned" row
       (["--models=vit_digits", "--schedules=vit_digits=full", "--method=tome", out],
-       r"^--method=tome applies to the pruned --schedules, and none of "
-       r"--models=\['vit_digits'\] has one$"),
+       r"^--schedules: vit_digits=full removes no token; it would time the unpruned model "
+       r"again$"),
+      (["--models=vit_digits", "--schedules=vit_digits=keep@3:65", out], "removes no token"),
       (["--models=test_tiny_vit", "--method=tome", out], "none of --models"),
       (["--schedules=keep@1:9", out], "is not model=schedule"),
       (["--models=vit_digits", "--schedules=vit_digits=keep@9:9", out], "layer 9"),
@@ -194,6 +196,20 @@ def test_predictor_accuracy_quick(tmp_path, capsys):
   assert 0 <= acc["mean"] <= acc["max"]
   assert row["choice"]["meets_floor"] == (row["choice"]["measured_accuracy"] >=
                                           row["choice"]["floor"])
+
+
+def test_predictor_accuracy_table_says_a_missed_floor_with_the_right_sign():
+  """'NO (0.9333 >= 0.95)': a missed floor was printed with '>='; a run that fitted no
+  correction wrote its raw errors as the corrected ones."""
+  from benchmarks import predictor_accuracy  # pylint: disable=g-import-not-at-top
+  err = {"median": 0.1, "p90": 0.2, "within10": 0.5}
+  row = {"model": "vit_digits", "batch_size": 1, "method": "pomt", "num_heldout": 3,
+         "heldout": {"calibrated": err, "interleaved": err, "block_sum": err},
+         "frontier": None, "calibration_s": 1.0, "profile_s": 2.0, "calibration_share": 0.5,
+         "choice": {"meets_floor": False, "measured_accuracy": 0.9333, "floor": 0.95}}
+  assert "| NO (0.9333 < 0.95) |" in predictor_accuracy.table([row]).splitlines()[-1]
+  row["choice"].update(meets_floor=True, measured_accuracy=0.96)
+  assert "| yes (0.9600 >= 0.95) |" in predictor_accuracy.table([row]).splitlines()[-1]
 
 
 def test_predictor_accuracy_refuses_bad_input_before_any_work(tmp_path):
@@ -367,6 +383,9 @@ def test_accuracy_combination_refuses_bad_floors_and_seeds_before_measuring(tmp_
       (["--quick", "--num_random=10000", out], r"^--num_random=10000: only \d+ of the \d+ "
                                                 "distinct random schedules drawn on this grid "
                                                 "have 2 or more reductions; ask for fewer$"),
+      # printed "conditional" rows that were the incremental numbers, measuring none
+      (["--quick", "--conditional=0:10", out], r"^--conditional=0:10: no count of the grid "
+       r"\[65, 41, 17\] below 10 is reachable from it in one later block"),
   ], tmp_path)
   from experiments import common  # pylint: disable=g-import-not-at-top
   import pytest  # pylint: disable=g-import-not-at-top
