@@ -78,6 +78,11 @@ def main(f: flags.FlagValues):
   if tc.batch_size > len(train_data[0]):     # (train() says so too, after this run's output)
     raise ValueError(f"--batch_size={tc.batch_size} is larger than the {len(train_data[0])} "
                      "training digits")
+  total = tc.epochs * (len(train_data[0]) // tc.batch_size)
+  if f.max_steps is not None and f.max_steps >= total:   # (recorded as a stop that never came)
+    raise ValueError(f"--max_steps={f.max_steps} changes nothing: the run has {total} steps "
+                     f"({tc.epochs} epochs of {len(train_data[0]) // tc.batch_size}); leave it "
+                     "out or give fewer")
   print(f"{cfg.name}: {cfg.num_tokens} tokens, depth {cfg.depth}; train {len(train_data[0])} / "
         f"test {len(test_data[0])} digits; {jax.device_count()} {jax.default_backend()} device(s)")
   params, history = train(cfg, tc, train_data, test_data, max_steps=f.max_steps)

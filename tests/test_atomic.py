@@ -312,3 +312,26 @@ def test_outputs_inside_a_published_folder_are_refused_by_its_inventory(tmp_path
   (home / atomic.INVENTORY_FILE).write_text('{"mine": 1}')
   atomic.check_output_file(str(home / "r.json"), "out")
   assert atomic.published_folder_around(str(home / "sub" / "r.json")) is None
+
+
+def test_a_folder_made_while_the_run_worked_is_refused_with_the_way_out(tmp_path):
+  """A NOTES.txt folder made at the output during training: 'already exists (pass
+  --overwrite)', and --overwrite was then refused too. The refusal now says what is there;
+  only a folder of ours holding nothing else gets the --overwrite hint."""
+  path = str(tmp_path / "w")
+  with pytest.raises(FileExistsError, match=re.escape(
+      f"{path} was created while this run worked: refusing to replace {path}: it is a folder "
+      "that is not")):
+    with atomic.staged_dir(path, overwrite=False) as tmp:
+      open(os.path.join(tmp, "a.txt"), "w").close()
+      os.makedirs(path)
+      open(os.path.join(path, "NOTES.txt"), "w").close()
+  assert os.listdir(path) == ["NOTES.txt"]
+  other = str(tmp_path / "v")
+  with pytest.raises(FileExistsError, match=re.escape(f"{other} already exists (pass "
+                                                      "overwrite=True / --overwrite)")):
+    with atomic.staged_dir(other, overwrite=False) as tmp:
+      open(os.path.join(tmp, "a.txt"), "w").close()
+      with atomic.staged_dir(other, overwrite=False) as tmp2:     # another run of ours
+        open(os.path.join(tmp2, "b.txt"), "w").close()
+        open(os.path.join(tmp2, "config.json"), "w").write('{"format": "vitprune-weights"}')

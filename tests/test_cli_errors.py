@@ -234,6 +234,9 @@ CASES = [
     ("digits_images", ["--out={out}", "--seed=5"], 1, "--seed=5 applies with --limit only"),
     ("digits_images", ["--out={out}", "--split=all", "--split_seed=3"], 1,
      "--split_seed=3 changes nothing with --split=all"),
+    # ran 22 steps and recorded max_steps 100000 as if it had stopped early
+    ("train_digits", ["--epochs=1", "--warmup_epochs=0", "--max_steps=100000", "--out={out}"], 1,
+     "--max_steps=100000 changes nothing: the run has 22 steps (1 epochs of 22)"),
 ]
 
 

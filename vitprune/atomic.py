@@ -555,7 +555,17 @@ def _rename_failed_because_taken(e: OSError) -> bool:
   return e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR)
 
 
-def _publish_exclusive(tmp: str, path: str) -> None:
+def _taken(path: str, is_ours: Callable[[str], bool]) -> FileExistsError:
+  """The refusal of a `path` taken while the run worked: '--overwrite' only where it would
+  replace it (a folder of ours holding nothing else); else what to do instead."""
+  try:
+    check_replaceable(path, is_ours)
+  except OSError as e:           # (ForeignOutputError, a mount point)
+    return FileExistsError(f"{path} was created while this run worked: {e}")
+  return FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
+
+
+def _publish_exclusive(tmp: str, path: str, is_ours: Callable[[str], bool]) -> None:
   """Renames `tmp` onto `path` only if `path` is absent or an empty directory (atomically)."""
   _before_publish()
   if not os.listdir(tmp):
@@ -565,15 +575,13 @@ def _publish_exclusive(tmp: str, path: str) -> None:
       os.mkdir(path, 0o755)
     except FileExistsError:
       if not is_free(path):
-        raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)") \
-            from None
+        raise _taken(path, is_ours) from None
   else:
     try:
       os.rename(tmp, path)
     except OSError as e:
       if _rename_failed_because_taken(e):
-        raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)") \
-            from None
+        raise _taken(path, is_ours) from None
       raise
 
 
@@ -655,7 +663,7 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
     _phase("staged")
     with console.interrupts_held():     # moved aside, the old one must come back or be replaced
       if overwrite is False:
-        _publish_exclusive(tmp, path)
+        _publish_exclusive(tmp, path, is_ours)
       else:
         _publish_replacing(tmp, path, is_ours)
       console.wrote(path)
