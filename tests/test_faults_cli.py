@@ -141,7 +141,7 @@ def test_a_signal_while_training_is_one_line_and_its_exit_code(tmp_path, sig, co
   import time  # pylint: disable=g-import-not-at-top
   out = tmp_path / "w"
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
-  p = subprocess.Popen([sys.executable, "-m", "experiments.train_digits", "--max_steps=100000",
+  p = subprocess.Popen([sys.executable, "-m", "experiments.train_digits",   # (40 epochs)
                         f"--out={out}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True)
   try:
