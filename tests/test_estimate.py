@@ -534,3 +534,28 @@ def test_load_eval_data_digits_follow_the_model_class_names(tmp_path):
     (tmp_path / "3").mkdir()
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "3" / "a.png")
     estimate.load_eval_data(str(tmp_path), num_classes=0)
+
+
+def test_pieces_kept_between_calls_are_not_served_to_another_config(params, images, labels):
+  """`evaluate(pieces=...)` with cfg and then cfg.replace(norm_eps=0.5): the second call ran
+  the first config's compiled pieces and reported its numbers (40/39 instead of 11/6)."""
+  from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
+  other = CFG.replace(norm_eps=0.5)
+  pomt = make_reducer("pomt")
+
+  def run(cfg, pieces):
+    res = estimate.evaluate(cfg, params, batches_of(images, labels, 4),
+                            estimate.token_points(cfg, [9], pomt, layer=1), labelled=True,
+                            pieces=pieces)
+    return res.reference.kl, res.points[0].kl, res.points[0].agreement
+
+  pieces = {}
+  first = run(CFG, pieces)
+  assert run(other, pieces) == run(other, {}) != first
+
+
+def test_labels_must_be_integers(params, images, labels):
+  """Labels of 2.9 were read as class 2 (astype)."""
+  bad = [(x, y + 0.9, i) for x, y, i in batches_of(images, labels, 4)]
+  with pytest.raises(ValueError, match="labels and indices must be integers, got float64"):
+    estimate.evaluate(CFG, params, bad, [], labelled=True)

@@ -25,6 +25,9 @@ def test_default_schedules_are_valid_for_every_method():
       assert S.check_schedule(cfg, s, make_reducer(method)) == s
       assert s != S.full_schedule(cfg)
   assert prune_lib.default_schedule(CFG, "pomt").counts == (17, 17, 13)  # 16 // 4 at block 1
+  for method in ("random", "tome"):          # 'Random' got POMT's schedule, ' TOME ' a keep@
+    assert prune_lib.default_schedule(CFG, f" {method.title()} ") == \
+        prune_lib.default_schedule(CFG, method)
 
 
 def test_run_prune_full_schedule_agrees_exactly():

@@ -9,6 +9,7 @@ import pytest
 from vitprune.reduce import (AttentionStats, EViT, POMT, RandomDrop, ToMe, TopK, make_reducer,
                              pomt_scores)
 from vitprune.reduce import common
+from vitprune.registry import get_config
 from vitprune.reduce.tome import bipartite_matching
 
 
@@ -313,3 +314,7 @@ def test_make_reducer():
                           ("random", dict(seed=True), "seed must be int, got True")):
     with pytest.raises(ValueError, match=f"method '{name}' option {bad}"):
       make_reducer(name, **opts)
+  with pytest.raises(ValueError, match="EViT normalize must be True or False, got 'False'"):
+    EViT(normalize="False")                  # built directly: ran as normalize=True
+  with pytest.raises(ValueError, match="norm_eps must be a finite number > 0, got -1.0"):
+    get_config("test_tiny_vit").replace(norm_eps=-1.0)     # gave NaN logits

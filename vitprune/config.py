@@ -134,6 +134,7 @@ class ViTConfig:
       raise ValueError(f"{self.name}: global_pool='token' needs a class token")
     if self.dist_token and not self.class_token:
       raise ValueError(f"{self.name}: a distillation token needs a class token")
+    _check_norm_eps(self)      # (a hand-built -1.0 gave NaN logits: `forward` checks types only)
 
   @property
   def grid_size(self) -> int:
@@ -228,15 +229,20 @@ def _check_sizes(cfg: ViTConfig) -> None:
       raise ValueError(f"{cfg.name}: {f} must be at most {MAX_SIZE}, got {v!r}")
 
 
+def _check_norm_eps(cfg: ViTConfig) -> None:
+  eps = cfg.norm_eps
+  if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (
+      math.isfinite(eps) and eps > 0):
+    raise ValueError(f"{cfg.name}: norm_eps must be a finite number > 0, got {eps!r}")
+
+
 def check_config(cfg: ViTConfig) -> ViTConfig:
   """Raises ValueError on impossible sizes or wrongly typed fields (e.g. img_size=-32)."""
   _check_sizes(cfg)
   for f in ("class_token", "dist_token", "no_embed_class", "layerscale"):
     if not isinstance(getattr(cfg, f), bool):
       raise ValueError(f"{cfg.name}: {f} must be true or false, got {getattr(cfg, f)!r}")
-  if isinstance(cfg.norm_eps, bool) or not isinstance(cfg.norm_eps, (int, float)) or not (
-      math.isfinite(cfg.norm_eps) and cfg.norm_eps > 0):
-    raise ValueError(f"{cfg.name}: norm_eps must be a finite number > 0, got {cfg.norm_eps!r}")
+  _check_norm_eps(cfg)
   prep = cfg.preprocessing
   if isinstance(prep.input_size, bool) or not isinstance(prep.input_size, int) or (
       prep.input_size < 1):

@@ -236,6 +236,9 @@ def _check_batch(batch: Batch, batch_size: Optional[int], labelled: bool, cfg: V
   if batch_size is not None and b != batch_size:
     raise ValueError(f"batch of {b} rows after batches of {batch_size}: every batch must have "
                      "the same (padded) size so each piece is compiled once; pad the last batch")
+  if labels.dtype.kind not in "iu" or indices.dtype.kind not in "iu":   # (2.9 was label 2)
+    raise ValueError(f"labels and indices must be integers, got {labels.dtype} and "
+                     f"{indices.dtype}")
   valid = indices >= 0
   if labelled and np.any(labels[valid] < 0):
     raise ValueError("labelled evaluation got unlabelled examples (label -1); pass "
@@ -348,7 +351,7 @@ def _compile_pieces(forwards: Dict[Any, Any], cfg: ViTConfig, params: Params, x:
   """Fills `forwards` ({(reducer, mesh): `kind` instance}; reducer None: the unpruned
   reference) so that every schedule of `graphs` ((schedule, reducer) pairs) is compiled for the
   params as `placement` places them and `x` [B, S, S, C] (shape, dtype, sharding), `threads` at
-  a time. An entry built for other params (or another dtype, precision or kind) is replaced;
+  a time. An entry built for another config or params (or dtype, precision or kind) is replaced;
   only then are the params placed (copied to the mesh) again."""
   by_reducer: Dict[Any, List[Schedule]] = {}
   for schedule, reducer in graphs:
@@ -356,7 +359,7 @@ def _compile_pieces(forwards: Dict[Any, Any], cfg: ViTConfig, params: Params, x:
   for reducer, schedules in by_reducer.items():
     key = (reducer, placement.mesh)
     entry = forwards.get(key)
-    if not (type(entry) is kind and entry.serves(params, dtype, precision)):
+    if not (type(entry) is kind and entry.serves(cfg, params, dtype, precision)):
       entry = forwards[key] = kind(cfg, params, reducer, dtype=dtype, precision=precision,
                                    placed=placement.params(params),
                                    token_sharding=placement.token_sharding)

@@ -119,10 +119,11 @@ class PiecewiseForward:
     self._token_sharding = token_sharding
     self._compiled: Dict[Hashable, Any] = {}
 
-  def serves(self, params: Params, dtype: str, precision: str) -> bool:
-    """Whether these pieces run `params` (the same tree object the caller passed) at `dtype`
-    and `precision`."""
-    return params is self.params and (dtype, precision) == (self._dtype, self._precision)
+  def serves(self, cfg: ViTConfig, params: Params, dtype: str, precision: str) -> bool:
+    """Whether these pieces run model `cfg` with `params` (the same tree object the caller
+    passed) at `dtype` and `precision` (another config, e.g. its norm_eps, is another graph)."""
+    return (params is self.params and cfg == self.cfg
+            and (dtype, precision) == (self._dtype, self._precision))
 
   @property
   def num_compiled(self) -> int:

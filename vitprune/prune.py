@@ -28,6 +28,7 @@ def default_schedule(cfg: ViTConfig, method: str) -> S.Schedule:
   """A valid, modest schedule for any model: a quarter of the patches removed, at the embedding
   for 'random', with ToMe's r form for 'tome', else at block min(3, depth - 1) (POMT's default)."""
   remove = max(1, cfg.num_patches // 4)
+  method = str(method).strip().lower()       # as make_reducer reads it ('Random' got POMT's)
   if method == "random":
     return S.embed_schedule(cfg, cfg.num_tokens - remove)
   if method == "tome":

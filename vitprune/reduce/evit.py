@@ -12,6 +12,7 @@ import dataclasses
 from typing import Optional, Tuple
 
 import jax
+import numpy as np
 
 from vitprune.reduce import common
 from vitprune.reduce.base import AttentionStats
@@ -24,6 +25,10 @@ _scores = common.cls_scores("EViT")  # [B, P] attentiveness: head-mean class-tok
 class EViT(common.AttentionReducer):
   normalize: bool = False
   name = "evit"
+
+  def __post_init__(self):      # ("False" ran as True: a non-empty string)
+    if not isinstance(self.normalize, (bool, np.bool_)):
+      raise ValueError(f"EViT normalize must be True or False, got {self.normalize!r}")
 
   def select(self, stats: AttentionStats, *, num_keep: int, num_prefix: int) -> jax.Array:
     """[B, num_keep - num_prefix - 1] kept patch indices (sorted)."""
