@@ -454,3 +454,23 @@ def test_a_stuck_background_write_never_keeps_a_failed_save_from_ending(tmp_path
   with pytest.raises(KeyboardInterrupt):
     checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
   assert time.perf_counter() - t0 < 5 and os.listdir(tmp_path) == []
+
+
+def test_an_edited_config_and_loose_arguments_are_refused(tmp_path):
+  """num_heads 4 -> 8 in a copy's config.json loaded (logits off by up to 0.64); a cfg given
+  by name was an AttributeError; overwrite='no' replaced the weights (bool('no'))."""
+  cfg = get_config("test_tiny_vit")
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  cfile = os.path.join(path, "config.json")
+  doc = json.load(open(cfile))
+  json.dump(dict(doc, config=dict(doc["config"], num_heads=4)), open(cfile, "w"))
+  with pytest.raises(ValueError, match=re.escape(
+      f"{cfile}: its config no longer hashes to the config_sha256 it records (edited?")):
+    checkpoint.load_weights(path)
+  json.dump(dict(doc, config_sha256=None), open(cfile, "w"))      # not recorded: loads
+  checkpoint.load_weights(path)
+  with pytest.raises(TypeError, match="overwrite must be True or False, got 'no'"):
+    checkpoint.save_weights(path, cfg, init_params(cfg, 0), overwrite="no")
+  with pytest.raises(TypeError, match="cfg must be a ViTConfig"):
+    checkpoint.save_weights(str(tmp_path / "v"), "test_tiny_vit", init_params(cfg, 0))
+  assert sorted(os.listdir(tmp_path)) == ["w"]

@@ -4,8 +4,8 @@ Layout of a weights directory (e.g. `weights/deit_small_patch16_224/`):
   config.json   {"format": "vitprune-weights", "version": 1, "config": ViTConfig fields,
                  "meta": {free-form provenance: source checkpoint, its sha256, ...},
                  "class_names": ["0", ..., "9"] (optional: the names of the outputs, in order),
-                 "params_sha256": `digest.params_sha256` of params/ (checked on load; absent in
-                 folders written before it was recorded)}
+                 "params_sha256": `digest.params_sha256` of params/, "config_sha256": of
+                 "config" (both checked on load; absent in folders written before them)}
   params/       orbax `StandardCheckpointer` checkpoint of the float32 parameter tree
 
 `load_weights(dir)` needs nothing else: the config rebuilds the abstract tree orbax restores into.
@@ -63,6 +63,10 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
   `atomic.ForeignOutputError` when `overwrite` would replace something that is not a weights
   directory, ValueError on mismatched or non-finite parameters.
   """
+  if not isinstance(cfg, ViTConfig):       # ('test_tiny_vit' was an AttributeError)
+    raise TypeError(f"cfg must be a ViTConfig (vitprune.get_config(name)), got {cfg!r}")
+  if not isinstance(overwrite, bool):      # ('no' replaced the weights: bool('no') is True)
+    raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
   check_config(cfg)
   check_params(cfg, params)
   path = os.path.abspath(path)
@@ -70,12 +74,13 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
   params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
   check_finite(params32)
   doc = {"format": FORMAT, "version": VERSION, "config": config_to_dict(cfg), "meta": meta or {},
-         "params_sha256": digest.params_sha256(params32)}
+         "params_sha256": digest.params_sha256(params32),
+         "config_sha256": jsonio.canonical_sha256(config_to_dict(cfg))}
   if class_names is not None:
     doc["class_names"] = list(check_class_names(
         [str(c) for c in class_names] if isinstance(class_names, (list, tuple)) else class_names,
         cfg.num_classes))
-  with atomic.staged_dir(path, overwrite=bool(overwrite), is_ours=is_weights_dir) as tmp:
+  with atomic.staged_dir(path, overwrite=overwrite, is_ours=is_weights_dir) as tmp:
     orbax_io.save(os.path.join(tmp, "params"), params32)
     atomic.write_json(os.path.join(tmp, CONFIG_FILE), doc, sort_keys=True)
     for name, obj in (extra_json or {}).items():
@@ -103,10 +108,11 @@ def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
     raise ValueError(f"{cfg_file}: 'config' must be an object of ViTConfig fields")
   if not isinstance(doc.get("meta", {}), dict):
     raise ValueError(f"{cfg_file}: 'meta' must be an object")
-  sha = doc.get("params_sha256")                              # (absent or null: not recorded)
-  if sha is not None and not (isinstance(sha, str) and len(sha) == 64
-                              and all(c in "0123456789abcdef" for c in sha)):
-    raise ValueError(f"{cfg_file}: params_sha256 must be a 64-digit hex string, got {sha!r}")
+  for key in ("params_sha256", "config_sha256"):              # (absent or null: not recorded)
+    sha = doc.get(key)
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64
+                                and all(c in "0123456789abcdef" for c in sha)):
+      raise ValueError(f"{cfg_file}: {key} must be a 64-digit hex string, got {sha!r}")
   return cfg_file, doc
 
 
@@ -122,6 +128,11 @@ def _config_of(cfg_file: str, doc: Dict[str, Any]) -> Tuple[ViTConfig, Dict[str,
     raise ValueError(f"{cfg_file}: {e}") from None
   if "class_names" in doc and doc["class_names"] is not None:
     check_class_names(doc["class_names"], cfg.num_classes, f"{cfg_file}: class_names")
+  recorded = doc.get("config_sha256")
+  if recorded is not None and jsonio.canonical_sha256(doc["config"]) != recorded:
+    raise ValueError(f"{cfg_file}: its config no longer hashes to the config_sha256 it records "
+                     "(edited? another num_heads or norm_eps is another model for the same "
+                     "parameters); save the weights again with vitprune.save_weights")
   return cfg, doc.get("meta", {})
 
 
