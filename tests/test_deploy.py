@@ -420,6 +420,9 @@ def test_export_argument_errors(artifact, tmp_path, params):
     deploy.export_artifact(str(tmp_path / "a"), CFG, params, schedule=SCHED)
   with pytest.raises(ValueError, match="3 class names given, test_tiny_vit has 10"):
     deploy.export_artifact(str(tmp_path / "a"), CFG, params, class_names=["a", "b", "c"])
+  with pytest.raises(ValueError, match="class_names must be a list of names, got the string "
+                     "'0123456789'"):          # (was taken as ten one-letter names)
+    deploy.export_artifact(str(tmp_path / "a"), CFG, params, class_names="0123456789")
   with pytest.raises(ValueError, match="parameters do not match"):
     deploy.export_artifact(str(tmp_path / "a"), CFG, {"head": params["head"]})
   assert os.listdir(tmp_path) == []

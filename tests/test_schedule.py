@@ -57,6 +57,15 @@ def test_prune_at_type_and_increase_errors():
     S.prune_at(DEIT_S, keep=150, layer=5, base=S.prune_at(DEIT_S, keep=120, layer=3))
 
 
+def test_a_tome_inflection_is_a_plain_decimal():
+  """float() read 'r8,0_5' as inflection 5.0 (then 'got 5.0') and 'r8,0.2_5' as 0.25."""
+  assert S.parse_schedule(REG, "r8,.5") == S.parse_schedule(REG, "r8,0.5")
+  assert S.parse_schedule(REG, "r8,5e-1") == S.parse_schedule(REG, "r8,0.5")
+  for bad in ("0_5", "0.2_5", "nan", "inf", "0x1"):
+    with pytest.raises(ValueError, match=f"inflection '{bad}' is not a number"):
+      S.parse_schedule(REG, f"r8,{bad}")
+
+
 def test_a_huge_tome_r_is_a_value_error_not_an_overflow():
   """`--schedule=r1000...0` (309+ digits) was a 45-line OverflowError traceback."""
   for r in (10 ** 400, (10 ** 400, 0.5)):

@@ -258,6 +258,8 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   check_params(cfg, params)
   schedule = check_schedule(cfg, schedule, reducer)
   if class_names is not None:
+    if isinstance(class_names, (str, bytes)):      # ('0123456789' gave ten one-letter names)
+      raise ValueError(f"class_names must be a list of names, got the string {class_names!r}")
     class_names = [str(c) for c in class_names]
     if len(class_names) != cfg.num_classes:
       raise ValueError(f"{len(class_names)} class names given, {cfg.name} has "

@@ -553,11 +553,10 @@ def _apply_term(cfg: ViTConfig, counts: List[int], term: str, i: int, text: str)
     r = _parse_int(m.group(1), "r", text)
     infl = None
     if m.group(2) is not None:
-      try:
-        infl = float(m.group(2))
-      except ValueError:
-        raise ValueError(f"schedule {text!r}: inflection {m.group(2)!r} is not a number"
-                         ) from None
+      if not re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", m.group(2)):
+        # (float() also took '0_5' as 5.0 and '0.2_5' as 0.25, 'nan' and 'inf')
+        raise ValueError(f"schedule {text!r}: inflection {m.group(2)!r} is not a number")
+      infl = float(m.group(2))
     return list(_with_layer_errors(lambda: remove_per_layer(cfg, r, infl, base=base),
                                    text).counts)
   if term in ("full", "none") or term.startswith("list:"):
