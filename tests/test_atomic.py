@@ -335,3 +335,19 @@ def test_a_folder_made_while_the_run_worked_is_refused_with_the_way_out(tmp_path
       with atomic.staged_dir(other, overwrite=False) as tmp2:     # another run of ours
         open(os.path.join(tmp2, "b.txt"), "w").close()
         open(os.path.join(tmp2, "config.json"), "w").write('{"format": "vitprune-weights"}')
+
+
+def test_numpy_scalars_are_written_as_the_numbers_they_hold(tmp_path):
+  """meta={'epochs': np.int64(3)} in save_weights, np.float32 metrics, np.int64 profile
+  counts: a raw 'Object of type int64 is not JSON serializable' naming no field."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vitprune import jsonio  # pylint: disable=g-import-not-at-top
+  doc = {"a": np.int64(3), "b": [np.float32(0.5), np.bool_(True)], "c": np.uint8(7)}
+  path = atomic.write_json(str(tmp_path / "x.json"), doc)
+  assert json.load(open(path)) == {"a": 3, "b": [0.5, True], "c": 7}
+  assert jsonio.canonical(doc) == jsonio.canonical({"a": 3, "b": [0.5, True], "c": 7})
+  with pytest.raises(TypeError, match="Object of type complex128 is not JSON serializable"):
+    jsonio.canonical({"z": np.complex128(1j)})
+  with pytest.raises(TypeError, match="Object of type object is not JSON serializable"):
+    atomic.write_json(str(tmp_path / "y.json"), {"o": object()})
+  assert sorted(os.listdir(tmp_path)) == ["x.json"]

@@ -33,6 +33,7 @@ import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from vitprune import console
+from vitprune import jsonio
 
 # Test hook: called with a phase name at each step of a write ('staged', 'moved_aside',
 # 'published', 'file_written', 'committed', 'renamed:<file>'); fault-injection tests make it
@@ -140,9 +141,9 @@ _WEIGHTS_FILES, _WEIGHTS_TREE = ("config.json", "metrics.json"), "params/"
 def unlisted_files(directory: str) -> List[str]:
   """Files under `directory` that its INVENTORY_FILE does not list (someone added them after we
   published it), sorted. A directory written before inventories existed (or whose inventory
-  cannot be read): for a weights folder, the files outside its layout (`_WEIGHTS_FILES`, `_WEIGHTS_TREE`: a
-  NOTES.txt beside the weights was deleted with them); [] for the others (their marker alone
-  decides)."""
+  cannot be read): for a weights folder, the files outside its layout (`_WEIGHTS_FILES`,
+  `_WEIGHTS_TREE`: a NOTES.txt beside the weights was deleted with them); [] for the others
+  (their marker alone decides)."""
   files = [rel for rel in _tree_files(directory) if rel != INVENTORY_FILE
            and not os.path.basename(rel).startswith(WRITE_CHECK_PREFIX)]
   try:
@@ -544,7 +545,8 @@ def write_json(path: str, obj: Any, *, indent: int = 2, sort_keys: bool = False)
   The text is rendered before anything touches the disk, so an unserialisable object leaves no
   trace.
   """
-  text = json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n"
+  text = json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=False,
+                    default=jsonio.plain) + "\n"       # (np.int64 in meta was a TypeError)
   return write_bytes(path, text.encode())
 
 

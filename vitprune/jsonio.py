@@ -138,9 +138,20 @@ def require_keys(doc: Dict[str, Any], keys: Sequence[str], where: str,
                 f"{', '.join(map(repr, missing))}")
 
 
+def plain(value: Any) -> Any:
+  """`json.dumps(default=...)`: a numpy scalar (np.int64 3, np.float32 0.5, np.bool_) as the
+  Python number it holds; anything else a TypeError naming its type (as json's own)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top  (light callers stay light)
+  if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+    return value.item()
+  raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def canonical(obj: Any) -> bytes:
-  """Canonical JSON bytes of `obj`: sorted keys, no whitespace, NaN/inf rejected."""
-  return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+  """Canonical JSON bytes of `obj`: sorted keys, no whitespace, NaN/inf rejected, numpy
+  scalars as the numbers they hold (`plain`)."""
+  return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False,
+                    default=plain).encode()
 
 
 def canonical_sha256(obj: Any) -> str:
