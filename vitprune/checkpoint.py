@@ -110,8 +110,7 @@ def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
     raise ValueError(f"{cfg_file}: 'meta' must be an object")
   for key in ("params_sha256", "config_sha256"):              # (absent or null: not recorded)
     sha = doc.get(key)
-    if sha is not None and not (isinstance(sha, str) and len(sha) == 64
-                                and all(c in "0123456789abcdef" for c in sha)):
+    if sha is not None and not jsonio.is_sha256(sha):
       raise ValueError(f"{cfg_file}: {key} must be a 64-digit hex string, got {sha!r}")
   return cfg_file, doc
 

@@ -118,6 +118,11 @@ def is_num(x: Any) -> bool:
   return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def is_sha256(x: Any) -> bool:
+  """Whether `x` is a sha256 hex digest as vitprune writes them (64 lower-case hex digits)."""
+  return isinstance(x, str) and len(x) == 64 and all(c in "0123456789abcdef" for c in x)
+
+
 def is_share(x: Any, count: int) -> bool:
   """Whether `x` is k / count for an integer k, as a metric counted over `count` >= 1 images is
   (float64 division, exact through JSON)."""
@@ -145,6 +150,12 @@ def plain(value: Any) -> Any:
   if isinstance(value, np.generic) and value.dtype.kind in "biuf":
     return value.item()
   raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def json_form(obj: Any) -> Any:
+  """`obj` as its JSON round trip gives it back: tuples as lists, numpy scalars as numbers
+  (`plain`); TypeError for what JSON cannot hold."""
+  return json.loads(json.dumps(obj, default=plain))
 
 
 def canonical(obj: Any) -> bytes:

@@ -248,13 +248,16 @@ class EdgeModel:
   def __call__(self, images) -> np.ndarray:
     """images [B, H, W, C] preprocessed float32 -> [B, K]; non-finite outputs refused."""
     x = self._check(images)
-    return check_finite_outputs(np.asarray(self.timed_call(x)()), x)
+    return check_finite_outputs(np.asarray(self._bound(x)()), x)
 
   def timed_call(self, images) -> Callable[[], Any]:
     """A no-argument call on device-resident `images` that returns when the result is on the
     host (what the timing protocol times)."""
-    xs = self._runner.put_batch(self._check(images), self.shards)
-    return self._runner.bind(self._fns, self._weights, xs)
+    return self._bound(self._check(images))
+
+  def _bound(self, x: np.ndarray) -> Callable[[], Any]:
+    """`timed_call` of images `x` already checked (`_check`)."""
+    return self._runner.bind(self._fns, self._weights, self._runner.put_batch(x, self.shards))
 
 
 def check_finite_outputs(outputs: Any, images: np.ndarray) -> Any:

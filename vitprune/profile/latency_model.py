@@ -37,7 +37,6 @@ and the calibration schedules; `fit` refuses data of another model, device, dtyp
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -94,7 +93,7 @@ class LatencyModel:
 
   def __post_init__(self):
     # The JSON form of the config (tuples -> lists), as `records.Profile` keeps it.
-    object.__setattr__(self, "config", json.loads(json.dumps(self.config, default=jsonio.plain)))
+    object.__setattr__(self, "config", jsonio.json_form(self.config))
     object.__setattr__(self, "tokens", tuple(int(t) for t in self.tokens))
     object.__setattr__(self, "curve_s", tuple(float(v) for v in self.curve_s))
     object.__setattr__(self, "calibration", tuple(tuple(int(c) for c in s)

@@ -144,7 +144,7 @@ class Profile:
 
   def __post_init__(self):
     # The JSON form of the config (tuples -> lists), so fresh and loaded profiles compare equal.
-    object.__setattr__(self, "config", json.loads(json.dumps(self.config, default=jsonio.plain)))
+    object.__setattr__(self, "config", jsonio.json_form(self.config))
     object.__setattr__(self, "modes", tuple(self.modes))
 
   @property
@@ -316,7 +316,7 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
       graph = f"{pt.tokens} tokens" + ("" if pt.schedule is None else f" {list(pt.schedule)}")
       raise ValueError(f"{source}: point {i} ({pt.component}, batch {pt.batch_size}, {graph}) "
                        f"repeats point {j}: a profile holds one timing per graph (edited?)")
-  for k in ("steps", "flats", "predictions"):
+  for k in ANALYSIS_KEYS:
     if not isinstance(d.get(k, []), list) or not all(isinstance(x, dict) for x in d.get(k, [])):
       raise ValueError(f"{source}: {k} must be a list of objects")
   return Profile(model=d["model"], config=d["config"], device_kind=d["device_kind"],
@@ -485,7 +485,7 @@ def _merged_with_existing(profile: Profile, paths: Dict[str, str],
   try:
     merged = merge([existing, profile])
     if fields and merge_fields:
-      fields = merge_fields(doc, json.loads(json.dumps(fields, default=jsonio.plain)))
+      fields = merge_fields(doc, jsonio.json_form(fields))
   except ValueError as e:
     raise ValueError(f"cannot merge into {paths['json']}: {e}") from None
   return merged, fields
@@ -506,8 +506,7 @@ def save(profile: Profile, out_dir: str, stem: Optional[str] = None, *,
   """
   # What `load` would refuse is never published (it would also block the name for good
   # profiles, which cannot merge into an unreadable one).
-  from_json(json.loads(json.dumps(to_json(profile), default=jsonio.plain)),
-            source="the profile to save")
+  from_json(jsonio.json_form(to_json(profile)), source="the profile to save")
   stem = stem or file_stem(profile)
   out_dir = os.path.abspath(out_dir)
   kinds = ["csv"] + sorted(extra or {}) + ["json"]          # the JSON is published last

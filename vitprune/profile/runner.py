@@ -50,7 +50,7 @@ from vitprune.profile import records
 from vitprune.profile import steps as steps_lib
 from vitprune.profile import timing
 from vitprune.reduce.keep_first import KeepFirst
-from vitprune.reduce.methods import make_reducer
+from vitprune.reduce.methods import list_methods, make_reducer
 from vitprune.schedule import (Schedule, check_schedule, check_token_grid, embed_schedule,
                                reduces_tokens, token_bounds)
 
@@ -66,12 +66,10 @@ def make_drop_reducer(name: Optional[str] = None) -> Tuple[Any, str]:
   name = (name or "random").strip().lower()      # ('RANDOM' was recorded as such: no merge)
   if name == "keep_first":
     return KeepFirst(), "keep_first"
-  try:
-    return make_reducer(name), name
-  except ValueError as e:
-    if not str(e).startswith("unknown token-reduction method"):
-      raise
-    raise ValueError(f"{e}, keep_first (the profiler's own)") from None
+  if name not in list_methods():
+    raise ValueError(f"unknown token-reduction method {name!r}; valid: "
+                     f"{', '.join(list_methods())}, keep_first (the profiler's own)")
+  return make_reducer(name), name
 
 
 # ----------------------------------------------------------------------------- graphs

@@ -294,8 +294,8 @@ def _validate(doc: Any, where: str) -> ViTConfig:
   _require(doc["model"].get("name") == cfg.name, where,
            f"model.name {doc['model'].get('name')!r} != config name {cfg.name!r}")
   sha = doc["weights"].get("sha256")
-  _require(isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha),
-           where, f"weights.sha256 must be a 64-digit hex string, got {sha!r}")
+  _require(jsonio.is_sha256(sha), where,
+           f"weights.sha256 must be a 64-digit hex string, got {sha!r}")
   data = doc["data"]
   for key in ("fingerprint", "num_examples", "labelled"):
     _require(key in data, where, f"data is missing {key!r}")

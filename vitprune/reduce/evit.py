@@ -12,8 +12,8 @@ import dataclasses
 from typing import Optional, Tuple
 
 import jax
-import numpy as np
 
+from vitprune.config import is_option_kind
 from vitprune.reduce import common
 from vitprune.reduce.base import AttentionStats
 
@@ -27,7 +27,7 @@ class EViT(common.AttentionReducer):
   name = "evit"
 
   def __post_init__(self):      # ("False" ran as True: a non-empty string)
-    if not isinstance(self.normalize, (bool, np.bool_)):
+    if not is_option_kind(self.normalize, "bool"):
       raise ValueError(f"EViT normalize must be True or False, got {self.normalize!r}")
 
   def select(self, stats: AttentionStats, *, num_keep: int, num_prefix: int) -> jax.Array:
