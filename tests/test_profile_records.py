@@ -4,6 +4,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
 from vitprune.profile import plot, records
@@ -275,3 +276,14 @@ def test_plot_writes_png_and_rejects_missing_component(tmp_path):
   with pytest.raises(ValueError, match="can plot only"):
     plot.plot_profile(prof, str(tmp_path / "q.png"), component="head")
   assert sorted(os.listdir(tmp_path)) == ["p.png"]
+
+
+def test_a_profile_of_numpy_numbers_saves_as_plain_json(tmp_path):
+  """Points with np.int64 batch sizes and counts (a library user's arrays): save() failed with a
+  raw 'Object of type int64 is not JSON serializable' naming no field."""
+  pts = [dataclasses.replace(_point("model", n, m), batch_size=np.int64(1), tokens=np.int64(n))
+         for n, m in ((17, 2e-3), (9, 1e-3))]
+  paths = records.save(_profile(pts), str(tmp_path), stem="p")
+  loaded = records.load(paths["json"])
+  assert [(p.batch_size, p.tokens) for p in loaded.points] == [(1, 17), (1, 9)]
+  assert all(type(p.tokens) is int for p in loaded.points)

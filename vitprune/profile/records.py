@@ -513,7 +513,8 @@ def save(profile: Profile, out_dir: str, stem: Optional[str] = None, *,
   paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in kinds}
   with atomic.locked(paths["json"]):
     profile, fields = _merged_with_existing(profile, paths, fields, merge_fields)
-    text = json.dumps(dict(to_json(profile), **(fields or {})), indent=1, allow_nan=False)
+    text = json.dumps(dict(to_json(profile), **(fields or {})), indent=1, allow_nan=False,
+                      default=jsonio.plain)      # (np.int64 counts were a raw TypeError)
     csv_text = to_csv(profile)
     names = [os.path.basename(paths[k]) for k in kinds]
     with atomic.staged_files(out_dir, os.path.basename(paths["json"]), names) as tmp:
