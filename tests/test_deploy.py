@@ -328,6 +328,13 @@ EDITED = "identity does not match the manifest's fields|does not describe the ex
     (lambda d: d["files"].__setitem__("forward", "../x"), "must be a plain name"),
     (lambda d: d.__setitem__("class_names", ["a"]), "class_names must be null or 10 strings"),
     (lambda d: d.__setitem__("identity", "0" * 64), "identity does not match"),
+    # Digests are held to vitprune's form: 64 lower-case hex digits, not any 64 characters.
+    (lambda d: d["weights"].__setitem__("sha256", "z" * 64),
+     "weights.sha256 must be a sha256 hex digest .* got 'zzz"),
+    (lambda d: d["weights"].__setitem__("sha256", d["weights"]["sha256"].upper()),
+     "weights.sha256 must be a sha256 hex digest"),
+    (lambda d: d["files"].__setitem__("forward_sha256", "x" * 64),
+     "files.forward_sha256 must be a sha256 hex digest"),
 ])
 def test_edited_manifest_is_refused(artifact, tmp_path, edit, message):
   path = _copy(artifact, tmp_path)

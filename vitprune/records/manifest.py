@@ -195,7 +195,8 @@ class Manifest:
          f"{cfg.name}")
     w = doc["weights"]
     sha = w.get("sha256")
-    _req(isinstance(sha, str) and len(sha) == 64, where, "weights.sha256 must be a sha256 hex")
+    _req(jsonio.is_sha256(sha), where,
+         f"weights.sha256 must be a sha256 hex digest (64 lower-case hex digits), got {sha!r}")
     _req(isinstance(w.get("leaves"), dict), where, "weights.leaves must be an object")
     platforms = doc["platforms"]
     _req(isinstance(platforms, list) and platforms and all(isinstance(p, str) for p in platforms),
@@ -204,6 +205,8 @@ class Manifest:
     for key in ("forward", "forward_sha256", "params"):
       _req(isinstance(files.get(key), str) and files[key], where,
            f"files.{key} must be a non-empty string")
+    _req(jsonio.is_sha256(files["forward_sha256"]), where, "files.forward_sha256 must be a sha256 "
+         f"hex digest (64 lower-case hex digits), got {files['forward_sha256']!r}")
     for key in ("forward", "params"):
       _req(os.path.basename(files[key]) == files[key] and files[key] not in (".", ".."), where,
            f"files.{key} {files[key]!r} must be a plain name inside the artifact")
