@@ -91,8 +91,12 @@ def _grid(cfg, quick: bool, step: int = 0):
   """Token counts of the curve (and the DP): every 4th count of vit_digits-sized models, every
   24th of DeiT-sized ones (16th in --quick)."""
   n = cfg.num_tokens
-  step = step or (16 if quick else (4 if n <= 80 else 24))
+  step = step or _grid_step(cfg, quick)
   return sorted(set(range(n, cfg.num_prefix_tokens, -step)))
+
+
+def _grid_step(cfg, quick: bool) -> int:
+  return 16 if quick else (4 if cfg.num_tokens <= 80 else 24)
 
 
 def _errors(pred, meas):
@@ -325,6 +329,11 @@ def check_draws(cfg, methods: Sequence[str], num: int, num_cal: int, *, quick: b
   """The calibration and held-out schedules `run_one` will draw for each method, drawn now:
   ValueError naming the flag where the grid holds fewer distinct schedules."""
   grid = _grid(cfg, quick)
+  if len(grid) < 2:      # else the calibration draw's "the grid needs counts below ..."
+    raise ValueError(f"{cfg.name} has {cfg.num_tokens} tokens: the benchmark's token grid "
+                     f"({'--quick: ' if quick else ''}every {_grid_step(cfg, quick)}th "
+                     "count) holds none below the full count; choose a larger model"
+                     + (" or drop --quick" if quick else ""))
   for method in methods:
     try:
       cal = lm_lib.calibration_schedules(cfg, grid, num_cal, method=method, seed=seed)

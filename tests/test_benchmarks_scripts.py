@@ -240,7 +240,11 @@ def test_predictor_accuracy_refuses_bad_input_before_any_work(tmp_path):
                                                 r"200 distinct schedules on this grid besides "
                                                 r"the 5 calibration ones \(vit_digits, pomt\)$"),
       (["--quick", "--methods=tome", "--calibration_schedules=200", out],
-       r"^--calibration_schedules=200: could only draw \d+ of 200 .* \(vit_digits, tome\)$")],
+       r"^--calibration_schedules=200: could only draw \d+ of 200 .* \(vit_digits, tome\)$"),
+      # a model too small for --quick's grid: named, not blamed on --calibration_schedules
+      (["--quick", "--models=test_tiny_vit", out],
+       r"^test_tiny_vit has 17 tokens: the benchmark's token grid \(--quick: every 16th count\) "
+       r"holds none below the full count; choose a larger model or drop --quick$")],
       tmp_path)
 
 
