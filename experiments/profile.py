@@ -25,6 +25,7 @@ from experiments import common
 from vitprune import atomic
 from vitprune import memory
 from vitprune import pipeline
+from vitprune import solve_stage
 from vitprune.profile import runner
 from vitprune.profile import timing
 from vitprune.schedule import parse_schedule, parse_token_grid
@@ -147,9 +148,8 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
     raise ValueError("--calibration_schedules applies to --solver=multi only")
   if f.refine_accuracy_rounds and f.solver != "multi":
     raise ValueError("--refine_accuracy_rounds applies to --solver=multi only")
-  if f.measure_frontier and f.refine_accuracy_rounds:     # (as experiments.solve)
-    raise ValueError("--measure_frontier and --refine_accuracy_rounds both measure the whole "
-                     "uncorrected frontier (the refinement in its round 0): give one")
+  solve_stage.check_one_frontier_measurement(
+      f.measure_frontier, f.refine_accuracy_rounds, ("--measure_frontier", "--refine_accuracy_rounds"))
   if f["layer"].present and f.solver == "multi":
     raise ValueError("--layer applies to --solver=paper only (multi chooses every block)")
   if f["alpha"].present and (f.accuracy_floor is not None or f.latency_budget is not None):

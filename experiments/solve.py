@@ -142,11 +142,8 @@ def main(f: flags.FlagValues):
   if f.refine_accuracy_rounds and not f.weights:
     raise ValueError("--refine_accuracy_rounds measures schedules on the data: pass --weights "
                      "(and the estimate's --data)")
-  if f.measure_frontier and f.refine_accuracy_rounds:
-    # (measured first, the frontier left the refinement's round 0 nothing to measure: its
-    # error, the uncorrected model's on its own frontier, went unreported)
-    raise ValueError("--measure_frontier and --refine_accuracy_rounds both measure the whole "
-                     "uncorrected frontier (the refinement in its round 0): give one")
+  solve_stage.check_one_frontier_measurement(f.measure_frontier, f.refine_accuracy_rounds,
+                                             ("--measure_frontier", "--refine_accuracy_rounds"))
   if f.anchored_prediction and not f.refine_accuracy_rounds:
     raise ValueError("--anchored_prediction reports on the accuracy refinement: pass "
                      "--refine_accuracy_rounds (and --weights)")

@@ -101,9 +101,9 @@ class PipelineSpec:
       raise ValueError("refine_accuracy_rounds applies to solver='multi' only")
     if self.refine_accuracy_rounds < 0:
       raise ValueError(f"refine_accuracy_rounds must be >= 0, got {self.refine_accuracy_rounds}")
-    if self.measure_frontier and self.refine_accuracy_rounds:   # (see experiments.solve)
-      raise ValueError("measure_frontier and refine_accuracy_rounds both measure the whole "
-                       "uncorrected frontier (the refinement in its round 0): give one")
+    solve_stage.check_one_frontier_measurement(
+        self.measure_frontier, self.refine_accuracy_rounds,
+        ("measure_frontier", "refine_accuracy_rounds"))
     if self.accuracy_floor is not None and self.latency_budget is not None:
       raise ValueError("give accuracy_floor or latency_budget, not both")
     if self.accuracy_floor is not None and not 0.0 <= self.accuracy_floor <= 1.0:

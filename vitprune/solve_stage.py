@@ -455,6 +455,17 @@ def method_caps(cfg: ViTConfig, method: str, ns: np.ndarray) -> Optional[np.ndar
   return np.array([limit(int(n)) for n in ns], np.int64)
 
 
+def check_one_frontier_measurement(measure_all: bool, refine_rounds: int,
+                                   names: Tuple[str, str]) -> None:
+  """ValueError where both are asked for: both measure the whole uncorrected frontier (the
+  refinement in its round 0; measured first, the frontier left the refinement's round 0 nothing
+  to measure, and the uncorrected model's error on it went unreported). `names`: how the caller
+  names the two (arguments or flags)."""
+  if measure_all and refine_rounds:
+    raise ValueError(f"{names[0]} and {names[1]} both measure the whole uncorrected frontier "
+                     "(the refinement in its round 0): give one")
+
+
 def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
                      accuracy_floor: Optional[float] = None,
                      latency_budget: Optional[float] = None, alpha: float = 0.5,
@@ -485,6 +496,7 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   them, called only once the refinement starts) adds the anchored per-image prediction to each
   round's report.
   """
+  check_one_frontier_measurement(measure_all, refine_rounds, ("measure_all", "refine_rounds"))
   if measure_all and evaluate is None:
     raise SolveInputError("measuring the whole frontier needs an evaluator (weights and data)")
   if refine_rounds and evaluate is None:
