@@ -149,7 +149,8 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
   if f.refine_accuracy_rounds and f.solver != "multi":
     raise ValueError("--refine_accuracy_rounds applies to --solver=multi only")
   solve_stage.check_one_frontier_measurement(
-      f.measure_frontier, f.refine_accuracy_rounds, ("--measure_frontier", "--refine_accuracy_rounds"))
+      f.measure_frontier, f.refine_accuracy_rounds,
+      ("--measure_frontier", "--refine_accuracy_rounds"))
   if f["layer"].present and f.solver == "multi":
     raise ValueError("--layer applies to --solver=paper only (multi chooses every block)")
   if f["alpha"].present and (f.accuracy_floor is not None or f.latency_budget is not None):
