@@ -663,6 +663,14 @@ def test_kit_points_run_as_an_artifact_at_their_batch_size(tmp_path, params, mon
           for p in kit["points"]] == [(1, 1, 1), (2, 2, 1)]
   prof, _ = kit_lib.profile_kit(kit_dir, protocol.TimingConfig(min_run_time=0.01))
   assert sorted(p.batch_size for p in prof.points) == [1, 2]
+  # The trial run of a kit for a named CPU calls every point on its own plan, not the first one
+  # only: each point is another graph, and a missing instruction may sit in any one of them.
+  bound, bind = [], edge_rt.Runner.bind
+  monkeypatch.setattr(edge_rt.Runner, "bind", lambda self, fns, w, x: bound.append(
+      (self.driver, len(fns), len(x))) or bind(self, fns, w, x))
+  kit_lib.trial_call(kit_dir)
+  assert bound == [("local-sync", 1, 1), ("local-sync", 2, 2)]
+  monkeypatch.setattr(edge_rt.Runner, "bind", bind)
   assert all(p.median_s > 0 for p in prof.points)
   prof, used = kit_lib.profile_kit(kit_dir, protocol.TimingConfig(min_run_time=0.01),
                                    driver="local-task")      # an override covers every point

@@ -203,16 +203,19 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
 
 
 def trial_call(path: str, driver: Optional[str] = None) -> None:
-  """One call of the first point of kit `path` on zeros, as `profile_kit` runs it (the trial
-  run of a kit for a named CPU: `runtime.trial_in_child`)."""
+  """One call of every point of kit `path` on zeros, each on its own plan's driver and shards
+  as `profile_kit` runs them (the trial run of a kit for a named CPU:
+  `runtime.trial_in_child`; the points are different graphs, and a missing instruction may sit
+  in any one of them)."""
   kit, plans, functions = _kit_plans(path, driver)
-  point, (d, k) = kit["points"][0], plans[0]
   weights = rt.read_weights(path, kit["weights"], f"kit {path}")
-  runner = rt.Runner(d, k)
-  fns = runner.load(rt.checked_file(path, point["module"], f"kit {path}"), functions[0],
-                    contexts=k)
-  x = runner.put_batch(np.zeros(tuple(point["input"]["shape"]), np.float32), k)
-  runner.bind(fns, [runner.put(weights[j]) for j in point["args"]], x)()
+  runners = {d: rt.Runner(d, max(k for dd, k in plans if dd == d)) for d, _ in plans}
+  for point, function, (d, k) in zip(kit["points"], functions, plans):
+    runner = runners[d]
+    fns = runner.load(rt.checked_file(path, point["module"], f"kit {path}"), function,
+                      contexts=k)
+    x = runner.put_batch(np.zeros(tuple(point["input"]["shape"]), np.float32), k)
+    runner.bind(fns, [runner.put(weights[j]) for j in point["args"]], x)()
 
 
 def write_profile(profile, out: str, kit: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
