@@ -39,8 +39,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("coarse_stride", 0, "Adaptive coarse stride (0: ~16 points).",
                        lower_bound=0, flag_values=fv)
   flags.DEFINE_string("compile_cache_dir", None, "Compilation cache for the cached runs "
-                      "(default: a fresh temp dir, removed at exit). Sets JAX's cache for the whole process, so "
-                      "run this benchmark in its own process.", flag_values=fv)
+                      "(default: a fresh temp dir, removed at exit). Sets JAX's cache for the "
+                      "whole process, so run this benchmark in its own process.", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed.", lower_bound=0, upper_bound=common.MAX_SEED,
                        flag_values=fv)
 

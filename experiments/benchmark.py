@@ -1,4 +1,5 @@
-r"""Method benchmark: latency (profiler protocol) and accuracy / fidelity of token-reduction methods.
+r"""Method benchmark: latency (profiler protocol) and accuracy / fidelity of token-reduction
+methods.
 
   # Default: the embedded trained vit_digits (weights/vit_digits) on the digits test split, CPU.
   python -m experiments.benchmark
@@ -46,20 +47,26 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       "default with neither flag: weights/vit_digits if present, else "
                       "test_tiny_vit with random weights.", flag_values=fv)
   flags.DEFINE_list("batch_size", ["1", "32"], "Batch sizes to time (comma list).", flag_values=fv)
-  flags.DEFINE_list("dtype", ["float32"], "Compute dtypes (comma list of float32, bfloat16).", flag_values=fv)
+  flags.DEFINE_list("dtype", ["float32"], "Compute dtypes (comma list of float32, bfloat16).",
+                    flag_values=fv)
   flags.DEFINE_string("data", "digits", "'digits' (test split), an image folder (labelled or flat: "
                       "fidelity only), or 'none' (latency only).", flag_values=fv)
-  flags.DEFINE_integer("num_images", None, "Seeded class-balanced subset of the data (default all).", flag_values=fv)
+  flags.DEFINE_integer("num_images", None,
+                       "Seeded class-balanced subset of the data (default all).", flag_values=fv)
   flags.DEFINE_string("variants", None, "';'-separated [NAME=]METHOD:SCHEDULE items or 'defaults' "
                       "(default: the default method set).", flag_values=fv)
   flags.DEFINE_string("pomt_schedule", None, "POMT schedule text, e.g. keep@3:120 (instead of "
                       "--solution).", flag_values=fv)
-  flags.DEFINE_string("solution", None, "Solver output JSON (experiments.solve) for POMT.", flag_values=fv)
-  flags.DEFINE_string("multi_solution", None, "Multi-layer solver output JSON (--mode=multi).", flag_values=fv)
-  flags.DEFINE_integer("multi_frontier", 0, "Extra frontier schedules from --multi_solution.", flag_values=fv)
+  flags.DEFINE_string("solution", None, "Solver output JSON (experiments.solve) for POMT.",
+                      flag_values=fv)
+  flags.DEFINE_string("multi_solution", None, "Multi-layer solver output JSON (--mode=multi).",
+                      flag_values=fv)
+  flags.DEFINE_integer("multi_frontier", 0, "Extra frontier schedules from --multi_solution.",
+                       flag_values=fv)
   flags.DEFINE_float("min_run_time", 0.3, "Seconds of timed calls per point.", flag_values=fv)
   flags.DEFINE_integer("compile_threads", 2, "Graphs compiled in parallel.", flag_values=fv)
-  flags.DEFINE_integer("eval_batch_size", 64, "Batch size of the accuracy evaluation.", flag_values=fv)
+  flags.DEFINE_integer("eval_batch_size", 64, "Batch size of the accuracy evaluation.",
+                       flag_values=fv)
   flags.DEFINE_string("out_dir", "outputs/benchmark", "Output directory.", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed of random weights, inputs, data subset, timing order.",
                        lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)

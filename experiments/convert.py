@@ -25,13 +25,15 @@ from vitprune.registry import get_config
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Registers this CLI's flags on `fv` (only when run as a script, or into a fresh FlagValues
   via `common.parse`)."""
-  flags.DEFINE_string("model", None, "timm model name (see vitprune.registry.list_models()).", flag_values=fv)
+  flags.DEFINE_string("model", None, "timm model name (see vitprune.registry.list_models()).",
+                      flag_values=fv)
   flags.DEFINE_string("checkpoint", None, "Checkpoint file: .safetensors, .pth/.pt/.bin (needs "
                       "torch), or .npz (AugReg / big_vision, or timm names).", flag_values=fv)
   flags.DEFINE_integer("img_size", None, "Input size to convert for (position embeddings are "
                        "resampled like timm); default: the model's native size.", flag_values=fv)
   flags.DEFINE_integer("num_classes", None, "Classes of the head; 0 = features only (needs "
-                       "--drop_head if the checkpoint has a head). Default: the registry's.", flag_values=fv)
+                       "--drop_head if the checkpoint has a head). Default: the registry's.",
+                       flag_values=fv)
   flags.DEFINE_string("out", None, "Output directory; default weights/<model> (weights/<model>_"
                       "<img_size> at a non-native size).", flag_values=fv)
   flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.", flag_values=fv)

@@ -30,7 +30,8 @@ from vitprune.schedule import parse_schedule
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Registers this CLI's flags on `fv` (only when run as a script, or into a fresh FlagValues
   via `common.parse`)."""
-  flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights).", flag_values=fv)
+  flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights).",
+                      flag_values=fv)
   flags.DEFINE_string("out", None, "Artifact directory to write.", flag_values=fv)
   flags.DEFINE_string("schedule", None, "Token schedule text (default: from --solution, else "
                       "'full').", flag_values=fv)
@@ -40,7 +41,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     "else kept as strings), e.g. seed=3.", flag_values=fv)
   flags.DEFINE_string("solution", None, "Solver output JSON to take the schedule (and method) "
                       "from; recorded as provenance.", flag_values=fv)
-  flags.DEFINE_string("profile", None, "Profile file the schedule was chosen with (provenance).", flag_values=fv)
+  flags.DEFINE_string("profile", None, "Profile file the schedule was chosen with (provenance).",
+                      flag_values=fv)
   flags.DEFINE_string("estimate", None, "Estimate file the schedule was chosen with "
                       "(provenance).", flag_values=fv)
   flags.DEFINE_list("platforms", [], "Export platforms (cpu, cuda, rocm, tpu); default the "
@@ -50,7 +52,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        flag_values=fv)
   flags.DEFINE_bool("allow_batch_mismatch", False, "Deploy a --solution at another batch size "
                     "than the one its schedule was chosen for.", flag_values=fv)
-  flags.DEFINE_bool("symbolic_batch", False, "Export with a symbolic batch dimension instead.", flag_values=fv)
+  flags.DEFINE_bool("symbolic_batch", False, "Export with a symbolic batch dimension instead.",
+                    flag_values=fv)
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (with "
                     "--solution: the dtype its profile was timed in).", flag_values=fv)
   flags.DEFINE_enum("precision", "highest", ["highest", "high", "default"],
@@ -60,8 +63,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_bool("overwrite", False, "Replace an existing --out.", flag_values=fv)
   flags.DEFINE_multi_string("target", ["jax"], "Deployment targets, repeatable or comma lists: "
                             "jax, iree:host, iree:llvm-cpu:<triple>[:<cpu>], iree:cuda:<sm_XX>, "
-                            "iree:vulkan (IREE modules are added next to the jax export).", flag_values=fv)
-  flags.DEFINE_integer("cpu_cores", None, "CPU targets: cores of the CPU the modules run on, for batch shards (default: this machine's for iree:host, 1 for a cross-compiled CPU; 1: never shard).", flag_values=fv)
+                            "iree:vulkan (IREE modules are added next to the jax export).",
+                            flag_values=fv)
+  flags.DEFINE_integer("cpu_cores", None, "CPU targets: cores of the CPU the modules run "
+                       "on, for batch shards (default: this machine's for iree:host, 1 for a "
+                       "cross-compiled CPU; 1: never shard).", flag_values=fv)
 
 
 def parse_options(items) -> dict:

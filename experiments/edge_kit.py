@@ -32,19 +32,29 @@ from vitprune.schedule import parse_schedule, parse_token_grid
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Registers this CLI's flags on `fv` (only when run as a script, or into a fresh FlagValues
   via `common.parse`)."""
-  flags.DEFINE_string("model", None, "Registered model name (default: the embedded vit_digits).", flag_values=fv)
+  flags.DEFINE_string("model", None, "Registered model name (default: the embedded vit_digits).",
+                      flag_values=fv)
   flags.DEFINE_string("weights", None, "Weights directory.", flag_values=fv)
-  flags.DEFINE_string("target", "iree:host", "IREE target (see vitprune.edge.targets).", flag_values=fv)
+  flags.DEFINE_string("target", "iree:host", "IREE target (see vitprune.edge.targets).",
+                      flag_values=fv)
   flags.DEFINE_enum("mode", "model", ["model", "schedule"], "What the kit times.", flag_values=fv)
-  flags.DEFINE_string("tokens", "all", "Token grid for mode model ('all', 'a:b[:step]', list).", flag_values=fv)
-  flags.DEFINE_string("schedules", None, "';'-separated schedules for mode schedule.", flag_values=fv)
+  flags.DEFINE_string("tokens", "all", "Token grid for mode model ('all', 'a:b[:step]', list).",
+                      flag_values=fv)
+  flags.DEFINE_string("schedules", None, "';'-separated schedules for mode schedule.",
+                      flag_values=fv)
   flags.DEFINE_list("batch_sizes", ["1"], "Batch sizes.", flag_values=fv)
-  flags.DEFINE_string("driver", None, "CPU targets: runtime driver local-sync or local-task (default: chosen from the model's work, see vitprune.iree_build.choose_runtime).", flag_values=fv)
-  flags.DEFINE_integer("cpu_cores", None, "CPU targets: cores of the CPU the modules run on, for batch shards (default: this machine's for iree:host, 1 for a cross-compiled CPU; 1: never shard).", flag_values=fv)
-  flags.DEFINE_string("reducer", None, "Token-drop reducer (default 'random'; 'keep_first').", flag_values=fv)
+  flags.DEFINE_string("driver", None, "CPU targets: runtime driver local-sync or local-task "
+                      "(default: chosen from the model's work, see "
+                      "vitprune.iree_build.choose_runtime).", flag_values=fv)
+  flags.DEFINE_integer("cpu_cores", None, "CPU targets: cores of the CPU the modules run "
+                       "on, for batch shards (default: this machine's for iree:host, 1 for a "
+                       "cross-compiled CPU; 1: never shard).", flag_values=fv)
+  flags.DEFINE_string("reducer", None, "Token-drop reducer (default 'random'; 'keep_first').",
+                      flag_values=fv)
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", flag_values=fv)
   flags.DEFINE_integer("jobs", max(1, os.cpu_count() or 1), "Parallel compiles.", flag_values=fv)
-  flags.DEFINE_string("cache_dir", "outputs/iree_cache", "Compiled-module cache ('' for none).", flag_values=fv)
+  flags.DEFINE_string("cache_dir", "outputs/iree_cache", "Compiled-module cache ('' for none).",
+                      flag_values=fv)
   flags.DEFINE_string("out", None, "Kit directory to write.", flag_values=fv)
   flags.DEFINE_bool("overwrite", False, "Replace an existing --out.", flag_values=fv)
 

@@ -38,25 +38,33 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Registers this CLI's flags (only when run as a script, so importing is side-effect free)."""
   flags.DEFINE_string("model", None, "Registered model name: random init unless --weights; "
                       "default vit_digits with its embedded trained weights.", flag_values=fv)
-  flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights).", flag_values=fv)
+  flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.save_weights).",
+                      flag_values=fv)
   flags.DEFINE_integer("init_seed", 0, "Seed of init_params when only --model is given.",
                        lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
-  flags.DEFINE_string("data", "digits", "'digits' or an image folder (labelled or flat).", flag_values=fv)
+  flags.DEFINE_string("data", "digits", "'digits' or an image folder (labelled or flat).",
+                      flag_values=fv)
   flags.DEFINE_string("split", "test", "digits split: train | test | all.", flag_values=fv)
   flags.DEFINE_string("method", "random", "random | pomt | topk | tome | evit.", flag_values=fv)
-  flags.DEFINE_string("tokens", None, "Token grid: 'a,b,c', 'start:stop:step' or 'all'.", flag_values=fv)
+  flags.DEFINE_string("tokens", None, "Token grid: 'a,b,c', 'start:stop:step' or 'all'.",
+                      flag_values=fv)
   flags.DEFINE_string("layer", None,
-                      "'embed' or a block index (default: embed for random, else 3).", flag_values=fv)
-  flags.DEFINE_string("layers", None, "Per-layer sensitivity: comma list of layers, or 'all'.", flag_values=fv)
-  flags.DEFINE_integer("num_images", None, "Seeded class-balanced subset size (default: all).", flag_values=fv)
+                      "'embed' or a block index (default: embed for random, else 3).",
+                      flag_values=fv)
+  flags.DEFINE_string("layers", None, "Per-layer sensitivity: comma list of layers, or 'all'.",
+                      flag_values=fv)
+  flags.DEFINE_integer("num_images", None, "Seeded class-balanced subset size (default: all).",
+                       flag_values=fv)
   flags.DEFINE_integer("batch_size", 64, "Fixed batch size (last batch padded).", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed of the subset and of the random reducer.",
                        lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
   flags.DEFINE_string("dtype", "float32", "float32 | bfloat16.", flag_values=fv)
   flags.DEFINE_integer("num_workers", 4, "Image decoding threads.", flag_values=fv)
   flags.DEFINE_bool("shard", True, "Shard batches over all local devices.", flag_values=fv)
-  flags.DEFINE_string("out_dir", "outputs/estimate", "Where the estimate JSON is written.", flag_values=fv)
-  flags.DEFINE_string("out_name", None, "File name (default derived from model/method/grid).", flag_values=fv)
+  flags.DEFINE_string("out_dir", "outputs/estimate", "Where the estimate JSON is written.",
+                      flag_values=fv)
+  flags.DEFINE_string("out_name", None, "File name (default derived from model/method/grid).",
+                      flag_values=fv)
   flags.DEFINE_bool("overwrite", False, "Replace an existing estimate file.", flag_values=fv)
 
 

@@ -35,7 +35,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Registers this CLI's flags on `fv` (only when run as a script, or into a fresh FlagValues
   via `common.parse`)."""
   flags.DEFINE_string("model", "vit_digits", "Registered model name (timm name). "
-                               "vit_digits without --weights uses the embedded weights/vit_digits.", flag_values=fv)
+                               "vit_digits without --weights uses the embedded weights/vit_digits.",
+                      flag_values=fv)
   flags.DEFINE_list("batch_size", ["1"], "Batch sizes, comma-separated.", flag_values=fv)
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", flag_values=fv)
   flags.DEFINE_string(
@@ -46,8 +47,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                             "weights and data); model: whole-forward curve; block: per-block "
                             "table; schedule: the graphs of --schedule.", flag_values=fv)
   flags.DEFINE_multi_string(
-      "schedule", [], "Schedule(s) for --mode=schedule (repeat the flag): depth + 1 comma-separated "
-      "counts, or any syntax vitprune.schedule.parse_schedule accepts.", flag_values=fv)
+      "schedule", [], "Schedule(s) for --mode=schedule (repeat the flag): depth + 1 "
+      "comma-separated counts, or any syntax vitprune.schedule.parse_schedule accepts.",
+      flag_values=fv)
   flags.DEFINE_string(
       "reducer", None, "Token-drop method of the pruned graphs (default: the library's "
       "'random'; keep_first: a static slice; --mode=model|block drop after the embedding, "
@@ -57,36 +59,46 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                                  "and summary.json).", flag_values=fv)
   flags.DEFINE_float("min_run_time", 0.25, "Seconds of timed calls per point.", flag_values=fv)
   flags.DEFINE_float("max_rel_iqr", 0.1,
-                                    "Re-measure points whose IQR / median exceeds this.", flag_values=fv)
+                                    "Re-measure points whose IQR / median exceeds this.",
+                     flag_values=fv)
   flags.DEFINE_integer("max_retries", 2, "Re-measurement rounds for wide points (at most 100).",
                        flag_values=fv)
   flags.DEFINE_string("compile_cache_dir", None,
-                               "Persistent JAX compilation cache directory (reuse across runs).", flag_values=fv)
+                               "Persistent JAX compilation cache directory (reuse across runs).",
+                      flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed: random weights, inputs, measurement order.",
                        lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
-  flags.DEFINE_string("weights", None,
-                                 "Weights directory (vitprune.checkpoint.load_weights); its config replaces --model.", flag_values=fv)
+  flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.load_weights); "
+                      "its config replaces --model.", flag_values=fv)
   flags.DEFINE_integer("threads", 2, "Parallel compile threads.", flag_values=fv)
   flags.DEFINE_bool("adaptive", False,
-                                "Coarse pass, then every count in non-flat intervals.", flag_values=fv)
-  flags.DEFINE_integer("coarse_stride", 0, "Adaptive coarse stride (0: ~16 points).", flag_values=fv)
+                                "Coarse pass, then every count in non-flat intervals.",
+                    flag_values=fv)
+  flags.DEFINE_integer("coarse_stride", 0, "Adaptive coarse stride (0: ~16 points).",
+                       flag_values=fv)
   flags.DEFINE_bool("progress", True, "Show a progress bar (stderr).", flag_values=fv)
   # --mode=pipeline only:
-  flags.DEFINE_string("data", "digits", "Pipeline data: 'digits' (bundled) or an image "
-                              "folder (labelled: accuracy; flat: agreement with the unpruned model).", flag_values=fv)
-  flags.DEFINE_integer("num_images", None, "Pipeline: seeded class-balanced subset "
-                                     "size (default: all).", flag_values=fv)
+  flags.DEFINE_string("data", "digits", "Pipeline data: 'digits' (bundled) or an image folder "
+                      "(labelled: accuracy; flat: agreement with the unpruned model).",
+                      flag_values=fv)
+  flags.DEFINE_integer("num_images", None, "Pipeline: seeded class-balanced subset size "
+                       "(default: all).", flag_values=fv)
   flags.DEFINE_integer("eval_batch_size", 64, "Pipeline: accuracy batch size.", flag_values=fv)
-  flags.DEFINE_float("alpha", 0.5, "Pipeline: latency weight of the paper's utility.", flag_values=fv)
-  flags.DEFINE_integer("layer", 3, "Pipeline: block where the chosen schedule prunes.", flag_values=fv)
+  flags.DEFINE_float("alpha", 0.5, "Pipeline: latency weight of the paper's utility.",
+                     flag_values=fv)
+  flags.DEFINE_integer("layer", 3, "Pipeline: block where the chosen schedule prunes.",
+                       flag_values=fv)
   flags.DEFINE_string("method", "pomt", "Pipeline: method of the chosen schedule.", flag_values=fv)
   flags.DEFINE_enum("solver", "paper", ["paper", "multi"],
                               "Pipeline: paper (one reduction at --layer, utility argmax) or multi "
-                              "(per-layer schedule from the exact Pareto frontier).", flag_values=fv)
+                              "(per-layer schedule from the exact Pareto frontier).",
+                    flag_values=fv)
   flags.DEFINE_float("accuracy_floor", None, "Pipeline, --solver=multi: fastest schedule "
-                              "whose predicted accuracy (agreement when unlabelled) is >= this.", flag_values=fv)
+                              "whose predicted accuracy (agreement when unlabelled) is >= this.",
+                     flag_values=fv)
   flags.DEFINE_float("latency_budget", None, "Pipeline, --solver=multi: most accurate "
-                               "schedule whose predicted latency (seconds) is <= this.", flag_values=fv)
+                               "schedule whose predicted latency (seconds) is <= this.",
+                     flag_values=fv)
   flags.DEFINE_integer("calibration_schedules", pipeline.PipelineSpec.calibration_schedules,
                        "Pipeline, --solver=multi: multi-layer schedules compiled and timed with "
                        "the uniform curve to fit the latency model of the compiled graph.",

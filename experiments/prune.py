@@ -44,9 +44,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       "vit_digits: the embedded weights/vit_digits).", flag_values=fv)
   flags.DEFINE_enum("method", "pomt", list_methods(), "Token-reduction method.", flag_values=fv)
   flags.DEFINE_string("schedule", "", "Schedule text (see vitprune.schedule), e.g. keep@3:120, r8, "
-                      "r8,-0.5, embed:150, list:...; empty: a method-appropriate default.", flag_values=fv)
-  flags.DEFINE_string("weights", "", "Checkpoint directory (vitprune.checkpoint.load_weights).", flag_values=fv)
-  flags.DEFINE_string("images", "", "Image folder (vitprune.data.ImageFolder); default synthetic.", flag_values=fv)
+                      "r8,-0.5, embed:150, list:...; empty: a method-appropriate default.",
+                      flag_values=fv)
+  flags.DEFINE_string("weights", "", "Checkpoint directory (vitprune.checkpoint.load_weights).",
+                      flag_values=fv)
+  flags.DEFINE_string("images", "", "Image folder (vitprune.data.ImageFolder); default synthetic.",
+                      flag_values=fv)
   flags.DEFINE_integer("batch_size", 32, "Images in the batch.", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed of random-init weights, synthetic images and the "
                        "sample of a larger --images folder.",
@@ -56,7 +59,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("warmup", 3, "Untimed runs per graph before timing.", flag_values=fv)
   flags.DEFINE_integer("random_seed", 0, "Subset seed of --method=random.",
                        lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
-  flags.DEFINE_bool("evit_normalize", False, "EViT: weighted mean instead of the paper's sum.", flag_values=fv)
+  flags.DEFINE_bool("evit_normalize", False, "EViT: weighted mean instead of the paper's sum.",
+                    flag_values=fv)
 
 
 def synthetic_images(cfg: ViTConfig, n: int, seed: int) -> np.ndarray:

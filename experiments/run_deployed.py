@@ -29,14 +29,19 @@ RESULT_FORMAT = "vitprune-run-result"   # marks --output files this CLI may repl
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Registers this CLI's flags on `fv` (only when run as a script, or into a fresh FlagValues
   via `common.parse`)."""
-  flags.DEFINE_string("artifact", None, "Artifact directory (python -m experiments.deploy).", flag_values=fv)
-  flags.DEFINE_string("images", None, "ImageFolder root or a flat folder of images.", flag_values=fv)
+  flags.DEFINE_string("artifact", None, "Artifact directory (python -m experiments.deploy).",
+                      flag_values=fv)
+  flags.DEFINE_string("images", None, "ImageFolder root or a flat folder of images.",
+                      flag_values=fv)
   flags.DEFINE_integer("batch_size", None, "Batch size: must equal the artifact's fixed batch; "
                        "free (default 8) for a symbolic-batch artifact.", flag_values=fv)
-  flags.DEFINE_integer("repeats", 20, "Timed calls for the latency (after the first call).", flag_values=fv)
-  flags.DEFINE_integer("warmup", 2, "Untimed calls after the first one, before timing.", flag_values=fv)
+  flags.DEFINE_integer("repeats", 20, "Timed calls for the latency (after the first call).",
+                       flag_values=fv)
+  flags.DEFINE_integer("warmup", 2, "Untimed calls after the first one, before timing.",
+                       flag_values=fv)
   flags.DEFINE_integer("num_workers", 0, "Threads decoding images.", flag_values=fv)
-  flags.DEFINE_string("output", None, "Optional JSON file for predictions and latency.", flag_values=fv)
+  flags.DEFINE_string("output", None, "Optional JSON file for predictions and latency.",
+                      flag_values=fv)
   flags.DEFINE_bool("quiet", False, "Do not print the per-file lines.", flag_values=fv)
 
 

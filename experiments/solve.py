@@ -51,7 +51,8 @@ LOOP_ONLY = ("data", "num_images", "seed", "eval_batch_size", "loop_neighbours",
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Registers this CLI's flags on `fv` (only when run as a script, or into a fresh FlagValues
   via `common.parse`)."""
-  flags.DEFINE_string("profile", None, "Latency profile JSON (experiments.profile).", flag_values=fv)
+  flags.DEFINE_string("profile", None, "Latency profile JSON (experiments.profile).",
+                      flag_values=fv)
   flags.DEFINE_string("estimate", None, "Estimate JSON (experiments.estimate).", flag_values=fv)
   flags.DEFINE_enum("mode", "paper", ["paper", "multi"],
                             "paper: utility argmax over n (one reduction at --layer); multi: "
@@ -69,20 +70,25 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                                 "Profile batch size (default: the profile's only one, else the "
                                 "estimate's).", lower_bound=1, flag_values=fv)
   flags.DEFINE_enum("metric", None, ["accuracy", "agreement"],
-                              "Estimate metric (default: accuracy if labelled, else agreement).", flag_values=fv)
+                              "Estimate metric (default: accuracy if labelled, else agreement).",
+                    flag_values=fv)
   flags.DEFINE_string("method", None,
                                 "Paper mode: reducer recorded for deployment (default: the "
-                                "estimate's method when it reduced in a block, else pomt).", flag_values=fv)
+                                "estimate's method when it reduced in a block, else pomt).",
+                      flag_values=fv)
   flags.DEFINE_enum("accuracy_model", "incremental", ["incremental", "additive"],
                                  "Multi mode: how per-layer sensitivities combine.", flag_values=fv)
   flags.DEFINE_bool("monotone", True,
-                                "Multi mode: pessimistic monotone envelope of the drops.", flag_values=fv)
+                                "Multi mode: pessimistic monotone envelope of the drops.",
+                    flag_values=fv)
   flags.DEFINE_bool("step_bottoms_only", False,
-                               "Multi mode: only counts at the bottom of a latency step (+ all).", flag_values=fv)
+                               "Multi mode: only counts at the bottom of a latency step (+ all).",
+                    flag_values=fv)
   flags.DEFINE_float("step_k", 4.0, "Step-bottom noise multiplier.", lower_bound=0.0,
                      flag_values=fv)
   flags.DEFINE_bool("allow_batch_mismatch", False,
-                                   "Combine a profile and an estimate of different batch sizes.", flag_values=fv)
+                                   "Combine a profile and an estimate of different batch sizes.",
+                    flag_values=fv)
   flags.DEFINE_string("out_dir", "outputs/solve", "Output directory.", flag_values=fv)
   flags.DEFINE_string("weights", None, "Multi mode with --accuracy_floor: the weights the "
                       "estimate measured; the choice is then checked in the loop (measured "

@@ -45,10 +45,14 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("epochs", TrainConfig.epochs, "Training epochs.", flag_values=fv)
   flags.DEFINE_integer("batch_size", TrainConfig.batch_size, "Batch size.", flag_values=fv)
   flags.DEFINE_float("lr", TrainConfig.lr, "Peak learning rate.", flag_values=fv)
-  flags.DEFINE_integer("warmup_epochs", TrainConfig.warmup_epochs, "Linear warm-up epochs.", flag_values=fv)
-  flags.DEFINE_float("weight_decay", TrainConfig.weight_decay, "AdamW weight decay.", flag_values=fv)
-  flags.DEFINE_float("label_smoothing", TrainConfig.label_smoothing, "Label smoothing.", flag_values=fv)
-  flags.DEFINE_integer("max_shift", TrainConfig.max_shift, "Random shift augmentation (pixels).", flag_values=fv)
+  flags.DEFINE_integer("warmup_epochs", TrainConfig.warmup_epochs, "Linear warm-up epochs.",
+                       flag_values=fv)
+  flags.DEFINE_float("weight_decay", TrainConfig.weight_decay, "AdamW weight decay.",
+                     flag_values=fv)
+  flags.DEFINE_float("label_smoothing", TrainConfig.label_smoothing, "Label smoothing.",
+                     flag_values=fv)
+  flags.DEFINE_integer("max_shift", TrainConfig.max_shift, "Random shift augmentation (pixels).",
+                       flag_values=fv)
   flags.DEFINE_integer("seed", TrainConfig.seed, "Init / shuffle / augmentation seed.",
                        lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
   flags.DEFINE_integer("split_seed", TrainConfig.split_seed,
