@@ -282,6 +282,42 @@ def doc(params, images, labels):
                                   result=res, labelled=True), res
 
 
+def test_record_names_the_reducer_its_points_ran(params, images, labels):
+  """estimate_record wrote whatever method it was given: random-drop accuracies recorded as
+  ToMe's (the solver then applied ToMe's limits, deploy ToMe's graphs), or seed 5's for seed 0."""
+  pts = estimate.token_points(CFG, [9, 17], RandomDrop(seed=0), layer=1)
+  res = estimate.evaluate(CFG, params, batches_of(images, labels, 4), pts, labelled=True)
+  info = {"kind": "arrays", "source": "synthetic", "num_examples": 7, "classes": [],
+          "labelled": True, "fingerprint": "f" * 64}
+  record = lambda method, kwargs: estimate.estimate_record(
+      cfg=CFG, params=params, weights_source="init", data_info=info, method=method,
+      method_kwargs=kwargs, seed=0, points=pts, result=res, labelled=True)
+  assert record("random", {}).method_kwargs == {}        # the default seed is seed 0
+  with pytest.raises(ValueError, match=r"^the points ran RandomDrop\(seed=0\), not method "
+                     r"'tome' with options \{\} \(ToMe\(\)\): the record would name another"):
+    record("tome", {})
+  with pytest.raises(ValueError, match=r"not method 'random' with options \{'seed': 5\}"):
+    record("random", {"seed": 5})
+  with pytest.raises(ValueError, match="unknown token-reduction method 'nosuch'"):
+    record("nosuch", {})
+
+
+def test_non_finite_logits_are_an_error_not_class_0(params, images, labels):
+  """NaN logits (a NaN in the parameters or preprocessed images) were read by argmax as class
+  0: an accuracy of the label-0 images, an agreement of 1.0 that passed any floor."""
+  bad = jax.tree.map(lambda a: a, params)
+  bad["head"] = dict(bad["head"], bias=bad["head"]["bias"].at[3].set(jnp.nan))
+  pts = estimate.token_points(CFG, [9], RandomDrop(seed=0), layer=1)
+  with pytest.raises(FloatingPointError, match=r"^the unpruned model gave NaN/inf logits for 4 "
+                     r"of 4 images of a batch \(first: example 0\): NaN/inf in the parameters"):
+    estimate.evaluate(CFG, bad, batches_of(images, labels, 4), pts, labelled=True)
+  x = images.copy()
+  x[5, 0, 0, 0] = np.inf                 # one image: only its row; the padding row is ignored
+  with pytest.raises(FloatingPointError, match=r"for 1 of 3 images of a batch \(first: "
+                     r"example 5\)"):
+    estimate.evaluate(CFG, params, batches_of(x, labels, 4), pts, labelled=True)
+
+
 def test_record_structure(doc):
   rec, res = doc
   d = rec.to_json()

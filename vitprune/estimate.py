@@ -45,6 +45,7 @@ from vitprune.piecewise import PiecewiseForward, WholeGraphs
 from vitprune.records.estimate import (FIDELITY_METRICS, LABELLED_METRICS, VERSION, Estimate,
                                        EstimatePoint, Scores, default_metric)
 from vitprune.reduce.base import TokenReducer
+from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import Schedule, check_schedule, full_schedule
 
 Batch = Tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -318,12 +319,14 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
                       kind=WholeGraphs if whole_graphs else PiecewiseForward)
       compiled = True
     ref = np.asarray(jax.device_get(forwards[(None, placement.mesh)](ref_schedule, x)))
+    _check_finite_logits(ref, valid, batch, "the unpruned model")
     n += int(valid.sum())
     ref_correct += int((ref.argmax(-1) == labels)[valid].sum())
     target = labels if labelled and not agreement_margins else ref.argmax(-1)
     batch_margins = [top1_margins(ref, target)[valid]] if margins else None
     for i, (schedule, reducer) in enumerate(keys):
-      logits = jax.device_get(forwards[(reducer, placement.mesh)](schedule, x))
+      logits = np.asarray(jax.device_get(forwards[(reducer, placement.mesh)](schedule, x)))
+      _check_finite_logits(logits, valid, batch, f"schedule {schedule.counts}")
       c, a, k = compare_logits(logits, ref, labels)
       correct[i] += int(c[valid].sum())
       agree[i] += int(a[valid].sum())
@@ -342,6 +345,19 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
                     points=tuple(result(*v) for v in zip(correct, agree, kl)),
                     batch_size=batch_size, num_devices=placement.num_devices,
                     margins=np.concatenate(margin_parts, axis=1) if margins else None)
+
+
+def _check_finite_logits(logits: np.ndarray, valid: np.ndarray, batch: Batch, what: str
+                         ) -> None:
+  """FloatingPointError naming `what` and the first example whose `[B, K]` logits hold NaN/inf
+  (argmax would read them as class 0: a wrong accuracy, an agreement of 1)."""
+  bad = valid & ~np.isfinite(logits).all(axis=-1)
+  if bad.any():
+    first = int(np.asarray(batch[2])[bad][0])
+    raise FloatingPointError(
+        f"{what} gave NaN/inf logits for {int(bad.sum())} of {int(valid.sum())} images of a "
+        f"batch (first: example {first}): NaN/inf in the parameters or the preprocessed images "
+        "(preprocessing std/mean?)")
 
 
 def _compile_pieces(forwards: Dict[Any, Any], cfg: ViTConfig, params: Params, x: jax.Array,
@@ -504,6 +520,12 @@ def estimate_record(*, cfg: ViTConfig, params: Params, weights_source: str,
   points = list(points)
   if len(points) != len(result.points):
     raise ValueError(f"{len(points)} points but {len(result.points)} results")
+  named = make_reducer(method, **dict(method_kwargs))    # the record says the points ran this
+  for p in points:
+    if p.reducer is not None and p.reducer != named:
+      raise ValueError(f"the points ran {p.reducer!r}, not method {method!r} with options "
+                       f"{dict(method_kwargs)} ({named!r}): the record would name another "
+                       "reducer than the one measured")
   layers = tuple(dict.fromkeys(p.layer for p in points))
   record = Estimate(
       kind="tokens" if len(layers) == 1 else "sensitivity", config=cfg,
