@@ -131,10 +131,18 @@ def check_inputs_match(provenance: dict, model: str, weights_sha256: str,
 
 def _solved_before_measurement_digests(path: str, sha256: str) -> bool:
   """Whether `sha256` is the digest solutions recorded of profile `path` before they recorded
-  `records.measurement_sha256`: of the whole JSON, steps included (as the file holds them)."""
+  `records.measurement_sha256`: of the profile's JSON, steps included, as the file holds them;
+  of the profile record's own keys (a board profile's 'edge' entry left out, as `to_json`
+  left it), or of the whole file."""
   try:
-    return jsonio.canonical_sha256(jsonio.read_json(path, "profile")) == sha256
+    doc = jsonio.read_json(path, "profile")
   except (OSError, ValueError):
+    return False
+  if jsonio.canonical_sha256(doc) == sha256:
+    return True
+  try:
+    return jsonio.canonical_sha256(records.to_json(records.from_json(doc, path))) == sha256
+  except ValueError:
     return False
 
 

@@ -723,3 +723,11 @@ def test_a_solution_names_its_profile_by_what_was_measured(tmp_path):
   with pytest.raises(ValueError, match="is not the profile the solver output s.json was solved"):
     deploy_cli.check_solution_inputs(prov, types.SimpleNamespace(path=path, sha256="b" * 64),
                                      est, "s.json")
+  # A board profile (python -m vitprune.edge profile) holds an 'edge' entry, which the record
+  # (`to_json`), and so the digest solutions recorded of it before, left out.
+  with open(path, "w") as f:
+    json.dump(dict(records.to_json(prof), edge={"kit": "k"}), f)
+  deploy_cli.check_solution_inputs(
+      deploy_cli.input_provenance(path),
+      types.SimpleNamespace(path=path, sha256=jsonio.canonical_sha256(records.to_json(prof))),
+      est, "s.json")
