@@ -224,6 +224,24 @@ def test_load_errors(tmp_path):
       records.load(str(path))
 
 
+def test_a_profile_timed_before_a_run_limit_still_loads(tmp_path):
+  """The run limits (protocol.RUN_LIMITS: max_retries 100, ...) refuse runs, not records: a
+  profile measured with --max_retries=200 before the limit was no longer loadable (solve,
+  deploy --profile and merges refused it). Values the protocol never allowed still are."""
+  from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
+  doc = records.to_json(_profile(_staircase_points()))
+  doc["timing"] = dict(doc["timing"], max_retries=200, min_run_time=5000.0, rounds=2000)
+  path = tmp_path / "old.json"
+  path.write_text(json.dumps(doc))
+  assert records.load(str(path)).timing["max_retries"] == 200
+  with pytest.raises(ValueError, match="max_retries must be at most 100, got 200"):
+    protocol.TimingConfig(max_retries=200)                   # a run with it is refused
+  doc["timing"]["max_retries"] = -1
+  path.write_text(json.dumps(doc))
+  with pytest.raises(ValueError, match="timing: max_retries must be >= 0, got -1"):
+    records.load(str(path))
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda p: dataclasses.replace(p, median_s=p.median_s * 2), "is not its 3 samples'"),
     (lambda p: dataclasses.replace(p, tokens=500), "tokens 500 is outside [2, 17]"),

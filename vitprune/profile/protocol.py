@@ -30,6 +30,19 @@ MAX_ROUNDS = 1000
 # Re-measurement rounds of noisy points, at most: --max_retries=10**8 with a tight
 # --max_rel_iqr re-measured for days after the progress bar reached 100 %.
 MAX_RETRIES = 100
+# The fields these limits cap: they refuse runs, not records (a profile measured before a limit
+# was lowered still loads: `within_run_limits`).
+RUN_LIMITS = {"min_run_time": MAX_RUN_TIME, "warmup": MAX_CALLS, "max_reps": MAX_CALLS,
+              "rounds": MAX_ROUNDS, "max_retries": MAX_RETRIES}
+
+
+def within_run_limits(fields: Dict[str, Any]) -> Dict[str, Any]:
+  """`fields` (a TimingConfig's, as a profile records them) with every number above its run
+  limit lowered to the limit: what `TimingConfig(**...)` checks of a recorded timing, whose run
+  may predate the limit."""
+  return {k: min(v, RUN_LIMITS[k]) if (k in RUN_LIMITS and isinstance(v, (int, float))
+                                       and not isinstance(v, bool) and v > RUN_LIMITS[k]) else v
+          for k, v in fields.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,16 +76,15 @@ class TimingConfig:
         raise ValueError(f"{name} must be a number, got {v!r}")
       if not math.isfinite(v) or not v > 0:
         raise ValueError(f"{name} must be > 0 and finite, got {v}")
-    if self.min_run_time > MAX_RUN_TIME:
+    if self.min_run_time > RUN_LIMITS["min_run_time"]:
       raise ValueError(f"min_run_time must be at most {MAX_RUN_TIME:g} seconds per point, got "
                        f"{self.min_run_time:g}")
     for name in ("warmup", "min_reps", "max_reps", "max_retries", "seed", "rounds"):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise ValueError(f"{name} must be an integer, got {v!r}")
-    for name, most in (("warmup", MAX_CALLS), ("max_reps", MAX_CALLS), ("rounds", MAX_ROUNDS),
-                       ("max_retries", MAX_RETRIES)):
-      if getattr(self, name) > most:
+    for name, most in RUN_LIMITS.items():
+      if name != "min_run_time" and getattr(self, name) > most:
         raise ValueError(f"{name} must be at most {most}, got {getattr(self, name)}")
     if self.warmup < 0:
       raise ValueError(f"warmup must be >= 0, got {self.warmup}")

@@ -280,7 +280,8 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
     raise ValueError(f"{source}: dtype must be one of {DTYPES}, got {d['dtype']!r}")
   known = {f.name for f in dataclasses.fields(protocol.TimingConfig)}
   try:                 # the protocol's own checks (min_run_time -1 was read as given)
-    protocol.TimingConfig(**{k: v for k, v in d["timing"].items() if k in known})
+    protocol.TimingConfig(**protocol.within_run_limits(
+        {k: v for k, v in d["timing"].items() if k in known}))
   except (ValueError, TypeError) as e:
     raise ValueError(f"{source}: timing: {e}") from None
   try:
