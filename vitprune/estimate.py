@@ -217,7 +217,8 @@ class EvalResult:
   """`reference`: the unpruned model (agreement 1, KL 0); `points`: one result per point.
   `margins` (`evaluate(..., margins=True)`, else None): `[1 + P, M]` float64 top-1 margins
   (`top1_margins`) of the reference and each point on the M examples in data order, against
-  the labels (labelled) or the reference's top-1 class."""
+  the labels (labelled) or the reference's top-1 class (unlabelled, or `evaluate(...,
+  agreement_margins=True)`: the agreement metric's target)."""
   reference: PointResult
   points: Tuple[PointResult, ...]
   batch_size: int

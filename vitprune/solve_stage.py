@@ -457,13 +457,13 @@ def method_caps(cfg: ViTConfig, method: str, ns: np.ndarray) -> Optional[np.ndar
 
 def check_one_frontier_measurement(measure_all: bool, refine_rounds: int,
                                    names: Tuple[str, str]) -> None:
-  """ValueError where both are asked for: both measure the whole uncorrected frontier (the
-  refinement in its round 0; measured first, the frontier left the refinement's round 0 nothing
-  to measure, and the uncorrected model's error on it went unreported). `names`: how the caller
-  names the two (arguments or flags)."""
+  """SolveInputError (a ValueError) where both are asked for: both measure the whole
+  uncorrected frontier (the refinement in its round 0; measured first, the frontier left the
+  refinement's round 0 nothing to measure, and the uncorrected model's error on it went
+  unreported). `names`: how the caller names the two (arguments or flags)."""
   if measure_all and refine_rounds:
-    raise ValueError(f"{names[0]} and {names[1]} both measure the whole uncorrected frontier "
-                     "(the refinement in its round 0): give one")
+    raise SolveInputError(f"{names[0]} and {names[1]} both measure the whole uncorrected "
+                          "frontier (the refinement in its round 0): give one")
 
 
 def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
