@@ -114,8 +114,12 @@ def test_round_trip_fixed_batch_equals_jitted_forward(artifact, params):
   got = np.asarray(model(x))
   assert got.shape == (3, 10) and got.dtype == np.float32
   np.testing.assert_array_equal(got, _ref(params, x))
-  # The reduction actually happens: the unpruned graph gives different logits.
-  assert not np.array_equal(got, np.asarray(jitted_forward(params, x, cfg=CFG)))
+  # The reduction actually happens: the exported graph carries 9 tokens of width 32 after it.
+  # (Not "the unpruned graph gives other logits": block 1, the last, drops tokens after its
+  # attention, so the class token's output is the same in exact arithmetic, and on some CPUs
+  # in float32 too.)
+  hlo = model.exported.mlir_module()
+  assert "tensor<3x9x32xf32>" in hlo and "tensor<3x17x32xf32>" in hlo
   assert model.batch_size == 3 and model.input_shape == (3, 32, 32, 3)
   assert model.preprocessing == CFG.preprocessing
   assert model.platforms == ("cpu",) and model.num_outputs == 10
