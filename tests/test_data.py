@@ -110,6 +110,26 @@ def test_preprocessing_validation_errors():
     data.preprocess_image(img, Preprocessing(crop_pct=0.0))
 
 
+
+@pytest.mark.parametrize("fields, message", [
+    # A NaN std normalised every image to NaN (read as class 0); a negative one inverted them.
+    (dict(std=(float("nan"),) * 3), r"^preprocessing.std must be finite numbers > 0, got \(nan"),
+    (dict(std=(-0.5,) * 3), r"preprocessing.std must be finite numbers > 0, got \(-0.5"),
+    (dict(std=(1e-300,) * 3), "preprocessing.std must be finite numbers > 0"),  # 0 in float32
+    (dict(mean=(float("inf"),) * 3), "preprocessing.mean must be finite numbers, got"),
+    (dict(mean=(1e300,) * 3), "preprocessing.mean must be finite numbers"),     # inf in float32
+    (dict(mean=("0.5",) * 3), "preprocessing.mean must be finite numbers"),
+    (dict(mean=(0.5, 0.5)), "preprocessing.mean has 2 values but channels=3"),
+    (dict(crop_pct=float("nan")), "preprocessing.crop_pct must be a finite number > 0, got nan"),
+    (dict(input_size=True), "preprocessing.input_size must be a positive integer, got True"),
+    (dict(channels=2), "preprocessing.channels must be 1 or 3, got 2"),
+    (dict(interpolation="cubic"), "preprocessing.interpolation 'cubic' is unknown"),
+])
+def test_preprocessing_is_checked_when_built(fields, message):
+  with pytest.raises(ValueError, match=message):
+    Preprocessing(**fields)
+
+
 # ----------------------------------------------------------------------------------------------
 # ImageFolder.
 # ----------------------------------------------------------------------------------------------

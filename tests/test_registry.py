@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from vitprune.config import ViTConfig
+from vitprune.config import ViTConfig, check_config
 from vitprune.model import param_shapes
 from vitprune.registry import REGISTRY, get_config, list_models
 
@@ -94,6 +94,18 @@ def test_replace_keeps_preprocessing_in_sync():
 def test_invalid_configs_are_rejected(changes, message):
   with pytest.raises(ValueError, match=message):
     get_config("deit_tiny_patch16_224").replace(**changes)
+
+
+def test_a_config_built_in_python_has_its_preprocessing_checked():
+  """Only JSON configs were checked (check_config): one built in Python ran with a NaN std."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  cfg = get_config("vit_digits")
+  with pytest.raises(ValueError, match=r"preprocessing.std must be finite numbers > 0"):
+    cfg.replace(preprocessing=dataclasses.replace(cfg.preprocessing, std=(float("nan"),) * 3))
+  with pytest.raises(ValueError, match=r"^vit_digits: preprocessing.crop_pct must be in \(0, "
+                     r"1\], got 2.0$"):    # a model's eval crop never pads (the data layer can)
+    check_config(cfg.replace(preprocessing=dataclasses.replace(cfg.preprocessing,
+                                                               crop_pct=2.0)))
 
 
 def test_swiglu_hidden_must_be_even():

@@ -89,6 +89,42 @@ class Preprocessing:
   interpolation: str = "bicubic"  # 'bicubic' | 'bilinear' | 'nearest'
   channels: int = 3
 
+  def __post_init__(self):
+    _check_preprocessing(self)   # (a NaN std normalised every image to NaN without a word)
+
+
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+_FLOAT32_MAX, _FLOAT32_TINY = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
+
+
+def _is_real(x: Any) -> bool:
+  return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+def _check_preprocessing(prep: Preprocessing) -> None:
+  """ValueError naming the first impossible field of `prep` (`preprocessing.<field> ...`)."""
+  if isinstance(prep.input_size, bool) or not isinstance(prep.input_size, int) or (
+      prep.input_size < 1):
+    raise ValueError(f"preprocessing.input_size must be a positive integer, got "
+                     f"{prep.input_size!r}")
+  if prep.channels not in (1, 3) or isinstance(prep.channels, bool):
+    raise ValueError(f"preprocessing.channels must be 1 or 3, got {prep.channels!r}")
+  for f in ("mean", "std"):
+    v = getattr(prep, f)
+    if not isinstance(v, (tuple, list)) or not all(
+        _is_real(x) and math.isfinite(x) and abs(x) <= _FLOAT32_MAX for x in v) or (
+            f == "std" and not all(x >= _FLOAT32_TINY for x in v)):   # (applied in float32)
+      raise ValueError(f"preprocessing.{f} must be finite numbers"
+                       f"{' > 0' if f == 'std' else ''}, got {v!r}")
+    if len(v) not in (1, prep.channels):
+      raise ValueError(f"preprocessing.{f} has {len(v)} values but channels={prep.channels}")
+  if not (_is_real(prep.crop_pct) and math.isfinite(prep.crop_pct) and prep.crop_pct > 0):
+    raise ValueError(f"preprocessing.crop_pct must be a finite number > 0, got "
+                     f"{prep.crop_pct!r}")
+  if prep.interpolation not in INTERPOLATIONS:
+    raise ValueError(f"preprocessing.interpolation {prep.interpolation!r} is unknown; expected "
+                     f"one of {', '.join(INTERPOLATIONS)}")
+
 
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
@@ -167,7 +203,9 @@ class ViTConfig:
 
   def replace(self, **changes) -> "ViTConfig":
     """A copy with `changes` applied (validated again)."""
-    if "img_size" in changes and "preprocessing" not in changes:
+    size = changes.get("img_size")
+    if (isinstance(size, int) and not isinstance(size, bool) and size >= 1
+        and "preprocessing" not in changes):   # (else __post_init__ names the bad img_size)
       changes["preprocessing"] = dataclasses.replace(self.preprocessing,
                                                      input_size=changes["img_size"])
     return dataclasses.replace(self, **changes)
@@ -203,7 +241,7 @@ def config_from_dict(d: Dict[str, Any]) -> ViTConfig:
         prep[k] = tuple(prep[k])
     try:
       d["preprocessing"] = Preprocessing(**prep)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
       raise ValueError(f"invalid preprocessing: {e}") from None
   try:
     return ViTConfig(**d)
@@ -243,21 +281,13 @@ def check_config(cfg: ViTConfig) -> ViTConfig:
     if not isinstance(getattr(cfg, f), bool):
       raise ValueError(f"{cfg.name}: {f} must be true or false, got {getattr(cfg, f)!r}")
   _check_norm_eps(cfg)
-  prep = cfg.preprocessing
-  if isinstance(prep.input_size, bool) or not isinstance(prep.input_size, int) or (
-      prep.input_size < 1):
-    raise ValueError(f"{cfg.name}: preprocessing.input_size must be a positive integer, got "
-                     f"{prep.input_size!r}")
-  for f in ("mean", "std"):
-    v = getattr(prep, f)
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-               for x in v) or (f == "std" and not all(x > 0 for x in v)):
-      raise ValueError(f"{cfg.name}: preprocessing.{f} must be finite numbers"
-                       f"{' > 0' if f == 'std' else ''}, got {v!r}")
-  if not (isinstance(prep.crop_pct, (int, float)) and math.isfinite(prep.crop_pct)
-          and 0 < prep.crop_pct <= 1):
+  try:                # (built in Python it was checked; this names the model, e.g. for JSON)
+    _check_preprocessing(cfg.preprocessing)
+  except ValueError as e:
+    raise ValueError(f"{cfg.name}: {e}") from None
+  if cfg.preprocessing.crop_pct > 1:      # timm's eval crops never pad
     raise ValueError(f"{cfg.name}: preprocessing.crop_pct must be in (0, 1], got "
-                     f"{prep.crop_pct!r}")
+                     f"{cfg.preprocessing.crop_pct!r}")
   return cfg
 
 
