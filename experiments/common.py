@@ -381,6 +381,20 @@ def check_data_word(fv: flags.FlagValues, flag: str = "data",
                         else ""))
 
 
+def check_outside_data(out: str, out_flag: str, fv: flags.FlagValues, data_flag: str = "data",
+                       words: Sequence[str] = ("digits", "none")) -> None:
+  """ValueError when `--out_flag` is, or lies inside, the image folder `--data_flag`: the plots
+  written there were read as images by the next run with the same flags (a digit class grew by
+  two PNGs, and the accuracy fell without a word). A data word (`words`) names no folder."""
+  data = fv[data_flag].value
+  if not data or data.strip().lower() in words or not os.path.isdir(data):
+    return
+  root, real = os.path.realpath(data), os.path.realpath(out)
+  if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+    raise ValueError(f"--{out_flag}={out} is inside --{data_flag}={data}: what it writes there "
+                     "(plots) would be read as images of the data next time; write elsewhere")
+
+
 def given_model(fv: flags.FlagValues) -> Optional[str]:
   """`--model` as given, None when left at its default (a default of 'vit_digits' with other
   `--weights` is not a contradiction; the same name given explicitly is)."""

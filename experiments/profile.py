@@ -186,6 +186,7 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
   memory.check_batch_fits(cfg, [spec.eval_batch_size], spec.dtype, flag="--eval_batch_size")
   if out_dir is not None:
     common.check_output_dir(out_dir, published=True)
+    common.check_outside_data(out_dir, "out_dir", f)
     atomic.check_replaceable(os.path.abspath(out_dir), pipeline.is_pipeline_dir)
   cfg, params, source = common.load_model(common.given_model(f), f.weights, f.seed)
   common.check_digits_split(source, spec.data)

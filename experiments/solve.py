@@ -219,6 +219,7 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
   memory.check_batch_fits(estimate.config, [f.eval_batch_size], dtype,
                           flag="--eval_batch_size")          # before loading or evaluating
   common.check_data_word(f)
+  common.check_outside_data(f.out_dir, "out_dir", f)
   cfg, params, source = common.load_model(None, f.weights)
   if params_sha256(params) != estimate.weights_sha256:
     raise ValueError(f"--weights={f.weights} are not the weights estimate {estimate.source} "

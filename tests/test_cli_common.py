@@ -530,3 +530,30 @@ def test_a_failure_while_an_interrupt_is_held_exits_as_interrupted(monkeypatch, 
   assert e.value.code == code
   assert capsys.readouterr().err == ("error: [Errno 28] No space left on device while writing "
                                      f"/out ({said})\n")
+
+
+def test_an_output_inside_the_data_folder_is_refused(tmp_path, monkeypatch):
+  """The main job's plots, written inside a class folder of --data, were read back as images of
+  that class by the next run with the same flags: its accuracy fell without a word."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  flags.DEFINE_string("data", "digits", "", flag_values=fv)
+  fv(["prog"])
+  data = tmp_path / "mydata"
+  (data / "3").mkdir(parents=True)
+  monkeypatch.chdir(tmp_path)
+  for value, out, refused in (("digits", "mydata/3/run", False),   # a data word: no folder
+                              (str(data), "elsewhere", False),
+                              (str(data), str(data / "3" / "run"), True),
+                              ("mydata/", "mydata", True),           # the folder itself
+                              (str(data), str(tmp_path / "mydata2"), False)):   # a prefix only
+    fv.data = value
+    if refused:
+      with pytest.raises(ValueError, match=f"^--out_dir={out} is inside --data={value}: what "
+                         "it writes there \\(plots\\) would be read as images"):
+        common.check_outside_data(out, "out_dir", fv)
+    else:
+      common.check_outside_data(out, "out_dir", fv)
+  (tmp_path / "link").symlink_to(data / "3")
+  with pytest.raises(ValueError, match="is inside --data"):     # through a link too
+    common.check_outside_data(str(tmp_path / "link" / "run"), "out_dir", fv)

@@ -237,6 +237,11 @@ CASES = [
     # ran 22 steps and recorded max_steps 100000 as if it had stopped early
     ("train_digits", ["--epochs=1", "--warmup_epochs=0", "--max_steps=100000", "--out={out}"], 1,
      "--max_steps=100000 changes nothing: the run has 22 steps (1 epochs of 22)"),
+    # its plots were read back as images of the data by the next run (accuracy fell silently)
+    ("profile", ["--data={full}", "--out_dir={full}/run"], 1,
+     "loc/full/run is inside --data="),
+    ("benchmark", ["--data={full}", "--out_dir={full}"], 1,
+     "loc/full is inside --data="),
 ]
 
 
