@@ -77,6 +77,10 @@ def main(f: flags.FlagValues) -> str:
     check_driver(target, f.driver)
   if f.cache_dir:
     common.check_output_dir(f.cache_dir, "cache_dir")
+    if common.is_within(f.cache_dir, f.out):   # (found after every compile: --out existed)
+      raise ValueError(f"--cache_dir={f.cache_dir} is --out={f.out} or inside it: the kit is "
+                       "published whole over --out, so its cache cannot live there; give "
+                       "another --cache_dir")
   if f.dtype == "bfloat16" and target.backend == "llvm-cpu":
     raise ValueError("IREE CPU targets compile float32 graphs only (a bfloat16 dot_general "
                      "does not legalize for llvm-cpu); use --dtype=float32")

@@ -242,6 +242,12 @@ CASES = [
      "loc/full/run is inside --data="),
     ("benchmark", ["--data={full}", "--out_dir={full}"], 1,
      "loc/full is inside --data="),
+    # compiled every module into --out, then refused to publish there ('pass --overwrite',
+    # then refused that too)
+    ("edge_kit", ["--tokens=65", "--out={out}", "--cache_dir={out}/cache"], 1,
+     "/out/cache is --out="),
+    ("edge_kit", ["--tokens=65", "--out={out}", "--cache_dir={out}"], 1,
+     "or inside it: the kit is published whole over --out, so its cache cannot live there"),
 ]
 
 
