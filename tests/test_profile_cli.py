@@ -127,6 +127,12 @@ def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys):
     assert os.path.exists(s["files"][key]), key
   with open(s["files"]["summary"]) as f:
     assert json.load(f)["schedule"] == s["schedule"]
+  # The solution names the profile and estimate published beside it (it said 'profile' and
+  # 'estimate_record': deploy's provenance and its refusals named no file).
+  with open(s["files"]["solution"]) as f:
+    solved_from = json.load(f)
+  assert solved_from["profile"]["path"] == s["files"]["profile"]
+  assert solved_from["estimate"]["path"] == s["files"]["estimate"]
   assert list(s["seconds"]) == ["profile", "estimate", "solve", "verify"]   # paper: no in-loop
   assert all(v > 0 for v in s["seconds"].values())
   out = capsys.readouterr().out

@@ -522,6 +522,11 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
 
     profile_paths = runner.write_outputs(profile, os.path.join(tmp, "profile"))
     estimate_path = write_estimate(os.path.join(tmp, "estimate", name), estimate)
+    # The solution names the files it was solved from as published beside it (its records
+    # carried the stages' placeholders, 'profile' and 'estimate_record').
+    solution = dataclasses.replace(
+        solution, profile=dataclasses.replace(solution.profile, path=final(profile_paths["json"])),
+        estimate=dataclasses.replace(solution.estimate, path=final(estimate_path)))
     solution_paths = write_solution(solution, os.path.join(tmp, "solve"))
     v, chosen = verification, solution.chosen
     summary = {
