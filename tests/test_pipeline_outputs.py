@@ -127,15 +127,13 @@ def test_spec_refuses_zero_loop_rounds():
     pipeline.PipelineSpec(loop_rounds=0)
 
 
-def test_spec_and_solve_refuse_both_frontier_measurements():
-  """measure_frontier and refine_accuracy_rounds, refused with one message in the library's
-  terms (the spec, solve_multilayer) as in the CLIs' (tests/test_cli_errors.py)."""
-  from vitprune import solve_stage
+def test_spec_refuses_both_frontier_measurements():
+  """measure_frontier and refine_accuracy_rounds, refused by the spec with the CLIs' message
+  (tests/test_cli_errors.py) in the library's terms (solve_multilayer itself runs both:
+  tests/test_solve.py)."""
   with pytest.raises(ValueError, match="^measure_frontier and refine_accuracy_rounds both "
                                        "measure the whole uncorrected frontier"):
     pipeline.PipelineSpec(solver="multi", measure_frontier=True, refine_accuracy_rounds=2)
-  with pytest.raises(ValueError, match="^measure_all and refine_rounds both measure"):
-    solve_stage.solve_multilayer(None, None, measure_all=True, refine_rounds=1)
 
 
 def test_spec_and_calibrate_refuse_too_few_calibration_schedules():

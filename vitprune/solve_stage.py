@@ -460,7 +460,8 @@ def check_one_frontier_measurement(measure_all: bool, refine_rounds: int,
   """SolveInputError (a ValueError) where both are asked for: both measure the whole
   uncorrected frontier (the refinement in its round 0; measured first, the frontier left the
   refinement's round 0 nothing to measure, and the uncorrected model's error on it went
-  unreported). `names`: how the caller names the two (arguments or flags)."""
+  unreported). `names`: how the caller names the two (arguments or flags). The pipeline and the
+  CLIs refuse the pair; `solve_multilayer` runs both (round 0 then measures nothing new)."""
   if measure_all and refine_rounds:
     raise SolveInputError(f"{names[0]} and {names[1]} both measure the whole uncorrected "
                           "frontier (the refinement in its round 0): give one")
@@ -496,7 +497,6 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   them, called only once the refinement starts) adds the anchored per-image prediction to each
   round's report.
   """
-  check_one_frontier_measurement(measure_all, refine_rounds, ("measure_all", "refine_rounds"))
   if measure_all and evaluate is None:
     raise SolveInputError("measuring the whole frontier needs an evaluator (weights and data)")
   if refine_rounds and evaluate is None:
