@@ -302,6 +302,23 @@ def test_record_names_the_reducer_its_points_ran(params, images, labels):
     record("nosuch", {})
 
 
+def test_numpy_numbers_in_a_record_are_written_as_plain_json(params, images, labels, tmp_path):
+  """An np.int64 layer (token_points accepts one), an np.int64 count in the data info or an
+  np.bool_ option gave json's raw TypeError after the whole evaluation."""
+  pts = estimate.token_points(CFG, [9, 17], estimate.make_reducer("evit", normalize=np.True_),
+                              layer=np.int64(1))
+  res = estimate.evaluate(CFG, params, batches_of(images, labels, 4), pts, labelled=True)
+  info = {"kind": "arrays", "source": "synthetic", "num_examples": np.int64(7), "classes": [],
+          "labelled": True, "fingerprint": "f" * 64}
+  rec = estimate.estimate_record(cfg=CFG, params=params, weights_source="init",
+                                 data_info=info, method="evit",
+                                 method_kwargs={"normalize": np.True_}, seed=0, points=pts,
+                                 result=res, labelled=True)
+  back = record_lib.read_estimate(record_lib.write_estimate(str(tmp_path / "e.json"), rec))
+  assert back == rec and back.layers == (1,) and type(back.layers[0]) is int
+  assert back.method_kwargs == {"normalize": True}
+
+
 def test_non_finite_logits_are_an_error_not_class_0(params, images, labels):
   """NaN logits (a NaN in the parameters or preprocessed images) were read by argmax as class
   0: an accuracy of the label-0 images, an agreement of 1.0 that passed any floor."""

@@ -219,6 +219,23 @@ def test_older_solutions_the_new_checks_must_not_refuse(tmp_path):
     S.Solution.from_json(old, where="old.json")
 
 
+def test_a_solution_of_numpy_numbers_writes_as_plain_json(tmp_path):
+  """Counts from a numpy array, np.float32 latencies and an np.float32 floor (as solve_stage
+  passes them on) gave json's raw TypeError after the whole solve."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  sol = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9]))
+  curve = {"tokens": [17, 9], "latency_s": [2e-3, 1e-3], "accuracy": [0.9, 0.8],
+           "utility": [0.5, 0.6]}
+  sol = dataclasses.replace(sol, curve=curve, chosen=dataclasses.replace(
+      sol.chosen, tokens=np.int64(9), counts=tuple(np.array([17, 17, 9])),
+      predicted_latency_s=np.float32(1e-3)), settings=dict(sol.settings,
+                                                            alpha=np.float32(0.5)))
+  paths = S.write_solution(sol, str(tmp_path / "out"))
+  back = S.read_solution(paths["json"])
+  assert back.chosen.counts == (17, 17, 9) and type(back.chosen.counts[0]) is int
+  assert back.chosen.predicted_latency_s == float(np.float32(1e-3))
+
+
 @pytest.mark.parametrize("edit, match", [
     (lambda s: dict(chosen=dataclasses.replace(s.chosen, schedule="list:17,17,17")),
      r"schedule 'list:17,17,17' is counts \[17, 17, 17\], not the counts \[17, 17, 9\]"),

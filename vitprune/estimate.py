@@ -37,6 +37,7 @@ import jaxlib
 import numpy as np
 
 from vitprune import data as data_lib
+from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune.config import ViTConfig
 from vitprune.digest import params_sha256
@@ -540,4 +541,4 @@ def estimate_record(*, cfg: ViTConfig, params: Params, weights_source: str,
                                  schedule_lib.format_schedule(p.schedule, cfg), _scores(r))
                    for p, r in zip(points, result.points)),
       versions=versions(), created=created or time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-  return Estimate.from_json(record.to_json(), where="estimate_record")
+  return Estimate.from_json(jsonio.json_form(record.to_json()), where="estimate_record")

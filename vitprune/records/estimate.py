@@ -33,7 +33,6 @@ curve, `Estimate.curve`); "sensitivity" records have every requested layer (`Est
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -116,11 +115,11 @@ class Estimate:
   def __post_init__(self):
     # A record built in Python is checked as a file is: the solver reads its tokens, layers
     # and points as a table, and fields that disagree would silently change its predictions.
-    try:
-      doc = self.to_json()
+    try:        # (numpy scalars, e.g. an np.int64 layer, as the numbers they hold: `plain`)
+      doc = jsonio.json_form(self.to_json())
     except (AttributeError, TypeError, ValueError) as e:
       raise EstimateError(f"{self.source}: not an estimate record ({e})") from None
-    _validate(json.loads(json.dumps(doc)), self.source)
+    _validate(doc, self.source)
 
   @property
   def model(self) -> str:

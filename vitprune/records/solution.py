@@ -51,7 +51,6 @@ combination model is optimistic; `solve_stage.corrected_accuracy` applies it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -594,7 +593,7 @@ def write_solution(sol: Solution, out_dir: str, stem: Optional[str] = None) -> D
   doc = sol.to_json()
   # What `read_solution` would refuse is never written (a record built in Python is not checked
   # field by field); the paper plot needs the curve.
-  Solution.from_json(json.loads(json.dumps(doc)), where=f"{paths['json']} (not written)")
+  Solution.from_json(jsonio.json_form(doc), where=f"{paths['json']} (not written)")
   if sol.mode == "paper" and sol.curve is None:
     raise SolutionError(f"{paths['json']} (not written): a paper-mode solution needs its curve")
   png = solve_plot.plot_solution(sol)
