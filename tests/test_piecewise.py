@@ -65,6 +65,23 @@ def test_bfloat16_follows_the_model():
   np.testing.assert_allclose(got, bf16, rtol=0, atol=2e-3)
 
 
+def test_blocks_stored_in_another_dtype_get_their_own_pieces():
+  """One bfloat16 block in float32 parameters (the whole graph runs them): block 1 reused block
+  0's compiled piece and JAX refused its float32 arguments ('Argument types differ from the
+  types for which this computation was compiled')."""
+  import jax  # pylint: disable=g-import-not-at-top
+  params, x, red = init_params(CFG, seed=2), _images(CFG), make_reducer("pomt")
+  mixed = dict(params, blocks=[jax.tree.map(lambda a: a.astype(jnp.bfloat16),
+                                            params["blocks"][0])] + list(params["blocks"][1:]))
+  pf = PiecewiseForward(CFG, mixed, red)
+  for s in (Schedule((17, 17, 17)), Schedule((17, 9, 9))):
+    want = np.asarray(jitted_forward(mixed, x, cfg=CFG, schedule=s, reducer=red))
+    np.testing.assert_allclose(np.asarray(pf(s, x)), want, rtol=1e-6, atol=1e-6)
+  uniform = PiecewiseForward(CFG, params, red)       # one dtype: one block piece serves both
+  uniform.compile([Schedule((17, 17, 17))], x)
+  assert uniform.num_compiled == 3 and pf.num_compiled == 4 + 3   # (17,17,17) + (17,9,9)
+
+
 def test_sensitivity_table_compiles_each_piece_once_whatever_the_depth():
   """D x K single-reduction schedules of a layer-independent reducer: embed(N), block(N, N),
   K blocks N -> n, K blocks n -> n and K heads: 3K + 2 pieces, not D x K graphs."""

@@ -118,6 +118,12 @@ class PiecewiseForward:
     self._head = head_params(self._placed)
     self._token_sharding = token_sharding
     self._compiled: Dict[Hashable, Any] = {}
+    # One compiled block serves every block whose parameters have its leaves' dtypes: blocks
+    # of other dtypes (one bfloat16 block in float32 parameters) get their own pieces.
+    signatures = [tuple(str(jnp.result_type(leaf)) for leaf in jax.tree.leaves(b))
+                  for b in params["blocks"]]
+    self._block_dtypes = [sorted(set(signatures), key=signatures.index).index(sig)
+                          for sig in signatures]
 
   def serves(self, cfg: ViTConfig, params: Params, dtype: str, precision: str) -> bool:
     """Whether these pieces run model `cfg` with `params` (the same tree object the caller
@@ -150,7 +156,7 @@ class PiecewiseForward:
       # is 0, so one compiled block serves every layer.
       key_layer = layer if reduces and _layer_dependent(red) else 0
       size = self._struct((batch, n_in), jnp.float32) if sized else None
-      out.append((("block", n_in, n_out, sized, key_layer) + where,
+      out.append((("block", n_in, n_out, sized, key_layer, self._block_dtypes[layer]) + where,
                   block_fn(cfg, num_keep=n_out, reducer=red if reduces else None,
                            layer=key_layer, **opts),
                   (block_params, self._struct((batch, n_in, cfg.embed_dim), dt), size)))
