@@ -1,5 +1,6 @@
 """Tests for vitprune.data: folders, timm-exact eval preprocessing, batching, subsets, digits."""
 import glob
+import io
 import os
 import re
 
@@ -596,6 +597,26 @@ def test_fingerprints(tmp_path):
   info = data.dataset_info(ds, name="digits-test")
   assert info.num_examples == 10 and info.kind == "imagefolder" and info.labelled
   assert info.to_dict()["classes"] == list(data.DIGITS_CLASSES)
+
+
+def test_fingerprints_of_names_with_tabs_and_line_breaks(tmp_path):
+  """'a.png<TAB>N<LF>b.png' named one file wrote the fingerprint lines of two: a folder of one
+  image had the fingerprint of a folder of two. Such names are quoted; others keep the digest
+  estimates recorded (the lines 'name<TAB>size<LF>')."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  png = io.BytesIO()
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(png, "PNG")
+  png, two, one = png.getvalue(), tmp_path / "two", tmp_path / "one"
+  two.mkdir(), one.mkdir()
+  (two / "a.png").write_bytes(png)
+  (two / "b.png").write_bytes(png)
+  (one / f"a.png\t{len(png)}\nb.png").write_bytes(png)
+  ds_two, ds_one = data.ImageFolder(str(two)), data.ImageFolder(str(one))
+  assert len(ds_two) == 2 and len(ds_one) == 1
+  assert data.dataset_fingerprint(ds_two) != data.dataset_fingerprint(ds_one)
+  old = hashlib.sha256(b"imagefolder labelled=False\n" + b"".join(
+      f"{n}\t{len(png)}\n".encode() for n in ("a.png", "b.png"))).hexdigest()
+  assert data.dataset_fingerprint(ds_two) == old
 
 
 def test_imagefolder_num_classes_without_names_and_foreign_overwrite(tmp_path):

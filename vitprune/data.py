@@ -982,6 +982,16 @@ def _selected(n: int, indices) -> np.ndarray:
   return np.unique(_check_indices(indices, n))
 
 
+def _fingerprint_name(name: str) -> str:
+  """`name` as a fingerprint line holds it: as it is, or JSON-quoted where it holds a tab, a
+  line break or a backslash or starts with a quote (else 'a.png<TAB>5<LF>b.png' named as one
+  file gave the lines of two: two folders, one fingerprint). Other names keep the digests
+  estimates recorded."""
+  if any(c in name for c in "\t\n\r\\") or name.startswith('"'):
+    return json.dumps(name)
+  return name
+
+
 def dataset_fingerprint(dataset_or_arrays, indices: Optional[Sequence[int]] = None) -> str:
   """sha256 hex digest identifying the samples `indices` (default all) of a dataset.
 
@@ -999,7 +1009,8 @@ def dataset_fingerprint(dataset_or_arrays, indices: Optional[Sequence[int]] = No
     if ds.labelled_by_name:   # labels depend on the class names too
       h.update(f"class_names={list(ds.classes)}\n".encode())
     for i in _selected(len(ds), indices):
-      h.update(f"{ds.files[i]}\t{os.path.getsize(ds.path(int(i)))}\n".encode())
+      h.update(f"{_fingerprint_name(ds.files[i])}\t{os.path.getsize(ds.path(int(i)))}\n"
+               .encode("utf-8", "surrogateescape"))
     return h.hexdigest()
   if isinstance(dataset_or_arrays, ArrayDataset):
     images, labels = dataset_or_arrays.images, dataset_or_arrays.labels
