@@ -175,6 +175,10 @@ def main(f: flags.FlagValues) -> str:
   elif f["batch_size"].present:
     raise ValueError("--batch_size applies without --symbolic_batch (a symbolic batch takes "
                      "any size)")
+  elif any(t.is_iree for t in targets):    # (refused only after the jax export)
+    raise ValueError(f"--symbolic_batch exports for the jax target only: IREE modules take a "
+                     f"fixed batch (--target={next(t.text for t in targets if t.is_iree)}); "
+                     "drop --symbolic_batch or the IREE target")
   if f.allow_batch_mismatch and not f.solution:
     raise ValueError("--allow_batch_mismatch applies with --solution only")
   cfg, meta = checkpoint.read_weights_config(f.weights)

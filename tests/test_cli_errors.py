@@ -248,6 +248,11 @@ CASES = [
      "/out/cache is --out="),
     ("edge_kit", ["--tokens=65", "--out={out}", "--cache_dir={out}"], 1,
      "or inside it: the kit is published whole over --out, so its cache cannot live there"),
+    # refused by the IREE lowering only after the jax export, serialization and orbax save
+    ("deploy", [f"--weights={WEIGHTS}", "--out={out}", "--symbolic_batch",
+                "--target=jax,iree:host"], 1,
+     "--symbolic_batch exports for the jax target only: IREE modules take a fixed batch "
+     "(--target=iree:host); drop --symbolic_batch or the IREE target"),
 ]
 
 

@@ -429,6 +429,10 @@ def test_export_argument_errors(artifact, tmp_path, params):
     deploy.export_artifact(str(tmp_path / "a"), CFG, params, batch_size=0)
   with pytest.raises(ValueError, match="reduces tokens but no reducer"):
     deploy.export_artifact(str(tmp_path / "a"), CFG, params, schedule=SCHED)
+  with pytest.raises(ValueError, match=r"^IREE targets need a fixed batch size: a symbolic "
+                     r"batch \(batch_size=None\) exports for jax only, not for iree:host$"):
+    deploy.export_artifact(str(tmp_path / "a"), CFG, params, batch_size=None,
+                           targets=["jax", "iree:host"])
   with pytest.raises(ValueError, match="3 class names given, test_tiny_vit has 10"):
     deploy.export_artifact(str(tmp_path / "a"), CFG, params, class_names=["a", "b", "c"])
   with pytest.raises(ValueError, match="class_names must be a list of names, got the string "

@@ -52,6 +52,7 @@ from vitprune.profile import protocol
 from vitprune.profile.protocol import Measurement, TimingConfig
 from vitprune.digest import file_sha256, params_sha256  # noqa: F401  (file_sha256: public API)
 from vitprune.edge.runtime import check_finite_outputs
+from vitprune.edge.targets import parse_targets
 from vitprune.records.manifest import (BATCH_SYMBOL, FORMAT, MANIFEST_FILE, VERSION,  # noqa: F401
                                        ArtifactError, Manifest, read_manifest)
 from vitprune.schedule import check_schedule
@@ -265,6 +266,10 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
       raise ValueError(f"{len(class_names)} class names given, {cfg.name} has "
                        f"{cfg.num_classes} classes")
   platforms = normalize_platforms(platforms)
+  iree = [t.text for t in parse_targets(targets or ()) if t.is_iree]
+  if batch_size is None and iree:     # (refused by the IREE lowering, after the jax export)
+    raise ValueError(f"IREE targets need a fixed batch size: a symbolic batch (batch_size=None) "
+                     f"exports for jax only, not for {iree[0]}")
   params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
   manifest = plan_manifest(
       cfg, params32, counts=schedule.counts,
