@@ -300,6 +300,15 @@ def test_record_names_the_reducer_its_points_ran(params, images, labels):
     record("random", {"seed": 5})
   with pytest.raises(ValueError, match="unknown token-reduction method 'nosuch'"):
     record("nosuch", {})
+  with pytest.raises(TypeError, match="seed must be an int, got 2.7"):   # (recorded as 2)
+    estimate.estimate_record(cfg=CFG, params=params, weights_source="init", data_info=info,
+                             method="random", method_kwargs={}, seed=2.7, points=pts,
+                             result=res, labelled=True)
+  with pytest.raises(TypeError, match="weights_source must be a string naming the weights, "
+                                      "got None"):     # (recorded as the text 'None')
+    estimate.estimate_record(cfg=CFG, params=params, weights_source=None, data_info=info,
+                             method="random", method_kwargs={}, seed=0, points=pts,
+                             result=res, labelled=True)
 
 
 def test_numpy_numbers_in_a_record_are_written_as_plain_json(params, images, labels, tmp_path):

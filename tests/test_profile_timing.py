@@ -141,6 +141,9 @@ def test_compile_many_threads_matches_jit_and_real_timing():
   assert all(m.median > 0 and len(m.samples) >= 5 for m in meas.values())
   with pytest.raises(ValueError, match="threads must be >= 1"):
     timing.compile_many(jobs, threads=0)
+  for bad in (2.5, "2", None, True):     # (2.5 ran 2 at once; '2' and None: raw TypeErrors)
+    with pytest.raises(ValueError, match=r"threads must be >= 1 \(an int\), got "):
+      timing.compile_many(jobs, threads=bad)
 
 
 def test_compile_many_interrupted_drops_the_queued_compiles(monkeypatch):

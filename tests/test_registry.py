@@ -108,6 +108,17 @@ def test_a_config_built_in_python_has_its_preprocessing_checked():
                                                                crop_pct=2.0)))
 
 
+def test_init_params_takes_an_int_seed():
+  """A JAX PRNG key (jax.random.PRNGKey(0)) failed inside numpy's SeedSequence."""
+  from vitprune.model import init_params  # pylint: disable=g-import-not-at-top
+  cfg = get_config("test_tiny_vit")
+  for bad in (jax.random.PRNGKey(0), 1.5, -1, True):
+    with pytest.raises(TypeError, match="seed must be an int >= 0 .*not a JAX PRNG key"):
+      init_params(cfg, bad)
+  assert jax.tree.all(jax.tree.map(lambda a, b: (a == b).all(), init_params(cfg, np.int64(3)),
+                                   init_params(cfg, 3)))
+
+
 def test_swiglu_hidden_must_be_even():
   with pytest.raises(ValueError, match="must be even"):
     ViTConfig(name="x", mlp_type="swiglu", mlp_hidden=7)

@@ -72,8 +72,10 @@ def test_a_huge_tome_r_is_a_value_error_not_an_overflow():
     with pytest.raises(ValueError, match=r"r must be at most 2147483647 tokens per layer, got "
                                          r"1000.*000$"):
       S.tome_r_list(12, r)
-  with pytest.raises(ValueError, match="r must be at most"):
+  with pytest.raises(ValueError, match="r '9.*9' is far beyond any token count"):
     S.parse_schedule(REG, "r" + "9" * 309)
+  with pytest.raises(ValueError, match="r must be at most"):
+    S.parse_schedule(REG, "r" + "9" * 18)
   assert S.tome_r_list(2, S.MAX_R) == [S.MAX_R] * 2
 
 
@@ -295,3 +297,35 @@ def test_schedule_counts_must_be_integers(counts, error):
   with pytest.raises(ValueError, match=re.escape(error)):
     S.Schedule(counts)
   assert S.Schedule((np.int64(17), 17.0)).counts == (17, 17)    # integral values are kept
+
+
+@pytest.mark.parametrize("call, error, match", [
+    # Each was a raw TypeError/AttributeError from inside the function (probe findings).
+    (lambda: S.Schedule(17), TypeError, "a schedule's counts must be a sequence of token "
+                                        "counts .* got 17"),
+    (lambda: S.Schedule({17: 1, 10: 2}), TypeError, "counts must be a sequence"),  # (its keys)
+    (lambda: S.check_token_grid(TINY, 10), TypeError, "a token grid must be a sequence"),
+    (lambda: S.parse_token_grid(TINY, None), TypeError, "a token grid text must be a string"),
+    (lambda: S.prune_layers(TINY, {"0": 12, 1: 5}), TypeError, "layer must be an int, got '0'"),
+    (lambda: S.prune_layers(TINY, [(0, 12)]), TypeError, "keeps must be a mapping"),
+    (lambda: S.tome_r_list("6", 4), TypeError, "num_layers must be an int, got '6'"),
+    (lambda: S.tome_r_list(6.5, 4), TypeError, "num_layers must be an int, got 6.5"),
+    (lambda: S.full_schedule("test_tiny_vit"), TypeError, "cfg must be a vitprune ViTConfig"),
+    (lambda: S.from_counts("test_tiny_vit", [17, 17, 17]), TypeError, "cfg must be a vitprune"),
+    (lambda: S.parse_schedule(TINY, "keep@1:" + "9" * 5000), ValueError,
+     r"^schedule 'keep@1:9.*': keep '9.*' is far beyond any token count$"),
+])
+def test_bad_arguments_are_named(call, error, match):
+  with pytest.raises(error, match=match):
+    call()
+
+
+def test_numpy_and_jax_integers_are_counts_and_layers():
+  """np.int64 / jnp.int32 were refused by some functions and accepted by others."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  assert S.Schedule(jnp.array([17, 17, 9])).counts == (17, 17, 9)
+  assert S.layer_schedule(TINY, 9, jnp.int32(1)) == S.prune_at(TINY, keep=9, layer=1)
+  assert S.remove_per_layer(TINY, np.int64(4), np.float32(0.5)) == S.remove_per_layer(
+      TINY, 4, 0.5)
+  assert S.check_token_grid(TINY, [jnp.int32(9), np.int64(5)]) == (5, 9)
+  assert S.prune_layers(TINY, {np.int64(1): np.int64(9)}).counts == (17, 17, 9)

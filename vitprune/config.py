@@ -211,6 +211,16 @@ class ViTConfig:
     return dataclasses.replace(self, **changes)
 
 
+def check_config_type(cfg: Any) -> ViTConfig:
+  """`cfg` when it is a `ViTConfig`, else TypeError naming what it is (a model name or a dict
+  failed deep inside with "'str' object has no attribute 'img_size'")."""
+  if not isinstance(cfg, ViTConfig):
+    raise TypeError(f"cfg must be a vitprune ViTConfig (vitprune.load_weights(path)[0] or "
+                    f"vitprune.registry.get_config(name)), got {type(cfg).__name__} "
+                    f"{' '.join(repr(cfg).split())[:60]}")
+  return cfg
+
+
 def config_to_dict(cfg: ViTConfig) -> Dict[str, Any]:
   """The JSON form of `cfg`: every field, preprocessing as a nested dict, tuples as lists."""
   d = dataclasses.asdict(cfg)

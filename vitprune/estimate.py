@@ -522,6 +522,10 @@ def estimate_record(*, cfg: ViTConfig, params: Params, weights_source: str,
   points = list(points)
   if len(points) != len(result.points):
     raise ValueError(f"{len(points)} points but {len(result.points)} results")
+  if not isinstance(weights_source, str):      # (None was recorded as the text 'None')
+    raise TypeError(f"weights_source must be a string naming the weights, got "
+                    f"{weights_source!r}")
+  seed = schedule_lib.as_int(seed, "seed")      # (2.7 was recorded as 2)
   named = make_reducer(method, **dict(method_kwargs))    # the record says the points ran this
   for p in points:
     if p.reducer is not None and p.reducer != named:

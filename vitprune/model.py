@@ -26,13 +26,14 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import reprlib
 from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitprune.config import COMPUTE_DTYPES, ViTConfig, is_float_dtype
+from vitprune.config import COMPUTE_DTYPES, ViTConfig, check_config_type, is_float_dtype
 from vitprune.reduce.base import AttentionStats, TokenReducer
 from vitprune.schedule import (Schedule, check_reducer_given, check_schedule,
                                check_static_types, full_schedule)
@@ -189,16 +190,6 @@ def check_params(cfg: ViTConfig, params: Params) -> None:
     raise ValueError(f"parameters do not match {cfg.name}:\n  missing: {missing}\n"
                      f"  unexpected: {unexpected}\n  shape mismatches: {mismatched}"
                      + (f"\n  not floating point: {not_float}" if not_float else ""))
-
-
-def check_config_type(cfg: Any) -> ViTConfig:
-  """`cfg` when it is a `ViTConfig`, else TypeError naming what it is (a model name or a dict
-  failed deep inside with "'str' object has no attribute 'img_size'")."""
-  if not isinstance(cfg, ViTConfig):
-    raise TypeError(f"cfg must be a vitprune ViTConfig (vitprune.load_weights(path)[0] or "
-                    f"vitprune.registry.get_config(name)), got {type(cfg).__name__} "
-                    f"{' '.join(repr(cfg).split())[:60]}")
-  return cfg
 
 
 def check_inputs(cfg: ViTConfig, images: jax.Array, dtype: str, precision: str) -> None:
@@ -393,6 +384,9 @@ def init_rule(name: str, parent: str, shape: Tuple[int, ...]) -> Tuple[str, floa
 
 def init_params(cfg: ViTConfig, seed: int = 0) -> Params:
   """Random float32 parameters of `cfg` following `init_rule`, drawn with numpy from `seed`."""
+  if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise TypeError(f"seed must be an int >= 0 (numpy draws the parameters; not a JAX PRNG "
+                    f"key), got {reprlib.repr(seed)}")
   shapes = param_shapes(cfg)
   leaves, treedef = jax.tree.flatten_with_path(shapes, is_leaf=_is_shape)
   rng = np.random.default_rng(seed)

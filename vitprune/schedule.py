@@ -51,11 +51,12 @@ import numbers
 import operator
 import re
 import reprlib
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (TYPE_CHECKING, AbstractSet, Any, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
 
 import numpy as np
 
-from vitprune.config import ViTConfig
+from vitprune.config import ViTConfig, check_config_type
 
 if TYPE_CHECKING:  # deployed models load schedules without importing vitprune.reduce
   from vitprune.reduce.base import TokenReducer
@@ -63,19 +64,31 @@ if TYPE_CHECKING:  # deployed models load schedules without importing vitprune.r
 DEFAULT_POMT_LAYER = 3  # the paper's default reduction block
 
 
+def _count(c: Any, i: int) -> int:
+  """Schedule count `c` at position `i` as an int: Python, numpy or JAX integers, or an integral
+  finite float (ValueError otherwise; bools are not counts)."""
+  if not isinstance(c, (bool, np.bool_)):
+    try:
+      return operator.index(c)
+    except TypeError:
+      if isinstance(c, numbers.Real) and math.isfinite(c) and int(c) == c:
+        return int(c)
+  raise ValueError(f"schedule count {c!r} at position {i} is not an integer")
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
   counts: Tuple[int, ...]
 
   def __post_init__(self):
+    if (isinstance(self.counts, (str, bytes, Mapping, AbstractSet))
+        or not hasattr(self.counts, "__iter__")):     # (a dict's keys were taken as counts)
+      raise TypeError(f"a schedule's counts must be a sequence of token counts (entering block "
+                      f"0, then leaving each block), got {reprlib.repr(self.counts)}")
     counts = tuple(self.counts)
     if not counts:
       raise ValueError("a schedule needs at least one count (tokens entering block 0)")
-    for i, c in enumerate(counts):
-      if (isinstance(c, (bool, np.bool_)) or not isinstance(c, numbers.Real)
-          or not math.isfinite(c) or int(c) != c):
-        raise ValueError(f"schedule count {c!r} at position {i} is not an integer")
-    object.__setattr__(self, "counts", tuple(int(c) for c in counts))
+    object.__setattr__(self, "counts", tuple(_count(c, i) for i, c in enumerate(counts)))
 
   def __str__(self) -> str:
     return format_schedule(self)
@@ -106,6 +119,7 @@ class Schedule:
 
 def full_schedule(cfg: ViTConfig) -> Schedule:
   """No reduction: every block sees all `cfg.num_tokens` tokens."""
+  check_config_type(cfg)
   return Schedule((cfg.num_tokens,) * (cfg.depth + 1))
 
 
@@ -149,6 +163,7 @@ def check_schedule(cfg: ViTConfig, schedule: Optional[Schedule],
   the embedding needs `reducer.supports_embedding`, and a block may remove at most
   `reducer.max_remove(tokens_in, num_prefix)` tokens (ToMe: half the non-prefix tokens).
   """
+  check_config_type(cfg)
   check_static_types(schedule, reducer)
   if schedule is None:
     return full_schedule(cfg)
@@ -191,6 +206,7 @@ def _check_method_limits(cfg: ViTConfig, schedule: Schedule, reducer: TokenReduc
 
 def token_bounds(cfg: ViTConfig) -> Tuple[int, int]:
   """Valid token counts anywhere in a schedule: [prefix + 1, num_tokens], both inclusive."""
+  check_config_type(cfg)
   return cfg.num_prefix_tokens + 1, cfg.num_tokens
 
 
@@ -199,12 +215,16 @@ def check_token_grid(cfg: ViTConfig, tokens: Sequence[int]) -> Tuple[int, ...]:
 
   Raises ValueError naming the problem (empty, non-int, out of range, duplicates).
   """
+  if isinstance(tokens, (str, bytes)) or not hasattr(tokens, "__iter__"):
+    raise TypeError(f"a token grid must be a sequence of token counts, got "
+                    f"{reprlib.repr(tokens)} (parse_token_grid reads the text forms)")
   ns = list(tokens)
   if not ns:
     raise ValueError("token grid is empty")
-  bad = [n for n in ns if isinstance(n, bool) or not isinstance(n, (int, np.integer))]
+  bad = [n for n in ns if not _is_index(n)]
   if bad:
     raise ValueError(f"token counts must be ints, got {bad}")
+  ns = [operator.index(n) for n in ns]
   lo, hi = token_bounds(cfg)
   out = [n for n in ns if not lo <= n <= hi]
   if out:
@@ -223,6 +243,9 @@ def parse_token_grid(cfg: ViTConfig, spec: str) -> Tuple[int, ...]:
   must lie in [prefix + 1, num_tokens]; raises ValueError naming the problem.
   """
   lo, hi = token_bounds(cfg)
+  if not isinstance(spec, str):
+    raise TypeError(f"a token grid text must be a string ('all', 'a:b', 'a:b:step' or "
+                    f"'n1,n2,...'), got {reprlib.repr(spec)} (check_token_grid takes counts)")
   shown = reprlib.repr(spec)     # (a megabyte of --tokens is not echoed whole)
   text = spec.strip().lower()
   if not text:
@@ -305,12 +328,11 @@ def layer_schedule(cfg: ViTConfig, n: int, layer: int) -> Schedule:
 
   Raises ValueError when `layer` is not an int in [0, depth - 1].
   """
-  if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) \
-      or not 0 <= layer < cfg.depth:
+  if not _is_index(layer) or not 0 <= operator.index(layer) < cfg.depth:
     raise ValueError(f"reduction layer must be an int in [0, {cfg.depth - 1}] for {cfg.name} "
                      f"(depth {cfg.depth}), got {layer!r}")
   return check_schedule(cfg, Schedule(layer_counts(cfg.num_tokens, as_int(n, "n"), cfg.depth,
-                                                   layer)))
+                                                   operator.index(layer))))
 
 
 def _check_layer(cfg: ViTConfig, layer) -> int:
@@ -318,6 +340,17 @@ def _check_layer(cfg: ViTConfig, layer) -> int:
   if not 0 <= layer < cfg.depth:
     raise ValueError(f"layer {layer} is out of range: {cfg.name} has blocks 0..{cfg.depth - 1}")
   return layer
+
+
+def _is_index(v: Any) -> bool:
+  """Whether `v` is an integer (Python, numpy or JAX; not a bool)."""
+  if isinstance(v, (bool, np.bool_)):
+    return False
+  try:
+    operator.index(v)
+  except TypeError:
+    return False
+  return True
 
 
 def as_int(v, what: str) -> int:
@@ -379,9 +412,13 @@ def prune_at(cfg: ViTConfig, *, keep: Optional[int] = None, remove: Optional[int
 def prune_layers(cfg: ViTConfig, keeps: Mapping[int, int],
                  base: Optional[Schedule] = None) -> Schedule:
   """Several POMT-style reductions: `{layer: tokens leaving that block}`."""
+  if not isinstance(keeps, Mapping):
+    raise TypeError(f"keeps must be a mapping {{layer: tokens leaving that block}}, got "
+                    f"{reprlib.repr(keeps)}")
+  layers = {_check_layer(cfg, layer): keep for layer, keep in keeps.items()}   # (before sorting)
   counts = _start(cfg, base)
-  for layer in sorted(keeps):
-    counts = _keep_from(counts, _check_layer(cfg, layer), as_int(keeps[layer], "keep"))
+  for layer in sorted(layers):
+    counts = _keep_from(counts, layer, as_int(layers[layer], "keep"))
   return check_schedule(cfg, Schedule(counts))
 
 
@@ -398,6 +435,7 @@ def tome_r_list(num_layers: int, r: RSpec) -> List[int]:
   linearly from `int(r * (1 - inflection))` to `2 r - that`, so the total stays about
   `num_layers * r`. A list shorter than `num_layers` is padded with zeros.
   """
+  num_layers = as_int(num_layers, "num_layers")
   if num_layers < 1:
     raise ValueError(f"num_layers must be >= 1, got {num_layers}")
   inflect = 0.0
@@ -406,8 +444,9 @@ def tome_r_list(num_layers: int, r: RSpec) -> List[int]:
       raise ValueError(f"a tuple r must be (r, inflection) as in ToMe, got {r!r}; pass a list "
                        "for per-layer values")
     r, inflect = r
-    if isinstance(inflect, bool) or not isinstance(inflect, (int, float)):
+    if isinstance(inflect, (bool, np.bool_)) or not isinstance(inflect, numbers.Real):
       raise TypeError(f"inflection must be a number, got {inflect!r}")
+    inflect = float(inflect)
     if not -1.0 <= inflect <= 1.0:
       raise ValueError(f"inflection must be in [-1, 1] (ToMe: -1 decreasing, 0 constant, "
                        f"+1 increasing), got {inflect}")
@@ -443,9 +482,7 @@ def remove_per_layer(cfg: ViTConfig, r: RSpec, inflection: Optional[float] = Non
     raise ValueError("remove_per_layer needs a base schedule without reduction layers "
                      f"(got {counts}); use an explicit list instead")
   if inflection is not None:
-    if not isinstance(r, int) or isinstance(r, bool):
-      raise TypeError(f"with inflection=, r must be an int, got {r!r}")
-    r = (r, inflection)
+    r = (as_int(r, "with inflection=, r"), inflection)
   # Lazy: deployed models load schedules without importing vitprune.reduce (test_deploy).
   from vitprune.reduce.tome import tome_max_remove  # pylint: disable=g-import-not-at-top
   rs = tome_r_list(cfg.depth, r)
@@ -465,7 +502,11 @@ _INT = r"-?[0-9]+"        # ASCII digits; '+' joins terms, so it is never a sign
 def _parse_int(s: str, what: str, text: str) -> int:
   s = s.strip()
   if not re.fullmatch(_INT, s):
-    raise ValueError(f"schedule {text!r}: {what} {s!r} is not an integer")
+    raise ValueError(f"schedule {reprlib.repr(text)}: {what} {reprlib.repr(s)} is not an "
+                     "integer")
+  if len(s.lstrip("-")) > 18:     # (int() refused 4300 digits naming no schedule)
+    raise ValueError(f"schedule {reprlib.repr(text)}: {what} {reprlib.repr(s)} is far beyond "
+                     "any token count")
   return int(s)
 
 

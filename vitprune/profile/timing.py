@@ -15,6 +15,7 @@ Compile time is measured separately (lower + compile wall time) and never mixed 
 from __future__ import annotations
 
 import functools
+import numbers
 import tempfile
 import time
 from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
@@ -67,8 +68,8 @@ def compile_many(jobs: Mapping[Hashable, Tuple[Callable, Sequence[Any]]], *, thr
   shapes. Per-job seconds are wall times and overlap when threads > 1. `on_done(key, seconds)` is
   called (from the calling thread) as each job finishes.
   """
-  if threads < 1:
-    raise ValueError(f"threads must be >= 1, got {threads}")
+  if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+    raise ValueError(f"threads must be >= 1 (an int), got {threads!r}")   # (2.5 ran 2 at once)
   out = {}
   if threads == 1:
     for key, (fn, args) in jobs.items():
