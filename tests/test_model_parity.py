@@ -86,6 +86,8 @@ def test_wrong_input_shape_and_options():
      r"unexpected: \[\"\['dist_token'\]\"\]"),
     (lambda p: p["norm"].update(scale=np.ones(32, np.int32)),
      r"not floating point: \[\"\['norm'\]\['scale'\]: int32\"\]"),
+    (lambda p: p.update(blocks=dict(enumerate(p["blocks"]))),    # (24 + 24 paths listed)
+     r"'blocks' must be a list of 2 block trees, got dict"),
 ])
 def test_parameters_that_do_not_fit_the_config_are_refused(edit, match):
   """A tree with fewer blocks ran as a shallower model (a schedule's later reduction silently
