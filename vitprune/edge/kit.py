@@ -75,6 +75,13 @@ def read_kit(path: str) -> Dict[str, Any]:
       raise EdgeError(f"{path}/{KIT_MANIFEST}: points[{i}] repeats points[{seen[key]}] "
                       f"({p['component']}, batch {p['batch_size']}, {p['tokens']} tokens)")
     seen[key] = i
+  # The board profile records the kit's compiler entry and merges only profiles of the same one:
+  # its flags are those its points were compiled with (an edit got past that guard).
+  compiler, flags = doc.get("compiler"), [p["flags"] for p in doc["points"] if "flags" in p]
+  if compiler is not None and (not isinstance(compiler, dict) or
+                               (flags and compiler.get("flags") not in flags)):
+    raise EdgeError(f"{path}/{KIT_MANIFEST}: compiler.flags are none of its points' flags: an "
+                    "edited kit.json? rebuild it with experiments.edge_kit")
   return doc
 
 

@@ -90,6 +90,10 @@ def read_weights(root: str, entry: Dict[str, Any], what: str) -> List[np.ndarray
   blob = np.fromfile(path, np.uint8)
   out, end = [], 0
   for leaf in entry["leaves"]:
+    if leaf.get("dtype") != "float32":     # (an edit met IREE's raw buffer diagnostics)
+      raise EdgeError(f"{what}: weight leaf {leaf.get('name')} is stored as "
+                      f"{leaf.get('dtype')!r}; vitprune packs float32 weights (an edited "
+                      "record?)")
     dtype, shape = np.dtype(leaf["dtype"]), tuple(leaf["shape"])
     lo, n = int(leaf["offset"]), int(leaf["nbytes"])
     if lo + n > blob.size or n != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
