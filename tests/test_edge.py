@@ -511,7 +511,7 @@ def test_failed_compile_leaves_nothing(tmp_path, params, monkeypatch):
     deploy.export_artifact(str(out), CFG, params, batch_size=1, targets=["iree:host"],
                            verify=False)
   assert os.listdir(tmp_path) == []
-  with pytest.raises(iree_build.IreeBuildError, match="fixed batch size"):
+  with pytest.raises(ValueError, match="fixed batch size"):    # (refused before the export)
     deploy.export_artifact(str(out), CFG, params, batch_size=None, targets=["iree:host"],
                            verify=False)
   assert os.listdir(tmp_path) == []
@@ -605,6 +605,20 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   with open(os.path.join(kit_dir, "kit.json"), "w") as f:
     json.dump(dict(doc, backend="cuda"), f)
   with pytest.raises(EdgeError, match="backend 'cuda' is not the iree:host target's 'llvm-cpu'"):
+    kit_lib.profile_kit(kit_dir)
+  # The compiler entry the board profile records (and merges on), and the weight leaves' dtype
+  # (an edit was recorded as given, or met IREE's raw buffer diagnostics).
+  with open(os.path.join(kit_dir, "kit.json"), "w") as f:
+    json.dump(dict(doc, compiler=dict(doc["compiler"], flags=["x"])), f)
+  with pytest.raises(EdgeError, match=r"kit.json: compiler.flags are none of its points' "
+                     "flags: an edited kit.json"):
+    kit_lib.profile_kit(kit_dir)
+  leaves = [dict(leaf) for leaf in doc["weights"]["leaves"]]
+  leaves[1]["dtype"] = "int32"
+  with open(os.path.join(kit_dir, "kit.json"), "w") as f:
+    json.dump(dict(doc, weights=dict(doc["weights"], leaves=leaves)), f)
+  with pytest.raises(EdgeError, match=f"weight leaf {re.escape(leaves[1]['name'])} is stored "
+                     "as 'int32'; vitprune packs float32 weights"):
     kit_lib.profile_kit(kit_dir)
   with open(os.path.join(kit_dir, "kit.json"), "w") as f:
     json.dump(doc, f)
