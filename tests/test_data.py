@@ -1,4 +1,5 @@
 """Tests for vitprune.data: folders, timm-exact eval preprocessing, batching, subsets, digits."""
+import dataclasses
 import glob
 import io
 import os
@@ -129,6 +130,24 @@ def test_preprocessing_validation_errors():
 def test_preprocessing_is_checked_when_built(fields, message):
   with pytest.raises(ValueError, match=message):
     Preprocessing(**fields)
+
+
+def test_every_timm_interpolation_is_a_preprocessing_and_lists_become_tuples():
+  """Only bicubic/bilinear/nearest passed the new check: weights, estimates and artifacts whose
+  config said 'lanczos' (timm's names, which the data layer resizes with) no longer loaded."""
+  from vitprune import config  # pylint: disable=g-import-not-at-top
+  img = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8))
+  for name in ("lanczos", "box", "hamming", "bicubic", "bilinear", "nearest"):
+    prep = Preprocessing(input_size=4, crop_pct=1.0, interpolation=name, **PLAIN)
+    assert data.preprocess_image(img, prep).shape == (4, 4, 3)
+    d = config.config_to_dict(config.ViTConfig(name="x", img_size=32, patch_size=8,
+                                               embed_dim=32, depth=1, num_heads=2,
+                                               mlp_hidden=64, preprocessing=dataclasses.replace(
+                                                   prep, input_size=32)))
+    assert config.config_from_dict(d).preprocessing.interpolation == name
+  prep = Preprocessing(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
+  assert prep.mean == (0.5,) * 3 and hash(prep) == hash(Preprocessing(mean=(0.5,) * 3,
+                                                                      std=(0.5,) * 3))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -617,6 +636,10 @@ def test_fingerprints_of_names_with_tabs_and_line_breaks(tmp_path):
   old = hashlib.sha256(b"imagefolder labelled=False\n" + b"".join(
       f"{n}\t{len(png)}\n".encode() for n in ("a.png", "b.png"))).hexdigest()
   assert data.dataset_fingerprint(ds_two) == old
+  (two / "c\\d.png").write_bytes(png)          # a backslash is kept as it is
+  old = hashlib.sha256(b"imagefolder labelled=False\n" + b"".join(
+      f"{n}\t{len(png)}\n".encode() for n in ("a.png", "b.png", "c\\d.png"))).hexdigest()
+  assert data.dataset_fingerprint(data.ImageFolder(str(two))) == old
 
 
 def test_imagefolder_num_classes_without_names_and_foreign_overwrite(tmp_path):

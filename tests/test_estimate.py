@@ -342,6 +342,16 @@ def test_non_finite_logits_are_an_error_not_class_0(params, images, labels):
   with pytest.raises(FloatingPointError, match=r"for 1 of 3 images of a batch \(first: "
                      r"example 5\)"):
     estimate.evaluate(CFG, params, batches_of(x, labels, 4), pts, labelled=True)
+  # NaN made by a reduction (the unpruned logits are finite): the reducer is named, not the
+  # parameters or preprocessing.
+  nan_reducer = dataclasses.replace(RandomDrop(seed=0))
+  object.__setattr__(nan_reducer, "reduce", lambda x, size, stats, **kw: (
+      RandomDrop.reduce(nan_reducer, x, size, stats, **kw)[0] * jnp.nan, size))
+  with pytest.raises(FloatingPointError, match=r"^schedule \(17, 17, 9\) gave NaN/inf logits "
+                     r".*the unpruned model's are finite, so the reduction made them "
+                     r"\(RandomDrop\)$"):
+    estimate.evaluate(CFG, params, batches_of(images, labels, 4),
+                      estimate.token_points(CFG, [9], nan_reducer, layer=1), labelled=True)
 
 
 def test_record_structure(doc):

@@ -88,6 +88,9 @@ def test_wrong_input_shape_and_options():
      r"not floating point: \[\"\['norm'\]\['scale'\]: int32\"\]"),
     (lambda p: p.update(blocks=dict(enumerate(p["blocks"]))),    # (24 + 24 paths listed)
      r"'blocks' must be a list of 2 block trees, got dict"),
+    # flax's variables by mistake: the paths show the wrapper (no word about 'blocks')
+    (lambda p: (p.clear(), p.update(params=init_params(get_config("test_tiny_vit"), 0))),
+     r"missing: \[\"\['blocks'\]\[0\]\['attn'\].*unexpected: \[\"\['params'\]"),
 ])
 def test_parameters_that_do_not_fit_the_config_are_refused(edit, match):
   """A tree with fewer blocks ran as a shallower model (a schedule's later reduction silently

@@ -230,7 +230,8 @@ def test_a_profile_timed_before_a_run_limit_still_loads(tmp_path):
   deploy --profile and merges refused it). Values the protocol never allowed still are."""
   from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
   doc = records.to_json(_profile(_staircase_points()))
-  doc["timing"] = dict(doc["timing"], max_retries=200, min_run_time=5000.0, rounds=2000)
+  doc["timing"] = dict(doc["timing"], max_retries=200, min_run_time=5000.0, rounds=2000,
+                      min_reps=2 * 10 ** 7, max_reps=2 * 10 ** 7)    # (--repeats=2e7)
   path = tmp_path / "old.json"
   path.write_text(json.dumps(doc))
   assert records.load(str(path)).timing["max_retries"] == 200

@@ -329,3 +329,6 @@ def test_numpy_and_jax_integers_are_counts_and_layers():
       TINY, 4, 0.5)
   assert S.check_token_grid(TINY, [jnp.int32(9), np.int64(5)]) == (5, 9)
   assert S.prune_layers(TINY, {np.int64(1): np.int64(9)}).counts == (17, 17, 9)
+  assert S.tome_r_list(3, jnp.int32(2)) == S.tome_r_list(3, np.array(2)) == [2, 2, 2]
+  # Leading zeros are not digits of the count (an 18-digit limit counted them).
+  assert S.parse_schedule(TINY, "keep@1:" + "0" * 20 + "9").counts == (17, 17, 9)

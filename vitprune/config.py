@@ -90,10 +90,14 @@ class Preprocessing:
   channels: int = 3
 
   def __post_init__(self):
+    for f in ("mean", "std"):    # (lists left a ViTConfig unhashable: a jit static argument)
+      if isinstance(getattr(self, f), list):
+        object.__setattr__(self, f, tuple(getattr(self, f)))
     _check_preprocessing(self)   # (a NaN std normalised every image to NaN without a word)
 
 
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+# timm's `str_to_interp_mode` names (vitprune.data maps each to its PIL filter).
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
 _FLOAT32_MAX, _FLOAT32_TINY = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
 
 

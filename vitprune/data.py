@@ -33,12 +33,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vitprune import atomic
-from vitprune.config import Preprocessing
+from vitprune.config import INTERPOLATIONS, Preprocessing
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, matched case-insensitively like torchvision.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
-# timm's `str_to_interp_mode` names -> PIL filters.
+# timm's `str_to_interp_mode` names (config.INTERPOLATIONS) -> PIL filters.
 _PIL_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -47,6 +47,9 @@ _PIL_FILTERS = {
     "box": Image.Resampling.BOX,
     "hamming": Image.Resampling.HAMMING,
 }
+if sorted(_PIL_FILTERS) != sorted(INTERPOLATIONS):
+  raise ImportError(f"data._PIL_FILTERS {sorted(_PIL_FILTERS)} must map config.INTERPOLATIONS "
+                    f"{sorted(INTERPOLATIONS)}")
 
 # The eval resize keeps the aspect ratio: a 1000000x1 PNG (a few hundred bytes) would become
 # 32000000x32 pixels (GBs) before the crop. The bound is PIL's default decompression-bomb limit,
@@ -983,11 +986,11 @@ def _selected(n: int, indices) -> np.ndarray:
 
 
 def _fingerprint_name(name: str) -> str:
-  """`name` as a fingerprint line holds it: as it is, or JSON-quoted where it holds a tab, a
-  line break or a backslash or starts with a quote (else 'a.png<TAB>5<LF>b.png' named as one
-  file gave the lines of two: two folders, one fingerprint). Other names keep the digests
-  estimates recorded."""
-  if any(c in name for c in "\t\n\r\\") or name.startswith('"'):
+  """`name` as a fingerprint line holds it: as it is, or JSON-quoted where it holds a tab or a
+  line feed or starts with a quote (else 'a.png<TAB>5<LF>b.png' named as one file gave the
+  lines of two: two folders, one fingerprint; a quoted name starts with a quote, a plain one
+  never does). Other names keep the digests estimates recorded."""
+  if "\t" in name or "\n" in name or name.startswith('"'):
     return json.dumps(name)
   return name
 

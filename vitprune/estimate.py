@@ -321,14 +321,18 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
                       kind=WholeGraphs if whole_graphs else PiecewiseForward)
       compiled = True
     ref = np.asarray(jax.device_get(forwards[(None, placement.mesh)](ref_schedule, x)))
-    _check_finite_logits(ref, valid, batch, "the unpruned model")
+    _check_finite_logits(ref, valid, batch, "the unpruned model",
+                         "NaN/inf in the parameters or the preprocessed images (preprocessing "
+                         "std/mean?)")
     n += int(valid.sum())
     ref_correct += int((ref.argmax(-1) == labels)[valid].sum())
     target = labels if labelled and not agreement_margins else ref.argmax(-1)
     batch_margins = [top1_margins(ref, target)[valid]] if margins else None
     for i, (schedule, reducer) in enumerate(keys):
       logits = np.asarray(jax.device_get(forwards[(reducer, placement.mesh)](schedule, x)))
-      _check_finite_logits(logits, valid, batch, f"schedule {schedule.counts}")
+      _check_finite_logits(logits, valid, batch, f"schedule {schedule.counts}",
+                           f"the unpruned model's are finite, so the reduction made them "
+                           f"({type(reducer).__name__})")
       c, a, k = compare_logits(logits, ref, labels)
       correct[i] += int(c[valid].sum())
       agree[i] += int(a[valid].sum())
@@ -349,17 +353,17 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
                     margins=np.concatenate(margin_parts, axis=1) if margins else None)
 
 
-def _check_finite_logits(logits: np.ndarray, valid: np.ndarray, batch: Batch, what: str
-                         ) -> None:
-  """FloatingPointError naming `what` and the first example whose `[B, K]` logits hold NaN/inf
-  (argmax would read them as class 0: a wrong accuracy, an agreement of 1)."""
+def _check_finite_logits(logits: np.ndarray, valid: np.ndarray, batch: Batch, what: str,
+                         cause: str) -> None:
+  """FloatingPointError naming `what`, the first example whose `[B, K]` logits hold NaN/inf
+  (argmax would read them as class 0: a wrong accuracy, an agreement of 1) and the likely
+  `cause`."""
   bad = valid & ~np.isfinite(logits).all(axis=-1)
   if bad.any():
     first = int(np.asarray(batch[2])[bad][0])
     raise FloatingPointError(
         f"{what} gave NaN/inf logits for {int(bad.sum())} of {int(valid.sum())} images of a "
-        f"batch (first: example {first}): NaN/inf in the parameters or the preprocessed images "
-        "(preprocessing std/mean?)")
+        f"batch (first: example {first}): {cause}")
 
 
 def _compile_pieces(forwards: Dict[Any, Any], cfg: ViTConfig, params: Params, x: jax.Array,

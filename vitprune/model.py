@@ -176,7 +176,8 @@ def check_options(dtype: str, precision: str) -> None:
 def check_params(cfg: ViTConfig, params: Params) -> None:
   """Raises ValueError listing every missing/unexpected leaf, shape mismatch and non-float leaf
   of `params` vs `cfg` (shapes only: cheap, and works on tracers)."""
-  if isinstance(params, dict) and not isinstance(params.get("blocks"), (list, tuple)):
+  if isinstance(params, dict) and "blocks" in params and not isinstance(params["blocks"],
+                                                                        (list, tuple)):
     raise ValueError(f"parameters do not match {cfg.name}: 'blocks' must be a list of "
                      f"{cfg.depth} block trees, got "
                      f"{type(params.get('blocks')).__name__}")   # (not 2 x 12 path lists)

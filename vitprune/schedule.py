@@ -450,7 +450,7 @@ def tome_r_list(num_layers: int, r: RSpec) -> List[int]:
     if not -1.0 <= inflect <= 1.0:
       raise ValueError(f"inflection must be in [-1, 1] (ToMe: -1 decreasing, 0 constant, "
                        f"+1 increasing), got {inflect}")
-  elif not isinstance(r, (int, str)) and hasattr(r, "__iter__"):
+  elif not isinstance(r, (int, str)) and not _is_index(r) and hasattr(r, "__iter__"):
     rs = [as_int(v, "r") for v in r]
     if len(rs) > num_layers:
       raise ValueError(f"r list has {len(rs)} entries for {num_layers} layers")
@@ -504,7 +504,7 @@ def _parse_int(s: str, what: str, text: str) -> int:
   if not re.fullmatch(_INT, s):
     raise ValueError(f"schedule {reprlib.repr(text)}: {what} {reprlib.repr(s)} is not an "
                      "integer")
-  if len(s.lstrip("-")) > 18:     # (int() refused 4300 digits naming no schedule)
+  if len(s.lstrip("-").lstrip("0")) > 18:     # (int() refused 4300 digits naming no schedule)
     raise ValueError(f"schedule {reprlib.repr(text)}: {what} {reprlib.repr(s)} is far beyond "
                      "any token count")
   return int(s)

@@ -32,8 +32,8 @@ MAX_ROUNDS = 1000
 MAX_RETRIES = 100
 # The fields these limits cap: they refuse runs, not records (a profile measured before a limit
 # was lowered still loads: `within_run_limits`).
-RUN_LIMITS = {"min_run_time": MAX_RUN_TIME, "warmup": MAX_CALLS, "max_reps": MAX_CALLS,
-              "rounds": MAX_ROUNDS, "max_retries": MAX_RETRIES}
+RUN_LIMITS = {"min_run_time": MAX_RUN_TIME, "warmup": MAX_CALLS, "min_reps": MAX_CALLS,
+              "max_reps": MAX_CALLS, "rounds": MAX_ROUNDS, "max_retries": MAX_RETRIES}
 
 
 def within_run_limits(fields: Dict[str, Any]) -> Dict[str, Any]:
