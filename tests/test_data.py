@@ -145,6 +145,10 @@ def test_every_timm_interpolation_is_a_preprocessing_and_lists_become_tuples():
                                                mlp_hidden=64, preprocessing=dataclasses.replace(
                                                    prep, input_size=32)))
     assert config.config_from_dict(d).preprocessing.interpolation == name
+  d["preprocessing"]["std"] = [0.0, 1.0, 1.0]          # a JSON config names its model
+  with pytest.raises(ValueError, match=r"^invalid preprocessing of x: preprocessing.std must be "
+                                       r"finite numbers > 0"):
+    config.config_from_dict(d)
   prep = Preprocessing(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5])
   assert prep.mean == (0.5,) * 3 and hash(prep) == hash(Preprocessing(mean=(0.5,) * 3,
                                                                       std=(0.5,) * 3))

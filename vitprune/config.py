@@ -256,7 +256,8 @@ def config_from_dict(d: Dict[str, Any]) -> ViTConfig:
     try:
       d["preprocessing"] = Preprocessing(**prep)
     except (TypeError, ValueError) as e:
-      raise ValueError(f"invalid preprocessing: {e}") from None
+      name = f" of {d['name']}" if isinstance(d.get("name"), str) else ""
+      raise ValueError(f"invalid preprocessing{name}: {e}") from None
   try:
     return ViTConfig(**d)
   except TypeError as e:

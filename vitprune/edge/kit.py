@@ -217,12 +217,13 @@ def trial_call(path: str, driver: Optional[str] = None) -> None:
   kit, plans, functions = _kit_plans(path, driver)
   weights = rt.read_weights(path, kit["weights"], f"kit {path}")
   runners = {d: rt.Runner(d, max(k for dd, k in plans if dd == d)) for d, _ in plans}
+  on_device = {d: [r.put(w) for w in weights] for d, r in runners.items()}   # once per driver
   for point, function, (d, k) in zip(kit["points"], functions, plans):
     runner = runners[d]
     fns = runner.load(rt.checked_file(path, point["module"], f"kit {path}"), function,
                       contexts=k)
     x = runner.put_batch(np.zeros(tuple(point["input"]["shape"]), np.float32), k)
-    runner.bind(fns, [runner.put(weights[j]) for j in point["args"]], x)()
+    runner.bind(fns, [on_device[d][j] for j in point["args"]], x)()
 
 
 def write_profile(profile, out: str, kit: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
