@@ -450,10 +450,12 @@ def test_a_stuck_background_write_never_keeps_a_failed_save_from_ending(tmp_path
   monkeypatch.setattr(orbax_io, "checkpointer", Stuck)
   monkeypatch.setattr(orbax_io, "SETTLE_S", 0.2)
   cfg = get_config("test_tiny_vit")
+  params = init_params(cfg, 0)
   t0 = time.perf_counter()
   with pytest.raises(KeyboardInterrupt):
-    checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
-  assert time.perf_counter() - t0 < 5 and os.listdir(tmp_path) == []
+    checkpoint.save_weights(str(tmp_path / "w"), cfg, params)
+  # Not the stuck close's 30 s (the bound leaves room for a loaded machine: 5.7 s was seen).
+  assert time.perf_counter() - t0 < 20 and os.listdir(tmp_path) == []
 
 
 def test_an_edited_config_and_loose_arguments_are_refused(tmp_path):
