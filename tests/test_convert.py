@@ -326,6 +326,19 @@ def test_features_only_needs_explicit_drop_head():
   np.testing.assert_allclose(pooled, io["features"][:, 0], atol=TOL)
 
 
+def test_headless_distilled_deit_averages_its_two_tokens_as_timm():
+  """timm's VisionTransformerDistilled with num_classes=0 has Identity heads and returns the
+  mean of the class and distillation tokens; vitprune returned the class token alone."""
+  case = CASES["deit_tiny_distilled"]
+  cfg = case_config(case).replace(num_classes=0)
+  params = convert_state_dict(cfg, load_file(golden(case["files"]["state_dict"])),
+                              drop_head=True)
+  io = np.load(golden(case["files"]["io"]))
+  pooled = np.asarray(forward(params, io["input_nchw"].transpose(0, 2, 3, 1), cfg=cfg))
+  want = (io["features"][:, 0] + io["features"][:, 1]) / 2
+  np.testing.assert_allclose(pooled, want, atol=TOL)
+
+
 def test_torch_wrappers_and_module_prefix():
   sd = {"module.a": np.zeros(1), "module.b": np.ones(2)}
   assert set(convert.unwrap_torch_state_dict({"model": sd, "epoch": 3})) == {"a", "b"}

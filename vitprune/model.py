@@ -260,8 +260,8 @@ def forward_head(params: Params, x: jax.Array, *, cfg: ViTConfig,
     pooled = layer_norm(params["fc_norm"], x[:, cfg.num_prefix_tokens:].mean(1), cfg.norm_eps)
   else:
     pooled = x[:, 0]
-  if pre_logits and cfg.dist_token:
-    pooled = (pooled + x[:, 1]) / 2
+  if (pre_logits or cfg.num_classes == 0) and cfg.dist_token:   # (no head: timm's Identity
+    pooled = (pooled + x[:, 1]) / 2                               # heads average the two)
   if pre_logits or cfg.num_classes == 0:
     return pooled.astype(jnp.float32)
   out = dense(params["head"], pooled)
