@@ -447,6 +447,25 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
                                        r"of the embedded weights .*weights/vit_digits \(digits "
                                        r"split of seed 0"):
     common.check_digits_split(common.EMBEDDED_WEIGHTS, folders["train0"])
+  # A copy without the hidden marker (`cp -r test0/* copy`) was scored: its digits are found by
+  # content (an image changed, or in another class folder, is not a digit).
+  import shutil  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  copy = tmp_path / "copy"
+  shutil.copytree(folders["test0"], copy)
+  os.remove(copy / data.DIGITS_MARKER)
+  train1 = sorted(data.digits_folder_indices(folders["test0"]) & set(
+      data.digits_split(1)[0].tolist()))
+  first, second = (f"{i:04d}.png" for i in train1[:2])
+  label = data.DIGITS_CLASSES[data.load_digits_arrays()[1][train1[0]]]
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(copy / label / first)    # not that digit
+  other = data.DIGITS_CLASSES[data.load_digits_arrays()[1][train1[1]]]
+  os.rename(copy / other / second, copy / ("1" if other != "1" else "2") / second)
+  assert data.digits_copied_into(str(copy)) == data.digits_folder_indices(
+      folders["test0"]) - {train1[0], train1[1]}
+  with pytest.raises(ValueError, match=f"^{leaked - 2} of the 357 digits in {copy} are "
+                                       "training images of --weights="):
+    common.check_digits_split(w1, str(copy))
   with pytest.raises(SystemExit) as e:
     common.run_in_process(estimate_cli.main, estimate_cli.define_flags, [
         f"--weights={w1}", f"--data={folders['test0']}", "--tokens=65",

@@ -861,6 +861,30 @@ def digits_folder_indices(root: str) -> set:
   return found
 
 
+def digits_copied_into(root: str) -> set:
+  """The digits' indices of the images of `root` that are digits `write_digits_imagefolder`
+  wrote, found by content: `<class>/<idx>.png` whose class is that digit's label and whose
+  8x8 pixels are its image (a copy that lost the folder's marker)."""
+  images, labels = load_digits_arrays()
+  found = set()
+  for dirpath, _, files in os.walk(root):
+    label = os.path.basename(dirpath)
+    if dirpath == root or label not in DIGITS_CLASSES:
+      continue
+    for n in files:
+      i = int(n[:4]) if len(n) == 8 and n.endswith(".png") and n[:4].isdigit() else -1
+      if not 0 <= i < len(images) or DIGITS_CLASSES[labels[i]] != label:
+        continue
+      try:
+        with Image.open(os.path.join(dirpath, n)) as img:
+          pixels = np.asarray(img)
+      except (OSError, ValueError):
+        continue
+      if pixels.shape == images[i].shape and np.array_equal(pixels, images[i]):
+        found.add(i)
+  return found
+
+
 def _read_marker(folder: str) -> Dict:
   """The DIGITS_MARKER of a digits folder ({} where it cannot be read)."""
   try:
@@ -886,12 +910,18 @@ def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
   the weights (`whose`, named in the message; `meta` as `train_digits` records it) were trained
   on some of its images: every score on them would be inflated."""
   trained = digits_training_split(meta)
-  if trained is None or not is_digits_imagefolder(folder):
+  if trained is None:
     return
   seed, fraction = trained
   hint = (f": write that split's test images (digits_images --split=test --split_seed={seed})"
           if fraction == 0.2 else "")
-  found = digits_folder_indices(folder)
+  if is_digits_imagefolder(folder):
+    found = digits_folder_indices(folder)
+  else:           # a copy without the hidden marker (`cp -r dir/*`): the digits it still holds
+    try:
+      found = digits_copied_into(folder)
+    except ImportError:
+      return
   try:
     seen = found & set(digits_split(seed, fraction)[0].tolist())
   except ImportError:       # a board without scikit-learn's table: what the marker says it holds
