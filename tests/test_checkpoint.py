@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 
 import jax
 import numpy as np
@@ -471,6 +472,26 @@ def test_an_edited_config_and_loose_arguments_are_refused(tmp_path):
     checkpoint.load_weights(path)
   json.dump(dict(doc, config_sha256=None), open(cfile, "w"))      # not recorded: loads
   checkpoint.load_weights(path)
+
+  # The class names (images are labelled by them) and the meta (the training split the data
+  # guards read) are held by meta_sha256: reversed names scored vit_digits at 0.0084.
+  named = checkpoint.save_weights(str(tmp_path / "n"), cfg, init_params(cfg, 0),
+                                  class_names=list("abcdefghij"),
+                                  meta={"dataset": "sklearn_digits", "split": {"seed": 1}})
+  nfile = os.path.join(named, "config.json")
+  ndoc = json.load(open(nfile))
+  assert checkpoint.read_class_names(named) == tuple("abcdefghij")
+  for edit in (dict(class_names=list("jihgfedcba")), dict(class_names=None),
+               dict(meta={"dataset": "sklearn_digits", "split": {"seed": 0}})):
+    json.dump(dict(ndoc, **edit), open(nfile, "w"))
+    for read in (checkpoint.read_weights_config, checkpoint.read_class_names,
+                 checkpoint.load_weights):
+      with pytest.raises(ValueError, match=re.escape(
+          f"{nfile}: its class_names and meta no longer hash to the meta_sha256 it records")):
+        read(named)
+  json.dump(dict(ndoc, class_names=list("jihgfedcba"), meta_sha256=None), open(nfile, "w"))
+  assert checkpoint.read_class_names(named) == tuple("jihgfedcba")   # not recorded: as given
+  shutil.rmtree(named)
   with pytest.raises(TypeError, match="overwrite must be True or False, got 'no'"):
     checkpoint.save_weights(path, cfg, init_params(cfg, 0), overwrite="no")
   with pytest.raises(TypeError, match="cfg must be a ViTConfig"):

@@ -5,7 +5,9 @@ Layout of a weights directory (e.g. `weights/deit_small_patch16_224/`):
                  "meta": {free-form provenance: source checkpoint, its sha256, ...},
                  "class_names": ["0", ..., "9"] (optional: the names of the outputs, in order),
                  "params_sha256": `digest.params_sha256` of params/, "config_sha256": of
-                 "config" (both checked on load; absent in folders written before them)}
+                 "config", "meta_sha256": of class_names and meta (the labels and the
+                 training split the data guards read) (all checked on load; absent in
+                 folders written before them)}
   params/       orbax `StandardCheckpointer` checkpoint of the float32 parameter tree
 
 `load_weights(dir)` needs nothing else: the config rebuilds the abstract tree orbax restores into.
@@ -80,6 +82,7 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
     doc["class_names"] = list(check_class_names(
         [str(c) for c in class_names] if isinstance(class_names, (list, tuple)) else class_names,
         cfg.num_classes))
+  doc["meta_sha256"] = meta_sha256(jsonio.json_form(doc))
   with atomic.staged_dir(path, overwrite=overwrite, is_ours=is_weights_dir) as tmp:
     orbax_io.save(os.path.join(tmp, "params"), params32)
     atomic.write_json(os.path.join(tmp, CONFIG_FILE), doc, sort_keys=True)
@@ -108,11 +111,17 @@ def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
     raise ValueError(f"{cfg_file}: 'config' must be an object of ViTConfig fields")
   if not isinstance(doc.get("meta", {}), dict):
     raise ValueError(f"{cfg_file}: 'meta' must be an object")
-  for key in ("params_sha256", "config_sha256"):              # (absent or null: not recorded)
+  for key in ("params_sha256", "config_sha256", "meta_sha256"):   # (absent/null: not recorded)
     sha = doc.get(key)
     if sha is not None and not jsonio.is_sha256(sha):
       raise ValueError(f"{cfg_file}: {key} must be a 64-digit hex string, got {sha!r}")
   return cfg_file, doc
+
+
+def meta_sha256(doc: Dict[str, Any]) -> str:
+  """The digest of a weights config document's class names and meta."""
+  return jsonio.canonical_sha256({"class_names": doc.get("class_names"),
+                                  "meta": doc.get("meta", {})})
 
 
 def read_weights_config(path: str) -> Tuple[ViTConfig, Dict[str, Any]]:
@@ -132,16 +141,22 @@ def _config_of(cfg_file: str, doc: Dict[str, Any]) -> Tuple[ViTConfig, Dict[str,
     raise ValueError(f"{cfg_file}: its config no longer hashes to the config_sha256 it records "
                      "(edited? another num_heads or norm_eps is another model for the same "
                      "parameters); save the weights again with vitprune.save_weights")
+  recorded = doc.get("meta_sha256")      # (after the checks that name a malformed field)
+  if recorded is not None and meta_sha256(doc) != recorded:
+    raise ValueError(f"{cfg_file}: its class_names and meta no longer hash to the meta_sha256 "
+                     "it records (edited? reversed class names relabel every image, another "
+                     "split seed lifts the training-data guard); save the weights again with "
+                     "vitprune.save_weights")
   return cfg, doc.get("meta", {})
 
 
 def read_class_names(path: str) -> Optional[Tuple[str, ...]]:
   """The class names a weights directory records (index order), or None if it has none."""
   cfg_file, doc = _read_doc(path)
+  cfg, _ = _config_of(cfg_file, doc)     # (checks the names' digest: removed ones too)
   names = doc.get("class_names")
   if names is None:
     return None
-  cfg, _ = read_weights_config(path)
   return check_class_names(names, cfg.num_classes, f"{cfg_file}: class_names")
 
 
