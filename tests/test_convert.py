@@ -344,6 +344,11 @@ def test_torch_wrappers_and_module_prefix():
   assert set(convert.unwrap_torch_state_dict({"model": sd, "epoch": 3})) == {"a", "b"}
   assert set(convert.unwrap_torch_state_dict({"state_dict": sd})) == {"a", "b"}
   assert set(convert.unwrap_torch_state_dict({"x.a": 1, "module.b": 2})) == {"x.a", "module.b"}
+  # A training checkpoint with EMA weights: timm's load_checkpoint takes those (use_ema=True).
+  ema = {"module.e": np.zeros(1)}
+  for wrapped in ({"model": sd, "model_ema": ema, "optimizer": {}, "epoch": 3},
+                  {"state_dict": sd, "state_dict_ema": ema}):
+    assert set(convert.unwrap_torch_state_dict(wrapped)) == {"e"}
   with pytest.raises(ValueError, match="expected a dict"):
     convert.unwrap_torch_state_dict([1, 2], "f.pth")
 

@@ -95,12 +95,17 @@ def _load_safetensors(path: str) -> StateDict:
 
 
 def unwrap_torch_state_dict(obj: Any, path: str = "<state dict>") -> Dict[str, Any]:
-  """Unwraps `{'model': sd}` / `{'state_dict': sd}` and strips a common `module.` prefix."""
+  """Unwraps a training checkpoint as timm's `load_checkpoint` does (its default `use_ema=True`):
+  the EMA weights `state_dict_ema` / `model_ema` where it holds them (they were dropped for
+  `model`), else `state_dict` / `model`; strips a common `module.` prefix."""
   if not isinstance(obj, dict):
     raise ValueError(f"{path}: expected a dict state dict, got {type(obj).__name__}")
-  for wrapper in ("model", "state_dict"):
-    if isinstance(obj.get(wrapper), dict):
-      obj = obj[wrapper]
+  for _ in range(2):                  # ({'model': {'state_dict': sd}} too)
+    wrapper = next((w for w in ("state_dict_ema", "model_ema", "state_dict", "model")
+                    if isinstance(obj.get(w), dict)), None)
+    if wrapper is None:
+      break
+    obj = obj[wrapper]
   if obj and all(k.startswith("module.") for k in obj):
     obj = {k[len("module."):]: v for k, v in obj.items()}
   return obj
