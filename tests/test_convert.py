@@ -197,7 +197,7 @@ def test_patch_embed_is_hwio_and_linears_transposed():
                                 sd["blocks.1.attn.qkv.weight"][7, 3])
 
 
-def test_original_dinov2_layout_with_explicit_mask_token():
+def test_original_dinov2_layout_with_explicit_mask_token(tmp_path):
   """Meta's DINOv2 (registers) layout: register_tokens, pos_embed incl. cls, mask_token."""
   case = CASES["dinov2_small_reg4"]
   cfg = case_config(case)
@@ -211,6 +211,13 @@ def test_original_dinov2_layout_with_explicit_mask_token():
   with pytest.raises(ConversionError, match="mask_token"):
     convert_state_dict(cfg, orig)
   params = convert_state_dict(cfg, orig, ignore_keys=("mask_token",))
+  check_io(cfg, params, case["files"]["io"])
+  # From a file: no resampling is claimed for the cls position folded out of pos_embed.
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "orig.safetensors")
+  save_file(orig, path)
+  params, meta = convert.convert_file(cfg, path, ignore_keys=("mask_token",))
+  assert "pos_embed_resampled" not in meta
   check_io(cfg, params, case["files"]["io"])
 
 

@@ -432,7 +432,7 @@ def convert_file(cfg: ViTConfig, path: str, *, drop_head: bool = False,
                  ignore_keys: Sequence[str] = ()) -> Tuple[Params, Dict[str, Any]]:
   """(params, meta) from a checkpoint file; meta has the source name, format and sha256."""
   sd, fmt = load_checkpoint(path)
-  src_pe = sd.get("pos_embed")
+  src_pe = normalize_state_dict(sd).get("pos_embed")   # (DINOv2's folds its cls position out)
   resample = BIG_VISION_RESAMPLE if fmt == "big_vision" else TIMM_RESAMPLE
   params = convert_state_dict(cfg, sd, drop_head=drop_head, ignore_keys=ignore_keys,
                               resample=resample)
