@@ -38,6 +38,31 @@ def test_gpu_suite_rejects_unknown_stages():
   assert r.returncode == 2 and "unknown stage nosuch" in r.stderr
 
 
+def test_gpu_suite_speed_keeps_the_last_table_when_a_run_fails(tmp_path):
+  """The speed stage shared the profile stage's cache (its 'cache (cold)' row refuses a used
+  one) and tee truncated the previous table before the run was refused. A stand-in `python`
+  records the cache it is given and fails, then succeeds."""
+  import os  # pylint: disable=g-import-not-at-top
+  fake, out = tmp_path / "bin", tmp_path / "gpu"
+  fake.mkdir(), out.mkdir()
+  (out / "profile_speed.txt").write_text("previous table\n")
+  env = dict(os.environ, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}",
+             JAX_CACHE_DIR=str(tmp_path / "shared"))
+  runs = []
+  for rc in (1, 0):
+    (fake / "python").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/argv\necho table {rc}\n'
+                                 f"exit {rc}\n")
+    (fake / "python").chmod(0o755)
+    r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "speed", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=30, env=env)
+    runs.append((r.returncode, (out / "profile_speed.txt").read_text(), sorted(os.listdir(out))))
+    cache = next(a for a in (tmp_path / "argv").read_text().split()
+                 if a.startswith("--compile_cache_dir="))
+    assert "shared" not in cache and not os.path.exists(cache.split("=", 1)[1])   # removed
+  assert runs == [(1, "previous table\n", ["profile_speed.txt"]),
+                  (0, "table 0\n", ["profile_speed.txt"])]
+
+
 def test_edge_speed_runs_on_a_tiny_model(tmp_path, capsys, monkeypatch):
   import json  # pylint: disable=g-import-not-at-top
   from benchmarks import edge_speed  # pylint: disable=g-import-not-at-top
