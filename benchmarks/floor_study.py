@@ -6,7 +6,9 @@ hold when re-timed, and what do calibration and in-loop timing cost?
 
 For each seed S the main job runs exactly as
 `python -m experiments.profile --solver=multi --accuracy_floor=F --method=M --seed=S` (the seed
-draws the calibration schedules and the timing order); then
+draws the calibration schedules and the timing order, and with --num_images in --job_flags the
+evaluation subset too: then each seed's row is measured on its own images, which the summary
+says); then
   1. floor: the chosen schedule's accuracy measured by the job's verify stage (all images the
      job evaluates) is compared with the floor;
   2. re-timed: every schedule the job checked on the data whose measured accuracy meets the
@@ -253,6 +255,9 @@ def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
         f"{tot['retimed']} ({ratio}); calibration + in-loop timing: median "
         f"{100 * tot['overhead_share_median']:.1f}%, max "
         f"{100 * tot['overhead_share_max']:.1f}% of the main job's wall time")
+  subset = common.parse(profile_cli.define_flags, list(job_flags)).num_images
+  if subset is not None:
+    print(f"(each seed drew its own {subset}-image subset: --num_images in --job_flags)")
   refined = refinement_summary(rows)
   if refined:
     print("\naccuracy |error| mean / max points (schedules), predicted before measuring:")
@@ -260,6 +265,7 @@ def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
   common.write_result(f.out, {
       "format": RESULT_FORMAT, "command": common.command_line("benchmarks.floor_study", f),
       "method": f.method, "floor": f.accuracy_floor, "job_flags": f.job_flags,
+      "subset_per_seed": subset is not None,
       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "totals": tot,
       "refinement": refined or None, "rows": rows},
       RESULT_FORMAT, indent=1)
