@@ -154,7 +154,8 @@ def run_one(cfg, params, batch, methods, *, num, num_cal, tcfg, threads, seed, d
     anchored, ratio = _anchored(lm, held, full_s)
     inter = _interleaved(cfg, params, method, batch, grid, lm, held, tcfg, threads, seed)
     row = {"model": cfg.name, "batch_size": batch, "method": method,
-           "num_heldout": len(held), "num_calibration": len(lm.calibration),
+           "num_heldout": len(held), "num_calibration": num_cal,
+           "num_calibration_graphs": len(lm.calibration),   # + the full graph and the curve's
            "calibration_s": cal_s, "profile_s": profile_s,
            "calibration_share": cal_s / profile_s,
            "latency_model": dict(lm.summary(),

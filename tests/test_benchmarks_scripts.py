@@ -206,6 +206,8 @@ def test_predictor_accuracy_quick(tmp_path, capsys):
   held = {tuple(s["counts"]) for s in row["schedules"]}
   cal = {tuple(c) for c in row["latency_model"].get("calibration", [])}
   assert len(held) == row["num_heldout"] >= 3 and not held & cal
+  # --quick's 5 calibration schedules (it said 9: the graphs, full and curve included)
+  assert row["num_calibration"] == 5 < row["num_calibration_graphs"]
   for key in ("calibrated", "anchored", "interleaved", "block_sum"):
     e = row["heldout"][key]
     assert e["count"] == row["num_heldout"] and 0 <= e["within10"] <= 1 and e["p90"] >= e["median"]
