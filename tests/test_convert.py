@@ -429,6 +429,11 @@ def test_timm_named_npz(tmp_path):
   got, meta = convert_file(cfg, str(tmp_path / "sd.npz"))
   assert meta["source_format"] == "npz"
   assert_trees_equal(params, got)
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  np.savez(tmp_path / "bf16.npz", **{k: v.astype(ml_dtypes.bfloat16) for k, v in sd.items()})
+  with pytest.raises(ValueError, match=r"\(\|V2\).*; \.npz files cannot keep bfloat16 "
+                                       r"\(np\.savez stores it as 2 raw bytes"):
+    convert_file(cfg, str(tmp_path / "bf16.npz"))      # (it listed bfloat16 as supported)
 
 
 # ----------------------------------------------------------------------------- errors

@@ -397,7 +397,10 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
     raise ValueError(f"checkpoint has non-float values in {not_float[:5]}"
                      f"{f' and {len(not_float) - 5} more' if len(not_float) > 5 else ''}: "
                      "vitprune converts floating-point weights (float16, bfloat16, float32, "
-                     "...; a quantised checkpoint must be dequantised first)")
+                     "...; a quantised checkpoint must be dequantised first)"
+                     + ("; .npz files cannot keep bfloat16 (np.savez stores it as 2 raw bytes, "
+                        "|V2): save float32 or .safetensors"
+                        if any("(|V2)" in k for k in not_float) else ""))
   present = sorted(set(want) & set(sd))        # (resampling casts the position embedding too)
   nonfinite = [k for k in present
                if not np.all(np.isfinite(np.asarray(sd[k]).astype(np.float64)))]
