@@ -25,7 +25,7 @@ import dataclasses
 import importlib.metadata as md
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -175,22 +175,9 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
     stem = _out_stem(out)
     records.check_save(_kit_profile(kit, cfg), os.path.dirname(stem), os.path.basename(stem),
                        flag="out", fields=edge_fields(kit), merge_fields=merge_edge_fields)
-  drivers = sorted({d for d, _ in plans})
-  weights = rt.read_weights(path, kit["weights"], f"kit {path}")
-  modules = [rt.checked_file(path, p["module"], f"kit {path}") for p in kit["points"]]
-  runners, dev_weights = {}, {}
-  for d in drivers:
-    runners[d] = rt.Runner(d, max(k for dd, k in plans if dd == d))
-    dev_weights[d] = [runners[d].put(w) for w in weights]
   rng = np.random.default_rng(0)
-  calls, inputs = {}, {}
-  for i, (point, module, (d, k)) in enumerate(zip(kit["points"], modules, plans)):
-    fns = runners[d].load(module, functions[i], contexts=k)
-    shape = tuple(point["input"]["shape"])
-    if (shape, d, k) not in inputs:
-      inputs[shape, d, k] = runners[d].put_batch(rng.normal(size=shape).astype(np.float32), k)
-    calls[i] = runners[d].bind(fns, [dev_weights[d][j] for j in point["args"]],
-                               inputs[shape, d, k])
+  calls = _bound_points(path, kit, plans, functions,
+                        lambda shape: rng.normal(size=shape).astype(np.float32))
   done = []
 
   def on_done(key):
@@ -209,21 +196,38 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
   return records.analyze(_kit_profile(kit, cfg, points)), kit
 
 
+def _bound_points(path: str, kit: Dict[str, Any], plans, functions,
+                  make_input: Callable[[Tuple[int, ...]], np.ndarray]
+                  ) -> Dict[int, Callable[[], Any]]:
+  """Every point of kit `path` (`_kit_plans`) loaded on its plan's driver and shards and bound
+  to the kit's weights (put once per driver) and to an input `make_input(shape)` (put once per
+  shape, driver and shards, in point order) -> {point index: call}."""
+  weights = rt.read_weights(path, kit["weights"], f"kit {path}")
+  modules = [rt.checked_file(path, p["module"], f"kit {path}") for p in kit["points"]]
+  runners, on_device = {}, {}
+  for d in sorted({d for d, _ in plans}):
+    runners[d] = rt.Runner(d, max(k for dd, k in plans if dd == d))
+    on_device[d] = [runners[d].put(w) for w in weights]
+  calls, inputs = {}, {}
+  for i, (point, module, (d, k)) in enumerate(zip(kit["points"], modules, plans)):
+    fns = runners[d].load(module, functions[i], contexts=k)
+    shape = tuple(point["input"]["shape"])
+    if (shape, d, k) not in inputs:
+      inputs[shape, d, k] = runners[d].put_batch(make_input(shape), k)
+    calls[i] = runners[d].bind(fns, [on_device[d][j] for j in point["args"]],
+                               inputs[shape, d, k])
+  return calls
+
+
 def trial_call(path: str, driver: Optional[str] = None) -> None:
   """One call of every point of kit `path` on zeros, each on its own plan's driver and shards
   as `profile_kit` runs them (the trial run of a kit for a named CPU:
   `runtime.trial_in_child`; the points are different graphs, and a missing instruction may sit
   in any one of them)."""
   kit, plans, functions = _kit_plans(path, driver)
-  weights = rt.read_weights(path, kit["weights"], f"kit {path}")
-  runners = {d: rt.Runner(d, max(k for dd, k in plans if dd == d)) for d, _ in plans}
-  on_device = {d: [r.put(w) for w in weights] for d, r in runners.items()}   # once per driver
-  for point, function, (d, k) in zip(kit["points"], functions, plans):
-    runner = runners[d]
-    fns = runner.load(rt.checked_file(path, point["module"], f"kit {path}"), function,
-                      contexts=k)
-    x = runner.put_batch(np.zeros(tuple(point["input"]["shape"]), np.float32), k)
-    runner.bind(fns, [on_device[d][j] for j in point["args"]], x)()
+  for call in _bound_points(path, kit, plans, functions,
+                            lambda shape: np.zeros(shape, np.float32)).values():
+    call()
 
 
 def write_profile(profile, out: str, kit: Optional[Dict[str, Any]] = None) -> Dict[str, str]:
