@@ -381,12 +381,6 @@ def check_data_word(fv: flags.FlagValues, flag: str = "data",
                         else ""))
 
 
-def is_within(path: str, folder: str) -> bool:
-  """Whether `path` is `folder` or lies inside it (links resolved; a name prefix is not)."""
-  root, real = os.path.realpath(folder), os.path.realpath(path)
-  return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
-
-
 def check_outside_data(out: str, out_flag: str, fv: flags.FlagValues, data_flag: str = "data",
                        words: Sequence[str] = ("digits", "none")) -> None:
   """ValueError when `--out_flag` is, or lies inside, the image folder `--data_flag`: the plots
@@ -395,7 +389,7 @@ def check_outside_data(out: str, out_flag: str, fv: flags.FlagValues, data_flag:
   data = fv[data_flag].value
   if not data or data.strip().lower() in words or not os.path.isdir(data):
     return
-  if is_within(out, data):
+  if atomic.is_within(out, data):
     raise ValueError(f"--{out_flag}={out} is inside --{data_flag}={data}: what it writes there "
                      "(plots) would be read as images of the data next time; write elsewhere")
 

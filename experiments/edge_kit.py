@@ -22,6 +22,7 @@ import sys
 from absl import flags
 
 from experiments import common
+from vitprune import atomic
 from vitprune import iree_build
 from vitprune import memory
 from vitprune.edge.targets import check_driver, parse_target
@@ -77,7 +78,7 @@ def main(f: flags.FlagValues) -> str:
     check_driver(target, f.driver)
   if f.cache_dir:
     common.check_output_dir(f.cache_dir, "cache_dir")
-    if common.is_within(f.cache_dir, f.out):   # (found after every compile: --out existed)
+    if atomic.is_within(f.cache_dir, f.out):   # (found after every compile: --out existed)
       raise ValueError(f"--cache_dir={f.cache_dir} is --out={f.out} or inside it: the kit is "
                        "published whole over --out, so its cache cannot live there; give "
                        "another --cache_dir")

@@ -208,6 +208,12 @@ def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
                            f"{what}; move it away or choose another output path")
 
 
+def is_within(path: str, folder: str) -> bool:
+  """Whether `path` is `folder` or lies inside it (links resolved; a name prefix is not)."""
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return os.path.commonpath([path, folder]) == folder
+
+
 def published_folder_around(path: str, itself: bool = False) -> Optional[str]:
   """The nearest folder above `path` (or `itself`, from `path` up) that vitprune published
   whole (it holds an INVENTORY_FILE: an artifact, a kit, weights, the main job's output), None

@@ -184,17 +184,11 @@ def check_flags(command: str) -> None:
     if not FLAGS.out.endswith(".json"):            # board.csv became board.csv.json + .csv.csv
       raise ValueError(f"--out={FLAGS.out} must name the profile's .json file (its .csv twin "
                        "is written beside it)")
-    if FLAGS.kit and _inside(FLAGS.out, FLAGS.kit):
+    if FLAGS.kit and atomic.is_within(FLAGS.out, FLAGS.kit):
       raise ValueError(f"--out={FLAGS.out} is inside the kit {FLAGS.kit}: write the profile "
                        "elsewhere (a kit holds only what edge_kit wrote)")
     stem = FLAGS.out[:-5]
     atomic.check_output_json(stem + ".json", records.FORMAT, "out", [stem + ".csv"])
-
-
-def _inside(path: str, folder: str) -> bool:
-  """Whether `path` lies in `folder` (symbolic links resolved)."""
-  path, folder = os.path.realpath(path), os.path.realpath(folder)
-  return os.path.commonpath([path, folder]) == folder
 
 
 def parse_flags(argv):
