@@ -856,9 +856,15 @@ def digits_folder_indices(root: str) -> set:
   (`<class>/<idx>.png`; other files are not counted)."""
   found = set()
   for dirpath, _, files in os.walk(root):
-    found.update(int(n[:-4]) for n in files
-                 if len(n) == 8 and n.endswith(".png") and n[:4].isdigit() and dirpath != root)
+    if dirpath != root:
+      found.update(i for i in map(_digit_file_index, files) if i >= 0)
   return found
+
+
+def _digit_file_index(name: str) -> int:
+  """The digit index a `write_digits_imagefolder` file name holds (`<idx>.png`, 4 digits), or
+  -1 for any other name."""
+  return int(name[:4]) if len(name) == 8 and name.endswith(".png") and name[:4].isdigit() else -1
 
 
 def digits_copied_into(root: str) -> set:
@@ -872,7 +878,7 @@ def digits_copied_into(root: str) -> set:
     if dirpath == root or label not in DIGITS_CLASSES:
       continue
     for n in files:
-      i = int(n[:4]) if len(n) == 8 and n.endswith(".png") and n[:4].isdigit() else -1
+      i = _digit_file_index(n)
       if not 0 <= i < len(images) or DIGITS_CLASSES[labels[i]] != label:
         continue
       try:
