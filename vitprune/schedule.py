@@ -343,11 +343,9 @@ def _check_layer(cfg: ViTConfig, layer) -> int:
 
 
 def _is_index(v: Any) -> bool:
-  """Whether `v` is an integer (Python, numpy or JAX; not a bool)."""
-  if isinstance(v, (bool, np.bool_)):
-    return False
+  """Whether `as_int` takes `v`: an integer (Python, numpy or JAX; not a bool)."""
   try:
-    operator.index(v)
+    as_int(v, "")
   except TypeError:
     return False
   return True
