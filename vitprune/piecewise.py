@@ -122,8 +122,7 @@ class PiecewiseForward:
     # of other dtypes (one bfloat16 block in float32 parameters) get their own pieces.
     signatures = [tuple(str(jnp.result_type(leaf)) for leaf in jax.tree.leaves(b))
                   for b in params["blocks"]]
-    self._block_dtypes = [sorted(set(signatures), key=signatures.index).index(sig)
-                          for sig in signatures]
+    self._block_dtypes = [signatures.index(sig) for sig in signatures]   # (first such block)
 
   def serves(self, cfg: ViTConfig, params: Params, dtype: str, precision: str) -> bool:
     """Whether these pieces run model `cfg` with `params` (the same tree object the caller
