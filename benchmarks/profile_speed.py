@@ -7,8 +7,9 @@ r"""How long profiling takes: default sweep vs parallel / adaptive / per-block /
 Prints one row per configuration: wall seconds, summed per-graph compile seconds (overlapping
 when threads > 1), summed timed-run seconds, graphs compiled, and the steps found; then step
 reproducibility: the steps of each model-mode run compared with the first (default) run and the
-two uncached adaptive runs (its first run and its repeat) compared with each other. Autotuning is left as JAX configures it: every
-configuration compiles the same kernels deployment would use.
+two uncached adaptive runs (its first run and its repeat) compared with each other. Autotuning
+is left as JAX configures it: every configuration compiles the same kernels deployment would
+use.
 """
 from __future__ import annotations
 
