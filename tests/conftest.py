@@ -16,7 +16,11 @@ import atexit
 import importlib.metadata
 import os
 import shutil
+import signal
 import tempfile
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
 
 if os.environ.get("VITPRUNE_TEST_XLA_CACHE", "1") != "0" and \
     "JAX_COMPILATION_CACHE_DIR" not in os.environ:
