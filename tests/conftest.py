@@ -13,11 +13,15 @@ jax is imported, so the CLI subprocesses the tests start compile the same way).
   digits read without importing scikit-learn). VITPRUNE_TEST_XLA_OPT=1 compiles as users do.
 """
 import atexit
+import contextlib
+import importlib
 import importlib.metadata
+import io
 import os
 import shutil
 import signal
 import tempfile
+import warnings
 
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
   signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -89,3 +93,33 @@ def solution_file(path, cfg, counts, *, mode="paper", method="pomt", frontier=()
   atomic.write_json(str(path), sol.to_json())
   assert jsonio.read_json(str(path), "solution")["format"] == S.FORMAT
   return str(path)
+
+
+_HIDDEN_BY_DEFAULT = (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                      ResourceWarning)
+
+
+def run_cli_in_process(cwd, cli, argv):
+  """-> (exit code, stdout, stderr) of `experiments.<cli>` run in this process in `cwd`: the
+  CLI's own parsing, checks, one-line errors and exit codes (`common.run_in_process`), without
+  a subprocess's start-up (seconds: python and jax imports)."""
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  module = importlib.import_module(f"experiments.{cli}")
+  out, err = io.StringIO(), io.StringIO()
+  before = os.getcwd()
+  os.chdir(cwd)
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+        warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      try:
+        common.run_in_process(module.main, module.define_flags, argv)
+        code = 0
+      except SystemExit as e:
+        code = e.code
+  finally:
+    os.chdir(before)
+  # What a process would print to stderr (Python's default filters hide these categories).
+  shown = [w for w in caught if not issubclass(w.category, _HIDDEN_BY_DEFAULT)]
+  return code, out.getvalue(), err.getvalue() + "".join(
+      warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in shown)

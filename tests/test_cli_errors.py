@@ -5,18 +5,14 @@ Every case runs in-process through `common.run_in_process` (the same parsing and
 as the CLIs' `common.run`); a few run as real subprocesses too, which must print exactly the
 same (a subprocess costs ~2 s of imports, so not all of them)."""
 import concurrent.futures
-import contextlib
 import hashlib
-import importlib
-import io
 import os
 import subprocess
 import sys
-import warnings
 
 import pytest
 
-from experiments import common
+from tests.conftest import run_cli_in_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIGHTS = os.path.join(ROOT, "weights", "vit_digits")
@@ -285,33 +281,6 @@ def _prepare(case_dir, args):
   return argv, _snapshot(loc)
 
 
-_HIDDEN_BY_DEFAULT = (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
-                      ResourceWarning)
-
-
-def _run_in_process(case_dir, cli, argv):
-  """-> (exit code, stdout, stderr) of `experiments.<cli>` run in-process in `case_dir`."""
-  module = importlib.import_module(f"experiments.{cli}")
-  out, err = io.StringIO(), io.StringIO()
-  cwd = os.getcwd()
-  os.chdir(case_dir)
-  try:
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-        warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter("always")
-      try:
-        common.run_in_process(module.main, module.define_flags, argv)
-        code = 0
-      except SystemExit as e:
-        code = e.code
-  finally:
-    os.chdir(cwd)
-  # What a process would print to stderr (Python's default filters hide these categories).
-  shown = [w for w in caught if not issubclass(w.category, _HIDDEN_BY_DEFAULT)]
-  return code, out.getvalue(), err.getvalue() + "".join(
-      warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in shown)
-
-
 def _check(case_dir, before, code, stdout, stderr, index):
   _, _, want_code, message = CASES[index]
   assert code == want_code, stderr[-2000:]
@@ -329,7 +298,7 @@ def _check(case_dir, before, code, stdout, stderr, index):
 def test_bad_input_gets_one_line_and_changes_nothing(tmp_path, index):
   cli, args, _, _ = CASES[index]
   argv, before = _prepare(tmp_path, args)
-  _check(tmp_path, before, *_run_in_process(tmp_path, cli, argv), index)
+  _check(tmp_path, before, *run_cli_in_process(tmp_path, cli, argv), index)
 
 
 # A library error (exit 1), an unknown flag and a flag validator (exit 2 at parse time), a stray
@@ -374,7 +343,7 @@ def test_subprocess_prints_what_the_in_process_run_prints(subprocess_runs, tmp_p
   assert isinstance(r, subprocess.CompletedProcess), f"{CASES[index][0]}: {r}"
   _check(case_dir, before, r.returncode, r.stdout, r.stderr, index)
   argv, _ = _prepare(tmp_path, CASES[index][1])
-  code, _, err = _run_in_process(tmp_path, CASES[index][0], argv)
+  code, _, err = run_cli_in_process(tmp_path, CASES[index][0], argv)
   assert (code, err.replace(str(tmp_path), "<dir>")) == \
       (r.returncode, r.stderr.replace(str(case_dir), "<dir>"))
 

@@ -22,7 +22,7 @@ from vitprune.registry import get_config
 from vitprune.digest import params_sha256
 from vitprune.records.solution import read_solution
 from vitprune.schedule import Schedule, format_schedule
-from tests.conftest import solution_file
+from tests.conftest import run_cli_in_process, solution_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = get_config("test_tiny_vit")  # 16 patches + cls = 17 tokens, depth 2
@@ -484,6 +484,12 @@ def _cli(module, *args, cwd=REPO):
                         env=_env(), cwd=cwd, timeout=180)
 
 
+def _cli_here(module, *args):
+  """`_cli` run in this process (no python + jax start-up): a CompletedProcess-like result."""
+  code, out, err = run_cli_in_process(REPO, module.split(".", 1)[1], list(args))
+  return subprocess.CompletedProcess([module, *args], code, out, err)
+
+
 def _write_pngs(root, layout):
   rng = np.random.default_rng(0)
   for rel in layout:
@@ -549,29 +555,29 @@ def test_clis_end_to_end(tmp_path, params):
   out = str(tmp_path / "art")
   # The solution's checks: other weights, another batch size (refused before any work).
   other = solution_file(tmp_path / "other.json", CFG, [17, 17, 9], batch_size=2)
-  res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={other}",
-             f"--out={out}")
+  res = _cli_here("experiments.deploy", f"--weights={weights}", f"--solution={other}",
+                  f"--out={out}")
   assert res.returncode == 1 and "was estimated on other weights" in res.stderr
-  res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
-             "--batch_size=4", f"--out={out}")
+  res = _cli_here("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
+                  "--batch_size=4", f"--out={out}")
   assert res.returncode == 1 and ("--batch_size=4, but the solver output" in res.stderr
                                   and "chose its schedule for batch 2" in res.stderr)
   assert not os.path.exists(out)
-  res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
-             "--batch_size=4", "--allow_batch_mismatch", "--noverify", f"--out={out}4")
+  res = _cli_here("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
+                  "--batch_size=4", "--allow_batch_mismatch", "--noverify", f"--out={out}4")
   assert res.returncode == 0 and deploy.read_manifest(out + "4").input_shape[0] == 4
   # The dtype its profile was timed in: another is refused, none given takes it.
-  res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
-             "--dtype=bfloat16", f"--out={out}")
+  res = _cli_here("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
+                  "--dtype=bfloat16", f"--out={out}")
   assert res.returncode == 1 and ("--dtype=bfloat16, but the solver output" in res.stderr
                                   and "timed its schedule in float32" in res.stderr)
   bf16 = solution_file(tmp_path / "bf16.json", CFG, [17, 17, 9], batch_size=2,
                        weights_sha256=sha, dtype="bfloat16")
-  res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={bf16}", "--noverify",
-             f"--out={out}b")
+  res = _cli_here("experiments.deploy", f"--weights={weights}", f"--solution={bf16}",
+                  "--noverify", f"--out={out}b")
   assert res.returncode == 0 and deploy.read_manifest(out + "b").dtype == "bfloat16"
-  res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
-             "--symbolic_batch", "--noverify", f"--out={out}s")   # covers the chosen batch
+  res = _cli_here("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
+                  "--symbolic_batch", "--noverify", f"--out={out}s")   # covers the chosen batch
   assert res.returncode == 0, res.stderr[-2000:]
   assert deploy.read_manifest(out + "s").to_json()["input"]["symbolic_batch"] is True
   res = _cli("experiments.deploy", f"--weights={weights}", f"--solution={sol}",
@@ -618,14 +624,14 @@ def test_clis_end_to_end(tmp_path, params):
   # Flat folder: predictions without labels or accuracy.
   flat = str(tmp_path / "flat")
   _write_pngs(flat, ["x.png", "y.png"])
-  res = _cli("experiments.run_deployed", f"--artifact={out}", f"--images={flat}",
-             "--repeats=3", "--warmup=0")
+  res = _cli_here("experiments.run_deployed", f"--artifact={out}", f"--images={flat}",
+                  "--repeats=3", "--warmup=0")
   assert res.returncode == 0, res.stderr[-3000:]
   assert "x.png\t" in res.stdout and "accuracy" not in res.stdout
   # A symbolic-batch artifact takes any --batch_size: one that cannot fit is refused up front,
   # from the loaded weights' size (the model code is not imported), before any image is read.
-  res = _cli("experiments.run_deployed", f"--artifact={out}s", f"--images={flat}",
-             "--batch_size=1000000000")
+  res = _cli_here("experiments.run_deployed", f"--artifact={out}s", f"--images={flat}",
+                  "--batch_size=1000000000")
   assert res.returncode == 1 and "Traceback" not in res.stderr
   assert ("error: --batch_size=1000000000 cannot fit in memory: a float32 forward of "
           f"{CFG.name} needs") in res.stderr
