@@ -22,6 +22,7 @@ from vitprune.profile import predict as profile_predict
 from vitprune.profile import records
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import Schedule, check_schedule, format_schedule
+from tests.conftest import run_cli_in_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 16 px images in 4 px patches: 16 patches + cls = 17 tokens; depth 6 so that block 3 exists.
@@ -973,12 +974,18 @@ def test_multilayer_input_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# CLI (subprocess: absl flags are process-global and other CLIs define the same names).
+# CLI: one run as a real subprocess, the others in this process (`run_cli_in_process`: the same
+# parsing, checks and one-line errors on fresh flags, without a start-up of seconds).
 
 def _cli(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   return subprocess.run([sys.executable, "-m", "experiments.solve", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=120)
+
+
+def _cli_here(*args):
+  code, out, err = run_cli_in_process(REPO, "solve", list(args))
+  return subprocess.CompletedProcess(["experiments.solve", *args], code, out, err)
 
 
 def test_cli(tmp_path):
@@ -991,28 +998,28 @@ def test_cli(tmp_path):
   doc = json.loads((out / f"{CFG.name}_multi_b8.json").read_text())
   assert f"chosen schedule: {doc['chosen']['schedule']}" in r.stdout
   assert doc["chosen"]["predicted_accuracy"] >= 0.85
-  r = _cli(f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.99",
-           f"--out_dir={out}")
+  r = _cli_here(f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.99",
+                f"--out_dir={out}")
   assert r.returncode == 1
   assert "error: accuracy floor 0.99 is infeasible: the best achievable predicted accuracy is " \
          "0.9" in r.stderr
   assert "Traceback" not in r.stderr
-  r = _cli(f"--profile={ps}", f"--estimate={es}", "--alpha=1.5", f"--out_dir={out}")
+  r = _cli_here(f"--profile={ps}", f"--estimate={es}", "--alpha=1.5", f"--out_dir={out}")
   assert r.returncode == 2
   assert "--alpha=1.5: 1.5 is not a number in the range [0.0, 1.0]" in r.stderr
-  r = _cli(f"--estimate={es}")
+  r = _cli_here(f"--estimate={es}")
   assert r.returncode == 1 and "--profile and --estimate are required" in r.stderr
   assert sorted(os.listdir(out)) == [f"{CFG.name}_multi_b8.json", f"{CFG.name}_multi_b8.png"]
-  r = _cli(f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.8",
-           f"--out_dir={out}")      # our own solution is replaced
+  r = _cli_here(f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.8",
+                f"--out_dir={out}")      # our own solution is replaced
   assert r.returncode == 0, r.stderr
   foreign = tmp_path / "foreign"
   foreign.mkdir()
   (foreign / f"{CFG.name}_multi_b8.json").write_text('{"mine": true}')
   (foreign / f"{CFG.name}_multi_b8.png").write_text("mine")
   for _ in ("json", "png"):
-    r = _cli(f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.85",
-             f"--out_dir={foreign}")
+    r = _cli_here(f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.85",
+                  f"--out_dir={foreign}")
     assert r.returncode == 1 and "refusing to replace" in r.stderr, r.stderr
     assert (foreign / f"{CFG.name}_multi_b8.png").read_text() == "mine"
     (foreign / f"{CFG.name}_multi_b8.json").unlink(missing_ok=True)   # then the png alone
