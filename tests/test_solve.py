@@ -826,8 +826,8 @@ def test_a_calibration_profile_solves_on_the_compiled_graph_latency_model(tmp_pa
   assert sol.chosen.predicted_latency_s == pytest.approx(truth.predict(sol.chosen.counts),
                                                          rel=1e-6)
   other, _ = _calibration_profile(tmp_path, reducer="random", name="rand.json")
-  r = _cli(f"--profile={other}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.8",
-           f"--out_dir={tmp_path / 'out2'}")
+  r = _cli_here(f"--profile={other}", f"--estimate={es}", "--mode=multi",
+                "--accuracy_floor=0.8", f"--out_dir={tmp_path / 'out2'}")
   assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
   assert (f"error: profile {other} timed 'random' schedules (reducer 'random'), estimate "
           f"{es} is of method 'pomt'") in r.stderr
@@ -903,7 +903,7 @@ def test_model_mismatch_names_both(tmp_path):
   with pytest.raises(solve_stage.SolveInputError, match=r"configs differ \(embed_dim: 16 vs 32\)"):
     _paper(ps, es2)
   out = tmp_path / "new" / "out"       # refused by the CLI: nothing created on the way
-  r = _cli(f"--profile={ps}", f"--estimate={es2}", f"--out_dir={out}", "--layer=0")
+  r = _cli_here(f"--profile={ps}", f"--estimate={es2}", f"--out_dir={out}", "--layer=0")
   assert r.returncode == 1 and "configs differ (embed_dim: 16 vs 32)" in r.stderr, r.stderr
   assert not (tmp_path / "new").exists()
 
