@@ -319,6 +319,24 @@ def test_a_special_file_inside_params_is_refused_unopened(tmp_path, special):
     checkpoint.load_weights(path)
 
 
+def test_a_fifo_behind_a_linked_folder_inside_params_is_refused_unopened(tmp_path):
+  """The walk did not follow a linked folder: a FIFO behind one blocked the restore for ever
+  (a loop of links still ends the walk)."""
+  cfg = get_config("test_tiny_vit")
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  data = os.path.join(path, "params", "ocdbt.process_0", "d")
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  os.symlink(path, elsewhere / "loop")              # a link back up: the walk must still end
+  for name in sorted(os.listdir(data)):
+    os.mkfifo(elsewhere / name)
+  shutil.rmtree(data)
+  os.symlink(elsewhere, data)
+  with pytest.raises(ValueError, match=r"is not a regular file \(a FIFO, device or socket\) "
+                                       "inside the checkpoint"):
+    checkpoint.load_weights(path)
+
+
 def test_weights_load_with_stderr_closed(tmp_path):
   # The restore holds back fd 2 only when there is one: a process started with stderr closed
   # (2>&-, some service managers) still loads good weights.
@@ -346,6 +364,14 @@ def test_a_path_orbax_cannot_take_is_refused_before_any_work(tmp_path):
     orbax_io.restore(bad, None)
   assert os.listdir(tmp_path) == []
   assert orbax_io.storage_path(str(tmp_path / "é")) == str(tmp_path / "é")
+  # tensorstore reads a backslash as a folder separator: a save to 'w\\1' reported success, put
+  # the tensors under '.w/1...' and left 'w\\1' unloadable.
+  for bad in (str(tmp_path / "w\\1"), "w\\1"):
+    with pytest.raises(OSError, match=r"cannot use a path holding a backslash"):
+      checkpoint.save_weights(bad, cfg, init_params(cfg, 0))
+    with pytest.raises(OSError, match=r"holding a backslash"):
+      orbax_io.restore(bad, None)
+  assert os.listdir(tmp_path) == []
 
 
 def test_failed_orbax_futures_reported_late_are_dropped():

@@ -26,8 +26,10 @@ def checkpointer():
 def storage_path(path: str) -> str:
   """`path`, checked to be one orbax can use: its storage layer (tensorstore) takes UTF-8
   names and orbax's Python side the file system encoding, so the name's bytes must be UTF-8
-  and read as the same text in this process (a C locale reads non-ASCII bytes as escapes).
-  OSError naming the path otherwise (it was a 795-line traceback after the work)."""
+  and read as the same text in this process (a C locale reads non-ASCII bytes as escapes); and
+  tensorstore reads a backslash as a folder separator (a save to 'w\\1' reported success and
+  left the tensors in '.w/1...'). OSError naming the path otherwise (it was a 795-line
+  traceback after the work)."""
   try:
     text = os.fsencode(path).decode("utf-8")
   except UnicodeDecodeError:
@@ -37,6 +39,10 @@ def storage_path(path: str) -> str:
     raise OSError(f"{path!r}: orbax checkpoints (weights) cannot use a non-ASCII path while "
                   f"Python reads file names as {sys.getfilesystemencoding()} (a C/POSIX "
                   "locale); set PYTHONUTF8=1 or a UTF-8 locale, or choose an ASCII path")
+  if "\\" in os.path.abspath(text):
+    raise OSError(f"{path!r}: orbax checkpoints (weights) cannot use a path holding a "
+                  "backslash (their storage layer reads it as a folder separator: the tensors "
+                  "went to another folder); choose another path")
   return path
 
 
@@ -141,8 +147,15 @@ def _start_backend() -> None:
 
 def _check_regular_tree(directory: str) -> None:
   """OSError naming the first entry under `directory` (a link: its target) that is neither a
-  regular file nor a folder."""
-  for root, dirs, files in os.walk(directory):
+  regular file nor a folder; linked folders are walked too (a FIFO behind one blocked a restore
+  for ever), each real folder once (a link loop ends)."""
+  seen = set()
+  for root, dirs, files in os.walk(directory, followlinks=True):
+    real = os.path.realpath(root)
+    if real in seen:
+      dirs[:] = []
+      continue
+    seen.add(real)
     for name in dirs + files:
       path = os.path.join(root, name)
       try:
