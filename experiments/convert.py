@@ -67,8 +67,8 @@ def run(model: str, checkpoint: str, *, img_size: Optional[int] = None,
   path, params, meta = convert_checkpoint(cfg, checkpoint, out, overwrite=overwrite,
                                           drop_head=drop_head, ignore_keys=ignore_keys,
                                           verify=verify)
-  print(f"converted {meta['source_file']} ({meta['source_format']}, sha256 "
-        f"{meta['source_sha256'][:12]}) -> {path}")
+  print(f"converted {common.shown(meta['source_file'])} ({meta['source_format']}, sha256 "
+        f"{meta['source_sha256'][:12]}) -> {common.shown(path)}")
   print(f"{cfg.name}: {count_params(params):,} parameters, img_size {cfg.img_size}, "
         f"num_classes {cfg.num_classes}")
   if "pos_embed_resampled" in meta:

@@ -66,6 +66,12 @@ def test_an_exception_without_text_is_named_not_printed_empty():
   assert common.one_line("") == ""
 
 
+def test_an_error_line_escapes_control_characters():
+  """A file name holding a terminal escape went into the error line raw (it recoloured the
+  terminal); whitespace, a newline included, is joined as before."""
+  assert common.one_line("no file a\x1b[31mb\nc\x00") == "no file a\\x1b[31mb c\\x00"
+
+
 def test_a_string_flag_given_empty_is_refused_unless_empty_is_its_default():
   """`--solution=` ran the benchmark without a solution, `--model=` ran vit_digits."""
   from absl import flags  # pylint: disable=g-import-not-at-top

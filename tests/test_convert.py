@@ -606,6 +606,20 @@ def test_a_path_that_is_not_utf8_prints_escaped_instead_of_failing_after_the_wri
   assert b"converted \\udcff.safetensors (safetensors" in r.stdout
 
 
+def test_the_success_lines_escape_control_characters_in_names(tmp_path, capsys):
+  """A checkpoint or --out name holding a newline or a terminal escape split the line and
+  recoloured the terminal."""
+  from experiments import convert as cli  # pylint: disable=g-import-not-at-top  (name clash)
+  cfg = get_config("test_tiny_vit")
+  src = tmp_path / "a\nb\x1b[31m.safetensors"
+  save_file(to_timm_state_dict(cfg, init_params(cfg, 0)), str(src))
+  out = cli.run("test_tiny_vit", str(src), out=str(tmp_path / "o\tx"))
+  assert os.path.isdir(out)
+  first = capsys.readouterr().out.splitlines()[0]
+  assert first.startswith("converted a\\nb\\x1b[31m.safetensors (safetensors, sha256 ")
+  assert first.endswith(f") -> {tmp_path}/o\\tx")
+
+
 def test_cli_subprocess_exit_codes(tmp_path):
   bad = tmp_path / "bad.safetensors"
   bad.write_bytes(b"\x00" * 20)

@@ -45,10 +45,12 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 def one_line(message) -> str:
   """`message` on one line (KeyError: its text, not the quoted repr; an exception without text,
-  e.g. numpy's bare MemoryError: what it is, not an empty line): every CLI's error line."""
+  e.g. numpy's bare MemoryError: what it is, not an empty line), its other control characters
+  escaped (`printable`: a file name holding a terminal escape recoloured the terminal): every
+  CLI's error line."""
   if isinstance(message, KeyError) and message.args:
     message = message.args[0]
-  text = " ".join(str(message).split())
+  text = printable(" ".join(str(message).split()))
   if not text and isinstance(message, MemoryError):
     return "out of memory (MemoryError)"
   return text or (type(message).__name__ if isinstance(message, BaseException) else text)
