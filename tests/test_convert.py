@@ -606,6 +606,18 @@ def test_a_path_that_is_not_utf8_prints_escaped_instead_of_failing_after_the_wri
   assert b"converted \\udcff.safetensors (safetensors" in r.stdout
 
 
+def test_a_model_name_for_a_config_is_a_type_error_naming_it(tmp_path):
+  """convert_checkpoint('vit_digits', ...) failed with "'str' object has no attribute
+  'img_size'"."""
+  cfg = get_config("test_tiny_vit")
+  sd = to_timm_state_dict(cfg, init_params(cfg, 0))
+  with pytest.raises(TypeError, match="cfg must be a vitprune ViTConfig .* got str "):
+    convert_state_dict("test_tiny_vit", sd)
+  with pytest.raises(TypeError, match="cfg must be a vitprune ViTConfig"):
+    convert.convert_checkpoint("test_tiny_vit", str(tmp_path / "x.npz"), str(tmp_path / "w"))
+  assert os.listdir(tmp_path) == []
+
+
 def test_the_success_lines_escape_control_characters_in_names(tmp_path, capsys):
   """A checkpoint or --out name holding a newline or a terminal escape split the line and
   recoloured the terminal."""

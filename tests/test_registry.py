@@ -72,6 +72,10 @@ def test_unknown_model_suggests_close_names():
   with pytest.raises(KeyError, match="unknown model 'resnet50'") as e:
     get_config("resnet50")
   assert str(e.value).startswith("unknown model 'resnet50'. Known models: deit3_base")
+  for bad in (None, 1, ["vit_digits"]):     # difflib's TypeError / 'unhashable type: list'
+    with pytest.raises(TypeError, match=r"model name must be a str, e\.g\. "
+                                        r"'deit_small_patch16_224', got "):
+      get_config(bad)
 
 
 def test_replace_keeps_preprocessing_in_sync():

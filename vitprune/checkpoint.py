@@ -65,11 +65,9 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
   `atomic.ForeignOutputError` when `overwrite` would replace something that is not a weights
   directory, ValueError on mismatched or non-finite parameters.
   """
-  if not isinstance(cfg, ViTConfig):       # ('test_tiny_vit' was an AttributeError)
-    raise TypeError(f"cfg must be a ViTConfig (vitprune.get_config(name)), got {cfg!r}")
   if not isinstance(overwrite, bool):      # ('no' replaced the weights: bool('no') is True)
     raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
-  check_config(cfg)
+  check_config(cfg)                        # (a TypeError for 'test_tiny_vit', not AttributeError)
   check_params(cfg, params)
   path = os.path.abspath(path)
   orbax_io.storage_path(path)      # before any work: the checkpoint goes below it
@@ -83,13 +81,16 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
         [str(c) for c in class_names] if isinstance(class_names, (list, tuple)) else class_names,
         cfg.num_classes))
   doc["meta_sha256"] = meta_sha256(jsonio.json_form(doc))
+  for name in extra_json or {}:     # before any work ('' or '..' failed after the save)
+    if not isinstance(name, str) or name in ("", ".", "..", CONFIG_FILE, "params",
+                                             atomic.INVENTORY_FILE) or \
+        os.path.basename(name) != name:
+      raise ValueError(f"extra_json file name {name!r} must be a plain file name other than "
+                       f"{CONFIG_FILE}, params and {atomic.INVENTORY_FILE}")
   with atomic.staged_dir(path, overwrite=overwrite, is_ours=is_weights_dir) as tmp:
     orbax_io.save(os.path.join(tmp, "params"), params32)
     atomic.write_json(os.path.join(tmp, CONFIG_FILE), doc, sort_keys=True)
     for name, obj in (extra_json or {}).items():
-      if name in ("config.json", "params") or os.path.basename(name) != name:
-        raise ValueError(f"extra_json file name {name!r} must be a plain file name other than "
-                         "config.json and params")
       atomic.write_json(os.path.join(tmp, name), obj, sort_keys=True)
   return path
 

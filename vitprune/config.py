@@ -290,7 +290,9 @@ def _check_norm_eps(cfg: ViTConfig) -> None:
 
 
 def check_config(cfg: ViTConfig) -> ViTConfig:
-  """Raises ValueError on impossible sizes or wrongly typed fields (e.g. img_size=-32)."""
+  """Raises ValueError on impossible sizes or wrongly typed fields (e.g. img_size=-32), TypeError
+  when `cfg` is not a ViTConfig (`check_config_type`)."""
+  check_config_type(cfg)
   _check_sizes(cfg)
   for f in ("class_token", "dist_token", "no_embed_class", "layerscale"):
     if not isinstance(getattr(cfg, f), bool):

@@ -85,6 +85,9 @@ def get_config(name: str, **overrides) -> ViTConfig:
   Raises `UnknownModelError` (a KeyError) naming the closest registered names when `name` is
   unknown.
   """
+  if not isinstance(name, str):     # (None: a TypeError from difflib; a list: unhashable)
+    raise TypeError(f"model name must be a str, e.g. 'deit_small_patch16_224', got "
+                    f"{type(name).__name__} {name!r}")
   if name not in REGISTRY:
     close = difflib.get_close_matches(name, REGISTRY.keys(), n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
