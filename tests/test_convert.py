@@ -1,10 +1,12 @@
 """timm checkpoint conversion: golden parity with timm, formats, resampling and every error path."""
+import io
 import json
 import os
 import re
 import subprocess
 import sys
 import warnings
+import zipfile
 
 import jax
 import numpy as np
@@ -513,6 +515,17 @@ def test_corrupted_npz(tmp_path):
   with pytest.raises(ValueError, match=r"one\.npz: not a valid \.npz file \(it holds one "
                      "ndarray"):
     convert.load_checkpoint(str(one))
+  # An entry whose header declares 4 PB: numpy's "Unable to allocate" named neither the file nor
+  # the entry.
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                "shape": (10**15,)})
+  huge = tmp_path / "huge.npz"
+  with zipfile.ZipFile(huge, "w") as z:
+    z.writestr("pos_embed.npy", header.getvalue() + b"\0" * 16)
+  with pytest.raises(MemoryError, match=r"huge\.npz: entry 'pos_embed' does not fit in memory "
+                                        r"\(Unable to allocate"):
+    convert.load_checkpoint(str(huge))
 
 
 def test_non_array_entries_rejected():

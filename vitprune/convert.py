@@ -140,11 +140,18 @@ def _load_npz(path: str) -> StateDict:
   if not isinstance(z, np.lib.npyio.NpzFile):     # a single array (.npy) named .npz
     raise ValueError(f"{path}: not a valid .npz file (it holds one {type(z).__name__}, not an "
                      "archive of named arrays)")
+  key = None
   try:
     with z:
-      return {k: z[k] for k in z.files}
+      out = {}
+      for key in z.files:
+        out[key] = z[key]
+      return out
   except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
     raise ValueError(f"{path}: not a valid .npz file ({type(e).__name__}: {e})") from None
+  except MemoryError as e:       # a header declaring a huge array: numpy's line named neither
+    raise MemoryError(f"{path}: entry {key!r} does not fit in memory ({e or 'MemoryError'})"
+                      ) from None
 
 
 def load_checkpoint(path: str) -> Tuple[StateDict, str]:
