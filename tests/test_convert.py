@@ -162,6 +162,13 @@ def test_resample_keeps_prefix_and_validates():
     resample_abs_pos_embed(pe, (3, 3), num_prefix_tokens=1)
   with pytest.raises(ValueError, match=r"must be \[1, L, C\]"):
     resample_abs_pos_embed(pe[0], (3, 3))
+  # An integer pos_embed came back truncated; a negative prefix count was a reshape error.
+  with pytest.raises(ValueError, match="pos_embed must be floating point, got int32"):
+    resample_abs_pos_embed(np.ones((1, 2 + 25, 4), np.int32), (3, 3), num_prefix_tokens=2)
+  for bad in (-1, 28, 1.0, True):
+    with pytest.raises(ValueError, match=r"num_prefix_tokens must be an int in \[0, 27\]"):
+      resample_abs_pos_embed(pe, (3, 3), num_prefix_tokens=bad)
+  assert resample_abs_pos_embed(pe, (3, 3), num_prefix_tokens=np.int64(2)).shape == (1, 11, 4)
   with pytest.raises(ValueError, match="interpolation must be one of"):
     resize_matrix(4, 3, "lanczos")
 

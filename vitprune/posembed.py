@@ -101,6 +101,12 @@ def resample_abs_pos_embed(posemb: np.ndarray, new_size: Tuple[int, int],
   posemb = np.asarray(posemb)
   if posemb.ndim != 3 or posemb.shape[0] != 1:
     raise ValueError(f"pos_embed must be [1, L, C], got shape {posemb.shape}")
+  if not np.issubdtype(posemb.dtype, np.floating):    # (the resampled values were truncated)
+    raise ValueError(f"pos_embed must be floating point, got {posemb.dtype}")
+  if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, (int, np.integer)) or \
+      not 0 <= num_prefix_tokens <= posemb.shape[1]:
+    raise ValueError(f"num_prefix_tokens must be an int in [0, {posemb.shape[1]}] (the "
+                     f"pos_embed's entries), got {num_prefix_tokens!r}")
   n = posemb.shape[1] - num_prefix_tokens
   if old_size is None:
     side = math.isqrt(max(n, 0))
