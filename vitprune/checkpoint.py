@@ -30,7 +30,8 @@ from vitprune import atomic
 from vitprune import digest
 from vitprune import jsonio
 from vitprune import orbax_io
-from vitprune.config import ViTConfig, check_config, config_from_dict, config_to_dict
+from vitprune.config import (ViTConfig, check_config, check_config_types, config_from_dict,
+                             config_to_dict)
 from vitprune.data import check_class_names
 from vitprune.model import Params, abstract_params, check_params
 
@@ -132,9 +133,10 @@ def read_weights_config(path: str) -> Tuple[ViTConfig, Dict[str, Any]]:
 
 def _config_of(cfg_file: str, doc: Dict[str, Any]) -> Tuple[ViTConfig, Dict[str, Any]]:
   try:
-    cfg = check_config(config_from_dict(doc["config"]))
+    cfg = config_from_dict(doc["config"])
   except ValueError as e:
     raise ValueError(f"{cfg_file}: {e}") from None
+  check_config_types(cfg, cfg_file, key="config")   # ("name": 5 loaded as a model named 5)
   if "class_names" in doc and doc["class_names"] is not None:
     check_class_names(doc["class_names"], cfg.num_classes, f"{cfg_file}: class_names")
   recorded = doc.get("config_sha256")

@@ -308,9 +308,12 @@ def check_config(cfg: ViTConfig) -> ViTConfig:
   return cfg
 
 
-def check_config_types(cfg: ViTConfig, where: str, error: Type[ValueError] = ValueError) -> None:
+def check_config_types(cfg: ViTConfig, where: str, error: Type[ValueError] = ValueError,
+                       key: str = "model.config") -> None:
   """A config read from JSON has no types: each scalar field must have its default's type
-  (`error` naming `where` and `model.config.<field>` otherwise)."""
+  (`error` naming `where` and `<key>.<field>` otherwise); `name`, which has no default, a str."""
+  if not isinstance(cfg.name, str):
+    raise error(f"{where}: {key}.name must be str, got {cfg.name!r}")
   for f in dataclasses.fields(ViTConfig):
     default, value = f.default, getattr(cfg, f.name)
     if isinstance(default, bool):
@@ -325,9 +328,8 @@ def check_config_types(cfg: ViTConfig, where: str, error: Type[ValueError] = Val
     else:
       continue
     if not ok:
-      raise error(f"{where}: model.config.{f.name} must be {type(default).__name__}, "
-                  f"got {value!r}")
+      raise error(f"{where}: {key}.{f.name} must be {type(default).__name__}, got {value!r}")
   try:
     check_config(cfg)
   except ValueError as e:
-    raise error(f"{where}: model.config: {e}") from None
+    raise error(f"{where}: {key}: {e}") from None
