@@ -129,3 +129,88 @@ def test_embedding_drop_needs_random():
   with pytest.raises(ValueError, match="drops tokens after the embedding, which pomt cannot do"):
     model.jitted_forward(params, images, cfg=cfg, schedule=S.drop_after_embedding(cfg, 10),
                          reducer=make_reducer("pomt"))
+
+
+def test_class_token_methods_refuse_a_model_without_one():
+  """timm's *_reg4_gap_* layout (registers, no class token): Top-K and EViT ranked patches by
+  the attention of register 0, with no error; the others need no class token."""
+  cfg = get_config("test_tiny_vit", class_token=False, global_pool="avg", num_reg_tokens=2,
+                   no_embed_class=True)
+  params = model.init_params(cfg, 0)
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+  sch = S.parse_schedule(cfg, "keep@0:5")
+  for method in ("topk", "evit"):
+    with pytest.raises(ValueError, match=f"{method} scores tokens by class-token attention, but "
+                                         "test_tiny_vit has no class token"):
+      model.jitted_forward(params, images, cfg=cfg, schedule=sch, reducer=make_reducer(method))
+  assert model.jitted_forward(params, images, cfg=cfg, schedule=sch,
+                              reducer=make_reducer("pomt")).shape == (2, cfg.num_classes)
+  S.check_schedule(cfg, S.full_schedule(cfg), make_reducer("topk"))   # nothing reduced: fine
+
+
+class _Reducer:
+  """A third-party reducer (the public `TokenReducer` protocol) keeping the first tokens."""
+  name = "first"
+  needs_attention = False
+  tracks_size = False
+  supports_embedding = True
+  layer_dependent = False
+
+  def __init__(self, embed_short=0):
+    self.embed_short = embed_short
+
+  def __hash__(self):
+    return hash(self.embed_short)
+
+  def __eq__(self, other):
+    return isinstance(other, _Reducer) and other.embed_short == self.embed_short
+
+  def max_remove(self, n, p):
+    return n - p - 1
+
+  def reduce(self, x, size, stats, *, num_keep, num_prefix, layer):
+    return x[:, :num_keep], size
+
+  def reduce_embedding(self, x, *, num_keep, num_prefix):
+    return x[:, :num_keep + self.embed_short]
+
+
+def test_a_custom_reducers_embedding_count_is_checked():
+  """reduce_embedding's count was never checked: 5 tokens short ran on (blocks that keep their
+  count do not look); 1 too many was blamed on layer 0."""
+  cfg, params, images = _setup("test_tiny_vit", batch=2)
+  sch = S.parse_schedule(cfg, "embed:12")
+  assert model.jitted_forward_features(params, images, cfg=cfg, schedule=sch,
+                                       reducer=_Reducer()).shape[1] == 12
+  for short in (-5, 1):
+    with pytest.raises(ValueError, match=f"_Reducer returned {12 + short} tokens after the "
+                                         "embedding, the schedule asks for 12"):
+      model.jitted_forward_features(params, images, cfg=cfg, schedule=sch,
+                                    reducer=_Reducer(short))
+
+
+def test_a_reducer_missing_a_member_is_named():
+  """A reducer without needs_attention passed the type check, then was an AttributeError."""
+  cfg, params, images = _setup("test_tiny_vit", batch=1)
+
+  class NoFlags(_Reducer):
+    needs_attention = property(lambda self: (_ for _ in ()).throw(AttributeError))
+
+  with pytest.raises(TypeError, match=r"reducer must be a token reducer \(it lacks "
+                                      r"needs_attention: see vitprune\.reduce\.base"):
+    model.jitted_forward(params, images, cfg=cfg, schedule=S.prune_at(cfg, keep=9, layer=0),
+                         reducer=NoFlags())
+
+
+def test_forward_head_checks_its_tokens():
+  """Integer features cast the head to int (logits all 0); [B, C] was jax's dot_general error."""
+  cfg, params, images = _setup("test_tiny_vit", batch=2)
+  feats = model.jitted_forward_features(params, images, cfg=cfg)
+  np.testing.assert_allclose(model.forward_head(params, feats, cfg=cfg),
+                             model.jitted_forward(params, images, cfg=cfg), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="forward_head takes floating-point tokens, got int32"):
+    model.forward_head(params, feats.astype(jnp.int32), cfg=cfg)
+  for bad in (feats[:, 0], feats[..., :-1], feats[:, :1]):
+    with pytest.raises(ValueError, match=r"forward_head takes final tokens \[B, n, 32\] \(n > 1 "
+                                         r"prefix tokens\) of test_tiny_vit, got shape"):
+      model.forward_head(params, bad, cfg=cfg)

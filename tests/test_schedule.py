@@ -95,6 +95,11 @@ def test_tome_r_list_matches_parse_r():
     S.tome_r_list(4, [1] * 5)
   with pytest.raises(ValueError, match=r"\(r, inflection\)"):
     S.tome_r_list(4, (1, 2, 3))
+  # A mapping was read as the list of its keys: {3: 8} was r=3 at block 0, not r=8 at block 3.
+  for bad in ({3: 8}, {8}, b"\x03"):
+    with pytest.raises(TypeError, match=r"r must be an int, an \(r, inflection\) tuple or a "
+                                        "per-layer list, got "):
+      S.tome_r_list(4, bad)
 
 
 def test_remove_per_layer_caps_at_half():

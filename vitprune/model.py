@@ -234,6 +234,9 @@ def forward_features(params: Params, images: jax.Array, *, cfg: ViTConfig,
     if schedule.counts[0] < x.shape[1]:
       x = reducer.reduce_embedding(x, num_keep=schedule.counts[0],
                                    num_prefix=cfg.num_prefix_tokens)
+      if x.shape[1] != schedule.counts[0]:     # (blocks that keep their count never noticed)
+        raise ValueError(f"{type(reducer).__name__} returned {x.shape[1]} tokens after the "
+                         f"embedding, the schedule asks for {schedule.counts[0]}")
     size = None
     for layer, bp in enumerate(params["blocks"]):
       x, size = block(bp, x, size, cfg=cfg, num_keep=schedule.tokens_out(layer),
@@ -256,6 +259,12 @@ def forward_head(params: Params, x: jax.Array, *, cfg: ViTConfig,
   returns the pooled features [B, C] instead (DeiT-distilled pre-logits: the mean of the class
   and distillation tokens, as timm). Computes in x's dtype under the caller's matmul precision.
   """
+  if x.ndim != 3 or x.shape[-1] != cfg.embed_dim or x.shape[1] <= cfg.num_prefix_tokens:
+    raise ValueError(f"forward_head takes final tokens [B, n, {cfg.embed_dim}] (n > "
+                     f"{cfg.num_prefix_tokens} prefix tokens) of {cfg.name}, got shape "
+                     f"{tuple(x.shape)}")
+  if not jnp.issubdtype(x.dtype, jnp.floating):     # (int tokens cast the head to int: zeros)
+    raise ValueError(f"forward_head takes floating-point tokens, got {x.dtype}")
   if cfg.global_pool == "avg":
     pooled = layer_norm(params["fc_norm"], x[:, cfg.num_prefix_tokens:].mean(1), cfg.norm_eps)
   else:

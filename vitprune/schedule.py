@@ -146,13 +146,19 @@ def check_static_types(schedule: Any, reducer: Any) -> None:
   if isinstance(reducer, type):
     raise TypeError(f"reducer must be a token reducer instance (make_reducer(name) or "
                     f"{reducer.__name__}(...)), got the class {reducer.__name__} itself")
-  if reducer is not None and not all(hasattr(reducer, a) for a in _REDUCER_ATTRIBUTES):
-    hint = f" (make_reducer({reducer!r}))" if isinstance(reducer, str) else ""
+  missing = [a for a in _REDUCER_ATTRIBUTES if not hasattr(reducer, a)]
+  if reducer is not None and missing:
+    hint = (f" (make_reducer({reducer!r}))" if isinstance(reducer, str) else
+            f" (it lacks {', '.join(missing)}: see vitprune.reduce.base.TokenReducer)"
+            if len(missing) < len(_REDUCER_ATTRIBUTES) else "")
     raise TypeError(f"reducer must be a token reducer{hint} or None, got "
                     f"{type(reducer).__name__} {reprlib.repr(reducer)}")
 
 
-_REDUCER_ATTRIBUTES = ("name", "max_remove", "reduce")     # what every reducer has
+# What every reducer has (`TokenReducer`; `layer_dependent` and `needs_class_token` are optional,
+# and `reduce_embedding` is called only where `supports_embedding` is true).
+_REDUCER_ATTRIBUTES = ("name", "needs_attention", "tracks_size", "supports_embedding",
+                       "max_remove", "reduce")
 
 
 def check_schedule(cfg: ViTConfig, schedule: Optional[Schedule],
@@ -190,7 +196,12 @@ def check_schedule(cfg: ViTConfig, schedule: Optional[Schedule],
 
 
 def _check_method_limits(cfg: ViTConfig, schedule: Schedule, reducer: TokenReducer) -> None:
-  """The limits the reducer declares (`TokenReducer.supports_embedding`, `.max_remove`)."""
+  """The limits the reducer declares (`TokenReducer.supports_embedding`, `.max_remove`, and the
+  optional `needs_class_token`)."""
+  if schedule.reduction_layers and getattr(reducer, "needs_class_token", False) and \
+      not cfg.class_token:       # (token 0 is then a register or a patch: ranked by it silently)
+    raise ValueError(f"{reducer.name} scores tokens by class-token attention, but {cfg.name} "
+                     "has no class token")
   if schedule.counts[0] < cfg.num_tokens and not reducer.supports_embedding:
     raise ValueError(f"schedule {format_schedule(schedule, cfg)} drops tokens after the "
                      f"embedding, which {reducer.name} cannot do (it needs attention); use the "
@@ -449,6 +460,9 @@ def tome_r_list(num_layers: int, r: RSpec) -> List[int]:
       raise ValueError(f"inflection must be in [-1, 1] (ToMe: -1 decreasing, 0 constant, "
                        f"+1 increasing), got {inflect}")
   elif not isinstance(r, (int, str)) and not _is_index(r) and hasattr(r, "__iter__"):
+    if isinstance(r, (bytes, Mapping, AbstractSet)):   # ({3: 8} was r=3 at block 0: its keys)
+      raise TypeError(f"r must be an int, an (r, inflection) tuple or a per-layer list, got "
+                      f"{type(r).__name__} {r!r}")
     rs = [as_int(v, "r") for v in r]
     if len(rs) > num_layers:
       raise ValueError(f"r list has {len(rs)} entries for {num_layers} layers")

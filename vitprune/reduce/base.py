@@ -45,6 +45,9 @@ class TokenReducer(Protocol):
   # a reducer without this attribute as layer-dependent).
   layer_dependent: bool
 
+  # Optional (absent reads as False): the reducer ranks tokens by the class token's attention,
+  # so a model without a class token is refused (`check_schedule`), not ranked by a register.
+
   def max_remove(self, num_tokens: int, num_prefix: int) -> int:
     """The most tokens one block may remove from `num_tokens` (`num_prefix` protected)."""
     ...

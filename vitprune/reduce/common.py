@@ -28,6 +28,7 @@ class AttentionReducer:
   tracks_size = False
   supports_embedding = False
   layer_dependent = False
+  needs_class_token = False     # True: scores tokens by the class token's attention (row 0)
 
   def max_remove(self, num_tokens: int, num_prefix: int) -> int:
     return leave_one_patch(num_tokens, num_prefix)

@@ -25,6 +25,7 @@ _scores = common.cls_scores("EViT")  # [B, P] attentiveness: head-mean class-tok
 class EViT(common.AttentionReducer):
   normalize: bool = False
   name = "evit"
+  needs_class_token = True
 
   def __post_init__(self):      # ("False" ran as True: a non-empty string)
     if not is_option_kind(self.normalize, "bool"):

@@ -20,6 +20,7 @@ _scores = common.cls_scores("TopK")  # [B, P] head-mean class-token attention
 @dataclasses.dataclass(frozen=True)
 class TopK(common.AttentionReducer):
   name = "topk"
+  needs_class_token = True
 
   def select(self, stats: AttentionStats, *, num_keep: int, num_prefix: int) -> jax.Array:
     """[B, num_keep - num_prefix] kept patch indices (sorted)."""
