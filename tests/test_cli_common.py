@@ -472,6 +472,17 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
   with pytest.raises(ValueError, match=f"^{leaked - 2} of the 357 digits in {copy} are "
                                        "training images of --weights="):
     common.check_digits_split(w1, str(copy))
+  # One folder deeper (ImageFolder labels by the top folder: `3/sub/0062.png` is a 3), or a class
+  # folder that is a link, is the same copy (nested, it was missed and scored 1.0); a loop of
+  # links still ends the walk.
+  nested = tmp_path / "nested"
+  for cls in os.listdir(folders["test0"]):
+    if os.path.isdir(os.path.join(folders["test0"], cls)):
+      shutil.copytree(os.path.join(folders["test0"], cls), nested / cls / "sub")
+  os.symlink(nested, nested / "0" / "sub" / "loop")
+  os.rename(nested / "9", tmp_path / "nine")
+  os.symlink(tmp_path / "nine", nested / "9")
+  assert data.digits_copied_into(str(nested)) == data.digits_folder_indices(folders["test0"])
   with pytest.raises(SystemExit) as e:
     common.run_in_process(estimate_cli.main, estimate_cli.define_flags, [
         f"--weights={w1}", f"--data={folders['test0']}", "--tokens=65",
@@ -575,7 +586,7 @@ def test_an_output_inside_the_data_folder_is_refused(tmp_path, monkeypatch):
     fv.data = value
     if refused:
       with pytest.raises(ValueError, match=f"^--out_dir={out} is inside --data={value}: what "
-                         "it writes there \\(plots\\) would be read as images"):
+                         "it writes there would be read with the data next time"):
         common.check_outside_data(out, "out_dir", fv)
     else:
       common.check_outside_data(out, "out_dir", fv)

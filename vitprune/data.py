@@ -869,13 +869,20 @@ def _digit_file_index(name: str) -> int:
 
 def digits_copied_into(root: str) -> set:
   """The digits' indices of the images of `root` that are digits `write_digits_imagefolder`
-  wrote, found by content: `<class>/<idx>.png` whose class is that digit's label and whose
-  8x8 pixels are its image (a copy that lost the folder's marker)."""
+  wrote, found by content: `<class>/**/<idx>.png` whose class (the top folder, as `ImageFolder`
+  labels it, links followed) is that digit's label and whose 8x8 pixels are its image (a copy
+  that lost the folder's marker; one a folder deeper was missed and scored 1.0)."""
   images, labels = load_digits_arrays()
-  found = set()
-  for dirpath, _, files in os.walk(root):
-    label = os.path.basename(dirpath)
-    if dirpath == root or label not in DIGITS_CLASSES:
+  found, walked = set(), set()
+  for dirpath, dirnames, files in os.walk(root, followlinks=True):
+    real = os.path.realpath(dirpath)
+    if real in walked:         # a loop of links (ImageFolder refuses it; this walk must end)
+      dirnames[:] = []
+      continue
+    walked.add(real)
+    rel = os.path.relpath(dirpath, root)
+    label = rel.split(os.sep)[0]
+    if rel == os.curdir or label not in DIGITS_CLASSES:
       continue
     for n in files:
       i = _digit_file_index(n)
