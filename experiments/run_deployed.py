@@ -66,6 +66,7 @@ def run(f: flags.FlagValues) -> dict:
     raise ValueError(f"--num_workers must be >= 0, got {f.num_workers}")
   if f.output:
     atomic.check_output_json(f.output, RESULT_FORMAT)
+    common.check_outside_data(f.output, "output", f, data_flag="images", words=())
   manifest = deploy.read_manifest(f.artifact)
   if not manifest.config.num_classes:
     raise ValueError(f"{f.artifact} outputs [B, {manifest.output_shape[-1]}] features (no "

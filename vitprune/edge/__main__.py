@@ -175,6 +175,10 @@ def check_flags(command: str) -> None:
                                for n in unread))
   if FLAGS.output:
     atomic.check_output_json(FLAGS.output, RESULT_FORMAT, "output")
+    if command == "run" and FLAGS.images and os.path.isdir(FLAGS.images) and \
+        atomic.is_within(FLAGS.output, FLAGS.images):    # (a .png name broke every later run)
+      raise ValueError(f"--output={FLAGS.output} is inside --images={FLAGS.images}: it would be "
+                       "read with the images next time; write elsewhere")
   if command == "profile" and FLAGS.out:
     if os.path.isdir(FLAGS.out):
       raise IsADirectoryError(f"--out={FLAGS.out} is a directory, not a file")
