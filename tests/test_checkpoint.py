@@ -321,6 +321,21 @@ def test_a_special_file_inside_params_is_refused_unopened(tmp_path, special):
     checkpoint.load_weights(path)
 
 
+def test_missing_data_files_are_named_without_the_storage_spec(tmp_path):
+  """Deleted data files: the error line carried a kilobyte of tensorstore's settings."""
+  cfg = get_config("test_tiny_vit")
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  data = os.path.join(path, "params", "d")
+  names = os.listdir(data)
+  for name in names:
+    os.unlink(os.path.join(data, name))
+  with pytest.raises(ValueError, match=re.escape(
+      f"could not restore parameters from {path}/params: NOT_FOUND: ")) as e:
+    checkpoint.load_weights(path)
+  assert "tensorstore_spec" not in str(e.value) and names[0] in str(e.value)
+  assert len(str(e.value)) < 500, str(e.value)
+
+
 def test_a_fifo_behind_a_linked_folder_inside_params_is_refused_unopened(tmp_path):
   """The walk did not follow a linked folder: a FIFO behind one blocked the restore for ever
   (a loop of links still ends the walk)."""

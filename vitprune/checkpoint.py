@@ -181,7 +181,8 @@ def load_weights(path: str) -> Tuple[ViTConfig, Params]:
   try:
     params = orbax_io.restore(params_dir, abstract_params(cfg))
   except Exception as e:  # orbax raises many types; name the directory
-    raise ValueError(f"could not restore parameters from {params_dir}: {e}") from e
+    raise ValueError(f"could not restore parameters from {params_dir}: "
+                     f"{orbax_io.failure_text(e)}") from e
   check_params(cfg, params)
   # A diverged training run saved by hand: every output would be NaN (prune failed with a
   # traceback, estimate after the whole evaluation).

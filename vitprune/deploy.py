@@ -384,7 +384,8 @@ def _restore_params(path: str, manifest: Manifest, exported: jax.export.Exported
   try:
     params = orbax_io.restore(pdir, target)
   except Exception as e:  # orbax raises many types; name the directory
-    raise ArtifactError(f"could not restore the weights from {pdir}: {e}") from e
+    raise ArtifactError(f"could not restore the weights from {pdir}: "
+                        f"{orbax_io.failure_text(e)}") from e
   got = leaf_listing(params)
   if got != want:  # orbax may restore a stored shape that differs from the target's
     raise ArtifactError(f"{pdir}: weights do not match the exported forward: "

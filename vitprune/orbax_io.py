@@ -105,6 +105,12 @@ def _no_room(e: Exception) -> OSError | None:
   return None
 
 
+def failure_text(error: BaseException) -> str:
+  """`error`'s text without the storage layer's spec dump (` [tensorstore_spec='{...}']`: a
+  kilobyte of settings that buried what was missing)."""
+  return re.sub(r"\s*\[tensorstore_spec='.*?'\]", "", str(error), flags=re.S)
+
+
 def restore(directory: str, target: Any) -> Any:
   """The pytree checkpointed in `directory`, restored onto `target`'s structure; the library's
   exception when it cannot (callers name the directory), without the tracebacks its I/O threads
