@@ -418,6 +418,25 @@ def test_wide_pixels_are_refused_not_clipped(tmp_path, mode, array):
     data.preprocess_image(Image.open(path), Preprocessing(input_size=8, crop_pct=1.0))
 
 
+def test_preprocess_image_and_iterate_batches_name_bad_arguments():
+  """A numpy image was "no attribute 'mode'", a 0-wide one a ZeroDivisionError; batch_size=True
+  ran as 1, num_workers=None was a TypeError and 1.5 was taken."""
+  prep = Preprocessing(input_size=8, crop_pct=1.0)
+  with pytest.raises(TypeError, match=r"image must be a PIL image \(PIL.Image.open\(path\) or "
+                                      r"PIL.Image.fromarray\(array\)\), got ndarray"):
+    data.preprocess_image(np.zeros((8, 8, 3), np.uint8), prep)
+  with pytest.raises(ValueError, match=r"image is empty \(0x8 pixels\)"):
+    data.preprocess_image(Image.new("RGB", (0, 8)), prep)
+  ds = data.ArrayDataset(np.zeros((3, 8, 8, 3), np.uint8), np.zeros(3, np.int32))
+  for bad in (True, 0, 1.5, None):
+    with pytest.raises(ValueError, match=f"batch_size must be a positive int, got {bad!r}"):
+      data.iterate_batches(ds, prep, bad)
+  for bad in (None, 1.5, -1, False):
+    with pytest.raises(ValueError, match=f"num_workers must be an int >= 0, got {bad!r}"):
+      data.iterate_batches(ds, prep, 2, num_workers=bad)
+  assert len(list(data.iterate_batches(ds, prep, 2, num_workers=np.int64(2)))) == 2
+
+
 # ----------------------------------------------------------------------------------------------
 # Batching.
 # ----------------------------------------------------------------------------------------------

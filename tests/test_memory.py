@@ -2,6 +2,7 @@
 import os
 
 import jax
+import numpy as np
 import pytest
 
 from experiments import common
@@ -126,8 +127,18 @@ def test_bad_arguments_are_refused_by_name():
     flops.block_flop(DEIT, -5)
   with pytest.raises(TypeError, match="batch_size must be an int, got 1.5"):
     flops.forward_gflop(DEIT, 1.5)
-  with pytest.raises(TypeError, match="batch size must be an int, got 2.5"):
+  with pytest.raises(TypeError, match="--batch_size must be an int, got 2.5"):
     memory.check_batch_fits(DEIT, [2.5], available=10 ** 12)       # estimated as 2.5 images
+  for bad in ([0, 4], [-3, 4]):                            # only the largest was checked
+    with pytest.raises(ValueError, match=f"--batch_size must be >= 1, got {bad[0]}"):
+      memory.check_batch_fits(DEIT, bad, available=10 ** 12)
+  memory.check_batch_fits(DEIT, np.array([1, 4]), available=10 ** 12)   # (was "ambiguous")
+  with pytest.raises(ValueError, match="no batch size given"):
+    memory.check_batch_fits(DEIT, np.array([], int), available=10 ** 12)
+  for call in (lambda: flops.forward_gflop("deit_small_patch16_224"),   # (an AttributeError)
+               lambda: flops.block_flop("deit_small_patch16_224", 5)):
+    with pytest.raises(TypeError, match="cfg must be a vitprune ViTConfig"):
+      call()
   with pytest.raises(TypeError, match="batch size must be an int, got True"):
     memory.forward_bytes(DEIT, True)
 

@@ -242,6 +242,11 @@ def check_8bit(image: Image.Image, what: str = "image") -> Image.Image:
   """`image` unchanged when its pixels have at most 8 bits per channel; ValueError for 16-bit,
   32-bit integer and float modes ('I;16', 'I', 'F'): timm's loader (`convert('RGB')`) clips
   those to 255, so a 16-bit scan would be read as mostly white without a word."""
+  if not isinstance(image, Image.Image):      # (a numpy array: "has no attribute 'mode'")
+    raise TypeError(f"{what} must be a PIL image (PIL.Image.open(path) or "
+                    f"PIL.Image.fromarray(array)), got {type(image).__name__}")
+  if 0 in image.size:                          # (a ZeroDivisionError in the resize)
+    raise ValueError(f"{what} is empty ({image.width}x{image.height} pixels)")
   if image.mode in ("I", "F") or image.mode.startswith("I;16"):
     raise ValueError(f"{what} has mode {image.mode!r} (more than 8 bits per channel), which "
                      "the timm eval transform would clip to 255; convert it to 8 bits first")
@@ -627,10 +632,12 @@ def iterate_batches(dataset: Dataset, prep: Preprocessing, batch_size: int, *,
     `(images [B, S, S, C] float32, labels [B] int32 (-1: unlabelled/padding),
     indices [B] int64 (-1: padding))`.
   """
-  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+  if isinstance(batch_size, (bool, np.bool_)) or \
+      not isinstance(batch_size, (int, np.integer)) or batch_size < 1:     # (True ran as 1)
     raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-  if num_workers < 0:
-    raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+  if isinstance(num_workers, (bool, np.bool_)) or \
+      not isinstance(num_workers, (int, np.integer)) or num_workers < 0:  # (None: a TypeError)
+    raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
   _check_prep(prep)
   idx = np.arange(len(dataset), dtype=np.int64) if indices is None else _check_indices(
       indices, len(dataset))

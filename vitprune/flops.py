@@ -6,19 +6,20 @@ CPU profile and driver (`vitprune.edge.targets.cpu_profile`).
 """
 from __future__ import annotations
 
-from vitprune.config import ViTConfig
+from vitprune.config import ViTConfig, check_config_type
 from vitprune.schedule import as_positive_int
 
 
 def block_flop(cfg: ViTConfig, tokens: int) -> int:
   """One block on `tokens` tokens: qkv, q.k, attn.v, proj, fc1, fc2."""
-  c, n = cfg.embed_dim, as_positive_int(tokens, "tokens")
+  c, n = check_config_type(cfg).embed_dim, as_positive_int(tokens, "tokens")
   fc2_in = cfg.mlp_hidden // 2 if cfg.mlp_type == "swiglu" else cfg.mlp_hidden
   return 2 * n * (4 * c * c + c * cfg.mlp_hidden + fc2_in * c) + 4 * n * n * c
 
 
 def forward_gflop(cfg: ViTConfig, batch_size: int = 1) -> float:
   """GFLOP of `forward` on `batch_size` images with every token kept."""
+  check_config_type(cfg)
   batch_size = as_positive_int(batch_size, "batch_size")
   patches = cfg.grid_size ** 2
   embed = 2 * patches * cfg.patch_size ** 2 * cfg.in_chans * cfg.embed_dim

@@ -105,13 +105,13 @@ def check_batch_fits(cfg: ViTConfig, batches: Sequence[int], dtype: str = "float
   """Raises ValueError when the largest of `batches` cannot fit in `available` bytes (default:
   `available_bytes()`; no check where that is unknown), naming what fits. The error starts with
   `what` (default: `flag`=the batch)."""
-  if not batches:
+  if isinstance(batches, (str, bytes)) or len(batches) == 0:     # (an array: `not` is ambiguous)
     raise ValueError(f"{flag}: no batch size given")
+  batch = max(as_positive_int(b, flag) for b in batches)     # ([0, 4] passed: only 4 was checked)
   if available is None:
     available = available_bytes()
     if available is None:
       return
-  batch = max(batches)
   need = forward_bytes(cfg, batch, dtype, schedule, num_params)
   if need <= available:
     return
