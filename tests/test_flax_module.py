@@ -29,6 +29,15 @@ def test_init_has_exactly_the_vitprune_tree():
   assert float(jnp.abs(p["blocks"][0]["attn"]["qkv"]["bias"]).max()) == 0.0
   assert float(p["blocks"][1]["ls2"]["gamma"][0]) == np.float32(1e-5)
   assert 0.0 < float(p["pos_embed"].std()) < 0.05
+  # The same law as init_params (init_rule: N(0, 0.02) clipped at 2 std): the module drew a
+  # truncated normal (std 0.0176, nothing at +-0.04) where init_params clips (std 0.019, 4.6 %
+  # of the values at +-0.04).
+  ours = np.asarray(p["blocks"][0]["mlp"]["fc1"]["kernel"])
+  numpy_drawn = np.asarray(init_params(CFG, 0)["blocks"][0]["mlp"]["fc1"]["kernel"])
+  for v in (ours, numpy_drawn):
+    assert np.abs(v).max() == np.float32(0.04)
+    assert 0.02 < np.mean(np.isclose(np.abs(v), 0.04)) < 0.08, np.mean(np.abs(v) == 0.04)
+    assert 0.0185 < v.std() < 0.0195, v.std()
 
 
 def test_apply_equals_forward_with_and_without_pruning():

@@ -44,7 +44,8 @@ def init_subtree(rng: jax.Array, shapes: Any, prefix: str = "") -> Any:
     elif kind == "fan_in_uniform":
       v = jax.random.uniform(key, shape, minval=-1.0, maxval=1.0) / math.sqrt(a)
     else:
-      v = a * jax.random.truncated_normal(key, -2.0, 2.0, shape)
+      v = jnp.clip(a * jax.random.normal(key, shape), -2 * a, 2 * a)   # (was truncated: another
+                                                                        # law than init_params')
     out.append(v.astype(jnp.float32))
   return jax.tree.unflatten(treedef, out)
 
