@@ -103,7 +103,8 @@ def resample_abs_pos_embed(posemb: np.ndarray, new_size: Tuple[int, int],
     raise ValueError(f"pos_embed must be [1, L, C], got shape {posemb.shape}")
   if not np.issubdtype(posemb.dtype, np.floating):    # (the resampled values were truncated)
     raise ValueError(f"pos_embed must be floating point, got {posemb.dtype}")
-  if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, (int, np.integer)) or \
+  if isinstance(num_prefix_tokens, bool) or \
+      not isinstance(num_prefix_tokens, (int, np.integer)) or \
       not 0 <= num_prefix_tokens <= posemb.shape[1]:
     raise ValueError(f"num_prefix_tokens must be an int in [0, {posemb.shape[1]}] (the "
                      f"pos_embed's entries), got {num_prefix_tokens!r}")
