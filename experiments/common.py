@@ -391,8 +391,7 @@ def check_outside_data(out: str, out_flag: str, fv: flags.FlagValues, data_flag:
     return
   if atomic.is_within(out, data):
     raise ValueError(f"--{out_flag}={out} is inside --{data_flag}={data}: what it writes there "
-                     "would be read with the data next time (a plot as an image of a class); "
-                     "write elsewhere")
+                     "(plots) would be read as images of the data next time; write elsewhere")
 
 
 def given_model(fv: flags.FlagValues) -> Optional[str]:

@@ -29,6 +29,7 @@ from experiments import common
 from vitprune import atomic
 from vitprune import estimate
 from vitprune import memory
+from vitprune.data import check_not_read_as_an_image
 from vitprune.records.estimate import FORMAT as ESTIMATE_FORMAT, table_text, write_estimate
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import parse_token_grid
@@ -118,6 +119,8 @@ def main(f: flags.FlagValues):
                                  or f.out_name in ("", ".", "..")):
     raise ValueError(f"--out_name={f.out_name} must be a file name, not a path (the file goes "
                      "in --out_dir)")
+  if f.out_name and f.data != "digits":     # (est.png in a class folder broke the folder)
+    check_not_read_as_an_image(os.path.join(f.out_dir, f.out_name), f.data, "out_name", "data")
   if f["split"].present and f.data != "digits":
     raise ValueError(f"--split applies to --data=digits only, not --data={f.data}")
   cfg = common.model_config(f.model, f.weights)

@@ -20,7 +20,7 @@ from vitprune import deploy
 from vitprune import memory
 from vitprune.edge import runtime
 from vitprune.profile import protocol
-from vitprune.data import ImageFolder, check_digits_folder
+from vitprune.data import ImageFolder, check_digits_folder, check_not_read_as_an_image
 
 
 RESULT_FORMAT = "vitprune-run-result"   # marks --output files this CLI may replace
@@ -66,7 +66,7 @@ def run(f: flags.FlagValues) -> dict:
     raise ValueError(f"--num_workers must be >= 0, got {f.num_workers}")
   if f.output:
     atomic.check_output_json(f.output, RESULT_FORMAT)
-    common.check_outside_data(f.output, "output", f, data_flag="images", words=())
+    check_not_read_as_an_image(f.output, f.images, "output", "images")
   manifest = deploy.read_manifest(f.artifact)
   if not manifest.config.num_classes:
     raise ValueError(f"{f.artifact} outputs [B, {manifest.output_shape[-1]}] features (no "

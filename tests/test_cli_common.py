@@ -586,7 +586,7 @@ def test_an_output_inside_the_data_folder_is_refused(tmp_path, monkeypatch):
     fv.data = value
     if refused:
       with pytest.raises(ValueError, match=f"^--out_dir={out} is inside --data={value}: what "
-                         "it writes there would be read with the data next time"):
+                         "it writes there \\(plots\\) would be read as images"):
         common.check_outside_data(out, "out_dir", fv)
     else:
       common.check_outside_data(out, "out_dir", fv)

@@ -252,6 +252,8 @@ CASES = [
     # a results file named .png inside the image folder broke every later run on it
     ("run_deployed", ["--artifact=a", "--images={full}", "--output={full}/3/r.png"], 1,
      "loc/full/3/r.png is inside --images="),
+    ("estimate", ["--data={full}", "--out_dir={full}/3", "--out_name=est.png"], 1,
+     "loc/full/3/est.png is inside --data="),
 ]
 
 

@@ -761,3 +761,17 @@ def test_a_digits_folder_is_checked_by_its_marker_where_the_digits_table_is_miss
   with pytest.raises(ValueError, match="holds the digits' test split of seed 0, and W were "
                                        "trained on the split of seed 1"):
     data.check_digits_folder(str(test), {**meta, "split": {"seed": 1}}, "W")
+
+
+def test_an_output_named_like_an_image_is_refused_inside_the_image_folder(tmp_path):
+  """run_deployed --output=IMAGES/3/r.png was read back as an image and broke every later run;
+  a .json there is never read (ImageFolder reads IMG_EXTENSIONS only) and stays allowed."""
+  (tmp_path / "imgs" / "3").mkdir(parents=True)
+  images = str(tmp_path / "imgs")
+  with pytest.raises(ValueError, match=re.escape(
+      f"--output={images}/3/r.PNG is inside --images={images} and named like an image")):
+    data.check_not_read_as_an_image(f"{images}/3/r.PNG", images, "output", "images")
+  for fine in (f"{images}/3/r.json", f"{images}/3/.r.png", str(tmp_path / "r.png"),
+               str(tmp_path / "imgs2" / "r.png")):
+    data.check_not_read_as_an_image(fine, images, "output", "images")
+  data.check_not_read_as_an_image(f"{images}/r.png", str(tmp_path / "absent"), "o", "i")

@@ -305,8 +305,8 @@ def test_edge_cli_refuses_unread_flags_and_foreign_outputs_before_timing(artifac
   r = run_edge("run", f"--artifact={artifact}", f"--images={tmp_path / 'imgs'}",
                f"--output={tmp_path / 'imgs' / '3' / 'r.png'}")
   one_line_error(r)
-  assert f"--output={tmp_path}/imgs/3/r.png is inside --images={tmp_path}/imgs: it would be " \
-         "read with the images next time" in r.stderr
+  assert f"--output={tmp_path}/imgs/3/r.png is inside --images={tmp_path}/imgs and named like " \
+         "an image: the next run would read it as one" in r.stderr
   out = tmp_path / "res.json"
   for _ in range(2):                 # our own results file is replaced
     r = run_edge("bench", f"--artifact={artifact}", f"--output={out}", "--min_run_time=0.01")

@@ -74,6 +74,15 @@ def is_image_file(name: str) -> bool:
   return not base.startswith(".") and base.lower().endswith(IMG_EXTENSIONS)
 
 
+def check_not_read_as_an_image(out: str, images: str, out_flag: str, images_flag: str) -> None:
+  """ValueError when the file `out` lies inside the image folder `images` under a name
+  `ImageFolder` reads (`is_image_file`): a results file named r.png was read back as an image
+  and broke every later run on the folder. Other names inside it are never read."""
+  if images and os.path.isdir(images) and is_image_file(out) and atomic.is_within(out, images):
+    raise ValueError(f"--{out_flag}={out} is inside --{images_flag}={images} and named like an "
+                     "image: the next run would read it as one; name it .json or write elsewhere")
+
+
 def _check_utf8(name: str, path: str, what: str = "the file name") -> None:
   """ValueError naming `path` unless `name` (the part below the dataset root: what records and
   fingerprints hold) is valid UTF-8."""

@@ -28,7 +28,8 @@ import numpy as np
 
 from vitprune import atomic
 from vitprune import console
-from vitprune.data import ImageFolder, check_digits_folder, iterate_batches
+from vitprune.data import (ImageFolder, check_digits_folder, check_not_read_as_an_image,
+                           iterate_batches)
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime
 from vitprune.edge.targets import EdgeError, describe_runtime
@@ -175,10 +176,8 @@ def check_flags(command: str) -> None:
                                for n in unread))
   if FLAGS.output:
     atomic.check_output_json(FLAGS.output, RESULT_FORMAT, "output")
-    if command == "run" and FLAGS.images and os.path.isdir(FLAGS.images) and \
-        atomic.is_within(FLAGS.output, FLAGS.images):    # (a .png name broke every later run)
-      raise ValueError(f"--output={FLAGS.output} is inside --images={FLAGS.images}: it would be "
-                       "read with the images next time; write elsewhere")
+    if command == "run":
+      check_not_read_as_an_image(FLAGS.output, FLAGS.images, "output", "images")
   if command == "profile" and FLAGS.out:
     if os.path.isdir(FLAGS.out):
       raise IsADirectoryError(f"--out={FLAGS.out} is a directory, not a file")
