@@ -368,7 +368,7 @@ def test_weights_load_with_stderr_closed(tmp_path):
   assert r.returncode == 0 and r.stdout.strip().endswith("loaded")
 
 
-def test_a_path_orbax_cannot_take_is_refused_before_any_work(tmp_path):
+def test_a_path_orbax_cannot_take_is_refused_before_any_work(tmp_path, monkeypatch):
   """A --out whose name is not UTF-8 reached tensorstore after the export: 795 lines of
   tracebacks and no error line."""
   from vitprune import orbax_io  # pylint: disable=g-import-not-at-top
@@ -383,12 +383,18 @@ def test_a_path_orbax_cannot_take_is_refused_before_any_work(tmp_path):
   assert orbax_io.storage_path(str(tmp_path / "é")) == str(tmp_path / "é")
   # tensorstore reads a backslash as a folder separator: a save to 'w\\1' reported success, put
   # the tensors under '.w/1...' and left 'w\\1' unloadable.
+  monkeypatch.chdir(tmp_path)
   for bad in (str(tmp_path / "w\\1"), "w\\1"):
-    with pytest.raises(OSError, match=r"cannot use a path holding a backslash"):
+    with pytest.raises(OSError, match=re.escape(f"'{tmp_path}/w\\\\1': orbax checkpoints "
+                                                "(weights) cannot use a path holding a backslash")):
       checkpoint.save_weights(bad, cfg, init_params(cfg, 0))
     with pytest.raises(OSError, match=r"holding a backslash"):
       orbax_io.restore(bad, None)
   assert os.listdir(tmp_path) == []
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  shutil.copytree(os.path.join(root, "weights", "vit_digits"), tmp_path / "c\\d")
+  with pytest.raises(OSError, match=r"holding a backslash"):     # not wrapped as a ValueError
+    checkpoint.load_weights(str(tmp_path / "c\\d"))
 
 
 def test_failed_orbax_futures_reported_late_are_dropped():

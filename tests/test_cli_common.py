@@ -483,6 +483,9 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
   os.rename(nested / "9", tmp_path / "nine")
   os.symlink(tmp_path / "nine", nested / "9")
   assert data.digits_copied_into(str(nested)) == data.digits_folder_indices(folders["test0"])
+  hidden = tmp_path / "hidden"         # ImageFolder reads no hidden folder: nor does the check
+  shutil.copytree(os.path.join(folders["test0"], "3"), hidden / "3" / ".trash")
+  assert data.digits_copied_into(str(hidden)) == set()
   with pytest.raises(SystemExit) as e:
     common.run_in_process(estimate_cli.main, estimate_cli.define_flags, [
         f"--weights={w1}", f"--data={folders['test0']}", "--tokens=65",

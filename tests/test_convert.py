@@ -169,6 +169,9 @@ def test_resample_keeps_prefix_and_validates():
     with pytest.raises(ValueError, match=r"num_prefix_tokens must be an int in \[0, 27\]"):
       resample_abs_pos_embed(pe, (3, 3), num_prefix_tokens=bad)
   assert resample_abs_pos_embed(pe, (3, 3), num_prefix_tokens=np.int64(2)).shape == (1, 11, 4)
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  bf16 = resample_abs_pos_embed(pe.astype(ml_dtypes.bfloat16), (3, 3), num_prefix_tokens=2)
+  assert bf16.dtype == ml_dtypes.bfloat16 and bf16.shape == (1, 11, 4)
   with pytest.raises(ValueError, match="interpolation must be one of"):
     resize_matrix(4, 3, "lanczos")
 
@@ -533,6 +536,11 @@ def test_corrupted_npz(tmp_path):
   with pytest.raises(MemoryError, match=r"huge\.npz: entry 'pos_embed' does not fit in memory "
                                         r"\(Unable to allocate"):
     convert.load_checkpoint(str(huge))
+  with pytest.MonkeyPatch.context() as mp:      # numpy's bare MemoryError() has no text
+    mp.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda self, k: (_ for _ in ()).throw(
+        MemoryError()))
+    with pytest.raises(MemoryError, match=r"entry 'foo' does not fit in memory \(MemoryError\)$"):
+      convert.load_checkpoint(str(q))
 
 
 def test_non_array_entries_rejected():

@@ -178,6 +178,7 @@ def load_weights(path: str) -> Tuple[ViTConfig, Params]:
   params_dir = os.path.join(path, "params")
   if not os.path.isdir(params_dir):
     raise FileNotFoundError(f"{path} has no params/ checkpoint")
+  orbax_io.storage_path(params_dir)      # its own message, not wrapped as a restore failure
   try:
     params = orbax_io.restore(params_dir, abstract_params(cfg))
   except Exception as e:  # orbax raises many types; name the directory

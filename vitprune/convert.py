@@ -150,8 +150,8 @@ def _load_npz(path: str) -> StateDict:
   except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
     raise ValueError(f"{path}: not a valid .npz file ({type(e).__name__}: {e})") from None
   except MemoryError as e:       # a header declaring a huge array: numpy's line named neither
-    raise MemoryError(f"{path}: entry {key!r} does not fit in memory ({e or 'MemoryError'})"
-                      ) from None
+    raise MemoryError(f"{path}: entry {key!r} does not fit in memory "
+                      f"({str(e) or 'MemoryError'})") from None
 
 
 def load_checkpoint(path: str) -> Tuple[StateDict, str]:

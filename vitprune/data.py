@@ -896,12 +896,13 @@ def digits_copied_into(root: str) -> set:
       dirnames[:] = []
       continue
     walked.add(real)
+    dirnames[:] = [d for d in dirnames if not d.startswith(".")]   # unread, as ImageFolder
     rel = os.path.relpath(dirpath, root)
     label = rel.split(os.sep)[0]
     if rel == os.curdir or label not in DIGITS_CLASSES:
       continue
     for n in files:
-      i = _digit_file_index(n)
+      i = _digit_file_index(n)       # (a hidden name is no index: '.0062.png' has 9 characters)
       if not 0 <= i < len(images) or DIGITS_CLASSES[labels[i]] != label:
         continue
       try:

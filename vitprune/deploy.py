@@ -381,6 +381,7 @@ def _restore_params(path: str, manifest: Manifest, exported: jax.export.Exported
   pdir = os.path.join(path, manifest.files["params"])
   if not os.path.isdir(pdir):
     raise ArtifactError(f"{path}: the weights checkpoint {os.path.basename(pdir)}/ is missing")
+  orbax_io.storage_path(pdir)            # its own message, not wrapped as a restore failure
   try:
     params = orbax_io.restore(pdir, target)
   except Exception as e:  # orbax raises many types; name the directory

@@ -40,9 +40,9 @@ def storage_path(path: str) -> str:
                   f"Python reads file names as {sys.getfilesystemencoding()} (a C/POSIX "
                   "locale); set PYTHONUTF8=1 or a UTF-8 locale, or choose an ASCII path")
   if "\\" in os.path.abspath(text):
-    raise OSError(f"{path!r}: orbax checkpoints (weights) cannot use a path holding a "
-                  "backslash (their storage layer reads it as a folder separator: the tensors "
-                  "went to another folder); choose another path")
+    raise OSError(f"{os.path.abspath(text)!r}: orbax checkpoints (weights) cannot use a path "
+                  "holding a backslash (their storage layer reads it as a folder separator); "
+                  "rename it or move it to a path without one")
   return path
 
 

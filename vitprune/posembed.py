@@ -20,6 +20,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from vitprune.config import is_float_dtype
+
 INTERPOLATIONS = ("bicubic", "bilinear")
 
 
@@ -101,7 +103,7 @@ def resample_abs_pos_embed(posemb: np.ndarray, new_size: Tuple[int, int],
   posemb = np.asarray(posemb)
   if posemb.ndim != 3 or posemb.shape[0] != 1:
     raise ValueError(f"pos_embed must be [1, L, C], got shape {posemb.shape}")
-  if not np.issubdtype(posemb.dtype, np.floating):    # (the resampled values were truncated)
+  if not is_float_dtype(posemb.dtype):     # (an int one came back truncated; bfloat16 is fine)
     raise ValueError(f"pos_embed must be floating point, got {posemb.dtype}")
   if isinstance(num_prefix_tokens, bool) or \
       not isinstance(num_prefix_tokens, (int, np.integer)) or \
