@@ -156,7 +156,7 @@ def main(f: flags.FlagValues):
                      reducer_options=options)
   result["images"] = note
   print(format_result(result))
-  print(f"images: {note}")
+  print(f"images: {common.shown(note)}")
   return result
 
 

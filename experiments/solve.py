@@ -249,8 +249,8 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
     got, differ = solve_stage.remeasure_margins(estimate, evaluate, metric)
     margins.update(got)               # (`evaluate` recorded them too; these are the contract)
     if differ:
-      print(f"note: {len(differ)} of the {len(got)} schedules of {estimate.source} measure "
-            f"another {metric} here ({', '.join(differ[:3])}"
+      print(f"note: {len(differ)} of the {len(got)} schedules of {common.shown(estimate.source)} "
+            f"measure another {metric} here ({', '.join(differ[:3])}"
             f"{', ...' if len(differ) > 3 else ''}): the anchored predictions start from this "
             "run's per-example margins")
     return margins

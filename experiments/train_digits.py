@@ -119,7 +119,7 @@ def main(f: flags.FlagValues):
                                  class_names=data.DIGITS_CLASSES,
                                  extra_json={"metrics.json": metrics})
   print(f"held-out accuracy {test_acc:.4f} (train {train_acc:.4f}); {train_seconds:.0f}s; "
-        f"saved to {path}")
+        f"saved to {common.shown(path)}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ jax is imported, so the CLI subprocesses the tests start compile the same way).
   with the same flags; parity with timm and IREE is checked to tolerances). Full runs with the
   cache, idle 2-core machine: 569 s at level 0 alone, 481 s with the two further flags (and the
   digits read without importing scikit-learn). VITPRUNE_TEST_XLA_OPT=1 compiles as users do.
+* Signals as under a terminal. A suite started in the background by a non-interactive shell
+  (`bash .ci/run &`) inherits SIGINT ignored, under nohup SIGHUP, and so would every CLI it
+  starts: the signal tests saw their CLIs shrug the signal off. The suite starts CLIs with the
+  default dispositions; the test that checks an ignored SIGINT stays ignored sets it itself.
 """
 import atexit
 import contextlib
@@ -25,6 +29,9 @@ import warnings
 
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
   signal.signal(signal.SIGINT, signal.default_int_handler)
+for _sig in (signal.SIGHUP, signal.SIGTERM):      # (nohup ignores SIGHUP)
+  if signal.getsignal(_sig) is signal.SIG_IGN:
+    signal.signal(_sig, signal.SIG_DFL)
 
 if os.environ.get("VITPRUNE_TEST_XLA_CACHE", "1") != "0" and \
     "JAX_COMPILATION_CACHE_DIR" not in os.environ:

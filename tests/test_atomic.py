@@ -195,6 +195,11 @@ def test_a_signal_while_a_file_set_rolls_forward_finishes_it(tmp_path, monkeypat
   assert sorted(os.listdir(tmp_path)) == ["a.csv", "a.json"]
   assert cli_console.interrupt_exit() == (f"terminated (after writing {tmp_path / 'a.json'})",
                                           143)
+  # A written path holding a newline or an escape split the error line (it is printed as is).
+  cli_console._written[:] = [str(tmp_path / "a\nb\x1b")]
+  open(tmp_path / "a\nb\x1b", "w").close()
+  cli_console._record_interrupt(signal.SIGTERM, None)
+  assert cli_console.interrupt_exit()[0] == f"terminated (after writing {tmp_path}/a\\nb\\x1b)"
 
 
 def test_replace_json_without_overwrite_refuses_a_file_made_meanwhile(tmp_path, monkeypatch):

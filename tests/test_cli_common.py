@@ -103,6 +103,8 @@ def test_warnings_print_on_one_line():
   text = console.one_line_warning(UserWarning("Image size (95000000 pixels)\n exceeds"),
                                   UserWarning, "/x/PIL/Image.py", 3593, "warnings.warn(")
   assert text == "warning: UserWarning: Image size (95000000 pixels) exceeds\n"
+  assert console.one_line_warning(UserWarning("a\x1b[31mb"), UserWarning, "f", 1) == \
+      "warning: UserWarning: a\\x1b[31mb\n"                  # (a terminal escape, raw)
   assert warnings.formatwarning is not console.one_line_warning   # only a CLI process sets it
 
 

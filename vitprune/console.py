@@ -40,7 +40,7 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
   """`warning: <Category>: <message>` on one line (Python prints the library's file, line and
   source line too: PIL's DecompressionBombWarning took two)."""
   del filename, lineno, line
-  return f"warning: {category.__name__}: {' '.join(str(message).split())}\n"
+  return f"warning: {category.__name__}: {printable(' '.join(str(message).split()))}\n"
 
 
 def one_line(message) -> str:
@@ -168,7 +168,7 @@ def interrupt_exit(error: object = None) -> tuple:
   written = [p for p in _written if os.path.lexists(p)]   # not those staged in a published dir
   if written:
     more = f" and {len(written) - 1} more" if len(written) > 1 else ""
-    text += f" (after writing {written[-1]}{more})"
+    text += f" (after writing {printable(written[-1])}{more})"
   return (text if error is None else f"{one_line(error)} ({text})"), code
 
 
