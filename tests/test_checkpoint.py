@@ -354,6 +354,18 @@ def test_a_fifo_behind_a_linked_folder_inside_params_is_refused_unopened(tmp_pat
     checkpoint.load_weights(path)
 
 
+def test_the_special_file_walk_stops_at_orbaxs_depth(tmp_path):
+  """Links are followed, but no deeper than orbax's layout (params/ocdbt.process_0/d/<file>):
+  a link to / inside a checkpoint walked the whole disk."""
+  from vitprune import orbax_io  # pylint: disable=g-import-not-at-top
+  (tmp_path / "ocdbt.process_0" / "d" / "deeper").mkdir(parents=True)
+  os.mkfifo(tmp_path / "ocdbt.process_0" / "d" / "deeper" / "fifo")    # never opened by orbax
+  orbax_io._check_regular_tree(str(tmp_path))
+  os.mkfifo(tmp_path / "ocdbt.process_0" / "d" / "fifo")
+  with pytest.raises(OSError, match="d/fifo is not a regular file"):
+    orbax_io._check_regular_tree(str(tmp_path))
+
+
 def test_weights_load_with_stderr_closed(tmp_path):
   # The restore holds back fd 2 only when there is one: a process started with stderr closed
   # (2>&-, some service managers) still loads good weights.

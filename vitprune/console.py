@@ -44,10 +44,9 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def one_line(message) -> str:
-  """`message` on one line (KeyError: its text, not the quoted repr; an exception without text,
-  e.g. numpy's bare MemoryError: what it is, not an empty line), its other control characters
-  escaped (`printable`: a file name holding a terminal escape recoloured the terminal): every
-  CLI's error line."""
+  """`message` on one line, control characters escaped (`printable`): every CLI's error line.
+  KeyError: its text, not the quoted repr; an exception without text (numpy's bare MemoryError):
+  what it is, not an empty line."""
   if isinstance(message, KeyError) and message.args:
     message = message.args[0]
   text = printable(" ".join(str(message).split()))

@@ -250,7 +250,8 @@ def load_image(path: str) -> Image.Image:
 def check_8bit(image: Image.Image, what: str = "image") -> Image.Image:
   """`image` unchanged when its pixels have at most 8 bits per channel; ValueError for 16-bit,
   32-bit integer and float modes ('I;16', 'I', 'F'): timm's loader (`convert('RGB')`) clips
-  those to 255, so a 16-bit scan would be read as mostly white without a word."""
+  those to 255, so a 16-bit scan would be read as mostly white without a word. Also TypeError
+  for what is not a PIL image, ValueError for an empty one."""
   if not isinstance(image, Image.Image):      # (a numpy array: "has no attribute 'mode'")
     raise TypeError(f"{what} must be a PIL image (PIL.Image.open(path) or "
                     f"PIL.Image.fromarray(array)), got {type(image).__name__}")

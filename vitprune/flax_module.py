@@ -43,9 +43,8 @@ def init_subtree(rng: jax.Array, shapes: Any, prefix: str = "") -> Any:
       v = jnp.full(shape, a)
     elif kind == "fan_in_uniform":
       v = jax.random.uniform(key, shape, minval=-1.0, maxval=1.0) / math.sqrt(a)
-    else:
-      v = jnp.clip(a * jax.random.normal(key, shape), -2 * a, 2 * a)   # (was truncated: another
-                                                                        # law than init_params')
+    else:              # clipped, as init_params (a truncated normal was another law)
+      v = jnp.clip(a * jax.random.normal(key, shape), -2 * a, 2 * a)
     out.append(v.astype(jnp.float32))
   return jax.tree.unflatten(treedef, out)
 

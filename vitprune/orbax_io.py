@@ -151,15 +151,20 @@ def _start_backend() -> None:
   jax.devices()
 
 
+_LAYOUT_DEPTH = 2     # folders below the checkpoint walked: ocdbt.process_0/d (entries of d read)
+
+
 def _check_regular_tree(directory: str) -> None:
   """OSError naming the first entry under `directory` (a link: its target) that is neither a
   regular file nor a folder; linked folders are walked too (a FIFO behind one blocked a restore
-  for ever), each real folder once (a link loop ends)."""
+  for ever), each real folder once (a link loop ends), no deeper than orbax's layout reaches
+  (`params/ocdbt.process_0/d/<file>`: a link to / walked the whole disk)."""
   seen = set()
   for root, dirs, files in os.walk(directory, followlinks=True):
-    real = os.path.realpath(root)
-    if real in seen:
+    real, rel = os.path.realpath(root), os.path.relpath(root, directory)
+    if real in seen or (rel != os.curdir and rel.count(os.sep) + 1 >= _LAYOUT_DEPTH):
       dirs[:] = []
+    if real in seen:
       continue
     seen.add(real)
     for name in dirs + files:

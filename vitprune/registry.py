@@ -6,6 +6,7 @@ preprocessing. `tests/fixtures/timm_registry.json` (written by timm itself) chec
 from __future__ import annotations
 
 import difflib
+import reprlib
 from typing import Dict
 
 from vitprune.config import Preprocessing, ViTConfig
@@ -87,7 +88,7 @@ def get_config(name: str, **overrides) -> ViTConfig:
   """
   if not isinstance(name, str):     # (None: a TypeError from difflib; a list: unhashable)
     raise TypeError(f"model name must be a str, e.g. 'deit_small_patch16_224', got "
-                    f"{type(name).__name__} {name!r}")
+                    f"{type(name).__name__} {reprlib.repr(name)}")
   if name not in REGISTRY:
     close = difflib.get_close_matches(name, REGISTRY.keys(), n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""

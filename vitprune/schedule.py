@@ -148,9 +148,12 @@ def check_static_types(schedule: Any, reducer: Any) -> None:
                     f"{reducer.__name__}(...)), got the class {reducer.__name__} itself")
   missing = [a for a in _REDUCER_ATTRIBUTES if not hasattr(reducer, a)]
   if reducer is not None and missing:
-    hint = (f" (make_reducer({reducer!r}))" if isinstance(reducer, str) else
-            f" (it lacks {', '.join(missing)}: see vitprune.reduce.base.TokenReducer)"
-            if len(missing) < len(_REDUCER_ATTRIBUTES) else "")
+    if isinstance(reducer, str):
+      hint = f" (make_reducer({reducer!r}))"
+    elif len(missing) < len(_REDUCER_ATTRIBUTES):      # a reducer of its own, incomplete
+      hint = f" (it lacks {', '.join(missing)}: see vitprune.reduce.base.TokenReducer)"
+    else:
+      hint = ""
     raise TypeError(f"reducer must be a token reducer{hint} or None, got "
                     f"{type(reducer).__name__} {reprlib.repr(reducer)}")
 
@@ -462,7 +465,7 @@ def tome_r_list(num_layers: int, r: RSpec) -> List[int]:
   elif not isinstance(r, (int, str)) and not _is_index(r) and hasattr(r, "__iter__"):
     if isinstance(r, (bytes, Mapping, AbstractSet)):   # ({3: 8} was r=3 at block 0: its keys)
       raise TypeError(f"r must be an int, an (r, inflection) tuple or a per-layer list, got "
-                      f"{type(r).__name__} {r!r}")
+                      f"{type(r).__name__} {reprlib.repr(r)}")
     rs = [as_int(v, "r") for v in r]
     if len(rs) > num_layers:
       raise ValueError(f"r list has {len(rs)} entries for {num_layers} layers")
