@@ -625,6 +625,21 @@ def _block_profile(tmp_path, name="b.json", batch=8, noise=0.0):
   return _save_profile(tmp_path, pts, name=name, modes=("block",))
 
 
+def test_paper_mode_on_a_block_profile_solves_over_its_whole_grid(tmp_path):
+  """A --mode=block profile also times three whole graphs (largest, middle, smallest count) to
+  check its predictor: paper mode took them for the curve and chose among 3 counts of 16."""
+  pts = records.load(_block_profile(tmp_path)).points
+  checks = tuple(_point("model", n, _step_latency(n)) for n in (2, 9, N))
+  ps = _save_profile(tmp_path, pts + checks, name="checks.json", modes=("block",))
+  es = _estimate(tmp_path, [None], list(range(2, N + 1)), _acc)
+  sol = _paper(ps, es)
+  assert sol.profile.latency_source == "predicted_from_blocks"
+  assert list(sol.curve["tokens"]) == list(range(2, N + 1))
+  # A profile that measured the curve (model mode, merged with a block table) keeps it.
+  merged = _save_profile(tmp_path, pts + checks, name="merged.json", modes=("block", "model"))
+  assert _paper(merged, es).profile.latency_source == "measured"
+
+
 def test_raw_table_predictions_are_reported_within_zero_and_one(tmp_path):
   """A non-monotone estimate solved with the raw table (`monotone=False`): block 1's curve is
   0.5 from 12 tokens up and 0.98 below, so 12 -> 5 at block 1 'gains' 0.48 (a fault probe's

@@ -180,11 +180,13 @@ def _block_table(profile: records.Profile, batch: int):
 def latency_curve(profile: records.Profile, cfg: ViTConfig, batch: int
                   ) -> Tuple[np.ndarray, np.ndarray, str]:
   """Whole-model L(n): (tokens [P], seconds [P], source) from measured 'model' points, else
-  predicted by the per-block table."""
-  if profile.curve("model", batch):
+  predicted by the per-block table. A `--mode=block` profile's 'model' points are the three
+  checks of its predictor (largest, middle, smallest count), not a curve: its table is used
+  (taking them for the curve left paper mode 3 of the grid's counts to choose from)."""
+  table = _block_table(profile, batch)
+  if profile.curve("model", batch) and ("model" in profile.modes or table is None):
     t, med, _, _ = _curve(profile, "model", batch)
     return t, med, "measured"
-  table = _block_table(profile, batch)
   if table is None:
     raise SolveInputError(f"profile {profile.source} has neither a whole-model curve nor a "
                           f"complete per-block table at batch {batch}")
