@@ -209,7 +209,7 @@ def _placement(shard: bool, batch_size: int) -> _Placement:
   if batch_size % mesh.devices.size:
     raise ValueError(f"batch size {batch_size} is not divisible by the {mesh.devices.size} "
                      f"devices it is sharded over; pick a multiple of {mesh.devices.size} "
-                     f"(or shard=False)")
+                     f"(or shard=False: --noshard on the command line)")
   return _Placement(mesh)
 
 
