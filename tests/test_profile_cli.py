@@ -119,6 +119,7 @@ def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys):
          "--num_images=40", "--eval_batch_size=20"))
   assert s["model"] == "vit_digits" and s["num_images"] == 40 and s["metric"] == "accuracy"
   assert s["n_star"] in (65, 49, 33, 17)
+  assert (s["alpha"], s["accuracy_floor"], s["latency_budget"]) == (0.5, None, None)
   assert s["counts"] == [65] * 4 + [s["n_star"]] * 3
   assert s["unpruned"]["counts"] == [65] * 7
   assert 0.0 <= s["pruned"]["accuracy"] <= 1.0 and s["unpruned"]["accuracy"] > 0.9
@@ -162,6 +163,8 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
          "--eval_batch_size=20", "--solver=multi", "--accuracy_floor=0.5",
          "--refine_accuracy_rounds=2"))
   assert s["solver"] == "multi" and s["n_star"] is None and s["method"] == "pomt"
+  # What chose the schedule: the floor; alpha weighed nothing (it was recorded as 0.5).
+  assert (s["accuracy_floor"], s["latency_budget"], s["alpha"]) == (0.5, None, None)
   counts = s["counts"]
   assert counts[0] == 65 and all(a >= b for a, b in zip(counts, counts[1:]))
   assert set(counts) <= {65, 33, 17}

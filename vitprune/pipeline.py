@@ -534,7 +534,10 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
         "model": cfg.name, "weights": weights_source, "device_kind": profile.device_kind,
         "platform": profile.platform, "batch_size": spec.batch_size, "dtype": spec.dtype,
         "data": spec.data, "num_images": int(len(data.indices)), "metric": metric,
-        "solver": spec.solver, "alpha": spec.alpha,
+        "solver": spec.solver,       # what chose: a floor, a budget, else alpha's utility
+        "accuracy_floor": spec.accuracy_floor, "latency_budget": spec.latency_budget,
+        "alpha": (spec.alpha if spec.accuracy_floor is None and spec.latency_budget is None
+                  else None),
         "n_star": int(chosen.counts[-1]) if spec.solver == "paper" else None,
         "schedule": chosen.schedule, "counts": list(chosen.counts),
         "method": spec.method, "basis": solution.basis,
