@@ -228,7 +228,8 @@ def main(f: flags.FlagValues) -> dict:
   if f["method"].present and not pruned:       # it would time the unpruned models only
     raise ValueError(f"--method={f.method} applies to the pruned --schedules, and none of "
                      f"--models={f.models} has one")
-  res = {"format": RESULT_FORMAT, **run(f, pairs, batch_sizes, tcfg)}
+  res = {"format": RESULT_FORMAT, "command": common.command_line("benchmarks.edge_speed", f),
+         **run(f, pairs, batch_sizes, tcfg)}
   print(f"\nmachine: {res['machine']['cpu']}, {res['machine']['cores']} cores")
   print(table(res))
   common.write_result(f.out, res, RESULT_FORMAT, sort_keys=True)

@@ -308,6 +308,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
                       quick=quick, log=lambda s: print(s, file=sys.stderr))
   total = time.perf_counter() - t_all
   doc = {"format": RESULT_FORMAT, "version": 1, "total_s": total,
+         "command": common.command_line("benchmarks.predictor_accuracy", f),
          "quick": quick, "rounds": f.rounds, "rows": rows}
   print(table(rows))
   print(f"\ntotal {total:.0f} s")

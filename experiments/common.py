@@ -30,6 +30,7 @@ from absl import logging
 
 from vitprune import atomic
 from vitprune import console
+from vitprune import jsonio
 from vitprune.edge.targets import EdgeError
 from vitprune.registry import get_config
 
@@ -293,9 +294,16 @@ def _without_trailing_sep(path: str) -> str:
 def write_result(path: str, doc: Dict[str, Any], fmt: str, **json_kw) -> str:
   """Writes results `doc` (which carries `"format": fmt`) to `path`, checked up front with
   `atomic.check_output_json` (re-checked here under the writers' lock: a file made there during
-  the run is refused, not replaced)."""
+  the run is refused, not replaced). Replacing results of another command says so (a run with
+  other settings replaced them without a word)."""
   if doc.get("format") != fmt:
     raise ValueError(f"results for {path} must carry format {fmt!r}")
+  try:
+    old = jsonio.read_json(path, "results").get("command")
+  except (OSError, ValueError):
+    old = None
+  if old and doc.get("command") and old != doc["command"]:
+    print(f"note: replacing {shown(path)}, the results of: {shown(old)}")
   return atomic.replace_json(path, doc, fmt, **json_kw)
 
 

@@ -1,4 +1,5 @@
 """experiments/common.py: the --model/--weights rule every CLI shares, the recorded command."""
+import json
 import os
 import re
 
@@ -598,3 +599,17 @@ def test_an_output_inside_the_data_folder_is_refused(tmp_path, monkeypatch):
   (tmp_path / "link").symlink_to(data / "3")
   with pytest.raises(ValueError, match="is inside --data"):     # through a link too
     common.check_outside_data(str(tmp_path / "link" / "run"), "out_dir", fv)
+
+
+def test_results_of_another_command_are_replaced_with_a_note(tmp_path, capsys):
+  """A benchmark's --out JSON of other settings (other methods, other sizes) was replaced by the
+  next run without a word."""
+  out = str(tmp_path / "r.json")
+  common.write_result(out, {"format": "f", "command": "python -m b --methods=pomt"}, "f")
+  common.write_result(out, {"format": "f", "command": "python -m b --methods=pomt"}, "f")
+  assert capsys.readouterr().out == ""                     # a rerun of the same command
+  common.write_result(out, {"format": "f", "command": "python -m b --methods=topk"}, "f")
+  assert capsys.readouterr().out == (f"note: replacing {out}, the results of: python -m b "
+                                     "--methods=pomt\n")
+  with open(out) as f:
+    assert json.load(f)["command"] == "python -m b --methods=topk"
