@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from vitprune import console
 from vitprune import jsonio
@@ -212,6 +212,24 @@ def is_within(path: str, folder: str) -> bool:
   """Whether `path` is `folder` or lies inside it (links resolved; a name prefix is not)."""
   path, folder = os.path.realpath(path), os.path.realpath(folder)
   return os.path.commonpath([path, folder]) == folder
+
+
+def walk_following_links(root: str, max_depth: Optional[int] = None
+                         ) -> Iterator[Tuple[str, List[str], List[str]]]:
+  """`os.walk(root, followlinks=True)` reaching each real folder once (a loop of links ends),
+  descending at most `max_depth` folders below `root` (the entries of the deepest are still
+  listed). Prune the yielded folder names in place to skip folders, as with `os.walk`."""
+  walked = set()
+  for dirpath, dirnames, files in os.walk(root, followlinks=True):
+    real = os.path.realpath(dirpath)
+    if real in walked:
+      dirnames[:] = []
+      continue
+    walked.add(real)
+    rel = os.path.relpath(dirpath, root)
+    if max_depth is not None and rel != os.curdir and rel.count(os.sep) + 1 >= max_depth:
+      dirnames[:] = []
+    yield dirpath, dirnames, files
 
 
 def published_folder_around(path: str, itself: bool = False) -> Optional[str]:

@@ -890,13 +890,8 @@ def digits_copied_into(root: str) -> set:
   labels it, links followed) is that digit's label and whose 8x8 pixels are its image (a copy
   that lost the folder's marker; one a folder deeper was missed and scored 1.0)."""
   images, labels = load_digits_arrays()
-  found, walked = set(), set()
-  for dirpath, dirnames, files in os.walk(root, followlinks=True):
-    real = os.path.realpath(dirpath)
-    if real in walked:         # a loop of links (ImageFolder refuses it; this walk must end)
-      dirnames[:] = []
-      continue
-    walked.add(real)
+  found = set()
+  for dirpath, dirnames, files in atomic.walk_following_links(root):   # (loops: ImageFolder's)
     dirnames[:] = [d for d in dirnames if not d.startswith(".")]   # unread, as ImageFolder
     rel = os.path.relpath(dirpath, root)
     label = rel.split(os.sep)[0]

@@ -159,14 +159,7 @@ def _check_regular_tree(directory: str) -> None:
   regular file nor a folder; linked folders are walked too (a FIFO behind one blocked a restore
   for ever), each real folder once (a link loop ends), no deeper than orbax's layout reaches
   (`params/ocdbt.process_0/d/<file>`: a link to / walked the whole disk)."""
-  seen = set()
-  for root, dirs, files in os.walk(directory, followlinks=True):
-    real, rel = os.path.realpath(root), os.path.relpath(root, directory)
-    if real in seen or (rel != os.curdir and rel.count(os.sep) + 1 >= _LAYOUT_DEPTH):
-      dirs[:] = []
-    if real in seen:
-      continue
-    seen.add(real)
+  for root, dirs, files in atomic.walk_following_links(directory, _LAYOUT_DEPTH):
     for name in dirs + files:
       path = os.path.join(root, name)
       try:
