@@ -127,7 +127,8 @@ def main(f: flags.FlagValues):
   stem = bench.output_stem([{"model": cfg.name, **device_info()}])
   bench.check_replaceable_outputs({k: os.path.join(f.out_dir, f"{stem}.{k}")
                                    for k in ("csv", "md", "png")})   # before the work
-  print(f"{cfg.name} ({common.shown(source)}): {len(variants)} variants x batch {batch_sizes} x {dtypes}")
+  print(f"{cfg.name} ({common.shown(source)}): {len(variants)} variants x batch {batch_sizes} "
+        f"x {dtypes}")
   rows = bench.run_benchmark(spec, params, variants, data=data, progress=f.progress)
   print(bench.to_markdown(rows))        # (before the files: a write refused at the end
   paths = bench.write_outputs(rows, f.out_dir)   # keeps the measured table on stdout)

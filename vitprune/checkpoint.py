@@ -156,11 +156,9 @@ def _config_of(cfg_file: str, doc: Dict[str, Any]) -> Tuple[ViTConfig, Dict[str,
 def read_class_names(path: str) -> Optional[Tuple[str, ...]]:
   """The class names a weights directory records (index order), or None if it has none."""
   cfg_file, doc = _read_doc(path)
-  cfg, _ = _config_of(cfg_file, doc)     # (checks the names' digest: removed ones too)
+  _config_of(cfg_file, doc)     # checks the names (`check_class_names`) and their digest
   names = doc.get("class_names")
-  if names is None:
-    return None
-  return check_class_names(names, cfg.num_classes, f"{cfg_file}: class_names")
+  return None if names is None else tuple(names)
 
 
 def source_class_names(weights_source: str) -> Optional[Tuple[str, ...]]:
