@@ -18,9 +18,10 @@ or "all" -> per-layer sensitivity table S[l, n] instead of one curve.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from absl import flags
 import numpy as np
@@ -64,8 +65,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_bool("shard", True, "Shard batches over all local devices.", flag_values=fv)
   flags.DEFINE_string("out_dir", "outputs/estimate", "Where the estimate JSON is written.",
                       flag_values=fv)
-  flags.DEFINE_string("out_name", None, "File name (default derived from model/method/grid).",
-                      flag_values=fv)
+  flags.DEFINE_string("out_name", None, "File name (default: model, method, layers, data, "
+                      "images, seed, --tokens and --dtype).", flag_values=fv)
   flags.DEFINE_bool("overwrite", False, "Replace an existing estimate file.", flag_values=fv)
 
 
@@ -98,6 +99,32 @@ def parse_layers(text: str, depth: int) -> List[Optional[int]]:
 
 def _slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def grid_tag(tokens: Sequence[int]) -> str:
+  """File-name tag of an ascending token grid: 't5-65by4' (evenly spaced), 't9.17.33' (up to 6
+  counts), else 't5-65x7-<sha1 prefix>'; the same grid always gets the same tag."""
+  steps = {b - a for a, b in zip(tokens, tokens[1:])}
+  if len(tokens) > 2 and len(steps) == 1:
+    return f"t{tokens[0]}-{tokens[-1]}by{steps.pop()}"
+  if len(tokens) <= 6:
+    return "t" + ".".join(str(t) for t in tokens)
+  digest = hashlib.sha1(",".join(str(t) for t in tokens).encode()).hexdigest()[:8]
+  return f"t{tokens[0]}-{tokens[-1]}x{len(tokens)}-{digest}"
+
+
+def default_out_name(cfg, method: str, layers: Sequence[Optional[int]], data_tag: str,
+                     num_examples: int, seed: int, tokens: Optional[Sequence[int]],
+                     dtype: str) -> str:
+  """`<model>_<method>_<layers>_<data>_n<images>_s<seed>[_<grid>]_<dtype>.json`: every flag
+  that changes the numbers, so that two estimates never share a name (`tokens` None: the
+  default grid, no tag)."""
+  layer_tag = "-".join("embed" if l is None else f"L{l}" for l in layers)
+  if len(layer_tag) > 40:
+    layer_tag = f"{len(layers)}layers"
+  grid = "" if tokens is None else "_" + grid_tag(tokens)
+  return _slug(f"{cfg.name}_{method}_{layer_tag}_{data_tag}_n{num_examples}_s{seed}{grid}_"
+               f"{dtype}") + ".json"
 
 
 def main(f: flags.FlagValues):
@@ -147,13 +174,15 @@ def main(f: flags.FlagValues):
   data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed, split=f.split,
                                  class_names=common.class_names(source),
                                  num_classes=cfg.num_classes)
-  layer_tag = "-".join("embed" if l is None else f"L{l}" for l in layers)
-  if len(layer_tag) > 40:
-    layer_tag = f"{len(layers)}layers"
   data_tag = "digits-" + f.split if f.data == "digits" else os.path.basename(
       os.path.normpath(f.data))
-  name = f.out_name or _slug(f"{cfg.name}_{method}_{layer_tag}_{data_tag}_"
-                             f"n{data.info['num_examples']}_s{f.seed}") + ".json"
+  name = f.out_name or default_out_name(
+      cfg, method, layers, data_tag, data.info["num_examples"], f.seed,
+      None if f.tokens is None else tokens, f.dtype)
+  if not f.out_name and os.path.lexists(os.path.join(f.out_dir, name)) and not f.overwrite:
+    raise FileExistsError(f"{os.path.join(f.out_dir, name)} already exists, an estimate with "
+                          "these flags (pass --overwrite to replace it, or --out_name to write "
+                          "another file)")
   atomic.check_output_json(os.path.join(f.out_dir, name), ESTIMATE_FORMAT, "out_name",
                            overwrite=f.overwrite)
   result = estimate.evaluate(cfg, params, data.batches(cfg, f.batch_size, f.num_workers),

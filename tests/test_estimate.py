@@ -631,3 +631,27 @@ def test_labels_must_be_integers(params, images, labels):
   bad = [(x, y + 0.9, i) for x, y, i in batches_of(images, labels, 4)]
   with pytest.raises(ValueError, match="labels and indices must be integers, got float64"):
     estimate.evaluate(CFG, params, bad, [], labelled=True)
+
+
+def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
+  """The default name left out --tokens and --dtype: a second estimate over another grid or in
+  bfloat16 was refused as 'already exists' (naming --out_name, which was not given), and with
+  --overwrite replaced the first."""
+  from experiments.estimate import grid_tag  # pylint: disable=g-import-not-at-top
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  assert grid_tag([5, 9, 13, 17]) == "t5-17by4" and grid_tag([9, 17]) == "t9.17"
+  assert grid_tag([1, 2, 4, 8, 16, 32, 64]).startswith("t1-64x7-")
+  assert grid_tag([1, 2, 4, 8, 16, 32, 64]) != grid_tag([1, 2, 4, 8, 16, 33, 64])
+  base = ["--model=test_tiny_vit", "--num_images=4", "--batch_size=4", f"--out_dir={tmp_path}"]
+  for extra in ([], ["--tokens=17,9"], ["--tokens=9:17:4"],
+                ["--tokens=17,9", "--dtype=bfloat16"]):
+    code, _, err = run_cli_in_process(root, "estimate", base + extra)
+    assert code == 0, err
+  assert sorted(os.listdir(tmp_path)) == [
+      f"test_tiny_vit_random_embed_digits-test_n4_s0{grid}.json" for grid in (
+          "_float32", "_t9-17by4_float32", "_t9.17_bfloat16", "_t9.17_float32")]
+  code, _, err = run_cli_in_process(root, "estimate", base + ["--tokens=9,17"])
+  assert code == 1 and err.count("\n") == 1 and err.startswith(
+      f"error: {tmp_path}/test_tiny_vit_random_embed_digits-test_n4_s0_t9.17_float32.json already "
+      "exists, an estimate with these flags (pass --overwrite to replace it, or --out_name")
