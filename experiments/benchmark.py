@@ -6,8 +6,8 @@ methods.
 
   # The solver's POMT schedule and multi-layer schedules against the default method set:
   python -m experiments.benchmark --weights=weights/vit_digits \
-      --solution=outputs/solve/vit_digits_paper_b1.json \
-      --multi_solution=outputs/solve/vit_digits_multi_b1.json --multi_frontier=3
+      --solution=outputs/solve/vit_digits_paper_b1_float32_cpu.json \
+      --multi_solution=outputs/solve/vit_digits_multi_b1_float32_cpu.json --multi_frontier=3
 
   # Latency only, random weights, GPU:
   python -m experiments.benchmark --model=deit_small_patch16_224 --data=none \

@@ -170,7 +170,8 @@ def main(f: flags.FlagValues):
   batch = calibrated[0] if calibrated else solve_stage.resolve_batch(  # checks outputs up front
       profile, estimate, f.batch_size, solve_stage.MODE_COMPONENTS[f.mode],
       f.allow_batch_mismatch)
-  solution_lib.check_output(f.out_dir, solution_lib.solution_stem(profile.model, f.mode, batch))
+  solution_lib.check_output(f.out_dir, solution_lib.solution_stem(
+      profile.model, f.mode, batch, profile.dtype, profile.device_kind))
   if f.weights:
     here = device_info()
     if (profile.device_kind, profile.platform) != (here["device_kind"], here["platform"]):

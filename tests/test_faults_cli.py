@@ -77,7 +77,7 @@ def test_solve_killed_keeps_the_previous_solution(tmp_path):
   out = tmp_path / "solve"
   previous = solution_file(str(tmp_path / "keep.json"), SOLVE_CFG, [N] * 7)
   out.mkdir()
-  stem = out / "solve_test_vit_multi_b8.json"
+  stem = out / "solve_test_vit_multi_b8_float32_cpu.json"
   os.replace(previous, stem)
   before = stem.read_bytes()
   _kill_cli_at("file_written", "experiments.solve", f"--profile={ps}", f"--estimate={es}",

@@ -548,8 +548,8 @@ def test_paper_end_to_end(tmp_path):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   loaded = read_solution(paths["json"])
   assert loaded == sol and loaded.source == paths["json"]
-  assert sorted(os.listdir(tmp_path / "out")) == [f"{CFG.name}_paper_b8.json",
-                                                  f"{CFG.name}_paper_b8.png"]
+  assert sorted(os.listdir(tmp_path / "out")) == [f"{CFG.name}_paper_b8_float32_cpu.json",
+                                                  f"{CFG.name}_paper_b8_float32_cpu.png"]
   # Provenance: the inputs' identities are digests of their canonical JSON.
   assert sol.estimate.sha256 == read_estimate(es).sha256()
   assert sol.profile.path == ps and sol.estimate.path == es
@@ -836,7 +836,7 @@ def test_a_calibration_profile_solves_on_the_compiled_graph_latency_model(tmp_pa
            f"--out_dir={out}")
   assert r.returncode == 0, r.stderr
   assert "latency model: calibrated on" in r.stdout
-  sol = read_solution(str(out / f"{CFG.name}_multi_b8.json"))
+  sol = read_solution(str(out / f"{CFG.name}_multi_b8_float32_cpu.json"))
   assert sol.profile.latency_source == "calibrated-graph"
   assert sol.chosen.predicted_latency_s == pytest.approx(truth.predict(sol.chosen.counts),
                                                          rel=1e-6)
@@ -1003,6 +1003,17 @@ def _cli_here(*args):
   return subprocess.CompletedProcess(["experiments.solve", *args], code, out, err)
 
 
+def test_solution_names_tell_dtypes_and_devices_apart():
+  """`<model>_<mode>_b<batch>` only: a solve on a bfloat16 (or GPU) profile replaced the float32
+  CPU solution of the same model, mode and batch size."""
+  from vitprune.records.solution import solution_stem  # pylint: disable=g-import-not-at-top
+  assert solution_stem("m", "multi", 8, "bfloat16", "NVIDIA H200") == \
+      "m_multi_b8_bfloat16_nvidia-h200"
+  stems = {solution_stem("m", "multi", 8, dtype, device)
+           for dtype in ("float32", "bfloat16") for device in ("cpu", "NVIDIA H100")}
+  assert len(stems) == 4
+
+
 def test_cli(tmp_path):
   ps = _block_profile(tmp_path)
   es = _estimate(tmp_path, [1, 3], list(range(4, N)), _acc)
@@ -1010,7 +1021,7 @@ def test_cli(tmp_path):
   r = _cli(f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.85",
            f"--out_dir={out}")
   assert r.returncode == 0, r.stderr
-  doc = json.loads((out / f"{CFG.name}_multi_b8.json").read_text())
+  doc = json.loads((out / f"{CFG.name}_multi_b8_float32_cpu.json").read_text())
   assert f"chosen schedule: {doc['chosen']['schedule']}" in r.stdout
   assert doc["chosen"]["predicted_accuracy"] >= 0.85
   r = _cli_here(f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.99",
@@ -1024,21 +1035,23 @@ def test_cli(tmp_path):
   assert "--alpha=1.5: 1.5 is not a number in the range [0.0, 1.0]" in r.stderr
   r = _cli_here(f"--estimate={es}")
   assert r.returncode == 1 and "--profile and --estimate are required" in r.stderr
-  assert sorted(os.listdir(out)) == [f"{CFG.name}_multi_b8.json", f"{CFG.name}_multi_b8.png"]
+  assert sorted(os.listdir(out)) == [f"{CFG.name}_multi_b8_float32_cpu.{ext}"
+                                     for ext in ("json", "png")]
   r = _cli_here(f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.8",
                 f"--out_dir={out}")      # our own solution is replaced
   assert r.returncode == 0, r.stderr
   foreign = tmp_path / "foreign"
   foreign.mkdir()
-  (foreign / f"{CFG.name}_multi_b8.json").write_text('{"mine": true}')
-  (foreign / f"{CFG.name}_multi_b8.png").write_text("mine")
+  (foreign / f"{CFG.name}_multi_b8_float32_cpu.json").write_text('{"mine": true}')
+  (foreign / f"{CFG.name}_multi_b8_float32_cpu.png").write_text("mine")
   for _ in ("json", "png"):
     r = _cli_here(f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.85",
                   f"--out_dir={foreign}")
     assert r.returncode == 1 and "refusing to replace" in r.stderr, r.stderr
-    assert (foreign / f"{CFG.name}_multi_b8.png").read_text() == "mine"
-    (foreign / f"{CFG.name}_multi_b8.json").unlink(missing_ok=True)   # then the png alone
-  assert (foreign / f"{CFG.name}_multi_b8.png").read_text() == "mine"
+    assert (foreign / f"{CFG.name}_multi_b8_float32_cpu.png").read_text() == "mine"
+    # then the png alone
+    (foreign / f"{CFG.name}_multi_b8_float32_cpu.json").unlink(missing_ok=True)
+  assert (foreign / f"{CFG.name}_multi_b8_float32_cpu.png").read_text() == "mine"
 
 
 def test_multilayer_floor_checked_on_measurements(tmp_path):

@@ -197,12 +197,13 @@ def test_outputs_are_checked_before_the_in_loop_work(inputs, monkeypatch):
   root, weights, es, ps = inputs
   out = root / "foreign"
   out.mkdir(exist_ok=True)
-  (out / "test_tiny_vit_multi_b1.json").write_text('{"mine": 1}')
+  (out / "test_tiny_vit_multi_b1_float32_cpu.json").write_text('{"mine": 1}')
   monkeypatch.setattr(common, "load_model", lambda *a: pytest.fail("loaded before refusing"))
   fv = common.parse(solve_cli.define_flags, [
       f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.0",
       f"--out_dir={out}", "--allow_batch_mismatch", f"--weights={weights}", "--num_images=20"])
-  with pytest.raises(OSError, match="refusing to replace .*test_tiny_vit_multi_b1.json"):
+  with pytest.raises(OSError,
+                     match="refusing to replace .*test_tiny_vit_multi_b1_float32_cpu.json"):
     solve_cli.main(fv)
 
 

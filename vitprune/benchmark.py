@@ -1,6 +1,6 @@
 """Method benchmark: unpruned vs POMT vs Top-K / ToMe / EViT (and the multi-layer solver).
 
-    variants = build_variants(cfg, solution="outputs/solve/m_paper_b1.json")
+    variants = build_variants(cfg, solution="outputs/solve/m_paper_b1_float32_cpu.json")
     rows = run_benchmark(BenchmarkSpec(cfg, batch_sizes=(1, 64), dtypes=("float32",)), params,
                          variants, data=estimate.load_eval_data("digits"))
     write_outputs(rows, "outputs/benchmark", stem="vit_digits_cpu")

@@ -425,7 +425,8 @@ def to_csv(profile: Profile) -> str:
 # ----------------------------------------------------------------------------- files
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+  """`text` as a lower-case file-name part ('NVIDIA H200' -> 'nvidia-h200')."""
   return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "unknown"
 
 
@@ -433,8 +434,8 @@ def file_stem(profile: Profile, batch_sizes: Optional[Sequence[int]] = None) -> 
   """`<model>_<modes>_b<batches>_<dtype>_<device>` (`batch_sizes`: the profile's by default)."""
   batches = "-".join(str(b) for b in (profile.batch_sizes if batch_sizes is None
                                       else batch_sizes))
-  return (f"{_slug(profile.model)}_{'-'.join(profile.modes)}_b{batches}_{profile.dtype}_"
-          f"{_slug(profile.device_kind)}")
+  return (f"{slug(profile.model)}_{'-'.join(profile.modes)}_b{batches}_{profile.dtype}_"
+          f"{slug(profile.device_kind)}")
 
 
 def check_save(setup: Profile, out_dir: str, stem: str, extra: Sequence[str] = (),

@@ -60,6 +60,7 @@ from vitprune import schedule as schedule_lib
 from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, config_from_dict,
                              config_to_dict, is_method_name, method_options_problem,
                              not_a_method)
+from vitprune.profile import records as profile_records
 
 FORMAT = "vitprune-solution"
 VERSION = 1
@@ -321,7 +322,8 @@ class Solution:
   @property
   def stem(self) -> str:
     """Default output file stem (`solution_stem`)."""
-    return solution_stem(self.model, self.mode, self.profile.batch_size)
+    return solution_stem(self.model, self.mode, self.profile.batch_size, self.profile.dtype,
+                         self.profile.device_kind)
 
   def check_weights(self, weights_sha256: str, weights: str) -> None:
     """Raises ValueError unless this solution was estimated on the parameters whose
@@ -558,9 +560,11 @@ def describe_refinement(ref: Dict[str, Any]) -> str:
              if "anchored" in first and "anchored" in last else ""))
 
 
-def solution_stem(model: str, mode: str, batch_size: int) -> str:
-  """`<model>_<mode>_b<batch>`: the file stem of a solution."""
-  return f"{model}_{mode}_b{batch_size}"
+def solution_stem(model: str, mode: str, batch_size: int, dtype: str, device_kind: str) -> str:
+  """`<model>_<mode>_b<batch>_<dtype>_<device>`: the file stem of a solution, from its
+  profile's dtype and device (as the profile's own name), so that a solution on a bfloat16 or
+  GPU profile no longer replaces the float32 CPU one."""
+  return f"{model}_{mode}_b{batch_size}_{dtype}_{profile_records.slug(device_kind)}"
 
 
 def _check_replaceable(json_path: str) -> None:
