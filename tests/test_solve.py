@@ -333,6 +333,18 @@ def test_step_bottoms_only_restricts_choices():
     assert not set(plan.counts) & {7, 8, 9}
 
 
+def test_a_floor_equal_to_a_prediction_is_met_despite_float_rounding():
+  """0.97 - 0.04 is 0.9299999999999999: a floor of 0.93 skipped that schedule for a slower one,
+  and a floor a hair above the best read 'floor 0.97 is infeasible: the best ... is 0.97'."""
+  pred = 0.97 - 0.04
+  assert pred < 0.93                                   # the float rounding itself
+  plans = [solve.Plan((3, 3), 1.0, 0.97), solve.Plan((3, 2), 0.5, pred)]
+  assert solve.choose(plans, accuracy_floor=0.93) == (plans[1], "accuracy_floor")
+  assert solve.choose(plans, accuracy_floor=0.97 + 1e-16)[0] == plans[0]
+  with pytest.raises(ValueError, match=r"^accuracy floor 0\.9700001 is infeasible: the best "
+                     r"achievable predicted accuracy is 0\.97 \(schedule 3,3\)$"):
+    solve.choose(plans, accuracy_floor=0.9700001)
+
 def test_solve_multilayer_floor_budget_and_infeasible():
   p = _synthetic(3, 5, 11)
   kw = {k: v for k, v in p.items()}

@@ -929,11 +929,22 @@ def pareto_frontier(model: CostModel) -> Tuple[Plan, ...]:
   return tuple(plans)
 
 
+# A predicted accuracy is the unpruned one less differences of k/n values: float rounding can put
+# one that equals the floor just under it (93/100 predicted as 0.9299999999999999).
+FLOOR_SLACK = 1e-9
+
+
+def meets_floor(accuracy, floor: float):
+  """`accuracy >= floor` up to float rounding (`FLOOR_SLACK`); numpy arrays too."""
+  return accuracy >= floor - FLOOR_SLACK
+
+
 def choose(frontier: Sequence[Plan], *, accuracy_floor: Optional[float] = None,
            latency_budget: Optional[float] = None, alpha: float = 0.5) -> Tuple[Plan, str]:
   """Picks one frontier plan; returns (plan, criterion).
 
-  accuracy_floor: the fastest plan with accuracy >= floor (criterion 'accuracy_floor').
+  accuracy_floor: the fastest plan with accuracy >= floor (`meets_floor`; criterion
+    'accuracy_floor').
   latency_budget: the most accurate plan with latency <= budget ('latency_budget').
   neither: the paper's utility over the frontier, alpha (1 - L / max L) + (1 - alpha) A / max A,
   ties to the smaller latency ('utility'). Raises ValueError when infeasible, naming the best
@@ -949,11 +960,11 @@ def choose(frontier: Sequence[Plan], *, accuracy_floor: Optional[float] = None,
     floor = float(accuracy_floor)
     if not np.isfinite(floor):
       raise ValueError(f"accuracy floor must be finite, got {accuracy_floor}")
-    ok = np.flatnonzero(acc >= floor)
+    ok = np.flatnonzero(meets_floor(acc, floor))
     if ok.size == 0:
       best = int(np.argmax(acc))
-      raise ValueError(f"accuracy floor {floor:.6g} is infeasible: the best achievable predicted "
-                       f"accuracy is {acc[best]:.6g} (schedule "
+      raise ValueError(f"accuracy floor {floor:.10g} is infeasible: the best achievable "
+                       f"predicted accuracy is {acc[best]:.10g} (schedule "
                        f"{','.join(map(str, frontier[best].counts))})")
     i = int(ok[np.lexsort((-acc[ok], lat[ok]))[0]])
     return frontier[i], "accuracy_floor"

@@ -887,7 +887,7 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   pool = _candidate_pool(solution, {c.counts: c for c in solution.checked})
   candidates = sorted((p for p in pool.values()
                        if p.predicted_latency_s < best.predicted_latency_s and
-                       _accuracy(p) >= floor),
+                       solve.meets_floor(_accuracy(p), floor)),
                       key=lambda p: p.predicted_latency_s)
   checked: List[Candidate] = []
   for start in range(0, len(candidates), chunk):
@@ -970,7 +970,7 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   chosen = solution.chosen
   known[chosen.counts] = chosen
   eligible = [p for c, p in _candidate_pool(solution, known).items()
-              if c != chosen.counts and _accuracy(p) >= floor]
+              if c != chosen.counts and solve.meets_floor(_accuracy(p), floor)]
   faster = sorted((p for p in eligible if p.predicted_latency_s <= chosen.predicted_latency_s),
                   key=lambda p: -p.predicted_latency_s)[:neighbours]
   slower = sorted((p for p in eligible if p.predicted_latency_s > chosen.predicted_latency_s),
