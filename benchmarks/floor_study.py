@@ -40,6 +40,7 @@ from experiments import common
 from experiments import profile as profile_cli
 from vitprune import atomic
 from vitprune import pipeline
+from vitprune import solve_stage
 from vitprune.profile import latency_model
 from vitprune.records.solution import read_solution
 from vitprune.reduce.methods import make_reducer
@@ -66,8 +67,12 @@ def run_seed(seed: int, floor: float, method: str, job_flags: Sequence[str], out
                    ["--solver=multi", f"--accuracy_floor={floor}", f"--method={method}",
                     f"--seed={seed}", f"--out_dir={out_dir}", "--noprogress", *job_flags])
   t0 = time.perf_counter()
-  with contextlib.redirect_stdout(io.StringIO()):
-    summary = profile_cli.main(f)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      summary = profile_cli.main(f)
+  except solve_stage.FloorNotMetError as e:      # an outcome of the study, not a crash
+    return {"seed": seed, "floor": floor, "meets_floor": False, "floor_not_met": str(e),
+            "retime": None, "wall_s": time.perf_counter() - t0}
   wall = time.perf_counter() - t0
   cfg, params, _, spec, _ = profile_cli.pipeline_from_flags(f)
   solution = read_solution(summary["files"]["solution"])
@@ -133,6 +138,10 @@ def table(rows: List[Dict[str, Any]]) -> str:
            "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     rt = r["retime"]
+    if "floor_not_met" in r:
+      lines.append(f"| {r['seed']} | none: {r['floor_not_met']} | - | NO | n/a | "
+                   f"{r['wall_s']:.0f} | - | - | - |")
+      continue
     lines.append(
         f"| {r['seed']} | {r['schedule']} | {r['measured_accuracy']:.4f} | "
         f"{'yes' if r['meets_floor'] else 'NO'} | "
@@ -194,13 +203,13 @@ def refinement_table(summary: Dict[str, Any]) -> str:
 
 def totals(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
   ratios = [r["retime"]["ratio"] for r in rows if r["retime"]]
-  shares = [r["overhead_share"] for r in rows]
+  shares = [r["overhead_share"] for r in rows if "overhead_share" in r]
   return {"seeds": len(rows), "meets_floor": sum(r["meets_floor"] for r in rows),
           "retimed": len(ratios), "within_5pct": sum(x <= 1.05 for x in ratios),
           "ratio_median": float(np.median(ratios)) if ratios else None,
           "ratio_max": float(max(ratios)) if ratios else None,
-          "overhead_share_median": float(np.median(shares)),
-          "overhead_share_max": float(max(shares))}
+          "overhead_share_median": float(np.median(shares)) if shares else None,
+          "overhead_share_max": float(max(shares)) if shares else None}
 
 
 # The main job's flags the study owns (a --job_flags copy would override them unseen).
@@ -243,7 +252,8 @@ def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
       row = run_seed(seed, f.accuracy_floor, f.method, job_flags,
                      os.path.join(tmp, f"seed{seed}"))
       rows.append(row)
-      print(f"seed {seed}: {row['schedule']} {row['measured_accuracy']:.4f} "
+      print(f"seed {seed}: {row['floor_not_met']}" if "floor_not_met" in row else
+            f"seed {seed}: {row['schedule']} {row['measured_accuracy']:.4f} "
             f"(floor {row['floor']}), wall {row['wall_s']:.0f} s, overhead "
             f"{100 * row['overhead_share']:.1f}%", file=sys.stderr)
   tot = totals(rows)
@@ -252,9 +262,10 @@ def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
            f"median ratio {tot['ratio_median']:.3f}, max {tot['ratio_max']:.3f}")
   print(f"\nfloor met on measurement: {tot['meets_floor']}/{tot['seeds']} seeds; re-timed "
         f"chosen within 5% of the fastest schedule meeting the floor: {tot['within_5pct']}/"
-        f"{tot['retimed']} ({ratio}); calibration + in-loop timing: median "
-        f"{100 * tot['overhead_share_median']:.1f}%, max "
-        f"{100 * tot['overhead_share_max']:.1f}% of the main job's wall time")
+        f"{tot['retimed']} ({ratio})" + (
+            "" if tot["overhead_share_median"] is None else
+            f"; calibration + in-loop timing: median {100 * tot['overhead_share_median']:.1f}%, "
+            f"max {100 * tot['overhead_share_max']:.1f}% of the main job's wall time"))
   subset = common.parse(profile_cli.define_flags, list(job_flags)).num_images
   if subset is not None:
     print(f"(each seed drew its own {subset}-image subset: --num_images in --job_flags)")

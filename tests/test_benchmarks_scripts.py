@@ -472,6 +472,27 @@ def test_floor_study_pools_the_refinement_errors_by_hand():
   assert floor_study.refinement_summary([{"seed": 0, "accuracy_refinement": None}]) == {}
 
 
+def test_floor_study_records_a_seed_whose_floor_is_not_met(tmp_path, monkeypatch):
+  """A main job refusing a floor nothing met on measurement (FloorNotMetError) is a row of the
+  study (meets: NO), not a crash that loses the seeds before it."""
+  from benchmarks import floor_study  # pylint: disable=g-import-not-at-top
+  from vitprune import solve_stage  # pylint: disable=g-import-not-at-top
+
+  def refuse(f):
+    raise solve_stage.FloorNotMetError("accuracy floor 0.99 is not met on measurement: x")
+
+  monkeypatch.setattr(floor_study.profile_cli, "main", refuse)
+  row = floor_study.run_seed(3, 0.99, "pomt", [], str(tmp_path))
+  assert row["meets_floor"] is False and row["floor_not_met"].startswith("accuracy floor 0.99")
+  assert "| 3 | none: accuracy floor 0.99 is not met on measurement: x | - | NO | n/a |" in \
+      floor_study.table([row])
+  assert floor_study.totals([row])["meets_floor"] == 0
+  assert floor_study.totals([row])["overhead_share_median"] is None
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  rows = floor_study.main(common.parse(floor_study.define_flags, [
+      "--seeds=2", "--accuracy_floor=0.99", f"--out={tmp_path / 'f.json'}"]))
+  assert [r["seed"] for r in rows] == [0, 1] and (tmp_path / "f.json").exists()
+
 def test_the_benchmarks_on_the_bundled_weights_check_their_digits_split(tmp_path, monkeypatch):
   """predictor_accuracy and accuracy_combination scored weights/vit_digits on the digits test
   split unchecked: retrained in place with another --split_seed, they would report inflated

@@ -1205,6 +1205,36 @@ def test_a_measured_frontier_makes_budget_and_utility_choices_on_measurements(tm
   assert solve.utility(lat, acc, 0.5)[i] == pytest.approx(solve.utility(lat, acc, 0.5).max())
 
 
+def test_a_floor_nothing_meets_on_measurement_is_an_error(tmp_path):
+  """Two single reductions measured above the unpruned model combine to a prediction above the
+  floor; measured, nothing meets it. The unpruned model (below the floor) was written as the
+  'accuracy_floor_measured' choice with exit 0 and no word that the floor was missed."""
+  ps = _block_profile(tmp_path)
+  gains = {(1, N - 1): 0.93, (3, N - 1): 0.9, (3, N - 2): 0.93}  # L1 then L3: 0.9 + 2 x 0.03
+  es = _estimate(tmp_path, [1, 3], list(range(4, N)), lambda l, n: gains.get((l, n),
+                                                                              _acc(l, n)))
+  floor = 0.95                                # above every measured single and the unpruned 0.9
+  predicted = _multi(ps, es, accuracy_floor=floor, monotone=False)
+  assert predicted.chosen.predicted_accuracy >= floor      # the combination model's optimism
+  calls = []
+
+  def evaluate(counts_list):
+    calls.append(list(counts_list))
+    return [_share(0.92)] * len(counts_list)
+
+  with pytest.raises(solve_stage.FloorNotMetError, match=(
+      r"^accuracy floor 0\.95 is not met on measurement: the unpruned schedule measures 0\.9000 "
+      rf"on {NUM_EXAMPLES} images, the best of the \d+ other schedules measured 0\.9300 "
+      r"\(keep@\d:\d+\); lower the floor$")):
+    _multi(ps, es, accuracy_floor=floor, monotone=False, evaluate=evaluate)
+  assert calls                                 # the predicted candidates were measured first
+  # The in-loop check refuses a measured choice below the floor the same way.
+  below = dataclasses.replace(predicted, basis="measured", chosen=dataclasses.replace(
+      predicted.full, measured_accuracy=0.9))
+  with pytest.raises(solve_stage.FloorNotMetError, match="the unpruned schedule measures 0.9000"):
+    solve_stage.check_in_loop(below, read_estimate(es), None, evaluate,
+                              lambda cs: [1e-3] * len(cs))
+
 def test_a_schedule_predicted_below_the_floor_but_measured_above_it_can_be_chosen(tmp_path):
   """Once measured, a schedule competes on its measurement: the fastest frontier schedule,
   predicted below the floor, measures above it and is chosen (check_floor) and timed

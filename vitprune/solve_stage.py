@@ -768,7 +768,8 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
   Returns (solution, corrected model): the final frontier (every schedule measured), every
   measured schedule in `checked`, all with the final model's predicted accuracy; `chosen`
   re-chosen with the solution's criterion among ALL measured schedules on their measured metric
-  (an infeasible floor or budget keeps the unpruned schedule); `full` measured. Pass the model
+  (an infeasible floor or budget keeps the unpruned schedule, which `check_floor` then refuses
+  as FloorNotMetError); `full` measured. Pass the model
   on to `check_floor`.
   """
   cfg, st = solution.config, dict(solution.settings)
@@ -848,6 +849,35 @@ def _drop_scale(solution: Solution, settings: Dict[str, Any], checked: Sequence[
   return fit_drop_scale(solution.full.predicted_accuracy, checked)
 
 
+class FloorNotMetError(ValueError):
+  """No schedule checked, the unpruned one included, meets the accuracy floor on measurement."""
+
+
+def _check_floor_met(best: Candidate, checked: Sequence[Candidate], floor: float,
+                     images: Optional[int], solution: Solution,
+                     singles: Optional[Dict[Tuple[int, ...], float]] = None) -> None:
+  """FloorNotMetError when `best` (after the search: the unpruned schedule when nothing met the
+  floor) measures below it, naming the best of the other measured schedules (`checked` and the
+  estimate's single reductions `singles`): such a choice was written as
+  'accuracy_floor_measured' with exit 0 and no word that the floor was missed."""
+  if best.measured_accuracy >= floor:
+    return
+  others = {c.counts: (c.measured_accuracy, c.schedule) for c in checked
+            if c.measured_accuracy is not None}
+  for counts, value in (singles or {}).items():
+    others.setdefault(counts, (value, schedule_lib.format_schedule(
+        schedule_lib.Schedule(counts), solution.config)))
+  others.pop(best.counts, None)
+  top = max(others.values(), default=None)
+  unpruned = solution.full is not None and best.counts == solution.full.counts
+  raise FloorNotMetError(
+      f"accuracy floor {floor:.10g} is not met on measurement: "
+      f"{'the unpruned schedule' if unpruned else best.schedule} measures "
+      f"{best.measured_accuracy:.4f}" + (f" on {images} images" if images else "")
+      + (f", the best of the {len(others)} other schedules measured {top[0]:.4f} ({top[1]})"
+         if top else "") + "; lower the floor")
+
+
 def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
                 evaluate: Evaluator, chunk: int = 6, num_images: Optional[int] = None
                 ) -> Solution:
@@ -866,7 +896,8 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   `settings['floor_straddles']` lists the checked schedules whose interval contains the floor.
   Returns the solution with `chosen` (its measured metric filled in), `checked` (the schedules
   measured before and here, by predicted latency; the interval and correction diagnostics use
-  them all) and `basis="measured"`; criterion "accuracy_floor_measured".
+  them all) and `basis="measured"`; criterion "accuracy_floor_measured". FloorNotMetError when
+  nothing checked meets the floor, the unpruned schedule included.
   """
   cfg, metric = solution.config, solution.metric
   floor = solution.settings["accuracy_floor"]
@@ -901,6 +932,7 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
       best = ok[0]
       break
   checked = list({c.counts: c for c in list(solution.checked) + checked}.values())
+  _check_floor_met(best, checked, floor, images, solution, measured)
   straddles = [c.schedule for c in checked + [best] if floor_status(c, floor) == "straddles"]
   settings = dict(solution.settings, singles_meeting_floor=len(singles), num_images=images,
                   floor_straddles=sorted(set(straddles)))
@@ -955,6 +987,7 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   (compiled graphs, one shuffled measurement). The fastest measured one is chosen. Every
   schedule checked keeps predicted and measured latency and accuracy (`checked`); criterion
   "accuracy_floor_measured", basis "measured", `settings['latency_basis'] == "measured"`.
+  FloorNotMetError when the chosen schedule does not meet the floor on measurement.
   """
   floor = solution.settings.get("accuracy_floor")
   if floor is None:
@@ -981,9 +1014,8 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   pool = [got.get(p.counts, p) for p in pool]
   for p in pool:
     known[p.counts] = p
+  _check_floor_met(chosen, list(known.values()), floor, images, solution)
   timed = [chosen] + [p for p in pool if p.measured_accuracy >= floor]
-  if chosen.measured_accuracy < floor:     # nothing met the floor: chosen is the full schedule
-    timed = [chosen]
   seconds = time_schedules([p.counts for p in timed])
   if len(seconds) != len(timed):
     raise ValueError(f"time_schedules returned {len(seconds)} latencies for {len(timed)} "
