@@ -66,6 +66,7 @@ def run(f: flags.FlagValues) -> dict:
     raise ValueError(f"--num_workers must be >= 0, got {f.num_workers}")
   if f.output:
     atomic.check_output_json(f.output, RESULT_FORMAT)
+    runtime.check_not_in_records_folder(f.output, "output")
     check_not_read_as_an_image(f.output, f.images, "output", "images")
   manifest = deploy.read_manifest(f.artifact)
   if not manifest.config.num_classes:

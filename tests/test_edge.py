@@ -346,6 +346,35 @@ def test_no_output_is_written_inside_an_artifact(artifact, tmp_path, capsys):
   assert sorted(str(p) for p in pathlib.Path(artifact).rglob("*")) == before
 
 
+def test_no_output_is_written_into_a_copied_iree_folder(artifact, tmp_path, capsys):
+  """The board setup copies iree/ alone (no inventory): `--output=COPY/iree/bench.json` was
+  written with exit 0, and the copy's next load failed on it ('not a vitprune-edge-target record
+  of version 1 or 2 (a newer vitprune wrote it?)')."""
+  from experiments import common, run_deployed  # pylint: disable=g-import-not-at-top
+  board = tmp_path / "board"
+  shutil.copytree(os.path.join(artifact, edge_rt.EDGE_DIR), board / edge_rt.EDGE_DIR)
+  inside = str(board / edge_rt.EDGE_DIR / "bench.json")
+  want = (f"--output={inside} is inside {os.path.realpath(board / edge_rt.EDGE_DIR)}, an "
+          "artifact's iree/ folder whose every .json is read as a module record: write "
+          "elsewhere\n")
+  r = run_edge("bench", f"--artifact={board}", f"--output={inside}")
+  assert (r.returncode, r.stderr) == (1, "error: " + want)
+  r = run_edge("profile", f"--kit={tmp_path / 'kit'}", f"--out={inside}")
+  assert r.returncode == 1 and "an artifact's iree/ folder" in r.stderr, r.stderr
+  with pytest.raises(SystemExit) as e:
+    common.run_in_process(run_deployed.main, run_deployed.define_flags, [
+        f"--artifact={board}", f"--images={tmp_path}", f"--output={inside}"])
+  assert e.value.code == 1 and capsys.readouterr().err == "error: " + want
+  assert sorted(os.listdir(board / edge_rt.EDGE_DIR)) == sorted(
+      os.listdir(os.path.join(artifact, edge_rt.EDGE_DIR)))
+  # A result put there all the same is named as a stray file, not as a newer record.
+  (board / edge_rt.EDGE_DIR / "bench.json").write_text('{"format": "vitprune-edge-result"}')
+  with pytest.raises(EdgeError, match=r"bench.json: not a vitprune-edge-target record \(format "
+                     r"'vitprune-edge-result'\): a file put into iree/ after the export\? move "
+                     r"it out"):
+    edge_rt.read_records(str(board))
+
+
 def test_a_digits_folder_of_the_weights_training_images_is_refused_on_the_board(tmp_path,
                                                                                 capsys):
   """`run_deployed` and `vitprune.edge run` scored the bundled model on a `digits_images

@@ -176,6 +176,7 @@ def check_flags(command: str) -> None:
                                for n in unread))
   if FLAGS.output:
     atomic.check_output_json(FLAGS.output, RESULT_FORMAT, "output")
+    runtime.check_not_in_records_folder(FLAGS.output, "output")
     if command == "run":
       check_not_read_as_an_image(FLAGS.output, FLAGS.images, "output", "images")
   if command == "profile" and FLAGS.out:
@@ -190,6 +191,7 @@ def check_flags(command: str) -> None:
     if FLAGS.kit and atomic.is_within(FLAGS.out, FLAGS.kit):
       raise ValueError(f"--out={FLAGS.out} is inside the kit {FLAGS.kit}: write the profile "
                        "elsewhere (a kit holds only what edge_kit wrote)")
+    runtime.check_not_in_records_folder(FLAGS.out, "out")
     stem = FLAGS.out[:-5]
     atomic.check_output_json(stem + ".json", records.FORMAT, "out", [stem + ".csv"])
 

@@ -335,6 +335,20 @@ def check_shards(shards: Any, batch: int, where: str, module: Optional[Dict] = N
   return shards
 
 
+def check_not_in_records_folder(path: str, flag: str) -> None:
+  """ValueError naming `--flag` when `path` is a .json file in an artifact's iree/ folder (one
+  holding .vmfb modules or beside a manifest.json): every iree/*.json is read as a module
+  record, so a result written there broke the artifact. The inventory check
+  (`atomic.check_outside_published`) catches that only where the inventory was copied too; the
+  board setup copies iree/ alone."""
+  folder = os.path.dirname(os.path.realpath(path))
+  if (path.endswith(".json") and os.path.basename(folder) == EDGE_DIR
+      and (glob.glob(os.path.join(glob.escape(folder), "*.vmfb"))
+           or os.path.isfile(os.path.join(os.path.dirname(folder), "manifest.json")))):
+    raise ValueError(f"--{flag}={path} is inside {folder}, an artifact's {EDGE_DIR}/ folder "
+                     "whose every .json is read as a module record: write elsewhere")
+
+
 def read_records(path: str) -> List[Dict[str, Any]]:
   """The per-target records of artifact `path`, in file-name order (validated headers)."""
   if not os.path.isdir(path):
@@ -346,6 +360,10 @@ def read_records(path: str) -> List[Dict[str, Any]]:
   out = []
   for f in files:
     doc = read_json(f, "edge target record")
+    if isinstance(doc, dict) and doc.get("format") != RECORD_FORMAT:
+      raise EdgeError(f"{f}: not a {RECORD_FORMAT} record (format {doc.get('format')!r}): a file "
+                      f"put into {EDGE_DIR}/ after the export? move it out (every "
+                      f"{EDGE_DIR}/*.json is read as a module record)")
     if (doc.get("format") != RECORD_FORMAT or not jsonio.is_int(doc.get("version"))
         or doc["version"] not in RECORD_VERSIONS):             # (true passed as version 1)
       raise EdgeError(f"{f}: not a {RECORD_FORMAT} record of version "
