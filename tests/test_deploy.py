@@ -273,7 +273,12 @@ def test_weights_of_another_shape_fail(artifact, tmp_path):
 
 def test_manifest_leaf_listing_must_match_exported(artifact, tmp_path):
   path = _copy(artifact, tmp_path)
-  _edit_manifest(path, lambda d: d["weights"]["leaves"].pop("['cls_token']"))
+
+  def drop_cls_token(d):                  # num_params kept consistent (else that is refused)
+    gone = d["weights"]["leaves"].pop("['cls_token']")
+    d["weights"]["num_params"] -= int(np.prod(gone["shape"]))
+
+  _edit_manifest(path, drop_cls_token)
   with pytest.raises(deploy.ArtifactError, match=r"weight listing .* missing "
                      r"\[\"\['cls_token'\]\"\]"):
     deploy.load(path)
@@ -339,6 +344,20 @@ EDITED = "identity does not match the manifest's fields|does not describe the ex
      "weights.sha256 must be a sha256 hex digest"),
     (lambda d: d["files"].__setitem__("forward_sha256", "x" * 64),
      "files.forward_sha256 must be a sha256 hex digest"),
+    # Fields that describe the graph or the weights were taken as given (a probe's edits).
+    (lambda d: d["input"].__setitem__("layout", "NCHW"), "input.layout 'NCHW' is not 'NHWC'"),
+    (lambda d: d["output"].__setitem__("kind", "features"),
+     "output.kind 'features' is not 'logits' for num_classes=10"),
+    (lambda d: d["weights"].__setitem__("num_params", 5),
+     r"weights.num_params 5 is not the \d+ parameters its leaves list"),
+    (lambda d: d["weights"].__setitem__("sha256_of", "bananas"),
+     "weights.sha256_of 'bananas' is not"),
+    # A leaf listing edited huge was reported as a memory error by run_deployed.
+    (lambda d: next(iter(d["weights"]["leaves"].values())).__setitem__("shape", [10 ** 12]),
+     r"weights.num_params \d+ is not the 1000000\d+ parameters its leaves list"),
+    # The training-data guard reads the weights' split from the source: no longer editable.
+    (lambda d: d["weights"].__setitem__("source", {"meta": {"split": {"seed": 7}}}),
+     "weights.source no longer hashes to weights.source_sha256"),
 ])
 def test_edited_manifest_is_refused(artifact, tmp_path, edit, message):
   path = _copy(artifact, tmp_path)

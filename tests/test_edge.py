@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from vitprune import deploy, iree_build, model
+from vitprune import deploy, iree_build, jsonio, model
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime as edge_rt
 from vitprune.edge import targets as targets_lib
@@ -1342,3 +1342,17 @@ def test_a_failed_compile_names_its_reason(args, want):
   assert iree_build._first_error(e.value) == want
   assert iree_build._first_error(ValueError("x\nDiagnostics:\na.mlir:3:1: error: bad op\nLLVM "
                                             "ERROR: later")) == "a.mlir:3:1: error: bad op"
+
+
+def test_the_weights_source_the_training_data_guard_reads_is_checked_on_the_board():
+  """An edited `weights.source` in manifest.json (the split emptied or changed) lifted the
+  guard that refuses to score the weights' training digits: `vitprune.edge run` then reported
+  accuracy 1.0000 on them."""
+  source = {"path": "weights/vit_digits", "meta": {"split": {"seed": 0}}}
+  doc = {"weights": {"source": source, "source_sha256": jsonio.canonical_sha256(source)}}
+  assert edge_rt.weights_meta(doc) == {"split": {"seed": 0}}
+  assert edge_rt.weights_meta({"weights": {"source": source}}) == source["meta"]   # older
+  doc["weights"]["source"] = {"path": "weights/vit_digits"}
+  with pytest.raises(EdgeError, match=r"^manifest.json: weights.source no longer hashes to "
+                     r"weights.source_sha256 \(edited\?"):
+    edge_rt.weights_meta(doc)

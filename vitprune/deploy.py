@@ -45,6 +45,7 @@ import numpy as np
 
 import vitprune
 from vitprune import atomic
+from vitprune import jsonio
 from vitprune import orbax_io
 from vitprune.config import ViTConfig, is_float_dtype
 from vitprune.data import iterate_batches
@@ -54,7 +55,8 @@ from vitprune.digest import file_sha256, params_sha256  # noqa: F401  (file_sha2
 from vitprune.edge.runtime import check_finite_outputs
 from vitprune.edge.targets import parse_targets
 from vitprune.records.manifest import (BATCH_SYMBOL, FORMAT, MANIFEST_FILE, VERSION,  # noqa: F401
-                                       ArtifactError, Manifest, read_manifest)
+                                       WEIGHTS_SHA256_OF, ArtifactError, Manifest,
+                                       read_manifest)
 from vitprune.schedule import check_schedule
 
 FORWARD_FILE = "forward.jax_export"
@@ -196,15 +198,15 @@ def plan_manifest(cfg: ViTConfig, params: Params, *, counts: Sequence[int],
   """The manifest of an artifact before export (the forward's sha256 is filled in after)."""
   _batch_dim(batch_size)
   b = BATCH_SYMBOL if batch_size is None else int(batch_size)
+  source = _jsonable(dict(weights_source or {}))
   return Manifest(
       config=cfg, counts=tuple(int(c) for c in counts), reducer=reducer_entry, dtype=dtype,
       precision=precision, input_shape=(b, cfg.img_size, cfg.img_size, cfg.in_chans),
       output_shape=(b, cfg.num_classes or cfg.embed_dim),
-      weights={"sha256": params_sha256(params),
-               "sha256_of": "parameter leaves (vitprune.deploy.params_sha256)",
+      weights={"sha256": params_sha256(params), "sha256_of": WEIGHTS_SHA256_OF,
                "num_params": int(sum(np.size(v) for v in jax.tree.leaves(params))),
-               "leaves": leaf_listing(params),
-               "source": _jsonable(dict(weights_source or {}))},
+               "leaves": leaf_listing(params), "source": source,
+               "source_sha256": jsonio.canonical_sha256(source)},
       platforms=tuple(platforms),
       files={"forward": FORWARD_FILE, "forward_sha256": "", "params": PARAMS_DIR},
       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -432,7 +432,13 @@ def _first_difference(what: str, got: Any, want: Any) -> Tuple[str, Any, Any]:
 
 def weights_meta(manifest: Dict[str, Any]) -> Any:
   """What an artifact's manifest says of its weights' origin (`train_digits` records the
-  dataset and split there), None where it says nothing."""
+  dataset and split there), None where it says nothing; EdgeError when the source no longer
+  hashes to its recorded `source_sha256` (an edited split lifted the training-data guard)."""
+  digest = _sub(manifest, "weights", "source_sha256")
+  if digest is not None and digest != jsonio.canonical_sha256(_sub(manifest, "weights",
+                                                                   "source")):
+    raise EdgeError("manifest.json: weights.source no longer hashes to weights.source_sha256 "
+                    "(edited? the training-data check reads the weights' split there)")
   return _sub(manifest, "weights", "source", "meta")
 
 

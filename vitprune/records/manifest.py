@@ -13,7 +13,8 @@ Written by `vitprune.deploy.export_artifact` as `manifest.json`; read (strictly,
    "output": {"shape": [B | "b", K], "dtype", "kind": "logits" | "features"},
    "preprocessing": the model's Preprocessing fields,
    "weights": {"sha256", "sha256_of", "num_params", "leaves": {path: {"shape", "dtype"}},
-               "source": {...}},
+               "source": {...}, "source_sha256": of source (the weights' origin: the
+               training-data guard reads its split; absent in artifacts made before it)},
    "platforms": [...], "files": {"forward", "forward_sha256", "params",
                                  "calling_convention_version"},
    "class_names": null | [num_classes names],
@@ -24,7 +25,8 @@ Written by `vitprune.deploy.export_artifact` as `manifest.json`; read (strictly,
 
 Everything that decides what the graph computes (config, schedule, reducer, compute, shapes,
 preprocessing, class names) is checked for consistency here and tied to the exported forward by
-`identity`; free-form entries (provenance, versions, weights source) are kept as given.
+`identity`; free-form entries (provenance, versions) are kept as given, and the weights source
+as given when it still hashes to its `source_sha256`.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ VERSION = 1
 MANIFEST_FILE = "manifest.json"
 BATCH_SYMBOL = "b"
 DTYPES = COMPUTE_DTYPES
+WEIGHTS_SHA256_OF = "parameter leaves (vitprune.deploy.params_sha256)"
 PRECISIONS = ("highest", "high", "default")
 
 Dim = Union[int, str]
@@ -198,6 +201,25 @@ class Manifest:
     _req(jsonio.is_sha256(sha), where,
          f"weights.sha256 must be a sha256 hex digest (64 lower-case hex digits), got {sha!r}")
     _req(isinstance(w.get("leaves"), dict), where, "weights.leaves must be an object")
+    _req(w.get("sha256_of", WEIGHTS_SHA256_OF) == WEIGHTS_SHA256_OF, where,
+         f"weights.sha256_of {w.get('sha256_of')!r} is not {WEIGHTS_SHA256_OF!r} (edited?)")
+    listed = _listed_count(w["leaves"])
+    _req("num_params" not in w or listed is None or (
+        jsonio.is_int(w["num_params"]) and w["num_params"] == listed), where,
+         f"weights.num_params {w.get('num_params')!r} is not the {listed} parameters its leaves "
+         "list (edited?)")
+    digest = w.get("source_sha256")
+    _req(digest is None or (jsonio.is_sha256(digest) and
+                            digest == jsonio.canonical_sha256(w.get("source"))), where,
+         "weights.source no longer hashes to weights.source_sha256 (edited? the training-data "
+         "check reads the weights' split there)")
+    _req(doc["input"].get("layout", "NHWC") == "NHWC", where,
+         f"input.layout {doc['input'].get('layout')!r} is not 'NHWC' (the exported forward "
+         "takes [B, H, W, C] images)")
+    kind = "logits" if cfg.num_classes else "features"
+    _req(doc["output"].get("kind", kind) == kind, where,
+         f"output.kind {doc['output'].get('kind')!r} is not {kind!r} for num_classes="
+         f"{cfg.num_classes}")
     platforms = doc["platforms"]
     _req(isinstance(platforms, list) and platforms and all(isinstance(p, str) for p in platforms),
          where, f"platforms must be a non-empty list of names, got {platforms!r}")
@@ -231,6 +253,21 @@ class Manifest:
     _req(ident is None or ident == m.identity(), where,
          "identity does not match the manifest's fields (the manifest was edited)")
     return m
+
+
+def _listed_count(leaves: Dict[str, Any]) -> Optional[int]:
+  """Parameters of a weights listing {path: {"shape": [...]}}; None when a shape is not a list
+  of non-negative ints (the listing check against the exported forward names that)."""
+  total = 0
+  for leaf in leaves.values():
+    shape = leaf.get("shape") if isinstance(leaf, dict) else None
+    if not (isinstance(shape, list) and all(jsonio.is_int(d) and d >= 0 for d in shape)):
+      return None
+    size = 1
+    for d in shape:
+      size *= d
+    total += size
+  return total
 
 
 def read_manifest(path: str) -> Manifest:
