@@ -517,3 +517,20 @@ def test_the_main_job_verifies_the_random_drop_graph_its_solution_deploys(tmp_pa
       "random", seed=seed))([s["counts"]])[0] for seed in (0, 5)}
   assert accuracy[0] != accuracy[5]                 # (else this test could not tell them apart)
   assert s["pruned"]["accuracy"] == accuracy[5]
+
+
+def test_the_printed_summary_is_of_the_merged_profile(tmp_path, capsys):
+  """A second run merged into the file printed a table of its own points only: the file's
+  other points, and a step between them and the new ones, went unmentioned."""
+  _run(tmp_path, "--tokens=17,9")
+  capsys.readouterr()
+  (prof,) = _run(tmp_path, "--tokens=13")
+  out = capsys.readouterr().out
+  path = tmp_path / "test-tiny-vit_model_b1_float32_cpu.json"
+  assert {p.tokens for p in prof.points} == {17, 13, 9} == {
+      p.tokens for p in records.load(str(path)).points}
+  assert f"{path} holds 3 points: this run's 1 merged into the 2 others it held" in out
+  table = runner.summary_table(prof)
+  assert all(re.search(rf"^model +1 +{n} ", table, re.M) for n in (17, 13, 9))
+  (prof,) = _run(tmp_path / "new", "--tokens=13")  # a new file: nothing else held
+  assert len(prof.points) == 1 and " holds " not in capsys.readouterr().out

@@ -277,7 +277,9 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
 
   params: the model's parameter tree (default: `init_params(cfg, spec.seed)`). With `out_dir`,
   checks every output first (`check_outputs`), then writes each profile's JSON/CSV/PNG there,
-  plus one profile of all batch sizes when there are several. `compile_cache_dir` enables
+  plus one profile of all batch sizes when there are several; each profile returned is then
+  what its file holds, this run's points merged into those it held (a summary of this run's
+  points alone missed the steps the file records). `compile_cache_dir` enables
   JAX's persistent compilation cache (process-wide setting).
   """
   if out_dir:
@@ -290,10 +292,16 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
   profiles = []
   for b in spec.batch_sizes:
     prof = profile_batch(spec, int(b), params, progress=progress, log=log)
-    profiles.append(prof)
     if out_dir:
       paths = write_outputs(prof, out_dir)
       log(_wrote(paths))
+      held = records.load(paths["json"])
+      if len(held.points) != len(prof.points):
+        log(f"{console.printable(paths['json'])} holds {len(held.points)} points: this run's "
+            f"{len(prof.points)} merged into the {len(held.points) - len(prof.points)} "
+            "others it held (the summary is of them all)")
+      prof = held
+    profiles.append(prof)
   if out_dir and len(profiles) > 1:   # every batch size in one profile too (one plot of all)
     paths = write_outputs(records.merge(profiles), out_dir)
     log(_wrote(paths))
