@@ -297,6 +297,33 @@ def test_plot_writes_png_and_rejects_missing_component(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["p.png"]
 
 
+def test_a_block_profile_plots_its_block_curve_beside_its_predictor_checks(tmp_path,
+                                                                          monkeypatch):
+  """The PNG of a --mode=block profile drew its 3 whole-graph predictor checks joined as the
+  'model' latency curve, and never the per-block curve B(n) the mode measures."""
+  from vitprune import figure  # pylint: disable=g-import-not-at-top
+  drawn = []
+  real = figure.png_bytes
+  monkeypatch.setattr(figure, "png_bytes", lambda fig, **kw: (drawn.append(fig),
+                                                               real(fig, **kw))[1])
+  pts = [_point("embed", 17, 2e-3)] + [_point("block", n, 1e-3 * n) for n in range(17, 1, -1)]
+  pts += [_point("head", n, 1e-4) for n in range(17, 1, -1)]
+  pts += [_point("model", n, 2e-3 + 1.5e-3 * n) for n in (17, 9, 2)]
+  prof = _profile(pts, modes=("block",))
+  assert len(prof.predictions) == 3
+  plot.plot_profile(prof, str(tmp_path / "b.png"))
+  curve, checks = drawn[-1].axes
+  assert curve.get_title().startswith("test_tiny_vit block |")
+  assert sorted(curve.lines[0].get_xdata()) == list(range(2, 18))
+  assert checks.get_title() == "predictor checks: per-block sum vs measured graph"
+  measured, predicted = checks.lines[:2]
+  assert sorted(measured.get_xdata()) == [2, 9, 17]
+  assert sorted(predicted.get_ydata()) == pytest.approx(sorted(
+      1e3 * p["predicted_s"] for p in prof.predictions))
+  plot.plot_profile(prof, str(tmp_path / "m.png"), component="model")   # asked for: one panel
+  assert len(drawn[-1].axes) == 1 and drawn[-1].axes[0].get_title().startswith(
+      "test_tiny_vit model |")
+
 def test_a_profile_of_numpy_numbers_saves_as_plain_json(tmp_path):
   """Points with np.int64 batch sizes and counts (a library user's arrays): save() failed with a
   raw 'Object of type int64 is not JSON serializable' naming no field."""

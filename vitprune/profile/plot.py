@@ -11,17 +11,24 @@ from vitprune.profile import records
 def plot_profile(profile: records.Profile, path: str, *, component: Optional[str] = None) -> str:
   """Median latency (ms, IQR error bars) vs tokens kept, one line per batch size, steps marked.
 
-  `component`: 'model' or 'block'; default 'model' if measured, else 'block'. Block curves are
-  shown next to the per-block sum prediction of the whole model when both exist. Returns `path`.
+  `component`: 'model' or 'block'; default the profile's mode ('block' for a `--mode=block`
+  profile, whose few whole-model points are predictor checks, not a curve), else 'model' if
+  measured. A block curve is shown next to its predictor checks (the per-block sum vs the
+  measured graph) when the profile has them. Returns `path`.
   """
   have = {p.component for p in profile.points}
   if component is None:
-    component = "model" if "model" in have else "block"
+    block_mode = "block" in profile.modes and "model" not in profile.modes
+    component = "block" if block_mode and "block" in have else (
+        "model" if "model" in have else "block")
   if component not in records.CURVE_COMPONENTS:
     raise ValueError(f"can plot only {records.CURVE_COMPONENTS}, got {component!r}")
   if component not in have:
     raise ValueError(f"profile of {profile.model} has no {component!r} points to plot")
-  fig, ax = figure.subplots(figsize=(8, 4.5))
+  checks = list(profile.predictions) if component == "block" else []
+  fig, axes = figure.subplots(1, 2 if checks else 1, figsize=(12 if checks else 8, 4.5),
+                              squeeze=False)
+  ax = axes[0][0]
   for b in profile.batch_sizes:
     pts = profile.curve(component, b)
     if not pts:
@@ -45,6 +52,25 @@ def plot_profile(profile: records.Profile, path: str, *, component: Optional[str
                f"({profile.platform})", fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
+  if checks:
+    _plot_checks(axes[0][1], checks)
   fig.tight_layout()
   atomic.write_bytes(path, figure.png_bytes(fig, dpi=120))
   return path
+
+
+def _plot_checks(ax, checks) -> None:
+  """Predictor checks: each measured whole graph (x: the tokens entering block 0) against the
+  per-block sum predicted for it."""
+  for b in sorted({c["batch_size"] for c in checks}):
+    mine = sorted((c for c in checks if c["batch_size"] == b), key=lambda c: c["schedule"][0])
+    n = [c["schedule"][0] for c in mine]
+    line = ax.plot(n, [1e3 * c["measured_s"] for c in mine], "o", ms=5,
+                   label=f"batch {b} measured graph")
+    ax.plot(n, [1e3 * c["predicted_s"] for c in mine], "x", ms=6, color=line[0].get_color(),
+            label=f"batch {b} per-block sum (predicted)")
+  ax.set_xlabel("tokens kept (entering block 0)")
+  ax.set_ylabel("whole-model latency, median (ms)")
+  ax.set_title("predictor checks: per-block sum vs measured graph", fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
