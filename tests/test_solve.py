@@ -946,10 +946,18 @@ def test_batch_mismatch_names_both(tmp_path):
   assert sol.curve["tokens"] == [5, 6, N]
   # Without the full count the utility's scale was the grid's own best, and a one-count grid
   # was "chosen" whatever it measured.
+  # An estimate without the full count has it all the same: its reference, the unpruned model
+  # measured on the same images (the main job's multi estimate was refused as lacking it).
   es = _estimate(tmp_path, [None], [5, 6], _acc, batch=8, name="no_full.json")
-  with pytest.raises(solve_stage.SolveInputError, match=rf"have no common point at the full {N} "
-                     "tokens: paper mode weighs every count against the unpruned model"):
-    _paper(ps, es, allow_batch_mismatch=True)
+  sol = _paper(ps, es, allow_batch_mismatch=True)
+  assert sol.curve["tokens"] == [5, 6, N]
+  assert sol.curve["accuracy"][-1] == read_estimate(es).reference.get("accuracy")
+  no_full = _save_profile(tmp_path, [_point("model", n, 1e-3, batch=1) for n in range(5, N)],
+                          name="no_full_p.json")
+  with pytest.raises(solve_stage.SolveInputError, match=rf"no_full_p.json has no point at the "
+                     rf"full {N} tokens: paper mode weighs every count against the unpruned "
+                     rf"model; measure {N} in it$"):
+    _paper(no_full, es, allow_batch_mismatch=True)
   with pytest.raises(solve_stage.SolveInputError, match=r"no model/block points at batch size 4 "
                                                      r"\(has \[1\]\)"):
     _paper(ps, es, batch_size=4, allow_batch_mismatch=True)
@@ -963,7 +971,7 @@ def test_batch_mismatch_names_both(tmp_path):
 
 
 def test_empty_intersection_nan_and_metric(tmp_path):
-  ps = _save_profile(tmp_path, [_point("model", n, 1e-3) for n in range(12, N + 1)])
+  ps = _save_profile(tmp_path, [_point("model", n, 1e-3) for n in range(12, N)])
   es = _estimate(tmp_path, [None], [5, 6, 7], _acc)
   with pytest.raises(solve_stage.SolveInputError, match="share no token count"):
     _paper(ps, es)

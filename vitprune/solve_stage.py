@@ -268,6 +268,9 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
                           f"mode at block {layer} needs an embed ('tokens') estimate or one "
                           f"with layer {layer}")
   at, acc = estimate.curve(metric, layer=est_layer)
+  if cfg.num_tokens not in at:       # the unpruned model: the estimate's reference, measured
+    at = np.append(at, cfg.num_tokens)                   # (the main job's multi estimate)
+    acc = np.append(acc, estimate.reference.get(metric))
   try:
     ns, lat_c, acc_c = solve.intersect_grid(lt, lat, at, acc)
   except ValueError as e:
@@ -275,9 +278,8 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
                           ) from None
   if cfg.num_tokens not in ns:        # (the utility's scale was the grid's own best, and a
     raise SolveInputError(            # one-count grid was "chosen" whatever it measured)
-        f"profile {profile.source} and estimate {estimate.source} have no common point at "
-        f"the full {cfg.num_tokens} tokens: paper mode weighs every count against the unpruned "
-        f"model; measure {cfg.num_tokens} in both")
+        f"profile {profile.source} has no point at the full {cfg.num_tokens} tokens: paper "
+        f"mode weighs every count against the unpruned model; measure {cfg.num_tokens} in it")
   if method is None:
     method = "pomt" if est_layer is None else estimate.method
   try:                         # the reducers' registry names the valid methods
