@@ -333,3 +333,23 @@ def test_a_profile_of_numpy_numbers_saves_as_plain_json(tmp_path):
   loaded = records.load(paths["json"])
   assert [(p.batch_size, p.tokens) for p in loaded.points] == [(1, 17), (1, 9)]
   assert all(type(p.tokens) is int for p in loaded.points)
+
+
+def test_modes_that_do_not_match_the_points_are_refused(tmp_path):
+  """A --mode=block profile relabelled `"modes": ["model"]` loaded, and paper mode read its 3
+  predictor checks as the whole-model curve L(n)."""
+  pts = [_point("embed", 17, 2e-3)] + [_point("block", n, 1e-3 * n) for n in (17, 9, 2)]
+  pts += [_point("head", n, 1e-4) for n in (17, 9, 2)] + [_point("model", 17, 0.02)]
+  records.save(_profile(pts, modes=("block",)), str(tmp_path), stem="b")
+  doc = json.loads((tmp_path / "b.json").read_text())
+  assert records.load(str(tmp_path / "b.json")).modes == ("block",)
+  for modes, why in (
+      (["model"], r"\['model'\] do not match its points: block points but no mode of "
+                  r"\['block', 'schedule'\]; embed points"),
+      (["schedule"], r"mode 'schedule' but no schedule points \(edited\?\)$"),
+      (["block", "model", "schedule"], "mode 'schedule' but no schedule points")):
+    (tmp_path / "e.json").write_text(json.dumps(dict(doc, modes=modes)))
+    with pytest.raises(ValueError, match=r"e.json: modes .*" + why):
+      records.load(str(tmp_path / "e.json"))
+  (tmp_path / "e.json").write_text(json.dumps(dict(doc, modes=["model", "block"])))
+  assert records.load(str(tmp_path / "e.json")).modes == ("model", "block")  # checks: model

@@ -317,6 +317,7 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
       graph = f"{pt.tokens} tokens" + ("" if pt.schedule is None else f" {list(pt.schedule)}")
       raise ValueError(f"{source}: point {i} ({pt.component}, batch {pt.batch_size}, {graph}) "
                        f"repeats point {j}: a profile holds one timing per graph (edited?)")
+  _check_modes(d["modes"], points, source)
   for k in ANALYSIS_KEYS:
     if not isinstance(d.get(k, []), list) or not all(isinstance(x, dict) for x in d.get(k, [])):
       raise ValueError(f"{source}: {k} must be a list of objects")
@@ -527,6 +528,27 @@ def save(profile: Profile, out_dir: str, stem: Optional[str] = None, *,
       with open(os.path.join(tmp, names[-1]), "w") as f:
         f.write(text)
   return paths
+
+
+# The modes that measure each component: any mode may time "model" graphs (--mode=block's
+# predictor checks), and --mode=schedule times the per-block table too.
+_MODES_OF = {"embed": ("block", "schedule"), "block": ("block", "schedule"),
+             "head": ("block", "schedule"), "dispatch": ("block", "schedule"),
+             "schedule": ("schedule",)}
+_OWN_COMPONENT = {"model": "model", "block": "block", "schedule": "schedule"}
+
+
+def _check_modes(modes: Sequence[str], points: Sequence[Point], source: str) -> None:
+  """ValueError when `modes` and the points' components disagree: a block profile relabelled
+  'model' had its 3 predictor checks read as the whole-model curve L(n)."""
+  have = {p.component for p in points}
+  problems = [f"{c} points but no mode of {list(_MODES_OF[c])}" for c in sorted(have)
+              if c in _MODES_OF and not set(_MODES_OF[c]) & set(modes)]
+  problems += [f"mode {m!r} but no {_OWN_COMPONENT[m]} points" for m in modes
+               if _OWN_COMPONENT[m] not in have]
+  if points and problems:
+    raise ValueError(f"{source}: modes {list(modes)} do not match its points: "
+                     f"{'; '.join(problems)} (edited?)")
 
 
 def load(path: str) -> Profile:
