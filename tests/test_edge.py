@@ -1356,3 +1356,25 @@ def test_the_weights_source_the_training_data_guard_reads_is_checked_on_the_boar
   with pytest.raises(EdgeError, match=r"^manifest.json: weights.source no longer hashes to "
                      r"weights.source_sha256 \(edited\?"):
     edge_rt.weights_meta(doc)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda leaves: leaves[1].update(shape="ab"),
+     r"weights.leaves\[1\] shape must be a list of non-negative integers, got 'ab'"),
+    (lambda leaves: leaves[0].update(offset=-64), r"weights.leaves\[0\] offset must be a "
+                                                  r"non-negative integer, got -64"),
+    (lambda leaves: leaves.__setitem__(0, 7), r"weights.leaves\[0\] is not an object"),
+])
+def test_a_malformed_weight_leaf_entry_is_named(tmp_path, edit, message):
+  """A kit's weights.leaves[i].shape edited to "ab" ended `vitprune.edge profile` with
+  'error: invalid literal for int() with base 10', naming neither the file nor the field."""
+  from vitprune.digest import file_sha256  # pylint: disable=g-import-not-at-top
+  blob, leaves = edge_rt.pack_weights([np.ones((2, 3), np.float32), np.zeros(5, np.float32)],
+                                      ["a", "b"])
+  (tmp_path / "w.bin").write_bytes(blob)
+  entry = {"mode": "args", "file": "w.bin", "sha256": file_sha256(str(tmp_path / "w.bin")),
+           "leaves": leaves}
+  assert [a.shape for a in edge_rt.read_weights(str(tmp_path), entry, "kit k")] == [(2, 3), (5,)]
+  edit(entry["leaves"])
+  with pytest.raises(EdgeError, match=rf"^kit k: {message} \(an edited record\?\)$"):
+    edge_rt.read_weights(str(tmp_path), entry, "kit k")

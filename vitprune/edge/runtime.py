@@ -89,7 +89,13 @@ def read_weights(root: str, entry: Dict[str, Any], what: str) -> List[np.ndarray
   path = checked_file(root, entry, what)
   blob = np.fromfile(path, np.uint8)
   out, end = [], 0
-  for leaf in entry["leaves"]:
+  leaves = entry.get("leaves")
+  if not isinstance(leaves, list):
+    raise EdgeError(f"{what}: weights.leaves must be a list, got {type(leaves).__name__}")
+  for i, leaf in enumerate(leaves):
+    bad = _bad_leaf_entry(leaf)
+    if bad:                        # ("ab" as a shape: "invalid literal for int()", no file named)
+      raise EdgeError(f"{what}: weights.leaves[{i}] {bad} (an edited record?)")
     if leaf.get("dtype") != "float32":     # (an edit met IREE's raw buffer diagnostics)
       raise EdgeError(f"{what}: weight leaf {leaf.get('name')} is stored as "
                       f"{leaf.get('dtype')!r}; vitprune packs float32 weights (an edited "
@@ -108,6 +114,21 @@ def read_weights(root: str, entry: Dict[str, Any], what: str) -> List[np.ndarray
   if end != blob.size:
     raise EdgeError(f"{what}: {path} holds {blob.size} bytes, its weight leaves end at {end}")
   return out
+
+
+def _bad_leaf_entry(leaf: Any) -> Optional[str]:
+  """Why a packed weight leaf entry {name, shape, dtype, offset, nbytes} is malformed, or None."""
+  if not isinstance(leaf, dict):
+    return "is not an object"
+  if not isinstance(leaf.get("name"), str):
+    return f"name must be a string, got {leaf.get('name')!r}"
+  shape = leaf.get("shape")
+  if not (isinstance(shape, list) and all(jsonio.is_int(d) and d >= 0 for d in shape)):
+    return f"shape must be a list of non-negative integers, got {shape!r}"
+  for key in ("offset", "nbytes"):
+    if not (jsonio.is_int(leaf.get(key)) and leaf[key] >= 0):
+      return f"{key} must be a non-negative integer, got {leaf.get(key)!r}"
+  return None
 
 
 def pack_weights(leaves: Sequence[np.ndarray], names: Sequence[str]):
