@@ -20,9 +20,9 @@ r"""Schedule solver CLI: a latency profile + an accuracy estimate -> a token sch
       --accuracy_floor=0.9 --weights=weights/vit_digits --refine_accuracy_rounds=4 \
       --anchored_prediction
 
-Writes `<out_dir>/<model>_<mode>_b<batch>.{json,png}` (format in `vitprune/records/solution.py`) and
-prints the chosen schedule (compact text, usable as `--schedule` elsewhere) with its predicted
-latency and accuracy.
+Writes `<out_dir>/<model>_<mode>_b<batch>_<dtype>_<device>.{json,png}` (the profile's dtype
+and device; format in `vitprune/records/solution.py`) and prints the chosen schedule (compact
+text, usable as `--schedule` elsewhere) with its predicted latency and accuracy.
 """
 from __future__ import annotations
 

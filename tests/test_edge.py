@@ -373,6 +373,12 @@ def test_no_output_is_written_into_a_copied_iree_folder(artifact, tmp_path, caps
                      r"'vitprune-edge-result'\): a file put into iree/ after the export\? move "
                      r"it out"):
     edge_rt.read_records(str(board))
+  # A folder named iree/ that holds no module record is not an artifact's (a web app's).
+  web = tmp_path / "webapp"
+  (web / "iree").mkdir(parents=True)
+  (web / "manifest.json").write_text('{"name": "my app"}')
+  (web / "iree" / "notes.json").write_text('{"format": "other"}')
+  edge_rt.check_not_in_records_folder(str(web / "iree" / "bench.json"), "output")
 
 
 def test_a_digits_folder_of_the_weights_training_images_is_refused_on_the_board(tmp_path,

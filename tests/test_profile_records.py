@@ -323,6 +323,12 @@ def test_a_block_profile_plots_its_block_curve_beside_its_predictor_checks(tmp_p
   plot.plot_profile(prof, str(tmp_path / "m.png"), component="model")   # asked for: one panel
   assert len(drawn[-1].axes) == 1 and drawn[-1].axes[0].get_title().startswith(
       "test_tiny_vit model |")
+  # A --mode=schedule profile's checks are schedules (all at N entering block 0): no panel.
+  sched = _profile([p for p in pts if p.component != "model"] + [
+      _point("schedule", 17, 0.02, schedule=(17, 9, 2))], modes=("schedule",))
+  assert [c["component"] for c in sched.predictions] == ["schedule"]
+  plot.plot_profile(sched, str(tmp_path / "s.png"))
+  assert len(drawn[-1].axes) == 1
 
 def test_a_profile_of_numpy_numbers_saves_as_plain_json(tmp_path):
   """Points with np.int64 batch sizes and counts (a library user's arrays): save() failed with a

@@ -356,16 +356,25 @@ def check_shards(shards: Any, batch: int, where: str, module: Optional[Dict] = N
   return shards
 
 
+def _holds_records(folder: str) -> bool:
+  """Whether `folder` holds a module record (a JSON file of RECORD_FORMAT)."""
+  for f in glob.glob(os.path.join(glob.escape(folder), "*.json")):
+    try:
+      if jsonio.read_json(f, "record").get("format") == RECORD_FORMAT:
+        return True
+    except (jsonio.FormatError, OSError, AttributeError):
+      continue
+  return False
+
+
 def check_not_in_records_folder(path: str, flag: str) -> None:
   """ValueError naming `--flag` when `path` is a .json file in an artifact's iree/ folder (one
-  holding .vmfb modules or beside a manifest.json): every iree/*.json is read as a module
-  record, so a result written there broke the artifact. The inventory check
-  (`atomic.check_outside_published`) catches that only where the inventory was copied too; the
-  board setup copies iree/ alone."""
+  holding module records): every iree/*.json is read as a module record, so a result written
+  there broke the artifact. The inventory check (`atomic.check_outside_published`) catches that
+  only where the inventory was copied too; the board setup copies iree/ alone."""
   folder = os.path.dirname(os.path.realpath(path))
   if (path.endswith(".json") and os.path.basename(folder) == EDGE_DIR
-      and (glob.glob(os.path.join(glob.escape(folder), "*.vmfb"))
-           or os.path.isfile(os.path.join(os.path.dirname(folder), "manifest.json")))):
+      and _holds_records(folder)):
     raise ValueError(f"--{flag}={path} is inside {folder}, an artifact's {EDGE_DIR}/ folder "
                      "whose every .json is read as a module record: write elsewhere")
 

@@ -25,7 +25,9 @@ def plot_profile(profile: records.Profile, path: str, *, component: Optional[str
     raise ValueError(f"can plot only {records.CURVE_COMPONENTS}, got {component!r}")
   if component not in have:
     raise ValueError(f"profile of {profile.model} has no {component!r} points to plot")
-  checks = list(profile.predictions) if component == "block" else []
+  # (a --mode=schedule profile's checks are schedules, all entering block 0 at N: no curve)
+  checks = ([c for c in profile.predictions if c["component"] == "model"]
+            if component == "block" else [])
   fig, axes = figure.subplots(1, 2 if checks else 1, figsize=(12 if checks else 8, 4.5),
                               squeeze=False)
   ax = axes[0][0]
