@@ -237,6 +237,9 @@ def test_predictor_accuracy_table_says_a_missed_floor_with_the_right_sign():
   assert "| NO (0.9333 < 0.95) |" in predictor_accuracy.table([row]).splitlines()[-1]
   row["choice"].update(meets_floor=True, measured_accuracy=0.96)
   assert "| yes (0.9600 >= 0.95) |" in predictor_accuracy.table([row]).splitlines()[-1]
+  # A run that ended with FloorNotMetError (nothing checked met the floor) is a row too.
+  row["choice"] = {"floor": 0.99, "meets_floor": False, "floor_not_met": "accuracy floor ..."}
+  assert "| NO (nothing checked met 0.99) |" in predictor_accuracy.table([row]).splitlines()[-1]
 
 
 def test_predictor_accuracy_refuses_bad_input_before_any_work(tmp_path):

@@ -1219,8 +1219,9 @@ def test_a_floor_nothing_meets_on_measurement_is_an_error(tmp_path):
   'accuracy_floor_measured' choice with exit 0 and no word that the floor was missed."""
   ps = _block_profile(tmp_path)
   gains = {(1, N - 1): 0.93, (3, N - 1): 0.9, (3, N - 2): 0.93}  # L1 then L3: 0.9 + 2 x 0.03
-  es = _estimate(tmp_path, [1, 3], list(range(4, N)), lambda l, n: gains.get((l, n),
-                                                                              _acc(l, n)))
+  gains[None, 10] = 0.99     # after the embedding: not a candidate of multi mode, so not named
+  es = _estimate(tmp_path, [None, 1, 3], list(range(4, N)),
+                 lambda l, n: gains.get((l, n), _acc(l, n)))
   floor = 0.95                                # above every measured single and the unpruned 0.9
   predicted = _multi(ps, es, accuracy_floor=floor, monotone=False)
   assert predicted.chosen.predicted_accuracy >= floor      # the combination model's optimism
@@ -1242,6 +1243,11 @@ def test_a_floor_nothing_meets_on_measurement_is_an_error(tmp_path):
   with pytest.raises(solve_stage.FloorNotMetError, match="the unpruned schedule measures 0.9000"):
     solve_stage.check_in_loop(below, read_estimate(es), None, evaluate,
                               lambda cs: [1e-3] * len(cs))
+  # ... unless a neighbour it measures meets the floor: then the choice is among those.
+  loop = solve_stage.check_in_loop(below, read_estimate(es), None,
+                                   lambda cs: [_share(0.97)] * len(cs),
+                                   lambda cs: [1e-3] * len(cs))
+  assert loop.chosen.counts != predicted.full.counts and loop.chosen.measured_accuracy == 0.97
 
 def test_a_schedule_predicted_below_the_floor_but_measured_above_it_can_be_chosen(tmp_path):
   """Once measured, a schedule competes on its measurement: the fastest frontier schedule,

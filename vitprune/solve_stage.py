@@ -907,12 +907,12 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   measured = estimate.measured(metric)
   full = solution.full
   grid = {int(n) for n in model.ns}
+  eligible = {c: v for c, v in measured.items()
+              if c != full.counts and grid.issuperset(c)
+              and c[0] == full.counts[0]}     # (not an after-embedding row: multi mode prunes
+                                              # in blocks only)
   singles = sorted((solve.Plan(c, *solve.predict_schedule(model, c))
-                    for c, v in measured.items()
-                    if v >= floor and c != full.counts and grid.issuperset(c)
-                    and c[0] == full.counts[0]),    # (not an after-embedding row: multi mode
-                                                    # prunes in blocks only)
-                   key=lambda p: p.latency)
+                    for c, v in eligible.items() if v >= floor), key=lambda p: p.latency)
   best = (_measured(_candidate(cfg, singles[0].counts, singles[0].latency, singles[0].accuracy),
                     measured[singles[0].counts], images) if singles else
           _measured(full, measured[full.counts], images))
@@ -934,7 +934,7 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
       best = ok[0]
       break
   checked = list({c.counts: c for c in list(solution.checked) + checked}.values())
-  _check_floor_met(best, checked, floor, images, solution, measured)
+  _check_floor_met(best, checked, floor, images, solution, eligible)
   straddles = [c.schedule for c in checked + [best] if floor_status(c, floor) == "straddles"]
   settings = dict(solution.settings, singles_meeting_floor=len(singles), num_images=images,
                   floor_straddles=sorted(set(straddles)))
@@ -989,7 +989,8 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   (compiled graphs, one shuffled measurement). The fastest measured one is chosen. Every
   schedule checked keeps predicted and measured latency and accuracy (`checked`); criterion
   "accuracy_floor_measured", basis "measured", `settings['latency_basis'] == "measured"`.
-  FloorNotMetError when the chosen schedule does not meet the floor on measurement.
+  FloorNotMetError when neither the chosen schedule nor a neighbour meets the floor on
+  measurement.
   """
   floor = solution.settings.get("accuracy_floor")
   if floor is None:
@@ -1016,8 +1017,9 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   pool = [got.get(p.counts, p) for p in pool]
   for p in pool:
     known[p.counts] = p
-  _check_floor_met(chosen, list(known.values()), floor, images, solution)
-  timed = [chosen] + [p for p in pool if p.measured_accuracy >= floor]
+  timed = [p for p in [chosen] + pool if p.measured_accuracy >= floor]
+  if not timed:        # (a measured choice below the floor, and no neighbour meets it either)
+    _check_floor_met(chosen, list(known.values()), floor, images, solution)
   seconds = time_schedules([p.counts for p in timed])
   if len(seconds) != len(timed):
     raise ValueError(f"time_schedules returned {len(seconds)} latencies for {len(timed)} "
