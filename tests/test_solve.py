@@ -971,9 +971,11 @@ def test_batch_mismatch_names_both(tmp_path):
 
 
 def test_empty_intersection_nan_and_metric(tmp_path):
-  ps = _save_profile(tmp_path, [_point("model", n, 1e-3) for n in range(12, N)])
+  ps = _save_profile(tmp_path, [_point("model", n, 1e-3) for n in range(12, N + 1)])
   es = _estimate(tmp_path, [None], [5, 6, 7], _acc)
-  with pytest.raises(solve_stage.SolveInputError, match="share no token count"):
+  with pytest.raises(solve_stage.SolveInputError, match=rf"p.json \(counts 12..{N}\) and "
+                     rf"estimate .*e.json \(counts 5..7\) share no token count below the full "
+                     rf"{N}: paper mode has nothing to choose$"):
     _paper(ps, es)
   pts = [_point("model", n, 1e-3) for n in range(5, N + 1)]
   pts[2] = dataclasses.replace(pts[2], median_s=float("nan"))

@@ -268,6 +268,14 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
                           f"mode at block {layer} needs an embed ('tokens') estimate or one "
                           f"with layer {layer}")
   at, acc = estimate.curve(metric, layer=est_layer)
+  # Both grids prune, but never to the same count (where one does not, `check_paper_grid`
+  # below says what to measure).
+  below = [np.asarray(g)[np.asarray(g) < cfg.num_tokens] for g in (lt, at)]
+  if all(b.size for b in below) and not np.intersect1d(*below).size:
+    raise SolveInputError(f"profile {profile.source} (counts {min(lt)}..{max(lt)}) and estimate "
+                          f"{estimate.source} (counts {at.min()}..{at.max()}) share no token "
+                          f"count below the full {cfg.num_tokens}: paper mode has nothing to "
+                          "choose")
   if cfg.num_tokens not in at:       # the unpruned model: the estimate's reference, measured
     at = np.append(at, cfg.num_tokens)                   # (the main job's multi estimate)
     acc = np.append(acc, estimate.reference.get(metric))
