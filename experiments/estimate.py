@@ -179,10 +179,12 @@ def main(f: flags.FlagValues):
   name = f.out_name or default_out_name(
       cfg, method, layers, data_tag, data.info["num_examples"], f.seed,
       None if f.tokens is None else tokens, f.dtype)
-  if not f.out_name and os.path.lexists(os.path.join(f.out_dir, name)) and not f.overwrite:
-    raise FileExistsError(f"{os.path.join(f.out_dir, name)} already exists, an estimate with "
-                          "these flags (pass --overwrite to replace it, or --out_name to write "
-                          "another file)")
+  if not f.out_name and os.path.lexists(os.path.join(f.out_dir, name)):   # the derived name
+    atomic.check_replaceable_json(os.path.join(f.out_dir, name), ESTIMATE_FORMAT)  # not ours?
+    if not f.overwrite:
+      raise FileExistsError(f"{os.path.join(f.out_dir, name)} already exists, an estimate with "
+                            "these flags (pass --overwrite to replace it, or --out_name to "
+                            "write another file)")
   atomic.check_output_json(os.path.join(f.out_dir, name), ESTIMATE_FORMAT, "out_name",
                            overwrite=f.overwrite)
   result = estimate.evaluate(cfg, params, data.batches(cfg, f.batch_size, f.num_workers),

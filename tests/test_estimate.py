@@ -655,3 +655,13 @@ def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
   assert code == 1 and err.count("\n") == 1 and err.startswith(
       f"error: {tmp_path}/test_tiny_vit_random_embed_digits-test_n4_s0_t9.17_float32.json already "
       "exists, an estimate with these flags (pass --overwrite to replace it, or --out_name")
+  # Someone else's file or a folder at the derived name: refused as such, with or without
+  # --overwrite, naming no flag that was not given.
+  other = tmp_path / "test_tiny_vit_random_embed_digits-test_n4_s0_t9.12.17_float32.json"
+  for make in (lambda: other.write_text('{"mine": 1}'), other.mkdir):
+    make()
+    for extra in ([], ["--overwrite"]):
+      code, _, err = run_cli_in_process(root, "estimate", base + ["--tokens=9,12,17"] + extra)
+      assert code == 1 and err.startswith(f"error: refusing to replace {other}: it is "), err
+      assert "--out_name" not in err and err.count("\n") == 1
+    other.unlink() if other.is_file() else other.rmdir()
