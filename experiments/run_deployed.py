@@ -78,7 +78,7 @@ def run(f: flags.FlagValues) -> dict:
   # parameter count, so the model code is never imported.
   memory.check_batch_fits(manifest.config, [bs], manifest.dtype, schedule=manifest.schedule,
                           num_params=deploy.listed_param_count(manifest))
-  check_digits_folder(f.images, runtime.weights_meta({"weights": manifest.weights}),
+  check_digits_folder(f.images, runtime.weights_meta(manifest.to_json()),
                       f"the weights of {f.artifact}")     # (as estimate checks --weights)
   model = deploy.load(f.artifact)
   dataset = ImageFolder(f.images, class_names=model.class_names, num_classes=model.num_outputs)

@@ -126,7 +126,7 @@ def test_round_trip_fixed_batch_equals_jitted_forward(artifact, params):
   assert model.class_names == [f"c{i}" for i in range(10)]
   m = model.manifest.to_json()
   assert m == deploy.read_manifest(artifact).to_json()
-  assert (m["format"], m["version"]) == ("vitprune-deploy", 1)
+  assert (m["format"], m["version"]) == ("vitprune-deploy", 2)
   assert m["schedule"]["counts"] == [17, 17, 9]
   assert m["schedule"]["text"] == format_schedule(SCHED, CFG)
   assert m["reducer"]["name"] == "keep_last" and m["reducer"]["options"] == {"k": 1}
@@ -293,7 +293,8 @@ def test_manifest_platforms_must_match_exported(artifact, tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda d: d.__setitem__("version", 2), "unsupported format version 2"),
+    (lambda d: d.__setitem__("version", 3), r"unsupported format version 3 \(this vitprune "
+                                            r"reads versions 1 and 2\)"),
     (lambda d: d.__setitem__("version", True), "unsupported format version True"),
     (lambda d: d["input"].__setitem__("dtype", "float64"), "input.dtype 'float64' is not"),
     (lambda d: d["output"].__setitem__("dtype", "int8"), "output.dtype 'int8' is not"),
@@ -358,6 +359,14 @@ EDITED = "identity does not match the manifest's fields|does not describe the ex
     # The training-data guard reads the weights' split from the source: no longer editable.
     (lambda d: d["weights"].__setitem__("source", {"meta": {"split": {"seed": 7}}}),
      "weights.source no longer hashes to weights.source_sha256"),
+    # ... nor by deleting the digest too (version 2 records it), nor any field every version
+    # wrote.
+    (lambda d: (d["weights"].pop("source_sha256"), d["weights"].update(source={})),
+     r"lacks \['weights.source_sha256'\]"),
+    (lambda d: (d["weights"].pop("num_params"), d["output"].pop("kind")),
+     r"lacks \['weights.num_params', 'output.kind'\]"),
+    (lambda d: d["input"].pop("layout"), r"lacks \['input.layout'\]"),
+    (lambda d: d["weights"].update(source="x"), "weights.source must be an object, got str"),
 ])
 def test_edited_manifest_is_refused(artifact, tmp_path, edit, message):
   path = _copy(artifact, tmp_path)
@@ -764,3 +773,17 @@ def test_a_solution_names_its_profile_by_what_was_measured(tmp_path):
       deploy_cli.input_provenance(path),
       types.SimpleNamespace(path=path, sha256=jsonio.canonical_sha256(records.to_json(prof))),
       est, "s.json")
+
+
+def test_a_version_1_manifest_without_the_source_digest_still_loads(artifact, tmp_path):
+  """Artifacts exported before weights.source_sha256 was recorded (manifest version 1)."""
+  path = _copy(artifact, tmp_path)
+  _edit_manifest(path, lambda d: (d.__setitem__("version", 1), d["weights"].pop("source_sha256")))
+  loaded = deploy.load(path)
+  assert "source_sha256" not in loaded.manifest.weights
+  from vitprune import jsonio  # pylint: disable=g-import-not-at-top
+  doc = loaded.manifest.to_json()             # written again: version 2, with the digest
+  assert doc["version"] == 2 and doc["weights"]["source_sha256"] == jsonio.canonical_sha256(
+      doc["weights"]["source"])
+  assert deploy.Manifest.from_json(doc).weights["source_sha256"] == doc["weights"][
+      "source_sha256"]

@@ -1357,7 +1357,9 @@ def test_the_weights_source_the_training_data_guard_reads_is_checked_on_the_boar
   source = {"path": "weights/vit_digits", "meta": {"split": {"seed": 0}}}
   doc = {"weights": {"source": source, "source_sha256": jsonio.canonical_sha256(source)}}
   assert edge_rt.weights_meta(doc) == {"split": {"seed": 0}}
-  assert edge_rt.weights_meta({"weights": {"source": source}}) == source["meta"]   # older
+  assert edge_rt.weights_meta({"version": 1, "weights": {"source": source}}) == source["meta"]
+  with pytest.raises(EdgeError, match=r"^manifest.json lacks weights.source_sha256"):
+    edge_rt.weights_meta({"version": 2, "weights": {"source": source}})
   doc["weights"]["source"] = {"path": "weights/vit_digits"}
   with pytest.raises(EdgeError, match=r"^manifest.json: weights.source no longer hashes to "
                      r"weights.source_sha256 \(edited\?"):

@@ -464,7 +464,13 @@ def weights_meta(manifest: Dict[str, Any]) -> Any:
   """What an artifact's manifest says of its weights' origin (`train_digits` records the
   dataset and split there), None where it says nothing; EdgeError when the source no longer
   hashes to its recorded `source_sha256` (an edited split lifted the training-data guard)."""
+  if not isinstance(manifest, dict):      # (a board copy of iree/ alone: no manifest)
+    return None
   digest = _sub(manifest, "weights", "source_sha256")
+  version = manifest.get("version")
+  if digest is None and not (jsonio.is_int(version) and version < 2):   # (version 2 records it)
+    raise EdgeError("manifest.json lacks weights.source_sha256 (edited? the training-data "
+                    "check reads the weights' split from weights.source)")
   if digest is not None and digest != jsonio.canonical_sha256(_sub(manifest, "weights",
                                                                    "source")):
     raise EdgeError("manifest.json: weights.source no longer hashes to weights.source_sha256 "

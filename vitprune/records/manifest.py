@@ -1,7 +1,8 @@
 """The deployment manifest record: what an artifact directory holds and how to call it.
 
 Written by `vitprune.deploy.export_artifact` as `manifest.json`; read (strictly, every field) by
-`vitprune.deploy.load`. Layout (format "vitprune-deploy", version 1):
+`vitprune.deploy.load`. Layout (format "vitprune-deploy", version 2; version 1, read too, lacks
+weights.source_sha256):
 
   {"format", "version", "created",
    "model": {"name", "config"},
@@ -14,7 +15,7 @@ Written by `vitprune.deploy.export_artifact` as `manifest.json`; read (strictly,
    "preprocessing": the model's Preprocessing fields,
    "weights": {"sha256", "sha256_of", "num_params", "leaves": {path: {"shape", "dtype"}},
                "source": {...}, "source_sha256": of source (the weights' origin: the
-               training-data guard reads its split; absent in artifacts made before it)},
+               training-data guard reads its split)},
    "platforms": [...], "files": {"forward", "forward_sha256", "params",
                                  "calling_convention_version"},
    "class_names": null | [num_classes names],
@@ -40,7 +41,8 @@ from vitprune.config import (COMPUTE_DTYPES, Preprocessing, ViTConfig, check_con
                              config_from_dict, config_to_dict)
 
 FORMAT = "vitprune-deploy"
-VERSION = 1
+VERSION = 2
+READ_VERSIONS = (1, 2)    # 2: weights.source_sha256 required (1: before it was recorded)
 MANIFEST_FILE = "manifest.json"
 BATCH_SYMBOL = "b"
 DTYPES = COMPUTE_DTYPES
@@ -128,12 +130,18 @@ class Manifest:
         "output": {"shape": list(self.output_shape), "dtype": "float32",
                    "kind": "logits" if self.config.num_classes else "features"},
         "preprocessing": config_to_dict(self.config)["preprocessing"],
-        "weights": dict(self.weights), "platforms": list(self.platforms),
+        "weights": self._weights_json(), "platforms": list(self.platforms),
         "files": dict(self.files),
         "class_names": None if self.class_names is None else list(self.class_names),
         "targets": list(self.targets), "identity": self.identity(),
         "provenance": dict(self.provenance), "versions": dict(self.versions),
     }
+
+  def _weights_json(self) -> Dict[str, Any]:
+    """`weights` with its source's digest (a manifest read from version 1 had none)."""
+    w = dict(self.weights)
+    w.setdefault("source_sha256", jsonio.canonical_sha256(w.get("source", {})))
+    return w
 
   @classmethod
   def from_json(cls, doc: Any, where: str = MANIFEST_FILE) -> "Manifest":
@@ -141,9 +149,9 @@ class Manifest:
     the file and the field otherwise."""
     _req(isinstance(doc, dict) and doc.get("format") == FORMAT, where,
          f"format {doc.get('format') if isinstance(doc, dict) else None!r} is not {FORMAT!r}")
-    _req(jsonio.is_int(doc.get("version")) and doc["version"] == VERSION, where,
-         f"unsupported format version "
-         f"{doc.get('version')!r} (this vitprune reads version {VERSION})")
+    _req(jsonio.is_int(doc.get("version")) and doc["version"] in READ_VERSIONS, where,
+         f"unsupported format version {doc.get('version')!r} (this vitprune reads versions "
+         f"{' and '.join(map(str, READ_VERSIONS))})")
     missing = [k for k in ("created", "model", "schedule", "reducer", "compute", "input",
                            "output", "preprocessing", "weights", "platforms", "files")
                if k not in doc]
@@ -201,24 +209,32 @@ class Manifest:
     _req(jsonio.is_sha256(sha), where,
          f"weights.sha256 must be a sha256 hex digest (64 lower-case hex digits), got {sha!r}")
     _req(isinstance(w.get("leaves"), dict), where, "weights.leaves must be an object")
-    _req(w.get("sha256_of", WEIGHTS_SHA256_OF) == WEIGHTS_SHA256_OF, where,
-         f"weights.sha256_of {w.get('sha256_of')!r} is not {WEIGHTS_SHA256_OF!r} (edited?)")
+    # Every version wrote these; version 2 also the source's digest.
+    required = ["num_params", "sha256_of", "source"] + (["source_sha256"]
+                                                        if doc["version"] >= 2 else [])
+    missing = [f"weights.{k}" for k in required if k not in w] + [
+        f"{side}.{k}" for side, k in (("input", "layout"), ("output", "kind"))
+        if k not in doc[side]]
+    _req(not missing, where, f"lacks {missing} (edited?)")
+    _req(w["sha256_of"] == WEIGHTS_SHA256_OF, where,
+         f"weights.sha256_of {w['sha256_of']!r} is not {WEIGHTS_SHA256_OF!r} (edited?)")
     listed = _listed_count(w["leaves"])
-    _req("num_params" not in w or listed is None or (
-        jsonio.is_int(w["num_params"]) and w["num_params"] == listed), where,
-         f"weights.num_params {w.get('num_params')!r} is not the {listed} parameters its leaves "
-         "list (edited?)")
+    _req(listed is None or (jsonio.is_int(w["num_params"]) and w["num_params"] == listed),
+         where, f"weights.num_params {w['num_params']!r} is not the {listed} parameters its "
+         "leaves list (edited?)")
+    _req(isinstance(w["source"], dict), where,
+         f"weights.source must be an object, got {type(w['source']).__name__}")
     digest = w.get("source_sha256")
     _req(digest is None or (jsonio.is_sha256(digest) and
-                            digest == jsonio.canonical_sha256(w.get("source"))), where,
+                            digest == jsonio.canonical_sha256(w["source"])), where,
          "weights.source no longer hashes to weights.source_sha256 (edited? the training-data "
          "check reads the weights' split there)")
-    _req(doc["input"].get("layout", "NHWC") == "NHWC", where,
-         f"input.layout {doc['input'].get('layout')!r} is not 'NHWC' (the exported forward "
-         "takes [B, H, W, C] images)")
+    _req(doc["input"]["layout"] == "NHWC", where,
+         f"input.layout {doc['input']['layout']!r} is not 'NHWC' (the exported forward takes "
+         "[B, H, W, C] images)")
     kind = "logits" if cfg.num_classes else "features"
-    _req(doc["output"].get("kind", kind) == kind, where,
-         f"output.kind {doc['output'].get('kind')!r} is not {kind!r} for num_classes="
+    _req(doc["output"]["kind"] == kind, where,
+         f"output.kind {doc['output']['kind']!r} is not {kind!r} for num_classes="
          f"{cfg.num_classes}")
     platforms = doc["platforms"]
     _req(isinstance(platforms, list) and platforms and all(isinstance(p, str) for p in platforms),
