@@ -359,3 +359,19 @@ def test_modes_that_do_not_match_the_points_are_refused(tmp_path):
       records.load(str(tmp_path / "e.json"))
   (tmp_path / "e.json").write_text(json.dumps(dict(doc, modes=["model", "block"])))
   assert records.load(str(tmp_path / "e.json")).modes == ("model", "block")  # checks: model
+
+
+def test_a_block_profiles_predictor_checks_are_not_a_curve_with_steps():
+  """`--mode=block` printed '-- steps of model curve ... 37 -> 5 saves 68.3%' and recorded it
+  in `steps`, from its 3 whole-graph predictor checks."""
+  from vitprune.profile import runner  # pylint: disable=g-import-not-at-top
+  pts = [_point("embed", 17, 2e-3)] + [_point("block", n, 1e-3) for n in range(17, 1, -1)]
+  pts += [_point("head", n, 1e-4) for n in range(17, 1, -1)]
+  pts += [_point("model", 17, 0.03), _point("model", 9, 0.03), _point("model", 2, 0.005)]
+  block = _profile(pts, modes=("block",))
+  assert records.curve_components(block) == ("block",)
+  assert not [s for s in block.steps if s["component"] == "model"]
+  assert "steps of model curve" not in runner.summary_table(block)
+  both = _profile(pts, modes=("model", "block"))        # a real model curve merged in
+  assert records.curve_components(both) == ("model", "block")
+  assert [(s["n_from"], s["n_to"]) for s in both.steps if s["component"] == "model"] == [(9, 2)]

@@ -187,12 +187,19 @@ def block_table(profile: Profile, batch_size: int) -> Optional[predict_lib.Block
                                 overhead_s=dispatch[0].median_s if dispatch else 0.0)
 
 
+def curve_components(profile: Profile) -> Tuple[str, ...]:
+  """The components of `profile` that are latency curves L(n): 'block', and 'model' where a
+  'model' mode measured it (a --mode=block profile's few whole-graph points are predictor
+  checks: a 'step' between 3 of them was reported as one)."""
+  return tuple(c for c in CURVE_COMPONENTS if c != "model" or "model" in profile.modes)
+
+
 def analyze(profile: Profile, **step_kw) -> Profile:
   """Recomputes `steps`, `flats` and `predictions` from `points`."""
   depth = int(profile.config["depth"])
   steps, flats, preds = [], [], []
   for b in profile.batch_sizes:
-    for comp in CURVE_COMPONENTS:
+    for comp in curve_components(profile):
       rep = step_report(profile.curve(comp, b), **step_kw)
       if rep is None:
         continue

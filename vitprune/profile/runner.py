@@ -341,7 +341,7 @@ def summary_table(profile: records.Profile) -> str:
                  f"{100 * p.rel_iqr:>6.1f} {p.num_samples:>7} {p.compile_s:>9.3f} "
                  f"{p.retries:>5}" + (f"  {list(p.schedule)}" if p.schedule else ""))
   for b in profile.batch_sizes:
-    for comp in records.CURVE_COMPONENTS:
+    for comp in records.curve_components(profile):
       rep = records.step_report(profile.curve(comp, b))
       if rep is None:
         continue
