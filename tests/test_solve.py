@@ -344,6 +344,9 @@ def test_a_floor_equal_to_a_prediction_is_met_despite_float_rounding():
   with pytest.raises(ValueError, match=r"^accuracy floor 0\.9700001 is infeasible: the best "
                      r"achievable predicted accuracy is 0\.97 \(schedule 3,3\)$"):
     solve.choose(plans, accuracy_floor=0.9700001)
+  with pytest.raises(ValueError, match=r"floor 0\.999 is infeasible: the best achievable "
+                     r"predicted accuracy is 0\.97493 \("):     # 6 digits where they suffice
+    solve.choose([solve.Plan((3, 3), 1.0, 0.9749303621)], accuracy_floor=0.999)
 
 def test_solve_multilayer_floor_budget_and_infeasible():
   p = _synthetic(3, 5, 11)

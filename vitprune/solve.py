@@ -929,6 +929,16 @@ def pareto_frontier(model: CostModel) -> Tuple[Plan, ...]:
   return tuple(plans)
 
 
+def shown_apart(a: float, b: float) -> Tuple[str, str]:
+  """`a` and `b` to 6 significant digits, or as many more as tell them apart ('floor 0.97 is
+  infeasible: the best ... is 0.97')."""
+  for digits in range(6, 18):
+    sa, sb = f"{a:.{digits}g}", f"{b:.{digits}g}"
+    if sa != sb or a == b:
+      return sa, sb
+  return repr(a), repr(b)
+
+
 # A predicted accuracy is the unpruned one less differences of k/n values: float rounding can put
 # one that equals the floor just under it (93/100 predicted as 0.9299999999999999).
 FLOOR_SLACK = 1e-9
@@ -963,8 +973,9 @@ def choose(frontier: Sequence[Plan], *, accuracy_floor: Optional[float] = None,
     ok = np.flatnonzero(meets_floor(acc, floor))
     if ok.size == 0:
       best = int(np.argmax(acc))
-      raise ValueError(f"accuracy floor {floor:.10g} is infeasible: the best achievable "
-                       f"predicted accuracy is {acc[best]:.10g} (schedule "
+      shown_floor, shown_best = shown_apart(floor, float(acc[best]))
+      raise ValueError(f"accuracy floor {shown_floor} is infeasible: the best achievable "
+                       f"predicted accuracy is {shown_best} (schedule "
                        f"{','.join(map(str, frontier[best].counts))})")
     i = int(ok[np.lexsort((-acc[ok], lat[ok]))[0]])
     return frontier[i], "accuracy_floor"

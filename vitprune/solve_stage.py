@@ -881,7 +881,7 @@ def _check_floor_met(best: Candidate, checked: Sequence[Candidate], floor: float
   top = max(others.values(), default=None)
   unpruned = solution.full is not None and best.counts == solution.full.counts
   raise FloorNotMetError(
-      f"accuracy floor {floor:.10g} is not met on measurement: "
+      f"accuracy floor {floor:.6g} is not met on measurement: "
       f"{'the unpruned schedule' if unpruned else best.schedule} measures "
       f"{best.measured_accuracy:.4f}" + (f" on {images} images" if images else "")
       + (f", the best of the {len(others)} other schedules measured {top[0]:.4f} ({top[1]})"
