@@ -775,15 +775,41 @@ def test_a_solution_names_its_profile_by_what_was_measured(tmp_path):
       est, "s.json")
 
 
-def test_a_version_1_manifest_without_the_source_digest_still_loads(artifact, tmp_path):
-  """Artifacts exported before weights.source_sha256 was recorded (manifest version 1)."""
-  path = _copy(artifact, tmp_path)
-  _edit_manifest(path, lambda d: (d.__setitem__("version", 1), d["weights"].pop("source_sha256")))
+def test_a_version_1_manifest_without_the_source_digest_still_loads(params, tmp_path,
+                                                                    monkeypatch):
+  """Artifacts exported before weights.source_sha256 was recorded (manifest version 1, the
+  forward's identity without it), as that code wrote them."""
+  plan = deploy.plan_manifest
+
+  def before_the_digest(*args, **kwargs):
+    m = plan(*args, **kwargs)
+    return dataclasses.replace(m, weights={k: v for k, v in m.weights.items()
+                                           if k != "source_sha256"})
+
+  monkeypatch.setattr(deploy, "plan_manifest", before_the_digest)
+  path = deploy.export_artifact(str(tmp_path / "v1"), CFG, params, batch_size=2, verify=False)
+  monkeypatch.undo()
+  assert json.loads(open(os.path.join(path, "manifest.json")).read())["version"] == 1
   loaded = deploy.load(path)
   assert "source_sha256" not in loaded.manifest.weights
-  from vitprune import jsonio  # pylint: disable=g-import-not-at-top
-  doc = loaded.manifest.to_json()             # written again: version 2, with the digest
-  assert doc["version"] == 2 and doc["weights"]["source_sha256"] == jsonio.canonical_sha256(
-      doc["weights"]["source"])
-  assert deploy.Manifest.from_json(doc).weights["source_sha256"] == doc["weights"][
-      "source_sha256"]
+  doc = loaded.manifest.to_json()             # written again: still version 1, as it was
+  assert doc["version"] == 1 and "source_sha256" not in doc["weights"]
+  assert deploy.Manifest.from_json(doc) == loaded.manifest
+
+
+def test_a_version_2_manifest_set_back_to_version_1_is_refused(artifact, tmp_path):
+  """Version 1 has no source digest: a version-2 manifest set back to 1, its digest deleted
+  and its source edited, passed every check and lifted the training-data guard."""
+  def downgrade(d):
+    d.update(version=1)
+    d["weights"].pop("source_sha256")
+    d["weights"]["source"] = {"meta": {"split": {"seed": 7}}}
+
+  path = _copy(artifact, tmp_path)
+  _edit_manifest(path, downgrade)
+  with pytest.raises(deploy.ArtifactError, match="identity does not match the manifest's "
+                                                 "fields"):
+    deploy.load(path)
+  _edit_manifest(path, lambda d: d.pop("identity"))      # the forward's own identity refuses
+  with pytest.raises(deploy.ArtifactError, match="does not describe the exported forward"):
+    deploy.load(path)

@@ -1386,3 +1386,20 @@ def test_a_malformed_weight_leaf_entry_is_named(tmp_path, edit, message):
   edit(entry["leaves"])
   with pytest.raises(EdgeError, match=rf"^kit k: {message} \(an edited record\?\)$"):
     edge_rt.read_weights(str(tmp_path), entry, "kit k")
+
+
+def test_a_manifest_set_back_to_version_1_is_refused_on_the_board(artifact, tmp_path):
+  """The board has no exported forward to check a manifest's identity against: a version-2
+  manifest set back to version 1, its source digest deleted and its split edited, lifted the
+  training-data guard there. The module records carry the digest too."""
+  board = tmp_path / "board"
+  shutil.copytree(artifact, board)
+  rec = json.loads((board / edge_rt.EDGE_DIR / "iree_host.json").read_text())
+  doc = json.loads((board / "manifest.json").read_text())
+  assert rec["weights"]["source_sha256"] == doc["weights"]["source_sha256"]
+  doc.update(version=1)
+  doc["weights"].pop("source_sha256")
+  doc["weights"]["source"] = {"meta": {"split": {"seed": 7}}}
+  (board / "manifest.json").write_text(json.dumps(doc))
+  with pytest.raises(EdgeError, match=r"manifest.json: states no weights source \(the iree:"):
+    edge_rt.check_against_manifest(str(board), edge_rt.read_records(str(board)))

@@ -294,7 +294,8 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
       manifest = dataclasses.replace(manifest, targets=tuple(iree_build.write_targets(
           tmp, cfg, params32, targets, schedule=schedule, reducer=reducer, dtype=dtype,
           precision=precision, batch_size=batch_size, class_names=class_names,
-          cores=cpu_cores, reducer_entry=manifest.identity_fields()["reducer"])))
+          cores=cpu_cores, reducer_entry=manifest.identity_fields()["reducer"],
+          source_sha256=manifest.weights.get("source_sha256"))))
     atomic.write_json(os.path.join(tmp, MANIFEST_FILE), manifest.to_json(), sort_keys=True)
     if verify and local_platform() in platforms:
       _verify(tmp, cfg, params32, schedule, reducer, dtype, precision, batch_size)

@@ -345,12 +345,15 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
                   batch_size: Optional[int] = 1, class_names=None, weights: str = "args",
                   threads: int = 2, cache_dir: Optional[str] = None,
                   driver: Optional[str] = None, cores: Optional[int] = None,
-                  reducer_entry: Optional[Dict[str, Any]] = None) -> List[str]:
+                  reducer_entry: Optional[Dict[str, Any]] = None,
+                  source_sha256: Optional[str] = None) -> List[str]:
   """Compiles the IREE `targets` into the (staged) artifact directory `tmp`; writes
   `iree/<slug>.vmfb`, `iree/<slug>.json` and `iree/weights.bin`. `driver`, `cores`: the CPU
   targets' runtime driver and core count (default: as `choose_runtime` says);
   `reducer_entry`: the manifest's description of `reducer` (name, options, fields), recorded
-  so that a module of another reducer is told apart. Returns the target texts (with 'jax'
+  so that a module of another reducer is told apart; `source_sha256`: the manifest's
+  weights.source_sha256, recorded so that a manifest stripped of it is told apart on the
+  board. Returns the target texts (with 'jax'
   first: the jax export is always part of an artifact)."""
   chosen = iree_targets(targets)
   if not chosen:
@@ -369,6 +372,8 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
   low = next(iter(lows.values()))          # weight leaves and names do not depend on the batch
   os.makedirs(os.path.join(tmp, edge_rt.EDGE_DIR), exist_ok=True)
   wentry: Dict[str, Any] = {"mode": weights, "params_sha256": params_sha256(params)}
+  if source_sha256 is not None:
+    wentry["source_sha256"] = source_sha256
   if weights == "args":
     leaves = _leaves32(params)
     blob, entries = edge_rt.pack_weights([leaves[i] for i in low.weight_index],

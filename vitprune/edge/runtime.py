@@ -439,7 +439,9 @@ _SHARED_FIELDS = (
     ("compute", lambda m: m.get("compute"), lambda r: r.get("compute")),
     ("input shape", lambda m: _sub(m, "input", "shape"), lambda r: _sub(r, "input", "shape")),
     ("output shape", lambda m: _sub(m, "output", "shape"),
-     lambda r: _sub(r, "output", "shape")))
+     lambda r: _sub(r, "output", "shape")),
+    ("weights source", lambda m: _sub(m, "weights", "source_sha256"),   # (records before
+     lambda r: _sub(r, "weights", "source_sha256")))                    # it lack it)
 
 
 _ABSENT = object()     # a key the manifest does not have (not the same as null)
@@ -499,10 +501,12 @@ def check_against_manifest(path: str, records: List[Dict[str, Any]]) -> Optional
   for r in records:
     bad = [(what, got, want) for what, of_manifest, of_record in _SHARED_FIELDS
            if (what != "reducer" or "reducer" in r)     # records before version 2 lack it
+           and (what != "weights source" or _sub(r, "weights", "source_sha256") is not None)
            for got, want in [(of_record(r), of_manifest(doc))] if got != want]
     if bad:
       what, got, want = _first_difference(*bad[0])
-      if want is _ABSENT or (want is None and bad[0][0].split()[0] not in doc):
+      if want is _ABSENT or (want is None and (bad[0][0].split()[0] not in doc
+                                               or bad[0][0] == "weights source")):
         raise EdgeError(f"{manifest}: states no {what} (the {r.get('target')} module's record "
                         "does): an edited or truncated manifest? rebuild it with "
                         "experiments.deploy")

@@ -25,8 +25,9 @@ weights.source_sha256):
    "provenance": {...}, "versions": {...}}
 
 Everything that decides what the graph computes (config, schedule, reducer, compute, shapes,
-preprocessing, class names) is checked for consistency here and tied to the exported forward by
-`identity`; free-form entries (provenance, versions) are kept as given, and the weights source
+preprocessing, class names; from version 2 the weights source's digest) is checked for
+consistency here and tied to the exported forward by `identity` (on a board, without the
+forward, the IREE records carry the digest); free-form entries (provenance, versions) are kept as given, and the weights source
 as given when it still hashes to its `source_sha256`.
 """
 from __future__ import annotations
@@ -112,7 +113,11 @@ class Manifest:
             {k: self.reducer.get(k) for k in ("name", "options", "fields")},
             "dtype": self.dtype, "precision": self.precision,
             "input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
-            "class_names": None if self.class_names is None else list(self.class_names)}
+            "class_names": None if self.class_names is None else list(self.class_names),
+            # (version 2: the weights' source digest, so a manifest set back to version 1
+            # without it no longer describes the exported forward)
+            **({"weights_source_sha256": self.weights["source_sha256"]}
+               if "source_sha256" in self.weights else {})}
 
   def identity(self) -> str:
     return jsonio.canonical_sha256(self.identity_fields())
@@ -120,7 +125,8 @@ class Manifest:
   def to_json(self) -> Dict[str, Any]:
     symbolic = self.batch_size is None
     return {
-        "format": FORMAT, "version": VERSION, "created": self.created,
+        "format": FORMAT, "version": VERSION if "source_sha256" in self.weights else 1,
+        "created": self.created,
         "model": {"name": self.model, "config": config_to_dict(self.config)},
         "schedule": {"counts": list(self.counts), "text": self.schedule_text},
         "reducer": self.reducer,
@@ -130,18 +136,12 @@ class Manifest:
         "output": {"shape": list(self.output_shape), "dtype": "float32",
                    "kind": "logits" if self.config.num_classes else "features"},
         "preprocessing": config_to_dict(self.config)["preprocessing"],
-        "weights": self._weights_json(), "platforms": list(self.platforms),
+        "weights": dict(self.weights), "platforms": list(self.platforms),
         "files": dict(self.files),
         "class_names": None if self.class_names is None else list(self.class_names),
         "targets": list(self.targets), "identity": self.identity(),
         "provenance": dict(self.provenance), "versions": dict(self.versions),
     }
-
-  def _weights_json(self) -> Dict[str, Any]:
-    """`weights` with its source's digest (a manifest read from version 1 had none)."""
-    w = dict(self.weights)
-    w.setdefault("source_sha256", jsonio.canonical_sha256(w.get("source", {})))
-    return w
 
   @classmethod
   def from_json(cls, doc: Any, where: str = MANIFEST_FILE) -> "Manifest":
