@@ -27,8 +27,8 @@ weights.source_sha256):
 Everything that decides what the graph computes (config, schedule, reducer, compute, shapes,
 preprocessing, class names; from version 2 the weights source's digest) is checked for
 consistency here and tied to the exported forward by `identity` (on a board, without the
-forward, the IREE records carry the digest); free-form entries (provenance, versions) are kept as given, and the weights source
-as given when it still hashes to its `source_sha256`.
+forward, the IREE records carry the digest); free-form entries (provenance, versions) are kept
+as given, and the weights source as given when it still hashes to its `source_sha256`.
 """
 from __future__ import annotations
 
