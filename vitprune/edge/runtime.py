@@ -390,12 +390,12 @@ def read_records(path: str) -> List[Dict[str, Any]]:
   out = []
   for f in files:
     doc = read_json(f, "edge target record")
-    if isinstance(doc, dict) and doc.get("format") != RECORD_FORMAT:
+    if doc.get("format") != RECORD_FORMAT:     # (read_json: always an object)
       raise EdgeError(f"{f}: not a {RECORD_FORMAT} record (format {doc.get('format')!r}): a file "
                       f"put into {EDGE_DIR}/ after the export? move it out (every "
                       f"{EDGE_DIR}/*.json is read as a module record)")
-    if (doc.get("format") != RECORD_FORMAT or not jsonio.is_int(doc.get("version"))
-        or doc["version"] not in RECORD_VERSIONS):             # (true passed as version 1)
+    if not jsonio.is_int(doc.get("version")) or doc["version"] not in RECORD_VERSIONS:
+      # (true passed as version 1)
       raise EdgeError(f"{f}: not a {RECORD_FORMAT} record of version "
                       f"{' or '.join(map(str, RECORD_VERSIONS))} (a newer vitprune wrote it?)")
     if doc["version"] >= 2 and "reducer" not in doc:
@@ -423,8 +423,18 @@ def _sub(d: Any, *keys: str) -> Any:
   return d
 
 
+_ABSENT = object()     # a key a record or the manifest does not have (not the same as null)
+
+
+def _key(d: Any, *keys: str) -> Any:
+  """d[k0][k1]...; `_ABSENT` where the last key is missing, None where a level above it is."""
+  parent = _sub(d, *keys[:-1])
+  return parent.get(keys[-1], _ABSENT) if isinstance(parent, dict) else None
+
+
 # The fields an artifact's IREE record and its manifest both state: (what, the manifest's,
-# the record's).
+# the record's). A field the record lacks (`_ABSENT`: written before it was recorded) is not
+# compared.
 _SHARED_FIELDS = (
     ("weights", lambda m: _sub(m, "weights", "sha256"),
      lambda r: _sub(r, "weights", "params_sha256")),
@@ -433,18 +443,15 @@ _SHARED_FIELDS = (
     ("schedule", lambda m: _sub(m, "schedule", "text"), lambda r: r.get("schedule")),
     ("reducer", lambda m: None if not isinstance(m.get("reducer"), dict) else
      {k: m["reducer"].get(k) for k in ("name", "options", "fields")},
-     lambda r: r.get("reducer")),
+     lambda r: _key(r, "reducer")),                     # (records before version 2 lack it)
     ("class_names", lambda m: m.get("class_names"), lambda r: r.get("class_names")),
     ("preprocessing", lambda m: m.get("preprocessing"), lambda r: r.get("preprocessing")),
     ("compute", lambda m: m.get("compute"), lambda r: r.get("compute")),
     ("input shape", lambda m: _sub(m, "input", "shape"), lambda r: _sub(r, "input", "shape")),
     ("output shape", lambda m: _sub(m, "output", "shape"),
      lambda r: _sub(r, "output", "shape")),
-    ("weights source", lambda m: _sub(m, "weights", "source_sha256"),   # (records before
-     lambda r: _sub(r, "weights", "source_sha256")))                    # it lack it)
-
-
-_ABSENT = object()     # a key the manifest does not have (not the same as null)
+    ("weights source", lambda m: _key(m, "weights", "source_sha256"),
+     lambda r: _key(r, "weights", "source_sha256")))
 
 
 def _first_difference(what: str, got: Any, want: Any) -> Tuple[str, Any, Any]:
@@ -500,13 +507,11 @@ def check_against_manifest(path: str, records: List[Dict[str, Any]]) -> Optional
     raise EdgeError(f"{manifest}: {why}")
   for r in records:
     bad = [(what, got, want) for what, of_manifest, of_record in _SHARED_FIELDS
-           if (what != "reducer" or "reducer" in r)     # records before version 2 lack it
-           and (what != "weights source" or _sub(r, "weights", "source_sha256") is not None)
-           for got, want in [(of_record(r), of_manifest(doc))] if got != want]
+           for got, want in [(of_record(r), of_manifest(doc))]
+           if got is not _ABSENT and got != want]
     if bad:
       what, got, want = _first_difference(*bad[0])
-      if want is _ABSENT or (want is None and (bad[0][0].split()[0] not in doc
-                                               or bad[0][0] == "weights source")):
+      if want is _ABSENT or (want is None and bad[0][0].split()[0] not in doc):
         raise EdgeError(f"{manifest}: states no {what} (the {r.get('target')} module's record "
                         "does): an edited or truncated manifest? rebuild it with "
                         "experiments.deploy")
