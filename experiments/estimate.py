@@ -179,21 +179,20 @@ def main(f: flags.FlagValues):
   name = f.out_name or default_out_name(
       cfg, method, layers, data_tag, data.info["num_examples"], f.seed,
       None if f.tokens is None else tokens, f.dtype)
-  if not f.out_name and os.path.lexists(os.path.join(f.out_dir, name)):   # the derived name
-    atomic.check_replaceable_json(os.path.join(f.out_dir, name), ESTIMATE_FORMAT)  # not ours?
+  out = os.path.join(f.out_dir, name)
+  if not f.out_name and os.path.lexists(out):         # the derived name
+    atomic.check_replaceable_json(out, ESTIMATE_FORMAT)              # not ours?
     if not f.overwrite:
-      raise FileExistsError(f"{os.path.join(f.out_dir, name)} already exists, an estimate with "
-                            "these flags (pass --overwrite to replace it, or --out_name to "
-                            "write another file)")
-  atomic.check_output_json(os.path.join(f.out_dir, name), ESTIMATE_FORMAT, "out_name",
-                           overwrite=f.overwrite)
+      raise FileExistsError(f"{out} already exists, an estimate with these flags (pass "
+                            "--overwrite to replace it, or --out_name to write another file)")
+  atomic.check_output_json(out, ESTIMATE_FORMAT, "out_name", overwrite=f.overwrite)
   result = estimate.evaluate(cfg, params, data.batches(cfg, f.batch_size, f.num_workers),
                              points, labelled=data.labelled, dtype=f.dtype, shard=f.shard)
   record = estimate.estimate_record(
       cfg=cfg, params=params, weights_source=source, data_info=data.info, method=method,
       method_kwargs=kwargs, seed=f.seed, points=points, result=result,
       labelled=data.labelled, dtype=f.dtype)
-  path = write_estimate(os.path.join(f.out_dir, name), record, overwrite=f.overwrite)
+  path = write_estimate(out, record, overwrite=f.overwrite)
   print(table_text(record))
   print(f"wrote {common.shown(path)}")
   return record
