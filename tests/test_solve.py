@@ -969,8 +969,19 @@ def test_batch_mismatch_names_both(tmp_path):
   es = _estimate(tmp_path, [None], [N], _acc, batch=8, name="full_only.json")
   with pytest.raises(solve_stage.SolveInputError, match=rf"^no count below the full {N} that "
                      rf"pomt reaches in one block \(from {N} it keeps at least 2\): paper mode "
-                     rf"has nothing to choose; measure counts in \[2, {N - 1}\] too$"):
+                     rf"has nothing to choose; measure counts in \[2, {N - 1}\] in "
+                     rf"estimate \S+full_only.json$"):
     _paper(ps, es, allow_batch_mismatch=True)
+  # Each file holds a count ToMe reaches (9..16), but not the same one: the advice said "too"
+  # as if neither did.
+  p_tome = _save_profile(tmp_path, [_point("model", n, 1e-3, batch=8) for n in (5, 10, N)],
+                         name="p_tome.json")
+  e_tome = _estimate(tmp_path, [None], [5, 12, N], _acc, batch=8, name="e_tome.json")
+  with pytest.raises(solve_stage.SolveInputError, match=rf"^no count below the full {N} that "
+                     rf"tome reaches in one block \(from {N} it keeps at least 9\): paper mode "
+                     rf"has nothing to choose; measure counts in \[9, {N - 1}\] in both the "
+                     rf"profile and the estimate$"):
+    _paper(p_tome, e_tome, method="tome")
 
 
 def test_empty_intersection_nan_and_metric(tmp_path):

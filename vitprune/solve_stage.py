@@ -237,15 +237,22 @@ def _now() -> str:
 # ----------------------------------------------------------------------------------------------
 # Paper mode.
 
-def check_paper_grid(cfg, method: str, counts: Sequence[int]) -> None:
-  """SolveInputError when `counts` hold no count below N that `method` reaches in one block:
-  paper mode would have nothing to choose but the unpruned model."""
+def paper_lowest(cfg, method: str) -> int:
+  """The lowest count `method` reaches in one block from all N tokens."""
   n = cfg.num_tokens
-  lowest = max(n - latency_model_lib.method_limit(cfg, method)(n), cfg.num_prefix_tokens + 1)
+  return max(n - latency_model_lib.method_limit(cfg, method)(n), cfg.num_prefix_tokens + 1)
+
+
+def check_paper_grid(cfg, method: str, counts: Sequence[int], *, measure_in: str = "too"
+                     ) -> None:
+  """SolveInputError when `counts` hold no count below N that `method` reaches in one block:
+  paper mode would have nothing to choose but the unpruned model. `measure_in` ends the advice
+  (where the missing counts belong)."""
+  n, lowest = cfg.num_tokens, paper_lowest(cfg, method)
   if not any(lowest <= c < n for c in counts):
     raise SolveInputError(f"no count below the full {n} that {method} reaches in one block "
                           f"(from {n} it keeps at least {lowest}): paper mode has nothing to "
-                          f"choose; measure counts in [{lowest}, {n - 1}] too")
+                          f"choose; measure counts in [{lowest}, {n - 1}] {measure_in}")
 
 
 def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 0.5,
@@ -302,7 +309,12 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
                           f"method's; pass --method={estimate.method}, or an embed ('tokens') "
                           "estimate, whose random drop stands in for any method")
   # (only N left: "chose" the unpruned model and timed it against itself)
-  check_paper_grid(cfg, method, ns.tolist())
+  lowest = paper_lowest(cfg, method)
+  lacking = [f"{kind} {src}" for kind, src, grid in (("profile", profile.source, lt),
+                                                       ("estimate", estimate.source, at))
+             if not any(lowest <= c < cfg.num_tokens for c in grid)]
+  check_paper_grid(cfg, method, ns.tolist(), measure_in=(
+      "in " + " and ".join(lacking) if lacking else "in both the profile and the estimate"))
   keep = ns >= cfg.num_tokens - limit(cfg.num_tokens)   # block `layer` reduces from all N
   ns, lat_c, acc_c = ns[keep], lat_c[keep], acc_c[keep]
   sol = solve.solve_paper(ns, lat_c, acc_c, alpha, depth=cfg.depth, num_tokens=cfg.num_tokens,
