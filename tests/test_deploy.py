@@ -375,6 +375,22 @@ def test_edited_manifest_is_refused(artifact, tmp_path, edit, message):
     deploy.load(path)
 
 
+@pytest.mark.parametrize("shape", [[-3, 5], [True, 5], ["8"], None])
+def test_listed_param_count_refuses_a_bad_listing(artifact, tmp_path, shape):
+  # read_manifest leaves a malformed leaf shape to the check against the exported forward;
+  # run_deployed's memory check counted [-3, 5] as -15 parameters and [True, 5] as 5.
+  path = _copy(artifact, tmp_path)
+  _edit_manifest(path, lambda d: next(iter(d["weights"]["leaves"].values())).__setitem__(
+      "shape", shape))
+  manifest = deploy.read_manifest(path)
+  with pytest.raises(deploy.ArtifactError, match=r"weights.leaves is not a listing of leaf "
+                     r"shapes \(edited\?\)$"):
+    deploy.listed_param_count(manifest)
+  assert deploy.listed_param_count(deploy.read_manifest(artifact)) == sum(
+      int(np.prod(leaf["shape"])) for leaf in deploy.read_manifest(artifact).weights[
+          "leaves"].values())
+
+
 def test_corrupt_manifest_json(artifact, tmp_path):
   path = _copy(artifact, tmp_path)
   with open(os.path.join(path, deploy.MANIFEST_FILE), "w") as f:

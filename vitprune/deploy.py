@@ -33,7 +33,6 @@ import datetime
 import glob
 import hashlib
 import importlib.metadata as md
-import operator
 import os
 import platform as _platform
 import time
@@ -56,7 +55,7 @@ from vitprune.edge.runtime import check_finite_outputs
 from vitprune.edge.targets import parse_targets
 from vitprune.records.manifest import (BATCH_SYMBOL, FORMAT, MANIFEST_FILE, VERSION,  # noqa: F401
                                        WEIGHTS_SHA256_OF, ArtifactError, Manifest,
-                                       read_manifest)
+                                       listed_count, read_manifest)
 from vitprune.schedule import check_schedule
 
 FORWARD_FILE = "forward.jax_export"
@@ -513,12 +512,11 @@ def classify(model: "DeployedModel", dataset, batch_size: int, num_workers: int 
 def listed_param_count(manifest: Manifest) -> int:
   """Parameters the manifest's weight listing holds (`load` checks the listing against the
   exported forward; this needs neither the weights nor the model code)."""
-  try:
-    return int(sum(int(np.prod([operator.index(d) for d in leaf["shape"]]))
-                   for leaf in manifest.weights["leaves"].values()))
-  except (TypeError, ValueError, KeyError, AttributeError):
+  count = listed_count(manifest.weights.get("leaves", {}))
+  if count is None:
     raise ArtifactError(f"{manifest.source}: weights.leaves is not a listing of leaf shapes "
-                        "(edited?)") from None
+                        "(edited?)")
+  return count
 
 
 def _check_targets(path: str, manifest: Manifest) -> None:

@@ -218,7 +218,7 @@ class Manifest:
     _req(not missing, where, f"lacks {missing} (edited?)")
     _req(w["sha256_of"] == WEIGHTS_SHA256_OF, where,
          f"weights.sha256_of {w['sha256_of']!r} is not {WEIGHTS_SHA256_OF!r} (edited?)")
-    listed = _listed_count(w["leaves"])
+    listed = listed_count(w["leaves"])
     _req(listed is None or (jsonio.is_int(w["num_params"]) and w["num_params"] == listed),
          where, f"weights.num_params {w['num_params']!r} is not the {listed} parameters its "
          "leaves list (edited?)")
@@ -271,7 +271,7 @@ class Manifest:
     return m
 
 
-def _listed_count(leaves: Dict[str, Any]) -> Optional[int]:
+def listed_count(leaves: Dict[str, Any]) -> Optional[int]:
   """Parameters of a weights listing {path: {"shape": [...]}}; None when a shape is not a list
   of non-negative ints (the listing check against the exported forward names that)."""
   total = 0
