@@ -435,6 +435,63 @@ def test_big_vision_unknown_key_is_unexpected(tmp_path):
     convert_file(case_config(CASES["vit_tiny_bigvision"]), str(path))
 
 
+@pytest.mark.parametrize("heads", [1, 4])
+def test_big_vision_npz_with_other_heads_is_refused(tmp_path, heads):
+  """The npz keeps the heads apart ([C, H, D]); timm's layout flattens them, so a config with
+  num_heads=4 loaded the 2-head golden npz and computed other outputs (max |diff| 1.5)."""
+  case = CASES["vit_tiny_bigvision"]
+  cfg = case_config(case)
+  assert cfg.num_heads == 2
+  path = golden(case["files"]["bigvision_npz"])
+  with pytest.raises(ValueError, match=re.escape(
+      f"{path}: 'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel' has "
+      f"shape (32, 2, 16): 2 attention heads, but the config has num_heads={heads}")):
+    convert_file(cfg.replace(num_heads=heads), path)
+  # The out kernel [H, D, C] too, where q/k/v agree with the config.
+  w = dict(np.load(path))
+  for n in ("query", "key", "value"):
+    k = f"{Q}{n}/kernel"
+    w[k] = w[k].reshape(32, 4, 8)
+  bad = str(tmp_path / "bv.npz")
+  np.savez(bad, **w)
+  with pytest.raises(ValueError, match=re.escape(f"'{Q}out/kernel' has shape (2, 16, 32): 2 "
+                                                 "attention heads, but the config has "
+                                                 "num_heads=4")):
+    convert_file(cfg.replace(num_heads=4), bad)
+  # Without a config the npz still maps (the state dict alone cannot say).
+  assert convert.load_checkpoint(path)[1] == "big_vision"
+
+
+def test_pos_embed_of_another_width_reports_the_file_shape(tmp_path):
+  """It was resampled to the config's grid first, and the mismatch named a shape the file did
+  not hold: (1, 17, 32) in the file was reported as (1, 65, 32)."""
+  cfg, params, sd = tiny_sd()
+  n, c = cfg.pos_embed_len, cfg.embed_dim
+  sd["pos_embed"] = np.zeros((1, 1 + 3 * 3, c // 2), np.float32)    # another grid and width
+  assert n != 1 + 3 * 3
+  with pytest.raises(ConversionError, match=re.escape(
+      f"pos_embed: expected {(1, n, c)}, got {sd['pos_embed'].shape}")):
+    convert_state_dict(cfg, sd)
+
+
+def test_drops_that_match_nothing_are_refused():
+  """Both converted and recorded drop_head / ignore_keys in the weights' provenance."""
+  cfg, params, sd = tiny_sd()
+  with pytest.raises(ValueError, match=r"^ignore_keys \['mask_token'\] match no checkpoint "
+                     r"key \(first keys: \['blocks\.0\.attn\.proj\.bias', "):
+    convert_state_dict(cfg, sd, ignore_keys=("mask_token",))
+  sd["extra.a"] = np.zeros(1)
+  with pytest.raises(ValueError, match=r"ignore_keys \['mask_token'\] match no"):
+    convert_state_dict(cfg, sd, ignore_keys=("extra.*", "mask_token"))
+  headless = {k: v for k, v in sd.items() if not k.startswith("head.")}
+  with pytest.raises(ValueError, match=r"^drop_head: the checkpoint has no head\.\* / "
+                     r"head_dist\.\* keys to drop"):
+    convert_state_dict(cfg.replace(num_classes=0), headless, drop_head=True,
+                       ignore_keys=("extra.*",))
+  params0 = convert_state_dict(cfg.replace(num_classes=0), headless, ignore_keys=("extra.*",))
+  assert "head" not in params0
+
+
 def test_timm_named_npz(tmp_path):
   cfg, params, sd = tiny_sd()
   np.savez(tmp_path / "sd.npz", **sd)

@@ -154,11 +154,13 @@ def _load_npz(path: str) -> StateDict:
                       f"({str(e) or 'MemoryError'})") from None
 
 
-def load_checkpoint(path: str) -> Tuple[StateDict, str]:
+def load_checkpoint(path: str, *, num_heads: Optional[int] = None) -> Tuple[StateDict, str]:
   """(state dict {name: np.ndarray}, format) from a checkpoint file.
 
   Formats: 'safetensors', 'torch' (.pth/.pt/.bin; needs torch), 'big_vision' (.npz with AugReg /
   big_vision names, returned already mapped to timm names), 'npz' (.npz with timm names).
+  num_heads: the config's; a big_vision npz with another number of heads is refused (the other
+  formats flatten the heads: they cannot say).
   Raises IsADirectoryError / FileNotFoundError / ValueError / ImportError naming the file.
   """
   if os.path.isdir(path):     # e.g. a HF snapshot folder: the file inside it is meant
@@ -181,7 +183,7 @@ def load_checkpoint(path: str) -> Tuple[StateDict, str]:
   raw = _load_npz(path)
   if big_vision_prefix(raw) is not None:
     try:
-      return big_vision_to_timm(raw), "big_vision"
+      return big_vision_to_timm(raw, num_heads=num_heads), "big_vision"
     except ValueError as e:
       raise ValueError(f"{path}: {e}") from None
   if "patch_embed.proj.weight" in raw:
@@ -213,8 +215,22 @@ def _concatenate(parts: Dict[str, np.ndarray], fn: Callable[[np.ndarray], np.nda
                      f"({type(e).__name__}: {e})") from None
 
 
-def big_vision_to_timm(w: StateDict) -> StateDict:
+def _check_heads(kernels: Dict[str, np.ndarray], num_heads: int, axis: int) -> None:
+  """ValueError when an attention kernel of a big_vision npz (query/key/value [C, H, D], out
+  [H, D, C]) has 3 axes and not `num_heads` heads on `axis`."""
+  for k, v in kernels.items():
+    if v.ndim == 3 and v.shape[axis] != num_heads:
+      raise ValueError(f"{k!r} has shape {v.shape}: {v.shape[axis]} attention heads, but the "
+                       f"config has num_heads={num_heads} (the npz keeps the heads apart; "
+                       "converted, the weights would compute other outputs)")
+
+
+def big_vision_to_timm(w: StateDict, *, num_heads: Optional[int] = None) -> StateDict:
   """Maps AugReg / big_vision npz names to timm state-dict names, like timm's `_load_weights`.
+
+  The npz keeps the attention heads as an axis (query/key/value kernels [C, H, D], out [H, D, C])
+  that timm's layout flattens: given `num_heads`, a kernel with another H is refused (converted,
+  it loaded into the config and computed other outputs without a word).
 
   Keys outside the weight prefix (e.g. optimizer state next to `opt/target/`) are not weights and
   are skipped; keys under the prefix that have no mapping are passed through under their npz
@@ -277,13 +293,17 @@ def big_vision_to_timm(w: StateDict) -> StateDict:
     put(t + "norm1.bias", bp + "LayerNorm_0/bias", idx=idx)
     qkv = [mp + f"{n}/kernel" for n in ("query", "key", "value")]
     if all(k in w for k in qkv):  # [C, H, D] each -> [3 * H * D, C]
+      kernels = {k: take(k, idx) for k in qkv}
+      if num_heads is not None:
+        _check_heads(kernels, num_heads, axis=1)
       out[t + "attn.qkv.weight"] = _concatenate(
-          {k: take(k, idx) for k in qkv}, lambda v: v.reshape(v.shape[0], -1).T,
-          t + "attn.qkv.weight")
+          kernels, lambda v: v.reshape(v.shape[0], -1).T, t + "attn.qkv.weight")
     qkv_b = [mp + f"{n}/bias" for n in ("query", "key", "value")]
     if all(k in w for k in qkv_b):
       out[t + "attn.qkv.bias"] = _concatenate(
           {k: take(k, idx) for k in qkv_b}, lambda v: v.reshape(-1), t + "attn.qkv.bias")
+    if num_heads is not None and mp + "out/kernel" in w:
+      _check_heads({mp + "out/kernel": take(mp + "out/kernel", idx)}, num_heads, axis=0)
     put(t + "attn.proj.weight", mp + "out/kernel",  # [H, D, C] -> [C, H * D]
         lambda v: v.transpose(2, 0, 1).reshape(v.shape[2], -1), idx=idx)
     put(t + "attn.proj.bias", mp + "out/bias", idx=idx)
@@ -368,6 +388,8 @@ def _maybe_resample_pos_embed(cfg: ViTConfig, sd: StateDict, resample: Tuple[str
   pe = sd.get("pos_embed")
   if pe is None or pe.ndim != 3 or pe.shape[1] == cfg.pos_embed_len:
     return sd
+  if pe.shape[2] != cfg.embed_dim:   # reported as a mismatch with the file's own shape (the
+    return sd                        # resampled one named a shape the file did not hold)
   npre = 0 if cfg.no_embed_class else cfg.num_prefix_tokens
   n = pe.shape[1] - npre
   side = math.isqrt(max(n, 0))
@@ -394,8 +416,17 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
   """
   check_config(cfg)
   patterns = tuple(ignore_keys) + (HEAD_KEYS if drop_head else ())
-  sd = {k: v for k, v in normalize_state_dict(state_dict).items()
-        if not any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+  sd = normalize_state_dict(state_dict)
+  # A drop that drops nothing is a wrong assumption about the checkpoint (and was recorded in the
+  # weights' provenance as if it had dropped something).
+  unmatched = [p for p in ignore_keys if not any(fnmatch.fnmatchcase(k, p) for k in sd)]
+  if unmatched:
+    raise ValueError(f"ignore_keys {unmatched} match no checkpoint key (first keys: "
+                     f"{sorted(sd)[:3]}); drop only what the checkpoint holds")
+  if drop_head and not any(fnmatch.fnmatchcase(k, p) for k in sd for p in HEAD_KEYS):
+    raise ValueError("drop_head: the checkpoint has no head.* / head_dist.* keys to drop (a "
+                     "features-only checkpoint converts without it)")
+  sd = {k: v for k, v in sd.items() if not any(fnmatch.fnmatchcase(k, p) for p in patterns)}
   want = expected_keys(cfg)
   # Before resampling the position embedding, which computes in float32 (it hid an int8 one).
   not_float = sorted(f"{k} ({np.asarray(sd[k]).dtype})" for k in set(want) & set(sd)
@@ -441,7 +472,7 @@ def count_params(params: Params) -> int:
 def convert_file(cfg: ViTConfig, path: str, *, drop_head: bool = False,
                  ignore_keys: Sequence[str] = ()) -> Tuple[Params, Dict[str, Any]]:
   """(params, meta) from a checkpoint file; meta has the source name, format and sha256."""
-  sd, fmt = load_checkpoint(path)
+  sd, fmt = load_checkpoint(path, num_heads=cfg.num_heads)
   src_pe = normalize_state_dict(sd).get("pos_embed")   # (DINOv2's folds its cls position out)
   resample = BIG_VISION_RESAMPLE if fmt == "big_vision" else TIMM_RESAMPLE
   params = convert_state_dict(cfg, sd, drop_head=drop_head, ignore_keys=ignore_keys,
