@@ -71,6 +71,32 @@ def test_model_mode_writes_profile_csv_png(tmp_path, capsys):
   assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
 
 
+def test_a_later_batch_run_keeps_the_combined_profile_in_step(tmp_path, capsys, monkeypatch):
+  """A run at batch 1 merged into the b1 file and left `..._b1-2_...` reporting the old batch-1
+  latencies (and steps) beside it; a run killed between batch sizes did the same."""
+  _run(tmp_path, "--tokens=17,9", "--batch_size=1,2")
+  capsys.readouterr()
+  _run(tmp_path, "--tokens=17,13", "--batch_size=1")
+  one = records.load(str(tmp_path / "test-tiny-vit_model_b1_float32_cpu.json"))
+  both = records.load(str(tmp_path / "test-tiny-vit_model_b1-2_float32_cpu.json"))
+  assert sorted(p.tokens for p in one.points) == [9, 13, 17]
+  assert {p.key: p for p in both.points if p.batch_size == 1} == {p.key: p for p in one.points}
+  assert sorted(p.tokens for p in both.points if p.batch_size == 2) == [9, 17]
+  assert both.steps == records.analyze(records.merge(
+      [records.load(str(tmp_path / "test-tiny-vit_model_b2_float32_cpu.json")), one])).steps
+  assert "merged batch 1 into " in capsys.readouterr().out
+  # A combined file that cannot take the batch is refused before anything is measured.
+  (tmp_path / "test-tiny-vit_model_b1-4_float32_cpu.json").write_text("{}")
+  monkeypatch.setattr(runner, "profile_batch", lambda *a, **k: pytest.fail("measured"))
+  with pytest.raises(ValueError, match=r"refusing to replace .*b1-4_float32_cpu.json: it is "
+                     "not a readable latency profile"):
+    _run(tmp_path, "--tokens=17,13", "--batch_size=1")
+  # Other batch lists, modes and dtypes are not this batch's.
+  assert runner.combined_stems(one, str(tmp_path), 2) == ["test-tiny-vit_model_b1-2_float32_cpu"]
+  assert runner.combined_stems(one, str(tmp_path), 4) == ["test-tiny-vit_model_b1-4_float32_cpu"]
+  assert runner.combined_stems(one, str(tmp_path), 8) == []
+
+
 def test_block_mode_reports_predictions(tmp_path, capsys):
   (prof,) = _run(tmp_path, "--mode=block", "--tokens=17:13:-4", "--dtype=bfloat16")
   comps = sorted((p.component, p.tokens) for p in prof.points)

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import re
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -301,6 +303,11 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
             f"{len(prof.points)} merged into the {len(held.points) - len(prof.points)} "
             "others it held (the summary is of them all)")
       prof = held
+      # A profile of several batch sizes beside it holds this batch too: kept in step (it
+      # went on reporting the old latencies and steps of this batch size).
+      for stem in combined_stems(prof, out_dir, int(b)):
+        paths = records.save(prof, out_dir, stem, extra={"png": plot_lib.plot_profile})
+        log(f"merged batch {b} into {console.printable(paths['json'])} too")
     profiles.append(prof)
   if out_dir and len(profiles) > 1:   # every batch size in one profile too (one plot of all)
     paths = write_outputs(records.merge(profiles), out_dir)
@@ -321,8 +328,24 @@ def check_outputs(spec: ProfileSpec, out_dir: str) -> None:
   batches = [[int(b)] for b in spec.batch_sizes]
   if len(batches) > 1:
     batches.append(sorted(int(b) for b in spec.batch_sizes))
-  for b in batches:
-    records.check_save(setup, out_dir, records.file_stem(setup, b), extra=("png",))
+  stems = {records.file_stem(setup, b) for b in batches}
+  if os.path.isdir(out_dir):
+    stems |= {st for b in spec.batch_sizes for st in combined_stems(setup, out_dir, int(b))}
+  for stem in sorted(stems):
+    records.check_save(setup, out_dir, stem, extra=("png",))
+
+
+def combined_stems(setup: records.Profile, out_dir: str, batch: int) -> List[str]:
+  """Stems of the profiles in `out_dir` of `setup`'s model, modes, dtype and device kind over
+  several batch sizes, `batch` among them (`<model>_<modes>_b1-8_<dtype>_<device>.json`)."""
+  head, tail = records.file_stem(setup, [0]).split("_b0_")
+  pattern = re.compile(re.escape(head) + r"_b(\d+(?:-\d+)+)_" + re.escape(tail) + r"\.json")
+  stems = []
+  for name in sorted(os.listdir(out_dir)):
+    m = pattern.fullmatch(name)
+    if m and batch in {int(x) for x in m.group(1).split("-")}:
+      stems.append(name[:-len(".json")])
+  return stems
 
 
 # ----------------------------------------------------------------------------- summary
