@@ -7,6 +7,11 @@ set -euo pipefail
 stage=${1:?usage: gpu_suite.sh speed|profile|bench-small|bench-base [OUT_DIR]}
 out=${2:-outputs/gpu}
 cache=${JAX_CACHE_DIR:-/tmp/vitprune_jax_cache}
+case "$stage" in   # before anything is created
+  speed|profile|bench-small|bench-base) ;;
+  *) echo "error: unknown stage '$stage' (one of speed, profile, bench-small, bench-base)" >&2
+     exit 2 ;;
+esac
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 case "$stage" in
@@ -30,5 +35,4 @@ case "$stage" in
     python -m experiments.benchmark --model="$model" --data=none --batch_size=1,4,16,64 \
         --dtype=float32,bfloat16 --compile_threads=8 --min_run_time=0.3 --noprogress \
         --out_dir="$out/benchmark" ;;
-  *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

@@ -32,10 +32,13 @@ def test_profile_speed_refuses_a_warm_cache_for_its_cold_row(tmp_path):
         "--tokens=17,9", f"--compile_cache_dir={tmp_path}"]))
 
 
-def test_gpu_suite_rejects_unknown_stages():
-  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "nosuch"], cwd=ROOT,
+def test_gpu_suite_rejects_unknown_stages(tmp_path):
+  out = tmp_path / "gpu"                        # it was created (empty) before the refusal
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "nosuch", str(out)], cwd=ROOT,
                      capture_output=True, text=True, timeout=30)
-  assert r.returncode == 2 and "unknown stage nosuch" in r.stderr
+  assert r.returncode == 2 and r.stderr == ("error: unknown stage 'nosuch' (one of speed, "
+                                            "profile, bench-small, bench-base)\n")
+  assert not out.exists()
 
 
 def test_gpu_suite_speed_keeps_the_last_table_when_a_run_fails(tmp_path):
