@@ -35,7 +35,7 @@ from vitprune import atomic
 from vitprune import memory
 from vitprune.pipeline import PipelineSpec
 from vitprune.profile import latency_model as lm_lib
-from vitprune.profile import timing
+from vitprune.profile import protocol
 from vitprune.schedule import parse_token_grid
 
 
@@ -162,7 +162,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   sizes = sorted(set(common.parse_ints(f.sizes, "sizes")))
   lm_lib.check_calibration_count(min(sizes), "--sizes")
   common.check_names_once(f.methods, "methods", "method")
-  tcfg = timing.TimingConfig(min_run_time=f.min_run_time)
+  tcfg = protocol.flag_timing(min_run_time=f.min_run_time)
   cfg = common.model_config(common.EMBEDDED_MODEL, common.EMBEDDED_WEIGHTS)
   memory.check_batch_fits(cfg, [f.batch_size])             # else numpy's "Unable to allocate"
   tokens = parse_token_grid(cfg, f.tokens) if f.tokens else None

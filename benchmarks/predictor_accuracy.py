@@ -45,7 +45,7 @@ from vitprune.model import init_params
 from vitprune.pipeline import one_block_counts
 from vitprune.profile import latency_model as lm_lib
 from vitprune.profile import predict as predict_lib
-from vitprune.profile import records, runner, timing
+from vitprune.profile import protocol, records, runner, timing
 from vitprune.reduce.methods import make_reducer
 from vitprune.registry import get_config
 from vitprune.schedule import Schedule
@@ -280,7 +280,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   if f.compile_cache_dir:      # JAX would only warn and run without a cache
     common.check_output_dir(f.compile_cache_dir, "compile_cache_dir")
   if f.min_run_time is not None:   # TimingConfig owns the check (> 0 and finite)
-    timing.TimingConfig(min_run_time=f.min_run_time)
+    protocol.flag_timing(min_run_time=f.min_run_time)
   # A fresh cache by default, so compile times (in the calibration and profile seconds) start cold.
   timing.enable_compilation_cache(f.compile_cache_dir or
                                   timing.temporary_cache_dir("vitprune_pred_cache_"))

@@ -21,6 +21,7 @@ from absl import flags
 
 from experiments import common
 from vitprune import memory
+from vitprune.profile import protocol
 from vitprune.profile import runner
 from vitprune.profile import timing
 from vitprune.registry import get_config
@@ -74,7 +75,7 @@ def main(f: flags.FlagValues) -> None:
   base = runner.ProfileSpec(
       cfg=cfg, batch_sizes=(f.batch_size,), dtype=f.dtype, mode="model",
       tokens=parse_token_grid(cfg, f.tokens), threads=1,
-      timing=timing.TimingConfig(min_run_time=f.min_run_time, seed=f.seed),
+      timing=protocol.flag_timing(min_run_time=f.min_run_time, seed=f.seed),
       coarse_stride=f.coarse_stride, seed=f.seed)
   par = dataclasses.replace(base, threads=f.threads)
   ada = dataclasses.replace(par, adaptive=True)

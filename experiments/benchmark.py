@@ -33,7 +33,7 @@ from vitprune import benchmark as bench
 from vitprune import estimate
 from vitprune import memory
 from vitprune.digest import params_sha256
-from vitprune.profile import timing
+from vitprune.profile import protocol
 from vitprune.profile.runner import device_info
 from vitprune.records.solution import read_solution
 
@@ -100,7 +100,7 @@ def main(f: flags.FlagValues):
     raise ValueError("--num_images needs data (--data is 'none')")
   elif f["eval_batch_size"].present:
     raise ValueError("--eval_batch_size needs data (--data is 'none': nothing is evaluated)")
-  tcfg = timing.TimingConfig(min_run_time=f.min_run_time, seed=f.seed)
+  tcfg = protocol.flag_timing(min_run_time=f.min_run_time, seed=f.seed)
   common.check_output_dir(f.out_dir)
   common.check_outside_data(f.out_dir, "out_dir", f)
   cfg = common.model_config(f.model, f.weights)

@@ -26,6 +26,7 @@ from vitprune import atomic
 from vitprune import memory
 from vitprune import pipeline
 from vitprune import solve_stage
+from vitprune.profile import protocol
 from vitprune.profile import runner
 from vitprune.profile import timing
 from vitprune.schedule import parse_schedule, parse_token_grid
@@ -70,12 +71,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
   flags.DEFINE_string("weights", None, "Weights directory (vitprune.checkpoint.load_weights); "
                       "its config replaces --model.", flag_values=fv)
-  flags.DEFINE_integer("threads", 2, "Parallel compile threads.", flag_values=fv)
+  flags.DEFINE_integer("threads", 2, "Parallel compile threads.", lower_bound=1, flag_values=fv)
   flags.DEFINE_bool("adaptive", False,
                                 "Coarse pass, then every count in non-flat intervals.",
                     flag_values=fv)
   flags.DEFINE_integer("coarse_stride", 0, "Adaptive coarse stride (0: ~16 points).",
-                       flag_values=fv)
+                       lower_bound=0, flag_values=fv)
   flags.DEFINE_bool("progress", True, "Show a progress bar (stderr).", flag_values=fv)
   # --mode=pipeline only:
   flags.DEFINE_string("data", "digits", "Pipeline data: 'digits' (bundled) or an image folder "
@@ -94,7 +95,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                               "(per-layer schedule from the exact Pareto frontier).",
                     flag_values=fv)
   flags.DEFINE_float("accuracy_floor", None, "Pipeline, --solver=multi: fastest schedule "
-                              "whose predicted accuracy (agreement when unlabelled) is >= this.",
+                              "whose accuracy measured on the data (agreement when unlabelled) "
+                              "is >= this; it and its neighbours are timed in the loop.",
                      flag_values=fv)
   flags.DEFINE_float("latency_budget", None, "Pipeline, --solver=multi: most accurate "
                                "schedule whose predicted latency (seconds) is <= this.",
@@ -142,8 +144,8 @@ def _batch_sizes(values: List[str]):
 
 
 def _timing_from_flags(f) -> timing.TimingConfig:
-  return timing.TimingConfig(min_run_time=f.min_run_time, max_rel_iqr=f.max_rel_iqr,
-                             max_retries=f.max_retries, seed=f.seed)
+  return protocol.flag_timing(min_run_time=f.min_run_time, max_rel_iqr=f.max_rel_iqr,
+                              max_retries=f.max_retries, seed=f.seed)
 
 
 def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):

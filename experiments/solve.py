@@ -34,7 +34,7 @@ from vitprune import memory
 from vitprune import pipeline
 from vitprune import solve_stage
 from vitprune.digest import params_sha256
-from vitprune.profile.protocol import TimingConfig
+from vitprune.profile.protocol import flag_timing
 from vitprune.reduce.methods import make_reducer
 from vitprune.profile import records
 from vitprune.profile.runner import device_info
@@ -61,7 +61,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                      upper_bound=1.0, flag_values=fv)
   flags.DEFINE_integer("layer", 3, "Paper mode: the reducing block.", flag_values=fv)
   flags.DEFINE_float("accuracy_floor", None,
-                     "Multi mode: fastest schedule with predicted accuracy >= this, in [0, 1].",
+                     "Multi mode: fastest schedule with predicted accuracy >= this, in [0, 1] "
+                     "(with --weights: accuracy measured on --data, latency timed in the loop).",
                      lower_bound=0.0, upper_bound=1.0, flag_values=fv)
   flags.DEFINE_float("latency_budget", None,
                                "Multi mode: most accurate schedule with predicted latency <= this "
@@ -161,7 +162,7 @@ def main(f: flags.FlagValues):
     raise ValueError("--seed draws the --num_images subset (the estimate's); without "
                      "--num_images every image is used and it changes nothing")
   common.check_output_dir(f.out_dir)
-  timing_cfg = TimingConfig(min_run_time=f.min_run_time)    # checked before any work
+  timing_cfg = flag_timing(min_run_time=f.min_run_time)    # checked before any work
   profile, estimate = records.load(f.profile), read_estimate(f.estimate)
   solve_stage.check_same_model(profile, estimate)     # before anything read from either
   calibrated = (solve_stage.profile_latency_model(profile, estimate, f.batch_size,

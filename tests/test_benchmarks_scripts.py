@@ -104,7 +104,7 @@ def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
       ([f"--out={tmp_path}/e.json/"], "ends in '/'"),     # was refused only at the write
       (["--batch_sizes=1000000000000", out], "^--batch_sizes=1000000000000 cannot fit in memory"),
       (["--drivers=local-turbo", out], "--drivers takes auto"),
-      (["--min_run_time=0", out], r"^min_run_time must be > 0 and finite, got 0\.0$"),
+      (["--min_run_time=0", out], r"^--min_run_time must be > 0 and finite, got 0\.0$"),
       (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
       # timed the unpruned models only, reporting --method=tome in the JSON; without
       # --method the unpruned model was timed twice, once as a "pruned" row
@@ -188,7 +188,7 @@ def test_calibration_size_refuses_bad_input_before_any_work(tmp_path):
       (["--methods=pomt", "--tokens=65,33", "--sizes=4", "--draws=1", "--num_heldout=40", out],
        r"--num_heldout / --tokens: pomt: could only draw"),
       (["--tokens=70", out], r"counts \[70\] are outside"),
-      (["--min_run_time=0", out], r"^min_run_time must be > 0 and finite, got 0\.0$")],
+      (["--min_run_time=0", out], r"^--min_run_time must be > 0 and finite, got 0\.0$")],
       tmp_path)
 
 
@@ -257,7 +257,7 @@ def test_predictor_accuracy_refuses_bad_input_before_any_work(tmp_path):
       (["--calibration_schedules=3", out], r"--calibration_schedules must be >= 4 \(one per "
                                            r"reduction term of the latency model\), got 3"),
       (["--accuracy_floor=1.5", out], r"--accuracy_floor must be in \(0, 1\]"),
-      (["--min_run_time=-1", out], r"^min_run_time must be > 0 and finite, got -1\.0$"),
+      (["--min_run_time=-1", out], r"^--min_run_time must be > 0 and finite, got -1\.0$"),
       (["--models=", out], r"--models must name each entry once, got \[\]"),
       (["--methods=pomt,pomt", out], "--methods must name each entry once"),
       (["--methods=pomt,POMT", out], "--methods must name each entry once"),   # one method

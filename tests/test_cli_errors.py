@@ -254,6 +254,16 @@ CASES = [
      "loc/full/3/r.png is inside --images="),
     ("estimate", ["--data={full}", "--out_dir={full}/3", "--out_name=est.png"], 1,
      "loc/full/3/est.png is inside --data="),
+    # named the config field, not the flag (`threads must be >= 1, got 0`)
+    ("profile", ["--min_run_time=-1", "--out_dir={out}"], 1,
+     "--min_run_time must be > 0 and finite, got -1.0"),
+    ("profile", ["--mode=model", "--max_retries=-1", "--out_dir={out}"], 1,
+     "--max_retries must be >= 0, got -1"),
+    ("profile", ["--threads=0", "--out_dir={out}"], 2, "flag --threads=0: 0 is not a positive"),
+    ("profile", ["--mode=model", "--adaptive", "--coarse_stride=-1", "--out_dir={out}"], 2,
+     "flag --coarse_stride=-1: -1 is not a non-negative integer"),
+    ("benchmark", ["--data=none", "--min_run_time=0", "--out_dir={out}"], 1,
+     "--min_run_time must be > 0 and finite, got 0.0"),
 ]
 
 

@@ -101,6 +101,18 @@ class TimingConfig:
       raise ValueError(f"rounds must be >= 1, got {self.rounds}")
 
 
+def flag_timing(**flag_values) -> TimingConfig:
+  """`TimingConfig(**flag_values)` for a CLI whose flags carry the fields' names: an error names
+  the flag (`--min_run_time must be > 0 ...`), not the field."""
+  try:
+    return TimingConfig(**flag_values)
+  except ValueError as e:
+    field = str(e).split(" ", 1)[0]
+    if field in flag_values:
+      raise ValueError(f"--{e}") from None
+    raise
+
+
 def repeat_timing(repeats: int, warmup: int, max_retries: int = 0) -> TimingConfig:
   """The protocol with exactly `repeats` timed calls after `warmup` untimed ones (the CLIs'
   --repeats / --warmup: errors name those flags, not the config's fields)."""
