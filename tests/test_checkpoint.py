@@ -534,7 +534,7 @@ def test_an_edited_config_and_loose_arguments_are_refused(tmp_path):
   json.dump(dict(doc, config_sha256=None), open(cfile, "w"))      # not recorded: loads
   checkpoint.load_weights(path)
   # Without the digest the field types are still checked: "name": 5 loaded as a model named 5.
-  for field, value, message in (("name", 5, "config.name must be str, got 5"),
+  for field, value, message in (("name", 5, "config.name must be a non-empty str, got 5"),
                                  ("mlp_type", 5, "unknown mlp_type 5"),
                                  ("depth", 2.0, "depth must be a positive integer, got 2.0")):
     json.dump(dict(doc, config_sha256=None, config=dict(doc["config"], **{field: value})),

@@ -94,6 +94,15 @@ def test_replace_keeps_preprocessing_in_sync():
     (dict(num_heads=0), "num_heads must be a positive integer, got 0"),     # (before)
     (dict(img_size="224"), "img_size must be a positive integer, got '224'"),
     (dict(depth=2**63), "depth must be at most 2147483647, got 9223372036854775808"),
+    # A string is truthy: 'False' switched LayerScale on and shortened the position embedding
+    # (only check_config looked, and neither the forward nor the flax module calls it).
+    (dict(layerscale="False"), "deit_tiny_patch16_224: layerscale must be true or false, got "
+                               "'False'"),
+    (dict(no_embed_class=0), "no_embed_class must be true or false, got 0"),
+    (dict(class_token="no", global_pool="avg"), "class_token must be true or false, got 'no'"),
+    (dict(dist_token=1), "dist_token must be true or false, got 1"),
+    (dict(name=None), "config.name must be a non-empty str, got None"),
+    (dict(name=""), "config.name must be a non-empty str, got ''"),
 ])
 def test_invalid_configs_are_rejected(changes, message):
   with pytest.raises(ValueError, match=message):

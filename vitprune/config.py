@@ -130,6 +130,15 @@ def _check_preprocessing(prep: Preprocessing) -> None:
                      f"one of {', '.join(INTERPOLATIONS)}")
 
 
+def _check_switches(cfg: "ViTConfig") -> None:
+  """ValueError unless `name` is a non-empty str and the on/off fields are bools."""
+  if not isinstance(cfg.name, str) or not cfg.name:
+    raise ValueError(f"config.name must be a non-empty str, got {cfg.name!r}")
+  for f in ("class_token", "dist_token", "no_embed_class", "layerscale"):
+    if not isinstance(getattr(cfg, f), bool):
+      raise ValueError(f"{cfg.name}: {f} must be true or false, got {getattr(cfg, f)!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
   """Architecture of one timm-compatible Vision Transformer.
@@ -157,6 +166,7 @@ class ViTConfig:
   preprocessing: Preprocessing = Preprocessing()
 
   def __post_init__(self):
+    _check_switches(self)      # ('False' switched LayerScale on: a string is truthy)
     _check_sizes(self)         # before dividing by them (patch_size 0 was a ZeroDivisionError)
     if self.img_size % self.patch_size:
       raise ValueError(f"{self.name}: img_size {self.img_size} is not a multiple of "
@@ -293,10 +303,8 @@ def check_config(cfg: ViTConfig) -> ViTConfig:
   """Raises ValueError on impossible sizes or wrongly typed fields (e.g. img_size=-32), TypeError
   when `cfg` is not a ViTConfig (`check_config_type`)."""
   check_config_type(cfg)
+  _check_switches(cfg)
   _check_sizes(cfg)
-  for f in ("class_token", "dist_token", "no_embed_class", "layerscale"):
-    if not isinstance(getattr(cfg, f), bool):
-      raise ValueError(f"{cfg.name}: {f} must be true or false, got {getattr(cfg, f)!r}")
   _check_norm_eps(cfg)
   try:                # (built in Python it was checked; this names the model, e.g. for JSON)
     _check_preprocessing(cfg.preprocessing)
