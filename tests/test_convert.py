@@ -460,6 +460,17 @@ def test_big_vision_npz_with_other_heads_is_refused(tmp_path, heads):
     convert_file(cfg.replace(num_heads=4), bad)
   # Without a config the npz still maps (the state dict alone cannot say).
   assert convert.load_checkpoint(path)[1] == "big_vision"
+  # A scanned layout names the block along its depth axis (it showed one block's slice).
+  scanned = {k: v for k, v in np.load(path).items() if not k.startswith("Transformer/enc")}
+  for n in ("query", "key", "value"):
+    scanned[f"{S}MultiHeadDotProductAttention_0/{n}/kernel"] = np.stack(
+        [np.load(path)[f"Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/{n}/kernel"]
+         for i in range(2)])
+  scanned[f"{S}LayerNorm_0/scale"] = np.ones((2, 32), np.float32)
+  with pytest.raises(ValueError, match=re.escape(
+      f"'{S}MultiHeadDotProductAttention_0/query/kernel' (block 0 of its depth axis) has shape "
+      "(32, 2, 16): 2 attention heads, but the config has num_heads=4")):
+    convert.big_vision_to_timm(scanned, num_heads=4)
 
 
 def test_pos_embed_of_another_width_reports_the_file_shape(tmp_path):
@@ -477,15 +488,15 @@ def test_pos_embed_of_another_width_reports_the_file_shape(tmp_path):
 def test_drops_that_match_nothing_are_refused():
   """Both converted and recorded drop_head / ignore_keys in the weights' provenance."""
   cfg, params, sd = tiny_sd()
-  with pytest.raises(ValueError, match=r"^ignore_keys \['mask_token'\] match no checkpoint "
-                     r"key \(first keys: \['blocks\.0\.attn\.proj\.bias', "):
+  with pytest.raises(ValueError, match=r"^ignore_keys \(--ignore_keys\) \['mask_token'\] match no "
+                     r"checkpoint key \(first keys: \['blocks\.0\.attn\.proj\.bias', "):
     convert_state_dict(cfg, sd, ignore_keys=("mask_token",))
   sd["extra.a"] = np.zeros(1)
-  with pytest.raises(ValueError, match=r"ignore_keys \['mask_token'\] match no"):
+  with pytest.raises(ValueError, match=r"ignore_keys \(--ignore_keys\) \['mask_token'\] "):
     convert_state_dict(cfg, sd, ignore_keys=("extra.*", "mask_token"))
   headless = {k: v for k, v in sd.items() if not k.startswith("head.")}
-  with pytest.raises(ValueError, match=r"^drop_head: the checkpoint has no head\.\* / "
-                     r"head_dist\.\* keys to drop"):
+  with pytest.raises(ValueError, match=r"^drop_head \(--drop_head\): the checkpoint has no "
+                     r"head\.\* / head_dist\.\* keys to drop"):
     convert_state_dict(cfg.replace(num_classes=0), headless, drop_head=True,
                        ignore_keys=("extra.*",))
   params0 = convert_state_dict(cfg.replace(num_classes=0), headless, ignore_keys=("extra.*",))
@@ -701,6 +712,9 @@ def test_a_model_name_for_a_config_is_a_type_error_naming_it(tmp_path):
   with pytest.raises(TypeError, match="cfg must be a vitprune ViTConfig"):
     convert.convert_checkpoint("test_tiny_vit", str(tmp_path / "x.npz"), str(tmp_path / "w"))
   assert os.listdir(tmp_path) == []
+  np.savez(tmp_path / "sd.npz", **sd)          # (it read cfg.num_heads first: AttributeError)
+  with pytest.raises(TypeError, match="cfg must be a vitprune ViTConfig .* got str "):
+    convert.convert_file("test_tiny_vit", str(tmp_path / "sd.npz"))
 
 
 def test_the_success_lines_escape_control_characters_in_names(tmp_path, capsys):

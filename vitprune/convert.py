@@ -215,13 +215,16 @@ def _concatenate(parts: Dict[str, np.ndarray], fn: Callable[[np.ndarray], np.nda
                      f"({type(e).__name__}: {e})") from None
 
 
-def _check_heads(kernels: Dict[str, np.ndarray], num_heads: int, axis: int) -> None:
+def _check_heads(kernels: Dict[str, np.ndarray], num_heads: int, axis: int,
+                 block: Optional[int]) -> None:
   """ValueError when an attention kernel of a big_vision npz (query/key/value [C, H, D], out
-  [H, D, C]) has 3 axes and not `num_heads` heads on `axis`."""
+  [H, D, C]; `block`: its index along a scanned layout's depth axis) has 3 axes and not
+  `num_heads` heads on `axis`."""
   for k, v in kernels.items():
     if v.ndim == 3 and v.shape[axis] != num_heads:
-      raise ValueError(f"{k!r} has shape {v.shape}: {v.shape[axis]} attention heads, but the "
-                       f"config has num_heads={num_heads} (the npz keeps the heads apart; "
+      where = "" if block is None else f" (block {block} of its depth axis)"
+      raise ValueError(f"{k!r}{where} has shape {v.shape}: {v.shape[axis]} attention heads, "
+                       f"but the config has num_heads={num_heads} (the npz keeps the heads apart; "
                        "converted, the weights would compute other outputs)")
 
 
@@ -295,7 +298,7 @@ def big_vision_to_timm(w: StateDict, *, num_heads: Optional[int] = None) -> Stat
     if all(k in w for k in qkv):  # [C, H, D] each -> [3 * H * D, C]
       kernels = {k: take(k, idx) for k in qkv}
       if num_heads is not None:
-        _check_heads(kernels, num_heads, axis=1)
+        _check_heads(kernels, num_heads, axis=1, block=idx)
       out[t + "attn.qkv.weight"] = _concatenate(
           kernels, lambda v: v.reshape(v.shape[0], -1).T, t + "attn.qkv.weight")
     qkv_b = [mp + f"{n}/bias" for n in ("query", "key", "value")]
@@ -303,7 +306,8 @@ def big_vision_to_timm(w: StateDict, *, num_heads: Optional[int] = None) -> Stat
       out[t + "attn.qkv.bias"] = _concatenate(
           {k: take(k, idx) for k in qkv_b}, lambda v: v.reshape(-1), t + "attn.qkv.bias")
     if num_heads is not None and mp + "out/kernel" in w:
-      _check_heads({mp + "out/kernel": take(mp + "out/kernel", idx)}, num_heads, axis=0)
+      _check_heads({mp + "out/kernel": take(mp + "out/kernel", idx)}, num_heads, axis=0,
+                   block=idx)
     put(t + "attn.proj.weight", mp + "out/kernel",  # [H, D, C] -> [C, H * D]
         lambda v: v.transpose(2, 0, 1).reshape(v.shape[2], -1), idx=idx)
     put(t + "attn.proj.bias", mp + "out/bias", idx=idx)
@@ -412,7 +416,9 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
   ignore_keys: fnmatch patterns of checkpoint keys to discard (e.g. DINOv2's 'mask_token').
   resample: (interpolation, antialias) for position embeddings whose patch grid differs from
     `cfg.grid_size` (timm: ('bicubic', True); big_vision npz: ('bilinear', False)).
-  Raises `ConversionError` listing every missing key, unexpected key and shape mismatch.
+  Raises `ConversionError` listing every missing key, unexpected key and shape mismatch, and
+  ValueError when `drop_head` or an `ignore_keys` pattern matches no key (a wrong assumption
+  about the checkpoint), or for non-float / non-finite weights.
   """
   check_config(cfg)
   patterns = tuple(ignore_keys) + (HEAD_KEYS if drop_head else ())
@@ -421,11 +427,11 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
   # weights' provenance as if it had dropped something).
   unmatched = [p for p in ignore_keys if not any(fnmatch.fnmatchcase(k, p) for k in sd)]
   if unmatched:
-    raise ValueError(f"ignore_keys {unmatched} match no checkpoint key (first keys: "
-                     f"{sorted(sd)[:3]}); drop only what the checkpoint holds")
+    raise ValueError(f"ignore_keys (--ignore_keys) {unmatched} match no checkpoint key (first "
+                     f"keys: {sorted(sd)[:3]}); drop only what the checkpoint holds")
   if drop_head and not any(fnmatch.fnmatchcase(k, p) for k in sd for p in HEAD_KEYS):
-    raise ValueError("drop_head: the checkpoint has no head.* / head_dist.* keys to drop (a "
-                     "features-only checkpoint converts without it)")
+    raise ValueError("drop_head (--drop_head): the checkpoint has no head.* / head_dist.* keys "
+                     "to drop (a features-only checkpoint converts without it)")
   sd = {k: v for k, v in sd.items() if not any(fnmatch.fnmatchcase(k, p) for p in patterns)}
   want = expected_keys(cfg)
   # Before resampling the position embedding, which computes in float32 (it hid an int8 one).
@@ -472,6 +478,7 @@ def count_params(params: Params) -> int:
 def convert_file(cfg: ViTConfig, path: str, *, drop_head: bool = False,
                  ignore_keys: Sequence[str] = ()) -> Tuple[Params, Dict[str, Any]]:
   """(params, meta) from a checkpoint file; meta has the source name, format and sha256."""
+  check_config(cfg)                          # (before reading cfg.num_heads)
   sd, fmt = load_checkpoint(path, num_heads=cfg.num_heads)
   src_pe = normalize_state_dict(sd).get("pos_embed")   # (DINOv2's folds its cls position out)
   resample = BIG_VISION_RESAMPLE if fmt == "big_vision" else TIMM_RESAMPLE
