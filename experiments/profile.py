@@ -11,8 +11,9 @@ r"""Latency-workload profiler CLI: latency vs tokens kept, steps, per-block tabl
 
 Writes `<out_dir>/<model>_<mode>_b<batch>_<dtype>_<device>.{json,csv,png}` (schema in
 `vitprune/profile/records.py`; with several batch sizes also one profile of all of them,
-`..._b1-8_...`) and prints a summary table with steps ("n -> n-1 saves x% (y ms)"),
-flat stretches and the per-block predictor's errors.
+`..._b1-8_...`, which a later run at one of its batch sizes updates too) and prints a summary
+table with steps ("n -> n-1 saves x% (y ms)"), flat stretches and the per-block predictor's
+errors.
 """
 from __future__ import annotations
 

@@ -85,6 +85,19 @@ def test_a_later_batch_run_keeps_the_combined_profile_in_step(tmp_path, capsys, 
   assert both.steps == records.analyze(records.merge(
       [records.load(str(tmp_path / "test-tiny-vit_model_b2_float32_cpu.json")), one])).steps
   assert "merged batch 1 into " in capsys.readouterr().out
+  # A second run at both batch sizes keeps its own combined file in step after each batch, and
+  # does not write it once more at the end (it was written 3 times, its plot redrawn each time).
+  saves = []
+  real_save = records.save
+  monkeypatch.setattr(records, "save", lambda p, d, stem=None, **k: saves.append(
+      stem or records.file_stem(p)) or real_save(p, d, stem, **k))
+  _run(tmp_path, "--tokens=17,9", "--batch_size=1,2")
+  assert saves == ["test-tiny-vit_model_b1_float32_cpu", "test-tiny-vit_model_b1-2_float32_cpu",
+                   "test-tiny-vit_model_b2_float32_cpu", "test-tiny-vit_model_b1-2_float32_cpu"]
+  both = records.load(str(tmp_path / "test-tiny-vit_model_b1-2_float32_cpu.json"))
+  assert {p.key: p for p in both.points} == {p.key: p for b in (1, 2) for p in records.load(
+      str(tmp_path / f"test-tiny-vit_model_b{b}_float32_cpu.json")).points}
+  monkeypatch.undo()
   # A combined file that cannot take the batch is refused before anything is measured.
   (tmp_path / "test-tiny-vit_model_b1-4_float32_cpu.json").write_text("{}")
   monkeypatch.setattr(runner, "profile_batch", lambda *a, **k: pytest.fail("measured"))

@@ -279,7 +279,9 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
 
   params: the model's parameter tree (default: `init_params(cfg, spec.seed)`). With `out_dir`,
   checks every output first (`check_outputs`), then writes each profile's JSON/CSV/PNG there,
-  plus one profile of all batch sizes when there are several; each profile returned is then
+  merges it into every profile of several batch sizes there that holds its batch size
+  (`combined_stems`: kept in step, even when the run is killed before the next batch), and
+  writes one profile of all batch sizes when there are several; each profile returned is then
   what its file holds, this run's points merged into those it held (a summary of this run's
   points alone missed the steps the file records). `compile_cache_dir` enables
   JAX's persistent compilation cache (process-wide setting).
@@ -291,7 +293,7 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
   if params is None:
     params = model_lib.init_params(spec.cfg, spec.seed)
   params = timing.device_put(params)
-  profiles = []
+  profiles, merged_into = [], []
   for b in spec.batch_sizes:
     prof = profile_batch(spec, int(b), params, progress=progress, log=log)
     if out_dir:
@@ -305,13 +307,16 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
       prof = held
       # A profile of several batch sizes beside it holds this batch too: kept in step (it
       # went on reporting the old latencies and steps of this batch size).
-      for stem in combined_stems(prof, out_dir, int(b)):
+      merged_into = combined_stems(prof, out_dir, int(b))
+      for stem in merged_into:
         paths = records.save(prof, out_dir, stem, extra={"png": plot_lib.plot_profile})
         log(f"merged batch {b} into {console.printable(paths['json'])} too")
     profiles.append(prof)
   if out_dir and len(profiles) > 1:   # every batch size in one profile too (one plot of all)
-    paths = write_outputs(records.merge(profiles), out_dir)
-    log(_wrote(paths))
+    everything = records.merge(profiles)
+    if records.file_stem(everything) not in merged_into:   # (else: it holds them all already)
+      paths = write_outputs(everything, out_dir)
+      log(_wrote(paths))
   return profiles
 
 
@@ -321,9 +326,9 @@ def _wrote(paths: Dict[str, str]) -> str:
 
 def check_outputs(spec: ProfileSpec, out_dir: str) -> None:
   """Refuses, before anything is measured, an output `run_profile` could not write into
-  `out_dir`: for every batch size (and all of them together), a profile there that is not
-  readable or not of this setup (model, dtype, device, reducer), or files of its names without
-  their profile."""
+  `out_dir`: for every batch size (and all of them together, and every profile of several batch
+  sizes there holding one of them), a profile there that is not readable or not of this setup
+  (model, dtype, device, reducer), or files of its names without their profile."""
   setup = _profile_of(spec, make_drop_reducer(spec.reducer)[1])
   batches = [[int(b)] for b in spec.batch_sizes]
   if len(batches) > 1:
