@@ -1,6 +1,7 @@
 """The timing protocol with fake timers/clocks (exact), and real AOT compiles of tiny functions."""
 import dataclasses
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,22 @@ def test_summarize_exact():
 def test_timing_config_errors(kw, match):
   with pytest.raises(ValueError, match=match):
     timing.TimingConfig(**kw)
+
+
+def test_flag_timing_names_the_flag_it_was_given():
+  """The CLIs' errors named the config field (`min_run_time must be > 0 ...`), and a --min_reps
+  above the cap said `max_reps 100000 < min_reps 200000`, naming no flag."""
+  from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
+  for kw, message in ((dict(min_run_time=-1.0), "--min_run_time must be > 0 and finite, got -1.0"),
+                      (dict(min_reps=200000), "--min_reps must be at most max_reps (100000), "
+                                              "got 200000"),
+                      (dict(seed=-1, min_run_time=0.1), "--seed must be >= 0, got -1")):
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+      protocol.flag_timing(**kw)
+  # A field that is not among the flags given keeps its own name (no flag to point at).
+  with pytest.raises(ValueError, match=r"^min_reps must be at most max_reps \(3\), got 5$"):
+    protocol.flag_timing(max_reps=3)
+  assert protocol.flag_timing(min_run_time=0.5) == timing.TimingConfig(min_run_time=0.5)
 
 
 def test_time_calls_respects_min_run_time_min_reps_and_warmup():

@@ -59,8 +59,8 @@ flags.DEFINE_integer("seed", 0, "Seed of the shuffled visiting order.", lower_bo
 
 def timing_config():
   return protocol.flag_timing(min_run_time=FLAGS.min_run_time, warmup=FLAGS.warmup,
-                             min_reps=FLAGS.min_reps, max_rel_iqr=FLAGS.max_rel_iqr,
-                             max_retries=FLAGS.max_retries, seed=FLAGS.seed)
+                              min_reps=FLAGS.min_reps, max_rel_iqr=FLAGS.max_rel_iqr,
+                              max_retries=FLAGS.max_retries, seed=FLAGS.seed)
 
 
 def latency(model, images, cfg) -> dict:

@@ -92,7 +92,8 @@ class TimingConfig:
       raise ValueError(f"min_reps must be >= 3 (a median and an IQR need samples), "
                        f"got {self.min_reps}")
     if self.max_reps < self.min_reps:
-      raise ValueError(f"max_reps {self.max_reps} < min_reps {self.min_reps}")
+      raise ValueError(f"min_reps must be at most max_reps ({self.max_reps}), got "
+                       f"{self.min_reps}")
     if self.max_retries < 0:
       raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
     if self.seed < 0:
