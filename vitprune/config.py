@@ -130,7 +130,7 @@ def _check_preprocessing(prep: Preprocessing) -> None:
                      f"one of {', '.join(INTERPOLATIONS)}")
 
 
-def _check_switches(cfg: "ViTConfig") -> None:
+def _check_name_and_switches(cfg: "ViTConfig") -> None:
   """ValueError unless `name` is a non-empty str and the on/off fields are bools."""
   if not isinstance(cfg.name, str) or not cfg.name:
     raise ValueError(f"config.name must be a non-empty str, got {cfg.name!r}")
@@ -166,7 +166,7 @@ class ViTConfig:
   preprocessing: Preprocessing = Preprocessing()
 
   def __post_init__(self):
-    _check_switches(self)      # ('False' switched LayerScale on: a string is truthy)
+    _check_name_and_switches(self)      # ('False' switched LayerScale on: a string is truthy)
     _check_sizes(self)         # before dividing by them (patch_size 0 was a ZeroDivisionError)
     if self.img_size % self.patch_size:
       raise ValueError(f"{self.name}: img_size {self.img_size} is not a multiple of "
@@ -303,7 +303,7 @@ def check_config(cfg: ViTConfig) -> ViTConfig:
   """Raises ValueError on impossible sizes or wrongly typed fields (e.g. img_size=-32), TypeError
   when `cfg` is not a ViTConfig (`check_config_type`)."""
   check_config_type(cfg)
-  _check_switches(cfg)
+  _check_name_and_switches(cfg)
   _check_sizes(cfg)
   _check_norm_eps(cfg)
   try:                # (built in Python it was checked; this names the model, e.g. for JSON)
@@ -319,9 +319,8 @@ def check_config(cfg: ViTConfig) -> ViTConfig:
 def check_config_types(cfg: ViTConfig, where: str, error: Type[ValueError] = ValueError,
                        key: str = "model.config") -> None:
   """A config read from JSON has no types: each scalar field must have its default's type
-  (`error` naming `where` and `<key>.<field>` otherwise); `name`, which has no default, a str."""
-  if not isinstance(cfg.name, str):
-    raise error(f"{where}: {key}.name must be str, got {cfg.name!r}")
+  (`error` naming `where` and `<key>.<field>` otherwise; `name`, which has no default, is
+  checked by the ViTConfig itself)."""
   for f in dataclasses.fields(ViTConfig):
     default, value = f.default, getattr(cfg, f.name)
     if isinstance(default, bool):
