@@ -140,6 +140,9 @@ def main(f: flags.FlagValues):
       raise ValueError(f"--{flag} applies to --method={method} only, not --method={f.method}")
   cfg = common.model_config(common.given_model(f), f.weights)
   schedule = S.parse_schedule(cfg, f.schedule) if f.schedule else None
+  if schedule is not None and not S.reduces_tokens(cfg, schedule):   # (a "speed-up" of noise)
+    raise ValueError(f"--schedule {f.schedule!r} does not reduce any token: the pruned model "
+                     "would be the unpruned one, timed against itself")
   memory.check_batch_fits(cfg, [f.batch_size], f.dtype)
   if (f["seed"].present and not f.images and cfg.name == common.EMBEDDED_MODEL):
     raise ValueError(f"--seed={f.seed} changes nothing here: {cfg.name} has trained weights "

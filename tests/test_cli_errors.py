@@ -264,6 +264,10 @@ CASES = [
      "flag --coarse_stride=-1: -1 is not a non-negative integer"),
     ("benchmark", ["--data=none", "--min_run_time=0", "--out_dir={out}"], 1,
      "--min_run_time must be > 0 and finite, got 0.0"),
+    # printed "speed-up: 0.840x" of the unpruned graph timed against itself
+    ("prune", ["--schedule=full"], 1, "--schedule 'full' does not reduce any token: the pruned "
+     "model would be the unpruned one"),
+    ("prune", ["--schedule=keep@3:65"], 1, "--schedule 'keep@3:65' does not reduce any token"),
 ]
 
 
