@@ -131,7 +131,11 @@ def main(f: flags.FlagValues):
         f"x {dtypes}")
   rows = bench.run_benchmark(spec, params, variants, data=data, progress=f.progress)
   print(bench.to_markdown(rows))        # (before the files: a write refused at the end
-  paths = bench.write_outputs(rows, f.out_dir)   # keeps the measured table on stdout)
+  note = bench.replaced_table_note(        # keeps the measured table on stdout)
+      os.path.join(f.out_dir, f"{bench.output_stem(rows)}.csv"), rows)
+  if note:
+    print(f"note: {common.shown(note)}")
+  paths = bench.write_outputs(rows, f.out_dir)
   print(f"wrote {common.shown(paths['csv'])}, {common.shown(paths['md'])}, "
         f"{common.shown(paths['png'])}")
   return rows

@@ -366,3 +366,27 @@ def test_the_table_is_printed_before_the_files_are_written(tmp_path, capsys, mon
   table = _parse_markdown("\n".join(l for l in capsys.readouterr().out.splitlines()
                                     if l.startswith("|")))
   assert {r["variant"] for r in table} == {"unpruned", "pomt", "tome:r2"}
+
+
+def test_a_table_of_other_settings_is_replaced_with_a_note(tmp_path, capsys):
+  """A run at another batch size and dtype replaced the table (and its accuracies) without a
+  word: the files are named by model and device only."""
+  base = ["--model=test_tiny_vit", "--data=none", "--min_run_time=0.005", "--noprogress",
+          "--variants=tome:r2", f"--out_dir={tmp_path}"]
+  _run(base + ["--batch_size=1"])
+  assert "note:" not in capsys.readouterr().out
+  _run(base + ["--batch_size=1"])                       # the same settings again: no note
+  assert "note:" not in capsys.readouterr().out
+  _run(base + ["--batch_size=2", "--dtype=bfloat16"])
+  out = capsys.readouterr().out
+  csv_path = tmp_path / "test_tiny_vit_cpu.csv"
+  assert (f"note: replacing {csv_path}, a table of batch sizes ['1']; dtypes ['float32'] (this "
+          "run: batch sizes ['2']; dtypes ['bfloat16']); choose another --out_dir to keep "
+          "both\n") in out
+  rows = list(csv.DictReader(open(csv_path)))
+  assert {(r["batch_size"], r["dtype"]) for r in rows} == {("2", "bfloat16")}
+  # Images evaluated count as a setting too (accuracy on 20 images is not on 359).
+  assert B.replaced_table_note(str(csv_path), [dict(r, num_examples=20) for r in rows]) == (
+      f"replacing {csv_path}, a table of images evaluated [''] (this run: images evaluated "
+      "['20']); choose another --out_dir to keep both")
+  assert B.replaced_table_note(str(tmp_path / "none.csv"), rows) is None

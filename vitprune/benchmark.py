@@ -535,6 +535,33 @@ def check_replaceable_outputs(paths: Dict[str, str]) -> None:
                                     "it away or choose another --out_dir")
 
 
+def _table_settings(rows: Sequence[Dict[str, Any]]) -> Dict[str, List[str]]:
+  """The settings a table's rows (dicts, or CSV rows of strings) were measured with."""
+  def values(k):
+    return sorted({"" if r.get(k) is None else str(r[k]) for r in rows},
+                  key=lambda v: (len(v), v) if k == "batch_size" else v)
+  return {"batch sizes": values("batch_size"), "dtypes": values("dtype"),
+          "variants": values("variant"), "images evaluated": values("num_examples")}
+
+
+def replaced_table_note(csv_path: str, rows: Sequence[Dict[str, Any]]) -> Optional[str]:
+  """'replacing <csv_path>, a table of ...' when the table there (ours: see
+  `check_replaceable_outputs`) was measured with other batch sizes, dtypes, variants or images
+  than `rows` (a run with other settings replaced it without a word), else None."""
+  try:
+    with open(csv_path, newline="") as f:
+      old = _table_settings(list(csv.DictReader(f)))
+  except (OSError, UnicodeDecodeError, csv.Error):
+    return None
+  new = _table_settings(rows)
+  if old == new:
+    return None
+  differ = "; ".join(f"{k} {old[k]}" for k in old if old[k] != new[k])
+  return (f"replacing {csv_path}, a table of {differ} (this run: "
+          f"{'; '.join(f'{k} {new[k]}' for k in new if old[k] != new[k])}); choose another "
+          "--out_dir to keep both")
+
+
 def write_outputs(rows: Sequence[Dict[str, Any]], out_dir: str,
                   stem: Optional[str] = None) -> Dict[str, str]:
   """`<stem>.csv`, `<stem>.md` and `<stem>.png` in `out_dir`, published together (a kill leaves
