@@ -1,4 +1,5 @@
 """experiments/common.py: the --model/--weights rule every CLI shares, the recorded command."""
+import glob
 import json
 import os
 import re
@@ -489,6 +490,17 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
   hidden = tmp_path / "hidden"         # ImageFolder reads no hidden folder: nor does the check
   shutil.copytree(os.path.join(folders["test0"], "3"), hidden / "3" / ".trash")
   assert data.digits_copied_into(str(hidden)) == set()
+  # A flat copy (`cp train0/*/*.png flat/`, scored by agreement), or one in folders that are no
+  # class, was missed: the images are the digits all the same.
+  flat = tmp_path / "flat"
+  (flat / "misc").mkdir(parents=True)
+  pngs = sorted(glob.glob(os.path.join(folders["train0"], "*", "*.png")))
+  for k, png in enumerate(pngs):
+    shutil.copy(png, flat / ("misc" if k % 2 else "") / os.path.basename(png))
+  assert data.digits_copied_into(str(flat)) == data.digits_folder_indices(folders["train0"])
+  with pytest.raises(ValueError, match=r"^30 of the 30 digits in .*flat are training images "
+                                       r"of the embedded weights"):
+    common.check_digits_split(common.EMBEDDED_WEIGHTS, str(flat))
   with pytest.raises(SystemExit) as e:
     common.run_in_process(estimate_cli.main, estimate_cli.define_flags, [
         f"--weights={w1}", f"--data={folders['test0']}", "--tokens=65",

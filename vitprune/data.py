@@ -886,20 +886,20 @@ def _digit_file_index(name: str) -> int:
 
 def digits_copied_into(root: str) -> set:
   """The digits' indices of the images of `root` that are digits `write_digits_imagefolder`
-  wrote, found by content: `<class>/**/<idx>.png` whose class (the top folder, as `ImageFolder`
-  labels it, links followed) is that digit's label and whose 8x8 pixels are its image (a copy
-  that lost the folder's marker; one a folder deeper was missed and scored 1.0)."""
+  wrote, found by content: `**/<idx>.png` whose 8x8 pixels are that digit's image and, below a
+  class folder (the top folder, as `ImageFolder` labels it, links followed), whose class is its
+  label (a copy that lost the folder's marker; one a folder deeper was missed and scored 1.0,
+  and so was a flat copy, `cp dir/*/*.png flat/`, scored by agreement)."""
   images, labels = load_digits_arrays()
   found = set()
   for dirpath, dirnames, files in atomic.walk_following_links(root):   # (loops: ImageFolder's)
     dirnames[:] = [d for d in dirnames if not d.startswith(".")]   # unread, as ImageFolder
     rel = os.path.relpath(dirpath, root)
-    label = rel.split(os.sep)[0]
-    if rel == os.curdir or label not in DIGITS_CLASSES:
-      continue
+    label = None if rel == os.curdir else rel.split(os.sep)[0]
+    labelled = label in DIGITS_CLASSES
     for n in files:
       i = _digit_file_index(n)       # (a hidden name is no index: '.0062.png' has 9 characters)
-      if not 0 <= i < len(images) or DIGITS_CLASSES[labels[i]] != label:
+      if not 0 <= i < len(images) or (labelled and DIGITS_CLASSES[labels[i]] != label):
         continue
       try:
         with Image.open(os.path.join(dirpath, n)) as img:
