@@ -99,7 +99,8 @@ def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int,
     ds = (data_lib.digits_dataset() if headless else
           data_lib.digits_for_model(class_names, cfg.num_classes))
     indices = data_lib.digits_split()[1][:batch_size]
-    note = f"the first {len(indices)} test digits"
+    note = ("the first test digit" if len(indices) == 1 else
+            f"the first {len(indices)} test digits")
   else:
     imgs = synthetic_images(cfg, batch_size, seed)
     return (imgs, np.full(batch_size, -1, np.int32), np.ones(batch_size, bool),

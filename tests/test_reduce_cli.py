@@ -175,6 +175,7 @@ def test_a_model_without_a_head_is_compared_by_features_on_any_images(tmp_path):
     _, labels, valid, said = prune.load_images(cfg, images_dir, 8, 0, None)
     assert (labels == -1).all() and valid.all()
     assert said.startswith(note) and said.endswith(", labels unused (no classifier head)")
+  assert prune.load_images(get_config("vit_digits"), "", 1, 0, None)[3] == "the first test digit"
   r = prune_lib.run_prune(cfg, model.init_params(cfg, 0), prune.load_images(cfg, "", 4, 0)[0],
                           method="pomt", schedule=None, labels=np.full(4, -1), repeats=3,
                           warmup=1)
