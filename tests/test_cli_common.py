@@ -490,17 +490,26 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
   hidden = tmp_path / "hidden"         # ImageFolder reads no hidden folder: nor does the check
   shutil.copytree(os.path.join(folders["test0"], "3"), hidden / "3" / ".trash")
   assert data.digits_copied_into(str(hidden)) == set()
-  # A flat copy (`cp train0/*/*.png flat/`, scored by agreement), or one in folders that are no
-  # class, was missed: the images are the digits all the same.
+  # A flat copy (`cp train0/*/*.png flat/`, scored by agreement) was missed: ImageFolder reads
+  # the files directly in it, and they are the digits all the same.
   flat = tmp_path / "flat"
-  (flat / "misc").mkdir(parents=True)
+  flat.mkdir()
   pngs = sorted(glob.glob(os.path.join(folders["train0"], "*", "*.png")))
-  for k, png in enumerate(pngs):
-    shutil.copy(png, flat / ("misc" if k % 2 else "") / os.path.basename(png))
+  for png in pngs:
+    shutil.copy(png, flat)
+  os.mkfifo(flat / "0005.png")                 # never opened (it blocked the check for ever)
   assert data.digits_copied_into(str(flat)) == data.digits_folder_indices(folders["train0"])
   with pytest.raises(ValueError, match=r"^30 of the 30 digits in .*flat are training images "
                                        r"of the embedded weights"):
     common.check_digits_split(common.EMBEDDED_WEIGHTS, str(flat))
+  # Beside class folders the root's files are not read (ImageFolder warns): not counted.
+  beside = tmp_path / "beside"
+  shutil.copytree(folders["test0"], beside)
+  os.remove(beside / data.DIGITS_MARKER)
+  for png in pngs:
+    shutil.copy(png, beside)
+  assert data.digits_copied_into(str(beside)) == data.digits_folder_indices(folders["test0"])
+  common.check_digits_split(common.EMBEDDED_WEIGHTS, str(beside))
   with pytest.raises(SystemExit) as e:
     common.run_in_process(estimate_cli.main, estimate_cli.define_flags, [
         f"--weights={w1}", f"--data={folders['test0']}", "--tokens=65",

@@ -886,28 +886,43 @@ def _digit_file_index(name: str) -> int:
 
 def digits_copied_into(root: str) -> set:
   """The digits' indices of the images of `root` that are digits `write_digits_imagefolder`
-  wrote, found by content: `**/<idx>.png` whose 8x8 pixels are that digit's image and, below a
-  class folder (the top folder, as `ImageFolder` labels it, links followed), whose class is its
-  label (a copy that lost the folder's marker; one a folder deeper was missed and scored 1.0,
-  and so was a flat copy, `cp dir/*/*.png flat/`, scored by agreement)."""
+  wrote, found by content, among the files `ImageFolder` reads: with class folders,
+  `<class>/**/<idx>.png` whose class (the top folder, links followed) is that digit's label (one
+  a folder deeper was missed and scored 1.0); without, `<idx>.png` directly in `root` (a flat
+  copy, `cp dir/*/*.png flat/`, scored by agreement, was missed) -- each a regular file whose
+  8x8 pixels are that digit's image (a copy that lost the folder's marker)."""
   images, labels = load_digits_arrays()
   found = set()
-  for dirpath, dirnames, files in atomic.walk_following_links(root):   # (loops: ImageFolder's)
-    dirnames[:] = [d for d in dirnames if not d.startswith(".")]   # unread, as ImageFolder
-    rel = os.path.relpath(dirpath, root)
-    label = None if rel == os.curdir else rel.split(os.sep)[0]
-    labelled = label in DIGITS_CLASSES
+
+  def scan(folder: str, files, label: Optional[str]) -> None:
     for n in files:
       i = _digit_file_index(n)       # (a hidden name is no index: '.0062.png' has 9 characters)
-      if not 0 <= i < len(images) or (labelled and DIGITS_CLASSES[labels[i]] != label):
+      if not 0 <= i < len(images) or (label is not None and DIGITS_CLASSES[labels[i]] != label):
         continue
+      path = os.path.join(folder, n)
       try:
-        with Image.open(os.path.join(dirpath, n)) as img:
+        if not stat.S_ISREG(os.stat(path).st_mode):    # (a FIFO blocked the open for ever;
+          continue                                     # ImageFolder names it)
+        with Image.open(path) as img:
+          if img.size != images[i].shape[::-1]:        # (from the header: not decoded)
+            continue
           pixels = np.asarray(img)
       except (OSError, ValueError):
         continue
       if pixels.shape == images[i].shape and np.array_equal(pixels, images[i]):
         found.add(i)
+
+  classes = find_classes(root)
+  if not classes:                                      # ImageFolder's flat mode: root alone
+    with os.scandir(root) as it:
+      scan(root, sorted(e.name for e in it), None)
+    return found
+  for dirpath, dirnames, files in atomic.walk_following_links(root):   # (loops: ImageFolder's)
+    dirnames[:] = [d for d in dirnames if not d.startswith(".")]   # unread, as ImageFolder
+    rel = os.path.relpath(dirpath, root)
+    label = rel.split(os.sep)[0]
+    if rel != os.curdir and label in DIGITS_CLASSES:   # (root files: not read beside classes)
+      scan(dirpath, files, label)
   return found
 
 
