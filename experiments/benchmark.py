@@ -131,11 +131,8 @@ def main(f: flags.FlagValues):
         f"x {dtypes}")
   rows = bench.run_benchmark(spec, params, variants, data=data, progress=f.progress)
   print(bench.to_markdown(rows))        # (before the files: a write refused at the end
-  note = bench.replaced_table_note(        # keeps the measured table on stdout)
-      os.path.join(f.out_dir, f"{bench.output_stem(rows)}.csv"), rows)
-  if note:
-    print(f"note: {common.shown(note)}")
-  paths = bench.write_outputs(rows, f.out_dir)
+  paths = bench.write_outputs(            # keeps the measured table on stdout)
+      rows, f.out_dir, note=lambda text: print(f"note: {common.shown(text)}"))
   print(f"wrote {common.shown(paths['csv'])}, {common.shown(paths['md'])}, "
         f"{common.shown(paths['png'])}")
   return rows

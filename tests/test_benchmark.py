@@ -357,7 +357,7 @@ def test_a_row_names_the_reducer_options_a_solution_chose():
 def test_the_table_is_printed_before_the_files_are_written(tmp_path, capsys, monkeypatch):
   """A CSV made at the output while the benchmark ran: the write was refused and the run's
   whole table was lost with it (every benchmarks/ script prints before writing)."""
-  def refused(rows, out_dir):
+  def refused(rows, out_dir, **kw):
     raise FileExistsError(f"refusing to replace {out_dir}/x.csv")
   monkeypatch.setattr(B, "write_outputs", refused)
   with pytest.raises(FileExistsError):
@@ -377,16 +377,23 @@ def test_a_table_of_other_settings_is_replaced_with_a_note(tmp_path, capsys):
   assert "note:" not in capsys.readouterr().out
   _run(base + ["--batch_size=1"])                       # the same settings again: no note
   assert "note:" not in capsys.readouterr().out
-  _run(base + ["--batch_size=2", "--dtype=bfloat16"])
+  _run(base + ["--batch_size=2,16", "--dtype=bfloat16"])
   out = capsys.readouterr().out
   csv_path = tmp_path / "test_tiny_vit_cpu.csv"
-  assert (f"note: replacing {csv_path}, a table of batch sizes ['1']; dtypes ['float32'] (this "
-          "run: batch sizes ['2']; dtypes ['bfloat16']); choose another --out_dir to keep "
-          "both\n") in out
+  assert (f"note: replacing {csv_path}, a table of batch sizes 1; dtypes float32 (this run: "
+          "batch sizes 2, 16; dtypes bfloat16); choose another --out_dir to keep both\n") in out
   rows = list(csv.DictReader(open(csv_path)))
-  assert {(r["batch_size"], r["dtype"]) for r in rows} == {("2", "bfloat16")}
-  # Images evaluated count as a setting too (accuracy on 20 images is not on 359).
+  assert {(r["batch_size"], r["dtype"]) for r in rows} == {("2", "bfloat16"), ("16", "bfloat16")}
+  # The number of images evaluated counts too (accuracy on 20 images is not on 359).
   assert B.replaced_table_note(str(csv_path), [dict(r, num_examples=20) for r in rows]) == (
-      f"replacing {csv_path}, a table of images evaluated [''] (this run: images evaluated "
-      "['20']); choose another --out_dir to keep both")
-  assert B.replaced_table_note(str(tmp_path / "none.csv"), rows) is None
+      f"replacing {csv_path}, a table of number of images evaluated none (this run: number of "
+      "images evaluated 20); choose another --out_dir to keep both")
+  header_only = tmp_path / "h.csv"
+  header_only.write_text(",".join(B.CSV_COLUMNS) + "\n")
+  assert B.replaced_table_note(str(header_only), rows).startswith(
+      f"replacing {header_only}, an empty table (this run: batch sizes 2, 16; ")
+  # Never opened: what is not our table (check_replaceable_outputs refuses it), a FIFO.
+  (tmp_path / "foreign.csv").write_text("name,score\n1,2\n")
+  os.mkfifo(tmp_path / "fifo.csv")
+  for other in ("none.csv", "foreign.csv", "fifo.csv"):
+    assert B.replaced_table_note(str(tmp_path / other), rows) is None

@@ -535,43 +535,56 @@ def check_replaceable_outputs(paths: Dict[str, str]) -> None:
                                     "it away or choose another --out_dir")
 
 
-def _table_settings(rows: Sequence[Dict[str, Any]]) -> Dict[str, List[str]]:
-  """The settings a table's rows (dicts, or CSV rows of strings) were measured with."""
+def _table_settings(rows: Sequence[Dict[str, Any]]) -> Dict[str, str]:
+  """The settings a table's rows (dicts, or CSV rows of strings) were measured with, as text."""
   def values(k):
-    return sorted({"" if r.get(k) is None else str(r[k]) for r in rows},
-                  key=lambda v: (len(v), v) if k == "batch_size" else v)
+    got = {"" if r.get(k) is None else str(r[k]) for r in rows}
+    shown = sorted(got - {""}, key=lambda v: (len(v), v) if k == "batch_size" else v)
+    return ", ".join(shown + (["none"] if "" in got else [])) or "none"
   return {"batch sizes": values("batch_size"), "dtypes": values("dtype"),
-          "variants": values("variant"), "images evaluated": values("num_examples")}
+          "variants": values("variant"), "number of images evaluated": values("num_examples")}
 
 
 def replaced_table_note(csv_path: str, rows: Sequence[Dict[str, Any]]) -> Optional[str]:
-  """'replacing <csv_path>, a table of ...' when the table there (ours: see
-  `check_replaceable_outputs`) was measured with other batch sizes, dtypes, variants or images
-  than `rows` (a run with other settings replaced it without a word), else None."""
+  """'replacing <csv_path>, a table of ...' when our table there (a regular file starting with
+  our header; anything else is `check_replaceable_outputs`' to refuse, never opened here) was
+  measured with other batch sizes, dtypes, variants or number of images than `rows` (a run
+  with other settings replaced it without a word), else None."""
+  if os.path.islink(csv_path) or not os.path.isfile(csv_path):
+    return None
   try:
     with open(csv_path, newline="") as f:
-      old = _table_settings(list(csv.DictReader(f)))
+      if f.readline().rstrip("\r\n") != ",".join(CSV_COLUMNS):
+        return None
+      old_rows = list(csv.DictReader(f, fieldnames=CSV_COLUMNS))
   except (OSError, UnicodeDecodeError, csv.Error):
     return None
-  new = _table_settings(rows)
+  old, new = _table_settings(old_rows), _table_settings(rows)
   if old == new:
     return None
-  differ = "; ".join(f"{k} {old[k]}" for k in old if old[k] != new[k])
-  return (f"replacing {csv_path}, a table of {differ} (this run: "
+  what = ("an empty table" if not old_rows else "a table of " + "; ".join(
+      f"{k} {old[k]}" for k in old if old[k] != new[k]))
+  return (f"replacing {csv_path}, {what} (this run: "
           f"{'; '.join(f'{k} {new[k]}' for k in new if old[k] != new[k])}); choose another "
           "--out_dir to keep both")
 
 
 def write_outputs(rows: Sequence[Dict[str, Any]], out_dir: str,
-                  stem: Optional[str] = None) -> Dict[str, str]:
+                  stem: Optional[str] = None,
+                  note: Optional[Callable[[str], None]] = None) -> Dict[str, str]:
   """`<stem>.csv`, `<stem>.md` and `<stem>.png` in `out_dir`, published together (a kill leaves
-  the old three or the new three); everything is rendered first -> {'csv', 'md', 'png': path}."""
+  the old three or the new three); everything is rendered first -> {'csv', 'md', 'png': path}.
+  `note` gets `replaced_table_note` when the table replaced was measured with other settings."""
   stem = stem or output_stem(rows)
   data = {"png": plot_png(rows), "csv": to_csv(rows).encode(), "md": to_markdown(rows).encode()}
   paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in data}
   check_replaceable_outputs(paths)
   names = [os.path.basename(paths[k]) for k in ("png", "md", "csv")]   # the CSV (our header) last
   with atomic.locked(paths["csv"]):                                     # published together
+    check_replaceable_outputs(paths)              # (again: the run may have taken minutes)
+    said = replaced_table_note(paths["csv"], rows)
+    if said and note:
+      note(said)
     with atomic.staged_files(os.path.dirname(os.path.abspath(paths["csv"])), names[-1],
                              names) as tmp:
       for k, blob in data.items():
