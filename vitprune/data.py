@@ -891,6 +891,8 @@ def digits_copied_into(root: str) -> set:
   a folder deeper was missed and scored 1.0); without, `<idx>.png` directly in `root` (a flat
   copy, `cp dir/*/*.png flat/`, scored by agreement, was missed) -- each a regular file whose
   8x8 pixels are that digit's image (a copy that lost the folder's marker)."""
+  if not os.path.isdir(root):          # (ImageFolder names a missing root)
+    return set()
   images, labels = load_digits_arrays()
   found = set()
 
