@@ -264,12 +264,13 @@ def _profile_of(spec: ProfileSpec, reducer_name: str,
                          created=records.now_iso(), **device_info())
 
 
-def write_outputs(profile: records.Profile, out_dir: str) -> Dict[str, str]:
+def write_outputs(profile: records.Profile, out_dir: str, stem: Optional[str] = None
+                  ) -> Dict[str, str]:
   """JSON + CSV + PNG of `profile` in `out_dir` -> {'json', 'csv', 'png': path}.
 
   Merged point by point into an existing profile of the same name, under a lock, and published
   together (`records.save`): the PNG plots the merged profile."""
-  return records.save(profile, out_dir, extra={"png": plot_lib.plot_profile})
+  return records.save(profile, out_dir, stem, extra={"png": plot_lib.plot_profile})
 
 
 def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None,
@@ -309,7 +310,7 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
       # went on reporting the old latencies and steps of this batch size).
       merged_into = combined_stems(prof, out_dir, int(b))
       for stem in merged_into:
-        paths = records.save(prof, out_dir, stem, extra={"png": plot_lib.plot_profile})
+        paths = write_outputs(prof, out_dir, stem)
         log(f"merged batch {b} into {console.printable(paths['json'])} too")
     profiles.append(prof)
   if out_dir and len(profiles) > 1:   # every batch size in one profile too (one plot of all)
