@@ -114,6 +114,17 @@ def test_one_line_and_finite_flags():
     common.parse_ints(["2", "2"], "b")
 
 
+def test_gflop_counts_the_distillation_head():
+  """A distilled DeiT has one more token in every block and a second head (head_dist)."""
+  from vitprune import flops  # pylint: disable=g-import-not-at-top
+  dist = get_config("deit_small_distilled_patch16_224")
+  assert dist.num_tokens == DEIT.num_tokens + 1 and dist.num_classes == DEIT.num_classes
+  blocks = dist.depth * (flops.block_flop(dist, 198) - flops.block_flop(DEIT, 197))
+  head_dist = 2 * 384 * 1000                                 # the head_dist kernel [384, 1000]
+  assert round((flops.forward_gflop(dist, 2) - flops.forward_gflop(DEIT, 2)) * 1e9) == \
+      2 * (blocks + head_dist)
+
+
 def test_bad_arguments_are_refused_by_name():
   from vitprune import flops  # pylint: disable=g-import-not-at-top
   digits = get_config("vit_digits")

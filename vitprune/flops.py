@@ -1,6 +1,6 @@
 """Estimated work of one unpruned forward (a multiply-add counts 2 FLOP); needs no jax.
 
-Counts the patch embedding, the attention and MLP matmuls of every block and the head; norms,
+Counts the patch embedding, the attention and MLP matmuls of every block and the head(s); norms,
 softmax and activations are left out (a few percent). `vitprune.iree_build` uses it to choose a
 CPU profile and driver (`vitprune.edge.targets.cpu_profile`).
 """
@@ -23,6 +23,6 @@ def forward_gflop(cfg: ViTConfig, batch_size: int = 1) -> float:
   batch_size = as_positive_int(batch_size, "batch_size")
   patches = cfg.grid_size ** 2
   embed = 2 * patches * cfg.patch_size ** 2 * cfg.in_chans * cfg.embed_dim
-  head = 2 * cfg.embed_dim * cfg.num_classes
+  head = 2 * cfg.embed_dim * cfg.num_classes * (2 if cfg.dist_token else 1)   # (+ head_dist)
   total = embed + cfg.depth * block_flop(cfg, cfg.num_tokens) + head
   return batch_size * total / 1e9
