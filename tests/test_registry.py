@@ -109,6 +109,18 @@ def test_invalid_configs_are_rejected(changes, message):
     get_config("deit_tiny_patch16_224").replace(**changes)
 
 
+@pytest.mark.parametrize("changes, got", [
+    (dict(global_pool="avg"), "global_pool='avg', 0 register tokens"),   # (pooled the patches,
+    (dict(num_reg_tokens=4), "global_pool='token', 4 register tokens"),  # unlike timm)
+])
+def test_a_distilled_model_pools_its_class_and_distillation_tokens(changes, got):
+  """timm's VisionTransformerDistilled asserts global_pool 'token' and has two prefix tokens."""
+  with pytest.raises(ValueError, match="deit_tiny_distilled_patch16_224: a distillation token "
+                                       f"needs global_pool='token' and no register tokens "
+                                       rf"\(timm's distilled DeiT\), got {got}"):
+    get_config("deit_tiny_distilled_patch16_224").replace(**changes)
+
+
 def test_a_config_built_in_python_has_its_preprocessing_checked():
   """Only JSON configs were checked (check_config): one built in Python ran with a NaN std."""
   import dataclasses  # pylint: disable=g-import-not-at-top

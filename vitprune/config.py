@@ -184,6 +184,10 @@ class ViTConfig:
       raise ValueError(f"{self.name}: global_pool='token' needs a class token")
     if self.dist_token and not self.class_token:
       raise ValueError(f"{self.name}: a distillation token needs a class token")
+    if self.dist_token and (self.global_pool != "token" or self.num_reg_tokens):
+      raise ValueError(f"{self.name}: a distillation token needs global_pool='token' and no "
+                       f"register tokens (timm's distilled DeiT), got global_pool="
+                       f"{self.global_pool!r}, {self.num_reg_tokens} register tokens")
     _check_norm_eps(self)      # (a hand-built -1.0 gave NaN logits: `forward` checks types only)
 
   @property
