@@ -955,11 +955,12 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
       break
   checked = list({c.counts: c for c in list(solution.checked) + checked}.values())
   _check_floor_met(best, checked, floor, images, solution, eligible)
-  straddles = [c.schedule for c in checked + [best] if floor_status(c, floor) == "straddles"]
+  # (a single reduction the estimate measured is listed too: the chosen entry is a checked one)
+  checked = list({c.counts: c for c in checked + [best]}.values())
+  straddles = [c.schedule for c in checked if floor_status(c, floor) == "straddles"]
   settings = dict(solution.settings, singles_meeting_floor=len(singles), num_images=images,
                   floor_straddles=sorted(set(straddles)))
-  correction = _drop_scale(solution, settings,
-                           list({c.counts: c for c in checked + [best]}.values()))
+  correction = _drop_scale(solution, settings, checked)
   if correction:
     settings["accuracy_correction"] = correction
   checked.sort(key=lambda p: p.predicted_latency_s)
