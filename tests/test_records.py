@@ -206,6 +206,49 @@ def test_solution_errors_name_the_field(tmp_path, fn, match):
     S.Solution.from_json(bad, where="bad.json")
 
 
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d["chosen"].update(counts=[17, 9, 9], schedule="list:17,9,9"),
+     r"chosen list:17,9,9 is none of the schedules the solution lists \(frontier, checked, "
+     r"full\) \(edited\?\)"),
+    (lambda d: d["chosen"].update(measured_accuracy=0.96),      # (its checked entry: none)
+     "chosen list:17,17,9's numbers differ from those the solution lists"),
+    (lambda d: d["chosen"].update(criterion="accuracy_floor"),
+     r"chosen.criterion 'accuracy_floor' needs settings.accuracy_floor \(edited\?\)"),
+    (lambda d: (d["chosen"].update(criterion="accuracy_floor"),
+                d["settings"].update(accuracy_floor=0.99)),
+     r"criterion 'accuracy_floor', but the chosen list:17,17,9 is predicted 0.9 < the floor "
+     r"0.99 \(edited\?\)"),
+    (lambda d: (d["chosen"].update(criterion="latency_budget"),
+                d["settings"].update(latency_budget=1e-4)),
+     r"criterion 'latency_budget', but the chosen list:17,17,9 is predicted 0.001 s > the "
+     r"budget 0.0001 s"),
+    (lambda d: d["chosen"].update(criterion="latency_budget"),
+     "chosen.criterion 'latency_budget' needs settings.latency_budget"),
+    (lambda d: d["chosen"].update(measured_accuracy_low=0.9, measured_accuracy_high=0.1),
+     "chosen: measured_accuracy_low 0.9 is above measured_accuracy_high 0.1"),
+    (lambda d: d["estimate"].update(metric="kl"),
+     r"estimate: metric must be one of \['accuracy', 'agreement'\], got 'kl'"),
+])
+def test_a_multi_choice_must_be_a_listed_schedule_meeting_its_criterion(tmp_path, edit, match):
+  """A probe changed chosen.schedule/counts (or its numbers) by hand: the file loaded and deploy
+  built that graph under the numbers of the schedule actually chosen."""
+  doc = S.read_solution(solution_file(
+      tmp_path / "s.json", CFG, [17, 17, 9], mode="multi",
+      frontier=[[17, 17, 9], [17] * 3])).to_json()
+  S.Solution.from_json(copy.deepcopy(doc), where="good.json")
+  bad = copy.deepcopy(doc)
+  edit(bad)
+  with pytest.raises(S.SolutionError, match="^bad.json: " + match):
+    S.Solution.from_json(bad, where="bad.json")
+  floor_met = copy.deepcopy(doc)          # what holds loads: a floor met, a budget kept
+  floor_met["chosen"]["criterion"] = "accuracy_floor"
+  floor_met["settings"]["accuracy_floor"] = 0.9
+  S.Solution.from_json(floor_met)
+  floor_met["chosen"]["criterion"] = "latency_budget"
+  floor_met["settings"].update(accuracy_floor=None, latency_budget=1e-3)
+  S.Solution.from_json(floor_met)
+
+
 def test_older_solutions_the_new_checks_must_not_refuse(tmp_path):
   """Predicted accuracies outside [0, 1] (written before they were reported within it, e.g.
   1.24 from a raw --nomonotone table) and a multi solution whose latency model summary has no
@@ -224,11 +267,11 @@ def test_a_solution_of_numpy_numbers_writes_as_plain_json(tmp_path):
   passes them on) gave json's raw TypeError after the whole solve."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   sol = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9]))
-  curve = {"tokens": [17, 9], "latency_s": [2e-3, 1e-3], "accuracy": [0.9, 0.8],
-           "utility": [0.5, 0.6]}
+  curve = {"tokens": [17, 9], "latency_s": [2e-3, float(np.float32(1e-3))],
+           "accuracy": [0.95, 0.9], "utility": [0.5, 0.6]}
   sol = dataclasses.replace(sol, curve=curve, chosen=dataclasses.replace(
       sol.chosen, tokens=np.int64(9), counts=tuple(np.array([17, 17, 9])),
-      predicted_latency_s=np.float32(1e-3)), settings=dict(sol.settings,
+      predicted_latency_s=np.float32(1e-3)), settings=dict(sol.settings, layer=np.int64(1),
                                                             alpha=np.float32(0.5)))
   paths = S.write_solution(sol, str(tmp_path / "out"))
   back = S.read_solution(paths["json"])
@@ -254,20 +297,34 @@ def test_a_solution_of_numpy_numbers_writes_as_plain_json(tmp_path):
      "settings.accuracy_floor must be a finite number or null, got 'high'"),
     (lambda s: dict(full=dataclasses.replace(s.chosen)), r"full.counts \[17, 17, 9\] is not the "
      r"unpruned schedule \[17, 17, 17\]"),
-    (lambda s: dict(criterion="accuracy_floor_measured", basis="measured",
-                    settings=dict(s.settings, accuracy_floor=0.97),
+    (lambda s: dict(criterion="accuracy_floor_measured", basis="measured", mode="multi",
+                    curve=None, settings=dict(s.settings, accuracy_floor=0.97),
                     chosen=dataclasses.replace(s.chosen, measured_accuracy=0.5,
                                                measured_accuracy_low=0.3,
                                                measured_accuracy_high=0.7, num_images=50)),
      r"criterion 'accuracy_floor_measured', but the chosen .* measured 0.5 < the floor 0.97"),
+    # A probe's hand edits that deploy built as another graph under the chosen one's numbers:
+    (lambda s: dict(chosen=dataclasses.replace(s.chosen, counts=(17, 9, 9),
+                                               schedule="list:17,9,9")),
+     r"chosen list:17,9,9 is not the POMT schedule of chosen.tokens 9 at settings.layer 1: "
+     r"\[17, 17, 9\] \(edited\?\)"),
+    (lambda s: dict(chosen=dataclasses.replace(s.chosen, predicted_accuracy=0.97)),
+     r"predicted latency and accuracy are not the curve's at 9 tokens \(edited\?\)"),
+    (lambda s: dict(settings=dict(s.settings, layer=5)),
+     r"settings.layer must be a block index in \[0, 2\), got 5"),
+    (lambda s: dict(criterion="accuracy_floor", settings=dict(s.settings, accuracy_floor=0.5)),
+     "chosen.criterion 'accuracy_floor' in paper mode, which chooses by 'utility'"),
+    (lambda s: dict(frontier=(dataclasses.replace(s.chosen, predicted_latency_s=5e-4),)),
+     r"chosen list:17,17,9's numbers differ from those the solution lists for that schedule"),
 ])
 def test_write_solution_refuses_what_read_solution_would_refuse(tmp_path, edit, match):
   """A Solution built in Python was written unchecked: read_solution then refused the file
   (and a paper solution without its curve crashed inside the plot)."""
   sol = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9]))
-  curve = {"tokens": [17, 9], "latency_s": [2e-3, 1e-3], "accuracy": [0.9, 0.8],
-           "utility": [0.5, 0.6]}
-  sol = dataclasses.replace(sol, chosen=dataclasses.replace(sol.chosen, tokens=9), curve=curve)
+  curve = {"tokens": [17, 9], "latency_s": [2e-3, 1e-3], "accuracy": [0.95, 0.9],
+           "utility": [0.5, 0.6]}                  # (the chosen point: 9 tokens, 1 ms, 0.9)
+  sol = dataclasses.replace(sol, chosen=dataclasses.replace(sol.chosen, tokens=9), curve=curve,
+                            settings=dict(sol.settings, layer=1))
   S.write_solution(sol, str(tmp_path / "good"))                    # the unedited one writes
   bad = dataclasses.replace(sol, **edit(sol))
   with pytest.raises(S.SolutionError, match=r"\(not written\): .*" + match):

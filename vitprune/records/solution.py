@@ -33,6 +33,9 @@ File (JSON, `format` "vitprune-solution", version 1; `write_solution` / `read_so
 the data. `sha256` entries are digests of the canonical JSON of the input records
 (`vitprune.jsonio.canonical_sha256`), so they do not depend on how a file was indented. Files
 written before `checked` / `basis` / `measured_*` / `num_images` existed load with those empty.
+The reader checks the choice against the rest of the file: `chosen` is an entry of `frontier`,
+`checked` or `full` with the same numbers (paper mode: the curve's point at chosen.tokens,
+pruned at settings.layer), and a floor or budget criterion holds for the numbers it names.
 Multi mode with an accuracy floor: the floor means the MEASURED metric meets it;
 settings["floor_straddles"] lists checked schedules whose interval contains the floor. With
 latency measured in the loop (`solve_stage.check_in_loop`) settings["latency_basis"] is
@@ -61,6 +64,7 @@ from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, conf
                              config_to_dict, is_method_name, method_options_problem,
                              not_a_method)
 from vitprune.profile import records as profile_records
+from vitprune.records.estimate import HIGHER_IS_BETTER
 
 FORMAT = "vitprune-solution"
 VERSION = 1
@@ -68,6 +72,7 @@ MODES = ("paper", "multi")
 BASES = ("predicted", "measured")
 # How a choice was made (`solve.choose`, `solve_stage.check_floor`); no version wrote another.
 CRITERIA = ("utility", "accuracy_floor", "latency_budget", "accuracy_floor_measured")
+FLOOR_SLACK = 1e-9        # (vitprune.solve.FLOOR_SLACK: a floor met up to float rounding)
 
 
 class SolutionError(jsonio.FormatError):
@@ -151,6 +156,10 @@ class Candidate:
       # [0, 1] hold e.g. 1.24 from a raw --nomonotone table)
       jsonio.require(d.get(key) is None or 0 <= d[key] <= 1, where,
                      f"{key} must be in [0, 1], got {d.get(key)!r}", SolutionError)
+    low, high = d.get("measured_accuracy_low"), d.get("measured_accuracy_high")
+    jsonio.require(low is None or high is None or low <= high, where,
+                   f"measured_accuracy_low {low} is above measured_accuracy_high {high}",
+                   SolutionError)
     n, acc = d.get("num_images"), d.get("measured_accuracy")
     if n is not None:
       jsonio.require(n > 0 and acc is not None, where, f"num_images {n} needs a measured_accuracy "
@@ -226,6 +235,8 @@ def _check_choice(sol: "Solution", where: str) -> None:
   require(sol.full is None or sol.full.counts == unpruned,
           f"full.counts {list(sol.full.counts) if sol.full else None} is not the unpruned "
           f"schedule {list(unpruned)} (edited?)")
+  _check_chosen_is_listed(sol, require)
+  _check_criterion_holds(sol, require, unpruned)
   if sol.criterion == "accuracy_floor_measured":
     floor, got = sol.settings.get("accuracy_floor"), sol.chosen.measured_accuracy
     require(floor is not None and got is not None,
@@ -234,6 +245,61 @@ def _check_choice(sol: "Solution", where: str) -> None:
     require(got >= floor or sol.chosen.counts == unpruned,
             f"criterion 'accuracy_floor_measured', but the chosen {sol.chosen.schedule} "
             f"measured {got} < the floor {floor} (edited?)")
+
+
+def _check_chosen_is_listed(sol: "Solution", require) -> None:
+  """The chosen schedule is one the solution lists, with the same numbers: a frontier, checked
+  or unpruned entry (multi mode), the curve's point at its token count, pruned at
+  settings.layer (paper mode). A hand-edited choice deployed another graph under the numbers
+  of the one chosen."""
+  c = sol.chosen
+  same = [e for e in (*sol.frontier, *sol.checked, sol.full) if e is not None and
+          e.counts == c.counts]
+  if sol.mode == "multi" and (sol.frontier or sol.checked):
+    require(same, f"chosen {c.schedule} is none of the schedules the solution lists "
+                  "(frontier, checked, full) (edited?)")
+  require(not same or c in same, f"chosen {c.schedule}'s numbers differ from those the "
+                                 "solution lists for that schedule (edited?)")
+  if sol.mode != "paper" or sol.curve is None or c.tokens not in sol.curve.get("tokens", []):
+    return                                   # (`_check_curve` names a chosen.tokens missing)
+  layer = sol.settings.get("layer")
+  require(jsonio.is_int(layer) and 0 <= layer < sol.config.depth,
+          f"settings.layer must be a block index in [0, {sol.config.depth}), got {layer!r}")
+  expect = schedule_lib.layer_counts(sol.config.num_tokens, c.tokens, sol.config.depth, layer)
+  require(c.counts == expect, f"chosen {c.schedule} is not the POMT schedule of chosen.tokens "
+                              f"{c.tokens} at settings.layer {layer}: {list(expect)} (edited?)")
+  i = sol.curve["tokens"].index(c.tokens)
+  curve = {k: sol.curve.get(k, [None] * (i + 1)) for k in ("latency_s", "accuracy")}
+  require(all(len(v) > i for v in curve.values()) and
+          (c.predicted_latency_s, c.predicted_accuracy) ==
+          (curve["latency_s"][i], curve["accuracy"][i]),
+          f"chosen {c.schedule}'s predicted latency and accuracy are not the curve's at "
+          f"{c.tokens} tokens (edited?)")
+
+
+def _check_criterion_holds(sol: "Solution", require, unpruned) -> None:
+  """A predicted floor or budget criterion holds for the chosen numbers it was made on (the
+  unpruned schedule is the measured choices' fallback); paper mode chooses by utility."""
+  c, crit = sol.chosen, sol.criterion
+  require(sol.mode == "multi" or crit == "utility",
+          f"chosen.criterion {crit!r} in paper mode, which chooses by 'utility' (edited?)")
+  key = {"accuracy_floor": "accuracy_floor", "latency_budget": "latency_budget"}.get(crit)
+  if key is None:
+    return
+  bound = sol.settings.get(key)
+  require(bound is not None, f"chosen.criterion {crit!r} needs settings.{key} (edited?)")
+  if c.counts == unpruned:
+    return
+  if crit == "latency_budget":
+    require(c.predicted_latency_s <= bound,
+            f"criterion 'latency_budget', but the chosen {c.schedule} is predicted "
+            f"{c.predicted_latency_s} s > the budget {bound} s (edited?)")
+    return
+  measured = sol.basis == "measured" and c.measured_accuracy is not None
+  got = c.measured_accuracy if measured else c.predicted_accuracy
+  require(got >= bound - FLOOR_SLACK,
+          f"criterion 'accuracy_floor', but the chosen {c.schedule} is "
+          f"{'measured' if measured else 'predicted'} {got} < the floor {bound} (edited?)")
 
 
 def _ref(cls, d: Any, where: str):
@@ -255,6 +321,9 @@ def _ref(cls, d: Any, where: str):
                      where, f"layers must be a list of ints or nulls, got {v!r}", SolutionError)
     elif k == "method":
       jsonio.require(is_method_name(v), where, not_a_method("method", v), SolutionError)
+    elif k == "metric":     # (solve_stage.resolve_metric: higher is better; kl is not)
+      jsonio.require(v in HIGHER_IS_BETTER, where, f"metric must be one of {list(HIGHER_IS_BETTER)}, "
+                     f"got {v!r}", SolutionError)
     elif k == "dtype":
       jsonio.require(v in COMPUTE_DTYPES, where, f"dtype must be one of {list(COMPUTE_DTYPES)}, "
                      f"got {v!r}", SolutionError)
