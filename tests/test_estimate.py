@@ -465,6 +465,8 @@ def _mutate(d, fn):
      r"accepts \['seed'\], got \['sigma'\]"),
     (lambda d: d["method"].update(kwargs={"seed": "0"}), "method.kwargs: method 'random' option "
      "seed must be int, got '0'"),
+    (lambda d: d["method"].update(kwargs={"seed": -5}), "method.kwargs: method 'random' option "
+     "seed must be a non-negative int, got -5"),     # (solve wrote it on; deploy refused it)
     (lambda d: d["method"].update(name="pomt"), r"method 'pomt' accepts no options, got "
      r"\['seed'\]"),
     (lambda d: d["points"][0].update(agreement=1.0, accuracy=2 / 7), r"points\[0\]: accuracy "

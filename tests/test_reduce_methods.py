@@ -311,7 +311,8 @@ def test_make_reducer():
   for name, opts, bad in (("evit", dict(normalize="False"), "normalize must be bool, got 'False'"),
                           ("evit", dict(normalize=1), "normalize must be bool, got 1"),
                           ("random", dict(seed=1.5), "seed must be int, got 1.5"),
-                          ("random", dict(seed=True), "seed must be int, got True")):
+                          ("random", dict(seed=True), "seed must be int, got True"),
+                          ("random", dict(seed=-5), "seed must be a non-negative int, got -5")):
     with pytest.raises(ValueError, match=f"method '{name}' option {bad}"):
       make_reducer(name, **opts)
   with pytest.raises(ValueError, match="EViT normalize must be True or False, got 'False'"):

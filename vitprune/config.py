@@ -63,7 +63,8 @@ def is_option_kind(value: Any, kind: str) -> bool:
 
 def method_options_problem(name: str, kwargs: Dict[str, Any]) -> str:
   """Why `kwargs` are not options of method `name` ('' when they are): an option the method
-  does not take, or a value of the wrong kind ("False" from a command line is not False)."""
+  does not take, a value of the wrong kind ("False" from a command line is not False) or one
+  the reducer refuses (a negative seed: a record carrying it failed only at deploy)."""
   options = METHOD_OPTIONS[name.strip().lower()]
   unknown = sorted(k for k in kwargs if k not in options)
   if unknown:
@@ -72,6 +73,9 @@ def method_options_problem(name: str, kwargs: Dict[str, Any]) -> str:
   for k, v in kwargs.items():
     if not is_option_kind(v, options[k]):
       return f"method {name.strip().lower()!r} option {k} must be {options[k]}, got {v!r}"
+    if options[k] == "int" and v < 0:       # (the int options are seeds: the reducer refuses
+      return (f"method {name.strip().lower()!r} option {k} must be a non-negative int, "  # < 0)
+              f"got {v!r}")
   return ""
 
 
