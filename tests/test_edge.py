@@ -612,11 +612,15 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   assert "[1/" not in r.stderr and r.stderr.count("\n") == 1 and r.stdout == ""
   for bad, message in ((f"{tmp_path / 'newdir'}/", "ends in '/': that names a directory"),
                        (str(tmp_path / "board.csv"), "must name the profile's .json file"),
-                       (os.path.join(kit_dir, "p.json"), "is inside the kit")):
+                       (os.path.join(kit_dir, "p.json"), "is inside the kit"),
+                       # (wrote <tmp_path>/newdir.json and sub.json beside the folder named)
+                       (f"{tmp_path / 'newdir'}/.json", "names no file: give the profile a "
+                                                        "name, e.g. "),
+                       (f"{tmp_path / 'sub'}/..json", "names no file")):
     r = run_edge("profile", f"--kit={kit_dir}", f"--out={bad}")
     assert r.returncode == 1 and message in r.stderr and r.stderr.count("\n") == 1, r.stderr
   assert open(out, "rb").read() == before
-  assert not [n for n in os.listdir(tmp_path) if n.startswith(("newdir", "board.csv."))]
+  assert not [n for n in os.listdir(tmp_path) if n.startswith(("newdir", "board.csv.", "sub"))]
   assert not os.path.exists(os.path.join(kit_dir, "p.json"))
   est = _estimate(tmp_path, [None], sorted(grid), lambda l, n: 0.5 + n / 40, cfg=CFG, batch=1)
   solution = solve_stage.solve_paper(records.load(out), read_estimate(est), layer=1)

@@ -191,6 +191,7 @@ def check_flags(command: str) -> None:
     if FLAGS.kit and atomic.is_within(FLAGS.out, FLAGS.kit):
       raise ValueError(f"--out={FLAGS.out} is inside the kit {FLAGS.kit}: write the profile "
                        "elsewhere (a kit holds only what edge_kit wrote)")
+    kit_lib.out_stem(FLAGS.out)                    # ('dir/.json' names no file)
     runtime.check_not_in_records_folder(FLAGS.out, "out")
     stem = FLAGS.out[:-5]
     atomic.check_output_json(stem + ".json", records.FORMAT, "out", [stem + ".csv"])

@@ -154,8 +154,15 @@ def _kit_profile(kit: Dict[str, Any], cfg: protocol.TimingConfig,
       timing=dataclasses.asdict(cfg), points=tuple(points), created=records.now_iso())
 
 
-def _out_stem(out: str) -> str:
-  return os.path.abspath(out[:-5] if out.endswith(".json") else out)
+def out_stem(out: str) -> str:
+  """The absolute stem of profile path `out` ('<stem>.json'); ValueError when `out` names no
+  file ('dir/.json' or 'dir/..json': abspath made the stem the folder itself, and the profile
+  went to '<dir>.json' beside it, unchecked)."""
+  stem = out[:-5] if out.endswith(".json") else out
+  if os.path.basename(stem) in ("", ".", ".."):
+    raise ValueError(f"--out={out} names no file: give the profile a name, e.g. "
+                     f"{os.path.join(os.path.dirname(out) or '.', 'board.json')}")
+  return os.path.abspath(stem)
 
 
 def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
@@ -172,7 +179,7 @@ def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
   rt.trial_in_child(kit["target"], f"kit {path}", "from vitprune.edge import kit\n"
                     "kit.trial_call(sys.argv[1], sys.argv[2] or None)\n", path, driver or "")
   if out is not None:
-    stem = _out_stem(out)
+    stem = out_stem(out)
     records.check_save(_kit_profile(kit, cfg), os.path.dirname(stem), os.path.basename(stem),
                        flag="out", fields=edge_fields(kit), merge_fields=merge_edge_fields)
   rng = np.random.default_rng(0)
@@ -234,7 +241,7 @@ def write_profile(profile, out: str, kit: Optional[Dict[str, Any]] = None) -> Di
   """Saves `profile` as JSON at `out` (+ CSV twin, same stem) with `records.save`: merged into
   an existing profile of the same setup only, the files published together. The JSON also
   carries an 'edge' entry (`edge_fields`), which must match the existing one's."""
-  stem = _out_stem(out)
+  stem = out_stem(out)
   paths = records.save(profile, os.path.dirname(stem), os.path.basename(stem),
                        fields=None if kit is None else edge_fields(kit),
                        merge_fields=merge_edge_fields)
