@@ -1006,6 +1006,22 @@ def test_vitprune_load_refuses_a_module_from_another_artifact(artifact, tmp_path
     deploy.load(str(out))
 
 
+def test_vitprune_load_refuses_damaged_or_missing_iree_files(artifact, tmp_path):
+  """A truncated iree/weights.bin or module loaded on the jax path (run_deployed: rc 0) and was
+  refused only on the board; each file is hashed as the board does."""
+  assert deploy.load(artifact) is not None
+  for name, damage, match in (
+      ("weights.bin", lambda p: os.truncate(p, 100), "weights.bin has sha256 .* corrupted or "
+                                                     "replaced"),
+      ("iree_host.vmfb", lambda p: os.truncate(p, 100), "iree_host.vmfb has sha256 "),
+      ("iree_host.vmfb", os.unlink, r"iree_host.vmfb is missing from .* \(incomplete copy\?\)")):
+    bad = tmp_path / f"bad_{len(os.listdir(tmp_path))}"
+    shutil.copytree(artifact, bad)
+    damage(str(bad / edge_rt.EDGE_DIR / name))
+    with pytest.raises(deploy.ArtifactError, match=r"/iree/\w+\.json: iree/" + match):
+      deploy.load(str(bad))
+
+
 def test_a_control_character_in_a_file_name_cannot_fake_a_prediction_row(artifact, tmp_path,
                                                                           capsys):
   """Each prediction is one tab-separated line: a file named "a\\n9\\t9\\t0.99..." printed a

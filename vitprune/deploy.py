@@ -521,13 +521,16 @@ def listed_param_count(manifest: Manifest) -> int:
 
 def _check_targets(path: str, manifest: Manifest) -> None:
   """ArtifactError when the manifest's targets and the IREE module records in iree/ disagree
-  (`vitprune.edge.targets.targets_mismatch`), or a record and the manifest state different
+  (`vitprune.edge.targets.targets_mismatch`), a record and the manifest state different
   weights, schedule, reducer, ... (`runtime.check_against_manifest`, as the board checks: an
-  iree/ folder copied in from another artifact loaded here)."""
+  iree/ folder copied in from another artifact loaded here), or a module or weights file of
+  iree/ is missing or not the one recorded (`runtime.check_record_files`)."""
   from vitprune.edge import runtime, targets  # pylint: disable=g-import-not-at-top
   if glob.glob(os.path.join(path, runtime.EDGE_DIR, "*.json")):     # as the board finds them
     try:
-      runtime.check_against_manifest(path, runtime.read_records(path))
+      records = runtime.read_records(path)
+      runtime.check_against_manifest(path, records)
+      runtime.check_record_files(path, records)      # (the jax path does not run them)
     except targets.EdgeError as e:
       raise ArtifactError(str(e)) from None
     return

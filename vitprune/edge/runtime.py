@@ -82,6 +82,24 @@ def checked_file(root: str, entry: Dict[str, Any], what: str) -> str:
   return path
 
 
+def check_record_files(root: str, records: List[Dict[str, Any]]) -> None:
+  """Every file the records of artifact `root` list (modules, packed weights) exists with its
+  recorded sha256, each file hashed once (`checked_file`): a truncated module or weights.bin
+  loaded on the jax path without a word and failed only on the board."""
+  seen = set()
+  for r in records:
+    what = os.path.join(root, r.get("_file", EDGE_DIR))
+    for key in ("module", "weights"):
+      entry = r.get(key)
+      if not isinstance(entry, dict):
+        raise EdgeError(f"{what}: {key} must be an object, got {type(entry).__name__}")
+      if key == "weights" and entry.get("mode") == "baked":
+        continue
+      if (entry.get("file"), entry.get("sha256")) not in seen:
+        checked_file(root, entry, what)
+        seen.add((entry.get("file"), entry.get("sha256")))
+
+
 def read_weights(root: str, entry: Dict[str, Any], what: str) -> List[np.ndarray]:
   """The weight leaves of `entry` (mode 'args') in argument order; [] for baked weights."""
   if entry.get("mode") == "baked":
