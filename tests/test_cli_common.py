@@ -502,6 +502,24 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
   with pytest.raises(ValueError, match=r"^30 of the 30 digits in .*flat are training images "
                                        r"of the embedded weights"):
     common.check_digits_split(common.EMBEDDED_WEIGHTS, str(flat))
+  # Renamed, or saved in another lossless format or as grey RGB, they are the same digits (the
+  # guard matched `<idx>.png` names only: `a.png` was scored); a hidden file is not read.
+  renamed = tmp_path / "renamed"
+  renamed.mkdir()
+  for k, png in enumerate(pngs):
+    with Image.open(png) as img:
+      if k % 3 == 0:
+        img.save(renamed / f"img_{k}.png")
+      elif k % 3 == 1:
+        img.save(renamed / f"img_{k}.BMP", format="BMP")
+      else:
+        img.convert("RGB").save(renamed / f"img_{k}.tiff", format="TIFF")
+  shutil.move(str(renamed / "img_0.png"), renamed / ".img_0.png")
+  first_index = int(os.path.basename(pngs[0])[:4])                     # (the hidden one)
+  assert data.digits_copied_into(str(renamed)) == data.digits_folder_indices(
+      folders["train0"]) - {first_index}
+  with pytest.raises(ValueError, match=r"^29 of the 29 digits in .*renamed are training images"):
+    common.check_digits_split(common.EMBEDDED_WEIGHTS, str(renamed))
   # Beside class folders the root's files are not read (ImageFolder warns): not counted.
   beside = tmp_path / "beside"
   shutil.copytree(folders["test0"], beside)

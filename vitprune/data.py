@@ -884,34 +884,49 @@ def _digit_file_index(name: str) -> int:
   return int(name[:4]) if len(name) == 8 and name.endswith(".png") and name[:4].isdigit() else -1
 
 
+# An 8x8 digit image is a few hundred bytes in any format PIL writes losslessly; larger files
+# are not opened by the guard (a photo folder's headers stay unread).
+_MAX_DIGIT_FILE_BYTES = 1 << 16
+
+
 def digits_copied_into(root: str) -> set:
-  """The digits' indices of the images of `root` that are digits `write_digits_imagefolder`
-  wrote, found by content, among the files `ImageFolder` reads: with class folders,
-  `<class>/**/<idx>.png` whose class (the top folder, links followed) is that digit's label (one
-  a folder deeper was missed and scored 1.0); without, `<idx>.png` directly in `root` (a flat
-  copy, `cp dir/*/*.png flat/`, scored by agreement, was missed) -- each a regular file whose
-  8x8 pixels are that digit's image (a copy that lost the folder's marker)."""
+  """The digits' indices of the images of `root` that are digits of the dataset, found by their
+  8x8 pixels (no two digits share them) among the files `ImageFolder` reads, whatever their
+  names (a renamed copy was missed): with class folders, images under `<class>/` (links
+  followed) whose class is that digit's label; without, images directly in `root` (a flat copy,
+  `cp dir/*/*.png flat/`, scored by agreement). Only regular files of at most 64 KiB whose
+  header says 8x8 are decoded; a grey image saved as RGB(A) counts by its grey values."""
   if not os.path.isdir(root):          # (ImageFolder names a missing root)
     return set()
   images, labels = load_digits_arrays()
+  by_pixels = {im.tobytes(): i for i, im in enumerate(images)}
+  shape = images.shape[1:]
   found = set()
+
+  def index_of(path: str) -> int:
+    try:
+      st = os.stat(path)
+      if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_DIGIT_FILE_BYTES:
+        return -1                     # (a FIFO blocked the open for ever; ImageFolder names it)
+      with Image.open(path) as img:
+        if img.size != shape[::-1]:   # (from the header: not decoded)
+          return -1
+        pixels = np.asarray(img)
+    except (OSError, ValueError):
+      return -1
+    if pixels.ndim == 3 and pixels.shape[2] in (3, 4) and all(
+        np.array_equal(pixels[..., 0], pixels[..., c]) for c in (1, 2)):
+      pixels = pixels[..., 0]
+    if pixels.shape != shape or pixels.dtype != images.dtype:
+      return -1
+    return by_pixels.get(pixels.tobytes(), -1)
 
   def scan(folder: str, files, label: Optional[str]) -> None:
     for n in files:
-      i = _digit_file_index(n)       # (a hidden name is no index: '.0062.png' has 9 characters)
-      if not 0 <= i < len(images) or (label is not None and DIGITS_CLASSES[labels[i]] != label):
+      if not is_image_file(n):        # (what ImageFolder reads)
         continue
-      path = os.path.join(folder, n)
-      try:
-        if not stat.S_ISREG(os.stat(path).st_mode):    # (a FIFO blocked the open for ever;
-          continue                                     # ImageFolder names it)
-        with Image.open(path) as img:
-          if img.size != images[i].shape[::-1]:        # (from the header: not decoded)
-            continue
-          pixels = np.asarray(img)
-      except (OSError, ValueError):
-        continue
-      if pixels.shape == images[i].shape and np.array_equal(pixels, images[i]):
+      i = index_of(os.path.join(folder, n))
+      if i >= 0 and (label is None or DIGITS_CLASSES[labels[i]] == label):
         found.add(i)
 
   classes = find_classes(root)
