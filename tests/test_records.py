@@ -206,6 +206,25 @@ def test_solution_errors_name_the_field(tmp_path, fn, match):
     S.Solution.from_json(bad, where="bad.json")
 
 
+def test_a_paper_choice_is_the_curve_point_as_reported(tmp_path):
+  """The curve keeps a raw table's accuracy (1.24 from --nomonotone); the chosen point reports
+  it within [0, 1]: a genuine solution, not an edit. A curve that is not lists is named, not a
+  TypeError of the choice check."""
+  sol = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9]))
+  curve = {"tokens": [17, 9], "latency_s": [2e-3, 1e-3], "accuracy": [1.3, 1.24],
+           "utility": [0.5, 0.6]}
+  sol = dataclasses.replace(sol, curve=curve, settings=dict(sol.settings, layer=1),
+                            chosen=dataclasses.replace(sol.chosen, tokens=9,
+                                                       predicted_accuracy=1.0))
+  assert S.Solution.from_json(sol.to_json()) == sol
+  doc = sol.to_json()
+  doc["chosen"]["predicted_accuracy"] = 1.24                    # (older files: as the curve)
+  S.Solution.from_json(doc)
+  doc["curve"]["tokens"] = 9
+  with pytest.raises(S.SolutionError, match=r"curve must hold the lists \['tokens'"):
+    S.Solution.from_json(doc)
+
+
 @pytest.mark.parametrize("edit, match", [
     (lambda d: d["chosen"].update(counts=[17, 9, 9], schedule="list:17,9,9"),
      r"chosen list:17,9,9 is none of the schedules the solution lists \(frontier, checked, "

@@ -258,10 +258,11 @@ def _check_chosen_is_listed(sol: "Solution", require) -> None:
   if sol.mode == "multi" and (sol.frontier or sol.checked):
     require(same, f"chosen {c.schedule} is none of the schedules the solution lists "
                   "(frontier, checked, full) (edited?)")
-  require(not same or c in same, f"chosen {c.schedule}'s numbers differ from those the "
-                                 "solution lists for that schedule (edited?)")
-  if sol.mode != "paper" or sol.curve is None or c.tokens not in sol.curve.get("tokens", []):
-    return                                   # (`_check_curve` names a chosen.tokens missing)
+  require(not same or any(dataclasses.replace(e, tokens=c.tokens) == c for e in same),
+          f"chosen {c.schedule}'s numbers differ from those the solution lists for that "
+          "schedule (edited?)")                          # (`full` is written without tokens)
+  if sol.mode != "paper" or sol.curve is None:     # (`_check_curve` ran: chosen.tokens is on it)
+    return
   layer = sol.settings.get("layer")
   require(jsonio.is_int(layer) and 0 <= layer < sol.config.depth,
           f"settings.layer must be a block index in [0, {sol.config.depth}), got {layer!r}")
@@ -269,10 +270,9 @@ def _check_chosen_is_listed(sol: "Solution", require) -> None:
   require(c.counts == expect, f"chosen {c.schedule} is not the POMT schedule of chosen.tokens "
                               f"{c.tokens} at settings.layer {layer}: {list(expect)} (edited?)")
   i = sol.curve["tokens"].index(c.tokens)
-  curve = {k: sol.curve.get(k, [None] * (i + 1)) for k in ("latency_s", "accuracy")}
-  require(all(len(v) > i for v in curve.values()) and
-          (c.predicted_latency_s, c.predicted_accuracy) ==
-          (curve["latency_s"][i], curve["accuracy"][i]),
+  acc = sol.curve["accuracy"][i]            # (reported within [0, 1]: a raw table's 1.24 is 1.0)
+  require(c.predicted_latency_s == sol.curve["latency_s"][i] and
+          c.predicted_accuracy in (acc, min(max(acc, 0.0), 1.0)),
           f"chosen {c.schedule}'s predicted latency and accuracy are not the curve's at "
           f"{c.tokens} tokens (edited?)")
 
@@ -509,9 +509,9 @@ class Solution:
     except (ValueError, TypeError) as e:
       raise SolutionError(f"{where}: chosen.counts {list(sol.chosen.counts)} is not a schedule "
                           f"of {cfg.name}: {e}") from None
-    _check_choice(sol, where)
     if sol.curve is not None:
       _check_curve(sol, where)
+    _check_choice(sol, where)
     return sol
 
 
