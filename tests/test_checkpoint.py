@@ -232,10 +232,11 @@ def test_the_params_digest_is_recorded_checked_and_optional(tmp_path):
   json.dump(dict(doc, params_sha256="0" * 64), open(cfile, "w"))
   with pytest.raises(ValueError, match="do not match the params_sha256"):
     checkpoint.load_weights(path)
-  for old in (dict(doc, params_sha256=None), {k: v for k, v in doc.items()
-                                              if k != "params_sha256"}):   # not recorded
-    json.dump(old, open(cfile, "w"))
-    assert params_sha256(checkpoint.load_weights(path)[1]) == params_sha256(params)
+  json.dump({k: v for k, v in doc.items() if k != "params_sha256"}, open(cfile, "w"))
+  assert params_sha256(checkpoint.load_weights(path)[1]) == params_sha256(params)  # (older)
+  json.dump(dict(doc, params_sha256=None), open(cfile, "w"))    # (switched the check off)
+  with pytest.raises(ValueError, match=re.escape(f"{cfile}: params_sha256 is null (edited?)")):
+    checkpoint.load_weights(path)
 
 
 def test_integer_values_in_a_checkpoint_are_refused_not_cast(tmp_path):
@@ -531,13 +532,20 @@ def test_an_edited_config_and_loose_arguments_are_refused(tmp_path):
   with pytest.raises(ValueError, match=re.escape(
       f"{cfile}: its config no longer hashes to the config_sha256 it records (edited?")):
     checkpoint.load_weights(path)
-  json.dump(dict(doc, config_sha256=None), open(cfile, "w"))      # not recorded: loads
+  unrecorded = {k: v for k, v in doc.items() if k != "config_sha256"}
+  json.dump(unrecorded, open(cfile, "w"))                       # not recorded (older): loads
   checkpoint.load_weights(path)
+  # Nulled, it let an edited num_heads load as another model (no version writes null).
+  json.dump(dict(doc, config_sha256=None, config=dict(doc["config"], num_heads=4)),
+            open(cfile, "w"))
+  with pytest.raises(ValueError, match=re.escape(f"{cfile}: config_sha256 is null (edited?); "
+                                                 "save the weights again")):
+    checkpoint.load_weights(path)
   # Without the digest the field types are still checked: "name": 5 loaded as a model named 5.
   for field, value, message in (("name", 5, "config.name must be a non-empty str, got 5"),
                                  ("mlp_type", 5, "unknown mlp_type 5"),
                                  ("depth", 2.0, "depth must be a positive integer, got 2.0")):
-    json.dump(dict(doc, config_sha256=None, config=dict(doc["config"], **{field: value})),
+    json.dump(dict(unrecorded, config=dict(doc["config"], **{field: value})),
               open(cfile, "w"))
     with pytest.raises(ValueError, match=re.escape(cfile) + ": .*" + re.escape(message)):
       checkpoint.read_weights_config(path)
@@ -558,8 +566,13 @@ def test_an_edited_config_and_loose_arguments_are_refused(tmp_path):
       with pytest.raises(ValueError, match=re.escape(
           f"{nfile}: its class_names and meta no longer hash to the meta_sha256 it records")):
         read(named)
-  json.dump(dict(ndoc, class_names=list("jihgfedcba"), meta_sha256=None), open(nfile, "w"))
+  json.dump(dict({k: v for k, v in ndoc.items() if k != "meta_sha256"},
+                 class_names=list("jihgfedcba")), open(nfile, "w"))
   assert checkpoint.read_class_names(named) == tuple("jihgfedcba")   # not recorded: as given
+  json.dump(dict(ndoc, meta={"dataset": "sklearn_digits", "split": {"seed": 0}},
+                 meta_sha256=None), open(nfile, "w"))              # (lifted the data guard)
+  with pytest.raises(ValueError, match=re.escape(f"{nfile}: meta_sha256 is null (edited?)")):
+    checkpoint.read_weights_config(named)
   shutil.rmtree(named)
   with pytest.raises(TypeError, match="overwrite must be True or False, got 'no'"):
     checkpoint.save_weights(path, cfg, init_params(cfg, 0), overwrite="no")

@@ -113,8 +113,11 @@ def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
     raise ValueError(f"{cfg_file}: 'config' must be an object of ViTConfig fields")
   if not isinstance(doc.get("meta", {}), dict):
     raise ValueError(f"{cfg_file}: 'meta' must be an object")
-  for key in ("params_sha256", "config_sha256", "meta_sha256"):   # (absent/null: not recorded)
+  for key in ("params_sha256", "config_sha256", "meta_sha256"):   # (absent: not recorded yet)
     sha = doc.get(key)
+    if key in doc and sha is None:      # (no version wrote null: it switched the check off)
+      raise ValueError(f"{cfg_file}: {key} is null (edited?); save the weights again with "
+                       "vitprune.save_weights")
     if sha is not None and not jsonio.is_sha256(sha):
       raise ValueError(f"{cfg_file}: {key} must be a 64-digit hex string, got {sha!r}")
   return cfg_file, doc
