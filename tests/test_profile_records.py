@@ -367,7 +367,8 @@ def test_a_block_profiles_predictor_checks_are_not_a_curve_with_steps():
   from vitprune.profile import runner  # pylint: disable=g-import-not-at-top
   pts = [_point("embed", 17, 2e-3)] + [_point("block", n, 1e-3) for n in range(17, 1, -1)]
   pts += [_point("head", n, 1e-4) for n in range(17, 1, -1)]
-  pts += [_point("model", 17, 0.03), _point("model", 9, 0.03), _point("model", 2, 0.005)]
+  pts += [_point("model", 17, 0.03), _point("model", 13, 0.03), _point("model", 9, 0.03),
+          _point("model", 2, 0.005)]             # (4 counts: 3 are too few to call a step)
   block = _profile(pts, modes=("block",))
   assert records.curve_components(block) == ("block",)
   assert not [s for s in block.steps if s["component"] == "model"]

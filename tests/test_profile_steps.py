@@ -120,10 +120,26 @@ def test_refine_grid_fills_only_non_flat_intervals():
 
 
 def test_describe_lines():
-  rep = steps.detect_steps([4, 3, 2], [2.0, 1.0, 1.0])
-  assert rep.describe() == ["4 -> 3 saves 50.0% (1000 ms)",
-                            "3 .. 2 flat: pruning 1 tokens saves 0.0% (0 ms)"]
-  assert steps.detect_steps([3, 2], [1.0, 1.0]).describe()[0] == "no steps above noise"
+  rep = steps.detect_steps([5, 4, 3, 2], [2.0, 1.0, 1.0, 1.0])
+  assert rep.describe() == ["5 -> 4 saves 50.0% (1000 ms)",
+                            "4 .. 2 flat: pruning 2 tokens saves 0.0% (0 ms)"]
+  assert steps.detect_steps([9, 5, 3, 2], [1.0] * 4).describe()[0] == "no steps above noise"
+  assert steps.detect_steps([3, 2], [1.0, 1.0]).describe()[0] == (
+      "no steps called: 2 token counts are too few to tell a step from the trend (at least 4)")
+
+
+def test_three_counts_are_too_few_to_call_a_step():
+  """`--tokens=65,33,9`: two drops, so the trend was their mean and the curve noise 0; a convex
+  curve's steeper pair was a step, '65 -> 33' in one run and '33 -> 9' in the next."""
+  tokens = [65, 33, 9]
+  for med in ([1.6e-3, 0.96e-3, 0.57e-3], [1.6e-3, 0.90e-3, 0.57e-3]):
+    rep = steps.detect_steps(tokens, med, [1e-6] * 3, [200] * 3)
+    assert rep.steps == () and rep.num_points == 3, med
+    assert rep.describe()[0].startswith("no steps called: 3 token counts are too few")
+  tokens = [65, 33, 17, 9]          # a fourth count: a trend not fitted to the pair judged
+  med = [1e-5 * n + (3e-4 if n == 65 else 0.0) for n in tokens]
+  rep = steps.detect_steps(tokens, med, [1e-6] * 4, [200] * 4)
+  assert [(s.n_from, s.n_to) for s in rep.steps] == [(65, 33)]
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -15,8 +15,10 @@ free on a flat stretch and saves a lot just below a step. Given a measured curve
 A pair is a *step* when its excess over the trend, `d - trend`, is `> k * noise` and `> min_rel *
 L(n_hi)`, where `trend = c * (n_hi - n_lo)` and `c` is the median drop per token clipped at >= 0
 (the smooth per-token cost on devices without steps, e.g. CPUs: a linear curve has no steps, on
-any grid, and a lone pair of two points is never a step, having nothing to tell a step from the
-trend). A pair is *flat* when `|d| <= k * noise` and `|d| <= flat_rel * L(n_hi)`: pruning buys
+any grid). Below 3 pairs (4 token counts) no step is called: the trend is then fitted to the
+very drops it judges and the curve noise cannot be estimated, so any curvature (attention's
+n^2) read as a step whose place flipped between identical runs. A pair is *flat* when
+`|d| <= k * noise` and `|d| <= flat_rel * L(n_hi)`: pruning buys
 nothing there. Consecutive flat pairs are joined (greedily, from many tokens down) into flat
 stretches as long as the change across the whole stretch is also within `k` times its noise and
 within `flat_rel` of its latency, so a slow slope made of individually insignificant drops does
@@ -33,6 +35,7 @@ import numpy as np
 _IQR_TO_SIGMA = 1.0 / 1.349     # normal distribution: IQR = 1.349 sigma
 _MEDIAN_SE = 1.2533             # standard error of a median = 1.2533 sigma / sqrt(R)
 _MAD_TO_SIGMA = 1.4826
+MIN_POINTS_FOR_STEPS = 4        # 3 drops: a trend and a curve noise not fitted to the pair judged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +80,14 @@ class StepReport:
   flats: Tuple[Flat, ...]
   curve_noise_s: float   # 1.4826 * MAD of the drops about the trend
   trend_s: float         # median drop per token, clipped at >= 0
+  num_points: int = 0    # token counts of the curve (0: not given)
 
   def describe(self) -> List[str]:
-    lines = [s.describe() for s in self.steps] or ["no steps above noise"]
+    if not self.steps and 0 < self.num_points < MIN_POINTS_FOR_STEPS:
+      lines = [f"no steps called: {self.num_points} token counts are too few to tell a step "
+               f"from the trend (at least {MIN_POINTS_FOR_STEPS})"]
+    else:
+      lines = [s.describe() for s in self.steps] or ["no steps above noise"]
     return lines + [f.describe() for f in self.flats]
 
 
@@ -163,7 +171,7 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
   per_token = max(float(np.median(drop / gap)), 0.0)
   excess = drop - per_token * gap
   noise = np.maximum(pair_noise(iqr, cnt), curve_s)
-  is_step = (excess > k * noise) & (excess > min_rel * med[:-1])
+  is_step = (excess > k * noise) & (excess > min_rel * med[:-1]) & (t.size >= MIN_POINTS_FOR_STEPS)
   is_flat = ((np.abs(drop) <= k * noise) & (np.abs(drop) <= flat_rel * med[:-1])) & ~is_step
   steps = tuple(Step(int(t[i]), int(t[i + 1]), float(med[i]), float(med[i + 1]),
                      float(noise[i])) for i in np.flatnonzero(is_step))
@@ -184,7 +192,7 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
       j += 1
     flats.append(Flat(int(t[i]), int(t[j + 1]), float(med[i]), float(med[j + 1])))
     i = j + 1
-  return StepReport(steps, tuple(flats), curve_s, per_token)
+  return StepReport(steps, tuple(flats), curve_s, per_token, int(t.size))
 
 
 def refine_grid(tokens: Sequence[int], report: StepReport, *, lo: int, hi: int) -> List[int]:
