@@ -2,6 +2,7 @@
 foreign folders, profile merges and labels by class name."""
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -232,6 +233,21 @@ def test_profile_merge_keeps_earlier_points_and_refuses_mismatches(tmp_path):
   with pytest.raises(ValueError, match="no profile .* beside them"):
     records.save(_profile([17], 1e-3), str(foreign))
   assert os.listdir(foreign) == ["test-tiny-vit_model_b1_float32_cpu.csv"]
+  # A link to a profile (or its CSV) was read through, merged into, and replaced by a file.
+  linked = tmp_path / "linked"
+  for kind, target in first.items():
+    linked.mkdir(exist_ok=True)
+    name = os.path.basename(target)
+    for k, p in first.items():
+      if os.path.basename(p) != name:
+        shutil.copy(p, linked / os.path.basename(p))
+    os.symlink(target, linked / name)
+    with pytest.raises(ValueError, match=f"refusing to replace .*{re.escape(name)}: it is a "
+                                         "symbolic link, not a file vitprune wrote"):
+      runner.write_outputs(_profile([17], 1e-3), str(linked))
+    assert os.path.islink(linked / name), kind
+    shutil.rmtree(linked)
+  assert {k: open(p, "rb").read() for k, p in first.items()} == before
   assert sorted(os.listdir(tmp_path)) == sorted(
       ["foreign"] + [os.path.basename(p) for p in first.values()])
 

@@ -480,6 +480,11 @@ def _merged_with_existing(profile: Profile, paths: Dict[str, str],
   (`profile`, `fields`) when there is none; ValueError for an unreadable or incompatible profile
   there, or for files of its names (`paths`) without their profile."""
   atomic.cleanup_stale(paths["json"])                         # finish a killed run's commit
+  odd = [p for p in paths.values() if os.path.lexists(p) and
+         (os.path.islink(p) or not os.path.isfile(p))]
+  if odd:           # (a linked profile was read through, merged, and the link replaced)
+    raise ValueError(f"refusing to replace {odd[0]}: it is {atomic.describe(odd[0])}, not a "
+                     "file vitprune wrote; move it away or choose another output folder")
   if not os.path.lexists(paths["json"]):
     foreign = [p for p in paths.values() if os.path.lexists(p)]
     if foreign:
