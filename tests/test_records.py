@@ -225,11 +225,20 @@ def test_a_paper_choice_is_the_curve_point_as_reported(tmp_path):
     S.Solution.from_json(doc)
 
 
+_MEASURED_17_17_9 = dict(schedule="list:17,17,9", counts=[17, 17, 9], predicted_latency_s=1e-3,
+                         predicted_accuracy=0.9, measured_latency_s=None,
+                         measured_accuracy=0.9, measured_accuracy_low=0.5,
+                         measured_accuracy_high=1.0, num_images=10)
+
+
 @pytest.mark.parametrize("edit, match", [
     (lambda d: d["chosen"].update(counts=[17, 9, 9], schedule="list:17,9,9"),
      r"chosen list:17,9,9 is none of the schedules the solution lists \(frontier, checked, "
      r"full\) \(edited\?\)"),
-    (lambda d: d["chosen"].update(measured_accuracy=0.96),      # (its checked entry: none)
+    (lambda d: d["chosen"].update(predicted_latency_s=5e-4),
+     "chosen list:17,17,9's numbers differ from those the solution lists"),
+    (lambda d: (d["checked"].append(dict(_MEASURED_17_17_9, measured_accuracy=0.9)),
+                d["chosen"].update(_MEASURED_17_17_9, measured_accuracy=0.8)),
      "chosen list:17,17,9's numbers differ from those the solution lists"),
     (lambda d: d["chosen"].update(criterion="accuracy_floor"),
      r"chosen.criterion 'accuracy_floor' needs settings.accuracy_floor \(edited\?\)"),
@@ -266,6 +275,22 @@ def test_a_multi_choice_must_be_a_listed_schedule_meeting_its_criterion(tmp_path
   floor_met["chosen"]["criterion"] = "latency_budget"
   floor_met["settings"].update(accuracy_floor=None, latency_budget=1e-3)
   S.Solution.from_json(floor_met)
+
+
+
+def test_a_measured_choice_written_before_it_was_listed_in_checked_loads(tmp_path):
+  """check_floor's files before 955fc9f: the chosen single reduction (measured by the estimate)
+  or the unpruned fallback carried measurements its frontier / full entry lacks, and no checked
+  entry held it. Unedited, they load; another measured copy in `checked` still decides."""
+  doc = S.read_solution(solution_file(
+      tmp_path / "s.json", CFG, [17, 17, 9], mode="multi",
+      frontier=[[17, 17, 9], [17] * 3])).to_json()
+  doc["chosen"].update(_MEASURED_17_17_9, criterion="accuracy_floor_measured", basis="measured")
+  doc["settings"]["accuracy_floor"] = 0.85
+  assert S.Solution.from_json(copy.deepcopy(doc)).chosen.measured_accuracy == 0.9
+  doc["chosen"]["predicted_accuracy"] = 0.95            # not that entry without measurements
+  with pytest.raises(S.SolutionError, match="numbers differ from those the solution lists"):
+    S.Solution.from_json(doc)
 
 
 def test_older_solutions_the_new_checks_must_not_refuse(tmp_path):

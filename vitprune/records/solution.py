@@ -258,9 +258,8 @@ def _check_chosen_is_listed(sol: "Solution", require) -> None:
   if sol.mode == "multi" and (sol.frontier or sol.checked):
     require(same, f"chosen {c.schedule} is none of the schedules the solution lists "
                   "(frontier, checked, full) (edited?)")
-  require(not same or any(dataclasses.replace(e, tokens=c.tokens) == c for e in same),
-          f"chosen {c.schedule}'s numbers differ from those the solution lists for that "
-          "schedule (edited?)")                          # (`full` is written without tokens)
+  require(not same or _lists(same, c), f"chosen {c.schedule}'s numbers differ from those the "
+                                      "solution lists for that schedule (edited?)")
   if sol.mode != "paper" or sol.curve is None:     # (`_check_curve` ran: chosen.tokens is on it)
     return
   layer = sol.settings.get("layer")
@@ -275,6 +274,22 @@ def _check_chosen_is_listed(sol: "Solution", require) -> None:
           c.predicted_accuracy in (acc, min(max(acc, 0.0), 1.0)),
           f"chosen {c.schedule}'s predicted latency and accuracy are not the curve's at "
           f"{c.tokens} tokens (edited?)")
+
+
+_MEASURED = ("measured_latency_s", "measured_accuracy", "measured_accuracy_low",
+             "measured_accuracy_high", "num_images")
+
+
+def _lists(same: List[Candidate], c: Candidate) -> bool:
+  """Whether entries `same` (of c's counts) hold the chosen `c`: one equals it (`full` is
+  written without tokens), or, where none of them is measured, one is `c` without its
+  measurements (check_floor's files before the measured choice was listed in `checked`)."""
+  if any(dataclasses.replace(e, tokens=c.tokens) == c for e in same):
+    return True
+  if any(getattr(e, k) is not None for e in same for k in _MEASURED):
+    return False
+  bare = dataclasses.replace(c, **{k: None for k in _MEASURED})
+  return any(dataclasses.replace(e, tokens=c.tokens) == bare for e in same)
 
 
 def _check_criterion_holds(sol: "Solution", require, unpruned) -> None:
