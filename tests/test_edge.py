@@ -787,7 +787,7 @@ def test_edge_profile_files_are_published_together_and_merge_only_with_their_set
                          compile_s=0.1, retries=0) for n in (17, 9)]
     return records.analyze(records.Profile(
         model=cfg.name, config=dataclasses.asdict(cfg), device_kind="cpu", platform=platform,
-        jax_version="", jaxlib_version="", dtype="float32", modes=("model",),
+        jax_version="none", jaxlib_version="none", dtype="float32", modes=("model",),
         reducer="keep_first", timing={}, points=tuple(pts), created=records.now_iso()))
 
   out = str(tmp_path / "board.json")

@@ -192,6 +192,9 @@ def test_load_errors(tmp_path):
       "q25": {**good, "points": [{**good["points"][0],
                                   "q25_s": good["points"][0]["median_s"] * 2}]},
       "modes": {**good, "modes": [["model"]]},                   # (a TypeError traceback)
+      "twice": {**good, "modes": ["model", "model"]},
+      "nodevice": {**good, "device_kind": " "},                  # (hand edits a run never
+      "noreducer": {**good, "reducer": ""},                      # writes, loaded as given)
       "patch": {**good, "config": {**good["config"], "patch_size": 0}},   # (ZeroDivisionError)
   }
   matches = {"notjson": "not valid JSON", "format": "not a latency profile",
@@ -214,8 +217,12 @@ def test_load_errors(tmp_path):
              "zero": r"point 0: median_s is 0 seconds: a timed call takes time",
              "prep": "prep.json: invalid preprocessing: mean must be a list, got 0.5",
              "timing": r"timing.json: timing: min_run_time must be > 0 and finite, got -1",
-             "modes": r"modes must be a list of \('model', 'block', 'schedule'\), got "
-                      r"\[\['model'\]\]",
+             "modes": r"modes must be a list of distinct modes of \('model', 'block', "
+                      r"'schedule'\), got \[\['model'\]\]",
+             "twice": r"twice.json: modes must be a list of distinct modes of .*, got "
+                      r"\['model', 'model'\]",
+             "nodevice": r"nodevice.json: device_kind must be a non-empty string, got ' '",
+             "noreducer": r"noreducer.json: reducer must be a non-empty string, got ''",
              "patch": "patch.json: test_tiny_vit: patch_size must be a positive integer, got 0"}
   for name, content in cases.items():
     path = tmp_path / f"{name}.json"

@@ -278,8 +278,8 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
     raise ValueError(f"{source}: missing keys {missing}")
   for k in ("created", "model", "device_kind", "platform", "jax_version", "jaxlib_version",
             "dtype", "reducer"):
-    if not isinstance(d[k], str):
-      raise ValueError(f"{source}: {k} must be a string, got {d[k]!r}")
+    if not isinstance(d[k], str) or (k != "created" and not d[k].strip()):
+      raise ValueError(f"{source}: {k} must be a non-empty string, got {d[k]!r}")
   for k in ("config", "timing"):
     if not isinstance(d[k], dict):
       raise ValueError(f"{source}: {k} must be an object, got {type(d[k]).__name__}")
@@ -298,8 +298,9 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
   if d["model"] != cfg.name:
     raise ValueError(f"{source}: model {d['model']!r} is not its config's name {cfg.name!r}")
   if not (isinstance(d["modes"], list) and all(isinstance(m, str) for m in d["modes"])
-          and set(d["modes"]) <= set(MODES)):
-    raise ValueError(f"{source}: modes must be a list of {MODES}, got {d['modes']!r}")
+          and set(d["modes"]) <= set(MODES) and len(set(d["modes"])) == len(d["modes"])):
+    raise ValueError(f"{source}: modes must be a list of distinct modes of {MODES}, got "
+                     f"{d['modes']!r}")
   if not isinstance(d["points"], list):
     raise ValueError(f"{source}: points must be a list")
   points = []
