@@ -107,6 +107,10 @@ def main(f: flags.FlagValues):
   variants = bench.build_variants(
       cfg, variants=f.variants, pomt_schedule=f.pomt_schedule, solution=f.solution,
       multi_solution=f.multi_solution, multi_frontier=f.multi_frontier)
+  extra = sum(v.name.startswith("multi-f") for v in variants)
+  if extra < f.multi_frontier:          # (10 asked, 5 timed without a word)
+    print(f"note: --multi_frontier={f.multi_frontier}, but {common.shown(f.multi_solution)} "
+          f"lists {extra} other multi-layer frontier schedules: timing {extra}")
   for dtype in dtypes:
     memory.check_batch_fits(cfg, batch_sizes, dtype)
     if use_data:

@@ -333,6 +333,22 @@ def test_cli_refuses_a_solution_of_other_weights_and_unread_flags(tmp_path):
   assert os.listdir(tmp_path / "o") == ["test_tiny_vit_cpu.csv"]
 
 
+def test_a_frontier_shorter_than_multi_frontier_is_said(tmp_path, capsys):
+  """--multi_frontier=5 on a solution listing 2 other multi-layer schedules timed 2 silently."""
+  from experiments import benchmark as cli  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from tests.conftest import solution_file  # pylint: disable=g-import-not-at-top
+  multi = solution_file(tmp_path / "m.json", TINY, [17, 13, 9], mode="multi", method="topk",
+                        frontier=[[17, 17, 17], [17, 15, 12], [17, 13, 9], [17, 9, 5]])
+  base = ["--model=test_tiny_vit", "--data=none", "--batch_size=1", f"--out_dir={tmp_path / 'o'}",
+          f"--multi_solution={multi}"]
+  for n, said in ((5, f"note: --multi_frontier=5, but {multi} lists 2 other multi-layer "
+                      "frontier schedules: timing 2\n"), (2, "")):
+    with pytest.raises(ValueError, match="was estimated on other weights"):   # (after the note)
+      cli.main(common.parse(cli.define_flags, base + [f"--multi_frontier={n}"]))
+    assert capsys.readouterr().out == said
+
+
 def test_a_row_names_the_reducer_options_a_solution_chose():
   """Two rows of one method and schedule from solutions of other random seeds (or EViT's
   normalisation) looked the same: the table did not show the options."""
