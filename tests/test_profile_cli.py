@@ -3,6 +3,7 @@ FlagValues by `common.parse`), and its errors."""
 import json
 import os
 import re
+import shutil
 
 import pytest
 from vitprune import pipeline
@@ -108,6 +109,16 @@ def test_a_later_batch_run_keeps_the_combined_profile_in_step(tmp_path, capsys, 
   assert runner.combined_stems(one, str(tmp_path), 2) == ["test-tiny-vit_model_b1-2_float32_cpu"]
   assert runner.combined_stems(one, str(tmp_path), 4) == ["test-tiny-vit_model_b1-4_float32_cpu"]
   assert runner.combined_stems(one, str(tmp_path), 8) == []
+  # A file whose points are of other batch sizes than its name says was merged into (a b1 file
+  # holding batch-2 points became a two-batch profile named b1).
+  os.remove(tmp_path / "test-tiny-vit_model_b1-4_float32_cpu.json")
+  shutil.copy(tmp_path / "test-tiny-vit_model_b2_float32_cpu.json",
+              tmp_path / "test-tiny-vit_model_b1_float32_cpu.json")
+  with pytest.raises(ValueError, match=r"refusing to merge into .*_b1_float32_cpu.json: it holds "
+                     r"batch \[2\] points, but its name says batch \[1\] \(edited or renamed\?\)"):
+    _run(tmp_path, "--tokens=17,13", "--batch_size=1")
+  assert records.named_batch_sizes(one, "test-tiny-vit_model_b1-2_float32_cpu") == (1, 2)
+  assert records.named_batch_sizes(one, "board") is None
 
 
 def test_block_mode_reports_predictions(tmp_path, capsys):

@@ -447,6 +447,15 @@ def file_stem(profile: Profile, batch_sizes: Optional[Sequence[int]] = None) -> 
           f"{slug(profile.device_kind)}")
 
 
+def named_batch_sizes(setup: Profile, stem: str) -> Optional[Tuple[int, ...]]:
+  """The batch sizes `stem` names when it is a `file_stem` of `setup`'s model, modes, dtype and
+  device (`..._b1-8_...`), else None (a name of the user's, e.g. a board's profile)."""
+  head = f"{slug(setup.model)}_{'-'.join(setup.modes)}"       # (as `file_stem` writes them)
+  tail = f"{setup.dtype}_{slug(setup.device_kind)}"
+  m = re.fullmatch(re.escape(head) + r"_b(\d+(?:-\d+)*)_" + re.escape(tail), stem)
+  return None if m is None else tuple(int(x) for x in m.group(1).split("-"))
+
+
 def check_save(setup: Profile, out_dir: str, stem: str, extra: Sequence[str] = (),
                flag: str = "out_dir", fields: Optional[Dict[str, Any]] = None,
                merge_fields: Optional[MergeFields] = None) -> None:
@@ -498,6 +507,11 @@ def _merged_with_existing(profile: Profile, paths: Dict[str, str],
   except (OSError, ValueError) as e:
     raise ValueError(f"refusing to replace {paths['json']}: it is not a readable latency "
                      f"profile ({e})") from None
+  named = named_batch_sizes(profile, os.path.basename(paths["json"])[:-len(".json")])
+  if named is not None and not set(existing.batch_sizes) <= set(named):
+    raise ValueError(f"refusing to merge into {paths['json']}: it holds batch "
+                     f"{list(existing.batch_sizes)} points, but its name says batch "
+                     f"{list(named)} (edited or renamed?)")
   try:
     merged = merge([existing, profile])
     if fields and merge_fields:

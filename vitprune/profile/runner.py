@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import re
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -344,12 +343,11 @@ def check_outputs(spec: ProfileSpec, out_dir: str) -> None:
 def combined_stems(setup: records.Profile, out_dir: str, batch: int) -> List[str]:
   """Stems of the profiles in `out_dir` of `setup`'s model, modes, dtype and device kind over
   several batch sizes, `batch` among them (`<model>_<modes>_b1-8_<dtype>_<device>.json`)."""
-  head, tail = records.file_stem(setup, [0]).split("_b0_")
-  pattern = re.compile(re.escape(head) + r"_b(\d+(?:-\d+)+)_" + re.escape(tail) + r"\.json")
   stems = []
   for name in sorted(os.listdir(out_dir)):
-    m = pattern.fullmatch(name)
-    if m and batch in {int(x) for x in m.group(1).split("-")}:
+    named = (records.named_batch_sizes(setup, name[:-len(".json")])
+             if name.endswith(".json") else None)
+    if named is not None and len(named) > 1 and batch in named:
       stems.append(name[:-len(".json")])
   return stems
 
