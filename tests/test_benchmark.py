@@ -89,8 +89,20 @@ def test_parse_variants_errors(text, match):
 
 
 def test_build_variants_errors(tmp_path):
-  with pytest.raises(ValueError, match="duplicate variant names"):
+  with pytest.raises(ValueError, match=r"duplicate variant names \['a'\]; name them explicitly"):
     B.build_variants(TINY, variants="a=tome:r2;a=topk:r2")
+  # A solution's variant is named after it: the advice to name it did not apply.
+  multi = _solution(tmp_path / "m.json", TINY, [17, 13, 9], mode="multi", method="topk")
+  other = _solution(tmp_path / "m2.json", TINY, [17, 11, 9], mode="multi", method="topk")
+  for kwargs, match in (
+      (dict(solution=multi, multi_solution=multi), "--solution and --multi_solution are the "
+       "same file .*m.json: pass a multi-layer solution once, as --multi_solution"),
+      (dict(solution=other, multi_solution=multi), r"duplicate variant names \['multi'\] \(from "
+       r"multi_solution, solution\): both solutions are multi-layer ones, named 'multi'"),
+      (dict(variants="pomt=topk:r1"), r"duplicate variant names \['pomt'\] \(from default, user\): "
+       r"rename the --variants one")):
+    with pytest.raises(ValueError, match=match):
+      B.build_variants(TINY, **kwargs)
   with pytest.raises(ValueError, match="either --solution or --pomt_schedule"):
     B.build_variants(TINY, pomt_schedule="keep@0:9", solution="x.json")
   with pytest.raises(ValueError, match="--pomt_schedule"):

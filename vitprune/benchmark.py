@@ -300,7 +300,17 @@ def build_variants(cfg: ViTConfig, *, variants: Optional[str] = None,
   names = [v.name for v in out]
   dup = sorted({n for n in names if names.count(n) > 1})
   if dup:
-    raise ValueError(f"duplicate variant names {dup}; name them explicitly (NAME=METHOD:SCHEDULE)")
+    sources = sorted({v.source for v in out if v.name in dup})
+    if sources.count("user") == len(sources):
+      raise ValueError(f"duplicate variant names {dup}; name them explicitly "
+                       "(NAME=METHOD:SCHEDULE)")
+    if solution and multi_solution and os.path.realpath(solution) == os.path.realpath(
+        multi_solution):
+      raise ValueError(f"--solution and --multi_solution are the same file {solution}: pass "
+                       "a multi-layer solution once, as --multi_solution")
+    raise ValueError(f"duplicate variant names {dup} (from {', '.join(sources)}): " + (
+        "rename the --variants one (NAME=METHOD:SCHEDULE)" if "user" in sources else
+        "both solutions are multi-layer ones, named 'multi': pass one of them"))
   return out
 
 
