@@ -140,6 +140,28 @@ def test_forward_is_head_of_features_exactly(name, dtype):
                                 np.asarray(jitted_forward_features(params, x, **kw)))
 
 
+def test_forward_head_checks_its_parameters_and_config():
+  """`forward` checked the tree, its public `forward_head` did not: a head of 5 classes gave
+  [B, 5] logits for a 10-class config, a tree without 'head' a KeyError, a name an
+  AttributeError."""
+  cfg = get_config("test_tiny_vit")
+  params = init_params(cfg, 0)
+  feats = forward_features(params, _images(cfg, 2), cfg=cfg)
+  five = dict(params, head={"kernel": np.zeros((32, 5), np.float32),
+                            "bias": np.zeros(5, np.float32)})
+  with pytest.raises(ValueError, match=r"(?s)do not match test_tiny_vit:.*\['head'\]\['kernel'\]: "
+                     r"expected \(32, 10\), got \(32, 5\)"):
+    forward_head(five, feats, cfg=cfg)
+  with pytest.raises(ValueError, match=r"missing: \[\"\['head'\]\['bias'\]\""):
+    forward_head({k: v for k, v in params.items() if k != "head"}, feats, cfg=cfg)
+  with pytest.raises(TypeError, match="cfg must be a vitprune ViTConfig"):
+    forward_head(params, feats, cfg="test_tiny_vit")
+  head_only = {k: params[k] for k in ("norm", "head")}           # (what a head piece is given)
+  np.testing.assert_array_equal(np.asarray(forward_head(head_only, feats, cfg=cfg)),
+                                np.asarray(forward_head(params, feats, cfg=cfg)))
+
+
+
 @pytest.mark.parametrize("name", ["test_tiny_vit", "test_tiny_distilled", "test_tiny_dinov2_reg"])
 def test_forward_head_pre_logits_and_headless_models(name):
   cfg = get_config(name)

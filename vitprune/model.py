@@ -27,7 +27,7 @@ import functools
 import inspect
 import math
 import reprlib
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -173,16 +173,27 @@ def check_options(dtype: str, precision: str) -> None:
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
-def check_params(cfg: ViTConfig, params: Params) -> None:
+HEAD_KEYS = ("norm", "fc_norm", "head", "head_dist")     # what `forward_head` reads
+
+
+def check_params(cfg: ViTConfig, params: Params, keys: Optional[Sequence[str]] = None) -> None:
   """Raises ValueError listing every missing/unexpected leaf, shape mismatch and non-float leaf
-  of `params` vs `cfg` (shapes only: cheap, and works on tracers)."""
+  of `params` vs `cfg` (shapes only: cheap, and works on tracers); with `keys`, of those
+  top-level entries only (e.g. `HEAD_KEYS`: the head alone)."""
+  expected = param_shapes(cfg)
+  if keys is not None:
+    expected = {k: v for k, v in expected.items() if k in keys}
+    if not isinstance(params, dict):
+      raise ValueError(f"parameters of {cfg.name} must be a dict tree, got "
+                       f"{type(params).__name__}")
+    params = {k: v for k, v in params.items() if k in keys}
   if isinstance(params, dict) and "blocks" in params and not isinstance(params["blocks"],
                                                                         (list, tuple)):
     raise ValueError(f"parameters do not match {cfg.name}: 'blocks' must be a list of "
                      f"{cfg.depth} block trees, got "
                      f"{type(params.get('blocks')).__name__}")   # (not 2 x 12 path lists)
   want = {jax.tree_util.keystr(k): tuple(v) for k, v in jax.tree.flatten_with_path(
-      param_shapes(cfg), is_leaf=_is_shape)[0]}
+      expected, is_leaf=_is_shape)[0]}
   leaves = {jax.tree_util.keystr(k): v for k, v in jax.tree.flatten_with_path(params)[0]}
   got = {k: tuple(np.shape(v)) for k, v in leaves.items()}
   missing = sorted(set(want) - set(got))
@@ -259,6 +270,8 @@ def forward_head(params: Params, x: jax.Array, *, cfg: ViTConfig,
   returns the pooled features [B, C] instead (DeiT-distilled pre-logits: the mean of the class
   and distillation tokens, as timm). Computes in x's dtype under the caller's matmul precision.
   """
+  check_config_type(cfg)
+  check_params(cfg, params, HEAD_KEYS)    # (a head of 5 classes gave [B, 5] logits for 10)
   if x.ndim != 3 or x.shape[-1] != cfg.embed_dim or x.shape[1] <= cfg.num_prefix_tokens:
     raise ValueError(f"forward_head takes final tokens [B, n, {cfg.embed_dim}] (n > "
                      f"{cfg.num_prefix_tokens} prefix tokens) of {cfg.name}, got shape "
