@@ -166,6 +166,19 @@ def test_bad_input_is_refused():
     pf(Schedule((17, 17, 9)), jnp.zeros((2, 16, 16, 3)))
 
 
+def test_the_pieces_read_the_head_as_they_read_the_blocks():
+  """The head was copied when the pieces were built, the blocks read at each call: a tree
+  changed in place ran its new blocks with its old head (finite, wrong logits)."""
+  params = init_params(CFG, seed=1)
+  x = _images(CFG, b=2)
+  pf = PiecewiseForward(CFG, params, make_reducer("pomt"))
+  pf(None, x)
+  params["head"] = {"kernel": params["head"]["kernel"] * 2, "bias": params["head"]["bias"]}
+  params["blocks"][1] = init_params(CFG, seed=3)["blocks"][1]
+  want = np.asarray(jitted_forward(params, x, cfg=CFG))
+  np.testing.assert_allclose(np.asarray(pf(None, x)), want, rtol=1e-5, atol=1e-6)
+
+
 def test_evaluate_reuses_the_callers_pieces_and_rebuilds_for_other_params():
   params, other = init_params(CFG, seed=1), init_params(CFG, seed=5)
   x = np.asarray(_images(CFG, b=4))

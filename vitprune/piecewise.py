@@ -31,7 +31,7 @@ from vitprune.profile import timing
 from vitprune.reduce.base import TokenReducer
 from vitprune.schedule import Schedule, check_reducer_given, check_schedule, full_schedule
 
-HEAD_KEYS = ("norm", "fc_norm", "head", "head_dist")
+HEAD_KEYS = model.HEAD_KEYS
 
 
 def head_params(params: Params) -> Params:
@@ -115,7 +115,6 @@ class PiecewiseForward:
     self.cfg, self.params, self.reducer = cfg, params, reducer
     self._dtype, self._precision = dtype, precision
     self._placed = params if placed is None else placed
-    self._head = head_params(self._placed)
     self._token_sharding = token_sharding
     self._compiled: Dict[Hashable, Any] = {}
     # One compiled block serves every block whose parameters have its leaves' dtypes: blocks
@@ -161,7 +160,7 @@ class PiecewiseForward:
                   (block_params, self._struct((batch, n_in, cfg.embed_dim), dt), size)))
       sized = sized or (reduces and red.tracks_size)
     out.append((("head", counts[-1]) + where, head_fn(cfg, **opts),
-                (self._head, self._struct((batch, counts[-1], cfg.embed_dim), dt))))
+                (head_params(self._placed), self._struct((batch, counts[-1], cfg.embed_dim), dt))))
     return out
 
   def _struct(self, shape, dtype):
@@ -195,7 +194,7 @@ class PiecewiseForward:
     x, size = self._compiled[embed_key](self._placed, images), None
     for block_params, (key, _, _) in zip(self._placed["blocks"], blocks):
       x, size = self._compiled[key](block_params, x, size)
-    return self._compiled[head_key](self._head, x)
+    return self._compiled[head_key](head_params(self._placed), x)
 
 
 class WholeGraphs(PiecewiseForward):
