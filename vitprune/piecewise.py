@@ -31,12 +31,9 @@ from vitprune.profile import timing
 from vitprune.reduce.base import TokenReducer
 from vitprune.schedule import Schedule, check_reducer_given, check_schedule, full_schedule
 
-HEAD_KEYS = model.HEAD_KEYS
-
-
 def head_params(params: Params) -> Params:
   """The part of the parameter tree `head_fn` reads (final norm and classifier heads)."""
-  return {k: params[k] for k in HEAD_KEYS if k in params}
+  return {k: params[k] for k in model.HEAD_KEYS if k in params}
 
 
 def embed_fn(cfg: ViTConfig, *, dtype: str = "float32", precision: str = "highest",

@@ -953,10 +953,9 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
     if ok:
       best = ok[0]
       break
-  checked = list({c.counts: c for c in list(solution.checked) + checked}.values())
-  _check_floor_met(best, checked, floor, images, solution, eligible)
   # (a single reduction the estimate measured is listed too: the chosen entry is a checked one)
-  checked = list({c.counts: c for c in checked + [best]}.values())
+  checked = list({c.counts: c for c in list(solution.checked) + checked + [best]}.values())
+  _check_floor_met(best, checked, floor, images, solution, eligible)
   straddles = [c.schedule for c in checked if floor_status(c, floor) == "straddles"]
   settings = dict(solution.settings, singles_meeting_floor=len(singles), num_images=images,
                   floor_straddles=sorted(set(straddles)))

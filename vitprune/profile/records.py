@@ -443,15 +443,20 @@ def file_stem(profile: Profile, batch_sizes: Optional[Sequence[int]] = None) -> 
   """`<model>_<modes>_b<batches>_<dtype>_<device>` (`batch_sizes`: the profile's by default)."""
   batches = "-".join(str(b) for b in (profile.batch_sizes if batch_sizes is None
                                       else batch_sizes))
-  return (f"{slug(profile.model)}_{'-'.join(profile.modes)}_b{batches}_{profile.dtype}_"
-          f"{slug(profile.device_kind)}")
+  head, tail = _stem_ends(profile)
+  return f"{head}_b{batches}_{tail}"
+
+
+def _stem_ends(profile: Profile) -> Tuple[str, str]:
+  """What a `file_stem` holds before and after its batch sizes."""
+  return (f"{slug(profile.model)}_{'-'.join(profile.modes)}",
+          f"{profile.dtype}_{slug(profile.device_kind)}")
 
 
 def named_batch_sizes(setup: Profile, stem: str) -> Optional[Tuple[int, ...]]:
   """The batch sizes `stem` names when it is a `file_stem` of `setup`'s model, modes, dtype and
   device (`..._b1-8_...`), else None (a name of the user's, e.g. a board's profile)."""
-  head = f"{slug(setup.model)}_{'-'.join(setup.modes)}"       # (as `file_stem` writes them)
-  tail = f"{setup.dtype}_{slug(setup.device_kind)}"
+  head, tail = _stem_ends(setup)
   m = re.fullmatch(re.escape(head) + r"_b(\d+(?:-\d+)*)_" + re.escape(tail), stem)
   return None if m is None else tuple(int(x) for x in m.group(1).split("-"))
 

@@ -65,6 +65,7 @@ from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, conf
                              not_a_method)
 from vitprune.profile import records as profile_records
 from vitprune.records.estimate import HIGHER_IS_BETTER
+from vitprune.solve import meets_floor
 
 FORMAT = "vitprune-solution"
 VERSION = 1
@@ -72,7 +73,6 @@ MODES = ("paper", "multi")
 BASES = ("predicted", "measured")
 # How a choice was made (`solve.choose`, `solve_stage.check_floor`); no version wrote another.
 CRITERIA = ("utility", "accuracy_floor", "latency_budget", "accuracy_floor_measured")
-FLOOR_SLACK = 1e-9        # (vitprune.solve.FLOOR_SLACK: a floor met up to float rounding)
 
 
 class SolutionError(jsonio.FormatError):
@@ -298,11 +298,10 @@ def _check_criterion_holds(sol: "Solution", require, unpruned) -> None:
   c, crit = sol.chosen, sol.criterion
   require(sol.mode == "multi" or crit == "utility",
           f"chosen.criterion {crit!r} in paper mode, which chooses by 'utility' (edited?)")
-  key = {"accuracy_floor": "accuracy_floor", "latency_budget": "latency_budget"}.get(crit)
-  if key is None:
+  if crit not in ("accuracy_floor", "latency_budget"):      # (their settings are named so)
     return
-  bound = sol.settings.get(key)
-  require(bound is not None, f"chosen.criterion {crit!r} needs settings.{key} (edited?)")
+  bound = sol.settings.get(crit)
+  require(bound is not None, f"chosen.criterion {crit!r} needs settings.{crit} (edited?)")
   if c.counts == unpruned:
     return
   if crit == "latency_budget":
@@ -312,7 +311,7 @@ def _check_criterion_holds(sol: "Solution", require, unpruned) -> None:
     return
   measured = sol.basis == "measured" and c.measured_accuracy is not None
   got = c.measured_accuracy if measured else c.predicted_accuracy
-  require(got >= bound - FLOOR_SLACK,
+  require(meets_floor(got, bound),
           f"criterion 'accuracy_floor', but the chosen {c.schedule} is "
           f"{'measured' if measured else 'predicted'} {got} < the floor {bound} (edited?)")
 
@@ -337,8 +336,8 @@ def _ref(cls, d: Any, where: str):
     elif k == "method":
       jsonio.require(is_method_name(v), where, not_a_method("method", v), SolutionError)
     elif k == "metric":     # (solve_stage.resolve_metric: higher is better; kl is not)
-      jsonio.require(v in HIGHER_IS_BETTER, where, f"metric must be one of {list(HIGHER_IS_BETTER)}, "
-                     f"got {v!r}", SolutionError)
+      jsonio.require(v in HIGHER_IS_BETTER, where, f"metric must be one of "
+                     f"{list(HIGHER_IS_BETTER)}, got {v!r}", SolutionError)
     elif k == "dtype":
       jsonio.require(v in COMPUTE_DTYPES, where, f"dtype must be one of {list(COMPUTE_DTYPES)}, "
                      f"got {v!r}", SolutionError)
