@@ -232,8 +232,22 @@ def test_the_params_digest_is_recorded_checked_and_optional(tmp_path):
   json.dump(dict(doc, params_sha256="0" * 64), open(cfile, "w"))
   with pytest.raises(ValueError, match="do not match the params_sha256"):
     checkpoint.load_weights(path)
+  older = {k: v for k, v in doc.items() if k not in checkpoint.DIGEST_KEYS}   # (before them)
+  json.dump(older, open(cfile, "w"))
+  assert params_sha256(checkpoint.load_weights(path)[1]) == params_sha256(params)
+  json.dump(dict(older, params_sha256=doc["params_sha256"]), open(cfile, "w"))   # (later ones)
+  assert params_sha256(checkpoint.load_weights(path)[1]) == params_sha256(params)
+  json.dump({k: v for k, v in doc.items() if k != "meta_sha256"}, open(cfile, "w"))
+  assert params_sha256(checkpoint.load_weights(path)[1]) == params_sha256(params)
+  # Only the parameters' digest deleted: the edited parameters would load unchecked.
   json.dump({k: v for k, v in doc.items() if k != "params_sha256"}, open(cfile, "w"))
-  assert params_sha256(checkpoint.load_weights(path)[1]) == params_sha256(params)  # (older)
+  with pytest.raises(ValueError, match=re.escape(
+      f"{cfile}: records config_sha256 but not params_sha256 (edited? every version that wrote "
+      "config_sha256 wrote params_sha256); save the weights again with vitprune.save_weights")):
+    checkpoint.load_weights(path)
+  json.dump({k: v for k, v in doc.items() if k != "config_sha256"}, open(cfile, "w"))
+  with pytest.raises(ValueError, match="records meta_sha256 but not config_sha256"):
+    checkpoint.read_weights_config(path)
   json.dump(dict(doc, params_sha256=None), open(cfile, "w"))    # (switched the check off)
   with pytest.raises(ValueError, match=re.escape(f"{cfile}: params_sha256 is null (edited?)")):
     checkpoint.load_weights(path)
@@ -532,7 +546,7 @@ def test_an_edited_config_and_loose_arguments_are_refused(tmp_path):
   with pytest.raises(ValueError, match=re.escape(
       f"{cfile}: its config no longer hashes to the config_sha256 it records (edited?")):
     checkpoint.load_weights(path)
-  unrecorded = {k: v for k, v in doc.items() if k != "config_sha256"}
+  unrecorded = {k: v for k, v in doc.items() if k not in ("config_sha256", "meta_sha256")}
   json.dump(unrecorded, open(cfile, "w"))                       # not recorded (older): loads
   checkpoint.load_weights(path)
   # Nulled, it let an edited num_heads load as another model (no version writes null).

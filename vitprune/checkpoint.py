@@ -38,6 +38,7 @@ from vitprune.model import Params, abstract_params, check_params
 FORMAT = "vitprune-weights"
 VERSION = 1
 CONFIG_FILE = "config.json"
+DIGEST_KEYS = ("params_sha256", "config_sha256", "meta_sha256")   # in the order they came
 
 # A directory is a weights directory (so `save_weights(overwrite=True)` may replace it) when its
 # config.json carries our format marker.
@@ -113,13 +114,21 @@ def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
     raise ValueError(f"{cfg_file}: 'config' must be an object of ViTConfig fields")
   if not isinstance(doc.get("meta", {}), dict):
     raise ValueError(f"{cfg_file}: 'meta' must be an object")
-  for key in ("params_sha256", "config_sha256", "meta_sha256"):   # (absent: not recorded yet)
+  for key in DIGEST_KEYS:      # (absent: written before that digest existed)
     sha = doc.get(key)
     if key in doc and sha is None:      # (no version wrote null: it switched the check off)
       raise ValueError(f"{cfg_file}: {key} is null (edited?); save the weights again with "
                        "vitprune.save_weights")
     if sha is not None and not jsonio.is_sha256(sha):
       raise ValueError(f"{cfg_file}: {key} must be a 64-digit hex string, got {sha!r}")
+  # The digests came in this order and every later version wrote the earlier ones too: a
+  # folder that records a later one without an earlier one was edited (deleting only
+  # params_sha256 let edited parameters load unchecked).
+  for later, earlier in zip(DIGEST_KEYS[1:], DIGEST_KEYS):
+    if later in doc and earlier not in doc:
+      raise ValueError(f"{cfg_file}: records {later} but not {earlier} (edited? every "
+                       f"version that wrote {later} wrote {earlier}); save the weights again "
+                       "with vitprune.save_weights")
   return cfg_file, doc
 
 
