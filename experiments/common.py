@@ -352,15 +352,15 @@ def check_digits_split(weights_source: str, data: Optional[str]) -> None:
   if not data or not os.path.isdir(weights_source):
     return
   from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (lazy: see _MODEL_CODE)
-  from vitprune import data as data_lib  # pylint: disable=g-import-not-at-top
+  from vitprune import digits as digits_lib  # pylint: disable=g-import-not-at-top
   meta = checkpoint.read_weights_config(weights_source)[1]
   who = (f"the embedded weights {weights_source}"
          if os.path.realpath(weights_source) == os.path.realpath(EMBEDDED_WEIGHTS)
          else f"--weights={weights_source}")                # (no --weights given: not that)
   if data != "digits":
-    data_lib.check_digits_folder(data, meta, who)
+    digits_lib.check_digits_folder(data, meta, who)
     return
-  trained = data_lib.digits_training_split(meta)
+  trained = digits_lib.digits_training_split(meta)
   if trained is not None and trained != (0, 0.2):
     raise ValueError(f"{who} were trained on the digits split of seed "
                      f"{trained[0]} (test fraction {trained[1]}), but --data=digits is the test "

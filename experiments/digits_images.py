@@ -15,7 +15,7 @@ from __future__ import annotations
 from absl import flags
 
 from experiments import common
-from vitprune import data
+from vitprune import digits
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -42,12 +42,12 @@ def main(f: flags.FlagValues) -> str:
   if f["split_seed"].present and f.split == "all":
     raise ValueError(f"--split_seed={f.split_seed} changes nothing with --split=all (every "
                      "digit, whatever the split); give --split=train or --split=test")
-  common.check_new_dir(f.out, "out", f.overwrite, data.is_digits_imagefolder)
-  train, test = data.digits_split(f.split_seed)
+  common.check_new_dir(f.out, "out", f.overwrite, digits.is_digits_imagefolder)
+  train, test = digits.digits_split(f.split_seed)
   size = {"train": len(train), "test": len(test), "all": len(train) + len(test)}[f.split]
   if f.limit is not None and f.limit > size:
     raise ValueError(f"--limit={f.limit} exceeds the {size} digits of the {f.split} split")
-  root = data.write_digits_imagefolder(f.out, f.split, f.limit, seed=f.seed,
+  root = digits.write_digits_imagefolder(f.out, f.split, f.limit, seed=f.seed,
                                        overwrite=f.overwrite, split_seed=f.split_seed)
   print(f"wrote {size if f.limit is None else f.limit} digits ({f.split} split"
         f"{f' of seed {f.split_seed}' if f.split_seed else ''}) to {common.shown(root)}")

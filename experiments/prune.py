@@ -27,6 +27,7 @@ import numpy as np
 
 from experiments import common
 from vitprune import data as data_lib
+from vitprune import digits as digits_lib
 from vitprune import estimate as estimate_lib
 from vitprune import memory
 from vitprune import model as vit
@@ -96,9 +97,9 @@ def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int,
       note = (f"{batch_size} of the {len(ds)} images of {images_dir} "
               f"({'class-balanced ' if ds.labelled else ''}sample, seed {seed})")
   elif cfg.name == common.EMBEDDED_MODEL:
-    ds = (data_lib.digits_dataset() if headless else
-          data_lib.digits_for_model(class_names, cfg.num_classes))
-    indices = data_lib.digits_split()[1][:batch_size]
+    ds = (digits_lib.digits_dataset() if headless else
+          digits_lib.digits_for_model(class_names, cfg.num_classes))
+    indices = digits_lib.digits_split()[1][:batch_size]
     note = ("the first test digit" if len(indices) == 1 else
             f"the first {len(indices)} test digits")
   else:

@@ -20,7 +20,8 @@ from vitprune import deploy
 from vitprune import memory
 from vitprune.edge import runtime
 from vitprune.profile import protocol
-from vitprune.data import ImageFolder, check_digits_folder, check_not_read_as_an_image
+from vitprune.data import ImageFolder, check_not_read_as_an_image
+from vitprune.digits import check_digits_folder
 
 
 RESULT_FORMAT = "vitprune-run-result"   # marks --output files this CLI may replace

@@ -2,7 +2,7 @@ r"""Trains the embedded default model `vit_digits` on scikit-learn's bundled 8x8
 
 The training itself is `vitprune.train` (the very `vitprune.model.forward` the library prunes,
 no pruning while training); this CLI checks its flags, runs it and saves the checkpoint.
-Images go through `vitprune.data.digits_preprocessing` (the eval path; 32x32 RGB), training adds
+Images go through `vitprune.digits.digits_preprocessing` (the eval path; 32x32 RGB), training adds
 random shifts of up to `--max_shift` pixels (filled with the background value). Optimiser: AdamW
 with linear warm-up + cosine decay, gradient clipping, optional label smoothing; weight decay is
 not applied to biases, LayerNorms, position embeddings and the cls token.
@@ -27,7 +27,7 @@ import jax
 import optax
 
 from vitprune import checkpoint
-from vitprune import data
+from vitprune import digits
 from vitprune import orbax_io
 from vitprune.registry import get_config
 from vitprune.train import TrainConfig, accuracy, check_train_config, load_split, train
@@ -116,7 +116,7 @@ def main(f: flags.FlagValues):
                    "devices": [str(d) for d in jax.devices()]},
   }
   path = checkpoint.save_weights(out, cfg, params, meta=meta, overwrite=f.overwrite,
-                                 class_names=data.DIGITS_CLASSES,
+                                 class_names=digits.DIGITS_CLASSES,
                                  extra_json={"metrics.json": metrics})
   print(f"held-out accuracy {test_acc:.4f} (train {train_acc:.4f}); {train_seconds:.0f}s; "
         f"saved to {common.shown(path)}")

@@ -426,7 +426,7 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
   model on a `--split=train` folder, reported inflated accuracies with no warning."""
   from experiments import digits_images  # pylint: disable=g-import-not-at-top
   from experiments import estimate as estimate_cli  # pylint: disable=g-import-not-at-top
-  from vitprune import data  # pylint: disable=g-import-not-at-top
+  from vitprune import digits  # pylint: disable=g-import-not-at-top
   from vitprune.checkpoint import save_weights  # pylint: disable=g-import-not-at-top
   from vitprune.model import init_params  # pylint: disable=g-import-not-at-top
   from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
@@ -441,12 +441,12 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
                           [f"--out={folders[name]}"] + argv)
   assert capsys.readouterr().out.splitlines()[1] == (f"wrote 359 digits (test split of seed 1) "
                                                      f"to {folders['test1']}")
-  assert data.digits_folder_indices(folders["test1"]) == set(
-      data.digits_split(1)[1].tolist())
+  assert digits.digits_folder_indices(folders["test1"]) == set(
+      digits.digits_split(1)[1].tolist())
   common.check_digits_split(w1, folders["test1"])                  # its own test split
   common.check_digits_split(common.EMBEDDED_WEIGHTS, folders["test0"])
-  leaked = len(data.digits_folder_indices(folders["test0"]) & set(
-      data.digits_split(1)[0].tolist()))
+  leaked = len(digits.digits_folder_indices(folders["test0"]) & set(
+      digits.digits_split(1)[0].tolist()))
   assert leaked > 250
   with pytest.raises(ValueError, match=re.escape(
       f"{leaked} of the 359 digits in {folders['test0']} are training images of --weights={w1} "
@@ -463,15 +463,15 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
   from PIL import Image  # pylint: disable=g-import-not-at-top
   copy = tmp_path / "copy"
   shutil.copytree(folders["test0"], copy)
-  os.remove(copy / data.DIGITS_MARKER)
-  train1 = sorted(data.digits_folder_indices(folders["test0"]) & set(
-      data.digits_split(1)[0].tolist()))
+  os.remove(copy / digits.DIGITS_MARKER)
+  train1 = sorted(digits.digits_folder_indices(folders["test0"]) & set(
+      digits.digits_split(1)[0].tolist()))
   first, second = (f"{i:04d}.png" for i in train1[:2])
-  label = data.DIGITS_CLASSES[data.load_digits_arrays()[1][train1[0]]]
+  label = digits.DIGITS_CLASSES[digits.load_digits_arrays()[1][train1[0]]]
   Image.fromarray(np.zeros((8, 8), np.uint8)).save(copy / label / first)    # not that digit
-  other = data.DIGITS_CLASSES[data.load_digits_arrays()[1][train1[1]]]
+  other = digits.DIGITS_CLASSES[digits.load_digits_arrays()[1][train1[1]]]
   os.rename(copy / other / second, copy / ("1" if other != "1" else "2") / second)
-  assert data.digits_copied_into(str(copy)) == data.digits_folder_indices(
+  assert digits.digits_copied_into(str(copy)) == digits.digits_folder_indices(
       folders["test0"]) - {train1[0], train1[1]}
   with pytest.raises(ValueError, match=f"^{leaked - 2} of the 357 digits in {copy} are "
                                        "training images of --weights="):
@@ -486,10 +486,10 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
   os.symlink(nested, nested / "0" / "sub" / "loop")
   os.rename(nested / "9", tmp_path / "nine")
   os.symlink(tmp_path / "nine", nested / "9")
-  assert data.digits_copied_into(str(nested)) == data.digits_folder_indices(folders["test0"])
+  assert digits.digits_copied_into(str(nested)) == digits.digits_folder_indices(folders["test0"])
   hidden = tmp_path / "hidden"         # ImageFolder reads no hidden folder: nor does the check
   shutil.copytree(os.path.join(folders["test0"], "3"), hidden / "3" / ".trash")
-  assert data.digits_copied_into(str(hidden)) == set()
+  assert digits.digits_copied_into(str(hidden)) == set()
   # A flat copy (`cp train0/*/*.png flat/`, scored by agreement) was missed: ImageFolder reads
   # the files directly in it, and they are the digits all the same.
   flat = tmp_path / "flat"
@@ -498,7 +498,7 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
   for png in pngs:
     shutil.copy(png, flat)
   os.mkfifo(flat / "0005.png")                 # never opened (it blocked the check for ever)
-  assert data.digits_copied_into(str(flat)) == data.digits_folder_indices(folders["train0"])
+  assert digits.digits_copied_into(str(flat)) == digits.digits_folder_indices(folders["train0"])
   with pytest.raises(ValueError, match=r"^30 of the 30 digits in .*flat are training images "
                                        r"of the embedded weights"):
     common.check_digits_split(common.EMBEDDED_WEIGHTS, str(flat))
@@ -516,17 +516,17 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
         img.convert("RGB").save(renamed / f"img_{k}.tiff", format="TIFF")
   shutil.move(str(renamed / "img_0.png"), renamed / ".img_0.png")
   first_index = int(os.path.basename(pngs[0])[:4])                     # (the hidden one)
-  assert data.digits_copied_into(str(renamed)) == data.digits_folder_indices(
+  assert digits.digits_copied_into(str(renamed)) == digits.digits_folder_indices(
       folders["train0"]) - {first_index}
   with pytest.raises(ValueError, match=r"^29 of the 29 digits in .*renamed are training images"):
     common.check_digits_split(common.EMBEDDED_WEIGHTS, str(renamed))
   # Beside class folders the root's files are not read (ImageFolder warns): not counted.
   beside = tmp_path / "beside"
   shutil.copytree(folders["test0"], beside)
-  os.remove(beside / data.DIGITS_MARKER)
+  os.remove(beside / digits.DIGITS_MARKER)
   for png in pngs:
     shutil.copy(png, beside)
-  assert data.digits_copied_into(str(beside)) == data.digits_folder_indices(folders["test0"])
+  assert digits.digits_copied_into(str(beside)) == digits.digits_folder_indices(folders["test0"])
   common.check_digits_split(common.EMBEDDED_WEIGHTS, str(beside))
   with pytest.raises(SystemExit) as e:
     common.run_in_process(estimate_cli.main, estimate_cli.define_flags, [

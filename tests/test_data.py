@@ -1,4 +1,5 @@
-"""Tests for vitprune.data: folders, timm-exact eval preprocessing, batching, subsets, digits."""
+"""Tests for vitprune.data and vitprune.digits: folders, timm-exact eval preprocessing, batching,
+subsets, the bundled digits and their training-data guard."""
 import dataclasses
 import glob
 import io
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from vitprune import data
+from vitprune import digits
 from vitprune.config import Preprocessing
 
 PLAIN = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -251,7 +253,7 @@ def test_an_extreme_aspect_ratio_is_refused_before_the_resize(tmp_path):
   path = tmp_path / "ds" / "cls" / "thin.png"
   _png(str(path), np.zeros((1, 100_000), np.uint8))
   assert path.stat().st_size < 2000
-  ds, prep = data.ImageFolder(tmp_path / "ds"), data.digits_preprocessing()
+  ds, prep = data.ImageFolder(tmp_path / "ds"), digits.digits_preprocessing()
   msg = (r"a 100000x1 image would be resized to 3200000x32 pixels before the 32x32 center "
          r"crop \(more than 89478485\): its aspect ratio is too extreme$")
   with pytest.raises(ValueError, match="^" + msg):
@@ -551,84 +553,84 @@ def test_balanced_subset_errors():
 
 
 def test_digits_arrays_and_stratified_split():
-  images, labels = data.load_digits_arrays()
+  images, labels = digits.load_digits_arrays()
   assert images.shape == (1797, 8, 8) and images.dtype == np.uint8
   assert images.min() == 0 and images.max() == 255 and labels.shape == (1797,)
-  train, test = data.digits_split()
+  train, test = digits.digits_split()
   assert np.intersect1d(train, test).size == 0 and train.size + test.size == 1797
   for c in range(10):
     n_c = int((labels == c).sum())
     assert int((labels[test] == c).sum()) == round(n_c * 0.2)
-  again = data.digits_split(seed=0)
+  again = digits.digits_split(seed=0)
   np.testing.assert_array_equal(test, again[1])
-  assert not np.array_equal(test, data.digits_split(seed=1)[1])
+  assert not np.array_equal(test, digits.digits_split(seed=1)[1])
   with pytest.raises(ValueError, match="test_fraction"):
-    data.digits_split(test_fraction=1.0)
+    digits.digits_split(test_fraction=1.0)
 
 
 def test_digits_read_from_the_shipped_csv_equal_sklearn_load_digits(monkeypatch):
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   bunch = load_digits()
   want = np.round(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-  images, labels = data.load_digits_arrays()
+  images, labels = digits.load_digits_arrays()
   np.testing.assert_array_equal(images, want)
   np.testing.assert_array_equal(labels, bunch.target)
   labels[0] = 9                           # callers get copies: the cached table is untouched
-  assert data.load_digits_arrays()[1][0] == bunch.target[0]
+  assert digits.load_digits_arrays()[1][0] == bunch.target[0]
   # Without the CSV (no sklearn package directory found), the sklearn loader gives the same.
-  data._digits_table.cache_clear()
-  monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+  digits._digits_table.cache_clear()
+  monkeypatch.setattr(digits.importlib.util, "find_spec", lambda name: None)
   try:
-    fb_images, fb_labels = data.load_digits_arrays()
+    fb_images, fb_labels = digits.load_digits_arrays()
   finally:
-    data._digits_table.cache_clear()
+    digits._digits_table.cache_clear()
   np.testing.assert_array_equal(fb_images, want)
   np.testing.assert_array_equal(fb_labels, bunch.target)
 
 
 def test_digits_preprocessing_matches_embedded_model():
   from vitprune.registry import get_config
-  prep = data.digits_preprocessing(32)
+  prep = digits.digits_preprocessing(32)
   assert prep == get_config("test_tiny_vit").preprocessing
-  images, labels, idx = next(data.digits_batches("test", 16, limit=20))
+  images, labels, idx = next(digits.digits_batches("test", 16, limit=20))
   assert images.shape == (16, 32, 32, 3) and images.min() >= -1.0 and images.max() <= 1.0
-  _, test = data.digits_split()
+  _, test = digits.digits_split()
   assert np.isin(idx, test).all()
-  np.testing.assert_array_equal(labels, data.load_digits_arrays()[1][idx])
-  batches = list(data.digits_batches("test", 16, limit=20))
+  np.testing.assert_array_equal(labels, digits.load_digits_arrays()[1][idx])
+  batches = list(digits.digits_batches("test", 16, limit=20))
   valid = np.concatenate([data.batch_valid_mask(b[2]) for b in batches])
   assert valid.sum() == 20 and len(batches) == 2
 
 
 def test_write_digits_imagefolder_round_trip(tmp_path):
-  root = data.write_digits_imagefolder(tmp_path / "digits", split="test", limit=30)
+  root = digits.write_digits_imagefolder(tmp_path / "digits", split="test", limit=30)
   assert sorted(os.listdir(tmp_path)) == ["digits"]  # no temp dirs left behind
   ds = data.ImageFolder(root)
-  images, labels = data.load_digits_arrays()
+  images, labels = digits.load_digits_arrays()
   idx = np.array([int(os.path.splitext(os.path.basename(f))[0]) for f in ds.files])
-  assert ds.classes == data.DIGITS_CLASSES and len(ds) == 30
-  assert np.isin(idx, data.digits_split()[1]).all()
+  assert ds.classes == digits.DIGITS_CLASSES and len(ds) == 30
+  assert np.isin(idx, digits.digits_split()[1]).all()
   np.testing.assert_array_equal(ds.labels, labels[idx])
   for i in range(3):
     np.testing.assert_array_equal(np.asarray(ds.load(i)), images[idx[i]])
-  prep = data.digits_preprocessing()
+  prep = digits.digits_preprocessing()
   from_disk = np.concatenate([b[0] for b in data.iterate_batches(ds, prep, 30)])
   from_mem = np.concatenate([b[0] for b in data.iterate_batches(
-      data.digits_dataset(), prep, 30, indices=idx)])
+      digits.digits_dataset(), prep, 30, indices=idx)])
   np.testing.assert_array_equal(from_disk, from_mem)
   with pytest.raises(FileExistsError):
-    data.write_digits_imagefolder(root, limit=10)
-  data.write_digits_imagefolder(root, limit=10, overwrite=True)
+    digits.write_digits_imagefolder(root, limit=10)
+  digits.write_digits_imagefolder(root, limit=10, overwrite=True)
   assert len(data.ImageFolder(root)) == 10 and sorted(os.listdir(tmp_path)) == ["digits"]
 
 
 def test_fingerprints(tmp_path):
-  images, labels = data.load_digits_arrays()
+  images, labels = digits.load_digits_arrays()
   fp = data.dataset_fingerprint((images, labels), [3, 1, 2])
-  assert fp == data.dataset_fingerprint(data.digits_dataset(), [1, 2, 3, 3])
+  assert fp == data.dataset_fingerprint(digits.digits_dataset(), [1, 2, 3, 3])
   assert fp != data.dataset_fingerprint((images, labels), [1, 2, 4])
   assert len(fp) == 64
-  root = data.write_digits_imagefolder(tmp_path / "d", limit=10)
+  root = digits.write_digits_imagefolder(tmp_path / "d", limit=10)
   ds = data.ImageFolder(root)
   before = data.dataset_fingerprint(ds)
   assert before == data.dataset_fingerprint(data.ImageFolder(root))
@@ -638,7 +640,7 @@ def test_fingerprints(tmp_path):
   assert before != data.dataset_fingerprint(ds)
   info = data.dataset_info(ds, name="digits-test")
   assert info.num_examples == 10 and info.kind == "imagefolder" and info.labelled
-  assert info.to_dict()["classes"] == list(data.DIGITS_CLASSES)
+  assert info.to_dict()["classes"] == list(digits.DIGITS_CLASSES)
 
 
 def test_fingerprints_of_names_with_tabs_and_line_breaks(tmp_path):
@@ -666,10 +668,10 @@ def test_fingerprints_of_names_with_tabs_and_line_breaks(tmp_path):
 
 
 def test_imagefolder_num_classes_without_names_and_foreign_overwrite(tmp_path):
-  root = data.write_digits_imagefolder(tmp_path / "d", limit=20)
+  root = digits.write_digits_imagefolder(tmp_path / "d", limit=20)
   ds = data.ImageFolder(root, num_classes=10)      # exactly the model's classes: by position
   np.testing.assert_array_equal(ds.labels, data.ImageFolder(root).labels)
-  assert not ds.labelled_by_name and ds.folder_classes == data.DIGITS_CLASSES
+  assert not ds.labelled_by_name and ds.folder_classes == digits.DIGITS_CLASSES
   with pytest.raises(ValueError, match="has 10 class folders .* the model has 5 classes"):
     data.ImageFolder(root, num_classes=5)
   with pytest.raises(ValueError, match="num_classes must be a non-negative int"):
@@ -678,7 +680,7 @@ def test_imagefolder_num_classes_without_names_and_foreign_overwrite(tmp_path):
   foreign.mkdir()
   (foreign / "NOTES.txt").write_text("x")
   with pytest.raises(FileExistsError, match="refusing to replace"):
-    data.write_digits_imagefolder(foreign, limit=10, overwrite=True)
+    digits.write_digits_imagefolder(foreign, limit=10, overwrite=True)
   assert os.listdir(foreign) == ["NOTES.txt"]
 
 
@@ -690,8 +692,8 @@ def test_digits_images_cli_writes_the_split_and_replaces_only_its_own_folder(tmp
   assert capsys.readouterr().out == f"wrote 20 digits (test split) to {out}\n"
   ds = data.ImageFolder(out)
   idx = sorted(int(os.path.splitext(os.path.basename(f))[0]) for f in ds.files)
-  test = data.digits_split(seed=0)[1]        # the split of --data=digits; --seed: the subset
-  labels = data.load_digits_arrays()[1]
+  test = digits.digits_split(seed=0)[1]        # the split of --data=digits; --seed: the subset
+  labels = digits.load_digits_arrays()[1]
   assert idx == sorted(test[data.balanced_subset(labels[test], 20, 3)].tolist())
   common.run_in_process(digits_images.main, digits_images.define_flags,
                         [f"--out={out}", "--split=all", "--overwrite"])
@@ -703,11 +705,11 @@ def test_digits_images_seed_draws_the_subset_of_the_bundled_split(tmp_path):
   """`digits_images --seed=1` also moved the train/test split: 84 of 100 "test" digits were the
   bundled model's training images. The seed now draws only the subset, as `estimate --seed`."""
   from vitprune import estimate as estimate_lib  # pylint: disable=g-import-not-at-top
-  root = data.write_digits_imagefolder(tmp_path / "d", split="test", limit=100, seed=1)
+  root = digits.write_digits_imagefolder(tmp_path / "d", split="test", limit=100, seed=1)
   files = sorted(int(os.path.basename(p)[:-4]) for p in glob.glob(f"{root}/*/*.png"))
   want = estimate_lib.load_eval_data("digits", num_images=100, seed=1).indices
   assert files == sorted(int(i) for i in want)
-  assert set(files) <= set(data.digits_split(0)[1].tolist())
+  assert set(files) <= set(digits.digits_split(0)[1].tolist())
 
 
 @pytest.mark.parametrize("target, message", [
@@ -744,23 +746,23 @@ def test_a_digits_folder_is_checked_by_its_marker_where_the_digits_table_is_miss
     tmp_path, monkeypatch):
   """A board without scikit-learn's digits table cannot list the weights' training split: the
   folder's marker (split, split seed) decides instead of a traceback."""
-  train = data.write_digits_imagefolder(tmp_path / "train", split="train", limit=10)
-  test = data.write_digits_imagefolder(tmp_path / "test", split="test", limit=10)
+  train = digits.write_digits_imagefolder(tmp_path / "train", split="train", limit=10)
+  test = digits.write_digits_imagefolder(tmp_path / "test", split="test", limit=10)
   meta = {"dataset": "sklearn_digits", "split": {"seed": 0, "test_fraction": 0.2}}
 
   def missing(*args, **kw):
     raise ModuleNotFoundError("No module named 'sklearn'")
 
-  monkeypatch.setattr(data, "digits_split", missing)
-  data.check_digits_folder(str(test), meta, "W")
-  data.check_digits_folder(str(train), {"dataset": "other"}, "W")       # not digits weights
+  monkeypatch.setattr(digits, "digits_split", missing)
+  digits.check_digits_folder(str(test), meta, "W")
+  digits.check_digits_folder(str(train), {"dataset": "other"}, "W")       # not digits weights
   with pytest.raises(ValueError, match=re.escape(
       f"{train} holds the digits' train split of seed 0, and W were trained on the split of "
       "seed 0 (test fraction 0.2): some of its images are their training data")):
-    data.check_digits_folder(str(train), meta, "W")
+    digits.check_digits_folder(str(train), meta, "W")
   with pytest.raises(ValueError, match="holds the digits' test split of seed 0, and W were "
                                        "trained on the split of seed 1"):
-    data.check_digits_folder(str(test), {**meta, "split": {"seed": 1}}, "W")
+    digits.check_digits_folder(str(test), {**meta, "split": {"seed": 1}}, "W")
 
 
 def test_an_output_named_like_an_image_is_refused_inside_the_image_folder(tmp_path):

@@ -386,14 +386,14 @@ def test_a_digits_folder_of_the_weights_training_images_is_refused_on_the_board(
   """`run_deployed` and `vitprune.edge run` scored the bundled model on a `digits_images
   --split=train` folder (accuracy 1.0000, exit 0), which `estimate` refuses."""
   from experiments import common, run_deployed  # pylint: disable=g-import-not-at-top
-  from vitprune import checkpoint, data  # pylint: disable=g-import-not-at-top
+  from vitprune import checkpoint, digits  # pylint: disable=g-import-not-at-top
   cfg, params = checkpoint.load_weights(os.path.join(ROOT, "weights", "vit_digits"))
   meta = checkpoint.read_weights_config(os.path.join(ROOT, "weights", "vit_digits"))[1]
   art = deploy.export_artifact(str(tmp_path / "art"), cfg, params, batch_size=2,
-                               targets=["jax", "iree:host"], class_names=data.DIGITS_CLASSES,
+                               targets=["jax", "iree:host"], class_names=digits.DIGITS_CLASSES,
                                weights_source={"path": "weights/vit_digits", "meta": meta})
-  train = data.write_digits_imagefolder(tmp_path / "train", split="train", limit=10)
-  test = data.write_digits_imagefolder(tmp_path / "test", split="test", limit=10)
+  train = digits.write_digits_imagefolder(tmp_path / "train", split="train", limit=10)
+  test = digits.write_digits_imagefolder(tmp_path / "test", split="test", limit=10)
   said = (f"10 of the 10 digits in {train} are training images of the weights of {art} "
           "(digits split of seed 0, test fraction 0.2), so every score on them would be "
           "inflated: write that split's test images (digits_images --split=test "
@@ -563,7 +563,7 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   from vitprune import solve_stage  # pylint: disable=g-import-not-at-top
   from vitprune.records.estimate import read_estimate  # pylint: disable=g-import-not-at-top
   from vitprune.records.solution import read_solution, write_solution  # pylint: disable=g-import-not-at-top
-  from vitprune.data import write_digits_imagefolder  # pylint: disable=g-import-not-at-top
+  from vitprune.digits import write_digits_imagefolder  # pylint: disable=g-import-not-at-top
   kit_dir, cache = str(tmp_path / "kit"), str(tmp_path / "cache")
   grid = (17, 9)
   iree_build.build_kit(kit_dir, CFG, params, target="iree:host", grid=grid,

@@ -512,7 +512,7 @@ def test_load_eval_data_digits_balanced():
   d = estimate.load_eval_data("digits", num_images=30, seed=3)
   assert d.labelled and len(d.indices) == 30 and d.info["num_examples"] == 30
   assert np.bincount(d.dataset.labels[d.indices], minlength=10).tolist() == [3] * 10
-  from vitprune.data import digits_split
+  from vitprune.digits import digits_split
   assert set(d.indices) <= set(digits_split(0)[1])
   again = estimate.load_eval_data("digits", num_images=30, seed=3)
   assert again.info["fingerprint"] == d.info["fingerprint"]

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 
-from vitprune import atomic, checkpoint, data
+from vitprune import atomic, checkpoint, data, digits
 from vitprune.profile import records
 from vitprune.registry import get_config
 
@@ -321,9 +321,9 @@ def test_imagefolder_subset_of_classes_labelled_by_name(tmp_path):
   from vitprune.model import jitted_forward
   wdir = os.path.join(ROOT, "weights", "vit_digits")
   names = checkpoint.read_class_names(wdir)
-  assert names == data.DIGITS_CLASSES
+  assert names == digits.DIGITS_CLASSES
   cfg, params = checkpoint.load_weights(wdir)
-  root = data.write_digits_imagefolder(tmp_path / "d", split="test", limit=40)
+  root = digits.write_digits_imagefolder(tmp_path / "d", split="test", limit=40)
   for c in os.listdir(root):
     if c not in ("3", "5") and not c.startswith("."):
       shutil.rmtree(os.path.join(root, c))
@@ -346,11 +346,11 @@ def test_imagefolder_subset_of_classes_labelled_by_name(tmp_path):
 
 
 def test_imagefolder_unknown_class_name_is_a_clear_error(tmp_path):
-  root = data.write_digits_imagefolder(tmp_path / "d", split="test", limit=20)
+  root = digits.write_digits_imagefolder(tmp_path / "d", split="test", limit=20)
   os.rename(os.path.join(root, "7"), os.path.join(root, "seven"))
   with pytest.raises(ValueError, match=r"class folder\(s\) \['seven'\] in .* are not among the "
                                        r"model's class names \['0', '1'"):
-    data.ImageFolder(root, class_names=data.DIGITS_CLASSES)
+    data.ImageFolder(root, class_names=digits.DIGITS_CLASSES)
   with pytest.raises(ValueError, match="has 3 names but the model has 10 classes"):
     data.ImageFolder(root, class_names=["a", "b", "c"], num_classes=10)
   with pytest.raises(ValueError, match=r"repeats \['a'\]"):

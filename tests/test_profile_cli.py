@@ -193,7 +193,7 @@ def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys):
 
 def test_pipeline_on_image_folders(tmp_path):
   # The real-data path: PNG files through ImageFolder and the model's eval preprocessing.
-  from vitprune.data import write_digits_imagefolder
+  from vitprune.digits import write_digits_imagefolder
   labelled = write_digits_imagefolder(str(tmp_path / "digits"), split="test", limit=30)
   s = cli.main(_flags(f"--out_dir={tmp_path / 'a'}", *FAST, "--tokens=65,33",
          f"--data={labelled}", "--eval_batch_size=16"))

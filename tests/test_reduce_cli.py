@@ -119,7 +119,7 @@ def test_cli_default_prunes_the_embedded_model_on_digits(capsys):
 
 def test_load_images_matches_folder_labels_to_the_model_class_names(tmp_path):
   # Folders named after a subset of the classes: labels are the class indices, not folder order.
-  from vitprune.data import write_digits_imagefolder
+  from vitprune.digits import write_digits_imagefolder
   root = write_digits_imagefolder(str(tmp_path / "d"), split="test", limit=20)
   dirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
   keep = dirs[-2:]
@@ -137,7 +137,8 @@ def test_load_images_matches_folder_labels_to_the_model_class_names(tmp_path):
 def test_load_images_samples_a_larger_folder_class_balanced(tmp_path):
   """More images than the batch: a seeded class-balanced sample, said in words (the folder's
   first 10 files hold 3 of the 10 classes)."""
-  from vitprune.data import ImageFolder, write_digits_imagefolder
+  from vitprune.data import ImageFolder
+  from vitprune.digits import write_digits_imagefolder
   root = write_digits_imagefolder(str(tmp_path / "d"), split="test", limit=40)
   cfg = get_config("vit_digits")
   names = common.class_names(common.EMBEDDED_WEIGHTS)
@@ -167,7 +168,7 @@ def test_the_digits_follow_the_class_names_of_the_weights(tmp_path):
 def test_a_model_without_a_head_is_compared_by_features_on_any_images(tmp_path):
   """Features weights (convert --num_classes=0) failed on the digits ('labels must be -1
   (unknown) or nothing else') and on a class folder ('a folder with exactly 0 classes')."""
-  from vitprune.data import write_digits_imagefolder
+  from vitprune.digits import write_digits_imagefolder
   cfg = get_config("vit_digits").replace(num_classes=0)
   root = write_digits_imagefolder(str(tmp_path / "d"), split="test", limit=20)
   for images_dir, note in (("", "the first 8 test digits"),

@@ -10,7 +10,7 @@ import pytest
 from vitprune import checkpoint
 from vitprune import model
 from vitprune import train as td
-from vitprune.data import digits_preprocessing, digits_split
+from vitprune.digits import digits_preprocessing, digits_split
 from vitprune.registry import get_config
 
 vit_digits = get_config("vit_digits")

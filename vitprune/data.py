@@ -1,4 +1,4 @@
-"""Evaluation data: image folders, timm-exact eval preprocessing, batching and the bundled digits.
+"""Evaluation data: image folders, timm-exact eval preprocessing, batching, data identity.
 
 Everything here is host-side numpy/PIL; the outputs are NHWC float32 arrays ready for `jax.jit`.
 
@@ -11,23 +11,21 @@ Everything here is host-side numpy/PIL; the outputs are NHWC float32 arrays read
   order with a fixed batch shape: the last partial batch is padded (index -1, label -1, zero
   image) unless `drop_remainder=True`; `batch_valid_mask` / `pad_to_batch` give the mask.
 * `balanced_subset` draws a seeded class-balanced sample of indices.
-* The digits helpers expose scikit-learn's bundled 8x8 digits through the very same
-  `preprocess_image` path (as `ArrayDataset`), and can write them out as a real `ImageFolder`.
+* `ArrayDataset` serves in-memory images (the bundled digits, `vitprune.digits`) through the
+  very same `preprocess_image` path.
 * `dataset_fingerprint` / `dataset_info` identify the evaluated data for estimate files.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import hashlib
-import importlib.util
 import json
 import math
 import os
 import stat
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -55,12 +53,6 @@ if sorted(_PIL_FILTERS) != sorted(INTERPOLATIONS):
 # 32000000x32 pixels (GBs) before the crop. The bound is PIL's default decompression-bomb limit,
 # fixed here (raising or disabling PIL's own limit does not lift it).
 MAX_RESIZED_PIXELS = 1024 * 1024 * 1024 // 4 // 3
-
-DIGITS_CLASSES = tuple(str(d) for d in range(10))
-DIGITS_MARKER = ".vitprune-imagefolder.json"
-DIGITS_FORMAT = "vitprune-digits-imagefolder"
-is_digits_imagefolder = atomic.json_marker(DIGITS_MARKER, DIGITS_FORMAT)
-_SPLITS = ("train", "test", "all")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,7 +397,7 @@ def check_class_names(class_names, num_classes: Optional[int] = None,
   return names
 
 
-def _shown_names(names: Sequence[str]) -> List[str]:
+def shown_names(names: Sequence[str]) -> List[str]:
   """A model's class names for an error message (the first 20)."""
   return list(names) if len(names) <= 20 else list(names[:20]) + [f"... {len(names) - 20} more"]
 
@@ -417,7 +409,7 @@ def _label_index(root: str, folders: Tuple[str, ...], class_names: Optional[Tupl
     unknown = [f for f in folders if f not in class_names]
     if unknown:
       raise ValueError(f"class folder(s) {unknown} in {root!r} are not among the model's class "
-                       f"names {_shown_names(class_names)}")
+                       f"names {shown_names(class_names)}")
     return {f: class_names.index(f) for f in folders}
   if num_classes == 0:
     raise ValueError(f"{root!r} has class folders but the model has no classification head "
@@ -741,331 +733,6 @@ def balanced_subset(labels: Sequence[int], n: int, seed: int) -> np.ndarray:
   picked = [rng.choice(np.flatnonzero(labels == c), q, replace=False)
             for c, q in zip(classes, quota) if q]
   return np.sort(np.concatenate(picked)).astype(np.int64)
-
-
-# ----------------------------------------------------------------------------------------------
-# Bundled digits (scikit-learn `load_digits`).
-# ----------------------------------------------------------------------------------------------
-
-
-def load_digits_arrays() -> Tuple[np.ndarray, np.ndarray]:
-  """scikit-learn's bundled digits (no download) as 8-bit images.
-
-  Read straight from the CSV that ships inside scikit-learn (`datasets/data/digits.csv.gz`,
-  1797 rows of 64 pixels 0..16 + label), located without importing scikit-learn (importing
-  `sklearn.datasets` costs ~1.5 s per process); falls back to `sklearn.datasets.load_digits`
-  where that file is not found. Read once per process (copies are returned).
-
-  Returns:
-    `(images uint8 [1797, 8, 8] in 0..255, labels int32 [1797] in 0..9)`; the original 0..16
-    values are scaled by 255 / 16 and rounded.
-  """
-  pixels, labels = _digits_table()
-  images = np.round(pixels.reshape(-1, 8, 8) * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-  return images, labels.copy()
-
-
-@functools.lru_cache(maxsize=1)
-def _digits_table() -> Tuple[np.ndarray, np.ndarray]:
-  """`(pixels float64 [1797, 64] in 0..16, labels int32 [1797])` of the bundled digits."""
-  spec = importlib.util.find_spec("sklearn")
-  roots = list(spec.submodule_search_locations or ()) if spec else []
-  for root in roots:
-    path = os.path.join(root, "datasets", "data", "digits.csv.gz")
-    if os.path.isfile(path):
-      table = np.loadtxt(path, delimiter=",", dtype=np.float64)
-      if table.shape != (1797, 65):
-        raise ValueError(f"{path}: expected 1797 rows of 64 pixels + label, got shape "
-                         f"{table.shape}")
-      pixels, labels = table[:, :64], table[:, 64].astype(np.int32)
-      break
-  else:
-    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top  (fallback)
-    bunch = load_digits()
-    pixels, labels = bunch.data.astype(np.float64), bunch.target.astype(np.int32)
-  pixels.setflags(write=False)
-  labels.setflags(write=False)
-  return pixels, labels
-
-
-def stratified_split(labels: Sequence[int], *, seed: int = 0, test_fraction: float = 0.2
-                     ) -> Tuple[np.ndarray, np.ndarray]:
-  """Deterministic stratified split: `round(count_c * test_fraction)` test samples per class.
-
-  Returns:
-    `(train int64 [N - T], test int64 [T])`, each sorted.
-  """
-  if not 0.0 < test_fraction < 1.0:
-    raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-  labels = np.asarray(labels)
-  rng = np.random.default_rng(seed)
-  test = []
-  for c in np.unique(labels):
-    members = rng.permutation(np.flatnonzero(labels == c))
-    test.append(members[:int(round(len(members) * test_fraction))])
-  test_idx = np.sort(np.concatenate(test)).astype(np.int64)
-  train_idx = np.setdiff1d(np.arange(labels.size), test_idx).astype(np.int64)
-  return train_idx, test_idx
-
-
-def digits_split(seed: int = 0, test_fraction: float = 0.2) -> Tuple[np.ndarray, np.ndarray]:
-  """Deterministic stratified `(train, test)` index split of the digits (int64, sorted)."""
-  _, labels = load_digits_arrays()
-  return stratified_split(labels, seed=seed, test_fraction=test_fraction)
-
-
-def _split_indices(split: str, labels: np.ndarray, seed: int, test_fraction: float
-                   ) -> np.ndarray:
-  if split not in _SPLITS:
-    raise ValueError(f"unknown split {split!r}; expected one of {', '.join(_SPLITS)}")
-  if split == "all":
-    return np.arange(labels.size, dtype=np.int64)
-  train, test = stratified_split(labels, seed=seed, test_fraction=test_fraction)
-  return train if split == "train" else test
-
-
-def digits_preprocessing(img_size: int = 32) -> Preprocessing:
-  """Preprocessing of the embedded default model on digits (matches the `test_tiny_*` configs).
-
-  The 8x8 digits are upscaled to `img_size` with bicubic resampling through the regular
-  `preprocess_image` path (crop_pct 1.0, so the center crop is a no-op), replicated to 3
-  channels and normalised with mean = std = 0.5 (timm's Inception normalisation).
-  """
-  return Preprocessing(input_size=img_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                       crop_pct=1.0, interpolation="bicubic", channels=3)
-
-
-def digits_dataset() -> ArrayDataset:
-  """All 1797 digits as an `ArrayDataset` (classes '0'..'9')."""
-  images, labels = load_digits_arrays()
-  return ArrayDataset(images, labels, DIGITS_CLASSES)
-
-
-def digits_for_model(class_names: Optional[Sequence[str]] = None,
-                     num_classes: Optional[int] = None) -> ArrayDataset:
-  """`digits_dataset()` labelled by a model's outputs: by name where it records `class_names`
-  (digit '3' is the output named '3', wherever it is), else by position for a model of 10
-  classes. A model whose outputs are not the digits (names without them, or another number of
-  classes and no names: an ImageNet model) gets them unlabelled, with a warning: agreement and
-  KL only, never an accuracy against shifted labels. A model without a head (num_classes 0)
-  gets the digits as they are."""
-  ds = digits_dataset()
-  if class_names is None:
-    if not num_classes or num_classes == len(DIGITS_CLASSES):
-      return ds
-    why = f"it has {num_classes} classes and records no class names"
-  else:
-    names = check_class_names(class_names, num_classes)
-    missing = [c for c in DIGITS_CLASSES if c not in names]
-    if not missing:
-      if tuple(names) == DIGITS_CLASSES:
-        return ds
-      to_model = np.array([names.index(c) for c in DIGITS_CLASSES], np.int32)
-      return ArrayDataset(ds.images, to_model[ds.labels], tuple(names))
-    why = f"its class names {_shown_names(names)} lack the digits {missing}"
-  warnings.warn(f"the model's outputs are not the digits 0-9 ({why}): the digits are used "
-                "unlabelled, for agreement and KL with the unpruned model only", stacklevel=2)
-  return ArrayDataset(ds.images, np.full(len(ds.labels), -1, np.int32))
-
-
-def digits_folder_indices(root: str) -> set:
-  """The digits' indices of the images of a folder `write_digits_imagefolder` wrote
-  (`<class>/<idx>.png`; other files are not counted)."""
-  found = set()
-  for dirpath, _, files in os.walk(root):
-    if dirpath != root:
-      found.update(i for i in map(_digit_file_index, files) if i >= 0)
-  return found
-
-
-def _digit_file_index(name: str) -> int:
-  """The digit index a `write_digits_imagefolder` file name holds (`<idx>.png`, 4 digits), or
-  -1 for any other name."""
-  return int(name[:4]) if len(name) == 8 and name.endswith(".png") and name[:4].isdigit() else -1
-
-
-# An 8x8 digit image is a few hundred bytes in any format PIL writes losslessly; larger files
-# are not opened by the guard (a photo folder's headers stay unread).
-_MAX_DIGIT_FILE_BYTES = 1 << 16
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def digits_copied_into(root: str) -> set:
-  """The digits' indices of the images of `root` that are digits of the dataset, found by their
-  8x8 pixels (no two digits share them) among the files `ImageFolder` reads, whatever their
-  names (a renamed copy was missed): with class folders, images under `<class>/` (links
-  followed) whose class is that digit's label; without, images directly in `root` (a flat copy,
-  `cp dir/*/*.png flat/`, scored by agreement). Only regular files of at most 64 KiB whose
-  header says 8x8 are decoded; a grey image saved as RGB(A) counts by its grey values."""
-  if not os.path.isdir(root):          # (ImageFolder names a missing root)
-    return set()
-  images, labels = load_digits_arrays()
-  by_pixels = {im.tobytes(): i for i, im in enumerate(images)}
-  shape = images.shape[1:]
-  found = set()
-
-  def index_of(path: str) -> int:
-    try:
-      st = os.stat(path)
-      if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_DIGIT_FILE_BYTES:
-        return -1                     # (a FIFO blocked the open for ever; ImageFolder names it)
-      with open(path, "rb") as f:     # a PNG's size without PIL (~5x faster on a large folder)
-        head = f.read(24)
-      if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" and (
-          int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")) != \
-          shape[::-1]:
-        return -1
-      with Image.open(path) as img:
-        if img.size != shape[::-1]:   # (from the header: not decoded)
-          return -1
-        pixels = np.asarray(img)
-    except (OSError, ValueError):
-      return -1
-    if pixels.ndim == 3 and pixels.shape[2] in (3, 4) and all(
-        np.array_equal(pixels[..., 0], pixels[..., c]) for c in (1, 2)):
-      pixels = pixels[..., 0]
-    if pixels.shape != shape or pixels.dtype != images.dtype:
-      return -1
-    return by_pixels.get(pixels.tobytes(), -1)
-
-  def scan(folder: str, files, label: Optional[str]) -> None:
-    for n in files:
-      if not is_image_file(n):        # (what ImageFolder reads)
-        continue
-      i = index_of(os.path.join(folder, n))
-      if i >= 0 and (label is None or DIGITS_CLASSES[labels[i]] == label):
-        found.add(i)
-
-  classes = find_classes(root)
-  if not classes:                                      # ImageFolder's flat mode: root alone
-    with os.scandir(root) as it:
-      scan(root, sorted(e.name for e in it), None)
-    return found
-  for dirpath, dirnames, files in atomic.walk_following_links(root):   # (loops: ImageFolder's)
-    dirnames[:] = [d for d in dirnames if not d.startswith(".")]   # unread, as ImageFolder
-    rel = os.path.relpath(dirpath, root)
-    label = rel.split(os.sep)[0]
-    if rel != os.curdir and label in DIGITS_CLASSES:   # (root files: not read beside classes)
-      scan(dirpath, files, label)
-  return found
-
-
-def _read_marker(folder: str) -> Dict:
-  """The DIGITS_MARKER of a digits folder ({} where it cannot be read)."""
-  try:
-    with open(os.path.join(folder, DIGITS_MARKER)) as f:
-      doc = json.load(f)
-  except (OSError, ValueError):
-    return {}
-  return doc if isinstance(doc, dict) else {}
-
-
-def digits_training_split(meta: Any) -> Optional[Tuple[int, float]]:
-  """(split seed, test fraction) of weights trained on the digits, from their `meta` as
-  `train_digits` records it (dataset and split); None for other weights."""
-  split = (meta.get("split") if isinstance(meta, dict)
-           and meta.get("dataset") == "sklearn_digits" else None)
-  if not isinstance(split, dict):
-    return None
-  return split.get("seed", 0), split.get("test_fraction", 0.2)
-
-
-def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
-  """ValueError when `folder` was written by `write_digits_imagefolder` (`digits_images`) and
-  the weights (`whose`, named in the message; `meta` as `train_digits` records it) were trained
-  on some of its images: every score on them would be inflated."""
-  trained = digits_training_split(meta)
-  if trained is None:
-    return
-  seed, fraction = trained
-  hint = (f": write that split's test images (digits_images --split=test --split_seed={seed})"
-          if fraction == 0.2 else "")
-  if is_digits_imagefolder(folder):
-    found = digits_folder_indices(folder)
-  else:           # a copy without the hidden marker (`cp -r dir/*`): the digits it still holds
-    try:
-      found = digits_copied_into(folder)
-    except ImportError:
-      return
-  try:
-    seen = found & set(digits_split(seed, fraction)[0].tolist())
-  except ImportError:       # a board without scikit-learn's table: what the marker says it holds
-    marker = _read_marker(folder)
-    if (marker.get("split"), marker.get("split_seed", 0), fraction) != ("test", seed, 0.2):
-      raise ValueError(f"{folder} holds the digits' {marker.get('split')} split of seed "
-                       f"{marker.get('split_seed', 0)}, and {whose} were trained on the split "
-                       f"of seed {seed} (test fraction {fraction}): some of its images are "
-                       f"their training data, so every score would be inflated{hint}") from None
-    return
-  if seen:
-    raise ValueError(f"{len(seen)} of the {len(found)} digits in {folder} are training images "
-                     f"of {whose} (digits split of seed {seed}, test fraction {fraction}), so "
-                     f"every score on them would be inflated{hint}")
-
-
-def digits_batches(split: str = "test", batch_size: int = 64, *,
-                   prep: Optional[Preprocessing] = None, seed: int = 0,
-                   test_fraction: float = 0.2, limit: Optional[int] = None,
-                   drop_remainder: bool = False, pad_remainder: bool = True,
-                   num_workers: int = 0) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """`iterate_batches` over a digits split ('train' | 'test' | 'all').
-
-  Args:
-    split: which part of `digits_split(seed, test_fraction)`.
-    prep: defaults to `digits_preprocessing()` (32x32, 3 channels).
-    limit: if set, a `balanced_subset` of that many samples of the split (same `seed`).
-    Other args: as `iterate_batches`.
-
-  Yields:
-    `(images [B, S, S, C] float32, labels [B] int32, indices [B] int64)`; indices refer to the
-    full 1797-image array (`load_digits_arrays`), -1 for padding.
-  """
-  ds = digits_dataset()
-  idx = _split_indices(split, ds.labels, seed, test_fraction)
-  if limit is not None:
-    idx = idx[balanced_subset(ds.labels[idx], limit, seed)]
-  return iterate_batches(ds, prep or digits_preprocessing(), batch_size, indices=idx,
-                         drop_remainder=drop_remainder, pad_remainder=pad_remainder,
-                         num_workers=num_workers)
-
-
-def write_digits_imagefolder(root: Union[str, os.PathLike], split: str = "test",
-                             limit: Optional[int] = None, *, seed: int = 0,
-                             test_fraction: float = 0.2, overwrite: bool = False,
-                             split_seed: int = 0) -> str:
-  """Materialises digits as 8x8 grayscale PNGs in an ImageFolder layout `root/<class>/<idx>.png`.
-
-  `<idx>` is the index into `load_digits_arrays()`, zero-padded to 4 digits so that file order
-  is index order. The folder is written into a temporary sibling directory and renamed into
-  place, so `root` either does not exist or is complete. A hidden marker file
-  (`.vitprune-imagefolder.json`, ignored by `ImageFolder`) lets `overwrite=True` replace a
-  folder written here, and only such a folder.
-
-  Args:
-    root: target directory; must not exist (or be empty) unless `overwrite=True`.
-    split: 'train' | 'test' | 'all' (see `digits_split(split_seed)`: seed 0 is the split of
-      `--data=digits` and of the bundled model's training).
-    limit: if set, only a `balanced_subset` of that many images of the split, drawn with `seed`
-      (as `estimate --num_images --seed` draws it).
-
-  Returns:
-    The absolute path of `root`.
-  """
-  root = os.path.abspath(os.fspath(root))
-  images, labels = load_digits_arrays()
-  idx = _split_indices(split, labels, split_seed, test_fraction)
-  if limit is not None:
-    idx = idx[balanced_subset(labels[idx], limit, seed)]
-  with atomic.staged_dir(root, overwrite=overwrite, is_ours=is_digits_imagefolder) as tmp:
-    atomic.write_json(os.path.join(tmp, DIGITS_MARKER), {"format": DIGITS_FORMAT,
-                                                         "split": split, "seed": seed,
-                                                         "split_seed": split_seed})
-    for c in np.unique(labels[idx]):
-      os.makedirs(os.path.join(tmp, DIGITS_CLASSES[c]))
-    for i in idx:
-      path = os.path.join(tmp, DIGITS_CLASSES[labels[i]], f"{i:04d}.png")
-      Image.fromarray(np.ascontiguousarray(images[i])).save(path, format="PNG")
-  return root
 
 
 # ----------------------------------------------------------------------------------------------

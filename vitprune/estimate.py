@@ -37,6 +37,7 @@ import jaxlib
 import numpy as np
 
 from vitprune import data as data_lib
+from vitprune import digits as digits_lib
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune.config import ViTConfig
@@ -477,17 +478,17 @@ def load_eval_data(spec: str, *, num_images: Optional[int] = None, seed: int = 0
   `num_images` (class-balanced when labelled). Folder labels follow the model's `class_names`
   by name (a subset of the classes works); without names the folders must be exactly
   `num_classes` (else a clear error instead of silently shifted labels); so do the digits'
-  (`data.digits_for_model`)."""
+  (`digits.digits_for_model`)."""
   if spec == "digits":
-    ds = data_lib.digits_for_model(class_names, num_classes)
+    ds = digits_lib.digits_for_model(class_names, num_classes)
     if split not in ("train", "test", "all"):
       raise ValueError(f"unknown digits split {split!r}; expected train, test or all")
     if split == "all":
       base = np.arange(len(ds), dtype=np.int64)
     else:
-      train, test = data_lib.digits_split(split_seed)
+      train, test = digits_lib.digits_split(split_seed)
       base = train if split == "train" else test
-    digits = data_lib.digits_dataset().labels     # (the subset: the same images, whatever
+    digits = digits_lib.digits_dataset().labels     # (the subset: the same images, whatever
     idx = base[subset_indices(digits[base], True, num_images, seed)]   # the model names them)
     info = data_lib.dataset_info(ds, idx, name="sklearn_digits").to_dict()
     info["selection"] = {"split": split, "split_seed": split_seed, "num_images": num_images,

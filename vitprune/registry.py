@@ -58,7 +58,7 @@ def _build() -> Dict[str, ViTConfig]:
                            dist_token=True, **tiny))
   entries.append(ViTConfig(name="test_tiny_dinov2_reg", img_size=32, patch_size=8,
                            num_reg_tokens=2, no_embed_class=True, layerscale=True, **tiny))
-  # The embedded default: sklearn's 8x8 digits upscaled to 32x32 (vitprune.data.digits_*), 4x4
+  # The embedded default: sklearn's 8x8 digits upscaled to 32x32 (vitprune.digits), 4x4
   # patches -> 64 patches + cls = 65 tokens; six blocks, so the paper's default reduction at block
   # index 3 leaves two blocks after it. Trained weights: weights/vit_digits/
   # (experiments/train_digits.py).

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from vitprune import data
+from vitprune import digits
 from vitprune import model
 from vitprune.config import ViTConfig
 
@@ -84,7 +85,7 @@ def load_split(split: str, cfg: ViTConfig, *, seed: int = 0, test_fraction: floa
     `(images float32 [N, S, S, 3], labels int32 [N])` in split order.
   """
   imgs, labels = [], []
-  for x, y, idx in data.digits_batches(split, 256, prep=cfg.preprocessing, seed=seed,
+  for x, y, idx in digits.digits_batches(split, 256, prep=cfg.preprocessing, seed=seed,
                                        test_fraction=test_fraction):
     valid = data.batch_valid_mask(idx)
     imgs.append(x[valid])

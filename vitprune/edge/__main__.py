@@ -28,8 +28,8 @@ import numpy as np
 
 from vitprune import atomic
 from vitprune import console
-from vitprune.data import (ImageFolder, check_digits_folder, check_not_read_as_an_image,
-                           iterate_batches)
+from vitprune.data import ImageFolder, check_not_read_as_an_image, iterate_batches
+from vitprune.digits import check_digits_folder
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime
 from vitprune.edge.targets import EdgeError, describe_runtime
