@@ -420,6 +420,11 @@ def test_weights_trained_on_another_digits_split_are_not_scored_on_the_bundled_o
     common.check_digits_split(str(tmp_path / "w1"), "digits")
 
 
+def _indices_by_name(root: str) -> set:
+  """The digits' indices a `digits_images` folder's file names hold (`<class>/<idx>.png`)."""
+  return {int(os.path.basename(p)[:4]) for p in glob.glob(os.path.join(root, "*", "*.png"))}
+
+
 def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_path, capsys):
   """`digits_images` folders took no split check: weights of `--split_seed=1` scored on the
   bundled test split written as a folder (288 of 359 their training images), or the bundled
@@ -441,11 +446,11 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
                           [f"--out={folders[name]}"] + argv)
   assert capsys.readouterr().out.splitlines()[1] == (f"wrote 359 digits (test split of seed 1) "
                                                      f"to {folders['test1']}")
-  assert digits.digits_folder_indices(folders["test1"]) == set(
+  assert _indices_by_name(folders["test1"]) == set(
       digits.digits_split(1)[1].tolist())
   common.check_digits_split(w1, folders["test1"])                  # its own test split
   common.check_digits_split(common.EMBEDDED_WEIGHTS, folders["test0"])
-  leaked = len(digits.digits_folder_indices(folders["test0"]) & set(
+  leaked = len(_indices_by_name(folders["test0"]) & set(
       digits.digits_split(1)[0].tolist()))
   assert leaked > 250
   with pytest.raises(ValueError, match=re.escape(
@@ -464,14 +469,14 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
   copy = tmp_path / "copy"
   shutil.copytree(folders["test0"], copy)
   os.remove(copy / digits.DIGITS_MARKER)
-  train1 = sorted(digits.digits_folder_indices(folders["test0"]) & set(
+  train1 = sorted(_indices_by_name(folders["test0"]) & set(
       digits.digits_split(1)[0].tolist()))
   first, second = (f"{i:04d}.png" for i in train1[:2])
   label = digits.DIGITS_CLASSES[digits.load_digits_arrays()[1][train1[0]]]
   Image.fromarray(np.zeros((8, 8), np.uint8)).save(copy / label / first)    # not that digit
   other = digits.DIGITS_CLASSES[digits.load_digits_arrays()[1][train1[1]]]
   os.rename(copy / other / second, copy / ("1" if other != "1" else "2") / second)
-  assert digits.digits_copied_into(str(copy)) == digits.digits_folder_indices(
+  assert digits.digits_copied_into(str(copy)) == _indices_by_name(
       folders["test0"]) - {train1[0], train1[1]}
   with pytest.raises(ValueError, match=f"^{leaked - 2} of the 357 digits in {copy} are "
                                        "training images of --weights="):
@@ -486,7 +491,7 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
   os.symlink(nested, nested / "0" / "sub" / "loop")
   os.rename(nested / "9", tmp_path / "nine")
   os.symlink(tmp_path / "nine", nested / "9")
-  assert digits.digits_copied_into(str(nested)) == digits.digits_folder_indices(folders["test0"])
+  assert digits.digits_copied_into(str(nested)) == _indices_by_name(folders["test0"])
   hidden = tmp_path / "hidden"         # ImageFolder reads no hidden folder: nor does the check
   shutil.copytree(os.path.join(folders["test0"], "3"), hidden / "3" / ".trash")
   assert digits.digits_copied_into(str(hidden)) == set()
@@ -498,7 +503,7 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
   for png in pngs:
     shutil.copy(png, flat)
   os.mkfifo(flat / "0005.png")                 # never opened (it blocked the check for ever)
-  assert digits.digits_copied_into(str(flat)) == digits.digits_folder_indices(folders["train0"])
+  assert digits.digits_copied_into(str(flat)) == _indices_by_name(folders["train0"])
   with pytest.raises(ValueError, match=r"^30 of the 30 digits in .*flat are training images "
                                        r"of the embedded weights"):
     common.check_digits_split(common.EMBEDDED_WEIGHTS, str(flat))
@@ -516,7 +521,7 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
         img.convert("RGB").save(renamed / f"img_{k}.tiff", format="TIFF")
   shutil.move(str(renamed / "img_0.png"), renamed / ".img_0.png")
   first_index = int(os.path.basename(pngs[0])[:4])                     # (the hidden one)
-  assert digits.digits_copied_into(str(renamed)) == digits.digits_folder_indices(
+  assert digits.digits_copied_into(str(renamed)) == _indices_by_name(
       folders["train0"]) - {first_index}
   with pytest.raises(ValueError, match=r"^29 of the 29 digits in .*renamed are training images"):
     common.check_digits_split(common.EMBEDDED_WEIGHTS, str(renamed))
@@ -526,7 +531,7 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
   os.remove(beside / digits.DIGITS_MARKER)
   for png in pngs:
     shutil.copy(png, beside)
-  assert digits.digits_copied_into(str(beside)) == digits.digits_folder_indices(folders["test0"])
+  assert digits.digits_copied_into(str(beside)) == _indices_by_name(folders["test0"])
   common.check_digits_split(common.EMBEDDED_WEIGHTS, str(beside))
   with pytest.raises(SystemExit) as e:
     common.run_in_process(estimate_cli.main, estimate_cli.define_flags, [
@@ -534,6 +539,34 @@ def test_a_digits_folder_holding_training_images_of_the_weights_is_refused(tmp_p
         f"--out_dir={tmp_path / 'e'}"])
   assert e.value.code == 1 and not (tmp_path / "e").exists()
   assert "are training images of --weights=" in capsys.readouterr().err
+
+
+def test_training_digits_added_to_a_digits_images_folder_are_found_by_their_pixels(tmp_path):
+  """A `digits_images` folder (marker and inventory kept) was judged by its file names: a
+  training digit copied in as `3/extra.png`, or over a test file, scored 1.0 (41/41); a grey
+  training digit saved as LA (grey + alpha) was not recognised in any folder."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from vitprune import digits  # pylint: disable=g-import-not-at-top
+  test = digits.write_digits_imagefolder(str(tmp_path / "test"), "test", limit=40)
+  train_index = int(digits.digits_split(0)[0][0])
+  label = digits.DIGITS_CLASSES[digits.load_digits_arrays()[1][train_index]]
+  train_digit = Image.fromarray(digits.load_digits_arrays()[0][train_index])
+  common.check_digits_split(common.EMBEDDED_WEIGHTS, test)          # its own test split: fine
+  added = tmp_path / "added"
+  shutil.copytree(test, added)                                      # (marker and inventory)
+  train_digit.save(added / label / "extra.png")
+  over = tmp_path / "over"
+  shutil.copytree(test, over)
+  train_digit.save(over / label / sorted(os.listdir(over / label))[0])
+  grey_alpha = tmp_path / "la"
+  shutil.copytree(test, grey_alpha)
+  train_digit.convert("LA").save(grey_alpha / label / "extra.png")
+  for folder, found in ((added, 41), (over, 40), (grey_alpha, 41)):
+    assert train_index in digits.digits_copied_into(str(folder))
+    with pytest.raises(ValueError, match=re.escape(
+        f"1 of the {found} digits in {folder} are training images of the embedded weights")):
+      common.check_digits_split(common.EMBEDDED_WEIGHTS, str(folder))
 
 
 def test_an_explicit_model_of_the_default_name_must_match_the_weights(tmp_path):

@@ -754,7 +754,9 @@ def test_a_digits_folder_is_checked_by_its_marker_where_the_digits_table_is_miss
     raise ModuleNotFoundError("No module named 'sklearn'")
 
   monkeypatch.setattr(digits, "digits_split", missing)
+  monkeypatch.setattr(digits, "load_digits_arrays", missing)      # (no pixels to compare)
   digits.check_digits_folder(str(test), meta, "W")
+  digits.check_digits_folder(str(tmp_path), meta, "W")     # no marker: nothing to judge it by
   digits.check_digits_folder(str(train), {"dataset": "other"}, "W")       # not digits weights
   with pytest.raises(ValueError, match=re.escape(
       f"{train} holds the digits' train split of seed 0, and W were trained on the split of "

@@ -25,8 +25,8 @@ from PIL import Image
 
 from vitprune import atomic
 from vitprune.config import Preprocessing
-from vitprune.data import (ArrayDataset, balanced_subset, check_class_names, find_classes,
-                           is_image_file, iterate_batches, shown_names)
+from vitprune.data import (ArrayDataset, balanced_subset, check_8bit, check_class_names,
+                           find_classes, is_image_file, iterate_batches, shown_names)
 
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
 DIGITS_MARKER = ".vitprune-imagefolder.json"
@@ -155,22 +155,6 @@ def digits_for_model(class_names: Optional[Sequence[str]] = None,
   return ArrayDataset(ds.images, np.full(len(ds.labels), -1, np.int32))
 
 
-def digits_folder_indices(root: str) -> set:
-  """The digits' indices of the images of a folder `write_digits_imagefolder` wrote
-  (`<class>/<idx>.png`; other files are not counted)."""
-  found = set()
-  for dirpath, _, files in os.walk(root):
-    if dirpath != root:
-      found.update(i for i in map(_digit_file_index, files) if i >= 0)
-  return found
-
-
-def _digit_file_index(name: str) -> int:
-  """The digit index a `write_digits_imagefolder` file name holds (`<idx>.png`, 4 digits), or
-  -1 for any other name."""
-  return int(name[:4]) if len(name) == 8 and name.endswith(".png") and name[:4].isdigit() else -1
-
-
 # An 8x8 digit image is a few hundred bytes in any format PIL writes losslessly; larger files
 # are not opened by the guard (a photo folder's headers stay unread).
 _MAX_DIGIT_FILE_BYTES = 1 << 16
@@ -183,7 +167,8 @@ def digits_copied_into(root: str) -> set:
   names (a renamed copy was missed): with class folders, images under `<class>/` (links
   followed) whose class is that digit's label; without, images directly in `root` (a flat copy,
   `cp dir/*/*.png flat/`, scored by agreement). Only regular files of at most 64 KiB whose
-  header says 8x8 are decoded; a grey image saved as RGB(A) counts by its grey values."""
+  header says 8x8 are decoded, to RGB as `ImageFolder` reads them (a grey image saved as LA,
+  RGB(A) or with a palette counts by its grey values)."""
   if not os.path.isdir(root):          # (ImageFolder names a missing root)
     return set()
   images, labels = load_digits_arrays()
@@ -205,15 +190,12 @@ def digits_copied_into(root: str) -> set:
       with Image.open(path) as img:
         if img.size != shape[::-1]:   # (from the header: not decoded)
           return -1
-        pixels = np.asarray(img)
+        rgb = np.asarray(check_8bit(img).convert("RGB"))   # what the model is shown (LA: missed)
     except (OSError, ValueError):
       return -1
-    if pixels.ndim == 3 and pixels.shape[2] in (3, 4) and all(
-        np.array_equal(pixels[..., 0], pixels[..., c]) for c in (1, 2)):
-      pixels = pixels[..., 0]
-    if pixels.shape != shape or pixels.dtype != images.dtype:
+    if not all(np.array_equal(rgb[..., 0], rgb[..., c]) for c in (1, 2)):
       return -1
-    return by_pixels.get(pixels.tobytes(), -1)
+    return by_pixels.get(rgb[..., 0].tobytes(), -1)
 
   def scan(folder: str, files, label: Optional[str]) -> None:
     for n in files:
@@ -258,25 +240,23 @@ def digits_training_split(meta: Any) -> Optional[Tuple[int, float]]:
 
 
 def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
-  """ValueError when `folder` was written by `write_digits_imagefolder` (`digits_images`) and
-  the weights (`whose`, named in the message; `meta` as `train_digits` records it) were trained
-  on some of its images: every score on them would be inflated."""
+  """ValueError when `folder` holds digits (by their pixels, `digits_copied_into`, whatever
+  their names, marker or inventory: a training digit copied into a `digits_images` folder kept
+  its marker) that the weights (`whose`, named in the message; `meta` as `train_digits` records
+  it) were trained on: every score on them would be inflated. Without scikit-learn's table (a
+  board), a `digits_images` folder is judged by the split its marker records."""
   trained = digits_training_split(meta)
   if trained is None:
     return
   seed, fraction = trained
   hint = (f": write that split's test images (digits_images --split=test --split_seed={seed})"
           if fraction == 0.2 else "")
-  if is_digits_imagefolder(folder):
-    found = digits_folder_indices(folder)
-  else:           # a copy without the hidden marker (`cp -r dir/*`): the digits it still holds
-    try:
-      found = digits_copied_into(folder)
-    except ImportError:
-      return
   try:
+    found = digits_copied_into(folder)
     seen = found & set(digits_split(seed, fraction)[0].tolist())
   except ImportError:       # a board without scikit-learn's table: what the marker says it holds
+    if not is_digits_imagefolder(folder):
+      return
     marker = _read_marker(folder)
     if (marker.get("split"), marker.get("split_seed", 0), fraction) != ("test", seed, 0.2):
       raise ValueError(f"{folder} holds the digits' {marker.get('split')} split of seed "
