@@ -202,6 +202,51 @@ def test_a_signal_while_a_file_set_rolls_forward_finishes_it(tmp_path, monkeypat
   assert cli_console.interrupt_exit()[0] == f"terminated (after writing {tmp_path}/a\\nb\\x1b)"
 
 
+def test_a_second_signal_during_the_cleanup_of_an_interrupted_write_is_held(
+    tmp_path, monkeypatch, cli_console):
+  """Ctrl-C, then SIGTERM while the staged folder was being removed (deploy, 4 of 4 probe runs):
+  the second signal cut the removal short and left the hidden folder. A signal while waiting
+  for a writers' lock left the lock file it had made."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  rmtree = shutil.rmtree
+
+  def second_signal_then_rmtree(*args, **kwargs):
+    cli_console._record_interrupt(signal.SIGTERM, None)
+    rmtree(*args, **kwargs)
+  monkeypatch.setattr(shutil, "rmtree", second_signal_then_rmtree)
+  with pytest.raises(KeyboardInterrupt):
+    with atomic.staged_dir(str(tmp_path / "art"), overwrite=False) as tmp:
+      open(os.path.join(tmp, "params"), "w").close()
+      cli_console._record_interrupt(signal.SIGINT, None)    # (the first: raised here)
+  assert os.listdir(tmp_path) == []
+  assert cli_console.interrupt_exit() == ("terminated", 143)      # (the later one is said)
+  monkeypatch.setattr(cli_console, "_interrupted", False)
+  monkeypatch.setattr(cli_console, "_terminated", False)
+
+  def interrupted_flock(fd, op):
+    cli_console._record_interrupt(signal.SIGINT, None)
+  monkeypatch.setattr(atomic.fcntl, "flock", interrupted_flock)
+  with pytest.raises(KeyboardInterrupt):
+    with atomic.locked(str(tmp_path / "e.json")):
+      pass
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_inside_a_staged_folder_names_the_output_not_the_temporary(tmp_path):
+  """The main job on a full disk said '... while writing /x/.pipe.tmp-27685-aiprd341/profile/
+  p.json', a hidden folder already removed; the output is named where the file was going."""
+  import errno  # pylint: disable=g-import-not-at-top
+  target = str(tmp_path / "pipe")
+  for make in (lambda f: OSError(errno.ENOSPC, f"No space left on device while writing {f}"),
+               lambda f: OSError(errno.ENOSPC, "No space left on device", f)):
+    with pytest.raises(OSError) as e:
+      with atomic.staged_dir(target, overwrite=False) as tmp:
+        raise make(os.path.join(tmp, "profile", "p.json"))
+    assert os.path.join(target, "profile", "p.json") in str(e.value)
+    assert ".tmp-" not in str(e.value) and os.listdir(tmp_path) == []
+
+
 def test_replace_json_without_overwrite_refuses_a_file_made_meanwhile(tmp_path, monkeypatch):
   """Two estimates with the same --out_name and no --overwrite: both passed the up-front check
   and the second replaced the first. The check is made again under the writers' lock."""

@@ -273,6 +273,28 @@ def test_a_failed_late_stage_keeps_what_was_measured(tmp_path, capsys, monkeypat
       "sensitivity")
 
 
+def test_measurements_that_cannot_be_kept_leave_no_partial_folder(tmp_path, capsys,
+                                                                   monkeypatch):
+  """On a full disk the kept `<out_dir>.partial-XXXX/` was left half-written (an empty
+  profile/), one more per run; it is staged and published whole, or not at all."""
+  import errno  # pylint: disable=g-import-not-at-top
+
+  def broken(*args, **kwargs):
+    raise ValueError("verify broke")
+
+  def full(path, *args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device", path)
+  monkeypatch.setattr(pipeline, "_verify", broken)
+  monkeypatch.setattr(pipeline, "write_estimate", full)
+  with pytest.raises(ValueError, match="verify broke"):
+    cli.main(_flags(f"--out_dir={tmp_path / 'run'}", *FAST, "--tokens=65,33,17",
+                    "--num_images=40", "--eval_batch_size=20"))
+  assert os.listdir(tmp_path) == []
+  out = capsys.readouterr().out
+  assert "could not keep the profile and estimate measured so far: [Errno 28] No space left " \
+         f"on device: '{tmp_path}/run.partial-" in out and ".tmp-" not in out
+
+
 def test_pipeline_refinement_without_a_floor(tmp_path, capsys):
   """A latency budget: the refinement chooses on measured accuracy, no floor to check in the
   loop (the in-loop timing is for floors only)."""

@@ -49,12 +49,22 @@ def _phase(name: str) -> None:
 NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)   # a full disk, file-size limit or quota
 
 
-def _named(e: BaseException, path: str) -> BaseException:
+def _named(e: BaseException, path: str, staging: Optional[str] = None) -> BaseException:
   """A full disk or file-size limit hit while writing `path`, as an OSError naming it (the
-  write call's own error names no file: '[Errno 28] No space left on device'); `e` otherwise."""
-  if (isinstance(e, OSError) and e.errno in NO_ROOM and not e.filename
-      and " while writing " not in str(e.strerror)):
-    return OSError(e.errno, f"{e.strerror} while writing {path}")
+  write call's own error names no file: '[Errno 28] No space left on device'); `e` otherwise.
+  `staging`: the hidden folder `path` was being staged in; a file named inside it is named
+  where it was going (the temporary is gone by the time the error is read)."""
+  if not (isinstance(e, OSError) and e.errno in NO_ROOM):
+    return e
+  text, filename = str(e.strerror), e.filename
+  if staging:
+    inside = f" while writing {staging}{os.sep}"
+    if inside in text:
+      return OSError(e.errno, text.replace(inside, f" while writing {path}{os.sep}", 1))
+    if isinstance(filename, str) and filename.startswith(staging + os.sep):
+      return OSError(e.errno, text, path + filename[len(staging):])
+  if not filename and " while writing " not in text:
+    return OSError(e.errno, f"{text} while writing {path}")
   return e
 
 
@@ -554,8 +564,9 @@ def write_bytes(path: str, data: bytes) -> str:
     _before_publish()
     os.replace(tmp, path)
   except BaseException as e:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+    with console.interrupts_held(raise_after=False):
+      if os.path.exists(tmp):
+        os.unlink(tmp)
     named = _named(e, path)
     if named is e:
       raise
@@ -694,8 +705,9 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
         _publish_replacing(tmp, path, is_ours)
       console.wrote(path)
   except BaseException as e:
-    shutil.rmtree(tmp, ignore_errors=True)
-    named = _named(e, path)
+    with console.interrupts_held(raise_after=False):   # (a second signal left the folder)
+      shutil.rmtree(tmp, ignore_errors=True)
+    named = _named(e, path, staging=tmp)
     if named is e:
       raise
     raise named from None
@@ -755,7 +767,8 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
       _roll_forward(commit, directory)
       console.wrote(os.path.join(directory, names[-1]))
   except BaseException as e:
-    shutil.rmtree(tmp, ignore_errors=True)          # (gone once committed)
+    with console.interrupts_held(raise_after=False):
+      shutil.rmtree(tmp, ignore_errors=True)        # (gone once committed)
     named = _named(e, os.path.join(directory, key))
     if named is e:
       raise
@@ -780,15 +793,24 @@ def locked(path: str) -> Iterator[None]:
         same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
       except FileNotFoundError:
         same = False
-    except BaseException:
-      os.close(fd)
+    except BaseException:      # (Ctrl-C while waiting: the lock file it made was left)
+      with console.interrupts_held(raise_after=False):
+        os.close(fd)
+        _remove_unheld_lock(path)
       raise
     if same:
       break
     os.close(fd)
-  try:
-    yield
-  finally:
+  def release() -> None:
     with contextlib.suppress(FileNotFoundError):
       os.unlink(lock_path)
     os.close(fd)
+
+  try:
+    yield
+  except BaseException:
+    with console.interrupts_held(raise_after=False):   # (a signal here left the lock file)
+      release()
+    raise
+  with console.interrupts_held():
+    release()

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
+import secrets
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -488,15 +488,14 @@ def keep_measured(out_dir: str, spec: PipelineSpec, profile: records.Profile,
                   estimate: Estimate, log: Callable[[str], None] = print) -> Optional[str]:
   """After a later stage failed: the profile and the estimate (minutes of measurement) written
   to a new sibling `<out_dir>.partial-XXXX/` ({profile,estimate}/, as in an output directory)
-  -> its path; None (logged) when even that cannot be written. `out_dir` is left as it was."""
-  out_dir = os.path.abspath(out_dir)
+  -> its path; None (logged) when even that cannot be written: staged and published whole, so
+  it leaves nothing then (a full disk left a half-written folder per run). `out_dir` is left as
+  it was."""
+  kept = f"{os.path.abspath(out_dir)}.partial-{secrets.token_hex(4)}"
   try:
-    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    kept = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".partial-",
-                            dir=os.path.dirname(out_dir))
-    os.chmod(kept, 0o755)
-    runner.write_outputs(profile, os.path.join(kept, "profile"))
-    write_estimate(os.path.join(kept, "estimate", _estimate_name(spec, estimate)), estimate)
+    with atomic.staged_dir(kept, overwrite=False) as tmp:
+      runner.write_outputs(profile, os.path.join(tmp, "profile"))
+      write_estimate(os.path.join(tmp, "estimate", _estimate_name(spec, estimate)), estimate)
     return kept
   except (OSError, ValueError) as e:
     log(f"could not keep the profile and estimate measured so far: {e}")
