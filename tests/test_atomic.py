@@ -245,6 +245,11 @@ def test_a_full_disk_inside_a_staged_folder_names_the_output_not_the_temporary(t
         raise make(os.path.join(tmp, "profile", "p.json"))
     assert os.path.join(target, "profile", "p.json") in str(e.value)
     assert ".tmp-" not in str(e.value) and os.listdir(tmp_path) == []
+    with pytest.raises(OSError) as e:                  # (a file set: the profile's, a solution's)
+      with atomic.staged_files(str(tmp_path), "p", ["p.csv", "p.json"]) as tmp:
+        raise make(os.path.join(tmp, "p.csv"))
+    assert str(tmp_path / "p.csv") in str(e.value) and ".tmp-" not in str(e.value)
+    assert os.listdir(tmp_path) == []
 
 
 def test_replace_json_without_overwrite_refuses_a_file_made_meanwhile(tmp_path, monkeypatch):

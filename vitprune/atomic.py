@@ -49,22 +49,25 @@ def _phase(name: str) -> None:
 NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)   # a full disk, file-size limit or quota
 
 
-def _named(e: BaseException, path: str, staging: Optional[str] = None) -> BaseException:
+def _named(e: BaseException, path: str) -> BaseException:
   """A full disk or file-size limit hit while writing `path`, as an OSError naming it (the
-  write call's own error names no file: '[Errno 28] No space left on device'); `e` otherwise.
-  `staging`: the hidden folder `path` was being staged in; a file named inside it is named
-  where it was going (the temporary is gone by the time the error is read)."""
+  write call's own error names no file: '[Errno 28] No space left on device'); `e` otherwise."""
+  if (isinstance(e, OSError) and e.errno in NO_ROOM and not e.filename
+      and " while writing " not in str(e.strerror)):
+    return OSError(e.errno, f"{e.strerror} while writing {path}")
+  return e
+
+
+def _unstaged(e: BaseException, staging: str, final: str) -> BaseException:
+  """`e` naming a file inside the hidden folder `staging` (a full disk, `_named`), named where it
+  was going in `final` instead: the temporary is gone by the time the error is read."""
   if not (isinstance(e, OSError) and e.errno in NO_ROOM):
     return e
-  text, filename = str(e.strerror), e.filename
-  if staging:
-    inside = f" while writing {staging}{os.sep}"
-    if inside in text:
-      return OSError(e.errno, text.replace(inside, f" while writing {path}{os.sep}", 1))
-    if isinstance(filename, str) and filename.startswith(staging + os.sep):
-      return OSError(e.errno, text, path + filename[len(staging):])
-  if not filename and " while writing " not in text:
-    return OSError(e.errno, f"{text} while writing {path}")
+  inside = f" while writing {staging}{os.sep}"
+  if inside in str(e.strerror):
+    return OSError(e.errno, str(e.strerror).replace(inside, f" while writing {final}{os.sep}", 1))
+  if isinstance(e.filename, str) and e.filename.startswith(staging + os.sep):
+    return OSError(e.errno, e.strerror, final + e.filename[len(staging):])
   return e
 
 
@@ -707,7 +710,7 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
   except BaseException as e:
     with console.interrupts_held(raise_after=False):   # (a second signal left the folder)
       shutil.rmtree(tmp, ignore_errors=True)
-    named = _named(e, path, staging=tmp)
+    named = _named(_unstaged(e, tmp, path), path)
     if named is e:
       raise
     raise named from None
@@ -769,7 +772,7 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
   except BaseException as e:
     with console.interrupts_held(raise_after=False):
       shutil.rmtree(tmp, ignore_errors=True)        # (gone once committed)
-    named = _named(e, os.path.join(directory, key))
+    named = _named(_unstaged(e, tmp, directory), os.path.join(directory, key))
     if named is e:
       raise
     raise named from None
