@@ -5,6 +5,7 @@ import functools
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ from vitprune import schedule as schedule_lib
 from vitprune.config import config_to_dict
 from vitprune.config import ViTConfig
 from vitprune.records.estimate import Estimate, read_estimate, write_estimate
-from vitprune.records.solution import read_solution, summary_lines, write_solution
+from vitprune.records.solution import Solution, read_solution, summary_lines, write_solution
 from vitprune.profile import predict as profile_predict
 from vitprune.profile import records
 from vitprune.reduce.methods import make_reducer
@@ -1022,6 +1023,12 @@ def test_multilayer_input_errors(tmp_path):
   with pytest.raises(ValueError, match=r"accuracy floor 0\.95 is infeasible: the best achievable "
                                        r"predicted accuracy is 0\.9 "):
     _multi(blocks, sens, accuracy_floor=0.95)
+  # Head points at every count but the full one (a hand-merged table) was a bare KeyError: 17.
+  no_head = [p for p in records.load(blocks).points if (p.component, p.tokens) != ("head", N)]
+  no_head = _save_profile(tmp_path, no_head, name="nohead.json", modes=("block",))
+  with pytest.raises(solve_stage.SolveInputError, match=re.escape(
+      f"profile {no_head}: the per-block table's head points lack the full count {N}")):
+    _multi(no_head, sens)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1266,6 +1273,64 @@ def test_a_floor_nothing_meets_on_measurement_is_an_error(tmp_path):
                                    lambda cs: [_share(0.97)] * len(cs),
                                    lambda cs: [1e-3] * len(cs))
   assert loop.chosen.counts != predicted.full.counts and loop.chosen.measured_accuracy == 0.97
+
+
+def test_a_floor_above_every_prediction_is_decided_on_measurement(tmp_path):
+  """The combined model never predicts above the unpruned accuracy (0.9), so a floor of 0.92
+  stopped at 'infeasible: the best achievable predicted accuracy is 0.9' before anything was
+  measured, though the estimate had measured a single reduction at 0.93; a floor nothing
+  measures up to was that ValueError too, not FloorNotMetError (the studies record those)."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)),
+                 lambda l, n: 0.93 if (l, n) == (1, N - 1) else _acc(l, n))
+  with pytest.raises(solve.InfeasibleError, match=r"^accuracy floor 0\.92 is infeasible: the "
+                                                  r"best achievable predicted accuracy is 0\.9 "):
+    _multi(ps, es, accuracy_floor=0.92)             # (no weights: nothing to measure)
+  evaluate = lambda counts_list: [_share(0.9)] * len(counts_list)
+  s = _multi(ps, es, accuracy_floor=0.92, evaluate=evaluate)
+  assert s.chosen.counts == (N, N) + (N - 1,) * (CFG.depth - 1)
+  assert s.chosen.measured_accuracy == 0.93 and s.basis == "measured"
+  assert s.criterion == "accuracy_floor_measured" and s.settings["accuracy_floor"] == 0.92
+  assert Solution.from_json(json.loads(json.dumps(s.to_json()))).chosen == s.chosen
+  with pytest.raises(solve_stage.FloorNotMetError, match=r"^accuracy floor 0\.99 is not met on "
+                                                        r"measurement: the unpruned schedule"):
+    _multi(ps, es, accuracy_floor=0.99, evaluate=evaluate)
+
+
+def test_the_reader_refuses_measured_claims_the_numbers_do_not_bear(tmp_path):
+  """A review's hand edits that loaded: the in-loop choice replaced by the slowest schedule
+  timed; 'accuracy_floor_measured' with basis 'predicted'; settings.latency_basis 'measured' on
+  a solution that timed nothing."""
+  from vitprune.records.solution import SolutionError  # pylint: disable=g-import-not-at-top
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  floor = 0.75
+  pred = _multi(ps, es, accuracy_floor=floor)
+  accuracy = {p.counts: p.predicted_accuracy for p in pred.frontier + (pred.full,)}
+  evaluate = lambda cs: [_share(min(1.0, accuracy.get(tuple(c), 0.9))) for c in cs]
+  sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate)
+  loop = solve_stage.check_in_loop(sol, read_estimate(es), None, evaluate,
+                                   lambda cs: [1e-3 * (1 + i) for i in range(len(cs))])
+  timed = [c for c in loop.checked if c.measured_latency_s is not None]
+  assert len(timed) > 1 and loop.settings["latency_basis"] == "measured"
+
+  def read(s):
+    return Solution.from_json(json.loads(json.dumps(s.to_json())), "s.json")
+  assert read(loop).chosen == loop.chosen
+  slow = max(timed, key=lambda c: c.measured_latency_s)
+  with pytest.raises(SolutionError, match=re.escape(
+      f"settings.latency_basis is 'measured', but {loop.chosen.schedule} measured "
+      f"{loop.chosen.measured_latency_s} s and meets the floor, faster than the chosen "
+      f"{slow.schedule}'s {slow.measured_latency_s} s (edited?)")):
+    read(dataclasses.replace(loop, chosen=slow))
+  with pytest.raises(SolutionError, match="criterion 'accuracy_floor_measured' needs "
+                                          "settings.accuracy_floor, the chosen schedule's "
+                                          "measured accuracy and basis 'measured'"):
+    read(dataclasses.replace(sol, basis="predicted"))
+  with pytest.raises(SolutionError, match="settings.latency_basis is 'measured' but the chosen "
+                                          "schedule has no measured latency"):
+    read(dataclasses.replace(pred, settings=dict(pred.settings, latency_basis="measured")))
+
 
 def test_a_schedule_predicted_below_the_floor_but_measured_above_it_can_be_chosen(tmp_path):
   """Once measured, a schedule competes on its measurement: the fastest frontier schedule,

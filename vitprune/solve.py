@@ -944,6 +944,10 @@ def shown_apart(a: float, b: float) -> Tuple[str, str]:
 FLOOR_SLACK = 1e-9
 
 
+class InfeasibleError(ValueError):
+  """No plan meets the floor or the budget by its predicted numbers (`choose`)."""
+
+
 def meets_floor(accuracy, floor: float):
   """`accuracy >= floor` up to float rounding (`FLOOR_SLACK`); numpy arrays too."""
   return accuracy >= floor - FLOOR_SLACK
@@ -974,7 +978,7 @@ def choose(frontier: Sequence[Plan], *, accuracy_floor: Optional[float] = None,
     if ok.size == 0:
       best = int(np.argmax(acc))
       shown_floor, shown_best = shown_apart(floor, float(acc[best]))
-      raise ValueError(f"accuracy floor {shown_floor} is infeasible: the best achievable "
+      raise InfeasibleError(f"accuracy floor {shown_floor} is infeasible: the best achievable "
                        f"predicted accuracy is {shown_best} (schedule "
                        f"{','.join(map(str, frontier[best].counts))})")
     i = int(ok[np.lexsort((-acc[ok], lat[ok]))[0]])
@@ -986,7 +990,7 @@ def choose(frontier: Sequence[Plan], *, accuracy_floor: Optional[float] = None,
     ok = np.flatnonzero(lat <= budget)
     if ok.size == 0:
       best = int(np.argmin(lat))
-      raise ValueError(f"latency budget {budget:.6g} s is infeasible: the fastest achievable "
+      raise InfeasibleError(f"latency budget {budget:.6g} s is infeasible: the fastest achievable "
                        f"predicted latency is {lat[best]:.6g} s (schedule "
                        f"{','.join(map(str, frontier[best].counts))})")
     i = int(ok[np.lexsort((lat[ok], -acc[ok]))[0]])

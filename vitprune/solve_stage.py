@@ -442,6 +442,10 @@ def multilayer_inputs(profile: records.Profile, estimate: Estimate, cfg: ViTConf
                           f"{n_full} (block 0 always sees all tokens)")
   rows, tokens, values = _sensitivity_rows(estimate, metric)
   head_single = len(table.head_s) == 1
+  if not head_single and n_full not in table.head_s:      # (a KeyError: 17)
+    raise SolveInputError(f"profile {profile.source}: the per-block table's head points lack "
+                          f"the full count {n_full} (the unpruned schedule's head sees all "
+                          f"tokens); profile it with --mode=block")
   common = set(table.block_s) & set(tokens.tolist())
   if not head_single:
     common &= set(table.head_s)
@@ -544,13 +548,22 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
                           f"the uniform curve at every count of the grid, but profile "
                           f"{profile.source} did not measure the curve at {missing}; "
                           f"profile those counts or drop step_bottoms_only")
-  sol = solve.solve_multilayer(
-      inp.ns, inp.block, inp.sensitivity, inp.full_accuracy, depth=cfg.depth,
-      num_tokens=cfg.num_tokens, layers=inp.layers, embed_latency=inp.embed,
-      head_latency=inp.head, reduce_latency=inp.reduce, accuracy_model=accuracy_model,
-      monotone=monotone, step_bottoms_only=step_bottoms_only, pair_noise=inp.pair_noise,
-      accuracy_floor=accuracy_floor, latency_budget=latency_budget, alpha=alpha,
-      max_remove=method_caps(cfg, estimate.method, inp.ns))
+  def solve_for(floor: Optional[float]) -> solve.MultiLayerSolution:
+    return solve.solve_multilayer(
+        inp.ns, inp.block, inp.sensitivity, inp.full_accuracy, depth=cfg.depth,
+        num_tokens=cfg.num_tokens, layers=inp.layers, embed_latency=inp.embed,
+        head_latency=inp.head, reduce_latency=inp.reduce, accuracy_model=accuracy_model,
+        monotone=monotone, step_bottoms_only=step_bottoms_only, pair_noise=inp.pair_noise,
+        accuracy_floor=floor, latency_budget=latency_budget, alpha=alpha,
+        max_remove=method_caps(cfg, estimate.method, inp.ns))
+  try:
+    sol = solve_for(accuracy_floor)
+  except solve.InfeasibleError:
+    if accuracy_floor is None or evaluate is None:
+      raise
+    # No prediction reaches the floor (the combined model never predicts above the unpruned
+    # accuracy), but a schedule may MEASURE above it: `check_floor` decides on measurements.
+    sol = solve_for(None)
 
   def cand(plan: solve.Plan, **extra) -> Candidate:
     return _candidate(cfg, plan.counts, plan.latency, plan.accuracy, **extra)

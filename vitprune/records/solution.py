@@ -239,12 +239,30 @@ def _check_choice(sol: "Solution", where: str) -> None:
   _check_criterion_holds(sol, require, unpruned)
   if sol.criterion == "accuracy_floor_measured":
     floor, got = sol.settings.get("accuracy_floor"), sol.chosen.measured_accuracy
-    require(floor is not None and got is not None,
-            "criterion 'accuracy_floor_measured' needs settings.accuracy_floor and the chosen "
-            "schedule's measured accuracy (edited?)")
+    require(floor is not None and got is not None and sol.basis == "measured",
+            "criterion 'accuracy_floor_measured' needs settings.accuracy_floor, the chosen "
+            "schedule's measured accuracy and basis 'measured' (edited?)")
     require(got >= floor or sol.chosen.counts == unpruned,
             f"criterion 'accuracy_floor_measured', but the chosen {sol.chosen.schedule} "
             f"measured {got} < the floor {floor} (edited?)")
+  if sol.settings.get("latency_basis") == "measured":
+    _check_fastest_measured(sol, require)
+
+
+def _check_fastest_measured(sol: "Solution", require) -> None:
+  """settings.latency_basis 'measured' (`check_in_loop`): the chosen schedule is the fastest
+  of the timed ones (measured latency) that meet the floor on measured accuracy."""
+  c, floor = sol.chosen, sol.settings.get("accuracy_floor")
+  require(c.measured_latency_s is not None and c.measured_accuracy is not None,
+          "settings.latency_basis is 'measured' but the chosen schedule has no measured "
+          "latency and accuracy (edited?)")
+  meeting = [e for e in sol.checked if e.measured_latency_s is not None and
+             e.measured_accuracy is not None and (floor is None or e.measured_accuracy >= floor)]
+  faster = min(meeting, key=lambda e: e.measured_latency_s, default=c)
+  require(c.measured_latency_s <= faster.measured_latency_s,
+          f"settings.latency_basis is 'measured', but {faster.schedule} measured "
+          f"{faster.measured_latency_s} s and meets the floor, faster than the chosen "
+          f"{c.schedule}'s {c.measured_latency_s} s (edited?)")
 
 
 def _check_chosen_is_listed(sol: "Solution", require) -> None:
