@@ -273,6 +273,23 @@ def test_a_failed_late_stage_keeps_what_was_measured(tmp_path, capsys, monkeypat
       "sensitivity")
 
 
+def test_a_choice_that_prunes_nothing_reports_no_measured_speed_up(tmp_path, capsys,
+                                                                   monkeypatch):
+  """`--alpha=0` on all 359 digits chose n* = 65 (accuracy alone): the verify stage timed the
+  unpruned graph against itself and reported 'speedup x1.13' (x1.01 on a rerun)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vitprune import solve  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(solve, "utility", lambda lat, acc, alpha=0.5: np.arange(float(len(acc))))
+  s = cli.main(_flags(f"--out_dir={tmp_path}", *FAST, "--tokens=65,33,17", "--num_images=40",
+                      "--eval_batch_size=20"))
+  assert s["schedule"] == "full" and s["counts"] == s["unpruned"]["counts"]
+  assert s["speedup"] == 1.0 and s["pruned"]["latency_ms"] == s["unpruned"]["latency_ms"]
+  out = capsys.readouterr().out
+  assert "the chosen schedule prunes nothing: it is the unpruned graph, timed once" in out
+  assert "nothing pruned: the chosen schedule is the unpruned graph (speed-up 1 by " \
+         "definition)" in out and "speedup x" not in out
+
+
 def test_measurements_that_cannot_be_kept_leave_no_partial_folder(tmp_path, capsys,
                                                                    monkeypatch):
   """On a full disk the kept `<out_dir>.partial-XXXX/` was left half-written (an empty

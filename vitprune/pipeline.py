@@ -382,7 +382,12 @@ def _verify(cfg, params, spec, data, solution: Solution, log) -> Verification:
   chosen = solution.schedule
   reducer = make_reducer(solution.method, **(solution.method_kwargs or {}))
   graphs = {"unpruned": (full_schedule(cfg), None), spec.method: (chosen, reducer)}
+  if chosen.counts == full_schedule(cfg).counts:    # (--alpha=0: accuracy alone keeps them all)
+    log("  the chosen schedule prunes nothing: it is the unpruned graph, timed once (its "
+        "speed-up is 1 by definition, not a measurement of a graph against itself)")
+    del graphs[spec.method]
   meas = _measure_graphs(cfg, params, graphs, _interleaved(spec))   # unpruned vs pruned, fairly
+  meas.setdefault(spec.method, meas["unpruned"])
   check = estimate_lib.evaluate(
       cfg, params, data.batches(cfg, spec.eval_batch_size),
       [estimate_lib.EvalPoint(chosen, reducer, chosen.counts[-1],
@@ -592,8 +597,10 @@ def format_summary(s: Dict[str, Any]) -> str:
       f"{u['latency_ms']:>11.4f} {u['iqr_ms']:>8.4f} {u[m]:>9.4f}",
       f"   {s['method']:<10} {str(s['counts']):<28} {p['latency_ms']:>11.4f} "
       f"{p['iqr_ms']:>8.4f} {p[m]:>9.4f}",
-      f"   speedup x{s['speedup']:.2f}; {m} change {p[m] - u[m]:+.4f}; top-1 agreement with "
-      f"unpruned {p['agreement_with_unpruned']:.4f}",
+      (f"   nothing pruned: the chosen schedule is the unpruned graph (speed-up 1 by "
+       f"definition)" if s["counts"] == u["counts"] else
+       f"   speedup x{s['speedup']:.2f}; {m} change {p[m] - u[m]:+.4f}; top-1 agreement with "
+       f"unpruned {p['agreement_with_unpruned']:.4f}"),
   ]
   if s["steps"]:
     lines.append("   latency steps: " + "; ".join(s["steps"][:6]))
