@@ -268,6 +268,9 @@ CASES = [
     ("prune", ["--schedule=full"], 1, "--schedule 'full' does not reduce any token: the pruned "
      "model would be the unpruned one"),
     ("prune", ["--schedule=keep@3:65"], 1, "--schedule 'keep@3:65' does not reduce any token"),
+    # blamed two multi-layer solutions that were not given
+    ("benchmark", ["--data=none", "--variants=defaults;x=tome:r4;DEFAULTS", "--out_dir={out}"],
+     1, "--variants 'defaults;x=tome:r4;DEFAULTS': 'defaults' is given more than once"),
 ]
 
 

@@ -204,6 +204,8 @@ def parse_variants(cfg: ViTConfig, text: str) -> List[Variant]:
   if not isinstance(text, str) or not text.strip():
     raise ValueError("--variants is empty; expected ';'-separated [NAME=]METHOD:SCHEDULE items "
                      "(e.g. 'tome:r8;evit:keep@3:140') or 'defaults'")
+  if [t.strip().lower() for t in text.split(";")].count("defaults") > 1:
+    raise ValueError(f"--variants {text!r}: 'defaults' is given more than once")
   out = []
   for item in (t.strip() for t in text.split(";")):
     if not item:
