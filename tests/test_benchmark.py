@@ -416,6 +416,13 @@ def test_a_table_of_other_settings_is_replaced_with_a_note(tmp_path, capsys):
   assert B.replaced_table_note(str(csv_path), [dict(r, num_examples=20) for r in rows]) == (
       f"replacing {csv_path}, a table of number of images evaluated none (this run: number of "
       "images evaluated 20); choose another --out_dir to keep both")
+  # So does the graph behind a variant's name (x=tome:r4, then x=topk:keep@3:20: no note).
+  other = [dict(r, method="topk", schedule="keep@1:9") if r["variant"] == "tome:r2" else r
+           for r in rows]
+  assert B.replaced_table_note(str(csv_path), other) == (
+      f"replacing {csv_path}, a table of variants pomt (pomt keep@1:2), tome:r2 (tome "
+      "list:17,15,13), unpruned (none full) (this run: variants pomt (pomt keep@1:2), tome:r2 "
+      "(topk keep@1:9), unpruned (none full)); choose another --out_dir to keep both")
   header_only = tmp_path / "h.csv"
   header_only.write_text(",".join(B.CSV_COLUMNS) + "\n")
   assert B.replaced_table_note(str(header_only), rows).startswith(

@@ -548,13 +548,17 @@ def check_replaceable_outputs(paths: Dict[str, str]) -> None:
 
 
 def _table_settings(rows: Sequence[Dict[str, Any]]) -> Dict[str, str]:
-  """The settings a table's rows (dicts, or CSV rows of strings) were measured with, as text."""
-  def values(k):
-    got = {"" if r.get(k) is None else str(r[k]) for r in rows}
+  """The settings a table's rows (dicts, or CSV rows of strings) were measured with, as text: a
+  variant by its name and the graph behind it (`x=tome:r4` then `x=topk:keep@3:20` replaced
+  the table without a word)."""
+  def values(k, text=lambda r, k: "" if r.get(k) is None else str(r[k])):
+    got = {text(r, k) for r in rows}
     shown = sorted(got - {""}, key=lambda v: (len(v), v) if k == "batch_size" else v)
     return ", ".join(shown + (["none"] if "" in got else [])) or "none"
   return {"batch sizes": values("batch_size"), "dtypes": values("dtype"),
-          "variants": values("variant"), "number of images evaluated": values("num_examples")}
+          "variants": values("variant", lambda r, k: f"{r[k]} ({r.get('method') or 'none'} "
+                                                     f"{r.get('schedule')})"),
+          "number of images evaluated": values("num_examples")}
 
 
 def replaced_table_note(csv_path: str, rows: Sequence[Dict[str, Any]]) -> Optional[str]:
