@@ -231,6 +231,26 @@ def test_a_second_signal_during_the_cleanup_of_an_interrupted_write_is_held(
     with atomic.locked(str(tmp_path / "e.json")):
       pass
   assert os.listdir(tmp_path) == []
+  monkeypatch.undo()
+  # The first Ctrl-C arriving while a failed write cleans up is raised once it is clean (not
+  # left recorded while a caller that catches the write's OSError goes on working).
+  import errno  # pylint: disable=g-import-not-at-top
+  for name, value in (("_interrupted", False), ("_terminated", False), ("_held", 0)):
+    monkeypatch.setattr(cli_console, name, value)
+  unlink = os.unlink
+
+  def full(*args):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  def interrupted_unlink(path, *args, **kwargs):
+    cli_console._record_interrupt(signal.SIGINT, None)
+    unlink(path, *args, **kwargs)
+  monkeypatch.setattr(atomic.os, "replace", full)
+  monkeypatch.setattr(atomic.os, "unlink", interrupted_unlink)
+  with pytest.raises(KeyboardInterrupt):
+    atomic.write_bytes(str(tmp_path / "r.json"), b"{}")
+  monkeypatch.undo()
+  assert os.listdir(tmp_path) == []
 
 
 def test_a_full_disk_inside_a_staged_folder_names_the_output_not_the_temporary(tmp_path):

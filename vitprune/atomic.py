@@ -567,7 +567,7 @@ def write_bytes(path: str, data: bytes) -> str:
     _before_publish()
     os.replace(tmp, path)
   except BaseException as e:
-    with console.interrupts_held(raise_after=False):
+    with console.interrupts_held(raise_after=not isinstance(e, KeyboardInterrupt)):
       if os.path.exists(tmp):
         os.unlink(tmp)
     named = _named(e, path)
@@ -707,8 +707,8 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
       else:
         _publish_replacing(tmp, path, is_ours)
       console.wrote(path)
-  except BaseException as e:
-    with console.interrupts_held(raise_after=False):   # (a second signal left the folder)
+  except BaseException as e:     # (a second signal cut this short and left the folder)
+    with console.interrupts_held(raise_after=not isinstance(e, KeyboardInterrupt)):
       shutil.rmtree(tmp, ignore_errors=True)
     named = _named(_unstaged(e, tmp, path), path)
     if named is e:
@@ -770,7 +770,7 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
       _roll_forward(commit, directory)
       console.wrote(os.path.join(directory, names[-1]))
   except BaseException as e:
-    with console.interrupts_held(raise_after=False):
+    with console.interrupts_held(raise_after=not isinstance(e, KeyboardInterrupt)):
       shutil.rmtree(tmp, ignore_errors=True)        # (gone once committed)
     named = _named(_unstaged(e, tmp, directory), os.path.join(directory, key))
     if named is e:
@@ -796,8 +796,8 @@ def locked(path: str) -> Iterator[None]:
         same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
       except FileNotFoundError:
         same = False
-    except BaseException:      # (Ctrl-C while waiting: the lock file it made was left)
-      with console.interrupts_held(raise_after=False):
+    except BaseException as e:   # (Ctrl-C while waiting: the lock file it made was left)
+      with console.interrupts_held(raise_after=not isinstance(e, KeyboardInterrupt)):
         os.close(fd)
         _remove_unheld_lock(path)
       raise
@@ -811,8 +811,8 @@ def locked(path: str) -> Iterator[None]:
 
   try:
     yield
-  except BaseException:
-    with console.interrupts_held(raise_after=False):   # (a signal here left the lock file)
+  except BaseException as e:     # (a signal here left the lock file)
+    with console.interrupts_held(raise_after=not isinstance(e, KeyboardInterrupt)):
       release()
     raise
   with console.interrupts_held():

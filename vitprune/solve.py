@@ -945,7 +945,7 @@ FLOOR_SLACK = 1e-9
 
 
 class InfeasibleError(ValueError):
-  """No plan meets the floor or the budget by its predicted numbers (`choose`)."""
+  """No plan given to `choose` meets its floor or budget."""
 
 
 def meets_floor(accuracy, floor: float):

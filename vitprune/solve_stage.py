@@ -548,22 +548,24 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
                           f"the uniform curve at every count of the grid, but profile "
                           f"{profile.source} did not measure the curve at {missing}; "
                           f"profile those counts or drop step_bottoms_only")
-  def solve_for(floor: Optional[float]) -> solve.MultiLayerSolution:
-    return solve.solve_multilayer(
-        inp.ns, inp.block, inp.sensitivity, inp.full_accuracy, depth=cfg.depth,
-        num_tokens=cfg.num_tokens, layers=inp.layers, embed_latency=inp.embed,
-        head_latency=inp.head, reduce_latency=inp.reduce, accuracy_model=accuracy_model,
-        monotone=monotone, step_bottoms_only=step_bottoms_only, pair_noise=inp.pair_noise,
-        accuracy_floor=floor, latency_budget=latency_budget, alpha=alpha,
-        max_remove=method_caps(cfg, estimate.method, inp.ns))
-  try:
-    sol = solve_for(accuracy_floor)
-  except solve.InfeasibleError:
-    if accuracy_floor is None or evaluate is None:
-      raise
-    # No prediction reaches the floor (the combined model never predicts above the unpruned
-    # accuracy), but a schedule may MEASURE above it: `check_floor` decides on measurements.
-    sol = solve_for(None)
+  if accuracy_floor is not None and latency_budget is not None:
+    raise ValueError("give either an accuracy floor or a latency budget, not both")
+  sol = solve.solve_multilayer(
+      inp.ns, inp.block, inp.sensitivity, inp.full_accuracy, depth=cfg.depth,
+      num_tokens=cfg.num_tokens, layers=inp.layers, embed_latency=inp.embed,
+      head_latency=inp.head, reduce_latency=inp.reduce, accuracy_model=accuracy_model,
+      monotone=monotone, step_bottoms_only=step_bottoms_only, pair_noise=inp.pair_noise,
+      latency_budget=latency_budget, alpha=alpha,
+      max_remove=method_caps(cfg, estimate.method, inp.ns))
+  if accuracy_floor is not None:
+    try:
+      chosen, criterion = solve.choose(sol.frontier, accuracy_floor=accuracy_floor)
+      sol = dataclasses.replace(sol, chosen=chosen, criterion=criterion)
+    except solve.InfeasibleError:
+      if evaluate is None:
+        raise
+      # No prediction reaches the floor (the combined model never predicts above the unpruned
+      # accuracy), but a schedule may MEASURE above it: `check_floor` decides on measurements.
 
   def cand(plan: solve.Plan, **extra) -> Candidate:
     return _candidate(cfg, plan.counts, plan.latency, plan.accuracy, **extra)
