@@ -7,8 +7,8 @@
   3 channels), labelled by a model's class names.
 * `write_digits_imagefolder` writes them out as a real `ImageFolder` (`<class>/<idx>.png`).
 * The training-data guard: `check_digits_folder` refuses to score weights on a folder holding
-  their training digits, found by the folder's marker or by the images' 8x8 pixels
-  (`digits_copied_into`), whatever their file names.
+  their training digits, found by the images' 8x8 pixels (`digits_copied_into`), whatever
+  their file names (by the folder's marker only where scikit-learn's table is missing).
 """
 from __future__ import annotations
 

@@ -381,8 +381,9 @@ def _verify(cfg, params, spec, data, solution: Solution, log) -> Verification:
       "both on the same images")
   chosen = solution.schedule
   reducer = make_reducer(solution.method, **(solution.method_kwargs or {}))
-  graphs = {"unpruned": (full_schedule(cfg), None), spec.method: (chosen, reducer)}
-  if chosen.counts == full_schedule(cfg).counts:    # (--alpha=0: accuracy alone keeps them all)
+  unpruned = full_schedule(cfg)
+  graphs = {"unpruned": (unpruned, None), spec.method: (chosen, reducer)}
+  if chosen.counts == unpruned.counts:      # (--alpha=0: accuracy alone keeps them all)
     log("  the chosen schedule prunes nothing: it is the unpruned graph, timed once (its "
         "speed-up is 1 by definition, not a measurement of a graph against itself)")
     del graphs[spec.method]
