@@ -598,8 +598,8 @@ def format_summary(s: Dict[str, Any]) -> str:
       f"{u['latency_ms']:>11.4f} {u['iqr_ms']:>8.4f} {u[m]:>9.4f}",
       f"   {s['method']:<10} {str(s['counts']):<28} {p['latency_ms']:>11.4f} "
       f"{p['iqr_ms']:>8.4f} {p[m]:>9.4f}",
-      (f"   nothing pruned: the chosen schedule is the unpruned graph (speed-up 1 by "
-       f"definition)" if s["counts"] == u["counts"] else
+      ("   nothing pruned: the chosen schedule is the unpruned graph (speed-up 1 by "
+       "definition)" if s["counts"] == u["counts"] else
        f"   speedup x{s['speedup']:.2f}; {m} change {p[m] - u[m]:+.4f}; top-1 agreement with "
        f"unpruned {p['agreement_with_unpruned']:.4f}"),
   ]
