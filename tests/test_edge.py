@@ -595,6 +595,13 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   with pytest.raises(EdgeError, match=r"kit.json: points\[2\] repeats points\[0\] \(model, "
                      r"batch 1, 17 tokens\)"):
     kit_lib.read_kit(str(bad_kit))
+  # A point deleted from kit.json: its module stayed, and the profile came out a point short.
+  doc = json.loads((pathlib.Path(kit_dir) / "kit.json").read_text())
+  gone = doc["points"].pop()["module"]["file"]
+  (bad_kit / "kit.json").write_text(json.dumps(doc))
+  with pytest.raises(EdgeError, match=re.escape(f"{bad_kit}/kit.json names no point for {gone}: "
+                                                "an edited kit.json?")):
+    kit_lib.read_kit(str(bad_kit))
   out = str(tmp_path / "board.json")
   r = run_edge("profile", f"--kit={kit_dir}", f"--out={out}", "--min_run_time=0.02",
                "--quiet")

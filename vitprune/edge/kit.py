@@ -75,6 +75,16 @@ def read_kit(path: str) -> Dict[str, Any]:
       raise EdgeError(f"{path}/{KIT_MANIFEST}: points[{i}] repeats points[{seen[key]}] "
                       f"({p['component']}, batch {p['batch_size']}, {p['tokens']} tokens)")
     seen[key] = i
+  # A module no point names: its point was deleted from kit.json (the profile came out a point
+  # short without a word).
+  named = {p["module"].get("file") for p in doc["points"]}
+  modules = os.path.join(path, "modules")
+  orphans = sorted(f"modules/{n}" for n in (os.listdir(modules) if os.path.isdir(modules)
+                                            else ()) if f"modules/{n}" not in named)
+  if orphans:
+    raise EdgeError(f"{path}/{KIT_MANIFEST} names no point for {orphans[0]}"
+                    f"{f' and {len(orphans) - 1} more' if len(orphans) > 1 else ''}: an edited "
+                    "kit.json? rebuild it with experiments.edge_kit")
   # The board profile records the kit's compiler entry and merges only profiles of the same one:
   # its flags are those its points were compiled with (an edit got past that guard).
   compiler, flags = doc.get("compiler"), [p["flags"] for p in doc["points"] if "flags" in p]
