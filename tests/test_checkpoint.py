@@ -213,7 +213,8 @@ def test_a_flipped_byte_in_the_parameters_is_refused_on_load(tmp_path):
     f.write(bytes([byte[0] ^ 0xFF]))
   with pytest.raises(ValueError, match=re.escape(
       f"the parameters in {bad}/params do not match the params_sha256 its config.json records "
-      "(corrupted or edited since they were saved; a change meant: save them with "
+      "(corrupted or edited since they were saved, or being replaced by another writer: "
+      "read them again once it is done; a change meant: save them with "
       "vitprune.save_weights)")):
     checkpoint.load_weights(bad)
 

@@ -200,6 +200,7 @@ def load_weights(path: str) -> Tuple[ViTConfig, Params]:
   check_finite(params, f"the parameters in {params_dir}", "refusing to load them")
   if recorded is not None and digest.params_sha256(params) != recorded:   # a flipped byte
     raise ValueError(f"the parameters in {params_dir} do not match the params_sha256 its "
-                     f"config.json records (corrupted or edited since they were saved; a change "
+                     f"config.json records (corrupted or edited since they were saved, or being "
+                     f"replaced by another writer: read them again once it is done; a change "
                      f"meant: save them with vitprune.save_weights)")
   return cfg, jax.tree.map(jnp.asarray, params)
