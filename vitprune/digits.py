@@ -164,14 +164,16 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def digits_copied_into(root: str) -> set:
   """The digits' indices of the images of `root` that are digits of the dataset, found by their
   8x8 pixels (no two digits share them) among the files `ImageFolder` reads, whatever their
-  names (a renamed copy was missed): with class folders, images under `<class>/` (links
-  followed) whose class is that digit's label; without, images directly in `root` (a flat copy,
-  `cp dir/*/*.png flat/`, scored by agreement). Only regular files of at most 64 KiB whose
+  names (a renamed copy was missed): with class folders, images under any `<class>/` (links
+  followed), whatever its name (folders `c0`..`c9` read by weights that record no class names
+  are labelled by their sorted position; a digit in another digit's folder is a training image
+  scored all the same); without, images directly in `root` (a flat copy, `cp dir/*/*.png
+  flat/`, scored by agreement). Only regular files of at most 64 KiB whose
   header says 8x8 are decoded, to RGB as `ImageFolder` reads them (a grey image saved as LA,
   RGB(A) or with a palette counts by its grey values)."""
   if not os.path.isdir(root):          # (ImageFolder names a missing root)
     return set()
-  images, labels = load_digits_arrays()
+  images, _ = load_digits_arrays()
   by_pixels = {im.tobytes(): i for i, im in enumerate(images)}
   shape = images.shape[1:]
   found = set()
@@ -197,25 +199,24 @@ def digits_copied_into(root: str) -> set:
       return -1
     return by_pixels.get(rgb[..., 0].tobytes(), -1)
 
-  def scan(folder: str, files, label: Optional[str]) -> None:
+  def scan(folder: str, files) -> None:
     for n in files:
       if not is_image_file(n):        # (what ImageFolder reads)
         continue
       i = index_of(os.path.join(folder, n))
-      if i >= 0 and (label is None or DIGITS_CLASSES[labels[i]] == label):
+      if i >= 0:
         found.add(i)
 
   classes = find_classes(root)
   if not classes:                                      # ImageFolder's flat mode: root alone
     with os.scandir(root) as it:
-      scan(root, sorted(e.name for e in it), None)
+      scan(root, sorted(e.name for e in it))
     return found
   for dirpath, dirnames, files in atomic.walk_following_links(root):   # (loops: ImageFolder's)
     dirnames[:] = [d for d in dirnames if not d.startswith(".")]   # unread, as ImageFolder
     rel = os.path.relpath(dirpath, root)
-    label = rel.split(os.sep)[0]
-    if rel != os.curdir and label in DIGITS_CLASSES:   # (root files: not read beside classes)
-      scan(dirpath, files, label)
+    if rel != os.curdir and rel.split(os.sep)[0] in classes:   # (root files: not read beside)
+      scan(dirpath, files)
   return found
 
 
