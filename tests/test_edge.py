@@ -602,6 +602,18 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   with pytest.raises(EdgeError, match=re.escape(f"{bad_kit}/kit.json names no point for {gone}: "
                                                 "an edited kit.json?")):
     kit_lib.read_kit(str(bad_kit))
+  # A stray file a copy brought along is not a module (a Mac's .DS_Store was refused as one),
+  # and a module file that is not a string is named (it was an unhashable-list TypeError).
+  (bad_kit / "kit.json").write_text((pathlib.Path(kit_dir) / "kit.json").read_text())
+  (bad_kit / "modules" / ".DS_Store").write_bytes(b"\0")
+  (bad_kit / "modules" / "notes.txt").write_text("built on the lab machine")
+  kit_lib.read_kit(str(bad_kit))
+  doc = json.loads((pathlib.Path(kit_dir) / "kit.json").read_text())
+  doc["points"][0]["module"]["file"] = [doc["points"][0]["module"]["file"]]
+  (bad_kit / "kit.json").write_text(json.dumps(doc))
+  with pytest.raises(EdgeError, match=r"kit.json: points\[0\]: module missing or of the wrong "
+                     "type"):
+    kit_lib.read_kit(str(bad_kit))
   out = str(tmp_path / "board.json")
   r = run_edge("profile", f"--kit={kit_dir}", f"--out={out}", "--min_run_time=0.02",
                "--quiet")

@@ -76,11 +76,13 @@ def read_kit(path: str) -> Dict[str, Any]:
                       f"({p['component']}, batch {p['batch_size']}, {p['tokens']} tokens)")
     seen[key] = i
   # A module no point names: its point was deleted from kit.json (the profile came out a point
-  # short without a word).
-  named = {p["module"].get("file") for p in doc["points"]}
+  # short without a word). Only the kit's own kind of file counts (a copy's .DS_Store does not).
+  named = {p["module"]["file"] for p in doc["points"]}
   modules = os.path.join(path, "modules")
   orphans = sorted(f"modules/{n}" for n in (os.listdir(modules) if os.path.isdir(modules)
-                                            else ()) if f"modules/{n}" not in named)
+                                            else ())
+                   if n.endswith(".vmfb") and not n.startswith(".")
+                   and f"modules/{n}" not in named)
   if orphans:
     raise EdgeError(f"{path}/{KIT_MANIFEST} names no point for {orphans[0]}"
                     f"{f' and {len(orphans) - 1} more' if len(orphans) > 1 else ''}: an edited "
@@ -107,7 +109,8 @@ def _bad_point(p: Any) -> Optional[str]:
             ("component", isinstance(p.get("component"), str)),
             ("batch_size", jsonio.is_int(p.get("batch_size")) and p.get("batch_size") >= 1),
             ("tokens", jsonio.is_int(p.get("tokens")) and p.get("tokens") >= 1),
-            ("module", isinstance(p.get("module"), dict)))
+            ("module", isinstance(p.get("module"), dict)
+             and isinstance(p["module"].get("file"), str)))
   wrong = [name for name, ok in checks if not ok]
   return f"{', '.join(wrong)} missing or of the wrong type" if wrong else None
 
