@@ -4,6 +4,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 from vitprune import pipeline
@@ -261,11 +263,19 @@ def test_a_failed_late_stage_keeps_what_was_measured(tmp_path, capsys, monkeypat
     raise ValueError(f"{stage} broke")
   monkeypatch.setattr(pipeline, stage, broken)
   out = tmp_path / "run"
+  # A keep killed while staging left its hidden temporary, and no later run drew its name.
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  stale = tmp_path / f".run.partial-0badf00d.tmp-{int(dead.stdout)}-abc"
+  live = tmp_path / f".run.partial-0badf00e.tmp-{os.getpid()}-abc"    # a writer still at work
+  (stale / "profile").mkdir(parents=True)
+  live.mkdir()
   with pytest.raises(ValueError, match=f"{stage} broke"):
     cli.main(_flags(f"--out_dir={out}", *FAST, "--tokens=65,33,17", "--num_images=40",
                     "--eval_batch_size=20", "--solver=multi", "--accuracy_floor=0.5"))
   assert not out.exists()
   (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith("run.partial-")]
+  assert not stale.exists() and live.exists()
   assert f"is kept in {kept} (experiments.solve reads it)" in capsys.readouterr().out
   (prof,) = (kept / "profile").glob("*.json")
   assert {p.component for p in records.load(str(prof)).points} == {"model", "schedule"}

@@ -521,6 +521,19 @@ def cleanup_stale(path: str) -> None:
   _remove_unheld_lock(path)
 
 
+def cleanup_stale_named(parent: str, prefix: str) -> None:
+  """`cleanup_stale` for every NAME in `parent` starting with `prefix` that has temporaries or a
+  lock file there: for writers that draw a fresh NAME per run (`<out_dir>.partial-XXXX`), whose
+  killed temporaries no later run of the same NAME would find."""
+  pattern = re.compile(rf"^\.({re.escape(prefix)}[^.]+)\.(?:{'|'.join(_KINDS)}|lock)")
+  try:
+    entries = os.listdir(parent)
+  except FileNotFoundError:
+    return
+  for name in sorted({m.group(1) for m in map(pattern.match, entries) if m}):
+    cleanup_stale(os.path.join(parent, name))
+
+
 def _lock_path(path: str) -> str:
   return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
 
