@@ -141,10 +141,10 @@ def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,
     if whole_process:    # a failure while the interrupt was held (publishing): both are said
       _exit_interrupted(e)
     fail(*console.interrupt_exit(e))
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as e:    # (with the failure it was held during, if any)
     if whole_process:
-      _exit_interrupted()
-    fail(*console.interrupt_exit())
+      _exit_interrupted(console.failure_of(e))
+    fail(*console.interrupt_exit(console.failure_of(e)))
 
 
 def check_jax_platforms(environ: Optional[Dict[str, str]] = None) -> None:

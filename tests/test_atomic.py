@@ -247,9 +247,60 @@ def test_a_second_signal_during_the_cleanup_of_an_interrupted_write_is_held(
     unlink(path, *args, **kwargs)
   monkeypatch.setattr(atomic.os, "replace", full)
   monkeypatch.setattr(atomic.os, "unlink", interrupted_unlink)
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(KeyboardInterrupt) as e:
     atomic.write_bytes(str(tmp_path / "r.json"), b"{}")
   monkeypatch.undo()
+  assert os.listdir(tmp_path) == []
+  assert isinstance(cli_console.failure_of(e.value), OSError)      # (the error goes with it)
+  assert "No space left on device" in cli_console.interrupt_exit(
+      cli_console.failure_of(e.value))[0]
+
+
+def test_a_failed_publish_with_a_signal_held_keeps_its_error(tmp_path, monkeypatch,
+                                                             cli_console):
+  """A SIGTERM held while the publish ran, then the publish failed (another writer published
+  meanwhile): the cleanup raised the interrupt in the error's place, and the CLI said
+  'error: terminated' alone; the error is now raised with the interrupt and both are said."""
+  import signal  # pylint: disable=g-import-not-at-top
+  target = str(tmp_path / "w")
+
+  def publish(tmp, path, is_ours):
+    cli_console._record_interrupt(signal.SIGTERM, None)
+    raise FileExistsError(f"{path} already exists (another writer published it meanwhile)")
+  monkeypatch.setattr(atomic, "_publish_exclusive", publish)
+  with pytest.raises(KeyboardInterrupt) as e:
+    with atomic.staged_dir(target, overwrite=False) as tmp:
+      open(os.path.join(tmp, "x"), "w").close()
+  assert os.listdir(tmp_path) == []
+  assert cli_console.interrupt_exit(cli_console.failure_of(e.value)) == (
+      f"{target} already exists (another writer published it meanwhile) (terminated)", 143)
+  # A plain interrupt carries no failure.
+  assert cli_console.failure_of(KeyboardInterrupt()) is None
+
+
+def test_the_cli_says_a_failed_publish_and_the_signal_held_during_it(tmp_path):
+  """`common.run`: exit 143 with the failure's line and '(terminated)' (was 'error:
+  terminated' alone)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  target = str(tmp_path / "w")
+  code = (
+      "import os, signal\n"
+      "from experiments import common\n"
+      "from vitprune import atomic, console\n"
+      "def publish(tmp, path, is_ours):\n"
+      "  console._record_interrupt(signal.SIGTERM, None)\n"
+      "  raise FileExistsError(f'{path} already exists (another writer published it)')\n"
+      "atomic._publish_exclusive = publish\n"
+      "def main(fv):\n"
+      f"  with atomic.staged_dir({target!r}, overwrite=False) as tmp:\n"
+      "    open(os.path.join(tmp, 'x'), 'w').close()\n"
+      "common.run(main, lambda fv: None)\n")
+  r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                     timeout=120, env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu"))
+  assert (r.returncode, r.stderr) == (
+      143, f"error: {target} already exists (another writer published it) (terminated)\n")
   assert os.listdir(tmp_path) == []
 
 

@@ -580,10 +580,11 @@ def write_bytes(path: str, data: bytes) -> str:
     _before_publish()
     os.replace(tmp, path)
   except BaseException as e:
-    with console.interrupts_held(raise_after=not isinstance(e, KeyboardInterrupt)):
+    with console.interrupts_held(raise_after=False):
       if os.path.exists(tmp):
         os.unlink(tmp)
     named = _named(e, path)
+    console.raise_held(named)
     if named is e:
       raise
     raise named from None
@@ -721,9 +722,10 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
         _publish_replacing(tmp, path, is_ours)
       console.wrote(path)
   except BaseException as e:     # (a second signal cut this short and left the folder)
-    with console.interrupts_held(raise_after=not isinstance(e, KeyboardInterrupt)):
+    with console.interrupts_held(raise_after=False):
       shutil.rmtree(tmp, ignore_errors=True)
     named = _named(_unstaged(e, tmp, path), path)
+    console.raise_held(named)      # an interrupt meanwhile: raised with the error, not for it
     if named is e:
       raise
     raise named from None
@@ -783,9 +785,10 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
       _roll_forward(commit, directory)
       console.wrote(os.path.join(directory, names[-1]))
   except BaseException as e:
-    with console.interrupts_held(raise_after=not isinstance(e, KeyboardInterrupt)):
+    with console.interrupts_held(raise_after=False):
       shutil.rmtree(tmp, ignore_errors=True)        # (gone once committed)
     named = _named(_unstaged(e, tmp, directory), os.path.join(directory, key))
+    console.raise_held(named)
     if named is e:
       raise
     raise named from None
@@ -810,9 +813,10 @@ def locked(path: str) -> Iterator[None]:
       except FileNotFoundError:
         same = False
     except BaseException as e:   # (Ctrl-C while waiting: the lock file it made was left)
-      with console.interrupts_held(raise_after=not isinstance(e, KeyboardInterrupt)):
+      with console.interrupts_held(raise_after=False):
         os.close(fd)
         _remove_unheld_lock(path)
+      console.raise_held(e)
       raise
     if same:
       break
@@ -825,8 +829,9 @@ def locked(path: str) -> Iterator[None]:
   try:
     yield
   except BaseException as e:     # (a signal here left the lock file)
-    with console.interrupts_held(raise_after=not isinstance(e, KeyboardInterrupt)):
+    with console.interrupts_held(raise_after=False):
       release()
+    console.raise_held(e)
     raise
   with console.interrupts_held():
     release()

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import warnings
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 EXIT_INTERRUPTED = 130
 # Signals that stop a run as Ctrl-C does, where they have their default action, and their words.
@@ -172,6 +172,30 @@ def interrupt_exit(error: object = None) -> tuple:
     more = f" and {len(written) - 1} more" if len(written) > 1 else ""
     text += f" (after writing {printable(written[-1])}{more})"
   return (text if error is None else f"{one_line(error)} ({text})"), code
+
+
+class InterruptedFailure(KeyboardInterrupt):
+  """An interrupt that arrived while a write failed, raised once its cleanup finished:
+  `failure` is why the write failed (a CLI says both: `interrupt_exit(failure)`)."""
+
+  def __init__(self, failure: BaseException):
+    super().__init__()
+    self.failure = failure
+
+
+def failure_of(interrupt: KeyboardInterrupt) -> Optional[BaseException]:
+  """The failure an `InterruptedFailure` carries; None for a plain interrupt."""
+  return getattr(interrupt, "failure", None)
+
+
+def raise_held(failure: BaseException) -> None:
+  """After the cleanup of a failed write (its signals held, `interrupts_held(raise_after=False)`):
+  when an interrupt has arrived, no hold is left and `failure` is not itself an interrupt,
+  raises `InterruptedFailure(failure)`, so that neither is lost (raising the interrupt alone
+  lost the error's line, 'error: terminated'; raising the error alone let a caller that
+  catches it carry on past the interrupt). Otherwise returns."""
+  if _interrupted and not _held and not isinstance(failure, KeyboardInterrupt):
+    raise InterruptedFailure(failure) from failure
 
 
 def raise_if_interrupted() -> None:

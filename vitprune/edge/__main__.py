@@ -233,8 +233,8 @@ def main(argv):
     if console.interrupted():
       exit_interrupted(text)
     sys.exit(console.one_line(f"error: {text}"))
-  except KeyboardInterrupt:
-    exit_interrupted()
+  except KeyboardInterrupt as e:    # (with the failure it was held during, if any)
+    exit_interrupted(console.failure_of(e))
 
 
 def exit_interrupted(error: Optional[object] = None):
