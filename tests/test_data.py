@@ -779,3 +779,16 @@ def test_an_output_named_like_an_image_is_refused_inside_the_image_folder(tmp_pa
                str(tmp_path / "imgs2" / "r.png")):
     data.check_not_read_as_an_image(fine, images, "output", "images")
   data.check_not_read_as_an_image(f"{images}/r.png", str(tmp_path / "absent"), "o", "i")
+
+
+def test_the_digits_still_import_from_vitprune_data_with_a_warning():
+  """The digits moved to `vitprune.digits` ("no behaviour change"), and `from vitprune.data
+  import digits_batches`, as the README had it, became an ImportError."""
+  from vitprune import data as data_mod  # pylint: disable=g-import-not-at-top
+  from vitprune import digits  # pylint: disable=g-import-not-at-top
+  for name in sorted(data_mod._MOVED_TO_DIGITS):          # pylint: disable=protected-access
+    with pytest.warns(DeprecationWarning, match=rf"^vitprune\.data\.{name} moved to "
+                      rf"vitprune\.digits\.{name}$"):
+      assert getattr(data_mod, name) is getattr(digits, name)
+  with pytest.raises(AttributeError, match="has no attribute 'digits_folder_indices'"):
+    data_mod.digits_folder_indices  # pylint: disable=pointless-statement  (removed, internal)

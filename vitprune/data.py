@@ -836,3 +836,22 @@ def dataset_info(dataset: Union[ImageFolder, ArrayDataset],
       classes=tuple(dataset.classes),
       labelled=bool(dataset.labelled),
       fingerprint=dataset_fingerprint(dataset, indices))
+
+
+# The bundled digits lived here until they moved to `vitprune.digits`; code that imports them
+# from here keeps working, with a DeprecationWarning naming the new home.
+_MOVED_TO_DIGITS = frozenset({
+    "DIGITS_CLASSES", "DIGITS_FORMAT", "DIGITS_MARKER", "check_digits_folder", "digits_batches",
+    "digits_copied_into", "digits_dataset", "digits_for_model", "digits_preprocessing",
+    "digits_split", "digits_training_split", "is_digits_imagefolder", "load_digits_arrays",
+    "stratified_split", "write_digits_imagefolder"})
+
+
+def __getattr__(name: str):
+  """`vitprune.data.<digits name>` -> `vitprune.digits.<name>` (moved; see `_MOVED_TO_DIGITS`)."""
+  if name in _MOVED_TO_DIGITS:
+    from vitprune import digits  # pylint: disable=g-import-not-at-top  (it imports this module)
+    warnings.warn(f"vitprune.data.{name} moved to vitprune.digits.{name}", DeprecationWarning,
+                  stacklevel=2)
+    return getattr(digits, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
