@@ -585,7 +585,14 @@ def test_training_digits_added_to_a_digits_images_folder_are_found_by_their_pixe
   grey_alpha = tmp_path / "la"
   shutil.copytree(test, grey_alpha)
   train_digit.convert("LA").save(grey_alpha / label / "extra.png")
-  for folder, found in ((added, 41), (over, 40), (grey_alpha, 41)):
+  padded = tmp_path / "padded"          # 80 KiB of text chunks: past the guard's size cap
+  shutil.copytree(test, padded)
+  from PIL import PngImagePlugin  # pylint: disable=g-import-not-at-top
+  info = PngImagePlugin.PngInfo()
+  info.add_text("comment", os.urandom(60_000).hex()[:80_000])
+  train_digit.save(padded / label / "extra.png", pnginfo=info)
+  assert os.path.getsize(padded / label / "extra.png") > 1 << 16
+  for folder, found in ((added, 41), (over, 40), (grey_alpha, 41), (padded, 41)):
     assert train_index in digits.digits_copied_into(str(folder))
     with pytest.raises(ValueError, match=re.escape(
         f"1 of the {found} digits in {folder} are training images of the embedded weights")):

@@ -156,7 +156,8 @@ def digits_for_model(class_names: Optional[Sequence[str]] = None,
 
 
 # An 8x8 digit image is a few hundred bytes in any format PIL writes losslessly; larger files
-# are not opened by the guard (a photo folder's headers stay unread).
+# are not opened by PIL in the guard (a photo folder's headers stay unread), except PNGs whose
+# header says 8x8.
 _MAX_DIGIT_FILE_BYTES = 1 << 16
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -168,9 +169,9 @@ def digits_copied_into(root: str) -> set:
   followed), whatever its name (folders `c0`..`c9` read by weights that record no class names
   are labelled by their sorted position; a digit in another digit's folder is a training image
   scored all the same); without, images directly in `root` (a flat copy, `cp dir/*/*.png
-  flat/`, scored by agreement). Only regular files of at most 64 KiB whose
-  header says 8x8 are decoded, to RGB as `ImageFolder` reads them (a grey image saved as LA,
-  RGB(A) or with a palette counts by its grey values)."""
+  flat/`, scored by agreement). Only regular files whose header says 8x8 are decoded (of at
+  most 64 KiB, but PNGs of any size), to RGB as `ImageFolder` reads them (a grey image saved as
+  LA, RGB(A) or with a palette counts by its grey values)."""
   if not os.path.isdir(root):          # (ImageFolder names a missing root)
     return set()
   images, _ = load_digits_arrays()
@@ -181,14 +182,16 @@ def digits_copied_into(root: str) -> set:
   def index_of(path: str) -> int:
     try:
       st = os.stat(path)
-      if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_DIGIT_FILE_BYTES:
+      if not stat.S_ISREG(st.st_mode):
         return -1                     # (a FIFO blocked the open for ever; ImageFolder names it)
       with open(path, "rb") as f:     # a PNG's size without PIL (~5x faster on a large folder)
         head = f.read(24)
-      if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" and (
-          int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")) != \
+      png = head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR"
+      if png and (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")) != \
           shape[::-1]:
         return -1
+      if st.st_size > _MAX_DIGIT_FILE_BYTES and not png:   # (an 8x8 PNG padded with chunks
+        return -1                                          # of text or ICC is still a digit)
       with Image.open(path) as img:
         if img.size != shape[::-1]:   # (from the header: not decoded)
           return -1
