@@ -1,6 +1,7 @@
 """The main job's output step is one transaction that replaces only its own outputs."""
 import json
 import os
+import re
 import types
 
 import pytest
@@ -64,6 +65,29 @@ def test_output_step_refuses_a_foreign_directory(tmp_path):
       pass
   assert (foreign / "NOTES.txt").read_text() == "do not delete"
   assert sorted(os.listdir(tmp_path)) == ["work"]   # no staged leftovers
+
+
+def test_a_published_output_with_an_added_file_names_it(tmp_path):
+  """The main job's own folder (its summary.json and inventory) with a NOTES.txt added was
+  refused as 'a folder that is not a vitprune output', naming nothing; the file is named, as an
+  artifact's is. A folder vitprune never published still gets the general line."""
+  out = tmp_path / "run"
+  with atomic.staged_dir(str(out), overwrite=True, is_ours=pipeline.is_pipeline_dir) as tmp:
+    _layout(tmp, {"format": pipeline.SUMMARY_FORMAT, "version": 1})
+  assert pipeline.is_pipeline_dir(str(out))
+  atomic.check_replaceable(str(out), pipeline.is_pipeline_dir)           # ours: replaceable
+  for extra in ("NOTES.txt", "profile/NOTES.txt"):
+    (out / extra).write_text("mine")
+    with pytest.raises(atomic.ForeignOutputError, match=re.escape(
+        f"refusing to replace {out}: it holds {extra}, which vitprune did not write there; "
+        "move them away or choose another output path")):
+      atomic.check_replaceable(str(out), pipeline.is_pipeline_dir)
+    os.unlink(out / extra)
+  plain = tmp_path / "plain"
+  plain.mkdir()
+  (plain / "NOTES.txt").write_text("mine")
+  with pytest.raises(atomic.ForeignOutputError, match="it is a folder that is not"):
+    atomic.check_replaceable(str(plain), pipeline.is_pipeline_dir)
 
 
 def test_schedule_timer_times_every_schedule_in_one_measurement(monkeypatch):
