@@ -339,8 +339,9 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           neighbours=spec.loop_neighbours, num_images=len(data.indices))
       if seconds is not None:
         seconds["in_loop"] = time.perf_counter() - t0
-      log(f"  timed {sol.settings['timed_in_loop']} compiled graphs meeting the floor around "
-          f"the choice: fastest measured {sol.chosen.schedule} "
+      timed = sol.settings["timed_in_loop"]
+      log(f"  timed {timed} compiled graph{'' if timed == 1 else 's'} meeting the floor "
+          f"around the choice: fastest measured {sol.chosen.schedule} "
           f"{1e3 * sol.chosen.measured_latency_s:.4f} ms (predicted "
           f"{1e3 * sol.chosen.predicted_latency_s:.4f} ms)"
           + ("" if sol.chosen.counts == before.counts else
