@@ -1014,8 +1014,10 @@ def test_empty_intersection_nan_and_metric(tmp_path):
 def test_multilayer_input_errors(tmp_path):
   model_only = _save_profile(tmp_path, [_point("model", n, 1e-3) for n in range(5, N + 1)])
   sens = _estimate(tmp_path, [1, 3], list(range(4, N)), _acc)
-  with pytest.raises(solve_stage.SolveInputError, match="no block points"):
-    _multi(model_only, sens)
+  with pytest.raises(solve_stage.SolveInputError, match=re.escape(
+      "has no block points (it holds model); multi mode needs a per-block table "
+      "(experiments.profile --mode=block) or the main job's --solver=multi profile")):
+    _multi(model_only, sens)     # (it named no way out)
   blocks = _block_profile(tmp_path)
   embed_only = _estimate(tmp_path, [None], list(range(4, N)), _acc, name="emb.json")
   with pytest.raises(solve_stage.SolveInputError, match="no per-layer sensitivity"):

@@ -119,7 +119,12 @@ def resolve_batch(profile: records.Profile, estimate: Estimate, batch_size: Opti
   """The profile batch size to solve for, checked against the estimate's evaluation batch."""
   have = sorted({p.batch_size for p in profile.points if p.component in components})
   if not have:
-    raise SolveInputError(f"profile {profile.source} has no {'/'.join(components)} points")
+    kinds = sorted({p.component for p in profile.points})
+    hint = ("; multi mode needs a per-block table (experiments.profile --mode=block) or the "
+            "main job's --solver=multi profile (its calibration schedules)"
+            if components == MODE_COMPONENTS["multi"] else "")
+    raise SolveInputError(f"profile {profile.source} has no {'/'.join(components)} points "
+                          f"(it holds {'/'.join(kinds) or 'none'}){hint}")
   eval_batch = estimate.eval_batch_size
   if batch_size is None:
     if len(have) == 1:
