@@ -32,7 +32,7 @@ from vitprune.data import ImageFolder, check_not_read_as_an_image, iterate_batch
 from vitprune.digits import check_digits_folder
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime
-from vitprune.edge.targets import EdgeError, describe_runtime
+from vitprune.edge.targets import BACKEND_DRIVERS, EdgeError, describe_runtime
 from vitprune.profile import protocol
 from vitprune.profile import records
 
@@ -42,8 +42,9 @@ flags.DEFINE_string("artifact", None, "Artifact directory with IREE targets (run
 flags.DEFINE_string("images", None, "ImageFolder root or a flat folder of images (run).")
 flags.DEFINE_string("target", None, "Target to use, e.g. iree:host (default: the first target "
                     "of the artifact this host can run).")
-flags.DEFINE_string("driver", None, "IREE driver to run on instead of the one the artifact or "
-                    "kit records (llvm-cpu targets: local-sync or local-task).")
+flags.DEFINE_enum("driver", None, sorted({d for ds in BACKEND_DRIVERS.values() for d in ds}),
+                  "IREE driver to run on instead of the one the artifact or kit records "
+                  "(llvm-cpu targets: local-sync or local-task).")
 flags.DEFINE_string("kit", None, "Kit directory (profile).")
 flags.DEFINE_string("out", None, "Profile JSON to write (profile).")
 flags.DEFINE_string("output", None, "Optional JSON file for run/bench results.")

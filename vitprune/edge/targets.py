@@ -46,6 +46,9 @@ STACK_LIMIT = 65536
 CPU_STACK = f"--iree-llvmcpu-stack-allocation-limit={STACK_LIMIT}"
 CPU_PROFILES = ("latency", "throughput")
 CPU_DRIVERS = {"latency": "local-sync", "throughput": "local-task"}
+# The IREE runtime drivers that run each backend's modules (the first is the default).
+BACKEND_DRIVERS = {"llvm-cpu": ("local-task", "local-sync"), "cuda": ("cuda",),
+                   "vulkan-spirv": ("vulkan",)}
 # Between vit_digits at batch 1 (0.03 GFLOP: local-sync 1.18x JAX, local-task 1.69x) and at batch 8
 # (0.26: local-task 1.26x, local-sync 1.61x): the first idle run of benchmarks.edge_speed with both
 # drivers on the 2-core CPU (README "IREE host vs JAX CPU": its auto-driver column "before").
@@ -85,8 +88,7 @@ class Target:
   @property
   def drivers(self) -> Tuple[str, ...]:
     """The IREE runtime drivers that can run this target's modules (the first is the default)."""
-    return {"llvm-cpu": ("local-task", "local-sync"), "cuda": ("cuda",),
-            "vulkan-spirv": ("vulkan",)}[self.backend]
+    return BACKEND_DRIVERS[self.backend]
 
   @property
   def driver(self) -> str:
