@@ -159,9 +159,13 @@ def main(f: flags.FlagValues):
   result = run_prune(cfg, params, images, method=f.method, schedule=schedule, labels=labels,
                      valid=valid, dtype=f.dtype, warmup=f.warmup, repeats=f.repeats,
                      reducer_options=options)
-  result["images"] = note
+  result["images"], result["weights"] = note, source
   print(format_result(result))
   print(f"images: {common.shown(note)}")
+  random_init = source.startswith("init_params(")
+  print(f"weights: {common.shown(source)}" + (" (random-init, not trained: the agreement "
+                                              "compares two untrained graphs)"
+                                              if random_init else ""))
   return result
 
 

@@ -35,6 +35,11 @@ def test_profile(tmp_path):
 def test_prune():
   r = _cli("prune", "--model=test_tiny_vit", "--batch_size=2", "--repeats=3", "--warmup=0")
   assert "test_tiny_vit  method=pomt" in r.stdout and "speed-up:" in r.stdout
+  # A registry model runs on random-init weights, which the output now says (it did not).
+  assert r.stdout.splitlines()[-1] == ("weights: init_params(seed=0) (random-init, not trained: "
+                                       "the agreement compares two untrained graphs)")
+  r = _cli("prune", "--batch_size=2", "--repeats=3", "--warmup=0")       # the embedded weights
+  assert r.stdout.splitlines()[-1].startswith("weights: ") and "random-init" not in r.stdout
 
 
 def test_estimate(tmp_path):
