@@ -605,6 +605,11 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   with pytest.raises(EdgeError, match=re.escape(f"{bad_kit}/kit.json names no point for {gone}: "
                                                 "an edited kit.json?")):
     kit_lib.read_kit(str(bad_kit))
+  # A kit given where an artifact goes is named as a kit (it said only "holds no IREE target").
+  with pytest.raises(EdgeError, match=re.escape(
+      f"{kit_dir} is a profiling kit (kit.json), not an artifact: profile it with python -m "
+      f"vitprune.edge profile --kit={kit_dir}")):
+    edge_rt.read_records(kit_dir)
   # A stray file a copy brought along is not a module (a Mac's .DS_Store was refused as one),
   # and a module file that is not a string is named (it was an unhashable-list TypeError).
   (bad_kit / "kit.json").write_text((pathlib.Path(kit_dir) / "kit.json").read_text())
