@@ -204,20 +204,20 @@ def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
   check_not_mount_point(path)
   if is_free(path):
     return
-  real_dir = os.path.isdir(path) and not os.path.islink(path)
+  ours = os.path.isdir(path) and is_ours(path)     # (a link: the folder it leads to)
   # Ours, or published by vitprune (its inventory) with files added since (the main job's folder
   # with a NOTES.txt is not ours to replace: the added files are the reason, so name them).
-  if real_dir and (is_ours(path) or os.path.isfile(os.path.join(path, INVENTORY_FILE))):
+  if not os.path.islink(path) and (ours or os.path.isfile(os.path.join(path, INVENTORY_FILE))):
     extra = unlisted_files(path)
     if extra:
       raise ForeignOutputError(
           f"refusing to replace {path}: it holds {', '.join(extra[:3])}"
           f"{f' and {len(extra) - 3} more' if len(extra) > 3 else ''}, which vitprune did not "
           "write there; move them away or choose another output path")
-    if is_ours(path):
+    if ours:
       return
   what = getattr(is_ours, "description", "a vitprune output")
-  if os.path.islink(path) and os.path.isdir(path) and is_ours(path):   # a link to ours: the
+  if os.path.islink(path) and ours:                                   # a link to ours: the
     raise ForeignOutputError(f"refusing to replace {path}: it is a symbolic link to {what}; "
                              "pass the folder itself (a link is never replaced) or choose "
                              "another output path")

@@ -119,9 +119,10 @@ def interrupts_held(raise_after: bool = True) -> Iterator[None]:
   """Ctrl-C and STOP_SIGNALS are recorded but not raised inside (`vitprune.atomic`'s renames that
   publish an output: stopped between moving the old one aside and putting the new one in place,
   its cleanup deleted both); the interrupt is raised on leaving, once the output is whole.
-  `raise_after=False`: a cleanup an interrupt is passing through (a second Ctrl-C or a SIGTERM
-  cut the removal of a staged folder short and left it): that interrupt goes on, and the one
-  recorded meanwhile is said with it (`interrupt_exit`)."""
+  `raise_after=False`: the cleanup of a failed write (a second Ctrl-C or a SIGTERM cut the
+  removal of a staged folder short and left it); `raise_held` then raises an interrupt recorded
+  meanwhile together with the failure, and an interrupt passing through goes on, the one
+  recorded meanwhile said with it (`interrupt_exit`)."""
   global _held
   _held += 1
   try:

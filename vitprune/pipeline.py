@@ -498,8 +498,9 @@ def keep_measured(out_dir: str, spec: PipelineSpec, profile: records.Profile,
   -> its path; None (logged) when even that cannot be written: staged and published whole, so
   it leaves nothing then (a full disk left a half-written folder per run). `out_dir` is left as
   it was."""
-  kept = f"{os.path.abspath(out_dir)}.partial-{secrets.token_hex(4)}"
-  parent, base = os.path.split(os.path.abspath(out_dir))
+  out_dir = os.path.abspath(out_dir)
+  kept = f"{out_dir}.partial-{secrets.token_hex(4)}"
+  parent, base = os.path.split(out_dir)
   atomic.cleanup_stale_named(parent, f"{base}.partial-")   # (killed keeps: a fresh name each)
   try:
     with atomic.staged_dir(kept, overwrite=False) as tmp:

@@ -403,9 +403,10 @@ def read_records(path: str) -> List[Dict[str, Any]]:
     raise EdgeError(f"{path} is not an artifact directory")
   files = sorted(glob.glob(os.path.join(path, EDGE_DIR, "*.json")))
   if not files:
-    if os.path.isfile(os.path.join(path, "kit.json")):   # (kit.KIT_MANIFEST; kit imports us)
-      raise EdgeError(f"{path} is a profiling kit (kit.json), not an artifact: profile it with "
-                      f"python -m vitprune.edge profile --kit={path}; deploy a model with "
+    from vitprune.edge.kit import KIT_MANIFEST  # pylint: disable=g-import-not-at-top  (a cycle)
+    if os.path.isfile(os.path.join(path, KIT_MANIFEST)):
+      raise EdgeError(f"{path} is a profiling kit ({KIT_MANIFEST}), not an artifact: profile it "
+                      f"with python -m vitprune.edge profile --kit={path}; deploy a model with "
                       "python -m experiments.deploy --target=iree:host")
     raise EdgeError(f"{path} holds no IREE target (no {EDGE_DIR}/*.json); export it with "
                     "python -m experiments.deploy --target=iree:host")
