@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # The GPU measurements the README asks for, one stage per call (each fits a 10-minute device call).
 #   bash benchmarks/gpu_suite.sh speed|profile|bench-small|bench-base [OUT_DIR]
+#   bash benchmarks/gpu_suite.sh all [OUT_DIR] [SECONDS]
+# 'all' fits a short lease into one call: DeiT-S float32 profile, the DeiT-S method benchmark,
+# the latency-model check (predictor_accuracy, POMT and ToMe at batch 8), then the bfloat16
+# profile, each under `timeout` against one deadline (SECONDS, default 540), so a stage that
+# runs long costs the later ones only their time and a killed stage leaves no half-written
+# file (every output is written atomically). Logs go to OUT_DIR/log-<stage>.txt.
 # Writes under OUT_DIR (default outputs/gpu); paste the printed tables into README.md with the
 # device name the tables print. Random weights: latency only (values do not change the graphs).
 set -euo pipefail
@@ -8,12 +14,30 @@ stage=${1:?usage: gpu_suite.sh speed|profile|bench-small|bench-base [OUT_DIR]}
 out=${2:-outputs/gpu}
 cache=${JAX_CACHE_DIR:-/tmp/vitprune_jax_cache}
 case "$stage" in   # before anything is created
-  speed|profile|bench-small|bench-base) ;;
-  *) echo "error: unknown stage '$stage' (one of speed, profile, bench-small, bench-base)" >&2
+  speed|profile|bench-small|bench-base|all) ;;
+  *) echo "error: unknown stage '$stage' (one of speed, profile, bench-small, bench-base, all)" >&2
      exit 2 ;;
+esac
+budget=${3:-540}
+case "$budget" in ''|*[!0-9]*) echo "error: SECONDS '$budget' is not a whole number" >&2; exit 2;;
 esac
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+model_small=${GPU_SUITE_MODEL:-deit_small_patch16_224}   # a smaller model for a dry run on CPU
+deadline=$(( $(date +%s) + budget ))
+
+# timed NAME CAP CMD...: runs CMD under timeout, at most CAP seconds and never past the deadline
+# (minus 10 s for packing up); its output to the terminal and OUT_DIR/log-NAME.txt.
+timed() {
+  local name=$1 cap=$2; shift 2
+  local left=$(( deadline - $(date +%s) - 10 ))
+  (( left < cap )) && cap=$left
+  if (( cap < 20 )); then echo "== $name: skipped (${left}s left)"; return 0; fi
+  echo "== $name: up to ${cap}s"
+  local t0=$(date +%s) rc=0
+  timeout --signal=INT --kill-after=10 "$cap" "$@" > >(tee "$out/log-$name.txt") 2>&1 || rc=$?
+  echo "== $name: rc=$rc after $(( $(date +%s) - t0 ))s"
+}
 case "$stage" in
   speed)  # issue target: deit_small whole-model profile at batch 1 in < 2 min, steps reproducible
     # Its own fresh cache (its 'cache (cold)' row refuses a used one, and the profile stage
@@ -35,4 +59,21 @@ case "$stage" in
     python -m experiments.benchmark --model="$model" --data=none --batch_size=1,4,16,64 \
         --dtype=float32,bfloat16 --compile_threads=8 --min_run_time=0.3 --noprogress \
         --out_dir="$out/benchmark" ;;
+  all)
+    python -c "import jax, jaxlib, flax; print('jax', jax.__version__, 'flax', flax.__version__,
+jax.devices())"
+    timed profile-f32 160 python -m experiments.profile --mode=model --model="$model_small" \
+        --batch_size=1,4,16,64 --dtype=float32 --adaptive --threads=8 \
+        --compile_cache_dir="$cache" --min_run_time=0.2 --noprogress --out_dir="$out/profile"
+    timed bench-small 160 python -m experiments.benchmark --model="$model_small" --data=none \
+        --batch_size=1,4,16,64 --dtype=float32,bfloat16 --compile_threads=8 --min_run_time=0.3 \
+        --noprogress --out_dir="$out/benchmark"
+    for method in pomt tome; do
+      timed "predictor-$method" 75 python -m benchmarks.predictor_accuracy \
+          --models="$model_small" --batch_sizes=8 --methods="$method" --threads=8 \
+          --compile_cache_dir="$cache" --out="$out/predictor_accuracy_$method.json"
+    done
+    timed profile-bf16 160 python -m experiments.profile --mode=model --model="$model_small" \
+        --batch_size=1,4,16,64 --dtype=bfloat16 --adaptive --threads=8 \
+        --compile_cache_dir="$cache" --min_run_time=0.2 --noprogress --out_dir="$out/profile" ;;
 esac

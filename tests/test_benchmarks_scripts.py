@@ -37,8 +37,38 @@ def test_gpu_suite_rejects_unknown_stages(tmp_path):
   r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "nosuch", str(out)], cwd=ROOT,
                      capture_output=True, text=True, timeout=30)
   assert r.returncode == 2 and r.stderr == ("error: unknown stage 'nosuch' (one of speed, "
-                                            "profile, bench-small, bench-base)\n")
+                                            "profile, bench-small, bench-base, all)\n")
   assert not out.exists()
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "9m"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=30)
+  assert r.returncode == 2 and r.stderr == "error: SECONDS '9m' is not a whole number\n"
+  assert not out.exists()
+
+
+def test_gpu_suite_all_runs_every_stage_under_one_deadline(tmp_path):
+  """A stand-in `python` that fails for the method benchmark: every stage runs in order, logs
+  to OUT_DIR/log-<stage>.txt, and a failed stage does not stop the later ones; with less than
+  20 s left before the deadline the stages are skipped, not started."""
+  import os  # pylint: disable=g-import-not-at-top
+  fake, out = tmp_path / "bin", tmp_path / "gpu"
+  fake.mkdir()
+  (fake / "python").write_text('#!/bin/sh\necho "$@" | cut -c1-40\n'
+                               'case "$*" in *experiments.benchmark*) exit 3;; esac\n')
+  (fake / "python").chmod(0o755)
+  env = dict(os.environ, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "600"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=60, env=env)
+  assert r.returncode == 0, r.stderr
+  stages = [ln.split(":")[0][3:] for ln in r.stdout.splitlines()
+            if ln.startswith("== ") and "rc=" in ln]
+  assert stages == ["profile-f32", "bench-small", "predictor-pomt", "predictor-tome",
+                    "profile-bf16"]
+  assert "== bench-small: rc=3 after" in r.stdout
+  assert sorted(os.listdir(out)) == sorted(f"log-{s}.txt" for s in stages)
+  assert (out / "log-predictor-tome.txt").read_text().startswith("-m benchmarks.predictor_acc")
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "25"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=60, env=env)
+  assert r.returncode == 0 and r.stdout.count("skipped (") == 5, r.stdout
 
 
 def test_gpu_suite_speed_keeps_the_last_table_when_a_run_fails(tmp_path):
