@@ -2,11 +2,12 @@
 # The GPU measurements the README asks for, one stage per call (each fits a 10-minute device call).
 #   bash benchmarks/gpu_suite.sh speed|profile|bench-small|bench-base [OUT_DIR]
 #   bash benchmarks/gpu_suite.sh all [OUT_DIR] [SECONDS]
-# 'all' fits a short lease into one call: DeiT-S float32 profile, the DeiT-S method benchmark,
-# the latency-model check (predictor_accuracy, POMT and ToMe at batch 8), then the bfloat16
-# profile, each under `timeout` against one deadline (SECONDS, default 540), so a stage that
-# runs long costs the later ones only their time and a killed stage leaves no half-written
-# file (every output is written atomically). Logs go to OUT_DIR/log-<stage>.txt.
+# 'all' fits a 15-minute lease into one call, most wanted first: DeiT-S float32 profile at
+# batch 1 (36 counts), unpruned vs POMT vs ToMe at batch 1/8/64, profiles at batch 64 and in
+# bfloat16 (24 counts), then the latency-model check (predictor_accuracy, POMT, batch 8), each
+# under `timeout` against one deadline (SECONDS, default 540): a stage that runs long costs the
+# later ones only their time, the profiles are written every 8 counts (--chunk_points) and no
+# output is ever half-written. Logs go to OUT_DIR/log-<stage>.txt.
 # Writes under OUT_DIR (default outputs/gpu); paste the printed tables into README.md with the
 # device name the tables print. Random weights: latency only (values do not change the graphs).
 set -euo pipefail
@@ -51,7 +52,7 @@ case "$stage" in
   profile)
     for dtype in float32 bfloat16; do
       python -m experiments.profile --mode=model --model=deit_small_patch16_224 \
-          --batch_size=1,4,16,64 --dtype="$dtype" --adaptive --threads=8 \
+          --batch_size=1,4,16,64 --dtype="$dtype" --adaptive --chunk_points=8 --threads=8 \
           --compile_cache_dir="$cache" --min_run_time=0.2 --noprogress --out_dir="$out/profile"
     done ;;
   bench-small|bench-base)
@@ -59,21 +60,23 @@ case "$stage" in
     python -m experiments.benchmark --model="$model" --data=none --batch_size=1,4,16,64 \
         --dtype=float32,bfloat16 --compile_threads=8 --min_run_time=0.3 --noprogress \
         --out_dir="$out/benchmark" ;;
-  all)
+  all)   # sized by the first lease: a DeiT-S graph compiles in ~6 s on an H200 (autotuning)
     python -c "import jax, jaxlib, flax; print('jax', jax.__version__, 'flax', flax.__version__,
 jax.devices())"
-    timed profile-f32 160 python -m experiments.profile --mode=model --model="$model_small" \
-        --batch_size=1,4,16,64 --dtype=float32 --adaptive --threads=8 \
-        --compile_cache_dir="$cache" --min_run_time=0.2 --noprogress --out_dir="$out/profile"
-    timed bench-small 160 python -m experiments.benchmark --model="$model_small" --data=none \
-        --batch_size=1,4,16,64 --dtype=float32,bfloat16 --compile_threads=8 --min_run_time=0.3 \
-        --noprogress --out_dir="$out/benchmark"
-    for method in pomt tome; do
-      timed "predictor-$method" 75 python -m benchmarks.predictor_accuracy \
-          --models="$model_small" --batch_sizes=8 --methods="$method" --threads=8 \
-          --compile_cache_dir="$cache" --out="$out/predictor_accuracy_$method.json"
-    done
-    timed profile-bf16 160 python -m experiments.profile --mode=model --model="$model_small" \
-        --batch_size=1,4,16,64 --dtype=bfloat16 --adaptive --threads=8 \
-        --compile_cache_dir="$cache" --min_run_time=0.2 --noprogress --out_dir="$out/profile" ;;
+    profile() {  # profile NAME CAP BATCH MAX_POINTS DTYPE: written chunk by chunk
+      timed "$1" "$2" python -m experiments.profile --mode=model --model="$model_small" \
+          --batch_size="$3" --dtype="$5" --adaptive --max_points="$4" --chunk_points=8 \
+          --threads=8 --compile_cache_dir="$cache" --min_run_time=0.2 --noprogress \
+          --out_dir="$out/profile"
+    }
+    profile profile-b1 230 1 36 float32
+    timed bench-small 150 python -m experiments.benchmark --model="$model_small" --data=none \
+        --batch_size=1,8,64 --dtype=float32 --compile_threads=8 --min_run_time=0.3 \
+        --variants="${GPU_SUITE_VARIANTS:-tome-r8=tome:r8;tome-r13=tome:r13}" --noprogress \
+        --out_dir="$out/benchmark"
+    profile profile-b64 150 64 24 float32
+    profile profile-b1-bf16 150 1 24 bfloat16
+    timed predictor-pomt 200 python -m benchmarks.predictor_accuracy --models="$model_small" \
+        --batch_sizes=8 --methods=pomt --threads=8 --compile_cache_dir="$cache" \
+        --out="$out/predictor_accuracy_pomt.json" ;;
 esac

@@ -78,6 +78,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     flag_values=fv)
   flags.DEFINE_integer("coarse_stride", 0, "Adaptive coarse stride (0: ~16 points).",
                        lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer("max_points", 0, "Adaptive: at most this many token counts per batch "
+                       "size, the refinement's most informative first (0: no limit).",
+                       lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer("chunk_points", 0, "Compile and time this many token counts at a time, "
+                       "writing the points after each chunk, so an interrupted run keeps them "
+                       "(0: one measurement per phase).", lower_bound=0, flag_values=fv)
   flags.DEFINE_bool("progress", True, "Show a progress bar (stderr).", flag_values=fv)
   # --mode=pipeline only:
   flags.DEFINE_string("data", "digits", "Pipeline data: 'digits' (bundled) or an image folder "
@@ -119,7 +125,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 PIPELINE_ONLY = ("data", "num_images", "eval_batch_size", "alpha", "layer", "method", "solver",
                  "accuracy_floor", "latency_budget", "calibration_schedules", "measure_frontier",
                  "refine_accuracy_rounds")
-PROFILE_ONLY = ("schedule", "reducer", "adaptive", "coarse_stride", "compile_cache_dir")
+PROFILE_ONLY = ("schedule", "reducer", "adaptive", "coarse_stride", "max_points",
+                "chunk_points", "compile_cache_dir")
 
 
 def check_mode_flags(f: flags.FlagValues) -> None:
@@ -132,12 +139,14 @@ def check_mode_flags(f: flags.FlagValues) -> None:
       raise ValueError(f"{common.applies(unread)} to --mode=model, block or schedule, not "
                        f"--mode=pipeline{hint}")
     raise ValueError(f"{common.applies(unread)} to --mode=pipeline only, not --mode={f.mode}")
-  if f.mode == "schedule" and (f["adaptive"].present or f["coarse_stride"].present
-                              or f["tokens"].present):
-    raise ValueError("--tokens, --adaptive and --coarse_stride apply to --mode=model or block (a "
-                     "grid of token counts), not --mode=schedule (its graphs are --schedule)")
-  if f["coarse_stride"].present and not f.adaptive:
-    raise ValueError("--coarse_stride needs --adaptive")
+  grid_flags = ("tokens", "adaptive", "coarse_stride", "max_points", "chunk_points")
+  if f.mode == "schedule" and common.given_flags(f, grid_flags):
+    raise ValueError(f"{common.applies(common.given_flags(f, grid_flags))} to --mode=model or "
+                     "block (a grid of token counts), not --mode=schedule (its graphs are "
+                     "--schedule)")
+  for name in ("coarse_stride", "max_points"):
+    if f[name].present and not f.adaptive:
+      raise ValueError(f"--{name} needs --adaptive")
 
 
 def _batch_sizes(values: List[str]):
@@ -207,6 +216,7 @@ def spec_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
                             mode=f.mode, tokens=tokens, schedules=schedules,
                             timing=_timing_from_flags(f), threads=f.threads,
                             adaptive=f.adaptive, coarse_stride=f.coarse_stride,
+                            max_points=f.max_points, chunk_points=f.chunk_points,
                             reducer=f.reducer, seed=f.seed)
   memory.check_batch_fits(cfg, spec.batch_sizes, spec.dtype)
   if f.compile_cache_dir:      # JAX would only warn and run without a cache

@@ -61,11 +61,11 @@ def test_gpu_suite_all_runs_every_stage_under_one_deadline(tmp_path):
   assert r.returncode == 0, r.stderr
   stages = [ln.split(":")[0][3:] for ln in r.stdout.splitlines()
             if ln.startswith("== ") and "rc=" in ln]
-  assert stages == ["profile-f32", "bench-small", "predictor-pomt", "predictor-tome",
-                    "profile-bf16"]
+  assert stages == ["profile-b1", "bench-small", "profile-b64", "profile-b1-bf16",
+                    "predictor-pomt"]
   assert "== bench-small: rc=3 after" in r.stdout
   assert sorted(os.listdir(out)) == sorted(f"log-{s}.txt" for s in stages)
-  assert (out / "log-predictor-tome.txt").read_text().startswith("-m benchmarks.predictor_acc")
+  assert (out / "log-predictor-pomt.txt").read_text().startswith("-m benchmarks.predictor_acc")
   r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "25"], cwd=ROOT,
                      capture_output=True, text=True, timeout=60, env=env)
   assert r.returncode == 0 and r.stdout.count("skipped (") == 5, r.stdout

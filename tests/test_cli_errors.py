@@ -271,6 +271,10 @@ CASES = [
     # blamed two multi-layer solutions that were not given
     ("benchmark", ["--data=none", "--variants=defaults;x=tome:r4;DEFAULTS", "--out_dir={out}"],
      1, "--variants 'defaults;x=tome:r4;DEFAULTS': 'defaults' is given more than once"),
+    ("profile", ["--mode=model", "--chunk_points=-2", "--out_dir={out}"], 2,
+     "flag --chunk_points=-2: -2 is not a non-negative integer"),
+    ("profile", ["--mode=model", "--max_points=40", "--out_dir={out}"], 1,
+     "--max_points needs --adaptive"),
 ]
 
 

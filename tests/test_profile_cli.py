@@ -152,6 +152,43 @@ def test_adaptive_grid_is_subset_and_keeps_ends(tmp_path):
   assert {17, 12, 7, 2} <= toks <= set(range(2, 18))
 
 
+def test_max_points_bounds_the_refinement(tmp_path):
+  """The GPU asked for 185 of 196 DeiT-S counts (every coarse interval non-flat): at ~6 s a
+  compile, more than a lease. --max_points keeps the coarse grid and cuts the refinement."""
+  (full,) = _run(tmp_path / "a", "--adaptive", "--coarse_stride=5", "--tokens=all")
+  coarse = {17, 12, 7, 2}
+  assert len({p.tokens for p in full.points}) > 6     # (else the bound below bounds nothing)
+  (prof,) = _run(tmp_path / "b", "--adaptive", "--coarse_stride=5", "--tokens=all",
+                 "--max_points=6")
+  toks = {p.tokens for p in prof.points}
+  assert len(toks) == 6 and coarse <= toks
+
+
+def test_chunks_are_written_as_they_are_measured(tmp_path, monkeypatch, capsys):
+  """An interrupted GPU profile kept nothing: the points of a batch size were written when it
+  was done. With --chunk_points every finished chunk is on disk when a later one is killed."""
+  real, calls = runner._measure, []
+
+  def measure(keys, **kw):
+    calls.append(sorted(k[1] for k in keys))
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+    return real(keys, **kw)
+
+  monkeypatch.setattr(runner, "_measure", measure)
+  with pytest.raises(KeyboardInterrupt):
+    _run(tmp_path, "--tokens=all", "--chunk_points=5")
+  assert [len(c) for c in calls] == [5, 5, 5]
+  assert calls[0] == [2, 5, 9, 13, 17]       # both ends, the midpoint, the quarters
+  (path,) = tmp_path.glob("*.json")
+  held = sorted(p.tokens for p in records.load(str(path)).points)
+  assert held == sorted(calls[0] + calls[1])
+  assert capsys.readouterr().out.count("(measuring on)") == 2
+  monkeypatch.setattr(runner, "_measure", real)
+  (prof,) = _run(tmp_path / "all", "--tokens=all", "--chunk_points=5")
+  assert sorted(p.tokens for p in prof.points) == list(range(2, 18))   # every count, once
+
+
 def test_default_flags_run_the_pipeline_on_the_embedded_model():
   # The no-flag run itself is exercised by hand (README); here: what it would run.
   f = _flags()
@@ -491,8 +528,13 @@ def test_weights_flag(tmp_path):
     (["--reducer=tome"], "^--reducer=tome cannot drop tokens after the embedding"),
     (["--mode=schedule", "--schedule=17,5,5", "--reducer=tome"], "tome can remove at most 8 of "
      "the 17 tokens entering block 0"),
-    (["--mode=schedule", "--schedule=17,17,17", "--adaptive"], "^--tokens, --adaptive and "
-     "--coarse_stride apply to --mode=model or block"),
+    (["--mode=schedule", "--schedule=17,17,17", "--adaptive"], "^--adaptive applies to "
+     "--mode=model or block"),
+    (["--mode=schedule", "--schedule=17,17,17", "--chunk_points=4", "--max_points=9"],
+     "^--max_points, --chunk_points apply to --mode=model or block"),
+    (["--max_points=9"], "^--max_points needs --adaptive$"),
+    (["--adaptive", "--max_points=3"], "^max_points=3 is below the 16 counts of the coarse "
+                                       "grid; raise it or the coarse stride$"),
     (["--mode=schedule", "--schedule=17,17,17", "--tokens=9:17"], "not --mode=schedule"),
     (["--coarse_stride=4"], "^--coarse_stride needs --adaptive$"),
     (["--compile_cache_dir=/dev/null"], "compile_cache_dir"),

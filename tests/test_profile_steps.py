@@ -119,6 +119,25 @@ def test_refine_grid_fills_only_non_flat_intervals():
   assert [(s.n_from, s.n_to) for s in rep_full.steps] == [(26, 25)]
 
 
+def test_refine_order_puts_step_intervals_first_in_bisection_order():
+  coarse = [40, 34, 28, 22, 16, 10, 4]
+  med = [1.2, 1.2, 1.2, 1.0, 1.0, 0.97, 0.94]      # a step in 28 -> 22, a slope below 16
+  rep = steps.detect_steps(coarse, med)
+  assert [(s.n_from, s.n_to) for s in rep.steps] == [(28, 22)]
+  order = steps.refine_order(coarse, rep, lo=2, hi=40)
+  assert sorted(order, reverse=True) == steps.refine_grid(coarse, rep, lo=2, hi=40)
+  assert order == [25, 26, 23, 27, 24,              # the step's interval: midpoint, quarters..
+                   13, 7, 14, 11, 8, 5, 15, 12, 9, 6]   # then the slope's, level by level
+
+
+def test_bisection_levels_cover_each_count_once():
+  assert steps.bisection_levels(10, 20) == [(15, 0), (12, 1), (17, 1), (11, 2), (13, 2),
+                                            (16, 2), (18, 2), (14, 3), (19, 3)]
+  for lo in range(0, 6):
+    for hi in range(lo, lo + 40):
+      assert sorted(n for n, _ in steps.bisection_levels(lo, hi)) == list(range(lo + 1, hi))
+
+
 def test_describe_lines():
   rep = steps.detect_steps([5, 4, 3, 2], [2.0, 1.0, 1.0, 1.0])
   assert rep.describe() == ["5 -> 4 saves 50.0% (1000 ms)",

@@ -27,6 +27,14 @@ them inside the graph).
 Adaptive grid (`adaptive=True`, modes model/block): a coarse pass every `coarse_stride` counts
 (0: about 16 points), step detection, then every count inside coarse intervals that are not flat
 within noise. Flat intervals are the only ones skipped, so steps are still located exactly.
+`max_points` bounds the counts per batch size: the refinement is then cut in
+`steps.refine_order` (intervals holding a step first, in bisection order), so a step is
+located to within a few counts by the first of its points.
+
+Chunks (`chunk_points`): on a GPU a DeiT-S graph compiles in seconds (autotuning) and times in
+milliseconds, so a profile is compile-bound; chunks are compiled and timed one after another
+and `run_profile` writes the points after each, so a run killed at its deadline keeps every
+chunk it finished (each chunk is its own shuffled measurement; without chunks a phase is one).
 """
 from __future__ import annotations
 
@@ -104,6 +112,8 @@ class ProfileSpec:
   threads: int = 1
   adaptive: bool = False
   coarse_stride: int = 0
+  max_points: int = 0     # adaptive: at most this many counts per batch size (0: no limit)
+  chunk_points: int = 0   # compile and time this many counts at a time, each chunk handed on
   reducer: Optional[str] = None
   seed: int = 0
 
@@ -118,6 +128,13 @@ class ProfileSpec:
       raise ValueError(f"threads must be >= 1, got {self.threads}")
     if self.coarse_stride < 0:
       raise ValueError(f"coarse_stride must be >= 0, got {self.coarse_stride}")
+    if self.max_points < 0 or self.chunk_points < 0:
+      raise ValueError(f"max_points and chunk_points must be >= 0, got {self.max_points} and "
+                       f"{self.chunk_points}")
+    if self.max_points and not self.adaptive:
+      raise ValueError("max_points needs adaptive (it bounds the refinement)")
+    if self.chunk_points and self.mode == "schedule":
+      raise ValueError("chunk_points applies to mode 'model' or 'block' (a grid of counts)")
     if self.mode == "schedule" and not self.schedules:
       raise ValueError("mode 'schedule' needs at least one --schedule")
     if self.mode != "schedule" and self.schedules:
@@ -132,6 +149,11 @@ class ProfileSpec:
                        "random or keep_first, or time its schedules with --mode=schedule")
     if self.tokens is not None:
       check_token_grid(self.cfg, set(self.tokens))   # repeats are measured once (`grid`)
+    if self.max_points:
+      coarse = coarse_grid(self.grid, self.coarse_stride)
+      if self.max_points < len(coarse):
+        raise ValueError(f"max_points={self.max_points} is below the {len(coarse)} counts of "
+                         "the coarse grid; raise it or the coarse stride")
 
   @property
   def grid(self) -> Tuple[int, ...]:
@@ -219,8 +241,17 @@ def device_info() -> Dict[str, str]:
 
 
 def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool = True,
-                  log: Callable[[str], None] = print) -> records.Profile:
-  """Measures one batch size -> an analysed `records.Profile` (nothing written)."""
+                  log: Callable[[str], None] = print,
+                  on_measured: Optional[Callable[[records.Profile, bool], None]] = None
+                  ) -> records.Profile:
+  """Measures one batch size -> an analysed `records.Profile` (nothing written).
+
+  The grid is measured in phases: the whole grid (adaptive: the coarse grid, then the
+  refinement in `steps.refine_order`, cut at `max_points`), each phase in chunks of
+  `chunk_points` counts (0: one chunk), each chunk compiled, then timed in one shuffled
+  measurement. `on_measured(profile, last)` gets the analysed profile of every point measured
+  so far after each chunk (`last` on the final one): a caller that writes it keeps what was
+  measured when a later chunk is interrupted."""
   cfg = spec.cfg
   reducer, reducer_name = make_drop_reducer(spec.reducer)
   rng = np.random.default_rng(spec.seed)
@@ -228,30 +259,64 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
       rng.normal(0, 1, (batch_size, cfg.img_size, cfg.img_size, cfg.in_chans)), jnp.float32))
   grid = spec.grid
   adaptive = spec.adaptive and spec.mode in ("model", "block") and len(grid) > 2
-  first_grid = coarse_grid(grid, spec.coarse_stride) if adaptive else grid
-  keys = _keys_for(spec, first_grid, first=True)
+  first = (list(coarse_grid(grid, spec.coarse_stride)) if adaptive else
+           spread_order(grid) if spec.chunk_points else list(grid))
+  meas: Dict[Key, timing.Measurement] = {}
+
+  def profile() -> records.Profile:
+    points = tuple(records.Point.from_measurement(
+        m, component=k[0], batch_size=batch_size, tokens=k[1], schedule=k[2])
+        for k, m in meas.items())
+    return records.analyze(_profile_of(spec, reducer_name, points))
+
+  def measure(counts, *, first_chunk: bool, last: bool):
+    keys = _keys_for(spec, counts, first=first_chunk)
+    bar.total = max(bar.total, bar.n + 2 * len(keys))
+    bar.refresh()
+    meas.update(_measure(keys, spec=spec, params=params, images=images, reducer=reducer,
+                         bar=bar))
+    if on_measured:
+      on_measured(profile(), last)
+
   desc = f"{cfg.name} b{batch_size} {spec.mode}"
-  with tqdm(total=2 * len(keys), desc=desc, disable=not progress, file=sys.stderr,
-            unit="step", dynamic_ncols=True) as bar:
-    meas = _measure(keys, spec=spec, params=params, images=images, reducer=reducer, bar=bar)
+  with tqdm(total=2 * len(_keys_for(spec, first, first=True)), desc=desc, disable=not progress,
+            file=sys.stderr, unit="step", dynamic_ncols=True) as bar:
+    chunks = _chunks(first, spec.chunk_points)
+    for i, chunk in enumerate(chunks):
+      measure(chunk, first_chunk=i == 0, last=not adaptive and i == len(chunks) - 1)
     if adaptive:
       comp = spec.mode
       pts = sorted(((k[1], m) for k, m in meas.items() if k[0] == comp), key=lambda t: -t[0])
       rep = steps_lib.detect_steps([n for n, _ in pts], [m.median for _, m in pts],
                                    [m.iqr for _, m in pts], [len(m.samples) for _, m in pts])
       lo, hi = min(grid), max(grid)
-      extra = [n for n in steps_lib.refine_grid([n for n, _ in pts], rep, lo=lo, hi=hi)
+      extra = [n for n in steps_lib.refine_order([n for n, _ in pts], rep, lo=lo, hi=hi)
                if n in set(grid)]
-      if extra:
-        more = _keys_for(spec, extra, first=False)
-        bar.total += 2 * len(more)
-        bar.refresh()
-        meas.update(_measure(more, spec=spec, params=params, images=images, reducer=reducer,
-                             bar=bar))
-  points = tuple(records.Point.from_measurement(
-      m, component=k[0], batch_size=batch_size, tokens=k[1], schedule=k[2])
-      for k, m in meas.items())
-  return records.analyze(_profile_of(spec, reducer_name, points))
+      if spec.max_points:
+        extra = extra[:max(spec.max_points - len(first), 0)]
+      chunks = _chunks(extra, spec.chunk_points)
+      bar.total += 2 * len(_keys_for(spec, extra, first=False))
+      for i, chunk in enumerate(chunks):
+        measure(chunk, first_chunk=False, last=i == len(chunks) - 1)
+      if not chunks and on_measured:
+        on_measured(profile(), True)
+  return profile()
+
+
+def spread_order(grid: Sequence[int]) -> List[int]:
+  """The counts of `grid` coarse to fine (both ends, then bisection order between them), so
+  that every prefix covers the whole range."""
+  hi, lo, inside = max(grid), min(grid), set(grid)
+  ends = [hi] + ([lo] if lo != hi else [])
+  return ends + [n for n, _ in steps_lib.bisection_levels(lo, hi) if n in inside]
+
+
+def _chunks(counts: Sequence[int], size: int) -> List[List[int]]:
+  counts = list(counts)
+  if not counts:
+    return []
+  size = size or len(counts)
+  return [counts[i:i + size] for i in range(0, len(counts), size)]
 
 
 def _profile_of(spec: ProfileSpec, reducer_name: str,
@@ -295,9 +360,20 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
   params = timing.device_put(params)
   profiles, merged_into = [], []
   for b in spec.batch_sizes:
-    prof = profile_batch(spec, int(b), params, progress=progress, log=log)
+    written: Dict[str, Any] = {}
+
+    def save(prof: records.Profile, last: bool):
+      """Writes every chunk's points as they come (an interrupted run keeps them)."""
+      if len(prof.points) != written.get("points"):     # (else: written already)
+        written.update(paths=write_outputs(prof, out_dir), points=len(prof.points))
+        if not last:
+          log(f"saved {len(prof.points)} points of batch {b} to "
+              f"{console.printable(written['paths']['json'])} (measuring on)")
+
+    prof = profile_batch(spec, int(b), params, progress=progress, log=log,
+                         on_measured=save if out_dir else None)
     if out_dir:
-      paths = write_outputs(prof, out_dir)
+      paths = written["paths"]
       log(_wrote(paths))
       held = records.load(paths["json"])
       if len(held.points) != len(prof.points):

@@ -201,13 +201,42 @@ def refine_grid(tokens: Sequence[int], report: StepReport, *, lo: int, hi: int) 
 
   Returns the sorted (descending) new counts in [lo, hi] that were not measured yet.
   """
+  return sorted(refine_order(tokens, report, lo=lo, hi=hi), reverse=True)
+
+
+def refine_order(tokens: Sequence[int], report: StepReport, *, lo: int, hi: int) -> List[int]:
+  """`refine_grid`'s counts, most informative first, so that any prefix is a useful budget.
+
+  The intervals holding a step come first (they pin the step's place), then the other non-flat
+  ones; within each group the counts follow bisection order: every interval's midpoint, then
+  the quarter points, and so on (the curve at a resolution that doubles with each level).
+  """
   t = sorted({int(v) for v in tokens}, reverse=True)
   flat_pairs = set()
   for f in report.flats:
     inside = [v for v in t if f.n_lo <= v <= f.n_hi]
     flat_pairs.update(zip(inside[:-1], inside[1:]))
-  new = set()
+  step_pairs = {(s.n_from, s.n_to) for s in report.steps}
+  keyed = []
   for a, b in zip(t[:-1], t[1:]):
-    if (a, b) not in flat_pairs:
-      new.update(range(max(b + 1, lo), min(a, hi + 1)))
-  return sorted(new - set(t), reverse=True)
+    if (a, b) in flat_pairs:
+      continue
+    group = 0 if (a, b) in step_pairs else 1
+    keyed += [((group, level, -n), n) for n, level in bisection_levels(b, a) if lo <= n <= hi]
+  return [n for _, n in sorted(keyed)]
+
+
+def bisection_levels(lo: int, hi: int) -> List[Tuple[int, int]]:
+  """[(count, level)] for every count strictly between `lo` and `hi`: level 0 the midpoint,
+  level 1 the midpoints of the two halves, and so on (each count once)."""
+  out, todo, level = [], [(lo, hi)], 0
+  while todo:
+    nxt = []
+    for a, b in todo:
+      if b - a < 2:
+        continue
+      mid = (a + b) // 2
+      out.append((mid, level))
+      nxt += [(a, mid), (mid, b)]
+    todo, level = nxt, level + 1
+  return out
