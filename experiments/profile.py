@@ -106,7 +106,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                               "is >= this; it and its neighbours are timed in the loop.",
                      flag_values=fv)
   flags.DEFINE_float("latency_budget", None, "Pipeline, --solver=multi: most accurate "
-                               "schedule whose predicted latency (seconds) is <= this.",
+                               "schedule whose latency (seconds) is <= this; the choice and its "
+                               "neighbours are measured and timed in the loop.",
                      flag_values=fv)
   flags.DEFINE_integer("calibration_schedules", pipeline.PipelineSpec.calibration_schedules,
                        "Pipeline, --solver=multi: multi-layer schedules compiled and timed with "

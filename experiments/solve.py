@@ -14,6 +14,9 @@ r"""Schedule solver CLI: a latency profile + an accuracy estimate -> a token sch
   # on measured accuracy and the choice and its neighbours are compiled and timed:
   python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
       --accuracy_floor=0.9 --weights=weights/vit_digits --data=digits
+  # ... or the most accurate schedule MEASURED within a latency budget (seconds):
+  python -m experiments.solve --mode=multi --profile=OUT/profile/P.json \
+      --estimate=OUT/estimate/E.json --latency_budget=0.0006 --weights=weights/vit_digits
   # ... with the accuracy model corrected from measured frontiers (up to 4 rounds), each round
   # also reporting the anchored per-image prediction it made before measuring:
   python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
@@ -66,7 +69,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                      lower_bound=0.0, upper_bound=1.0, flag_values=fv)
   flags.DEFINE_float("latency_budget", None,
                                "Multi mode: most accurate schedule with predicted latency <= this "
-                               "many seconds.", lower_bound=0.0, flag_values=fv)
+                               "many seconds (with --weights: accuracy measured on --data, "
+                               "latency timed in the loop).", lower_bound=0.0, flag_values=fv)
   flags.DEFINE_integer("batch_size", None,
                                 "Profile batch size (default: the profile's only one, else the "
                                 "estimate's).", lower_bound=1, flag_values=fv)
@@ -140,9 +144,10 @@ def main(f: flags.FlagValues):
                      "--accuracy_floor / --latency_budget")
   if f["step_k"].present and not f.step_bottoms_only:
     raise ValueError("--step_k applies with --step_bottoms_only only")
-  if f.weights and (f.mode != "multi" or f.accuracy_floor is None):
-    raise ValueError("--weights measures a multi-mode --accuracy_floor choice in the loop: pass "
-                     "--mode=multi and --accuracy_floor")
+  if f.weights and (f.mode != "multi" or (f.accuracy_floor is None and
+                                           f.latency_budget is None)):
+    raise ValueError("--weights measures a multi-mode --accuracy_floor or --latency_budget "
+                     "choice in the loop: pass --mode=multi and one of them")
   if f.measure_frontier and not f.weights:
     raise ValueError("--measure_frontier measures schedules on the data: pass --weights (and "
                      "the estimate's --data)")
@@ -203,9 +208,14 @@ def main(f: flags.FlagValues):
                                    method=estimate.method,
                                    timing=timing_cfg)
       timer = pipeline.schedule_timer(loop["cfg"], loop["params"], spec, loop["reducer"])
-      sol = solve_stage.check_in_loop(sol, estimate, None, loop["evaluate"], timer,
-                                      neighbours=f.loop_neighbours,
-                                      num_images=loop["num_images"])
+      if f.latency_budget is not None:
+        sol = solve_stage.check_budget_in_loop(sol, loop["evaluate"], timer,
+                                               neighbours=f.loop_neighbours,
+                                               num_images=loop["num_images"])
+      else:
+        sol = solve_stage.check_in_loop(sol, estimate, None, loop["evaluate"], timer,
+                                        neighbours=f.loop_neighbours,
+                                        num_images=loop["num_images"])
   paths = write_solution(sol, f.out_dir)
   for line in summary_lines(sol):
     print(line)

@@ -360,8 +360,8 @@ def test_measurements_that_cannot_be_kept_leave_no_partial_folder(tmp_path, caps
 
 
 def test_pipeline_refinement_without_a_floor(tmp_path, capsys):
-  """A latency budget: the refinement chooses on measured accuracy, no floor to check in the
-  loop (the in-loop timing is for floors only)."""
+  """A latency budget: the refinement chooses on measured accuracy, then the choice and its
+  neighbours are timed in the loop (it rested on predicted latency)."""
   s = cli.main(_flags(f"--out_dir={tmp_path}", *FAST, "--tokens=65,33,17", "--num_images=40",
          "--eval_batch_size=20", "--solver=multi", "--latency_budget=10",
          "--refine_accuracy_rounds=2"))
@@ -371,7 +371,11 @@ def test_pipeline_refinement_without_a_floor(tmp_path, capsys):
   best = max(c["measured_accuracy"] for c in sol["checked"]
              if c["predicted_latency_s"] <= 10)
   assert sol["chosen"]["measured_accuracy"] == best == pytest.approx(s["pruned"]["accuracy"])
-  assert "in_loop" not in s["seconds"] and "timed" not in capsys.readouterr().out
+  assert sol["chosen"]["criterion"] == "latency_budget_measured"
+  assert sol["settings"]["latency_basis"] == "measured"
+  assert sol["chosen"]["measured_latency_s"] <= 10
+  assert "in_loop" in s["seconds"] and "compiled graphs around the choice: the most accurate " \
+      "within 1e+04 ms is" in capsys.readouterr().out
 
 
 def test_floor_study_checks_the_main_job(tmp_path, capsys):

@@ -1334,6 +1334,55 @@ def test_the_reader_refuses_measured_claims_the_numbers_do_not_bear(tmp_path):
     read(dataclasses.replace(pred, settings=dict(pred.settings, latency_basis="measured")))
 
 
+def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path):
+  """A budget choice rested on predicted latency (basis 'measured' named only its accuracy):
+  the latency model errs both ways. In the loop the choice and its neighbours are timed and the
+  most accurate one MEASURED within the budget is chosen."""
+  from vitprune.records.solution import SolutionError  # pylint: disable=g-import-not-at-top
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  plain = _multi(ps, es)
+  lats = sorted(p.predicted_latency_s for p in plain.frontier)
+  budget = lats[len(lats) // 2]
+  pred = _multi(ps, es, latency_budget=budget)
+  accuracy = {p.counts: p.predicted_accuracy for p in pred.frontier + (pred.full,)}
+  evaluate = lambda cs: [_share(min(1.0, accuracy.get(tuple(c), 0.9))) for c in cs]
+  timed = []
+
+  def time_schedules(counts_list, scale=0.8):     # every graph 20 % faster than predicted
+    timed.append(list(counts_list))
+    lat = {p.counts: p.predicted_latency_s for p in pred.frontier + (pred.full,)}
+    return [scale * lat[tuple(c)] for c in counts_list]
+
+  loop = solve_stage.check_budget_in_loop(pred, evaluate, time_schedules, neighbours=2)
+  assert len(timed) == 1 and len(timed[0]) == 5 and tuple(pred.chosen.counts) in map(
+      tuple, timed[0])                                  # one measurement: choice + 2 + 2
+  assert loop.criterion == "latency_budget_measured" and loop.basis == "measured"
+  assert loop.settings["latency_basis"] == "measured" and loop.settings["timed_in_loop"] == 5
+  within = [c for c in loop.checked if c.measured_latency_s is not None and
+            c.measured_latency_s <= budget]
+  assert loop.chosen.measured_accuracy == max(c.measured_accuracy for c in within)
+  assert loop.chosen.predicted_latency_s > budget       # predicted over, measured within
+  assert loop.chosen.measured_latency_s <= budget
+
+  def read(s):
+    return Solution.from_json(json.loads(json.dumps(s.to_json())), "s.json")
+  assert read(loop).chosen == loop.chosen
+  worse = min(within, key=lambda c: c.measured_accuracy)
+  with pytest.raises(SolutionError, match=re.escape(
+      f"criterion 'latency_budget_measured', but {loop.chosen.schedule} measured "
+      f"{loop.chosen.measured_accuracy} within the budget, more than the chosen "
+      f"{worse.schedule}'s {worse.measured_accuracy} (edited?)")):
+    read(dataclasses.replace(loop, chosen=worse))
+  with pytest.raises(solve_stage.BudgetNotMetError, match=(
+      r"^latency budget [\d.]+ ms is not met on measurement: the fastest of the 5 schedules "
+      r"timed around the choice, \S+, measures [\d.]+ ms \(predicted [\d.]+ ms\); raise the "
+      r"budget$")):
+    solve_stage.check_budget_in_loop(pred, evaluate, lambda cs: time_schedules(cs, scale=50))
+  with pytest.raises(ValueError, match="needs a solution with a latency budget"):
+    solve_stage.check_budget_in_loop(plain, evaluate, time_schedules)
+
+
 def test_a_schedule_predicted_below_the_floor_but_measured_above_it_can_be_chosen(tmp_path):
   """Once measured, a schedule competes on its measurement: the fastest frontier schedule,
   predicted below the floor, measures above it and is chosen (check_floor) and timed

@@ -13,6 +13,7 @@ from vitprune import estimate as estimate_lib
 from vitprune.checkpoint import save_weights
 from vitprune.model import init_params
 from vitprune.records.estimate import write_estimate
+from vitprune.records.solution import read_solution
 from vitprune.reduce import make_reducer
 from vitprune.registry import get_config
 
@@ -57,6 +58,20 @@ def test_choice_rests_on_measurements(inputs):
   assert sol.chosen in timed
   assert sol.chosen.measured_latency_s == min(c.measured_latency_s for c in timed
                                               if c.measured_accuracy >= 0.0)
+
+
+def test_a_latency_budget_rests_on_measurements(inputs):
+  """--weights was refused with a budget, whose choice rested on predicted latency."""
+  root, weights, es, ps = inputs
+  sol, paths = solve_cli.main(common.parse(solve_cli.define_flags, [
+      f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--latency_budget=10",
+      f"--out_dir={root / 'budget'}", "--min_run_time=0.005", "--allow_batch_mismatch",
+      f"--weights={weights}", "--num_images=20"]))
+  assert sol.criterion == "latency_budget_measured" and sol.basis == "measured"
+  timed = [c for c in sol.checked if c.measured_latency_s is not None]
+  assert sol.chosen in timed and len(timed) == sol.settings["timed_in_loop"]
+  assert sol.chosen.measured_accuracy == max(c.measured_accuracy for c in timed)
+  assert read_solution(paths["json"]).chosen == sol.chosen
 
 
 def test_measure_frontier_measures_the_whole_frontier(inputs):
@@ -174,7 +189,7 @@ def test_other_weights_or_data_are_refused(inputs):
     _run(root, es, ps, "--measure_frontier")
   with pytest.raises(ValueError, match="--refine_accuracy_rounds measures schedules on the data"):
     _run(root, es, ps, "--refine_accuracy_rounds=2")
-  with pytest.raises(ValueError, match="pass --mode=multi and --accuracy_floor"):
+  with pytest.raises(ValueError, match="pass --mode=multi and one of them$"):
     solve_cli.main(common.parse(solve_cli.define_flags, [
         f"--profile={ps}", f"--estimate={es}", f"--weights={weights}"]))
 

@@ -20,8 +20,10 @@ floor is checked on the data (measured accuracy, with its binomial interval) and
 measured in the loop: the choice and up to `loop_neighbours` neighbours on each side (from the
 frontier and the schedules measured) that meet the floor are compiled and timed together (in
 `loop_rounds` interleaved rounds), and the fastest measured one is chosen
-(`solve_stage.check_in_loop`). Stage 4 is unchanged, so the choice is verified on the real graph
-and data.
+(`solve_stage.check_in_loop`). With a budget, the choice and its neighbours are measured the
+same way and the most accurate one measured within the budget is chosen
+(`solve_stage.check_budget_in_loop`). Stage 4 is unchanged, so the choice is verified on the
+real graph and data.
 
 The stages pass typed records in memory (`Profile`, `Estimate`, `Solution`, `Verification`);
 only the output step writes files under `out_dir` (profile/, estimate/, solve/ and summary.json)
@@ -77,7 +79,7 @@ class PipelineSpec:
   latency_budget: Optional[float] = None   # multi: most accurate schedule within (seconds)
   # multi: compiled graphs fitting the latency model
   calibration_schedules: int = latency_model_lib.DEFAULT_CALIBRATION_SCHEDULES
-  loop_neighbours: int = 2                 # multi + floor: neighbours timed in the loop
+  loop_neighbours: int = 2                 # multi + floor/budget: neighbours timed in the loop
   loop_rounds: int = 5                     # ... and the verify stage's two graphs, in this many
                                            # interleaved rounds (TimingConfig.rounds)
   measure_frontier: bool = False           # multi: measure every frontier schedule's accuracy
@@ -346,6 +348,21 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           f"{1e3 * sol.chosen.predicted_latency_s:.4f} ms)"
           + ("" if sol.chosen.counts == before.counts else
              f", replacing the predicted-fastest {before.schedule}"))
+    if spec.latency_budget is not None and spec.loop_neighbours > 0:
+      before, t0 = sol.chosen, time.perf_counter()
+      sol = solve_stage.check_budget_in_loop(
+          sol, evaluate, schedule_timer(cfg, params, spec, make_reducer(spec.method)),
+          neighbours=spec.loop_neighbours, num_images=len(data.indices))
+      if seconds is not None:
+        seconds["in_loop"] = time.perf_counter() - t0
+      log(f"  timed {sol.settings['timed_in_loop']} compiled graphs around the choice: the most "
+          f"accurate within {1e3 * spec.latency_budget:.4g} ms is {sol.chosen.schedule}, "
+          f"measured {1e3 * sol.chosen.measured_latency_s:.4f} ms (predicted "
+          f"{1e3 * sol.chosen.predicted_latency_s:.4f} ms), {sol.metric} "
+          f"{sol.chosen.measured_accuracy:.4f}"
+          + ("" if sol.chosen.counts == before.counts else
+             f", replacing the predicted choice {before.schedule} (measured "
+             f"{1e3 * _timed(sol, before.counts):.4f} ms)"))
     if sol.settings.get("floor_straddles"):
       log(f"  the 95% interval straddles the floor for: "
           f"{', '.join(sol.settings['floor_straddles'])}")
@@ -365,6 +382,11 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
            f"; measured {sol.chosen.measured_accuracy:.4f}"))
   log(f"  schedule {sol.chosen.schedule}")
   return sol
+
+
+def _timed(sol, counts) -> float:
+  """The measured latency (s) of the schedule `counts` that `sol` checked in the loop."""
+  return next(c.measured_latency_s for c in sol.checked if c.counts == counts)
 
 
 @dataclasses.dataclass(frozen=True)

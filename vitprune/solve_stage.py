@@ -23,7 +23,9 @@ size. Accuracy values are the estimate's metric ('accuracy' for labelled data, e
     over-predicts the compiled graph (`profile.latency_source == "calibrated-graph"`).
   in the loop (`check_in_loop`): the choice and its neighbours (frontier or measured) meeting the
     floor on measured accuracy are compiled and timed in one shuffled measurement (`time_schedules`
-    callback) and the fastest measured one is chosen.
+    callback) and the fastest measured one is chosen. With a latency budget instead
+    (`check_budget_in_loop`): the choice and its neighbours are measured (accuracy and latency)
+    and the most accurate one MEASURED within the budget is chosen.
 """
 from __future__ import annotations
 
@@ -1011,6 +1013,65 @@ def choose_on_measurements(solution: Solution) -> Solution:
   return dataclasses.replace(solution, chosen=_choose_measured(measured, solution.settings,
                                                                solution.full or solution.chosen),
                              basis="measured")
+
+
+class BudgetNotMetError(ValueError):
+  """No schedule checked in the loop measures within the latency budget."""
+
+
+def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules: Timer, *,
+                         neighbours: int = 2, num_images: Optional[int] = None) -> Solution:
+  """Measures a latency-budget choice in the loop: the most accurate schedule whose MEASURED
+  latency is within `settings['latency_budget']`, on MEASURED accuracy.
+
+  The choice and up to `neighbours` schedules on each side of it (predicted faster / slower:
+  the latency model errs both ways), from the frontier and every schedule already measured,
+  get their accuracy measured where missing (one `evaluate` call) and are timed together (ONE
+  `time_schedules` call: compiled graphs, one shuffled measurement). Ties in accuracy go to the
+  faster graph. criterion "latency_budget_measured", basis "measured",
+  `settings['latency_basis'] == "measured"`. BudgetNotMetError when none measures within the
+  budget (naming the fastest).
+  """
+  budget = solution.settings.get("latency_budget")
+  if budget is None:
+    raise ValueError("check_budget_in_loop needs a solution with a latency budget")
+  images = num_images if num_images is not None else solution.settings.get("num_images")
+  known: Dict[Tuple[int, ...], Candidate] = {c.counts: c for c in solution.checked}
+  chosen = known.get(solution.chosen.counts, solution.chosen)
+  others = [p for c, p in _candidate_pool(solution, known).items() if c != chosen.counts]
+  at = chosen.predicted_latency_s
+  faster = sorted((p for p in others if p.predicted_latency_s <= at),
+                  key=lambda p: -p.predicted_latency_s)[:neighbours]
+  slower = sorted((p for p in others if p.predicted_latency_s > at),
+                  key=lambda p: p.predicted_latency_s)[:neighbours]
+  pool = [chosen] + faster + slower
+  got = {c.counts: c for c in _measure(evaluate, [p for p in pool
+                                                   if p.measured_accuracy is None], images)}
+  pool = [got.get(p.counts, p) for p in pool]
+  seconds = time_schedules([p.counts for p in pool])
+  if len(seconds) != len(pool):
+    raise ValueError(f"time_schedules returned {len(seconds)} latencies for {len(pool)} "
+                     f"schedules")
+  pool = [dataclasses.replace(p, measured_latency_s=float(t)) for p, t in zip(pool, seconds)]
+  known.update((p.counts, p) for p in pool)
+  within = [p for p in pool if p.measured_latency_s <= budget]
+  if not within:
+    fastest = min(pool, key=lambda p: p.measured_latency_s)
+    raise BudgetNotMetError(
+        f"latency budget {1e3 * budget:.4g} ms is not met on measurement: the fastest of the "
+        f"{len(pool)} schedules timed around the choice, {fastest.schedule}, measures "
+        f"{1e3 * fastest.measured_latency_s:.4g} ms (predicted "
+        f"{1e3 * fastest.predicted_latency_s:.4g} ms); raise the budget")
+  best = max(within, key=lambda p: (p.measured_accuracy, -p.measured_latency_s))
+  checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
+  settings = dict(solution.settings, num_images=images, timed_in_loop=len(pool),
+                  latency_basis="measured")
+  settings.pop("latency_untrusted", None)  # about a predicted latency: the choice is measured now
+  correction = _drop_scale(solution, settings, checked)
+  if correction:
+    settings["accuracy_correction"] = correction
+  return dataclasses.replace(solution, chosen=best, checked=checked, basis="measured",
+                             criterion="latency_budget_measured", settings=settings)
 
 
 def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.CostModel],

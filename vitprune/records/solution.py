@@ -40,6 +40,9 @@ Multi mode with an accuracy floor: the floor means the MEASURED metric meets it;
 settings["floor_straddles"] lists checked schedules whose interval contains the floor. With
 latency measured in the loop (`solve_stage.check_in_loop`) settings["latency_basis"] is
 "measured": the choice is the fastest measured compiled graph among those meeting the floor.
+With a latency budget checked in the loop (`solve_stage.check_budget_in_loop`) the criterion is
+"latency_budget_measured": the most accurate schedule (measured) whose measured latency is within
+settings["latency_budget"].
 settings["accuracy_refinement"] (`solve_stage.refine_accuracy`): the accuracy model corrected
 from measured frontier schedules; "rounds": per round the frontier size, the schedules measured
 and their error predicted before measurement (points; with the estimate's per-example margins
@@ -72,7 +75,8 @@ VERSION = 1
 MODES = ("paper", "multi")
 BASES = ("predicted", "measured")
 # How a choice was made (`solve.choose`, `solve_stage.check_floor`); no version wrote another.
-CRITERIA = ("utility", "accuracy_floor", "latency_budget", "accuracy_floor_measured")
+CRITERIA = ("utility", "accuracy_floor", "latency_budget", "accuracy_floor_measured",
+            "latency_budget_measured")
 
 
 class SolutionError(jsonio.FormatError):
@@ -245,8 +249,32 @@ def _check_choice(sol: "Solution", where: str) -> None:
     require(got >= floor or sol.chosen.counts == unpruned,
             f"criterion 'accuracy_floor_measured', but the chosen {sol.chosen.schedule} "
             f"measured {got} < the floor {floor} (edited?)")
-  if sol.settings.get("latency_basis") == "measured":
+  if sol.criterion == "latency_budget_measured":
+    _check_budget_measured(sol, require)
+  elif sol.settings.get("latency_basis") == "measured":
     _check_fastest_measured(sol, require)
+
+
+def _check_budget_measured(sol: "Solution", require) -> None:
+  """criterion 'latency_budget_measured' (`check_budget_in_loop`): the chosen schedule measured
+  within the budget, and none timed within it measured more accurate."""
+  c, budget = sol.chosen, sol.settings.get("latency_budget")
+  require(budget is not None and sol.basis == "measured" and
+          sol.settings.get("latency_basis") == "measured" and
+          c.measured_latency_s is not None and c.measured_accuracy is not None,
+          "criterion 'latency_budget_measured' needs settings.latency_budget, latency_basis "
+          "'measured', basis 'measured' and the chosen schedule's measured latency and accuracy "
+          "(edited?)")
+  require(c.measured_latency_s <= budget,
+          f"criterion 'latency_budget_measured', but the chosen {c.schedule} measured "
+          f"{c.measured_latency_s} s > the budget {budget} s (edited?)")
+  within = [e for e in sol.checked if e.measured_latency_s is not None and
+            e.measured_accuracy is not None and e.measured_latency_s <= budget]
+  best = max(within, key=lambda e: e.measured_accuracy, default=c)
+  require(best.measured_accuracy <= c.measured_accuracy,
+          f"criterion 'latency_budget_measured', but {best.schedule} measured "
+          f"{best.measured_accuracy} within the budget, more than the chosen {c.schedule}'s "
+          f"{c.measured_accuracy} (edited?)")
 
 
 def _check_fastest_measured(sol: "Solution", require) -> None:
