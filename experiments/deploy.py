@@ -198,6 +198,11 @@ def main(f: flags.FlagValues) -> str:
                        f"{sol.method!r}")
     method, schedule = sol.method, sol.schedule
     provenance["solution"] = sol.provenance()
+    if sol.profile.platform.startswith("iree") and not any(t.is_iree for t in targets):
+      print(f"note: {common.shown(f.solution)} chose its schedule on a profile of "
+            f"{common.shown(sol.profile.device_kind)} ({sol.profile.platform}), an IREE board; "
+            "this artifact holds the JAX export only: add --target=iree:... to build the "
+            "module that board runs")
     chosen_for = sol.profile.batch_size
     if not f["batch_size"].present and not f.symbolic_batch:
       batch_size = chosen_for

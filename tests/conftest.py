@@ -80,10 +80,10 @@ def pytest_collection_modifyitems(items):
 
 def solution_file(path, cfg, counts, *, mode="paper", method="pomt", frontier=(),
                   settings=None, batch_size=1, weights_sha256="0" * 64, dtype="float32",
-                  method_kwargs=None):
+                  method_kwargs=None, platform="cpu"):
   """Writes a genuine `Solution` record choosing `counts` (predictions are placeholders: 1 ms,
-  accuracy 0.9) for `batch_size` on a profile timed in `dtype`, estimated on weights
-  `weights_sha256`; returns its path."""
+  accuracy 0.9) for `batch_size` on a profile timed in `dtype` on `platform`, estimated on
+  weights `weights_sha256`; returns its path."""
 
   def cand(c):
     return S.Candidate(counts=tuple(c), schedule="list:" + ",".join(map(str, c)),
@@ -91,7 +91,7 @@ def solution_file(path, cfg, counts, *, mode="paper", method="pomt", frontier=()
 
   sol = S.Solution(
       mode=mode, config=cfg,
-      profile=S.ProfileRef("p.json", "0" * 64, "cpu", "cpu", dtype, batch_size, "measured"),
+      profile=S.ProfileRef("p.json", "0" * 64, "cpu", platform, dtype, batch_size, "measured"),
       estimate=S.EstimateRef("e.json", "0" * 64, "tokens", method, "accuracy", (None,), 1,
                              weights_sha256, None, method_kwargs),
       settings=dict(settings or {"alpha": 0.5}), chosen=cand(counts), method=method,

@@ -542,6 +542,27 @@ def _write_pngs(root, layout):
         os.path.join(root, rel))
 
 
+def test_a_board_profiles_solution_deployed_for_jax_alone_says_so(tmp_path, params, capsys):
+  """A schedule chosen on an IREE board's profile deployed without an IREE target: the artifact
+  held the JAX export only, and nothing said the board's module was missing."""
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from experiments import deploy as deploy_cli  # pylint: disable=g-import-not-at-top
+  weights = save_weights(str(tmp_path / "w"), CFG, params)
+  said = {}
+  for platform, out in (("iree-local-task", "board"), ("cpu", "here")):
+    sol = solution_file(tmp_path / f"{out}.json", CFG, [17, 9, 9], platform=platform,
+                        weights_sha256=params_sha256(params))
+    common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+        f"--weights={weights}", f"--solution={sol}", "--noverify", f"--out={tmp_path / out}"])
+    said[out] = capsys.readouterr().out
+  assert said["board"].startswith(
+      f"note: {tmp_path / 'board.json'} chose its schedule on a profile of cpu "
+      "(iree-local-task), an IREE board; this artifact holds the JAX export only: add "
+      "--target=iree:... to build the module that board runs\n"), said["board"]
+  assert "note:" not in said["here"] and said["here"].startswith("wrote ")
+  assert list(deploy.load(str(tmp_path / "board")).manifest.targets) == ["jax"]
+
+
 def test_a_random_drop_solution_deploys_with_the_seed_it_was_measured_with(tmp_path, params,
                                                                           capsys):
   """The solution did not keep the estimate's method options: a random-drop schedule measured
