@@ -11,7 +11,7 @@
 # Writes under OUT_DIR (default outputs/gpu); paste the printed tables into README.md with the
 # device name the tables print. Random weights: latency only (values do not change the graphs).
 set -euo pipefail
-stage=${1:?usage: gpu_suite.sh speed|profile|bench-small|bench-base [OUT_DIR]}
+stage=${1:?usage: gpu_suite.sh speed|profile|bench-small|bench-base [OUT_DIR] | all [OUT_DIR] [SECONDS]}
 out=${2:-outputs/gpu}
 cache=${JAX_CACHE_DIR:-/tmp/vitprune_jax_cache}
 case "$stage" in   # before anything is created
@@ -19,6 +19,9 @@ case "$stage" in   # before anything is created
   *) echo "error: unknown stage '$stage' (one of speed, profile, bench-small, bench-base, all)" >&2
      exit 2 ;;
 esac
+if [ "$stage" != all ] && [ -n "${3+x}" ]; then
+  echo "error: SECONDS is read by the 'all' stage only, not '$stage'" >&2; exit 2
+fi
 budget=${3:-540}
 case "$budget" in ''|*[!0-9]*) echo "error: SECONDS '$budget' is not a whole number" >&2; exit 2;;
 esac
@@ -61,8 +64,8 @@ case "$stage" in
         --dtype=float32,bfloat16 --compile_threads=8 --min_run_time=0.3 --noprogress \
         --out_dir="$out/benchmark" ;;
   all)   # sized by the first lease: a DeiT-S graph compiles in ~6 s on an H200 (autotuning)
-    python -c "import jax, jaxlib, flax; print('jax', jax.__version__, 'flax', flax.__version__,
-jax.devices())"
+    timed versions 60 python -c "import jax, flax; print('jax', jax.__version__, 'flax',
+flax.__version__, jax.devices())"
     profile() {  # profile NAME CAP BATCH MAX_POINTS DTYPE: written chunk by chunk
       timed "$1" "$2" python -m experiments.profile --mode=model --model="$model_small" \
           --batch_size="$3" --dtype="$5" --adaptive --max_points="$4" --chunk_points=8 \

@@ -42,6 +42,10 @@ def test_gpu_suite_rejects_unknown_stages(tmp_path):
   r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "9m"], cwd=ROOT,
                      capture_output=True, text=True, timeout=30)
   assert r.returncode == 2 and r.stderr == "error: SECONDS '9m' is not a whole number\n"
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "profile", str(out), "300"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=30)
+  assert r.returncode == 2 and r.stderr == ("error: SECONDS is read by the 'all' stage only, "
+                                            "not 'profile'\n")
   assert not out.exists()
 
 
@@ -61,14 +65,14 @@ def test_gpu_suite_all_runs_every_stage_under_one_deadline(tmp_path):
   assert r.returncode == 0, r.stderr
   stages = [ln.split(":")[0][3:] for ln in r.stdout.splitlines()
             if ln.startswith("== ") and "rc=" in ln]
-  assert stages == ["profile-b1", "bench-small", "profile-b64", "profile-b1-bf16",
+  assert stages == ["versions", "profile-b1", "bench-small", "profile-b64", "profile-b1-bf16",
                     "predictor-pomt"]
   assert "== bench-small: rc=3 after" in r.stdout
   assert sorted(os.listdir(out)) == sorted(f"log-{s}.txt" for s in stages)
   assert (out / "log-predictor-pomt.txt").read_text().startswith("-m benchmarks.predictor_acc")
   r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "25"], cwd=ROOT,
                      capture_output=True, text=True, timeout=60, env=env)
-  assert r.returncode == 0 and r.stdout.count("skipped (") == 5, r.stdout
+  assert r.returncode == 0 and r.stdout.count("skipped (") == 6, r.stdout
 
 
 def test_gpu_suite_speed_keeps_the_last_table_when_a_run_fails(tmp_path):

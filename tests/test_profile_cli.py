@@ -183,10 +183,52 @@ def test_chunks_are_written_as_they_are_measured(tmp_path, monkeypatch, capsys):
   (path,) = tmp_path.glob("*.json")
   held = sorted(p.tokens for p in records.load(str(path)).points)
   assert held == sorted(calls[0] + calls[1])
-  assert capsys.readouterr().out.count("(measuring on)") == 2
+  assert capsys.readouterr().out.count("points of batch 1 so far to") == 2
   monkeypatch.setattr(runner, "_measure", real)
   (prof,) = _run(tmp_path / "all", "--tokens=all", "--chunk_points=5")
   assert sorted(p.tokens for p in prof.points) == list(range(2, 18))   # every count, once
+  # Adaptive: the coarse grid's chunks span it too (they went top down: a run killed in the
+  # second chunk of DeiT-S had nothing below 113 tokens).
+  calls.clear()
+  monkeypatch.setattr(runner, "_measure", measure)
+  with pytest.raises(KeyboardInterrupt):
+    _run(tmp_path / "adaptive", "--tokens=all", "--adaptive", "--coarse_stride=2",
+         "--chunk_points=4")
+  assert calls[0] == [2, 5, 9, 17]
+
+
+def test_block_mode_chunks_keep_the_whole_phases_checks(tmp_path):
+  """The whole-model checks of --mode=block came from the first chunk (17 and 15, not 17, 10
+  and 2): the low end was never checked against the additive prediction."""
+  (plain,) = _run(tmp_path / "a", "--mode=block", "--tokens=all")
+  (chunked,) = _run(tmp_path / "b", "--mode=block", "--tokens=all", "--chunk_points=2")
+  for prof in (plain, chunked):
+    assert sorted(p.tokens for p in prof.points if p.component == "model") == [2, 10, 17]
+    assert sorted(p.component for p in prof.points if p.component in ("embed", "dispatch")) == [
+        "dispatch", "embed"]
+    assert sorted(p.tokens for p in prof.points if p.component == "block") == list(range(2, 18))
+
+
+def test_an_interrupted_batch_keeps_the_profile_of_all_batches_in_step(tmp_path, monkeypatch):
+  """Chunks of batch 2 were written to its own profile, not to the b1-2 one beside it, which
+  went on reporting the old latencies when the run was killed before batch 2 was done."""
+  _run(tmp_path, "--tokens=all", "--batch_size=1,2", "--chunk_points=4")
+  real, calls = runner._measure, []
+
+  def measure(keys, **kw):
+    calls.append(keys)
+    if len(calls) == 6:           # batch 1's four chunks, then one of batch 2
+      raise KeyboardInterrupt
+    return real(keys, **kw)
+
+  monkeypatch.setattr(runner, "_measure", measure)
+  with pytest.raises(KeyboardInterrupt):
+    _run(tmp_path, "--tokens=all", "--batch_size=1,2", "--chunk_points=4")
+  own = records.load(str(tmp_path / "test-tiny-vit_model_b2_float32_cpu.json"))
+  both = records.load(str(tmp_path / "test-tiny-vit_model_b1-2_float32_cpu.json"))
+  fresh = {k[1] for k in calls[4]}
+  got = {p.tokens: p.median_s for p in both.points if p.batch_size == 2}
+  assert {p.tokens: p.median_s for p in own.points} == got and fresh <= set(got)
 
 
 def test_default_flags_run_the_pipeline_on_the_embedded_model():

@@ -211,17 +211,21 @@ def _keys_for(spec: ProfileSpec, grid: Sequence[int], first: bool) -> List[Key]:
     return [("model", n, None) for n in grid]
   if spec.mode == "block":
     keys = [("block", n, None) for n in grid] + [("head", n, None) for n in grid]
-    if first:
-      mid = sorted(grid)[len(grid) // 2]
-      keys += [("embed", cfg.num_tokens, None), ("dispatch", 1, None)]
-      keys += [("model", n, None) for n in sorted({max(grid), mid, min(grid)}, reverse=True)]
-    return keys
+    return keys + (_block_checks(spec, grid) if first else [])
   keys = [("schedule", s.counts[0], s.counts) for s in spec.schedules]
   block_counts = sorted({c for s in spec.schedules for c in s.counts[:-1]}, reverse=True)
   head_counts = sorted({s.counts[-1] for s in spec.schedules}, reverse=True)
   keys += [("embed", cfg.num_tokens, None), ("dispatch", 1, None)]
   keys += [("block", n, None) for n in block_counts] + [("head", n, None) for n in head_counts]
   return keys
+
+
+def _block_checks(spec: ProfileSpec, grid: Sequence[int]) -> List[Key]:
+  """Mode block's once-per-batch points: the embedding, the dispatch overhead and whole-model
+  graphs at the largest, middle and smallest count of `grid` (the additive predictor's check)."""
+  mid = sorted(grid)[len(grid) // 2]
+  return ([("embed", spec.cfg.num_tokens, None), ("dispatch", 1, None)] +
+          [("model", n, None) for n in sorted({max(grid), mid, min(grid)}, reverse=True)])
 
 
 def _measure(keys, *, spec, params, images, reducer, bar) -> Dict[Key, timing.Measurement]:
@@ -259,8 +263,9 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
       rng.normal(0, 1, (batch_size, cfg.img_size, cfg.img_size, cfg.in_chans)), jnp.float32))
   grid = spec.grid
   adaptive = spec.adaptive and spec.mode in ("model", "block") and len(grid) > 2
-  first = (list(coarse_grid(grid, spec.coarse_stride)) if adaptive else
-           spread_order(grid) if spec.chunk_points else list(grid))
+  first = (coarse_grid(grid, spec.coarse_stride) if adaptive else grid)
+  first = spread_order(first) if spec.chunk_points else list(first)   # any prefix spans it
+  refines = adaptive and not 0 < spec.max_points <= len(first)
   meas: Dict[Key, timing.Measurement] = {}
 
   def profile() -> records.Profile:
@@ -270,7 +275,9 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
     return records.analyze(_profile_of(spec, reducer_name, points))
 
   def measure(counts, *, first_chunk: bool, last: bool):
-    keys = _keys_for(spec, counts, first=first_chunk)
+    keys = _keys_for(spec, counts, first=False)
+    if first_chunk and spec.mode == "block":      # (of the whole phase, not of this chunk)
+      keys += _block_checks(spec, first)
     bar.total = max(bar.total, bar.n + 2 * len(keys))
     bar.refresh()
     meas.update(_measure(keys, spec=spec, params=params, images=images, reducer=reducer,
@@ -283,15 +290,15 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
             file=sys.stderr, unit="step", dynamic_ncols=True) as bar:
     chunks = _chunks(first, spec.chunk_points)
     for i, chunk in enumerate(chunks):
-      measure(chunk, first_chunk=i == 0, last=not adaptive and i == len(chunks) - 1)
-    if adaptive:
+      measure(chunk, first_chunk=i == 0, last=not refines and i == len(chunks) - 1)
+    if refines:
       comp = spec.mode
       pts = sorted(((k[1], m) for k, m in meas.items() if k[0] == comp), key=lambda t: -t[0])
       rep = steps_lib.detect_steps([n for n, _ in pts], [m.median for _, m in pts],
                                    [m.iqr for _, m in pts], [len(m.samples) for _, m in pts])
-      lo, hi = min(grid), max(grid)
+      lo, hi, inside = min(grid), max(grid), set(grid)
       extra = [n for n in steps_lib.refine_order([n for n, _ in pts], rep, lo=lo, hi=hi)
-               if n in set(grid)]
+               if n in inside]
       if spec.max_points:
         extra = extra[:max(spec.max_points - len(first), 0)]
       chunks = _chunks(extra, spec.chunk_points)
@@ -363,12 +370,15 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
     written: Dict[str, Any] = {}
 
     def save(prof: records.Profile, last: bool):
-      """Writes every chunk's points as they come (an interrupted run keeps them)."""
+      """Writes every chunk's points as they come (an interrupted run keeps them), into the
+      profiles of several batch sizes holding this one too (kept in step when killed)."""
       if len(prof.points) != written.get("points"):     # (else: written already)
         written.update(paths=write_outputs(prof, out_dir), points=len(prof.points))
         if not last:
-          log(f"saved {len(prof.points)} points of batch {b} to "
-              f"{console.printable(written['paths']['json'])} (measuring on)")
+          for stem in combined_stems(prof, out_dir, int(b)):
+            write_outputs(prof, out_dir, stem)
+          log(f"saved this run's {len(prof.points)} points of batch {b} so far to "
+              f"{console.printable(written['paths']['json'])}")
 
     prof = profile_batch(spec, int(b), params, progress=progress, log=log,
                          on_measured=save if out_dir else None)

@@ -196,8 +196,8 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
 
 
 def refine_grid(tokens: Sequence[int], report: StepReport, *, lo: int, hi: int) -> List[int]:
-  """Adaptive grid: every count inside the coarse intervals that are not flat, plus the coarse
-  points themselves; flat intervals (latency unchanged within noise) are not filled in.
+  """Adaptive grid: every count inside the coarse intervals that are not flat; flat intervals
+  (latency unchanged within noise) are not filled in.
 
   Returns the sorted (descending) new counts in [lo, hi] that were not measured yet.
   """
