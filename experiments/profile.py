@@ -84,6 +84,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("chunk_points", 0, "Compile and time this many token counts at a time, "
                        "writing the points after each chunk, so an interrupted run keeps them "
                        "(0: one measurement per phase).", lower_bound=0, flag_values=fv)
+  flags.DEFINE_bool("resume", False, "Continue the profiles in --out_dir (a killed run's "
+                    "chunks): points they hold are not measured again.", flag_values=fv)
   flags.DEFINE_bool("progress", True, "Show a progress bar (stderr).", flag_values=fv)
   # --mode=pipeline only:
   flags.DEFINE_string("data", "digits", "Pipeline data: 'digits' (bundled) or an image folder "
@@ -127,7 +129,7 @@ PIPELINE_ONLY = ("data", "num_images", "eval_batch_size", "alpha", "layer", "met
                  "accuracy_floor", "latency_budget", "calibration_schedules", "measure_frontier",
                  "refine_accuracy_rounds")
 PROFILE_ONLY = ("schedule", "reducer", "adaptive", "coarse_stride", "max_points",
-                "chunk_points", "compile_cache_dir")
+                "chunk_points", "resume", "compile_cache_dir")
 
 
 def check_mode_flags(f: flags.FlagValues) -> None:
@@ -140,7 +142,7 @@ def check_mode_flags(f: flags.FlagValues) -> None:
       raise ValueError(f"{common.applies(unread)} to --mode=model, block or schedule, not "
                        f"--mode=pipeline{hint}")
     raise ValueError(f"{common.applies(unread)} to --mode=pipeline only, not --mode={f.mode}")
-  grid_flags = ("tokens", "adaptive", "coarse_stride", "max_points", "chunk_points")
+  grid_flags = ("tokens", "adaptive", "coarse_stride", "max_points", "chunk_points", "resume")
   if f.mode == "schedule" and common.given_flags(f, grid_flags):
     raise ValueError(f"{common.applies(common.given_flags(f, grid_flags))} to --mode=model or "
                      "block (a grid of token counts), not --mode=schedule (its graphs are "
@@ -242,7 +244,8 @@ def main(f: flags.FlagValues):
   out_dir = "outputs/profile" if f.out_dir is None else f.out_dir
   spec, params = spec_from_flags(f, out_dir)
   profiles = runner.run_profile(spec, params=params, out_dir=out_dir,
-                                compile_cache_dir=f.compile_cache_dir, progress=f.progress)
+                                compile_cache_dir=f.compile_cache_dir, progress=f.progress,
+                                resume=f.resume)
   for prof in profiles:
     print(runner.summary_table(prof))
   return profiles

@@ -197,6 +197,40 @@ def test_chunks_are_written_as_they_are_measured(tmp_path, monkeypatch, capsys):
   assert calls[0] == [2, 5, 9, 17]
 
 
+def test_resume_measures_only_what_a_killed_run_did_not(tmp_path, monkeypatch, capsys):
+  real, calls = runner._measure, []
+
+  def measure(keys, **kw):
+    calls.append(sorted(k[1] for k in keys))
+    if len(calls) == 3 and kw.get("spec").chunk_points == 5:
+      raise KeyboardInterrupt
+    return real(keys, **kw)
+
+  monkeypatch.setattr(runner, "_measure", measure)
+  (fresh,) = _run(tmp_path / "fresh", "--tokens=all", "--resume")     # nothing there yet
+  assert sorted(p.tokens for p in fresh.points) == list(range(2, 18))
+  assert "resuming" not in capsys.readouterr().out
+  calls.clear()
+  with pytest.raises(KeyboardInterrupt):
+    _run(tmp_path, "--tokens=all", "--chunk_points=5")
+  (path,) = tmp_path.glob("*.json")
+  kept = {p.tokens: p.median_s for p in records.load(str(path)).points}
+  assert len(kept) == 10
+  calls.clear()
+  (prof,) = _run(tmp_path, "--tokens=all", "--chunk_points=5", "--resume")
+  assert sorted(n for c in calls for n in c) == sorted(set(range(2, 18)) - set(kept))
+  assert f"resuming batch 1: the 10 points in {path} are not measured again" in (
+      capsys.readouterr().out)
+  got = {p.tokens: p.median_s for p in prof.points}
+  assert sorted(got) == list(range(2, 18)) and all(got[n] == kept[n] for n in kept)
+  calls.clear()
+  (again,) = _run(tmp_path, "--tokens=all", "--resume")       # all there: nothing measured
+  assert calls == [] and {p.tokens: p.median_s for p in again.points} == got
+  # Adaptive: the refinement starts from every point held (the coarse grid is not redone).
+  (prof,) = _run(tmp_path, "--tokens=all", "--adaptive", "--coarse_stride=5", "--resume")
+  assert calls == [] and len(prof.points) == 16
+
+
 def test_block_mode_chunks_keep_the_whole_phases_checks(tmp_path):
   """The whole-model checks of --mode=block came from the first chunk (17 and 15, not 17, 10
   and 2): the low end was never checked against the additive prediction."""
@@ -579,6 +613,9 @@ def test_weights_flag(tmp_path):
     (["--mode=schedule", "--schedule=17,17,17", "--chunk_points=4", "--max_points=9"],
      "^--max_points, --chunk_points apply to --mode=model or block"),
     (["--max_points=9"], "^--max_points needs --adaptive$"),
+    (["--mode=schedule", "--schedule=17,17,17", "--resume"], "^--resume applies to "
+     "--mode=model or block"),
+    (["--mode=pipeline", "--resume"], "^--resume applies to --mode=model, block or schedule"),
     (["--adaptive", "--max_points=3"], "^max_points=3 is below the 16 counts of the coarse "
                                        "grid; raise it or the coarse stride$"),
     (["--mode=schedule", "--schedule=17,17,17", "--tokens=9:17"], "not --mode=schedule"),

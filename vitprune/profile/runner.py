@@ -246,8 +246,8 @@ def device_info() -> Dict[str, str]:
 
 def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool = True,
                   log: Callable[[str], None] = print,
-                  on_measured: Optional[Callable[[records.Profile, bool], None]] = None
-                  ) -> records.Profile:
+                  on_measured: Optional[Callable[[records.Profile, bool], None]] = None,
+                  held: Sequence[records.Point] = ()) -> records.Profile:
   """Measures one batch size -> an analysed `records.Profile` (nothing written).
 
   The grid is measured in phases: the whole grid (adaptive: the coarse grid, then the
@@ -255,7 +255,9 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
   `chunk_points` counts (0: one chunk), each chunk compiled, then timed in one shuffled
   measurement. `on_measured(profile, last)` gets the analysed profile of every point measured
   so far after each chunk (`last` on the final one): a caller that writes it keeps what was
-  measured when a later chunk is interrupted."""
+  measured when a later chunk is interrupted. `held`: points measured before (a resumed run):
+  their keys are not measured again, they count for the refinement and are in the profile
+  returned (and handed on)."""
   cfg = spec.cfg
   reducer, reducer_name = make_drop_reducer(spec.reducer)
   rng = np.random.default_rng(spec.seed)
@@ -267,46 +269,55 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
   first = spread_order(first) if spec.chunk_points else list(first)   # any prefix spans it
   refines = adaptive and not 0 < spec.max_points <= len(first)
   meas: Dict[Key, timing.Measurement] = {}
+  before = {(p.component, p.tokens, p.schedule): p for p in held if p.batch_size == batch_size}
+  handed: Dict[str, bool] = {}
+
+  def points() -> List[records.Point]:
+    new = [records.Point.from_measurement(
+        m, component=k[0], batch_size=batch_size, tokens=k[1], schedule=k[2])
+        for k, m in meas.items()]
+    return [p for k, p in before.items() if k not in meas] + new
 
   def profile() -> records.Profile:
-    points = tuple(records.Point.from_measurement(
-        m, component=k[0], batch_size=batch_size, tokens=k[1], schedule=k[2])
-        for k, m in meas.items())
-    return records.analyze(_profile_of(spec, reducer_name, points))
+    return records.analyze(_profile_of(spec, reducer_name, tuple(points())))
 
   def measure(counts, *, first_chunk: bool, last: bool):
     keys = _keys_for(spec, counts, first=False)
     if first_chunk and spec.mode == "block":      # (of the whole phase, not of this chunk)
       keys += _block_checks(spec, first)
-    bar.total = max(bar.total, bar.n + 2 * len(keys))
-    bar.refresh()
-    meas.update(_measure(keys, spec=spec, params=params, images=images, reducer=reducer,
-                         bar=bar))
-    if on_measured:
+    keys = [k for k in keys if k not in before]
+    if keys:
+      bar.total = max(bar.total, bar.n + 2 * len(keys))
+      bar.refresh()
+      meas.update(_measure(keys, spec=spec, params=params, images=images, reducer=reducer,
+                           bar=bar))
+    if on_measured and (keys or last):
       on_measured(profile(), last)
+      handed["last"] = last
 
   desc = f"{cfg.name} b{batch_size} {spec.mode}"
-  with tqdm(total=2 * len(_keys_for(spec, first, first=True)), desc=desc, disable=not progress,
+  total = [k for k in _keys_for(spec, first, first=True) if k not in before]
+  with tqdm(total=2 * len(total), desc=desc, disable=not progress,
             file=sys.stderr, unit="step", dynamic_ncols=True) as bar:
     chunks = _chunks(first, spec.chunk_points)
     for i, chunk in enumerate(chunks):
       measure(chunk, first_chunk=i == 0, last=not refines and i == len(chunks) - 1)
     if refines:
-      comp = spec.mode
-      pts = sorted(((k[1], m) for k, m in meas.items() if k[0] == comp), key=lambda t: -t[0])
-      rep = steps_lib.detect_steps([n for n, _ in pts], [m.median for _, m in pts],
-                                   [m.iqr for _, m in pts], [len(m.samples) for _, m in pts])
       lo, hi, inside = min(grid), max(grid), set(grid)
-      extra = [n for n in steps_lib.refine_order([n for n, _ in pts], rep, lo=lo, hi=hi)
+      pts = sorted((p for p in points() if p.component == spec.mode and p.tokens in inside),
+                   key=lambda p: -p.tokens)
+      rep = steps_lib.detect_steps([p.tokens for p in pts], [p.median_s for p in pts],
+                                   [p.iqr_s for p in pts], [p.num_samples for p in pts])
+      extra = [n for n in steps_lib.refine_order([p.tokens for p in pts], rep, lo=lo, hi=hi)
                if n in inside]
       if spec.max_points:
         extra = extra[:max(spec.max_points - len(first), 0)]
       chunks = _chunks(extra, spec.chunk_points)
-      bar.total += 2 * len(_keys_for(spec, extra, first=False))
+      bar.total += 2 * len([k for k in _keys_for(spec, extra, first=False) if k not in before])
       for i, chunk in enumerate(chunks):
         measure(chunk, first_chunk=False, last=i == len(chunks) - 1)
-      if not chunks and on_measured:
-        on_measured(profile(), True)
+    if on_measured and not handed.get("last"):
+      on_measured(profile(), True)
   return profile()
 
 
@@ -346,7 +357,8 @@ def write_outputs(profile: records.Profile, out_dir: str, stem: Optional[str] = 
 
 def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None,
                 compile_cache_dir: Optional[str] = None, progress: bool = True,
-                log: Callable[[str], None] = print) -> List[records.Profile]:
+                log: Callable[[str], None] = print, resume: bool = False
+                ) -> List[records.Profile]:
   """Profiles every batch size of `spec` -> one analysed Profile per batch size.
 
   params: the model's parameter tree (default: `init_params(cfg, spec.seed)`). With `out_dir`,
@@ -356,8 +368,12 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
   writes one profile of all batch sizes when there are several; each profile returned is then
   what its file holds, this run's points merged into those it held (a summary of this run's
   points alone missed the steps the file records). `compile_cache_dir` enables
-  JAX's persistent compilation cache (process-wide setting).
+  JAX's persistent compilation cache (process-wide setting). `resume` (needs `out_dir`): the
+  points a batch size's profile there already holds (a killed run's chunks) are not measured
+  again, and the adaptive refinement starts from them.
   """
+  if resume and not out_dir:
+    raise ValueError("resume continues the profiles in out_dir: give out_dir")
   if out_dir:
     check_outputs(spec, out_dir)
   if compile_cache_dir:
@@ -380,8 +396,9 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
           log(f"saved this run's {len(prof.points)} points of batch {b} so far to "
               f"{console.printable(written['paths']['json'])}")
 
+    held = _held_points(spec, out_dir, int(b), log) if resume else ()
     prof = profile_batch(spec, int(b), params, progress=progress, log=log,
-                         on_measured=save if out_dir else None)
+                         on_measured=save if out_dir else None, held=held)
     if out_dir:
       paths = written["paths"]
       log(_wrote(paths))
@@ -404,6 +421,20 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
       paths = write_outputs(everything, out_dir)
       log(_wrote(paths))
   return profiles
+
+
+def _held_points(spec: ProfileSpec, out_dir: str, batch: int, log: Callable[[str], None]
+                 ) -> Tuple[records.Point, ...]:
+  """The points of batch `batch` in its profile in `out_dir` (checked to be of this setup by
+  `check_outputs`), for a resumed run; () when there is none yet."""
+  setup = _profile_of(spec, make_drop_reducer(spec.reducer)[1])
+  path = os.path.join(out_dir, records.file_stem(setup, [batch]) + ".json")
+  if not os.path.exists(path):
+    return ()
+  held = tuple(p for p in records.load(path).points if p.batch_size == batch)
+  log(f"resuming batch {batch}: the {len(held)} points in {console.printable(path)} are not "
+      "measured again")
+  return held
 
 
 def _wrote(paths: Dict[str, str]) -> str:
