@@ -6,8 +6,9 @@
 # batch 1 (36 counts), unpruned vs POMT vs ToMe at batch 1/8/64, profiles at batch 64 and in
 # bfloat16 (24 counts), then the latency-model check (predictor_accuracy, POMT, batch 8), each
 # under `timeout` against one deadline (SECONDS, default 540): a stage that runs long costs the
-# later ones only their time, the profiles are written every 8 counts (--chunk_points) and no
-# output is ever half-written. Logs go to OUT_DIR/log-<stage>.txt.
+# later ones only their time, the profiles are written every 8 counts (--chunk_points; a second
+# run into the same OUT_DIR continues them, --resume) and no output is ever half-written. Logs
+# go to OUT_DIR/log-<stage>.txt.
 # Writes under OUT_DIR (default outputs/gpu); paste the printed tables into README.md with the
 # device name the tables print. Random weights: latency only (values do not change the graphs).
 set -euo pipefail
@@ -66,9 +67,9 @@ case "$stage" in
   all)   # sized by the first lease: a DeiT-S graph compiles in ~6 s on an H200 (autotuning)
     timed versions 60 python -c "import jax, flax; print('jax', jax.__version__, 'flax',
 flax.__version__, jax.devices())"
-    profile() {  # profile NAME CAP BATCH MAX_POINTS DTYPE: written chunk by chunk
+    profile() {  # profile NAME CAP BATCH MAX_POINTS DTYPE: written chunk by chunk, resumed
       timed "$1" "$2" python -m experiments.profile --mode=model --model="$model_small" \
-          --batch_size="$3" --dtype="$5" --adaptive --max_points="$4" --chunk_points=8 \
+          --batch_size="$3" --dtype="$5" --adaptive --max_points="$4" --chunk_points=8 --resume \
           --threads=8 --compile_cache_dir="$cache" --min_run_time=0.2 --noprogress \
           --out_dir="$out/profile"
     }
