@@ -198,11 +198,6 @@ def main(f: flags.FlagValues) -> str:
                        f"{sol.method!r}")
     method, schedule = sol.method, sol.schedule
     provenance["solution"] = sol.provenance()
-    if sol.profile.platform.startswith("iree") and not any(t.is_iree for t in targets):
-      print(f"note: {common.shown(f.solution)} chose its schedule on a profile of "
-            f"{common.shown(sol.profile.device_kind)} ({sol.profile.platform}), an IREE board; "
-            "this artifact holds the JAX export only: add --target=iree:... to build the "
-            "module that board runs")
     chosen_for = sol.profile.batch_size
     if not f["batch_size"].present and not f.symbolic_batch:
       batch_size = chosen_for
@@ -264,6 +259,13 @@ def main(f: flags.FlagValues) -> str:
         f"compute {m.dtype}, platforms {','.join(m.platforms)}")
   print(f"  weights sha256 {m.weights['sha256']}")
   print(f"  targets {','.join(m.targets)}")
+  if f.solution and sol.profile.platform.startswith("iree") and not any(
+      t.is_iree for t in targets):
+    print(f"note: {common.shown(f.solution)} chose its schedule on a profile of "
+          f"{common.shown(sol.profile.device_kind)} ({sol.profile.platform}), an IREE board; "
+          "this artifact holds the JAX export only: add --target=iree:... to build the module "
+          "that board runs" + (" (IREE modules take a fixed batch: without --symbolic_batch)"
+                               if f.symbolic_batch else ""))
   return path
 
 

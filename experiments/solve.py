@@ -95,7 +95,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                                    "Combine a profile and an estimate of different batch sizes.",
                     flag_values=fv)
   flags.DEFINE_string("out_dir", "outputs/solve", "Output directory.", flag_values=fv)
-  flags.DEFINE_string("weights", None, "Multi mode with --accuracy_floor: the weights the "
+  flags.DEFINE_string("weights", None, "Multi mode with --accuracy_floor or --latency_budget: "
+                      "the weights the "
                       "estimate measured; the choice is then checked in the loop (measured "
                       "accuracy on --data, measured latency of compiled graphs).", flag_values=fv)
   flags.DEFINE_string("data", "digits", "With --weights: the estimate's data ('digits' or an "

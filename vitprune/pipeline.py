@@ -301,7 +301,8 @@ def _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces=None
 def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
            seconds: Optional[Dict[str, float]] = None, pieces=None, margins=None) -> Solution:
   """Stage 3: the paper's n* or the multi-layer choice (floor checked on the data).
-  `seconds['in_loop']` gets the wall time of the in-loop timing (multi with a floor);
+  `seconds['in_loop']` gets the wall time of the in-loop timing (multi with a floor or a
+  budget);
   `margins`: the estimate stage's (anchored predictions in the refinement's report)."""
   if spec.solver == "paper":
     log(f"[3/4] solve: paper utility, alpha={spec.alpha}, {spec.method} at block {spec.layer}")
@@ -355,13 +356,14 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           neighbours=spec.loop_neighbours, num_images=len(data.indices))
       if seconds is not None:
         seconds["in_loop"] = time.perf_counter() - t0
-      log(f"  timed {sol.settings['timed_in_loop']} compiled graphs around the choice: the most "
-          f"accurate within {1e3 * spec.latency_budget:.4g} ms is {sol.chosen.schedule}, "
+      timed = sol.settings["timed_in_loop"]
+      log(f"  timed {timed} compiled graph{'' if timed == 1 else 's'} around the choice: the "
+          f"most accurate within {1e3 * spec.latency_budget:.4g} ms is {sol.chosen.schedule}, "
           f"measured {1e3 * sol.chosen.measured_latency_s:.4f} ms (predicted "
           f"{1e3 * sol.chosen.predicted_latency_s:.4f} ms), {sol.metric} "
           f"{sol.chosen.measured_accuracy:.4f}"
           + ("" if sol.chosen.counts == before.counts else
-             f", replacing the predicted choice {before.schedule} (measured "
+             f", replacing the choice before timing, {before.schedule} (measured "
              f"{1e3 * _timed(sol, before.counts):.4f} ms)"))
     if sol.settings.get("floor_straddles"):
       log(f"  the 95% interval straddles the floor for: "

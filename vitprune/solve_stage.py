@@ -562,8 +562,16 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
       num_tokens=cfg.num_tokens, layers=inp.layers, embed_latency=inp.embed,
       head_latency=inp.head, reduce_latency=inp.reduce, accuracy_model=accuracy_model,
       monotone=monotone, step_bottoms_only=step_bottoms_only, pair_noise=inp.pair_noise,
-      latency_budget=latency_budget, alpha=alpha,
+      latency_budget=latency_budget if evaluate is None else None, alpha=alpha,
       max_remove=method_caps(cfg, estimate.method, inp.ns))
+  if latency_budget is not None and evaluate is not None:
+    try:
+      chosen, criterion = solve.choose(sol.frontier, latency_budget=latency_budget)
+    except solve.InfeasibleError:
+      # No prediction is within the budget, but a schedule may MEASURE within it: the fastest
+      # is a provisional choice, and `check_budget_in_loop` decides on measurements.
+      chosen, criterion = min(sol.frontier, key=lambda p: p.latency), sol.criterion
+    sol = dataclasses.replace(sol, chosen=chosen, criterion=criterion)
   if accuracy_floor is not None:
     try:
       chosen, criterion = solve.choose(sol.frontier, accuracy_floor=accuracy_floor)
@@ -1020,17 +1028,20 @@ class BudgetNotMetError(ValueError):
 
 
 def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules: Timer, *,
-                         neighbours: int = 2, num_images: Optional[int] = None) -> Solution:
+                         neighbours: int = 2, num_images: Optional[int] = None,
+                         max_rounds: int = 3) -> Solution:
   """Measures a latency-budget choice in the loop: the most accurate schedule whose MEASURED
   latency is within `settings['latency_budget']`, on MEASURED accuracy.
 
-  The choice and up to `neighbours` schedules on each side of it (predicted faster / slower:
-  the latency model errs both ways), from the frontier and every schedule already measured,
-  get their accuracy measured where missing (one `evaluate` call) and are timed together (ONE
-  `time_schedules` call: compiled graphs, one shuffled measurement). Ties in accuracy go to the
-  faster graph. criterion "latency_budget_measured", basis "measured",
-  `settings['latency_basis'] == "measured"`. BudgetNotMetError when none measures within the
-  budget (naming the fastest).
+  The choice, up to `neighbours` schedules on each side of it (predicted faster / slower: the
+  latency model errs both ways) and the unpruned schedule, from the frontier and every schedule
+  already measured, get their accuracy measured where missing (one `evaluate` call) and are
+  timed together (ONE `time_schedules` call: compiled graphs, one shuffled measurement). When
+  none of them measures within the budget, the aim is corrected by their measured / predicted
+  ratio and the `neighbours` + 1 schedules predicted just below `budget / ratio` are measured
+  the same way, up to `max_rounds` more times. Ties in accuracy go to the faster graph.
+  criterion "latency_budget_measured", basis "measured", `settings['latency_basis'] ==
+  "measured"`. BudgetNotMetError when none measures within the budget (naming the fastest).
   """
   budget = solution.settings.get("latency_budget")
   if budget is None:
@@ -1038,33 +1049,56 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
   images = num_images if num_images is not None else solution.settings.get("num_images")
   known: Dict[Tuple[int, ...], Candidate] = {c.counts: c for c in solution.checked}
   chosen = known.get(solution.chosen.counts, solution.chosen)
-  others = [p for c, p in _candidate_pool(solution, known).items() if c != chosen.counts]
+  pool_all = _candidate_pool(solution, known)
+  if solution.full is not None:          # the most accurate of all, when the budget allows it
+    pool_all.setdefault(solution.full.counts, known.get(solution.full.counts, solution.full))
+  others = [p for c, p in pool_all.items() if c != chosen.counts]
   at = chosen.predicted_latency_s
   faster = sorted((p for p in others if p.predicted_latency_s <= at),
                   key=lambda p: -p.predicted_latency_s)[:neighbours]
   slower = sorted((p for p in others if p.predicted_latency_s > at),
                   key=lambda p: p.predicted_latency_s)[:neighbours]
-  pool = [chosen] + faster + slower
-  got = {c.counts: c for c in _measure(evaluate, [p for p in pool
-                                                   if p.measured_accuracy is None], images)}
-  pool = [got.get(p.counts, p) for p in pool]
-  seconds = time_schedules([p.counts for p in pool])
-  if len(seconds) != len(pool):
-    raise ValueError(f"time_schedules returned {len(seconds)} latencies for {len(pool)} "
-                     f"schedules")
-  pool = [dataclasses.replace(p, measured_latency_s=float(t)) for p, t in zip(pool, seconds)]
-  known.update((p.counts, p) for p in pool)
-  within = [p for p in pool if p.measured_latency_s <= budget]
+  first = [chosen] + faster + slower
+  if solution.full is not None and solution.full.counts not in {p.counts for p in first}:
+    first.append(pool_all[solution.full.counts])
+  timed: Dict[Tuple[int, ...], Candidate] = {}
+
+  def measure(pool: Sequence[Candidate]) -> None:
+    got = {c.counts: c for c in _measure(evaluate, [p for p in pool
+                                                     if p.measured_accuracy is None], images)}
+    pool = [got.get(p.counts, p) for p in pool]
+    seconds = time_schedules([p.counts for p in pool])
+    if len(seconds) != len(pool):
+      raise ValueError(f"time_schedules returned {len(seconds)} latencies for {len(pool)} "
+                       f"schedules")
+    for p, t in zip(pool, seconds):
+      timed[p.counts] = known[p.counts] = dataclasses.replace(p, measured_latency_s=float(t))
+
+  measure(first)
+  rounds = 0
+  while (rounds < max_rounds and
+         not any(p.measured_latency_s <= budget for p in timed.values())):
+    ratio = float(np.median([p.measured_latency_s / p.predicted_latency_s
+                             for p in timed.values()]))
+    aim = budget / ratio
+    below = sorted((p for c, p in pool_all.items()
+                    if c not in timed and p.predicted_latency_s <= aim),
+                   key=lambda p: -p.predicted_latency_s)[:max(neighbours, 1) + 1]
+    if not below:
+      break
+    measure(below)
+    rounds += 1
+  within = [p for p in timed.values() if p.measured_latency_s <= budget]
   if not within:
-    fastest = min(pool, key=lambda p: p.measured_latency_s)
+    fastest = min(timed.values(), key=lambda p: p.measured_latency_s)
     raise BudgetNotMetError(
         f"latency budget {1e3 * budget:.4g} ms is not met on measurement: the fastest of the "
-        f"{len(pool)} schedules timed around the choice, {fastest.schedule}, measures "
+        f"{len(timed)} schedules timed, {fastest.schedule}, measures "
         f"{1e3 * fastest.measured_latency_s:.4g} ms (predicted "
         f"{1e3 * fastest.predicted_latency_s:.4g} ms); raise the budget")
   best = max(within, key=lambda p: (p.measured_accuracy, -p.measured_latency_s))
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
-  settings = dict(solution.settings, num_images=images, timed_in_loop=len(pool),
+  settings = dict(solution.settings, num_images=images, timed_in_loop=len(timed),
                   latency_basis="measured")
   settings.pop("latency_untrusted", None)  # about a predicted latency: the choice is measured now
   correction = _drop_scale(solution, settings, checked)

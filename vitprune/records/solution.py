@@ -74,7 +74,8 @@ FORMAT = "vitprune-solution"
 VERSION = 1
 MODES = ("paper", "multi")
 BASES = ("predicted", "measured")
-# How a choice was made (`solve.choose`, `solve_stage.check_floor`); no version wrote another.
+# How a choice was made (`solve.choose`, `solve_stage.check_floor`, `check_budget_in_loop`: the
+# last since 2026-12-04; a reader older than that refuses it as not in its CRITERIA).
 CRITERIA = ("utility", "accuracy_floor", "latency_budget", "accuracy_floor_measured",
             "latency_budget_measured")
 
