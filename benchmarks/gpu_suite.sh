@@ -8,7 +8,8 @@
 # under `timeout` against one deadline (SECONDS, default 540): a stage that runs long costs the
 # later ones only their time, the profiles are written every 8 counts (--chunk_points; a second
 # run into the same OUT_DIR continues them, --resume) and no output is ever half-written. Logs
-# go to OUT_DIR/log-<stage>.txt.
+# go to OUT_DIR/log-<stage>.txt; `python -m benchmarks.gpu_report --dir=OUT_DIR` prints the
+# README's tables from whatever it wrote.
 # Writes under OUT_DIR (default outputs/gpu); paste the printed tables into README.md with the
 # device name the tables print. Random weights: latency only (values do not change the graphs).
 set -euo pipefail

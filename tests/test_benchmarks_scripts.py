@@ -553,3 +553,45 @@ def test_the_benchmarks_on_the_bundled_weights_check_their_digits_split(tmp_path
       script.main(common.parse(script.define_flags, ["--quick", f"--out={tmp_path / 'o.json'}"]))
   assert checked == [(common.EMBEDDED_WEIGHTS, "digits")] * 2
   assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_report_tabulates_what_the_suite_wrote(tmp_path, capsys):
+  """The README's GPU tables from a suite's OUT_DIR: profiles (one row per batch, a combined
+  profile's batches not twice), the benchmark table, one device; refusals name the problem."""
+  import json  # pylint: disable=g-import-not-at-top
+  from benchmarks import gpu_report  # pylint: disable=g-import-not-at-top
+  from experiments import benchmark as bench_cli  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from experiments import profile as profile_cli  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "gpu"
+  fast = ["--model=test_tiny_vit", "--min_run_time=0.005", "--max_retries=0", "--noprogress"]
+  with pytest.raises(ValueError, match=f"--dir '{out}' is not a directory"):
+    gpu_report.collect(str(out))
+  out.mkdir()
+  with pytest.raises(ValueError, match="holds no profile/.*nothing to report"):
+    gpu_report.collect(str(out))
+  profile_cli.main(common.parse(profile_cli.define_flags, [
+      "--mode=model", "--tokens=17,13,9,5,2", "--batch_size=1,2", f"--out_dir={out}/profile",
+      *fast]))
+  bench_cli.main(common.parse(bench_cli.define_flags, [
+      "--data=none", "--batch_size=1", "--variants=tome-r2=tome:r2", f"--out_dir={out}/benchmark",
+      *fast[:2], "--noprogress"]))
+  capsys.readouterr()
+  doc = gpu_report.main(common.parse(gpu_report.define_flags, [
+      f"--dir={out}", f"--out={tmp_path / 'r.json'}"]))
+  said = capsys.readouterr().out
+  assert [(r["batch_size"], r["counts"]) for r in doc["profiles"]] == [(1, 5), (2, 5)]
+  assert all(r["tokens_max"] == 17 and r["tokens_min"] == 2 and r["compile_s_max"] > 0
+             for r in doc["profiles"])
+  assert [r["variant"] for r in doc["benchmark"]] == ["unpruned", "pomt", "tome-r2"]
+  assert said.startswith(f"device: {doc['device']['device_kind']} (cpu), jax ")
+  assert said.count("| test_tiny_vit | float32 | ") == 2 and "| tome-r2 | " in said
+  assert json.loads((tmp_path / "r.json").read_text())["profiles"] == doc["profiles"]
+  # Two devices in one report: refused (each table names one device).
+  (path,) = [p for p in (out / "profile").glob("*_b1_*.json")]
+  other = json.loads(path.read_text())
+  other["device_kind"] = "NVIDIA H200"
+  (out / "profile" / "other.json").write_text(json.dumps(other))
+  with pytest.raises(ValueError, match=r"holds measurements of several devices .*NVIDIA H200.*"
+                                       "report one device at a time"):
+    gpu_report.collect(str(out))

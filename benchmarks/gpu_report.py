@@ -1,0 +1,164 @@
+r"""The README's GPU tables from what `benchmarks/gpu_suite.sh` wrote (run where the files are).
+
+  python -m benchmarks.gpu_report --dir=outputs/gpu          # markdown on stdout
+  python -m benchmarks.gpu_report --dir=outputs/gpu --out=outputs/gpu/report.json
+
+Reads every profile (`profile/*.json`, `vitprune.profile.records`), the method benchmark
+(`benchmark/*.csv`, `vitprune.benchmark`) and the latency-model check
+(`predictor_accuracy_*.json`) under --dir, whichever exist (a stage cut by its deadline wrote
+nothing, or the chunks it finished), and prints, for the README:
+  * the device each file names (they must agree: one device per report);
+  * per profile (model, dtype, batch): token counts measured, latency at the most and the
+    fewest tokens, the largest steps (n -> n' saves x %), compile seconds per shape
+    (median / p90 / max; wall times, which overlap when --threads compiled in parallel);
+  * the benchmark table (latency median +- IQR and change vs unpruned, compile s per graph);
+  * the predictor-accuracy rows.
+Writes the same as JSON with --out. Refuses a --dir holding none of these files.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+from typing import Any, Dict, List
+
+import numpy as np
+from absl import flags
+
+from experiments import common
+from vitprune import atomic
+from vitprune import benchmark as bench
+from vitprune.profile import records
+
+RESULT_FORMAT = "vitprune-gpu-report"
+TOP_STEPS = 5
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  flags.DEFINE_string("dir", "outputs/gpu", "What gpu_suite.sh wrote (its OUT_DIR).",
+                      flag_values=fv)
+  flags.DEFINE_string("out", None, "Also write the report as JSON here.", flag_values=fv)
+
+
+def profile_rows(paths: List[str]) -> List[Dict[str, Any]]:
+  """One row per (profile file, batch size) of whole-model curves: counts, latencies, steps,
+  compile seconds per shape."""
+  rows = []
+  for path in sorted(paths):
+    prof = records.analyze(records.load(path))
+    for b in prof.batch_sizes:
+      curve = sorted(prof.curve("model", b), key=lambda p: -p.tokens)
+      if not curve or _single_exists(path, prof, b, paths):
+        continue
+      compile_s = np.array([p.compile_s for p in curve])
+      steps = sorted((s for s in prof.steps if s["batch_size"] == b and
+                      s["component"] == "model"), key=lambda s: -s["saving_frac"])
+      rows.append({
+          "file": os.path.basename(path), "model": prof.model, "dtype": prof.dtype,
+          "batch_size": int(b), "device_kind": prof.device_kind, "platform": prof.platform,
+          "jax_version": prof.jax_version, "counts": len(curve),
+          "tokens_max": curve[0].tokens, "latency_max_ms": 1e3 * curve[0].median_s,
+          "tokens_min": curve[-1].tokens, "latency_min_ms": 1e3 * curve[-1].median_s,
+          "steps": [{"n_from": s["n_from"], "n_to": s["n_to"],
+                     "saving_pct": 100 * s["saving_frac"],
+                     "saving_ms": 1e3 * s["saving_s"]} for s in steps[:TOP_STEPS]],
+          "num_steps": len(steps),
+          "compile_s_median": float(np.median(compile_s)),
+          "compile_s_p90": float(np.percentile(compile_s, 90)),
+          "compile_s_max": float(compile_s.max()),
+      })
+  return rows
+
+
+def _single_exists(path: str, prof: records.Profile, b: int, paths: List[str]) -> bool:
+  """Whether batch `b` of a profile of several batch sizes, `path`, has its own file among
+  `paths` (the same points: reported once, from that file)."""
+  own = os.path.join(os.path.dirname(path), records.file_stem(prof, [b]) + ".json")
+  return len(prof.batch_sizes) > 1 and own in paths
+
+
+def benchmark_rows(paths: List[str]) -> List[Dict[str, str]]:
+  """The rows of every benchmark CSV (`vitprune.benchmark.CSV_COLUMNS`)."""
+  rows = []
+  for path in sorted(paths):
+    with open(path, newline="") as f:
+      if f.readline().rstrip("\r\n") != ",".join(bench.CSV_COLUMNS):
+        raise ValueError(f"{path} is not a benchmark table of this version (its header "
+                         "differs from vitprune.benchmark.CSV_COLUMNS)")
+      rows += list(csv.DictReader(f, fieldnames=bench.CSV_COLUMNS))
+  return rows
+
+
+def collect(out_dir: str) -> Dict[str, Any]:
+  """Everything under `out_dir` -> the report document (ValueError when there is nothing)."""
+  if not os.path.isdir(out_dir):
+    raise ValueError(f"--dir {out_dir!r} is not a directory")
+  profiles = glob.glob(os.path.join(out_dir, "profile", "*.json"))
+  tables = glob.glob(os.path.join(out_dir, "benchmark", "*.csv"))
+  predictor = sorted(glob.glob(os.path.join(out_dir, "predictor_accuracy_*.json")))
+  if not profiles and not tables and not predictor:
+    raise ValueError(f"--dir {out_dir!r} holds no profile/*.json, benchmark/*.csv or "
+                     "predictor_accuracy_*.json: nothing to report (did every stage time out?)")
+  doc = {"format": RESULT_FORMAT, "version": 1, "profiles": profile_rows(profiles),
+         "benchmark": benchmark_rows(tables), "predictor_accuracy": []}
+  for path in predictor:
+    with open(path) as f:
+      doc["predictor_accuracy"] += json.load(f).get("rows", [])
+  devices = sorted({(r["device_kind"], r["platform"]) for r in doc["profiles"]} |
+                   {(r["device_kind"], r["platform"]) for r in doc["benchmark"]})
+  if len(devices) > 1:
+    raise ValueError(f"--dir {out_dir!r} holds measurements of several devices {devices}: "
+                     "report one device at a time")
+  doc["device"] = dict(zip(("device_kind", "platform"), devices[0])) if devices else None
+  return doc
+
+
+def to_markdown(doc: Dict[str, Any]) -> str:
+  """The README's tables."""
+  lines = []
+  if doc["device"]:
+    jax_versions = sorted({r["jax_version"] for r in doc["profiles"]})
+    lines.append(f"device: {doc['device']['device_kind']} ({doc['device']['platform']})"
+                 + (f", jax {', '.join(jax_versions)}" if jax_versions else ""))
+  if doc["profiles"]:
+    lines += ["", "| model | dtype | batch | counts | ms at max tokens | ms at min tokens | "
+                  "largest steps (n -> n', saving) | steps | compile s per shape "
+                  "(median / p90 / max; wall, threads overlap) |",
+              "|---|---|---:|---:|---|---|---|---:|---|"]
+    for r in doc["profiles"]:
+      steps = ", ".join(f"{s['n_from']}->{s['n_to']} {s['saving_pct']:.1f}%"
+                        for s in r["steps"]) or "none above noise"
+      lines.append(f"| {r['model']} | {r['dtype']} | {r['batch_size']} | {r['counts']} | "
+                   f"{r['latency_max_ms']:.4g} ({r['tokens_max']}) | {r['latency_min_ms']:.4g} "
+                   f"({r['tokens_min']}) | {steps} | {r['num_steps']} | "
+                   f"{r['compile_s_median']:.2f} / {r['compile_s_p90']:.2f} / "
+                   f"{r['compile_s_max']:.2f} |")
+  if doc["benchmark"]:
+    lines += ["", "| model | batch | dtype | variant | schedule | latency ms (median ± IQR) | "
+                  "change | compile s |", "|---|---:|---|---|---|---|---:|---:|"]
+    for r in doc["benchmark"]:
+      lines.append(f"| {r['model']} | {r['batch_size']} | {r['dtype']} | {r['variant']} | "
+                   f"{r['schedule']} | {float(r['latency_median_ms']):.4g} ± "
+                   f"{float(r['latency_iqr_ms']):.2g} | {float(r['change_pct']):+.1f}% | "
+                   f"{float(r['compile_s']):.2f} |")
+  if doc["predictor_accuracy"]:
+    from benchmarks import predictor_accuracy  # pylint: disable=g-import-not-at-top
+    lines += ["", predictor_accuracy.table(doc["predictor_accuracy"])]
+  return "\n".join(lines)
+
+
+def main(f: flags.FlagValues) -> Dict[str, Any]:
+  """Collects, prints the markdown, writes the JSON with --out -> the document."""
+  if f.out:
+    atomic.check_output_json(f.out, RESULT_FORMAT, "out")     # before reading anything
+  doc = collect(f.dir)
+  print(to_markdown(doc))
+  if f.out:
+    common.write_result(f.out, doc, RESULT_FORMAT, indent=1)
+    print(f"wrote {common.shown(f.out)}")
+  return doc
+
+
+if __name__ == "__main__":
+  common.run(main, define_flags)
