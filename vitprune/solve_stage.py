@@ -1034,9 +1034,11 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
   latency is within `settings['latency_budget']`, on MEASURED accuracy.
 
   The choice, up to `neighbours` schedules on each side of it (predicted faster / slower: the
-  latency model errs both ways) and the unpruned schedule, from the frontier and every schedule
-  already measured, get their accuracy measured where missing (one `evaluate` call) and are
-  timed together (ONE `time_schedules` call: compiled graphs, one shuffled measurement). When
+  latency model errs both ways) and the unpruned schedule when it is predicted within the budget
+  or the slowest of those, from the frontier and every schedule already measured (the unpruned
+  one also off the frontier), get their accuracy measured where missing (one `evaluate` call)
+  and are timed together (ONE `time_schedules` call: compiled graphs, one shuffled measurement).
+  When
   none of them measures within the budget, the aim is corrected by their measured / predicted
   ratio and the `neighbours` + 1 schedules predicted just below `budget / ratio` are measured
   the same way, up to `max_rounds` more times. Ties in accuracy go to the faster graph.
@@ -1059,8 +1061,10 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
   slower = sorted((p for p in others if p.predicted_latency_s > at),
                   key=lambda p: p.predicted_latency_s)[:neighbours]
   first = [chosen] + faster + slower
-  if solution.full is not None and solution.full.counts not in {p.counts for p in first}:
-    first.append(pool_all[solution.full.counts])
+  full = None if solution.full is None else pool_all[solution.full.counts]
+  reach = max([budget] + [p.predicted_latency_s for p in first])
+  if full is not None and full not in first and full.predicted_latency_s <= reach:
+    first.append(full)             # (as likely to fit as the slowest checked: worth timing)
   timed: Dict[Tuple[int, ...], Candidate] = {}
 
   def measure(pool: Sequence[Candidate]) -> None:
