@@ -1334,7 +1334,7 @@ def test_the_reader_refuses_measured_claims_the_numbers_do_not_bear(tmp_path):
     read(dataclasses.replace(pred, settings=dict(pred.settings, latency_basis="measured")))
 
 
-def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path):
+def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, monkeypatch):
   """A budget choice rested on predicted latency (basis 'measured' named only its accuracy):
   the latency model errs both ways. In the loop the choice and its neighbours are timed and the
   most accurate one MEASURED within the budget is chosen."""
@@ -1368,6 +1368,13 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path):
   def read(s):
     return Solution.from_json(json.loads(json.dumps(s.to_json())), "s.json")
   assert read(loop).chosen == loop.chosen
+  from vitprune import solve_plot  # pylint: disable=g-import-not-at-top
+  figs = []
+  monkeypatch.setattr(solve_plot, "_png", lambda fig: figs.append(fig) or b"")
+  solve_plot.plot_frontier(loop)                # the budget is drawn where the choice was made
+  (budget_line,) = [ln for ln in figs[0].axes[0].lines
+                    if ln.get_label() == f"latency budget {1e3 * budget:.4g} ms"]
+  assert list(budget_line.get_xdata()) == [1e3 * budget] * 2
   worse = min(within, key=lambda c: c.measured_accuracy)
   with pytest.raises(SolutionError, match=re.escape(
       f"criterion 'latency_budget_measured', but {loop.chosen.schedule} measured "

@@ -3,7 +3,8 @@
   paper mode: U(n), L(n) and A(n) against n, n* marked;
   multi mode: the frontier's predicted (latency, accuracy), the chosen and unpruned schedules,
               and, where schedules were checked, their measured accuracy (with its binomial
-              interval) and measured latency (predicted -> measured point joined by a line).
+              interval) and measured latency (predicted -> measured point joined by a line);
+              the accuracy floor or latency budget as a dotted line.
 """
 from __future__ import annotations
 
@@ -64,6 +65,12 @@ def plot_frontier(sol: Solution) -> bytes:
   if sol.full is not None:
     ax.plot([1e3 * sol.full.predicted_latency_s], [sol.full.predicted_accuracy], "s",
             color="k", label="unpruned")
+  floor, budget = sol.settings.get("accuracy_floor"), sol.settings.get("latency_budget")
+  if floor is not None:
+    ax.axhline(floor, color="C3", ls=":", lw=1, label=f"accuracy floor {floor:g}")
+  if budget is not None:
+    ax.axvline(1e3 * budget, color="C3", ls=":", lw=1,
+               label=f"latency budget {1e3 * budget:.4g} ms")
   ch = sol.chosen
   ax.plot([1e3 * ch.predicted_latency_s], [ch.predicted_accuracy], "o", color="C3",
           label=f"chosen ({sol.criterion}, {sol.basis}): {ch.schedule}")
