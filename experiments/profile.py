@@ -128,8 +128,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 PIPELINE_ONLY = ("data", "num_images", "eval_batch_size", "alpha", "layer", "method", "solver",
                  "accuracy_floor", "latency_budget", "calibration_schedules", "measure_frontier",
                  "refine_accuracy_rounds")
-PROFILE_ONLY = ("schedule", "reducer", "adaptive", "coarse_stride", "max_points",
-                "chunk_points", "resume", "compile_cache_dir")
+GRID_ONLY = ("adaptive", "coarse_stride", "max_points", "chunk_points", "resume")  # model/block
+PROFILE_ONLY = ("schedule", "reducer", "compile_cache_dir") + GRID_ONLY
 
 
 def check_mode_flags(f: flags.FlagValues) -> None:
@@ -139,10 +139,12 @@ def check_mode_flags(f: flags.FlagValues) -> None:
   if unread:
     if pipeline_mode:
       hint = " (the pipeline's method is --method)" if "--reducer" in unread else ""
-      raise ValueError(f"{common.applies(unread)} to --mode=model, block or schedule, not "
+      modes = ("model or block" if set(unread) <= {f"--{n}" for n in GRID_ONLY} else
+               "model, block or schedule")
+      raise ValueError(f"{common.applies(unread)} to --mode={modes}, not "
                        f"--mode=pipeline{hint}")
     raise ValueError(f"{common.applies(unread)} to --mode=pipeline only, not --mode={f.mode}")
-  grid_flags = ("tokens", "adaptive", "coarse_stride", "max_points", "chunk_points", "resume")
+  grid_flags = ("tokens",) + GRID_ONLY
   if f.mode == "schedule" and common.given_flags(f, grid_flags):
     raise ValueError(f"{common.applies(common.given_flags(f, grid_flags))} to --mode=model or "
                      "block (a grid of token counts), not --mode=schedule (its graphs are "

@@ -219,7 +219,7 @@ def test_resume_measures_only_what_a_killed_run_did_not(tmp_path, monkeypatch, c
   calls.clear()
   (prof,) = _run(tmp_path, "--tokens=all", "--chunk_points=5", "--resume")
   assert sorted(n for c in calls for n in c) == sorted(set(range(2, 18)) - set(kept))
-  assert f"resuming batch 1: the 10 points in {path} are not measured again" in (
+  assert f"resuming batch 1: the 10 points it has in {tmp_path} are not measured again" in (
       capsys.readouterr().out)
   got = {p.tokens: p.median_s for p in prof.points}
   assert sorted(got) == list(range(2, 18)) and all(got[n] == kept[n] for n in kept)
@@ -229,6 +229,35 @@ def test_resume_measures_only_what_a_killed_run_did_not(tmp_path, monkeypatch, c
   # Adaptive: the refinement starts from every point held (the coarse grid is not redone).
   (prof,) = _run(tmp_path, "--tokens=all", "--adaptive", "--coarse_stride=5", "--resume")
   assert calls == [] and len(prof.points) == 16
+  # --max_points counts the points held: a finished run resumed measures nothing (each resume
+  # measured another refinement's worth).
+  bounded = ["--tokens=all", "--adaptive", "--coarse_stride=4", "--max_points=8",
+             "--chunk_points=2"]
+  (first,) = _run(tmp_path / "bounded", *bounded)
+  calls.clear()
+  (again,) = _run(tmp_path / "bounded", *bounded, "--resume")
+  assert len(first.points) == len(again.points) == 8 and calls == []
+
+
+def test_a_run_stopped_between_two_writes_is_brought_in_step(tmp_path, capsys):
+  """A run killed after writing a batch size's own profile but before the b1-2 profile left
+  them disagreeing; only a later run of that batch size repaired it. Any run now does, first."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  _run(tmp_path, "--tokens=17,9", "--batch_size=1,2")
+  own_path = str(tmp_path / "test-tiny-vit_model_b1_float32_cpu.json")
+  both_path = str(tmp_path / "test-tiny-vit_model_b1-2_float32_cpu.json")
+  own = records.load(own_path)
+  moved = dataclasses.replace(own, points=tuple(dataclasses.replace(
+      p, median_s=2 * p.median_s, q25_s=2 * p.q25_s, q75_s=2 * p.q75_s,
+      samples_s=tuple(2 * x for x in p.samples_s)) for p in own.points))
+  records.save(moved, str(tmp_path))            # the own file alone, as a stopped run left it
+  capsys.readouterr()
+  _run(tmp_path, "--tokens=13", "--batch_size=2")               # another batch size entirely
+  assert f"brought {both_path} in step with {own_path}" in capsys.readouterr().out
+  held = {p.key: p for p in records.load(both_path).points if p.batch_size == 1}
+  assert held == {p.key: p for p in records.load(own_path).points}
+  _run(tmp_path, "--tokens=13", "--batch_size=2")
+  assert "in step" not in capsys.readouterr().out           # (nothing to repair now)
 
 
 def test_block_mode_chunks_keep_the_whole_phases_checks(tmp_path):
@@ -532,7 +561,9 @@ def test_pipeline_errors(tmp_path):
                f"--compile_cache_dir={tmp_path / 'cache'}"):
     name = flag.split("=")[0]
     hint = r" \(the pipeline's method is --method\)" if name == "--reducer" else ""
-    with pytest.raises(ERRORS, match=f"^{name} applies to --mode=model, block or schedule, not "
+    modes = "model or block" if name in ("--adaptive", "--coarse_stride") else (
+        "model, block or schedule")
+    with pytest.raises(ERRORS, match=f"^{name} applies to --mode={modes}, not "
                        f"--mode=pipeline{hint}$"):
       cli.main(_flags(f"--out_dir={tmp_path}", flag))
   assert not os.path.exists(tmp_path / "cache")
@@ -615,7 +646,8 @@ def test_weights_flag(tmp_path):
     (["--max_points=9"], "^--max_points needs --adaptive$"),
     (["--mode=schedule", "--schedule=17,17,17", "--resume"], "^--resume applies to "
      "--mode=model or block"),
-    (["--mode=pipeline", "--resume"], "^--resume applies to --mode=model, block or schedule"),
+    (["--mode=pipeline", "--resume"], "^--resume applies to --mode=model or block, not "
+                                      "--mode=pipeline$"),
     (["--adaptive", "--max_points=3"], "^max_points=3 is below the 16 counts of the coarse "
                                        "grid; raise it or the coarse stride$"),
     (["--mode=schedule", "--schedule=17,17,17", "--tokens=9:17"], "not --mode=schedule"),

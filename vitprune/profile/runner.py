@@ -311,7 +311,7 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
       extra = [n for n in steps_lib.refine_order([p.tokens for p in pts], rep, lo=lo, hi=hi)
                if n in inside]
       if spec.max_points:
-        extra = extra[:max(spec.max_points - len(first), 0)]
+        extra = extra[:max(spec.max_points - len(pts), 0)]    # (held ones count: a resume)
       chunks = _chunks(extra, spec.chunk_points)
       bar.total += 2 * len([k for k in _keys_for(spec, extra, first=False) if k not in before])
       for i, chunk in enumerate(chunks):
@@ -376,6 +376,7 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
     raise ValueError("resume continues the profiles in out_dir: give out_dir")
   if out_dir:
     check_outputs(spec, out_dir)
+    bring_in_step(spec, out_dir, log)
   if compile_cache_dir:
     timing.enable_compilation_cache(compile_cache_dir)
   if params is None:
@@ -416,25 +417,64 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
         log(f"merged batch {b} into {console.printable(paths['json'])} too")
     profiles.append(prof)
   if out_dir and len(profiles) > 1:   # every batch size in one profile too (one plot of all)
-    everything = records.merge(profiles)
+    everything = records.merge([     # as the files hold them now (a run beside this one may
+        records.load(os.path.join(out_dir, records.file_stem(p) + ".json"))   # have written)
+        for p in profiles])
     if records.file_stem(everything) not in merged_into:   # (else: it holds them all already)
       paths = write_outputs(everything, out_dir)
       log(_wrote(paths))
   return profiles
 
 
+def bring_in_step(spec: ProfileSpec, out_dir: str, log: Callable[[str], None] = print) -> None:
+  """Merges each batch size's own profile in `out_dir` (of `spec`'s setup) into the profiles of
+  several batch sizes there that hold it, where they differ: a run killed between the two
+  writes (or interrupted while the second was rendered) left them out of step, and only a later
+  run of that batch size would have repaired it. The batch's own file is written first, so it
+  is the newer. A pair that cannot be read or merged is named and left as it is."""
+  if not os.path.isdir(out_dir):
+    return
+  setup = _profile_of(spec, make_drop_reducer(spec.reducer)[1])
+  batches = {b for name in os.listdir(out_dir) if name.endswith(".json")
+             for b in records.named_batch_sizes(setup, name[:-len(".json")]) or ()}
+  for b in sorted(batches):   # (every batch size there: a run of another one repairs it too)
+    own_path = os.path.join(out_dir, records.file_stem(setup, [b]) + ".json")
+    if not os.path.exists(own_path):
+      continue
+    for stem in combined_stems(setup, out_dir, b):
+      try:
+        own = records.load(own_path)
+        points = {p.key: p for p in own.points}
+        combined = records.load(os.path.join(out_dir, stem + ".json"))
+        held = {p.key: p for p in combined.points if p.batch_size == b}
+        if all(held.get(k) == p for k, p in points.items()):
+          continue
+        paths = write_outputs(own, out_dir, stem)
+      except (OSError, ValueError) as e:
+        log(f"note: could not bring {stem}.json in step with {os.path.basename(own_path)}: "
+            f"{console.printable(str(e))}")
+        continue
+      log(f"brought {console.printable(paths['json'])} in step with "
+          f"{console.printable(own_path)} (a run was stopped between the two)")
+
+
 def _held_points(spec: ProfileSpec, out_dir: str, batch: int, log: Callable[[str], None]
                  ) -> Tuple[records.Point, ...]:
   """The points of batch `batch` in its profile in `out_dir` (checked to be of this setup by
   `check_outputs`), for a resumed run; () when there is none yet."""
+  if not os.path.isdir(out_dir):
+    return ()
   setup = _profile_of(spec, make_drop_reducer(spec.reducer)[1])
   path = os.path.join(out_dir, records.file_stem(setup, [batch]) + ".json")
-  if not os.path.exists(path):
-    return ()
-  held = tuple(p for p in records.load(path).points if p.batch_size == batch)
-  log(f"resuming batch {batch}: the {len(held)} points in {console.printable(path)} are not "
-      "measured again")
-  return held
+  held: Dict[Tuple, records.Point] = {}
+  sources = [os.path.join(out_dir, st + ".json") for st in combined_stems(setup, out_dir, batch)]
+  for source in sources + [path]:                  # (its own file last: it is the newest)
+    if os.path.exists(source):
+      held.update((p.key, p) for p in records.load(source).points if p.batch_size == batch)
+  if held:
+    log(f"resuming batch {batch}: the {len(held)} points it has in {console.printable(out_dir)} "
+        "are not measured again")
+  return tuple(held.values())
 
 
 def _wrote(paths: Dict[str, str]) -> str:
