@@ -331,7 +331,9 @@ def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys):
   assert list(s["seconds"]) == ["profile", "estimate", "solve", "verify"]   # paper: no in-loop
   assert all(v > 0 for v in s["seconds"].values())
   out = capsys.readouterr().out
-  assert f"n* = {s['n_star']} tokens" in out and "speedup x" in out
+  assert f"n* = {s['n_star']} tokens" in out
+  assert ("nothing pruned: the chosen schedule is the unpruned graph" if s["n_star"] == 65 else
+          "speedup x") in out      # (n* = 65 on a loaded machine: a flat curve, CI saw it)
   assert "wall seconds: profile " in out and "in-loop" not in out
 
 
