@@ -13,21 +13,24 @@ nothing, or the chunks it finished), and prints, for the README:
     (median / p90 / max; wall times, which overlap when --threads compiled in parallel);
   * the benchmark table (latency median +- IQR and change vs unpruned, compile s per graph);
   * the predictor-accuracy rows.
-Writes the same as JSON with --out. Refuses a --dir holding none of these files.
+Writes the same as JSON with --out. Refuses a --dir holding none of these files, files of
+several devices, or a predictor result that is not one or names no device. Profiles of other
+modes (block, schedule) are named, not tabulated.
 """
 from __future__ import annotations
 
 import csv
 import glob
-import json
 import os
 from typing import Any, Dict, List
 
 import numpy as np
 from absl import flags
 
+from benchmarks import predictor_accuracy
 from experiments import common
 from vitprune import atomic
+from vitprune import jsonio
 from vitprune import benchmark as bench
 from vitprune.profile import records
 
@@ -41,12 +44,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string("out", None, "Also write the report as JSON here.", flag_values=fv)
 
 
-def profile_rows(paths: List[str]) -> List[Dict[str, Any]]:
-  """One row per (profile file, batch size) of whole-model curves: counts, latencies, steps,
-  compile seconds per shape."""
+def profile_rows(profiles: Dict[str, records.Profile]) -> List[Dict[str, Any]]:
+  """One row per (profile file, batch size) of whole-model curves (mode model): counts,
+  latencies, steps, compile seconds per shape."""
   rows = []
-  for path in sorted(paths):
-    prof = records.analyze(records.load(path))
+  paths = sorted(profiles)
+  for path in paths:
+    prof = records.analyze(profiles[path])
     for b in prof.batch_sizes:
       curve = sorted(prof.curve("model", b), key=lambda p: -p.tokens)
       if not curve or _single_exists(path, prof, b, paths):
@@ -94,19 +98,32 @@ def collect(out_dir: str) -> Dict[str, Any]:
   """Everything under `out_dir` -> the report document (ValueError when there is nothing)."""
   if not os.path.isdir(out_dir):
     raise ValueError(f"--dir {out_dir!r} is not a directory")
-  profiles = glob.glob(os.path.join(out_dir, "profile", "*.json"))
+  profile_paths = glob.glob(os.path.join(out_dir, "profile", "*.json"))
   tables = glob.glob(os.path.join(out_dir, "benchmark", "*.csv"))
   predictor = sorted(glob.glob(os.path.join(out_dir, "predictor_accuracy_*.json")))
-  if not profiles and not tables and not predictor:
+  if not profile_paths and not tables and not predictor:
     raise ValueError(f"--dir {out_dir!r} holds no profile/*.json, benchmark/*.csv or "
                      "predictor_accuracy_*.json: nothing to report (did every stage time out?)")
-  doc = {"format": RESULT_FORMAT, "version": 1, "profiles": profile_rows(profiles),
+  profiles = {p: records.load(p) for p in profile_paths}
+  curves = {p: prof for p, prof in profiles.items() if "model" in prof.modes}
+  doc = {"format": RESULT_FORMAT, "version": 1, "profiles": profile_rows(curves),
+         "skipped": sorted(os.path.basename(p) for p in profiles if p not in curves),
          "benchmark": benchmark_rows(tables), "predictor_accuracy": []}
+  devices = ({(p.device_kind, p.platform) for p in profiles.values()} |
+             {(r["device_kind"], r["platform"]) for r in doc["benchmark"]})
   for path in predictor:
-    with open(path) as f:
-      doc["predictor_accuracy"] += json.load(f).get("rows", [])
-  devices = sorted({(r["device_kind"], r["platform"]) for r in doc["profiles"]} |
-                   {(r["device_kind"], r["platform"]) for r in doc["benchmark"]})
+    res = jsonio.read_json(path, "predictor accuracy results", ValueError)
+    if res.get("format") != predictor_accuracy.RESULT_FORMAT or not isinstance(
+        res.get("rows"), list):
+      raise ValueError(f"{path} is not a benchmarks.predictor_accuracy result (format "
+                       f"{res.get('format')!r}, expected {predictor_accuracy.RESULT_FORMAT!r})")
+    device = res.get("device")
+    if not isinstance(device, dict):
+      raise ValueError(f"{path} does not say which device it measured (written before "
+                       "predictor_accuracy recorded it): run it again")
+    devices.add((device.get("device_kind"), device.get("platform")))
+    doc["predictor_accuracy"] += res["rows"]
+  devices = sorted(devices)
   if len(devices) > 1:
     raise ValueError(f"--dir {out_dir!r} holds measurements of several devices {devices}: "
                      "report one device at a time")
@@ -142,8 +159,9 @@ def to_markdown(doc: Dict[str, Any]) -> str:
                    f"{r['schedule']} | {float(r['latency_median_ms']):.4g} ± "
                    f"{float(r['latency_iqr_ms']):.2g} | {float(r['change_pct']):+.1f}% | "
                    f"{float(r['compile_s']):.2f} |")
+  if doc["skipped"]:
+    lines += ["", f"(not whole-model curves, not tabulated: {', '.join(doc['skipped'])})"]
   if doc["predictor_accuracy"]:
-    from benchmarks import predictor_accuracy  # pylint: disable=g-import-not-at-top
     lines += ["", predictor_accuracy.table(doc["predictor_accuracy"])]
   return "\n".join(lines)
 

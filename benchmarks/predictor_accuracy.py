@@ -311,7 +311,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
                       threads=f.threads, seed=f.seed, data=data, floor=f.accuracy_floor,
                       quick=quick, log=lambda s: print(s, file=sys.stderr))
   total = time.perf_counter() - t_all
-  doc = {"format": RESULT_FORMAT, "version": 1, "total_s": total,
+  doc = {"format": RESULT_FORMAT, "version": 1, "total_s": total, "device": runner.device_info(),
          "command": common.command_line("benchmarks.predictor_accuracy", f),
          "quick": quick, "rounds": f.rounds, "rows": rows}
   print(table(rows))

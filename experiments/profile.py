@@ -139,10 +139,12 @@ def check_mode_flags(f: flags.FlagValues) -> None:
   if unread:
     if pipeline_mode:
       hint = " (the pipeline's method is --method)" if "--reducer" in unread else ""
-      modes = ("model or block" if set(unread) <= {f"--{n}" for n in GRID_ONLY} else
-               "model, block or schedule")
-      raise ValueError(f"{common.applies(unread)} to --mode={modes}, not "
-                       f"--mode=pipeline{hint}")
+      for names, modes in ((("schedule",), "schedule"), (GRID_ONLY, "model or block"),
+                           (PROFILE_ONLY, "model, block or schedule")):
+        group = [u for u in unread if u[2:] in names]     # the narrowest modes named first
+        if group:
+          raise ValueError(f"{common.applies(group)} to --mode={modes}, not "
+                           f"--mode=pipeline{hint if '--reducer' in group else ''}")
     raise ValueError(f"{common.applies(unread)} to --mode=pipeline only, not --mode={f.mode}")
   grid_flags = ("tokens",) + GRID_ONLY
   if f.mode == "schedule" and common.given_flags(f, grid_flags):

@@ -587,8 +587,27 @@ def test_gpu_report_tabulates_what_the_suite_wrote(tmp_path, capsys):
   assert said.startswith(f"device: {doc['device']['device_kind']} (cpu), jax ")
   assert said.count("| test_tiny_vit | float32 | ") == 2 and "| tome-r2 | " in said
   assert json.loads((tmp_path / "r.json").read_text())["profiles"] == doc["profiles"]
+  # A block profile is named, not read as a 3-count curve; predictor results are checked.
+  profile_cli.main(common.parse(profile_cli.define_flags, [
+      "--mode=block", "--tokens=17,9,5", f"--out_dir={out}/profile", *fast]))
+  doc = gpu_report.collect(str(out))
+  assert len(doc["profiles"]) == 2 and doc["skipped"] == [
+      "test-tiny-vit_block_b1_float32_cpu.json"]
+  bad = out / "predictor_accuracy_pomt.json"
+  for content, message in (("[1]", "expected a JSON object .*got list"),
+                           ('{"format": "x", "rows": []}', "is not a benchmarks.predictor_acc"),
+                           ('{"format": "vitprune-predictor-accuracy", "rows": []}',
+                            "does not say which device it measured")):
+    bad.write_text(content)
+    with pytest.raises(ValueError, match=message):
+      gpu_report.collect(str(out))
+  bad.write_text(json.dumps({"format": "vitprune-predictor-accuracy", "rows": [],
+                             "device": {"device_kind": "NVIDIA H200", "platform": "gpu"}}))
+  with pytest.raises(ValueError, match="holds measurements of several devices"):
+    gpu_report.collect(str(out))
+  bad.unlink()
   # Two devices in one report: refused (each table names one device).
-  (path,) = [p for p in (out / "profile").glob("*_b1_*.json")]
+  (path,) = [p for p in (out / "profile").glob("*_model_b1_*.json")]
   other = json.loads(path.read_text())
   other["device_kind"] = "NVIDIA H200"
   (out / "profile" / "other.json").write_text(json.dumps(other))

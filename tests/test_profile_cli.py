@@ -253,7 +253,8 @@ def test_a_run_stopped_between_two_writes_is_brought_in_step(tmp_path, capsys):
   records.save(moved, str(tmp_path))            # the own file alone, as a stopped run left it
   capsys.readouterr()
   _run(tmp_path, "--tokens=13", "--batch_size=2")               # another batch size entirely
-  assert f"brought {both_path} in step with {own_path}" in capsys.readouterr().out
+  assert f"brought {both_path} in step with {own_path}, which is newer" in (
+      capsys.readouterr().out)
   held = {p.key: p for p in records.load(both_path).points if p.batch_size == 1}
   assert held == {p.key: p for p in records.load(own_path).points}
   _run(tmp_path, "--tokens=13", "--batch_size=2")
@@ -563,8 +564,8 @@ def test_pipeline_errors(tmp_path):
                f"--compile_cache_dir={tmp_path / 'cache'}"):
     name = flag.split("=")[0]
     hint = r" \(the pipeline's method is --method\)" if name == "--reducer" else ""
-    modes = "model or block" if name in ("--adaptive", "--coarse_stride") else (
-        "model, block or schedule")
+    modes = ("model or block" if name in ("--adaptive", "--coarse_stride") else
+             "schedule" if name == "--schedule" else "model, block or schedule")
     with pytest.raises(ERRORS, match=f"^{name} applies to --mode={modes}, not "
                        f"--mode=pipeline{hint}$"):
       cli.main(_flags(f"--out_dir={tmp_path}", flag))
@@ -650,6 +651,8 @@ def test_weights_flag(tmp_path):
      "--mode=model or block"),
     (["--mode=pipeline", "--resume"], "^--resume applies to --mode=model or block, not "
                                       "--mode=pipeline$"),
+    (["--mode=pipeline", "--resume", "--reducer=tome"], "^--resume applies to --mode=model or "
+                                                         "block, not --mode=pipeline$"),
     (["--adaptive", "--max_points=3"], "^max_points=3 is below the 16 counts of the coarse "
                                        "grid; raise it or the coarse stride$"),
     (["--mode=schedule", "--schedule=17,17,17", "--tokens=9:17"], "not --mode=schedule"),

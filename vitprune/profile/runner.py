@@ -394,7 +394,7 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
         if not last:
           for stem in combined_stems(prof, out_dir, int(b)):
             write_outputs(prof, out_dir, stem)
-          log(f"saved this run's {len(prof.points)} points of batch {b} so far to "
+          log(f"saved {len(prof.points)} points of batch {b} so far to "
               f"{console.printable(written['paths']['json'])}")
 
     held = _held_points(spec, out_dir, int(b), log) if resume else ()
@@ -427,35 +427,43 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
 
 
 def bring_in_step(spec: ProfileSpec, out_dir: str, log: Callable[[str], None] = print) -> None:
-  """Merges each batch size's own profile in `out_dir` (of `spec`'s setup) into the profiles of
-  several batch sizes there that hold it, where they differ: a run killed between the two
-  writes (or interrupted while the second was rendered) left them out of step, and only a later
-  run of that batch size would have repaired it. The batch's own file is written first, so it
-  is the newer. A pair that cannot be read or merged is named and left as it is."""
+  """Merges each batch size's own profile in `out_dir` (file names of `spec`'s model, modes,
+  dtype and device) into the profiles of several batch sizes there that hold it, where they
+  differ: a run killed between the two writes (or interrupted while the second was rendered)
+  left them out of step, and only a later run of that batch size would have repaired it. The
+  batch's own file is written first, so it is the newer. A pair that cannot be read or merged
+  is named and left as it is. Each file is read once."""
   if not os.path.isdir(out_dir):
     return
   setup = _profile_of(spec, make_drop_reducer(spec.reducer)[1])
-  batches = {b for name in os.listdir(out_dir) if name.endswith(".json")
-             for b in records.named_batch_sizes(setup, name[:-len(".json")]) or ()}
-  for b in sorted(batches):   # (every batch size there: a run of another one repairs it too)
-    own_path = os.path.join(out_dir, records.file_stem(setup, [b]) + ".json")
-    if not os.path.exists(own_path):
+  named = {name[:-len(".json")]: records.named_batch_sizes(setup, name[:-len(".json")])
+           for name in sorted(os.listdir(out_dir)) if name.endswith(".json")}
+  combined = {st: bs for st, bs in named.items() if bs is not None and len(bs) > 1}
+  loaded: Dict[str, records.Profile] = {}
+
+  def load(stem: str) -> records.Profile:
+    if stem not in loaded:
+      loaded[stem] = records.load(os.path.join(out_dir, stem + ".json"))
+    return loaded[stem]
+
+  for b in sorted({b for bs in combined.values() for b in bs}):
+    own_stem = records.file_stem(setup, [b])
+    if own_stem not in named:
       continue
-    for stem in combined_stems(setup, out_dir, b):
+    for stem in (st for st, bs in combined.items() if b in bs):
       try:
-        own = records.load(own_path)
-        points = {p.key: p for p in own.points}
-        combined = records.load(os.path.join(out_dir, stem + ".json"))
-        held = {p.key: p for p in combined.points if p.batch_size == b}
+        points = {p.key: p for p in load(own_stem).points}
+        held = {p.key: p for p in load(stem).points if p.batch_size == b}
         if all(held.get(k) == p for k, p in points.items()):
           continue
-        paths = write_outputs(own, out_dir, stem)
+        paths = write_outputs(load(own_stem), out_dir, stem)
+        loaded.pop(stem)
       except (OSError, ValueError) as e:
-        log(f"note: could not bring {stem}.json in step with {os.path.basename(own_path)}: "
+        log(f"note: could not bring {stem}.json in step with {own_stem}.json: "
             f"{console.printable(str(e))}")
         continue
       log(f"brought {console.printable(paths['json'])} in step with "
-          f"{console.printable(own_path)} (a run was stopped between the two)")
+          f"{console.printable(os.path.join(out_dir, own_stem + '.json'))}, which is newer")
 
 
 def _held_points(spec: ProfileSpec, out_dir: str, batch: int, log: Callable[[str], None]
