@@ -334,14 +334,12 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     if sol.settings.get("accuracy_refinement"):
       log("  " + describe_refinement(sol.settings["accuracy_refinement"]))
     floor_checked = sol.basis == "measured" and spec.accuracy_floor is not None
+    loop_kw = dict(neighbours=spec.loop_neighbours, num_images=len(data.indices))
+    before, t0 = sol.chosen, time.perf_counter()
     if floor_checked and spec.loop_neighbours > 0:
-      before, t0 = sol.chosen, time.perf_counter()
       sol = solve_stage.check_in_loop(
           sol, estimate, None, evaluate,
-          schedule_timer(cfg, params, spec, make_reducer(spec.method)),
-          neighbours=spec.loop_neighbours, num_images=len(data.indices))
-      if seconds is not None:
-        seconds["in_loop"] = time.perf_counter() - t0
+          schedule_timer(cfg, params, spec, make_reducer(spec.method)), **loop_kw)
       timed = sol.settings["timed_in_loop"]
       log(f"  timed {timed} compiled graph{'' if timed == 1 else 's'} meeting the floor "
           f"around the choice: fastest measured {sol.chosen.schedule} "
@@ -350,12 +348,8 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           + ("" if sol.chosen.counts == before.counts else
              f", replacing the predicted-fastest {before.schedule}"))
     if spec.latency_budget is not None and spec.loop_neighbours > 0:
-      before, t0 = sol.chosen, time.perf_counter()
       sol = solve_stage.check_budget_in_loop(
-          sol, evaluate, schedule_timer(cfg, params, spec, make_reducer(spec.method)),
-          neighbours=spec.loop_neighbours, num_images=len(data.indices))
-      if seconds is not None:
-        seconds["in_loop"] = time.perf_counter() - t0
+          sol, evaluate, schedule_timer(cfg, params, spec, make_reducer(spec.method)), **loop_kw)
       timed = sol.settings["timed_in_loop"]
       log(f"  timed {timed} compiled graph{'' if timed == 1 else 's'} around the choice: the "
           f"most accurate within {1e3 * spec.latency_budget:.4g} ms is {sol.chosen.schedule}, "
@@ -365,6 +359,8 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           + ("" if sol.chosen.counts == before.counts else
              f", replacing the choice before timing, {before.schedule} (measured "
              f"{1e3 * _timed(sol, before.counts):.4f} ms)"))
+    if seconds is not None and "timed_in_loop" in sol.settings:
+      seconds["in_loop"] = time.perf_counter() - t0
     if sol.settings.get("floor_straddles"):
       log(f"  the 95% interval straddles the floor for: "
           f"{', '.join(sol.settings['floor_straddles'])}")

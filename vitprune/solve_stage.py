@@ -1102,14 +1102,21 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
         f"{1e3 * fastest.predicted_latency_s:.4g} ms); raise the budget")
   best = max(within, key=lambda p: (p.measured_accuracy, -p.measured_latency_s))
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
-  settings = dict(solution.settings, num_images=images, timed_in_loop=len(timed),
-                  latency_basis="measured")
+  return _timed_choice(solution, best, checked, "latency_budget_measured",
+                       num_images=images, timed_in_loop=len(timed))
+
+
+def _timed_choice(solution: Solution, best: Candidate, checked: Tuple[Candidate, ...],
+                  criterion: str, **settings: Any) -> Solution:
+  """`solution` choosing `best` on measured latency and accuracy (the in-loop checks): every
+  schedule `checked`, `settings` added, latency basis "measured", the drop correction refitted."""
+  settings = dict(solution.settings, **settings, latency_basis="measured")
   settings.pop("latency_untrusted", None)  # about a predicted latency: the choice is measured now
   correction = _drop_scale(solution, settings, checked)
   if correction:
     settings["accuracy_correction"] = correction
   return dataclasses.replace(solution, chosen=best, checked=checked, basis="measured",
-                             criterion="latency_budget_measured", settings=settings)
+                             criterion=criterion, settings=settings)
 
 
 def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.CostModel],
@@ -1169,11 +1176,5 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   best = min(timed, key=lambda p: (p.measured_latency_s, -sum(p.counts)))
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
   straddles = sorted({c.schedule for c in checked if floor_status(c, floor) == "straddles"})
-  settings = dict(solution.settings, num_images=images, floor_straddles=straddles,
-                  timed_in_loop=len(timed), latency_basis="measured")
-  settings.pop("latency_untrusted", None)  # about a predicted latency: the choice is measured now
-  correction = _drop_scale(solution, settings, checked)
-  if correction:
-    settings["accuracy_correction"] = correction
-  return dataclasses.replace(solution, chosen=best, checked=checked, basis="measured",
-                             criterion="accuracy_floor_measured", settings=settings)
+  return _timed_choice(solution, best, checked, "accuracy_floor_measured", num_images=images,
+                       floor_straddles=straddles, timed_in_loop=len(timed))
