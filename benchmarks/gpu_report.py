@@ -82,15 +82,26 @@ def _single_exists(path: str, prof: records.Profile, b: int, paths: List[str]) -
   return len(prof.batch_sizes) > 1 and own in paths
 
 
-def benchmark_rows(paths: List[str]) -> List[Dict[str, str]]:
-  """The rows of every benchmark CSV (`vitprune.benchmark.CSV_COLUMNS`)."""
+TEXT_COLUMNS = ("model", "device_kind", "platform", "dtype", "variant", "method", "source",
+                "schedule", "counts")
+
+
+def benchmark_rows(paths: List[str]) -> List[Dict[str, Any]]:
+  """The rows of every benchmark CSV (`vitprune.benchmark.CSV_COLUMNS`), numbers as numbers
+  (an empty cell: None)."""
   rows = []
   for path in sorted(paths):
     with open(path, newline="") as f:
       if f.readline().rstrip("\r\n") != ",".join(bench.CSV_COLUMNS):
         raise ValueError(f"{path} is not a benchmark table of this version (its header "
                          "differs from vitprune.benchmark.CSV_COLUMNS)")
-      rows += list(csv.DictReader(f, fieldnames=bench.CSV_COLUMNS))
+      for i, row in enumerate(csv.DictReader(f, fieldnames=bench.CSV_COLUMNS), start=2):
+        try:
+          rows.append({k: v if k in TEXT_COLUMNS else None if v == "" else
+                       int(v) if v.lstrip("-").isdigit() else float(v) for k, v in row.items()})
+        except (TypeError, ValueError):
+          raise ValueError(f"{path}, line {i}: not a benchmark row (a number column holds "
+                           "text)") from None
   return rows
 
 
@@ -156,9 +167,9 @@ def to_markdown(doc: Dict[str, Any]) -> str:
                   "change | compile s |", "|---|---:|---|---|---|---|---:|---:|"]
     for r in doc["benchmark"]:
       lines.append(f"| {r['model']} | {r['batch_size']} | {r['dtype']} | {r['variant']} | "
-                   f"{r['schedule']} | {float(r['latency_median_ms']):.4g} ± "
-                   f"{float(r['latency_iqr_ms']):.2g} | {float(r['change_pct']):+.1f}% | "
-                   f"{float(r['compile_s']):.2f} |")
+                   f"{r['schedule']} | {r['latency_median_ms']:.4g} ± "
+                   f"{r['latency_iqr_ms']:.2g} | {r['change_pct']:+.1f}% | "
+                   f"{r['compile_s']:.2f} |")
   if doc["skipped"]:
     lines += ["", f"(not whole-model curves, not tabulated: {', '.join(doc['skipped'])})"]
   if doc["predictor_accuracy"]:

@@ -584,6 +584,8 @@ def test_gpu_report_tabulates_what_the_suite_wrote(tmp_path, capsys):
   assert all(r["tokens_max"] == 17 and r["tokens_min"] == 2 and r["compile_s_max"] > 0
              for r in doc["profiles"])
   assert [r["variant"] for r in doc["benchmark"]] == ["unpruned", "pomt", "tome-r2"]
+  assert [r["batch_size"] for r in doc["benchmark"]] == [1, 1, 1]          # numbers, not text
+  assert all(r["latency_median_ms"] > 0 and r["accuracy"] is None for r in doc["benchmark"])
   assert said.startswith(f"device: {doc['device']['device_kind']} (cpu), jax ")
   assert said.count("| test_tiny_vit | float32 | ") == 2 and "| tome-r2 | " in said
   assert json.loads((tmp_path / "r.json").read_text())["profiles"] == doc["profiles"]
