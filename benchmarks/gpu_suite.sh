@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# The GPU measurements the README asks for, one stage per call (each fits a 10-minute device call).
+# The GPU measurements the README asks for.
 #   bash benchmarks/gpu_suite.sh speed|profile|bench-small|bench-base [OUT_DIR]
 #   bash benchmarks/gpu_suite.sh all [OUT_DIR] [SECONDS]
-# 'all' fits a 15-minute lease into one call, most wanted first: DeiT-S float32 profile at
-# batch 1 (36 counts), unpruned vs POMT vs ToMe at batch 1/8/64, profiles at batch 64 and in
-# bfloat16 (24 counts), then the latency-model check (predictor_accuracy, POMT, batch 8), each
+# One stage per call is for long leases: on an H200 a DeiT-S graph compiles in ~6 s, and the
+# 'profile' stage's adaptive curves (4 batch sizes x 2 dtypes) can ask for hundreds of graphs.
+# 'all' fits a 15-minute lease into one call, in this order (most wanted first): DeiT-S float32
+# profile at batch 1 (36 counts), unpruned vs POMT vs ToMe at batch 1/8/64, the float32 profile
+# at batch 64 and the bfloat16 one at batch 1 (24 counts each), then the latency-model check
+# (predictor_accuracy, POMT, batch 8), each
 # under `timeout` against one deadline (SECONDS, default 540): a stage that runs long costs the
 # later ones only their time, the profiles are written every 8 counts (--chunk_points; a second
 # run into the same OUT_DIR continues them, --resume) and no output is ever half-written. Logs
 # go to OUT_DIR/log-<stage>.txt; `python -m benchmarks.gpu_report --dir=OUT_DIR` prints the
-# README's tables from whatever it wrote.
+# README's tables from whatever it wrote. It exits 1 when a stage failed other than by its
+# timeout (124). A dry run on a CPU: GPU_SUITE_MODEL=vit_digits (GPU_SUITE_VARIANTS overrides
+# the method list, e.g. 'tome-r2=tome:r2').
 # Writes under OUT_DIR (default outputs/gpu); paste the printed tables into README.md with the
 # device name the tables print. Random weights: latency only (values do not change the graphs).
 set -euo pipefail
-stage=${1:?usage: gpu_suite.sh speed|profile|bench-small|bench-base [OUT_DIR] | all [OUT_DIR] [SECONDS]}
+usage="usage: gpu_suite.sh speed|profile|bench-small|bench-base [OUT_DIR] | all [OUT_DIR] [SECONDS]"
+if [ $# -lt 1 ]; then echo "error: no stage given; $usage" >&2; exit 2; fi
+stage=$1
 out=${2:-outputs/gpu}
 cache=${JAX_CACHE_DIR:-/tmp/vitprune_jax_cache}
 case "$stage" in   # before anything is created
@@ -43,7 +50,9 @@ timed() {
   local t0=$(date +%s) rc=0
   timeout --signal=INT --kill-after=10 "$cap" "$@" > >(tee "$out/log-$name.txt") 2>&1 || rc=$?
   echo "== $name: rc=$rc after $(( $(date +%s) - t0 ))s"
+  if (( rc != 0 && rc != 124 )); then failed+=("$name"); fi
 }
+failed=()
 case "$stage" in
   speed)  # issue target: deit_small whole-model profile at batch 1 in < 2 min, steps reproducible
     # Its own fresh cache (its 'cache (cold)' row refuses a used one, and the profile stage
@@ -83,5 +92,10 @@ flax.__version__, jax.devices())"
     profile profile-b1-bf16 150 1 24 bfloat16
     timed predictor-pomt 200 python -m benchmarks.predictor_accuracy --models="$model_small" \
         --batch_sizes=8 --methods=pomt --threads=8 --compile_cache_dir="$cache" \
-        --out="$out/predictor_accuracy_pomt.json" ;;
+        --out="$out/predictor_accuracy_pomt.json"
+    if (( ${#failed[@]} )); then
+      echo "error: stage(s) failed other than by their timeout: ${failed[*]} (see" \
+           "$out/log-<stage>.txt)" >&2
+      exit 1
+    fi ;;
 esac

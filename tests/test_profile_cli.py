@@ -484,6 +484,13 @@ def test_pipeline_refinement_without_a_floor(tmp_path, capsys):
   assert sol["chosen"]["measured_latency_s"] <= 10
   assert "in_loop" in s["seconds"] and "compiled graphs around the choice: the most accurate " \
       "within 1e+04 ms is" in capsys.readouterr().out
+  assert sol["settings"]["timed_rounds"] == [sol["settings"]["timed_in_loop"]]   # one round
+  # The verify stage's own timing over the budget is said (it exited 0 with no word).
+  assert "is over the budget" not in pipeline.format_summary(s)
+  over = dict(s, pruned=dict(s["pruned"], latency_ms=2e4))
+  assert (f"note: this timing of the chosen graph, 20000.0000 ms, is over the budget of 1e+04 ms "
+          f"it measured within in the loop ({s['measured_in_loop']['latency_ms']:.4f} ms)"
+          in pipeline.format_summary(over))
 
 
 def test_floor_study_checks_the_main_job(tmp_path, capsys):

@@ -1393,6 +1393,7 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
   timed.clear()
   slow = solve_stage.check_budget_in_loop(pred, evaluate, lambda cs: time_schedules(cs, 1.1))
   assert len(timed) == 2 and slow.chosen.measured_latency_s <= budget
+  assert slow.settings["timed_rounds"] == [5, 3] and slow.settings["timed_in_loop"] == 8
   fits = [p for p in pred.frontier if 1.1 * p.predicted_latency_s <= budget]
   assert slow.chosen.measured_accuracy == max(accuracy[p.counts] for p in fits)
   # A budget above every latency: the unpruned graph, off the frontier, is the choice.

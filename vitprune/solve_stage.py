@@ -1043,7 +1043,7 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
   ratio and the `neighbours` + 1 schedules predicted just below `budget / ratio` are measured
   the same way, up to `max_rounds` more times. Ties in accuracy go to the faster graph.
   criterion "latency_budget_measured", basis "measured", `settings['latency_basis'] ==
-  "measured"`. BudgetNotMetError when none measures within the budget (naming the fastest).
+  "measured"`, `settings['timed_rounds']`: the schedules timed per measurement. BudgetNotMetError when none measures within the budget (naming the fastest).
   """
   budget = solution.settings.get("latency_budget")
   if budget is None:
@@ -1066,8 +1066,10 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
   if full is not None and full not in first and full.predicted_latency_s <= reach:
     first.append(full)             # (as likely to fit as the slowest checked: worth timing)
   timed: Dict[Tuple[int, ...], Candidate] = {}
+  per_round: List[int] = []              # schedules timed per measurement
 
   def measure(pool: Sequence[Candidate]) -> None:
+    per_round.append(len(pool))
     got = {c.counts: c for c in _measure(evaluate, [p for p in pool
                                                      if p.measured_accuracy is None], images)}
     pool = [got.get(p.counts, p) for p in pool]
@@ -1103,7 +1105,7 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
   best = max(within, key=lambda p: (p.measured_accuracy, -p.measured_latency_s))
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
   return _timed_choice(solution, best, checked, "latency_budget_measured",
-                       num_images=images, timed_in_loop=len(timed))
+                       num_images=images, timed_in_loop=len(timed), timed_rounds=per_round)
 
 
 def _timed_choice(solution: Solution, best: Candidate, checked: Tuple[Candidate, ...],
