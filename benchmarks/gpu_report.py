@@ -3,10 +3,10 @@ r"""The README's GPU tables from what `benchmarks/gpu_suite.sh` wrote (run where
   python -m benchmarks.gpu_report --dir=outputs/gpu          # markdown on stdout
   python -m benchmarks.gpu_report --dir=outputs/gpu --out=outputs/gpu/report.json
 
-Reads every profile (`profile/*.json`, `vitprune.profile.records`), the method benchmark
-(`benchmark/*.csv`, `vitprune.benchmark`) and the latency-model check
-(`predictor_accuracy_*.json`) under --dir, whichever exist (a stage cut by its deadline wrote
-nothing, or the chunks it finished), and prints, for the README:
+Reads every profile (`profile/*.json`, `vitprune.profile.records`), the method benchmarks
+(`benchmark/**/*.csv`, `vitprune.benchmark`: gpu_suite.sh writes one per batch size) and the
+latency-model check (`predictor_accuracy_*.json`) under --dir, whichever exist (a stage cut
+by its deadline wrote nothing, or the chunks it finished), and prints, for the README:
   * the device each file names (they must agree: one device per report);
   * per profile (model, dtype, batch): token counts measured, latency at the most and the
     fewest tokens, the largest steps (n -> n' saves x %), compile seconds per shape
@@ -110,7 +110,7 @@ def collect(out_dir: str) -> Dict[str, Any]:
   if not os.path.isdir(out_dir):
     raise ValueError(f"--dir {out_dir!r} is not a directory")
   profile_paths = glob.glob(os.path.join(out_dir, "profile", "*.json"))
-  tables = glob.glob(os.path.join(out_dir, "benchmark", "*.csv"))
+  tables = glob.glob(os.path.join(out_dir, "benchmark", "**", "*.csv"), recursive=True)
   predictor = sorted(glob.glob(os.path.join(out_dir, "predictor_accuracy_*.json")))
   if not profile_paths and not tables and not predictor:
     raise ValueError(f"--dir {out_dir!r} holds no profile/*.json, benchmark/*.csv or "

@@ -53,7 +53,7 @@ def test_gpu_suite_rejects_unknown_stages(tmp_path):
 
 
 def test_gpu_suite_all_runs_every_stage_under_one_deadline(tmp_path):
-  """A stand-in `python` that fails for the method benchmark: every stage runs in order, logs
+  """A stand-in `python` that fails for the method benchmarks: every stage runs in order, logs
   to OUT_DIR/log-<stage>.txt, and a failed stage does not stop the later ones; with less than
   20 s left before the deadline the stages are skipped, not started."""
   import os  # pylint: disable=g-import-not-at-top
@@ -66,18 +66,18 @@ def test_gpu_suite_all_runs_every_stage_under_one_deadline(tmp_path):
   r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "600"], cwd=ROOT,
                      capture_output=True, text=True, timeout=60, env=env)
   assert r.returncode == 1 and r.stderr == (          # (a timeout, 124, is not a failure)
-      f"error: stage(s) failed other than by their timeout: bench-small (see "
+      f"error: stage(s) failed other than by their timeout: bench-b1 bench-b8 bench-b64 (see "
       f"{out}/log-<stage>.txt)\n"), r.stderr
   stages = [ln.split(":")[0][3:] for ln in r.stdout.splitlines()
             if ln.startswith("== ") and "rc=" in ln]
-  assert stages == ["versions", "profile-b1", "bench-small", "profile-b64", "profile-b1-bf16",
-                    "predictor-pomt"]
-  assert "== bench-small: rc=3 after" in r.stdout
+  assert stages == ["versions", "profile-b1", "bench-b1", "bench-b8", "bench-b64", "profile-b64",
+                    "profile-b1-bf16", "predictor-pomt"]
+  assert "== bench-b8: rc=3 after" in r.stdout
   assert sorted(os.listdir(out)) == sorted(f"log-{s}.txt" for s in stages)
   assert (out / "log-predictor-pomt.txt").read_text().startswith("-m benchmarks.predictor_acc")
   r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "25"], cwd=ROOT,
                      capture_output=True, text=True, timeout=60, env=env)
-  assert r.returncode == 0 and r.stdout.count("skipped (") == 6, r.stdout
+  assert r.returncode == 0 and r.stdout.count("skipped (") == 8, r.stdout
 
 
 def test_gpu_suite_speed_keeps_the_last_table_when_a_run_fails(tmp_path):
@@ -579,7 +579,8 @@ def test_gpu_report_tabulates_what_the_suite_wrote(tmp_path, capsys):
       "--mode=model", "--tokens=17,13,9,5,2", "--batch_size=1,2", f"--out_dir={out}/profile",
       *fast]))
   bench_cli.main(common.parse(bench_cli.define_flags, [
-      "--data=none", "--batch_size=1", "--variants=tome-r2=tome:r2", f"--out_dir={out}/benchmark",
+      "--data=none", "--batch_size=1", "--variants=tome-r2=tome:r2",
+      f"--out_dir={out}/benchmark/b1",
       *fast[:2], "--noprogress"]))
   capsys.readouterr()
   doc = gpu_report.main(common.parse(gpu_report.define_flags, [
