@@ -1277,6 +1277,11 @@ def test_a_floor_nothing_meets_on_measurement_is_an_error(tmp_path):
   assert loop.chosen.counts != predicted.full.counts and loop.chosen.measured_accuracy == 0.97
 
 
+def _reread(sol: Solution) -> Solution:
+  """`sol` written to JSON and read back (the reader's checks run)."""
+  return Solution.from_json(json.loads(json.dumps(sol.to_json())), "s.json")
+
+
 def test_a_floor_above_every_prediction_is_decided_on_measurement(tmp_path):
   """The combined model never predicts above the unpruned accuracy (0.9), so a floor of 0.92
   stopped at 'infeasible: the best achievable predicted accuracy is 0.9' before anything was
@@ -1293,7 +1298,7 @@ def test_a_floor_above_every_prediction_is_decided_on_measurement(tmp_path):
   assert s.chosen.counts == (N, N) + (N - 1,) * (CFG.depth - 1)
   assert s.chosen.measured_accuracy == 0.93 and s.basis == "measured"
   assert s.criterion == "accuracy_floor_measured" and s.settings["accuracy_floor"] == 0.92
-  assert Solution.from_json(json.loads(json.dumps(s.to_json()))).chosen == s.chosen
+  assert _reread(s).chosen == s.chosen
   with pytest.raises(solve_stage.FloorNotMetError, match=r"^accuracy floor 0\.99 is not met on "
                                                         r"measurement: the unpruned schedule"):
     _multi(ps, es, accuracy_floor=0.99, evaluate=evaluate)
@@ -1316,22 +1321,20 @@ def test_the_reader_refuses_measured_claims_the_numbers_do_not_bear(tmp_path):
   timed = [c for c in loop.checked if c.measured_latency_s is not None]
   assert len(timed) > 1 and loop.settings["latency_basis"] == "measured"
 
-  def read(s):
-    return Solution.from_json(json.loads(json.dumps(s.to_json())), "s.json")
-  assert read(loop).chosen == loop.chosen
+  assert _reread(loop).chosen == loop.chosen
   slow = max(timed, key=lambda c: c.measured_latency_s)
   with pytest.raises(SolutionError, match=re.escape(
       f"settings.latency_basis is 'measured', but {loop.chosen.schedule} measured "
       f"{loop.chosen.measured_latency_s} s and meets the floor, faster than the chosen "
       f"{slow.schedule}'s {slow.measured_latency_s} s (edited?)")):
-    read(dataclasses.replace(loop, chosen=slow))
+    _reread(dataclasses.replace(loop, chosen=slow))
   with pytest.raises(SolutionError, match="criterion 'accuracy_floor_measured' needs "
                                           "settings.accuracy_floor, the chosen schedule's "
                                           "measured accuracy and basis 'measured'"):
-    read(dataclasses.replace(sol, basis="predicted"))
+    _reread(dataclasses.replace(sol, basis="predicted"))
   with pytest.raises(SolutionError, match="settings.latency_basis is 'measured' but the chosen "
                                           "schedule has no measured latency"):
-    read(dataclasses.replace(pred, settings=dict(pred.settings, latency_basis="measured")))
+    _reread(dataclasses.replace(pred, settings=dict(pred.settings, latency_basis="measured")))
 
 
 def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, monkeypatch):
@@ -1365,9 +1368,7 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
   assert loop.chosen.predicted_latency_s > budget       # predicted over, measured within
   assert loop.chosen.measured_latency_s <= budget
 
-  def read(s):
-    return Solution.from_json(json.loads(json.dumps(s.to_json())), "s.json")
-  assert read(loop).chosen == loop.chosen
+  assert _reread(loop).chosen == loop.chosen
   from vitprune import solve_plot  # pylint: disable=g-import-not-at-top
   figs = []
   monkeypatch.setattr(solve_plot, "_png", lambda fig: figs.append(fig) or b"")
@@ -1380,7 +1381,7 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
       f"criterion 'latency_budget_measured', but {loop.chosen.schedule} measured "
       f"{loop.chosen.measured_accuracy} within the budget, more than the chosen "
       f"{worse.schedule}'s {worse.measured_accuracy} (edited?)")):
-    read(dataclasses.replace(loop, chosen=worse))
+    _reread(dataclasses.replace(loop, chosen=worse))
   with pytest.raises(solve_stage.BudgetNotMetError, match=(
       r"^latency budget [\d.]+ ms is not met on measurement: the fastest of the \d+ schedules "
       r"timed, \S+, measures [\d.]+ ms \(predicted [\d.]+ ms\); raise the budget$")):
@@ -1410,7 +1411,7 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
   fast = _multi(ps, es, latency_budget=tight, evaluate=evaluate)
   assert fast.chosen.predicted_latency_s == lats[0]
   done = solve_stage.check_budget_in_loop(fast, evaluate, lambda cs: time_schedules(cs, 0.5))
-  assert done.chosen.measured_latency_s <= tight and read(done).chosen == done.chosen
+  assert done.chosen.measured_latency_s <= tight and _reread(done).chosen == done.chosen
 
 
 def test_a_schedule_predicted_below_the_floor_but_measured_above_it_can_be_chosen(tmp_path):

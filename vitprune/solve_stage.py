@@ -1023,6 +1023,35 @@ def choose_on_measurements(solution: Solution) -> Solution:
                              basis="measured")
 
 
+def _around(chosen: Candidate, pool: Sequence[Candidate], neighbours: int
+            ) -> List[Candidate]:
+  """Up to `neighbours` schedules of `pool` on each side of `chosen` by predicted latency,
+  nearest first: the predicted faster ones, then the slower ones."""
+  at = chosen.predicted_latency_s
+  faster = sorted((p for p in pool if p.predicted_latency_s <= at),
+                  key=lambda p: -p.predicted_latency_s)[:neighbours]
+  slower = sorted((p for p in pool if p.predicted_latency_s > at),
+                  key=lambda p: p.predicted_latency_s)[:neighbours]
+  return faster + slower
+
+
+def _with_accuracy(evaluate: Evaluator, pool: Sequence[Candidate], images: Optional[int]
+                   ) -> List[Candidate]:
+  """`pool` with the metric measured (one `evaluate` call) where it is not yet, same order."""
+  got = {c.counts: c for c in _measure(evaluate, [p for p in pool
+                                                   if p.measured_accuracy is None], images)}
+  return [got.get(p.counts, p) for p in pool]
+
+
+def _with_latency(time_schedules: Timer, pool: Sequence[Candidate]) -> List[Candidate]:
+  """`pool` with its latency measured: compiled graphs, ONE `time_schedules` call."""
+  seconds = time_schedules([p.counts for p in pool])
+  if len(seconds) != len(pool):
+    raise ValueError(f"time_schedules returned {len(seconds)} latencies for {len(pool)} "
+                     f"schedules")
+  return [dataclasses.replace(p, measured_latency_s=float(t)) for p, t in zip(pool, seconds)]
+
+
 class BudgetNotMetError(ValueError):
   """No schedule checked in the loop measures within the latency budget."""
 
@@ -1038,12 +1067,12 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
   or the slowest of those, from the frontier and every schedule already measured (the unpruned
   one also off the frontier), get their accuracy measured where missing (one `evaluate` call)
   and are timed together (ONE `time_schedules` call: compiled graphs, one shuffled measurement).
-  When
-  none of them measures within the budget, the aim is corrected by their measured / predicted
-  ratio and the `neighbours` + 1 schedules predicted just below `budget / ratio` are measured
-  the same way, up to `max_rounds` more times. Ties in accuracy go to the faster graph.
+  When none of them measures within the budget, the aim is corrected by their measured /
+  predicted ratio and the `neighbours` + 1 schedules predicted just below `budget / ratio` are
+  measured the same way, up to `max_rounds` more times. Ties in accuracy go to the faster graph.
   criterion "latency_budget_measured", basis "measured", `settings['latency_basis'] ==
-  "measured"`, `settings['timed_rounds']`: the schedules timed per measurement. BudgetNotMetError when none measures within the budget (naming the fastest).
+  "measured"`, `settings['timed_rounds']`: the schedules timed per measurement.
+  BudgetNotMetError when none measures within the budget (naming the fastest).
   """
   budget = solution.settings.get("latency_budget")
   if budget is None:
@@ -1054,13 +1083,8 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
   pool_all = _candidate_pool(solution, known)
   if solution.full is not None:          # the most accurate of all, when the budget allows it
     pool_all.setdefault(solution.full.counts, known.get(solution.full.counts, solution.full))
-  others = [p for c, p in pool_all.items() if c != chosen.counts]
-  at = chosen.predicted_latency_s
-  faster = sorted((p for p in others if p.predicted_latency_s <= at),
-                  key=lambda p: -p.predicted_latency_s)[:neighbours]
-  slower = sorted((p for p in others if p.predicted_latency_s > at),
-                  key=lambda p: p.predicted_latency_s)[:neighbours]
-  first = [chosen] + faster + slower
+  first = [chosen] + _around(chosen, [p for c, p in pool_all.items() if c != chosen.counts],
+                             neighbours)
   full = None if solution.full is None else pool_all[solution.full.counts]
   reach = max([budget] + [p.predicted_latency_s for p in first])
   if full is not None and full not in first and full.predicted_latency_s <= reach:
@@ -1070,19 +1094,11 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
 
   def measure(pool: Sequence[Candidate]) -> None:
     per_round.append(len(pool))
-    got = {c.counts: c for c in _measure(evaluate, [p for p in pool
-                                                     if p.measured_accuracy is None], images)}
-    pool = [got.get(p.counts, p) for p in pool]
-    seconds = time_schedules([p.counts for p in pool])
-    if len(seconds) != len(pool):
-      raise ValueError(f"time_schedules returned {len(seconds)} latencies for {len(pool)} "
-                       f"schedules")
-    for p, t in zip(pool, seconds):
-      timed[p.counts] = known[p.counts] = dataclasses.replace(p, measured_latency_s=float(t))
+    for p in _with_latency(time_schedules, _with_accuracy(evaluate, pool, images)):
+      timed[p.counts] = known[p.counts] = p
 
   measure(first)
-  rounds = 0
-  while (rounds < max_rounds and
+  while (len(per_round) <= max_rounds and
          not any(p.measured_latency_s <= budget for p in timed.values())):
     ratio = float(np.median([p.measured_latency_s / p.predicted_latency_s
                              for p in timed.values()]))
@@ -1093,7 +1109,6 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
     if not below:
       break
     measure(below)
-    rounds += 1
   within = [p for p in timed.values() if p.measured_latency_s <= budget]
   if not within:
     fastest = min(timed.values(), key=lambda p: p.measured_latency_s)
@@ -1155,24 +1170,14 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   known[chosen.counts] = chosen
   eligible = [p for c, p in _candidate_pool(solution, known).items()
               if c != chosen.counts and solve.meets_floor(_accuracy(p), floor)]
-  faster = sorted((p for p in eligible if p.predicted_latency_s <= chosen.predicted_latency_s),
-                  key=lambda p: -p.predicted_latency_s)[:neighbours]
-  slower = sorted((p for p in eligible if p.predicted_latency_s > chosen.predicted_latency_s),
-                  key=lambda p: p.predicted_latency_s)[:neighbours]
-  pool = [known.get(p.counts, p) for p in faster + slower]
-  got = {c.counts: c for c in _measure(evaluate, [p for p in pool
-                                                   if p.measured_accuracy is None], images)}
-  pool = [got.get(p.counts, p) for p in pool]
+  pool = _with_accuracy(evaluate, [known.get(p.counts, p)
+                                   for p in _around(chosen, eligible, neighbours)], images)
   for p in pool:
     known[p.counts] = p
   timed = [p for p in [chosen] + pool if p.measured_accuracy >= floor]
   if not timed:        # (a measured choice below the floor, and no neighbour meets it either)
     _check_floor_met(chosen, list(known.values()), floor, images, solution)
-  seconds = time_schedules([p.counts for p in timed])
-  if len(seconds) != len(timed):
-    raise ValueError(f"time_schedules returned {len(seconds)} latencies for {len(timed)} "
-                     f"schedules")
-  timed = [dataclasses.replace(p, measured_latency_s=float(t)) for p, t in zip(timed, seconds)]
+  timed = _with_latency(time_schedules, timed)
   for p in timed:
     known[p.counts] = p
   best = min(timed, key=lambda p: (p.measured_latency_s, -sum(p.counts)))
