@@ -209,14 +209,11 @@ def main(f: flags.FlagValues):
                                    method=estimate.method,
                                    timing=timing_cfg)
       timer = pipeline.schedule_timer(loop["cfg"], loop["params"], spec, loop["reducer"])
+      loop_kw = dict(neighbours=f.loop_neighbours, num_images=loop["num_images"])
       if f.latency_budget is not None:
-        sol = solve_stage.check_budget_in_loop(sol, loop["evaluate"], timer,
-                                               neighbours=f.loop_neighbours,
-                                               num_images=loop["num_images"])
+        sol = solve_stage.check_budget_in_loop(sol, loop["evaluate"], timer, **loop_kw)
       else:
-        sol = solve_stage.check_in_loop(sol, estimate, None, loop["evaluate"], timer,
-                                        neighbours=f.loop_neighbours,
-                                        num_images=loop["num_images"])
+        sol = solve_stage.check_in_loop(sol, estimate, None, loop["evaluate"], timer, **loop_kw)
   paths = write_solution(sol, f.out_dir)
   for line in summary_lines(sol):
     print(line)

@@ -270,7 +270,7 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
   refines = adaptive and not 0 < spec.max_points <= len(first)
   meas: Dict[Key, timing.Measurement] = {}
   before = {(p.component, p.tokens, p.schedule): p for p in held if p.batch_size == batch_size}
-  handed: Dict[str, bool] = {}
+  handed_last = False            # the final profile was handed to `on_measured`
 
   def points() -> List[records.Point]:
     new = [records.Point.from_measurement(
@@ -282,6 +282,7 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
     return records.analyze(_profile_of(spec, reducer_name, tuple(points())))
 
   def measure(counts, *, first_chunk: bool, last: bool):
+    nonlocal handed_last
     keys = _keys_for(spec, counts, first=False)
     if first_chunk and spec.mode == "block":      # (of the whole phase, not of this chunk)
       keys += _block_checks(spec, first)
@@ -293,7 +294,7 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
                            bar=bar))
     if on_measured and (keys or last):
       on_measured(profile(), last)
-      handed["last"] = last
+      handed_last = last
 
   desc = f"{cfg.name} b{batch_size} {spec.mode}"
   total = [k for k in _keys_for(spec, first, first=True) if k not in before]
@@ -316,7 +317,7 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
       bar.total += 2 * len([k for k in _keys_for(spec, extra, first=False) if k not in before])
       for i, chunk in enumerate(chunks):
         measure(chunk, first_chunk=False, last=i == len(chunks) - 1)
-    if on_measured and not handed.get("last"):
+    if on_measured and not handed_last:
       on_measured(profile(), True)
   return profile()
 
@@ -344,6 +345,12 @@ def _profile_of(spec: ProfileSpec, reducer_name: str,
                          dtype=spec.dtype, modes=(spec.mode,), reducer=reducer_name,
                          timing=dataclasses.asdict(spec.timing), points=tuple(points),
                          created=records.now_iso(), **device_info())
+
+
+def _setup(spec: ProfileSpec) -> records.Profile:
+  """A Profile of `spec`'s setup on this device with no points: what the file names and the
+  files in an output folder are checked against."""
+  return _profile_of(spec, make_drop_reducer(spec.reducer)[1])
 
 
 def write_outputs(profile: records.Profile, out_dir: str, stem: Optional[str] = None
@@ -435,7 +442,7 @@ def bring_in_step(spec: ProfileSpec, out_dir: str, log: Callable[[str], None] = 
   is named and left as it is. Each file is read once."""
   if not os.path.isdir(out_dir):
     return
-  setup = _profile_of(spec, make_drop_reducer(spec.reducer)[1])
+  setup = _setup(spec)
   named = {name[:-len(".json")]: records.named_batch_sizes(setup, name[:-len(".json")])
            for name in sorted(os.listdir(out_dir)) if name.endswith(".json")}
   combined = {st: bs for st, bs in named.items() if bs is not None and len(bs) > 1}
@@ -472,7 +479,7 @@ def _held_points(spec: ProfileSpec, out_dir: str, batch: int, log: Callable[[str
   `check_outputs`), for a resumed run; () when there is none yet."""
   if not os.path.isdir(out_dir):
     return ()
-  setup = _profile_of(spec, make_drop_reducer(spec.reducer)[1])
+  setup = _setup(spec)
   path = os.path.join(out_dir, records.file_stem(setup, [batch]) + ".json")
   held: Dict[Tuple, records.Point] = {}
   sources = [os.path.join(out_dir, st + ".json") for st in combined_stems(setup, out_dir, batch)]
@@ -494,7 +501,7 @@ def check_outputs(spec: ProfileSpec, out_dir: str) -> None:
   `out_dir`: for every batch size (and all of them together, and every profile of several batch
   sizes there holding one of them), a profile there that is not readable or not of this setup
   (model, dtype, device, reducer), or files of its names without their profile."""
-  setup = _profile_of(spec, make_drop_reducer(spec.reducer)[1])
+  setup = _setup(spec)
   batches = [[int(b)] for b in spec.batch_sizes]
   if len(batches) > 1:
     batches.append(sorted(int(b) for b in spec.batch_sizes))
