@@ -119,7 +119,8 @@ def collect(out_dir: str) -> Dict[str, Any]:
   curves = {p: prof for p, prof in profiles.items() if "model" in prof.modes}
   doc = {"format": RESULT_FORMAT, "version": 1, "profiles": profile_rows(curves),
          "skipped": sorted(os.path.basename(p) for p in profiles if p not in curves),
-         "benchmark": benchmark_rows(tables), "predictor_accuracy": []}
+         "benchmark": benchmark_rows(tables), "predictor_accuracy": [],
+         "predictor_accuracy_cut": []}
   devices = ({(p.device_kind, p.platform) for p in profiles.values()} |
              {(r["device_kind"], r["platform"]) for r in doc["benchmark"]})
   for path in predictor:
@@ -134,6 +135,8 @@ def collect(out_dir: str) -> Dict[str, Any]:
                        "predictor_accuracy recorded it): run it again")
     devices.add((device.get("device_kind"), device.get("platform")))
     doc["predictor_accuracy"] += res["rows"]
+    if res.get("complete") is False:     # rewritten after every phase: the stage was cut
+      doc["predictor_accuracy_cut"].append(os.path.basename(path))
   devices = sorted(devices)
   if len(devices) > 1:
     raise ValueError(f"--dir {out_dir!r} holds measurements of several devices {devices}: "
@@ -174,6 +177,9 @@ def to_markdown(doc: Dict[str, Any]) -> str:
     lines += ["", f"(not whole-model curves, not tabulated: {', '.join(doc['skipped'])})"]
   if doc["predictor_accuracy"]:
     lines += ["", predictor_accuracy.table(doc["predictor_accuracy"])]
+    if doc["predictor_accuracy_cut"]:
+      lines += ["", f"(cut before the end, rows hold the phases measured: "
+                    f"{', '.join(doc['predictor_accuracy_cut'])})"]
   return "\n".join(lines)
 
 

@@ -24,14 +24,15 @@ loop (`solve_stage.check_in_loop`) and its measured accuracy compared with --acc
 check measured (`solve_stage.fit_drop_scale`), scored on frontier schedules it did not measure.
 Calibration time is reported as a share of the profile time (the block-table profile).
 
-Prints a markdown table and writes JSON (--out). Numbers depend on the machine and its load: run
+Prints a markdown table and writes JSON (--out), rewritten after every phase of every row with
+`"complete": false` until the run ends (a cut run keeps what it measured). Numbers depend on the machine and its load: run
 on an idle machine.
 """
 from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 from absl import flags
@@ -132,7 +133,10 @@ def _interleaved(cfg, params, method, batch, grid, lm, held, tcfg, threads, seed
 
 
 def run_one(cfg, params, batch, methods, *, num, num_cal, tcfg, threads, seed, data, floor,
-            quick, log) -> List[Dict[str, Any]]:
+            quick, log, rows: List[Dict[str, Any]], save: Callable[[], None]) -> None:
+  """Appends one row per method to `rows`, filled in phase by phase (held-out latency; the
+  interleaved refit; vit_digits: the frontier and the choice), and calls `save()` after each
+  phase, so that a run cut short (a GPU lease's deadline) keeps every phase it finished."""
   grid = _grid(cfg, quick)
   t0 = time.perf_counter()
   block_prof = runner.profile_batch(
@@ -141,7 +145,6 @@ def run_one(cfg, params, batch, methods, *, num, num_cal, tcfg, threads, seed, d
       progress=False)
   profile_s = time.perf_counter() - t0
   table = records.block_table(block_prof, batch)
-  rows = []
   for method in methods:
     t0 = time.perf_counter()
     lm, cal_prof = lm_lib.calibrate(cfg, params, method=method, batch_size=batch,
@@ -152,7 +155,6 @@ def run_one(cfg, params, batch, methods, *, num, num_cal, tcfg, threads, seed, d
                                     seed=seed + 1000)
     meas, full_s = _measure(cfg, params, method, batch, held, tcfg, threads, seed)
     anchored, ratio = _anchored(lm, held, full_s)
-    inter = _interleaved(cfg, params, method, batch, grid, lm, held, tcfg, threads, seed)
     row = {"model": cfg.name, "batch_size": batch, "method": method,
            "num_heldout": len(held), "num_calibration": num_cal,
            "num_calibration_graphs": len(lm.calibration),   # + the full graph and the curve's
@@ -162,12 +164,22 @@ def run_one(cfg, params, batch, methods, *, num, num_cal, tcfg, threads, seed, d
                                  calibration=[list(c) for c in lm.calibration]),
            "heldout": {"calibrated": _errors([lm.predict(c) for c in held], meas),
                        "anchored": dict(_errors(anchored, meas), speed_ratio=ratio),
-                       "interleaved": inter,
                        "block_sum": _errors([predict_lib.predict(table, Schedule(c))
                                              for c in held], meas)},
            "schedules": [{"counts": list(c), "measured_s": m, "calibrated_s": lm.predict(c),
                           "block_sum_s": predict_lib.predict(table, Schedule(c))}
                          for c, m in zip(held, meas)]}
+    rows.append(row)
+    save()
+    h = row["heldout"]
+    log(f"{cfg.name} b{batch} {method}: held-out |err| calibrated median "
+        f"{100 * h['calibrated']['median']:.1f}% p90 {100 * h['calibrated']['p90']:.1f}% | "
+        f"block sum median {100 * h['block_sum']['median']:.1f}% p90 "
+        f"{100 * h['block_sum']['p90']:.1f}% | calibration {cal_s:.1f}s "
+        f"({100 * cal_s / profile_s:.0f}% of the profile)")
+    row["heldout"]["interleaved"] = _interleaved(cfg, params, method, batch, grid, lm, held,
+                                                 tcfg, threads, seed)
+    save()
     if data is not None:
       try:
         row.update(_frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
@@ -175,14 +187,7 @@ def run_one(cfg, params, batch, methods, *, num, num_cal, tcfg, threads, seed, d
       except solve_stage.FloorNotMetError as e:    # an outcome of the benchmark, not a crash
         row.update(frontier=None, choice={"floor": floor, "meets_floor": False,
                                           "floor_not_met": str(e)})
-    rows.append(row)
-    h = row["heldout"]
-    log(f"{cfg.name} b{batch} {method}: held-out |err| calibrated median "
-        f"{100 * h['calibrated']['median']:.1f}% p90 {100 * h['calibrated']['p90']:.1f}% | "
-        f"block sum median {100 * h['block_sum']['median']:.1f}% p90 "
-        f"{100 * h['block_sum']['p90']:.1f}% | calibration {cal_s:.1f}s "
-        f"({100 * cal_s / profile_s:.0f}% of the profile)")
-  return rows
+      save()
 
 
 def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg, threads, seed,
@@ -289,6 +294,16 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
                 quick=quick, seed=f.seed)
   rows: List[Dict[str, Any]] = []
   t_all = time.perf_counter()
+
+  def document(complete: bool) -> Dict[str, Any]:
+    return {"format": RESULT_FORMAT, "version": 1, "complete": complete,
+            "total_s": time.perf_counter() - t_all, "device": runner.device_info(),
+            "command": common.command_line("benchmarks.predictor_accuracy", f),
+            "quick": quick, "rounds": f.rounds, "rows": rows}
+
+  def save():   # every finished phase, replaced whole (atomic): a cut run keeps them
+    common.write_result(f.out, document(False), RESULT_FORMAT, indent=1)
+
   for name in models:
     if name == "vit_digits":
       cfg, params, source = common.load_model("vit_digits", common.EMBEDDED_WEIGHTS, f.seed)
@@ -307,15 +322,12 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
                                  min_reps=3 if large and b > 1 else 5, max_retries=1,
                                  seed=f.seed, rounds=f.rounds)
       num, num_cal = _schedule_counts(f, cfg, quick)
-      rows += run_one(cfg, params, b, methods, num=num, num_cal=num_cal, tcfg=tcfg,
-                      threads=f.threads, seed=f.seed, data=data, floor=f.accuracy_floor,
-                      quick=quick, log=lambda s: print(s, file=sys.stderr))
-  total = time.perf_counter() - t_all
-  doc = {"format": RESULT_FORMAT, "version": 1, "total_s": total, "device": runner.device_info(),
-         "command": common.command_line("benchmarks.predictor_accuracy", f),
-         "quick": quick, "rounds": f.rounds, "rows": rows}
+      run_one(cfg, params, b, methods, num=num, num_cal=num_cal, tcfg=tcfg, threads=f.threads,
+              seed=f.seed, data=data, floor=f.accuracy_floor, quick=quick,
+              log=lambda s: print(s, file=sys.stderr), rows=rows, save=save)
+  doc = document(True)
   print(table(rows))
-  print(f"\ntotal {total:.0f} s")
+  print(f"\ntotal {doc['total_s']:.0f} s")
   common.write_result(f.out, doc, RESULT_FORMAT, indent=1)
   print(f"wrote {f.out}")
   return doc
@@ -398,7 +410,7 @@ def table(rows) -> str:
     lines.append(
         f"| {r['model']} | {r['batch_size']} | {r['method']} | {r['num_heldout']} | "
         f"{e(r['heldout']['calibrated'])} | {_anchored_cell(r['heldout'])} | "
-        f"{e(r['heldout']['interleaved'])} | "
+        f"{e(r['heldout']['interleaved']) if 'interleaved' in r['heldout'] else '-'} | "
         f"{e(r['heldout']['block_sum'])} | "
         + (f"{100 * fr['latency']['calibrated']['median']:.1f}% / "
            f"{100 * fr['latency']['calibrated']['p90']:.1f}% | "

@@ -231,16 +231,40 @@ def test_calibration_size_refuses_bad_input_before_any_work(tmp_path):
       tmp_path)
 
 
-def test_predictor_accuracy_quick(tmp_path, capsys):
+def test_predictor_accuracy_quick(tmp_path, capsys, monkeypatch):
   import json  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import predictor_accuracy as pa  # pylint: disable=g-import-not-at-top
   from experiments import common  # pylint: disable=g-import-not-at-top
+  import copy  # pylint: disable=g-import-not-at-top
+  from benchmarks import gpu_report  # pylint: disable=g-import-not-at-top
   out = tmp_path / "pred.json"
   cache = jax.config.jax_compilation_cache_dir       # the test session's (conftest), if any
+  written, write = [], common.write_result
+
+  def recording(path, doc, *a, **kw):     # every write, as the file held it then
+    written.append(copy.deepcopy(doc))
+    return write(path, doc, *a, **kw)
+  monkeypatch.setattr(common, "write_result", recording)
   doc = pa.main(common.parse(pa.define_flags, ["--quick", f"--out={out}"] + (
       [f"--compile_cache_dir={cache}"] if cache else [])))
   assert jax.config.jax_compilation_cache_dir == cache or not cache
+  # Written after every phase (it wrote once, at the end: a GPU stage cut by its deadline lost
+  # everything): held-out latency, then the interleaved refit, then the frontier; complete last.
+  assert [d["complete"] for d in written] == [False, False, False, True]
+  assert [sorted(d["rows"][0]["heldout"]) for d in written[:2]] == [
+      ["anchored", "block_sum", "calibrated"], ["anchored", "block_sum", "calibrated",
+                                                "interleaved"]]
+  assert ["frontier" in d["rows"][0] for d in written] == [False, False, True, True]
+  cut = tmp_path / "cut"
+  cut.mkdir()                                  # what a cut stage leaves: tabulated, and said
+  (cut / "predictor_accuracy_pomt.json").write_text(json.dumps(written[0]))
+  report = gpu_report.collect(str(cut))
+  assert report["predictor_accuracy_cut"] == ["predictor_accuracy_pomt.json"]
+  said = gpu_report.to_markdown(report)
+  assert "(cut before the end, rows hold the phases measured: predictor_accuracy_pomt.json)" in said
+  row_line = next(ln for ln in said.splitlines() if ln.startswith("| vit_digits | 1 | pomt |"))
+  assert row_line.split(" | ")[6] == "-"         # the interleaved column, not measured
   stdout = capsys.readouterr().out
   assert "| vit_digits | 1 | pomt |" in stdout and "block sum" in stdout
   assert json.loads(out.read_text()) == json.loads(json.dumps(doc))

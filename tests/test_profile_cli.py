@@ -237,6 +237,15 @@ def test_resume_measures_only_what_a_killed_run_did_not(tmp_path, monkeypatch, c
   calls.clear()
   (again,) = _run(tmp_path / "bounded", *bounded, "--resume")
   assert len(first.points) == len(again.points) == 8 and calls == []
+  # ... and resumed with another coarse stride (its coarse grid was measured whole besides the
+  # points held: 8 + the new counts of 17, 14, 11, 8, 5, 2 where the bound said 8).
+  calls.clear()
+  (other,) = _run(tmp_path / "bounded", *bounded[:2], "--coarse_stride=3", *bounded[3:],
+                  "--resume")
+  assert calls == [] and len(other.points) == 8
+  (wider,) = _run(tmp_path / "bounded", *bounded[:2], "--coarse_stride=3", "--max_points=11",
+                  *bounded[4:], "--resume")
+  assert sum(map(len, calls)) == 3 and len(wider.points) == 11
 
 
 def test_a_run_stopped_between_two_writes_is_brought_in_step(tmp_path, capsys):

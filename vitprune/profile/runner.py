@@ -222,7 +222,10 @@ def _keys_for(spec: ProfileSpec, grid: Sequence[int], first: bool) -> List[Key]:
 
 def _block_checks(spec: ProfileSpec, grid: Sequence[int]) -> List[Key]:
   """Mode block's once-per-batch points: the embedding, the dispatch overhead and whole-model
-  graphs at the largest, middle and smallest count of `grid` (the additive predictor's check)."""
+  graphs at the largest, middle and smallest count of `grid` (the additive predictor's check);
+  none for an empty grid (a resumed run whose held points fill --max_points)."""
+  if not grid:
+    return []
   mid = sorted(grid)[len(grid) // 2]
   return ([("embed", spec.cfg.num_tokens, None), ("dispatch", 1, None)] +
           [("model", n, None) for n in sorted({max(grid), mid, min(grid)}, reverse=True)])
@@ -267,9 +270,14 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
   adaptive = spec.adaptive and spec.mode in ("model", "block") and len(grid) > 2
   first = (coarse_grid(grid, spec.coarse_stride) if adaptive else grid)
   first = spread_order(first) if spec.chunk_points else list(first)   # any prefix spans it
-  refines = adaptive and not 0 < spec.max_points <= len(first)
   meas: Dict[Key, timing.Measurement] = {}
   before = {(p.component, p.tokens, p.schedule): p for p in held if p.batch_size == batch_size}
+  if spec.max_points and before:   # held counts count (a resume with another coarse stride
+    have = {k[1] for k in before if k[0] == spec.mode} & set(grid)  # measured past the bound)
+    new = [n for n in first if n not in have]
+    room = set(spread_order(new)[:max(spec.max_points - len(have), 0)]) if new else set()
+    first = [n for n in first if n in have or n in room]
+  refines = adaptive and not 0 < spec.max_points <= len(first)
   handed_last = False            # the final profile was handed to `on_measured`
 
   def points() -> List[records.Point]:
