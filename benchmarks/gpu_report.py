@@ -68,6 +68,8 @@ def profile_rows(profiles: Dict[str, records.Profile]) -> List[Dict[str, Any]]:
                      "saving_pct": 100 * s["saving_frac"],
                      "saving_ms": 1e3 * s["saving_s"]} for s in steps[:TOP_STEPS]],
           "num_steps": len(steps),
+          "lone_counts": sorted(c["n"] for c in prof.lone_counts
+                                if c["batch_size"] == b and c["component"] == "model"),
           "compile_s_median": float(np.median(compile_s)),
           "compile_s_p90": float(np.percentile(compile_s, 90)),
           "compile_s_max": float(compile_s.max()),
@@ -154,15 +156,16 @@ def to_markdown(doc: Dict[str, Any]) -> str:
                  + (f", jax {', '.join(jax_versions)}" if jax_versions else ""))
   if doc["profiles"]:
     lines += ["", "| model | dtype | batch | counts | ms at max tokens | ms at min tokens | "
-                  "largest steps (n -> n', saving) | steps | compile s per shape "
-                  "(median / p90 / max; wall, threads overlap) |",
-              "|---|---|---:|---:|---|---|---|---:|---|"]
+                  "largest steps (n -> n', saving) | steps | lone slow counts | compile s per "
+                  "shape (median / p90 / max; wall, threads overlap) |",
+              "|---|---|---:|---:|---|---|---|---:|---|---|"]
     for r in doc["profiles"]:
       steps = ", ".join(f"{s['n_from']}->{s['n_to']} {s['saving_pct']:.1f}%"
                         for s in r["steps"]) or "none above noise"
       lines.append(f"| {r['model']} | {r['dtype']} | {r['batch_size']} | {r['counts']} | "
                    f"{r['latency_max_ms']:.4g} ({r['tokens_max']}) | {r['latency_min_ms']:.4g} "
                    f"({r['tokens_min']}) | {steps} | {r['num_steps']} | "
+                   f"{', '.join(map(str, r.get('lone_counts', []))) or '-'} | "
                    f"{r['compile_s_median']:.2f} / {r['compile_s_p90']:.2f} / "
                    f"{r['compile_s_max']:.2f} |")
   if doc["benchmark"]:

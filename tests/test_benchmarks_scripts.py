@@ -646,3 +646,17 @@ def test_gpu_report_tabulates_what_the_suite_wrote(tmp_path, capsys):
   with pytest.raises(ValueError, match=r"holds measurements of several devices .*NVIDIA H200.*"
                                        "report one device at a time"):
     gpu_report.collect(str(out))
+
+
+def test_gpu_report_names_the_lone_slow_counts():
+  from benchmarks import gpu_report  # pylint: disable=g-import-not-at-top
+  row = {"model": "deit_small_patch16_224", "dtype": "float32", "batch_size": 1, "counts": 36,
+         "latency_max_ms": 5.0, "tokens_max": 197, "latency_min_ms": 2.0, "tokens_min": 5,
+         "steps": [], "num_steps": 0, "lone_counts": [130, 66], "compile_s_median": 6.0,
+         "compile_s_p90": 7.0, "compile_s_max": 8.0, "jax_version": "0.11.2"}
+  doc = {"device": {"device_kind": "NVIDIA H200", "platform": "gpu"}, "profiles": [row],
+         "benchmark": [], "skipped": [], "predictor_accuracy": []}
+  line = gpu_report.to_markdown(doc).splitlines()[-1]
+  assert "| none above noise | 0 | 130, 66 | 6.00 / 7.00 / 8.00 |" in line
+  row["lone_counts"] = []
+  assert "| 0 | - | 6.00" in gpu_report.to_markdown(doc).splitlines()[-1]

@@ -383,3 +383,28 @@ def test_a_block_profiles_predictor_checks_are_not_a_curve_with_steps():
   both = _profile(pts, modes=("model", "block"))        # a real model curve merged in
   assert records.curve_components(both) == ("model", "block")
   assert [(s["n_from"], s["n_to"]) for s in both.steps if s["component"] == "model"] == [(9, 2)]
+
+
+def test_a_lone_slow_count_is_recorded_apart_from_the_steps(tmp_path):
+  """A count slower than both neighbours is `lone_counts`, not a step (it was one, in the
+  summary, the plot and the CSV's step_to); the file keeps it, a file without the key (written
+  before it) loads with it recomputed, and the measurement digest does not count it."""
+  pts = [_point("model", n, 1e-2 + 1e-4 * n + (2e-3 if n == 11 else 0.0))
+         for n in range(17, 1, -1)]
+  prof = _profile(pts)
+  assert prof.steps == ()
+  assert prof.lone_counts == (dict(component="model", batch_size=1, n=11, n_above=12,
+                                   n_below=10, latency_s=1e-2 + 1.1e-3 + 2e-3,
+                                   latency_above_s=1e-2 + 1.2e-3, latency_below_s=1.1e-2),)
+  rows = records.to_csv(prof).splitlines()[1:]
+  assert len(rows) == 16 and all(r.endswith(",") for r in rows)    # no step_to on any row
+  paths = records.save(prof, str(tmp_path))
+  d = json.load(open(paths["json"]))
+  assert d["lone_counts"] == [dict(c) for c in prof.lone_counts]
+  digest = records.measurement_sha256(prof)
+  del d["lone_counts"]
+  with open(paths["json"], "w") as f:
+    json.dump(d, f)
+  back = records.load(paths["json"])
+  assert back.lone_counts == prof.lone_counts and records.measurement_sha256(back) == digest
+  plot.plot_profile(back, str(tmp_path / "p.png"))               # marked, not a KeyError

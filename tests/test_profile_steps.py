@@ -214,3 +214,33 @@ def test_curve_noise_about_the_per_token_trend():
   even = np.arange(20, 1, -1)
   noisy = 1e-5 * even + np.random.default_rng(0).normal(0, 1e-7, even.size)
   assert steps.curve_noise(noisy, even) == pytest.approx(steps.curve_noise(noisy))
+
+
+def test_a_lone_slow_count_is_not_a_step_and_a_lone_fast_one_keeps_its_step():
+  """A burst of load during one count's measurement (all its samples slow, a tight IQR) was
+  reported as a step into the next count, though the next LARGER count was as fast: more
+  tokens cannot cost less work, so that count is named as a lone slow count instead. A lone fast
+  count (an aligned shape) is a real saving: its step stays."""
+  rng = np.random.default_rng(1)
+  tokens = np.arange(60, 20, -1)
+  truth = _staircase(tokens, edges=(40,), base=5e-3, jump=5e-4, slope=1e-5)
+  iqr, counts = np.full(tokens.size, 1.349 * 2e-5), np.full(tokens.size, 100)
+  med = truth + rng.normal(0, 2e-6, tokens.size)
+  spike = med.copy()
+  spike[tokens == 50] += 6e-4                         # one count measured slow
+  rep = steps.detect_steps(tokens, spike, iqr, counts)
+  assert [(s.n_from, s.n_to) for s in rep.steps] == [(41, 40)]     # was also (50, 49)
+  (lone,) = rep.lone
+  assert (lone.n, lone.n_above, lone.n_below) == (50, 51, 49)
+  assert lone.latency_s == spike[tokens == 50][0]
+  assert lone.describe().startswith("50 lone slow count: +9.8% vs 51, +10.2% vs 49, ")
+  assert "not a step" in rep.describe()[1]
+  dip = med.copy()
+  dip[tokens == 48] -= 6e-4                           # one count faster than both neighbours
+  rep = steps.detect_steps(tokens, dip, iqr, counts)
+  assert [(s.n_from, s.n_to) for s in rep.steps] == [(49, 48), (41, 40)] and rep.lone == ()
+  # A step at the largest count has no count above it to compare with: a step.
+  first = med.copy()
+  first[0] += 6e-4
+  rep = steps.detect_steps(tokens, first, iqr, counts)
+  assert [(s.n_from, s.n_to) for s in rep.steps] == [(60, 59), (41, 40)] and rep.lone == ()

@@ -9,7 +9,8 @@ from vitprune.profile import records
 
 
 def plot_profile(profile: records.Profile, path: str, *, component: Optional[str] = None) -> str:
-  """Median latency (ms, IQR error bars) vs tokens kept, one line per batch size, steps marked.
+  """Median latency (ms, IQR error bars) vs tokens kept, one line per batch size, steps marked
+  (v), lone slow counts (x).
 
   `component`: 'model' or 'block'; default the profile's mode ('block' for a `--mode=block`
   profile, whose few whole-model points are predictor checks, not a curve), else 'model' if
@@ -47,6 +48,9 @@ def plot_profile(profile: records.Profile, path: str, *, component: Optional[str
       if s["component"] == component and s["batch_size"] == b:
         ax.axvline(s["n_from"], color=color, alpha=0.25, lw=1)
         ax.plot([s["n_from"]], [by_n[s["n_from"]]], "v", color=color, ms=6)
+    for c in profile.lone_counts:        # slower than both neighbours: not a step
+      if c["component"] == component and c["batch_size"] == b:
+        ax.plot([c["n"]], [by_n[c["n"]]], "x", color=color, ms=6)
   ax.set_xlabel("tokens kept (entering block 0)" if component == "model"
                 else "tokens entering the block")
   ax.set_ylabel("latency, median (ms)" + (" per block" if component == "block" else ""))

@@ -39,14 +39,17 @@ JSON schema (version 1), all latencies in seconds:
     "steps": [{"component", "batch_size", "n_from", "n_to", "latency_from_s", "latency_to_s",
                "saving_s", "saving_frac", "noise_s"}, ...],
     "flats": [{"component", "batch_size", "n_hi", "n_lo", "latency_hi_s", "latency_lo_s"}, ...],
+    "lone_counts": [{"component", "batch_size", "n", "n_above", "n_below", "latency_s",
+                     "latency_above_s", "latency_below_s"}, ...],  # slower than both neighbours
     "predictions": [{"batch_size", "component", "schedule", "predicted_s", "measured_s",
                      "rel_error"}, ...]           # per-block sum vs measured graphs
   }
 
-`steps`, `flats` and `predictions` are derived from `points` by `analyze` (steps.py, predict.py);
-`merge` recomputes them. Profiles merge when model config, dtype, device kind and platform agree;
-a point measured again (same component, batch size, tokens, schedule) is taken from the profile
-given last (`save`: the new measurement; never by "created", which another clock may have set).
+`steps`, `flats`, `lone_counts` and `predictions` are derived from `points` by `analyze`
+(steps.py, predict.py); `merge` recomputes them. Profiles merge when model config, dtype,
+device kind and platform agree; a point measured again (same component, batch size, tokens,
+schedule) is taken from the profile given last (`save`: the new measurement; never by
+"created", which another clock may have set).
 """
 from __future__ import annotations
 
@@ -140,6 +143,7 @@ class Profile:
   steps: Tuple[Dict[str, Any], ...] = ()
   flats: Tuple[Dict[str, Any], ...] = ()
   predictions: Tuple[Dict[str, Any], ...] = ()
+  lone_counts: Tuple[Dict[str, Any], ...] = ()
   source: str = dataclasses.field(default="profile", compare=False)  # file it was read from
 
   def __post_init__(self):
@@ -195,9 +199,9 @@ def curve_components(profile: Profile) -> Tuple[str, ...]:
 
 
 def analyze(profile: Profile, **step_kw) -> Profile:
-  """Recomputes `steps`, `flats` and `predictions` from `points`."""
+  """Recomputes `steps`, `flats`, `lone_counts` and `predictions` from `points`."""
   depth = int(profile.config["depth"])
-  steps, flats, preds = [], [], []
+  steps, flats, preds, lone = [], [], [], []
   for b in profile.batch_sizes:
     for comp in curve_components(profile):
       rep = step_report(profile.curve(comp, b), **step_kw)
@@ -209,6 +213,7 @@ def analyze(profile: Profile, **step_kw) -> Profile:
                 for s in rep.steps]
       flats += [dict(component=comp, batch_size=b, n_hi=f.n_hi, n_lo=f.n_lo,
                      latency_hi_s=f.latency_hi, latency_lo_s=f.latency_lo) for f in rep.flats]
+      lone += [dict(component=comp, batch_size=b, **dataclasses.asdict(c)) for c in rep.lone]
     table = block_table(profile, b)
     if table is None:
       continue
@@ -223,7 +228,7 @@ def analyze(profile: Profile, **step_kw) -> Profile:
                         predicted_s=pred, measured_s=p.median_s,
                         rel_error=predict_lib.relative_error(pred, p.median_s)))
   return dataclasses.replace(profile, steps=tuple(steps), flats=tuple(flats),
-                             predictions=tuple(preds))
+                             predictions=tuple(preds), lone_counts=tuple(lone))
 
 
 # ----------------------------------------------------------------------------- JSON
@@ -244,10 +249,12 @@ def to_json(profile: Profile) -> Dict[str, Any]:
               batch_sizes=list(profile.batch_sizes), modes=list(profile.modes),
               reducer=profile.reducer, timing=profile.timing, points=points,
               steps=[dict(s) for s in profile.steps], flats=[dict(f) for f in profile.flats],
-              predictions=[dict(p) for p in profile.predictions])
+              predictions=[dict(p) for p in profile.predictions],
+              lone_counts=[dict(c) for c in profile.lone_counts])
 
 
-ANALYSIS_KEYS = ("steps", "flats", "predictions")   # recomputed from the points on load
+# Recomputed from the points on load (a file without `lone_counts` predates it).
+ANALYSIS_KEYS = ("steps", "flats", "predictions", "lone_counts")
 
 
 def measurement_sha256(profile: Profile) -> str:
@@ -335,7 +342,8 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
                  modes=tuple(d["modes"]), reducer=d["reducer"], timing=d["timing"],
                  points=tuple(points), created=d["created"],
                  steps=tuple(d.get("steps", ())), flats=tuple(d.get("flats", ())),
-                 predictions=tuple(d.get("predictions", ())), source=source)
+                 predictions=tuple(d.get("predictions", ())),
+                 lone_counts=tuple(d.get("lone_counts", ())), source=source)
 
 
 def _is_int(v) -> bool:

@@ -24,6 +24,12 @@ stretches as long as the change across the whole stretch is also within `k` time
 within `flat_rel` of its latency, so a slow slope made of individually insignificant drops does
 not become one long "flat" stretch, and a stretch is never called flat when pruning across it
 saves more than `flat_rel` (on a noisy device: no flat claims at all).
+
+A drop `n_hi -> n_lo` that is no step from the next larger count `n_above` (judged as a pair
+`n_above -> n_lo` by the same two tests) is not a step but a *lone slow count*: `n_hi` alone is
+slower than both neighbours (a burst of load during its measurement, or a shape the compiler
+handles badly). More tokens cannot cost less work, so the curve does not step there: prune past
+`n_hi` or stay above it (`Lone`). A lone *fast* count (an aligned shape) keeps its step into it.
 """
 from __future__ import annotations
 
@@ -75,12 +81,31 @@ class Flat:
 
 
 @dataclasses.dataclass(frozen=True)
+class Lone:
+  """`n` tokens measured slower than `n_above` (more tokens) and than `n_below`, by more than
+  noise: a lone slow count, not a step (the drop `n -> n_below` is none from `n_above`)."""
+  n: int
+  n_above: int
+  n_below: int
+  latency_s: float
+  latency_above_s: float
+  latency_below_s: float
+
+  def describe(self) -> str:
+    return (f"{self.n} lone slow count: {100 * (self.latency_s / self.latency_above_s - 1):+.1f}% "
+            f"vs {self.n_above}, {100 * (self.latency_s / self.latency_below_s - 1):+.1f}% vs "
+            f"{self.n_below}, which differ by the trend only: not a step (a burst of load, or "
+            "a shape the compiler handles badly)")
+
+
+@dataclasses.dataclass(frozen=True)
 class StepReport:
   steps: Tuple[Step, ...]
   flats: Tuple[Flat, ...]
   curve_noise_s: float   # 1.4826 * MAD of the drops about the trend
   trend_s: float         # median drop per token, clipped at >= 0
   num_points: int = 0    # token counts of the curve (0: not given)
+  lone: Tuple[Lone, ...] = ()   # drops that are none from the next larger count
 
   def describe(self) -> List[str]:
     if not self.steps and 0 < self.num_points < MIN_POINTS_FOR_STEPS:
@@ -88,7 +113,7 @@ class StepReport:
                f"from the trend (at least {MIN_POINTS_FOR_STEPS})"]
     else:
       lines = [s.describe() for s in self.steps] or ["no steps above noise"]
-    return lines + [f.describe() for f in self.flats]
+    return lines + [c.describe() for c in self.lone] + [f.describe() for f in self.flats]
 
 
 def _check_curve(tokens, medians, iqrs, counts):
@@ -173,9 +198,18 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
   noise = np.maximum(pair_noise(iqr, cnt), curve_s)
   is_step = (excess > k * noise) & (excess > min_rel * med[:-1]) & (t.size >= MIN_POINTS_FOR_STEPS)
   is_flat = ((np.abs(drop) <= k * noise) & (np.abs(drop) <= flat_rel * med[:-1])) & ~is_step
-  steps = tuple(Step(int(t[i]), int(t[i + 1]), float(med[i]), float(med[i + 1]),
-                     float(noise[i])) for i in np.flatnonzero(is_step))
   se = median_se(iqr, cnt)
+
+  def from_above(i):   # the drop into n[i + 1] is a step from n[i - 1] too
+    excess_above = med[i - 1] - med[i + 1] - per_token * (t[i - 1] - t[i + 1])
+    return (excess_above > k * max(float(np.hypot(se[i - 1], se[i + 1])), curve_s)
+            and excess_above > min_rel * med[i - 1])
+
+  lone_at = [i for i in np.flatnonzero(is_step) if i > 0 and not from_above(i)]
+  lone = tuple(Lone(int(t[i]), int(t[i - 1]), int(t[i + 1]), float(med[i]), float(med[i - 1]),
+                    float(med[i + 1])) for i in lone_at)
+  steps = tuple(Step(int(t[i]), int(t[i + 1]), float(med[i]), float(med[i + 1]),
+                     float(noise[i])) for i in np.flatnonzero(is_step) if i not in lone_at)
 
   def span_flat(i, j):  # the whole span n[i] -> n[j + 1] changes within noise
     span_noise = max(float(np.hypot(se[i], se[j + 1])), curve_s)
@@ -192,7 +226,7 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
       j += 1
     flats.append(Flat(int(t[i]), int(t[j + 1]), float(med[i]), float(med[j + 1])))
     i = j + 1
-  return StepReport(steps, tuple(flats), curve_s, per_token, int(t.size))
+  return StepReport(steps, tuple(flats), curve_s, per_token, int(t.size), lone)
 
 
 def refine_grid(tokens: Sequence[int], report: StepReport, *, lo: int, hi: int) -> List[int]:
