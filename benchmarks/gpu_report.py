@@ -9,7 +9,8 @@ latency-model check (`predictor_accuracy_*.json`) under --dir, whichever exist (
 by its deadline wrote nothing, or the chunks it finished), and prints, for the README:
   * the device each file names (they must agree: one device per report);
   * per profile (model, dtype, batch): token counts measured, latency at the most and the
-    fewest tokens, the largest steps (n -> n' saves x %), compile seconds per shape
+    fewest tokens, the largest steps (n -> n' saves x %), the lone slow or fast counts
+    (`vitprune.profile.steps.Lone`: out of line with both neighbours), compile seconds per shape
     (median / p90 / max; wall times, which overlap when --threads compiled in parallel);
   * the benchmark table (latency median +- IQR and change vs unpruned, compile s per graph);
   * the predictor-accuracy rows.
@@ -68,8 +69,9 @@ def profile_rows(profiles: Dict[str, records.Profile]) -> List[Dict[str, Any]]:
                      "saving_pct": 100 * s["saving_frac"],
                      "saving_ms": 1e3 * s["saving_s"]} for s in steps[:TOP_STEPS]],
           "num_steps": len(steps),
-          "lone_counts": sorted(c["n"] for c in prof.lone_counts
-                                if c["batch_size"] == b and c["component"] == "model"),
+          "lone_counts": sorted((c["n"] for c in prof.lone_counts
+                                 if c["batch_size"] == b and c["component"] == "model"),
+                                reverse=True),
           "compile_s_median": float(np.median(compile_s)),
           "compile_s_p90": float(np.percentile(compile_s, 90)),
           "compile_s_max": float(compile_s.max()),

@@ -234,9 +234,11 @@ def _profile(cfg, params, spec, tokens, progress, log) -> records.Profile:
                              threads=spec.threads, seed=spec.seed)
   profile = runner.run_profile(pspec, params=params, progress=progress, log=log)[0]
   for line in runner.summary_table(profile).splitlines():
-    if (" -> " in line and "saves" in line) or "predicted" in line:   # steps, predictor errors
+    if ((" -> " in line and "saves" in line) or "predicted" in line   # steps, predictor errors
+        or " lone " in line):                                           # and lone counts
       log("  " + line.strip())
-  log(f"  {len(profile.steps)} steps, {len(profile.flats)} flat stretches (the profile "
+  lone = f", {len(profile.lone_counts)} lone counts" if profile.lone_counts else ""
+  log(f"  {len(profile.steps)} steps, {len(profile.flats)} flat stretches{lone} (the profile "
       "JSON/CSV/PNG has them all)")
   return profile
 

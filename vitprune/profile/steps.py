@@ -25,11 +25,19 @@ within `flat_rel` of its latency, so a slow slope made of individually insignifi
 not become one long "flat" stretch, and a stretch is never called flat when pruning across it
 saves more than `flat_rel` (on a noisy device: no flat claims at all).
 
-A drop `n_hi -> n_lo` that is no step from the next larger count `n_above` (judged as a pair
-`n_above -> n_lo` by the same two tests) is not a step but a *lone slow count*: `n_hi` alone is
-slower than both neighbours (a burst of load during its measurement, or a shape the compiler
-handles badly). More tokens cannot cost less work, so the curve does not step there: prune past
-`n_hi` or stay above it (`Lone`). A lone *fast* count (an aligned shape) keeps its step into it.
+A step is a change of level that lasts. A count out of line with its neighbours on both sides
+is a *lone count* instead (`Lone`), in two shapes:
+  * slow: the step pair `n_hi -> n_lo` is none from the next larger count (`n_above -> n_lo`
+    judged by the same two tests) and `n_hi` is slower than `n_above` and than the count above
+    that, each by more than `k` times the pair's noise: `n_hi` alone is slow (a burst of load
+    during its measurement, or a shape the compiler handles badly);
+  * fast: the step pair `n_hi -> n_lo` is none to the next smaller count (`n_hi -> n_below`) and
+    `n_lo` is faster than `n_below` and than the count below that, each by more than noise: `n_lo`
+    alone is fast (an aligned shape on an accelerator, or a quiet moment during its
+    measurement; if it holds when measured again, prune to exactly it).
+A count whose neighbours disagree with each other by more than the trend (a step beside it) is
+not lone. The largest (smallest) count cannot be a lone slow (fast) one: it has no neighbour
+above (below).
 """
 from __future__ import annotations
 
@@ -82,20 +90,24 @@ class Flat:
 
 @dataclasses.dataclass(frozen=True)
 class Lone:
-  """`n` tokens measured slower than `n_above` (more tokens) and than `n_below`, by more than
-  noise: a lone slow count, not a step (the drop `n -> n_below` is none from `n_above`)."""
+  """`n` tokens measured slower (`slow`) or faster than both `n_above` and `n_below`, which
+  differ from each other by the trend only: a lone count, not a step."""
   n: int
   n_above: int
   n_below: int
   latency_s: float
   latency_above_s: float
   latency_below_s: float
+  slow: bool
 
   def describe(self) -> str:
-    return (f"{self.n} lone slow count: {100 * (self.latency_s / self.latency_above_s - 1):+.1f}% "
-            f"vs {self.n_above}, {100 * (self.latency_s / self.latency_below_s - 1):+.1f}% vs "
-            f"{self.n_below}, which differ by the trend only: not a step (a burst of load, or "
-            "a shape the compiler handles badly)")
+    why = ("a burst of load, or a shape the compiler handles badly" if self.slow else
+           "an aligned shape, or a quiet moment: prune to exactly it if it holds when measured "
+           "again")
+    return (f"{self.n} lone {'slow' if self.slow else 'fast'} count: "
+            f"{100 * (self.latency_s / self.latency_above_s - 1):+.1f}% vs {self.n_above}, "
+            f"{100 * (self.latency_s / self.latency_below_s - 1):+.1f}% vs {self.n_below}, which "
+            f"differ by the trend only: not a step ({why})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +117,7 @@ class StepReport:
   curve_noise_s: float   # 1.4826 * MAD of the drops about the trend
   trend_s: float         # median drop per token, clipped at >= 0
   num_points: int = 0    # token counts of the curve (0: not given)
-  lone: Tuple[Lone, ...] = ()   # drops that are none from the next larger count
+  lone: Tuple[Lone, ...] = ()   # counts out of line with both neighbours (not steps)
 
   def describe(self) -> List[str]:
     if not self.steps and 0 < self.num_points < MIN_POINTS_FOR_STEPS:
@@ -200,16 +212,30 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
   is_flat = ((np.abs(drop) <= k * noise) & (np.abs(drop) <= flat_rel * med[:-1])) & ~is_step
   se = median_se(iqr, cnt)
 
-  def from_above(i):   # the drop into n[i + 1] is a step from n[i - 1] too
-    excess_above = med[i - 1] - med[i + 1] - per_token * (t[i - 1] - t[i + 1])
-    return (excess_above > k * max(float(np.hypot(se[i - 1], se[i + 1])), curve_s)
-            and excess_above > min_rel * med[i - 1])
+  def is_step_between(a, b):   # the drop from n[a] to n[b] (a < b) passes the two step tests
+    excess_ab = med[a] - med[b] - per_token * (t[a] - t[b])
+    return (excess_ab > k * max(float(np.hypot(se[a], se[b])), curve_s)
+            and excess_ab > min_rel * med[a])
 
-  lone_at = [i for i in np.flatnonzero(is_step) if i > 0 and not from_above(i)]
-  lone = tuple(Lone(int(t[i]), int(t[i - 1]), int(t[i + 1]), float(med[i]), float(med[i - 1]),
-                    float(med[i + 1])) for i in lone_at)
+  def slower(a, b):            # n[a] slower than n[b] by more than noise (either order)
+    return med[a] - med[b] > k * max(float(np.hypot(se[a], se[b])), curve_s)
+
+  def lone_at(i):              # the step pair i is a lone count beside it, or None
+    n = t.size
+    if (i >= 1 and not is_step_between(i - 1, i + 1) and slower(i, i - 1)
+        and (i < 2 or slower(i, i - 2))):
+      return Lone(int(t[i]), int(t[i - 1]), int(t[i + 1]), float(med[i]), float(med[i - 1]),
+                  float(med[i + 1]), slow=True)
+    if (i + 2 < n and not is_step_between(i, i + 2) and slower(i + 2, i + 1)
+        and (i + 3 >= n or slower(i + 3, i + 1))):
+      return Lone(int(t[i + 1]), int(t[i]), int(t[i + 2]), float(med[i + 1]), float(med[i]),
+                  float(med[i + 2]), slow=False)
+    return None
+
+  found = {i: lone_at(i) for i in np.flatnonzero(is_step)}
+  lone = tuple(c for c in found.values() if c is not None)
   steps = tuple(Step(int(t[i]), int(t[i + 1]), float(med[i]), float(med[i + 1]),
-                     float(noise[i])) for i in np.flatnonzero(is_step) if i not in lone_at)
+                     float(noise[i])) for i, c in found.items() if c is None)
 
   def span_flat(i, j):  # the whole span n[i] -> n[j + 1] changes within noise
     span_noise = max(float(np.hypot(se[i], se[j + 1])), curve_s)
