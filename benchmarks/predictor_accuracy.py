@@ -25,8 +25,9 @@ check measured (`solve_stage.fit_drop_scale`), scored on frontier schedules it d
 Calibration time is reported as a share of the profile time (the block-table profile).
 
 Prints a markdown table and writes JSON (--out), rewritten after every phase of every row with
-`"complete": false` until the run ends (a cut run keeps what it measured). Numbers depend on the machine and its load: run
-on an idle machine.
+`"complete": false` until the run ends (a cut run keeps what it measured: the calibrated model's
+held-out errors come first, the block table is profiled after them). Numbers depend on the
+machine and its load: run on an idle machine.
 """
 from __future__ import annotations
 
@@ -134,17 +135,13 @@ def _interleaved(cfg, params, method, batch, grid, lm, held, tcfg, threads, seed
 
 def run_one(cfg, params, batch, methods, *, num, num_cal, tcfg, threads, seed, data, floor,
             quick, log, rows: List[Dict[str, Any]], save: Callable[[], None]) -> None:
-  """Appends one row per method to `rows`, filled in phase by phase (held-out latency; the
-  interleaved refit; vit_digits: the frontier and the choice), and calls `save()` after each
-  phase, so that a run cut short (a GPU lease's deadline) keeps every phase it finished."""
+  """Appends one row per method to `rows`, filled in phase by phase (the calibrated model on the
+  held-out schedules; the per-block sum, whose block table is profiled after the first method's
+  held-out phase; the interleaved refit; vit_digits: the frontier and the choice), and calls
+  `save()` after each phase, so that a run cut short (a GPU lease's deadline: a DeiT-S graph
+  compiles in ~6 s there) keeps every phase it finished, the calibrated model's first."""
   grid = _grid(cfg, quick)
-  t0 = time.perf_counter()
-  block_prof = runner.profile_batch(
-      runner.ProfileSpec(cfg=cfg, batch_sizes=(batch,), mode="block", tokens=tuple(grid),
-                         timing=tcfg, threads=threads, seed=seed), batch, params,
-      progress=False)
-  profile_s = time.perf_counter() - t0
-  table = records.block_table(block_prof, batch)
+  table, profile_s = None, None
   for method in methods:
     t0 = time.perf_counter()
     lm, cal_prof = lm_lib.calibrate(cfg, params, method=method, batch_size=batch,
@@ -158,18 +155,28 @@ def run_one(cfg, params, batch, methods, *, num, num_cal, tcfg, threads, seed, d
     row = {"model": cfg.name, "batch_size": batch, "method": method,
            "num_heldout": len(held), "num_calibration": num_cal,
            "num_calibration_graphs": len(lm.calibration),   # + the full graph and the curve's
-           "calibration_s": cal_s, "profile_s": profile_s,
-           "calibration_share": cal_s / profile_s,
+           "calibration_s": cal_s,
            "latency_model": dict(lm.summary(),
                                  calibration=[list(c) for c in lm.calibration]),
            "heldout": {"calibrated": _errors([lm.predict(c) for c in held], meas),
-                       "anchored": dict(_errors(anchored, meas), speed_ratio=ratio),
-                       "block_sum": _errors([predict_lib.predict(table, Schedule(c))
-                                             for c in held], meas)},
-           "schedules": [{"counts": list(c), "measured_s": m, "calibrated_s": lm.predict(c),
-                          "block_sum_s": predict_lib.predict(table, Schedule(c))}
+                       "anchored": dict(_errors(anchored, meas), speed_ratio=ratio)},
+           "schedules": [{"counts": list(c), "measured_s": m, "calibrated_s": lm.predict(c)}
                          for c, m in zip(held, meas)]}
     rows.append(row)
+    save()
+    if table is None:
+      t0 = time.perf_counter()
+      block_prof = runner.profile_batch(
+          runner.ProfileSpec(cfg=cfg, batch_sizes=(batch,), mode="block", tokens=tuple(grid),
+                             timing=tcfg, threads=threads, seed=seed), batch, params,
+          progress=False)
+      profile_s = time.perf_counter() - t0
+      table = records.block_table(block_prof, batch)
+    block_sum = [predict_lib.predict(table, Schedule(c)) for c in held]
+    row.update(profile_s=profile_s, calibration_share=cal_s / profile_s)
+    row["heldout"]["block_sum"] = _errors(block_sum, meas)
+    for sched, b in zip(row["schedules"], block_sum):
+      sched["block_sum_s"] = b
     save()
     h = row["heldout"]
     log(f"{cfg.name} b{batch} {method}: held-out |err| calibrated median "
@@ -411,15 +418,16 @@ def table(rows) -> str:
         f"| {r['model']} | {r['batch_size']} | {r['method']} | {r['num_heldout']} | "
         f"{e(r['heldout']['calibrated'])} | {_anchored_cell(r['heldout'])} | "
         f"{e(r['heldout']['interleaved']) if 'interleaved' in r['heldout'] else '-'} | "
-        f"{e(r['heldout']['block_sum'])} | "
+        f"{e(r['heldout']['block_sum']) if 'block_sum' in r['heldout'] else '-'} | "
         + (f"{100 * fr['latency']['calibrated']['median']:.1f}% / "
            f"{100 * fr['latency']['calibrated']['p90']:.1f}% | "
            f"{fr['accuracy_error_points']['mean']:.2f} / "
            f"{fr['accuracy_error_points']['max']:.2f} | " if fr else "- | - | ")
         + (_corrected(fr) if fr else "- | ")
         + (_choice_cell(ch) if ch else "- | ")
-        + f"{r['calibration_s']:.1f}s / {r['profile_s']:.1f}s "
-          f"({100 * r['calibration_share']:.0f}%) |")
+        + (f"{r['calibration_s']:.1f}s / {r['profile_s']:.1f}s "
+           f"({100 * r['calibration_share']:.0f}%) |" if "profile_s" in r else
+           f"{r['calibration_s']:.1f}s / - |"))
   return "\n".join(lines)
 
 

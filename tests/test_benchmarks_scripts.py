@@ -250,12 +250,14 @@ def test_predictor_accuracy_quick(tmp_path, capsys, monkeypatch):
       [f"--compile_cache_dir={cache}"] if cache else [])))
   assert jax.config.jax_compilation_cache_dir == cache or not cache
   # Written after every phase (it wrote once, at the end: a GPU stage cut by its deadline lost
-  # everything): held-out latency, then the interleaved refit, then the frontier; complete last.
-  assert [d["complete"] for d in written] == [False, False, False, True]
-  assert [sorted(d["rows"][0]["heldout"]) for d in written[:2]] == [
-      ["anchored", "block_sum", "calibrated"], ["anchored", "block_sum", "calibrated",
-                                                "interleaved"]]
-  assert ["frontier" in d["rows"][0] for d in written] == [False, False, True, True]
+  # everything): the calibrated model on the held-out schedules first (the block table, whose
+  # 2 graphs per count came first, after it), then the interleaved refit, then the frontier.
+  assert [d["complete"] for d in written] == [False, False, False, False, True]
+  assert [sorted(d["rows"][0]["heldout"]) for d in written[:3]] == [
+      ["anchored", "calibrated"], ["anchored", "block_sum", "calibrated"],
+      ["anchored", "block_sum", "calibrated", "interleaved"]]
+  assert ["profile_s" in d["rows"][0] for d in written] == [False, True, True, True, True]
+  assert ["frontier" in d["rows"][0] for d in written] == [False, False, False, True, True]
   cut = tmp_path / "cut"
   cut.mkdir()                                  # what a cut stage leaves: tabulated, and said
   (cut / "predictor_accuracy_pomt.json").write_text(json.dumps(written[0]))
@@ -264,7 +266,9 @@ def test_predictor_accuracy_quick(tmp_path, capsys, monkeypatch):
   said = gpu_report.to_markdown(report)
   assert "(cut before the end, rows hold the phases measured: predictor_accuracy_pomt.json)" in said
   row_line = next(ln for ln in said.splitlines() if ln.startswith("| vit_digits | 1 | pomt |"))
-  assert row_line.split(" | ")[6] == "-"         # the interleaved column, not measured
+  cells = row_line.split(" | ")
+  assert cells[6] == cells[7] == "-"            # interleaved and block sum: not measured yet
+  assert cells[-1].endswith("s / - |")          # nor the block table's profile time
   stdout = capsys.readouterr().out
   assert "| vit_digits | 1 | pomt |" in stdout and "block sum" in stdout
   assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
