@@ -92,7 +92,8 @@ TEXT_COLUMNS = ("model", "device_kind", "platform", "dtype", "variant", "method"
 
 def benchmark_rows(paths: List[str]) -> List[Dict[str, Any]]:
   """The rows of every benchmark CSV (`vitprune.benchmark.CSV_COLUMNS`), numbers as numbers
-  (an empty cell: None)."""
+  (an empty cell: None), by model, batch size (as a number: b8 before b64) and dtype, each
+  table's variants in its order."""
   rows = []
   for path in sorted(paths):
     with open(path, newline="") as f:
@@ -106,7 +107,7 @@ def benchmark_rows(paths: List[str]) -> List[Dict[str, Any]]:
         except (TypeError, ValueError):
           raise ValueError(f"{path}, line {i}: not a benchmark row (a number column holds "
                            "text)") from None
-  return rows
+  return sorted(rows, key=lambda r: (r["model"], r["batch_size"], r["dtype"]))  # (stable)
 
 
 def collect(out_dir: str) -> Dict[str, Any]:
@@ -158,7 +159,7 @@ def to_markdown(doc: Dict[str, Any]) -> str:
                  + (f", jax {', '.join(jax_versions)}" if jax_versions else ""))
   if doc["profiles"]:
     lines += ["", "| model | dtype | batch | counts | ms at max tokens | ms at min tokens | "
-                  "largest steps (n -> n', saving) | steps | lone slow counts | compile s per "
+                  "largest steps (n -> n', saving) | steps | lone counts | compile s per "
                   "shape (median / p90 / max; wall, threads overlap) |",
               "|---|---|---:|---:|---|---|---|---:|---|---|"]
     for r in doc["profiles"]:

@@ -664,3 +664,20 @@ def test_gpu_report_names_the_lone_slow_counts():
   assert "| none above noise | 0 | 130, 66 | 6.00 / 7.00 / 8.00 |" in line
   row["lone_counts"] = []
   assert "| 0 | - | 6.00" in gpu_report.to_markdown(doc).splitlines()[-1]
+
+
+def test_gpu_report_orders_the_benchmark_tables_by_batch_size(tmp_path):
+  """gpu_suite.sh writes benchmark/b1, b8, b64: read in path order, batch 64 came before 8."""
+  from benchmarks import gpu_report  # pylint: disable=g-import-not-at-top
+  from vitprune import benchmark as bench  # pylint: disable=g-import-not-at-top
+  for batch in (1, 8, 64):
+    rows = [{k: "" for k in bench.CSV_COLUMNS} for _ in range(2)]
+    for row, variant in zip(rows, ("unpruned", "pomt")):
+      row.update(model="deit_small_patch16_224", dtype="float32", batch_size=batch,
+                 variant=variant, latency_median_ms=1.0)
+    (tmp_path / f"b{batch}").mkdir()
+    (tmp_path / f"b{batch}" / "t.csv").write_text(bench.to_csv(rows))
+  got = gpu_report.benchmark_rows([str(p) for p in tmp_path.glob("*/t.csv")])
+  assert [(r["batch_size"], r["variant"]) for r in got] == [
+      (1, "unpruned"), (1, "pomt"), (8, "unpruned"), (8, "pomt"), (64, "unpruned"),
+      (64, "pomt")]
