@@ -133,10 +133,15 @@ def main(f: flags.FlagValues):
                                    for k in ("csv", "md", "png")})   # before the work
   print(f"{cfg.name} ({common.shown(source)}): {len(variants)} variants x batch {batch_sizes} "
         f"x {dtypes}")
+  provenance = bench.provenance_lines(
+      weights_source=source, params_sha256=params_sha256(params),
+      data_info=data.info if data is not None else None, device=device_info(),
+      command=common.command_line("experiments.benchmark", f))
   rows = bench.run_benchmark(spec, params, variants, data=data, progress=f.progress)
-  print(bench.to_markdown(rows))        # (before the files: a write refused at the end
-  paths = bench.write_outputs(            # keeps the measured table on stdout)
-      rows, f.out_dir, note=lambda text: print(f"note: {common.shown(text)}"))
+  print(bench.to_markdown(rows, provenance))  # (before the files: a write refused at the end
+  paths = bench.write_outputs(                  # keeps the measured table on stdout)
+      rows, f.out_dir, note=lambda text: print(f"note: {common.shown(text)}"),
+      provenance=provenance)
   print(f"wrote {common.shown(paths['csv'])}, {common.shown(paths['md'])}, "
         f"{common.shown(paths['png'])}")
   return rows

@@ -180,8 +180,16 @@ def _read_outputs(out_dir):
   return stem, rows, md, png
 
 
+def _provenance(md):
+  """The markdown's lines before its table (what measured it), without their '- '."""
+  head = md.split("\n\n", 1)[0].split("\n")
+  assert all(l.startswith("- ") for l in head)
+  return [l[2:] for l in head]
+
+
 def _parse_markdown(md):
   lines = md.strip().split("\n")
+  lines = lines[lines.index("") + 1:] if "" in lines else lines     # after the provenance
   cells = [[c.strip() for c in l.strip().strip("|").split("|")] for l in lines]
   assert all(l.startswith("|") and l.endswith("|") for l in lines)
   assert all(len(c) == len(B.MD_COLUMNS) for c in cells)
@@ -235,6 +243,15 @@ def test_cli_labelled_run(tmp_path, capsys):
   table = _parse_markdown(md)
   assert len(table) == len(rows)
   assert [t["variant"] for t in table] == [r["variant"] for r in rows]
+  # What measured the table (a table alone named neither the weights nor the images).
+  from vitprune import estimate as estimate_lib  # pylint: disable=g-import-not-at-top
+  images = estimate_lib.load_eval_data("digits", num_images=20, seed=0, num_classes=10)
+  weights, data, device, command = _provenance(md)
+  assert weights.endswith(f"(parameters sha256 {params_sha256(init_params(TINY, 0))[:12]})")
+  assert data == (f"data: {images.info['source']} (20 images, labelled, fingerprint "
+                  f"{images.info['fingerprint'][:12]})")
+  assert device.startswith("device: cpu (cpu), jax ")
+  assert command.startswith("command: `python -m experiments.benchmark --batch_size=1,2 ")
   assert table[0]["change vs unpruned"] == "+0.0%" and table[0]["agreement"] == "1.0000"
   assert table[1]["tokens per layer"] == "17,11,11" and table[1]["schedule"] == "`keep@0:11`"
   printed = capsys.readouterr().out
@@ -251,6 +268,7 @@ def test_cli_latency_only(tmp_path):
              for r in rows)
   assert [t["accuracy"] for t in _parse_markdown(md)] == ["–"] * 3
   assert rows[0]["counts"] == "19,19,19" and png[:4] == b"\x89PNG"
+  assert _provenance(md)[1] == "data: none (latency only)"
 
 
 @pytest.mark.parametrize("argv,match", [
@@ -432,3 +450,19 @@ def test_a_table_of_other_settings_is_replaced_with_a_note(tmp_path, capsys):
   os.mkfifo(tmp_path / "fifo.csv")
   for other in ("none.csv", "foreign.csv", "fifo.csv"):
     assert B.replaced_table_note(str(tmp_path / other), rows) is None
+  # Other weights or images (a table named neither: another --weights or --seed replaced it
+  # without a word): the markdown's provenance lines name them.
+  capsys.readouterr()
+  _run(base + ["--batch_size=2,16", "--dtype=bfloat16", "--seed=1"])
+  out = capsys.readouterr().out
+  assert (f"note: replacing {csv_path}, a table of weights init_params(seed=0) (parameters sha256 "
+          in out and "(this run: weights init_params(seed=1) (parameters sha256 " in out)
+  md_path = str(tmp_path / "test_tiny_vit_cpu.md")
+  said = B.replaced_table_note(str(csv_path), rows, md_path, ["data: sklearn_digits (20 ...)",
+                                                              "weights: init_params(seed=1) ("])
+  assert "a table of data none (latency only); weights init_params(seed=1) (parameters" in said
+  assert said.endswith("(this run: data sklearn_digits (20 ...); weights init_params(seed=1) "
+                       "(); choose another --out_dir to keep both")
+  # A markdown written before the provenance lines: nothing to compare, no note.
+  (tmp_path / "test_tiny_vit_cpu.md").write_text("| batch |\n")
+  assert B.replaced_table_note(str(csv_path), rows, md_path, ["weights: x"]) is None

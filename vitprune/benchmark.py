@@ -459,9 +459,12 @@ MD_COLUMNS = ("batch", "dtype", "variant", "method", "schedule", "latency ms (me
               "change vs unpruned", "accuracy", "agreement", "KL", "tokens per layer")
 
 
-def to_markdown(rows: Sequence[Dict[str, Any]]) -> str:
-  """GitHub markdown table, one line per row (columns `MD_COLUMNS`); '–' where not measured."""
-  lines = ["| " + " | ".join(MD_COLUMNS) + " |",
+def to_markdown(rows: Sequence[Dict[str, Any]], provenance: Sequence[str] = ()) -> str:
+  """GitHub markdown table, one line per row (columns `MD_COLUMNS`); '–' where not measured.
+  `provenance`: lines said first (which weights, data, device and command measured the table;
+  `provenance_lines`), each a list item."""
+  lines = [f"- {line}" for line in provenance] + ([""] if provenance else [])
+  lines += ["| " + " | ".join(MD_COLUMNS) + " |",
            "|" + "|".join("---:" if c in ("batch", "change vs unpruned", "accuracy",
                                           "agreement", "KL") else "---" for c in MD_COLUMNS)
            + "|"]
@@ -472,6 +475,23 @@ def to_markdown(rows: Sequence[Dict[str, Any]]) -> str:
              _fmt(r["agreement"], ".4f"), _fmt(r["kl"], ".4f"), r["counts"]]
     lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+def provenance_lines(*, weights_source: str, params_sha256: str,
+                     data_info: Optional[Dict[str, Any]], device: Dict[str, str],
+                     command: str) -> List[str]:
+  """What measured a table, for `to_markdown`: the weights (source, sha256 of the parameters),
+  the data (source, images, fingerprint; or none: latency only), device and jax, the command
+  (a table alone named none of them: the same model with other weights or images gave another
+  table under the same name)."""
+  data = ("none (latency only)" if data_info is None else
+          f"{data_info['source']} ({data_info['num_examples']} images, "
+          f"{'labelled' if data_info['labelled'] else 'unlabelled'}, fingerprint "
+          f"{data_info['fingerprint'][:12]})")
+  return [f"weights: {weights_source} (parameters sha256 {params_sha256[:12]})",
+          f"data: {data}",
+          f"device: {device['device_kind']} ({device['platform']}), jax {device['jax_version']}",
+          f"command: `{command}`"]
 
 
 def plot_png(rows: Sequence[Dict[str, Any]]) -> bytes:
@@ -561,11 +581,28 @@ def _table_settings(rows: Sequence[Dict[str, Any]]) -> Dict[str, str]:
           "number of images evaluated": values("num_examples")}
 
 
-def replaced_table_note(csv_path: str, rows: Sequence[Dict[str, Any]]) -> Optional[str]:
+def _provenance_of(md_path: Optional[str]) -> Dict[str, str]:
+  """{'weights': ..., 'data': ...} from the provenance lines heading a markdown table we wrote
+  (`to_markdown`), {} where there are none (a table written before them) or no file."""
+  if not md_path or os.path.islink(md_path) or not os.path.isfile(md_path):
+    return {}
+  try:
+    with open(md_path, encoding="utf-8") as f:
+      head = [f.readline() for _ in range(4)]
+  except (OSError, UnicodeDecodeError):
+    return {}
+  return dict(line[2:].rstrip("\n").split(": ", 1) for line in head
+              if line.startswith(("- weights: ", "- data: ")))
+
+
+def replaced_table_note(csv_path: str, rows: Sequence[Dict[str, Any]],
+                        md_path: Optional[str] = None, provenance: Sequence[str] = ()
+                        ) -> Optional[str]:
   """'replacing <csv_path>, a table of ...' when our table there (a regular file starting with
   our header; anything else is `check_replaceable_outputs`' to refuse, never opened here) was
-  measured with other batch sizes, dtypes, variants or number of images than `rows` (a run
-  with other settings replaced it without a word), else None."""
+  measured with other batch sizes, dtypes, variants or number of images than `rows` or, where
+  its markdown (`md_path`) and this run (`provenance`) both name them, other weights or data (a
+  run with other settings replaced it without a word), else None."""
   if os.path.islink(csv_path) or not os.path.isfile(csv_path):
     return None
   try:
@@ -576,6 +613,11 @@ def replaced_table_note(csv_path: str, rows: Sequence[Dict[str, Any]]) -> Option
   except (OSError, UnicodeDecodeError, csv.Error):
     return None
   old, new = _table_settings(old_rows), _table_settings(rows)
+  had = _provenance_of(md_path)
+  given = dict(line.split(": ", 1) for line in provenance
+               if line.startswith(("weights: ", "data: ")))
+  for k in sorted(set(had) & set(given)):
+    old[k], new[k] = had[k], given[k]
   if old == new:
     return None
   what = ("an empty table" if not old_rows else "a table of " + "; ".join(
@@ -587,18 +629,21 @@ def replaced_table_note(csv_path: str, rows: Sequence[Dict[str, Any]]) -> Option
 
 def write_outputs(rows: Sequence[Dict[str, Any]], out_dir: str,
                   stem: Optional[str] = None,
-                  note: Optional[Callable[[str], None]] = None) -> Dict[str, str]:
+                  note: Optional[Callable[[str], None]] = None,
+                  provenance: Sequence[str] = ()) -> Dict[str, str]:
   """`<stem>.csv`, `<stem>.md` and `<stem>.png` in `out_dir`, published together (a kill leaves
   the old three or the new three); everything is rendered first -> {'csv', 'md', 'png': path}.
-  `note` gets `replaced_table_note` when the table replaced was measured with other settings."""
+  `note` gets `replaced_table_note` when the table replaced was measured with other settings;
+  `provenance` lines head the markdown (`provenance_lines`)."""
   stem = stem or output_stem(rows)
-  data = {"png": plot_png(rows), "csv": to_csv(rows).encode(), "md": to_markdown(rows).encode()}
+  data = {"png": plot_png(rows), "csv": to_csv(rows).encode(),
+          "md": to_markdown(rows, provenance).encode()}
   paths = {k: os.path.join(out_dir, f"{stem}.{k}") for k in data}
   check_replaceable_outputs(paths)
   names = [os.path.basename(paths[k]) for k in ("png", "md", "csv")]   # the CSV (our header) last
   with atomic.locked(paths["csv"]):                                     # published together
     check_replaceable_outputs(paths)              # (again: the run may have taken minutes)
-    said = replaced_table_note(paths["csv"], rows)
+    said = replaced_table_note(paths["csv"], rows, paths["md"], provenance)
     if said and note:
       note(said)
     with atomic.staged_files(os.path.dirname(os.path.abspath(paths["csv"])), names[-1],
