@@ -22,7 +22,10 @@ accuracy error (points) of the combination model vs measured; the floor choice i
 loop (`solve_stage.check_in_loop`) and its measured accuracy compared with --accuracy_floor.
 "corrected": the combination model after the drop correction fitted on the schedules the floor
 check measured (`solve_stage.fit_drop_scale`), scored on frontier schedules it did not measure.
-Calibration time is reported as a share of the profile time (the block-table profile).
+Calibration time is reported as a share of the profile time (the block-table profile; both after
+one warm-up compile, so neither carries the process's start-up; the profile, measured after the
+first calibration, loads the 3 whole-model graphs of its predictor check from the compile cache
+where the calibration's curve compiled them).
 
 Prints a markdown table and writes JSON (--out), rewritten after every phase of every row with
 `"complete": false` until the run ends (a cut run keeps what it measured: the calibrated model's
@@ -40,6 +43,7 @@ from absl import flags
 
 from experiments import common
 from vitprune import atomic
+from vitprune import jsonio
 from vitprune import memory
 from vitprune import solve_stage
 from vitprune import estimate as estimate_lib
@@ -300,6 +304,11 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     check_draws(get_config(name), methods, *_schedule_counts(f, get_config(name), quick),
                 quick=quick, seed=f.seed)
   rows: List[Dict[str, Any]] = []
+  finished_there = _holds_finished(f.out)
+  if finished_there:
+    print(f"note: {common.shown(f.out)} holds a finished result: this run replaces it when it "
+          "finishes, not phase by phase")
+  timing.warm_up()     # the process's first compile is no phase's (it made calibration look slow)
   t_all = time.perf_counter()
 
   def document(complete: bool) -> Dict[str, Any]:
@@ -309,7 +318,8 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
             "quick": quick, "rounds": f.rounds, "rows": rows}
 
   def save():   # every finished phase, replaced whole (atomic): a cut run keeps them
-    common.write_result(f.out, document(False), RESULT_FORMAT, indent=1)
+    if not finished_there:
+      common.write_result(f.out, document(False), RESULT_FORMAT, indent=1)
 
   for name in models:
     if name == "vit_digits":
@@ -338,6 +348,16 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   common.write_result(f.out, doc, RESULT_FORMAT, indent=1)
   print(f"wrote {f.out}")
   return doc
+
+
+def _holds_finished(path: str) -> bool:
+  """Whether `path` holds a finished result of this benchmark (a cut re-run, writing phase by
+  phase, replaced it with less)."""
+  try:
+    doc = jsonio.read_json(path, "predictor accuracy results", ValueError)
+  except (OSError, ValueError):
+    return False
+  return doc.get("format") == RESULT_FORMAT and doc.get("complete", True) is True
 
 
 def _schedule_counts(f: flags.FlagValues, cfg, quick: bool) -> Tuple[int, int]:
@@ -400,11 +420,11 @@ def _choice_cell(ch: Dict[str, Any]) -> str:
 
 def table(rows) -> str:
   """The markdown table of the rows."""
-  head = ("| model | batch | method | held-out | calibrated |err| median / p90 / within 10% | "
+  head = ("| model | batch | method | held-out | calibrated \\|err\\| median / p90 / within 10% | "
           "anchored on the full graph re-timed (speed ratio) | "
           "same, calibrated and measured interleaved | "
-          "block sum |err| median / p90 / within 10% | frontier calibrated median / p90 | "
-          "accuracy |err| mean / max (points) | corrected (held-out) | "
+          "block sum \\|err\\| median / p90 / within 10% | frontier calibrated median / p90 | "
+          "accuracy \\|err\\| mean / max (points) | corrected (held-out) | "
           "choice meets floor (measured) | calibration / profile time |")
   lines = [head, "|" + "---|" * 13]
 

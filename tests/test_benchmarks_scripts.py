@@ -293,6 +293,21 @@ def test_predictor_accuracy_quick(tmp_path, capsys, monkeypatch):
   assert 0 <= acc["mean"] <= acc["max"]
   assert row["choice"]["meets_floor"] == (row["choice"]["measured_accuracy"] >=
                                           row["choice"]["floor"])
+  # A re-run cut after its first phase replaced the finished result with that phase alone: a
+  # finished result is replaced only by another finished one.
+  from vitprune.profile import runner  # pylint: disable=g-import-not-at-top
+  finished = out.read_text()
+
+  def interrupt(*a, **kw):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(runner, "profile_batch", interrupt)
+  capsys.readouterr()
+  with pytest.raises(KeyboardInterrupt):
+    pa.main(common.parse(pa.define_flags, ["--quick", f"--out={out}"] + (
+        [f"--compile_cache_dir={cache}"] if cache else [])))
+  assert out.read_text() == finished and len(written) == 5       # (no write made)
+  assert f"note: {out} holds a finished result: this run replaces it when it finishes" in (
+      capsys.readouterr().out)
 
 
 def test_predictor_accuracy_table_says_a_missed_floor_with_the_right_sign():

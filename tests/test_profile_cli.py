@@ -246,6 +246,13 @@ def test_resume_measures_only_what_a_killed_run_did_not(tmp_path, monkeypatch, c
   (wider,) = _run(tmp_path / "bounded", *bounded[:2], "--coarse_stride=3", "--max_points=11",
                   *bounded[4:], "--resume")
   assert sum(map(len, calls)) == 3 and len(wider.points) == 11
+  # Mode block: the whole-model checks were measured by the first run (a resume with another
+  # stride compiled one more, at the middle count of its own coarse grid).
+  block = ["--mode=block", "--tokens=all", "--adaptive", "--max_points=8", "--chunk_points=2"]
+  _run(tmp_path / "block", *block, "--coarse_stride=4")
+  calls.clear()
+  _run(tmp_path / "block", *block, "--coarse_stride=3", "--resume")
+  assert calls == []
 
 
 def test_a_run_stopped_between_two_writes_is_brought_in_step(tmp_path, capsys):

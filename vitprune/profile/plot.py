@@ -48,7 +48,7 @@ def plot_profile(profile: records.Profile, path: str, *, component: Optional[str
       if s["component"] == component and s["batch_size"] == b:
         ax.axvline(s["n_from"], color=color, alpha=0.25, lw=1)
         ax.plot([s["n_from"]], [by_n[s["n_from"]]], "v", color=color, ms=6)
-    for c in profile.lone_counts:        # slower than both neighbours: not a step
+    for c in profile.lone_counts:        # out of line with both neighbours: not a step
       if c["component"] == component and c["batch_size"] == b:
         ax.plot([c["n"]], [by_n[c["n"]]], "x", color=color, ms=6)
   ax.set_xlabel("tokens kept (entering block 0)" if component == "model"

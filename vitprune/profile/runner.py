@@ -292,7 +292,8 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
   def measure(counts, *, first_chunk: bool, last: bool):
     nonlocal handed_last
     keys = _keys_for(spec, counts, first=False)
-    if first_chunk and spec.mode == "block":      # (of the whole phase, not of this chunk)
+    if (first_chunk and spec.mode == "block"      # (of the whole phase, not of this chunk)
+        and not any(k[0] == "model" for k in before)):  # (a resume: checked in the first run)
       keys += _block_checks(spec, first)
     keys = [k for k in keys if k not in before]
     if keys:
