@@ -92,8 +92,8 @@ TEXT_COLUMNS = ("model", "device_kind", "platform", "dtype", "variant", "method"
 
 def benchmark_rows(paths: List[str]) -> List[Dict[str, Any]]:
   """The rows of every benchmark CSV (`vitprune.benchmark.CSV_COLUMNS`), numbers as numbers
-  (an empty cell: None), by model, batch size (as a number: b8 before b64) and dtype, each
-  table's variants in its order."""
+  (an empty cell: None), by model and batch size (as a number: b8 before b64), each table's
+  dtypes and variants in its order."""
   rows = []
   for path in sorted(paths):
     with open(path, newline="") as f:
@@ -107,7 +107,7 @@ def benchmark_rows(paths: List[str]) -> List[Dict[str, Any]]:
         except (TypeError, ValueError):
           raise ValueError(f"{path}, line {i}: not a benchmark row (a number column holds "
                            "text)") from None
-  return sorted(rows, key=lambda r: (r["model"], r["batch_size"], r["dtype"]))  # (stable)
+  return sorted(rows, key=lambda r: (r["model"], r["batch_size"]))  # (stable: dtypes as run)
 
 
 def collect(out_dir: str) -> Dict[str, Any]:

@@ -686,13 +686,14 @@ def test_gpu_report_orders_the_benchmark_tables_by_batch_size(tmp_path):
   from benchmarks import gpu_report  # pylint: disable=g-import-not-at-top
   from vitprune import benchmark as bench  # pylint: disable=g-import-not-at-top
   for batch in (1, 8, 64):
-    rows = [{k: "" for k in bench.CSV_COLUMNS} for _ in range(2)]
-    for row, variant in zip(rows, ("unpruned", "pomt")):
-      row.update(model="deit_small_patch16_224", dtype="float32", batch_size=batch,
+    rows = [{k: "" for k in bench.CSV_COLUMNS} for _ in range(3)]
+    for row, (dtype, variant) in zip(rows, (("float32", "unpruned"), ("float32", "pomt"),
+                                            ("bfloat16", "unpruned"))):
+      row.update(model="deit_small_patch16_224", dtype=dtype, batch_size=batch,
                  variant=variant, latency_median_ms=1.0)
     (tmp_path / f"b{batch}").mkdir()
     (tmp_path / f"b{batch}" / "t.csv").write_text(bench.to_csv(rows))
   got = gpu_report.benchmark_rows([str(p) for p in tmp_path.glob("*/t.csv")])
-  assert [(r["batch_size"], r["variant"]) for r in got] == [
-      (1, "unpruned"), (1, "pomt"), (8, "unpruned"), (8, "pomt"), (64, "unpruned"),
-      (64, "pomt")]
+  assert [(r["batch_size"], r["dtype"][0], r["variant"]) for r in got] == [   # dtypes as run
+      (b, d, v) for b in (1, 8, 64) for d, v in (("f", "unpruned"), ("f", "pomt"),
+                                                ("b", "unpruned"))]
