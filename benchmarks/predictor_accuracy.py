@@ -29,8 +29,9 @@ where the calibration's curve compiled them).
 
 Prints a markdown table and writes JSON (--out), rewritten after every phase of every row with
 `"complete": false` until the run ends (a cut run keeps what it measured: the calibrated model's
-held-out errors come first, the block table is profiled after them). Numbers depend on the
-machine and its load: run on an idle machine.
+held-out errors come first, the block table is profiled after them), unless --out holds a
+finished result: that is replaced only when the run finishes (a cut run then keeps nothing).
+Numbers depend on the machine and its load: run on an idle machine.
 """
 from __future__ import annotations
 
@@ -307,7 +308,8 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   finished_there = _holds_finished(f.out)
   if finished_there:
     print(f"note: {common.shown(f.out)} holds a finished result: this run replaces it when it "
-          "finishes, not phase by phase")
+          "finishes, not phase by phase (if cut, it keeps nothing; choose another --out to keep "
+          "its phases)")
   timing.warm_up()     # the process's first compile is no phase's (it made calibration look slow)
   t_all = time.perf_counter()
 

@@ -463,6 +463,25 @@ def test_a_table_of_other_settings_is_replaced_with_a_note(tmp_path, capsys):
   assert "a table of data none (latency only); weights init_params(seed=1) (parameters" in said
   assert said.endswith("(this run: data sklearn_digits (20 ...); weights init_params(seed=1) "
                        "(); choose another --out_dir to keep both")
+  # The same weights from another folder (or checkout) are the same weights: compared by the
+  # sha256 of their parameters, not by their path.
+  same = [line.replace("init_params(seed=1)", "/elsewhere/weights") for line in
+          B.provenance_lines(weights_source="x", params_sha256=_provenance(open(md_path).read()
+                                                                           )[0].split()[-1][:-1],
+                             data_info=None, device={"device_kind": "cpu", "platform": "cpu",
+                                                     "jax_version": "0"}, command="c")]
+  assert B.replaced_table_note(str(csv_path), rows, md_path, same) is None
+  # A newline or a name that is not UTF-8 in a source or the command: escaped (the list was
+  # split; the write failed after the whole run).
+  lines = B.provenance_lines(weights_source="/w/a\nb", params_sha256="ab" * 32,
+                             data_info={"source": "/d/\udcff", "num_examples": 3,
+                                        "labelled": False, "fingerprint": "cd" * 32},
+                             device={"device_kind": "cpu", "platform": "cpu",
+                                     "jax_version": "0"}, command="python -m x --out=/\udcff")
+  assert lines[:2] == ["weights: /w/a\\nb (parameters sha256 abababababab)",
+                       "data: /d/\\udcff (3 images, unlabelled, fingerprint cdcdcdcdcdcd)"]
+  assert lines[3] == "command: `python -m x --out=/\\udcff`"
+  "\n".join(lines).encode()                  # (strict UTF-8, as the write encodes)
   # A markdown written before the provenance lines: nothing to compare, no note.
   (tmp_path / "test_tiny_vit_cpu.md").write_text("| batch |\n")
   assert B.replaced_table_note(str(csv_path), rows, md_path, ["weights: x"]) is None

@@ -253,6 +253,11 @@ def test_resume_measures_only_what_a_killed_run_did_not(tmp_path, monkeypatch, c
   calls.clear()
   _run(tmp_path / "block", *block, "--coarse_stride=3", "--resume")
   assert calls == []
+  # ... but a resume over a wider grid measures the checks at its new ends.
+  _run(tmp_path / "narrow", "--mode=block", "--tokens=9:17")
+  calls.clear()
+  (wide,) = _run(tmp_path / "narrow", "--mode=block", "--tokens=2:17", "--resume")
+  assert {p.tokens for p in wide.points if p.component == "model"} == {17, 13, 9, 2}
 
 
 def test_a_run_stopped_between_two_writes_is_brought_in_step(tmp_path, capsys):

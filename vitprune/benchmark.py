@@ -55,6 +55,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vitprune import atomic
+from vitprune import console
 from vitprune import estimate
 from vitprune import figure
 from vitprune import schedule as S
@@ -483,15 +484,17 @@ def provenance_lines(*, weights_source: str, params_sha256: str,
   """What measured a table, for `to_markdown`: the weights (source, sha256 of the parameters),
   the data (source, images, fingerprint; or none: latency only), device and jax, the command
   (a table alone named none of them: the same model with other weights or images gave another
-  table under the same name)."""
+  table under the same name). Names and the command are `console.printable` (a newline split
+  the list; a name that is not UTF-8 failed the write after the whole run)."""
+  shown = console.printable
   data = ("none (latency only)" if data_info is None else
-          f"{data_info['source']} ({data_info['num_examples']} images, "
+          f"{shown(str(data_info['source']))} ({data_info['num_examples']} images, "
           f"{'labelled' if data_info['labelled'] else 'unlabelled'}, fingerprint "
           f"{data_info['fingerprint'][:12]})")
-  return [f"weights: {weights_source} (parameters sha256 {params_sha256[:12]})",
+  return [f"weights: {shown(weights_source)} (parameters sha256 {params_sha256[:12]})",
           f"data: {data}",
           f"device: {device['device_kind']} ({device['platform']}), jax {device['jax_version']}",
-          f"command: `{command}`"]
+          f"command: `{shown(command)}`"]
 
 
 def plot_png(rows: Sequence[Dict[str, Any]]) -> bytes:
@@ -588,11 +591,20 @@ def _provenance_of(md_path: Optional[str]) -> Dict[str, str]:
     return {}
   try:
     with open(md_path, encoding="utf-8") as f:
-      head = [f.readline() for _ in range(4)]
+      head = [f.readline(4096) for _ in range(4)]
   except (OSError, UnicodeDecodeError):
     return {}
   return dict(line[2:].rstrip("\n").split(": ", 1) for line in head
               if line.startswith(("- weights: ", "- data: ")))
+
+
+def _identity(key: str, line: str) -> str:
+  """What a provenance value is compared by: the weights by their parameters' sha256 (the same
+  weights from another checkout or a copied folder are the same), the data by its fingerprint
+  (or the whole value: 'none (latency only)')."""
+  found = re.search(r"parameters sha256 ([0-9a-f]+)" if key == "weights" else
+                    r"fingerprint ([0-9a-f]+)", line)
+  return found.group(1) if found else line
 
 
 def replaced_table_note(csv_path: str, rows: Sequence[Dict[str, Any]],
@@ -617,7 +629,8 @@ def replaced_table_note(csv_path: str, rows: Sequence[Dict[str, Any]],
   given = dict(line.split(": ", 1) for line in provenance
                if line.startswith(("weights: ", "data: ")))
   for k in sorted(set(had) & set(given)):
-    old[k], new[k] = had[k], given[k]
+    if _identity(k, had[k]) != _identity(k, given[k]):
+      old[k], new[k] = had[k], given[k]
   if old == new:
     return None
   what = ("an empty table" if not old_rows else "a table of " + "; ".join(

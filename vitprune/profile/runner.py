@@ -292,9 +292,12 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
   def measure(counts, *, first_chunk: bool, last: bool):
     nonlocal handed_last
     keys = _keys_for(spec, counts, first=False)
-    if (first_chunk and spec.mode == "block"      # (of the whole phase, not of this chunk)
-        and not any(k[0] == "model" for k in before)):  # (a resume: checked in the first run)
-      keys += _block_checks(spec, first)
+    if first_chunk and spec.mode == "block":      # (of the whole phase, not of this chunk)
+      checks = _block_checks(spec, first)
+      if any(k[0] == "model" for k in before):   # a resume: its middle check was measured at
+        ends = (max(first), min(first)) if first else ()     # the first run's middle count
+        checks = [k for k in checks if k[0] != "model" or k[1] in ends]
+      keys += checks
     keys = [k for k in keys if k not in before]
     if keys:
       bar.total = max(bar.total, bar.n + 2 * len(keys))
