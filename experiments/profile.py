@@ -119,6 +119,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     "of every frontier schedule on the data (the solution then reports measured "
                     "accuracy for the whole frontier and the combined model's error).",
                     flag_values=fv)
+  flags.DEFINE_integer("loop_neighbours", pipeline.PipelineSpec.loop_neighbours,
+                       "Pipeline, --solver=multi with --accuracy_floor or --latency_budget: "
+                       "schedules on each side of the choice (frontier or measured) measured and "
+                       "timed in the loop with it (0: none, the choice rests on the predicted "
+                       "latency).", lower_bound=0, upper_bound=1000, flag_values=fv)
   flags.DEFINE_integer("refine_accuracy_rounds", 0, "Pipeline, --solver=multi: correct the "
                        "combined accuracy model from the measured frontier and re-solve, up to "
                        "this many rounds (0: off).", lower_bound=0, flag_values=fv)
@@ -127,7 +132,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 # Flags one side of --mode reads and the other would silently ignore.
 PIPELINE_ONLY = ("data", "num_images", "eval_batch_size", "alpha", "layer", "method", "solver",
                  "accuracy_floor", "latency_budget", "calibration_schedules", "measure_frontier",
-                 "refine_accuracy_rounds")
+                 "refine_accuracy_rounds", "loop_neighbours")
 GRID_ONLY = ("adaptive", "coarse_stride", "max_points", "chunk_points", "resume")  # model/block
 PROFILE_ONLY = ("schedule", "reducer", "compile_cache_dir") + GRID_ONLY
 
@@ -179,6 +184,10 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
     raise ValueError("--calibration_schedules applies to --solver=multi only")
   if f.refine_accuracy_rounds and f.solver != "multi":
     raise ValueError("--refine_accuracy_rounds applies to --solver=multi only")
+  if f["loop_neighbours"].present and (f.solver != "multi" or (
+      f.accuracy_floor is None and f.latency_budget is None)):
+    raise ValueError("--loop_neighbours applies to --solver=multi with --accuracy_floor or "
+                     "--latency_budget (the choices timed in the loop)")
   solve_stage.check_one_frontier_measurement(
       f.measure_frontier, f.refine_accuracy_rounds,
       ("--measure_frontier", "--refine_accuracy_rounds"))
@@ -199,7 +208,7 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
       seed=f.seed, solver=f.solver, accuracy_floor=f.accuracy_floor,
       latency_budget=f.latency_budget, measure_frontier=f.measure_frontier,
       calibration_schedules=f.calibration_schedules,
-      refine_accuracy_rounds=f.refine_accuracy_rounds)
+      refine_accuracy_rounds=f.refine_accuracy_rounds, loop_neighbours=f.loop_neighbours)
   spec.check(cfg)
   memory.check_batch_fits(cfg, [spec.batch_size], spec.dtype)
   memory.check_batch_fits(cfg, [spec.eval_batch_size], spec.dtype, flag="--eval_batch_size")

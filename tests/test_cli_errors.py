@@ -275,6 +275,12 @@ CASES = [
      "flag --chunk_points=-2: -2 is not a non-negative integer"),
     ("profile", ["--mode=model", "--max_points=40", "--out_dir={out}"], 1,
      "--max_points needs --adaptive"),
+    ("profile", ["--mode=model", "--loop_neighbours=3", "--out_dir={out}"], 1,
+     "--loop_neighbours applies to --mode=pipeline only, not --mode=model"),
+    ("profile", ["--loop_neighbours=3", "--out_dir={out}"], 1,    # (the paper solver)
+     "--loop_neighbours applies to --solver=multi with --accuracy_floor or --latency_budget"),
+    ("profile", ["--solver=multi", "--accuracy_floor=0.9", "--loop_neighbours=-1",
+                 "--out_dir={out}"], 2, "-1 is not an integer in the range [0, 1000]"),
 ]
 
 

@@ -328,6 +328,10 @@ def test_default_flags_run_the_pipeline_on_the_embedded_model():
   assert spec.tokens is None and spec.grid(cfg) == tuple(range(65, 1, -1))
   assert spec.layer == 3 and spec.method == "pomt" and spec.solver == "paper"
   assert spec.alpha == 0.5 and spec.num_images is None
+  assert spec.loop_neighbours == 2
+  *_, spec, _ = cli.pipeline_from_flags(_flags("--solver=multi", "--accuracy_floor=0.97",
+                                               "--loop_neighbours=4"))
+  assert spec.loop_neighbours == 4             # (the main job had no flag: always 2)
 
 
 def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys):
@@ -585,6 +589,8 @@ def test_pipeline_errors(tmp_path):
     cli.main(_flags(f"--out_dir={tmp_path}", "--calibration_schedules=8"))
   with pytest.raises(ERRORS, match="--refine_accuracy_rounds applies to --solver=multi only"):
     cli.main(_flags(f"--out_dir={tmp_path}", "--refine_accuracy_rounds=2"))
+  with pytest.raises(ERRORS, match="--loop_neighbours applies to --solver=multi with "):
+    cli.main(_flags(f"--out_dir={tmp_path}", "--solver=multi", "--loop_neighbours=1"))
   with pytest.raises(ERRORS, match="not both"):
     cli.main(_flags(f"--out_dir={tmp_path}", "--solver=multi", "--accuracy_floor=0.9",
            "--latency_budget=0.001"))

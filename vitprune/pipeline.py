@@ -119,6 +119,8 @@ class PipelineSpec:
       raise ValueError(f"threads must be >= 1, got {self.threads}")
     if self.loop_rounds < 1:
       raise ValueError(f"loop_rounds must be >= 1, got {self.loop_rounds}")
+    if self.loop_neighbours < 0:
+      raise ValueError(f"loop_neighbours must be >= 0, got {self.loop_neighbours}")
     latency_model_lib.check_calibration_count(self.calibration_schedules,
                                               "calibration_schedules")
     if self.layer < 0:
