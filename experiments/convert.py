@@ -11,6 +11,7 @@ and a message on stderr, without a traceback.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Optional, Sequence
 
 from absl import flags
@@ -81,6 +82,10 @@ def run(model: str, checkpoint: str, *, img_size: Optional[int] = None,
     v = meta["verified"]
     print(f"verify: {v['kind']} {tuple(v['shape'])}, mean {v['mean']:+.6f}, std {v['std']:.6f}"
           + (f", top-1 class {v['top1']}" if v.get("top1") is not None else ""))
+    if v["input_independent"]:
+      print(f"warning: verify: the {v['kind']} are the same for two different images: the model "
+            "ignores its input (a zeroed head, as a checkpoint made for fine-tuning has, or "
+            "weights that did not load as meant)", file=sys.stderr)
   return path
 
 

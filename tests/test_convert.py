@@ -673,6 +673,13 @@ def test_cli_run_and_errors(tmp_path, capsys):
   text = capsys.readouterr().out
   n = sum(v.size for v in sd.values())
   assert f"{n:,} parameters" in text and "verify: logits (1, 10)" in text
+  assert "ignores its input" not in capsys.readouterr().err
+  save_file(dict(sd, **{"head.weight": np.zeros_like(sd["head.weight"])}), str(src))
+  cli.run("test_tiny_vit", str(src), out=str(tmp_path / "w0"), verify=True)
+  assert capsys.readouterr().err == (
+      "warning: verify: the logits are the same for two different images: the model ignores "
+      "its input (a zeroed head, as a checkpoint made for fine-tuning has, or weights that did "
+      "not load as meant)\n")
   assert checkpoint.read_weights_config(out)[0] == cfg
   assert cli.default_out("vit_small_patch14_dinov2", 224, 518) == os.path.join(
       "weights", "vit_small_patch14_dinov2_224")
@@ -783,6 +790,12 @@ def test_non_finite_weights_impossible_sizes_and_failed_verify_write_nothing(tmp
       (1, 32, 32, 3)).astype(np.float32), cfg=cfg))
   assert meta["verified"]["top1"] == int(want.argmax())
   assert checkpoint.read_weights_config(path)[1]["verified"] == meta["verified"]
+  assert meta["verified"]["input_independent"] is False
+  # A zeroed head: finite logits, the same for every image (verify passed it without a word).
+  zeroed = dict(sd, **{"head.weight": np.zeros_like(sd["head.weight"])})
+  save_file(zeroed, str(src))
+  _, _, meta = convert.convert_checkpoint(cfg, str(src), str(out), verify=True, overwrite=True)
+  assert meta["verified"]["input_independent"] is True and meta["verified"]["std"] >= 0
 
 
 def test_overwrite_refuses_a_foreign_folder(tmp_path):

@@ -496,15 +496,19 @@ def convert_file(cfg: ViTConfig, path: str, *, drop_head: bool = False,
 
 
 def verify_forward(cfg: ViTConfig, params: Params) -> Dict[str, Any]:
-  """Runs the model on a fixed standard-normal image (seed 0) -> summary of its outputs;
-  raises ValueError if they are not finite."""
-  x = np.random.default_rng(0).standard_normal(
-      (1, cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32)
-  y = np.asarray(jitted_forward(params, x, cfg=cfg))
-  if not np.all(np.isfinite(y)):
+  """Runs the model on two fixed standard-normal images (seeds 0 and 1) -> summary of the first
+  one's outputs, and `input_independent`: whether both gave the same outputs (a model whose
+  outputs ignore the image: a zeroed head, or weights that did not load as meant; a summary of
+  finite numbers alone passed it). Raises ValueError if the outputs are not finite."""
+  x = np.stack([np.random.default_rng(seed).standard_normal(
+      (cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32) for seed in (0, 1)])
+  both = np.asarray(jitted_forward(params, x, cfg=cfg))
+  if not np.all(np.isfinite(both)):
     raise ValueError("verify: the converted model produced non-finite outputs")
+  y = both[:1]
   summary = {"input": "standard normal, seed 0", "kind": "logits" if cfg.num_classes else
-             "features", "shape": list(y.shape), "mean": float(y.mean()), "std": float(y.std())}
+             "features", "shape": list(y.shape), "mean": float(y.mean()), "std": float(y.std()),
+             "input_independent": bool(np.array_equal(both[0], both[1]))}
   if cfg.num_classes:
     summary["top1"] = int(y.argmax())
   return summary
