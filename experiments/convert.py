@@ -65,8 +65,8 @@ def run(model: str, checkpoint: str, *, img_size: Optional[int] = None,
   out = out or default_out(model, img_size, base.img_size)
   if img_size is not None:      # before reading the checkpoint, not numpy's bare MemoryError
     memory.check_conversion_fits(cfg, what=f"--img_size={img_size}")
-  if verify:   # one forward at batch 1: before any work, not out of memory after the conversion
-    memory.check_batch_fits(cfg, [1], "float32", what="--verify (one image through the model)")
+  if verify:   # one forward at batch 2: before any work, not out of memory after the conversion
+    memory.check_batch_fits(cfg, [2], "float32", what="--verify (two images through the model)")
   path, params, meta = convert_checkpoint(cfg, checkpoint, out, overwrite=overwrite,
                                           drop_head=drop_head, ignore_keys=ignore_keys,
                                           verify=verify)

@@ -144,7 +144,7 @@ CASES = [
      "max_shift 32 must be below the image size 32"),
     ("convert", ["--model=test_tiny_vit", "--checkpoint=none.safetensors", "--img_size=4096",
                  "--verify", "--out={out}"], 1,
-     "--verify (one image through the model) cannot fit in memory"),   # was an XLA OOM traceback
+     "--verify (two images through the model) cannot fit in memory"),   # was an XLA OOM traceback
     ("profile", ["--solver=multi", "--layer=2", "--accuracy_floor=0.9", "--out_dir={out}"], 1,
      "--layer applies to --solver=paper only"),           # ran, and the layer was not used
     ("profile", ["--solver=multi", "--alpha=0.2", "--accuracy_floor=0.9", "--out_dir={out}"], 1,
