@@ -122,8 +122,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("loop_neighbours", pipeline.PipelineSpec.loop_neighbours,
                        "Pipeline, --solver=multi with --accuracy_floor or --latency_budget: "
                        "schedules on each side of the choice (frontier or measured) measured and "
-                       "timed in the loop with it (0: none, the choice rests on the predicted "
-                       "latency).", lower_bound=0, upper_bound=1000, flag_values=fv)
+                       "timed in the loop with it (0: the choice alone is timed, and a budget "
+                       "still checked on its measurement).", lower_bound=0, upper_bound=1000,
+                       flag_values=fv)
   flags.DEFINE_integer("refine_accuracy_rounds", 0, "Pipeline, --solver=multi: correct the "
                        "combined accuracy model from the measured frontier and re-solve, up to "
                        "this many rounds (0: off).", lower_bound=0, flag_values=fv)

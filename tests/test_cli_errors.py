@@ -116,7 +116,7 @@ CASES = [
     ("solve", ["--profile=p", "--estimate=e", "--accuracy_floor=-1"], 2,
      "flag --accuracy_floor=-1: -1.0 is not a number in the range [0.0, 1.0]"),
     ("solve", ["--profile=p", "--estimate=e", "--loop_neighbours=-1"], 2,
-     "flag --loop_neighbours=-1: -1 is not a non-negative integer"),
+     "flag --loop_neighbours=-1: -1 is not an integer in the range [0, 1000]"),
     ("solve", ["--profile=p", "--estimate=e", "--eval_batch_size=0"], 2,
      "flag --eval_batch_size=0: 0 is not a positive integer"),
     ("estimate", ["--out_dir={out}", "--out_name=../escape.json"], 1,

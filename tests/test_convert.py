@@ -670,10 +670,11 @@ def test_cli_run_and_errors(tmp_path, capsys):
   src = tmp_path / "tiny.safetensors"
   save_file(sd, str(src))
   out = cli.run("test_tiny_vit", str(src), out=str(tmp_path / "w"), verify=True)
-  text = capsys.readouterr().out
+  said = capsys.readouterr()
+  text = said.out
   n = sum(v.size for v in sd.values())
   assert f"{n:,} parameters" in text and "verify: logits (1, 10)" in text
-  assert "ignores its input" not in capsys.readouterr().err
+  assert "ignores its input" not in said.err
   save_file(dict(sd, **{"head.weight": np.zeros_like(sd["head.weight"])}), str(src))
   cli.run("test_tiny_vit", str(src), out=str(tmp_path / "w0"), verify=True)
   assert capsys.readouterr().err == (
@@ -795,7 +796,7 @@ def test_non_finite_weights_impossible_sizes_and_failed_verify_write_nothing(tmp
   zeroed = dict(sd, **{"head.weight": np.zeros_like(sd["head.weight"])})
   save_file(zeroed, str(src))
   _, _, meta = convert.convert_checkpoint(cfg, str(src), str(out), verify=True, overwrite=True)
-  assert meta["verified"]["input_independent"] is True and meta["verified"]["std"] >= 0
+  assert meta["verified"]["input_independent"] is True
 
 
 def test_overwrite_refuses_a_foreign_folder(tmp_path):

@@ -492,6 +492,16 @@ def test_measurements_that_cannot_be_kept_leave_no_partial_folder(tmp_path, caps
          f"on device: '{tmp_path}/run.partial-" in out and ".tmp-" not in out
 
 
+def test_a_budget_is_checked_in_the_loop_with_no_neighbours(tmp_path):
+  """--loop_neighbours=0 skipped the budget's check: a budget no graph can meet ended normally,
+  the fastest schedule labelled 'utility'. The choice alone is timed now, and checked."""
+  from vitprune import solve_stage  # pylint: disable=g-import-not-at-top
+  with pytest.raises(solve_stage.BudgetNotMetError, match="latency budget"):
+    cli.main(_flags(f"--out_dir={tmp_path}", *FAST, "--tokens=65,33,17", "--num_images=40",
+                    "--eval_batch_size=20", "--solver=multi", "--latency_budget=1e-9",
+                    "--loop_neighbours=0"))
+
+
 def test_pipeline_refinement_without_a_floor(tmp_path, capsys):
   """A latency budget: the refinement chooses on measured accuracy, then the choice and its
   neighbours are timed in the loop (it rested on predicted latency)."""

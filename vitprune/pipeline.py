@@ -80,6 +80,7 @@ class PipelineSpec:
   # multi: compiled graphs fitting the latency model
   calibration_schedules: int = latency_model_lib.DEFAULT_CALIBRATION_SCHEDULES
   loop_neighbours: int = 2                 # multi + floor/budget: neighbours timed in the loop
+                                           # with the choice (0: the choice alone)
   loop_rounds: int = 5                     # ... and the verify stage's two graphs, in this many
                                            # interleaved rounds (TimingConfig.rounds)
   measure_frontier: bool = False           # multi: measure every frontier schedule's accuracy
@@ -340,7 +341,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     floor_checked = sol.basis == "measured" and spec.accuracy_floor is not None
     loop_kw = dict(neighbours=spec.loop_neighbours, num_images=len(data.indices))
     before, t0 = sol.chosen, time.perf_counter()
-    if floor_checked and spec.loop_neighbours > 0:
+    if floor_checked:
       sol = solve_stage.check_in_loop(
           sol, estimate, None, evaluate,
           schedule_timer(cfg, params, spec, make_reducer(spec.method)), **loop_kw)
@@ -351,7 +352,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           f"{1e3 * sol.chosen.predicted_latency_s:.4f} ms)"
           + ("" if sol.chosen.counts == before.counts else
              f", replacing the predicted-fastest {before.schedule}"))
-    if spec.latency_budget is not None and spec.loop_neighbours > 0:
+    if spec.latency_budget is not None:
       sol = solve_stage.check_budget_in_loop(
           sol, evaluate, schedule_timer(cfg, params, spec, make_reducer(spec.method)), **loop_kw)
       timed, rounds = sol.settings["timed_in_loop"], sol.settings["timed_rounds"]
