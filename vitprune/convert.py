@@ -507,7 +507,8 @@ def verify_forward(cfg: ViTConfig, params: Params) -> Dict[str, Any]:
     raise ValueError("verify: the converted model produced non-finite outputs")
   y = both[:1]
   summary = {"input": "standard normal, seed 0 (and seed 1 for input_independent)",
-             "kind": "logits" if cfg.num_classes else "features", "shape": list(y.shape), "mean": float(y.mean()), "std": float(y.std()),
+             "kind": "logits" if cfg.num_classes else "features", "shape": list(y.shape),
+             "mean": float(y.mean()), "std": float(y.std()),
              "input_independent": bool(np.array_equal(both[0], both[1]))}
   if cfg.num_classes:
     summary["top1"] = int(y.argmax())
