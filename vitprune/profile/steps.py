@@ -212,13 +212,15 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
   is_flat = ((np.abs(drop) <= k * noise) & (np.abs(drop) <= flat_rel * med[:-1])) & ~is_step
   se = median_se(iqr, cnt)
 
+  def noise_between(a, b):     # of the difference of n[a]'s and n[b]'s medians (any two counts)
+    return max(float(np.hypot(se[a], se[b])), curve_s)
+
   def is_step_between(a, b):   # the drop from n[a] to n[b] (a < b) passes the two step tests
     excess_ab = med[a] - med[b] - per_token * (t[a] - t[b])
-    return (excess_ab > k * max(float(np.hypot(se[a], se[b])), curve_s)
-            and excess_ab > min_rel * med[a])
+    return excess_ab > k * noise_between(a, b) and excess_ab > min_rel * med[a]
 
   def slower(a, b):            # n[a] slower than n[b] by more than noise (either order)
-    return med[a] - med[b] > k * max(float(np.hypot(se[a], se[b])), curve_s)
+    return med[a] - med[b] > k * noise_between(a, b)
 
   def lone_at(i):              # the step pair i is a lone count beside it, or None
     n = t.size
@@ -238,9 +240,8 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
                      float(noise[i])) for i, c in found.items() if c is None)
 
   def span_flat(i, j):  # the whole span n[i] -> n[j + 1] changes within noise
-    span_noise = max(float(np.hypot(se[i], se[j + 1])), curve_s)
     change = abs(med[i] - med[j + 1])
-    return change <= k * span_noise and change <= flat_rel * med[i]
+    return change <= k * noise_between(i, j + 1) and change <= flat_rel * med[i]
 
   flats, i = [], 0
   while i < drop.size:
