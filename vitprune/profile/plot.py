@@ -10,7 +10,7 @@ from vitprune.profile import records
 
 def plot_profile(profile: records.Profile, path: str, *, component: Optional[str] = None) -> str:
   """Median latency (ms, IQR error bars) vs tokens kept, one line per batch size, steps marked
-  (v), lone slow counts (x).
+  (v), lone counts (x: slower or faster than both neighbours).
 
   `component`: 'model' or 'block'; default the profile's mode ('block' for a `--mode=block`
   profile, whose few whole-model points are predictor checks, not a curve), else 'model' if

@@ -40,7 +40,8 @@ JSON schema (version 1), all latencies in seconds:
                "saving_s", "saving_frac", "noise_s"}, ...],
     "flats": [{"component", "batch_size", "n_hi", "n_lo", "latency_hi_s", "latency_lo_s"}, ...],
     "lone_counts": [{"component", "batch_size", "n", "n_above", "n_below", "latency_s",
-                     "latency_above_s", "latency_below_s"}, ...],  # slower than both neighbours
+                     "latency_above_s", "latency_below_s", "slow"}, ...],  # out of line with
+                                                  # both neighbours (slower if slow, else faster)
     "predictions": [{"batch_size", "component", "schedule", "predicted_s", "measured_s",
                      "rel_error"}, ...]           # per-block sum vs measured graphs
   }
