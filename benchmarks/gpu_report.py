@@ -20,7 +20,6 @@ modes (block, schedule) are named, not tabulated.
 """
 from __future__ import annotations
 
-import csv
 import glob
 import os
 from typing import Any, Dict, List
@@ -96,17 +95,17 @@ def benchmark_rows(paths: List[str]) -> List[Dict[str, Any]]:
   dtypes and variants in its order."""
   rows = []
   for path in sorted(paths):
-    with open(path, newline="") as f:
-      if f.readline().rstrip("\r\n") != ",".join(bench.CSV_COLUMNS):
-        raise ValueError(f"{path} is not a benchmark table of this version (its header "
-                         "differs from vitprune.benchmark.CSV_COLUMNS)")
-      for i, row in enumerate(csv.DictReader(f, fieldnames=bench.CSV_COLUMNS), start=2):
-        try:
-          rows.append({k: v if k in TEXT_COLUMNS else None if v == "" else
-                       int(v) if v.lstrip("-").isdigit() else float(v) for k, v in row.items()})
-        except (TypeError, ValueError):
-          raise ValueError(f"{path}, line {i}: not a benchmark row (a number column holds "
-                           "text)") from None
+    table = bench.read_table_rows(path)
+    if table is None:
+      raise ValueError(f"{path} is not a benchmark table of this version (its header "
+                       "differs from vitprune.benchmark.CSV_COLUMNS)")
+    for i, row in enumerate(table, start=2):
+      try:
+        rows.append({k: v if k in TEXT_COLUMNS else None if v == "" else
+                     int(v) if v.lstrip("-").isdigit() else float(v) for k, v in row.items()})
+      except (TypeError, ValueError):
+        raise ValueError(f"{path}, line {i}: not a benchmark row (a number column holds "
+                         "text)") from None
   return sorted(rows, key=lambda r: (r["model"], r["batch_size"]))  # (stable: dtypes as run)
 
 

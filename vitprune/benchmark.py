@@ -584,6 +584,15 @@ def _table_settings(rows: Sequence[Dict[str, Any]]) -> Dict[str, str]:
           "number of images evaluated": values("num_examples")}
 
 
+def read_table_rows(csv_path: str) -> Optional[List[Dict[str, str]]]:
+  """The rows (cells as text) of a benchmark table we wrote, None when the file does not start
+  with our header (`CSV_COLUMNS`). OSError / UnicodeDecodeError / csv.Error propagate."""
+  with open(csv_path, newline="") as f:
+    if f.readline().rstrip("\r\n") != ",".join(CSV_COLUMNS):
+      return None
+    return list(csv.DictReader(f, fieldnames=CSV_COLUMNS))
+
+
 def _provenance_of(md_path: Optional[str]) -> Dict[str, str]:
   """{'weights': ..., 'data': ...} from the provenance lines heading a markdown table we wrote
   (`to_markdown`), {} where there are none (a table written before them) or no file."""
@@ -618,11 +627,10 @@ def replaced_table_note(csv_path: str, rows: Sequence[Dict[str, Any]],
   if os.path.islink(csv_path) or not os.path.isfile(csv_path):
     return None
   try:
-    with open(csv_path, newline="") as f:
-      if f.readline().rstrip("\r\n") != ",".join(CSV_COLUMNS):
-        return None
-      old_rows = list(csv.DictReader(f, fieldnames=CSV_COLUMNS))
+    old_rows = read_table_rows(csv_path)
   except (OSError, UnicodeDecodeError, csv.Error):
+    return None
+  if old_rows is None:
     return None
   old, new = _table_settings(old_rows), _table_settings(rows)
   had = _provenance_of(md_path)
