@@ -257,3 +257,37 @@ def test_a_count_out_of_line_with_both_neighbours_is_a_lone_count_not_a_step():
   assert [(s.n_from, s.n_to) for s in rep.steps] == [(41, 40)] and rep.lone == ()
   rep = report({42: -5e-4})          # 42 as fast as 40: which of 42 or 41 is out of line?
   assert [(s.n_from, s.n_to) for s in rep.steps] == [(43, 42), (41, 40)] and rep.lone == ()
+
+
+def _pairs(rep):
+  return [(s.n_from, s.n_to) for s in rep.steps], [(c.n, c.slow) for c in rep.lone]
+
+
+def test_lone_counts_need_neighbours_that_agree_both_ways_and_steps_must_last():
+  """Review: the neighbours of a lone count were only checked for a drop between them, so a
+  count beside a rise was called lone 'by the trend only'; two counts out of line at once gave a
+  step or two lone counts by their order; a slow count right below a real step stayed a step."""
+  t = np.arange(30, 10, -1)
+  m = np.array([10.0] * 8 + [20.0] * 12)
+  m[7] = 30.0                                    # 23 slow, beside a rise from 10 to 20
+  assert _pairs(steps.detect_steps(t, m)) == ([], [])
+  m = np.array([20.0] * 8 + [30.0] * 12)
+  m[8] = 5.0                                     # 22 fast, beside the same rise
+  assert _pairs(steps.detect_steps(t, m)) == ([], [])
+  for a, b in ((15.0, 5.0), (5.0, 15.0)):        # two counts out of line, either order
+    m = np.full(t.size, 10.0)
+    m[6], m[7] = a, b
+    assert _pairs(steps.detect_steps(t, m)) == ([], [])
+  t = np.arange(22, 10, -1)
+  m = np.array([20.0] * 4 + [10.0] * 8)
+  m[5] = 15.0                                    # 17 slow, right below a real step 19 -> 18
+  assert _pairs(steps.detect_steps(t, m)) == ([(19, 18)], [(17, True)])
+  m = np.array([20.0] * 4 + [10.0] * 8)
+  m[2] = 25.0                                    # 20 slow above it: lone, the step stays
+  assert _pairs(steps.detect_steps(t, m)) == ([(19, 18)], [(20, True)])
+  m = np.array([20.0] * 4 + [10.0] * 8)
+  m[3] = 25.0                                    # 19 slow, the step's own upper count
+  assert _pairs(steps.detect_steps(t, m)) == ([(19, 18)], [])
+  m = np.array([20.0] * 4 + [10.0] * 8)
+  m[4] = 5.0                                     # 18 fast right below it: still a step
+  assert _pairs(steps.detect_steps(t, m)) == ([(19, 18)], [])

@@ -25,19 +25,20 @@ within `flat_rel` of its latency, so a slow slope made of individually insignifi
 not become one long "flat" stretch, and a stretch is never called flat when pruning across it
 saves more than `flat_rel` (on a noisy device: no flat claims at all).
 
-A step is a change of level that lasts. A count out of line with its neighbours on both sides
-is a *lone count* instead (`Lone`), in two shapes:
-  * slow: the step pair `n_hi -> n_lo` is none from the next larger count (`n_above -> n_lo`
-    judged by the same two tests) and `n_hi` is slower than `n_above` and than the count above
-    that, each by more than `k` times the pair's noise: `n_hi` alone is slow (a burst of load
-    during its measurement, or a shape the compiler handles badly);
-  * fast: the step pair `n_hi -> n_lo` is none to the next smaller count (`n_hi -> n_below`) and
-    `n_lo` is faster than `n_below` and than the count below that, each by more than noise: `n_lo`
-    alone is fast (an aligned shape on an accelerator, or a quiet moment during its
-    measurement; if it holds when measured again, prune to exactly it).
-A count whose neighbours disagree with each other by more than the trend (a step beside it) is
-not lone. The largest (smallest) count cannot be a lone slow (fast) one: it has no neighbour
-above (below).
+A step is a change of level that lasts. When a count of a step pair `n_hi -> n_lo` is out of
+line with its other neighbour (`n_hi` slower than the count above it, or `n_lo` faster than the
+count below it, by more than `k` times their noise), the pair is a step only if the drop from
+that neighbour instead passes the same two tests. Otherwise it is no step, and the count out of
+line may be a *lone count*, out of line with both neighbours, which agree with each other
+(differ by the trend only, neither way a step):
+  * slow: `n_hi` (a burst of load during its measurement, or a shape the compiler handles badly);
+  * fast: `n_lo` (an aligned shape on an accelerator, or a quiet moment during its measurement;
+    if it holds when measured again, prune to exactly it).
+Two counts out of line at once (one slow, one fast) around an unchanged level, or a rise, make
+no step and no lone count.
+Two lone counts side by side (a zigzag across a real step: which one is out of line cannot be
+told) explain each other away: both their pairs stay steps. The largest (smallest) count cannot
+be a lone slow (fast) one: it has no neighbour above (below).
 """
 from __future__ import annotations
 
@@ -219,25 +220,36 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
     excess_ab = med[a] - med[b] - per_token * (t[a] - t[b])
     return excess_ab > k * noise_between(a, b) and excess_ab > min_rel * med[a]
 
+  def agree(a, b):             # n[a] and n[b] differ by the trend only (neither way a step)
+    excess_ab = abs(med[a] - med[b] - per_token * (t[a] - t[b]))
+    return excess_ab <= k * noise_between(a, b) or excess_ab <= min_rel * med[a]
+
   def slower(a, b):            # n[a] slower than n[b] by more than noise (either order)
     return med[a] - med[b] > k * noise_between(a, b)
 
-  def lone_at(i):              # the step pair i is a lone count beside it, or None
-    n = t.size
-    if (i >= 1 and not is_step_between(i - 1, i + 1) and slower(i, i - 1)
-        and (i < 2 or slower(i, i - 2))):
-      return Lone(int(t[i]), int(t[i - 1]), int(t[i + 1]), float(med[i]), float(med[i - 1]),
-                  float(med[i + 1]), slow=True)
-    if (i + 2 < n and not is_step_between(i, i + 2) and slower(i + 2, i + 1)
-        and (i + 3 >= n or slower(i + 3, i + 1))):
-      return Lone(int(t[i + 1]), int(t[i]), int(t[i + 2]), float(med[i + 1]), float(med[i]),
-                  float(med[i + 2]), slow=False)
+  def lone_at(i):              # (index, Lone) of a count of step pair i out of line, or None
+    if i >= 1 and agree(i - 1, i + 1) and slower(i, i - 1):
+      return i, Lone(int(t[i]), int(t[i - 1]), int(t[i + 1]), float(med[i]), float(med[i - 1]),
+                     float(med[i + 1]), slow=True)
+    if i + 2 < t.size and agree(i, i + 2) and slower(i + 2, i + 1):
+      return i + 1, Lone(int(t[i + 1]), int(t[i]), int(t[i + 2]), float(med[i + 1]),
+                         float(med[i]), float(med[i + 2]), slow=False)
     return None
 
-  found = {i: lone_at(i) for i in np.flatnonzero(is_step)}
-  lone = tuple(c for c in found.values() if c is not None)
+  verdict = {}                 # step pair i -> "step", "none" or (index, Lone)
+  for i in np.flatnonzero(is_step):
+    above_slow = i >= 1 and slower(i, i - 1)               # n_hi out of line upwards
+    below_fast = i + 2 < t.size and slower(i + 2, i + 1)   # n_lo out of line downwards
+    lasts = (not (above_slow or below_fast)   # the change without the counts out of line
+             or is_step_between(i - 1 if above_slow else i, i + 2 if below_fast else i + 1))
+    verdict[i] = "step" if lasts else (lone_at(i) or "none")
+  lone_pair = {v[0]: i for i, v in verdict.items() if isinstance(v, tuple)}
+  for j, i in lone_pair.items():
+    if j - 1 in lone_pair or j + 1 in lone_pair:     # a zigzag: each explains the other away
+      verdict[i] = "step"
+  lone = tuple(v[1] for _, v in sorted(verdict.items()) if isinstance(v, tuple))
   steps = tuple(Step(int(t[i]), int(t[i + 1]), float(med[i]), float(med[i + 1]),
-                     float(noise[i])) for i, c in found.items() if c is None)
+                     float(noise[i])) for i, v in sorted(verdict.items()) if v == "step")
 
   def span_flat(i, j):  # the whole span n[i] -> n[j + 1] changes within noise
     change = abs(med[i] - med[j + 1])
