@@ -668,17 +668,38 @@ def test_gpu_report_tabulates_what_the_suite_wrote(tmp_path, capsys):
 
 
 def test_gpu_report_names_the_lone_slow_counts():
+  """The profile row's lone counts: its batch size's, of the whole-model curve only, from most
+  tokens down; the table's column lists them, '-' for none."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
   from benchmarks import gpu_report  # pylint: disable=g-import-not-at-top
-  row = {"model": "deit_small_patch16_224", "dtype": "float32", "batch_size": 1, "counts": 36,
-         "latency_max_ms": 5.0, "tokens_max": 197, "latency_min_ms": 2.0, "tokens_min": 5,
-         "steps": [], "num_steps": 0, "lone_counts": [130, 66], "compile_s_median": 6.0,
-         "compile_s_p90": 7.0, "compile_s_max": 8.0, "jax_version": "0.11.2"}
-  doc = {"device": {"device_kind": "NVIDIA H200", "platform": "gpu"}, "profiles": [row],
+  from vitprune.profile import records  # pylint: disable=g-import-not-at-top
+  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+  cfg = get_config("test_tiny_vit")
+
+  def point(component, n, batch, slow):
+    med = 1e-2 + 1e-4 * n + (2e-3 if n in slow else 0.0)
+    return records.Point(component=component, batch_size=batch, tokens=n, median_s=med,
+                         q25_s=med, q75_s=med, num_samples=3, samples_s=(med,) * 3,
+                         compile_s=0.5, retries=0)
+
+  points = ([point("model", n, 1, (6, 11)) for n in range(17, 1, -1)]
+            + [point("model", n, 2, (8,)) for n in range(17, 1, -1)]
+            + [point("block", n, 1, (14,)) for n in range(17, 1, -1)])
+  prof = records.analyze(records.Profile(
+      model=cfg.name, config=dataclasses.asdict(cfg), device_kind="cpu", platform="cpu",
+      jax_version="0.0", jaxlib_version="0.0", dtype="float32", modes=("model", "block"),
+      reducer="keep_first", timing={"min_run_time": 0.1}, points=tuple(points),
+      created="2025-01-01T00:00:00+00:00"))
+  assert {c["n"] for c in prof.lone_counts} == {6, 11, 8, 14}
+  rows = gpu_report.profile_rows({"p.json": prof})
+  assert [(r["batch_size"], r["lone_counts"]) for r in rows] == [(1, [11, 6]), (2, [8])]
+  doc = {"device": {"device_kind": "NVIDIA H200", "platform": "gpu"}, "profiles": rows,
          "benchmark": [], "skipped": [], "predictor_accuracy": []}
-  line = gpu_report.to_markdown(doc).splitlines()[-1]
-  assert "| none above noise | 0 | 130, 66 | 6.00 / 7.00 / 8.00 |" in line
-  row["lone_counts"] = []
-  assert "| 0 | - | 6.00" in gpu_report.to_markdown(doc).splitlines()[-1]
+  lines = gpu_report.to_markdown(doc).splitlines()
+  assert "| none above noise | 0 | 11, 6 | 0.50 / 0.50 / 0.50 |" in lines[-2]
+  assert "| none above noise | 0 | 8 | 0.50 / 0.50 / 0.50 |" in lines[-1]
+  rows[1]["lone_counts"] = []
+  assert "| 0 | - | 0.50" in gpu_report.to_markdown(doc).splitlines()[-1]
 
 
 def test_gpu_report_orders_the_benchmark_tables_by_batch_size(tmp_path):
@@ -697,3 +718,29 @@ def test_gpu_report_orders_the_benchmark_tables_by_batch_size(tmp_path):
   assert [(r["batch_size"], r["dtype"][0], r["variant"]) for r in got] == [   # dtypes as run
       (b, d, v) for b in (1, 8, 64) for d, v in (("f", "unpruned"), ("f", "pomt"),
                                                 ("b", "unpruned"))]
+
+
+def test_gpu_report_names_a_cut_or_ragged_benchmark_table(tmp_path):
+  """Review: a row with cells missing (a file cut mid-write) or extra ended in a traceback
+  (AttributeError on None), bytes that are not UTF-8 in an error that did not name the file."""
+  from benchmarks import gpu_report  # pylint: disable=g-import-not-at-top
+  from vitprune import benchmark as bench  # pylint: disable=g-import-not-at-top
+  rows = [{k: "" for k in bench.CSV_COLUMNS} for _ in range(2)]
+  for row in rows:
+    row.update(model="m", dtype="float32", batch_size=1, variant="unpruned",
+               latency_median_ms=1.0)
+  text = bench.to_csv(rows)
+  path = tmp_path / "t.csv"
+  n = len(bench.CSV_COLUMNS)
+  left = text[:-30].splitlines()[-1].count(",") + 1      # the cells of the cut row
+  assert 1 < left < n
+  for content, message in (
+      (text[:-30], rf"t.csv, line 3: {left} cells, the header has {n} \(a file cut"),
+      (text.rstrip("\n") + ",x,y\n", rf"t.csv, line 3: {n + 2} cells, the header has {n}"),
+      (text.encode() + b"m,\xff\n", r"t.csv: not a readable CSV table \('utf-8' codec")):
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    with pytest.raises(ValueError, match=message):
+      gpu_report.benchmark_rows([str(path)])
+    assert bench.replaced_table_note(str(path), rows) is None     # a note never fails a run
+  path.write_text(text)
+  assert len(gpu_report.benchmark_rows([str(path)])) == 2

@@ -586,11 +586,23 @@ def _table_settings(rows: Sequence[Dict[str, Any]]) -> Dict[str, str]:
 
 def read_table_rows(csv_path: str) -> Optional[List[Dict[str, str]]]:
   """The rows (cells as text) of a benchmark table we wrote, None when the file does not start
-  with our header (`CSV_COLUMNS`). OSError / UnicodeDecodeError / csv.Error propagate."""
-  with open(csv_path, newline="") as f:
-    if f.readline().rstrip("\r\n") != ",".join(CSV_COLUMNS):
-      return None
-    return list(csv.DictReader(f, fieldnames=CSV_COLUMNS))
+  with our header (`CSV_COLUMNS`). A row with fewer or more cells than the header (a file cut
+  mid-write), bytes that are not UTF-8 or a malformed CSV are a ValueError naming the file and
+  line; OSError propagates."""
+  try:
+    with open(csv_path, newline="") as f:
+      if f.readline().rstrip("\r\n") != ",".join(CSV_COLUMNS):
+        return None
+      rows, reader = [], csv.DictReader(f, fieldnames=CSV_COLUMNS)
+      for row in reader:
+        if None in row or None in row.values():
+          cells = len(CSV_COLUMNS) + len(row.get(None, ())) - list(row.values()).count(None)
+          raise ValueError(f"{csv_path}, line {reader.line_num + 1}: {cells} cells, the header "
+                           f"has {len(CSV_COLUMNS)} (a file cut mid-write?)")
+        rows.append(row)
+      return rows
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise ValueError(f"{csv_path}: not a readable CSV table ({e})") from None
 
 
 def _provenance_of(md_path: Optional[str]) -> Dict[str, str]:
@@ -628,7 +640,7 @@ def replaced_table_note(csv_path: str, rows: Sequence[Dict[str, Any]],
     return None
   try:
     old_rows = read_table_rows(csv_path)
-  except (OSError, UnicodeDecodeError, csv.Error):
+  except (OSError, ValueError):
     return None
   if old_rows is None:
     return None
