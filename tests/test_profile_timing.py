@@ -237,3 +237,22 @@ def test_temporary_cache_dir_lives_until_the_process_exits():
   assert r.returncode == 0, r.stderr[-2000:]
   path = r.stdout.strip()
   assert os.path.basename(path).startswith("vitprune_t_") and not os.path.exists(path)
+
+
+def test_warm_up_compiles_a_graph_no_persistent_cache_holds(monkeypatch):
+  """Review: with gpu_suite.sh's shared compilation cache the warm-up graph was a cache hit from
+  the second run on, and started no compiler. Each process's warm-up graph is its own."""
+  graphs = []
+
+  real = timing.compile_fn
+
+  def lowered(fn, *args):
+    graphs.append(jax.jit(fn).lower(*args).as_text())
+    return real(fn, *args)
+
+  monkeypatch.setattr(timing, "compile_fn", lowered)
+  seeds = iter([b"\x01\x00\x00", b"\x02\x00\x00"])
+  monkeypatch.setattr(timing.os, "urandom", lambda n: next(seeds))
+  timing.warm_up()
+  timing.warm_up()
+  assert len(graphs) == 2 and graphs[0] != graphs[1]
