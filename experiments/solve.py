@@ -171,6 +171,7 @@ def main(f: flags.FlagValues):
   timing_cfg = flag_timing(min_run_time=f.min_run_time)    # checked before any work
   profile, estimate = records.load(f.profile), read_estimate(f.estimate)
   solve_stage.check_same_model(profile, estimate)     # before anything read from either
+  solve_stage.check_held_out(estimate)
   calibrated = (solve_stage.profile_latency_model(profile, estimate, f.batch_size,
                                                   f.allow_batch_mismatch)
                 if f.mode == "multi" else None)
@@ -239,14 +240,10 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
                                      class_names=common.class_names(source),
                                      num_classes=cfg.num_classes)
   if data.info.get("fingerprint") != estimate.data_fingerprint:
-    selection = estimate.data.get("selection")
-    split = selection.get("split") if isinstance(selection, dict) else None
     raise ValueError(f"--data={f.data} (--num_images={f.num_images}, --seed={f.seed}) is not "
                      f"the data estimate {estimate.source} measured (fingerprint differs; it "
-                     f"records {estimate.data.get('source')!r}, selection {selection})"
-                     + (f": it measured the digits' {split} split, and solve measures the test "
-                        "split only (make the estimate with --split=test)"
-                        if split not in (None, "test") else ""))
+                     f"records {estimate.data.get('source')!r}, selection "
+                     f"{estimate.data.get('selection')})")
   reducer = make_reducer(estimate.method, **estimate.method_kwargs)
   margins = {} if f.anchored_prediction else None
   metric = estimate.metric(f.metric)                 # what the solver reads from the estimate

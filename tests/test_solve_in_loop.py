@@ -176,12 +176,18 @@ def test_other_weights_or_data_are_refused(inputs):
   with pytest.raises(ValueError, match=r"is not the data estimate .* measured \(fingerprint "
                                        r"differs; it records .*'num_images': 20"):
     _run(root, es, ps, f"--weights={weights}", "--num_images=30")
-  doc = json.load(open(es))          # an estimate of another split: named, with the way out
-  doc["data"]["selection"]["split"] = "train"
-  (root / "train_e.json").write_text(json.dumps(doc))
-  with pytest.raises(ValueError, match=r": it measured the digits' train split, and solve "
-                                       r"measures the test split only \(make the estimate"):
-    _run(root, str(root / "train_e.json"), ps, f"--weights={weights}", "--num_images=30")
+  doc = json.load(open(es))          # an estimate of the training images: named, with the way
+  for split in ("train", "all"):     # out, measured in the loop or not (predicted: it passed)
+    doc["data"]["selection"]["split"] = split
+    (root / "train_e.json").write_text(json.dumps(doc))
+    for run in (lambda: _run(root, str(root / "train_e.json"), ps, f"--weights={weights}",
+                             "--num_images=30"),
+                lambda: solve_cli.main(common.parse(solve_cli.define_flags, [
+                    f"--profile={ps}", f"--estimate={root / 'train_e.json'}", "--mode=multi",
+                    f"--out_dir={root / 'out'}", "--allow_batch_mismatch"]))):
+      with pytest.raises(ValueError, match=rf"train_e.json measured the digits' {split} split, "
+                                           r"which the model was trained on: .*--split=test$"):
+        run()
   with pytest.raises(ValueError, match="--eval_batch_size=1000000000 cannot fit in memory"):
     _run(root, es, ps, f"--weights={weights}", "--num_images=20",
          "--eval_batch_size=1000000000")
