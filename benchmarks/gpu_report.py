@@ -15,11 +15,14 @@ by its deadline wrote nothing, or the chunks it finished), and prints, for the R
   * the benchmark table (latency median +- IQR and change vs unpruned, compile s per graph);
   * the predictor-accuracy rows.
 Writes the same as JSON with --out. Refuses a --dir holding none of these files, files of
-several devices, or a predictor result that is not one or names no device. Profiles of other
+several devices, a predictor result that is not one or names no device, a row that cannot be
+tabulated or shows an impossible number (a NaN or negative latency, an error share above 1), a
+table cut mid-write or without rows, and an --out among the files it reads. Profiles of other
 modes (block, schedule) are named, not tabulated.
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 from typing import Any, Dict, List
@@ -99,14 +102,67 @@ def benchmark_rows(paths: List[str]) -> List[Dict[str, Any]]:
     if table is None:
       raise ValueError(f"{path} is not a benchmark table of this version (its header "
                        "differs from vitprune.benchmark.CSV_COLUMNS)")
+    if not table:
+      raise ValueError(f"{path} holds no rows (a run cut before its first row?)")
     for i, row in enumerate(table, start=2):
       try:
-        rows.append({k: v if k in TEXT_COLUMNS else None if v == "" else
-                     int(v) if v.lstrip("-").isdigit() else float(v) for k, v in row.items()})
+        row = {k: v if k in TEXT_COLUMNS else None if v == "" else
+               int(v) if v.lstrip("-").isdigit() else float(v) for k, v in row.items()}
       except (TypeError, ValueError):
         raise ValueError(f"{path}, line {i}: not a benchmark row (a number column holds "
                          "text)") from None
+      for k, ok, what in _ROW_CHECKS:
+        if not ok(row[k]):
+          raise ValueError(f"{path}, line {i}: {k} {row[k]!r} is not {what}")
+      rows.append(row)
   return sorted(rows, key=lambda r: (r["model"], r["batch_size"]))  # (stable: dtypes as run)
+
+
+def _number(lo: float, hi: float = np.inf, optional: bool = False):
+  """A check: a finite number in [lo, hi] (None too where `optional`)."""
+  return lambda v: (v is None and optional) or (
+      isinstance(v, (int, float)) and np.isfinite(v) and lo <= v <= hi)
+
+
+# What the report shows of a benchmark row, checked (an edited or damaged table printed
+# 'nan', negative latencies or ended in a traceback on an empty cell).
+_ROW_CHECKS = (
+    *((k, bool, "a name") for k in ("model", "device_kind", "platform", "dtype",
+                                             "variant", "schedule")),
+    ("batch_size", lambda v: isinstance(v, int) and v >= 1, "a batch size >= 1"),
+    ("latency_median_ms", lambda v: _number(0)(v) and v > 0, "a latency > 0 ms"),
+    ("latency_iqr_ms", _number(0), "a spread >= 0 ms"),
+    ("compile_s", _number(0), "a compile time >= 0 s"),
+    ("change_pct", _number(-100), "a change >= -100 %"),
+    *((k, _number(0, 1, optional=True), "a fraction in [0, 1] (or empty)")
+      for k in ("accuracy", "agreement")))
+
+
+def check_predictor_rows(path: str, rows: List[Any]) -> None:
+  """ValueError naming `path` when a row of a predictor_accuracy result cannot be tabulated or
+  shows an error that is not a finite share >= 0 (within 10 %: at most 1) or a negative time."""
+  for i, r in enumerate(rows):
+    try:
+      predictor_accuracy.table([r])                # every cell the table reads is there
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+      raise ValueError(f"{path}: row {i} is not a predictor_accuracy row ({type(e).__name__}: "
+                       f"{e})") from None
+    fr = r.get("frontier") or {}
+    stats = [*r["heldout"].items(), *(fr.get("latency") or {}).items()]
+    for name, d in stats:
+      for k in ("median", "p90"):
+        if not _number(0)(d.get(k)):
+          raise ValueError(f"{path}: row {i}: {name} {k} {d.get(k)!r} is not an error >= 0")
+      if not _number(0, 1)(d.get("within10")):
+        raise ValueError(f"{path}: row {i}: {name} within10 {d.get('within10')!r} is not a "
+                         "share in [0, 1]")
+    times = [("calibration_s", r.get("calibration_s"))] + (
+        [("profile_s", r["profile_s"])] if "profile_s" in r else [])
+    points = [(f"accuracy error {k}", (fr.get("accuracy_error_points") or {}).get(k, 0))
+              for k in ("mean", "max")] if fr else []
+    for name, v in times + points:
+      if not _number(0)(v):
+        raise ValueError(f"{path}: row {i}: {name} {v!r} is not a number >= 0")
 
 
 def collect(out_dir: str) -> Dict[str, Any]:
@@ -138,6 +194,7 @@ def collect(out_dir: str) -> Dict[str, Any]:
       raise ValueError(f"{path} does not say which device it measured (written before "
                        "predictor_accuracy recorded it): run it again")
     devices.add((device.get("device_kind"), device.get("platform")))
+    check_predictor_rows(path, res["rows"])
     doc["predictor_accuracy"] += res["rows"]
     if res.get("complete") is False:     # rewritten after every phase: the stage was cut
       doc["predictor_accuracy_cut"].append(os.path.basename(path))
@@ -147,6 +204,18 @@ def collect(out_dir: str) -> Dict[str, Any]:
                      "report one device at a time")
   doc["device"] = dict(zip(("device_kind", "platform"), devices[0])) if devices else None
   return doc
+
+
+def check_out_not_read(out: str, out_dir: str) -> None:
+  """ValueError when `--out` is a path `collect(--dir)` reads (profile/*.json, benchmark/**.csv,
+  predictor_accuracy_*.json): the report written there broke every later report."""
+  rel = os.path.relpath(os.path.realpath(out), os.path.realpath(out_dir)).replace(os.sep, "/")
+  if (fnmatch.fnmatch(rel, "profile/*.json") and rel.count("/") == 1
+      or rel.startswith("benchmark/") and rel.endswith(".csv")
+      or fnmatch.fnmatch(rel, "predictor_accuracy_*.json") and "/" not in rel):
+    raise ValueError(f"--out={out} is a file --dir={out_dir} holds as a measurement ({rel}): "
+                     "the next report would read the report; write it elsewhere (e.g. "
+                     f"{os.path.join(out_dir, 'report.json')})")
 
 
 def to_markdown(doc: Dict[str, Any]) -> str:
@@ -192,6 +261,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   """Collects, prints the markdown, writes the JSON with --out -> the document."""
   if f.out:
     atomic.check_output_json(f.out, RESULT_FORMAT, "out")     # before reading anything
+    check_out_not_read(f.out, f.dir)
   doc = collect(f.dir)
   print(to_markdown(doc))
   if f.out:

@@ -711,7 +711,8 @@ def test_gpu_report_orders_the_benchmark_tables_by_batch_size(tmp_path):
     for row, (dtype, variant) in zip(rows, (("float32", "unpruned"), ("float32", "pomt"),
                                             ("bfloat16", "unpruned"))):
       row.update(model="deit_small_patch16_224", dtype=dtype, batch_size=batch,
-                 variant=variant, latency_median_ms=1.0)
+                 variant=variant, latency_median_ms=1.0, device_kind="H200", platform="gpu",
+                 schedule="full", latency_iqr_ms=0.1, compile_s=1.0, change_pct=0.0)
     (tmp_path / f"b{batch}").mkdir()
     (tmp_path / f"b{batch}" / "t.csv").write_text(bench.to_csv(rows))
   got = gpu_report.benchmark_rows([str(p) for p in tmp_path.glob("*/t.csv")])
@@ -728,7 +729,8 @@ def test_gpu_report_names_a_cut_or_ragged_benchmark_table(tmp_path):
   rows = [{k: "" for k in bench.CSV_COLUMNS} for _ in range(2)]
   for row in rows:
     row.update(model="m", dtype="float32", batch_size=1, variant="unpruned",
-               latency_median_ms=1.0)
+               latency_median_ms=1.0, device_kind="cpu", platform="cpu", schedule="full",
+               latency_iqr_ms=0.1, compile_s=1.0, change_pct=0.0)
   text = bench.to_csv(rows)
   path = tmp_path / "t.csv"
   n = len(bench.CSV_COLUMNS)
@@ -744,3 +746,68 @@ def test_gpu_report_names_a_cut_or_ragged_benchmark_table(tmp_path):
     assert bench.replaced_table_note(str(path), rows) is None     # a note never fails a run
   path.write_text(text)
   assert len(gpu_report.benchmark_rows([str(path)])) == 2
+
+
+def test_gpu_report_checks_what_it_tabulates(tmp_path):
+  """Fault probe: an empty number cell ended in a traceback, NaN and negative latencies and
+  errors were tabulated, a predictor row that is no row gave a traceback or 'error: model', a
+  FIFO named t.csv hung the report, a header-only table made an empty report, and --out inside
+  --dir broke every later report."""
+  from benchmarks import gpu_report  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from vitprune import benchmark as bench  # pylint: disable=g-import-not-at-top
+  row = {k: "" for k in bench.CSV_COLUMNS}
+  row.update(model="m", device_kind="cpu", platform="cpu", batch_size=1, dtype="float32",
+             variant="unpruned", schedule="full", latency_median_ms=1.0, latency_iqr_ms=0.1,
+             compile_s=0.5, change_pct=0.0)
+  path = tmp_path / "t.csv"
+  path.write_text(bench.to_csv([row]))
+  assert gpu_report.benchmark_rows([str(path)])[0]["latency_median_ms"] == 1.0
+  for k, v, message in (("latency_median_ms", "", r"latency_median_ms None is not a latency"),
+                        ("latency_median_ms", "nan", r"latency_median_ms nan is not a latency"),
+                        ("latency_median_ms", -5, r"latency_median_ms -5 is not a latency > 0"),
+                        ("latency_iqr_ms", -0.3, r"latency_iqr_ms -0.3 is not a spread >= 0"),
+                        ("compile_s", "inf", r"compile_s inf is not a compile time"),
+                        ("change_pct", -150, r"change_pct -150 is not a change >= -100"),
+                        ("accuracy", 1.5, r"accuracy 1.5 is not a fraction in \[0, 1\]"),
+                        ("batch_size", 0, r"batch_size 0 is not a batch size >= 1"),
+                        ("model", "", r"model '' is not a name")):
+    path.write_text(bench.to_csv([{**row, k: v}]))
+    with pytest.raises(ValueError, match=rf"t.csv, line 2: {message}"):
+      gpu_report.benchmark_rows([str(path)])
+  path.write_text(bench.to_csv([row]).splitlines()[0] + "\n")
+  with pytest.raises(ValueError, match=r"t.csv holds no rows \(a run cut before its first"):
+    gpu_report.benchmark_rows([str(path)])
+  path.unlink()
+  os.mkfifo(path)
+  with pytest.raises(ValueError, match=r"t.csv is not a regular file \(a device, FIFO"):
+    gpu_report.benchmark_rows([str(path)])
+  # Predictor rows: each can be tabulated, its errors are shares >= 0.
+  good = {"model": "m", "batch_size": 1, "method": "pomt", "num_heldout": 3,
+          "heldout": {"calibrated": {"median": 0.1, "p90": 0.2, "within10": 0.5}},
+          "calibration_s": 1.0, "profile_s": 2.0, "calibration_share": 0.5}
+  gpu_report.check_predictor_rows("p.json", [good])
+  for bad, message in (
+      (1, r"row 0 is not a predictor_accuracy row \(AttributeError"),
+      ({}, r"row 0 is not a predictor_accuracy row \(KeyError: 'model'\)"),
+      ({**good, "heldout": {"calibrated": {"median": -3, "p90": 0.2, "within10": 0.5}}},
+       r"row 0: calibrated median -3 is not an error >= 0"),
+      ({**good, "heldout": {"calibrated": {"median": 0.1, "p90": float("inf"),
+                                           "within10": 0.5}}},
+       r"row 0: calibrated p90 inf is not an error >= 0"),
+      ({**good, "heldout": {"calibrated": {"median": 0.1, "p90": 0.2, "within10": 7}}},
+       r"row 0: calibrated within10 7 is not a share in \[0, 1\]"),
+      ({**good, "calibration_s": -1.0}, r"row 0: calibration_s -1.0 is not a number >= 0")):
+    with pytest.raises(ValueError, match=rf"^p.json: {message}"):
+      gpu_report.check_predictor_rows("p.json", [good, bad][1:])
+  # --out where --dir keeps measurements: refused before anything is read or written.
+  out = tmp_path / "gpu"
+  (out / "profile").mkdir(parents=True)
+  for target in ("predictor_accuracy_report.json", "profile/r.json", "benchmark/b1/r.csv"):
+    with pytest.raises(ValueError, match=rf"--out=.*{target} is a file --dir=.* holds as a "
+                                         r"measurement .*write it elsewhere"):
+      gpu_report.main(common.parse(gpu_report.define_flags, [
+          f"--dir={out}", f"--out={out / target}"]))
+  assert not (out / "predictor_accuracy_report.json").exists()
+  gpu_report.check_out_not_read(str(out / "report.json"), str(out))        # the documented one
+  gpu_report.check_out_not_read(str(out / "profile" / "sub" / "r.json"), str(out))

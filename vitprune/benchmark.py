@@ -58,6 +58,7 @@ from vitprune import atomic
 from vitprune import console
 from vitprune import estimate
 from vitprune import figure
+from vitprune import jsonio
 from vitprune import schedule as S
 from vitprune.config import COMPUTE_DTYPES, ViTConfig
 from vitprune.profile import runner, timing
@@ -588,7 +589,11 @@ def read_table_rows(csv_path: str) -> Optional[List[Dict[str, str]]]:
   """The rows (cells as text) of a benchmark table we wrote, None when the file does not start
   with our header (`CSV_COLUMNS`). A row with fewer or more cells than the header (a file cut
   mid-write), bytes that are not UTF-8 or a malformed CSV are a ValueError naming the file and
-  line; OSError propagates."""
+  line, and so is a path that is no regular file (a FIFO hung the reader); OSError
+  propagates."""
+  why = jsonio.why_not_a_file(csv_path)
+  if why:
+    raise ValueError(f"{csv_path} {why}")
   try:
     with open(csv_path, newline="") as f:
       if f.readline().rstrip("\r\n") != ",".join(CSV_COLUMNS):
