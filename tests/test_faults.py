@@ -98,6 +98,30 @@ def test_stale_temporaries_of_live_processes_are_kept(tmp_path):
   assert live.exists() and other.exists() and not stale.exists()
 
 
+def test_temporaries_of_another_pid_namespace_are_never_judged(tmp_path):
+  """Fault probe: a writer in another container sharing the folder (`unshare -p`) has a PID this
+  process cannot see, so its staging folder was deleted mid-write as a dead writer's (the other
+  run then failed with a raw errno after all its work). Temporaries carry a tag of the host and
+  PID namespace; only this namespace's are judged by their PID."""
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  dead_pid = int(dead.stdout)
+  ours = atomic._namespace_tag()
+  elsewhere = "0" * 8 if ours != "0" * 8 else "1" * 8
+  assert atomic._temp_prefix("out", "tmp") == f".out.tmp-{os.getpid()}-{ours}-"
+  foreign = tmp_path / f".out.tmp-{dead_pid}-{elsewhere}-abc_1234"    # alive over there
+  stale = tmp_path / f".out.tmp-{dead_pid}-{ours}-abc_1234"
+  old_style = tmp_path / f".out.commit-{dead_pid}-abc_1234"           # before the tag
+  for d in (foreign, stale, old_style):
+    d.mkdir()
+  atomic.cleanup_stale(str(tmp_path / "out"))
+  assert foreign.exists() and not stale.exists() and not old_style.exists()
+  with atomic.staged_dir(str(tmp_path / "out")) as tmp:     # this process's own temporaries
+    assert os.path.basename(tmp).startswith(f".out.tmp-{os.getpid()}-{ours}-")
+    open(os.path.join(tmp, "config.json"), "w").write("{}")
+  assert sorted(os.listdir(tmp_path)) == [foreign.name, "out"]
+
+
 def test_concurrent_writers_exactly_one_wins(tmp_path):
   for pre_existing_empty in (False, True):
     target = tmp_path / f"out{int(pre_existing_empty)}"

@@ -11,12 +11,13 @@
   directory, committed by renaming it, then rolled forward file by file).
 * `locked`: an exclusive `fcntl.flock` on a hidden sibling lock file (removed again on release).
 
-Temporaries are hidden siblings named `.NAME.tmp-<pid>-<random>` (staging), `.NAME.old-<pid>-...`
-(the replaced directory, deleted once the new one is in place) and `.NAME.commit-<pid>-...` (a
-committed `staged_files` transaction). A run killed part-way leaves them behind; the next write
-of the same NAME removes those whose owning process is gone (`cleanup_stale`), restoring a
-replaced directory that a killed run had moved aside before publishing its own, and finishing a
-committed `staged_files` transaction. Ctrl-C and SIGTERM are held during the publishing renames
+Temporaries are hidden siblings named `.NAME.tmp-<pid>-<tag>-<random>` (staging),
+`.NAME.old-<pid>-...` (the replaced directory, deleted once the new one is in place) and
+`.NAME.commit-<pid>-...` (a committed `staged_files` transaction); the tag names the host and PID
+namespace the pid belongs to. A run killed part-way leaves them behind; the next write of the
+same NAME from the same namespace removes those whose owning process is gone
+(`cleanup_stale`), restoring a replaced directory that a killed run had moved aside before
+publishing its own, and finishing a committed `staged_files` transaction. Ctrl-C and SIGTERM are held during the publishing renames
 (`console.interrupts_held`) and raised once the output is whole; the error line then names it.
 """
 from __future__ import annotations
@@ -25,10 +26,13 @@ import atexit
 import contextlib
 import errno
 import fcntl
+import functools
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -458,13 +462,28 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
+@functools.lru_cache(maxsize=None)
+def _namespace_tag() -> str:
+  """8 hex digits naming this host and PID namespace. A PID means something only there: a
+  writer in another container sharing the folder (or another host, over NFS) has a PID this
+  process cannot see, and its temporaries were deleted as a dead writer's, mid-write."""
+  try:
+    ns = os.stat("/proc/self/ns/pid").st_ino
+  except OSError:
+    ns = 0
+  return hashlib.sha256(f"{socket.gethostname()}:{ns}".encode()).hexdigest()[:8]
+
+
 def _temp_prefix(name: str, kind: str) -> str:
-  return f".{name}.{kind}-{os.getpid()}-"
+  return f".{name}.{kind}-{os.getpid()}-{_namespace_tag()}-"
 
 
 def _stale(parent: str, name: str) -> Dict[str, list]:
-  """{kind: [paths]} of `.NAME.<kind>-<pid>-<random>` siblings whose process is gone."""
-  pattern = re.compile(rf"^\.{re.escape(name)}\.({'|'.join(_KINDS)})-(\d+)-[A-Za-z0-9_]+$")
+  """{kind: [paths]} of `.NAME.<kind>-<pid>-<tag>-<random>` siblings whose process is gone: of
+  this host and PID namespace (`_namespace_tag`) only; another's are never judged. A name
+  without the tag (written before it) is judged as this namespace's."""
+  pattern = re.compile(rf"^\.{re.escape(name)}\.({'|'.join(_KINDS)})-(\d+)-"
+                       r"(?:([0-9a-f]{8})-)?[A-Za-z0-9_]+$")
   found: Dict[str, list] = {k: [] for k in _KINDS}
   try:
     entries = os.listdir(parent)
@@ -472,7 +491,8 @@ def _stale(parent: str, name: str) -> Dict[str, list]:
     return found
   for entry in sorted(entries):
     m = pattern.match(entry)
-    if m and not _pid_alive(int(m.group(2))):
+    if (m and m.group(3) in (None, _namespace_tag())
+        and not _pid_alive(int(m.group(2)))):
       found[m.group(1)].append(os.path.join(parent, entry))
   return found
 
