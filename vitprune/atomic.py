@@ -17,8 +17,9 @@ Temporaries are hidden siblings named `.NAME.tmp-<pid>-<tag>-<random>` (staging)
 namespace the pid belongs to. A run killed part-way leaves them behind; the next write of the
 same NAME from the same namespace removes those whose owning process is gone
 (`cleanup_stale`), restoring a replaced directory that a killed run had moved aside before
-publishing its own, and finishing a committed `staged_files` transaction. Ctrl-C and SIGTERM are held during the publishing renames
-(`console.interrupts_held`) and raised once the output is whole; the error line then names it.
+publishing its own, and finishing a committed `staged_files` transaction. Ctrl-C and SIGTERM
+are held during the publishing renames (`console.interrupts_held`) and raised once the output is
+whole; the error line then names it.
 """
 from __future__ import annotations
 
