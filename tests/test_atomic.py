@@ -477,3 +477,23 @@ def test_numpy_scalars_are_written_as_the_numbers_they_hold(tmp_path):
   with pytest.raises(TypeError, match="Object of type object is not JSON serializable"):
     atomic.write_json(str(tmp_path / "y.json"), {"o": object()})
   assert sorted(os.listdir(tmp_path)) == ["x.json"]
+
+
+def test_a_folder_where_files_cannot_be_removed_is_named(tmp_path, monkeypatch):
+  """Fault probe: in an append-only folder (chattr +a) the write check's probe could be created
+  but not removed, and the error was a raw errno naming the probe, not the folder or why."""
+  real_unlink = os.unlink
+
+  def unlink(path, *a, **kw):
+    if os.path.basename(path).startswith(atomic.WRITE_CHECK_PREFIX):
+      raise PermissionError(1, "Operation not permitted", path)
+    return real_unlink(path, *a, **kw)
+
+  monkeypatch.setattr(atomic.os, "unlink", unlink)
+  with pytest.raises(PermissionError, match=rf"^--out_dir: {tmp_path} lets files be created but "
+                                            r"not removed \(Operation not permitted; append-only"
+                                            r"\?\), and outputs are published by renaming: write "
+                                            r"elsewhere \(the probe \.vitprune-write-check-"):
+    atomic.check_writable_dir(str(tmp_path), "--out_dir")
+  monkeypatch.setattr(atomic.os, "unlink", real_unlink)
+  atomic.check_writable_dir(str(tmp_path), "--out_dir")

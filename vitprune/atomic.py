@@ -386,10 +386,14 @@ def check_writable_dir(directory: str, what: str) -> None:
     fd, probe = tempfile.mkstemp(prefix=WRITE_CHECK_PREFIX, dir=directory)
   except OSError as e:
     raise PermissionError(f"{what}: cannot write in {directory} ({e.strerror or e})") from None
+  os.close(fd)
   try:
-    os.close(fd)
-  finally:
     os.unlink(probe)
+  except OSError as e:           # created but not removable: append-only (chattr +a), or alike
+    raise PermissionError(
+        f"{what}: {directory} lets files be created but not removed ({e.strerror or e}; "
+        f"append-only?), and outputs are published by renaming: write elsewhere (the probe "
+        f"{os.path.basename(probe)} could not be removed)") from None
 
 
 def check_companions(paths: Sequence[str]) -> None:
