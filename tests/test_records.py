@@ -31,9 +31,10 @@ def test_read_json_errors(tmp_path):
   os.mkfifo(tmp_path / "fifo")       # a directory or a FIFO "did not exist"
   os.symlink(tmp_path / "none.json", tmp_path / "dangling")
   os.symlink("/dev/zero", tmp_path / "device")     # (was called a dangling link)
+  os.symlink(tmp_path / "loop", tmp_path / "loop")  # (so was a loop; fault probe)
   special = r"is not a regular file \(a device, FIFO or socket\)"
   for name, why in ((".", "is a directory"), ("fifo", special), ("device", special),
-                    ("dangling", "is a dangling link")):
+                    ("dangling", "is a dangling link"), ("loop", "is a loop of symbolic links")):
     with pytest.raises(FileNotFoundError, match=f"widget file .* {why}$"):
       jsonio.read_json(str(tmp_path / name), "widget")
   p = tmp_path / "x.json"

@@ -8,6 +8,7 @@ helpers check single fields with a message naming the file and the field. Writin
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -22,13 +23,18 @@ class FormatError(ValueError):
 
 def why_not_a_file(path: str) -> str:
   """Why `path` cannot be read as a file ('does not exist', 'is a directory', 'is a dangling
-  link', 'is not a regular file (a device, FIFO or socket)'); '' when it is a regular file
-  (through links)."""
+  link', 'is a loop of symbolic links', 'is not a regular file (a device, FIFO or socket)'); ''
+  when it is a regular file (through links)."""
   if os.path.isfile(path):
     return ""
   if not os.path.lexists(path):
     return "does not exist"
   if not os.path.exists(path):
+    try:
+      os.stat(path)
+    except OSError as e:
+      if e.errno == errno.ELOOP:
+        return "is a loop of symbolic links"
     return "is a dangling link"
   return ("is a directory" if os.path.isdir(path) else
           "is not a regular file (a device, FIFO or socket)")
