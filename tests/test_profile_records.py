@@ -196,6 +196,8 @@ def test_load_errors(tmp_path):
       "nodevice": {**good, "device_kind": " "},                  # (hand edits a run never
       "noreducer": {**good, "reducer": ""},                      # writes, loaded as given)
       "patch": {**good, "config": {**good["config"], "patch_size": 0}},   # (ZeroDivisionError)
+      "boolversion": {**good, "schema_version": True},           # (True == 1: loaded; probe)
+      "badreducer": {**good, "reducer": "pomt+randomx"},         # (loaded as given; probe)
   }
   matches = {"notjson": "not valid JSON", "format": "not a latency profile",
              "version": "schema_version 99", "missing": r"missing keys \['points'\]",
@@ -223,7 +225,10 @@ def test_load_errors(tmp_path):
                       r"\['model', 'model'\]",
              "nodevice": r"nodevice.json: device_kind must be a non-empty string, got ' '",
              "noreducer": r"noreducer.json: reducer must be a non-empty string, got ''",
-             "patch": "patch.json: test_tiny_vit: patch_size must be a positive integer, got 0"}
+             "patch": "patch.json: test_tiny_vit: patch_size must be a positive integer, got 0",
+             "boolversion": r"boolversion.json: schema_version True is not supported",
+             "badreducer": r"badreducer.json: reducer 'pomt\+randomx' names no token-reduction "
+                           r"method \(evit, pomt, random, tome, topk, keep_first, or two joined"}
   for name, content in cases.items():
     path = tmp_path / f"{name}.json"
     path.write_text(content if isinstance(content, str) else json.dumps(content))

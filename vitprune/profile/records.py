@@ -68,7 +68,8 @@ from vitprune.profile import predict as predict_lib
 from vitprune.profile import protocol
 from vitprune import atomic
 from vitprune import jsonio
-from vitprune.config import COMPUTE_DTYPES, ViTConfig, check_config, config_from_dict
+from vitprune.config import (COMPUTE_DTYPES, METHOD_NAMES, ViTConfig, check_config,
+                             config_from_dict, is_method_name)
 from vitprune.profile import steps as steps_lib
 from vitprune.schedule import Schedule
 
@@ -278,7 +279,7 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
   """Parses and validates a schema-1 dict; raises ValueError naming the problem and `source`."""
   if not isinstance(d, dict) or d.get("format") != FORMAT:
     raise ValueError(f"{source}: not a latency profile (format != {FORMAT!r})")
-  if d.get("schema_version") != SCHEMA_VERSION:
+  if not jsonio.is_int(d.get("schema_version")) or d["schema_version"] != SCHEMA_VERSION:
     raise ValueError(f"{source}: schema_version {d.get('schema_version')!r} is not supported "
                      f"(this vitprune reads version {SCHEMA_VERSION})")
   missing = [k for k in _TOP_KEYS if k not in d]
@@ -293,6 +294,10 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
       raise ValueError(f"{source}: {k} must be an object, got {type(d[k]).__name__}")
   if d["dtype"] not in DTYPES:
     raise ValueError(f"{source}: dtype must be one of {DTYPES}, got {d['dtype']!r}")
+  if not all(is_method_name(n) or n.strip().lower() == "keep_first"
+             for n in d["reducer"].split("+")):
+    raise ValueError(f"{source}: reducer {d['reducer']!r} names no token-reduction method "
+                     f"({', '.join(METHOD_NAMES)}, keep_first, or two joined by '+')")
   known = {f.name for f in dataclasses.fields(protocol.TimingConfig)}
   try:                 # the protocol's own checks (min_run_time -1 was read as given)
     protocol.TimingConfig(**protocol.within_run_limits(
