@@ -291,3 +291,17 @@ def test_lone_counts_need_neighbours_that_agree_both_ways_and_steps_must_last():
   m = np.array([20.0] * 4 + [10.0] * 8)
   m[4] = 5.0                                     # 18 fast right below it: still a step
   assert _pairs(steps.detect_steps(t, m)) == ([(19, 18)], [])
+  # Review: a neighbour itself out of line says nothing of the step beside it. A burst on the
+  # count right below a real step (or a fast count right above it) hid the step.
+  t, iqr, counts = np.arange(40, 20, -1), [0.004] * 20, [20] * 20
+  m = np.array([1.1] * 8 + [1.0] * 12)
+  m[9] = 1.2                                     # 31 slow, one below the step 33 -> 32
+  assert _pairs(steps.detect_steps(t, m, iqr, counts)) == ([(33, 32)], [(31, True)])
+  m = np.array([1.1] * 8 + [1.0] * 12)
+  m[6] = 0.95                                    # 34 fast, one above it
+  assert _pairs(steps.detect_steps(t, m, iqr, counts)) == ([(33, 32)], [(34, False)])
+  # A level of one count between two steps, beside a burst (a coarse grid): still steps.
+  t = np.arange(200, 140, -4)
+  m = np.array([3.74] * 4 + [3.22, 4.0] + [2.98] * 9)
+  assert _pairs(steps.detect_steps(t, m, [0.004] * 15, [20] * 15)) == (
+      [(188, 184), (180, 176)], [])

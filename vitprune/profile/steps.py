@@ -27,15 +27,17 @@ saves more than `flat_rel` (on a noisy device: no flat claims at all).
 
 A step is a change of level that lasts. When a count of a step pair `n_hi -> n_lo` is out of
 line with its other neighbour (`n_hi` slower than the count above it, or `n_lo` faster than the
-count below it, by more than `k` times their noise), the pair is a step only if the drop from
-that neighbour instead passes the same two tests. Otherwise it is no step, and the count out of
-line may be a *lone count*, out of line with both neighbours, which agree with each other
-(differ by the trend only, neither way a step):
+count below it, by more than `k` times their noise; a neighbour itself out of line the other way,
+a burst right below a step, does not count), the pair is a step only if the drop from that
+neighbour instead passes the same two tests. Otherwise the count out of line may be a *lone
+count*, out of line with both neighbours, which agree with each other (differ by the trend only,
+neither way a step):
   * slow: `n_hi` (a burst of load during its measurement, or a shape the compiler handles badly);
   * fast: `n_lo` (an aligned shape on an accelerator, or a quiet moment during its measurement;
     if it holds when measured again, prune to exactly it).
-Two counts out of line at once (one slow, one fast) around an unchanged level, or a rise, make
-no step and no lone count.
+If it is none, the pair is still a step where the level changes from two counts above it to two
+below it (a level of one count between two steps, beside a burst), and no step otherwise (two
+counts out of line at once around an unchanged level, or a rise).
 Two lone counts side by side (a zigzag across a real step: which one is out of line cannot be
 told) explain each other away: both their pairs stay steps. The largest (smallest) count cannot
 be a lone slow (fast) one: it has no neighbour above (below).
@@ -227,22 +229,38 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
   def slower(a, b):            # n[a] slower than n[b] by more than noise (either order)
     return med[a] - med[b] > k * noise_between(a, b)
 
+  def out_of_line(j, slow):    # n[j] slower (faster) than both neighbours, which agree
+    if not 0 < j < t.size - 1 or not agree(j - 1, j + 1):
+      return False
+    return (slower(j, j - 1) and slower(j, j + 1) if slow else
+            slower(j - 1, j) and slower(j + 1, j))
+
+  # n_hi slower than the count above it, or n_lo faster than the count below it; a neighbour
+  # itself out of line the other way (a burst right below a step) says nothing of the step.
+  def above_slow(i):
+    return i >= 1 and slower(i, i - 1) and not out_of_line(i - 1, slow=False)
+
+  def below_fast(i):
+    return i + 2 < t.size and slower(i + 2, i + 1) and not out_of_line(i + 2, slow=True)
+
   def lone_at(i):              # (index, Lone) of a count of step pair i out of line, or None
-    if i >= 1 and agree(i - 1, i + 1) and slower(i, i - 1):
+    if above_slow(i) and agree(i - 1, i + 1):
       return i, Lone(int(t[i]), int(t[i - 1]), int(t[i + 1]), float(med[i]), float(med[i - 1]),
                      float(med[i + 1]), slow=True)
-    if i + 2 < t.size and agree(i, i + 2) and slower(i + 2, i + 1):
+    if below_fast(i) and agree(i, i + 2):
       return i + 1, Lone(int(t[i + 1]), int(t[i]), int(t[i + 2]), float(med[i + 1]),
                          float(med[i]), float(med[i + 2]), slow=False)
     return None
 
   verdict = {}                 # step pair i -> "step", "none" or (index, Lone)
   for i in np.flatnonzero(is_step):
-    above_slow = i >= 1 and slower(i, i - 1)               # n_hi out of line upwards
-    below_fast = i + 2 < t.size and slower(i + 2, i + 1)   # n_lo out of line downwards
-    lasts = (not (above_slow or below_fast)   # the change without the counts out of line
-             or is_step_between(i - 1 if above_slow else i, i + 2 if below_fast else i + 1))
-    verdict[i] = "step" if lasts else (lone_at(i) or "none")
+    hi_out, lo_out = above_slow(i), below_fast(i)
+    lasts = (not (hi_out or lo_out)           # the change without the counts out of line
+             or is_step_between(i - 1 if hi_out else i, i + 2 if lo_out else i + 1))
+    # Not lasting and no lone count: a step still where the level changes across the wider
+    # neighbourhood (a level of one count between two steps, beside a burst), else none.
+    verdict[i] = "step" if lasts else (lone_at(i) or (
+        "step" if is_step_between(max(i - 2, 0), min(i + 3, t.size - 1)) else "none"))
   lone_pair = {v[0]: i for i, v in verdict.items() if isinstance(v, tuple)}
   for j, i in lone_pair.items():
     if j - 1 in lone_pair or j + 1 in lone_pair:     # a zigzag: each explains the other away
