@@ -98,28 +98,46 @@ def test_stale_temporaries_of_live_processes_are_kept(tmp_path):
   assert live.exists() and other.exists() and not stale.exists()
 
 
-def test_temporaries_of_another_pid_namespace_are_never_judged(tmp_path):
+def test_temporaries_of_another_pid_namespace_are_judged_by_their_lock(tmp_path):
   """Fault probe: a writer in another container sharing the folder (`unshare -p`) has a PID this
   process cannot see, so its staging folder was deleted mid-write as a dead writer's (the other
   run then failed with a raw errno after all its work). Temporaries carry a tag of the host and
-  PID namespace; only this namespace's are judged by their PID."""
+  PID namespace: this namespace's are judged by their PID, another's by the lock their writer
+  holds on them, so a dead foreign writer's are still cleaned up and its committed transaction
+  rolled forward (review: ignoring them left a file set mixed for good)."""
   dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                         capture_output=True, text=True, check=True)
   dead_pid = int(dead.stdout)
   ours = atomic._namespace_tag()
   elsewhere = "0" * 8 if ours != "0" * 8 else "1" * 8
   assert atomic._temp_prefix("out", "tmp") == f".out.tmp-{os.getpid()}-{ours}-"
-  foreign = tmp_path / f".out.tmp-{dead_pid}-{elsewhere}-abc_1234"    # alive over there
+  held = tmp_path / f".out.tmp-{dead_pid}-{elsewhere}-abc_1234"     # alive over there
   stale = tmp_path / f".out.tmp-{dead_pid}-{ours}-abc_1234"
-  old_style = tmp_path / f".out.commit-{dead_pid}-abc_1234"           # before the tag
-  for d in (foreign, stale, old_style):
+  old_style = tmp_path / f".out.tmp-{dead_pid}-abc_1234"            # before the tag
+  gone = tmp_path / f".out.commit-{dead_pid}-{elsewhere}-xyz_1234"  # its writer died
+  for d in (held, stale, old_style, gone):
     d.mkdir()
+  (gone / "a").write_text("new")
+  (gone / ".order").write_text("a\n")
+  (tmp_path / "a").write_text("old")
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+       "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+       str(held)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    atomic.cleanup_stale(str(tmp_path / "out"))
+    assert held.exists() and not stale.exists() and not old_style.exists()
+    assert not gone.exists() and (tmp_path / "a").read_text() == "new"    # rolled forward
+  finally:
+    holder.communicate("")
   atomic.cleanup_stale(str(tmp_path / "out"))
-  assert foreign.exists() and not stale.exists() and not old_style.exists()
+  assert not held.exists()                             # its writer is gone now
   with atomic.staged_dir(str(tmp_path / "out")) as tmp:     # this process's own temporaries
     assert os.path.basename(tmp).startswith(f".out.tmp-{os.getpid()}-{ours}-")
+    assert not atomic._unheld(tmp)                          # held while it works
     open(os.path.join(tmp, "config.json"), "w").write("{}")
-  assert sorted(os.listdir(tmp_path)) == [foreign.name, "out"]
+  assert sorted(os.listdir(tmp_path)) == ["a", "out"]
 
 
 def test_concurrent_writers_exactly_one_wins(tmp_path):

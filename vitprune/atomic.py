@@ -14,12 +14,13 @@
 Temporaries are hidden siblings named `.NAME.tmp-<pid>-<tag>-<random>` (staging),
 `.NAME.old-<pid>-...` (the replaced directory, deleted once the new one is in place) and
 `.NAME.commit-<pid>-...` (a committed `staged_files` transaction); the tag names the host and PID
-namespace the pid belongs to. A run killed part-way leaves them behind; the next write of the
-same NAME from the same namespace removes those whose owning process is gone
-(`cleanup_stale`), restoring a replaced directory that a killed run had moved aside before
-publishing its own, and finishing a committed `staged_files` transaction. Ctrl-C and SIGTERM
-are held during the publishing renames (`console.interrupts_held`) and raised once the output is
-whole; the error line then names it.
+namespace the pid belongs to, and the writer holds an flock on each while it works. A run
+killed part-way leaves them behind; the next write of the same NAME removes those whose writer
+is gone (`cleanup_stale`: by the PID in this namespace, by the lock from another), restoring
+a replaced directory that a killed run had moved aside before publishing its own, and finishing
+a committed `staged_files` transaction. Ctrl-C and SIGTERM are held during the publishing
+renames (`console.interrupts_held`) and raised once the output is whole; the error line then
+names it.
 """
 from __future__ import annotations
 
@@ -483,10 +484,49 @@ def _temp_prefix(name: str, kind: str) -> str:
   return f".{name}.{kind}-{os.getpid()}-{_namespace_tag()}-"
 
 
+def _lock_temporary(path: str) -> Optional[int]:
+  """An fd holding an exclusive `flock` on the temporary `path` (a file or a directory, and the
+  same inode once renamed) for as long as this process works on it: how a writer in another
+  PID namespace is told alive (`_stale`); close it with `_unlock`. None where it cannot be held
+  (then only this namespace's PID test can tell)."""
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    os.close(fd)
+    return None
+  return fd
+
+
+def _unlock(fd: Optional[int]) -> None:
+  if fd is not None:
+    with contextlib.suppress(OSError):
+      os.close(fd)
+
+
+def _unheld(path: str) -> bool:
+  """Whether no process holds the `_lock_temporary` lock of `path` (its writer is gone)."""
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return False                 # cannot tell: leave it
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return True
+  except OSError:
+    return False
+  finally:
+    os.close(fd)
+
+
 def _stale(parent: str, name: str) -> Dict[str, list]:
-  """{kind: [paths]} of `.NAME.<kind>-<pid>-<tag>-<random>` siblings whose process is gone: of
-  this host and PID namespace (`_namespace_tag`) only; another's are never judged. A name
-  without the tag (written before it) is judged as this namespace's."""
+  """{kind: [paths]} of `.NAME.<kind>-<pid>-<tag>-<random>` siblings whose writer is gone: by its
+  PID where the tag is this host and PID namespace's (`_namespace_tag`; a name without the tag,
+  written before it, likewise), else by the lock its writer holds on it (`_lock_temporary`):
+  a PID of another namespace means nothing here."""
   pattern = re.compile(rf"^\.{re.escape(name)}\.({'|'.join(_KINDS)})-(\d+)-"
                        r"(?:([0-9a-f]{8})-)?[A-Za-z0-9_]+$")
   found: Dict[str, list] = {k: [] for k in _KINDS}
@@ -496,9 +536,12 @@ def _stale(parent: str, name: str) -> Dict[str, list]:
     return found
   for entry in sorted(entries):
     m = pattern.match(entry)
-    if (m and m.group(3) in (None, _namespace_tag())
-        and not _pid_alive(int(m.group(2)))):
-      found[m.group(1)].append(os.path.join(parent, entry))
+    if not m:
+      continue
+    path = os.path.join(parent, entry)
+    if (not _pid_alive(int(m.group(2))) if m.group(3) in (None, _namespace_tag())
+        else _unheld(path)):
+      found[m.group(1)].append(path)
   return found
 
 
@@ -599,6 +642,7 @@ def write_bytes(path: str, data: bytes) -> str:
   os.makedirs(directory, exist_ok=True)
   cleanup_stale(path)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(os.path.basename(path), "tmp"))
+  held = _lock_temporary(tmp)
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
@@ -617,6 +661,8 @@ def write_bytes(path: str, data: bytes) -> str:
     if named is e:
       raise
     raise named from None
+  finally:
+    _unlock(held)
   return path
 
 
@@ -681,6 +727,7 @@ def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> N
         raise
     check_replaceable(path, is_ours)
     old = tempfile.mkdtemp(prefix=_temp_prefix(name, "old"), dir=parent)
+    held = _lock_temporary(old)
     aside = os.path.join(old, name)
     try:
       try:
@@ -704,6 +751,7 @@ def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> N
       return
     finally:
       shutil.rmtree(old, ignore_errors=True)
+      _unlock(held)
   raise FileExistsError(f"{path} keeps being replaced by concurrent writers; giving up")
 
 
@@ -739,6 +787,7 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
   else:
     check_replaceable(path, is_ours)
   tmp = tempfile.mkdtemp(prefix=_temp_prefix(name, "tmp"), dir=parent)
+  held = _lock_temporary(tmp)
   os.chmod(tmp, 0o755)
   try:
     yield tmp
@@ -758,6 +807,8 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
     if named is e:
       raise
     raise named from None
+  finally:
+    _unlock(held)
 
 
 # ----------------------------------------------------------------------------- file sets
@@ -791,6 +842,7 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
   os.makedirs(directory, exist_ok=True)
   cleanup_stale(os.path.join(directory, key))
   tmp = tempfile.mkdtemp(prefix=_temp_prefix(key, "tmp"), dir=directory)
+  held = _lock_temporary(tmp)            # (held on the commit directory too: the same inode)
   try:
     yield tmp
     missing = [n for n in names if not os.path.isfile(os.path.join(tmp, n))]
@@ -821,6 +873,8 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
     if named is e:
       raise
     raise named from None
+  finally:
+    _unlock(held)
 
 
 # ----------------------------------------------------------------------------- locks
