@@ -497,3 +497,24 @@ def test_a_folder_where_files_cannot_be_removed_is_named(tmp_path, monkeypatch):
     atomic.check_writable_dir(str(tmp_path), "--out_dir")
   monkeypatch.setattr(atomic.os, "unlink", real_unlink)
   atomic.check_writable_dir(str(tmp_path), "--out_dir")
+
+
+def test_a_name_with_a_suffix_is_cut_to_fit_beside_its_temporaries(tmp_path):
+  """Review: the main job's `<out_dir>.partial-XXXXXXXX` keep is 17 bytes longer than the
+  --out_dir that passed check_name_fits, so it failed exactly when a later stage had failed and
+  the measurements were to be kept. `fitting_name` cuts the name before the suffix to fit."""
+  limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+  longest = "é" + "r" * (limit - atomic._temp_overhead() - 2)      # fits, just (2-byte é)
+  out = tmp_path / longest
+  atomic.check_name_fits(str(out), "out_dir")
+  kept = atomic.fitting_name(str(out), ".partial-0badf00d")
+  name = os.path.basename(kept)
+  assert name.endswith(".partial-0badf00d") and longest.startswith(name[:-17])
+  assert len(os.fsencode(name)) + atomic._temp_overhead() <= limit
+  atomic.check_name_fits(kept, "keep")
+  with atomic.staged_dir(kept, overwrite=False) as tmp:
+    open(os.path.join(tmp, "config.json"), "w").write("{}")
+  assert os.path.isdir(kept)
+  assert atomic.fitting_name(str(tmp_path / "run"), ".partial-1") == str(tmp_path / "run.partial-1")
+  cut = atomic.fitting_name(str(tmp_path / ("é" * limit)), ".p")     # never half a character
+  assert os.path.basename(cut).encode().decode() == os.path.basename(cut)

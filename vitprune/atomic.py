@@ -333,6 +333,20 @@ def _temp_overhead() -> int:
   return len(os.fsencode(_temp_prefix("", "commit"))) + 8
 
 
+def fitting_name(path: str, suffix: str) -> str:
+  """`path` with `suffix` appended to its last name, that name shortened (from its end, before
+  the suffix) where it and the hidden temporaries written beside it would not fit the file
+  system's name limit (the main job's `<out_dir>.partial-XXXXXXXX` keep, 17 bytes longer than
+  the --out_dir that passed `check_name_fits`, failed when it was needed)."""
+  parent, name = os.path.split(os.path.abspath(path))
+  limit = _fs_limit(parent, "PC_NAME_MAX", 255)
+  if limit > 0:
+    room = limit - _temp_overhead() - len(os.fsencode(suffix))
+    while name and len(os.fsencode(name)) > room:
+      name = name[:-1]
+  return os.path.join(parent, name + suffix)
+
+
 def check_name_fits(path: str, flag: str) -> None:
   """ValueError naming `--flag` when the hidden temporaries a write of `path` makes beside it
   (`.NAME.commit-PID-xxxxxxxx`) would not fit the file system's name limit: a name of ~240

@@ -527,9 +527,10 @@ def keep_measured(out_dir: str, spec: PipelineSpec, profile: records.Profile,
   it leaves nothing then (a full disk left a half-written folder per run). `out_dir` is left as
   it was."""
   out_dir = os.path.abspath(out_dir)
-  kept = f"{out_dir}.partial-{secrets.token_hex(4)}"
-  parent, base = os.path.split(out_dir)
-  atomic.cleanup_stale_named(parent, f"{base}.partial-")   # (killed keeps: a fresh name each)
+  token = secrets.token_hex(4)
+  kept = atomic.fitting_name(out_dir, f".partial-{token}")        # (a long name cut short)
+  parent, name = os.path.split(kept)
+  atomic.cleanup_stale_named(parent, name[:-len(token)])  # (killed keeps: a fresh name each)
   try:
     with atomic.staged_dir(kept, overwrite=False) as tmp:
       runner.write_outputs(profile, os.path.join(tmp, "profile"))
