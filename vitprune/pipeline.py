@@ -360,7 +360,8 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           + ("" if len(rounds) == 1 else
              f" ({' + '.join(map(str, rounds))}: re-aimed {len(rounds) - 1}x by the measured / "
              "predicted ratio, each round one measurement)")
-          + f": the most accurate within {1e3 * spec.latency_budget:.4g} ms is {sol.chosen.schedule}, "
+          + f": the most accurate within {1e3 * spec.latency_budget:.4g} ms is "
+          f"{sol.chosen.schedule}, "
           f"measured {1e3 * sol.chosen.measured_latency_s:.4f} ms (predicted "
           f"{1e3 * sol.chosen.predicted_latency_s:.4f} ms), {sol.metric} "
           f"{sol.chosen.measured_accuracy:.4f}"
