@@ -186,7 +186,7 @@ def test_other_weights_or_data_are_refused(inputs):
                     f"--profile={ps}", f"--estimate={root / 'train_e.json'}", "--mode=multi",
                     f"--out_dir={root / 'out'}", "--allow_batch_mismatch"]))):
       with pytest.raises(ValueError, match=rf"train_e.json measured the digits' {split} split, "
-                                           r"which the model was trained on: .*--split=test$"):
+                                           r"which models of the digits are trained on: .*--split=test$"):
         run()
   with pytest.raises(ValueError, match="--eval_batch_size=1000000000 cannot fit in memory"):
     _run(root, es, ps, f"--weights={weights}", "--num_images=20",

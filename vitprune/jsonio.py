@@ -23,18 +23,23 @@ class FormatError(ValueError):
 
 def why_not_a_file(path: str) -> str:
   """Why `path` cannot be read as a file ('does not exist', 'is a directory', 'is a dangling
-  link', 'is a loop of symbolic links', 'is not a regular file (a device, FIFO or socket)'); ''
+  link', 'is a loop of symbolic links ...', 'lies under a loop ...', 'is not a regular file (a device, FIFO or socket)'); ''
   when it is a regular file (through links)."""
   if os.path.isfile(path):
     return ""
   if not os.path.lexists(path):
+    try:
+      os.lstat(path)
+    except OSError as e:
+      if e.errno == errno.ELOOP:
+        return "lies under a loop of symbolic links (or too long a chain of them)"
     return "does not exist"
   if not os.path.exists(path):
     try:
       os.stat(path)
     except OSError as e:
       if e.errno == errno.ELOOP:
-        return "is a loop of symbolic links"
+        return "is a loop of symbolic links (or too long a chain of them)"
     return "is a dangling link"
   return ("is a directory" if os.path.isdir(path) else
           "is not a regular file (a device, FIFO or socket)")

@@ -88,8 +88,8 @@ def check_held_out(estimate: Estimate) -> None:
   split = selection.get("split") if isinstance(selection, dict) else None
   if split in ("train", "all"):
     raise SolveInputError(f"estimate {estimate.source} measured the digits' {split} split, which "
-                          "the model was trained on: its accuracies overstate the model's; "
-                          "estimate with --split=test")
+                          "models of the digits are trained on: its accuracies overstate the "
+                          "model's; estimate with --split=test")
 
 
 # The profile curves each mode solves on (multi mode: without a calibrated latency model).
