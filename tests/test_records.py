@@ -34,7 +34,8 @@ def test_read_json_errors(tmp_path):
   os.symlink(tmp_path / "loop", tmp_path / "loop")  # (so was a loop; fault probe)
   special = r"is not a regular file \(a device, FIFO or socket\)"
   for name, why in ((".", "is a directory"), ("fifo", special), ("device", special),
-                    ("dangling", "is a dangling link"), ("loop", r"is a loop of symbolic links \(or too long a chain of them\)"),
+                    ("dangling", "is a dangling link"),
+                    ("loop", r"is a loop of symbolic links \(or too long a chain of them\)"),
                     ("loop/x.json", r"lies under a loop of symbolic links \(or too long a "
                                     r"chain of them\)")):
     with pytest.raises(FileNotFoundError, match=f"widget file .* {why}$"):
