@@ -23,8 +23,8 @@ class FormatError(ValueError):
 
 def why_not_a_file(path: str) -> str:
   """Why `path` cannot be read as a file ('does not exist', 'is a directory', 'is a dangling
-  link', 'is a loop of symbolic links ...', 'lies under a loop ...', 'is not a regular file (a device, FIFO or socket)'); ''
-  when it is a regular file (through links)."""
+  link', 'is a loop of symbolic links ...', 'lies under a loop ...', 'is not a regular file (a
+  device, FIFO or socket)'); '' when it is a regular file (through links)."""
   if os.path.isfile(path):
     return ""
   if not os.path.lexists(path):
