@@ -3,6 +3,8 @@ import contextlib
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -518,3 +520,35 @@ def test_a_name_with_a_suffix_is_cut_to_fit_beside_its_temporaries(tmp_path):
   assert atomic.fitting_name(str(tmp_path / "run"), ".partial-1") == str(tmp_path / "run.partial-1")
   cut = atomic.fitting_name(str(tmp_path / ("é" * limit)), ".p")     # never half a character
   assert os.path.basename(cut).encode().decode() == os.path.basename(cut)
+
+
+def test_a_file_set_that_cannot_be_rolled_forward_says_what_happened(tmp_path, monkeypatch):
+  """Fault probe: with one output made immutable (chattr +i), the roll-forward of a committed
+  set stopped half-way with a raw errno naming the hidden commit folder; the files were left
+  mixed without a word. The error names the file and says the next write finishes the set."""
+  for n in ("p.png", "p.json"):
+    (tmp_path / n).write_text("old")
+  real_replace = os.replace
+
+  def replace(src, dst, *a, **kw):
+    if os.path.basename(dst) == "p.json":
+      raise PermissionError(1, "Operation not permitted", src, None, dst)
+    return real_replace(src, dst, *a, **kw)
+
+  monkeypatch.setattr(atomic.os, "replace", replace)
+  with pytest.raises(OSError, match=rf"could not replace {tmp_path}/p.json \(Operation not "
+                                    r"permitted\); the other files of the set may be this run's "
+                                    rf"already: .* the next write of {tmp_path}/p finishes"):
+    with atomic.staged_files(str(tmp_path), "p", ["p.png", "p.json"]) as tmp:
+      for n in ("p.png", "p.json"):
+        open(os.path.join(tmp, n), "w").write("new")
+  assert (tmp_path / "p.png").read_text() == "new" and (tmp_path / "p.json").read_text() == "old"
+  monkeypatch.setattr(atomic.os, "replace", real_replace)
+  (commit,) = [n for n in os.listdir(tmp_path) if n.startswith(".p.commit-")]
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  os.rename(tmp_path / commit,                               # as once this process has ended
+            tmp_path / commit.replace(f"-{os.getpid()}-", f"-{dead}-", 1))
+  atomic.cleanup_stale(str(tmp_path / "p"))                  # the next write's first step
+  assert (tmp_path / "p.json").read_text() == "new"
+  assert sorted(os.listdir(tmp_path)) == ["p.json", "p.png"]

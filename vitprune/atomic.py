@@ -877,7 +877,13 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
       commit = os.path.join(directory, os.path.basename(tmp).replace(".tmp-", ".commit-", 1))
       os.rename(tmp, commit)
       _phase("committed")
-      _roll_forward(commit, directory)
+      try:
+        _roll_forward(commit, directory)
+      except OSError as e:    # e.g. a file made immutable: some files replaced, some not yet
+        raise OSError(e.errno, f"could not replace {e.filename2 or e.filename} ({e.strerror}); "
+                      f"the other files of the set may be this run's already: the run's files "
+                      f"stay committed beside them, and the next write of "
+                      f"{os.path.join(directory, key)} finishes replacing them") from None
       console.wrote(os.path.join(directory, names[-1]))
   except BaseException as e:
     with console.interrupts_held(raise_after=False):
