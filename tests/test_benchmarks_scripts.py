@@ -811,3 +811,37 @@ def test_gpu_report_checks_what_it_tabulates(tmp_path):
   assert not (out / "predictor_accuracy_report.json").exists()
   gpu_report.check_out_not_read(str(out / "report.json"), str(out))        # the documented one
   gpu_report.check_out_not_read(str(out / "profile" / "sub" / "r.json"), str(out))
+
+
+def test_step_detection_benchmark_scores_the_detector(tmp_path, monkeypatch, capsys):
+  """benchmarks.step_detection: simulated staircases judged by steps.detect_steps; without
+  counts out of line every step is found on a unit grid, and a detector that finds nothing
+  is scored as missing every step."""
+  import json  # pylint: disable=g-import-not-at-top
+  from benchmarks import step_detection as sd  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from vitprune.profile import steps  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "sd.json"
+
+  def run(*extra):
+    return sd.main(common.parse(sd.define_flags, ["--curves=20", f"--out={out}", *extra]))
+
+  doc = run("--strides=1,2", "--burst_share=0")
+  clean = {r["stride"]: r for r in doc["rows"]}
+  assert clean[1]["found"] == clean[1]["true"] > 60 and clean[1]["false"] == 0
+  assert clean[1]["exact"] == 20 and clean[1]["out_of_line"] == 0
+  assert json.loads(out.read_text())["rows"] == doc["rows"]
+  doc = run("--strides=1", "--burst_share=0.1", "--fast_share=0.05")
+  (row,) = doc["rows"]
+  assert row["found"] + row["missed"] == row["true"] and 0 < row["named_lone"] <= row[
+      "out_of_line"]
+  said = capsys.readouterr().out
+  assert f"| 1 | 20 | {row['true']} | {row['found']} | {row['missed']} | {row['false']} |" in said
+  monkeypatch.setattr(steps, "detect_steps", lambda *a, **k: steps.StepReport((), (), 0.0, 0.0))
+  (row,) = run("--strides=1")["rows"]
+  assert row["found"] == 0 and row["missed"] == row["true"] > 0 and row["named_lone"] == 0
+  with pytest.raises(ValueError, match="--strides: duplicate values"):
+    run("--strides=2,2")
+  with pytest.raises(ValueError, match=r"--strides=100 leaves fewer than 4 counts below "
+                                       r"--max_tokens=200"):
+    run("--strides=100")
