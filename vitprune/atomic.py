@@ -14,7 +14,8 @@
 Temporaries are hidden siblings named `.NAME.tmp-<pid>-<tag>-<random>` (staging),
 `.NAME.old-<pid>-...` (the replaced directory, deleted once the new one is in place) and
 `.NAME.commit-<pid>-...` (a committed `staged_files` transaction); the tag names the host and PID
-namespace the pid belongs to, and the writer holds an flock on each while it works. A run
+namespace the pid belongs to, and the writer holds an flock on each while it works (taken
+before the name appears: each is made as `.NAME.new-...`, locked, then renamed). A run
 killed part-way leaves them behind; the next write of the same NAME removes those whose writer
 is gone (`cleanup_stale`: by the PID in this namespace, by the lock from another), restoring
 a replaced directory that a killed run had moved aside before publishing its own, and finishing
@@ -467,7 +468,7 @@ def replace_json(path: str, obj: Any, fmt: str, *, overwrite: bool = True, **jso
 
 # ----------------------------------------------------------------------------- stale temporaries
 
-_KINDS = ("tmp", "old", "commit")
+_KINDS = ("tmp", "old", "commit", "new")   # new: being made, not yet locked (`_claimed`)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -515,6 +516,34 @@ def _lock_temporary(path: str) -> Optional[int]:
   return fd
 
 
+def _claimed(parent: str, name: str, kind: str, *, directory: bool, mode: Optional[int] = None
+             ) -> Tuple[Optional[int], str, Optional[int]]:
+  """A new temporary `.NAME.<kind>-<pid>-<tag>-<random>` in `parent` -> (mkstemp's fd or None,
+  its path, its `_lock_temporary` fd). It is made as `.NAME.new-...`, which another namespace's
+  cleaner never judges, locked (and given `mode`), then renamed into its name (the same inode,
+  the lock with it): a cleaner elsewhere never sees it unlocked while its writer lives (it
+  deleted a fresh one between the two calls). On failure nothing is left."""
+  hidden = _temp_prefix(name, "new")
+  fd, held = None, None
+  if directory:
+    made = tempfile.mkdtemp(prefix=hidden, dir=parent)
+  else:
+    fd, made = tempfile.mkstemp(prefix=hidden, dir=parent)
+  try:
+    held = _lock_temporary(made)
+    if mode is not None:
+      os.chmod(made, mode)
+    path = os.path.join(parent, _temp_prefix(name, kind) + os.path.basename(made)[len(hidden):])
+    os.rename(made, path)
+  except BaseException:
+    _unlock(held)
+    if fd is not None:
+      os.close(fd)
+    _remove(made)
+    raise
+  return fd, path, held
+
+
 def _unlock(fd: Optional[int]) -> None:
   if fd is not None:
     with contextlib.suppress(OSError):
@@ -552,10 +581,14 @@ def _stale(parent: str, name: str) -> Dict[str, list]:
     m = pattern.match(entry)
     if not m:
       continue
-    path = os.path.join(parent, entry)
-    if (not _pid_alive(int(m.group(2))) if m.group(3) in (None, _namespace_tag())
-        else _unheld(path)):
-      found[m.group(1)].append(path)
+    path, kind, pid, tag = os.path.join(parent, entry), m.group(1), int(m.group(2)), m.group(3)
+    if tag not in (None, _namespace_tag()):     # another namespace's: by its writer's lock
+      gone = kind != "new" and _unheld(path)    # (one being made is not locked yet)
+    else:                                       # ours: by PID; this process's own by its lock
+      gone = not _pid_alive(pid) or (pid == os.getpid() and tag is not None
+                                     and kind != "new" and _unheld(path))
+    if gone:
+      found[kind].append(path)
   return found
 
 
@@ -602,7 +635,7 @@ def cleanup_stale(path: str) -> None:
     _remove(old)
   for commit in stale["commit"]:
     _roll_forward(commit, parent)
-  for tmp in stale["tmp"]:
+  for tmp in stale["tmp"] + stale["new"]:
     _remove(tmp)
   _remove_unheld_lock(path)
 
@@ -655,8 +688,7 @@ def write_bytes(path: str, data: bytes) -> str:
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   cleanup_stale(path)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(os.path.basename(path), "tmp"))
-  held = _lock_temporary(tmp)
+  fd, tmp, held = _claimed(directory, os.path.basename(path), "tmp", directory=False)
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
@@ -740,8 +772,7 @@ def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> N
       if not _rename_failed_because_taken(e):
         raise
     check_replaceable(path, is_ours)
-    old = tempfile.mkdtemp(prefix=_temp_prefix(name, "old"), dir=parent)
-    held = _lock_temporary(old)
+    _, old, held = _claimed(parent, name, "old", directory=True)
     aside = os.path.join(old, name)
     try:
       try:
@@ -800,9 +831,7 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
       raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
   else:
     check_replaceable(path, is_ours)
-  tmp = tempfile.mkdtemp(prefix=_temp_prefix(name, "tmp"), dir=parent)
-  held = _lock_temporary(tmp)
-  os.chmod(tmp, 0o755)
+  _, tmp, held = _claimed(parent, name, "tmp", directory=True, mode=0o755)
   try:
     yield tmp
     _write_inventory(tmp)
@@ -855,8 +884,7 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
   directory = os.path.abspath(directory)
   os.makedirs(directory, exist_ok=True)
   cleanup_stale(os.path.join(directory, key))
-  tmp = tempfile.mkdtemp(prefix=_temp_prefix(key, "tmp"), dir=directory)
-  held = _lock_temporary(tmp)            # (held on the commit directory too: the same inode)
+  _, tmp, held = _claimed(directory, key, "tmp", directory=True)  # (held as the commit too)
   try:
     yield tmp
     missing = [n for n in names if not os.path.isfile(os.path.join(tmp, n))]
