@@ -69,7 +69,7 @@ def main(f: flags.FlagValues):
     raise ValueError("--out is empty")
   out = os.path.abspath(f.out)
   common.check_new_dir(out, "out", overwrite=f.overwrite, is_ours=checkpoint.is_weights_dir)
-  orbax_io.storage_path(out)        # the weights checkpoint goes below it: before training
+  orbax_io.writable_path(out)       # the weights checkpoint goes below it: before training
   tc = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr,
                    warmup_epochs=f.warmup_epochs, weight_decay=f.weight_decay,
                    label_smoothing=f.label_smoothing, max_shift=f.max_shift,

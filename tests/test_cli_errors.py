@@ -281,6 +281,12 @@ CASES = [
      "--loop_neighbours applies to --solver=multi with --accuracy_floor or --latency_budget"),
     ("profile", ["--solver=multi", "--accuracy_floor=0.9", "--loop_neighbours=-1",
                  "--out_dir={out}"], 2, "-1 is not an integer in the range [0, 1000]"),
+    # A '[' in the path: orbax globbed it when gathering the checkpoint's parts, found none,
+    # and train_digits published unreadable weights with exit 0 (fault probe).
+    ("train_digits", ["--out={out}[1]", "--max_steps=1"], 1,
+     "orbax checkpoints (weights) cannot be written under a path holding '[' or ']'"),
+    ("deploy", [f"--weights={WEIGHTS}", "--out={out}[v2]"], 1,
+     "orbax checkpoints (weights) cannot be written under a path holding '[' or ']'"),
 ]
 
 

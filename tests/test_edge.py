@@ -1450,3 +1450,33 @@ def test_a_manifest_set_back_to_version_1_is_refused_on_the_board(artifact, tmp_
   (board / "manifest.json").write_text(json.dumps(doc))
   with pytest.raises(EdgeError, match=r"manifest.json: states no weights source \(the iree:"):
     edge_rt.check_against_manifest(str(board), edge_rt.read_records(str(board)))
+
+
+def test_artifact_records_are_listed_not_globbed(artifact, tmp_path, monkeypatch):
+  """Fault probe: the iree/ records were found with a glob of the artifact's own path, so an
+  artifact at 'art[1]' held 'no IREE target', one at 'd*' read its sibling's records (refused as
+  'files mixed from two artifacts' or 'corrupted'), and an unreadable iree/ folder was reported
+  as holding no record instead of its error."""
+  odd = tmp_path / "art[1]"
+  shutil.copytree(artifact, odd)
+  shutil.copytree(artifact, tmp_path / "art1")             # what '[1]' matched
+  star = tmp_path / "d*"
+  shutil.copytree(artifact, star)
+  shutil.copytree(artifact, tmp_path / "dX")
+  for p in (odd, star):
+    assert [r["target"] for r in edge_rt.read_records(str(p))] == [
+        r["target"] for r in edge_rt.read_records(artifact)]
+    deploy.load(str(p))                                   # the manifest's checks pass
+  assert edge_rt.record_files(str(tmp_path / "none")) == []
+  real = os.listdir
+
+  def listdir(path):
+    if str(path).endswith(os.path.join("art[1]", "iree")):
+      raise PermissionError(13, "Permission denied", path)
+    return real(path)
+
+  monkeypatch.setattr(edge_rt.os, "listdir", listdir)
+  with pytest.raises(EdgeError, match=r"cannot list .*art\[1\]/iree: Permission denied$"):
+    edge_rt.read_records(str(odd))
+  with pytest.raises(deploy.ArtifactError, match=r"cannot list .*art\[1\]/iree: Permission"):
+    deploy.load(str(odd))

@@ -72,7 +72,7 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
   check_config(cfg)                        # (a TypeError for 'test_tiny_vit', not AttributeError)
   check_params(cfg, params)
   path = os.path.abspath(path)
-  orbax_io.storage_path(path)      # before any work: the checkpoint goes below it
+  orbax_io.writable_path(path)     # before any work: the checkpoint goes below it
   params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
   check_finite(params32)
   doc = {"format": FORMAT, "version": VERSION, "config": config_to_dict(cfg), "meta": meta or {},

@@ -528,7 +528,7 @@ def convert_checkpoint(cfg: ViTConfig, checkpoint: str, out: str, *, overwrite: 
   """
   check_config(cfg)
   atomic.check_output_dir_target(os.path.abspath(out), overwrite, is_weights_dir)
-  orbax_io.storage_path(os.path.abspath(out))       # before converting, not in save_weights
+  orbax_io.writable_path(os.path.abspath(out))      # before converting, not in save_weights
   params, meta = convert_file(cfg, checkpoint, drop_head=drop_head, ignore_keys=ignore_keys)
   meta["converted_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds")

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import glob
 import hashlib
 import importlib.metadata as md
 import os
@@ -256,7 +255,7 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   from vitprune.model import check_params  # pylint: disable=g-import-not-at-top
   out = os.path.abspath(out)
   atomic.check_output_dir_target(out, overwrite, is_artifact_dir)   # before the (slow) export
-  orbax_io.storage_path(out)                                  # the weights checkpoint goes below
+  orbax_io.writable_path(out)                                 # the weights checkpoint goes below
   check_params(cfg, params)
   schedule = check_schedule(cfg, schedule, reducer)
   if class_names is not None:
@@ -526,13 +525,15 @@ def _check_targets(path: str, manifest: Manifest) -> None:
   iree/ folder copied in from another artifact loaded here), or a module or weights file of
   iree/ is missing or not the one recorded (`runtime.check_record_files`)."""
   from vitprune.edge import runtime, targets  # pylint: disable=g-import-not-at-top
-  if glob.glob(os.path.join(path, runtime.EDGE_DIR, "*.json")):     # as the board finds them
-    try:
+  try:
+    files = runtime.record_files(os.path.join(path, runtime.EDGE_DIR))  # as the board finds them
+    if files:
       records = runtime.read_records(path)
       runtime.check_against_manifest(path, records)
       runtime.check_record_files(path, records)      # (the jax path does not run them)
-    except targets.EdgeError as e:
-      raise ArtifactError(str(e)) from None
+  except targets.EdgeError as e:
+    raise ArtifactError(str(e)) from None
+  if files:
     return
   why = targets.targets_mismatch(manifest.targets, [])
   if why:

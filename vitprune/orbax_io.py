@@ -46,11 +46,26 @@ def storage_path(path: str) -> str:
   return path
 
 
+def writable_path(path: str) -> str:
+  """`storage_path`, and no `[` or `]` anywhere in the absolute path: orbax gathers the parts of
+  a checkpoint it wrote by matching the folder's path as a glob pattern, where `[1]` is a
+  character class (under 'w[1]' it found none, reported success and left weights no one could
+  read; `*` and `?` match themselves and worked). OSError naming the path otherwise; reading
+  there works."""
+  storage_path(path)
+  full = os.path.abspath(path)
+  if "[" in full or "]" in full:
+    raise OSError(f"{full!r}: orbax checkpoints (weights) cannot be written under a path "
+                  "holding '[' or ']' (orbax matches the folder as a glob pattern when it "
+                  "gathers the checkpoint's parts); rename it or choose another path")
+  return path
+
+
 def save(directory: str, tree: Any) -> None:
   """Checkpoints the pytree `tree` into the new `directory` and waits for it; the library's
   exception when it cannot (a full disk), without the tracebacks its I/O threads print on the
   way (hundreds of lines around the one 'No space left on device')."""
-  directory = storage_path(directory)
+  directory = writable_path(directory)
   _start_backend()
   try:
     with _stderr_kept_unless_failing():

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import glob
 import os
 import reprlib
 import signal
@@ -374,9 +373,30 @@ def check_shards(shards: Any, batch: int, where: str, module: Optional[Dict] = N
   return shards
 
 
+def record_files(folder: str) -> List[str]:
+  """The `*.json` files of an artifact's `iree/` folder, sorted (names starting with '.' left
+  out, as a glob does); [] when there is no such folder. Listed, not globbed: a glob read the
+  artifact's own path as a pattern ('art[1]' found no records, 'd*' a sibling's). EdgeError
+  naming the folder when it cannot be read (it was 'holds no module record')."""
+  try:
+    names = os.listdir(folder)
+  except FileNotFoundError:
+    return []
+  except NotADirectoryError:
+    return []
+  except OSError as e:
+    raise EdgeError(f"cannot list {folder}: {e.strerror or e}") from None
+  return sorted(os.path.join(folder, n) for n in names
+                if n.endswith(".json") and not n.startswith("."))
+
+
 def _holds_records(folder: str) -> bool:
   """Whether `folder` holds a module record (a JSON file of RECORD_FORMAT)."""
-  for f in glob.glob(os.path.join(glob.escape(folder), "*.json")):
+  try:
+    files = record_files(folder)
+  except EdgeError:
+    return False
+  for f in files:
     try:
       if jsonio.read_json(f, "record").get("format") == RECORD_FORMAT:
         return True
@@ -401,7 +421,7 @@ def read_records(path: str) -> List[Dict[str, Any]]:
   """The per-target records of artifact `path`, in file-name order (validated headers)."""
   if not os.path.isdir(path):
     raise EdgeError(f"{path} is not an artifact directory")
-  files = sorted(glob.glob(os.path.join(path, EDGE_DIR, "*.json")))
+  files = record_files(os.path.join(path, EDGE_DIR))
   if not files:
     from vitprune.edge.kit import KIT_MANIFEST  # pylint: disable=g-import-not-at-top  (a cycle)
     if os.path.isfile(os.path.join(path, KIT_MANIFEST)):
