@@ -414,3 +414,23 @@ def test_a_lone_slow_count_is_recorded_apart_from_the_steps(tmp_path):
   back = records.load(paths["json"])
   assert back.lone_counts == prof.lone_counts and records.measurement_sha256(back) == digest
   plot.plot_profile(back, str(tmp_path / "p.png"))               # marked, not a KeyError
+
+
+def test_a_table_of_someone_else_beside_a_profile_is_not_replaced(tmp_path):
+  """Fault probe: a file of the user's at the profile's CSV name (beside a profile JSON, e.g. the
+  board's copied in) was replaced by the profile table without a word. A CSV there must start
+  with the profile table's header; ours (and a CRLF copy of it) is replaced as before."""
+  prof = _profile(_staircase_points())
+  paths = records.save(prof, str(tmp_path), stem="p")
+  ours = open(paths["csv"]).read()
+  with open(paths["csv"], "w", newline="") as f:
+    f.write(ours.replace("\n", "\r\n"))
+  records.save(prof, str(tmp_path), stem="p")
+  assert open(paths["csv"]).read() == ours
+  open(paths["csv"], "w").write("my,data\n1,2\n")
+  for check in (lambda: records.check_save(prof, str(tmp_path), "p"),
+                lambda: records.save(prof, str(tmp_path), stem="p")):
+    with pytest.raises(ValueError, match=r"refusing to replace .*p.csv: it does not start with "
+                                         r"a profile table's header"):
+      check()
+  assert open(paths["csv"]).read() == "my,data\n1,2\n"

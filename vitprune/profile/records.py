@@ -500,6 +500,16 @@ def check_save(setup: Profile, out_dir: str, stem: str, extra: Sequence[str] = (
 MergeFields = Callable[[Dict[str, Any], Dict[str, Any]], Dict[str, Any]]
 
 
+def _starts_with_our_header(csv_path: str) -> bool:
+  """Whether the file `csv_path` starts with the line `to_csv` writes first (`CSV_COLUMNS`)."""
+  want = ",".join(CSV_COLUMNS)
+  try:
+    with open(csv_path, "rb") as f:
+      return f.readline(len(want) + 3).decode("utf-8", "replace").rstrip("\r\n") == want
+  except OSError:
+    return False
+
+
 def _merged_with_existing(profile: Profile, paths: Dict[str, str],
                           fields: Optional[Dict[str, Any]] = None,
                           merge_fields: Optional[MergeFields] = None
@@ -526,6 +536,11 @@ def _merged_with_existing(profile: Profile, paths: Dict[str, str],
   except (OSError, ValueError) as e:
     raise ValueError(f"refusing to replace {paths['json']}: it is not a readable latency "
                      f"profile ({e})") from None
+  csv_path = paths.get("csv")
+  if csv_path and os.path.lexists(csv_path) and not _starts_with_our_header(csv_path):
+    raise ValueError(f"refusing to replace {csv_path}: it does not start with a profile "
+                     "table's header, so vitprune did not write it (a file of yours beside "
+                     "the profile?); move it away or choose another output folder")
   named = named_batch_sizes(profile, os.path.basename(paths["json"])[:-len(".json")])
   if named is not None and not set(existing.batch_sizes) <= set(named):
     raise ValueError(f"refusing to merge into {paths['json']}: it holds batch "
