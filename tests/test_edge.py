@@ -1480,3 +1480,24 @@ def test_artifact_records_are_listed_not_globbed(artifact, tmp_path, monkeypatch
     edge_rt.read_records(str(odd))
   with pytest.raises(deploy.ArtifactError, match=r"cannot list .*art\[1\]/iree: Permission"):
     deploy.load(str(odd))
+
+
+def test_the_jax_path_refuses_a_record_the_board_refuses(artifact, tmp_path):
+  """Fault probe: vitprune.load accepted an artifact whose iree:host record named a driver that
+  cannot run it, or a function its module lacks, which the board then refused."""
+  for name, change, message in (
+      ("driver", lambda r: r.update(driver="bogus"),
+       r"iree_host.json: IREE driver 'bogus' cannot run target iree:host"),
+      ("cuda", lambda r: r.update(driver="cuda"),
+       r"iree_host.json: IREE driver 'cuda' cannot run target iree:host"),
+      ("function", lambda r: r.update(function="main_0123456789abcdef"),
+       r"iree_host.json: the record does not match its module \(function "
+       r"'main_0123456789abcdef'")):
+    dst = tmp_path / name
+    shutil.copytree(artifact, dst)
+    rec_path = dst / "iree" / "iree_host.json"
+    rec = json.loads(rec_path.read_text())
+    change(rec)
+    rec_path.write_text(json.dumps(rec))
+    with pytest.raises(deploy.ArtifactError, match=message):
+      deploy.load(str(dst))

@@ -84,10 +84,16 @@ def checked_file(root: str, entry: Dict[str, Any], what: str) -> str:
 def check_record_files(root: str, records: List[Dict[str, Any]]) -> None:
   """Every file the records of artifact `root` list (modules, packed weights) exists with its
   recorded sha256, each file hashed once (`checked_file`): a truncated module or weights.bin
-  loaded on the jax path without a word and failed only on the board."""
+  loaded on the jax path without a word and failed only on the board. So do a record's driver
+  (`check_driver`) and module function (`checked_function`): an edited one loaded there too."""
   seen = set()
   for r in records:
     what = os.path.join(root, r.get("_file", EDGE_DIR))
+    try:            # what the board refuses on loading, refused on the jax path too
+      check_driver(parse_target(r["target"]), r["driver"])
+    except EdgeError as e:
+      raise EdgeError(f"{what}: {e}") from None
+    checked_function(r, record_identity(r), what)
     for key in ("module", "weights"):
       entry = r.get(key)
       if not isinstance(entry, dict):
