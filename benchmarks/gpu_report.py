@@ -169,9 +169,10 @@ def collect(out_dir: str) -> Dict[str, Any]:
   """Everything under `out_dir` -> the report document (ValueError when there is nothing)."""
   if not os.path.isdir(out_dir):
     raise ValueError(f"--dir {out_dir!r} is not a directory")
-  profile_paths = glob.glob(os.path.join(out_dir, "profile", "*.json"))
-  tables = glob.glob(os.path.join(out_dir, "benchmark", "**", "*.csv"), recursive=True)
-  predictor = sorted(glob.glob(os.path.join(out_dir, "predictor_accuracy_*.json")))
+  root = glob.escape(out_dir)       # (a '[1]' in --dir was a pattern: it read a sibling's)
+  profile_paths = glob.glob(os.path.join(root, "profile", "*.json"))
+  tables = glob.glob(os.path.join(root, "benchmark", "**", "*.csv"), recursive=True)
+  predictor = sorted(glob.glob(os.path.join(root, "predictor_accuracy_*.json")))
   if not profile_paths and not tables and not predictor:
     raise ValueError(f"--dir {out_dir!r} holds no profile/*.json, benchmark/*.csv or "
                      "predictor_accuracy_*.json: nothing to report (did every stage time out?)")

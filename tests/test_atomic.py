@@ -534,13 +534,17 @@ def test_a_file_set_that_cannot_be_rolled_forward_says_what_happened(tmp_path, m
     return real_replace(src, dst, *a, **kw)
 
   monkeypatch.setattr(atomic.os, "replace", replace)
-  with pytest.raises(OSError, match=rf"could not replace {tmp_path}/p.json \(Operation not "
-                                    r"permitted\); the other files of the set may be this run's "
-                                    rf"already: .* the next write of {tmp_path}/p finishes"):
+  message = (rf"could not replace {tmp_path}/p.json \(Operation not permitted\); the other "
+             r"files of its set may be the new ones already: .* the next write of the set "
+             r"finishes replacing them once p.json can be replaced$")
+  with pytest.raises(OSError, match=message):
     with atomic.staged_files(str(tmp_path), "p", ["p.png", "p.json"]) as tmp:
       for n in ("p.png", "p.json"):
         open(os.path.join(tmp, n), "w").write("new")
   assert (tmp_path / "p.png").read_text() == "new" and (tmp_path / "p.json").read_text() == "old"
+  with pytest.raises(OSError, match=message):        # the next write, while it still cannot
+    with atomic.staged_files(str(tmp_path), "p", ["p.png", "p.json"]):
+      pass
   monkeypatch.setattr(atomic.os, "replace", real_replace)
   assert [n for n in os.listdir(tmp_path) if n.startswith(".p.commit-")]
   # The next write finishes it first, in this very process too (review: its own leftover was

@@ -845,3 +845,18 @@ def test_step_detection_benchmark_scores_the_detector(tmp_path, monkeypatch, cap
   with pytest.raises(ValueError, match=r"--strides=100 leaves fewer than 4 counts below "
                                        r"--max_tokens=200"):
     run("--strides=100")
+
+
+def test_gpu_report_reads_its_own_dir_whatever_its_name(tmp_path):
+  """Review: --dir was a glob pattern: '/x/r[1]' held nothing to report, or read '/x/r1'."""
+  from benchmarks import gpu_report  # pylint: disable=g-import-not-at-top
+  from vitprune import benchmark as bench  # pylint: disable=g-import-not-at-top
+  row = {k: "" for k in bench.CSV_COLUMNS}
+  row.update(device_kind="cpu", platform="cpu", batch_size=1, dtype="float32",
+             variant="unpruned", schedule="full", latency_median_ms=1.0, latency_iqr_ms=0.1,
+             compile_s=0.5, change_pct=0.0)
+  for name, model in (("r[1]", "ours"), ("r1", "the sibling's")):
+    (tmp_path / name / "benchmark").mkdir(parents=True)
+    (tmp_path / name / "benchmark" / "t.csv").write_text(bench.to_csv([{**row, "model": model}]))
+  doc = gpu_report.collect(str(tmp_path / "r[1]"))
+  assert [r["model"] for r in doc["benchmark"]] == ["ours"]

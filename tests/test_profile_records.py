@@ -427,6 +427,9 @@ def test_a_table_of_someone_else_beside_a_profile_is_not_replaced(tmp_path):
     f.write(ours.replace("\n", "\r\n"))
   records.save(prof, str(tmp_path), stem="p")
   assert open(paths["csv"]).read() == ours
+  open(paths["csv"], "w", encoding="utf-8-sig").write(ours)      # re-saved with a BOM
+  records.save(prof, str(tmp_path), stem="p")
+  assert open(paths["csv"]).read() == ours
   open(paths["csv"], "w").write("my,data\n1,2\n")
   for check in (lambda: records.check_save(prof, str(tmp_path), "p"),
                 lambda: records.save(prof, str(tmp_path), stem="p")):

@@ -867,9 +867,15 @@ def _roll_forward(commit: str, directory: str) -> None:
   except OSError:
     order = []
   for n in order:
-    src = os.path.join(commit, n)
+    src, dst = os.path.join(commit, n), os.path.join(directory, n)
     if os.path.lexists(src):
-      os.replace(src, os.path.join(directory, n))
+      try:
+        os.replace(src, dst)
+      except OSError as e:   # e.g. a file made immutable: some files replaced, some not yet
+        raise OSError(e.errno, f"could not replace {dst} ({e.strerror}); the other files of "
+                      f"its set may be the new ones already: the new files stay committed "
+                      f"beside them, and the next write of the set finishes replacing them "
+                      f"once {n} can be replaced") from None
       _phase(f"renamed:{n}")
   shutil.rmtree(commit, ignore_errors=True)
 
@@ -905,13 +911,7 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
       commit = os.path.join(directory, os.path.basename(tmp).replace(".tmp-", ".commit-", 1))
       os.rename(tmp, commit)
       _phase("committed")
-      try:
-        _roll_forward(commit, directory)
-      except OSError as e:    # e.g. a file made immutable: some files replaced, some not yet
-        raise OSError(e.errno, f"could not replace {e.filename2 or e.filename} ({e.strerror}); "
-                      f"the other files of the set may be this run's already: the run's files "
-                      f"stay committed beside them, and the next write of "
-                      f"{os.path.join(directory, key)} finishes replacing them") from None
+      _roll_forward(commit, directory)
       console.wrote(os.path.join(directory, names[-1]))
   except BaseException as e:
     with console.interrupts_held(raise_after=False):

@@ -501,11 +501,13 @@ MergeFields = Callable[[Dict[str, Any], Dict[str, Any]], Dict[str, Any]]
 
 
 def _starts_with_our_header(csv_path: str) -> bool:
-  """Whether the file `csv_path` starts with the line `to_csv` writes first (`CSV_COLUMNS`)."""
+  """Whether the file `csv_path` starts with the line `to_csv` writes first (`CSV_COLUMNS`;
+  after a byte-order mark too)."""
   want = ",".join(CSV_COLUMNS)
   try:
     with open(csv_path, "rb") as f:
-      return f.readline(len(want) + 3).decode("utf-8", "replace").rstrip("\r\n") == want
+      line = f.readline(len(want) + 6).decode("utf-8", "replace")
+    return line.lstrip("\ufeff").rstrip("\r\n") == want       # (a BOM: re-saved by a sheet)
   except OSError:
     return False
 
