@@ -551,18 +551,11 @@ def _unlock(fd: Optional[int]) -> None:
 
 
 def _unheld(path: str) -> bool:
-  """Whether no process holds the `_lock_temporary` lock of `path` (its writer is gone)."""
-  try:
-    fd = os.open(path, os.O_RDONLY)
-  except OSError:
-    return False                 # cannot tell: leave it
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return True
-  except OSError:
-    return False
-  finally:
-    os.close(fd)
+  """Whether no process holds the `_lock_temporary` lock of `path` (its writer is gone): this
+  process can take it (False where it cannot tell: leave it)."""
+  fd = _lock_temporary(path)
+  _unlock(fd)
+  return fd is not None
 
 
 def _stale(parent: str, name: str) -> Dict[str, list]:

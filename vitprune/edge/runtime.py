@@ -386,9 +386,7 @@ def record_files(folder: str) -> List[str]:
   naming the folder when it cannot be read (it was 'holds no module record')."""
   try:
     names = os.listdir(folder)
-  except FileNotFoundError:
-    return []
-  except NotADirectoryError:
+  except (FileNotFoundError, NotADirectoryError):
     return []
   except OSError as e:
     raise EdgeError(f"cannot list {folder}: {e.strerror or e}") from None
