@@ -114,7 +114,8 @@ def main(f: flags.FlagValues):
   for dtype in dtypes:
     memory.check_batch_fits(cfg, batch_sizes, dtype)
     if use_data:
-      memory.check_batch_fits(cfg, [f.eval_batch_size], dtype, flag="--eval_batch_size")
+      memory.check_batch_fits(cfg, [f.eval_batch_size], dtype, flag="--eval_batch_size",
+                              evaluation=True)
   cfg, params, source = common.load_model(f.model, f.weights, f.seed)
   for path in (f.solution, f.multi_solution):
     if path:

@@ -168,7 +168,7 @@ def main(f: flags.FlagValues):
     layer_text = f.layer or ("embed" if method == "random" else "3")
     layers = [parse_layer(layer_text, cfg.depth)]
     points = estimate.token_points(cfg, tokens, reducer, layer=layers[0])
-  memory.check_batch_fits(cfg, [f.batch_size], f.dtype)
+  memory.check_batch_fits(cfg, [f.batch_size], f.dtype, evaluation=True)
   cfg, params, source = common.load_model(f.model, f.weights, f.init_seed)
   common.check_digits_split(source, f.data)
   data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed, split=f.split,

@@ -212,7 +212,8 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
       refine_accuracy_rounds=f.refine_accuracy_rounds, loop_neighbours=f.loop_neighbours)
   spec.check(cfg)
   memory.check_batch_fits(cfg, [spec.batch_size], spec.dtype)
-  memory.check_batch_fits(cfg, [spec.eval_batch_size], spec.dtype, flag="--eval_batch_size")
+  memory.check_batch_fits(cfg, [spec.eval_batch_size], spec.dtype, flag="--eval_batch_size",
+                          evaluation=True)
   if out_dir is not None:
     common.check_output_dir(out_dir, published=True)
     common.check_outside_data(out_dir, "out_dir", f)

@@ -228,7 +228,7 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
   dtype (one written before it was recorded: the profile's, as the solver pairs them)."""
   dtype = estimate.dtype or profile_dtype
   memory.check_batch_fits(estimate.config, [f.eval_batch_size], dtype,
-                          flag="--eval_batch_size")          # before loading or evaluating
+                          flag="--eval_batch_size", evaluation=True)          # before loading or evaluating
   common.check_data_word(f)
   common.check_outside_data(f.out_dir, "out_dir", f)
   cfg, params, source = common.load_model(None, f.weights)

@@ -162,3 +162,26 @@ def test_conversion_fits_by_hand():
   with pytest.raises(ValueError, match=r"^--img_size=800 cannot fit in memory: converting "
                      r"test_tiny_vit at img_size 800 \(100x100 patches\) needs ~"):
     memory.check_conversion_fits(cfg, what="--img_size=800", available=need - 1)
+
+
+def test_an_evaluation_also_holds_the_tokens_after_every_block():
+  """An accuracy evaluation of many schedules holds the tokens [B, n, D] after the embedding and
+  after each block of a shared prefix (`PiecewiseForward.run_many`): depth + 1 streams more."""
+  held = 4 * (DEIT.depth + 1) * DEIT.num_tokens * DEIT.embed_dim
+  for b in (1, 8):
+    assert (memory.forward_bytes(DEIT, b, evaluation=True)
+            == memory.forward_bytes(DEIT, b) + b * held)
+  assert (memory.forward_bytes(DEIT, 2, "bfloat16", evaluation=True)
+          - memory.forward_bytes(DEIT, 2, "bfloat16")) == held    # 2 images at half the bytes
+  early = parse_schedule(DEIT, "embed:50")                      # 50 tokens from the embedding
+  assert (memory.forward_bytes(DEIT, 1, schedule=early, evaluation=True)
+          - memory.forward_bytes(DEIT, 1, schedule=early)) == held * 50 // DEIT.num_tokens
+  avail = memory.forward_bytes(DEIT, 40) + 1
+  fits = memory.max_batch(DEIT, avail, evaluation=True)
+  assert 0 < fits < 40 and memory.forward_bytes(DEIT, fits, evaluation=True) <= avail
+  memory.check_batch_fits(DEIT, [40], available=avail)
+  with pytest.raises(ValueError, match=rf"^--eval_batch_size=40 cannot fit in memory: a "
+                                       rf"float32 evaluation of deit_small_patch16_224 .*at "
+                                       rf"most {fits} fit"):
+    memory.check_batch_fits(DEIT, [40], available=avail, flag="--eval_batch_size",
+                            evaluation=True)

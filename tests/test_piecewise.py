@@ -227,3 +227,43 @@ def test_pieces_refuse_another_models_params_and_take_none_as_unpruned(kind):
   pf = kind(CFG, params, make_reducer("random"))
   np.testing.assert_array_equal(np.asarray(pf(None, x)),
                                 np.asarray(pf(Schedule((CFG.num_tokens,) * 3), x)))
+
+
+@pytest.mark.parametrize("cfg", [CFG, REG], ids=lambda c: c.name)
+@pytest.mark.parametrize("red", REDUCERS, ids=lambda r: r.name)
+def test_run_many_equals_each_schedule_run_alone_in_the_order_given(red, cfg):
+  """Schedules sharing a prefix run it once, in the order of their counts; the logits come back
+  in the order given (duplicates and None included), bit for bit what each gives alone."""
+  params, x = init_params(cfg, seed=3), _images(cfg, b=4)
+  schedules = _schedules(cfg, red)
+  given = [schedules[-1], None] + schedules[::-1] + [schedules[1]]
+  alone = PiecewiseForward(cfg, params, red)
+  want = [np.asarray(alone(s, x)) for s in given]
+  got = PiecewiseForward(cfg, params, red).run_many(given, x)
+  assert len(got) == len(given)
+  for s, a, b in zip(given, got, want):
+    np.testing.assert_array_equal(np.asarray(a), b, err_msg=str(s and s.counts))
+
+
+def test_run_many_computes_a_shared_prefix_once():
+  """Sorted: (17, 9, 9), (17, 17, 9), (17, 17, 17) x 2: one embedding, block 0 once per first
+  count (2), block 1 once per distinct schedule (3), a head per schedule given (4)."""
+  params, x, red = init_params(CFG, seed=1), _images(CFG), make_reducer("topk")
+  pf = PiecewiseForward(CFG, params, red)
+  given = [Schedule((17, 17, 17)), Schedule((17, 9, 9)), None, Schedule((17, 17, 9))]
+  pf.compile(given, x)
+  calls = {"embed": 0, "block": 0, "head": 0}
+
+  def counted(key, fn):
+    def run(*args):
+      calls[key[0]] += 1
+      return fn(*args)
+    return run
+  pf._compiled = {k: counted(k, v)                         # pylint: disable=protected-access
+                  for k, v in pf._compiled.items()}        # pylint: disable=protected-access
+  pf.run_many(given, x)
+  assert calls == {"embed": 1, "block": 5, "head": 4}
+  calls.update(embed=0, block=0, head=0)
+  for s in given:
+    pf(s, x)
+  assert calls == {"embed": 4, "block": 8, "head": 4}          # alone: nothing shared

@@ -329,8 +329,8 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
     ref_correct += int((ref.argmax(-1) == labels)[valid].sum())
     target = labels if labelled and not agreement_margins else ref.argmax(-1)
     batch_margins = [top1_margins(ref, target)[valid]] if margins else None
-    for i, (schedule, reducer) in enumerate(keys):
-      logits = np.asarray(jax.device_get(forwards[(reducer, placement.mesh)](schedule, x)))
+    for i, logits in enumerate(_run_points(forwards, keys, placement.mesh, x)):
+      schedule, reducer = keys[i]
       _check_finite_logits(logits, valid, batch, f"schedule {schedule.counts}",
                            f"the unpruned model's are finite, so the reduction made them "
                            f"({type(reducer).__name__})")
@@ -352,6 +352,25 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
                     points=tuple(result(*v) for v in zip(correct, agree, kl)),
                     batch_size=batch_size, num_devices=placement.num_devices,
                     margins=np.concatenate(margin_parts, axis=1) if margins else None)
+
+
+def _run_points(forwards: Dict[Any, Any], keys: Sequence[Tuple[Schedule, Any]], mesh,
+                x: jax.Array, chunk: int = 64) -> List[np.ndarray]:
+  """Logits [B, K] (host) of every (schedule, reducer) of `keys` on images `x`, in order: each
+  reducer's schedules by `run_many` in the order of their counts (what they share is computed
+  once), `chunk` schedules at a time (the logits on the device are bounded)."""
+  by_reducer: Dict[Any, List[int]] = {}
+  for i, (_, reducer) in enumerate(keys):
+    by_reducer.setdefault(reducer, []).append(i)
+  out: List[Optional[np.ndarray]] = [None] * len(keys)
+  for reducer, idx in by_reducer.items():
+    idx = sorted(idx, key=lambda i: keys[i][0].counts)
+    for start in range(0, len(idx), chunk):
+      part = idx[start:start + chunk]
+      logits = forwards[(reducer, mesh)].run_many([keys[i][0] for i in part], x)
+      for i, v in zip(part, jax.device_get(logits)):
+        out[i] = np.asarray(v)
+  return out
 
 
 def _check_finite_logits(logits: np.ndarray, valid: np.ndarray, batch: Batch, what: str,

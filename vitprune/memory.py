@@ -5,8 +5,10 @@ of one inference forward (no gradients): the parameters (stored float32, plus a 
 lower compute dtype), the float32 input images, and the largest block's activations: the
 residual stream, q/k/v, the attention output, the MLP hidden layer and the attention logits and
 probabilities `[B, heads, n, n]` (explicit in a block that reduces tokens with attention
-statistics; also counted for the fused path, which may materialise them on CPU). The estimate
-is affine in the batch size, so the largest batch that fits follows directly.
+statistics; also counted for the fused path, which may materialise them on CPU). An accuracy
+evaluation of many schedules (`evaluation=True`) also holds the tokens after the embedding and
+after every block of a prefix its schedules share. The estimate is affine in the batch size, so
+the largest batch that fits follows directly.
 
 `check_batch_fits` compares it with the memory the machine has available (`/proc/meminfo`
 MemAvailable; no new dependency) and raises ValueError naming the batch, the estimate, what is
@@ -52,8 +54,11 @@ def _fixed_bytes(cfg: ViTConfig, dtype: str, num_params: Optional[int] = None) -
   return 4 * n + (d * n if d != 4 else 0)
 
 
-def _per_example_bytes(cfg: ViTConfig, dtype: str, schedule: Optional[Schedule]) -> int:
-  """Bytes per image: the float32 input plus the largest block's live activations."""
+def _per_example_bytes(cfg: ViTConfig, dtype: str, schedule: Optional[Schedule],
+                       evaluation: bool = False) -> int:
+  """Bytes per image: the float32 input plus the largest block's live activations; with
+  `evaluation`, also the tokens held after the embedding and after every block while schedules
+  that share a prefix are evaluated (`PiecewiseForward.run_many`)."""
   d = _dtype_bytes(dtype)
   counts = check_schedule(cfg, schedule).counts    # another model's schedule is refused
   image = 4 * cfg.img_size * cfg.img_size * cfg.in_chans
@@ -64,21 +69,26 @@ def _per_example_bytes(cfg: ViTConfig, dtype: str, schedule: Optional[Schedule])
     tokens = n * (6 * dim + 2 * cfg.mlp_hidden)
     attn = 2 * heads * n * n          # logits and probabilities
     worst = max(worst, d * (tokens + attn))
-  return image + worst
+  held = d * (cfg.depth + 1) * counts[0] * dim if evaluation else 0
+  return image + worst + held
 
 
 def forward_bytes(cfg: ViTConfig, batch: int, dtype: str = "float32",
-                  schedule: Optional[Schedule] = None, num_params: Optional[int] = None) -> int:
-  """Estimated peak bytes of one forward of `cfg` at `batch` images (see the module doc)."""
+                  schedule: Optional[Schedule] = None, num_params: Optional[int] = None, *,
+                  evaluation: bool = False) -> int:
+  """Estimated peak bytes of one forward of `cfg` at `batch` images (see the module doc); with
+  `evaluation`, of an evaluation of many schedules (`_per_example_bytes`)."""
   batch = as_positive_int(batch, "batch size")
-  return _fixed_bytes(cfg, dtype, num_params) + batch * _per_example_bytes(cfg, dtype, schedule)
+  return (_fixed_bytes(cfg, dtype, num_params)
+          + batch * _per_example_bytes(cfg, dtype, schedule, evaluation))
 
 
 def max_batch(cfg: ViTConfig, available: int, dtype: str = "float32",
-              schedule: Optional[Schedule] = None, num_params: Optional[int] = None) -> int:
+              schedule: Optional[Schedule] = None, num_params: Optional[int] = None, *,
+              evaluation: bool = False) -> int:
   """The largest batch whose `forward_bytes` is within `available` bytes (0: none fits)."""
   room = available - _fixed_bytes(cfg, dtype, num_params)
-  return max(0, room // _per_example_bytes(cfg, dtype, schedule))
+  return max(0, room // _per_example_bytes(cfg, dtype, schedule, evaluation))
 
 
 def available_bytes(meminfo: str = MEMINFO) -> Optional[int]:
@@ -101,10 +111,12 @@ def _gib(n: float) -> str:
 def check_batch_fits(cfg: ViTConfig, batches: Sequence[int], dtype: str = "float32", *,
                      schedule: Optional[Schedule] = None, flag: str = "--batch_size",
                      available: Optional[int] = None,
-                     num_params: Optional[int] = None, what: Optional[str] = None) -> None:
+                     num_params: Optional[int] = None, what: Optional[str] = None,
+                     evaluation: bool = False) -> None:
   """Raises ValueError when the largest of `batches` cannot fit in `available` bytes (default:
   `available_bytes()`; no check where that is unknown), naming what fits. The error starts with
-  `what` (default: `flag`=the batch)."""
+  `what` (default: `flag`=the batch). `evaluation`: the batch evaluates many schedules
+  (accuracy), holding the tokens of a shared prefix (`forward_bytes`)."""
   if isinstance(batches, (str, bytes)) or len(batches) == 0:     # (an array: `not` is ambiguous)
     raise ValueError(f"{flag}: no batch size given")
   batch = max(as_positive_int(b, flag) for b in batches)     # ([0, 4] passed: only 4 was checked)
@@ -112,12 +124,13 @@ def check_batch_fits(cfg: ViTConfig, batches: Sequence[int], dtype: str = "float
     available = available_bytes()
     if available is None:
       return
-  need = forward_bytes(cfg, batch, dtype, schedule, num_params)
+  need = forward_bytes(cfg, batch, dtype, schedule, num_params, evaluation=evaluation)
   if need <= available:
     return
-  fits = max_batch(cfg, available, dtype, schedule, num_params)
+  fits = max_batch(cfg, available, dtype, schedule, num_params, evaluation=evaluation)
   hint = (f"at most {fits} fit" if fits else "not even batch 1 fits")
-  raise ValueError(f"{what or f'{flag}={batch}'} cannot fit in memory: a {dtype} forward of "
+  kind = "evaluation" if evaluation else "forward"
+  raise ValueError(f"{what or f'{flag}={batch}'} cannot fit in memory: a {dtype} {kind} of "
                    f"{cfg.name} needs ~{_gib(need)} but {_gib(available)} is available ({hint}; "
                    f"see {MEMINFO} MemAvailable)")
 

@@ -8,6 +8,9 @@ embedding (per entry count), one block per (n_in, n_out) (per layer too when the
 depends on it, `TokenReducer.layer_dependent`) and the head (per final count), once each, and
 runs any schedule by chaining them. The sensitivity table then needs about 3 x counts small
 compiles instead of D x counts graphs, and a new multi-layer schedule only the pieces it adds.
+`run_many` runs many schedules in the order of their counts, computing the embedding and every
+block they share before their counts differ once (the table's single reductions: about half
+the blocks).
 
 The pieces (`embed_fn`, `block_fn`, `head_fn`, also the profiler's isolated components) call
 the model's own functions with the same dtype and matmul precision, so a schedule computes what
@@ -19,7 +22,7 @@ graph (`WholeGraphs`: the same interface, one piece per schedule).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, Hashable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -193,6 +196,39 @@ class PiecewiseForward:
       x, size = self._compiled[key](block_params, x, size)
     return self._compiled[head_key](head_params(self._placed), x)
 
+  def run_many(self, schedules: Sequence[Optional[Schedule]], images: jax.Array
+               ) -> List[jax.Array]:
+    """images [B, S, S, C] -> float32 logits [B, K] of each schedule (None: unpruned), in the
+    order given, equal to calling this object on each (the same pieces on the same inputs).
+
+    The schedules run in the order of their counts, so what consecutive ones share is computed
+    once: the embedding, and every block before their counts first differ (the tokens after
+    block l depend only on counts[:l + 2]). The sensitivity table's D x K single reductions
+    run about (D + 1) / 2 blocks each instead of D. Held at once: the tokens [B, n, D] (and
+    ToMe's sizes) after the embedding and after each block of the current schedule."""
+    schedules = [full_schedule(self.cfg) if s is None else s for s in schedules]
+    self.compile(schedules, images)                            # checks them
+    out: List[Optional[jax.Array]] = [None] * len(schedules)
+    held_counts: Tuple[int, ...] = ()
+    held: List[Tuple[jax.Array, Optional[jax.Array]]] = []   # [j]: after embed + j blocks
+    for i in sorted(range(len(schedules)), key=lambda i: schedules[i].counts):
+      counts = schedules[i].counts
+      shared = 0                         # states 0..shared-1 hold for these counts too
+      while (shared < len(held) and shared < len(held_counts)
+             and counts[shared] == held_counts[shared]):
+        shared += 1
+      # state j (after j blocks) depends on counts[:j + 1]: equal prefixes of length j + 1
+      del held[shared:]
+      (embed_key, _, _), *blocks, (head_key, _, _) = self._pieces(schedules[i], images)
+      if not held:
+        held.append((self._compiled[embed_key](self._placed, images), None))
+      for layer in range(len(held) - 1, len(blocks)):
+        x, size = held[layer]
+        held.append(self._compiled[blocks[layer][0]](self._placed["blocks"][layer], x, size))
+      held_counts = counts
+      out[i] = self._compiled[head_key](head_params(self._placed), held[-1][0])
+    return out
+
 
 class WholeGraphs(PiecewiseForward):
   """The same interface with one piece per schedule: its whole compiled graph (`model.forward`,
@@ -213,3 +249,9 @@ class WholeGraphs(PiecewiseForward):
     self.compile([schedule], images)                           # checks it
     (key, _, _), = self._pieces(schedule, images)
     return self._compiled[key](self._placed, images)
+
+  def run_many(self, schedules: Sequence[Optional[Schedule]], images: jax.Array
+               ) -> List[jax.Array]:
+    """images [B, S, S, C] -> float32 logits [B, K] of each schedule's whole graph, in order
+    (a whole graph shares nothing with another)."""
+    return [self(s, images) for s in schedules]
