@@ -57,6 +57,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=fv)
   flags.DEFINE_integer("num_images", None, "Seeded class-balanced subset size (default: all).",
                        flag_values=fv)
+  flags.DEFINE_integer("holdout_images", None, "Hold this many images (seeded by --seed, "
+                       "class-balanced) out: the estimate measures the others (a later choice "
+                       "can be checked on the held-out ones; the main job's --holdout_images).",
+                       lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("batch_size", 64, "Fixed batch size (last batch padded).", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed of the subset and of the random reducer.",
                        lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
@@ -152,10 +156,12 @@ def main(f: flags.FlagValues):
     raise ValueError(f"--split applies to --data=digits only, not --data={f.data}")
   cfg = common.model_config(f.model, f.weights)
   method = f.method.strip().lower()
-  if f["seed"].present and f.num_images is None and method != "random":
+  if (f["seed"].present and f.num_images is None and f.holdout_images is None
+      and method != "random"):
     # (the file was named _s5 and recorded subset_seed 5 for the same images and numbers)
-    raise ValueError(f"--seed draws the --num_images subset and seeds --method=random; with "
-                     f"neither (all images, --method={method}) it changes nothing")
+    raise ValueError(f"--seed draws the --num_images subset and the --holdout_images and seeds "
+                     f"--method=random; with none of them (all images, --method={method}) it "
+                     "changes nothing")
   kwargs = {"seed": f.seed} if method == "random" else {}
   reducer = make_reducer(method, **kwargs)
   tokens = parse_tokens(cfg, f.tokens)
@@ -173,7 +179,7 @@ def main(f: flags.FlagValues):
   common.check_digits_split(source, f.data)
   data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed, split=f.split,
                                  class_names=common.class_names(source),
-                                 num_classes=cfg.num_classes)
+                                 num_classes=cfg.num_classes, holdout_images=f.holdout_images)
   data_tag = "digits-" + f.split if f.data == "digits" else os.path.basename(
       os.path.normpath(f.data))
   name = f.out_name or default_out_name(

@@ -93,6 +93,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=fv)
   flags.DEFINE_integer("num_images", None, "Pipeline: seeded class-balanced subset size "
                        "(default: all).", flag_values=fv)
+  flags.DEFINE_integer("holdout_images", None, "Pipeline: hold this many of the evaluation "
+                       "images (seeded by --seed, class-balanced) out of the estimate and the "
+                       "solve; the verify stage measures the chosen schedule on them, images "
+                       "the choice never saw (default: none held out).", lower_bound=1,
+                       flag_values=fv)
   flags.DEFINE_integer("eval_batch_size", 64, "Pipeline: accuracy batch size.", flag_values=fv)
   flags.DEFINE_float("alpha", 0.5, "Pipeline: latency weight of the paper's utility.",
                      flag_values=fv)
@@ -133,7 +138,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 # Flags one side of --mode reads and the other would silently ignore.
 PIPELINE_ONLY = ("data", "num_images", "eval_batch_size", "alpha", "layer", "method", "solver",
                  "accuracy_floor", "latency_budget", "calibration_schedules", "measure_frontier",
-                 "refine_accuracy_rounds", "loop_neighbours")
+                 "refine_accuracy_rounds", "loop_neighbours", "holdout_images")
 GRID_ONLY = ("adaptive", "coarse_stride", "max_points", "chunk_points", "resume")  # model/block
 PROFILE_ONLY = ("schedule", "reducer", "compile_cache_dir") + GRID_ONLY
 
@@ -209,7 +214,8 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
       seed=f.seed, solver=f.solver, accuracy_floor=f.accuracy_floor,
       latency_budget=f.latency_budget, measure_frontier=f.measure_frontier,
       calibration_schedules=f.calibration_schedules,
-      refine_accuracy_rounds=f.refine_accuracy_rounds, loop_neighbours=f.loop_neighbours)
+      refine_accuracy_rounds=f.refine_accuracy_rounds, loop_neighbours=f.loop_neighbours,
+      holdout_images=f.holdout_images)
   spec.check(cfg)
   memory.check_batch_fits(cfg, [spec.batch_size], spec.dtype)
   memory.check_batch_fits(cfg, [spec.eval_batch_size], spec.dtype, flag="--eval_batch_size",
@@ -220,8 +226,12 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
     atomic.check_replaceable(os.path.abspath(out_dir), pipeline.is_pipeline_dir)
   cfg, params, source = common.load_model(common.given_model(f), f.weights, f.seed)
   common.check_digits_split(source, spec.data)
-  return cfg, params, source, spec, pipeline.load_data(spec, common.class_names(source),
-                                                       cfg.num_classes)
+  data = pipeline.load_data(spec, common.class_names(source), cfg.num_classes)
+  n = len(data.indices)
+  if spec.holdout_images is not None and spec.holdout_images >= n:
+    raise ValueError(f"--holdout_images={spec.holdout_images} leaves none of the {n} evaluation "
+                     f"images to choose on: hold out at most {n - 1}")
+  return cfg, params, source, spec, data
 
 
 def spec_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):

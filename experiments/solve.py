@@ -48,7 +48,8 @@ from vitprune.records.solution import summary_lines, write_solution
 
 # Flags one mode reads and the other would silently ignore; flags only the in-loop check reads.
 MULTI_ONLY = ("accuracy_model", "monotone", "step_bottoms_only", "step_k")
-LOOP_ONLY = ("data", "num_images", "seed", "eval_batch_size", "loop_neighbours", "min_run_time")
+LOOP_ONLY = ("data", "num_images", "seed", "eval_batch_size", "loop_neighbours", "min_run_time",
+             "holdout_images")
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -105,6 +106,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("seed", 0, "With --weights: the estimate's --seed (data subset).",
                        lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
+  flags.DEFINE_integer("holdout_images", None, "With --weights: the estimate's "
+                       "--holdout_images (a main job's with --holdout_images: the images it "
+                       "measured are the others).", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("eval_batch_size", 64, "With --weights: evaluation batch size.",
                        lower_bound=1, flag_values=fv)
   flags.DEFINE_bool("measure_frontier", False, "With --weights, --mode=multi: measure the "
@@ -164,9 +168,11 @@ def main(f: flags.FlagValues):
   if not f.weights and unread:
     raise ValueError(f"{', '.join(unread)} {'is' if len(unread) == 1 else 'are'} read only "
                      "with --weights (the in-loop check)")
-  if f["seed"].present and f.num_images is None:   # (passed the data check whatever it said)
-    raise ValueError("--seed draws the --num_images subset (the estimate's); without "
-                     "--num_images every image is used and it changes nothing")
+  if f["seed"].present and f.num_images is None and f.holdout_images is None:
+    # (it passed the data check whatever it said)
+    raise ValueError("--seed draws the --num_images subset (the estimate's) and the held-out "
+                     "images (--holdout_images); without either every image is used and it "
+                     "changes nothing")
   common.check_output_dir(f.out_dir)
   timing_cfg = flag_timing(min_run_time=f.min_run_time)    # checked before any work
   profile, estimate = records.load(f.profile), read_estimate(f.estimate)
@@ -227,8 +233,8 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
   refuses weights or data other than the estimate's. Schedules are evaluated in the estimate's
   dtype (one written before it was recorded: the profile's, as the solver pairs them)."""
   dtype = estimate.dtype or profile_dtype
-  memory.check_batch_fits(estimate.config, [f.eval_batch_size], dtype,
-                          flag="--eval_batch_size", evaluation=True)          # before loading or evaluating
+  memory.check_batch_fits(estimate.config, [f.eval_batch_size], dtype,   # before loading or
+                          flag="--eval_batch_size", evaluation=True)     # evaluating
   common.check_data_word(f)
   common.check_outside_data(f.out_dir, "out_dir", f)
   cfg, params, source = common.load_model(None, f.weights)
@@ -238,9 +244,12 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
   common.check_digits_split(source, f.data)
   data = estimate_lib.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
                                      class_names=common.class_names(source),
-                                     num_classes=cfg.num_classes)
+                                     num_classes=cfg.num_classes,
+                                     holdout_images=f.holdout_images)
   if data.info.get("fingerprint") != estimate.data_fingerprint:
-    raise ValueError(f"--data={f.data} (--num_images={f.num_images}, --seed={f.seed}) is not "
+    raise ValueError(f"--data={f.data} (--num_images={f.num_images}, --seed={f.seed}"
+                     + ("" if f.holdout_images is None else
+                        f", --holdout_images={f.holdout_images}") + ") is not "
                      f"the data estimate {estimate.source} measured (fingerprint differs; it "
                      f"records {estimate.data.get('source')!r}, selection "
                      f"{estimate.data.get('selection')})")

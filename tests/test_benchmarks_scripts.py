@@ -521,7 +521,7 @@ def test_every_benchmark_refuses_to_replace_a_file_it_did_not_write(tmp_path):
   notes = tmp_path / "notes.txt"
   notes.write_text("my notes")
   for name in ("accuracy_combination", "calibration_size", "edge_speed", "floor_study",
-               "predictor_accuracy"):
+               "holdout_study", "predictor_accuracy"):
     script = importlib.import_module(f"benchmarks.{name}")
     with pytest.raises(common.INPUT_ERRORS, match=f"refusing to replace {notes}: it is a "
                        "regular file that is not a vitprune-"):
@@ -860,3 +860,42 @@ def test_gpu_report_reads_its_own_dir_whatever_its_name(tmp_path):
     (tmp_path / name / "benchmark" / "t.csv").write_text(bench.to_csv([{**row, "model": model}]))
   doc = gpu_report.collect(str(tmp_path / "r[1]"))
   assert [r["model"] for r in doc["benchmark"]] == ["ours"]
+
+
+def test_holdout_study_rows_and_refusals(tmp_path, monkeypatch):
+  """A row per seed from the main job's summary (the optimism: how much more the chosen
+  schedule lost on the held-out images than the unpruned one did); a seed whose floor nothing
+  met is a row, not a crash; --job_flags may not set the study's own --holdout_images."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  from benchmarks import holdout_study  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from vitprune import solve_stage  # pylint: disable=g-import-not-at-top
+  seen = []
+
+  def job(f):
+    seen.append((f.seed, f.holdout_images, f.accuracy_floor))
+    if f.seed == 1:
+      raise solve_stage.FloorNotMetError("accuracy floor 0.97 is not met on measurement: x")
+    return {"metric": "accuracy", "schedule": "keep@1:41", "counts": [65, 65, 41], "speedup": 1.2,
+            "num_images": 239, "pruned": {"accuracy": 0.975}, "unpruned": {"accuracy": 0.98},
+            "holdout": {"num_images": 120, "floor_met": False, "floor_status": "straddles",
+                        "pruned": {"accuracy": 0.95, "interval_95": [0.89, 0.98]},
+                        "unpruned": {"accuracy": 0.975}}}
+
+  monkeypatch.setattr(holdout_study.profile_cli, "main", job)
+  rows = holdout_study.main(common.parse(holdout_study.define_flags, [
+      "--seeds=2", "--holdout_images=120", f"--out={tmp_path / 'h.json'}"]))
+  assert seen == [(0, 120, 0.97), (1, 120, 0.97)]
+  assert rows[0]["optimism_points"] == pytest.approx(100 * ((0.975 - 0.95) - (0.98 - 0.975)))
+  assert rows[0]["floor_met_selection"] and not rows[0]["floor_met_holdout"]
+  assert rows[0]["unpruned_floor_met_holdout"]
+  assert rows[1]["floor_not_met"].startswith("accuracy floor 0.97")
+  tot = holdout_study.totals(rows)
+  assert (tot["chosen"], tot["floor_met_selection"], tot["floor_met_holdout"]) == (1, 1, 0)
+  text = holdout_study.table(rows)
+  assert ("| 0 | keep@1:41 | 0.9750 / 0.9800 | 0.9500 (0.890-0.980) / 0.9750 | yes / no (yes) "
+          "| +2.00 |") in text
+  assert "| 1 | none: accuracy floor 0.97" in text
+  with pytest.raises(ValueError, match="--job_flags sets --holdout_images, which the study owns"):
+    holdout_study.main(common.parse(holdout_study.define_flags, [
+        "--job_flags=--holdout_images=5", f"--out={tmp_path / 'x.json'}"]))

@@ -218,11 +218,12 @@ CASES = [
      "keeps at least 33): paper mode has nothing to choose; measure counts in [33, 64] too"),
     # named the file _s5 and recorded subset_seed 5 for the same images and numbers
     ("estimate", ["--method=pomt", "--tokens=65", "--seed=5", "--out_dir={out}"], 1,
-     "--seed draws the --num_images subset and seeds --method=random; with neither (all "
-     "images, --method=pomt) it changes nothing"),
+     "--seed draws the --num_images subset and the --holdout_images and seeds --method=random; "
+     "with none of them (all images, --method=pomt) it changes nothing"),
     ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--accuracy_floor=0.9",
                "--weights=w", "--seed=7"], 1,
-     "--seed draws the --num_images subset (the estimate's); without --num_images every image"),
+     "--seed draws the --num_images subset (the estimate's) and the held-out images "
+     "(--holdout_images); without either every image is used"),
     # ran, its --seed unread (trained weights, the first test digits)
     ("prune", ["--seed=5"], 1, "--seed=5 changes nothing here: vit_digits has trained weights "
      "and is run on the first test digits"),
@@ -287,6 +288,21 @@ CASES = [
      "orbax checkpoints (weights) cannot be written under a path holding '[' or ']'"),
     ("deploy", [f"--weights={WEIGHTS}", "--out={out}[v2]"], 1,
      "orbax checkpoints (weights) cannot be written under a path holding '[' or ']'"),
+    # The held-out images: refused before any stage runs, naming the flag.
+    ("profile", ["--holdout_images=0", "--out_dir={out}"], 2,
+     "flag --holdout_images=0: 0 is not a positive integer"),
+    ("profile", ["--holdout_images=359", "--out_dir={out}"], 1,
+     "--holdout_images=359 leaves none of the 359 evaluation images to choose on: hold out at "
+     "most 358"),
+    ("profile", ["--num_images=40", "--holdout_images=40", "--out_dir={out}"], 1,
+     "holdout_images=40 leaves none of the 40 images (num_images) to choose on"),
+    ("profile", ["--mode=model", "--holdout_images=10", "--out_dir={out}"], 1,
+     "--holdout_images applies to --mode=pipeline only, not --mode=model"),
+    ("estimate", ["--method=pomt", "--tokens=65", "--holdout_images=359", "--out_dir={out}"], 1,
+     "holdout_images must be an int in 1..358 (of the 359 evaluation images, some must be left "
+     "to choose on), got 359"),
+    ("solve", ["--profile=p", "--estimate=e", "--holdout_images=9"], 1,
+     "--holdout_images is read only with --weights (the in-loop check)"),
 ]
 
 

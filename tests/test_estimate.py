@@ -667,3 +667,44 @@ def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
       assert code == 1 and err.startswith(f"error: refusing to replace {other}: it is "), err
       assert "--out_name" not in err and err.count("\n") == 1
     other.unlink() if other.is_file() else other.rmdir()
+
+
+def test_holdout_split_is_a_seeded_class_balanced_partition():
+  """(selection, holdout): disjoint, together every image; the holdout class-balanced and drawn
+  by the seed; each part identified by its own fingerprint; `load_eval_data(holdout_images=K)`
+  is the selection part; a holdout leaving nothing to choose on is refused."""
+  data = estimate.load_eval_data("digits", num_images=100, seed=1)
+  sel, held = estimate.holdout_split(data, 30, seed=4)
+  assert len(sel.indices) == 70 and len(held.indices) == 30
+  assert not set(sel.indices) & set(held.indices)
+  np.testing.assert_array_equal(np.union1d(sel.indices, held.indices), data.indices)
+  labels = np.asarray(data.dataset.labels)
+  assert np.bincount(labels[held.indices], minlength=10).tolist() == [3] * 10
+  again = estimate.holdout_split(data, 30, seed=4)
+  np.testing.assert_array_equal(again[1].indices, held.indices)
+  assert not np.array_equal(estimate.holdout_split(data, 30, seed=5)[1].indices, held.indices)
+  assert len({data.info["fingerprint"], sel.info["fingerprint"], held.info["fingerprint"]}) == 3
+  assert sel.info["num_examples"] == 70 and held.info["num_examples"] == 30
+  assert sel.info["selection"] == dict(data.info["selection"], holdout_images=30,
+                                       part="selection")
+  assert held.info["selection"]["part"] == "holdout"
+  loaded = estimate.load_eval_data("digits", num_images=100, seed=4, holdout_images=30)
+  want = estimate.holdout_split(estimate.load_eval_data("digits", num_images=100, seed=4), 30,
+                                seed=4)[0]
+  np.testing.assert_array_equal(loaded.indices, want.indices)
+  assert loaded.info == want.info
+  for bad in (0, 100, 101, True, 2.5, "3"):
+    with pytest.raises(ValueError, match=r"holdout_images must be an int in 1\.\.99 \(of the 100 "
+                                         r"evaluation images, some must be left to choose on\)"):
+      estimate.holdout_split(data, bad, seed=0)
+
+
+def test_holdout_split_of_an_unlabelled_folder_is_uniform(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for i in range(12):
+    Image.fromarray(np.full((8, 8, 3), i * 10, np.uint8)).save(tmp_path / f"{i:02d}.png")
+  data = estimate.load_eval_data(str(tmp_path))
+  assert not data.labelled
+  sel, held = estimate.holdout_split(data, 5, seed=0)
+  assert len(held.indices) == 5 and len(sel.indices) == 7
+  np.testing.assert_array_equal(np.union1d(sel.indices, held.indices), np.arange(12))

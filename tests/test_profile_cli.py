@@ -838,3 +838,45 @@ def test_the_printed_summary_is_of_the_merged_profile(tmp_path, capsys):
   assert all(re.search(rf"^model +1 +{n} ", table, re.M) for n in (17, 13, 9))
   (prof,) = _run(tmp_path / "new", "--tokens=13")  # a new file: nothing else held
   assert len(prof.points) == 1 and " holds " not in capsys.readouterr().out
+
+
+def test_held_out_images_check_the_choice_on_images_it_never_saw(tmp_path, capsys):
+  """--holdout_images: the estimate and the solve see the other images only (the estimate
+  records their fingerprint), the verify stage measures the chosen and the unpruned graph on
+  the held-out ones too; summary.json and the printed summary report them with the floor."""
+  from vitprune import estimate as estimate_lib  # pylint: disable=g-import-not-at-top
+  from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
+  f = _flags(f"--out_dir={tmp_path / 'a'}", *FAST, "--tokens=65,33,17", "--num_images=60",
+             "--holdout_images=20", "--eval_batch_size=20", "--solver=multi",
+             "--accuracy_floor=0.9")
+  s = cli.main(f)
+  cfg, params, _, _, data = cli.pipeline_from_flags(f)
+  selection, holdout = estimate_lib.holdout_split(data, 20, 0)
+  assert s["num_images"] == 40 and len(holdout.indices) == 20
+  with open(s["files"]["estimate"]) as fh:
+    est = json.load(fh)
+  assert est["data"]["fingerprint"] == selection.info["fingerprint"]
+  assert est["data"]["selection"]["holdout_images"] == 20
+  assert est["data"]["selection"]["part"] == "selection"
+  point = estimate_lib.EvalPoint(Schedule(tuple(s["counts"])), make_reducer("pomt"),
+                                 s["counts"][-1], None)
+  want = estimate_lib.evaluate(cfg, params, holdout.batches(cfg, 20), [point], labelled=True,
+                               whole_graphs=True)
+  held = s["holdout"]
+  assert held["num_images"] == 20
+  assert held["pruned"]["accuracy"] == want.points[0].accuracy
+  assert held["unpruned"]["accuracy"] == want.reference.accuracy
+  lo, hi = held["pruned"]["interval_95"]
+  assert lo <= held["pruned"]["accuracy"] <= hi and hi - lo > 0.1      # 20 images: wide
+  assert held["floor_met"] == (held["pruned"]["accuracy"] >= 0.9)
+  assert held["floor_status"] in ("meets", "fails", "straddles")
+  with open(s["files"]["summary"]) as fh:
+    assert json.load(fh)["holdout"] == held
+  out = capsys.readouterr().out
+  assert ", and on the 20 held-out ones" in out
+  assert re.search(r"held out: 20 images the choice never saw: unpruned \d\.\d{4}, pomt "
+                   r"\d\.\d{4} \(95% interval \d\.\d{4}-\d\.\d{4}\); floor 0\.9 (met|NOT met) "
+                   r"there", out)
+  # Without a holdout nothing is held out, and the summary says so.
+  assert cli.main(_flags(f"--out_dir={tmp_path / 'b'}", *FAST, "--tokens=65,33,17",
+                         "--num_images=40", "--eval_batch_size=20"))["holdout"] is None

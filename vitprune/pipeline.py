@@ -47,6 +47,7 @@ from vitprune import checkpoint
 from vitprune import console
 from vitprune import estimate as estimate_lib
 from vitprune import jsonio
+from vitprune import solve
 from vitprune import solve_stage
 from vitprune.config import ViTConfig
 from vitprune.model import Params, jitted_forward
@@ -86,6 +87,8 @@ class PipelineSpec:
   measure_frontier: bool = False           # multi: measure every frontier schedule's accuracy
   refine_accuracy_rounds: int = 0          # multi: correct the accuracy model from measured
                                            # frontiers, re-solve (solve_stage.refine_accuracy)
+  holdout_images: Optional[int] = None     # evaluation images kept from the estimate and the
+                                           # solve; the verify stage evaluates the choice on them
 
   def __post_init__(self):
     if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -116,6 +119,12 @@ class PipelineSpec:
                        f"{self.latency_budget}")
     if self.num_images is not None and self.num_images < 1:
       raise ValueError(f"num_images must be >= 1, got {self.num_images}")
+    if self.holdout_images is not None and self.holdout_images < 1:
+      raise ValueError(f"holdout_images must be >= 1, got {self.holdout_images}")
+    if (self.holdout_images is not None and self.num_images is not None
+        and self.holdout_images >= self.num_images):
+      raise ValueError(f"holdout_images={self.holdout_images} leaves none of the "
+                       f"{self.num_images} images (num_images) to choose on")
     if self.threads < 1:
       raise ValueError(f"threads must be >= 1, got {self.threads}")
     if self.loop_rounds < 1:
@@ -398,17 +407,22 @@ def _timed(sol, counts) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Verification:
-  """Stage 4: the unpruned and the chosen graph, timed and evaluated on the same images."""
+  """Stage 4: the unpruned and the chosen graph, timed and evaluated on the same images (those
+  the choice was made on; `holdout`: also on the held-out ones, None without a holdout)."""
   unpruned: timing.Measurement
   pruned: timing.Measurement
   check: estimate_lib.EvalResult
+  holdout: Optional[estimate_lib.EvalResult] = None
 
 
-def _verify(cfg, params, spec, data, solution: Solution, log) -> Verification:
+def _verify(cfg, params, spec, data, solution: Solution, log,
+            holdout: Optional[estimate_lib.EvalData] = None) -> Verification:
   """The solution's graph as it deploys: its method with the options its accuracy was measured
-  with (random drop's seed decides which tokens go: `Solution.method_kwargs`)."""
+  with (random drop's seed decides which tokens go: `Solution.method_kwargs`), on `data` and on
+  the `holdout` images the choice never saw."""
   log(f"[4/4] verify: compile and time the unpruned and the {spec.method} graphs, evaluate "
-      "both on the same images")
+      "both on the same images" + ("" if holdout is None else
+                                  f", and on the {len(holdout.indices)} held-out ones"))
   chosen = solution.schedule
   reducer = make_reducer(solution.method, **(solution.method_kwargs or {}))
   unpruned = full_schedule(cfg)
@@ -419,13 +433,17 @@ def _verify(cfg, params, spec, data, solution: Solution, log) -> Verification:
     del graphs[spec.method]
   meas = _measure_graphs(cfg, params, graphs, _interleaved(spec))   # unpruned vs pruned, fairly
   meas.setdefault(spec.method, meas["unpruned"])
-  check = estimate_lib.evaluate(
-      cfg, params, data.batches(cfg, spec.eval_batch_size),
-      [estimate_lib.EvalPoint(chosen, reducer, chosen.counts[-1],
-                              chosen.reduction_layers[0] if chosen.reduction_layers else None)],
-      labelled=data.labelled, dtype=spec.dtype, threads=spec.threads,
-      whole_graphs=True)          # the graphs that are timed and deployed, not pieces
-  return Verification(meas["unpruned"], meas[spec.method], check)
+  point = estimate_lib.EvalPoint(chosen, reducer, chosen.counts[-1],
+                                 chosen.reduction_layers[0] if chosen.reduction_layers else None)
+  graphs_cache: Dict[Any, Any] = {}
+
+  def check(images: estimate_lib.EvalData) -> estimate_lib.EvalResult:
+    return estimate_lib.evaluate(
+        cfg, params, images.batches(cfg, spec.eval_batch_size), [point],
+        labelled=images.labelled, dtype=spec.dtype, threads=spec.threads, pieces=graphs_cache,
+        whole_graphs=True)        # the graphs that are timed and deployed, not pieces
+  return Verification(meas["unpruned"], meas[spec.method], check(data),
+                      None if holdout is None else check(holdout))
 
 
 def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: str, *,
@@ -440,6 +458,9 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
   spec.check(cfg)   # layer and tokens against the model, before any stage runs
   if data is None:           # labelled by the class names the weights record, as the CLI does
     data = load_data(spec, checkpoint.source_class_names(weights_source), cfg.num_classes)
+  holdout = None
+  if spec.holdout_images is not None:          # the choice is made on the others
+    data, holdout = estimate_lib.holdout_split(data, spec.holdout_images, spec.seed)
   tokens = spec.grid(cfg)
   latency_model = None
   seconds, clock = {}, time.perf_counter()
@@ -461,7 +482,7 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
     solution = _solve(cfg, params, spec, data, profile, estimate, log, latency_model, seconds,
                       pieces, margins)
     lap("solve")
-    verification = _verify(cfg, params, spec, data, solution, log)
+    verification = _verify(cfg, params, spec, data, solution, log, holdout)
     lap("verify")
     return write_outputs(out_dir, spec, data, weights_source, profile, estimate, solution,
                          verification, seconds)
@@ -603,9 +624,30 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
         "seconds": {k: round(v, 3) for k, v in (seconds or {}).items()},
     }
     summary["speedup"] = summary["unpruned"]["latency_ms"] / summary["pruned"]["latency_ms"]
+    summary["holdout"] = holdout_summary(v.holdout, metric, spec.accuracy_floor)
     atomic.write_json(os.path.join(tmp, SUMMARY_FILE), summary, indent=1)
   summary["files"]["summary"] = os.path.join(out_dir, SUMMARY_FILE)
   return summary
+
+
+def holdout_summary(result: Optional[estimate_lib.EvalResult], metric: str,
+                    floor: Optional[float]) -> Optional[Dict[str, Any]]:
+  """summary.json's "holdout": the unpruned and the chosen graph's `metric` on the held-out
+  images (None without them), the chosen one's Wilson 95 % interval for their number, and with
+  a floor whether the measured value meets it ("floor_met") and where the interval lies
+  ("floor_status": meets / fails / straddles, as `solve_stage.floor_status`)."""
+  if result is None:
+    return None
+  n = result.reference.num_examples
+  pruned = float(getattr(result.points[0], metric))
+  lo, hi = solve_stage.wilson_interval(pruned, n)
+  out = {"num_images": int(n), "unpruned": {metric: float(getattr(result.reference, metric))},
+         "pruned": {metric: pruned, "interval_95": [lo, hi],
+                    "agreement_with_unpruned": float(result.points[0].agreement)}}
+  if floor is not None:
+    out["floor_met"] = bool(solve.meets_floor(pruned, floor))
+    out["floor_status"] = "meets" if lo >= floor else "fails" if hi < floor else "straddles"
+  return out
 
 
 def _describe_step(s: Dict[str, Any]) -> str:
@@ -637,6 +679,17 @@ def format_summary(s: Dict[str, Any]) -> str:
        f"   speedup x{s['speedup']:.2f}; {m} change {p[m] - u[m]:+.4f}; top-1 agreement with "
        f"unpruned {p['agreement_with_unpruned']:.4f}"),
   ]
+  held = s.get("holdout")
+  if held:
+    hp, floor = held["pruned"], s.get("accuracy_floor")
+    lines.append(
+        f"   held out: {held['num_images']} images the choice never saw: unpruned "
+        f"{held['unpruned'][m]:.4f}, {s['method']} {hp[m]:.4f} (95% interval "
+        f"{hp['interval_95'][0]:.4f}-{hp['interval_95'][1]:.4f})"
+        + ("" if floor is None else
+           f"; floor {floor:g} {'met' if held['floor_met'] else 'NOT met'} there"
+           + {"meets": "", "fails": " (the whole interval is below it)",
+              "straddles": " (the interval contains it)"}[held["floor_status"]]))
   budget, looped = s.get("latency_budget"), s.get("measured_in_loop")
   if budget is not None and looped and p["latency_ms"] > 1e3 * budget:
     lines.append(f"   note: this timing of the chosen graph, {p['latency_ms']:.4f} ms, is over the "
