@@ -119,15 +119,16 @@ def grid_tag(tokens: Sequence[int]) -> str:
 
 def default_out_name(cfg, method: str, layers: Sequence[Optional[int]], data_tag: str,
                      num_examples: int, seed: int, tokens: Optional[Sequence[int]],
-                     dtype: str) -> str:
-  """`<model>_<method>_<layers>_<data>_n<images>_s<seed>[_<grid>]_<dtype>.json`: every flag
-  that changes the numbers, so that two estimates never share a name (`tokens` None: the
-  default grid, no tag)."""
+                     dtype: str, holdout_images: Optional[int] = None) -> str:
+  """`<model>_<method>_<layers>_<data>_n<images>[_h<held out>]_s<seed>[_<grid>]_<dtype>.json`:
+  every flag that changes the numbers, so that two estimates never share a name (`tokens` None:
+  the default grid, no tag; the images left by a holdout are not a --num_images subset)."""
   layer_tag = "-".join("embed" if l is None else f"L{l}" for l in layers)
   if len(layer_tag) > 40:
     layer_tag = f"{len(layers)}layers"
   grid = "" if tokens is None else "_" + grid_tag(tokens)
-  return _slug(f"{cfg.name}_{method}_{layer_tag}_{data_tag}_n{num_examples}_s{seed}{grid}_"
+  held = "" if holdout_images is None else f"_h{holdout_images}"
+  return _slug(f"{cfg.name}_{method}_{layer_tag}_{data_tag}_n{num_examples}{held}_s{seed}{grid}_"
                f"{dtype}") + ".json"
 
 
@@ -184,7 +185,7 @@ def main(f: flags.FlagValues):
       os.path.normpath(f.data))
   name = f.out_name or default_out_name(
       cfg, method, layers, data_tag, data.info["num_examples"], f.seed,
-      None if f.tokens is None else tokens, f.dtype)
+      None if f.tokens is None else tokens, f.dtype, f.holdout_images)
   out = os.path.join(f.out_dir, name)
   if not f.out_name and os.path.lexists(out):         # the derived name
     atomic.check_replaceable_json(out, ESTIMATE_FORMAT)              # not ours?

@@ -708,3 +708,22 @@ def test_holdout_split_of_an_unlabelled_folder_is_uniform(tmp_path):
   sel, held = estimate.holdout_split(data, 5, seed=0)
   assert len(held.indices) == 5 and len(sel.indices) == 7
   np.testing.assert_array_equal(np.union1d(sel.indices, held.indices), np.arange(12))
+
+
+def test_an_estimate_on_the_images_a_holdout_leaves_is_named_apart(tmp_path):
+  """`--num_images=8 --holdout_images=4` measures 4 images, as `--num_images=4` does, but not
+  the same ones: the default name says so (_h4), and the file records the holdout."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  base = ["--model=test_tiny_vit", "--batch_size=4", f"--out_dir={tmp_path}"]
+  for extra in (["--num_images=4"], ["--num_images=8", "--holdout_images=4"]):
+    code, _, err = run_cli_in_process(root, "estimate", base + extra)
+    assert code == 0, err
+  names = sorted(os.listdir(tmp_path))
+  assert names == ["test_tiny_vit_random_embed_digits-test_n4_h4_s0_float32.json",
+                   "test_tiny_vit_random_embed_digits-test_n4_s0_float32.json"]
+  with open(tmp_path / names[0]) as f:
+    rec = json.load(f)
+  assert rec["data"]["num_examples"] == 4
+  assert rec["data"]["selection"]["holdout_images"] == 4
+  assert rec["data"]["selection"]["part"] == "selection"
