@@ -727,3 +727,35 @@ def test_an_estimate_on_the_images_a_holdout_leaves_is_named_apart(tmp_path):
   assert rec["data"]["num_examples"] == 4
   assert rec["data"]["selection"]["holdout_images"] == 4
   assert rec["data"]["selection"]["part"] == "selection"
+
+
+def test_the_holdout_is_its_own_draw_over_the_images_own_classes():
+  """The held-out draw reused the --num_images subset's seed, so it mirrored that draw (the
+  first images of a class held out far more often; the holdout of K images was exactly the
+  --num_images=K subset); and it was balanced over the model's names for the digits, so a model
+  naming them in another order held other images out (an ImageNet model, unbalanced ones)."""
+  every = estimate.load_eval_data("digits")
+  for seed in (0, 3):
+    held = estimate.holdout_split(every, 120, seed)[1].indices
+    assert not np.array_equal(held, estimate.load_eval_data("digits", num_images=120,
+                                                            seed=seed).indices)
+  # Over many seeds every image of a 60-image subset is held out about a third of the time.
+  sub = estimate.load_eval_data("digits", num_images=60, seed=0)
+  counts = np.zeros(len(sub.indices))
+  for seed in range(600):
+    counts += np.isin(sub.indices, estimate.holdout_split(sub, 20, seed)[1].indices)
+  assert 0.25 < counts.min() / 600 and counts.max() / 600 < 0.42, (counts.min(), counts.max())
+  digits = estimate.load_eval_data("digits", num_images=100, seed=2)
+  reversed_names = estimate.load_eval_data("digits", num_images=100, seed=2,
+                                           class_names=list("9876543210"), num_classes=10)
+  with pytest.warns(UserWarning, match="the digits are used unlabelled"):
+    unnamed = estimate.load_eval_data("digits", num_images=100, seed=2,
+                                      class_names=[f"c{i}" for i in range(1000)],
+                                      num_classes=1000)
+  assert not unnamed.labelled
+  want = estimate.holdout_split(digits, 30, 7)[1].indices
+  for other in (reversed_names, unnamed):
+    np.testing.assert_array_equal(other.indices, digits.indices)
+    np.testing.assert_array_equal(estimate.holdout_split(other, 30, 7)[1].indices, want)
+  true_digit = np.asarray(digits.dataset.labels)
+  assert np.bincount(true_digit[want], minlength=10).tolist() == [3] * 10

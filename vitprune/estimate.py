@@ -458,11 +458,15 @@ class EvalData:
     indices: int64 `[M]` sorted sample indices.
     labelled: whether accuracy can be computed.
     info: the `data` entry of the estimate file (`DatasetInfo` fields + `selection`).
+    strata: int `[len(dataset)]` the classes a subset of it is balanced over (the digits: their
+      own digit, whatever the model calls it); None: the dataset's labels when labelled, else
+      a uniform draw.
   """
   dataset: Any
   indices: np.ndarray
   labelled: bool
   info: Dict[str, Any]
+  strata: Optional[np.ndarray] = None
 
   def batches(self, cfg: ViTConfig, batch_size: int, num_workers: int = 0
               ) -> Iterable[Batch]:
@@ -489,6 +493,7 @@ def subset_indices(labels: np.ndarray, labelled: bool, num_images: Optional[int]
 
 
 HOLDOUT_PARTS = ("selection", "holdout")
+_HOLDOUT_STREAM = 1        # the holdout's random stream of a seed (0: the --num_images subset's)
 
 
 def holdout_split(data: EvalData, holdout_images: int, seed: int) -> Tuple[EvalData, EvalData]:
@@ -503,15 +508,20 @@ def holdout_split(data: EvalData, holdout_images: int, seed: int) -> Tuple[EvalD
       or not 1 <= holdout_images < n):
     raise ValueError(f"holdout_images must be an int in 1..{n - 1} (of the {n} evaluation "
                      f"images, some must be left to choose on), got {holdout_images!r}")
-  labels = np.asarray(data.dataset.labels)[data.indices]
-  held = data.indices[subset_indices(labels, data.labelled, int(holdout_images), seed)]
+  balanced = data.strata is not None or data.labelled
+  strata = np.asarray(data.dataset.labels if data.strata is None else data.strata)
+  # Another stream than the subset's: with the subset's own seed the draw mirrored it (the
+  # first images of a class were held out far more often than the others).
+  stream = int(np.random.SeedSequence([seed, _HOLDOUT_STREAM]).generate_state(1)[0])
+  held = data.indices[subset_indices(strata[data.indices], balanced, int(holdout_images),
+                                     stream)]
   rest = np.setdiff1d(data.indices, held)
   parts = []
   for part, idx in zip(HOLDOUT_PARTS, (rest, held)):
     info = data_lib.dataset_info(data.dataset, idx, name=data.info["source"]).to_dict()
     info["selection"] = dict(data.info.get("selection") or {},
                              holdout_images=int(holdout_images), part=part)
-    parts.append(EvalData(data.dataset, idx, data.labelled, info))
+    parts.append(EvalData(data.dataset, idx, data.labelled, info, data.strata))
   return parts[0], parts[1]
 
 
@@ -549,7 +559,8 @@ def _load_eval_data(spec: str, *, num_images: Optional[int], seed: int, split: s
     info = data_lib.dataset_info(ds, idx, name="sklearn_digits").to_dict()
     info["selection"] = {"split": split, "split_seed": split_seed, "num_images": num_images,
                          "subset_seed": seed}
-    return EvalData(ds, idx, bool(ds.classes), info)     # (unlabelled: not the model's classes)
+    return EvalData(ds, idx, bool(ds.classes), info,   # (unlabelled: not the model's classes)
+                    strata=digits)
   if not os.path.isdir(spec):
     raise FileNotFoundError(f"data {spec!r} is neither 'digits' nor an existing directory")
   ds = data_lib.ImageFolder(spec, class_names=class_names, num_classes=num_classes)
