@@ -759,3 +759,38 @@ def test_the_holdout_is_its_own_draw_over_the_images_own_classes():
     np.testing.assert_array_equal(estimate.holdout_split(other, 30, 7)[1].indices, want)
   true_digit = np.asarray(digits.dataset.labels)
   assert np.bincount(true_digit[want], minlength=10).tolist() == [3] * 10
+
+
+def test_many_points_on_sharded_data_do_not_hang(tmp_path):
+  """2 forced CPU devices, a 3-block sensitivity table of 24 POMT points: the reducing blocks
+  all-gather across the devices, and queueing every schedule's pieces without waiting hung the
+  runtime's rendezvous (XLA aborted with 'Termination timeout for all gather' after 40 s)."""
+  script = textwrap.dedent("""
+    import dataclasses, json, sys
+    import jax, numpy as np
+    sys.path.insert(0, %r)
+    from vitprune import estimate
+    from vitprune.model import init_params
+    from vitprune.reduce.methods import make_reducer
+    from vitprune.registry import get_config
+    assert jax.device_count() == 2, jax.devices()
+    cfg = dataclasses.replace(get_config("test_tiny_vit"), depth=3)
+    params = init_params(cfg, seed=1)
+    pts = estimate.sensitivity_points(cfg, list(range(9, 17)), [0, 1, 2], make_reducer("pomt"))
+    x = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
+    y = np.arange(8, dtype=np.int32) %% 10
+    out = {}
+    for shard in (True, False):
+      r = estimate.evaluate(cfg, params, [(x, y, np.arange(8))], pts, labelled=True,
+                            shard=shard)
+      out[str(shard)] = [r.num_devices, [dataclasses.astuple(p)[:3] for p in r.points]]
+    print(json.dumps(out))
+  """ % REPO)
+  xla_flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+  env = dict(os.environ, XLA_FLAGS=xla_flags.strip(), JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        env=env, cwd=REPO, timeout=240)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["True"][0] == 2 and out["False"][0] == 1 and len(out["True"][1]) == 24
+  assert out["True"][1] == out["False"][1]

@@ -205,7 +205,8 @@ class PiecewiseForward:
     once: the embedding, and every block before their counts first differ (the tokens after
     block l depend only on counts[:l + 2]). The sensitivity table's D x K single reductions
     run about (D + 1) / 2 blocks each instead of D. Held at once: the tokens [B, n, D] (and
-    ToMe's sizes) after the embedding and after each block of the current schedule."""
+    ToMe's sizes) after the embedding and after each block of the current schedule. Each
+    schedule's logits are waited for before the next one starts."""
     schedules = [full_schedule(self.cfg) if s is None else s for s in schedules]
     self.compile(schedules, images)                            # checks them
     out: List[Optional[jax.Array]] = [None] * len(schedules)
@@ -227,6 +228,10 @@ class PiecewiseForward:
         held.append(self._compiled[blocks[layer][0]](self._placed["blocks"][layer], x, size))
       held_counts = counts
       out[i] = self._compiled[head_key](head_params(self._placed), held[-1][0])
+      # One schedule at a time: with the images sharded over devices, the reducing blocks
+      # all-gather across them, and many such pieces queued at once hung the CPU runtime's
+      # cross-device rendezvous (XLA aborted the process after 40 s).
+      out[i].block_until_ready()
     return out
 
 
