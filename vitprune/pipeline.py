@@ -635,7 +635,7 @@ def holdout_summary(result: Optional[estimate_lib.EvalResult], metric: str,
   """summary.json's "holdout": the unpruned and the chosen graph's `metric` on the held-out
   images (None without them), the chosen one's Wilson 95 % interval for their number, and with
   a floor whether the measured value meets it ("floor_met") and where the interval lies
-  ("floor_status": meets / fails / straddles, as `solve_stage.floor_status`)."""
+  ("floor_status": `solve_stage.interval_status`)."""
   if result is None:
     return None
   n = result.reference.num_examples
@@ -646,7 +646,7 @@ def holdout_summary(result: Optional[estimate_lib.EvalResult], metric: str,
                     "agreement_with_unpruned": float(result.points[0].agreement)}}
   if floor is not None:
     out["floor_met"] = bool(solve.meets_floor(pruned, floor))
-    out["floor_status"] = "meets" if lo >= floor else "fails" if hi < floor else "straddles"
+    out["floor_status"] = solve_stage.interval_status(lo, hi, floor)
   return out
 
 

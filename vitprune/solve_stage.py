@@ -669,9 +669,15 @@ def floor_status(c: Candidate, floor: float) -> Optional[str]:
     return None
   lo = c.measured_accuracy if c.measured_accuracy_low is None else c.measured_accuracy_low
   hi = c.measured_accuracy if c.measured_accuracy_high is None else c.measured_accuracy_high
-  if lo >= floor:
+  return interval_status(lo, hi, floor)
+
+
+def interval_status(low: float, high: float, floor: float) -> str:
+  """'meets' / 'fails' when the interval [low, high] lies at or above / below the floor,
+  'straddles' when it contains it."""
+  if low >= floor:
     return "meets"
-  if hi < floor:
+  if high < floor:
     return "fails"
   return "straddles"
 
