@@ -216,30 +216,32 @@ def totals(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 STUDY_FLAGS = ("solver", "accuracy_floor", "latency_budget", "method", "seed", "out_dir", "mode")
 
 
-def split_job_flags(text: str) -> List[str]:
+def split_job_flags(text: str, study_flags: Sequence[str] = STUDY_FLAGS) -> List[str]:
   """--job_flags split as a shell would, checked (`check_job_flags`); errors name --job_flags."""
   try:
     job_flags = shlex.split(text)
   except ValueError as e:                       # e.g. "No closing quotation"
     raise ValueError(f"--job_flags={text!r}: {e}") from None
-  check_job_flags(job_flags)
+  check_job_flags(job_flags, study_flags)
   return job_flags
 
 
-def check_job_flags(job_flags: Sequence[str]) -> None:
+def check_job_flags(job_flags: Sequence[str], study_flags: Sequence[str] = STUDY_FLAGS
+                    ) -> None:
   """ValueError when `job_flags` (parsed as the main job parses them: `-flag`, `--noflag`
   alike) are not the main job's flags, hold other arguments (ignored: the study would run
-  without them), or set a flag the study owns: its rows would report the study's floor, method
-  and seed while the jobs ran with others."""
+  without them), or set a flag the study owns (`study_flags`: STUDY_FLAGS and any a study adds):
+  its rows would report the study's floor, method and seed while the jobs ran with others."""
   try:
     given = common.parse(profile_cli.define_flags, list(job_flags))
   except (flags.Error, ValueError) as e:
     raise ValueError(f"--job_flags: {common.one_line(e)}") from None
-  owned = [n for n in STUDY_FLAGS if given[n].present]
+  owned = [n for n in study_flags if given[n].present]
   if owned:
+    added = "".join(f", --{n}" for n in study_flags if n not in STUDY_FLAGS)
     raise ValueError(f"--job_flags sets {', '.join('--' + n for n in owned)}, which the study "
                      "owns (--accuracy_floor, --method, seeds 0..--seeds-1, the multi solver, "
-                     "a temporary output folder)")
+                     f"a temporary output folder{added})")
 
 
 def main(f: flags.FlagValues) -> List[Dict[str, Any]]:

@@ -34,9 +34,11 @@ from benchmarks import floor_study
 from experiments import common
 from experiments import profile as profile_cli
 from vitprune import atomic
+from vitprune import solve
 from vitprune import solve_stage
 
 RESULT_FORMAT = "vitprune-holdout-study"    # marks --out files this script may replace
+STUDY_FLAGS = floor_study.STUDY_FLAGS + ("holdout_images",)    # the main job's flags it sets
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -77,9 +79,9 @@ def run_seed(seed: int, floor: float, method: str, holdout: int, job_flags: Sequ
           "holdout": {"chosen": out_c, "unpruned": out_u,
                       "chosen_interval_95": held["pruned"]["interval_95"],
                       "floor_status": held["floor_status"]},
-          "floor_met_selection": bool(sel_c >= floor - 1e-12),
+          "floor_met_selection": bool(solve.meets_floor(sel_c, floor)),
           "floor_met_holdout": held["floor_met"],
-          "unpruned_floor_met_holdout": bool(out_u >= floor - 1e-12),
+          "unpruned_floor_met_holdout": bool(solve.meets_floor(out_u, floor)),
           "optimism_points": 100 * ((sel_c - out_c) - (sel_u - out_u)),
           "speedup": summary["speedup"], "wall_s": time.perf_counter() - t0}
 
@@ -117,10 +119,7 @@ def totals(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
   """Runs the study, prints the table and writes --out -> the rows."""
   atomic.check_output_json(f.out, RESULT_FORMAT, "out")
-  job_flags = floor_study.split_job_flags(f.job_flags)
-  if common.parse(profile_cli.define_flags, list(job_flags))["holdout_images"].present:
-    raise ValueError("--job_flags sets --holdout_images, which the study owns "
-                     "(--holdout_images)")
+  job_flags = floor_study.split_job_flags(f.job_flags, STUDY_FLAGS)
   rows = []
   with tempfile.TemporaryDirectory(prefix="holdout_study_") as tmp:
     for seed in range(f.seeds):

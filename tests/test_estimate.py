@@ -209,6 +209,18 @@ def test_evaluate_errors(params, images, labels):
     estimate.evaluate(feat_cfg, init_params(feat_cfg), good, [], labelled=True)
 
 
+def _run_on_cpu_devices(script: str, devices: int, timeout: float):
+  """Runs `script` in a subprocess with `devices` forced CPU devices -> the JSON of its last
+  line (its exit code must be 0)."""
+  xla_flags = (os.environ.get("XLA_FLAGS", "")
+               + f" --xla_force_host_platform_device_count={devices}")
+  env = dict(os.environ, XLA_FLAGS=xla_flags.strip(), JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        env=env, cwd=REPO, timeout=timeout)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_sharded_equals_unsharded(tmp_path):
   """4 forced CPU devices in a subprocess: data-parallel estimates equal single-device ones."""
   script = textwrap.dedent("""
@@ -239,12 +251,7 @@ def test_sharded_equals_unsharded(tmp_path):
       out["error"] = str(e)
     print(json.dumps(out))
   """ % REPO)
-  xla_flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-  env = dict(os.environ, XLA_FLAGS=xla_flags.strip(), JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                        env=env, cwd=REPO, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  out = _run_on_cpu_devices(script, 4, timeout=300)
   assert out["True"]["ndev"] == 4 and out["False"]["ndev"] == 1
   assert out["True"]["ref"] == out["False"]["ref"]
   for a, b in zip(out["True"]["pts"], out["False"]["pts"]):
@@ -786,11 +793,6 @@ def test_many_points_on_sharded_data_do_not_hang(tmp_path):
       out[str(shard)] = [r.num_devices, [dataclasses.astuple(p)[:3] for p in r.points]]
     print(json.dumps(out))
   """ % REPO)
-  xla_flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-  env = dict(os.environ, XLA_FLAGS=xla_flags.strip(), JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                        env=env, cwd=REPO, timeout=240)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  out = _run_on_cpu_devices(script, 2, timeout=240)
   assert out["True"][0] == 2 and out["False"][0] == 1 and len(out["True"][1]) == 24
   assert out["True"][1] == out["False"][1]
