@@ -213,7 +213,8 @@ def totals(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 # The main job's flags the study owns (a --job_flags copy would override them unseen).
-STUDY_FLAGS = ("solver", "accuracy_floor", "latency_budget", "method", "seed", "out_dir", "mode")
+STUDY_FLAGS = ("solver", "accuracy_floor", "latency_budget", "max_accuracy_drop", "method", "seed",
+               "out_dir", "mode")
 
 
 def split_job_flags(text: str, study_flags: Sequence[str] = STUDY_FLAGS) -> List[str]:

@@ -14,6 +14,10 @@ unpruned model there, and the optimism of the selection accuracy:
 (chosen's selection - held-out accuracy) - (unpruned's selection - held-out accuracy), in
 points: the part of the drop on new images the choice itself made (picking, among many
 schedules measured on the same images, one those images happen to favour).
+With --max_accuracy_drop=D the jobs run with it instead of the floor: the floor on the selection
+images is the unpruned model's accuracy there minus D, and on the held-out images the unpruned
+model's accuracy there minus D (pruned and unpruned compared on the same images; the unpruned
+model meets its own relative floor by definition, so that column is left empty).
 
 Prints a markdown table and writes JSON (--out).
 """
@@ -25,7 +29,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from absl import flags
@@ -48,6 +52,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("holdout_images", 120, "Evaluation images held out of the choice.",
                        lower_bound=1, flag_values=fv)
   flags.DEFINE_float("accuracy_floor", 0.97, "The main job's --accuracy_floor.", flag_values=fv)
+  flags.DEFINE_float("max_accuracy_drop", None, "Run the jobs with this --max_accuracy_drop "
+                     "instead of --accuracy_floor.", flag_values=fv)
   flags.DEFINE_string("method", "pomt", "The main job's --method.", flag_values=fv)
   flags.DEFINE_string("job_flags", "", "Further flags of the main job, space-separated.",
                       flag_values=fv)
@@ -56,10 +62,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def run_seed(seed: int, floor: float, method: str, holdout: int, job_flags: Sequence[str],
-             out_dir: str) -> Dict[str, Any]:
-  """One main job -> a result row."""
+             out_dir: str, max_drop: Optional[float] = None) -> Dict[str, Any]:
+  """One main job -> a result row (`max_drop`: the job's --max_accuracy_drop, `floor` unused)."""
+  criterion = (f"--accuracy_floor={floor}" if max_drop is None else
+               f"--max_accuracy_drop={max_drop}")
   f = common.parse(profile_cli.define_flags,
-                   ["--solver=multi", f"--accuracy_floor={floor}", f"--method={method}",
+                   ["--solver=multi", criterion, f"--method={method}",
                     f"--seed={seed}", f"--holdout_images={holdout}", f"--out_dir={out_dir}",
                     "--noprogress", *job_flags])
   t0 = time.perf_counter()
@@ -72,16 +80,20 @@ def run_seed(seed: int, floor: float, method: str, holdout: int, job_flags: Sequ
   m, held = summary["metric"], summary["holdout"]
   sel_c, sel_u = summary["pruned"][m], summary["unpruned"][m]
   out_c, out_u = held["pruned"][m], held["unpruned"][m]
+  if max_drop is not None:       # (the floor the job met on the selection images)
+    floor = summary["accuracy_floor"]
   return {"seed": seed, "schedule": summary["schedule"], "counts": summary["counts"],
           "metric": m, "selection_images": summary["num_images"],
           "holdout_images": held["num_images"],
           "selection": {"chosen": sel_c, "unpruned": sel_u},
           "holdout": {"chosen": out_c, "unpruned": out_u,
                       "chosen_interval_95": held["pruned"]["interval_95"],
-                      "floor_status": held["floor_status"]},
+                      "floor_status": held["floor_status"], "floor": held.get("floor", floor)},
+          "floor": floor,
           "floor_met_selection": bool(solve.meets_floor(sel_c, floor)),
           "floor_met_holdout": held["floor_met"],
-          "unpruned_floor_met_holdout": bool(solve.meets_floor(out_u, floor)),
+          "unpruned_floor_met_holdout": (bool(solve.meets_floor(out_u, floor))
+                                         if max_drop is None else None),
           "optimism_points": 100 * ((sel_c - out_c) - (sel_u - out_u)),
           "speedup": summary["speedup"], "wall_s": time.perf_counter() - t0}
 
@@ -90,7 +102,7 @@ def table(rows: List[Dict[str, Any]]) -> str:
   out = ["| seed | chosen | selection: chosen / unpruned | held out: chosen (95 % interval) / "
          "unpruned | floor met: selection / held out (unpruned held out) | optimism (points) |",
          "|---|---|---|---|---|---|"]
-  yes = lambda b: "yes" if b else "no"
+  yes = lambda b: "-" if b is None else "yes" if b else "no"
   for r in rows:
     if "floor_not_met" in r:
       out.append(f"| {r['seed']} | none: {r['floor_not_met']} | | | | |")
@@ -110,7 +122,7 @@ def totals(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
   return {"seeds": len(rows), "chosen": len(done),
           "floor_met_selection": sum(r["floor_met_selection"] for r in done),
           "floor_met_holdout": sum(r["floor_met_holdout"] for r in done),
-          "unpruned_floor_met_holdout": sum(r["unpruned_floor_met_holdout"] for r in done),
+          "unpruned_floor_met_holdout": sum(bool(r["unpruned_floor_met_holdout"]) for r in done),
           "optimism_mean": float(np.mean(opt)) if opt else None,
           "optimism_min": float(min(opt)) if opt else None,
           "optimism_max": float(max(opt)) if opt else None}
@@ -118,27 +130,34 @@ def totals(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
   """Runs the study, prints the table and writes --out -> the rows."""
+  if f.max_accuracy_drop is not None and f["accuracy_floor"].present:
+    raise ValueError("give --accuracy_floor or --max_accuracy_drop, not both")
   atomic.check_output_json(f.out, RESULT_FORMAT, "out")
   job_flags = floor_study.split_job_flags(f.job_flags, STUDY_FLAGS)
   rows = []
   with tempfile.TemporaryDirectory(prefix="holdout_study_") as tmp:
     for seed in range(f.seeds):
       row = run_seed(seed, f.accuracy_floor, f.method, f.holdout_images, job_flags,
-                     os.path.join(tmp, f"seed{seed}"))
+                     os.path.join(tmp, f"seed{seed}"), f.max_accuracy_drop)
       rows.append(row)
       print(f"seed {seed}: {row.get('schedule', row.get('floor_not_met'))}, wall "
             f"{row['wall_s']:.0f} s", file=sys.stderr)
   tot = totals(rows)
   print(table(rows))
   if tot["chosen"]:
-    print(f"\nfloor {f.accuracy_floor} met by the chosen schedule: {tot['floor_met_selection']}/"
+    what = (f"floor {f.accuracy_floor}" if f.max_accuracy_drop is None else
+            f"the floor {f.max_accuracy_drop:g} below the unpruned model (on the same images)")
+    unpruned = ("" if f.max_accuracy_drop is not None else
+                f" (the unpruned model there: {tot['unpruned_floor_met_holdout']}/"
+                f"{tot['chosen']})")
+    print(f"\n{what} met by the chosen schedule: {tot['floor_met_selection']}/"
           f"{tot['chosen']} on the selection images, {tot['floor_met_holdout']}/{tot['chosen']} "
-          f"on the held-out ones (the unpruned model there: {tot['unpruned_floor_met_holdout']}/"
-          f"{tot['chosen']}); optimism mean {tot['optimism_mean']:+.2f} points (min "
-          f"{tot['optimism_min']:+.2f}, max {tot['optimism_max']:+.2f})")
+          f"on the held-out ones{unpruned}; optimism mean {tot['optimism_mean']:+.2f} points "
+          f"(min {tot['optimism_min']:+.2f}, max {tot['optimism_max']:+.2f})")
   common.write_result(f.out, {
       "format": RESULT_FORMAT, "command": common.command_line("benchmarks.holdout_study", f),
-      "method": f.method, "floor": f.accuracy_floor, "holdout_images": f.holdout_images,
+      "method": f.method, "floor": f.accuracy_floor if f.max_accuracy_drop is None else None,
+      "max_accuracy_drop": f.max_accuracy_drop, "holdout_images": f.holdout_images,
       "job_flags": f.job_flags, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
       "totals": tot, "rows": rows}, RESULT_FORMAT, indent=1)
   print(f"wrote {f.out}")

@@ -116,6 +116,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                                "schedule whose latency (seconds) is <= this; the choice and its "
                                "neighbours are measured and timed in the loop.",
                      flag_values=fv)
+  flags.DEFINE_float("max_accuracy_drop", None, "Pipeline, --solver=multi: fastest schedule "
+                     "whose measured accuracy is at most this far below the unpruned model's on "
+                     "the same images (0.01: one point), instead of --accuracy_floor.",
+                     flag_values=fv)
   flags.DEFINE_integer("calibration_schedules", pipeline.PipelineSpec.calibration_schedules,
                        "Pipeline, --solver=multi: multi-layer schedules compiled and timed with "
                        "the uniform curve to fit the latency model of the compiled graph.",
@@ -137,7 +141,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 # Flags one side of --mode reads and the other would silently ignore.
 PIPELINE_ONLY = ("data", "num_images", "eval_batch_size", "alpha", "layer", "method", "solver",
-                 "accuracy_floor", "latency_budget", "calibration_schedules", "measure_frontier",
+                 "accuracy_floor", "latency_budget", "max_accuracy_drop", "calibration_schedules",
+                 "measure_frontier",
                  "refine_accuracy_rounds", "loop_neighbours", "holdout_images")
 GRID_ONLY = ("adaptive", "coarse_stride", "max_points", "chunk_points", "resume")  # model/block
 PROFILE_ONLY = ("schedule", "reducer", "compile_cache_dir") + GRID_ONLY
@@ -190,18 +195,26 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
     raise ValueError("--calibration_schedules applies to --solver=multi only")
   if f.refine_accuracy_rounds and f.solver != "multi":
     raise ValueError("--refine_accuracy_rounds applies to --solver=multi only")
+  if f.max_accuracy_drop is not None:
+    if f.solver != "multi":
+      raise ValueError("--max_accuracy_drop applies to --solver=multi only")
+    given = common.given_flags(f, ("accuracy_floor", "latency_budget"))
+    if given:
+      raise ValueError(f"give --max_accuracy_drop or {' / '.join(given)}, not both")
+    solve_stage.check_accuracy_drop(f.max_accuracy_drop, "--max_accuracy_drop")
   if f["loop_neighbours"].present and (f.solver != "multi" or (
-      f.accuracy_floor is None and f.latency_budget is None)):
-    raise ValueError("--loop_neighbours applies to --solver=multi with --accuracy_floor or "
-                     "--latency_budget (the choices timed in the loop)")
+      f.accuracy_floor is None and f.latency_budget is None and f.max_accuracy_drop is None)):
+    raise ValueError("--loop_neighbours applies to --solver=multi with --accuracy_floor, "
+                     "--max_accuracy_drop or --latency_budget (the choices timed in the loop)")
   solve_stage.check_one_frontier_measurement(
       f.measure_frontier, f.refine_accuracy_rounds,
       ("--measure_frontier", "--refine_accuracy_rounds"))
   if f["layer"].present and f.solver == "multi":
     raise ValueError("--layer applies to --solver=paper only (multi chooses every block)")
-  if f["alpha"].present and (f.accuracy_floor is not None or f.latency_budget is not None):
+  if f["alpha"].present and (f.accuracy_floor is not None or f.latency_budget is not None
+                             or f.max_accuracy_drop is not None):
     raise ValueError("--alpha weighs the utility, which is used only without --accuracy_floor "
-                     "/ --latency_budget")
+                     "/ --latency_budget / --max_accuracy_drop")
   cfg = common.model_config(common.given_model(f), f.weights)
   sizes = _batch_sizes(f.batch_size)
   if len(sizes) != 1:
@@ -212,8 +225,8 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
       num_images=f.num_images, eval_batch_size=f.eval_batch_size, alpha=f.alpha,
       layer=f.layer, method=f.method, timing=_timing_from_flags(f), threads=f.threads,
       seed=f.seed, solver=f.solver, accuracy_floor=f.accuracy_floor,
-      latency_budget=f.latency_budget, measure_frontier=f.measure_frontier,
-      calibration_schedules=f.calibration_schedules,
+      latency_budget=f.latency_budget, max_accuracy_drop=f.max_accuracy_drop,
+      measure_frontier=f.measure_frontier, calibration_schedules=f.calibration_schedules,
       refine_accuracy_rounds=f.refine_accuracy_rounds, loop_neighbours=f.loop_neighbours,
       holdout_images=f.holdout_images)
   spec.check(cfg)

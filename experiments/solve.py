@@ -14,6 +14,9 @@ r"""Schedule solver CLI: a latency profile + an accuracy estimate -> a token sch
   # on measured accuracy and the choice and its neighbours are compiled and timed:
   python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
       --accuracy_floor=0.9 --weights=weights/vit_digits --data=digits
+  # ... or at most one point below the unpruned model's accuracy (the estimate's):
+  python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
+      --max_accuracy_drop=0.01 --weights=weights/vit_digits --data=digits
   # ... or the most accurate schedule MEASURED within a latency budget (seconds):
   python -m experiments.solve --mode=multi --profile=OUT/profile/P.json \
       --estimate=OUT/estimate/E.json --latency_budget=0.0006 --weights=weights/vit_digits
@@ -72,6 +75,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                                "Multi mode: most accurate schedule with predicted latency <= this "
                                "many seconds (with --weights: accuracy measured on --data, "
                                "latency timed in the loop).", lower_bound=0.0, flag_values=fv)
+  flags.DEFINE_float("max_accuracy_drop", None,
+                     "Multi mode: fastest schedule whose accuracy is at most this far below the "
+                     "unpruned model's as the estimate measured it (0.01: one point), instead of "
+                     "--accuracy_floor (with --weights: measured on --data).", lower_bound=0.0,
+                     upper_bound=1.0, flag_values=fv)
   flags.DEFINE_integer("batch_size", None,
                                 "Profile batch size (default: the profile's only one, else the "
                                 "estimate's).", lower_bound=1, flag_values=fv)
@@ -133,7 +141,7 @@ def main(f: flags.FlagValues):
   if not f.profile or not f.estimate:
     raise ValueError("--profile and --estimate are required")
   if f.mode == "paper":
-    for name in ("accuracy_floor", "latency_budget"):
+    for name in ("accuracy_floor", "latency_budget", "max_accuracy_drop"):
       if f[name].value is not None:
         raise ValueError(f"--{name} applies to --mode=multi only")
     unread = common.given_flags(f, MULTI_ONLY)
@@ -143,16 +151,17 @@ def main(f: flags.FlagValues):
   if f.mode == "multi" and unread:
     raise ValueError(f"{common.applies(unread)} to --mode=paper only (multi mode chooses every "
                      "block, for the estimate's method)")
-  if f.mode == "multi" and f["alpha"].present and (f.accuracy_floor is not None or
-                                                   f.latency_budget is not None):
+  given = common.given_flags(f, ("accuracy_floor", "latency_budget", "max_accuracy_drop"))
+  if len(given) > 1:
+    raise ValueError(f"give one of {', '.join(given)}")
+  if f.mode == "multi" and f["alpha"].present and given:
     raise ValueError("--alpha weighs the utility, which multi mode uses only without "
-                     "--accuracy_floor / --latency_budget")
+                     "--accuracy_floor / --latency_budget / --max_accuracy_drop")
   if f["step_k"].present and not f.step_bottoms_only:
     raise ValueError("--step_k applies with --step_bottoms_only only")
-  if f.weights and (f.mode != "multi" or (f.accuracy_floor is None and
-                                           f.latency_budget is None)):
-    raise ValueError("--weights measures a multi-mode --accuracy_floor or --latency_budget "
-                     "choice in the loop: pass --mode=multi and one of them")
+  if f.weights and (f.mode != "multi" or not given):
+    raise ValueError("--weights measures a multi-mode --accuracy_floor, --max_accuracy_drop or "
+                     "--latency_budget choice in the loop: pass --mode=multi and one of them")
   if f.measure_frontier and not f.weights:
     raise ValueError("--measure_frontier measures schedules on the data: pass --weights (and "
                      "the estimate's --data)")
@@ -201,7 +210,7 @@ def main(f: flags.FlagValues):
   else:
     sol = solve_stage.solve_multilayer(
         profile, estimate, accuracy_floor=f.accuracy_floor, latency_budget=f.latency_budget,
-        alpha=f.alpha, batch_size=f.batch_size, metric=f.metric,
+        max_accuracy_drop=f.max_accuracy_drop, alpha=f.alpha, batch_size=f.batch_size, metric=f.metric,
         accuracy_model=f.accuracy_model, monotone=f.monotone,
         step_bottoms_only=f.step_bottoms_only, step_k=f.step_k,
         allow_batch_mismatch=f.allow_batch_mismatch,

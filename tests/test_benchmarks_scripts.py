@@ -899,3 +899,28 @@ def test_holdout_study_rows_and_refusals(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="--job_flags sets --holdout_images, which the study owns"):
     holdout_study.main(common.parse(holdout_study.define_flags, [
         "--job_flags=--holdout_images=5", f"--out={tmp_path / 'x.json'}"]))
+  # --max_accuracy_drop: the jobs run with it; each set of images has its own floor (the
+  # unpruned model's accuracy there minus the drop), and the unpruned column is empty.
+  seen.clear()
+
+  def drop_job(f):
+    seen.append((f.seed, f.max_accuracy_drop, f.accuracy_floor))
+    doc = job(f)
+    doc["accuracy_floor"] = 0.98 - 0.01
+    doc["holdout"].update(floor=0.975 - 0.01, floor_met=False)
+    return doc
+
+  monkeypatch.setattr(holdout_study.profile_cli, "main", drop_job)
+  rows = holdout_study.main(common.parse(holdout_study.define_flags, [
+      "--seeds=1", "--max_accuracy_drop=0.01", f"--out={tmp_path / 'd.json'}"]))
+  assert seen[0] == (0, 0.01, None)        # (then job()'s own entry)
+  assert rows[0]["floor"] == 0.98 - 0.01 and rows[0]["holdout"]["floor"] == 0.975 - 0.01
+  assert rows[0]["floor_met_selection"] and rows[0]["unpruned_floor_met_holdout"] is None
+  assert "| yes / no (-) |" in holdout_study.table(rows)
+  with pytest.raises(ValueError, match="give --accuracy_floor or --max_accuracy_drop, not both"):
+    holdout_study.main(common.parse(holdout_study.define_flags, [
+        "--max_accuracy_drop=0.01", "--accuracy_floor=0.9", f"--out={tmp_path / 'y.json'}"]))
+  with pytest.raises(ValueError, match="--job_flags sets --max_accuracy_drop, which the study "
+                     "owns"):
+    holdout_study.main(common.parse(holdout_study.define_flags, [
+        "--job_flags=--max_accuracy_drop=0.02", f"--out={tmp_path / 'z.json'}"]))

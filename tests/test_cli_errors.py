@@ -279,7 +279,8 @@ CASES = [
     ("profile", ["--mode=model", "--loop_neighbours=3", "--out_dir={out}"], 1,
      "--loop_neighbours applies to --mode=pipeline only, not --mode=model"),
     ("profile", ["--loop_neighbours=3", "--out_dir={out}"], 1,    # (the paper solver)
-     "--loop_neighbours applies to --solver=multi with --accuracy_floor or --latency_budget"),
+     "--loop_neighbours applies to --solver=multi with --accuracy_floor, --max_accuracy_drop "
+     "or --latency_budget"),
     ("profile", ["--solver=multi", "--accuracy_floor=0.9", "--loop_neighbours=-1",
                  "--out_dir={out}"], 2, "-1 is not an integer in the range [0, 1000]"),
     # A '[' in the path: orbax globbed it when gathering the checkpoint's parts, found none,
@@ -303,6 +304,25 @@ CASES = [
      "to choose on), got 359"),
     ("solve", ["--profile=p", "--estimate=e", "--holdout_images=9"], 1,
      "--holdout_images is read only with --weights (the in-loop check)"),
+    # A maximum accuracy drop: the multi solver's, instead of a floor or a budget, in [0, 1].
+    ("profile", ["--max_accuracy_drop=0.01", "--out_dir={out}"], 1,
+     "--max_accuracy_drop applies to --solver=multi only"),
+    ("profile", ["--solver=multi", "--max_accuracy_drop=0.01", "--accuracy_floor=0.9",
+                 "--out_dir={out}"], 1, "give --max_accuracy_drop or --accuracy_floor, not both"),
+    ("profile", ["--solver=multi", "--max_accuracy_drop=2", "--out_dir={out}"], 1,
+     "--max_accuracy_drop must be in [0, 1] (the metric's unit: 0.01 is one point), got 2.0"),
+    ("profile", ["--solver=multi", "--max_accuracy_drop=0.01", "--alpha=0.3",
+                 "--out_dir={out}"], 1, "--alpha weighs the utility, which is used only without "
+     "--accuracy_floor / --latency_budget / --max_accuracy_drop"),
+    ("profile", ["--mode=model", "--max_accuracy_drop=0.01", "--out_dir={out}"], 1,
+     "--max_accuracy_drop applies to --mode=pipeline only, not --mode=model"),
+    ("solve", ["--profile=p", "--estimate=e", "--max_accuracy_drop=0.01"], 1,
+     "--max_accuracy_drop applies to --mode=multi only"),
+    ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--max_accuracy_drop=0.01",
+               "--latency_budget=0.001"], 1,
+     "give one of --latency_budget, --max_accuracy_drop"),
+    ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--max_accuracy_drop=-0.5"], 2,
+     "flag --max_accuracy_drop=-0.5: -0.5 is not a number in the range [0.0, 1.0]"),
 ]
 
 

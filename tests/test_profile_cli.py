@@ -880,3 +880,22 @@ def test_held_out_images_check_the_choice_on_images_it_never_saw(tmp_path, capsy
   # Without a holdout nothing is held out, and the summary says so.
   assert cli.main(_flags(f"--out_dir={tmp_path / 'b'}", *FAST, "--tokens=65,33,17",
                          "--num_images=40", "--eval_batch_size=20"))["holdout"] is None
+
+
+def test_a_maximum_drop_is_judged_against_the_unpruned_model_on_each_set_of_images(tmp_path,
+                                                                                 capsys):
+  """--max_accuracy_drop=D: the floor the choice meets is the unpruned model's accuracy on the
+  selection images minus D; on the held-out images the floor is the unpruned model's accuracy
+  there minus D (pruned and unpruned compared on the same images)."""
+  s = cli.main(_flags(f"--out_dir={tmp_path / 'a'}", *FAST, "--tokens=65,33,17",
+                      "--num_images=60", "--holdout_images=20", "--eval_batch_size=20",
+                      "--solver=multi", "--max_accuracy_drop=0.05"))
+  assert s["max_accuracy_drop"] == 0.05 and s["alpha"] is None
+  assert s["accuracy_floor"] == pytest.approx(s["unpruned"]["accuracy"] - 0.05, abs=1e-12)
+  assert s["pruned"]["accuracy"] >= s["accuracy_floor"]
+  held = s["holdout"]
+  assert held["floor"] == pytest.approx(held["unpruned"]["accuracy"] - 0.05, abs=1e-12)
+  assert held["floor_met"] == (held["pruned"]["accuracy"] >= held["floor"] - 1e-12)
+  out = capsys.readouterr().out
+  assert "solve: multi-layer Pareto frontier, accuracy >= the unpruned's - 0.05" in out
+  assert re.search(r"; floor \d\.\d+ \(the unpruned there - 0\.05\) (met|NOT met) there", out)

@@ -1936,3 +1936,52 @@ def test_refine_frontier_with_margins_predicts_from_earlier_rounds():
       table, {c: truth[c] for c in first[:2]}, todo))
   with pytest.raises(ValueError, match="anchors need the margin table"):
     solve.refine_frontier(model, measure, rounds=0, anchors={})
+
+
+def test_a_maximum_drop_is_a_floor_below_the_unpruned_measurement(tmp_path):
+  """max_accuracy_drop D: the floor is the unpruned schedule's measured accuracy (the
+  estimate's, 0.9 here) minus D; the choice, the check on measurements and the record are the
+  floor's; the record refuses a floor edited away from unpruned - D; bad drops are refused."""
+  from vitprune.records.solution import Solution, SolutionError, summary_lines
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  by_drop = _multi(ps, es, max_accuracy_drop=0.2)
+  by_floor = _multi(ps, es, accuracy_floor=0.9 - 0.2)
+  assert by_drop.chosen == by_floor.chosen and by_drop.criterion == "accuracy_floor"
+  assert by_drop.settings["accuracy_floor"] == pytest.approx(0.7)
+  assert by_drop.settings["max_accuracy_drop"] == 0.2
+  assert by_floor.settings["max_accuracy_drop"] is None
+  assert Solution.from_json(by_drop.to_json()) == by_drop
+  assert ("accuracy floor 0.7000: the unpruned schedule's measured accuracy 0.9000 minus the "
+          "maximum drop 0.2") in summary_lines(by_drop)
+  # Measured: a schedule losing 0.03 more than predicted is refused as with the floor itself.
+  predicted = {p.counts: p.predicted_accuracy for p in by_floor.frontier}
+
+  def evaluate(counts_list):
+    return [_share(predicted[tuple(c)] - (0.03 if len(set(c[1:])) > 1 else 0.0))
+            for c in counts_list]
+
+  measured = _multi(ps, es, max_accuracy_drop=0.2, evaluate=evaluate)
+  assert measured.criterion == "accuracy_floor_measured"
+  assert measured.chosen == _multi(ps, es, accuracy_floor=0.7, evaluate=evaluate).chosen
+  assert measured.chosen.measured_accuracy >= 0.9 - 0.2
+  doc = by_drop.to_json()
+  doc["settings"]["accuracy_floor"] = 0.65
+  with pytest.raises(SolutionError, match=r"settings\.max_accuracy_drop 0\.2 needs "
+                     r"settings\.accuracy_floor = the unpruned schedule's accuracy minus it, got "
+                     r"floor 0\.65 \(edited\?\)"):
+    Solution.from_json(doc)
+  with pytest.raises(ValueError, match="give a maximum accuracy drop, an accuracy floor or a "
+                     "latency budget, not two"):
+    _multi(ps, es, max_accuracy_drop=0.1, accuracy_floor=0.5)
+  with pytest.raises(ValueError, match="give a maximum accuracy drop, an accuracy floor or a "
+                     "latency budget, not two"):
+    _multi(ps, es, max_accuracy_drop=0.1, latency_budget=1.0)
+  for bad in (-0.01, 1.5, float("nan")):
+    with pytest.raises(ValueError, match=r"^max_accuracy_drop must be in \[0, 1\] \(the "
+                       r"metric's unit: 0\.01 is one point\), got"):
+      _multi(ps, es, max_accuracy_drop=bad)
+  with pytest.raises(solve_stage.SolveInputError, match=r"max_accuracy_drop 0\.9 is at least the "
+                     r"unpruned accuracy 0\.9000 that estimate .* measured: every schedule meets "
+                     r"it; give a smaller drop"):
+    _multi(ps, es, max_accuracy_drop=0.9)

@@ -78,6 +78,8 @@ class PipelineSpec:
   solver: str = "paper"                    # 'paper' | 'multi'
   accuracy_floor: Optional[float] = None   # multi: fastest schedule at or above this
   latency_budget: Optional[float] = None   # multi: most accurate schedule within (seconds)
+  max_accuracy_drop: Optional[float] = None  # multi: floor = the unpruned's measured metric -
+                                             # this (0.01: one point), on the same images
   # multi: compiled graphs fitting the latency model
   calibration_schedules: int = latency_model_lib.DEFAULT_CALIBRATION_SCHEDULES
   loop_neighbours: int = 2                 # multi + floor/budget: neighbours timed in the loop
@@ -99,8 +101,10 @@ class PipelineSpec:
     if self.solver not in ("paper", "multi"):
       raise ValueError(f"solver must be 'paper' or 'multi', got {self.solver!r}")
     if self.solver == "paper" and (self.accuracy_floor is not None or
-                                   self.latency_budget is not None):
-      raise ValueError("accuracy_floor / latency_budget apply to solver='multi' only")
+                                   self.latency_budget is not None or
+                                   self.max_accuracy_drop is not None):
+      raise ValueError("accuracy_floor / latency_budget / max_accuracy_drop apply to "
+                       "solver='multi' only")
     if self.measure_frontier and self.solver != "multi":
       raise ValueError("measure_frontier applies to solver='multi' only")
     if self.refine_accuracy_rounds and self.solver != "multi":
@@ -112,6 +116,10 @@ class PipelineSpec:
         ("measure_frontier", "refine_accuracy_rounds"))
     if self.accuracy_floor is not None and self.latency_budget is not None:
       raise ValueError("give accuracy_floor or latency_budget, not both")
+    if self.max_accuracy_drop is not None:
+      if self.accuracy_floor is not None or self.latency_budget is not None:
+        raise ValueError("give max_accuracy_drop, accuracy_floor or latency_budget, not two")
+      solve_stage.check_accuracy_drop(self.max_accuracy_drop)
     if self.accuracy_floor is not None and not 0.0 <= self.accuracy_floor <= 1.0:
       raise ValueError(f"accuracy_floor must be in [0, 1], got {self.accuracy_floor}")
     if self.latency_budget is not None and not 0.0 < self.latency_budget < float("inf"):
@@ -329,6 +337,8 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
         f"the {spec.method} schedule")
   else:
     rule = (f"accuracy >= {spec.accuracy_floor}" if spec.accuracy_floor is not None else
+            f"accuracy >= the unpruned's - {spec.max_accuracy_drop:g}"
+            if spec.max_accuracy_drop is not None else
             f"latency <= {spec.latency_budget} s" if spec.latency_budget is not None else
             f"best utility, alpha={spec.alpha}")
     log(f"[3/4] solve: multi-layer Pareto frontier, {rule}")
@@ -339,7 +349,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     sol = solve_stage.solve_multilayer(
         profile, estimate, accuracy_floor=spec.accuracy_floor,
         latency_budget=spec.latency_budget, alpha=spec.alpha, allow_batch_mismatch=True,
-        evaluate=evaluate, latency_model=latency_model, num_images=len(data.indices),
+        max_accuracy_drop=spec.max_accuracy_drop, evaluate=evaluate, latency_model=latency_model, num_images=len(data.indices),
         measure_all=spec.measure_frontier, refine_rounds=spec.refine_accuracy_rounds,
         margins=margins)
     log(f"  frontier: {len(sol.frontier)} schedules (latency: {sol.profile.latency_source})")
@@ -347,7 +357,8 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
       log("  " + describe_frontier_error(sol.settings["frontier_accuracy_error"]))
     if sol.settings.get("accuracy_refinement"):
       log("  " + describe_refinement(sol.settings["accuracy_refinement"]))
-    floor_checked = sol.basis == "measured" and spec.accuracy_floor is not None
+    floor = sol.settings["accuracy_floor"]      # (a drop's: below the unpruned's measurement)
+    floor_checked = sol.basis == "measured" and floor is not None
     loop_kw = dict(neighbours=spec.loop_neighbours, num_images=len(data.indices))
     before, t0 = sol.chosen, time.perf_counter()
     if floor_checked:
@@ -383,12 +394,12 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
       log(f"  the 95% interval straddles the floor for: "
           f"{', '.join(sol.settings['floor_straddles'])}")
     if floor_checked:
-      got, floor = sol.chosen.measured_accuracy, spec.accuracy_floor
+      got = sol.chosen.measured_accuracy
       log(f"  measured {len(sol.checked)} schedules on the data and "
           f"{sol.settings['singles_meeting_floor']} measured single-reduction ones: " + (
-              f"the fastest that really meets {sol.metric} >= {floor} measures {got:.4f}"
+              f"the fastest that really meets {sol.metric} >= {floor:.6g} measures {got:.4f}"
               if got >= floor else
-              f"none meets {sol.metric} >= {floor}: keeping all tokens"))
+              f"none meets {sol.metric} >= {floor:.6g}: keeping all tokens"))
     if sol.settings.get("latency_untrusted"):
       log(f"  warning: the predicted latency is not to be trusted: "
           f"{sol.settings['latency_untrusted']}")
@@ -595,9 +606,11 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
         "platform": profile.platform, "batch_size": spec.batch_size, "dtype": spec.dtype,
         "data": spec.data, "num_images": int(len(data.indices)), "metric": metric,
         "solver": spec.solver,       # what chose: a floor, a budget, else alpha's utility
-        "accuracy_floor": spec.accuracy_floor, "latency_budget": spec.latency_budget,
-        "alpha": (spec.alpha if spec.accuracy_floor is None and spec.latency_budget is None
-                  else None),
+        # (with max_accuracy_drop the floor is the unpruned's measured metric minus it)
+        "accuracy_floor": solution.settings.get("accuracy_floor"),
+        "max_accuracy_drop": spec.max_accuracy_drop, "latency_budget": spec.latency_budget,
+        "alpha": (spec.alpha if solution.settings.get("accuracy_floor") is None and
+                  spec.latency_budget is None else None),
         "n_star": int(chosen.counts[-1]) if spec.solver == "paper" else None,
         "schedule": chosen.schedule, "counts": list(chosen.counts),
         "method": spec.method, "basis": solution.basis,
@@ -624,18 +637,23 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
         "seconds": {k: round(v, 3) for k, v in (seconds or {}).items()},
     }
     summary["speedup"] = summary["unpruned"]["latency_ms"] / summary["pruned"]["latency_ms"]
-    summary["holdout"] = holdout_summary(v.holdout, metric, spec.accuracy_floor)
+    summary["holdout"] = holdout_summary(v.holdout, metric,
+                                         solution.settings.get("accuracy_floor"),
+                                         spec.max_accuracy_drop)
     atomic.write_json(os.path.join(tmp, SUMMARY_FILE), summary, indent=1)
   summary["files"]["summary"] = os.path.join(out_dir, SUMMARY_FILE)
   return summary
 
 
 def holdout_summary(result: Optional[estimate_lib.EvalResult], metric: str,
-                    floor: Optional[float]) -> Optional[Dict[str, Any]]:
+                    floor: Optional[float], max_drop: Optional[float] = None
+                    ) -> Optional[Dict[str, Any]]:
   """summary.json's "holdout": the unpruned and the chosen graph's `metric` on the held-out
   images (None without them), the chosen one's Wilson 95 % interval for their number, and with
   a floor whether the measured value meets it ("floor_met") and where the interval lies
-  ("floor_status": `solve_stage.interval_status`)."""
+  ("floor_status": `solve_stage.interval_status`). With `max_drop` the floor there is the
+  unpruned graph's measurement on the held-out images minus it ("floor"; `floor`, the one the
+  choice met on its own images, is not used): pruned and unpruned compared on the same images."""
   if result is None:
     return None
   n = result.reference.num_examples
@@ -644,7 +662,10 @@ def holdout_summary(result: Optional[estimate_lib.EvalResult], metric: str,
   out = {"num_images": int(n), "unpruned": {metric: float(getattr(result.reference, metric))},
          "pruned": {metric: pruned, "interval_95": [lo, hi],
                     "agreement_with_unpruned": float(result.points[0].agreement)}}
+  if max_drop is not None:
+    floor = out["unpruned"][metric] - max_drop
   if floor is not None:
+    out["floor"] = floor
     out["floor_met"] = bool(solve.meets_floor(pruned, floor))
     out["floor_status"] = solve_stage.interval_status(lo, hi, floor)
   return out
@@ -681,13 +702,16 @@ def format_summary(s: Dict[str, Any]) -> str:
   ]
   held = s.get("holdout")
   if held:
-    hp, floor = held["pruned"], s.get("accuracy_floor")
+    hp, floor = held["pruned"], held.get("floor", s.get("accuracy_floor"))
     lines.append(
         f"   held out: {held['num_images']} images the choice never saw: unpruned "
         f"{held['unpruned'][m]:.4f}, {s['method']} {hp[m]:.4f} (95% interval "
         f"{hp['interval_95'][0]:.4f}-{hp['interval_95'][1]:.4f})"
         + ("" if floor is None else
-           f"; floor {floor:g} {'met' if held['floor_met'] else 'NOT met'} there"
+           f"; floor {floor:.6g}"
+           + ("" if s.get("max_accuracy_drop") is None else
+              f" (the unpruned there - {s['max_accuracy_drop']:g})")
+           + f" {'met' if held['floor_met'] else 'NOT met'} there"
            + {"meets": "", "fails": " (the whole interval is below it)",
               "straddles": " (the interval contains it)"}[held["floor_status"]]))
   budget, looped = s.get("latency_budget"), s.get("measured_in_loop")

@@ -502,6 +502,30 @@ def method_caps(cfg: ViTConfig, method: str, ns: np.ndarray) -> Optional[np.ndar
   return np.array([limit(int(n)) for n in ns], np.int64)
 
 
+def check_accuracy_drop(drop: float, name: str = "max_accuracy_drop") -> float:
+  """`drop` as a float in [0, 1] (the metric's own unit: 0.01 is one point); ValueError naming
+  `name` otherwise."""
+  value = float(drop)
+  if not 0.0 <= value <= 1.0:        # (NaN fails too)
+    raise ValueError(f"{name} must be in [0, 1] (the metric's unit: 0.01 is one point), "
+                     f"got {drop}")
+  return value
+
+
+def floor_below_unpruned(unpruned: float, drop: float, metric: str, source: str) -> float:
+  """The accuracy floor `drop` below the unpruned schedule's measured `metric` (`unpruned`,
+  the estimate's, on the images it measured): a floor relative to the model, so the choice
+  and a later check on other images compare pruned and unpruned on the same images.
+  SolveInputError when the floor would be below 0."""
+  drop = check_accuracy_drop(drop)
+  floor = float(unpruned) - drop
+  if floor <= 0.0 < drop:
+    raise SolveInputError(f"max_accuracy_drop {drop:g} is at least the unpruned {metric} "
+                          f"{unpruned:.4f} that estimate {source} measured: every schedule "
+                          "meets it; give a smaller drop")
+  return floor
+
+
 def check_one_frontier_measurement(measure_all: bool, refine_rounds: int,
                                    names: Tuple[str, str]) -> None:
   """SolveInputError (a ValueError) where both are asked for: both measure the whole
@@ -517,6 +541,7 @@ def check_one_frontier_measurement(measure_all: bool, refine_rounds: int,
 def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
                      accuracy_floor: Optional[float] = None,
                      latency_budget: Optional[float] = None, alpha: float = 0.5,
+                     max_accuracy_drop: Optional[float] = None,
                      batch_size: Optional[int] = None, metric: Optional[str] = None,
                      accuracy_model: str = "incremental", monotone: bool = True,
                      step_bottoms_only: bool = False, step_k: float = 4.0,
@@ -533,7 +558,9 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   from the isolated per-block table ("blocks": it over-predicts the compiled graph). Every
   latency in the solution is still a prediction (`predicted_latency_s`).
   With `accuracy_floor` and `evaluate` (schedules -> metric measured on the data), the floor is
-  checked on measurements (`check_floor`) and the solution rests on them. With `measure_all`
+  checked on measurements (`check_floor`) and the solution rests on them. `max_accuracy_drop`
+  (instead of a floor) sets the floor at the unpruned schedule's measured metric minus it
+  (`floor_below_unpruned`; settings keep both). With `measure_all`
   (needs `evaluate`) every frontier schedule is measured first (`measure_frontier`); without a
   floor the budget or utility choice is then made on those measurements
   (`choose_on_measurements`). With
@@ -546,6 +573,10 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   """
   if measure_all and evaluate is None:
     raise SolveInputError("measuring the whole frontier needs an evaluator (weights and data)")
+  if max_accuracy_drop is not None and (accuracy_floor is not None or
+                                        latency_budget is not None):
+    raise ValueError("give a maximum accuracy drop, an accuracy floor or a latency budget, "
+                     "not two")
   if refine_rounds and evaluate is None:
     raise SolveInputError("refining the accuracy model measures schedules: it needs an "
                           "evaluator (weights and data)")
@@ -569,6 +600,9 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
                           f"profile those counts or drop step_bottoms_only")
   if accuracy_floor is not None and latency_budget is not None:
     raise ValueError("give either an accuracy floor or a latency budget, not both")
+  if max_accuracy_drop is not None:
+    accuracy_floor = floor_below_unpruned(inp.full_accuracy, max_accuracy_drop, metric,
+                                          estimate.source)
   sol = solve.solve_multilayer(
       inp.ns, inp.block, inp.sensitivity, inp.full_accuracy, depth=cfg.depth,
       num_tokens=cfg.num_tokens, layers=inp.layers, embed_latency=inp.embed,
@@ -598,7 +632,8 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
     return _candidate(cfg, plan.counts, plan.latency, plan.accuracy, **extra)
 
   settings = {"alpha": alpha, "accuracy_floor": accuracy_floor,
-              "latency_budget": latency_budget, "metric": metric,
+              "latency_budget": latency_budget, "max_accuracy_drop": max_accuracy_drop,
+              "metric": metric,
               "accuracy_model": accuracy_model, "monotone": monotone,
               "step_bottoms_only": step_bottoms_only, "step_k": step_k,
               "grid": sol.grid.tolist(), "allow_batch_mismatch": allow_batch_mismatch}

@@ -236,6 +236,13 @@ def _check_choice(sol: "Solution", where: str) -> None:
     value = sol.settings.get(key)
     require(value is None or jsonio.is_num(value),
             f"settings.{key} must be a finite number or null, got {value!r}")
+  drop = sol.settings.get("max_accuracy_drop")
+  if drop is not None:       # (solved with a drop: the floor sits that far below the unpruned)
+    floor, full = sol.settings.get("accuracy_floor"), sol.full
+    require(jsonio.is_num(drop) and 0 <= drop <= 1 and jsonio.is_num(floor) and full is not None
+            and abs(full.predicted_accuracy - drop - floor) <= 1e-9,
+            f"settings.max_accuracy_drop {drop!r} needs settings.accuracy_floor = the unpruned "
+            f"schedule's accuracy minus it, got floor {floor!r} (edited?)")
   unpruned = schedule_lib.full_schedule(sol.config).counts
   require(sol.full is None or sol.full.counts == unpruned,
           f"full.counts {list(sol.full.counts) if sol.full else None} is not the unpruned "
@@ -625,6 +632,10 @@ def summary_lines(sol: Solution) -> List[str]:
   if sol.settings.get("latency_untrusted"):
     lines.append(f"warning: the predicted latency is not to be trusted: "
                  f"{sol.settings['latency_untrusted']}")
+  drop = sol.settings.get("max_accuracy_drop")
+  if drop is not None and full is not None:
+    lines.append(f"accuracy floor {sol.settings['accuracy_floor']:.4f}: the unpruned schedule's "
+                 f"measured {m} {full.predicted_accuracy:.4f} minus the maximum drop {drop:g}")
   if ch.measured_accuracy is not None:
     line = f"measured {m} of the chosen schedule on the data: {ch.measured_accuracy:.4f}"
     if ch.num_images is not None:
