@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from vitprune import pipeline
+from vitprune import pipeline, solve_stage
 from vitprune.profile import records, runner
 from vitprune.registry import get_config
 from vitprune.schedule import Schedule, parse_token_grid
@@ -896,6 +896,22 @@ def test_a_maximum_drop_is_judged_against_the_unpruned_model_on_each_set_of_imag
   held = s["holdout"]
   assert held["floor"] == pytest.approx(held["unpruned"]["accuracy"] - 0.05, abs=1e-12)
   assert held["floor_met"] == (held["pruned"]["accuracy"] >= held["floor"] - 1e-12)
+  for part, n in ((s, 40), (held, 20)):      # the change against the unpruned graph, paired
+    p = part["pruned"]
+    change = p["change"]
+    assert change["value"] == pytest.approx(p["accuracy"] - part["unpruned"]["accuracy"],
+                                            abs=1e-12)
+    assert (change["images_gained"] - change["images_lost"]) / n == pytest.approx(
+        change["value"], abs=1e-12)
+    lo, hi = change["interval_95"]
+    assert lo <= change["value"] <= hi and hi - lo > 0
+  lo, hi = held["pruned"]["change"]["interval_95"]
+  assert held["floor_status"] == solve_stage.interval_status(
+      held["unpruned"]["accuracy"] + lo, held["unpruned"]["accuracy"] + hi, held["floor"])
   out = capsys.readouterr().out
   assert "solve: multi-layer Pareto frontier, accuracy >= the unpruned's - 0.05" in out
+  assert re.search(r"accuracy change [+-]\d\.\d{4} \(paired 95% interval [+-]\d\.\d{4}\.\."
+                   r"[+-]\d\.\d{4}: \d+ images? lost, \d+ gained\); top-1 agreement", out)
+  assert re.search(r"\n   change against the unpruned graph there: [+-]\d\.\d{4} \(paired 95% "
+                   r"interval", out)
   assert re.search(r"; floor \d\.\d+ \(the unpruned there - 0\.05\) (met|NOT met) there", out)

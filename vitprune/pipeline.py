@@ -452,7 +452,8 @@ def _verify(cfg, params, spec, data, solution: Solution, log,
     return estimate_lib.evaluate(
         cfg, params, images.batches(cfg, spec.eval_batch_size), [point],
         labelled=images.labelled, dtype=spec.dtype, threads=spec.threads, pieces=graphs_cache,
-        whole_graphs=True)        # the graphs that are timed and deployed, not pieces
+        whole_graphs=True,        # the graphs that are timed and deployed, not pieces
+        margins=True)             # (per image: the paired interval of the change, paired_change)
   return Verification(meas["unpruned"], meas[spec.method], check(data),
                       None if holdout is None else check(holdout))
 
@@ -627,7 +628,8 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
         "pruned": {"latency_ms": 1e3 * v.pruned.median,
                    "iqr_ms": 1e3 * v.pruned.iqr,
                    metric: float(getattr(v.check.points[0], metric)),
-                   "agreement_with_unpruned": float(v.check.points[0].agreement)},
+                   "agreement_with_unpruned": float(v.check.points[0].agreement),
+                   "change": paired_change(v.check, metric)},
         "files": {"profile": final(profile_paths["json"]), "estimate": final(estimate_path),
                   "solution": final(solution_paths["json"]),
                   "solution_plot": final(solution_paths["png"]),
@@ -645,15 +647,44 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
   return summary
 
 
+def paired_change(result: estimate_lib.EvalResult, metric: str) -> Dict[str, Any]:
+  """The chosen graph's `metric` minus the unpruned one's on the same images (`result`: one
+  point, evaluated with margins), with its paired 95 % interval
+  (`solve_stage.paired_drop_interval`) and the images each graph gets right and the other not
+  ("images_lost": right unpruned, wrong pruned; "images_gained": the reverse)."""
+  right = np.asarray(result.margins) > 0              # [2, M]: unpruned, pruned
+  lost = int(np.sum(right[0] & ~right[1]))
+  gained = int(np.sum(~right[0] & right[1]))
+  n = result.reference.num_examples
+  drop, lo, hi = solve_stage.paired_drop_interval(
+      int(np.sum(right[0] & right[1])), lost, gained, int(np.sum(~right[0] & ~right[1])))
+  got = float(getattr(result.points[0], metric)) - float(getattr(result.reference, metric))
+  if right.shape[1] != n or abs(got + drop) > 1e-9:   # the margins are the metric's, per image
+    raise AssertionError(f"per-image margins give a change of {-drop} on {right.shape[1]} "
+                         f"images, the {metric} {got} on {n}")
+  return {"value": 0.0 - drop, "interval_95": [0.0 - hi, 0.0 - lo], "images_lost": lost,
+          "images_gained": gained}
+
+
+def describe_change(change: Dict[str, Any]) -> str:
+  """'-0.0084 (paired 95% interval -0.0167..+0.0000: 3 images lost, 1 gained)'."""
+  lo, hi = change["interval_95"]
+  return (f"{change['value']:+.4f} (paired 95% interval {lo:+.4f}..{hi:+.4f}: "
+          f"{change['images_lost']} image{'' if change['images_lost'] == 1 else 's'} lost, "
+          f"{change['images_gained']} gained)")
+
+
 def holdout_summary(result: Optional[estimate_lib.EvalResult], metric: str,
                     floor: Optional[float], max_drop: Optional[float] = None
                     ) -> Optional[Dict[str, Any]]:
   """summary.json's "holdout": the unpruned and the chosen graph's `metric` on the held-out
   images (None without them), the chosen one's Wilson 95 % interval for their number, and with
   a floor whether the measured value meets it ("floor_met") and where the interval lies
-  ("floor_status": `solve_stage.interval_status`). With `max_drop` the floor there is the
-  unpruned graph's measurement on the held-out images minus it ("floor"; `floor`, the one the
-  choice met on its own images, is not used): pruned and unpruned compared on the same images."""
+  ("floor_status": `solve_stage.interval_status`), and the change against the unpruned graph
+  there (`paired_change`). With `max_drop` the floor there is the unpruned graph's measurement
+  on the held-out images minus it ("floor"; `floor`, the one the choice met on its own images,
+  is not used) and "floor_status" is where the paired interval of the change puts the chosen
+  graph: pruned and unpruned compared on the same images."""
   if result is None:
     return None
   n = result.reference.num_examples
@@ -661,9 +692,12 @@ def holdout_summary(result: Optional[estimate_lib.EvalResult], metric: str,
   lo, hi = solve_stage.wilson_interval(pruned, n)
   out = {"num_images": int(n), "unpruned": {metric: float(getattr(result.reference, metric))},
          "pruned": {metric: pruned, "interval_95": [lo, hi],
-                    "agreement_with_unpruned": float(result.points[0].agreement)}}
+                    "agreement_with_unpruned": float(result.points[0].agreement),
+                    "change": paired_change(result, metric)}}
   if max_drop is not None:
     floor = out["unpruned"][metric] - max_drop
+    change_lo, change_hi = out["pruned"]["change"]["interval_95"]
+    lo, hi = out["unpruned"][metric] + change_lo, out["unpruned"][metric] + change_hi
   if floor is not None:
     out["floor"] = floor
     out["floor_met"] = bool(solve.meets_floor(pruned, floor))
@@ -697,8 +731,9 @@ def format_summary(s: Dict[str, Any]) -> str:
       f"{p['iqr_ms']:>8.4f} {p[m]:>9.4f}",
       ("   nothing pruned: the chosen schedule is the unpruned graph (speed-up 1 by "
        "definition)" if s["counts"] == u["counts"] else
-       f"   speedup x{s['speedup']:.2f}; {m} change {p[m] - u[m]:+.4f}; top-1 agreement with "
-       f"unpruned {p['agreement_with_unpruned']:.4f}"),
+       f"   speedup x{s['speedup']:.2f}; {m} change "
+       + (describe_change(p["change"]) if "change" in p else f"{p[m] - u[m]:+.4f}")
+       + f"; top-1 agreement with unpruned {p['agreement_with_unpruned']:.4f}"),
   ]
   held = s.get("holdout")
   if held:
@@ -712,8 +747,11 @@ def format_summary(s: Dict[str, Any]) -> str:
            + ("" if s.get("max_accuracy_drop") is None else
               f" (the unpruned there - {s['max_accuracy_drop']:g})")
            + f" {'met' if held['floor_met'] else 'NOT met'} there"
-           + {"meets": "", "fails": " (the whole interval is below it)",
-              "straddles": " (the interval contains it)"}[held["floor_status"]]))
+           + {"meets": "", "fails": " (the whole {}interval is below it)",
+              "straddles": " (the {}interval contains it)"}[held["floor_status"]].format(
+                  "" if s.get("max_accuracy_drop") is None else "paired "))
+        + (f"\n   change against the unpruned graph there: {describe_change(hp['change'])}"
+           if "change" in hp else ""))
   budget, looped = s.get("latency_budget"), s.get("measured_in_loop")
   if budget is not None and looped and p["latency_ms"] > 1e3 * budget:
     lines.append(f"   note: this timing of the chosen graph, {p['latency_ms']:.4f} ms, is over the "
