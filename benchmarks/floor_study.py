@@ -241,7 +241,8 @@ def check_job_flags(job_flags: Sequence[str], study_flags: Sequence[str] = STUDY
   if owned:
     added = "".join(f", --{n}" for n in study_flags if n not in STUDY_FLAGS)
     raise ValueError(f"--job_flags sets {', '.join('--' + n for n in owned)}, which the study "
-                     "owns (--accuracy_floor, --method, seeds 0..--seeds-1, the multi solver, "
+                     "owns (the criterion: --accuracy_floor, --latency_budget, "
+                     "--max_accuracy_drop; --method, seeds 0..--seeds-1, the multi solver, "
                      f"a temporary output folder{added})")
 
 

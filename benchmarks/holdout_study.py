@@ -122,7 +122,9 @@ def totals(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
   return {"seeds": len(rows), "chosen": len(done),
           "floor_met_selection": sum(r["floor_met_selection"] for r in done),
           "floor_met_holdout": sum(r["floor_met_holdout"] for r in done),
-          "unpruned_floor_met_holdout": sum(bool(r["unpruned_floor_met_holdout"]) for r in done),
+          "unpruned_floor_met_holdout": (   # (None with a drop: the unpruned meets its own)
+              None if any(r["unpruned_floor_met_holdout"] is None for r in done) else
+              sum(r["unpruned_floor_met_holdout"] for r in done)),
           "optimism_mean": float(np.mean(opt)) if opt else None,
           "optimism_min": float(min(opt)) if opt else None,
           "optimism_max": float(max(opt)) if opt else None}
@@ -130,8 +132,10 @@ def totals(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
   """Runs the study, prints the table and writes --out -> the rows."""
-  if f.max_accuracy_drop is not None and f["accuracy_floor"].present:
-    raise ValueError("give --accuracy_floor or --max_accuracy_drop, not both")
+  if f.max_accuracy_drop is not None:
+    if f["accuracy_floor"].present:
+      raise ValueError("give --accuracy_floor or --max_accuracy_drop, not both")
+    solve_stage.check_accuracy_drop(f.max_accuracy_drop, "--max_accuracy_drop")
   atomic.check_output_json(f.out, RESULT_FORMAT, "out")
   job_flags = floor_study.split_job_flags(f.job_flags, STUDY_FLAGS)
   rows = []

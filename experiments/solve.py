@@ -154,6 +154,8 @@ def main(f: flags.FlagValues):
   given = common.given_flags(f, ("accuracy_floor", "latency_budget", "max_accuracy_drop"))
   if len(given) > 1:
     raise ValueError(f"give one of {', '.join(given)}")
+  if f.max_accuracy_drop is not None:
+    solve_stage.check_accuracy_drop(f.max_accuracy_drop, "--max_accuracy_drop")
   if f.mode == "multi" and f["alpha"].present and given:
     raise ValueError("--alpha weighs the utility, which multi mode uses only without "
                      "--accuracy_floor / --latency_budget / --max_accuracy_drop")

@@ -917,6 +917,7 @@ def test_holdout_study_rows_and_refusals(tmp_path, monkeypatch):
   assert rows[0]["floor"] == 0.98 - 0.01 and rows[0]["holdout"]["floor"] == 0.975 - 0.01
   assert rows[0]["floor_met_selection"] and rows[0]["unpruned_floor_met_holdout"] is None
   assert "| yes / no (-) |" in holdout_study.table(rows)
+  assert holdout_study.totals(rows)["unpruned_floor_met_holdout"] is None   # (not "0 of 1")
   with pytest.raises(ValueError, match="give --accuracy_floor or --max_accuracy_drop, not both"):
     holdout_study.main(common.parse(holdout_study.define_flags, [
         "--max_accuracy_drop=0.01", "--accuracy_floor=0.9", f"--out={tmp_path / 'y.json'}"]))

@@ -310,7 +310,7 @@ CASES = [
     ("profile", ["--solver=multi", "--max_accuracy_drop=0.01", "--accuracy_floor=0.9",
                  "--out_dir={out}"], 1, "give --max_accuracy_drop or --accuracy_floor, not both"),
     ("profile", ["--solver=multi", "--max_accuracy_drop=2", "--out_dir={out}"], 1,
-     "--max_accuracy_drop must be in [0, 1] (the metric's unit: 0.01 is one point), got 2.0"),
+     "--max_accuracy_drop must be in [0, 1) (the metric's unit: 0.01 is one point), got 2.0"),
     ("profile", ["--solver=multi", "--max_accuracy_drop=0.01", "--alpha=0.3",
                  "--out_dir={out}"], 1, "--alpha weighs the utility, which is used only without "
      "--accuracy_floor / --latency_budget / --max_accuracy_drop"),
@@ -323,6 +323,8 @@ CASES = [
      "give one of --latency_budget, --max_accuracy_drop"),
     ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--max_accuracy_drop=-0.5"], 2,
      "flag --max_accuracy_drop=-0.5: -0.5 is not a number in the range [0.0, 1.0]"),
+    ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--max_accuracy_drop=1"], 1,
+     "--max_accuracy_drop must be in [0, 1) (the metric's unit: 0.01 is one point), got 1.0"),
 ]
 
 

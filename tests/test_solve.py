@@ -1968,8 +1968,8 @@ def test_a_maximum_drop_is_a_floor_below_the_unpruned_measurement(tmp_path):
   doc = by_drop.to_json()
   doc["settings"]["accuracy_floor"] = 0.65
   with pytest.raises(SolutionError, match=r"settings\.max_accuracy_drop 0\.2 needs "
-                     r"settings\.accuracy_floor = the unpruned schedule's accuracy minus it, got "
-                     r"floor 0\.65 \(edited\?\)"):
+                     r"settings\.accuracy_floor = the unpruned schedule's accuracy minus it, above "
+                     r"0, got floor 0\.65 \(edited\?\)"):
     Solution.from_json(doc)
   with pytest.raises(ValueError, match="give a maximum accuracy drop, an accuracy floor or a "
                      "latency budget, not two"):
@@ -1977,11 +1977,33 @@ def test_a_maximum_drop_is_a_floor_below_the_unpruned_measurement(tmp_path):
   with pytest.raises(ValueError, match="give a maximum accuracy drop, an accuracy floor or a "
                      "latency budget, not two"):
     _multi(ps, es, max_accuracy_drop=0.1, latency_budget=1.0)
-  for bad in (-0.01, 1.5, float("nan")):
-    with pytest.raises(ValueError, match=r"^max_accuracy_drop must be in \[0, 1\] \(the "
+  for bad in (-0.01, 1.0, 1.5, float("nan")):
+    with pytest.raises(ValueError, match=r"^max_accuracy_drop must be in \[0, 1\) \(the "
                        r"metric's unit: 0\.01 is one point\), got"):
       _multi(ps, es, max_accuracy_drop=bad)
-  with pytest.raises(solve_stage.SolveInputError, match=r"max_accuracy_drop 0\.9 is at least the "
-                     r"unpruned accuracy 0\.9000 that estimate .* measured: every schedule meets "
-                     r"it; give a smaller drop"):
+  with pytest.raises(solve_stage.SolveInputError, match=r"^max_accuracy_drop 0\.9 is at least the "
+                     r"unpruned accuracy 0\.9000 measured on the estimate's images: every "
+                     r"schedule meets it; give a smaller drop$"):
     _multi(ps, es, max_accuracy_drop=0.9)
+  # A schedule losing exactly D meets it, although unpruned - D rounds a hair above the floor
+  # (0.9 - 0.07 = 0.8300000000000001): the same choice as the floor written out.
+  exact = lambda counts_list: [_share(predicted[tuple(c)]) for c in counts_list]
+  assert 0.9 - 0.07 > 0.83
+  for drop in (0.06, 0.07, 0.08):
+    assert (_multi(ps, es, max_accuracy_drop=drop, evaluate=exact).chosen ==
+            _multi(ps, es, accuracy_floor=round(0.9 - drop, 10), evaluate=exact).chosen)
+  # The reader refuses a drop at or above the unpruned accuracy and a drop on a choice that was
+  # not made by a floor.
+  for edit, want in ((dict(max_accuracy_drop=0.95, accuracy_floor=0.9 - 0.95),
+                      r"needs settings\.accuracy_floor = the unpruned schedule's accuracy minus "
+                      r"it, above 0"),
+                     (dict(max_accuracy_drop=1.0, accuracy_floor=0.9 - 1.0), "above 0")):
+    doc = by_drop.to_json()
+    doc["settings"].update(edit)
+    with pytest.raises(SolutionError, match=want):
+      Solution.from_json(doc)
+  budget = _multi(ps, es, latency_budget=by_drop.chosen.predicted_latency_s).to_json()
+  budget["settings"].update(max_accuracy_drop=0.2, accuracy_floor=0.9 - 0.2)
+  with pytest.raises(SolutionError, match=r"settings\.max_accuracy_drop 0\.2 sets a floor, but the "
+                     r"choice was made by 'latency_budget' \(edited\?\)"):
+    Solution.from_json(budget)

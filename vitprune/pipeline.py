@@ -336,8 +336,9 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
         f"block at n*) and random-drop A = {ch.predicted_accuracy:.4f}: the paper's proxies for "
         f"the {spec.method} schedule")
   else:
-    rule = (f"accuracy >= {spec.accuracy_floor}" if spec.accuracy_floor is not None else
-            f"accuracy >= the unpruned's - {spec.max_accuracy_drop:g}"
+    metric = default_metric(data.labelled)
+    rule = (f"{metric} >= {spec.accuracy_floor}" if spec.accuracy_floor is not None else
+            f"{metric} >= the unpruned's - {spec.max_accuracy_drop:g}"
             if spec.max_accuracy_drop is not None else
             f"latency <= {spec.latency_budget} s" if spec.latency_budget is not None else
             f"best utility, alpha={spec.alpha}")
@@ -398,7 +399,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
       log(f"  measured {len(sol.checked)} schedules on the data and "
           f"{sol.settings['singles_meeting_floor']} measured single-reduction ones: " + (
               f"the fastest that really meets {sol.metric} >= {floor:.6g} measures {got:.4f}"
-              if got >= floor else
+              if solve.meets_floor(got, floor) else
               f"none meets {sol.metric} >= {floor:.6g}: keeping all tokens"))
     if sol.settings.get("latency_untrusted"):
       log(f"  warning: the predicted latency is not to be trusted: "

@@ -506,13 +506,13 @@ def check_accuracy_drop(drop: float, name: str = "max_accuracy_drop") -> float:
   """`drop` as a float in [0, 1] (the metric's own unit: 0.01 is one point); ValueError naming
   `name` otherwise."""
   value = float(drop)
-  if not 0.0 <= value <= 1.0:        # (NaN fails too)
-    raise ValueError(f"{name} must be in [0, 1] (the metric's unit: 0.01 is one point), "
+  if not 0.0 <= value < 1.0:        # (NaN fails too; at 1 every schedule would meet it)
+    raise ValueError(f"{name} must be in [0, 1) (the metric's unit: 0.01 is one point), "
                      f"got {drop}")
   return value
 
 
-def floor_below_unpruned(unpruned: float, drop: float, metric: str, source: str) -> float:
+def floor_below_unpruned(unpruned: float, drop: float, metric: str) -> float:
   """The accuracy floor `drop` below the unpruned schedule's measured `metric` (`unpruned`,
   the estimate's, on the images it measured): a floor relative to the model, so the choice
   and a later check on other images compare pruned and unpruned on the same images.
@@ -521,7 +521,7 @@ def floor_below_unpruned(unpruned: float, drop: float, metric: str, source: str)
   floor = float(unpruned) - drop
   if floor <= 0.0 < drop:
     raise SolveInputError(f"max_accuracy_drop {drop:g} is at least the unpruned {metric} "
-                          f"{unpruned:.4f} that estimate {source} measured: every schedule "
+                          f"{unpruned:.4f} measured on the estimate's images: every schedule "
                           "meets it; give a smaller drop")
   return floor
 
@@ -601,8 +601,7 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   if accuracy_floor is not None and latency_budget is not None:
     raise ValueError("give either an accuracy floor or a latency budget, not both")
   if max_accuracy_drop is not None:
-    accuracy_floor = floor_below_unpruned(inp.full_accuracy, max_accuracy_drop, metric,
-                                          estimate.source)
+    accuracy_floor = floor_below_unpruned(inp.full_accuracy, max_accuracy_drop, metric)
   sol = solve.solve_multilayer(
       inp.ns, inp.block, inp.sensitivity, inp.full_accuracy, depth=cfg.depth,
       num_tokens=cfg.num_tokens, layers=inp.layers, embed_latency=inp.embed,
@@ -989,7 +988,7 @@ def _check_floor_met(best: Candidate, checked: Sequence[Candidate], floor: float
   floor) measures below it, naming the best of the other measured schedules (`checked` and the
   estimate's single reductions `singles`): such a choice was written as
   'accuracy_floor_measured' with exit 0 and no word that the floor was missed."""
-  if best.measured_accuracy >= floor:
+  if solve.meets_floor(best.measured_accuracy, floor):
     return
   others = {c.counts: (c.measured_accuracy, c.schedule) for c in checked
             if c.measured_accuracy is not None}
@@ -1039,7 +1038,8 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
               and c[0] == full.counts[0]}     # (not an after-embedding row: multi mode prunes
                                               # in blocks only)
   singles = sorted((solve.Plan(c, *solve.predict_schedule(model, c))
-                    for c, v in eligible.items() if v >= floor), key=lambda p: p.latency)
+                    for c, v in eligible.items() if solve.meets_floor(v, floor)),
+                   key=lambda p: p.latency)
   best = (_measured(_candidate(cfg, singles[0].counts, singles[0].latency, singles[0].accuracy),
                     measured[singles[0].counts], images) if singles else
           _measured(full, measured[full.counts], images))
@@ -1056,7 +1056,7 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
                                                     if p.measured_accuracy is None], images)}
     done = [got.get(p.counts, p) for p in batch]
     checked += done
-    ok = [p for p in done if p.measured_accuracy >= floor]
+    ok = [p for p in done if solve.meets_floor(p.measured_accuracy, floor)]
     if ok:
       best = ok[0]
       break
@@ -1251,7 +1251,7 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
                                    for p in _around(chosen, eligible, neighbours)], images)
   for p in pool:
     known[p.counts] = p
-  timed = [p for p in [chosen] + pool if p.measured_accuracy >= floor]
+  timed = [p for p in [chosen] + pool if solve.meets_floor(p.measured_accuracy, floor)]
   if not timed:        # (a measured choice below the floor, and no neighbour meets it either)
     _check_floor_met(chosen, list(known.values()), floor, images, solution)
   timed = _with_latency(time_schedules, timed)

@@ -239,10 +239,13 @@ def _check_choice(sol: "Solution", where: str) -> None:
   drop = sol.settings.get("max_accuracy_drop")
   if drop is not None:       # (solved with a drop: the floor sits that far below the unpruned)
     floor, full = sol.settings.get("accuracy_floor"), sol.full
-    require(jsonio.is_num(drop) and 0 <= drop <= 1 and jsonio.is_num(floor) and full is not None
-            and abs(full.predicted_accuracy - drop - floor) <= 1e-9,
+    require(jsonio.is_num(drop) and 0 <= drop < 1 and jsonio.is_num(floor) and full is not None
+            and abs(full.predicted_accuracy - drop - floor) <= 1e-9 and (floor > 0 or drop == 0),
             f"settings.max_accuracy_drop {drop!r} needs settings.accuracy_floor = the unpruned "
-            f"schedule's accuracy minus it, got floor {floor!r} (edited?)")
+            f"schedule's accuracy minus it, above 0, got floor {floor!r} (edited?)")
+    require(sol.criterion in ("accuracy_floor", "accuracy_floor_measured"),
+            f"settings.max_accuracy_drop {drop!r} sets a floor, but the choice was made by "
+            f"{sol.criterion!r} (edited?)")
   unpruned = schedule_lib.full_schedule(sol.config).counts
   require(sol.full is None or sol.full.counts == unpruned,
           f"full.counts {list(sol.full.counts) if sol.full else None} is not the unpruned "
@@ -254,7 +257,7 @@ def _check_choice(sol: "Solution", where: str) -> None:
     require(floor is not None and got is not None and sol.basis == "measured",
             "criterion 'accuracy_floor_measured' needs settings.accuracy_floor, the chosen "
             "schedule's measured accuracy and basis 'measured' (edited?)")
-    require(got >= floor or sol.chosen.counts == unpruned,
+    require(meets_floor(got, floor) or sol.chosen.counts == unpruned,
             f"criterion 'accuracy_floor_measured', but the chosen {sol.chosen.schedule} "
             f"measured {got} < the floor {floor} (edited?)")
   if sol.criterion == "latency_budget_measured":
@@ -293,7 +296,8 @@ def _check_fastest_measured(sol: "Solution", require) -> None:
           "settings.latency_basis is 'measured' but the chosen schedule has no measured "
           "latency and accuracy (edited?)")
   meeting = [e for e in sol.checked if e.measured_latency_s is not None and
-             e.measured_accuracy is not None and (floor is None or e.measured_accuracy >= floor)]
+             e.measured_accuracy is not None and
+             (floor is None or meets_floor(e.measured_accuracy, floor))]
   faster = min(meeting, key=lambda e: e.measured_latency_s, default=c)
   require(c.measured_latency_s <= faster.measured_latency_s,
           f"settings.latency_basis is 'measured', but {faster.schedule} measured "
@@ -661,8 +665,8 @@ def summary_lines(sol: Solution) -> List[str]:
     lines.append(f"interval straddles the floor {sol.settings.get('accuracy_floor')} for: "
                  + ", ".join(sol.settings["floor_straddles"]))
   if full is not None:
-    lines.append(f"unpruned (predicted): {1e3 * full.predicted_latency_s:.4g} ms, "
-                 f"{full.predicted_accuracy:.4f}")
+    lines.append(f"unpruned: predicted {1e3 * full.predicted_latency_s:.4g} ms, {m} "
+                 f"{full.predicted_accuracy:.4f} (as the estimate measured it)")
   lines.append(f"frontier: {len(sol.frontier)} non-dominated schedules"
                + (f"; {len(sol.checked)} checked on the data" if sol.checked else ""))
   return lines
