@@ -125,6 +125,10 @@ def totals(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
           "unpruned_floor_met_holdout": (   # (None with a drop: the unpruned meets its own)
               None if any(r["unpruned_floor_met_holdout"] is None for r in done) else
               sum(r["unpruned_floor_met_holdout"] for r in done)),
+          # where the held-out interval put the chosen graph against the floor there (with a
+          # drop: the paired interval of the change; "fails": the whole interval below it)
+          "holdout_status": {k: sum(r["holdout"]["floor_status"] == k for r in done)
+                             for k in ("meets", "straddles", "fails")},
           "optimism_mean": float(np.mean(opt)) if opt else None,
           "optimism_min": float(min(opt)) if opt else None,
           "optimism_max": float(max(opt)) if opt else None}
@@ -157,7 +161,9 @@ def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
     print(f"\n{what} met by the chosen schedule: {tot['floor_met_selection']}/"
           f"{tot['chosen']} on the selection images, {tot['floor_met_holdout']}/{tot['chosen']} "
           f"on the held-out ones{unpruned}; optimism mean {tot['optimism_mean']:+.2f} points "
-          f"(min {tot['optimism_min']:+.2f}, max {tot['optimism_max']:+.2f})")
+          f"(min {tot['optimism_min']:+.2f}, max {tot['optimism_max']:+.2f}); the held-out "
+          f"{'paired ' if f.max_accuracy_drop is not None else ''}95% interval "
+          + ", ".join(f"{v} {k}" for k, v in tot["holdout_status"].items()) + " the floor")
   common.write_result(f.out, {
       "format": RESULT_FORMAT, "command": common.command_line("benchmarks.holdout_study", f),
       "method": f.method, "floor": f.accuracy_floor if f.max_accuracy_drop is None else None,

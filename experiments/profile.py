@@ -120,6 +120,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                      "whose measured accuracy is at most this far below the unpruned model's on "
                      "the same images (0.01: one point), instead of --accuracy_floor.",
                      flag_values=fv)
+  flags.DEFINE_bool("floor_confidence", False, "Pipeline, --solver=multi with "
+                    "--accuracy_floor or --max_accuracy_drop: a schedule meets it only by its "
+                    "whole 95% interval on the images (a drop's: the paired interval of its "
+                    "change against the unpruned model), not by its measured value alone.",
+                    flag_values=fv)
   flags.DEFINE_integer("calibration_schedules", pipeline.PipelineSpec.calibration_schedules,
                        "Pipeline, --solver=multi: multi-layer schedules compiled and timed with "
                        "the uniform curve to fit the latency model of the compiled graph.",
@@ -141,8 +146,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 # Flags one side of --mode reads and the other would silently ignore.
 PIPELINE_ONLY = ("data", "num_images", "eval_batch_size", "alpha", "layer", "method", "solver",
-                 "accuracy_floor", "latency_budget", "max_accuracy_drop", "calibration_schedules",
-                 "measure_frontier",
+                 "accuracy_floor", "latency_budget", "max_accuracy_drop", "floor_confidence",
+                 "calibration_schedules", "measure_frontier",
                  "refine_accuracy_rounds", "loop_neighbours", "holdout_images")
 GRID_ONLY = ("adaptive", "coarse_stride", "max_points", "chunk_points", "resume")  # model/block
 PROFILE_ONLY = ("schedule", "reducer", "compile_cache_dir") + GRID_ONLY
@@ -202,6 +207,10 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
     if given:
       raise ValueError(f"give --max_accuracy_drop or {' / '.join(given)}, not both")
     solve_stage.check_accuracy_drop(f.max_accuracy_drop, "--max_accuracy_drop")
+  if f.floor_confidence and (f.solver != "multi" or (f.accuracy_floor is None and
+                                                      f.max_accuracy_drop is None)):
+    raise ValueError("--floor_confidence applies to --solver=multi with --accuracy_floor or "
+                     "--max_accuracy_drop")
   if f["loop_neighbours"].present and (f.solver != "multi" or (
       f.accuracy_floor is None and f.latency_budget is None and f.max_accuracy_drop is None)):
     raise ValueError("--loop_neighbours applies to --solver=multi with --accuracy_floor, "
@@ -226,6 +235,7 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
       layer=f.layer, method=f.method, timing=_timing_from_flags(f), threads=f.threads,
       seed=f.seed, solver=f.solver, accuracy_floor=f.accuracy_floor,
       latency_budget=f.latency_budget, max_accuracy_drop=f.max_accuracy_drop,
+      floor_confidence=f.floor_confidence,
       measure_frontier=f.measure_frontier, calibration_schedules=f.calibration_schedules,
       refine_accuracy_rounds=f.refine_accuracy_rounds, loop_neighbours=f.loop_neighbours,
       holdout_images=f.holdout_images)

@@ -14,9 +14,10 @@ r"""Schedule solver CLI: a latency profile + an accuracy estimate -> a token sch
   # on measured accuracy and the choice and its neighbours are compiled and timed:
   python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
       --accuracy_floor=0.9 --weights=weights/vit_digits --data=digits
-  # ... or at most one point below the unpruned model's accuracy (the estimate's):
+  # ... or at most one point below the unpruned model's accuracy (the estimate's), and with
+  # --floor_confidence by the whole paired 95 % interval of the change, not the value alone:
   python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
-      --max_accuracy_drop=0.01 --weights=weights/vit_digits --data=digits
+      --max_accuracy_drop=0.01 --weights=weights/vit_digits --data=digits [--floor_confidence]
   # ... or the most accurate schedule MEASURED within a latency budget (seconds):
   python -m experiments.solve --mode=multi --profile=OUT/profile/P.json \
       --estimate=OUT/estimate/E.json --latency_budget=0.0006 --weights=weights/vit_digits
@@ -80,6 +81,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                      "unpruned model's as the estimate measured it (0.01: one point), instead of "
                      "--accuracy_floor (with --weights: measured on --data).", lower_bound=0.0,
                      upper_bound=1.0, flag_values=fv)
+  flags.DEFINE_bool("floor_confidence", False, "With --weights and --accuracy_floor or "
+                    "--max_accuracy_drop: a schedule meets it only by its whole 95% interval on "
+                    "--data (a drop's: the paired interval of its change against the unpruned "
+                    "model).", flag_values=fv)
   flags.DEFINE_integer("batch_size", None,
                                 "Profile batch size (default: the profile's only one, else the "
                                 "estimate's).", lower_bound=1, flag_values=fv)
@@ -156,6 +161,10 @@ def main(f: flags.FlagValues):
     raise ValueError(f"give one of {', '.join(given)}")
   if f.max_accuracy_drop is not None:
     solve_stage.check_accuracy_drop(f.max_accuracy_drop, "--max_accuracy_drop")
+  if f.floor_confidence and (not f.weights or f.mode != "multi" or (
+      f.accuracy_floor is None and f.max_accuracy_drop is None)):
+    raise ValueError("--floor_confidence judges measured intervals: pass --mode=multi, "
+                     "--weights and --accuracy_floor or --max_accuracy_drop")
   if f.mode == "multi" and f["alpha"].present and given:
     raise ValueError("--alpha weighs the utility, which multi mode uses only without "
                      "--accuracy_floor / --latency_budget / --max_accuracy_drop")
@@ -212,7 +221,8 @@ def main(f: flags.FlagValues):
   else:
     sol = solve_stage.solve_multilayer(
         profile, estimate, accuracy_floor=f.accuracy_floor, latency_budget=f.latency_budget,
-        max_accuracy_drop=f.max_accuracy_drop, alpha=f.alpha, batch_size=f.batch_size, metric=f.metric,
+        max_accuracy_drop=f.max_accuracy_drop, floor_confidence=f.floor_confidence,
+        alpha=f.alpha, batch_size=f.batch_size, metric=f.metric,
         accuracy_model=f.accuracy_model, monotone=f.monotone,
         step_bottoms_only=f.step_bottoms_only, step_k=f.step_k,
         allow_batch_mismatch=f.allow_batch_mismatch,

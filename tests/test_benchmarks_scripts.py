@@ -892,6 +892,7 @@ def test_holdout_study_rows_and_refusals(tmp_path, monkeypatch):
   assert rows[1]["floor_not_met"].startswith("accuracy floor 0.97")
   tot = holdout_study.totals(rows)
   assert (tot["chosen"], tot["floor_met_selection"], tot["floor_met_holdout"]) == (1, 1, 0)
+  assert tot["holdout_status"] == {"meets": 0, "straddles": 1, "fails": 0}
   text = holdout_study.table(rows)
   assert ("| 0 | keep@1:41 | 0.9750 / 0.9800 | 0.9500 (0.890-0.980) / 0.9750 | yes / no (yes) "
           "| +2.00 |") in text

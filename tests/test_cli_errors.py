@@ -325,6 +325,17 @@ CASES = [
      "flag --max_accuracy_drop=-0.5: -0.5 is not a number in the range [0.0, 1.0]"),
     ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--max_accuracy_drop=1"], 1,
      "--max_accuracy_drop must be in [0, 1) (the metric's unit: 0.01 is one point), got 1.0"),
+    # A floor met by the whole 95 % interval: a multi-solver floor or drop, measured.
+    ("profile", ["--floor_confidence", "--out_dir={out}"], 1,
+     "--floor_confidence applies to --solver=multi with --accuracy_floor or --max_accuracy_drop"),
+    ("profile", ["--solver=multi", "--latency_budget=0.001", "--floor_confidence",
+                 "--out_dir={out}"], 1,
+     "--floor_confidence applies to --solver=multi with --accuracy_floor or --max_accuracy_drop"),
+    ("profile", ["--mode=block", "--floor_confidence", "--out_dir={out}"], 1,
+     "--floor_confidence applies to --mode=pipeline only, not --mode=block"),
+    ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--accuracy_floor=0.9",
+               "--floor_confidence"], 1, "--floor_confidence judges measured intervals: pass "
+     "--mode=multi, --weights and --accuracy_floor or --max_accuracy_drop"),
 ]
 
 

@@ -915,3 +915,25 @@ def test_a_maximum_drop_is_judged_against_the_unpruned_model_on_each_set_of_imag
   assert re.search(r"\n   change against the unpruned graph there: [+-]\d\.\d{4} \(paired 95% "
                    r"interval", out)
   assert re.search(r"; floor \d\.\d+ \(the unpruned there - 0\.05\) (met|NOT met) there", out)
+
+
+def test_floor_confidence_chooses_on_the_paired_interval(tmp_path, capsys):
+  """--floor_confidence with --max_accuracy_drop: every schedule the solve measures is compared
+  with the unpruned graph image by image, and the choice (the unpruned graph when none
+  qualifies) clears -D with its whole paired 95 % interval; the solution and the summary say so."""
+  from vitprune.records.solution import meets_measured_floor, read_solution
+  s = cli.main(_flags(f"--out_dir={tmp_path / 'a'}", *FAST, "--tokens=65,33,17",
+                      "--num_images=60", "--eval_batch_size=20", "--solver=multi",
+                      "--max_accuracy_drop=0.1", "--floor_confidence"))
+  assert s["floor_confidence"] is True
+  sol = read_solution(s["files"]["solution"])
+  assert sol.settings["floor_confidence"] and sol.criterion == "accuracy_floor_measured"
+  assert meets_measured_floor(sol.chosen, sol.settings)
+  assert sol.chosen.measured_change_low >= -0.1 - 1e-9
+  measured = [c for c in sol.checked if c.measured_accuracy is not None]
+  assert measured and all(c.measured_change_low is not None for c in measured)
+  out = capsys.readouterr().out
+  assert "accuracy >= the unpruned's - 0.1 by the whole paired 95% interval of the change" in out
+  assert re.search(r"(meets accuracy >= 0\.\d+ with 95% confidence measures \d\.\d{4} \(its "
+                   r"change against the unpruned graph [+-]\d\.\d{4}, paired 95% interval|no "
+                   r"pruned schedule meets accuracy >= 0\.\d+ with 95% confidence)", out)

@@ -2007,3 +2007,87 @@ def test_a_maximum_drop_is_a_floor_below_the_unpruned_measurement(tmp_path):
   with pytest.raises(SolutionError, match=r"settings\.max_accuracy_drop 0\.2 sets a floor, but the "
                      r"choice was made by 'latency_budget' \(edited\?\)"):
     Solution.from_json(budget)
+
+
+def _paired_evaluator(predicted, unpruned=0.9, discordant=400):
+  """An evaluator measuring each schedule at its prediction, image by image against an unpruned
+  graph right on `unpruned` of NUM_EXAMPLES images: `discordant` of its images differ beyond
+  the net change (half lost, half gained)."""
+  n, right_u = NUM_EXAMPLES, round(unpruned * NUM_EXAMPLES)
+  calls = []
+
+  def pair(value):
+    right_p = round(value * n)
+    gained = 0 if right_p == right_u and discordant == 0 else discordant // 2
+    lost = right_u - right_p + gained
+    return (right_u - lost, lost, gained, n - right_u - gained)
+
+  def evaluate(counts_list, paired=False):
+    calls.append((paired, [tuple(c) for c in counts_list]))
+    values = [_share(predicted[tuple(c)]) for c in counts_list]
+    return (values, [pair(v) for v in values]) if paired else values
+
+  evaluate.calls = calls
+  return evaluate
+
+
+def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):
+  """floor_confidence: the measured value is not enough, the schedule's whole 95 % interval
+  must clear the floor: with a drop the paired interval of its change against the unpruned
+  graph (every candidate, the estimate's single reductions too, measured image by image), with
+  an absolute floor the Wilson interval; nothing confidently above an absolute floor is an
+  error naming it; the record keeps the intervals and refuses a choice that does not clear."""
+  from vitprune.records.solution import Solution, SolutionError, meets_measured_floor
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  full = tuple([N] * (CFG.depth + 1))
+  predicted = {p.counts: p.predicted_accuracy
+               for p in _multi(ps, es, max_accuracy_drop=0.2).frontier}
+  est = read_estimate(es)
+  predicted.update(est.measured("accuracy"))
+  point = _multi(ps, es, max_accuracy_drop=0.2, evaluate=_paired_evaluator(predicted))
+  evaluate = _paired_evaluator(predicted)
+  sol = _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True, evaluate=evaluate)
+  assert sol.settings["floor_confidence"] and sol.criterion == "accuracy_floor_measured"
+  assert all(paired for paired, _ in evaluate.calls)
+  ch = sol.chosen
+  assert ch.measured_change_low >= -0.2 - 1e-9 and ch.counts != full
+  # The point choice's own paired interval reaches below -0.2: it is refused here, and the
+  # confident choice is predicted slower.
+  _, _, hi = solve_stage.paired_drop_interval(*_pair_of(point.chosen.measured_accuracy))
+  assert -hi < -0.2 and ch.predicted_latency_s > point.chosen.predicted_latency_s
+  for c in sol.checked:       # every faster schedule measured so missed it
+    if c.predicted_latency_s < ch.predicted_latency_s and c.measured_change_low is not None:
+      assert not meets_measured_floor(c, sol.settings)
+  doc = sol.to_json()
+  assert Solution.from_json(doc) == sol
+  listed = next(c for c in doc["checked"] if c["counts"] == list(ch.counts))
+  assert listed["measured_change_low"] == ch.measured_change_low
+  for entry in [doc["chosen"], listed]:
+    entry["measured_change_low"] = -0.25
+  with pytest.raises(SolutionError, match="settings.floor_confidence, but the chosen .*'s 95% "
+                     r"interval does not clear the floor \(edited\?\)"):
+    Solution.from_json(doc)
+  # An absolute floor: the Wilson interval (100 000 images: half-width ~0.003).
+  sol = _multi(ps, es, accuracy_floor=0.7, floor_confidence=True,
+               evaluate=_paired_evaluator(predicted), num_images=NUM_EXAMPLES)
+  assert sol.chosen.measured_accuracy_low >= 0.7
+  point = _multi(ps, es, accuracy_floor=0.7, evaluate=_paired_evaluator(predicted),
+                 num_images=NUM_EXAMPLES).chosen
+  assert point.measured_accuracy_low < 0.7 <= point.measured_accuracy
+  assert point.predicted_latency_s < sol.chosen.predicted_latency_s
+  with pytest.raises(solve_stage.FloorNotMetError, match=r"accuracy floor 0\.899 is not met with "
+                     r"95% confidence: the unpruned schedule measures 0\.9000 \(95% interval "
+                     r"0\.89\d\d\.\.0\.90\d\d on 100000 images\)"):
+    _multi(ps, es, accuracy_floor=0.899, floor_confidence=True,
+           evaluate=_paired_evaluator(predicted), num_images=NUM_EXAMPLES)
+  with pytest.raises(solve_stage.SolveInputError, match="floor_confidence judges measured "
+                     "intervals against a floor"):
+    _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True)
+
+
+def _pair_of(value, unpruned=0.9, discordant=400):
+  n, right_u, right_p = NUM_EXAMPLES, round(unpruned * NUM_EXAMPLES), round(value * NUM_EXAMPLES)
+  gained = discordant // 2
+  lost = right_u - right_p + gained
+  return (right_u - lost, lost, gained, n - right_u - gained)

@@ -408,6 +408,16 @@ def _compile_pieces(forwards: Dict[Any, Any], cfg: ViTConfig, params: Params, x:
     entry.compile(schedules, x, threads=threads)
 
 
+def paired_counts(reference_margins: np.ndarray, margins: np.ndarray
+                  ) -> Tuple[int, int, int, int]:
+  """`[M]` top-1 margins of the unpruned graph and of a pruned one on the same examples
+  (`top1_margins`: > 0 exactly where right) -> the examples both get right, the unpruned one
+  only ("lost" by pruning), the pruned one only ("gained"), neither."""
+  ref, got = np.asarray(reference_margins) > 0, np.asarray(margins) > 0
+  return (int(np.sum(ref & got)), int(np.sum(ref & ~got)), int(np.sum(~ref & got)),
+          int(np.sum(~ref & ~got)))
+
+
 def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",
                        reducer: Optional[TokenReducer], *, batch_size: int = 64,
                        dtype: str = "float32", pieces: Optional[Dict[Any, Any]] = None,
@@ -418,7 +428,9 @@ def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",
   (one data pass per call; the metric is accuracy when labelled, else top-1 agreement): what the
   solve stage calls to check an accuracy floor on measurements. Compiled pieces are kept between
   calls, in `pieces` when given (e.g. the dict the estimate stage's `evaluate` filled).
-  `measure(counts_list, margins=True)` -> (metrics, `[S, M]` per-example top-1 margins). With
+  `measure(counts_list, margins=True)` -> (metrics, `[S, M]` per-example top-1 margins);
+  `measure(counts_list, paired=True)` -> (metrics, per schedule the images it and the unpruned
+  graph both get right, the unpruned only, it only, neither: `paired_counts`). With
   `record_margins` every call also stores each schedule's `[M]` margins there ({counts: ...}).
   `metric`: 'accuracy' (labelled data only) or 'agreement' (default: `default_metric`); the
   margins are that metric's (against the label, or the unpruned model's class)."""
@@ -428,10 +440,10 @@ def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",
                      f"{'accuracy or ' if data.labelled else ''}agreement on this data")
   pieces = {} if pieces is None else pieces
 
-  def measure(counts_list, margins: bool = False):
+  def measure(counts_list, margins: bool = False, paired: bool = False):
     points = [EvalPoint(Schedule(tuple(counts)), reducer, int(counts[-1]), None)
               for counts in counts_list]
-    keep = margins or record_margins is not None
+    keep = margins or paired or record_margins is not None
     result = evaluate(cfg, params, data.batches(cfg, batch_size), points,
                       labelled=data.labelled, dtype=dtype, pieces=pieces, margins=keep,
                       agreement_margins=metric == "agreement")
@@ -439,6 +451,8 @@ def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",
     if record_margins is not None:
       record_margins.update((tuple(int(c) for c in counts), m)
                             for counts, m in zip(counts_list, result.margins[1:]))
+    if paired:
+      return metrics, [paired_counts(result.margins[0], m) for m in result.margins[1:]]
     return (metrics, result.margins[1:]) if margins else metrics
 
   return measure

@@ -80,6 +80,8 @@ class PipelineSpec:
   latency_budget: Optional[float] = None   # multi: most accurate schedule within (seconds)
   max_accuracy_drop: Optional[float] = None  # multi: floor = the unpruned's measured metric -
                                              # this (0.01: one point), on the same images
+  floor_confidence: bool = False           # multi + floor/drop: a schedule meets it only by its
+                                           # whole 95 % interval (a drop's: paired)
   # multi: compiled graphs fitting the latency model
   calibration_schedules: int = latency_model_lib.DEFAULT_CALIBRATION_SCHEDULES
   loop_neighbours: int = 2                 # multi + floor/budget: neighbours timed in the loop
@@ -120,6 +122,10 @@ class PipelineSpec:
       if self.accuracy_floor is not None or self.latency_budget is not None:
         raise ValueError("give max_accuracy_drop, accuracy_floor or latency_budget, not two")
       solve_stage.check_accuracy_drop(self.max_accuracy_drop)
+    if self.floor_confidence and (self.solver != "multi" or (
+        self.accuracy_floor is None and self.max_accuracy_drop is None)):
+      raise ValueError("floor_confidence applies to solver='multi' with accuracy_floor or "
+                       "max_accuracy_drop")
     if self.accuracy_floor is not None and not 0.0 <= self.accuracy_floor <= 1.0:
       raise ValueError(f"accuracy_floor must be in [0, 1], got {self.accuracy_floor}")
     if self.latency_budget is not None and not 0.0 < self.latency_budget < float("inf"):
@@ -342,6 +348,9 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
             if spec.max_accuracy_drop is not None else
             f"latency <= {spec.latency_budget} s" if spec.latency_budget is not None else
             f"best utility, alpha={spec.alpha}")
+    if spec.floor_confidence:
+      rule += (" by the whole paired 95% interval of the change" if spec.max_accuracy_drop
+               is not None else " by the whole 95% interval")
     log(f"[3/4] solve: multi-layer Pareto frontier, {rule}")
     evaluate = estimate_lib.schedule_evaluator(cfg, params, data, make_reducer(spec.method),
                                                batch_size=spec.eval_batch_size,
@@ -350,7 +359,8 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     sol = solve_stage.solve_multilayer(
         profile, estimate, accuracy_floor=spec.accuracy_floor,
         latency_budget=spec.latency_budget, alpha=spec.alpha, allow_batch_mismatch=True,
-        max_accuracy_drop=spec.max_accuracy_drop, evaluate=evaluate, latency_model=latency_model, num_images=len(data.indices),
+        max_accuracy_drop=spec.max_accuracy_drop, floor_confidence=spec.floor_confidence,
+        evaluate=evaluate, latency_model=latency_model, num_images=len(data.indices),
         measure_all=spec.measure_frontier, refine_rounds=spec.refine_accuracy_rounds,
         margins=margins)
     log(f"  frontier: {len(sol.frontier)} schedules (latency: {sol.profile.latency_source})")
@@ -392,15 +402,24 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     if seconds is not None and "timed_in_loop" in sol.settings:
       seconds["in_loop"] = time.perf_counter() - t0
     if sol.settings.get("floor_straddles"):
-      log(f"  the 95% interval straddles the floor for: "
+      paired = spec.max_accuracy_drop is not None and spec.floor_confidence
+      log(f"  the 95% interval{' (paired)' if paired else ''} "
+          f"straddles the floor for: "
           f"{', '.join(sol.settings['floor_straddles'])}")
     if floor_checked:
       got = sol.chosen.measured_accuracy
+      rule = f"{sol.metric} >= {floor:.6g}" + (" with 95% confidence"
+                                               if spec.floor_confidence else "")
+      ch = sol.chosen
       log(f"  measured {len(sol.checked)} schedules on the data and "
           f"{sol.settings['singles_meeting_floor']} measured single-reduction ones: " + (
-              f"the fastest that really meets {sol.metric} >= {floor:.6g} measures {got:.4f}"
-              if solve.meets_floor(got, floor) else
-              f"none meets {sol.metric} >= {floor:.6g}: keeping all tokens"))
+              f"no pruned schedule meets {rule}: keeping all tokens"
+              if ch.counts == sol.full.counts else
+              f"the fastest that really meets {rule} measures {got:.4f}"
+              + ("" if ch.measured_change_low is None else
+                 f" (its change against the unpruned graph "
+                 f"{got - sol.full.predicted_accuracy + 0.0:+.4f}, paired 95% interval "
+                 f"{ch.measured_change_low:+.4f}..{ch.measured_change_high:+.4f})")))
     if sol.settings.get("latency_untrusted"):
       log(f"  warning: the predicted latency is not to be trusted: "
           f"{sol.settings['latency_untrusted']}")
@@ -610,7 +629,8 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
         "solver": spec.solver,       # what chose: a floor, a budget, else alpha's utility
         # (with max_accuracy_drop the floor is the unpruned's measured metric minus it)
         "accuracy_floor": solution.settings.get("accuracy_floor"),
-        "max_accuracy_drop": spec.max_accuracy_drop, "latency_budget": spec.latency_budget,
+        "max_accuracy_drop": spec.max_accuracy_drop, "floor_confidence": spec.floor_confidence,
+        "latency_budget": spec.latency_budget,
         "alpha": (spec.alpha if solution.settings.get("accuracy_floor") is None and
                   spec.latency_budget is None else None),
         "n_star": int(chosen.counts[-1]) if spec.solver == "paper" else None,
@@ -653,15 +673,13 @@ def paired_change(result: estimate_lib.EvalResult, metric: str) -> Dict[str, Any
   point, evaluated with margins), with its paired 95 % interval
   (`solve_stage.paired_drop_interval`) and the images each graph gets right and the other not
   ("images_lost": right unpruned, wrong pruned; "images_gained": the reverse)."""
-  right = np.asarray(result.margins) > 0              # [2, M]: unpruned, pruned
-  lost = int(np.sum(right[0] & ~right[1]))
-  gained = int(np.sum(~right[0] & right[1]))
+  pair = estimate_lib.paired_counts(result.margins[0], result.margins[1])
+  _, lost, gained, _ = pair
   n = result.reference.num_examples
-  drop, lo, hi = solve_stage.paired_drop_interval(
-      int(np.sum(right[0] & right[1])), lost, gained, int(np.sum(~right[0] & ~right[1])))
+  drop, lo, hi = solve_stage.paired_drop_interval(*pair)
   got = float(getattr(result.points[0], metric)) - float(getattr(result.reference, metric))
-  if right.shape[1] != n or abs(got + drop) > 1e-9:   # the margins are the metric's, per image
-    raise AssertionError(f"per-image margins give a change of {-drop} on {right.shape[1]} "
+  if sum(pair) != n or abs(got + drop) > 1e-9:   # the margins are the metric's, per image
+    raise AssertionError(f"per-image margins give a change of {-drop} on {sum(pair)} "
                          f"images, the {metric} {got} on {n}")
   return {"value": 0.0 - drop, "interval_95": [0.0 - hi, 0.0 - lo], "images_lost": lost,
           "images_gained": gained}

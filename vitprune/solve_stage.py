@@ -42,7 +42,8 @@ from vitprune.profile import predict as predict_lib
 from vitprune.profile import records
 from vitprune.profile import steps as steps_lib
 from vitprune.records.estimate import Estimate, EstimateError
-from vitprune.records.solution import Candidate, EstimateRef, ProfileRef, Solution
+from vitprune.records.solution import (Candidate, EstimateRef, ProfileRef, Solution,
+                                       meets_measured_floor)
 
 # Measures schedules on the data: a list of counts -> their metric values, same order.
 Evaluator = Callable[[Sequence[Tuple[int, ...]]], Sequence[float]]
@@ -542,6 +543,7 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
                      accuracy_floor: Optional[float] = None,
                      latency_budget: Optional[float] = None, alpha: float = 0.5,
                      max_accuracy_drop: Optional[float] = None,
+                     floor_confidence: bool = False,
                      batch_size: Optional[int] = None, metric: Optional[str] = None,
                      accuracy_model: str = "incremental", monotone: bool = True,
                      step_bottoms_only: bool = False, step_k: float = 4.0,
@@ -560,7 +562,10 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   With `accuracy_floor` and `evaluate` (schedules -> metric measured on the data), the floor is
   checked on measurements (`check_floor`) and the solution rests on them. `max_accuracy_drop`
   (instead of a floor) sets the floor at the unpruned schedule's measured metric minus it
-  (`floor_below_unpruned`; settings keep both). With `measure_all`
+  (`floor_below_unpruned`; settings keep both). `floor_confidence` (needs `evaluate` and a
+  floor or a drop): a schedule meets the floor only when its whole 95 % interval does (with a
+  drop, the paired interval of its change against the unpruned graph; `meets_measured_floor`),
+  so the choice carries the uncertainty of the number of images. With `measure_all`
   (needs `evaluate`) every frontier schedule is measured first (`measure_frontier`); without a
   floor the budget or utility choice is then made on those measurements
   (`choose_on_measurements`). With
@@ -573,6 +578,11 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   """
   if measure_all and evaluate is None:
     raise SolveInputError("measuring the whole frontier needs an evaluator (weights and data)")
+  if floor_confidence and (evaluate is None or (accuracy_floor is None and
+                                                 max_accuracy_drop is None)):
+    raise SolveInputError("floor_confidence judges measured intervals against a floor: it needs "
+                          "an accuracy floor or a maximum drop, and an evaluator (weights and "
+                          "data)")
   if max_accuracy_drop is not None and (accuracy_floor is not None or
                                         latency_budget is not None):
     raise ValueError("give a maximum accuracy drop, an accuracy floor or a latency budget, "
@@ -632,7 +642,7 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
 
   settings = {"alpha": alpha, "accuracy_floor": accuracy_floor,
               "latency_budget": latency_budget, "max_accuracy_drop": max_accuracy_drop,
-              "metric": metric,
+              "floor_confidence": bool(floor_confidence), "metric": metric,
               "accuracy_model": accuracy_model, "monotone": monotone,
               "step_bottoms_only": step_bottoms_only, "step_k": step_k,
               "grid": sol.grid.tolist(), "allow_batch_mismatch": allow_batch_mismatch}
@@ -703,8 +713,14 @@ def paired_drop_interval(both_right: int, lost: int, gained: int, both_wrong: in
   return float(drop), float(max(-1.0, drop - below)), float(min(1.0, drop + above))
 
 
-def _measured(c: Candidate, value: float, num_images: Optional[int]) -> Candidate:
-  """`c` with its measured metric and, given the number of images, its Wilson interval."""
+def _measured(c: Candidate, value: float, num_images: Optional[int],
+              pair: Optional[Sequence[int]] = None, unpruned: bool = False) -> Candidate:
+  """`c` with its measured metric and, given the number of images, its Wilson interval; with
+  `pair` (images both graphs get right, lost, gained, both wrong, against the unpruned graph)
+  also the paired interval of its change (`paired_drop_interval`; [0, 0] for the `unpruned`
+  graph itself, which cannot differ from itself)."""
+  if pair is not None:
+    c = _with_change(c, value, num_images, pair, unpruned)
   value = float(value)
   if num_images is None or not 0.0 <= value <= 1.0:
     return dataclasses.replace(c, measured_accuracy=value)
@@ -720,14 +736,47 @@ def _measured(c: Candidate, value: float, num_images: Optional[int]) -> Candidat
                              measured_accuracy_high=hi, num_images=int(num_images))
 
 
-def floor_status(c: Candidate, floor: float) -> Optional[str]:
+def _with_change(c: Candidate, value: float, num_images: Optional[int], pair: Sequence[int],
+                 unpruned: bool) -> Candidate:
+  both_right, lost, gained, both_wrong = (int(v) for v in pair)
+  n = both_right + lost + gained + both_wrong
+  if num_images is not None and n != int(num_images):
+    raise ValueError(f"the evaluator compared {c.schedule} with the unpruned graph on {n} "
+                     f"images, not the {num_images} it measured")
+  if abs((both_right + gained) / n - float(value)) > 2.0 ** -20:
+    raise ValueError(f"the evaluator measured {value!r} for {c.schedule} but its per-image "
+                     f"comparison counts {both_right + gained} of {n} images right")
+  if unpruned:
+    if lost or gained:
+      raise ValueError(f"the unpruned graph differs from itself on {lost + gained} images")
+    return dataclasses.replace(c, measured_change_low=0.0, measured_change_high=0.0)
+  _, lo, hi = paired_drop_interval(both_right, lost, gained, both_wrong)
+  return dataclasses.replace(c, measured_change_low=0.0 - hi, measured_change_high=0.0 - lo)
+
+
+def floor_status(c: Candidate, floor: float, unpruned: Optional[float] = None
+                 ) -> Optional[str]:
   """'meets' / 'fails' when the measured value and its whole interval are on one side of the
-  floor, 'straddles' when the interval contains it (None: not measured)."""
+  floor, 'straddles' when the interval contains it (None: not measured). Given the `unpruned`
+  graph's measured metric on the same images and `c`'s paired interval of its change against
+  it, that interval (unpruned + change) is the one judged: a floor set below the unpruned graph
+  (`max_accuracy_drop`) is a bound on the change."""
   if c.measured_accuracy is None:
     return None
+  if unpruned is not None and c.measured_change_low is not None:
+    return interval_status(unpruned + c.measured_change_low, unpruned + c.measured_change_high,
+                           floor)
   lo = c.measured_accuracy if c.measured_accuracy_low is None else c.measured_accuracy_low
   hi = c.measured_accuracy if c.measured_accuracy_high is None else c.measured_accuracy_high
   return interval_status(lo, hi, floor)
+
+
+def _relative_to(solution: Solution) -> Optional[float]:
+  """The unpruned graph's measured metric when the floor is relative to it (a drop), else
+  None: `floor_status` then judges paired intervals of the change."""
+  if solution.settings.get("max_accuracy_drop") is None or solution.full is None:
+    return None
+  return solution.full.predicted_accuracy      # (the estimate's measurement)
 
 
 def interval_status(low: float, high: float, floor: float) -> str:
@@ -740,16 +789,28 @@ def interval_status(low: float, high: float, floor: float) -> str:
   return "straddles"
 
 
-def _measure(evaluate: Evaluator, candidates: Sequence[Candidate], num_images: Optional[int]
+def _measure(evaluate: Evaluator, candidates: Sequence[Candidate], num_images: Optional[int],
+             paired: bool = False, full_counts: Optional[Tuple[int, ...]] = None
              ) -> List[Candidate]:
   """`candidates` with their metric measured by one `evaluate` call (Wilson interval for
-  `num_images`), same order; other fields (e.g. a measured latency) are kept."""
+  `num_images`), same order; other fields (e.g. a measured latency) are kept. `paired`: also
+  the paired interval of each one's change against the unpruned graph (`evaluate(counts_list,
+  paired=True)` -> (values, [(both right, lost, gained, both wrong), ...]); `full_counts`: the
+  unpruned schedule's counts)."""
   if not candidates:
     return []
-  values = evaluate([c.counts for c in candidates])
-  if len(values) != len(candidates):
+  counts = [c.counts for c in candidates]
+  values, pairs = (evaluate(counts, paired=True) if paired else
+                   (evaluate(counts), [None] * len(candidates)))
+  if len(values) != len(candidates) or len(pairs) != len(candidates):
     raise ValueError(f"evaluate returned {len(values)} values for {len(candidates)} schedules")
-  return [_measured(c, v, num_images) for c, v in zip(candidates, values)]
+  return [_measured(c, v, num_images, pair, unpruned=c.counts == full_counts)
+          for c, v, pair in zip(candidates, values, pairs)]
+
+
+def _unmeasured(c: Candidate, paired: bool) -> bool:
+  """Whether `c` still needs `_measure` (its metric, or with `paired` its change)."""
+  return c.measured_accuracy is None or (paired and c.measured_change_low is None)
 
 
 def _accuracy(c: Candidate) -> float:
@@ -987,9 +1048,21 @@ def _check_floor_met(best: Candidate, checked: Sequence[Candidate], floor: float
   """FloorNotMetError when `best` (after the search: the unpruned schedule when nothing met the
   floor) measures below it, naming the best of the other measured schedules (`checked` and the
   estimate's single reductions `singles`): such a choice was written as
-  'accuracy_floor_measured' with exit 0 and no word that the floor was missed."""
-  if solve.meets_floor(best.measured_accuracy, floor):
+  'accuracy_floor_measured' with exit 0 and no word that the floor was missed. With
+  `settings.floor_confidence` the floor is met only by a whole 95 % interval
+  (`meets_measured_floor`)."""
+  if meets_measured_floor(best, dict(solution.settings, accuracy_floor=floor)):
     return
+  if solution.settings.get("floor_confidence"):
+    lo, hi = best.measured_accuracy_low, best.measured_accuracy_high
+    raise FloorNotMetError(
+        f"accuracy floor {floor:.6g} is not met with 95% confidence: "
+        + ("the unpruned schedule" if solution.full is not None and
+           best.counts == solution.full.counts else best.schedule)
+        + f" measures {best.measured_accuracy:.4f}"
+        + (f" (95% interval {lo:.4f}..{hi:.4f} on {images} images)" if lo is not None else "")
+        + ", and no schedule measured has its whole interval above the floor; lower the floor, "
+        "evaluate on more images, or choose on the measured values (no floor_confidence)")
   others = {c.counts: (c.measured_accuracy, c.schedule) for c in checked
             if c.measured_accuracy is not None}
   for counts, value in (singles or {}).items():
@@ -1029,6 +1102,7 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   """
   cfg, metric = solution.config, solution.metric
   floor = solution.settings["accuracy_floor"]
+  confident = bool(solution.settings.get("floor_confidence"))
   images = _num_images(estimate, num_images)
   measured = estimate.measured(metric)
   full = solution.full
@@ -1040,11 +1114,19 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   singles = sorted((solve.Plan(c, *solve.predict_schedule(model, c))
                     for c, v in eligible.items() if solve.meets_floor(v, floor)),
                    key=lambda p: p.latency)
-  best = (_measured(_candidate(cfg, singles[0].counts, singles[0].latency, singles[0].accuracy),
-                    measured[singles[0].counts], images) if singles else
-          _measured(full, measured[full.counts], images))
-  # Schedules measured before, on the frontier or not, are candidates on their measurement.
   pool = _candidate_pool(solution, {c.counts: c for c in solution.checked})
+  if confident:
+    # The estimate measured the single reductions, but not against the unpruned graph image by
+    # image: they are candidates to measure so (the unpruned graph is the fallback).
+    best = dataclasses.replace(_measured(full, measured[full.counts], images),
+                               measured_change_low=0.0, measured_change_high=0.0)
+    for p in singles:
+      pool.setdefault(p.counts, _candidate(cfg, p.counts, p.latency, p.accuracy))
+  else:
+    best = (_measured(_candidate(cfg, singles[0].counts, singles[0].latency,
+                                 singles[0].accuracy), measured[singles[0].counts], images)
+            if singles else _measured(full, measured[full.counts], images))
+  # Schedules measured before, on the frontier or not, are candidates on their measurement.
   candidates = sorted((p for p in pool.values()
                        if p.predicted_latency_s < best.predicted_latency_s and
                        solve.meets_floor(_accuracy(p), floor)),
@@ -1053,17 +1135,19 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   for start in range(0, len(candidates), chunk):
     batch = candidates[start:start + chunk]
     got = {c.counts: c for c in _measure(evaluate, [p for p in batch
-                                                    if p.measured_accuracy is None], images)}
+                                                    if _unmeasured(p, confident)], images,
+                                         paired=confident, full_counts=full.counts)}
     done = [got.get(p.counts, p) for p in batch]
     checked += done
-    ok = [p for p in done if solve.meets_floor(p.measured_accuracy, floor)]
+    ok = [p for p in done if meets_measured_floor(p, solution.settings)]
     if ok:
       best = ok[0]
       break
   # (a single reduction the estimate measured is listed too: the chosen entry is a checked one)
   checked = list({c.counts: c for c in list(solution.checked) + checked + [best]}.values())
   _check_floor_met(best, checked, floor, images, solution, eligible)
-  straddles = [c.schedule for c in checked if floor_status(c, floor) == "straddles"]
+  straddles = [c.schedule for c in checked
+               if floor_status(c, floor, _relative_to(solution)) == "straddles"]
   settings = dict(solution.settings, singles_meeting_floor=len(singles), num_images=images,
                   floor_straddles=sorted(set(straddles)))
   correction = _drop_scale(solution, settings, checked)
@@ -1112,11 +1196,13 @@ def _around(chosen: Candidate, pool: Sequence[Candidate], neighbours: int
   return faster + slower
 
 
-def _with_accuracy(evaluate: Evaluator, pool: Sequence[Candidate], images: Optional[int]
+def _with_accuracy(evaluate: Evaluator, pool: Sequence[Candidate], images: Optional[int],
+                   paired: bool = False, full_counts: Optional[Tuple[int, ...]] = None
                    ) -> List[Candidate]:
-  """`pool` with the metric measured (one `evaluate` call) where it is not yet, same order."""
-  got = {c.counts: c for c in _measure(evaluate, [p for p in pool
-                                                   if p.measured_accuracy is None], images)}
+  """`pool` with the metric measured (one `evaluate` call) where it is not yet (with `paired`:
+  also the change against the unpruned graph, `_measure`), same order."""
+  got = {c.counts: c for c in _measure(evaluate, [p for p in pool if _unmeasured(p, paired)],
+                                       images, paired, full_counts)}
   return [got.get(p.counts, p) for p in pool]
 
 
@@ -1247,11 +1333,14 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   known[chosen.counts] = chosen
   eligible = [p for c, p in _candidate_pool(solution, known).items()
               if c != chosen.counts and solve.meets_floor(_accuracy(p), floor)]
+  confident = bool(solution.settings.get("floor_confidence"))
   pool = _with_accuracy(evaluate, [known.get(p.counts, p)
-                                   for p in _around(chosen, eligible, neighbours)], images)
+                                   for p in _around(chosen, eligible, neighbours)], images,
+                        paired=confident,
+                        full_counts=None if solution.full is None else solution.full.counts)
   for p in pool:
     known[p.counts] = p
-  timed = [p for p in [chosen] + pool if solve.meets_floor(p.measured_accuracy, floor)]
+  timed = [p for p in [chosen] + pool if meets_measured_floor(p, solution.settings)]
   if not timed:        # (a measured choice below the floor, and no neighbour meets it either)
     _check_floor_met(chosen, list(known.values()), floor, images, solution)
   timed = _with_latency(time_schedules, timed)
@@ -1259,6 +1348,7 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
     known[p.counts] = p
   best = min(timed, key=lambda p: (p.measured_latency_s, -sum(p.counts)))
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
-  straddles = sorted({c.schedule for c in checked if floor_status(c, floor) == "straddles"})
+  straddles = sorted({c.schedule for c in checked
+                      if floor_status(c, floor, _relative_to(solution)) == "straddles"})
   return _timed_choice(solution, best, checked, "accuracy_floor_measured", num_images=images,
                        floor_straddles=straddles, timed_in_loop=len(timed))

@@ -27,7 +27,10 @@ File (JSON, `format` "vitprune-solution", version 1; `write_solution` / `read_so
                "predicted_latency_s", "predicted_accuracy", optional "tokens" (paper: n),
                "measured_latency_s", "measured_accuracy" (null or absent: not measured),
                with a measured accuracy also "num_images" and its Wilson 95 % interval
-               "measured_accuracy_low", "measured_accuracy_high" (absent in older files)}
+               "measured_accuracy_low", "measured_accuracy_high" (absent in older files), and
+               where measured against the unpruned graph image by image (a confident floor:
+               settings.floor_confidence) the paired 95 % interval of the change, measured
+               minus unpruned, "measured_change_low", "measured_change_high"}
 
 "predicted_*" numbers come from the solver's models; "measured_*" ones from compiled graphs and
 the data. `sha256` entries are digests of the canonical JSON of the input records
@@ -101,6 +104,8 @@ class Candidate:
   measured_accuracy_low: Optional[float] = None    # binomial (Wilson 95 %) interval of the
   measured_accuracy_high: Optional[float] = None   # measured metric over `num_images`
   num_images: Optional[int] = None
+  measured_change_low: Optional[float] = None      # paired 95 % interval of the measured metric
+  measured_change_high: Optional[float] = None     # minus the unpruned graph's, same images
 
   def to_json(self) -> Dict[str, Any]:
     d = {"schedule": self.schedule, "counts": list(self.counts),
@@ -114,6 +119,9 @@ class Candidate:
     if self.num_images is not None:
       d.update(measured_accuracy_low=self.measured_accuracy_low,
                measured_accuracy_high=self.measured_accuracy_high, num_images=self.num_images)
+    if self.measured_change_low is not None:
+      d.update(measured_change_low=self.measured_change_low,
+               measured_change_high=self.measured_change_high)
     return d
 
   @classmethod
@@ -150,6 +158,12 @@ class Candidate:
                 "measured_accuracy_high"):
       jsonio.require(d.get(key) is None or jsonio.is_num(d[key]), where,
                      f"{key} must be a finite number or null, got {d.get(key)!r}", SolutionError)
+    low, high = d.get("measured_change_low"), d.get("measured_change_high")
+    jsonio.require((low is None) == (high is None) and (low is None or (
+        jsonio.is_num(low) and jsonio.is_num(high) and -1 <= low <= high <= 1 and
+        d.get("num_images") is not None)), where,
+        f"measured_change_low / measured_change_high must be numbers -1 <= low <= high <= 1 "
+        f"measured on num_images images, or both null, got {low!r}, {high!r}", SolutionError)
     for key in ("tokens", "num_images"):
       jsonio.require(d.get(key) is None or jsonio.is_int(d[key]), where,
                      f"{key} must be an int, got {d.get(key)!r}", SolutionError)
@@ -180,7 +194,9 @@ class Candidate:
                float(d["predicted_accuracy"]), d.get("tokens"),
                _opt_float(d.get("measured_latency_s")), _opt_float(d.get("measured_accuracy")),
                _opt_float(d.get("measured_accuracy_low")),
-               _opt_float(d.get("measured_accuracy_high")), d.get("num_images"))
+               _opt_float(d.get("measured_accuracy_high")), d.get("num_images"),
+               _opt_float(d.get("measured_change_low")),
+               _opt_float(d.get("measured_change_high")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +248,10 @@ def _check_choice(sol: "Solution", where: str) -> None:
   def require(cond, msg):
     jsonio.require(cond, where, msg, SolutionError)
   require(sol.criterion in CRITERIA, f"chosen.criterion {sol.criterion!r} not in {CRITERIA}")
+  confident = sol.settings.get("floor_confidence")
+  require(confident in (None, False, True) and (not confident or sol.settings.get(
+      "accuracy_floor") is not None), f"settings.floor_confidence {confident!r} must be a bool, "
+          "true only with settings.accuracy_floor")
   for key in ("accuracy_floor", "latency_budget"):
     value = sol.settings.get(key)
     require(value is None or jsonio.is_num(value),
@@ -260,6 +280,9 @@ def _check_choice(sol: "Solution", where: str) -> None:
     require(meets_floor(got, floor) or sol.chosen.counts == unpruned,
             f"criterion 'accuracy_floor_measured', but the chosen {sol.chosen.schedule} "
             f"measured {got} < the floor {floor} (edited?)")
+    require(meets_measured_floor(sol.chosen, sol.settings) or sol.chosen.counts == unpruned,
+            f"settings.floor_confidence, but the chosen {sol.chosen.schedule}'s 95% interval "
+            f"does not clear the floor (edited?)")
   if sol.criterion == "latency_budget_measured":
     _check_budget_measured(sol, require)
   elif sol.settings.get("latency_basis") == "measured":
@@ -297,7 +320,7 @@ def _check_fastest_measured(sol: "Solution", require) -> None:
           "latency and accuracy (edited?)")
   meeting = [e for e in sol.checked if e.measured_latency_s is not None and
              e.measured_accuracy is not None and
-             (floor is None or meets_floor(e.measured_accuracy, floor))]
+             (floor is None or meets_measured_floor(e, sol.settings))]
   faster = min(meeting, key=lambda e: e.measured_latency_s, default=c)
   require(c.measured_latency_s <= faster.measured_latency_s,
           f"settings.latency_basis is 'measured', but {faster.schedule} measured "
@@ -334,8 +357,26 @@ def _check_chosen_is_listed(sol: "Solution", require) -> None:
           f"{c.tokens} tokens (edited?)")
 
 
+def meets_measured_floor(c: Candidate, settings: Dict[str, Any]) -> bool:
+  """Whether measured candidate `c` meets the solution's floor (`settings.accuracy_floor`): its
+  measured metric (up to float rounding, `meets_floor`), or with `settings.floor_confidence`
+  its whole 95 % interval: with `settings.max_accuracy_drop` the paired interval of its change
+  against the unpruned graph (`measured_change_low` >= -drop), else the Wilson interval
+  (`measured_accuracy_low` >= floor). False when not measured so."""
+  floor = settings.get("accuracy_floor")
+  if c.measured_accuracy is None or floor is None:
+    return False
+  if not settings.get("floor_confidence"):
+    return bool(meets_floor(c.measured_accuracy, floor))
+  drop = settings.get("max_accuracy_drop")
+  if drop is not None:
+    return c.measured_change_low is not None and bool(meets_floor(c.measured_change_low, -drop))
+  return c.measured_accuracy_low is not None and bool(meets_floor(c.measured_accuracy_low, floor))
+
+
 _MEASURED = ("measured_latency_s", "measured_accuracy", "measured_accuracy_low",
-             "measured_accuracy_high", "num_images")
+             "measured_accuracy_high", "num_images", "measured_change_low",
+             "measured_change_high")
 
 
 def _lists(same: List[Candidate], c: Candidate) -> bool:
