@@ -42,7 +42,7 @@ from vitprune import atomic
 from vitprune import pipeline
 from vitprune import solve_stage
 from vitprune.profile import latency_model
-from vitprune.records.solution import read_solution
+from vitprune.records.solution import meets_measured_floor, read_solution
 from vitprune.reduce.methods import make_reducer
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -88,8 +88,8 @@ def run_seed(seed: int, floor: float, method: str, job_flags: Sequence[str], out
   seconds = summary["seconds"]
   overhead = max(seconds["profile"] - uniform_s, 0.0) + seconds.get("in_loop", 0.0)
 
-  meeting = {c.counts: c for c in solution.checked
-             if c.measured_accuracy is not None and c.measured_accuracy >= floor}
+  meeting = {c.counts: c for c in solution.checked      # (by the job's own rule: with
+             if meets_measured_floor(c, solution.settings)}  # --floor_confidence, intervals)
   chosen = tuple(summary["counts"])
   retime = None
   if chosen in meeting and len(meeting) > 1:

@@ -269,14 +269,15 @@ def test_wilson_interval_hand_computed():
       assert lo <= p <= hi, (p, n, lo, hi)
 
 
-def test_paired_drop_interval_hand_computed_and_covers():
-  """Newcombe's method 10: 120 images, 116 right for both, 1 gained, 3 wrong for both: unpruned
-  116/120, pruned 117/120, phi = 348 / sqrt(116 * 4 * 117 * 3) = 0.8623; by hand
-  delta = sqrt(0.04919^2 - 2 phi 0.04919 0.01648 + 0.01648^2) = 0.03603 and
-  epsilon = sqrt(0.02032^2 - 2 phi 0.02032 0.04600 + 0.04600^2) = 0.03023."""
+def test_paired_drop_interval_matches_published_examples_and_covers():
+  """Newcombe's method 10 with its corrected phi. Published: Fagerland, Lydersen & Laake's
+  textbook example (59, 6, 16, 80): -0.0621 (-0.1186 to -0.0046); Newcombe 1998's example
+  (36, 12, 2, 0): 0.2000 (0.0569 to 0.3404), where ad < bc leaves phi uncorrected."""
+  drop, lo, hi = solve_stage.paired_drop_interval(59, 6, 16, 80)
+  assert (drop, lo, hi) == pytest.approx((-0.0621, -0.1186, -0.0046), abs=5e-5)
+  drop, lo, hi = solve_stage.paired_drop_interval(36, 12, 2, 0)
+  assert (drop, lo, hi) == pytest.approx((0.2, 0.0569, 0.3404), abs=5e-5)
   drop, lo, hi = solve_stage.paired_drop_interval(116, 0, 1, 3)
-  assert drop == pytest.approx(-1 / 120, abs=1e-15)
-  assert (lo, hi) == pytest.approx((-1 / 120 - 0.03603, -1 / 120 + 0.03023), abs=2e-5)
   # Paired is narrower than the unpaired interval (the same with phi = 0: independent samples)
   # where the graphs mostly agree...
   p1, p2 = 116 / 120, 117 / 120
@@ -301,6 +302,23 @@ def test_paired_drop_interval_hand_computed_and_covers():
     _, lo, hi = solve_stage.paired_drop_interval(*counts)
     covered += lo <= 0.01 <= hi
   assert 0.93 * 2000 <= covered <= 0.99 * 2000, covered      # (97.5 % here; Wald's: 93 %)
+
+
+def test_change_interval_by_metric():
+  """Accuracy: minus the paired drop interval. Agreement: the unpruned graph agrees with itself
+  exactly, so the change is agreement - 1 with the Wilson interval of the agreement, minus 1
+  (never above 0). The unpruned graph itself: 0, no uncertainty."""
+  change, lo, hi = solve_stage.change_interval((59, 6, 16, 80), "accuracy")
+  assert (change, lo, hi) == pytest.approx((0.0621, 0.0046, 0.1186), abs=5e-5)
+  change, lo, hi = solve_stage.change_interval((57, 3, 0, 0), "agreement")
+  wl, wh = solve_stage.wilson_interval(57 / 60, 60)
+  assert (change, lo, hi) == pytest.approx((57 / 60 - 1, wl - 1, wh - 1), abs=1e-15)
+  assert solve_stage.change_interval((60, 0, 0, 0), "agreement")[2] == 0.0
+  assert solve_stage.change_interval((50, 0, 0, 10), "accuracy", identical=True) == (0, 0, 0)
+  with pytest.raises(ValueError, match="the unpruned graph differs from itself on 2 images"):
+    solve_stage.change_interval((50, 1, 1, 8), "accuracy", identical=True)
+  with pytest.raises(ValueError, match="agreement with the unpruned graph counted 3 images"):
+    solve_stage.change_interval((50, 1, 1, 2), "agreement")
 
 
 def _cand(counts, lat, acc, measured=None):

@@ -378,6 +378,13 @@ def test_pipeline_on_image_folders(tmp_path):
          f"--data={flat}", "--eval_batch_size=16"))
   assert s["metric"] == "agreement" and s["num_images"] == 20
   assert s["unpruned"]["agreement"] == 1.0 and "accuracy" not in s["pruned"]
+  # The change in agreement: agreement - 1 exactly (the unpruned graph cannot disagree with
+  # itself), never an interval above 0; [0, 0] when nothing is pruned.
+  change = s["pruned"]["change"]
+  assert change["value"] == pytest.approx(s["pruned"]["agreement"] - 1.0, abs=1e-12)
+  assert change["interval_95"][1] <= 0.0 and change["images_gained"] == 0
+  if s["counts"] == s["unpruned"]["counts"]:
+    assert change["interval_95"] == [0.0, 0.0]
 
 
 def test_pipeline_multi_layer_solver(tmp_path, capsys):
@@ -934,6 +941,8 @@ def test_floor_confidence_chooses_on_the_paired_interval(tmp_path, capsys):
   assert measured and all(c.measured_change_low is not None for c in measured)
   out = capsys.readouterr().out
   assert "accuracy >= the unpruned's - 0.1 by the whole paired 95% interval of the change" in out
-  assert re.search(r"(meets accuracy >= 0\.\d+ with 95% confidence measures \d\.\d{4} \(its "
-                   r"change against the unpruned graph [+-]\d\.\d{4}, paired 95% interval|no "
-                   r"pruned schedule meets accuracy >= 0\.\d+ with 95% confidence)", out)
+  assert re.search(r"measured \d+ schedules on the data image by image against the unpruned "
+                   r"graph, single reductions among them: (the fastest with a change against "
+                   r"the unpruned graph >= -0\.1 by its whole paired 95% interval measures "
+                   r"\d\.\d{4} \(change [+-]\d\.\d{4}, paired 95% interval [+-]\d\.\d{4}\.\."
+                   r"[+-]\d\.\d{4}\)|no pruned schedule meets a change)", out)

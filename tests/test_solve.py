@@ -2084,6 +2084,17 @@ def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):
   with pytest.raises(solve_stage.SolveInputError, match="floor_confidence judges measured "
                      "intervals against a floor"):
     _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True)
+  plain = lambda counts_list: [_share(predicted[tuple(c)]) for c in counts_list]
+  with pytest.raises(solve_stage.SolveInputError, match=r"a floor met with confidence compares "
+                     r"each schedule with the unpruned graph image by image: the evaluator must "
+                     r"take evaluate\(counts_list, paired=True\)"):
+    _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True, evaluate=plain)
+  # Only schedules judged by the paired interval are listed as straddling a confident drop.
+  sol = _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True,
+               evaluate=_paired_evaluator(predicted))
+  by_name = {c.schedule: c for c in sol.checked}
+  assert all(by_name[name].measured_change_low is not None
+             for name in sol.settings["floor_straddles"])
 
 
 def _pair_of(value, unpruned=0.9, discordant=400):

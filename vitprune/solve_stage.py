@@ -30,6 +30,7 @@ size. Accuracy values are the estimate's metric ('accuracy' for labelled data, e
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -45,7 +46,9 @@ from vitprune.records.estimate import Estimate, EstimateError
 from vitprune.records.solution import (Candidate, EstimateRef, ProfileRef, Solution,
                                        meets_measured_floor)
 
-# Measures schedules on the data: a list of counts -> their metric values, same order.
+# Measures schedules on the data: a list of counts -> their metric values, same order. A floor
+# met with confidence also calls it with paired=True -> (values, per schedule the images it and
+# the unpruned graph both get right, the unpruned only, it only, neither).
 Evaluator = Callable[[Sequence[Tuple[int, ...]]], Sequence[float]]
 # Compiles and times schedules (one shuffled measurement): a list of counts -> median seconds.
 Timer = Callable[[Sequence[Tuple[int, ...]]], Sequence[float]]
@@ -695,7 +698,8 @@ def paired_drop_interval(both_right: int, lost: int, gained: int, both_wrong: in
   paired 95 % interval -> (drop, low, high). Per image: `both_right`, `lost` (the unpruned graph
   right, the pruned one wrong), `gained` (the reverse), `both_wrong`; drop = (lost - gained) / n.
   Newcombe's hybrid score interval for a difference of paired proportions (Stat. Med. 1998,
-  method 10): the two Wilson intervals combined with the images' correlation, so it is far
+  method 10): the two Wilson intervals combined with the images' correlation phi (corrected as
+  published: (ad - bc - n/2) / sqrt(...) when ad - bc > n/2, 0 up to n/2), so it is far
   narrower than two unpaired intervals when the graphs mostly agree, yet not degenerate when
   few or no images differ (the unpruned graph's own uncertainty remains)."""
   a, b, c, d = (int(v) for v in (both_right, lost, gained, both_wrong))
@@ -706,21 +710,50 @@ def paired_drop_interval(both_right: int, lost: int, gained: int, both_wrong: in
   l1, u1 = wilson_interval(p1, n, z)
   l2, u2 = wilson_interval(p2, n, z)
   den = float(a + b) * (c + d) * (a + c) * (b + d)
-  phi = (a * d - b * c) / np.sqrt(den) if den > 0 else 0.0
+  cross = float(a * d - b * c)
+  if cross > n / 2:
+    cross -= n / 2
+  elif cross > 0:
+    cross = 0.0
+  phi = cross / np.sqrt(den) if den > 0 else 0.0
   drop = p1 - p2
   below = np.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
   above = np.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
   return float(drop), float(max(-1.0, drop - below)), float(min(1.0, drop + above))
 
 
+def change_interval(pair: Sequence[int], metric: str, identical: bool = False
+                    ) -> Tuple[float, float, float]:
+  """A pruned graph's `metric` minus the unpruned graph's on the same images, with its 95 %
+  interval -> (change, low, high), from `pair` = the images both get right, the unpruned one
+  only, the pruned one only, neither (`estimate.paired_counts`). Accuracy: the paired interval
+  (`paired_drop_interval`). Agreement: the unpruned graph agrees with itself on every image, so
+  the change is agreement - 1 exactly and its interval the Wilson interval of the agreement,
+  minus 1. `identical`: the unpruned graph itself, change 0 with no uncertainty."""
+  both_right, lost, gained, both_wrong = (int(v) for v in pair)
+  n = both_right + lost + gained + both_wrong
+  if identical:
+    if lost or gained:
+      raise ValueError(f"the unpruned graph differs from itself on {lost + gained} images")
+    return 0.0, 0.0, 0.0
+  if metric == "agreement":
+    if gained or both_wrong:
+      raise ValueError(f"agreement with the unpruned graph counted {gained + both_wrong} images "
+                       "the unpruned graph itself disagrees with")
+    lo, hi = wilson_interval(both_right / n, n)
+    return both_right / n - 1.0, lo - 1.0, hi - 1.0
+  drop, lo, hi = paired_drop_interval(both_right, lost, gained, both_wrong)
+  return 0.0 - drop, 0.0 - hi, 0.0 - lo
+
+
 def _measured(c: Candidate, value: float, num_images: Optional[int],
-              pair: Optional[Sequence[int]] = None, unpruned: bool = False) -> Candidate:
+              pair: Optional[Sequence[int]] = None, unpruned: bool = False,
+              metric: str = "accuracy") -> Candidate:
   """`c` with its measured metric and, given the number of images, its Wilson interval; with
   `pair` (images both graphs get right, lost, gained, both wrong, against the unpruned graph)
-  also the paired interval of its change (`paired_drop_interval`; [0, 0] for the `unpruned`
-  graph itself, which cannot differ from itself)."""
+  also the interval of its change against it (`change_interval` for `metric`)."""
   if pair is not None:
-    c = _with_change(c, value, num_images, pair, unpruned)
+    c = _with_change(c, value, num_images, pair, unpruned, metric)
   value = float(value)
   if num_images is None or not 0.0 <= value <= 1.0:
     return dataclasses.replace(c, measured_accuracy=value)
@@ -737,7 +770,7 @@ def _measured(c: Candidate, value: float, num_images: Optional[int],
 
 
 def _with_change(c: Candidate, value: float, num_images: Optional[int], pair: Sequence[int],
-                 unpruned: bool) -> Candidate:
+                 unpruned: bool, metric: str) -> Candidate:
   both_right, lost, gained, both_wrong = (int(v) for v in pair)
   n = both_right + lost + gained + both_wrong
   if num_images is not None and n != int(num_images):
@@ -746,12 +779,8 @@ def _with_change(c: Candidate, value: float, num_images: Optional[int], pair: Se
   if abs((both_right + gained) / n - float(value)) > 2.0 ** -20:
     raise ValueError(f"the evaluator measured {value!r} for {c.schedule} but its per-image "
                      f"comparison counts {both_right + gained} of {n} images right")
-  if unpruned:
-    if lost or gained:
-      raise ValueError(f"the unpruned graph differs from itself on {lost + gained} images")
-    return dataclasses.replace(c, measured_change_low=0.0, measured_change_high=0.0)
-  _, lo, hi = paired_drop_interval(both_right, lost, gained, both_wrong)
-  return dataclasses.replace(c, measured_change_low=0.0 - hi, measured_change_high=0.0 - lo)
+  _, lo, hi = change_interval(pair, metric, identical=unpruned)
+  return dataclasses.replace(c, measured_change_low=lo, measured_change_high=hi)
 
 
 def floor_status(c: Candidate, floor: float, unpruned: Optional[float] = None
@@ -771,6 +800,17 @@ def floor_status(c: Candidate, floor: float, unpruned: Optional[float] = None
   return interval_status(lo, hi, floor)
 
 
+def _straddling(solution: Solution, checked: Sequence[Candidate], floor: float) -> List[str]:
+  """The schedules of `checked` whose 95 % interval contains the floor (`floor_status`); with a
+  drop met with confidence only those measured against the unpruned graph image by image,
+  judged by their paired interval as the choice was."""
+  relative = _relative_to(solution)
+  paired_only = relative is not None and solution.settings.get("floor_confidence")
+  return sorted({c.schedule for c in checked
+                 if (not paired_only or c.measured_change_low is not None)
+                 and floor_status(c, floor, relative) == "straddles"})
+
+
 def _relative_to(solution: Solution) -> Optional[float]:
   """The unpruned graph's measured metric when the floor is relative to it (a drop), else
   None: `floor_status` then judges paired intervals of the change."""
@@ -782,30 +822,42 @@ def _relative_to(solution: Solution) -> Optional[float]:
 def interval_status(low: float, high: float, floor: float) -> str:
   """'meets' / 'fails' when the interval [low, high] lies at or above / below the floor,
   'straddles' when it contains it."""
-  if low >= floor:
+  if solve.meets_floor(low, floor):       # (up to float rounding, as the choice judges)
     return "meets"
-  if high < floor:
+  if not solve.meets_floor(high, floor):
     return "fails"
   return "straddles"
 
 
 def _measure(evaluate: Evaluator, candidates: Sequence[Candidate], num_images: Optional[int],
-             paired: bool = False, full_counts: Optional[Tuple[int, ...]] = None
-             ) -> List[Candidate]:
+             paired: bool = False, full_counts: Optional[Tuple[int, ...]] = None,
+             metric: str = "accuracy") -> List[Candidate]:
   """`candidates` with their metric measured by one `evaluate` call (Wilson interval for
   `num_images`), same order; other fields (e.g. a measured latency) are kept. `paired`: also
   the paired interval of each one's change against the unpruned graph (`evaluate(counts_list,
   paired=True)` -> (values, [(both right, lost, gained, both wrong), ...]); `full_counts`: the
-  unpruned schedule's counts)."""
+  unpruned schedule's counts; `metric`: the one `evaluate` measures)."""
   if not candidates:
     return []
+  if paired and not _takes_paired(evaluate):
+    raise SolveInputError("a floor met with confidence compares each schedule with the "
+                          "unpruned graph image by image: the evaluator must take "
+                          "evaluate(counts_list, paired=True) (estimate.schedule_evaluator does)")
   counts = [c.counts for c in candidates]
   values, pairs = (evaluate(counts, paired=True) if paired else
                    (evaluate(counts), [None] * len(candidates)))
   if len(values) != len(candidates) or len(pairs) != len(candidates):
     raise ValueError(f"evaluate returned {len(values)} values for {len(candidates)} schedules")
-  return [_measured(c, v, num_images, pair, unpruned=c.counts == full_counts)
+  return [_measured(c, v, num_images, pair, unpruned=c.counts == full_counts, metric=metric)
           for c, v, pair in zip(candidates, values, pairs)]
+
+
+def _takes_paired(evaluate: Evaluator) -> bool:
+  try:
+    params = inspect.signature(evaluate).parameters.values()
+  except (TypeError, ValueError):       # (a builtin: assume it does)
+    return True
+  return any(p.name == "paired" or p.kind == p.VAR_KEYWORD for p in params)
 
 
 def _unmeasured(c: Candidate, paired: bool) -> bool:
@@ -1104,6 +1156,9 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   floor = solution.settings["accuracy_floor"]
   confident = bool(solution.settings.get("floor_confidence"))
   images = _num_images(estimate, num_images)
+  if confident and images is None:
+    raise SolveInputError("a floor met with confidence needs the number of evaluated images "
+                          "(num_images; the estimate records none)")
   measured = estimate.measured(metric)
   full = solution.full
   grid = {int(n) for n in model.ns}
@@ -1136,7 +1191,8 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
     batch = candidates[start:start + chunk]
     got = {c.counts: c for c in _measure(evaluate, [p for p in batch
                                                     if _unmeasured(p, confident)], images,
-                                         paired=confident, full_counts=full.counts)}
+                                         paired=confident, full_counts=full.counts,
+                                         metric=metric)}
     done = [got.get(p.counts, p) for p in batch]
     checked += done
     ok = [p for p in done if meets_measured_floor(p, solution.settings)]
@@ -1146,10 +1202,8 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   # (a single reduction the estimate measured is listed too: the chosen entry is a checked one)
   checked = list({c.counts: c for c in list(solution.checked) + checked + [best]}.values())
   _check_floor_met(best, checked, floor, images, solution, eligible)
-  straddles = [c.schedule for c in checked
-               if floor_status(c, floor, _relative_to(solution)) == "straddles"]
   settings = dict(solution.settings, singles_meeting_floor=len(singles), num_images=images,
-                  floor_straddles=sorted(set(straddles)))
+                  floor_straddles=_straddling(solution, checked, floor))
   correction = _drop_scale(solution, settings, checked)
   if correction:
     settings["accuracy_correction"] = correction
@@ -1197,12 +1251,12 @@ def _around(chosen: Candidate, pool: Sequence[Candidate], neighbours: int
 
 
 def _with_accuracy(evaluate: Evaluator, pool: Sequence[Candidate], images: Optional[int],
-                   paired: bool = False, full_counts: Optional[Tuple[int, ...]] = None
-                   ) -> List[Candidate]:
+                   paired: bool = False, full_counts: Optional[Tuple[int, ...]] = None,
+                   metric: str = "accuracy") -> List[Candidate]:
   """`pool` with the metric measured (one `evaluate` call) where it is not yet (with `paired`:
   also the change against the unpruned graph, `_measure`), same order."""
   got = {c.counts: c for c in _measure(evaluate, [p for p in pool if _unmeasured(p, paired)],
-                                       images, paired, full_counts)}
+                                       images, paired, full_counts, metric)}
   return [got.get(p.counts, p) for p in pool]
 
 
@@ -1336,7 +1390,7 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   confident = bool(solution.settings.get("floor_confidence"))
   pool = _with_accuracy(evaluate, [known.get(p.counts, p)
                                    for p in _around(chosen, eligible, neighbours)], images,
-                        paired=confident,
+                        paired=confident, metric=solution.metric,
                         full_counts=None if solution.full is None else solution.full.counts)
   for p in pool:
     known[p.counts] = p
@@ -1348,7 +1402,6 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
     known[p.counts] = p
   best = min(timed, key=lambda p: (p.measured_latency_s, -sum(p.counts)))
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
-  straddles = sorted({c.schedule for c in checked
-                      if floor_status(c, floor, _relative_to(solution)) == "straddles"})
+  straddles = _straddling(solution, checked, floor)
   return _timed_choice(solution, best, checked, "accuracy_floor_measured", num_images=images,
                        floor_straddles=straddles, timed_in_loop=len(timed))

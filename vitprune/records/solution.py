@@ -681,6 +681,18 @@ def summary_lines(sol: Solution) -> List[str]:
   if drop is not None and full is not None:
     lines.append(f"accuracy floor {sol.settings['accuracy_floor']:.4f}: the unpruned schedule's "
                  f"measured {m} {full.predicted_accuracy:.4f} minus the maximum drop {drop:g}")
+  if sol.settings.get("floor_confidence") and full is not None:
+    if ch.counts == full.counts:
+      lines.append("floor met with 95% confidence by no pruned schedule: the unpruned one is "
+                   "chosen")
+    elif drop is not None and ch.measured_change_low is not None:
+      lines.append(f"floor met with 95% confidence: the chosen schedule's change against the "
+                   f"unpruned one, paired 95% interval {ch.measured_change_low:+.4f}.."
+                   f"{ch.measured_change_high:+.4f}, is >= -{drop:g}")
+    elif ch.measured_accuracy_low is not None:
+      lines.append(f"floor met with 95% confidence: the chosen schedule's 95% interval "
+                   f"{ch.measured_accuracy_low:.4f}..{ch.measured_accuracy_high:.4f} is >= "
+                   f"{sol.settings['accuracy_floor']:.4f}")
   if ch.measured_accuracy is not None:
     line = f"measured {m} of the chosen schedule on the data: {ch.measured_accuracy:.4f}"
     if ch.num_images is not None:
