@@ -287,3 +287,26 @@ def test_an_estimate_from_before_dtypes_were_recorded_solves_in_the_loop(inputs,
   old.write_text(json.dumps(doc))
   sol, _ = _run(root, str(old), ps, f"--weights={weights}", "--num_images=20")
   assert sol.basis == "measured"
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "agreement"])
+def test_a_floor_met_with_confidence_measures_each_schedule_against_the_unpruned_one(inputs,
+                                                                                     metric):
+  """--floor_confidence --weights: every schedule measured in the loop carries the interval of
+  its change against the unpruned graph, from the evaluator's image-by-image comparison (for
+  agreement: the agreement's Wilson interval minus 1, never above 0); the choice clears the
+  floor with its whole interval, and the record says so."""
+  from vitprune.records.solution import meets_measured_floor, summary_lines  # pylint: disable=g-import-not-at-top
+  root, weights, es, ps = inputs
+  sol, _ = _run(root, es, ps, f"--weights={weights}", "--num_images=20", f"--metric={metric}",
+                "--floor_confidence")
+  assert sol.settings["floor_confidence"] and sol.metric == metric
+  measured = [c for c in sol.checked if c.measured_accuracy is not None]
+  assert measured and all(c.measured_change_low is not None for c in measured)
+  for c in measured:
+    assert c.measured_change_low <= c.measured_accuracy - sol.full.predicted_accuracy + 1e-12
+    assert c.measured_accuracy - sol.full.predicted_accuracy <= c.measured_change_high + 1e-12
+    if metric == "agreement":
+      assert c.measured_change_high <= 0.0
+  assert meets_measured_floor(sol.chosen, sol.settings)
+  assert any(line.startswith("floor met with 95% confidence") for line in summary_lines(sol))
