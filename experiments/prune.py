@@ -29,6 +29,7 @@ from experiments import common
 from vitprune import data as data_lib
 from vitprune import digits as digits_lib
 from vitprune import estimate as estimate_lib
+from vitprune import intervals
 from vitprune import memory
 from vitprune import model as vit
 from vitprune import schedule as S
@@ -123,7 +124,9 @@ def format_result(r: Dict[str, Any]) -> str:
   lines.append(f"{name} with the unpruned model: {r['agreement']:.4f}")
   if "accuracy_full" in r:
     lines.append(f"top-1 accuracy: unpruned {r['accuracy_full']:.4f}, pruned "
-                 f"{r['accuracy_pruned']:.4f}")
+                 f"{r['accuracy_pruned']:.4f}"
+                 + ("" if "accuracy_change" not in r else
+                    f"; change {intervals.describe_change(r['accuracy_change'])}"))
   for k in ("full", "pruned"):
     t = r[k]
     lines.append(f"latency {k:>6}: {t['median_s'] * 1e3:9.3f} ms median (IQR "

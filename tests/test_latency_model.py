@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from vitprune import intervals
 from vitprune import solve
 from vitprune import solve_stage
 from vitprune.config import config_to_dict
@@ -249,78 +250,6 @@ def test_calibration_draws_only_counts_the_method_can_reach():
     assert all(c[l] - c[l + 1] <= half(c[l]) for l in range(12))
 
 
-def test_wilson_interval_hand_computed():
-  # 50 / 100: centre (0.5 + z^2/200) / (1 + z^2/100) = 0.5; half = z sqrt(0.0025 + z^2/40000)
-  # / (1 + z^2/100) = 0.0961696...
-  z = 1.959963984540054
-  half = z * np.sqrt(0.0025 + z * z / 40000) / (1 + z * z / 100)
-  lo, hi = solve_stage.wilson_interval(0.5, 100)
-  assert (lo, hi) == pytest.approx((0.5 - half, 0.5 + half), abs=1e-12)
-  assert (lo, hi) == pytest.approx((0.40383, 0.59617), abs=1e-5)
-  lo, hi = solve_stage.wilson_interval(1.0, 10)      # 10 / 10: lower bound n / (n + z^2)
-  assert lo == pytest.approx(10 / (10 + z * z), abs=1e-12) and hi == pytest.approx(1.0)
-  with pytest.raises(ValueError):
-    solve_stage.wilson_interval(0.5, 0)
-  # The interval always holds p itself (at 0 and 1 float rounding put a bound a hair inside for
-  # about half of all n), so a solution's reader accepts what the solver wrote.
-  for n in range(1, 3000):
-    for p in (0.0, 1.0):
-      lo, hi = solve_stage.wilson_interval(p, n)
-      assert lo <= p <= hi, (p, n, lo, hi)
-
-
-def test_paired_drop_interval_matches_published_examples_and_covers():
-  """Newcombe's method 10 with its corrected phi. Published: Fagerland, Lydersen & Laake's
-  textbook example (59, 6, 16, 80): -0.0621 (-0.1186 to -0.0046); Newcombe 1998's example
-  (36, 12, 2, 0): 0.2000 (0.0569 to 0.3404), where ad < bc leaves phi uncorrected."""
-  drop, lo, hi = solve_stage.paired_drop_interval(59, 6, 16, 80)
-  assert (drop, lo, hi) == pytest.approx((-0.0621, -0.1186, -0.0046), abs=5e-5)
-  drop, lo, hi = solve_stage.paired_drop_interval(36, 12, 2, 0)
-  assert (drop, lo, hi) == pytest.approx((0.2, 0.0569, 0.3404), abs=5e-5)
-  drop, lo, hi = solve_stage.paired_drop_interval(116, 0, 1, 3)
-  # Paired is narrower than the unpaired interval (the same with phi = 0: independent samples)
-  # where the graphs mostly agree...
-  p1, p2 = 116 / 120, 117 / 120
-  l1, u1 = solve_stage.wilson_interval(p1, 120)
-  l2, u2 = solve_stage.wilson_interval(p2, 120)
-  unpaired = np.hypot(p1 - l1, u2 - p2) + np.hypot(u1 - p1, p2 - l2)
-  assert hi - lo < 0.75 * unpaired
-  # ... but not degenerate where no image differs (the unpruned accuracy's own uncertainty).
-  drop, lo, hi = solve_stage.paired_drop_interval(229, 0, 0, 10)
-  assert drop == 0 and lo < -0.005 and hi > 0.005
-  with pytest.raises(ValueError, match="need image counts >= 0 and at least one image"):
-    solve_stage.paired_drop_interval(1, -1, 0, 0)
-  with pytest.raises(ValueError, match="need image counts >= 0 and at least one image"):
-    solve_stage.paired_drop_interval(0, 0, 0, 0)
-  # Coverage: 2000 draws of 240 paired images whose true drop is 0.01 (unpruned right 0.97,
-  # pruned 0.96, 2 % of the images differ); the 95 % interval holds 0.01 in at least 93 %.
-  rng = np.random.default_rng(0)
-  probs = [0.95, 0.015, 0.005, 0.03]        # both right, lost, gained, both wrong
-  covered = 0
-  for _ in range(2000):
-    counts = rng.multinomial(240, probs)
-    _, lo, hi = solve_stage.paired_drop_interval(*counts)
-    covered += lo <= 0.01 <= hi
-  assert 0.93 * 2000 <= covered <= 0.99 * 2000, covered      # (97.5 % here; Wald's: 93 %)
-
-
-def test_change_interval_by_metric():
-  """Accuracy: minus the paired drop interval. Agreement: the unpruned graph agrees with itself
-  exactly, so the change is agreement - 1 with the Wilson interval of the agreement, minus 1
-  (never above 0). The unpruned graph itself: 0, no uncertainty."""
-  change, lo, hi = solve_stage.change_interval((59, 6, 16, 80), "accuracy")
-  assert (change, lo, hi) == pytest.approx((0.0621, 0.0046, 0.1186), abs=5e-5)
-  change, lo, hi = solve_stage.change_interval((57, 3, 0, 0), "agreement")
-  wl, wh = solve_stage.wilson_interval(57 / 60, 60)
-  assert (change, lo, hi) == pytest.approx((57 / 60 - 1, wl - 1, wh - 1), abs=1e-15)
-  assert solve_stage.change_interval((60, 0, 0, 0), "agreement")[2] == 0.0
-  assert solve_stage.change_interval((50, 0, 0, 10), "accuracy", identical=True) == (0, 0, 0)
-  with pytest.raises(ValueError, match="the unpruned graph differs from itself on 2 images"):
-    solve_stage.change_interval((50, 1, 1, 8), "accuracy", identical=True)
-  with pytest.raises(ValueError, match="agreement with the unpruned graph counted 3 images"):
-    solve_stage.change_interval((50, 1, 1, 2), "agreement")
-
-
 def _cand(counts, lat, acc, measured=None):
   c = Candidate(counts=tuple(counts), schedule="list:" + ",".join(map(str, counts)),
                 predicted_latency_s=lat, predicted_accuracy=acc)
@@ -371,7 +300,7 @@ def test_check_in_loop_picks_the_fastest_measured_schedule_meeting_the_floor():
   by = {c.counts: c for c in out.checked}
   assert by[(17, 9, 5)].measured_latency_s == 3.2 and by[(17, 13, 9)].measured_latency_s is None
   assert by[(17, 9, 9)].num_images == 400
-  lo, hi = solve_stage.wilson_interval(0.94, 400)
+  lo, hi = intervals.wilson_interval(0.94, 400)
   assert (by[(17, 9, 9)].measured_accuracy_low, by[(17, 9, 9)].measured_accuracy_high) == (lo, hi)
   # 0.89 on 400 images: interval 0.856..0.917 contains 0.9 -> reported as straddling.
   assert out.settings["floor_straddles"] == ["list:17,13,9"]

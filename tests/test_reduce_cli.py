@@ -53,6 +53,12 @@ def test_run_prune_pruned_with_labels():
                       labels=labels, warmup=0, repeats=1)
   assert r["counts"] == [17, 9, 5] and 0.0 <= r["agreement"] <= 1.0
   assert r["accuracy_full"] == pytest.approx(2 / 3)
+  # The change on the 3 labelled images, paired: pruned minus unpruned, its images lost/gained.
+  change = r["accuracy_change"]
+  assert change["value"] == pytest.approx(r["accuracy_pruned"] - r["accuracy_full"], abs=1e-12)
+  assert (change["images_gained"] - change["images_lost"]) / 3 == pytest.approx(change["value"])
+  assert change["interval_95"][0] <= change["value"] <= change["interval_95"][1]
+  assert "; change " in prune.format_result(r)
 
 
 def test_agreement_metrics():

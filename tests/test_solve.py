@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from vitprune import intervals
 from vitprune import solve
 from vitprune import solve_stage
 from vitprune import schedule as schedule_lib
@@ -783,7 +784,7 @@ def test_multilayer_with_the_calibrated_latency_model(tmp_path):
                    evaluate=lambda cs: [0.85] * len(cs))
   assert checked.chosen.num_images == NUM_EXAMPLES
   assert (checked.chosen.measured_accuracy_low, checked.chosen.measured_accuracy_high) == (
-      solve_stage.wilson_interval(checked.chosen.measured_accuracy, NUM_EXAMPLES))
+      intervals.wilson_interval(checked.chosen.measured_accuracy, NUM_EXAMPLES))
   other, _ = _latency_model(batch=1)
   with pytest.raises(solve_stage.SolveInputError, match="batch size"):
     _multi(ps, es, latency_model=other, batch_size=8)
@@ -2054,7 +2055,7 @@ def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):
   assert ch.measured_change_low >= -0.2 - 1e-9 and ch.counts != full
   # The point choice's own paired interval reaches below -0.2: it is refused here, and the
   # confident choice is predicted slower.
-  _, _, hi = solve_stage.paired_drop_interval(*_pair_of(point.chosen.measured_accuracy))
+  _, _, hi = intervals.paired_drop_interval(*_pair_of(point.chosen.measured_accuracy))
   assert -hi < -0.2 and ch.predicted_latency_s > point.chosen.predicted_latency_s
   for c in sol.checked:       # every faster schedule measured so missed it
     if c.predicted_latency_s < ch.predicted_latency_s and c.measured_change_low is not None:

@@ -38,6 +38,7 @@ import numpy as np
 
 from vitprune import data as data_lib
 from vitprune import digits as digits_lib
+from vitprune import intervals
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune.config import ViTConfig
@@ -413,9 +414,7 @@ def paired_counts(reference_margins: np.ndarray, margins: np.ndarray
   """`[M]` top-1 margins of the unpruned graph and of a pruned one on the same examples
   (`top1_margins`: > 0 exactly where right) -> the examples both get right, the unpruned one
   only ("lost" by pruning), the pruned one only ("gained"), neither."""
-  ref, got = np.asarray(reference_margins) > 0, np.asarray(margins) > 0
-  return (int(np.sum(ref & got)), int(np.sum(ref & ~got)), int(np.sum(~ref & got)),
-          int(np.sum(~ref & ~got)))
+  return intervals.pair_counts(np.asarray(reference_margins) > 0, np.asarray(margins) > 0)
 
 
 def schedule_evaluator(cfg: ViTConfig, params: Params, data: "EvalData",

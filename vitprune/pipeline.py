@@ -46,6 +46,7 @@ from vitprune import atomic
 from vitprune import checkpoint
 from vitprune import console
 from vitprune import estimate as estimate_lib
+from vitprune import intervals
 from vitprune import jsonio
 from vitprune import solve
 from vitprune import solve_stage
@@ -681,28 +682,17 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
 def paired_change(result: estimate_lib.EvalResult, metric: str, identical: bool = False
                   ) -> Dict[str, Any]:
   """The chosen graph's `metric` minus the unpruned one's on the same images (`result`: one
-  point, evaluated with margins), with its 95 % interval (`solve_stage.change_interval`: paired
+  point, evaluated with margins), with its 95 % interval (`intervals.change_record`: paired
   for accuracy; `identical`: the chosen graph is the unpruned one, [0, 0]) and the images each
-  graph gets right and the other not ("images_lost": right unpruned, wrong pruned;
-  "images_gained": the reverse)."""
+  graph gets right and the other not."""
   pair = estimate_lib.paired_counts(result.margins[0], result.margins[1])
-  _, lost, gained, _ = pair
   n = result.reference.num_examples
-  change, lo, hi = solve_stage.change_interval(pair, metric, identical)
+  change = intervals.change_record(pair, metric, identical)
   got = float(getattr(result.points[0], metric)) - float(getattr(result.reference, metric))
-  if sum(pair) != n or abs(got - change) > 1e-9:   # the margins are the metric's, per image
-    raise AssertionError(f"per-image margins give a change of {change} on {sum(pair)} "
-                         f"images, the {metric} {got} on {n}")
-  return {"value": change, "interval_95": [lo, hi], "images_lost": lost,
-          "images_gained": gained}
-
-
-def describe_change(change: Dict[str, Any]) -> str:
-  """'-0.0084 (paired 95% interval -0.0167..+0.0000: 3 images lost, 1 gained)'."""
-  lo, hi = change["interval_95"]
-  return (f"{change['value']:+.4f} (paired 95% interval {lo:+.4f}..{hi:+.4f}: "
-          f"{change['images_lost']} image{'' if change['images_lost'] == 1 else 's'} lost, "
-          f"{change['images_gained']} gained)")
+  if sum(pair) != n or abs(got - change["value"]) > 1e-9:   # the margins are the metric's
+    raise AssertionError(f"per-image margins give a change of {change['value']} on "
+                         f"{sum(pair)} images, the {metric} {got} on {n}")
+  return change
 
 
 def holdout_summary(result: Optional[estimate_lib.EvalResult], metric: str,
@@ -720,7 +710,7 @@ def holdout_summary(result: Optional[estimate_lib.EvalResult], metric: str,
     return None
   n = result.reference.num_examples
   pruned = float(getattr(result.points[0], metric))
-  lo, hi = solve_stage.wilson_interval(pruned, n)
+  lo, hi = intervals.wilson_interval(pruned, n)
   out = {"num_images": int(n), "unpruned": {metric: float(getattr(result.reference, metric))},
          "pruned": {metric: pruned, "interval_95": [lo, hi],
                     "agreement_with_unpruned": float(result.points[0].agreement),
@@ -763,7 +753,7 @@ def format_summary(s: Dict[str, Any]) -> str:
       ("   nothing pruned: the chosen schedule is the unpruned graph (speed-up 1 by "
        "definition)" if s["counts"] == u["counts"] else
        f"   speedup x{s['speedup']:.2f}; {m} change "
-       + (describe_change(p["change"]) if "change" in p else f"{p[m] - u[m]:+.4f}")
+       + (intervals.describe_change(p["change"]) if "change" in p else f"{p[m] - u[m]:+.4f}")
        + f"; top-1 agreement with unpruned {p['agreement_with_unpruned']:.4f}"),
   ]
   held = s.get("holdout")
@@ -781,8 +771,8 @@ def format_summary(s: Dict[str, Any]) -> str:
            + {"meets": "", "fails": " (the whole {}interval is below it)",
               "straddles": " (the {}interval contains it)"}[held["floor_status"]].format(
                   "" if s.get("max_accuracy_drop") is None else "paired "))
-        + (f"\n   change against the unpruned graph there: {describe_change(hp['change'])}"
-           if "change" in hp else ""))
+        + ("\n   change against the unpruned graph there: "
+           + intervals.describe_change(hp["change"]) if "change" in hp else ""))
   budget, looped = s.get("latency_budget"), s.get("measured_in_loop")
   if budget is not None and looped and p["latency_ms"] > 1e3 * budget:
     lines.append(f"   note: this timing of the chosen graph, {p['latency_ms']:.4f} ms, is over the "

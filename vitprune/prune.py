@@ -4,7 +4,8 @@
 
 Both forwards are AOT-compiled and run on one batch `[B, S, S, C]`; the result holds the top-1
 agreement of the pruned model with the unpruned one (a model without classifier: the mean
-cosine similarity of the features), top-1 accuracies when labels are given, and the latency of
+cosine similarity of the features), top-1 accuracies when labels are given (and the change,
+pruned minus unpruned, with its paired 95 % interval: `intervals.change_record`), and the latency of
 both graphs with the profiler's timing protocol (`vitprune.profile.timing`). `experiments/prune.py`
 is the command line around it.
 """
@@ -16,6 +17,7 @@ from typing import Any, Dict, Optional
 import jax
 import numpy as np
 
+from vitprune import intervals
 from vitprune import model as vit
 from vitprune import schedule as S
 from vitprune.config import ViTConfig
@@ -56,9 +58,10 @@ def agreement(pruned: np.ndarray, full: np.ndarray, valid: np.ndarray, classifie
   return float(np.mean(num / np.maximum(den, 1e-12)))
 
 
-def _top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+def _top1_right(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """`[B]` bools: top-1 of `logits` [B, K] is the label."""
   correct, _, _ = compare_logits(logits, logits, labels)
-  return float(np.mean(correct))
+  return np.asarray(correct, bool)
 
 
 def _check_rows(cfg: ViTConfig, b: int, valid, labels):
@@ -127,6 +130,10 @@ def run_prune(cfg: ViTConfig, params, images: np.ndarray, *, method: str,
   }
   labelled = valid & (labels >= 0)
   if classifier and labelled.any():
-    result["accuracy_full"] = _top1_accuracy(full_out[labelled], labels[labelled])
-    result["accuracy_pruned"] = _top1_accuracy(pruned_out[labelled], labels[labelled])
+    right_full = _top1_right(full_out[labelled], labels[labelled])
+    right_pruned = _top1_right(pruned_out[labelled], labels[labelled])
+    result["accuracy_full"] = float(np.mean(right_full))
+    result["accuracy_pruned"] = float(np.mean(right_pruned))
+    result["accuracy_change"] = intervals.change_record(
+        intervals.pair_counts(right_full, right_pruned), "accuracy")
   return result

@@ -43,6 +43,7 @@ from vitprune.profile import predict as predict_lib
 from vitprune.profile import records
 from vitprune.profile import steps as steps_lib
 from vitprune.records.estimate import Estimate, EstimateError
+from vitprune.intervals import change_interval, wilson_interval
 from vitprune.records.solution import (Candidate, EstimateRef, ProfileRef, Solution,
                                        meets_measured_floor)
 
@@ -677,74 +678,6 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
 
 # ----------------------------------------------------------------------------------------------
 # Measurements: accuracy with its binomial uncertainty, latency of compiled graphs.
-
-def wilson_interval(p: float, n: int, z: float = 1.959963984540054) -> Tuple[float, float]:
-  """Wilson score interval (default 95 %) of a proportion `p` measured on `n` examples."""
-  if n < 1:
-    raise ValueError(f"need at least one example, got {n}")
-  if not 0.0 <= p <= 1.0:
-    raise ValueError(f"a proportion must be in [0, 1], got {p}")
-  z2 = z * z
-  den = 1.0 + z2 / n
-  centre = (p + z2 / (2 * n)) / den
-  half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / den
-  # The interval holds p exactly (at p = 0 or 1 float rounding put the bound a hair inside).
-  return float(min(p, max(0.0, centre - half))), float(max(p, min(1.0, centre + half)))
-
-
-def paired_drop_interval(both_right: int, lost: int, gained: int, both_wrong: int,
-                         z: float = 1.959963984540054) -> Tuple[float, float, float]:
-  """The drop of a pruned graph against the unpruned one measured on the same images, with its
-  paired 95 % interval -> (drop, low, high). Per image: `both_right`, `lost` (the unpruned graph
-  right, the pruned one wrong), `gained` (the reverse), `both_wrong`; drop = (lost - gained) / n.
-  Newcombe's hybrid score interval for a difference of paired proportions (Stat. Med. 1998,
-  method 10): the two Wilson intervals combined with the images' correlation phi (corrected as
-  published: (ad - bc - n/2) / sqrt(...) when ad - bc > n/2, 0 up to n/2), so it is far
-  narrower than two unpaired intervals when the graphs mostly agree, yet not degenerate when
-  few or no images differ (the unpruned graph's own uncertainty remains)."""
-  a, b, c, d = (int(v) for v in (both_right, lost, gained, both_wrong))
-  n = a + b + c + d
-  if min(a, b, c, d) < 0 or n < 1:
-    raise ValueError(f"need image counts >= 0 and at least one image, got {a}, {b}, {c}, {d}")
-  p1, p2 = (a + b) / n, (a + c) / n          # unpruned, pruned
-  l1, u1 = wilson_interval(p1, n, z)
-  l2, u2 = wilson_interval(p2, n, z)
-  den = float(a + b) * (c + d) * (a + c) * (b + d)
-  cross = float(a * d - b * c)
-  if cross > n / 2:
-    cross -= n / 2
-  elif cross > 0:
-    cross = 0.0
-  phi = cross / np.sqrt(den) if den > 0 else 0.0
-  drop = p1 - p2
-  below = np.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
-  above = np.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
-  return float(drop), float(max(-1.0, drop - below)), float(min(1.0, drop + above))
-
-
-def change_interval(pair: Sequence[int], metric: str, identical: bool = False
-                    ) -> Tuple[float, float, float]:
-  """A pruned graph's `metric` minus the unpruned graph's on the same images, with its 95 %
-  interval -> (change, low, high), from `pair` = the images both get right, the unpruned one
-  only, the pruned one only, neither (`estimate.paired_counts`). Accuracy: the paired interval
-  (`paired_drop_interval`). Agreement: the unpruned graph agrees with itself on every image, so
-  the change is agreement - 1 exactly and its interval the Wilson interval of the agreement,
-  minus 1. `identical`: the unpruned graph itself, change 0 with no uncertainty."""
-  both_right, lost, gained, both_wrong = (int(v) for v in pair)
-  n = both_right + lost + gained + both_wrong
-  if identical:
-    if lost or gained:
-      raise ValueError(f"the unpruned graph differs from itself on {lost + gained} images")
-    return 0.0, 0.0, 0.0
-  if metric == "agreement":
-    if gained or both_wrong:
-      raise ValueError(f"agreement with the unpruned graph counted {gained + both_wrong} images "
-                       "the unpruned graph itself disagrees with")
-    lo, hi = wilson_interval(both_right / n, n)
-    return both_right / n - 1.0, lo - 1.0, hi - 1.0
-  drop, lo, hi = paired_drop_interval(both_right, lost, gained, both_wrong)
-  return 0.0 - drop, 0.0 - hi, 0.0 - lo
-
 
 def _measured(c: Candidate, value: float, num_images: Optional[int],
               pair: Optional[Sequence[int]] = None, unpruned: bool = False,
