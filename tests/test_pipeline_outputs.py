@@ -192,3 +192,39 @@ def test_a_library_run_labels_its_data_by_the_weights_class_names(monkeypatch, t
       pipeline.run_pipeline(cfg, None, pipeline.PipelineSpec(), str(tmp_path / "out"),
                             weights_source=source)
     assert got.pop() == ("digits", names, 10)
+
+
+def test_the_verify_stages_change_is_paired_and_zero_for_the_unpruned_graph():
+  """pipeline.paired_change from the per-image margins: pruned minus unpruned with the paired
+  interval; [0, 0] when the chosen graph is the unpruned one (identical); for agreement never
+  above 0; holdout_summary judges a drop by it."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vitprune import estimate as estimate_lib, intervals, pipeline  # pylint: disable=g-import-not-at-top
+
+  def result(ref_right, got_right):
+    n = len(ref_right)
+    margins = np.array([[1.0 if r else -1.0 for r in ref_right],
+                        [1.0 if r else -1.0 for r in got_right]])
+    agree = sum(a == b for a, b in zip(ref_right, got_right))   # (2 classes: right == agree)
+    return estimate_lib.EvalResult(
+        reference=estimate_lib.PointResult(n, sum(ref_right), n, 0.0),
+        points=(estimate_lib.PointResult(n, sum(got_right), agree, 0.0),), batch_size=n,
+        num_devices=1, margins=margins)
+
+  ref = [True] * 36 + [False] * 4
+  got = [True] * 34 + [False, False] + [True] + [False] * 3      # 2 lost, 1 gained
+  change = pipeline.paired_change(result(ref, got), "accuracy")
+  assert change["value"] == pytest.approx(-1 / 40)
+  assert (change["images_lost"], change["images_gained"]) == (2, 1)
+  assert change["interval_95"] == pytest.approx(
+      intervals.change_interval((34, 2, 1, 3), "accuracy")[1:])
+  same = pipeline.paired_change(result(ref, ref), "accuracy", identical=True)
+  assert same["value"] == 0.0 and same["interval_95"] == [0.0, 0.0]
+  assert pipeline.paired_change(result(ref, ref), "accuracy")["interval_95"][0] < 0  # not same
+  held = pipeline.holdout_summary(result(ref, ref), "accuracy", 0.5, max_drop=0.01,
+                                  identical=True)
+  assert held["floor"] == pytest.approx(0.9 - 0.01) and held["floor_status"] == "meets"
+  held = pipeline.holdout_summary(result(ref, got), "accuracy", 0.5, max_drop=0.01)
+  assert held["floor_status"] == "straddles" and not held["floor_met"]
+  agree = pipeline.paired_change(result([True] * 40, [True] * 37 + [False] * 3), "agreement")
+  assert agree["value"] == pytest.approx(-3 / 40) and agree["interval_95"][1] <= 0.0

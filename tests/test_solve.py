@@ -2090,12 +2090,16 @@ def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):
                      r"each schedule with the unpruned graph image by image: the evaluator must "
                      r"take evaluate\(counts_list, paired=True\)"):
     _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True, evaluate=plain)
-  # Only schedules judged by the paired interval are listed as straddling a confident drop.
-  sol = _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True,
-               evaluate=_paired_evaluator(predicted))
+  # Only schedules judged by the paired interval are listed as straddling a confident drop: the
+  # whole frontier measured first (without pairs) leaves some judged by Wilson alone.
+  sol = _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True, measure_all=True,
+               evaluate=_paired_evaluator(predicted), num_images=NUM_EXAMPLES)
   by_name = {c.schedule: c for c in sol.checked}
-  assert all(by_name[name].measured_change_low is not None
-             for name in sol.settings["floor_straddles"])
+  assert sol.settings["floor_straddles"] and all(
+      by_name[name].measured_change_low is not None for name in sol.settings["floor_straddles"])
+  unpaired = [c.schedule for c in sol.checked if c.measured_change_low is None and
+              solve_stage.floor_status(c, sol.settings["accuracy_floor"]) == "straddles"]
+  assert unpaired and not set(unpaired) & set(sol.settings["floor_straddles"])
 
 
 def _pair_of(value, unpruned=0.9, discordant=400):

@@ -715,7 +715,7 @@ def summary_lines(sol: Solution) -> List[str]:
   if refined:
     lines.append(describe_refinement(refined))
   if sol.settings.get("floor_straddles"):
-    lines.append(f"interval straddles the floor {sol.settings.get('accuracy_floor')} for: "
+    lines.append(f"interval straddles the floor {sol.settings['accuracy_floor']:.6g} for: "
                  + ", ".join(sol.settings["floor_straddles"]))
   if full is not None:
     lines.append(f"unpruned: predicted {1e3 * full.predicted_latency_s:.4g} ms, {m} "
