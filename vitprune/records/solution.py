@@ -715,7 +715,9 @@ def summary_lines(sol: Solution) -> List[str]:
   if refined:
     lines.append(describe_refinement(refined))
   if sol.settings.get("floor_straddles"):
-    lines.append(f"interval straddles the floor {sol.settings['accuracy_floor']:.6g} for: "
+    paired = sol.settings.get("floor_confidence") and drop is not None
+    lines.append(f"{'paired ' if paired else ''}interval straddles the floor "
+                 f"{sol.settings['accuracy_floor']:.6g} for: "
                  + ", ".join(sol.settings["floor_straddles"]))
   if full is not None:
     lines.append(f"unpruned: predicted {1e3 * full.predicted_latency_s:.4g} ms, {m} "
