@@ -2102,12 +2102,13 @@ def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):
   assert unpaired and not set(unpaired) & set(sol.settings["floor_straddles"])
   # The frontier plot draws the interval the floor was judged by (paired here), PNG bytes.
   from vitprune import solve_plot  # pylint: disable=g-import-not-at-top
+  from vitprune.records.solution import measured_interval  # pylint: disable=g-import-not-at-top
   ch, base = sol.chosen, sol.full.predicted_accuracy
-  assert solve_plot._interval(sol, ch) == (base + ch.measured_change_low,
-                                           base + ch.measured_change_high)
-  assert solve_plot._interval(dataclasses.replace(sol, settings=dict(
-      sol.settings, floor_confidence=False)), ch) == (ch.measured_accuracy_low,
-                                                      ch.measured_accuracy_high)
+  assert measured_interval(ch, sol) == (base + ch.measured_change_low,
+                                        base + ch.measured_change_high)
+  assert measured_interval(ch, dataclasses.replace(sol, settings=dict(
+      sol.settings, floor_confidence=False))) == (ch.measured_accuracy_low,
+                                                  ch.measured_accuracy_high)
   assert solve_plot.plot_frontier(sol)[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from vitprune import figure
-from vitprune.records.solution import Solution
+from vitprune.records.solution import Solution, measured_interval
 
 
 def _png(fig) -> bytes:
@@ -36,17 +36,6 @@ def plot_paper(sol: Solution) -> bytes:
   return _png(fig)
 
 
-def _interval(sol: Solution, c) -> tuple:
-  """`c`'s 95 % interval of its measured metric: with a drop met with confidence (and `c`
-  measured against the unpruned graph) the unpruned metric plus the paired interval of the
-  change, else the Wilson interval."""
-  if (sol.settings.get("floor_confidence") and sol.settings.get("max_accuracy_drop") is not None
-      and c.measured_change_low is not None and sol.full is not None):
-    base = sol.full.predicted_accuracy
-    return base + c.measured_change_low, base + c.measured_change_high
-  return c.measured_accuracy_low, c.measured_accuracy_high
-
-
 def plot_frontier(sol: Solution) -> bytes:
   """PNG: predicted latency (ms) vs predicted accuracy of the frontier; measured accuracy of the
   schedules checked on the data; chosen and unpruned marked."""
@@ -59,7 +48,8 @@ def plot_frontier(sol: Solution) -> bytes:
     ax.plot([1e3 * p.predicted_latency_s for p in measured],
             [p.measured_accuracy for p in measured], "x", color="C2",
             label=f"checked on the data (predicted latency, measured {sol.metric})")
-    ci = [(p, *_interval(sol, p)) for p in measured if p.measured_accuracy_low is not None]
+    ci = [(p, *measured_interval(p, sol)) for p in measured
+          if p.measured_accuracy_low is not None]
     if ci:       # (the interval the floor is judged by: a confident drop's is paired)
       ax.errorbar([1e3 * p.predicted_latency_s for p, _, _ in ci],
                   [p.measured_accuracy for p, _, _ in ci],

@@ -45,7 +45,7 @@ from vitprune.profile import steps as steps_lib
 from vitprune.records.estimate import Estimate, EstimateError
 from vitprune.intervals import change_interval, wilson_interval
 from vitprune.records.solution import (Candidate, EstimateRef, ProfileRef, Solution,
-                                       meets_measured_floor)
+                                       measured_interval, meets_measured_floor)
 
 # Measures schedules on the data: a list of counts -> their metric values, same order. A floor
 # met with confidence also calls it with paired=True -> (values, per schedule the images it and
@@ -716,40 +716,24 @@ def _with_change(c: Candidate, value: float, num_images: Optional[int], pair: Se
   return dataclasses.replace(c, measured_change_low=lo, measured_change_high=hi)
 
 
-def floor_status(c: Candidate, floor: float, unpruned: Optional[float] = None
+def floor_status(c: Candidate, floor: float, solution: Optional[Solution] = None
                  ) -> Optional[str]:
   """'meets' / 'fails' when the measured value and its whole interval are on one side of the
-  floor, 'straddles' when the interval contains it (None: not measured). Given the `unpruned`
-  graph's measured metric on the same images and `c`'s paired interval of its change against
-  it, that interval (unpruned + change) is the one judged: a floor set below the unpruned graph
-  (`max_accuracy_drop`) is a bound on the change."""
-  if c.measured_accuracy is None:
-    return None
-  if unpruned is not None and c.measured_change_low is not None:
-    return interval_status(unpruned + c.measured_change_low, unpruned + c.measured_change_high,
-                           floor)
-  lo = c.measured_accuracy if c.measured_accuracy_low is None else c.measured_accuracy_low
-  hi = c.measured_accuracy if c.measured_accuracy_high is None else c.measured_accuracy_high
-  return interval_status(lo, hi, floor)
+  floor, 'straddles' when the interval contains it (None: not measured); the interval is the
+  one `solution`'s floor judges (`measured_interval`: a confident drop's is paired)."""
+  interval = measured_interval(c, solution)
+  return None if interval is None else interval_status(*interval, floor)
 
 
 def _straddling(solution: Solution, checked: Sequence[Candidate], floor: float) -> List[str]:
   """The schedules of `checked` whose 95 % interval contains the floor (`floor_status`); with a
   drop met with confidence only those measured against the unpruned graph image by image,
   judged by their paired interval as the choice was."""
-  relative = _relative_to(solution)
-  paired_only = relative is not None and solution.settings.get("floor_confidence")
+  paired_only = (solution.settings.get("floor_confidence") and
+                 solution.settings.get("max_accuracy_drop") is not None)
   return sorted({c.schedule for c in checked
                  if (not paired_only or c.measured_change_low is not None)
-                 and floor_status(c, floor, relative) == "straddles"})
-
-
-def _relative_to(solution: Solution) -> Optional[float]:
-  """The unpruned graph's measured metric when the floor is relative to it (a drop), else
-  None: `floor_status` then judges paired intervals of the change."""
-  if solution.settings.get("max_accuracy_drop") is None or solution.full is None:
-    return None
-  return solution.full.predicted_accuracy      # (the estimate's measurement)
+                 and floor_status(c, floor, solution) == "straddles"})
 
 
 def interval_status(low: float, high: float, floor: float) -> str:
@@ -1036,7 +1020,7 @@ def _check_floor_met(best: Candidate, checked: Sequence[Candidate], floor: float
   'accuracy_floor_measured' with exit 0 and no word that the floor was missed. With
   `settings.floor_confidence` the floor is met only by a whole 95 % interval
   (`meets_measured_floor`)."""
-  if meets_measured_floor(best, dict(solution.settings, accuracy_floor=floor)):
+  if meets_measured_floor(best, solution.settings):      # (`floor` is the settings' floor)
     return
   if solution.settings.get("floor_confidence"):
     lo, hi = best.measured_accuracy_low, best.measured_accuracy_high

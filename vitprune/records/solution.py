@@ -374,6 +374,24 @@ def meets_measured_floor(c: Candidate, settings: Dict[str, Any]) -> bool:
   return c.measured_accuracy_low is not None and bool(meets_floor(c.measured_accuracy_low, floor))
 
 
+def measured_interval(c: Candidate, sol: Optional["Solution"] = None
+                      ) -> Optional[Tuple[float, float]]:
+  """The 95 % interval of `c`'s measured metric that `sol`'s floor judges (None: not
+  measured): for a drop met with confidence (`settings.max_accuracy_drop`,
+  `settings.floor_confidence`) and `c` measured against the unpruned graph, the unpruned metric
+  (the estimate's) plus the paired interval of the change; else the Wilson interval, or the
+  measured value itself where none was recorded."""
+  if c.measured_accuracy is None:
+    return None
+  if (sol is not None and sol.settings.get("floor_confidence") and sol.full is not None
+      and sol.settings.get("max_accuracy_drop") is not None and c.measured_change_low is not None):
+    base = sol.full.predicted_accuracy
+    return base + c.measured_change_low, base + c.measured_change_high
+  lo = c.measured_accuracy if c.measured_accuracy_low is None else c.measured_accuracy_low
+  hi = c.measured_accuracy if c.measured_accuracy_high is None else c.measured_accuracy_high
+  return lo, hi
+
+
 _MEASURED = ("measured_latency_s", "measured_accuracy", "measured_accuracy_low",
              "measured_accuracy_high", "num_images", "measured_change_low",
              "measured_change_high")
