@@ -410,7 +410,7 @@ def refinement(model: solve.CostModel, evaluate, rounds: int, floors: Sequence[f
       own = None
     row = {"floor": floor, "uncorrected_choice": own}
     for name, pool in (("before", [p.counts for p in base]), ("after", list(ref.measured))):
-      ok = [c for c in pool if ref.measured[c] >= floor]
+      ok = [c for c in pool if solve.meets_floor(ref.measured[c], floor)]
       best = min(ok, key=cost) if ok else None
       row[name] = (None if best is None else
                    {"counts": list(best), "flop": cost(best), "measured": ref.measured[best]})

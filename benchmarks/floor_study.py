@@ -40,7 +40,7 @@ from experiments import common
 from experiments import profile as profile_cli
 from vitprune import atomic
 from vitprune import pipeline
-from vitprune import solve_stage
+from vitprune import solve, solve_stage
 from vitprune.profile import latency_model
 from vitprune.records.solution import meets_measured_floor, read_solution
 from vitprune.reduce.methods import make_reducer
@@ -108,7 +108,7 @@ def run_seed(seed: int, floor: float, method: str, job_flags: Sequence[str], out
                              if loop_s is not None else None)}
   return {"seed": seed, "schedule": summary["schedule"], "counts": list(chosen),
           "basis": summary["basis"], "metric": metric, "floor": floor,
-          "measured_accuracy": measured, "meets_floor": measured >= floor,
+          "measured_accuracy": measured, "meets_floor": bool(solve.meets_floor(measured, floor)),
           "predicted_accuracy": summary["predicted"][metric],
           "unpruned_accuracy": summary["unpruned"][metric], "speedup": summary["speedup"],
           "checked": len(solution.checked), "meeting_floor": len(meeting), "retime": retime,

@@ -46,7 +46,7 @@ from experiments import common
 from vitprune import atomic
 from vitprune import jsonio
 from vitprune import memory
-from vitprune import solve_stage
+from vitprune import solve, solve_stage
 from vitprune import estimate as estimate_lib
 from vitprune.model import init_params
 from vitprune.pipeline import one_block_counts
@@ -266,7 +266,7 @@ def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
                  "measured_accuracy_low": ch.measured_accuracy_low,
                  "measured_latency_s": ch.measured_latency_s,
                  "predicted_latency_s": ch.predicted_latency_s,
-                 "meets_floor": bool(ch.measured_accuracy >= floor),
+                 "meets_floor": bool(solve.meets_floor(ch.measured_accuracy, floor)),
                  "floor_straddles": loop.settings.get("floor_straddles", [])}}
 
 
