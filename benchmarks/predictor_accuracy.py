@@ -20,8 +20,6 @@ method's per-layer sensitivity is estimated, the multi-layer frontier solved wit
 model, and its schedules measured (latency and accuracy): latency error on the frontier, and the
 accuracy error (points) of the combination model vs measured; the floor choice is checked in the
 loop (`solve_stage.check_in_loop`) and its measured accuracy compared with --accuracy_floor.
-"corrected": the combination model after the drop correction fitted on the schedules the floor
-check measured (`solve_stage.fit_drop_scale`), scored on frontier schedules it did not measure.
 Calibration time is reported as a share of the profile time (the block-table profile; both after
 one warm-up compile, so neither carries the process's start-up; the profile, measured after the
 first calibration, loads the 3 whole-model graphs of its predictor check from the compile cache
@@ -231,12 +229,6 @@ def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
                           seed)
   anchored, ratio = _anchored(lm, [c.counts for c in fr], full_s)
   acc_err = [100 * (c.predicted_accuracy - a) for c, a in zip(fr, acc)]
-  # The drop correction fitted on the schedules the floor check measured, scored on the frontier
-  # schedules it did not measure (held out from the fit).
-  fitted = {c.counts for c in sol.checked}
-  held = [(c, a) for c, a in zip(fr, acc) if c.counts not in fitted]
-  corr_err = ([100 * (solve_stage.corrected_accuracy(sol, c) - a) for c, a in held]
-              if sol.settings.get("accuracy_correction") else [])   # (none fitted: no row)
 
   def time_schedules(counts_list):
     return _measure(cfg, params, method, batch, list(counts_list), tcfg, threads, seed)[0]
@@ -253,11 +245,6 @@ def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
       "accuracy_error_points": {"mean": float(np.mean(np.abs(acc_err))),
                                 "max": float(np.max(np.abs(acc_err))),
                                 "mean_signed": float(np.mean(acc_err))},
-      "accuracy_correction": sol.settings.get("accuracy_correction"),
-      "accuracy_error_points_corrected": (
-          {"mean": float(np.mean(np.abs(corr_err))), "max": float(np.max(np.abs(corr_err))),
-           "mean_signed": float(np.mean(corr_err)), "count": len(corr_err)}
-          if corr_err else None),
       "schedules": [{"counts": list(c.counts), "predicted_accuracy": c.predicted_accuracy,
                      "measured_accuracy": a, "predicted_s": c.predicted_latency_s,
                      "measured_s": m} for c, a, m in zip(fr, acc, meas)]},
@@ -394,15 +381,6 @@ def check_draws(cfg, methods: Sequence[str], num: int, num_cal: int, *, quick: b
                        f"({cfg.name}, {method})") from None
 
 
-def _corrected(fr) -> str:
-  c = fr.get("accuracy_error_points_corrected")
-  k = fr.get("accuracy_correction")
-  if not c or not k:
-    return "- | "
-  return (f"{c['mean']:.2f} / {c['max']:.2f} (x{k['drop_scale']:.2f}, {c['count']} "
-          f"schedules) | ")
-
-
 def _anchored_cell(heldout) -> str:
   a = heldout.get("anchored")       # absent in JSON written before this column
   if not a:
@@ -426,9 +404,9 @@ def table(rows) -> str:
           "anchored on the full graph re-timed (speed ratio) | "
           "same, calibrated and measured interleaved | "
           "block sum \\|err\\| median / p90 / within 10% | frontier calibrated median / p90 | "
-          "accuracy \\|err\\| mean / max (points) | corrected (held-out) | "
+          "accuracy \\|err\\| mean / max (points) | "
           "choice meets floor (measured) | calibration / profile time |")
-  lines = [head, "|" + "---|" * 13]
+  lines = [head, "|" + "---|" * 12]
 
   def e(d):
     return f"{100 * d['median']:.1f}% / {100 * d['p90']:.1f}% / {100 * d['within10']:.0f}%"
@@ -445,7 +423,6 @@ def table(rows) -> str:
            f"{100 * fr['latency']['calibrated']['p90']:.1f}% | "
            f"{fr['accuracy_error_points']['mean']:.2f} / "
            f"{fr['accuracy_error_points']['max']:.2f} | " if fr else "- | - | ")
-        + (_corrected(fr) if fr else "- | ")
         + (_choice_cell(ch) if ch else "- | ")
         + (f"{r['calibration_s']:.1f}s / {r['profile_s']:.1f}s "
            f"({100 * r['calibration_share']:.0f}%) |" if "profile_s" in r else

@@ -311,8 +311,7 @@ def test_predictor_accuracy_quick(tmp_path, capsys, monkeypatch):
 
 
 def test_predictor_accuracy_table_says_a_missed_floor_with_the_right_sign():
-  """'NO (0.9333 >= 0.95)': a missed floor was printed with '>='; a run that fitted no
-  correction wrote its raw errors as the corrected ones."""
+  """'NO (0.9333 >= 0.95)': a missed floor was printed with '>='."""
   from benchmarks import predictor_accuracy  # pylint: disable=g-import-not-at-top
   err = {"median": 0.1, "p90": 0.2, "within10": 0.5}
   row = {"model": "vit_digits", "batch_size": 1, "method": "pomt", "num_heldout": 3,

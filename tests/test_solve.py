@@ -1136,20 +1136,18 @@ def test_multilayer_floor_checked_on_measurements(tmp_path):
   from vitprune.records.solution import Solution, summary_lines
   assert Solution.from_json(doc) == sol
   assert any("rests on measured numbers" in line for line in summary_lines(sol))
-  # The measured multi-layer schedules correct the combination model (the evaluator's 0.03 is
-  # a larger drop than predicted: k > 1), and the summary says by how much.
+  # The model's error on the measured multi-layer schedules (the evaluator's 0.03 more than
+  # predicted: optimistic by 3 points, single reductions left out), and the summary says it.
   multi = [c for c in measured if sum(a > b for a, b in zip(c.counts, c.counts[1:])) > 1]
-  assert ("accuracy_correction" in sol.settings) == (len(multi) >= 3)   # fitted from 3 up
-  full = sol.full.predicted_accuracy
-  corr = solve_stage.fit_drop_scale(full, measured, min_schedules=1)
-  assert corr["num_schedules"] == len(multi) and corr["drop_scale"] > 1
-  assert corr["error_points_after"] < corr["error_points_before"] == pytest.approx(3.0)
-  sol = dataclasses.replace(sol, settings=dict(sol.settings, accuracy_correction=corr))
-  assert any("measured multi-layer schedules: drops x" in line for line in summary_lines(sol))
-  for c in multi:
-    assert solve_stage.corrected_accuracy(sol, c) == pytest.approx(
-        full - corr["drop_scale"] * (full - c.predicted_accuracy))
-  assert solve_stage.corrected_accuracy(predicted, multi[0]) == multi[0].predicted_accuracy
+  assert multi and len(multi) < len(measured)         # single reductions measured too
+  err = sol.settings["checked_accuracy_error"]
+  assert err["num_schedules"] == len(multi)
+  assert err["mean_signed_points"] == pytest.approx(3.0, abs=0.2)
+  assert err["max_abs_points"] >= err["mean_abs_points"] == pytest.approx(3.0, abs=0.2)
+  assert "accuracy_correction" not in sol.settings       # the old in-sample scale: gone
+  line, = [s for s in summary_lines(sol) if "measured multi-layer schedules" in s]
+  assert f"the {len(multi)} measured multi-layer schedules, predicted before measuring" in line
+  assert f"mean signed {err['mean_signed_points']:+.2f}; predicted - measured" in line
 
 
 def test_measure_frontier_measures_every_schedule_once_and_the_choice_uses_it(tmp_path):
@@ -1486,23 +1484,20 @@ def _cand(counts, predicted, measured=None):
                                predicted_accuracy=predicted, measured_accuracy=measured)
 
 
-def test_fit_drop_scale_recovers_the_scale_and_ignores_single_reductions():
+def test_checked_model_error_scores_measured_multi_layer_schedules_only():
   full = 0.9
   multi = [_cand((17, 9, 5, 5), full - d, full - 1.5 * d) for d in (0.01, 0.02, 0.04)]
   single = _cand((17, 9, 9, 9), 0.85, 0.5)          # one reduction: says nothing of combining
   unmeasured = _cand((17, 13, 5, 5), 0.8)
-  corr = solve_stage.fit_drop_scale(full, multi + [single, unmeasured])
-  assert corr["drop_scale"] == pytest.approx(1.5) and corr["num_schedules"] == 3
-  assert corr["error_points_after"] == pytest.approx(0.0, abs=1e-9)
-  assert corr["error_points_before"] == pytest.approx(100 * 0.5 * np.mean([0.01, 0.02, 0.04]))
-  assert solve_stage.fit_drop_scale(full, [single, unmeasured]) is None
-  assert solve_stage.fit_drop_scale(full, multi[:2]) is None          # too few to fit
-  assert solve_stage.fit_drop_scale(full, multi[:2], min_schedules=2)["num_schedules"] == 2
-  assert solve_stage.fit_drop_scale(full, [_cand((17, 9, 5, 5), full, full)] * 3) is None
+  err = solve_stage._checked_model_error({}, multi + [single, unmeasured])
+  assert err["num_schedules"] == 3
+  assert err["mean_signed_points"] == pytest.approx(100 * 0.5 * np.mean([0.01, 0.02, 0.04]))
+  assert err["max_abs_points"] == pytest.approx(2.0)
+  assert solve_stage._checked_model_error({}, [single, unmeasured]) is None
+  assert solve_stage._checked_model_error({}, multi[:1])["num_schedules"] == 1
+  # A refined solution's predictions were fitted to its measurements: no in-sample figure.
+  assert solve_stage._checked_model_error({"accuracy_refinement": {}}, multi) is None
 
-
-# ------------------------------------------------------------------------------------------------
-# Measured correction of the combined accuracy model (refine_accuracy).
 
 def _hidden_delta(model, per_token):
   """A correction the truth hides: each layer charges `per_token[l]` per token removed."""
@@ -1646,7 +1641,7 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
     assert p.predicted_accuracy == pytest.approx(solve.predict_schedule(
         solve.with_drop_correction(model, solve.fit_drop_correction(model, {
             c.counts: c.measured_accuracy for c in sol.checked})[0]), p.counts)[1], abs=1e-9)
-  assert "accuracy_correction" not in sol.settings     # a scale of fitted predictions: omitted
+  assert "checked_accuracy_error" not in sol.settings   # errors of fitted predictions: omitted
   from vitprune.records.solution import Solution, summary_lines
   assert Solution.from_json(sol.to_json()) == sol
   assert any("accuracy model corrected from measurements" in line and "converged" in line

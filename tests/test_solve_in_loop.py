@@ -233,7 +233,7 @@ def test_outputs_are_checked_before_the_in_loop_work(inputs, monkeypatch):
 def test_measured_numbers_are_the_solutions_metric(inputs):
   """`--metric=agreement --weights`: every schedule measured in the loop was recorded with its
   top-1 accuracy as 'measured agreement' (the unpruned one at 0.9749, not 1.0), and the floor
-  check and the drop correction ran on those."""
+  check and the model's error on them were computed from those."""
   root, weights, es, ps = inputs
   from vitprune.records.estimate import read_estimate  # pylint: disable=g-import-not-at-top
   est = read_estimate(es)

@@ -797,32 +797,6 @@ def _num_images(estimate: Optional[Estimate], num_images: Optional[int]) -> Opti
   return int(n) if n is not None else None
 
 
-def fit_drop_scale(full_accuracy: float, checked: Sequence[Candidate], min_schedules: int = 3
-                   ) -> Optional[Dict[str, Any]]:
-  """Corrects the combined accuracy model from measurements: the least-squares scale k of
-  measured drop ~= k * predicted drop (drops from `full_accuracy`) over the `checked` schedules
-  that reduce in more than one block and were measured (single reductions are reproduced
-  exactly by the model and say nothing about how reductions combine). k > 1: the combination
-  model is optimistic. None with fewer than `min_schedules` such schedules or when none
-  predicts a drop. A diagnostic, not used for the choice: on vit_digits the combination errors
-  have both signs, and one scale fitted near the floor does not carry over to the whole frontier
-  (README, predictor accuracy).
-
-  Returns {"drop_scale", "num_schedules", "error_points_before", "error_points_after"} (mean
-  |predicted - measured| in points over those schedules, in-sample)."""
-  pairs = [(full_accuracy - c.predicted_accuracy, full_accuracy - c.measured_accuracy)
-           for c in checked if c.measured_accuracy is not None and
-           solve.is_multi_reduction(c.counts)]
-  pred = np.array([p for p, _ in pairs])
-  meas = np.array([m for _, m in pairs])
-  if pred.size < max(1, min_schedules) or not np.any(pred > 0):
-    return None
-  k = float(np.dot(pred, meas) / np.dot(pred, pred))
-  return {"drop_scale": k, "num_schedules": int(pred.size),
-          "error_points_before": float(100 * np.mean(np.abs(pred - meas))),
-          "error_points_after": float(100 * np.mean(np.abs(k * pred - meas)))}
-
-
 def _error_points(pairs: Sequence[Tuple[float, float]]) -> Dict[str, Any]:
   """(predicted, measured) pairs -> {"num_schedules", "mean_abs_points", "max_abs_points",
   "mean_signed_points"} (predicted - measured, in points; zeros for no pair)."""
@@ -975,17 +949,6 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
                              checked=checked, basis="measured", settings=st), ref.model
 
 
-def corrected_accuracy(solution: Solution, candidate: Candidate) -> float:
-  """`candidate`'s predicted accuracy with the solution's measured drop correction
-  (`settings["accuracy_correction"]`, `fit_drop_scale`) applied; the raw prediction when the
-  solution has none. Still a prediction."""
-  corr = solution.settings.get("accuracy_correction")
-  if not corr or solution.full is None:
-    return candidate.predicted_accuracy
-  full = solution.full.predicted_accuracy
-  return full - corr["drop_scale"] * (full - candidate.predicted_accuracy)
-
-
 def _candidate_pool(solution: Solution, known: Dict[Tuple[int, ...], Candidate]
                     ) -> Dict[Tuple[int, ...], Candidate]:
   """What a floor check may choose from: every frontier schedule (as measured, where `known`
@@ -998,13 +961,18 @@ def _candidate_pool(solution: Solution, known: Dict[Tuple[int, ...], Candidate]
   return pool
 
 
-def _drop_scale(solution: Solution, settings: Dict[str, Any], checked: Sequence[Candidate]
-                ) -> Optional[Dict[str, Any]]:
-  """`fit_drop_scale` over `checked`, or None where it says nothing: no unpruned schedule, or a
-  refined solution (its predictions were fitted to these measurements)."""
-  if solution.full is None or "accuracy_refinement" in settings:
+def _checked_model_error(settings: Dict[str, Any], checked: Sequence[Candidate]
+                         ) -> Optional[Dict[str, Any]]:
+  """The combined accuracy model's error (`_error_points`, predicted - measured, points) on the
+  measured schedules of `checked` that reduce in more than one block (a single reduction is a
+  point of the sensitivity table, reproduced exactly), each predicted before it was measured;
+  None without one, or for a refined solution (its predictions were fitted to these
+  measurements: `settings["accuracy_refinement"]` reports their error before measuring)."""
+  if "accuracy_refinement" in settings:
     return None
-  return fit_drop_scale(solution.full.predicted_accuracy, checked)
+  pairs = [(c.predicted_accuracy, c.measured_accuracy) for c in checked
+           if c.measured_accuracy is not None and solve.is_multi_reduction(c.counts)]
+  return _error_points(pairs) if pairs else None
 
 
 class FloorNotMetError(ValueError):
@@ -1121,9 +1089,9 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   _check_floor_met(best, checked, floor, images, solution, eligible)
   settings = dict(solution.settings, singles_meeting_floor=len(singles), num_images=images,
                   floor_straddles=_straddling(solution, checked, floor))
-  correction = _drop_scale(solution, settings, checked)
-  if correction:
-    settings["accuracy_correction"] = correction
+  error = _checked_model_error(settings, checked)
+  if error:
+    settings["checked_accuracy_error"] = error
   checked.sort(key=lambda p: p.predicted_latency_s)
   return dataclasses.replace(solution, chosen=best, checked=tuple(checked), basis="measured",
                              criterion="accuracy_floor_measured", settings=settings)
@@ -1260,12 +1228,13 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
 def _timed_choice(solution: Solution, best: Candidate, checked: Tuple[Candidate, ...],
                   criterion: str, **settings: Any) -> Solution:
   """`solution` choosing `best` on measured latency and accuracy (the in-loop checks): every
-  schedule `checked`, `settings` added, latency basis "measured", the drop correction refitted."""
+  schedule `checked`, `settings` added, latency basis "measured", the model's error on the
+  measured multi-layer schedules (`_checked_model_error`) recomputed."""
   settings = dict(solution.settings, **settings, latency_basis="measured")
   settings.pop("latency_untrusted", None)  # about a predicted latency: the choice is measured now
-  correction = _drop_scale(solution, settings, checked)
-  if correction:
-    settings["accuracy_correction"] = correction
+  error = _checked_model_error(settings, checked)
+  if error:
+    settings["checked_accuracy_error"] = error
   return dataclasses.replace(solution, chosen=best, checked=checked, basis="measured",
                              criterion=criterion, settings=settings)
 

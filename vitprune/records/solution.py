@@ -53,9 +53,11 @@ also "anchored": `solve.anchored_accuracy`'s), "converged", "measured_schedules"
 "final_frontier" (the final frontier's error under the final model: in sample when converged)
 and, when the frontier was measured first, "uncorrected_frontier". Every predicted accuracy of
 such a solution is the final model's.
-settings["accuracy_correction"] (when measured multi-layer schedules exist): the least-squares
-scale of measured vs predicted accuracy drops (`solve_stage.fit_drop_scale`), k > 1 meaning the
-combination model is optimistic; `solve_stage.corrected_accuracy` applies it.
+settings["checked_accuracy_error"] (when measured multi-layer schedules exist, unrefined): the
+combined accuracy model's error on them, predicted before measuring ("num_schedules",
+"mean_abs_points", "max_abs_points", "mean_signed_points": predicted - measured, points). A
+solution written before this field may hold "accuracy_correction" (a least-squares scale of the
+drops, fitted in sample, that made predictions away from its schedules worse): it is not read.
 """
 from __future__ import annotations
 
@@ -720,12 +722,12 @@ def summary_lines(sol: Solution) -> List[str]:
   if ch.measured_latency_s is not None:
     lines.append(f"measured latency of the chosen compiled graph: "
                  f"{1e3 * ch.measured_latency_s:.4g} ms")
-  corr = sol.settings.get("accuracy_correction")
-  if corr:
-    lines.append(f"combined accuracy model vs {corr['num_schedules']} measured multi-layer "
-                 f"schedules: drops x{corr['drop_scale']:.2f} (mean |error| "
-                 f"{corr['error_points_before']:.2f} -> {corr['error_points_after']:.2f} points "
-                 f"after correction)")
+  err = sol.settings.get("checked_accuracy_error")
+  if err:
+    lines.append(f"combined accuracy model vs the {err['num_schedules']} measured multi-layer "
+                 f"schedules, predicted before measuring: errs by {err['mean_abs_points']:.2f} "
+                 f"points on average (max {err['max_abs_points']:.2f}, mean signed "
+                 f"{err['mean_signed_points']:+.2f}; predicted - measured)")
   err = sol.settings.get("frontier_accuracy_error")
   if err:
     lines.append(describe_frontier_error(err))
