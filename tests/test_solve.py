@@ -2085,6 +2085,14 @@ def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):
                      r"each schedule with the unpruned graph image by image: the evaluator must "
                      r"take evaluate\(counts_list, paired=True\)"):
     _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True, evaluate=plain)
+  # An evaluator whose unpruned graph measures otherwise than the estimate's (one image of
+  # 200 flipped by another batch size, say): the change and the floor would judge against two
+  # unpruned numbers, and a change clearing -0.2 could sit below the floor. Refused, named.
+  with pytest.raises(solve_stage.SolveInputError, match=r"the evaluator's unpruned graph gets "
+                     rf"{round(0.895 * NUM_EXAMPLES)} of {NUM_EXAMPLES} images right \(0\.8950\), "
+                     r"the estimate measured 0\.9000 on the same images"):
+    _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True,
+           evaluate=_paired_evaluator(predicted, unpruned=0.895), num_images=NUM_EXAMPLES)
   # Only schedules judged by the paired interval are listed as straddling a confident drop: the
   # whole frontier measured first (without pairs) leaves some judged by Wilson alone.
   sol = _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True, measure_all=True,

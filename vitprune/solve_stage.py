@@ -680,13 +680,13 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
 # Measurements: accuracy with its binomial uncertainty, latency of compiled graphs.
 
 def _measured(c: Candidate, value: float, num_images: Optional[int],
-              pair: Optional[Sequence[int]] = None, unpruned: bool = False,
+              pair: Optional[Sequence[int]] = None, full: Optional[Candidate] = None,
               metric: str = "accuracy") -> Candidate:
   """`c` with its measured metric and, given the number of images, its Wilson interval; with
-  `pair` (images both graphs get right, lost, gained, both wrong, against the unpruned graph)
-  also the interval of its change against it (`change_interval` for `metric`)."""
+  `pair` (images both graphs get right, lost, gained, both wrong, against the unpruned graph
+  `full`) also the interval of its change against it (`change_interval` for `metric`)."""
   if pair is not None:
-    c = _with_change(c, value, num_images, pair, unpruned, metric)
+    c = _with_change(c, value, num_images, pair, full, metric)
   value = float(value)
   if num_images is None or not 0.0 <= value <= 1.0:
     return dataclasses.replace(c, measured_accuracy=value)
@@ -703,7 +703,11 @@ def _measured(c: Candidate, value: float, num_images: Optional[int],
 
 
 def _with_change(c: Candidate, value: float, num_images: Optional[int], pair: Sequence[int],
-                 unpruned: bool, metric: str) -> Candidate:
+                 full: Optional[Candidate], metric: str) -> Candidate:
+  """`c` with the paired interval of its change against the unpruned graph `full`. The
+  evaluator's unpruned graph must measure what `full` says (the estimate's measurement, which
+  a drop's floor is relative to): else the change and the floor would judge against two
+  different unpruned numbers (SolveInputError)."""
   both_right, lost, gained, both_wrong = (int(v) for v in pair)
   n = both_right + lost + gained + both_wrong
   if num_images is not None and n != int(num_images):
@@ -712,7 +716,14 @@ def _with_change(c: Candidate, value: float, num_images: Optional[int], pair: Se
   if abs((both_right + gained) / n - float(value)) > 2.0 ** -20:
     raise ValueError(f"the evaluator measured {value!r} for {c.schedule} but its per-image "
                      f"comparison counts {both_right + gained} of {n} images right")
-  _, lo, hi = change_interval(pair, metric, identical=unpruned)
+  if full is not None and abs((both_right + lost) / n - _accuracy(full)) > 2.0 ** -20:
+    raise SolveInputError(
+        f"the evaluator's unpruned graph gets {both_right + lost} of {n} images right "
+        f"({(both_right + lost) / n:.4f}), the estimate measured {_accuracy(full):.4f} on the "
+        "same images: a floor met with confidence compares every schedule with one unpruned "
+        "measurement; measure the estimate with the evaluator's weights, dtype and batch size, "
+        "or leave out the floor confidence")
+  _, lo, hi = change_interval(pair, metric, identical=full is not None and c.counts == full.counts)
   return dataclasses.replace(c, measured_change_low=lo, measured_change_high=hi)
 
 
@@ -747,13 +758,14 @@ def interval_status(low: float, high: float, floor: float) -> str:
 
 
 def _measure(evaluate: Evaluator, candidates: Sequence[Candidate], num_images: Optional[int],
-             paired: bool = False, full_counts: Optional[Tuple[int, ...]] = None,
+             paired: bool = False, full: Optional[Candidate] = None,
              metric: str = "accuracy") -> List[Candidate]:
   """`candidates` with their metric measured by one `evaluate` call (Wilson interval for
   `num_images`), same order; other fields (e.g. a measured latency) are kept. `paired`: also
   the paired interval of each one's change against the unpruned graph (`evaluate(counts_list,
-  paired=True)` -> (values, [(both right, lost, gained, both wrong), ...]); `full_counts`: the
-  unpruned schedule's counts; `metric`: the one `evaluate` measures)."""
+  paired=True)` -> (values, [(both right, lost, gained, both wrong), ...]); `full`: the
+  unpruned schedule (its measured metric, which the evaluator's must equal); `metric`: the one
+  `evaluate` measures)."""
   if not candidates:
     return []
   if paired and not _takes_paired(evaluate):
@@ -765,7 +777,7 @@ def _measure(evaluate: Evaluator, candidates: Sequence[Candidate], num_images: O
                    (evaluate(counts), [None] * len(candidates)))
   if len(values) != len(candidates) or len(pairs) != len(candidates):
     raise ValueError(f"evaluate returned {len(values)} values for {len(candidates)} schedules")
-  return [_measured(c, v, num_images, pair, unpruned=c.counts == full_counts, metric=metric)
+  return [_measured(c, v, num_images, pair, full=full, metric=metric)
           for c, v, pair in zip(candidates, values, pairs)]
 
 
@@ -1033,7 +1045,7 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   interval for `num_images` evaluated images (default: the estimate's reference count);
   `settings['floor_straddles']` lists the checked schedules whose interval contains the floor.
   Returns the solution with `chosen` (its measured metric filled in), `checked` (the schedules
-  measured before and here, by predicted latency; the interval and correction diagnostics use
+  measured before and here, by predicted latency; the interval and model-error diagnostics use
   them all) and `basis="measured"`; criterion "accuracy_floor_measured". FloorNotMetError when
   nothing checked meets the floor, the unpruned schedule included.
   """
@@ -1076,7 +1088,7 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
     batch = candidates[start:start + chunk]
     got = {c.counts: c for c in _measure(evaluate, [p for p in batch
                                                     if _unmeasured(p, confident)], images,
-                                         paired=confident, full_counts=full.counts,
+                                         paired=confident, full=full,
                                          metric=metric)}
     done = [got.get(p.counts, p) for p in batch]
     checked += done
@@ -1136,12 +1148,12 @@ def _around(chosen: Candidate, pool: Sequence[Candidate], neighbours: int
 
 
 def _with_accuracy(evaluate: Evaluator, pool: Sequence[Candidate], images: Optional[int],
-                   paired: bool = False, full_counts: Optional[Tuple[int, ...]] = None,
+                   paired: bool = False, full: Optional[Candidate] = None,
                    metric: str = "accuracy") -> List[Candidate]:
   """`pool` with the metric measured (one `evaluate` call) where it is not yet (with `paired`:
   also the change against the unpruned graph, `_measure`), same order."""
   got = {c.counts: c for c in _measure(evaluate, [p for p in pool if _unmeasured(p, paired)],
-                                       images, paired, full_counts, metric)}
+                                       images, paired, full, metric)}
   return [got.get(p.counts, p) for p in pool]
 
 
@@ -1277,7 +1289,7 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   pool = _with_accuracy(evaluate, [known.get(p.counts, p)
                                    for p in _around(chosen, eligible, neighbours)], images,
                         paired=confident, metric=solution.metric,
-                        full_counts=None if solution.full is None else solution.full.counts)
+                        full=solution.full)
   for p in pool:
     known[p.counts] = p
   timed = [p for p in [chosen] + pool if meets_measured_floor(p, solution.settings)]
