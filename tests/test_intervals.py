@@ -45,9 +45,9 @@ def test_paired_drop_interval_matches_published_examples_and_covers():
   # ... but not degenerate where no image differs (the unpruned accuracy's own uncertainty).
   drop, lo, hi = intervals.paired_drop_interval(229, 0, 0, 10)
   assert drop == 0 and lo < -0.005 and hi > 0.005
-  with pytest.raises(ValueError, match="need image counts >= 0 and at least one image"):
+  with pytest.raises(ValueError, match="need 4 whole image counts >= 0"):
     intervals.paired_drop_interval(1, -1, 0, 0)
-  with pytest.raises(ValueError, match="need image counts >= 0 and at least one image"):
+  with pytest.raises(ValueError, match="need 4 whole image counts >= 0"):
     intervals.paired_drop_interval(0, 0, 0, 0)
   # Coverage: 2000 draws of 240 paired images whose true drop is 0.01 (unpruned right 0.97,
   # pruned 0.96, 2 % of the images differ); the 95 % interval holds 0.01 in at least 93 %.
@@ -76,6 +76,16 @@ def test_change_interval_by_metric():
     intervals.change_interval((50, 1, 1, 8), "accuracy", identical=True)
   with pytest.raises(ValueError, match="agreement with the unpruned graph counted 3 images"):
     intervals.change_interval((50, 1, 1, 2), "agreement")
+  # Counts are whole, >= 0, of at least one image, on every path; the metric is one of two.
+  assert intervals.change_interval((3.0, 0, 0, 1), "accuracy") == (
+      intervals.change_interval((3, 0, 0, 1), "accuracy"))
+  for bad in ((0, 0, 0, 0), (5, -1, 0, 0), (2.9, 0, 0, 1), (1, 2, 3), (float("nan"), 0, 0, 1)):
+    for metric in ("accuracy", "agreement"):
+      with pytest.raises(ValueError, match=r"need 4 whole image counts >= 0 \(both right, lost, "
+                         r"gained, both wrong\) and at least one image"):
+        intervals.change_interval(bad, metric)
+  with pytest.raises(ValueError, match="metric must be 'accuracy' or 'agreement', got 'kl'"):
+    intervals.change_interval((3, 1, 0, 0), "kl")
 
 
 def test_pair_counts_and_change_record():

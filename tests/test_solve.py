@@ -2027,6 +2027,30 @@ def _paired_evaluator(predicted, unpruned=0.9, discordant=400):
   return evaluate
 
 
+def test_unpruned_chosen_as_fastest_is_not_called_the_only_one_meeting_the_floor(tmp_path):
+  """The in-loop check may time the unpruned graph fastest while pruned schedules meet the
+  floor: the summary says so, not that no pruned schedule meets it."""
+  from vitprune.records.solution import pruned_meeting_floor
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  predicted = {p.counts: p.predicted_accuracy
+               for p in _multi(ps, es, max_accuracy_drop=0.05).frontier}
+  predicted.update(read_estimate(es).measured("accuracy"))
+  full = tuple([N] * (CFG.depth + 1))
+  evaluate = _paired_evaluator(predicted, discordant=0)
+  sol = _multi(ps, es, max_accuracy_drop=0.05, floor_confidence=True, evaluate=evaluate,
+               num_images=NUM_EXAMPLES)
+  timer = lambda counts_list: [1e-4 if tuple(c) == full else 2e-4 for c in counts_list]
+  loop = solve_stage.check_in_loop(sol, read_estimate(es), None, evaluate, timer,
+                                   neighbours=100, num_images=NUM_EXAMPLES)
+  assert loop.chosen.counts == full
+  meeting = pruned_meeting_floor(loop)
+  assert meeting and all(c.counts != full for c in meeting)
+  assert (f"floor met with 95% confidence by {len(meeting)} pruned schedules, but the unpruned "
+          "graph measured fastest: it is chosen") in summary_lines(loop)
+  assert not any("by no pruned schedule" in line for line in summary_lines(loop))
+
+
 def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):
   """floor_confidence: the measured value is not enough, the schedule's whole 95 % interval
   must clear the floor: with a drop the paired interval of its change against the unpruned
@@ -2064,6 +2088,18 @@ def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):
   with pytest.raises(SolutionError, match="settings.floor_confidence, but the chosen .*'s 95% "
                      r"interval does not clear the floor \(edited\?\)"):
     Solution.from_json(doc)
+  # Only a bool, and true only on a floor met on measurement: no writer makes anything else.
+  for edit in ({"floor_confidence": 1}, {"floor_confidence": "yes"}):
+    bad = sol.to_json()
+    bad["settings"].update(edit)
+    with pytest.raises(SolutionError, match=r"settings.floor_confidence .* must be a bool, true "
+                       r"only with settings.accuracy_floor and a floor met on measurement"):
+      Solution.from_json(bad)
+  bad = _multi(ps, es, max_accuracy_drop=0.2).to_json()      # predicted: nothing measured
+  bad["settings"]["floor_confidence"] = True
+  with pytest.raises(SolutionError, match=r"settings.floor_confidence True must be a bool, true "
+                     r"only with .*criterion 'accuracy_floor_measured'"):
+    Solution.from_json(bad)
   # An absolute floor: the Wilson interval (100 000 images: half-width ~0.003).
   sol = _multi(ps, es, accuracy_floor=0.7, floor_confidence=True,
                evaluate=_paired_evaluator(predicted), num_images=NUM_EXAMPLES)

@@ -25,6 +25,19 @@ def wilson_interval(p: float, n: int, z: float = 1.959963984540054) -> Tuple[flo
   return float(min(p, max(0.0, centre - half))), float(max(p, min(1.0, centre + half)))
 
 
+def _image_counts(pair: Sequence[Any]) -> Tuple[int, int, int, int]:
+  """(both right, lost, gained, both wrong) as ints: whole counts >= 0 of at least one image,
+  else ValueError naming them."""
+  vals = tuple(pair)
+  ok = len(vals) == 4 and all(isinstance(v, (int, np.integer)) or
+                              (isinstance(v, (float, np.floating)) and float(v).is_integer())
+                              for v in vals)
+  if not ok or min(vals) < 0 or sum(vals) < 1:
+    raise ValueError(f"need 4 whole image counts >= 0 (both right, lost, gained, both wrong) "
+                     f"and at least one image, got {list(vals)}")
+  return tuple(int(v) for v in vals)
+
+
 def paired_drop_interval(both_right: int, lost: int, gained: int, both_wrong: int,
                          z: float = 1.959963984540054) -> Tuple[float, float, float]:
   """The drop of a pruned graph against the unpruned one measured on the same images, with its
@@ -35,10 +48,8 @@ def paired_drop_interval(both_right: int, lost: int, gained: int, both_wrong: in
   published: (ad - bc - n/2) / sqrt(...) when ad - bc > n/2, 0 up to n/2), so it is far
   narrower than two unpaired intervals when the graphs mostly agree, yet not degenerate when
   few or no images differ (the unpruned graph's own uncertainty remains)."""
-  a, b, c, d = (int(v) for v in (both_right, lost, gained, both_wrong))
+  a, b, c, d = _image_counts((both_right, lost, gained, both_wrong))
   n = a + b + c + d
-  if min(a, b, c, d) < 0 or n < 1:
-    raise ValueError(f"need image counts >= 0 and at least one image, got {a}, {b}, {c}, {d}")
   p1, p2 = (a + b) / n, (a + c) / n          # unpruned, pruned
   l1, u1 = wilson_interval(p1, n, z)
   l2, u2 = wilson_interval(p2, n, z)
@@ -63,7 +74,9 @@ def change_interval(pair: Sequence[int], metric: str, identical: bool = False
   (`paired_drop_interval`). Agreement: the unpruned graph agrees with itself on every image, so
   the change is agreement - 1 exactly and its interval the Wilson interval of the agreement,
   minus 1. `identical`: the unpruned graph itself, change 0 with no uncertainty."""
-  both_right, lost, gained, both_wrong = (int(v) for v in pair)
+  if metric not in ("accuracy", "agreement"):
+    raise ValueError(f"metric must be 'accuracy' or 'agreement', got {metric!r}")
+  both_right, lost, gained, both_wrong = _image_counts(pair)
   n = both_right + lost + gained + both_wrong
   if identical:
     if lost or gained:

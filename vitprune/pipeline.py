@@ -56,7 +56,8 @@ from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import records, runner, timing
 from vitprune.records.estimate import Estimate, default_metric, write_estimate
 from vitprune.records.solution import (Solution, describe_frontier_error,
-                                       describe_refinement, write_solution)
+                                       describe_refinement, pruned_meeting_floor,
+                                       write_solution)
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import Schedule, embed_counts, full_schedule
 
@@ -426,10 +427,12 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           rule = f"{sol.metric} >= {floor:.6g} by its whole 95% interval"
           shown = (f" (95% interval {ch.measured_accuracy_low:.4f}.."
                    f"{ch.measured_accuracy_high:.4f})")
+      meeting = len(pruned_meeting_floor(sol))
       log(f"  measured {what}: " + (
-          f"no pruned schedule meets {rule}: keeping all tokens"
-          if ch.counts == sol.full.counts else
-          f"the fastest with {rule} measures {got:.4f}{shown}"))
+          f"the fastest with {rule} measures {got:.4f}{shown}" if ch.counts != sol.full.counts
+          else f"no pruned schedule meets {rule}: keeping all tokens" if not meeting else
+          f"{meeting} pruned schedules meet {rule}, but the unpruned graph measured fastest: "
+          "keeping all tokens"))
     if sol.settings.get("latency_untrusted"):
       log(f"  warning: the predicted latency is not to be trusted: "
           f"{sol.settings['latency_untrusted']}")

@@ -251,9 +251,11 @@ def _check_choice(sol: "Solution", where: str) -> None:
     jsonio.require(cond, where, msg, SolutionError)
   require(sol.criterion in CRITERIA, f"chosen.criterion {sol.criterion!r} not in {CRITERIA}")
   confident = sol.settings.get("floor_confidence")
-  require(confident in (None, False, True) and (not confident or sol.settings.get(
-      "accuracy_floor") is not None), f"settings.floor_confidence {confident!r} must be a bool, "
-          "true only with settings.accuracy_floor")
+  require((confident is None or isinstance(confident, bool)) and (not confident or (
+      sol.settings.get("accuracy_floor") is not None and
+      sol.criterion == "accuracy_floor_measured")), f"settings.floor_confidence {confident!r} "
+          "must be a bool, true only with settings.accuracy_floor and a floor met on "
+          "measurement (criterion 'accuracy_floor_measured')")
   for key in ("accuracy_floor", "latency_budget"):
     value = sol.settings.get(key)
     require(value is None or jsonio.is_num(value),
@@ -374,6 +376,15 @@ def meets_measured_floor(c: Candidate, settings: Dict[str, Any]) -> bool:
   if drop is not None:
     return c.measured_change_low is not None and bool(meets_floor(c.measured_change_low, -drop))
   return c.measured_accuracy_low is not None and bool(meets_floor(c.measured_accuracy_low, floor))
+
+
+def pruned_meeting_floor(sol: "Solution") -> List[Candidate]:
+  """The checked schedules other than the unpruned one that meet the floor on measurement
+  (`meets_measured_floor`): none when the unpruned graph is chosen because nothing pruned
+  meets it, some when it was chosen as the fastest measured graph that does."""
+  unpruned = None if sol.full is None else sol.full.counts
+  return [c for c in sol.checked
+          if c.counts != unpruned and meets_measured_floor(c, sol.settings)]
 
 
 def measured_interval(c: Candidate, sol: Optional["Solution"] = None
@@ -703,7 +714,10 @@ def summary_lines(sol: Solution) -> List[str]:
                  f"measured {m} {full.predicted_accuracy:.4f} minus the maximum drop {drop:g}")
   if sol.settings.get("floor_confidence") and full is not None:
     if ch.counts == full.counts:
-      lines.append("floor met with 95% confidence by no pruned schedule: the unpruned one is "
+      meeting = len(pruned_meeting_floor(sol))
+      lines.append(f"floor met with 95% confidence by {meeting} pruned schedules, but the "
+                   "unpruned graph measured fastest: it is chosen" if meeting else
+                   "floor met with 95% confidence by no pruned schedule: the unpruned one is "
                    "chosen")
     elif drop is not None and ch.measured_change_low is not None:
       lines.append(f"floor met with 95% confidence: the chosen schedule's change against the "
