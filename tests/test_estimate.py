@@ -457,7 +457,18 @@ def _mutate(d, fn):
     (lambda d: d["eval"].update(dtype=32), "eval.dtype must be a string, got 32"),
     (lambda d: d["eval"].update(dtype="float16"), r"eval.dtype must be one of \['float32', "
      r"'bfloat16'\], got 'float16'"),
-    (lambda d: d["data"].update(fingerprint=5), "data.fingerprint must be a string, got 5"),
+    (lambda d: d["data"].update(fingerprint=5), "data.fingerprint must be a 64-digit hex "
+     "string or null, got 5"),
+    (lambda d: d["data"].update(fingerprint="zz"), "data.fingerprint must be a 64-digit hex"),
+    (lambda d: d["data"].update(source=""), "data.source must be a non-empty string, got ''"),
+    (lambda d: d["data"].update(classes=["a", "a"]), "data.classes must be a list of distinct"),
+    (lambda d: d["data"].update(selection="all"), "data.selection must be an object, got .all."),
+    (lambda d: d["weights"].update(source=None), "weights.source must be a string, got None"),
+    (lambda d: d.update(seed=2 ** 40), r"seed must be in \[0, 2\*\*32\) as the command lines "
+     "take it, got 1099511627776"),
+    (lambda d: d.update(seed=-1), r"seed must be in \[0, 2\*\*32\)"),
+    (lambda d: d["reference"].update(schedule="keep@0:5"), "reference.schedule 'keep@0:5' is "
+     "not the unpruned schedule's"),
     (lambda d: d["points"][2].update(schedule="keep@0:9"), r"points\[2\]: schedule 'keep@0:9' "
      r"is counts \[17, 9, 9\], not the counts \[17, 5, 5\] recorded with it"),
     (lambda d: d["points"][2].update(schedule="pomt"), r"points\[2\]: schedule 'pomt': cannot "

@@ -259,9 +259,10 @@ def _cand(counts, lat, acc, measured=None):
 def _solution(frontier, chosen, checked=(), floor=0.9):
   cfg = get_config("test_tiny_vit")
   return Solution(mode="multi", config=cfg,
-                  profile=ProfileRef("p", "s", "cpu", "cpu", "float32", 1, "calibrated-graph"),
-                  estimate=EstimateRef("e", "s", "sensitivity", "pomt", "accuracy", (0, 1), 8,
-                                       "w", None),
+                  profile=ProfileRef("p", "a" * 64, "cpu", "cpu", "float32", 1,
+                                     "calibrated-graph"),
+                  estimate=EstimateRef("e", "b" * 64, "sensitivity", "pomt", "accuracy", (0, 1),
+                                       8, "c" * 64, None),
                   settings={"accuracy_floor": floor, "num_images": 400}, chosen=chosen,
                   method="pomt", criterion="accuracy_floor_measured", full=None,
                   frontier=tuple(frontier), created="now", basis="measured",

@@ -373,6 +373,24 @@ def test_modes_that_do_not_match_the_points_are_refused(tmp_path):
   assert records.load(str(tmp_path / "e.json")).modes == ("model", "block")  # checks: model
 
 
+def test_batch_sizes_that_are_not_the_points_are_refused(tmp_path):
+  """A point's batch size edited 1 -> 2 loaded: the solver, at batch 1, then left that point out
+  of the curve without a word (a probe moved a choice's predicted latency so)."""
+  pts = [_point("model", n, 1e-3 * n) for n in (17, 9, 2)]
+  records.save(_profile(pts, modes=("model",)), str(tmp_path), stem="m")
+  doc = json.loads((tmp_path / "m.json").read_text())
+  assert doc["batch_sizes"] == [1] and records.load(str(tmp_path / "m.json")).batch_sizes == (1,)
+  moved = json.loads(json.dumps(doc))
+  moved["points"][0]["batch_size"] = 2
+  for bad, what in ((moved, r"batch_sizes \[1\] but its points are at batch \[1, 2\]"),
+                    (dict(doc, batch_sizes=[]), r"batch_sizes \[\] but its points are at batch "
+                                                r"\[1\]"),
+                    (dict(doc, batch_sizes=[1, 2]), r"batch_sizes \[1, 2\] but its points are at batch \[1\]")):
+    (tmp_path / "e.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"e.json: " + what + r" \(edited\?\)"):
+      records.load(str(tmp_path / "e.json"))
+
+
 def test_a_block_profiles_predictor_checks_are_not_a_curve_with_steps():
   """`--mode=block` printed '-- steps of model curve ... 37 -> 5 saves 68.3%' and recorded it
   in `steps`, from its 3 whole-graph predictor checks."""

@@ -505,8 +505,8 @@ def _estimate(tmp_path, layers, tokens, value, *, cfg=CFG, batch=8, name="e.json
       "kind": "tokens" if len(layers) == 1 else "sensitivity",
       "model": {"name": cfg.name, "config": config_to_dict(cfg)},
       "weights": {"source": "init_params(seed=0)", "sha256": "0" * 64},
-      "data": {"kind": "synthetic", "source": "test", "num_examples": NUM_EXAMPLES, "classes": 10,
-               "labelled": labelled, "fingerprint": "f" * 16, "selection": {}},
+      "data": {"kind": "synthetic", "source": "test", "num_examples": NUM_EXAMPLES, "classes": [str(k) for k in range(10)],
+               "labelled": labelled, "fingerprint": "f" * 64, "selection": {}},
       "method": {"name": method or ("random" if layers == [None] else "pomt"), "kwargs": {}},
       "seed": 0, "layers": layers, "tokens": tokens,
       "eval": {"batch_size": batch, "dtype": "float32", "precision": "highest",
@@ -1990,10 +1990,13 @@ def test_a_maximum_drop_is_a_floor_below_the_unpruned_measurement(tmp_path):
             _multi(ps, es, accuracy_floor=round(0.9 - drop, 10), evaluate=exact).chosen)
   # The reader refuses a drop at or above the unpruned accuracy and a drop on a choice that was
   # not made by a floor.
-  for edit, want in ((dict(max_accuracy_drop=0.95, accuracy_floor=0.9 - 0.95),
+  for edit, want in ((dict(max_accuracy_drop=0.9, accuracy_floor=0.0),
                       r"needs settings\.accuracy_floor = the unpruned schedule's accuracy minus "
                       r"it, above 0"),
-                     (dict(max_accuracy_drop=1.0, accuracy_floor=0.9 - 1.0), "above 0")):
+                     (dict(max_accuracy_drop=0.95, accuracy_floor=0.9 - 0.95),
+                      r"settings\.accuracy_floor must be a number in \[0, 1\] or null"),
+                     (dict(max_accuracy_drop=1.0, accuracy_floor=0.0),
+                      r"settings\.max_accuracy_drop must be a number in \[0, 1\) or null")):
     doc = by_drop.to_json()
     doc["settings"].update(edit)
     with pytest.raises(SolutionError, match=want):

@@ -339,6 +339,10 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
       raise ValueError(f"{source}: point {i} ({pt.component}, batch {pt.batch_size}, {graph}) "
                        f"repeats point {j}: a profile holds one timing per graph (edited?)")
   _check_modes(d["modes"], points, source)
+  have = sorted({p.batch_size for p in points})
+  if "batch_sizes" in d and d["batch_sizes"] != have:     # (derived from the points on reading)
+    raise ValueError(f"{source}: batch_sizes {d['batch_sizes']!r} but its points are at batch "
+                     f"{have} (edited?)")
   for k in ANALYSIS_KEYS:
     if not isinstance(d.get(k, []), list) or not all(isinstance(x, dict) for x in d.get(k, [])):
       raise ValueError(f"{source}: {k} must be a list of objects")

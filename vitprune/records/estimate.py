@@ -323,8 +323,23 @@ def _validate(doc: Any, where: str) -> ViTConfig:
   dtype = doc["eval"].get("dtype")
   _require(dtype in (None, "", *COMPUTE_DTYPES), where,
            f"eval.dtype must be one of {list(COMPUTE_DTYPES)}, got {dtype!r}")
-  _require(data["fingerprint"] is None or isinstance(data["fingerprint"], str), where,
-           f"data.fingerprint must be a string, got {data['fingerprint']!r}")
+  _require(data["fingerprint"] is None or jsonio.is_sha256(data["fingerprint"]), where,
+           f"data.fingerprint must be a 64-digit hex string or null, got "
+           f"{data['fingerprint']!r}")
+  for key in ("source", "kind"):       # (what a reader shows as the data's name)
+    _require(key not in data or (isinstance(data[key], str) and data[key].strip()), where,
+             f"data.{key} must be a non-empty string, got {data.get(key)!r}")
+  classes = data.get("classes")
+  _require(classes is None or (isinstance(classes, list) and
+                               all(isinstance(c, str) for c in classes) and
+                               len(set(classes)) == len(classes)), where,
+           f"data.classes must be a list of distinct class names, got {classes!r}")
+  _require(data.get("selection") is None or isinstance(data["selection"], dict), where,
+           f"data.selection must be an object, got {data.get('selection')!r}")
+  _require(isinstance(doc["weights"].get("source", ""), str), where,
+           f"weights.source must be a string, got {doc['weights'].get('source')!r}")
+  _require(0 <= doc["seed"] < 2 ** 32, where,
+           f"seed must be in [0, 2**32) as the command lines take it, got {doc['seed']}")
   layers, tokens = doc["layers"], doc["tokens"]
   _require(bool(layers) and all(l is None or (jsonio.is_int(l) and 0 <= l < cfg.depth)
                                 for l in layers), where,
@@ -342,6 +357,10 @@ def _validate(doc: Any, where: str) -> ViTConfig:
   ref = doc["reference"]
   _require(ref.get("counts") == list(schedule_lib.full_schedule(cfg).counts), where,
            "reference.counts is not the unpruned schedule")
+  _require("schedule" not in ref or ref["schedule"] == schedule_lib.format_schedule(
+      schedule_lib.full_schedule(cfg), cfg), where,
+           f"reference.schedule {ref.get('schedule')!r} is not the unpruned schedule's "
+           f"{schedule_lib.format_schedule(schedule_lib.full_schedule(cfg), cfg)!r} (edited?)")
   _check_scores(ref, f"{where}: reference", labelled, data["num_examples"])
   _require(ref["agreement"] == 1.0 and ref["kl"] == 0.0, where,
            "the reference must agree with itself (agreement 1, kl 0)")

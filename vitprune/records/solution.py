@@ -72,8 +72,8 @@ from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, conf
                              config_to_dict, is_method_name, method_options_problem,
                              not_a_method)
 from vitprune.profile import records as profile_records
-from vitprune.records.estimate import HIGHER_IS_BETTER
-from vitprune.solve import meets_floor
+from vitprune.records.estimate import HIGHER_IS_BETTER, KINDS as ESTIMATE_KINDS
+from vitprune.solve import ACCURACY_MODELS, meets_floor
 
 FORMAT = "vitprune-solution"
 VERSION = 1
@@ -83,6 +83,9 @@ BASES = ("predicted", "measured")
 # last since 2026-12-04; a reader older than that refuses it as not in its CRITERIA).
 CRITERIA = ("utility", "accuracy_floor", "latency_budget", "accuracy_floor_measured",
             "latency_budget_measured")
+# Where the solver's latencies came from (`solve_stage`: a measured or block-predicted curve in
+# paper mode, the per-block table or the calibrated whole-graph model in multi mode).
+LATENCY_SOURCES = ("measured", "predicted_from_blocks", "blocks", "calibrated-graph")
 
 
 class SolutionError(jsonio.FormatError):
@@ -256,10 +259,8 @@ def _check_choice(sol: "Solution", where: str) -> None:
       sol.criterion == "accuracy_floor_measured")), f"settings.floor_confidence {confident!r} "
           "must be a bool, true only with settings.accuracy_floor and a floor met on "
           "measurement (criterion 'accuracy_floor_measured')")
-  for key in ("accuracy_floor", "latency_budget"):
-    value = sol.settings.get(key)
-    require(value is None or jsonio.is_num(value),
-            f"settings.{key} must be a finite number or null, got {value!r}")
+  _check_settings(sol, require)
+  _check_refs(sol, require)
   drop = sol.settings.get("max_accuracy_drop")
   if drop is not None:       # (solved with a drop: the floor sits that far below the unpruned)
     floor, full = sol.settings.get("accuracy_floor"), sol.full
@@ -291,6 +292,104 @@ def _check_choice(sol: "Solution", where: str) -> None:
     _check_budget_measured(sol, require)
   elif sol.settings.get("latency_basis") == "measured":
     _check_fastest_measured(sol, require)
+
+
+def _is_bool(v: Any) -> bool:
+  return isinstance(v, bool)
+
+
+def _count(lowest: int):
+  return lambda v: jsonio.is_int(v) and v >= lowest
+
+
+def _error_summary(v: Any) -> bool:
+  keys = ("num_schedules", "mean_abs_points", "max_abs_points", "mean_signed_points")
+  return (isinstance(v, dict) and all(jsonio.is_num(v.get(k)) for k in keys)
+          and jsonio.is_int(v["num_schedules"]) and v["num_schedules"] >= 0
+          and 0 <= v["mean_abs_points"] <= v["max_abs_points"])
+
+
+# What each solver setting a writer records may hold (null: not given); a key not listed (a
+# later writer's, or an older one's such as "accuracy_correction") is kept unread.
+_SETTINGS = {
+    "accuracy_floor": (lambda v: jsonio.is_num(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "latency_budget": (lambda v: jsonio.is_num(v) and v > 0, "a number of seconds > 0"),
+    "max_accuracy_drop": (lambda v: jsonio.is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "alpha": (lambda v: jsonio.is_num(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "step_k": (lambda v: jsonio.is_num(v) and v > 0, "a number > 0"),
+    "accuracy_model": (lambda v: v in ACCURACY_MODELS, f"one of {list(ACCURACY_MODELS)}"),
+    "latency_basis": (lambda v: v in BASES, f"one of {list(BASES)}"),
+    "monotone": (_is_bool, "a bool"), "step_bottoms_only": (_is_bool, "a bool"),
+    "allow_batch_mismatch": (_is_bool, "a bool"),
+    "num_images": (_count(1), "an integer >= 1"),
+    "timed_in_loop": (_count(0), "an integer >= 0"),
+    "singles_meeting_floor": (_count(0), "an integer >= 0"),
+    "grid": (lambda v: isinstance(v, list) and bool(v) and all(jsonio.is_int(n) and n >= 1
+                                                               for n in v)
+             and all(a < b for a, b in zip(v, v[1:])), "an ascending list of token counts"),
+    "floor_straddles": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
+                        "a list of schedules"),
+    "latency_untrusted": (lambda v: isinstance(v, str), "a string"),
+    "checked_accuracy_error": (_error_summary, "an error summary (num_schedules, mean_abs_points"
+                               " <= max_abs_points, mean_signed_points)"),
+    "frontier_accuracy_error": (_error_summary, "an error summary (num_schedules, "
+                                "mean_abs_points <= max_abs_points, mean_signed_points)"),
+    "accuracy_refinement": (lambda v: isinstance(v, dict), "an object"),
+    "latency_model": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def _check_settings(sol: "Solution", require) -> None:
+  """Every recorded solver setting holds what its writer records (`_SETTINGS`), the metric is
+  the estimate's, every straddling schedule is a checked one, and the latency model's batch
+  size, dtype and device are the profile's: the ones a deploy builds the graph for."""
+  st = sol.settings
+  for key, (ok, what) in _SETTINGS.items():
+    value = st.get(key)
+    require(value is None or ok(value), f"settings.{key} must be {what} or null, got {value!r}")
+  require(st.get("metric", sol.metric) == sol.metric,
+          f"settings.metric {st.get('metric')!r} but estimate.metric {sol.metric!r} (edited?)")
+  grid = st.get("grid")
+  require(grid is None or grid[-1] <= sol.config.num_tokens,
+          f"settings.grid reaches {grid[-1] if grid else None} tokens, above the model's "
+          f"{sol.config.num_tokens}")
+  listed = {c.schedule for c in sol.checked} | {sol.chosen.schedule}
+  stray = [s for s in st.get("floor_straddles") or [] if s not in listed]
+  require(not stray, f"settings.floor_straddles names {stray[0] if stray else ''!r}, which "
+          "is not a checked schedule (edited?)")
+  lm = st.get("latency_model")
+  if lm is not None:
+    for key, own in (("batch_size", sol.profile.batch_size), ("dtype", sol.profile.dtype),
+                     ("device_kind", sol.profile.device_kind)):
+      require(lm.get(key, own) == own,
+              f"settings.latency_model.{key} {lm.get(key)!r} but profile.{key} {own!r}: the "
+              "latencies were measured for another graph than the one deployed (edited?)")
+
+
+def _check_refs(sol: "Solution", require) -> None:
+  """The input references: known latency source, sha256 digests, a named device, estimate
+  layers that are blocks of the model, and distinct schedules on the frontier and checked."""
+  p, e = sol.profile, sol.estimate
+  require(p.latency_source in LATENCY_SOURCES,
+          f"profile.latency_source {p.latency_source!r} not in {list(LATENCY_SOURCES)}")
+  for name, value in (("profile.sha256", p.sha256), ("estimate.sha256", e.sha256),
+                      ("estimate.weights_sha256", e.weights_sha256)):
+    require(jsonio.is_sha256(value), f"{name} must be a sha256 hex digest, got {value!r}")
+  require(e.data_fingerprint is None or jsonio.is_sha256(e.data_fingerprint),
+          f"estimate.data_fingerprint must be a sha256 hex digest or null, got "
+          f"{e.data_fingerprint!r}")
+  require(bool(p.device_kind.strip()) and bool(p.platform.strip()),
+          f"profile.device_kind and profile.platform must name the device, got "
+          f"{p.device_kind!r}, {p.platform!r}")
+  require(e.kind in ESTIMATE_KINDS, f"estimate.kind {e.kind!r} not in {list(ESTIMATE_KINDS)}")
+  bad = [l for l in e.layers if l is not None and not 0 <= l < sol.config.depth]
+  require(not bad, f"estimate.layers {list(e.layers)}: {bad[0] if bad else ''} is not a block "
+          f"of the {sol.config.depth}-block model")
+  for name, entries in (("frontier", sol.frontier), ("checked", sol.checked)):
+    seen = set()
+    for c in entries:
+      require(c.counts not in seen, f"{name} lists {c.schedule} twice (edited?)")
+      seen.add(c.counts)
 
 
 def _check_budget_measured(sol: "Solution", require) -> None:
