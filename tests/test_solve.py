@@ -1683,6 +1683,14 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
   assert [r["num_schedules"] for r in rounds[1:]] == [r["num_schedules"]
                                                       for r in ref["rounds"][1:]]
   from vitprune.records.solution import describe_refinement
+  # The rounds between the first and the last are not left out: the largest error is named.
+  three = [dict(r, round=k, num_schedules=4, mean_abs_points=m, max_abs_points=2 * m)
+           for k, (r, m) in enumerate(zip([ref["rounds"][0]] * 3, (1.0, 1.5, 0.25)))]
+  line = describe_refinement(dict(ref, rounds=three))
+  assert ("erred by 1.00 (max 2.00) points on 4 schedules in round 0 and 0.25 (max 0.50) "
+          "points on 4 schedules in round 2 (rounds between: up to 1.50 (max 3.00) points on 4 "
+          "schedules in round 1)") in line
+  assert "rounds between" not in describe_refinement(dict(ref, rounds=three[::2]))
   assert describe_refinement(dict(ref, rounds=[dict(r, num_schedules=0)
                                                for r in ref["rounds"]])).endswith(
       "no frontier schedule beyond those measured before")

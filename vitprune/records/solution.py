@@ -870,7 +870,8 @@ def describe_frontier_error(err: Dict[str, Any]) -> str:
 
 def describe_refinement(ref: Dict[str, Any]) -> str:
   """One line for `settings['accuracy_refinement']` (`solve_stage.refine_accuracy`): the
-  out-of-sample error of the first and the last round that measured new schedules."""
+  out-of-sample error of the first and the last round that measured new schedules, and the
+  largest mean error of the rounds between them (not always falling round by round)."""
   rounds = [r for r in ref["rounds"] if r["num_schedules"]]
   head = (f"accuracy model corrected from measurements in {len(ref['rounds']) - 1} round(s)"
           f" ({'converged' if ref['converged'] else 'not converged'}, "
@@ -888,7 +889,11 @@ def describe_refinement(ref: Dict[str, Any]) -> str:
     return (f"{err(one(first))} in round {first['round']}"
             + ("" if last is first else f" and {err(one(last))} in round {last['round']}"))
 
+  between = rounds[1:-1]
+  worst = max(between, key=lambda r: r["mean_abs_points"]) if between else None
   return (head + f": predicted before measuring, it erred by {pair()}"
+          + ("" if worst is None else
+             f" (rounds between: up to {err(worst)} in round {worst['round']})")
           + (f"; the anchored per-image prediction by {pair('anchored')}"
              if "anchored" in first and "anchored" in last else ""))
 
