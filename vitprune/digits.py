@@ -247,8 +247,9 @@ def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
   """ValueError when `folder` holds digits (by their pixels, `digits_copied_into`, whatever
   their names, marker or inventory: a training digit copied into a `digits_images` folder kept
   its marker) that the weights (`whose`, named in the message; `meta` as `train_digits` records
-  it) were trained on: every score on them would be inflated. Without scikit-learn's table (a
-  board), a `digits_images` folder is judged by the split its marker records."""
+  it) were trained on: every score on them would be inflated. A `digits_images` folder is also
+  judged by the split its marker records (its images re-saved as JPEG no longer match the
+  pixels; a board without scikit-learn's table has only the marker)."""
   trained = digits_training_split(meta)
   if trained is None:
     return
@@ -258,20 +259,20 @@ def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
   try:
     found = digits_copied_into(folder)
     seen = found & set(digits_split(seed, fraction)[0].tolist())
-  except ImportError:       # a board without scikit-learn's table: what the marker says it holds
-    if not is_digits_imagefolder(folder):
-      return
-    marker = _read_marker(folder)
-    if (marker.get("split"), marker.get("split_seed", 0), fraction) != ("test", seed, 0.2):
-      raise ValueError(f"{folder} holds the digits' {marker.get('split')} split of seed "
-                       f"{marker.get('split_seed', 0)}, and {whose} were trained on the split "
-                       f"of seed {seed} (test fraction {fraction}): some of its images are "
-                       f"their training data, so every score would be inflated{hint}") from None
-    return
+  except ImportError:       # a board without scikit-learn's table: the marker alone decides
+    found = seen = set()
   if seen:
     raise ValueError(f"{len(seen)} of the {len(found)} digits in {folder} are training images "
                      f"of {whose} (digits split of seed {seed}, test fraction {fraction}), so "
                      f"every score on them would be inflated{hint}")
+  if is_digits_imagefolder(folder):
+    marker = _read_marker(folder)
+    if (marker.get("split"), marker.get("split_seed", 0), fraction) != ("test", seed, 0.2):
+      raise ValueError(f"{folder} holds the digits' {marker.get('split')} split of seed "
+                       f"{marker.get('split_seed', 0)} (its {DIGITS_MARKER} says so), and "
+                       f"{whose} were trained on the split of seed {seed} (test fraction "
+                       f"{fraction}): some of its images are their training data, so every "
+                       f"score would be inflated{hint}")
 
 
 def digits_batches(split: str = "test", batch_size: int = 64, *,
