@@ -458,6 +458,30 @@ def test_a_failed_late_stage_keeps_what_was_measured(tmp_path, capsys, monkeypat
       "sensitivity")
 
 
+def test_an_image_the_estimate_cannot_read_keeps_the_profile(tmp_path, capsys):
+  """A 16-bit PNG in --data was found by the estimate stage, after the whole profile stage, and
+  the profile was thrown away with it (a probe: no out_dir, no partial folder). The profile is
+  kept as after a later stage's failure, and the message says what failed."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from vitprune import digits  # pylint: disable=g-import-not-at-top
+  images = tmp_path / "imgs"
+  digits.write_digits_imagefolder(images, split="test", limit=20)
+  odd = images / "3" / "odd.png"
+  Image.fromarray((np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)).save(odd)
+  out = tmp_path / "run"
+  with pytest.raises(ValueError, match=re.escape(f"image file '{odd}' has mode 'I;16'")):
+    cli.main(_flags(f"--out_dir={out}", *FAST, "--tokens=65,33,17", f"--data={images}"))
+  assert not out.exists()
+  (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith("run.partial-")]
+  assert (f"the estimate stage failed; the profile measured before it is kept in {kept} "
+          "(experiments.solve reads it with an estimate of experiments.estimate)") in (
+              capsys.readouterr().out)
+  (prof,) = (kept / "profile").glob("*.json")
+  assert {p.tokens for p in records.load(str(prof)).points} == {65, 33, 17}
+  assert not (kept / "estimate").exists()
+
+
 def test_a_choice_that_prunes_nothing_reports_no_measured_speed_up(tmp_path, capsys,
                                                                    monkeypatch):
   """`--alpha=0` on all 359 digits chose n* = 65 (accuracy alone): the verify stage timed the

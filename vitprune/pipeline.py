@@ -521,9 +521,10 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
     profile, latency_model = _calibrate(cfg, params, spec, tokens, log)
   lap("profile")
   pieces: Dict[Any, Any] = {}    # compiled model pieces: the estimate's, reused by the solve
-  estimate, margins = _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces)
-  lap("estimate")
+  estimate = None
   try:
+    estimate, margins = _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces)
+    lap("estimate")
     solution = _solve(cfg, params, spec, data, profile, estimate, log, latency_model, seconds,
                       pieces, margins)
     lap("solve")
@@ -533,7 +534,10 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
                          verification, seconds)
   except Exception:            # (not a Ctrl-C: an interrupted run writes nothing)
     kept = keep_measured(out_dir, spec, profile, estimate, log)
-    if kept:                   # (the output step too: a folder no longer ours, a full disk)
+    if kept and estimate is None:      # (an image of --data that cannot be read, say)
+      log(f"the estimate stage failed; the profile measured before it is kept in {kept} "
+          "(experiments.solve reads it with an estimate of experiments.estimate)")
+    elif kept:                 # (the output step too: a folder no longer ours, a full disk)
       log(f"the solve, verify or output stage failed; what the profile and estimate stages "
           f"measured is kept in {kept} (experiments.solve reads it)")
     raise
@@ -587,9 +591,11 @@ def _estimate_name(spec: PipelineSpec, estimate: Estimate) -> str:
 
 
 def keep_measured(out_dir: str, spec: PipelineSpec, profile: records.Profile,
-                  estimate: Estimate, log: Callable[[str], None] = print) -> Optional[str]:
-  """After a later stage failed: the profile and the estimate (minutes of measurement) written
-  to a new sibling `<out_dir>.partial-XXXX/` ({profile,estimate}/, as in an output directory)
+                  estimate: Optional[Estimate], log: Callable[[str], None] = print
+                  ) -> Optional[str]:
+  """After a later stage failed: the profile and the estimate (minutes of measurement; the
+  profile alone when the estimate stage failed, `estimate` None) written to a new sibling
+  `<out_dir>.partial-XXXX/` ({profile,estimate}/, as in an output directory)
   -> its path; None (logged) when even that cannot be written: staged and published whole, so
   it leaves nothing then (a full disk left a half-written folder per run). `out_dir` is left as
   it was."""
@@ -601,7 +607,8 @@ def keep_measured(out_dir: str, spec: PipelineSpec, profile: records.Profile,
   try:
     with atomic.staged_dir(kept, overwrite=False) as tmp:
       runner.write_outputs(profile, os.path.join(tmp, "profile"))
-      write_estimate(os.path.join(tmp, "estimate", _estimate_name(spec, estimate)), estimate)
+      if estimate is not None:
+        write_estimate(os.path.join(tmp, "estimate", _estimate_name(spec, estimate)), estimate)
     return kept
   except (OSError, ValueError) as e:
     log(f"could not keep the profile and estimate measured so far: {e}")
