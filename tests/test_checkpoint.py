@@ -50,6 +50,28 @@ def test_wrong_params_rejected_before_writing(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def test_params_of_another_model_are_named_in_one_short_line(tmp_path):
+  """Another model's params/ in place of these weights' (a probe swapped an artifact's): orbax's
+  refusal listed every stored key, 1.3 kB in one line; the restore names two and counts."""
+  cfg = get_config("test_tiny_vit")
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  other = get_config("test_tiny_distilled")
+  shutil.rmtree(os.path.join(path, "params"))
+  from vitprune import orbax_io  # pylint: disable=g-import-not-at-top
+  orbax_io.save(os.path.join(path, "params"), init_params(other, 0))
+  with pytest.raises(ValueError, match=r"the stored weights are not this model's structure: "
+                     r"extra 3 \(\['dist_token'\], \['head_dist'\]\['bias'\] and 1 more\)") as e:
+    checkpoint.load_weights(path)
+  assert len(str(e.value)) < 400 and "\n" not in str(e.value)
+  # The other way round (these weights' leaves missing), orbax words it otherwise.
+  path = checkpoint.save_weights(str(tmp_path / "d"), other, init_params(other, 0))
+  shutil.rmtree(os.path.join(path, "params"))
+  orbax_io.save(os.path.join(path, "params"), init_params(cfg, 0))
+  with pytest.raises(ValueError, match=r"the stored weights are not this model's structure: "
+                     r"missing 3 \(\['dist_token'\], \['head_dist'\]\['bias'\] and 1 more\)$"):
+    checkpoint.load_weights(path)
+
+
 def test_corrupted_config_json(tmp_path):
   cfg = get_config("test_tiny_vit")
   path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, Dict
 
 from vitprune import atomic
 
@@ -136,8 +136,35 @@ def restore(directory: str, target: Any) -> Any:
   _start_backend()
   with _stderr_kept_unless_failing():
     ckptr = checkpointer()
-    _check_stored_dtypes(ckptr.metadata(directory), target)
-    return ckptr.restore(directory, target)
+    metadata = ckptr.metadata(directory)
+    _check_stored_dtypes(metadata, target)
+    try:
+      return ckptr.restore(directory, target)
+    except ValueError as e:
+      if not any(said in str(e) for said in ("tree structures do not match",
+                                               "Structure mismatch")):   # (orbax's two words)
+        raise
+      raise ValueError(_structure_difference(metadata, target)) from None
+
+
+def _leaf_paths(tree: Any) -> Dict[str, Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+  tree = getattr(tree, "item_metadata", tree)
+  return {jax.tree_util.keystr(k): v for k, v in jax.tree.flatten_with_path(tree)[0]}
+
+
+def _structure_difference(metadata: Any, target: Any) -> str:
+  """One line naming a few of the leaves the checkpoint lacks or holds beyond `target`'s (the
+  weights of another model), where orbax's own message listed every key over many lines."""
+  stored, wanted = set(_leaf_paths(metadata)), set(_leaf_paths(target))
+  missing, extra = sorted(wanted - stored), sorted(stored - wanted)
+
+  def some(keys):
+    return ", ".join(keys[:2]) + (f" and {len(keys) - 2} more" if len(keys) > 2 else "")
+  return ("the stored weights are not this model's structure: "
+          + ("; ".join(f"{what} {len(keys)} ({some(keys)})" for what, keys in
+                       (("missing", missing), ("extra", extra)) if keys)
+             or "the same leaves, nested otherwise"))
 
 
 def _check_stored_dtypes(metadata: Any, target: Any) -> None:
@@ -145,9 +172,7 @@ def _check_stored_dtypes(metadata: Any, target: Any) -> None:
   them on restore (int32 values restored as float32 without a word)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  tree = getattr(metadata, "item_metadata", metadata)
-  stored = {jax.tree_util.keystr(k): getattr(v, "dtype", None)
-            for k, v in jax.tree.flatten_with_path(tree)[0]}
+  stored = {k: getattr(v, "dtype", None) for k, v in _leaf_paths(metadata).items()}
   wrong = [f"{key} is {stored[key]}" for key, want in
            ((jax.tree_util.keystr(k), v.dtype) for k, v in jax.tree.flatten_with_path(target)[0])
            if stored.get(key) is not None and np.dtype(stored[key]) != np.dtype(want)]
