@@ -211,6 +211,10 @@ def test_labelled_folder_warns_about_images_outside_class_folders(tmp_path):
 def test_folder_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     data.ImageFolder(tmp_path / "missing")
+  os.symlink("loop", tmp_path / "loop")            # (a probe was told it does not exist)
+  with pytest.raises(FileNotFoundError, match="/loop' is a symbolic link that leads nowhere "
+                                              r"\(to itself, a loop of links or a missing"):
+    data.ImageFolder(tmp_path / "loop")
   (tmp_path / "file.txt").write_text("x")
   with pytest.raises(FileNotFoundError, match="not a directory"):
     data.ImageFolder(tmp_path / "file.txt")

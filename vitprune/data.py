@@ -292,7 +292,9 @@ class ImageFolder:
         num_classes, (int, np.integer)) or num_classes < 0):
       raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
     if not os.path.exists(root):
-      raise FileNotFoundError(f"dataset root {root!r} does not exist")
+      raise FileNotFoundError(f"dataset root {root!r} " + (
+          "is a symbolic link that leads nowhere (to itself, a loop of links or a missing "
+          "target)" if os.path.islink(root) else "does not exist"))
     if not os.path.isdir(root):
       raise FileNotFoundError(f"dataset root {root!r} is not a directory")
     classes = find_classes(root)
