@@ -389,6 +389,8 @@ def test_a_solution_of_numpy_numbers_writes_as_plain_json(tmp_path):
      r"settings.floor_straddles names 'list:17,9,9', which is not a checked schedule"),
     (lambda s: dict(settings=dict(s.settings, checked_accuracy_error={"num_schedules": 1})),
      r"settings.checked_accuracy_error must be an error summary"),
+    (lambda s: dict(settings=dict(s.settings, step_k=-1.0)),
+     r"settings.step_k must be a number >= 0 or null, got -1.0"),
     (lambda s: dict(settings=dict(s.settings, latency_model={
         "batch_size": 8, "dtype": s.profile.dtype, "device_kind": s.profile.device_kind})),
      r"settings.latency_model.batch_size 8 but profile.batch_size 1: the latencies were "
@@ -425,3 +427,14 @@ def test_write_solution_refuses_what_read_solution_would_refuse(tmp_path, edit, 
   with pytest.raises(S.SolutionError, match=r"\(not written\): .*" + match):
     S.write_solution(bad, str(tmp_path / "out"))
   assert not os.path.exists(tmp_path / "out")
+
+
+def test_what_the_writers_record_is_read_back():
+  """Review: `--step_k=0` (the flag's lower bound) and an error summary whose mean of equal
+  errors lands one ulp above their max were written, then refused by the reader."""
+  from vitprune import solve_stage  # pylint: disable=g-import-not-at-top
+  err = solve_stage._error_points([(40 / 60, 41 / 60)] * 3)  # pylint: disable=protected-access
+  assert err["mean_abs_points"] > err["max_abs_points"]          # (float rounding)
+  assert S._error_summary(err)  # pylint: disable=protected-access
+  ok, _ = S._SETTINGS["step_k"]  # pylint: disable=protected-access
+  assert ok(0.0) and ok(4.0) and not ok(-1.0)

@@ -2140,6 +2140,12 @@ def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):
                      r"the estimate measured 0\.9000 on the same images"):
     _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True,
            evaluate=_paired_evaluator(predicted, unpruned=0.895), num_images=NUM_EXAMPLES)
+  # ... also where the frontier (the unpruned graph with it) was measured first by that same
+  # evaluator: its own copy of the unpruned graph agreed with itself (a review's finding).
+  for first in (dict(measure_all=True), dict(refine_rounds=1)):
+    with pytest.raises(solve_stage.SolveInputError, match=r"the estimate measured 0\.9000"):
+      _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True, num_images=NUM_EXAMPLES,
+             evaluate=_paired_evaluator({**predicted, full: 0.895}, unpruned=0.895), **first)
   # Only schedules judged by the paired interval are listed as straddling a confident drop: the
   # whole frontier measured first (without pairs) leaves some judged by Wilson alone.
   sol = _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True, measure_all=True,

@@ -716,11 +716,13 @@ def _with_change(c: Candidate, value: float, num_images: Optional[int], pair: Se
   if abs((both_right + gained) / n - float(value)) > 2.0 ** -20:
     raise ValueError(f"the evaluator measured {value!r} for {c.schedule} but its per-image "
                      f"comparison counts {both_right + gained} of {n} images right")
-  if full is not None and abs((both_right + lost) / n - _accuracy(full)) > 2.0 ** -20:
+  # (`full.predicted_accuracy`: the estimate's measurement, which the floor is relative to; a
+  # copy measured by this evaluator, after `measure_frontier`, would agree with itself)
+  if full is not None and abs((both_right + lost) / n - full.predicted_accuracy) > 2.0 ** -20:
     raise SolveInputError(
         f"the evaluator's unpruned graph gets {both_right + lost} of {n} images right "
-        f"({(both_right + lost) / n:.4f}), the estimate measured {_accuracy(full):.4f} on the "
-        "same images: a floor met with confidence compares every schedule with one unpruned "
+        f"({(both_right + lost) / n:.4f}), the estimate measured {full.predicted_accuracy:.4f} "
+        "on the same images: a floor met with confidence compares every schedule with one unpruned "
         "measurement; measure the estimate with the evaluator's weights, dtype and batch size, "
         "or leave out the floor confidence")
   _, lo, hi = change_interval(pair, metric, identical=full is not None and c.counts == full.counts)

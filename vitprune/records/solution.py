@@ -306,7 +306,8 @@ def _error_summary(v: Any) -> bool:
   keys = ("num_schedules", "mean_abs_points", "max_abs_points", "mean_signed_points")
   return (isinstance(v, dict) and all(jsonio.is_num(v.get(k)) for k in keys)
           and jsonio.is_int(v["num_schedules"]) and v["num_schedules"] >= 0
-          and 0 <= v["mean_abs_points"] <= v["max_abs_points"])
+          and 0 <= v["mean_abs_points"] <= v["max_abs_points"] + 1e-9)   # (a mean of equal
+                                                                      # values: 1 ulp above)
 
 
 # What each solver setting a writer records may hold (null: not given); a key not listed (a
@@ -316,7 +317,7 @@ _SETTINGS = {
     "latency_budget": (lambda v: jsonio.is_num(v) and v > 0, "a number of seconds > 0"),
     "max_accuracy_drop": (lambda v: jsonio.is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
     "alpha": (lambda v: jsonio.is_num(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "step_k": (lambda v: jsonio.is_num(v) and v > 0, "a number > 0"),
+    "step_k": (lambda v: jsonio.is_num(v) and v >= 0, "a number >= 0"),
     "accuracy_model": (lambda v: v in ACCURACY_MODELS, f"one of {list(ACCURACY_MODELS)}"),
     "latency_basis": (lambda v: v in BASES, f"one of {list(BASES)}"),
     "monotone": (_is_bool, "a bool"), "step_bottoms_only": (_is_bool, "a bool"),
