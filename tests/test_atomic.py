@@ -195,6 +195,14 @@ def test_a_signal_while_a_file_set_rolls_forward_finishes_it(tmp_path, monkeypat
   assert sorted(os.listdir(tmp_path)) == ["a.csv", "a.json"]
   assert cli_console.interrupt_exit() == (f"terminated (after writing {tmp_path / 'a.json'})",
                                           143)
+  # A file rewritten after every phase (predictor_accuracy) was counted once per write: "after
+  # writing new.json and 1 more" with no other file.
+  cli_console._written[:] = [str(tmp_path / "a.json"), str(tmp_path / "a.csv"),
+                              str(tmp_path / "a.json")]
+  assert cli_console.interrupt_exit()[0] == (f"terminated (after writing {tmp_path / 'a.json'} "
+                                             "and 1 more)")
+  cli_console._written[:] = [str(tmp_path / "a.json")] * 3
+  assert cli_console.interrupt_exit()[0] == f"terminated (after writing {tmp_path / 'a.json'})"
   # A written path holding a newline or an escape split the error line (it is printed as is).
   cli_console._written[:] = [str(tmp_path / "a\nb\x1b")]
   open(tmp_path / "a\nb\x1b", "w").close()

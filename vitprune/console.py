@@ -168,7 +168,9 @@ def interrupt_exit(error: object = None) -> tuple:
   the interrupt in brackets."""
   text, code = ((STOP_SIGNALS[_stop_signal], 128 + _stop_signal) if _terminated else
                 ("interrupted", EXIT_INTERRUPTED))
-  written = [p for p in _written if os.path.lexists(p)]   # not those staged in a published dir
+  written = [p for p in list(dict.fromkeys(reversed(_written)))[::-1]   # (a file rewritten
+             if os.path.lexists(p)]     # per phase: once, where it was last); not those staged
+                                        # in a published directory
   if written:
     more = f" and {len(written) - 1} more" if len(written) > 1 else ""
     text += f" (after writing {printable(written[-1])}{more})"

@@ -188,7 +188,8 @@ def epoch_batches(num: int, batch_size: int, seed: int, epoch: int) -> List[np.n
 
 def accuracy(params: Params, cfg: ViTConfig, images: np.ndarray, labels: np.ndarray,
              batch_size: int = 256) -> float:
-  """Top-1 accuracy over `[N, H, W, C]`, in fixed-shape padded batches."""
+  """Top-1 accuracy over `[N, H, W, C]`, in fixed-shape padded batches. FloatingPointError
+  when a logit is not finite (NaN's argmax is class 0: a broken model scored 0.10)."""
   correct = 0
   for s in range(0, len(images), batch_size):
     x, y = images[s:s + batch_size], labels[s:s + batch_size]
@@ -196,6 +197,8 @@ def accuracy(params: Params, cfg: ViTConfig, images: np.ndarray, labels: np.ndar
     if n < batch_size:
       x = np.concatenate([x, np.zeros((batch_size - n,) + x.shape[1:], x.dtype)])
     logits = np.asarray(model.jitted_forward(params, jnp.asarray(x), cfg=cfg))[:n]
+    if not np.isfinite(logits).all():
+      raise FloatingPointError("the model gives non-finite logits")
     correct += int((logits.argmax(-1) == y).sum())
   return correct / len(images)
 
@@ -240,13 +243,23 @@ def train(cfg: ViTConfig, tc: TrainConfig, train_data: Tuple[np.ndarray, np.ndar
       break
     rec = {"epoch": epoch + 1, "steps": step, "loss": float(np.mean(jax.device_get(losses))),
            "train_accuracy": float(np.mean(jax.device_get(accs)))}
-    if test_data is not None:
-      rec["test_accuracy"] = accuracy(state.params, cfg, *test_data)
-    rec["seconds"] = time.time() - t0
     if not math.isfinite(rec["loss"]):     # the rest of the run would train on NaNs
       raise FloatingPointError(f"training diverged: the mean loss of epoch {epoch + 1} is "
                                f"{rec['loss']} (after {step} steps); lower the learning rate "
                                f"(lr {tc.lr})")
+    # Each loss is taken before its update: the last step can break the weights unseen. The
+    # held-out images (else a training batch) must still get finite logits.
+    check = test_data if test_data is not None else (x_train[:tc.batch_size],
+                                                     y_train[:tc.batch_size])
+    try:
+      held_out = accuracy(state.params, cfg, *check)
+    except FloatingPointError:
+      raise FloatingPointError(f"training diverged: after epoch {epoch + 1} ({step} steps) the "
+                               f"model gives non-finite logits; lower the learning rate (lr "
+                               f"{tc.lr})") from None
+    if test_data is not None:
+      rec["test_accuracy"] = held_out
+    rec["seconds"] = time.time() - t0
     history.append(rec)
     log(f"epoch {rec['epoch']:3d}  loss {rec['loss']:.4f}  train acc {rec['train_accuracy']:.4f}"
         + (f"  test acc {rec['test_accuracy']:.4f}" if "test_accuracy" in rec else "")
