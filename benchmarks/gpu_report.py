@@ -177,6 +177,12 @@ def collect(out_dir: str) -> Dict[str, Any]:
     raise ValueError(f"--dir {out_dir!r} holds no profile/*.json, benchmark/*.csv or "
                      "predictor_accuracy_*.json: nothing to report (did every stage time out?)")
   profiles = {p: records.load(p) for p in profile_paths}
+  seen: Dict[str, str] = {}
+  for p, prof in sorted(profiles.items()):   # (two names of one file, or a copy: rows twice)
+    first = seen.setdefault(records.measurement_sha256(prof), p)
+    if first != p:
+      raise ValueError(f"{p} holds the same measurements as {first} (a copy or a link): "
+                       "report each once")
   curves = {p: prof for p, prof in profiles.items() if "model" in prof.modes}
   doc = {"format": RESULT_FORMAT, "version": 1, "profiles": profile_rows(curves),
          "skipped": sorted(os.path.basename(p) for p in profiles if p not in curves),
@@ -195,6 +201,8 @@ def collect(out_dir: str) -> Dict[str, Any]:
       raise ValueError(f"{path} does not say which device it measured (written before "
                        "predictor_accuracy recorded it): run it again")
     devices.add((device.get("device_kind"), device.get("platform")))
+    if not res["rows"] and res.get("complete") is True:
+      raise ValueError(f"{path} says it is complete but holds no rows (edited?)")
     check_predictor_rows(path, res["rows"])
     doc["predictor_accuracy"] += res["rows"]
     if res.get("complete") is False:     # rewritten after every phase: the stage was cut
@@ -252,9 +260,9 @@ def to_markdown(doc: Dict[str, Any]) -> str:
     lines += ["", f"(not whole-model curves, not tabulated: {', '.join(doc['skipped'])})"]
   if doc["predictor_accuracy"]:
     lines += ["", predictor_accuracy.table(doc["predictor_accuracy"])]
-    if doc["predictor_accuracy_cut"]:
-      lines += ["", f"(cut before the end, rows hold the phases measured: "
-                    f"{', '.join(doc['predictor_accuracy_cut'])})"]
+  if doc.get("predictor_accuracy_cut"):  # (cut before its first row: this line alone says so)
+    lines += ["", f"(predictor accuracy cut before the end, rows hold the phases measured: "
+                  f"{', '.join(doc['predictor_accuracy_cut'])})"]
   return "\n".join(lines)
 
 

@@ -264,7 +264,19 @@ def test_predictor_accuracy_quick(tmp_path, capsys, monkeypatch):
   report = gpu_report.collect(str(cut))
   assert report["predictor_accuracy_cut"] == ["predictor_accuracy_pomt.json"]
   said = gpu_report.to_markdown(report)
-  assert "(cut before the end, rows hold the phases measured: predictor_accuracy_pomt.json)" in said
+  assert ("(predictor accuracy cut before the end, rows hold the phases measured: "
+          "predictor_accuracy_pomt.json)") in said
+  # Cut before its first row: the line alone says so (it was silent); complete with no rows is
+  # a contradiction, refused (it printed only the device).
+  (cut / "predictor_accuracy_pomt.json").write_text(json.dumps(dict(written[0], rows=[])))
+  assert ("(predictor accuracy cut before the end, rows hold the phases measured: "
+          "predictor_accuracy_pomt.json)") in gpu_report.to_markdown(gpu_report.collect(str(cut)))
+  (cut / "predictor_accuracy_pomt.json").write_text(json.dumps(dict(written[0], rows=[],
+                                                                    complete=True)))
+  with pytest.raises(ValueError, match="predictor_accuracy_pomt.json says it is complete but "
+                                       r"holds no rows \(edited\?\)"):
+    gpu_report.collect(str(cut))
+  (cut / "predictor_accuracy_pomt.json").write_text(json.dumps(written[0]))
   row_line = next(ln for ln in said.splitlines() if ln.startswith("| vit_digits | 1 | pomt |"))
   cells = row_line.split(" | ")
   assert cells[6] == cells[7] == "-"            # interleaved and block sum: not measured yet
@@ -656,6 +668,13 @@ def test_gpu_report_tabulates_what_the_suite_wrote(tmp_path, capsys):
   with pytest.raises(ValueError, match="holds measurements of several devices"):
     gpu_report.collect(str(out))
   bad.unlink()
+  # One profile under two names (a copy or a link) was tabulated twice.
+  (path,) = [p for p in (out / "profile").glob("*_model_b1-2_*.json")]
+  os.symlink(path.name, out / "profile" / "again.json")
+  with pytest.raises(ValueError, match=r"holds the same measurements as .* \(a copy or a "
+                                       r"link\): report each once"):
+    gpu_report.collect(str(out))
+  (out / "profile" / "again.json").unlink()
   # Two devices in one report: refused (each table names one device).
   (path,) = [p for p in (out / "profile").glob("*_model_b1_*.json")]
   other = json.loads(path.read_text())
