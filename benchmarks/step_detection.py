@@ -40,8 +40,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        lower_bound=4, upper_bound=10_000, flag_values=fv)
   flags.DEFINE_integer("max_tokens", 200, "The largest token count.", lower_bound=8,
                        upper_bound=100_000, flag_values=fv)
-  flags.DEFINE_float("noise", 0.003, "Relative spread of one timed call.", lower_bound=0.0,
-                     upper_bound=1.0, flag_values=fv)
+  flags.DEFINE_float("noise", 0.003, "Relative spread of one timed call, at most 0.25 (a "
+                     "median of 5 calls then stays positive; above, the simulated medians went "
+                     "negative).", lower_bound=0.0, upper_bound=0.25, flag_values=fv)
   flags.DEFINE_float("burst_share", 0.04, "Share of counts measured during a burst of load.",
                      lower_bound=0.0, upper_bound=0.5, flag_values=fv)
   flags.DEFINE_float("fast_share", 0.0, "Share of counts measured fast.", lower_bound=0.0,

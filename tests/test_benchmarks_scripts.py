@@ -944,3 +944,17 @@ def test_holdout_study_rows_and_refusals(tmp_path, monkeypatch):
                      "owns"):
     holdout_study.main(common.parse(holdout_study.define_flags, [
         "--job_flags=--max_accuracy_drop=0.02", f"--out={tmp_path / 'z.json'}"]))
+
+
+def test_step_detection_noise_flag_admits_only_positive_medians():
+  """--noise=0.6 was inside the flag's range [0, 1] and failed mid-run ('medians must be finite
+  and non-negative'): the range ends where a median of 5 simulated calls stays positive."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from benchmarks import step_detection as sd  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  with pytest.raises(Exception, match=r"0.6 is not a number in the range \[0.0, 0.25\]"):
+    common.parse(sd.define_flags, ["--noise=0.6"])
+  rng = np.random.default_rng(0)
+  lowest = min(sd.simulate(rng, stride=1, counts=60, max_tokens=200, noise=0.25,
+                           burst_share=0.0, fast_share=0.5)[1].min() for _ in range(300))
+  assert lowest > 0
