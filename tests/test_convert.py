@@ -306,6 +306,18 @@ def test_original_dinov2_layout_with_malformed_tokens_is_one_error(field, value,
     convert_state_dict(cfg, sd)
 
 
+def test_a_stray_register_tokens_names_the_pos_embed_shape_the_file_holds():
+  """A timm checkpoint with one stray `register_tokens` is read as original DINOv2: the shape
+  mismatch named pos_embed (1, 16, 32), a shape the file does not hold; it says both."""
+  cfg = get_config("test_tiny_vit")
+  sd = to_timm_state_dict(cfg, init_params(cfg, 0))
+  sd["register_tokens"] = np.zeros((1, 4, 32), np.float32)
+  with pytest.raises(ConversionError, match=re.escape(
+      "pos_embed: expected (1, 17, 32), got (1, 16, 32): the file's (1, 17, 32) with the cls "
+      "position folded out (original DINOv2 layout, assumed from its register_tokens)")):
+    convert_state_dict(cfg, sd)
+
+
 def test_a_float8_safetensors_file_is_one_error(tmp_path):
   """safetensors' numpy and jax loaders both fail on float8 (AttributeError traceback)."""
   import ml_dtypes  # pylint: disable=g-import-not-at-top

@@ -460,6 +460,12 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
   unexpected = sorted(set(sd) - set(want))
   mismatched = [(k, want[k], tuple(np.shape(sd[k]))) for k in sorted(set(want) & set(sd))
                 if tuple(np.shape(sd[k])) != want[k]]
+  if ("register_tokens" in state_dict and "reg_token" not in state_dict
+      and "pos_embed" in state_dict):   # the shape named is after the DINOv2 fold, not the file's
+    mismatched = [(k, e, g if k != "pos_embed" else
+                   f"{g}: the file's {tuple(np.shape(state_dict['pos_embed']))} with the cls "
+                   "position folded out (original DINOv2 layout, assumed from its "
+                   "register_tokens)") for k, e, g in mismatched]
   if missing or unexpected or mismatched:
     raise ConversionError(cfg.name, missing, unexpected, mismatched)
   leaves, treedef = jax.tree.flatten_with_path(param_shapes(cfg),
