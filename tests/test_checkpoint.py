@@ -72,6 +72,18 @@ def test_params_of_another_model_are_named_in_one_short_line(tmp_path):
     checkpoint.load_weights(path)
 
 
+def test_orbax_warnings_are_python_warnings_on_one_line(tmp_path):
+  """Params missing orbax's metadata file still restore; orbax's absl line ('W1205 04:13:23.94
+  ... checkpoint.py:202] Metadata file does not exist') is a one-line Python warning instead."""
+  cfg = get_config("test_tiny_vit")
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  os.unlink(os.path.join(path, "params", "_CHECKPOINT_METADATA"))
+  with pytest.warns(UserWarning, match=r"^orbax: Metadata file does not exist: .*"
+                                       r"_CHECKPOINT_METADATA$"):
+    _, loaded = checkpoint.load_weights(path)
+  np.testing.assert_array_equal(loaded["cls_token"], init_params(cfg, 0)["cls_token"])
+
+
 def test_corrupted_config_json(tmp_path):
   cfg = get_config("test_tiny_vit")
   path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))

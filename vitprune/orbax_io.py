@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from typing import Any, Dict
 
 from vitprune import atomic
@@ -134,7 +135,7 @@ def restore(directory: str, target: Any) -> Any:
   directory = storage_path(directory)
   _check_regular_tree(directory)
   _start_backend()
-  with _stderr_kept_unless_failing():
+  with _stderr_kept_unless_failing(), _library_warnings_on_one_line():
     ckptr = checkpointer()
     metadata = ckptr.metadata(directory)
     _check_stored_dtypes(metadata, target)
@@ -209,6 +210,28 @@ def _check_regular_tree(directory: str) -> None:
       if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         raise OSError(f"{path} is not a regular file (a FIFO, device or socket) inside the "
                       "checkpoint; refusing to open it")
+
+
+class _AsWarning(logging.Filter):
+  """Turns orbax's absl warning records into Python warnings (`warning: UserWarning: ...`, one
+  line like the CLIs' others) and drops the raw record ('W1205 04:13:23.948 ... checkpoint.py:
+  202] Metadata file does not exist: .../_CHECKPOINT_METADATA')."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno == logging.WARNING:
+      warnings.warn(f"orbax: {record.getMessage()}", UserWarning, stacklevel=2)
+      return False
+    return True
+
+
+@contextlib.contextmanager
+def _library_warnings_on_one_line():
+  log, only = logging.getLogger("absl"), _AsWarning()
+  log.addFilter(only)
+  try:
+    yield
+  finally:
+    log.removeFilter(only)
 
 
 _REDIRECT = threading.Lock()   # one redirection of fd 2 at a time (restores are rare)
