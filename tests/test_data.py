@@ -789,6 +789,25 @@ def test_a_digits_training_folder_re_saved_as_jpeg_is_refused_by_its_marker(tmp_
     digits.check_digits_folder(str(train), meta, "W")
 
 
+def test_an_older_digits_marker_names_its_split_seed_seed(tmp_path):
+  """Before `split_seed`, `digits_images --seed=3` wrote the test split of seed 3 with a marker
+  {"split", "seed"}: read as split seed 0, weights of split seed 3 refused a folder of their own
+  held-out digits. The pixels decide where they find digits; an old marker's seed otherwise."""
+  import json  # pylint: disable=g-import-not-at-top
+  root = digits.write_digits_imagefolder(tmp_path / "t3", "test", split_seed=3, limit=20)
+  marker = os.path.join(root, digits.DIGITS_MARKER)
+  doc = json.load(open(marker))
+  json.dump({"format": doc["format"], "split": "test", "seed": 3}, open(marker, "w"))
+  meta = {"dataset": "sklearn_digits", "split": {"seed": 3, "test_fraction": 0.2}}
+  digits.check_digits_folder(root, meta, "W")                  # the pixels: all held out
+  for png in glob.glob(os.path.join(root, "*", "*.png")):     # no pixels to go by: the marker
+    os.unlink(png)
+  digits.check_digits_folder(root, meta, "W")
+  with pytest.raises(ValueError, match="holds the digits' test split of seed 3 .*trained on "
+                                       "the split of seed 0"):
+    digits.check_digits_folder(root, dict(meta, split={"seed": 0}), "W")
+
+
 def test_an_output_named_like_an_image_is_refused_inside_the_image_folder(tmp_path):
   """run_deployed --output=IMAGES/3/r.png was read back as an image and broke every later run;
   a .json there is never read (ImageFolder reads IMG_EXTENSIONS only) and stays allowed."""

@@ -248,8 +248,8 @@ def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
   their names, marker or inventory: a training digit copied into a `digits_images` folder kept
   its marker) that the weights (`whose`, named in the message; `meta` as `train_digits` records
   it) were trained on: every score on them would be inflated. A `digits_images` folder is also
-  judged by the split its marker records (its images re-saved as JPEG no longer match the
-  pixels; a board without scikit-learn's table has only the marker)."""
+  judged by the split its marker records where the pixels find no digit (its images re-saved
+  as JPEG; a board without scikit-learn's table has only the marker)."""
   trained = digits_training_split(meta)
   if trained is None:
     return
@@ -265,11 +265,13 @@ def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
     raise ValueError(f"{len(seen)} of the {len(found)} digits in {folder} are training images "
                      f"of {whose} (digits split of seed {seed}, test fraction {fraction}), so "
                      f"every score on them would be inflated{hint}")
-  if is_digits_imagefolder(folder):
-    marker = _read_marker(folder)
-    if (marker.get("split"), marker.get("split_seed", 0), fraction) != ("test", seed, 0.2):
+  if not found and is_digits_imagefolder(folder):   # (the pixels found none: re-saved, or no
+    marker = _read_marker(folder)                  # table to compare with; they decide else)
+    # (a marker written before `split_seed` named the split's seed "seed")
+    split_seed = marker.get("split_seed", marker.get("seed", 0))
+    if (marker.get("split"), split_seed, fraction) != ("test", seed, 0.2):
       raise ValueError(f"{folder} holds the digits' {marker.get('split')} split of seed "
-                       f"{marker.get('split_seed', 0)} (its {DIGITS_MARKER} says so), and "
+                       f"{split_seed} (its {DIGITS_MARKER} says so), and "
                        f"{whose} were trained on the split of seed {seed} (test fraction "
                        f"{fraction}): some of its images are their training data, so every "
                        f"score would be inflated{hint}")
