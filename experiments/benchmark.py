@@ -107,6 +107,14 @@ def main(f: flags.FlagValues):
   variants = bench.build_variants(
       cfg, variants=f.variants, pomt_schedule=f.pomt_schedule, solution=f.solution,
       multi_solution=f.multi_solution, multi_frontier=f.multi_frontier)
+  for flag, path in (("--solution", f.solution), ("--multi_solution", f.multi_solution)):
+    timed = read_solution(path).profile if path else None
+    if timed is not None and timed.dtype not in dtypes:   # (a bfloat16 choice was timed in
+      raise ValueError(f"{flag} {common.shown(path)} was chosen on {timed.dtype} timings: "
+                       f"benchmark it with --dtype={timed.dtype} (here {','.join(dtypes)})")
+    if timed is not None and timed.batch_size not in batch_sizes:     # float32, unsaid)
+      print(f"note: {flag} {common.shown(path)} was chosen on batch {timed.batch_size} "
+            f"timings; --batch_size={','.join(map(str, batch_sizes))} does not time it there")
   extra = sum(v.name.startswith("multi-f") for v in variants)
   if extra < f.multi_frontier:          # (10 asked, 5 timed without a word)
     print(f"note: --multi_frontier={f.multi_frontier}, but {common.shown(f.multi_solution)} "

@@ -143,6 +143,22 @@ def test_solution_variants(tmp_path):
   with pytest.raises(ValueError, match=r"--solution .*u.json chose the unpruned schedule: "
                      r"it is the baseline row already"):                # baseline timed twice
     B.build_variants(TINY, solution=unpruned)
+  # A multi solution that kept every token (a confident floor on few images): its frontier is
+  # still timed when asked for (it was refused whole), the chosen row left out and said.
+  kept = _solution(tmp_path / "k.json", TINY, [17, 17, 17], mode="multi", method="topk",
+                   frontier=[[17, 15, 12], [17, 13, 9], [17, 17, 17]])
+  with pytest.warns(UserWarning, match=r"--multi_solution .*k.json chose the unpruned schedule "
+                                       r"\(the baseline row\): only its frontier schedules"):
+    vs = B.build_variants(TINY, multi_solution=kept, multi_frontier=2, variants="tome:r1")
+  assert [(v.name, v.schedule.counts) for v in vs[-2:]] == [("multi-f0", (17, 15, 12)),
+                                                             ("multi-f1", (17, 13, 9))]
+  with pytest.raises(ValueError, match=r"chose the unpruned schedule: it is the baseline row"):
+    B.build_variants(TINY, multi_solution=kept, variants="tome:r1")
+  bare = _solution(tmp_path / "kb.json", TINY, [17, 17, 17], mode="multi", method="topk",
+                   frontier=[[17, 17, 17]])
+  with pytest.raises(ValueError, match=r"chose the unpruned schedule and lists no other "
+                                       r"multi-layer frontier schedule"):
+    B.build_variants(TINY, multi_solution=bare, multi_frontier=2, variants="tome:r1")
   with open(tmp_path / "n.json", "w") as f:
     json.dump({"format": "other"}, f)
   with pytest.raises(ValueError, match="format 'other' is not 'vitprune-solution'"):
@@ -485,3 +501,20 @@ def test_a_table_of_other_settings_is_replaced_with_a_note(tmp_path, capsys):
   # A markdown written before the provenance lines: nothing to compare, no note.
   (tmp_path / "test_tiny_vit_cpu.md").write_text("| batch |\n")
   assert B.replaced_table_note(str(csv_path), rows, md_path, ["weights: x"]) is None
+
+
+def test_a_solution_is_benchmarked_in_the_dtype_it_was_chosen_in(tmp_path):
+  """A bfloat16 multi solution was timed in float32 (the default --dtype) under its name with no
+  word; deploy refuses that. A batch its solution was not chosen at is noted."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  sol = solution_file(tmp_path / "m.json", TINY, [17, 13, 9], mode="multi", method="topk",
+                      dtype="bfloat16")
+  args = ["--model=test_tiny_vit", "--data=none", "--batch_size=2", "--min_run_time=0.005",
+          "--noprogress", f"--out_dir={tmp_path / 'out'}", f"--multi_solution={sol}"]
+  code, _, err = run_cli_in_process(tmp_path, "benchmark", args)
+  assert (code, err.strip()) == (1, f"error: --multi_solution {sol} was chosen on bfloat16 "
+                                    "timings: benchmark it with --dtype=bfloat16 (here float32)")
+  assert not (tmp_path / "out").exists()
+  code, out, err = run_cli_in_process(tmp_path, "benchmark", args + ["--dtype=bfloat16"])
+  assert f"note: --multi_solution {sol} was chosen on batch 1 timings; --batch_size=2 does " \
+         "not time it there" in out

@@ -47,6 +47,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax.numpy as jnp
@@ -256,7 +257,8 @@ def solution_variants(cfg: ViTConfig, path: str, *, multi: bool,
                      "(or its config differs)")
   if multi and sol.mode != "multi":
     raise ValueError(f"{flag} {path} is a {sol.mode!r}-mode solution; pass it as --solution")
-  if not S.reduces_tokens(cfg, S.Schedule(sol.chosen.counts)):   # (it was timed twice)
+  chose_unpruned = not S.reduces_tokens(cfg, S.Schedule(sol.chosen.counts))
+  if chose_unpruned and not (multi and frontier > 0):     # (it was timed twice)
     raise ValueError(f"{flag} {path} chose the unpruned schedule: it is the baseline row "
                      "already; nothing pruned to compare")
   base = "multi" if sol.mode == "multi" else sol.method
@@ -268,12 +270,18 @@ def solution_variants(cfg: ViTConfig, path: str, *, multi: bool,
     return _check_variant(cfg, Variant(vname, sol.method, S.Schedule(cand.counts), source,
                                        options))
 
-  out = [variant(base, sol.chosen)]
+  out = [] if chose_unpruned else [variant(base, sol.chosen)]   # (the baseline row already)
   if multi and frontier > 0:
     fr = [p for p in sol.frontier if p.counts != sol.chosen.counts and len(set(p.counts)) > 1]
     if fr:
       pick = sorted({int(round(i)) for i in np.linspace(0, len(fr) - 1, min(frontier, len(fr)))})
       out += [variant(f"multi-f{i}", fr[i]) for i in pick]
+  if not out:
+    raise ValueError(f"{flag} {path} chose the unpruned schedule and lists no other "
+                     "multi-layer frontier schedule: nothing pruned to compare")
+  if chose_unpruned:
+    warnings.warn(f"{flag} {path} chose the unpruned schedule (the baseline row): only its "
+                  f"frontier schedules are timed", UserWarning, stacklevel=2)
   return out
 
 
