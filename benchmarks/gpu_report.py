@@ -78,6 +78,14 @@ def profile_rows(profiles: Dict[str, records.Profile]) -> List[Dict[str, Any]]:
           "compile_s_p90": float(np.percentile(compile_s, 90)),
           "compile_s_max": float(compile_s.max()),
       })
+  seen: Dict[tuple, str] = {}
+  for r in rows:         # the markdown names no file: two curves of one key read as one twice
+    first = seen.setdefault((r["model"], r["dtype"], r["batch_size"], r["device_kind"]),
+                            r["file"])       # (two devices: refused as such by `collect`)
+    if first != r["file"]:
+      raise ValueError(f"{first} and {r['file']} both hold {r['model']} {r['dtype']} batch "
+                       f"{r['batch_size']} curves, which the table cannot tell apart: report "
+                       "one of them")
   return rows
 
 
@@ -114,7 +122,16 @@ def benchmark_rows(paths: List[str]) -> List[Dict[str, Any]]:
       for k, ok, what in _ROW_CHECKS:
         if not ok(row[k]):
           raise ValueError(f"{path}, line {i}: {k} {row[k]!r} is not {what}")
-      rows.append(row)
+      rows.append(dict(row, file=path))
+  seen: Dict[tuple, str] = {}
+  for r in rows:         # (two tables of one batch, e.g. a rerun under benchmark/b32/: twice)
+    key = (r["model"], r["batch_size"], r["dtype"], r["variant"])
+    first = seen.setdefault(key + (r["device_kind"],), r["file"])
+    if first != r["file"]:
+      raise ValueError(f"{first} and {r['file']} both hold {key[0]} batch {key[1]} {key[2]} "
+                       f"'{key[3]}' rows, which the table cannot tell apart: report one of them")
+  for r in rows:
+    del r["file"]
   return sorted(rows, key=lambda r: (r["model"], r["batch_size"]))  # (stable: dtypes as run)
 
 

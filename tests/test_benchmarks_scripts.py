@@ -675,6 +675,15 @@ def test_gpu_report_tabulates_what_the_suite_wrote(tmp_path, capsys):
                                        r"link\): report each once"):
     gpu_report.collect(str(out))
   (out / "profile" / "again.json").unlink()
+  # Another measurement of the same model, dtype and batch: its row would look like the first.
+  (single,) = [p for p in (out / "profile").glob("*_model_b1_*.json")]
+  rerun = json.loads(single.read_text())
+  rerun["created"] = "2030-01-01T00:00:00+00:00"
+  (out / "profile" / "rerun.json").write_text(json.dumps(rerun))
+  with pytest.raises(ValueError, match=r"both hold test_tiny_vit float32 batch 1 curves, which "
+                                       r"the table cannot tell apart: report one of them"):
+    gpu_report.collect(str(out))
+  (out / "profile" / "rerun.json").unlink()
   # Two devices in one report: refused (each table names one device).
   (path,) = [p for p in (out / "profile").glob("*_model_b1_*.json")]
   other = json.loads(path.read_text())
@@ -958,3 +967,21 @@ def test_step_detection_noise_flag_admits_only_positive_medians():
   lowest = min(sd.simulate(rng, stride=1, counts=60, max_tokens=200, noise=0.25,
                            burst_share=0.0, fast_share=0.5)[1].min() for _ in range(300))
   assert lowest > 0
+
+
+def test_gpu_report_refuses_rows_its_tables_cannot_tell_apart(tmp_path):
+  """Two benchmark tables of one batch (a rerun under another folder) or two curves of one
+  model, dtype and batch printed look-alike rows with different numbers (no file column)."""
+  from benchmarks import gpu_report  # pylint: disable=g-import-not-at-top
+  from vitprune import benchmark as bench  # pylint: disable=g-import-not-at-top
+  rows = [{k: "" for k in bench.CSV_COLUMNS}]
+  rows[0].update(model="m", dtype="float32", batch_size=1, variant="unpruned",
+                 latency_median_ms=1.0, device_kind="cpu", platform="cpu", schedule="full",
+                 latency_iqr_ms=0.1, compile_s=1.0, change_pct=0.0)
+  for d in ("b1", "b32"):
+    (tmp_path / d).mkdir()
+    (tmp_path / d / "t.csv").write_text(bench.to_csv(rows))
+  with pytest.raises(ValueError, match=r"b1/t.csv and .*b32/t.csv both hold m batch 1 float32 "
+                                       r"'unpruned' rows, which the table cannot tell apart"):
+    gpu_report.benchmark_rows(sorted(str(p) for p in tmp_path.glob("*/t.csv")))
+  assert len(gpu_report.benchmark_rows([str(tmp_path / "b1" / "t.csv")])) == 1
