@@ -412,6 +412,22 @@ def test_a_digits_folder_of_the_weights_training_images_is_refused_on_the_board(
   common.run_in_process(run_deployed.main, run_deployed.define_flags,
                         [f"--artifact={art}", f"--images={test}", "--repeats=3"])
   assert "accuracy" in capsys.readouterr().out
+  # A board holding iree/ without the manifest (as the README allows) scored the train folder
+  # at 1.0000: its record says what the weights were trained on, part of the module's
+  # identity (an edit names a function the module lacks).
+  board = tmp_path / "board"
+  shutil.copytree(os.path.join(art, "iree"), board / "iree")
+  (record,) = [p for p in (board / "iree").glob("*.json")]
+  assert json.loads(record.read_text())["weights"]["training"] == {
+      "dataset": "sklearn_digits", "split": meta["split"]}
+  r = run_edge("run", f"--artifact={board}", f"--images={train}")
+  assert (r.returncode, r.stderr) == (1, "error: " + said.replace(str(art), str(board)) + "\n")
+  assert run_edge("run", f"--artifact={board}", f"--images={test}").returncode == 0
+  doc = json.loads(record.read_text())
+  doc["weights"]["training"]["split"]["seed"] = 1          # lifting the guard by an edit
+  record.write_text(json.dumps(doc))
+  r = run_edge("run", f"--artifact={board}", f"--images={train}")
+  assert r.returncode == 1 and "the record does not match its module" in r.stderr
 
 
 def test_edge_cli_ctrl_c_is_one_line(artifact):

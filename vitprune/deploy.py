@@ -50,7 +50,7 @@ from vitprune.data import iterate_batches
 from vitprune.profile import protocol
 from vitprune.profile.protocol import Measurement, TimingConfig
 from vitprune.digest import file_sha256, params_sha256  # noqa: F401  (file_sha256: public API)
-from vitprune.edge.runtime import check_finite_outputs
+from vitprune.edge.runtime import check_finite_outputs, training_of
 from vitprune.edge.targets import parse_targets
 from vitprune.records.manifest import (BATCH_SYMBOL, FORMAT, MANIFEST_FILE, VERSION,  # noqa: F401
                                        WEIGHTS_SHA256_OF, ArtifactError, Manifest,
@@ -293,7 +293,8 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
           tmp, cfg, params32, targets, schedule=schedule, reducer=reducer, dtype=dtype,
           precision=precision, batch_size=batch_size, class_names=class_names,
           cores=cpu_cores, reducer_entry=manifest.identity_fields()["reducer"],
-          source_sha256=manifest.weights.get("source_sha256"))))
+          source_sha256=manifest.weights.get("source_sha256"),
+          training=training_of(manifest.weights.get("source")))))
     atomic.write_json(os.path.join(tmp, MANIFEST_FILE), manifest.to_json(), sort_keys=True)
     if verify and local_platform() in platforms:
       _verify(tmp, cfg, params32, schedule, reducer, dtype, precision, batch_size)

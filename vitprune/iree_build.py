@@ -346,14 +346,18 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
                   threads: int = 2, cache_dir: Optional[str] = None,
                   driver: Optional[str] = None, cores: Optional[int] = None,
                   reducer_entry: Optional[Dict[str, Any]] = None,
-                  source_sha256: Optional[str] = None) -> List[str]:
+                  source_sha256: Optional[str] = None,
+                  training: Optional[Dict[str, Any]] = None) -> List[str]:
   """Compiles the IREE `targets` into the (staged) artifact directory `tmp`; writes
   `iree/<slug>.vmfb`, `iree/<slug>.json` and `iree/weights.bin`. `driver`, `cores`: the CPU
   targets' runtime driver and core count (default: as `choose_runtime` says);
   `reducer_entry`: the manifest's description of `reducer` (name, options, fields), recorded
   so that a module of another reducer is told apart; `source_sha256`: the manifest's
   weights.source_sha256, recorded so that a manifest stripped of it is told apart on the
-  board. Returns the target texts (with 'jax'
+  board; `training`: what the weights' source says of their training data (`train_digits`:
+  dataset and split), recorded so that a board holding `iree/` without the manifest still
+  refuses their training images (part of the module's identity: an edit is told apart).
+  Returns the target texts (with 'jax'
   first: the jax export is always part of an artifact)."""
   chosen = iree_targets(targets)
   if not chosen:
@@ -374,6 +378,8 @@ def write_targets(tmp: str, cfg: ViTConfig, params, targets: Sequence[Any], *, s
   wentry: Dict[str, Any] = {"mode": weights, "params_sha256": params_sha256(params)}
   if source_sha256 is not None:
     wentry["source_sha256"] = source_sha256
+  if training is not None:
+    wentry["training"] = training
   if weights == "args":
     leaves = _leaves32(params)
     blob, entries = edge_rt.pack_weights([leaves[i] for i in low.weight_index],

@@ -80,8 +80,9 @@ def cmd_run() -> dict:
     raise EdgeError(f"{FLAGS.artifact}: its {model.target} module outputs [B, "
                     f"{model.num_outputs}] {model.output_kind} (no classification head): `run` "
                     "classifies images; `bench` times the module")
-  # (no manifest: a board copy of iree/ alone says nothing of the weights' training split)
-  check_digits_folder(FLAGS.images, runtime.weights_meta(model.manifest),
+  # (no manifest, a board copy of iree/ alone: its record says what the weights trained on)
+  check_digits_folder(FLAGS.images, runtime.weights_meta(model.manifest)
+                      if model.manifest is not None else runtime.record_training(model.record),
                       f"the weights of {FLAGS.artifact}")
   dataset = ImageFolder(FLAGS.images, class_names=model.class_names,
                         num_classes=model.num_outputs)   # labels by class name

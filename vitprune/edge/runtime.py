@@ -9,7 +9,8 @@ Artifact files written by `vitprune.iree_build` (next to the jax export):
       target, backend, driver, runtime {profile, driver, gflop, shards, source}, compiler
       {iree_version, input_type, target_backends, flags, profile, fallback},
       function, module {file, sha256, bytes}, weights {mode "args"|"baked", file, sha256,
-      params_sha256, leaves [{name, shape, dtype, offset, nbytes}]}, input {shape, dtype,
+      params_sha256, leaves [{name, shape, dtype, offset, nbytes}], source_sha256, training
+      (the weights' dataset and split where their source says: `training_of`)}, input {shape, dtype,
       layout}, output {shape, dtype}, model, schedule, preprocessing, class_names, host_cpu
       (the compiling CPU, for iree:host), compile_s.
   iree/<target slug>.vmfb   the compiled module; function `<function>(*weights, images) -> logits`
@@ -333,8 +334,10 @@ def record_identity(record: Dict[str, Any]) -> Dict[str, Any]:
           **({"reducer": record["reducer"]} if "reducer" in record else {}),
           "shards": (record.get("runtime") or {}).get("shards", 1),
           "module_batch": (record.get("module") or {}).get("batch_size"),
-          "weights": {k: weights.get(k) for k in ("mode", "sha256", "params_sha256",
-                                                   "leaves")}}
+          "weights": {**{k: weights.get(k) for k in ("mode", "sha256", "params_sha256",
+                                                      "leaves")},
+                      # (in records written since it was recorded: older names unchanged)
+                      **({"training": weights["training"]} if "training" in weights else {})}}
 
 
 def function_name(identity: Dict[str, Any]) -> str:
@@ -498,7 +501,9 @@ _SHARED_FIELDS = (
     ("output shape", lambda m: _sub(m, "output", "shape"),
      lambda r: _sub(r, "output", "shape")),
     ("weights source", lambda m: _key(m, "weights", "source_sha256"),
-     lambda r: _key(r, "weights", "source_sha256")))
+     lambda r: _key(r, "weights", "source_sha256")),
+    ("weights training", lambda m: training_of(_sub(m, "weights", "source")),
+     lambda r: _key(r, "weights", "training")))
 
 
 def _first_difference(what: str, got: Any, want: Any) -> Tuple[str, Any, Any]:
@@ -514,6 +519,21 @@ def _first_difference(what: str, got: Any, want: Any) -> Tuple[str, Any, Any]:
       break
     what, got, want = f"{what} {keys[0]}", got.get(keys[0]), want.get(keys[0], _ABSENT)
   return what, got, want
+
+
+def training_of(source: Any) -> Optional[Dict[str, Any]]:
+  """What a weights source (`manifest.weights.source`) says of the weights' training data: its
+  meta's "dataset" and "split" (`train_digits` records them), None where it says nothing."""
+  meta = source.get("meta") if isinstance(source, dict) else None
+  if not isinstance(meta, dict) or "dataset" not in meta:
+    return None
+  return {k: meta[k] for k in ("dataset", "split") if k in meta}
+
+
+def record_training(record: Dict[str, Any]) -> Any:
+  """What an IREE record says of its weights' training data (`training_of`), as `weights_meta`
+  reads a manifest: a board holding `iree/` without the manifest checks the images by it."""
+  return _sub(record, "weights", "training")
 
 
 def weights_meta(manifest: Dict[str, Any]) -> Any:
