@@ -603,7 +603,9 @@ def read_table_rows(csv_path: str) -> Optional[List[Dict[str, str]]]:
   if why:
     raise ValueError(f"{csv_path} {why}")
   try:
-    with open(csv_path, newline="") as f:
+    # utf-8-sig: a byte-order mark (a table re-saved by a spreadsheet) is not part of the header,
+    # as the profile table's reader takes it too.
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
       if f.readline().rstrip("\r\n") != ",".join(CSV_COLUMNS):
         return None
       rows, reader = [], csv.DictReader(f, fieldnames=CSV_COLUMNS)
