@@ -56,8 +56,8 @@ from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import records, runner, timing
 from vitprune.records.estimate import Estimate, default_metric, write_estimate
 from vitprune.records.solution import (Solution, describe_frontier_error,
-                                       describe_refinement, pruned_meeting_floor,
-                                       write_solution)
+                                       describe_refinement, judges_paired_change,
+                                       pruned_meeting_floor, write_solution)
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import Schedule, embed_counts, full_schedule
 
@@ -404,7 +404,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     if seconds is not None and "timed_in_loop" in sol.settings:
       seconds["in_loop"] = time.perf_counter() - t0
     if sol.settings.get("floor_straddles"):
-      paired = spec.max_accuracy_drop is not None and spec.floor_confidence
+      paired = judges_paired_change(sol.settings)
       log(f"  the 95% interval{' (paired)' if paired else ''} "
           f"straddles the floor for: "
           f"{', '.join(sol.settings['floor_straddles'])}")

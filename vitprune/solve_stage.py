@@ -45,7 +45,8 @@ from vitprune.profile import steps as steps_lib
 from vitprune.records.estimate import Estimate, EstimateError
 from vitprune.intervals import change_interval, wilson_interval
 from vitprune.records.solution import (Candidate, EstimateRef, ProfileRef, Solution,
-                                       measured_interval, meets_measured_floor)
+                                       judges_paired_change, measured_interval,
+                                       meets_measured_floor)
 
 # Measures schedules on the data: a list of counts -> their metric values, same order. A floor
 # met with confidence also calls it with paired=True -> (values, per schedule the images it and
@@ -742,8 +743,7 @@ def _straddling(solution: Solution, checked: Sequence[Candidate], floor: float) 
   """The schedules of `checked` whose 95 % interval contains the floor (`floor_status`); with a
   drop met with confidence only those measured against the unpruned graph image by image,
   judged by their paired interval as the choice was."""
-  paired_only = (solution.settings.get("floor_confidence") and
-                 solution.settings.get("max_accuracy_drop") is not None)
+  paired_only = judges_paired_change(solution.settings)
   return sorted({c.schedule for c in checked
                  if (not paired_only or c.measured_change_low is not None)
                  and floor_status(c, floor, solution) == "straddles"})

@@ -461,6 +461,13 @@ def _check_chosen_is_listed(sol: "Solution", require) -> None:
           f"{c.tokens} tokens (edited?)")
 
 
+def judges_paired_change(settings: Dict[str, Any]) -> bool:
+  """Whether the floor is a maximum drop met with confidence (`settings.max_accuracy_drop`,
+  `settings.floor_confidence`): judged by each schedule's paired 95 % interval of its change
+  against the unpruned graph, not by an interval of its own metric."""
+  return bool(settings.get("floor_confidence")) and settings.get("max_accuracy_drop") is not None
+
+
 def meets_measured_floor(c: Candidate, settings: Dict[str, Any]) -> bool:
   """Whether measured candidate `c` meets the solution's floor (`settings.accuracy_floor`): its
   measured metric (up to float rounding, `meets_floor`), or with `settings.floor_confidence`
@@ -472,9 +479,9 @@ def meets_measured_floor(c: Candidate, settings: Dict[str, Any]) -> bool:
     return False
   if not settings.get("floor_confidence"):
     return bool(meets_floor(c.measured_accuracy, floor))
-  drop = settings.get("max_accuracy_drop")
-  if drop is not None:
-    return c.measured_change_low is not None and bool(meets_floor(c.measured_change_low, -drop))
+  if judges_paired_change(settings):
+    return c.measured_change_low is not None and bool(
+        meets_floor(c.measured_change_low, -settings["max_accuracy_drop"]))
   return c.measured_accuracy_low is not None and bool(meets_floor(c.measured_accuracy_low, floor))
 
 
@@ -496,8 +503,8 @@ def measured_interval(c: Candidate, sol: Optional["Solution"] = None
   measured value itself where none was recorded."""
   if c.measured_accuracy is None:
     return None
-  if (sol is not None and sol.settings.get("floor_confidence") and sol.full is not None
-      and sol.settings.get("max_accuracy_drop") is not None and c.measured_change_low is not None):
+  if (sol is not None and judges_paired_change(sol.settings) and sol.full is not None
+      and c.measured_change_low is not None):
     base = sol.full.predicted_accuracy
     return base + c.measured_change_low, base + c.measured_change_high
   lo = c.measured_accuracy if c.measured_accuracy_low is None else c.measured_accuracy_low
@@ -839,9 +846,7 @@ def summary_lines(sol: Solution) -> List[str]:
   err = sol.settings.get("checked_accuracy_error")
   if err:
     lines.append(f"combined accuracy model vs the {err['num_schedules']} measured multi-layer "
-                 f"schedules, predicted before measuring: errs by {err['mean_abs_points']:.2f} "
-                 f"points on average (max {err['max_abs_points']:.2f}, mean signed "
-                 f"{err['mean_signed_points']:+.2f}; predicted - measured)")
+                 f"schedules, predicted before measuring: {_errs_by(err)}")
   err = sol.settings.get("frontier_accuracy_error")
   if err:
     lines.append(describe_frontier_error(err))
@@ -849,9 +854,8 @@ def summary_lines(sol: Solution) -> List[str]:
   if refined:
     lines.append(describe_refinement(refined))
   if sol.settings.get("floor_straddles"):
-    paired = sol.settings.get("floor_confidence") and drop is not None
-    lines.append(f"{'paired ' if paired else ''}interval straddles the floor "
-                 f"{sol.settings['accuracy_floor']:.6g} for: "
+    lines.append(f"{'paired ' if judges_paired_change(sol.settings) else ''}interval "
+                 f"straddles the floor {sol.settings['accuracy_floor']:.6g} for: "
                  + ", ".join(sol.settings["floor_straddles"]))
   if full is not None:
     lines.append(f"unpruned: predicted {1e3 * full.predicted_latency_s:.4g} ms, {m} "
@@ -861,12 +865,18 @@ def summary_lines(sol: Solution) -> List[str]:
   return lines
 
 
+def _errs_by(err: Dict[str, Any]) -> str:
+  """An error summary (`solve_stage._error_points`) in words: 'errs by 1.23 points on average
+  (max 4.56, mean signed +0.78; predicted - measured)'."""
+  return (f"errs by {err['mean_abs_points']:.2f} points on average (max "
+          f"{err['max_abs_points']:.2f}, mean signed {err['mean_signed_points']:+.2f}; "
+          f"predicted - measured)")
+
+
 def describe_frontier_error(err: Dict[str, Any]) -> str:
   """One line for `settings['frontier_accuracy_error']` (`solve_stage.measure_frontier`)."""
   return (f"every frontier schedule measured on the data ({err['num_schedules']}): the "
-          f"combined accuracy model errs by {err['mean_abs_points']:.2f} points on average "
-          f"(max {err['max_abs_points']:.2f}, mean signed {err['mean_signed_points']:+.2f}; "
-          f"predicted - measured)")
+          f"combined accuracy model {_errs_by(err)}")
 
 
 def describe_refinement(ref: Dict[str, Any]) -> str:
