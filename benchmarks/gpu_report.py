@@ -25,7 +25,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import numpy as np
 from absl import flags
@@ -78,15 +78,23 @@ def profile_rows(profiles: Dict[str, records.Profile]) -> List[Dict[str, Any]]:
           "compile_s_p90": float(np.percentile(compile_s, 90)),
           "compile_s_max": float(compile_s.max()),
       })
-  seen: Dict[tuple, str] = {}
-  for r in rows:         # the markdown names no file: two curves of one key read as one twice
-    first = seen.setdefault((r["model"], r["dtype"], r["batch_size"], r["device_kind"]),
-                            r["file"])       # (two devices: refused as such by `collect`)
-    if first != r["file"]:
-      raise ValueError(f"{first} and {r['file']} both hold {r['model']} {r['dtype']} batch "
-                       f"{r['batch_size']} curves, which the table cannot tell apart: report "
-                       "one of them")
+  # The markdown names no file: two curves of one key read as one twice (the device is part of
+  # the key: two devices are refused as such by `collect`).
+  _each_key_once([((r["model"], r["dtype"], r["batch_size"], r["device_kind"]), r["file"])
+                  for r in rows],
+                 lambda k, first, other: f"{first} and {other} both hold {k[0]} {k[1]} batch "
+                 f"{k[2]} curves, which the table cannot tell apart: report one of them")
   return rows
+
+
+def _each_key_once(held: Iterable[Tuple[Any, str]], message: Callable[[Any, str, str], str]
+                   ) -> None:
+  """ValueError(`message(key, first file, other file)`) when two files hold one key: the
+  report's rows would show it twice, alike (`held`: (key, file) pairs, in reading order)."""
+  first: Dict[Any, str] = {}
+  for key, path in held:
+    if first.setdefault(key, path) != path:
+      raise ValueError(message(key, first[key], path))
 
 
 def _single_exists(path: str, prof: records.Profile, b: int, paths: List[str]) -> bool:
@@ -104,7 +112,7 @@ def benchmark_rows(paths: List[str]) -> List[Dict[str, Any]]:
   """The rows of every benchmark CSV (`vitprune.benchmark.CSV_COLUMNS`), numbers as numbers
   (an empty cell: None), by model and batch size (as a number: b8 before b64), each table's
   dtypes and variants in its order."""
-  rows = []
+  rows, held = [], []
   for path in sorted(paths):
     table = bench.read_table_rows(path)
     if table is None:
@@ -122,16 +130,13 @@ def benchmark_rows(paths: List[str]) -> List[Dict[str, Any]]:
       for k, ok, what in _ROW_CHECKS:
         if not ok(row[k]):
           raise ValueError(f"{path}, line {i}: {k} {row[k]!r} is not {what}")
-      rows.append(dict(row, file=path))
-  seen: Dict[tuple, str] = {}
-  for r in rows:         # (two tables of one batch, e.g. a rerun under benchmark/b32/: twice)
-    key = (r["model"], r["batch_size"], r["dtype"], r["variant"])
-    first = seen.setdefault(key + (r["device_kind"],), r["file"])
-    if first != r["file"]:
-      raise ValueError(f"{first} and {r['file']} both hold {key[0]} batch {key[1]} {key[2]} "
-                       f"'{key[3]}' rows, which the table cannot tell apart: report one of them")
-  for r in rows:
-    del r["file"]
+      rows.append(row)
+      held.append(((row["model"], row["batch_size"], row["dtype"], row["variant"],
+                    row["device_kind"]), path))
+  # (two tables of one batch, e.g. a rerun under benchmark/b32/: its rows twice)
+  _each_key_once(held, lambda k, first, other: f"{first} and {other} both hold {k[0]} batch "
+                 f"{k[1]} {k[2]} '{k[3]}' rows, which the table cannot tell apart: report one "
+                 "of them")
   return sorted(rows, key=lambda r: (r["model"], r["batch_size"]))  # (stable: dtypes as run)
 
 
@@ -194,12 +199,10 @@ def collect(out_dir: str) -> Dict[str, Any]:
     raise ValueError(f"--dir {out_dir!r} holds no profile/*.json, benchmark/*.csv or "
                      "predictor_accuracy_*.json: nothing to report (did every stage time out?)")
   profiles = {p: records.load(p) for p in profile_paths}
-  seen: Dict[str, str] = {}
-  for p, prof in sorted(profiles.items()):   # (two names of one file, or a copy: rows twice)
-    first = seen.setdefault(records.measurement_sha256(prof), p)
-    if first != p:
-      raise ValueError(f"{p} holds the same measurements as {first} (a copy or a link): "
-                       "report each once")
+  _each_key_once([(records.measurement_sha256(prof), p)   # (two names of one file, or a copy)
+                  for p, prof in sorted(profiles.items())],
+                 lambda _, first, other: f"{other} holds the same measurements as {first} (a "
+                 "copy or a link): report each once")
   curves = {p: prof for p, prof in profiles.items() if "model" in prof.modes}
   doc = {"format": RESULT_FORMAT, "version": 1, "profiles": profile_rows(curves),
          "skipped": sorted(os.path.basename(p) for p in profiles if p not in curves),
