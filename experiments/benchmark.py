@@ -107,12 +107,14 @@ def main(f: flags.FlagValues):
   variants = bench.build_variants(
       cfg, variants=f.variants, pomt_schedule=f.pomt_schedule, solution=f.solution,
       multi_solution=f.multi_solution, multi_frontier=f.multi_frontier)
-  for flag, path in (("--solution", f.solution), ("--multi_solution", f.multi_solution)):
-    timed = read_solution(path).profile if path else None
-    if timed is not None and timed.dtype not in dtypes:   # (a bfloat16 choice was timed in
+  solutions = {flag: (path, read_solution(path)) for flag, path in
+               (("--solution", f.solution), ("--multi_solution", f.multi_solution)) if path}
+  for flag, (path, sol) in solutions.items():
+    timed = sol.profile
+    if timed.dtype not in dtypes:       # (a bfloat16 choice was timed in float32, unsaid)
       raise ValueError(f"{flag} {common.shown(path)} was chosen on {timed.dtype} timings: "
                        f"benchmark it with --dtype={timed.dtype} (here {','.join(dtypes)})")
-    if timed is not None and timed.batch_size not in batch_sizes:     # float32, unsaid)
+    if timed.batch_size not in batch_sizes:
       print(f"note: {flag} {common.shown(path)} was chosen on batch {timed.batch_size} "
             f"timings; --batch_size={','.join(map(str, batch_sizes))} does not time it there")
   extra = sum(v.name.startswith("multi-f") for v in variants)
@@ -125,9 +127,8 @@ def main(f: flags.FlagValues):
       memory.check_batch_fits(cfg, [f.eval_batch_size], dtype, flag="--eval_batch_size",
                               evaluation=True)
   cfg, params, source = common.load_model(f.model, f.weights, f.seed)
-  for path in (f.solution, f.multi_solution):
-    if path:
-      read_solution(path).check_weights(params_sha256(params), f"the benchmarked ones ({source})")
+  for _, sol in solutions.values():
+    sol.check_weights(params_sha256(params), f"the benchmarked ones ({source})")
   spec = bench.BenchmarkSpec(cfg, batch_sizes=tuple(batch_sizes), dtypes=tuple(dtypes),
                              timing=tcfg, threads=f.compile_threads,
                              eval_batch_size=f.eval_batch_size, seed=f.seed)
