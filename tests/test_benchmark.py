@@ -8,6 +8,7 @@ import pytest
 
 from vitprune import atomic
 from vitprune import benchmark as B
+from vitprune import intervals
 from vitprune import schedule as S
 from vitprune.registry import get_config
 
@@ -234,6 +235,23 @@ def test_cli_labelled_run(tmp_path, capsys):
       (b, d, n) for b in (1, 2) for d in ("float32", "bfloat16") for n in names]
   for r in rows:
     assert float(r["latency_median_ms"]) > 0 and int(r["num_samples"]) >= 5
+    # The accuracy change against the unpruned graph on the same images, with its paired
+    # interval: lost - gained images is the difference of the two accuracies.
+    u = next(x for x in rows if (x["batch_size"], x["dtype"], x["variant"]) == (
+        r["batch_size"], r["dtype"], "unpruned"))
+    lost, gained = int(r["images_lost"]), int(r["images_gained"])
+    assert (int(round(float(u["accuracy"]) * 20)) - int(round(float(r["accuracy"]) * 20))
+            == lost - gained)
+    assert float(r["accuracy_change"]) == pytest.approx((gained - lost) / 20, abs=1e-6)
+    assert (float(r["accuracy_change_low"]) <= float(r["accuracy_change"])
+            <= float(r["accuracy_change_high"]))
+    want = intervals.change_record((0, lost, gained, 20 - lost - gained), "accuracy")
+    if r["variant"] == "unpruned":
+      assert (lost, gained, r["accuracy_change_low"], r["accuracy_change_high"]) == (
+          0, 0, "0", "0")
+    else:        # (the interval depends on lost / gained and on the images both get right)
+      assert float(r["accuracy_change_high"]) - float(r["accuracy_change_low"]) > 0
+      assert want["value"] == pytest.approx(float(r["accuracy_change"]), abs=1e-6)
     assert float(r["latency_q25_ms"]) <= float(r["latency_median_ms"]) <= float(
         r["latency_q75_ms"])
     assert int(r["num_examples"]) == 20
@@ -269,6 +287,12 @@ def test_cli_labelled_run(tmp_path, capsys):
   assert device.startswith("device: cpu (cpu), jax ")
   assert command.startswith("command: `python -m experiments.benchmark --batch_size=1,2 ")
   assert table[0]["change vs unpruned"] == "+0.0%" and table[0]["agreement"] == "1.0000"
+  assert table[0]["accuracy change (paired 95 %)"] == "+0.0000"
+  p = by[(1, "float32", "pomt")]
+  assert table[1]["accuracy change (paired 95 %)"] == (
+      f"{float(p['accuracy_change']):+.4f} ({float(p['accuracy_change_low']):+.4f}.."
+      f"{float(p['accuracy_change_high']):+.4f}; {p['images_lost']} lost, "
+      f"{p['images_gained']} gained)")
   assert table[1]["tokens per layer"] == "17,11,11" and table[1]["schedule"] == "`keep@0:11`"
   printed = capsys.readouterr().out
   assert md.strip() in printed and "wrote" in printed
@@ -281,8 +305,9 @@ def test_cli_latency_only(tmp_path):
   _, rows, md, png = _read_outputs(out)
   assert [r["variant"] for r in rows] == ["unpruned", "pomt", "topk:r1"]
   assert all(r["accuracy"] == r["agreement"] == r["kl"] == r["num_examples"] == ""
-             for r in rows)
-  assert [t["accuracy"] for t in _parse_markdown(md)] == ["–"] * 3
+             == r["accuracy_change"] == r["images_lost"] for r in rows)
+  assert [(t["accuracy"], t["accuracy change (paired 95 %)"]) for t in _parse_markdown(md)] == [
+      ("–", "–")] * 3
   assert rows[0]["counts"] == "19,19,19" and png[:4] == b"\x89PNG"
   assert _provenance(md)[1] == "data: none (latency only)"
 
@@ -328,8 +353,15 @@ def test_markdown_and_csv_formatting():
              latency_q25_ms=1.2, latency_q75_ms=1.3, latency_iqr_ms=0.1, latency_rel_iqr=0.081,
              num_samples=10, retries=0, compile_s=0.5, change_pct=-12.345)
   md = B.to_markdown([row]).strip().split("\n")[-1]
-  assert md == ("| 4 | float32 | a | tome | `r2` | 1.235 ± 0.1 | -12.3% | – | – | – | "
+  assert md == ("| 4 | float32 | a | tome | `r2` | 1.235 ± 0.1 | -12.3% | – | – | – | – | "
                 "17,15,13 |")
+  row.update(accuracy=0.9, accuracy_change=-0.05, accuracy_change_low=-0.1,
+             accuracy_change_high=-0.01, images_lost=6, images_gained=1)
+  assert B.to_markdown([row]).strip().split("\n")[-1] == (
+      "| 4 | float32 | a | tome | `r2` | 1.235 ± 0.1 | -12.3% | 0.9000 | -0.0500 "
+      "(-0.1000..-0.0100; 6 lost, 1 gained) | – | – | 17,15,13 |")
+  assert B.to_csv([row]).endswith(",0.9,,,-0.05,-0.1,-0.01,6,1\n")
+  row.update({k: None for k in B.CSV_COLUMNS[-8:]})    # (accuracy on)
   text = B.to_csv([row])
   assert text.split("\n")[1].startswith("m,cpu,cpu,4,float32,a,tome,user,r2,")
   assert ",-12.345," in text and text.endswith(",,,,\n")
@@ -359,6 +391,34 @@ def test_write_outputs_never_replaces_foreign_tables(tmp_path):
   with pytest.raises(atomic.ForeignOutputError, match=r"t\.csv: it is a special file \(a device, "
                                                    r"FIFO or socket\), not a benchmark table"):
     B.check_replaceable_outputs(paths)
+
+
+def test_a_table_of_the_version_before_the_accuracy_change_is_read_and_replaced(tmp_path):
+  """Tables written before the accuracy change's columns are ours: read (those cells empty) and
+  replaced, not refused as foreign (every --out_dir with an earlier table failed the run)."""
+  rows = [dict.fromkeys(B.CSV_COLUMNS, None) | {"model": "m", "device_kind": "cpu",
+                                                 "batch_size": 1, "variant": "unpruned"}]
+  old = B.OLDER_CSV_COLUMNS[0]
+  assert old == B.CSV_COLUMNS[:len(old)] and len(old) < len(B.CSV_COLUMNS)
+  text = B.to_csv(rows).split("\n")
+  old_text = "\n".join(",".join(line.split(",")[:len(old)]) for line in text[:2]) + "\n"
+  paths = {k: str(tmp_path / f"t.{k}") for k in ("csv", "md", "png")}
+  (tmp_path / "t.csv").write_text(old_text)
+  (tmp_path / "t.md").write_text("| batch |\n")
+  B.check_replaceable_outputs(paths)
+  got = B.read_table_rows(paths["csv"])
+  assert len(got) == 1 and tuple(got[0]) == B.CSV_COLUMNS
+  assert got[0]["model"] == "m" and got[0]["accuracy_change"] == got[0]["images_lost"] == ""
+  assert "–" in B._accuracy_change_cell(dict(got[0], accuracy_change=None))
+  # ... with a byte-order mark (re-saved by a spreadsheet), as the reader takes it
+  (tmp_path / "t.csv").write_bytes(b"\xef\xbb\xbf" + B.to_csv(rows).encode())
+  B.check_replaceable_outputs(paths)
+  assert B.read_table_rows(paths["csv"])[0]["model"] == "m"
+  # a header with one column more or less than a version we wrote is not ours
+  (tmp_path / "t.csv").write_text(",".join(B.CSV_COLUMNS[:-1]) + "\n")
+  with pytest.raises(atomic.ForeignOutputError, match="not a vitprune benchmark table"):
+    B.check_replaceable_outputs(paths)
+  assert B.read_table_rows(paths["csv"]) is None
 
 
 def test_cli_refuses_a_solution_of_other_weights_and_unread_flags(tmp_path):

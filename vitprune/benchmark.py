@@ -13,9 +13,11 @@ Every variant is a (method, static `Schedule`) pair; each is
     median / IQR of per-call times; all points of a run are visited in one seeded shuffled order
     (so drift spreads over every variant) and wide-IQR points are re-measured;
   * evaluated with `vitprune.estimate.evaluate` on the same data for each dtype: top-1 accuracy
-    (labelled data) plus fidelity against the unpruned model in that dtype (top-1 agreement and
-    KL(unpruned || pruned)). Accuracy does not depend on the batch size (the estimator works per
-    example), so it is computed once per dtype and shared by every batch size.
+    (labelled data) and its change against the unpruned model on the same images with the
+    paired 95 % interval (`intervals.change_record`: images lost and gained), plus fidelity
+    against the unpruned model in that dtype (top-1 agreement and KL(unpruned || pruned)).
+    Accuracy does not depend on the batch size (the estimator works per example), so it is
+    computed once per dtype and shared by every batch size.
 
 Default variants (`default_variants`), derived from the model's depth and token count, with the
 literature's DeiT-S settings (196 patches, 12 blocks) as reference:
@@ -59,6 +61,7 @@ from vitprune import atomic
 from vitprune import console
 from vitprune import estimate
 from vitprune import figure
+from vitprune import intervals
 from vitprune import jsonio
 from vitprune import schedule as S
 from vitprune.config import COMPUTE_DTYPES, ViTConfig
@@ -78,7 +81,12 @@ CSV_COLUMNS = (
     "model", "device_kind", "platform", "batch_size", "dtype", "variant", "method", "source",
     "schedule", "counts", "final_tokens", "token_budget_pct", "latency_median_ms",
     "latency_q25_ms", "latency_q75_ms", "latency_iqr_ms", "latency_rel_iqr", "num_samples",
-    "retries", "compile_s", "change_pct", "num_examples", "accuracy", "agreement", "kl")
+    "retries", "compile_s", "change_pct", "num_examples", "accuracy", "agreement", "kl",
+    "accuracy_change", "accuracy_change_low", "accuracy_change_high", "images_lost",
+    "images_gained")
+# Headers of tables written by earlier versions, still read and replaced as ours (their rows
+# lack the later columns: empty cells). Before the accuracy change's columns:
+OLDER_CSV_COLUMNS = (CSV_COLUMNS[:-5],)
 
 
 # ----------------------------------------------------------------------------- variants
@@ -389,11 +397,20 @@ def measure_latency(spec: BenchmarkSpec, params, variants: Sequence[Variant], *,
                               on_done=lambda k: bar.update(1))
 
 
-def measure_quality(spec: BenchmarkSpec, params, variants: Sequence[Variant], data
-                    ) -> Dict[Tuple[str, str], Any]:
-  """{(variant name, dtype): estimate.PointResult} on `data` (an `estimate.EvalData`).
+@dataclasses.dataclass(frozen=True)
+class Quality:
+  """A variant's quality in one dtype: `result` (accuracy when labelled, agreement, KL) and,
+  on labelled data, `change`: its accuracy minus the unpruned graph's on the same images with
+  the paired 95 % interval (`intervals.change_record`; the unpruned variant: 0, no interval)."""
+  result: estimate.PointResult
+  change: Optional[Dict[str, Any]] = None
 
-  The unpruned variant gets the reference result (agreement 1, KL 0)."""
+
+def measure_quality(spec: BenchmarkSpec, params, variants: Sequence[Variant], data
+                    ) -> Dict[Tuple[str, str], Quality]:
+  """{(variant name, dtype): `Quality`} on `data` (an `estimate.EvalData`).
+
+  The unpruned variant gets the reference result (agreement 1, KL 0, change 0)."""
   cfg = spec.cfg
   pruned = [v for v in variants if v.schedule != S.full_schedule(cfg)]
   points = [estimate.EvalPoint(v.schedule, v.reducer_for(cfg), v.schedule.counts[-1],
@@ -401,12 +418,17 @@ def measure_quality(spec: BenchmarkSpec, params, variants: Sequence[Variant], da
   out = {}
   for dt in spec.dtypes:
     res = estimate.evaluate(cfg, params, data.batches(cfg, spec.eval_batch_size), points,
-                            labelled=data.labelled, dtype=dt)
+                            labelled=data.labelled, dtype=dt, margins=data.labelled)
+    ref = res.reference
     for v in variants:
       if v.schedule == S.full_schedule(cfg):
-        out[(v.name, dt)] = res.reference
-    for v, r in zip(pruned, res.points):
-      out[(v.name, dt)] = r
+        out[(v.name, dt)] = Quality(ref, intervals.change_record(
+            (ref.correct, 0, 0, ref.num_examples - ref.correct), "accuracy", identical=True)
+                                    if data.labelled else None)
+    for i, (v, r) in enumerate(zip(pruned, res.points)):
+      out[(v.name, dt)] = Quality(r, intervals.change_record(
+          estimate.paired_counts(res.margins[0], res.margins[1 + i]), "accuracy")
+                                  if data.labelled else None)
   return out
 
 
@@ -428,7 +450,8 @@ def tabulate(spec: BenchmarkSpec, variants: Sequence[Variant], latency: Dict, qu
       base = latency[(UNPRUNED, int(b), dt)].median
       for v in variants:
         m = latency[(v.name, int(b), dt)]
-        q = None if quality is None else quality[(v.name, dt)]
+        q = None if quality is None else quality[(v.name, dt)].result
+        change = None if quality is None else quality[(v.name, dt)].change
         rows.append({
             "model": cfg.name, "device_kind": device["device_kind"],
             "platform": device["platform"], "batch_size": int(b), "dtype": dt,
@@ -446,6 +469,11 @@ def tabulate(spec: BenchmarkSpec, variants: Sequence[Variant], latency: Dict, qu
             "accuracy": None if q is None else q.accuracy,
             "agreement": None if q is None else q.agreement,
             "kl": None if q is None else q.kl,
+            "accuracy_change": None if change is None else change["value"],
+            "accuracy_change_low": None if change is None else change["interval_95"][0],
+            "accuracy_change_high": None if change is None else change["interval_95"][1],
+            "images_lost": None if change is None else change["images_lost"],
+            "images_gained": None if change is None else change["images_gained"],
         })
   return rows
 
@@ -466,7 +494,20 @@ def _fmt(x: Optional[float], spec: str) -> str:
 
 
 MD_COLUMNS = ("batch", "dtype", "variant", "method", "schedule", "latency ms (median ± IQR)",
-              "change vs unpruned", "accuracy", "agreement", "KL", "tokens per layer")
+              "change vs unpruned", "accuracy", "accuracy change (paired 95 %)", "agreement",
+              "KL", "tokens per layer")
+
+
+def _accuracy_change_cell(r: Dict[str, Any]) -> str:
+  """'-0.0084 (-0.0167..+0.0000; 3 lost, 0 gained)'; '+0.0000' for the unpruned graph itself;
+  '–' where not measured (unlabelled data, a table of an earlier version)."""
+  if r.get("accuracy_change") is None:
+    return "–"
+  if r["variant"] == UNPRUNED:
+    return f"{r['accuracy_change']:+.4f}"
+  return (f"{r['accuracy_change']:+.4f} ({r['accuracy_change_low']:+.4f}.."
+          f"{r['accuracy_change_high']:+.4f}; {r['images_lost']} lost, "
+          f"{r['images_gained']} gained)")
 
 
 def to_markdown(rows: Sequence[Dict[str, Any]], provenance: Sequence[str] = ()) -> str:
@@ -481,7 +522,7 @@ def to_markdown(rows: Sequence[Dict[str, Any]], provenance: Sequence[str] = ()) 
   for r in rows:
     cells = [str(r["batch_size"]), r["dtype"], r["variant"], r["method"], f"`{r['schedule']}`",
              f"{r['latency_median_ms']:.4g} ± {r['latency_iqr_ms']:.2g}",
-             f"{r['change_pct']:+.1f}%", _fmt(r["accuracy"], ".4f"),
+             f"{r['change_pct']:+.1f}%", _fmt(r["accuracy"], ".4f"), _accuracy_change_cell(r),
              _fmt(r["agreement"], ".4f"), _fmt(r["kl"], ".4f"), r["counts"]]
     lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
   return "\n".join(lines) + "\n"
@@ -554,7 +595,6 @@ def check_replaceable_outputs(paths: Dict[str, str]) -> None:
   """Refuses (`atomic.ForeignOutputError`) to replace outputs vitprune did not write: an existing
   CSV must be a regular file (never a link, FIFO or device) starting with our header, and the
   MD/PNG may exist only beside such a CSV, as regular files (`atomic.check_companions`)."""
-  header = ",".join(CSV_COLUMNS)
   atomic.check_companions([paths["md"], paths["png"]])
   if not os.path.lexists(paths["csv"]):
     ours = None
@@ -562,8 +602,8 @@ def check_replaceable_outputs(paths: Dict[str, str]) -> None:
     ours = False                  # never open a FIFO or a device: it blocks or never ends
   else:
     try:
-      with open(paths["csv"]) as f:
-        ours = f.readline(len(header) + 2).rstrip("\n") == header
+      with open(paths["csv"], newline="", encoding="utf-8-sig") as f:
+        ours = _our_columns(f.readline(len(",".join(CSV_COLUMNS)) + 3)) is not None
     except (OSError, UnicodeDecodeError):
       ours = False
   if ours is False:
@@ -593,11 +633,19 @@ def _table_settings(rows: Sequence[Dict[str, Any]]) -> Dict[str, str]:
           "number of images evaluated": values("num_examples")}
 
 
+def _our_columns(first_line: str) -> Optional[Tuple[str, ...]]:
+  """The columns of the header line `first_line` when it is one we write (`CSV_COLUMNS`) or
+  wrote (`OLDER_CSV_COLUMNS`), else None."""
+  line = first_line.rstrip("\r\n")
+  return next((c for c in (CSV_COLUMNS, *OLDER_CSV_COLUMNS) if line == ",".join(c)), None)
+
+
 def read_table_rows(csv_path: str) -> Optional[List[Dict[str, str]]]:
-  """The rows (cells as text) of a benchmark table we wrote, None when the file does not start
-  with our header (`CSV_COLUMNS`). A row with fewer or more cells than the header (a file cut
-  mid-write), bytes that are not UTF-8 or a malformed CSV are a ValueError naming the file and
-  line, and so is a path that is no regular file (a FIFO hung the reader); OSError
+  """The rows (cells as text; a column of `CSV_COLUMNS` the table's version lacks: empty) of a
+  benchmark table we wrote, None when the file does not start with our header (`CSV_COLUMNS`,
+  or an earlier version's: `OLDER_CSV_COLUMNS`). A row with fewer or more cells than the header
+  (a file cut mid-write), bytes that are not UTF-8 or a malformed CSV are a ValueError naming
+  the file and line, and so is a path that is no regular file (a FIFO hung the reader); OSError
   propagates."""
   why = jsonio.why_not_a_file(csv_path)
   if why:
@@ -606,15 +654,16 @@ def read_table_rows(csv_path: str) -> Optional[List[Dict[str, str]]]:
     # utf-8-sig: a byte-order mark (a table re-saved by a spreadsheet) is not part of the header,
     # as the profile table's reader takes it too.
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
-      if f.readline().rstrip("\r\n") != ",".join(CSV_COLUMNS):
+      columns = _our_columns(f.readline())
+      if columns is None:
         return None
-      rows, reader = [], csv.DictReader(f, fieldnames=CSV_COLUMNS)
+      rows, reader = [], csv.DictReader(f, fieldnames=columns)
       for row in reader:
         if None in row or None in row.values():
-          cells = len(CSV_COLUMNS) + len(row.get(None, ())) - list(row.values()).count(None)
+          cells = len(columns) + len(row.get(None, ())) - list(row.values()).count(None)
           raise ValueError(f"{csv_path}, line {reader.line_num + 1}: {cells} cells, the header "
-                           f"has {len(CSV_COLUMNS)} (a file cut mid-write?)")
-        rows.append(row)
+                           f"has {len(columns)} (a file cut mid-write?)")
+        rows.append(dict.fromkeys(CSV_COLUMNS, "") | row)
       return rows
   except (UnicodeDecodeError, csv.Error) as e:
     raise ValueError(f"{csv_path}: not a readable CSV table ({e})") from None
