@@ -17,6 +17,7 @@ from experiments import common
 from vitprune import atomic
 from vitprune import console
 from vitprune import deploy
+from vitprune import intervals
 from vitprune import memory
 from vitprune.edge import runtime
 from vitprune.profile import protocol
@@ -97,7 +98,9 @@ def run(f: flags.FlagValues) -> dict:
   if dataset.labelled:   # labels are model output indices (matched by class name)
     for r, l in zip(rows, dataset.labels.tolist()):
       r["label"] = l
-    result["accuracy"] = sum(r["pred"] == r["label"] for r in rows) / len(rows)
+    right = sum(r["pred"] == r["label"] for r in rows)
+    result["accuracy"] = right / len(rows)
+    result["accuracy_record"] = intervals.accuracy_record(right, len(rows))
   m = deploy.time_model(model, out["first_batch"], timing_cfg)
   result["latency"] = {"median_s": m.median, "q25_s": m.q25, "q75_s": m.q75, "iqr_s": m.iqr,
                        "repeats": len(m.samples), "warmup": f.warmup,
@@ -117,8 +120,7 @@ def main(f: flags.FlagValues) -> dict:
   b = lat["batch_size"]
   print(f"model {res['model']} schedule {res['schedule']}: {res['num_images']} images")
   if res["accuracy"] is not None:
-    n_ok = sum(r["pred"] == r["label"] for r in res["predictions"])
-    print(f"accuracy {res['accuracy']:.4f} ({n_ok}/{res['num_images']})")
+    print(f"accuracy {intervals.describe_accuracy(res['accuracy_record'])}")
   print(f"latency batch {b}: median {lat['median_s'] * 1e3:.3f} ms (IQR "
         f"{lat['iqr_s'] * 1e3:.3f} ms, {lat['repeats']} repeats), "
         f"{lat['median_s'] * 1e3 / b:.3f} ms/image; first call {lat['first_call_s']:.3f} s")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitprune import deploy, orbax_io
+from vitprune import deploy, intervals, orbax_io
 from vitprune.checkpoint import save_weights
 from vitprune.data import ImageFolder, iterate_batches
 from vitprune.model import init_params, jitted_forward
@@ -682,6 +682,9 @@ def test_clis_end_to_end(tmp_path, params):
   assert [r["label"] for r in got["predictions"]] == [0, 0, 3, 3, 3]
   labels = [0, 0, 3, 3, 3]
   assert got["accuracy"] == pytest.approx(np.mean(np.asarray(want) == labels))
+  right = int(np.sum(np.asarray(want) == labels))
+  assert got["accuracy_record"] == intervals.accuracy_record(right, 5)
+  assert f"accuracy {intervals.describe_accuracy(got['accuracy_record'])}\n" in res.stdout
   lat = got["latency"]
   assert lat["batch_size"] == 2 and len(lat["samples_s"]) == 5
   assert 0 < lat["q25_s"] <= lat["median_s"] <= lat["q75_s"]

@@ -679,6 +679,8 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
                "--min_run_time=0.02")
   assert r.returncode == 0, r.stderr[-2000:]
   assert "accuracy " in r.stdout and "target iree:host" in r.stdout
+  assert re.search(r"accuracy \d\.\d{4} \(\d+/359; 95% interval \d\.\d{4}\.\.\d\.\d{4}\)\n",
+                   r.stdout)
   # A tampered or incomplete kit is refused with one line.
   with open(os.path.join(kit_dir, "kit.json")) as f:
     doc = json.load(f)

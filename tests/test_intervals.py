@@ -100,3 +100,17 @@ def test_pair_counts_and_change_record():
   assert intervals.describe_change(record).endswith(": 1 image lost, 1 gained)")
   with pytest.raises(ValueError, match=r"need two \[M\] arrays of the same images"):
     intervals.pair_counts(right_u, right_p[:5])
+
+
+def test_accuracy_record_and_its_line():
+  """What run_deployed and `vitprune.edge run` report: the Wilson interval of the images right."""
+  r = intervals.accuracy_record(350, 359)
+  lo, hi = intervals.wilson_interval(350 / 359, 359)
+  assert r == {"value": 350 / 359, "correct": 350, "num_images": 359, "interval_95": [lo, hi]}
+  assert intervals.describe_accuracy(r) == "0.9749 (350/359; 95% interval 0.9530..0.9868)"
+  assert intervals.accuracy_record(np.int64(0), 4)["interval_95"][0] == 0.0
+  for bad in (True, 5, -1, 2.0):
+    with pytest.raises(ValueError, match=r"a whole number of images right in 0\.\.4, got"):
+      intervals.accuracy_record(bad, 4)
+  with pytest.raises(ValueError, match="at least one example"):
+    intervals.accuracy_record(0, 0)

@@ -110,6 +110,26 @@ def change_record(pair: Sequence[int], metric: str, identical: bool = False) -> 
           "images_gained": int(pair[2])}
 
 
+def accuracy_record(correct: int, n: int) -> Dict[str, Any]:
+  """The accuracy of `correct` right of `n` images as JSON: {"value", "correct", "num_images",
+  "interval_95": the Wilson interval}."""
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    raise ValueError(f"need at least one example, got {n!r}")
+  if isinstance(correct, bool) or not isinstance(correct, (int, np.integer)) or not (
+      0 <= correct <= n):
+    raise ValueError(f"need a whole number of images right in 0..{n}, got {correct!r}")
+  lo, hi = wilson_interval(correct / n, n)
+  return {"value": correct / n, "correct": int(correct), "num_images": int(n),
+          "interval_95": [lo, hi]}
+
+
+def describe_accuracy(record: Dict[str, Any]) -> str:
+  """An `accuracy_record`: '0.9749 (350/359; 95% interval 0.9530..0.9868)'."""
+  lo, hi = record["interval_95"]
+  return (f"{record['value']:.4f} ({record['correct']}/{record['num_images']}; 95% interval "
+          f"{lo:.4f}..{hi:.4f})")
+
+
 def describe_change(change: Dict[str, Any]) -> str:
   """A `change_record`: '-0.0084 (paired 95% interval -0.0167..+0.0000: 3 images lost, 1
   gained)'."""

@@ -28,6 +28,7 @@ import numpy as np
 
 from vitprune import atomic
 from vitprune import console
+from vitprune import intervals
 from vitprune.data import ImageFolder, check_not_read_as_an_image, iterate_batches
 from vitprune.digits import check_digits_folder
 from vitprune.edge import kit as kit_lib
@@ -105,7 +106,9 @@ def cmd_run() -> dict:
   if dataset.labelled:
     for r, l in zip(rows, dataset.labels.tolist()):
       r["label"] = l
-    res["accuracy"] = sum(r["pred"] == r["label"] for r in rows) / len(rows)
+    right = sum(r["pred"] == r["label"] for r in rows)
+    res["accuracy"] = right / len(rows)
+    res["accuracy_record"] = intervals.accuracy_record(right, len(rows))
   res["latency"] = latency(model, first, cfg)
   if not FLAGS.quiet:
     for r in rows:
@@ -115,8 +118,7 @@ def cmd_run() -> dict:
   print(f"model {res['model']} schedule {res['schedule']} target {res['target']} driver "
         f"{describe_runtime(model.driver, model.shards)}: {res['num_images']} images")
   if res["accuracy"] is not None:
-    n_ok = sum(r["pred"] == r["label"] for r in rows)
-    print(f"accuracy {res['accuracy']:.4f} ({n_ok}/{res['num_images']})")
+    print(f"accuracy {intervals.describe_accuracy(res['accuracy_record'])}")
   print_latency(res["latency"])
   return res
 
