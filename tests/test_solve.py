@@ -1411,6 +1411,16 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
   assert fast.chosen.predicted_latency_s == lats[0]
   done = solve_stage.check_budget_in_loop(fast, evaluate, lambda cs: time_schedules(cs, 0.5))
   assert done.chosen.measured_latency_s <= tight and _reread(done).chosen == done.chosen
+  # ... also after the frontier was measured or refined (the choice made again on those
+  # measurements fell back to the unpruned graph, and the loop timed only its neighbours: with
+  # no re-aiming round left, "budget not met" while the fastest schedules measure within it).
+  for kw in (dict(measure_all=True), dict(refine_rounds=1)):
+    again = _multi(ps, es, latency_budget=tight, evaluate=evaluate, **kw)
+    assert again.chosen.predicted_latency_s == lats[0], kw
+    timed.clear()
+    done = solve_stage.check_budget_in_loop(again, evaluate, lambda cs: time_schedules(cs, 0.5),
+                                            max_rounds=0)
+    assert done.chosen.measured_latency_s <= tight and len(timed) == 1, kw
 
 
 def test_a_schedule_predicted_below_the_floor_but_measured_above_it_can_be_chosen(tmp_path):
@@ -2060,6 +2070,33 @@ def test_unpruned_chosen_as_fastest_is_not_called_the_only_one_meeting_the_floor
   assert (f"floor met with 95% confidence by {len(meeting)} pruned schedules, but the unpruned "
           "graph measured fastest: it is chosen") in summary_lines(loop)
   assert not any("by no pruned schedule" in line for line in summary_lines(loop))
+
+
+def test_a_single_reduction_measured_above_the_floor_is_a_confident_candidate(tmp_path):
+  """floor_confidence: the estimate's single reductions measuring above the floor were added to
+  the candidates on their *predicted* accuracy, which the monotone envelope puts below the
+  floor when a deeper cut measures better than a shallower one: never measured, the unpruned
+  graph chosen, where the point floor chose the single reduction."""
+  ps = _block_profile(tmp_path)
+  free = tuple([N, N] + [4] * (CFG.depth - 1))          # keep@1:4 measures the unpruned 0.9
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)),
+                 lambda l, n: (0.9 if n == 4 else 0.8) if l == 1 else 0.5)
+  full = tuple([N] * (CFG.depth + 1))
+  truth = lambda c: 0.9 if tuple(c) in (full, free) else 0.5
+
+  def evaluate(counts_list, paired=False):
+    values = [_share(truth(c)) for c in counts_list]
+    if not paired:
+      return values
+    right = round(0.9 * NUM_EXAMPLES)
+    return values, [(min(right, round(v * NUM_EXAMPLES)), right - min(right, round(
+        v * NUM_EXAMPLES)), 0, NUM_EXAMPLES - right) for v in values]
+
+  point = _multi(ps, es, accuracy_floor=0.85, evaluate=evaluate)
+  sure = _multi(ps, es, accuracy_floor=0.85, evaluate=evaluate, floor_confidence=True)
+  assert point.chosen.counts == sure.chosen.counts == free
+  assert sure.chosen.predicted_accuracy < 0.85 < sure.chosen.measured_accuracy_low
+  assert sure.chosen.measured_change_low is not None        # measured against the unpruned
 
 
 def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):

@@ -1071,11 +1071,16 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   pool = _candidate_pool(solution, {c.counts: c for c in solution.checked})
   if confident:
     # The estimate measured the single reductions, but not against the unpruned graph image by
-    # image: they are candidates to measure so (the unpruned graph is the fallback).
+    # image: they are candidates to measure so (the unpruned graph is the fallback), on their
+    # measured metric (the monotone envelope may predict one below the floor that measured
+    # above it: it was never measured, and the unpruned graph chosen instead).
     best = dataclasses.replace(_measured(full, measured[full.counts], images),
                                measured_change_low=0.0, measured_change_high=0.0)
     for p in singles:
-      pool.setdefault(p.counts, _candidate(cfg, p.counts, p.latency, p.accuracy))
+      known = pool.get(p.counts)
+      if known is None or known.measured_accuracy is None:
+        pool[p.counts] = _measured(known or _candidate(cfg, p.counts, p.latency, p.accuracy),
+                                   measured[p.counts], images)
   else:
     best = (_measured(_candidate(cfg, singles[0].counts, singles[0].latency,
                                  singles[0].accuracy), measured[singles[0].counts], images)
@@ -1115,13 +1120,17 @@ def _choose_measured(measured: Sequence[Candidate], settings: Dict[str, Any],
                      fallback: Candidate) -> Candidate:
   """`solve.choose` with the solution's criterion (floor, budget or utility) over candidates on
   their MEASURED metric and predicted latency; `fallback` (the unpruned schedule) when nothing
-  meets the floor or the budget."""
+  meets the floor; with a budget no prediction is within, the one predicted fastest (a
+  provisional choice, as `solve_multilayer` makes it: `check_budget_in_loop` decides on
+  measured latency, and started from the slowest schedule it measured its neighbours only)."""
   try:
     pick, _ = solve.choose([solve.Plan(c.counts, c.predicted_latency_s, c.measured_accuracy)
                             for c in measured], accuracy_floor=settings.get("accuracy_floor"),
                            latency_budget=settings.get("latency_budget"),
                            alpha=settings.get("alpha", 0.5))
   except ValueError:
+    if settings.get("latency_budget") is not None and measured:
+      return min(measured, key=lambda c: c.predicted_latency_s)
     return fallback
   return {c.counts: c for c in measured}[pick.counts]
 
