@@ -563,3 +563,22 @@ def test_a_file_set_that_cannot_be_rolled_forward_says_what_happened(tmp_path, m
       open(os.path.join(tmp, n), "w").write("newer")
   assert [(tmp_path / n).read_text() for n in ("p.png", "p.json")] == ["newer", "newer"]
   assert sorted(os.listdir(tmp_path)) == ["p.json", "p.png"]
+
+
+def test_a_switch_given_as_a_string_is_refused_before_anything_is_replaced(tmp_path):
+  """overwrite='no' is truthy: export_artifact, convert and write_estimate replaced outputs
+  with it. Every entry point of atomic's output checks takes True or False (staged_dir: None)."""
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "keep.txt").write_text("x")
+  for call in (lambda: atomic.check_output_dir_target(str(out), "no", lambda p: True),
+               lambda: atomic.check_output_file(str(tmp_path / "f.json"), overwrite="no"),
+               lambda: atomic.replace_json(str(tmp_path / "f.json"), {"format": "x"}, "x",
+                                           overwrite=1),
+               lambda: atomic.staged_dir(str(out), overwrite="no").__enter__()):
+    with pytest.raises(TypeError, match=r"^overwrite must be True or False, got ('no'|1)$"):
+      call()
+  assert os.listdir(out) == ["keep.txt"] and not (tmp_path / "f.json").exists()
+  atomic.check_switch("overwrite", None, optional=True)
+  with pytest.raises(TypeError, match="^verify must be True or False, got None$"):
+    atomic.check_switch("verify", None)

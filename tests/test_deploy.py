@@ -477,11 +477,22 @@ def test_export_argument_errors(artifact, tmp_path, params):
                      r"batch \(batch_size=None\) exports for jax only, not for iree:host$"):
     deploy.export_artifact(str(tmp_path / "a"), CFG, params, batch_size=None,
                            targets=["jax", "iree:host"])
-  with pytest.raises(ValueError, match="3 class names given, test_tiny_vit has 10"):
+  with pytest.raises(ValueError, match="class_names has 3 names but the model has 10 classes"):
     deploy.export_artifact(str(tmp_path / "a"), CFG, params, class_names=["a", "b", "c"])
-  with pytest.raises(ValueError, match="class_names must be a list of names, got the string "
+  with pytest.raises(ValueError, match="class_names must be a list of non-empty strings, got "
                      "'0123456789'"):          # (was taken as ten one-letter names)
     deploy.export_artifact(str(tmp_path / "a"), CFG, params, class_names="0123456789")
+  # As weights hold them: distinct non-empty names (ten 'a', '' or None were exported, and
+  # None loaded back as 'None').
+  for names, match in ((["a"] * 10, r"class_names repeats \['a'\]"),
+                       ([""] * 10, "non-empty strings"), ([None] * 10, "non-empty strings")):
+    with pytest.raises(ValueError, match=match):
+      deploy.export_artifact(str(tmp_path / "a"), CFG, params, class_names=names)
+  # A switch given as a string ('no' is truthy: it replaced the artifact there).
+  for kw in (dict(overwrite="no"), dict(verify="no")):
+    with pytest.raises(TypeError, match=f"^{next(iter(kw))} must be True or False, got 'no'$"):
+      deploy.export_artifact(artifact, CFG, params, **kw)
+  assert deploy.load(artifact).manifest.to_json()["schedule"]["counts"] == [17, 17, 9]
   with pytest.raises(ValueError, match="parameters do not match"):
     deploy.export_artifact(str(tmp_path / "a"), CFG, {"head": params["head"]})
   assert os.listdir(tmp_path) == []

@@ -191,10 +191,18 @@ def check_not_mount_point(path: str) -> None:
                   "directory; write into a directory inside it")
 
 
+def check_switch(name: str, value: Any, *, optional: bool = False) -> None:
+  """TypeError unless `value` is True or False (or None where `optional`): a string is truthy,
+  so overwrite='no' replaced an existing output."""
+  if not (isinstance(value, bool) or (optional and value is None)):
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def check_output_dir_target(path: str, overwrite: bool, is_ours: Callable[[str], bool],
                             hint: str = "pass overwrite=True / --overwrite") -> None:
   """Before any work: `path` may become a new output directory (absent or empty: `is_free`),
   or, with `overwrite`, replace one of ours (`check_replaceable`); never a mount point."""
+  check_switch("overwrite", overwrite)
   check_not_mount_point(path)
   if not overwrite and not is_free(path):
     raise FileExistsError(f"{path} already exists ({hint})")
@@ -287,6 +295,7 @@ def check_outside_published(path: str, flag: str, itself: bool = False) -> None:
 def check_output_file(path: str, flag: str = "output", overwrite: bool = True) -> None:
   """`path` is (or can become) a writable file outside the folders vitprune publishes whole;
   raises naming `--flag` otherwise."""
+  check_switch("overwrite", overwrite)
   if not path:
     raise ValueError(f"--{flag} is empty")
   check_name_fits(path, flag)
@@ -456,6 +465,7 @@ def replace_json(path: str, obj: Any, fmt: str, *, overwrite: bool = True, **jso
   lock, at the moment of writing, that `path` is still absent or (with `overwrite`) a `fmt`
   file: a file someone made there while the run worked (after the up-front check), or another
   run's output without `overwrite`, is refused, not replaced."""
+  check_switch("overwrite", overwrite)
   with locked(path):
     if not overwrite and os.path.lexists(path):
       raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
@@ -813,6 +823,7 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
   refused before the body runs (and again at publishing). Temporaries of killed writers of the
   same path are cleaned up first (`cleanup_stale`).
   """
+  check_switch("overwrite", overwrite, optional=True)
   path = os.path.abspath(path)
   is_ours = is_ours or is_vitprune_output
   parent, name = os.path.dirname(path), os.path.basename(path)

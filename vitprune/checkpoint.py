@@ -67,8 +67,7 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
   `atomic.ForeignOutputError` when `overwrite` would replace something that is not a weights
   directory, ValueError on mismatched or non-finite parameters.
   """
-  if not isinstance(overwrite, bool):      # ('no' replaced the weights: bool('no') is True)
-    raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
+  atomic.check_switch("overwrite", overwrite)   # ('no' replaced the weights: a string is truthy)
   check_config(cfg)                        # (a TypeError for 'test_tiny_vit', not AttributeError)
   check_params(cfg, params)
   path = os.path.abspath(path)

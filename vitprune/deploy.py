@@ -46,7 +46,7 @@ from vitprune import atomic
 from vitprune import jsonio
 from vitprune import orbax_io
 from vitprune.config import ViTConfig, is_float_dtype
-from vitprune.data import iterate_batches
+from vitprune.data import check_class_names, iterate_batches
 from vitprune.profile import protocol
 from vitprune.profile.protocol import Measurement, TimingConfig
 from vitprune.digest import file_sha256, params_sha256  # noqa: F401  (file_sha256: public API)
@@ -253,18 +253,14 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
     The absolute path of the artifact.
   """
   from vitprune.model import check_params  # pylint: disable=g-import-not-at-top
+  atomic.check_switch("verify", verify)
   out = os.path.abspath(out)
   atomic.check_output_dir_target(out, overwrite, is_artifact_dir)   # before the (slow) export
   orbax_io.writable_path(out)                                 # the weights checkpoint goes below
   check_params(cfg, params)
   schedule = check_schedule(cfg, schedule, reducer)
-  if class_names is not None:
-    if isinstance(class_names, (str, bytes)):      # ('0123456789' gave ten one-letter names)
-      raise ValueError(f"class_names must be a list of names, got the string {class_names!r}")
-    class_names = [str(c) for c in class_names]
-    if len(class_names) != cfg.num_classes:
-      raise ValueError(f"{len(class_names)} class names given, {cfg.name} has "
-                       f"{cfg.num_classes} classes")
+  if class_names is not None:     # (as weights hold them: ten 'a', '' or None were exported)
+    class_names = list(check_class_names(class_names, cfg.num_classes))
   platforms = normalize_platforms(platforms)
   iree = [t.text for t in parse_targets(targets or ()) if t.is_iree]
   if batch_size is None and iree:     # (refused by the IREE lowering, after the jax export)

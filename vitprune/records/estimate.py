@@ -415,6 +415,7 @@ def _validate(doc: Any, where: str) -> ViTConfig:
 
 def write_estimate(path: str, estimate: Estimate, *, overwrite: bool = False) -> str:
   """Checks `estimate` (as `read_estimate` would) and writes it to `path` atomically."""
+  atomic.check_switch("overwrite", overwrite)
   path = os.path.abspath(path)
   doc = estimate.to_json()
   _validate(doc, path)
