@@ -443,6 +443,26 @@ def test_preprocess_image_and_iterate_batches_name_bad_arguments():
   assert len(list(data.iterate_batches(ds, prep, 2, num_workers=np.int64(2)))) == 2
 
 
+def test_array_dataset_labels_are_whole_class_indices():
+  """Labels were cast to int32 whatever they were: 0.9 / 1.5 / 2.99 became 0 / 1 / 2, 2**32 + 3
+  wrapped to 3, NaN made the whole set unlabelled, -5 counted as unlabelled."""
+  images = np.zeros((3, 8, 8), np.uint8)
+  for bad in ([0.9, 1.5, 2.99], [2**32 + 3, 0, 1], [np.nan, 0, 1], [True, False, True],
+              [-5, 0, 1], ["a", "b", "c"]):
+    with pytest.raises(ValueError, match=r"^ArrayDataset labels must be integers >= -1 "
+                                         r"\(-1: unlabelled\), got "):
+      data.ArrayDataset(images, np.array(bad))
+  with pytest.raises(ValueError, match="labels go up to 3 but there are 3 classes"):
+    data.ArrayDataset(images, np.array([0, 1, 3]), ("x", "y", "z"))
+  with pytest.raises(ValueError, match="ArrayDataset classes must be a list of non-empty"):
+    data.ArrayDataset(images, np.array([0, 1, 1]), "ab")          # (was two classes 'a', 'b')
+  ds = data.ArrayDataset(images, np.array([2, 1, 0], np.uint64), ["x", "y", "z"])
+  assert ds.labels.dtype == np.int32 and ds.labels.tolist() == [2, 1, 0]
+  assert ds.classes == ("x", "y", "z") and ds.labelled
+  assert not data.ArrayDataset(images, np.array([2, -1, 0])).labelled
+  assert len(data.ArrayDataset(images[:0], np.zeros(0, np.int64))) == 0
+
+
 # ----------------------------------------------------------------------------------------------
 # Batching.
 # ----------------------------------------------------------------------------------------------

@@ -114,3 +114,20 @@ def test_accuracy_record_and_its_line():
       intervals.accuracy_record(bad, 4)
   with pytest.raises(ValueError, match="at least one example"):
     intervals.accuracy_record(0, 0)
+
+
+def test_impossible_counts_and_z_are_refused_not_turned_into_intervals():
+  """n = NaN gave (0, 1), n = inf (p, p), z = 0 or negative an interval of width 0, bools were
+  taken as counts: each is now an error naming the argument."""
+  for n in (float("nan"), float("inf"), True, 2.0, 0, -3):
+    with pytest.raises(ValueError, match=r"need at least one example \(a whole number\), got"):
+      intervals.wilson_interval(0.5, n)
+  for z in (0, -1.96, float("nan"), float("inf"), True, "1.96"):
+    with pytest.raises(ValueError, match=r"z must be a finite number > 0 \(1\.96: 95 %\), got"):
+      intervals.wilson_interval(0.5, 10, z=z)
+    with pytest.raises(ValueError, match="z must be a finite number > 0"):
+      intervals.paired_drop_interval(90, 5, 2, 3, z=z)
+  with pytest.raises(ValueError, match="need 4 whole image counts"):
+    intervals.paired_drop_interval(True, False, False, False)
+  assert intervals.wilson_interval(0.5, np.int64(100)) == intervals.wilson_interval(0.5, 100)
+  assert intervals.paired_drop_interval(90.0, 5, 2, np.int32(3))[0] == pytest.approx(0.03)

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import reprlib
 import stat
 import warnings
 from typing import Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
@@ -448,6 +449,17 @@ class ArrayDataset:
     if labels.shape != images.shape[:1]:
       raise ValueError(f"ArrayDataset labels shape {labels.shape} does not match "
                        f"{images.shape[0]} images")
+    # (float labels were truncated, 2**32 + 3 wrapped to 3, NaN made the set unlabelled)
+    if labels.dtype.kind not in "iu" or (labels.size and not (
+        labels.min() >= -1 and labels.max() <= np.iinfo(np.int32).max)):
+      raise ValueError(f"ArrayDataset labels must be integers >= -1 (-1: unlabelled), got "
+                       f"{labels.dtype} {reprlib.repr(labels.tolist())}")
+    if self.classes != ():
+      classes = check_class_names(self.classes, source="ArrayDataset classes")
+      if labels.size and labels.max() >= len(classes):
+        raise ValueError(f"ArrayDataset labels go up to {labels.max()} but there are "
+                         f"{len(classes)} classes")
+      object.__setattr__(self, "classes", classes)
     object.__setattr__(self, "images", images)
     object.__setattr__(self, "labels", labels.astype(np.int32))
 

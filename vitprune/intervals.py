@@ -13,8 +13,8 @@ import numpy as np
 
 def wilson_interval(p: float, n: int, z: float = 1.959963984540054) -> Tuple[float, float]:
   """Wilson score interval (default 95 %) of a proportion `p` measured on `n` examples."""
-  if n < 1:
-    raise ValueError(f"need at least one example, got {n}")
+  _check_n(n)
+  _check_z(z)
   if not 0.0 <= p <= 1.0:
     raise ValueError(f"a proportion must be in [0, 1], got {p}")
   z2 = z * z
@@ -25,13 +25,26 @@ def wilson_interval(p: float, n: int, z: float = 1.959963984540054) -> Tuple[flo
   return float(min(p, max(0.0, centre - half))), float(max(p, min(1.0, centre + half)))
 
 
+def _check_n(n: Any) -> None:
+  """ValueError unless `n` is a whole number of examples >= 1 (NaN gave (0, 1), inf (p, p))."""
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    raise ValueError(f"need at least one example (a whole number), got {n!r}")
+
+
+def _check_z(z: Any) -> None:
+  """ValueError unless `z` is a finite number > 0 (0 gave an interval of width 0)."""
+  if isinstance(z, bool) or not isinstance(z, (int, float, np.integer, np.floating)) or not (
+      np.isfinite(z) and z > 0):
+    raise ValueError(f"z must be a finite number > 0 (1.96: 95 %), got {z!r}")
+
+
 def _image_counts(pair: Sequence[Any]) -> Tuple[int, int, int, int]:
   """(both right, lost, gained, both wrong) as ints: whole counts >= 0 of at least one image,
   else ValueError naming them."""
   vals = tuple(pair)
-  ok = len(vals) == 4 and all(isinstance(v, (int, np.integer)) or
-                              (isinstance(v, (float, np.floating)) and float(v).is_integer())
-                              for v in vals)
+  ok = len(vals) == 4 and all(not isinstance(v, (bool, np.bool_)) and (
+      isinstance(v, (int, np.integer)) or
+      (isinstance(v, (float, np.floating)) and float(v).is_integer())) for v in vals)
   if not ok or min(vals) < 0 or sum(vals) < 1:
     raise ValueError(f"need 4 whole image counts >= 0 (both right, lost, gained, both wrong) "
                      f"and at least one image, got {list(vals)}")
@@ -49,6 +62,7 @@ def paired_drop_interval(both_right: int, lost: int, gained: int, both_wrong: in
   narrower than two unpaired intervals when the graphs mostly agree, yet not degenerate when
   few or no images differ (the unpruned graph's own uncertainty remains)."""
   a, b, c, d = _image_counts((both_right, lost, gained, both_wrong))
+  _check_z(z)
   n = a + b + c + d
   p1, p2 = (a + b) / n, (a + c) / n          # unpruned, pruned
   l1, u1 = wilson_interval(p1, n, z)
@@ -113,8 +127,7 @@ def change_record(pair: Sequence[int], metric: str, identical: bool = False) -> 
 def accuracy_record(correct: int, n: int) -> Dict[str, Any]:
   """The accuracy of `correct` right of `n` images as JSON: {"value", "correct", "num_images",
   "interval_95": the Wilson interval}."""
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-    raise ValueError(f"need at least one example, got {n!r}")
+  _check_n(n)
   if isinstance(correct, bool) or not isinstance(correct, (int, np.integer)) or not (
       0 <= correct <= n):
     raise ValueError(f"need a whole number of images right in 0..{n}, got {correct!r}")
