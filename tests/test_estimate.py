@@ -201,6 +201,15 @@ def test_evaluate_errors(params, images, labels):
   with pytest.raises(ValueError, match="no reducer"):
     estimate.evaluate(CFG, params, good, [estimate.EvalPoint(Schedule((9, 9, 9)), None, 9,
                                                              None)], labelled=True)
+  # A schedule of None reduces nothing (it was said to reduce tokens without a reducer).
+  res = estimate.evaluate(CFG, params, good, [estimate.EvalPoint(None, None, 17, None)],
+                          labelled=True)
+  assert res.points[0] == res.reference
+  for seed in (-1, 1.5, True):      # (numpy's "expected non-negative integer")
+    with pytest.raises(ValueError, match=f"^seed must be an int >= 0, got {seed!r}$"):
+      estimate.subset_indices(labels, True, 3, seed)
+    with pytest.raises(ValueError, match=f"^seed must be an int >= 0, got {seed!r}$"):
+      estimate.subset_indices(labels, False, 3, seed)
   with pytest.raises(ValueError, match="labels"):
     estimate.evaluate(CFG, params, [(images[:4], labels[:3], np.arange(4))], points(),
                       labelled=True)

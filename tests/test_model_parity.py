@@ -118,6 +118,17 @@ def test_unprocessed_images_are_refused(images, match):
     forward(init_params(cfg, 0), images, cfg=cfg)
 
 
+@pytest.mark.parametrize("kw, match", [
+    (dict(precision=["highest"]), r"precision must be one of .*, got \['highest'\]"),
+    (dict(dtype=["float32"]), r"dtype must be one of .*, got \['float32'\]"),
+])
+def test_unhashable_options_are_named_before_jax_hashes_them(kw, match):
+  """jax's "Non-hashable static arguments are not supported" named neither argument."""
+  cfg = get_config("test_tiny_vit")
+  with pytest.raises(ValueError, match=match):
+    jitted_forward(init_params(cfg, 0), _images(cfg, 1), cfg=cfg, **kw)
+
+
 @pytest.mark.parametrize("name", ["test_tiny_vit", "test_tiny_distilled", "test_tiny_dinov2_reg"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_forward_is_head_of_features_exactly(name, dtype):

@@ -1,6 +1,7 @@
 """vitprune.prune (the library entry point) and experiments/prune.py (the CLI, in-process with its
 flags parsed into a fresh FlagValues by `common.parse`)."""
 import os
+import re
 import shutil
 
 import numpy as np
@@ -76,8 +77,11 @@ def test_run_prune_errors():
     prune_lib.run_prune(CFG, params, images, method="tome", schedule=S.Schedule([17, 8, 8]))
   with pytest.raises(ValueError, match="valid: evit, pomt"):
     prune_lib.run_prune(CFG, params, images, method="dynamicvit", schedule=None)
-  with pytest.raises(ValueError, match="repeats >= 1"):
-    prune_lib.run_prune(CFG, params, images, method="pomt", schedule=None, repeats=0)
+  for kw, match in ((dict(repeats=0), "repeats must be an int >= 1, got 0"),
+                    (dict(repeats=1.5), "repeats must be an int >= 1, got 1.5"),   # (accepted)
+                    (dict(warmup=None), "warmup must be an int >= 0, got None")):  # (TypeError)
+    with pytest.raises(ValueError, match=re.escape(match)):
+      prune_lib.run_prune(CFG, params, images, method="pomt", schedule=None, **kw)
 
 
 @pytest.mark.parametrize("kw, match", [

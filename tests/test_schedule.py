@@ -317,6 +317,10 @@ def test_schedule_counts_must_be_integers(counts, error):
     (lambda: S.tome_r_list(6.5, 4), TypeError, "num_layers must be an int, got 6.5"),
     (lambda: S.full_schedule("test_tiny_vit"), TypeError, "cfg must be a vitprune ViTConfig"),
     (lambda: S.from_counts("test_tiny_vit", [17, 17, 17]), TypeError, "cfg must be a vitprune"),
+    # ("'str' object has no attribute 'depth'")
+    (lambda: S.prune_at("test_tiny_vit", keep=3), TypeError, "cfg must be a vitprune"),
+    (lambda: S.layer_schedule("test_tiny_vit", 9, 1), TypeError, "cfg must be a vitprune"),
+    (lambda: S.embed_schedule("test_tiny_vit", 9), TypeError, "cfg must be a vitprune"),
     (lambda: S.parse_schedule(TINY, "keep@1:" + "9" * 5000), ValueError,
      r"^schedule 'keep@1:9.*': keep '9.*' is far beyond any token count$"),
 ])

@@ -112,6 +112,9 @@ def test_paper_alpha_out_of_range(alpha):
 
 def test_paper_errors():
   kw = dict(depth=4, num_tokens=10)
+  for tol in (-1e-12, float("nan"), "0"):     # (an IndexError: nothing within it of the max)
+    with pytest.raises(ValueError, match="tie_tol must be a finite number >= 0, got"):
+      solve.solve_paper([1, 2], [1.0, 2.0], [0.1, 0.2], 0.5, tie_tol=tol, **kw)
   with pytest.raises(ValueError, match="empty"):
     solve.solve_paper([], [], [], 0.5, **kw)
   with pytest.raises(ValueError, match="latency contains 1 NaN"):

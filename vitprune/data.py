@@ -26,7 +26,7 @@ import os
 import reprlib
 import stat
 import warnings
-from typing import Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -715,6 +715,14 @@ def _quotas(counts: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
   return quota
 
 
+def check_seed(seed: Any, name: str = "seed") -> int:
+  """`seed` as an int when it is a whole number >= 0 (what numpy's generators take), else
+  ValueError naming it (numpy's own said "expected non-negative integer")."""
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f"{name} must be an int >= 0, got {seed!r}")
+  return int(seed)
+
+
 def balanced_subset(labels: Sequence[int], n: int, seed: int) -> np.ndarray:
   """A seeded class-balanced random sample of `n` indices (never "the first n files").
 
@@ -741,7 +749,7 @@ def balanced_subset(labels: Sequence[int], n: int, seed: int) -> np.ndarray:
     raise ValueError(f"subset size n must be a positive int, got {n!r}")
   if n > labels.size:
     raise ValueError(f"subset size n={n} exceeds the dataset size {labels.size}")
-  rng = np.random.default_rng(seed)
+  rng = np.random.default_rng(check_seed(seed))
   classes, counts = np.unique(labels, return_counts=True)
   quota = _quotas(counts, int(n), rng)
   picked = [rng.choice(np.flatnonzero(labels == c), q, replace=False)

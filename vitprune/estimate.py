@@ -291,9 +291,10 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
   if cfg.num_classes == 0:
     raise ValueError(f"{cfg.name} has no classification head (num_classes=0): accuracy and "
                      "softmax fidelity need logits")
-  points = list(points)
+  # (a schedule of None, no reduction, was said to "reduce tokens but has no reducer")
+  points = [dataclasses.replace(p, schedule=check_schedule(cfg, p.schedule, p.reducer))
+            for p in points]
   for p in points:
-    check_schedule(cfg, p.schedule, p.reducer)
     if p.schedule != full_schedule(cfg) and p.reducer is None:
       raise ValueError(f"point n={p.tokens} layer={p.layer} reduces tokens but has no reducer")
   ref_schedule = full_schedule(cfg)
@@ -501,7 +502,7 @@ def subset_indices(labels: np.ndarray, labelled: bool, num_images: Optional[int]
     raise ValueError(f"num_images={num_images} exceeds the {n} images available")
   if labelled:
     return data_lib.balanced_subset(labels, int(num_images), seed)
-  rng = np.random.default_rng(seed)
+  rng = np.random.default_rng(data_lib.check_seed(seed))
   return np.sort(rng.choice(n, int(num_images), replace=False)).astype(np.int64)
 
 

@@ -167,9 +167,9 @@ def embed(params: Params, images: jax.Array, cfg: ViTConfig) -> jax.Array:
 
 def check_options(dtype: str, precision: str) -> None:
   """ValueError unless `dtype` and `precision` are ones the forward supports."""
-  if dtype not in DTYPES:
+  if not isinstance(dtype, str) or dtype not in DTYPES:    # (a list: TypeError from the dict)
     raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-  if precision not in PRECISIONS:
+  if not isinstance(precision, str) or precision not in PRECISIONS:
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
@@ -329,6 +329,8 @@ def _jit_static_keywords(fn):
     if "cfg" in static:
       check_config_type(static["cfg"])
     static = {**defaults, **static}
+    if "dtype" in static and "precision" in static:     # (jax's unhashable-static error named
+      check_options(static["dtype"], static["precision"])   # neither, for precision=['highest'])
     cfg, schedule = static.get("cfg"), static.get("schedule")
     if schedule is not None and isinstance(cfg, ViTConfig) and \
         schedule.counts == full_schedule(cfg).counts:

@@ -97,8 +97,9 @@ def run_prune(cfg: ViTConfig, params, images: np.ndarray, *, method: str,
   schedule None: `default_schedule(cfg, method)`. labels [B] (-1: unknown) and valid [B] (False:
   padding) are optional. Returns a JSON-able dict (see the module docstring).
   """
-  if repeats < 1 or warmup < 0:
-    raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+  for name, value, least in (("repeats", repeats, 1), ("warmup", warmup, 0)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+      raise ValueError(f"{name} must be an int >= {least}, got {value!r}")   # (1.5, None)
   reducer = make_reducer(method, **(reducer_options or {}))
   schedule = default_schedule(cfg, method) if schedule is None else schedule
   S.check_schedule(cfg, schedule, reducer)

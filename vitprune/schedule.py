@@ -331,6 +331,7 @@ def layer_counts(num_tokens: int, n: int, depth: int, layer: int) -> Tuple[int, 
 
 def embed_schedule(cfg: ViTConfig, n: int) -> Schedule:
   """`n` tokens (prefix included) kept right after the embedding; no block reduces."""
+  check_config_type(cfg)
   return check_schedule(cfg, Schedule(embed_counts(as_int(n, "n"), cfg.depth)))
 
 
@@ -342,6 +343,7 @@ def layer_schedule(cfg: ViTConfig, n: int, layer: int) -> Schedule:
 
   Raises ValueError when `layer` is not an int in [0, depth - 1].
   """
+  check_config_type(cfg)
   if not _is_index(layer) or not 0 <= operator.index(layer) < cfg.depth:
     raise ValueError(f"reduction layer must be an int in [0, {cfg.depth - 1}] for {cfg.name} "
                      f"(depth {cfg.depth}), got {layer!r}")
@@ -350,6 +352,7 @@ def layer_schedule(cfg: ViTConfig, n: int, layer: int) -> Schedule:
 
 
 def _check_layer(cfg: ViTConfig, layer) -> int:
+  check_config_type(cfg)          # (a model name: "'str' object has no attribute 'depth'")
   layer = as_int(layer, "layer")
   if not 0 <= layer < cfg.depth:
     raise ValueError(f"layer {layer} is out of range: {cfg.name} has blocks 0..{cfg.depth - 1}")

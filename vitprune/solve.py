@@ -245,6 +245,9 @@ def solve_paper(ns: ArrayLike, latency: ArrayLike, accuracy: ArrayLike, alpha: f
   """
   alpha = _check_alpha(alpha)
   depth, layer = _check_depth_layer(depth, layer)
+  if isinstance(tie_tol, bool) or not isinstance(tie_tol, (int, float, np.integer, np.floating)) \
+      or not (np.isfinite(tie_tol) and tie_tol >= 0):     # (NaN: an IndexError, nothing tied)
+    raise ValueError(f"tie_tol must be a finite number >= 0, got {tie_tol!r}")
   g = _grid(ns, as_int(num_tokens, "num_tokens"))
   lat = _finite("latency", latency, 1, g.size)
   acc = _unit("accuracy", _finite("accuracy", accuracy, 1, g.size))
