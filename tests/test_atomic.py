@@ -7,6 +7,7 @@ import re
 import pytest
 
 from vitprune import atomic
+from vitprune import config
 
 
 def test_write_bytes_and_json_round_trip(tmp_path):
@@ -579,6 +580,6 @@ def test_a_switch_given_as_a_string_is_refused_before_anything_is_replaced(tmp_p
     with pytest.raises(TypeError, match=r"^overwrite must be True or False, got ('no'|1)$"):
       call()
   assert os.listdir(out) == ["keep.txt"] and not (tmp_path / "f.json").exists()
-  atomic.check_switch("overwrite", None, optional=True)
+  config.check_switch("overwrite", None, optional=True)
   with pytest.raises(TypeError, match="^verify must be True or False, got None$"):
-    atomic.check_switch("verify", None)
+    config.check_switch("verify", None)

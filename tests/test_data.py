@@ -443,6 +443,11 @@ def test_preprocess_image_and_iterate_batches_name_bad_arguments():
   assert len(list(data.iterate_batches(ds, prep, 2, num_workers=np.int64(2)))) == 2
 
 
+def test_image_folder_labelled_given_as_a_string_is_refused(tmp_path):
+  with pytest.raises(TypeError, match="^labelled must be True or False, got 'no'$"):
+    data.ImageFolder(str(tmp_path), labelled="no")
+
+
 def test_array_dataset_labels_are_whole_class_indices():
   """Labels were cast to int32 whatever they were: 0.9 / 1.5 / 2.99 became 0 / 1 / 2, 2**32 + 3
   wrapped to 3, NaN made the whole set unlabelled, -5 counted as unlabelled."""

@@ -201,6 +201,10 @@ def test_evaluate_errors(params, images, labels):
   with pytest.raises(ValueError, match="no reducer"):
     estimate.evaluate(CFG, params, good, [estimate.EvalPoint(Schedule((9, 9, 9)), None, 9,
                                                              None)], labelled=True)
+  for name in ("labelled", "shard", "whole_graphs", "margins", "agreement_margins"):
+    kw = {"labelled": True, name: "no"}       # ('no' is truthy: labelled='no' labelled)
+    with pytest.raises(TypeError, match=f"^{name} must be True or False, got 'no'$"):
+      estimate.evaluate(CFG, params, good, points(), **kw)
   # A schedule of None reduces nothing (it was said to reduce tokens without a reducer).
   res = estimate.evaluate(CFG, params, good, [estimate.EvalPoint(None, None, 17, None)],
                           labelled=True)

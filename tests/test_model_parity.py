@@ -118,6 +118,14 @@ def test_unprocessed_images_are_refused(images, match):
     forward(init_params(cfg, 0), images, cfg=cfg)
 
 
+def test_pre_logits_given_as_a_string_is_refused():
+  """'no' is truthy: forward_head returned the pooled features instead of logits."""
+  cfg = get_config("test_tiny_vit")
+  tokens = np.zeros((1, cfg.num_tokens, cfg.embed_dim), np.float32)
+  with pytest.raises(TypeError, match="^pre_logits must be True or False, got 'no'$"):
+    forward_head(init_params(cfg, 0), tokens, cfg=cfg, pre_logits="no")
+
+
 @pytest.mark.parametrize("kw, match", [
     (dict(precision=["highest"]), r"precision must be one of .*, got \['highest'\]"),
     (dict(dtype=["float32"]), r"dtype must be one of .*, got \['float32'\]"),

@@ -112,6 +112,9 @@ def test_paper_alpha_out_of_range(alpha):
 
 def test_paper_errors():
   kw = dict(depth=4, num_tokens=10)
+  with pytest.raises(TypeError, match="^monotone must be True or False, got 'no'$"):
+    solve.make_cost_model([5, 10], [1.0, 2.0], [[0.5, 0.9]], 0.9, depth=1, num_tokens=10,
+                          monotone="no")
   for tol in (-1e-12, float("nan"), "0"):     # (an IndexError: nothing within it of the max)
     with pytest.raises(ValueError, match="tie_tol must be a finite number >= 0, got"):
       solve.solve_paper([1, 2], [1.0, 2.0], [0.1, 0.2], 0.5, tie_tol=tol, **kw)

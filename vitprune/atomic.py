@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from vitprune import console
 from vitprune import jsonio
+from vitprune.config import check_switch
 
 # Test hook: called with a phase name at each step of a write ('staged', 'moved_aside',
 # 'published', 'file_written', 'committed', 'renamed:<file>'); fault-injection tests make it
@@ -189,13 +190,6 @@ def check_not_mount_point(path: str) -> None:
   if os.path.ismount(path):
     raise OSError(f"{path} is a mount point, which cannot be replaced by a new output "
                   "directory; write into a directory inside it")
-
-
-def check_switch(name: str, value: Any, *, optional: bool = False) -> None:
-  """TypeError unless `value` is True or False (or None where `optional`): a string is truthy,
-  so overwrite='no' replaced an existing output."""
-  if not (isinstance(value, bool) or (optional and value is None)):
-    raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def check_output_dir_target(path: str, overwrite: bool, is_ours: Callable[[str], bool],

@@ -30,8 +30,8 @@ from vitprune import atomic
 from vitprune import digest
 from vitprune import jsonio
 from vitprune import orbax_io
-from vitprune.config import (ViTConfig, check_config, check_config_types, config_from_dict,
-                             config_to_dict)
+from vitprune.config import (ViTConfig, check_config, check_config_types, check_switch,
+                             config_from_dict, config_to_dict)
 from vitprune.data import check_class_names
 from vitprune.model import Params, abstract_params, check_params
 
@@ -67,7 +67,7 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
   `atomic.ForeignOutputError` when `overwrite` would replace something that is not a weights
   directory, ValueError on mismatched or non-finite parameters.
   """
-  atomic.check_switch("overwrite", overwrite)   # ('no' replaced the weights: a string is truthy)
+  check_switch("overwrite", overwrite)   # ('no' replaced the weights: a string is truthy)
   check_config(cfg)                        # (a TypeError for 'test_tiny_vit', not AttributeError)
   check_params(cfg, params)
   path = os.path.abspath(path)

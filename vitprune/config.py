@@ -233,6 +233,13 @@ class ViTConfig:
     return dataclasses.replace(self, **changes)
 
 
+def check_switch(name: str, value: Any, *, optional: bool = False) -> None:
+  """TypeError unless `value` is True or False (or None where `optional`): a string is truthy,
+  so overwrite='no' replaced an existing output and pre_logits='no' returned features."""
+  if not (isinstance(value, bool) or (optional and value is None)):
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def check_config_type(cfg: Any) -> ViTConfig:
   """`cfg` when it is a `ViTConfig`, else TypeError naming what it is (a model name or a dict
   failed deep inside with "'str' object has no attribute 'img_size'")."""

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vitprune import atomic
-from vitprune.config import INTERPOLATIONS, Preprocessing
+from vitprune.config import INTERPOLATIONS, Preprocessing, check_switch
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, matched case-insensitively like torchvision.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -286,6 +286,7 @@ class ImageFolder:
   def __init__(self, root: Union[str, os.PathLike], *, labelled: Optional[bool] = None,
                class_names: Optional[Sequence[str]] = None,
                num_classes: Optional[int] = None):
+    check_switch("labelled", labelled, optional=True)
     root = os.path.abspath(os.fspath(root))
     if class_names is not None:
       class_names = check_class_names(class_names, num_classes)

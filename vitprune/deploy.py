@@ -45,7 +45,7 @@ import vitprune
 from vitprune import atomic
 from vitprune import jsonio
 from vitprune import orbax_io
-from vitprune.config import ViTConfig, is_float_dtype
+from vitprune.config import ViTConfig, check_switch, is_float_dtype
 from vitprune.data import check_class_names, iterate_batches
 from vitprune.profile import protocol
 from vitprune.profile.protocol import Measurement, TimingConfig
@@ -253,7 +253,7 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
     The absolute path of the artifact.
   """
   from vitprune.model import check_params  # pylint: disable=g-import-not-at-top
-  atomic.check_switch("verify", verify)
+  check_switch("verify", verify)
   out = os.path.abspath(out)
   atomic.check_output_dir_target(out, overwrite, is_artifact_dir)   # before the (slow) export
   orbax_io.writable_path(out)                                 # the weights checkpoint goes below

@@ -41,7 +41,7 @@ from vitprune import digits as digits_lib
 from vitprune import intervals
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
-from vitprune.config import ViTConfig
+from vitprune.config import ViTConfig, check_switch
 from vitprune.digest import params_sha256
 from vitprune.model import Params
 from vitprune.piecewise import PiecewiseForward, WholeGraphs
@@ -288,6 +288,9 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
   Returns:
     An `EvalResult`; raises ValueError for empty data, bad batches or invalid schedules.
   """
+  for name, value in (("labelled", labelled), ("shard", shard), ("whole_graphs", whole_graphs),
+                      ("margins", margins), ("agreement_margins", agreement_margins)):
+    check_switch(name, value)        # ('no' is truthy)
   if cfg.num_classes == 0:
     raise ValueError(f"{cfg.name} has no classification head (num_classes=0): accuracy and "
                      "softmax fidelity need logits")

@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitprune.config import COMPUTE_DTYPES, ViTConfig, check_config_type, is_float_dtype
+from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_type, check_switch,
+                             is_float_dtype)
 from vitprune.reduce.base import AttentionStats, TokenReducer
 from vitprune.schedule import (Schedule, check_reducer_given, check_schedule,
                                check_static_types, full_schedule)
@@ -271,6 +272,7 @@ def forward_head(params: Params, x: jax.Array, *, cfg: ViTConfig,
   and distillation tokens, as timm). Computes in x's dtype under the caller's matmul precision.
   """
   check_config_type(cfg)
+  check_switch("pre_logits", pre_logits)  # ('no' returned the features)
   check_params(cfg, params, HEAD_KEYS)    # (a head of 5 classes gave [B, 5] logits for 10)
   if x.ndim != 3 or x.shape[-1] != cfg.embed_dim or x.shape[1] <= cfg.num_prefix_tokens:
     raise ValueError(f"forward_head takes final tokens [B, n, {cfg.embed_dim}] (n > "

@@ -81,6 +81,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from vitprune.config import check_switch
 from vitprune.schedule import as_int, layer_counts
 
 ACCURACY_MODELS = ("incremental", "additive")
@@ -337,6 +338,7 @@ def make_cost_model(ns: ArrayLike, block_latency: ArrayLike, sensitivity: ArrayL
   layers = 0..depth-1; blocks not listed never reduce). The grid must contain num_tokens.
   max_remove: [K] the most tokens one block may remove from ns[i] (None: no limit).
   """
+  check_switch("monotone", monotone)
   if accuracy_model not in ACCURACY_MODELS:
     raise ValueError(f"unknown accuracy_model {accuracy_model!r}; use one of {ACCURACY_MODELS}")
   depth, num_tokens = as_int(depth, "depth"), as_int(num_tokens, "num_tokens")

@@ -42,8 +42,8 @@ from vitprune import atomic
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, config_from_dict,
-                             config_to_dict, is_method_name, method_options_problem,
-                             not_a_method)
+                             config_to_dict, check_switch, is_method_name,
+                             method_options_problem, not_a_method)
 
 FORMAT = "vitprune-estimate"
 VERSION = 1
@@ -415,7 +415,7 @@ def _validate(doc: Any, where: str) -> ViTConfig:
 
 def write_estimate(path: str, estimate: Estimate, *, overwrite: bool = False) -> str:
   """Checks `estimate` (as `read_estimate` would) and writes it to `path` atomically."""
-  atomic.check_switch("overwrite", overwrite)
+  check_switch("overwrite", overwrite)
   path = os.path.abspath(path)
   doc = estimate.to_json()
   _validate(doc, path)
