@@ -205,6 +205,12 @@ def test_evaluate_errors(params, images, labels):
     kw = {"labelled": True, name: "no"}       # ('no' is truthy: labelled='no' labelled)
     with pytest.raises(TypeError, match=f"^{name} must be True or False, got 'no'$"):
       estimate.evaluate(CFG, params, good, points(), **kw)
+  # Margins against target -1 (unlabelled) indexed the last class and counted as right.
+  logits = np.array([[0.0, 1.0], [1.0, 0.0]])
+  for target in ([0, -1], [0, 2], [0.0, 1.0], [0]):
+    with pytest.raises(ValueError, match=r"top1_margins needs \[B, K\] logits and \[B\] target"):
+      estimate.top1_margins(logits, np.array(target))
+  assert (estimate.top1_margins(logits, np.array([1, 0])) > 0).all()
   # A schedule of None reduces nothing (it was said to reduce tokens without a reducer).
   res = estimate.evaluate(CFG, params, good, [estimate.EvalPoint(None, None, 17, None)],
                           labelled=True)

@@ -321,6 +321,8 @@ def test_schedule_counts_must_be_integers(counts, error):
     (lambda: S.prune_at("test_tiny_vit", keep=3), TypeError, "cfg must be a vitprune"),
     (lambda: S.layer_schedule("test_tiny_vit", 9, 1), TypeError, "cfg must be a vitprune"),
     (lambda: S.embed_schedule("test_tiny_vit", 9), TypeError, "cfg must be a vitprune"),
+    (lambda: S.format_schedule([17, 17, 9], TINY), TypeError,
+     r"^schedule must be a vitprune Schedule, got list \[17, 17, 9\]$"),
     (lambda: S.parse_schedule(TINY, "keep@1:" + "9" * 5000), ValueError,
      r"^schedule 'keep@1:9.*': keep '9.*' is far beyond any token count$"),
 ])

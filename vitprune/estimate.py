@@ -26,6 +26,7 @@ The run becomes an `Estimate` record (`estimate_record`; format, file reading an
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import os
 import platform
 import time
@@ -160,6 +161,11 @@ def top1_margins(logits: np.ndarray, target: np.ndarray) -> np.ndarray:
   class index, as argmax breaks it: a tie with a higher class is the smallest positive margin)."""
   logits = np.asarray(logits, np.float64)
   target = np.asarray(target)
+  if logits.ndim != 2 or target.shape != logits.shape[:1] or target.dtype.kind not in "iu" or (
+      target.size and not 0 <= target.min() <= target.max() < logits.shape[1]):
+    raise ValueError(f"top1_margins needs [B, K] logits and [B] target classes in 0..K-1, got "
+                     f"{logits.shape} and {target.dtype} {reprlib.repr(target.tolist())}")
+    # (a target of -1, unlabelled, indexed the last class and counted as right)
   rows = np.arange(logits.shape[0])
   target_logit = logits[rows, target]
   classes = np.arange(logits.shape[1])
@@ -333,6 +339,7 @@ def evaluate(cfg: ViTConfig, params: Params, batches: Iterable[Batch],
     n += int(valid.sum())
     ref_correct += int((ref.argmax(-1) == labels)[valid].sum())
     target = labels if labelled and not agreement_margins else ref.argmax(-1)
+    target = np.where(valid, target, 0)     # (padding rows: label -1, dropped below)
     batch_margins = [top1_margins(ref, target)[valid]] if margins else None
     for i, logits in enumerate(_run_points(forwards, keys, placement.mesh, x)):
       schedule, reducer = keys[i]

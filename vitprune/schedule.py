@@ -631,6 +631,9 @@ def format_schedule(schedule: Schedule, cfg: Optional[ViTConfig] = None) -> str:
   With `cfg`, a schedule that does not reduce is `full` and `embed:` is stated only when tokens
   are dropped after the embedding; without `cfg`, `embed:` is always stated.
   """
+  if not isinstance(schedule, Schedule):  # (a list: "'list' object has no attribute 'counts'")
+    raise TypeError(f"schedule must be a vitprune Schedule, got {type(schedule).__name__} "
+                    f"{reprlib.repr(schedule)}")
   c = schedule.counts
   if cfg is not None:
     check_schedule(cfg, schedule)
