@@ -57,7 +57,8 @@ from vitprune.profile import records, runner, timing
 from vitprune.records.estimate import Estimate, default_metric, write_estimate
 from vitprune.records.solution import (Solution, describe_frontier_error,
                                        describe_refinement, judges_paired_change,
-                                       pruned_meeting_floor, write_solution)
+                                       pruned_meeting_floor, shown_schedules,
+                                       write_solution)
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import Schedule, embed_counts, full_schedule
 
@@ -406,17 +407,18 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     if sol.settings.get("floor_straddles"):
       paired = judges_paired_change(sol.settings)
       log(f"  the 95% interval{' (paired)' if paired else ''} "
-          f"straddles the floor for: "
-          f"{', '.join(sol.settings['floor_straddles'])}")
+          f"straddles the floor for: {shown_schedules(sol.settings['floor_straddles'])}")
     if floor_checked:
       got = sol.chosen.measured_accuracy
       ch = sol.chosen
       if not spec.floor_confidence:
         rule, shown = f"{sol.metric} >= {floor:.6g}", ""
-        what = (f"{len(sol.checked)} schedules on the data and "
-                f"{sol.settings['singles_meeting_floor']} measured single-reduction ones")
+        what = (f"{len(sol.checked)} schedules on the data ("
+                f"{sol.settings['singles_meeting_floor']} single reductions the estimate "
+                "measured meeting the floor among them)")
       else:
-        what = (f"{len(sol.checked)} schedules on the data image by image against the unpruned "
+        paired = sum(c.measured_change_low is not None for c in sol.checked)
+        what = (f"{paired} schedules on the data image by image against the unpruned "
                 "graph, single reductions among them")
         if spec.max_accuracy_drop is not None:
           rule = (f"a change against the unpruned graph >= -{spec.max_accuracy_drop:g} by its "

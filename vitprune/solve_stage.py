@@ -1103,8 +1103,14 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
     if ok:
       best = ok[0]
       break
-  # (a single reduction the estimate measured is listed too: the chosen entry is a checked one)
-  checked = list({c.counts: c for c in list(solution.checked) + checked + [best]}.values())
+  # The estimate's single reductions meeting the floor are measured schedules too: listed, so
+  # that the in-loop timing takes them as neighbours of the choice (it timed the choice alone
+  # when the frontier held none meeting the floor beside it), and the chosen one with them.
+  # Measurements made here or before (the evaluator's) replace the estimate's.
+  singles_measured = [_measured(_candidate(cfg, p.counts, p.latency, p.accuracy),
+                                measured[p.counts], images) for p in singles]
+  checked = list({c.counts: c for c in singles_measured + list(solution.checked) + checked
+                  + [best]}.values())
   _check_floor_met(best, checked, floor, images, solution, eligible)
   settings = dict(solution.settings, singles_meeting_floor=len(singles), num_images=images,
                   floor_straddles=_straddling(solution, checked, floor))

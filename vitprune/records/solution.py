@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from vitprune import atomic
 from vitprune import jsonio
@@ -485,6 +485,14 @@ def meets_measured_floor(c: Candidate, settings: Dict[str, Any]) -> bool:
   return c.measured_accuracy_low is not None and bool(meets_floor(c.measured_accuracy_low, floor))
 
 
+def shown_schedules(names: Sequence[str], most: int = 8) -> str:
+  """'a, b, c' or, beyond `most` names, the first `most` and how many more (a line listing
+  every single reduction whose interval straddles a floor ran to hundreds of names)."""
+  names = list(names)
+  more = len(names) - most
+  return ", ".join(names[:most]) + (f" and {more} more" if more > 0 else "")
+
+
 def pruned_meeting_floor(sol: "Solution") -> List[Candidate]:
   """The checked schedules other than the unpruned one that meet the floor on measurement
   (`meets_measured_floor`): none when the unpruned graph is chosen because nothing pruned
@@ -856,7 +864,7 @@ def summary_lines(sol: Solution) -> List[str]:
   if sol.settings.get("floor_straddles"):
     lines.append(f"{'paired ' if judges_paired_change(sol.settings) else ''}interval "
                  f"straddles the floor {sol.settings['accuracy_floor']:.6g} for: "
-                 + ", ".join(sol.settings["floor_straddles"]))
+                 + shown_schedules(sol.settings["floor_straddles"]))
   if full is not None:
     lines.append(f"unpruned: predicted {1e3 * full.predicted_latency_s:.4g} ms, {m} "
                  f"{full.predicted_accuracy:.4f} (as the estimate measured it)")
