@@ -336,6 +336,11 @@ CASES = [
     ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--accuracy_floor=0.9",
                "--floor_confidence"], 1, "--floor_confidence judges measured intervals: pass "
      "--mode=multi, --weights and --accuracy_floor or --max_accuracy_drop"),
+    # More calibration schedules than the token grid holds: before stage 1 began, not after.
+    ("profile", ["--solver=multi", "--accuracy_floor=0.95", "--tokens=65,61",
+                 "--calibration_schedules=20", "--out_dir={out}"], 1,
+     "calibration_schedules=20: only 6 distinct pomt multi-layer schedules were found on the "
+     "token grid [65, 61]; ask for fewer or profile more token counts (tokens)"),
 ]
 
 

@@ -166,6 +166,15 @@ class PipelineSpec:
                        f"{cfg.num_tokens}]")
     if self.solver == "multi":
       one_block_counts(cfg, self.grid(cfg), make_reducer(self.method))
+      grid = sorted(set(self.grid(cfg)) | {cfg.num_tokens})      # (as `calibrate` draws them;
+      drawn = latency_model_lib.calibration_schedules(            # it failed after stage 1
+          cfg, grid, self.calibration_schedules, method=self.method,   # began)
+          seed=self.seed, at_most=True)
+      if len(drawn) < self.calibration_schedules:
+        raise ValueError(f"calibration_schedules={self.calibration_schedules}: only "
+                         f"{len(drawn)} distinct {self.method} multi-layer schedules were found "
+                         f"on the token grid {list(self.grid(cfg))}; ask for fewer or profile "
+                         "more token counts (tokens)")
     elif cfg.num_tokens not in self.grid(cfg):   # the solve stage refused it after the others
       raise ValueError(f"tokens {list(self.tokens)} lack the full {cfg.num_tokens}: the paper "
                        "solver weighs every count against the unpruned model (add "

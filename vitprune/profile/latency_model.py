@@ -522,11 +522,11 @@ def calibrate(cfg, params, *, method: str, batch_size: int, dtype: str, tokens: 
 
 
 def calibration_schedules(cfg, grid: Sequence[int], num: int, *, method: str,
-                          seed: int) -> List[Counts]:
+                          seed: int, at_most: bool = False) -> List[Counts]:
   """The `num` calibration schedules `calibrate` draws for `method` on `grid` (which holds the
-  full count), final counts spread over the grid."""
+  full count), final counts spread over the grid (`at_most`: fewer where no more are found)."""
   return sample_schedules(cfg.num_tokens, cfg.depth, grid, num, seed=seed,
-                          max_remove=method_limit(cfg, method))
+                          max_remove=method_limit(cfg, method), at_most=at_most)
 
 
 def fit_on(profile: records.Profile, schedules: Sequence[Sequence[int]], *, batch_size: int,
