@@ -1413,6 +1413,16 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
   assert slow.settings["timed_rounds"] == [5, 3] and slow.settings["timed_in_loop"] == 8
   fits = [p for p in pred.frontier if 1.1 * p.predicted_latency_s <= budget]
   assert slow.chosen.measured_accuracy == max(accuracy[p.counts] for p in fits)
+  # Re-aimed below every prediction (the graphs timed ran 3x slow), yet the fastest graphs,
+  # never timed, run at half their prediction: they are timed before "budget not met" (the
+  # loop stopped with nothing predicted below the aim).
+  timed.clear()
+  odd = lambda cs: [(0.5 if lat <= lats[2] else 3.0) * lat
+                    for lat in time_schedules(cs, scale=1.0)]
+  found = solve_stage.check_budget_in_loop(pred, evaluate, odd, max_rounds=1)
+  assert found.chosen.measured_latency_s <= budget and len(timed) == 2
+  assert found.chosen.predicted_latency_s <= lats[2] and lats[0] in {
+      p.predicted_latency_s for p in found.checked if p.measured_latency_s is not None}
   # A budget above every latency: the unpruned graph, off the frontier, is the choice.
   roomy = dataclasses.replace(pred, settings=dict(pred.settings, latency_budget=1.0),
                               frontier=tuple(p for p in pred.frontier

@@ -1199,8 +1199,9 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
   one also off the frontier), get their accuracy measured where missing (one `evaluate` call)
   and are timed together (ONE `time_schedules` call: compiled graphs, one shuffled measurement).
   When none of them measures within the budget, the aim is corrected by their measured /
-  predicted ratio and the `neighbours` + 1 schedules predicted just below `budget / ratio` are
-  measured the same way, up to `max_rounds` more times. Ties in accuracy go to the faster graph.
+  predicted ratio and the `neighbours` + 1 schedules predicted just below `budget / ratio` (when
+  none is predicted that fast, the fastest not timed yet) are measured the same way, up to
+  `max_rounds` more times. Ties in accuracy go to the faster graph.
   criterion "latency_budget_measured", basis "measured", `settings['latency_basis'] ==
   "measured"`, `settings['timed_rounds']`: the schedules timed per measurement.
   BudgetNotMetError when none measures within the budget (naming the fastest).
@@ -1237,6 +1238,11 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
     below = sorted((p for c, p in pool_all.items()
                     if c not in timed and p.predicted_latency_s <= aim),
                    key=lambda p: -p.predicted_latency_s)[:max(neighbours, 1) + 1]
+    if not below:     # the aim is below every prediction: the fastest not timed yet (the
+      fastest = min(p.predicted_latency_s for p in timed.values())    # ratio is a median of
+      below = sorted((p for c, p in pool_all.items()                  # other graphs')
+                      if c not in timed and p.predicted_latency_s < fastest),
+                     key=lambda p: p.predicted_latency_s)[:max(neighbours, 1) + 1]
     if not below:
       break
     measure(below)
