@@ -20,7 +20,8 @@ File (JSON, `format` "vitprune-solution", version 1; `write_solution` / `read_so
               (the POMT schedule's per-block prediction, or null)},
    "full": candidate | null (the unpruned schedule),
    "frontier": [candidate, ...] latency ascending (paper mode: the non-dominated (L(n), A(n))),
-   "checked": [candidate, ...] schedules evaluated on the data while choosing (may be empty),
+   "checked": [candidate, ...] schedules evaluated on the data while choosing (may be empty;
+               with a multi-layer floor also the estimate's single reductions meeting it),
    paper mode only: "curve": {"tokens", "latency_s", "accuracy", "utility"}}
 
   candidate = {"schedule": compact text (vitprune.schedule.format_schedule), "counts": [...],
