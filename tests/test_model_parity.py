@@ -124,6 +124,9 @@ def test_pre_logits_given_as_a_string_is_refused():
   tokens = np.zeros((1, cfg.num_tokens, cfg.embed_dim), np.float32)
   with pytest.raises(TypeError, match="^pre_logits must be True or False, got 'no'$"):
     forward_head(init_params(cfg, 0), tokens, cfg=cfg, pre_logits="no")
+  with pytest.raises(TypeError, match=r"^forward_head takes final tokens as an array \[B, n, "
+                                      r"\d+\], got list$"):
+    forward_head(init_params(cfg, 0), tokens.tolist(), cfg=cfg)
 
 
 @pytest.mark.parametrize("kw, match", [

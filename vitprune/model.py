@@ -274,6 +274,9 @@ def forward_head(params: Params, x: jax.Array, *, cfg: ViTConfig,
   check_config_type(cfg)
   check_switch("pre_logits", pre_logits)  # ('no' returned the features)
   check_params(cfg, params, HEAD_KEYS)    # (a head of 5 classes gave [B, 5] logits for 10)
+  if not hasattr(x, "ndim") or not hasattr(x, "dtype"):    # (a list: "has no attribute 'ndim'")
+    raise TypeError(f"forward_head takes final tokens as an array [B, n, {cfg.embed_dim}], "
+                    f"got {type(x).__name__}")
   if x.ndim != 3 or x.shape[-1] != cfg.embed_dim or x.shape[1] <= cfg.num_prefix_tokens:
     raise ValueError(f"forward_head takes final tokens [B, n, {cfg.embed_dim}] (n > "
                      f"{cfg.num_prefix_tokens} prefix tokens) of {cfg.name}, got shape "
