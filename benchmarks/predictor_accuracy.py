@@ -219,7 +219,7 @@ def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
   evaluate = estimate_lib.schedule_evaluator(cfg, params, data, reducer, batch_size=64)
   sol = solve_stage.solve_multilayer(cal_prof, est, accuracy_floor=floor, latency_model=lm,
                                      allow_batch_mismatch=True, evaluate=evaluate,
-                                     num_images=len(data.indices))
+                                     num_images=len(data.indices), loop_neighbours=2)
   fr = list(sol.frontier)
   k = 4 if quick else 8
   if len(fr) > k:   # spread over the frontier

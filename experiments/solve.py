@@ -231,7 +231,8 @@ def main(f: flags.FlagValues):
                                     "num_images": loop["num_images"],
                                     "measure_all": f.measure_frontier,
                                     "refine_rounds": f.refine_accuracy_rounds,
-                                    "margins": loop["margins"]}))
+                                    "margins": loop["margins"],
+                                    "loop_neighbours": f.loop_neighbours}))
     if loop is not None:
       spec = pipeline.PipelineSpec(batch_size=sol.profile.batch_size, dtype=profile.dtype,
                                    method=estimate.method,

@@ -4,6 +4,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
 from vitprune import atomic
@@ -581,5 +582,6 @@ def test_a_switch_given_as_a_string_is_refused_before_anything_is_replaced(tmp_p
       call()
   assert os.listdir(out) == ["keep.txt"] and not (tmp_path / "f.json").exists()
   config.check_switch("overwrite", None, optional=True)
+  config.check_switch("labelled", np.True_)          # (numpy's bools are bools, as elsewhere)
   with pytest.raises(TypeError, match="^verify must be True or False, got None$"):
     config.check_switch("verify", None)

@@ -466,6 +466,12 @@ def test_array_dataset_labels_are_whole_class_indices():
   assert ds.classes == ("x", "y", "z") and ds.labelled
   assert not data.ArrayDataset(images, np.array([2, -1, 0])).labelled
   assert len(data.ArrayDataset(images[:0], np.zeros(0, np.int64))) == 0
+  assert len(data.ArrayDataset(images[:0], [])) == 0           # ([] is float64: no labels)
+  named = data.ArrayDataset(images, [0, 1, 1], np.array(["a", "b"]))   # (an array of names)
+  assert named.classes == ("a", "b") and named.labelled
+  for bad in (None, "ab", ["a", "a"]):
+    with pytest.raises(ValueError, match="ArrayDataset classes"):
+      data.ArrayDataset(images, [0, 1, 1], bad)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1129,19 +1129,8 @@ def test_multilayer_floor_checked_on_measurements(tmp_path):
   assert sol.chosen.counts != predicted.chosen.counts
   measured = [c for c in sol.checked if c.measured_accuracy is not None]
   assert sol.chosen in sol.checked        # (a single reduction the estimate measured: listed too)
-  # Listed: what the evaluator measured, and the estimate's single reductions meeting the floor
-  # (measured schedules too, which the in-loop timing takes as neighbours of the choice).
-  full = tuple([N] * (CFG.depth + 1))
-  singles = {c: v for c, v in read_estimate(es).measured("accuracy").items()
-             if c != full and c[0] == N and v >= floor}
-  evaluated = [tuple(c) for call in calls for c in call]
-  assert len(evaluated) == len(set(evaluated))
-  assert {c.counts for c in measured} == set(evaluated) | set(singles) | {sol.chosen.counts}
-  assert len(measured) == len(sol.checked) > len(evaluated) and sol.settings[
-      "singles_meeting_floor"] == len(singles)
-  for c in measured:
-    if c.counts in singles and c.counts not in evaluated:
-      assert c.measured_accuracy == singles[c.counts] and c.num_images == NUM_EXAMPLES
+  assert [c.counts for c in measured if c != sol.chosen] == [
+      tuple(c) for call in calls for c in call if tuple(c) != sol.chosen.counts]
   # Everything checked before the chosen one was predicted faster and measured below the floor.
   for c in measured:
     if c.predicted_latency_s < sol.chosen.predicted_latency_s:
@@ -1454,30 +1443,46 @@ def test_the_estimates_single_reductions_meeting_the_floor_are_timed_in_the_loop
   """The loop took neighbours from the frontier and the evaluator's measurements only: the
   estimate's single reductions meeting the floor off the frontier were never timed (with a floor
   near the unpruned accuracy the main job timed the choice alone), though one may measure
-  fastest. They are listed as checked, and the loop times them as any measured schedule."""
+  fastest. Those the loop may take (`loop_neighbours` on each side of the choice) are listed as
+  checked, and the loop takes its neighbours from them, the frontier and what was measured."""
   ps = _block_profile(tmp_path)
   es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
-  floor = 0.88
+  floor = 0.885
   est = read_estimate(es).measured("accuracy")
   frontier = {p.counts: p.predicted_accuracy for p in _multi(ps, es).frontier}
   evaluate = lambda cs: [_share(est.get(tuple(c), frontier.get(tuple(c), 0.5))) for c in cs]
-  sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate)
   full = tuple([N] * (CFG.depth + 1))
   singles = {c for c, v in est.items() if c != full and v >= floor}
+  plain = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate)   # (no loop to come)
+  sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, loop_neighbours=2)
   off = singles - {p.counts for p in sol.frontier}
-  assert off and singles <= {c.counts for c in sol.checked}
-  target = max(off, key=lambda c: solve.predict_schedule(_dp_model(ps, es), c)[0])
+  assert not off & {c.counts for c in plain.checked}
+  listed = off & {c.counts for c in sol.checked}
+  assert 0 < len(listed) <= 2 and len(sol.checked) <= len(plain.checked) + 2
+  model = _dp_model(ps, es)
+  at = solve.predict_schedule(model, sol.chosen.counts)[0]
+  nearest = sorted((c for c in singles if c != sol.chosen.counts),
+                   key=lambda c: abs(solve.predict_schedule(model, c)[0] - at))
+  assert listed <= set(nearest[:4])
+  eligible = {p.counts: p for p in list(sol.frontier) + list(sol.checked)
+              if p.counts != sol.chosen.counts and solve.meets_floor(
+                  p.predicted_accuracy if p.measured_accuracy is None else p.measured_accuracy,
+                  floor)}
+  want = {sol.chosen.counts} | {p.counts for p in solve_stage._around(
+      sol.chosen, list(eligible.values()), 2)}      # pylint: disable=protected-access
+  target = next(iter(listed & want))
   timed = []
 
-  def time_schedules(counts_list):         # the slowest-predicted of them measures fastest
+  def time_schedules(counts_list):         # the off-frontier single measures fastest
     timed.append({tuple(c) for c in counts_list})
     return [1e-4 if tuple(c) == target else 1e-3 for c in counts_list]
 
-  loop = solve_stage.check_in_loop(sol, read_estimate(es), None, evaluate, time_schedules,
-                                   neighbours=len(singles))
-  assert len(timed) == 1 and singles <= timed[0]
-  assert loop.chosen.counts == target and loop.chosen.measured_accuracy >= floor
-  assert _reread(loop).chosen == loop.chosen
+  loop = solve_stage.check_in_loop(sol, read_estimate(es), None, evaluate, time_schedules)
+  assert timed == [want] and loop.chosen.counts == target
+  assert loop.chosen.measured_accuracy >= floor and _reread(loop).chosen == loop.chosen
+  timed.clear()                           # without the listing it was never timed
+  solve_stage.check_in_loop(plain, read_estimate(es), None, evaluate, time_schedules)
+  assert target not in timed[0]
 
 
 def test_a_schedule_predicted_below_the_floor_but_measured_above_it_can_be_chosen(tmp_path):
@@ -1697,10 +1702,7 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
   for p in sol.frontier:
     assert p.measured_accuracy == pytest.approx(solve.predict_schedule(truth, p.counts)[1])
     assert measured[p.counts].num_images == NUM_EXAMPLES
-  assert ref["measured_schedules"] == len(set(seen))        # (the evaluator's measurements)
-  singles = {c for c, v in read_estimate(es).measured("accuracy").items()
-             if c[0] == N and c != tuple([N] * (CFG.depth + 1)) and v >= floor}
-  assert {c.counts for c in sol.checked} == set(seen) | singles
+  assert ref["measured_schedules"] == len({c.counts for c in sol.checked}) == len(set(seen))
   # The choice: the fastest (predicted latency) frontier schedule whose measured accuracy meets
   # the floor, or a faster measured single reduction (check_floor), never below the floor.
   assert sol.basis == "measured" and sol.chosen.measured_accuracy >= floor

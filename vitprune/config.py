@@ -236,7 +236,7 @@ class ViTConfig:
 def check_switch(name: str, value: Any, *, optional: bool = False) -> None:
   """TypeError unless `value` is True or False (or None where `optional`): a string is truthy,
   so overwrite='no' replaced an existing output and pre_logits='no' returned features."""
-  if not (isinstance(value, bool) or (optional and value is None)):
+  if not (isinstance(value, (bool, np.bool_)) or (optional and value is None)):
     raise TypeError(f"{name} must be True or False, got {value!r}")
 
 

@@ -442,6 +442,8 @@ class ArrayDataset:
   def __post_init__(self):
     images = np.asarray(self.images)
     labels = np.asarray(self.labels)
+    if labels.size == 0:          # ([] is float64: no label to be a float)
+      labels = labels.astype(np.int32)
     if images.dtype != np.uint8:
       raise ValueError(f"ArrayDataset images must be uint8, got {images.dtype}")
     if images.ndim == 4 and images.shape[-1] not in (1, 3, 4) or images.ndim not in (3, 4):
@@ -455,12 +457,15 @@ class ArrayDataset:
         labels.min() >= -1 and labels.max() <= np.iinfo(np.int32).max)):
       raise ValueError(f"ArrayDataset labels must be integers >= -1 (-1: unlabelled), got "
                        f"{labels.dtype} {reprlib.repr(labels.tolist())}")
-    if self.classes != ():
-      classes = check_class_names(self.classes, source="ArrayDataset classes")
+    classes = self.classes
+    if isinstance(classes, np.ndarray):     # (an array of names: its elements, as before)
+      classes = classes.tolist()
+    if not isinstance(classes, (tuple, list)) or len(classes):
+      classes = check_class_names(classes, source="ArrayDataset classes")
       if labels.size and labels.max() >= len(classes):
         raise ValueError(f"ArrayDataset labels go up to {labels.max()} but there are "
                          f"{len(classes)} classes")
-      object.__setattr__(self, "classes", classes)
+    object.__setattr__(self, "classes", tuple(classes))
     object.__setattr__(self, "images", images)
     object.__setattr__(self, "labels", labels.astype(np.int32))
 

@@ -374,7 +374,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
         max_accuracy_drop=spec.max_accuracy_drop, floor_confidence=spec.floor_confidence,
         evaluate=evaluate, latency_model=latency_model, num_images=len(data.indices),
         measure_all=spec.measure_frontier, refine_rounds=spec.refine_accuracy_rounds,
-        margins=margins)
+        margins=margins, loop_neighbours=spec.loop_neighbours)
     log(f"  frontier: {len(sol.frontier)} schedules (latency: {sol.profile.latency_source})")
     if sol.settings.get("frontier_accuracy_error"):
       log("  " + describe_frontier_error(sol.settings["frontier_accuracy_error"]))
@@ -422,9 +422,9 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
       ch = sol.chosen
       if not spec.floor_confidence:
         rule, shown = f"{sol.metric} >= {floor:.6g}", ""
-        what = (f"{len(sol.checked)} schedules on the data ("
+        what = (f"{len(sol.checked)} schedules on the data (of the "
                 f"{sol.settings['singles_meeting_floor']} single reductions the estimate "
-                "measured meeting the floor among them)")
+                "measured meeting the floor, the loop's neighbours among them)")
       else:
         paired = sum(c.measured_change_low is not None for c in sol.checked)
         what = (f"{paired} schedules on the data image by image against the unpruned "

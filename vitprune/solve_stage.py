@@ -557,7 +557,8 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
                      latency_model: Optional[LatencyModel] = None,
                      num_images: Optional[int] = None, measure_all: bool = False,
                      refine_rounds: int = 0,
-                     margins: Optional[Margins] = None) -> Solution:
+                     margins: Optional[Margins] = None,
+                     loop_neighbours: Optional[int] = None) -> Solution:
   """The exact multi-layer Pareto frontier and the schedule chosen on it.
 
   Latency: with `latency_model` (`vitprune.profile.latency_model`, calibrated on whole compiled
@@ -667,7 +668,7 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
                                       num_images=images, margins=margins)
   if accuracy_floor is not None and evaluate is not None:
     solution = check_floor(solution, estimate, model, evaluate, chunk=chunk,
-                           num_images=num_images)
+                           num_images=num_images, neighbours=loop_neighbours)
   if measure_all and not refine_rounds and accuracy_floor is None:
     solution = choose_on_measurements(solution)   # (a floor is checked on them just above)
   why = latency_model.trust(solution.chosen.counts) if latency_model is not None else None
@@ -1031,8 +1032,8 @@ def _check_floor_met(best: Candidate, checked: Sequence[Candidate], floor: float
 
 
 def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
-                evaluate: Evaluator, chunk: int = 6, num_images: Optional[int] = None
-                ) -> Solution:
+                evaluate: Evaluator, chunk: int = 6, num_images: Optional[int] = None,
+                neighbours: Optional[int] = None) -> Solution:
   """The fastest schedule whose *measured* metric meets the solution's accuracy floor.
 
   The combined accuracy model can be optimistic when several layers reduce. Two sources of
@@ -1048,8 +1049,10 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   `settings['floor_straddles']` lists the checked schedules whose interval contains the floor.
   Returns the solution with `chosen` (its measured metric filled in), `checked` (the schedules
   measured before and here, by predicted latency; the interval and model-error diagnostics use
-  them all) and `basis="measured"`; criterion "accuracy_floor_measured". FloorNotMetError when
-  nothing checked meets the floor, the unpruned schedule included.
+  them all; with `neighbours`, the in-loop timing's, also the estimate's single reductions
+  meeting the floor it may take as neighbours of the choice: up to `neighbours` on each side)
+  and `basis="measured"`; criterion "accuracy_floor_measured". FloorNotMetError when nothing
+  checked meets the floor, the unpruned schedule included.
   """
   cfg, metric = solution.config, solution.metric
   floor = solution.settings["accuracy_floor"]
@@ -1103,13 +1106,15 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
     if ok:
       best = ok[0]
       break
-  # The estimate's single reductions meeting the floor are measured schedules too: listed, so
-  # that the in-loop timing takes them as neighbours of the choice (it timed the choice alone
-  # when the frontier held none meeting the floor beside it), and the chosen one with them.
-  # Measurements made here or before (the evaluator's) replace the estimate's.
-  singles_measured = [_measured(_candidate(cfg, p.counts, p.latency, p.accuracy),
-                                measured[p.counts], images) for p in singles]
-  checked = list({c.counts: c for c in singles_measured + list(solution.checked) + checked
+  # The estimate's single reductions meeting the floor are measured schedules too: those the
+  # in-loop timing may take as neighbours of the choice are listed, so that it does (it timed
+  # the choice alone when the frontier held none meeting the floor beside it). Measurements
+  # made here or before (the evaluator's) replace the estimate's.
+  near = [] if not neighbours else _around(best, [
+      _measured(_candidate(cfg, p.counts, p.latency, p.accuracy), measured[p.counts], images)
+      for p in singles if p.counts != best.counts], neighbours)
+  # (a single reduction the estimate measured is listed too: the chosen entry is a checked one)
+  checked = list({c.counts: c for c in near + list(solution.checked) + checked
                   + [best]}.values())
   _check_floor_met(best, checked, floor, images, solution, eligible)
   settings = dict(solution.settings, singles_meeting_floor=len(singles), num_images=images,
@@ -1300,7 +1305,7 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
     if model is None:
       raise ValueError("the floor was not checked yet: pass the DP's cost model")
     solution = check_floor(solution, estimate, model, evaluate, chunk=chunk,
-                           num_images=num_images)
+                           num_images=num_images, neighbours=neighbours)
   images = (num_images if num_images is not None else solution.settings.get("num_images")
             if "num_images" in solution.settings else _num_images(estimate, None))
   known: Dict[Tuple[int, ...], Candidate] = {c.counts: c for c in solution.checked}
