@@ -109,18 +109,20 @@ def main(f: flags.FlagValues):
       multi_solution=f.multi_solution, multi_frontier=f.multi_frontier)
   solutions = {flag: (path, read_solution(path)) for flag, path in
                (("--solution", f.solution), ("--multi_solution", f.multi_solution)) if path}
+  notes = []           # (said once every check passed: a refused run printed them, then failed)
   for flag, (path, sol) in solutions.items():
     timed = sol.profile
     if timed.dtype not in dtypes:       # (a bfloat16 choice was timed in float32, unsaid)
       raise ValueError(f"{flag} {common.shown(path)} was chosen on {timed.dtype} timings: "
                        f"benchmark it with --dtype={timed.dtype} (here {','.join(dtypes)})")
     if timed.batch_size not in batch_sizes:
-      print(f"note: {flag} {common.shown(path)} was chosen on batch {timed.batch_size} "
-            f"timings; --batch_size={','.join(map(str, batch_sizes))} does not time it there")
+      notes.append(f"{flag} {common.shown(path)} was chosen on batch {timed.batch_size} "
+                   f"timings; --batch_size={','.join(map(str, batch_sizes))} does not time it "
+                   "there")
   extra = sum(v.name.startswith("multi-f") for v in variants)
   if extra < f.multi_frontier:          # (10 asked, 5 timed without a word)
-    print(f"note: --multi_frontier={f.multi_frontier}, but {common.shown(f.multi_solution)} "
-          f"lists {extra} other multi-layer frontier schedules: timing {extra}")
+    notes.append(f"--multi_frontier={f.multi_frontier}, but {common.shown(f.multi_solution)} "
+                 f"lists {extra} other multi-layer frontier schedules: timing {extra}")
   for dtype in dtypes:
     memory.check_batch_fits(cfg, batch_sizes, dtype)
     if use_data:
@@ -141,6 +143,8 @@ def main(f: flags.FlagValues):
   stem = bench.output_stem([{"model": cfg.name, **device_info()}])
   bench.check_replaceable_outputs({k: os.path.join(f.out_dir, f"{stem}.{k}")
                                    for k in ("csv", "md", "png")})   # before the work
+  for text in notes:
+    print(f"note: {text}")
   print(f"{cfg.name} ({common.shown(source)}): {len(variants)} variants x batch {batch_sizes} "
         f"x {dtypes}")
   provenance = bench.provenance_lines(

@@ -266,6 +266,17 @@ def parse_ints(values: Sequence[str], flag: str) -> List[int]:
   return out
 
 
+def check_subset_seed_used(fv: flags.FlagValues, data: Any) -> None:
+  """ValueError when --seed was given only to draw the --num_images subset of `data` (an
+  `estimate.EvalData`, without --holdout_images) and that subset is every image: it changed
+  nothing, yet named the file _s<seed> and recorded a subset seed (call where --seed seeds
+  nothing else, e.g. not with --method=random)."""
+  if (fv["seed"].present and fv.holdout_images is None and fv.num_images is not None
+      and len(data.indices) == data.available):
+    raise ValueError(f"--seed draws the --num_images subset, but --num_images={fv.num_images} "
+                     f"is every one of the {data.available} images: it changes nothing")
+
+
 def check_output_dir(path: str, flag: str = "out_dir", published: bool = False) -> None:
   """`path` is (or can become) a writable directory; raises naming the flag otherwise.
   `published`: the folder itself is published whole through a hidden sibling (the main job's),

@@ -31,6 +31,7 @@ from vitprune import atomic
 from vitprune import estimate
 from vitprune import memory
 from vitprune.data import check_not_read_as_an_image
+from vitprune.digest import params_sha256
 from vitprune.records.estimate import FORMAT as ESTIMATE_FORMAT, table_text, write_estimate
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import parse_token_grid
@@ -119,17 +120,22 @@ def grid_tag(tokens: Sequence[int]) -> str:
 
 def default_out_name(cfg, method: str, layers: Sequence[Optional[int]], data_tag: str,
                      num_examples: int, seed: int, tokens: Optional[Sequence[int]],
-                     dtype: str, holdout_images: Optional[int] = None) -> str:
-  """`<model>_<method>_<layers>_<data>_n<images>[_h<held out>]_s<seed>[_<grid>]_<dtype>.json`:
-  every flag that changes the numbers, so that two estimates never share a name (`tokens` None:
-  the default grid, no tag; the images left by a holdout are not a --num_images subset)."""
+                     dtype: str, holdout_images: Optional[int] = None,
+                     weights_tag: str = "") -> str:
+  """`<model>_<method>_<layers>_<data>_n<images>[_h<held out>]_s<seed>[_<grid>]_<dtype>
+  [_w<weights>].json`: every flag that changes the numbers, so that two estimates never share a
+  name (`tokens` None: the default grid, no tag; the images left by a holdout are not a
+  --num_images subset; `weights_tag`: the first sha256 digits of the parameters, for weights
+  other than the embedded default's: --weights or --init_seed made another model's estimate
+  clash with this one's name, and --overwrite replaced it)."""
   layer_tag = "-".join("embed" if l is None else f"L{l}" for l in layers)
   if len(layer_tag) > 40:
     layer_tag = f"{len(layers)}layers"
   grid = "" if tokens is None else "_" + grid_tag(tokens)
   held = "" if holdout_images is None else f"_h{holdout_images}"
+  weights = f"_w{weights_tag}" if weights_tag else ""
   return _slug(f"{cfg.name}_{method}_{layer_tag}_{data_tag}_n{num_examples}{held}_s{seed}{grid}_"
-               f"{dtype}") + ".json"
+               f"{dtype}{weights}") + ".json"
 
 
 def main(f: flags.FlagValues):
@@ -181,11 +187,14 @@ def main(f: flags.FlagValues):
   data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed, split=f.split,
                                  class_names=common.class_names(source),
                                  num_classes=cfg.num_classes, holdout_images=f.holdout_images)
+  if method != "random":                  # (random drop: --seed seeds the reducer too)
+    common.check_subset_seed_used(f, data)
   data_tag = "digits-" + f.split if f.data == "digits" else os.path.basename(
       os.path.normpath(f.data))
   name = f.out_name or default_out_name(
       cfg, method, layers, data_tag, data.info["num_examples"], f.seed,
-      None if f.tokens is None else tokens, f.dtype, f.holdout_images)
+      None if f.tokens is None else tokens, f.dtype, f.holdout_images,
+      "" if embedded and not f.weights else params_sha256(params)[:8])
   out = os.path.join(f.out_dir, name)
   if not f.out_name and os.path.lexists(out):         # the derived name
     atomic.check_replaceable_json(out, ESTIMATE_FORMAT)              # not ours?

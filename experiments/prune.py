@@ -149,10 +149,16 @@ def main(f: flags.FlagValues):
     raise ValueError(f"--schedule {f.schedule!r} does not reduce any token: the pruned model "
                      "would be the unpruned one, timed against itself")
   memory.check_batch_fits(cfg, [f.batch_size], f.dtype)
+  seeds = ("it seeds random-init weights, synthetic images and the sample of an --images folder "
+           "larger than --batch_size")
   if (f["seed"].present and not f.images and cfg.name == common.EMBEDDED_MODEL):
     raise ValueError(f"--seed={f.seed} changes nothing here: {cfg.name} has trained weights "
-                     "and is run on the first test digits; it seeds random-init weights, "
-                     "synthetic images and the sample of a larger --images folder")
+                     f"and is run on the first test digits; {seeds}")
+  if f["seed"].present and f.images and (f.weights or cfg.name == common.EMBEDDED_MODEL):
+    held = len(data_lib.ImageFolder(f.images))     # (trained weights, every image: unread)
+    if held <= f.batch_size:
+      raise ValueError(f"--seed={f.seed} changes nothing here: the weights are trained and all "
+                       f"{held} images of --images fit in --batch_size={f.batch_size}; {seeds}")
   cfg, params, source = common.load_model(common.given_model(f), f.weights, f.seed)
   common.check_digits_split(source, os.path.abspath(f.images) if f.images else "digits")
   images, labels, valid, note = load_images(cfg, f.images, f.batch_size, f.seed,

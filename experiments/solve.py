@@ -268,6 +268,7 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
                                      class_names=common.class_names(source),
                                      num_classes=cfg.num_classes,
                                      holdout_images=f.holdout_images)
+  common.check_subset_seed_used(f, data)
   if data.info.get("fingerprint") != estimate.data_fingerprint:
     raise ValueError(f"--data={f.data} (--num_images={f.num_images}, --seed={f.seed}"
                      + ("" if f.holdout_images is None else

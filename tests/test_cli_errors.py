@@ -341,6 +341,10 @@ CASES = [
                  "--calibration_schedules=20", "--out_dir={out}"], 1,
      "calibration_schedules=20: only 6 distinct pomt multi-layer schedules were found on the "
      "token grid [65, 61]; ask for fewer or profile more token counts (tokens)"),
+    # named the file _s3 and recorded subset seed 3 for every image, the numbers of no seed
+    ("estimate", ["--method=pomt", "--tokens=33,65", "--num_images=359", "--seed=3",
+                  "--out_dir={out}"], 1, "--seed draws the --num_images subset, but "
+     "--num_images=359 is every one of the 359 images: it changes nothing"),
 ]
 
 

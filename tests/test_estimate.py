@@ -682,21 +682,26 @@ def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
   assert grid_tag([5, 9, 13, 17]) == "t5-17by4" and grid_tag([9, 17]) == "t9.17"
   assert grid_tag([1, 2, 4, 8, 16, 32, 64]).startswith("t1-64x7-")
   assert grid_tag([1, 2, 4, 8, 16, 32, 64]) != grid_tag([1, 2, 4, 8, 16, 33, 64])
+  from vitprune.digest import params_sha256  # pylint: disable=g-import-not-at-top
+  w0, w3 = (params_sha256(init_params(CFG, s))[:8] for s in (0, 3))
   base = ["--model=test_tiny_vit", "--num_images=4", "--batch_size=4", f"--out_dir={tmp_path}"]
   for extra in ([], ["--tokens=17,9"], ["--tokens=9:17:4"],
-                ["--tokens=17,9", "--dtype=bfloat16"]):
+                ["--tokens=17,9", "--dtype=bfloat16"], ["--init_seed=3"]):
     code, _, err = run_cli_in_process(root, "estimate", base + extra)
     assert code == 0, err
-  assert sorted(os.listdir(tmp_path)) == [
-      f"test_tiny_vit_random_embed_digits-test_n4_s0{grid}.json" for grid in (
+  # (other weights, --init_seed or --weights, were refused as "already exists, an estimate with
+  # these flags", and --overwrite replaced the other model's estimate)
+  assert sorted(os.listdir(tmp_path)) == sorted(
+      [f"test_tiny_vit_random_embed_digits-test_n4_s0{grid}_w{w0}.json" for grid in (
           "_float32", "_t9-17by4_float32", "_t9.17_bfloat16", "_t9.17_float32")]
+      + [f"test_tiny_vit_random_embed_digits-test_n4_s0_float32_w{w3}.json"])
   code, _, err = run_cli_in_process(root, "estimate", base + ["--tokens=9,17"])
   assert code == 1 and err.count("\n") == 1 and err.startswith(
-      f"error: {tmp_path}/test_tiny_vit_random_embed_digits-test_n4_s0_t9.17_float32.json already "
-      "exists, an estimate with these flags (pass --overwrite to replace it, or --out_name")
+      f"error: {tmp_path}/test_tiny_vit_random_embed_digits-test_n4_s0_t9.17_float32_w{w0}.json "
+      "already exists, an estimate with these flags (pass --overwrite to replace it, or --out_name")
   # Someone else's file or a folder at the derived name: refused as such, with or without
   # --overwrite, naming no flag that was not given.
-  other = tmp_path / "test_tiny_vit_random_embed_digits-test_n4_s0_t9.12.17_float32.json"
+  other = tmp_path / f"test_tiny_vit_random_embed_digits-test_n4_s0_t9.12.17_float32_w{w0}.json"
   for make in (lambda: other.write_text('{"mine": 1}'), other.mkdir):
     make()
     for extra in ([], ["--overwrite"]):
@@ -757,8 +762,10 @@ def test_an_estimate_on_the_images_a_holdout_leaves_is_named_apart(tmp_path):
     code, _, err = run_cli_in_process(root, "estimate", base + extra)
     assert code == 0, err
   names = sorted(os.listdir(tmp_path))
-  assert names == ["test_tiny_vit_random_embed_digits-test_n4_h4_s0_float32.json",
-                   "test_tiny_vit_random_embed_digits-test_n4_s0_float32.json"]
+  from vitprune.digest import params_sha256  # pylint: disable=g-import-not-at-top
+  w = params_sha256(init_params(CFG, 0))[:8]
+  assert names == [f"test_tiny_vit_random_embed_digits-test_n4_h4_s0_float32_w{w}.json",
+                   f"test_tiny_vit_random_embed_digits-test_n4_s0_float32_w{w}.json"]
   with open(tmp_path / names[0]) as f:
     rec = json.load(f)
   assert rec["data"]["num_examples"] == 4

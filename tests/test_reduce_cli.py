@@ -119,6 +119,23 @@ def test_cli_errors(argv, match):
     prune.main(common.parse(prune.define_flags, argv))
 
 
+def test_cli_refuses_a_seed_that_samples_nothing(tmp_path):
+  """Trained weights and an --images folder no larger than the batch: every image is used and
+  --seed is read nowhere (it ran and said nothing)."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  from vitprune.digits import write_digits_imagefolder  # pylint: disable=g-import-not-at-top
+  images = write_digits_imagefolder(str(tmp_path / "imgs"), limit=6)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  base = ["--repeats=3", "--warmup=0", f"--images={images}"]
+  code, out, err = run_cli_in_process(root, "prune", base + ["--batch_size=6", "--seed=5"])
+  assert code == 1 and out == "" and err == (
+      "error: --seed=5 changes nothing here: the weights are trained and all 6 images of "
+      "--images fit in --batch_size=6; it seeds random-init weights, synthetic images and the "
+      "sample of an --images folder larger than --batch_size\n")
+  code, out, err = run_cli_in_process(root, "prune", base + ["--batch_size=4", "--seed=5"])
+  assert code == 0 and "4 of the 6 images of" in out and "sample, seed 5" in out, err
+
+
 def test_cli_default_prunes_the_embedded_model_on_digits(capsys):
   prune.main(common.parse(prune.define_flags, ["--batch_size=8", "--repeats=3", "--warmup=1"]))
   out = capsys.readouterr().out

@@ -342,3 +342,12 @@ def test_a_floor_met_with_confidence_measures_each_schedule_against_the_unpruned
                      r"95% confidence: the unpruned schedule measures 0\.1000 \(95% interval "
                      r"0\.0279\.\.0\.3010 on 20 images\)"):
     _run_confident(root, es, ps, weights, "c3", "--accuracy_floor=0.05")
+
+
+def test_a_seed_that_draws_no_subset_is_refused(inputs):
+  """--num_images equal to every image and --seed: the seed drew nothing, yet the data check
+  passed whatever it said (the estimate CLI named the file _s<seed> and recorded it)."""
+  root, weights, es, ps = inputs
+  with pytest.raises(ValueError, match=r"^--seed draws the --num_images subset, but "
+                     r"--num_images=359 is every one of the 359 images: it changes nothing$"):
+    _run(root, es, ps, f"--weights={weights}", "--num_images=359", "--seed=1")

@@ -485,12 +485,15 @@ class EvalData:
     strata: int `[len(dataset)]` the classes a subset of it is balanced over (the digits: their
       own digit, whatever the model calls it); None: the dataset's labels when labelled, else
       a uniform draw.
+    available: the images the `num_images` subset was drawn from (the digits: the split's),
+      None where not known.
   """
   dataset: Any
   indices: np.ndarray
   labelled: bool
   info: Dict[str, Any]
   strata: Optional[np.ndarray] = None
+  available: Optional[int] = None
 
   def batches(self, cfg: ViTConfig, batch_size: int, num_workers: int = 0
               ) -> Iterable[Batch]:
@@ -584,14 +587,14 @@ def _load_eval_data(spec: str, *, num_images: Optional[int], seed: int, split: s
     info["selection"] = {"split": split, "split_seed": split_seed, "num_images": num_images,
                          "subset_seed": seed}
     return EvalData(ds, idx, bool(ds.classes), info,   # (unlabelled: not the model's classes)
-                    strata=digits)
+                    strata=digits, available=len(base))
   if not os.path.isdir(spec):
     raise FileNotFoundError(f"data {spec!r} is neither 'digits' nor an existing directory")
   ds = data_lib.ImageFolder(spec, class_names=class_names, num_classes=num_classes)
   idx = subset_indices(ds.labels, ds.labelled, num_images, seed)
   info = data_lib.dataset_info(ds, idx).to_dict()
   info["selection"] = {"num_images": num_images, "subset_seed": seed}
-  return EvalData(ds, idx, ds.labelled, info)
+  return EvalData(ds, idx, ds.labelled, info, available=len(ds))
 
 
 # ----------------------------------------------------------------------------------------------
