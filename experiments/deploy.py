@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 from absl import flags
 
@@ -109,15 +110,20 @@ def input_provenance(profile_path: str = "", estimate_path: str = "") -> dict:
 
 
 def check_inputs_match(provenance: dict, model: str, weights_sha256: str,
-                       batch_size, dtype: str) -> None:
+                       batch_size, dtype: str, method: Optional[str] = None) -> None:
   """The --profile / --estimate a deployment records must be of what it deploys: the same
-  model, the estimate of these weights, the profile timed at this batch size (any, for a
-  symbolic batch) in this dtype. ValueError naming the mismatch."""
+  model, the estimate of these weights and (`method`, None for an unpruned artifact) of this
+  reducer, the profile timed at this batch size (any, for a symbolic batch) in this dtype.
+  ValueError naming the mismatch."""
   prof, est = provenance.get("profile"), provenance.get("estimate")
   for name, rec in (("--profile", prof), ("--estimate", est)):
     if rec is not None and rec["model"] != model:
       raise ValueError(f"{name}={rec['path']} is of model {rec['model']!r}, the weights are "
                        f"{model!r}")
+  if est is not None and method is not None and str(est.get("method", method)).lower() != (
+      method.lower()):   # (a random-drop artifact recorded a POMT estimate as its own)
+    raise ValueError(f"--estimate={est['path']} measured --method={est['method']}, the "
+                     f"artifact prunes with --method={method}")
   if est is not None and est["weights_sha256"] != weights_sha256:
     raise ValueError(f"--estimate={est['path']} was measured on other weights (sha256 "
                      f"{est['weights_sha256'][:12]}..., these are {weights_sha256[:12]}...)")
@@ -241,7 +247,8 @@ def main(f: flags.FlagValues) -> str:
   weights_sha256 = params_sha256(params)
   if f.solution:
     sol.check_weights(weights_sha256, f"--weights={f.weights}")
-  check_inputs_match(provenance, cfg.name, weights_sha256, batch_size, dtype)
+  check_inputs_match(provenance, cfg.name, weights_sha256, batch_size, dtype,
+                     None if reducer is None else method)
   names = checkpoint.read_class_names(f.weights)
   path = deploy.export_artifact(
       f.out, cfg, params, schedule=schedule, reducer=reducer,

@@ -751,10 +751,14 @@ def test_deploy_refuses_a_profile_or_estimate_of_something_else():
   model, its weights (estimate), its batch and dtype (profile)."""
   from experiments.deploy import check_inputs_match   # pylint: disable=g-import-not-at-top
   prof = {"path": "p.json", "model": "vit_digits", "dtype": "float32", "batch_sizes": [1]}
-  est = {"path": "e.json", "model": "vit_digits", "weights_sha256": "a" * 64}
+  est = {"path": "e.json", "model": "vit_digits", "weights_sha256": "a" * 64, "method": "pomt"}
   ok = {"profile": prof, "estimate": est}
   check_inputs_match(ok, "vit_digits", "a" * 64, 1, "float32")
   check_inputs_match(ok, "vit_digits", "a" * 64, None, "float32")      # symbolic batch
+  check_inputs_match(ok, "vit_digits", "a" * 64, 1, "float32", "POMT")
+  with pytest.raises(ValueError, match=r"^--estimate=e.json measured --method=pomt, the "
+                     r"artifact prunes with --method=random$"):    # (recorded as its own)
+    check_inputs_match(ok, "vit_digits", "a" * 64, 1, "float32", "random")
   for args, match in (
       (("deit_tiny", "a" * 64, 1, "float32"), r"--profile=p.json is of model 'vit_digits'"),
       (("vit_digits", "b" * 64, 1, "float32"), r"--estimate=e.json was measured on other "
