@@ -244,6 +244,10 @@ def main(f: flags.FlagValues):
       else:
         sol = solve_stage.check_in_loop(sol, estimate, None, loop["evaluate"], timer, **loop_kw)
   paths = write_solution(sol, f.out_dir)
+  if f.mode == "multi" and None in estimate.layers:     # (dropped without a word)
+    print(f"note: the estimate's embed row (tokens dropped after the embedding) is not used: "
+          f"--mode=multi prunes in blocks only, here blocks "
+          f"{[l for l in estimate.layers if l is not None]}")
   for line in summary_lines(sol):
     print(line)
   print(f"wrote {common.shown(paths['json'])} and {common.shown(paths['png'])}")

@@ -599,8 +599,16 @@ def test_paper_refuses_a_one_layer_estimate_of_another_block(tmp_path):
   ps = _save_profile(tmp_path, [_point("model", n, _step_latency(n)) for n in range(2, N + 1)])
   es = _estimate(tmp_path, [1], list(range(5, N + 1)), _acc)
   with pytest.raises(solve_stage.SolveInputError, match=r"has layers \[1\]; paper mode at "
-                     r"block 0 needs an embed \('tokens'\) estimate or one with layer 0"):
+                     r"block 0 needs one with layer 0 or an embed row \(tokens dropped after "
+                     r"the embedding, the paper's proxy\)"):
     _paper(ps, es, layer=0)
+  # A sensitivity table's embed row is that proxy, as a one-curve 'tokens' estimate is (it was
+  # refused as needing an embed estimate while holding one).
+  table = _estimate(tmp_path, [None, 1], list(range(5, N + 1)), _acc, name="t.json",
+                    method="random")
+  curve = _estimate(tmp_path, [None], list(range(5, N + 1)), _acc, name="c.json",
+                    method="random")
+  assert _paper(ps, table, layer=0).chosen == _paper(ps, curve, layer=0).chosen
   assert _paper(ps, es, layer=1).settings["layer"] == 1
   # Another method's measured block-1 accuracy was reported as this method's.
   assert _paper(ps, es, layer=1, method=" POMT ").method == "pomt"      # the estimate's
@@ -1064,6 +1072,22 @@ def test_solution_names_tell_dtypes_and_devices_apart():
   stems = {solution_stem("m", "multi", 8, dtype, device)
            for dtype in ("float32", "bfloat16") for device in ("cpu", "NVIDIA H100")}
   assert len(stems) == 4
+
+
+def test_cli_says_a_multi_solve_leaves_the_embed_row_out(tmp_path):
+  """A sensitivity table with an embed row solved to a frontier without it, unsaid."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [None, 1, 3], list(range(4, N)), _acc, method="random")
+  r = _cli_here(f"--profile={ps}", f"--estimate={es}", "--mode=multi",
+                f"--out_dir={tmp_path / 'out'}")
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.startswith("note: the estimate's embed row (tokens dropped after the "
+                             "embedding) is not used: --mode=multi prunes in blocks only, here "
+                             "blocks [1, 3]\n")
+  r = _cli_here(f"--profile={_block_profile(tmp_path, 'b2.json')}",
+                f"--estimate={_estimate(tmp_path, [1, 3], list(range(4, N)), _acc, name='f.json')}",
+                "--mode=multi", f"--out_dir={tmp_path / 'out2'}")
+  assert r.returncode == 0 and "note:" not in r.stdout, r.stderr
 
 
 def test_cli(tmp_path):

@@ -292,13 +292,13 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
   lt, lat, source = latency_curve(profile, cfg, batch)
   if layer in estimate.layers:
     est_layer = layer
-  elif list(estimate.layers) == [None]:   # the paper's proxy: tokens dropped after the embedding
-    est_layer = None
+  elif None in estimate.layers:   # the paper's proxy: tokens dropped after the embedding (a
+    est_layer = None               # 'tokens' estimate, or a sensitivity table's embed row)
   else:            # another block's curve would be read as block `layer`'s accuracy
     raise SolveInputError(f"estimate {estimate.source} has layers "
                           f"{['embed' if l is None else l for l in estimate.layers]}; paper "
-                          f"mode at block {layer} needs an embed ('tokens') estimate or one "
-                          f"with layer {layer}")
+                          f"mode at block {layer} needs one with layer {layer} or an embed "
+                          "row (tokens dropped after the embedding, the paper's proxy)")
   at, acc = estimate.curve(metric, layer=est_layer)
   # Both grids prune, but never to the same count (where one does not, `check_paper_grid`
   # below says what to measure).
