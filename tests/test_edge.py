@@ -879,6 +879,19 @@ def test_edge_profile_files_are_published_together_and_merge_only_with_their_set
   kit_lib.write_profile(prof("iree-local-sync", 4e-3, batch=8), board, dict(kit, shards={
       "8": [1]}))                                  # another batch size: its own shard plan
   assert json.load(open(board))["edge"]["shards"] == {"1": [2], "8": [1]}
+  # ... or another compile profile (the latency flags at batch 1 in a kit of batches 1 and 8,
+  # the throughput flags in a kit of batch 1 alone, under one kit-level compiler entry): one
+  # curve held points of both, its 'edge' entry naming one set of flags.
+  flagged = dict(kit, profiles={"1": ["latency"]})
+  other = str(tmp_path / "board3.json")
+  kit_lib.write_profile(prof("iree-local-sync", 1e-3), other, flagged)
+  with pytest.raises(ValueError, match=r"its batch-1 points were compiled with the \['latency'\] "
+                     r"flags, this run's with the \['throughput'\]"):
+    kit_lib.write_profile(prof("iree-local-sync", 2e-3), other,
+                          dict(kit, profiles={"1": ["throughput"]}))
+  kit_lib.write_profile(prof("iree-local-sync", 3e-3, batch=8), other,
+                        dict(kit, shards={"8": [1]}, profiles={"8": ["throughput"]}))
+  assert json.load(open(other))["edge"]["profiles"] == {"1": ["latency"], "8": ["throughput"]}
   assert {(p.batch_size, p.median_s) for p in records.load(board).points} == {(1, 2e-3),
                                                                                 (8, 4e-3)}
   doc = json.load(open(board))                     # a board profile from before "shards"
@@ -1003,6 +1016,15 @@ def test_a_malformed_record_is_one_line_from_the_board_cli(artifact, tmp_path):
     edge_rt.read_records(str(bad))
 
 
+def _consistent_manifest(man):
+  """`man` (a manifest's JSON) made whole again after an edit, as another artifact's own
+  manifest is: its config's preprocessing the top-level one, its identity recomputed."""
+  from vitprune.records.manifest import Manifest  # pylint: disable=g-import-not-at-top
+  man["model"]["config"]["preprocessing"] = dict(man["preprocessing"])
+  man.pop("identity", None)
+  man["identity"] = Manifest.from_json(man).identity()
+
+
 @pytest.mark.parametrize("field, edit", [
     ("weights .* differs from the manifest's", lambda m: m["weights"].update(sha256="0" * 64)),
     ("reducer name, options .* differs from the manifest's",
@@ -1015,7 +1037,8 @@ def test_a_malformed_record_is_one_line_from_the_board_cli(artifact, tmp_path):
      lambda m: m["preprocessing"].update(mean=[0.25, 0.25, 0.25])),
     ("compute precision .* differs from the manifest's",
      lambda m: m["compute"].update(precision="default")),
-    ("schedule .* differs from the manifest's", lambda m: m["schedule"].update(text="keep@0:5")),
+    ("schedule .* differs from the manifest's",
+     lambda m: m["schedule"].update(text="keep@0:5", counts=[17, 5, 5])),
 ])
 def test_a_module_from_another_artifact_is_refused(artifact, tmp_path, field, edit):
   """iree/ copied in from another artifact: the jax graph and the IREE module would answer for
@@ -1030,6 +1053,7 @@ def test_a_module_from_another_artifact_is_refused(artifact, tmp_path, field, ed
   assert rec["reducer"] == {k: man["reducer"][k] for k in ("name", "options", "fields")}
   edge_rt.load(str(mixed), "iree:host")
   edit(man)
+  _consistent_manifest(man)         # (another artifact's own manifest, read whole by the board)
   (mixed / "manifest.json").write_text(json.dumps(man))
   with pytest.raises(EdgeError, match=rf"module's record is not of this artifact: its {field}"
                      r".*: files mixed from two artifacts"):
@@ -1248,8 +1272,10 @@ def test_a_manifest_field_missing_is_named_as_missing(artifact, tmp_path):
     else:
       del man[field]
     (bad / "manifest.json").write_text(json.dumps(man))
-    with pytest.raises(EdgeError, match=rf"manifest.json: states no {field} \(the iree:\S+ "
-                       r"module's record does\): an edited or truncated manifest\?"):
+    # (the board reads the manifest whole, as the jax path does: named by the reader)
+    with pytest.raises(EdgeError, match=rf"manifest.json: lacks required entries \['{field}'\]"
+                       if " " not in field else r"manifest.json: preprocessing does not match "
+                       r"model.config.preprocessing \(edited\?\)"):
       edge_rt.load(str(bad), "iree:host")
 
 
@@ -1466,6 +1492,11 @@ def test_a_manifest_set_back_to_version_1_is_refused_on_the_board(artifact, tmp_
   doc["weights"].pop("source_sha256")
   doc["weights"]["source"] = {"meta": {"split": {"seed": 7}}}
   (board / "manifest.json").write_text(json.dumps(doc))
+  with pytest.raises(EdgeError, match=r"identity does not match the manifest's fields \(the "
+                                      r"manifest was edited\)"):   # (read whole, as jax reads it)
+    edge_rt.check_against_manifest(str(board), edge_rt.read_records(str(board)))
+  _consistent_manifest(doc)                      # ... and with its identity recomputed too
+  (board / "manifest.json").write_text(json.dumps(doc))
   with pytest.raises(EdgeError, match=r"manifest.json: states no weights source \(the iree:"):
     edge_rt.check_against_manifest(str(board), edge_rt.read_records(str(board)))
 
@@ -1517,5 +1548,28 @@ def test_the_jax_path_refuses_a_record_the_board_refuses(artifact, tmp_path):
     rec = json.loads(rec_path.read_text())
     change(rec)
     rec_path.write_text(json.dumps(rec))
+    with pytest.raises(deploy.ArtifactError, match=message):
+      deploy.load(str(dst))
+
+
+def test_the_board_refuses_a_manifest_the_jax_path_refuses(artifact, tmp_path):
+  """Fault probe: vitprune.edge ran an artifact whose manifest.json had been edited (format,
+  version, identity, targets) where vitprune.load / run_deployed refused it: the board reads the
+  manifest with the same reader (jax-free)."""
+  for name, change, message in (
+      ("format", lambda m: m.update(format="x"), r"format 'x' is not 'vitprune-deploy'"),
+      ("version", lambda m: m.update(version=99), "unsupported format version 99"),
+      ("identity", lambda m: m.update(identity="0" * 64),
+       r"identity does not match the manifest's fields \(the manifest was edited\)"),
+      ("targets", lambda m: m.update(targets=["iree:host"]), "targets must be a list of target "
+       "names starting with 'jax'")):
+    dst = tmp_path / name
+    shutil.copytree(artifact, dst)
+    path = dst / "manifest.json"
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(EdgeError, match=message):
+      edge_rt.load(str(dst))
     with pytest.raises(deploy.ArtifactError, match=message):
       deploy.load(str(dst))

@@ -143,11 +143,15 @@ def _kit_plans(path: str, driver: Optional[str]):
     functions.append(rt.checked_function(p, point_identity(kit, p), where))
   drivers = sorted({d for d, _ in plans})
   kit["driver"] = "+".join(drivers)
-  shards: Dict[str, List[int]] = {}      # per batch size: the board profile's merge key too
+  shards: Dict[str, List[int]] = {}      # per batch size: the board profile's merge keys too
+  profiles: Dict[str, List[str]] = {}    # (the compile profile: latency or throughput flags)
   for p, (_, k) in zip(kit["points"], plans):
     shards.setdefault(str(p["input"]["shape"][0]), []).append(k)
-  kit["shards"] = {b: sorted(set(ks)) for b, ks in sorted(shards.items(),
-                                                          key=lambda item: int(item[0]))}
+    profiles.setdefault(str(p["input"]["shape"][0]), []).append(str(
+        (p.get("runtime") or {}).get("profile", (kit.get("compiler") or {}).get("profile"))))
+  by_batch = lambda d: sorted(d.items(), key=lambda item: int(item[0]))
+  kit["shards"] = {b: sorted(set(ks)) for b, ks in by_batch(shards)}
+  kit["profiles"] = {b: sorted(set(ps)) for b, ps in by_batch(profiles)}
   for d in drivers:
     check_runnable(dict(kit, driver=d), f"kit {path} ({kit['target']})")
   return kit, plans, functions
@@ -263,12 +267,13 @@ def write_profile(profile, out: str, kit: Optional[Dict[str, Any]] = None) -> Di
 
 def edge_fields(kit: Dict[str, Any]) -> Dict[str, Any]:
   """The board profile's 'edge' entry: kit target, compiler flags, IREE runtime version, host
-  CPU and the shards each batch size ran in (from `_kit_plans`). A profile merges only into one
-  of the same setup (`merge_edge_fields`): points of one curve timed in 2 shards and in 1 were
-  merged before."""
+  CPU, and the shards each batch size ran in and the compile profile its modules were built
+  with (latency or throughput flags; from `_kit_plans`). A profile merges only into one of the
+  same setup (`merge_edge_fields`): points of one curve timed in 2 shards and in 1, or compiled
+  with the latency and with the throughput flags, were merged before."""
   return {"edge": {"target": kit["target"], "compiler": kit.get("compiler"),
                    "iree_runtime": _runtime_version(), "host_cpu": host_cpu()["model"],
-                   "shards": kit.get("shards")}}
+                   "shards": kit.get("shards"), "profiles": kit.get("profiles")}}
 
 
 EDGE_SETUP = ("target", "compiler", "iree_runtime", "host_cpu")
@@ -277,8 +282,9 @@ EDGE_SETUP = ("target", "compiler", "iree_runtime", "host_cpu")
 def merge_edge_fields(existing: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
   """`new`'s 'edge' entry (`edge_fields`) merged with that of the profile file `existing` (its
   JSON document): every setup entry the file states must be this run's, and each batch size both
-  hold must have run in the same shards; the new batch sizes' shards are added. A file from
-  before an entry was kept says nothing about it (accepted)."""
+  hold must have run in the same shards, its modules compiled with the same profile; the new
+  batch sizes' are added. A file from before an entry was kept says nothing about it
+  (accepted)."""
   old, cur = existing.get("edge"), new["edge"]
   if not isinstance(old, dict):
     return new
@@ -286,13 +292,17 @@ def merge_edge_fields(existing: Dict[str, Any], new: Dict[str, Any]) -> Dict[str
     if key in old and old[key] != cur.get(key):
       raise ValueError(f"it was timed with edge {key} {old[key]!r}, this run with "
                        f"{cur.get(key)!r} (write it to another --out)")
-  shards = dict(old.get("shards") or {})
-  for batch, ks in (cur.get("shards") or {}).items():
-    if batch in shards and shards[batch] != ks:
-      raise ValueError(f"its batch-{batch} points ran in {shards[batch]} shard(s), this run's "
-                       f"in {ks} (write it to another --out)")
-    shards[batch] = ks
-  return {"edge": dict(cur, shards=dict(sorted(shards.items(), key=lambda i: int(i[0]))))}
+  merged = {}
+  for key, theirs, ours in (("shards", "ran in {} shard(s)", "in {}"),
+                            ("profiles", "were compiled with the {} flags", "with the {}")):
+    per_batch = dict(old.get(key) or {})
+    for batch, value in (cur.get(key) or {}).items():
+      if batch in per_batch and per_batch[batch] != value:
+        raise ValueError(f"its batch-{batch} points {theirs.format(per_batch[batch])}, this "
+                         f"run's {ours.format(value)} (write it to another --out)")
+      per_batch[batch] = value
+    merged[key] = dict(sorted(per_batch.items(), key=lambda i: int(i[0])))
+  return {"edge": dict(cur, **merged)}
 
 
 def _runtime_version() -> str:

@@ -41,6 +41,7 @@ import numpy as np
 from vitprune import console
 from vitprune import jsonio
 from vitprune.digest import file_sha256
+from vitprune.records.manifest import ArtifactError, Manifest
 from vitprune.config import Preprocessing, is_float_dtype
 from vitprune.edge.targets import (EdgeError, check_driver, check_runnable, host_cpu,
                                     parse_target, targets_mismatch)
@@ -566,6 +567,10 @@ def check_against_manifest(path: str, records: List[Dict[str, Any]]) -> Optional
     raise EdgeError(f"{manifest} exists but is not a regular file: copy the artifact's "
                     "manifest.json with its iree/ folder, or the iree/ folder alone")
   doc = read_json(manifest, "artifact manifest")
+  try:        # read as the jax path reads it (an edited format, version or identity ran here)
+    Manifest.from_json(doc, manifest)
+  except ArtifactError as e:
+    raise EdgeError(str(e)) from None
   listed = doc.get("targets", ["jax"])        # (absent: "jax" alone, as vitprune.load reads it)
   if not (isinstance(listed, list) and all(isinstance(t, str) for t in listed)):
     raise EdgeError(f"{manifest}: targets must be a list of target names, got {listed!r}")
