@@ -1480,9 +1480,10 @@ def test_a_malformed_weight_leaf_entry_is_named(tmp_path, edit, message):
 
 
 def test_a_manifest_set_back_to_version_1_is_refused_on_the_board(artifact, tmp_path):
-  """The board has no exported forward to check a manifest's identity against: a version-2
-  manifest set back to version 1, its source digest deleted and its split edited, lifted the
-  training-data guard there. The module records carry the digest too."""
+  """A version-2 manifest set back to version 1, its source digest deleted and its split edited,
+  lifted the training-data guard on the board. Its identity no longer matches (the board reads
+  the manifest whole), and with the identity recomputed the module records, which carry the
+  digest too, refuse it."""
   board = tmp_path / "board"
   shutil.copytree(artifact, board)
   rec = json.loads((board / edge_rt.EDGE_DIR / "iree_host.json").read_text())
