@@ -25,6 +25,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
+import reprlib
 from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import numpy as np
@@ -172,12 +173,17 @@ def check_predictor_rows(path: str, rows: List[Any]) -> None:
     fr = r.get("frontier") or {}
     stats = [*r["heldout"].items(), *(fr.get("latency") or {}).items()]
     for name, d in stats:
+      if not isinstance(d, dict):      # (an entry the table never reads: a traceback below)
+        raise ValueError(f"{path}: row {i}: {name} {reprlib.repr(d)} is not an error summary")
       for k in ("median", "p90"):
         if not _number(0)(d.get(k)):
           raise ValueError(f"{path}: row {i}: {name} {k} {d.get(k)!r} is not an error >= 0")
       if not _number(0, 1)(d.get("within10")):
         raise ValueError(f"{path}: row {i}: {name} within10 {d.get('within10')!r} is not a "
                          "share in [0, 1]")
+      if "speed_ratio" in d and not (_number(0)(d["speed_ratio"]) and d["speed_ratio"] > 0):
+        raise ValueError(f"{path}: row {i}: {name} speed_ratio {d['speed_ratio']!r} is not a "
+                         "ratio > 0")
     times = [("calibration_s", r.get("calibration_s"))] + (
         [("profile_s", r["profile_s"])] if "profile_s" in r else [])
     points = [(f"accuracy error {k}", (fr.get("accuracy_error_points") or {}).get(k, 0))
@@ -210,23 +216,36 @@ def collect(out_dir: str) -> Dict[str, Any]:
          "predictor_accuracy_cut": []}
   devices = ({(p.device_kind, p.platform) for p in profiles.values()} |
              {(r["device_kind"], r["platform"]) for r in doc["benchmark"]})
+  held: List[Tuple[Any, str]] = []        # (model, batch, method) per predictor row
   for path in predictor:
     res = jsonio.read_json(path, "predictor accuracy results", ValueError)
-    if res.get("format") != predictor_accuracy.RESULT_FORMAT or not isinstance(
-        res.get("rows"), list):
+    if res.get("format") != predictor_accuracy.RESULT_FORMAT:
       raise ValueError(f"{path} is not a benchmarks.predictor_accuracy result (format "
                        f"{res.get('format')!r}, expected {predictor_accuracy.RESULT_FORMAT!r})")
+    if res.get("version") != predictor_accuracy.RESULT_VERSION:   # (99, or none: tabulated)
+      raise ValueError(f"{path} is version {res.get('version')!r} of a benchmarks."
+                       f"predictor_accuracy result; this vitprune reads version "
+                       f"{predictor_accuracy.RESULT_VERSION}")
+    if not isinstance(res.get("rows"), list) or not isinstance(res.get("complete"), bool):
+      raise ValueError(f"{path}: a predictor_accuracy result needs a list of rows and complete "
+                       f"true or false, got rows {type(res.get('rows')).__name__} and complete "
+                       f"{res.get('complete')!r} (edited?)")
     device = res.get("device")
-    if not isinstance(device, dict):
-      raise ValueError(f"{path} does not say which device it measured (written before "
-                       "predictor_accuracy recorded it): run it again")
+    if not (isinstance(device, dict) and all(isinstance(device.get(k), str) and device[k]
+                                             for k in ("device_kind", "platform"))):
+      raise ValueError(f"{path} does not say which device it measured (device kind and "
+                       "platform; written before predictor_accuracy recorded them?): run it "
+                       "again")
     devices.add((device.get("device_kind"), device.get("platform")))
     if not res["rows"] and res.get("complete") is True:
       raise ValueError(f"{path} says it is complete but holds no rows (edited?)")
     check_predictor_rows(path, res["rows"])
+    held += [((r["model"], r["batch_size"], r["method"]), path) for r in res["rows"]]
     doc["predictor_accuracy"] += res["rows"]
     if res.get("complete") is False:     # rewritten after every phase: the stage was cut
       doc["predictor_accuracy_cut"].append(os.path.basename(path))
+  _each_key_once(held, lambda k, first, other: f"{first} and {other} both hold predictor rows "
+                 f"of {k[0]} batch {k[1]} {k[2]} (a copy?): report one of them")
   devices = sorted(devices)
   if len(devices) > 1:
     raise ValueError(f"--dir {out_dir!r} holds measurements of several devices {devices}: "

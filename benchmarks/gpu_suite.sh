@@ -32,9 +32,14 @@ esac
 if [ "$stage" != all ] && [ -n "${3+x}" ]; then
   echo "error: SECONDS is read by the 'all' stage only, not '$stage'" >&2; exit 2
 fi
+if [ $# -gt 3 ]; then echo "error: unexpected argument '$4'; $usage" >&2; exit 2; fi
 budget=${3:-540}
 case "$budget" in ''|*[!0-9]*) echo "error: SECONDS '$budget' is not a whole number" >&2; exit 2;;
 esac
+if [ "$budget" -lt 30 ]; then      # (0 skipped every stage and exited 0)
+  echo "error: SECONDS $budget leaves no stage its 20 s (at least 30: 10 are kept for packing" \
+       "up)" >&2; exit 2
+fi
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 model_small=${GPU_SUITE_MODEL:-deit_small_patch16_224}   # a smaller model for a dry run on CPU

@@ -90,6 +90,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 RESULT_FORMAT = "vitprune-predictor-accuracy"    # marks --out files this script may replace
+RESULT_VERSION = 1
 
 
 def _grid(cfg, quick: bool, step: int = 0):
@@ -301,7 +302,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   t_all = time.perf_counter()
 
   def document(complete: bool) -> Dict[str, Any]:
-    return {"format": RESULT_FORMAT, "version": 1, "complete": complete,
+    return {"format": RESULT_FORMAT, "version": RESULT_VERSION, "complete": complete,
             "total_s": time.perf_counter() - t_all, "device": runner.device_info(),
             "command": common.command_line("benchmarks.predictor_accuracy", f),
             "quick": quick, "rounds": f.rounds, "rows": rows}

@@ -1,5 +1,6 @@
 """Smoke tests of the scripts under benchmarks/ (their numbers are not asserted: only that they
 run end to end and print their tables)."""
+import json
 import os
 import subprocess
 import sys
@@ -75,9 +76,22 @@ def test_gpu_suite_all_runs_every_stage_under_one_deadline(tmp_path):
   assert "== bench-b8: rc=3 after" in r.stdout
   assert sorted(os.listdir(out)) == sorted(f"log-{s}.txt" for s in stages)
   assert (out / "log-predictor-pomt.txt").read_text().startswith("-m benchmarks.predictor_acc")
-  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "25"], cwd=ROOT,
+  # A deadline that leaves no stage its 20 s is refused (0 skipped every stage, exit 0) ...
+  for budget in ("0", "29"):
+    r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(tmp_path / "no"), budget],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2 and r.stderr == (
+        f"error: SECONDS {budget} leaves no stage its 20 s (at least 30: 10 are kept for packing "
+        "up)\n") and not (tmp_path / "no").exists(), r.stderr
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "600", "x"], cwd=ROOT,
                      capture_output=True, text=True, timeout=60, env=env)
-  assert r.returncode == 0 and r.stdout.count("skipped (") == 8, r.stdout
+  assert r.returncode == 2 and r.stderr.startswith("error: unexpected argument 'x'; usage:")
+  # ... and one that runs out after the first stage skips the rest, not starting them.
+  (fake / "python").write_text('#!/bin/sh\nsleep 2\n')
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "30"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=60, env=env)
+  assert r.returncode == 0 and r.stdout.count("skipped (") == 7, r.stdout
+  assert "== versions: rc=0 after" in r.stdout
 
 
 def test_gpu_suite_speed_keeps_the_last_table_when_a_run_fails(tmp_path):
@@ -658,12 +672,14 @@ def test_gpu_report_tabulates_what_the_suite_wrote(tmp_path, capsys):
   bad = out / "predictor_accuracy_pomt.json"
   for content, message in (("[1]", "expected a JSON object .*got list"),
                            ('{"format": "x", "rows": []}', "is not a benchmarks.predictor_acc"),
-                           ('{"format": "vitprune-predictor-accuracy", "rows": []}',
+                           ('{"format": "vitprune-predictor-accuracy", "version": 1, '
+                            '"complete": false, "rows": []}',
                             "does not say which device it measured")):
     bad.write_text(content)
     with pytest.raises(ValueError, match=message):
       gpu_report.collect(str(out))
-  bad.write_text(json.dumps({"format": "vitprune-predictor-accuracy", "rows": [],
+  bad.write_text(json.dumps({"format": "vitprune-predictor-accuracy", "version": 1,
+                             "complete": False, "rows": [],
                              "device": {"device_kind": "NVIDIA H200", "platform": "gpu"}}))
   with pytest.raises(ValueError, match="holds measurements of several devices"):
     gpu_report.collect(str(out))
@@ -829,9 +845,40 @@ def test_gpu_report_checks_what_it_tabulates(tmp_path):
        r"row 0: calibrated p90 inf is not an error >= 0"),
       ({**good, "heldout": {"calibrated": {"median": 0.1, "p90": 0.2, "within10": 7}}},
        r"row 0: calibrated within10 7 is not a share in \[0, 1\]"),
-      ({**good, "calibration_s": -1.0}, r"row 0: calibration_s -1.0 is not a number >= 0")):
+      ({**good, "calibration_s": -1.0}, r"row 0: calibration_s -1.0 is not a number >= 0"),
+      ({**good, "heldout": {**good["heldout"], "bogus": 3}},      # (a traceback: never read
+       r"row 0: bogus 3 is not an error summary"),                 # by the table)
+      ({**good, "heldout": {**good["heldout"], "anchored": {**good["heldout"]["calibrated"],
+                                                             "speed_ratio": 0}}},
+       r"row 0: anchored speed_ratio 0 is not a ratio > 0")):
     with pytest.raises(ValueError, match=rf"^p.json: {message}"):
       gpu_report.check_predictor_rows("p.json", [good, bad][1:])
+  # A result file: its version, completeness and device stated (version 99 or none was
+  # tabulated, a device of no name crashed the report), each row once (a copy printed twice).
+  from benchmarks import predictor_accuracy  # pylint: disable=g-import-not-at-top
+  res = {"format": predictor_accuracy.RESULT_FORMAT, "version": 1, "complete": True,
+         "device": {"device_kind": "cpu", "platform": "cpu"}, "rows": [good]}
+  pdir = tmp_path / "pdir"
+  pdir.mkdir()
+  target = pdir / "predictor_accuracy_pomt.json"
+  target.write_text(json.dumps(res))
+  assert gpu_report.collect(str(pdir))["predictor_accuracy"] == [good]
+  for change, message in (
+      (dict(version=99), r"is version 99 of a benchmarks.predictor_accuracy result; this "
+                         r"vitprune reads version 1"),
+      (dict(version=None), r"is version None of a benchmarks.predictor_accuracy result"),
+      (dict(complete="yes"), r"needs a list of rows and complete true or false, got rows list "
+                             r"and complete 'yes'"),
+      (dict(device={}), r"does not say which device it measured"),
+      (dict(device={"device_kind": "cpu", "platform": None}), r"does not say which device")):
+    target.write_text(json.dumps({**res, **change}))
+    with pytest.raises(ValueError, match=message):
+      gpu_report.collect(str(pdir))
+  target.write_text(json.dumps(res))
+  (pdir / "predictor_accuracy_copy.json").write_text(json.dumps(res))
+  with pytest.raises(ValueError, match=r"predictor_accuracy_copy.json and .*predictor_accuracy_"
+                     r"pomt.json both hold predictor rows of m batch 1 pomt \(a copy\?\)"):
+    gpu_report.collect(str(pdir))
   # --out where --dir keeps measurements: refused before anything is read or written.
   out = tmp_path / "gpu"
   (out / "profile").mkdir(parents=True)
