@@ -226,9 +226,10 @@ def collect(out_dir: str) -> Dict[str, Any]:
       raise ValueError(f"{path} is version {res.get('version')!r} of a benchmarks."
                        f"predictor_accuracy result; this vitprune reads version "
                        f"{predictor_accuracy.RESULT_VERSION}")
-    if not isinstance(res.get("rows"), list) or not isinstance(res.get("complete"), bool):
+    if not isinstance(res.get("rows"), list) or not isinstance(res.get("complete", True), bool):
       raise ValueError(f"{path}: a predictor_accuracy result needs a list of rows and complete "
-                       f"true or false, got rows {type(res.get('rows')).__name__} and complete "
+                       f"true or false (absent: written whole, before it was recorded), got rows "
+                       f"{type(res.get('rows')).__name__} and complete "
                        f"{res.get('complete')!r} (edited?)")
     device = res.get("device")
     if not (isinstance(device, dict) and all(isinstance(device.get(k), str) and device[k]
@@ -237,7 +238,7 @@ def collect(out_dir: str) -> Dict[str, Any]:
                        "platform; written before predictor_accuracy recorded them?): run it "
                        "again")
     devices.add((device.get("device_kind"), device.get("platform")))
-    if not res["rows"] and res.get("complete") is True:
+    if not res["rows"] and res.get("complete", True) is True:
       raise ValueError(f"{path} says it is complete but holds no rows (edited?)")
     check_predictor_rows(path, res["rows"])
     held += [((r["model"], r["batch_size"], r["method"]), path) for r in res["rows"]]

@@ -25,7 +25,7 @@ from vitprune.profile import records
 from vitprune.records.estimate import read_estimate
 from vitprune.records.solution import read_solution
 from vitprune.reduce.methods import make_reducer
-from vitprune.schedule import parse_schedule
+from vitprune.schedule import full_schedule, parse_schedule
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -120,8 +120,10 @@ def check_inputs_match(provenance: dict, model: str, weights_sha256: str,
     if rec is not None and rec["model"] != model:
       raise ValueError(f"{name}={rec['path']} is of model {rec['model']!r}, the weights are "
                        f"{model!r}")
-  if est is not None and method is not None and str(est.get("method", method)).lower() != (
-      method.lower()):   # (a random-drop artifact recorded a POMT estimate as its own)
+  stand_in = est is not None and est.get("kind") == "tokens" and est.get("method") == "random"
+  if est is not None and method is not None and not stand_in and str(
+      est.get("method", method)).lower() != method.lower():   # (a random-drop artifact
+    # recorded a POMT estimate as its own; random drop's one curve is any method's proxy)
     raise ValueError(f"--estimate={est['path']} measured --method={est['method']}, the "
                      f"artifact prunes with --method={method}")
   if est is not None and est["weights_sha256"] != weights_sha256:
@@ -247,8 +249,12 @@ def main(f: flags.FlagValues) -> str:
   weights_sha256 = params_sha256(params)
   if f.solution:
     sol.check_weights(weights_sha256, f"--weights={f.weights}")
+  # The estimate's method is the artifact's unless a solution names its own estimate (checked
+  # by sha256 above: paper mode solves with random drop's embed curve for any method) or the
+  # artifact prunes nothing.
+  prunes = reducer is not None and schedule != full_schedule(cfg)
   check_inputs_match(provenance, cfg.name, weights_sha256, batch_size, dtype,
-                     None if reducer is None else method)
+                     method if prunes and not f.solution else None)
   names = checkpoint.read_class_names(f.weights)
   path = deploy.export_artifact(
       f.out, cfg, params, schedule=schedule, reducer=reducer,

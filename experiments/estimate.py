@@ -28,6 +28,7 @@ import numpy as np
 
 from experiments import common
 from vitprune import atomic
+from vitprune import checkpoint
 from vitprune import estimate
 from vitprune import memory
 from vitprune.data import check_not_read_as_an_image
@@ -138,6 +139,14 @@ def default_out_name(cfg, method: str, layers: Sequence[Optional[int]], data_tag
                f"{dtype}{weights}") + ".json"
 
 
+def weights_tag(params) -> str:
+  """'' for the embedded default weights (by their parameters' sha256, wherever they were
+  given from: --weights=weights/vit_digits named them apart), else the first 8 hex digits of
+  the parameters' sha256 (`default_out_name`'s weights tag)."""
+  sha = params_sha256(params)
+  return "" if sha == checkpoint.recorded_params_sha256(common.EMBEDDED_WEIGHTS) else sha[:8]
+
+
 def main(f: flags.FlagValues):
   """Checks every flag and the output file, then evaluates, writes and prints the estimate."""
   common.positive(f.batch_size, "batch_size")
@@ -193,8 +202,7 @@ def main(f: flags.FlagValues):
       os.path.normpath(f.data))
   name = f.out_name or default_out_name(
       cfg, method, layers, data_tag, data.info["num_examples"], f.seed,
-      None if f.tokens is None else tokens, f.dtype, f.holdout_images,
-      "" if embedded and not f.weights else params_sha256(params)[:8])
+      None if f.tokens is None else tokens, f.dtype, f.holdout_images, weights_tag(params))
   out = os.path.join(f.out_dir, name)
   if not f.out_name and os.path.lexists(out):         # the derived name
     atomic.check_replaceable_json(out, ESTIMATE_FORMAT)              # not ours?

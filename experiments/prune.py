@@ -20,6 +20,7 @@ the bundled digits test split and other models deterministic synthetic images.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from absl import flags
@@ -155,7 +156,9 @@ def main(f: flags.FlagValues):
     raise ValueError(f"--seed={f.seed} changes nothing here: {cfg.name} has trained weights "
                      f"and is run on the first test digits; {seeds}")
   if f["seed"].present and f.images and (f.weights or cfg.name == common.EMBEDDED_MODEL):
-    held = len(data_lib.ImageFolder(f.images))     # (trained weights, every image: unread)
+    with warnings.catch_warnings():        # (its warnings: said once, when it is read below)
+      warnings.simplefilter("ignore")
+      held = len(data_lib.ImageFolder(f.images))   # (trained weights, every image: unread)
     if held <= f.batch_size:
       raise ValueError(f"--seed={f.seed} changes nothing here: the weights are trained and all "
                        f"{held} images of --images fit in --batch_size={f.batch_size}; {seeds}")

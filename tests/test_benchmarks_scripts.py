@@ -867,13 +867,18 @@ def test_gpu_report_checks_what_it_tabulates(tmp_path):
       (dict(version=99), r"is version 99 of a benchmarks.predictor_accuracy result; this "
                          r"vitprune reads version 1"),
       (dict(version=None), r"is version None of a benchmarks.predictor_accuracy result"),
-      (dict(complete="yes"), r"needs a list of rows and complete true or false, got rows list "
-                             r"and complete 'yes'"),
+      (dict(complete="yes"), r"needs a list of rows and complete true or false \(absent: "
+                             r"written whole, before it was recorded\), got rows list and "
+                             r"complete 'yes'"),
       (dict(device={}), r"does not say which device it measured"),
       (dict(device={"device_kind": "cpu", "platform": None}), r"does not say which device")):
     target.write_text(json.dumps({**res, **change}))
     with pytest.raises(ValueError, match=message):
       gpu_report.collect(str(pdir))
+  # A result from before "complete" was recorded was written whole, at the end: read.
+  target.write_text(json.dumps({k: v for k, v in res.items() if k != "complete"}))
+  doc = gpu_report.collect(str(pdir))
+  assert doc["predictor_accuracy"] == [good] and doc["predictor_accuracy_cut"] == []
   target.write_text(json.dumps(res))
   (pdir / "predictor_accuracy_copy.json").write_text(json.dumps(res))
   with pytest.raises(ValueError, match=r"predictor_accuracy_copy.json and .*predictor_accuracy_"

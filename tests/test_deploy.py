@@ -871,3 +871,29 @@ def test_a_version_2_manifest_set_back_to_version_1_is_refused(artifact, tmp_pat
   _edit_manifest(path, lambda d: d.pop("identity"))      # the forward's own identity refuses
   with pytest.raises(deploy.ArtifactError, match="does not describe the exported forward"):
     deploy.load(path)
+
+
+def test_deploy_takes_the_estimate_a_deployment_came_from(tmp_path, params):
+  """The estimate's method is the artifact's: a POMT estimate recorded as a random-drop
+  artifact's origin was refused (a fault probe), but random drop's one curve is the paper's
+  stand-in for any method (a paper solution's own estimate was then refused), and an artifact
+  that prunes nothing prunes with no method."""
+  weights = save_weights(str(tmp_path / "w"), CFG, params)
+  made = {}
+  for method, layer in (("random", "embed"), ("topk", "1")):
+    est_dir = tmp_path / f"est_{method}"
+    r = _cli_here("experiments.estimate", f"--weights={weights}", f"--method={method}",
+                  f"--layer={layer}", "--tokens=9,17", "--num_images=4", "--batch_size=4",
+                  f"--out_dir={est_dir}")
+    assert r.returncode == 0, r.stderr
+    (made[method],) = [str(p) for p in est_dir.glob("*.json")]
+  base = [f"--weights={weights}", "--batch_size=1"]
+  r = _cli_here("experiments.deploy", *base, "--schedule=keep@1:9", f"--estimate={made['topk']}",
+                f"--out={tmp_path / 'a'}")
+  assert r.returncode == 1 and r.stderr == (
+      f"error: --estimate={made['topk']} measured --method=topk, the artifact prunes with "
+      "--method=pomt\n") and not (tmp_path / "a").exists()
+  for name, extra in (("stand_in", ["--schedule=keep@1:9", f"--estimate={made['random']}"]),
+                      ("unpruned", [f"--estimate={made['topk']}"])):
+    r = _cli_here("experiments.deploy", *base, *extra, f"--out={tmp_path / name}")
+    assert r.returncode == 0, r.stderr

@@ -683,7 +683,13 @@ def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
   assert grid_tag([1, 2, 4, 8, 16, 32, 64]).startswith("t1-64x7-")
   assert grid_tag([1, 2, 4, 8, 16, 32, 64]) != grid_tag([1, 2, 4, 8, 16, 33, 64])
   from vitprune.digest import params_sha256  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from experiments.estimate import weights_tag  # pylint: disable=g-import-not-at-top
+  from vitprune.checkpoint import load_weights  # pylint: disable=g-import-not-at-top
   w0, w3 = (params_sha256(init_params(CFG, s))[:8] for s in (0, 3))
+  # The embedded default weights, however given (--weights=weights/vit_digits too), get no tag.
+  assert weights_tag(load_weights(common.EMBEDDED_WEIGHTS)[1]) == ""
+  assert weights_tag(init_params(CFG, 0)) == w0
   base = ["--model=test_tiny_vit", "--num_images=4", "--batch_size=4", f"--out_dir={tmp_path}"]
   for extra in ([], ["--tokens=17,9"], ["--tokens=9:17:4"],
                 ["--tokens=17,9", "--dtype=bfloat16"], ["--init_seed=3"]):

@@ -131,6 +131,12 @@ def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
   return cfg_file, doc
 
 
+def recorded_params_sha256(path: str) -> Optional[str]:
+  """The sha256 of the parameters a weights directory's config.json records (None: written
+  before it did), without loading them."""
+  return _read_doc(path)[1].get("params_sha256")
+
+
 def meta_sha256(doc: Dict[str, Any]) -> str:
   """The digest of a weights config document's class names and meta."""
   return jsonio.canonical_sha256({"class_names": doc.get("class_names"),

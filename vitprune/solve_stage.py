@@ -8,7 +8,8 @@ size. Accuracy values are the estimate's metric ('accuracy' for labelled data, e
 
   paper mode (`solve_paper`): L(n) = the profile's whole-model curve at the batch size ("model"
     points; predicted from the per-block table when only that was profiled), A(n) = the
-    estimate's curve (a 'tokens' record, or the row of `layer` in a sensitivity record).
+    estimate's curve (the row of `layer` in a sensitivity record, else tokens dropped after
+    the embedding: a 'tokens' record or a sensitivity record's embed row, the paper's proxy).
   multi mode (`solve_multilayer`): the latency model of the compiled graph
     (`profile_latency_model`: fitted on a profile holding a uniform curve and calibration
     schedules, as the main job's --solver=multi writes) or else the per-block table
