@@ -20,7 +20,7 @@ from absl import flags
 from experiments import common
 from vitprune import checkpoint, deploy, jsonio, memory
 from vitprune.digest import params_sha256
-from vitprune.edge.targets import parse_targets
+from vitprune.edge.targets import check_compute_dtype, parse_targets
 from vitprune.profile import records
 from vitprune.records.estimate import read_estimate
 from vitprune.records.solution import read_solution
@@ -226,9 +226,7 @@ def main(f: flags.FlagValues) -> str:
                        f"(--schedule={sol.schedule})")
   else:
     schedule = parse_schedule(cfg, f.schedule or "full")
-  if dtype == "bfloat16" and any(t.backend == "llvm-cpu" for t in targets):
-    raise ValueError("IREE CPU targets compile float32 graphs only (a bfloat16 dot_general "
-                     "does not legalize for llvm-cpu); deploy bfloat16 for the other targets")
+  check_compute_dtype(targets, dtype, "deploy bfloat16 for --target=jax alone")
   memory.check_batch_fits(cfg, [batch_size or 1], dtype)    # before the export, naming the fit
   provenance.update(input_provenance(f.profile, f.estimate))
   if f.solution:

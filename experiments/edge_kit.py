@@ -25,7 +25,7 @@ from experiments import common
 from vitprune import atomic
 from vitprune import iree_build
 from vitprune import memory
-from vitprune.edge.targets import check_driver, parse_target
+from vitprune.edge.targets import check_compute_dtype, check_driver, parse_target
 from vitprune.profile.runner import make_drop_reducer
 from vitprune.schedule import parse_schedule, parse_token_grid
 
@@ -82,9 +82,7 @@ def main(f: flags.FlagValues) -> str:
       raise ValueError(f"--cache_dir={f.cache_dir} is --out={f.out} or inside it: the kit is "
                        "published whole over --out, so its cache cannot live there; give "
                        "another --cache_dir")
-  if f.dtype == "bfloat16" and target.backend == "llvm-cpu":
-    raise ValueError("IREE CPU targets compile float32 graphs only (a bfloat16 dot_general "
-                     "does not legalize for llvm-cpu); use --dtype=float32")
+  check_compute_dtype([target], f.dtype, "use --dtype=float32")
   cfg = common.model_config(f.model, f.weights)
   memory.check_batch_fits(cfg, batches, f.dtype, flag="--batch_sizes")   # (the board: traceback)
   reducer, name = make_drop_reducer(f.reducer)

@@ -477,6 +477,11 @@ def test_export_argument_errors(artifact, tmp_path, params):
                      r"batch \(batch_size=None\) exports for jax only, not for iree:host$"):
     deploy.export_artifact(str(tmp_path / "a"), CFG, params, batch_size=None,
                            targets=["jax", "iree:host"])
+  with pytest.raises(ValueError, match=r"^IREE targets compile float32 graphs only \(a bfloat16 "
+                     r"dot_general does not legalize for iree:cuda:sm_87\); export bfloat16 for "
+                     r"targets=\['jax'\] alone$"):      # (after the export and each compile)
+    deploy.export_artifact(str(tmp_path / "a"), CFG, params, batch_size=1, dtype="bfloat16",
+                           targets=["jax", "iree:cuda:sm_87"])
   with pytest.raises(ValueError, match="class_names has 3 names but the model has 10 classes"):
     deploy.export_artifact(str(tmp_path / "a"), CFG, params, class_names=["a", "b", "c"])
   with pytest.raises(ValueError, match="class_names must be a list of non-empty strings, got "

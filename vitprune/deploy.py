@@ -51,7 +51,7 @@ from vitprune.profile import protocol
 from vitprune.profile.protocol import Measurement, TimingConfig
 from vitprune.digest import file_sha256, params_sha256  # noqa: F401  (file_sha256: public API)
 from vitprune.edge.runtime import check_finite_outputs, training_of
-from vitprune.edge.targets import parse_targets
+from vitprune.edge.targets import check_compute_dtype, parse_targets
 from vitprune.records.manifest import (BATCH_SYMBOL, FORMAT, MANIFEST_FILE, VERSION,  # noqa: F401
                                        WEIGHTS_SHA256_OF, ArtifactError, Manifest,
                                        listed_count, read_manifest)
@@ -266,6 +266,8 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   if batch_size is None and iree:     # (refused by the IREE lowering, after the jax export)
     raise ValueError(f"IREE targets need a fixed batch size: a symbolic batch (batch_size=None) "
                      f"exports for jax only, not for {iree[0]}")
+  check_compute_dtype(parse_targets(targets or ()), dtype,     # (after the export and compiles)
+                      "export bfloat16 for targets=['jax'] alone")
   params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
   manifest = plan_manifest(
       cfg, params32, counts=schedule.counts,

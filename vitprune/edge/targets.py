@@ -144,6 +144,16 @@ def parse_target(text: str) -> Target:
   raise bad
 
 
+def check_compute_dtype(targets: Sequence[Target], dtype: str, hint: str) -> None:
+  """ValueError (ending in `hint`) when an IREE target is asked for a bfloat16 graph: its
+  dot_general with the bfloat16 precision algorithm does not legalize (llvm-cpu, cuda and vulkan
+  alike, IREE 3.x), found after the export and a compile attempt per target."""
+  iree = [t.text for t in targets if t.is_iree]
+  if dtype == "bfloat16" and iree:
+    raise ValueError(f"IREE targets compile float32 graphs only (a bfloat16 dot_general does "
+                     f"not legalize for {iree[0]}); {hint}")
+
+
 def parse_targets(items: Sequence[str]) -> Tuple[Target, ...]:
   """Repeated / comma-separated target texts -> unique Targets in order (default: jax)."""
   texts = [t for item in (items or ()) for t in str(item).split(",") if t.strip()]
