@@ -456,6 +456,10 @@ def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
     edge_rt.load(artifact, "iree:vulkan")
   with pytest.raises(EdgeError, match="aarch64.*this host is x86_64"):
     edge_rt.load(artifact, "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae")
+  for host in ({}, None):          # (said "compiled for target iree:host (None)")
+    with pytest.raises(EdgeError, match=r"^x was compiled for target iree:host but does not "
+                                        r"record the host CPU it was compiled on"):
+      targets_lib.check_runnable({"target": "iree:host", "host_cpu": host}, "x")
   r = run_edge("bench", f"--artifact={artifact}", "--target=iree:cuda:sm_87",
                "--min_run_time=0.01")
   assert r.returncode == 1 and r.stderr.strip().count("\n") == 0

@@ -306,12 +306,16 @@ def check_runnable(record: Dict[str, Any], where: str) -> None:
   target = parse_target(record["target"])
   if target.backend == "llvm-cpu":
     here = host_cpu()
-    want = target.arch if target.triple else record.get("host_cpu", {}).get("arch")
+    want = target.arch if target.triple else (record.get("host_cpu") or {}).get("arch")
+    if want is None:        # (said "compiled for target iree:host (None)")
+      raise EdgeError(f"{where} was compiled for target {target.text} but does not record the "
+                      "host CPU it was compiled on (host_cpu.arch): an edited record? rebuild "
+                      "it with experiments.deploy or experiments.edge_kit")
     if want != here["arch"]:
       raise EdgeError(f"{where} was compiled for target {target.text} ({want}); this host is "
                       f"{here['arch']}")
     if target.cpu == "host":
-      missing = sorted(set(record.get("host_cpu", {}).get("features", ())) -
+      missing = sorted(set((record.get("host_cpu") or {}).get("features", ())) -
                        set(here["features"]))
       if missing:
         raise EdgeError(f"{where} was compiled with --target=iree:host on a CPU with features "
