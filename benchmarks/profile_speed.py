@@ -72,9 +72,13 @@ def main(f: flags.FlagValues) -> None:
                        "pass an empty or new folder")
   cfg = get_config(f.model)
   memory.check_batch_fits(cfg, [f.batch_size], f.dtype)   # else numpy's "Unable to allocate"
+  tokens = parse_token_grid(cfg, f.tokens)
+  if len(tokens) < 2:       # (one count: seven configurations of one graph, "0 shared of 0")
+    raise ValueError(f"--tokens={f.tokens} gives one token count: the table compares curves "
+                     "(and the steps found on them), which needs at least 2")
   base = runner.ProfileSpec(
       cfg=cfg, batch_sizes=(f.batch_size,), dtype=f.dtype, mode="model",
-      tokens=parse_token_grid(cfg, f.tokens), threads=1,
+      tokens=tokens, threads=1,
       timing=protocol.flag_timing(min_run_time=f.min_run_time, seed=f.seed),
       coarse_stride=f.coarse_stride, seed=f.seed)
   par = dataclasses.replace(base, threads=f.threads)

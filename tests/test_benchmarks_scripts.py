@@ -31,6 +31,9 @@ def test_profile_speed_refuses_a_warm_cache_for_its_cold_row(tmp_path):
                      "'cache \\(cold\\)' row starts from an empty cache"):
     profile_speed.main(common.parse(profile_speed.define_flags, [
         "--tokens=17,9", f"--compile_cache_dir={tmp_path}"]))
+  with pytest.raises(ValueError, match=r"^--tokens=17 gives one token count: the table "
+                     r"compares curves"):                # (seven rows of one graph, unsaid)
+    profile_speed.main(common.parse(profile_speed.define_flags, ["--tokens=17"]))
 
 
 def test_gpu_suite_rejects_unknown_stages(tmp_path):
