@@ -21,6 +21,8 @@ from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Seque
 
 import numpy as np
 
+from vitprune import console
+
 
 # Seconds of timed calls per point, at most: --min_run_time=1e308 ran for days, not refused.
 MAX_RUN_TIME = 3600.0
@@ -174,15 +176,19 @@ def time_calls(fn: Callable, args: Sequence[Any], cfg: TimingConfig,
                sync: Callable[[Any], Any] = _returned) -> List[float]:
   """Warm-up, then per-call seconds of `sync(fn(*args))` until `cfg.min_run_time` has elapsed
   and at least `cfg.min_reps` calls were timed (`sync` waits for the result: jax's
-  `block_until_ready`; IREE calls that copy to the host are already synchronous)."""
+  `block_until_ready`; IREE calls that copy to the host are already synchronous). A Ctrl-C
+  that landed in a finaliser (dropped there, recorded by the CLI's handler) stops it at the
+  next call (`console.raise_if_interrupted`): a 60 s measurement ran to its end before."""
   for _ in range(cfg.warmup):
     sync(fn(*args))
+    console.raise_if_interrupted()
   samples = []
   start = clock()
   while len(samples) < cfg.max_reps:
     t0 = clock()
     sync(fn(*args))
     samples.append(clock() - t0)
+    console.raise_if_interrupted()
     if len(samples) >= cfg.min_reps and clock() - start >= cfg.min_run_time:
       break
   return samples
