@@ -262,11 +262,12 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   if class_names is not None:     # (as weights hold them: ten 'a', '' or None were exported)
     class_names = list(check_class_names(class_names, cfg.num_classes))
   platforms = normalize_platforms(platforms)
-  iree = [t.text for t in parse_targets(targets or ()) if t.is_iree]
+  parsed = parse_targets(targets or ())
+  iree = [t.text for t in parsed if t.is_iree]
   if batch_size is None and iree:     # (refused by the IREE lowering, after the jax export)
     raise ValueError(f"IREE targets need a fixed batch size: a symbolic batch (batch_size=None) "
                      f"exports for jax only, not for {iree[0]}")
-  check_compute_dtype(parse_targets(targets or ()), dtype,     # (after the export and compiles)
+  check_compute_dtype(parsed, dtype,         # (refused after the export and each compile)
                       "export bfloat16 for targets=['jax'] alone")
   params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
   manifest = plan_manifest(

@@ -568,12 +568,9 @@ def check_against_manifest(path: str, records: List[Dict[str, Any]]) -> Optional
                     "manifest.json with its iree/ folder, or the iree/ folder alone")
   doc = read_json(manifest, "artifact manifest")
   try:        # read as the jax path reads it (an edited format, version or identity ran here)
-    Manifest.from_json(doc, manifest)
+    listed = list(Manifest.from_json(doc, manifest).targets)   # (absent: "jax" alone)
   except ArtifactError as e:
     raise EdgeError(str(e)) from None
-  listed = doc.get("targets", ["jax"])        # (absent: "jax" alone, as vitprune.load reads it)
-  if not (isinstance(listed, list) and all(isinstance(t, str) for t in listed)):
-    raise EdgeError(f"{manifest}: targets must be a list of target names, got {listed!r}")
   why = targets_mismatch(listed, [str(r["target"]) for r in records])
   if why:
     raise EdgeError(f"{manifest}: {why}")
