@@ -1072,6 +1072,9 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   singles = sorted((solve.Plan(c, *solve.predict_schedule(model, c))
                     for c, v in eligible.items() if solve.meets_floor(v, floor)),
                    key=lambda p: p.latency)
+  # ... as candidates on the estimate's measurement, fastest predicted first
+  single_candidates = [_measured(_candidate(cfg, p.counts, p.latency, p.accuracy),
+                                 measured[p.counts], images) for p in singles]
   pool = _candidate_pool(solution, {c.counts: c for c in solution.checked})
   if confident:
     # The estimate measured the single reductions, but not against the unpruned graph image by
@@ -1080,15 +1083,13 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
     # above it: it was never measured, and the unpruned graph chosen instead).
     best = dataclasses.replace(_measured(full, measured[full.counts], images),
                                measured_change_low=0.0, measured_change_high=0.0)
-    for p in singles:
-      known = pool.get(p.counts)
+    for c in single_candidates:
+      known = pool.get(c.counts)
       if known is None or known.measured_accuracy is None:
-        pool[p.counts] = _measured(known or _candidate(cfg, p.counts, p.latency, p.accuracy),
-                                   measured[p.counts], images)
+        pool[c.counts] = c if known is None else _measured(known, measured[c.counts], images)
   else:
-    best = (_measured(_candidate(cfg, singles[0].counts, singles[0].latency,
-                                 singles[0].accuracy), measured[singles[0].counts], images)
-            if singles else _measured(full, measured[full.counts], images))
+    best = (single_candidates[0] if single_candidates else
+            _measured(full, measured[full.counts], images))
   # Schedules measured before, on the frontier or not, are candidates on their measurement.
   candidates = sorted((p for p in pool.values()
                        if p.predicted_latency_s < best.predicted_latency_s and
@@ -1111,9 +1112,8 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   # in-loop timing may take as neighbours of the choice are listed, so that it does (it timed
   # the choice alone when the frontier held none meeting the floor beside it). Measurements
   # made here or before (the evaluator's) replace the estimate's.
-  near = [] if not neighbours else _around(best, [
-      _measured(_candidate(cfg, p.counts, p.latency, p.accuracy), measured[p.counts], images)
-      for p in singles if p.counts != best.counts], neighbours)
+  near = [] if not neighbours else _around(
+      best, [c for c in single_candidates if c.counts != best.counts], neighbours)
   # (a single reduction the estimate measured is listed too: the chosen entry is a checked one)
   checked = list({c.counts: c for c in near + list(solution.checked) + checked
                   + [best]}.values())
