@@ -1544,6 +1544,29 @@ def test_a_schedule_predicted_below_the_floor_but_measured_above_it_can_be_chose
   assert fastest.counts in timed
 
 
+def test_a_single_reduction_the_evaluator_measured_is_taken_on_that_measurement(tmp_path):
+  """The estimate measured each single reduction; when the evaluator measured one again (here the
+  frontier's measurement) and found it below the floor, check_floor neither chooses it on the
+  estimate's number nor lists the estimate's number for it."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  floor = 0.8
+  predicted = _multi(ps, es, accuracy_floor=floor)
+  target = predicted.chosen.counts          # a single reduction, the estimate's 0.808 >= floor
+  assert not solve.is_multi_reduction(target) and predicted.chosen.predicted_accuracy >= floor
+  on_frontier = {p.counts: p.predicted_accuracy for p in predicted.frontier}
+  assert target in on_frontier
+
+  def evaluate(counts_list):
+    return [_share(floor - 0.05 if tuple(c) == target else on_frontier.get(tuple(c), 0.5))
+            for c in counts_list]
+
+  sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, measure_all=True)
+  assert sol.chosen.counts != target and sol.chosen.measured_accuracy >= floor
+  kept = {c.counts: c for c in sol.checked}[target]
+  assert kept.measured_accuracy == _share(floor - 0.05)
+
+
 def test_in_loop_neighbours_include_measured_schedules_off_the_frontier(tmp_path):
   """A schedule measured earlier (e.g. by the refinement) that left the frontier but meets the
   floor and is predicted next to the choice is timed with it."""

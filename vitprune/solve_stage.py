@@ -793,6 +793,12 @@ def _takes_paired(evaluate: Evaluator) -> bool:
   return any(p.name == "paired" or p.kind == p.VAR_KEYWORD for p in params)
 
 
+def _remeasured(pool: Dict[Tuple[int, ...], Candidate], c: Candidate) -> Candidate:
+  """`c` as `pool` holds it where the evaluator measured it there, else `c`."""
+  known = pool.get(c.counts)
+  return c if known is None or known.measured_accuracy is None else known
+
+
 def _unmeasured(c: Candidate, paired: bool) -> bool:
   """Whether `c` still needs `_measure` (its metric, or with `paired` its change)."""
   return c.measured_accuracy is None or (paired and c.measured_change_low is None)
@@ -1072,10 +1078,14 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   singles = sorted((solve.Plan(c, *solve.predict_schedule(model, c))
                     for c, v in eligible.items() if solve.meets_floor(v, floor)),
                    key=lambda p: p.latency)
-  # ... as candidates on the estimate's measurement, fastest predicted first
+  pool = _candidate_pool(solution, {c.counts: c for c in solution.checked})
+  # ... as candidates on the estimate's measurement, fastest predicted first; one the evaluator
+  # measured again (the frontier's measurement, the refinement) is taken on that measurement,
+  # the one `checked` keeps, and only while it still meets the floor
   single_candidates = [_measured(_candidate(cfg, p.counts, p.latency, p.accuracy),
                                  measured[p.counts], images) for p in singles]
-  pool = _candidate_pool(solution, {c.counts: c for c in solution.checked})
+  single_candidates = [c for c in (_remeasured(pool, c) for c in single_candidates)
+                       if solve.meets_floor(c.measured_accuracy, floor)]
   if confident:
     # The estimate measured the single reductions, but not against the unpruned graph image by
     # image: they are candidates to measure so (the unpruned graph is the fallback), on their
