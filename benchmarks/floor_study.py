@@ -60,12 +60,38 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 RESULT_FORMAT = "vitprune-floor-study"    # marks --out files this script may replace
 
 
+def job_argv(seed: int, floor: float, method: str, job_flags: Sequence[str],
+             out_dir: Optional[str] = None) -> List[str]:
+  """The main job's command line for one seed (without --out_dir when `out_dir` is None)."""
+  out = [] if out_dir is None else [f"--out_dir={out_dir}"]
+  return ["--solver=multi", f"--accuracy_floor={floor}", f"--method={method}", f"--seed={seed}",
+          *out, "--noprogress", *job_flags]
+
+
+def check_job(floor: float, method: str, job_flags: Sequence[str]) -> None:
+  """ValueError before any job runs when the main job would refuse its flags: the study's own
+  (--accuracy_floor, --method) as the job words it, --job_flags' named as theirs."""
+  if not 0.0 < floor <= 1.0:
+    raise ValueError(f"--accuracy_floor={floor}: the study needs a floor in (0, 1] (every "
+                     "schedule meets a floor of 0)")
+
+  def check(extra: Sequence[str]) -> None:
+    f = common.parse(profile_cli.define_flags, job_argv(0, floor, method, extra))
+    profile_cli.check_mode_flags(f)
+    profile_cli.pipeline_from_flags(f)
+
+  check([])
+  if job_flags:
+    try:
+      check(job_flags)
+    except (ValueError, KeyError, OSError) as e:
+      raise ValueError(f"--job_flags: {common.one_line(e)}") from None
+
+
 def run_seed(seed: int, floor: float, method: str, job_flags: Sequence[str], out_dir: str
              ) -> Dict[str, Any]:
   """One main job + its checks -> a result row."""
-  f = common.parse(profile_cli.define_flags,
-                   ["--solver=multi", f"--accuracy_floor={floor}", f"--method={method}",
-                    f"--seed={seed}", f"--out_dir={out_dir}", "--noprogress", *job_flags])
+  f = common.parse(profile_cli.define_flags, job_argv(seed, floor, method, job_flags, out_dir))
   t0 = time.perf_counter()
   try:
     with contextlib.redirect_stdout(io.StringIO()):
@@ -250,6 +276,7 @@ def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
   """Runs the study, prints the table and writes --out -> the rows."""
   atomic.check_output_json(f.out, RESULT_FORMAT, "out")
   job_flags = split_job_flags(f.job_flags)
+  check_job(f.accuracy_floor, f.method, job_flags)
   rows = []
   with tempfile.TemporaryDirectory(prefix="floor_study_") as tmp:
     for seed in range(f.seeds):

@@ -597,10 +597,15 @@ def test_floor_study_checks_the_main_job(tmp_path, capsys):
       ("--tokens=17,9 extra", r"^--job_flags: unexpected arguments: \['extra'\]$"),
       ("--bogus", r"^--job_flags: Unknown command line flag 'bogus'"),   # named no flag
       ("'x", r"^--job_flags=\"'x\": No closing quotation$"),
-      ("--latency_budget=nan", r"^--job_flags: --latency_budget=nan is not a finite number$")):
+      ("--latency_budget=nan", r"^--job_flags: --latency_budget=nan is not a finite number$"),
+      ("--tokens=abc", r"^--job_flags: --tokens 'abc' is not 'all'"),     # the job's own checks
+      (f"--data={tmp_path / 'missing'}", r"^--job_flags: data '.*missing' is neither")):
     with pytest.raises(ERRORS, match=message):
       floor_study.main(common.parse(floor_study.define_flags, [
           f"--out={tmp_path / 'fs3.json'}", f"--job_flags={job_flags}"]))
+  with pytest.raises(ERRORS, match=r"^--accuracy_floor=0.0: the study needs a floor in \(0, 1\]"):
+    floor_study.main(common.parse(floor_study.define_flags, [
+        f"--out={tmp_path / 'fs3.json'}", "--accuracy_floor=0"]))
   assert not (tmp_path / "fs3.json").exists()
 
 
