@@ -196,6 +196,7 @@ def main(f: flags.FlagValues) -> dict:
   if bad or not f.drivers:
     raise ValueError(f"--drivers takes auto, {', '.join(CPU_DRIVERS.values())}; got "
                      f"{f.drivers}")
+  common.check_names_once(f.drivers, "drivers", "driver")   # (a repeat was dropped unsaid)
   tcfg = protocol.flag_timing(min_run_time=f.min_run_time, max_retries=0, rounds=f.rounds)
   batch_sizes = common.parse_ints(f.batch_sizes, "batch_sizes")
   if not f.models or len(set(f.models)) != len(f.models):   # a repeat was timed twice

@@ -160,6 +160,8 @@ def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
       ([f"--out={tmp_path}/e.json/"], "ends in '/'"),     # was refused only at the write
       (["--batch_sizes=1000000000000", out], "^--batch_sizes=1000000000000 cannot fit in memory"),
       (["--drivers=local-turbo", out], "--drivers takes auto"),
+      (["--drivers=local-task,auto,local-task", out],      # the repeat was dropped unsaid
+       r"^--drivers must name each driver once, got \['local-task', 'auto', 'local-task'\]$"),
       (["--min_run_time=0", out], r"^--min_run_time must be > 0 and finite, got 0\.0$"),
       (["--batch_sizes=0", out], "--batch_sizes: 0 must be >= 1"),
       # timed the unpruned models only, reporting --method=tome in the JSON; without
