@@ -1449,14 +1449,25 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
     _multi(ps, es, latency_budget=tight)                         # (nothing to measure)
   fast = _multi(ps, es, latency_budget=tight, evaluate=evaluate)
   assert fast.chosen.predicted_latency_s == lats[0]
+  # ... labelled so, not as a utility choice (which it said, though utility chose another)
+  assert fast.criterion == "latency_budget" and fast.basis == "predicted"
+  assert fast.settings["budget_provisional"].startswith("no schedule is predicted within")
+  assert f"warning: {fast.settings['budget_provisional']}: the budget is" in "\n".join(
+      summary_lines(fast))
+  assert _reread(fast).settings["budget_provisional"] == fast.settings["budget_provisional"]
+  with pytest.raises(ValueError, match="budget_provisional, but a frontier schedule is "
+                     "predicted within the budget"):      # edited: the note would lie
+    _reread(dataclasses.replace(fast, settings=dict(fast.settings, latency_budget=lats[-1])))
   done = solve_stage.check_budget_in_loop(fast, evaluate, lambda cs: time_schedules(cs, 0.5))
   assert done.chosen.measured_latency_s <= tight and _reread(done).chosen == done.chosen
+  assert "budget_provisional" not in done.settings          # decided on measurement
   # ... also after the frontier was measured or refined (the choice made again on those
   # measurements fell back to the unpruned graph, and the loop timed only its neighbours: with
   # no re-aiming round left, "budget not met" while the fastest schedules measure within it).
   for kw in (dict(measure_all=True), dict(refine_rounds=1)):
     again = _multi(ps, es, latency_budget=tight, evaluate=evaluate, **kw)
     assert again.chosen.predicted_latency_s == lats[0], kw
+    assert again.criterion == "latency_budget" and "budget_provisional" in again.settings, kw
     timed.clear()
     done = solve_stage.check_budget_in_loop(again, evaluate, lambda cs: time_schedules(cs, 0.5),
                                             max_rounds=0)

@@ -45,8 +45,8 @@ from vitprune.profile import records
 from vitprune.profile import steps as steps_lib
 from vitprune.records.estimate import Estimate, EstimateError
 from vitprune.intervals import change_interval, wilson_interval
-from vitprune.records.solution import (Candidate, EstimateRef, ProfileRef, Solution,
-                                       judges_paired_change, measured_interval,
+from vitprune.records.solution import (BUDGET_PROVISIONAL, Candidate, EstimateRef, ProfileRef,
+                                       Solution, judges_paired_change, measured_interval,
                                        meets_measured_floor)
 
 # Measures schedules on the data: a list of counts -> their metric values, same order. A floor
@@ -626,13 +626,15 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
       monotone=monotone, step_bottoms_only=step_bottoms_only, pair_noise=inp.pair_noise,
       latency_budget=latency_budget if evaluate is None else None, alpha=alpha,
       max_remove=method_caps(cfg, estimate.method, inp.ns))
+  provisional = None
   if latency_budget is not None and evaluate is not None:
     try:
       chosen, criterion = solve.choose(sol.frontier, latency_budget=latency_budget)
     except solve.InfeasibleError:
       # No prediction is within the budget, but a schedule may MEASURE within it: the fastest
       # is a provisional choice, and `check_budget_in_loop` decides on measurements.
-      chosen, criterion = min(sol.frontier, key=lambda p: p.latency), sol.criterion
+      chosen, criterion = min(sol.frontier, key=lambda p: p.latency), "latency_budget"
+      provisional = BUDGET_PROVISIONAL
     sol = dataclasses.replace(sol, chosen=chosen, criterion=criterion)
   if accuracy_floor is not None:
     try:
@@ -655,6 +657,8 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
               "grid": sol.grid.tolist(), "allow_batch_mismatch": allow_batch_mismatch}
   if latency_model is not None:
     settings["latency_model"] = latency_model.summary()
+  if provisional:
+    settings["budget_provisional"] = provisional
   solution = Solution(
       mode="multi", config=cfg, profile=_profile_ref(profile, batch, source),
       estimate=_estimate_ref(estimate, metric, inp.layers), settings=settings,
@@ -1283,6 +1287,7 @@ def _timed_choice(solution: Solution, best: Candidate, checked: Tuple[Candidate,
   measured multi-layer schedules (`_checked_model_error`) recomputed."""
   settings = dict(solution.settings, **settings, latency_basis="measured")
   settings.pop("latency_untrusted", None)  # about a predicted latency: the choice is measured now
+  settings.pop("budget_provisional", None)  # (decided now, on measured latency)
   error = _checked_model_error(settings, checked)
   if error:
     settings["checked_accuracy_error"] = error

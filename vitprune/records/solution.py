@@ -46,7 +46,9 @@ latency measured in the loop (`solve_stage.check_in_loop`) settings["latency_bas
 "measured": the choice is the fastest measured compiled graph among those meeting the floor.
 With a latency budget checked in the loop (`solve_stage.check_budget_in_loop`) the criterion is
 "latency_budget_measured": the most accurate schedule (measured) whose measured latency is within
-settings["latency_budget"].
+settings["latency_budget"]; before that check, a budget no prediction is within chose the
+fastest predicted schedule provisionally (criterion "latency_budget",
+settings["budget_provisional"]).
 settings["accuracy_refinement"] (`solve_stage.refine_accuracy`): the accuracy model corrected
 from measured frontier schedules; "rounds": per round the frontier size, the schedules measured
 and their error predicted before measurement (points; with the estimate's per-example margins
@@ -84,6 +86,11 @@ BASES = ("predicted", "measured")
 # last since 2026-12-04; a reader older than that refuses it as not in its CRITERIA).
 CRITERIA = ("utility", "accuracy_floor", "latency_budget", "accuracy_floor_measured",
             "latency_budget_measured")
+# settings["budget_provisional"] of a multi-mode budget choice no prediction was within (a
+# library caller's solution before `check_budget_in_loop` decided on measured latency): the
+# criterion is "latency_budget", the chosen schedule the fastest predicted, over the budget.
+BUDGET_PROVISIONAL = ("no schedule is predicted within the latency budget: the fastest "
+                      "predicted, provisional until measured (check_budget_in_loop)")
 # Where the solver's latencies came from (`solve_stage`: a measured or block-predicted curve in
 # paper mode, the per-block table or the calibrated whole-graph model in multi mode).
 LATENCY_SOURCES = ("measured", "predicted_from_blocks", "blocks", "calibrated-graph")
@@ -332,6 +339,7 @@ _SETTINGS = {
     "floor_straddles": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
                         "a list of schedules"),
     "latency_untrusted": (lambda v: isinstance(v, str), "a string"),
+    "budget_provisional": (lambda v: v == BUDGET_PROVISIONAL, repr(BUDGET_PROVISIONAL)),
     "checked_accuracy_error": (_error_summary, "an error summary (num_schedules, mean_abs_points"
                                " <= max_abs_points, mean_signed_points)"),
     "frontier_accuracy_error": (_error_summary, "an error summary (num_schedules, "
@@ -551,6 +559,11 @@ def _check_criterion_holds(sol: "Solution", require, unpruned) -> None:
   if c.counts == unpruned:
     return
   if crit == "latency_budget":
+    if sol.settings.get("budget_provisional") is not None:
+      require(all(p.predicted_latency_s > bound for p in sol.frontier),
+              f"settings.budget_provisional, but a frontier schedule is predicted within the "
+              f"budget {bound} s (edited?)")
+      return
     require(c.predicted_latency_s <= bound,
             f"criterion 'latency_budget', but the chosen {c.schedule} is predicted "
             f"{c.predicted_latency_s} s > the budget {bound} s (edited?)")
@@ -821,6 +834,9 @@ def summary_lines(sol: Solution) -> List[str]:
     lines.append(f"latency model: calibrated on {lm['num_calibration']} compiled graphs, "
                  f"calibration |error| median {100 * lm['residual_median']:.1f}%, p90 "
                  f"{100 * lm['residual_p90']:.1f}%")
+  if sol.settings.get("budget_provisional"):
+    lines.append(f"warning: {sol.settings['budget_provisional']}: the budget is "
+                 f"{1e3 * sol.settings['latency_budget']:.4g} ms")
   if sol.settings.get("latency_untrusted"):
     lines.append(f"warning: the predicted latency is not to be trusted: "
                  f"{sol.settings['latency_untrusted']}")
