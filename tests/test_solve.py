@@ -1333,6 +1333,21 @@ def test_a_floor_above_every_prediction_is_decided_on_measurement(tmp_path):
     _multi(ps, es, accuracy_floor=0.99, evaluate=evaluate)
 
 
+def test_the_unpruned_fallback_is_taken_on_the_evaluators_measurement(tmp_path):
+  """With no single reduction meeting the floor, check_floor falls back to the unpruned schedule:
+  on the evaluator's measurement where it measured it (here the frontier's), which `checked`
+  keeps, not on the estimate's (it refused the floor on the estimate's 0.9 here)."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  full = _multi(ps, es).full.counts
+  above = _share(0.9 + 1.5 / NUM_EXAMPLES)
+  evaluate = lambda cs: [above if tuple(c) == full else _share(0.8) for c in cs]
+  floor = 0.9 + 0.5 / NUM_EXAMPLES
+  sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate, measure_all=True)
+  assert sol.chosen.counts == full and sol.chosen.measured_accuracy == above
+  assert {c.counts: c for c in sol.checked}[full].measured_accuracy == above
+
+
 def test_the_reader_refuses_measured_claims_the_numbers_do_not_bear(tmp_path):
   """A review's hand edits that loaded: the in-loop choice replaced by the slowest schedule
   timed; 'accuracy_floor_measured' with basis 'predicted'; settings.latency_basis 'measured' on

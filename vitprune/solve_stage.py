@@ -1102,8 +1102,8 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
       if known is None or known.measured_accuracy is None:
         pool[c.counts] = c if known is None else _measured(known, measured[c.counts], images)
   else:
-    best = (single_candidates[0] if single_candidates else
-            _measured(full, measured[full.counts], images))
+    best = (single_candidates[0] if single_candidates else _remeasured(
+        {c.counts: c for c in solution.checked}, _measured(full, measured[full.counts], images)))
   # Schedules measured before, on the frontier or not, are candidates on their measurement.
   candidates = sorted((p for p in pool.values()
                        if p.predicted_latency_s < best.predicted_latency_s and
