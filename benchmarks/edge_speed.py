@@ -16,7 +16,6 @@ init_params. Prints a markdown table and writes JSON (--out).
 """
 from __future__ import annotations
 
-import os
 import platform
 import time
 from typing import Dict, List
@@ -27,6 +26,7 @@ from absl import flags
 from experiments import common   # before jax: a Ctrl-C during the imports exits at once
 import jax  # pylint: disable=g-bad-import-order,wrong-import-order
 from vitprune import atomic
+from vitprune.flops import forward_gflop
 from vitprune import iree_build
 from vitprune import memory
 from vitprune.edge import runtime
@@ -152,7 +152,8 @@ def run(f: flags.FlagValues, pairs: Dict[str, str], batch_sizes: List[int],
                        "schedule": text, "weights": mode, "driver": plan["driver"],
                        "shards": plan["shards"],
                        "auto": plan["auto"], "profile": plan["profile"],
-                       "gflop": plan["gflop"],
+                       "gflop": forward_gflop(cfg, b, sched.counts),   # this row's work
+                       "plan_gflop": plan["gflop"],     # what chose the plan: unpruned work
                        "jax_median_ms": jm.median * 1e3, "jax_iqr_ms": jm.iqr * 1e3,
                        "jax_compile_s": jax_compile_s, "iree_median_ms": im.median * 1e3,
                        "iree_iqr_ms": im.iqr * 1e3, "iree_compile_s": info["compile_s"],
@@ -162,7 +163,7 @@ def run(f: flags.FlagValues, pairs: Dict[str, str], batch_sizes: List[int],
                        "weights_file_mb": (wbytes if mode == "args" else 0) / 2**20})
           print(f"{name} b{b} {text} {mode} {driver}: jax {jm.median * 1e3:.3f} ms, iree "
                 f"{im.median * 1e3:.3f} ms ({im.median / jm.median:.2f}x)", flush=True)
-  return {"machine": {"cpu": host_cpu()["model"], "cores": os.cpu_count(),
+  return {"machine": {"cpu": host_cpu()["model"], "cores": iree_build.usable_cores(),   # (the plans' cores)
                       "platform": platform.platform()},
           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
           "method": f.method, "min_run_time": f.min_run_time, "rounds": f.rounds,
@@ -210,6 +211,8 @@ def main(f: flags.FlagValues) -> dict:
       raise ValueError(f"--schedules gives {name!r} twice ({pairs[name]}, {text}): one "
                        "schedule per model")
     pairs[name] = text
+  if len(set(f.baked)) != len(f.baked):      # (the repeat was merged unsaid)
+    raise ValueError(f"--baked must name each model once, got {f.baked}")
   reducer = make_reducer(f.method)
   for flag, names in (("schedules", pairs), ("baked", f.baked)):
     unknown = sorted(set(names) - set(f.models))

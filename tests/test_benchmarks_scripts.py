@@ -126,7 +126,11 @@ def test_edge_speed_runs_on_a_tiny_model(tmp_path, capsys, monkeypatch):
   import json  # pylint: disable=g-import-not-at-top
   from benchmarks import edge_speed  # pylint: disable=g-import-not-at-top
   from experiments import common  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
   from vitprune import iree_build  # pylint: disable=g-import-not-at-top
+  from vitprune.flops import forward_gflop  # pylint: disable=g-import-not-at-top
+  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+  from vitprune.schedule import parse_schedule  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(iree_build, "usable_cores", lambda: 2)   # the artifact's choice: 2 shards
   out = tmp_path / "edge.json"
   res = edge_speed.main(common.parse(edge_speed.define_flags, [
@@ -139,6 +143,14 @@ def test_edge_speed_runs_on_a_tiny_model(tmp_path, capsys, monkeypatch):
   assert [(x["schedule"], x["weights"], x["shards"]) for x in rows] == [
       ("full", "args", 2), ("keep@1:9", "args", 2)]
   assert all(x["iree_median_ms"] > 0 and x["module_mb"] > 0 for x in rows)
+  # each row's own work (the pruned row had the unpruned figure), the cores the plan used
+  cfg = get_config("test_tiny_vit")
+  assert [x["gflop"] for x in rows] == [
+      forward_gflop(cfg, 2), forward_gflop(cfg, 2, parse_schedule(cfg, "keep@1:9").counts)]
+  assert rows[1]["gflop"] < rows[0]["gflop"]
+  assert rows[0]["plan_gflop"] == rows[1]["plan_gflop"] == pytest.approx(rows[0]["gflop"],
+                                                                        abs=1e-3)
+  assert json.loads(out.read_text())["machine"]["cores"] == 2
 
 
 def _assert_refused(script, cases, tmp_path):
@@ -180,6 +192,8 @@ def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
       (["--models=vit_digits", "--schedules=deit_small_patch16_224=full", out],
        r"--schedules names \['deit_small_patch16_224'\], which --models"),
       (["--models=vit_digits", "--baked=vit_digit", out], "--baked names"),
+      (["--models=vit_digits", "--baked=vit_digits,vit_digits", out],
+       r"^--baked must name each model once, got \['vit_digits', 'vit_digits'\]$"),
       (["--models=", out], r"--models must name each model once, got \[\]"),
       (["--models=vit_digits,vit_digits", out], "--models must name each model once"),
       (["--schedules=vit_digits=keep@3:35,vit_digits=keep@3:20", out],

@@ -125,6 +125,23 @@ def test_gflop_counts_the_distillation_head():
       2 * (blocks + head_dist)
 
 
+def test_gflop_of_a_schedule_counts_each_blocks_halves_on_its_tokens():
+  """A reducing block attends over the tokens entering it and runs its MLP on those leaving it;
+  the other blocks run on their count; the unpruned counts give the unpruned figure."""
+  from vitprune import flops  # pylint: disable=g-import-not-at-top
+  digits = get_config("vit_digits")
+  counts = parse_schedule(digits, "keep@3:35").counts           # 65 x 4, then 35 x 3
+  assert counts == (65,) * 4 + (35,) * 3
+  blocks = (3 * flops.block_flop(digits, 65) + flops.attention_flop(digits, 65)
+            + flops.mlp_flop(digits, 35) + 2 * flops.block_flop(digits, 35))
+  unpruned = flops.forward_gflop(digits, 3)
+  assert flops.forward_gflop(digits, 3, (65,) * 7) == unpruned
+  assert round((unpruned - flops.forward_gflop(digits, 3, counts)) * 1e9) == \
+      3 * (6 * flops.block_flop(digits, 65) - blocks)
+  with pytest.raises(ValueError, match=r"counts \[65, 35\] must give 7 token counts"):
+    flops.forward_gflop(digits, 1, (65, 35))
+
+
 def test_bad_arguments_are_refused_by_name():
   from vitprune import flops  # pylint: disable=g-import-not-at-top
   digits = get_config("vit_digits")

@@ -6,23 +6,47 @@ CPU profile and driver (`vitprune.edge.targets.cpu_profile`).
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 from vitprune.config import ViTConfig, check_config_type
 from vitprune.schedule import as_positive_int
 
 
-def block_flop(cfg: ViTConfig, tokens: int) -> int:
-  """One block on `tokens` tokens: qkv, q.k, attn.v, proj, fc1, fc2."""
+def attention_flop(cfg: ViTConfig, tokens: int) -> int:
+  """The attention half of a block on `tokens` tokens: qkv, q.k, attn.v, proj."""
+  c, n = check_config_type(cfg).embed_dim, as_positive_int(tokens, "tokens")
+  return 8 * n * c * c + 4 * n * n * c
+
+
+def mlp_flop(cfg: ViTConfig, tokens: int) -> int:
+  """The MLP half of a block on `tokens` tokens: fc1, fc2."""
   c, n = check_config_type(cfg).embed_dim, as_positive_int(tokens, "tokens")
   fc2_in = cfg.mlp_hidden // 2 if cfg.mlp_type == "swiglu" else cfg.mlp_hidden
-  return 2 * n * (4 * c * c + c * cfg.mlp_hidden + fc2_in * c) + 4 * n * n * c
+  return 2 * n * (c * cfg.mlp_hidden + fc2_in * c)
 
 
-def forward_gflop(cfg: ViTConfig, batch_size: int = 1) -> float:
-  """GFLOP of `forward` on `batch_size` images with every token kept."""
+def block_flop(cfg: ViTConfig, tokens: int) -> int:
+  """One block on `tokens` tokens: qkv, q.k, attn.v, proj, fc1, fc2."""
+  return attention_flop(cfg, tokens) + mlp_flop(cfg, tokens)
+
+
+def forward_gflop(cfg: ViTConfig, batch_size: int = 1,
+                  counts: Optional[Sequence[int]] = None) -> float:
+  """GFLOP of `forward` on `batch_size` images: with every token kept, or with a schedule's
+  `counts` (tokens entering block 0, then leaving each block: `Schedule.counts`), where a
+  reducing block attends over the tokens entering it and runs its MLP on those leaving it (every
+  method here reduces between attention and MLP)."""
   check_config_type(cfg)
   batch_size = as_positive_int(batch_size, "batch_size")
+  if counts is None:
+    counts = (cfg.num_tokens,) * (cfg.depth + 1)
+  counts = tuple(counts)
+  if len(counts) != cfg.depth + 1:
+    raise ValueError(f"counts {list(counts)} must give {cfg.depth + 1} token counts (entering "
+                     f"block 0, then leaving each of the {cfg.depth} blocks)")
   patches = cfg.grid_size ** 2
   embed = 2 * patches * cfg.patch_size ** 2 * cfg.in_chans * cfg.embed_dim
   head = 2 * cfg.embed_dim * cfg.num_classes * (2 if cfg.dist_token else 1)   # (+ head_dist)
-  total = embed + cfg.depth * block_flop(cfg, cfg.num_tokens) + head
-  return batch_size * total / 1e9
+  blocks = sum(attention_flop(cfg, counts[l]) + mlp_flop(cfg, counts[l + 1])
+               for l in range(cfg.depth))
+  return batch_size * (embed + blocks + head) / 1e9
