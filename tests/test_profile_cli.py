@@ -766,7 +766,10 @@ def test_parse_tokens_forms():
   assert parse_token_grid(CFG, "10:13") == (13, 12, 11, 10)
   assert parse_token_grid(CFG, "17:2:-5") == (17, 12, 7, 2)
   assert parse_token_grid(CFG, "17:1:-5") == (17, 12, 7, 2)   # its end is never reached
-  assert parse_token_grid(CFG, " 9,3,9 ") == (9, 3)
+  assert parse_token_grid(CFG, " 9,3,4 ") == (9, 4, 3)
+  with pytest.raises(ValueError, match=r"^--tokens ' 9,3,9,3,5 ' lists \[3, 9\] more than "
+                     r"once: give each count once$"):     # (merged unsaid: a typo for 39?)
+    parse_token_grid(CFG, " 9,3,9,3,5 ")
   assert parse_token_grid(get_config("test_tiny_dinov2_reg"), "all")[-1] == 4
   with pytest.raises(ValueError, match="ASCII digits"):       # int() reads them as 5, 6
     parse_token_grid(CFG, "\u0665,\u0666")

@@ -45,6 +45,7 @@ and `full` stand alone. `format_schedule` picks the shorter of the `keep@` and `
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import numbers
@@ -251,7 +252,8 @@ def check_token_grid(cfg: ViTConfig, tokens: Sequence[int]) -> Tuple[int, ...]:
 
 
 def parse_token_grid(cfg: ViTConfig, spec: str) -> Tuple[int, ...]:
-  """A grid of token counts (the CLIs' `--tokens`), descending, duplicates removed.
+  """A grid of token counts (the CLIs' `--tokens`), descending; a count listed twice is refused
+  (a typo for another count was merged unsaid).
 
   'all' | 'a:b' | 'a:b:step' (both ends inclusive, either direction) | 'n1,n2,...'. Every count
   must lie in [prefix + 1, num_tokens]; raises ValueError naming the problem.
@@ -288,6 +290,10 @@ def parse_token_grid(cfg: ViTConfig, spec: str) -> Tuple[int, ...]:
       counts = list(range(a, b + (1 if step > 0 else -1), step))
     else:
       counts = [_grid_int(p) for p in text.split(",")]
+      twice = sorted(c for c, k in collections.Counter(counts).items() if k > 1)
+      if twice:
+        raise ValueError(f"--tokens {shown} lists {reprlib.repr(twice)} more than once: give "
+                         "each count once")
   except ValueError as e:
     if str(e).startswith("--tokens"):
       raise
