@@ -60,7 +60,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum("precision", "highest", ["highest", "high", "default"],
                     "float32 matmul precision.", flag_values=fv)
   flags.DEFINE_bool("verify", True, "Check the exported forward reproduces the in-process one "
-                    "(when the local platform is exported).", flag_values=fv)
+                    "(when the local platform is exported; given explicitly, it must be).",
+                    flag_values=fv)
   flags.DEFINE_bool("overwrite", False, "Replace an existing --out.", flag_values=fv)
   flags.DEFINE_multi_string("target", ["jax"], "Deployment targets, repeatable or comma lists: "
                             "jax, iree:host, iree:llvm-cpu:<triple>[:<cpu>], iree:cuda:<sm_XX>, "
@@ -189,6 +190,11 @@ def main(f: flags.FlagValues) -> str:
                      "drop --symbolic_batch or the IREE target")
   if f.allow_batch_mismatch and not f.solution:
     raise ValueError("--allow_batch_mismatch applies with --solution only")
+  platforms = deploy.normalize_platforms(f.platforms or None)
+  if f.verify and deploy.local_platform() not in platforms and f["verify"].present:
+    raise ValueError(f"--verify checks the export on this machine's platform "
+                     f"({deploy.local_platform()}), which --platforms={','.join(platforms)} does "
+                     f"not export: add it to --platforms or leave --verify out")
   cfg, meta = checkpoint.read_weights_config(f.weights)
   method, dtype = f.method, f.dtype
   provenance = {}
@@ -243,6 +249,15 @@ def main(f: flags.FlagValues) -> str:
     reducer = make_reducer(method, **opts)
   elif opts:
     raise ValueError("--method_opts given with --method=none")
+  if not f.solution and schedule == full_schedule(cfg):
+    given = common.given_flags(f, ("method", "method_opts"))
+    if given and method.lower() != "none":       # (recorded as the artifact's reducer, unused)
+      shown = {"--method": f"--method={f.method}",
+               "--method_opts": f"--method_opts={','.join(f.method_opts)}"}
+      raise ValueError(f"{' / '.join(shown[g] for g in given)} given, but --schedule="
+                       f"{f.schedule or 'full'} removes no token: nothing would use the "
+                       "reducer (give a --schedule that prunes, or leave them out)")
+    reducer = None           # an unpruned artifact names no reducer (it said pomt, the default)
   _, params = checkpoint.load_weights(f.weights)
   weights_sha256 = params_sha256(params)
   if f.solution:
@@ -270,6 +285,9 @@ def main(f: flags.FlagValues) -> str:
         f"compute {m.dtype}, platforms {','.join(m.platforms)}")
   print(f"  weights sha256 {m.weights['sha256']}")
   print(f"  targets {','.join(m.targets)}")
+  if f.verify and deploy.local_platform() not in m.platforms:
+    print(f"note: not verified: the export holds no {deploy.local_platform()} module to run "
+          "here (--verify checks it on this machine)")
   if f.solution and sol.profile.platform.startswith("iree") and not any(
       t.is_iree for t in targets):
     print(f"note: {common.shown(f.solution)} chose its schedule on a profile of "

@@ -350,6 +350,16 @@ CASES = [
     ("estimate", ["--method=pomt", "--tokens=33,65", "--num_images=359", "--seed=3",
                   "--out_dir={out}"], 1, "--seed draws the --num_images subset, but "
      "--num_images=359 is every one of the 359 images: it changes nothing"),
+    # exit 0 with nothing verified and nothing in the manifest saying so
+    ("deploy", [f"--weights={WEIGHTS}", "--platforms=cuda", "--verify", "--out={out}"], 1,
+     "--verify checks the export on this machine's platform (cpu), which --platforms=cuda "
+     "does not export: add it to --platforms or leave --verify out"),
+    # recorded as the unpruned artifact's reducer ("reducer tome"), used by nothing
+    ("deploy", [f"--weights={WEIGHTS}", "--method=tome", "--out={out}"], 1,
+     "--method=tome given, but --schedule=full removes no token: nothing would use the reducer"),
+    ("deploy", [f"--weights={WEIGHTS}", "--method=random", "--method_opts=seed=5",
+                "--schedule=keep@3:65", "--out={out}"], 1,
+     "--method=random / --method_opts=seed=5 given, but --schedule=keep@3:65 removes no token"),
 ]
 
 

@@ -580,6 +580,26 @@ def test_a_board_profiles_solution_deployed_for_jax_alone_says_so(tmp_path, para
   assert list(deploy.load(str(tmp_path / "board")).manifest.targets) == ["jax"]
 
 
+def test_an_unpruned_artifact_names_no_reducer_and_an_unverified_one_says_so(tmp_path, params,
+                                                                           capsys):
+  """The unpruned schedule with the default --method was written as "reducer pomt"; with
+  --platforms lacking this machine's, --verify (the default) was skipped unsaid."""
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from experiments import deploy as deploy_cli  # pylint: disable=g-import-not-at-top
+  weights = save_weights(str(tmp_path / "w"), CFG, params)
+  common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+      f"--weights={weights}", f"--out={tmp_path / 'full'}"])
+  said = capsys.readouterr().out
+  assert ", reducer none\n" in said and "note:" not in said
+  assert deploy.read_manifest(str(tmp_path / "full")).reducer_name is None
+  common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+      f"--weights={weights}", "--platforms=cuda", f"--out={tmp_path / 'cuda'}"])
+  assert capsys.readouterr().out.endswith(
+      "note: not verified: the export holds no cpu module to run here (--verify checks it on "
+      "this machine)\n")
+  assert deploy.read_manifest(str(tmp_path / "cuda")).platforms == ("cuda",)
+
+
 def test_a_random_drop_solution_deploys_with_the_seed_it_was_measured_with(tmp_path, params,
                                                                           capsys):
   """The solution did not keep the estimate's method options: a random-drop schedule measured
