@@ -27,7 +27,7 @@ from vitprune import iree_build
 from vitprune import memory
 from vitprune.edge.targets import check_compute_dtype, check_driver, parse_target
 from vitprune.profile.runner import make_drop_reducer
-from vitprune.schedule import parse_schedule, parse_token_grid
+from vitprune.schedule import parse_schedule, parse_token_grid, reduces_tokens
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -91,6 +91,11 @@ def main(f: flags.FlagValues) -> str:
                if s.strip()] if f.mode == "schedule" else ()
   if len(set(schedules)) != len(schedules):
     raise ValueError("--schedules lists a schedule twice")
+  if f["reducer"].present and not (any(n < cfg.num_tokens for n in grid) or
+                                   any(reduces_tokens(cfg, s) for s in schedules)):
+    raise ValueError(f"--reducer={f.reducer} given, but no "
+                     f"{'count of --tokens' if f.mode == 'model' else 'schedule of --schedules'}"
+                     " removes a token: nothing would use it (it was recorded in the kit)")
   cfg, params, _ = common.load_model(f.model, f.weights)
   total = len(batches) * (len(grid) or len(schedules))
   done = []

@@ -360,6 +360,13 @@ CASES = [
     ("deploy", [f"--weights={WEIGHTS}", "--method=random", "--method_opts=seed=5",
                 "--schedule=keep@3:65", "--out={out}"], 1,
      "--method=random / --method_opts=seed=5 given, but --schedule=keep@3:65 removes no token"),
+    ("edge_kit", ["--mode=schedule", "--schedules=full", "--reducer=keep_first",
+                  "--out={out}"], 1, "--reducer=keep_first given, but no schedule of "
+     "--schedules removes a token: nothing would use it"),
+    ("edge_kit", ["--tokens=65", "--reducer=keep_first", "--out={out}"], 1,
+     "--reducer=keep_first given, but no count of --tokens removes a token"),
+    ("edge_kit", ["--tokens=65,33,33", "--out={out}"], 1,      # was merged into one count
+     "--tokens '65,33,33' lists [33] more than once: give each count once"),
 ]
 
 
