@@ -47,6 +47,9 @@ def main(f: flags.FlagValues) -> str:
   size = {"train": len(train), "test": len(test), "all": len(train) + len(test)}[f.split]
   if f.limit is not None and f.limit > size:
     raise ValueError(f"--limit={f.limit} exceeds the {size} digits of the {f.split} split")
+  if f["seed"].present and f.limit == size:      # (the same files; the marker said seed 7)
+    raise ValueError(f"--seed={f.seed} draws the --limit subset, but --limit={f.limit} is every "
+                     f"one of the {size} digits of the {f.split} split: it changes nothing")
   root = digits.write_digits_imagefolder(f.out, f.split, f.limit, seed=f.seed,
                                        overwrite=f.overwrite, split_seed=f.split_seed)
   print(f"wrote {size if f.limit is None else f.limit} digits ({f.split} split"
