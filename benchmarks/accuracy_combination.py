@@ -216,9 +216,11 @@ def per_image_frontier(model: solve.CostModel, table: solve.MarginTable, num: in
 def parse_floors(text: str) -> List[float]:
   """--floors: comma-separated accuracies in (0, 1], checked before any measurement."""
   out = []
+  if not text.strip():                 # the floor table came out empty
+    raise ValueError(f"--floors={text!r} names no floor")
   for v in text.split(","):
-    if not v.strip():
-      continue
+    if not v.strip():                  # (dropped unsaid)
+      raise ValueError(f"--floors={text!r} has an empty entry")
     try:
       floor = float(v)
     except ValueError:
@@ -228,8 +230,6 @@ def parse_floors(text: str) -> List[float]:
     if floor in out:                   # its row was printed twice
       raise ValueError(f"--floors gives {floor} twice")
     out.append(floor)
-  if not out:                          # the floor table came out empty
-    raise ValueError(f"--floors={text!r} names no floor")
   return out
 
 
@@ -274,7 +274,11 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   evaluate = estimate_lib.schedule_evaluator(cfg, params, data, reducer, batch_size=64)
   n_full, depth = cfg.num_tokens, cfg.depth
   step = smoke("step", 24)
-  grid = one_block_counts(cfg, range(n_full, cfg.num_prefix_tokens, -step), reducer)
+  counts = list(range(n_full, cfg.num_prefix_tokens, -step))
+  if len(counts) < 2:      # (refused by one_block_counts, without naming --step)
+    raise ValueError(f"--step={step} leaves no count below all {n_full} tokens on the grid: "
+                     "give a smaller --step")
+  grid = one_block_counts(cfg, counts, reducer)
   ns = np.array(grid + [n_full], np.int64)
   cond = conditional_schedules(cfg, base, list(ns), limit) if base else []
   if base and not cond:      # (its rows fell back to the incremental numbers, unsaid)

@@ -539,7 +539,11 @@ def test_accuracy_combination_refuses_bad_floors_and_seeds_before_measuring(tmp_
       (["--quick", "--floors=-1", out], "--floors: -1.0 is not an accuracy"),
       (["--quick", "--floors=0.95,0.95", out], "--floors gives 0.95 twice"),
       (["--quick", "--floors=", out], r"--floors is empty \(leave it out for the default"),
-      (["--quick", "--floors= , ", out], "names no floor"),
+      (["--quick", "--floors= , ", out], r"^--floors=' , ' has an empty entry$"),
+      (["--quick", "--floors=0.9,,0.8", out], "has an empty entry"),    # (dropped unsaid)
+      (["--quick", "--floors=0.9,", out], "has an empty entry"),
+      (["--quick", "--step=64", out], r"^--step=64 leaves no count below all 65 tokens on the "
+                                      "grid: give a smaller --step$"),    # named no --step
       (["--quick", "--refine_rounds=0", "--floors=0.9", out],
        "^--floors sets the refinement's floor table, and --refine_rounds=0 runs no refinement$"),
       # refused after the sensitivity table had been measured ("drew only 40 of 100000")
