@@ -1190,6 +1190,20 @@ def test_the_compile_cache_never_serves_a_damaged_or_foreign_entry(tmp_path):
     assert compile_("module {a}")[0], what                     # served again afterwards
 
 
+def test_a_cached_modules_compile_s_is_the_time_it_took(monkeypatch):
+  """A cache hit recorded compile_s 0.0, which a board profile of a kit built from the cache
+  wrote as every point's compile time; it is the wall time of the hit, as in a JAX profile."""
+  import time  # pylint: disable=g-import-not-at-top
+
+  def hit(*_):
+    time.sleep(0.02)
+    return b"vmfb", True, "key"
+
+  monkeypatch.setattr(iree_build, "_compile_once", hit)
+  _, info = iree_build.compile_module("module {}", parse_target("iree:host"), cache_dir="c")
+  assert info["cached"] and info["compile_s"] >= 0.02
+
+
 def test_a_damaged_cache_slot_is_bypassed_not_fatal(tmp_path, caplog):
   """A file where an entry's folder goes, or a folder at the entry itself: the kit failed after
   compiling ('File exists' / 'Is a directory'); the module is good, only not cached."""
