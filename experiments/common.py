@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import secrets
 import shlex
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -306,7 +307,9 @@ def write_result(path: str, doc: Dict[str, Any], fmt: str, **json_kw) -> str:
   """Writes results `doc` (which carries `"format": fmt`) to `path`, checked up front with
   `atomic.check_output_json` (re-checked here under the writers' lock: a file made there during
   the run is refused, not replaced). Replacing results of another command says so (a run with
-  other settings replaced them without a word)."""
+  other settings replaced them without a word). When `path` was taken meanwhile, the results
+  are written beside it (`<name>.kept-XXXXXXXX.json`, named in the error): a benchmark's
+  minutes of measurement were lost."""
   if doc.get("format") != fmt:
     raise ValueError(f"results for {path} must carry format {fmt!r}")
   try:
@@ -315,7 +318,17 @@ def write_result(path: str, doc: Dict[str, Any], fmt: str, **json_kw) -> str:
     old = None
   if old and doc.get("command") and old != doc["command"]:
     print(f"note: replacing {shown(path)}, the results of: {shown(old)}")
-  return atomic.replace_json(path, doc, fmt, **json_kw)
+  try:
+    return atomic.replace_json(path, doc, fmt, **json_kw)
+  except atomic.ForeignOutputError as e:
+    root, ext = os.path.splitext(_without_trailing_sep(path))
+    kept = atomic.fitting_name(root, f".kept-{secrets.token_hex(4)}{ext or '.json'}")
+    try:
+      atomic.replace_json(kept, doc, fmt, overwrite=False, **json_kw)
+    except (OSError, ValueError) as keep_error:
+      raise atomic.ForeignOutputError(f"{e}; the results could not be kept either: "
+                                      f"{keep_error}") from None
+    raise atomic.ForeignOutputError(f"{e}; the results are kept in {shown(kept)}") from None
 
 
 def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,

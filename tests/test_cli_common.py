@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import common
-from vitprune import checkpoint, model
+from vitprune import atomic, checkpoint, model
 from vitprune.registry import get_config
 
 
@@ -715,3 +715,18 @@ def test_results_of_another_command_are_replaced_with_a_note(tmp_path, capsys):
                                      "--methods=pomt\n")
   with open(out) as f:
     assert json.load(f)["command"] == "python -m b --methods=topk"
+
+
+def test_results_whose_out_was_taken_meanwhile_are_kept_beside_it(tmp_path):
+  """A file someone made at --out while a benchmark ran is not replaced, but the results were
+  then lost (printed only as a table): they are written beside it, named in the error."""
+  out = tmp_path / "r.json"
+  out.write_text('{"mine": 1}')
+  doc = {"format": "f", "command": "python -m b", "rows": [1, 2]}
+  with pytest.raises(atomic.ForeignOutputError) as e:
+    common.write_result(str(out), doc, "f")
+  (kept,) = [p for p in tmp_path.iterdir() if p != out]
+  assert re.fullmatch(r"r\.kept-[0-9a-f]{8}\.json", kept.name)
+  assert str(e.value).startswith(f"refusing to replace {out}") and str(e.value).endswith(
+      f"; the results are kept in {kept}")
+  assert json.loads(kept.read_text()) == doc and out.read_text() == '{"mine": 1}'
