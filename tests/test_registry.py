@@ -133,6 +133,28 @@ def test_a_config_built_in_python_has_its_preprocessing_checked():
                                                                crop_pct=2.0)))
 
 
+def test_a_config_whose_preprocessing_makes_other_images_is_refused(tmp_path):
+  """A config.json whose preprocessing made 64 px or 1-channel images for a 32 px RGB model was
+  read; the images then failed as a shape error inside the jitted forward."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top
+  from vitprune.model import init_params  # pylint: disable=g-import-not-at-top
+  cfg = get_config("vit_digits")
+  for field, value, model_field, got in (("input_size", 64, "img_size", 32),
+                                          ("channels", 1, "in_chans", 3)):
+    bad = dataclasses.replace(cfg.preprocessing, **{field: value},
+                              **({"mean": (0.5,), "std": (0.5,)} if field == "channels" else {}))
+    with pytest.raises(ValueError, match=f"^vit_digits: preprocessing.{field} {value} differs "
+                       f"from {model_field} {got}: the images it makes would not fit the model$"):
+      check_config(cfg.replace(preprocessing=bad))
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  doc = json.loads((tmp_path / "w" / "config.json").read_text())
+  doc["config"]["preprocessing"]["input_size"] = 64
+  (tmp_path / "w" / "config.json").write_text(json.dumps(doc))
+  with pytest.raises(ValueError, match="preprocessing.input_size 64 differs from img_size 32"):
+    checkpoint.read_weights_config(path)
+
+
 def test_init_params_takes_an_int_seed():
   """A JAX PRNG key (jax.random.PRNGKey(0)) failed inside numpy's SeedSequence."""
   from vitprune.model import init_params  # pylint: disable=g-import-not-at-top

@@ -17,7 +17,7 @@ from vitprune import solve
 from vitprune import solve_stage
 from vitprune import schedule as schedule_lib
 from vitprune.config import config_to_dict
-from vitprune.config import ViTConfig
+from vitprune.config import Preprocessing, ViTConfig
 from vitprune.records.estimate import Estimate, read_estimate, write_estimate
 from vitprune.records.solution import Solution, read_solution, summary_lines, write_solution
 from vitprune.profile import predict as profile_predict
@@ -29,7 +29,8 @@ from tests.conftest import run_cli_in_process
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 16 px images in 4 px patches: 16 patches + cls = 17 tokens; depth 6 so that block 3 exists.
 CFG = ViTConfig(name="solve_test_vit", img_size=16, patch_size=4, embed_dim=16, depth=6,
-                num_heads=2, mlp_hidden=32, num_classes=10)
+                num_heads=2, mlp_hidden=32, num_classes=10,
+                preprocessing=Preprocessing(input_size=16))
 N = CFG.num_tokens   # 17
 
 

@@ -328,6 +328,12 @@ def check_config(cfg: ViTConfig) -> ViTConfig:
   if cfg.preprocessing.crop_pct > 1:      # timm's eval crops never pad
     raise ValueError(f"{cfg.name}: preprocessing.crop_pct must be in (0, 1], got "
                      f"{cfg.preprocessing.crop_pct!r}")
+  prep = cfg.preprocessing     # (images were made for another input than the model's: a shape
+  for field, model_field in (("input_size", "img_size"), ("channels", "in_chans")):   # error
+    if getattr(prep, field) != getattr(cfg, model_field):                            # deep in jit)
+      raise ValueError(f"{cfg.name}: preprocessing.{field} {getattr(prep, field)!r} differs "
+                       f"from {model_field} {getattr(cfg, model_field)!r}: the images it makes "
+                       "would not fit the model")
   return cfg
 
 
