@@ -249,15 +249,16 @@ def main(f: flags.FlagValues) -> str:
     reducer = make_reducer(method, **opts)
   elif opts:
     raise ValueError("--method_opts given with --method=none")
-  if not f.solution and schedule == full_schedule(cfg):
-    given = common.given_flags(f, ("method", "method_opts"))
+  if schedule == full_schedule(cfg):
+    given = [] if f.solution else common.given_flags(f, ("method", "method_opts"))
     if given and method.lower() != "none":       # (recorded as the artifact's reducer, unused)
       shown = {"--method": f"--method={f.method}",
                "--method_opts": f"--method_opts={','.join(f.method_opts)}"}
       raise ValueError(f"{' / '.join(shown[g] for g in given)} given, but --schedule="
                        f"{f.schedule or 'full'} removes no token: nothing would use the "
                        "reducer (give a --schedule that prunes, or leave them out)")
-    reducer = None           # an unpruned artifact names no reducer (it said pomt, the default)
+    reducer = None     # an unpruned artifact names no reducer (it said pomt, the default, or
+                       # a solution's method when it chose the unpruned schedule)
   _, params = checkpoint.load_weights(f.weights)
   weights_sha256 = params_sha256(params)
   if f.solution:

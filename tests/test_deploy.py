@@ -592,6 +592,14 @@ def test_an_unpruned_artifact_names_no_reducer_and_an_unverified_one_says_so(tmp
   said = capsys.readouterr().out
   assert ", reducer none\n" in said and "note:" not in said
   assert deploy.read_manifest(str(tmp_path / "full")).reducer_name is None
+  full = (CFG.num_tokens,) * (CFG.depth + 1)      # a solution choosing the unpruned schedule
+  sol = solution_file(tmp_path / "s.json", CFG, full, mode="multi", frontier=[full],
+                      weights_sha256=params_sha256(params))
+  common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+      f"--weights={weights}", f"--solution={sol}", f"--out={tmp_path / 'solved'}"])
+  assert ", reducer none\n" in capsys.readouterr().out
+  assert (deploy.read_manifest(str(tmp_path / "solved")).identity() ==
+          deploy.read_manifest(str(tmp_path / "full")).identity())   # one graph, one identity
   common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
       f"--weights={weights}", "--platforms=cuda", f"--out={tmp_path / 'cuda'}"])
   assert capsys.readouterr().out.endswith(

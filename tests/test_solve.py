@@ -1474,6 +1474,15 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
   with pytest.raises(ValueError, match="budget_provisional, but a frontier schedule is "
                      "predicted within the budget"):      # edited: the note would lie
     _reread(dataclasses.replace(fast, settings=dict(fast.settings, latency_budget=lats[-1])))
+  floor = _multi(ps, es, accuracy_floor=0.85)
+  for edited in (dataclasses.replace(floor, settings=dict(   # (the summary then failed)
+      floor.settings, budget_provisional=fast.settings["budget_provisional"])),
+                 dataclasses.replace(fast, chosen=max(fast.frontier,
+                                                      key=lambda p: p.predicted_latency_s))):
+    with pytest.raises(ValueError, match="settings.budget_provisional needs criterion "
+                       "'latency_budget', settings.latency_budget and the chosen schedule "
+                       "predicted fastest"):
+      _reread(edited)
   done = solve_stage.check_budget_in_loop(fast, evaluate, lambda cs: time_schedules(cs, 0.5))
   assert done.chosen.measured_latency_s <= tight and _reread(done).chosen == done.chosen
   assert "budget_provisional" not in done.settings          # decided on measurement

@@ -1,4 +1,5 @@
-"""Estimated work of one unpruned forward (a multiply-add counts 2 FLOP); needs no jax.
+"""Estimated work of one forward, unpruned or with a schedule's token counts (a multiply-add
+counts 2 FLOP); needs no jax.
 
 Counts the patch embedding, the attention and MLP matmuls of every block and the head(s); norms,
 softmax and activations are left out (a few percent). `vitprune.iree_build` uses it to choose a

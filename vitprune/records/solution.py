@@ -552,6 +552,12 @@ def _check_criterion_holds(sol: "Solution", require, unpruned) -> None:
   c, crit = sol.chosen, sol.criterion
   require(sol.mode == "multi" or crit == "utility",
           f"chosen.criterion {crit!r} in paper mode, which chooses by 'utility' (edited?)")
+  if sol.settings.get("budget_provisional") is not None:
+    require(crit == "latency_budget" and sol.settings.get("latency_budget") is not None and
+            bool(sol.frontier) and c.predicted_latency_s == min(
+                p.predicted_latency_s for p in sol.frontier),
+            "settings.budget_provisional needs criterion 'latency_budget', "
+            "settings.latency_budget and the chosen schedule predicted fastest (edited?)")
   if crit not in ("accuracy_floor", "latency_budget"):      # (their settings are named so)
     return
   bound = sol.settings.get(crit)
