@@ -714,6 +714,21 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   with pytest.raises(EdgeError, match=f"weight leaf {re.escape(leaves[1]['name'])} is stored "
                      "as 'int32'; vitprune packs float32 weights"):
     kit_lib.profile_kit(kit_dir)
+  # A leaf's shape transposed (same bytes: the file's sha256 holds) or two leaves' names
+  # swapped: IREE's buffer diagnostics, or the wrong weights bound to each argument.
+  square = next(i for i, leaf in enumerate(doc["weights"]["leaves"])
+                if len(leaf["shape"]) == 2 and leaf["shape"][0] != leaf["shape"][1])
+  for edit in ("shape", "names"):
+    leaves = [dict(leaf) for leaf in doc["weights"]["leaves"]]
+    if edit == "shape":
+      leaves[square]["shape"] = leaves[square]["shape"][::-1]
+    else:
+      leaves[0]["name"], leaves[1]["name"] = leaves[1]["name"], leaves[0]["name"]
+    with open(os.path.join(kit_dir, "kit.json"), "w") as f:
+      json.dump(dict(doc, weights=dict(doc["weights"], leaves=leaves)), f)
+    with pytest.raises(EdgeError, match=r"kit .*: the weight leaves' names and shapes do not give "
+                       r"the recorded weights.params_sha256 \(an edited record\?\)$"):
+      kit_lib.profile_kit(kit_dir)
   with open(os.path.join(kit_dir, "kit.json"), "w") as f:
     json.dump(doc, f)
   os.unlink(os.path.join(kit_dir, doc["points"][1]["module"]["file"]))

@@ -6,7 +6,7 @@ without the model code, and the board runner (`vitprune.edge`, no jax) for file 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Iterable, Tuple
 
 import numpy as np
 
@@ -20,12 +20,18 @@ def params_sha256(params: Any) -> str:
   manifest record this same digest, so one weights tree has one identity everywhere.
   """
   import jax  # pylint: disable=g-import-not-at-top  (lazy: boards running vitprune.edge have no jax)
+  return named_leaves_sha256((jax.tree_util.keystr(path), leaf)
+                             for path, leaf in jax.tree.flatten_with_path(params)[0])
+
+
+def named_leaves_sha256(named: Iterable[Tuple[str, Any]]) -> str:
+  """`params_sha256` of the leaves `(key path string, array)` of a whole tree (no jax: an edge
+  kit's packed weights, named by key path, are checked against the digest recorded with them)."""
   h = hashlib.sha256()
-  leaves = jax.tree.flatten_with_path(params)[0]
-  for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+  for name, leaf in sorted(named, key=lambda kv: kv[0]):
     arr = np.ascontiguousarray(np.asarray(leaf))
     arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-    h.update(f"{jax.tree_util.keystr(path)} {arr.dtype.str} {arr.shape}\n".encode())
+    h.update(f"{name} {arr.dtype.str} {arr.shape}\n".encode())
     h.update(arr.tobytes())
   return h.hexdigest()
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from vitprune import jsonio
+from vitprune.digest import named_leaves_sha256
 from vitprune.profile import protocol
 from vitprune.profile import records
 from vitprune.edge import runtime as rt
@@ -227,6 +228,7 @@ def _bound_points(path: str, kit: Dict[str, Any], plans, functions,
   to the kit's weights (put once per driver) and to an input `make_input(shape)` (put once per
   shape, driver and shards, in point order) -> {point index: call}."""
   weights = rt.read_weights(path, kit["weights"], f"kit {path}")
+  _check_leaves(path, kit["weights"], weights)
   modules = [rt.checked_file(path, p["module"], f"kit {path}") for p in kit["points"]]
   runners, on_device = {}, {}
   for d in sorted({d for d, _ in plans}):
@@ -241,6 +243,18 @@ def _bound_points(path: str, kit: Dict[str, Any], plans, functions,
     calls[i] = runners[d].bind(fns, [on_device[d][j] for j in point["args"]],
                                inputs[shape, d, k])
   return calls
+
+
+def _check_leaves(path: str, entry: Dict[str, Any], weights: Sequence[np.ndarray]) -> None:
+  """A kit packs every leaf of the tree under its key path: their names, shapes and bytes must
+  give the recorded params_sha256 (weights.bin is checked by its own sha256, but an edited
+  leaf shape of the same size, e.g. [384, 1152] -> [1152, 384], reached IREE's buffer error)."""
+  if entry.get("mode") == "baked":
+    return
+  got = named_leaves_sha256((leaf["name"], w) for leaf, w in zip(entry["leaves"], weights))
+  if got != entry.get("params_sha256"):
+    raise EdgeError(f"kit {path}: the weight leaves' names and shapes do not give the recorded "
+                    f"weights.params_sha256 (an edited record?)")
 
 
 def trial_call(path: str, driver: Optional[str] = None) -> None:
