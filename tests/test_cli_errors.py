@@ -370,6 +370,15 @@ CASES = [
     ("digits_images", ["--limit=359", "--seed=7", "--out={out}"], 1,   # the marker said seed 7
      "--seed=7 draws the --limit subset, but --limit=359 is every one of the 359 digits of the "
      "test split: it changes nothing"),
+    # measured once, unsaid (two spellings of one schedule)
+    ("profile", ["--mode=schedule", "--schedule=keep@3:33", "--schedule=65,65,65,65,33,33,33",
+                 "--out_dir={out}"], 1, "--schedule gives keep@3:33 (counts 65,65,65,65,33,33,33)"
+     " twice: give each schedule once"),
+    # recorded in the profile, which then refused to merge with the same graphs without it
+    ("profile", ["--mode=schedule", "--schedule=full", "--reducer=tome", "--out_dir={out}"], 1,
+     "--reducer=tome given, but no graph of this profile removes a token: nothing would use it"),
+    ("profile", ["--mode=model", "--tokens=65", "--reducer=keep_first", "--out_dir={out}"], 1,
+     "--reducer=keep_first given, but no graph of this profile removes a token"),
 ]
 
 

@@ -61,7 +61,7 @@ from vitprune.profile import timing
 from vitprune.reduce.keep_first import KeepFirst
 from vitprune.reduce.methods import list_methods, make_reducer
 from vitprune.schedule import (Schedule, check_schedule, check_token_grid, embed_schedule,
-                               reduces_tokens, token_bounds)
+                               format_schedule, reduces_tokens, token_bounds)
 
 MODES = records.MODES
 
@@ -142,6 +142,16 @@ class ProfileSpec:
     reducer, name = make_drop_reducer(self.reducer)   # unknown names fail here, before any
     for s in self.schedules:                          # compile, and the reducer's limits too
       check_schedule(self.cfg, s, reducer if reduces_tokens(self.cfg, s) else None)
+    twice = [s for i, s in enumerate(self.schedules) if s in self.schedules[:i]]
+    if twice:                                  # (measured once, unsaid; two spellings too)
+      raise ValueError(f"--schedule gives {format_schedule(twice[0], self.cfg)} (counts "
+                       f"{','.join(map(str, twice[0].counts))}) twice: give each schedule once")
+    if self.reducer is not None and not (
+        any(reduces_tokens(self.cfg, s) for s in self.schedules) or
+        (self.mode != "schedule" and min(self.grid) < self.cfg.num_tokens)):
+      raise ValueError(f"--reducer={name} given, but no graph of this profile removes a token: "
+                       "nothing would use it (the profile recorded it, and refused to merge "
+                       "with the same graphs profiled without it)")
     if self.mode in ("model", "block") and not reducer.supports_embedding:
       raise ValueError(f"--reducer={name} cannot drop tokens after the embedding, which every "
                        f"graph of --mode={self.mode} does (n tokens from the embedding on; "
