@@ -657,6 +657,30 @@ def _block_profile(tmp_path, name="b.json", batch=8, noise=0.0):
   return _save_profile(tmp_path, pts, name=name, modes=("block",))
 
 
+def test_estimate_counts_the_solver_leaves_out_are_named(tmp_path):
+  """The grid is the counts both files hold: an estimate count the profile lacks (measured
+  accuracy) was dropped unsaid, the choice made on a coarser grid."""
+  pts = [_point("embed", N, 1e-4, 8)]
+  pts += [_point("head", n, 1e-5, 8) for n in range(2, N + 1) if n != 10]
+  pts += [_point("block", n, _step_latency(n) / 6 + 1e-6 * n, 8) for n in range(2, N + 1)
+          if n != 10]
+  lacking = _save_profile(tmp_path, pts, name="lacking.json", modes=("block",))
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  sol = _multi(lacking, es, accuracy_floor=0.8)
+  assert sol.settings["unused_estimate_counts"] == [10] and 10 not in sol.settings["grid"]
+  assert (f"note: the estimate's counts [10] are not on the solver's grid "
+          f"({', '.join(map(str, sol.settings['grid']))}): the profile lacks them") in \
+      "\n".join(summary_lines(sol))
+  assert _reread(sol).settings["unused_estimate_counts"] == [10]
+  assert "unused_estimate_counts" not in _multi(_block_profile(tmp_path), es,
+                                                accuracy_floor=0.8).settings
+  embed = _estimate(tmp_path, [None], list(range(5, N + 1)), _acc, name="embed.json")
+  paper = _paper(lacking, embed, alpha=0.5, method="topk")     # paper mode: the same
+  assert paper.settings["unused_estimate_counts"] == [10]
+  assert "the chosen schedule's latency by the per-block table (predicted): " in "\n".join(
+      summary_lines(paper))                        # (it said "POMT schedule" for any method)
+
+
 def test_paper_mode_on_a_block_profile_solves_over_its_whole_grid(tmp_path):
   """A --mode=block profile also times three whole graphs (largest, middle, smallest count) to
   check its predictor: paper mode took them for the curve and chose among 3 counts of 16."""

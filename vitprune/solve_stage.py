@@ -343,6 +343,7 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
       "in " + " and ".join(lacking) if lacking else "in both the profile and the estimate"))
   keep = ns >= cfg.num_tokens - limit(cfg.num_tokens)   # block `layer` reduces from all N
   ns, lat_c, acc_c = ns[keep], lat_c[keep], acc_c[keep]
+  unused = sorted({int(n) for n in at} - {int(n) for n in ns})
   sol = solve.solve_paper(ns, lat_c, acc_c, alpha, depth=cfg.depth, num_tokens=cfg.num_tokens,
                           layer=layer)
   table = _block_table(profile, batch)
@@ -362,7 +363,8 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
       mode="paper", config=cfg, profile=_profile_ref(profile, batch, source),
       estimate=_estimate_ref(estimate, metric, [est_layer]),
       settings={"alpha": sol.alpha, "layer": layer, "metric": metric,
-                "allow_batch_mismatch": allow_batch_mismatch},
+                "allow_batch_mismatch": allow_batch_mismatch,
+                **({"unused_estimate_counts": unused} if unused else {})},
       chosen=_candidate(cfg, sol.counts, sol.latency_star, sol.accuracy_star,
                         tokens=int(sol.n_star)),
       method=method, criterion="utility",
@@ -377,6 +379,12 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
 
 # ----------------------------------------------------------------------------------------------
 # Multi-layer mode.
+
+def _unused_estimate_counts(estimate: Estimate, metric: str, ns: np.ndarray) -> List[int]:
+  """The estimate's token counts the solver's grid `ns` left out (measured accuracy unused: the
+  profile lacks them, or the latency model was not calibrated there)."""
+  return sorted({int(n) for n in estimate.table(metric)[1]} - {int(n) for n in ns})
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class MultiInputs:
@@ -659,6 +667,9 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
     settings["latency_model"] = latency_model.summary()
   if provisional:
     settings["budget_provisional"] = provisional
+  unused = _unused_estimate_counts(estimate, metric, inp.ns)
+  if unused:
+    settings["unused_estimate_counts"] = unused
   solution = Solution(
       mode="multi", config=cfg, profile=_profile_ref(profile, batch, source),
       estimate=_estimate_ref(estimate, metric, inp.layers), settings=settings,

@@ -340,6 +340,8 @@ _SETTINGS = {
                         "a list of schedules"),
     "latency_untrusted": (lambda v: isinstance(v, str), "a string"),
     "budget_provisional": (lambda v: v == BUDGET_PROVISIONAL, repr(BUDGET_PROVISIONAL)),
+    "unused_estimate_counts": (lambda v: isinstance(v, list) and bool(v) and all(
+        jsonio.is_int(n) and n >= 1 for n in v), "a list of token counts"),
     "checked_accuracy_error": (_error_summary, "an error summary (num_schedules, mean_abs_points"
                                " <= max_abs_points, mean_signed_points)"),
     "frontier_accuracy_error": (_error_summary, "an error summary (num_schedules, "
@@ -818,6 +820,11 @@ def _check_curve(sol: Solution, where: str) -> None:
                  SolutionError)
 
 
+def _grid_text(sol: Solution) -> str:
+  grid = sol.settings.get("grid")
+  return "" if grid is None else f" ({', '.join(map(str, grid))})"
+
+
 def summary_lines(sol: Solution) -> List[str]:
   """Human-readable summary; predicted numbers say they are predicted."""
   ch, full, m = sol.chosen, sol.full, sol.metric
@@ -833,13 +840,17 @@ def summary_lines(sol: Solution) -> List[str]:
                  f"{ch.predicted_accuracy:.4f} (the profile's and the estimate's graphs of n* "
                  f"tokens, not this schedule's)")
     if sol.schedule_latency_s is not None:
-      lines.append(f"POMT schedule latency by the per-block table (predicted): "
+      lines.append(f"the chosen schedule's latency by the per-block table (predicted): "
                    f"{1e3 * sol.schedule_latency_s:.4g} ms")
   if sol.profile.latency_source == "calibrated-graph" and "latency_model" in sol.settings:
     lm = sol.settings["latency_model"]
     lines.append(f"latency model: calibrated on {lm['num_calibration']} compiled graphs, "
                  f"calibration |error| median {100 * lm['residual_median']:.1f}%, p90 "
                  f"{100 * lm['residual_p90']:.1f}%")
+  if sol.settings.get("unused_estimate_counts"):
+    lines.append(f"note: the estimate's counts {sol.settings['unused_estimate_counts']} are not "
+                 f"on the solver's grid{_grid_text(sol)}: the profile lacks them (or its "
+                 "latency model, or the method, does not reach them)")
   if sol.settings.get("budget_provisional"):
     lines.append(f"warning: {sol.settings['budget_provisional']}: the budget is "
                  f"{1e3 * sol.settings['latency_budget']:.4g} ms")
