@@ -70,6 +70,10 @@ def main(f: flags.FlagValues):
   out = os.path.abspath(f.out)
   common.check_new_dir(out, "out", overwrite=f.overwrite, is_ours=checkpoint.is_weights_dir)
   orbax_io.writable_path(out)       # the weights checkpoint goes below it: before training
+  if f.warmup_epochs > f.epochs:      # (TrainConfig's words named no flag, nor the default)
+    given = "" if f["warmup_epochs"].present else " (its default)"
+    raise ValueError(f"--warmup_epochs={f.warmup_epochs}{given} exceeds --epochs={f.epochs}: "
+                     f"give --warmup_epochs <= --epochs")
   tc = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr,
                    warmup_epochs=f.warmup_epochs, weight_decay=f.weight_decay,
                    label_smoothing=f.label_smoothing, max_shift=f.max_shift,

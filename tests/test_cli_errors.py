@@ -379,6 +379,12 @@ CASES = [
      "--reducer=tome given, but no graph of this profile removes a token: nothing would use it"),
     ("profile", ["--mode=model", "--tokens=65", "--reducer=keep_first", "--out_dir={out}"], 1,
      "--reducer=keep_first given, but no graph of this profile removes a token"),
+    # said "warmup_epochs must be in [0, epochs=1], got 3", naming no flag nor the default
+    ("train_digits", ["--epochs=1", "--out={out}"], 1,
+     "--warmup_epochs=3 (its default) exceeds --epochs=1: give --warmup_epochs <= --epochs"),
+    # said "layers have duplicates: [None, None]"
+    ("estimate", ["--method=random", "--layers=embed,embed", "--tokens=65,33",
+                  "--out_dir={out}"], 1, "layers have duplicates: ['embed', 'embed']"),
 ]
 
 

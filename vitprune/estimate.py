@@ -92,7 +92,7 @@ def sensitivity_points(cfg: ViTConfig, tokens: Sequence[int], layers: Sequence[O
   if not layers:
     raise ValueError("no layers given for the sensitivity table")
   if len(set(layers)) != len(layers):
-    raise ValueError(f"layers have duplicates: {layers}")
+    raise ValueError(f"layers have duplicates: {['embed' if l is None else l for l in layers]}")
   return [p for l in layers for p in token_points(cfg, tokens, reducer, layer=l)]
 
 

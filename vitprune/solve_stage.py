@@ -153,7 +153,7 @@ def resolve_batch(profile: records.Profile, estimate: Estimate, batch_size: Opti
     elif eval_batch in have:
       batch_size = eval_batch
     else:
-      raise SolveInputError(f"profile {profile.source} has batch sizes {have}; pass batch_size "
+      raise SolveInputError(f"profile {profile.source} has batch sizes {have}; pass batch_size / --batch_size "
                             f"(the estimate {estimate.source} was evaluated at batch "
                             f"{eval_batch})")
   if batch_size not in have:

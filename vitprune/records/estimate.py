@@ -344,7 +344,8 @@ def _validate(doc: Any, where: str) -> ViTConfig:
   _require(bool(layers) and all(l is None or (jsonio.is_int(l) and 0 <= l < cfg.depth)
                                 for l in layers), where,
            f"layers must be non-empty, each null or an int in [0, {cfg.depth - 1}]: {layers}")
-  _require(len(set(layers)) == len(layers), where, f"layers have duplicates: {layers}")
+  _require(len(set(layers)) == len(layers), where, f"layers have duplicates: "
+           f"{['embed' if l is None else l for l in layers]}")
   _require(doc["kind"] == "sensitivity" or len(layers) == 1, where,
            f"a 'tokens' estimate has exactly one layer, got {layers}")
   _require(bool(tokens) and all(jsonio.is_int(n) for n in tokens), where,
