@@ -522,7 +522,12 @@ def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
   bad = edited_copy("renamed", rename)
   with pytest.raises(EdgeError, match="its class_names .* differs from the manifest's"):
     edge_rt.load(bad, "iree:host")
-  os.unlink(os.path.join(bad, "manifest.json"))     # a board copy: the module still tells
+  os.unlink(os.path.join(bad, "manifest.json"))     # a board copy: the other record tells ...
+  with pytest.raises(EdgeError, match="are of two artifacts: their class_names differ"):
+    edge_rt.load(bad, "iree:host")
+  for f in glob.glob(os.path.join(bad, edge_rt.EDGE_DIR, "iree_*.json")):
+    if os.path.basename(f) != "iree_host.json":
+      os.unlink(f)                                  # ... and alone, the module still tells
   with pytest.raises(EdgeError, match="has no function 'main_[0-9a-f]{16}': the record"):
     edge_rt.load(bad, "iree:host")
   for name, edit, msg in (
@@ -1079,6 +1084,26 @@ def test_a_module_from_another_artifact_is_refused(artifact, tmp_path, field, ed
     edge_rt.load(str(mixed), "iree:host")
   os.unlink(mixed / "manifest.json")          # a board copy holding iree/ alone still loads
   assert edge_rt.load(str(mixed), "iree:host") is not None
+
+
+def test_a_board_copy_without_manifest_refuses_records_of_two_artifacts(artifact, tmp_path):
+  """iree/ alone (no manifest.json) was checked against nothing: the records of two artifacts
+  copied into one folder loaded, each answering for its own labels and preprocessing."""
+  mixed = tmp_path / "mixed"
+  shutil.copytree(artifact, mixed)
+  os.unlink(mixed / "manifest.json")
+  edge_rt.load(str(mixed), "iree:host")
+  rec = json.loads((mixed / edge_rt.EDGE_DIR / "iree_host.json").read_text())
+  other = dict(rec, target="iree:llvm-cpu:aarch64-linux-gnu",
+               class_names=list("abcdefghij"))               # another artifact's record
+  (mixed / edge_rt.EDGE_DIR / "iree_zz_other.json").write_text(json.dumps(other))
+  with pytest.raises(EdgeError, match=r"the iree:llvm-cpu:aarch64-linux-gnu module's record "
+                     r"\(iree/iree_zz_other.json\) and the iree:\S+ one's \(iree/\S+\) are of two "
+                     r"artifacts: their class_names differ \(\['a', 'b', "):
+    edge_rt.load(str(mixed), "iree:host")
+  (mixed / edge_rt.EDGE_DIR / "iree_zz_other.json").write_text(json.dumps(
+      dict(rec, target="iree:llvm-cpu:aarch64-linux-gnu")))     # one artifact's two targets
+  edge_rt.load(str(mixed), "iree:host")
 
 
 def test_vitprune_load_refuses_a_module_from_another_artifact(artifact, tmp_path, params):

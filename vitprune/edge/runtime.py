@@ -561,7 +561,8 @@ def check_against_manifest(path: str, records: List[Dict[str, Any]]) -> Optional
   weights, another reducer or another label order, while the jax graph beside it answered for
   these. Returns the manifest (None where the artifact has none)."""
   manifest = os.path.join(path, "manifest.json")
-  if not os.path.lexists(manifest):      # a board copy of iree/ alone: nothing to compare with
+  if not os.path.lexists(manifest):      # a board copy of iree/ alone: its records with each other
+    _check_one_artifact(path, records)
     return None
   if not os.path.isfile(manifest):       # (a directory there skipped every check)
     raise EdgeError(f"{manifest} exists but is not a regular file: copy the artifact's "
@@ -590,6 +591,23 @@ def check_against_manifest(path: str, records: List[Dict[str, Any]]) -> Optional
                       f"{f' (and {len(bad) - 1} more field(s))' if len(bad) > 1 else ''}: "
                       "files mixed from two artifacts? rebuild it with experiments.deploy")
   return doc
+
+
+def _check_one_artifact(path: str, records: List[Dict[str, Any]]) -> None:
+  """Without a manifest, the records must still be of one artifact: every field an artifact's
+  targets share (`_SHARED_FIELDS`) the same in all of them (iree/ folders of two artifacts
+  copied into one ran one's module with the other's labels or preprocessing, unsaid)."""
+  first = records[0]
+  for r in records[1:]:
+    for what, _, of_record in _SHARED_FIELDS:
+      got, want = of_record(r), of_record(first)
+      if got is not _ABSENT and want is not _ABSENT and got != want:
+        what, got, want = _first_difference(what, got, want)
+        shown = (lambda v: f"{str(v)[:12]}...") if what == "weights" else reprlib.repr
+        raise EdgeError(f"{path}: the {r.get('target')} module's record ({r['_file']}) and the "
+                        f"{first.get('target')} one's ({first['_file']}) are of two artifacts: "
+                        f"their {what} differ ({shown(got)} vs {shown(want)}); copy one "
+                        "artifact's iree/ folder, with its manifest.json")
 
 
 _PROBED = "VITPRUNE_EDGE_PROBED"     # set in the probe's own process: it does not probe again
