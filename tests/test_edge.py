@@ -1230,6 +1230,16 @@ def test_the_compile_cache_never_serves_a_damaged_or_foreign_entry(tmp_path):
     assert compile_("module {a}")[0], what                     # served again afterwards
 
 
+def test_a_kit_of_bfloat16_params_records_the_digest_of_what_it_packs(tmp_path):
+  """The kit packs float32 leaves; its params_sha256 was of the bfloat16 tree given, so the
+  board's check of the packing refused every such kit as edited."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  params = jax.tree.map(lambda a: jnp.asarray(a, jnp.bfloat16), model.init_params(CFG, 0))
+  path = iree_build.build_kit(str(tmp_path / "kit"), CFG, params, target="iree:host",
+                              grid=(CFG.num_tokens,), threads=1)
+  kit_lib.trial_call(path)
+
+
 def test_a_cached_modules_compile_s_is_the_time_it_took(monkeypatch):
   """A cache hit recorded compile_s 0.0, which a board profile of a kit built from the cache
   wrote as every point's compile time; it is the wall time of the hit, as in a JAX profile."""

@@ -804,6 +804,10 @@ def test_keep_first_reducer_and_spec_validation():
     runner.ProfileSpec(cfg=CFG, mode="schedule", schedules=(Schedule((17, 17)),))
   assert runner.coarse_grid(range(17, 1, -1), 5) == (17, 12, 7, 2)
   assert runner.coarse_grid([17, 16, 15], 2) == (17, 15)
+  # the default reducer named on a grid that prunes nothing: what is recorded anyway (accepted)
+  runner.ProfileSpec(cfg=CFG, mode="block", tokens=(17,), reducer="random")
+  with pytest.raises(ValueError, match="--reducer=keep_first given, but no graph"):
+    runner.ProfileSpec(cfg=CFG, mode="block", tokens=(17,), reducer="keep_first")
 
 
 def test_the_estimate_stage_margins_are_the_solve_stage_evaluators():

@@ -679,6 +679,8 @@ def test_estimate_counts_the_solver_leaves_out_are_named(tmp_path):
   assert paper.settings["unused_estimate_counts"] == [10]
   assert "the chosen schedule's latency by the per-block table (predicted): " in "\n".join(
       summary_lines(paper))                        # (it said "POMT schedule" for any method)
+  capped = _paper(_block_profile(tmp_path, name="whole.json"), embed, alpha=0.5, method="tome")
+  assert "unused_estimate_counts" not in capped.settings   # left out by ToMe's cap, not lacking
 
 
 def test_paper_mode_on_a_block_profile_solves_over_its_whole_grid(tmp_path):

@@ -51,7 +51,7 @@ from vitprune import lowering
 from vitprune import model
 from vitprune import parallel
 from vitprune.config import ViTConfig
-from vitprune.digest import params_sha256
+from vitprune.digest import named_leaves_sha256, params_sha256
 from vitprune.edge import runtime as edge_rt
 from vitprune.edge.kit import KIT_FORMAT, KIT_MANIFEST, KIT_VERSION, point_identity
 from vitprune.edge.targets import (CPU_DRIVERS, EdgeError, Target, check_driver, cpu_plan,
@@ -490,7 +490,8 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
       "model": cfg.name, "config": json.loads(json.dumps(dataclasses.asdict(cfg))),
       "dtype": dtype, "mode": mode, "reducer": reducer_name,
       "weights": {"file": KIT_WEIGHTS, "sha256": hashlib.sha256(blob).hexdigest(),
-                  "params_sha256": params_sha256(params), "leaves": entries},
+                  # (of the float32 leaves the kit holds: a board checks the packing by it)
+                  "params_sha256": named_leaves_sha256(zip(names, leaves)), "leaves": entries},
       "points": [], **_host_record(t)}
   for job, low, p in zip(jobs, lowered, point_plans):
     sched = "" if job["schedule"] is None else "_s" + hashlib.sha256(

@@ -341,9 +341,9 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
              if not any(lowest <= c < cfg.num_tokens for c in grid)]
   check_paper_grid(cfg, method, ns.tolist(), measure_in=(
       "in " + " and ".join(lacking) if lacking else "in both the profile and the estimate"))
+  unused = sorted({int(n) for n in at} - {int(n) for n in ns})   # (the profile lacks them)
   keep = ns >= cfg.num_tokens - limit(cfg.num_tokens)   # block `layer` reduces from all N
   ns, lat_c, acc_c = ns[keep], lat_c[keep], acc_c[keep]
-  unused = sorted({int(n) for n in at} - {int(n) for n in ns})
   sol = solve.solve_paper(ns, lat_c, acc_c, alpha, depth=cfg.depth, num_tokens=cfg.num_tokens,
                           layer=layer)
   table = _block_table(profile, batch)

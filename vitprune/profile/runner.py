@@ -146,7 +146,7 @@ class ProfileSpec:
     if twice:                                  # (measured once, unsaid; two spellings too)
       raise ValueError(f"--schedule gives {format_schedule(twice[0], self.cfg)} (counts "
                        f"{','.join(map(str, twice[0].counts))}) twice: give each schedule once")
-    if self.reducer is not None and not (
+    if name != make_drop_reducer(None)[1] and not (     # (the default is recorded anyway)
         any(reduces_tokens(self.cfg, s) for s in self.schedules) or
         (self.mode != "schedule" and min(self.grid) < self.cfg.num_tokens)):
       raise ValueError(f"--reducer={name} given, but no graph of this profile removes a token: "

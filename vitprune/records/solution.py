@@ -850,7 +850,7 @@ def summary_lines(sol: Solution) -> List[str]:
   if sol.settings.get("unused_estimate_counts"):
     lines.append(f"note: the estimate's counts {sol.settings['unused_estimate_counts']} are not "
                  f"on the solver's grid{_grid_text(sol)}: the profile lacks them (or its "
-                 "latency model, or the method, does not reach them)")
+                 "latency model was not calibrated there)")
   if sol.settings.get("budget_provisional"):
     lines.append(f"warning: {sol.settings['budget_provisional']}: the budget is "
                  f"{1e3 * sol.settings['latency_budget']:.4g} ms")
