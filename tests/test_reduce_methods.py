@@ -21,9 +21,9 @@ def _reduce(red, x, size, stats, *, num_keep, num_prefix, layer):
 
 def _stats(probs, keys=None, values=None):
   probs = np.asarray(probs, np.float32)
-  b, _, n, _ = probs.shape
-  keys = np.ones((b, n, 1, 2), np.float32) if keys is None else keys
-  values = np.zeros((b, n, 1, 2), np.float32) if values is None else values
+  b, h, n, _ = probs.shape
+  keys = np.ones((b, n, h, 2), np.float32) if keys is None else keys
+  values = np.zeros((b, n, h, 2), np.float32) if values is None else values
   return AttentionStats(jnp.asarray(probs), jnp.asarray(keys, jnp.float32),
                         jnp.asarray(values, jnp.float32))
 
@@ -286,8 +286,31 @@ def test_reducer_argument_errors(red):
       _reduce(red, x, None, None, num_keep=3, num_prefix=1, layer=0)
     with pytest.raises(ValueError, match="cannot drop tokens right after the embedding"):
       red.reduce_embedding(x, num_keep=3, num_prefix=1)
-    with pytest.raises(ValueError, match="do not match 6 tokens"):
+    with pytest.raises(ValueError, match=r"attention probs \(1, 1, 5, 5\) do not match the 1 "
+                       r"images of 6 tokens"):
       _reduce(red, x, None, _random_stats(1, 1, 5, 2, 0), num_keep=3, num_prefix=1, layer=0)
+    # another batch's stats (one image's, broadcast: image 1 pruned by image 0's attention),
+    # keys of other heads
+    x2 = jnp.asarray(_tokens(2, 6))
+    st2 = _random_stats(2, 2, 6, 2, seed=1)
+    one = type(st2)(*(a[:1] for a in st2))
+    with pytest.raises(ValueError, match=r"attention probs \(1, 2, 6, 6\) do not match the 2 "
+                       r"images of 6 tokens"):
+      _reduce(red, x2, None, one, num_keep=3, num_prefix=1, layer=0)
+    with pytest.raises(ValueError, match=r"attention keys \(2, 6, 1, 2\) do not match the 2 "
+                       r"images of 6 tokens and 2 heads"):
+      _reduce(red, x2, None, st2._replace(keys=st2.keys[:, :, :1]), num_keep=3, num_prefix=1,
+              layer=0)
+  for bad in (3.0, np.float32(3), True):          # (a float failed deep in jax: every later
+    with pytest.raises(TypeError, match="num_keep must be an int"):   # call with 3 too)
+      _reduce(red, x, None, st, num_keep=bad, num_prefix=1, layer=0)
+  with pytest.raises(TypeError, match="num_prefix must be an int"):
+    _reduce(red, x, None, st, num_keep=3, num_prefix=1.0, layer=0)
+  _reduce(red, x, None, st, num_keep=np.int64(4), num_prefix=1, layer=0)
+  if isinstance(red, ToMe):                       # (a broadcasting error inside jax)
+    with pytest.raises(ValueError, match=r"ToMe: size \(1, 5\) does not match the tokens: "
+                       r"\[B, N\] = \[1, 6\]"):
+      _reduce(red, x, jnp.ones((1, 5)), st, num_keep=4, num_prefix=1, layer=0)
 
 
 def test_top_k_sorted_ties_and_empty():

@@ -43,7 +43,11 @@ def check_reduce_args(name: str, x: jax.Array, *, num_keep: int, num_prefix: int
   """Static checks shared by all reducers; `fill` is 1 when the method appends a fill token."""
   if x.ndim != 3:
     raise ValueError(f"{name}: tokens must be [B, N, C], got shape {tuple(x.shape)}")
-  n = x.shape[1]
+  for arg, v in (("num_keep", num_keep), ("num_prefix", num_prefix)):
+    if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)):
+      raise TypeError(f"{name}: {arg} must be an int (a static token count), got "
+                      f"{type(v).__name__} {v!r}")   # (a float failed deep in jax, and a
+  n = x.shape[1]                                      # later valid call with it)
   if num_prefix < 0:
     raise ValueError(f"{name}: num_prefix must be >= 0, got {num_prefix}")
   if not num_prefix + 1 <= num_keep <= n:
@@ -54,13 +58,22 @@ def check_reduce_args(name: str, x: jax.Array, *, num_keep: int, num_prefix: int
                      "reducer when a block reduces")
 
 
-def require_stats(name: str, stats: Optional[AttentionStats], n: int) -> AttentionStats:
+def require_stats(name: str, stats: Optional[AttentionStats], x: jax.Array) -> AttentionStats:
+  """`stats` of the tokens x [B, N, C]: probs [B, H, N, N], keys and values [B, N, H, D] (stats
+  of another batch were broadcast: one image pruned by another's attention)."""
   if stats is None:
     raise ValueError(f"{name} needs AttentionStats (attention probabilities / keys / values) "
                      "at its reduction layer, got None")
-  if stats.probs.shape[-1] != n or stats.probs.shape[-2] != n:
-    raise ValueError(f"{name}: attention probs {tuple(stats.probs.shape)} do not match "
-                     f"{n} tokens")
+  b, n = x.shape[0], x.shape[1]
+  probs, keys, values = (tuple(a.shape) for a in stats)
+  heads = probs[1] if len(probs) == 4 else None
+  if len(probs) != 4 or probs[0] != b or probs[2:] != (n, n):
+    raise ValueError(f"{name}: attention probs {probs} do not match the {b} images of {n} "
+                     f"tokens ([B, H, N, N] = [{b}, H, {n}, {n}])")
+  for what, shape in (("keys", keys), ("values", values)):
+    if len(shape) != 4 or shape[:3] != (b, n, heads):
+      raise ValueError(f"{name}: attention {what} {shape} do not match the {b} images of {n} "
+                       f"tokens and {heads} heads ([B, N, H, D] = [{b}, {n}, {heads}, D])")
   return stats
 
 
@@ -152,7 +165,7 @@ def prune_by_score(name: str, x: jax.Array, stats: Optional[AttentionStats],
   """
   extra = int(fill is not None)
   check_reduce_args(name, x, num_keep=num_keep, num_prefix=num_prefix, fill=extra)
-  stats = require_stats(name, stats, x.shape[1])
+  stats = require_stats(name, stats, x)
   scores = score_fn(stats, num_prefix)
   kept, _, dropped = keep_patches(x, scores, num_keep - num_prefix - extra, num_prefix)
   if fill is None:

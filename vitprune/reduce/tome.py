@@ -98,7 +98,10 @@ class ToMe(common.AttentionReducer):
     """x [B, N, C], size [B, N] or None (all ones) -> ([B, num_keep, C], sizes [B, num_keep])."""
     common.check_reduce_args("ToMe", x, num_keep=num_keep, num_prefix=num_prefix)
     n = x.shape[1]
-    stats = common.require_stats("ToMe", stats, n)
+    stats = common.require_stats("ToMe", stats, x)
+    if size is not None and tuple(size.shape) != tuple(x.shape[:2]):
+      raise ValueError(f"ToMe: size {tuple(size.shape)} does not match the tokens: [B, N] = "
+                       f"{list(x.shape[:2])}")
     r = n - num_keep
     cap = self.max_remove(n, num_prefix)
     if r > cap:
