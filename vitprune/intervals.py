@@ -109,7 +109,11 @@ def change_interval(pair: Sequence[int], metric: str, identical: bool = False
 def pair_counts(unpruned_right: np.ndarray, pruned_right: np.ndarray
                 ) -> Tuple[int, int, int, int]:
   """`[M]` bools, each graph right on each image -> (both right, lost, gained, both wrong)."""
-  ref, got = np.asarray(unpruned_right, bool), np.asarray(pruned_right, bool)
+  ref, got = np.asarray(unpruned_right), np.asarray(pruned_right)
+  for what, a in (("unpruned_right", ref), ("pruned_right", got)):
+    if a.dtype != bool:     # (margins or NaN were cast: a negative margin counted as right)
+      raise TypeError(f"{what} must be bools (right on each image), got {a.dtype} (compare "
+                      "margins with > 0 first)")
   if ref.shape != got.shape or ref.ndim != 1:
     raise ValueError(f"need two [M] arrays of the same images, got {ref.shape} and {got.shape}")
   return (int(np.sum(ref & got)), int(np.sum(ref & ~got)), int(np.sum(~ref & got)),
