@@ -102,6 +102,11 @@ def test_compiles_once_per_schedule():
   model.jitted_forward(params, images, cfg=cfg, schedule=S.prune_at(cfg, keep=8, layer=1),
                        reducer=red)
   assert model.jitted_forward._cache_size() == n + 1
+  # bfloat16 runs at the default precision whatever is asked: one graph (it compiled two)
+  outs = [model.jitted_forward(params, images, cfg=cfg, schedule=sch, reducer=red,
+                               dtype="bfloat16", precision=p) for p in ("highest", "default")]
+  assert model.jitted_forward._cache_size() == n + 2
+  np.testing.assert_array_equal(outs[0], outs[1])
 
 
 def test_pomt_multi_layer_and_maximum():

@@ -342,6 +342,8 @@ def _jit_static_keywords(fn):
       schedule = None                   # reduces nothing: the unpruned graph, compiled once
     if schedule is None:
       static.update(schedule=None, reducer=None)   # a reducer that never runs changes nothing
+    if static.get("dtype") == "bfloat16" and "precision" in static:
+      static["precision"] = "default"    # what bfloat16 runs at whatever is asked (one graph)
     return jitted(params, images, **static)
 
   call.__doc__ = f"`{fn.__name__}` under `jax.jit`, every keyword static (one graph per value)."
