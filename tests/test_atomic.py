@@ -404,6 +404,64 @@ def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == []
 
 
+def test_a_failed_write_takes_back_the_folders_it_made(tmp_path, monkeypatch):
+  """A full disk left the new output folders a/b/ (and their parents) of every CLI behind: a
+  failed run changes no file. Folders that existed before, or that hold something, stay."""
+  import errno  # pylint: disable=g-import-not-at-top
+
+  def full(*a, **k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  (tmp_path / "kept").mkdir()
+  (tmp_path / "busy").mkdir()
+  monkeypatch.setattr(os, "fsync", full)
+  for write in (lambda: atomic.write_json(str(tmp_path / "a" / "b" / "r.json"), {}),
+                lambda: atomic.replace_json(str(tmp_path / "a" / "b" / "r.json"), {"format": "f"},
+                                            "f"),
+                lambda: atomic.write_json(str(tmp_path / "kept" / "c" / "r.json"), {})):
+    with pytest.raises(OSError, match="No space left on device while writing"):
+      write()
+  monkeypatch.undo()
+  for stage in (lambda: atomic.staged_dir(str(tmp_path / "a" / "b" / "out")),
+                lambda: atomic.staged_files(str(tmp_path / "a" / "b"), "k", ["x"])):
+    with pytest.raises(OSError, match="No space left on device while writing"):
+      with stage():
+        full()
+  assert sorted(os.listdir(tmp_path)) == ["busy", "kept"] and not os.listdir(tmp_path / "kept")
+  (tmp_path / "busy" / "mine.txt").write_text("x")
+  monkeypatch.setattr(os, "fsync", full)
+  with pytest.raises(OSError):
+    atomic.write_json(str(tmp_path / "busy" / "d" / "r.json"), {})
+  assert os.listdir(tmp_path / "busy") == ["mine.txt"]
+
+
+def test_no_inode_for_the_hidden_temporary_names_the_output(tmp_path, monkeypatch):
+  """Out of inodes, mkstemp's error named the hidden temporary, gone by the time it was read."""
+  import errno  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  def no_inode(prefix, dir):         # pylint: disable=redefined-builtin
+    raise OSError(errno.ENOSPC, "No space left on device", os.path.join(dir, prefix + "x1"))
+
+  monkeypatch.setattr(tempfile, "mkstemp", no_inode)
+  monkeypatch.setattr(tempfile, "mkdtemp", no_inode)
+  with pytest.raises(OSError, match=r"^\[Errno 28\] No space left on device while writing "
+                     r".*/e\.json$"):
+    atomic.write_json(str(tmp_path / "e.json"), {})
+  with pytest.raises(OSError, match=r"No space left on device while writing .*/out$"):
+    with atomic.staged_dir(str(tmp_path / "out")):
+      pass
+  assert os.listdir(tmp_path) == []
+
+
+def test_an_output_below_a_dangling_link_says_so(tmp_path):
+  """It said the dangling link was 'a file'."""
+  os.symlink(tmp_path / "missing", tmp_path / "dang")
+  with pytest.raises(NotADirectoryError, match=r"dang is a dangling symbolic link, not a "
+                     r"directory$"):
+    atomic.check_creatable(str(tmp_path / "dang" / "x.json"), "out")
+
+
 def test_a_link_to_our_output_is_refused_as_a_link(tmp_path):
   """A symbolic link to a genuine output was refused as 'a symbolic link that is not a
   vitprune-weights folder', though what it points to is one: the link is the reason."""

@@ -59,11 +59,42 @@ NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)   # a full disk, file-size l
 
 def _named(e: BaseException, path: str) -> BaseException:
   """A full disk or file-size limit hit while writing `path`, as an OSError naming it (the
-  write call's own error names no file: '[Errno 28] No space left on device'); `e` otherwise."""
-  if (isinstance(e, OSError) and e.errno in NO_ROOM and not e.filename
-      and " while writing " not in str(e.strerror)):
+  write call's own error names no file: '[Errno 28] No space left on device'; one made while
+  creating the hidden temporary beside it names that, gone by the time it is read); `e`
+  otherwise."""
+  if not (isinstance(e, OSError) and e.errno in NO_ROOM):
+    return e
+  temporary = (isinstance(e.filename, str) and os.path.dirname(e.filename) ==
+               os.path.dirname(path) and os.path.basename(e.filename).startswith(
+                   f".{os.path.basename(path)}."))
+  if (not e.filename or temporary) and " while writing " not in str(e.strerror):
     return OSError(e.errno, f"{e.strerror} while writing {path}")
   return e
+
+
+def _make_dirs(directory: str) -> List[str]:
+  """`os.makedirs(directory, exist_ok=True)` -> the directories it created, outermost first
+  (`_remove_made` takes them back after a failed write: a full disk left them behind)."""
+  missing, d = [], os.path.abspath(directory)
+  while not os.path.lexists(d) and os.path.dirname(d) != d:
+    missing.append(d)
+    d = os.path.dirname(d)
+  missing.reverse()
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except BaseException:
+    _remove_made(missing)
+    raise
+  return missing
+
+
+def _remove_made(made: Sequence[str]) -> None:
+  """Removes the directories `_make_dirs` created, innermost first, while they are empty."""
+  for d in reversed(made):
+    try:
+      os.rmdir(d)
+    except OSError:
+      return
 
 
 def _unstaged(e: BaseException, staging: str, final: str) -> BaseException:
@@ -390,8 +421,9 @@ def check_creatable(path: str, flag: str) -> None:
   otherwise."""
   _check_path_lengths(path, flag)
   anc = _existing_ancestor(path)
-  if not os.path.isdir(anc):
-    raise NotADirectoryError(f"--{flag}={path}: {anc} is a file, not a directory")
+  if not os.path.isdir(anc):      # (a dangling symbolic link was called "a file")
+    what = "a file" if os.path.isfile(anc) and not os.path.islink(anc) else describe(anc)
+    raise NotADirectoryError(f"--{flag}={path}: {anc} is {what}, not a directory")
   check_writable_dir(anc, f"--{flag}={path}")
 
 
@@ -683,9 +715,16 @@ def write_bytes(path: str, data: bytes) -> str:
   if not isinstance(data, (bytes, bytearray)):
     raise TypeError(f"write_bytes needs bytes, got {type(data).__name__}")
   directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  cleanup_stale(path)
-  fd, tmp, held = _claimed(directory, os.path.basename(path), "tmp", directory=False)
+  made = _make_dirs(directory)
+  try:
+    cleanup_stale(path)
+    fd, tmp, held = _claimed(directory, os.path.basename(path), "tmp", directory=False)
+  except BaseException as e:
+    _remove_made(made)
+    named = _named(e, path)
+    if named is e:
+      raise
+    raise named from None
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
@@ -699,6 +738,7 @@ def write_bytes(path: str, data: bytes) -> str:
     with console.interrupts_held(raise_after=False):
       if os.path.exists(tmp):
         os.unlink(tmp)
+      _remove_made(made)
     named = _named(e, path)
     console.raise_held(named)
     if named is e:
@@ -822,14 +862,21 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
   is_ours = is_ours or is_vitprune_output
   parent, name = os.path.dirname(path), os.path.basename(path)
   check_not_mount_point(path)
-  os.makedirs(parent, exist_ok=True)
-  cleanup_stale(path)
-  if overwrite is False:
-    if not is_free(path):
-      raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
-  else:
-    check_replaceable(path, is_ours)
-  _, tmp, held = _claimed(parent, name, "tmp", directory=True, mode=0o755)
+  made = _make_dirs(parent)
+  try:
+    cleanup_stale(path)
+    if overwrite is False:
+      if not is_free(path):
+        raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
+    else:
+      check_replaceable(path, is_ours)
+    _, tmp, held = _claimed(parent, name, "tmp", directory=True, mode=0o755)
+  except BaseException as e:
+    _remove_made(made)
+    named = _named(e, path)
+    if named is e:
+      raise
+    raise named from None
   try:
     yield tmp
     _write_inventory(tmp)
@@ -843,6 +890,7 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
   except BaseException as e:     # (a second signal cut this short and left the folder)
     with console.interrupts_held(raise_after=False):
       shutil.rmtree(tmp, ignore_errors=True)
+      _remove_made(made)
     named = _named(_unstaged(e, tmp, path), path)
     console.raise_held(named)      # an interrupt meanwhile: raised with the error, not for it
     if named is e:
@@ -886,9 +934,16 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
   the commit is finished by the next `cleanup_stale(os.path.join(directory, key))`; one killed
   before it leaves the old files as they were. Callers serialise writers (see `locked`)."""
   directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
-  cleanup_stale(os.path.join(directory, key))
-  _, tmp, held = _claimed(directory, key, "tmp", directory=True)  # (held as the commit too)
+  made = _make_dirs(directory)
+  try:
+    cleanup_stale(os.path.join(directory, key))
+    _, tmp, held = _claimed(directory, key, "tmp", directory=True)  # (held as the commit too)
+  except BaseException as e:
+    _remove_made(made)
+    named = _named(e, os.path.join(directory, key))
+    if named is e:
+      raise
+    raise named from None
   try:
     yield tmp
     missing = [n for n in names if not os.path.isfile(os.path.join(tmp, n))]
@@ -914,6 +969,7 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
   except BaseException as e:
     with console.interrupts_held(raise_after=False):
       shutil.rmtree(tmp, ignore_errors=True)        # (gone once committed)
+      _remove_made(made)
     named = _named(_unstaged(e, tmp, directory), os.path.join(directory, key))
     console.raise_held(named)
     if named is e:
@@ -931,10 +987,14 @@ def locked(path: str) -> Iterator[None]:
   """Exclusive lock for writers of `path`: `fcntl.flock` on the hidden sibling `.NAME.lock`,
   which is removed on release (a waiter that locked a removed file retries on the new one)."""
   path = os.path.abspath(path)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  made = _make_dirs(os.path.dirname(path))
   lock_path = _lock_path(path)
   while True:
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except BaseException:        # (no inode left for the lock file)
+      _remove_made(made)
+      raise
     try:
       fcntl.flock(fd, fcntl.LOCK_EX)
       try:
@@ -960,6 +1020,7 @@ def locked(path: str) -> Iterator[None]:
   except BaseException as e:     # (a signal here left the lock file)
     with console.interrupts_held(raise_after=False):
       release()
+      _remove_made(made)         # (the folders made for a write that failed)
     console.raise_held(e)
     raise
   with console.interrupts_held():
