@@ -88,6 +88,20 @@ def _make_dirs(directory: str) -> List[str]:
   return missing
 
 
+@contextlib.contextmanager
+def _before_temporary(made: Sequence[str], path: str) -> Iterator[None]:
+  """A write of `path` until its temporary exists: an error takes back the folders `made`
+  (`_make_dirs`) and names `path` (`_named`)."""
+  try:
+    yield
+  except BaseException as e:
+    _remove_made(made)
+    named = _named(e, path)
+    if named is e:
+      raise
+    raise named from None
+
+
 def _remove_made(made: Sequence[str]) -> None:
   """Removes the directories `_make_dirs` created, innermost first, while they are empty."""
   for d in reversed(made):
@@ -716,15 +730,9 @@ def write_bytes(path: str, data: bytes) -> str:
     raise TypeError(f"write_bytes needs bytes, got {type(data).__name__}")
   directory = os.path.dirname(os.path.abspath(path))
   made = _make_dirs(directory)
-  try:
+  with _before_temporary(made, path):
     cleanup_stale(path)
     fd, tmp, held = _claimed(directory, os.path.basename(path), "tmp", directory=False)
-  except BaseException as e:
-    _remove_made(made)
-    named = _named(e, path)
-    if named is e:
-      raise
-    raise named from None
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
@@ -863,7 +871,7 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
   parent, name = os.path.dirname(path), os.path.basename(path)
   check_not_mount_point(path)
   made = _make_dirs(parent)
-  try:
+  with _before_temporary(made, path):
     cleanup_stale(path)
     if overwrite is False:
       if not is_free(path):
@@ -871,12 +879,6 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
     else:
       check_replaceable(path, is_ours)
     _, tmp, held = _claimed(parent, name, "tmp", directory=True, mode=0o755)
-  except BaseException as e:
-    _remove_made(made)
-    named = _named(e, path)
-    if named is e:
-      raise
-    raise named from None
   try:
     yield tmp
     _write_inventory(tmp)
@@ -935,15 +937,9 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
   before it leaves the old files as they were. Callers serialise writers (see `locked`)."""
   directory = os.path.abspath(directory)
   made = _make_dirs(directory)
-  try:
+  with _before_temporary(made, os.path.join(directory, key)):
     cleanup_stale(os.path.join(directory, key))
     _, tmp, held = _claimed(directory, key, "tmp", directory=True)  # (held as the commit too)
-  except BaseException as e:
-    _remove_made(made)
-    named = _named(e, os.path.join(directory, key))
-    if named is e:
-      raise
-    raise named from None
   try:
     yield tmp
     missing = [n for n in names if not os.path.isfile(os.path.join(tmp, n))]
