@@ -435,6 +435,30 @@ def test_a_failed_write_takes_back_the_folders_it_made(tmp_path, monkeypatch):
   assert os.listdir(tmp_path / "busy") == ["mine.txt"]
 
 
+def test_a_writer_waiting_on_a_failed_one_makes_the_folders_again(tmp_path):
+  """The first writer of a new folder fails and takes the folder back while a second one waits
+  on its lock: the second one makes it again and writes (its lock file's folder was gone)."""
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  target = tmp_path / "a" / "b" / "r.json"
+  done = []
+
+  def second():
+    try:
+      done.append(atomic.replace_json(str(target), {"format": "f"}, "f"))
+    except Exception as e:  # pylint: disable=broad-except
+      done.append(e)
+
+  waiter = threading.Thread(target=second)
+  with pytest.raises(RuntimeError, match="the first writer fails"):
+    with atomic.locked(str(target)):
+      waiter.start()
+      time.sleep(0.3)                    # the second one now waits on the lock
+      raise RuntimeError("the first writer fails")
+  waiter.join(20)
+  assert done == [str(target)] and json.loads(target.read_text()) == {"format": "f"}
+
+
 def test_no_inode_for_the_hidden_temporary_names_the_output(tmp_path, monkeypatch):
   """Out of inodes, mkstemp's error named the hidden temporary, gone by the time it was read."""
   import errno  # pylint: disable=g-import-not-at-top

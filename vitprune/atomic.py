@@ -988,6 +988,9 @@ def locked(path: str) -> Iterator[None]:
   while True:
     try:
       fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:    # the writer this one waited for failed and took back the
+      made += _make_dirs(os.path.dirname(path))      # folders it made: made again, retried
+      continue
     except BaseException:        # (no inode left for the lock file)
       _remove_made(made)
       raise
