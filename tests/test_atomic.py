@@ -449,14 +449,20 @@ def test_a_writer_waiting_on_a_failed_one_makes_the_folders_again(tmp_path):
     except Exception as e:  # pylint: disable=broad-except
       done.append(e)
 
+  import errno  # pylint: disable=g-import-not-at-top
   waiter = threading.Thread(target=second)
-  with pytest.raises(RuntimeError, match="the first writer fails"):
+  with pytest.raises(OSError, match="No space left on device"):
     with atomic.locked(str(target)):
       waiter.start()
       time.sleep(0.3)                    # the second one now waits on the lock
-      raise RuntimeError("the first writer fails")
+      raise OSError(errno.ENOSPC, "No space left on device")
   waiter.join(20)
   assert done == [str(target)] and json.loads(target.read_text()) == {"format": "f"}
+  # A lock file that is a dangling link is an error, not a retry forever (nothing is missing)
+  os.symlink(tmp_path / "gone" / "lock", tmp_path / ".x.json.lock")
+  with pytest.raises(FileNotFoundError):
+    with atomic.locked(str(tmp_path / "x.json")):
+      pass
 
 
 def test_no_inode_for_the_hidden_temporary_names_the_output(tmp_path, monkeypatch):
@@ -472,6 +478,10 @@ def test_no_inode_for_the_hidden_temporary_names_the_output(tmp_path, monkeypatc
   with pytest.raises(OSError, match=r"^\[Errno 28\] No space left on device while writing "
                      r".*/e\.json$"):
     atomic.write_json(str(tmp_path / "e.json"), {})
+  monkeypatch.chdir(tmp_path)           # a relative path, as flags give them
+  with pytest.raises(OSError, match=r"^\[Errno 28\] No space left on device while writing "
+                     r"sub/e\.json$"):
+    atomic.write_json("sub/e.json", {})
   with pytest.raises(OSError, match=r"No space left on device while writing .*/out$"):
     with atomic.staged_dir(str(tmp_path / "out")):
       pass

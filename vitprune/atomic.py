@@ -64,9 +64,10 @@ def _named(e: BaseException, path: str) -> BaseException:
   otherwise."""
   if not (isinstance(e, OSError) and e.errno in NO_ROOM):
     return e
-  temporary = (isinstance(e.filename, str) and os.path.dirname(e.filename) ==
-               os.path.dirname(path) and os.path.basename(e.filename).startswith(
-                   f".{os.path.basename(path)}."))
+  path_abs = os.path.abspath(path)       # (a relative --out was compared as given)
+  temporary = (isinstance(e.filename, str) and os.path.dirname(os.path.abspath(e.filename)) ==
+               os.path.dirname(path_abs) and os.path.basename(e.filename).startswith(
+                   f".{os.path.basename(path_abs)}."))
   if (not e.filename or temporary) and " while writing " not in str(e.strerror):
     return OSError(e.errno, f"{e.strerror} while writing {path}")
   return e
@@ -74,7 +75,8 @@ def _named(e: BaseException, path: str) -> BaseException:
 
 def _make_dirs(directory: str) -> List[str]:
   """`os.makedirs(directory, exist_ok=True)` -> the directories it created, outermost first
-  (`_remove_made` takes them back after a failed write: a full disk left them behind)."""
+  (`_take_back` removes them after a write failed for lack of room: a full disk left them
+  behind)."""
   missing, d = [], os.path.abspath(directory)
   while not os.path.lexists(d) and os.path.dirname(d) != d:
     missing.append(d)
@@ -82,8 +84,8 @@ def _make_dirs(directory: str) -> List[str]:
   missing.reverse()
   try:
     os.makedirs(directory, exist_ok=True)
-  except BaseException:
-    _remove_made(missing)
+  except BaseException as e:
+    _take_back(missing, e)
     raise
   return missing
 
@@ -91,19 +93,24 @@ def _make_dirs(directory: str) -> List[str]:
 @contextlib.contextmanager
 def _before_temporary(made: Sequence[str], path: str) -> Iterator[None]:
   """A write of `path` until its temporary exists: an error takes back the folders `made`
-  (`_make_dirs`) and names `path` (`_named`)."""
+  (`_take_back`) and names `path` (`_named`)."""
   try:
     yield
   except BaseException as e:
-    _remove_made(made)
+    _take_back(made, e)
     named = _named(e, path)
     if named is e:
       raise
     raise named from None
 
 
-def _remove_made(made: Sequence[str]) -> None:
-  """Removes the directories `_make_dirs` created, innermost first, while they are empty."""
+def _take_back(made: Sequence[str], e: BaseException) -> None:
+  """Removes the directories `_make_dirs` created for a write (`made`), innermost first, while
+  they are empty, when the write failed for lack of room (`e`: a full disk, no inode, a quota).
+  Only then: a concurrent writer entering the same new folder would lose it (on a full disk it
+  fails too)."""
+  if not (isinstance(e, OSError) and e.errno in NO_ROOM):
+    return
   for d in reversed(made):
     try:
       os.rmdir(d)
@@ -746,7 +753,7 @@ def write_bytes(path: str, data: bytes) -> str:
     with console.interrupts_held(raise_after=False):
       if os.path.exists(tmp):
         os.unlink(tmp)
-      _remove_made(made)
+      _take_back(made, e)
     named = _named(e, path)
     console.raise_held(named)
     if named is e:
@@ -892,7 +899,7 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
   except BaseException as e:     # (a second signal cut this short and left the folder)
     with console.interrupts_held(raise_after=False):
       shutil.rmtree(tmp, ignore_errors=True)
-      _remove_made(made)
+      _take_back(made, e)
     named = _named(_unstaged(e, tmp, path), path)
     console.raise_held(named)      # an interrupt meanwhile: raised with the error, not for it
     if named is e:
@@ -965,7 +972,7 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
   except BaseException as e:
     with console.interrupts_held(raise_after=False):
       shutil.rmtree(tmp, ignore_errors=True)        # (gone once committed)
-      _remove_made(made)
+      _take_back(made, e)
     named = _named(_unstaged(e, tmp, directory), os.path.join(directory, key))
     console.raise_held(named)
     if named is e:
@@ -989,10 +996,13 @@ def locked(path: str) -> Iterator[None]:
     try:
       fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except FileNotFoundError:    # the writer this one waited for failed and took back the
-      made += _make_dirs(os.path.dirname(path))      # folders it made: made again, retried
+      again = _make_dirs(os.path.dirname(path))     # folders it made: made again, retried
+      if not again:              # (nothing was missing: e.g. a dangling link as the lock file)
+        raise
+      made += again
       continue
-    except BaseException:        # (no inode left for the lock file)
-      _remove_made(made)
+    except BaseException as e:   # (no inode left for the lock file)
+      _take_back(made, e)
       raise
     try:
       fcntl.flock(fd, fcntl.LOCK_EX)
@@ -1019,7 +1029,7 @@ def locked(path: str) -> Iterator[None]:
   except BaseException as e:     # (a signal here left the lock file)
     with console.interrupts_held(raise_after=False):
       release()
-      _remove_made(made)         # (the folders made for a write that failed)
+      _take_back(made, e)        # (the folders made for a write that failed)
     console.raise_held(e)
     raise
   with console.interrupts_held():
