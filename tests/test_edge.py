@@ -286,6 +286,9 @@ def test_edge_cli_refuses_unread_flags_and_foreign_outputs_before_timing(artifac
   r = run_edge("bench", f"--artifact={artifact}", f"--out={tmp_path / 'p.json'}")
   one_line_error(r)
   assert "--out is not read by bench (only by profile)" in r.stderr
+  r = run_edge("run", f"--artifact={artifact}", f"--images={tmp_path}", "--seed=5")
+  one_line_error(r)                                # (it changed nothing: one graph is timed)
+  assert "--seed is not read by run (only by profile)" in r.stderr
   r = run_edge("bench", f"--artifact={artifact}", "--warmup=abc")
   one_line_error(r, 2)
   assert r.stderr.strip().splitlines()[1:] == ["(see --help)"]
