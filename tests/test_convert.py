@@ -357,6 +357,28 @@ def test_features_only_needs_explicit_drop_head():
   np.testing.assert_allclose(pooled, io["features"][:, 0], atol=TOL)
 
 
+def test_mismatch_hints_name_what_would_help():
+  """The head hint showed for any unexpected head key (a 10-class config cannot drop its head);
+  --drop_head on a config with classes reported the head as missing; a distilled checkpoint for a
+  plain model, or keys under a wrapper prefix, got no hint."""
+  case = CASES["deit_tiny"]
+  cfg = case_config(case)
+  sd = load_file(golden(case["files"]["state_dict"]))
+  with pytest.raises(ValueError, match=r"^drop_head \(--drop_head\) discards the checkpoint's "
+                     r"head, so the config needs num_classes=0 \(--num_classes=0\); .* has a "
+                     r"\d+-class head$"):
+    convert_state_dict(cfg, sd, drop_head=True)
+  dist = dict(sd, dist_token=np.zeros((1, 1, cfg.embed_dim), np.float32),
+              **{"head_dist.weight": sd["head.weight"], "head_dist.bias": sd["head.bias"]})
+  with pytest.raises(ConversionError) as e:
+    convert_state_dict(cfg, dist)
+  assert "a distilled checkpoint: convert it for the *_distilled_* model" in str(e.value)
+  assert "drop_head" not in str(e.value)
+  with pytest.raises(ConversionError) as e:
+    convert_state_dict(cfg, {"module." + k: v for k, v in sd.items()})
+  assert "every unexpected key starts with 'module.': a wrapped state dict?" in str(e.value)
+
+
 def test_headless_distilled_deit_averages_its_two_tokens_as_timm():
   """timm's VisionTransformerDistilled with num_classes=0 has Identity heads and returns the
   mean of the class and distillation tokens; vitprune returned the class token alone."""
@@ -599,6 +621,11 @@ def test_corrupted_npz(tmp_path):
   np.savez(q, foo=np.zeros(2))
   with pytest.raises(ValueError, match=r"other\.npz: \.npz has neither big_vision names"):
     convert.load_checkpoint(str(q))
+  named = tmp_path / "st.npz"                 # a safetensors file under an .npz name: numpy
+  save_file({"a": np.zeros(2, np.float32)}, str(named))     # advised allow_pickle
+  with pytest.raises(ValueError, match=r"st\.npz: not a valid \.npz file \(no zip archive "
+                     r"header\) \(it looks like a \.safetensors file: name it so\)$"):
+    convert.load_checkpoint(str(named))
   one = tmp_path / "one.npz"                  # a single array (.npy) under an .npz name
   with open(one, "wb") as f:
     np.save(f, np.zeros(3))

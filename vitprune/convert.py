@@ -57,7 +57,8 @@ BIG_VISION_RESAMPLE = ("bilinear", False)  # _load_weights
 class ConversionError(ValueError):
   """The checkpoint does not fit the config: lists every missing/unexpected/mismatched key."""
 
-  def __init__(self, name: str, missing=(), unexpected=(), mismatched=()):
+  def __init__(self, name: str, missing=(), unexpected=(), mismatched=(),
+               features_only: bool = False):
     self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(
         mismatched)
     lines = [f"checkpoint does not match {name}:"]
@@ -65,9 +66,19 @@ class ConversionError(ValueError):
     lines.append(f"  unexpected keys ({len(self.unexpected)}): {self.unexpected}")
     lines.append("  shape mismatches ({}): {}".format(
         len(self.mismatched), [f"{k}: expected {e}, got {g}" for k, e, g in self.mismatched]))
-    if any(k.startswith(("head.", "head_dist.")) for k in self.unexpected):
+    if "dist_token" in self.unexpected:     # (the head hint below could not help)
+      lines.append("  (a distilled checkpoint: convert it for the *_distilled_* model)")
+    elif "dist_token" in self.missing:
+      lines.append("  (the model is distilled, the checkpoint is not: pick the model without "
+                   "_distilled_)")
+    elif features_only and any(k.startswith(("head.", "head_dist.")) for k in self.unexpected):
       lines.append("  (a features-only config with num_classes=0 drops the checkpoint's head "
                    "only with drop_head=True / --drop_head)")
+    prefixes = {k.split(".", 1)[0] + "." for k in self.unexpected if "." in k}
+    if self.missing and len(prefixes) == 1 and all(k.startswith(next(iter(prefixes)))
+                                                   for k in self.unexpected):
+      lines.append(f"  (every unexpected key starts with {next(iter(prefixes))!r}: a wrapped "
+                   "state dict? strip that prefix)")
     super().__init__("\n".join(lines))
 
 
@@ -133,6 +144,17 @@ def _load_torch(path: str) -> StateDict:
 
 
 def _load_npz(path: str) -> StateDict:
+  try:
+    with open(path, "rb") as f:
+      head = f.read(9)
+  except OSError as e:
+    raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
+  # Neither a zip archive nor one .npy array (below): numpy advised allow_pickle for a file of
+  # another kind, e.g. a .safetensors file named .npz.
+  if not head.startswith((b"PK", b"\x93NUMPY")):
+    looks = (" (it looks like a .safetensors file: name it so)" if len(head) == 9 and
+             head[8:9] == b"{" else "")
+    raise ValueError(f"{path}: not a valid .npz file (no zip archive header){looks}")
   try:
     z = np.load(path, allow_pickle=False)
   except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
@@ -429,6 +451,10 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
   if unmatched:
     raise ValueError(f"ignore_keys (--ignore_keys) {unmatched} match no checkpoint key (first "
                      f"keys: {sorted(sd)[:3]}); drop only what the checkpoint holds")
+  if drop_head and cfg.num_classes:      # (then reported as the head "missing")
+    raise ValueError(f"drop_head (--drop_head) discards the checkpoint's head, so the config "
+                     f"needs num_classes=0 (--num_classes=0); {cfg.name} has a "
+                     f"{cfg.num_classes}-class head")
   if drop_head and not any(fnmatch.fnmatchcase(k, p) for k in sd for p in HEAD_KEYS):
     raise ValueError("drop_head (--drop_head): the checkpoint has no head.* / head_dist.* keys "
                      "to drop (a features-only checkpoint converts without it)")
@@ -467,7 +493,8 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
                    "position folded out (original DINOv2 layout, assumed from its "
                    "register_tokens)") for k, e, g in mismatched]
   if missing or unexpected or mismatched:
-    raise ConversionError(cfg.name, missing, unexpected, mismatched)
+    raise ConversionError(cfg.name, missing, unexpected, mismatched,
+                          features_only=cfg.num_classes == 0)
   leaves, treedef = jax.tree.flatten_with_path(param_shapes(cfg),
                                                is_leaf=lambda x: isinstance(x, tuple))
   values = []
