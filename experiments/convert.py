@@ -38,8 +38,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string("out", None, "Output directory; default weights/<model> (weights/<model>_"
                       "<img_size> at a non-native size).", flag_values=fv)
   flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.", flag_values=fv)
-  flags.DEFINE_bool("drop_head", False, "Discard the checkpoint's head/head_dist (refused when "
-                    "it has none).", flag_values=fv)
+  flags.DEFINE_bool("drop_head", False, "Discard the checkpoint's head/head_dist, for "
+                    "--num_classes=0 (refused when it has none, or with classes).",
+                    flag_values=fv)
   flags.DEFINE_list("ignore_keys", [], "fnmatch patterns of checkpoint keys to discard, e.g. "
                     "mask_token for original DINOv2 checkpoints (each must match a key).",
                     flag_values=fv)

@@ -377,6 +377,10 @@ def test_mismatch_hints_name_what_would_help():
   with pytest.raises(ConversionError) as e:
     convert_state_dict(cfg, {"module." + k: v for k, v in sd.items()})
   assert "every unexpected key starts with 'module.': a wrapped state dict?" in str(e.value)
+  with pytest.raises(ConversionError) as e:    # a plain checkpoint for a headless distilled
+    convert_state_dict(cfg.replace(num_classes=0, dist_token=True), sd)   # model: no 'head.'
+  assert "the model is distilled, the checkpoint is not" in str(e.value)  # prefix to strip
+  assert "wrapped state dict" not in str(e.value)
 
 
 def test_headless_distilled_deit_averages_its_two_tokens_as_timm():

@@ -75,10 +75,11 @@ class ConversionError(ValueError):
       lines.append("  (a features-only config with num_classes=0 drops the checkpoint's head "
                    "only with drop_head=True / --drop_head)")
     prefixes = {k.split(".", 1)[0] + "." for k in self.unexpected if "." in k}
-    if self.missing and len(prefixes) == 1 and all(k.startswith(next(iter(prefixes)))
-                                                   for k in self.unexpected):
-      lines.append(f"  (every unexpected key starts with {next(iter(prefixes))!r}: a wrapped "
-                   "state dict? strip that prefix)")
+    prefix = next(iter(prefixes)) if len(prefixes) == 1 else None
+    if prefix and all(k.startswith(prefix) for k in self.unexpected) and set(
+        self.missing) <= {k[len(prefix):] for k in self.unexpected}:   # (stripped, they fit)
+      lines.append(f"  (every unexpected key starts with {prefix!r}: a wrapped state dict? "
+                   "strip that prefix)")
     super().__init__("\n".join(lines))
 
 
@@ -151,7 +152,7 @@ def _load_npz(path: str) -> StateDict:
     raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
   # Neither a zip archive nor one .npy array (below): numpy advised allow_pickle for a file of
   # another kind, e.g. a .safetensors file named .npz.
-  if not head.startswith((b"PK", b"\x93NUMPY")):
+  if not head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
     looks = (" (it looks like a .safetensors file: name it so)" if len(head) == 9 and
              head[8:9] == b"{" else "")
     raise ValueError(f"{path}: not a valid .npz file (no zip archive header){looks}")
@@ -440,7 +441,8 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
     `cfg.grid_size` (timm: ('bicubic', True); big_vision npz: ('bilinear', False)).
   Raises `ConversionError` listing every missing key, unexpected key and shape mismatch, and
   ValueError when `drop_head` or an `ignore_keys` pattern matches no key (a wrong assumption
-  about the checkpoint), or for non-float / non-finite weights.
+  about the checkpoint), `drop_head` with a config that has classes, or for non-float /
+  non-finite weights.
   """
   check_config(cfg)
   patterns = tuple(ignore_keys) + (HEAD_KEYS if drop_head else ())
