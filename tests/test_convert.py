@@ -410,6 +410,22 @@ def test_torch_wrappers_and_module_prefix():
     convert.unwrap_torch_state_dict([1, 2], "f.pth")
 
 
+def test_a_module_prefix_is_stripped_in_every_format(tmp_path):
+  """timm's clean_state_dict strips `module.` whatever the file; vitprune did so for .pth only,
+  so the same weights converted as .pth and failed as .safetensors / timm-named .npz."""
+  case = CASES["deit_tiny"]
+  cfg = case_config(case)
+  sd = load_file(golden(case["files"]["state_dict"]))
+  wrapped = {"module." + k: v for k, v in sd.items()}
+  save_file(wrapped, str(tmp_path / "w.safetensors"))
+  np.savez(tmp_path / "w.npz", **wrapped)
+  want = convert_state_dict(cfg, sd)
+  for name in ("w.safetensors", "w.npz"):
+    got, _ = convert.load_checkpoint(str(tmp_path / name))
+    assert sorted(got) == sorted(sd), name
+    jax.tree.map(np.testing.assert_array_equal, convert_state_dict(cfg, got), want)
+
+
 def test_big_vision_scanned_layout_equals_unscanned(tmp_path):
   """big_vision's scanned layout (`Transformer/encoderblock/...` with a leading depth axis,
   `params/` prefix, MHA_0 / LayerNorm_1 / MlpBlock_0 names) maps to the same state dict."""

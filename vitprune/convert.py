@@ -118,9 +118,15 @@ def unwrap_torch_state_dict(obj: Any, path: str = "<state dict>") -> Dict[str, A
     if wrapper is None:
       break
     obj = obj[wrapper]
-  if obj and all(k.startswith("module.") for k in obj):
-    obj = {k[len("module."):]: v for k, v in obj.items()}
-  return obj
+  return _without_module_prefix(obj)
+
+
+def _without_module_prefix(sd: Dict[str, Any]) -> Dict[str, Any]:
+  """`sd` without a `module.` prefix common to every key (a DataParallel / DDP wrapper's), as
+  timm's `clean_state_dict` strips it from checkpoints of every format."""
+  if sd and all(k.startswith("module.") for k in sd):
+    return {k[len("module."):]: v for k, v in sd.items()}
+  return sd
 
 
 def _load_torch(path: str) -> StateDict:
@@ -181,7 +187,8 @@ def load_checkpoint(path: str, *, num_heads: Optional[int] = None) -> Tuple[Stat
   """(state dict {name: np.ndarray}, format) from a checkpoint file.
 
   Formats: 'safetensors', 'torch' (.pth/.pt/.bin; needs torch), 'big_vision' (.npz with AugReg /
-  big_vision names, returned already mapped to timm names), 'npz' (.npz with timm names).
+  big_vision names, returned already mapped to timm names), 'npz' (.npz with timm names); a
+  `module.` prefix on every key is stripped, whatever the format.
   num_heads: the config's; a big_vision npz with another number of heads is refused (the other
   formats flatten the heads: they cannot say).
   Raises IsADirectoryError / FileNotFoundError / ValueError / ImportError naming the file.
@@ -199,11 +206,11 @@ def load_checkpoint(path: str, *, num_heads: Optional[int] = None) -> Tuple[Stat
     raise ValueError(f"{path}: unsupported checkpoint extension {ext!r}; expected one of "
                      f"{sorted(EXTENSIONS)}")
   kind = EXTENSIONS[ext]
-  if kind == "safetensors":
-    return _to_numpy_dict(_load_safetensors(path), path), "safetensors"
+  if kind == "safetensors":     # (a `module.` prefix was stripped on the torch path only)
+    return _without_module_prefix(_to_numpy_dict(_load_safetensors(path), path)), "safetensors"
   if kind == "torch":
     return _load_torch(path), "torch"
-  raw = _load_npz(path)
+  raw = _without_module_prefix(_load_npz(path))
   if big_vision_prefix(raw) is not None:
     try:
       return big_vision_to_timm(raw, num_heads=num_heads), "big_vision"
