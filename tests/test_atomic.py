@@ -465,6 +465,25 @@ def test_a_writer_waiting_on_a_failed_one_makes_the_folders_again(tmp_path):
       pass
 
 
+def test_a_writer_whose_new_folder_a_failed_one_took_back_makes_it_again(tmp_path,
+                                                                           monkeypatch):
+  """Two writers into one new folder: the one that failed for lack of room took the folder back
+  while the other was between making it and creating its temporary (FileNotFoundError)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  cleanup = atomic.cleanup_stale
+
+  def other_writer_took_it_back(path):
+    cleanup(path)
+    shutil.rmtree(tmp_path / "new")
+
+  monkeypatch.setattr(atomic, "cleanup_stale", other_writer_took_it_back)
+  atomic.write_json(str(tmp_path / "new" / "a.json"), {"a": 1})
+  with atomic.staged_dir(str(tmp_path / "new" / "run")) as d:
+    open(os.path.join(d, "x"), "w").close()
+  assert sorted(os.listdir(tmp_path / "new")) == ["run"]     # (a.json went with the folder)
+  assert sorted(os.listdir(tmp_path / "new" / "run")) == [".vitprune-files.json", "x"]
+
+
 def test_no_inode_for_the_hidden_temporary_names_the_output(tmp_path, monkeypatch):
   """Out of inodes, mkstemp's error named the hidden temporary, gone by the time it was read."""
   import errno  # pylint: disable=g-import-not-at-top

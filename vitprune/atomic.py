@@ -582,10 +582,17 @@ def _claimed(parent: str, name: str, kind: str, *, directory: bool, mode: Option
   deleted a fresh one between the two calls). On failure nothing is left."""
   hidden = _temp_prefix(name, "new")
   fd, held = None, None
-  if directory:
-    made = tempfile.mkdtemp(prefix=hidden, dir=parent)
-  else:
-    fd, made = tempfile.mkstemp(prefix=hidden, dir=parent)
+  for attempt in (0, 1):
+    try:
+      if directory:
+        made = tempfile.mkdtemp(prefix=hidden, dir=parent)
+      else:
+        fd, made = tempfile.mkstemp(prefix=hidden, dir=parent)
+      break
+    except FileNotFoundError:    # a concurrent writer that failed for lack of room took back
+      if attempt:                # the new folder both were writing into (`_take_back`)
+        raise
+      os.makedirs(parent, exist_ok=True)
   try:
     held = _lock_temporary(made)
     if mode is not None:
