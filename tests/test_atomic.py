@@ -482,6 +482,23 @@ def test_a_writer_whose_new_folder_a_failed_one_took_back_makes_it_again(tmp_pat
     open(os.path.join(d, "x"), "w").close()
   assert sorted(os.listdir(tmp_path / "new")) == ["run"]     # (a.json went with the folder)
   assert sorted(os.listdir(tmp_path / "new" / "run")) == [".vitprune-files.json", "x"]
+  # A writer that found the folder made by another (nothing of its own to take back) makes it
+  # again, and takes it back when it then fails for lack of room too (it was left behind).
+  import errno  # pylint: disable=g-import-not-at-top
+  (tmp_path / "shared").mkdir()
+
+  def taken_back_then_full(path):
+    cleanup(path)
+    shutil.rmtree(tmp_path / "shared", ignore_errors=True)
+
+  def full(*a, **k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(atomic, "cleanup_stale", taken_back_then_full)
+  monkeypatch.setattr(os, "fsync", full)
+  with pytest.raises(OSError, match="No space left on device while writing"):
+    atomic.write_json(str(tmp_path / "shared" / "b.json"), {})
+  assert not (tmp_path / "shared").exists()
 
 
 def test_no_inode_for_the_hidden_temporary_names_the_output(tmp_path, monkeypatch):

@@ -400,7 +400,15 @@ def test_torch_wrappers_and_module_prefix():
   sd = {"module.a": np.zeros(1), "module.b": np.ones(2)}
   assert set(convert.unwrap_torch_state_dict({"model": sd, "epoch": 3})) == {"a", "b"}
   assert set(convert.unwrap_torch_state_dict({"state_dict": sd})) == {"a", "b"}
-  assert set(convert.unwrap_torch_state_dict({"x.a": 1, "module.b": 2})) == {"x.a", "module.b"}
+  # per key, as timm's clean_state_dict (swa_utils.AveragedModel: n_averaged + module.*), and
+  # torch.compile's _orig_mod. after it
+  assert set(convert.unwrap_torch_state_dict({"n_averaged": 1, "module.b": 2})) == {
+      "n_averaged", "b"}
+  assert set(convert.unwrap_torch_state_dict({"module._orig_mod.a": 1, "_orig_mod.b": 2})) == {
+      "a", "b"}
+  with pytest.raises(ValueError, match="^f.pth: checkpoint keys collide once their wrapper "
+                     "prefix is stripped: 'module.a' and another give 'a'$"):
+    convert.unwrap_torch_state_dict({"a": 1, "module.a": 2}, "f.pth")
   # A training checkpoint with EMA weights: timm's load_checkpoint takes those (use_ema=True).
   ema = {"module.e": np.zeros(1)}
   for wrapped in ({"model": sd, "model_ema": ema, "optimizer": {}, "epoch": 3},

@@ -573,13 +573,15 @@ def _lock_temporary(path: str) -> Optional[int]:
   return fd
 
 
-def _claimed(parent: str, name: str, kind: str, *, directory: bool, mode: Optional[int] = None
-             ) -> Tuple[Optional[int], str, Optional[int]]:
+def _claimed(parent: str, name: str, kind: str, *, directory: bool, mode: Optional[int] = None,
+             folders: Optional[List[str]] = None) -> Tuple[Optional[int], str, Optional[int]]:
   """A new temporary `.NAME.<kind>-<pid>-<tag>-<random>` in `parent` -> (mkstemp's fd or None,
   its path, its `_lock_temporary` fd). It is made as `.NAME.new-...`, which another namespace's
   cleaner never judges, locked (and given `mode`), then renamed into its name (the same inode,
   the lock with it): a cleaner elsewhere never sees it unlocked while its writer lives (it
-  deleted a fresh one between the two calls). On failure nothing is left."""
+  deleted a fresh one between the two calls). On failure nothing is left. With `folders` (the
+  write's `_make_dirs` list), a `parent` a concurrent writer took back (`_take_back`) is made
+  again, once, and recorded there."""
   hidden = _temp_prefix(name, "new")
   fd, held = None, None
   for attempt in (0, 1):
@@ -589,10 +591,10 @@ def _claimed(parent: str, name: str, kind: str, *, directory: bool, mode: Option
       else:
         fd, made = tempfile.mkstemp(prefix=hidden, dir=parent)
       break
-    except FileNotFoundError:    # a concurrent writer that failed for lack of room took back
-      if attempt:                # the new folder both were writing into (`_take_back`)
+    except FileNotFoundError:
+      if attempt or folders is None:
         raise
-      os.makedirs(parent, exist_ok=True)
+      folders.extend(_make_dirs(parent))
   try:
     held = _lock_temporary(made)
     if mode is not None:
@@ -746,7 +748,8 @@ def write_bytes(path: str, data: bytes) -> str:
   made = _make_dirs(directory)
   with _before_temporary(made, path):
     cleanup_stale(path)
-    fd, tmp, held = _claimed(directory, os.path.basename(path), "tmp", directory=False)
+    fd, tmp, held = _claimed(directory, os.path.basename(path), "tmp", directory=False,
+                             folders=made)
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
@@ -892,7 +895,7 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
         raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
     else:
       check_replaceable(path, is_ours)
-    _, tmp, held = _claimed(parent, name, "tmp", directory=True, mode=0o755)
+    _, tmp, held = _claimed(parent, name, "tmp", directory=True, mode=0o755, folders=made)
   try:
     yield tmp
     _write_inventory(tmp)
@@ -953,7 +956,8 @@ def staged_files(directory: str, key: str, names: Sequence[str]) -> Iterator[str
   made = _make_dirs(directory)
   with _before_temporary(made, os.path.join(directory, key)):
     cleanup_stale(os.path.join(directory, key))
-    _, tmp, held = _claimed(directory, key, "tmp", directory=True)  # (held as the commit too)
+    # (held as the commit too)
+    _, tmp, held = _claimed(directory, key, "tmp", directory=True, folders=made)
   try:
     yield tmp
     missing = [n for n in names if not os.path.isfile(os.path.join(tmp, n))]

@@ -109,7 +109,7 @@ def _load_safetensors(path: str) -> StateDict:
 def unwrap_torch_state_dict(obj: Any, path: str = "<state dict>") -> Dict[str, Any]:
   """Unwraps a training checkpoint as timm's `load_checkpoint` does (its default `use_ema=True`):
   the EMA weights `state_dict_ema` / `model_ema` where it holds them (they were dropped for
-  `model`), else `state_dict` / `model`; strips a common `module.` prefix."""
+  `model`), else `state_dict` / `model`; strips the `module.` / `_orig_mod.` key prefixes."""
   if not isinstance(obj, dict):
     raise ValueError(f"{path}: expected a dict state dict, got {type(obj).__name__}")
   for _ in range(2):                  # ({'model': {'state_dict': sd}} too)
@@ -118,15 +118,23 @@ def unwrap_torch_state_dict(obj: Any, path: str = "<state dict>") -> Dict[str, A
     if wrapper is None:
       break
     obj = obj[wrapper]
-  return _without_module_prefix(obj)
+  return _without_wrapper_prefixes(obj, path)
 
 
-def _without_module_prefix(sd: Dict[str, Any]) -> Dict[str, Any]:
-  """`sd` without a `module.` prefix common to every key (a DataParallel / DDP wrapper's), as
-  timm's `clean_state_dict` strips it from checkpoints of every format."""
-  if sd and all(k.startswith("module.") for k in sd):
-    return {k[len("module."):]: v for k, v in sd.items()}
-  return sd
+def _without_wrapper_prefixes(sd: Dict[str, Any], path: str = "<state dict>"
+                              ) -> Dict[str, Any]:
+  """`sd` with each key's wrapper prefixes stripped as timm's `clean_state_dict` does: `module.`
+  (DataParallel / DDP, swa_utils.AveragedModel) then `_orig_mod.` (torch.compile); ValueError
+  when two keys then collide."""
+  out = {}
+  for k, v in sd.items():
+    name = k[len("module."):] if k.startswith("module.") else k
+    name = name[len("_orig_mod."):] if name.startswith("_orig_mod.") else name
+    if name in out:
+      raise ValueError(f"{path}: checkpoint keys collide once their wrapper prefix is "
+                       f"stripped: {k!r} and another give {name!r}")
+    out[name] = v
+  return out
 
 
 def _load_torch(path: str) -> StateDict:
@@ -187,8 +195,8 @@ def load_checkpoint(path: str, *, num_heads: Optional[int] = None) -> Tuple[Stat
   """(state dict {name: np.ndarray}, format) from a checkpoint file.
 
   Formats: 'safetensors', 'torch' (.pth/.pt/.bin; needs torch), 'big_vision' (.npz with AugReg /
-  big_vision names, returned already mapped to timm names), 'npz' (.npz with timm names); a
-  `module.` prefix on every key is stripped, whatever the format.
+  big_vision names, returned already mapped to timm names), 'npz' (.npz with timm names); the
+  `module.` / `_orig_mod.` key prefixes of wrapped models are stripped, whatever the format.
   num_heads: the config's; a big_vision npz with another number of heads is refused (the other
   formats flatten the heads: they cannot say).
   Raises IsADirectoryError / FileNotFoundError / ValueError / ImportError naming the file.
@@ -207,10 +215,11 @@ def load_checkpoint(path: str, *, num_heads: Optional[int] = None) -> Tuple[Stat
                      f"{sorted(EXTENSIONS)}")
   kind = EXTENSIONS[ext]
   if kind == "safetensors":     # (a `module.` prefix was stripped on the torch path only)
-    return _without_module_prefix(_to_numpy_dict(_load_safetensors(path), path)), "safetensors"
+    return (_without_wrapper_prefixes(_to_numpy_dict(_load_safetensors(path), path), path),
+            "safetensors")
   if kind == "torch":
     return _load_torch(path), "torch"
-  raw = _without_module_prefix(_load_npz(path))
+  raw = _without_wrapper_prefixes(_load_npz(path), path)
   if big_vision_prefix(raw) is not None:
     try:
       return big_vision_to_timm(raw, num_heads=num_heads), "big_vision"
