@@ -80,12 +80,13 @@ def check_job(floor: float, method: str, job_flags: Sequence[str]) -> None:
     profile_cli.check_mode_flags(f)
     profile_cli.pipeline_from_flags(f)
 
-  check([])
-  if job_flags:
-    try:
-      check(job_flags)
-    except (ValueError, KeyError, OSError) as e:
-      raise ValueError(f"--job_flags: {common.one_line(e)}") from None
+  try:                          # (one load of the model and data when the flags are right)
+    check(job_flags)
+  except (ValueError, KeyError, OSError) as e:
+    if not job_flags:
+      raise
+    check([])                   # the study's own flags (their error as the job words it)
+    raise ValueError(f"--job_flags: {common.one_line(e)}") from None
 
 
 def run_seed(seed: int, floor: float, method: str, job_flags: Sequence[str], out_dir: str

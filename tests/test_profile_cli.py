@@ -603,6 +603,9 @@ def test_floor_study_checks_the_main_job(tmp_path, capsys):
     with pytest.raises(ERRORS, match=message):
       floor_study.main(common.parse(floor_study.define_flags, [
           f"--out={tmp_path / 'fs3.json'}", f"--job_flags={job_flags}"]))
+  with pytest.raises(ERRORS, match=r"^unknown token-reduction method 'nosuch'"):  # the study's
+    floor_study.main(common.parse(floor_study.define_flags, [             # own, not job_flags'
+        f"--out={tmp_path / 'fs3.json'}", "--method=nosuch", "--job_flags=--tokens=17,9"]))
   with pytest.raises(ERRORS, match=r"^--accuracy_floor=0.0: the study needs a floor in \(0, 1\]"):
     floor_study.main(common.parse(floor_study.define_flags, [
         f"--out={tmp_path / 'fs3.json'}", "--accuracy_floor=0"]))
