@@ -2298,6 +2298,28 @@ def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):
   for c in sol.checked:       # every faster schedule measured so missed it
     if c.predicted_latency_s < ch.predicted_latency_s and c.measured_change_low is not None:
       assert not meets_measured_floor(c, sol.settings)
+  # In the loop, the neighbours' slots go to schedules that meet the floor by the same rule: a
+  # measured one whose interval does not clear it took a slot, and was then dropped untimed.
+  timed = []
+
+  def time_schedules(counts_list):
+    timed.extend(tuple(c) for c in counts_list)
+    return [1e-3] * len(counts_list)
+
+  sure = sorted((c for c in sol.checked if c.counts != ch.counts and
+                 c.measured_change_low is not None and meets_measured_floor(c, sol.settings)
+                 and c.predicted_latency_s > ch.predicted_latency_s),
+                key=lambda c: c.predicted_latency_s)
+  assert sure
+  unsure = dataclasses.replace(        # measured above the floor, its interval reaching below
+      sure[0], counts=(N, N, N) + (N - 1,) * (CFG.depth - 2), schedule="unsure",
+      predicted_latency_s=(ch.predicted_latency_s + sure[0].predicted_latency_s) / 2,
+      measured_change_low=-0.25)
+  assert not meets_measured_floor(unsure, sol.settings)
+  loop = solve_stage.check_in_loop(dataclasses.replace(sol, checked=sol.checked + (unsure,)),
+                                   est, None, evaluate, time_schedules, neighbours=1)
+  assert sure[0].counts in timed and unsure.counts not in timed, timed
+  assert loop.settings["timed_in_loop"] == len(timed)
   doc = sol.to_json()
   assert Solution.from_json(doc) == sol
   listed = next(c for c in doc["checked"] if c["counts"] == list(ch.counts))

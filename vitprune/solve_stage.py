@@ -1338,9 +1338,17 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   known: Dict[Tuple[int, ...], Candidate] = {c.counts: c for c in solution.checked}
   chosen = solution.chosen
   known[chosen.counts] = chosen
-  eligible = [p for c, p in _candidate_pool(solution, known).items()
-              if c != chosen.counts and solve.meets_floor(_accuracy(p), floor)]
   confident = bool(solution.settings.get("floor_confidence"))
+
+  def may_meet(p: Candidate) -> bool:
+    """Measured as the floor needs: by its rule (an interval that does not clear a confident
+    floor took a neighbour's slot, then was dropped untimed); else on its value so far."""
+    if not _unmeasured(p, confident):
+      return meets_measured_floor(p, solution.settings)
+    return solve.meets_floor(_accuracy(p), floor)
+
+  eligible = [p for c, p in _candidate_pool(solution, known).items()
+              if c != chosen.counts and may_meet(p)]
   pool = _with_accuracy(evaluate, [known.get(p.counts, p)
                                    for p in _around(chosen, eligible, neighbours)], images,
                         paired=confident, metric=solution.metric,
