@@ -163,7 +163,8 @@ def run(f: flags.FlagValues, pairs: Dict[str, str], batch_sizes: List[int],
                        "weights_file_mb": (wbytes if mode == "args" else 0) / 2**20})
           print(f"{name} b{b} {text} {mode} {driver}: jax {jm.median * 1e3:.3f} ms, iree "
                 f"{im.median * 1e3:.3f} ms ({im.median / jm.median:.2f}x)", flush=True)
-  return {"machine": {"cpu": host_cpu()["model"], "cores": iree_build.usable_cores(),   # (the plans' cores)
+  return {"machine": {"cpu": host_cpu()["model"],
+                      "cores": iree_build.usable_cores(),      # (the cores the plans used)
                       "platform": platform.platform()},
           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
           "method": f.method, "min_run_time": f.min_run_time, "rounds": f.rounds,

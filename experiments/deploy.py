@@ -266,9 +266,9 @@ def main(f: flags.FlagValues) -> str:
   # The estimate's method is the artifact's unless a solution names its own estimate (checked
   # by sha256 above: paper mode solves with random drop's embed curve for any method) or the
   # artifact prunes nothing.
-  prunes = reducer is not None and schedule != full_schedule(cfg)
+  # (an unpruned artifact has no reducer, above)
   check_inputs_match(provenance, cfg.name, weights_sha256, batch_size, dtype,
-                     method if prunes and not f.solution else None)
+                     method if reducer is not None and not f.solution else None)
   names = checkpoint.read_class_names(f.weights)
   path = deploy.export_artifact(
       f.out, cfg, params, schedule=schedule, reducer=reducer,

@@ -26,8 +26,8 @@ from vitprune import atomic
 from vitprune import iree_build
 from vitprune import memory
 from vitprune.edge.targets import check_compute_dtype, check_driver, parse_target
-from vitprune.profile.runner import make_drop_reducer
-from vitprune.schedule import parse_schedule, parse_token_grid, reduces_tokens
+from vitprune.profile.runner import make_drop_reducer, removes_tokens
+from vitprune.schedule import parse_schedule, parse_token_grid
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -91,8 +91,7 @@ def main(f: flags.FlagValues) -> str:
                if s.strip()] if f.mode == "schedule" else ()
   if len(set(schedules)) != len(schedules):
     raise ValueError("--schedules lists a schedule twice")
-  if f["reducer"].present and not (any(n < cfg.num_tokens for n in grid) or
-                                   any(reduces_tokens(cfg, s) for s in schedules)):
+  if f["reducer"].present and not removes_tokens(cfg, grid, schedules):
     raise ValueError(f"--reducer={f.reducer} given, but no "
                      f"{'count of --tokens' if f.mode == 'model' else 'schedule of --schedules'}"
                      " removes a token: nothing would use it (it was recorded in the kit)")

@@ -153,8 +153,8 @@ def resolve_batch(profile: records.Profile, estimate: Estimate, batch_size: Opti
     elif eval_batch in have:
       batch_size = eval_batch
     else:
-      raise SolveInputError(f"profile {profile.source} has batch sizes {have}; pass batch_size / --batch_size "
-                            f"(the estimate {estimate.source} was evaluated at batch "
+      raise SolveInputError(f"profile {profile.source} has batch sizes {have}; pass "
+                            f"batch_size / --batch_size (the estimate {estimate.source} was evaluated at batch "
                             f"{eval_batch})")
   if batch_size not in have:
     raise SolveInputError(f"profile {profile.source} has no {'/'.join(components)} points at "
@@ -341,7 +341,7 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
              if not any(lowest <= c < cfg.num_tokens for c in grid)]
   check_paper_grid(cfg, method, ns.tolist(), measure_in=(
       "in " + " and ".join(lacking) if lacking else "in both the profile and the estimate"))
-  unused = sorted({int(n) for n in at} - {int(n) for n in ns})   # (the profile lacks them)
+  unused = _unused_estimate_counts(estimate, ns)     # (before the cap: the profile lacks them)
   keep = ns >= cfg.num_tokens - limit(cfg.num_tokens)   # block `layer` reduces from all N
   ns, lat_c, acc_c = ns[keep], lat_c[keep], acc_c[keep]
   sol = solve.solve_paper(ns, lat_c, acc_c, alpha, depth=cfg.depth, num_tokens=cfg.num_tokens,
@@ -380,10 +380,11 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
 # ----------------------------------------------------------------------------------------------
 # Multi-layer mode.
 
-def _unused_estimate_counts(estimate: Estimate, metric: str, ns: np.ndarray) -> List[int]:
-  """The estimate's token counts the solver's grid `ns` left out (measured accuracy unused: the
-  profile lacks them, or the latency model was not calibrated there)."""
-  return sorted({int(n) for n in estimate.table(metric)[1]} - {int(n) for n in ns})
+def _unused_estimate_counts(estimate: Estimate, ns: np.ndarray) -> List[int]:
+  """The estimate's token counts (one grid for all its layers) the solver's grid `ns` left out
+  (measured accuracy unused: the profile lacks them, or the latency model was not calibrated
+  there)."""
+  return sorted({int(n) for n in estimate.tokens} - {int(n) for n in ns})
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -667,7 +668,7 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
     settings["latency_model"] = latency_model.summary()
   if provisional:
     settings["budget_provisional"] = provisional
-  unused = _unused_estimate_counts(estimate, metric, inp.ns)
+  unused = _unused_estimate_counts(estimate, inp.ns)
   if unused:
     settings["unused_estimate_counts"] = unused
   solution = Solution(

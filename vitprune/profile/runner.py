@@ -84,6 +84,13 @@ def make_drop_reducer(name: Optional[str] = None) -> Tuple[Any, str]:
 # ----------------------------------------------------------------------------- graphs
 
 
+def removes_tokens(cfg: ViTConfig, grid: Sequence[int], schedules: Sequence[Schedule]) -> bool:
+  """Whether a graph of a profile or kit removes tokens, so that its reducer runs: a uniform
+  count of `grid` below all tokens (dropped after the embedding) or a reducing schedule."""
+  return (any(n < cfg.num_tokens for n in grid) or
+          any(reduces_tokens(cfg, s) for s in schedules))
+
+
 def model_fn(cfg: ViTConfig, schedule: Schedule, reducer, dtype: str) -> Callable:
   """(params, images [B, H, W, C]) -> logits: the deployed forward under `schedule`."""
   return functools.partial(model_lib.forward, cfg=cfg, schedule=schedule,
@@ -146,9 +153,9 @@ class ProfileSpec:
     if twice:                                  # (measured once, unsaid; two spellings too)
       raise ValueError(f"--schedule gives {format_schedule(twice[0], self.cfg)} (counts "
                        f"{','.join(map(str, twice[0].counts))}) twice: give each schedule once")
-    if name != make_drop_reducer(None)[1] and not (     # (the default is recorded anyway)
-        any(reduces_tokens(self.cfg, s) for s in self.schedules) or
-        (self.mode != "schedule" and min(self.grid) < self.cfg.num_tokens)):
+    grid = self.grid if self.mode != "schedule" else ()
+    if name != make_drop_reducer(None)[1] and not removes_tokens(   # (the default is recorded
+        self.cfg, grid, self.schedules):                            # anyway)
       raise ValueError(f"--reducer={name} given, but no graph of this profile removes a token: "
                        "nothing would use it (the profile recorded it, and refused to merge "
                        "with the same graphs profiled without it)")
