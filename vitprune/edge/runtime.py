@@ -507,6 +507,11 @@ _SHARED_FIELDS = (
      lambda r: _key(r, "weights", "training")))
 
 
+def _shown(what: str, value: Any) -> str:
+  """A shared field's value in a message: a weights digest by its first 12 digits."""
+  return f"{str(value)[:12]}..." if what == "weights" else reprlib.repr(value)
+
+
 def _first_difference(what: str, got: Any, want: Any) -> Tuple[str, Any, Any]:
   """(what, got, want) narrowed to the first differing key where both are objects, e.g.
   ('preprocessing mean', [0.5, ...], [0.485, ...]), so the message shows the field that differs
@@ -585,9 +590,9 @@ def check_against_manifest(path: str, records: List[Dict[str, Any]]) -> Optional
         raise EdgeError(f"{manifest}: states no {what} (the {r.get('target')} module's record "
                         "does): an edited or truncated manifest? rebuild it with "
                         "experiments.deploy")
-      shown = (lambda v: f"{str(v)[:12]}...") if what == "weights" else reprlib.repr
       raise EdgeError(f"{path}: the {r.get('target')} module's record is not of this artifact: "
-                      f"its {what} {shown(got)} differs from the manifest's {shown(want)}"
+                      f"its {what} {_shown(what, got)} differs from the manifest's "
+                      f"{_shown(what, want)}"
                       f"{f' (and {len(bad) - 1} more field(s))' if len(bad) > 1 else ''}: "
                       "files mixed from two artifacts? rebuild it with experiments.deploy")
   return doc
@@ -603,11 +608,10 @@ def _check_one_artifact(path: str, records: List[Dict[str, Any]]) -> None:
       got, want = of_record(r), of_record(first)
       if got is not _ABSENT and want is not _ABSENT and got != want:
         what, got, want = _first_difference(what, got, want)
-        shown = (lambda v: f"{str(v)[:12]}...") if what == "weights" else reprlib.repr
         raise EdgeError(f"{path}: the {r.get('target')} module's record ({r['_file']}) and the "
                         f"{first.get('target')} one's ({first['_file']}) are of two artifacts: "
-                        f"their {what} differ ({shown(got)} vs {shown(want)}); copy one "
-                        "artifact's iree/ folder, with its manifest.json")
+                        f"their {what} differ ({_shown(what, got)} vs {_shown(what, want)}); "
+                        "copy one artifact's iree/ folder, with its manifest.json")
 
 
 _PROBED = "VITPRUNE_EDGE_PROBED"     # set in the probe's own process: it does not probe again
