@@ -328,3 +328,47 @@ def test_calibration_schedules_of_a_capped_method_reach_the_smallest_count():
   assert len(set(scheds)) == 10 and min(s[-1] for s in scheds) == min(grid)
   for s in scheds:
     assert all(a - b <= cap(a) for a, b in zip(s, s[1:])), s
+
+
+def test_residuals_and_range_describe_the_schedules_that_reduce():
+  """The uniform graphs are fitted too, and the curve's shape reproduces them almost exactly:
+  scored with them, a model missing every multi-layer graph by 14-23 % reported a p90 under the
+  10 % limit (trusted), and their counts made the calibrated range the whole curve."""
+  uniform = [(n,) * (D + 1) for n in GRID]
+  coarse = [n for n in GRID if n >= 29]                  # calibration reaches down to 29 only
+  scheds = lm_lib.sample_schedules(N, D, coarse, 6, seed=0)
+  off = 1 + 0.2 * np.array([1, -1, 1, -1, 1, -1.0])
+  lm = _fit(uniform + scheds, [_truth(c) for c in uniform] +
+            [_truth(c) * e for c, e in zip(scheds, off)])
+  res = np.abs(lm.residuals())
+  assert res[len(uniform):].min() > 0.1                 # every reducing graph missed by > 10 %
+  assert lm.reducing.tolist() == [False] * len(uniform) + [True] * 6
+  assert lm.residual_p90 == pytest.approx(np.percentile(res[len(uniform):], 90))
+  assert lm.residual_median == pytest.approx(np.median(res[len(uniform):]))
+  assert lm.residual_p90 > lm.max_residual
+  assert "p90 calibration error" in lm.trust(scheds[0])
+  assert lm.summary()["num_reducing"] == 6
+  # Exact measurements: trusted inside the range the reducing schedules used, not below it.
+  good = _fit(uniform + scheds, [_truth(c) for c in uniform + scheds])
+  assert good.calibrated_range == (29, N)
+  assert good.trust(scheds[0]) is None
+  below = (N,) * D + (GRID[0],)
+  assert good.predict(below) > 0                          # on the curve: predicted ...
+  assert good.trust(below) == (f"counts [{GRID[0]}] are outside the calibrated range 29..{N} "
+                               "of the pomt latency model")   # ... but not to be trusted
+
+
+def test_fit_needs_one_reducing_schedule_per_reduction_term():
+  """Uniform graphs pin the constant and the scale only: with fewer schedules that reduce than
+  reduction terms the fit was underdetermined and its residuals ~0 said 'trusted'."""
+  uniform = [(n,) * (D + 1) for n in GRID]
+  three = _schedules(3, 0)
+  with pytest.raises(lm_lib.CalibrationError,
+                     match=r"^need >= 4 calibration schedules that reduce in some block \(one "
+                           r"per reduction term\), got 3$"):
+    _fit(uniform + three, [_truth(c) for c in uniform + three])
+  with pytest.raises(ValueError, match="no calibration schedule reduces in a block"):
+    lm_lib.LatencyModel(model=CFG.name, config=config_to_dict(CFG), device_kind="cpu",
+                        platform="cpu", dtype="float32", batch_size=1, method="pomt",
+                        tokens=GRID, curve_s=_curve(), params=TRUE, calibration=tuple(uniform),
+                        calibration_s=tuple(_truth(c) for c in uniform))

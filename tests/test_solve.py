@@ -792,7 +792,8 @@ def _latency_model(batch=8, **over):
   truth = dict(const=5e-5, scale=0.5, mlp=0.2, r0=2e-5, r1=1e-5)
   base = lm_lib.fit_arrays(model=CFG.name, config=dataclasses.asdict(CFG), device_kind="cpu",
                            platform="cpu", dtype="float32", batch_size=batch, method="pomt",
-                           tokens=tokens, curve_s=curve, schedules=[(N,) * 7] * 6,
+                           tokens=tokens, curve_s=curve,
+                           schedules=lm_lib.sample_schedules(N, 6, tokens, 6, seed=5),
                            measured_s=[1.0] * 6)
   lm = dataclasses.replace(base, params=truth)
   scheds = lm_lib.sample_schedules(N, 6, tokens, 10, seed=0) + [(N,) * 7]

@@ -256,8 +256,9 @@ def _calibrate(cfg, params, spec, tokens, log):
   p = lm.params
   log(f"  fit: scale {p['scale']:.3f} of the uniform curve's per-block share, MLP shift "
       f"{p['mlp']:.3f}, reduction {1e6 * p['r0']:.1f} + {1e6 * p['r1']:.1f} * n/N us, "
-      f"constant {1e6 * p['const']:.1f} us; calibration |error| median "
-      f"{100 * lm.residual_median:.1f}%, p90 {100 * lm.residual_p90:.1f}%")
+      f"constant {1e6 * p['const']:.1f} us; |error| on the {int(lm.reducing.sum())} "
+      f"calibration schedules that reduce: median {100 * lm.residual_median:.1f}%, p90 "
+      f"{100 * lm.residual_p90:.1f}%")
   return profile, lm
 
 

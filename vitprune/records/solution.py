@@ -844,8 +844,11 @@ def summary_lines(sol: Solution) -> List[str]:
                    f"{1e3 * sol.schedule_latency_s:.4g} ms")
   if sol.profile.latency_source == "calibrated-graph" and "latency_model" in sol.settings:
     lm = sol.settings["latency_model"]
+    # (solutions written before `num_reducing`: residuals over every graph, uniform ones too)
+    scored = (f"|error| on the {lm['num_reducing']} that reduce" if "num_reducing" in lm else
+              "calibration |error|")
     lines.append(f"latency model: calibrated on {lm['num_calibration']} compiled graphs, "
-                 f"calibration |error| median {100 * lm['residual_median']:.1f}%, p90 "
+                 f"{scored}: median {100 * lm['residual_median']:.1f}%, p90 "
                  f"{100 * lm['residual_p90']:.1f}%")
   if sol.settings.get("unused_estimate_counts"):
     lines.append(f"note: the estimate's counts {sol.settings['unused_estimate_counts']} are not "
