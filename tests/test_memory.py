@@ -140,6 +140,12 @@ def test_gflop_of_a_schedule_counts_each_blocks_halves_on_its_tokens():
       3 * (6 * flops.block_flop(digits, 65) - blocks)
   with pytest.raises(ValueError, match=r"counts \[65, 35\] must give 7 token counts"):
     flops.forward_gflop(digits, 1, (65, 35))
+  # Counts no graph runs got a figure (one above the unpruned one for an increasing schedule).
+  for bad, why in [((65, 80) + (65,) * 5, "above|never increase"),
+                   ((65,) * 6 + (70,), "never increase"), ((66,) * 7, "only 65"),
+                   ((65,) + (1,) * 6, "below prefix tokens"), ((65.5,) * 7, "not an integer")]:
+    with pytest.raises(ValueError, match=why):
+      flops.forward_gflop(digits, 1, bad)
 
 
 def test_bad_arguments_are_refused_by_name():

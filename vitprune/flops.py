@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from vitprune.config import ViTConfig, check_config_type
-from vitprune.schedule import as_positive_int
+from vitprune.schedule import Schedule, as_positive_int, check_schedule
 
 
 def attention_flop(cfg: ViTConfig, tokens: int) -> int:
@@ -36,7 +36,8 @@ def forward_gflop(cfg: ViTConfig, batch_size: int = 1,
   """GFLOP of `forward` on `batch_size` images: with every token kept, or with a schedule's
   `counts` (tokens entering block 0, then leaving each block: `Schedule.counts`), where a
   reducing block attends over the tokens entering it and runs its MLP on those leaving it (every
-  method here reduces between attention and MLP)."""
+  method here reduces between attention and MLP). Counts no graph can run (increasing, above the
+  model's tokens, below prefix + 1) are refused as `check_schedule` refuses them."""
   check_config_type(cfg)
   batch_size = as_positive_int(batch_size, "batch_size")
   if counts is None:
@@ -45,6 +46,7 @@ def forward_gflop(cfg: ViTConfig, batch_size: int = 1,
   if len(counts) != cfg.depth + 1:
     raise ValueError(f"counts {list(counts)} must give {cfg.depth + 1} token counts (entering "
                      f"block 0, then leaving each of the {cfg.depth} blocks)")
+  counts = check_schedule(cfg, Schedule(counts)).counts
   patches = cfg.grid_size ** 2
   embed = 2 * patches * cfg.patch_size ** 2 * cfg.in_chans * cfg.embed_dim
   head = 2 * cfg.embed_dim * cfg.num_classes * (2 if cfg.dist_token else 1)   # (+ head_dist)
