@@ -155,7 +155,9 @@ def test_cls_attention_methods_need_a_class_token():
 
 def tome_ref(x, keys, size, r, num_prefix):
   """NumPy port of facebookresearch/ToMe bipartite_soft_matching + merge_wavg (one image),
-  official output order [unmerged A (sorted), B]."""
+  official output order [unmerged A, B]: A sorted by position with a class token (here: any
+  prefix token), else in descending best-match order (`merge.py`: `if class_token: unm_idx =
+  unm_idx.sort(dim=1)[0]`)."""
   n = x.shape[0]
   metric = keys.mean(1)
   metric = metric / np.linalg.norm(metric, axis=-1, keepdims=True)
@@ -165,7 +167,9 @@ def tome_ref(x, keys, size, r, num_prefix):
   scores[:, np.arange(1, n, 2) < num_prefix] = -np.inf
   node_max, node_idx = scores.max(-1), scores.argmax(-1)
   edge_idx = np.argsort(-node_max, kind="stable")
-  unm, src = np.sort(edge_idx[r:]), edge_idx[:r]
+  unm, src = edge_idx[r:], edge_idx[:r]
+  if num_prefix:
+    unm = np.sort(unm)
   dst = node_idx[src]
   xs = x * size[:, None]
   xa, xb = xs[0::2].copy(), xs[1::2].copy()
@@ -203,7 +207,7 @@ def test_tome_hand_case():
 
 
 @pytest.mark.parametrize("n,num_prefix,r", [(9, 1, 0), (9, 1, 4), (10, 2, 4), (11, 2, 3),
-                                            (13, 5, 4)])
+                                            (13, 5, 4), (9, 0, 3), (12, 0, 6), (11, 0, 1)])
 def test_tome_matches_official_reference(n, num_prefix, r):
   st = _random_stats(3, 2, n, 4, seed=n + r)
   x = _tokens(3, n, 5, seed=r)

@@ -8,8 +8,11 @@ At a reducing block with N tokens and r = N - num_keep:
     never merged, nothing merges into a prefix token in B), as ToMe does for cls (and dist);
   * each A token's best B match; the r A tokens with the highest best-match similarity are
     merged into their match by size-weighted averaging (sizes summed);
-  * official order is [unmerged A (sorted by position), B]; the prefix tokens (which are in both
-    parts) are then moved to the front in their original order, the rest keeps that order.
+  * official order is [unmerged A, B], the unmerged A tokens sorted by position when there is a
+    class token (here: any prefix token) and otherwise left in descending best-match order, as
+    `merge.py` does (the next block's A/B split is by position, so the order decides which
+    tokens it pairs); the prefix tokens (which are in both parts) are then moved to the front
+    in their original order, the rest keeps that order.
 Token sizes [B, N] are carried across blocks (`tracks_size=True`; the model adds log(size) to
 the attention logits: proportional attention). At most half of the non-prefix tokens merge per
 block (ToMe's 50% cap). Ties: the lower index wins (top_k / argmax).
@@ -36,7 +39,8 @@ def tome_max_remove(num_tokens: int, num_prefix: int) -> int:
 def bipartite_matching(keys: jax.Array, r: int, num_prefix: int
                        ) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """keys [B, N, H, D] -> (src [B, r] A-indices merged, dst [B, r] their B-indices,
-  unm [B, ceil(N/2) - r] A-indices left unmerged, sorted)."""
+  unm [B, ceil(N/2) - r] A-indices left unmerged: sorted with prefix tokens, else in descending
+  best-match order, as the official code without a class token)."""
   n = keys.shape[1]
   metric = keys.astype(jnp.float32).mean(axis=2)
   metric = metric / jnp.maximum(jnp.linalg.norm(metric, axis=-1, keepdims=True),
@@ -63,10 +67,14 @@ def bipartite_matching(keys: jax.Array, r: int, num_prefix: int
   if r == 0:
     empty = jnp.zeros((keys.shape[0], 0), jnp.int32)
     return empty, empty, jnp.broadcast_to(jnp.arange(n_a, dtype=jnp.int32), (keys.shape[0], n_a))
-  _, src = jax.lax.top_k(node_max, r)
+  if num_prefix == 0:      # no class token: official keeps the best-match order
+    _, edges = jax.lax.top_k(node_max, n_a)                # descending; ties: lower index
+    src, unm = edges[:, :r], edges[:, r:].astype(jnp.int32)
+  else:
+    _, src = jax.lax.top_k(node_max, r)
+    merged = jax.nn.one_hot(src, n_a, dtype=jnp.int32).sum(axis=1)  # [B, nA] 1 where merged
+    unm = jnp.argsort(merged, axis=1, stable=True)[:, :n_a - r].astype(jnp.int32)
   dst = jnp.take_along_axis(node_idx, src, axis=1).astype(jnp.int32)
-  merged = jax.nn.one_hot(src, n_a, dtype=jnp.int32).sum(axis=1)  # [B, nA] 1 where merged
-  unm = jnp.argsort(merged, axis=1, stable=True)[:, :n_a - r].astype(jnp.int32)
   return src.astype(jnp.int32), dst, unm
 
 
