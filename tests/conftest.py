@@ -85,18 +85,29 @@ def solution_file(path, cfg, counts, *, mode="paper", method="pomt", frontier=()
   accuracy 0.9) for `batch_size` on a profile timed in `dtype` on `platform`, estimated on
   weights `weights_sha256`; returns its path."""
 
-  def cand(c):
+  def cand(c, tokens=None):
     return S.Candidate(counts=tuple(c), schedule="list:" + ",".join(map(str, c)),
-                       predicted_latency_s=1e-3, predicted_accuracy=0.9)
+                       predicted_latency_s=1e-3, predicted_accuracy=0.9, tokens=tokens)
 
+  settings, curve, tokens = dict(settings or {"alpha": 0.5}), None, None
+  if mode == "paper":   # the paper's POMT schedule at one block, on a curve holding n and N
+    reducing = [l for l in range(len(counts) - 1) if counts[l + 1] < counts[l]]
+    assert len(reducing) <= 1 and counts[0] == cfg.num_tokens, "not a paper-mode schedule"
+    settings.setdefault("layer", reducing[0] if reducing else 0)
+    tokens = int(counts[-1])
+    ns = sorted({tokens, cfg.num_tokens})
+    curve = {"tokens": ns, "latency_s": [1e-3 if n == tokens else 2e-3 for n in ns],
+             "accuracy": [0.9 if n == tokens else 0.95 for n in ns], "utility": [0.5] * len(ns)}
+  if mode == "multi" and tuple(counts) not in {tuple(c) for c in frontier}:
+    frontier = (counts, *frontier)      # a multi choice is one the solution lists
   sol = S.Solution(
       mode=mode, config=cfg,
       profile=S.ProfileRef("p.json", "0" * 64, "cpu", platform, dtype, batch_size, "measured"),
       estimate=S.EstimateRef("e.json", "0" * 64, "tokens", method, "accuracy", (None,), 1,
                              weights_sha256, None, method_kwargs),
-      settings=dict(settings or {"alpha": 0.5}), chosen=cand(counts), method=method,
+      settings=settings, chosen=cand(counts, tokens), method=method,
       criterion="utility", full=None, frontier=tuple(cand(c) for c in frontier),
-      created="2026-01-01T00:00:00+00:00")
+      created="2026-01-01T00:00:00+00:00", curve=curve)
   atomic.write_json(str(path), sol.to_json())
   assert jsonio.read_json(str(path), "solution")["format"] == S.FORMAT
   return str(path)

@@ -13,6 +13,18 @@ from vitprune import jsonio
 from vitprune.records import solution as S
 from vitprune.registry import get_config
 
+def _as_multi(d):
+  """A paper solution document relabelled multi: without the paper mode's curve and fields,
+  its chosen schedule listed on the frontier (as every multi solution lists its choice)."""
+  d["mode"] = "multi"
+  d.pop("curve", None)
+  for k in ("utility", "schedule_latency_s", "tokens"):
+    d["chosen"].pop(k, None)
+  d["frontier"] = [{k: v for k, v in d["chosen"].items() if k not in ("method", "criterion",
+                                                                      "basis")}]
+  return d
+
+
 CFG = get_config("test_tiny_vit")
 
 
@@ -124,8 +136,7 @@ def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
   doc["chosen"].update(measured_latency_s=1e-3, measured_accuracy_low=0.85,
                        measured_accuracy_high=0.93, num_images=200)
   doc["settings"].update(accuracy_floor=0.88, floor_straddles=[doc["chosen"]["schedule"]])
-  doc["mode"] = "multi"
-  new = S.Solution.from_json(doc, where="new.json")
+  new = S.Solution.from_json(_as_multi(doc), where="new.json")
   assert (new.chosen.measured_accuracy_low, new.chosen.measured_accuracy_high,
           new.chosen.num_images) == (0.85, 0.93, 200)
   assert S.Solution.from_json(new.to_json()) == new
@@ -188,13 +199,19 @@ def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
     (lambda d: d["chosen"].update(measured_accuracy=0.5, num_images=0),
      "num_images 0 needs a measured_accuracy over at least one image"),
     (lambda d: d.update(mode="greedy"), "mode 'greedy'"),
-    (lambda d: (d.update(mode="multi"), d["chosen"].update(utility=0.5)),     # relabelled paper
+    # A probe deleted the curve (and emptied the frontier), then edited the choice: deploy
+    # shipped keep@3:5 (0.20 measured) as 0.99.
+    (lambda d: (d.pop("curve"), d.update(frontier=[]), d["chosen"].update(
+        counts=[17, 5, 5], schedule="list:17,5,5", tokens=5, predicted_accuracy=0.99)),
+     r"^bad.json: mode 'paper' but the curve the choice is checked against is missing "
+     r"\(edited\?\)$"),
+    (lambda d: (_as_multi(d), d["chosen"].update(utility=0.5)),     # relabelled paper
      r"mode 'multi' but it holds the paper mode's chosen.utility \(edited\?\)"),
     (lambda d: d.update(mode="multi", curve={"tokens": [9]}), "paper mode's curve"),
-    (lambda d: (d.update(mode="multi"), d["chosen"].update(method="tome")),   # deploy would
+    (lambda d: (_as_multi(d), d["chosen"].update(method="tome")),   # deploy would
      r"chosen.method 'tome' but estimate.method 'pomt': a multi-layer solution deploys the "
      r"method it was solved for \(edited\?\)"),                     # run another reducer
-    (lambda d: (d.update(mode="multi"), d["settings"].update(latency_model={"method": "topk"})),
+    (lambda d: (_as_multi(d), d["settings"].update(latency_model={"method": "topk"})),
      "chosen.method 'pomt' but settings.latency_model.method 'topk'"),
     (lambda d: d["model"].update(name="other"), "model.name 'other'"),
     (lambda d: d["model"]["config"].update(colour=1), "model.config is invalid"),
@@ -260,6 +277,11 @@ _MEASURED_17_17_9 = dict(schedule="list:17,17,9", counts=[17, 17, 9], predicted_
      "chosen: measured_accuracy_low 0.9 is above measured_accuracy_high 0.1"),
     (lambda d: d["estimate"].update(metric="kl"),
      r"estimate: metric must be one of \['accuracy', 'agreement'\], got 'kl'"),
+    # The lists emptied, then the choice edited: the check was skipped and deploy shipped it.
+    (lambda d: (d.update(frontier=[], checked=[]), d["chosen"].update(
+        counts=[17, 5, 5], schedule="list:17,5,5", predicted_accuracy=0.99)),
+     r"chosen list:17,5,5 is none of the schedules the solution lists \(frontier, checked, "
+     r"full\) \(edited\?\)$"),
 ])
 def test_a_multi_choice_must_be_a_listed_schedule_meeting_its_criterion(tmp_path, edit, match):
   """A probe changed chosen.schedule/counts (or its numbers) by hand: the file loaded and deploy
@@ -302,9 +324,12 @@ def test_older_solutions_the_new_checks_must_not_refuse(tmp_path):
   1.24 from a raw --nomonotone table) and a multi solution whose latency model summary has no
   method still load."""
   doc = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9])).to_json()
-  for edit in (lambda d: d["chosen"].update(predicted_accuracy=1.24),
-               lambda d: d["chosen"].update(predicted_accuracy=-0.2),
-               lambda d: (d.update(mode="multi"), d["settings"].update(latency_model={}))):
+  def raw(d, acc):         # the curve held the raw number, and the choice reported it
+    d["chosen"].update(predicted_accuracy=acc)
+    d["curve"]["accuracy"][d["curve"]["tokens"].index(d["chosen"]["tokens"])] = acc
+
+  for edit in (lambda d: raw(d, 1.24), lambda d: raw(d, -0.2),
+               lambda d: (_as_multi(d), d["settings"].update(latency_model={}))):
     old = copy.deepcopy(doc)
     edit(old)
     S.Solution.from_json(old, where="old.json")
@@ -335,7 +360,8 @@ def test_a_solution_of_numpy_numbers_writes_as_plain_json(tmp_path):
         s.chosen, measured_accuracy=0.9612, measured_accuracy_low=0.9,
         measured_accuracy_high=0.99, num_images=50)),
      r"measured_accuracy 0.9612 is not a count of 50 images"),
-    (lambda s: dict(curve=None), "a paper-mode solution needs its curve"),
+    (lambda s: dict(curve=None), "mode 'paper' but the curve the choice is checked against is "
+     r"missing \(edited\?\)"),
     (lambda s: dict(curve=dict(s.curve, utility=[0.5])), "curve lists .* must have one"),
     (lambda s: dict(curve=dict(s.curve, tokens=[17, 12])),
      r"chosen.tokens 9 is not among curve.tokens"),
@@ -346,10 +372,11 @@ def test_a_solution_of_numpy_numbers_writes_as_plain_json(tmp_path):
     (lambda s: dict(full=dataclasses.replace(s.chosen)), r"full.counts \[17, 17, 9\] is not the "
      r"unpruned schedule \[17, 17, 17\]"),
     (lambda s: dict(criterion="accuracy_floor_measured", basis="measured", mode="multi",
-                    curve=None, settings=dict(s.settings, accuracy_floor=0.97),
-                    chosen=dataclasses.replace(s.chosen, measured_accuracy=0.5,
-                                               measured_accuracy_low=0.3,
-                                               measured_accuracy_high=0.7, num_images=50)),
+                    curve=None, utility=None, settings=dict(s.settings, accuracy_floor=0.97),
+                    chosen=(c := dataclasses.replace(s.chosen, measured_accuracy=0.5,
+                                                     measured_accuracy_low=0.3, tokens=None,
+                                                     measured_accuracy_high=0.7, num_images=50)),
+                    frontier=(c,)),
      r"criterion 'accuracy_floor_measured', but the chosen .* measured 0.5 < the floor 0.97"),
     # A probe's hand edits that deploy built as another graph under the chosen one's numbers:
     (lambda s: dict(chosen=dataclasses.replace(s.chosen, counts=(17, 9, 9),

@@ -451,12 +451,12 @@ def _check_chosen_is_listed(sol: "Solution", require) -> None:
   c = sol.chosen
   same = [e for e in (*sol.frontier, *sol.checked, sol.full) if e is not None and
           e.counts == c.counts]
-  if sol.mode == "multi" and (sol.frontier or sol.checked):
+  if sol.mode == "multi":     # (with the lists emptied, any schedule passed under any numbers)
     require(same, f"chosen {c.schedule} is none of the schedules the solution lists "
                   "(frontier, checked, full) (edited?)")
   require(not same or _lists(same, c), f"chosen {c.schedule}'s numbers differ from those the "
                                       "solution lists for that schedule (edited?)")
-  if sol.mode != "paper" or sol.curve is None:     # (`_check_curve` ran: chosen.tokens is on it)
+  if sol.mode != "paper":     # (`_check_curve` ran: chosen.tokens is on the curve)
     return
   layer = sol.settings.get("layer")
   require(jsonio.is_int(layer) and 0 <= layer < sol.config.depth,
@@ -747,6 +747,11 @@ class Solution:
     jsonio.require(doc["mode"] == "paper" or not paper_only, where,
                    f"mode {doc['mode']!r} but it holds the paper mode's {', '.join(paper_only)} "
                    "(edited?)", SolutionError)
+    # Every paper solution of this format holds its curve: the choice is checked against it
+    # (without it, a hand-edited choice passed under any numbers).
+    jsonio.require(doc["mode"] != "paper" or doc.get("curve") is not None, where,
+                   "mode 'paper' but the curve the choice is checked against is missing "
+                   "(edited?)", SolutionError)
     # A multi solution chooses among, and times, the schedules of its estimate's method (an
     # estimate that is not an object: `_ref` below says so).
     if doc["mode"] == "multi" and isinstance(doc["estimate"], dict):
@@ -790,7 +795,7 @@ class Solution:
     except (ValueError, TypeError) as e:
       raise SolutionError(f"{where}: chosen.counts {list(sol.chosen.counts)} is not a schedule "
                           f"of {cfg.name}: {e}") from None
-    if sol.curve is not None:
+    if sol.mode == "paper":
       _check_curve(sol, where)
     _check_choice(sol, where)
     return sol
@@ -990,10 +995,8 @@ def write_solution(sol: Solution, out_dir: str, stem: Optional[str] = None) -> D
            "png": os.path.join(out_dir, stem + ".png")}
   doc = sol.to_json()
   # What `read_solution` would refuse is never written (a record built in Python is not checked
-  # field by field); the paper plot needs the curve.
+  # field by field; a paper solution without its curve among it).
   Solution.from_json(jsonio.json_form(doc), where=f"{paths['json']} (not written)")
-  if sol.mode == "paper" and sol.curve is None:
-    raise SolutionError(f"{paths['json']} (not written): a paper-mode solution needs its curve")
   png = solve_plot.plot_solution(sol)
   with atomic.locked(paths["json"]):
     _check_replaceable(paths["json"])                          # never another's
