@@ -198,6 +198,10 @@ def test_load_errors(tmp_path):
       "patch": {**good, "config": {**good["config"], "patch_size": 0}},   # (ZeroDivisionError)
       "boolversion": {**good, "schema_version": True},           # (True == 1: loaded; probe)
       "badreducer": {**good, "reducer": "pomt+randomx"},         # (loaded as given; probe)
+      # (a missing field took its default, depth 12: 'error: depth' came later; probe)
+      "nodepth": {**good, "config": {k: v for k, v in good["config"].items() if k != "depth"}},
+      "nocrop": {**good, "config": {**good["config"], "preprocessing": {
+          k: v for k, v in good["config"]["preprocessing"].items() if k != "crop_pct"}}},
   }
   matches = {"notjson": "not valid JSON", "format": "not a latency profile",
              "version": "schema_version 99", "missing": r"missing keys \['points'\]",
@@ -228,7 +232,9 @@ def test_load_errors(tmp_path):
              "patch": "patch.json: test_tiny_vit: patch_size must be a positive integer, got 0",
              "boolversion": r"boolversion.json: schema_version True is not supported",
              "badreducer": r"badreducer.json: reducer 'pomt\+randomx' names no token-reduction "
-                           r"method \(evit, pomt, random, tome, topk, keep_first, or two joined"}
+                           r"method \(evit, pomt, random, tome, topk, keep_first, or two joined",
+             "nodepth": r"/nodepth.json: config is missing fields \['depth'\]$",
+             "nocrop": r"/nocrop.json: config is missing fields \['preprocessing.crop_pct'\]$"}
   for name, content in cases.items():
     path = tmp_path / f"{name}.json"
     path.write_text(content if isinstance(content, str) else json.dumps(content))

@@ -268,21 +268,27 @@ def config_from_dict(d: Dict[str, Any]) -> ViTConfig:
   unknown = sorted(set(d) - known)
   if unknown:
     raise ValueError(f"config has unknown fields {unknown}")
-  prep = d.pop("preprocessing", None)
-  if prep is not None:
-    if not isinstance(prep, dict):
-      raise ValueError("invalid config: preprocessing must be an object")
-    prep = dict(prep)
-    for k in ("mean", "std"):
-      if k in prep:
-        if not isinstance(prep[k], (list, tuple)):
-          raise ValueError(f"invalid preprocessing: {k} must be a list, got {prep[k]!r}")
-        prep[k] = tuple(prep[k])
-    try:
-      d["preprocessing"] = Preprocessing(**prep)
-    except (TypeError, ValueError) as e:
-      name = f" of {d['name']}" if isinstance(d.get("name"), str) else ""
-      raise ValueError(f"invalid preprocessing{name}: {e}") from None
+  # Every field: config_to_dict writes them all (each existed from the first record), and a
+  # missing one silently took its default (a profile without depth became a 12-block model).
+  missing = [f.name for f in dataclasses.fields(ViTConfig) if f.name not in d]
+  if missing:
+    raise ValueError(f"config is missing fields {missing}")
+  prep = d.pop("preprocessing")
+  if not isinstance(prep, dict):
+    raise ValueError("invalid config: preprocessing must be an object")
+  prep = dict(prep)
+  missing = [f.name for f in dataclasses.fields(Preprocessing) if f.name not in prep]
+  if missing:
+    raise ValueError(f"config is missing fields {['preprocessing.' + k for k in missing]}")
+  for k in ("mean", "std"):
+    if not isinstance(prep[k], (list, tuple)):
+      raise ValueError(f"invalid preprocessing: {k} must be a list, got {prep[k]!r}")
+    prep[k] = tuple(prep[k])
+  try:
+    d["preprocessing"] = Preprocessing(**prep)
+  except (TypeError, ValueError) as e:
+    name = f" of {d['name']}" if isinstance(d.get("name"), str) else ""
+    raise ValueError(f"invalid preprocessing{name}: {e}") from None
   try:
     return ViTConfig(**d)
   except TypeError as e:
