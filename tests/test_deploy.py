@@ -500,6 +500,14 @@ def test_export_argument_errors(artifact, tmp_path, params):
   assert deploy.load(artifact).manifest.to_json()["schedule"]["counts"] == [17, 17, 9]
   with pytest.raises(ValueError, match="parameters do not match"):
     deploy.export_artifact(str(tmp_path / "a"), CFG, {"head": params["head"]})
+  # A config built without its preprocessing (224 px for a 32 px model): refused up front, not
+  # by the manifest reader after the whole export, naming the staging folder.
+  odd = dataclasses.replace(CFG, preprocessing=dataclasses.replace(CFG.preprocessing,
+                                                                   input_size=224))
+  with pytest.raises(ValueError, match=rf"^{CFG.name}: preprocessing.input_size 224 differs "
+                                       rf"from img_size {CFG.img_size}: the images it makes "
+                                       "would not fit the model$"):
+    deploy.export_artifact(str(tmp_path / "a"), odd, params)
   assert os.listdir(tmp_path) == []
   with pytest.raises(OSError, match="^/ is a mount point, which cannot be replaced"):
     deploy.export_artifact("/", CFG, params, overwrite=True)

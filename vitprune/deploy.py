@@ -45,7 +45,7 @@ import vitprune
 from vitprune import atomic
 from vitprune import jsonio
 from vitprune import orbax_io
-from vitprune.config import ViTConfig, check_switch, is_float_dtype
+from vitprune.config import ViTConfig, check_config, check_switch, is_float_dtype
 from vitprune.data import check_class_names, iterate_batches
 from vitprune.profile import protocol
 from vitprune.profile.protocol import Measurement, TimingConfig
@@ -254,6 +254,8 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   """
   from vitprune.model import check_params  # pylint: disable=g-import-not-at-top
   check_switch("verify", verify)
+  check_config(cfg)      # (one its manifest cannot hold was refused after the export, naming
+                         # the staging folder)
   out = os.path.abspath(out)
   atomic.check_output_dir_target(out, overwrite, is_artifact_dir)   # before the (slow) export
   orbax_io.writable_path(out)                                 # the weights checkpoint goes below
