@@ -372,3 +372,18 @@ def test_fit_needs_one_reducing_schedule_per_reduction_term():
                         platform="cpu", dtype="float32", batch_size=1, method="pomt",
                         tokens=GRID, curve_s=_curve(), params=TRUE, calibration=tuple(uniform),
                         calibration_s=tuple(_truth(c) for c in uniform))
+
+
+def test_a_schedule_no_graph_runs_and_a_partial_config_are_refused():
+  """An increasing schedule was predicted all the same; a model file whose config lacked depth
+  loaded, then failed with KeyError 'depth' (review findings)."""
+  scheds = _schedules(8, 2) + [(N,) * (D + 1)]
+  lm = _fit(scheds, [_truth(c) for c in scheds])
+  with pytest.raises(ValueError, match=r"^schedule counts must never increase: block 1 "
+                                       r"receives 9 tokens and would emit 33$"):
+    lm.predict((N, 9, 33) + (9,) * (D - 2))
+  doc = lm.to_json()
+  doc["config"] = {k: v for k, v in doc["config"].items() if k != "depth"}
+  with pytest.raises(lm_lib.LatencyModelError,
+                     match=r"^m.json: config is missing fields \['depth'\]$"):
+    lm_lib.LatencyModel.from_json(doc, "m.json")

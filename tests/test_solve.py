@@ -918,8 +918,8 @@ def test_a_calibration_profile_solves_on_the_compiled_graph_latency_model(tmp_pa
   kept = [p for p in prof.points if p.component != "schedule"] + [
       p for p in prof.points if p.component == "schedule"][:1]
   few = dataclasses.replace(prof, points=tuple(kept))
-  with pytest.raises(solve_stage.SolveInputError, match=r"holds 1 calibration schedule\(s\) at "
-                     r"batch 8; the latency model needs >= \d"):
+  with pytest.raises(solve_stage.SolveInputError, match=r"holds 1 calibration schedule\(s\) that "
+                     r"reduce at batch 8; the latency model needs >= \d"):
     solve_stage.profile_latency_model(few, read_estimate(es))
   # The curve cut above the schedules' smallest counts: named with the file (it was an error
   # naming neither).

@@ -122,9 +122,10 @@ def profile_latency_model(profile: records.Profile, estimate: Estimate,
                           f"(python -m experiments.profile --solver=multi "
                           f"--method={estimate.method}) or profile with --mode=block")
   batch = resolve_batch(profile, estimate, batch_size, ("schedule",), allow_batch_mismatch)
-  num = len(profile.curve("schedule", batch))
+  num = sum(latency_model_lib.reduces(p.schedule) for p in profile.curve("schedule", batch))
   if num < latency_model_lib.MIN_CALIBRATION_SCHEDULES:
-    raise SolveInputError(f"profile {profile.source} holds {num} calibration schedule(s) at "
+    raise SolveInputError(f"profile {profile.source} holds {num} calibration schedule(s) that "
+                          f"reduce at "
                           f"batch {batch}; the latency model needs >= "
                           f"{latency_model_lib.MIN_CALIBRATION_SCHEDULES} (one per reduction "
                           f"term)")

@@ -59,7 +59,8 @@ MIN_CALIBRATION_SCHEDULES = len(PARAMS) - 2
 # held-out schedules beyond the machine's re-measurement noise for most methods (a few points of
 # p90 for some), at 1.7x the compile time.
 DEFAULT_CALIBRATION_SCHEDULES = 6
-DEFAULT_MAX_RESIDUAL = 0.10   # p90 |relative error| on the calibration set above this: untrusted
+DEFAULT_MAX_RESIDUAL = 0.10   # p90 |relative error| on the reducing calibration schedules above
+                              # this: untrusted
 
 
 class CalibrationError(ValueError):
@@ -137,6 +138,10 @@ class LatencyModel:
     if out:
       raise ValueError(f"counts {out} are outside the measured curve {lo}..{hi} of the latency "
                        f"model; measure the curve there")
+    grows = [l for l in range(self.depth) if c[l + 1] > c[l]]
+    if grows:          # (no graph runs it; it was predicted all the same)
+      raise ValueError(f"schedule counts must never increase: block {grows[0]} receives "
+                       f"{c[grows[0]]} tokens and would emit {c[grows[0] + 1]}")
     return c
 
   def predict(self, counts: Sequence[int]) -> float:
@@ -265,6 +270,7 @@ class LatencyModel:
                    where, "calibration must be a list of {counts, measured_s}",
                    LatencyModelError)
     try:
+      config_from_dict(doc["config"])      # (a partial config loaded: KeyError 'depth' later)
       return cls(model=str(doc["model"]), config=dict(doc["config"]),
                  device_kind=str(doc["device_kind"]), platform=str(doc["platform"]),
                  dtype=str(doc["dtype"]), batch_size=int(doc["batch_size"]),
