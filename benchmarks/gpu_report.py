@@ -35,6 +35,7 @@ from benchmarks import predictor_accuracy
 from experiments import common
 from vitprune import atomic
 from vitprune import jsonio
+from vitprune import solve
 from vitprune import benchmark as bench
 from vitprune.profile import records
 
@@ -191,6 +192,40 @@ def check_predictor_rows(path: str, rows: List[Any]) -> None:
     for name, v in times + points:
       if not _number(0)(v):
         raise ValueError(f"{path}: row {i}: {name} {v!r} is not a number >= 0")
+    _check_predictor_row(path, i, r, dict(points))
+
+
+def _check_predictor_row(path: str, i: int, r: Dict[str, Any], points: Dict[str, Any]
+                         ) -> None:
+  """The rest of a predictor row the table prints: its key (a list as batch size ended in a
+  traceback), counts, the share the times give, the error mean within its max, and a choice
+  said to meet its floor only when its measured accuracy does (edits printed 'yes (0.5000 >=
+  0.95)' and a -300 % share)."""
+  def bad(what):
+    return ValueError(f"{path}: row {i}: {what} (edited?)")
+
+  for k in ("model", "method"):
+    if not (isinstance(r[k], str) and r[k]):
+      raise bad(f"{k} {reprlib.repr(r[k])} is not a name")
+  for k, lo in (("batch_size", 1), ("num_heldout", 0)):
+    if not (isinstance(r[k], int) and not isinstance(r[k], bool) and r[k] >= lo):
+      raise bad(f"{k} {reprlib.repr(r[k])} is not an integer >= {lo}")
+  if "profile_s" in r:
+    share = r.get("calibration_share")
+    if not (_number(0)(share) and r["profile_s"] > 0 and
+            np.isclose(share, r["calibration_s"] / r["profile_s"], rtol=1e-9, atol=0)):
+      raise bad(f"calibration_share {share!r} is not calibration_s / profile_s")
+  if points and points["accuracy error mean"] > points["accuracy error max"] * (1 + 1e-12):
+    raise bad(f"accuracy error mean {points['accuracy error mean']!r} is above its max "
+              f"{points['accuracy error max']!r}")
+  ch = r.get("choice")
+  if ch and "floor_not_met" not in ch:
+    acc, floor = ch.get("measured_accuracy"), ch.get("floor")
+    if not (_number(0, 1)(acc) and _number(0, 1)(floor) and floor > 0):
+      raise bad(f"choice: measured accuracy {acc!r} and floor {floor!r} must be in [0, 1]")
+    if ch.get("meets_floor") is not bool(solve.meets_floor(acc, floor)):
+      raise bad(f"choice: meets_floor {ch.get('meets_floor')!r} but measured accuracy {acc} "
+                f"and floor {floor}")
 
 
 def collect(out_dir: str) -> Dict[str, Any]:

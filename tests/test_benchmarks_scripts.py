@@ -858,6 +858,10 @@ def test_gpu_report_checks_what_it_tabulates(tmp_path):
           "heldout": {"calibrated": {"median": 0.1, "p90": 0.2, "within10": 0.5}},
           "calibration_s": 1.0, "profile_s": 2.0, "calibration_share": 0.5}
   gpu_report.check_predictor_rows("p.json", [good])
+  frontier = {"latency": {"calibrated": {"median": 0.1, "p90": 0.2, "within10": 0.5}},
+              "accuracy_error_points": {"mean": 0.5, "max": 1.0}}
+  choice = {"floor": 0.95, "measured_accuracy": 0.96, "meets_floor": True}
+  gpu_report.check_predictor_rows("p.json", [{**good, "frontier": frontier, "choice": choice}])
   for bad, message in (
       (1, r"row 0 is not a predictor_accuracy row \(AttributeError"),
       ({}, r"row 0 is not a predictor_accuracy row \(KeyError: 'model'\)"),
@@ -873,7 +877,19 @@ def test_gpu_report_checks_what_it_tabulates(tmp_path):
        r"row 0: bogus 3 is not an error summary"),                 # by the table)
       ({**good, "heldout": {**good["heldout"], "anchored": {**good["heldout"]["calibrated"],
                                                              "speed_ratio": 0}}},
-       r"row 0: anchored speed_ratio 0 is not a ratio > 0")):
+       r"row 0: anchored speed_ratio 0 is not a ratio > 0"),
+      # (a probe's edits: a traceback, or printed as if true)
+      ({**good, "batch_size": [1]}, r"row 0: batch_size \[1\] is not an integer >= 1"),
+      ({**good, "model": {"a": 1}}, r"row 0: model \{'a': 1\} is not a name"),
+      ({**good, "num_heldout": -3}, r"row 0: num_heldout -3 is not an integer >= 0"),
+      ({**good, "calibration_share": 3.0}, r"row 0: calibration_share 3.0 is not "
+                                           r"calibration_s / profile_s"),
+      ({**good, "frontier": frontier, "choice": {**choice, "measured_accuracy": 0.5}},
+       r"row 0: choice: meets_floor True but measured accuracy 0.5 and floor 0.95"),
+      ({**good, "frontier": frontier, "choice": {**choice, "measured_accuracy": 7}},
+       r"row 0: choice: measured accuracy 7 and floor 0.95 must be in \[0, 1\]"),
+      ({**good, "frontier": {**frontier, "accuracy_error_points": {"mean": 250, "max": 1.0}},
+        "choice": choice}, r"row 0: accuracy error mean 250 is above its max 1.0")):
     with pytest.raises(ValueError, match=rf"^p.json: {message}"):
       gpu_report.check_predictor_rows("p.json", [good, bad][1:])
   # A result file: its version, completeness and device stated (version 99 or none was
