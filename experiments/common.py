@@ -307,8 +307,9 @@ def write_result(path: str, doc: Dict[str, Any], fmt: str, **json_kw) -> str:
   """Writes results `doc` (which carries `"format": fmt`) to `path`, checked up front with
   `atomic.check_output_json` (re-checked here under the writers' lock: a file made there during
   the run is refused, not replaced). Replacing results of another command says so (a run with
-  other settings replaced them without a word). When `path` was taken meanwhile, the results
-  are written beside it (`<name>.kept-XXXXXXXX.json`, named in the error): a benchmark's
+  other settings replaced them without a word). When `path` was taken meanwhile or cannot be
+  written, the results are written beside it (`<name>.kept-XXXXXXXX.json`, named in the error;
+  its folder replaced by a file: in the nearest folder above that still is one): a benchmark's
   minutes of measurement were lost."""
   if doc.get("format") != fmt:
     raise ValueError(f"results for {path} must carry format {fmt!r}")
@@ -320,15 +321,22 @@ def write_result(path: str, doc: Dict[str, Any], fmt: str, **json_kw) -> str:
     print(f"note: replacing {shown(path)}, the results of: {shown(old)}")
   try:
     return atomic.replace_json(path, doc, fmt, **json_kw)
-  except atomic.ForeignOutputError as e:
+  except OSError as e:        # (ForeignOutputError too: a file made at `path` meanwhile)
     root, ext = os.path.splitext(_without_trailing_sep(path))
-    kept = atomic.fitting_name(root, f".kept-{secrets.token_hex(4)}{ext or '.json'}")
+    suffix = f".kept-{secrets.token_hex(4)}{ext or '.json'}"
+    folder = os.path.dirname(os.path.abspath(root))
+    why = str(e)
+    if not os.path.isdir(folder):   # (its folder replaced by a file mid-run: every result lost)
+      why = f"cannot write {shown(path)}: its folder {shown(folder)} is no longer a folder ({e})"
+      while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)          # the nearest folder above that still is one
+      root = os.path.join(folder, os.path.basename(root))
+    kept = atomic.fitting_name(root, suffix)
     try:
       atomic.replace_json(kept, doc, fmt, overwrite=False, **json_kw)
     except (OSError, ValueError) as keep_error:
-      raise atomic.ForeignOutputError(f"{e}; the results could not be kept either: "
-                                      f"{keep_error}") from None
-    raise atomic.ForeignOutputError(f"{e}; the results are kept in {shown(kept)}") from None
+      raise type(e)(f"{why}; the results could not be kept either: {keep_error}") from None
+    raise type(e)(f"{why}; the results are kept in {shown(kept)}") from None
 
 
 def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,

@@ -730,3 +730,19 @@ def test_results_whose_out_was_taken_meanwhile_are_kept_beside_it(tmp_path):
   assert str(e.value).startswith(f"refusing to replace {out}") and str(e.value).endswith(
       f"; the results are kept in {kept}")
   assert json.loads(kept.read_text()) == doc and out.read_text() == '{"mine": 1}'
+
+
+def test_results_whose_folder_became_a_file_meanwhile_are_kept_above_it(tmp_path):
+  """--out's folder replaced by a file during a floor study: 'error: [Errno 17] File exists'
+  after the table, and no results anywhere (a probe)."""
+  sub = tmp_path / "sub"
+  sub.write_text("not a folder")
+  doc = {"format": "f", "command": "python -m b", "rows": [1, 2]}
+  with pytest.raises(OSError) as e:
+    common.write_result(str(sub / "r.json"), doc, "f")
+  (kept,) = [p for p in tmp_path.iterdir() if p != sub]
+  assert re.fullmatch(r"r\.kept-[0-9a-f]{8}\.json", kept.name)
+  assert str(e.value).startswith(f"cannot write {sub / 'r.json'}: its folder {sub} is no "
+                                 "longer a folder (") and str(e.value).endswith(
+                                     f"; the results are kept in {kept}")
+  assert json.loads(kept.read_text()) == doc and sub.read_text() == "not a folder"
