@@ -228,3 +228,20 @@ def test_the_verify_stages_change_is_paired_and_zero_for_the_unpruned_graph():
   assert held["floor_status"] == "straddles" and not held["floor_met"]
   agree = pipeline.paired_change(result([True] * 40, [True] * 37 + [False] * 3), "agreement")
   assert agree["value"] == pytest.approx(-3 / 40) and agree["interval_95"][1] <= 0.0
+
+
+def test_the_calibration_line_counts_the_full_count_the_curve_adds(monkeypatch):
+  """--tokens=64,33,17: the curve holds 17, 33, 64 and the full 65, the line said 3 counts."""
+  from vitprune.profile import latency_model  # pylint: disable=g-import-not-at-top
+  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+
+  def stop(*args, **kwargs):
+    raise KeyboardInterrupt      # (only the line before the measurement is wanted)
+
+  monkeypatch.setattr(latency_model, "calibrate", stop)
+  lines = []
+  for tokens, count in (((64, 33, 17), 4), ((65, 33, 17), 3)):
+    with pytest.raises(KeyboardInterrupt):
+      pipeline._calibrate(get_config("vit_digits"), None, pipeline.PipelineSpec(solver="multi"),
+                          tokens, lines.append)
+    assert f": uniform curve at {count} token counts + 6 pomt calibration schedules" in lines[-1]

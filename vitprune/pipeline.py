@@ -247,7 +247,8 @@ def _calibrate(cfg, params, spec, tokens, log):
   """Stage 1, multi: the latency model of the compiled graph -> (Profile, LatencyModel)."""
   log(f"[1/4] profile: {cfg.name} latency model of the compiled graph on "
       f"{jax.devices()[0].device_kind}, batch {spec.batch_size}, {spec.dtype}: uniform curve at "
-      f"{len(tokens)} token counts + {spec.calibration_schedules} {spec.method} calibration "
+      f"{len(set(tokens) | {cfg.num_tokens})} token counts + {spec.calibration_schedules} "
+      f"{spec.method} calibration "
       f"schedules, one shuffled measurement")
   lm, profile = latency_model_lib.calibrate(
       cfg, params, method=spec.method, batch_size=spec.batch_size, dtype=spec.dtype,
