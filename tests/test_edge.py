@@ -1645,3 +1645,58 @@ def test_the_board_refuses_a_manifest_the_jax_path_refuses(artifact, tmp_path):
       edge_rt.load(str(dst))
     with pytest.raises(deploy.ArtifactError, match=message):
       deploy.load(str(dst))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.update(runtime="x"), r"runtime must be an object, got str"),
+    (lambda r: r.update(module="x"), r"module must be an object, got str"),
+    (lambda r: r.update(module=7), r"module must be an object, got int"),
+    (lambda r: r["module"].update(file=["a"]), r"module.file must be a string, got \['a'\]"),
+    (lambda r: r["module"].update(sha256={}), r"module.sha256 must be a string, got \{\}"),
+    (lambda r: r["weights"].update(file={"a": 1}), r"weights.file must be a string, got "),
+])
+def test_a_record_field_of_another_type_is_one_error_on_the_jax_path(artifact, tmp_path, edit,
+                                                                       message):
+  """run_deployed / vitprune.load read an artifact's IREE records too: a string as module or
+  runtime was AttributeError and a list as file name TypeError, tracebacks (a probe); the
+  board CLI said one line."""
+  bad = tmp_path / "t"
+  shutil.copytree(artifact, bad)
+  rec = bad / edge_rt.EDGE_DIR / "iree_host.json"
+  doc = json.loads(rec.read_text())
+  edit(doc)
+  rec.write_text(json.dumps(doc))
+  with pytest.raises(deploy.ArtifactError, match=message):
+    deploy.load(str(bad))
+
+
+def test_a_weight_shape_beyond_int64_is_one_error(tmp_path):
+  """A kit leaf shape of 10**30 overflowed numpy's int64 (OverflowError traceback); a merely
+  large one was already 'does not fit'."""
+  (tmp_path / "w.bin").write_bytes(b"\0" * 16)
+  entry = {"mode": "args", "file": "w.bin",
+           "sha256": deploy.file_sha256(str(tmp_path / "w.bin")),
+           "leaves": [{"name": "a", "shape": [10 ** 30, 2], "dtype": "float32", "offset": 0,
+                       "nbytes": 16}]}
+  with pytest.raises(EdgeError, match=r"^kit: weight leaf a does not fit .*w.bin$"):
+    edge_rt.read_weights(str(tmp_path), entry, "kit")
+
+
+def test_the_runtime_failing_a_call_is_one_error():
+  """IREE raises RuntimeError when an invoke fails (a board out of memory for the batch:
+  RESOURCE_EXHAUSTED), which the board CLI let through as a 37-line traceback."""
+  class Failing:
+    def __call__(self, *args):
+      raise RuntimeError("Error invoking function: c/runtime/src/iree/hal/allocator_libc.c:57: "
+                         "RESOURCE_EXHAUSTED; libc allocator failed the request\n"
+                         "; while invoking native function hal.device.queue.alloca")
+
+  runner = edge_rt.Runner("local-sync")
+  with pytest.raises(EdgeError, match=r"^the module failed on the local-sync device: not enough "
+                     r"memory on this device for the batch \(try a smaller batch size\): Error "
+                     r"invoking function: .*RESOURCE_EXHAUSTED"):
+    runner.bind([Failing()], [], [None])()
+  runner = edge_rt.Runner("local-sync", shards=2)     # a failing shard, raised once all ended
+  with pytest.raises(EdgeError, match=r"^the module failed on the local-sync device: boom$"):
+    runner.bind([lambda *a: (_ for _ in ()).throw(RuntimeError("boom")), Failing()], [],
+                [None, None])()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
+import math
 import os
 import reprlib
 import signal
@@ -95,11 +96,20 @@ def check_record_files(root: str, records: List[Dict[str, Any]]) -> None:
       check_driver(parse_target(r["target"]), r["driver"])
     except EdgeError as e:
       raise EdgeError(f"{what}: {e}") from None
-    checked_function(r, record_identity(r), what)
-    for key in ("module", "weights"):
-      entry = r.get(key)
+    # (checked before the identity reads them: a string as module or runtime, or a list as a
+    # file name, was a traceback on the jax path)
+    for key in ("module", "weights", "runtime"):
+      entry = r.get(key, {} if key == "runtime" else None)
       if not isinstance(entry, dict):
         raise EdgeError(f"{what}: {key} must be an object, got {type(entry).__name__}")
+      if key != "runtime" and not (key == "weights" and entry.get("mode") == "baked"):
+        for field in ("file", "sha256"):
+          if not isinstance(entry.get(field), str):
+            raise EdgeError(f"{what}: {key}.{field} must be a string, got "
+                            f"{reprlib.repr(entry.get(field))}")
+    checked_function(r, record_identity(r), what)
+    for key in ("module", "weights"):
+      entry = r[key]
       if key == "weights" and entry.get("mode") == "baked":
         continue
       if (entry.get("file"), entry.get("sha256")) not in seen:
@@ -127,7 +137,8 @@ def read_weights(root: str, entry: Dict[str, Any], what: str) -> List[np.ndarray
                       "record?)")
     dtype, shape = np.dtype(leaf["dtype"]), tuple(leaf["shape"])
     lo, n = int(leaf["offset"]), int(leaf["nbytes"])
-    if lo + n > blob.size or n != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+    # (Python ints: a shape of 10**30 overflowed numpy's int64, a traceback)
+    if lo + n > blob.size or n != math.prod(shape) * dtype.itemsize:
       raise EdgeError(f"{what}: weight leaf {leaf['name']} does not fit {path}")
     # The file is checked by its sha256, the table by the packing: an edited offset would read
     # the bytes of other leaves as this one.
@@ -218,13 +229,26 @@ class Runner:
                        f"(this runner runs at most {self.shards})")
     return [self.put(part) for part in np.split(x, parts)]
 
+  def _invoke(self, fn: Callable, weights: Sequence[Any], x: Any) -> np.ndarray:
+    """fn(*weights, x) on the host; the runtime's failure (RuntimeError: e.g. the board out of
+    memory for the batch, RESOURCE_EXHAUSTED) as one EdgeError line, not a traceback."""
+    try:
+      return fn(*weights, x).to_host()
+    except RuntimeError as e:
+      lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+      why = next((ln for ln in lines if "RESOURCE_EXHAUSTED" in ln), lines[0] if lines else
+                 type(e).__name__)
+      hint = (": not enough memory on this device for the batch (try a smaller batch size)"
+              if "RESOURCE_EXHAUSTED" in why else "")
+      raise EdgeError(f"the module failed on the {self.driver} device{hint}: "
+                      f"{why[:300]}") from None
+
   def bind(self, fns: Sequence[Callable], weights: Sequence[Any],
            inputs: Sequence[Any]) -> Callable[[], np.ndarray]:
     """A no-argument call running fns[i](*weights, inputs[i]) for every part at once -> the
     results on the host, concatenated along the batch. A part that fails raises once every
     part has finished (no call outlives it)."""
-    calls = [functools.partial(lambda f, x: f(*weights, x).to_host(), f, x)
-             for f, x in zip(fns, inputs)]
+    calls = [functools.partial(self._invoke, f, weights, x) for f, x in zip(fns, inputs)]
     if len(calls) == 1:
       return calls[0]
     pool, first, rest = self._pool, calls[0], calls[1:]
