@@ -8,6 +8,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -1700,3 +1701,27 @@ def test_the_runtime_failing_a_call_is_one_error():
   with pytest.raises(EdgeError, match=r"^the module failed on the local-sync device: boom$"):
     runner.bind([lambda *a: (_ for _ in ()).throw(RuntimeError("boom")), Failing()], [],
                 [None, None])()
+
+
+def test_a_stopped_build_stops_its_running_compiler_processes(tmp_path, monkeypatch):
+  """SIGTERM during edge_kit: the CLI exited (143) but both running iree-compile processes ran
+  on for minutes (each DeiT-S compile). A failed or interrupted compile_many stops them."""
+  import threading  # pylint: disable=g-import-not-at-top
+  fake = tmp_path / "iree-compile"
+  fake.symlink_to(shutil.which("sleep"))
+  started, children = threading.Event(), []
+
+  def compile_module(mlir, target, **kw):
+    if mlir == "slow":
+      children.append(subprocess.Popen([str(fake), "60"]))
+      started.set()
+      children[-1].wait()
+      return b"", {}
+    started.wait(10)
+    raise KeyboardInterrupt      # what SIGTERM / Ctrl-C becomes in a CLI
+
+  monkeypatch.setattr(iree_build, "compile_module", compile_module)
+  with pytest.raises(KeyboardInterrupt):
+    iree_build.compile_many({"a": ("slow", None), "b": ("stop", None)}, threads=2)
+  (child,) = children
+  assert child.wait(timeout=10) == -signal.SIGTERM

@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import re
+import signal
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -294,10 +295,36 @@ def compile_many(jobs: Dict[Any, Tuple[Any, ...]], *, threads: int = 2,
   if threads < 1:
     raise IreeBuildError(f"threads must be >= 1, got {threads}")
   done = (lambda key, result: on_done(key, result[1])) if on_done else None
-  return parallel.run_jobs(
-      {k: functools.partial(compile_module, job[0], job[1],
-                            profile=job[2] if len(job) > 2 else profile, cache_dir=cache_dir)
-       for k, job in jobs.items()}, threads, done)
+  try:
+    return parallel.run_jobs(
+        {k: functools.partial(compile_module, job[0], job[1],
+                              profile=job[2] if len(job) > 2 else profile, cache_dir=cache_dir)
+         for k, job in jobs.items()}, threads, done)
+  except BaseException:      # a failure, Ctrl-C or SIGTERM: the running compiles go too
+    stop_compilers()
+    raise
+
+
+def stop_compilers(name: str = "iree-compile") -> List[int]:
+  """Sends SIGTERM to this process's child processes called `name` (Linux /proc; elsewhere
+  none) -> their pids. `run_jobs` does not wait for running compiles, and each is a process:
+  a build stopped by SIGTERM left them running for minutes after it had exited."""
+  me, stopped = os.getpid(), []
+  try:
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+  except OSError:
+    return stopped
+  for pid in pids:
+    try:
+      with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read().decode("utf-8", "replace")
+      comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+      if comm == name[:15] and int(rest.split()[1]) == me:     # (comm: 15 characters at most)
+        os.kill(pid, signal.SIGTERM)
+        stopped.append(pid)
+    except (OSError, ValueError, IndexError):       # (gone meanwhile, or not ours to stop)
+      continue
+  return stopped
 
 
 # ----------------------------------------------------------------------------- artifacts
