@@ -81,6 +81,9 @@ def main(f: flags.FlagValues) -> None:
       tokens=tokens, threads=1,
       timing=protocol.flag_timing(min_run_time=f.min_run_time, seed=f.seed),
       coarse_stride=f.coarse_stride, seed=f.seed)
+  # (the per-block row holds an input per count: a batch the model rows fit could not)
+  memory.check_batch_fits(cfg, [f.batch_size], f.dtype, held_per_example=dataclasses.replace(
+      base, mode="block").held_input_bytes())
   par = dataclasses.replace(base, threads=f.threads)
   ada = dataclasses.replace(par, adaptive=True)
   rows = [_run("default (model, 1 thread)", base),

@@ -130,7 +130,13 @@ def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,
     check_finite(fv)
     check_not_empty(fv)
     check_jax_platforms()
-    main(fv)
+    try:
+      main(fv)
+    except RuntimeError as e:   # (jax's JaxRuntimeError: a 51-line traceback)
+      oom = device_out_of_memory(e)
+      if oom is None:
+        raise
+      raise oom from None
     if whole_process:
       console.finish_quietly()          # done: a signal from now on must not fail it, and one
     console.raise_if_interrupted()      # before (even swallowed by a callback) still does
@@ -146,6 +152,17 @@ def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,
     if whole_process:
       _exit_interrupted(console.failure_of(e))
     fail(*console.interrupt_exit(console.failure_of(e)))
+
+
+def device_out_of_memory(e: RuntimeError) -> Optional[MemoryError]:
+  """A MemoryError (one line) for a runtime's RESOURCE_EXHAUSTED (the device out of memory for
+  a batch the up-front check let through: the host's MemAvailable is all it knows, not a GPU's
+  memory or every buffer a run holds), else None (another RuntimeError: a bug, kept whole)."""
+  lines = [ln.strip() for ln in str(e).splitlines() if "RESOURCE_EXHAUSTED" in ln]
+  if not lines:
+    return None
+  return MemoryError(f"the device ran out of memory ({lines[0][:200]}): try a smaller batch "
+                     "size")
 
 
 def check_jax_platforms(environ: Optional[Dict[str, str]] = None) -> None:

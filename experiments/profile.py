@@ -269,7 +269,8 @@ def spec_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
                             adaptive=f.adaptive, coarse_stride=f.coarse_stride,
                             max_points=f.max_points, chunk_points=f.chunk_points,
                             reducer=f.reducer, seed=f.seed)
-  memory.check_batch_fits(cfg, spec.batch_sizes, spec.dtype)
+  memory.check_batch_fits(cfg, spec.batch_sizes, spec.dtype,
+                          held_per_example=spec.held_input_bytes())
   if f.compile_cache_dir:      # JAX would only warn and run without a cache
     common.check_output_dir(f.compile_cache_dir, "compile_cache_dir")
   if out_dir is not None:

@@ -1,4 +1,5 @@
 """vitprune/memory.py (the batch-fits check) and the up-front checks of experiments/common.py."""
+import dataclasses
 import os
 
 import jax
@@ -65,6 +66,33 @@ def test_max_batch_and_check_batch_fits():
     memory.check_batch_fits(DEIT, [1], available=1000)
   with pytest.raises(ValueError, match=r"^--verify \(one image\) cannot fit in memory"):
     memory.check_batch_fits(DEIT, [1], available=1000, what="--verify (one image)")
+
+
+def test_the_profilers_block_inputs_count_against_the_batch():
+  """--mode=block holds a [B, n, C] input per count of a chunk: a batch the forward's estimate
+  accepted needed ~3.5x it (vit_digits, every count) and was killed (a probe)."""
+  from vitprune.profile import runner  # pylint: disable=g-import-not-at-top
+  digits = get_config("vit_digits")
+  block = runner.ProfileSpec(cfg=digits, mode="block")
+  c = digits.embed_dim
+  assert block.held_input_bytes() == c * (4 * sum(range(2, 66)) + 8 * 65)
+  assert dataclasses.replace(block, chunk_points=3).held_input_bytes() == \
+      c * (4 * (65 + 64 + 63) + 8 * 65)
+  assert dataclasses.replace(block, dtype="bfloat16").held_input_bytes() == \
+      c * (2 * sum(range(2, 66)) + 8 * 65)
+  assert dataclasses.replace(block, mode="model").held_input_bytes() == 0
+  sched = dataclasses.replace(block, mode="schedule",
+                              schedules=(parse_schedule(digits, "keep@3:35"),))
+  assert sched.held_input_bytes() == c * (4 * (65 + 35) + 8 * 65)
+  held = block.held_input_bytes()
+  avail = memory.forward_bytes(digits, 1000) + 1          # the forward alone fits ...
+  memory.check_batch_fits(digits, [1000], available=avail)
+  with pytest.raises(ValueError, match=r"^--batch_size=1000 cannot fit in memory: .*\(at most "
+                                       r"\d+ fit"):                     # ... its inputs do not
+    memory.check_batch_fits(digits, [1000], available=avail, held_per_example=held)
+  fits = memory.max_batch(digits, avail, held_per_example=held)
+  assert memory.forward_bytes(digits, fits, held_per_example=held) <= avail < \
+      memory.forward_bytes(digits, fits + 1, held_per_example=held)
 
 
 def test_available_bytes_reads_meminfo(tmp_path):
@@ -208,3 +236,35 @@ def test_an_evaluation_also_holds_the_tokens_after_every_block():
                                        rf"most {fits} fit"):
     memory.check_batch_fits(DEIT, [40], available=avail, flag="--eval_batch_size",
                             evaluation=True)
+
+
+def test_block_and_head_keys_of_a_count_share_one_input():
+  from vitprune.profile import runner  # pylint: disable=g-import-not-at-top
+  digits = get_config("vit_digits")
+  spec = runner.ProfileSpec(cfg=digits, mode="block")
+  jobs = runner._jobs([("block", 9, None), ("head", 9, None), ("block", 17, None)], spec=spec,
+                      params=init_params(digits, 0), images=np.zeros((2, 32, 32, 3), np.float32),
+                      reducer=None)
+  x9, x17 = jobs[("block", 9, None)][1][1], jobs[("block", 17, None)][1][1]
+  assert jobs[("head", 9, None)][1][1] is x9 and x9.shape == (2, 9, 64)
+  assert x17.shape == (2, 17, 64)
+
+
+def test_a_device_out_of_memory_is_one_error_line(capsys):
+  """jax's RESOURCE_EXHAUSTED (a batch the host-memory check let through: a GPU's memory, or
+  buffers the estimate missed) was a 51-line traceback; another RuntimeError stays one (a bug)."""
+  def oom(fv):
+    raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 76800000 bytes.")
+
+  with pytest.raises(SystemExit) as e:
+    common.run_in_process(oom, lambda fv: None, [])
+  assert e.value.code == 1
+  assert capsys.readouterr().err == (
+      "error: the device ran out of memory (RESOURCE_EXHAUSTED: Out of memory allocating "
+      "76800000 bytes.): try a smaller batch size\n")
+
+  def bug(fv):
+    raise RuntimeError("something else")
+
+  with pytest.raises(RuntimeError, match="something else"):
+    common.run_in_process(bug, lambda fv: None, [])

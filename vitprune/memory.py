@@ -75,20 +75,22 @@ def _per_example_bytes(cfg: ViTConfig, dtype: str, schedule: Optional[Schedule],
 
 def forward_bytes(cfg: ViTConfig, batch: int, dtype: str = "float32",
                   schedule: Optional[Schedule] = None, num_params: Optional[int] = None, *,
-                  evaluation: bool = False) -> int:
+                  evaluation: bool = False, held_per_example: int = 0) -> int:
   """Estimated peak bytes of one forward of `cfg` at `batch` images (see the module doc); with
-  `evaluation`, of an evaluation of many schedules (`_per_example_bytes`)."""
+  `evaluation`, of an evaluation of many schedules (`_per_example_bytes`); `held_per_example`:
+  bytes per image the caller holds besides (the profiler's block inputs)."""
   batch = as_positive_int(batch, "batch size")
   return (_fixed_bytes(cfg, dtype, num_params)
-          + batch * _per_example_bytes(cfg, dtype, schedule, evaluation))
+          + batch * (_per_example_bytes(cfg, dtype, schedule, evaluation) + held_per_example))
 
 
 def max_batch(cfg: ViTConfig, available: int, dtype: str = "float32",
               schedule: Optional[Schedule] = None, num_params: Optional[int] = None, *,
-              evaluation: bool = False) -> int:
+              evaluation: bool = False, held_per_example: int = 0) -> int:
   """The largest batch whose `forward_bytes` is within `available` bytes (0: none fits)."""
   room = available - _fixed_bytes(cfg, dtype, num_params)
-  return max(0, room // _per_example_bytes(cfg, dtype, schedule, evaluation))
+  return max(0, room // (_per_example_bytes(cfg, dtype, schedule, evaluation) +
+                         held_per_example))
 
 
 def available_bytes(meminfo: str = MEMINFO) -> Optional[int]:
@@ -112,10 +114,11 @@ def check_batch_fits(cfg: ViTConfig, batches: Sequence[int], dtype: str = "float
                      schedule: Optional[Schedule] = None, flag: str = "--batch_size",
                      available: Optional[int] = None,
                      num_params: Optional[int] = None, what: Optional[str] = None,
-                     evaluation: bool = False) -> None:
+                     evaluation: bool = False, held_per_example: int = 0) -> None:
   """Raises ValueError when the largest of `batches` cannot fit in `available` bytes (default:
   `available_bytes()`; no check where that is unknown), naming what fits. The error starts with
-  `what` (default: `flag`=the batch). `evaluation`: the batch evaluates many schedules
+  `what` (default: `flag`=the batch). `held_per_example`: bytes per image held besides the
+  forward (`ProfileSpec.held_input_bytes`). `evaluation`: the batch evaluates many schedules
   (accuracy), holding the tokens of a shared prefix (`forward_bytes`)."""
   if isinstance(batches, (str, bytes)) or len(batches) == 0:     # (an array: `not` is ambiguous)
     raise ValueError(f"{flag}: no batch size given")
@@ -124,10 +127,12 @@ def check_batch_fits(cfg: ViTConfig, batches: Sequence[int], dtype: str = "float
     available = available_bytes()
     if available is None:
       return
-  need = forward_bytes(cfg, batch, dtype, schedule, num_params, evaluation=evaluation)
+  need = forward_bytes(cfg, batch, dtype, schedule, num_params, evaluation=evaluation,
+                       held_per_example=held_per_example)
   if need <= available:
     return
-  fits = max_batch(cfg, available, dtype, schedule, num_params, evaluation=evaluation)
+  fits = max_batch(cfg, available, dtype, schedule, num_params, evaluation=evaluation,
+                   held_per_example=held_per_example)
   hint = (f"at most {fits} fit" if fits else "not even batch 1 fits")
   kind = "evaluation" if evaluation else "forward"
   raise ValueError(f"{what or f'{flag}={batch}'} cannot fit in memory: a {dtype} {kind} of "
