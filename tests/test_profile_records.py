@@ -461,3 +461,20 @@ def test_a_table_of_someone_else_beside_a_profile_is_not_replaced(tmp_path):
                                          r"a profile table's header"):
       check()
   assert open(paths["csv"]).read() == "my,data\n1,2\n"
+
+
+def test_a_run_whose_points_the_file_refuses_keeps_them_beside_it(tmp_path):
+  """Two runs of other timing settings started on an empty --out_dir: both passed the up-front
+  check, the second to save was refused by the first's file and every point it measured was
+  discarded (a probe)."""
+  from vitprune.profile import runner  # pylint: disable=g-import-not-at-top
+  first = _profile(_staircase_points())
+  paths = records.save(first, str(tmp_path))
+  other = dataclasses.replace(first, timing={"min_run_time": 0.05})
+  with pytest.raises(ValueError, match=r"timed with different settings .*; this run's \d+ "
+                     r"points are kept in .*\.kept-[0-9a-f]{8}\.json$") as e:
+    runner._write_or_keep(other, str(tmp_path))
+  kept = str(e.value).rsplit("kept in ", 1)[1]
+  assert os.path.dirname(kept) == str(tmp_path) and os.path.isfile(kept[:-5] + ".csv")
+  assert records.load(kept).points == other.points and records.load(kept).timing == other.timing
+  assert records.load(paths["json"]) == first                 # the first run's file untouched

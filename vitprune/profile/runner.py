@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import secrets
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -410,6 +411,24 @@ def write_outputs(profile: records.Profile, out_dir: str, stem: Optional[str] = 
   return records.save(profile, out_dir, stem, extra={"png": plot_lib.plot_profile})
 
 
+def _write_or_keep(profile: records.Profile, out_dir: str) -> Dict[str, str]:
+  """`write_outputs`, or, when the file there refuses this run's points (a concurrent run
+  wrote a profile of other timing settings or another reducer there meanwhile; found only
+  after measuring), the points written beside it under a new name, said in the ValueError:
+  every point measured was discarded."""
+  try:
+    return write_outputs(profile, out_dir)
+  except ValueError as e:
+    stem = f"{records.file_stem(profile)}.kept-{secrets.token_hex(4)}"
+    try:
+      kept = write_outputs(profile, out_dir, stem)["json"]
+    except (OSError, ValueError) as keep_error:
+      raise ValueError(f"{e}; this run's {len(profile.points)} points could not be kept "
+                       f"either: {keep_error}") from None
+    raise ValueError(f"{e}; this run's {len(profile.points)} points are kept in "
+                     f"{console.printable(kept)}") from None
+
+
 def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None,
                 compile_cache_dir: Optional[str] = None, progress: bool = True,
                 log: Callable[[str], None] = print, resume: bool = False
@@ -445,7 +464,7 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
       """Writes every chunk's points as they come (an interrupted run keeps them), into the
       profiles of several batch sizes holding this one too (kept in step when killed)."""
       if len(prof.points) != written.get("points"):     # (else: written already)
-        written.update(paths=write_outputs(prof, out_dir), points=len(prof.points))
+        written.update(paths=_write_or_keep(prof, out_dir), points=len(prof.points))
         if not last:
           for stem in combined_stems(prof, out_dir, int(b)):
             write_outputs(prof, out_dir, stem)
