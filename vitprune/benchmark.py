@@ -417,8 +417,11 @@ def measure_quality(spec: BenchmarkSpec, params, variants: Sequence[Variant], da
                                (v.schedule.reduction_layers or (None,))[0]) for v in pruned]
   out = {}
   for dt in spec.dtypes:
+    # Below float32 the pieces differ from the whole graph (rounding at the block boundaries):
+    # each row's quality must be the graph it times (bfloat16 rows were another image's worth).
     res = estimate.evaluate(cfg, params, data.batches(cfg, spec.eval_batch_size), points,
-                            labelled=data.labelled, dtype=dt, margins=data.labelled)
+                            labelled=data.labelled, dtype=dt, margins=data.labelled,
+                            whole_graphs=dt != "float32")
     ref = res.reference
     for v in variants:
       if v.schedule == S.full_schedule(cfg):
