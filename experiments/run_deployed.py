@@ -90,14 +90,15 @@ def run(f: flags.FlagValues) -> dict:
   for i, (p, prob) in enumerate(zip(out["pred"], out["prob"])):
     rows.append({"file": dataset.files[i], "pred": int(p),
                  "class": names[p] if names else str(p), "prob": float(prob),
-                 "label": None})
+                 "label": None, "label_class": None})
   result = {"artifact": model.path, "images": dataset.root, "num_images": len(dataset),
             "model": model.manifest.model,
             "schedule": model.manifest.schedule_text, "predictions": rows,
             "accuracy": None}
   if dataset.labelled:   # labels are model output indices (matched by class name)
     for r, l in zip(rows, dataset.labels.tolist()):
-      r["label"] = l
+      # (the index beside the class name read as a class: label=2 for an image of folder 0)
+      r["label"], r["label_class"] = l, names[l] if names else str(l)
     right = sum(r["pred"] == r["label"] for r in rows)
     result["accuracy"] = right / len(rows)
     result["accuracy_record"] = intervals.accuracy_record(right, len(rows))
@@ -113,7 +114,8 @@ def main(f: flags.FlagValues) -> dict:
   res = run(f)
   if not f.quiet:
     for r in res["predictions"]:
-      extra = "" if r["label"] is None else f"\tlabel={r['label']}"
+      extra = ("" if r["label"] is None else
+               f"\tlabel={r['label']}\t{console.printable(r['label_class'])}")
       print(f"{console.printable(r['file'])}\t{r['pred']}\t{console.printable(r['class'])}\t"
             f"{r['prob']:.4f}{extra}")
   lat = res["latency"]

@@ -732,6 +732,9 @@ def test_clis_end_to_end(tmp_path, params):
   assert [r["pred"] for r in got["predictions"]] == want
   # Labels by class name, not by folder position: folders 0/ and 3/ are classes 0 and 3.
   assert [r["label"] for r in got["predictions"]] == [0, 0, 3, 3, 3]
+  names = (deploy.read_manifest(out).to_json()["class_names"] or
+           [str(i) for i in range(CFG.num_classes)])
+  assert [r["label_class"] for r in got["predictions"]] == [names[i] for i in (0, 0, 3, 3, 3)]
   labels = [0, 0, 3, 3, 3]
   assert got["accuracy"] == pytest.approx(np.mean(np.asarray(want) == labels))
   right = int(np.sum(np.asarray(want) == labels))
@@ -741,7 +744,8 @@ def test_clis_end_to_end(tmp_path, params):
   assert lat["batch_size"] == 2 and len(lat["samples_s"]) == 5
   assert 0 < lat["q25_s"] <= lat["median_s"] <= lat["q75_s"]
   assert lat["median_s"] == pytest.approx(float(np.median(lat["samples_s"])))
-  assert f"0/a.png\t{want[0]}\t{want[0]}\t" in res.stdout
+  assert f"0/a.png\t{want[0]}\t{names[want[0]]}\t" in res.stdout
+  assert f"\tlabel=3\t{names[3]}\n" in res.stdout          # the index and its class name
   assert "accuracy" in res.stdout and "latency batch 2: median" in res.stdout
 
   # Flat folder: predictions without labels or accuracy.
