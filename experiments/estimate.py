@@ -139,12 +139,19 @@ def default_out_name(cfg, method: str, layers: Sequence[Optional[int]], data_tag
                f"{dtype}{weights}") + ".json"
 
 
-def weights_tag(params) -> str:
+def weights_tag(params, class_names: Optional[Sequence[str]] = None) -> str:
   """'' for the embedded default weights (by their parameters' sha256, wherever they were
   given from: --weights=weights/vit_digits named them apart), else the first 8 hex digits of
-  the parameters' sha256 (`default_out_name`'s weights tag)."""
+  the parameters' sha256 (`default_out_name`'s weights tag); + 'c' and 6 hex digits of the
+  class names when the weights record others than the embedded default's (the same
+  parameters under other names label the images otherwise: that estimate took this one's
+  name, and --overwrite replaced a labelled estimate by an agreement-only one)."""
   sha = params_sha256(params)
-  return "" if sha == checkpoint.recorded_params_sha256(common.EMBEDDED_WEIGHTS) else sha[:8]
+  tag = "" if sha == checkpoint.recorded_params_sha256(common.EMBEDDED_WEIGHTS) else sha[:8]
+  if class_names is not None and tuple(class_names) != common.class_names(
+      common.EMBEDDED_WEIGHTS):
+    tag += "c" + hashlib.sha256("\n".join(class_names).encode()).hexdigest()[:6]
+  return tag
 
 
 def main(f: flags.FlagValues):
@@ -202,7 +209,8 @@ def main(f: flags.FlagValues):
       os.path.normpath(f.data))
   name = f.out_name or default_out_name(
       cfg, method, layers, data_tag, data.info["num_examples"], f.seed,
-      None if f.tokens is None else tokens, f.dtype, f.holdout_images, weights_tag(params))
+      None if f.tokens is None else tokens, f.dtype, f.holdout_images,
+      weights_tag(params, common.class_names(source)))
   out = os.path.join(f.out_dir, name)
   if not f.out_name and os.path.lexists(out):         # the derived name
     atomic.check_replaceable_json(out, ESTIMATE_FORMAT)              # not ours?

@@ -3,6 +3,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -690,6 +691,13 @@ def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
   # The embedded default weights, however given (--weights=weights/vit_digits too), get no tag.
   assert weights_tag(load_weights(common.EMBEDDED_WEIGHTS)[1]) == ""
   assert weights_tag(init_params(CFG, 0)) == w0
+  # The embedded parameters under other class names label the images otherwise (a probe: that
+  # estimate took the default's name, and --overwrite replaced the labelled one).
+  embedded = load_weights(common.EMBEDDED_WEIGHTS)[1]
+  assert weights_tag(embedded, common.class_names(common.EMBEDDED_WEIGHTS)) == ""
+  other = weights_tag(embedded, [f"c{i}" for i in range(10)])
+  assert re.fullmatch(r"c[0-9a-f]{6}", other)
+  assert weights_tag(init_params(CFG, 0), [f"c{i}" for i in range(10)]) == w0 + other
   base = ["--model=test_tiny_vit", "--num_images=4", "--batch_size=4", f"--out_dir={tmp_path}"]
   for extra in ([], ["--tokens=17,9"], ["--tokens=9:17:4"],
                 ["--tokens=17,9", "--dtype=bfloat16"], ["--init_seed=3"]):
