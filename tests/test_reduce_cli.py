@@ -208,3 +208,27 @@ def test_a_model_without_a_head_is_compared_by_features_on_any_images(tmp_path):
                           method="pomt", schedule=None, labels=np.full(4, -1), repeats=3,
                           warmup=1)
   assert r["metric"] == "feature_cosine"
+
+
+def test_the_two_graphs_are_timed_interleaved(monkeypatch):
+  """The unpruned graph was timed, then the pruned one: load drift reached one of them (the
+  default run printed x1.56 for a x1.12 FLOP cut; reruns x0.97..1.08; a probe). Both are now
+  timed in rounds of a shuffled order, exactly --repeats calls each."""
+  from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
+  order = []
+  real = protocol.time_calls
+
+  def spy(fn, args, cfg, *rest, **kw):
+    order.append((fn, cfg.min_reps, cfg.max_reps, cfg.warmup))
+    return real(fn, args, cfg, *rest, **kw)
+
+  monkeypatch.setattr(protocol, "time_calls", spy)
+  params = model.init_params(CFG, 0)
+  images = np.random.default_rng(0).random((2, 32, 32, 3), np.float32)
+  prune_lib.run_prune(CFG, params, images, method="pomt", schedule=None, warmup=1, repeats=20)
+  # 5 rounds x 2 graphs (and, for a noisy graph, up to 2 re-measurements, in rounds too)
+  assert len(order) in (10, 15, 20, 25, 30) and {o[1:] for o in order} == {(4, 4, 1)}
+  graphs = [o[0] for o in order[:10]]
+  assert len(set(graphs)) == 2 and all(set(graphs[i:i + 2]) == set(graphs[:2])
+                                       for i in range(0, 10, 2))        # each round: both
+  assert [prune_lib.timing_rounds(n) for n in (3, 6, 7, 9, 12, 20, 200)] == [1, 2, 1, 3, 4, 5, 5]
