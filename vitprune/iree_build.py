@@ -273,6 +273,10 @@ def compile_module(mlir: str, target: Target, *, profile: str = "throughput",
       blob, cached, key = _compile_once(ireec, mlir, backends, flags, version, cache_dir)
       break
     except ireec.CompilerToolError as e:
+      code = re.search(r"Error code: (-?\d+)", str(e))
+      if code and int(code.group(1)) < 0:     # killed by a signal (`stop_compilers`): a retry
+        raise IreeBuildError(f"IREE compile for {target.text} was stopped (signal "   # with
+                             f"{-int(code.group(1))})") from None       # fewer flags ran on
       first = _first_error(e)
       step = next_attempt(flags, str(e)) if target.backend == "llvm-cpu" else None
       if step is None:
