@@ -99,7 +99,9 @@ def check_record_files(root: str, records: List[Dict[str, Any]]) -> None:
     # (checked before the identity reads them: a string as module or runtime, or a list as a
     # file name, was a traceback on the jax path)
     for key in ("module", "weights", "runtime"):
-      entry = r.get(key, {} if key == "runtime" else None)
+      entry = r.get(key)
+      if key == "runtime" and entry is None:      # (absent or null: one shard, as the board
+        entry = {}                                # reads it)
       if not isinstance(entry, dict):
         raise EdgeError(f"{what}: {key} must be an object, got {type(entry).__name__}")
       if key != "runtime" and not (key == "weights" and entry.get("mode") == "baked"):
