@@ -96,8 +96,11 @@ def solution_file(path, cfg, counts, *, mode="paper", method="pomt", frontier=()
     settings.setdefault("layer", reducing[0] if reducing else 0)
     tokens = int(counts[-1])
     ns = sorted({tokens, cfg.num_tokens})
+    from vitprune.solve import utility  # pylint: disable=g-import-not-at-top
     curve = {"tokens": ns, "latency_s": [1e-3 if n == tokens else 2e-3 for n in ns],
-             "accuracy": [0.9 if n == tokens else 0.95 for n in ns], "utility": [0.5] * len(ns)}
+             "accuracy": [0.9 if n == tokens else 0.95 for n in ns]}
+    curve["utility"] = utility(curve["latency_s"], curve["accuracy"],
+                               settings.get("alpha", 0.5)).tolist()     # n: the argmax
   if mode == "multi" and tuple(counts) not in {tuple(c) for c in frontier}:
     frontier = (counts, *frontier)      # a multi choice is one the solution lists
   sol = S.Solution(

@@ -13,6 +13,13 @@ from vitprune import jsonio
 from vitprune.records import solution as S
 from vitprune.registry import get_config
 
+def _curve(tokens, latency_s, accuracy, alpha=0.5):
+  """A paper curve whose utilities are U of its latencies and accuracies (the reader checks)."""
+  from vitprune.solve import utility  # pylint: disable=g-import-not-at-top
+  return {"tokens": list(tokens), "latency_s": list(latency_s), "accuracy": list(accuracy),
+          "utility": utility(latency_s, accuracy, alpha).tolist()}
+
+
 def _as_multi(d):
   """A paper solution document relabelled multi: without the paper mode's curve and fields,
   its chosen schedule listed on the frontier (as every multi solution lists its choice)."""
@@ -199,6 +206,19 @@ def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
     (lambda d: d["chosen"].update(measured_accuracy=0.5, num_images=0),
      "num_images 0 needs a measured_accuracy over at least one image"),
     (lambda d: d.update(mode="greedy"), "mode 'greedy'"),
+    # A paper choice moved to another point of its curve, or its utility edited (a probe:
+    # both deployed): the choice is the curve's utility argmax at settings.alpha.
+    (lambda d: d["chosen"].update(tokens=17, counts=[17, 17, 17], schedule="list:17,17,17",
+                                  predicted_latency_s=2e-3, predicted_accuracy=0.95),
+     r"^bad.json: chosen list:17,17,17 \(17 tokens, U 0.5000\) is not the curve's utility "
+     r"argmax: 9 tokens, U 0.7237 \(edited\?\)$"),
+    (lambda d: d["chosen"].update(utility=0.99),
+     r"^bad.json: chosen.utility 0.99 is not the curve's U 0.723684 at 9 tokens \(edited\?\)$"),
+    (lambda d: d["curve"].update(utility=[0.9, 0.1]),
+     r"^bad.json: curve.utility is not U of its latency_s and accuracy at settings.alpha 0.5 "
+     r"\(edited\?\)$"),
+    (lambda d: d["settings"].update(alpha=0.2),
+     r"curve.utility is not U of its latency_s and accuracy at settings.alpha 0.2"),
     # A probe deleted the curve (and emptied the frontier), then edited the choice: deploy
     # shipped keep@3:5 (0.20 measured) as 0.99.
     (lambda d: (d.pop("curve"), d.update(frontier=[]), d["chosen"].update(
@@ -232,8 +252,7 @@ def test_a_paper_choice_is_the_curve_point_as_reported(tmp_path):
   it within [0, 1]: a genuine solution, not an edit. A curve that is not lists is named, not a
   TypeError of the choice check."""
   sol = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9]))
-  curve = {"tokens": [17, 9], "latency_s": [2e-3, 1e-3], "accuracy": [1.3, 1.24],
-           "utility": [0.5, 0.6]}
+  curve = _curve([17, 9], [2e-3, 1e-3], [1.3, 1.24])
   sol = dataclasses.replace(sol, curve=curve, settings=dict(sol.settings, layer=1),
                             chosen=dataclasses.replace(sol.chosen, tokens=9,
                                                        predicted_accuracy=1.0))
@@ -327,8 +346,11 @@ def test_older_solutions_the_new_checks_must_not_refuse(tmp_path):
   def raw(d, acc):         # the curve held the raw number, and the choice reported it
     d["chosen"].update(predicted_accuracy=acc)
     d["curve"]["accuracy"][d["curve"]["tokens"].index(d["chosen"]["tokens"])] = acc
+    d["curve"] = _curve(d["curve"]["tokens"], d["curve"]["latency_s"], d["curve"]["accuracy"])
 
-  for edit in (lambda d: raw(d, 1.24), lambda d: raw(d, -0.2),
+  for edit in (lambda d: raw(d, 1.24),
+               lambda d: (_as_multi(d), d["chosen"].update(predicted_accuracy=-0.2),   # (an
+                          d["frontier"][0].update(predicted_accuracy=-0.2)),   # additive model)
                lambda d: (_as_multi(d), d["settings"].update(latency_model={}))):
     old = copy.deepcopy(doc)
     edit(old)
@@ -340,8 +362,7 @@ def test_a_solution_of_numpy_numbers_writes_as_plain_json(tmp_path):
   passes them on) gave json's raw TypeError after the whole solve."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   sol = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9]))
-  curve = {"tokens": [17, 9], "latency_s": [2e-3, float(np.float32(1e-3))],
-           "accuracy": [0.95, 0.9], "utility": [0.5, 0.6]}
+  curve = _curve([17, 9], [2e-3, float(np.float32(1e-3))], [0.95, 0.9])
   sol = dataclasses.replace(sol, curve=curve, chosen=dataclasses.replace(
       sol.chosen, tokens=np.int64(9), counts=tuple(np.array([17, 17, 9])),
       predicted_latency_s=np.float32(1e-3)), settings=dict(sol.settings, layer=np.int64(1),
@@ -445,8 +466,7 @@ def test_write_solution_refuses_what_read_solution_would_refuse(tmp_path, edit, 
   """A Solution built in Python was written unchecked: read_solution then refused the file
   (and a paper solution without its curve crashed inside the plot)."""
   sol = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9]))
-  curve = {"tokens": [17, 9], "latency_s": [2e-3, 1e-3], "accuracy": [0.95, 0.9],
-           "utility": [0.5, 0.6]}                  # (the chosen point: 9 tokens, 1 ms, 0.9)
+  curve = _curve([17, 9], [2e-3, 1e-3], [0.95, 0.9])   # (the chosen point: 9 tokens, 1 ms, 0.9)
   sol = dataclasses.replace(sol, chosen=dataclasses.replace(sol.chosen, tokens=9), curve=curve,
                             settings=dict(sol.settings, layer=1))
   S.write_solution(sol, str(tmp_path / "good"))                    # the unedited one writes

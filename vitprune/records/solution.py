@@ -76,6 +76,7 @@ from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, conf
                              not_a_method)
 from vitprune.profile import records as profile_records
 from vitprune.records.estimate import HIGHER_IS_BETTER, KINDS as ESTIMATE_KINDS
+from vitprune import solve as solve_lib
 from vitprune.solve import ACCURACY_MODELS, meets_floor
 
 FORMAT = "vitprune-solution"
@@ -470,6 +471,34 @@ def _check_chosen_is_listed(sol: "Solution", require) -> None:
           c.predicted_accuracy in (acc, min(max(acc, 0.0), 1.0)),
           f"chosen {c.schedule}'s predicted latency and accuracy are not the curve's at "
           f"{c.tokens} tokens (edited?)")
+  _check_paper_argmax(sol, require)
+
+
+def _check_paper_argmax(sol: "Solution", require) -> None:
+  """A paper choice is the curve's utility argmax at settings.alpha (`solve.solve_paper`'s tie
+  rule: the faster, then more tokens), and the utilities recorded are the curve's: the choice
+  moved to another curve point (keep@3:10, U 0.54 against 0.64 at 40 tokens), or chosen.utility
+  edited to 0.99, deployed without a word."""
+  c, curve, alpha = sol.chosen, sol.curve, sol.settings.get("alpha")
+  require(jsonio.is_num(alpha) and 0 <= alpha <= 1,
+          f"settings.alpha must be a number in [0, 1], got {alpha!r}")
+  try:
+    u = solve_lib.utility(curve["latency_s"], curve["accuracy"], alpha)
+  except ValueError as e:
+    require(False, f"curve: {e}")
+  require(all(abs(a - b) <= 1e-9 * max(1.0, abs(a)) for a, b in zip(u.tolist(),
+                                                                     curve["utility"])),
+          f"curve.utility is not U of its latency_s and accuracy at settings.alpha {alpha} "
+          "(edited?)")
+  best = [j for j in range(len(u)) if u[j] >= u.max() - 1e-12]
+  j = min(best, key=lambda k: (curve["latency_s"][k], -curve["tokens"][k]))
+  require(c.tokens == curve["tokens"][j],
+          f"chosen {c.schedule} ({c.tokens} tokens, U {u[curve['tokens'].index(c.tokens)]:.4f}) "
+          f"is not the curve's utility argmax: {curve['tokens'][j]} tokens, U {u[j]:.4f} "
+          "(edited?)")
+  require(sol.utility is None or abs(sol.utility - u[j]) <= 1e-9 * max(1.0, abs(u[j])),
+          f"chosen.utility {sol.utility} is not the curve's U {u[j]:.6g} at {c.tokens} tokens "
+          "(edited?)")
 
 
 def judges_paired_change(settings: Dict[str, Any]) -> bool:
