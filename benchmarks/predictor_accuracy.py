@@ -274,7 +274,10 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   batch_sizes = (common.parse_ints(f.batch_sizes, "batch_sizes")
                  if f["batch_sizes"].present else None)
   for name in models if batch_sizes else ():    # else numpy's "Unable to allocate" later
-    memory.check_batch_fits(get_config(name), batch_sizes, flag="--batch_sizes")
+    cfg = get_config(name)            # (+ the block profile's inputs, one per count: a review)
+    memory.check_batch_fits(cfg, batch_sizes, flag="--batch_sizes", held_per_example=(
+        runner.ProfileSpec(cfg=cfg, mode="block",
+                           tokens=tuple(_grid(cfg, quick))).held_input_bytes()))
   if f["accuracy_floor"].present and "vit_digits" not in models:
     raise ValueError("--accuracy_floor applies to vit_digits (the only model with data here)")
   for flag in ("num_schedules", "calibration_schedules", "threads"):

@@ -59,7 +59,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
   flags.DEFINE_enum("dtype", "float32", sorted(vit.DTYPES), "Compute dtype.", flag_values=fv)
   flags.DEFINE_integer("repeats", 20, "Timed runs per graph (median reported).", flag_values=fv)
-  flags.DEFINE_integer("warmup", 3, "Untimed runs per graph before timing.", flag_values=fv)
+  flags.DEFINE_integer("warmup", 3, "Untimed runs per graph before each of its timing rounds "
+                       "(the two graphs are timed interleaved, in up to 5 rounds).",
+                       flag_values=fv)
   flags.DEFINE_integer("random_seed", 0, "Subset seed of --method=random.",
                        lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
   flags.DEFINE_bool("evit_normalize", False, "EViT: weighted mean instead of the paper's sum.",

@@ -4,7 +4,8 @@ r"""Classify an image folder with a deployment artifact and report its steady-st
 
 Needs only jax, orbax, PIL and the artifact (the model code is never imported). `--images` is a
 labelled ImageFolder (`DIR/<class>/<img>`: accuracy is reported) or a flat folder of images.
-Prints one line per file (`file<TAB>predicted index<TAB>class name<TAB>probability[<TAB>label]`),
+Prints one line per file (`file<TAB>predicted index<TAB>class name<TAB>probability`, and for a
+labelled folder `<TAB>label=<label index><TAB>label class name`),
 then the accuracy and the latency of one batch: median and IQR over `--repeats` timed calls on a
 device-resident batch, after the first call (compile + first run, reported separately) and
 `--warmup` more untimed calls.

@@ -78,6 +78,9 @@ def test_the_profilers_block_inputs_count_against_the_batch():
   assert block.held_input_bytes() == c * (4 * sum(range(2, 66)) + 8 * 65)
   assert dataclasses.replace(block, chunk_points=3).held_input_bytes() == \
       c * (4 * (65 + 64 + 63) + 8 * 65)
+  # (an adaptive run with max_points: the whole grid was counted, a review)
+  adaptive = dataclasses.replace(block, adaptive=True, max_points=20, coarse_stride=4)
+  assert adaptive.held_input_bytes() == c * (4 * sum(range(46, 66)) + 8 * 65)
   assert dataclasses.replace(block, dtype="bfloat16").held_input_bytes() == \
       c * (2 * sum(range(2, 66)) + 8 * 65)
   assert dataclasses.replace(block, mode="model").held_input_bytes() == 0

@@ -183,14 +183,16 @@ class ProfileSpec:
 
   def held_input_bytes(self) -> int:
     """Bytes per image of the block and head inputs one measurement holds at once: [n, C] per
-    distinct count of a chunk (the largest ones; the block and head keys of a count share it),
-    plus the float64 draw of the largest; 0 in mode 'model' (its graphs read the images).
+    distinct count of a chunk (the largest ones; the block and head keys of a count share it;
+    an adaptive run with `max_points` holds at most that many), plus the float64 draw of the
+    largest; 0 in mode 'model' (its graphs read the images).
     `memory.check_batch_fits(held_per_example=...)`: without it a --mode=block batch the check
     accepted needed ~3.5x its estimate (vit_digits, every count) and was killed."""
     if self.mode == "model":
       return 0
     if self.mode == "block":
-      counts = list(self.grid)[:self.chunk_points or None]
+      held = [k for k in (self.chunk_points, self.max_points if self.adaptive else 0) if k]
+      counts = list(self.grid)[:min(held) if held else None]
     else:
       counts = sorted({c for s in self.schedules for c in s.counts}, reverse=True)
     if not counts:
