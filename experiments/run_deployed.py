@@ -16,13 +16,13 @@ from absl import flags
 
 from experiments import common
 from vitprune import atomic
-from vitprune import console
 from vitprune import deploy
 from vitprune import intervals
 from vitprune import memory
 from vitprune.edge import runtime
 from vitprune.profile import protocol
-from vitprune.data import ImageFolder, check_not_read_as_an_image
+from vitprune.data import (ImageFolder, check_not_read_as_an_image, prediction_line,
+                           prediction_rows)
 from vitprune.digits import check_digits_folder
 
 
@@ -87,19 +87,14 @@ def run(f: flags.FlagValues) -> dict:
   dataset = ImageFolder(f.images, class_names=model.class_names, num_classes=model.num_outputs)
   out = deploy.classify(model, dataset, bs, f.num_workers)
   names = model.class_names
-  rows = []
-  for i, (p, prob) in enumerate(zip(out["pred"], out["prob"])):
-    rows.append({"file": dataset.files[i], "pred": int(p),
-                 "class": names[p] if names else str(p), "prob": float(prob),
-                 "label": None, "label_class": None})
+  # (labels: model output indices, matched by class name)
+  rows = prediction_rows(dataset.files, out["pred"], out["prob"], names,
+                         dataset.labels.tolist() if dataset.labelled else None)
   result = {"artifact": model.path, "images": dataset.root, "num_images": len(dataset),
             "model": model.manifest.model,
             "schedule": model.manifest.schedule_text, "predictions": rows,
             "accuracy": None}
-  if dataset.labelled:   # labels are model output indices (matched by class name)
-    for r, l in zip(rows, dataset.labels.tolist()):
-      # (the index beside the class name read as a class: label=2 for an image of folder 0)
-      r["label"], r["label_class"] = l, names[l] if names else str(l)
+  if dataset.labelled:
     right = sum(r["pred"] == r["label"] for r in rows)
     result["accuracy"] = right / len(rows)
     result["accuracy_record"] = intervals.accuracy_record(right, len(rows))
@@ -115,10 +110,7 @@ def main(f: flags.FlagValues) -> dict:
   res = run(f)
   if not f.quiet:
     for r in res["predictions"]:
-      extra = ("" if r["label"] is None else
-               f"\tlabel={r['label']}\t{console.printable(r['label_class'])}")
-      print(f"{console.printable(r['file'])}\t{r['pred']}\t{console.printable(r['class'])}\t"
-            f"{r['prob']:.4f}{extra}")
+      print(prediction_line(r))
   lat = res["latency"]
   b = lat["batch_size"]
   print(f"model {res['model']} schedule {res['schedule']}: {res['num_images']} images")

@@ -864,3 +864,19 @@ def test_the_digits_still_import_from_vitprune_data_with_a_warning():
       assert getattr(data_mod, name) is getattr(digits, name)
   with pytest.raises(AttributeError, match="has no attribute 'digits_folder_indices'"):
     data_mod.digits_folder_indices  # pylint: disable=pointless-statement  (removed, internal)
+
+
+def test_prediction_rows_name_the_labels_class_beside_its_index():
+  """run_deployed and vitprune.edge run printed label=<output index> beside class names: with
+  classes not in index order (['3', '7', '0']) an image of folder 0 read 'label=2' (a probe)."""
+  names = ("3", "7", "0")
+  rows = data.prediction_rows(["0/a.png", "7/b\nc.png"], [2, 0], [0.9, 0.6], names, [2, 1])
+  assert rows == [
+      {"file": "0/a.png", "pred": 2, "class": "0", "prob": 0.9, "label": 2, "label_class": "0"},
+      {"file": "7/b\nc.png", "pred": 0, "class": "3", "prob": 0.6, "label": 1,
+       "label_class": "7"}]
+  assert data.prediction_line(rows[0]) == "0/a.png\t2\t0\t0.9000\tlabel=2\t0"
+  assert data.prediction_line(rows[1]) == "7/b\\nc.png\t0\t3\t0.6000\tlabel=1\t7"
+  flat = data.prediction_rows(["x.png"], [1], [0.5], None)
+  assert flat[0]["class"] == "1" and flat[0]["label"] is None and flat[0]["label_class"] is None
+  assert data.prediction_line(flat[0]) == "x.png\t1\t1\t0.5000"

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vitprune import atomic
+from vitprune.console import printable
 from vitprune.config import INTERPOLATIONS, Preprocessing, check_switch
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, matched case-insensitively like torchvision.
@@ -399,6 +400,30 @@ def check_class_names(class_names, num_classes: Optional[int] = None,
   if repeated:
     raise ValueError(f"{source} repeats {repeated}")
   return names
+
+
+def prediction_rows(files: Sequence[str], preds: Sequence[int], probs: Sequence[float],
+                    class_names: Optional[Sequence[str]], labels: Optional[Sequence[int]] = None
+                    ) -> List[Dict[str, Any]]:
+  """One row per image of a classified folder (`run_deployed`, `vitprune.edge run`): file,
+  predicted index and its class, probability, and with `labels` (model output indices) the
+  label's index and class (the index beside the class names read as a class: label=2 for an
+  image of folder 0 when the classes are not in index order)."""
+  def name(i):
+    return class_names[i] if class_names else str(i)
+  return [{"file": f, "pred": int(p), "class": name(int(p)), "prob": float(q),
+           "label": None if labels is None else int(labels[i]),
+           "label_class": None if labels is None else name(int(labels[i]))}
+          for i, (f, p, q) in enumerate(zip(files, preds, probs))]
+
+
+def prediction_line(row: Dict[str, Any]) -> str:
+  """`file<TAB>index<TAB>class<TAB>probability[<TAB>label=<index><TAB>label class]` of a
+  `prediction_rows` row, control characters of the names escaped."""
+  extra = ("" if row["label"] is None else
+           f"\tlabel={row['label']}\t{printable(row['label_class'])}")
+  return (f"{printable(row['file'])}\t{row['pred']}\t{printable(row['class'])}\t"
+          f"{row['prob']:.4f}{extra}")
 
 
 def shown_names(names: Sequence[str]) -> List[str]:

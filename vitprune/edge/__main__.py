@@ -29,7 +29,8 @@ import numpy as np
 from vitprune import atomic
 from vitprune import console
 from vitprune import intervals
-from vitprune.data import ImageFolder, check_not_read_as_an_image, iterate_batches
+from vitprune.data import (ImageFolder, check_not_read_as_an_image, iterate_batches,
+                           prediction_line, prediction_rows)
 from vitprune.digits import check_digits_folder
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime
@@ -97,25 +98,20 @@ def cmd_run() -> dict:
     valid = idx >= 0
     preds += np.argmax(logits, -1)[valid].tolist()
     probs += (z / z.sum(-1, keepdims=True)).max(-1)[valid].tolist()
-  names = model.class_names
-  rows = [{"file": dataset.files[i], "pred": int(p), "class": names[p] if names else str(p),
-           "prob": float(q), "label": None} for i, (p, q) in enumerate(zip(preds, probs))]
+  rows = prediction_rows(dataset.files, preds, probs, model.class_names,  # (labels: output
+                         dataset.labels.tolist() if dataset.labelled else None)  # indices)
   res = {"artifact": model.path, "target": model.target, "driver": model.driver,
          "shards": model.shards, "images": dataset.root,
          "num_images": len(dataset), "model": model.record.get("model"),
          "schedule": model.record.get("schedule"), "predictions": rows, "accuracy": None}
   if dataset.labelled:
-    for r, l in zip(rows, dataset.labels.tolist()):
-      r["label"] = l
     right = sum(r["pred"] == r["label"] for r in rows)
     res["accuracy"] = right / len(rows)
     res["accuracy_record"] = intervals.accuracy_record(right, len(rows))
   res["latency"] = latency(model, first, cfg)
   if not FLAGS.quiet:
     for r in rows:
-      extra = "" if r["label"] is None else f"\tlabel={r['label']}"
-      print(f"{console.printable(r['file'])}\t{r['pred']}\t{console.printable(r['class'])}\t"
-            f"{r['prob']:.4f}{extra}")
+      print(prediction_line(r))
   print(f"model {res['model']} schedule {res['schedule']} target {res['target']} driver "
         f"{describe_runtime(model.driver, model.shards)}: {res['num_images']} images")
   if res["accuracy"] is not None:
