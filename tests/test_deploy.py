@@ -586,6 +586,18 @@ def test_a_board_profiles_solution_deployed_for_jax_alone_says_so(tmp_path, para
   assert said["board"].startswith("wrote ")                  # (after the artifact is written)
   assert "note:" not in said["here"] and said["here"].startswith("wrote ")
   assert list(deploy.load(str(tmp_path / "board")).manifest.targets) == ["jax"]
+  # A schedule chosen on a GPU's latency deployed for the CPU alone said nothing (a probe).
+  sol = solution_file(tmp_path / "gpu.json", CFG, [17, 9, 9], platform="gpu",
+                      weights_sha256=params_sha256(params))
+  for platforms, out in (("cpu", "gpu_cpu"), ("cpu,cuda", "gpu_both")):
+    common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+        f"--weights={weights}", f"--solution={sol}", "--noverify", f"--platforms={platforms}",
+        f"--out={tmp_path / out}"])
+    said[out] = capsys.readouterr().out
+  assert said["gpu_cpu"].endswith(
+      f"note: {sol} chose its schedule on a profile of cpu (gpu); this artifact exports for "
+      "cpu: its latency steps were measured on another device\n"), said["gpu_cpu"]
+  assert "note:" not in said["gpu_both"]
 
 
 def test_an_unpruned_artifact_names_no_reducer_and_an_unverified_one_says_so(tmp_path, params,
