@@ -681,6 +681,13 @@ def test_estimate_counts_the_solver_leaves_out_are_named(tmp_path):
       summary_lines(paper))                        # (it said "POMT schedule" for any method)
   capped = _paper(_block_profile(tmp_path, name="whole.json"), embed, alpha=0.5, method="tome")
   assert "unused_estimate_counts" not in capped.settings   # left out by ToMe's cap, not lacking
+  # ... which is said: the counts below it were measured, then dropped unsaid (a probe).
+  assert capped.settings["capped_counts"] == [c for c in range(5, N + 1) if c < N - (N - 1) // 2]
+  assert (f"note: the counts {capped.settings['capped_counts']} were measured but left out: "
+          f"tome cannot reach them from {N} tokens in one block (its per-block limit)") in \
+      summary_lines(capped)
+  assert _reread(capped).settings["capped_counts"] == capped.settings["capped_counts"]
+  assert "capped_counts" not in paper.settings
 
 
 def test_paper_mode_on_a_block_profile_solves_over_its_whole_grid(tmp_path):

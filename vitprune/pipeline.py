@@ -355,6 +355,9 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     log(f"  n* = {ch.tokens} tokens; at n*, L = {1e3 * ch.predicted_latency_s:.4f} ms (every "
         f"block at n*) and random-drop A = {ch.predicted_accuracy:.4f}: the paper's proxies for "
         f"the {spec.method} schedule")
+    if sol.settings.get("capped_counts"):        # (ToMe's per-block limit: said, not dropped)
+      log(f"  note: counts {sol.settings['capped_counts']} left out: {spec.method} cannot reach "
+          f"them from {cfg.num_tokens} tokens in one block")
   else:
     metric = default_metric(data.labelled)
     rule = (f"{metric} >= {spec.accuracy_floor}" if spec.accuracy_floor is not None else

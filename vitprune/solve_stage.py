@@ -344,6 +344,7 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
       "in " + " and ".join(lacking) if lacking else "in both the profile and the estimate"))
   unused = _unused_estimate_counts(estimate, ns)     # (before the cap: the profile lacks them)
   keep = ns >= cfg.num_tokens - limit(cfg.num_tokens)   # block `layer` reduces from all N
+  capped = sorted(int(n) for n in ns[~keep])    # (dropped unsaid: ToMe's 20 -> 10 step shown)
   ns, lat_c, acc_c = ns[keep], lat_c[keep], acc_c[keep]
   sol = solve.solve_paper(ns, lat_c, acc_c, alpha, depth=cfg.depth, num_tokens=cfg.num_tokens,
                           layer=layer)
@@ -365,7 +366,8 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
       estimate=_estimate_ref(estimate, metric, [est_layer]),
       settings={"alpha": sol.alpha, "layer": layer, "metric": metric,
                 "allow_batch_mismatch": allow_batch_mismatch,
-                **({"unused_estimate_counts": unused} if unused else {})},
+                **({"unused_estimate_counts": unused} if unused else {}),
+                **({"capped_counts": capped} if capped else {})},
       chosen=_candidate(cfg, sol.counts, sol.latency_star, sol.accuracy_star,
                         tokens=int(sol.n_star)),
       method=method, criterion="utility",

@@ -343,6 +343,8 @@ _SETTINGS = {
     "budget_provisional": (lambda v: v == BUDGET_PROVISIONAL, repr(BUDGET_PROVISIONAL)),
     "unused_estimate_counts": (lambda v: isinstance(v, list) and bool(v) and all(
         jsonio.is_int(n) and n >= 1 for n in v), "a list of token counts"),
+    "capped_counts": (lambda v: isinstance(v, list) and bool(v) and all(
+        jsonio.is_int(n) and n >= 1 for n in v), "a list of token counts"),
     "checked_accuracy_error": (_error_summary, "an error summary (num_schedules, mean_abs_points"
                                " <= max_abs_points, mean_signed_points)"),
     "frontier_accuracy_error": (_error_summary, "an error summary (num_schedules, "
@@ -888,6 +890,10 @@ def summary_lines(sol: Solution) -> List[str]:
     lines.append(f"note: the estimate's counts {sol.settings['unused_estimate_counts']} are not "
                  f"on the solver's grid{_grid_text(sol)}: the profile lacks them (or its "
                  "latency model was not calibrated there)")
+  if sol.settings.get("capped_counts"):
+    lines.append(f"note: the counts {sol.settings['capped_counts']} were measured but left out: "
+                 f"{sol.method} cannot reach them from {sol.config.num_tokens} tokens in one "
+                 "block (its per-block limit)")
   if sol.settings.get("budget_provisional"):
     lines.append(f"warning: {sol.settings['budget_provisional']}: the budget is "
                  f"{1e3 * sol.settings['latency_budget']:.4g} ms")
