@@ -38,6 +38,18 @@ def test_jitted_forward_does_not_recompile():
   with pytest.raises(TypeError, match="reducer must be a token reducer instance .* got the "
                      "class"):
     jitted_forward(params, x, cfg=cfg, reducer=type(make_reducer("pomt")))
+  # Another preprocessing (weights converted under another pretrained_cfg): the graph never
+  # reads it, and it compiled again (a probe).
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  other = cfg.replace(preprocessing=dataclasses.replace(cfg.preprocessing, crop_pct=0.875,
+                                                        mean=(0.5,) * 3, interpolation="bilinear"))
+  np.testing.assert_array_equal(jitted_forward(params, x, cfg=other), a)
+  assert jitted_forward._cache_size() == after_first
+  # A misspelt keyword is named as Python names it (its string value was "an abstract array").
+  for kw in (dict(dtyp="bfloat16"), dict(precison="high")):
+    with pytest.raises(TypeError, match=rf"^forward\(\) got an unexpected keyword argument "
+                                        rf"'{next(iter(kw))}'$"):
+      jitted_forward(params, x, cfg=cfg, **kw)
 
 
 @pytest.mark.parametrize("name", ["test_tiny_vit", "test_tiny_dinov2_reg"])

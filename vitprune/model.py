@@ -23,6 +23,7 @@ weights and activations to bfloat16 and keeps LayerNorm statistics and softmax i
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -330,9 +331,17 @@ def _jit_static_keywords(fn):
 
   @functools.wraps(fn)
   def call(params, images, **static):
+    unknown = sorted(set(static) - set(_STATIC))     # (a typo's string value became a dynamic
+    if unknown:                                      # argument: "as an abstract array")
+      raise TypeError(f"{fn.__name__}() got an unexpected keyword argument {unknown[0]!r}")
     check_static_types(static.get("schedule"), static.get("reducer"))   # before jax hashes them
     if "cfg" in static:
       check_config_type(static["cfg"])
+      # The graph never reads the preprocessing: configs differing only there (weights
+      # converted under another pretrained_cfg) compiled it twice.
+      prep = static["cfg"].preprocessing
+      static["cfg"] = dataclasses.replace(static["cfg"], preprocessing=dataclasses.replace(
+          prep, mean=(0.0,), std=(1.0,), crop_pct=1.0, interpolation="bicubic"))
     static = {**defaults, **static}
     if "dtype" in static and "precision" in static:     # (jax's unhashable-static error named
       check_options(static["dtype"], static["precision"])   # neither, for precision=['highest'])
