@@ -954,3 +954,22 @@ def test_deploy_takes_the_estimate_a_deployment_came_from(tmp_path, params):
                       ("unpruned", [f"--estimate={made['topk']}"])):
     r = _cli_here("experiments.deploy", *base, *extra, f"--out={tmp_path / name}")
     assert r.returncode == 0, r.stderr
+
+
+def test_the_manifest_records_what_the_graph_runs(tmp_path, params):
+  """bfloat16 runs at its one precision ('highest' was recorded) and an unpruned schedule runs
+  no reducer (one was recorded): the manifest described a graph other than the one exported,
+  and identical graphs had other identities (a probe)."""
+  from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
+  bf16 = deploy.export_artifact(str(tmp_path / "bf16"), CFG, params, schedule=SCHED,
+                                reducer=make_reducer("pomt"), reducer_name="pomt",
+                                dtype="bfloat16", batch_size=2)
+  assert deploy.load(bf16).manifest.precision == "default"
+  full = deploy.export_artifact(str(tmp_path / "full"), CFG, params,
+                                reducer=make_reducer("pomt"), reducer_name="pomt", batch_size=2)
+  assert deploy.load(full).manifest.reducer is None
+  plain = deploy.export_artifact(str(tmp_path / "plain"), CFG, params, batch_size=2)
+  assert deploy.read_manifest(full).identity() == deploy.read_manifest(plain).identity()
+  with pytest.raises(ValueError, match=r"^precision must be one of .*, got 'banana'$"):
+    deploy.export_artifact(str(tmp_path / "bad"), CFG, params, dtype="bfloat16",
+                           precision="banana")

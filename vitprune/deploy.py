@@ -55,7 +55,7 @@ from vitprune.edge.targets import check_compute_dtype, parse_targets
 from vitprune.records.manifest import (BATCH_SYMBOL, FORMAT, MANIFEST_FILE, VERSION,  # noqa: F401
                                        WEIGHTS_SHA256_OF, ArtifactError, Manifest,
                                        listed_count, read_manifest)
-from vitprune.schedule import check_schedule
+from vitprune.schedule import check_schedule, full_schedule
 
 FORWARD_FILE = "forward.jax_export"
 PARAMS_DIR = "params"
@@ -252,7 +252,7 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   Returns:
     The absolute path of the artifact.
   """
-  from vitprune.model import check_params  # pylint: disable=g-import-not-at-top
+  from vitprune.model import check_options, check_params  # pylint: disable=g-import-not-at-top
   check_switch("verify", verify)
   check_config(cfg)      # (one its manifest cannot hold was refused after the export, naming
                          # the staging folder)
@@ -261,6 +261,14 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   orbax_io.writable_path(out)                                 # the weights checkpoint goes below
   check_params(cfg, params)
   schedule = check_schedule(cfg, schedule, reducer)
+  # What the graph runs, as `jitted_forward` normalises it: a schedule that reduces nothing runs
+  # no reducer, and bfloat16 runs at its one precision ('highest' was recorded for it, and a
+  # method for the unpruned graph: identical graphs under other identities; a probe).
+  if schedule.counts == full_schedule(cfg).counts:
+    reducer = reducer_name = reducer_options = None
+  check_options(dtype, precision)
+  if dtype == "bfloat16":
+    precision = "default"
   if class_names is not None:     # (as weights hold them: ten 'a', '' or None were exported)
     class_names = list(check_class_names(class_names, cfg.num_classes))
   platforms = normalize_platforms(platforms)
