@@ -212,3 +212,15 @@ def test_forward_head_pre_logits_and_headless_models(name):
   out = np.asarray(forward_head(hp, feats, cfg=headless))
   np.testing.assert_array_equal(out, np.asarray(forward(hp, _images(cfg, 2), cfg=headless)))
   np.testing.assert_array_equal(out, pooled)    # distilled too: timm's Identity heads average
+
+
+def test_a_frozen_dict_of_parameters_runs_every_entry_point():
+  """forward_features took a flax FrozenDict, forward (its head check) refused it (a probe)."""
+  from flax.core import freeze  # pylint: disable=g-import-not-at-top
+  from vitprune.model import forward  # pylint: disable=g-import-not-at-top
+  cfg = get_config("test_tiny_vit")
+  params = init_params(cfg, 0)
+  x = _images(cfg, 2)
+  np.testing.assert_array_equal(forward(freeze(params), x, cfg=cfg), forward(params, x, cfg=cfg))
+  np.testing.assert_array_equal(jitted_forward(freeze(params), x, cfg=cfg),
+                                jitted_forward(params, x, cfg=cfg))

@@ -28,6 +28,7 @@ import functools
 import inspect
 import math
 import reprlib
+from collections.abc import Mapping
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
@@ -185,11 +186,11 @@ def check_params(cfg: ViTConfig, params: Params, keys: Optional[Sequence[str]] =
   expected = param_shapes(cfg)
   if keys is not None:
     expected = {k: v for k, v in expected.items() if k in keys}
-    if not isinstance(params, dict):
+    if not isinstance(params, Mapping):    # (a flax FrozenDict too: forward_features took it)
       raise ValueError(f"parameters of {cfg.name} must be a dict tree, got "
                        f"{type(params).__name__}")
     params = {k: v for k, v in params.items() if k in keys}
-  if isinstance(params, dict) and "blocks" in params and not isinstance(params["blocks"],
+  if isinstance(params, Mapping) and "blocks" in params and not isinstance(params["blocks"],
                                                                         (list, tuple)):
     raise ValueError(f"parameters do not match {cfg.name}: 'blocks' must be a list of "
                      f"{cfg.depth} block trees, got "
