@@ -296,8 +296,9 @@ def main(f: flags.FlagValues) -> str:
           "this artifact holds the JAX export only: add --target=iree:... to build the module "
           "that board runs" + (" (IREE modules take a fixed batch: without --symbolic_batch)"
                                if f.symbolic_batch else ""))
-  elif f.solution and not set(_EXPORT_PLATFORMS.get(sol.profile.platform,
-                                                     (sol.profile.platform,))) & set(m.platforms):
+  elif (f.solution and not sol.profile.platform.startswith("iree") and   # (a board: its module)
+        not set(_EXPORT_PLATFORMS.get(sol.profile.platform, (sol.profile.platform,)))
+        & set(m.platforms)):
     # (a schedule chosen on H100 latency deployed for the CPU said nothing; latency steps
     # depend on the device at least as much as on the batch size, which is refused)
     print(f"note: {common.shown(f.solution)} chose its schedule on a profile of "

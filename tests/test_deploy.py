@@ -598,6 +598,14 @@ def test_a_board_profiles_solution_deployed_for_jax_alone_says_so(tmp_path, para
       f"note: {sol} chose its schedule on a profile of cpu (gpu); this artifact exports for "
       "cpu: its latency steps were measured on another device\n"), said["gpu_cpu"]
   assert "note:" not in said["gpu_both"]
+  # A board's solution deployed with its IREE module, as the note above asks: no note (a review:
+  # the new one said its latency steps were measured on another device).
+  board = solution_file(tmp_path / "board2.json", CFG, [17, 9, 9], platform="iree-local-task",
+                        weights_sha256=params_sha256(params))
+  common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+      f"--weights={weights}", f"--solution={board}", "--noverify", "--target=iree:host",
+      f"--out={tmp_path / 'board2'}"])
+  assert "note:" not in capsys.readouterr().out
 
 
 def test_an_unpruned_artifact_names_no_reducer_and_an_unverified_one_says_so(tmp_path, params,
