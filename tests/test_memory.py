@@ -172,6 +172,8 @@ def test_gflop_of_a_schedule_counts_each_blocks_halves_on_its_tokens():
   with pytest.raises(ValueError, match=r"counts \[65, 35\] must give 7 token counts"):
     flops.forward_gflop(digits, 1, (65, 35))
   # Counts no graph runs got a figure (one above the unpruned one for an increasing schedule).
+  with pytest.raises(ValueError, match=r"^tokens 650 is above the 65 tokens of vit_digits$"):
+    flops.block_flop(digits, 650)                    # (a figure, ten times the model's tokens)
   for bad, why in [((65, 80) + (65,) * 5, "above|never increase"),
                    ((65,) * 6 + (70,), "never increase"), ((66,) * 7, "only 65"),
                    ((65,) + (1,) * 6, "below prefix tokens"), ((65.5,) * 7, "not an integer")]:

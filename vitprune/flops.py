@@ -13,15 +13,24 @@ from vitprune.config import ViTConfig, check_config_type
 from vitprune.schedule import Schedule, as_positive_int, check_schedule
 
 
+def _tokens(cfg: ViTConfig, tokens: int) -> int:
+  """`tokens` when a block of `cfg` can hold that many (1 .. num_tokens), else ValueError (ten
+  times the model's tokens got a figure)."""
+  n = as_positive_int(tokens, "tokens")
+  if n > check_config_type(cfg).num_tokens:
+    raise ValueError(f"tokens {n} is above the {cfg.num_tokens} tokens of {cfg.name}")
+  return n
+
+
 def attention_flop(cfg: ViTConfig, tokens: int) -> int:
   """The attention half of a block on `tokens` tokens: qkv, q.k, attn.v, proj."""
-  c, n = check_config_type(cfg).embed_dim, as_positive_int(tokens, "tokens")
+  c, n = cfg.embed_dim, _tokens(cfg, tokens)
   return 8 * n * c * c + 4 * n * n * c
 
 
 def mlp_flop(cfg: ViTConfig, tokens: int) -> int:
   """The MLP half of a block on `tokens` tokens: fc1, fc2."""
-  c, n = check_config_type(cfg).embed_dim, as_positive_int(tokens, "tokens")
+  c, n = cfg.embed_dim, _tokens(cfg, tokens)
   fc2_in = cfg.mlp_hidden // 2 if cfg.mlp_type == "swiglu" else cfg.mlp_hidden
   return 2 * n * (c * cfg.mlp_hidden + fc2_in * c)
 
