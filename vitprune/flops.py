@@ -16,21 +16,24 @@ from vitprune.schedule import Schedule, as_positive_int, check_schedule
 def _tokens(cfg: ViTConfig, tokens: int) -> int:
   """`tokens` when a block of `cfg` can hold that many (1 .. num_tokens), else ValueError (ten
   times the model's tokens got a figure)."""
+  check_config_type(cfg)
   n = as_positive_int(tokens, "tokens")
-  if n > check_config_type(cfg).num_tokens:
+  if n > cfg.num_tokens:
     raise ValueError(f"tokens {n} is above the {cfg.num_tokens} tokens of {cfg.name}")
   return n
 
 
 def attention_flop(cfg: ViTConfig, tokens: int) -> int:
   """The attention half of a block on `tokens` tokens: qkv, q.k, attn.v, proj."""
-  c, n = cfg.embed_dim, _tokens(cfg, tokens)
+  n = _tokens(cfg, tokens)
+  c = cfg.embed_dim
   return 8 * n * c * c + 4 * n * n * c
 
 
 def mlp_flop(cfg: ViTConfig, tokens: int) -> int:
   """The MLP half of a block on `tokens` tokens: fc1, fc2."""
-  c, n = cfg.embed_dim, _tokens(cfg, tokens)
+  n = _tokens(cfg, tokens)
+  c = cfg.embed_dim
   fc2_in = cfg.mlp_hidden // 2 if cfg.mlp_type == "swiglu" else cfg.mlp_hidden
   return 2 * n * (c * cfg.mlp_hidden + fc2_in * c)
 
