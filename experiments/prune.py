@@ -8,8 +8,9 @@ Prints the tokens entering each block and leaving the last one, top-1 agreement 
 model with the unpruned one on a batch of images (features: mean cosine similarity when the model
 has no classifier head; top-1 accuracy too when the images are labelled), and the latency of both
 compiled graphs on the local device (AOT compile, warm-up, `block_until_ready`, median and IQR of
-`--repeats` runs, the two graphs interleaved in up to 5 rounds, `vitprune.profile.timing`). The work is `vitprune.prune.run_prune`; this file
-parses flags, loads the model and images, and prints.
+`--repeats` runs, the two graphs interleaved in up to 5 rounds, `vitprune.profile.timing`). The
+work is `vitprune.prune.run_prune`; this file parses flags, loads the model and images, and
+prints.
 
 Data: `--weights=DIR` loads a checkpoint written by `vitprune.checkpoint.save_weights` (its config
 replaces `--model`); `vit_digits` without weights uses the embedded `weights/vit_digits`; any

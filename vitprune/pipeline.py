@@ -55,7 +55,7 @@ from vitprune.model import Params, jitted_forward
 from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import records, runner, timing
 from vitprune.records.estimate import Estimate, default_metric, write_estimate
-from vitprune.records.solution import (Solution, describe_frontier_error,
+from vitprune.records.solution import (Solution, describe_capped, describe_frontier_error,
                                        describe_refinement, judges_paired_change,
                                        pruned_meeting_floor, shown_schedules,
                                        write_solution)
@@ -356,8 +356,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
         f"block at n*) and random-drop A = {ch.predicted_accuracy:.4f}: the paper's proxies for "
         f"the {spec.method} schedule")
     if sol.settings.get("capped_counts"):        # (ToMe's per-block limit: said, not dropped)
-      log(f"  note: counts {sol.settings['capped_counts']} left out: {spec.method} cannot reach "
-          f"them from {cfg.num_tokens} tokens in one block")
+      log("  " + describe_capped(sol))
   else:
     metric = default_metric(data.labelled)
     rule = (f"{metric} >= {spec.accuracy_floor}" if spec.accuracy_floor is not None else

@@ -235,6 +235,17 @@ class PaperSolution:
     return float(self.utility[self.index])
 
 
+def utility_argmax(ns: np.ndarray, latency: np.ndarray, u: np.ndarray,
+                   tie_tol: float = 1e-12) -> int:
+  """The index of the paper's choice among [K] counts `ns` with latencies and utilities `u`:
+  utilities within `tie_tol` of the maximum tie, ties go to the smaller latency, then the
+  larger n (`solve_paper`; a solution's reader checks its choice by it)."""
+  ns, latency, u = (np.asarray(a) for a in (ns, latency, u))
+  best = np.flatnonzero(u >= u.max() - tie_tol)
+  # lexsort: last key is primary -> smallest latency, then largest n.
+  return int(best[np.lexsort((-ns[best], latency[best]))[0]])
+
+
 def solve_paper(ns: ArrayLike, latency: ArrayLike, accuracy: ArrayLike, alpha: float = 0.5, *,
                 depth: int, num_tokens: int, layer: int = 3,
                 tie_tol: float = 1e-12) -> PaperSolution:
@@ -255,9 +266,7 @@ def solve_paper(ns: ArrayLike, latency: ArrayLike, accuracy: ArrayLike, alpha: f
   order = np.argsort(g)
   g, lat, acc = g[order], lat[order], acc[order]
   u = utility(lat, acc, alpha)
-  best = np.flatnonzero(u >= u.max() - tie_tol)
-  # lexsort: last key is primary -> smallest latency, then largest n.
-  index = int(best[np.lexsort((-g[best], lat[best]))[0]])
+  index = utility_argmax(g, lat, u, tie_tol)
   counts = pomt_counts(num_tokens, int(g[index]), depth, layer)
   return PaperSolution(ns=g, latency=lat, accuracy=acc, utility=u, alpha=alpha, index=index,
                        layer=layer, counts=counts)

@@ -125,8 +125,7 @@ def profile_latency_model(profile: records.Profile, estimate: Estimate,
   num = sum(latency_model_lib.reduces(p.schedule) for p in profile.curve("schedule", batch))
   if num < latency_model_lib.MIN_CALIBRATION_SCHEDULES:
     raise SolveInputError(f"profile {profile.source} holds {num} calibration schedule(s) that "
-                          f"reduce at "
-                          f"batch {batch}; the latency model needs >= "
+                          f"reduce at batch {batch}; the latency model needs >= "
                           f"{latency_model_lib.MIN_CALIBRATION_SCHEDULES} (one per reduction "
                           f"term)")
   try:
@@ -155,8 +154,8 @@ def resolve_batch(profile: records.Profile, estimate: Estimate, batch_size: Opti
       batch_size = eval_batch
     else:
       raise SolveInputError(f"profile {profile.source} has batch sizes {have}; pass "
-                            f"batch_size / --batch_size (the estimate {estimate.source} was evaluated at batch "
-                            f"{eval_batch})")
+                            f"batch_size / --batch_size (the estimate {estimate.source} was "
+                            f"evaluated at batch {eval_batch})")
   if batch_size not in have:
     raise SolveInputError(f"profile {profile.source} has no {'/'.join(components)} points at "
                           f"batch size {batch_size} (has {have})")

@@ -33,8 +33,9 @@ constant). `LatencyModel` is a frozen record (no jax here; `to_json` / `from_jso
 residuals on the calibration schedules in which a block reduces (the uniform graphs are fitted
 too, but the curve's own shape reproduces them almost by construction: scored with them, a model
 that misses every multi-layer graph by 20 % reported a p90 under 10 %), the count range those
-schedules calibrated and `trust(counts)` saying why a prediction should not be trusted. `measure_calibration` (jax, imported lazily) measures the curve
-and the calibration schedules; `fit` refuses data of another model, device, dtype or batch size.
+schedules calibrated and `trust(counts)` saying why a prediction should not be trusted.
+`measure_calibration` (jax, imported lazily) measures the curve and the calibration schedules;
+`fit` refuses data of another model, device, dtype or batch size.
 """
 from __future__ import annotations
 

@@ -321,6 +321,8 @@ def _error_summary(v: Any) -> bool:
 
 # What each solver setting a writer records may hold (null: not given); a key not listed (a
 # later writer's, or an older one's such as "accuracy_correction") is kept unread.
+_TOKEN_COUNTS = (lambda v: isinstance(v, list) and bool(v) and all(
+    jsonio.is_int(n) and n >= 1 for n in v), "a list of token counts")
 _SETTINGS = {
     "accuracy_floor": (lambda v: jsonio.is_num(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "latency_budget": (lambda v: jsonio.is_num(v) and v > 0, "a number of seconds > 0"),
@@ -341,10 +343,8 @@ _SETTINGS = {
                         "a list of schedules"),
     "latency_untrusted": (lambda v: isinstance(v, str), "a string"),
     "budget_provisional": (lambda v: v == BUDGET_PROVISIONAL, repr(BUDGET_PROVISIONAL)),
-    "unused_estimate_counts": (lambda v: isinstance(v, list) and bool(v) and all(
-        jsonio.is_int(n) and n >= 1 for n in v), "a list of token counts"),
-    "capped_counts": (lambda v: isinstance(v, list) and bool(v) and all(
-        jsonio.is_int(n) and n >= 1 for n in v), "a list of token counts"),
+    "unused_estimate_counts": _TOKEN_COUNTS,
+    "capped_counts": _TOKEN_COUNTS,
     "checked_accuracy_error": (_error_summary, "an error summary (num_schedules, mean_abs_points"
                                " <= max_abs_points, mean_signed_points)"),
     "frontier_accuracy_error": (_error_summary, "an error summary (num_schedules, "
@@ -492,8 +492,7 @@ def _check_paper_argmax(sol: "Solution", require) -> None:
                                                                      curve["utility"])),
           f"curve.utility is not U of its latency_s and accuracy at settings.alpha {alpha} "
           "(edited?)")
-  best = [j for j in range(len(u)) if u[j] >= u.max() - 1e-12]
-  j = min(best, key=lambda k: (curve["latency_s"][k], -curve["tokens"][k]))
+  j = solve_lib.utility_argmax(curve["tokens"], curve["latency_s"], u)
   require(c.tokens == curve["tokens"][j],
           f"chosen {c.schedule} ({c.tokens} tokens, U {u[curve['tokens'].index(c.tokens)]:.4f}) "
           f"is not the curve's utility argmax: {curve['tokens'][j]} tokens, U {u[j]:.4f} "
@@ -891,9 +890,7 @@ def summary_lines(sol: Solution) -> List[str]:
                  f"on the solver's grid{_grid_text(sol)}: the profile lacks them (or its "
                  "latency model was not calibrated there)")
   if sol.settings.get("capped_counts"):
-    lines.append(f"note: the counts {sol.settings['capped_counts']} were measured but left out: "
-                 f"{sol.method} cannot reach them from {sol.config.num_tokens} tokens in one "
-                 "block (its per-block limit)")
+    lines.append(describe_capped(sol))
   if sol.settings.get("budget_provisional"):
     lines.append(f"warning: {sol.settings['budget_provisional']}: the budget is "
                  f"{1e3 * sol.settings['latency_budget']:.4g} ms")
@@ -956,6 +953,13 @@ def _errs_by(err: Dict[str, Any]) -> str:
   return (f"errs by {err['mean_abs_points']:.2f} points on average (max "
           f"{err['max_abs_points']:.2f}, mean signed {err['mean_signed_points']:+.2f}; "
           f"predicted - measured)")
+
+
+def describe_capped(sol: Solution) -> str:
+  """The note on `settings['capped_counts']` (paper mode: counts its method cannot reach)."""
+  return (f"note: the counts {sol.settings['capped_counts']} were measured but left out: "
+          f"{sol.method} cannot reach them from {sol.config.num_tokens} tokens in one block "
+          "(its per-block limit)")
 
 
 def describe_frontier_error(err: Dict[str, Any]) -> str:
