@@ -158,11 +158,10 @@ def device_out_of_memory(e: RuntimeError) -> Optional[MemoryError]:
   """A MemoryError (one line) for a runtime's RESOURCE_EXHAUSTED (the device out of memory for
   a batch the up-front check let through: the host's MemAvailable is all it knows, not a GPU's
   memory or every buffer a run holds), else None (another RuntimeError: a bug, kept whole)."""
-  lines = [ln.strip() for ln in str(e).splitlines() if "RESOURCE_EXHAUSTED" in ln]
-  if not lines:
+  line = console.resource_exhausted(e)
+  if line is None:
     return None
-  return MemoryError(f"the device ran out of memory ({lines[0][:200]}): try a smaller batch "
-                     "size")
+  return MemoryError(f"the device ran out of memory ({line[:200]}): try a smaller batch size")
 
 
 def check_jax_platforms(environ: Optional[Dict[str, str]] = None) -> None:

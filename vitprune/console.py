@@ -43,6 +43,13 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
   return f"warning: {category.__name__}: {printable(' '.join(str(message).split()))}\n"
 
 
+def resource_exhausted(error: BaseException) -> Optional[str]:
+  """The line of a runtime's error saying RESOURCE_EXHAUSTED (jax or IREE: the device out of
+  memory), stripped, or None when it says nothing of the kind."""
+  return next((ln.strip() for ln in str(error).splitlines() if "RESOURCE_EXHAUSTED" in ln),
+              None)
+
+
 def one_line(message) -> str:
   """`message` on one line, control characters escaped (`printable`): every CLI's error line.
   KeyError: its text, not the quoted repr; an exception without text (numpy's bare MemoryError):

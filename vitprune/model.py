@@ -322,6 +322,14 @@ def matmul_precision(dt, precision: str) -> str:
 _STATIC = ("cfg", "schedule", "reducer", "dtype", "precision")
 
 
+@functools.lru_cache(maxsize=64)       # (per call, not per compile: rebuilt, it re-checked both)
+def _graph_config(cfg: ViTConfig) -> ViTConfig:
+  """`cfg` with one preprocessing for every config: the graph never reads it, and configs
+  differing only there (weights converted under another pretrained_cfg) compiled it twice."""
+  return dataclasses.replace(cfg, preprocessing=dataclasses.replace(
+      cfg.preprocessing, mean=(0.0,), std=(1.0,), crop_pct=1.0, interpolation="bicubic"))
+
+
 def _jit_static_keywords(fn):
   """`fn` under `jax.jit` with every keyword static, always called with every keyword spelled
   out: jax keys its cache on the keywords as given, so `dtype="float32"` and an omitted dtype
@@ -337,12 +345,7 @@ def _jit_static_keywords(fn):
       raise TypeError(f"{fn.__name__}() got an unexpected keyword argument {unknown[0]!r}")
     check_static_types(static.get("schedule"), static.get("reducer"))   # before jax hashes them
     if "cfg" in static:
-      check_config_type(static["cfg"])
-      # The graph never reads the preprocessing: configs differing only there (weights
-      # converted under another pretrained_cfg) compiled it twice.
-      prep = static["cfg"].preprocessing
-      static["cfg"] = dataclasses.replace(static["cfg"], preprocessing=dataclasses.replace(
-          prep, mean=(0.0,), std=(1.0,), crop_pct=1.0, interpolation="bicubic"))
+      static["cfg"] = _graph_config(check_config_type(static["cfg"]))
     static = {**defaults, **static}
     if "dtype" in static and "precision" in static:     # (jax's unhashable-static error named
       check_options(static["dtype"], static["precision"])   # neither, for precision=['highest'])

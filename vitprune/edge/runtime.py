@@ -237,11 +237,11 @@ class Runner:
     try:
       return fn(*weights, x).to_host()
     except RuntimeError as e:
+      exhausted = console.resource_exhausted(e)
       lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-      why = next((ln for ln in lines if "RESOURCE_EXHAUSTED" in ln), lines[0] if lines else
-                 type(e).__name__)
+      why = exhausted or (lines[0] if lines else type(e).__name__)
       hint = (": not enough memory on this device for the batch (try a smaller batch size)"
-              if "RESOURCE_EXHAUSTED" in why else "")
+              if exhausted else "")
       raise EdgeError(f"the module failed on the {self.driver} device{hint}: "
                       f"{why[:300]}") from None
 

@@ -52,6 +52,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vitprune import console
+from vitprune import memory
 from vitprune import model as model_lib
 from vitprune import piecewise
 from vitprune.config import ViTConfig
@@ -197,7 +198,7 @@ class ProfileSpec:
       counts = sorted({c for s in self.schedules for c in s.counts}, reverse=True)
     if not counts:
       return 0
-    item = 4 if self.dtype == "float32" else 2
+    item = memory.DTYPE_BYTES[self.dtype]
     return self.cfg.embed_dim * (item * sum(counts) + 8 * max(counts))
 
 
