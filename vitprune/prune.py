@@ -57,9 +57,10 @@ def time_compiled(graphs: Dict[str, Any], params, images, *, warmup: int, repeat
   `timing_rounds(repeats)` rounds of a fresh shuffled order each (`warmup` calls before each
   burst): timed one after the other, load drift reached one graph only (the default run
   printed x1.56 for a x1.12 FLOP cut; reruns x0.97..1.08)."""
-  rounds = timing_rounds(max(3, repeats))
-  cfg = dataclasses.replace(protocol.repeat_timing(max(3, repeats) // rounds, warmup,
-                                                   max_retries=2), rounds=rounds)
+  repeats = max(3, repeats)
+  rounds = timing_rounds(repeats)
+  cfg = dataclasses.replace(protocol.repeat_timing(repeats // rounds, warmup, max_retries=2),
+                            rounds=rounds)
   got = timing.measure_all({k: (fn, (params, images)) for k, fn in graphs.items()}, cfg)
   return {k: {"median_s": m.median, "iqr_s": m.iqr} for k, m in got.items()}
 
