@@ -33,6 +33,15 @@ only block l reduces, from all N tokens to n) with the 'incremental' combination
      DP cannot optimise it; its own frontier ("per-image frontier" rows) comes from scoring
      every non-increasing schedule on the grid (skipped above `--enumerate_limit`), spread
      over `--num_frontier` schedules and measured like the solver's.
+  7. with `--pairwise=FIRSTS:STEP` (e.g. 49,33,17:8), measured interactions of two cuts: every
+     schedule with a first cut at block i to a FIRSTS count and a second at a later block j to
+     every STEP-th count below it (and the grid's fewest), and a "pairwise" per-image
+     combination: the per-image model plus, for each consecutive pair of cuts, the interaction
+     those schedules measured (margin measured - margin the per-image model gives), linear
+     between the measured counts (0 with no first cut, at N, or no second, at b = a; clamped
+     below the fewest measured). Scored like the per-image model, with its own frontier
+     ("pairwise frontier" rows): does a model that has measured how cuts interact escape the
+     winner's curse on the frontier it chooses?
 Every schedule is measured on the same images as the table, so the error is the combination
 model's alone (no sampling error between prediction and measurement). Errors are reported in
 points (predicted - measured: positive = optimistic), over all schedules and over those whose
@@ -90,6 +99,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("enumerate_limit", 200000, "Most schedules scored for the per-image "
                        "model's own frontier (more: the rows are skipped; 0: always skip).",
                        lower_bound=0, flag_values=fv)
+  flags.DEFINE_string("pairwise", "", "FIRSTS:STEP, e.g. 49,33,17:8: also measure two-cut "
+                      "schedules and score the 'pairwise' combination (module doc); '' for none.",
+                      flag_values=fv)
   flags.DEFINE_bool("quick", False, "Smoke run: grid step 24, 3 random and 3 frontier "
                     "schedules, 60 images.", flag_values=fv)
   flags.DEFINE_string("out", "outputs/benchmark/accuracy_combination.json", "JSON output.",
@@ -161,6 +173,125 @@ def conditional_drop(model: solve.CostModel, base: Tuple[int, int],
   return drop
 
 
+def parse_pairwise(text: str, grid: Sequence[int]) -> Optional[Tuple[Tuple[int, ...], int]]:
+  """'A1,A2,...:STEP' -> (first-cut counts ascending, step), checked against the token grid;
+  '' -> None."""
+  if not text:
+    return None
+  firsts, sep, step = text.rpartition(":")
+  try:
+    counts = sorted({int(v) for v in firsts.split(",")}) if sep else []
+    step_n = int(step)
+  except ValueError:
+    counts = []
+  if not counts:
+    raise ValueError(f"--pairwise: {text!r} is not COUNT,...:STEP (e.g. 49,33,17:8)")
+  if step_n < 1:
+    raise ValueError(f"--pairwise: step {step_n} must be >= 1")
+  g = sorted(int(n) for n in grid)
+  for a in counts:
+    if a not in g or not g[0] < a < g[-1]:
+      raise ValueError(f"--pairwise: first-cut count {a} must be a count of the grid between "
+                       f"{g[0]} and {g[-1]} (exclusive): {g}")
+  return tuple(counts), step_n
+
+
+def pair_schedules(cfg, grid: Sequence[int], firsts: Sequence[int], step: int,
+                   max_remove: Callable[[int], int]) -> List[Counts]:
+  """Two cuts: block i to a (each of `firsts` one block reaches from N), then block j > i to
+  every count b of `grid` below a with (a - b) % step == 0, and the grid's fewest, that one
+  block reaches from a."""
+  n_full, low = cfg.num_tokens, min(grid)
+  out = []
+  for i in range(cfg.depth - 1):
+    for j in range(i + 1, cfg.depth):
+      for a in firsts:
+        if a < n_full - max_remove(n_full):
+          continue
+        for b in sorted({g for g in grid if g < a and ((a - g) % step == 0 or g == low)},
+                        reverse=True):
+          if b >= a - max_remove(a):
+            out.append(schedule_lib.prune_layers(cfg, {i: a, j: b}).counts)
+  return out
+
+
+def _cuts(counts: Counts) -> List[Tuple[int, int]]:
+  """[(block, count after it)] of the blocks that reduce."""
+  return [(l, int(counts[l + 1])) for l in range(len(counts) - 1) if counts[l + 1] < counts[l]]
+
+
+class PairInteractions:
+  """The "pairwise" combination (module doc, 7): per-image interactions of two cuts measured on
+  `pair_schedules`, interpolated. `table`: the single-layer margins; `measured`: {counts: [M]
+  margins} of two-cut schedules."""
+
+  def __init__(self, table: solve.MarginTable, measured: Dict[Counts, np.ndarray]):
+    self.table = table
+    self.pos = {int(n): k for k, n in enumerate(table.ns)}
+    self.n_full = int(table.ns[-1])
+    self.rows: Dict[Tuple[int, int, int], Dict[int, np.ndarray]] = {}   # (i, a, j): {b: [M]}
+    for counts, m in measured.items():
+      (i, a), (j, b) = _cuts(counts)
+      plain = solve.per_image_margins(table, [counts])[0]
+      self.rows.setdefault((i, a, j), {})[b] = np.asarray(m, np.float64) - plain
+    self.firsts = sorted({a for _, a, _ in self.rows})
+    self._cache: Dict[Tuple[int, int, int, int], np.ndarray] = {}
+
+  def _row(self, i: int, a: int, j: int, b: int) -> np.ndarray:
+    """[M] the interaction at a measured first count `a`, linear in b (0 at b >= a; clamped
+    below the fewest measured)."""
+    zero = np.zeros(self.table.reference.size)
+    row = self.rows.get((i, a, j))
+    if row is None or b >= a:
+      return zero
+    xs = sorted(row) + [a]
+    vs = [row[x] for x in xs[:-1]] + [zero]
+    if b <= xs[0]:
+      return vs[0]
+    k = next(k for k in range(len(xs) - 1) if xs[k] <= b <= xs[k + 1])
+    w = (b - xs[k]) / (xs[k + 1] - xs[k])
+    return (1 - w) * vs[k] + w * vs[k + 1]
+
+  def at(self, i: int, a: int, j: int, b: int) -> np.ndarray:
+    """[M] the interaction of a cut at block i to a and one at block j to b: linear in a
+    between the measured first counts (0 at a = N; the fewest measured below it)."""
+    key = (i, a, j, b)
+    if key not in self._cache:
+      xs = self.firsts + [self.n_full]
+      a0 = max([x for x in xs if x <= a], default=xs[0])
+      a1 = min(x for x in xs if x >= a0 and (x >= a or x == xs[-1]))
+      v0 = self._row(i, a0, j, b)
+      if a1 == a0 or a <= a0:
+        self._cache[key] = v0
+      else:
+        w = (a - a0) / (a1 - a0)
+        self._cache[key] = (1 - w) * v0 + w * self._row(i, a1, j, b)
+    return self._cache[key]
+
+  def accuracy(self, counts_list: Sequence[Counts], chunk: int = 4096) -> np.ndarray:
+    """[S] predicted accuracies: per-image margins plus each consecutive pair of cuts'
+    interaction, > 0 counting as correct."""
+    counts = np.asarray(counts_list, np.int64).reshape(len(counts_list), -1)
+    out = np.empty(len(counts))
+    for s in range(0, len(counts), chunk):
+      c = counts[s:s + chunk]
+      m = solve.per_image_margins(self.table, c.tolist())
+      last_block, last_count = np.full(len(c), -1), np.zeros(len(c), np.int64)
+      for l in range(c.shape[1] - 1):
+        cut = c[:, l + 1] < c[:, l]
+        rows = np.flatnonzero(cut & (last_block >= 0))
+        if rows.size:
+          kb, ka, kc = last_block[rows], last_count[rows], c[rows, l + 1]
+          code = (kb * (self.n_full + 1) + ka) * (self.n_full + 1) + kc
+          _, first, inv = np.unique(code, return_index=True, return_inverse=True)
+          vecs = np.stack([self.at(int(kb[f]), int(ka[f]), l, int(kc[f])) for f in first])
+          m[rows] += vecs[inv.reshape(-1)]
+        last_block = np.where(cut, l, last_block)
+        last_count = np.where(cut, c[:, l + 1], last_count)
+      out[s:s + chunk] = (m > 0).mean(axis=1)
+    return out
+
+
 def errors(pred: Sequence[float], meas: Sequence[float], full: float) -> Dict[str, Any]:
   """Points (pred - meas) over all schedules and over those with measured drop < 10 points."""
   p, m = 100 * np.asarray(pred), 100 * np.asarray(meas)
@@ -194,17 +325,18 @@ def enumerate_schedules(model: solve.CostModel, limit: int) -> Optional[np.ndarr
   return rows[-1]
 
 
-def per_image_frontier(model: solve.CostModel, table: solve.MarginTable, num: int,
-                       limit: int) -> Tuple[List[Counts], Optional[int]]:
-  """Schedules spread over the per-image model's own Pareto frontier (cost: `model`'s latency
-  side, accuracy: `solve.per_image_accuracy`) -> (up to `num` counts, schedules scored), or
-  ([], None) when there are more than `limit` schedules (or `limit` is 0)."""
+def own_frontier(model: solve.CostModel, score: Callable[[List[Counts]], np.ndarray], num: int,
+                 limit: int) -> Tuple[List[Counts], Optional[int]]:
+  """Schedules spread over the Pareto frontier of a model that scores every schedule (cost:
+  `model`'s latency side, accuracy: `score`, e.g. `solve.per_image_accuracy`) -> (up to `num`
+  counts, schedules scored), or ([], None) when there are more than `limit` schedules (or
+  `limit` is 0)."""
   idx = enumerate_schedules(model, limit) if limit else None
   if idx is None:
     return [], None
   counts = model.ns[idx]
   lat = solve.schedule_latencies(model, idx)
-  acc = solve.per_image_accuracy(table, counts.tolist())
+  acc = score(counts.tolist())
   keep = solve.nondominated(lat, acc, counts.sum(axis=1))
   front = [tuple(int(c) for c in counts[i]) for i in sorted(keep, key=lambda i: lat[i])]
   if len(front) > num:
@@ -281,6 +413,11 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   grid = one_block_counts(cfg, counts, reducer)
   ns = np.array(grid + [n_full], np.int64)
   cond = conditional_schedules(cfg, base, list(ns), limit) if base else []
+  pairwise = parse_pairwise(f.pairwise, ns.tolist())
+  pairs = pair_schedules(cfg, ns.tolist(), *pairwise, limit) if pairwise else []
+  if pairwise and not pairs:
+    raise ValueError(f"--pairwise={f.pairwise}: {f.method} reaches none of those first cuts "
+                     "with a second cut on the grid, so nothing pairwise would be measured")
   if base and not cond:      # (its rows fell back to the incremental numbers, unsaid)
     raise ValueError(f"--conditional={f.conditional}: no count of the grid "
                      f"{sorted(ns.tolist(), reverse=True)} below {base[1]} is reachable from it "
@@ -315,12 +452,17 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   log(f"measuring {len(rand)} random, {len(frontier)} frontier"
       + (f" and {len(cond) + 1} conditional (after {base[1]} tokens at block {base[0]})"
          if base else "") + " schedules")
-  own, scored = per_image_frontier(models["incremental"], per_image, num_frontier,
-                                   f.enumerate_limit)
+  own, scored = own_frontier(models["incremental"],
+                             lambda c: solve.per_image_accuracy(per_image, c), num_frontier,
+                             f.enumerate_limit)
   log(f"per-image frontier: {len(own)} of the schedules spread over it "
       f"({scored} scored)" if own else "per-image frontier skipped (more schedules than "
       f"--enumerate_limit={f.enumerate_limit})")
   measured = evaluate(rand + frontier + cond_base + cond)
+  pair_model = None
+  if pairs:
+    log(f"measuring {len(pairs)} two-cut schedules (--pairwise={f.pairwise})")
+    pair_model = PairInteractions(per_image, dict(zip(pairs, evaluate(pairs, margins=True)[1])))
   m_rand, m_front = measured[:len(rand)], measured[len(rand):len(rand) + len(frontier)]
   rows = (conditional_rows(cfg, base, cond_base + cond, measured[len(rand) + len(frontier):])
           if base else None)
@@ -329,6 +471,8 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     out = {name: [solve.predict_schedule(m, c)[1] for c in schedules]
            for name, m in models.items()}
     out["per-image"] = solve.per_image_accuracy(per_image, schedules).tolist()
+    if pair_model is not None:
+      out["pairwise"] = pair_model.accuracy(schedules).tolist()
     if rows is not None:
       out["conditional"] = [full_acc - conditional_drop(models["incremental"], base, rows, c)
                             for c in schedules]
@@ -344,14 +488,23 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
                              "rows": {str(l): {str(n): v for n, v in sorted(r.items())}
                                       for l, r in sorted(rows.items())}}
                             if base else None),
+            "pairwise": (None if pair_model is None else
+                         {"firsts": list(pairwise[0]), "step": pairwise[1],
+                          "schedules": len(pairs)}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "families": {}}
   families = [("random", rand, m_rand), ("frontier", frontier, m_front)]
   if own:
     families.append(("per-image frontier", own, evaluate(own)))
   result["per_image_enumerated"] = scored
+  if pair_model is not None:
+    pair_own, _ = own_frontier(models["incremental"], pair_model.accuracy, num_frontier,
+                               f.enumerate_limit)
+    if pair_own:
+      log(f"pairwise frontier: measuring {len(pair_own)} of the schedules spread over it")
+      families.append(("pairwise frontier", pair_own, evaluate(pair_own)))
   for fam, scheds, meas in families:
     pred = predictions(scheds)
-    if fam == "per-image frontier":
+    if fam.endswith(" frontier"):      # (the conditional rows are about the solver's)
       pred.pop("conditional", None)
     result["families"][fam] = {
         "errors": {name: errors(p, meas, full_acc) for name, p in pred.items()},

@@ -463,6 +463,59 @@ def test_accuracy_combination_conditional_model_by_hand():
       ac.parse_conditional(bad, cfg)
 
 
+def test_accuracy_combination_pairwise_model_by_hand():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  from benchmarks import accuracy_combination as ac  # pylint: disable=g-import-not-at-top
+  from vitprune import solve  # pylint: disable=g-import-not-at-top
+  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+  cfg = get_config("vit_digits")                    # N = 65, depth 6
+  ns = [17, 33, 49, 65]
+  assert ac.parse_pairwise("", ns) is None
+  assert ac.parse_pairwise("49,33,49:8", ns) == ((33, 49), 8)
+  for bad, msg in (("x", "is not COUNT"), ("49", "is not COUNT"), ("49:x", "is not COUNT"),
+                   (":8", "is not COUNT"), ("49:0", "step 0 must be >= 1"),
+                   ("41:8", "first-cut count 41 must be a count of the grid"),
+                   ("65:8", "first-cut count 65"), ("17:8", "first-cut count 17")):
+    with pytest.raises(ValueError, match=msg):
+      ac.parse_pairwise(bad, ns)
+  # First cut to 33 or 49 at every block that has a later one, second to every 16th count
+  # below it and 17 (the fewest); a method removing at most 20 tokens per block reaches neither
+  # 17 from 49 nor 33 from 65.
+  pairs = ac.pair_schedules(cfg, ns, (33, 49), 16, lambda n: n)
+  assert len(pairs) == 15 * (1 + 2) and pairs[0] == (65, 33, 17, 17, 17, 17, 17)
+  assert pairs[1:3] == [(65, 49, 33, 33, 33, 33, 33), (65, 49, 17, 17, 17, 17, 17)]
+  assert ac.pair_schedules(cfg, ns, (33, 49), 16, lambda n: 20) == [
+      s for s in pairs if s[-1] == 33 and 49 in s]
+  # Margins of 2 examples: block l reducing to ns[k] alone moves them by (l + 1) * (k - 3) / 10.
+  ref = np.array([0.5, 0.3])
+  single = np.array([[ref + (l + 1) * (k - 3) / 10 for k in range(3)] for l in range(6)])
+  table = solve.MarginTable.build(ns, ref, single)
+  a_33 = (65, 49, 49, 33, 33, 33, 33)           # block 0 -> 49, block 2 -> 33
+  a_17 = (65, 49, 49, 17, 17, 17, 17)
+  plain = solve.per_image_margins(table, [a_33, a_17])
+  np.testing.assert_allclose(plain, [ref - 0.4, ref - 0.7])    # block 2: 49 -> 33, -> 17
+  pm = ac.PairInteractions(table, {a_33: plain[0] + [1.0, -2.0], a_17: plain[1] + [3.0, 0.0]})
+  assert pm.at(0, 49, 2, 33) == pytest.approx([1.0, -2.0])
+  assert pm.at(0, 49, 2, 17) == pytest.approx([3.0, 0.0])
+  assert pm.at(0, 49, 2, 41) == pytest.approx([0.5, -1.0])   # half way to 0 at b = a = 49
+  assert pm.at(0, 49, 2, 9) == pytest.approx([3.0, 0.0])     # below the fewest: clamped
+  assert pm.at(0, 57, 2, 33) == pytest.approx([0.5, -1.0])   # half way to 0 at a = N
+  assert pm.at(0, 33, 2, 17) == pytest.approx([3.0, 0.0])    # below the fewest first: clamped
+  assert pm.at(1, 49, 2, 33) == pytest.approx([0.0, 0.0])    # not measured: none
+  # The measured schedules predict themselves; one cut, or none, is the per-image model.
+  meas = [a_33, a_17]
+  assert pm.accuracy(meas) == pytest.approx(
+      [((plain[0] + [1.0, -2.0]) > 0).mean(), ((plain[1] + [3.0, 0.0]) > 0).mean()])
+  one = [(65, 49, 49, 49, 49, 49, 49), (65,) * 7, (65, 65, 65, 17, 17, 17, 17)]
+  assert pm.accuracy(one) == pytest.approx(solve.per_image_accuracy(table, one))
+  # Three cuts: each consecutive pair's interaction (block 2 -> 33 then 4 -> 17: not measured).
+  three = (65, 49, 49, 33, 33, 17, 17)
+  m = solve.per_image_margins(table, [three])[0] + [1.0, -2.0]
+  assert pm.accuracy([three])[0] == pytest.approx((m > 0).mean())
+  assert pm.accuracy([three] * 5000).tolist() == [pm.accuracy([three])[0]] * 5000  # chunks
+
+
 def test_accuracy_combination_quick(tmp_path, capsys):
   import json  # pylint: disable=g-import-not-at-top
   import math  # pylint: disable=g-import-not-at-top
@@ -472,15 +525,19 @@ def test_accuracy_combination_quick(tmp_path, capsys):
   from vitprune.schedule import Schedule  # pylint: disable=g-import-not-at-top
   out = tmp_path / "acc.json"
   res = ac.main(common.parse(ac.define_flags, ["--quick", "--conditional=3:41",
-                                                "--num_random=2", f"--out={out}"]))
+                                                "--num_random=2", "--pairwise=41:8",
+                                                f"--out={out}"]))
   text = capsys.readouterr().out
   assert "| frontier | incremental |" in text and "| random | conditional |" in text
   assert json.loads(out.read_text())["families"].keys() == {"random", "frontier",
-                                                            "per-image frontier"}
-  assert "| per-image frontier | per-image |" in text
+                                                            "per-image frontier",
+                                                            "pairwise frontier"}
+  assert "| per-image frontier | per-image |" in text and "| pairwise frontier | pairwise |" in text
+  # Quick grid 65, 41, 17: a first cut to 41 at 5 blocks, then one to 17 at each later block.
+  assert res["pairwise"] == {"firsts": [41], "step": 8, "schedules": 15}
   for name, fam in res["families"].items():
-    assert set(fam["errors"]) == {"incremental", "additive", "per-image"} | (
-        set() if name == "per-image frontier" else {"conditional"})
+    assert set(fam["errors"]) == {"incremental", "additive", "per-image", "pairwise"} | (
+        set() if name.endswith(" frontier") else {"conditional"})
     for s in fam["schedules"]:
       assert 0 <= s["measured"] <= 1 and s["counts"][0] == 65
   # The per-image model scored every schedule of the quick grid (non-increasing choices of the
@@ -553,6 +610,9 @@ def test_accuracy_combination_refuses_bad_floors_and_seeds_before_measuring(tmp_
       # printed "conditional" rows that were the incremental numbers, measuring none
       (["--quick", "--conditional=0:10", out], r"^--conditional=0:10: no count of the grid "
        r"\[65, 41, 17\] below 10 is reachable from it in one later block"),
+      (["--quick", "--pairwise=49:8", out], r"^--pairwise: first-cut count 49 must be a count "
+                                            r"of the grid between 17 and 65 \(exclusive\)"),
+      (["--quick", "--pairwise=41", out], r"^--pairwise: '41' is not COUNT,...:STEP"),
   ], tmp_path)
   from experiments import common  # pylint: disable=g-import-not-at-top
   import pytest  # pylint: disable=g-import-not-at-top

@@ -534,6 +534,11 @@ def _margin_step_sum(table: MarginTable, cols: np.ndarray) -> np.ndarray:
   return total
 
 
+def per_image_margins(table: MarginTable, counts_list: Sequence[Sequence[int]]) -> np.ndarray:
+  """[S, M] each example's margin under `per_image_accuracy`'s model for S schedules."""
+  return table.reference[None] + _margin_step_sum(table, _margin_columns(table, counts_list))
+
+
 def per_image_accuracy(table: MarginTable, counts_list: Sequence[Sequence[int]], *,
                        chunk: int = 4096) -> np.ndarray:
   """[S] predicted accuracies of S schedules: each example's margin moves by the incremental
@@ -541,11 +546,10 @@ def per_image_accuracy(table: MarginTable, counts_list: Sequence[Sequence[int]],
   the example counts as correct when that stays > 0 (the incremental model per example instead
   of per dataset: cuts that each leave an example correct can together flip it). Unlike the
   solver's incremental model, the raw margins are used (no monotone envelope)."""
-  cols = _margin_columns(table, counts_list)
-  out = np.empty(len(cols))
-  for s in range(0, len(cols), chunk):      # [chunk, M] at a time: bounded memory
-    m = table.reference[None] + _margin_step_sum(table, cols[s:s + chunk])
-    out[s:s + chunk] = (m > 0).mean(axis=1)
+  counts_list = list(counts_list)
+  out = np.empty(len(counts_list))
+  for s in range(0, len(counts_list), chunk):      # [chunk, M] at a time: bounded memory
+    out[s:s + chunk] = (per_image_margins(table, counts_list[s:s + chunk]) > 0).mean(axis=1)
   return out
 
 
