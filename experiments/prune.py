@@ -52,8 +52,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=fv)
   flags.DEFINE_string("weights", "", "Checkpoint directory (vitprune.checkpoint.load_weights).",
                       flag_values=fv)
-  flags.DEFINE_string("images", "", "Image folder (vitprune.data.ImageFolder); default synthetic.",
-                      flag_values=fv)
+  flags.DEFINE_string("images", "", "Image folder (vitprune.data.ImageFolder); default: the "
+                      "first --batch_size test digits for vit_digits, deterministic synthetic "
+                      "images for other models.", flag_values=fv)
   flags.DEFINE_integer("batch_size", 32, "Images in the batch.", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed of random-init weights, synthetic images and the "
                        "sample of a larger --images folder.",

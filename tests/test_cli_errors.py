@@ -16,6 +16,8 @@ from tests.conftest import run_cli_in_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIGHTS = os.path.join(ROOT, "weights", "vit_digits")
+# A checkpoint that exists: the cases about other flags must not stop at a missing one.
+CKPT = os.path.join(ROOT, "tests", "fixtures", "golden", "deit_tiny.safetensors")
 HUGE = "--batch_size=1000000000"
 
 # (cli, args, exit code, message). In args: {file} an existing file, {full} a non-empty
@@ -55,9 +57,9 @@ CASES = [
      "is a directory, not a file"),
     ("run_deployed", ["--artifact=a", "--images=i", "--repeats=1"], 1,
      "--repeats must be >= 3"),
-    ("convert", ["--model=test_tiny_vit", "--checkpoint=c.npz", "--img_size=0", "--out={out}"],
-     1, "--img_size must be >= 1"),
-    ("convert", ["--model=deit_smal_patch16_224", "--checkpoint=c.npz", "--out={out}"], 1,
+    ("convert", ["--model=test_tiny_vit", f"--checkpoint={CKPT}", "--img_size=0",
+                 "--out={out}"], 1, "--img_size must be >= 1"),
+    ("convert", ["--model=deit_smal_patch16_224", f"--checkpoint={CKPT}", "--out={out}"], 1,
      "unknown model 'deit_smal_patch16_224'. Did you mean: deit_small_patch16_224"),
     ("train_digits", ["--lr=inf", "--out={out}"], 1, "--lr=inf is not a finite number"),
     ("train_digits", ["--max_steps=0", "--out={out}"], 2, "--max_steps=0: 0 is not a positive integer"),
@@ -106,7 +108,7 @@ CASES = [
      "--split applies to --data=digits only"),
     ("estimate", ["--tokens=", "--out_dir={out}"], 1, "--tokens is empty"),
     ("train_digits", ["--out="], 1, "--out is empty"),
-    ("convert", ["--model=test_tiny_vit", "--checkpoint=c.npz", "--out="], 1,
+    ("convert", ["--model=test_tiny_vit", f"--checkpoint={CKPT}", "--out="], 1,
      "--out is empty"),
     ("deploy", [f"--weights={WEIGHTS}", "--method=evit", "--method_opts=normalize=maybe",
                 "--schedule=keep@3:33", "--out={out}"], 1,
@@ -143,7 +145,7 @@ CASES = [
      "flag --seed=4294967296: 4294967296 is not"),          # jax keys wrapped it to seed 0
     ("train_digits", ["--max_shift=32", "--out={out}"], 1,
      "max_shift 32 must be below the image size 32"),
-    ("convert", ["--model=test_tiny_vit", "--checkpoint=none.safetensors", "--img_size=4096",
+    ("convert", ["--model=test_tiny_vit", f"--checkpoint={CKPT}", "--img_size=4096",
                  "--verify", "--out={out}"], 1,
      "--verify (two images through the model) cannot fit in memory"),   # was an XLA OOM traceback
     ("profile", ["--solver=multi", "--layer=2", "--accuracy_floor=0.9", "--out_dir={out}"], 1,
@@ -170,9 +172,9 @@ CASES = [
     ("digits_images", ["--out={out}", "--split=val"], 2, "value should be one of"),
     ("prune", ["--repeats=1000000000000"], 1, "--repeats must be at most 10000000"),  # ran
     ("prune", ["--warmup=1000000000000"], 1, "--warmup must be at most 10000000"),    # for days
-    ("convert", ["--model=test_tiny_vit", "--checkpoint=c.npz", "--out={file}/"], 1,
+    ("convert", ["--model=test_tiny_vit", f"--checkpoint={CKPT}", "--out={file}/"], 1,
      "is a regular file, not a directory"),     # said "already exists (pass --overwrite", which
-    ("convert", ["--model=test_tiny_vit", "--checkpoint=c.npz", "--out={full}",   # it refused
+    ("convert", ["--model=test_tiny_vit", f"--checkpoint={CKPT}", "--out={full}",   # it refused
                  "--overwrite"], 1, "that is not a vitprune-weights folder"),   # not ours
     ("prune", ["--model="], 1, "--model is empty (leave it out for the default vit_digits)"),
     ("benchmark", ["--solution=", "--out_dir={out}"], 1, "--solution is empty"),  # ran without
@@ -184,7 +186,7 @@ CASES = [
      "lr 1e+308 overflows float32, the dtype training computes in"),
     ("train_digits", ["--batch_size=100000", "--out={out}"], 1,   # after printing a line
      "--batch_size=100000 is larger than the 1438 training digits"),
-    ("convert", ["--model=test_tiny_vit", "--checkpoint=c.npz", "--img_size=100000000",
+    ("convert", ["--model=test_tiny_vit", f"--checkpoint={CKPT}", "--img_size=100000000",
                  "--out={out}"], 1,      # numpy's "Unable to allocate 37.3 GiB ..." after loading
      "--img_size=100000000 cannot fit in memory: converting test_tiny_vit at img_size"),
     ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--accuracy_floor=0.9",
@@ -385,6 +387,9 @@ CASES = [
     # said "layers have duplicates: [None, None]"
     ("estimate", ["--method=random", "--layers=embed,embed", "--tokens=65,33",
                   "--out_dir={out}"], 1, "layers have duplicates: ['embed', 'embed']"),
+    # said "--out=... already exists (pass --overwrite", and with it "checkpoint file not found"
+    ("convert", ["--model=test_tiny_vit", "--checkpoint=none.safetensors", "--out={full}"], 1,
+     "checkpoint file not found: none.safetensors"),
 ]
 
 

@@ -465,6 +465,10 @@ def _mutate(d, fn):
     (lambda d: d["points"][1].update(kl=-0.1), "kl must be a finite number >= 0"),
     (lambda d: d["points"][1].update(kl=float("nan")), "kl must be a finite number"),
     (lambda d: d["points"][1].update(num_examples=6), "num_examples 6"),
+    (lambda d: d["reference"].update(num_examples="7"), "reference: num_examples must be an "
+     "integer, got '7'"),     # (said "num_examples 7 != data.num_examples 7")
+    (lambda d: d["points"][0].update(num_examples=7.0), r"points\[0\]: num_examples must be an "
+     "integer, got 7.0"),
     (lambda d: d["reference"].update(agreement=6 / 7), "agree with itself"),
         (lambda d: d["points"][1].update(accuracy=0.5), "points\\[1\\]: accuracy 0.5 is not a "
          "count of 7 images \\(k / 7\\)"),

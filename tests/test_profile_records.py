@@ -33,6 +33,17 @@ def _staircase_points(batch=1, jump=1e-3):
           for n in range(17, 1, -1)]
 
 
+def test_check_save_refuses_a_name_too_long_for_the_file_system(tmp_path):
+  """A profile's name holds the device kind (a board's CPU name can be long): one that left no
+  room for the hidden temporaries failed after every point was measured."""
+  setup = _profile([])
+  with pytest.raises(ValueError, match=r"^--out_dir: the name xxxxxxxx[^ ]*\.\.\. is 240 bytes; "
+                                       r"at most \d+ fit"):
+    records.check_save(setup, str(tmp_path), "x" * 235)        # + ".json"
+  records.check_save(setup, str(tmp_path), "x" * 100)
+  assert os.listdir(tmp_path) == []
+
+
 def test_analyze_finds_steps_and_flats():
   prof = _profile(_staircase_points())
   assert [(s["n_from"], s["n_to"]) for s in prof.steps] == [(10, 9)]

@@ -1109,6 +1109,22 @@ def test_solution_names_tell_dtypes_and_devices_apart():
   assert len(stems) == 4
 
 
+def test_cli_refuses_a_solution_name_too_long_for_the_file_system(tmp_path):
+  """The solution's name holds the profile's device kind (from the file): one of 205 bytes
+  failed at the write, after the work, naming a hidden temporary (`[Errno 36] File name too
+  long: '.../.m_paper_..._xxx.json.new-...'`)."""
+  pts = [_point("model", n, _step_latency(n)) for n in range(2, N + 1)]
+  ps = str(tmp_path / "p.json")
+  records.save(dataclasses.replace(_profile(pts), device_kind="x" * 205), str(tmp_path), "p")
+  es = _estimate(tmp_path, [None], list(range(2, N + 1)), _acc)
+  out = tmp_path / "out"
+  r = _cli_here(f"--profile={ps}", f"--estimate={es}", f"--out_dir={out}")
+  assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+  assert re.fullmatch(r"error: --out_dir: the name [^ ]+\.\.\. is 2\d\d bytes; at most \d+ fit "
+                      r"\(vitprune writes it through a hidden temporary .*\)\n", r.stderr)
+  assert not out.exists()
+
+
 def test_cli_says_a_multi_solve_leaves_the_embed_row_out(tmp_path):
   """A sensitivity table with an embed row solved to a frontier without it, unsaid."""
   ps = _block_profile(tmp_path)

@@ -191,16 +191,11 @@ def _load_npz(path: str) -> StateDict:
                       f"({str(e) or 'MemoryError'})") from None
 
 
-def load_checkpoint(path: str, *, num_heads: Optional[int] = None) -> Tuple[StateDict, str]:
-  """(state dict {name: np.ndarray}, format) from a checkpoint file.
-
-  Formats: 'safetensors', 'torch' (.pth/.pt/.bin; needs torch), 'big_vision' (.npz with AugReg /
-  big_vision names, returned already mapped to timm names), 'npz' (.npz with timm names); the
-  `module.` / `_orig_mod.` key prefixes of wrapped models are stripped, whatever the format.
-  num_heads: the config's; a big_vision npz with another number of heads is refused (the other
-  formats flatten the heads: they cannot say).
-  Raises IsADirectoryError / FileNotFoundError / ValueError / ImportError naming the file.
-  """
+def check_checkpoint_path(path: str) -> str:
+  """The format family of `path` by its extension ('safetensors', 'torch', 'npz'), after
+  checking that it is a regular file: IsADirectoryError / FileNotFoundError / OSError /
+  ValueError naming it (before any other work: a user told that the output exists added
+  --overwrite, only to learn then that the checkpoint was missing)."""
   if os.path.isdir(path):     # e.g. a HF snapshot folder: the file inside it is meant
     raise IsADirectoryError(f"{path} is a directory, not a checkpoint file; pass the file "
                             f"itself ({', '.join(sorted(EXTENSIONS))})")
@@ -213,7 +208,20 @@ def load_checkpoint(path: str, *, num_heads: Optional[int] = None) -> Tuple[Stat
   if ext not in EXTENSIONS:
     raise ValueError(f"{path}: unsupported checkpoint extension {ext!r}; expected one of "
                      f"{sorted(EXTENSIONS)}")
-  kind = EXTENSIONS[ext]
+  return EXTENSIONS[ext]
+
+
+def load_checkpoint(path: str, *, num_heads: Optional[int] = None) -> Tuple[StateDict, str]:
+  """(state dict {name: np.ndarray}, format) from a checkpoint file.
+
+  Formats: 'safetensors', 'torch' (.pth/.pt/.bin; needs torch), 'big_vision' (.npz with AugReg /
+  big_vision names, returned already mapped to timm names), 'npz' (.npz with timm names); the
+  `module.` / `_orig_mod.` key prefixes of wrapped models are stripped, whatever the format.
+  num_heads: the config's; a big_vision npz with another number of heads is refused (the other
+  formats flatten the heads: they cannot say).
+  Raises IsADirectoryError / FileNotFoundError / ValueError / ImportError naming the file.
+  """
+  kind = check_checkpoint_path(path)
   if kind == "safetensors":     # (a `module.` prefix was stripped on the torch path only)
     return (_without_wrapper_prefixes(_to_numpy_dict(_load_safetensors(path), path), path),
             "safetensors")

@@ -261,6 +261,8 @@ _TOP_KEYS = {"format": str, "version": int, "created": str, "kind": str, "model"
 def _check_scores(p: Dict[str, Any], where: str, labelled: bool, num_examples: int):
   for key in ("num_examples", "accuracy", "agreement", "kl"):
     _require(key in p, where, f"missing {key!r}")
+  _require(jsonio.is_int(p["num_examples"]), where,
+           f"num_examples must be an integer, got {p['num_examples']!r}")   # ('50': "50 != 50")
   _require(p["num_examples"] == num_examples, where,
            f"num_examples {p['num_examples']} != data.num_examples {num_examples}")
   if labelled:

@@ -1015,8 +1015,10 @@ def _check_replaceable(json_path: str) -> None:
 def check_output(out_dir: str, stem: str) -> None:
   """Refuses, before any work, an output `write_solution(..., out_dir, stem)` could not write.
   Creates nothing: an absent `out_dir` holds nothing to refuse (a refused run left it behind
-  empty, made by the lock)."""
+  empty, made by the lock). The name is built from the profile's fields (its device kind:
+  whatever the file says), so it must fit with the hidden temporaries beside it."""
   path = os.path.join(out_dir, stem + ".json")
+  atomic.check_name_fits(path, "out_dir")
   if not os.path.isdir(out_dir):
     return
   with atomic.locked(path):
