@@ -21,8 +21,8 @@ from vitprune import intervals
 from vitprune import memory
 from vitprune.edge import runtime
 from vitprune.profile import protocol
-from vitprune.data import (ImageFolder, check_not_read_as_an_image, prediction_line,
-                           prediction_rows)
+from vitprune.data import (ImageFolder, check_not_read_as_an_image, prediction_accuracy,
+                           prediction_line, prediction_rows)
 from vitprune.digits import check_digits_folder
 
 
@@ -93,11 +93,7 @@ def run(f: flags.FlagValues) -> dict:
   result = {"artifact": model.path, "images": dataset.root, "num_images": len(dataset),
             "model": model.manifest.model,
             "schedule": model.manifest.schedule_text, "predictions": rows,
-            "accuracy": None}
-  if dataset.labelled:
-    right = sum(r["pred"] == r["label"] for r in rows)
-    result["accuracy"] = right / len(rows)
-    result["accuracy_record"] = intervals.accuracy_record(right, len(rows))
+            **prediction_accuracy(rows)}
   m = deploy.time_model(model, out["first_batch"], timing_cfg)
   result["latency"] = {"median_s": m.median, "q25_s": m.q25, "q75_s": m.q75, "iqr_s": m.iqr,
                        "repeats": len(m.samples), "warmup": f.warmup,

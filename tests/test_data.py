@@ -880,3 +880,8 @@ def test_prediction_rows_name_the_labels_class_beside_its_index():
   flat = data.prediction_rows(["x.png"], [1], [0.5], None)
   assert flat[0]["class"] == "1" and flat[0]["label"] is None and flat[0]["label_class"] is None
   assert data.prediction_line(flat[0]) == "x.png\t1\t1\t0.5000"
+  # The accuracy both CLIs report: by the label's index, with its interval.
+  from vitprune import intervals  # pylint: disable=g-import-not-at-top
+  acc = data.prediction_accuracy(rows)          # the first right, the second wrong
+  assert acc == {"accuracy": 0.5, "accuracy_record": intervals.accuracy_record(1, 2)}
+  assert data.prediction_accuracy(flat) == {"accuracy": None}

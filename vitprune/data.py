@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vitprune import atomic
+from vitprune import intervals
 from vitprune.console import printable
 from vitprune.config import INTERPOLATIONS, Preprocessing, check_switch
 
@@ -415,6 +416,16 @@ def prediction_rows(files: Sequence[str], preds: Sequence[int], probs: Sequence[
            "label": None if labels is None else int(labels[i]),
            "label_class": None if labels is None else name(int(labels[i]))}
           for i, (f, p, q) in enumerate(zip(files, preds, probs))]
+
+
+def prediction_accuracy(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+  """{'accuracy': the share of `prediction_rows` rows predicting their label, 'accuracy_record':
+  its interval (`intervals.accuracy_record`)}; {'accuracy': None} for unlabelled rows."""
+  if not rows or rows[0]["label"] is None:
+    return {"accuracy": None}
+  right = sum(r["pred"] == r["label"] for r in rows)
+  return {"accuracy": right / len(rows), "accuracy_record": intervals.accuracy_record(right,
+                                                                                    len(rows))}
 
 
 def prediction_line(row: Dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from vitprune import atomic
 from vitprune import console
 from vitprune import intervals
 from vitprune.data import (ImageFolder, check_not_read_as_an_image, iterate_batches,
-                           prediction_line, prediction_rows)
+                           prediction_accuracy, prediction_line, prediction_rows)
 from vitprune.digits import check_digits_folder
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime
@@ -103,11 +103,8 @@ def cmd_run() -> dict:
   res = {"artifact": model.path, "target": model.target, "driver": model.driver,
          "shards": model.shards, "images": dataset.root,
          "num_images": len(dataset), "model": model.record.get("model"),
-         "schedule": model.record.get("schedule"), "predictions": rows, "accuracy": None}
-  if dataset.labelled:
-    right = sum(r["pred"] == r["label"] for r in rows)
-    res["accuracy"] = right / len(rows)
-    res["accuracy_record"] = intervals.accuracy_record(right, len(rows))
+         "schedule": model.record.get("schedule"), "predictions": rows,
+         **prediction_accuracy(rows)}
   res["latency"] = latency(model, first, cfg)
   if not FLAGS.quiet:
     for r in rows:
