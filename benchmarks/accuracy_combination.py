@@ -37,9 +37,10 @@ only block l reduces, from all N tokens to n) with the 'incremental' combination
      schedule with a first cut at block i to a FIRSTS count and a second at a later block j to
      every STEP-th count below it (and the grid's fewest), and a "pairwise" per-image
      combination: the per-image model plus, for each consecutive pair of cuts, the interaction
-     those schedules measured (margin measured - margin the per-image model gives), linear
-     between the measured counts (0 with no first cut, at N, or no second, at b = a; clamped
-     below the fewest measured). Scored like the per-image model, with its own frontier
+     those schedules measured (margin measured - margin the per-image model gives), linear in
+     the first count a between the measured ones and in the tokens the second cut removes,
+     a - b (0 with no first cut, a = N, or no second, b = a; clamped beyond the most a
+     measured cut removes). Scored like the per-image model, with its own frontier
      ("pairwise frontier" rows): does a model that has measured how cuts interact escape the
      winner's curse on the frontier it chooses?
 Every schedule is measured on the same images as the table, so the error is the combination
@@ -237,41 +238,45 @@ class PairInteractions:
     self.firsts = sorted({a for _, a, _ in self.rows})
     self._cache: Dict[Tuple[int, int, int, int], np.ndarray] = {}
 
-  def _row(self, i: int, a: int, j: int, b: int) -> np.ndarray:
-    """[M] the interaction at a measured first count `a`, linear in b (0 at b >= a; clamped
-    below the fewest measured)."""
+  def _row(self, i: int, a: int, j: int, removed: int) -> np.ndarray:
+    """[M] the interaction at a measured first count `a` of a second cut removing `removed`
+    tokens: linear in `removed` (0 at 0; clamped beyond the most a measured cut removes)."""
     zero = np.zeros(self.table.reference.size)
     row = self.rows.get((i, a, j))
-    if row is None or b >= a:
+    if row is None or removed <= 0:
       return zero
-    xs = sorted(row) + [a]
-    vs = [row[x] for x in xs[:-1]] + [zero]
-    if b <= xs[0]:
-      return vs[0]
-    k = next(k for k in range(len(xs) - 1) if xs[k] <= b <= xs[k + 1])
-    w = (b - xs[k]) / (xs[k + 1] - xs[k])
+    xs = [0] + sorted(a - b for b in row)
+    vs = [zero] + [row[a - x] for x in xs[1:]]
+    if removed >= xs[-1]:
+      return vs[-1]
+    k = next(k for k in range(len(xs) - 1) if xs[k] <= removed <= xs[k + 1])
+    w = (removed - xs[k]) / (xs[k + 1] - xs[k])
     return (1 - w) * vs[k] + w * vs[k + 1]
 
   def at(self, i: int, a: int, j: int, b: int) -> np.ndarray:
-    """[M] the interaction of a cut at block i to a and one at block j to b: linear in a
-    between the measured first counts (0 at a = N; the fewest measured below it)."""
+    """[M] the interaction of a cut at block i to a and one at block j to b, by the tokens the
+    second removes (a - b): linear in a between the measured first counts (0 at a = N; below
+    the fewest measured, its row)."""
     key = (i, a, j, b)
     if key not in self._cache:
       xs = self.firsts + [self.n_full]
       a0 = max([x for x in xs if x <= a], default=xs[0])
-      a1 = min(x for x in xs if x >= a0 and (x >= a or x == xs[-1]))
-      v0 = self._row(i, a0, j, b)
-      if a1 == a0 or a <= a0:
+      v0 = self._row(i, a0, j, a - b)
+      if a <= a0:
         self._cache[key] = v0
       else:
+        a1 = min(x for x in xs if x > a0)       # (N: no first cut, no interaction)
         w = (a - a0) / (a1 - a0)
-        self._cache[key] = (1 - w) * v0 + w * self._row(i, a1, j, b)
+        self._cache[key] = (1 - w) * v0 + w * self._row(i, a1, j, a - b)
     return self._cache[key]
 
   def accuracy(self, counts_list: Sequence[Counts], chunk: int = 4096) -> np.ndarray:
     """[S] predicted accuracies: per-image margins plus each consecutive pair of cuts'
     interaction, > 0 counting as correct."""
-    counts = np.asarray(counts_list, np.int64).reshape(len(counts_list), -1)
+    rows = [[schedule_lib.as_int(v, "schedule count") for v in c] for c in counts_list]
+    if not rows:
+      return np.empty(0)
+    counts = np.asarray(rows, np.int64)
     out = np.empty(len(counts))
     for s in range(0, len(counts), chunk):
       c = counts[s:s + chunk]
@@ -502,6 +507,9 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     if pair_own:
       log(f"pairwise frontier: measuring {len(pair_own)} of the schedules spread over it")
       families.append(("pairwise frontier", pair_own, evaluate(pair_own)))
+    else:
+      log(f"pairwise frontier skipped (more schedules than --enumerate_limit="
+          f"{f.enumerate_limit})")
   for fam, scheds, meas in families:
     pred = predictions(scheds)
     if fam.endswith(" frontier"):      # (the conditional rows are about the solver's)

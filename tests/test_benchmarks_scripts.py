@@ -495,13 +495,21 @@ def test_accuracy_combination_pairwise_model_by_hand():
   a_17 = (65, 49, 49, 17, 17, 17, 17)
   plain = solve.per_image_margins(table, [a_33, a_17])
   np.testing.assert_allclose(plain, [ref - 0.4, ref - 0.7])    # block 2: 49 -> 33, -> 17
-  pm = ac.PairInteractions(table, {a_33: plain[0] + [1.0, -2.0], a_17: plain[1] + [3.0, 0.0]})
+  b_17 = (65, 33, 33, 17, 17, 17, 17)           # block 0 -> 33, block 2 -> 17
+  pm = ac.PairInteractions(table, {a_33: plain[0] + [1.0, -2.0], a_17: plain[1] + [3.0, 0.0],
+                                   b_17: solve.per_image_margins(table, [b_17])[0] + [2.0, 2.0]})
+  # By the tokens the second cut removes: from 49, 16 -> (1, -2), 32 -> (3, 0); from 33,
+  # 16 -> (2, 2).
   assert pm.at(0, 49, 2, 33) == pytest.approx([1.0, -2.0])
   assert pm.at(0, 49, 2, 17) == pytest.approx([3.0, 0.0])
-  assert pm.at(0, 49, 2, 41) == pytest.approx([0.5, -1.0])   # half way to 0 at b = a = 49
-  assert pm.at(0, 49, 2, 9) == pytest.approx([3.0, 0.0])     # below the fewest: clamped
-  assert pm.at(0, 57, 2, 33) == pytest.approx([0.5, -1.0])   # half way to 0 at a = N
-  assert pm.at(0, 33, 2, 17) == pytest.approx([3.0, 0.0])    # below the fewest first: clamped
+  assert pm.at(0, 49, 2, 41) == pytest.approx([0.5, -1.0])   # removes 8: half way to 0
+  assert pm.at(0, 49, 2, 9) == pytest.approx([3.0, 0.0])     # removes 40: clamped
+  assert pm.at(0, 57, 2, 33) == pytest.approx([1.0, -0.5])   # 49's (2, -1) half way to 0 at N
+  assert pm.at(0, 17, 2, 5) == pytest.approx([1.5, 1.5])     # below 33: its row, 12 removed
+  # Between two measured first counts, by the tokens removed: a 1-token cut is near 0 (it
+  # took half of 49's row at 33 - 1 = 32 removed, 8 tokens more than the cut).
+  assert pm.at(0, 41, 2, 33) == pytest.approx([0.75, 0.0])   # (1, 1) and (0.5, -1)
+  assert pm.at(0, 41, 2, 40) == pytest.approx([0.09375, 0.0])
   assert pm.at(1, 49, 2, 33) == pytest.approx([0.0, 0.0])    # not measured: none
   # The measured schedules predict themselves; one cut, or none, is the per-image model.
   meas = [a_33, a_17]
@@ -514,6 +522,42 @@ def test_accuracy_combination_pairwise_model_by_hand():
   m = solve.per_image_margins(table, [three])[0] + [1.0, -2.0]
   assert pm.accuracy([three])[0] == pytest.approx((m > 0).mean())
   assert pm.accuracy([three] * 5000).tolist() == [pm.accuracy([three])[0]] * 5000  # chunks
+  assert pm.accuracy([]).shape == (0,)
+  with pytest.raises(TypeError, match="schedule count must be an int"):
+    pm.accuracy([(65, 49.7, 49, 33, 33, 17, 17)])
+
+
+def test_accuracy_combination_pairwise_model_matches_a_slow_reference():
+  """The vectorised scoring (interactions grouped by (previous cut, this cut) per block, in
+  chunks) against a per-schedule sum over consecutive cuts, on random margins: interactions
+  measured at every block pair, schedules of 0 to 5 cuts."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from benchmarks import accuracy_combination as ac  # pylint: disable=g-import-not-at-top
+  from vitprune import solve  # pylint: disable=g-import-not-at-top
+  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+  cfg = get_config("vit_digits")                    # N = 65, depth 6
+  rng = np.random.default_rng(0)
+  ns, m = [5, 17, 33, 49, 65], 50
+  ref = rng.normal(1.0, 1.0, m)
+  table = solve.MarginTable.build(ns, ref, ref + rng.normal(0, 0.7, (6, 4, m)))
+  pairs = ac.pair_schedules(cfg, ns, (17, 33, 49), 16, lambda n: n)
+  pm = ac.PairInteractions(table, {c: rng.normal(0.5, 1.0, m) for c in pairs})
+  scheds = []
+  while len(scheds) < 300:
+    c = [65]
+    for _ in range(6):
+      c.append(int(rng.choice([n for n in ns if n <= c[-1]])) if rng.random() < 0.4 else c[-1])
+    scheds.append(tuple(c))
+
+  def slow(c):
+    marg = solve.per_image_margins(table, [c])[0]
+    cuts = [(l, c[l + 1]) for l in range(6) if c[l + 1] < c[l]]
+    for (i, a), (j, b) in zip(cuts, cuts[1:]):
+      marg = marg + pm.at(i, a, j, b)
+    return (marg > 0).mean()
+
+  assert max(len([l for l in range(6) if c[l + 1] < c[l]]) for c in scheds) >= 4
+  np.testing.assert_array_equal(pm.accuracy(scheds, chunk=7), [slow(c) for c in scheds])
 
 
 def test_accuracy_combination_quick(tmp_path, capsys):

@@ -37,8 +37,9 @@ def test_check_save_refuses_a_name_too_long_for_the_file_system(tmp_path):
   """A profile's name holds the device kind (a board's CPU name can be long): one that left no
   room for the hidden temporaries failed after every point was measured."""
   setup = _profile([])
-  with pytest.raises(ValueError, match=r"^--out_dir: the name xxxxxxxx[^ ]*\.\.\. is 240 bytes; "
-                                       r"at most \d+ fit"):
+  with pytest.raises(ValueError, match=r"^--out_dir: the name xxxxxxxx[^ ]*\.\.\. \(made of the "
+                                       r"model, modes, batch sizes, dtype and device kind\) is "
+                                       r"240 bytes; at most \d+ fit"):
     records.check_save(setup, str(tmp_path), "x" * 235)        # + ".json"
   records.check_save(setup, str(tmp_path), "x" * 100)
   assert os.listdir(tmp_path) == []

@@ -1120,7 +1120,8 @@ def test_cli_refuses_a_solution_name_too_long_for_the_file_system(tmp_path):
   out = tmp_path / "out"
   r = _cli_here(f"--profile={ps}", f"--estimate={es}", f"--out_dir={out}")
   assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
-  assert re.fullmatch(r"error: --out_dir: the name [^ ]+\.\.\. is 2\d\d bytes; at most \d+ fit "
+  assert re.fullmatch(r"error: --out_dir: the name [^ ]+\.\.\. \(made of the profile's model, "
+                      r"batch size, dtype and device kind\) is 2\d\d bytes; at most \d+ fit "
                       r"\(vitprune writes it through a hidden temporary .*\)\n", r.stderr)
   assert not out.exists()
 

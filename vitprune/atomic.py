@@ -403,10 +403,11 @@ def fitting_name(path: str, suffix: str) -> str:
   return os.path.join(parent, name + suffix)
 
 
-def check_name_fits(path: str, flag: str) -> None:
+def check_name_fits(path: str, flag: str, origin: str = "") -> None:
   """ValueError naming `--flag` when the hidden temporaries a write of `path` makes beside it
   (`.NAME.commit-PID-xxxxxxxx`) would not fit the file system's name limit: a name of ~240
-  bytes passed every check and failed at the publish, after all the work."""
+  bytes passed every check and failed at the publish, after all the work. `origin`: where a
+  name the user did not give comes from (said in the message: no --flag value shortens it)."""
   name = os.path.basename(os.path.abspath(path))         # ('.', 'x/..', 'dir/' too)
   limit = _fs_limit(path, "PC_NAME_MAX", 255)
   if limit <= 0:                                         # no fixed limit
@@ -414,7 +415,8 @@ def check_name_fits(path: str, flag: str) -> None:
   extra = _temp_overhead()
   size = len(os.fsencode(name))
   if size + extra > limit:
-    raise ValueError(f"--{flag}: the name {name[:24]}... is {size} bytes; at most "
+    raise ValueError(f"--{flag}: the name {name[:24]}..."
+                     f"{f' ({origin})' if origin else ''} is {size} bytes; at most "
                      f"{limit - extra} fit (vitprune writes it through a hidden temporary "
                      f"beside it, {_temp_prefix('NAME', 'commit')}..., within the {limit}-byte "
                      "name limit)")

@@ -488,7 +488,8 @@ def check_save(setup: Profile, out_dir: str, stem: str, extra: Sequence[str] = (
   `save` does)."""
   out_dir = os.path.abspath(out_dir)
   atomic.check_outside_published(out_dir, flag, itself=True)
-  atomic.check_name_fits(os.path.join(out_dir, f"{stem}.json"), flag)   # (a device kind's name)
+  atomic.check_name_fits(os.path.join(out_dir, f"{stem}.json"), flag,
+                         "made of the model, modes, batch sizes, dtype and device kind")
   if not os.path.isdir(out_dir):   # no profile there; the lock would create the folder, left
     if os.path.lexists(out_dir):   # behind empty by a run killed before its `save`
       raise NotADirectoryError(f"{out_dir} is {atomic.describe(out_dir)}, not a directory")

@@ -1018,7 +1018,8 @@ def check_output(out_dir: str, stem: str) -> None:
   empty, made by the lock). The name is built from the profile's fields (its device kind:
   whatever the file says), so it must fit with the hidden temporaries beside it."""
   path = os.path.join(out_dir, stem + ".json")
-  atomic.check_name_fits(path, "out_dir")
+  atomic.check_name_fits(path, "out_dir", "made of the profile's model, batch size, dtype and "
+                         "device kind")
   if not os.path.isdir(out_dir):
     return
   with atomic.locked(path):
