@@ -1233,9 +1233,10 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
   one also off the frontier), get their accuracy measured where missing (one `evaluate` call)
   and are timed together (ONE `time_schedules` call: compiled graphs, one shuffled measurement).
   When none of them measures within the budget, the aim is corrected by their measured /
-  predicted ratio and the `neighbours` + 1 schedules predicted just below `budget / ratio` (when
-  none is predicted that fast, the fastest not timed yet) are measured the same way, up to
-  `max_rounds` more times. Ties in accuracy go to the faster graph.
+  predicted ratio and the `neighbours` + 1 most accurate schedules predicted below
+  `budget / ratio` (measured accuracy where known, e.g. with the frontier measured, else
+  predicted; ties: the slower) (when none is predicted that fast, the fastest not timed yet)
+  are measured the same way, up to `max_rounds` more times. Ties in accuracy go to the faster graph.
   criterion "latency_budget_measured", basis "measured", `settings['latency_basis'] ==
   "measured"`, `settings['timed_rounds']`: the schedules timed per measurement.
   BudgetNotMetError when none measures within the budget (naming the fastest).
@@ -1269,9 +1270,10 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
     ratio = float(np.median([p.measured_latency_s / p.predicted_latency_s
                              for p in timed.values()]))
     aim = budget / ratio
-    below = sorted((p for c, p in pool_all.items()
-                    if c not in timed and p.predicted_latency_s <= aim),
-                   key=lambda p: -p.predicted_latency_s)[:max(neighbours, 1) + 1]
+    below = sorted((p for c, p in pool_all.items()       # the most accurate (measured where
+                    if c not in timed and p.predicted_latency_s <= aim),     # known) below it:
+                   key=lambda p: (-_best_known_accuracy(p), -p.predicted_latency_s)  # not the
+                   )[:max(neighbours, 1) + 1]       # slowest, beaten on measured accuracy there
     if not below:     # the aim is below every prediction: the fastest not timed yet (the
       fastest = min(p.predicted_latency_s for p in timed.values())    # ratio is a median of
       below = sorted((p for c, p in pool_all.items()                  # other graphs')
@@ -1292,6 +1294,11 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
   return _timed_choice(solution, best, checked, "latency_budget_measured",
                        num_images=images, timed_in_loop=len(timed), timed_rounds=per_round)
+
+
+def _best_known_accuracy(p: Candidate) -> float:
+  """A candidate's measured accuracy, else its predicted one."""
+  return p.predicted_accuracy if p.measured_accuracy is None else p.measured_accuracy
 
 
 def _timed_choice(solution: Solution, best: Candidate, checked: Tuple[Candidate, ...],
