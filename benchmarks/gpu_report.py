@@ -122,6 +122,7 @@ def benchmark_rows(paths: List[str]) -> List[Dict[str, Any]]:
                        "differs from vitprune.benchmark.CSV_COLUMNS)")
     if not table:
       raise ValueError(f"{path} holds no rows (a run cut before its first row?)")
+    mine: List[Dict[str, Any]] = []        # this table's rows
     for i, row in enumerate(table, start=2):
       try:
         row = {k: v if k in TEXT_COLUMNS else None if v == "" else
@@ -132,14 +133,45 @@ def benchmark_rows(paths: List[str]) -> List[Dict[str, Any]]:
       for k, ok, what in _ROW_CHECKS:
         if not ok(row[k]):
           raise ValueError(f"{path}, line {i}: {k} {row[k]!r} is not {what}")
-      rows.append(row)
+      _check_row_consistent(path, i, row, mine)
+      mine.append(row)
       held.append(((row["model"], row["batch_size"], row["dtype"], row["variant"],
                     row["device_kind"]), path))
+    rows += mine
   # (two tables of one batch, e.g. a rerun under benchmark/b32/: its rows twice)
   _each_key_once(held, lambda k, first, other: f"{first} and {other} both hold {k[0]} batch "
                  f"{k[1]} {k[2]} '{k[3]}' rows, which the table cannot tell apart: report one "
                  "of them")
   return sorted(rows, key=lambda r: (r["model"], r["batch_size"]))  # (stable: dtypes as run)
+
+
+def _check_row_consistent(path: str, line: int, row: Dict[str, Any],
+                          earlier: List[Dict[str, Any]]) -> None:
+  """ValueError naming the line when a benchmark row disagrees with itself or with its table
+  (`earlier`: the rows above it in the same file): its spread is not q75 - q25, it repeats a
+  (batch, dtype, variant) row, or its change is not against the unpruned row of its batch and
+  dtype, which comes first (an edited change was printed as measured; a table without its
+  baseline printed changes against nothing). The CSV keeps 6 significant digits."""
+  q25, q75 = row.get("latency_q25_ms"), row.get("latency_q75_ms")
+  if isinstance(q25, (int, float)) and isinstance(q75, (int, float)) and (
+      abs(row["latency_iqr_ms"] - (q75 - q25)) > 2e-5 * max(abs(q25), abs(q75)) + 1e-9):
+    raise ValueError(f"{path}, line {line}: latency_iqr_ms {row['latency_iqr_ms']!r} is not "
+                     f"latency_q75_ms - latency_q25_ms ({q75} - {q25}) (edited?)")
+  key = (row["batch_size"], row["dtype"])
+  if any((r["batch_size"], r["dtype"], r["variant"]) == (*key, row["variant"]) for r in earlier):
+    raise ValueError(f"{path}, line {line}: a second {row['variant']!r} row of batch "
+                     f"{key[0]} {key[1]} (the table would show it twice)")
+  base = [r for r in earlier if (r["batch_size"], r["dtype"]) == key
+          and r["variant"] == bench.UNPRUNED]
+  if row["variant"] == bench.UNPRUNED:
+    base = [row]
+  elif not base:
+    raise ValueError(f"{path}, line {line}: no {bench.UNPRUNED!r} row of batch {key[0]} "
+                     f"{key[1]} above it: its change_pct has no baseline")
+  want = 100.0 * (row["latency_median_ms"] / base[0]["latency_median_ms"] - 1.0)
+  if abs(row["change_pct"] - want) > 0.01 + 1e-4 * abs(want):
+    raise ValueError(f"{path}, line {line}: change_pct {row['change_pct']!r} is not "
+                     f"{want:.4f}, its latency against the unpruned row's (edited?)")
 
 
 def _number(lo: float, hi: float = np.inf, optional: bool = False):

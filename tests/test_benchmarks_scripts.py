@@ -49,10 +49,16 @@ def test_gpu_suite_rejects_unknown_stages(tmp_path):
   r = subprocess.run(["bash", "benchmarks/gpu_suite.sh"], cwd=ROOT, capture_output=True,
                      text=True, timeout=30)
   assert r.returncode == 2 and r.stderr.startswith("error: no stage given; usage: gpu_suite.sh")
-  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "profile", str(out), "300"], cwd=ROOT,
-                     capture_output=True, text=True, timeout=30)
-  assert r.returncode == 2 and r.stderr == ("error: SECONDS is read by the 'all' stage only, "
-                                            "not 'profile'\n")
+  for args, message in (   # (empty: the default taken unsaid; 20 digits: overflowed, then ran)
+      ([str(out), ""], "error: SECONDS is empty (leave it out for 540)\n"),
+      (["", "60"], "error: OUT_DIR is empty (leave it out for outputs/gpu)\n"),
+      ([str(out), "9" * 20], f"error: SECONDS {'9' * 20} is more than a day (at most 86400)\n"),
+      ([str(out), "86401"], "error: SECONDS 86401 is more than a day (at most 86400)\n"),
+      # every stage started, and each failed to write there
+      (["/proc/gpu", "60"], "error: cannot write in OUT_DIR '/proc/gpu'\n")):
+    r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and r.stderr == message and r.stdout == "", (args, r.stderr)
   assert not out.exists()
 
 
@@ -95,6 +101,34 @@ def test_gpu_suite_all_runs_every_stage_under_one_deadline(tmp_path):
                      capture_output=True, text=True, timeout=60, env=env)
   assert r.returncode == 0 and r.stdout.count("skipped (") == 7, r.stdout
   assert "== versions: rc=0 after" in r.stdout
+  # A leading zero is base 10 (it was octal: '0540' a deadline of 352 s, '090' an error).
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "030"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=60, env=env)
+  assert r.returncode == 0 and "== versions: up to 20s" in r.stdout, r.stdout + r.stderr
+  # A package the stages import that does not load stops everything before measuring (a
+  # missing matplotlib failed every profile and table after its measurements).
+  (fake / "python").write_text('#!/bin/sh\ncase "$*" in -c*) exit 1;; esac\necho ran "$@"\n')
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "600"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=60, env=env)
+  assert r.returncode == 1 and r.stderr == (
+      f"error: the packages the stages import did not all load (see {out}/log-versions.txt): "
+      "nothing measured\n") and "ran " not in r.stdout, r.stdout + r.stderr
+  # A second call goes on where the first stopped: a method table or a predictor result there
+  # is kept and its stage skipped (the tables were measured again and replaced; a cut predictor
+  # result was replaced phase by phase by a shorter one).
+  (fake / "python").write_text('#!/bin/sh\necho "$@" | cut -c1-40\n')
+  (out / "benchmark" / "b8").mkdir(parents=True)
+  (out / "benchmark" / "b8" / "t.csv").write_text("table")
+  (out / "predictor_accuracy_pomt.json").write_text("{}")
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "600"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=60, env=env)
+  ran = [ln.split(":")[0][3:] for ln in r.stdout.splitlines() if "rc=" in ln]
+  assert r.returncode == 0 and ran == ["versions", "profile-b1", "bench-b1", "bench-b64",
+                                       "profile-b64", "profile-b1-bf16"], r.stdout
+  assert f"== bench-b8: done before ({out}/benchmark/b8), skipped" in r.stdout
+  assert f"== predictor-pomt: kept from before ({out}/predictor_accuracy_pomt.json), " \
+         "skipped" in r.stdout
+  assert (out / "benchmark" / "b8" / "t.csv").read_text() == "table"
 
 
 def test_gpu_suite_speed_keeps_the_last_table_when_a_run_fails(tmp_path):
@@ -109,8 +143,8 @@ def test_gpu_suite_speed_keeps_the_last_table_when_a_run_fails(tmp_path):
              JAX_CACHE_DIR=str(tmp_path / "shared"))
   runs = []
   for rc in (1, 0):
-    (fake / "python").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/argv\necho table {rc}\n'
-                                 f"exit {rc}\n")
+    (fake / "python").write_text(f'#!/bin/sh\n[ "$1" = -c ] && exit 0\n'   # (the imports)
+                                 f'echo "$@" > {tmp_path}/argv\necho table {rc}\nexit {rc}\n')
     (fake / "python").chmod(0o755)
     r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "speed", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=30, env=env)
@@ -118,8 +152,9 @@ def test_gpu_suite_speed_keeps_the_last_table_when_a_run_fails(tmp_path):
     cache = next(a for a in (tmp_path / "argv").read_text().split()
                  if a.startswith("--compile_cache_dir="))
     assert "shared" not in cache and not os.path.exists(cache.split("=", 1)[1])   # removed
-  assert runs == [(1, "previous table\n", ["profile_speed.txt"]),
-                  (0, "table 0\n", ["profile_speed.txt"])]
+  logs = ["log-speed.txt", "log-versions.txt"]
+  assert runs == [(1, "previous table\n", logs + ["profile_speed.txt"]),
+                  (0, "table 0\n", logs + ["profile_speed.txt"])]
 
 
 def test_edge_speed_runs_on_a_tiny_model(tmp_path, capsys, monkeypatch):
@@ -901,6 +936,7 @@ def test_gpu_report_names_a_cut_or_ragged_benchmark_table(tmp_path):
     row.update(model="m", dtype="float32", batch_size=1, variant="unpruned",
                latency_median_ms=1.0, device_kind="cpu", platform="cpu", schedule="full",
                latency_iqr_ms=0.1, compile_s=1.0, change_pct=0.0)
+  rows[1]["variant"] = "pomt"
   text = bench.to_csv(rows)
   path = tmp_path / "t.csv"
   n = len(bench.CSV_COLUMNS)
@@ -949,6 +985,23 @@ def test_gpu_report_checks_what_it_tabulates(tmp_path):
                         ("model", "", r"model '' is not a name")):
     path.write_text(bench.to_csv([{**row, k: v}]))
     with pytest.raises(ValueError, match=rf"t.csv, line 2: {message}"):
+      gpu_report.benchmark_rows([str(path)])
+  # A row that disagrees with itself or its table (edited, or a table without its baseline).
+  pomt = {**row, "variant": "pomt", "latency_median_ms": 0.75, "change_pct": -25.0,
+          "latency_q25_ms": 0.7, "latency_q75_ms": 0.8, "latency_iqr_ms": 0.1}
+  path.write_text(bench.to_csv([row, pomt]))
+  assert [r["change_pct"] for r in gpu_report.benchmark_rows([str(path)])] == [0, -25.0]
+  for rows, message in (
+      ([row, {**pomt, "change_pct": -60.0}], r"line 3: change_pct -60 is not -25.0000, its "
+                                             r"latency against the unpruned row's \(edited\?\)"),
+      ([pomt], r"line 2: no 'unpruned' row of batch 1 float32 above it: its change_pct has no "
+               "baseline"),
+      ([row, pomt, pomt], r"line 4: a second 'pomt' row of batch 1 float32 \(the table would "
+                          r"show it twice\)"),
+      ([row, {**pomt, "latency_iqr_ms": 50}], r"line 3: latency_iqr_ms 50 is not latency_q75_ms"
+                                              r" - latency_q25_ms \(0.8 - 0.7\)")):
+    path.write_text(bench.to_csv(rows))
+    with pytest.raises(ValueError, match=rf"t.csv, {message}"):
       gpu_report.benchmark_rows([str(path)])
   path.write_text(bench.to_csv([row]).splitlines()[0] + "\n")
   with pytest.raises(ValueError, match=r"t.csv holds no rows \(a run cut before its first"):
