@@ -37,6 +37,7 @@ from vitprune import atomic
 from vitprune import jsonio
 from vitprune import solve
 from vitprune import benchmark as bench
+from vitprune.profile import latency_model as lm_lib
 from vitprune.profile import records
 
 RESULT_FORMAT = "vitprune-gpu-report"
@@ -242,6 +243,7 @@ def _check_predictor_row(path: str, i: int, r: Dict[str, Any], points: Dict[str,
   for k, lo in (("batch_size", 1), ("num_heldout", 0)):
     if not (isinstance(r[k], int) and not isinstance(r[k], bool) and r[k] >= lo):
       raise bad(f"{k} {reprlib.repr(r[k])} is not an integer >= {lo}")
+  _check_heldout_schedules(bad, r)
   if "profile_s" in r:
     share = r.get("calibration_share")
     if not (_number(0)(share) and r["profile_s"] > 0 and
@@ -258,6 +260,34 @@ def _check_predictor_row(path: str, i: int, r: Dict[str, Any], points: Dict[str,
     if ch.get("meets_floor") is not bool(solve.meets_floor(acc, floor)):
       raise bad(f"choice: meets_floor {ch.get('meets_floor')!r} but measured accuracy {acc} "
                 f"and floor {floor}")
+
+
+# Held-out summaries the report prints and the per-schedule prediction each is made of.
+_HELDOUT_FROM = {"calibrated": "calibrated_s", "block_sum": "block_sum_s"}
+
+
+def _check_heldout_schedules(bad: Callable[[str], ValueError], r: Dict[str, Any]) -> None:
+  """A predictor row's held-out schedules (where it lists them) are `num_heldout` schedules
+  with times > 0, and its calibrated and block-sum summaries are theirs (an edited summary or
+  a negative time was tabulated)."""
+  scheds = r.get("schedules")
+  if scheds is None:
+    return
+  if not isinstance(scheds, list) or len(scheds) != r["num_heldout"]:
+    raise bad(f"num_heldout {r['num_heldout']} but {reprlib.repr(scheds)} schedules listed")
+  for j, s in enumerate(scheds):
+    times = {k: v for k, v in (s.items() if isinstance(s, dict) else ()) if k.endswith("_s")}
+    if "measured_s" not in times or not all(_number(0)(v) and v > 0 for v in times.values()):
+      raise bad(f"held-out schedule {j}: times {reprlib.repr(times)} must include measured_s, "
+                "all seconds > 0")
+  for name, key in _HELDOUT_FROM.items():
+    d = r["heldout"].get(name)
+    if d is None or not all(key in s for s in scheds) or not scheds:
+      continue
+    err = lm_lib.relative_errors([s[key] for s in scheds], [s["measured_s"] for s in scheds])
+    for k in ("median", "p90", "within10"):
+      if not np.isclose(d[k], err[k], rtol=1e-9, atol=1e-12):
+        raise bad(f"heldout {name} {k} {d[k]!r} is not its schedules' ({err[k]!r})")
 
 
 def collect(out_dir: str) -> Dict[str, Any]:

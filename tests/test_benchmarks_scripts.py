@@ -1015,6 +1015,12 @@ def test_gpu_report_checks_what_it_tabulates(tmp_path):
           "heldout": {"calibrated": {"median": 0.1, "p90": 0.2, "within10": 0.5}},
           "calibration_s": 1.0, "profile_s": 2.0, "calibration_share": 0.5}
   gpu_report.check_predictor_rows("p.json", [good])
+  # Errors 0.25, 0.5 and 0 of 1 ms: median 0.25, p90 0.45, 1 of 3 within 10 %.
+  scheds = [{"counts": [1], "measured_s": 1e-3, "calibrated_s": c} for c in (1.25e-3, 0.5e-3,
+                                                                            1e-3)]
+  listed = {**good, "schedules": scheds, "heldout": {"calibrated": {
+      "median": 0.25, "p90": 0.45, "within10": 1 / 3}}}
+  gpu_report.check_predictor_rows("p.json", [listed])
   frontier = {"latency": {"calibrated": {"median": 0.1, "p90": 0.2, "within10": 0.5}},
               "accuracy_error_points": {"mean": 0.5, "max": 1.0}}
   choice = {"floor": 0.95, "measured_accuracy": 0.96, "meets_floor": True}
@@ -1046,7 +1052,13 @@ def test_gpu_report_checks_what_it_tabulates(tmp_path):
       ({**good, "frontier": frontier, "choice": {**choice, "measured_accuracy": 7}},
        r"row 0: choice: measured accuracy 7 and floor 0.95 must be in \[0, 1\]"),
       ({**good, "frontier": {**frontier, "accuracy_error_points": {"mean": 250, "max": 1.0}},
-        "choice": choice}, r"row 0: accuracy error mean 250 is above its max 1.0")):
+        "choice": choice}, r"row 0: accuracy error mean 250 is above its max 1.0"),
+      # Its summaries against its own schedules (edits were tabulated as measured).
+      ({**listed, "num_heldout": 30}, r"row 0: num_heldout 30 but \[.*\] schedules listed"),
+      ({**listed, "schedules": [scheds[0], {**scheds[1], "measured_s": -1.0}, scheds[2]]},
+       r"row 0: held-out schedule 1: times \{.*\} must include measured_s, all seconds > 0"),
+      ({**listed, "heldout": {"calibrated": {**listed["heldout"]["calibrated"], "median": 0.01}}},
+       r"row 0: heldout calibrated median 0.01 is not its schedules' \(0.25\)")):
     with pytest.raises(ValueError, match=rf"^p.json: {message}"):
       gpu_report.check_predictor_rows("p.json", [good, bad][1:])
   # A result file: its version, completeness and device stated (version 99 or none was
