@@ -9,7 +9,8 @@
 # (predictor_accuracy, POMT, batch 8): a stage that runs long costs the later ones only their
 # time. A second call into the same OUT_DIR goes on where the first stopped: the profiles are
 # written every 8 counts (--chunk_points) and continued (--resume); a method table or a
-# predictor result already there is kept and its stage skipped (delete it to measure again).
+# finished predictor result already there is kept and its stage skipped (delete it to measure
+# again), and a cut predictor result is replaced only by a finished one.
 # The other stages are for longer leases (sized by the first: a DeiT-S graph compiles in ~6 s
 # on an H200, autotuning included): 'speed' (profile_speed, every configuration; its table is
 # written only when it finishes, over GPU_SUITE_SPEED_TOKENS, default every 12th count),
@@ -65,10 +66,15 @@ deadline=$(( $(date +%s) + budget ))
 imports="import jax, flax, optax, orbax.checkpoint, numpy, absl, safetensors, PIL, matplotlib
 import tqdm, sklearn, scipy.optimize, flatbuffers
 print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
+if [ -z "${GPU_SUITE_MODEL:-}" ]; then    # (CUDA failing to start: 540 s of DeiT-S on the CPU)
+  imports+="
+assert jax.default_backend() == 'gpu', 'jax runs on ' + jax.default_backend() + ', not a GPU'"
+fi
 
 # timed NAME CAP CMD...: runs CMD under timeout, at most CAP seconds and never past the deadline
 # (minus 10 s for packing up); its output to the terminal and OUT_DIR/log-NAME.txt; its exit
-# status in `rc` (0 when skipped: `ran` says whether it ran).
+# status in `rc` (0 when skipped: `ran` says whether it ran; 124, or 137 when killed after the
+# grace, is its timeout).
 timed() {
   local name=$1 cap=$2; shift 2
   local left=$(( deadline - $(date +%s) - 10 ))
@@ -80,13 +86,13 @@ timed() {
   ran=1
   timeout --signal=INT --kill-after=10 "$cap" "$@" > >(tee "$out/log-$name.txt") 2>&1 || rc=$?
   echo "== $name: rc=$rc after $(( $(date +%s) - t0 ))s"
-  if (( rc != 0 && rc != 124 )); then failed+=("$name"); fi
+  if (( rc != 0 && rc != 124 && rc != 137 )); then failed+=("$name"); fi
 }
 failed=()
 timed versions 60 python -c "$imports"
 if (( ran && rc != 0 )); then
-  echo "error: the packages the stages import did not all load (see $out/log-versions.txt):" \
-       "nothing measured" >&2
+  echo "error: the packages the stages import did not all load, or jax found no GPU (see" \
+       "$out/log-versions.txt): nothing measured" >&2
   exit 1
 fi
 profile() {  # profile NAME CAP BATCH MAX_POINTS DTYPE: written chunk by chunk, resumed
@@ -121,7 +127,7 @@ case "$stage" in
   all)
     profile profile-b1 230 1 36 float32
     for batch in 1 8 64; do   # one table per batch size: a cut stage keeps the earlier ones
-      if compgen -G "$out/benchmark/b$batch/*.csv" > /dev/null; then
+      if compgen -G "$out/benchmark/b$batch/${model_small}_*.csv" > /dev/null; then
         echo "== bench-b$batch: done before ($out/benchmark/b$batch), skipped"; continue
       fi
       timed "bench-b$batch" 55 python -m experiments.benchmark --model="$model_small" \
@@ -131,13 +137,22 @@ case "$stage" in
     done
     profile profile-b64 150 64 24 float32
     profile profile-b1-bf16 150 1 24 bfloat16
-    predictor="$out/predictor_accuracy_pomt.json"
-    if [ -e "$predictor" ]; then     # (a second call replaced a cut result, phase by phase)
-      echo "== predictor-pomt: kept from before ($predictor), skipped"
+    # A finished result is kept; a cut one is replaced only by a finished run (a second call
+    # replaced it phase by phase, a shorter cut losing what the first had measured).
+    predictor="$out/predictor_accuracy_${model_small}_pomt.json"
+    next="$out/next-predictor_accuracy_${model_small}_pomt.json"     # (not a file gpu_report reads)
+    complete='import json, sys; sys.exit(json.load(open(sys.argv[1])).get("complete") is not True)'
+    if [ -e "$predictor" ] && python -c "$complete" "$predictor" 2>/dev/null; then
+      echo "== predictor-pomt: finished before ($predictor), skipped"
     else
+      rm -f "$next"
       timed predictor-pomt 200 python -m benchmarks.predictor_accuracy --models="$model_small" \
-          --batch_sizes=8 --methods=pomt --threads=8 --compile_cache_dir="$cache" \
-          --out="$predictor"
+          --batch_sizes=8 --methods=pomt --threads=8 --compile_cache_dir="$cache" --out="$next"
+      if [ -e "$next" ] && { [ ! -e "$predictor" ] || python -c "$complete" "$next"; }; then
+        mv "$next" "$predictor"
+      else
+        rm -f "$next"; (( ran )) && echo "== predictor-pomt: kept the earlier cut result"
+      fi
     fi ;;
 esac
 if (( ${#failed[@]} )); then

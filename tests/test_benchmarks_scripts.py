@@ -111,24 +111,49 @@ def test_gpu_suite_all_runs_every_stage_under_one_deadline(tmp_path):
   r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "600"], cwd=ROOT,
                      capture_output=True, text=True, timeout=60, env=env)
   assert r.returncode == 1 and r.stderr == (
-      f"error: the packages the stages import did not all load (see {out}/log-versions.txt): "
-      "nothing measured\n") and "ran " not in r.stdout, r.stdout + r.stderr
-  # A second call goes on where the first stopped: a method table or a predictor result there
-  # is kept and its stage skipped (the tables were measured again and replaced; a cut predictor
-  # result was replaced phase by phase by a shorter one).
-  (fake / "python").write_text('#!/bin/sh\necho "$@" | cut -c1-40\n')
+      f"error: the packages the stages import did not all load, or jax found no GPU (see "
+      f"{out}/log-versions.txt): nothing measured\n") and "ran " not in r.stdout, r.stdout
+  # A second call goes on where the first stopped: a method table of this model or a finished
+  # predictor result there is kept and its stage skipped (the tables were measured again and
+  # replaced); a cut predictor result is replaced only by a finished one (it was replaced phase
+  # by phase by a shorter cut); a dry run's files do not count for the real model.
+  (fake / "python").write_text('#!/bin/sh\ncase "$2" in *"import jax"*) exit 0;; esac\n'
+                               '[ "$1" = -c ] && exec python3 "$@"\n'   # (the completeness test)
+                               'echo "$@" | cut -c1-40\n')
   (out / "benchmark" / "b8").mkdir(parents=True)
-  (out / "benchmark" / "b8" / "t.csv").write_text("table")
-  (out / "predictor_accuracy_pomt.json").write_text("{}")
-  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "600"], cwd=ROOT,
-                     capture_output=True, text=True, timeout=60, env=env)
-  ran = [ln.split(":")[0][3:] for ln in r.stdout.splitlines() if "rc=" in ln]
-  assert r.returncode == 0 and ran == ["versions", "profile-b1", "bench-b1", "bench-b64",
-                                       "profile-b64", "profile-b1-bf16"], r.stdout
-  assert f"== bench-b8: done before ({out}/benchmark/b8), skipped" in r.stdout
-  assert f"== predictor-pomt: kept from before ({out}/predictor_accuracy_pomt.json), " \
-         "skipped" in r.stdout
-  assert (out / "benchmark" / "b8" / "t.csv").read_text() == "table"
+  (out / "benchmark" / "b8" / "deit_small_patch16_224_cpu.csv").write_text("table")
+  (out / "benchmark" / "b64").mkdir(parents=True)
+  (out / "benchmark" / "b64" / "vit_digits_cpu.csv").write_text("a dry run's table")
+  predictor = out / "predictor_accuracy_deit_small_patch16_224_pomt.json"
+  runs, outs = [], []
+  for complete in ("false", "true"):
+    predictor.write_text(f'{{"complete": {complete}}}')
+    r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "600"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60,
+                       env=env)
+    runs.append([ln.split(":")[0][3:] for ln in r.stdout.splitlines() if "rc=" in ln])
+    outs.append(r.stdout)
+    assert f"== bench-b8: done before ({out}/benchmark/b8), skipped" in r.stdout
+    assert predictor.read_text() == f'{{"complete": {complete}}}'     # (the stand-in wrote
+  assert runs[0] == ["versions", "profile-b1", "bench-b1", "bench-b64", "profile-b64",  # none)
+                     "profile-b1-bf16", "predictor-pomt"], runs
+  assert runs[1] == runs[0][:-1]
+  assert "== predictor-pomt: kept the earlier cut result" in outs[0]
+  assert f"== predictor-pomt: finished before ({predictor}), skipped" in outs[1]
+  assert (out / "benchmark" / "b8" / "deit_small_patch16_224_cpu.csv").read_text() == "table"
+
+
+def test_gpu_suite_stops_when_jax_finds_no_gpu(tmp_path):
+  """CUDA failing to start left jax on the CPU: the suite measured DeiT-S there for its whole
+  deadline and exited 0. Without GPU_SUITE_MODEL (a dry run) it needs a GPU (none here)."""
+  import os  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "gpu"
+  env = {k: v for k, v in os.environ.items() if k != "GPU_SUITE_MODEL"}
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "60"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=120, env=env)
+  assert r.returncode == 1 and "jax found no GPU" in r.stderr, r.stdout + r.stderr
+  assert "AssertionError: jax runs on cpu, not a GPU" in (out / "log-versions.txt").read_text()
+  assert os.listdir(out) == ["log-versions.txt"] and "profile-b1" not in r.stdout
 
 
 def test_gpu_suite_speed_keeps_the_last_table_when_a_run_fails(tmp_path):
