@@ -441,13 +441,16 @@ def check_outside_data(out: str, out_flag: str, fv: flags.FlagValues, data_flag:
                        words: Sequence[str] = ("digits", "none")) -> None:
   """ValueError when `--out_flag` is, or lies inside, the image folder `--data_flag`: the plots
   written there were read as images by the next run with the same flags (a digit class grew by
-  two PNGs, and the accuracy fell without a word). A data word (`words`) names no folder."""
+  two PNGs, and the accuracy fell without a word), or in a folder it reads through a link (a
+  class folder linked from elsewhere). A data word (`words`) names no folder."""
+  from vitprune import data as data_lib  # pylint: disable=g-import-not-at-top  (PIL: lazily)
   data = fv[data_flag].value
   if not data or data.strip().lower() in words or not os.path.isdir(data):
     return
-  if atomic.is_within(out, data):
+  if data_lib.inside_images(out, data):
     raise ValueError(f"--{out_flag}={out} is inside --{data_flag}={data}: what it writes there "
-                     "(plots) would be read as images of the data next time; write elsewhere")
+                     "would be read with the images next time (a plot as an image, a new folder "
+                     "as a class); write elsewhere")
 
 
 def given_model(fv: flags.FlagValues) -> Optional[str]:

@@ -175,6 +175,8 @@ def main(f: flags.FlagValues):
                      "in --out_dir)")
   if f.out_name and f.data != "digits":     # (est.png in a class folder broke the folder)
     check_not_read_as_an_image(os.path.join(f.out_dir, f.out_name), f.data, "out_name", "data")
+  common.check_outside_data(f.out_dir, "out_dir", f)   # (a new results folder there was read
+                                                       # as a class by the next run)
   if f["split"].present and f.data != "digits":
     raise ValueError(f"--split applies to --data=digits only, not --data={f.data}")
   cfg = common.model_config(f.model, f.weights)

@@ -694,13 +694,21 @@ def test_an_output_inside_the_data_folder_is_refused(tmp_path, monkeypatch):
     fv.data = value
     if refused:
       with pytest.raises(ValueError, match=f"^--out_dir={out} is inside --data={value}: what "
-                         "it writes there \\(plots\\) would be read as images"):
+                         "it writes there would be read with the images next time"):
         common.check_outside_data(out, "out_dir", fv)
     else:
       common.check_outside_data(out, "out_dir", fv)
   (tmp_path / "link").symlink_to(data / "3")
   with pytest.raises(ValueError, match="is inside --data"):     # through a link too
     common.check_outside_data(str(tmp_path / "link" / "run"), "out_dir", fv)
+  # ... and where a class folder linked from elsewhere points (a benchmark's plot written
+  # there was read as a digit 5, a probe)
+  store = tmp_path / "store5"
+  store.mkdir()
+  (data / "5").symlink_to(store)
+  fv.data = str(data)
+  with pytest.raises(ValueError, match=f"^--out_dir={store} is inside --data={data}"):
+    common.check_outside_data(str(store), "out_dir", fv)
 
 
 def test_results_of_another_command_are_replaced_with_a_note(tmp_path, capsys):

@@ -390,6 +390,11 @@ CASES = [
     # said "--out=... already exists (pass --overwrite", and with it "checkpoint file not found"
     ("convert", ["--model=test_tiny_vit", "--checkpoint=none.safetensors", "--out={full}"], 1,
      "checkpoint file not found: none.safetensors"),
+    # a results folder made inside the data was read as a class by the next run (a probe)
+    ("estimate", ["--data={full}", "--out_dir={full}/results"], 1,
+     "loc/full/results is inside --data="),
+    ("run_deployed", ["--artifact=a", "--images={full}", "--output={full}/res/p.json"], 1,
+     "loc/full/res/p.json is inside --images="),
 ]
 
 

@@ -848,9 +848,24 @@ def test_an_output_named_like_an_image_is_refused_inside_the_image_folder(tmp_pa
       f"--output={images}/3/r.PNG is inside --images={images} and named like an image")):
     data.check_not_read_as_an_image(f"{images}/3/r.PNG", images, "output", "images")
   for fine in (f"{images}/3/r.json", f"{images}/3/.r.png", str(tmp_path / "r.png"),
-               str(tmp_path / "imgs2" / "r.png")):
+               str(tmp_path / "imgs2" / "r.png"), f"{images}/r.json"):
     data.check_not_read_as_an_image(fine, images, "output", "images")
   data.check_not_read_as_an_image(f"{images}/r.png", str(tmp_path / "absent"), "o", "i")
+  # A .json in a folder the write makes: the next run read that folder as a class (a flat
+  # folder became a labelled one; a labelled one was refused: a probe).
+  with pytest.raises(ValueError, match=re.escape(
+      f"--output={images}/res/p.json is inside --images={images}, in a folder that does not "
+      "exist yet: made there, the next run would read it as a class of images")):
+    data.check_not_read_as_an_image(f"{images}/res/p.json", images, "output", "images")
+  # A class folder linked from elsewhere is read too: a plot written where it points was read
+  # as an image of that class.
+  store = tmp_path / "store5"
+  store.mkdir()
+  (tmp_path / "imgs" / "5").symlink_to(store)
+  assert data.read_folders(images) == [images, f"{images}/5"]
+  with pytest.raises(ValueError, match="named like an image"):
+    data.check_not_read_as_an_image(str(store / "plot.png"), images, "output", "images")
+  data.check_not_read_as_an_image(str(store / "r.json"), images, "output", "images")
 
 
 def test_the_digits_still_import_from_vitprune_data_with_a_warning():

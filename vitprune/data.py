@@ -69,13 +69,45 @@ def is_image_file(name: str) -> bool:
   return not base.startswith(".") and base.lower().endswith(IMG_EXTENSIONS)
 
 
+def read_folders(images: str) -> List[str]:
+  """The folders a run on the image folder `images` reads: itself and the sub-folders it holds
+  through links (a class folder linked from elsewhere: what is written where it points is read
+  with the images too)."""
+  out = [images]
+  try:
+    entries = sorted(os.listdir(images))
+  except OSError:
+    return out
+  for e in entries:
+    p = os.path.join(images, e)
+    if os.path.islink(p) and os.path.isdir(p):
+      out.append(p)
+  return out
+
+
+def inside_images(out: str, images: str) -> bool:
+  """Whether `out` lies in a folder a run on `images` reads (`read_folders`; links resolved)."""
+  return bool(images) and os.path.isdir(images) and any(
+      atomic.is_within(out, f) for f in read_folders(images))
+
+
 def check_not_read_as_an_image(out: str, images: str, out_flag: str, images_flag: str) -> None:
-  """ValueError when the file `out` lies inside the image folder `images` under a name
-  `ImageFolder` reads (`is_image_file`): a results file named r.png was read back as an image
-  and broke every later run on the folder. Other names inside it are never read."""
-  if images and os.path.isdir(images) and is_image_file(out) and atomic.is_within(out, images):
+  """ValueError when the file `out` lies inside the image folder `images` (or a folder it
+  reads through a link) where the next run would read it: under a name `ImageFolder` reads
+  (`is_image_file`: a results file named r.png was read back as an image and broke every later
+  run on the folder), or in a folder not there yet (made by the write, it is read as a class:
+  the next run refused the folder, or read a flat folder as a labelled one). A .json in an
+  existing folder is never read."""
+  if not inside_images(out, images):
+    return
+  if is_image_file(out):
     raise ValueError(f"--{out_flag}={out} is inside --{images_flag}={images} and named like an "
                      "image: the next run would read it as one; name it .json or write elsewhere")
+  parent = os.path.dirname(os.path.abspath(out))
+  if not os.path.isdir(parent):
+    raise ValueError(f"--{out_flag}={out} is inside --{images_flag}={images}, in a folder that "
+                     "does not exist yet: made there, the next run would read it as a class of "
+                     "images; write elsewhere")
 
 
 def _check_utf8(name: str, path: str, what: str = "the file name") -> None:
