@@ -839,6 +839,22 @@ def test_an_older_digits_marker_names_its_split_seed_seed(tmp_path):
     digits.check_digits_folder(root, dict(meta, split={"seed": 0}), "W")
 
 
+def test_a_dangling_link_named_as_a_class_is_an_error_whatever_its_name(tmp_path):
+  """A class folder linked from storage that is not mounted, named mr.pig (read like a file
+  name: `_check_folder_link` let it by), was left out without a word: its class vanished from
+  the evaluation (a probe)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "d"
+  (root / "cat").mkdir(parents=True)
+  Image.new("RGB", (8, 8)).save(root / "cat" / "a.png")
+  (root / "mr.pig").symlink_to(tmp_path / "not_mounted" / "pigs")
+  with pytest.raises(ValueError, match=re.escape(
+      f"{str(root / 'mr.pig')!r} is a link to nothing (dangling symbolic link, or a loop), "
+      "named as a class of the model")):
+    data.ImageFolder(str(root), class_names=["cat", "mr.pig"])
+  assert data.ImageFolder(str(root), class_names=["cat", "dog"]).classes == ("cat", "dog")
+
+
 def test_an_output_named_like_an_image_is_refused_inside_the_image_folder(tmp_path):
   """run_deployed --output=IMAGES/3/r.png was read back as an image and broke every later run;
   a .json there is never read (ImageFolder reads IMG_EXTENSIONS only) and stays allowed."""

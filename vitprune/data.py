@@ -334,6 +334,12 @@ class ImageFolder:
     if not os.path.isdir(root):
       raise FileNotFoundError(f"dataset root {root!r} is not a directory")
     classes = find_classes(root)
+    for name in class_names or ():     # (a dotted class name, mr.pig, reads like a file's)
+      p = os.path.join(root, name)
+      if name not in classes and os.path.islink(p) and not os.path.exists(p):
+        raise ValueError(f"{p!r} is a link to nothing (dangling symbolic link, or a loop), "
+                         "named as a class of the model: a folder on storage that is not "
+                         "there? (its images would be left out)")
     if labelled is None:
       labelled = bool(classes)
     folder_classes = classes
