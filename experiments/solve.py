@@ -280,6 +280,11 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
                      f"the data estimate {estimate.source} measured (fingerprint differs; it "
                      f"records {estimate.data.get('source')!r}, selection "
                      f"{estimate.data.get('selection')})")
+  recorded = estimate.data.get("content_sha256")     # (absent: written before it was recorded)
+  if recorded and data.info.get("content_sha256") != recorded:
+    raise ValueError(f"--data={f.data} holds other images than estimate {estimate.source} "
+                     "measured: the same file names and sizes, other contents (data."
+                     "content_sha256 differs)")
   reducer = make_reducer(estimate.method, **estimate.method_kwargs)
   margins = {} if f.anchored_prediction else None
   metric = estimate.metric(f.metric)                 # what the solver reads from the estimate

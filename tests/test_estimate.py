@@ -484,6 +484,8 @@ def _mutate(d, fn):
     (lambda d: d["data"].update(fingerprint=5), "data.fingerprint must be a 64-digit hex "
      "string or null, got 5"),
     (lambda d: d["data"].update(fingerprint="zz"), "data.fingerprint must be a 64-digit hex"),
+    (lambda d: d["data"].update(content_sha256=None), "data.content_sha256 must be a 64-digit "
+     "hex string, got None"),
     (lambda d: d["data"].update(source=""), "data.source must be a non-empty string, got ''"),
     (lambda d: d["data"].update(classes=["a", "a"]), "data.classes must be a list of distinct"),
     (lambda d: d["data"].update(selection="all"), "data.selection must be an object, got .all."),

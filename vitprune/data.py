@@ -901,6 +901,23 @@ def dataset_fingerprint(dataset_or_arrays, indices: Optional[Sequence[int]] = No
   return h.hexdigest()
 
 
+def images_content_sha256(dataset: Any, indices: Optional[Sequence[int]] = None
+                          ) -> Optional[str]:
+  """sha256 over the bytes of the selected files of an `ImageFolder` (each with its name, in
+  the fingerprint's order); None for arrays, whose fingerprint covers their pixels. The
+  fingerprint reads names and sizes only, so two folders of the same names and sizes and
+  other pixels (BMP, PPM, uncompressed TIFF: the size follows the image size) shared it."""
+  if not isinstance(dataset, ImageFolder):
+    return None
+  h = hashlib.sha256(b"imagefolder contents\n")
+  for i in _selected(len(dataset), indices):
+    h.update(f"{_fingerprint_name(dataset.files[i])}\n".encode("utf-8", "surrogateescape"))
+    with open(dataset.path(int(i)), "rb") as f:
+      for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+  return h.hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   """Identity of the evaluated data, for estimate files (`dataclasses.asdict`-able).
@@ -912,6 +929,7 @@ class DatasetInfo:
     classes: class names (empty when unlabelled).
     labelled: whether labels are available.
     fingerprint: `dataset_fingerprint` of the selection.
+    content_sha256: `images_content_sha256` of the selection (image folders; None: arrays).
   """
   kind: str
   source: str
@@ -919,10 +937,13 @@ class DatasetInfo:
   classes: Tuple[str, ...]
   labelled: bool
   fingerprint: str
+  content_sha256: Optional[str] = None
 
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
     d["classes"] = list(self.classes)
+    if d["content_sha256"] is None:      # (arrays: as estimates recorded them before)
+      del d["content_sha256"]
     return d
 
 
@@ -937,7 +958,8 @@ def dataset_info(dataset: Union[ImageFolder, ArrayDataset],
       num_examples=int(_selected(len(dataset), indices).size),
       classes=tuple(dataset.classes),
       labelled=bool(dataset.labelled),
-      fingerprint=dataset_fingerprint(dataset, indices))
+      fingerprint=dataset_fingerprint(dataset, indices),
+      content_sha256=images_content_sha256(dataset, indices))
 
 
 # The bundled digits lived here until they moved to `vitprune.digits`; code that imports them

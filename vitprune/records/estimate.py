@@ -328,6 +328,9 @@ def _validate(doc: Any, where: str) -> ViTConfig:
   _require(data["fingerprint"] is None or jsonio.is_sha256(data["fingerprint"]), where,
            f"data.fingerprint must be a 64-digit hex string or null, got "
            f"{data['fingerprint']!r}")
+  _require(jsonio.is_sha256(data.get("content_sha256", "0" * 64)), where,   # (absent: older,
+           f"data.content_sha256 must be a 64-digit hex string, got "     # or arrays)
+           f"{data.get('content_sha256')!r}")
   for key in ("source", "kind"):       # (what a reader shows as the data's name)
     _require(key not in data or (isinstance(data[key], str) and data[key].strip()), where,
              f"data.{key} must be a non-empty string, got {data.get(key)!r}")
