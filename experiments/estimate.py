@@ -30,6 +30,7 @@ from experiments import common
 from vitprune import atomic
 from vitprune import checkpoint
 from vitprune import estimate
+from vitprune import jsonio
 from vitprune import memory
 from vitprune.data import check_not_read_as_an_image
 from vitprune.digest import params_sha256
@@ -217,6 +218,15 @@ def main(f: flags.FlagValues):
   if not f.out_name and os.path.lexists(out):         # the derived name
     atomic.check_replaceable_json(out, ESTIMATE_FORMAT)              # not ours?
     if not f.overwrite:
+      try:                  # (the name holds the folder's name, not its path)
+        before = jsonio.read_json(out, "estimate").get("data", {}).get("source")
+      except (OSError, ValueError, AttributeError):
+        before = None
+      if (f.data != "digits" and isinstance(before, str)
+          and os.path.realpath(before) != os.path.realpath(data.info["source"])):
+        raise FileExistsError(f"{out} already exists, an estimate of {common.shown(before)}, "
+                              "another folder of the same name (pass --out_name to write "
+                              "another file, or --overwrite to replace it)")
       raise FileExistsError(f"{out} already exists, an estimate with these flags (pass "
                             "--overwrite to replace it, or --out_name to write another file)")
   atomic.check_output_json(out, ESTIMATE_FORMAT, "out_name", overwrite=f.overwrite)

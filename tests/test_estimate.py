@@ -719,6 +719,19 @@ def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
   assert code == 1 and err.count("\n") == 1 and err.startswith(
       f"error: {tmp_path}/test_tiny_vit_random_embed_digits-test_n4_s0_t9.17_float32_w{w0}.json "
       "already exists, an estimate with these flags (pass --overwrite to replace it, or --out_name")
+  # Two folders of one name (A/val, B/val): the second said "an estimate with these flags",
+  # though its --data differs (a probe).
+  from vitprune import digits  # pylint: disable=g-import-not-at-top
+  for parent in ("A", "B"):
+    digits.write_digits_imagefolder(tmp_path / parent / "val", limit=10)
+  fold = ["--model=test_tiny_vit", "--num_images=4", "--batch_size=4",
+          f"--out_dir={tmp_path / 'fold'}", "--tokens=17,9"]
+  code, _, err = run_cli_in_process(root, "estimate", fold + [f"--data={tmp_path}/A/val"])
+  assert code == 0, err
+  code, _, err = run_cli_in_process(root, "estimate", fold + [f"--data={tmp_path}/B/val"])
+  assert code == 1 and err.count("\n") == 1 and re.search(
+      rf"already exists, an estimate of {tmp_path}/A/val, another folder of the same name "
+      r"\(pass --out_name", err), err
   # Someone else's file or a folder at the derived name: refused as such, with or without
   # --overwrite, naming no flag that was not given.
   other = tmp_path / f"test_tiny_vit_random_embed_digits-test_n4_s0_t9.12.17_float32_w{w0}.json"
