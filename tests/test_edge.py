@@ -627,6 +627,16 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   with pytest.raises(EdgeError, match=r"kit.json: points\[2\] repeats points\[0\] \(model, "
                      r"batch 1, 17 tokens\)"):
     kit_lib.read_kit(str(bad_kit))
+  # A point's driver edited to one its target cannot run: named as the kit's (it read like a
+  # bad --driver flag, which was not given).
+  doc = json.loads((pathlib.Path(kit_dir) / "kit.json").read_text())
+  doc["points"][0].setdefault("runtime", {"shards": 1})["driver"] = "cuda"
+  (bad_kit / "kit.json").write_text(json.dumps(doc))
+  with pytest.raises(EdgeError, match=r"^kit .*bad_kit \(.*\): IREE driver 'cuda' cannot run "
+                     r"target iree:host; .* \(an edited kit.json\?\)$"):
+    kit_lib._kit_plans(str(bad_kit), None)    # pylint: disable=protected-access
+  with pytest.raises(EdgeError, match=r"^IREE driver 'vulkan' cannot run target iree:host"):
+    kit_lib._kit_plans(str(bad_kit), "vulkan")    # pylint: disable=protected-access
   # A point deleted from kit.json: its module stayed, and the profile came out a point short.
   doc = json.loads((pathlib.Path(kit_dir) / "kit.json").read_text())
   gone = doc["points"].pop()["module"]["file"]
@@ -1623,6 +1633,10 @@ def test_the_jax_path_refuses_a_record_the_board_refuses(artifact, tmp_path):
     rec_path.write_text(json.dumps(rec))
     with pytest.raises(deploy.ArtifactError, match=message):
       deploy.load(str(dst))
+    if name == "cuda":      # the board names the record too (it read as a bad --driver flag)
+      with pytest.raises(EdgeError, match=r"iree_host.json: IREE driver 'cuda' cannot run "
+                         r"target iree:host; .* \(an edited record\?\)$"):
+        edge_rt.load(str(dst))
 
 
 def test_the_board_refuses_a_manifest_the_jax_path_refuses(artifact, tmp_path):

@@ -138,9 +138,12 @@ def _kit_plans(path: str, driver: Optional[str]):
   for p in kit["points"]:
     where = f"kit {path} ({p.get('module', {}).get('file')})"
     plan = p.get("runtime") or {"driver": kit["driver"], "shards": p.get("shards", 1)}
-    plans.append((check_driver(target, driver or plan.get("driver")),
-                  rt.check_shards(plan.get("shards"), int(p["input"]["shape"][0]), where,
-                                  p["module"])))
+    try:          # (a --driver given is the flag's problem; else the kit's, edited)
+      runs_on = check_driver(target, driver or plan.get("driver"))
+    except EdgeError as e:
+      raise (e if driver else EdgeError(f"{where}: {e} (an edited kit.json?)")) from None
+    plans.append((runs_on, rt.check_shards(plan.get("shards"), int(p["input"]["shape"][0]),
+                                           where, p["module"])))
     functions.append(rt.checked_function(p, point_identity(kit, p), where))
   drivers = sorted({d for d, _ in plans})
   kit["driver"] = "+".join(drivers)

@@ -278,7 +278,11 @@ class EdgeModel:
                manifest: Optional[Dict[str, Any]] = None):
     self.path, self.record, self.target = path, record, record["target"]
     self.manifest = manifest
-    self.driver = check_driver(parse_target(self.target), record["driver"])
+    try:          # (a --driver is checked before: this is the record's own, edited)
+      self.driver = check_driver(parse_target(self.target), record["driver"])
+    except EdgeError as e:
+      raise EdgeError(f"{os.path.join(path, record.get('_file', EDGE_DIR))}: {e} (an edited "
+                      "record?)") from None
     self.input_shape = tuple(int(d) for d in record["input"]["shape"])
     self.batch_size = self.input_shape[0]
     self.shards = check_shards((record.get("runtime") or {}).get("shards", 1),
