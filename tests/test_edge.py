@@ -1633,6 +1633,14 @@ def test_the_jax_path_refuses_a_record_the_board_refuses(artifact, tmp_path):
     rec_path.write_text(json.dumps(rec))
     with pytest.raises(deploy.ArtifactError, match=message):
       deploy.load(str(dst))
+    if name == "driver":    # the wrong folder given: named as what it is (a probe)
+      with pytest.raises(EdgeError, match=re.escape(
+          f"{dst} is an artifact (iree/*.json), not a profiling kit: run it with python -m "
+          f"vitprune.edge run|bench --artifact={dst}")):        # (said "kit.json is missing")
+        kit_lib.read_kit(str(dst))
+      with pytest.raises(EdgeError, match=re.escape(      # (said "holds no IREE target")
+          f"{dst}/iree is the iree/ folder of an artifact: give the artifact, --artifact={dst}")):
+        edge_rt.read_records(str(dst / "iree"))
     if name == "cuda":      # the board names the record too (it read as a bad --driver flag)
       with pytest.raises(EdgeError, match=r"iree_host.json: IREE driver 'cuda' cannot run "
                          r"target iree:host; .* \(an edited record\?\)$"):

@@ -57,6 +57,11 @@ def read_kit(path: str) -> Dict[str, Any]:
   """The validated kit manifest of directory `path` (EdgeError when invalid)."""
   if not os.path.isdir(path):
     raise EdgeError(f"{path} is not a kit directory")
+  if (not os.path.lexists(os.path.join(path, KIT_MANIFEST))
+      and rt.record_files(os.path.join(path, rt.EDGE_DIR))):   # (said "kit.json is missing")
+    raise EdgeError(f"{path} is an artifact ({rt.EDGE_DIR}/*.json), not a profiling kit: run it "
+                    f"with python -m vitprune.edge run|bench --artifact={path}; build a kit with "
+                    "python -m experiments.edge_kit")
   doc = rt.read_json(os.path.join(path, KIT_MANIFEST), "kit")
   if doc.get("format") != KIT_FORMAT or doc.get("version") != KIT_VERSION:
     raise EdgeError(f"{path}/{KIT_MANIFEST}: not a {KIT_FORMAT} version {KIT_VERSION} manifest")

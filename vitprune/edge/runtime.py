@@ -466,6 +466,11 @@ def read_records(path: str) -> List[Dict[str, Any]]:
       raise EdgeError(f"{path} is a profiling kit ({KIT_MANIFEST}), not an artifact: profile it "
                       f"with python -m vitprune.edge profile --kit={path}; deploy a model with "
                       "python -m experiments.deploy --target=iree:host")
+    if (os.path.basename(os.path.normpath(path)) == EDGE_DIR
+        and record_files(path)):                   # (the artifact's own iree/ folder given)
+      parent = os.path.dirname(os.path.normpath(path))
+      raise EdgeError(f"{path} is the {EDGE_DIR}/ folder of an artifact: give the artifact, "
+                      f"--artifact={parent}")
     raise EdgeError(f"{path} holds no IREE target (no {EDGE_DIR}/*.json); export it with "
                     "python -m experiments.deploy --target=iree:host")
   out = []
