@@ -1647,6 +1647,18 @@ def test_the_jax_path_refuses_a_record_the_board_refuses(artifact, tmp_path):
         edge_rt.load(str(dst))
 
 
+def test_the_board_refuses_an_incomplete_artifact_the_jax_path_refuses(artifact, tmp_path):
+  """A copy without one target's module ran on the board (which checked only the module it
+  picked) and was refused by vitprune.load / run_deployed as incomplete (a probe)."""
+  dst = tmp_path / "incomplete"
+  shutil.copytree(artifact, dst)
+  cuda = next(p for p in (dst / "iree").iterdir() if p.suffix == ".vmfb" and "cuda" in p.name)
+  cuda.unlink()
+  for load in (lambda: edge_rt.load(str(dst)), lambda: edge_rt.load(str(dst), "iree:host")):
+    with pytest.raises(EdgeError, match=rf"iree_cuda_sm_87.json: iree/{cuda.name} is missing"):
+      load()
+
+
 def test_the_board_refuses_a_manifest_the_jax_path_refuses(artifact, tmp_path):
   """Fault probe: vitprune.edge ran an artifact whose manifest.json had been edited (format,
   version, identity, targets) where vitprune.load / run_deployed refused it: the board reads the

@@ -693,6 +693,25 @@ def trial_in_child(target: str, where: str, code: str, *argv: str) -> None:
   # instructions: this process meets the cause, or not, itself.
 
 
+def _complete(path: str, records: List[Dict[str, Any]], model: "EdgeModel") -> "EdgeModel":
+  """`model` once every module and weights file the other records of artifact `path` list is
+  there with its recorded sha256 (`checked_file`, as the jax path's `check_record_files`): an
+  incomplete copy ran on the board, checked for the module it picked only."""
+  seen = {(model.record[k].get("file"), model.record[k].get("sha256"))
+          for k in ("module", "weights")}
+  for r in records:
+    what = os.path.join(path, r.get("_file", EDGE_DIR))
+    for key in ("module", "weights"):
+      entry = r.get(key)
+      if (not isinstance(entry, dict) or entry.get("mode") == "baked"
+          or not isinstance(entry.get("file"), str) or not isinstance(entry.get("sha256"), str)
+          or (entry["file"], entry["sha256"]) in seen):
+        continue          # (a malformed record is the jax path's to name; this one is checked)
+      checked_file(path, entry, what)
+      seen.add((entry["file"], entry["sha256"]))
+  return model
+
+
 def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) -> EdgeModel:
   """The artifact's module for `target` (default: the first one this host can run), on
   `driver` (default: the one its record names)."""
@@ -708,7 +727,7 @@ def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) 
     record = with_driver(chosen[0], driver)
     check_runnable(record, f"{path} ({want})")
     check_runs_here(path, record, f"{path} ({want})")
-    return EdgeModel(path, record, f"{path} ({want})", manifest)
+    return _complete(path, records, EdgeModel(path, record, f"{path} ({want})", manifest))
   reasons = []
   for r in records:
     try:
@@ -718,5 +737,6 @@ def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) 
     except EdgeError as e:
       reasons.append(str(e))
       continue
-    return EdgeModel(path, record, f"{path} ({r['target']})", manifest)
+    return _complete(path, records, EdgeModel(path, record, f"{path} ({r['target']})",
+                                              manifest))
   raise EdgeError(f"{path}: no target runs on this host: {'; '.join(reasons)}")
