@@ -219,14 +219,17 @@ def main(f: flags.FlagValues):
     atomic.check_replaceable_json(out, ESTIMATE_FORMAT)              # not ours?
     if not f.overwrite:
       try:                  # (the name holds the folder's name, not its path)
-        before = jsonio.read_json(out, "estimate").get("data", {}).get("source")
+        before = jsonio.read_json(out, "estimate").get("data", {})
+        before, kind = before.get("source"), before.get("kind")
       except (OSError, ValueError, AttributeError):
-        before = None
+        before = kind = None
       if (f.data != "digits" and isinstance(before, str)
-          and os.path.realpath(before) != os.path.realpath(data.info["source"])):
-        raise FileExistsError(f"{out} already exists, an estimate of {common.shown(before)}, "
-                              "another folder of the same name (pass --out_name to write "
-                              "another file, or --overwrite to replace it)")
+          and (kind != "imagefolder"
+               or os.path.realpath(before) != os.path.realpath(data.info["source"]))):
+        what = (f"of {common.shown(before)}, another folder of the same name"
+                if kind == "imagefolder" else "of the bundled digits (--data=digits)")
+        raise FileExistsError(f"{out} already exists, an estimate {what} (pass --out_name to "
+                              "write another file, or --overwrite to replace it)")
       raise FileExistsError(f"{out} already exists, an estimate with these flags (pass "
                             "--overwrite to replace it, or --out_name to write another file)")
   atomic.check_output_json(out, ESTIMATE_FORMAT, "out_name", overwrite=f.overwrite)

@@ -882,6 +882,18 @@ def test_an_output_named_like_an_image_is_refused_inside_the_image_folder(tmp_pa
   with pytest.raises(ValueError, match="named like an image"):
     data.check_not_read_as_an_image(str(store / "plot.png"), images, "output", "images")
   data.check_not_read_as_an_image(str(store / "r.json"), images, "output", "images")
+  # ... at any depth (a folder linked inside a class folder is read too), and not through a
+  # hidden link, which is never read (a review).
+  extra, work = tmp_path / "extra", tmp_path / "work"
+  extra.mkdir(), work.mkdir()
+  (tmp_path / "imgs" / "3" / "more").symlink_to(extra)
+  (tmp_path / "imgs" / ".cache").symlink_to(work)
+  assert sorted(data.read_folders(images)) == sorted([images, f"{images}/5",
+                                                      f"{images}/3/more"])
+  with pytest.raises(ValueError, match="named like an image"):
+    data.check_not_read_as_an_image(str(extra / "plot.png"), images, "output", "images")
+  data.check_not_read_as_an_image(str(work / "results" / "plot.png"), images, "output",
+                                  "images")
 
 
 def test_the_digits_still_import_from_vitprune_data_with_a_warning():

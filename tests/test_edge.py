@@ -1115,9 +1115,14 @@ def test_a_board_copy_without_manifest_refuses_records_of_two_artifacts(artifact
                      r"\(iree/iree_zz_other.json\) and the iree:\S+ one's \(iree/\S+\) are of two "
                      r"artifacts: their class_names differ \(\['a', 'b', "):
     edge_rt.load(str(mixed), "iree:host")
+  # The same labels, but a record edited to another target: its function no longer matches its
+  # module, which the board now checks for every record, as the jax path does (the artifact's
+  # own targets loaded together above).
   (mixed / edge_rt.EDGE_DIR / "iree_zz_other.json").write_text(json.dumps(
-      dict(rec, target="iree:llvm-cpu:aarch64-linux-gnu")))     # one artifact's two targets
-  edge_rt.load(str(mixed), "iree:host")
+      dict(rec, target="iree:llvm-cpu:aarch64-linux-gnu")))
+  with pytest.raises(EdgeError, match=r"iree_zz_other.json: the record does not match its "
+                     r"module .*edited after export\?"):
+    edge_rt.load(str(mixed), "iree:host")
 
 
 def test_vitprune_load_refuses_a_module_from_another_artifact(artifact, tmp_path, params):
@@ -1657,6 +1662,19 @@ def test_the_board_refuses_an_incomplete_artifact_the_jax_path_refuses(artifact,
   for load in (lambda: edge_rt.load(str(dst)), lambda: edge_rt.load(str(dst), "iree:host")):
     with pytest.raises(EdgeError, match=rf"iree_cuda_sm_87.json: iree/{cuda.name} is missing"):
       load()
+  # ... nor one whose other record was edited (a driver its target cannot run; a module that
+  # is no object): the jax path refused them (a review).
+  for change, message in ((lambda r: r.update(driver="local-task"), "IREE driver 'local-task' "
+                           "cannot run target iree:cuda:sm_87"),
+                          (lambda r: r.update(module="x.vmfb"), "module must be an object")):
+    shutil.rmtree(dst)
+    shutil.copytree(artifact, dst)
+    rec_path = dst / "iree" / "iree_cuda_sm_87.json"
+    rec = json.loads(rec_path.read_text())
+    change(rec)
+    rec_path.write_text(json.dumps(rec))
+    with pytest.raises(EdgeError, match=f"iree_cuda_sm_87.json: {message}"):
+      edge_rt.load(str(dst), "iree:host")
 
 
 def test_the_board_refuses_a_manifest_the_jax_path_refuses(artifact, tmp_path):

@@ -732,6 +732,11 @@ def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
   assert code == 1 and err.count("\n") == 1 and re.search(
       rf"already exists, an estimate of {tmp_path}/A/val, another folder of the same name "
       r"\(pass --out_name", err), err
+  # A folder named like the bundled digits' tag: not called a folder (a review).
+  digits.write_digits_imagefolder(tmp_path / "digits-test", limit=10)
+  code, _, err = run_cli_in_process(root, "estimate", base + [f"--data={tmp_path}/digits-test"])
+  assert code == 1 and "already exists, an estimate of the bundled digits (--data=digits) " \
+      "(pass --out_name" in err, err
   # Someone else's file or a folder at the derived name: refused as such, with or without
   # --overwrite, naming no flag that was not given.
   other = tmp_path / f"test_tiny_vit_random_embed_digits-test_n4_s0_t9.12.17_float32_w{w0}.json"

@@ -26,6 +26,7 @@ import os
 import reprlib
 import stat
 import warnings
+import weakref
 from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
@@ -33,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vitprune import atomic
 from vitprune import intervals
+from vitprune.digest import file_sha256
 from vitprune.console import printable
 from vitprune.config import INTERPOLATIONS, Preprocessing, check_switch
 
@@ -70,18 +72,15 @@ def is_image_file(name: str) -> bool:
 
 
 def read_folders(images: str) -> List[str]:
-  """The folders a run on the image folder `images` reads: itself and the sub-folders it holds
-  through links (a class folder linked from elsewhere: what is written where it points is read
-  with the images too)."""
+  """The folders a run on the image folder `images` reads: itself and, at any depth, the
+  folders it reaches through links (a class folder, or a folder inside one, linked from
+  elsewhere: what is written where it points is read with the images too). Hidden entries are
+  never read, so their links do not count."""
   out = [images]
-  try:
-    entries = sorted(os.listdir(images))
-  except OSError:
-    return out
-  for e in entries:
-    p = os.path.join(images, e)
-    if os.path.islink(p) and os.path.isdir(p):
-      out.append(p)
+  for dirpath, dirnames, _ in atomic.walk_following_links(images):   # (pruned as it goes)
+    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    out += [os.path.join(dirpath, d) for d in dirnames
+            if os.path.islink(os.path.join(dirpath, d))]
   return out
 
 
@@ -909,13 +908,21 @@ def images_content_sha256(dataset: Any, indices: Optional[Sequence[int]] = None
   other pixels (BMP, PPM, uncompressed TIFF: the size follows the image size) shared it."""
   if not isinstance(dataset, ImageFolder):
     return None
-  h = hashlib.sha256(b"imagefolder contents\n")
+  digests = _FILE_SHA256.setdefault(dataset, {})   # (each file read once per dataset: a
+  h = hashlib.sha256(b"imagefolder contents\n")    # held-out split hashes its parts again)
   for i in _selected(len(dataset), indices):
-    h.update(f"{_fingerprint_name(dataset.files[i])}\n".encode("utf-8", "surrogateescape"))
-    with open(dataset.path(int(i)), "rb") as f:
-      for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
+    i = int(i)
+    if i not in digests:
+      digests[i] = file_sha256(dataset.path(i))
+    h.update(f"{_fingerprint_name(dataset.files[i])}\t{digests[i]}\n"
+             .encode("utf-8", "surrogateescape"))
   return h.hexdigest()
+
+
+# Per `ImageFolder`, the sha256 of each file `images_content_sha256` read ({index: hex}).
+_FILE_SHA256: "weakref.WeakKeyDictionary[ImageFolder, Dict[int, str]]" = (
+    weakref.WeakKeyDictionary())
+
 
 
 @dataclasses.dataclass(frozen=True)

@@ -694,21 +694,12 @@ def trial_in_child(target: str, where: str, code: str, *argv: str) -> None:
 
 
 def _complete(path: str, records: List[Dict[str, Any]], model: "EdgeModel") -> "EdgeModel":
-  """`model` once every module and weights file the other records of artifact `path` list is
-  there with its recorded sha256 (`checked_file`, as the jax path's `check_record_files`): an
-  incomplete copy ran on the board, checked for the module it picked only."""
-  seen = {(model.record[k].get("file"), model.record[k].get("sha256"))
-          for k in ("module", "weights")}
-  for r in records:
-    what = os.path.join(path, r.get("_file", EDGE_DIR))
-    for key in ("module", "weights"):
-      entry = r.get(key)
-      if (not isinstance(entry, dict) or entry.get("mode") == "baked"
-          or not isinstance(entry.get("file"), str) or not isinstance(entry.get("sha256"), str)
-          or (entry["file"], entry["sha256"]) in seen):
-        continue          # (a malformed record is the jax path's to name; this one is checked)
-      checked_file(path, entry, what)
-      seen.add((entry["file"], entry["sha256"]))
+  """`model` once the records of artifact `path` pass the jax path's `check_record_files`
+  (every module and weights file there with its recorded sha256, every record's driver and
+  function): an incomplete or edited copy ran on the board, which checked the record it picked
+  only. Not again in a named CPU's trial child (`trial_in_child`): its parent checks."""
+  if not os.environ.get(_PROBED):
+    check_record_files(path, records)
   return model
 
 
