@@ -241,7 +241,7 @@ def _check_predictor_row(path: str, i: int, r: Dict[str, Any], points: Dict[str,
     if not (isinstance(r[k], str) and r[k]):
       raise bad(f"{k} {reprlib.repr(r[k])} is not a name")
   for k, lo in (("batch_size", 1), ("num_heldout", 0)):
-    if not (isinstance(r[k], int) and not isinstance(r[k], bool) and r[k] >= lo):
+    if not (jsonio.is_int(r[k]) and r[k] >= lo):
       raise bad(f"{k} {reprlib.repr(r[k])} is not an integer >= {lo}")
   _check_heldout_schedules(bad, r)
   if "profile_s" in r:

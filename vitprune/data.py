@@ -924,7 +924,6 @@ _FILE_SHA256: "weakref.WeakKeyDictionary[ImageFolder, Dict[int, str]]" = (
     weakref.WeakKeyDictionary())
 
 
-
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   """Identity of the evaluated data, for estimate files (`dataclasses.asdict`-able).

@@ -1270,10 +1270,11 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
     ratio = float(np.median([p.measured_latency_s / p.predicted_latency_s
                              for p in timed.values()]))
     aim = budget / ratio
-    below = sorted((p for c, p in pool_all.items()       # the most accurate (measured where
-                    if c not in timed and p.predicted_latency_s <= aim),     # known) below it:
-                   key=lambda p: (-_best_known_accuracy(p), -p.predicted_latency_s)  # not the
-                   )[:max(neighbours, 1) + 1]       # slowest, beaten on measured accuracy there
+    # The most accurate below it (measured where known), not the slowest: those were beaten on
+    # measured accuracy there.
+    below = sorted((p for c, p in pool_all.items()
+                    if c not in timed and p.predicted_latency_s <= aim),
+                   key=lambda p: (-_accuracy(p), -p.predicted_latency_s))[:max(neighbours, 1) + 1]
     if not below:     # the aim is below every prediction: the fastest not timed yet (the
       fastest = min(p.predicted_latency_s for p in timed.values())    # ratio is a median of
       below = sorted((p for c, p in pool_all.items()                  # other graphs')
@@ -1294,11 +1295,6 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
   return _timed_choice(solution, best, checked, "latency_budget_measured",
                        num_images=images, timed_in_loop=len(timed), timed_rounds=per_round)
-
-
-def _best_known_accuracy(p: Candidate) -> float:
-  """A candidate's measured accuracy, else its predicted one."""
-  return p.predicted_accuracy if p.measured_accuracy is None else p.measured_accuracy
 
 
 def _timed_choice(solution: Solution, best: Candidate, checked: Tuple[Candidate, ...],

@@ -35,7 +35,7 @@ import reprlib
 import signal
 import subprocess
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -84,18 +84,27 @@ def checked_file(root: str, entry: Dict[str, Any], what: str) -> str:
   return path
 
 
-def check_record_files(root: str, records: List[Dict[str, Any]]) -> None:
+def record_driver(root: str, record: Dict[str, Any]) -> str:
+  """The driver `record` of artifact `root` names, if its target's modules run on it; else
+  EdgeError naming the record's file (the record was edited: a --driver is checked before)."""
+  try:
+    return check_driver(parse_target(record["target"]), record["driver"])
+  except EdgeError as e:
+    raise EdgeError(f"{os.path.join(root, record.get('_file', EDGE_DIR))}: {e} (an edited "
+                    "record?)") from None
+
+
+def check_record_files(root: str, records: List[Dict[str, Any]],
+                       checked: Iterable[Tuple[Any, Any]] = ()) -> None:
   """Every file the records of artifact `root` list (modules, packed weights) exists with its
-  recorded sha256, each file hashed once (`checked_file`): a truncated module or weights.bin
-  loaded on the jax path without a word and failed only on the board. So do a record's driver
-  (`check_driver`) and module function (`checked_function`): an edited one loaded there too."""
-  seen = set()
+  recorded sha256, each file hashed once (`checked_file`; `checked`: the (file, sha256) entries
+  already hashed): a truncated module or weights.bin loaded on the jax path without a word and
+  failed only on the board. So do a record's driver (`record_driver`) and module function
+  (`checked_function`): an edited one loaded there too."""
+  seen = set(checked)
   for r in records:
     what = os.path.join(root, r.get("_file", EDGE_DIR))
-    try:            # what the board refuses on loading, refused on the jax path too
-      check_driver(parse_target(r["target"]), r["driver"])
-    except EdgeError as e:
-      raise EdgeError(f"{what}: {e}") from None
+    record_driver(root, r)        # what the board refuses on loading, refused on the jax path
     # (checked before the identity reads them: a string as module or runtime, or a list as a
     # file name, was a traceback on the jax path)
     for key in ("module", "weights", "runtime"):
@@ -278,11 +287,7 @@ class EdgeModel:
                manifest: Optional[Dict[str, Any]] = None):
     self.path, self.record, self.target = path, record, record["target"]
     self.manifest = manifest
-    try:          # (a --driver is checked before: this is the record's own, edited)
-      self.driver = check_driver(parse_target(self.target), record["driver"])
-    except EdgeError as e:
-      raise EdgeError(f"{os.path.join(path, record.get('_file', EDGE_DIR))}: {e} (an edited "
-                      "record?)") from None
+    self.driver = record_driver(path, record)
     self.input_shape = tuple(int(d) for d in record["input"]["shape"])
     self.batch_size = self.input_shape[0]
     self.shards = check_shards((record.get("runtime") or {}).get("shards", 1),
@@ -697,9 +702,11 @@ def _complete(path: str, records: List[Dict[str, Any]], model: "EdgeModel") -> "
   """`model` once the records of artifact `path` pass the jax path's `check_record_files`
   (every module and weights file there with its recorded sha256, every record's driver and
   function): an incomplete or edited copy ran on the board, which checked the record it picked
-  only. Not again in a named CPU's trial child (`trial_in_child`): its parent checks."""
+  only. Not again in a named CPU's trial child (`trial_in_child`): its parent checks. The
+  files `model` was built from are not hashed again."""
   if not os.environ.get(_PROBED):
-    check_record_files(path, records)
+    check_record_files(path, records, {(model.record[k].get("file"), model.record[k].get(
+        "sha256")) for k in ("module", "weights")})
   return model
 
 
