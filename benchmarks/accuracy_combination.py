@@ -216,11 +216,6 @@ def pair_schedules(cfg, grid: Sequence[int], firsts: Sequence[int], step: int,
   return out
 
 
-def _cuts(counts: Counts) -> List[Tuple[int, int]]:
-  """[(block, count after it)] of the blocks that reduce."""
-  return [(l, int(counts[l + 1])) for l in range(len(counts) - 1) if counts[l + 1] < counts[l]]
-
-
 class PairInteractions:
   """The "pairwise" combination (module doc, 7): per-image interactions of two cuts measured on
   `pair_schedules`, interpolated. `table`: the single-layer margins; `measured`: {counts: [M]
@@ -228,11 +223,11 @@ class PairInteractions:
 
   def __init__(self, table: solve.MarginTable, measured: Dict[Counts, np.ndarray]):
     self.table = table
-    self.pos = {int(n): k for k, n in enumerate(table.ns)}
     self.n_full = int(table.ns[-1])
     self.rows: Dict[Tuple[int, int, int], Dict[int, np.ndarray]] = {}   # (i, a, j): {b: [M]}
     for counts, m in measured.items():
-      (i, a), (j, b) = _cuts(counts)
+      i, j = Schedule(counts).reduction_layers      # (two cuts: to a at block i, b at j)
+      a, b = int(counts[i + 1]), int(counts[j + 1])
       plain = solve.per_image_margins(table, [counts])[0]
       self.rows.setdefault((i, a, j), {})[b] = np.asarray(m, np.float64) - plain
     self.firsts = sorted({a for _, a, _ in self.rows})
