@@ -323,18 +323,45 @@ def test_a_multi_choice_must_be_a_listed_schedule_meeting_its_criterion(tmp_path
 
 
 
-def test_a_measured_choice_written_before_it_was_listed_in_checked_loads(tmp_path):
-  """check_floor's files before 955fc9f: the chosen single reduction (measured by the estimate)
-  or the unpruned fallback carried measurements its frontier / full entry lacks, and no checked
-  entry held it. Unedited, they load; another measured copy in `checked` still decides."""
+def test_a_measured_choice_no_entry_lists_is_refused(tmp_path):
+  """A probe gave the chosen frontier schedule keep@0:9 (predicted 0.384) a measured 0.9749 on
+  359 images of its own: it loaded as a floor met on measurement, as check_floor's files before
+  955fc9f (a measured choice listed only as its frontier entry without measurements) did. Now
+  refused, naming both; listed in `checked` with the same numbers, it loads."""
   doc = S.read_solution(solution_file(
       tmp_path / "s.json", CFG, [17, 17, 9], mode="multi",
       frontier=[[17, 17, 9], [17] * 3])).to_json()
   doc["chosen"].update(_MEASURED_17_17_9, criterion="accuracy_floor_measured", basis="measured")
   doc["settings"]["accuracy_floor"] = 0.85
-  assert S.Solution.from_json(copy.deepcopy(doc)).chosen.measured_accuracy == 0.9
-  doc["chosen"]["predicted_accuracy"] = 0.95            # not that entry without measurements
+  with pytest.raises(S.SolutionError, match=r"^solution: chosen list:17,17,9's measurements are "
+                     r"in no entry the solution lists for that schedule \(written before "
+                     r"2026-12-04, when a measured choice was first listed in checked, or "
+                     r"edited\): solve again$"):
+    S.Solution.from_json(copy.deepcopy(doc))
+  listed = copy.deepcopy(doc)
+  listed["checked"] = [dict(_MEASURED_17_17_9)]
+  assert S.Solution.from_json(listed).chosen.measured_accuracy == 0.9
+  doc["chosen"]["predicted_accuracy"] = 0.95
+  listed["checked"][0]["measured_accuracy_low"] = 0.4     # another measured copy decides
   with pytest.raises(S.SolutionError, match="numbers differ from those the solution lists"):
+    S.Solution.from_json(listed)
+
+
+def test_an_unpruned_choice_must_meet_a_measured_floor_too(tmp_path):
+  """The reader let the unpruned schedule pass as 'accuracy_floor_measured' below its floor (a
+  probe: measured 0.9749 against a floor edited to 0.99 loaded as a floor met); check_floor
+  refuses such a floor (FloorNotMetError), so no writer makes one."""
+  doc = S.read_solution(solution_file(
+      tmp_path / "s.json", CFG, [17, 17, 9], mode="multi",
+      frontier=[[17, 17, 9], [17] * 3])).to_json()
+  unpruned = dict(_MEASURED_17_17_9, schedule="full", counts=[17, 17, 17])
+  doc["chosen"].update(unpruned, criterion="accuracy_floor_measured", basis="measured")
+  doc["checked"] = [unpruned]
+  doc["settings"]["accuracy_floor"] = 0.9
+  S.Solution.from_json(copy.deepcopy(doc))
+  doc["settings"]["accuracy_floor"] = 0.99
+  with pytest.raises(S.SolutionError, match=r"criterion 'accuracy_floor_measured', but the "
+                     r"chosen full measured 0.9 < the floor 0.99 \(edited\?\)"):
     S.Solution.from_json(doc)
 
 
@@ -419,6 +446,10 @@ def test_a_solution_of_numpy_numbers_writes_as_plain_json(tmp_path):
      r"settings.latency_budget must be a number of seconds > 0 or null, got -1"),
     (lambda s: dict(settings=dict(s.settings, num_images=-5)),
      r"settings.num_images must be an integer >= 1 or null, got -5"),
+    (lambda s: dict(settings=dict(s.settings, num_images=100), chosen=dataclasses.replace(
+        s.chosen, measured_accuracy=0.9, measured_accuracy_low=0.5, measured_accuracy_high=1.0,
+        num_images=10)), r"list:17,17,9 was measured on 10 images, but settings.num_images says "
+     r"every schedule checked was measured on 100 \(edited\?\)"),
     (lambda s: dict(settings=dict(s.settings, timed_in_loop=-3)),
      r"settings.timed_in_loop must be an integer >= 0 or null, got -3"),
     (lambda s: dict(settings=dict(s.settings, grid=["a"])),

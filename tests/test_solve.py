@@ -579,6 +579,47 @@ def test_paper_end_to_end(tmp_path):
   assert sol.profile.path == ps and sol.estimate.path == es
 
 
+def test_what_the_estimate_measured_is_recorded_as_measured(tmp_path):
+  """A probe: the unpruned schedule's accuracy, the estimate's measurement on its images, was
+  stored as `full.predicted_accuracy` only, and paper mode said A(n*) came from 'the estimate's
+  graphs of n* tokens, not this schedule's' when a block-3 estimate had measured exactly the
+  chosen keep@3:n. Both now carry it as measured (Wilson interval, number of images); the
+  predictions stay, and an after-embedding proxy row stays a prediction only."""
+  from vitprune.intervals import wilson_interval
+  ps = _save_profile(tmp_path, [_point("model", n, _step_latency(n)) for n in range(2, N + 1)])
+  block = _estimate(tmp_path, [3], list(range(5, N + 1)), _acc)
+  sol = _paper(ps, block, layer=3)
+  for c in (sol.chosen, sol.full, *sol.frontier):
+    value = read_estimate(block).measured("accuracy")[c.counts]
+    assert (c.predicted_accuracy, c.measured_accuracy, c.num_images) == (
+        value, value, NUM_EXAMPLES)
+    assert (c.measured_accuracy_low, c.measured_accuracy_high) == wilson_interval(
+        value, NUM_EXAMPLES)
+    assert c.measured_latency_s is None        # the uniform curve's latency: a prediction
+  lines = summary_lines(sol)
+  assert any(line.endswith("(L: the uniform graph of n* tokens, a prediction of this "
+                           "schedule's; A: measured by the estimate on this schedule)")
+             for line in lines)
+  assert (f"unpruned: {1e3 * sol.full.predicted_latency_s:.4g} ms (measured by the profile), "
+          f"accuracy 0.9000 (measured by the estimate, {NUM_EXAMPLES} images)") in lines
+  assert _reread(sol) == sol
+  embed = _estimate(tmp_path, [None], list(range(5, N + 1)), _acc, name="embed.json")
+  proxy = _paper(ps, embed, layer=3)
+  assert proxy.chosen.measured_accuracy is None and all(
+      p.measured_accuracy is None for p in proxy.frontier if p.counts != proxy.full.counts)
+  assert proxy.full.measured_accuracy == 0.9
+  assert any(line.endswith("(the profile's and the estimate's graphs of n* tokens, not this "
+                           "schedule's: predictions of it)") for line in summary_lines(proxy))
+  multi = _multi(_block_profile(tmp_path), _estimate(tmp_path, [1, 3, 5], list(range(4, N)),
+                                                     _acc, name="t.json"), accuracy_floor=0.8)
+  assert (multi.full.predicted_accuracy, multi.full.measured_accuracy,
+          multi.full.num_images) == (0.9, 0.9, NUM_EXAMPLES)
+  assert multi.chosen.measured_accuracy is None and multi.basis == "predicted"
+  assert (f"unpruned: {1e3 * multi.full.predicted_latency_s:.4g} ms (predicted), accuracy "
+          f"0.9000 (measured by the estimate, {NUM_EXAMPLES} images)") in summary_lines(multi)
+  assert _reread(multi) == multi
+
+
 def test_paper_method_is_checked_and_its_per_block_limit_applied(tmp_path):
   """--method=bogus wrote a solution deploy then refused; --method=tome chose keep@3:9, which
   ToMe cannot do (at most half of the 16 non-prefix tokens from 17 in one block)."""

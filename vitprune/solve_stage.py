@@ -43,7 +43,7 @@ from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import predict as predict_lib
 from vitprune.profile import records
 from vitprune.profile import steps as steps_lib
-from vitprune.records.estimate import Estimate, EstimateError
+from vitprune.records.estimate import HIGHER_IS_BETTER, Estimate, EstimateError
 from vitprune.intervals import change_interval, wilson_interval
 from vitprune.records.solution import (BUDGET_PROVISIONAL, Candidate, EstimateRef, ProfileRef,
                                        Solution, judges_paired_change, measured_interval,
@@ -256,6 +256,17 @@ def _candidate(cfg: ViTConfig, counts: Sequence[int], latency: float, accuracy: 
                    **extra)
 
 
+def _as_estimate_measured(c: Candidate, estimate: Estimate, metric: str) -> Candidate:
+  """`c` with the estimate's measurement of exactly its schedule, where the estimate measured
+  it (the unpruned schedule: its reference; paper mode: the curve's rows at the chosen block):
+  measured metric and Wilson interval over the estimate's images. A predicted number stays
+  predicted; a measured one said so (the unpruned accuracy was stored as predicted only)."""
+  value = estimate.measured(metric).get(c.counts)
+  if value is None or c.measured_accuracy is not None or metric not in HIGHER_IS_BETTER:
+    return c
+  return _measured(c, value, estimate.reference.num_examples)
+
+
 def _now() -> str:
   return records.now_iso()
 
@@ -357,7 +368,8 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
 
   def at_count(i):
     counts = solve.pomt_counts(cfg.num_tokens, int(sol.ns[i]), cfg.depth, layer)
-    return _candidate(cfg, counts, sol.latency[i], sol.accuracy[i], tokens=int(sol.ns[i]))
+    return _as_estimate_measured(_candidate(cfg, counts, sol.latency[i], sol.accuracy[i],
+                                            tokens=int(sol.ns[i])), estimate, metric)
 
   full = [i for i in range(sol.ns.size) if sol.ns[i] == cfg.num_tokens]
   return Solution(
@@ -367,11 +379,13 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
                 "allow_batch_mismatch": allow_batch_mismatch,
                 **({"unused_estimate_counts": unused} if unused else {}),
                 **({"capped_counts": capped} if capped else {})},
-      chosen=_candidate(cfg, sol.counts, sol.latency_star, sol.accuracy_star,
-                        tokens=int(sol.n_star)),
+      chosen=_as_estimate_measured(_candidate(cfg, sol.counts, sol.latency_star,
+                                              sol.accuracy_star, tokens=int(sol.n_star)),
+                                   estimate, metric),
       method=method, criterion="utility",
-      full=(_candidate(cfg, (cfg.num_tokens,) * (cfg.depth + 1), sol.latency[full[0]],
-                       sol.accuracy[full[0]]) if full else None),
+      full=(_as_estimate_measured(_candidate(cfg, (cfg.num_tokens,) * (cfg.depth + 1),
+                                             sol.latency[full[0]], sol.accuracy[full[0]]),
+                                  estimate, metric) if full else None),
       frontier=tuple(at_count(i) for i in solve.nondominated(sol.latency, sol.accuracy,
                                                              sol.ns)),
       created=_now(), utility=float(sol.utility_star), schedule_latency_s=sched_lat,
@@ -677,7 +691,8 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
       mode="multi", config=cfg, profile=_profile_ref(profile, batch, source),
       estimate=_estimate_ref(estimate, metric, inp.layers), settings=settings,
       chosen=cand(sol.chosen), method=estimate.method, criterion=sol.criterion,
-      full=cand(sol.full), frontier=tuple(cand(p) for p in sol.frontier), created=_now())
+      full=_as_estimate_measured(cand(sol.full), estimate, metric),
+      frontier=tuple(cand(p) for p in sol.frontier), created=_now())
   images = _num_images(estimate, num_images)
   if measure_all:
     solution = measure_frontier(solution, evaluate, num_images=images)
@@ -871,7 +886,7 @@ def measure_frontier(solution: Solution, evaluate: Evaluator, *,
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
   return dataclasses.replace(
       solution, checked=checked, settings=settings, chosen=known[solution.chosen.counts],
-      full=None if full is None else known[full.counts])
+      full=None if full is None else known.get(full.counts, full))
 
 
 def margin_table(model: solve.CostModel, margins: Dict[Tuple[int, ...], np.ndarray]

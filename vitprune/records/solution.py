@@ -18,7 +18,8 @@ File (JSON, `format` "vitprune-solution", version 1; `write_solution` / `read_so
               ("predicted": the choice rests on the solver's predictions; "measured": on the
               metric measured on the data), paper mode also "utility" and "schedule_latency_s"
               (the POMT schedule's per-block prediction, or null)},
-   "full": candidate | null (the unpruned schedule),
+   "full": candidate | null (the unpruned schedule; measured accuracy: the estimate's
+           reference, on its images),
    "frontier": [candidate, ...] latency ascending (paper mode: the non-dominated (L(n), A(n))),
    "checked": [candidate, ...] schedules evaluated on the data while choosing (may be empty;
                with a multi-layer floor also the estimate's single reductions meeting it),
@@ -34,7 +35,10 @@ File (JSON, `format` "vitprune-solution", version 1; `write_solution` / `read_so
                minus unpruned, "measured_change_low", "measured_change_high"}
 
 "predicted_*" numbers come from the solver's models; "measured_*" ones from compiled graphs and
-the data. `sha256` entries are digests of the canonical JSON of the input records
+the data (a schedule the estimate measured exactly, the unpruned one, or in paper mode each
+schedule pruned at the estimate's block, also carries that measurement; its latency there is
+the uniform curve's, a prediction). `sha256` entries are digests of the canonical JSON of the
+input records
 (`vitprune.jsonio.canonical_sha256`), so they do not depend on how a file was indented. Files
 written before `checked` / `basis` / `measured_*` / `num_images` existed load with those empty.
 The reader checks the choice against the rest of the file: `chosen` is an entry of `frontier`,
@@ -291,10 +295,11 @@ def _check_choice(sol: "Solution", where: str) -> None:
     require(floor is not None and got is not None and sol.basis == "measured",
             "criterion 'accuracy_floor_measured' needs settings.accuracy_floor, the chosen "
             "schedule's measured accuracy and basis 'measured' (edited?)")
-    require(meets_floor(got, floor) or sol.chosen.counts == unpruned,
+    # (the unpruned schedule too: check_floor refuses a floor it misses, FloorNotMetError)
+    require(meets_floor(got, floor),
             f"criterion 'accuracy_floor_measured', but the chosen {sol.chosen.schedule} "
             f"measured {got} < the floor {floor} (edited?)")
-    require(meets_measured_floor(sol.chosen, sol.settings) or sol.chosen.counts == unpruned,
+    require(meets_measured_floor(sol.chosen, sol.settings),
             f"settings.floor_confidence, but the chosen {sol.chosen.schedule}'s 95% interval "
             f"does not clear the floor (edited?)")
   if sol.criterion == "latency_budget_measured":
@@ -372,6 +377,12 @@ def _check_settings(sol: "Solution", require) -> None:
   stray = [s for s in st.get("floor_straddles") or [] if s not in listed]
   require(not stray, f"settings.floor_straddles names {stray[0] if stray else ''!r}, which "
           "is not a checked schedule (edited?)")
+  images = st.get("num_images")
+  other = next((c for c in (*sol.checked, sol.chosen) if images is not None and
+                c.num_images not in (None, images)), None)
+  require(other is None, f"{other.schedule if other else ''} was measured on "
+          f"{other.num_images if other else ''} images, but settings.num_images says every "
+          f"schedule checked was measured on {images} (edited?)")
   lm = st.get("latency_model")
   if lm is not None:
     for key, own in (("batch_size", sol.profile.batch_size), ("dtype", sol.profile.dtype),
@@ -457,8 +468,13 @@ def _check_chosen_is_listed(sol: "Solution", require) -> None:
   if sol.mode == "multi":     # (with the lists emptied, any schedule passed under any numbers)
     require(same, f"chosen {c.schedule} is none of the schedules the solution lists "
                   "(frontier, checked, full) (edited?)")
-  require(not same or _lists(same, c), f"chosen {c.schedule}'s numbers differ from those the "
-                                      "solution lists for that schedule (edited?)")
+  unlisted = (c.measured_accuracy is not None or c.measured_latency_s is not None) and not any(
+      e.measured_accuracy is not None or e.measured_latency_s is not None for e in same)
+  require(not same or _lists(same, c), f"chosen {c.schedule}'s measurements are in no entry the "
+          "solution lists for that schedule (written before 2026-12-04, when a measured choice "
+          "was first listed in checked, or edited): solve again" if unlisted else
+          f"chosen {c.schedule}'s numbers differ from those the solution lists for that "
+          "schedule (edited?)")
   if sol.mode != "paper":     # (`_check_curve` ran: chosen.tokens is on the curve)
     return
   layer = sol.settings.get("layer")
@@ -561,21 +577,12 @@ def measured_interval(c: Candidate, sol: Optional["Solution"] = None
   return lo, hi
 
 
-_MEASURED = ("measured_latency_s", "measured_accuracy", "measured_accuracy_low",
-             "measured_accuracy_high", "num_images", "measured_change_low",
-             "measured_change_high")
-
-
 def _lists(same: List[Candidate], c: Candidate) -> bool:
   """Whether entries `same` (of c's counts) hold the chosen `c`: one equals it (`full` is
-  written without tokens), or, where none of them is measured, one is `c` without its
-  measurements (check_floor's files before the measured choice was listed in `checked`)."""
-  if any(dataclasses.replace(e, tokens=c.tokens) == c for e in same):
-    return True
-  if any(getattr(e, k) is not None for e in same for k in _MEASURED):
-    return False
-  bare = dataclasses.replace(c, **{k: None for k in _MEASURED})
-  return any(dataclasses.replace(e, tokens=c.tokens) == bare for e in same)
+  written without tokens). (check_floor's files before 955fc9f, 2026-12-04, listed a measured
+  choice only as its frontier entry without measurements: refused, as a hand-edited choice
+  with measurements of its own is.)"""
+  return any(dataclasses.replace(e, tokens=c.tokens) == c for e in same)
 
 
 def _check_criterion_holds(sol: "Solution", require, unpruned) -> None:
@@ -869,16 +876,21 @@ def summary_lines(sol: Solution) -> List[str]:
            f"method {sol.method}  ({sol.criterion}, rests on {sol.basis} numbers)",
            f"predicted latency {1e3 * ch.predicted_latency_s:.4g} ms, predicted {m} "
            f"{ch.predicted_accuracy:.4f}"]
-  if sol.mode == "paper":      # the curves' values at n*, not this schedule's graph
-    lines[-1] = (f"utility at n* = {ch.tokens}: U = {sol.utility:.4f} from the curves' predicted "
+  if sol.mode == "paper":      # the curves' values at n*: A(n*) this schedule's where measured
+    lines[-1] = (f"utility at n* = {ch.tokens}: U = {sol.utility:.4f} from the curves' "
                  f"latency L(n*) {1e3 * ch.predicted_latency_s:.4g} ms and {m} A(n*) "
-                 f"{ch.predicted_accuracy:.4f} (the profile's and the estimate's graphs of n* "
-                 f"tokens, not this schedule's)")
+                 f"{ch.predicted_accuracy:.4f} " + (
+                     "(L: the uniform graph of n* tokens, a prediction of this schedule's; A: "
+                     "measured by the estimate on this schedule)"
+                     if ch.measured_accuracy is not None else
+                     "(the profile's and the estimate's graphs of n* tokens, not this "
+                     "schedule's: predictions of it)"))
     if sol.schedule_latency_s is not None:
       lines.append(f"the chosen schedule's latency by the per-block table (predicted): "
                    f"{1e3 * sol.schedule_latency_s:.4g} ms")
-  if sol.profile.latency_source == "calibrated-graph" and "latency_model" in sol.settings:
-    lm = sol.settings["latency_model"]
+  lm = sol.settings.get("latency_model") or {}
+  if sol.profile.latency_source == "calibrated-graph" and all(
+      k in lm for k in ("num_calibration", "residual_median", "residual_p90")):
     # (solutions written before `num_reducing`: residuals over every graph, uniform ones too)
     scored = (f"|error| on the {lm['num_reducing']} that reduce" if "num_reducing" in lm else
               "calibration |error|")
@@ -940,8 +952,11 @@ def summary_lines(sol: Solution) -> List[str]:
                  f"straddles the floor {sol.settings['accuracy_floor']:.6g} for: "
                  + shown_schedules(sol.settings["floor_straddles"]))
   if full is not None:
-    lines.append(f"unpruned: predicted {1e3 * full.predicted_latency_s:.4g} ms, {m} "
-                 f"{full.predicted_accuracy:.4f} (as the estimate measured it)")
+    measured_curve = sol.mode == "paper" and sol.profile.latency_source == "measured"
+    lines.append(f"unpruned: {1e3 * full.predicted_latency_s:.4g} ms "
+                 f"({'measured by the profile' if measured_curve else 'predicted'}), {m} "
+                 f"{full.predicted_accuracy:.4f} (measured by the estimate"
+                 + (f", {full.num_images} images)" if full.num_images is not None else ")"))
   lines.append(f"frontier: {len(sol.frontier)} non-dominated schedules"
                + (f"; {len(sol.checked)} checked on the data" if sol.checked else ""))
   return lines
