@@ -5,6 +5,7 @@ import glob
 import io
 import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -306,6 +307,62 @@ def test_empty_and_unopenable_images_say_so_not_cannot_decode(tmp_path, monkeypa
   with pytest.raises(ValueError, match=rf"^image file '{re.escape(str(locked))}' cannot be "
                      r"opened \(Permission denied\)$"):
     data.load_image(str(locked))
+
+
+def test_an_unreadable_root_or_image_file_is_named_when_hashed(tmp_path, monkeypatch):
+  """A probe (without root's override): estimate printed a raw '[Errno 13] Permission denied:
+  ...' for an unreadable image (its content digest reads every file before any is decoded) and
+  every CLI did for an unreadable dataset root."""
+  for name in ("a", "b"):
+    _png(str(tmp_path / "ds" / name / "0.png"), _gray(3, 3))
+  locked = str(tmp_path / "ds" / "b" / "0.png")
+  ds = data.ImageFolder(str(tmp_path / "ds"))
+  real_open, real_scandir = open, os.scandir
+
+  def refusing_open(path, *args, **kwargs):       # root reads any file: deny it here
+    if str(path) == locked:
+      raise PermissionError(13, "Permission denied", str(path))
+    return real_open(path, *args, **kwargs)
+
+  monkeypatch.setattr("builtins.open", refusing_open)
+  with pytest.raises(ValueError, match=rf"^image file '{re.escape(locked)}' cannot be opened "
+                     r"\(Permission denied\)$"):
+    data.images_content_sha256(ds)
+  monkeypatch.setattr("builtins.open", real_open)
+  os.remove(locked)
+  with pytest.raises(FileNotFoundError, match=rf"^image file '{re.escape(locked)}' does not "
+                     r"exist \(removed since its folder was read\?\)$"):
+    data.images_content_sha256(ds)
+
+  def refusing_scandir(path):
+    if str(path) == str(tmp_path / "ds"):
+      raise PermissionError(13, "Permission denied", str(path))
+    return real_scandir(path)
+
+  monkeypatch.setattr(os, "scandir", refusing_scandir)
+  with pytest.raises(ValueError, match=rf"^dataset root '{re.escape(str(tmp_path / 'ds'))}' "
+                     r"cannot be read \(Permission denied\)$"):
+    data.find_classes(str(tmp_path / "ds"))
+
+
+def test_an_image_above_pils_pixel_limit_is_named_each_time(tmp_path, monkeypatch):
+  """PIL's DecompressionBombWarning named no file and, its text repeated, was shown once for
+  two such images (a probe)."""
+  for name in ("a", "b"):
+    _png(str(tmp_path / f"{name}.png"), _gray(4, 5))
+  monkeypatch.setattr(data.Image, "MAX_IMAGE_PIXELS", 12)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    warnings.filterwarnings("ignore", category=data.Image.DecompressionBombWarning)
+    for name in ("a", "b"):
+      assert data.load_image(str(tmp_path / f"{name}.png")).size == (5, 4)
+  assert [str(w.message) for w in caught] == [
+      f"image file '{tmp_path / name}.png' has 20 pixels, above PIL's limit of 12 (a "
+      "decompression bomb?): decoded anyway" for name in ("a", "b")]
+  monkeypatch.setattr(data.Image, "MAX_IMAGE_PIXELS", 9)         # twice the limit: an error
+  with pytest.raises(ValueError, match=r"cannot decode image file .*a.png': Image size \(20 "
+                     r"pixels\) exceeds limit of 18 pixels"):
+    data.load_image(str(tmp_path / "a.png"))
 
 
 @pytest.mark.parametrize("link, target, again", [

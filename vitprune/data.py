@@ -141,8 +141,13 @@ def find_classes(root: str) -> Tuple[str, ...]:
   `.ipynb_checkpoints`-style folders do not become classes. A link that may be a class folder
   but leads nowhere is a ValueError (`_check_folder_link`).
   """
-  with os.scandir(root) as it:
-    entries = [e for e in it if not e.name.startswith(".")]
+  try:
+    with os.scandir(root) as it:
+      entries = [e for e in it if not e.name.startswith(".")]
+  except FileNotFoundError:
+    raise
+  except OSError as e:         # (a raw "[Errno 13] Permission denied: '...'" line)
+    raise ValueError(f"dataset root {root!r} cannot be read ({e.strerror or e})") from None
   for e in entries:
     _check_folder_link(e.path)
   return tuple(sorted(e.name for e in entries if e.is_dir()))
@@ -248,11 +253,17 @@ def _warn_unlabelled_root_images(root: str) -> None:
                   stacklevel=3)
 
 
+# PIL's warning for an image above its pixel limit names no file, and its text repeats, so
+# Python showed it once for any number of such images: `load_image` says it per file instead.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def load_image(path: str) -> Image.Image:
   """Open and fully decode the image at `path` (the mode is left as stored).
 
   Raises `FileNotFoundError` when it is missing, and `ValueError` naming the file when it cannot
-  be opened (permissions), is empty, or PIL cannot decode it (corrupt, truncated, not an image).
+  be opened (permissions), is empty, or PIL cannot decode it (corrupt, truncated, not an image,
+  more than twice PIL's pixel limit); above the limit, a warning naming the file.
   """
   try:
     f = open(path, "rb")
@@ -270,6 +281,10 @@ def load_image(path: str) -> Image.Image:
       reason = ("not an image PIL can identify (another format, or corrupt)"
                 if isinstance(e, UnidentifiedImageError) else str(e))
       raise ValueError(f"cannot decode image file {path!r}: {reason}") from e
+  limit = Image.MAX_IMAGE_PIXELS
+  if limit is not None and img.width * img.height > limit:
+    warnings.warn(f"image file {path!r} has {img.width * img.height} pixels, above PIL's "
+                  f"limit of {limit} (a decompression bomb?): decoded anyway", stacklevel=2)
   return img
 
 
@@ -913,10 +928,22 @@ def images_content_sha256(dataset: Any, indices: Optional[Sequence[int]] = None
   for i in _selected(len(dataset), indices):
     i = int(i)
     if i not in digests:
-      digests[i] = file_sha256(dataset.path(i))
+      digests[i] = _image_file_sha256(dataset.path(i))
     h.update(f"{_fingerprint_name(dataset.files[i])}\t{digests[i]}\n"
              .encode("utf-8", "surrogateescape"))
   return h.hexdigest()
+
+
+def _image_file_sha256(path: str) -> str:
+  """`file_sha256` of an image file, its failure worded as `load_image`'s (a raw errno line
+  named no role: the content digest reads every file before any is decoded)."""
+  try:
+    return file_sha256(path)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"image file {path!r} does not exist (removed since its folder was "
+                            "read?)") from None
+  except OSError as e:
+    raise ValueError(f"image file {path!r} cannot be opened ({e.strerror or e})") from None
 
 
 # Per `ImageFolder`, the sha256 of each file `images_content_sha256` read ({index: hex}).
