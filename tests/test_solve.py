@@ -1273,6 +1273,30 @@ def test_multilayer_floor_checked_on_measurements(tmp_path):
   assert f"mean signed {err['mean_signed_points']:+.2f}; predicted - measured" in line
 
 
+def test_measure_frontier_keeps_the_unpruned_schedule_a_candidate_off_its_frontier(tmp_path):
+  """A review: once `full` carried the estimate's measurement, measure_frontier skipped it and
+  left it out of `checked`, so a utility choice on measurements never saw it (alpha 0 chose a
+  pruned schedule measured 0.9694 over the unpruned 0.9749). Here a lossless cut at block 1
+  puts the unpruned schedule off the frontier; every pruned one measures 0.85."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)),
+                 lambda l, n: 0.9 if (l, n) == (1, 16) else _acc(l, n))
+  full = schedule_lib.full_schedule(CFG).counts
+  plain = _multi(ps, es, alpha=0.0)
+  assert full not in {p.counts for p in plain.frontier}
+  evaluated = []
+
+  def evaluate(counts_list):
+    evaluated.extend(tuple(c) for c in counts_list)
+    return [0.9 if tuple(c) == full else 0.85 for c in counts_list]
+
+  sol = _multi(ps, es, alpha=0.0, evaluate=evaluate, measure_all=True, num_images=NUM_EXAMPLES)
+  assert full not in evaluated            # the estimate measured it
+  assert sol.full in sol.checked and sol.full.measured_accuracy == 0.9
+  assert sol.chosen.counts == full and sol.basis == "measured"
+  assert _reread(sol) == sol
+
+
 def test_measure_frontier_measures_every_schedule_once_and_the_choice_uses_it(tmp_path):
   """measure_all: one evaluator call for the whole frontier; every frontier schedule is in
   `checked` with its measured value; the model's own frontier error is reported exactly; the

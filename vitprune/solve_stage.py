@@ -869,7 +869,8 @@ def measure_frontier(solution: Solution, evaluate: Evaluator, *,
   yet) -> the solution with each of them in `checked` (measured metric, Wilson interval for
   `num_images`) and `settings['frontier_accuracy_error']`: the combination model's error on
   its own frontier, in points (predicted - measured: mean |e|, max |e|, mean signed). `chosen`
-  and `full` are measured too and replaced by their measured copies. The frontier's predictions
+  and `full` are measured too (`full` already is: the estimate's measurement) and replaced by
+  their measured copies, both in `checked`. The frontier's predictions
   stay as they were (a diagnostic of the model); a choice made after this (`check_floor`) uses
   the measured values."""
   if not solution.frontier:
@@ -880,13 +881,16 @@ def measure_frontier(solution: Solution, evaluate: Evaluator, *,
                if known.get(p.counts, p).measured_accuracy is None}.values())
   for c in _measure(evaluate, todo, num_images):
     known[c.counts] = c
+  for c in own:             # (the unpruned one as the estimate measured it: a candidate too)
+    if c.measured_accuracy is not None:
+      known.setdefault(c.counts, c)
   settings = dict(solution.settings, frontier_accuracy_error=_error_points(
       [(p.predicted_accuracy, known[p.counts].measured_accuracy) for p in solution.frontier]))
   full = solution.full
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
   return dataclasses.replace(
       solution, checked=checked, settings=settings, chosen=known[solution.chosen.counts],
-      full=None if full is None else known.get(full.counts, full))
+      full=None if full is None else known[full.counts])
 
 
 def margin_table(model: solve.CostModel, margins: Dict[Tuple[int, ...], np.ndarray]
