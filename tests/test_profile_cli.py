@@ -335,8 +335,17 @@ def test_default_flags_run_the_pipeline_on_the_embedded_model():
 
 
 def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys):
-  s = cli.main(_flags(f"--out_dir={tmp_path}", *FAST, "--tokens=65,49,33,17",
+  # A keep killed while staging (a probe: SIGKILL while a failed run kept its measurements)
+  # left its hidden temporary, which only a later failed run swept: a succeeding one does too.
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  stale = tmp_path / f".run.partial-0badf00d.tmp-{int(dead.stdout)}-abc"
+  live = tmp_path / f".run.partial-0badf00e.tmp-{os.getpid()}-abc"    # a writer still at work
+  (stale / "profile").mkdir(parents=True)
+  live.mkdir()
+  s = cli.main(_flags(f"--out_dir={tmp_path / 'run'}", *FAST, "--tokens=65,49,33,17",
          "--num_images=40", "--eval_batch_size=20"))
+  assert not stale.exists() and live.exists()
   assert s["model"] == "vit_digits" and s["num_images"] == 40 and s["metric"] == "accuracy"
   assert s["n_star"] in (65, 49, 33, 17)
   assert (s["alpha"], s["accuracy_floor"], s["latency_budget"]) == (0.5, None, None)
@@ -456,6 +465,26 @@ def test_a_failed_late_stage_keeps_what_was_measured(tmp_path, capsys, monkeypat
   assert {p.component for p in records.load(str(prof)).points} == {"model", "schedule"}
   assert read_estimate(str(kept / "estimate" / "vit_digits_pomt_layers.json")).kind == (
       "sensitivity")
+
+
+def test_a_signal_while_keeping_the_measurements_still_says_why_the_run_failed(
+    tmp_path, capsys, monkeypatch):
+  """A probe: SIGTERM while a failed run kept its measurements printed 'error: terminated'
+  alone; the failure it was keeping them for was never shown."""
+  from vitprune import pipeline  # pylint: disable=g-import-not-at-top
+
+  def broken(*args, **kwargs):
+    raise ValueError("refusing to replace run: it holds NOTES.txt")
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(pipeline, "write_outputs", broken)
+  monkeypatch.setattr(pipeline, "keep_measured", killed)
+  with pytest.raises(KeyboardInterrupt):
+    cli.main(_flags(f"--out_dir={tmp_path / 'run'}", *FAST, "--tokens=65,33",
+                    "--num_images=20", "--eval_batch_size=20"))
+  assert ("the run had failed (refusing to replace run: it holds NOTES.txt); interrupted "
+          "while keeping what it measured") in capsys.readouterr().out
 
 
 def test_an_image_the_estimate_cannot_read_keeps_the_profile(tmp_path, capsys):

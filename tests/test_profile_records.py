@@ -475,6 +475,27 @@ def test_a_table_of_someone_else_beside_a_profile_is_not_replaced(tmp_path):
   assert open(paths["csv"]).read() == "my,data\n1,2\n"
 
 
+def test_a_killed_keep_of_refused_points_is_swept_by_the_next_save(tmp_path):
+  """A probe killed a run while it kept refused points beside the profile (a fresh
+  `.kept-XXXXXXXX.json` name each): its staging folder and lock file stayed for good, as no
+  later writer looked for that name."""
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  from vitprune.profile import runner  # pylint: disable=g-import-not-at-top
+  prof = _profile(_staircase_points())
+  stem = records.file_stem(prof)
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  stale = tmp_path / f".{stem}.kept-55a38fec.json.tmp-{int(dead.stdout)}-abc"
+  lock = tmp_path / f".{stem}.kept-55a38fec.json.lock"
+  other = tmp_path / f".{stem}x.kept-55a38fec.json.lock"          # another profile's name
+  stale.mkdir()
+  lock.write_text("")
+  other.write_text("")
+  runner._write_or_keep(prof, str(tmp_path))
+  assert not stale.exists() and not lock.exists() and other.exists()
+  assert records.load(str(tmp_path / f"{stem}.json")).points == prof.points
+
+
 def test_a_run_whose_points_the_file_refuses_keeps_them_beside_it(tmp_path):
   """Two runs of other timing settings started on an empty --out_dir: both passed the up-front
   check, the second to save was refused by the first's file and every point it measured was

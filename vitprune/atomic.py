@@ -701,11 +701,13 @@ def cleanup_stale(path: str) -> None:
   _remove_unheld_lock(path)
 
 
-def cleanup_stale_named(parent: str, prefix: str) -> None:
-  """`cleanup_stale` for every NAME in `parent` starting with `prefix` that has temporaries or a
-  lock file there: for writers that draw a fresh NAME per run (`<out_dir>.partial-XXXX`), whose
-  killed temporaries no later run of the same NAME would find."""
-  pattern = re.compile(rf"^\.({re.escape(prefix)}[^.]+)\.(?:{'|'.join(_KINDS)}|lock)")
+def cleanup_stale_named(parent: str, prefix: str, suffix: str = "") -> None:
+  """`cleanup_stale` for every NAME in `parent` of `prefix`, a token without dots and `suffix`
+  that has temporaries or a lock file there: for writers that draw a fresh NAME per run
+  (`<out_dir>.partial-XXXX`, a profile's `<stem>.kept-XXXXXXXX.json`), whose killed
+  temporaries no later run of the same NAME would find."""
+  pattern = re.compile(rf"^\.({re.escape(prefix)}[^.]+{re.escape(suffix)})\."
+                       rf"(?:{'|'.join(_KINDS)}|lock)")
   try:
     entries = os.listdir(parent)
   except FileNotFoundError:

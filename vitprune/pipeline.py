@@ -547,8 +547,13 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
     lap("verify")
     return write_outputs(out_dir, spec, data, weights_source, profile, estimate, solution,
                          verification, seconds)
-  except Exception:            # (not a Ctrl-C: an interrupted run writes nothing)
-    kept = keep_measured(out_dir, spec, profile, estimate, log)
+  except Exception as failure:     # (not a Ctrl-C: an interrupted run writes nothing)
+    try:
+      kept = keep_measured(out_dir, spec, profile, estimate, log)
+    except BaseException:      # (a signal while keeping: its line alone hid why the run failed)
+      log(f"the run had failed ({console.one_line(failure)}); interrupted while keeping what "
+          "it measured")
+      raise
     if kept and estimate is None:      # (an image of --data that cannot be read, say)
       log(f"the estimate stage failed; the profile measured before it is kept in {kept} "
           "(experiments.solve reads it with an estimate of experiments.estimate)")
@@ -617,8 +622,7 @@ def keep_measured(out_dir: str, spec: PipelineSpec, profile: records.Profile,
   out_dir = os.path.abspath(out_dir)
   token = secrets.token_hex(4)
   kept = atomic.fitting_name(out_dir, f".partial-{token}")        # (a long name cut short)
-  parent, name = os.path.split(kept)
-  atomic.cleanup_stale_named(parent, name[:-len(token)])  # (killed keeps: a fresh name each)
+  _cleanup_stale_keeps(out_dir)
   try:
     with atomic.staged_dir(kept, overwrite=False) as tmp:
       runner.write_outputs(profile, os.path.join(tmp, "profile"))
@@ -628,6 +632,15 @@ def keep_measured(out_dir: str, spec: PipelineSpec, profile: records.Profile,
   except (OSError, ValueError) as e:
     log(f"could not keep the profile and estimate measured so far: {e}")
     return None
+
+
+def _cleanup_stale_keeps(out_dir: str) -> None:
+  """The temporaries of `keep_measured` writers killed before they published (a fresh
+  `<out_dir>.partial-XXXX` name each: no later keep of the same name finds them), removed
+  by the next run that writes outputs or keeps them (ours only: `atomic.cleanup_stale`)."""
+  parent, name = os.path.split(atomic.fitting_name(os.path.abspath(out_dir),
+                                                   ".partial-" + "0" * 8))
+  atomic.cleanup_stale_named(parent, name[:-8])
 
 
 def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
@@ -642,6 +655,7 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
   cfg = solution.config
   metric = default_metric(data.labelled)
   name = _estimate_name(spec, estimate)
+  _cleanup_stale_keeps(out_dir)
   with atomic.staged_dir(out_dir, overwrite=True, is_ours=is_pipeline_dir) as tmp:
 
     def final(path: str) -> str:   # where a staged file will be once published

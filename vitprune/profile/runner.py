@@ -51,6 +51,7 @@ import jaxlib
 import numpy as np
 from tqdm import tqdm
 
+from vitprune import atomic
 from vitprune import console
 from vitprune import memory
 from vitprune import model as model_lib
@@ -419,6 +420,9 @@ def _write_or_keep(profile: records.Profile, out_dir: str) -> Dict[str, str]:
   wrote a profile of other timing settings or another reducer there meanwhile; found only
   after measuring), the points written beside it under a new name, said in the ValueError:
   every point measured was discarded."""
+  # (a run killed while keeping its points left temporaries no later keep, of a fresh name
+  # each, would find)
+  atomic.cleanup_stale_named(out_dir, f"{records.file_stem(profile)}.kept-", ".json")
   try:
     return write_outputs(profile, out_dir)
   except ValueError as e:
