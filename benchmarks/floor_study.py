@@ -40,7 +40,7 @@ from experiments import common
 from experiments import profile as profile_cli
 from vitprune import atomic
 from vitprune import pipeline
-from vitprune import solve, solve_stage
+from vitprune import solve, solve_loop
 from vitprune.profile import latency_model
 from vitprune.records.solution import meets_measured_floor, read_solution
 from vitprune.reduce.methods import make_reducer
@@ -97,7 +97,7 @@ def run_seed(seed: int, floor: float, method: str, job_flags: Sequence[str], out
   try:
     with contextlib.redirect_stdout(io.StringIO()):
       summary = profile_cli.main(f)
-  except solve_stage.FloorNotMetError as e:      # an outcome of the study, not a crash
+  except solve_loop.FloorNotMetError as e:      # an outcome of the study, not a crash
     return {"seed": seed, "floor": floor, "meets_floor": False, "floor_not_met": str(e),
             "retime": None, "wall_s": time.perf_counter() - t0}
   wall = time.perf_counter() - t0

@@ -39,6 +39,7 @@ from experiments import common
 from experiments import profile as profile_cli
 from vitprune import atomic
 from vitprune import solve
+from vitprune import solve_loop
 from vitprune import solve_stage
 
 RESULT_FORMAT = "vitprune-holdout-study"    # marks --out files this script may replace
@@ -74,7 +75,7 @@ def run_seed(seed: int, floor: float, method: str, holdout: int, job_flags: Sequ
   try:
     with contextlib.redirect_stdout(io.StringIO()):
       summary = profile_cli.main(f)
-  except solve_stage.FloorNotMetError as e:      # an outcome of the study, not a crash
+  except solve_loop.FloorNotMetError as e:      # an outcome of the study, not a crash
     return {"seed": seed, "floor_not_met": common.one_line(e),
             "wall_s": time.perf_counter() - t0}
   m, held = summary["metric"], summary["holdout"]

@@ -19,7 +19,7 @@ For vit_digits (trained weights, the 359 sklearn digits test images) also the fr
 method's per-layer sensitivity is estimated, the multi-layer frontier solved with the calibrated
 model, and its schedules measured (latency and accuracy): latency error on the frontier, and the
 accuracy error (points) of the combination model vs measured; the floor choice is checked in the
-loop (`solve_stage.check_in_loop`) and its measured accuracy compared with --accuracy_floor.
+loop (`solve_loop.check_in_loop`) and its measured accuracy compared with --accuracy_floor.
 Calibration time is reported as a share of the profile time (the block-table profile; both after
 one warm-up compile, so neither carries the process's start-up; the profile, measured after the
 first calibration, loads the 3 whole-model graphs of its predictor check from the compile cache
@@ -44,7 +44,7 @@ from experiments import common
 from vitprune import atomic
 from vitprune import jsonio
 from vitprune import memory
-from vitprune import solve, solve_stage
+from vitprune import solve, solve_loop, solve_stage
 from vitprune import estimate as estimate_lib
 from vitprune.model import init_params
 from vitprune.pipeline import one_block_counts
@@ -195,7 +195,7 @@ def run_one(cfg, params, batch, methods, *, num, num_cal, tcfg, threads, seed, d
       try:
         row.update(_frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
                              threads, seed, table, quick))
-      except solve_stage.FloorNotMetError as e:    # an outcome of the benchmark, not a crash
+      except solve_loop.FloorNotMetError as e:    # an outcome of the benchmark, not a crash
         row.update(frontier=None, choice={"floor": floor, "meets_floor": False,
                                           "floor_not_met": str(e)})
       save()
@@ -234,7 +234,7 @@ def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
   def time_schedules(counts_list):
     return _measure(cfg, params, method, batch, list(counts_list), tcfg, threads, seed)[0]
 
-  loop = solve_stage.check_in_loop(sol, est, None, evaluate, time_schedules,
+  loop = solve_loop.check_in_loop(sol, est, None, evaluate, time_schedules,
                                    num_images=len(data.indices))
   ch = loop.chosen
   return {"frontier": {

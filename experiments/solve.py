@@ -39,6 +39,7 @@ from experiments import common
 from vitprune import estimate as estimate_lib
 from vitprune import memory
 from vitprune import pipeline
+from vitprune import solve_loop
 from vitprune import solve_stage
 from vitprune.digest import params_sha256
 from vitprune.profile.protocol import flag_timing
@@ -240,9 +241,9 @@ def main(f: flags.FlagValues):
       timer = pipeline.schedule_timer(loop["cfg"], loop["params"], spec, loop["reducer"])
       loop_kw = dict(neighbours=f.loop_neighbours, num_images=loop["num_images"])
       if f.latency_budget is not None:
-        sol = solve_stage.check_budget_in_loop(sol, loop["evaluate"], timer, **loop_kw)
+        sol = solve_loop.check_budget_in_loop(sol, loop["evaluate"], timer, **loop_kw)
       else:
-        sol = solve_stage.check_in_loop(sol, estimate, None, loop["evaluate"], timer, **loop_kw)
+        sol = solve_loop.check_in_loop(sol, estimate, None, loop["evaluate"], timer, **loop_kw)
   paths = write_solution(sol, f.out_dir)
   if f.mode == "multi" and None in estimate.layers:     # (dropped without a word)
     print(f"note: the estimate's embed row (tokens dropped after the embedding) is not used: "
@@ -294,7 +295,7 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
                                              metric=metric)
 
   def remeasured():        # when the refinement starts: after every input check of the solve
-    got, differ = solve_stage.remeasure_margins(estimate, evaluate, metric)
+    got, differ = solve_loop.remeasure_margins(estimate, evaluate, metric)
     margins.update(got)               # (`evaluate` recorded them too; these are the contract)
     if differ:
       print(f"note: {len(differ)} of the {len(got)} schedules of {common.shown(estimate.source)} "

@@ -776,10 +776,10 @@ def test_floor_study_records_a_seed_whose_floor_is_not_met(tmp_path, monkeypatch
   """A main job refusing a floor nothing met on measurement (FloorNotMetError) is a row of the
   study (meets: NO), not a crash that loses the seeds before it."""
   from benchmarks import floor_study  # pylint: disable=g-import-not-at-top
-  from vitprune import solve_stage  # pylint: disable=g-import-not-at-top
+  from vitprune import solve_loop  # pylint: disable=g-import-not-at-top
 
   def refuse(f):
-    raise solve_stage.FloorNotMetError("accuracy floor 0.99 is not met on measurement: x")
+    raise solve_loop.FloorNotMetError("accuracy floor 0.99 is not met on measurement: x")
 
   monkeypatch.setattr(floor_study.profile_cli, "main", refuse)
   row = floor_study.run_seed(3, 0.99, "pomt", [], str(tmp_path))
@@ -1186,13 +1186,13 @@ def test_holdout_study_rows_and_refusals(tmp_path, monkeypatch):
   import pytest  # pylint: disable=g-import-not-at-top
   from benchmarks import holdout_study  # pylint: disable=g-import-not-at-top
   from experiments import common  # pylint: disable=g-import-not-at-top
-  from vitprune import solve_stage  # pylint: disable=g-import-not-at-top
+  from vitprune import solve_loop  # pylint: disable=g-import-not-at-top
   seen = []
 
   def job(f):
     seen.append((f.seed, f.holdout_images, f.accuracy_floor))
     if f.seed == 1:
-      raise solve_stage.FloorNotMetError("accuracy floor 0.97 is not met on measurement: x")
+      raise solve_loop.FloorNotMetError("accuracy floor 0.97 is not met on measurement: x")
     return {"metric": "accuracy", "schedule": "keep@1:41", "counts": [65, 65, 41], "speedup": 1.2,
             "num_images": 239, "pruned": {"accuracy": 0.975}, "unpruned": {"accuracy": 0.98},
             "holdout": {"num_images": 120, "floor_met": False, "floor_status": "straddles",

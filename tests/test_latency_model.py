@@ -7,6 +7,7 @@ import pytest
 
 from vitprune import intervals
 from vitprune import solve
+from vitprune import solve_loop
 from vitprune import solve_stage
 from vitprune.config import config_to_dict
 from vitprune.profile import latency_model as lm_lib
@@ -290,7 +291,7 @@ def test_check_in_loop_picks_the_fastest_measured_schedule_meeting_the_floor():
     calls.append(("time", list(counts_list)))
     return [true_lat[c] for c in counts_list]
 
-  out = solve_stage.check_in_loop(sol, None, None, evaluate, time_schedules, neighbours=2)
+  out = solve_loop.check_in_loop(sol, None, None, evaluate, time_schedules, neighbours=2)
   # Neighbours: faster (17, 5, 3) was measured below the floor -> excluded; slower two are
   # (17, 9, 9) and (17, 13, 9); (17, 13, 13) is the third and not considered.
   assert calls[0] == ("evaluate", [(17, 9, 9), (17, 13, 9)])
@@ -305,8 +306,8 @@ def test_check_in_loop_picks_the_fastest_measured_schedule_meeting_the_floor():
   assert (by[(17, 9, 9)].measured_accuracy_low, by[(17, 9, 9)].measured_accuracy_high) == (lo, hi)
   # 0.89 on 400 images: interval 0.856..0.917 contains 0.9 -> reported as straddling.
   assert out.settings["floor_straddles"] == ["list:17,13,9"]
-  assert solve_stage.floor_status(by[(17, 13, 9)], 0.9) == "straddles"
-  assert solve_stage.floor_status(by[(17, 9, 9)], 0.9) == "meets"
+  assert solve_loop.floor_status(by[(17, 13, 9)], 0.9) == "straddles"
+  assert solve_loop.floor_status(by[(17, 9, 9)], 0.9) == "meets"
   back = Solution.from_json(out.to_json())
   assert back.chosen == out.chosen and back.checked == out.checked
 
@@ -315,7 +316,7 @@ def test_check_in_loop_without_floor_is_refused():
   c = _cand((17, 17, 17), 1.0, 0.9, measured=0.9)
   sol = dataclasses.replace(_solution([c], c), settings={"accuracy_floor": None})
   with pytest.raises(ValueError, match="accuracy floor"):
-    solve_stage.check_in_loop(sol, None, None, lambda c: [], lambda c: [])
+    solve_loop.check_in_loop(sol, None, None, lambda c: [], lambda c: [])
 
 
 def test_calibration_schedules_of_a_capped_method_reach_the_smallest_count():

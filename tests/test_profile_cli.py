@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from vitprune import pipeline, solve, solve_stage
+from vitprune import pipeline, solve, solve_loop
 from vitprune.profile import records, runner
 from vitprune.registry import get_config
 from vitprune.schedule import Schedule, parse_token_grid
@@ -553,8 +553,8 @@ def test_measurements_that_cannot_be_kept_leave_no_partial_folder(tmp_path, caps
 def test_a_budget_is_checked_in_the_loop_with_no_neighbours(tmp_path):
   """--loop_neighbours=0 skipped the budget's check: a budget no graph can meet ended normally,
   the fastest schedule labelled 'utility'. The choice alone is timed now, and checked."""
-  from vitprune import solve_stage  # pylint: disable=g-import-not-at-top
-  with pytest.raises(solve_stage.BudgetNotMetError, match="latency budget"):
+  from vitprune import solve_loop  # pylint: disable=g-import-not-at-top
+  with pytest.raises(solve_loop.BudgetNotMetError, match="latency budget"):
     cli.main(_flags(f"--out_dir={tmp_path}", *FAST, "--tokens=65,33,17", "--num_images=40",
                     "--eval_batch_size=20", "--solver=multi", "--latency_budget=1e-9",
                     "--loop_neighbours=0"))
@@ -981,7 +981,7 @@ def test_a_maximum_drop_is_judged_against_the_unpruned_model_on_each_set_of_imag
     lo, hi = change["interval_95"]
     assert lo <= change["value"] <= hi and hi - lo > 0
   lo, hi = held["pruned"]["change"]["interval_95"]
-  assert held["floor_status"] == solve_stage.interval_status(
+  assert held["floor_status"] == solve_loop.interval_status(
       held["unpruned"]["accuracy"] + lo, held["unpruned"]["accuracy"] + hi, held["floor"])
   out = capsys.readouterr().out
   assert "solve: multi-layer Pareto frontier, accuracy >= the unpruned's - 0.05" in out

@@ -510,8 +510,8 @@ def test_write_solution_refuses_what_read_solution_would_refuse(tmp_path, edit, 
 def test_what_the_writers_record_is_read_back():
   """Review: `--step_k=0` (the flag's lower bound) and an error summary whose mean of equal
   errors lands one ulp above their max were written, then refused by the reader."""
-  from vitprune import solve_stage  # pylint: disable=g-import-not-at-top
-  err = solve_stage._error_points([(40 / 60, 41 / 60)] * 3)  # pylint: disable=protected-access
+  from vitprune import solve_loop  # pylint: disable=g-import-not-at-top
+  err = solve_loop._error_points([(40 / 60, 41 / 60)] * 3)  # pylint: disable=protected-access
   assert err["mean_abs_points"] > err["max_abs_points"]          # (float rounding)
   assert S._error_summary(err)  # pylint: disable=protected-access
   ok, _ = S._SETTINGS["step_k"]  # pylint: disable=protected-access

@@ -14,6 +14,7 @@ import pytest
 
 from vitprune import intervals
 from vitprune import solve
+from vitprune import solve_loop
 from vitprune import solve_stage
 from vitprune import schedule as schedule_lib
 from vitprune.config import config_to_dict
@@ -1335,23 +1336,23 @@ def test_measure_frontier_measures_every_schedule_once_and_the_choice_uses_it(tm
   assert any("every frontier schedule measured on the data" in line
              for line in summary_lines(sol))
   # Measuring again measures nothing new.
-  again = solve_stage.measure_frontier(sol, evaluate, num_images=NUM_EXAMPLES)
+  again = solve_loop.measure_frontier(sol, evaluate, num_images=NUM_EXAMPLES)
   assert len(calls) == 1 and again.checked == sol.checked
   with pytest.raises(solve_stage.SolveInputError, match="needs an evaluator"):
     _multi(ps, es, accuracy_floor=floor, measure_all=True)
   with pytest.raises(ValueError, match="returned 1 values for"):
-    solve_stage.measure_frontier(predicted, lambda cs: [0.5], num_images=NUM_EXAMPLES)
+    solve_loop.measure_frontier(predicted, lambda cs: [0.5], num_images=NUM_EXAMPLES)
   # A value no count of the estimate's images gives: measured on other images.
   with pytest.raises(ValueError, match=r"measured 0.5 for .* not a count of 359 images"):
-    solve_stage.measure_frontier(predicted, lambda cs: [0.5] * len(cs), num_images=359)
+    solve_loop.measure_frontier(predicted, lambda cs: [0.5] * len(cs), num_images=359)
   # A count averaged in float32 (jnp.mean) is that count: stored as the exact k / n.
-  f32 = solve_stage.measure_frontier(
+  f32 = solve_loop.measure_frontier(
       predicted, lambda cs: [np.float32(350 / 359)] * len(cs), num_images=359)
   assert {c.measured_accuracy for c in f32.checked} == {350 / 359}
   assert Solution.from_json(f32.to_json()).checked == f32.checked
   # Every count of n images, 0 and n included, makes a solution its reader accepts.
   for k in (0, 359):
-    edge = solve_stage.measure_frontier(predicted, lambda cs, k=k: [k / 359] * len(cs),
+    edge = solve_loop.measure_frontier(predicted, lambda cs, k=k: [k / 359] * len(cs),
                                         num_images=359)
     assert Solution.from_json(edge.to_json()).chosen.measured_accuracy == k / 359
 
@@ -1404,7 +1405,7 @@ def test_a_floor_nothing_meets_on_measurement_is_an_error(tmp_path):
     calls.append(list(counts_list))
     return [_share(0.92)] * len(counts_list)
 
-  with pytest.raises(solve_stage.FloorNotMetError, match=(
+  with pytest.raises(solve_loop.FloorNotMetError, match=(
       r"^accuracy floor 0\.95 is not met on measurement: the unpruned schedule measures 0\.9000 "
       rf"on {NUM_EXAMPLES} images, the best of the \d+ other schedules measured 0\.9300 "
       r"\(keep@\d:\d+\); lower the floor$")):
@@ -1413,11 +1414,11 @@ def test_a_floor_nothing_meets_on_measurement_is_an_error(tmp_path):
   # The in-loop check refuses a measured choice below the floor the same way.
   below = dataclasses.replace(predicted, basis="measured", chosen=dataclasses.replace(
       predicted.full, measured_accuracy=0.9))
-  with pytest.raises(solve_stage.FloorNotMetError, match="the unpruned schedule measures 0.9000"):
-    solve_stage.check_in_loop(below, read_estimate(es), None, evaluate,
+  with pytest.raises(solve_loop.FloorNotMetError, match="the unpruned schedule measures 0.9000"):
+    solve_loop.check_in_loop(below, read_estimate(es), None, evaluate,
                               lambda cs: [1e-3] * len(cs))
   # ... unless a neighbour it measures meets the floor: then the choice is among those.
-  loop = solve_stage.check_in_loop(below, read_estimate(es), None,
+  loop = solve_loop.check_in_loop(below, read_estimate(es), None,
                                    lambda cs: [_share(0.97)] * len(cs),
                                    lambda cs: [1e-3] * len(cs))
   assert loop.chosen.counts != predicted.full.counts and loop.chosen.measured_accuracy == 0.97
@@ -1445,7 +1446,7 @@ def test_a_floor_above_every_prediction_is_decided_on_measurement(tmp_path):
   assert s.chosen.measured_accuracy == 0.93 and s.basis == "measured"
   assert s.criterion == "accuracy_floor_measured" and s.settings["accuracy_floor"] == 0.92
   assert _reread(s).chosen == s.chosen
-  with pytest.raises(solve_stage.FloorNotMetError, match=r"^accuracy floor 0\.99 is not met on "
+  with pytest.raises(solve_loop.FloorNotMetError, match=r"^accuracy floor 0\.99 is not met on "
                                                         r"measurement: the unpruned schedule"):
     _multi(ps, es, accuracy_floor=0.99, evaluate=evaluate)
 
@@ -1477,7 +1478,7 @@ def test_the_reader_refuses_measured_claims_the_numbers_do_not_bear(tmp_path):
   accuracy = {p.counts: p.predicted_accuracy for p in pred.frontier + (pred.full,)}
   evaluate = lambda cs: [_share(min(1.0, accuracy.get(tuple(c), 0.9))) for c in cs]
   sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate)
-  loop = solve_stage.check_in_loop(sol, read_estimate(es), None, evaluate,
+  loop = solve_loop.check_in_loop(sol, read_estimate(es), None, evaluate,
                                    lambda cs: [1e-3 * (1 + i) for i in range(len(cs))])
   timed = [c for c in loop.checked if c.measured_latency_s is not None]
   assert len(timed) > 1 and loop.settings["latency_basis"] == "measured"
@@ -1518,7 +1519,7 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
     lat = {p.counts: p.predicted_latency_s for p in pred.frontier + (pred.full,)}
     return [scale * lat[tuple(c)] for c in counts_list]
 
-  loop = solve_stage.check_budget_in_loop(pred, evaluate, time_schedules, neighbours=2)
+  loop = solve_loop.check_budget_in_loop(pred, evaluate, time_schedules, neighbours=2)
   assert len(timed) == 1 and len(timed[0]) == 5 and pred.chosen.counts in set(
       map(tuple, timed[0]))    # one measurement: choice + 2 + 2 (the unpruned: predicted over)
   assert loop.criterion == "latency_budget_measured" and loop.basis == "measured"
@@ -1543,17 +1544,17 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
       f"{loop.chosen.measured_accuracy} within the budget, more than the chosen "
       f"{worse.schedule}'s {worse.measured_accuracy} (edited?)")):
     _reread(dataclasses.replace(loop, chosen=worse))
-  with pytest.raises(solve_stage.BudgetNotMetError, match=(
+  with pytest.raises(solve_loop.BudgetNotMetError, match=(
       r"^latency budget [\d.]+ ms is not met on measurement: the fastest of the \d+ schedules "
       r"timed, \S+, measures [\d.]+ ms \(predicted [\d.]+ ms\); raise the budget$")):
-    solve_stage.check_budget_in_loop(pred, evaluate, lambda cs: time_schedules(cs, scale=50))
+    solve_loop.check_budget_in_loop(pred, evaluate, lambda cs: time_schedules(cs, scale=50))
   with pytest.raises(ValueError, match="needs a solution with a latency budget"):
-    solve_stage.check_budget_in_loop(plain, evaluate, time_schedules)
+    solve_loop.check_budget_in_loop(plain, evaluate, time_schedules)
   # A model that under-predicts: nothing around the choice fits, so the aim is corrected by the
   # measured / predicted ratio (it failed with "raise the budget" while 12 of 36 frontier
   # schedules measured within it).
   timed.clear()
-  slow = solve_stage.check_budget_in_loop(pred, evaluate, lambda cs: time_schedules(cs, 1.1))
+  slow = solve_loop.check_budget_in_loop(pred, evaluate, lambda cs: time_schedules(cs, 1.1))
   assert len(timed) == 2 and slow.chosen.measured_latency_s <= budget
   assert slow.settings["timed_rounds"] == [5, 3] and slow.settings["timed_in_loop"] == 8
   fits = [p for p in pred.frontier if 1.1 * p.predicted_latency_s <= budget]
@@ -1564,7 +1565,7 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
   timed.clear()
   odd = lambda cs: [(0.5 if lat <= lats[2] else 3.0) * lat
                     for lat in time_schedules(cs, scale=1.0)]
-  found = solve_stage.check_budget_in_loop(pred, evaluate, odd, max_rounds=1)
+  found = solve_loop.check_budget_in_loop(pred, evaluate, odd, max_rounds=1)
   assert found.chosen.measured_latency_s <= budget and len(timed) == 2
   assert found.chosen.predicted_latency_s <= lats[2] and lats[0] in {
       p.predicted_latency_s for p in found.checked if p.measured_latency_s is not None}
@@ -1572,7 +1573,7 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
   roomy = dataclasses.replace(pred, settings=dict(pred.settings, latency_budget=1.0),
                               frontier=tuple(p for p in pred.frontier
                                              if p.counts != pred.full.counts))
-  assert solve_stage.check_budget_in_loop(roomy, evaluate, time_schedules).chosen.counts == (
+  assert solve_loop.check_budget_in_loop(roomy, evaluate, time_schedules).chosen.counts == (
       pred.full.counts)
   # A budget below every prediction: the fastest is a provisional choice, decided on
   # measurement (it stopped at 'infeasible' before anything was measured).
@@ -1599,7 +1600,7 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
                        "'latency_budget', settings.latency_budget and the chosen schedule "
                        "predicted fastest"):
       _reread(edited)
-  done = solve_stage.check_budget_in_loop(fast, evaluate, lambda cs: time_schedules(cs, 0.5))
+  done = solve_loop.check_budget_in_loop(fast, evaluate, lambda cs: time_schedules(cs, 0.5))
   assert done.chosen.measured_latency_s <= tight and _reread(done).chosen == done.chosen
   assert "budget_provisional" not in done.settings          # decided on measurement
   # ... also after the frontier was measured or refined (the choice made again on those
@@ -1610,7 +1611,7 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
     assert again.chosen.predicted_latency_s == lats[0], kw
     assert again.criterion == "latency_budget" and "budget_provisional" in again.settings, kw
     timed.clear()
-    done = solve_stage.check_budget_in_loop(again, evaluate, lambda cs: time_schedules(cs, 0.5),
+    done = solve_loop.check_budget_in_loop(again, evaluate, lambda cs: time_schedules(cs, 0.5),
                                             max_rounds=0)
     assert done.chosen.measured_latency_s <= tight and len(timed) == 1, kw
 
@@ -1641,7 +1642,7 @@ def test_a_budgets_correction_round_times_the_most_accurate_below_its_aim(tmp_pa
     timed.append([tuple(c) for c in counts_list])
     return [1.1 * lat[tuple(c)] for c in counts_list]
 
-  loop = solve_stage.check_budget_in_loop(measured, evaluate, time_schedules, neighbours=2)
+  loop = solve_loop.check_budget_in_loop(measured, evaluate, time_schedules, neighbours=2)
   assert len(dip) == 3 and len(timed) == 2 and loop.settings["timed_rounds"] == [5, 3]
   fits = [c for c, v in lat.items() if 1.1 * v <= budget]
   best = max(evaluate(fits))
@@ -1679,7 +1680,7 @@ def test_the_estimates_single_reductions_meeting_the_floor_are_timed_in_the_loop
               if p.counts != sol.chosen.counts and solve.meets_floor(
                   p.predicted_accuracy if p.measured_accuracy is None else p.measured_accuracy,
                   floor)}
-  want = {sol.chosen.counts} | {p.counts for p in solve_stage._around(
+  want = {sol.chosen.counts} | {p.counts for p in solve_loop._around(
       sol.chosen, list(eligible.values()), 2)}      # pylint: disable=protected-access
   target = next(iter(listed & want))
   timed = []
@@ -1688,11 +1689,11 @@ def test_the_estimates_single_reductions_meeting_the_floor_are_timed_in_the_loop
     timed.append({tuple(c) for c in counts_list})
     return [1e-4 if tuple(c) == target else 1e-3 for c in counts_list]
 
-  loop = solve_stage.check_in_loop(sol, read_estimate(es), None, evaluate, time_schedules)
+  loop = solve_loop.check_in_loop(sol, read_estimate(es), None, evaluate, time_schedules)
   assert timed == [want] and loop.chosen.counts == target
   assert loop.chosen.measured_accuracy >= floor and _reread(loop).chosen == loop.chosen
   timed.clear()                           # without the listing it was never timed
-  solve_stage.check_in_loop(plain, read_estimate(es), None, evaluate, time_schedules)
+  solve_loop.check_in_loop(plain, read_estimate(es), None, evaluate, time_schedules)
   assert target not in timed[0]
 
 
@@ -1726,7 +1727,7 @@ def test_a_schedule_predicted_below_the_floor_but_measured_above_it_can_be_chose
     return [1e-3] * len(counts_list)
 
   start = dataclasses.replace(sol, chosen=other)
-  solve_stage.check_in_loop(start, read_estimate(es), None, evaluate, time_schedules,
+  solve_loop.check_in_loop(start, read_estimate(es), None, evaluate, time_schedules,
                             neighbours=len(sol.frontier))
   assert fastest.counts in timed
 
@@ -1780,7 +1781,7 @@ def test_in_loop_neighbours_include_measured_schedules_off_the_frontier(tmp_path
     timed.extend(tuple(c) for c in counts_list)
     return [1e-3] * len(counts_list)
 
-  solve_stage.check_in_loop(start, read_estimate(es), None, evaluate, time_schedules,
+  solve_loop.check_in_loop(start, read_estimate(es), None, evaluate, time_schedules,
                             neighbours=1)
   assert extra.counts in timed and sol.chosen.counts in timed
 
@@ -1795,14 +1796,14 @@ def test_checked_model_error_scores_measured_multi_layer_schedules_only():
   multi = [_cand((17, 9, 5, 5), full - d, full - 1.5 * d) for d in (0.01, 0.02, 0.04)]
   single = _cand((17, 9, 9, 9), 0.85, 0.5)          # one reduction: says nothing of combining
   unmeasured = _cand((17, 13, 5, 5), 0.8)
-  err = solve_stage._checked_model_error({}, multi + [single, unmeasured])
+  err = solve_loop._checked_model_error({}, multi + [single, unmeasured])
   assert err["num_schedules"] == 3
   assert err["mean_signed_points"] == pytest.approx(100 * 0.5 * np.mean([0.01, 0.02, 0.04]))
   assert err["max_abs_points"] == pytest.approx(2.0)
-  assert solve_stage._checked_model_error({}, [single, unmeasured]) is None
-  assert solve_stage._checked_model_error({}, multi[:1])["num_schedules"] == 1
+  assert solve_loop._checked_model_error({}, [single, unmeasured]) is None
+  assert solve_loop._checked_model_error({}, multi[:1])["num_schedules"] == 1
   # A refined solution's predictions were fitted to its measurements: no in-sample figure.
-  assert solve_stage._checked_model_error({"accuracy_refinement": {}}, multi) is None
+  assert solve_loop._checked_model_error({"accuracy_refinement": {}}, multi) is None
 
 
 def _hidden_delta(model, per_token):
@@ -1954,7 +1955,7 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
              for line in summary_lines(sol))
   # No correction (rounds=0): the base frontier measured, nothing fitted, not converged.
   plain = _multi(ps, es, accuracy_floor=floor)
-  once = solve_stage.refine_accuracy(plain, model, evaluate, rounds=0)[0]
+  once = solve_loop.refine_accuracy(plain, model, evaluate, rounds=0)[0]
   rounds = once.settings["accuracy_refinement"]["rounds"]
   assert len(rounds) == 1 and rounds[0]["num_schedules"] == len(plain.frontier)
   assert not once.settings["accuracy_refinement"]["converged"]
@@ -1974,7 +1975,7 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
   assert util.basis == "measured"
   assert solve.utility(lat, acc, 0.5)[[p.counts for p in util.checked].index(
       util.chosen.counts)] == pytest.approx(best.max())
-  high = solve_stage.refine_accuracy(
+  high = solve_loop.refine_accuracy(
       dataclasses.replace(sol, settings=dict(sol.settings, accuracy_floor=0.99)), model,
       evaluate)[0]
   assert high.chosen.counts == (N,) * (CFG.depth + 1)
@@ -2003,7 +2004,7 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
   with pytest.raises(solve_stage.SolveInputError, match="needs an evaluator"):
     _multi(ps, es, accuracy_floor=floor, refine_rounds=2)
   with pytest.raises(ValueError, match="rounds must be >= 0"):
-    solve_stage.refine_accuracy(sol, model, evaluate, rounds=-1)
+    solve_loop.refine_accuracy(sol, model, evaluate, rounds=-1)
 
 
 def test_refine_accuracy_reports_anchored_predictions_from_the_estimates_margins(tmp_path):
@@ -2034,9 +2035,9 @@ def test_refine_accuracy_reports_anchored_predictions_from_the_estimates_margins
       schedule_lib.layer_counts(N, n, CFG.depth, l)) for l in (1, 3, 5) for n in range(4, N)}
   singles[(N,) * (CFG.depth + 1)] = margins_of((N,) * (CFG.depth + 1))
   plain = _multi(ps, es, accuracy_floor=0.5)
-  sol, _ = solve_stage.refine_accuracy(plain, model, evaluate, rounds=4, margins=singles)
+  sol, _ = solve_loop.refine_accuracy(plain, model, evaluate, rounds=4, margins=singles)
   rows = sol.settings["accuracy_refinement"]["rounds"]
-  table = solve_stage.margin_table(model, singles)
+  table = solve_loop.margin_table(model, singles)
   ref = solve.refine_frontier(model, lambda cs: [float((margins_of(tuple(c)) > 0).mean())
                                                  for c in cs], rounds=4)
   seen = {}
@@ -2053,7 +2054,7 @@ def test_refine_accuracy_reports_anchored_predictions_from_the_estimates_margins
   from vitprune.records.solution import describe_refinement  # pylint: disable=g-import-not-at-top
   assert "; the anchored per-image prediction by " in describe_refinement(
       sol.settings["accuracy_refinement"])
-  assert "anchored" not in describe_refinement(solve_stage.refine_accuracy(
+  assert "anchored" not in describe_refinement(solve_loop.refine_accuracy(
       plain, model, lambda cs: evaluate(cs), rounds=1)[0].settings["accuracy_refinement"])
   # The table holds each single reduction's margins where the model's grid puts it.
   for l in (1, 3, 5):
@@ -2063,17 +2064,17 @@ def test_refine_accuracy_reports_anchored_predictions_from_the_estimates_margins
   np.testing.assert_array_equal(table.margins[0, 0], table.reference)   # never reduces
   missing = dict(singles)
   del missing[schedule_lib.layer_counts(N, 9, CFG.depth, 3)]
-  assert solve_stage.margin_table(model, missing) is None
-  skipped = solve_stage.refine_accuracy(plain, model, evaluate, rounds=1, margins=missing)[0]
+  assert solve_loop.margin_table(model, missing) is None
+  skipped = solve_loop.refine_accuracy(plain, model, evaluate, rounds=1, margins=missing)[0]
   ref_skipped = skipped.settings["accuracy_refinement"]       # a report: the job goes on
   assert "anchored" not in ref_skipped["rounds"][0]
   assert ref_skipped["anchored_skipped"].startswith("the per-example margins do not cover")
   # Schedules measured before the refinement (measure_frontier) are anchors from round 0 on.
   measured_margins.clear()
-  front = solve_stage.measure_frontier(plain, evaluate, num_images=50)
+  front = solve_loop.measure_frontier(plain, evaluate, num_images=50)
   anchors = dict(measured_margins)
   assert anchors and set(anchors) <= {c.counts for c in front.checked}
-  again = solve_stage.refine_accuracy(front, model, evaluate, rounds=1,
+  again = solve_loop.refine_accuracy(front, model, evaluate, rounds=1,
                                       margins={**singles, **anchors})[0]
   rows = again.settings["accuracy_refinement"]["rounds"]
   assert rows[0]["num_schedules"] == 0 and rows[1]["num_schedules"] > 0
@@ -2358,7 +2359,7 @@ def test_unpruned_chosen_as_fastest_is_not_called_the_only_one_meeting_the_floor
   sol = _multi(ps, es, max_accuracy_drop=0.05, floor_confidence=True, evaluate=evaluate,
                num_images=NUM_EXAMPLES)
   timer = lambda counts_list: [1e-4 if tuple(c) == full else 2e-4 for c in counts_list]
-  loop = solve_stage.check_in_loop(sol, read_estimate(es), None, evaluate, timer,
+  loop = solve_loop.check_in_loop(sol, read_estimate(es), None, evaluate, timer,
                                    neighbours=100, num_images=NUM_EXAMPLES)
   assert loop.chosen.counts == full
   meeting = pruned_meeting_floor(loop)
@@ -2441,7 +2442,7 @@ def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):
       predicted_latency_s=(ch.predicted_latency_s + sure[0].predicted_latency_s) / 2,
       measured_change_low=-0.25)
   assert not meets_measured_floor(unsure, sol.settings)
-  loop = solve_stage.check_in_loop(dataclasses.replace(sol, checked=sol.checked + (unsure,)),
+  loop = solve_loop.check_in_loop(dataclasses.replace(sol, checked=sol.checked + (unsure,)),
                                    est, None, evaluate, time_schedules, neighbours=1)
   assert sure[0].counts in timed and unsure.counts not in timed, timed
   assert loop.settings["timed_in_loop"] == len(timed)
@@ -2474,7 +2475,7 @@ def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):
                  num_images=NUM_EXAMPLES).chosen
   assert point.measured_accuracy_low < 0.7 <= point.measured_accuracy
   assert point.predicted_latency_s < sol.chosen.predicted_latency_s
-  with pytest.raises(solve_stage.FloorNotMetError, match=r"accuracy floor 0\.899 is not met with "
+  with pytest.raises(solve_loop.FloorNotMetError, match=r"accuracy floor 0\.899 is not met with "
                      r"95% confidence: the unpruned schedule measures 0\.9000 \(95% interval "
                      r"0\.89\d\d\.\.0\.90\d\d on 100000 images\)"):
     _multi(ps, es, accuracy_floor=0.899, floor_confidence=True,
@@ -2509,7 +2510,7 @@ def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):
   assert sol.settings["floor_straddles"] and all(
       by_name[name].measured_change_low is not None for name in sol.settings["floor_straddles"])
   unpaired = [c.schedule for c in sol.checked if c.measured_change_low is None and
-              solve_stage.floor_status(c, sol.settings["accuracy_floor"]) == "straddles"]
+              solve_loop.floor_status(c, sol.settings["accuracy_floor"]) == "straddles"]
   assert unpaired and not set(unpaired) & set(sol.settings["floor_straddles"])
   # The frontier plot draws the interval the floor was judged by (paired here), PNG bytes.
   from vitprune import solve_plot  # pylint: disable=g-import-not-at-top

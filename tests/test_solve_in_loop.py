@@ -12,7 +12,7 @@ from tests.test_solve import _point, _profile
 from vitprune import estimate as estimate_lib
 from vitprune import intervals
 from vitprune import solve
-from vitprune import solve_stage
+from vitprune import solve_loop
 from vitprune.checkpoint import save_weights
 from vitprune.model import init_params
 from vitprune.records.estimate import write_estimate
@@ -124,9 +124,9 @@ def test_anchored_prediction_remeasures_the_main_jobs_margins(inputs, capsys):
   kept.update((p.schedule.counts, m) for p, m in zip(points, result.margins[1:]))
   evaluate = estimate_lib.schedule_evaluator(TINY, params, data, make_reducer("pomt"),
                                              batch_size=7)     # batches need not match
-  from vitprune import solve_stage  # pylint: disable=g-import-not-at-top
+  from vitprune import solve_loop  # pylint: disable=g-import-not-at-top
   from vitprune.records.estimate import read_estimate  # pylint: disable=g-import-not-at-top
-  remeasured, differ = solve_stage.remeasure_margins(read_estimate(es), evaluate)
+  remeasured, differ = solve_loop.remeasure_margins(read_estimate(es), evaluate)
   assert differ == [] and list(remeasured) == list(kept)
   for counts, m in kept.items():
     np.testing.assert_allclose(remeasured[counts], m, rtol=0, atol=1e-5, err_msg=str(counts))
@@ -146,7 +146,7 @@ def test_margins_are_measured_only_when_the_refinement_needs_them(inputs):
 
   def margins():
     calls.append(1)
-    return solve_stage.remeasure_margins(read_estimate(es), evaluate)[0]
+    return solve_loop.remeasure_margins(read_estimate(es), evaluate)[0]
 
   kw = dict(accuracy_floor=0.0, allow_batch_mismatch=True, evaluate=evaluate, num_images=20,
             margins=margins)
@@ -372,7 +372,7 @@ def test_a_floor_met_with_confidence_measures_each_schedule_against_the_unpruned
              for line in summary_lines(wide))
   assert "floor met with 95% confidence by no pruned schedule: the unpruned one is chosen" in (
       summary_lines(narrow))
-  with pytest.raises(solve_stage.FloorNotMetError, match=r"accuracy floor 0\.05 is not met with "
+  with pytest.raises(solve_loop.FloorNotMetError, match=r"accuracy floor 0\.05 is not met with "
                      r"95% confidence: the unpruned schedule measures 0\.1000 \(95% interval "
                      r"0\.0279\.\.0\.3010 on 20 images\)"):
     _run_confident(root, es, ps, weights, "c3", "--accuracy_floor=0.05")

@@ -20,9 +20,9 @@ floor is checked on the data (measured accuracy, with its binomial interval) and
 measured in the loop: the choice and up to `loop_neighbours` neighbours on each side (from the
 frontier and the schedules measured) that meet the floor are compiled and timed together (in
 `loop_rounds` interleaved rounds), and the fastest measured one is chosen
-(`solve_stage.check_in_loop`). With a budget, the choice and its neighbours are measured the
+(`solve_loop.check_in_loop`). With a budget, the choice and its neighbours are measured the
 same way and the most accurate one measured within the budget is chosen
-(`solve_stage.check_budget_in_loop`). Stage 4 is unchanged, so the choice is verified on the
+(`solve_loop.check_budget_in_loop`). Stage 4 is unchanged, so the choice is verified on the
 real graph and data.
 
 The stages pass typed records in memory (`Profile`, `Estimate`, `Solution`, `Verification`);
@@ -49,6 +49,7 @@ from vitprune import estimate as estimate_lib
 from vitprune import intervals
 from vitprune import jsonio
 from vitprune import solve
+from vitprune import solve_loop
 from vitprune import solve_stage
 from vitprune.config import ViTConfig
 from vitprune.model import Params, jitted_forward
@@ -93,7 +94,7 @@ class PipelineSpec:
                                            # interleaved rounds (TimingConfig.rounds)
   measure_frontier: bool = False           # multi: measure every frontier schedule's accuracy
   refine_accuracy_rounds: int = 0          # multi: correct the accuracy model from measured
-                                           # frontiers, re-solve (solve_stage.refine_accuracy)
+                                           # frontiers, re-solve (solve_loop.refine_accuracy)
   holdout_images: Optional[int] = None     # evaluation images kept from the estimate and the
                                            # solve; the verify stage evaluates the choice on them
 
@@ -389,7 +390,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     loop_kw = dict(neighbours=spec.loop_neighbours, num_images=len(data.indices))
     before, t0 = sol.chosen, time.perf_counter()
     if floor_checked:
-      sol = solve_stage.check_in_loop(
+      sol = solve_loop.check_in_loop(
           sol, estimate, None, evaluate,
           schedule_timer(cfg, params, spec, make_reducer(spec.method)), **loop_kw)
       timed = sol.settings["timed_in_loop"]
@@ -400,7 +401,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           + ("" if sol.chosen.counts == before.counts else
              f", replacing the predicted-fastest {before.schedule}"))
     if spec.latency_budget is not None:
-      sol = solve_stage.check_budget_in_loop(
+      sol = solve_loop.check_budget_in_loop(
           sol, evaluate, schedule_timer(cfg, params, spec, make_reducer(spec.method)), **loop_kw)
       timed, rounds = sol.settings["timed_in_loop"], sol.settings["timed_rounds"]
       log(f"  timed {timed} compiled graph{'' if timed == 1 else 's'} around the choice"
@@ -740,7 +741,7 @@ def holdout_summary(result: Optional[estimate_lib.EvalResult], metric: str,
   """summary.json's "holdout": the unpruned and the chosen graph's `metric` on the held-out
   images (None without them), the chosen one's Wilson 95 % interval for their number, and with
   a floor whether the measured value meets it ("floor_met") and where the interval lies
-  ("floor_status": `solve_stage.interval_status`), and the change against the unpruned graph
+  ("floor_status": `solve_loop.interval_status`), and the change against the unpruned graph
   there (`paired_change`). With `max_drop` the floor there is the unpruned graph's measurement
   on the held-out images minus it ("floor"; `floor`, the one the choice met on its own images,
   is not used) and "floor_status" is where the paired interval of the change puts the chosen
@@ -761,7 +762,7 @@ def holdout_summary(result: Optional[estimate_lib.EvalResult], metric: str,
   if floor is not None:
     out["floor"] = floor
     out["floor_met"] = bool(solve.meets_floor(pruned, floor))
-    out["floor_status"] = solve_stage.interval_status(lo, hi, floor)
+    out["floor_status"] = solve_loop.interval_status(lo, hi, floor)
   return out
 
 

@@ -44,7 +44,7 @@ Neither model sees interactions: a cut the table calls free (a late block down t
 can cost points after an early reduction (block 0), and the DP seeks such cuts, so the default
 incremental frontier is optimistic (vit_digits POMT: +4.7 points on average;
 `benchmarks/accuracy_combination.py`). A floor is therefore checked on measurements
-(`vitprune.solve_stage.check_floor`), and `refine_frontier` corrects the model where the DP goes:
+(`vitprune.solve_loop.check_floor`), and `refine_frontier` corrects the model where the DP goes:
 it measures the frontier, fits a drop correction delta[l, n] (>= 0, non-increasing in n, 0 at N;
 `fit_drop_correction`, anchored on the single reductions the table measured) to the measured
 multi-layer schedules, re-solves with D + delta (still a drop table, so the DP stays exact) and
@@ -964,6 +964,11 @@ FLOOR_SLACK = 1e-9
 
 class InfeasibleError(ValueError):
   """No plan given to `choose` meets its floor or budget."""
+
+
+class SolveInputError(ValueError):
+  """A profile and an estimate (or an evaluator) that cannot be used together, or at all: the
+  solve stage's (`vitprune.solve_stage`) and the measured choice's (`vitprune.solve_loop`)."""
 
 
 def meets_floor(accuracy, floor: float):

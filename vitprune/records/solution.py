@@ -46,14 +46,14 @@ The reader checks the choice against the rest of the file: `chosen` is an entry 
 pruned at settings.layer), and a floor or budget criterion holds for the numbers it names.
 Multi mode with an accuracy floor: the floor means the MEASURED metric meets it;
 settings["floor_straddles"] lists checked schedules whose interval contains the floor. With
-latency measured in the loop (`solve_stage.check_in_loop`) settings["latency_basis"] is
+latency measured in the loop (`solve_loop.check_in_loop`) settings["latency_basis"] is
 "measured": the choice is the fastest measured compiled graph among those meeting the floor.
-With a latency budget checked in the loop (`solve_stage.check_budget_in_loop`) the criterion is
+With a latency budget checked in the loop (`solve_loop.check_budget_in_loop`) the criterion is
 "latency_budget_measured": the most accurate schedule (measured) whose measured latency is within
 settings["latency_budget"]; before that check, a budget no prediction is within chose the
 fastest predicted schedule provisionally (criterion "latency_budget",
 settings["budget_provisional"]).
-settings["accuracy_refinement"] (`solve_stage.refine_accuracy`): the accuracy model corrected
+settings["accuracy_refinement"] (`solve_loop.refine_accuracy`): the accuracy model corrected
 from measured frontier schedules; "rounds": per round the frontier size, the schedules measured
 and their error predicted before measurement (points; with the estimate's per-example margins
 also "anchored": `solve.anchored_accuracy`'s), "converged", "measured_schedules",
@@ -87,7 +87,7 @@ FORMAT = "vitprune-solution"
 VERSION = 1
 MODES = ("paper", "multi")
 BASES = ("predicted", "measured")
-# How a choice was made (`solve.choose`, `solve_stage.check_floor`, `check_budget_in_loop`: the
+# How a choice was made (`solve.choose`, `solve_loop.check_floor`, `check_budget_in_loop`: the
 # last since 2026-12-04; a reader older than that refuses it as not in its CRITERIA).
 CRITERIA = ("utility", "accuracy_floor", "latency_budget", "accuracy_floor_measured",
             "latency_budget_measured")
@@ -103,6 +103,13 @@ LATENCY_SOURCES = ("measured", "predicted_from_blocks", "blocks", "calibrated-gr
 
 class SolutionError(jsonio.FormatError):
   """A solution document or file that does not follow the format."""
+
+
+def reported_accuracy(accuracy: float) -> float:
+  """A predicted accuracy as reported: within [0, 1] (a raw, `--nomonotone` table can add up to
+  more than 1: the edited estimate of a fault probe predicted 1.24; capped multi-reduction plans
+  can sum their drops below 0; choices are the same either way, floors being in [0, 1])."""
+  return min(max(float(accuracy), 0.0), 1.0)
 
 
 def _opt_float(x: Any) -> Optional[float]:
@@ -124,6 +131,17 @@ class Candidate:
   num_images: Optional[int] = None
   measured_change_low: Optional[float] = None      # paired 95 % interval of the measured metric
   measured_change_high: Optional[float] = None     # minus the unpruned graph's, same images
+
+  @classmethod
+  def predicted(cls, cfg: ViTConfig, counts: Sequence[int], latency: float, accuracy: float,
+                **extra) -> "Candidate":
+    """Schedule `counts` of `cfg` with the solver's predictions (the accuracy as reported,
+    `reported_accuracy`); `extra`: further fields (tokens, measurements)."""
+    counts = tuple(int(c) for c in counts)
+    return cls(counts=counts,
+               schedule=schedule_lib.format_schedule(schedule_lib.Schedule(counts), cfg),
+               predicted_latency_s=float(latency), predicted_accuracy=reported_accuracy(accuracy),
+               **extra)
 
   def to_json(self) -> Dict[str, Any]:
     d = {"schedule": self.schedule, "counts": list(self.counts),
@@ -963,7 +981,7 @@ def summary_lines(sol: Solution) -> List[str]:
 
 
 def _errs_by(err: Dict[str, Any]) -> str:
-  """An error summary (`solve_stage._error_points`) in words: 'errs by 1.23 points on average
+  """An error summary (`solve_loop._error_points`) in words: 'errs by 1.23 points on average
   (max 4.56, mean signed +0.78; predicted - measured)'."""
   return (f"errs by {err['mean_abs_points']:.2f} points on average (max "
           f"{err['max_abs_points']:.2f}, mean signed {err['mean_signed_points']:+.2f}; "
@@ -978,13 +996,13 @@ def describe_capped(sol: Solution) -> str:
 
 
 def describe_frontier_error(err: Dict[str, Any]) -> str:
-  """One line for `settings['frontier_accuracy_error']` (`solve_stage.measure_frontier`)."""
+  """One line for `settings['frontier_accuracy_error']` (`solve_loop.measure_frontier`)."""
   return (f"every frontier schedule measured on the data ({err['num_schedules']}): the "
           f"combined accuracy model {_errs_by(err)}")
 
 
 def describe_refinement(ref: Dict[str, Any]) -> str:
-  """One line for `settings['accuracy_refinement']` (`solve_stage.refine_accuracy`): the
+  """One line for `settings['accuracy_refinement']` (`solve_loop.refine_accuracy`): the
   out-of-sample error of the first and the last round that measured new schedules, and the
   largest mean error of the rounds between them (not always falling round by round)."""
   rounds = [r for r in ref["rounds"] if r["num_schedules"]]
