@@ -5,6 +5,7 @@ import glob
 import io
 import os
 import re
+import unicodedata
 import warnings
 
 import numpy as np
@@ -910,6 +911,26 @@ def test_a_dangling_link_named_as_a_class_is_an_error_whatever_its_name(tmp_path
       "named as a class of the model")):
     data.ImageFolder(str(root), class_names=["cat", "mr.pig"])
   assert data.ImageFolder(str(root), class_names=["cat", "dog"]).classes == ("cat", "dog")
+
+
+def test_class_folders_match_the_models_names_in_either_unicode_spelling(tmp_path):
+  """A folder made on macOS names 'cafe' with an 'e' and a combining acute (NFD), the model the
+  precomposed one (NFC): both print alike, and the folder was refused as not a class of the
+  model. Matched as NFC now; the same class spelled both ways is refused, both names shown."""
+  nfc, nfd = "caf\u00e9", "cafe\u0301"
+  assert nfc != nfd and unicodedata.normalize("NFC", nfd) == nfc
+  root = tmp_path / "d"
+  for folder in (nfd, "tea"):
+    _png(str(root / folder / "a.png"), _gray(3, 3))
+  ds = data.ImageFolder(str(root), class_names=["tea", nfc])
+  assert ds.classes == ("tea", nfc) and [ds.label(i) for i in range(len(ds))] == [1, 0]
+  _png(str(root / nfc / "b.png"), _gray(3, 3))
+  with pytest.raises(ValueError, match=re.escape(
+      f"class folders 'cafe\\u0301' and 'caf\\xe9' in {str(root)!r} are both the model's "
+      f"class {nfc!r} (one name in two Unicode spellings): merge them")):
+    data.ImageFolder(str(root), class_names=["tea", nfc])
+  with pytest.raises(ValueError, match="are not among the model's class names"):
+    data.ImageFolder(str(root), class_names=["tea", "coffee"])
 
 
 def test_an_output_named_like_an_image_is_refused_inside_the_image_folder(tmp_path):

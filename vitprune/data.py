@@ -25,6 +25,7 @@ import math
 import os
 import reprlib
 import stat
+import unicodedata
 import warnings
 import weakref
 from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
@@ -494,15 +495,35 @@ def shown_names(names: Sequence[str]) -> List[str]:
   return list(names) if len(names) <= 20 else list(names[:20]) + [f"... {len(names) - 20} more"]
 
 
+def _labels_by_name(root: str, folders: Tuple[str, ...], class_names: Tuple[str, ...]
+                    ) -> Dict[str, int]:
+  """{class folder: index of its name among `class_names`}, names compared as Unicode NFC: a
+  folder named on macOS (decomposed, NFD: 'e' + U+0301) is the class its model spells composed
+  ('\u00e9'); both print alike, and the folder was refused as not a class of the model. Two
+  folders of one class (the same name spelled both ways) are a ValueError."""
+  index = {name: i for i, name in enumerate(class_names)}
+  for i, name in enumerate(class_names):     # (an exact name first)
+    index.setdefault(unicodedata.normalize("NFC", name), i)
+  labels = {f: index.get(f, index.get(unicodedata.normalize("NFC", f))) for f in folders}
+  unknown = [f for f, i in labels.items() if i is None]
+  if unknown:
+    raise ValueError(f"class folder(s) {unknown} in {root!r} are not among the model's class "
+                     f"names {shown_names(class_names)}")
+  by_label: Dict[int, str] = {}
+  for f, i in labels.items():
+    if i in by_label:
+      raise ValueError(f"class folders {ascii(by_label[i])} and {ascii(f)} in {root!r} are both "
+                       f"the model's class {class_names[i]!r} (one name in two Unicode spellings):"
+                       " merge them")
+    by_label[i] = f
+  return labels
+
+
 def _label_index(root: str, folders: Tuple[str, ...], class_names: Optional[Tuple[str, ...]],
                  num_classes: Optional[int]) -> dict:
   """{class folder: label} by name (class_names), or by sorted position (see ImageFolder)."""
   if class_names is not None:
-    unknown = [f for f in folders if f not in class_names]
-    if unknown:
-      raise ValueError(f"class folder(s) {unknown} in {root!r} are not among the model's class "
-                       f"names {shown_names(class_names)}")
-    return {f: class_names.index(f) for f in folders}
+    return _labels_by_name(root, folders, class_names)
   if num_classes == 0:
     raise ValueError(f"{root!r} has class folders but the model has no classification head "
                      "(num_classes=0): there are no outputs to match them to")
