@@ -235,7 +235,7 @@ def _frontier(cfg, params, batch, method, lm, cal_prof, grid, data, floor, tcfg,
     return _measure(cfg, params, method, batch, list(counts_list), tcfg, threads, seed)[0]
 
   loop = solve_loop.check_in_loop(sol, est, None, evaluate, time_schedules,
-                                   num_images=len(data.indices))
+                                  num_images=len(data.indices))
   ch = loop.chosen
   return {"frontier": {
       "num": len(fr),

@@ -208,9 +208,9 @@ def test_fit_from_profiles_and_refusal_of_mismatched_calibration():
   with pytest.raises(lm_lib.CalibrationError, match="another batch size"):
     lm_lib.fit(c_prof, _profile(tuple(other_batch)), batch_size=1, method="pomt")
   # The solve stage refuses a latency model of another batch size / device.
-  with pytest.raises(solve_stage.SolveInputError, match="batch size"):
+  with pytest.raises(solve.SolveInputError, match="batch size"):
     solve_stage.check_latency_model(lm, _profile(tuple(curve)), CFG, 8)
-  with pytest.raises(solve_stage.SolveInputError, match="device"):
+  with pytest.raises(solve.SolveInputError, match="device"):
     solve_stage.check_latency_model(lm, _profile(tuple(curve), device_kind="TPU"), CFG, 1)
 
 

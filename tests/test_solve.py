@@ -626,7 +626,7 @@ def test_paper_method_is_checked_and_its_per_block_limit_applied(tmp_path):
   ToMe cannot do (at most half of the 16 non-prefix tokens from 17 in one block)."""
   ps = _save_profile(tmp_path, [_point("model", n, _step_latency(n)) for n in range(2, N + 1)])
   es = _estimate(tmp_path, [None], list(range(5, N + 1)), _acc)
-  with pytest.raises(solve_stage.SolveInputError, match="unknown token-reduction method "
+  with pytest.raises(solve.SolveInputError, match="unknown token-reduction method "
                      "'bogus'; valid: evit, pomt, random, tome, topk"):
     _paper(ps, es, method="bogus")
   sol = _paper(ps, es, alpha=0.5, method=" ToMe ")
@@ -641,7 +641,7 @@ def test_paper_refuses_a_one_layer_estimate_of_another_block(tmp_path):
   block 5 for a block-3 schedule whose own row says 0.975)."""
   ps = _save_profile(tmp_path, [_point("model", n, _step_latency(n)) for n in range(2, N + 1)])
   es = _estimate(tmp_path, [1], list(range(5, N + 1)), _acc)
-  with pytest.raises(solve_stage.SolveInputError, match=r"has layers \[1\]; paper mode at "
+  with pytest.raises(solve.SolveInputError, match=r"has layers \[1\]; paper mode at "
                      r"block 0 needs one with layer 0 or an embed row \(tokens dropped after "
                      r"the embedding, the paper's proxy\)"):
     _paper(ps, es, layer=0)
@@ -655,7 +655,7 @@ def test_paper_refuses_a_one_layer_estimate_of_another_block(tmp_path):
   assert _paper(ps, es, layer=1).settings["layer"] == 1
   # Another method's measured block-1 accuracy was reported as this method's.
   assert _paper(ps, es, layer=1, method=" POMT ").method == "pomt"      # the estimate's
-  with pytest.raises(solve_stage.SolveInputError, match=r"^method 'tome': estimate .*e\.json "
+  with pytest.raises(solve.SolveInputError, match=r"^method 'tome': estimate .*e\.json "
                      r"measured 'pomt' at block 1, so its accuracies are that method's; pass "
                      r"--method=pomt, or an embed \('tokens'\) estimate"):
     _paper(ps, es, layer=1, method="tome")
@@ -670,7 +670,7 @@ def test_profile_and_estimate_of_different_dtypes_are_refused(tmp_path):
   doc["eval"]["dtype"] = "bfloat16"
   with open(es, "w") as f:
     json.dump(doc, f)
-  with pytest.raises(solve_stage.SolveInputError, match=r"timed float32 graphs but estimate "
+  with pytest.raises(solve.SolveInputError, match=r"timed float32 graphs but estimate "
                      r".* evaluated bfloat16 ones: estimate \(or profile\) in one dtype"):
     _paper(ps, es)
 
@@ -877,10 +877,10 @@ def test_multilayer_with_the_calibrated_latency_model(tmp_path):
   assert (checked.chosen.measured_accuracy_low, checked.chosen.measured_accuracy_high) == (
       intervals.wilson_interval(checked.chosen.measured_accuracy, NUM_EXAMPLES))
   other, _ = _latency_model(batch=1)
-  with pytest.raises(solve_stage.SolveInputError, match="batch size"):
+  with pytest.raises(solve.SolveInputError, match="batch size"):
     _multi(ps, es, latency_model=other, batch_size=8)
   gpu, _ = _latency_model(device_kind="H200")
-  with pytest.raises(solve_stage.SolveInputError, match="device 'H200'"):
+  with pytest.raises(solve.SolveInputError, match="device 'H200'"):
     _multi(ps, es, latency_model=gpu)
 
 
@@ -894,7 +894,7 @@ def test_step_bottoms_only_needs_the_curve_at_every_count_of_the_grid(tmp_path):
   es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
   assert _multi(ps, es, accuracy_floor=0.8, latency_model=lm).settings["grid"] == list(
       range(4, N + 1))                                  # without the flag: solved as before
-  with pytest.raises(solve_stage.SolveInputError, match=rf"^step_bottoms_only / "
+  with pytest.raises(solve.SolveInputError, match=rf"^step_bottoms_only / "
                      rf"--step_bottoms_only needs the step noise of the uniform curve at "
                      rf"every count of the grid, but profile "
                      rf"{ps} did not measure the curve at \[4, 6, 8, "):
@@ -959,7 +959,7 @@ def test_a_calibration_profile_solves_on_the_compiled_graph_latency_model(tmp_pa
   # is not calibrated by it.
   es_random = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc, name="er.json",
                         method="random")
-  with pytest.raises(solve_stage.SolveInputError, match=r"timed 'pomt' schedules \(reducer "
+  with pytest.raises(solve.SolveInputError, match=r"timed 'pomt' schedules \(reducer "
                      r"'pomt\+random'\), estimate .* is of method 'random'"):
     solve_stage.profile_latency_model(records.load(ps), read_estimate(es_random))
   # Fewer calibration schedules than reduction terms: refused, not fitted 'perfectly'.
@@ -967,7 +967,7 @@ def test_a_calibration_profile_solves_on_the_compiled_graph_latency_model(tmp_pa
   kept = [p for p in prof.points if p.component != "schedule"] + [
       p for p in prof.points if p.component == "schedule"][:1]
   few = dataclasses.replace(prof, points=tuple(kept))
-  with pytest.raises(solve_stage.SolveInputError, match=r"holds 1 calibration schedule\(s\) that "
+  with pytest.raises(solve.SolveInputError, match=r"holds 1 calibration schedule\(s\) that "
                      r"reduce at batch 8; the latency model needs >= \d"):
     solve_stage.profile_latency_model(few, read_estimate(es))
   # The curve cut above the schedules' smallest counts: named with the file (it was an error
@@ -975,7 +975,7 @@ def test_a_calibration_profile_solves_on_the_compiled_graph_latency_model(tmp_pa
   low = min(min(p.schedule) for p in prof.points if p.component == "schedule")
   cut = dataclasses.replace(prof, points=tuple(
       p for p in prof.points if p.component != "model" or p.tokens > low))
-  with pytest.raises(solve_stage.SolveInputError, match=rf"profile {ps}: its calibration "
+  with pytest.raises(solve.SolveInputError, match=rf"profile {ps}: its calibration "
                      rf"schedules cannot be fitted \(counts \[{low}.*are outside the measured "
                      "curve"):
     solve_stage.profile_latency_model(cut, read_estimate(es))
@@ -1017,13 +1017,13 @@ def test_model_mismatch_names_both(tmp_path):
   ps = _save_profile(tmp_path, [_point("model", n, 1e-3) for n in range(5, N + 1)])
   other = dataclasses.replace(CFG, name="other_vit")
   es = _estimate(tmp_path, [None], [5, 6], _acc, cfg=other)
-  with pytest.raises(solve_stage.SolveInputError,
+  with pytest.raises(solve.SolveInputError,
                      match=r"profile .*p\.json is for model 'solve_test_vit' but estimate "
                            r".*e\.json is for model 'other_vit'"):
     _paper(ps, es)
   wider = dataclasses.replace(CFG, embed_dim=32)
   es2 = _estimate(tmp_path, [None], [5, 6], _acc, cfg=wider, name="e2.json")
-  with pytest.raises(solve_stage.SolveInputError, match=r"configs differ \(embed_dim: 16 vs 32\)"):
+  with pytest.raises(solve.SolveInputError, match=r"configs differ \(embed_dim: 16 vs 32\)"):
     _paper(ps, es2)
   out = tmp_path / "new" / "out"       # refused by the CLI: nothing created on the way
   r = _cli_here(f"--profile={ps}", f"--estimate={es2}", f"--out_dir={out}", "--layer=0")
@@ -1034,7 +1034,7 @@ def test_model_mismatch_names_both(tmp_path):
 def test_batch_mismatch_names_both(tmp_path):
   ps = _save_profile(tmp_path, [_point("model", n, 1e-3, batch=1) for n in range(5, N + 1)])
   es = _estimate(tmp_path, [None], [5, 6, N], _acc, batch=8)
-  with pytest.raises(solve_stage.SolveInputError,
+  with pytest.raises(solve.SolveInputError,
                      match=r"batch sizes differ: profile .*p\.json at batch 1, estimate "
                            r".*e\.json at batch 8"):
     _paper(ps, es)
@@ -1050,17 +1050,17 @@ def test_batch_mismatch_names_both(tmp_path):
   assert sol.curve["accuracy"][-1] == read_estimate(es).reference.get("accuracy")
   no_full = _save_profile(tmp_path, [_point("model", n, 1e-3, batch=1) for n in range(5, N)],
                           name="no_full_p.json")
-  with pytest.raises(solve_stage.SolveInputError, match=rf"no_full_p.json has no point at the "
+  with pytest.raises(solve.SolveInputError, match=rf"no_full_p.json has no point at the "
                      rf"full {N} tokens: paper mode weighs every count against the unpruned "
                      rf"model; measure {N} in it$"):
     _paper(no_full, es, allow_batch_mismatch=True)
-  with pytest.raises(solve_stage.SolveInputError, match=r"no model/block points at batch size 4 "
+  with pytest.raises(solve.SolveInputError, match=r"no model/block points at batch size 4 "
                                                      r"\(has \[1\]\)"):
     _paper(ps, es, batch_size=4, allow_batch_mismatch=True)
   # The full count alone (or with counts the method cannot reach in one block): the unpruned
   # model was "chosen", and the main job timed it against itself as a speed-up.
   es = _estimate(tmp_path, [None], [N], _acc, batch=8, name="full_only.json")
-  with pytest.raises(solve_stage.SolveInputError, match=rf"^no count below the full {N} that "
+  with pytest.raises(solve.SolveInputError, match=rf"^no count below the full {N} that "
                      rf"pomt reaches in one block \(from {N} it keeps at least 2\): paper mode "
                      rf"has nothing to choose; measure counts in \[2, {N - 1}\] in "
                      rf"estimate \S+full_only.json$"):
@@ -1070,7 +1070,7 @@ def test_batch_mismatch_names_both(tmp_path):
   p_tome = _save_profile(tmp_path, [_point("model", n, 1e-3, batch=8) for n in (5, 10, N)],
                          name="p_tome.json")
   e_tome = _estimate(tmp_path, [None], [5, 12, N], _acc, batch=8, name="e_tome.json")
-  with pytest.raises(solve_stage.SolveInputError, match=rf"^no count below the full {N} that "
+  with pytest.raises(solve.SolveInputError, match=rf"^no count below the full {N} that "
                      rf"tome reaches in one block \(from {N} it keeps at least 9\): paper mode "
                      rf"has nothing to choose; measure counts in \[9, {N - 1}\] in both the "
                      rf"profile and the estimate$"):
@@ -1080,7 +1080,7 @@ def test_batch_mismatch_names_both(tmp_path):
 def test_empty_intersection_nan_and_metric(tmp_path):
   ps = _save_profile(tmp_path, [_point("model", n, 1e-3) for n in range(12, N + 1)])
   es = _estimate(tmp_path, [None], [5, 6, 7], _acc)
-  with pytest.raises(solve_stage.SolveInputError, match=rf"p.json \(counts 12..{N}\) and "
+  with pytest.raises(solve.SolveInputError, match=rf"p.json \(counts 12..{N}\) and "
                      rf"estimate .*e.json \(counts 5..7\) share no token count below the full "
                      rf"{N}: paper mode has nothing to choose$"):
     _paper(ps, es)
@@ -1091,13 +1091,13 @@ def test_empty_intersection_nan_and_metric(tmp_path):
   bad.write_text(text)
   with pytest.raises(ValueError, match=r"nan.json: not valid JSON: NaN is not a JSON number"):
     _paper(str(bad), es)                 # the reader refuses it (none of our writers makes it)
-  with pytest.raises(solve_stage.SolveInputError, match=r"model latency is NaN/inf at token counts "
+  with pytest.raises(solve.SolveInputError, match=r"model latency is NaN/inf at token counts "
                                                      r"\[7\]"):
     solve_stage.solve_paper(_profile(pts), read_estimate(es))     # a Profile built in memory
-  with pytest.raises(solve_stage.SolveInputError, match="metric 'kl' is not usable"):
+  with pytest.raises(solve.SolveInputError, match="metric 'kl' is not usable"):
     _paper(ps, es, metric="kl")
   eu = _estimate(tmp_path, [None], [5, 6], _acc, labelled=False, name="eu.json")
-  with pytest.raises(solve_stage.SolveInputError, match="has no 'accuracy' values"):
+  with pytest.raises(solve.SolveInputError, match="has no 'accuracy' values"):
     _paper(ps, eu, metric="accuracy")
   with pytest.raises(FileNotFoundError, match="profile file"):
     _paper(str(tmp_path / "missing.json"), es)
@@ -1106,13 +1106,13 @@ def test_empty_intersection_nan_and_metric(tmp_path):
 def test_multilayer_input_errors(tmp_path):
   model_only = _save_profile(tmp_path, [_point("model", n, 1e-3) for n in range(5, N + 1)])
   sens = _estimate(tmp_path, [1, 3], list(range(4, N)), _acc)
-  with pytest.raises(solve_stage.SolveInputError, match=re.escape(
+  with pytest.raises(solve.SolveInputError, match=re.escape(
       "has no block points (it holds model); multi mode needs a per-block table "
       "(experiments.profile --mode=block) or the main job's --solver=multi profile")):
     _multi(model_only, sens)     # (it named no way out)
   blocks = _block_profile(tmp_path)
   embed_only = _estimate(tmp_path, [None], list(range(4, N)), _acc, name="emb.json")
-  with pytest.raises(solve_stage.SolveInputError, match="no per-layer sensitivity"):
+  with pytest.raises(solve.SolveInputError, match="no per-layer sensitivity"):
     _multi(blocks, embed_only)
   with pytest.raises(ValueError, match=r"accuracy floor 0\.95 is infeasible: the best achievable "
                                        r"predicted accuracy is 0\.9 "):
@@ -1120,7 +1120,7 @@ def test_multilayer_input_errors(tmp_path):
   # Head points at every count but the full one (a hand-merged table) was a bare KeyError: 17.
   no_head = [p for p in records.load(blocks).points if (p.component, p.tokens) != ("head", N)]
   no_head = _save_profile(tmp_path, no_head, name="nohead.json", modes=("block",))
-  with pytest.raises(solve_stage.SolveInputError, match=re.escape(
+  with pytest.raises(solve.SolveInputError, match=re.escape(
       f"profile {no_head}: the per-block table's head points lack the full count {N}")):
     _multi(no_head, sens)
 
@@ -1338,7 +1338,7 @@ def test_measure_frontier_measures_every_schedule_once_and_the_choice_uses_it(tm
   # Measuring again measures nothing new.
   again = solve_loop.measure_frontier(sol, evaluate, num_images=NUM_EXAMPLES)
   assert len(calls) == 1 and again.checked == sol.checked
-  with pytest.raises(solve_stage.SolveInputError, match="needs an evaluator"):
+  with pytest.raises(solve.SolveInputError, match="needs an evaluator"):
     _multi(ps, es, accuracy_floor=floor, measure_all=True)
   with pytest.raises(ValueError, match="returned 1 values for"):
     solve_loop.measure_frontier(predicted, lambda cs: [0.5], num_images=NUM_EXAMPLES)
@@ -1353,7 +1353,7 @@ def test_measure_frontier_measures_every_schedule_once_and_the_choice_uses_it(tm
   # Every count of n images, 0 and n included, makes a solution its reader accepts.
   for k in (0, 359):
     edge = solve_loop.measure_frontier(predicted, lambda cs, k=k: [k / 359] * len(cs),
-                                        num_images=359)
+                                       num_images=359)
     assert Solution.from_json(edge.to_json()).chosen.measured_accuracy == k / 359
 
 
@@ -1416,11 +1416,11 @@ def test_a_floor_nothing_meets_on_measurement_is_an_error(tmp_path):
       predicted.full, measured_accuracy=0.9))
   with pytest.raises(solve_loop.FloorNotMetError, match="the unpruned schedule measures 0.9000"):
     solve_loop.check_in_loop(below, read_estimate(es), None, evaluate,
-                              lambda cs: [1e-3] * len(cs))
+                             lambda cs: [1e-3] * len(cs))
   # ... unless a neighbour it measures meets the floor: then the choice is among those.
   loop = solve_loop.check_in_loop(below, read_estimate(es), None,
-                                   lambda cs: [_share(0.97)] * len(cs),
-                                   lambda cs: [1e-3] * len(cs))
+                                  lambda cs: [_share(0.97)] * len(cs),
+                                  lambda cs: [1e-3] * len(cs))
   assert loop.chosen.counts != predicted.full.counts and loop.chosen.measured_accuracy == 0.97
 
 
@@ -1479,7 +1479,7 @@ def test_the_reader_refuses_measured_claims_the_numbers_do_not_bear(tmp_path):
   evaluate = lambda cs: [_share(min(1.0, accuracy.get(tuple(c), 0.9))) for c in cs]
   sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate)
   loop = solve_loop.check_in_loop(sol, read_estimate(es), None, evaluate,
-                                   lambda cs: [1e-3 * (1 + i) for i in range(len(cs))])
+                                  lambda cs: [1e-3 * (1 + i) for i in range(len(cs))])
   timed = [c for c in loop.checked if c.measured_latency_s is not None]
   assert len(timed) > 1 and loop.settings["latency_basis"] == "measured"
 
@@ -1612,7 +1612,7 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
     assert again.criterion == "latency_budget" and "budget_provisional" in again.settings, kw
     timed.clear()
     done = solve_loop.check_budget_in_loop(again, evaluate, lambda cs: time_schedules(cs, 0.5),
-                                            max_rounds=0)
+                                           max_rounds=0)
     assert done.chosen.measured_latency_s <= tight and len(timed) == 1, kw
 
 
@@ -1728,7 +1728,7 @@ def test_a_schedule_predicted_below_the_floor_but_measured_above_it_can_be_chose
 
   start = dataclasses.replace(sol, chosen=other)
   solve_loop.check_in_loop(start, read_estimate(es), None, evaluate, time_schedules,
-                            neighbours=len(sol.frontier))
+                           neighbours=len(sol.frontier))
   assert fastest.counts in timed
 
 
@@ -1782,7 +1782,7 @@ def test_in_loop_neighbours_include_measured_schedules_off_the_frontier(tmp_path
     return [1e-3] * len(counts_list)
 
   solve_loop.check_in_loop(start, read_estimate(es), None, evaluate, time_schedules,
-                            neighbours=1)
+                           neighbours=1)
   assert extra.counts in timed and sol.chosen.counts in timed
 
 
@@ -2001,7 +2001,7 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
   assert describe_refinement(dict(ref, rounds=[dict(r, num_schedules=0)
                                                for r in ref["rounds"]])).endswith(
       "no frontier schedule beyond those measured before")
-  with pytest.raises(solve_stage.SolveInputError, match="needs an evaluator"):
+  with pytest.raises(solve.SolveInputError, match="needs an evaluator"):
     _multi(ps, es, accuracy_floor=floor, refine_rounds=2)
   with pytest.raises(ValueError, match="rounds must be >= 0"):
     solve_loop.refine_accuracy(sol, model, evaluate, rounds=-1)
@@ -2075,7 +2075,7 @@ def test_refine_accuracy_reports_anchored_predictions_from_the_estimates_margins
   anchors = dict(measured_margins)
   assert anchors and set(anchors) <= {c.counts for c in front.checked}
   again = solve_loop.refine_accuracy(front, model, evaluate, rounds=1,
-                                      margins={**singles, **anchors})[0]
+                                     margins={**singles, **anchors})[0]
   rows = again.settings["accuracy_refinement"]["rounds"]
   assert rows[0]["num_schedules"] == 0 and rows[1]["num_schedules"] > 0
   first_new = [c for c in measured_margins if c not in anchors]
@@ -2292,7 +2292,7 @@ def test_a_maximum_drop_is_a_floor_below_the_unpruned_measurement(tmp_path):
     with pytest.raises(ValueError, match=r"^max_accuracy_drop must be in \[0, 1\) \(the "
                        r"metric's unit: 0\.01 is one point\), got"):
       _multi(ps, es, max_accuracy_drop=bad)
-  with pytest.raises(solve_stage.SolveInputError, match=r"^max_accuracy_drop 0\.9 is at least the "
+  with pytest.raises(solve.SolveInputError, match=r"^max_accuracy_drop 0\.9 is at least the "
                      r"unpruned accuracy 0\.9000 measured on the estimate's images: every "
                      r"schedule meets it; give a smaller drop$"):
     _multi(ps, es, max_accuracy_drop=0.9)
@@ -2360,7 +2360,7 @@ def test_unpruned_chosen_as_fastest_is_not_called_the_only_one_meeting_the_floor
                num_images=NUM_EXAMPLES)
   timer = lambda counts_list: [1e-4 if tuple(c) == full else 2e-4 for c in counts_list]
   loop = solve_loop.check_in_loop(sol, read_estimate(es), None, evaluate, timer,
-                                   neighbours=100, num_images=NUM_EXAMPLES)
+                                  neighbours=100, num_images=NUM_EXAMPLES)
   assert loop.chosen.counts == full
   meeting = pruned_meeting_floor(loop)
   assert meeting and all(c.counts != full for c in meeting)
@@ -2443,7 +2443,7 @@ def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):
       measured_change_low=-0.25)
   assert not meets_measured_floor(unsure, sol.settings)
   loop = solve_loop.check_in_loop(dataclasses.replace(sol, checked=sol.checked + (unsure,)),
-                                   est, None, evaluate, time_schedules, neighbours=1)
+                                  est, None, evaluate, time_schedules, neighbours=1)
   assert sure[0].counts in timed and unsure.counts not in timed, timed
   assert loop.settings["timed_in_loop"] == len(timed)
   doc = sol.to_json()
@@ -2480,18 +2480,18 @@ def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):
                      r"0\.89\d\d\.\.0\.90\d\d on 100000 images\)"):
     _multi(ps, es, accuracy_floor=0.899, floor_confidence=True,
            evaluate=_paired_evaluator(predicted), num_images=NUM_EXAMPLES)
-  with pytest.raises(solve_stage.SolveInputError, match="floor_confidence judges measured "
+  with pytest.raises(solve.SolveInputError, match="floor_confidence judges measured "
                      "intervals against a floor"):
     _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True)
   plain = lambda counts_list: [_share(predicted[tuple(c)]) for c in counts_list]
-  with pytest.raises(solve_stage.SolveInputError, match=r"a floor met with confidence compares "
+  with pytest.raises(solve.SolveInputError, match=r"a floor met with confidence compares "
                      r"each schedule with the unpruned graph image by image: the evaluator must "
                      r"take evaluate\(counts_list, paired=True\)"):
     _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True, evaluate=plain)
   # An evaluator whose unpruned graph measures otherwise than the estimate's (one image of
   # 200 flipped by another batch size, say): the change and the floor would judge against two
   # unpruned numbers, and a change clearing -0.2 could sit below the floor. Refused, named.
-  with pytest.raises(solve_stage.SolveInputError, match=r"the evaluator's unpruned graph gets "
+  with pytest.raises(solve.SolveInputError, match=r"the evaluator's unpruned graph gets "
                      rf"{round(0.895 * NUM_EXAMPLES)} of {NUM_EXAMPLES} images right \(0\.8950\), "
                      r"the estimate measured 0\.9000 on the same images"):
     _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True,
@@ -2499,7 +2499,7 @@ def test_floor_confidence_needs_the_whole_interval_to_clear_the_floor(tmp_path):
   # ... also where the frontier (the unpruned graph with it) was measured first by that same
   # evaluator: its own copy of the unpruned graph agreed with itself (a review's finding).
   for first in (dict(measure_all=True), dict(refine_rounds=1)):
-    with pytest.raises(solve_stage.SolveInputError, match=r"the estimate measured 0\.9000"):
+    with pytest.raises(solve.SolveInputError, match=r"the estimate measured 0\.9000"):
       _multi(ps, es, max_accuracy_drop=0.2, floor_confidence=True, num_images=NUM_EXAMPLES,
              evaluate=_paired_evaluator({**predicted, full: 0.895}, unpruned=0.895), **first)
   # Only schedules judged by the paired interval are listed as straddling a confident drop: the

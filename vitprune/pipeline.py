@@ -183,7 +183,7 @@ class PipelineSpec:
     else:
       try:
         solve_stage.check_paper_grid(cfg, self.method, self.grid(cfg))
-      except solve_stage.SolveInputError as e:
+      except solve.SolveInputError as e:
         raise ValueError(f"tokens {list(self.tokens)}: {e}") from None
 
   def grid(self, cfg: ViTConfig) -> Tuple[int, ...]:

@@ -1,6 +1,9 @@
 """Schedule solvers: pick token counts from a latency profile and an accuracy estimate.
 
-Pure math over numpy arrays (no file formats; `vitprune.solve_stage` feeds it Profile and Estimate records).
+Pure math over numpy arrays (no file formats; `vitprune.solve_stage` feeds it Profile and
+Estimate records). Its two errors: `InfeasibleError` (no plan meets a floor or budget) and
+`SolveInputError` (inputs that cannot be solved: raised by the solve stage and the measured
+choice, `vitprune.solve_loop`, about the records and the evaluator).
 Every grid `ns` is a 1-D array of distinct token counts (prefix tokens included), sorted ascending
 here; all per-count arrays are aligned with it.
 

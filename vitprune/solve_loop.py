@@ -308,7 +308,7 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
   for r in ref.rounds:
     for p in r.new:
       known[p.counts] = with_measured(Candidate.predicted(cfg, p.counts, p.latency, p.accuracy),
-                                  ref.measured[p.counts], images)
+                                      ref.measured[p.counts], images)
     row = dict(_error_points([(p.accuracy, ref.measured[p.counts]) for p in r.new]),
                round=r.index, frontier=r.frontier_size, fitted_on=r.fitted_on)
     if r.anchored is not None:
@@ -451,7 +451,7 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
   # measured again (the frontier's measurement, the refinement) is taken on that measurement,
   # the one `checked` keeps, and only while it still meets the floor
   single_candidates = [with_measured(Candidate.predicted(cfg, p.counts, p.latency, p.accuracy),
-                                 measured[p.counts], images) for p in singles]
+                                     measured[p.counts], images) for p in singles]
   single_candidates = [c for c in (_remeasured(pool, c) for c in single_candidates)
                        if solve.meets_floor(c.measured_accuracy, floor)]
   if confident:
@@ -512,8 +512,9 @@ def _choose_measured(measured: Sequence[Candidate], settings: Dict[str, Any],
   """`solve.choose` with the solution's criterion (floor, budget or utility) over candidates on
   their MEASURED metric and predicted latency; `fallback` (the unpruned schedule) when nothing
   meets the floor; with a budget no prediction is within, the one predicted fastest (a
-  provisional choice, as `solve_multilayer` makes it: `check_budget_in_loop` decides on
-  measured latency, and started from the slowest schedule it measured its neighbours only)."""
+  provisional choice, as `solve_stage.solve_multilayer` makes it: `check_budget_in_loop`
+  decides on measured latency, and started from the slowest schedule it measured its
+  neighbours only)."""
   try:
     pick, _ = solve.choose([solve.Plan(c.counts, c.predicted_latency_s, c.measured_accuracy)
                             for c in measured], accuracy_floor=settings.get("accuracy_floor"),

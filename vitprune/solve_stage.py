@@ -335,10 +335,13 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
     except KeyError:
       sched_lat = None
 
+  def entry(counts, latency, accuracy, **extra):
+    return _as_estimate_measured(Candidate.predicted(cfg, counts, latency, accuracy, **extra),
+                                 estimate, metric)
+
   def at_count(i):
     counts = solve.pomt_counts(cfg.num_tokens, int(sol.ns[i]), cfg.depth, layer)
-    return _as_estimate_measured(Candidate.predicted(cfg, counts, sol.latency[i], sol.accuracy[i],
-                                            tokens=int(sol.ns[i])), estimate, metric)
+    return entry(counts, sol.latency[i], sol.accuracy[i], tokens=int(sol.ns[i]))
 
   full = [i for i in range(sol.ns.size) if sol.ns[i] == cfg.num_tokens]
   return Solution(
@@ -348,13 +351,10 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
                 "allow_batch_mismatch": allow_batch_mismatch,
                 **({"unused_estimate_counts": unused} if unused else {}),
                 **({"capped_counts": capped} if capped else {})},
-      chosen=_as_estimate_measured(Candidate.predicted(cfg, sol.counts, sol.latency_star,
-                                              sol.accuracy_star, tokens=int(sol.n_star)),
-                                   estimate, metric),
+      chosen=entry(sol.counts, sol.latency_star, sol.accuracy_star, tokens=int(sol.n_star)),
       method=method, criterion="utility",
-      full=(_as_estimate_measured(Candidate.predicted(cfg, (cfg.num_tokens,) * (cfg.depth + 1),
-                                             sol.latency[full[0]], sol.accuracy[full[0]]),
-                                  estimate, metric) if full else None),
+      full=(entry((cfg.num_tokens,) * (cfg.depth + 1), sol.latency[full[0]],
+                  sol.accuracy[full[0]]) if full else None),
       frontier=tuple(at_count(i) for i in solve.nondominated(sol.latency, sol.accuracy,
                                                              sol.ns)),
       created=_now(), utility=float(sol.utility_star), schedule_latency_s=sched_lat,
