@@ -2263,7 +2263,7 @@ def test_a_maximum_drop_is_a_floor_below_the_unpruned_measurement(tmp_path):
   assert by_drop.settings["max_accuracy_drop"] == 0.2
   assert by_floor.settings["max_accuracy_drop"] is None
   assert Solution.from_json(by_drop.to_json()) == by_drop
-  assert ("accuracy floor 0.7000: the unpruned schedule's measured accuracy 0.9000 minus the "
+  assert ("accuracy floor 0.7: the unpruned schedule's measured accuracy 0.9000 minus the "
           "maximum drop 0.2") in summary_lines(by_drop)
   # Measured: a schedule losing 0.03 more than predicted is refused as with the floor itself.
   predicted = {p.counts: p.predicted_accuracy for p in by_floor.frontier}

@@ -929,7 +929,7 @@ def summary_lines(sol: Solution) -> List[str]:
                  f"{sol.settings['latency_untrusted']}")
   drop = sol.settings.get("max_accuracy_drop")
   if drop is not None and full is not None:
-    lines.append(f"accuracy floor {sol.settings['accuracy_floor']:.4f}: the unpruned schedule's "
+    lines.append(f"accuracy floor {sol.settings['accuracy_floor']:.6g}: the unpruned schedule's "
                  f"measured {m} {full.predicted_accuracy:.4f} minus the maximum drop {drop:g}")
   if sol.settings.get("floor_confidence") and full is not None:
     if ch.counts == full.counts:
@@ -945,7 +945,7 @@ def summary_lines(sol: Solution) -> List[str]:
     elif ch.measured_accuracy_low is not None:
       lines.append(f"floor met with 95% confidence: the chosen schedule's 95% interval "
                    f"{ch.measured_accuracy_low:.4f}..{ch.measured_accuracy_high:.4f} is >= "
-                   f"{sol.settings['accuracy_floor']:.4f}")
+                   f"{sol.settings['accuracy_floor']:.6g}")
   if ch.measured_accuracy is not None:
     line = f"measured {m} of the chosen schedule on the data: {ch.measured_accuracy:.4f}"
     if ch.num_images is not None:
