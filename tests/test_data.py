@@ -633,9 +633,12 @@ def test_balanced_subset_is_as_even_as_the_class_sizes_allow(sizes, n, want):
 
 def test_balanced_subset_errors():
   labels = np.array([0, 0, 1, 1])
-  for n in (0, -1, 5):
-    with pytest.raises(ValueError, match="n"):
+  for n in (0, -1, 2.0):
+    with pytest.raises(ValueError, match=rf"^subset size n must be a positive int, got {n}$"):
       data.balanced_subset(labels, n, seed=0)
+  with pytest.raises(ValueError, match=r"^subset size n=5 exceeds the dataset size 4$"):
+    data.balanced_subset(labels, 5, seed=0)
+  assert sorted(data.balanced_subset(labels, 4, seed=0).tolist()) == [0, 1, 2, 3]
   with pytest.raises(ValueError, match="labelled"):
     data.balanced_subset(np.array([-1, -1]), 1, seed=0)
 
