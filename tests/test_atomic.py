@@ -72,9 +72,24 @@ def test_a_published_directory_holding_files_we_did_not_write_is_not_replaced(tm
         (tmp_path / tmp / "m.json").write_text("y")
     assert (target / extra).read_text() == "mine"
     os.unlink(target / extra)
+  # A link to a folder of the user's data and an empty folder (a probe: deleted without a
+  # word, as a walk lists files only): named and kept as well.
+  (tmp_path / "mydata").mkdir()
+  (tmp_path / "mydata" / "p.txt").write_text("precious")
+  for extra, make in (("my_data_link", lambda p: os.symlink(tmp_path / "mydata", p)),
+                      ("empty/", os.mkdir), ("sub/deeper/", os.mkdir)):
+    make(target / extra)
+    with pytest.raises(atomic.ForeignOutputError, match=f"holds {extra}, which vitprune did not"):
+      with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:
+        (tmp_path / tmp / "m.json").write_text("y")
+    assert os.path.lexists(target / extra)
+    (os.unlink if os.path.islink(target / extra) else os.rmdir)(target / extra)
+  assert (tmp_path / "mydata" / "p.txt").read_text() == "precious"
   with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:   # clean again: ok
     (tmp_path / tmp / "m.json").write_text("new")
+    os.makedirs(os.path.join(tmp, "made_empty"))      # an empty folder of ours is listed
   assert (target / "m.json").read_text() == "new"
+  assert atomic.unlisted_files(str(target)) == []
   os.unlink(target / atomic.INVENTORY_FILE)        # written before inventories: marker alone
   (target / "NOTES.txt").write_text("mine")
   assert atomic.unlisted_files(str(target)) == []

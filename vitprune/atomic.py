@@ -192,9 +192,19 @@ INVENTORY_FILE = ".vitprune-files.json"   # every file a staged directory held w
 
 
 def _tree_files(directory: str) -> List[str]:
-  """Every file under `directory`, relative and '/'-separated, sorted."""
-  return sorted(os.path.relpath(os.path.join(d, f), directory).replace(os.sep, "/")
-                for d, _, fs in os.walk(directory) for f in fs)
+  """Every entry under `directory` that replacing it would delete, relative and '/'-separated,
+  sorted: its files, its links (one to a folder is one entry, not followed) and its empty
+  folders ('name/'). A user's link to a folder of data, or an empty folder, added inside an
+  output was deleted by --overwrite without a word: a walk lists files only."""
+  entries = []
+  for d, dirs, files in os.walk(directory):
+    rel = os.path.relpath(d, directory).replace(os.sep, "/")
+    prefix = "" if rel == "." else rel + "/"
+    entries += [prefix + f for f in files]
+    entries += [prefix + n for n in dirs if os.path.islink(os.path.join(d, n))]
+    if not dirs and not files and prefix:
+      entries.append(prefix)
+  return sorted(entries)
 
 
 _has_inventory = json_marker(INVENTORY_FILE, "vitprune-inventory")
@@ -212,8 +222,8 @@ _WEIGHTS_FILES, _WEIGHTS_TREE = ("config.json", "metrics.json"), "params/"
 
 
 def unlisted_files(directory: str) -> List[str]:
-  """Files under `directory` that its INVENTORY_FILE does not list (someone added them after we
-  published it), sorted. A directory written before inventories existed (or whose inventory
+  """Files under `directory` (links and empty folders too: `_tree_files`) that its
+  INVENTORY_FILE does not list (someone added them after we published it), sorted. A directory written before inventories existed (or whose inventory
   cannot be read): for a weights folder, the files outside its layout (`_WEIGHTS_FILES`,
   `_WEIGHTS_TREE`: a NOTES.txt beside the weights was deleted with them); [] for the others
   (their marker alone decides)."""
