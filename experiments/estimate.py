@@ -240,6 +240,9 @@ def main(f: flags.FlagValues):
       method_kwargs=kwargs, seed=f.seed, points=points, result=result,
       labelled=data.labelled, dtype=f.dtype)
   path = write_estimate(out, record, overwrite=f.overwrite)
+  # (a run killed while writing left its temporaries under a name of its flags: no later run
+  # of other flags would remove them)
+  atomic.cleanup_stale_named(f.out_dir, "", ".json")
   print(table_text(record))
   print(f"wrote {common.shown(path)}")
   return record

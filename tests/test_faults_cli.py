@@ -98,6 +98,15 @@ def test_estimate_killed_keeps_the_previous_estimate(tmp_path):
                f"--out_dir={tmp_path}", "--out_name=e.json", "--overwrite")
   assert open(es, "rb").read() == before
   assert json.loads(before)["format"] == "vitprune-estimate"
+  # Its hidden temporary, under the name of its flags, was removed only by a run of the same
+  # flags (a probe: two later estimates of other counts left it for good); any estimate does.
+  assert [n for n in os.listdir(tmp_path) if n.startswith(".e.json.")]
+  from experiments import estimate as estimate_cli  # pylint: disable=g-import-not-at-top
+  estimate_cli.main(common.parse(estimate_cli.define_flags, [
+      "--model=test_tiny_vit", "--data=digits", "--num_images=20", "--tokens=17",
+      "--method=random", f"--out_dir={tmp_path}", "--out_name=other.json"]))
+  assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+  assert open(es, "rb").read() == before
 
 
 def test_main_job_killed_keeps_the_previous_outputs(tmp_path):

@@ -712,11 +712,13 @@ def cleanup_stale(path: str) -> None:
 
 
 def cleanup_stale_named(parent: str, prefix: str, suffix: str = "") -> None:
-  """`cleanup_stale` for every NAME in `parent` of `prefix`, a token without dots and `suffix`
-  that has temporaries or a lock file there: for writers that draw a fresh NAME per run
-  (`<out_dir>.partial-XXXX`, a profile's `<stem>.kept-XXXXXXXX.json`), whose killed
+  """`cleanup_stale` for every NAME in `parent` of `prefix`, a token and `suffix` (the token
+  without dots unless a suffix ends the name) that has temporaries or a lock file there: for
+  writers that draw a fresh NAME per run (`<out_dir>.partial-XXXX`, a profile's
+  `<stem>.kept-XXXXXXXX.json`) or one per set of flags (an estimate's), whose killed
   temporaries no later run of the same NAME would find."""
-  pattern = re.compile(rf"^\.({re.escape(prefix)}[^.]+{re.escape(suffix)})\."
+  token = "[^./]+" if not suffix else "[^/]+?"
+  pattern = re.compile(rf"^\.({re.escape(prefix)}{token}{re.escape(suffix)})\."
                        rf"(?:{'|'.join(_KINDS)}|lock)")
   try:
     entries = os.listdir(parent)
