@@ -120,6 +120,32 @@ def test_a_new_dir_check_restores_an_output_a_killed_writer_moved_aside(tmp_path
   assert (out / "manifest.json").read_text() == "{}" and not aside.exists()
 
 
+def test_a_reader_of_an_output_a_killed_writer_moved_aside_says_where_it_is(tmp_path):
+  """Killed between moving the old output aside and publishing, then read before any write: the
+  readers said only 'not a deployment artifact directory' (or kit, or weights) while the
+  previous one lay beside it, whole (a probe)."""
+  from vitprune.edge import kit  # pylint: disable=g-import-not-at-top
+  from vitprune.records import manifest  # pylint: disable=g-import-not-at-top
+  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top
+  for name in ("art", "kit", "w"):
+    (tmp_path / f".{name}.old-999999999-abc" / name).mkdir(parents=True)   # no such process
+    (tmp_path / f".{name}.old-{os.getpid()}-def" / name).mkdir(parents=True)   # a live writer
+  note = (" (a writer killed while replacing it left the previous one in {p}/.{n}.old-999999999-"
+          "abc/{n}: the next write of {n} puts it back, or move it back yourself)")
+  assert atomic.moved_aside_note(str(tmp_path / "art")) == note.format(p=tmp_path, n="art")
+  for read, name, what in ((manifest.read_manifest, "art", "a deployment artifact directory "
+                            "(it does not exist or is not a directory)"),
+                           (kit.read_kit, "kit", "a kit directory"),
+                           (checkpoint.load_weights, "w", "a vitprune weights directory (no "
+                            "config.json)")):
+    with pytest.raises((ValueError, OSError), match=re.escape(
+        f"{tmp_path / name} is not {what}" + note.format(p=tmp_path, n=name))):
+      read(str(tmp_path / name))
+  assert atomic.moved_aside_note(str(tmp_path / "other")) == ""
+  (tmp_path / "art").mkdir()                  # there: nothing to say
+  assert atomic.moved_aside_note(str(tmp_path / "art")) == ""
+
+
 def test_replace_json_refuses_a_file_made_after_the_up_front_check(tmp_path):
   """run_deployed / vitprune.edge --output: the path was checked up front only, so a file a
   user created there during a long run was replaced at the end (exit 0)."""

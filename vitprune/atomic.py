@@ -711,6 +711,23 @@ def cleanup_stale(path: str) -> None:
   _remove_unheld_lock(path)
 
 
+def moved_aside_note(path: str) -> str:
+  """For a reader of a missing output `path`: where the previous one is when a writer killed
+  while replacing it left it moved aside (`.NAME.old-*/NAME`, its writer gone; the next writer
+  of `path` puts it back, `cleanup_stale`) -> ' (...)', else ''. A reader said only 'not an
+  artifact directory' while the artifact lay beside it, whole."""
+  path = os.path.abspath(path)
+  if os.path.lexists(path):
+    return ""
+  name = os.path.basename(path)
+  for old in _stale(os.path.dirname(path), name)["old"]:
+    if os.path.lexists(os.path.join(old, name)):
+      return (f" (a writer killed while replacing it left the previous one in "
+              f"{os.path.join(old, name)}: the next write of {name} puts it back, or move it "
+              "back yourself)")
+  return ""
+
+
 def cleanup_stale_named(parent: str, prefix: str, suffix: str = "") -> None:
   """`cleanup_stale` for every NAME in `parent` of `prefix`, a token and `suffix` (the token
   without dots unless a suffix ends the name) that has temporaries or a lock file there: for

@@ -100,7 +100,8 @@ def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
   """(config.json path, its validated top-level document)."""
   cfg_file = os.path.join(path, CONFIG_FILE)
   if not os.path.isfile(cfg_file):
-    raise FileNotFoundError(f"{path} is not a vitprune weights directory (no config.json)")
+    raise FileNotFoundError(f"{path} is not a vitprune weights directory (no config.json)"
+                            f"{atomic.moved_aside_note(path)}")
   try:
     doc = jsonio.read_json(cfg_file, "weights config")
   except jsonio.FormatError as e:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from vitprune import atomic
 from vitprune import jsonio
 from vitprune.digest import named_leaves_sha256
 from vitprune.profile import protocol
@@ -56,7 +57,7 @@ def point_identity(kit: Dict[str, Any], point: Dict[str, Any]) -> Dict[str, Any]
 def read_kit(path: str) -> Dict[str, Any]:
   """The validated kit manifest of directory `path` (EdgeError when invalid)."""
   if not os.path.isdir(path):
-    raise EdgeError(f"{path} is not a kit directory")
+    raise EdgeError(f"{path} is not a kit directory{atomic.moved_aside_note(path)}")
   if (not os.path.lexists(os.path.join(path, KIT_MANIFEST))
       and rt.record_files(os.path.join(path, rt.EDGE_DIR))):   # (said "kit.json is missing")
     raise EdgeError(f"{path} is an artifact ({rt.EDGE_DIR}/*.json), not a profiling kit: run it "

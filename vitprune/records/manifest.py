@@ -36,6 +36,7 @@ import dataclasses
 import os
 from typing import Any, Dict, Optional, Tuple, Union
 
+from vitprune import atomic
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune.config import (COMPUTE_DTYPES, Preprocessing, ViTConfig, check_config_types,
@@ -290,7 +291,7 @@ def read_manifest(path: str) -> Manifest:
   """The manifest of the artifact directory `path` (`ArtifactError` naming what is wrong)."""
   if not os.path.isdir(path):
     raise ArtifactError(f"{path} is not a deployment artifact directory (it does not exist "
-                        "or is not a directory)")
+                        f"or is not a directory){atomic.moved_aside_note(path)}")
   mf = os.path.join(path, MANIFEST_FILE)
   why = jsonio.why_not_a_file(mf)
   if why == "does not exist":
