@@ -223,10 +223,10 @@ _WEIGHTS_FILES, _WEIGHTS_TREE = ("config.json", "metrics.json"), "params/"
 
 def unlisted_files(directory: str) -> List[str]:
   """Files under `directory` (links and empty folders too: `_tree_files`) that its
-  INVENTORY_FILE does not list (someone added them after we published it), sorted. A directory written before inventories existed (or whose inventory
-  cannot be read): for a weights folder, the files outside its layout (`_WEIGHTS_FILES`,
-  `_WEIGHTS_TREE`: a NOTES.txt beside the weights was deleted with them); [] for the others
-  (their marker alone decides)."""
+  INVENTORY_FILE does not list (someone added them after we published it), sorted. A
+  directory written before inventories existed (or whose inventory cannot be read): for a
+  weights folder, the files outside its layout (`_WEIGHTS_FILES`, `_WEIGHTS_TREE`: a NOTES.txt
+  beside the weights was deleted with them); [] for the others (their marker alone decides)."""
   files = [rel for rel in _tree_files(directory) if rel != INVENTORY_FILE
            and not os.path.basename(rel).startswith(WRITE_CHECK_PREFIX)]
   try:
