@@ -18,6 +18,7 @@ or "all" -> per-layer sensitivity table S[l, n] instead of one curve.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -240,9 +241,11 @@ def main(f: flags.FlagValues):
       method_kwargs=kwargs, seed=f.seed, points=points, result=result,
       labelled=data.labelled, dtype=f.dtype)
   path = write_estimate(out, record, overwrite=f.overwrite)
-  # (a run killed while writing left its temporaries under a name of its flags: no later run
-  # of other flags would remove them)
-  atomic.cleanup_stale_named(f.out_dir, "", ".json")
+  # A run killed while writing left its temporaries under a name of its flags, which no later
+  # run of other flags removed: swept here, for the names estimates of this model take (not
+  # every '.*.json.lock' of a shared folder), and best effort (the estimate is written).
+  with contextlib.suppress(OSError):
+    atomic.cleanup_stale_named(f.out_dir, f"{record.config.name}_", ".json")
   print(table_text(record))
   print(f"wrote {common.shown(path)}")
   return record

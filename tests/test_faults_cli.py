@@ -98,15 +98,20 @@ def test_estimate_killed_keeps_the_previous_estimate(tmp_path):
                f"--out_dir={tmp_path}", "--out_name=e.json", "--overwrite")
   assert open(es, "rb").read() == before
   assert json.loads(before)["format"] == "vitprune-estimate"
-  # Its hidden temporary, under the name of its flags, was removed only by a run of the same
-  # flags (a probe: two later estimates of other counts left it for good); any estimate does.
-  assert [n for n in os.listdir(tmp_path) if n.startswith(".e.json.")]
+  # A hidden temporary under the name of its flags was removed only by a run of the same flags
+  # (a probe: two later estimates of other counts left it for good); an estimate of the model
+  # sweeps those of its names, and nothing else of the folder (a review: a shared folder's
+  # '.app-settings.json.lock' was deleted).
+  out = tmp_path / "out"
+  args = ["--model=test_tiny_vit", "--data=digits", "--num_images=20", "--method=random",
+          f"--out_dir={out}"]
+  _kill_cli_at("file_written", "experiments.estimate", *args, "--tokens=9,17")
+  left = [n for n in os.listdir(out) if n.startswith(".test_tiny_vit_")]
+  assert left
+  (out / ".app-settings.json.lock").write_text("12345")
   from experiments import estimate as estimate_cli  # pylint: disable=g-import-not-at-top
-  estimate_cli.main(common.parse(estimate_cli.define_flags, [
-      "--model=test_tiny_vit", "--data=digits", "--num_images=20", "--tokens=17",
-      "--method=random", f"--out_dir={tmp_path}", "--out_name=other.json"]))
-  assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
-  assert open(es, "rb").read() == before
+  estimate_cli.main(common.parse(estimate_cli.define_flags, [*args, "--tokens=17"]))
+  assert [n for n in os.listdir(out) if n.startswith(".")] == [".app-settings.json.lock"]
 
 
 def test_main_job_killed_keeps_the_previous_outputs(tmp_path):

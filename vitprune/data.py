@@ -254,17 +254,13 @@ def _warn_unlabelled_root_images(root: str) -> None:
                   stacklevel=3)
 
 
-# PIL's warning for an image above its pixel limit names no file, and its text repeats, so
-# Python showed it once for any number of such images: `load_image` says it per file instead.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-
 def load_image(path: str) -> Image.Image:
   """Open and fully decode the image at `path` (the mode is left as stored).
 
   Raises `FileNotFoundError` when it is missing, and `ValueError` naming the file when it cannot
   be opened (permissions), is empty, or PIL cannot decode it (corrupt, truncated, not an image,
-  more than twice PIL's pixel limit); above the limit, a warning naming the file.
+  more than twice PIL's pixel limit); above the limit, a `DecompressionBombWarning` naming the
+  file (PIL's own names none, and its repeated text was shown once for any number of images).
   """
   try:
     f = open(path, "rb")
@@ -285,7 +281,8 @@ def load_image(path: str) -> Image.Image:
   limit = Image.MAX_IMAGE_PIXELS
   if limit is not None and img.width * img.height > limit:
     warnings.warn(f"image file {path!r} has {img.width * img.height} pixels, above PIL's "
-                  f"limit of {limit} (a decompression bomb?): decoded anyway", stacklevel=2)
+                  f"limit of {limit} (a decompression bomb?): decoded anyway",
+                  Image.DecompressionBombWarning, stacklevel=2)
   return img
 
 
