@@ -36,6 +36,7 @@ from vitprune import memory
 from vitprune.pipeline import PipelineSpec
 from vitprune.profile import latency_model as lm_lib
 from vitprune.profile import protocol
+from vitprune.profile import runner
 from vitprune.schedule import parse_token_grid
 
 
@@ -184,10 +185,12 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     rows += got
     print(f"{method}: measured in {got[0]['measurement_s']:.0f} s", file=sys.stderr)
   summary = summarize(rows)
+  machine = runner.machine_info()
   print(table(summary))
+  print(runner.machine_line(machine))
   doc = {"format": RESULT_FORMAT,
          "command": common.command_line("benchmarks.calibration_size", f),
-         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": cfg.name,
+         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine, "model": cfg.name,
          "batch_size": f.batch_size, "summary": summary, "heldout": heldout, "rows": rows}
   common.write_result(f.out, doc, RESULT_FORMAT, indent=1)
   print(f"wrote {f.out}")

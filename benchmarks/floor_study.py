@@ -42,6 +42,7 @@ from vitprune import atomic
 from vitprune import pipeline
 from vitprune import solve, solve_loop
 from vitprune.profile import latency_model
+from vitprune.profile import runner
 from vitprune.records.solution import meets_measured_floor, read_solution
 from vitprune.reduce.methods import make_reducer
 
@@ -305,9 +306,11 @@ def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
   if refined:
     print("\naccuracy |error| mean / max points (schedules), predicted before measuring:")
     print(refinement_table(refined))
+  machine = runner.machine_info()
+  print(runner.machine_line(machine))
   common.write_result(f.out, {
       "format": RESULT_FORMAT, "command": common.command_line("benchmarks.floor_study", f),
-      "method": f.method, "floor": f.accuracy_floor, "job_flags": f.job_flags,
+      "machine": machine, "method": f.method, "floor": f.accuracy_floor, "job_flags": f.job_flags,
       "subset_per_seed": subset is not None,
       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "totals": tot,
       "refinement": refined or None, "rows": rows},

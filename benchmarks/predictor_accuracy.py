@@ -306,7 +306,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
 
   def document(complete: bool) -> Dict[str, Any]:
     return {"format": RESULT_FORMAT, "version": RESULT_VERSION, "complete": complete,
-            "total_s": time.perf_counter() - t_all, "device": runner.device_info(),
+            "total_s": time.perf_counter() - t_all, "device": runner.machine_info(),
             "command": common.command_line("benchmarks.predictor_accuracy", f),
             "quick": quick, "rounds": f.rounds, "rows": rows}
 

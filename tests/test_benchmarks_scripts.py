@@ -277,8 +277,14 @@ def test_calibration_size_fits_every_set_on_one_measurement(tmp_path, capsys, mo
   doc = cs.main(common.parse(cs.define_flags, [
       "--methods=pomt", "--sizes=4,5", "--draws=1", "--num_heldout=2", "--tokens=65,33,17",
       "--min_run_time=0.005", f"--out={out}"]))
-  assert "| pomt | 4 |" in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert "| pomt | 4 |" in printed
   assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
+  # The latencies name what measured them (a probe: no device, CPU or jax in the JSON).
+  from vitprune.profile import runner  # pylint: disable=g-import-not-at-top
+  assert doc["machine"] == runner.machine_info() and doc["machine"]["cores"] >= 1
+  assert doc["machine"]["cpu"] and doc["machine"]["device_kind"]
+  assert runner.machine_line(doc["machine"]) + "\n" in printed
   (held,) = doc["heldout"].values()
   held_counts = [tuple(h["counts"]) for h in held]
   assert len(held) == 2 and all(h["measured_s"] > 0 for h in held)
@@ -792,6 +798,9 @@ def test_floor_study_records_a_seed_whose_floor_is_not_met(tmp_path, monkeypatch
   rows = floor_study.main(common.parse(floor_study.define_flags, [
       "--seeds=2", "--accuracy_floor=0.99", f"--out={tmp_path / 'f.json'}"]))
   assert [r["seed"] for r in rows] == [0, 1] and (tmp_path / "f.json").exists()
+  import json  # pylint: disable=g-import-not-at-top
+  from vitprune.profile import runner  # pylint: disable=g-import-not-at-top
+  assert json.loads((tmp_path / "f.json").read_text())["machine"] == runner.machine_info()
 
 def test_the_benchmarks_on_the_bundled_weights_check_their_digits_split(tmp_path, monkeypatch):
   """predictor_accuracy and accuracy_combination scored weights/vit_digits on the digits test

@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import platform
 import secrets
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -287,6 +288,20 @@ def device_info() -> Dict[str, str]:
   dev = jax.devices()[0]
   return dict(device_kind=str(dev.device_kind), platform=jax.default_backend(),
               jax_version=jax.__version__, jaxlib_version=jaxlib.__version__)
+
+
+def machine_info() -> Dict[str, Any]:
+  """`device_info` and the host: CPU model, the cores this process may use, the OS (a
+  benchmark's latencies name what measured them: device kind 'cpu' alone does not)."""
+  from vitprune.edge.targets import host_cpu  # pylint: disable=g-import-not-at-top
+  return dict(device_info(), cpu=host_cpu()["model"], cores=len(os.sched_getaffinity(0)),
+              os=platform.platform())
+
+
+def machine_line(machine: Dict[str, Any]) -> str:
+  """'measured on cpu (Intel(R) Xeon(R) ..., 2 cores), jax 0.10.2' from `machine_info`."""
+  return (f"measured on {machine['device_kind']} ({machine['cpu']}, {machine['cores']} cores), "
+          f"jax {machine['jax_version']}")
 
 
 def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool = True,
