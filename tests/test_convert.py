@@ -381,6 +381,13 @@ def test_mismatch_hints_name_what_would_help():
     convert_state_dict(cfg.replace(num_classes=0, dist_token=True), sd)   # model: no 'head.'
   assert "the model is distilled, the checkpoint is not" in str(e.value)  # prefix to strip
   assert "wrapped state dict" not in str(e.value)
+  # Keys the model does not have, nothing missing: no prefix to strip (a probe: a deeper
+  # checkpoint's extra 'blocks.*', one 'extra.weight', a head kept for a headless model).
+  for extra in ({"extra.weight": np.zeros(3, np.float32)},
+                {"blocks.99.norm1.weight": np.zeros(cfg.embed_dim, np.float32)}):
+    with pytest.raises(ConversionError) as e:
+      convert_state_dict(cfg, dict(sd, **extra))
+    assert "unexpected keys (1)" in str(e.value) and "wrapped state dict" not in str(e.value)
 
 
 def test_headless_distilled_deit_averages_its_two_tokens_as_timm():

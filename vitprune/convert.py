@@ -76,8 +76,9 @@ class ConversionError(ValueError):
                    "only with drop_head=True / --drop_head)")
     prefixes = {k.split(".", 1)[0] + "." for k in self.unexpected if "." in k}
     prefix = next(iter(prefixes)) if len(prefixes) == 1 else None
-    if prefix and all(k.startswith(prefix) for k in self.unexpected) and set(
-        self.missing) <= {k[len(prefix):] for k in self.unexpected}:   # (stripped, they fit)
+    # (stripped, they fit; nothing missing: keys the model lacks, not a wrapper's prefix)
+    if prefix and self.missing and all(k.startswith(prefix) for k in self.unexpected) and set(
+        self.missing) <= {k[len(prefix):] for k in self.unexpected}:
       lines.append(f"  (every unexpected key starts with {prefix!r}: a wrapped state dict? "
                    "strip that prefix)")
     super().__init__("\n".join(lines))
