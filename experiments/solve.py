@@ -7,9 +7,10 @@ r"""Schedule solver CLI: a latency profile + an accuracy estimate -> a token sch
   python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
       --accuracy_floor=0.9 [--step_bottoms_only]
   # The latency of the compiled graph instead of the isolated blocks: a profile holding
-  # calibration schedules of the estimate's method (the main job's --solver=multi profile):
+  # calibration schedules of the estimate's method (the main job's --solver=multi profile; it
+  # times batch 1 and evaluates in batches of 64, hence --allow_batch_mismatch):
   python -m experiments.solve --mode=multi --profile=OUT/profile/P.json \
-      --estimate=OUT/estimate/E.json --accuracy_floor=0.97
+      --estimate=OUT/estimate/E.json --accuracy_floor=0.97 --allow_batch_mismatch
   # ... and measured in the loop: with the weights and the estimate's data, the floor is checked
   # on measured accuracy and the choice and its neighbours are compiled and timed:
   python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \
@@ -20,7 +21,8 @@ r"""Schedule solver CLI: a latency profile + an accuracy estimate -> a token sch
       --max_accuracy_drop=0.01 --weights=weights/vit_digits --data=digits [--floor_confidence]
   # ... or the most accurate schedule MEASURED within a latency budget (seconds):
   python -m experiments.solve --mode=multi --profile=OUT/profile/P.json \
-      --estimate=OUT/estimate/E.json --latency_budget=0.0006 --weights=weights/vit_digits
+      --estimate=OUT/estimate/E.json --latency_budget=0.0006 --weights=weights/vit_digits \
+      --allow_batch_mismatch
   # ... with the accuracy model corrected from measured frontiers (up to 4 rounds), each round
   # also reporting the anchored per-image prediction it made before measuring:
   python -m experiments.solve --mode=multi --profile=BLOCKS.json --estimate=SENS.json \

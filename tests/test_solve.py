@@ -1538,6 +1538,12 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
   (budget_line,) = [ln for ln in figs[0].axes[0].lines
                     if ln.get_label() == f"latency budget {1e3 * budget:.4g} ms"]
   assert list(budget_line.get_xdata()) == [1e3 * budget] * 2
+  # The chosen point drawn at its prediction says so; the measured one is the star (a probe:
+  # labelled "measured" after the choice's basis, it sat below the floor it met measured).
+  labels = {ln.get_label(): ln for ln in figs[0].axes[0].lines}
+  dot = labels[f"chosen, predicted (latency_budget_measured): {loop.chosen.schedule}"]
+  assert list(dot.get_xdata()) == [1e3 * loop.chosen.predicted_latency_s]
+  assert list(labels["chosen (measured)"].get_ydata()) == [loop.chosen.measured_accuracy]
   worse = min(within, key=lambda c: c.measured_accuracy)
   with pytest.raises(SolutionError, match=re.escape(
       f"criterion 'latency_budget_measured', but {loop.chosen.schedule} measured "

@@ -366,6 +366,10 @@ def test_a_floor_met_with_confidence_measures_each_schedule_against_the_unpruned
   assert wide.chosen.counts != wide.full.counts and meets_measured_floor(wide.chosen, wide.settings)
   assert wide.chosen.measured_change_low == pytest.approx(lo - 1.0)
   assert narrow.chosen.counts == narrow.full.counts
+  # ... and timed in the loop: `full` says so as its checked entry does (a probe: it kept
+  # measured_latency_s null and no change interval while the chosen entry had both)
+  assert narrow.full == narrow.chosen and narrow.full.measured_latency_s is not None
+  assert (narrow.full.measured_change_low, narrow.full.measured_change_high) == (0.0, 0.0)
   assert pruned and not any(meets_measured_floor(c, narrow.settings)
                             for c in narrow.checked if c.counts != narrow.full.counts)
   assert any(line.startswith("floor met with 95% confidence: the chosen schedule's change")

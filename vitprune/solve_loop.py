@@ -504,7 +504,8 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
     settings["checked_accuracy_error"] = error
   checked.sort(key=lambda p: p.predicted_latency_s)
   return dataclasses.replace(solution, chosen=best, checked=tuple(checked), basis="measured",
-                             criterion="accuracy_floor_measured", settings=settings)
+                             criterion="accuracy_floor_measured", settings=settings,
+                             full=_as_checked(solution.full, checked))
 
 
 def _choose_measured(measured: Sequence[Candidate], settings: Dict[str, Any],
@@ -661,7 +662,16 @@ def _timed_choice(solution: Solution, best: Candidate, checked: Tuple[Candidate,
   if error:
     settings["checked_accuracy_error"] = error
   return dataclasses.replace(solution, chosen=best, checked=checked, basis="measured",
-                             criterion=criterion, settings=settings)
+                             criterion=criterion, settings=settings,
+                             full=_as_checked(solution.full, checked))
+
+
+def _as_checked(full: Optional[Candidate], checked: Sequence[Candidate]) -> Optional[Candidate]:
+  """The unpruned entry as `checked` holds it, where it was measured or timed there (a probe:
+  `full` said the unpruned graph was never timed while its checked entry, chosen, was)."""
+  if full is None:
+    return None
+  return next((c for c in checked if c.counts == full.counts), full)
 
 
 def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.CostModel],
