@@ -245,7 +245,7 @@ def main(f: flags.FlagValues):
   # run of other flags removed: swept here, for the names estimates of this model take (not
   # every '.*.json.lock' of a shared folder), and best effort (the estimate is written).
   with contextlib.suppress(OSError):
-    atomic.cleanup_stale_named(f.out_dir, f"{record.config.name}_", ".json")
+    atomic.cleanup_stale_named(f.out_dir, _slug(f"{record.config.name}_"), ".json")
   print(table_text(record))
   print(f"wrote {common.shown(path)}")
   return record

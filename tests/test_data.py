@@ -5,6 +5,8 @@ import glob
 import io
 import os
 import re
+import subprocess
+import sys
 import unicodedata
 import warnings
 
@@ -361,8 +363,19 @@ def test_an_image_above_pils_pixel_limit_is_named_each_time(tmp_path, monkeypatc
       f"image file '{tmp_path / name}.png' has 20 pixels, above PIL's limit of 12 (a "
       "decompression bomb?): decoded anyway" for name in ("a", "b")]
   assert all(w.category is data.Image.DecompressionBombWarning for w in caught)
-  # No process-wide filter: a caller who makes PIL's warning an error keeps it one (a review:
-  # importing vitprune.data silenced it), on load_image's path too.
+  # As a CLI prints them: one line per file, not PIL's unnamed one besides (a review).
+  script = ("import sys, warnings; from PIL import Image; from vitprune import console, data\n"
+            "warnings.formatwarning = console.one_line_warning\n"
+            "Image.MAX_IMAGE_PIXELS = 12\n"
+            "for p in sys.argv[1:]: data.load_image(p)\n")
+  run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "a.png"),
+                        str(tmp_path / "b.png")], capture_output=True, text=True, check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert run.stderr.splitlines() == [
+      f"warning: DecompressionBombWarning: image file '{tmp_path / name}.png' has 20 pixels, "
+      "above PIL's limit of 12 (a decompression bomb?): decoded anyway" for name in ("a", "b")]
+  # The filter of PIL's text comes last: a caller who makes PIL's warning an error keeps it
+  # one (a review: a first, process-wide filter silenced it), on load_image's path too.
   with warnings.catch_warnings():
     warnings.simplefilter("error", data.Image.DecompressionBombWarning)
     with pytest.raises(data.Image.DecompressionBombWarning):

@@ -254,6 +254,12 @@ def _warn_unlabelled_root_images(root: str) -> None:
                   stacklevel=3)
 
 
+# PIL's own warning for such an image names no file (shown once per image size): `load_image`
+# warns per file instead. Appended, so that a caller's filter (an error, say) still decides.
+warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit",
+                        category=Image.DecompressionBombWarning, append=True)
+
+
 def load_image(path: str) -> Image.Image:
   """Open and fully decode the image at `path` (the mode is left as stored).
 

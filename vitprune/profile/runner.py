@@ -293,8 +293,8 @@ def device_info() -> Dict[str, str]:
 def machine_info() -> Dict[str, Any]:
   """`device_info` and the host: CPU model, the cores this process may use, the OS (a
   benchmark's latencies name what measured them: device kind 'cpu' alone does not)."""
-  from vitprune.edge.targets import host_cpu  # pylint: disable=g-import-not-at-top
-  return dict(device_info(), cpu=host_cpu()["model"], cores=len(os.sched_getaffinity(0)),
+  from vitprune.edge.targets import host_cpu, usable_cores  # pylint: disable=g-import-not-at-top
+  return dict(device_info(), cpu=host_cpu()["model"], cores=usable_cores(),
               os=platform.platform())
 
 
