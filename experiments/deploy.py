@@ -289,13 +289,20 @@ def main(f: flags.FlagValues) -> str:
   if f.verify and deploy.local_platform() not in m.platforms:
     print(f"note: not verified: the export holds no {deploy.local_platform()} module to run "
           "here (--verify checks it on this machine)")
-  if f.solution and sol.profile.platform.startswith("iree") and not any(
-      t.is_iree for t in targets):
+  iree = [t.text for t in targets if t.is_iree]
+  if f.solution and sol.profile.platform.startswith("iree") and not iree:
     print(f"note: {common.shown(f.solution)} chose its schedule on a profile of "
           f"{common.shown(sol.profile.device_kind)} ({sol.profile.platform}), an IREE board; "
           "this artifact holds the JAX export only: add --target=iree:... to build the module "
           "that board runs" + (" (IREE modules take a fixed batch: without --symbolic_batch)"
                                if f.symbolic_batch else ""))
+  elif f.solution and sol.profile.platform.startswith("iree") and _board(sol) not in (
+      None, *iree):
+    # (any IREE target silenced the note: a profile of an sm_87 board deployed for the host CPU)
+    print(f"note: {common.shown(f.solution)} chose its schedule on a profile of "
+          f"{common.shown(sol.profile.device_kind)} ({sol.profile.platform}); this artifact's "
+          f"IREE modules are for {','.join(iree)}: its latency steps were measured on another "
+          "device")
   elif (f.solution and not sol.profile.platform.startswith("iree") and   # (a board: its module)
         not set(_EXPORT_PLATFORMS.get(sol.profile.platform, (sol.profile.platform,)))
         & set(m.platforms)):
@@ -306,6 +313,16 @@ def main(f: flags.FlagValues) -> str:
           f"exports for {','.join(m.platforms)}: its latency steps were measured on another "
           "device")
   return path
+
+
+def _board(sol) -> Optional[str]:
+  """The IREE target an IREE board's profile timed (the first word of its device kind, as
+  `vitprune.edge.kit` names it), normalised as --target is; None when it names none."""
+  words = sol.profile.device_kind.split()
+  try:
+    return parse_targets([words[0]])[0].text if words else None
+  except ValueError:
+    return None
 
 
 # A profile's jax platform -> the export platforms that run on it.

@@ -80,7 +80,7 @@ def pytest_collection_modifyitems(items):
 
 def solution_file(path, cfg, counts, *, mode="paper", method="pomt", frontier=(),
                   settings=None, batch_size=1, weights_sha256="0" * 64, dtype="float32",
-                  method_kwargs=None, platform="cpu"):
+                  method_kwargs=None, platform="cpu", device_kind="cpu"):
   """Writes a genuine `Solution` record choosing `counts` (predictions are placeholders: 1 ms,
   accuracy 0.9) for `batch_size` on a profile timed in `dtype` on `platform`, estimated on
   weights `weights_sha256`; returns its path."""
@@ -105,7 +105,8 @@ def solution_file(path, cfg, counts, *, mode="paper", method="pomt", frontier=()
     frontier = (counts, *frontier)      # a multi choice is one the solution lists
   sol = S.Solution(
       mode=mode, config=cfg,
-      profile=S.ProfileRef("p.json", "0" * 64, "cpu", platform, dtype, batch_size, "measured"),
+      profile=S.ProfileRef("p.json", "0" * 64, device_kind, platform, dtype, batch_size,
+                           "measured"),
       estimate=S.EstimateRef("e.json", "0" * 64, "tokens", method, "accuracy", (None,), 1,
                              weights_sha256, None, method_kwargs),
       settings=settings, chosen=cand(counts, tokens), method=method,

@@ -601,11 +601,23 @@ def test_a_board_profiles_solution_deployed_for_jax_alone_says_so(tmp_path, para
   # A board's solution deployed with its IREE module, as the note above asks: no note (a review:
   # the new one said its latency steps were measured on another device).
   board = solution_file(tmp_path / "board2.json", CFG, [17, 9, 9], platform="iree-local-task",
+                        device_kind="iree:host Intel(R) Xeon(R) Processor",   # (as kits name it)
                         weights_sha256=params_sha256(params))
   common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
       f"--weights={weights}", f"--solution={board}", "--noverify", "--target=iree:host",
       f"--out={tmp_path / 'board2'}"])
   assert "note:" not in capsys.readouterr().out
+  # ... but one of another board: any IREE target silenced the note (a probe: an sm_87 board's
+  # latencies deployed for the host CPU said nothing).
+  orin = solution_file(tmp_path / "orin.json", CFG, [17, 9, 9], platform="iree-cuda",
+                       device_kind="iree:cuda:sm_87", weights_sha256=params_sha256(params))
+  common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+      f"--weights={weights}", f"--solution={orin}", "--noverify", "--target=iree:host",
+      f"--out={tmp_path / 'orin'}"])
+  assert capsys.readouterr().out.endswith(
+      f"note: {orin} chose its schedule on a profile of iree:cuda:sm_87 (iree-cuda); this "
+      "artifact's IREE modules are for iree:host: its latency steps were measured on another "
+      "device\n")
 
 
 def test_an_unpruned_artifact_names_no_reducer_and_an_unverified_one_says_so(tmp_path, params,

@@ -111,6 +111,10 @@ def test_solution_round_trip_and_provenance(tmp_path):
   prov = sol.provenance()
   assert prov["sha256"] == sol.sha256() and prov["path"] == path
   assert "frontier" not in prov and prov["chosen"]["counts"] == [17, 17, 9]
+  # Paper mode: the chosen entry as the file has it, its utility and per-block latency too (a
+  # probe: an artifact kept the uniform curve's L(n*) as the prediction with nothing saying so).
+  assert {k: prov["chosen"][k] for k in ("utility", "schedule_latency_s")} == {
+      k: sol.to_json()["chosen"][k] for k in ("utility", "schedule_latency_s")}
   # The digest is of the canonical JSON: re-indenting the file does not change it.
   with open(path) as f:
     doc = json.load(f)

@@ -740,12 +740,17 @@ class Solution:
                        f"({weights_sha256[:16]}...): its accuracy says nothing about them")
 
   def provenance(self) -> Dict[str, Any]:
-    """What a deployment records about this solution (no frontier, no curve)."""
+    """What a deployment records about this solution (no frontier, no curve; paper mode's
+    chosen entry with its utility and per-block latency, as the file has them: its predicted
+    latency is the uniform curve's at n*, which an artifact said nowhere)."""
+    chosen = self.chosen.to_json()
+    if self.mode == "paper":
+      chosen.update(utility=self.utility, schedule_latency_s=self.schedule_latency_s)
     return {"path": self.source, "sha256": self.sha256(), "mode": self.mode,
             "created": self.created, "model": self.model, "basis": self.basis,
             "criterion": self.criterion, "settings": dict(self.settings),
             "profile": self.profile.to_json(), "estimate": self.estimate.to_json(),
-            "chosen": self.chosen.to_json()}
+            "chosen": chosen}
 
   def sha256(self) -> str:
     return jsonio.canonical_sha256(self.to_json())
