@@ -334,15 +334,22 @@ def test_default_flags_run_the_pipeline_on_the_embedded_model():
   assert spec.loop_neighbours == 4             # (the main job had no flag: always 2)
 
 
+def _killed_and_live_keeps(parent, name):
+  """The staging folders of two `.partial` keeps of output `name` in `parent`: one whose
+  writer died (a process that has exited), one of a writer still at work (this one)."""
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  stale = parent / f".{name}.partial-0badf00d.tmp-{int(dead.stdout)}-abc"
+  live = parent / f".{name}.partial-0badf00e.tmp-{os.getpid()}-abc"
+  (stale / "profile").mkdir(parents=True)
+  live.mkdir()
+  return stale, live
+
+
 def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys):
   # A keep killed while staging (a probe: SIGKILL while a failed run kept its measurements)
   # left its hidden temporary, which only a later failed run swept: a succeeding one does too.
-  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                        capture_output=True, text=True, check=True)
-  stale = tmp_path / f".run.partial-0badf00d.tmp-{int(dead.stdout)}-abc"
-  live = tmp_path / f".run.partial-0badf00e.tmp-{os.getpid()}-abc"    # a writer still at work
-  (stale / "profile").mkdir(parents=True)
-  live.mkdir()
+  stale, live = _killed_and_live_keeps(tmp_path, "run")
   s = cli.main(_flags(f"--out_dir={tmp_path / 'run'}", *FAST, "--tokens=65,49,33,17",
          "--num_images=40", "--eval_batch_size=20"))
   assert not stale.exists() and live.exists()
@@ -448,12 +455,7 @@ def test_a_failed_late_stage_keeps_what_was_measured(tmp_path, capsys, monkeypat
   monkeypatch.setattr(pipeline, stage, broken)
   out = tmp_path / "run"
   # A keep killed while staging left its hidden temporary, and no later run drew its name.
-  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                        capture_output=True, text=True, check=True)
-  stale = tmp_path / f".run.partial-0badf00d.tmp-{int(dead.stdout)}-abc"
-  live = tmp_path / f".run.partial-0badf00e.tmp-{os.getpid()}-abc"    # a writer still at work
-  (stale / "profile").mkdir(parents=True)
-  live.mkdir()
+  stale, live = _killed_and_live_keeps(tmp_path, "run")
   with pytest.raises(ValueError, match=f"{stage} broke"):
     cli.main(_flags(f"--out_dir={out}", *FAST, "--tokens=65,33,17", "--num_images=40",
                     "--eval_batch_size=20", "--solver=multi", "--accuracy_floor=0.5"))
