@@ -20,7 +20,7 @@ from absl import flags
 from experiments import common
 from vitprune import checkpoint, deploy, jsonio, memory
 from vitprune.digest import params_sha256
-from vitprune.edge.targets import check_compute_dtype, parse_targets
+from vitprune.edge.targets import check_compute_dtype, host_cpu, parse_target, parse_targets
 from vitprune.profile import records
 from vitprune.records.estimate import read_estimate
 from vitprune.records.solution import read_solution
@@ -289,20 +289,18 @@ def main(f: flags.FlagValues) -> str:
   if f.verify and deploy.local_platform() not in m.platforms:
     print(f"note: not verified: the export holds no {deploy.local_platform()} module to run "
           "here (--verify checks it on this machine)")
-  iree = [t.text for t in targets if t.is_iree]
-  if f.solution and sol.profile.platform.startswith("iree") and not iree:
+  if f.solution and sol.profile.platform.startswith("iree") and not any(
+      t.is_iree for t in targets):
     print(f"note: {common.shown(f.solution)} chose its schedule on a profile of "
           f"{common.shown(sol.profile.device_kind)} ({sol.profile.platform}), an IREE board; "
           "this artifact holds the JAX export only: add --target=iree:... to build the module "
           "that board runs" + (" (IREE modules take a fixed batch: without --symbolic_batch)"
                                if f.symbolic_batch else ""))
-  elif f.solution and sol.profile.platform.startswith("iree") and _board(sol) not in (
-      None, *iree):
+  elif f.solution and sol.profile.platform.startswith("iree") and _board_note(sol, targets):
     # (any IREE target silenced the note: a profile of an sm_87 board deployed for the host CPU)
     print(f"note: {common.shown(f.solution)} chose its schedule on a profile of "
-          f"{common.shown(sol.profile.device_kind)} ({sol.profile.platform}); this artifact's "
-          f"IREE modules are for {','.join(iree)}: its latency steps were measured on another "
-          "device")
+          f"{common.shown(sol.profile.device_kind)} ({sol.profile.platform}); "
+          f"{_board_note(sol, targets)}")
   elif (f.solution and not sol.profile.platform.startswith("iree") and   # (a board: its module)
         not set(_EXPORT_PLATFORMS.get(sol.profile.platform, (sol.profile.platform,)))
         & set(m.platforms)):
@@ -315,14 +313,32 @@ def main(f: flags.FlagValues) -> str:
   return path
 
 
-def _board(sol) -> Optional[str]:
-  """The IREE target an IREE board's profile timed (the first word of its device kind, as
-  `vitprune.edge.kit` names it), normalised as --target is; None when it names none."""
-  words = sol.profile.device_kind.split()
+def _board_note(sol, targets) -> Optional[str]:
+  """How the IREE modules of `targets` differ from what an IREE board's profile timed (its
+  device kind: the kit's target, then for a CPU target the CPU's model, as `vitprune.edge.kit`
+  names it) -> the end of a note, or None (the same target; a device kind naming none):
+  another backend is another device; another CPU target of the same backend, code generated
+  for another CPU; `iree:host` on both, another host's CPU when the models differ."""
+  words = sol.profile.device_kind.split(None, 1)
   try:
-    return parse_targets([words[0]])[0].text if words else None
+    board = parse_target(words[0]) if words else None
   except ValueError:
     return None
+  iree = [t for t in targets if t.is_iree]
+  if board is None or not iree:
+    return None
+  if board in iree:
+    model = host_cpu()["model"]
+    if board.text != "iree:host" or len(words) < 2 or words[1] == model:
+      return None
+    return (f"this artifact's iree:host module is built for this machine's CPU ({model}): "
+            "its latency steps were measured on another CPU")
+  texts = ",".join(t.text for t in iree)
+  if board.backend == "llvm-cpu" and any(t.backend == "llvm-cpu" for t in iree):
+    return (f"its latency steps were timed on a module for {board.text}, this artifact's are "
+            f"for {texts}: code generated for another CPU may move them")
+  return (f"this artifact's IREE modules are for {texts}: its latency steps were measured on "
+          "another device")
 
 
 # A profile's jax platform -> the export platforms that run on it.

@@ -600,8 +600,10 @@ def test_a_board_profiles_solution_deployed_for_jax_alone_says_so(tmp_path, para
   assert "note:" not in said["gpu_both"]
   # A board's solution deployed with its IREE module, as the note above asks: no note (a review:
   # the new one said its latency steps were measured on another device).
+  from vitprune.edge.targets import host_cpu, parse_targets  # pylint: disable=g-import-not-at-top
+  here = host_cpu()["model"]
   board = solution_file(tmp_path / "board2.json", CFG, [17, 9, 9], platform="iree-local-task",
-                        device_kind="iree:host Intel(R) Xeon(R) Processor",   # (as kits name it)
+                        device_kind=f"iree:host {here}",   # (as kits name it)
                         weights_sha256=params_sha256(params))
   common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
       f"--weights={weights}", f"--solution={board}", "--noverify", "--target=iree:host",
@@ -618,6 +620,22 @@ def test_a_board_profiles_solution_deployed_for_jax_alone_says_so(tmp_path, para
       f"note: {orin} chose its schedule on a profile of iree:cuda:sm_87 (iree-cuda); this "
       "artifact's IREE modules are for iree:host: its latency steps were measured on another "
       "device\n")
+  # A review: the same target spelled otherwise is no other device; another CPU target is
+  # code generated for another CPU; iree:host timed on another host's CPU says so.
+  def note(kind, *texts):
+    sol = read_solution(solution_file(tmp_path / "n.json", CFG, [17, 9, 9],
+                                      platform="iree-local-task", device_kind=kind))
+    return deploy_cli._board_note(sol, parse_targets(texts))
+  a78 = "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae"
+  assert note("IREE:LLVM-CPU:aarch64-linux-gnu:cortex-a78ae Cortex-A78AE", a78) is None
+  assert note(f"iree:host {here}", "iree:host") is None and note("cpu", "iree:host") is None
+  assert note("iree:host ARMv8 Processor rev 1 (v8l)", "iree:host") == (
+      f"this artifact's iree:host module is built for this machine's CPU ({here}): its latency "
+      "steps were measured on another CPU")
+  assert note("iree:host ARMv8 Processor rev 1 (v8l)", a78) == (
+      f"its latency steps were timed on a module for iree:host, this artifact's are for {a78}: "
+      "code generated for another CPU may move them")
+  assert note("iree:cuda:sm_87", "jax") is None            # (the JAX-only note's case)
 
 
 def test_an_unpruned_artifact_names_no_reducer_and_an_unverified_one_says_so(tmp_path, params,

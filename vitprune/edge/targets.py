@@ -133,8 +133,9 @@ def parse_target(text: str) -> Target:
     if not re.fullmatch(r"[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+){1,4}", rest[0]):
       raise EdgeError(f"target {raw!r}: {rest[0]!r} is not an LLVM target triple such as "
                       "aarch64-linux-gnu")
+    # (the prefix in one spelling, as the others are: a board's profile names its target so)
     cpu = rest[1] if len(rest) == 2 else None
-    return Target(raw, "llvm-cpu", triple=rest[0], cpu=cpu)
+    return Target(":".join(["iree:llvm-cpu", *rest]), "llvm-cpu", triple=rest[0], cpu=cpu)
   if kind == "cuda" and len(rest) == 1:
     if not re.fullmatch(r"sm_[0-9]{2,3}[a-z]?", rest[0].lower()):
       raise EdgeError(f"target {raw!r}: {rest[0]!r} is not a CUDA architecture such as sm_87")
