@@ -18,7 +18,6 @@ or "all" -> per-layer sensitivity table S[l, n] instead of one curve.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -243,9 +242,8 @@ def main(f: flags.FlagValues):
   path = write_estimate(out, record, overwrite=f.overwrite)
   # A run killed while writing left its temporaries under a name of its flags, which no later
   # run of other flags removed: swept here, for the names estimates of this model take (not
-  # every '.*.json.lock' of a shared folder), and best effort (the estimate is written).
-  with contextlib.suppress(OSError):
-    atomic.cleanup_stale_named(f.out_dir, _slug(f"{record.config.name}_"), ".json")
+  # every '.*.json.lock' of a shared folder).
+  atomic.cleanup_stale_named(f.out_dir, _slug(f"{record.config.name}_"), ".json")
   print(table_text(record))
   print(f"wrote {common.shown(path)}")
   return record

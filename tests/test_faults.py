@@ -98,6 +98,28 @@ def test_stale_temporaries_of_live_processes_are_kept(tmp_path):
   assert live.exists() and other.exists() and not stale.exists()
 
 
+def test_a_sweep_of_killed_keeps_is_best_effort(tmp_path, monkeypatch):
+  """`cleanup_stale_named` sweeps what killed writers of fresh names left; a name it cannot
+  clean (another user's lock: PermissionError) is left, the others are still swept, and the
+  writer that sweeps does not fail (a review: one such lock failed an estimate already
+  written)."""
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  stale = [tmp_path / f".e_{k}.json.tmp-{int(dead.stdout)}-abc" for k in "ab"]
+  for d in stale:
+    d.mkdir()
+  clean = atomic.cleanup_stale
+
+  def refusing(path):
+    if os.path.basename(path) == "e_a.json":
+      raise PermissionError(13, "Permission denied", path)
+    clean(path)
+  monkeypatch.setattr(atomic, "cleanup_stale", refusing)
+  atomic.cleanup_stale_named(str(tmp_path), "e_", ".json")
+  assert stale[0].exists() and not stale[1].exists()
+  atomic.cleanup_stale_named(str(tmp_path / "no_such_folder"), "e_", ".json")
+
+
 def test_temporaries_of_another_pid_namespace_are_judged_by_their_lock(tmp_path):
   """Fault probe: a writer in another container sharing the folder (`unshare -p`) has a PID this
   process cannot see, so its staging folder was deleted mid-write as a dead writer's (the other

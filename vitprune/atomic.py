@@ -733,16 +733,19 @@ def cleanup_stale_named(parent: str, prefix: str, suffix: str = "") -> None:
   without dots unless a suffix ends the name) that has temporaries or a lock file there: for
   writers that draw a fresh NAME per run (`<out_dir>.partial-XXXX`, a profile's
   `<stem>.kept-XXXXXXXX.json`) or one per set of flags (an estimate's), whose killed
-  temporaries no later run of the same NAME would find."""
+  temporaries no later run of the same NAME would find. Best effort: a folder or a NAME that
+  cannot be cleaned (another user's lock file) is left as it is, never a reason to fail the
+  writer that sweeps."""
   token = "[^./]+" if not suffix else "[^/]+?"
   pattern = re.compile(rf"^\.({re.escape(prefix)}{token}{re.escape(suffix)})\."
                        rf"(?:{'|'.join(_KINDS)}|lock)")
   try:
     entries = os.listdir(parent)
-  except FileNotFoundError:
+  except OSError:
     return
   for name in sorted({m.group(1) for m in map(pattern.match, entries) if m}):
-    cleanup_stale(os.path.join(parent, name))
+    with contextlib.suppress(OSError):
+      cleanup_stale(os.path.join(parent, name))
 
 
 def _lock_path(path: str) -> str:

@@ -32,7 +32,6 @@ separately with their own CLIs and a killed run never leaves a mix of two runs.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import secrets
@@ -642,8 +641,7 @@ def _cleanup_stale_keeps(out_dir: str) -> None:
   by the next run that writes outputs or keeps them (ours only: `atomic.cleanup_stale`)."""
   parent, name = os.path.split(atomic.fitting_name(os.path.abspath(out_dir),
                                                    ".partial-" + "0" * 8))
-  with contextlib.suppress(OSError):       # (best effort: not a reason to fail the run)
-    atomic.cleanup_stale_named(parent, name[:-8])
+  atomic.cleanup_stale_named(parent, name[:-8])
 
 
 def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,

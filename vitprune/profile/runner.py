@@ -38,7 +38,6 @@ chunk it finished (each chunk is its own shuffled measurement; without chunks a 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import os
@@ -438,8 +437,7 @@ def _write_or_keep(profile: records.Profile, out_dir: str) -> Dict[str, str]:
   every point measured was discarded."""
   # (a run killed while keeping its points left temporaries no later keep, of a fresh name
   # each, would find)
-  with contextlib.suppress(OSError):       # (best effort: not a reason to lose the points)
-    atomic.cleanup_stale_named(out_dir, f"{records.file_stem(profile)}.kept-", ".json")
+  atomic.cleanup_stale_named(out_dir, f"{records.file_stem(profile)}.kept-", ".json")
   try:
     return write_outputs(profile, out_dir)
   except ValueError as e:
