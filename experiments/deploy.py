@@ -296,11 +296,11 @@ def main(f: flags.FlagValues) -> str:
           "this artifact holds the JAX export only: add --target=iree:... to build the module "
           "that board runs" + (" (IREE modules take a fixed batch: without --symbolic_batch)"
                                if f.symbolic_batch else ""))
-  elif f.solution and sol.profile.platform.startswith("iree") and _board_note(sol, targets):
+  elif f.solution and sol.profile.platform.startswith("iree") and (
+      board := _board_note(sol, targets)):
     # (any IREE target silenced the note: a profile of an sm_87 board deployed for the host CPU)
     print(f"note: {common.shown(f.solution)} chose its schedule on a profile of "
-          f"{common.shown(sol.profile.device_kind)} ({sol.profile.platform}); "
-          f"{_board_note(sol, targets)}")
+          f"{common.shown(sol.profile.device_kind)} ({sol.profile.platform}); {board}")
   elif (f.solution and not sol.profile.platform.startswith("iree") and   # (a board: its module)
         not set(_EXPORT_PLATFORMS.get(sol.profile.platform, (sol.profile.platform,)))
         & set(m.platforms)):

@@ -28,7 +28,7 @@ size. Accuracy values are the estimate's metric ('accuracy' for labelled data, e
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -225,15 +225,20 @@ def _estimate_ref(estimate: Estimate, metric: str, layers: Sequence[Optional[int
                      method_kwargs=dict(estimate.method_kwargs))
 
 
-def _as_estimate_measured(c: Candidate, estimate: Estimate, metric: str) -> Candidate:
-  """`c` with the estimate's measurement of exactly its schedule, where the estimate measured
-  it (the unpruned schedule: its reference; paper mode: the curve's rows at the chosen block):
-  measured metric and Wilson interval over the estimate's images. A predicted number stays
-  predicted; a measured one said so (the unpruned accuracy was stored as predicted only)."""
-  value = estimate.measured(metric).get(c.counts)
-  if value is None or c.measured_accuracy is not None or metric not in HIGHER_IS_BETTER:
-    return c
-  return with_measured(c, value, estimate.reference.num_examples)
+def _as_estimate_measured(estimate: Estimate, metric: str) -> Callable[[Candidate], Candidate]:
+  """A candidate -> itself with the estimate's measurement of exactly its schedule, where the
+  estimate measured it (the unpruned schedule: its reference; paper mode: the curve's rows at
+  the chosen block): measured metric and Wilson interval over the estimate's images. A
+  predicted number stays predicted; a measured one said so (the unpruned accuracy was stored
+  as predicted only). The estimate's measurements are read once, for every candidate."""
+  measured = estimate.measured(metric) if metric in HIGHER_IS_BETTER else {}
+
+  def mark(c: Candidate) -> Candidate:
+    value = measured.get(c.counts)
+    if value is None or c.measured_accuracy is not None:
+      return c
+    return with_measured(c, value, estimate.reference.num_examples)
+  return mark
 
 
 def _now() -> str:
@@ -335,9 +340,10 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
     except KeyError:
       sched_lat = None
 
+  as_measured = _as_estimate_measured(estimate, metric)
+
   def entry(counts, latency, accuracy, **extra):
-    return _as_estimate_measured(Candidate.predicted(cfg, counts, latency, accuracy, **extra),
-                                 estimate, metric)
+    return as_measured(Candidate.predicted(cfg, counts, latency, accuracy, **extra))
 
   def at_count(i):
     counts = solve.pomt_counts(cfg.num_tokens, int(sol.ns[i]), cfg.depth, layer)
@@ -660,7 +666,7 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
       mode="multi", config=cfg, profile=_profile_ref(profile, batch, source),
       estimate=_estimate_ref(estimate, metric, inp.layers), settings=settings,
       chosen=cand(sol.chosen), method=estimate.method, criterion=sol.criterion,
-      full=_as_estimate_measured(cand(sol.full), estimate, metric),
+      full=_as_estimate_measured(estimate, metric)(cand(sol.full)),
       frontier=tuple(cand(p) for p in sol.frontier), created=_now())
   images = num_images_of(estimate, num_images)
   if measure_all:
