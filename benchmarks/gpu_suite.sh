@@ -18,7 +18,8 @@
 # 'bench-small'/'bench-base' (DeiT-S/B methods at every batch size and dtype, one table at the
 # end). Before measuring, every stage checks that OUT_DIR can be written and that the Python
 # packages the stages import load (a missing one failed after minutes of measuring); either
-# failing stops it. Logs go to OUT_DIR/log-<stage>.txt; `python -m benchmarks.gpu_report
+# failing stops it. Logs go to OUT_DIR/log-<stage>.txt, each call's output appended under a
+# line naming the call's time (a second call kept only its own); `python -m benchmarks.gpu_report
 # --dir=OUT_DIR` prints the README's tables from whatever it wrote. It exits 1 when a stage
 # failed other than by its timeout (124), 2 on bad arguments. A dry run on a CPU:
 # GPU_SUITE_MODEL=vit_digits (GPU_SUITE_VARIANTS overrides the method list, e.g.
@@ -84,7 +85,8 @@ timed() {
   echo "== $name: up to ${cap}s"
   local t0=$(date +%s)
   ran=1
-  timeout --signal=INT --kill-after=10 "$cap" "$@" > >(tee "$out/log-$name.txt") 2>&1 || rc=$?
+  echo "== $name: call at $(date -u +%Y-%m-%dT%H:%M:%SZ), up to ${cap}s" >> "$out/log-$name.txt"
+  timeout --signal=INT --kill-after=10 "$cap" "$@" > >(tee -a "$out/log-$name.txt") 2>&1 || rc=$?
   echo "== $name: rc=$rc after $(( $(date +%s) - t0 ))s"
   if (( rc != 0 && rc != 124 && rc != 137 )); then failed+=("$name"); fi
 }

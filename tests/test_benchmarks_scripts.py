@@ -84,7 +84,9 @@ def test_gpu_suite_all_runs_every_stage_under_one_deadline(tmp_path):
                     "profile-b1-bf16", "predictor-pomt"]
   assert "== bench-b8: rc=3 after" in r.stdout
   assert sorted(os.listdir(out)) == sorted(f"log-{s}.txt" for s in stages)
-  assert (out / "log-predictor-pomt.txt").read_text().startswith("-m benchmarks.predictor_acc")
+  first_log = (out / "log-predictor-pomt.txt").read_text().splitlines()
+  assert first_log[0].startswith("== predictor-pomt: call at ") and first_log[0].endswith(
+      "Z, up to 200s") and first_log[1].startswith("-m benchmarks.predictor_acc"), first_log
   # A deadline that leaves no stage its 20 s is refused (0 skipped every stage, exit 0) ...
   for budget in ("0", "29"):
     r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(tmp_path / "no"), budget],
@@ -141,6 +143,11 @@ def test_gpu_suite_all_runs_every_stage_under_one_deadline(tmp_path):
   assert "== predictor-pomt: kept the earlier cut result" in outs[0]
   assert f"== predictor-pomt: finished before ({predictor}), skipped" in outs[1]
   assert (out / "benchmark" / "b8" / "deit_small_patch16_224_cpu.csv").read_text() == "table"
+  # Each call's log is appended under its own line (a second call replaced the first's log).
+  log = (out / "log-predictor-pomt.txt").read_text().splitlines()
+  assert [ln.startswith("== predictor-pomt: call at ") for ln in log] == [
+      True, False, True, False], log
+  assert log[1] == first_log[1] and log[3].startswith("-m benchmarks.predictor_acc"), log
 
 
 def test_gpu_suite_stops_when_jax_finds_no_gpu(tmp_path):
