@@ -212,6 +212,35 @@ def test_labelled_folder_warns_about_images_outside_class_folders(tmp_path):
   assert data.ImageFolder(tmp_path, labelled=False).files == ("loose.png",)
 
 
+def test_folders_warn_about_images_in_formats_that_are_not_read(tmp_path):
+  """A GIF or HEIC among the PNGs was skipped without a word (torchvision does too), so the
+  evaluation ran on fewer images than the folder holds: one warning per dataset names them."""
+  _png(str(tmp_path / "cat" / "a.png"), _gray(5, 5, 1))
+  (tmp_path / "cat" / "sub").mkdir()
+  (tmp_path / "cat" / "sub" / "b.GIF").write_bytes(b"GIF89a")
+  (tmp_path / "cat" / "c.heic").write_bytes(b"x")
+  (tmp_path / "cat" / ".hidden.gif").write_bytes(b"x")      # hidden: never read, no word
+  (tmp_path / "cat" / "notes.txt").write_text("not an image: no word either")
+  _png(str(tmp_path / "dog" / "d.png"), _gray(5, 5, 2))
+  with pytest.warns(UserWarning) as record:
+    ds = data.ImageFolder(tmp_path)
+  assert [str(w.message) for w in record] == [
+      f"2 file(s) in dataset {str(tmp_path)!r} named like images of a format that is not read "
+      "(.gif, .heic; e.g. 'cat/c.heic') are not evaluated; convert them to one of "
+      + ", ".join(data.IMG_EXTENSIONS)]
+  assert ds.files == ("cat/a.png", "dog/d.png")
+  flat = tmp_path / "flat"
+  _png(str(flat / "a.png"), _gray(5, 5, 1))
+  (flat / "b.avif").write_bytes(b"x")
+  with pytest.warns(UserWarning, match=r"^1 file\(s\) in dataset .*/flat' named like images of "
+                                       r"a format that is not read \(.avif; e.g. 'b.avif'\)"):
+    assert data.ImageFolder(flat).files == ("a.png",)
+  (flat / "b.avif").unlink()
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")           # (only readable images: no warning)
+    assert data.ImageFolder(flat).files == ("a.png",)
+
+
 def test_folder_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     data.ImageFolder(tmp_path / "missing")

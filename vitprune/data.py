@@ -41,6 +41,11 @@ from vitprune.config import INTERPOLATIONS, Preprocessing, check_switch
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, matched case-insensitively like torchvision.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# Image formats a folder may hold that are not read (torchvision skips them too, unsaid): a
+# dataset of GIFs or HEICs among JPEGs was evaluated on fewer images without a word.
+OTHER_IMAGE_EXTENSIONS = (".gif", ".jfif", ".avif", ".heic", ".heif", ".jp2", ".j2k", ".jxl",
+                          ".ico", ".tga", ".dng", ".cr2", ".nef", ".arw", ".exr", ".hdr", ".pbm",
+                          ".pnm", ".dib", ".pcx", ".psd", ".svg", ".eps")
 
 # timm's `str_to_interp_mode` names (config.INTERPOLATIONS) -> PIL filters.
 _PIL_FILTERS = {
@@ -70,6 +75,24 @@ def is_image_file(name: str) -> bool:
   """Whether `name` has one of torchvision's IMG_EXTENSIONS (case-insensitive) and is not hidden."""
   base = os.path.basename(name)
   return not base.startswith(".") and base.lower().endswith(IMG_EXTENSIONS)
+
+
+def _is_other_image_file(name: str) -> bool:
+  """Whether `name` is named like an image of a format the folders do not read
+  (`OTHER_IMAGE_EXTENSIONS`, case-insensitive) and is not hidden."""
+  base = os.path.basename(name)
+  return not base.startswith(".") and base.lower().endswith(OTHER_IMAGE_EXTENSIONS)
+
+
+def _warn_other_images(root: str, skipped: Sequence[str]) -> None:
+  """Warns once per dataset when it holds images in formats that are not read (`skipped`:
+  their paths relative to `root`, in reading order): they are left out of the evaluation."""
+  if skipped:
+    exts = sorted({os.path.splitext(p)[1].lower() for p in skipped})
+    warnings.warn(f"{len(skipped)} file(s) in dataset {root!r} named like images of a format "
+                  f"that is not read ({', '.join(exts)}; e.g. {skipped[0]!r}) are not "
+                  f"evaluated; convert them to one of {', '.join(IMG_EXTENSIONS)}",
+                  stacklevel=3)
 
 
 def read_folders(images: str) -> List[str]:
@@ -182,7 +205,7 @@ def _unreadable_folder(error: OSError) -> None:
 
 
 def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
-                 class_reals: Sequence[str]) -> Tuple[str, ...]:
+                 class_reals: Sequence[str], skipped: List[str]) -> Tuple[str, ...]:
   """Image files under `class_dir` (recursively, following links) in torchvision's order.
 
   torchvision iterates `sorted(os.walk(class_dir))` and `sorted(fnames)` per directory; hidden
@@ -192,7 +215,9 @@ def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
   another class; `seen`: {(st_dev, st_ino): path} of the folders walked so far, holding the
   root's), and an image that is a link into a class folder the dataset reads anyway
   (`class_reals`: the class folders' real paths). Links to files outside them (a deduplicating
-  store: git-annex, DVC, a hub cache) are fine, also when two of them share one file.
+  store: git-annex, DVC, a hub cache) are fine, also when two of them share one file. Files
+  named like images of a format that is not read are appended to `skipped` (relative to
+  `class_dir`).
   """
   walked = []
   for dirpath, dirnames, fnames in os.walk(class_dir, onerror=_unreadable_folder,
@@ -209,6 +234,8 @@ def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
   for dirpath, fnames in sorted(walked):
     for fname in sorted(fnames):
       _check_folder_link(os.path.join(dirpath, fname))   # (os.walk lists such a link as a file)
+      if _is_other_image_file(fname):
+        skipped.append(os.path.relpath(os.path.join(dirpath, fname), class_dir))
       if is_image_file(fname):
         path = _check_image_entry(os.path.join(dirpath, fname))
         _check_utf8(os.path.relpath(path, class_dir), path)
@@ -224,11 +251,14 @@ def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
   return tuple(files)
 
 
-def _flat_files(root: str) -> Tuple[str, ...]:
+def _flat_files(root: str, skipped: List[str]) -> Tuple[str, ...]:
   """Image files directly inside `root` (not recursive), sorted by name; an image that is a
-  link to another image of `root` (read twice) is a ValueError."""
+  link to another image of `root` (read twice) is a ValueError. Files named like images of a
+  format that is not read are appended to `skipped`."""
   with os.scandir(root) as it:
-    entries = [e for e in it if not e.is_dir() and is_image_file(e.name)]
+    files = [e for e in it if not e.is_dir()]
+  skipped.extend(sorted(e.name for e in files if _is_other_image_file(e.name)))
+  entries = [e for e in files if is_image_file(e.name)]
   for e in entries:
     _check_image_entry(e.path)
     _check_utf8(e.name, e.path)
@@ -371,9 +401,12 @@ class ImageFolder:
       root_stat = os.stat(root)
       seen = {(root_stat.st_dev, root_stat.st_ino): root}
       class_reals = [os.path.realpath(os.path.join(root, name)) for name in classes]
+      skipped: List[str] = []
       for name in classes:
         idx = index[name]
-        found = _class_files(os.path.join(root, name), seen, class_reals)
+        before = len(skipped)
+        found = _class_files(os.path.join(root, name), seen, class_reals, skipped)
+        skipped[before:] = [f"{name}/{p}" for p in skipped[before:]]
         if not found:
           raise FileNotFoundError(
               f"class folder {os.path.join(root, name)!r} contains no image files with "
@@ -381,8 +414,11 @@ class ImageFolder:
         files.extend(f"{name}/{p}" for p in found)
         labels.extend([idx] * len(found))
       _warn_unlabelled_root_images(root)
+      _warn_other_images(root, [p.replace(os.sep, "/") for p in skipped])
     else:
-      files = list(_flat_files(root))
+      skipped = []
+      files = list(_flat_files(root, skipped))
+      _warn_other_images(root, skipped)
       if not files:
         raise FileNotFoundError(
             f"no image files (extensions {', '.join(IMG_EXTENSIONS)}) directly in unlabelled "
