@@ -435,6 +435,17 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   assert "accuracy model corrected from measurements in" in out
   assert "; the anchored per-image prediction by " in out
   assert f"chosen: multi-layer pomt schedule {s['schedule']}" in out
+  # In the order it happened: accuracy measured on the data, then the timing among those
+  # meeting the floor (it was printed first); the chosen line names both measurements.
+  lines = out.splitlines()
+  data_line = next(i for i, ln in enumerate(lines) if ln.startswith("  measured ")
+                   and " schedules on the data " in ln)
+  timed_line = next(i for i, ln in enumerate(lines) if ln.startswith("  timed "))
+  assert data_line < timed_line, out
+  ms = chosen["measured_latency_s"] * 1e3
+  assert (f"  chosen: predicted {s['predicted']['latency_ms']:.4f} ms, accuracy "
+          f"{s['predicted']['accuracy']:.4f}; measured {ms:.4f} ms, accuracy "
+          f"{chosen['measured_accuracy']:.4f}") in lines, out
   t = s["seconds"]
   assert set(t) == {"profile", "estimate", "solve", "in_loop", "verify"}
   assert 0 < t["in_loop"] < t["solve"] and f"(in-loop timing {t['in_loop']:.1f})" in out

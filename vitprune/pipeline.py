@@ -389,12 +389,14 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     floor_checked = sol.basis == "measured" and floor is not None
     loop_kw = dict(neighbours=spec.loop_neighbours, num_images=len(data.indices))
     before, t0 = sol.chosen, time.perf_counter()
+    timed_line = None       # (printed after what was measured on the data, which came first)
     if floor_checked:
       sol = solve_loop.check_in_loop(
           sol, estimate, None, evaluate,
           schedule_timer(cfg, params, spec, make_reducer(spec.method)), **loop_kw)
       timed = sol.settings["timed_in_loop"]
-      log(f"  timed {timed} compiled graph{'' if timed == 1 else 's'} meeting the floor "
+      timed_line = (
+          f"  timed {timed} compiled graph{'' if timed == 1 else 's'} meeting the floor "
           f"around the choice: fastest measured {sol.chosen.schedule} "
           f"{1e3 * sol.chosen.measured_latency_s:.4f} ms (predicted "
           f"{1e3 * sol.chosen.predicted_latency_s:.4f} ms)"
@@ -449,13 +451,17 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           else f"no pruned schedule meets {rule}: keeping all tokens" if not meeting else
           f"{meeting} pruned schedules meet {rule}, but the unpruned graph measured fastest: "
           "keeping all tokens"))
+    if timed_line is not None:
+      log(timed_line)
     if sol.settings.get("latency_untrusted"):
       log(f"  warning: the predicted latency is not to be trusted: "
           f"{sol.settings['latency_untrusted']}")
-    log(f"  chosen: predicted {1e3 * sol.chosen.predicted_latency_s:.4f} ms, "
-        f"{sol.chosen.predicted_accuracy:.4f}"
-        + ("" if sol.chosen.measured_accuracy is None else
-           f"; measured {sol.chosen.measured_accuracy:.4f}"))
+    ch = sol.chosen
+    measured = ([] if ch.measured_latency_s is None else
+                [f"{1e3 * ch.measured_latency_s:.4f} ms"]) + (
+        [] if ch.measured_accuracy is None else [f"{sol.metric} {ch.measured_accuracy:.4f}"])
+    log(f"  chosen: predicted {1e3 * ch.predicted_latency_s:.4f} ms, {sol.metric} "
+        f"{ch.predicted_accuracy:.4f}" + (f"; measured {', '.join(measured)}" if measured else ""))
   log(f"  schedule {sol.chosen.schedule}")
   return sol
 
