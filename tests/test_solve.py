@@ -1490,6 +1490,14 @@ def test_the_reader_refuses_measured_claims_the_numbers_do_not_bear(tmp_path):
       f"{loop.chosen.measured_latency_s} s and meets the floor, faster than the chosen "
       f"{slow.schedule}'s {slow.measured_latency_s} s (edited?)")):
     _reread(dataclasses.replace(loop, chosen=slow))
+  # ... and with settings.latency_basis removed too (that skipped the check: it loaded)
+  unsaid = {k: v for k, v in loop.settings.items() if k != "latency_basis"}
+  with pytest.raises(SolutionError, match=re.escape(
+      f"the chosen {slow.schedule} has a measured latency, but settings.latency_basis is not "
+      "'measured' (edited?)")):
+    _reread(dataclasses.replace(loop, chosen=slow, settings=unsaid))
+  with pytest.raises(SolutionError, match="but settings.latency_basis is not 'measured'"):
+    _reread(dataclasses.replace(loop, settings=unsaid))
   with pytest.raises(SolutionError, match="criterion 'accuracy_floor_measured' needs "
                                           "settings.accuracy_floor, the chosen schedule's "
                                           "measured accuracy and basis 'measured'"):
@@ -1544,6 +1552,12 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
   dot = labels[f"chosen, predicted (latency_budget_measured): {loop.chosen.schedule}"]
   assert list(dot.get_xdata()) == [1e3 * loop.chosen.predicted_latency_s]
   assert list(labels["chosen (measured)"].get_ydata()) == [loop.chosen.measured_accuracy]
+  # The unpruned point says what it is: predicted latency, the estimate's measured accuracy
+  # (its legend said "unpruned", beside points that all said which).
+  full = labels["unpruned (predicted latency, measured accuracy)"]
+  assert loop.full.measured_accuracy is not None
+  assert (list(full.get_xdata()), list(full.get_ydata())) == (
+      [1e3 * loop.full.predicted_latency_s], [loop.full.measured_accuracy])
   worse = min(within, key=lambda c: c.measured_accuracy)
   with pytest.raises(SolutionError, match=re.escape(
       f"criterion 'latency_budget_measured', but {loop.chosen.schedule} measured "

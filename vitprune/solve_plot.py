@@ -64,9 +64,12 @@ def plot_frontier(sol: Solution) -> bytes:
   if timed:
     ax.plot([1e3 * p.measured_latency_s for p in timed], [p.measured_accuracy for p in timed],
             "+", color="C1", ms=8, label=f"measured latency and {sol.metric}")
-  if sol.full is not None:
-    ax.plot([1e3 * sol.full.predicted_latency_s], [sol.full.predicted_accuracy], "s",
-            color="k", label="unpruned")
+  if sol.full is not None:     # (its accuracy: the estimate's measurement, where it has one)
+    full_measured = sol.full.measured_accuracy is not None
+    ax.plot([1e3 * sol.full.predicted_latency_s],
+            [sol.full.measured_accuracy if full_measured else sol.full.predicted_accuracy], "s",
+            color="k", label=f"unpruned (predicted latency, "
+                             f"{'measured' if full_measured else 'predicted'} {sol.metric})")
   floor, budget = sol.settings.get("accuracy_floor"), sol.settings.get("latency_budget")
   if floor is not None:
     ax.axhline(floor, color="C3", ls=":", lw=1, label=f"accuracy floor {floor:g}")

@@ -320,6 +320,12 @@ def _check_choice(sol: "Solution", where: str) -> None:
     require(meets_measured_floor(sol.chosen, sol.settings),
             f"settings.floor_confidence, but the chosen {sol.chosen.schedule}'s 95% interval "
             f"does not clear the floor (edited?)")
+    # (a timed choice was chosen on its measured latency: without the setting, the check
+    # that it is the fastest timed schedule meeting the floor was skipped)
+    require(sol.chosen.measured_latency_s is None
+            or sol.settings.get("latency_basis") == "measured",
+            f"the chosen {sol.chosen.schedule} has a measured latency, but "
+            "settings.latency_basis is not 'measured' (edited?)")
   if sol.criterion == "latency_budget_measured":
     _check_budget_measured(sol, require)
   elif sol.settings.get("latency_basis") == "measured":
