@@ -293,6 +293,12 @@ def test_edge_cli_refuses_unread_flags_and_foreign_outputs_before_timing(artifac
   r = run_edge("bench", f"--artifact={artifact}", "--warmup=abc")
   one_line_error(r, 2)
   assert r.stderr.strip().splitlines()[1:] == ["(see --help)"]
+  # A stray or missing command is a usage error as in the other CLIs (it exited 1, no hint).
+  for args, got in ((("run", "extra"), "['run', 'extra']"), ((), "[]")):
+    r = run_edge(*args, f"--artifact={artifact}")
+    one_line_error(r, 2)
+    assert r.stderr.splitlines() == [
+        f"error: give one command: run | bench | profile (got {got})", "(see --help)"]
   foreign = tmp_path / "mine.json"
   foreign.write_text('{"mine": true}')
   r = run_edge("bench", f"--artifact={artifact}", f"--output={foreign}", "--min_run_time=30")

@@ -209,7 +209,9 @@ def parse_flags(argv):
 
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    sys.exit(f"error: give one command: {' | '.join(COMMANDS)} (got {argv[1:]})")
+    sys.stderr.write(f"error: give one command: {' | '.join(COMMANDS)} "       # (a usage
+                     f"(got {console.printable(str(argv[1:]))})\n(see --help)\n")  # error, as
+    sys.exit(2)                                                     # the other CLIs': exit 2)
   try:
     check_flags(argv[1])
     res = {"run": cmd_run, "bench": cmd_bench, "profile": cmd_profile}[argv[1]]()
