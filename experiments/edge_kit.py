@@ -50,8 +50,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("cpu_cores", None, "CPU targets: cores of the CPU the modules run "
                        "on, for batch shards (default: this machine's for iree:host, 1 for a "
                        "cross-compiled CPU; 1: never shard).", flag_values=fv)
-  flags.DEFINE_string("reducer", None, "Token-drop reducer (default 'random'; 'keep_first').",
-                      flag_values=fv)
+  flags.DEFINE_string("reducer", None, "Token-reduction method of the pruned graphs (default: "
+                      "the library's 'random'): mode model drops after the embedding, which "
+                      "only random and keep_first (a static slice) do; mode schedule takes any "
+                      "method (pomt, topk, tome, evit): time a deployed schedule with its own, "
+                      "e.g. --reducer=pomt.", flag_values=fv)
   flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", flag_values=fv)
   flags.DEFINE_integer("jobs", max(1, os.cpu_count() or 1), "Parallel compiles.", flag_values=fv)
   flags.DEFINE_string("cache_dir", "outputs/iree_cache", "Compiled-module cache ('' for none).",
