@@ -43,6 +43,10 @@ only block l reduces, from all N tokens to n) with the 'incremental' combination
      measured cut removes). Scored like the per-image model, with its own frontier
      ("pairwise frontier" rows): does a model that has measured how cuts interact escape the
      winner's curse on the frontier it chooses?
+  8. a "cautious" combination: the least of the incremental, additive and per-image
+     predictions (no measurement beyond the table), with its own frontier ("cautious frontier"
+     rows, scored like the per-image one): a search can only exploit the blind spots the three
+     models share. Does a pessimistic ensemble escape the winner's curse?
 Every schedule is measured on the same images as the table, so the error is the combination
 model's alone (no sampling error between prediction and measurement). Errors are reported in
 points (predicted - measured: positive = optimistic), over all schedules and over those whose
@@ -292,6 +296,18 @@ class PairInteractions:
     return out
 
 
+def cautious_accuracy(models: Dict[str, solve.CostModel], table: solve.MarginTable,
+                      schedules: Sequence[Counts]) -> np.ndarray:
+  """[S] the "cautious" combination (module doc, 8): per schedule the least of the incremental,
+  additive and per-image predictions."""
+  if not len(schedules):
+    return np.empty(0)
+  combined = [[solve.predict_schedule(models[name], c)[1] for c in schedules]
+              for name in ("incremental", "additive")]
+  return np.minimum(np.min(np.asarray(combined), axis=0),
+                    solve.per_image_accuracy(table, schedules))
+
+
 def errors(pred: Sequence[float], meas: Sequence[float], full: float) -> Dict[str, Any]:
   """Points (pred - meas) over all schedules and over those with measured drop < 10 points."""
   p, m = 100 * np.asarray(pred), 100 * np.asarray(meas)
@@ -471,6 +487,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
     out = {name: [solve.predict_schedule(m, c)[1] for c in schedules]
            for name, m in models.items()}
     out["per-image"] = solve.per_image_accuracy(per_image, schedules).tolist()
+    out["cautious"] = cautious_accuracy(models, per_image, schedules).tolist()
     if pair_model is not None:
       out["pairwise"] = pair_model.accuracy(schedules).tolist()
     if rows is not None:
@@ -496,6 +513,12 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   if own:
     families.append(("per-image frontier", own, evaluate(own)))
   result["per_image_enumerated"] = scored
+  cautious_own, _ = own_frontier(models["incremental"],
+                                 lambda c: cautious_accuracy(models, per_image, c),
+                                 num_frontier, f.enumerate_limit)
+  if cautious_own:
+    log(f"cautious frontier: measuring {len(cautious_own)} of the schedules spread over it")
+    families.append(("cautious frontier", cautious_own, evaluate(cautious_own)))
   if pair_model is not None:
     pair_own, _ = own_frontier(models["incremental"], pair_model.accuracy, num_frontier,
                                f.enumerate_limit)

@@ -648,15 +648,19 @@ def test_accuracy_combination_quick(tmp_path, capsys):
   assert "| frontier | incremental |" in text and "| random | conditional |" in text
   assert json.loads(out.read_text())["families"].keys() == {"random", "frontier",
                                                             "per-image frontier",
+                                                            "cautious frontier",
                                                             "pairwise frontier"}
   assert "| per-image frontier | per-image |" in text and "| pairwise frontier | pairwise |" in text
   # Quick grid 65, 41, 17: a first cut to 41 at 5 blocks, then one to 17 at each later block.
   assert res["pairwise"] == {"firsts": [41], "step": 8, "schedules": 15}
   for name, fam in res["families"].items():
-    assert set(fam["errors"]) == {"incremental", "additive", "per-image", "pairwise"} | (
+    assert set(fam["errors"]) == {"incremental", "additive", "per-image", "cautious",
+                                  "pairwise"} | (
         set() if name.endswith(" frontier") else {"conditional"})
     for s in fam["schedules"]:
       assert 0 <= s["measured"] <= 1 and s["counts"][0] == 65
+      # the cautious model: the least of the three combinations, schedule by schedule
+      assert s["cautious"] == min(s["incremental"], s["additive"], s["per-image"])
   # The per-image model scored every schedule of the quick grid (non-increasing choices of the
   # grid's counts over 6 blocks, POMT reducing anywhere) and spread its own frontier's 3
   # schedules from the cheapest (block 0 to the fewest tokens) up, accuracy rising.
@@ -664,6 +668,8 @@ def test_accuracy_combination_quick(tmp_path, capsys):
   assert res["per_image_enumerated"] == math.comb(len(res["grid"]) + 5, 6)
   assert len(own) == 3 and own[0]["counts"] == [65] + [min(res["grid"])] * 6
   assert own[0]["per-image"] < own[1]["per-image"] < own[2]["per-image"]
+  cautious = res["families"]["cautious frontier"]["schedules"]
+  assert len(cautious) == 3 and cautious[0]["cautious"] < cautious[-1]["cautious"]
   rand = res["families"]["random"]["schedules"]
   # --num_random=2 given: --quick's 3 is not imposed
   assert len(rand) == 2 and all(len(Schedule(s["counts"]).reduction_layers) >= 2 for s in rand)
