@@ -621,6 +621,18 @@ def test_outputs_inside_a_published_folder_are_refused_by_its_inventory(tmp_path
   (home / atomic.INVENTORY_FILE).write_text('{"mine": 1}')
   atomic.check_output_file(str(home / "r.json"), "out")
   assert atomic.published_folder_around(str(home / "sub" / "r.json")) is None
+  # A weights folder written before inventories existed (it still loads) is one too, by its
+  # marker: outputs were written into it, and --overwrite then refused to replace it.
+  legacy = tmp_path / "legacy"
+  legacy.mkdir()
+  (legacy / "config.json").write_text('{"format": "vitprune-weights"}')
+  with pytest.raises(ValueError, match=re.escape(
+      f"--out={legacy}/imgs/r.json is inside {legacy}, a folder vitprune wrote as a whole (its "
+      "config.json marks it, a vitprune-weights folder): write elsewhere")):
+    atomic.check_output_file(str(legacy / "imgs" / "r.json"), "out")
+  assert atomic.published_folder_around(str(legacy)) is None       # replacing it whole: fine
+  (home / "config.json").write_text('{"format": "mine"}')           # another format: not ours
+  assert atomic.published_folder_around(str(home / "sub" / "r.json")) is None
 
 
 def test_a_folder_made_while_the_run_worked_is_refused_with_the_way_out(tmp_path):

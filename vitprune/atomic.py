@@ -320,14 +320,27 @@ def walk_following_links(root: str, max_depth: Optional[int] = None
     yield dirpath, dirnames, files
 
 
+def _published_mark(folder: str) -> Optional[str]:
+  """What marks `folder` as one vitprune published whole, for messages, or None: its
+  INVENTORY_FILE (an artifact, a kit, weights, the main job's output), else, written before
+  inventories existed, the marker file of a weights, artifact or digits image folder
+  (`DIRECTORY_MARKERS`: such weights still load, and an output written into them was then
+  refused by --overwrite as a file vitprune did not write there)."""
+  if _has_inventory(folder):        # (a file of that name alone is not ours: its format is)
+    return f"it lists its files in {INVENTORY_FILE}"
+  for name, fmt in DIRECTORY_MARKERS:
+    if json_marker(name, fmt)(folder):
+      return f"its {name} marks it, a {fmt} folder"
+  return None
+
+
 def published_folder_around(path: str, itself: bool = False) -> Optional[str]:
   """The nearest folder above `path` (or `itself`, from `path` up) that vitprune published
-  whole (it holds an INVENTORY_FILE: an artifact, a kit, weights, the main job's output), None
-  if none."""
+  whole (`_published_mark`), None if none."""
   real = os.path.realpath(path)      # (through a link into an artifact's iree/ too)
   folder = real if itself else os.path.dirname(real)
   while True:
-    if _has_inventory(folder):        # (a file of that name alone is not ours: its format is)
+    if _published_mark(folder) is not None:
       return folder
     parent = os.path.dirname(folder)
     if parent == folder:
@@ -344,8 +357,8 @@ def check_outside_published(path: str, flag: str, itself: bool = False) -> None:
   if folder is not None:
     where = ("is a folder" if folder == os.path.realpath(path) else f"is inside {folder}, a "
              "folder")
-    raise ValueError(f"--{flag}={path} {where} vitprune wrote as a whole (it lists its files "
-                     f"in {INVENTORY_FILE}): write elsewhere")
+    raise ValueError(f"--{flag}={path} {where} vitprune wrote as a whole "
+                     f"({_published_mark(folder)}): write elsewhere")
 
 
 def check_output_file(path: str, flag: str = "output", overwrite: bool = True) -> None:
