@@ -843,6 +843,29 @@ def test_the_holdout_is_its_own_draw_over_the_images_own_classes():
   assert np.bincount(true_digit[want], minlength=10).tolist() == [3] * 10
 
 
+def test_a_folder_subset_is_drawn_over_its_class_folders_whatever_the_model_calls_them(
+    tmp_path):
+  """--num_images on an image folder was balanced over the model's label indices, so two models
+  ordering the same classes otherwise were evaluated on other images of the same folder (and a
+  --holdout_images draw too); the draw is over the class folders now, as for the digits."""
+  names = ["ant", "bee", "cat", "dog"]
+  for k, name in enumerate(names):
+    for i in range(5 + k):
+      os.makedirs(tmp_path / name, exist_ok=True)
+      Image.fromarray(np.full((4, 4), 10 * k + i, np.uint8)).save(tmp_path / name / f"{i}.png")
+  plain = estimate.load_eval_data(str(tmp_path), num_images=9, seed=4, class_names=names,
+                                  num_classes=4)
+  other = estimate.load_eval_data(str(tmp_path), num_images=9, seed=4,
+                                  class_names=names[::-1], num_classes=4)
+  np.testing.assert_array_equal(other.indices, plain.indices)
+  # (the labels follow each model's names: the same images, other label indices)
+  assert (other.dataset.labels[other.indices] == 3 - plain.dataset.labels[plain.indices]).all()
+  folder_of = np.array([names.index(f.split("/")[0]) for f in plain.dataset.files])
+  assert sorted(np.bincount(folder_of[plain.indices], minlength=4)) == [2, 2, 2, 3]
+  np.testing.assert_array_equal(estimate.holdout_split(other, 4, 1)[1].indices,
+                                estimate.holdout_split(plain, 4, 1)[1].indices)
+
+
 def test_many_points_on_sharded_data_do_not_hang(tmp_path):
   """2 forced CPU devices, a 3-block sensitivity table of 24 POMT points: the reducing blocks
   all-gather across the devices, and queueing every schedule's pieces without waiting hung the

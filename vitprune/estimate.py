@@ -483,8 +483,8 @@ class EvalData:
     labelled: whether accuracy can be computed.
     info: the `data` entry of the estimate file (`DatasetInfo` fields + `selection`).
     strata: int `[len(dataset)]` the classes a subset of it is balanced over (the digits: their
-      own digit, whatever the model calls it); None: the dataset's labels when labelled, else
-      a uniform draw.
+      own digit, an image folder: its class folder, whatever the model calls them); None: the
+      dataset's labels when labelled, else a uniform draw.
     available: the images the `num_images` subset was drawn from (the digits: the split's),
       None where not known.
   """
@@ -591,10 +591,16 @@ def _load_eval_data(spec: str, *, num_images: Optional[int], seed: int, split: s
   if not os.path.isdir(spec):
     raise FileNotFoundError(f"data {spec!r} is neither 'digits' nor an existing directory")
   ds = data_lib.ImageFolder(spec, class_names=class_names, num_classes=num_classes)
-  idx = subset_indices(ds.labels, ds.labelled, num_images, seed)
+  # Balanced over the class folders in their sorted order, not the model's labels: the same
+  # folder and seed give the same images to models that order their classes otherwise.
+  strata = None
+  if ds.labelled:
+    folder = {name: i for i, name in enumerate(ds.folder_classes)}
+    strata = np.array([folder[f.split("/", 1)[0]] for f in ds.files], np.int64)
+  idx = subset_indices(ds.labels if strata is None else strata, ds.labelled, num_images, seed)
   info = data_lib.dataset_info(ds, idx).to_dict()
   info["selection"] = {"num_images": num_images, "subset_seed": seed}
-  return EvalData(ds, idx, ds.labelled, info, available=len(ds))
+  return EvalData(ds, idx, ds.labelled, info, strata=strata, available=len(ds))
 
 
 # ----------------------------------------------------------------------------------------------
