@@ -194,6 +194,12 @@ def test_evaluate_errors(params, images, labels):
                       labelled=True)
   with pytest.raises(ValueError, match="has 10 classes"):
     estimate.evaluate(CFG, params, batches_of(images, labels + 10, 4), points(), labelled=True)
+  edge = np.asarray(labels).copy()
+  edge[0] = 10                               # one past the last class: refused, not scored
+  with pytest.raises(ValueError, match=r"labels up to 10 but \S+ has 10 classes"):
+    estimate.evaluate(CFG, params, batches_of(images, edge, 4), points(), labelled=True)
+  edge[0] = 9                                # the last class: scored
+  estimate.evaluate(CFG, params, batches_of(images, edge, 4), points(), labelled=True)
   with pytest.raises(ValueError, match="no examples"):
     estimate.evaluate(CFG, params, [], points(), labelled=True)
   pad_only = [(np.zeros((4, 32, 32, 3), np.float32), np.full(4, -1, np.int32), np.full(4, -1))]

@@ -112,6 +112,25 @@ def test_dp_arrays_tolerate_round_off_of_a_constant_shifted_to_zero():
                           embed_latency=-block_n - 1e-3, head_latency=arr["head"])
 
 
+def test_a_negative_embed_is_refused_exactly_below_the_cheapest_schedule():
+  """The bound is embed + block 0 at all tokens + the other blocks and the head at their
+  cheapest: refused just below it, accepted just above (a bound taken at the blocks' dearest
+  passed a constant far below it)."""
+  grid = np.array([4, 8, 16, 17])
+  block = np.array([1e-4, 2e-4, 5e-4, 6e-4])
+  head = np.array([3e-5, 2e-5, 4e-5, 5e-5])
+  sens = np.full((3, 4), 0.9)
+  t = 6e-4 + 2 * 1e-4 + 2e-5                     # the cheapest schedule without the embed
+
+  def model(embed):
+    return solve.make_cost_model(grid, block, sens, 0.95, depth=3, num_tokens=17,
+                                 embed_latency=embed, head_latency=head)
+
+  model(-t * (1 - 1e-6))
+  with pytest.raises(ValueError, match="makes the cheapest schedule take negative time"):
+    model(-t * (1 + 1e-6))
+
+
 def test_fit_clips_round_off_below_the_bounds(monkeypatch):
   # BVLS returned r1 = -1.7e-21 in a suite run; make_cost_model then refused the model ("reduce
   # latency must be >= 0 seconds"). Bounded parameters come back exactly at their bounds.

@@ -343,6 +343,21 @@ def test_step_bottoms_only_restricts_choices():
     assert not set(plan.counts) & {7, 8, 9}
 
 
+def test_utility_ties_go_to_the_faster_plan_and_grids_are_checked():
+  """choose's documented tie-break (utility): 0.5 (1 - 1/4) + 0.5 * 0.5 and 0.5 (1 - 2/4) +
+  0.5 * 0.75 are both 0.625 exactly, in either listing order; and the grid's own checks."""
+  fast, slow = solve.Plan((5, 2), 1.0, 0.5), solve.Plan((5, 3), 2.0, 0.75)
+  full = solve.Plan((5, 5), 4.0, 1.0)
+  for plans in ([fast, slow, full], [slow, fast, full], [full, slow, fast]):
+    assert solve.choose(plans, alpha=0.5) == (fast, "utility")
+  sens = np.full((2, 3), 0.9)
+  with pytest.raises(ValueError, match=r"token counts must be >= 1, got \[0, 3, 5\]"):
+    solve.make_cost_model([0, 3, 5], [1e-4] * 3, sens, 0.95, depth=2, num_tokens=5)
+  with pytest.raises(ValueError, match=r"sensitivity layers must be distinct, got \(1, 1\)"):
+    solve.make_cost_model([1, 3, 5], [1e-4] * 3, sens, 0.95, depth=2, num_tokens=5,
+                          layers=(1, 1))
+
+
 def test_a_floor_equal_to_a_prediction_is_met_despite_float_rounding():
   """0.97 - 0.04 is 0.9299999999999999: a floor of 0.93 skipped that schedule for a slower one,
   and a floor a hair above the best read 'floor 0.97 is infeasible: the best ... is 0.97'."""
@@ -441,8 +456,15 @@ def test_capped_dp_never_removes_more_than_the_method_may():
   with pytest.raises(ValueError, match=r"block 0 removes 55 tokens from 65; the method removes "
                                        r"at most 32 in one block"):
     solve.predict_schedule(sol.model, (65,) + (10,) * 6)
-  with pytest.raises(ValueError, match="max_remove must be integers >= 0"):
-    solve.make_cost_model(ns, block, sens, 0.95, depth=6, num_tokens=65, max_remove=-cap)
+  # At the limit exactly: 32 removed from 65 passes, 33 is refused (a bound one token loose
+  # passed every other test).
+  solve.predict_schedule(sol.model, (65,) + (33,) * 6)
+  with pytest.raises(ValueError, match=r"block 0 removes 33 tokens from 65; the method removes "
+                                       r"at most 32 in one block"):
+    solve.predict_schedule(sol.model, (65,) + (32,) * 6)
+  for bad in (-cap, cap + 0.5):           # negative, or not a whole number of tokens
+    with pytest.raises(ValueError, match="max_remove must be integers >= 0"):
+      solve.make_cost_model(ns, block, sens, 0.95, depth=6, num_tokens=65, max_remove=bad)
 
 
 def test_dp_is_fast_on_realistic_sizes():
