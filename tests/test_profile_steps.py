@@ -300,6 +300,12 @@ def test_lone_counts_need_neighbours_that_agree_both_ways_and_steps_must_last():
   m = np.array([1.1] * 8 + [1.0] * 12)
   m[6] = 0.95                                    # 34 fast, one above it
   assert _pairs(steps.detect_steps(t, m, iqr, counts)) == ([(33, 32)], [(34, False)])
+  # A zigzag across the level change (36 fast between slow 37 and 35, 35 slow between fast 36
+  # and 34): each explains the other away, so neither is a lone count; the drops stay steps.
+  t = np.arange(40, 30, -1)
+  m = np.array([1.2] * 4 + [1.0, 1.2] + [1.0] * 4)
+  assert _pairs(steps.detect_steps(t, m, [0.004] * 10, [20] * 10)) == (
+      [(37, 36), (35, 34)], [])
   # A level of one count between two steps, beside a burst (a coarse grid): still steps.
   t = np.arange(200, 140, -4)
   m = np.array([3.74] * 4 + [3.22, 4.0] + [2.98] * 9)

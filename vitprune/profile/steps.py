@@ -261,10 +261,6 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
     # neighbourhood (a level of one count between two steps, beside a burst), else none.
     verdict[i] = "step" if lasts else (lone_at(i) or (
         "step" if is_step_between(max(i - 2, 0), min(i + 3, t.size - 1)) else "none"))
-  lone_pair = {v[0]: i for i, v in verdict.items() if isinstance(v, tuple)}
-  for j, i in lone_pair.items():
-    if j - 1 in lone_pair or j + 1 in lone_pair:     # a zigzag: each explains the other away
-      verdict[i] = "step"
   lone = tuple(v[1] for _, v in sorted(verdict.items()) if isinstance(v, tuple))
   steps = tuple(Step(int(t[i]), int(t[i + 1]), float(med[i]), float(med[i + 1]),
                      float(noise[i])) for i, v in sorted(verdict.items()) if v == "step")
