@@ -120,6 +120,26 @@ def test_a_new_dir_check_restores_an_output_a_killed_writer_moved_aside(tmp_path
   assert (out / "manifest.json").read_text() == "{}" and not aside.exists()
 
 
+def test_a_writer_another_user_runs_is_alive_and_pid_0_is_no_writer(tmp_path, monkeypatch):
+  """A temporary is a dead writer's by its PID: one this process may not signal (another
+  user's live writer, PermissionError) is alive and kept; PID 0 names no writer: removed."""
+  tag = atomic._namespace_tag()
+  live = tmp_path / f".r.json.tmp-4242-{tag}-abc"
+  none = tmp_path / f".r.json.tmp-0-{tag}-abc"
+  live.write_text("another user's half-written file")
+  none.write_text("x")
+
+  def kill(pid, sig):
+    assert sig == 0
+    if pid == 4242:
+      raise PermissionError(1, "Operation not permitted")
+    raise ProcessLookupError(3, "No such process")
+
+  monkeypatch.setattr(atomic.os, "kill", kill)
+  atomic.cleanup_stale(str(tmp_path / "r.json"))
+  assert live.exists() and not none.exists()
+
+
 def test_a_reader_of_an_output_a_killed_writer_moved_aside_says_where_it_is(tmp_path):
   """Killed between moving the old output aside and publishing, then read before any write: the
   readers said only 'not a deployment artifact directory' (or kit, or weights) while the
