@@ -263,6 +263,18 @@ def _pairs(rep):
   return [(s.n_from, s.n_to) for s in rep.steps], [(c.n, c.slow) for c in rep.lone]
 
 
+def test_a_curve_rising_as_tokens_fall_has_no_negative_trend():
+  """The per-token trend is clipped at 0: on a curve that gets slower as tokens are removed,
+  a negative trend made the one pair that does not change (21 -> 20, 1.45 ms both) a 'step'
+  that saves nothing; it is flat."""
+  t = np.arange(30, 10, -1)
+  m = 1.0 + 0.05 * np.arange(20)
+  m[10:] -= 0.05
+  rep = steps.detect_steps(t, m, [0.004] * 20, [20] * 20)
+  assert rep.trend_s == 0.0 and _pairs(rep) == ([], [])
+  assert [(f.n_hi, f.n_lo) for f in rep.flats] == [(21, 20)]
+
+
 def test_lone_counts_need_neighbours_that_agree_both_ways_and_steps_must_last():
   """Review: the neighbours of a lone count were only checked for a drop between them, so a
   count beside a rise was called lone 'by the trend only'; two counts out of line at once gave a
