@@ -142,6 +142,31 @@ def test_evit_hand_case():
   np.testing.assert_allclose(out[0, 3], (0.1 * x[0, 1] + 0.05 * x[0, 3]) / 0.15, rtol=1e-5)
 
 
+def test_class_attention_is_the_mean_over_heads():
+  """Two heads that disagree: head 0 looks at token 1, head 1 at token 3, both at token 2 by
+  0.4. The mean over heads (0.3, 0.4, 0.3) keeps token 2; the max (0.6, 0.4, 0.6) would keep
+  token 1 (a max over heads passed every other test)."""
+  probs = np.full((1, 2, 4, 4), 0.25, np.float32)
+  probs[0, 0, 0] = [0.0, 0.6, 0.4, 0.0]
+  probs[0, 1, 0] = [0.0, 0.0, 0.4, 0.6]
+  np.testing.assert_array_equal(TopK().select(_stats(probs), num_keep=2, num_prefix=1), [[1]])
+  x = np.zeros((1, 4, 1), np.float32)
+  x[0, :, 0] = [0, 1, 2, 3]
+  out, _ = _reduce(EViT(), jnp.asarray(x), None, _stats(probs), num_keep=3, num_prefix=1,
+                   layer=0)                      # the fill: 0.3 * token 1 + 0.3 * token 3
+  np.testing.assert_allclose(out[0, :, 0], [0.0, 2.0, 1.2], rtol=1e-6)
+
+
+def test_fill_tokens_keep_the_tokens_dtype():
+  """POMT and EViT compute their fill token in float32 and return it in the tokens' dtype:
+  bfloat16 in, bfloat16 out (a float32 fill promoted the whole block)."""
+  x = jnp.asarray(_tokens(2, 6)).astype(jnp.bfloat16)
+  st = _random_stats(2, 2, 6, 2, seed=3)
+  for red in (POMT(), EViT(), EViT(normalize=True)):
+    out, _ = _reduce(red, x, None, st, num_keep=4, num_prefix=1, layer=0)
+    assert out.dtype == jnp.bfloat16 and out.shape == (2, 4, 3), red
+
+
 def test_cls_attention_methods_need_a_class_token():
   probs = _cls_probs([0.2, 0.3, 0.5], n_heads=1)
   for r in (TopK(), EViT()):
@@ -253,6 +278,10 @@ def test_random_drop_is_fixed_per_seed_and_stream():
   np.testing.assert_array_equal(mid[:, 2:], x[:, 2 + r.kept_indices(10, 4, 5)])
   picks = {tuple(RandomDrop(seed=s).kept_indices(100, 10, 0)) for s in range(5)}
   assert len(picks) == 5  # different seeds, different subsets
+  # ... and different layers of one seed (the embedding is stream 0): every reduction drew
+  # the same subset when the stream was left out of the generator's seed.
+  layers = {tuple(RandomDrop(seed=7).kept_indices(100, 10, s)) for s in range(5)}
+  assert len(layers) == 5
   with pytest.raises(ValueError, match="non-negative int"):
     RandomDrop(seed=-1)
 
@@ -311,6 +340,11 @@ def test_reducer_argument_errors(red):
   with pytest.raises(TypeError, match="num_prefix must be an int"):
     _reduce(red, x, None, st, num_keep=3, num_prefix=1.0, layer=0)
   _reduce(red, x, None, st, num_keep=np.int64(4), num_prefix=1, layer=0)
+  with pytest.raises(ValueError, match=r"num_prefix must be >= 0, got -1"):
+    _reduce(red, x, None, st, num_keep=3, num_prefix=-1, layer=0)
+  if red.name in ("pomt", "evit"):                 # (a fill token of nothing)
+    with pytest.raises(ValueError, match=r"num_keep == N == 6 removes nothing"):
+      _reduce(red, x, None, st, num_keep=6, num_prefix=1, layer=0)
   if isinstance(red, ToMe):                       # (a broadcasting error inside jax)
     with pytest.raises(ValueError, match=r"ToMe: size \(1, 5\) does not match the tokens: "
                        r"\[B, N\] = \[1, 6\]"):
