@@ -95,11 +95,25 @@ def test_tome_r_list_matches_parse_r():
     S.tome_r_list(4, [1] * 5)
   with pytest.raises(ValueError, match=r"\(r, inflection\)"):
     S.tome_r_list(4, (1, 2, 3))
+  with pytest.raises(ValueError, match=r"r values must be >= 0, got \[-1\]"):
+    S.tome_r_list(3, [-1])
+  with pytest.raises(TypeError, match="inflection must be a number, got True"):
+    S.tome_r_list(12, (8, True))
   # A mapping was read as the list of its keys: {3: 8} was r=3 at block 0, not r=8 at block 3.
   for bad in ({3: 8}, {8}, b"\x03"):
     with pytest.raises(TypeError, match=r"r must be an int, an \(r, inflection\) tuple or a "
                                         "per-layer list, got "):
       S.tome_r_list(4, bad)
+
+
+def test_a_schedule_dropping_after_the_embedding_needs_a_reducer():
+  """Tokens dropped right after the embedding are a reduction too (only block reductions
+  were counted, so a schedule starting below all tokens ran with no reducer)."""
+  S.check_reducer_given(REG, S.full_schedule(REG), None)
+  for sched in (S.embed_schedule(REG, 16), S.parse_schedule(REG, "keep@1:10")):
+    assert S.reduces_tokens(REG, sched)
+    with pytest.raises(ValueError, match="reduces tokens but no reducer was given"):
+      S.check_reducer_given(REG, sched, None)
 
 
 def test_remove_per_layer_caps_at_half():
@@ -122,6 +136,8 @@ def test_remove_per_layer_caps_at_half():
     ("keep@3:120", (197,) * 4 + (120,) * 9),
     ("KEEP@3:120, 6:80", (197,) * 4 + (120,) * 3 + (80,) * 6),
     ("keep@3:120+keep@6:80", (197,) * 4 + (120,) * 3 + (80,) * 6),
+    ("keep@6:80+keep@3:120", (197,) * 4 + (120,) * 3 + (80,) * 6),   # a later cut stays
+    ("r8+keep@3:120", (197, 189, 181, 173) + (120,) * 6 + (117, 109, 101)),
     ("remove@3:77", (197,) * 4 + (120,) * 9),
     ("remove@3:10,6:5", (197,) * 4 + (187,) * 3 + (182,) * 6),
     ("remove@6:5,3:10", (197,) * 4 + (187,) * 3 + (182,) * 6),       # order does not matter
