@@ -233,6 +233,15 @@ def test_fit_from_profiles_and_refusal_of_mismatched_calibration():
     solve_stage.check_latency_model(lm, _profile(tuple(curve), device_kind="TPU"), CFG, 1)
 
 
+def test_the_method_a_calibration_timed_is_named_by_its_profile():
+  """measure_calibration names the uniform curve's reducer and the method ('random+tome': ToMe
+  and Top-K drop nothing after the embedding, so their curve is random drop's); the schedules
+  are the method's, never 'random' (which refused every ToMe --solver=multi solve)."""
+  for reducer, method in (("random+tome", "tome"), ("random+topk", "topk"),
+                          ("pomt+random", "pomt"), ("random", "random"), ("pomt", "pomt")):
+    assert lm_lib.schedule_method(_profile((), reducer=reducer)) == method, reducer
+
+
 def test_fit_on_fits_the_named_schedules_only_and_heldout_excludes_the_calibration():
   curve = [_pt("model", n, float(v)) for n, v in zip(GRID, _curve())]
   cal = _schedules(8, 4)
