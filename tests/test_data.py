@@ -1062,3 +1062,9 @@ def test_prediction_rows_name_the_labels_class_beside_its_index():
   acc = data.prediction_accuracy(rows)          # the first right, the second wrong
   assert acc == {"accuracy": 0.5, "accuracy_record": intervals.accuracy_record(1, 2)}
   assert data.prediction_accuracy(flat) == {"accuracy": None}
+  # One of each per image: a padded row (or a lost one) was zipped away without a word.
+  with pytest.raises(ValueError, match=r"^1 files, 2 predictions and 2 probabilities: one of "
+                                       r"each per image$"):
+    data.prediction_rows(["x.png"], [1, 0], [0.5, 0.2], None)
+  with pytest.raises(ValueError, match=r"1 probabilities, 2 labels: one of each per image"):
+    data.prediction_rows(["x.png"], [1], [0.5], None, [0, 1])

@@ -566,6 +566,41 @@ def _write_pngs(root, layout):
         os.path.join(root, rel))
 
 
+def test_classify_reports_every_image_once_with_its_softmax_probability(artifact, tmp_path):
+  """4 images at batch 3: the padded rows of the last batch are left out (a mask that kept
+  them passed, since the per-file lines zip with the files), and each probability is the
+  largest softmax probability of that image's logits (dropping the normalisation gave 1.0)."""
+  images = str(tmp_path / "imgs")
+  _write_pngs(images, ["a.png", "b.png", "c.png", "d.png"])
+  model = deploy.load(artifact)
+  ds = ImageFolder(images)
+  out = deploy.classify(model, ds, 3)
+  logits = []
+  for x, _, idx in iterate_batches(ds, model.preprocessing, 3):
+    logits.append(np.asarray(model(x), np.float64)[idx >= 0])
+  logits = np.concatenate(logits)
+  z = np.exp(logits - logits.max(-1, keepdims=True))
+  assert out["pred"] == np.argmax(logits, -1).tolist() and len(out["pred"]) == 4
+  np.testing.assert_allclose(out["prob"], (z / z.sum(-1, keepdims=True)).max(-1), rtol=1e-12)
+  assert all(0 < p < 1 for p in out["prob"])
+  assert out["first_batch"].shape == (3, CFG.img_size, CFG.img_size, 3)
+  assert out["first_call_s"] > 0
+
+
+def test_an_export_that_does_not_reproduce_the_forward_is_refused(tmp_path, params,
+                                                                  monkeypatch):
+  """The staged artifact's outputs are compared with the in-process forward before it is
+  published: one that differs is refused, and nothing is left."""
+  from vitprune import model as model_lib  # pylint: disable=g-import-not-at-top
+  real = model_lib.jitted_forward
+  monkeypatch.setattr(model_lib, "jitted_forward", lambda *a, **k: real(*a, **k) + 1.0)
+  with pytest.raises(deploy.ArtifactError, match=r"exported forward does not reproduce the "
+                                                 r"in-process forward: max abs difference 1$"):
+    deploy.export_artifact(str(tmp_path / "art"), CFG, params, schedule=SCHED,
+                           reducer=REDUCER, batch_size=2)
+  assert os.listdir(tmp_path) == []
+
+
 def test_a_board_profiles_solution_deployed_for_jax_alone_says_so(tmp_path, params, capsys):
   """A schedule chosen on an IREE board's profile deployed without an IREE target: the artifact
   held the JAX export only, and nothing said the board's module was missing."""

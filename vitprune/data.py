@@ -502,6 +502,12 @@ def prediction_rows(files: Sequence[str], preds: Sequence[int], probs: Sequence[
   predicted index and its class, probability, and with `labels` (model output indices) the
   label's index and class (the index beside the class names read as a class: label=2 for an
   image of folder 0 when the classes are not in index order)."""
+  sizes = {len(files), len(preds), len(probs)} | ({len(labels)} if labels is not None else set())
+  if len(sizes) > 1:            # (zipped, a padded row or a lost one went unnoticed)
+    raise ValueError(f"{len(files)} files, {len(preds)} predictions and {len(probs)} "
+                     "probabilities" + ("" if labels is None else f", {len(labels)} labels")
+                     + ": one of each per image")
+
   def name(i):
     return class_names[i] if class_names else str(i)
   return [{"file": f, "pred": int(p), "class": name(int(p)), "prob": float(q),
