@@ -86,6 +86,34 @@ def test_resize_and_crop_sizes_on_odd_shapes():
   np.testing.assert_array_equal(out, ref)
 
 
+def test_center_crop_pads_odd_sides_like_torchvision():
+  """torchvision's CenterCrop pads (crop - size) // 2 before (top, left) and the rest after,
+  and pads a side that is too short even when the other is long enough."""
+  arr = np.arange(1, 13, dtype=np.uint8).reshape(3, 4, 1)
+  out = data._center_crop(arr, 6)
+  assert out.shape == (6, 6, 1)
+  want = np.zeros((6, 6), np.uint8)
+  want[1:4, 1:5] = arr[..., 0]                   # 3 rows: 1 above, 2 below; 4 columns: 1 and 1
+  np.testing.assert_array_equal(out[..., 0], want)
+  wide = np.arange(30, dtype=np.uint8).reshape(3, 10, 1)
+  out = data._center_crop(wide, 6)                # short rows padded, long columns cropped
+  assert out.shape == (6, 6, 1)
+  np.testing.assert_array_equal(out[1:4, :, 0], wide[:, 2:8, 0])
+  assert not out[0].any() and not out[4:].any()
+
+
+def test_balanced_subset_gives_the_remainder_to_random_classes():
+  """n % K samples go to classes drawn by the seed, not always to the first ones."""
+  labels = np.repeat([0, 1, 2], 10)
+  extra = set()
+  for seed in range(20):
+    idx = data.balanced_subset(labels, 4, seed)
+    counts = np.bincount(labels[idx], minlength=3)
+    assert sorted(counts) == [1, 1, 2]
+    extra.add(int(np.argmax(counts)))
+  assert extra == {0, 1, 2}
+
+
 def test_crop_larger_than_image_zero_pads_like_torchvision():
   # crop_pct 2.0: scale_size 4 < input_size 8, CenterCrop pads 2 pixels of 0 on each side.
   prep = Preprocessing(input_size=8, crop_pct=2.0, interpolation="nearest",
