@@ -156,6 +156,21 @@ def test_gflop_counts_the_distillation_head():
       2 * (blocks + head_dist)
 
 
+def test_gflop_of_deit_small_and_a_swiglu_block_by_hand():
+  """Every term by hand: DeiT-S (patch embedding 2 * 196 * 16^2 * 3 * 384, 12 blocks on 197
+  tokens, head 2 * 384 * 1000), and a SwiGLU MLP, whose fc2 takes half the hidden width (the
+  gated pair of fc1's outputs)."""
+  from vitprune import flops  # pylint: disable=g-import-not-at-top
+  n, c, h = 197, 384, 1536
+  block = 8 * n * c * c + 4 * n * n * c + 2 * n * (c * h + h * c)
+  assert flops.block_flop(DEIT, n) == block
+  embed, head = 2 * 196 * 16 * 16 * 3 * 384, 2 * 384 * 1000
+  assert round(flops.forward_gflop(DEIT) * 1e9) == embed + 12 * block + head
+  giant = get_config("vit_giant_patch14_dinov2")
+  assert giant.mlp_type == "swiglu" and (giant.embed_dim, giant.mlp_hidden) == (1536, 8192)
+  assert flops.mlp_flop(giant, 100) == 2 * 100 * (1536 * 8192 + 4096 * 1536)
+
+
 def test_gflop_of_a_schedule_counts_each_blocks_halves_on_its_tokens():
   """A reducing block attends over the tokens entering it and runs its MLP on those leaving it;
   the other blocks run on their count; the unpruned counts give the unpruned figure."""
