@@ -34,6 +34,7 @@ def _schedules(cfg, red):
   out.append((n, first, first - red.max_remove(first, p)))
   if red.supports_embedding:
     out.append((p + 5, p + 5, p + 2))
+    out.append((n - 1,) * (cfg.depth + 1))       # one token dropped after the embedding
   return [Schedule(c) for c in out]
 
 
@@ -177,6 +178,16 @@ def test_the_pieces_read_the_head_as_they_read_the_blocks():
   params["blocks"][1] = init_params(CFG, seed=3)["blocks"][1]
   want = np.asarray(jitted_forward(params, x, cfg=CFG))
   np.testing.assert_allclose(np.asarray(pf(None, x)), want, rtol=1e-5, atol=1e-6)
+
+
+def test_pieces_serve_only_their_own_dtype_and_precision():
+  params = init_params(CFG, seed=1)
+  pf = PiecewiseForward(CFG, params, make_reducer("pomt"))          # float32, 'highest'
+  assert pf.serves(CFG, params, "float32", "highest")
+  assert not pf.serves(CFG, params, "float32", "default")
+  assert not pf.serves(CFG, params, "bfloat16", "highest")
+  assert not pf.serves(CFG, init_params(CFG, seed=1), "float32", "highest")  # another tree
+  assert not pf.serves(dataclasses.replace(CFG, norm_eps=1e-5), params, "float32", "highest")
 
 
 def test_evaluate_reuses_the_callers_pieces_and_rebuilds_for_other_params():
