@@ -131,6 +131,39 @@ def test_a_negative_embed_is_refused_exactly_below_the_cheapest_schedule():
     model(-t * (1 + 1e-6))
 
 
+def test_bad_curves_latencies_and_draws_are_refused():
+  """Each refusal the fit and the draws make, at its edge (a review's mutations removing them
+  passed the suite): a curve without the full count, a zero or NaN latency, tokens out of
+  order, more distinct schedules than the grid holds."""
+  scheds = _schedules(12, 1)
+  good = [_truth(c) for c in scheds]
+  lm = _fit(scheds, good)
+  for bad in (0.0, float("nan"), -1e-4):
+    with pytest.raises(lm_lib.CalibrationError, match="positive finite latencies"):
+      _fit(scheds, good[:-1] + [bad])
+  with pytest.raises(ValueError, match="curve tokens must be ascending and distinct"):
+    dataclasses.replace(lm, tokens=tuple(reversed(lm.tokens)))
+  curve = [_pt("model", n, float(v)) for n, v in zip(GRID[:-1], _curve()[:-1])]   # no 65
+  cal = [_pt("schedule", N, _truth(c), schedule=c) for c in scheds]
+  with pytest.raises(lm_lib.CalibrationError, match=r"needs >= 2 counts including the full "
+                                                    r"65, has \[5, 9, .*, 61\]"):
+    lm_lib.fit(_profile(tuple(curve + cal)), batch_size=1, method="pomt")
+  draws = lm_lib.sample_schedules(N, D, (33, 65), 40, seed=0, at_most=True, spread=False,
+                                  max_reductions=1)
+  assert len(set(draws)) == len(draws) == D      # one cut to 33 at each of the 6 blocks
+  with pytest.raises(ValueError, match=r"could only draw 6 of 40 distinct schedules"):
+    lm_lib.sample_schedules(N, D, (33, 65), 40, seed=0, spread=False, max_reductions=1)
+
+
+def test_relative_errors_are_of_the_measurement():
+  e = lm_lib.relative_errors([2.0, 1.1, 0.5], [1.0, 1.0, 1.0])
+  assert e["median"] == pytest.approx(0.5) and e["count"] == 3
+  assert lm_lib.relative_errors([2.0], [1.0])["median"] == 1.0       # (of 1.0, not of 2.0)
+  assert lm_lib.relative_errors([1.0625, 1.125], [1.0, 1.0])["within10"] == 0.5
+  assert lm_lib.relative_errors([1.5, 0.5], [1.0, 1.0])["within10"] == 0.0
+  assert lm_lib.relative_errors([1.0625], [1.0])["within10"] == 1.0
+
+
 def test_fit_clips_round_off_below_the_bounds(monkeypatch):
   # BVLS returned r1 = -1.7e-21 in a suite run; make_cost_model then refused the model ("reduce
   # latency must be >= 0 seconds"). Bounded parameters come back exactly at their bounds.
