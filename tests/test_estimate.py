@@ -501,6 +501,8 @@ def _mutate(d, fn):
     (lambda d: d.update(seed=-1), r"seed must be in \[0, 2\*\*32\)"),
     (lambda d: d["reference"].update(schedule="keep@0:5"), "reference.schedule 'keep@0:5' is "
      "not the unpruned schedule's"),
+    (lambda d: d["reference"].update(counts=[17, 9, 9]), "reference.counts is not the unpruned "
+     "schedule"),
     (lambda d: d["points"][2].update(schedule="keep@0:9"), r"points\[2\]: schedule 'keep@0:9' "
      r"is counts \[17, 9, 9\], not the counts \[17, 5, 5\] recorded with it"),
     (lambda d: d["points"][2].update(schedule="pomt"), r"points\[2\]: schedule 'pomt': cannot "

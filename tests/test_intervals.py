@@ -100,6 +100,8 @@ def test_pair_counts_and_change_record():
   assert intervals.describe_change(record).endswith(": 1 image lost, 1 gained)")
   with pytest.raises(ValueError, match=r"need two \[M\] arrays of the same images"):
     intervals.pair_counts(right_u, right_p[:5])
+  with pytest.raises(ValueError, match=r"need two \[M\] arrays .*got \(2, 2\) and \(2, 2\)"):
+    intervals.pair_counts(np.ones((2, 2), bool), np.ones((2, 2), bool))   # (same shape, 2-D)
   for bad in (np.array([-0.5, 0.3]), np.array([1, 0]), np.array([np.nan, 1.0])):
     with pytest.raises(TypeError, match=r"^pruned_right must be bools \(right on each image\), "
                        r"got (float64|int64) \(compare margins with > 0 first\)$"):
