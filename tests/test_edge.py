@@ -68,6 +68,37 @@ def test_parse_targets():
     parse_targets(["iree:host", "iree:host"])
 
 
+def test_two_targets_that_would_share_a_module_file_are_refused():
+  """'_' and ':' both spell a target's module file: two such targets overwrote one module with
+  the other, and the artifact did not load."""
+  with pytest.raises(EdgeError, match="would share the module file "
+                                      r"iree/iree_llvm-cpu_aarch64-linux-gnu_x\.vmfb"):
+    parse_targets(["iree:llvm-cpu:aarch64-linux-gnu_x", "iree:llvm-cpu:aarch64-linux-gnu:x"])
+
+
+def test_a_host_module_of_a_cpu_with_more_features_is_refused(monkeypatch):
+  """An iree:host module records its CPU's features; a board lacking one would die of SIGILL
+  running it, so it is refused in one line (and `load` moves on to the next target)."""
+  here = targets_lib.host_cpu()
+  record = {"target": "iree:host", "host_cpu": {"arch": here["arch"],
+                                                "features": list(here["features"])}}
+  targets_lib.check_runnable(record, "m")
+  record["host_cpu"]["features"].append("no_such_feature")
+  with pytest.raises(EdgeError, match=r"^m was compiled with --target=iree:host on a CPU with "
+                                      r"features this CPU lacks \(no_such_feature\); recompile"):
+    targets_lib.check_runnable(record, "m")
+
+
+def test_a_fractional_cgroup_cpu_quota_rounds_up(tmp_path, monkeypatch):
+  """--cpus=1.5 (cpu.max '150000 100000') lets 2 cores run part of the time: 2, not 1."""
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+  cpu_max = tmp_path / "cpu.max"
+  for text, cores in (("150000 100000", 2), ("100000 100000", 1), ("50000 100000", 1),
+                      ("max 100000", 8), ("1000000 100000", 8)):
+    cpu_max.write_text(text)
+    assert targets_lib.usable_cores(str(cpu_max)) == cores, text
+
+
 def test_cpu_profile_driver_and_compile_retries():
   host = parse_target("iree:host")
   small, deit8 = get_config("vit_digits"), get_config("deit_small_patch16_224")
