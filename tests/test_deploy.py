@@ -334,6 +334,10 @@ EDITED = "identity does not match the manifest's fields|does not describe the ex
     (lambda d: d["reducer"].__setitem__("name", "pomt"),
      EDITED),
     (lambda d: d["compute"].__setitem__("dtype", "float64"), "compute.dtype 'float64'"),
+    (lambda d: d["compute"].__setitem__("precision", "default"), EDITED),   # (it loaded)
+    (lambda d: d.__setitem__("class_names", list(range(10))), "class_names must be null or 10 "
+     "strings"),
+    (lambda d: d["files"].__setitem__("params", ".."), "must be a plain name"),
     (lambda d: d["model"]["config"].__setitem__("depth", None), "model.config"),
     (lambda d: d["files"].__setitem__("forward", "../x"), "must be a plain name"),
     (lambda d: d.__setitem__("class_names", ["a"]), "class_names must be null or 10 strings"),

@@ -296,6 +296,12 @@ def test_artifact_targets_cross_compile_and_match_jax(artifact, images):
     edge(images[:1])
   task = edge_rt.load(artifact, "iree:host", driver="local-task")   # the override is honoured
   assert task.driver == "local-task" and task._runner.driver == "local-task"
+  # ... also without a target (the first target this host runs on that driver): it was
+  # dropped there, so `bench --driver=local-task` timed local-sync unsaid.
+  assert edge_rt.load(artifact, driver="local-task").driver == "local-task"
+  with pytest.raises(EdgeError, match="no target runs on this host: .*IREE driver 'vulkan' "
+                                      "cannot run target iree:host"):
+    edge_rt.load(artifact, driver="vulkan")
   assert np.max(np.abs(task(images) - want)) <= 1e-5
   with pytest.raises(EdgeError, match="^IREE driver 'vulkan' cannot run target iree:host"):
     edge_rt.load(artifact, "iree:host", driver="vulkan")
