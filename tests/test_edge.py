@@ -1388,6 +1388,18 @@ def test_a_schedule_kit_profile_names_each_schedule(tmp_path, params):
   assert lines[2] == f"wrote {tmp_path / 'p.json'}"
   progress = sorted(l.split("] ")[1] for l in r.stderr.splitlines() if l.startswith("["))
   assert progress == ["schedule b1 17,12,8", "schedule b1 17,17,9"], r.stderr
+  # A point's schedule label or the kit's reducer edited (timings written into the profile
+  # under another schedule or method, which solve then read) is refused by the module's name.
+  doc = json.loads((pathlib.Path(kit_dir) / "kit.json").read_text())
+  for edit in (lambda d: d["points"][0].__setitem__("schedule", "keep@0:12,1:9"),
+               lambda d: d.__setitem__("reducer", "pomt")):
+    bad = json.loads(json.dumps(doc))
+    edit(bad)
+    (pathlib.Path(kit_dir) / "kit.json").write_text(json.dumps(bad))
+    r = run_edge("profile", f"--kit={kit_dir}", f"--out={tmp_path / 'q.json'}",
+                 "--min_run_time=0.02")
+    assert r.returncode == 1 and "the record does not match its module" in r.stderr, r.stderr
+    assert not (tmp_path / "q.json").exists()
 
 
 def test_a_manifest_field_missing_is_named_as_missing(artifact, tmp_path):
