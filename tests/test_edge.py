@@ -99,6 +99,21 @@ def test_a_fractional_cgroup_cpu_quota_rounds_up(tmp_path, monkeypatch):
     assert targets_lib.usable_cores(str(cpu_max)) == cores, text
 
 
+def test_a_record_file_entry_must_lie_inside_the_artifact(tmp_path):
+  """A record naming '../x.vmfb' (with the right sha256) read a file outside the artifact."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  (tmp_path / "x.vmfb").write_bytes(b"module")
+  root = tmp_path / "art"
+  (root / "iree").mkdir(parents=True)
+  sha = hashlib.sha256(b"module").hexdigest()
+  for rel in ("../x.vmfb", "iree/../../x.vmfb", str(tmp_path / "x.vmfb")):
+    with pytest.raises(EdgeError, match=f"^w: bad file entry {re.escape(repr(rel))}$"):
+      edge_rt.checked_file(str(root), {"file": rel, "sha256": sha}, "w")
+  (root / "iree" / "x.vmfb").write_bytes(b"module")
+  assert edge_rt.checked_file(str(root), {"file": "iree/x.vmfb", "sha256": sha}, "w") == str(
+      root / "iree" / "x.vmfb")
+
+
 def test_cpu_profile_driver_and_compile_retries():
   host = parse_target("iree:host")
   small, deit8 = get_config("vit_digits"), get_config("deit_small_patch16_224")
