@@ -373,6 +373,47 @@ def test_check_in_loop_picks_the_fastest_measured_schedule_meeting_the_floor():
   assert back.chosen == out.chosen and back.checked == out.checked
 
 
+def _budget_solution(budget, settings=None):
+  f = [_cand((17, 5, 3), 1.0, 0.90), _cand((17, 9, 5), 2.0, 0.92), _cand((17, 9, 9), 3.0, 0.95)]
+  sol = dataclasses.replace(_solution(f, f[1]), criterion="latency_budget", basis="predicted",
+                            settings=dict(settings if settings is not None else
+                                          {"num_images": 400}, accuracy_floor=None,
+                                          latency_budget=budget))
+  return sol
+
+
+def test_a_budget_choice_ties_to_the_faster_graph_and_is_measured_within_the_budget():
+  """Equal measured accuracy (k/n ties are common): the faster graph is chosen (a slower one
+  three times slower passed every test); a file whose chosen graph measured over the budget is
+  refused by the reader; the latency_untrusted note goes once the choice is timed."""
+  sol = _budget_solution(5.0)
+  sol = dataclasses.replace(sol, settings=dict(sol.settings, latency_untrusted="extrapolated"))
+  timer = lambda cs: [{(17, 5, 3): 1.0, (17, 9, 5): 2.0, (17, 9, 9): 3.0}[c] for c in cs]
+  out = solve_loop.check_budget_in_loop(sol, lambda cs: [0.9] * len(cs), timer, neighbours=2)
+  assert out.chosen.counts == (17, 5, 3) and out.chosen.measured_latency_s == 1.0
+  assert "latency_untrusted" not in out.settings
+  doc = out.to_json()
+  for entry in [doc["chosen"]] + [c for c in doc["checked"] if c["counts"] == [17, 5, 3]]:
+    entry["measured_latency_s"] = 6.0                  # over the 5.0 s budget
+  from vitprune.records.solution import SolutionError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SolutionError, match=r"measured 6\.0 s > the budget 5\.0 s"):
+    Solution.from_json(doc)
+
+
+def test_a_budget_check_holds_its_measurements_to_the_images_it_is_given():
+  """num_images given to the budget check (the main job's images) is what every measured
+  accuracy must be a count of (it read the solution's setting, absent without a floor, and
+  took 0.9512345 of '400 images' with no interval)."""
+  sol = _budget_solution(2.5, settings={})
+  timer = lambda cs: [{(17, 5, 3): 1.0, (17, 9, 5): 2.0, (17, 9, 9): 3.0}[c] for c in cs]
+  with pytest.raises(ValueError, match="is not a count of 400 images"):
+    solve_loop.check_budget_in_loop(sol, lambda cs: [0.9512345] * len(cs), timer,
+                                    num_images=400)
+  out = solve_loop.check_budget_in_loop(sol, lambda cs: [0.9] * len(cs), timer, num_images=400)
+  assert out.settings["num_images"] == 400 and out.chosen.num_images == 400
+  assert out.chosen.measured_accuracy_low is not None
+
+
 def test_check_in_loop_without_floor_is_refused():
   c = _cand((17, 17, 17), 1.0, 0.9, measured=0.9)
   sol = dataclasses.replace(_solution([c], c), settings={"accuracy_floor": None})
