@@ -414,6 +414,21 @@ def test_a_budget_check_holds_its_measurements_to_the_images_it_is_given():
   assert out.chosen.measured_accuracy_low is not None
 
 
+def test_a_paired_measurement_must_cover_the_images_and_the_unpruned_graph_is_exact():
+  """The paired interval of a schedule's change: over exactly the images it was measured on
+  (a comparison on 200 of 400 images was labelled as 400), and [0, 0] for the unpruned graph
+  compared with itself (a nonzero interval kept it from clearing a confident drop)."""
+  full = _cand((17, 17, 17), 9.0, 0.9)
+  same = solve_loop.with_measured(full, 0.9, 100, pair=(90, 0, 0, 10), full=full)
+  assert (same.measured_change_low, same.measured_change_high) == (0.0, 0.0)
+  other = solve_loop.with_measured(_cand((17, 9, 9), 3.0, 0.9), 0.9, 100, pair=(90, 0, 0, 10),
+                                   full=full)
+  assert other.measured_change_low < 0 < other.measured_change_high   # (not the same graph)
+  with pytest.raises(ValueError, match=r"compared list:17,9,9 with the unpruned graph on 200 "
+                                       r"images, not the 400 it measured"):
+    solve_loop.with_measured(_cand((17, 9, 9), 3.0, 0.9), 0.9, 400, pair=(170, 10, 10, 10))
+
+
 def test_check_in_loop_without_floor_is_refused():
   c = _cand((17, 17, 17), 1.0, 0.9, measured=0.9)
   sol = dataclasses.replace(_solution([c], c), settings={"accuracy_floor": None})
