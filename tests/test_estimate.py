@@ -874,6 +874,32 @@ def test_a_folder_subset_is_drawn_over_its_class_folders_whatever_the_model_call
                                 estimate.holdout_split(plain, 4, 1)[1].indices)
 
 
+def test_a_paired_evaluation_counts_images_against_the_unpruned_graph():
+  """measure(..., paired=True): per schedule (both right, lost, gained, both wrong) against the
+  unpruned graph on the same images: right + gained is its accuracy, right + lost the unpruned
+  one's (lost and gained swapped, or the unpruned margins taken from another schedule, passed
+  the fast tests)."""
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  cfg, params, source = common.load_model("vit_digits", None)
+  data = estimate.load_eval_data("digits", num_images=60, class_names=common.class_names(source),
+                                 num_classes=cfg.num_classes)
+  measure = estimate.schedule_evaluator(cfg, params, data, RandomDrop(seed=0), batch_size=30)
+  scheds = [(65, 65, 65, 9, 9, 9, 9), (65, 33, 17, 9, 5, 5, 5)]
+  (full_acc, *accs), margins = measure([(65,) * 7] + scheds, margins=True)
+  values, pairs = measure(scheds, paired=True)
+  assert values == accs
+  for acc, m, pair in zip(accs, margins[1:], pairs):
+    right, lost, gained, wrong = pair
+    assert right + lost + gained + wrong == 60
+    assert (right + gained) / 60 == pytest.approx(acc) and (right + lost) / 60 == \
+        pytest.approx(full_acc)
+    assert pair == (int(np.sum((margins[0] > 0) & (m > 0))), int(np.sum((margins[0] > 0) &
+                    (m <= 0))), int(np.sum((margins[0] <= 0) & (m > 0))),
+                    int(np.sum((margins[0] <= 0) & (m <= 0))))
+  assert any(p[1] > 0 for p in pairs)                 # (images are lost: the check bites)
+  assert any(p[1] != p[2] for p in pairs)
+
+
 def test_many_points_on_sharded_data_do_not_hang(tmp_path):
   """2 forced CPU devices, a 3-block sensitivity table of 24 POMT points: the reducing blocks
   all-gather across the devices, and queueing every schedule's pieces without waiting hung the
