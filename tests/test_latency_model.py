@@ -429,6 +429,17 @@ def test_a_paired_measurement_must_cover_the_images_and_the_unpruned_graph_is_ex
     solve_loop.with_measured(_cand((17, 9, 9), 3.0, 0.9), 0.9, 400, pair=(170, 10, 10, 10))
 
 
+def test_check_in_loop_checks_a_floor_only_predicted_even_where_the_choice_was_measured():
+  """measure_frontier measures the choice but leaves basis 'predicted': the floor check (the
+  estimate's single reductions, FloorNotMetError) must still run before the timing (it was
+  skipped for any choice carrying a measurement)."""
+  c = _cand((17, 9, 9), 1.0, 0.95, measured=0.95)
+  sol = dataclasses.replace(_solution([c], c), basis="predicted")
+  with pytest.raises(ValueError, match="the floor was not checked yet: pass the DP's cost model"):
+    solve_loop.check_in_loop(sol, None, None, lambda cs: [0.95] * len(cs),
+                             lambda cs: [1.0] * len(cs))
+
+
 def test_check_in_loop_without_floor_is_refused():
   c = _cand((17, 17, 17), 1.0, 0.9, measured=0.9)
   sol = dataclasses.replace(_solution([c], c), settings={"accuracy_floor": None})
