@@ -335,6 +335,11 @@ EDITED = "identity does not match the manifest's fields|does not describe the ex
      EDITED),
     (lambda d: d["compute"].__setitem__("dtype", "float64"), "compute.dtype 'float64'"),
     (lambda d: d["compute"].__setitem__("precision", "default"), EDITED),   # (it loaded)
+    (lambda d: d["model"].__setitem__("name", "vit_digits"), "model.name 'vit_digits' != config "
+     "name 'test_tiny_vit'"),
+    (lambda d: (d.pop("identity"), d["input"].update(batch_size=0, shape=[0, 32, 32, 3]),
+                d["output"].update(shape=[0, 10])),
+     r"input.batch_size must be null with symbolic_batch true, else an int >= 1; got 0"),
     (lambda d: d.__setitem__("class_names", list(range(10))), "class_names must be null or 10 "
      "strings"),
     (lambda d: d["files"].__setitem__("params", ".."), "must be a plain name"),
