@@ -114,6 +114,20 @@ def test_a_record_file_entry_must_lie_inside_the_artifact(tmp_path):
       root / "iree" / "x.vmfb")
 
 
+def test_a_board_profile_merges_only_runs_of_the_same_edge_setup():
+  """A profile file's points are merged with a new run's only when the edge setup is the same:
+  target, compiler, IREE runtime and the host CPU (another CPU's timings were merged in)."""
+  base = {"target": "iree:host", "compiler": {"flags": []}, "iree_runtime": "1",
+          "host_cpu": {"model": "A"}, "shards": {"1": 1}, "profiles": {"1": "latency"}}
+  merged = kit_lib.merge_edge_fields({"edge": base}, {"edge": dict(base, shards={"2": 1},
+                                                                  profiles={"2": "latency"})})
+  assert merged["edge"]["shards"] == {"1": 1, "2": 1}
+  for key, other in (("host_cpu", {"model": "B"}), ("target", "iree:vulkan"),
+                     ("iree_runtime", "2"), ("compiler", {"flags": ["-O3"]})):
+    with pytest.raises(ValueError, match=f"it was timed with edge {key} .*, this run with"):
+      kit_lib.merge_edge_fields({"edge": base}, {"edge": dict(base, **{key: other})})
+
+
 def test_cpu_profile_driver_and_compile_retries():
   host = parse_target("iree:host")
   small, deit8 = get_config("vit_digits"), get_config("deit_small_patch16_224")
