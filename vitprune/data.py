@@ -71,17 +71,21 @@ MAX_RESIZED_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 # ----------------------------------------------------------------------------------------------
 
 
+def _named_with(name: str, extensions: Tuple[str, ...]) -> bool:
+  """Whether `name` ends in one of `extensions` (case-insensitive) and is not hidden."""
+  base = os.path.basename(name)
+  return not base.startswith(".") and base.lower().endswith(extensions)
+
+
 def is_image_file(name: str) -> bool:
   """Whether `name` has one of torchvision's IMG_EXTENSIONS (case-insensitive) and is not hidden."""
-  base = os.path.basename(name)
-  return not base.startswith(".") and base.lower().endswith(IMG_EXTENSIONS)
+  return _named_with(name, IMG_EXTENSIONS)
 
 
 def _is_other_image_file(name: str) -> bool:
   """Whether `name` is named like an image of a format the folders do not read
   (`OTHER_IMAGE_EXTENSIONS`, case-insensitive) and is not hidden."""
-  base = os.path.basename(name)
-  return not base.startswith(".") and base.lower().endswith(OTHER_IMAGE_EXTENSIONS)
+  return _named_with(name, OTHER_IMAGE_EXTENSIONS)
 
 
 def _warn_other_images(root: str, skipped: Sequence[str]) -> None:
@@ -204,9 +208,10 @@ def _unreadable_folder(error: OSError) -> None:
                    f"({error.strerror or error})") from None
 
 
-def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
-                 class_reals: Sequence[str], skipped: List[str]) -> Tuple[str, ...]:
-  """Image files under `class_dir` (recursively, following links) in torchvision's order.
+def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str], class_reals: Sequence[str]
+                 ) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+  """(image files under `class_dir` (recursively, following links) in torchvision's order,
+  files there named like images of a format that is not read), relative to `class_dir`.
 
   torchvision iterates `sorted(os.walk(class_dir))` and `sorted(fnames)` per directory; hidden
   files and directories are skipped here. Returns paths relative to `class_dir`.
@@ -215,9 +220,7 @@ def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
   another class; `seen`: {(st_dev, st_ino): path} of the folders walked so far, holding the
   root's), and an image that is a link into a class folder the dataset reads anyway
   (`class_reals`: the class folders' real paths). Links to files outside them (a deduplicating
-  store: git-annex, DVC, a hub cache) are fine, also when two of them share one file. Files
-  named like images of a format that is not read are appended to `skipped` (relative to
-  `class_dir`).
+  store: git-annex, DVC, a hub cache) are fine, also when two of them share one file.
   """
   walked = []
   for dirpath, dirnames, fnames in os.walk(class_dir, onerror=_unreadable_folder,
@@ -230,7 +233,7 @@ def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
     seen[(st.st_dev, st.st_ino)] = dirpath
     dirnames[:] = [d for d in dirnames if not d.startswith(".")]
     walked.append((dirpath, fnames))
-  files = []
+  files, skipped = [], []
   for dirpath, fnames in sorted(walked):
     for fname in sorted(fnames):
       _check_folder_link(os.path.join(dirpath, fname))   # (os.walk lists such a link as a file)
@@ -248,16 +251,16 @@ def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str],
                              "as an image of its own: every image of a dataset must be reached "
                              "once, under one class")
         files.append(os.path.relpath(path, class_dir))
-  return tuple(files)
+  return tuple(files), tuple(skipped)
 
 
-def _flat_files(root: str, skipped: List[str]) -> Tuple[str, ...]:
-  """Image files directly inside `root` (not recursive), sorted by name; an image that is a
-  link to another image of `root` (read twice) is a ValueError. Files named like images of a
-  format that is not read are appended to `skipped`."""
+def _flat_files(root: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+  """(image files directly inside `root` (not recursive), files there named like images of a
+  format that is not read), each sorted by name; an image that is a link to another image of
+  `root` (read twice) is a ValueError."""
   with os.scandir(root) as it:
     files = [e for e in it if not e.is_dir()]
-  skipped.extend(sorted(e.name for e in files if _is_other_image_file(e.name)))
+  skipped = tuple(sorted(e.name for e in files if _is_other_image_file(e.name)))
   entries = [e for e in files if is_image_file(e.name)]
   for e in entries:
     _check_image_entry(e.path)
@@ -270,7 +273,7 @@ def _flat_files(root: str, skipped: List[str]) -> Tuple[str, ...]:
       if os.path.dirname(real) == real_root and os.path.basename(real) in names:
         raise ValueError(f"{e.path!r} is a link to {real!r}, which the dataset also reads as "
                          "an image of its own: every image of a dataset must be reached once")
-  return tuple(sorted(names))
+  return tuple(sorted(names)), skipped
 
 
 def _warn_unlabelled_root_images(root: str) -> None:
@@ -401,12 +404,11 @@ class ImageFolder:
       root_stat = os.stat(root)
       seen = {(root_stat.st_dev, root_stat.st_ino): root}
       class_reals = [os.path.realpath(os.path.join(root, name)) for name in classes]
-      skipped: List[str] = []
+      skipped = []
       for name in classes:
         idx = index[name]
-        before = len(skipped)
-        found = _class_files(os.path.join(root, name), seen, class_reals, skipped)
-        skipped[before:] = [f"{name}/{p}" for p in skipped[before:]]
+        found, other = _class_files(os.path.join(root, name), seen, class_reals)
+        skipped.extend(f"{name}/{p}" for p in other)
         if not found:
           raise FileNotFoundError(
               f"class folder {os.path.join(root, name)!r} contains no image files with "
@@ -416,8 +418,8 @@ class ImageFolder:
       _warn_unlabelled_root_images(root)
       _warn_other_images(root, [p.replace(os.sep, "/") for p in skipped])
     else:
-      skipped = []
-      files = list(_flat_files(root, skipped))
+      found, skipped = _flat_files(root)
+      files = list(found)
       _warn_other_images(root, skipped)
       if not files:
         raise FileNotFoundError(
