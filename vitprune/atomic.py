@@ -168,10 +168,16 @@ DIRECTORY_MARKERS = (WEIGHTS_MARKER, ("manifest.json", "vitprune-deploy"),
                      (".vitprune-imagefolder.json", "vitprune-digits-imagefolder"))
 
 
+def _directory_marker(path: str) -> Optional[Tuple[str, str]]:
+  """The (marker file, format) of `DIRECTORY_MARKERS` that directory `path` carries, or None."""
+  return next(((name, fmt) for name, fmt in DIRECTORY_MARKERS if json_marker(name, fmt)(path)),
+              None)
+
+
 def is_vitprune_output(path: str) -> bool:
   """Default ownership test: a directory carrying one of `DIRECTORY_MARKERS` (a weights
   directory, a deployed artifact or a digits image folder)."""
-  return any(json_marker(name, fmt)(path) for name, fmt in DIRECTORY_MARKERS)
+  return _directory_marker(path) is not None
 
 
 is_vitprune_output.description = ("a vitprune weights, artifact or image folder (with its "
@@ -328,10 +334,8 @@ def _published_mark(folder: str) -> Optional[str]:
   refused by --overwrite as a file vitprune did not write there)."""
   if _has_inventory(folder):        # (a file of that name alone is not ours: its format is)
     return f"it lists its files in {INVENTORY_FILE}"
-  for name, fmt in DIRECTORY_MARKERS:
-    if json_marker(name, fmt)(folder):
-      return f"its {name} marks it, a {fmt} folder"
-  return None
+  marker = _directory_marker(folder)
+  return None if marker is None else f"its {marker[0]} marks it, a {marker[1]} folder"
 
 
 def published_folder_around(path: str, itself: bool = False) -> Optional[str]:
