@@ -195,23 +195,26 @@ def check_flags(command: str) -> None:
     atomic.check_output_json(stem + ".json", records.FORMAT, "out", [stem + ".csv"])
 
 
+def _usage_error(message) -> None:
+  """A usage error as the experiments CLIs report it: one `error:` line, `(see --help)`, exit 2."""
+  sys.stderr.write(f"error: {console.one_line(message)}\n(see --help)\n")
+  sys.exit(2)
+
+
 def parse_flags(argv):
   """absl's parsing, with a bad flag reported as one `error:` line (exit 2) and --help exiting
   0 after the usage (absl exits 1), as the experiments CLIs do."""
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    sys.stderr.write(f"error: {console.one_line(e)}\n(see --help)\n")
-    sys.exit(2)
+    _usage_error(e)
   except SystemExit as e:
     console.exit_after_help(e)
 
 
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    sys.stderr.write(f"error: give one command: {' | '.join(COMMANDS)} "       # (a usage
-                     f"(got {console.printable(str(argv[1:]))})\n(see --help)\n")  # error, as
-    sys.exit(2)                                                     # the other CLIs': exit 2)
+    _usage_error(f"give one command: {' | '.join(COMMANDS)} (got {argv[1:]})")
   try:
     check_flags(argv[1])
     res = {"run": cmd_run, "bench": cmd_bench, "profile": cmd_profile}[argv[1]]()
