@@ -863,6 +863,24 @@ def test_many_shards_keep_batch_order_and_old_records_still_load(tmp_path, param
   assert old.shards == 1 and np.max(np.abs(old(imgs) - want)) <= 1e-5
 
 
+def test_kit_compiler_record_is_the_largest_batch_plan(tmp_path, params, monkeypatch):
+  # Batch 1 falls under the task threshold (latency profile), batch 2 over it (throughput): the
+  # kit-level compiler record must describe the batch-2 modules, the kit's own plan.
+  monkeypatch.setattr(iree_build, "usable_cores", lambda: 1)
+  gflop = forward_gflop(CFG, 1)
+  monkeypatch.setattr(targets_lib, "TASK_MIN_GFLOP", 1.5 * gflop)
+  kit_dir = str(tmp_path / "kit")
+  iree_build.build_kit(kit_dir, CFG, params, target="iree:host", grid=(9,), batch_sizes=(2, 1),
+                       reducer=make_reducer("random"), threads=1)
+  kit = kit_lib.read_kit(kit_dir)
+  profiles = {p["batch_size"]: p["runtime"]["profile"] for p in kit["points"]}
+  assert profiles == {1: "latency", 2: "throughput"}
+  assert kit["runtime"]["profile"] == kit["compiler"]["profile"] == "throughput"
+  (big,) = [p for p in kit["points"] if p["batch_size"] == 2]
+  small = [p for p in kit["points"] if p["batch_size"] == 1][0]
+  assert kit["compiler"]["flags"] == big["flags"] != small["flags"]
+
+
 def test_kit_points_run_as_an_artifact_at_their_batch_size(tmp_path, params, monkeypatch):
   monkeypatch.setattr(iree_build, "usable_cores", lambda: 2)
   host = parse_target("iree:host")
