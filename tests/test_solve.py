@@ -1739,6 +1739,35 @@ def test_the_estimates_single_reductions_meeting_the_floor_are_timed_in_the_loop
   assert target not in timed[0]
 
 
+def test_the_unpruned_schedule_off_the_frontier_is_no_neighbour(tmp_path):
+  """The unpruned schedule, measured but off the frontier (a pruned one is predicted as
+  accurate and faster), is the fallback only: never a neighbour the loop times."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  full = tuple([N] * (CFG.depth + 1))
+  est = read_estimate(es).measured("accuracy")
+  evaluate = lambda cs: [_share(est.get(tuple(c), 0.95)) for c in cs]
+  sol = _multi(ps, es, accuracy_floor=0.885, evaluate=evaluate)
+  assert sol.full.counts == full and sol.full.measured_accuracy is not None
+  listed = tuple(p for p in sol.checked if p.counts != full) + (sol.full,)   # (as a refinement
+  off = dataclasses.replace(sol, checked=listed,                              # lists it)
+                            frontier=tuple(p for p in sol.frontier if p.counts != full))
+  sol = dataclasses.replace(sol, checked=listed)
+  timed = []
+
+  def time_schedules(counts_list):
+    timed.extend(tuple(c) for c in counts_list)
+    return [1e-3] * len(counts_list)
+
+  solve_loop.check_in_loop(off, read_estimate(es), None, evaluate, time_schedules,
+                           neighbours=len(sol.checked) + len(sol.frontier))
+  assert timed and full not in timed and len(set(timed)) == len(timed)
+  timed.clear()                  # (on the frontier it is a candidate like any other)
+  solve_loop.check_in_loop(sol, read_estimate(es), None, evaluate, time_schedules,
+                           neighbours=len(sol.checked) + len(sol.frontier))
+  assert full in timed
+
+
 def test_a_schedule_predicted_below_the_floor_but_measured_above_it_can_be_chosen(tmp_path):
   """Once measured, a schedule competes on its measurement: the fastest frontier schedule,
   predicted below the floor, measures above it and is chosen (check_floor) and timed
