@@ -39,6 +39,9 @@ def test_canonical_digest_ignores_layout():
   a = {"b": [1, 2.5, None], "a": {"y": True, "x": "s"}}
   b = json.loads(json.dumps(a, indent=3, sort_keys=False))
   assert jsonio.canonical_sha256(a) == jsonio.canonical_sha256(b)
+  reordered = {"a": {"x": "s", "y": True}, "b": [1, 2.5, None]}   # (a tool re-saved the keys in
+  assert list(reordered) != list(a)                                 # another order)
+  assert jsonio.canonical_sha256(reordered) == jsonio.canonical_sha256(a)
   assert jsonio.canonical_sha256(a) != jsonio.canonical_sha256(dict(a, c=0))
   with pytest.raises(ValueError):
     jsonio.canonical(float("nan"))
@@ -78,6 +81,21 @@ def test_read_json_errors(tmp_path):
       jsonio.read_json(str(p), "widget")
   p.write_text('{"seed": 1' + "0" * 308 + "}")           # 309 digits in range: read
   assert jsonio.read_json(str(p), "widget")["seed"] == 10 ** 308
+  for text in ("1e400", "-2.5e999"):       # a float past the range parsed to +-inf, silently
+    p.write_text('{"seed": 0, "settings": {"x": ' + text + "}}")
+    with pytest.raises(jsonio.FormatError, match=rf"^{re.escape(str(p))}: not valid JSON: "
+                       rf"number {re.escape(text)} is out of range$"):
+      jsonio.read_json(str(p), "widget")
+
+
+def test_numbers_and_shares_of_records():
+  for n in (7, 20, 50, 100, 359, 50000):   # every k / n is a share of n images (29 / 50 * 50 is
+    assert all(jsonio.is_share(k / n, n) for k in range(n + 1))        # 28.999...: rounded)
+  assert not jsonio.is_share(0.5, 359) and not jsonio.is_share(1 / 3, 359)
+  assert not jsonio.is_share(0.5, 0) and not jsonio.is_share(True, 2)
+  for bad in (float("inf"), float("-inf"), float("nan"), True, "1", None):
+    assert not jsonio.is_num(bad) and not jsonio.is_share(bad, 1)
+  assert jsonio.is_num(0) and jsonio.is_num(-1.5e308)
 
 
 def test_method_names_are_the_reducers():
