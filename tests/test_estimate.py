@@ -222,6 +222,11 @@ def test_evaluate_errors(params, images, labels):
   res = estimate.evaluate(CFG, params, good, [estimate.EvalPoint(None, None, 17, None)],
                           labelled=True)
   assert res.points[0] == res.reference
+  for labelled in (True, False):     # every image may be asked for, one more may not
+    assert len(estimate.subset_indices(labels, labelled, len(labels), 0)) == len(labels)
+    with pytest.raises(ValueError, match=f"num_images={len(labels) + 1} exceeds the "
+                       f"{len(labels)} images available"):
+      estimate.subset_indices(labels, labelled, len(labels) + 1, 0)
   for seed in (-1, 1.5, True):      # (numpy's "expected non-negative integer")
     with pytest.raises(ValueError, match=f"^seed must be an int >= 0, got {seed!r}$"):
       estimate.subset_indices(labels, True, 3, seed)
@@ -326,6 +331,10 @@ def test_record_names_the_reducer_its_points_ran(params, images, labels):
       cfg=CFG, params=params, weights_source="init", data_info=info, method=method,
       method_kwargs=kwargs, seed=0, points=pts, result=res, labelled=True)
   assert record("random", {}).method_kwargs == {}        # the default seed is seed 0
+  one = record("random", {"seed": 0})        # one layer: an A(n) curve; several: a table
+  assert (one.kind, one.layers, one.dtype, one.precision) == ("tokens", (1,), "float32",
+                                                              "highest")
+  assert one.to_json()["eval"]["precision"] == "highest"
   with pytest.raises(ValueError, match=r"^the points ran RandomDrop\(seed=0\), not method "
                      r"'tome' with options \{\} \(ToMe\(\)\): the record would name another"):
     record("tome", {})
@@ -528,6 +537,23 @@ def _mutate(d, fn):
 def test_validation_errors(doc, fn, match):
   with pytest.raises(record_lib.EstimateError, match=match):
     record_lib.Estimate.from_json(_mutate(doc[0].to_json(), fn))
+
+
+def test_the_record_kind_and_a_change_at_the_limit_of_agreement(doc):
+  assert doc[0].kind == "sensitivity" and doc[0].precision == "highest"
+  # Accuracy may move on exactly as many images as the agreement lets predictions change.
+  d = doc[0].to_json()
+  ref = d["reference"]["accuracy"]
+  i = next(i for i, p in enumerate(d["points"]) if p["counts"] != d["reference"]["counts"])
+  for moved, ok in ((2, True), (3, False)):
+    e = _mutate(d, lambda d: d["points"][i].update(
+        agreement=5 / 7, accuracy=ref + moved / 7 if ref + moved / 7 <= 1 else ref - moved / 7))
+    if ok:
+      record_lib.Estimate.from_json(e)
+    else:
+      with pytest.raises(record_lib.EstimateError, match=f"on {moved} of 7 images, but "
+                         "agreement 0.714285.* leaves only 2 predictions changed"):
+        record_lib.Estimate.from_json(e)
 
 
 def test_a_record_written_before_dtype_and_precision_loads(doc):
