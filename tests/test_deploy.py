@@ -302,6 +302,9 @@ def test_manifest_platforms_must_match_exported(artifact, tmp_path):
     (lambda d: d.pop("weights"), r"lacks required entries \['weights'\]"),
     (lambda d: d.__setitem__("provenance", [1, 2]), r"provenance must be an object, got \[1, 2\]"),
     (lambda d: d.__setitem__("versions", "x"), "versions must be an object, got 'x'"),
+    (lambda d: d.__setitem__("platforms", []), r"platforms must be a non-empty list of names, "
+                                               r"got \[\]"),
+    (lambda d: d.__setitem__("platforms", ["cpu", 3]), r"platforms must be a non-empty list"),
     (lambda d: d["input"].__setitem__("symbolic_batch", True),   # said "must be ... an int
      "input.batch_size must be null with symbolic_batch true, else an int >= 1; got 3 with "
      "symbolic_batch true"),                                    # >= 1, got 3"

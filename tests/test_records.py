@@ -88,6 +88,15 @@ def test_read_json_errors(tmp_path):
       jsonio.read_json(str(p), "widget")
 
 
+def test_predicted_accuracy_is_reported_within_0_and_1():
+  # A raw table can add up past 1 (an edited estimate predicted 1.24) and capped plans can sum
+  # their drops below 0: a candidate reports its prediction clamped to [0, 1].
+  for raw, want in ((1.24, 1.0), (-0.3, 0.0), (0.5, 0.5), (0.0, 0.0), (1.0, 1.0)):
+    c = S.Candidate.predicted(CFG, (17, 17, 9), 1e-3, raw)
+    assert c.predicted_accuracy == want and c.schedule == "keep@1:9"
+  assert S.reported_accuracy(-1e-9) == 0.0
+
+
 def test_numbers_and_shares_of_records():
   for n in (7, 20, 50, 100, 359, 50000):   # every k / n is a share of n images (29 / 50 * 50 is
     assert all(jsonio.is_share(k / n, n) for k in range(n + 1))        # 28.999...: rounded)
