@@ -40,6 +40,22 @@ def test_forward_bytes_is_affine_in_the_batch_and_follows_tokens_and_dtype():
     memory.forward_bytes(DEIT, 1, "float16")
 
 
+def test_forward_bytes_of_deit_small_by_hand():
+  """DeiT-S (22,050,664 parameters; 197 tokens of 384, 6 heads, MLP 1536): the float32
+  parameters (+ a bfloat16 cast copy), the float32 image, and the largest block's activations:
+  197 x (6 x 384 + 2 x 1536) token values plus 2 x 6 x 197^2 attention logits/probabilities."""
+  params, image = 22_050_664, 4 * 224 * 224 * 3
+  block = 197 * (6 * 384 + 2 * 1536) + 2 * 6 * 197 * 197
+  assert memory.param_count(DEIT) == params
+  for dtype, size, cast in (("float32", 4, 0), ("bfloat16", 2, 2)):
+    for batch in (1, 8):
+      want = (4 + cast) * params + batch * (image + size * block)
+      assert memory.forward_bytes(DEIT, batch, dtype) == want, (dtype, batch)
+      memory.check_batch_fits(DEIT, [batch], dtype, available=want)        # exactly fits
+      with pytest.raises(ValueError, match=f"--batch_size={batch} cannot fit"):
+        memory.check_batch_fits(DEIT, [batch], dtype, available=want - 1)
+
+
 def test_a_given_parameter_count_replaces_the_model_code(monkeypatch):
   """`num_params` (run_deployed: the loaded weights' size) is used instead of `param_count`,
   which imports the model code."""
