@@ -99,6 +99,12 @@ def test_csv_twin():
   row10 = next(r for r in rows[1:] if r.split(",")[6] == "10").split(",")
   assert row10[-1] == "9"                         # step 10 -> 9
   assert float(row10[8]) == pytest.approx(11.0)   # median in ms
+  spread = _profile([_point("model", n, 1e-2, spread=4e-3) for n in (17, 9)])
+  cols = list(records.CSV_COLUMNS)
+  for row in records.to_csv(spread).strip().split("\n")[1:]:
+    v = dict(zip(cols, row.split(",")))            # q25 below the median, q75 above it
+    assert (float(v["q25_ms"]), float(v["median_ms"]), float(v["q75_ms"]),
+            float(v["iqr_ms"])) == pytest.approx((8.0, 10.0, 12.0, 4.0))
 
 
 def test_merge_later_wins_and_batches_union():
@@ -449,6 +455,14 @@ def test_a_lone_slow_count_is_recorded_apart_from_the_steps(tmp_path):
     json.dump(d, f)
   back = records.load(paths["json"])
   assert back.lone_counts == prof.lone_counts and records.measurement_sha256(back) == digest
+  # The digest is of what was measured: no analysis field counts (a better detector would
+  # otherwise change the identity solutions and deployments recorded), a measurement does.
+  for key in records.ANALYSIS_KEYS:
+    assert records.measurement_sha256(dataclasses.replace(
+        prof, **{key: ({"component": "model", "edited": True},)})) == digest, key
+  faster = dataclasses.replace(prof.points[0], median_s=prof.points[0].median_s * 0.5)
+  assert records.measurement_sha256(dataclasses.replace(
+      prof, points=(faster,) + prof.points[1:])) != digest
   plot.plot_profile(back, str(tmp_path / "p.png"))               # marked, not a KeyError
 
 

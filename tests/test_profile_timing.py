@@ -16,6 +16,8 @@ def test_summarize_exact():
   assert (m.median, m.q25, m.q75, m.iqr) == (3.0, 2.0, 4.0, 2.0)
   assert m.rel_iqr == pytest.approx(2 / 3)
   assert timing.summarize([0.0, 0.0, 0.0]).rel_iqr == float("inf")   # no spread of nothing
+  four = timing.summarize([10.0, 1.0, 3.0, 2.0])    # between samples: linearly interpolated
+  assert (four.q25, four.median, four.q75) == (1.75, 2.5, 4.75)
   assert m.samples == (4.0, 1.0, 3.0, 2.0, 5.0) and m.compile_s == 1.5 and m.retries == 1
   with pytest.raises(ValueError, match="non-empty"):
     timing.summarize([])
