@@ -104,6 +104,10 @@ def test_config_json_wrong_format_and_fields(tmp_path):
   json.dump(dict(doc, config=dict(doc["config"], bogus=1)), open(cfile, "w"))
   with pytest.raises(ValueError, match=r"unknown fields \['bogus'\]"):
     checkpoint.read_weights_config(path)
+  for version in (2, 0, "1", None, True):   # a future (or no) version is refused, not guessed
+    json.dump(dict(doc, version=version), open(cfile, "w"))
+    with pytest.raises(ValueError, match=rf"config.json: unsupported version {version!r}$"):
+      checkpoint.read_weights_config(path)
 
 
 def test_missing_params_dir_and_missing_directory(tmp_path):

@@ -108,7 +108,7 @@ def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
     raise ValueError(f"{cfg_file} is corrupted: {e}") from None
   if doc.get("format") != FORMAT:
     raise ValueError(f"{cfg_file}: format {doc.get('format')!r} is not {FORMAT!r}")
-  if doc.get("version") != VERSION:
+  if not jsonio.is_int(doc.get("version")) or doc["version"] != VERSION:     # (true == 1)
     raise ValueError(f"{cfg_file}: unsupported version {doc.get('version')!r}")
   if not isinstance(doc.get("config"), dict):
     raise ValueError(f"{cfg_file}: 'config' must be an object of ViTConfig fields")
