@@ -373,6 +373,21 @@ def test_check_in_loop_picks_the_fastest_measured_schedule_meeting_the_floor():
   assert back.chosen == out.chosen and back.checked == out.checked
 
 
+def test_check_in_loop_ties_on_measured_latency_to_the_graph_keeping_more_tokens():
+  """Equal measured latency (one step's plateau, or a coarse timer): the schedule keeping more
+  tokens is chosen, whichever was chosen before and whatever order the timer saw them in."""
+  f = [_cand((17, 9, 5), 3.0, 0.93), _cand((17, 9, 9), 4.0, 0.95),
+       _cand((17, 17, 17), 9.0, 0.98)]
+  for chosen, other in (((17, 9, 5), (17, 9, 9)), ((17, 9, 9), (17, 9, 5))):
+    sol = _solution(f, _cand(chosen, {(17, 9, 5): 3.0, (17, 9, 9): 4.0}[chosen], 0.93,
+                             measured=0.93))
+    out = solve_loop.check_in_loop(sol, None, None, lambda cs: [0.95] * len(cs),
+                                   lambda cs: [2.0 + (c == f[-1].counts) for c in cs],
+                                   neighbours=1)
+    assert {c.counts for c in out.checked if c.measured_latency_s == 2.0} >= {chosen, other}
+    assert out.chosen.counts == (17, 9, 9), chosen
+
+
 def _budget_solution(budget, settings=None):
   f = [_cand((17, 5, 3), 1.0, 0.90), _cand((17, 9, 5), 2.0, 0.92), _cand((17, 9, 9), 3.0, 0.95)]
   sol = dataclasses.replace(_solution(f, f[1]), criterion="latency_budget", basis="predicted",
