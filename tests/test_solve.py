@@ -1097,6 +1097,11 @@ def test_batch_mismatch_names_both(tmp_path):
                      rf"has nothing to choose; measure counts in \[9, {N - 1}\] in both the "
                      rf"profile and the estimate$"):
     _paper(p_tome, e_tome, method="tome")
+  # Both holding exactly the lowest count ToMe reaches (9) is enough: it is chosen from.
+  p_low = _save_profile(tmp_path, [_point("model", n, 1e-3 * n, batch=8) for n in (9, N)],
+                        name="p_low.json")
+  e_low = _estimate(tmp_path, [None], [9, N], lambda l, n: 0.9, batch=8, name="e_low.json")
+  assert min(_paper(p_low, e_low, method="tome").chosen.counts) == 9
 
 
 def test_empty_intersection_nan_and_metric(tmp_path):
