@@ -19,7 +19,7 @@ from vitprune.convert import (ConversionError, convert_file, convert_state_dict,
 from vitprune.digest import file_sha256
 from vitprune.model import init_params, jitted_forward as forward
 from vitprune.model import jitted_forward_features as forward_features
-from vitprune.posembed import resample_abs_pos_embed, resize_matrix
+from vitprune.posembed import resample_abs_pos_embed, resize_grid, resize_matrix
 from vitprune.registry import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,6 +150,36 @@ def test_non_antialias_bilinear_known_values():
   # 2 -> 4, align_corners=False: src = (i + .5) / 2 - .5 = -.25 (clamped to 0), .25, .75, 1.25
   np.testing.assert_allclose(resize_matrix(2, 4, "bilinear", False),
                              [[1, 0], [.75, .25], [.25, .75], [0, 1]])
+
+
+def test_non_antialias_bicubic_known_values():
+  # PyTorch's bicubic (no antialias) uses Keys' kernel with A = -0.75 and clamps taps at the
+  # border. 4 -> 2: src = (i + .5) * 2 - .5 = .5, 2.5; taps at distances 1.5, .5, .5, 1.5:
+  # W(.5) = 1.25 / 8 - 2.25 / 4 + 1 = .59375, W(1.5) = -.75 (3.375 - 5 * 2.25 + 8 * 1.5 - 4)
+  # = -.09375; the tap before index 0 (after index 3) lands on it.
+  w5, w15 = 0.59375, -0.09375
+  np.testing.assert_allclose(resize_matrix(4, 2, "bicubic", False),
+                             [[w15 + w5, w5, w15, 0], [0, w15, w5, w5 + w15]], atol=1e-12)
+
+
+@pytest.mark.parametrize("interpolation, antialias", [("bicubic", True), ("bicubic", False),
+                                                      ("bilinear", False)])
+def test_a_non_square_resample_keeps_rows_as_rows(interpolation, antialias):
+  """Separable: rows (H) are resampled to new_size[0], columns (W) to new_size[1]. A grid that
+  varies only down its rows stays constant along each output row, and resampling the
+  transposed grid to the transposed size gives the transposed result."""
+  rng = np.random.default_rng(1)
+  rows = np.broadcast_to(rng.standard_normal((4, 1, 3)), (4, 4, 3))
+  pe = np.concatenate([np.zeros((1, 1, 3)), rows.reshape(1, 16, 3)], axis=1).astype(np.float32)
+  out = resample_abs_pos_embed(pe, (2, 7), interpolation=interpolation, antialias=antialias)
+  grid = out[0, 1:].reshape(2, 7, 3)
+  np.testing.assert_allclose(grid, np.broadcast_to(grid[:, :1], grid.shape), atol=1e-6)
+  g = rng.standard_normal((3, 5, 2))       # non-square in and out
+  np.testing.assert_allclose(
+      resize_grid(g, (6, 2), interpolation, antialias),
+      resize_grid(g.transpose(1, 0, 2), (2, 6), interpolation, antialias).transpose(1, 0, 2),
+      atol=1e-12)
+  assert resize_grid(g, (6, 2), interpolation, antialias).shape == (6, 2, 2)
 
 
 def test_resample_keeps_prefix_and_validates():
