@@ -27,6 +27,8 @@ import signal
 import tempfile
 import warnings
 
+import pytest
+
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
   signal.signal(signal.SIGINT, signal.default_int_handler)
 for _sig in (signal.SIGHUP, signal.SIGTERM):      # (nohup ignores SIGHUP)
@@ -71,6 +73,30 @@ from vitprune.records import solution as S  # pylint: disable=g-import-not-at-to
 # (pytest.ini), a long file started last would leave the other processes idle at the end.
 LONGEST_FIRST = ("test_edge.py", "test_profile_cli.py", "test_benchmarks_scripts.py",
                  "test_cli_smoke.py", "test_deploy.py", "test_faults_cli.py")
+
+
+# A test that blocks (a regression opening a FIFO for reading, a wait on a process that never
+# ends) fails after this many seconds instead of holding CI until its own limit: the longest
+# test takes well under a minute. VITPRUNE_TEST_TIMEOUT=0 turns it off (e.g. under a debugger).
+TEST_TIMEOUT_S = int(os.environ.get("VITPRUNE_TEST_TIMEOUT", "300"))
+
+
+@pytest.fixture(autouse=True)
+def _fail_a_stuck_test(request):
+  if TEST_TIMEOUT_S <= 0 or not hasattr(signal, "SIGALRM"):
+    yield
+    return
+
+  def stuck(signum, frame):
+    raise TimeoutError(f"{request.node.nodeid} still running after {TEST_TIMEOUT_S} s "
+                       "(blocked? VITPRUNE_TEST_TIMEOUT sets the limit)")
+  previous = signal.signal(signal.SIGALRM, stuck)
+  signal.alarm(TEST_TIMEOUT_S)
+  try:
+    yield
+  finally:
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 def pytest_collection_modifyitems(items):
