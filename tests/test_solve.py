@@ -1058,10 +1058,18 @@ def test_batch_mismatch_names_both(tmp_path):
   es = _estimate(tmp_path, [None], [5, 6, N], _acc, batch=8)
   with pytest.raises(solve.SolveInputError,
                      match=r"batch sizes differ: profile .*p\.json at batch 1, estimate "
-                           r".*e\.json at batch 8"):
+                           r".*e\.json at batch 8 \(pass allow_batch_mismatch=True / "
+                           r"--allow_batch_mismatch to combine them\)$"):
     _paper(ps, es)
   sol = _paper(ps, es, allow_batch_mismatch=True)
   assert sol.curve["tokens"] == [5, 6, N]
+  two = _save_profile(tmp_path, [_point("model", n, 1e-3, batch=b) for b in (1, 4)
+                                 for n in range(5, N + 1)], name="two.json")
+  with pytest.raises(solve.SolveInputError, match=r"two\.json has batch sizes \[1, 4\]; pass "
+                     r"batch_size=B / --batch_size=B \(the estimate .*e\.json was evaluated at "
+                     r"batch 8\)$"):
+    _paper(two, es, allow_batch_mismatch=True)
+  assert _paper(two, es, batch_size=4, allow_batch_mismatch=True).profile.batch_size == 4
   # Without the full count the utility's scale was the grid's own best, and a one-count grid
   # was "chosen" whatever it measured.
   # An estimate without the full count has it all the same: its reference, the unpruned model

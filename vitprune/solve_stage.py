@@ -140,7 +140,7 @@ def resolve_batch(profile: records.Profile, estimate: Estimate, batch_size: Opti
       batch_size = eval_batch
     else:
       raise SolveInputError(f"profile {profile.source} has batch sizes {have}; pass "
-                            f"batch_size / --batch_size (the estimate {estimate.source} was "
+                            f"batch_size=B / --batch_size=B (the estimate {estimate.source} was "
                             f"evaluated at batch {eval_batch})")
   if batch_size not in have:
     raise SolveInputError(f"profile {profile.source} has no {'/'.join(components)} points at "
@@ -148,7 +148,7 @@ def resolve_batch(profile: records.Profile, estimate: Estimate, batch_size: Opti
   if batch_size != eval_batch and not allow_batch_mismatch:
     raise SolveInputError(f"batch sizes differ: profile {profile.source} at batch {batch_size}, "
                           f"estimate {estimate.source} at batch {eval_batch} (pass "
-                          f"allow_batch_mismatch / --allow_batch_mismatch to combine them)")
+                          f"allow_batch_mismatch=True / --allow_batch_mismatch to combine them)")
   return int(batch_size)
 
 
