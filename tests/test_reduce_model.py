@@ -80,6 +80,62 @@ def test_prefix_tokens_kept_in_order_in_model(name):
     np.testing.assert_array_equal(out[:, :p], x[:, :p])
 
 
+class _PrefixSpy:
+  """Random dropping that records the prefix count the model passes it, at trace time."""
+  name = "random"
+  needs_attention = False
+  tracks_size = False
+  supports_embedding = True
+  layer_dependent = True
+
+  def __init__(self, tag, seen):
+    self.tag, self.seen, self.inner = tag, seen, make_reducer("random")
+
+  def __hash__(self):
+    return hash(("prefix-spy", self.tag))
+
+  def __eq__(self, other):
+    return isinstance(other, _PrefixSpy) and other.tag == self.tag
+
+  def max_remove(self, n, p):
+    return self.inner.max_remove(n, p)
+
+  def reduce(self, x, size, stats, *, num_keep, num_prefix, layer):
+    self.seen.append(("block", num_prefix))
+    return self.inner.reduce(x, size, stats, num_keep=num_keep, num_prefix=num_prefix,
+                             layer=layer)
+
+  def reduce_embedding(self, x, *, num_keep, num_prefix):
+    self.seen.append(("embed", num_prefix))
+    return self.inner.reduce_embedding(x, num_keep=num_keep, num_prefix=num_prefix)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_the_model_tells_every_reduction_its_prefix_tokens(name):
+  """Class, distillation and register tokens are never pruned: the forward passes the config's
+  prefix count to the embedding's and to every block's reduction (with 1, a register token was
+  dropped and the logits of a random model moved by only ~1e-6)."""
+  cfg, params, images = _setup(name, batch=2)
+  seen = []
+  sch = S.parse_schedule(cfg, f"embed:{cfg.num_tokens - 3}+keep@1:{cfg.num_prefix_tokens + 4}")
+  out = model.jitted_forward_features(params, images, cfg=cfg, schedule=sch,
+                                      reducer=_PrefixSpy(name, seen))
+  assert out.shape == (2, cfg.num_prefix_tokens + 4, cfg.embed_dim)
+  assert sorted(set(seen)) == [("block", cfg.num_prefix_tokens), ("embed", cfg.num_prefix_tokens)]
+
+
+def test_average_pooling_leaves_out_every_prefix_token():
+  """timm's `*_reg4_gap_*` layout: the mean is over patch tokens only, registers excluded."""
+  cfg = get_config("test_tiny_dinov2_reg").replace(global_pool="avg", class_token=False)
+  params = model.init_params(cfg, 0)
+  p = cfg.num_prefix_tokens
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, p + 5, cfg.embed_dim)), jnp.float32)
+  x = x.at[:, :p].set(1e3)                      # prefix tokens far from the patches
+  got = model.forward_head(params, x, cfg=cfg, pre_logits=True)
+  want = model.layer_norm(params["fc_norm"], x[:, p:].mean(1), cfg.norm_eps)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_compiles_once_per_schedule():
   cfg, params, images = _setup("test_tiny_vit", batch=2)
   red = make_reducer("pomt")
