@@ -1,5 +1,6 @@
 """vitprune/benchmark.py and experiments/benchmark.py: variants, the CLI's outputs, error paths."""
 import csv
+import dataclasses
 import json
 import os
 
@@ -590,6 +591,30 @@ def test_a_solution_is_benchmarked_in_the_dtype_it_was_chosen_in(tmp_path):
   assert code == 0, err
   assert out.startswith(f"note: --multi_solution {sol} was chosen on batch 1 timings; "
                         "--batch_size=2 does not time it there\n")
+
+
+def test_each_rows_accuracy_change_compares_its_own_graph_with_the_unpruned_one(monkeypatch):
+  """Images lost and gained per pruned row come from that row's margins against the unpruned
+  graph's, image by image (a row compared with the wrong graph showed another row's change)."""
+  from vitprune import estimate  # pylint: disable=g-import-not-at-top
+  from vitprune.model import init_params  # pylint: disable=g-import-not-at-top
+  margins = np.array([[1.0, 1.0, -1.0, -1.0, 1.0, 1.0],      # unpruned: 4 of 6 right
+                      [1.0, -1.0, -1.0, -1.0, -1.0, 1.0],    # 2 lost
+                      [1.0, 1.0, 1.0, -1.0, 1.0, 1.0]])      # 1 gained
+  real = estimate.evaluate
+
+  def fake(*args, **kwargs):
+    res = real(*args, **kwargs)
+    return dataclasses.replace(res, margins=margins)
+
+  monkeypatch.setattr(estimate, "evaluate", fake)
+  spec = B.BenchmarkSpec(TINY, dtypes=("float32",), eval_batch_size=6)
+  variants = B.parse_variants(TINY, "a=tome:r2; b=topk:keep@0:5")
+  data = estimate.load_eval_data("digits", num_images=6, seed=0, num_classes=10)
+  got = B.measure_quality(spec, init_params(TINY, 0), variants, data)
+  change = {n: got[(n, "float32")].change for n in ("a", "b")}
+  assert [(c["images_lost"], c["images_gained"]) for c in change.values()] == [(2, 0), (0, 1)]
+  assert [c["value"] for c in change.values()] == pytest.approx([-2 / 6, 1 / 6], abs=1e-12)
 
 
 def test_a_bfloat16_rows_quality_is_its_whole_graphs(monkeypatch):
