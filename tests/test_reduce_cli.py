@@ -62,6 +62,34 @@ def test_run_prune_pruned_with_labels():
   assert "; change " in prune.format_result(r)
 
 
+def test_run_prune_accuracies_count_every_labelled_image_of_each_graph():
+  """Both accuracies and the paired change by hand from the two graphs' predictions: class 0
+  is a class like any other, -1 and padding rows are left out, and the unpruned accuracy is
+  the unpruned graph's (the earlier test's two accuracies happened to be equal)."""
+  params = model.init_params(CFG, 0)
+  images = prune.synthetic_images(CFG, 8, seed=0)
+  sched, red = S.parse_schedule(CFG, "keep@0:3"), make_reducer("topk")
+  f = np.asarray(model.jitted_forward(params, images, cfg=CFG)).argmax(-1)
+  p = np.asarray(model.jitted_forward(params, images, cfg=CFG, schedule=sched,
+                                      reducer=red)).argmax(-1)
+  differ = np.flatnonzero(f != p)
+  assert differ.size >= 1
+  labels = np.where(f == 0, 1, 0)            # class 0 wherever the unpruned graph says other
+  labels[differ[0]] = f[differ[0]]           # one image only the unpruned graph gets right
+  labels[-1] = -1
+  valid = np.ones(8, bool)
+  valid[-2] = False
+  r = prune_lib.run_prune(CFG, params, images, method="topk", schedule=sched, labels=labels,
+                          valid=valid, warmup=0, repeats=1)
+  use = valid & (labels >= 0)
+  right_f, right_p = f[use] == labels[use], p[use] == labels[use]
+  assert (r["accuracy_full"], r["accuracy_pruned"]) == (right_f.mean(), right_p.mean())
+  assert r["accuracy_full"] != r["accuracy_pruned"] or (right_f != right_p).any()
+  assert (r["accuracy_change"]["images_lost"], r["accuracy_change"]["images_gained"]) == (
+      int((right_f & ~right_p).sum()), int((right_p & ~right_f).sum()))
+  assert r["accuracy_change"]["images_lost"] >= 1
+
+
 def test_agreement_metrics():
   a = np.array([[0., 1.], [1., 0.], [1., 0.]])
   b = np.array([[0., 2.], [0., 1.], [3., 0.]])
@@ -91,6 +119,7 @@ def test_run_prune_errors():
     (dict(labels=np.array([0, 1, 2])), r"labels must have one entry per image \[2\]"),
     (dict(valid=np.array([False, False])), "valid is False for every image"),   # nan
     (dict(valid=np.array([True])), r"valid must have one entry per image \[2\]"),
+    (dict(valid=np.array([1, 1])), "valid must be booleans, got int64"),   # (an index array)
 ])
 def test_run_prune_checks_its_inputs_as_the_forward_and_evaluate_do(kw, match):
   params = model.init_params(CFG, 0)
