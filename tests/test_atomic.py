@@ -1,5 +1,6 @@
 """vitprune.atomic: a failed write never replaces or half-writes the target."""
 import contextlib
+import glob
 import json
 import os
 import re
@@ -240,6 +241,30 @@ def test_a_signal_while_a_directory_is_published_leaves_the_new_one_whole(
   assert sorted(os.listdir(tmp_path)) == ["art"]              # no staged or old copy left
   text, code = cli_console.interrupt_exit()
   assert text.endswith(f"(after writing {target})") and code == 128 + signum
+
+
+def test_a_file_added_while_the_old_output_is_moved_aside_is_never_deleted(tmp_path,
+                                                                           monkeypatch):
+  """A user's file added to our output folder after the up-front check (here: inside the moved
+  copy, the last moment it can land) is seen before the old copy is deleted: the folder goes
+  back with the file, and the publish is refused naming it."""
+  target = tmp_path / "art"
+  ours = lambda p: os.path.isfile(os.path.join(p, "m.json"))
+  with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:
+    (tmp_path / tmp / "m.json").write_text("old")
+
+  def add_notes(name):
+    if name == "moved_aside":
+      (aside,) = glob.glob(str(tmp_path / ".*" / "art"))
+      with open(os.path.join(aside, "NOTES.txt"), "w") as f:
+        f.write("mine")
+  monkeypatch.setattr(atomic, "fault_hook", add_notes)
+  with pytest.raises(atomic.ForeignOutputError, match=r"refusing to replace .*art: it holds "
+                                                      r"NOTES\.txt, which vitprune did not"):
+    with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:
+      (tmp_path / tmp / "m.json").write_text("new")
+  assert (target / "NOTES.txt").read_text() == "mine" and (target / "m.json").read_text() == "old"
+  assert sorted(os.listdir(tmp_path)) == ["art"]          # no staged or old copy left
 
 
 def test_a_signal_while_a_file_set_rolls_forward_finishes_it(tmp_path, monkeypatch,
@@ -498,6 +523,14 @@ def test_a_failed_write_takes_back_the_folders_it_made(tmp_path, monkeypatch):
   with pytest.raises(OSError):
     atomic.write_json(str(tmp_path / "busy" / "d" / "r.json"), {})
   assert os.listdir(tmp_path / "busy") == ["mine.txt"]
+  # Any other failure keeps the folders: another writer may be entering them (on a full disk it
+  # fails too), and only a lack of room is the write's own doing.
+  def denied(*a, **k):
+    raise PermissionError(errno.EACCES, "Permission denied")
+  monkeypatch.setattr(os, "fsync", denied)
+  with pytest.raises(PermissionError):
+    atomic.write_json(str(tmp_path / "e" / "f" / "r.json"), {})
+  assert os.path.isdir(tmp_path / "e" / "f") and not os.listdir(tmp_path / "e" / "f")
 
 
 def test_a_writer_waiting_on_a_failed_one_makes_the_folders_again(tmp_path):
