@@ -346,10 +346,13 @@ def _killed_and_live_keeps(parent, name):
   return stale, live
 
 
-def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys):
+def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys, monkeypatch):
   # A keep killed while staging (a probe: SIGKILL while a failed run kept its measurements)
   # left its hidden temporary, which only a later failed run swept: a succeeding one does too.
   stale, live = _killed_and_live_keeps(tmp_path, "run")
+  timed, real = [], pipeline._measure_graphs        # the verify stage's measurements, as taken
+  monkeypatch.setattr(pipeline, "_measure_graphs",
+                      lambda *a, **k: timed.append(real(*a, **k)) or timed[-1])
   s = cli.main(_flags(f"--out_dir={tmp_path / 'run'}", *FAST, "--tokens=65,49,33,17",
          "--num_images=40", "--eval_batch_size=20"))
   assert not stale.exists() and live.exists()
@@ -360,6 +363,12 @@ def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys):
   assert s["unpruned"]["counts"] == [65] * 7
   assert 0.0 <= s["pruned"]["accuracy"] <= 1.0 and s["unpruned"]["accuracy"] > 0.9
   assert s["speedup"] == pytest.approx(s["unpruned"]["latency_ms"] / s["pruned"]["latency_ms"])
+  (meas,) = timed             # each graph's own median and spread, in milliseconds
+  pruned = meas.get(s["method"], meas["unpruned"])
+  assert (s["unpruned"]["latency_ms"], s["unpruned"]["iqr_ms"], s["pruned"]["latency_ms"],
+          s["pruned"]["iqr_ms"]) == pytest.approx((1e3 * meas["unpruned"].median,
+                                                   1e3 * meas["unpruned"].iqr,
+                                                   1e3 * pruned.median, 1e3 * pruned.iqr))
   for key in ("profile", "estimate", "solution", "solution_plot", "profile_plot", "summary"):
     assert os.path.exists(s["files"][key]), key
   with open(s["files"]["summary"]) as f:
