@@ -40,6 +40,9 @@ def test_missing_count_errors_or_interpolates():
   assert predict.predict(t, Schedule((15, 15, 10)), interpolate=True) == pytest.approx(3.0)
   with pytest.raises(KeyError, match="no block latency measured at 25"):
     predict.predict(t, Schedule((25, 20, 10)), interpolate=True)  # outside: never extrapolate
+  with pytest.raises(KeyError, match=r"no block latency measured at 5 tokens \(measured: "
+                     r"10..20, 2 counts\)"):
+    predict.predict(t, Schedule((20, 5, 5)), interpolate=True)    # below the range: neither
   with pytest.raises(KeyError, match="no head latency measured at 12"):
     predict.predict(t, Schedule((20, 20, 12)))
   t2 = predict.BlockTable(embed_s=0.0, block_s={20: 1.0}, reduce_s={10: 0.1})
@@ -58,6 +61,9 @@ def test_relative_error_and_table_validation():
     predict.BlockTable(embed_s=0.0, block_s={3: -1.0})
   with pytest.raises(ValueError, match="head_s latencies"):
     predict.BlockTable(embed_s=0.0, block_s={3: 1.0}, head_s=float("nan"))
+  for bad in (-0.1, float("nan"), float("inf")):
+    with pytest.raises(ValueError, match="reduce_s latencies must be finite and >= 0"):
+      predict.BlockTable(embed_s=0.0, block_s={3: 1.0}, reduce_s={3: bad})
 
 
 def test_per_call_overhead_is_paid_once_by_the_whole_forward():
