@@ -856,6 +856,9 @@ def test_keep_first_reducer_and_spec_validation():
     runner.ProfileSpec(cfg=CFG, tokens=(18,))
   with pytest.raises(ValueError, match="needs depth"):
     runner.ProfileSpec(cfg=CFG, mode="schedule", schedules=(Schedule((17, 17)),))
+  with pytest.raises(ValueError, match=r"max_points needs adaptive \(it bounds the refinement\)"):
+    runner.ProfileSpec(cfg=CFG, max_points=20)          # (ignored, where a CLI did not check)
+  runner.ProfileSpec(cfg=CFG, max_points=20, adaptive=True)
   assert runner.coarse_grid(range(17, 1, -1), 5) == (17, 12, 7, 2)
   assert runner.coarse_grid([17, 16, 15], 2) == (17, 15)
   # the default reducer named on a grid that prunes nothing: what is recorded anyway (accepted)
