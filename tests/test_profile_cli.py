@@ -1,5 +1,6 @@
 """experiments.profile end to end on the tiny config (in-process, its flags parsed into a fresh
 FlagValues by `common.parse`), and its errors."""
+import dataclasses
 import json
 import os
 import re
@@ -195,6 +196,26 @@ def test_chunks_are_written_as_they_are_measured(tmp_path, monkeypatch, capsys):
     _run(tmp_path / "adaptive", "--tokens=all", "--adaptive", "--coarse_stride=2",
          "--chunk_points=4")
   assert calls[0] == [2, 5, 9, 17]
+
+
+def test_a_resumed_batch_takes_its_own_files_points_over_a_combined_profiles(tmp_path):
+  """A count held both by the profile of batches 1 and 4 and by batch 1's own file (written
+  after it: a later run at batch 1 alone) is resumed from the batch's own file."""
+  spec = runner.ProfileSpec(cfg=CFG, mode="model", tokens=(17, 9))
+  setup = runner._setup(spec)        # pylint: disable=protected-access
+
+  def point(batch, n, median):
+    return records.Point(component="model", batch_size=batch, tokens=n, median_s=median,
+                         q25_s=median, q75_s=median, num_samples=3, samples_s=(median,) * 3,
+                         compile_s=0.1, retries=0)
+  combined = dataclasses.replace(setup, points=(point(1, 17, 1e-3), point(1, 9, 5e-4),
+                                                point(4, 17, 4e-3)))
+  records.save(combined, str(tmp_path))
+  records.save(dataclasses.replace(setup, points=(point(1, 17, 2e-3),)), str(tmp_path))
+  assert len(runner.combined_stems(setup, str(tmp_path), 1)) == 1
+  held = runner._held_points(  # pylint: disable=protected-access
+      spec, str(tmp_path), 1, lambda _: None)
+  assert sorted((p.tokens, p.median_s) for p in held) == [(9, 5e-4), (17, 2e-3)]
 
 
 def test_resume_measures_only_what_a_killed_run_did_not(tmp_path, monkeypatch, capsys):
