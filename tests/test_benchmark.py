@@ -299,11 +299,16 @@ def test_cli_labelled_run(tmp_path, capsys):
   assert md.strip() in printed and "wrote" in printed
 
 
-def test_cli_latency_only(tmp_path):
+def test_cli_latency_only(tmp_path, monkeypatch):
   out = tmp_path / "out"
+  phases = []
+  monkeypatch.setattr(atomic, "fault_hook", phases.append)
   _run(["--model=test_tiny_dinov2_reg", "--data=none", "--batch_size=3",
         "--min_run_time=0.005", "--variants=topk:r1", f"--out_dir={out}", "--noprogress"])
-  _, rows, md, png = _read_outputs(out)
+  stem, rows, md, png = _read_outputs(out)
+  # Published together, the CSV (the file readers check) moved into place last.
+  assert [p for p in phases if p.startswith("renamed:")] == [
+      f"renamed:{stem}.png", f"renamed:{stem}.md", f"renamed:{stem}.csv"]
   assert [r["variant"] for r in rows] == ["unpruned", "pomt", "topk:r1"]
   assert all(r["accuracy"] == r["agreement"] == r["kl"] == r["num_examples"] == ""
              == r["accuracy_change"] == r["images_lost"] for r in rows)
