@@ -111,6 +111,25 @@ def test_golden_big_vision_npz_matches_timm():
   check_io(cfg, params, case["files"]["io"])
 
 
+def test_a_big_vision_npz_resized_down_resamples_as_timms_npz_loader():
+  """timm's `_load_weights` resamples an .npz position embedding bilinearly without antialias
+  (its .pth/.safetensors filter: bicubic, antialiased); the two differ when shrinking."""
+  case = CASES["vit_tiny_bigvision"]
+  full = case_config(case)
+  cfg = case_config(case, img_size=full.img_size - 2 * full.patch_size)
+  params, meta = convert_file(cfg, golden(case["files"]["bigvision_npz"]))
+  assert (meta["pos_embed_resampled"]["interpolation"],
+          meta["pos_embed_resampled"]["antialias"]) == ("bilinear", False)
+  src = convert.big_vision_to_timm(dict(np.load(golden(case["files"]["bigvision_npz"]))))
+  side = cfg.img_size // cfg.patch_size
+  want = resample_abs_pos_embed(src["pos_embed"], (side, side), num_prefix_tokens=1,
+                                interpolation="bilinear", antialias=False)
+  np.testing.assert_allclose(params["pos_embed"], want, atol=1e-6)
+  other = resample_abs_pos_embed(src["pos_embed"], (side, side), num_prefix_tokens=1,
+                                 interpolation="bilinear", antialias=True)
+  assert np.abs(np.asarray(params["pos_embed"]) - other).max() > 1e-3
+
+
 @pytest.mark.parametrize("name", ["dinov2_small", "dinov2_small_reg4"])
 def test_golden_dinov2_resized_matches_timm(name):
   case = CASES[name]
