@@ -87,9 +87,11 @@ def _fail_a_stuck_test(request):
     yield
     return
 
+  # pytest.fail raises a BaseException: code under test catching OSError or Exception (a
+  # TimeoutError is an OSError) cannot swallow it and let a blocked test pass.
   def stuck(signum, frame):
-    raise TimeoutError(f"{request.node.nodeid} still running after {TEST_TIMEOUT_S} s "
-                       "(blocked? VITPRUNE_TEST_TIMEOUT sets the limit)")
+    pytest.fail(f"{request.node.nodeid} still running after {TEST_TIMEOUT_S} s "
+                "(blocked? VITPRUNE_TEST_TIMEOUT sets the limit)")
   previous = signal.signal(signal.SIGALRM, stuck)
   signal.alarm(TEST_TIMEOUT_S)
   try:

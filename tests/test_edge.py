@@ -870,8 +870,8 @@ def test_kit_compiler_record_is_the_largest_batch_plan(tmp_path, params, monkeyp
   gflop = forward_gflop(CFG, 1)
   monkeypatch.setattr(targets_lib, "TASK_MIN_GFLOP", 1.5 * gflop)
   kit_dir = str(tmp_path / "kit")
-  iree_build.build_kit(kit_dir, CFG, params, target="iree:host", grid=(9,), batch_sizes=(2, 1),
-                       reducer=make_reducer("random"), threads=1)
+  iree_build.build_kit(kit_dir, CFG, params, target="iree:host", grid=(9,), batch_sizes=(1, 2),
+                       reducer=make_reducer("random"), threads=1)     # (the largest not first)
   kit = kit_lib.read_kit(kit_dir)
   profiles = {p["batch_size"]: p["runtime"]["profile"] for p in kit["points"]}
   assert profiles == {1: "latency", 2: "throughput"}
