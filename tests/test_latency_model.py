@@ -375,7 +375,7 @@ def test_check_in_loop_picks_the_fastest_measured_schedule_meeting_the_floor():
 
 def test_check_in_loop_ties_on_measured_latency_to_the_graph_keeping_more_tokens():
   """Equal measured latency (one step's plateau, or a coarse timer): the schedule keeping more
-  tokens is chosen, whichever was chosen before and whatever order the timer saw them in."""
+  tokens is chosen, whichever of the two was chosen before."""
   f = [_cand((17, 9, 5), 3.0, 0.93), _cand((17, 9, 9), 4.0, 0.95),
        _cand((17, 17, 17), 9.0, 0.98)]
   for chosen, other in (((17, 9, 5), (17, 9, 9)), ((17, 9, 9), (17, 9, 5))):
