@@ -44,6 +44,12 @@ def test_background_value_and_shift():
     assert len(matches) == 1, b
     seen.add(matches[0])
   assert len(seen) > 1  # not the same shift for the whole batch
+  # Over many images every shift of [-2, 2] x [-2, 2] is drawn, both signs.
+  many = np.asarray(td.random_shift(jax.random.key(2), jnp.asarray(
+      np.repeat(imgs[:1], 400, axis=0)), 2, jnp.asarray(fill)))
+  drawn = {(dy, dx) for img in many for dy in range(5) for dx in range(5)
+           if np.array_equal(img, padded[0, dy:dy + 8, dx:dx + 8])}
+  assert drawn == {(dy, dx) for dy in range(5) for dx in range(5)}
 
 
 def test_decay_mask():
@@ -54,6 +60,32 @@ def test_decay_mask():
       ["['head']['kernel']", "['patch_embed']['kernel']"]
       + [f"['blocks'][{i}]['{a}']['{b}']['kernel']" for i in range(2)
          for a, b in (("attn", "qkv"), ("attn", "proj"), ("mlp", "fc1"), ("mlp", "fc2"))])
+
+
+def test_learning_rate_warms_up_then_decays_to_its_floor():
+  tc = td.TrainConfig(epochs=10, warmup_epochs=2, lr=2e-3, min_lr_ratio=0.01)
+  lr = td.learning_rate(tc, steps_per_epoch=5)
+  assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(1e-3)
+  assert float(lr(10)) == pytest.approx(2e-3)                       # the peak, warm-up done
+  assert float(lr(50)) == pytest.approx(2e-5)                        # the floor at the end
+  after = [float(lr(s)) for s in range(10, 51)]
+  assert all(a > b for a, b in zip(after, after[1:]))               # decaying all the way
+  assert float(lr(30)) == pytest.approx(2e-5 + (2e-3 - 2e-5) / 2)   # cosine: half way at half
+  whole = td.TrainConfig(epochs=3, warmup_epochs=3)                  # warm-up of every epoch
+  assert float(td.learning_rate(whole, 4)(12)) == pytest.approx(whole.lr)
+
+
+def test_weight_decay_reaches_only_the_masked_leaves():
+  """One AdamW step on zero gradients moves only what `decay_mask` decays (biases, norms and
+  the position embedding were decayed when the mask was left out)."""
+  tc = td.TrainConfig(epochs=2, warmup_epochs=0, weight_decay=0.5)
+  params = model.init_params(TINY, 0)
+  params = jax.tree.map(lambda v: v + 1.0, params)        # (zero-initialised leaves too)
+  opt = td.make_optimizer(tc, steps_per_epoch=1)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = opt.update(zeros, opt.init(params), params)
+  moved = jax.tree.map(lambda u: bool(jnp.any(u != 0)), updates)
+  assert moved == td.decay_mask(params)
 
 
 def test_epoch_batches():
@@ -76,6 +108,8 @@ def test_epoch_batches():
 def test_train_config_errors(kw, match):
   with pytest.raises(ValueError, match=match):
     td.TrainConfig(**kw)
+  if "warmup_epochs" in kw:         # ... while a warm-up of every epoch is a valid config
+    assert td.TrainConfig(epochs=4, warmup_epochs=4).warmup_epochs == 4
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +122,20 @@ def test_load_split():
   x, y = td.load_split("test", vit_digits)
   assert x.shape == (len(digits_split(0)[1]), 32, 32, 3) and x.dtype == np.float32
   assert y.dtype == np.int32 and sorted(set(y.tolist())) == list(range(10))
+
+
+def test_a_train_step_uses_the_configs_label_smoothing(one_batch):
+  """The loss a step reports is the label-smoothed one of the config (0.1 by default; a step
+  that ignored it trained on hard labels while the checkpoint recorded 0.1)."""
+  x, y = (jnp.asarray(a) for a in one_batch)
+  for smoothing in (0.0, 0.1, 0.3):
+    tc = td.TrainConfig(epochs=1, batch_size=16, warmup_epochs=0, max_shift=0,
+                        label_smoothing=smoothing)
+    opt = td.make_optimizer(tc, 1)
+    state = td.init_state(TINY, tc, opt)
+    want, _ = td.loss_and_accuracy(state.params, x, y, cfg=TINY, label_smoothing=smoothing)
+    _, loss, _ = td.make_train_step(TINY, tc, opt)(state, x, y, jax.random.key(0))
+    assert float(loss) == pytest.approx(float(want), rel=1e-6), smoothing
 
 
 def test_train_steps_fit_a_batch_and_are_deterministic(one_batch):
