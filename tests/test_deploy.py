@@ -179,6 +179,21 @@ def test_call_refuses_outputs_that_are_not_finite(artifact):
     deploy.load(artifact)(x)
 
 
+def test_one_non_finite_output_in_a_row_is_enough_to_refuse_it():
+  """A row with a single NaN or inf logit among finite ones is refused like an all-NaN row (a
+  check of whole rows only let it through, read as whatever class the finite logits gave)."""
+  from vitprune.edge.runtime import check_finite_outputs  # pylint: disable=g-import-not-at-top
+  images = np.zeros((3, 4, 4, 3), np.float32)
+  good = np.arange(30, dtype=np.float32).reshape(3, 10)
+  assert check_finite_outputs(good, images) is good
+  for bad in (np.nan, np.inf, -np.inf):
+    out = good.copy()
+    out[2, 7] = bad
+    with pytest.raises(FloatingPointError, match=r"NaN/inf for 1 of 3 images \(first: batch "
+                                                 r"row 2\)"):
+      check_finite_outputs(out, images)
+
+
 def test_call_takes_lists_and_other_float_dtypes(artifact, params):
   model, x = deploy.load(artifact), _images(3)
   want = np.asarray(model(x))
