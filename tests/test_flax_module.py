@@ -38,6 +38,15 @@ def test_init_has_exactly_the_vitprune_tree():
     assert np.abs(v).max() == np.float32(0.04)
     assert 0.02 < np.mean(np.isclose(np.abs(v), 0.04)) < 0.08, np.mean(np.abs(v) == 0.04)
     assert 0.0185 < v.std() < 0.0195, v.std()
+  # Every leaf its own draw: same-shaped kernels of different blocks differ (one key for all
+  # made every block start identical).
+  blocks = p["blocks"]
+  assert not np.array_equal(blocks[0]["mlp"]["fc1"]["kernel"], blocks[1]["mlp"]["fc1"]["kernel"])
+  assert not np.array_equal(blocks[0]["attn"]["qkv"]["kernel"], blocks[1]["attn"]["qkv"]["kernel"])
+  # The patch kernel: U(-1, 1) / sqrt(fan_in), symmetric around 0 (fan_in 8 * 8 * 3 = 192).
+  patch = np.asarray(p["patch_embed"]["kernel"]) * np.sqrt(192)
+  assert -1.0 <= patch.min() < -0.9 and 0.9 < patch.max() <= 1.0
+  assert abs(patch.mean()) < 0.05 and 0.55 < patch.std() < 0.6     # U(-1, 1): std 0.577
 
 
 def test_apply_equals_forward_with_and_without_pruning():
