@@ -96,6 +96,18 @@ def test_paper_ties():
   assert solve.solve_paper(ns, np.ones(4), acc, 1.0, depth=6, num_tokens=8).n_star == 8
 
 
+def test_nondominated_keeps_the_frontier_and_breaks_exact_ties_by_more_tokens():
+  lat = [1.0, 2.0, 2.0, 3.0, 1.5, 2.0, 4.0]
+  acc = [0.5, 0.8, 0.8, 0.9, 0.4, 0.7, 0.9]
+  tok = [10, 20, 30, 40, 15, 25, 50]
+  # 4 (slower, less accurate than 0), 5 (beaten by 1/2) and 6 (as accurate as 3, slower) go;
+  # 1 and 2 tie exactly in latency and accuracy: the one keeping more tokens stays, whichever
+  # comes first.
+  assert solve.nondominated(lat, acc, tok).tolist() == [0, 2, 3]
+  swapped = [tok[0], 30, 20] + tok[3:]
+  assert solve.nondominated(lat, acc, swapped).tolist() == [0, 1, 3]
+
+
 def test_intersect_grid():
   ns, lat, acc = solve.intersect_grid([9, 8, 7, 6], [4.0, 3.0, 2.0, 1.0], [6, 8, 10],
                                       [0.6, 0.8, 1.0])
