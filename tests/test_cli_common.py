@@ -597,6 +597,16 @@ def test_training_digits_added_to_a_digits_images_folder_are_found_by_their_pixe
     with pytest.raises(ValueError, match=re.escape(
         f"1 of the {found} digits in {folder} are training images of the embedded weights")):
       common.check_digits_split(common.EMBEDDED_WEIGHTS, str(folder))
+  # A colour image whose red plane is a digit's is not that digit (green or blue differ).
+  px = np.asarray(digits.load_digits_arrays()[0][train_index])
+  for other in (1, 2):
+    tinted = tmp_path / f"tinted{other}"
+    shutil.copytree(test, tinted)
+    rgb = np.stack([px] * 3, axis=-1)
+    rgb[..., other] = 255 - px
+    Image.fromarray(rgb).save(tinted / label / "extra.png")
+    assert train_index not in digits.digits_copied_into(str(tinted))
+    common.check_digits_split(common.EMBEDDED_WEIGHTS, str(tinted))
 
 
 def test_an_explicit_model_of_the_default_name_must_match_the_weights(tmp_path):
