@@ -541,10 +541,36 @@ def test_export_argument_errors(artifact, tmp_path, params):
 
 
 def test_export_into_an_empty_directory(tmp_path, params):
-  """The CLI accepted an empty --out and the library then refused it ('already exists')."""
+  """The CLI accepted an empty --out and the library then refused it ('already exists'); the
+  CLI itself takes an empty one without --overwrite, with the --precision it is given."""
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from experiments import deploy as deploy_cli  # pylint: disable=g-import-not-at-top
   (tmp_path / "a").mkdir()
   deploy.export_artifact(str(tmp_path / "a"), CFG, params)
   assert deploy.load(str(tmp_path / "a")).manifest.to_json()["model"]["name"] == CFG.name
+  weights = save_weights(str(tmp_path / "w"), CFG, params)
+  (tmp_path / "b").mkdir()
+  common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+      f"--weights={weights}", "--schedule=keep@1:9", "--method=pomt", "--noverify",
+      "--precision=default", f"--out={tmp_path / 'b'}"])
+  assert deploy.load(str(tmp_path / "b")).manifest.precision == "default"
+  common.check_new_dir(str(tmp_path / "empty_too"), "out")
+  (tmp_path / "empty_too").mkdir()
+  common.check_new_dir(str(tmp_path / "empty_too"), "out")          # empty: no --overwrite
+  (tmp_path / "empty_too" / "x").write_text("x")
+  with pytest.raises(FileExistsError, match="already exists \\(pass --overwrite"):
+    common.check_new_dir(str(tmp_path / "empty_too"), "out")
+
+
+def test_run_deployed_times_a_symbolic_artifact_at_batch_8_unless_told():
+  from experiments import run_deployed  # pylint: disable=g-import-not-at-top
+  assert run_deployed.choose_batch_size(None, None) == 8       # symbolic batch: the default
+  assert run_deployed.choose_batch_size(None, 3) == 3
+  assert run_deployed.choose_batch_size(4, None) == 4          # fixed: the artifact's own
+  with pytest.raises(ValueError, match="exported for batch size 4, --batch_size=3 differs"):
+    run_deployed.choose_batch_size(4, 3)
+  with pytest.raises(ValueError, match="--batch_size must be >= 1, got 0"):
+    run_deployed.choose_batch_size(None, 0)
 
 
 # ----------------------------------------------------------------------------- fresh process

@@ -713,6 +713,18 @@ def test_labels_must_be_integers(params, images, labels):
     estimate.evaluate(CFG, params, bad, [], labelled=True)
 
 
+def test_a_negative_num_workers_is_refused_before_any_work(tmp_path, monkeypatch):
+  """--num_workers=-1 passed the flag check and failed after the model and data were loaded,
+  in the data loader, naming no flag."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  monkeypatch.setattr(estimate, "load_eval_data", lambda *a, **k: pytest.fail("data loaded"))
+  code, out, err = run_cli_in_process(root, "estimate", [
+      "--model=test_tiny_vit", "--num_images=4", "--num_workers=-1", f"--out_dir={tmp_path}/e"])
+  assert (code, out, err) == (1, "", "error: --num_workers must be >= 0, got -1\n")
+  assert not os.path.exists(tmp_path / "e")
+
+
 def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
   """The default name left out --tokens and --dtype: a second estimate over another grid or in
   bfloat16 was refused as 'already exists' (naming --out_name, which was not given), and with

@@ -1215,6 +1215,20 @@ def test_cli_refuses_a_solution_name_too_long_for_the_file_system(tmp_path):
   assert not out.exists()
 
 
+def test_cli_solves_paper_mode_on_the_metric_asked_for(tmp_path):
+  """--metric reaches paper mode: agreement on a labelled estimate (solved on accuracy
+  whatever was asked)."""
+  pts = [_point("model", n, _step_latency(n)) for n in range(2, N + 1)]
+  records.save(_profile(pts), str(tmp_path), "p")
+  es = _estimate(tmp_path, [None], list(range(2, N + 1)), _acc)
+  for metric in ("accuracy", "agreement"):
+    r = _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}", f"--metric={metric}",
+                  f"--out_dir={tmp_path / metric}")
+    assert r.returncode == 0, r.stderr
+    (name,) = [n for n in os.listdir(tmp_path / metric) if n.endswith(".json")]
+    assert read_solution(str(tmp_path / metric / name)).metric == metric
+
+
 def test_cli_says_a_multi_solve_leaves_the_embed_row_out(tmp_path):
   """A sensitivity table with an embed row solved to a frontier without it, unsaid."""
   ps = _block_profile(tmp_path)

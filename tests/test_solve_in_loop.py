@@ -63,6 +63,21 @@ def test_choice_rests_on_measurements(inputs):
                                               if c.measured_accuracy >= 0.0)
 
 
+def test_loop_neighbours_reach_the_final_in_loop_check(inputs, monkeypatch):
+  """--loop_neighbours sets how many schedules on each side the last check times (only the
+  solver's listing got it: the timing took 2 per side whatever was asked)."""
+  root, weights, es, ps = inputs
+  seen, real = [], solve_loop.check_in_loop
+
+  def spy(*args, **kwargs):
+    seen.append(kwargs["neighbours"])
+    return real(*args, **kwargs)
+  monkeypatch.setattr(solve_loop, "check_in_loop", spy)
+  for n in (0, 3):
+    _run(root, es, ps, f"--weights={weights}", "--num_images=20", f"--loop_neighbours={n}")
+  assert seen == [0, 3]
+
+
 def test_a_latency_budget_rests_on_measurements(inputs):
   """--weights was refused with a budget, whose choice rested on predicted latency."""
   root, weights, es, ps = inputs
