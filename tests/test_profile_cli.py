@@ -872,6 +872,24 @@ def test_a_huge_token_range_is_refused_before_it_is_listed():
   assert len(str(e.value)) < 200 and "are outside [2, 17]" in str(e.value)
 
 
+def test_default_output_folders_are_the_documented_ones(monkeypatch):
+  """Without --out_dir the main job writes to outputs/pipeline/ and a profile run to
+  outputs/profile/ (the README's paths; every other test names its folder)."""
+  class Stop(Exception):
+    pass
+  seen = []
+
+  def stop(f, out_dir):
+    seen.append(out_dir)
+    raise Stop
+  monkeypatch.setattr(cli, "pipeline_from_flags", stop)
+  monkeypatch.setattr(cli, "spec_from_flags", stop)
+  for argv in ([], ["--mode=model", "--model=test_tiny_vit"]):
+    with pytest.raises(Stop):
+      cli.main(_flags(*argv))
+  assert seen == ["outputs/pipeline", "outputs/profile"]
+
+
 def test_keep_first_reducer_and_spec_validation():
   import jax.numpy as jnp
   x = jnp.arange(2 * 5 * 3).reshape(2, 5, 3)
