@@ -134,15 +134,22 @@ def decay_mask(params: Params) -> Params:
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(tc: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-  """AdamW on a warm-up + cosine schedule, after global-norm clipping."""
+def learning_rate(tc: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+  """step -> learning rate: linear from 0 to `tc.lr` over the warm-up epochs, then a cosine
+  down to `tc.lr * tc.min_lr_ratio` at the last step (optax counts the warm-up in its decay
+  steps)."""
   total = tc.epochs * steps_per_epoch
   warmup = tc.warmup_epochs * steps_per_epoch
-  lr = optax.warmup_cosine_decay_schedule(
+  return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=tc.lr, warmup_steps=warmup, decay_steps=max(total, warmup + 1),
       end_value=tc.lr * tc.min_lr_ratio)
+
+
+def make_optimizer(tc: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+  """AdamW (`decay_mask`) on the `learning_rate` schedule, after global-norm clipping."""
   return optax.chain(optax.clip_by_global_norm(tc.clip_norm),
-                     optax.adamw(lr, weight_decay=tc.weight_decay, mask=decay_mask))
+                     optax.adamw(learning_rate(tc, steps_per_epoch),
+                                 weight_decay=tc.weight_decay, mask=decay_mask))
 
 
 def loss_and_accuracy(params: Params, images: jax.Array, labels: jax.Array, *,
