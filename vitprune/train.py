@@ -1,10 +1,11 @@
 """Training a ViT classifier with the very `vitprune.model.forward` the library prunes.
 
 Pure pieces with static configuration: `TrainConfig` (hyper-parameters), `load_split` (a digits
-split through the eval preprocessing), `random_shift` augmentation, `make_optimizer` (AdamW on the
-`learning_rate` warm-up + cosine schedule after global-norm clipping; no decay on biases, norms, position
-embeddings and prefix tokens), `make_train_step` (one jitted step), `accuracy`, and `train` (the
-loop, returning params and a per-epoch history). `experiments.train_digits` is the CLI.
+split through the eval preprocessing), `random_shift` augmentation, `learning_rate` (warm-up +
+cosine), `make_optimizer` (AdamW on it after global-norm clipping; no decay on biases, norms,
+position embeddings and prefix tokens), `make_train_step` (one jitted step), `accuracy`, and
+`train` (the loop, returning params and a per-epoch history). `experiments.train_digits` is the
+CLI.
 """
 from __future__ import annotations
 
