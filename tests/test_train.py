@@ -138,6 +138,24 @@ def test_a_train_step_uses_the_configs_label_smoothing(one_batch):
     assert float(loss) == pytest.approx(float(want), rel=1e-6), smoothing
 
 
+def test_every_step_draws_its_own_augmentation_key(one_batch, monkeypatch):
+  """Within an epoch too: a key per epoch shifted every batch of the epoch alike."""
+  keys, real = [], td.make_train_step
+
+  def spy(cfg, tc, optimizer):
+    step = real(cfg, tc, optimizer)
+
+    def recorded(state, images, labels, key):
+      keys.append(np.asarray(jax.random.key_data(key)).tobytes())
+      return step(state, images, labels, key)
+    return recorded
+  monkeypatch.setattr(td, "make_train_step", spy)
+  x, y = (np.concatenate([a, a]) for a in one_batch)         # 2 batches of 16 per epoch
+  tc = td.TrainConfig(epochs=2, batch_size=16, warmup_epochs=0, max_shift=1)
+  td.train(TINY, tc, (x, y), None, log=lambda s: None)
+  assert len(keys) == 4 and len(set(keys)) == 4
+
+
 def test_train_steps_fit_a_batch_and_are_deterministic(one_batch):
   """15 jitted steps on one fixed batch of 16 digits: the loss drops well below chance."""
   tc = td.TrainConfig(epochs=15, batch_size=16, lr=1e-2, warmup_epochs=1, max_shift=0,
