@@ -45,7 +45,8 @@ EMBEDDED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 # atomic.ForeignOutputError), unwritable and wrong-kind paths).
 INPUT_ERRORS = (ValueError, KeyError, OSError, EdgeError, ImportError, MemoryError,
                 FloatingPointError)   # non-finite outputs (vitprune.prune)
-EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, console.EXIT_INTERRUPTED
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = (console.EXIT_ERROR, console.EXIT_USAGE,
+                                           console.EXIT_INTERRUPTED)
 MAX_SEED = 2 ** 32 - 1   # jax PRNG keys take 32 bits: a larger --seed wrapped (2**32 gave seed 0)
 
 
@@ -58,13 +59,7 @@ def shown(path: Any) -> str:
   return console.printable(str(path))
 
 
-def fail(message: Any, code: int = EXIT_ERROR, hint: bool = False):
-  """Prints `error: <message>` (+ `(see --help)` when `hint`) to stderr and exits `code`."""
-  sys.stderr.write(f"error: {one_line(message)}\n")
-  if hint:
-    sys.stderr.write("(see --help)\n")
-  sys.stderr.flush()
-  sys.exit(code)
+fail = console.fail
 
 
 def quiet_logging(fv: flags.FlagValues = flags.FLAGS) -> None:

@@ -24,7 +24,7 @@ import threading
 import warnings
 from typing import Iterator, List, Optional
 
-EXIT_INTERRUPTED = 130
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130    # a refused run, a bad command line, Ctrl-C
 # Signals that stop a run as Ctrl-C does, where they have their default action, and their words.
 STOP_SIGNALS = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 _interrupted = False
@@ -66,6 +66,16 @@ def printable(text: str) -> str:
   """`text` with its control characters escaped (`\\t`, `\\n`, `\\x1b`): a file name printed in
   a tab-separated line (a name holding a tab and a newline printed a second, fake row)."""
   return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+def fail(message, code: int = EXIT_ERROR, hint: bool = False):
+  """Prints `error: <message>` (+ `(see --help)` when `hint`) to stderr and exits `code`: how
+  every command line ends a refused run (`EXIT_USAGE` with the hint for a bad command line)."""
+  sys.stderr.write(f"error: {one_line(message)}\n")
+  if hint:
+    sys.stderr.write("(see --help)\n")
+  sys.stderr.flush()
+  sys.exit(code)
 
 
 def setup_process() -> None:

@@ -195,26 +195,21 @@ def check_flags(command: str) -> None:
     atomic.check_output_json(stem + ".json", records.FORMAT, "out", [stem + ".csv"])
 
 
-def _usage_error(message) -> None:
-  """A usage error as the experiments CLIs report it: one `error:` line, `(see --help)`, exit 2."""
-  sys.stderr.write(f"error: {console.one_line(message)}\n(see --help)\n")
-  sys.exit(2)
-
-
 def parse_flags(argv):
   """absl's parsing, with a bad flag reported as one `error:` line (exit 2) and --help exiting
   0 after the usage (absl exits 1), as the experiments CLIs do."""
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    _usage_error(e)
+    console.fail(e, console.EXIT_USAGE, hint=True)
   except SystemExit as e:
     console.exit_after_help(e)
 
 
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    _usage_error(f"give one command: {' | '.join(COMMANDS)} (got {argv[1:]})")
+    console.fail(f"give one command: {' | '.join(COMMANDS)} (got {argv[1:]})",
+                 console.EXIT_USAGE, hint=True)
   try:
     check_flags(argv[1])
     res = {"run": cmd_run, "bench": cmd_bench, "profile": cmd_profile}[argv[1]]()
@@ -228,14 +223,14 @@ def main(argv):
           FloatingPointError) as e:
     if console.interrupted():    # a failure while the interrupt was held: both are said
       exit_interrupted(e)
-    sys.exit(f"error: {console.one_line(e)}")
+    console.fail(e)
   except (KeyError, TypeError, AttributeError, IndexError) as e:   # a field the checks missed
     where = getattr(FLAGS, "kit", None) or getattr(FLAGS, "artifact", None) or "the input"
     text = (f"{where}: a record or kit field is missing or of the wrong type "
             f"({type(e).__name__}: {e}); rebuild it with experiments.deploy / edge_kit")
     if console.interrupted():
       exit_interrupted(text)
-    sys.exit(console.one_line(f"error: {text}"))
+    console.fail(text)
   except KeyboardInterrupt as e:    # (with the failure it was held during, if any)
     exit_interrupted(console.failure_of(e))
 
