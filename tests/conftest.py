@@ -106,6 +106,19 @@ def pytest_collection_modifyitems(items):
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: order within kept
 
 
+def visible_params(cfg, seed=0):
+  """`init_params(cfg, seed)` with every LayerScale gamma 1: timm's 1e-5 init hides what a
+  reduction changes (a dropped register token moved a random model's logits by ~1e-6)."""
+  import jax  # pylint: disable=g-import-not-at-top  (the environment above is set first)
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vitprune.model import init_params  # pylint: disable=g-import-not-at-top
+  params = init_params(cfg, seed)
+  if not cfg.layerscale:
+    return params
+  return jax.tree_util.tree_map_with_path(
+      lambda p, v: jnp.ones_like(v) if str(p[-1].key) == "gamma" else v, params)
+
+
 def solution_file(path, cfg, counts, *, mode="paper", method="pomt", frontier=(),
                   settings=None, batch_size=1, weights_sha256="0" * 64, dtype="float32",
                   method_kwargs=None, platform="cpu", device_kind="cpu"):

@@ -873,12 +873,11 @@ def test_kit_compiler_record_is_the_largest_batch_plan(tmp_path, params, monkeyp
   iree_build.build_kit(kit_dir, CFG, params, target="iree:host", grid=(9,), batch_sizes=(1, 2),
                        reducer=make_reducer("random"), threads=1)     # (the largest not first)
   kit = kit_lib.read_kit(kit_dir)
-  profiles = {p["batch_size"]: p["runtime"]["profile"] for p in kit["points"]}
-  assert profiles == {1: "latency", 2: "throughput"}
+  by_batch = {p["batch_size"]: p for p in kit["points"]}
+  assert {b: p["runtime"]["profile"] for b, p in by_batch.items()} == {1: "latency",
+                                                                       2: "throughput"}
   assert kit["runtime"]["profile"] == kit["compiler"]["profile"] == "throughput"
-  (big,) = [p for p in kit["points"] if p["batch_size"] == 2]
-  small = [p for p in kit["points"] if p["batch_size"] == 1][0]
-  assert kit["compiler"]["flags"] == big["flags"] != small["flags"]
+  assert kit["compiler"]["flags"] == by_batch[2]["flags"] != by_batch[1]["flags"]
 
 
 def test_kit_points_run_as_an_artifact_at_their_batch_size(tmp_path, params, monkeypatch):

@@ -388,8 +388,18 @@ def test_check_in_loop_ties_on_measured_latency_to_the_graph_keeping_more_tokens
     assert out.chosen.counts == (17, 9, 9), chosen
 
 
+_BUDGET_FRONTIER = [_cand((17, 5, 3), 1.0, 0.90), _cand((17, 9, 5), 2.0, 0.92),
+                    _cand((17, 9, 9), 3.0, 0.95)]
+
+
+def _timed_as_predicted(counts_list):
+  """A timer measuring each schedule of `_budget_solution` at its predicted latency."""
+  latency = {c.counts: c.predicted_latency_s for c in _BUDGET_FRONTIER}
+  return [latency[c] for c in counts_list]
+
+
 def _budget_solution(budget, settings=None):
-  f = [_cand((17, 5, 3), 1.0, 0.90), _cand((17, 9, 5), 2.0, 0.92), _cand((17, 9, 9), 3.0, 0.95)]
+  f = _BUDGET_FRONTIER
   sol = dataclasses.replace(_solution(f, f[1]), criterion="latency_budget", basis="predicted",
                             settings=dict(settings if settings is not None else
                                           {"num_images": 400}, accuracy_floor=None,
@@ -403,7 +413,7 @@ def test_a_budget_choice_ties_to_the_faster_graph_and_is_measured_within_the_bud
   refused by the reader; the latency_untrusted note goes once the choice is timed."""
   sol = _budget_solution(5.0)
   sol = dataclasses.replace(sol, settings=dict(sol.settings, latency_untrusted="extrapolated"))
-  timer = lambda cs: [{(17, 5, 3): 1.0, (17, 9, 5): 2.0, (17, 9, 9): 3.0}[c] for c in cs]
+  timer = _timed_as_predicted
   out = solve_loop.check_budget_in_loop(sol, lambda cs: [0.9] * len(cs), timer, neighbours=2)
   assert out.chosen.counts == (17, 5, 3) and out.chosen.measured_latency_s == 1.0
   assert "latency_untrusted" not in out.settings
@@ -420,7 +430,7 @@ def test_a_budget_check_holds_its_measurements_to_the_images_it_is_given():
   accuracy must be a count of (it read the solution's setting, absent without a floor, and
   took 0.9512345 of '400 images' with no interval)."""
   sol = _budget_solution(2.5, settings={})
-  timer = lambda cs: [{(17, 5, 3): 1.0, (17, 9, 5): 2.0, (17, 9, 9): 3.0}[c] for c in cs]
+  timer = _timed_as_predicted
   with pytest.raises(ValueError, match="is not a count of 400 images"):
     solve_loop.check_budget_in_loop(sol, lambda cs: [0.9512345] * len(cs), timer,
                                     num_images=400)

@@ -2,11 +2,11 @@
 and each distinct piece is compiled once across schedules."""
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import visible_params
 from vitprune import estimate
 from vitprune.model import init_params, jitted_forward
 from vitprune.piecewise import PiecewiseForward, WholeGraphs
@@ -23,16 +23,6 @@ REDUCERS = [make_reducer(m) for m in list_methods()] + [KeepFirst()]
 def _images(cfg, b=3, seed=0):
   return jnp.asarray(np.random.default_rng(seed).normal(
       size=(b, cfg.img_size, cfg.img_size, cfg.in_chans)), jnp.float32)
-
-
-def _visible_params(cfg, seed):
-  """Random parameters whose LayerScale is 1: timm's 1e-5 init hides what a reduction changes
-  (with a register token dropped, the logits moved by ~1e-6, inside the tolerance)."""
-  params = init_params(cfg, seed=seed)
-  if not cfg.layerscale:
-    return params
-  return jax.tree_util.tree_map_with_path(
-      lambda p, v: jnp.ones_like(v) if str(p[-1].key) == "gamma" else v, params)
 
 
 def _schedules(cfg, red):
@@ -52,7 +42,7 @@ def _schedules(cfg, red):
 @pytest.mark.parametrize("cfg", [CFG, REG], ids=lambda c: c.name)
 @pytest.mark.parametrize("red", REDUCERS, ids=lambda r: r.name)
 def test_logits_equal_the_whole_graph(red, cfg):
-  params, x = _visible_params(cfg, seed=2), _images(cfg)
+  params, x = visible_params(cfg, seed=2), _images(cfg)
   pf = PiecewiseForward(cfg, params, red)
   for s in _schedules(cfg, red):
     want = np.asarray(jitted_forward(params, x, cfg=cfg, schedule=s, reducer=red))

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 from vitprune import pipeline, solve, solve_loop
+from tests.test_profile_records import _point
 from vitprune.profile import records, runner, timing
 from vitprune.registry import get_config
 from vitprune.schedule import Schedule, parse_token_grid
@@ -203,11 +204,7 @@ def test_a_resumed_batch_takes_its_own_files_points_over_a_combined_profiles(tmp
   after it: a later run at batch 1 alone) is resumed from the batch's own file."""
   spec = runner.ProfileSpec(cfg=CFG, mode="model", tokens=(17, 9))
   setup = runner._setup(spec)        # pylint: disable=protected-access
-
-  def point(batch, n, median):
-    return records.Point(component="model", batch_size=batch, tokens=n, median_s=median,
-                         q25_s=median, q75_s=median, num_samples=3, samples_s=(median,) * 3,
-                         compile_s=0.1, retries=0)
+  point = lambda batch, n, median: _point("model", n, median, batch=batch)  # noqa: E731
   combined = dataclasses.replace(setup, points=(point(1, 17, 1e-3), point(1, 9, 5e-4),
                                                 point(4, 17, 4e-3)))
   records.save(combined, str(tmp_path))

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import visible_params
 from vitprune import model
 from vitprune import schedule as S
 from vitprune.reduce import make_reducer
@@ -16,10 +17,7 @@ METHODS = ["pomt", "topk", "tome", "evit", "random"]
 
 def _setup(name, batch=4, seed=0):
   cfg = get_config(name)
-  params = model.init_params(cfg, seed)
-  if cfg.layerscale:  # timm's 1e-5 LayerScale init would hide what the reduction changes
-    params = jax.tree_util.tree_map_with_path(
-        lambda p, v: jnp.ones_like(v) if str(p[-1].key) == "gamma" else v, params)
+  params = visible_params(cfg, seed)
   images = jnp.asarray(np.random.default_rng(seed).normal(size=(batch, 32, 32, 3)), jnp.float32)
   return cfg, params, images
 
