@@ -288,7 +288,7 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
     raise ValueError(f"--data={f.data} holds other images than estimate {estimate.source} "
                      "measured: the same file names and sizes, other contents (data."
                      "content_sha256 differs)")
-  reducer = make_reducer(estimate.method, **estimate.method_kwargs)
+  reducer = make_reducer(estimate.method, **estimate.reducer_kwargs)
   margins = {} if f.anchored_prediction else None
   metric = estimate.metric(f.metric)                 # what the solver reads from the estimate
   evaluate = estimate_lib.schedule_evaluator(cfg, params, data, reducer,

@@ -791,7 +791,8 @@ def test_a_random_drop_solution_deploys_with_the_seed_it_was_measured_with(tmp_p
   with pytest.raises(ValueError, match=r"estimate.*: method_kwargs must be an object of option "
                      r"values, got \['seed', 3\]"):
     read_solution(str(tmp_path / "bad.json"))
-  for kwargs, match in (({"sigma": 3}, r"method 'random' accepts \['seed'\], got \['sigma'\]"),
+  for kwargs, match in (({"sigma": 3}, r"method 'random' accepts \['nested', 'seed'\], got "
+                                      r"\['sigma'\]"),
                         ({"seed": 3.5}, "method 'random' option seed must be int, got 3.5"),
                         ({"seed": -5}, "method 'random' option seed must be a non-negative "
                                        "int, got -5")):

@@ -335,7 +335,8 @@ def test_record_names_the_reducer_its_points_ran(params, images, labels):
   assert (one.kind, one.layers, one.dtype, one.precision) == ("tokens", (1,), "float32",
                                                               "highest")
   assert one.to_json()["eval"]["precision"] == "highest"
-  with pytest.raises(ValueError, match=r"^the points ran RandomDrop\(seed=0\), not method "
+  with pytest.raises(ValueError, match=r"^the points ran RandomDrop\(seed=0, nested=True\), not "
+                     r"method "
                      r"'tome' with options \{\} \(ToMe\(\)\): the record would name another"):
     record("tome", {})
   with pytest.raises(ValueError, match=r"not method 'random' with options \{'seed': 5\}"):
@@ -351,6 +352,36 @@ def test_record_names_the_reducer_its_points_ran(params, images, labels):
     estimate.estimate_record(cfg=CFG, params=params, weights_source=None, data_info=info,
                              method="random", method_kwargs={}, seed=0, points=pts,
                              result=res, labelled=True)
+
+
+def test_version1_records_ran_random_drop_per_layer(params, images, labels):
+  """Version 1 predates random drop's `nested` option: its random drop drew each layer's own
+  subset, so a reducer rebuilt from such a record must too (the default now nests), and the
+  record writes back as read (a solution's digest of it still matches)."""
+  pts = estimate.token_points(CFG, [9, 17], RandomDrop(seed=3), layer=1)
+  res = estimate.evaluate(CFG, params, batches_of(images, labels, 4), pts, labelled=True)
+  info = {"kind": "arrays", "source": "synthetic", "num_examples": 7, "classes": [],
+          "labelled": True, "fingerprint": "f" * 64}
+  new = estimate.estimate_record(cfg=CFG, params=params, weights_source="init", data_info=info,
+                                 method="random", method_kwargs={"seed": 3}, seed=0, points=pts,
+                                 result=res, labelled=True)
+  doc = new.to_json()
+  assert doc["version"] == 2 and new.reducer_kwargs == {"seed": 3}
+  old_doc = dict(doc, version=1)
+  old = record_lib.Estimate.from_json(copy.deepcopy(old_doc), "old.json")
+  assert old.version == 1 and old.method_kwargs == {"seed": 3}
+  assert old.reducer_kwargs == {"seed": 3, "nested": False}
+  assert estimate.make_reducer(old.method, **old.reducer_kwargs).layer_dependent
+  assert old.to_json() == old_doc and old.sha256() == record_lib.jsonio.canonical_sha256(old_doc)
+  said = copy.deepcopy(old_doc)                 # (an option a file states is kept)
+  said["method"]["kwargs"]["nested"] = True
+  assert record_lib.Estimate.from_json(said).reducer_kwargs == {"seed": 3, "nested": True}
+  other = copy.deepcopy(old_doc)                # other methods have no such option
+  other["method"] = {"name": "pomt", "kwargs": {}}
+  assert record_lib.Estimate.from_json(other).reducer_kwargs == {}
+  with pytest.raises(record_lib.EstimateError,
+                     match=r"^x: unsupported version 3 \(this vitprune reads 1, 2\)$"):
+    record_lib.Estimate.from_json(dict(doc, version=3), "x")
 
 
 def test_numpy_numbers_in_a_record_are_written_as_plain_json(params, images, labels, tmp_path):
@@ -454,7 +485,7 @@ def _mutate(d, fn):
 
 @pytest.mark.parametrize("fn, match", [
     (lambda d: d.update(format="x"), "format 'x'"),
-    (lambda d: d.update(version=2), "unsupported version 2"),
+    (lambda d: d.update(version=3), "unsupported version 3"),
     (lambda d: d.pop("seed"), "missing key 'seed'"),
     (lambda d: d.update(seed="0"), "'seed' must be int"),
     (lambda d: d.update(kind="curve"), "kind 'curve'"),
@@ -523,7 +554,7 @@ def _mutate(d, fn):
      "method \\(evit, pomt, random, tome, topk\\)"),
     (lambda d: d["method"].update(name=3), "method.name 3 is not a token-reduction method"),
     (lambda d: d["method"].update(kwargs={"sigma": 1}), r"method.kwargs: method 'random' "
-     r"accepts \['seed'\], got \['sigma'\]"),
+     r"accepts \['nested', 'seed'\], got \['sigma'\]"),
     (lambda d: d["method"].update(kwargs={"seed": "0"}), "method.kwargs: method 'random' option "
      "seed must be int, got '0'"),
     (lambda d: d["method"].update(kwargs={"seed": -5}), "method.kwargs: method 'random' option "

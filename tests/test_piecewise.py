@@ -135,16 +135,19 @@ def test_a_reducer_that_does_not_declare_layer_dependence_gets_a_block_per_layer
                                                         reducer=red)), rtol=1e-6, atol=1e-6)
 
 
-def test_layer_dependent_reducers_get_a_block_per_layer():
-  """Random drop keeps a different fixed subset per layer: its reducing blocks are keyed by
-  layer (the same counts at two layers are two pieces); its plain blocks are shared."""
-  params, x, red = init_params(CFG, seed=1), _images(CFG, b=2), make_reducer("random", seed=3)
-  assert red.layer_dependent and not make_reducer("pomt").layer_dependent
+@pytest.mark.parametrize("nested,pieces", [(False, 6), (True, 5)])
+def test_layer_dependent_reducers_get_a_block_per_layer(nested, pieces):
+  """Per-layer random drop keeps a different fixed subset per layer: its reducing blocks are
+  keyed by layer (the same counts at two layers are two pieces); its plain blocks are shared.
+  Nested random drop keeps one subset per count whatever the layer: one piece serves both."""
+  params, x = init_params(CFG, seed=1), _images(CFG, b=2)
+  red = make_reducer("random", seed=3, nested=nested)
+  assert red.layer_dependent == (not nested) and not make_reducer("pomt").layer_dependent
   pf = PiecewiseForward(CFG, params, red)
   a, b = Schedule((17, 9, 9)), Schedule((17, 17, 9))
   pf.compile([a, b], x)
-  # embed, head(9), block 17 -> 9 at layer 0, block 9 -> 9, block 17 -> 17, block 17 -> 9 at 1
-  assert pf.num_compiled == 6
+  # embed, head(9), block 9 -> 9, block 17 -> 17, block 17 -> 9 (per layer: at 0 and at 1)
+  assert pf.num_compiled == pieces
   for s in (a, b):
     np.testing.assert_array_equal(
         np.asarray(pf(s, x)), np.asarray(jitted_forward(params, x, cfg=CFG, schedule=s,

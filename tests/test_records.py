@@ -163,6 +163,27 @@ def test_version1_file_without_new_fields_loads(tmp_path):
   assert sol.full.schedule == "full" and sol.full.counts == (17, 17, 17)
 
 
+def test_version1_solutions_deploy_random_drop_per_layer(tmp_path):
+  """A version-1 solution's random drop drew each layer's own subset (before the `nested`
+  option): deploying it must rebuild that reducer, not today's nested default; the file's
+  digest is unchanged (it writes back as read)."""
+  path = solution_file(tmp_path / "s.json", CFG, [17, 17, 9], method="random",
+                       method_kwargs={"seed": 2})
+  sol = S.read_solution(path)
+  assert sol.version == 2 and sol.method_kwargs == {"seed": 2}
+  doc = dict(sol.to_json(), version=1)
+  old = S.Solution.from_json(copy.deepcopy(doc), where="old.json")
+  assert old.method_kwargs == {"seed": 2, "nested": False}
+  assert old.estimate.method_kwargs == {"seed": 2}              # (as the file has them)
+  assert old.to_json() == doc and old.sha256() == jsonio.canonical_sha256(doc)
+  older = copy.deepcopy(doc)                  # a file from before method_kwargs were kept
+  del older["estimate"]["method_kwargs"]
+  assert S.Solution.from_json(older).method_kwargs is None
+  with pytest.raises(S.SolutionError, match=r"^x: unsupported version 3 \(this vitprune "
+                                            r"reads 1, 2\)$"):
+    S.Solution.from_json(dict(doc, version=3), where="x")
+
+
 def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
   """A measured candidate written before the binomial interval (measured_* without num_images)
   loads with no interval; one with it round-trips, and the summary says what was measured."""

@@ -265,9 +265,10 @@ def test_tome_cap_and_zero_keys():
 # ----------------------------------------------------------------------------- random
 
 
-def test_random_drop_is_fixed_per_seed_and_stream():
+def test_per_layer_random_drop_is_fixed_per_seed_and_stream():
   x = _tokens(4, 12)
-  r = RandomDrop(seed=7)
+  r = RandomDrop(seed=7, nested=False)
+  assert r.layer_dependent
   out = r.reduce_embedding(jnp.asarray(x), num_keep=6, num_prefix=2)
   idx = r.kept_indices(10, 4, 0)
   assert list(idx) == sorted(idx) and len(set(idx)) == 4
@@ -280,10 +281,52 @@ def test_random_drop_is_fixed_per_seed_and_stream():
   assert len(picks) == 5  # different seeds, different subsets
   # ... and different layers of one seed (the embedding is stream 0): every reduction drew
   # the same subset when the stream was left out of the generator's seed.
-  layers = {tuple(RandomDrop(seed=7).kept_indices(100, 10, s)) for s in range(5)}
+  layers = {tuple(RandomDrop(seed=7, nested=False).kept_indices(100, 10, s)) for s in range(5)}
   assert len(layers) == 5
   with pytest.raises(ValueError, match="non-negative int"):
     RandomDrop(seed=-1)
+  with pytest.raises(ValueError, match=r"^RandomDrop nested must be a bool, got 'no'$"):
+    RandomDrop(nested="no")
+
+
+def test_nested_random_drop_keeps_one_subset_per_count_whatever_the_layer():
+  r = RandomDrop(seed=3)
+  assert r == RandomDrop(seed=3, nested=True) and not r.layer_dependent
+  # Golden: the subset is part of what a record's seed means (a changed stream would silently
+  # deploy other tokens than the estimate measured).
+  np.testing.assert_array_equal(r.kept_indices(10, 4, 0), [0, 2, 3, 7])
+  np.testing.assert_array_equal(RandomDrop(seed=0).kept_indices(10, 4, 0), [1, 4, 5, 7])
+  for stream in range(1, 6):
+    np.testing.assert_array_equal(r.kept_indices(10, 4, stream), r.kept_indices(10, 4, 0))
+  x = jnp.asarray(_tokens(2, 12))
+  mid, size = _reduce(r, x, None, None, num_keep=6, num_prefix=2, layer=4)
+  assert size is None
+  np.testing.assert_array_equal(mid, r.reduce_embedding(x, num_keep=6, num_prefix=2))
+  assert len({tuple(RandomDrop(seed=s).kept_indices(100, 10, 0)) for s in range(5)}) == 5
+
+
+def test_nested_random_subsets_compose():
+  """p -> m -> k keeps what p -> k keeps, for every m between: a multi-layer schedule's blocks
+  see the tokens its single reductions leave."""
+  for p in (7, 30, 196):
+    for m in range(p + 1):
+      for k in range(0, m + 1, max(1, m // 7)):
+        direct = common.nested_random_subset(11, p, k)
+        np.testing.assert_array_equal(
+            common.nested_random_subset(11, p, m)[common.nested_random_subset(11, m, k)],
+            direct, err_msg=f"{p} -> {m} -> {k}")
+  with pytest.raises(ValueError, match=r"^cannot keep 5 of 4 indices$"):
+    common.nested_random_subset(0, 4, 5)
+
+
+def test_nested_random_subsets_are_uniform_over_seeds():
+  """Each of the 15 two-of-six subsets is drawn about 3000 / 15 = 200 times (a drop that favoured
+  positions, e.g. always removing the last, would draw one subset every time)."""
+  counts = {}
+  for seed in range(3000):
+    key = tuple(common.nested_random_subset(seed, 6, 2))
+    counts[key] = counts.get(key, 0) + 1
+  assert len(counts) == 15 and 150 <= min(counts.values()) and max(counts.values()) <= 250
 
 
 # ----------------------------------------------------------------------------- shared

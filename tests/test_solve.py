@@ -595,6 +595,8 @@ def test_paper_end_to_end(tmp_path):
   assert sol.chosen.counts == (N,) * 4 + (9,) * 3
   assert sol.chosen.schedule == "keep@3:9"
   assert sol.method == "pomt"     # A(n) came from drops after the embedding
+  # (a version-1 estimate: its random drop drew per layer, which the solution says outright)
+  assert sol.estimate.method_kwargs == {"nested": False}
   assert sol.chosen.predicted_latency_s == 1e-3
   assert sol.chosen.predicted_accuracy == pytest.approx(_acc(None, 9))
   assert sol.schedule_latency_s is None   # no per-block table profiled

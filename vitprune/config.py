@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Tuple, Type
+from typing import Any, Dict, Optional, Tuple, Type
 
 import numpy as np
 
@@ -20,8 +20,8 @@ METHOD_NAMES = ("evit", "pomt", "random", "tome", "topk")
 # Each method's options (its reducer's dataclass fields) and their kinds; `reduce.methods` asserts
 # they agree with the reducers, so records can check `method.kwargs` without importing jax.
 METHOD_OPTIONS: Dict[str, Dict[str, str]] = {
-    "evit": {"normalize": "bool"}, "pomt": {}, "random": {"seed": "int"}, "tome": {},
-    "topk": {}}
+    "evit": {"normalize": "bool"}, "pomt": {}, "random": {"seed": "int", "nested": "bool"},
+    "tome": {}, "topk": {}}
 _OPTION_KINDS = {"bool": (bool, np.bool_), "int": (int, np.integer),
                  "float": (int, float, np.integer, np.floating), "str": (str,)}
 
@@ -51,6 +51,16 @@ def is_method_name(name: Any) -> bool:
 def not_a_method(what: str, name: Any) -> str:
   """The readers' refusal of `name` in field `what` (when `is_method_name(name)` is false)."""
   return f"{what} {name!r} is not a token-reduction method ({', '.join(METHOD_NAMES)})"
+
+
+def record_method_kwargs(method: str, kwargs: Optional[Dict[str, Any]],
+                         version: int) -> Optional[Dict[str, Any]]:
+  """The options an estimate or solution record of format `version` means by `kwargs` (None,
+  a solution's "not said", stays None): version 1 predates random drop's `nested` option, and
+  its random drop drew each layer's own subset (nested=False)."""
+  if kwargs is None or version >= 2 or str(method).strip().lower() != "random":
+    return None if kwargs is None else dict(kwargs)
+  return {"nested": False, **kwargs}
 
 
 def is_option_kind(value: Any, kind: str) -> bool:

@@ -222,7 +222,7 @@ def _estimate_ref(estimate: Estimate, metric: str, layers: Sequence[Optional[int
                      eval_batch_size=estimate.eval_batch_size,
                      weights_sha256=estimate.weights_sha256,
                      data_fingerprint=estimate.data_fingerprint,
-                     method_kwargs=dict(estimate.method_kwargs))
+                     method_kwargs=estimate.reducer_kwargs)
 
 
 def _as_estimate_measured(estimate: Estimate, metric: str) -> Callable[[Candidate], Candidate]:

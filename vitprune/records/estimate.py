@@ -4,14 +4,15 @@ Built by `vitprune.estimate.estimate_record` from an evaluation run; read by the
 file (JSON, written atomically by `write_estimate`, checked field by field by `read_estimate`):
 
   {
-    "format": "vitprune-estimate", "version": 1,
+    "format": "vitprune-estimate", "version": 2 (version 1 is read too),
     "created": ISO-8601 time,
     "kind": "tokens" | "sensitivity",
     "model": {"name": str, "config": ViTConfig fields (vitprune.config.config_to_dict)},
     "weights": {"source": str (directory, or "init_params(seed=S)"), "sha256": hex (params_sha256)},
     "data": {"kind", "source", "num_examples", "classes", "labelled", "fingerprint"
              (vitprune.data.DatasetInfo), "selection": {free-form: split, subset seed, ...}},
-    "method": {"name": str, "kwargs": {...}},
+    "method": {"name": str, "kwargs": {...}} (the reducer's options; in version 1 random drop
+               drew each layer's own subset, as "nested": false does now: `reducer_kwargs`),
     "seed": int (reducer / subset seed),
     "layers": [int | null, ...]   (the reduction layers evaluated; null = after the embedding),
     "tokens": [int, ...]          (the token grid n, ascending, unique),
@@ -22,7 +23,7 @@ file (JSON, written atomically by `write_estimate`, checked field by field by `r
     "points": [{"layer": int | null, "tokens": int, "counts": [depth + 1 ints], "schedule": str,
                 "num_examples": int, "accuracy": float | null, "agreement": float, "kl": float},
                ...]  one per (layer, n) of layers x tokens, layer-major, n ascending,
-    "versions": {"estimate_format": 1, "python", "jax", "jaxlib", "numpy", "platform", "backend"}
+    "versions": {"estimate_format": 2, "python", "jax", "jaxlib", "numpy", "platform", "backend"}
   }
 
 Points: layer None ("embed") means `counts = [n] * (depth + 1)`, tokens dropped right after the
@@ -43,10 +44,11 @@ from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, config_from_dict,
                              config_to_dict, check_switch, is_method_name,
-                             method_options_problem, not_a_method)
+                             method_options_problem, not_a_method, record_method_kwargs)
 
 FORMAT = "vitprune-estimate"
-VERSION = 1
+VERSION = 2
+READ_VERSIONS = (1, 2)    # 2: random drop's `nested` option (1 ran it per layer: nested=False)
 KINDS = ("tokens", "sensitivity")
 LABELLED_METRICS = ("accuracy", "agreement", "kl")
 FIDELITY_METRICS = ("agreement", "kl")
@@ -110,6 +112,7 @@ class Estimate:
   points: Tuple[EstimatePoint, ...]
   versions: Dict[str, Any]
   created: str
+  version: int = VERSION      # the format version its `method_kwargs` mean (`reducer_kwargs`)
   source: str = dataclasses.field(default="estimate", compare=False)  # file it was read from
 
   def __post_init__(self):
@@ -124,6 +127,12 @@ class Estimate:
   @property
   def model(self) -> str:
     return self.config.name
+
+  @property
+  def reducer_kwargs(self) -> Dict[str, Any]:
+    """The options the points ran the method with (`method_kwargs` as this record's format
+    version means them: `config.record_method_kwargs`); what a reducer rebuilt from it takes."""
+    return record_method_kwargs(self.method, self.method_kwargs, self.version)
 
   @property
   def labelled(self) -> bool:
@@ -183,7 +192,7 @@ class Estimate:
   def to_json(self) -> Dict[str, Any]:
     full = schedule_lib.full_schedule(self.config)
     return {
-        "format": FORMAT, "version": VERSION, "created": self.created, "kind": self.kind,
+        "format": FORMAT, "version": self.version, "created": self.created, "kind": self.kind,
         "model": {"name": self.model, "config": config_to_dict(self.config)},
         "weights": {"source": self.weights_source, "sha256": self.weights_sha256},
         "data": dict(self.data),
@@ -220,7 +229,8 @@ class Estimate:
         reference=scores(doc["reference"]),
         points=tuple(EstimatePoint(p["layer"], p["tokens"], tuple(p["counts"]), p["schedule"],
                                    scores(p)) for p in doc["points"]),
-        versions=dict(doc["versions"]), created=doc["created"], source=where)
+        versions=dict(doc["versions"]), created=doc["created"], version=doc["version"],
+        source=where)
 
 
 def table_text(estimate: Estimate) -> str:
@@ -281,7 +291,7 @@ def _check_scores(p: Dict[str, Any], where: str, labelled: bool, num_examples: i
 
 
 def _validate(doc: Any, where: str) -> ViTConfig:
-  jsonio.check_format(doc, where, FORMAT, (VERSION,), EstimateError)
+  jsonio.check_format(doc, where, FORMAT, READ_VERSIONS, EstimateError)
   for key, typ in _TOP_KEYS.items():
     _require(key in doc, where, f"missing key {key!r}")
     ok = jsonio.is_int(doc[key]) if typ is int else isinstance(doc[key], typ)

@@ -1,7 +1,8 @@
 """The solution record: the chosen token schedule, the frontier it came from, and what it rests on.
 
 Built by `vitprune.solve_stage` from a `Profile` and an `Estimate`; read by `experiments.deploy`.
-File (JSON, `format` "vitprune-solution", version 1; `write_solution` / `read_solution`):
+File (JSON, `format` "vitprune-solution", version 2, version 1 read too; `write_solution` /
+`read_solution`):
 
   {"format", "version", "created", "mode": "paper" | "multi",
    "model": {"name", "config"},
@@ -12,7 +13,8 @@ File (JSON, `format` "vitprune-solution", version 1; `write_solution` / `read_so
                                  residuals are in settings["latency_model"])},
    "estimate": {"path", "sha256", "kind", "method", "metric", "layers", "eval_batch_size",
                 "weights_sha256", "data_fingerprint", "method_kwargs" (the options the
-                estimate's reducer ran with, e.g. random drop's seed; absent in older files)},
+                estimate's reducer ran with, e.g. random drop's seed; absent in older files;
+                version 1's random drop drew each layer's own subset: "nested": false)},
    "settings": {...solver options...},
    "chosen": {candidate fields + "method" (reducer to deploy with), "criterion", "basis"
               ("predicted": the choice rests on the solver's predictions; "measured": on the
@@ -77,14 +79,15 @@ from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, config_from_dict,
                              config_to_dict, is_method_name, method_options_problem,
-                             not_a_method)
+                             not_a_method, record_method_kwargs)
 from vitprune.profile import records as profile_records
 from vitprune.records.estimate import HIGHER_IS_BETTER, KINDS as ESTIMATE_KINDS
 from vitprune import solve as solve_lib
 from vitprune.solve import ACCURACY_MODELS, meets_floor
 
 FORMAT = "vitprune-solution"
-VERSION = 1
+VERSION = 2
+READ_VERSIONS = (1, 2)    # 2: random drop's `nested` option (1 ran it per layer: nested=False)
 MODES = ("paper", "multi")
 BASES = ("predicted", "measured")
 # How a choice was made (`solve.choose`, `solve_loop.check_floor`, `check_budget_in_loop`: the
@@ -699,6 +702,7 @@ class Solution:
   utility: Optional[float] = None                 # paper mode: U(n*)
   schedule_latency_s: Optional[float] = None      # paper mode: per-block prediction
   curve: Optional[Dict[str, List[float]]] = None  # paper mode: tokens/latency_s/accuracy/utility
+  version: int = VERSION      # the format version its method_kwargs mean (`method_kwargs`)
   source: str = dataclasses.field(default="solution", compare=False)
 
   def __post_init__(self):
@@ -720,10 +724,10 @@ class Solution:
     """The options the chosen method's reducer was measured with: the estimate's when it
     measured that method (random drop's seed decides which tokens go); None when nothing was
     measured with them (paper mode's POMT on a random-drop estimate) or an older file does not
-    say."""
+    say. As this record's format version means them (`config.record_method_kwargs`)."""
     if self.method.lower() != self.estimate.method.lower():
       return None
-    return None if self.estimate.method_kwargs is None else dict(self.estimate.method_kwargs)
+    return record_method_kwargs(self.method, self.estimate.method_kwargs, self.version)
 
   @property
   def schedule(self) -> schedule_lib.Schedule:
@@ -766,7 +770,7 @@ class Solution:
     chosen.update(method=self.method, criterion=self.criterion, basis=self.basis)
     if self.mode == "paper":
       chosen.update(utility=self.utility, schedule_latency_s=self.schedule_latency_s)
-    d = {"format": FORMAT, "version": VERSION, "created": self.created, "mode": self.mode,
+    d = {"format": FORMAT, "version": self.version, "created": self.created, "mode": self.mode,
          "model": {"name": self.model, "config": config_to_dict(self.config)},
          "profile": self.profile.to_json(), "estimate": self.estimate.to_json(),
          "settings": dict(self.settings), "chosen": chosen,
@@ -780,7 +784,7 @@ class Solution:
   @classmethod
   def from_json(cls, doc: Any, where: str = "solution") -> "Solution":
     """Checks `doc` field by field (`SolutionError` naming `where` and the field)."""
-    jsonio.check_format(doc, where, FORMAT, (VERSION,), SolutionError)
+    jsonio.check_format(doc, where, FORMAT, READ_VERSIONS, SolutionError)
     jsonio.require_keys(doc, ("created", "mode", "model", "profile", "estimate", "settings",
                               "chosen", "full", "frontier"), where, SolutionError)
     jsonio.require(doc["mode"] in MODES, where, f"mode {doc['mode']!r} not in {MODES}",
@@ -855,7 +859,7 @@ class Solution:
         created=str(doc["created"]), basis=ch.get("basis", "predicted"),
         utility=_opt_float(ch.get("utility")),
         schedule_latency_s=_opt_float(ch.get("schedule_latency_s")),
-        curve=doc.get("curve"), source=where)
+        curve=doc.get("curve"), version=doc["version"], source=where)
     try:
       sol.schedule  # pylint: disable=pointless-statement  (checks the counts against the model)
     except (ValueError, TypeError) as e:

@@ -150,6 +150,26 @@ def static_random_subset(seed: int, stream: int, p: int, k: int) -> np.ndarray:
   return np.sort(rng.permutation(p)[:k]).astype(np.int32)
 
 
+_NESTED_STREAM = 1 << 20     # (the per-layer subsets use streams 0..depth)
+
+
+def nested_random_subset(seed: int, p: int, k: int) -> np.ndarray:
+  """The sorted k of p indices kept by a fixed random elimination order (the same for every p).
+
+  Going from q + 1 indices to q removes the r_q-th of those left, r_q = floor(u_q (q + 1)) with
+  u = the seed's fixed uniform sequence, so r_q depends on (seed, q) only. Hence subsets nest
+  under composition: p -> m -> k keeps exactly what p -> k keeps (for every p >= m >= k), and
+  each subset is uniformly random over the seeds (every step removes a uniform survivor).
+  """
+  if not 0 <= k <= p:
+    raise ValueError(f"cannot keep {k} of {p} indices")
+  u = np.random.default_rng([int(seed), _NESTED_STREAM]).random(p)    # (a prefix of random(p'))
+  kept = list(range(p))
+  for q in range(p - 1, k - 1, -1):
+    del kept[int(u[q] * (q + 1))]
+  return np.asarray(kept, np.int32)
+
+
 FillFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
