@@ -3,6 +3,7 @@ sensitivities vs measured accuracy of multi-layer schedules (vit_digits, the 359
 
   python -m benchmarks.accuracy_combination                 # ~3 min on 2 cores
   python -m benchmarks.accuracy_combination --quick --conditional=3:41   # smoke (~30 s)
+  python -m benchmarks.accuracy_combination --method=random --method_opts=seed=1,nested=false
 
 The solver predicts a schedule's accuracy from the per-layer sensitivity S[l, n] (accuracy when
 only block l reduces, from all N tokens to n) with the 'incremental' combination
@@ -83,6 +84,8 @@ RESULT_FORMAT = "vitprune-accuracy-combination"    # marks --out files this scri
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Registers this benchmark's flags."""
   flags.DEFINE_string("method", "pomt", "Token-reduction method.", flag_values=fv)
+  flags.DEFINE_list("method_opts", [], "The reducer's options, key=value (e.g. random drop's "
+                    "seed=3,nested=false).", flag_values=fv)
   flags.DEFINE_integer("num_random", 60, "Random multi-layer schedules.", lower_bound=1,
                        upper_bound=10000, flag_values=fv)
   flags.DEFINE_integer("num_frontier", 24, "Schedules spread over the frontier.", lower_bound=2,
@@ -410,7 +413,8 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   cfg, params, source = common.load_model("vit_digits", None)   # the embedded trained weights
   common.check_digits_split(source, "digits")         # (retrained in place with another split)
   base = parse_conditional(f.conditional, cfg)
-  reducer = make_reducer(f.method)
+  options = common.parse_method_options(f.method_opts)
+  reducer = make_reducer(f.method, **options)
   limit = latency_model.method_limit(cfg, f.method)
   if base and base[1] < cfg.num_tokens - limit(cfg.num_tokens):
     raise ValueError(f"--conditional: {f.method} keeps at least "
@@ -497,7 +501,8 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
 
   result = {"format": RESULT_FORMAT,
             "command": common.command_line("benchmarks.accuracy_combination", f),
-            "method": f.method, "num_images": int(len(data.indices)), "grid": ns.tolist(),
+            "method": f.method, "method_options": options,
+            "num_images": int(len(data.indices)), "grid": ns.tolist(),
             "full_accuracy": full_acc, "conditional_base": list(base) if base else None,
             "sensitivity": {str(l): dict(zip(map(str, ns.tolist()), sens[l].tolist()))
                             for l in range(depth)},

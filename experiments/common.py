@@ -17,6 +17,7 @@ Checks run before any work, so a refused run changes no file.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -276,6 +277,26 @@ def parse_ints(values: Sequence[str], flag: str) -> List[int]:
   if len(set(out)) != len(out):
     raise ValueError(f"--{flag}: duplicate values in {out}")
   return out
+
+
+def parse_method_options(items: Sequence[str], flag: str = "--method_opts") -> dict:
+  """['k=v', ...] -> {k: json value or string}; true/false in any case are booleans (Python's
+  True/False too); the reducer checks each option's type (`make_reducer`)."""
+  opts = {}
+  for item in items:
+    if "=" not in item:
+      raise ValueError(f"{flag} entry {item!r} is not key=value")
+    k, v = item.split("=", 1)
+    if k.strip() in opts:
+      raise ValueError(f"{flag} gives {k.strip()!r} twice")
+    if v.strip().lower() in ("true", "false"):
+      opts[k.strip()] = v.strip().lower() == "true"
+      continue
+    try:
+      opts[k.strip()] = json.loads(v)
+    except json.JSONDecodeError:
+      opts[k.strip()] = v
+  return opts
 
 
 def check_subset_seed_used(fv: flags.FlagValues, data: Any) -> None:

@@ -11,7 +11,6 @@ fixed `--batch_size`. Run the artifact with `python -m experiments.run_deployed`
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
@@ -70,26 +69,6 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("cpu_cores", None, "CPU targets: cores of the CPU the modules run "
                        "on, for batch shards (default: this machine's for iree:host, 1 for a "
                        "cross-compiled CPU; 1: never shard).", flag_values=fv)
-
-
-def parse_options(items) -> dict:
-  """['k=v', ...] -> {k: json value or string}; true/false in any case are booleans (Python's
-  True/False too); the reducer checks each option's type (`make_reducer`)."""
-  opts = {}
-  for item in items:
-    if "=" not in item:
-      raise ValueError(f"--method_opts entry {item!r} is not key=value")
-    k, v = item.split("=", 1)
-    if k.strip() in opts:
-      raise ValueError(f"--method_opts gives {k.strip()!r} twice")
-    if v.strip().lower() in ("true", "false"):
-      opts[k.strip()] = v.strip().lower() == "true"
-      continue
-    try:
-      opts[k.strip()] = json.loads(v)
-    except json.JSONDecodeError:
-      opts[k.strip()] = v
-  return opts
 
 
 def input_provenance(profile_path: str = "", estimate_path: str = "") -> dict:
@@ -237,7 +216,7 @@ def main(f: flags.FlagValues) -> str:
   provenance.update(input_provenance(f.profile, f.estimate))
   if f.solution:
     check_solution_inputs(provenance, sol.profile, sol.estimate, f.solution)
-  reducer, opts = None, parse_options(f.method_opts)
+  reducer, opts = None, common.parse_method_options(f.method_opts)
   if f.solution and sol.method_kwargs is not None:   # (None: not measured with any, or unsaid)
     if f["method_opts"].present and (make_reducer(method, **opts) !=
                                      make_reducer(method, **sol.method_kwargs)):

@@ -653,6 +653,7 @@ def test_accuracy_combination_quick(tmp_path, capsys):
   assert "| per-image frontier | per-image |" in text and "| pairwise frontier | pairwise |" in text
   # Quick grid 65, 41, 17: a first cut to 41 at 5 blocks, then one to 17 at each later block.
   assert res["pairwise"] == {"firsts": [41], "step": 8, "schedules": 15}
+  assert res["method"] == "pomt" and res["method_options"] == {}
   for name, fam in res["families"].items():
     assert set(fam["errors"]) == {"incremental", "additive", "per-image", "cautious",
                                   "pairwise"} | (
@@ -736,6 +737,11 @@ def test_accuracy_combination_refuses_bad_floors_and_seeds_before_measuring(tmp_
       (["--quick", "--pairwise=49:8", out], r"^--pairwise: first-cut count 49 must be a count "
                                             r"of the grid between 17 and 65 \(exclusive\)"),
       (["--quick", "--pairwise=41", out], r"^--pairwise: '41' is not COUNT,...:STEP"),
+      (["--quick", "--method_opts=seed", out], r"^--method_opts entry 'seed' is not key=value$"),
+      (["--quick", "--method_opts=sigma=1", out],
+       r"^method 'pomt' accepts no options, got \['sigma'\]$"),
+      (["--quick", "--method=random", "--method_opts=nested=0", out],
+       r"^method 'random' option nested must be bool, got 0$"),
   ], tmp_path)
   from experiments import common  # pylint: disable=g-import-not-at-top
   import pytest  # pylint: disable=g-import-not-at-top

@@ -923,11 +923,14 @@ def test_cli_errors(tmp_path, artifact):
 def test_method_opts_parse_booleans_and_json_and_keep_other_text():
   """--method_opts: JSON values, true/false in any case (Python's False is not the truthy string
   'False'), anything else as text for the reducer's type check to refuse."""
-  from experiments.deploy import parse_options   # pylint: disable=g-import-not-at-top
-  assert parse_options(["normalize=False", "a=TRUE", "seed=3", "x=[1, 2]", "s=maybe"]) == {
+  from experiments.common import parse_method_options  # pylint: disable=g-import-not-at-top
+  assert parse_method_options(["normalize=False", "a=TRUE", "seed=3", "x=[1, 2]",
+                               "s=maybe"]) == {
       "normalize": False, "a": True, "seed": 3, "x": [1, 2], "s": "maybe"}
-  with pytest.raises(ValueError, match="'seed' is not key=value"):
-    parse_options(["seed"])
+  with pytest.raises(ValueError, match=r"^--method_opts entry 'seed' is not key=value$"):
+    parse_method_options(["seed"])
+  with pytest.raises(ValueError, match=r"^--x gives 'seed' twice$"):
+    parse_method_options(["seed=1", " seed=2"], "--x")
 
 
 def test_deploy_refuses_a_profile_or_estimate_of_something_else():
