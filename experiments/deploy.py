@@ -223,7 +223,8 @@ def main(f: flags.FlagValues) -> str:
       raise ValueError(f"--method_opts gives {opts}, but the solver output {f.solution} "
                        f"measured {method} with {sol.method_kwargs}: its accuracy is for those "
                        "(leave --method_opts out)")
-    opts = sol.method_kwargs
+  if f.solution:
+    opts = sol.reducer_options(opts)      # (a version-1 file's random drop: nested=False)
   if method.lower() != "none":
     reducer = make_reducer(method, **opts)
   elif opts:

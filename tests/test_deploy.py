@@ -785,6 +785,18 @@ def test_a_random_drop_solution_deploys_with_the_seed_it_was_measured_with(tmp_p
                       weights_sha256=params_sha256(params))    # a file from before: no options
   assert "method_kwargs" not in json.load(open(old))["estimate"]
   assert read_solution(old).method_kwargs is None
+  # A version-1 file of that kind fixes one option unsaid: its random drop drew per layer. The
+  # deployment builds that reducer (it built today's nested default), under --method_opts.
+  doc = json.load(open(old))
+  json.dump(dict(doc, version=1), open(tmp_path / "old1.json", "w"))
+  common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+      f"--weights={weights}", f"--solution={tmp_path / 'old1.json'}", "--noverify",
+      "--method_opts=seed=4", f"--out={tmp_path / 'd'}"])
+  assert deploy.load(str(tmp_path / "d")).manifest.reducer["fields"] == {"seed": 4,
+                                                                         "nested": False}
+  (variant,) = benchmark.solution_variants(CFG, str(tmp_path / "old1.json"), multi=False)
+  from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
+  assert variant.reducer_for(CFG) == make_reducer("random", seed=0, nested=False)
   doc = json.load(open(sol))
   doc["estimate"]["method_kwargs"] = ["seed", 3]
   json.dump(doc, open(tmp_path / "bad.json", "w"))

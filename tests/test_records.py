@@ -178,7 +178,13 @@ def test_version1_solutions_deploy_random_drop_per_layer(tmp_path):
   assert old.to_json() == doc and old.sha256() == jsonio.canonical_sha256(doc)
   older = copy.deepcopy(doc)                  # a file from before method_kwargs were kept
   del older["estimate"]["method_kwargs"]
-  assert S.Solution.from_json(older).method_kwargs is None
+  assert S.Solution.from_json(older).method_kwargs is None       # (the seed is unsaid)
+  assert S.Solution.from_json(older).reducer_options() == {"nested": False}
+  assert S.Solution.from_json(older).reducer_options({"seed": 4}) == {"nested": False, "seed": 4}
+  assert S.Solution.from_json(older).reducer_options({"nested": True}) == {"nested": True}
+  assert old.reducer_options({"seed": 9}) == {"seed": 2, "nested": False}    # (said: kept)
+  del doc["estimate"]["method_kwargs"]
+  assert S.Solution.from_json(dict(doc, version=2)).reducer_options() == {}
   with pytest.raises(S.SolutionError, match=r"^x: unsupported version 3 \(this vitprune "
                                             r"reads 1, 2\)$"):
     S.Solution.from_json(dict(doc, version=3), where="x")

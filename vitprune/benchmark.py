@@ -272,7 +272,7 @@ def solution_variants(cfg: ViTConfig, path: str, *, multi: bool,
   base = "multi" if sol.mode == "multi" else sol.method
   source = "multi_solution" if multi else "solution"
 
-  options = tuple(sorted((sol.method_kwargs or {}).items()))
+  options = tuple(sorted(sol.reducer_options().items()))
 
   def variant(vname, cand):
     return _check_variant(cfg, Variant(vname, sol.method, S.Schedule(cand.counts), source,

@@ -53,14 +53,22 @@ def not_a_method(what: str, name: Any) -> str:
   return f"{what} {name!r} is not a token-reduction method ({', '.join(METHOD_NAMES)})"
 
 
+def record_option_defaults(method: str, version: int) -> Dict[str, Any]:
+  """The options of `method` that an estimate or solution record of format `version` fixes
+  without saying them: version 1 predates random drop's `nested` option, and its random drop
+  drew each layer's own subset (nested=False)."""
+  if version < 2 and str(method).strip().lower() == "random":
+    return {"nested": False}
+  return {}
+
+
 def record_method_kwargs(method: str, kwargs: Optional[Dict[str, Any]],
                          version: int) -> Optional[Dict[str, Any]]:
-  """The options an estimate or solution record of format `version` means by `kwargs` (None,
-  a solution's "not said", stays None): version 1 predates random drop's `nested` option, and
-  its random drop drew each layer's own subset (nested=False)."""
-  if kwargs is None or version >= 2 or str(method).strip().lower() != "random":
-    return None if kwargs is None else dict(kwargs)
-  return {"nested": False, **kwargs}
+  """The options a record of format `version` means by `kwargs`: those it fixes unsaid
+  (`record_option_defaults`) under those it says; None (a solution's "not said") stays None."""
+  if kwargs is None:
+    return None
+  return {**record_option_defaults(method, version), **kwargs}
 
 
 def is_option_kind(value: Any, kind: str) -> bool:

@@ -490,7 +490,7 @@ def _verify(cfg, params, spec, data, solution: Solution, log,
       "both on the same images" + ("" if holdout is None else
                                   f", and on the {len(holdout.indices)} held-out ones"))
   chosen = solution.schedule
-  reducer = make_reducer(solution.method, **(solution.method_kwargs or {}))
+  reducer = make_reducer(solution.method, **solution.reducer_options())
   unpruned = full_schedule(cfg)
   graphs = {"unpruned": (unpruned, None), spec.method: (chosen, reducer)}
   if chosen.counts == unpruned.counts:      # (--alpha=0: accuracy alone keeps them all)

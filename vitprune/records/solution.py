@@ -79,7 +79,7 @@ from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, config_from_dict,
                              config_to_dict, is_method_name, method_options_problem,
-                             not_a_method, record_method_kwargs)
+                             not_a_method, record_method_kwargs, record_option_defaults)
 from vitprune.profile import records as profile_records
 from vitprune.records.estimate import HIGHER_IS_BETTER, KINDS as ESTIMATE_KINDS
 from vitprune import solve as solve_lib
@@ -728,6 +728,21 @@ class Solution:
     if self.method.lower() != self.estimate.method.lower():
       return None
     return record_method_kwargs(self.method, self.estimate.method_kwargs, self.version)
+
+  @property
+  def method_option_defaults(self) -> Dict[str, Any]:
+    """What this record's format version fixes of the chosen method's options even where
+    `method_kwargs` says nothing (version 1: random drop drew per layer, nested=False); a
+    reducer built for it takes these under any options given (`reducer_options`)."""
+    return record_option_defaults(self.method, self.version)
+
+  def reducer_options(self, given: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The options to rebuild the chosen method's reducer with: `method_kwargs` when the file
+    says them, else `given` (e.g. --method_opts) over `method_option_defaults`."""
+    said = self.method_kwargs
+    if said is not None:
+      return said
+    return {**self.method_option_defaults, **(given or {})}
 
   @property
   def schedule(self) -> schedule_lib.Schedule:
