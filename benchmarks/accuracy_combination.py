@@ -72,7 +72,7 @@ from vitprune import estimate as estimate_lib
 from vitprune.flops import block_flop
 from vitprune.pipeline import one_block_counts
 from vitprune.profile import latency_model
-from vitprune.reduce.methods import make_reducer
+from vitprune.reduce.methods import make_reducer, reducer_fields
 from vitprune.schedule import Schedule
 
 Counts = Tuple[int, ...]
@@ -501,7 +501,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
 
   result = {"format": RESULT_FORMAT,
             "command": common.command_line("benchmarks.accuracy_combination", f),
-            "method": f.method, "method_options": options,
+            "method": f.method, "method_options": reducer_fields(reducer),   # (defaults too)
             "num_images": int(len(data.indices)), "grid": ns.tolist(),
             "full_accuracy": full_acc, "conditional_base": list(base) if base else None,
             "sensitivity": {str(l): dict(zip(map(str, ns.tolist()), sens[l].tolist()))

@@ -38,7 +38,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string("method", "pomt", "Token-reduction method (vitprune.reduce.methods), or "
                       "'none'.", flag_values=fv)
   flags.DEFINE_list("method_opts", [], "Reducer options as key=value (values parsed as JSON, "
-                    "else kept as strings), e.g. seed=3.", flag_values=fv)
+                    "else kept as strings), e.g. seed=3,nested=false.", flag_values=fv)
   flags.DEFINE_string("solution", None, "Solver output JSON to take the schedule (and method) "
                       "from; recorded as provenance.", flag_values=fv)
   flags.DEFINE_string("profile", None, "Profile file the schedule was chosen with (provenance).",

@@ -653,7 +653,7 @@ def test_accuracy_combination_quick(tmp_path, capsys):
   assert "| per-image frontier | per-image |" in text and "| pairwise frontier | pairwise |" in text
   # Quick grid 65, 41, 17: a first cut to 41 at 5 blocks, then one to 17 at each later block.
   assert res["pairwise"] == {"firsts": [41], "step": 8, "schedules": 15}
-  assert res["method"] == "pomt" and res["method_options"] == {}
+  assert res["method"] == "pomt" and res["method_options"] == {}     # (POMT has none)
   for name, fam in res["families"].items():
     assert set(fam["errors"]) == {"incremental", "additive", "per-image", "cautious",
                                   "pairwise"} | (

@@ -330,7 +330,9 @@ def test_record_names_the_reducer_its_points_ran(params, images, labels):
   record = lambda method, kwargs: estimate.estimate_record(
       cfg=CFG, params=params, weights_source="init", data_info=info, method=method,
       method_kwargs=kwargs, seed=0, points=pts, result=res, labelled=True)
-  assert record("random", {}).method_kwargs == {}        # the default seed is seed 0
+  # Every option is recorded, defaults too (the default seed is seed 0; random drop's `nested`
+  # default changed once, and a record saying nothing then meant the new default).
+  assert record("random", {}).method_kwargs == {"seed": 0, "nested": True}
   one = record("random", {"seed": 0})        # one layer: an A(n) curve; several: a table
   assert (one.kind, one.layers, one.dtype, one.precision) == ("tokens", (1,), "float32",
                                                               "highest")
@@ -366,8 +368,9 @@ def test_version1_records_ran_random_drop_per_layer(params, images, labels):
                                  method="random", method_kwargs={"seed": 3}, seed=0, points=pts,
                                  result=res, labelled=True)
   doc = new.to_json()
-  assert doc["version"] == 2 and new.reducer_kwargs == {"seed": 3}
-  old_doc = dict(doc, version=1)
+  assert doc["version"] == 2 and new.reducer_kwargs == {"seed": 3, "nested": True}
+  old_doc = copy.deepcopy(dict(doc, version=1))
+  del old_doc["method"]["kwargs"]["nested"]       # (version 1 had no such option)
   old = record_lib.Estimate.from_json(copy.deepcopy(old_doc), "old.json")
   assert old.version == 1 and old.method_kwargs == {"seed": 3}
   assert old.reducer_kwargs == {"seed": 3, "nested": False}
@@ -560,7 +563,7 @@ def _mutate(d, fn):
     (lambda d: d["method"].update(kwargs={"seed": -5}), "method.kwargs: method 'random' option "
      "seed must be a non-negative int, got -5"),     # (solve wrote it on; deploy refused it)
     (lambda d: d["method"].update(name="pomt"), r"method 'pomt' accepts no options, got "
-     r"\['seed'\]"),
+     r"\['nested', 'seed'\]"),
     (lambda d: d["points"][0].update(agreement=1.0, accuracy=2 / 7), r"points\[0\]: accuracy "
      r"0.2857\d+ differs from the reference's 0.5714\d+ on 2 of 7 images, but agreement 1.0 "
      "leaves only 0 predictions changed"),

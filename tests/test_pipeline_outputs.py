@@ -140,7 +140,7 @@ def test_verify_times_both_graphs_in_interleaved_rounds(monkeypatch):
   monkeypatch.setattr(estimate_lib, "evaluate", lambda *a, **k: "evaluated")
   data = types.SimpleNamespace(batches=lambda *a: [], labelled=True)     # evaluate is stubbed
   solution = types.SimpleNamespace(schedule=Schedule((17, 9, 9)), method="pomt",
-                                   method_kwargs={})
+                                   reducer_options=dict)
   v = pipeline._verify(cfg, init_params(cfg, 0), spec, data, solution, lambda _: None)
   assert seen == [(["pomt", "unpruned"], spec.loop_rounds)] and spec.loop_rounds > 1
   assert v.unpruned.median > 0 and v.pruned.median > 0

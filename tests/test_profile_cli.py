@@ -956,7 +956,7 @@ def test_the_main_job_verifies_the_random_drop_graph_its_solution_deploys(tmp_pa
   s = cli.main(_flags(f"--out_dir={tmp_path}", *FAST, "--method=random", "--seed=5",
                       "--layer=1", "--tokens=65,15", "--alpha=1.0", "--min_run_time=0.05"))
   assert s["counts"] == [65, 65, 15, 15, 15, 15, 15]
-  assert read_solution(s["files"]["solution"]).method_kwargs == {"seed": 5}
+  assert read_solution(s["files"]["solution"]).method_kwargs == {"seed": 5, "nested": True}
   cfg, params = checkpoint.load_weights(common.EMBEDDED_WEIGHTS)
   data = pipeline.load_data(pipeline.PipelineSpec(), checkpoint.read_class_names(
       common.EMBEDDED_WEIGHTS), cfg.num_classes)

@@ -423,3 +423,15 @@ def test_make_reducer():
     EViT(normalize="False")                  # built directly: ran as normalize=True
   with pytest.raises(ValueError, match="norm_eps must be a finite number > 0, got -1.0"):
     get_config("test_tiny_vit").replace(norm_eps=-1.0)     # gave NaN logits
+
+
+def test_reducer_fields_name_every_option_defaults_included():
+  from vitprune.reduce.methods import reducer_fields  # pylint: disable=g-import-not-at-top
+  assert reducer_fields(make_reducer("random")) == {"seed": 0, "nested": True}
+  assert reducer_fields(make_reducer("random", seed=4, nested=False)) == {"seed": 4,
+                                                                          "nested": False}
+  assert reducer_fields(make_reducer("evit")) == {"normalize": False}
+  assert reducer_fields(POMT()) == reducer_fields(ToMe()) == reducer_fields(TopK()) == {}
+  for name in ("evit", "pomt", "random", "tome", "topk"):    # (what a record keeps rebuilds it)
+    red = make_reducer(name)
+    assert make_reducer(name, **reducer_fields(red)) == red

@@ -49,7 +49,7 @@ from vitprune.piecewise import PiecewiseForward, WholeGraphs
 from vitprune.records.estimate import (FIDELITY_METRICS, LABELLED_METRICS, VERSION, Estimate,
                                        EstimatePoint, Scores, default_metric)
 from vitprune.reduce.base import TokenReducer
-from vitprune.reduce.methods import make_reducer
+from vitprune.reduce.methods import make_reducer, reducer_fields
 from vitprune.schedule import Schedule, check_schedule, full_schedule
 
 Batch = Tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -641,7 +641,7 @@ def estimate_record(*, cfg: ViTConfig, params: Params, weights_source: str,
   record = Estimate(
       kind="tokens" if len(layers) == 1 else "sensitivity", config=cfg,
       weights_source=weights_source, weights_sha256=params_sha256(params), data=dict(data_info),
-      method=method, method_kwargs=dict(method_kwargs), seed=int(seed), layers=layers,
+      method=method, method_kwargs=reducer_fields(named), seed=int(seed), layers=layers,
       tokens=tuple(sorted({p.tokens for p in points})), eval_batch_size=result.batch_size,
       dtype=dtype, precision=precision, num_devices=result.num_devices,
       metrics=LABELLED_METRICS if labelled else FIDELITY_METRICS,

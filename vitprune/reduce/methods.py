@@ -3,7 +3,7 @@ seed=3)`, `make_reducer('evit', normalize=True)`."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Type
+from typing import Any, Dict, Type
 
 from vitprune.config import METHOD_NAMES, METHOD_OPTIONS, method_options_problem
 from vitprune.reduce.evit import EViT
@@ -42,3 +42,10 @@ def make_reducer(name: str, **kwargs):
   if problem:
     raise ValueError(problem)
   return METHODS[key](**kwargs)
+
+
+def reducer_fields(reducer) -> Dict[str, Any]:
+  """{option: value} of every option `reducer` was built with, defaults included: a record that
+  says them all means the same reducer whatever a later version defaults to (random drop's
+  `nested` default changed once)."""
+  return {f.name: getattr(reducer, f.name) for f in dataclasses.fields(reducer)}
