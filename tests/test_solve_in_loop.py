@@ -317,21 +317,48 @@ def test_measured_numbers_are_the_solutions_metric(inputs):
     estimate_lib.schedule_evaluator(TINY, params, unlabelled, None, metric="accuracy")
 
 
-def test_an_estimate_with_an_embedding_row_solves_in_the_loop(inputs, tmp_path):
+def test_an_estimate_with_an_embedding_row_solves_in_the_loop(inputs, tmp_path, monkeypatch):
   """A multi-mode estimate that also measured drops after the embedding (`--layers=embed,0,1`)
-  solved without --weights and failed with it: 'schedule must start with all 65 tokens'."""
+  solved without --weights and failed with it: 'schedule must start with all 65 tokens'. The
+  schedules measured in the loop run the estimate's reducer: its seed, and a version-1 file's
+  per-layer draws (a mutant building the in-loop reducer without its options survived)."""
   root, weights, _, ps = inputs
   params = init_params(TINY, 0)
   data = estimate_lib.load_eval_data("digits", num_images=20, seed=0)
-  points = estimate_lib.sensitivity_points(TINY, TOKENS, [None, 0, 1], make_reducer("random"))
+  red = make_reducer("random", seed=4)
+  points = estimate_lib.sensitivity_points(TINY, TOKENS, [None, 0, 1], red)
   result = estimate_lib.evaluate(TINY, params, data.batches(TINY, 20), points, labelled=True)
   est = estimate_lib.estimate_record(cfg=TINY, params=params, weights_source=weights,
-                                     data_info=data.info, method="random", method_kwargs={},
-                                     seed=0, points=points, result=result, labelled=True)
+                                     data_info=data.info, method="random",
+                                     method_kwargs={"seed": 4}, seed=0, points=points,
+                                     result=result, labelled=True)
   es = write_estimate(str(tmp_path / "e.json"), est)
+  seen, real = [], solve_cli.estimate_lib.schedule_evaluator
+
+  def spy(cfg, params, data, reducer, **kw):
+    seen.append(reducer)
+    return real(cfg, params, data, reducer, **kw)
+
+  monkeypatch.setattr(solve_cli.estimate_lib, "schedule_evaluator", spy)
   sol, _ = _run(root, es, ps, f"--weights={weights}", "--num_images=20",
                 "--accuracy_floor=0.01")
   assert sol.basis == "measured" and sol.chosen.counts[0] == 17
+  assert seen == [red] and red == make_reducer("random", seed=4, nested=True)
+
+  class Stop(Exception):
+    pass
+
+  def stop(cfg, params, data, reducer, **kw):
+    seen.append(reducer)
+    raise Stop
+  monkeypatch.setattr(solve_cli.estimate_lib, "schedule_evaluator", stop)
+  doc = json.load(open(es))
+  doc["version"] = 1
+  del doc["method"]["kwargs"]["nested"]          # (version 1 had no such option)
+  (tmp_path / "e1.json").write_text(json.dumps(doc))
+  with pytest.raises(Stop):
+    _run(root, str(tmp_path / "e1.json"), ps, f"--weights={weights}", "--num_images=20")
+  assert seen[-1] == make_reducer("random", seed=4, nested=False)
 
 
 def test_an_estimate_from_before_dtypes_were_recorded_solves_in_the_loop(inputs, tmp_path):
