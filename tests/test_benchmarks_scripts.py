@@ -711,6 +711,28 @@ def test_accuracy_combination_quick(tmp_path, capsys):
                                            f"--out={out}"]))
 
 
+def test_accuracy_combination_measures_with_the_options_given(tmp_path, monkeypatch):
+  """--method_opts reach the reducer every schedule is measured with, and the JSON names every
+  option (defaults too) and the flag (a mutant measuring with the defaults survived)."""
+  from benchmarks import accuracy_combination as ac  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
+  seen, real = [], ac.estimate_lib.schedule_evaluator
+
+  def spy(cfg, params, data, reducer, **kw):
+    seen.append(reducer)
+    return real(cfg, params, data, reducer, **kw)
+
+  monkeypatch.setattr(ac.estimate_lib, "schedule_evaluator", spy)
+  res = ac.main(common.parse(ac.define_flags, [
+      "--quick", "--method=random", "--method_opts=seed=1,nested=false", "--num_random=2",
+      "--refine_rounds=0", "--conditional=", "--enumerate_limit=0",
+      f"--out={tmp_path / 'a.json'}"]))
+  assert seen == [make_reducer("random", seed=1, nested=False)]
+  assert res["method_options"] == {"seed": 1, "nested": False}
+  assert "--method_opts=seed=1,nested=false" in res["command"]
+
+
 def test_accuracy_combination_refuses_bad_floors_and_seeds_before_measuring(tmp_path):
   from benchmarks import accuracy_combination as ac  # pylint: disable=g-import-not-at-top
   out = f"--out={tmp_path / 'a.json'}"

@@ -163,6 +163,22 @@ def test_version1_file_without_new_fields_loads(tmp_path):
   assert sol.full.schedule == "full" and sol.full.counts == (17, 17, 17)
 
 
+def test_record_method_kwargs_of_each_version():
+  """What a record's options mean: version 1 fixes random drop's per-layer draws unsaid (the
+  method's name in any case and spacing, as the readers accept it); a fresh dict each time."""
+  from vitprune import config  # pylint: disable=g-import-not-at-top
+  assert config.record_method_kwargs(" Random ", {}, 1) == {"nested": False}
+  assert config.record_method_kwargs("random", {"nested": True}, 1) == {"nested": True}
+  assert config.record_method_kwargs("random", {"seed": 1}, 2) == {"seed": 1}
+  assert config.record_method_kwargs("evit", {"normalize": True}, 1) == {"normalize": True}
+  assert config.record_method_kwargs("random", None, 1) is None
+  kw = {"seed": 1}
+  assert config.record_method_kwargs("pomt", kw, 2) is not kw
+  assert config.record_option_defaults("RANDOM", 1) == {"nested": False}
+  assert config.record_option_defaults("random", 2) == config.record_option_defaults("pomt",
+                                                                                     1) == {}
+
+
 def test_version1_solutions_deploy_random_drop_per_layer(tmp_path):
   """A version-1 solution's random drop drew each layer's own subset (before the `nested`
   option): deploying it must rebuild that reducer, not today's nested default; the file's
@@ -185,6 +201,9 @@ def test_version1_solutions_deploy_random_drop_per_layer(tmp_path):
   assert old.reducer_options({"seed": 9}) == {"seed": 2, "nested": False}    # (said: kept)
   del doc["estimate"]["method_kwargs"]
   assert S.Solution.from_json(dict(doc, version=2)).reducer_options() == {}
+  named = copy.deepcopy(dict(sol.to_json()))       # the two method names, as written
+  named["estimate"]["method"] = " Random"
+  assert S.Solution.from_json(named).method_kwargs == {"seed": 2}
   with pytest.raises(S.SolutionError, match=r"^x: unsupported version 3 \(this vitprune "
                                             r"reads 1, 2\)$"):
     S.Solution.from_json(dict(doc, version=3), where="x")

@@ -285,8 +285,10 @@ def test_per_layer_random_drop_is_fixed_per_seed_and_stream():
   assert len(layers) == 5
   with pytest.raises(ValueError, match="non-negative int"):
     RandomDrop(seed=-1)
-  with pytest.raises(ValueError, match=r"^RandomDrop nested must be a bool, got 'no'$"):
-    RandomDrop(nested="no")
+  for bad in ("no", 0, 1, None):             # (0 / 1 are not bools here, as for records)
+    with pytest.raises(ValueError, match=rf"^RandomDrop nested must be a bool, got {bad!r}$"):
+      RandomDrop(nested=bad)
+  assert RandomDrop(nested=np.bool_(False)).layer_dependent      # (numpy's bool is one)
 
 
 def test_nested_random_drop_keeps_one_subset_per_count_whatever_the_layer():

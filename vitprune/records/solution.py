@@ -725,8 +725,8 @@ class Solution:
     measured that method (random drop's seed decides which tokens go); None when nothing was
     measured with them (paper mode's POMT on a random-drop estimate) or an older file does not
     say. As this record's format version means them (`config.record_method_kwargs`)."""
-    if self.method.lower() != self.estimate.method.lower():
-      return None
+    if self.method.strip().lower() != self.estimate.method.strip().lower():   # (as readers
+      return None                                                               # accept names)
     return record_method_kwargs(self.method, self.estimate.method_kwargs, self.version)
 
   @property
