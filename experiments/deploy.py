@@ -11,6 +11,7 @@ fixed `--batch_size`. Run the artifact with `python -m experiments.run_deployed`
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional
 
@@ -84,17 +85,19 @@ def input_provenance(profile_path: str = "", estimate_path: str = "") -> dict:
     e = read_estimate(estimate_path)
     out["estimate"] = {"path": os.path.abspath(estimate_path), "sha256": e.sha256(),
                        "model": e.model, "kind": e.kind, "method": e.method,
-                       "weights_sha256": e.weights_sha256,
+                       "method_kwargs": e.reducer_kwargs, "weights_sha256": e.weights_sha256,
                        "data_fingerprint": e.data_fingerprint}
   return out
 
 
 def check_inputs_match(provenance: dict, model: str, weights_sha256: str,
-                       batch_size, dtype: str, method: Optional[str] = None) -> None:
+                       batch_size, dtype: str, method: Optional[str] = None,
+                       reducer=None) -> None:
   """The --profile / --estimate a deployment records must be of what it deploys: the same
   model, the estimate of these weights and (`method`, None for an unpruned artifact) of this
-  reducer, the profile timed at this batch size (any, for a symbolic batch) in this dtype.
-  ValueError naming the mismatch."""
+  reducer (an estimate of the same method measured with the options `reducer` has), the
+  profile timed at this batch size (any, for a symbolic batch) in this dtype. ValueError
+  naming the mismatch."""
   prof, est = provenance.get("profile"), provenance.get("estimate")
   for name, rec in (("--profile", prof), ("--estimate", est)):
     if rec is not None and rec["model"] != model:
@@ -106,6 +109,14 @@ def check_inputs_match(provenance: dict, model: str, weights_sha256: str,
     # recorded a POMT estimate as its own; random drop's one curve is any method's proxy)
     raise ValueError(f"--estimate={est['path']} measured --method={est['method']}, the "
                      f"artifact prunes with --method={method}")
+  said = None if est is None else est.get("method_kwargs")   # (None: provenance of old)
+  if (reducer is not None and said is not None and method is not None
+      and str(est.get("method")).strip().lower() == method.strip().lower()
+      and make_reducer(method, **said) != reducer):   # (nested draws deployed for per-layer)
+    shown = ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(said.items()))
+    raise ValueError(f"--estimate={est['path']} measured {method} with {said}, the artifact "
+                     f"prunes with {reducer!r}: its accuracy is for those (give "
+                     f"--method_opts={shown})")
   if est is not None and est["weights_sha256"] != weights_sha256:
     raise ValueError(f"--estimate={est['path']} was measured on other weights (sha256 "
                      f"{est['weights_sha256'][:12]}..., these are {weights_sha256[:12]}...)")
@@ -248,7 +259,7 @@ def main(f: flags.FlagValues) -> str:
   # artifact prunes nothing.
   # (an unpruned artifact has no reducer, above)
   check_inputs_match(provenance, cfg.name, weights_sha256, batch_size, dtype,
-                     method if reducer is not None and not f.solution else None)
+                     method if reducer is not None and not f.solution else None, reducer)
   names = checkpoint.read_class_names(f.weights)
   path = deploy.export_artifact(
       f.out, cfg, params, schedule=schedule, reducer=reducer,

@@ -962,6 +962,20 @@ def test_deploy_refuses_a_profile_or_estimate_of_something_else():
   with pytest.raises(ValueError, match=r"^--estimate=e.json measured --method=pomt, the "
                      r"artifact prunes with --method=random$"):    # (recorded as its own)
     check_inputs_match(ok, "vit_digits", "a" * 64, 1, "float32", "random")
+  # An estimate of the artifact's method measured with other options: a version-1 estimate's
+  # per-layer random drop deployed with today's nested draws (or another seed).
+  from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
+  per_layer = {"estimate": dict(est, method="random", method_kwargs={"seed": 2,
+                                                                     "nested": False})}
+  check_inputs_match(per_layer, "vit_digits", "a" * 64, 1, "float32", "random",
+                     make_reducer("random", seed=2, nested=False))
+  for other in (make_reducer("random", seed=2), make_reducer("random", seed=3, nested=False)):
+    with pytest.raises(ValueError, match=r"^--estimate=e.json measured random with \{'seed': 2, "
+                       r"'nested': False\}, the artifact prunes with RandomDrop\(.*\): its "
+                       r"accuracy is for those \(give --method_opts=nested=false,seed=2\)$"):
+      check_inputs_match(per_layer, "vit_digits", "a" * 64, 1, "float32", "random", other)
+  check_inputs_match(dict(per_layer, estimate=dict(per_layer["estimate"], method_kwargs=None)),
+                     "vit_digits", "a" * 64, 1, "float32", "random", make_reducer("random"))
   for args, match in (
       (("deit_tiny", "a" * 64, 1, "float32"), r"--profile=p.json is of model 'vit_digits'"),
       (("vit_digits", "b" * 64, 1, "float32"), r"--estimate=e.json was measured on other "
