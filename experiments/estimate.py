@@ -9,6 +9,9 @@ r"""Estimates accuracy / fidelity of a ViT under token reduction and writes an e
   python -m experiments.estimate --model=deit_tiny_patch16_224 --weights=weights/deit_tiny \
       --data=/data/imagenet/val --num_images=1000 --method=topk --layers=all --tokens=100:197:16
 
+  # Random drop as it was before 2026-12-05: each block draws its own subset.
+  python -m experiments.estimate --method=random --method_opts=nested=false
+
 `--model` alone evaluates `init_params(model, --init_seed)` (for plumbing checks only); with
 `--weights` the config comes from the weights directory (and `--model`, if given, must match).
 `--tokens`: comma list ("33,49,65"), inclusive range "start:stop:step", or "all"; default 16
@@ -19,9 +22,10 @@ or "all" -> per-layer sensitivity table S[l, n] instead of one curve.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from absl import flags
 import numpy as np
@@ -35,7 +39,7 @@ from vitprune import memory
 from vitprune.data import check_not_read_as_an_image
 from vitprune.digest import params_sha256
 from vitprune.records.estimate import FORMAT as ESTIMATE_FORMAT, table_text, write_estimate
-from vitprune.reduce.methods import make_reducer
+from vitprune.reduce.methods import make_reducer, reducer_fields
 from vitprune.schedule import parse_token_grid
 
 
@@ -51,6 +55,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=fv)
   flags.DEFINE_string("split", "test", "digits split: train | test | all.", flag_values=fv)
   flags.DEFINE_string("method", "random", "random | pomt | topk | tome | evit.", flag_values=fv)
+  flags.DEFINE_list("method_opts", [], "The reducer's options, key=value (e.g. nested=false for "
+                    "random: each block draws its own subset, random drop before 2026-12-05; "
+                    "normalize=true for evit); random drop's seed is --seed.", flag_values=fv)
   flags.DEFINE_string("tokens", None, "Token grid: 'a,b,c', 'start:stop:step' or 'all'.",
                       flag_values=fv)
   flags.DEFINE_string("layer", None,
@@ -123,10 +130,11 @@ def grid_tag(tokens: Sequence[int]) -> str:
 def default_out_name(cfg, method: str, layers: Sequence[Optional[int]], data_tag: str,
                      num_examples: int, seed: int, tokens: Optional[Sequence[int]],
                      dtype: str, holdout_images: Optional[int] = None,
-                     weights_tag: str = "") -> str:
-  """`<model>_<method>_<layers>_<data>_n<images>[_h<held out>]_s<seed>[_<grid>]_<dtype>
-  [_w<weights>].json`: every flag that changes the numbers, so that two estimates never share a
-  name (`tokens` None: the default grid, no tag; the images left by a holdout are not a
+                     weights_tag: str = "", options: Optional[Dict[str, Any]] = None) -> str:
+  """`<model>_<method>[_<options>]_<layers>_<data>_n<images>[_h<held out>]_s<seed>[_<grid>]_
+  <dtype>[_w<weights>].json`: every flag that changes the numbers, so that two estimates never
+  share a name (`options`: the reducer's options other than its defaults, as `key-value`, e.g.
+  nested-false; `tokens` None: the default grid, no tag; the images left by a holdout are not a
   --num_images subset; `weights_tag`: the first sha256 digits of the parameters, for weights
   other than the embedded default's: --weights or --init_seed made another model's estimate
   clash with this one's name, and --overwrite replaced it)."""
@@ -136,8 +144,9 @@ def default_out_name(cfg, method: str, layers: Sequence[Optional[int]], data_tag
   grid = "" if tokens is None else "_" + grid_tag(tokens)
   held = "" if holdout_images is None else f"_h{holdout_images}"
   weights = f"_w{weights_tag}" if weights_tag else ""
-  return _slug(f"{cfg.name}_{method}_{layer_tag}_{data_tag}_n{num_examples}{held}_s{seed}{grid}_"
-               f"{dtype}{weights}") + ".json"
+  opts = "".join(f"_{k}-{json.dumps(v)}" for k, v in sorted((options or {}).items()))
+  return _slug(f"{cfg.name}_{method}{opts}_{layer_tag}_{data_tag}_n{num_examples}{held}_s{seed}"
+               f"{grid}_{dtype}{weights}") + ".json"
 
 
 def weights_tag(params, class_names: Optional[Sequence[str]] = None) -> str:
@@ -188,8 +197,14 @@ def main(f: flags.FlagValues):
     raise ValueError(f"--seed draws the --num_images subset and the --holdout_images and seeds "
                      f"--method=random; with none of them (all images, --method={method}) it "
                      "changes nothing")
-  kwargs = {"seed": f.seed} if method == "random" else {}
+  options = common.parse_method_options(f.method_opts)
+  if "seed" in options and method == "random":
+    raise ValueError(f"--method_opts gives seed={json.dumps(options['seed'])}: random drop's "
+                     "seed is --seed (it seeds the --num_images subset too)")
+  kwargs = {"seed": f.seed, **options} if method == "random" else options
   reducer = make_reducer(method, **kwargs)
+  defaults = reducer_fields(make_reducer(method))
+  named = {k: v for k, v in reducer_fields(reducer).items() if k != "seed" and v != defaults[k]}
   tokens = parse_tokens(cfg, f.tokens)
   if f.layers is not None:
     if f.layer is not None:
@@ -213,7 +228,7 @@ def main(f: flags.FlagValues):
   name = f.out_name or default_out_name(
       cfg, method, layers, data_tag, data.info["num_examples"], f.seed,
       None if f.tokens is None else tokens, f.dtype, f.holdout_images,
-      weights_tag(params, common.class_names(source)))
+      weights_tag(params, common.class_names(source)), named)
   out = os.path.join(f.out_dir, name)
   if not f.out_name and os.path.lexists(out):         # the derived name
     atomic.check_replaceable_json(out, ESTIMATE_FORMAT)              # not ours?

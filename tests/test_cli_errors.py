@@ -395,6 +395,16 @@ CASES = [
      "loc/full/results is inside --data="),
     ("run_deployed", ["--artifact=a", "--images={full}", "--output={full}/res/p.json"], 1,
      "loc/full/res/p.json is inside --images="),
+    # the reducer's options: refused before the model or the data are read
+    ("estimate", ["--method=pomt", "--method_opts=x=1", "--out_dir={out}"], 1,
+     "method 'pomt' accepts no options, got ['x']"),
+    ("estimate", ["--method_opts=seed=3", "--out_dir={out}"], 1,
+     "--method_opts gives seed=3: random drop's seed is --seed (it seeds the --num_images "
+     "subset too)"),
+    ("estimate", ["--method_opts=nested", "--out_dir={out}"], 1,
+     "--method_opts entry 'nested' is not key=value"),
+    ("estimate", ["--method_opts=nested=2", "--out_dir={out}"], 1,
+     "method 'random' option nested must be bool, got 2"),
 ]
 
 

@@ -786,15 +786,22 @@ def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
   assert weights_tag(init_params(CFG, 0), [f"c{i}" for i in range(10)]) == w0 + other
   base = ["--model=test_tiny_vit", "--num_images=4", "--batch_size=4", f"--out_dir={tmp_path}"]
   for extra in ([], ["--tokens=17,9"], ["--tokens=9:17:4"],
-                ["--tokens=17,9", "--dtype=bfloat16"], ["--init_seed=3"]):
+                ["--tokens=17,9", "--dtype=bfloat16"], ["--init_seed=3"],
+                ["--method_opts=nested=false"]):
     code, _, err = run_cli_in_process(root, "estimate", base + extra)
     assert code == 0, err
   # (other weights, --init_seed or --weights, were refused as "already exists, an estimate with
-  # these flags", and --overwrite replaced the other model's estimate)
+  # these flags", and --overwrite replaced the other model's estimate; options other than the
+  # reducer's defaults are named too, the defaults not: nested=true is the default's estimate)
+  per_layer = f"test_tiny_vit_random_nested-false_embed_digits-test_n4_s0_float32_w{w0}.json"
   assert sorted(os.listdir(tmp_path)) == sorted(
       [f"test_tiny_vit_random_embed_digits-test_n4_s0{grid}_w{w0}.json" for grid in (
           "_float32", "_t9-17by4_float32", "_t9.17_bfloat16", "_t9.17_float32")]
-      + [f"test_tiny_vit_random_embed_digits-test_n4_s0_float32_w{w3}.json"])
+      + [f"test_tiny_vit_random_embed_digits-test_n4_s0_float32_w{w3}.json", per_layer])
+  assert record_lib.read_estimate(str(tmp_path / per_layer)).method_kwargs == {
+      "seed": 0, "nested": False}
+  code, _, err = run_cli_in_process(root, "estimate", base + ["--method_opts=nested=true"])
+  assert code == 1 and "already exists, an estimate with these flags" in err, err
   code, _, err = run_cli_in_process(root, "estimate", base + ["--tokens=9,17"])
   assert code == 1 and err.count("\n") == 1 and err.startswith(
       f"error: {tmp_path}/test_tiny_vit_random_embed_digits-test_n4_s0_t9.17_float32_w{w0}.json "
