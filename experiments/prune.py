@@ -66,6 +66,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        flag_values=fv)
   flags.DEFINE_integer("random_seed", 0, "Subset seed of --method=random.",
                        lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
+  flags.DEFINE_bool("random_nested", True, "--method=random: one nested random elimination "
+                    "order (--norandom_nested: each block draws its own subset, random drop "
+                    "before 2026-12-05).", flag_values=fv)
   flags.DEFINE_bool("evit_normalize", False, "EViT: weighted mean instead of the paper's sum.",
                     flag_values=fv)
 
@@ -145,7 +148,8 @@ def main(f: flags.FlagValues):
   common.positive(f.batch_size, "batch_size")
   common.positive(f.repeats, "repeats")
   protocol.repeat_timing(f.repeats, f.warmup)   # (1 or 2 timed 3 runs, unsaid), before any work
-  for flag, method in (("random_seed", "random"), ("evit_normalize", "evit")):
+  for flag, method in (("random_seed", "random"), ("random_nested", "random"),
+                       ("evit_normalize", "evit")):
     if f[flag].present and f.method != method:
       raise ValueError(f"--{flag} applies to --method={method} only, not --method={f.method}")
   cfg = common.model_config(common.given_model(f), f.weights)
@@ -170,7 +174,7 @@ def main(f: flags.FlagValues):
   common.check_digits_split(source, os.path.abspath(f.images) if f.images else "digits")
   images, labels, valid, note = load_images(cfg, f.images, f.batch_size, f.seed,
                                             common.class_names(source))
-  options = {"random": {"seed": f.random_seed},
+  options = {"random": {"seed": f.random_seed, "nested": f.random_nested},
              "evit": {"normalize": f.evit_normalize}}.get(f.method, {})
   result = run_prune(cfg, params, images, method=f.method, schedule=schedule, labels=labels,
                      valid=valid, dtype=f.dtype, warmup=f.warmup, repeats=f.repeats,

@@ -405,6 +405,8 @@ CASES = [
      "--method_opts entry 'nested' is not key=value"),
     ("estimate", ["--method_opts=nested=2", "--out_dir={out}"], 1,
      "method 'random' option nested must be bool, got 2"),
+    ("prune", ["--method=pomt", "--norandom_nested"], 1,
+     "--random_nested applies to --method=random only, not --method=pomt"),
 ]
 
 

@@ -173,6 +173,28 @@ def test_cli_default_prunes_the_embedded_model_on_digits(capsys):
   assert "top-1 accuracy: unpruned" in out and "speed-up:" in out
 
 
+def test_cli_method_options_reach_the_reducer(monkeypatch):
+  """--random_seed / --random_nested / --evit_normalize are the options run_prune builds the
+  reducer with."""
+  seen = []
+
+  class Stop(Exception):
+    pass
+
+  def spy(*a, reducer_options=None, method=None, **k):
+    seen.append((method, reducer_options))
+    raise Stop
+  monkeypatch.setattr(prune, "run_prune", spy)
+  for argv, want in (
+      (["--method=random", "--schedule=embed:40", "--random_seed=2", "--norandom_nested"],
+       ("random", {"seed": 2, "nested": False})),
+      (["--method=random", "--schedule=embed:40"], ("random", {"seed": 0, "nested": True})),
+      (["--method=evit", "--evit_normalize"], ("evit", {"normalize": True}))):
+    with pytest.raises(Stop):
+      prune.main(common.parse(prune.define_flags, ["--batch_size=2"] + argv))
+    assert seen[-1] == want
+
+
 def test_load_images_matches_folder_labels_to_the_model_class_names(tmp_path):
   # Folders named after a subset of the classes: labels are the class indices, not folder order.
   from vitprune.digits import write_digits_imagefolder
