@@ -24,7 +24,7 @@ from vitprune.edge.targets import check_compute_dtype, host_cpu, parse_target, p
 from vitprune.profile import records
 from vitprune.records.estimate import read_estimate
 from vitprune.records.solution import read_solution
-from vitprune.reduce.methods import make_reducer
+from vitprune.reduce.methods import make_reducer, reducer_fields
 from vitprune.schedule import full_schedule, parse_schedule
 
 
@@ -103,15 +103,16 @@ def check_inputs_match(provenance: dict, model: str, weights_sha256: str,
     if rec is not None and rec["model"] != model:
       raise ValueError(f"{name}={rec['path']} is of model {rec['model']!r}, the weights are "
                        f"{model!r}")
-  stand_in = est is not None and est.get("kind") == "tokens" and est.get("method") == "random"
-  if est is not None and method is not None and not stand_in and str(
-      est.get("method", method)).lower() != method.lower():   # (a random-drop artifact
-    # recorded a POMT estimate as its own; random drop's one curve is any method's proxy)
+  measured = None if est is None else str(est.get("method")).strip().lower()  # (as readers
+  stand_in = measured == "random" and est.get("kind") == "tokens"            # accept names)
+  if (est is not None and method is not None and not stand_in
+      and measured != method.strip().lower()):   # (a random-drop artifact recorded a POMT
+    # estimate as its own; random drop's one curve is any method's proxy)
     raise ValueError(f"--estimate={est['path']} measured --method={est['method']}, the "
                      f"artifact prunes with --method={method}")
   said = None if est is None else est.get("method_kwargs")   # (None: provenance of old)
   if (reducer is not None and said is not None and method is not None
-      and str(est.get("method")).strip().lower() == method.strip().lower()
+      and measured == method.strip().lower()
       and make_reducer(method, **said) != reducer):   # (nested draws deployed for per-layer)
     shown = ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(said.items()))
     raise ValueError(f"--estimate={est['path']} measured {method} with {said}, the artifact "
@@ -143,6 +144,23 @@ def _solved_before_measurement_digests(path: str, sha256: str) -> bool:
     return jsonio.canonical_sha256(records.to_json(records.from_json(doc, path))) == sha256
   except ValueError:
     return False
+
+
+def check_options_agree(sol, given: dict, solution: str) -> None:
+  """--method_opts with --solution may repeat what the solution's method was measured with, not
+  change it: every option when the file says them (defaults included), else those its format
+  version fixes (a version-1 file's random drop drew per layer). ValueError naming each one."""
+  if sol.method_kwargs is not None:
+    fixed = reducer_fields(make_reducer(sol.method, **sol.method_kwargs))
+  else:                                 # (None: not measured with any, or a file that does not
+    fixed = sol.method_option_defaults  # say them)
+  make_reducer(sol.method, **{**fixed, **given})     # (an option it lacks, a value's type)
+  clash = [k for k in sorted(given) if k in fixed and given[k] != fixed[k]]
+  if clash:
+    gave = ", ".join(f"{k}={json.dumps(given[k])}" for k in clash)
+    was = ", ".join(f"{k}={json.dumps(fixed[k])}" for k in clash)
+    raise ValueError(f"--method_opts gives {gave}, but the solver output {solution} measured "
+                     f"{sol.method} with {was}: its accuracy is for those (leave them out)")
 
 
 def check_solution_inputs(provenance: dict, profile_ref, estimate_ref, solution: str) -> None:
@@ -228,13 +246,8 @@ def main(f: flags.FlagValues) -> str:
   if f.solution:
     check_solution_inputs(provenance, sol.profile, sol.estimate, f.solution)
   reducer, opts = None, common.parse_method_options(f.method_opts)
-  if f.solution and sol.method_kwargs is not None:   # (None: not measured with any, or unsaid)
-    if f["method_opts"].present and (make_reducer(method, **opts) !=
-                                     make_reducer(method, **sol.method_kwargs)):
-      raise ValueError(f"--method_opts gives {opts}, but the solver output {f.solution} "
-                       f"measured {method} with {sol.method_kwargs}: its accuracy is for those "
-                       "(leave --method_opts out)")
   if f.solution:
+    check_options_agree(sol, opts, f.solution)
     opts = sol.reducer_options(opts)      # (a version-1 file's random drop: nested=False)
   if method.lower() != "none":
     reducer = make_reducer(method, **opts)

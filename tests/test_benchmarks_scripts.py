@@ -725,12 +725,12 @@ def test_accuracy_combination_measures_with_the_options_given(tmp_path, monkeypa
 
   monkeypatch.setattr(ac.estimate_lib, "schedule_evaluator", spy)
   res = ac.main(common.parse(ac.define_flags, [
-      "--quick", "--method=random", "--method_opts=seed=1,nested=false", "--num_random=2",
+      "--quick", "--method=random", "--method_opts=nested=false", "--num_random=2",
       "--refine_rounds=0", "--conditional=", "--enumerate_limit=0",
       f"--out={tmp_path / 'a.json'}"]))
-  assert seen == [make_reducer("random", seed=1, nested=False)]
-  assert res["method_options"] == {"seed": 1, "nested": False}
-  assert "--method_opts=seed=1,nested=false" in res["command"]
+  assert seen == [make_reducer("random", seed=0, nested=False)]
+  assert res["method_options"] == {"seed": 0, "nested": False}     # (the seed: a default)
+  assert "--method_opts=nested=false" in res["command"]
 
 
 def test_accuracy_combination_refuses_bad_floors_and_seeds_before_measuring(tmp_path):

@@ -772,9 +772,9 @@ def test_a_random_drop_solution_deploys_with_the_seed_it_was_measured_with(tmp_p
     common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
         f"--weights={weights}", f"--solution={sol}", "--noverify", "--method_opts=seed=0",
         f"--out={tmp_path / 'b'}"])
-  assert capsys.readouterr().err == (f"error: --method_opts gives {{'seed': 0}}, but the solver "
-                                     f"output {sol} measured random with {{'seed': 3}}: its "
-                                     "accuracy is for those (leave --method_opts out)\n")
+  assert capsys.readouterr().err == (f"error: --method_opts gives seed=0, but the solver "
+                                     f"output {sol} measured random with seed=3: its "
+                                     "accuracy is for those (leave them out)\n")
   assert not (tmp_path / "b").exists()
   common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [   # the same options given
       f"--weights={weights}", f"--solution={sol}", "--noverify", "--method_opts=seed=3",
@@ -797,6 +797,28 @@ def test_a_random_drop_solution_deploys_with_the_seed_it_was_measured_with(tmp_p
   (variant,) = benchmark.solution_variants(CFG, str(tmp_path / "old1.json"), multi=False)
   from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
   assert variant.reducer_for(CFG) == make_reducer("random", seed=0, nested=False)
+  # --method_opts may repeat what the solution fixes, said or not, never change it; an option
+  # the method lacks is refused as such (it was ignored where the solution said its options).
+  json.dump(dict(json.load(open(sol)), version=1), open(tmp_path / "said1.json", "w"))
+  for path, opts, err in (
+      (tmp_path / "old1.json", "nested=true", "--method_opts gives nested=true, but the solver "
+       f"output {tmp_path / 'old1.json'} measured random with nested=false: its accuracy is "
+       "for those (leave them out)"),
+      (sol, "seed=3,nested=false", f"--method_opts gives nested=false, but the solver output "
+       f"{sol} measured random with nested=true: its accuracy is for those (leave them out)"),
+      (sol, "sigma=1", "method 'random' accepts ['nested', 'seed'], got ['sigma']")):
+    with pytest.raises(SystemExit):
+      common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+          f"--weights={weights}", f"--solution={path}", "--noverify", f"--method_opts={opts}",
+          f"--out={tmp_path / 'e'}"])
+    assert capsys.readouterr().err == f"error: {err}\n"
+    assert not (tmp_path / "e").exists()
+  for opts in ("--method_opts=seed=3", "--method_opts="):     # (repeating it, or an empty flag)
+    common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+        f"--weights={weights}", f"--solution={tmp_path / 'said1.json'}", "--noverify", opts,
+        f"--out={tmp_path / 'f'}", "--overwrite"])
+    assert deploy.load(str(tmp_path / "f")).manifest.reducer["fields"] == {"seed": 3,
+                                                                           "nested": False}
   doc = json.load(open(sol))
   doc["estimate"]["method_kwargs"] = ["seed", 3]
   json.dump(doc, open(tmp_path / "bad.json", "w"))
@@ -976,6 +998,14 @@ def test_deploy_refuses_a_profile_or_estimate_of_something_else():
       check_inputs_match(per_layer, "vit_digits", "a" * 64, 1, "float32", "random", other)
   check_inputs_match(dict(per_layer, estimate=dict(per_layer["estimate"], method_kwargs=None)),
                      "vit_digits", "a" * 64, 1, "float32", "random", make_reducer("random"))
+  with pytest.raises(ValueError, match=r"^--estimate=e.json measured Random with"):  # (names as
+    check_inputs_match(per_layer, "vit_digits", "a" * 64, 1, "float32", "Random",  # readers
+                       make_reducer("random", seed=2))                             # take them)
+  upper = {"estimate": dict(per_layer["estimate"], method=" RANDOM", kind="tokens")}
+  check_inputs_match(upper, "vit_digits", "a" * 64, 1, "float32", "pomt")   # (the A(n) stand-in)
+  # With --solution the solution's own checks apply (method None): no options check here.
+  check_inputs_match(per_layer, "vit_digits", "a" * 64, 1, "float32", None,
+                     make_reducer("random", seed=2))
   for args, match in (
       (("deit_tiny", "a" * 64, 1, "float32"), r"--profile=p.json is of model 'vit_digits'"),
       (("vit_digits", "b" * 64, 1, "float32"), r"--estimate=e.json was measured on other "
@@ -1114,6 +1144,28 @@ def test_deploy_takes_the_estimate_a_deployment_came_from(tmp_path, params):
                       ("unpruned", [f"--estimate={made['topk']}"])):
     r = _cli_here("experiments.deploy", *base, *extra, f"--out={tmp_path / name}")
     assert r.returncode == 0, r.stderr
+  # A random-drop artifact from a random-drop estimate: the options it measured (the manifest's
+  # provenance keeps them); a version-1 copy measured per-layer draws, which must be asked for.
+  doc = json.load(open(made["random"]))
+  doc["version"] = 1
+  del doc["method"]["kwargs"]["nested"]
+  json.dump(doc, open(tmp_path / "old.json", "w"))
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for name, est, opts, code, err in (
+      ("r_new", made["random"], [], 0, ""),
+      ("r_old", str(tmp_path / "old.json"), [], 1, f"error: --estimate={tmp_path / 'old.json'} "
+       "measured random with {'nested': False, 'seed': 0}, the artifact prunes with "
+       "RandomDrop(seed=0, nested=True): its accuracy is for those (give "
+       "--method_opts=nested=false,seed=0)\n"),
+      ("r_old2", str(tmp_path / "old.json"), ["--method_opts=nested=false"], 0, "")):
+    got = run_cli_in_process(root, "deploy", [*base, "--method=random", "--schedule=keep@1:9",
+                                              f"--estimate={est}", "--noverify", *opts,
+                                              f"--out={tmp_path / name}"])
+    assert got[0] == code and (not err or got[2] == err), got
+    assert (tmp_path / name).exists() == (code == 0)
+  kept = {n: deploy.read_manifest(str(tmp_path / n)).provenance["estimate"]["method_kwargs"]
+          for n in ("r_new", "r_old2")}
+  assert kept == {"r_new": {"seed": 0, "nested": True}, "r_old2": {"seed": 0, "nested": False}}
 
 
 def test_the_manifest_records_what_the_graph_runs(tmp_path, params):

@@ -201,6 +201,13 @@ def test_version1_solutions_deploy_random_drop_per_layer(tmp_path):
   assert old.reducer_options({"seed": 9}) == {"seed": 2, "nested": False}    # (said: kept)
   del doc["estimate"]["method_kwargs"]
   assert S.Solution.from_json(dict(doc, version=2)).reducer_options() == {}
+  # A paper-mode version-1 solution that chose POMT on a random-drop estimate: the fixed option
+  # is random drop's, not POMT's (POMT takes none).
+  paper = copy.deepcopy(dict(sol.to_json(), version=1))
+  paper["chosen"]["method"] = "pomt"
+  paper = S.Solution.from_json(paper)
+  assert (paper.method_kwargs, paper.method_option_defaults, paper.reducer_options()) == (
+      None, {}, {})
   named = copy.deepcopy(dict(sol.to_json()))       # the two method names, as written
   named["estimate"]["method"] = " Random"
   assert S.Solution.from_json(named).method_kwargs == {"seed": 2}

@@ -87,7 +87,7 @@ def method_options_problem(name: str, kwargs: Dict[str, Any]) -> str:
   unknown = sorted(k for k in kwargs if k not in options)
   if unknown:
     return (f"method {name.strip().lower()!r} accepts {sorted(options) or 'no options'}, "
-            f"got {sorted(kwargs)}")
+            f"got {unknown}")
   for k, v in kwargs.items():
     if not is_option_kind(v, options[k]):
       return f"method {name.strip().lower()!r} option {k} must be {options[k]}, got {v!r}"
