@@ -287,6 +287,8 @@ def parse_method_options(items: Sequence[str], flag: str = "--method_opts") -> d
     if "=" not in item:
       raise ValueError(f"{flag} entry {item!r} is not key=value")
     k, v = item.split("=", 1)
+    if not k.strip():
+      raise ValueError(f"{flag} entry {item!r} has no key (key=value)")
     if k.strip() in opts:
       raise ValueError(f"{flag} gives {k.strip()!r} twice")
     if v.strip().lower() in ("true", "false"):

@@ -38,7 +38,8 @@ from vitprune import jsonio
 from vitprune import memory
 from vitprune.data import check_not_read_as_an_image
 from vitprune.digest import params_sha256
-from vitprune.records.estimate import FORMAT as ESTIMATE_FORMAT, table_text, write_estimate
+from vitprune.records.estimate import (FORMAT as ESTIMATE_FORMAT, read_estimate, table_text,
+                                       write_estimate)
 from vitprune.reduce.methods import make_reducer, reducer_fields
 from vitprune.schedule import parse_token_grid
 
@@ -164,6 +165,18 @@ def weights_tag(params, class_names: Optional[Sequence[str]] = None) -> str:
   return tag
 
 
+def _held_reducer(path: str, method: str):
+  """(reducer, its options, format version) of the estimate of `method` at `path`, or None
+  when it is not one that reads (the caller's message then stands)."""
+  try:
+    held = read_estimate(path)
+    if held.method.strip().lower() != method:
+      return None
+    return make_reducer(method, **held.reducer_kwargs), held.reducer_kwargs, held.version
+  except (OSError, ValueError):
+    return None
+
+
 def main(f: flags.FlagValues):
   """Checks every flag and the output file, then evaluates, writes and prints the estimate."""
   common.positive(f.batch_size, "batch_size")
@@ -245,6 +258,12 @@ def main(f: flags.FlagValues):
                 if kind == "imagefolder" else "of the bundled digits (--data=digits)")
         raise FileExistsError(f"{out} already exists, an estimate {what} (pass --out_name to "
                               "write another file, or --overwrite to replace it)")
+      held = _held_reducer(out, method)
+      if held is not None and held[0] != reducer:   # (a version-1 file: per-layer random drop)
+        raise FileExistsError(
+            f"{out} already exists, an estimate of {method} with {held[1]} (format version "
+            f"{held[2]}), not {reducer_fields(reducer)} (pass --out_name to write another file, "
+            "or --overwrite to replace it)")
       raise FileExistsError(f"{out} already exists, an estimate with these flags (pass "
                             "--overwrite to replace it, or --out_name to write another file)")
   atomic.check_output_json(out, ESTIMATE_FORMAT, "out_name", overwrite=f.overwrite)

@@ -967,6 +967,9 @@ def test_method_opts_parse_booleans_and_json_and_keep_other_text():
     parse_method_options(["seed=1", " seed=2"], "--x")
   with pytest.raises(ValueError, match=r"^--x entry 'seed' is not key=value$"):
     parse_method_options(["seed"], "--x")
+  with pytest.raises(ValueError, match=r"^--method_opts entry ' =false' has no key "
+                                       r"\(key=value\)$"):
+    parse_method_options([" =false"])
   # the first '=' splits (a text value may hold more); spaces around a boolean are not text
   assert parse_method_options(["s=a=b", "nested= false "]) == {"s": "a=b", "nested": False}
 

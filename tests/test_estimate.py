@@ -802,6 +802,18 @@ def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
       "seed": 0, "nested": False}
   code, _, err = run_cli_in_process(root, "estimate", base + ["--method_opts=nested=true"])
   assert code == 1 and "already exists, an estimate with these flags" in err, err
+  # The default name held by a version-1 estimate (written before random drop nested): not
+  # "these flags" (a walkthrough: the per-layer file passed for the nested one).
+  nested = tmp_path / f"test_tiny_vit_random_embed_digits-test_n4_s0_float32_w{w0}.json"
+  doc = json.loads(nested.read_text())
+  doc["version"] = 1
+  del doc["method"]["kwargs"]["nested"]
+  nested.write_text(json.dumps(doc))
+  code, _, err = run_cli_in_process(root, "estimate", base)
+  assert (code, err) == (1, f"error: {nested} already exists, an estimate of random with "
+                            "{'nested': False, 'seed': 0} (format version 1), not {'seed': 0, "
+                            "'nested': True} (pass --out_name to write another file, or "
+                            "--overwrite to replace it)\n")
   code, _, err = run_cli_in_process(root, "estimate", base + ["--tokens=9,17"])
   assert code == 1 and err.count("\n") == 1 and err.startswith(
       f"error: {tmp_path}/test_tiny_vit_random_embed_digits-test_n4_s0_t9.17_float32_w{w0}.json "
