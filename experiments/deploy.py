@@ -19,6 +19,7 @@ from absl import flags
 
 from experiments import common
 from vitprune import checkpoint, deploy, jsonio, memory
+from vitprune.config import method_label
 from vitprune.digest import params_sha256
 from vitprune.edge.targets import check_compute_dtype, host_cpu, parse_target, parse_targets
 from vitprune.profile import records
@@ -285,7 +286,8 @@ def main(f: flags.FlagValues) -> str:
   m = deploy.read_manifest(path)
   print(f"wrote {common.shown(path)}")
   print(f"  model {m.model}, schedule {m.schedule_text} "
-        f"(counts {','.join(map(str, m.counts))}), reducer {m.reducer_name or 'none'}")
+        f"(counts {','.join(map(str, m.counts))}), reducer "
+        f"{method_label(m.reducer_name, m.reducer.get('fields')) if m.reducer else 'none'}")
   print(f"  input {list(m.input_shape)} float32 -> output {list(m.output_shape)}, "
         f"compute {m.dtype}, platforms {','.join(m.platforms)}")
   print(f"  weights sha256 {m.weights['sha256']}")

@@ -36,7 +36,7 @@ from vitprune import memory
 from vitprune import model as vit
 from vitprune import schedule as S
 from vitprune.profile import protocol
-from vitprune.config import ViTConfig
+from vitprune.config import ViTConfig, method_label
 from vitprune.prune import run_prune
 from vitprune.reduce import list_methods
 
@@ -124,7 +124,8 @@ def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int,
 
 def format_result(r: Dict[str, Any]) -> str:
   c = r["counts"]
-  lines = [f"{r['model']}  method={r['method']}  schedule={r['schedule']}  batch={r['batch']}  "
+  method = method_label(r["method"], r.get("options"))
+  lines = [f"{r['model']}  method={method}  schedule={r['schedule']}  batch={r['batch']}  "
            f"dtype={r['dtype']}  device={r['device']}",
            "tokens entering block: " + " ".join(f"{l}:{n}" for l, n in enumerate(c[:-1])) +
            f"  | leaving the last: {c[-1]}"]

@@ -768,6 +768,7 @@ def test_a_random_drop_solution_deploys_with_the_seed_it_was_measured_with(tmp_p
   common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
       f"--weights={weights}", f"--solution={sol}", "--noverify", f"--out={tmp_path / 'a'}"])
   assert deploy.load(str(tmp_path / "a")).manifest.reducer["options"] == {"seed": 3}
+  assert ", reducer random(nested=true,seed=3)\n" in capsys.readouterr().out
   with pytest.raises(SystemExit):
     common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
         f"--weights={weights}", f"--solution={sol}", "--noverify", "--method_opts=seed=0",

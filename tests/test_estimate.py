@@ -375,6 +375,8 @@ def test_version1_records_ran_random_drop_per_layer(params, images, labels):
   assert old.version == 1 and old.method_kwargs == {"seed": 3}
   assert old.reducer_kwargs == {"seed": 3, "nested": False}
   assert estimate.make_reducer(old.method, **old.reducer_kwargs).layer_dependent
+  assert "method=random(nested=false,seed=3)  7 images" in record_lib.table_text(old)
+  assert "method=random(nested=true,seed=3)  7 images" in record_lib.table_text(new)
   assert old.to_json() == old_doc and old.sha256() == record_lib.jsonio.canonical_sha256(old_doc)
   said = copy.deepcopy(old_doc)                 # (an option a file states is kept)
   said["method"]["kwargs"]["nested"] = True

@@ -163,6 +163,13 @@ def test_version1_file_without_new_fields_loads(tmp_path):
   assert sol.full.schedule == "full" and sol.full.counts == (17, 17, 17)
 
 
+def test_method_labels_name_every_option_given():
+  from vitprune.config import method_label  # pylint: disable=g-import-not-at-top
+  assert method_label("pomt") == method_label("pomt", {}) == "pomt"
+  assert method_label("random", {"seed": 3, "nested": False}) == "random(nested=false,seed=3)"
+  assert method_label("evit", {"normalize": True}) == "evit(normalize=true)"
+
+
 def test_record_method_kwargs_of_each_version():
   """What a record's options mean: version 1 fixes random drop's per-layer draws unsaid (the
   method's name in any case and spacing, as the readers accept it); a fresh dict each time."""

@@ -44,7 +44,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 import os
 import re
@@ -64,7 +63,7 @@ from vitprune import figure
 from vitprune import intervals
 from vitprune import jsonio
 from vitprune import schedule as S
-from vitprune.config import COMPUTE_DTYPES, ViTConfig
+from vitprune.config import COMPUTE_DTYPES, ViTConfig, method_label
 from vitprune.profile import runner, timing
 from vitprune.records.solution import read_solution
 from vitprune.reduce.methods import list_methods, make_reducer
@@ -116,10 +115,7 @@ class Variant:
 def method_text(v: Variant) -> str:
   """The method cell of a row: 'none', 'tome', or with the reducer's options a solution chose,
   'random(seed=3)' (two rows of one method and schedule then say how they differ)."""
-  if v.method is None:
-    return "none"
-  opts = ",".join(f"{k}={json.dumps(val)}" for k, val in v.options)
-  return f"{v.method}({opts})" if opts else v.method
+  return "none" if v.method is None else method_label(v.method, dict(v.options))
 
 
 def _check_variant(cfg: ViTConfig, v: Variant) -> Variant:

@@ -5,6 +5,7 @@ Everything here is a frozen (hashable) dataclass so it can be a static argument 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any, Dict, Optional, Tuple, Type
 
@@ -51,6 +52,13 @@ def is_method_name(name: Any) -> bool:
 def not_a_method(what: str, name: Any) -> str:
   """The readers' refusal of `name` in field `what` (when `is_method_name(name)` is false)."""
   return f"{what} {name!r} is not a token-reduction method ({', '.join(METHOD_NAMES)})"
+
+
+def method_label(method: str, options: Optional[Dict[str, Any]] = None) -> str:
+  """How output names a reducer: 'tome', or with options 'random(nested=false,seed=3)' (JSON
+  values, sorted keys), so two runs of one method with other options never print alike."""
+  opts = ",".join(f"{k}={json.dumps(v)}" for k, v in sorted((options or {}).items()))
+  return f"{method}({opts})" if opts else method
 
 
 def record_option_defaults(method: str, version: int) -> Dict[str, Any]:

@@ -26,6 +26,7 @@ from vitprune.config import ViTConfig
 from vitprune.estimate import compare_logits
 from vitprune.profile import protocol, timing
 from vitprune.reduce import make_reducer
+from vitprune.reduce.methods import reducer_fields
 
 
 def default_schedule(cfg: ViTConfig, method: str) -> S.Schedule:
@@ -138,7 +139,8 @@ def run_prune(cfg: ViTConfig, params, images: np.ndarray, *, method: str,
       raise FloatingPointError(f"the {what} {cfg.name} produced non-finite outputs ({dtype})")
   classifier = cfg.num_classes > 0
   result = {
-      "model": cfg.name, "method": method, "reducer": repr(reducer), "dtype": dtype,
+      "model": cfg.name, "method": method, "options": reducer_fields(reducer),
+      "reducer": repr(reducer), "dtype": dtype,
       "batch": int(b), "device": jax.devices()[0].device_kind,
       "schedule": S.format_schedule(schedule, cfg), "counts": list(schedule.counts),
       "metric": "top1_agreement" if classifier else "feature_cosine",

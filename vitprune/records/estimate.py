@@ -44,7 +44,8 @@ from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, config_from_dict,
                              config_to_dict, check_switch, is_method_name,
-                             method_options_problem, not_a_method, record_method_kwargs)
+                             method_label, method_options_problem, not_a_method,
+                             record_method_kwargs)
 
 FORMAT = "vitprune-estimate"
 VERSION = 2
@@ -236,7 +237,7 @@ class Estimate:
 def table_text(estimate: Estimate) -> str:
   """Fixed-width table: one row per token count, one column group per layer."""
   metrics, ref = estimate.metrics, estimate.reference
-  lines = [f"{estimate.model}  method={estimate.method}  "
+  lines = [f"{estimate.model}  method={method_label(estimate.method, estimate.reducer_kwargs)}  "
            f"{estimate.data['num_examples']} images  labelled={estimate.labelled}",
            "unpruned: " + "  ".join(f"{m}={ref.get(m):.4f}" for m in metrics)]
   layers, tokens, _ = estimate.table(metrics[0])
