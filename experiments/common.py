@@ -202,8 +202,9 @@ def _parse_or_fail(fv: flags.FlagValues, argv: List[str]) -> List[str]:
   """Parsed argv, or exit: EXIT_USAGE with one line on bad flag syntax, 0 after --help."""
   try:
     return fv(argv)
-  except flags.Error as e:
-    fail(e, EXIT_USAGE, hint=True)
+  except flags.Error as e:     # (absl's boolean parser said "('Non-boolean argument to boolean
+    fail(re.sub(r"\('Non-boolean argument to boolean flag', (.*)\)$",   # flag', '2')")
+                r"\1 is not a boolean (true or false)", str(e)), EXIT_USAGE, hint=True)
   except SystemExit as e:
     console.exit_after_help(e)
 

@@ -407,6 +407,9 @@ CASES = [
      "method 'random' option nested must be bool, got 2"),
     ("prune", ["--method=pomt", "--norandom_nested"], 1,
      "--random_nested applies to --method=random only, not --method=pomt"),
+    # absl's boolean parser printed its exception's tuple
+    ("prune", ["--random_nested=2"], 2,
+     "flag --random_nested=2: '2' is not a boolean (true or false)"),
 ]
 
 
