@@ -114,7 +114,7 @@ class Variant:
 
 def method_text(v: Variant) -> str:
   """The method cell of a row: 'none', 'tome', or with the reducer's options a solution chose,
-  'random(seed=3)' (two rows of one method and schedule then say how they differ)."""
+  'random(nested=true,seed=3)' (two rows of one method and schedule then say how they differ)."""
   return "none" if v.method is None else method_label(v.method, dict(v.options))
 
 
