@@ -35,6 +35,8 @@ text, usable as `--schedule` elsewhere) with its predicted latency and accuracy.
 """
 from __future__ import annotations
 
+import os
+
 from absl import flags
 
 from experiments import common
@@ -43,6 +45,7 @@ from vitprune import memory
 from vitprune import pipeline
 from vitprune import solve_loop
 from vitprune import solve_stage
+from vitprune.config import method_label
 from vitprune.digest import params_sha256
 from vitprune.profile.protocol import flag_timing
 from vitprune.reduce.methods import make_reducer
@@ -50,7 +53,7 @@ from vitprune.profile import records
 from vitprune.profile.runner import device_info
 from vitprune.records.estimate import read_estimate
 from vitprune.records import solution as solution_lib
-from vitprune.records.solution import summary_lines, write_solution
+from vitprune.records.solution import read_solution, summary_lines, write_solution
 
 
 # Flags one mode reads and the other would silently ignore; flags only the in-loop check reads.
@@ -246,7 +249,10 @@ def main(f: flags.FlagValues):
         sol = solve_loop.check_budget_in_loop(sol, loop["evaluate"], timer, **loop_kw)
       else:
         sol = solve_loop.check_in_loop(sol, estimate, None, loop["evaluate"], timer, **loop_kw)
+  replaced = earlier_solution(os.path.join(f.out_dir, sol.stem + ".json"))
   paths = write_solution(sol, f.out_dir)
+  if replaced:                    # (an earlier solve into this folder was replaced unsaid)
+    print(f"note: replaced {common.shown(paths['json'])}, {replaced}")
   if f.mode == "multi" and None in estimate.layers:     # (dropped without a word)
     print(f"note: the estimate's embed row (tokens dropped after the embedding) is not used: "
           f"--mode=multi prunes in blocks only, here blocks "
@@ -255,6 +261,20 @@ def main(f: flags.FlagValues):
     print(line)
   print(f"wrote {common.shown(paths['json'])} and {common.shown(paths['png'])}")
   return sol, paths
+
+
+def earlier_solution(path: str) -> str:
+  """What the solution at `path` was ('' when there is none that reads): the line saying what
+  a new solve of the same model, mode, batch size, dtype and device replaces."""
+  if not os.path.isfile(path):
+    return ""
+  try:
+    old = read_solution(path)
+  except (OSError, ValueError):
+    return ""
+  return (f"a solution of {old.created} from estimate {common.shown(old.estimate.path)} "
+          f"({method_label(old.estimate.method, old.estimate.method_kwargs)}), which chose "
+          f"{old.chosen.schedule}")
 
 
 def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:

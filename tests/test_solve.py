@@ -1229,6 +1229,17 @@ def test_cli_solves_paper_mode_on_the_metric_asked_for(tmp_path):
     assert r.returncode == 0, r.stderr
     (name,) = [n for n in os.listdir(tmp_path / metric) if n.endswith(".json")]
     assert read_solution(str(tmp_path / metric / name)).metric == metric
+  # A second solve into one folder replaces the first's solution, and says what it was (a
+  # walkthrough: an earlier solve's solution was replaced without a word).
+  first = read_solution(str(tmp_path / "accuracy" / name))
+  r = _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}",
+                f"--out_dir={tmp_path / 'accuracy'}")
+  assert r.returncode == 0, r.stderr
+  assert (f"note: replaced {tmp_path / 'accuracy' / name}, a solution of {first.created} from "
+          f"estimate {es} (random(nested=false)), which chose {first.chosen.schedule}\n"
+          ) in r.stdout, r.stdout
+  assert "note: replaced" not in _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}",
+                                           f"--out_dir={tmp_path / 'third'}").stdout
 
 
 def test_cli_says_a_multi_solve_leaves_the_embed_row_out(tmp_path):
