@@ -126,7 +126,8 @@ def test_anchored_prediction_remeasures_the_main_jobs_margins(inputs, capsys):
   root, weights, es, ps = inputs
   sol, _ = _run(root, es, ps, f"--weights={weights}", "--num_images=20",
                 "--refine_accuracy_rounds=2", "--anchored_prediction")
-  assert "note:" not in capsys.readouterr().out      # re-measured as the estimate measured them
+  out = capsys.readouterr().out                     # re-measured as the estimate measured them
+  assert "note:" not in out.replace("note: replaced", "")   # (an earlier test's solution)
   ref = sol.settings["accuracy_refinement"]
   assert "anchored_skipped" not in ref
   assert all("anchored" in r for r in ref["rounds"])
