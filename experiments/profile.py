@@ -104,6 +104,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("layer", 3, "Pipeline: block where the chosen schedule prunes.",
                        flag_values=fv)
   flags.DEFINE_string("method", "pomt", "Pipeline: method of the chosen schedule.", flag_values=fv)
+  flags.DEFINE_list("method_opts", [], "Pipeline: the method's reducer options, key=value (e.g. "
+                    "nested=false for random, normalize=true for evit); random drop's seed is "
+                    "--seed.", flag_values=fv)
   flags.DEFINE_enum("solver", "paper", ["paper", "multi"],
                               "Pipeline: paper (one reduction at --layer, utility argmax) or multi "
                               "(per-layer schedule from the exact Pareto frontier).",
@@ -145,7 +148,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 # Flags one side of --mode reads and the other would silently ignore.
-PIPELINE_ONLY = ("data", "num_images", "eval_batch_size", "alpha", "layer", "method", "solver",
+PIPELINE_ONLY = ("data", "num_images", "eval_batch_size", "alpha", "layer", "method",
+                 "method_opts", "solver",
                  "accuracy_floor", "latency_budget", "max_accuracy_drop", "floor_confidence",
                  "calibration_schedules", "measure_frontier",
                  "refine_accuracy_rounds", "loop_neighbours", "holdout_images")
@@ -232,7 +236,9 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
   spec = pipeline.PipelineSpec(
       batch_size=sizes[0], dtype=f.dtype, tokens=tokens, data=f.data,
       num_images=f.num_images, eval_batch_size=f.eval_batch_size, alpha=f.alpha,
-      layer=f.layer, method=f.method, timing=_timing_from_flags(f), threads=f.threads,
+      layer=f.layer, method=f.method,
+      method_options=tuple(sorted(common.parse_method_options(f.method_opts).items())),
+      timing=_timing_from_flags(f), threads=f.threads,
       seed=f.seed, solver=f.solver, accuracy_floor=f.accuracy_floor,
       latency_budget=f.latency_budget, max_accuracy_drop=f.max_accuracy_drop,
       floor_confidence=f.floor_confidence,

@@ -410,6 +410,14 @@ CASES = [
     # absl's boolean parser printed its exception's tuple
     ("prune", ["--random_nested=2"], 2,
      "flag --random_nested=2: '2' is not a boolean (true or false)"),
+    # the main job's method options: refused before stage 1
+    ("profile", ["--method_opts=x=1", "--out_dir={out}"], 1,
+     "method 'pomt' accepts no options, got ['x']"),
+    ("profile", ["--method=random", "--method_opts=seed=2", "--out_dir={out}"], 1,
+     "method_options gives a seed: random drop's seed is the spec's seed (--seed; it seeds the "
+     "image subset too)"),
+    ("profile", ["--mode=model", "--method_opts=nested=false", "--out_dir={out}"], 1,
+     "--method_opts applies to --mode=pipeline only, not --mode=model"),
 ]
 
 

@@ -146,6 +146,49 @@ def test_verify_times_both_graphs_in_interleaved_rounds(monkeypatch):
   assert v.unpruned.median > 0 and v.pruned.median > 0
 
 
+def test_the_method_options_reach_every_stage_that_builds_the_reducer(monkeypatch):
+  """--method_opts: the spec's reducer (estimate, loop and verify stages) and, in paper mode,
+  the verified graph of a method the random-drop estimate did not measure (EViT's normalize)."""
+  import types  # pylint: disable=g-import-not-at-top
+  from vitprune import estimate as estimate_lib  # pylint: disable=g-import-not-at-top
+  from vitprune.model import init_params  # pylint: disable=g-import-not-at-top
+  from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
+  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+  from vitprune.schedule import Schedule  # pylint: disable=g-import-not-at-top
+  spec = pipeline.PipelineSpec(method="random", method_options=(("nested", False),))
+  assert spec.reducer() == make_reducer("random", seed=0, nested=False)
+  for bad, match in (((("seed", 3),), "method_options gives a seed"),
+                     ((("sigma", 1),), r"accepts \['nested', 'seed'\], got \['sigma'\]")):
+    with pytest.raises(ValueError, match=match):
+      pipeline.PipelineSpec(method="random", method_options=bad)
+  cfg = get_config("test_tiny_vit")
+  spec = pipeline.PipelineSpec(method="evit", method_options=(("normalize", True),), threads=1)
+  seen = []
+  monkeypatch.setattr(pipeline, "_measure_graphs",
+                      lambda cfg_, params, graphs, timing_: seen.append(graphs) or {
+                          "unpruned": None, "evit": None})
+  monkeypatch.setattr(estimate_lib, "evaluate", lambda *a, **k: "evaluated")
+  paper = types.SimpleNamespace(schedule=Schedule((17, 9, 9)), method="evit",
+                                reducer_options=lambda given=None: dict(given or {}))
+  data = types.SimpleNamespace(batches=lambda *a: [], labelled=True, indices=[0], info={})
+  pipeline._verify(cfg, init_params(cfg, 0), spec, data, paper, lambda _: None)
+  assert seen[0]["evit"][1] == make_reducer("evit", normalize=True)
+  # The estimate stage: the chosen method's options; in paper mode its random-drop curve takes
+  # them only when random drop is the chosen method.
+  made = []
+  monkeypatch.setattr(estimate_lib, "estimate_record", lambda **k: made.append(
+      (k["method"], k["method_kwargs"], {p.reducer for p in k["points"]})) or "record")
+  for solver, method, opts, want in (
+      ("paper", "random", (("nested", False),), ("random", {"seed": 0, "nested": False})),
+      ("paper", "evit", (("normalize", True),), ("random", {"seed": 0})),
+      ("multi", "evit", (("normalize", True),), ("evit", {"normalize": True}))):
+    s = pipeline.PipelineSpec(method=method, method_options=opts, solver=solver)
+    assert pipeline._estimate(cfg, None, s, [9, 17], data, "w", lambda _: None) == (
+        "record", None)
+    method_, kwargs, reducers = made[-1]
+    assert (method_, kwargs) == want and reducers == {make_reducer(*want[:1], **want[1])}
+
+
 def test_spec_refuses_zero_loop_rounds():
   with pytest.raises(ValueError, match="loop_rounds must be >= 1, got 0"):
     pipeline.PipelineSpec(loop_rounds=0)

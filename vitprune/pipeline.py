@@ -76,6 +76,9 @@ class PipelineSpec:
   alpha: float = 0.5
   layer: int = 3
   method: str = "pomt"
+  # The method's reducer options (random drop's nested, EViT's normalize), sorted (key, value)
+  # pairs; random drop's seed is `seed`.
+  method_options: Tuple[Tuple[str, Any], ...] = ()
   timing: timing.TimingConfig = timing.TimingConfig(min_run_time=0.2)
   threads: int = 2
   seed: int = 0
@@ -153,7 +156,14 @@ class PipelineSpec:
                                               "calibration_schedules")
     if self.layer < 0:
       raise ValueError(f"layer must be >= 0, got {self.layer}")
-    make_reducer(self.method)   # an unknown method fails here, before any stage runs
+    if "seed" in dict(self.method_options) and self.method.strip().lower() == "random":
+      raise ValueError("method_options gives a seed: random drop's seed is the spec's seed "
+                       "(--seed; it seeds the image subset too)")
+    self.reducer()   # an unknown method or option fails here, before any stage runs
+
+  def reducer(self):
+    """The reducer of the chosen schedule's method, with `method_options`."""
+    return make_reducer(self.method, **dict(self.method_options))
 
   def check(self, cfg: ViTConfig) -> None:
     """The checks that need the model: `layer` is one of its blocks, `tokens` within its range.
@@ -166,7 +176,7 @@ class PipelineSpec:
       raise ValueError(f"tokens {bad} are outside [{cfg.num_prefix_tokens + 1}, "
                        f"{cfg.num_tokens}]")
     if self.solver == "multi":
-      one_block_counts(cfg, self.grid(cfg), make_reducer(self.method))
+      one_block_counts(cfg, self.grid(cfg), self.reducer())
       grid = sorted(set(self.grid(cfg)) | {cfg.num_tokens})      # (as `calibrate` draws them;
       drawn = latency_model_lib.calibration_schedules(            # it failed after stage 1
           cfg, grid, self.calibration_schedules, method=self.method,   # began)
@@ -314,10 +324,12 @@ def _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces=None
     log(f"[2/4] estimate: {metric} with tokens randomly dropped after the embedding, "
         f"{len(data.indices)} images of {spec.data}")
     method, kwargs = "random", {"seed": spec.seed}
+    if spec.method.strip().lower() == "random":   # (the chosen method's own draws)
+      kwargs.update(spec.method_options)
     points = estimate_lib.token_points(cfg, tokens, make_reducer(method, **kwargs), layer=None)
   else:
-    method, kwargs = spec.method, {}
-    reducer = make_reducer(method)
+    method, kwargs = spec.method, dict(spec.method_options)
+    reducer = spec.reducer()
     reduced = one_block_counts(cfg, tokens, reducer)
     log(f"[2/4] estimate: {spec.method} sensitivity at each of {cfg.depth} blocks x "
         f"{len(reduced)} token counts, {len(data.indices)} images of {spec.data}")
@@ -369,7 +381,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
       rule += (" by the whole paired 95% interval of the change" if spec.max_accuracy_drop
                is not None else " by the whole 95% interval")
     log(f"[3/4] solve: multi-layer Pareto frontier, {rule}")
-    evaluate = estimate_lib.schedule_evaluator(cfg, params, data, make_reducer(spec.method),
+    evaluate = estimate_lib.schedule_evaluator(cfg, params, data, spec.reducer(),
                                                batch_size=spec.eval_batch_size,
                                                dtype=spec.dtype, pieces=pieces,
                                                record_margins=margins)
@@ -393,7 +405,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     if floor_checked:
       sol = solve_loop.check_in_loop(
           sol, estimate, None, evaluate,
-          schedule_timer(cfg, params, spec, make_reducer(spec.method)), **loop_kw)
+          schedule_timer(cfg, params, spec, spec.reducer()), **loop_kw)
       timed = sol.settings["timed_in_loop"]
       timed_line = (
           f"  timed {timed} compiled graph{'' if timed == 1 else 's'} meeting the floor "
@@ -404,7 +416,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
              f", replacing the predicted-fastest {before.schedule}"))
     if spec.latency_budget is not None:
       sol = solve_loop.check_budget_in_loop(
-          sol, evaluate, schedule_timer(cfg, params, spec, make_reducer(spec.method)), **loop_kw)
+          sol, evaluate, schedule_timer(cfg, params, spec, spec.reducer()), **loop_kw)
       timed, rounds = sol.settings["timed_in_loop"], sol.settings["timed_rounds"]
       log(f"  timed {timed} compiled graph{'' if timed == 1 else 's'} around the choice"
           + ("" if len(rounds) == 1 else
@@ -490,7 +502,8 @@ def _verify(cfg, params, spec, data, solution: Solution, log,
       "both on the same images" + ("" if holdout is None else
                                   f", and on the {len(holdout.indices)} held-out ones"))
   chosen = solution.schedule
-  reducer = make_reducer(solution.method, **solution.reducer_options())
+  reducer = make_reducer(solution.method,   # (paper mode: the chosen method's options are the
+                         **solution.reducer_options(dict(spec.method_options)))  # spec's)
   unpruned = full_schedule(cfg)
   graphs = {"unpruned": (unpruned, None), spec.method: (chosen, reducer)}
   if chosen.counts == unpruned.counts:      # (--alpha=0: accuracy alone keeps them all)
