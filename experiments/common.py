@@ -287,18 +287,19 @@ def parse_method_options(items: Sequence[str], flag: str = "--method_opts") -> d
   for item in items:
     if "=" not in item:
       raise ValueError(f"{flag} entry {item!r} is not key=value")
-    k, v = item.split("=", 1)
-    if not k.strip():
+    key, v = item.split("=", 1)
+    key = key.strip()
+    if not key:
       raise ValueError(f"{flag} entry {item!r} has no key (key=value)")
-    if k.strip() in opts:
-      raise ValueError(f"{flag} gives {k.strip()!r} twice")
+    if key in opts:
+      raise ValueError(f"{flag} gives {key!r} twice")
     if v.strip().lower() in ("true", "false"):
-      opts[k.strip()] = v.strip().lower() == "true"
+      opts[key] = v.strip().lower() == "true"
       continue
     try:
-      opts[k.strip()] = json.loads(v)
+      opts[key] = json.loads(v)
     except json.JSONDecodeError:
-      opts[k.strip()] = v
+      opts[key] = v
   return opts
 
 

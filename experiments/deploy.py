@@ -11,7 +11,6 @@ fixed `--batch_size`. Run the artifact with `python -m experiments.run_deployed`
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
@@ -19,7 +18,7 @@ from absl import flags
 
 from experiments import common
 from vitprune import checkpoint, deploy, jsonio, memory
-from vitprune.config import method_label
+from vitprune.config import method_label, options_text
 from vitprune.digest import params_sha256
 from vitprune.edge.targets import check_compute_dtype, host_cpu, parse_target, parse_targets
 from vitprune.profile import records
@@ -115,10 +114,9 @@ def check_inputs_match(provenance: dict, model: str, weights_sha256: str,
   if (reducer is not None and said is not None and method is not None
       and measured == method.strip().lower()
       and make_reducer(method, **said) != reducer):   # (nested draws deployed for per-layer)
-    shown = ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(said.items()))
     raise ValueError(f"--estimate={est['path']} measured {method} with {said}, the artifact "
                      f"prunes with {reducer!r}: its accuracy is for those (give "
-                     f"--method_opts={shown})")
+                     f"--method_opts={options_text(said)})")
   if est is not None and est["weights_sha256"] != weights_sha256:
     raise ValueError(f"--estimate={est['path']} was measured on other weights (sha256 "
                      f"{est['weights_sha256'][:12]}..., these are {weights_sha256[:12]}...)")
@@ -158,8 +156,7 @@ def check_options_agree(sol, given: dict, solution: str) -> None:
   make_reducer(sol.method, **{**fixed, **given})     # (an option it lacks, a value's type)
   clash = [k for k in sorted(given) if k in fixed and given[k] != fixed[k]]
   if clash:
-    gave = ", ".join(f"{k}={json.dumps(given[k])}" for k in clash)
-    was = ", ".join(f"{k}={json.dumps(fixed[k])}" for k in clash)
+    gave, was = (options_text({k: opts[k] for k in clash}) for opts in (given, fixed))
     raise ValueError(f"--method_opts gives {gave}, but the solver output {solution} measured "
                      f"{sol.method} with {was}: its accuracy is for those (leave them out)")
 

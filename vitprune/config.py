@@ -54,10 +54,16 @@ def not_a_method(what: str, name: Any) -> str:
   return f"{what} {name!r} is not a token-reduction method ({', '.join(METHOD_NAMES)})"
 
 
+def options_text(options: Optional[Dict[str, Any]]) -> str:
+  """{option: value} -> 'nested=false,seed=3' (JSON values, sorted keys): the form a
+  --method_opts flag takes (`experiments.common.parse_method_options` reads it back)."""
+  return ",".join(f"{k}={json.dumps(v)}" for k, v in sorted((options or {}).items()))
+
+
 def method_label(method: str, options: Optional[Dict[str, Any]] = None) -> str:
-  """How output names a reducer: 'tome', or with options 'random(nested=false,seed=3)' (JSON
-  values, sorted keys), so two runs of one method with other options never print alike."""
-  opts = ",".join(f"{k}={json.dumps(v)}" for k, v in sorted((options or {}).items()))
+  """How output names a reducer: 'tome', or with options 'random(nested=false,seed=3)'
+  (`options_text`), so two runs of one method with other options never print alike."""
+  opts = options_text(options)
   return f"{method}({opts})" if opts else method
 
 
