@@ -45,7 +45,7 @@ from vitprune import memory
 from vitprune import pipeline
 from vitprune import solve_loop
 from vitprune import solve_stage
-from vitprune.config import method_label
+from vitprune.config import method_label, record_method_kwargs
 from vitprune.digest import params_sha256
 from vitprune.profile.protocol import flag_timing
 from vitprune.reduce.methods import make_reducer
@@ -272,8 +272,10 @@ def earlier_solution(path: str) -> str:
     old = read_solution(path)
   except (OSError, ValueError):
     return ""
+  measured_with = record_method_kwargs(old.estimate.method, old.estimate.method_kwargs,
+                                       old.version)      # (a version-1 file's per-layer draws)
   return (f"a solution of {old.created} from estimate {common.shown(old.estimate.path)} "
-          f"({method_label(old.estimate.method, old.estimate.method_kwargs)}), which chose "
+          f"({method_label(old.estimate.method, measured_with)}), which chose "
           f"{old.chosen.schedule}")
 
 

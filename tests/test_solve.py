@@ -1240,6 +1240,15 @@ def test_cli_solves_paper_mode_on_the_metric_asked_for(tmp_path):
           ) in r.stdout, r.stdout
   assert "note: replaced" not in _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}",
                                            f"--out_dir={tmp_path / 'third'}").stdout
+  # A version-1 solution there: its estimate's random drop named as that version means it.
+  doc = json.loads((tmp_path / "accuracy" / name).read_text())
+  doc["version"] = 1
+  del doc["estimate"]["method_kwargs"]["nested"]
+  (tmp_path / "accuracy" / name).write_text(json.dumps(doc))
+  r = _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}",
+                f"--out_dir={tmp_path / 'accuracy'}")
+  assert r.returncode == 0 and f"from estimate {es} (random(nested=false)), which chose" in \
+      r.stdout, r.stdout
 
 
 def test_cli_says_a_multi_solve_leaves_the_embed_row_out(tmp_path):
