@@ -114,9 +114,11 @@ def check_inputs_match(provenance: dict, model: str, weights_sha256: str,
   if (reducer is not None and said is not None and method is not None
       and measured == method.strip().lower()
       and make_reducer(method, **said) != reducer):   # (nested draws deployed for per-layer)
-    raise ValueError(f"--estimate={est['path']} measured {method} with {said}, the artifact "
-                     f"prunes with {reducer!r}: its accuracy is for those (give "
-                     f"--method_opts={options_text(said)})")
+    measured_with = reducer_fields(make_reducer(method, **said))    # (defaults too: {} said
+    raise ValueError(f"--estimate={est['path']} measured "          # evit(normalize=false))
+                     f"{method_label(method, measured_with)}, the artifact prunes with "
+                     f"{method_label(method, reducer_fields(reducer))}: its accuracy is for "
+                     f"those (give --method_opts={options_text(measured_with)})")
   if est is not None and est["weights_sha256"] != weights_sha256:
     raise ValueError(f"--estimate={est['path']} was measured on other weights (sha256 "
                      f"{est['weights_sha256'][:12]}..., these are {weights_sha256[:12]}...)")

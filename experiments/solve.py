@@ -45,7 +45,7 @@ from vitprune import memory
 from vitprune import pipeline
 from vitprune import solve_loop
 from vitprune import solve_stage
-from vitprune.config import method_label, record_method_kwargs
+from vitprune.config import method_label, record_option_defaults
 from vitprune.digest import params_sha256
 from vitprune.profile.protocol import flag_timing
 from vitprune.reduce.methods import make_reducer
@@ -264,16 +264,19 @@ def main(f: flags.FlagValues):
 
 
 def earlier_solution(path: str) -> str:
-  """What the solution at `path` was ('' when there is none that reads): the line saying what
-  a new solve of the same model, mode, batch size, dtype and device replaces."""
+  """What the solution at `path` was ('' when there is none): the line saying what a new solve
+  of the same model, mode, batch size, dtype and device replaces (one that does not read, e.g.
+  of a newer format, is replaced too: said so)."""
   if not os.path.isfile(path):
     return ""
   try:
     old = read_solution(path)
-  except (OSError, ValueError):
-    return ""
-  measured_with = record_method_kwargs(old.estimate.method, old.estimate.method_kwargs,
-                                       old.version)      # (a version-1 file's per-layer draws)
+  except (OSError, ValueError) as e:
+    why = str(e).splitlines()[0]
+    why = why[len(path) + 2:] if why.startswith(path + ": ") else why    # (named before it)
+    return f"a solution file this vitprune does not read ({why})"
+  measured_with = {**record_option_defaults(old.estimate.method, old.version),   # (a version-1
+                   **(old.estimate.method_kwargs or {})}          # file's per-layer draws, said
   return (f"a solution of {old.created} from estimate {common.shown(old.estimate.path)} "
           f"({method_label(old.estimate.method, measured_with)}), which chose "
           f"{old.chosen.schedule}")

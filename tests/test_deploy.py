@@ -807,6 +807,9 @@ def test_a_random_drop_solution_deploys_with_the_seed_it_was_measured_with(tmp_p
        "for those (leave them out)"),
       (sol, "seed=3,nested=false", f"--method_opts gives nested=false, but the solver output "
        f"{sol} measured random with nested=true: its accuracy is for those (leave them out)"),
+      (sol, "seed=5,nested=false", f"--method_opts gives nested=false,seed=5, but the solver "
+       f"output {sol} measured random with nested=true,seed=3: its accuracy is for those "
+       "(leave them out)"),
       (sol, "sigma=1", "method 'random' accepts ['nested', 'seed'], got ['sigma']")):
     with pytest.raises(SystemExit):
       common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
@@ -1158,8 +1161,8 @@ def test_deploy_takes_the_estimate_a_deployment_came_from(tmp_path, params):
   for name, est, opts, code, err in (
       ("r_new", made["random"], [], 0, ""),
       ("r_old", str(tmp_path / "old.json"), [], 1, f"error: --estimate={tmp_path / 'old.json'} "
-       "measured random with {'nested': False, 'seed': 0}, the artifact prunes with "
-       "RandomDrop(seed=0, nested=True): its accuracy is for those (give "
+       "measured random(nested=false,seed=0), the artifact prunes with "
+       "random(nested=true,seed=0): its accuracy is for those (give "
        "--method_opts=nested=false,seed=0)\n"),
       ("r_old2", str(tmp_path / "old.json"), ["--method_opts=nested=false"], 0, "")):
     got = run_cli_in_process(root, "deploy", [*base, "--method=random", "--schedule=keep@1:9",
@@ -1170,6 +1173,17 @@ def test_deploy_takes_the_estimate_a_deployment_came_from(tmp_path, params):
   kept = {n: deploy.read_manifest(str(tmp_path / n)).provenance["estimate"]["method_kwargs"]
           for n in ("r_new", "r_old2")}
   assert kept == {"r_new": {"seed": 0, "nested": True}, "r_old2": {"seed": 0, "nested": False}}
+  # An estimate that said no options ran the defaults, and the hint names them.
+  import re  # pylint: disable=g-import-not-at-top
+  from experiments import deploy as deploy_cli  # pylint: disable=g-import-not-at-top
+  from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
+  prov = {"estimate": {"path": "e.json", "model": "m", "kind": "sensitivity", "method": "evit",
+                       "method_kwargs": {}, "weights_sha256": "a" * 64}}
+  with pytest.raises(ValueError, match=re.escape(
+      "--estimate=e.json measured evit(normalize=false), the artifact prunes with "
+      "evit(normalize=true): its accuracy is for those (give --method_opts=normalize=false)")):
+    deploy_cli.check_inputs_match(prov, "m", "a" * 64, 1, "float32", "evit",
+                                  make_reducer("evit", normalize=True))
 
 
 def test_the_manifest_records_what_the_graph_runs(tmp_path, params):

@@ -157,6 +157,10 @@ def test_the_method_options_reach_every_stage_that_builds_the_reducer(monkeypatc
   from vitprune.schedule import Schedule  # pylint: disable=g-import-not-at-top
   spec = pipeline.PipelineSpec(method="random", method_options=(("nested", False),))
   assert spec.reducer() == make_reducer("random", seed=0, nested=False)
+  spec = pipeline.PipelineSpec(method="random", solver="multi", seed=3)   # (--seed is its seed)
+  assert spec.reducer() == make_reducer("random", seed=3) != make_reducer("random")
+  assert spec.reducer_options() == {"seed": 3}
+  assert pipeline.PipelineSpec(method="evit", seed=3).reducer_options() == {}
   for bad, match in (((("seed", 3),), "method_options gives a seed"),
                      ((("sigma", 1),), r"accepts \['nested', 'seed'\], got \['sigma'\]")):
     with pytest.raises(ValueError, match=match):
@@ -179,10 +183,11 @@ def test_the_method_options_reach_every_stage_that_builds_the_reducer(monkeypatc
   monkeypatch.setattr(estimate_lib, "estimate_record", lambda **k: made.append(
       (k["method"], k["method_kwargs"], {p.reducer for p in k["points"]})) or "record")
   for solver, method, opts, want in (
-      ("paper", "random", (("nested", False),), ("random", {"seed": 0, "nested": False})),
-      ("paper", "evit", (("normalize", True),), ("random", {"seed": 0})),
-      ("multi", "evit", (("normalize", True),), ("evit", {"normalize": True}))):
-    s = pipeline.PipelineSpec(method=method, method_options=opts, solver=solver)
+      ("paper", "random", (("nested", False),), ("random", {"seed": 3, "nested": False})),
+      ("paper", "evit", (("normalize", True),), ("random", {"seed": 3})),
+      ("multi", "evit", (("normalize", True),), ("evit", {"normalize": True})),
+      ("multi", "random", (("nested", False),), ("random", {"seed": 3, "nested": False}))):
+    s = pipeline.PipelineSpec(method=method, method_options=opts, solver=solver, seed=3)
     assert pipeline._estimate(cfg, None, s, [9, 17], data, "w", lambda _: None) == (
         "record", None)
     method_, kwargs, reducers = made[-1]

@@ -672,6 +672,40 @@ def test_paper_method_is_checked_and_its_per_block_limit_applied(tmp_path):
     check_schedule(CFG, Schedule(c.counts), make_reducer("tome"))
 
 
+def test_paper_records_the_chosen_methods_options_its_estimate_did_not_measure(tmp_path):
+  """The main job's paper mode verified EViT(normalize=True) on a random-drop estimate, and the
+  solution said nothing of it: deploy rebuilt EViT(normalize=False). The options now travel in
+  chosen.method_options; the estimate's own method takes only the options it measured."""
+  ps = _save_profile(tmp_path, [_point("model", n, _step_latency(n)) for n in range(2, N + 1)])
+  es = _estimate(tmp_path, [None], list(range(5, N + 1)), _acc)
+  sol = _paper(ps, es, method="evit", method_options={"normalize": True})
+  assert sol.method_options == sol.method_kwargs == sol.reducer_options({"normalize": False}) \
+      == {"normalize": True}
+  assert sol.to_json()["chosen"]["method_options"] == {"normalize": True}
+  assert _reread(sol) == sol and _reread(sol).method_kwargs == {"normalize": True}
+  plain = _paper(ps, es, method="evit")                     # (unsaid: a file before the field)
+  assert plain.method_options is None and "method_options" not in plain.to_json()["chosen"]
+  assert plain.reducer_options({"normalize": True}) == {"normalize": True}
+  # random drop's estimate measured random drop: its kwargs are the options, others refused
+  assert _paper(ps, es, method="random", method_options={"nested": False, "seed": 0}
+                ).method_options is None
+  with pytest.raises(solve.SolveInputError, match=r"method options nested=true: estimate .* "
+                     r"measured random with nested=false"):
+    _paper(ps, es, method="random", method_options={"nested": True})
+  doc = sol.to_json()
+  for bad, match in (([1], r"chosen.method_options must be an object of option values, got "
+                          r"\[1\]"),
+                     ({"sigma": 1}, r"chosen.method_options: method 'evit' accepts "
+                                    r"\['normalize'\], got \['sigma'\]"),
+                     ({"normalize": "yes"}, "option normalize must be bool")):
+    with pytest.raises(ValueError, match=match):
+      Solution.from_json(dict(doc, chosen=dict(doc["chosen"], method_options=bad)), "s.json")
+  same = dict(doc, chosen=dict(doc["chosen"], method="random"))   # the estimate's own method
+  with pytest.raises(ValueError, match="chosen.method_options: the estimate measured that "
+                     "method: its method_kwargs say them"):
+    Solution.from_json(same, "s.json")
+
+
 def test_paper_refuses_a_one_layer_estimate_of_another_block(tmp_path):
   """An estimate of block 1 was read as block 0's accuracy (a fault probe: A(n*) 1.0000 from
   block 5 for a block-3 schedule whose own row says 0.975)."""
@@ -1249,6 +1283,24 @@ def test_cli_solves_paper_mode_on_the_metric_asked_for(tmp_path):
                 f"--out_dir={tmp_path / 'accuracy'}")
   assert r.returncode == 0 and f"from estimate {es} (random(nested=false)), which chose" in \
       r.stdout, r.stdout
+  # ... and one whose estimate does not say its options at all (random drop drew per layer)
+  doc = json.loads((tmp_path / "accuracy" / name).read_text())
+  doc["version"] = 1
+  del doc["estimate"]["method_kwargs"]
+  (tmp_path / "accuracy" / name).write_text(json.dumps(doc))
+  r = _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}",
+                f"--out_dir={tmp_path / 'accuracy'}")
+  assert r.returncode == 0 and f"from estimate {es} (random(nested=false)), which chose" in \
+      r.stdout, r.stdout
+  # A solution file of a format this vitprune does not read is replaced, not unsaid.
+  doc = json.loads((tmp_path / "accuracy" / name).read_text())
+  doc["version"] = 3
+  (tmp_path / "accuracy" / name).write_text(json.dumps(doc))
+  r = _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}",
+                f"--out_dir={tmp_path / 'accuracy'}")
+  assert r.returncode == 0, r.stderr
+  assert re.search(rf"note: replaced {re.escape(str(tmp_path / 'accuracy' / name))}, a solution "
+                   r"file this vitprune does not read \(.*version 3.*\)\n", r.stdout), r.stdout
 
 
 def test_cli_says_a_multi_solve_leaves_the_embed_row_out(tmp_path):

@@ -51,7 +51,7 @@ from vitprune import jsonio
 from vitprune import solve
 from vitprune import solve_loop
 from vitprune import solve_stage
-from vitprune.config import ViTConfig
+from vitprune.config import ViTConfig, method_label
 from vitprune.model import Params, jitted_forward
 from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import records, runner, timing
@@ -161,9 +161,14 @@ class PipelineSpec:
                        "(--seed; it seeds the image subset too)")
     self.reducer()   # an unknown method or option fails here, before any stage runs
 
+  def reducer_options(self) -> Dict[str, Any]:
+    """The chosen method's options: `method_options`, and for random drop its seed, `seed`."""
+    seed = {"seed": self.seed} if self.method.strip().lower() == "random" else {}
+    return {**seed, **dict(self.method_options)}
+
   def reducer(self):
-    """The reducer of the chosen schedule's method, with `method_options`."""
-    return make_reducer(self.method, **dict(self.method_options))
+    """The reducer of the chosen schedule's method, with `reducer_options`."""
+    return make_reducer(self.method, **self.reducer_options())
 
   def check(self, cfg: ViTConfig) -> None:
     """The checks that need the model: `layer` is one of its blocks, `tokens` within its range.
@@ -325,10 +330,10 @@ def _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces=None
         f"{len(data.indices)} images of {spec.data}")
     method, kwargs = "random", {"seed": spec.seed}
     if spec.method.strip().lower() == "random":   # (the chosen method's own draws)
-      kwargs.update(spec.method_options)
+      kwargs = spec.reducer_options()
     points = estimate_lib.token_points(cfg, tokens, make_reducer(method, **kwargs), layer=None)
   else:
-    method, kwargs = spec.method, dict(spec.method_options)
+    method, kwargs = spec.method, spec.reducer_options()
     reducer = spec.reducer()
     reduced = one_block_counts(cfg, tokens, reducer)
     log(f"[2/4] estimate: {spec.method} sensitivity at each of {cfg.depth} blocks x "
@@ -363,6 +368,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     log(f"[3/4] solve: paper utility, alpha={spec.alpha}, {spec.method} at block {spec.layer}")
     sol = solve_stage.solve_paper(
         profile, estimate, alpha=spec.alpha, layer=spec.layer, method=spec.method,
+        method_options=spec.reducer_options(),
         allow_batch_mismatch=True)  # accuracy does not depend on the batch size it was run at
     ch = sol.chosen
     log(f"  n* = {ch.tokens} tokens; at n*, L = {1e3 * ch.predicted_latency_s:.4f} ms (every "
@@ -498,12 +504,12 @@ def _verify(cfg, params, spec, data, solution: Solution, log,
   """The solution's graph as it deploys: its method with the options its accuracy was measured
   with (random drop's seed decides which tokens go: `Solution.method_kwargs`), on `data` and on
   the `holdout` images the choice never saw."""
-  log(f"[4/4] verify: compile and time the unpruned and the {spec.method} graphs, evaluate "
+  label = method_label(spec.method, spec.reducer_options())
+  log(f"[4/4] verify: compile and time the unpruned and the {label} graphs, evaluate "
       "both on the same images" + ("" if holdout is None else
                                   f", and on the {len(holdout.indices)} held-out ones"))
   chosen = solution.schedule
-  reducer = make_reducer(solution.method,   # (paper mode: the chosen method's options are the
-                         **solution.reducer_options(dict(spec.method_options)))  # spec's)
+  reducer = make_reducer(solution.method, **solution.reducer_options(spec.reducer_options()))
   unpruned = full_schedule(cfg)
   graphs = {"unpruned": (unpruned, None), spec.method: (chosen, reducer)}
   if chosen.counts == unpruned.counts:      # (--alpha=0: accuracy alone keeps them all)
@@ -705,7 +711,8 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
                   spec.latency_budget is None else None),
         "n_star": int(chosen.counts[-1]) if spec.solver == "paper" else None,
         "schedule": chosen.schedule, "counts": list(chosen.counts),
-        "method": spec.method, "basis": solution.basis,
+        "method": spec.method, "method_options": spec.reducer_options(),
+        "basis": solution.basis,
         "latency_source": solution.profile.latency_source,
         "predicted": {"latency_ms": 1e3 * chosen.predicted_latency_s,
                       metric: chosen.predicted_accuracy},

@@ -28,17 +28,18 @@ size. Accuracy values are the estimate's metric ('accuracy' for labelled data, e
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from vitprune import schedule as schedule_lib
 from vitprune import solve
-from vitprune.config import ViTConfig, config_to_dict
+from vitprune.config import ViTConfig, config_to_dict, options_text
 from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import predict as predict_lib
 from vitprune.profile import records
 from vitprune.profile import steps as steps_lib
+from vitprune.reduce.methods import make_reducer
 from vitprune.records.estimate import HIGHER_IS_BETTER, Estimate, EstimateError
 from vitprune.records.solution import (BUDGET_PROVISIONAL, Candidate, EstimateRef, ProfileRef,
                                        Solution)
@@ -269,8 +270,12 @@ def check_paper_grid(cfg, method: str, counts: Sequence[int], *, measure_in: str
 def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 0.5,
                 layer: int = 3, batch_size: Optional[int] = None,
                 metric: Optional[str] = None, method: Optional[str] = None,
+                method_options: Optional[Dict[str, Any]] = None,
                 allow_batch_mismatch: bool = False) -> Solution:
-  """The paper's n* = argmax U(n) and the POMT schedule reducing to n* at block `layer`."""
+  """The paper's n* = argmax U(n) and the POMT schedule reducing to n* at block `layer`.
+  `method_options`: the chosen method's reducer options, recorded when the estimate measured
+  another method (random drop's curve standing in for it); with the estimate's own method its
+  `method_kwargs` are the options, and other ones are refused."""
   cfg = check_same_model(profile, estimate)
   batch = resolve_batch(profile, estimate, batch_size, MODE_COMPONENTS["paper"],
                         allow_batch_mismatch)
@@ -319,6 +324,12 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
                           f"{estimate.method!r} at block {layer}, so its accuracies are that "
                           f"method's; pass --method={estimate.method}, or an embed ('tokens') "
                           "estimate, whose random drop stands in for any method")
+  if (method_options and method == estimate.method.strip().lower()
+      and make_reducer(method, **method_options)
+      != make_reducer(method, **(estimate.reducer_kwargs or {}))):
+    raise SolveInputError(f"method options {options_text(method_options)}: estimate "
+                          f"{estimate.source} measured {method} with "
+                          f"{options_text(estimate.reducer_kwargs or {})}")
   # (only N left: "chose" the unpruned model and timed it against itself)
   lowest = paper_lowest(cfg, method)
   lacking = [f"{kind} {src}" for kind, src, grid in (("profile", profile.source, lt),
@@ -359,6 +370,8 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
                 **({"capped_counts": capped} if capped else {})},
       chosen=entry(sol.counts, sol.latency_star, sol.accuracy_star, tokens=int(sol.n_star)),
       method=method, criterion="utility",
+      method_options=(dict(method_options) if method_options is not None
+                      and method != estimate.method.strip().lower() else None),
       full=(entry((cfg.num_tokens,) * (cfg.depth + 1), sol.latency[full[0]],
                   sol.accuracy[full[0]]) if full else None),
       frontier=tuple(at_count(i) for i in solve.nondominated(sol.latency, sol.accuracy,

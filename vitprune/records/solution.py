@@ -16,7 +16,10 @@ File (JSON, `format` "vitprune-solution", version 2, version 1 read too; `write_
                 estimate's reducer ran with, e.g. random drop's seed; absent in older files;
                 version 1's random drop drew each layer's own subset: "nested": false)},
    "settings": {...solver options...},
-   "chosen": {candidate fields + "method" (reducer to deploy with), "criterion", "basis"
+   "chosen": {candidate fields + "method" (reducer to deploy with), optional
+              "method_options" (its options, where the estimate measured another method: paper
+              mode's POMT, EViT, ... on a random-drop estimate; absent: the defaults or, in
+              files before it, unsaid), "criterion", "basis"
               ("predicted": the choice rests on the solver's predictions; "measured": on the
               metric measured on the data), paper mode also "utility" and "schedule_latency_s"
               (the POMT schedule's per-block prediction, or null)},
@@ -333,6 +336,11 @@ def _check_choice(sol: "Solution", where: str) -> None:
     _check_budget_measured(sol, require)
   elif sol.settings.get("latency_basis") == "measured":
     _check_fastest_measured(sol, require)
+
+
+def _same_method(a: str, b: str) -> bool:
+  """Whether two recorded method names name one method (as readers accept names)."""
+  return a.strip().lower() == b.strip().lower()
 
 
 def _is_bool(v: Any) -> bool:
@@ -702,6 +710,7 @@ class Solution:
   utility: Optional[float] = None                 # paper mode: U(n*)
   schedule_latency_s: Optional[float] = None      # paper mode: per-block prediction
   curve: Optional[Dict[str, List[float]]] = None  # paper mode: tokens/latency_s/accuracy/utility
+  method_options: Optional[Dict[str, Any]] = None  # `method`'s options, unless the estimate's
   version: int = VERSION      # the format version its method_kwargs mean (`method_kwargs`)
   source: str = dataclasses.field(default="solution", compare=False)
 
@@ -710,6 +719,12 @@ class Solution:
       raise SolutionError(f"{self.source}: mode {self.mode!r} not in {MODES}")
     if self.basis not in BASES:
       raise SolutionError(f"{self.source}: basis {self.basis!r} not in {BASES}")
+    if self.method_options is not None:
+      problem = ("the estimate measured that method: its method_kwargs say them"
+                 if _same_method(self.method, self.estimate.method) else
+                 method_options_problem(self.method, self.method_options))
+      if problem:
+        raise SolutionError(f"{self.source}: chosen.method_options: {problem}")
 
   @property
   def model(self) -> str:
@@ -722,11 +737,12 @@ class Solution:
   @property
   def method_kwargs(self) -> Optional[Dict[str, Any]]:
     """The options the chosen method's reducer was measured with: the estimate's when it
-    measured that method (random drop's seed decides which tokens go); None when nothing was
-    measured with them (paper mode's POMT on a random-drop estimate) or an older file does not
-    say. As this record's format version means them (`config.record_method_kwargs`)."""
-    if self.method.strip().lower() != self.estimate.method.strip().lower():   # (as readers
-      return None                                                               # accept names)
+    measured that method (random drop's seed decides which tokens go), as this record's format
+    version means them (`config.record_method_kwargs`); else `method_options` (paper mode's
+    POMT, EViT, ... on a random-drop estimate, as chosen and verified). None when the file does
+    not say them."""
+    if not _same_method(self.method, self.estimate.method):
+      return None if self.method_options is None else dict(self.method_options)
     return record_method_kwargs(self.method, self.estimate.method_kwargs, self.version)
 
   @property
@@ -783,6 +799,8 @@ class Solution:
   def to_json(self) -> Dict[str, Any]:
     chosen = self.chosen.to_json()
     chosen.update(method=self.method, criterion=self.criterion, basis=self.basis)
+    if self.method_options is not None:
+      chosen["method_options"] = dict(self.method_options)
     if self.mode == "paper":
       chosen.update(utility=self.utility, schedule_latency_s=self.schedule_latency_s)
     d = {"format": FORMAT, "version": self.version, "created": self.created, "mode": self.mode,
@@ -855,6 +873,11 @@ class Solution:
       jsonio.require(ch.get(key) is None or jsonio.is_num(ch[key]), where,
                      f"chosen.{key} must be a finite number or null, got {ch.get(key)!r}",
                      SolutionError)
+    jsonio.require(ch.get("method_options") is None or (
+        isinstance(ch["method_options"], dict) and all(isinstance(k, str)
+                                                        for k in ch["method_options"])),
+                   where, f"chosen.method_options must be an object of option values, got "
+                   f"{ch.get('method_options')!r}", SolutionError)
     jsonio.require(ch.get("basis", "predicted") != "measured" or any(
         ch.get(k) is not None for k in ("measured_accuracy", "measured_latency_s")), where,
                    "chosen.basis is 'measured' but the chosen schedule has no measured number "
@@ -874,7 +897,8 @@ class Solution:
         created=str(doc["created"]), basis=ch.get("basis", "predicted"),
         utility=_opt_float(ch.get("utility")),
         schedule_latency_s=_opt_float(ch.get("schedule_latency_s")),
-        curve=doc.get("curve"), version=doc["version"], source=where)
+        curve=doc.get("curve"), method_options=ch.get("method_options"),
+        version=doc["version"], source=where)
     try:
       sol.schedule  # pylint: disable=pointless-statement  (checks the counts against the model)
     except (ValueError, TypeError) as e:
