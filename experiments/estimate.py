@@ -36,6 +36,7 @@ from vitprune import checkpoint
 from vitprune import estimate
 from vitprune import jsonio
 from vitprune import memory
+from vitprune.config import method_label
 from vitprune.data import check_not_read_as_an_image
 from vitprune.digest import params_sha256
 from vitprune.records.estimate import (FORMAT as ESTIMATE_FORMAT, read_estimate, table_text,
@@ -261,9 +262,9 @@ def main(f: flags.FlagValues):
       held = _held_reducer(out, method)
       if held is not None and held[0] != reducer:   # (a version-1 file: per-layer random drop)
         raise FileExistsError(
-            f"{out} already exists, an estimate of {method} with {held[1]} (format version "
-            f"{held[2]}), not {reducer_fields(reducer)} (pass --out_name to write another file, "
-            "or --overwrite to replace it)")
+            f"{out} already exists, an estimate of {method_label(method, held[1])} (format "
+            f"version {held[2]}), not {method_label(method, reducer_fields(reducer))} (pass "
+            "--out_name to write another file, or --overwrite to replace it)")
       raise FileExistsError(f"{out} already exists, an estimate with these flags (pass "
                             "--overwrite to replace it, or --out_name to write another file)")
   atomic.check_output_json(out, ESTIMATE_FORMAT, "out_name", overwrite=f.overwrite)

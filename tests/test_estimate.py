@@ -812,10 +812,10 @@ def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
   del doc["method"]["kwargs"]["nested"]
   nested.write_text(json.dumps(doc))
   code, _, err = run_cli_in_process(root, "estimate", base)
-  assert (code, err) == (1, f"error: {nested} already exists, an estimate of random with "
-                            "{'nested': False, 'seed': 0} (format version 1), not {'seed': 0, "
-                            "'nested': True} (pass --out_name to write another file, or "
-                            "--overwrite to replace it)\n")
+  assert (code, err) == (1, f"error: {nested} already exists, an estimate of "
+                            "random(nested=false,seed=0) (format version 1), not "
+                            "random(nested=true,seed=0) (pass --out_name to write another "
+                            "file, or --overwrite to replace it)\n")
   code, _, err = run_cli_in_process(root, "estimate", base + ["--tokens=9,17"])
   assert code == 1 and err.count("\n") == 1 and err.startswith(
       f"error: {tmp_path}/test_tiny_vit_random_embed_digits-test_n4_s0_t9.17_float32_w{w0}.json "
