@@ -26,7 +26,9 @@ only block l reduces, from all N tokens to n) with the 'incremental' combination
      schedules meeting it, from the uncorrected frontier alone vs after the refinement, with
      what the uncorrected model's own choice measures. The same rounds also predict the
      schedules they measure by `solve.anchored_accuracy` ("anchored": per-image margins moved
-     from the 3 nearest schedules measured in earlier rounds), before measuring them.
+     from the 3 nearest schedules measured in earlier rounds), before measuring them. Rounds
+     1+ and 2+ pooled ("pooled") say whether each prediction meets the issue's target there
+     (|error| mean <= 0.5, max <= 2 points; TARGET_MEAN, TARGET_MAX).
   6. a "per-image" combination (`solve.per_image_accuracy`): each test image's top-1 margin
      (its label's logit minus the largest other) moves by the incremental single-layer changes
      of that image, and the image counts as correct while the sum stays > 0, so cuts that each
@@ -576,6 +578,7 @@ def refinement(model: solve.CostModel, evaluate, rounds: int, floors: Sequence[f
                           "schedules": [{"counts": list(p.counts), "measured": m,
                                          "corrected": p.accuracy, "anchored": a}
                                         for p, m, a in zip(r.new, meas, r.anchored)]})
+  out["pooled"] = pooled_rounds(out["rounds"], full)
   held = [c for c in random if c not in ref.measured]
   out["random_held_out"] = {
       name: errors([solve.predict_schedule(m, c)[1] for c in held], [random[c] for c in held],
@@ -606,6 +609,32 @@ def refinement(model: solve.CostModel, evaluate, rounds: int, floors: Sequence[f
   return out
 
 
+# The issue's accuracy target ("Predictions that hold"): |error| mean and max, points.
+TARGET_MEAN, TARGET_MAX = 0.5, 2.0
+
+
+def meets_target(e: Dict[str, Any]) -> Optional[bool]:
+  """Whether an `errors` entry is within TARGET_MEAN / TARGET_MAX points (None: no schedule)."""
+  if not e["count"]:
+    return None
+  return bool(e["mean"] <= TARGET_MEAN and e["max"] <= TARGET_MAX)
+
+
+def pooled_rounds(rounds: Sequence[Dict[str, Any]], full: float) -> Dict[str, Any]:
+  """The refinement's schedules pooled from round 1 and from round 2 on (each predicted before
+  measuring it, by the corrected model and anchored), with whether each meets the target."""
+  out = {}
+  for first in (1, 2):
+    rows = [s for r in rounds if r["round"] >= first for s in r["schedules"]]
+    meas = [s["measured"] for s in rows]
+    entry = {}
+    for name in ("corrected", "anchored"):
+      entry[name] = {k: dict(e, meets_target=meets_target(e))
+                     for k, e in errors([s[name] for s in rows], meas, full).items()}
+    out[f"from_round_{first}"] = entry
+  return out
+
+
 def refinement_table(ref: Dict[str, Any]) -> str:
   """Markdown: one row per refinement round, then one per floor."""
   lines = ["| round | frontier | fitted on | measured this round: n, mean / max abs err, mean "
@@ -623,6 +652,11 @@ def refinement_table(ref: Dict[str, Any]) -> str:
     lines.append(f"| {r['round']} | {r['frontier']} | {r['fitted_on']} | "
                  f"{cell(r['errors']['all'])} | {cell(r['errors']['drop_lt_10'])} | "
                  f"{cell(a['all'])} | {cell(a['drop_lt_10'])} |")
+  for key, pool in ref.get("pooled", {}).items():       # (absent in JSON written before it)
+    c, a = pool["corrected"], pool["anchored"]
+    lines.append(f"| {key.replace('_', ' ')} on, pooled | | | {cell(c['all'])} | "
+                 f"{cell(c['drop_lt_10'])} | {cell(a['all'])}{_verdict(a['all'])} | "
+                 f"{cell(a['drop_lt_10'])}{_verdict(a['drop_lt_10'])} |")
   lines += ["", "| random schedules never measured by it | all | drop < 10 points |",
             "|---|---|---|"]
   for name, e in ref["random_held_out"].items():
@@ -637,6 +671,12 @@ def refinement_table(ref: Dict[str, Any]) -> str:
              for k in ("before", "after")]
     lines.append(f"| {row['floor']} | {mine} | {cells[0]} | {cells[1]} |")
   return "\n".join(lines)
+
+
+def _verdict(e: Dict[str, Any]) -> str:
+  """' (target met)' / ' (target missed)' for a pooled cell (`meets_target`)."""
+  met = e["meets_target"]
+  return "" if met is None else f" (target {'met' if met else 'missed'})"
 
 
 def table(result: Dict[str, Any]) -> str:

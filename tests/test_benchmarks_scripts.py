@@ -705,10 +705,40 @@ def test_accuracy_combination_quick(tmp_path, capsys):
         r["errors"]["all"]["count"]
   assert set(ref["random_held_out"]) == {"incremental", "refined", "anchored"}
   assert "| anchored |" in text
+  later = [s for r in ref["rounds"] if r["round"] >= 1 for s in r["schedules"]]
+  pooled = ref["pooled"]["from_round_1"]["anchored"]["all"]
+  assert pooled["count"] == len(later) and (not later or "| from round 1 on, pooled |" in text)
   with pytest.raises(ValueError, match="tome keeps at least 33 of 65 tokens in one block, so "
                                        "block 0 cannot reduce to 21"):
     ac.main(common.parse(ac.define_flags, ["--method=tome", "--conditional=0:21",
                                            f"--out={out}"]))
+
+
+def test_accuracy_combination_pools_later_rounds_against_the_target_by_hand():
+  """Rounds 1+ and 2+ pooled, each model's errors in points, and the 0.5 / 2-point verdict:
+  a mean of exactly 0.5 meets it, a max above 2 misses it, no schedule says nothing."""
+  from benchmarks import accuracy_combination as ac  # pylint: disable=g-import-not-at-top
+
+  def sched(measured, corrected, anchored):
+    return {"counts": [65] * 7, "measured": measured, "corrected": corrected,
+            "anchored": anchored}
+
+  rounds = [{"round": 0, "schedules": [sched(0.90, 0.99, 0.99)]},       # never pooled
+            {"round": 1, "schedules": [sched(0.95, 0.98, 0.955)]},      # 3 / 0.5 points
+            {"round": 2, "schedules": [sched(0.96, 0.96, 0.955), sched(0.50, 0.50, 0.525)]}]
+  got = ac.pooled_rounds(rounds, full=0.97)
+  a1, a2 = got["from_round_1"]["anchored"], got["from_round_2"]["anchored"]
+  assert a1["all"]["count"] == 3 and a2["all"]["count"] == 2
+  assert abs(a1["all"]["mean"] - 3.5 / 3) < 1e-9 and abs(a1["all"]["max"] - 2.5) < 1e-9
+  assert a1["all"]["meets_target"] is False            # max 2.5 > 2
+  assert a1["drop_lt_10"]["count"] == 2 and abs(a1["drop_lt_10"]["mean"] - 0.5) < 1e-9
+  assert a1["drop_lt_10"]["meets_target"] is True      # exactly 0.5 / 0.5
+  c1 = got["from_round_1"]["corrected"]["drop_lt_10"]
+  assert abs(c1["mean"] - 1.5) < 1e-9 and c1["meets_target"] is False
+  assert got["from_round_2"]["corrected"]["drop_lt_10"]["meets_target"] is True   # 0 points
+  assert ac.pooled_rounds(rounds[:1], 0.97)["from_round_1"]["anchored"]["all"] == {
+      "count": 0, "meets_target": None}
+  assert ac._verdict(a1["all"]) == " (target missed)" and ac._verdict({"meets_target": None}) == ""
 
 
 def test_accuracy_combination_measures_with_the_options_given(tmp_path, monkeypatch):
