@@ -1274,33 +1274,27 @@ def test_cli_solves_paper_mode_on_the_metric_asked_for(tmp_path):
           ) in r.stdout, r.stdout
   assert "note: replaced" not in _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}",
                                            f"--out_dir={tmp_path / 'third'}").stdout
-  # A version-1 solution there: its estimate's random drop named as that version means it.
-  doc = json.loads((tmp_path / "accuracy" / name).read_text())
-  doc["version"] = 1
-  del doc["estimate"]["method_kwargs"]["nested"]
-  (tmp_path / "accuracy" / name).write_text(json.dumps(doc))
-  r = _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}",
-                f"--out_dir={tmp_path / 'accuracy'}")
-  assert r.returncode == 0 and f"from estimate {es} (random(nested=false)), which chose" in \
-      r.stdout, r.stdout
-  # ... and one whose estimate does not say its options at all (random drop drew per layer)
-  doc = json.loads((tmp_path / "accuracy" / name).read_text())
-  doc["version"] = 1
-  del doc["estimate"]["method_kwargs"]
-  (tmp_path / "accuracy" / name).write_text(json.dumps(doc))
-  r = _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}",
-                f"--out_dir={tmp_path / 'accuracy'}")
-  assert r.returncode == 0 and f"from estimate {es} (random(nested=false)), which chose" in \
-      r.stdout, r.stdout
+  held = tmp_path / "accuracy" / name
+
+  def solve_over(edit):
+    """Edits the solution the folder holds, solves into the folder again -> its stdout."""
+    doc = json.loads(held.read_text())
+    edit(doc)
+    held.write_text(json.dumps(doc))
+    r = _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}",
+                  f"--out_dir={tmp_path / 'accuracy'}")
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+  # A version-1 solution there: its estimate's random drop named as that version means it,
+  # whether its estimate said some options or none.
+  for drop in (lambda e: e["method_kwargs"].pop("nested"), lambda e: e.pop("method_kwargs")):
+    out = solve_over(lambda doc: (doc.update(version=1), drop(doc["estimate"])))
+    assert f"from estimate {es} (random(nested=false)), which chose" in out, out
   # A solution file of a format this vitprune does not read is replaced, not unsaid.
-  doc = json.loads((tmp_path / "accuracy" / name).read_text())
-  doc["version"] = 3
-  (tmp_path / "accuracy" / name).write_text(json.dumps(doc))
-  r = _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}",
-                f"--out_dir={tmp_path / 'accuracy'}")
-  assert r.returncode == 0, r.stderr
-  assert re.search(rf"note: replaced {re.escape(str(tmp_path / 'accuracy' / name))}, a solution "
-                   r"file this vitprune does not read \(.*version 3.*\)\n", r.stdout), r.stdout
+  out = solve_over(lambda doc: doc.update(version=3))
+  assert re.search(rf"note: replaced {re.escape(str(held))}, a solution file this vitprune "
+                   r"does not read \(.*version 3.*\)\n", out), out
 
 
 def test_cli_says_a_multi_solve_leaves_the_embed_row_out(tmp_path):
