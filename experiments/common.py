@@ -391,10 +391,10 @@ def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,
     if not os.path.isdir(path):
       raise NotADirectoryError(f"--{flag}={path} is {atomic.describe(bare)}, not a directory")
     atomic.check_not_mount_point(os.path.abspath(path))
+    if is_ours is not None:      # (never ours: --overwrite would not help, so not hinted)
+      atomic.check_replaceable(os.path.abspath(path), is_ours)
     if os.listdir(path) and not overwrite:
       raise FileExistsError(f"--{flag}={path} already exists (pass --overwrite to replace it)")
-    if is_ours is not None:
-      atomic.check_replaceable(os.path.abspath(path), is_ours)
   atomic.check_creatable(path, flag)
 
 

@@ -63,7 +63,9 @@ CASES = [
      "unknown model 'deit_smal_patch16_224'. Did you mean: deit_small_patch16_224"),
     ("train_digits", ["--lr=inf", "--out={out}"], 1, "--lr=inf is not a finite number"),
     ("train_digits", ["--max_steps=0", "--out={out}"], 2, "--max_steps=0: 0 is not a positive integer"),
-    ("train_digits", ["--out={full}"], 1, "already exists (pass --overwrite"),
+    ("train_digits", ["--out={full}"], 1, "it is a folder that is not a vitprune-weights "
+     "folder (with config.json); move it away or choose another output path"),   # (not "pass
+    # --overwrite", which would be refused)
     ("train_digits", ["--out={file}/w"], 1, "is a file, not a directory"),
     ("edge_kit", ["--out={file}"], 1, "is a regular file, not a directory"),
     ("edge_kit", ["--batch_sizes=0", "--out={out}"], 1, "--batch_sizes: 0 must be >= 1"),

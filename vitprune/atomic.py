@@ -266,10 +266,10 @@ def check_output_dir_target(path: str, overwrite: bool, is_ours: Callable[[str],
   or, with `overwrite`, replace one of ours (`check_replaceable`); never a mount point."""
   check_switch("overwrite", overwrite)
   check_not_mount_point(path)
+  if not is_free(path):
+    check_replaceable(path, is_ours)   # (never ours: --overwrite would not help, so not hinted)
   if not overwrite and not is_free(path):
     raise FileExistsError(f"{path} already exists ({hint})")
-  if overwrite:
-    check_replaceable(path, is_ours)
 
 
 def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
