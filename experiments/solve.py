@@ -164,7 +164,7 @@ def main(f: flags.FlagValues):
                      "block, for the estimate's method)")
   given = common.given_flags(f, ("accuracy_floor", "latency_budget", "max_accuracy_drop"))
   if len(given) > 1:
-    raise ValueError(f"give one of {', '.join(given)}")
+    raise ValueError(f"give only one of {', '.join(given)} (each sets what the choice meets)")
   if f.max_accuracy_drop is not None:
     solve_stage.check_accuracy_drop(f.max_accuracy_drop, "--max_accuracy_drop")
   if f.floor_confidence and (not f.weights or f.mode != "multi" or (

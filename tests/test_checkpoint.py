@@ -117,8 +117,12 @@ def test_missing_params_dir_and_missing_directory(tmp_path):
   shutil.rmtree(os.path.join(path, "params"))
   with pytest.raises(FileNotFoundError, match="has no params/ checkpoint"):
     checkpoint.load_weights(path)
-  with pytest.raises(FileNotFoundError, match="no config.json"):
-    checkpoint.load_weights(str(tmp_path / "nothing"))
+  with pytest.raises(FileNotFoundError, match=r"nothing does not exist$"):   # (not "no
+    checkpoint.load_weights(str(tmp_path / "nothing"))                   # config.json")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match=r"empty is not a vitprune weights directory "
+                     r"\(no config.json\)$"):
+    checkpoint.load_weights(str(tmp_path / "empty"))
 
 
 def test_failure_mid_save_leaves_no_directory(tmp_path, monkeypatch):

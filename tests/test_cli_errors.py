@@ -325,7 +325,7 @@ CASES = [
      "--max_accuracy_drop applies to --mode=multi only"),
     ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--max_accuracy_drop=0.01",
                "--latency_budget=0.001"], 1,
-     "give one of --latency_budget, --max_accuracy_drop"),
+     "give only one of --latency_budget, --max_accuracy_drop (each sets what the choice meets)"),
     ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--max_accuracy_drop=-0.5"], 2,
      "flag --max_accuracy_drop=-0.5: -0.5 is not a number in the range [0.0, 1.0]"),
     ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--max_accuracy_drop=1"], 1,

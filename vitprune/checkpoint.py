@@ -100,8 +100,9 @@ def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
   """(config.json path, its validated top-level document)."""
   cfg_file = os.path.join(path, CONFIG_FILE)
   if not os.path.isfile(cfg_file):
-    raise FileNotFoundError(f"{path} is not a vitprune weights directory (no config.json)"
-                            f"{atomic.moved_aside_note(path)}")
+    what = ("does not exist" if not os.path.lexists(path) else
+            "is not a vitprune weights directory (no config.json)")
+    raise FileNotFoundError(f"{path} {what}{atomic.moved_aside_note(path)}")
   try:
     doc = jsonio.read_json(cfg_file, "weights config")
   except jsonio.FormatError as e:
