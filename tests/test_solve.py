@@ -1724,6 +1724,12 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
                                              if p.counts != pred.full.counts))
   assert solve_loop.check_budget_in_loop(roomy, evaluate, time_schedules).chosen.counts == (
       pred.full.counts)
+  # ... which the summary says, with the unit (a walkthrough's 0.6 meant milliseconds)
+  unpruned_ms = 1e3 * pred.full.predicted_latency_s
+  assert (f"note: the latency budget, 1 s, is {1.0 / pred.full.predicted_latency_s:.3g}x the "
+          f"unpruned graph's {unpruned_ms:.4g} ms: every schedule fits it (--latency_budget is "
+          "in seconds)") in summary_lines(roomy)
+  assert not [l for l in summary_lines(pred) if "every schedule fits" in l]     # (a real one)
   # A budget below every prediction: the fastest is a provisional choice, decided on
   # measurement (it stopped at 'infeasible' before anything was measured).
   tight = 0.95 * lats[0]

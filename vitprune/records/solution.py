@@ -939,6 +939,13 @@ def _grid_text(sol: Solution) -> str:
   return "" if grid is None else f" ({', '.join(map(str, grid))})"
 
 
+def _unpruned_latency_s(sol: Solution) -> Optional[float]:
+  """The unpruned graph's latency, measured where it was, else predicted (None: not listed)."""
+  if sol.full is None:
+    return None
+  return sol.full.measured_latency_s or sol.full.predicted_latency_s
+
+
 def summary_lines(sol: Solution) -> List[str]:
   """Human-readable summary; predicted numbers say they are predicted."""
   ch, full, m = sol.chosen, sol.full, sol.metric
@@ -978,6 +985,11 @@ def summary_lines(sol: Solution) -> List[str]:
   if sol.settings.get("budget_provisional"):
     lines.append(f"warning: {sol.settings['budget_provisional']}: the budget is "
                  f"{1e3 * sol.settings['latency_budget']:.4g} ms")
+  budget, unpruned_s = sol.settings.get("latency_budget"), _unpruned_latency_s(sol)
+  if budget is not None and unpruned_s and budget >= unpruned_s:  # (a budget meant in ms)
+    lines.append(f"note: the latency budget, {budget:g} s, is {budget / unpruned_s:.3g}x the "
+                 f"unpruned graph's {1e3 * unpruned_s:.4g} ms: every schedule fits it "
+                 "(--latency_budget is in seconds)")
   if sol.settings.get("latency_untrusted"):
     lines.append(f"warning: the predicted latency is not to be trusted: "
                  f"{sol.settings['latency_untrusted']}")
