@@ -33,7 +33,7 @@ CASES = [
     ("profile", ["--out_dir={file}"], 1, "is a regular file, not a directory"),
     ("profile", ["--out_dir={full}"], 1, "refusing to replace"),
     ("profile", ["--model=test_tiny_vit", "--mode=model", "--tokens=0:3", "--out_dir={out}"], 1,
-     "the range's ends [0] are outside [2, 17]"),
+     "the range lists 0 .. 3; 0 is outside [2, 17]"),
     ("profile", ["--bogus"], 2, "Unknown command line flag 'bogus'"),
     ("profile", ["extra"], 2, "unexpected arguments: ['extra']"),
     ("benchmark", ["--data=none", "--min_run_time=nan", "--out_dir={out}"], 1,

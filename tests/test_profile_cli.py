@@ -773,8 +773,8 @@ def test_weights_flag(tmp_path):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--tokens=1:5"], r"the range's ends \[1\] are outside \[2, 17\]"),
-    (["--tokens=10:18"], r"ends \[18\] are outside"),
+    (["--tokens=1:5"], r"the range lists 1 \.\. 5; 1 is outside \[2, 17\]"),
+    (["--tokens=10:18"], r"lists 10 \.\. 18; 18 is outside \[2, 17\]"),
     (["--tokens=1,5"], r"counts \[1\] are outside \[2, 17\]"),
     (["--tokens=5:10:-1"], "never goes from 5 to 10"),
     (["--tokens=5:10:0"], "step must not be 0"),
@@ -861,7 +861,8 @@ def test_a_huge_token_range_is_refused_before_it_is_listed():
   """`--tokens=1:999999999999999` built the whole list (7 GB, 'out of memory'), `1:200000` a
   1.5 MB error line listing every count."""
   with pytest.raises(ValueError, match=re.escape(
-      "--tokens '1:999999999999999': the range's ends [1, 999999999999999] are outside [2, 17]")):
+      "--tokens '1:999999999999999': the range lists 1 .. 999999999999999; 1 and "
+      "999999999999999 are outside [2, 17]")):
     parse_token_grid(CFG, "1:999999999999999")
   with pytest.raises(ValueError) as e:
     parse_token_grid(CFG, ",".join(str(n) for n in range(100, 200000)))

@@ -284,7 +284,10 @@ def parse_token_grid(cfg: ViTConfig, spec: str) -> Tuple[int, ...]:
       last = a + (b - a) // step * step       # the last count listed ('65:1:-7' ends at 2)
       ends = sorted({c for c in (a, last) if not lo <= c <= hi})   # (before listing 1e15)
       if ends:
-        raise ValueError(f"--tokens {shown}: the range's ends {ends} are outside [{lo}, {hi}] "
+        reach = f" (the last count step {step} reaches)" if last != b else ""
+        raise ValueError(f"--tokens {shown}: the range lists {a} .. {last}{reach}; "
+                         f"{' and '.join(map(str, ends))} {'is' if len(ends) == 1 else 'are'} "
+                         f"outside [{lo}, {hi}] "
                          f"for {cfg.name} (prefix tokens {cfg.num_prefix_tokens} + 1 .. "
                          f"{cfg.num_tokens} tokens)")
       counts = list(range(a, b + (1 if step > 0 else -1), step))
