@@ -789,6 +789,9 @@ def test_estimate_counts_the_solver_leaves_out_are_named(tmp_path):
   embed = _estimate(tmp_path, [None], list(range(5, N + 1)), _acc, name="embed.json")
   paper = _paper(lacking, embed, alpha=0.5, method="topk")     # paper mode: the same
   assert paper.settings["unused_estimate_counts"] == [10]
+  assert (f"note: the estimate's counts [10] are not on the solver's grid "   # (its curve's:
+          f"({', '.join(map(str, paper.curve['tokens']))}): the profile") in "\n".join(  # a
+      summary_lines(paper))       # walkthrough's paper solve chose among 3 counts, unsaid)
   assert "the chosen schedule's latency by the per-block table (predicted): " in "\n".join(
       summary_lines(paper))                        # (it said "POMT schedule" for any method)
   capped = _paper(_block_profile(tmp_path, name="whole.json"), embed, alpha=0.5, method="tome")
