@@ -935,7 +935,7 @@ def _check_curve(sol: Solution, where: str) -> None:
 
 
 def _grid_text(sol: Solution) -> str:
-  """' (n, n, ...)': the counts the solver chose among (multi: settings.grid; paper: its curve's)."""
+  """' (n, n, ...)': the counts the solver chose among (settings.grid; paper: the curve's)."""
   grid = sol.settings.get("grid") or (sol.curve or {}).get("tokens")
   return "" if grid is None else f" ({', '.join(map(str, grid))})"
 
