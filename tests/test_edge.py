@@ -51,6 +51,24 @@ def images():
   return np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
 
 
+def test_a_compile_profile_is_checked_against_its_flags():
+  """The latency profile's peel strategy is in every latency module's flags (a fallback never
+  drops it) and in no throughput module's; a record naming no profile or flags says nothing."""
+  host = parse_target("iree:host")
+  for profile in targets_lib.CPU_PROFILES:
+    assert targets_lib.profile_flags_problem(profile, host.compile_flags(profile)) == ""
+  assert targets_lib.profile_flags_problem(
+      "throughput", host.compile_flags("latency")) == (
+          "compile profile 'throughput', but its flags hold the latency profile's "
+          "--iree-llvmcpu-vector-pproc-strategy=peel")
+  fallen_back = [f for f in host.compile_flags("latency") if f not in targets_lib.CPU_FUSION]
+  assert targets_lib.profile_flags_problem("latency", fallen_back) == ""
+  assert "lack" in targets_lib.profile_flags_problem("latency", host.compile_flags())
+  assert targets_lib.profile_flags_problem("fast", []).startswith("unknown compile profile")
+  assert targets_lib.profile_flags_problem(None, []) == ""
+  assert targets_lib.profile_flags_problem("latency", None) == ""
+
+
 def test_parse_targets():
   assert parse_target("iree:host").cpu == "host"
   t = parse_target("iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae")
@@ -568,6 +586,20 @@ def test_wrong_device_and_tampering_are_refused(artifact, tmp_path):
   bad = edited_copy("record", lambda r: r["weights"].update(sha256="0" * 64))
   with pytest.raises(EdgeError, match="the record does not match its module"):
     edge_rt.load(bad, "iree:host")
+  # The compile profile relabelled (a board profile keys its curves by it): the flags tell.
+  def relabel(where):
+    def change(r):
+      flip = {"latency": "throughput", "throughput": "latency"}
+      r[where]["profile"] = flip[r[where]["profile"]]
+    return change
+
+  for where in ("runtime", "compiler"):
+    bad = edited_copy("profile_" + where, relabel(where))
+    with pytest.raises(EdgeError, match=rf"iree_host.json: {where}: compile profile "
+                       r"'(latency|throughput)', but its flags (hold|lack) the latency "
+                       r"profile's --iree-llvmcpu-vector-pproc-strategy=peel: edited after "
+                       r"export\?"):
+      edge_rt.load(bad, "iree:host")
   bad = copy("weights")          # the record intact, its weights file changed
   with open(os.path.join(bad, "iree", "weights.bin"), "r+b") as f:
     f.write(b"\1\2\3\4")
@@ -798,6 +830,20 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   with pytest.raises(EdgeError, match=r"kit.json: compiler.flags are none of its points' "
                      "flags: an edited kit.json"):
     kit_lib.profile_kit(kit_dir)
+  # A compile profile relabelled (the board profile keys curves by it): its flags tell.
+  flip = {"latency": "throughput", "throughput": "latency"}
+  points = [dict(p, runtime=dict(p["runtime"], profile=flip[p["runtime"]["profile"]]))
+            for p in doc["points"]]
+  for edited, where in ((dict(doc, points=points), r"\(modules/[^)]+\.vmfb\)"),
+                        (dict(doc, compiler=dict(doc["compiler"],
+                                                 profile=flip[doc["compiler"]["profile"]])),
+                         "compiler")):
+    with open(os.path.join(kit_dir, "kit.json"), "w") as f:
+      json.dump(edited, f)
+    with pytest.raises(EdgeError, match=rf"kit {re.escape(kit_dir)}:? ?{where}: compile "
+                       r"profile '\w+', but its flags (hold|lack) the latency profile's "
+                       r"--iree-llvmcpu-vector-pproc-strategy=peel: an edited kit.json\?"):
+      kit_lib.profile_kit(kit_dir)
   leaves = [dict(leaf) for leaf in doc["weights"]["leaves"]]
   leaves[1]["dtype"] = "int32"
   with open(os.path.join(kit_dir, "kit.json"), "w") as f:

@@ -35,7 +35,8 @@ from vitprune.digest import named_leaves_sha256
 from vitprune.profile import protocol
 from vitprune.profile import records
 from vitprune.edge import runtime as rt
-from vitprune.edge.targets import EdgeError, check_driver, check_runnable, host_cpu, parse_target
+from vitprune.edge.targets import (EdgeError, check_driver, check_runnable, host_cpu,
+                                    parse_target, profile_flags_problem)
 
 KIT_FORMAT = "vitprune-edge-kit"
 KIT_VERSION = 1
@@ -140,10 +141,20 @@ def _kit_plans(path: str, driver: Optional[str]):
     raise EdgeError(f"kit {path}: backend {kit.get('backend')!r} is not the {target.text} "
                     f"target's {target.backend!r}: an edited kit.json? rebuild it with "
                     "experiments.edge_kit")
+  compiler = kit.get("compiler") or {}
+  problem = profile_flags_problem(compiler.get("profile"), compiler.get("flags"))
+  if problem:
+    raise EdgeError(f"kit {path}: compiler: {problem}: an edited kit.json? rebuild it with "
+                    "experiments.edge_kit")
   plans, functions = [], []
   for p in kit["points"]:
     where = f"kit {path} ({p.get('module', {}).get('file')})"
     plan = p.get("runtime") or {"driver": kit["driver"], "shards": p.get("shards", 1)}
+    problem = profile_flags_problem(plan.get("profile", compiler.get("profile")),
+                                    p.get("flags", compiler.get("flags")))
+    if problem:
+      raise EdgeError(f"{where}: {problem}: an edited kit.json? rebuild it with "
+                      "experiments.edge_kit")
     try:          # (a --driver given is the flag's problem; else the kit's, edited)
       runs_on = check_driver(target, driver or plan.get("driver"))
     except EdgeError as e:

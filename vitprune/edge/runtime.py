@@ -45,7 +45,7 @@ from vitprune.digest import file_sha256
 from vitprune.records.manifest import ArtifactError, Manifest
 from vitprune.config import Preprocessing, is_float_dtype
 from vitprune.edge.targets import (EdgeError, check_driver, check_runnable, host_cpu,
-                                    parse_target, targets_mismatch)
+                                    parse_target, profile_flags_problem, targets_mismatch)
 
 RECORD_FORMAT = "vitprune-edge-target"
 RECORD_VERSION = 2          # 2: the record holds the reducer (part of its function's identity)
@@ -118,6 +118,12 @@ def check_record_files(root: str, records: List[Dict[str, Any]],
           if not isinstance(entry.get(field), str):
             raise EdgeError(f"{what}: {key}.{field} must be a string, got "
                             f"{reprlib.repr(entry.get(field))}")
+    compiler = r.get("compiler") if isinstance(r.get("compiler"), dict) else {}
+    for name, profile in (("runtime", (r.get("runtime") or {}).get("profile")),
+                          ("compiler", compiler.get("profile"))):
+      problem = profile_flags_problem(profile, compiler.get("flags"))
+      if problem:      # (an edited record: a board profile keys its curves by this)
+        raise EdgeError(f"{what}: {name}: {problem}: edited after export?")
     checked_function(r, record_identity(r), what)
     for key in ("module", "weights"):
       entry = r[key]

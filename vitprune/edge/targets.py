@@ -264,6 +264,23 @@ _STACK = re.compile(r"exceeded stack allocation limit of \d+ bytes for function\
                     r"Got (\d+) bytes")
 
 
+def profile_flags_problem(profile: Any, flags: Any) -> str:
+  """Why CPU modules said to be compiled for `profile` cannot have been, given the `flags` they
+  were compiled with ('' when they can, or where a record names no profile or flags): the
+  latency profile's peel strategy is in its flags whatever a fallback dropped (`next_attempt`
+  never drops it), and in no throughput flags. The board profile keys curves by the compile
+  profile, so a relabelled kit merged latency modules into a throughput curve."""
+  if profile is None or not isinstance(flags, list):
+    return ""
+  if profile not in CPU_PROFILES:
+    return f"unknown compile profile {profile!r}; expected one of {', '.join(CPU_PROFILES)}"
+  peeled = all(f in flags for f in CPU_PEEL)
+  if peeled != (profile == "latency"):
+    return (f"compile profile {profile!r}, but its flags {'hold' if peeled else 'lack'} the "
+            f"latency profile's {' '.join(CPU_PEEL)}")
+  return ""
+
+
 def next_attempt(flags: Sequence[str], error: str) -> Optional[Tuple[List[str], str]]:
   """After a CPU compile with `flags` failed with compiler output `error`: (the flags to try
   next, what changed), or None when nothing is left to drop.
