@@ -154,13 +154,12 @@ def test_a_reader_of_an_output_a_killed_writer_moved_aside_says_where_it_is(tmp_
   note = (" (a writer killed while replacing it left the previous one in {p}/.{n}.old-999999999-"
           "abc/{n}: the next write of {n} puts it back, or move it back yourself)")
   assert atomic.moved_aside_note(str(tmp_path / "art")) == note.format(p=tmp_path, n="art")
-  for read, name, what in ((manifest.read_manifest, "art", "a deployment artifact directory "
-                            "(it does not exist or is not a directory)"),
-                           (kit.read_kit, "kit", "a kit directory"),
-                           (checkpoint.load_weights, "w", "a vitprune weights directory (no "
-                            "config.json)")):
+  for read, name, what in ((manifest.read_manifest, "art", "is not a deployment artifact "
+                            "directory (it does not exist or is not a directory)"),
+                           (kit.read_kit, "kit", "is not a kit directory"),
+                           (checkpoint.load_weights, "w", "does not exist")):
     with pytest.raises((ValueError, OSError), match=re.escape(
-        f"{tmp_path / name} is not {what}" + note.format(p=tmp_path, n=name))):
+        f"{tmp_path / name} {what}" + note.format(p=tmp_path, n=name))):
       read(str(tmp_path / name))
   from experiments import common  # pylint: disable=g-import-not-at-top
   with pytest.raises(FileNotFoundError, match=re.escape(   # (the CLIs' up-front --weights check)
