@@ -159,8 +159,11 @@ def check_options_agree(sol, given: dict, solution: str) -> None:
   clash = [k for k in sorted(given) if k in fixed and given[k] != fixed[k]]
   if clash:
     gave, was = (options_text({k: opts[k] for k in clash}) for opts in (given, fixed))
-    raise ValueError(f"--method_opts gives {gave}, but the solver output {solution} measured "
-                     f"{sol.method} with {was}: its accuracy is for those (leave them out)")
+    own = sol.method.strip().lower() == sol.estimate.method.strip().lower()   # (else paper
+    did, why = (("measured", "its accuracy is") if own else        # mode's chosen.method_options)
+                ("chose", "its schedule was chosen"))
+    raise ValueError(f"--method_opts gives {gave}, but the solver output {solution} {did} "
+                     f"{sol.method} with {was}: {why} for those (leave them out)")
 
 
 def check_solution_inputs(provenance: dict, profile_ref, estimate_ref, solution: str) -> None:

@@ -273,7 +273,8 @@ def earlier_solution(path: str) -> str:
     old = read_solution(path)
   except (OSError, ValueError) as e:
     why = str(e).splitlines()[0]
-    why = why[len(path) + 2:] if why.startswith(path + ": ") else why    # (named before it)
+    named = os.path.abspath(path) + ": "                      # (the path, named before it)
+    why = why[len(named):] if why.startswith(named) else why
     return f"a solution file this vitprune does not read ({why})"
   measured_with = {**record_option_defaults(old.estimate.method, old.version),   # (a version-1
                    **(old.estimate.method_kwargs or {})}          # file's per-layer draws, said

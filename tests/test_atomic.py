@@ -822,3 +822,28 @@ def test_a_switch_given_as_a_string_is_refused_before_anything_is_replaced(tmp_p
   config.check_switch("labelled", np.True_)          # (numpy's bools are bools, as elsewhere)
   with pytest.raises(TypeError, match="^verify must be True or False, got None$"):
     config.check_switch("verify", None)
+
+
+def test_an_output_folder_never_ours_is_refused_as_such_with_or_without_overwrite(tmp_path):
+  """A folder vitprune would never replace got 'already exists (pass --overwrite)', and with
+  --overwrite then 'refusing to replace': the second answer comes first; ours, empty or absent
+  folders are as before (ours: 'already exists' without overwrite, replaceable with it)."""
+  foreign = tmp_path / "mine"
+  foreign.mkdir()
+  (foreign / "notes.txt").write_text("x")
+  ours = tmp_path / "ours"
+  ours.mkdir()
+  (ours / "marker").write_text("x")
+  is_ours = lambda p: os.path.isfile(os.path.join(p, "marker"))
+  for overwrite in (False, True):
+    with pytest.raises(atomic.ForeignOutputError, match=r"^refusing to replace .*mine: it is a "
+                       r"folder that is not a vitprune output; move it away or choose another "
+                       r"output path$"):
+      atomic.check_output_dir_target(str(foreign), overwrite, is_ours)
+  with pytest.raises(FileExistsError, match=r"ours already exists \(pass overwrite=True"):
+    atomic.check_output_dir_target(str(ours), False, is_ours)
+  atomic.check_output_dir_target(str(ours), True, is_ours)
+  (tmp_path / "empty").mkdir()
+  for path in ("empty", "absent"):
+    atomic.check_output_dir_target(str(tmp_path / path), False, is_ours)
+  assert os.listdir(foreign) == ["notes.txt"] and os.listdir(ours) == ["marker"]

@@ -754,6 +754,32 @@ def test_an_unpruned_artifact_names_no_reducer_and_an_unverified_one_says_so(tmp
   assert deploy.read_manifest(str(tmp_path / "cuda")).platforms == ("cuda",)
 
 
+def test_a_paper_solution_deploys_its_method_with_the_options_it_records(tmp_path, params,
+                                                                          capsys):
+  """The main job verified EViT(normalize=True) on a random-drop estimate, and deploy rebuilt
+  EViT(normalize=False): the options travel in chosen.method_options, and others are refused."""
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from experiments import deploy as deploy_cli  # pylint: disable=g-import-not-at-top
+  weights = save_weights(str(tmp_path / "w"), CFG, params)
+  path = solution_file(tmp_path / "s.json", CFG, [17, 9, 9], method="random",
+                       weights_sha256=params_sha256(params), method_kwargs={"seed": 0})
+  doc = json.load(open(path))
+  doc["chosen"].update(method="evit", method_options={"normalize": True})
+  json.dump(doc, open(path, "w"))
+  common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+      f"--weights={weights}", f"--solution={path}", "--noverify", f"--out={tmp_path / 'a'}"])
+  assert deploy.load(str(tmp_path / "a")).manifest.reducer["fields"] == {"normalize": True}
+  assert ", reducer evit(normalize=true)\n" in capsys.readouterr().out
+  with pytest.raises(SystemExit):
+    common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+        f"--weights={weights}", f"--solution={path}", "--noverify",
+        "--method_opts=normalize=false", f"--out={tmp_path / 'b'}"])
+  assert capsys.readouterr().err == (f"error: --method_opts gives normalize=false, but the "
+                                     f"solver output {path} chose evit with normalize=true: its "
+                                     "schedule was chosen for those (leave them out)\n")
+  assert not (tmp_path / "b").exists()
+
+
 def test_a_random_drop_solution_deploys_with_the_seed_it_was_measured_with(tmp_path, params,
                                                                           capsys):
   """The solution did not keep the estimate's method options: a random-drop schedule measured

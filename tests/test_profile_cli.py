@@ -398,6 +398,7 @@ def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys, monkeypatch):
     assert os.path.exists(s["files"][key]), key
   with open(s["files"]["summary"]) as f:
     assert json.load(f)["schedule"] == s["schedule"]
+  assert s["method_options"] == {}                       # (POMT has none)
   # The solution names the profile and estimate published beside it (it said 'profile' and
   # 'estimate_record': deploy's provenance and its refusals named no file).
   with open(s["files"]["solution"]) as f:
@@ -965,6 +966,20 @@ def test_the_main_job_verifies_the_random_drop_graph_its_solution_deploys(tmp_pa
       "random", seed=seed))([s["counts"]])[0] for seed in (0, 5)}
   assert accuracy[0] != accuracy[5]                 # (else this test could not tell them apart)
   assert s["pruned"]["accuracy"] == accuracy[5]
+
+
+def test_the_main_job_records_the_options_its_paper_choice_was_verified_with(tmp_path):
+  """`--method=evit --method_opts=normalize=true` verified EViT(normalize=True), and its paper
+  solution said nothing of it: deploy rebuilt EViT(normalize=False)."""
+  from vitprune.records.solution import read_solution  # pylint: disable=g-import-not-at-top
+  s = cli.main(_flags(f"--out_dir={tmp_path}", *FAST, "--method=evit",
+                      "--method_opts=normalize=true", "--layer=1", "--tokens=65,15",
+                      "--alpha=1.0", "--num_images=20", "--eval_batch_size=20"))
+  sol = read_solution(s["files"]["solution"])
+  assert sol.method == "evit" and sol.estimate.method == "random"
+  assert sol.method_options == sol.method_kwargs == s["method_options"] == {"normalize": True}
+  with open(s["files"]["solution"]) as f:
+    assert json.load(f)["chosen"]["method_options"] == {"normalize": True}
 
 
 def test_the_printed_summary_is_of_the_merged_profile(tmp_path, capsys):

@@ -689,9 +689,12 @@ def test_paper_records_the_chosen_methods_options_its_estimate_did_not_measure(t
   # random drop's estimate measured random drop: its kwargs are the options, others refused
   assert _paper(ps, es, method="random", method_options={"nested": False, "seed": 0}
                 ).method_options is None
-  with pytest.raises(solve.SolveInputError, match=r"method options nested=true: estimate .* "
-                     r"measured random with nested=false"):
+  with pytest.raises(solve.SolveInputError, match=r"method options nested=true "
+                     r"\(nested=true,seed=0\): estimate .* measured random with "
+                     r"nested=false,seed=0$"):
     _paper(ps, es, method="random", method_options={"nested": True})
+  with pytest.raises(solve.SolveInputError, match=r"method options none \(nested=true,seed=0\)"):
+    _paper(ps, es, method="random", method_options={})     # ({}: the defaults, not unsaid)
   doc = sol.to_json()
   for bad, match in (([1], r"chosen.method_options must be an object of option values, got "
                           r"\[1\]"),
@@ -1254,7 +1257,7 @@ def test_cli_refuses_a_solution_name_too_long_for_the_file_system(tmp_path):
   assert not out.exists()
 
 
-def test_cli_solves_paper_mode_on_the_metric_asked_for(tmp_path):
+def test_cli_solves_paper_mode_on_the_metric_asked_for(tmp_path, monkeypatch):
   """--metric reaches paper mode: agreement on a labelled estimate (solved on accuracy
   whatever was asked)."""
   pts = [_point("model", n, _step_latency(n)) for n in range(2, N + 1)]
@@ -1298,6 +1301,12 @@ def test_cli_solves_paper_mode_on_the_metric_asked_for(tmp_path):
   out = solve_over(lambda doc: doc.update(version=3))
   assert re.search(rf"note: replaced {re.escape(str(held))}, a solution file this vitprune "
                    r"does not read \(.*version 3.*\)\n", out), out
+  held.write_text(json.dumps(dict(json.loads(held.read_text()), version=3)))
+  monkeypatch.chdir(tmp_path)           # a relative --out_dir: the reason does not repeat it
+  from experiments.solve import earlier_solution  # pylint: disable=g-import-not-at-top
+  assert earlier_solution(os.path.join("accuracy", name)) == (
+      "a solution file this vitprune does not read (unsupported version 3 (this vitprune reads "
+      "1, 2))")
 
 
 def test_cli_says_a_multi_solve_leaves_the_embed_row_out(tmp_path):
@@ -1730,9 +1739,15 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
   # ... which the summary says, with the unit (a walkthrough's 0.6 meant milliseconds)
   unpruned_ms = 1e3 * pred.full.predicted_latency_s
   assert (f"note: the latency budget, 1 s, is {1.0 / pred.full.predicted_latency_s:.3g}x the "
-          f"unpruned graph's {unpruned_ms:.4g} ms: every schedule fits it (--latency_budget is "
-          "in seconds)") in summary_lines(roomy)
-  assert not [l for l in summary_lines(pred) if "every schedule fits" in l]     # (a real one)
+          f"unpruned graph's {unpruned_ms:.4g} ms: the unpruned graph fits it (--latency_budget "
+          "is in seconds)") in summary_lines(roomy)
+  assert not [l for l in summary_lines(pred) if "graph fits it" in l]           # (a real one)
+  at = dataclasses.replace(pred, settings=dict(pred.settings,                # (at it: fits)
+                                               latency_budget=pred.full.predicted_latency_s))
+  assert [l for l in summary_lines(at) if " is 1x the unpruned graph's" in l]
+  measured = dataclasses.replace(roomy, full=dataclasses.replace(   # measured: that is named
+      pred.full, measured_latency_s=pred.full.predicted_latency_s / 2))
+  assert f"unpruned graph's {unpruned_ms / 2:.4g} ms" in "\n".join(summary_lines(measured))
   # A budget below every prediction: the fastest is a provisional choice, decided on
   # measurement (it stopped at 'infeasible' before anything was measured).
   tight = 0.95 * lats[0]

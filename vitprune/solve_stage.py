@@ -39,7 +39,7 @@ from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import predict as predict_lib
 from vitprune.profile import records
 from vitprune.profile import steps as steps_lib
-from vitprune.reduce.methods import make_reducer
+from vitprune.reduce.methods import make_reducer, reducer_fields
 from vitprune.records.estimate import HIGHER_IS_BETTER, Estimate, EstimateError
 from vitprune.records.solution import (BUDGET_PROVISIONAL, Candidate, EstimateRef, ProfileRef,
                                        Solution)
@@ -324,12 +324,13 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
                           f"{estimate.method!r} at block {layer}, so its accuracies are that "
                           f"method's; pass --method={estimate.method}, or an embed ('tokens') "
                           "estimate, whose random drop stands in for any method")
-  if (method_options and method == estimate.method.strip().lower()
-      and make_reducer(method, **method_options)
-      != make_reducer(method, **(estimate.reducer_kwargs or {}))):
-    raise SolveInputError(f"method options {options_text(method_options)}: estimate "
-                          f"{estimate.source} measured {method} with "
-                          f"{options_text(estimate.reducer_kwargs or {})}")
+  if method_options is not None and method == estimate.method.strip().lower():
+    given, measured = (reducer_fields(make_reducer(method, **o))     # (defaults too: {} means
+                       for o in (method_options, estimate.reducer_kwargs or {}))   # them)
+    if given != measured:
+      raise SolveInputError(f"method options {options_text(method_options) or 'none'} "
+                            f"({options_text(given)}): estimate {estimate.source} measured "
+                            f"{method} with {options_text(measured)}")
   # (only N left: "chose" the unpruned model and timed it against itself)
   lowest = paper_lowest(cfg, method)
   lacking = [f"{kind} {src}" for kind, src, grid in (("profile", profile.source, lt),

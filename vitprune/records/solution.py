@@ -989,7 +989,7 @@ def summary_lines(sol: Solution) -> List[str]:
   budget, unpruned_s = sol.settings.get("latency_budget"), _unpruned_latency_s(sol)
   if budget is not None and unpruned_s and budget >= unpruned_s:  # (a budget meant in ms)
     lines.append(f"note: the latency budget, {budget:g} s, is {budget / unpruned_s:.3g}x the "
-                 f"unpruned graph's {1e3 * unpruned_s:.4g} ms: every schedule fits it "
+                 f"unpruned graph's {1e3 * unpruned_s:.4g} ms: the unpruned graph fits it "
                  "(--latency_budget is in seconds)")
   if sol.settings.get("latency_untrusted"):
     lines.append(f"warning: the predicted latency is not to be trusted: "
