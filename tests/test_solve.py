@@ -1309,6 +1309,28 @@ def test_cli_solves_paper_mode_on_the_metric_asked_for(tmp_path, monkeypatch):
       "1, 2))")
 
 
+def test_a_predicted_multi_choice_says_what_its_numbers_rest_on(tmp_path):
+  """`experiments.solve --mode=multi --accuracy_floor` without --weights printed 'predicted
+  accuracy 0.9721' and nothing more, for a choice that measured 0.9638: the summary says that
+  the floor is met by the prediction alone, and that the latencies are sums of blocks timed
+  alone; neither once the choice is measured."""
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  sol = _multi(_block_profile(tmp_path), es, accuracy_floor=0.8)
+  floor_note = "note: the floor is met by the predicted accuracy alone"
+  blocks_note = "note: latencies predicted as sums of blocks timed alone"
+  unmeasured = dataclasses.replace(sol, chosen=dataclasses.replace(
+      sol.chosen, measured_accuracy=None))
+  text = "\n".join(summary_lines(unmeasured))
+  assert sol.profile.latency_source == "blocks" and floor_note in text and blocks_note in text
+  measured = dataclasses.replace(unmeasured, chosen=dataclasses.replace(
+      sol.chosen, measured_accuracy=0.85), basis="measured",
+                                 settings=dict(sol.settings, latency_basis="measured"))
+  assert not [l for l in summary_lines(measured) if l.startswith((floor_note, blocks_note))]
+  budget = dataclasses.replace(unmeasured, settings={
+      k: v for k, v in unmeasured.settings.items() if k != "accuracy_floor"})
+  assert floor_note not in "\n".join(summary_lines(budget))     # (no floor: nothing to meet)
+
+
 def test_cli_says_a_multi_solve_leaves_the_embed_row_out(tmp_path):
   """A sensitivity table with an embed row solved to a frontier without it, unsaid."""
   ps = _block_profile(tmp_path)
@@ -1322,7 +1344,10 @@ def test_cli_says_a_multi_solve_leaves_the_embed_row_out(tmp_path):
   r = _cli_here(f"--profile={_block_profile(tmp_path, 'b2.json')}",
                 f"--estimate={_estimate(tmp_path, [1, 3], list(range(4, N)), _acc, name='f.json')}",
                 "--mode=multi", f"--out_dir={tmp_path / 'out2'}")
-  assert r.returncode == 0 and "note:" not in r.stdout, r.stderr
+  assert r.returncode == 0 and "embed row" not in r.stdout, r.stderr
+  # predicted only: both notes say so (the per-block latency sum; no floor, so none on it)
+  assert "note: latencies predicted as sums of blocks timed alone" in r.stdout
+  assert "note: the floor is met by the predicted accuracy alone" not in r.stdout
 
 
 def test_cli(tmp_path):

@@ -991,6 +991,17 @@ def summary_lines(sol: Solution) -> List[str]:
     lines.append(f"note: the latency budget, {budget:g} s, is {budget / unpruned_s:.3g}x the "
                  f"unpruned graph's {1e3 * unpruned_s:.4g} ms: the unpruned graph fits it "
                  "(--latency_budget is in seconds)")
+  if (sol.mode == "multi" and sol.profile.latency_source == "blocks"
+      and sol.settings.get("latency_basis") != "measured"):
+    lines.append("note: latencies predicted as sums of blocks timed alone, not of the compiled "
+                 "graph (off by tens of percent, either way): a profile with calibration "
+                 "schedules (the main job's --solver=multi) predicts the graph, --weights "
+                 "times the choice")
+  if (sol.mode == "multi" and ch.measured_accuracy is None
+      and sol.settings.get("accuracy_floor") is not None):
+    lines.append("note: the floor is met by the predicted accuracy alone (single-layer "
+                 "sensitivities combined, optimistic where the solver searches): --weights "
+                 "measures the choice, and the floor then means measured accuracy")
   if sol.settings.get("latency_untrusted"):
     lines.append(f"warning: the predicted latency is not to be trusted: "
                  f"{sol.settings['latency_untrusted']}")
