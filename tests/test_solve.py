@@ -946,6 +946,8 @@ def test_multilayer_with_the_calibrated_latency_model(tmp_path):
   blocks = _multi(_block_profile(tmp_path), es, accuracy_floor=0.8)
   assert blocks.profile.latency_source == "blocks"
   assert blocks.full.predicted_latency_s != pytest.approx(sol.full.predicted_latency_s)
+  note = "note: latencies predicted as sums of blocks timed alone"    # (only where they are)
+  assert note in "\n".join(summary_lines(blocks)) and note not in "\n".join(summary_lines(sol))
   # Measured candidates carry the Wilson interval for the estimate's number of images.
   checked = _multi(ps, es, accuracy_floor=0.8, latency_model=lm,
                    evaluate=lambda cs: [0.85] * len(cs))
@@ -1318,8 +1320,10 @@ def test_a_predicted_multi_choice_says_what_its_numbers_rest_on(tmp_path):
   sol = _multi(_block_profile(tmp_path), es, accuracy_floor=0.8)
   floor_note = "note: the floor is met by the predicted accuracy alone"
   blocks_note = "note: latencies predicted as sums of blocks timed alone"
+  multi = (N, N, 15, 15, 13, 13, 13)            # (two reductions: their accuracy combined)
   unmeasured = dataclasses.replace(sol, chosen=dataclasses.replace(
-      sol.chosen, measured_accuracy=None))
+      sol.chosen, counts=multi, schedule=format_schedule(Schedule(multi)),
+      measured_accuracy=None))
   text = "\n".join(summary_lines(unmeasured))
   assert sol.profile.latency_source == "blocks" and floor_note in text and blocks_note in text
   measured = dataclasses.replace(unmeasured, chosen=dataclasses.replace(
@@ -1329,6 +1333,12 @@ def test_a_predicted_multi_choice_says_what_its_numbers_rest_on(tmp_path):
   budget = dataclasses.replace(unmeasured, settings={
       k: v for k, v in unmeasured.settings.items() if k != "accuracy_floor"})
   assert floor_note not in "\n".join(summary_lines(budget))     # (no floor: nothing to meet)
+  # A single reduction or the unpruned schedule: its accuracy is the estimate's measurement of
+  # it (nothing combined), so the floor is not "met by the prediction alone".
+  for counts in ((N,) * 2 + (15,) * 5, (N,) * 7):
+    table_point = dataclasses.replace(unmeasured, chosen=dataclasses.replace(
+        unmeasured.chosen, counts=counts, schedule=format_schedule(Schedule(counts))))
+    assert floor_note not in "\n".join(summary_lines(table_point)), counts
 
 
 def test_cli_says_a_multi_solve_leaves_the_embed_row_out(tmp_path):
@@ -1344,7 +1354,9 @@ def test_cli_says_a_multi_solve_leaves_the_embed_row_out(tmp_path):
   r = _cli_here(f"--profile={_block_profile(tmp_path, 'b2.json')}",
                 f"--estimate={_estimate(tmp_path, [1, 3], list(range(4, N)), _acc, name='f.json')}",
                 "--mode=multi", f"--out_dir={tmp_path / 'out2'}")
-  assert r.returncode == 0 and "embed row" not in r.stdout, r.stderr
+  assert r.returncode == 0, r.stderr
+  assert [l for l in r.stdout.splitlines() if l.startswith("note:")] == [
+      l for l in r.stdout.splitlines() if l.startswith("note: latencies predicted as sums")]
   # predicted only: both notes say so (the per-block latency sum; no floor, so none on it)
   assert "note: latencies predicted as sums of blocks timed alone" in r.stdout
   assert "note: the floor is met by the predicted accuracy alone" not in r.stdout

@@ -994,10 +994,11 @@ def summary_lines(sol: Solution) -> List[str]:
   if (sol.mode == "multi" and sol.profile.latency_source == "blocks"
       and sol.settings.get("latency_basis") != "measured"):
     lines.append("note: latencies predicted as sums of blocks timed alone, not of the compiled "
-                 "graph (off by tens of percent, either way): a profile with calibration "
+                 "graph (off by tens of percent or more, either way): a profile with calibration "
                  "schedules (the main job's --solver=multi) predicts the graph, --weights "
                  "times the choice")
-  if (sol.mode == "multi" and ch.measured_accuracy is None
+  if (sol.mode == "multi" and ch.measured_accuracy is None     # (a single reduction, or none:
+      and solve_lib.is_multi_reduction(ch.counts)               # the estimate measured it)
       and sol.settings.get("accuracy_floor") is not None):
     lines.append("note: the floor is met by the predicted accuracy alone (single-layer "
                  "sensitivities combined, optimistic where the solver searches): --weights "
