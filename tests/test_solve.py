@@ -948,6 +948,12 @@ def test_multilayer_with_the_calibrated_latency_model(tmp_path):
   assert blocks.full.predicted_latency_s != pytest.approx(sol.full.predicted_latency_s)
   note = "note: latencies predicted as sums of blocks timed alone"    # (only where they are)
   assert note in "\n".join(summary_lines(blocks)) and note not in "\n".join(summary_lines(sol))
+  budget = "note: the budget is met by the predicted latency alone"   # (a calibrated one too)
+  within = _multi(ps, es, latency_budget=sol.full.predicted_latency_s, latency_model=lm)
+  assert budget in "\n".join(summary_lines(within)) and budget not in "\n".join(
+      summary_lines(sol))
+  timed = dataclasses.replace(within, settings=dict(within.settings, latency_basis="measured"))
+  assert budget not in "\n".join(summary_lines(timed))
   # Measured candidates carry the Wilson interval for the estimate's number of images.
   checked = _multi(ps, es, accuracy_floor=0.8, latency_model=lm,
                    evaluate=lambda cs: [0.85] * len(cs))
