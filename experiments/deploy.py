@@ -111,11 +111,11 @@ def check_inputs_match(provenance: dict, model: str, weights_sha256: str,
     raise ValueError(f"--estimate={est['path']} measured --method={est['method']}, the "
                      f"artifact prunes with --method={method}")
   said = None if est is None else est.get("method_kwargs")   # (None: provenance of old)
-  if (reducer is not None and said is not None and method is not None
-      and measured == method.strip().lower()
-      and make_reducer(method, **said) != reducer):   # (nested draws deployed for per-layer)
-    measured_with = reducer_fields(make_reducer(method, **said))    # (defaults too: {} said
-    raise ValueError(f"--estimate={est['path']} measured "          # evit(normalize=false))
+  ran = (make_reducer(method, **said) if reducer is not None and said is not None
+         and method is not None and measured == method.strip().lower() else None)
+  if ran is not None and ran != reducer:       # (nested draws deployed for per-layer ones)
+    measured_with = reducer_fields(ran)        # (defaults too: {} said evit(normalize=false))
+    raise ValueError(f"--estimate={est['path']} measured "
                      f"{method_label(method, measured_with)}, the artifact prunes with "
                      f"{method_label(method, reducer_fields(reducer))}: its accuracy is for "
                      f"those (give --method_opts={options_text(measured_with)})")
@@ -159,9 +159,8 @@ def check_options_agree(sol, given: dict, solution: str) -> None:
   clash = [k for k in sorted(given) if k in fixed and given[k] != fixed[k]]
   if clash:
     gave, was = (options_text({k: opts[k] for k in clash}) for opts in (given, fixed))
-    own = sol.method.strip().lower() == sol.estimate.method.strip().lower()   # (else paper
-    did, why = (("measured", "its accuracy is") if own else        # mode's chosen.method_options)
-                ("chose", "its schedule was chosen"))
+    did, why = (("measured", "its accuracy is") if sol.estimate_measured_method else
+                ("chose", "its schedule was chosen"))      # (paper mode's chosen.method_options)
     raise ValueError(f"--method_opts gives {gave}, but the solver output {solution} {did} "
                      f"{sol.method} with {was}: {why} for those (leave them out)")
 

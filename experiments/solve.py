@@ -45,7 +45,7 @@ from vitprune import memory
 from vitprune import pipeline
 from vitprune import solve_loop
 from vitprune import solve_stage
-from vitprune.config import method_label, record_option_defaults
+from vitprune.config import method_label, record_method_kwargs
 from vitprune.digest import params_sha256
 from vitprune.profile.protocol import flag_timing
 from vitprune.reduce.methods import make_reducer
@@ -276,8 +276,8 @@ def earlier_solution(path: str) -> str:
     named = os.path.abspath(path) + ": "                      # (the path, named before it)
     why = why[len(named):] if why.startswith(named) else why
     return f"a solution file this vitprune does not read ({why})"
-  measured_with = {**record_option_defaults(old.estimate.method, old.version),   # (a version-1
-                   **(old.estimate.method_kwargs or {})}          # file's per-layer draws, said
+  measured_with = record_method_kwargs(old.estimate.method, old.estimate.method_kwargs or {},
+                                       old.version)   # (a version-1 file's per-layer draws, said)
   return (f"a solution of {old.created} from estimate {common.shown(old.estimate.path)} "
           f"({method_label(old.estimate.method, measured_with)}), which chose "
           f"{old.chosen.schedule}")

@@ -324,7 +324,8 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
                           f"{estimate.method!r} at block {layer}, so its accuracies are that "
                           f"method's; pass --method={estimate.method}, or an embed ('tokens') "
                           "estimate, whose random drop stands in for any method")
-  if method_options is not None and method == estimate.method.strip().lower():
+  own = method == estimate.method.strip().lower()     # (else random drop stands in for it)
+  if method_options is not None and own:
     given, measured = (reducer_fields(make_reducer(method, **o))     # (defaults too: {} means
                        for o in (method_options, estimate.reducer_kwargs or {}))   # them)
     if given != measured:
@@ -371,8 +372,8 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
                 **({"capped_counts": capped} if capped else {})},
       chosen=entry(sol.counts, sol.latency_star, sol.accuracy_star, tokens=int(sol.n_star)),
       method=method, criterion="utility",
-      method_options=(dict(method_options) if method_options is not None
-                      and method != estimate.method.strip().lower() else None),
+      method_options=(dict(method_options) if method_options is not None and not own
+                      else None),
       full=(entry((cfg.num_tokens,) * (cfg.depth + 1), sol.latency[full[0]],
                   sol.accuracy[full[0]]) if full else None),
       frontier=tuple(at_count(i) for i in solve.nondominated(sol.latency, sol.accuracy,

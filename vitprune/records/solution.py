@@ -338,11 +338,6 @@ def _check_choice(sol: "Solution", where: str) -> None:
     _check_fastest_measured(sol, require)
 
 
-def _same_method(a: str, b: str) -> bool:
-  """Whether two recorded method names name one method (as readers accept names)."""
-  return a.strip().lower() == b.strip().lower()
-
-
 def _is_bool(v: Any) -> bool:
   return isinstance(v, bool)
 
@@ -721,7 +716,7 @@ class Solution:
       raise SolutionError(f"{self.source}: basis {self.basis!r} not in {BASES}")
     if self.method_options is not None:
       problem = ("the estimate measured that method: its method_kwargs say them"
-                 if _same_method(self.method, self.estimate.method) else
+                 if self.estimate_measured_method else
                  method_options_problem(self.method, self.method_options))
       if problem:
         raise SolutionError(f"{self.source}: chosen.method_options: {problem}")
@@ -735,13 +730,19 @@ class Solution:
     return self.estimate.metric
 
   @property
+  def estimate_measured_method(self) -> bool:
+    """Whether the estimate measured the chosen method itself (its options are then the
+    estimate's), not random drop standing in for it (paper mode); names as readers take them."""
+    return self.method.strip().lower() == self.estimate.method.strip().lower()
+
+  @property
   def method_kwargs(self) -> Optional[Dict[str, Any]]:
     """The options the chosen method's reducer was measured with: the estimate's when it
     measured that method (random drop's seed decides which tokens go), as this record's format
     version means them (`config.record_method_kwargs`); else `method_options` (paper mode's
     POMT, EViT, ... on a random-drop estimate, as chosen and verified). None when the file does
     not say them."""
-    if not _same_method(self.method, self.estimate.method):
+    if not self.estimate_measured_method:
       return None if self.method_options is None else dict(self.method_options)
     return record_method_kwargs(self.method, self.estimate.method_kwargs, self.version)
 
