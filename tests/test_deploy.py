@@ -654,6 +654,27 @@ def test_an_export_that_does_not_reproduce_the_forward_is_refused(tmp_path, para
   assert os.listdir(tmp_path) == []
 
 
+def test_a_symbolic_export_is_verified_at_batch_1_and_an_odd_batch(tmp_path, params,
+                                                                  monkeypatch):
+  """A symbolic-batch artifact is checked at batch 1 and at batch 3 before it is published: one
+  that goes wrong at either alone is refused, naming the batch (it was checked at batch 2)."""
+  from vitprune import model as model_lib  # pylint: disable=g-import-not-at-top
+  real = model_lib.jitted_forward
+  for bad in (1, 3):
+    seen = []
+
+    def off_at(p, x, *a, bad=bad, seen=seen, **k):
+      seen.append(x.shape[0])
+      return real(p, x, *a, **k) + (1.0 if x.shape[0] == bad else 0.0)
+    monkeypatch.setattr(model_lib, "jitted_forward", off_at)
+    with pytest.raises(deploy.ArtifactError, match=r"exported forward does not reproduce the "
+                       rf"in-process forward at batch {bad} \(symbolic batch\): max abs "
+                       r"difference 1$"):
+      deploy.export_artifact(str(tmp_path / "art"), CFG, params, schedule=SCHED,
+                             reducer=REDUCER, batch_size=None)
+    assert seen == [1, 3][:[1, 3].index(bad) + 1] and os.listdir(tmp_path) == []
+
+
 def test_a_board_profiles_solution_deployed_for_jax_alone_says_so(tmp_path, params, capsys):
   """A schedule chosen on an IREE board's profile deployed without an IREE target: the artifact
   held the JAX export only, and nothing said the board's module was missing."""

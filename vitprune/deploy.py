@@ -311,21 +311,24 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
 
 
 def _verify(path, cfg, params, schedule, reducer, dtype, precision, batch_size) -> None:
-  """Loads the staged artifact and checks it reproduces the in-process jitted forward."""
+  """Loads the staged artifact and checks it reproduces the in-process jitted forward: at its
+  fixed batch, or a symbolic batch at 1 and 3 (a shape bug of one or of an odd batch would
+  otherwise first show at the user's)."""
   from vitprune import model  # pylint: disable=g-import-not-at-top  (load() must not need it)
   deployed = load(path)
-  b = batch_size or 2
-  images = np.random.default_rng(0).normal(
-      size=(b, cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32)
-  got = np.asarray(deployed(images))
-  want = np.asarray(model.jitted_forward(jax.tree.map(jnp.asarray, params), images, cfg=cfg,
-                                         schedule=schedule, reducer=reducer, dtype=dtype,
-                                         precision=precision))
-  same = np.array_equal(got, want) if local_platform() == "cpu" else np.allclose(
-      got, want, rtol=1e-4, atol=1e-4)
-  if not same:
-    raise ArtifactError(f"exported forward does not reproduce the in-process forward: max "
-                        f"abs difference {np.max(np.abs(got - want)):.3g}")
+  weights = jax.tree.map(jnp.asarray, params)
+  for b in (batch_size,) if batch_size else (1, 3):
+    images = np.random.default_rng(b).normal(
+        size=(b, cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32)
+    got = np.asarray(deployed(images))
+    want = np.asarray(model.jitted_forward(weights, images, cfg=cfg, schedule=schedule,
+                                           reducer=reducer, dtype=dtype, precision=precision))
+    same = np.array_equal(got, want) if local_platform() == "cpu" else np.allclose(
+        got, want, rtol=1e-4, atol=1e-4)
+    if not same:
+      at = "" if batch_size else f" at batch {b} (symbolic batch)"
+      raise ArtifactError(f"exported forward does not reproduce the in-process forward{at}: "
+                          f"max abs difference {np.max(np.abs(got - want)):.3g}")
 
 
 # ----------------------------------------------------------------------------- load
