@@ -162,6 +162,24 @@ _HIDDEN_BY_DEFAULT = (DeprecationWarning, PendingDeprecationWarning, ImportWarni
                       ResourceWarning)
 
 
+def lose_inventory_beside_notes(folder, is_ours, how="missing"):
+  """Checks that every file `folder`'s inventory lists fits `is_ours.layout` (so one whose
+  inventory is lost is still replaceable), then loses its inventory (`how`: "missing" or
+  "truncated") and adds a user's NOTES.txt: `--overwrite` must now refuse to replace it."""
+  listed = jsonio.read_json(os.path.join(folder, atomic.INVENTORY_FILE), "inventory")["files"]
+  assert listed and all(is_ours.layout.fullmatch(rel) for rel in listed
+                        if rel != atomic.INVENTORY_FILE), listed
+  inventory = os.path.join(folder, atomic.INVENTORY_FILE)
+  if how == "missing":
+    os.remove(inventory)
+  else:
+    with open(inventory, "r+") as f:
+      f.truncate(10)
+  atomic.check_replaceable(folder, is_ours)            # still ours: its layout holds
+  with open(os.path.join(folder, "NOTES.txt"), "w") as f:
+    f.write("mine")
+
+
 def run_cli_in_process(cwd, cli, argv):
   """-> (exit code, stdout, stderr) of `experiments.<cli>` run in this process in `cwd`: the
   CLI's own parsing, checks, one-line errors and exit codes (`common.run_in_process`), without

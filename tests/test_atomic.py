@@ -96,6 +96,48 @@ def test_a_published_directory_holding_files_we_did_not_write_is_not_replaced(tm
   assert atomic.unlisted_files(str(target)) == []
 
 
+def test_a_folder_whose_inventory_is_lost_is_held_to_its_layout(tmp_path):
+  """--overwrite deleted a user's NOTES.txt from an artifact, kit or digits folder whose
+  inventory was missing (copied with `cp -r dir/* copy/`) or damaged: its marker alone decided.
+  Without a readable inventory the folder is held to its marker's layout, and the refusal says
+  why; one holding nothing else is still replaced."""
+  ours = atomic.json_marker("m.json", "fmt", layout=(r"w\.bin", r"sub/.+"))
+  assert ours.layout.pattern == r"m\.json|w\.bin|sub/.+"
+  assert atomic.json_marker("m.json", "fmt").layout is None
+  target = tmp_path / "out"
+  inventory = target / atomic.INVENTORY_FILE
+
+  def publish(text):
+    with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:
+      os.makedirs(os.path.join(tmp, "sub", "deep"))
+      for name, body in (("m.json", '{"format": "fmt"}'), ("w.bin", text),
+                         ("sub/deep/x", text)):
+        (tmp_path / tmp / name).write_text(body)
+  publish("1")
+  whole = inventory.read_text()
+  for lose in (lambda: os.remove(inventory), lambda: inventory.write_text(whole[:10]),
+               lambda: inventory.write_text('{"format": "vitprune-inventory"}'),
+               lambda: inventory.write_text('{"files": 3}'), None):
+    if lose is not None:
+      lose()
+    lost = (" (its list of what vitprune wrote, .vitprune-files.json, is missing or damaged, "
+            "so its layout decides)") if lose is not None else ""
+    assert atomic.unlisted_files(str(target), ours.layout) == []
+    for extra, make in (("NOTES.txt", lambda p: p.write_text("mine")),
+                        ("w.bin.orig", lambda p: p.write_text("mine")), ("mine/", os.mkdir)):
+      make(target / extra)
+      with pytest.raises(atomic.ForeignOutputError, match=re.escape(
+          f"refusing to replace {target}: it holds {extra}, which vitprune did not write "
+          f"there{lost}; move them away or choose another output path")):
+        publish("2")
+      assert os.path.exists(target / extra) and (target / "w.bin").read_text() == "1"
+      (os.rmdir if extra.endswith("/") else os.remove)(target / extra)
+    if lose is not None:
+      assert atomic.unlisted_files(str(target)) == []      # no layout: the predicate decides
+      publish("1")                                           # nothing else: replaced
+  assert inventory.read_text() == whole
+
+
 def test_special_files_are_never_opened_as_outputs(tmp_path):
   """A FIFO (or /dev/zero) given as an output is refused by what it is, without opening it
   (reading one blocked forever or filled memory)."""

@@ -329,6 +329,8 @@ def test_files_beside_the_shipped_weights_are_never_replaced_with_them(tmp_path)
     w = str(tmp_path / f"w{inventory}")
     shutil.copytree(shipped, w)
     if not inventory:
+      assert all(checkpoint.is_weights_dir.layout.fullmatch(rel) for rel in atomic._tree_files(w)
+                 if rel != atomic.INVENTORY_FILE)   # pylint: disable=protected-access
       os.remove(os.path.join(w, atomic.INVENTORY_FILE))
     atomic.check_replaceable(w, checkpoint.is_weights_dir)
     os.makedirs(os.path.join(w, "myrun"))

@@ -857,6 +857,27 @@ def test_imagefolder_num_classes_without_names_and_foreign_overwrite(tmp_path):
   assert os.listdir(foreign) == ["NOTES.txt"]
 
 
+def test_a_digits_folder_without_its_inventory_keeps_a_users_images(tmp_path):
+  """`digits_images --overwrite` into a digits folder whose inventory was lost deleted a user's
+  NOTES.txt, a photo and a folder added to a class folder: its layout (<class>/<index>.png)
+  refuses them; holding nothing else, the folder is replaced (by fewer images)."""
+  from tests.conftest import lose_inventory_beside_notes  # pylint: disable=g-import-not-at-top
+  from vitprune import atomic  # pylint: disable=g-import-not-at-top
+  root = digits.write_digits_imagefolder(tmp_path / "d", split="all")    # every class and index
+  lose_inventory_beside_notes(root, digits.is_digits_imagefolder)
+  photo = os.path.join(root, "3", "my_photo.png")
+  os.rename(os.path.join(root, "NOTES.txt"), photo)
+  os.mkdir(os.path.join(root, "3", "mine"))
+  with pytest.raises(atomic.ForeignOutputError, match=r"it holds 3/mine/, 3/my_photo\.png, which "
+                                                      r"vitprune did not write there \(its list"):
+    digits.write_digits_imagefolder(root, limit=10, overwrite=True)
+  assert os.path.isfile(photo) and len(data.ImageFolder(root)) == 1798
+  os.remove(photo)
+  os.rmdir(os.path.join(root, "3", "mine"))
+  digits.write_digits_imagefolder(root, limit=10, overwrite=True)
+  assert len(data.ImageFolder(root)) == 10
+
+
 def test_digits_images_cli_writes_the_split_and_replaces_only_its_own_folder(tmp_path, capsys):
   from experiments import common, digits_images   # pylint: disable=g-import-not-at-top
   out = tmp_path / "imgs"

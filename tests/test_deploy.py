@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitprune import deploy, intervals, orbax_io
+from vitprune import atomic, deploy, intervals, orbax_io
 from vitprune.checkpoint import save_weights
 from vitprune.data import ImageFolder, iterate_batches
 from vitprune.model import init_params, jitted_forward
@@ -22,7 +22,7 @@ from vitprune.registry import get_config
 from vitprune.digest import params_sha256
 from vitprune.records.solution import read_solution
 from vitprune.schedule import Schedule, format_schedule
-from tests.conftest import run_cli_in_process, solution_file
+from tests.conftest import lose_inventory_beside_notes, run_cli_in_process, solution_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = get_config("test_tiny_vit")  # 16 patches + cls = 17 tokens, depth 2
@@ -652,6 +652,23 @@ def test_an_export_that_does_not_reproduce_the_forward_is_refused(tmp_path, para
     deploy.export_artifact(str(tmp_path / "art"), CFG, params, schedule=SCHED,
                            reducer=REDUCER, batch_size=2)
   assert os.listdir(tmp_path) == []
+
+
+def test_an_artifact_without_its_inventory_keeps_a_users_notes(artifact, tmp_path, params):
+  """`cp -r art/* copy/` leaves the inventory behind (a dotfile): `--overwrite` then deleted a
+  NOTES.txt beside the artifact. The artifact's layout decides instead; without the notes the
+  copy is replaced."""
+  for how in ("missing", "truncated"):
+    dst = _copy(artifact, tmp_path / how)
+    lose_inventory_beside_notes(dst, deploy.is_artifact_dir, how)
+    with pytest.raises(atomic.ForeignOutputError, match=r"it holds NOTES\.txt, which vitprune "
+                       r"did not write there \(its list of what vitprune wrote"):
+      deploy.export_artifact(dst, CFG, params, schedule=SCHED, reducer=REDUCER,
+                             batch_size=3, overwrite=True, verify=False)
+    assert open(os.path.join(dst, "NOTES.txt")).read() == "mine"
+  os.remove(os.path.join(dst, "NOTES.txt"))
+  deploy.export_artifact(dst, CFG, params, batch_size=3, overwrite=True, verify=False)
+  assert deploy.load(dst).manifest.to_json()["schedule"]["text"] == "full"   # the new one
 
 
 def test_a_symbolic_export_is_verified_at_batch_1_and_an_odd_batch(tmp_path, params,

@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from vitprune import deploy, iree_build, jsonio, model
+from tests.conftest import lose_inventory_beside_notes
+from vitprune import atomic, deploy, iree_build, jsonio, model
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime as edge_rt
 from vitprune.edge import targets as targets_lib
@@ -310,6 +311,17 @@ def artifact(tmp_path_factory, params):
                                     "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae",
                                     "iree:vulkan"])
   return out
+
+
+def test_an_iree_artifact_without_its_inventory_keeps_a_users_notes(artifact, tmp_path):
+  """Every file of an artifact with four IREE targets fits the artifact's layout, so one whose
+  inventory is lost is still replaceable, and a NOTES.txt added beside it is refused by it."""
+  dst = str(tmp_path / "copy")
+  shutil.copytree(artifact, dst)
+  lose_inventory_beside_notes(dst, deploy.is_artifact_dir)
+  with pytest.raises(atomic.ForeignOutputError, match=r"it holds NOTES\.txt, which vitprune did "
+                                                      r"not write there \(its list"):
+    atomic.check_output_dir_target(dst, True, deploy.is_artifact_dir)
 
 
 def test_artifact_targets_cross_compile_and_match_jax(artifact, images):
@@ -715,6 +727,17 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
                        reducer=make_reducer("random"), threads=2, cache_dir=cache,
                        overwrite=True, driver="local-task")
   assert all(p["cached"] for p in kit_lib.read_kit(kit_dir)["points"])
+  # A kit copied without its inventory (a dotfile) holding a user's NOTES.txt: --overwrite
+  # deleted it (the marker alone decided); the kit's layout refuses it now, before compiling.
+  lost = tmp_path / "lost_kit"
+  shutil.copytree(kit_dir, lost)
+  lose_inventory_beside_notes(str(lost), iree_build.is_kit, "truncated")
+  with pytest.raises(atomic.ForeignOutputError, match=r"it holds NOTES\.txt, which vitprune did "
+                                                      r"not write there \(its list"):
+    iree_build.build_kit(str(lost), CFG, params, target="iree:host", grid=grid,
+                         reducer=make_reducer("random"), threads=2, cache_dir=cache,
+                         overwrite=True, driver="local-task")
+  assert (lost / "NOTES.txt").read_text() == "mine"
   # A point field edited to the wrong type is refused by name, as a field of kit.json.
   bad_kit = tmp_path / "bad_kit"
   shutil.copytree(kit_dir, bad_kit)

@@ -143,9 +143,15 @@ class ForeignOutputError(FileExistsError):
 # ----------------------------------------------------------------------------- ownership markers
 
 
-def json_marker(filename: str, *formats: str) -> Callable[[str], bool]:
+def json_marker(filename: str, *formats: str,
+                layout: Sequence[str] = ()) -> Callable[[str], bool]:
   """Predicate: `path` is a directory whose `filename` is a JSON object with "format" among
-  `formats` (e.g. `json_marker('config.json', 'vitprune-weights')`)."""
+  `formats` (e.g. `json_marker('config.json', 'vitprune-weights')`).
+
+  layout: regular expressions matching every other '/'-separated relative path such a folder
+    holds when vitprune wrote it; `unlisted_files` judges by them (the predicate's `layout`)
+    a folder whose INVENTORY_FILE is lost (copied with `cp dir/*`, truncated, or written
+    before inventories), instead of deleting whatever it holds."""
 
   def is_ours(path: str) -> bool:
     if not os.path.isfile(os.path.join(path, filename)):
@@ -158,6 +164,7 @@ def json_marker(filename: str, *formats: str) -> Callable[[str], bool]:
     return isinstance(doc, dict) and doc.get("format") in formats
 
   is_ours.description = f"a {' / '.join(formats)} folder (with {filename})"
+  is_ours.layout = re.compile("|".join([re.escape(filename), *layout])) if layout else None
   return is_ours
 
 
@@ -222,27 +229,27 @@ def _write_inventory(directory: str) -> None:
     json.dump({"format": "vitprune-inventory", "files": _tree_files(directory)}, f)
 
 
-# What a weights folder written before inventories existed holds (`checkpoint.save_weights`):
-# its marker, the training metrics, and the orbax checkpoint under params/.
-_WEIGHTS_FILES, _WEIGHTS_TREE = ("config.json", "metrics.json"), "params/"
-
-
-def unlisted_files(directory: str) -> List[str]:
-  """Files under `directory` (links and empty folders too: `_tree_files`) that its
-  INVENTORY_FILE does not list (someone added them after we published it), sorted. A
-  directory written before inventories existed (or whose inventory cannot be read): for a
-  weights folder, the files outside its layout (`_WEIGHTS_FILES`, `_WEIGHTS_TREE`: a NOTES.txt
-  beside the weights was deleted with them); [] for the others (their marker alone decides)."""
-  files = [rel for rel in _tree_files(directory) if rel != INVENTORY_FILE
-           and not os.path.basename(rel).startswith(WRITE_CHECK_PREFIX)]
+def _listed_files(directory: str) -> Optional[set]:
+  """The relative paths `directory`'s INVENTORY_FILE lists, None when it cannot be read."""
   try:
     with open(os.path.join(directory, INVENTORY_FILE)) as f:
-      listed = set(json.load(f)["files"])
+      listed = json.load(f)["files"]
+    return {rel for rel in listed if isinstance(rel, str)}
   except (OSError, ValueError, RecursionError, KeyError, TypeError):
-    if not json_marker(*WEIGHTS_MARKER)(directory):
-      return []
-    return [rel for rel in files if rel not in _WEIGHTS_FILES
-            and not rel.startswith(_WEIGHTS_TREE)]
+    return None
+
+
+def unlisted_files(directory: str, layout: Optional[re.Pattern] = None) -> List[str]:
+  """Files under `directory` (links and empty folders too: `_tree_files`) that its
+  INVENTORY_FILE does not list (someone added them after we published it), sorted. When the
+  inventory cannot be read (lost in a copy, truncated, or written before inventories): the
+  files outside `layout` (`json_marker`'s: a NOTES.txt beside an artifact, a kit's or digits
+  folder's files was deleted with them), [] without one (the caller's predicate decides)."""
+  files = [rel for rel in _tree_files(directory) if rel != INVENTORY_FILE
+           and not os.path.basename(rel).startswith(WRITE_CHECK_PREFIX)]
+  listed = _listed_files(directory)
+  if listed is None:
+    return [] if layout is None else [rel for rel in files if not layout.fullmatch(rel)]
   return [rel for rel in files if rel not in listed]
 
 
@@ -285,12 +292,15 @@ def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
   # Ours, or published by vitprune (its inventory) with files added since (the main job's folder
   # with a NOTES.txt is not ours to replace: the added files are the reason, so name them).
   if not os.path.islink(path) and (ours or os.path.isfile(os.path.join(path, INVENTORY_FILE))):
-    extra = unlisted_files(path)
+    extra = unlisted_files(path, getattr(is_ours, "layout", None))
     if extra:
+      lost = ("" if _listed_files(path) is not None else
+              f" (its list of what vitprune wrote, {INVENTORY_FILE}, is missing or damaged, "
+              "so its layout decides)")
       raise ForeignOutputError(
           f"refusing to replace {path}: it holds {', '.join(extra[:3])}"
           f"{f' and {len(extra) - 3} more' if len(extra) > 3 else ''}, which vitprune did not "
-          "write there; move them away or choose another output path")
+          f"write there{lost}; move them away or choose another output path")
     if ours:
       return
   what = getattr(is_ours, "description", "a vitprune output")
@@ -895,7 +905,7 @@ def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> N
       except FileNotFoundError:
         continue                        # another writer moved it: try again
       _phase("moved_aside")
-      if not is_ours(aside) or unlisted_files(aside):   # changed after the check
+      if not is_ours(aside) or unlisted_files(aside, getattr(is_ours, "layout", None)):
         os.rename(aside, path)
         check_replaceable(path, is_ours)
         continue

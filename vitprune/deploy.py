@@ -34,6 +34,7 @@ import hashlib
 import importlib.metadata as md
 import os
 import platform as _platform
+import re
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -50,7 +51,7 @@ from vitprune.data import check_class_names, iterate_batches
 from vitprune.profile import protocol
 from vitprune.profile.protocol import Measurement, TimingConfig
 from vitprune.digest import file_sha256, params_sha256  # noqa: F401  (file_sha256: public API)
-from vitprune.edge.runtime import check_finite_outputs, training_of
+from vitprune.edge.runtime import EDGE_DIR, check_finite_outputs, training_of
 from vitprune.edge.targets import check_compute_dtype, parse_targets
 from vitprune.records.manifest import (BATCH_SYMBOL, FORMAT, MANIFEST_FILE, VERSION,  # noqa: F401
                                        WEIGHTS_SHA256_OF, ArtifactError, Manifest,
@@ -62,8 +63,11 @@ PARAMS_DIR = "params"
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 IDENTITY_PREFIX = "vitprune_"
 
-# `export_artifact(overwrite=True)` replaces only a directory whose manifest.json is ours.
-is_artifact_dir = atomic.json_marker(MANIFEST_FILE, FORMAT)
+# `export_artifact(overwrite=True)` replaces only a directory whose manifest.json is ours (and,
+# its inventory lost, that holds only the forward, the orbax params and the IREE targets' files).
+is_artifact_dir = atomic.json_marker(
+    MANIFEST_FILE, FORMAT, layout=(re.escape(FORWARD_FILE), re.escape(PARAMS_DIR) + "/.+",
+                                   re.escape(EDGE_DIR) + r"/[^/]+\.(?:json|vmfb|bin)"))
 
 Params = Dict[str, Any]
 

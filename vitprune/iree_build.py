@@ -62,6 +62,10 @@ from vitprune.flops import forward_gflop
 from vitprune.schedule import Schedule, check_schedule, format_schedule, reduces_tokens
 
 KIT_WEIGHTS = "weights.bin"
+# `build_kit(overwrite=True)` replaces only a kit (its kit.json; its inventory lost: nothing but
+# the weights and the modules).
+is_kit = atomic.json_marker(KIT_MANIFEST, KIT_FORMAT,
+                           layout=(re.escape(KIT_WEIGHTS), r"modules/[^/]+\.vmfb"))
 
 
 class IreeBuildError(EdgeError):
@@ -504,7 +508,6 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
   plans = {int(b): choose_runtime(cfg, int(b), t, driver, cores) for b in batch_sizes}
   plan = plans[max(plans)]
   out = os.path.abspath(out)
-  is_kit = atomic.json_marker(KIT_MANIFEST, KIT_FORMAT)
   atomic.check_output_dir_target(out, overwrite, is_kit, "pass --overwrite")   # before compiling
   jobs = kit_jobs(cfg, mode=mode, grid=grid, schedules=schedules, batch_sizes=batch_sizes,
                   reducer=reducer)
