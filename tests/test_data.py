@@ -5,6 +5,7 @@ import glob
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import unicodedata
@@ -962,15 +963,48 @@ def test_a_digits_folder_is_checked_by_its_marker_where_the_digits_table_is_miss
     digits.check_digits_folder(str(test), {**meta, "split": {"seed": 1}}, "W")
 
 
-def test_a_digits_training_folder_re_saved_as_jpeg_is_refused_by_its_marker(tmp_path):
-  """Training digits re-saved as JPEG no longer match the table's 8x8 pixels: they were scored
-  (0.9944 on 1438 training digits) although the folder's marker says 'train'."""
+def test_digits_re_saved_as_jpeg_are_found_by_their_pixels(tmp_path):
+  """Training digits re-saved as RGB JPEG into a folder of its own (no marker) matched no digit
+  exactly and were scored as held-out images (a probe: accuracy 1.0000 on 50 training digits).
+  Each lossy copy is the one digit within `_LOSSY_COPY_LEVELS` grey levels: no two digits are
+  that close to one image, and every digit's quality-95 copy finds itself."""
+  images = digits.load_digits_arrays()[0].astype(np.int16).reshape(-1, 64)
+  closest = min(int(np.abs(images[i + 1:] - images[i]).max(axis=1).min())
+                for i in range(len(images) - 1))
+  assert closest > 2 * digits._LOSSY_COPY_LEVELS   # pylint: disable=protected-access
+  every = tmp_path / "every"
+  digits.write_digits_imagefolder(every, split="all")
+  for png in sorted(every.glob("*/*.png")):
+    with Image.open(png) as img:
+      img.convert("RGB").save(png.with_suffix(".jpg"), quality=95)
+    png.unlink()
+  jpgs = sorted(every.glob("*/*.jpg"))
+  assert len(jpgs) == len(images)
+  assert digits.digits_copied_into(str(every)) == set(range(len(images)))
+  train, test = (tmp_path / "train_jpg", tmp_path / "test_jpg")
+  split = digits.digits_split(0)
+  for folder, part in ((train, split[0]), (test, split[1])):
+    for i in part[:50]:
+      src = every / str(int(digits.load_digits_arrays()[1][i])) / f"{int(i):04d}.jpg"
+      (folder / src.parent.name).mkdir(parents=True, exist_ok=True)
+      shutil.copy(src, folder / src.parent.name / f"photo_{int(i)}.jpg")
+  meta = {"dataset": "sklearn_digits", "split": {"seed": 0, "test_fraction": 0.2}}
+  digits.check_digits_folder(str(test), meta, "W")                     # held out: scored
+  with pytest.raises(ValueError, match=re.escape(
+      f"50 of the 50 digits in {train} are training images of W (digits split of seed 0")):
+    digits.check_digits_folder(str(train), meta, "W")
+
+
+def test_a_digits_training_folder_re_saved_with_heavy_loss_is_refused_by_its_marker(tmp_path):
+  """Training digits re-saved as JPEG of quality 10 no longer lie near the table's 8x8 pixels:
+  they were scored (0.9944 on 1438 training digits) although the folder's marker says
+  'train'."""
   train = tmp_path / "train"
   digits.write_digits_imagefolder(train, split="train", limit=10)
   meta = {"dataset": "sklearn_digits", "split": {"seed": 0, "test_fraction": 0.2}}
   for png in sorted(train.glob("*/*.png")):
     with Image.open(png) as img:
-      img.convert("L").save(png.with_suffix(".jpg"), quality=95)
+      img.convert("L").save(png.with_suffix(".jpg"), quality=10)
     png.unlink()
   assert digits.digits_copied_into(str(train)) == set()         # the pixels no longer tell
   with pytest.raises(ValueError, match=re.escape(

@@ -7,8 +7,9 @@
   3 channels), labelled by a model's class names.
 * `write_digits_imagefolder` writes them out as a real `ImageFolder` (`<class>/<idx>.png`).
 * The training-data guard: `check_digits_folder` refuses to score weights on a folder holding
-  their training digits, found by the images' 8x8 pixels (`digits_copied_into`), whatever
-  their file names (by the folder's marker only where scikit-learn's table is missing).
+  their training digits, found by the images' 8x8 pixels (`digits_copied_into`: exact, or
+  within a JPEG re-save's loss), whatever their file names (by the folder's marker only where
+  scikit-learn's table is missing or the pixels moved further).
 """
 from __future__ import annotations
 
@@ -161,6 +162,10 @@ def digits_for_model(class_names: Optional[Sequence[str]] = None,
 # header says 8x8.
 _MAX_DIGIT_FILE_BYTES = 1 << 16
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A lossy copy (JPEG) moves a digit's grey values: at quality 95 by at most 9 levels, at 75 by
+# up to 40. Two digits differ by at least 48 levels at some pixel (tests/test_data.py checks),
+# so at most one digit lies within 23 of an image at every pixel: that one is its copy.
+_LOSSY_COPY_LEVELS = 23
 
 
 def digits_copied_into(root: str) -> set:
@@ -172,11 +177,14 @@ def digits_copied_into(root: str) -> set:
   scored all the same); without, images directly in `root` (a flat copy, `cp dir/*/*.png
   flat/`, scored by agreement). Only regular files whose header says 8x8 are decoded (of at
   most 64 KiB, but PNGs of any size), to RGB as `ImageFolder` reads them (a grey image saved as
-  LA, RGB(A) or with a palette counts by its grey values)."""
+  LA, RGB(A) or with a palette counts by its grey values); an image that is no digit exactly is
+  the one digit within `_LOSSY_COPY_LEVELS` grey levels of it in every pixel and channel, if
+  any (a copy re-saved as JPEG was missed)."""
   if not os.path.isdir(root):          # (ImageFolder names a missing root)
     return set()
   images, _ = load_digits_arrays()
   by_pixels = {im.tobytes(): i for i, im in enumerate(images)}
+  levels = images.astype(np.int16)[..., None]                                # [D, 8, 8, 1]
   shape = images.shape[1:]
   found = set()
 
@@ -199,9 +207,13 @@ def digits_copied_into(root: str) -> set:
         rgb = np.asarray(check_8bit(img).convert("RGB"))   # what the model is shown (LA: missed)
     except (OSError, ValueError):
       return -1
-    if not all(np.array_equal(rgb[..., 0], rgb[..., c]) for c in (1, 2)):
-      return -1
-    return by_pixels.get(rgb[..., 0].tobytes(), -1)
+    if all(np.array_equal(rgb[..., 0], rgb[..., c]) for c in (1, 2)):
+      exact = by_pixels.get(rgb[..., 0].tobytes(), -1)
+      if exact >= 0:
+        return exact
+    off = np.abs(levels - rgb.astype(np.int16)[None]).max(axis=(1, 2, 3))    # [D]
+    nearest = int(np.argmin(off))
+    return nearest if off[nearest] <= _LOSSY_COPY_LEVELS else -1
 
   def scan(folder: str, files) -> None:
     for n in files:
@@ -250,7 +262,8 @@ def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
   its marker) that the weights (`whose`, named in the message; `meta` as `train_digits` records
   it) were trained on: every score on them would be inflated. A `digits_images` folder is also
   judged by the split its marker records where the pixels find no digit (its images re-saved
-  as JPEG; a board without scikit-learn's table has only the marker)."""
+  with a heavier loss than `_LOSSY_COPY_LEVELS`; a board without scikit-learn's table has only
+  the marker)."""
   trained = digits_training_split(meta)
   if trained is None:
     return
