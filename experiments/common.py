@@ -512,5 +512,19 @@ def load_model(model: Optional[str], weights: Optional[str], seed: int = 0
     weights = EMBEDDED_WEIGHTS
   if weights:
     _, params = checkpoint.load_weights(weights)
+    note_smoke_run(weights, checkpoint.read_weights_config(weights)[1])
     return cfg, params, os.path.abspath(weights)
   return cfg, model_lib.init_params(cfg, seed), f"init_params(seed={seed})"
+
+
+def note_smoke_run(weights: str, meta: Any) -> None:
+  """A `note:` on stderr when `weights` were trained with `train_digits --max_steps` (a smoke
+  run, its held-out accuracy recorded): such weights written over weights/vit_digits were used
+  by every CLI afterwards with nothing said (a walkthrough: 'unpruned 0.0938')."""
+  steps = meta.get("max_steps") if isinstance(meta, dict) else None
+  if steps is None:
+    return
+  acc = meta.get("test_accuracy")
+  held = f", held-out accuracy {acc:.4f}" if isinstance(acc, float) else ""
+  print(f"note: {os.path.abspath(weights)} were trained for {steps} steps only (train_digits "
+        f"--max_steps, a smoke run{held})", file=sys.stderr)

@@ -75,7 +75,7 @@ def test_edge_kit(tmp_path):
   assert f"wrote {tmp_path / 'kit'}" in r.stdout
 
 
-def test_train_digits(tmp_path):
+def test_train_digits(tmp_path, capsys):
   r = _cli("train_digits", "--epochs=1", "--warmup_epochs=0", "--batch_size=32",
            "--max_steps=2", f"--out={tmp_path / 'w'}")
   cfg, meta = checkpoint.read_weights_config(str(tmp_path / "w"))
@@ -83,3 +83,13 @@ def test_train_digits(tmp_path):
   metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
   assert metrics["history"][-1]["steps"] == 2 and metrics["max_steps"] == 2
   assert "held-out accuracy" in r.stdout
+  # Smoke-run weights (written over weights/vit_digits by a walkthrough) were then used by every
+  # CLI with nothing said: loading them says so; the embedded weights say nothing.
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  capsys.readouterr()
+  common.load_model(None, str(tmp_path / "w"))
+  assert capsys.readouterr() == ("", f"note: {tmp_path / 'w'} were trained for 2 steps only "
+                                 "(train_digits --max_steps, a smoke run, held-out accuracy "
+                                 f"{meta['test_accuracy']:.4f})\n")
+  common.load_model(None, None)
+  assert capsys.readouterr() == ("", "")
