@@ -83,6 +83,33 @@ def test_golden_cases_cover_every_family():
   assert want <= set(CASES)
 
 
+def test_a_checkpoint_of_another_size_names_both_sizes_and_lists_few_keys():
+  """The golden deit_tiny (reduced depth and width) converted for the registry's full-size
+  deit_tiny_patch16_224 listed 120 missing keys and 32 shape mismatches (5 KB) and never said
+  why: the two sizes are named, and each list shows its first 8 (all stay on the error)."""
+  case = CASES["deit_tiny"]
+  small = case_config(case)
+  full = get_config("deit_tiny_patch16_224")
+  assert (small.depth, small.embed_dim) != (full.depth, full.embed_dim)
+  with pytest.raises(ConversionError) as e:
+    convert_file(full, golden(case["files"]["state_dict"]))
+  text = str(e.value)
+  assert text.splitlines()[1] == (
+      f"  (the checkpoint holds a ViT of depth {small.depth}, width {small.embed_dim}; "
+      f"deit_tiny_patch16_224 has depth {full.depth}, width {full.embed_dim}: convert it for a "
+      "model of its size)")                           # the cause first: a CLI shows one line
+  missing = e.value.missing
+  assert len(missing) > 8 and len(text) < 2500
+  assert f"  missing keys ({len(missing)}): {missing[:8]} and {len(missing) - 8} more" in text
+  sd, _ = convert.load_checkpoint(golden(case["files"]["state_dict"]))
+  del sd["norm.bias"]
+  with pytest.raises(ConversionError) as e:        # the right size, a key missing: no size line
+    convert_state_dict(small, sd)
+  assert str(e.value).splitlines()[1:] == ["  missing keys (1): ['norm.bias']",
+                                           "  unexpected keys (0): []",
+                                           "  shape mismatches (0): []"]
+
+
 def test_golden_pth_matches_timm():
   pytest.importorskip("torch", reason="torch is not installed: the .pth loader (which needs "
                       "torch) is exercised only where torch exists, e.g. /work/timmenv")

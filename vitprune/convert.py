@@ -15,7 +15,8 @@ original DINOv2 (`register_tokens`, `mlp.w12/w3`; its `mask_token` must be ignor
 and AugReg/big_vision `.npz` names (mapped like timm's `_load_weights`).
 
 Strict: every checkpoint key is consumed and every parameter filled, otherwise a
-`ConversionError` lists all missing keys, unexpected keys and shape mismatches at once. Keys that
+`ConversionError` holds all missing keys, unexpected keys and shape mismatches at once (its
+message: the first 8 of each, after the sizes where the checkpoint is a model of another). Keys that
 are legitimately unused are only dropped on request (`drop_head=True`, `ignore_keys=(...)`).
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ import math
 import os
 import re
 import zipfile
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -58,14 +59,23 @@ class ConversionError(ValueError):
   """The checkpoint does not fit the config: lists every missing/unexpected/mismatched key."""
 
   def __init__(self, name: str, missing=(), unexpected=(), mismatched=(),
-               features_only: bool = False):
+               features_only: bool = False, sizes: Optional[Tuple[Tuple[int, int],
+                                                                  Tuple[int, int]]] = None):
+    """sizes: ((depth, width) the checkpoint holds, (depth, width) of `name`), named when they
+    differ (every key listed then is a symptom of that one cause)."""
     self.missing, self.unexpected, self.mismatched = list(missing), list(unexpected), list(
         mismatched)
     lines = [f"checkpoint does not match {name}:"]
-    lines.append(f"  missing keys ({len(self.missing)}): {self.missing}")
-    lines.append(f"  unexpected keys ({len(self.unexpected)}): {self.unexpected}")
+    if sizes is not None and sizes[0] != sizes[1]:      # the cause first (one line in a CLI)
+      (depth, width), (want_depth, want_width) = sizes
+      lines.append(f"  (the checkpoint holds a ViT of depth {depth}, width {width}; {name} has "
+                   f"depth {want_depth}, width {want_width}: convert it for a model of its "
+                   "size)")
+    lines.append(f"  missing keys ({len(self.missing)}): {_first(self.missing)}")
+    lines.append(f"  unexpected keys ({len(self.unexpected)}): {_first(self.unexpected)}")
     lines.append("  shape mismatches ({}): {}".format(
-        len(self.mismatched), [f"{k}: expected {e}, got {g}" for k, e, g in self.mismatched]))
+        len(self.mismatched),
+        _first([f"{k}: expected {e}, got {g}" for k, e, g in self.mismatched])))
     if "dist_token" in self.unexpected:     # (the head hint below could not help)
       lines.append("  (a distilled checkpoint: convert it for the *_distilled_* model)")
     elif "dist_token" in self.missing:
@@ -82,6 +92,24 @@ class ConversionError(ValueError):
       lines.append(f"  (every unexpected key starts with {prefix!r}: a wrapped state dict? "
                    "strip that prefix)")
     super().__init__("\n".join(lines))
+
+
+def _first(items: List[Any], shown: int = 8) -> str:
+  """`items` as a list, cut to the first `shown` ('... and N more'): a depth-12 model's keys
+  against a depth-2 checkpoint made a 5 KB message (all of them stay on the error)."""
+  if len(items) <= shown:
+    return str(items)
+  return f"{items[:shown]} and {len(items) - shown} more"
+
+
+def state_dict_size(sd: Mapping[str, Any]) -> Optional[Tuple[int, int]]:
+  """(depth, width) of the ViT a timm-named state dict holds: its `blocks.<i>.` indices and
+  its cls token's (else patch embedding's) width; None when it names neither."""
+  blocks = [int(m.group(1)) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m]
+  for key, axis in (("cls_token", -1), ("patch_embed.proj.weight", 0)):
+    if key in sd and np.ndim(sd[key]) >= 1 and blocks:
+      return max(blocks) + 1, int(np.shape(sd[key])[axis])
+  return None
 
 
 # ----------------------------------------------------------------------------- file loading
@@ -520,8 +548,10 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
                    "position folded out (original DINOv2 layout, assumed from its "
                    "register_tokens)") for k, e, g in mismatched]
   if missing or unexpected or mismatched:
+    found = state_dict_size(sd)
     raise ConversionError(cfg.name, missing, unexpected, mismatched,
-                          features_only=cfg.num_classes == 0)
+                          features_only=cfg.num_classes == 0,
+                          sizes=None if found is None else (found, (cfg.depth, cfg.embed_dim)))
   leaves, treedef = jax.tree.flatten_with_path(param_shapes(cfg),
                                                is_leaf=lambda x: isinstance(x, tuple))
   values = []
