@@ -632,6 +632,14 @@ def test_pipeline_refinement_without_a_floor(tmp_path, capsys):
   assert (f"note: this timing of the chosen graph, 20000.0000 ms, is over the budget of 1e+04 ms "
           f"it measured within in the loop ({s['measured_in_loop']['latency_ms']:.4f} ms)"
           in pipeline.format_summary(over))
+  # A speed-up whose medians differ by less than the larger IQR says it is within the spread.
+  spread = "(within the timing spread: the medians differ by less than the larger IQR)"
+  u = s["unpruned"]
+  for iqr, noted in ((0.0, False), (10.0 * u["latency_ms"], True)):
+    text = pipeline.format_summary(dict(s, pruned=dict(s["pruned"], iqr_ms=iqr),
+                                        unpruned=dict(u, iqr_ms=0.0), speedup=1.5))
+    assert (f"speedup x1.50 {spread}; " in text) is noted and ("speedup x1.50; " in text) is not \
+        noted, text
 
 
 def test_floor_study_checks_the_main_job(tmp_path, capsys):

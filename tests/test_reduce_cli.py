@@ -45,6 +45,25 @@ def test_run_prune_full_schedule_agrees_exactly():
   assert "tokens entering block: 0:17 1:17  | leaving the last: 17" in text
 
 
+def test_a_speed_up_within_the_timing_spread_says_so():
+  """'speed-up: 0.895x' of medians 534 / 597 ms with IQRs of 156 / 97 ms read as a result: a
+  ratio whose medians differ by less than the larger IQR is marked as within the spread."""
+  params = model.init_params(CFG, 0)
+  r = prune_lib.run_prune(CFG, params, prune.synthetic_images(CFG, 1, seed=0), method="pomt",
+                          schedule=S.parse_schedule(CFG, "keep@0:9"),
+                          labels=np.array([-1]), warmup=0, repeats=1)
+  for (full, pruned), noted in ((((0.534, 0.156), (0.597, 0.097)), True),
+                                (((0.534, 0.010), (0.400, 0.020)), False),
+                                (((0.534, 0.134), (0.400, 0.020)), False),   # exactly the IQR
+                                (((0.534, 0.135), (0.400, 0.020)), True)):
+    for k, (median, iqr) in zip(("full", "pruned"), (full, pruned)):
+      r[k] = dict(r[k], median_s=median, iqr_s=iqr)
+    last = prune.format_result(r).splitlines()[-1]
+    ratio = f"speed-up: {full[0] / pruned[0]:.3f}x"
+    assert last == (ratio + " (within the timing spread: the medians differ by less than the "
+                    "larger IQR)" if noted else ratio), last
+
+
 def test_run_prune_pruned_with_labels():
   params = model.init_params(CFG, 0)
   images = prune.synthetic_images(CFG, 4, seed=0)

@@ -54,7 +54,7 @@ from vitprune import solve_stage
 from vitprune.config import ViTConfig, method_label
 from vitprune.model import Params, jitted_forward
 from vitprune.profile import latency_model as latency_model_lib
-from vitprune.profile import records, runner, timing
+from vitprune.profile import protocol, records, runner, timing
 from vitprune.records.estimate import Estimate, default_metric, write_estimate
 from vitprune.records.solution import (Solution, describe_capped, describe_frontier_error,
                                        describe_refinement, judges_paired_change,
@@ -818,7 +818,10 @@ def format_summary(s: Dict[str, Any]) -> str:
       f"{p['iqr_ms']:>8.4f} {p[m]:>9.4f}",
       ("   nothing pruned: the chosen schedule is the unpruned graph (speed-up 1 by "
        "definition)" if s["counts"] == u["counts"] else
-       f"   speedup x{s['speedup']:.2f}; {m} change "
+       f"   speedup x{s['speedup']:.2f}"
+       + (f" ({protocol.SPREAD_NOTE})" if protocol.within_spread(
+           u["latency_ms"], u["iqr_ms"], p["latency_ms"], p["iqr_ms"]) else "")
+       + f"; {m} change "
        + (intervals.describe_change(p["change"]) if "change" in p else f"{p[m] - u[m]:+.4f}")
        + f"; top-1 agreement with unpruned {p['agreement_with_unpruned']:.4f}"),
   ]

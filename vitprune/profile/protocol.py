@@ -135,6 +135,17 @@ def relative_iqr(iqr: float, median: float) -> float:
   return iqr / median if median > 0 else float("inf")
 
 
+# How a speed-up of two graphs is qualified when the measurement cannot tell them apart.
+SPREAD_NOTE = "within the timing spread: the medians differ by less than the larger IQR"
+
+
+def within_spread(median_a: float, iqr_a: float, median_b: float, iqr_b: float) -> bool:
+  """Whether two medians differ by less than the larger of their IQRs: their ratio then says
+  nothing (a prune run printed 'speed-up: 0.895x' of 534 / 597 ms with IQRs of 156 / 97 ms as a
+  plain result)."""
+  return abs(median_a - median_b) < max(iqr_a, iqr_b)
+
+
 @dataclasses.dataclass(frozen=True)
 class Measurement:
   """Summary of one point's timed samples (seconds)."""
