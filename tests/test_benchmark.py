@@ -272,7 +272,7 @@ def test_cli_labelled_run(tmp_path, capsys):
   # Accuracy is per dtype, independent of the batch size that was timed.
   for n in names:
     assert by[(1, "float32", n)]["accuracy"] == by[(2, "float32", n)]["accuracy"]
-  assert by[(1, "float32", "tome:r2")]["schedule"] == "list:17,15,13"
+  assert by[(1, "float32", "tome:r2")]["schedule"] == "r2"
   assert float(by[(1, "float32", "pomt")]["token_budget_pct"]) == pytest.approx(
       100 * (17 + 11 + 11 + 11) / (4 * 17), rel=1e-5)
   table = _parse_markdown(md)
@@ -530,7 +530,7 @@ def test_a_table_of_other_settings_is_replaced_with_a_note(tmp_path, capsys):
            for r in rows]
   assert B.replaced_table_note(str(csv_path), other) == (
       f"replacing {csv_path}, a table of variants pomt (pomt keep@1:2), tome:r2 (tome "
-      "list:17,15,13), unpruned (none full) (this run: variants pomt (pomt keep@1:2), tome:r2 "
+      "r2), unpruned (none full) (this run: variants pomt (pomt keep@1:2), tome:r2 "
       "(topk keep@1:9), unpruned (none full)); choose another --out_dir to keep both")
   header_only = tmp_path / "h.csv"
   header_only.write_text(",".join(B.CSV_COLUMNS) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -329,6 +330,22 @@ def test_bad_manifest_is_refused(artifact, tmp_path, edit, message):
   _edit_manifest(path, edit)
   with pytest.raises(deploy.ArtifactError, match=message):
     deploy.load(path)
+
+
+def test_a_schedule_text_is_checked_by_the_counts_it_parses_to(artifact, tmp_path):
+  """A manifest's schedule text must parse to its counts, not equal today's compact form:
+  an artifact of 2026-12-05 wrote a constant-r schedule as list:..., which is now rN, and would
+  have been refused as edited."""
+  for text in ("keep@1:9", "list:17,17,9", "embed:17+keep@1:9", "remove@1:8"):
+    path = _copy(artifact, tmp_path / text.replace(":", "_"))
+    _edit_manifest(path, lambda d, text=text: d["schedule"].__setitem__("text", text))
+    assert deploy.load(path).manifest.counts == SCHED.counts
+  for text, why in (("r8", "'r8'"), ("keep@1:", "'keep@1:'"), (9, "9")):
+    path = _copy(artifact, tmp_path / f"bad{why}")
+    _edit_manifest(path, lambda d, text=text: d["schedule"].__setitem__("text", text))
+    with pytest.raises(deploy.ArtifactError, match=re.escape(
+        f"schedule.text {why} does not describe schedule.counts [17, 17, 9] ('keep@1:9')")):
+      deploy.load(path)
 
 
 EDITED = "identity does not match the manifest's fields|does not describe the exported forward"

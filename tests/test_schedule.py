@@ -218,7 +218,16 @@ def test_format_parse_round_trip(cfg):
 def test_format_prefers_readable_form():
   assert S.format_schedule(S.prune_at(DEIT_S, keep=120), DEIT_S) == "keep@3:120"
   assert S.format_schedule(S.drop_after_embedding(DEIT_S, 150), DEIT_S) == "embed:150"
-  assert S.format_schedule(S.remove_per_layer(TINY, 4), TINY) == "list:17,13,9"
+  # ToMe's r when every block removes the same r (a benchmark's 'tome-r8', DeiT-S's r8 scaled
+  # to vit_digits, showed list:65,60,55,50,45,40,35 beside a literal 'tome:r4' variant).
+  assert S.format_schedule(S.remove_per_layer(TINY, 4), TINY) == "r4"
+  assert S.format_schedule(S.remove_per_layer(DEIT_S, 8), DEIT_S) == "r8"
+  assert S.format_schedule(S.remove_per_layer(TINY, 4)) == "list:17,13,9"   # no cfg: no r
+  uneven = S.parse_schedule(TINY, "list:17,13,10")
+  assert S.format_schedule(uneven, TINY) == "list:17,13,10"
+  for text in ("r4", "r8", "list:17,13,10", "r1"):
+    cfg = DEIT_S if text == "r8" else TINY
+    assert S.format_schedule(S.parse_schedule(cfg, text), cfg) == text
   with pytest.raises(ValueError, match="starts with 250"):
     S.format_schedule(S.Schedule([250] * 13), DEIT_S)
 

@@ -655,4 +655,10 @@ def format_schedule(schedule: Schedule, cfg: Optional[ViTConfig] = None) -> str:
     terms.append("keep@" + ",".join(f"{l}:{c[l + 1]}" for l in schedule.reduction_layers))
   step_form = "+".join(terms)
   list_form = "list:" + ",".join(str(n) for n in c)
-  return step_form if len(step_form) <= len(list_form) else list_form
+  shortest = step_form if len(step_form) <= len(list_form) else list_form
+  removed = {a - b for a, b in zip(c, c[1:])}
+  if cfg is not None and c[0] == cfg.num_tokens and len(removed) == 1 and min(removed) > 0:
+    per_block = f"r{removed.pop()}"            # ToMe's form: the same r removed in every block
+    if parse_schedule(cfg, per_block).counts == c and len(per_block) <= len(shortest):
+      return per_block
+  return shortest

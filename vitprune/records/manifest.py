@@ -178,10 +178,16 @@ class Manifest:
     except (ValueError, TypeError) as e:
       raise ArtifactError(f"{where}: schedule.counts {counts} is not a schedule of {cfg.name}: "
                           f"{e}") from None
-    text = schedule_lib.format_schedule(schedule, cfg)
-    _req(doc["schedule"].get("text") == text, where,
-         f"schedule.text {doc['schedule'].get('text')!r} does not describe schedule.counts "
-         f"{counts} ({text!r})")
+    # The text parses to the counts (not: equals today's compact form of them, which changed:
+    # a constant-r schedule's text was list:..., now rN).
+    text = doc["schedule"].get("text")
+    try:
+      described = (isinstance(text, str)
+                   and schedule_lib.parse_schedule(cfg, text).counts == schedule.counts)
+    except ValueError:
+      described = False
+    _req(described, where, f"schedule.text {text!r} does not describe schedule.counts {counts} "
+         f"({schedule_lib.format_schedule(schedule, cfg)!r})")
     reducer = doc["reducer"]
     _req(reducer is None or (isinstance(reducer, dict) and isinstance(reducer.get("name"), str)),
          where, "reducer must be null or an object with a name")
