@@ -36,7 +36,7 @@ from vitprune import checkpoint
 from vitprune import estimate
 from vitprune import jsonio
 from vitprune import memory
-from vitprune.config import method_label
+from vitprune.config import method_label, method_options_problem
 from vitprune.data import check_not_read_as_an_image
 from vitprune.digest import params_sha256
 from vitprune.records.estimate import (FORMAT as ESTIMATE_FORMAT, read_estimate, table_text,
@@ -212,6 +212,9 @@ def main(f: flags.FlagValues):
                      f"--method=random; with none of them (all images, --method={method}) it "
                      "changes nothing")
   options = common.parse_method_options(f.method_opts)
+  problem = method == "random" and method_options_problem(method, options, {"seed": "--seed"})
+  if problem:              # (the accepted options it names leave the seed to --seed)
+    raise ValueError(problem)
   if "seed" in options and method == "random":
     raise ValueError(f"--method_opts gives seed={json.dumps(options['seed'])}: random drop's "
                      "seed is --seed (it seeds the --num_images subset too)")

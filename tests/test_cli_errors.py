@@ -420,6 +420,15 @@ CASES = [
      "image subset too)"),
     ("profile", ["--mode=model", "--method_opts=nested=false", "--out_dir={out}"], 1,
      "--method_opts applies to --mode=pipeline only, not --mode=model"),
+    # an unknown option named 'seed' among the accepted ones, then refused seed=3 (walkthrough)
+    ("estimate", ["--method_opts=nestd=false", "--out_dir={out}"], 1,
+     "method 'random' accepts ['nested'] (seed: --seed), got ['nestd']"),
+    ("profile", ["--method=random", "--method_opts=nestd=false", "--out_dir={out}"], 1,
+     "method 'random' accepts ['nested'] (seed: --seed), got ['nestd']"),
+    # a missing solution file did not say which command makes one (walkthrough)
+    ("deploy", [f"--weights={WEIGHTS}", "--solution={out}/none.json", "--out={out}/art"], 1,
+     "none.json' does not exist (experiments.solve writes one, and the main job, python -m "
+     "experiments.profile, into its solve/ folder)"),
 ]
 
 

@@ -623,8 +623,10 @@ def test_pipeline_refinement_without_a_floor(tmp_path, capsys):
   assert sol["chosen"]["criterion"] == "latency_budget_measured"
   assert sol["settings"]["latency_basis"] == "measured"
   assert sol["chosen"]["measured_latency_s"] <= 10
-  assert "in_loop" in s["seconds"] and "compiled graphs around the choice: the most accurate " \
-      "within 1e+04 ms is" in capsys.readouterr().out
+  # (one graph or several: how many neighbours the measured frontier has varies by run)
+  assert "in_loop" in s["seconds"] and re.search(r"timed \d+ compiled graphs? around the "
+                                                 r"choice: the most accurate within 1e\+04 ms is",
+                                                 capsys.readouterr().out)
   assert sol["settings"]["timed_rounds"] == [sol["settings"]["timed_in_loop"]]   # one round
   # The verify stage's own timing over the budget is said (it exited 0 with no word).
   assert "is over the budget" not in pipeline.format_summary(s)

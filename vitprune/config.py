@@ -93,14 +93,21 @@ def is_option_kind(value: Any, kind: str) -> bool:
   return isinstance(value, _OPTION_KINDS[kind])
 
 
-def method_options_problem(name: str, kwargs: Dict[str, Any]) -> str:
+def method_options_problem(name: str, kwargs: Dict[str, Any],
+                           elsewhere: Optional[Dict[str, str]] = None) -> str:
   """Why `kwargs` are not options of method `name` ('' when they are): an option the method
   does not take, a value of the wrong kind ("False" from a command line is not False) or one
-  the reducer refuses (a negative seed: a record carrying it failed only at deploy)."""
+  the reducer refuses (a negative seed: a record carrying it failed only at deploy).
+  `elsewhere`: options a command line sets by another flag ({'seed': '--seed'}), left out of
+  the accepted ones it names (which listed 'seed', then refused it)."""
+  elsewhere = elsewhere or {}
   options = METHOD_OPTIONS[name.strip().lower()]
   unknown = sorted(k for k in kwargs if k not in options)
   if unknown:
-    return (f"method {name.strip().lower()!r} accepts {sorted(options) or 'no options'}, "
+    here = sorted(k for k in options if k not in elsewhere)
+    by_flag = "".join(f" ({k}: {flag})" for k, flag in sorted(elsewhere.items())
+                      if k in options)
+    return (f"method {name.strip().lower()!r} accepts {here or 'no options'}{by_flag}, "
             f"got {unknown}")
   for k, v in kwargs.items():
     if not is_option_kind(v, options[k]):

@@ -51,7 +51,7 @@ from vitprune import jsonio
 from vitprune import solve
 from vitprune import solve_loop
 from vitprune import solve_stage
-from vitprune.config import ViTConfig, method_label
+from vitprune.config import ViTConfig, method_label, method_options_problem
 from vitprune.model import Params, jitted_forward
 from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import protocol, records, runner, timing
@@ -156,7 +156,12 @@ class PipelineSpec:
                                               "calibration_schedules")
     if self.layer < 0:
       raise ValueError(f"layer must be >= 0, got {self.layer}")
-    if "seed" in dict(self.method_options) and self.method.strip().lower() == "random":
+    random_drop = self.method.strip().lower() == "random"
+    problem = random_drop and method_options_problem("random", dict(self.method_options),
+                                                     {"seed": "--seed"})
+    if problem:            # (the accepted options it names leave the seed to --seed)
+      raise ValueError(problem)
+    if "seed" in dict(self.method_options) and random_drop:
       raise ValueError("method_options gives a seed: random drop's seed is the spec's seed "
                        "(--seed; it seeds the image subset too)")
     self.reducer()   # an unknown method or option fails here, before any stage runs

@@ -1170,4 +1170,8 @@ def write_solution(sol: Solution, out_dir: str, stem: Optional[str] = None) -> D
 def read_solution(path: str) -> Solution:
   """The solution in `path`; FileNotFoundError / `SolutionError` naming the file and field."""
   path = os.path.abspath(path)
+  if jsonio.why_not_a_file(path) == "does not exist":   # (which command makes one: a user asked)
+    raise FileNotFoundError(f"solution file {path!r} does not exist (experiments.solve writes "
+                            "one, and the main job, python -m experiments.profile, into its "
+                            "solve/ folder)")
   return Solution.from_json(jsonio.read_json(path, "solution", SolutionError), where=path)
