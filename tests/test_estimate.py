@@ -677,6 +677,12 @@ def test_cli_parsers(doc):
   table = record_lib.table_text(doc[0]).splitlines()
   assert table[1] == "unpruned: accuracy=0.5714  agreement=1.0000  kl=0.0000"
   assert table[3].split()[0] == "5" and len(table) == 5 and len(table[3].split()) == 1 + 3 * 3
+  head = table[2].split()         # whole metric names ('embed:accur' was cut), columns aligned
+  layer = head[1].split(":")[0]
+  assert head[:4] == ["n", f"{layer}:accuracy", f"{layer}:agreement", f"{layer}:kl"]
+  assert all(len(row) == len(table[2]) for row in table[3:])
+  assert [table[2].index(h) + len(h) for h in head[1:4]] == [
+      m.end() for m in re.finditer(r"-?\d+\.\d{4}", table[3])][:3]
 
 
 def test_kl_is_never_negative():

@@ -242,16 +242,14 @@ def table_text(estimate: Estimate) -> str:
            "unpruned: " + "  ".join(f"{m}={ref.get(m):.4f}" for m in metrics)]
   layers, tokens, _ = estimate.table(metrics[0])
   tables = {m: estimate.table(m)[2] for m in metrics}
-  head = f"{'n':>5}"
-  for l in layers:
-    name = "embed" if l is None else f"L{l}"
-    head += "".join(f" {name + ':' + m[:5]:>13}" for m in metrics)
-  lines.append(head)
+  names = [[("embed" if l is None else f"L{l}") + ":" + m for m in metrics] for l in layers]
+  widths = [[max(13, len(name)) for name in row] for row in names]   # (cut: 'embed:accur')
+  lines.append(f"{'n':>5}" + "".join(f" {name:>{w}}" for row, ws in zip(names, widths)
+                                     for name, w in zip(row, ws)))
   for j, n in enumerate(tokens):
-    row = f"{n:>5}"
-    for i in range(len(layers)):
-      row += "".join(f" {tables[m][i, j]:>13.4f}" for m in metrics)
-    lines.append(row)
+    lines.append(f"{n:>5}" + "".join(f" {tables[m][i, j]:>{w}.4f}"
+                                     for i, ws in enumerate(widths)
+                                     for m, w in zip(metrics, ws)))
   return "\n".join(lines)
 
 
