@@ -1,4 +1,4 @@
-"""Convert a timm / DINOv2 / big_vision checkpoint into a vitprune weights directory.
+r"""Convert a timm / DINOv2 / big_vision checkpoint into a vitprune weights directory.
 
   python -m experiments.convert --model=deit_small_patch16_224 \
       --checkpoint=deit_small.safetensors [--img_size=224] [--num_classes=1000] \
