@@ -745,8 +745,13 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   doc["points"][1].update(compile_s="x")
   doc["points"][1]["input"].pop("shape")
   (bad_kit / "kit.json").write_text(json.dumps(doc))
-  with pytest.raises(EdgeError, match=r"kit.json: points\[1\]: input.shape, compile_s missing "
-                     "or of the wrong type"):
+  with pytest.raises(EdgeError, match=r"kit.json: points\[1\]: input.shape must be 4 ints >= "
+                     r"0, the batch >= 1; compile_s must be a number >= 0$"):
+    kit_lib.read_kit(str(bad_kit))
+  doc["points"][1].update(compile_s=-5, input=doc["points"][0]["input"])   # out of range
+  (bad_kit / "kit.json").write_text(json.dumps(doc))
+  with pytest.raises(EdgeError, match=r"kit.json: points\[1\]: compile_s must be a number >= "
+                                      r"0$"):
     kit_lib.read_kit(str(bad_kit))
   doc = json.loads((pathlib.Path(kit_dir) / "kit.json").read_text())
   doc["points"].append(dict(doc["points"][0]))       # refused before timing, naming both
@@ -785,8 +790,8 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   doc = json.loads((pathlib.Path(kit_dir) / "kit.json").read_text())
   doc["points"][0]["module"]["file"] = [doc["points"][0]["module"]["file"]]
   (bad_kit / "kit.json").write_text(json.dumps(doc))
-  with pytest.raises(EdgeError, match=r"kit.json: points\[0\]: module missing or of the wrong "
-                     "type"):
+  with pytest.raises(EdgeError, match=r"kit.json: points\[0\]: module must be an object naming "
+                     "its file$"):
     kit_lib.read_kit(str(bad_kit))
   out = str(tmp_path / "board.json")
   r = run_edge("profile", f"--kit={kit_dir}", f"--out={out}", "--min_run_time=0.02",

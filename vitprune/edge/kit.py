@@ -111,16 +111,20 @@ def _bad_point(p: Any) -> Optional[str]:
     return "must be an object"
   ints = lambda v: isinstance(v, list) and all(jsonio.is_int(x) and x >= 0 for x in v)
   shape = p.get("input", {}).get("shape") if isinstance(p.get("input"), dict) else None
-  checks = (("input.shape", ints(shape) and len(shape) == 4 and shape[0] >= 1),
-            ("args", ints(p.get("args"))),
-            ("compile_s", jsonio.is_num(p.get("compile_s")) and p.get("compile_s") >= 0),
-            ("component", isinstance(p.get("component"), str)),
-            ("batch_size", jsonio.is_int(p.get("batch_size")) and p.get("batch_size") >= 1),
-            ("tokens", jsonio.is_int(p.get("tokens")) and p.get("tokens") >= 1),
+  checks = (("input.shape", ints(shape) and len(shape) == 4 and shape[0] >= 1,
+             "4 ints >= 0, the batch >= 1"),
+            ("args", ints(p.get("args")), "a list of ints >= 0"),
+            ("compile_s", jsonio.is_num(p.get("compile_s")) and p.get("compile_s") >= 0,
+             "a number >= 0"),
+            ("component", isinstance(p.get("component"), str), "a string"),
+            ("batch_size", jsonio.is_int(p.get("batch_size")) and p.get("batch_size") >= 1,
+             "an int >= 1"),
+            ("tokens", jsonio.is_int(p.get("tokens")) and p.get("tokens") >= 1, "an int >= 1"),
             ("module", isinstance(p.get("module"), dict)
-             and isinstance(p["module"].get("file"), str)))
-  wrong = [name for name, ok in checks if not ok]
-  return f"{', '.join(wrong)} missing or of the wrong type" if wrong else None
+             and isinstance(p["module"].get("file"), str), "an object naming its file"))
+  # (a compile_s of -5 was 'missing or of the wrong type': say what each field must be)
+  wrong = [f"{name} must be {want}" for name, ok, want in checks if not ok]
+  return "; ".join(wrong) if wrong else None
 
 
 def point_label(component: str, batch_size: int, tokens: int,
