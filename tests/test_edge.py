@@ -324,6 +324,19 @@ def test_an_iree_artifact_without_its_inventory_keeps_a_users_notes(artifact, tm
     atomic.check_output_dir_target(dst, True, deploy.is_artifact_dir)
 
 
+def test_a_target_the_artifact_lacks_or_jax_is_named_as_such(artifact):
+  """`vitprune.edge run --target=jax` said the artifact has no module for jax: jax is not an
+  edge target at all (its export runs with experiments.run_deployed)."""
+  targets = "iree:cuda:sm_87, iree:host, iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae, iree:vulkan"
+  with pytest.raises(EdgeError, match=re.escape(
+      f"--target=jax is not an edge target: vitprune.edge runs the IREE modules of {artifact} "
+      f"({targets}); run its jax export with python -m experiments.run_deployed")):
+    edge_rt.load(artifact, "jax")
+  with pytest.raises(EdgeError, match=re.escape(
+      f"{artifact} has no module for target iree:cuda:sm_90 (it has {targets})")):
+    edge_rt.load(artifact, "iree:cuda:sm_90")
+
+
 def test_artifact_targets_cross_compile_and_match_jax(artifact, images):
   with open(os.path.join(artifact, "manifest.json")) as f:
     manifest = json.load(f)

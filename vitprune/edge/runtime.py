@@ -723,8 +723,13 @@ def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) 
   records = read_records(path)
   manifest = check_against_manifest(path, records)
   if target is not None:
-    want = parse_target(target).text
+    parsed = parse_target(target)
+    want = parsed.text
     chosen = [r for r in records if r["target"] == want]
+    if not parsed.is_iree:            # (said only that the artifact has no module for jax)
+      raise EdgeError(f"--target={want} is not an edge target: vitprune.edge runs the IREE "
+                      f"modules of {path} ({', '.join(r['target'] for r in records)}); run "
+                      "its jax export with python -m experiments.run_deployed")
     if not chosen:
       raise EdgeError(f"{path} has no module for target {want} (it has "
                       f"{', '.join(r['target'] for r in records)})")
