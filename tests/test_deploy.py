@@ -614,6 +614,29 @@ print(json.dumps({{"model": "vitprune.model" in sys.modules,
   np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), _ref(params, x))
 
 
+def test_a_constant_r_schedule_is_read_without_jax_or_reducers(params, tmp_path):
+  """Checking a manifest's rN text (or an older list:... of the same counts) imported ToMe and
+  with it jax: a board reading a ToMe artifact's manifest failed ('import of jax halted')."""
+  path = deploy.export_artifact(str(tmp_path / "r2"), CFG, params,
+                                schedule=Schedule((17, 15, 13)), reducer=REDUCER, batch_size=1,
+                                verify=False)
+  assert json.load(open(os.path.join(path, deploy.MANIFEST_FILE)))["schedule"]["text"] == "r2"
+  old = _copy(path, tmp_path / "old")
+  _edit_manifest(old, lambda d: d["schedule"].__setitem__("text", "list:17,15,13"))
+  code = f"""
+import json, sys
+for m in ('jax', 'jaxlib', 'flax', 'orbax', 'orbax.checkpoint'):
+  sys.modules[m] = None
+from vitprune.records.manifest import read_manifest
+print(json.dumps([list(read_manifest(p).counts) for p in ({path!r}, {old!r})]
+                 + [any(m.startswith("vitprune.reduce") for m in sys.modules)]))
+"""
+  res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=_env(), cwd=str(tmp_path), timeout=120)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert json.loads(res.stdout.strip().splitlines()[-1]) == [[17, 15, 13], [17, 15, 13], False]
+
+
 # ----------------------------------------------------------------------------- CLIs
 
 

@@ -497,6 +497,12 @@ def tome_r_list(num_layers: int, r: RSpec) -> List[int]:
   return [int(min_val + step * i) for i in range(num_layers)]
 
 
+def tome_max_remove(num_tokens: int, num_prefix: int) -> int:
+  """ToMe's cap: at most half of the non-prefix (unprotected) tokens merge in one block (here,
+  jax-free, so that a board reading an artifact's `rN` schedule imports no reducer)."""
+  return max(0, (num_tokens - num_prefix) // 2)
+
+
 def remove_per_layer(cfg: ViTConfig, r: RSpec, inflection: Optional[float] = None, *,
                      base: Optional[Schedule] = None) -> Schedule:
   """ToMe / Top-K: block l removes r_l tokens (`tome_r_list` semantics), each capped at half the
@@ -510,8 +516,6 @@ def remove_per_layer(cfg: ViTConfig, r: RSpec, inflection: Optional[float] = Non
                      f"(got {counts}); use an explicit list instead")
   if inflection is not None:
     r = (as_int(r, "with inflection=, r"), inflection)
-  # Lazy: deployed models load schedules without importing vitprune.reduce (test_deploy).
-  from vitprune.reduce.tome import tome_max_remove  # pylint: disable=g-import-not-at-top
   rs = tome_r_list(cfg.depth, r)
   n = counts[0]
   out = [n]

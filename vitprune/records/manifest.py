@@ -186,8 +186,9 @@ class Manifest:
                    and schedule_lib.parse_schedule(cfg, text).counts == schedule.counts)
     except ValueError:
       described = False
-    _req(described, where, f"schedule.text {text!r} does not describe schedule.counts {counts} "
-         f"({schedule_lib.format_schedule(schedule, cfg)!r})")
+    if not described:
+      _req(False, where, f"schedule.text {text!r} does not describe schedule.counts {counts} "
+           f"({schedule_lib.format_schedule(schedule, cfg)!r})")
     reducer = doc["reducer"]
     _req(reducer is None or (isinstance(reducer, dict) and isinstance(reducer.get("name"), str)),
          where, "reducer must be null or an object with a name")

@@ -29,11 +29,7 @@ import numpy as np
 from vitprune.lowering import for_iree
 from vitprune.reduce import common
 from vitprune.reduce.base import AttentionStats
-
-
-def tome_max_remove(num_tokens: int, num_prefix: int) -> int:
-  """ToMe's cap: at most half of the non-prefix (unprotected) tokens merge in one block."""
-  return max(0, (num_tokens - num_prefix) // 2)
+from vitprune.schedule import tome_max_remove  # (the cap's one home: jax-free, for schedules)
 
 
 def bipartite_matching(keys: jax.Array, r: int, num_prefix: int
