@@ -336,10 +336,11 @@ def test_files_beside_the_shipped_weights_are_never_replaced_with_them(tmp_path)
     os.makedirs(os.path.join(w, "myrun"))
     open(os.path.join(w, "myrun", "results.csv"), "w").close()
     open(os.path.join(w, "NOTES.txt"), "w").close()
-    with pytest.raises(atomic.ForeignOutputError, match=re.escape(
-        f"refusing to replace {w}: it holds NOTES.txt, myrun/results.csv, which vitprune did "
-        "not write there")):
-      atomic.check_replaceable(w, checkpoint.is_weights_dir)
+    for is_ours in (checkpoint.is_weights_dir, atomic.is_vitprune_output):   # (the default too)
+      with pytest.raises(atomic.ForeignOutputError, match=re.escape(
+          f"refusing to replace {w}: it holds NOTES.txt, myrun/results.csv, which vitprune did "
+          "not write there")):
+        atomic.check_replaceable(w, is_ours)
 
 
 def test_corrupt_checkpoint_data_is_one_line_from_the_cli(tmp_path):

@@ -706,7 +706,10 @@ def test_an_artifact_without_its_inventory_keeps_a_users_notes(artifact, tmp_pat
       deploy.export_artifact(dst, CFG, params, schedule=SCHED, reducer=REDUCER,
                              batch_size=3, overwrite=True, verify=False)
     assert open(os.path.join(dst, "NOTES.txt")).read() == "mine"
+    with pytest.raises(atomic.ForeignOutputError, match=r"it holds NOTES\.txt"):   # the default
+      atomic.check_replaceable(dst, atomic.is_vitprune_output)
   os.remove(os.path.join(dst, "NOTES.txt"))
+  atomic.check_replaceable(dst, atomic.is_vitprune_output)
   deploy.export_artifact(dst, CFG, params, batch_size=3, overwrite=True, verify=False)
   assert deploy.load(dst).manifest.to_json()["schedule"]["text"] == "full"   # the new one
 

@@ -144,14 +144,17 @@ class ForeignOutputError(FileExistsError):
 
 
 def json_marker(filename: str, *formats: str,
-                layout: Sequence[str] = ()) -> Callable[[str], bool]:
+                layout: Optional[Sequence[str]] = None) -> Callable[[str], bool]:
   """Predicate: `path` is a directory whose `filename` is a JSON object with "format" among
   `formats` (e.g. `json_marker('config.json', 'vitprune-weights')`).
 
   layout: regular expressions matching every other '/'-separated relative path such a folder
-    holds when vitprune wrote it; `unlisted_files` judges by them (the predicate's `layout`)
-    a folder whose INVENTORY_FILE is lost (copied with `cp dir/*`, truncated, or written
-    before inventories), instead of deleting whatever it holds."""
+    holds when vitprune wrote it (default: `DIRECTORY_LAYOUTS`' for one of `DIRECTORY_MARKERS`);
+    `unlisted_files` judges by them (the predicate's `layout`) a folder whose INVENTORY_FILE is
+    lost (copied with `cp dir/*`, truncated, or written before inventories), instead of
+    deleting whatever it holds."""
+  if layout is None:
+    layout = DIRECTORY_LAYOUTS.get((filename, *formats), ())
 
   def is_ours(path: str) -> bool:
     if not os.path.isfile(os.path.join(path, filename)):
@@ -173,6 +176,14 @@ def json_marker(filename: str, *formats: str,
 WEIGHTS_MARKER = ("config.json", "vitprune-weights")
 DIRECTORY_MARKERS = (WEIGHTS_MARKER, ("manifest.json", "vitprune-deploy"),
                      (".vitprune-imagefolder.json", "vitprune-digits-imagefolder"))
+# Their layouts (`json_marker`'s, for these markers): the training metrics and the orbax params;
+# the jax export, its params and the IREE targets' records, modules and weights; <class>/<i>.png.
+DIRECTORY_LAYOUTS = {
+    DIRECTORY_MARKERS[0]: (r"metrics\.json", r"params/.*"),
+    DIRECTORY_MARKERS[1]: (r"forward\.jax_export", r"params/.*",
+                           r"iree/[^/]+\.(?:json|vmfb|bin)"),
+    DIRECTORY_MARKERS[2]: (r"[0-9]/[0-9]{4,}\.png",),
+}
 
 
 def _directory_marker(path: str) -> Optional[Tuple[str, str]]:
@@ -185,6 +196,15 @@ def is_vitprune_output(path: str) -> bool:
   """Default ownership test: a directory carrying one of `DIRECTORY_MARKERS` (a weights
   directory, a deployed artifact or a digits image folder)."""
   return _directory_marker(path) is not None
+
+
+def _layout(path: str, is_ours: Callable[[str], bool]) -> Optional[re.Pattern]:
+  """The layout `unlisted_files` holds `path` to: `is_ours`' own, or for the default
+  `is_vitprune_output` that of the marker `path` carries."""
+  if is_ours is is_vitprune_output:
+    marker = _directory_marker(path)
+    return None if marker is None else json_marker(*marker).layout
+  return getattr(is_ours, "layout", None)
 
 
 is_vitprune_output.description = ("a vitprune weights, artifact or image folder (with its "
@@ -292,7 +312,7 @@ def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
   # Ours, or published by vitprune (its inventory) with files added since (the main job's folder
   # with a NOTES.txt is not ours to replace: the added files are the reason, so name them).
   if not os.path.islink(path) and (ours or os.path.isfile(os.path.join(path, INVENTORY_FILE))):
-    extra = unlisted_files(path, getattr(is_ours, "layout", None))
+    extra = unlisted_files(path, _layout(path, is_ours))
     if extra:
       lost = ("" if _listed_files(path) is not None else
               f" (its list of what vitprune wrote, {INVENTORY_FILE}, is missing or damaged, "
@@ -905,7 +925,7 @@ def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> N
       except FileNotFoundError:
         continue                        # another writer moved it: try again
       _phase("moved_aside")
-      if not is_ours(aside) or unlisted_files(aside, getattr(is_ours, "layout", None)):
+      if not is_ours(aside) or unlisted_files(aside, _layout(aside, is_ours)):
         os.rename(aside, path)
         check_replaceable(path, is_ours)
         continue

@@ -41,9 +41,8 @@ CONFIG_FILE = "config.json"
 DIGEST_KEYS = ("params_sha256", "config_sha256", "meta_sha256")   # in the order they came
 
 # A directory is a weights directory (so `save_weights(overwrite=True)` may replace it) when its
-# config.json carries our format marker; beside it, the training metrics and the orbax
-# checkpoint under params/ (what `atomic.unlisted_files` holds one without its inventory to).
-is_weights_dir = atomic.json_marker(CONFIG_FILE, FORMAT, layout=(r"metrics\.json", r"params/.+"))
+# config.json carries our format marker (its layout: `atomic.DIRECTORY_LAYOUTS`).
+is_weights_dir = atomic.json_marker(CONFIG_FILE, FORMAT)
 
 
 def check_finite(params: Params, what: str = "parameters",

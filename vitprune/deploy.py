@@ -34,7 +34,6 @@ import hashlib
 import importlib.metadata as md
 import os
 import platform as _platform
-import re
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -51,7 +50,7 @@ from vitprune.data import check_class_names, iterate_batches
 from vitprune.profile import protocol
 from vitprune.profile.protocol import Measurement, TimingConfig
 from vitprune.digest import file_sha256, params_sha256  # noqa: F401  (file_sha256: public API)
-from vitprune.edge.runtime import EDGE_DIR, check_finite_outputs, training_of
+from vitprune.edge.runtime import check_finite_outputs, training_of
 from vitprune.edge.targets import check_compute_dtype, parse_targets
 from vitprune.records.manifest import (BATCH_SYMBOL, FORMAT, MANIFEST_FILE, VERSION,  # noqa: F401
                                        WEIGHTS_SHA256_OF, ArtifactError, Manifest,
@@ -63,11 +62,9 @@ PARAMS_DIR = "params"
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 IDENTITY_PREFIX = "vitprune_"
 
-# `export_artifact(overwrite=True)` replaces only a directory whose manifest.json is ours (and,
-# its inventory lost, that holds only the forward, the orbax params and the IREE targets' files).
-is_artifact_dir = atomic.json_marker(
-    MANIFEST_FILE, FORMAT, layout=(re.escape(FORWARD_FILE), re.escape(PARAMS_DIR) + "/.+",
-                                   re.escape(EDGE_DIR) + r"/[^/]+\.(?:json|vmfb|bin)"))
+# `export_artifact(overwrite=True)` replaces only a directory whose manifest.json is ours (its
+# layout: `atomic.DIRECTORY_LAYOUTS`).
+is_artifact_dir = atomic.json_marker(MANIFEST_FILE, FORMAT)
 
 Params = Dict[str, Any]
 

@@ -32,8 +32,7 @@ from vitprune.data import (ArrayDataset, balanced_subset, check_8bit, check_clas
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
 DIGITS_MARKER = ".vitprune-imagefolder.json"
 DIGITS_FORMAT = "vitprune-digits-imagefolder"
-is_digits_imagefolder = atomic.json_marker(DIGITS_MARKER, DIGITS_FORMAT,
-                                           layout=(r"[0-9]/[0-9]{4,}\.png",))   # <class>/<i>.png
+is_digits_imagefolder = atomic.json_marker(DIGITS_MARKER, DIGITS_FORMAT)   # (its layout: atomic's)
 _SPLITS = ("train", "test", "all")
 
 
