@@ -266,6 +266,7 @@ def main(f: flags.FlagValues) -> str:
     reducer = None     # an unpruned artifact names no reducer (it said pomt, the default, or
                        # a solution's method when it chose the unpruned schedule)
   _, params = checkpoint.load_weights(f.weights)
+  common.note_smoke_run(f.weights, meta)
   weights_sha256 = params_sha256(params)
   if f.solution:
     sol.check_weights(weights_sha256, f"--weights={f.weights}")

@@ -93,3 +93,8 @@ def test_train_digits(tmp_path, capsys):
                                  f"{meta['test_accuracy']:.4f})\n")
   common.load_model(None, None)
   assert capsys.readouterr() == ("", "")
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  code, _, err = run_cli_in_process(ROOT, "deploy", [f"--weights={tmp_path / 'w'}",
+                                                     "--schedule=full", "--noverify",
+                                                     f"--out={tmp_path / 'art'}"])
+  assert code == 0 and f"note: {tmp_path / 'w'} were trained for 2 steps only" in err, err

@@ -995,6 +995,31 @@ def test_digits_re_saved_as_jpeg_are_found_by_their_pixels(tmp_path):
     digits.check_digits_folder(str(train), meta, "W")
 
 
+def test_a_folder_whose_pixels_find_some_digits_but_not_all_is_judged_by_its_marker(tmp_path):
+  """Re-saved at PIL's default JPEG quality, some digits move beyond `_LOSSY_COPY_LEVELS`: a
+  folder of the 'all' split whose test digit was found and whose training digit was not was
+  scored (the marker was asked only when no digit was found at all; a review)."""
+  root = tmp_path / "mixed"
+  digits.write_digits_imagefolder(root, split="all")
+  train, test = digits.digits_split(0)
+  keep = {f"{int(train[0]):04d}", f"{int(test[0]):04d}"}
+  for png in sorted(root.glob("*/*.png")):
+    if png.stem not in keep:
+      png.unlink()
+    elif png.stem == f"{int(train[0]):04d}":           # the training digit, heavily re-saved
+      with Image.open(png) as img:
+        img.convert("L").save(png.with_suffix(".jpg"), quality=5)
+      png.unlink()
+  assert digits.digits_copied_into(str(root)) == {int(test[0])}
+  meta = {"dataset": "sklearn_digits", "split": {"seed": 0, "test_fraction": 0.2}}
+  with pytest.raises(ValueError, match=re.escape(
+      f"{root} holds the digits' all split of seed 0 (its .vitprune-imagefolder.json says so)")):
+    digits.check_digits_folder(str(root), meta, "W")
+  for jpg in root.glob("*/*.jpg"):                     # only found digits: the pixels decide
+    jpg.unlink()
+  digits.check_digits_folder(str(root), meta, "W")
+
+
 def test_a_digits_training_folder_re_saved_with_heavy_loss_is_refused_by_its_marker(tmp_path):
   """Training digits re-saved as JPEG of quality 10 no longer lie near the table's 8x8 pixels:
   they were scored (0.9944 on 1438 training digits) although the folder's marker says

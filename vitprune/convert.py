@@ -56,7 +56,8 @@ BIG_VISION_RESAMPLE = ("bilinear", False)  # _load_weights
 
 
 class ConversionError(ValueError):
-  """The checkpoint does not fit the config: lists every missing/unexpected/mismatched key."""
+  """The checkpoint does not fit the config: holds every missing/unexpected/mismatched key (its
+  message names the first 8 of each)."""
 
   def __init__(self, name: str, missing=(), unexpected=(), mismatched=(),
                features_only: bool = False, sizes: Optional[Tuple[Tuple[int, int],
@@ -70,7 +71,7 @@ class ConversionError(ValueError):
       (depth, width), (want_depth, want_width) = sizes
       lines.append(f"  (the checkpoint holds a ViT of depth {depth}, width {width}; {name} has "
                    f"depth {want_depth}, width {want_width}: convert it for a model of its "
-                   "size)")
+                   "size, unless the file is cut short)")
     lines.append(f"  missing keys ({len(self.missing)}): {_first(self.missing)}")
     lines.append(f"  unexpected keys ({len(self.unexpected)}): {_first(self.unexpected)}")
     lines.append("  shape mismatches ({}): {}".format(

@@ -161,14 +161,21 @@ def digits_for_model(class_names: Optional[Sequence[str]] = None,
 # header says 8x8.
 _MAX_DIGIT_FILE_BYTES = 1 << 16
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# A lossy copy (JPEG) moves a digit's grey values: at quality 95 by at most 9 levels, at 75 by
-# up to 40. Two digits differ by at least 48 levels at some pixel (tests/test_data.py checks),
-# so at most one digit lies within 23 of an image at every pixel: that one is its copy.
+# A lossy copy (JPEG) moves a digit's grey values: at quality 95 by at most 9 levels, at 90 by
+# 17, at PIL's default 75 by up to 45. Two digits differ by at least 48 levels at some pixel
+# (tests/test_data.py checks), so at most one digit lies within 23 of an image at every pixel:
+# that one is its copy (a copy moved further is not found: `check_digits_folder` then asks the
+# folder's marker).
 _LOSSY_COPY_LEVELS = 23
 
 
 def digits_copied_into(root: str) -> set:
-  """The digits' indices of the images of `root` that are digits of the dataset, found by their
+  """`_scan_for_digits(root)`'s digits."""
+  return _scan_for_digits(root)[0]
+
+
+def _scan_for_digits(root: str) -> Tuple[set, int]:
+  """(the digits' indices of the images of `root` that are digits of the dataset, found by their
   8x8 pixels (no two digits share them) among the files `ImageFolder` reads, whatever their
   names (a renamed copy was missed): with class folders, images under any `<class>/` (links
   followed), whatever its name (folders `c0`..`c9` read by weights that record no class names
@@ -178,14 +185,16 @@ def digits_copied_into(root: str) -> set:
   most 64 KiB, but PNGs of any size), to RGB as `ImageFolder` reads them (a grey image saved as
   LA, RGB(A) or with a palette counts by its grey values); an image that is no digit exactly is
   the one digit within `_LOSSY_COPY_LEVELS` grey levels of it in every pixel and channel, if
-  any (a copy re-saved as JPEG was missed)."""
+  any (a copy re-saved as JPEG was missed), and how many 8x8 images matched no digit)."""
   if not os.path.isdir(root):          # (ImageFolder names a missing root)
-    return set()
+    return set(), 0
   images, _ = load_digits_arrays()
   by_pixels = {im.tobytes(): i for i, im in enumerate(images)}
   levels = images.astype(np.int16)[..., None]                                # [D, 8, 8, 1]
+  means = levels.mean(axis=(1, 2, 3))                                        # [D]
   shape = images.shape[1:]
   found = set()
+  unmatched = [0]
 
   def index_of(path: str) -> int:
     try:
@@ -210,9 +219,20 @@ def digits_copied_into(root: str) -> set:
       exact = by_pixels.get(rgb[..., 0].tobytes(), -1)
       if exact >= 0:
         return exact
-    off = np.abs(levels - rgb.astype(np.int16)[None]).max(axis=(1, 2, 3))    # [D]
-    nearest = int(np.argmin(off))
-    return nearest if off[nearest] <= _LOSSY_COPY_LEVELS else -1
+    return lossy_copy_of(rgb.astype(np.int16))
+
+  def lossy_copy_of(rgb: np.ndarray) -> int:
+    """The digit within `_LOSSY_COPY_LEVELS` of `rgb` [8, 8, 3] int16, else -2 (no digit). Its
+    channels then differ by at most twice that, and its mean by at most that from the digit's
+    (each checked first: 10,000 colour images took 13x longer to scan without)."""
+    if (rgb.max(axis=-1) - rgb.min(axis=-1)).max() > 2 * _LOSSY_COPY_LEVELS:
+      return -2
+    near = np.flatnonzero(np.abs(means - rgb.mean()) <= _LOSSY_COPY_LEVELS)
+    if near.size:
+      off = np.abs(levels[near] - rgb[None]).max(axis=(1, 2, 3))            # [candidates]
+      if off.min() <= _LOSSY_COPY_LEVELS:
+        return int(near[np.argmin(off)])
+    return -2
 
   def scan(folder: str, files) -> None:
     for n in files:
@@ -221,18 +241,20 @@ def digits_copied_into(root: str) -> set:
       i = index_of(os.path.join(folder, n))
       if i >= 0:
         found.add(i)
+      elif i == -2:
+        unmatched[0] += 1
 
   classes = find_classes(root)
   if not classes:                                      # ImageFolder's flat mode: root alone
     with os.scandir(root) as it:
       scan(root, sorted(e.name for e in it))
-    return found
+    return found, unmatched[0]
   for dirpath, dirnames, files in atomic.walk_following_links(root):   # (loops: ImageFolder's)
     dirnames[:] = [d for d in dirnames if not d.startswith(".")]   # unread, as ImageFolder
     rel = os.path.relpath(dirpath, root)
     if rel != os.curdir and rel.split(os.sep)[0] in classes:   # (root files: not read beside)
       scan(dirpath, files)
-  return found
+  return found, unmatched[0]
 
 
 def _read_marker(folder: str) -> Dict:
@@ -260,9 +282,10 @@ def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
   their names, marker or inventory: a training digit copied into a `digits_images` folder kept
   its marker) that the weights (`whose`, named in the message; `meta` as `train_digits` records
   it) were trained on: every score on them would be inflated. A `digits_images` folder is also
-  judged by the split its marker records where the pixels find no digit (its images re-saved
-  with a heavier loss than `_LOSSY_COPY_LEVELS`; a board without scikit-learn's table has only
-  the marker)."""
+  judged by the split its marker records where the pixels do not find a digit in every 8x8
+  image (re-saved with a heavier loss than `_LOSSY_COPY_LEVELS`: a folder re-saved at PIL's
+  default JPEG quality found some test digits and lost the training ones; a board without
+  scikit-learn's table has only the marker)."""
   trained = digits_training_split(meta)
   if trained is None:
     return
@@ -270,16 +293,16 @@ def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
   hint = (f": write that split's test images (digits_images --split=test --split_seed={seed})"
           if fraction == 0.2 else "")
   try:
-    found = digits_copied_into(folder)
+    found, unmatched = _scan_for_digits(folder)
     seen = found & set(digits_split(seed, fraction)[0].tolist())
   except ImportError:       # a board without scikit-learn's table: the marker alone decides
-    found = seen = set()
+    found, seen, unmatched = set(), set(), 0
   if seen:
     raise ValueError(f"{len(seen)} of the {len(found)} digits in {folder} are training images "
                      f"of {whose} (digits split of seed {seed}, test fraction {fraction}), so "
                      f"every score on them would be inflated{hint}")
-  if not found and is_digits_imagefolder(folder):   # (the pixels found none: re-saved, or no
-    marker = _read_marker(folder)                  # table to compare with; they decide else)
+  if (not found or unmatched) and is_digits_imagefolder(folder):   # (the pixels did not find
+    marker = _read_marker(folder)        # every image: re-saved, or no table to compare with)
     # (a marker written before `split_seed` named the split's seed "seed")
     split_seed = marker.get("split_seed", marker.get("seed", 0))
     if (marker.get("split"), split_seed, fraction) != ("test", seed, 0.2):
