@@ -988,6 +988,12 @@ def test_digits_re_saved_as_jpeg_are_found_by_their_pixels(tmp_path):
       src = every / str(int(digits.load_digits_arrays()[1][i])) / f"{int(i):04d}.jpg"
       (folder / src.parent.name).mkdir(parents=True, exist_ok=True)
       shutil.copy(src, folder / src.parent.name / f"photo_{int(i)}.jpg")
+  tinted = tmp_path / "tinted" / "0"                 # a colour-shifted copy: still that digit
+  tinted.mkdir(parents=True)
+  grey = digits.load_digits_arrays()[0][split[0][0]].astype(np.int16)
+  rgb = np.stack([grey + 20, grey, grey - 20], axis=-1).clip(0, 255).astype(np.uint8)
+  Image.fromarray(rgb).save(tinted / "t.png")
+  assert digits.digits_copied_into(str(tinted.parent)) == {int(split[0][0])}
   meta = {"dataset": "sklearn_digits", "split": {"seed": 0, "test_fraction": 0.2}}
   digits.check_digits_folder(str(test), meta, "W")                     # held out: scored
   with pytest.raises(ValueError, match=re.escape(
