@@ -162,7 +162,7 @@ def test_the_method_options_reach_every_stage_that_builds_the_reducer(monkeypatc
   assert spec.reducer_options() == {"seed": 3}
   assert pipeline.PipelineSpec(method="evit", seed=3).reducer_options() == {}
   for bad, match in (((("seed", 3),), "method_options gives a seed"),
-                     ((("sigma", 1),), r"accepts \['nested', 'seed'\], got \['sigma'\]")):
+                     ((("sigma", 1),), r"accepts \['nested'\] \(seed: --seed\), got \['sigma'\]")):
     with pytest.raises(ValueError, match=match):
       pipeline.PipelineSpec(method="random", method_options=bad)
   cfg = get_config("test_tiny_vit")
