@@ -94,10 +94,10 @@ def test_a_checkpoint_of_another_size_names_both_sizes_and_lists_few_keys():
   with pytest.raises(ConversionError) as e:
     convert_file(full, golden(case["files"]["state_dict"]))
   text = str(e.value)
-  assert text.splitlines()[1] == (
+  assert text.splitlines()[1] == (            # the cause first: a CLI shows one line
       f"  (the checkpoint holds a ViT of depth {small.depth}, width {small.embed_dim}; "
       f"deit_tiny_patch16_224 has depth {full.depth}, width {full.embed_dim}: convert it for a "
-      "model of its size, unless the file is cut short)")                           # the cause first: a CLI shows one line
+      "model of its size, unless the file is cut short)")
   missing = e.value.missing
   assert len(missing) > 8 and len(text) < 2500
   assert f"  missing keys ({len(missing)}): {missing[:8]} and {len(missing) - 8} more" in text
