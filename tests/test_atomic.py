@@ -138,6 +138,35 @@ def test_a_folder_whose_inventory_is_lost_is_held_to_its_layout(tmp_path):
   assert inventory.read_text() == whole
 
 
+def test_an_output_another_run_published_meanwhile_is_not_replaced(tmp_path):
+  """Two main jobs into one folder at once both exited 0: the one that finished second replaced
+  the first one's outputs, whose printed paths then held the other's numbers. With the stamp
+  of the folder when its work began, a writer refuses to replace one published since."""
+  target = tmp_path / "out"
+  ours = atomic.json_marker("m.json", "fmt")
+
+  def publish(text, **kw):
+    with atomic.staged_dir(str(target), overwrite=True, is_ours=ours, **kw) as tmp:
+      for name, body in (("m.json", '{"format": "fmt"}'), ("v", text)):
+        (tmp_path / tmp / name).write_text(body)
+  began = atomic.output_stamp(str(target))
+  assert began is None
+  publish("first")                                  # another run published meanwhile
+  stamp = atomic.output_stamp(str(target))
+  assert stamp == (os.stat(target).st_dev, os.stat(target).st_ino)
+  for before in (began, (stamp[0], stamp[1] + 1)):
+    with pytest.raises(atomic.ReplacedMeanwhileError, match=re.escape(
+        f"{target} was written by another run after this one began (two runs into one output "
+        "folder at once): this run does not replace that run's outputs; give each run its own "
+        "folder")):
+      publish("second", replaces=before)
+    assert (target / "v").read_text() == "first" and sorted(os.listdir(tmp_path)) == ["out"]
+  publish("second", replaces=stamp)                 # the folder it began with: replaced
+  assert (target / "v").read_text() == "second" and atomic.output_stamp(str(target)) != stamp
+  publish("third")                                  # ANY_OUTPUT (the default): as before
+  assert (target / "v").read_text() == "third"
+
+
 def test_special_files_are_never_opened_as_outputs(tmp_path):
   """A FIFO (or /dev/zero) given as an output is refused by what it is, without opening it
   (reading one blocked forever or filled memory)."""

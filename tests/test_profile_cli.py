@@ -515,6 +515,30 @@ def test_a_failed_late_stage_keeps_what_was_measured(tmp_path, capsys, monkeypat
       "sensitivity")
 
 
+def test_a_main_job_does_not_replace_outputs_another_run_published_meanwhile(
+    tmp_path, capsys, monkeypatch):
+  """Two main jobs into one --out_dir at once (a probe): both exited 0 and the one finishing
+  second replaced the other's outputs. It fails now, keeping what it measured, and the other
+  run's outputs stay."""
+  from vitprune import atomic, pipeline  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "run"
+  verify = pipeline._verify                           # pylint: disable=protected-access
+
+  def other_run_publishes(*args, **kwargs):
+    with atomic.staged_dir(str(out), overwrite=True, is_ours=pipeline.is_pipeline_dir) as tmp:
+      with open(os.path.join(tmp, pipeline.SUMMARY_FILE), "w") as f:
+        json.dump({"format": pipeline.SUMMARY_FORMAT, "files": {}, "run": "other"}, f)
+    return verify(*args, **kwargs)
+  monkeypatch.setattr(pipeline, "_verify", other_run_publishes)
+  with pytest.raises(atomic.ReplacedMeanwhileError, match="was written by another run after "
+                                                          "this one began"):
+    cli.main(_flags(f"--out_dir={out}", *FAST, "--tokens=65,33,17", "--num_images=40",
+                    "--eval_batch_size=20"))
+  assert json.loads((out / pipeline.SUMMARY_FILE).read_text())["run"] == "other"
+  (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith("run.partial-")]
+  assert f"is kept in {kept} (experiments.solve reads it)" in capsys.readouterr().out
+
+
 def test_a_signal_while_keeping_the_measurements_still_says_why_the_run_failed(
     tmp_path, capsys, monkeypatch):
   """A probe: SIGTERM while a failed run kept its measurements printed 'error: terminated'

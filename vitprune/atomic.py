@@ -136,6 +136,11 @@ def _before_publish() -> None:
   console.raise_if_interrupted()
 
 
+class ReplacedMeanwhileError(FileExistsError):
+  """The output was published by another writer after this one began (`staged_dir(replaces=)`):
+  replacing it would drop that writer's results without a word."""
+
+
 class ForeignOutputError(FileExistsError):
   """The target exists but was not written by vitprune (so it is never replaced)."""
 
@@ -905,8 +910,23 @@ def _publish_exclusive(tmp: str, path: str, is_ours: Callable[[str], bool]) -> N
       raise
 
 
-def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> None:
-  """Replaces `path` (if ours) by `tmp`; the old one is moved aside, then deleted."""
+ANY_OUTPUT = "any"     # `staged_dir(replaces=)`: whatever is there at publishing (if ours)
+
+
+def output_stamp(path: str) -> Optional[Tuple[int, int]]:
+  """Which directory is at `path` now, (device, inode) (a publish renames a new one there, so
+  the stamp changes), None when there is none: `staged_dir(replaces=)`."""
+  try:
+    st = os.lstat(path)
+  except FileNotFoundError:
+    return None
+  return st.st_dev, st.st_ino
+
+
+def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool],
+                       replaces: Any = ANY_OUTPUT) -> None:
+  """Replaces `path` (if ours, and the one stamped `replaces` unless ANY_OUTPUT) by `tmp`; the
+  old one is moved aside, then deleted."""
   _before_publish()
   parent, name = os.path.dirname(path), os.path.basename(path)
   for _ in range(100):   # only concurrent writers make this loop more than once
@@ -916,6 +936,11 @@ def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> N
     except OSError as e:
       if not _rename_failed_because_taken(e):
         raise
+    if replaces is not ANY_OUTPUT and output_stamp(path) != replaces:
+      raise ReplacedMeanwhileError(
+          f"{path} was written by another run after this one began (two runs into one output "
+          "folder at once): this run does not replace that run's outputs; give each run its "
+          "own folder")
     check_replaceable(path, is_ours)
     _, old, held = _claimed(parent, name, "old", directory=True)
     aside = os.path.join(old, name)
@@ -947,7 +972,8 @@ def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool]) -> N
 
 @contextlib.contextmanager
 def staged_dir(path: str, *, overwrite: Optional[bool] = None,
-               is_ours: Optional[Callable[[str], bool]] = None) -> Iterator[str]:
+               is_ours: Optional[Callable[[str], bool]] = None,
+               replaces: Any = ANY_OUTPUT) -> Iterator[str]:
   """Yields an empty temporary sibling directory of `path` to fill; on normal exit publishes it.
 
   Args:
@@ -959,6 +985,10 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
       that is not ours.
     is_ours: recognises our own output (default `is_vitprune_output`: a folder with one of
       vitprune's directory markers).
+    replaces: with overwrite, the `output_stamp` of `path` when the caller's work began (None:
+      there was none): a directory published there since by another writer is not replaced
+      (`ReplacedMeanwhileError`: a run that finished second dropped the first one's outputs,
+      both exiting 0). ANY_OUTPUT (default): whatever is there at publishing, if ours.
 
   The previous directory is moved aside first and deleted only once the new one is in place; on
   an exception the staging directory is deleted and `path` is left untouched. A foreign target is
@@ -987,7 +1017,7 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
       if overwrite is False:
         _publish_exclusive(tmp, path, is_ours)
       else:
-        _publish_replacing(tmp, path, is_ours)
+        _publish_replacing(tmp, path, is_ours, replaces)
       console.wrote(path)
   except BaseException as e:     # (a second signal cut this short and left the folder)
     with console.interrupts_held(raise_after=False):

@@ -555,6 +555,9 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
   tokens = spec.grid(cfg)
   latency_model = None
   seconds, clock = {}, time.perf_counter()
+  # Which output folder this run replaces: one that another run publishes meanwhile is not
+  # (two runs into one --out_dir both exited 0, the first one's printed files gone).
+  replaces = atomic.output_stamp(os.path.abspath(out_dir))
 
   def lap(stage):
     nonlocal clock
@@ -577,7 +580,7 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
     verification = _verify(cfg, params, spec, data, solution, log, holdout)
     lap("verify")
     return write_outputs(out_dir, spec, data, weights_source, profile, estimate, solution,
-                         verification, seconds)
+                         verification, seconds, replaces=replaces)
   except Exception as failure:     # (not a Ctrl-C: an interrupted run writes nothing)
     try:
       kept = keep_measured(out_dir, spec, profile, estimate, log)
@@ -677,17 +680,20 @@ def _cleanup_stale_keeps(out_dir: str) -> None:
 def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
                   weights_source: str, profile: records.Profile, estimate: Estimate,
                   solution: Solution, verification: Verification,
-                  seconds: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
+                  seconds: Optional[Dict[str, float]] = None,
+                  replaces: Any = atomic.ANY_OUTPUT) -> Dict[str, Any]:
   """The output step, one transaction: profile/, estimate/, solve/ and summary.json are written
   into a staged sibling of `out_dir` and published together (a killed run leaves the previous
-  outputs whole, never a mix). `out_dir` is replaced only when it is a pipeline output.
+  outputs whole, never a mix). `out_dir` is replaced only when it is a pipeline output (and,
+  given `replaces`, the one stamped so when the run began: `atomic.staged_dir`).
   `seconds`: wall seconds per stage (profile, estimate, solve, in_loop within solve, verify)."""
   out_dir = os.path.abspath(out_dir)
   cfg = solution.config
   metric = default_metric(data.labelled)
   name = _estimate_name(spec, estimate)
   _cleanup_stale_keeps(out_dir)
-  with atomic.staged_dir(out_dir, overwrite=True, is_ours=is_pipeline_dir) as tmp:
+  with atomic.staged_dir(out_dir, overwrite=True, is_ours=is_pipeline_dir,
+                         replaces=replaces) as tmp:
 
     def final(path: str) -> str:   # where a staged file will be once published
       return os.path.join(out_dir, os.path.relpath(path, tmp))
