@@ -358,21 +358,29 @@ def write_result(path: str, doc: Dict[str, Any], fmt: str, **json_kw) -> str:
   try:
     return atomic.replace_json(path, doc, fmt, **json_kw)
   except OSError as e:        # (ForeignOutputError too: a file made at `path` meanwhile)
-    root, ext = os.path.splitext(_without_trailing_sep(path))
-    suffix = f".kept-{secrets.token_hex(4)}{ext or '.json'}"
-    folder = os.path.dirname(os.path.abspath(root))
-    why = str(e)
-    if not os.path.isdir(folder):   # (its folder replaced by a file mid-run: every result lost)
-      why = f"cannot write {shown(path)}: its folder {shown(folder)} is no longer a folder ({e})"
-      while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
-        folder = os.path.dirname(folder)          # the nearest folder above that still is one
-      root = os.path.join(folder, os.path.basename(root))
-    kept = atomic.fitting_name(root, suffix)
-    try:
-      atomic.replace_json(kept, doc, fmt, overwrite=False, **json_kw)
-    except (OSError, ValueError) as keep_error:
-      raise type(e)(f"{why}; the results could not be kept either: {keep_error}") from None
-    raise type(e)(f"{why}; the results are kept in {shown(kept)}") from None
+    keep_beside(path, doc, fmt, e, str(e), **json_kw)
+
+
+def keep_beside(path: str, doc: Dict[str, Any], fmt: str, error: OSError, why: str,
+                **json_kw) -> None:
+  """Raises `error`'s type with `why` after writing `doc` beside `path` (which could not be
+  written: taken meanwhile, or its folder gone) as `<name>.kept-XXXXXXXX.json`, named in the
+  message (in the nearest folder above that still is one)."""
+  root, ext = os.path.splitext(_without_trailing_sep(path))
+  suffix = f".kept-{secrets.token_hex(4)}{ext or '.json'}"
+  folder = os.path.dirname(os.path.abspath(root))
+  if not os.path.isdir(folder):   # (its folder replaced by a file mid-run: every result lost)
+    why = (f"cannot write {shown(path)}: its folder {shown(folder)} is no longer a folder "
+           f"({error})")
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+      folder = os.path.dirname(folder)          # the nearest folder above that still is one
+    root = os.path.join(folder, os.path.basename(root))
+  kept = atomic.fitting_name(root, suffix)
+  try:
+    atomic.replace_json(kept, doc, fmt, overwrite=False, **json_kw)
+  except (OSError, ValueError) as keep_error:
+    raise type(error)(f"{why}; the results could not be kept either: {keep_error}") from None
+  raise type(error)(f"{why}; the results are kept in {shown(kept)}") from None
 
 
 def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,

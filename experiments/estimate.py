@@ -277,7 +277,15 @@ def main(f: flags.FlagValues):
       cfg=cfg, params=params, weights_source=source, data_info=data.info, method=method,
       method_kwargs=kwargs, seed=f.seed, points=points, result=result,
       labelled=data.labelled, dtype=f.dtype)
-  path = write_estimate(out, record, overwrite=f.overwrite)
+  try:
+    path = write_estimate(out, record, overwrite=f.overwrite)
+  except OSError as e:    # taken meanwhile (a concurrent run of these flags), or its folder gone:
+    # the estimate is kept beside it (its minutes of evaluation were lost with the library's
+    # 'pass overwrite=True' wording)
+    why = (f"{common.shown(out)} was written by another run meanwhile (pass --overwrite to "
+           "replace it, or --out_name to write another file)"
+           if isinstance(e, FileExistsError) and os.path.exists(out) else str(e))
+    common.keep_beside(out, record.to_json(), ESTIMATE_FORMAT, e, why)
   # A run killed while writing left its temporaries under a name of its flags, which no later
   # run of other flags removed: swept here, for the names estimates of this model take (not
   # every '.*.json.lock' of a shared folder).

@@ -1027,3 +1027,28 @@ def test_many_points_on_sharded_data_do_not_hang(tmp_path):
   out = _run_on_cpu_devices(script, 2, timeout=240)
   assert out["True"][0] == 2 and out["False"][0] == 1 and len(out["True"][1]) == 24
   assert out["True"][1] == out["False"][1]
+
+
+def test_an_estimate_whose_file_was_written_meanwhile_is_kept_beside_it(tmp_path, monkeypatch):
+  """Two runs of one set of flags at once: the second to finish failed with the library's
+  'pass overwrite=True / --overwrite' and lost its evaluation (a probe). It says what happened
+  in the CLI's words and keeps its estimate beside the file."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "e"
+  evaluate = estimate.evaluate
+
+  def another_run_writes_meanwhile(*args, **kwargs):
+    result = evaluate(*args, **kwargs)
+    out.mkdir(exist_ok=True)
+    (out / "x.json").write_text(json.dumps({"format": record_lib.FORMAT, "run": "other"}))
+    return result
+  monkeypatch.setattr(estimate, "evaluate", another_run_writes_meanwhile)
+  code, _, err = run_cli_in_process(REPO, "estimate", [
+      "--num_images=20", "--tokens=17,65", f"--out_dir={out}", "--out_name=x.json"])
+  assert code == 1, err
+  (kept,) = [p for p in out.iterdir() if p.name.startswith("x.kept-")]
+  assert err.splitlines()[0] == (
+      f"error: {out / 'x.json'} was written by another run meanwhile (pass --overwrite to "
+      f"replace it, or --out_name to write another file); the results are kept in {kept}")
+  assert json.loads((out / "x.json").read_text())["run"] == "other"
+  assert [p.tokens for p in record_lib.read_estimate(str(kept)).points] == [17, 65]
