@@ -284,6 +284,12 @@ def test_a_profile_timed_before_a_run_limit_still_loads(tmp_path):
     (lambda p: dataclasses.replace(p, tokens=500), "tokens 500 is outside [2, 17]"),
     (lambda p: dataclasses.replace(p, samples_s=(0.0,) * 3, num_samples=3, median_s=0.0,
                                    q25_s=0.0, q75_s=0.0), "median_s is 0 seconds"),
+    # Samples, quartiles and median scaled together (consistent, absurd: a probe's edit).
+    *[(lambda p, f=f: dataclasses.replace(p, samples_s=tuple(x * f for x in p.samples_s),
+                                          median_s=p.median_s * f, q25_s=p.q25_s * f,
+                                          q75_s=p.q75_s * f),
+       "seconds is outside [1e-09, 86400]: no timing of one call takes that (edited?)")
+      for f in (1e300, 1e-300)],
 ])
 def test_save_refuses_what_load_would_refuse_and_writes_nothing(tmp_path, edit, message):
   """A profile built in Python was published unchecked: load then refused it, and every later

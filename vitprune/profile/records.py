@@ -389,6 +389,9 @@ def _bad_point_field(p: Dict[str, Any]) -> Optional[str]:
   return None
 
 
+MIN_CALL_S, MAX_CALL_S = 1e-9, 86400.0     # a point's median: a nanosecond .. a day
+
+
 def _bad_point_value(p: Dict[str, Any], cfg: ViTConfig) -> Optional[str]:
   """What a point's values say that its model or its own samples contradict, or None: token
   counts the model cannot have, a schedule of another depth, no samples or a negative one,
@@ -421,6 +424,11 @@ def _bad_point_value(p: Dict[str, Any], cfg: ViTConfig) -> Optional[str]:
   for k, v in (("q25_s", want.q25), ("median_s", want.median), ("q75_s", want.q75)):
     if not math.isclose(p[k], v, rel_tol=1e-9, abs_tol=1e-15):
       return f"{k} {p[k]!r} is not its {len(samples)} samples' ({v!r}): edited?"
+  # Samples scaled by 1e300 or 1e-300 together stay consistent: paper mode chose on them in
+  # silence, multi mode overflowed (a probe). No call of a compiled graph takes either.
+  if not MIN_CALL_S <= p["median_s"] <= MAX_CALL_S:
+    return (f"median_s {p['median_s']!r} seconds is outside [{MIN_CALL_S:g}, {MAX_CALL_S:g}]: "
+            "no timing of one call takes that (edited?)")
   return None
 
 
