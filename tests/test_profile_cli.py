@@ -1066,13 +1066,19 @@ def test_held_out_images_check_the_choice_on_images_it_never_saw(tmp_path, capsy
   with open(s["files"]["summary"]) as fh:
     assert json.load(fh)["holdout"] == held
   out = capsys.readouterr().out
-  assert ", and on the 20 held-out ones" in out
+  assert ", and on the 20 held-out ones" in out and "note: the choice rests on" not in out
   assert re.search(r"held out: 20 images the choice never saw: unpruned \d\.\d{4}, pomt "
                    r"\d\.\d{4} \(95% interval \d\.\d{4}-\d\.\d{4}\); floor 0\.9 (met|NOT met) "
                    r"there", out)
   # Without a holdout nothing is held out, and the summary says so.
   assert cli.main(_flags(f"--out_dir={tmp_path / 'b'}", *FAST, "--tokens=65,33,17",
                          "--num_images=40", "--eval_batch_size=20"))["holdout"] is None
+  # A choice on fewer images than classes says so (a probe held out 59 of 60: chose on one).
+  capsys.readouterr()
+  cli.main(_flags(f"--out_dir={tmp_path / 'c'}", *FAST, "--tokens=65,17", "--num_images=12",
+                  "--holdout_images=5", "--eval_batch_size=20"))
+  assert ("note: the choice rests on 7 images, fewer than the model's 10 classes: each "
+          "measured accuracy is a count of 7") in capsys.readouterr().out
 
 
 def test_a_maximum_drop_is_judged_against_the_unpruned_model_on_each_set_of_images(tmp_path,

@@ -552,6 +552,9 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
   holdout = None
   if spec.holdout_images is not None:          # the choice is made on the others
     data, holdout = estimate_lib.holdout_split(data, spec.holdout_images, spec.seed)
+  if len(data.indices) < cfg.num_classes:      # (a probe chose on 1 image: 1.0, then 0.508)
+    log(f"note: the choice rests on {len(data.indices)} images, fewer than the model's "
+        f"{cfg.num_classes} classes: each measured accuracy is a count of {len(data.indices)}")
   tokens = spec.grid(cfg)
   latency_model = None
   seconds, clock = {}, time.perf_counter()
