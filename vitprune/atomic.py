@@ -203,6 +203,10 @@ def is_vitprune_output(path: str) -> bool:
   return _directory_marker(path) is not None
 
 
+is_vitprune_output.description = ("a vitprune weights, artifact or image folder (with its "
+                                  "config.json / manifest.json / .vitprune-imagefolder.json)")
+
+
 def _layout(path: str, is_ours: Callable[[str], bool]) -> Optional[re.Pattern]:
   """The layout `unlisted_files` holds `path` to: `is_ours`' own, or for the default
   `is_vitprune_output` that of the marker `path` carries."""
@@ -210,10 +214,6 @@ def _layout(path: str, is_ours: Callable[[str], bool]) -> Optional[re.Pattern]:
     marker = _directory_marker(path)
     return None if marker is None else json_marker(*marker).layout
   return getattr(is_ours, "layout", None)
-
-
-is_vitprune_output.description = ("a vitprune weights, artifact or image folder (with its "
-                                  "config.json / manifest.json / .vitprune-imagefolder.json)")
 
 
 def describe(path: str) -> str:
@@ -910,7 +910,12 @@ def _publish_exclusive(tmp: str, path: str, is_ours: Callable[[str], bool]) -> N
       raise
 
 
-ANY_OUTPUT = "any"     # `staged_dir(replaces=)`: whatever is there at publishing (if ours)
+class _AnyOutput:
+  def __repr__(self) -> str:
+    return "ANY_OUTPUT"
+
+
+ANY_OUTPUT = _AnyOutput()   # `staged_dir(replaces=)`: whatever is there at publishing (if ours)
 
 
 def output_stamp(path: str) -> Optional[Tuple[int, int]]:
