@@ -282,9 +282,10 @@ def main(f: flags.FlagValues):
   except OSError as e:    # taken meanwhile (a concurrent run of these flags), or its folder gone:
     # the estimate is kept beside it (its minutes of evaluation were lost with the library's
     # 'pass overwrite=True' wording)
+    meanwhile = (isinstance(e, FileExistsError) and not isinstance(e, atomic.ForeignOutputError)
+                 and not f.overwrite and os.path.exists(out))   # (not ours: --overwrite can't)
     why = (f"{common.shown(out)} was written by another run meanwhile (pass --overwrite to "
-           "replace it, or --out_name to write another file)"
-           if isinstance(e, FileExistsError) and os.path.exists(out) else str(e))
+           "replace it, or --out_name to write another file)" if meanwhile else str(e))
     common.keep_beside(out, record.to_json(), ESTIMATE_FORMAT, e, why)
   # A run killed while writing left its temporaries under a name of its flags, which no later
   # run of other flags removed: swept here, for the names estimates of this model take (not

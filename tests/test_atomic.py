@@ -4,6 +4,8 @@ import glob
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -135,7 +137,7 @@ def test_a_folder_whose_inventory_is_lost_is_held_to_its_layout(tmp_path):
     if lose is not None:
       assert atomic.unlisted_files(str(target)) == []      # no layout: the predicate decides
       publish("1")                                           # nothing else: replaced
-  assert inventory.read_text() == whole
+  assert json.loads(inventory.read_text())["files"] == json.loads(whole)["files"]
 
 
 def test_an_output_another_run_published_meanwhile_is_not_replaced(tmp_path):
@@ -153,8 +155,11 @@ def test_an_output_another_run_published_meanwhile_is_not_replaced(tmp_path):
   assert began is None
   publish("first")                                  # another run published meanwhile
   stamp = atomic.output_stamp(str(target))
-  assert stamp == (os.stat(target).st_dev, os.stat(target).st_ino)
-  for before in (began, (stamp[0], stamp[1] + 1)):
+  publish_id = json.loads((target / atomic.INVENTORY_FILE).read_text())["publish"]
+  assert stamp == (os.stat(target).st_dev, os.stat(target).st_ino, publish_id)
+  # Another folder, or one at the same inode (ext4 hands a deleted folder's inode to the next
+  # one made: a run stamped, the folder was deleted, another run published) of another publish.
+  for before in (began, (stamp[0], stamp[1] + 1, publish_id), stamp[:2] + ("0" * 16,)):
     with pytest.raises(atomic.ReplacedMeanwhileError, match=re.escape(
         f"{target} was written by another run after this one began (two runs into one output "
         "folder at once): this run does not replace that run's outputs; give each run its own "
@@ -165,6 +170,18 @@ def test_an_output_another_run_published_meanwhile_is_not_replaced(tmp_path):
   assert (target / "v").read_text() == "second" and atomic.output_stamp(str(target)) != stamp
   publish("third")                                  # ANY_OUTPUT (the default): as before
   assert (target / "v").read_text() == "third"
+  # A writer killed after moving the folder aside (a dead PID): the next run's stamp is of the
+  # folder put back, not "none" (its publish then refused a folder it had itself restored).
+  tag = atomic._namespace_tag()                    # pylint: disable=protected-access
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  old = tmp_path / f".out.old-{dead}-{tag}-abcd"
+  old.mkdir()
+  os.rename(target, old / "out")
+  stamp = atomic.output_stamp(str(target))
+  assert stamp is not None and not old.exists() and (target / "v").read_text() == "third"
+  publish("fourth", replaces=stamp)
+  assert (target / "v").read_text() == "fourth"
 
 
 def test_special_files_are_never_opened_as_outputs(tmp_path):

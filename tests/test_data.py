@@ -1026,6 +1026,27 @@ def test_a_folder_whose_pixels_find_some_digits_but_not_all_is_judged_by_its_mar
   digits.check_digits_folder(str(root), meta, "W")
 
 
+def test_a_test_folder_within_the_weights_held_out_digits_is_scored_by_its_marker(tmp_path):
+  """Weights of test fraction 0.3 hold out every digit of the 0.2 test split of their seed: a
+  digits_images test folder with one image of the user's (8x8, no digit: the marker decides)
+  was refused as their training data (a review)."""
+  root = digits.write_digits_imagefolder(tmp_path / "t", split="test", limit=20)
+  icon = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+  Image.fromarray(icon).save(os.path.join(root, "3", "icon.png"))
+  assert digits._scan_for_digits(root)[1] == 1       # pylint: disable=protected-access
+  for fraction in (0.2, 0.3):
+    digits.check_digits_folder(root, {"dataset": "sklearn_digits",
+                                      "split": {"seed": 0, "test_fraction": fraction}}, "W")
+  for png in glob.glob(os.path.join(root, "*", "[0-9]*.png")):   # the icon alone: the marker
+    os.unlink(png)
+  digits.check_digits_folder(root, {"dataset": "sklearn_digits",
+                                    "split": {"seed": 0, "test_fraction": 0.3}}, "W")
+  with pytest.raises(ValueError, match="holds the digits' test split of seed 0 .* trained on "
+                                       r"the split of seed 1 \(test fraction 0.3\)"):
+    digits.check_digits_folder(root, {"dataset": "sklearn_digits",
+                                      "split": {"seed": 1, "test_fraction": 0.3}}, "W")
+
+
 def test_a_digits_training_folder_re_saved_with_heavy_loss_is_refused_by_its_marker(tmp_path):
   """Training digits re-saved as JPEG of quality 10 no longer lie near the table's 8x8 pixels:
   they were scored (0.9944 on 1438 training digits) although the folder's marker says

@@ -1052,3 +1052,20 @@ def test_an_estimate_whose_file_was_written_meanwhile_is_kept_beside_it(tmp_path
       f"replace it, or --out_name to write another file); the results are kept in {kept}")
   assert json.loads((out / "x.json").read_text())["run"] == "other"
   assert [p.tokens for p in record_lib.read_estimate(str(kept)).points] == [17, 65]
+  # With --overwrite, a file that is no estimate made there meanwhile: --overwrite cannot
+  # replace it, so the error is the refusal itself (it advised --overwrite).
+  kept.unlink()
+  (out / "x.json").unlink()
+
+  def a_user_writes_meanwhile(*args, **kwargs):
+    result = evaluate(*args, **kwargs)
+    (out / "x.json").write_text('{"mine": 1}')
+    return result
+  monkeypatch.setattr(estimate, "evaluate", a_user_writes_meanwhile)
+  code, _, err = run_cli_in_process(REPO, "estimate", [
+      "--num_images=20", "--tokens=17,65", f"--out_dir={out}", "--out_name=x.json",
+      "--overwrite"])
+  (kept,) = [p for p in out.iterdir() if p.name.startswith("x.kept-")]
+  assert code == 1 and err.startswith(f"error: refusing to replace {out / 'x.json'}") and \
+      "--overwrite to" not in err and err.rstrip().endswith(f"the results are kept in {kept}")
+  assert (out / "x.json").read_text() == '{"mine": 1}'

@@ -1078,7 +1078,7 @@ def test_held_out_images_check_the_choice_on_images_it_never_saw(tmp_path, capsy
   cli.main(_flags(f"--out_dir={tmp_path / 'c'}", *FAST, "--tokens=65,17", "--num_images=12",
                   "--holdout_images=5", "--eval_batch_size=20"))
   assert ("note: the choice rests on 7 images, fewer than the model's 10 classes: each "
-          "measured accuracy is a count of 7") in capsys.readouterr().out
+          "measured accuracy is a count of 7 (steps of 0.143)") in capsys.readouterr().out
 
 
 def test_a_maximum_drop_is_judged_against_the_unpruned_model_on_each_set_of_images(tmp_path,

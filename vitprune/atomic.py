@@ -249,9 +249,11 @@ _has_inventory = json_marker(INVENTORY_FILE, "vitprune-inventory")
 
 
 def _write_inventory(directory: str) -> None:
-  """Lists every file under `directory` in its INVENTORY_FILE."""
+  """Lists every file under `directory` in its INVENTORY_FILE, with a random id of this publish
+  (`output_stamp`: a folder's inode alone is reused by the next one made)."""
   with open(os.path.join(directory, INVENTORY_FILE), "w") as f:
-    json.dump({"format": "vitprune-inventory", "files": _tree_files(directory)}, f)
+    json.dump({"format": "vitprune-inventory", "files": _tree_files(directory),
+               "publish": os.urandom(8).hex()}, f)
 
 
 def _listed_files(directory: str) -> Optional[set]:
@@ -918,14 +920,29 @@ class _AnyOutput:
 ANY_OUTPUT = _AnyOutput()   # `staged_dir(replaces=)`: whatever is there at publishing (if ours)
 
 
-def output_stamp(path: str) -> Optional[Tuple[int, int]]:
-  """Which directory is at `path` now, (device, inode) (a publish renames a new one there, so
-  the stamp changes), None when there is none: `staged_dir(replaces=)`."""
+def output_stamp(path: str) -> Optional[Tuple[int, int, Optional[str]]]:
+  """Which directory is at `path` now: (device, inode, its inventory's publish id) (a publish
+  renames a new one there; the id, since a deleted folder's inode is the next one's on ext4),
+  None when there is none: `staged_dir(replaces=)`. A killed writer's moved-aside previous
+  output is put back first (`cleanup_stale`: the next publish would, and then count it as
+  published meanwhile)."""
+  if not os.path.lexists(path) and os.path.isdir(os.path.dirname(os.path.abspath(path))):
+    cleanup_stale(path)
+  return _stamp_now(path)
+
+
+def _stamp_now(path: str) -> Optional[Tuple[int, int, Optional[str]]]:
+  """`output_stamp` without putting anything back (while publishing)."""
   try:
     st = os.lstat(path)
   except FileNotFoundError:
     return None
-  return st.st_dev, st.st_ino
+  try:
+    with open(os.path.join(path, INVENTORY_FILE)) as f:
+      publish = json.load(f).get("publish")
+  except (OSError, ValueError, RecursionError, AttributeError):
+    publish = None
+  return st.st_dev, st.st_ino, publish if isinstance(publish, str) else None
 
 
 def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool],
@@ -941,7 +958,7 @@ def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool],
     except OSError as e:
       if not _rename_failed_because_taken(e):
         raise
-    if replaces is not ANY_OUTPUT and output_stamp(path) != replaces:
+    if replaces is not ANY_OUTPUT and _stamp_now(path) != replaces:
       raise ReplacedMeanwhileError(
           f"{path} was written by another run after this one began (two runs into one output "
           "folder at once): this run does not replace that run's outputs; give each run its "
@@ -993,7 +1010,8 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
     replaces: with overwrite, the `output_stamp` of `path` when the caller's work began (None:
       there was none): a directory published there since by another writer is not replaced
       (`ReplacedMeanwhileError`: a run that finished second dropped the first one's outputs,
-      both exiting 0). ANY_OUTPUT (default): whatever is there at publishing, if ours.
+      both exiting 0). ANY_OUTPUT (default): whatever is there at publishing, if ours. Without
+      overwrite it is not used (nothing is replaced then).
 
   The previous directory is moved aside first and deleted only once the new one is in place; on
   an exception the staging directory is deleted and `path` is left untouched. A foreign target is

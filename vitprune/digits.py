@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from vitprune import atomic
+from vitprune import jsonio
 from vitprune.config import Preprocessing
 from vitprune.data import (ArrayDataset, balanced_subset, check_8bit, check_class_names,
                            find_classes, is_image_file, iterate_batches, shown_names)
@@ -305,12 +306,26 @@ def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
     marker = _read_marker(folder)        # every image: re-saved, or no table to compare with)
     # (a marker written before `split_seed` named the split's seed "seed")
     split_seed = marker.get("split_seed", marker.get("seed", 0))
-    if (marker.get("split"), split_seed, fraction) != ("test", seed, 0.2):
+    if ((marker.get("split"), split_seed, fraction) != ("test", seed, 0.2)
+        and not _test_split_within(split_seed, seed, fraction, marker.get("split"))):
       raise ValueError(f"{folder} holds the digits' {marker.get('split')} split of seed "
                        f"{split_seed} (its {DIGITS_MARKER} says so), and "
                        f"{whose} were trained on the split of seed {seed} (test fraction "
                        f"{fraction}): some of its images are their training data, so every "
                        f"score would be inflated{hint}")
+
+
+def _test_split_within(split_seed: Any, seed: int, fraction: float, split: Any) -> bool:
+  """Whether a marker's test split (of `split_seed`, fraction 0.2: `digits_images`') lies in
+  the held-out digits of weights trained on the split (`seed`, `fraction`): weights of test
+  fraction 0.3 were refused a folder of their own held-out digits holding one user image."""
+  if split != "test" or not jsonio.is_int(split_seed):
+    return False
+  try:
+    return set(digits_split(split_seed, 0.2)[1].tolist()) <= set(
+        digits_split(seed, fraction)[1].tolist())
+  except (ImportError, ValueError):      # (no table on a board; a fraction it cannot split)
+    return False
 
 
 def digits_batches(split: str = "test", batch_size: int = 64, *,

@@ -537,6 +537,9 @@ def _verify(cfg, params, spec, data, solution: Solution, log,
                       None if holdout is None else check(holdout))
 
 
+FEW_IMAGES = 30     # a choice on fewer images (and classes) is noted: 95% intervals of +-15 points
+
+
 def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: str, *,
                  weights_source: str, data: Optional[estimate_lib.EvalData] = None,
                  progress: bool = True, log: Callable[[str], None] = print) -> Dict[str, Any]:
@@ -552,9 +555,11 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
   holdout = None
   if spec.holdout_images is not None:          # the choice is made on the others
     data, holdout = estimate_lib.holdout_split(data, spec.holdout_images, spec.seed)
-  if len(data.indices) < cfg.num_classes:      # (a probe chose on 1 image: 1.0, then 0.508)
-    log(f"note: the choice rests on {len(data.indices)} images, fewer than the model's "
-        f"{cfg.num_classes} classes: each measured accuracy is a count of {len(data.indices)}")
+  n = len(data.indices)
+  if n < min(cfg.num_classes, FEW_IMAGES):    # (a probe chose on 1 image: 1.0, then 0.508)
+    log(f"note: the choice rests on {n} images, fewer than the model's {cfg.num_classes} "
+        f"classes: each measured {default_metric(data.labelled)} is a count of {n} (steps of "
+        f"{1 / n:.3g})")
   tokens = spec.grid(cfg)
   latency_model = None
   seconds, clock = {}, time.perf_counter()
