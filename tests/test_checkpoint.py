@@ -343,6 +343,32 @@ def test_files_beside_the_shipped_weights_are_never_replaced_with_them(tmp_path)
         atomic.check_replaceable(w, is_ours)
 
 
+def test_the_library_writes_no_output_inside_a_published_folder_nor_at_an_empty_path(tmp_path):
+  """The CLIs refused weights or an artifact inside weights/vit_digits; save_weights and
+  export_artifact wrote them, and the folder was never replaced again ('it holds art/...,
+  which vitprune did not write there'). save_weights('') offered to overwrite the working
+  directory (a probe)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from vitprune import deploy  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  w = str(tmp_path / "w")
+  shutil.copytree(os.path.join(root, "weights", "vit_digits"), w)
+  cfg, params = checkpoint.load_weights(w)
+  for write in (lambda p: checkpoint.save_weights(p, cfg, params),
+                lambda p: deploy.export_artifact(p, cfg, params, verify=False)):
+    with pytest.raises(ValueError, match=re.escape(
+        f"{w}/sub is inside {w}, a folder vitprune wrote as a whole (it lists its files in "
+        ".vitprune-files.json): write elsewhere")):
+      write(os.path.join(w, "sub"))
+    with pytest.raises(ValueError, match=r"^the (weights|artifact) path is empty$"):
+      write("")
+  assert sorted(os.listdir(w)) == [".vitprune-files.json", "config.json", "metrics.json",
+                                   "params"]
+  with pytest.raises(ValueError, match="^the output path is empty$"):
+    with atomic.staged_dir("", overwrite=True):
+      pass
+
+
 def test_corrupt_checkpoint_data_is_one_line_from_the_cli(tmp_path):
   # Zeroed bytes inside orbax's data file: the restore fails while its I/O threads print
   # 'Event loop is closed' tracebacks; the CLI must still print exactly one line.

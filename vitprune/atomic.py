@@ -389,17 +389,18 @@ def published_folder_around(path: str, itself: bool = False) -> Optional[str]:
     folder = parent
 
 
-def check_outside_published(path: str, flag: str, itself: bool = False) -> None:
-  """ValueError naming `--flag` when `path` lies inside (or, `itself`: a folder to write files
-  into, is) a folder vitprune published whole: a result written into an artifact's iree/ was
-  then read as a module record ('not a vitprune-edge-target record'), and such a folder is
-  never replaced once it holds files it was not published with."""
+def check_outside_published(path: str, flag: Optional[str], itself: bool = False) -> None:
+  """ValueError naming `--flag` (None: the path alone, a library call) when `path` lies inside
+  (or, `itself`: a folder to write files into, is) a folder vitprune published whole: a result
+  written into an artifact's iree/ was then read as a module record ('not a
+  vitprune-edge-target record'), and such a folder is never replaced once it holds files it was
+  not published with."""
   folder = published_folder_around(path, itself)
   if folder is not None:
     where = ("is a folder" if folder == os.path.realpath(path) else f"is inside {folder}, a "
              "folder")
-    raise ValueError(f"--{flag}={path} {where} vitprune wrote as a whole "
-                     f"({_published_mark(folder)}): write elsewhere")
+    raise ValueError(f"{path if flag is None else f'--{flag}={path}'} {where} vitprune wrote as "
+                     f"a whole ({_published_mark(folder)}): write elsewhere")
 
 
 def check_output_file(path: str, flag: str = "output", overwrite: bool = True) -> None:
@@ -1019,7 +1020,12 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
   same path are cleaned up first (`cleanup_stale`).
   """
   check_switch("overwrite", overwrite, optional=True)
+  if not os.fspath(path):           # (abspath: the working directory, offered for overwrite)
+    raise ValueError("the output path is empty")
   path = os.path.abspath(path)
+  # (the CLIs refused an artifact or weights inside weights/vit_digits, the library wrote them:
+  # that folder was then never replaced, holding files it was not published with)
+  check_outside_published(path, None)
   is_ours = is_ours or is_vitprune_output
   parent, name = os.path.dirname(path), os.path.basename(path)
   check_not_mount_point(path)

@@ -70,6 +70,8 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
   check_switch("overwrite", overwrite)   # ('no' replaced the weights: a string is truthy)
   check_config(cfg)                        # (a TypeError for 'test_tiny_vit', not AttributeError)
   check_params(cfg, params)
+  if not os.fspath(path):          # (abspath: the working directory, offered for overwrite)
+    raise ValueError("the weights path is empty")
   path = os.path.abspath(path)
   orbax_io.writable_path(path)     # before any work: the checkpoint goes below it
   params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
