@@ -87,6 +87,10 @@ def run(model: str, checkpoint: str, *, img_size: Optional[int] = None,
       print(f"warning: verify: the {v['kind']} are the same for two different images: the model "
             "ignores its input (a zeroed head, as a checkpoint made for fine-tuning has, or "
             "weights that did not load as meant)", file=sys.stderr)
+    elif v.get("classes_tied"):        # (one head value, its images' logits apart)
+      print(f"warning: verify: all {v['shape'][-1]} logits are one value: every class ties and "
+            f"top-1 class {v['top1']} is an arbitrary pick (a head that did not load as meant)",
+            file=sys.stderr)
   return path
 
 

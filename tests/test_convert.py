@@ -836,6 +836,11 @@ def test_cli_run_and_errors(tmp_path, capsys):
       "warning: verify: the logits are the same for two different images: the model ignores "
       "its input (a zeroed head, as a checkpoint made for fine-tuning has, or weights that did "
       "not load as meant)\n")
+  save_file(dict(sd, **{"head.weight": np.full_like(sd["head.weight"], 1e30)}), str(src))
+  cli.run("test_tiny_vit", str(src), out=str(tmp_path / "w1"), verify=True)
+  assert capsys.readouterr().err == (       # (a probe: 'top-1 class 0' of a tie, unsaid)
+      "warning: verify: all 10 logits are one value: every class ties and top-1 class 0 is an "
+      "arbitrary pick (a head that did not load as meant)\n")
   assert checkpoint.read_weights_config(out)[0] == cfg
   assert cli.default_out("vit_small_patch14_dinov2", 224, 518) == os.path.join(
       "weights", "vit_small_patch14_dinov2_224")
@@ -947,11 +952,18 @@ def test_non_finite_weights_impossible_sizes_and_failed_verify_write_nothing(tmp
   assert meta["verified"]["top1"] == int(want.argmax())
   assert checkpoint.read_weights_config(path)[1]["verified"] == meta["verified"]
   assert meta["verified"]["input_independent"] is False
+  assert meta["verified"]["classes_tied"] is False
   # A zeroed head: finite logits, the same for every image (verify passed it without a word).
   zeroed = dict(sd, **{"head.weight": np.zeros_like(sd["head.weight"])})
   save_file(zeroed, str(src))
   _, _, meta = convert.convert_checkpoint(cfg, str(src), str(out), verify=True, overwrite=True)
   assert meta["verified"]["input_independent"] is True
+  assert meta["verified"]["classes_tied"] is True                  # (its zero bias: all 0)
+  # A head whose columns are one huge value: every class ties (top-1 class 0 passed unsaid).
+  tied = dict(sd, **{"head.weight": np.full_like(sd["head.weight"], 1e30)})
+  save_file(tied, str(src))
+  _, _, meta = convert.convert_checkpoint(cfg, str(src), str(out), verify=True, overwrite=True)
+  assert meta["verified"]["classes_tied"] is True and meta["verified"]["std"] == 0.0
 
 
 def test_overwrite_refuses_a_foreign_folder(tmp_path):

@@ -590,7 +590,9 @@ def verify_forward(cfg: ViTConfig, params: Params) -> Dict[str, Any]:
   """Runs the model on two fixed standard-normal images (seeds 0 and 1) -> summary of the first
   one's outputs, and `input_independent`: whether both gave the same outputs (a model whose
   outputs ignore the image: a zeroed head, or weights that did not load as meant; a summary of
-  finite numbers alone passed it). Raises ValueError if the outputs are not finite."""
+  finite numbers alone passed it), and for a classifier `classes_tied`: whether its logits are
+  all one value (to 1e-6 relative: its top-1 is an arbitrary pick). Raises ValueError if the
+  outputs are not finite."""
   x = np.stack([np.random.default_rng(seed).standard_normal(
       (cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32) for seed in (0, 1)])
   both = np.asarray(jitted_forward(params, x, cfg=cfg))
@@ -603,6 +605,9 @@ def verify_forward(cfg: ViTConfig, params: Params) -> Dict[str, Any]:
              "input_independent": bool(np.array_equal(both[0], both[1]))}
   if cfg.num_classes:
     summary["top1"] = int(y.argmax())
+    # Every class at one value (a head of 1e30s: 'top-1 class 0' of a tie passed in silence).
+    summary["classes_tied"] = bool(np.ptp(y) <= 1e-6 * np.abs(y).max()) if cfg.num_classes > 1 \
+        else False
   return summary
 
 
