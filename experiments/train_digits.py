@@ -70,6 +70,8 @@ def main(f: flags.FlagValues):
   out = os.path.abspath(f.out)
   common.check_new_dir(out, "out", overwrite=f.overwrite, is_ours=checkpoint.is_weights_dir)
   orbax_io.writable_path(out)       # the weights checkpoint goes below it: before training
+  if f.epochs < 1:                  # (--epochs=0 was told its default warm-up exceeded it)
+    raise ValueError(f"--epochs={f.epochs}: train for at least 1 epoch")
   if f.warmup_epochs > f.epochs:      # (TrainConfig's words named no flag, nor the default)
     given = "" if f["warmup_epochs"].present else " (its default)"
     raise ValueError(f"--warmup_epochs={f.warmup_epochs}{given} exceeds --epochs={f.epochs}: "

@@ -429,6 +429,9 @@ CASES = [
     ("deploy", [f"--weights={WEIGHTS}", "--solution={out}/none.json", "--out={out}/art"], 1,
      "none.json' does not exist (experiments.solve writes one, and the main job, python -m "
      "experiments.profile, into its solve/ folder)"),
+    # --epochs=0 was told that the default --warmup_epochs=3 exceeds it (a probe)
+    ("train_digits", ["--epochs=0", "--out={out}"], 1,
+     "--epochs=0: train for at least 1 epoch"),
 ]
 
 
