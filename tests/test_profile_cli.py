@@ -658,6 +658,12 @@ def test_pipeline_refinement_without_a_floor(tmp_path, capsys):
   assert (f"note: this timing of the chosen graph, 20000.0000 ms, is over the budget of 1e+04 ms "
           f"it measured within in the loop ({s['measured_in_loop']['latency_ms']:.4f} ms)"
           in pipeline.format_summary(over))
+  # The solver's accuracy of a schedule with at most one reduction is the estimate's measurement
+  # (a probe read it as predicted); of a multi-layer schedule, a prediction.
+  said = "(the accuracy the estimate measured: it reduces in at most one block)"
+  for counts, noted in (([65, 65, 65, 65, 33, 33, 33], True),
+                        ([65, 65, 49, 49, 33, 33, 33], False)):
+    assert (said in pipeline.format_summary(dict(s, counts=counts))) is noted
   # A speed-up whose medians differ by less than the larger IQR says it is within the spread.
   spread = "(within the timing spread: the medians differ by less than the larger IQR)"
   u = s["unpruned"]

@@ -829,7 +829,11 @@ def format_summary(s: Dict[str, Any]) -> str:
       (f"   paper proxies at n*: L(n*) {s['predicted']['latency_ms']:.4f} ms (all blocks at "
        f"n*), random-drop {m} {s['predicted'][m]:.4f}; measured:" if s["solver"] == "paper" else
        f"   solver predicted {s['predicted']['latency_ms']:.4f} ms, {m} "
-       f"{s['predicted'][m]:.4f}; measured:"),
+       f"{s['predicted'][m]:.4f}"
+       # (one reduction or none: the estimate measured that schedule, a probe read it predicted)
+       + ("" if solve.is_multi_reduction(s["counts"]) else
+          f" (the {m} the estimate measured: it reduces in at most one block)")
+       + "; measured:"),
       f"   {'graph':<10} {'tokens/layer':<28} {'latency ms':>11} {'IQR ms':>8} {m:>9}",
       f"   {'unpruned':<10} {str(u['counts']):<28} "
       f"{u['latency_ms']:>11.4f} {u['iqr_ms']:>8.4f} {u[m]:>9.4f}",
