@@ -297,8 +297,10 @@ def check_not_mount_point(path: str) -> None:
 def check_output_dir_target(path: str, overwrite: bool, is_ours: Callable[[str], bool],
                             hint: str = "pass overwrite=True / --overwrite") -> None:
   """Before any work: `path` may become a new output directory (absent or empty: `is_free`),
-  or, with `overwrite`, replace one of ours (`check_replaceable`); never a mount point."""
+  or, with `overwrite`, replace one of ours (`check_replaceable`); never a mount point, nor
+  inside a folder vitprune published whole (`staged_dir` refuses it after the work)."""
   check_switch("overwrite", overwrite)
+  check_outside_published(path, None)
   check_not_mount_point(path)
   if not is_free(path):
     check_replaceable(path, is_ours)   # (never ours: --overwrite would not help, so not hinted)

@@ -520,8 +520,7 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
   not_float = sorted(f"{k} ({np.asarray(sd[k]).dtype})" for k in set(want) & set(sd)
                      if not is_float_dtype(np.asarray(sd[k]).dtype))
   if not_float:
-    raise ValueError(f"checkpoint has non-float values in {not_float[:5]}"
-                     f"{f' and {len(not_float) - 5} more' if len(not_float) > 5 else ''}: "
+    raise ValueError(f"checkpoint has non-float values in {_first(not_float, 5)}: "
                      "vitprune converts floating-point weights (float16, bfloat16, float32, "
                      "...; a quantised checkpoint must be dequantised first)"
                      + ("; .npz files cannot keep bfloat16 (np.savez stores it as 2 raw bytes, "

@@ -261,7 +261,6 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
     raise ValueError("the artifact path is empty")
   out = os.path.abspath(out)
   atomic.check_output_dir_target(out, overwrite, is_artifact_dir)   # before the (slow) export
-  atomic.check_outside_published(out, None)    # (the CLI's check, for library calls too)
   orbax_io.writable_path(out)                                 # the weights checkpoint goes below
   check_params(cfg, params)
   schedule = check_schedule(cfg, schedule, reducer)

@@ -998,7 +998,7 @@ def summary_lines(sol: Solution) -> List[str]:
                  "graph (off by tens of percent or more, either way): a profile with calibration "
                  "schedules (the main job's --solver=multi) predicts the graph, --weights "
                  "times the choice")
-  elif (sol.mode == "multi" and sol.settings.get("latency_budget") is not None
+  elif (sol.mode == "multi" and budget is not None
         and sol.settings.get("latency_basis") != "measured"):   # (a calibrated prediction)
     lines.append("note: the budget is met by the predicted latency alone: --weights times the "
                  "choice and its neighbours, and the budget then means measured latency")
