@@ -156,19 +156,23 @@ class PipelineSpec:
                                               "calibration_schedules")
     if self.layer < 0:
       raise ValueError(f"layer must be >= 0, got {self.layer}")
-    random_drop = self.method.strip().lower() == "random"
-    problem = random_drop and method_options_problem("random", dict(self.method_options),
-                                                     {"seed": "--seed"})
+    problem = self.random_drop and method_options_problem(
+        "random", dict(self.method_options), {"seed": "--seed"})
     if problem:            # (the accepted options it names leave the seed to --seed)
       raise ValueError(problem)
-    if "seed" in dict(self.method_options) and random_drop:
+    if "seed" in dict(self.method_options) and self.random_drop:
       raise ValueError("method_options gives a seed: random drop's seed is the spec's seed "
                        "(--seed; it seeds the image subset too)")
     self.reducer()   # an unknown method or option fails here, before any stage runs
 
+  @property
+  def random_drop(self) -> bool:
+    """Whether the chosen method is random drop (its seed is `seed`), as names are accepted."""
+    return self.method.strip().lower() == "random"
+
   def reducer_options(self) -> Dict[str, Any]:
     """The chosen method's options: `method_options`, and for random drop its seed, `seed`."""
-    seed = {"seed": self.seed} if self.method.strip().lower() == "random" else {}
+    seed = {"seed": self.seed} if self.random_drop else {}
     return {**seed, **dict(self.method_options)}
 
   def reducer(self):
@@ -334,7 +338,7 @@ def _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces=None
     log(f"[2/4] estimate: {metric} with tokens randomly dropped after the embedding, "
         f"{len(data.indices)} images of {spec.data}")
     method, kwargs = "random", {"seed": spec.seed}
-    if spec.method.strip().lower() == "random":   # (the chosen method's own draws)
+    if spec.random_drop:                          # (the chosen method's own draws)
       kwargs = spec.reducer_options()
     points = estimate_lib.token_points(cfg, tokens, make_reducer(method, **kwargs), layer=None)
   else:
