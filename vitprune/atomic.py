@@ -182,12 +182,14 @@ WEIGHTS_MARKER = ("config.json", "vitprune-weights")
 DIRECTORY_MARKERS = (WEIGHTS_MARKER, ("manifest.json", "vitprune-deploy"),
                      (".vitprune-imagefolder.json", "vitprune-digits-imagefolder"))
 # Their layouts (`json_marker`'s, for these markers): the training metrics and the orbax params;
-# the jax export, its params and the IREE targets' records, modules and weights; <class>/<i>.png.
+# the jax export, its params and the IREE targets' records, modules and weights; <class>/<i>.png;
+# and an IREE profiling kit's (not a default output: `is_vitprune_output` never claims one).
 DIRECTORY_LAYOUTS = {
     DIRECTORY_MARKERS[0]: (r"metrics\.json", r"params/.*"),
     DIRECTORY_MARKERS[1]: (r"forward\.jax_export", r"params/.*",
                            r"iree/[^/]+\.(?:json|vmfb|bin)"),
     DIRECTORY_MARKERS[2]: (r"[0-9]/[0-9]{4,}\.png",),
+    ("kit.json", "vitprune-edge-kit"): (r"weights\.bin", r"modules/[^/]+\.vmfb"),
 }
 
 

@@ -62,10 +62,9 @@ from vitprune.flops import forward_gflop
 from vitprune.schedule import Schedule, check_schedule, format_schedule, reduces_tokens
 
 KIT_WEIGHTS = "weights.bin"
-# `build_kit(overwrite=True)` replaces only a kit (its kit.json; its inventory lost: nothing but
-# the weights and the modules).
-is_kit = atomic.json_marker(KIT_MANIFEST, KIT_FORMAT,
-                           layout=(re.escape(KIT_WEIGHTS), r"modules/[^/]+\.vmfb"))
+# `build_kit(overwrite=True)` replaces only a kit (its kit.json; its layout, for one whose
+# inventory is lost: `atomic.DIRECTORY_LAYOUTS`).
+is_kit = atomic.json_marker(KIT_MANIFEST, KIT_FORMAT)
 
 
 class IreeBuildError(EdgeError):
