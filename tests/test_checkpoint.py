@@ -369,6 +369,27 @@ def test_the_library_writes_no_output_inside_a_published_folder_nor_at_an_empty_
       pass
 
 
+def test_every_public_reader_names_a_missing_or_empty_path(monkeypatch, tmp_path):
+  """load(None) failed as "expected str, bytes or os.PathLike object, not NoneType", naming no
+  argument, and ImageFolder('') read the working directory as the dataset (a probe)."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  from vitprune import convert, data, deploy  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)        # ('' must not read it)
+  readers = {"the weights path": checkpoint.load_weights, "the artifact path": deploy.load,
+             "the dataset root": data.ImageFolder,
+             "the checkpoint path": convert.load_checkpoint}
+  for name, read in readers.items():
+    with pytest.raises(ValueError, match=f"^{name} is empty$"):
+      read("")
+    for bad, shown in ((None, "NoneType None"), (3, "int 3"), (b"w", "bytes b'w'")):
+      with pytest.raises(TypeError, match=re.escape(
+          f"{name} must be a path (str or os.PathLike), got {shown}")):
+        read(bad)
+  root = pathlib.Path(__file__).resolve().parent.parent
+  cfg, _ = checkpoint.load_weights(root / "weights" / "vit_digits")     # (a Path is a path)
+  assert cfg.name == "vit_digits"
+
+
 def test_corrupt_checkpoint_data_is_one_line_from_the_cli(tmp_path):
   # Zeroed bytes inside orbax's data file: the restore fails while its I/O threads print
   # 'Event loop is closed' tracebacks; the CLI must still print exactly one line.

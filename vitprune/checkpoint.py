@@ -30,8 +30,8 @@ from vitprune import atomic
 from vitprune import digest
 from vitprune import jsonio
 from vitprune import orbax_io
-from vitprune.config import (ViTConfig, check_config, check_config_types, check_switch,
-                             config_from_dict, config_to_dict)
+from vitprune.config import (ViTConfig, check_config, check_config_types, check_path,
+                             check_switch, config_from_dict, config_to_dict)
 from vitprune.data import check_class_names
 from vitprune.model import Params, abstract_params, check_params
 
@@ -70,9 +70,8 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
   check_switch("overwrite", overwrite)   # ('no' replaced the weights: a string is truthy)
   check_config(cfg)                        # (a TypeError for 'test_tiny_vit', not AttributeError)
   check_params(cfg, params)
-  if not os.fspath(path):          # (abspath: the working directory, offered for overwrite)
-    raise ValueError("the weights path is empty")
-  path = os.path.abspath(path)
+  # (abspath of '': the working directory, offered for overwrite)
+  path = os.path.abspath(check_path("the weights path", path))
   orbax_io.writable_path(path)     # before any work: the checkpoint goes below it
   params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
   check_finite(params32)
@@ -190,7 +189,7 @@ def source_class_names(weights_source: str) -> Optional[Tuple[str, ...]]:
 
 def load_weights(path: str) -> Tuple[ViTConfig, Params]:
   """(config, float32 params as jax arrays) from a directory written by `save_weights`."""
-  path = os.path.abspath(path)
+  path = os.path.abspath(check_path("the weights path", path))
   cfg_file, doc = _read_doc(path)
   cfg, _ = _config_of(cfg_file, doc)
   recorded = doc.get("params_sha256")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from typing import Any, Dict, Optional, Tuple, Type
 
 import numpy as np
@@ -277,6 +278,21 @@ def check_switch(name: str, value: Any, *, optional: bool = False) -> None:
   so overwrite='no' replaced an existing output and pre_logits='no' returned features."""
   if not (isinstance(value, (bool, np.bool_)) or (optional and value is None)):
     raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def check_path(name: str, value: Any) -> str:
+  """`value` as a non-empty str path (os.fspath), else TypeError / ValueError naming `name`:
+  None failed as "expected str, bytes or os.PathLike object", and '' read the working
+  directory (an image folder of whatever it held)."""
+  if not isinstance(value, (str, os.PathLike)):
+    raise TypeError(f"{name} must be a path (str or os.PathLike), got "
+                    f"{type(value).__name__} {' '.join(repr(value).split())[:60]}")
+  text = os.fspath(value)
+  if not isinstance(text, str):
+    raise TypeError(f"{name} must be a path as str, got bytes {text[:60]!r}")
+  if not text:
+    raise ValueError(f"{name} is empty")
+  return text
 
 
 def check_config_type(cfg: Any) -> ViTConfig:

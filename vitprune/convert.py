@@ -41,7 +41,7 @@ from vitprune import atomic
 from vitprune import jsonio
 from vitprune import orbax_io
 from vitprune.checkpoint import check_config, is_weights_dir, save_weights
-from vitprune.config import ViTConfig, is_float_dtype
+from vitprune.config import ViTConfig, check_path, is_float_dtype
 from vitprune.digest import file_sha256
 from vitprune.model import Params, check_params, jitted_forward, param_shapes
 from vitprune.posembed import resample_abs_pos_embed
@@ -226,6 +226,7 @@ def check_checkpoint_path(path: str) -> str:
   checking that it is a regular file: IsADirectoryError / FileNotFoundError / OSError /
   ValueError naming it (before any other work: a user told that the output exists added
   --overwrite, only to learn then that the checkpoint was missing)."""
+  check_path("the checkpoint path", path)
   if os.path.isdir(path):     # e.g. a HF snapshot folder: the file inside it is meant
     raise IsADirectoryError(f"{path} is a directory, not a checkpoint file; pass the file "
                             f"itself ({', '.join(sorted(EXTENSIONS))})")

@@ -37,7 +37,7 @@ from vitprune import atomic
 from vitprune import intervals
 from vitprune.digest import file_sha256
 from vitprune.console import printable
-from vitprune.config import INTERPOLATIONS, Preprocessing, check_switch
+from vitprune.config import INTERPOLATIONS, Preprocessing, check_path, check_switch
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, matched case-insensitively like torchvision.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -372,7 +372,7 @@ class ImageFolder:
                class_names: Optional[Sequence[str]] = None,
                num_classes: Optional[int] = None):
     check_switch("labelled", labelled, optional=True)
-    root = os.path.abspath(os.fspath(root))
+    root = os.path.abspath(check_path("the dataset root", root))   # ('': the working directory)
     if class_names is not None:
       class_names = check_class_names(class_names, num_classes)
     elif num_classes is not None and (isinstance(num_classes, bool) or not isinstance(

@@ -45,7 +45,7 @@ import vitprune
 from vitprune import atomic
 from vitprune import jsonio
 from vitprune import orbax_io
-from vitprune.config import ViTConfig, check_config, check_switch, is_float_dtype
+from vitprune.config import ViTConfig, check_config, check_path, check_switch, is_float_dtype
 from vitprune.data import check_class_names, iterate_batches
 from vitprune.profile import protocol
 from vitprune.profile.protocol import Measurement, TimingConfig
@@ -257,9 +257,7 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   check_switch("verify", verify)
   check_config(cfg)      # (one its manifest cannot hold was refused after the export, naming
                          # the staging folder)
-  if not os.fspath(out):    # (abspath: the working directory)
-    raise ValueError("the artifact path is empty")
-  out = os.path.abspath(out)
+  out = os.path.abspath(check_path("the artifact path", out))   # ('': the working directory)
   atomic.check_output_dir_target(out, overwrite, is_artifact_dir)   # before the (slow) export
   orbax_io.writable_path(out)                                 # the weights checkpoint goes below
   check_params(cfg, params)
@@ -563,7 +561,7 @@ def load(path: str) -> DeployedModel:
   when a file is missing or corrupt, the format version is unknown, the weights do not match
   the manifest (shapes or sha256), or the local platform is not among the exported ones.
   """
-  path = os.path.abspath(os.fspath(path))
+  path = os.path.abspath(check_path("the artifact path", path))
   manifest = read_manifest(path)
   _check_targets(path, manifest)
   exported = _read_exported(path, manifest)
