@@ -49,6 +49,7 @@ def test_analyze_finds_steps_and_flats():
   prof = _profile(_staircase_points())
   assert [(s["n_from"], s["n_to"]) for s in prof.steps] == [(10, 9)]
   assert prof.steps[0]["saving_s"] == pytest.approx(1e-3)
+  assert (prof.steps[0]["level_from"], prof.steps[0]["level_to"]) == (10, 9)   # (in line)
   assert [(f["n_hi"], f["n_lo"]) for f in prof.flats] == [(17, 10), (9, 2)]
   assert prof.predictions == ()   # no block table
 

@@ -263,6 +263,49 @@ def _pairs(rep):
   return [(s.n_from, s.n_to) for s in rep.steps], [(c.n, c.slow) for c in rep.lone]
 
 
+def test_a_step_count_out_of_line_adds_nothing_to_the_saving():
+  """A probe: 65 2.72 ms, 60 2.93 ms (slower than 65), 50 1.88 ms printed '60 -> 50 saves
+  35.9% (1.054 ms)'; from 65, the level above the step, it saves 0.84 ms. The saving is measured
+  between the levels the step was confirmed with, and says so."""
+  t = np.arange(22, 10, -1)
+  clean = steps.detect_steps(t, np.array([20.0] * 4 + [10.0] * 8)).steps
+  assert [(s.n_from, s.n_to, s.level_from, s.level_to, s.saving_s) for s in clean] == [
+      (19, 18, 19, 18, 10.0)]
+  assert clean[0].describe() == "19 -> 18 saves 50.0% (1e+04 ms)"
+  m = np.array([20.0] * 4 + [10.0] * 8)
+  m[3] = 25.0                                    # 19 slow, the step's own upper count
+  (s,) = steps.detect_steps(t, m).steps
+  assert (s.n_from, s.n_to, s.level_from, s.level_to) == (19, 18, 20, 18)
+  assert (s.latency_from, s.latency_to, s.saving_s, s.saving_frac) == (20.0, 10.0, 10.0, 0.5)
+  assert s.describe() == ("19 -> 18 saves 50.0% (1e+04 ms, measured from 20 to 18: 19 ran "
+                          "slower than 20)")
+  m = np.array([20.0] * 4 + [10.0] * 8)
+  m[4] = 5.0                                     # 18 fast, the step's own lower count
+  (s,) = steps.detect_steps(t, m).steps
+  assert (s.n_from, s.n_to, s.level_from, s.level_to, s.saving_s) == (19, 18, 19, 17, 10.0)
+  assert s.describe().endswith("(1e+04 ms, measured from 19 to 17: 18 ran faster than 17)")
+  m[3] = 25.0                                    # both
+  (s,) = steps.detect_steps(t, m).steps
+  assert (s.level_from, s.level_to, s.saving_s) == (20, 17, 10.0)
+  assert s.describe().endswith(": 19 ran slower than 20 and 18 ran faster than 17)")
+
+
+def test_the_main_jobs_summary_words_a_recorded_step_as_the_profiler_does():
+  """pipeline._describe_step rebuilt the sentence from the record (it would have kept the saving
+  of the pair's own counts apart from Step.describe)."""
+  from vitprune import pipeline  # pylint: disable=g-import-not-at-top
+  t = np.arange(22, 10, -1)
+  m = np.array([20.0] * 4 + [10.0] * 8)
+  m[3] = 25.0
+  (s,) = steps.detect_steps(t, m).steps
+  record = dict(component="model", batch_size=1, n_from=s.n_from, n_to=s.n_to,
+                latency_from_s=s.latency_from, latency_to_s=s.latency_to, saving_s=s.saving_s,
+                saving_frac=s.saving_frac, noise_s=s.noise_s, level_from=s.level_from,
+                level_to=s.level_to)
+  assert pipeline._describe_step(record) == s.describe()   # pylint: disable=protected-access
+  assert "measured from 20 to 18" in s.describe()
+
+
 def test_a_curve_rising_as_tokens_fall_has_no_negative_trend():
   """The per-token trend is clipped at 0: on a curve that gets slower as tokens are removed,
   a negative trend made the one pair that does not change (21 -> 20, 1.45 ms both) a 'step'

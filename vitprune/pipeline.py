@@ -55,6 +55,7 @@ from vitprune.config import ViTConfig, method_label, method_options_problem
 from vitprune.model import Params, jitted_forward
 from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import protocol, records, runner, timing
+from vitprune.profile import steps as steps_lib
 from vitprune.records.estimate import Estimate, default_metric, write_estimate
 from vitprune.records.solution import (Solution, describe_capped, describe_frontier_error,
                                        describe_refinement, judges_paired_change,
@@ -816,8 +817,9 @@ def holdout_summary(result: Optional[estimate_lib.EvalResult], metric: str,
 
 
 def _describe_step(s: Dict[str, Any]) -> str:
-  return (f"{s['n_from']} -> {s['n_to']} saves {100 * s['saving_frac']:.1f}% "
-          f"({1e3 * s['saving_s']:.4g} ms)")
+  """A profile record's step (`records.analyze`) as `steps.Step.describe` words it."""
+  return steps_lib.Step(s["n_from"], s["n_to"], s["latency_from_s"], s["latency_to_s"],
+                        s["noise_s"], s["level_from"], s["level_to"]).describe()
 
 
 def format_summary(s: Dict[str, Any]) -> str:

@@ -37,7 +37,10 @@ JSON schema (version 1), all latencies in seconds:
         "compile_s": 8.1,                         # lower + compile wall time, excluded from runs
         "retries": 0}, ...],                      # re-measurement rounds (wide IQR)
     "steps": [{"component", "batch_size", "n_from", "n_to", "latency_from_s", "latency_to_s",
-               "saving_s", "saving_frac", "noise_s"}, ...],
+               "saving_s", "saving_frac", "noise_s", "level_from", "level_to"}, ...],
+                                                  # latency_from_s: L(level_from), n_from or
+                                                  # the count above when n_from ran out of line
+                                                  # (steps.Step); latency_to_s likewise
     "flats": [{"component", "batch_size", "n_hi", "n_lo", "latency_hi_s", "latency_lo_s"}, ...],
     "lone_counts": [{"component", "batch_size", "n", "n_above", "n_below", "latency_s",
                      "latency_above_s", "latency_below_s", "slow"}, ...],  # out of line with
@@ -211,7 +214,8 @@ def analyze(profile: Profile, **step_kw) -> Profile:
         continue
       steps += [dict(component=comp, batch_size=b, n_from=s.n_from, n_to=s.n_to,
                      latency_from_s=s.latency_from, latency_to_s=s.latency_to,
-                     saving_s=s.saving_s, saving_frac=s.saving_frac, noise_s=s.noise_s)
+                     saving_s=s.saving_s, saving_frac=s.saving_frac, noise_s=s.noise_s,
+                     level_from=s.level_from, level_to=s.level_to)
                 for s in rep.steps]
       flats += [dict(component=comp, batch_size=b, n_hi=f.n_hi, n_lo=f.n_lo,
                      latency_hi_s=f.latency_hi, latency_lo_s=f.latency_lo) for f in rep.flats]

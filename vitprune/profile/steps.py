@@ -57,12 +57,19 @@ MIN_POINTS_FOR_STEPS = 4        # 3 drops: a trend and a curve noise not fitted 
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-  """Going from `n_from` to `n_to` tokens saves `saving_s` seconds (`saving_frac` of L(n_from))."""
+  """The level changes between `n_from` and `n_to` tokens: it saves `saving_s` seconds
+  (`saving_frac` of the level above). The levels are L(level_from) and L(level_to): the pair's
+  own counts, except where one is out of line with its other neighbour and the step was
+  confirmed from that neighbour instead (n_from slower than the count above it: the level above
+  is that count's; n_to faster than the count below: the level below is that count's), so a
+  slow measurement at n_from does not add its own delay to the saving."""
   n_from: int
   n_to: int
-  latency_from: float
-  latency_to: float
+  latency_from: float        # L(level_from), seconds
+  latency_to: float          # L(level_to), seconds
   noise_s: float
+  level_from: int            # n_from, or the count above it
+  level_to: int              # n_to, or the count below it
 
   @property
   def saving_s(self) -> float:
@@ -73,8 +80,13 @@ class Step:
     return self.saving_s / self.latency_from
 
   def describe(self) -> str:
+    out_of_line = [f"{self.n_from} ran slower than {self.level_from}"] * (
+        self.level_from != self.n_from) + [f"{self.n_to} ran faster than {self.level_to}"] * (
+        self.level_to != self.n_to)
     return (f"{self.n_from} -> {self.n_to} saves {100 * self.saving_frac:.1f}% "
-            f"({1e3 * self.saving_s:.4g} ms)")
+            f"({1e3 * self.saving_s:.4g} ms" + (
+                f", measured from {self.level_from} to {self.level_to}: "
+                f"{' and '.join(out_of_line)})" if out_of_line else ")"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +265,7 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
     return None
 
   verdict = {}                 # step pair i -> "step", "none" or (index, Lone)
+  levels = {}                  # step pair i -> the indices of its levels above and below
   for i in np.flatnonzero(is_step):
     hi_out, lo_out = above_slow(i), below_fast(i)
     lasts = (not (hi_out or lo_out)           # the change without the counts out of line
@@ -261,9 +274,12 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
     # neighbourhood (a level of one count between two steps, beside a burst), else none.
     verdict[i] = "step" if lasts else (lone_at(i) or (
         "step" if is_step_between(max(i - 2, 0), min(i + 3, t.size - 1)) else "none"))
+    levels[i] = (i - 1 if hi_out else i, i + 2 if lo_out else i + 1)
   lone = tuple(v[1] for _, v in sorted(verdict.items()) if isinstance(v, tuple))
-  steps = tuple(Step(int(t[i]), int(t[i + 1]), float(med[i]), float(med[i + 1]),
-                     float(noise[i])) for i, v in sorted(verdict.items()) if v == "step")
+  steps = tuple(Step(int(t[i]), int(t[i + 1]), float(med[levels[i][0]]),
+                     float(med[levels[i][1]]), float(noise[i]), int(t[levels[i][0]]),
+                     int(t[levels[i][1]]))
+                for i, v in sorted(verdict.items()) if v == "step")
 
   def span_flat(i, j):  # the whole span n[i] -> n[j + 1] changes within noise
     change = abs(med[i] - med[j + 1])
