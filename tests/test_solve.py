@@ -632,7 +632,11 @@ def test_what_the_estimate_measured_is_recorded_as_measured(tmp_path):
         value, value, NUM_EXAMPLES)
     assert (c.measured_accuracy_low, c.measured_accuracy_high) == wilson_interval(
         value, NUM_EXAMPLES)
-    assert c.measured_latency_s is None        # the uniform curve's latency: a prediction
+    # the uniform curve's latency: a prediction of a schedule, the unpruned graph's measured
+    # (a probe: the text said 'measured by the profile', the record predicted only)
+    assert c.measured_latency_s == (c.predicted_latency_s if c.counts == sol.full.counts
+                                    else None)
+  assert sol.full.measured_latency_s == sol.curve["latency_s"][-1] and sol.curve["tokens"][-1] == N
   lines = summary_lines(sol)
   assert any(line.endswith("(L: the uniform graph of n* tokens, a prediction of this "
                            "schedule's; A: measured by the estimate on this schedule)")

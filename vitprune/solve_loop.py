@@ -27,6 +27,7 @@ import numpy as np
 
 from vitprune import schedule as schedule_lib
 from vitprune import solve
+from vitprune.config import check_switch
 from vitprune.intervals import change_interval, wilson_interval
 from vitprune.records.estimate import Estimate
 from vitprune.records.solution import (Candidate, Solution, judges_paired_change,
@@ -576,7 +577,7 @@ class BudgetNotMetError(ValueError):
 
 def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules: Timer, *,
                          neighbours: int = 2, num_images: Optional[int] = None,
-                         max_rounds: int = 3) -> Solution:
+                         max_rounds: int = 3, time_unpruned: bool = False) -> Solution:
   """Measures a latency-budget choice in the loop: the most accurate schedule whose MEASURED
   latency is within `settings['latency_budget']`, on MEASURED accuracy.
 
@@ -592,8 +593,11 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
   are measured the same way, up to `max_rounds` more times. Ties in accuracy go to the faster graph.
   criterion "latency_budget_measured", basis "measured", `settings['latency_basis'] ==
   "measured"`, `settings['timed_rounds']`: the schedules timed per measurement.
-  BudgetNotMetError when none measures within the budget (naming the fastest).
+  BudgetNotMetError when none measures within the budget (naming the fastest). With
+  `time_unpruned` the unpruned schedule is timed in the first measurement whatever its
+  prediction (`full.measured_latency_s`: the speed-up of one measurement).
   """
+  check_switch("time_unpruned", time_unpruned)
   budget = solution.settings.get("latency_budget")
   if budget is None:
     raise ValueError("check_budget_in_loop needs a solution with a latency budget")
@@ -607,7 +611,8 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
                              neighbours)
   full = None if solution.full is None else pool_all[solution.full.counts]
   reach = max([budget] + [p.predicted_latency_s for p in first])
-  if full is not None and full not in first and full.predicted_latency_s <= reach:
+  if full is not None and full not in first and (time_unpruned or
+                                                 full.predicted_latency_s <= reach):
     first.append(full)             # (as likely to fit as the slowest checked: worth timing)
   timed: Dict[Tuple[int, ...], Candidate] = {}
   per_round: List[int] = []              # schedules timed per measurement
@@ -666,6 +671,18 @@ def _timed_choice(solution: Solution, best: Candidate, checked: Tuple[Candidate,
                              full=_as_checked(solution.full, checked))
 
 
+def _unpruned_candidate(solution: Solution, known: Dict[Tuple[int, ...], Candidate],
+                        confident: bool) -> Optional[Candidate]:
+  """The unpruned schedule as measured so far (the estimate's measurement, or a later one), its
+  change against itself 0 where a paired floor judges it; None when the solution lists none."""
+  if solution.full is None:
+    return None
+  full = known.get(solution.full.counts, solution.full)
+  if confident and full.measured_change_low is None:
+    full = dataclasses.replace(full, measured_change_low=0.0, measured_change_high=0.0)
+  return full
+
+
 def _as_checked(full: Optional[Candidate], checked: Sequence[Candidate]) -> Optional[Candidate]:
   """The unpruned entry as `checked` holds it, where it was measured or timed there (a probe:
   `full` said the unpruned graph was never timed while its checked entry, chosen, was)."""
@@ -676,7 +693,8 @@ def _as_checked(full: Optional[Candidate], checked: Sequence[Candidate]) -> Opti
 
 def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.CostModel],
                   evaluate: Evaluator, time_schedules: Timer, *, neighbours: int = 2,
-                  num_images: Optional[int] = None, chunk: int = 6) -> Solution:
+                  num_images: Optional[int] = None, chunk: int = 6,
+                  time_unpruned: bool = False) -> Solution:
   """Measures latency in the loop: the fastest MEASURED schedule that meets the floor on
   MEASURED accuracy.
 
@@ -691,8 +709,12 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   schedule checked keeps predicted and measured latency and accuracy (`checked`); criterion
   "accuracy_floor_measured", basis "measured", `settings['latency_basis'] == "measured"`.
   FloorNotMetError when neither the chosen schedule nor a neighbour meets the floor on
-  measurement.
+  measurement. With `time_unpruned` the unpruned graph is timed in the same measurement, a
+  candidate like the others where it meets the floor (`full.measured_latency_s`: a speed-up of
+  one measurement; chosen when no pruned schedule measured faster); the main job leaves it to
+  its verify stage.
   """
+  check_switch("time_unpruned", time_unpruned)
   floor = solution.settings.get("accuracy_floor")
   if floor is None:
     raise ValueError("check_in_loop needs a solution with an accuracy floor")
@@ -726,6 +748,11 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   timed = [p for p in [chosen] + pool if meets_measured_floor(p, solution.settings)]
   if not timed:        # (a measured choice below the floor, and no neighbour meets it either)
     _check_floor_met(chosen, list(known.values()), floor, images, solution)
+  full = _unpruned_candidate(solution, known, confident) if time_unpruned else None
+  if full is not None and full.counts not in {p.counts for p in timed}:
+    known[full.counts] = full
+    if meets_measured_floor(full, solution.settings):
+      timed.append(full)
   timed = _with_latency(time_schedules, timed)
   for p in timed:
     known[p.counts] = p
