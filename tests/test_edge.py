@@ -815,6 +815,11 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   assert sorted(p.tokens for p in prof.points) == sorted(grid)
   assert all(p.component == "model" and p.median_s > 0 and p.num_samples >= 5
              for p in prof.points)
+  # The curve's shape in words, as experiments.profile prints it (a walkthrough: a board curve
+  # 0.95, 1.12, 1.11, 0.66 ms passed to solve with no word of its steps or lone counts).
+  lines = r.stdout.splitlines()
+  assert records.step_lines(prof) == lines[-1 - len(records.step_lines(prof)):-1]
+  assert lines[-1 - len(records.step_lines(prof))].startswith("-- steps of model curve, batch ")
   before = open(out, "rb").read()
   # Other timing settings cannot merge into it: refused before the kit is timed (it measured
   # every point, then refused the merge), and outputs that would land elsewhere are refused.

@@ -150,6 +150,8 @@ def cmd_profile() -> dict:
   for p in sorted(profile.points, key=lambda p: (p.batch_size, -p.tokens, p.schedule or ())):
     print(f"{kit_lib.point_label(p.component, p.batch_size, p.tokens, p.schedule)}: median "
           f"{p.median_s * 1e3:.3f} ms (IQR {p.iqr_s * 1e3:.3f} ms)")
+  for line in records.step_lines(profile):     # (the curve's shape, seen before solve reads it)
+    print(line)
   print(f"wrote {console.printable(paths['json'])}")
   return {"profile": paths}
 

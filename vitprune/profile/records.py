@@ -182,6 +182,22 @@ def step_report(points: Sequence[Point], **kw) -> Optional[steps_lib.StepReport]
                                 [p.iqr_s for p in points], [p.num_samples for p in points], **kw)
 
 
+def step_lines(profile: Profile) -> List[str]:
+  """Each curve's steps, lone counts and flat stretches in words, under a heading line per
+  curve (the profilers' summaries: `experiments.profile`, and a board's `vitprune.edge
+  profile`)."""
+  lines = []
+  for b in profile.batch_sizes:
+    for comp in curve_components(profile):
+      rep = step_report(profile.curve(comp, b))
+      if rep is None:
+        continue
+      lines.append(f"-- steps of {comp} curve, batch {b} (curve noise "
+                   f"{1e3 * rep.curve_noise_s:.3g} ms, trend {1e3 * rep.trend_s:.3g} ms/token)")
+      lines += ["  " + s for s in rep.describe()]
+  return lines
+
+
 def block_table(profile: Profile, batch_size: int) -> Optional[predict_lib.BlockTable]:
   """The per-block table of `batch_size` from embed/block/head points, or None if incomplete."""
   embed = profile.curve("embed", batch_size)

@@ -628,14 +628,7 @@ def summary_table(profile: records.Profile) -> str:
     lines.append(f"{p.component:<9} {p.batch_size:>5} {p.tokens:>6} {1e3 * p.median_s:>10.4f} "
                  f"{100 * p.rel_iqr:>6.1f} {p.num_samples:>7} {p.compile_s:>9.3f} "
                  f"{p.retries:>5}" + (f"  {list(p.schedule)}" if p.schedule else ""))
-  for b in profile.batch_sizes:
-    for comp in records.curve_components(profile):
-      rep = records.step_report(profile.curve(comp, b))
-      if rep is None:
-        continue
-      lines.append(f"-- steps of {comp} curve, batch {b} (curve noise "
-                   f"{1e3 * rep.curve_noise_s:.3g} ms, trend {1e3 * rep.trend_s:.3g} ms/token)")
-      lines += ["  " + s for s in rep.describe()]
+  lines += records.step_lines(profile)
   if profile.predictions:
     lines.append("-- per-block sum (embed + sum blocks + head) vs measured graph")
     for p in profile.predictions:
