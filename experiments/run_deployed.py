@@ -17,12 +17,11 @@ from absl import flags
 from experiments import common
 from vitprune import atomic
 from vitprune import deploy
-from vitprune import intervals
 from vitprune import memory
 from vitprune.edge import runtime
 from vitprune.profile import protocol
-from vitprune.data import (ImageFolder, check_not_read_as_an_image, prediction_accuracy,
-                           prediction_line, prediction_rows)
+from vitprune.data import (ImageFolder, accuracy_line, check_not_read_as_an_image,
+                           prediction_accuracy, prediction_line, prediction_rows)
 from vitprune.digits import check_digits_folder
 
 
@@ -110,8 +109,7 @@ def main(f: flags.FlagValues) -> dict:
   lat = res["latency"]
   b = lat["batch_size"]
   print(f"model {res['model']} schedule {res['schedule']}: {res['num_images']} images")
-  if res["accuracy"] is not None:
-    print(f"accuracy {intervals.describe_accuracy(res['accuracy_record'])}")
+  print(accuracy_line(res))
   print(f"latency batch {b}: median {lat['median_s'] * 1e3:.3f} ms (IQR "
         f"{lat['iqr_s'] * 1e3:.3f} ms, {lat['repeats']} repeats), "
         f"{lat['median_s'] * 1e3 / b:.3f} ms/image; first call {lat['first_call_s']:.3f} s")

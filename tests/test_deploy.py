@@ -1038,7 +1038,10 @@ def test_clis_end_to_end(tmp_path, params):
   res = _cli_here("experiments.run_deployed", f"--artifact={out}", f"--images={flat}",
                   "--repeats=3", "--warmup=0")
   assert res.returncode == 0, res.stderr[-3000:]
-  assert "x.png\t" in res.stdout and "accuracy" not in res.stdout
+  assert "x.png\t" in res.stdout and "accuracy " not in res.stdout
+  # (a walkthrough: a single class folder given as --images printed no accuracy, and no why)
+  assert ("\nno accuracy: the images are not in class folders (DIR/<class>/<image>), so they "
+          "were read unlabelled\n") in res.stdout
   # A symbolic-batch artifact takes any --batch_size: one that cannot fit is refused up front,
   # from the loaded weights' size (the model code is not imported), before any image is read.
   res = _cli_here("experiments.run_deployed", f"--artifact={out}s", f"--images={flat}",

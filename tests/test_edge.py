@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import lose_inventory_beside_notes
 from vitprune import atomic, deploy, iree_build, jsonio, model
+from vitprune import data as data_lib
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime as edge_rt
 from vitprune.edge import targets as targets_lib
@@ -1348,10 +1349,13 @@ def test_a_control_character_in_a_file_name_cannot_fake_a_prediction_row(artifac
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(flat / name, format="PNG")
   common.run_in_process(run_deployed.main, run_deployed.define_flags,
                         [f"--artifact={artifact}", f"--images={flat}", "--repeats=3"])
-  jax_rows = capsys.readouterr().out.splitlines()[:2]
+  jax_out = capsys.readouterr().out
+  jax_rows = jax_out.splitlines()[:2]
   r = run_edge("run", f"--artifact={artifact}", f"--images={flat}", "--target=iree:host",
                "--min_run_time=0.01")
   assert r.returncode == 0, r.stderr[-2000:]
+  for out in (jax_out, r.stdout):     # (a flat folder: why there is no accuracy, said alike)
+    assert data_lib.accuracy_line({"accuracy": None}) in out.splitlines()
   for rows in (jax_rows, r.stdout.splitlines()[:2]):
     assert [row.split("\t")[0] for row in rows] == [
         "a\\n9\\t9\\t0.99\\tlabel=9.png", "b.png"], rows

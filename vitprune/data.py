@@ -528,6 +528,15 @@ def prediction_accuracy(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
                                                                                     len(rows))}
 
 
+def accuracy_line(result: Dict[str, Any]) -> str:
+  """The accuracy a classified folder's result (`prediction_accuracy` in it) gives, in words, or
+  why it has none (a single class folder given as --images was read as unlabelled, silently)."""
+  if result["accuracy"] is None:
+    return ("no accuracy: the images are not in class folders (DIR/<class>/<image>), so they "
+            "were read unlabelled")
+  return f"accuracy {intervals.describe_accuracy(result['accuracy_record'])}"
+
+
 def prediction_line(row: Dict[str, Any]) -> str:
   """`file<TAB>index<TAB>class<TAB>probability[<TAB>label=<index><TAB>label class]` of a
   `prediction_rows` row, control characters of the names escaped."""

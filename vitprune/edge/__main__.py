@@ -28,9 +28,9 @@ import numpy as np
 
 from vitprune import atomic
 from vitprune import console
-from vitprune import intervals
-from vitprune.data import (ImageFolder, check_not_read_as_an_image, iterate_batches,
-                           prediction_accuracy, prediction_line, prediction_rows)
+from vitprune.data import (ImageFolder, accuracy_line, check_not_read_as_an_image,
+                           iterate_batches, prediction_accuracy, prediction_line,
+                           prediction_rows)
 from vitprune.digits import check_digits_folder
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime
@@ -111,8 +111,7 @@ def cmd_run() -> dict:
       print(prediction_line(r))
   print(f"model {res['model']} schedule {res['schedule']} target {res['target']} driver "
         f"{describe_runtime(model.driver, model.shards)}: {res['num_images']} images")
-  if res["accuracy"] is not None:
-    print(f"accuracy {intervals.describe_accuracy(res['accuracy_record'])}")
+  print(accuracy_line(res))
   print_latency(res["latency"])
   return res
 
