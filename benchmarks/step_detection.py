@@ -2,6 +2,7 @@ r"""How well step detection finds the steps of a latency curve: simulated stairc
 
   python -m benchmarks.step_detection                      # 400 curves per stride, ~10 s
   python -m benchmarks.step_detection --burst_share=0.08 --fast_share=0.04 --noise=0.01
+  python -m benchmarks.step_detection --pair_share=0.04    # bursts over two neighbouring counts
 
 A device's latency curve is simulated as the profiler measures it (`vitprune.profile.steps`
 judges exactly these inputs): token counts from `--max_tokens` down every `--strides` tokens;
@@ -9,7 +10,9 @@ a step of +5..20 % every 8..16 tokens (the latency is a product of the steps abo
 a smooth slope of up to 0.1 % per token; per count a median of R = 5..30 samples with relative
 spread `--noise` (IQR 0.5..2x of it); then single counts out of line: bursts of load (a
 `--burst_share` of the counts, +10..30 %, their IQR 3x) and fast counts (`--fast_share`,
--5..15 %). `steps.detect_steps` then judges each curve. A true step is a pair of neighbouring
+-5..15 %), and with `--pair_share` bursts over two neighbouring counts at once (each +10..30 %,
+IQR 3x: a burst of load lasting two measurements, or two shapes the compiler handles badly).
+`steps.detect_steps` then judges each curve. A true step is a pair of neighbouring
 counts with a step edge between them; a step found elsewhere is false.
 
 Prints, per stride: curves, true steps, found / missed / false, curves judged exactly right,
@@ -47,6 +50,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                      lower_bound=0.0, upper_bound=0.5, flag_values=fv)
   flags.DEFINE_float("fast_share", 0.0, "Share of counts measured fast.", lower_bound=0.0,
                      upper_bound=0.5, flag_values=fv)
+  flags.DEFINE_float("pair_share", 0.0, "Share of counts starting a burst of load over two "
+                     "neighbouring counts.", lower_bound=0.0, upper_bound=0.5, flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed.", lower_bound=0, upper_bound=common.MAX_SEED,
                        flag_values=fv)
   flags.DEFINE_string("out", "outputs/benchmark/step_detection.json", "JSON output.",
@@ -54,7 +59,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def simulate(rng: np.random.Generator, *, stride: int, counts: int, max_tokens: int,
-             noise: float, burst_share: float, fast_share: float
+             noise: float, burst_share: float, fast_share: float, pair_share: float = 0.0
              ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Set[Tuple[int, int]],
                         Set[int]]:
   """One curve -> (tokens [P] descending, medians [P], IQRs [P], samples per count [P], the true
@@ -77,6 +82,15 @@ def simulate(rng: np.random.Generator, *, stride: int, counts: int, max_tokens: 
   iqr[burst] *= 3
   fast = ~burst & (rng.random(t.size) < fast_share)
   med[fast] *= 1 - rng.uniform(0.05, 0.15, fast.sum())
+  if pair_share > 0:      # (drawn only when asked: the other figures reproduce draw for draw)
+    start = rng.random(t.size - 1) < pair_share
+    pair = np.zeros(t.size, bool)
+    pair[:-1] |= start
+    pair[1:] |= start
+    pair &= ~(burst | fast)
+    med[pair] *= 1 + rng.uniform(0.10, 0.30, pair.sum())
+    iqr[pair] *= 3
+    burst |= pair
   true = {(int(a), int(b)) for a, b in zip(t, t[1:]) if any(a > x >= b for x in edges)}
   return t, med, iqr, samples, true, {int(n) for n in t[burst | fast]}
 
@@ -89,7 +103,7 @@ def run_stride(stride: int, f: flags.FlagValues) -> Dict[str, Any]:
   for _ in range(f.curves):
     t, med, iqr, n, true, odd = simulate(
         rng, stride=stride, counts=f.counts, max_tokens=f.max_tokens, noise=f.noise,
-        burst_share=f.burst_share, fast_share=f.fast_share)
+        burst_share=f.burst_share, fast_share=f.fast_share, pair_share=f.pair_share)
     rep = steps_lib.detect_steps(t, med, iqr, n)
     got = {(s.n_from, s.n_to) for s in rep.steps}
     row["true"] += len(true)

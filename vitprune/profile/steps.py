@@ -28,10 +28,13 @@ saves more than `flat_rel` (on a noisy device: no flat claims at all).
 A step is a change of level that lasts. When a count of a step pair `n_hi -> n_lo` is out of
 line with its other neighbour (`n_hi` slower than the count above it, or `n_lo` faster than the
 count below it, by more than `k` times their noise; a neighbour itself out of line the other way,
-a burst right below a step, does not count), the pair is a step only if the drop from that
-neighbour instead passes the same two tests. Otherwise the count out of line may be a *lone
-count*, out of line with both neighbours, which agree with each other (differ by the trend only,
-neither way a step):
+a burst right below a step, does not count), or two neighbouring counts are together (`n_hi`
+and the count above it both slower than the next one up, which is in line with its own other
+neighbour: a burst of load over two measurements; `n_lo` and the count below it likewise
+faster), the pair is a step only if the drop from that neighbour instead passes the same two
+tests, and its saving is measured from there (`Step.level_from`, `level_to`). Otherwise the
+counts out of line may be *lone counts*, out of line with both neighbours of the one or two,
+which agree with each other (differ by the trend only, neither way a step):
   * slow: `n_hi` (a burst of load during its measurement, or a shape the compiler handles badly);
   * fast: `n_lo` (an aligned shape on an accelerator, or a quiet moment during its measurement;
     if it holds when measured again, prune to exactly it).
@@ -106,7 +109,8 @@ class Flat:
 @dataclasses.dataclass(frozen=True)
 class Lone:
   """`n` tokens measured slower (`slow`) or faster than both `n_above` and `n_below`, which
-  differ from each other by the trend only: a lone count, not a step."""
+  differ from each other by the trend only: a lone count, not a step (one of two neighbouring
+  counts out of line together: `n_above` / `n_below` are the counts either side of the two)."""
   n: int
   n_above: int
   n_below: int
@@ -247,35 +251,48 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
     return (slower(j, j - 1) and slower(j, j + 1) if slow else
             slower(j - 1, j) and slower(j + 1, j))
 
-  # n_hi slower than the count above it, or n_lo faster than the count below it; a neighbour
-  # itself out of line the other way (a burst right below a step) says nothing of the step.
+  # How many counts (2 or 1, else 0) down to n_hi are all slower than the count above them, or
+  # from n_lo on all faster than the count below them (a burst of load over two measurements or
+  # one); a count itself out of line the other way (a burst right below a step) says nothing,
+  # and two only where that count is in line with its own other neighbour (two counts of a
+  # real level faster than a burst below them are not a fast pair).
+  def in_line(j, k):           # count j agrees with its neighbour k, where there is one
+    return not 0 <= k < t.size or agree(min(j, k), max(j, k))
+
   def above_slow(i):
-    return i >= 1 and slower(i, i - 1) and not out_of_line(i - 1, slow=False)
+    return next((w for w in (2, 1) if i - w >= 0 and not out_of_line(i - w, slow=False) and
+                 (w == 1 or in_line(i - w, i - w - 1)) and
+                 all(slower(j, i - w) for j in range(i - w + 1, i + 1))), 0)
 
   def below_fast(i):
-    return i + 2 < t.size and slower(i + 2, i + 1) and not out_of_line(i + 2, slow=True)
+    return next((w for w in (2, 1) if i + 1 + w < t.size and not out_of_line(i + 1 + w, slow=True)
+                 and (w == 1 or in_line(i + 1 + w, i + 2 + w)) and
+                 all(slower(i + 1 + w, j) for j in range(i + 1, i + 1 + w))), 0)
 
-  def lone_at(i):              # (index, Lone) of a count of step pair i out of line, or None
-    if above_slow(i) and agree(i - 1, i + 1):
-      return i, Lone(int(t[i]), int(t[i - 1]), int(t[i + 1]), float(med[i]), float(med[i - 1]),
-                     float(med[i + 1]), slow=True)
-    if below_fast(i) and agree(i, i + 2):
-      return i + 1, Lone(int(t[i + 1]), int(t[i]), int(t[i + 2]), float(med[i + 1]),
-                         float(med[i]), float(med[i + 2]), slow=False)
-    return None
+  def lone_count(j, a, b, slow):   # count j out of line with counts a and b
+    return Lone(int(t[j]), int(t[a]), int(t[b]), float(med[j]), float(med[a]), float(med[b]),
+                slow=slow)
 
-  verdict = {}                 # step pair i -> "step", "none" or (index, Lone)
+  def lone_at(i, hi_w, lo_w):  # the Lones of the counts of step pair i out of line, or ()
+    if hi_w and agree(i - hi_w, i + 1):
+      return tuple(lone_count(j, i - hi_w, i + 1, True) for j in range(i - hi_w + 1, i + 1))
+    if lo_w and agree(i, i + 1 + lo_w):
+      return tuple(lone_count(j, i, i + 1 + lo_w, False) for j in range(i + 1, i + 1 + lo_w))
+    return ()
+
+  verdict = {}                 # step pair i -> "step", "none" or the Lones it was instead
   levels = {}                  # step pair i -> the indices of its levels above and below
   for i in np.flatnonzero(is_step):
-    hi_out, lo_out = above_slow(i), below_fast(i)
-    lasts = (not (hi_out or lo_out)           # the change without the counts out of line
-             or is_step_between(i - 1 if hi_out else i, i + 2 if lo_out else i + 1))
+    hi_w, lo_w = above_slow(i), below_fast(i)
+    lasts = (not (hi_w or lo_w)               # the change without the counts out of line
+             or is_step_between(i - hi_w, i + 1 + lo_w))
     # Not lasting and no lone count: a step still where the level changes across the wider
     # neighbourhood (a level of one count between two steps, beside a burst), else none.
-    verdict[i] = "step" if lasts else (lone_at(i) or (
+    verdict[i] = "step" if lasts else (lone_at(i, hi_w, lo_w) or (
         "step" if is_step_between(max(i - 2, 0), min(i + 3, t.size - 1)) else "none"))
-    levels[i] = (i - 1 if hi_out else i, i + 2 if lo_out else i + 1)
-  lone = tuple(v[1] for _, v in sorted(verdict.items()) if isinstance(v, tuple))
+    levels[i] = (i - hi_w, i + 1 + lo_w)
+  lone = tuple(dict.fromkeys(c for _, v in sorted(verdict.items()) if isinstance(v, tuple)
+                             for c in v))
   steps = tuple(Step(int(t[i]), int(t[i + 1]), float(med[levels[i][0]]),
                      float(med[levels[i][1]]), float(noise[i]), int(t[levels[i][0]]),
                      int(t[levels[i][1]]))
