@@ -425,6 +425,28 @@ def test_half_precision_weights_convert():
                                sd["norm.weight"].astype(dtype).astype(np.float32))
 
 
+def test_the_checkpoints_precision_is_recorded_and_said(tmp_path, capsys):
+  """A float16 checkpoint converted to float32 weights whose provenance said nothing of it (a
+  user comparing accuracy with a float32 run saw no reason for the difference)."""
+  from experiments import convert as cli  # pylint: disable=g-import-not-at-top  (name clash)
+  cfg = get_config("test_tiny_vit")
+  sd = {k: np.asarray(v) for k, v in to_timm_state_dict(cfg, init_params(cfg, 0)).items()}
+  save_file({k: v.astype(np.float16) for k, v in sd.items()}, str(tmp_path / "h.safetensors"))
+  save_file(sd, str(tmp_path / "f.safetensors"))
+  mixed = dict(sd, **{"norm.weight": sd["norm.weight"].astype(np.float16)})
+  save_file(mixed, str(tmp_path / "m.safetensors"))
+  got = {name: convert_file(cfg, str(tmp_path / name))[1]["source_dtypes"]
+         for name in ("h.safetensors", "f.safetensors", "m.safetensors")}
+  assert got == {"h.safetensors": ["float16"], "f.safetensors": ["float32"],
+                 "m.safetensors": ["float16", "float32"]}
+  out = cli.run("test_tiny_vit", str(tmp_path / "h.safetensors"), out=str(tmp_path / "w"))
+  assert checkpoint.read_weights_config(out)[1]["source_dtypes"] == ["float16"]
+  assert ("note: the checkpoint holds float16 tensors: converted to float32 (the values as the "
+          "file held them, no precision gained)") in capsys.readouterr().out.splitlines()
+  cli.run("test_tiny_vit", str(tmp_path / "f.safetensors"), out=str(tmp_path / "w32"))
+  assert "note: the checkpoint holds" not in capsys.readouterr().out
+
+
 def test_features_only_needs_explicit_drop_head():
   case = CASES["deit_tiny"]
   cfg = case_config(case).replace(num_classes=0)

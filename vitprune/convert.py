@@ -568,17 +568,22 @@ def count_params(params: Params) -> int:
 
 def convert_file(cfg: ViTConfig, path: str, *, drop_head: bool = False,
                  ignore_keys: Sequence[str] = ()) -> Tuple[Params, Dict[str, Any]]:
-  """(params, meta) from a checkpoint file; meta has the source name, format and sha256."""
+  """(params, meta) from a checkpoint file; meta has the source name, format, sha256 and the
+  dtypes of the tensors converted (`source_dtypes`: the params are float32 whatever they were,
+  so a float16 or bfloat16 checkpoint's precision is said where its weights are kept)."""
   check_config(cfg)                          # (before reading cfg.num_heads)
   sd, fmt = load_checkpoint(path, num_heads=cfg.num_heads)
-  src_pe = normalize_state_dict(sd).get("pos_embed")   # (DINOv2's folds its cls position out)
+  timm_sd = normalize_state_dict(sd)
+  src_pe = timm_sd.get("pos_embed")                  # (DINOv2's folds its cls position out)
   resample = BIG_VISION_RESAMPLE if fmt == "big_vision" else TIMM_RESAMPLE
   params = convert_state_dict(cfg, sd, drop_head=drop_head, ignore_keys=ignore_keys,
                               resample=resample)
   meta = {"source_file": os.path.basename(path), "source_sha256": file_sha256(path),
           "source_format": fmt, "timm_name": cfg.name, "img_size": cfg.img_size,
           "num_classes": cfg.num_classes, "drop_head": drop_head,
-          "ignore_keys": list(ignore_keys), "num_params": count_params(params)}
+          "ignore_keys": list(ignore_keys), "num_params": count_params(params),
+          "source_dtypes": sorted({str(np.asarray(timm_sd[k]).dtype)
+                                   for k in expected_keys(cfg) if k in timm_sd})}
   if src_pe is not None and tuple(src_pe.shape) != tuple(params["pos_embed"].shape):
     meta["pos_embed_resampled"] = {"from": list(src_pe.shape),
                                    "to": list(params["pos_embed"].shape),
