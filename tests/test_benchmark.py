@@ -478,6 +478,11 @@ def test_a_row_names_the_reducer_options_a_solution_chose():
       (None, ()), ("tome", ()), ("random", (("seed", 3),)),
       ("evit", (("normalize", True),)))]
   assert cells == ["none", "tome", "random(seed=3)", "evit(normalize=true)"]
+  # A solution records every option, defaults too: the same reducer as a --variants row reads
+  # alike (it printed 'random(nested=true,seed=0)' beside 'random').
+  every = B.Variant("v", "random", sched, "solution", (("nested", True), ("seed", 0)))
+  assert B.method_text(every) == "random" and B.method_text(dataclasses.replace(
+      every, options=(("nested", False), ("seed", 0)))) == "random(nested=false)"
   import types  # pylint: disable=g-import-not-at-top
   variants = [B.Variant(B.UNPRUNED, None, S.Schedule((17, 17, 17)), "baseline"),
               B.Variant("random", "random", sched, "solution", (("seed", 3),))]

@@ -66,7 +66,7 @@ from vitprune import schedule as S
 from vitprune.config import COMPUTE_DTYPES, ViTConfig, method_label
 from vitprune.profile import runner, timing
 from vitprune.records.solution import read_solution
-from vitprune.reduce.methods import list_methods, make_reducer
+from vitprune.reduce.methods import list_methods, make_reducer, reducer_fields
 
 UNPRUNED = "unpruned"
 REF_PATCHES = 196   # DeiT-S/B at 224: the setting of the ToMe and EViT papers
@@ -113,9 +113,15 @@ class Variant:
 
 
 def method_text(v: Variant) -> str:
-  """The method cell of a row: 'none', 'tome', or with the reducer's options a solution chose,
-  'random(nested=true,seed=3)' (two rows of one method and schedule then say how they differ)."""
-  return "none" if v.method is None else method_label(v.method, dict(v.options))
+  """The method cell of a row: 'none', 'tome', or with the reducer's options a solution chose
+  that are not its defaults, 'random(seed=3)' (two rows of one method and schedule then say how
+  they differ; a solution's every option, defaults too, made its row 'random(nested=true,
+  seed=0)' beside a --variants row of the same reducer labelled 'random')."""
+  if v.method is None:
+    return "none"
+  defaults = reducer_fields(make_reducer(v.method))
+  return method_label(v.method, {k: x for k, x in v.options
+                                 if k not in defaults or defaults[k] != x})
 
 
 def _check_variant(cfg: ViTConfig, v: Variant) -> Variant:
