@@ -374,11 +374,19 @@ def test_every_public_reader_names_a_missing_or_empty_path(monkeypatch, tmp_path
   argument, and ImageFolder('') read the working directory as the dataset (a probe)."""
   import pathlib  # pylint: disable=g-import-not-at-top
   from vitprune import convert, data, deploy  # pylint: disable=g-import-not-at-top
+  from vitprune.edge import runtime  # pylint: disable=g-import-not-at-top
+  from vitprune.profile import records  # pylint: disable=g-import-not-at-top
+  from vitprune.records import estimate, manifest, solution  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(tmp_path)        # ('' must not read it)
-  readers = {"the weights path": checkpoint.load_weights, "the artifact path": deploy.load,
-             "the dataset root": data.ImageFolder,
-             "the checkpoint path": convert.load_checkpoint}
-  for name, read in readers.items():
+  readers = [("the weights path", checkpoint.load_weights), ("the artifact path", deploy.load),
+             ("the dataset root", data.ImageFolder),
+             ("the checkpoint path", convert.load_checkpoint),
+             # (a review: these still said "expected str, bytes or os.PathLike object", and
+             # read_solution('') named the working directory as a solution file)
+             ("the profile path", records.load), ("the estimate path", estimate.read_estimate),
+             ("the solution path", solution.read_solution),
+             ("the artifact path", manifest.read_manifest), ("the artifact path", runtime.load)]
+  for name, read in readers:
     with pytest.raises(ValueError, match=f"^{name} is empty$"):
       read("")
     for bad, shown in ((None, "NoneType None"), (3, "int 3"), (b"w", "bytes b'w'")):

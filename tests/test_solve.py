@@ -633,10 +633,15 @@ def test_what_the_estimate_measured_is_recorded_as_measured(tmp_path):
     assert (c.measured_accuracy_low, c.measured_accuracy_high) == wilson_interval(
         value, NUM_EXAMPLES)
     # the uniform curve's latency: a prediction of a schedule, the unpruned graph's measured
-    # (a probe: the text said 'measured by the profile', the record predicted only)
-    assert c.measured_latency_s == (c.predicted_latency_s if c.counts == sol.full.counts
-                                    else None)
+    # (a probe: the text said 'measured by the profile', the record predicted only); the
+    # unpruned entry alone says so (a choice of N would print it as timed in a loop)
+    assert c.measured_latency_s == (c.predicted_latency_s if c is sol.full else None)
   assert sol.full.measured_latency_s == sol.curve["latency_s"][-1] and sol.curve["tokens"][-1] == N
+  # A choice of the unpruned count reads back, its numbers the curve's frontier entry's.
+  at_n = _paper(ps, block, layer=3, alpha=0.0)
+  assert at_n.chosen.counts == at_n.full.counts and at_n.chosen.measured_latency_s is None
+  assert _reread(at_n) == at_n and not any(
+      line.startswith("measured latency of the chosen") for line in summary_lines(at_n))
   lines = summary_lines(sol)
   assert any(line.endswith("(L: the uniform graph of n* tokens, a prediction of this "
                            "schedule's; A: measured by the estimate on this schedule)")
@@ -1767,6 +1772,18 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
   assert slow.settings["timed_rounds"] == [5, 3] and slow.settings["timed_in_loop"] == 8
   fits = [p for p in pred.frontier if 1.1 * p.predicted_latency_s <= budget]
   assert slow.chosen.measured_accuracy == max(accuracy[p.counts] for p in fits)
+  # With the unpruned graph timed beside them (experiments.solve), it is timed again in the
+  # round the choice came from (a review: timed in the first only, its speed-up over a choice
+  # of the second was said to be of one measurement).
+  timed.clear()
+  beside = solve_loop.check_budget_in_loop(pred, evaluate, lambda cs: time_schedules(cs, 1.1),
+                                           time_unpruned=True)
+  assert beside.settings["timed_rounds"] == [6, 4] and len(timed) == 2
+  assert all(pred.full.counts in map(tuple, t) for t in timed)
+  assert beside.chosen.counts in map(tuple, timed[1])
+  assert beside.full.measured_latency_s == 1.1 * pred.full.predicted_latency_s
+  assert "(measured in the loop with the chosen graph: speed-up x" in "".join(
+      summary_lines(beside))
   # Re-aimed below every prediction (the graphs timed ran 3x slow), yet the fastest graphs,
   # never timed, run at half their prediction: they are timed before "budget not met" (the
   # loop stopped with nothing predicted below the aim).

@@ -16,6 +16,8 @@ import os
 import sys
 from typing import Any, Dict, Sequence, Type
 
+from vitprune.config import check_path
+
 
 class FormatError(ValueError):
   """A file or document that does not follow its format; the message names where and what."""
@@ -51,7 +53,7 @@ def read_json(path: str, what: str, error: Type[ValueError] = FormatError) -> Di
   Raises FileNotFoundError when `path` is not a file, `error` when it is not valid UTF-8 JSON or
   not an object.
   """
-  path = os.fspath(path)
+  path = check_path(f"the {what} path", path)   # (None: "expected str, bytes or os.PathLike")
   why = why_not_a_file(path)
   if why:                             # (one type for every caller; the message says which)
     raise FileNotFoundError(f"{what} file {path!r} {why}")

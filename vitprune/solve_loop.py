@@ -595,7 +595,8 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
   "measured"`, `settings['timed_rounds']`: the schedules timed per measurement.
   BudgetNotMetError when none measures within the budget (naming the fastest). With
   `time_unpruned` the unpruned schedule is timed in the first measurement whatever its
-  prediction (`full.measured_latency_s`: the speed-up of one measurement).
+  prediction; once timed, it is timed again in each later one (`full.measured_latency_s`: of
+  the measurement the choice came from).
   """
   check_switch("time_unpruned", time_unpruned)
   budget = solution.settings.get("latency_budget")
@@ -616,8 +617,14 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
     first.append(full)             # (as likely to fit as the slowest checked: worth timing)
   timed: Dict[Tuple[int, ...], Candidate] = {}
   per_round: List[int] = []              # schedules timed per measurement
+  # The unpruned graph, once timed, is timed again in every later round: the choice comes from
+  # the last one (the loop stops at the first with a schedule within the budget), and its
+  # speed-up over the unpruned graph is then of one measurement.
+  again = [full] if full is not None and full in first else []
 
   def measure(pool: Sequence[Candidate]) -> None:
+    if per_round:
+      pool = list(pool) + [p for p in again if p not in pool]
     per_round.append(len(pool))
     for p in _with_latency(time_schedules, _with_accuracy(evaluate, pool, images)):
       timed[p.counts] = known[p.counts] = p
@@ -678,7 +685,8 @@ def _unpruned_candidate(solution: Solution, known: Dict[Tuple[int, ...], Candida
   if solution.full is None:
     return None
   full = known.get(solution.full.counts, solution.full)
-  if confident and full.measured_change_low is None:
+  if (confident and judges_paired_change(solution.settings)
+      and full.measured_change_low is None):
     full = dataclasses.replace(full, measured_change_low=0.0, measured_change_high=0.0)
   return full
 

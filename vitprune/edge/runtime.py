@@ -43,7 +43,7 @@ from vitprune import console
 from vitprune import jsonio
 from vitprune.digest import file_sha256
 from vitprune.records.manifest import ArtifactError, Manifest
-from vitprune.config import Preprocessing, is_float_dtype
+from vitprune.config import Preprocessing, check_path, is_float_dtype
 from vitprune.edge.targets import (EdgeError, check_driver, check_runnable, host_cpu,
                                     parse_target, profile_flags_problem, targets_mismatch)
 
@@ -719,7 +719,7 @@ def _complete(path: str, records: List[Dict[str, Any]], model: "EdgeModel") -> "
 def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) -> EdgeModel:
   """The artifact's module for `target` (default: the first one this host can run), on
   `driver` (default: the one its record names)."""
-  path = os.path.abspath(os.fspath(path))
+  path = os.path.abspath(check_path("the artifact path", path))   # ('': the working directory)
   records = read_records(path)
   manifest = check_against_manifest(path, records)
   if target is not None:

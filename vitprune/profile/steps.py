@@ -256,8 +256,8 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
   # one); a count itself out of line the other way (a burst right below a step) says nothing,
   # and two only where that count is in line with its own other neighbour (two counts of a
   # real level faster than a burst below them are not a fast pair).
-  def in_line(j, k):           # count j agrees with its neighbour k, where there is one
-    return not 0 <= k < t.size or agree(min(j, k), max(j, k))
+  def in_line(j, k):           # count j agrees with its neighbour k (none there: not known)
+    return 0 <= k < t.size and agree(min(j, k), max(j, k))
 
   def above_slow(i):
     return next((w for w in (2, 1) if i - w >= 0 and not out_of_line(i - w, slow=False) and
@@ -290,9 +290,13 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
     # neighbourhood (a level of one count between two steps, beside a burst), else none.
     verdict[i] = "step" if lasts else (lone_at(i, hi_w, lo_w) or (
         "step" if is_step_between(max(i - 2, 0), min(i + 3, t.size - 1)) else "none"))
-    levels[i] = (i - hi_w, i + 1 + lo_w)
+    # (the wider neighbourhood's step: the pair's own drop, which passed the step tests)
+    levels[i] = (i - hi_w, i + 1 + lo_w) if lasts else (i, i + 1)
   lone = tuple(dict.fromkeys(c for _, v in sorted(verdict.items()) if isinstance(v, tuple)
                              for c in v))
+  lone_ns = {c.n for c in lone}       # (a pair of counts named lone is no step as well)
+  verdict = {i: v for i, v in verdict.items()
+             if v != "step" or not {int(t[i]), int(t[i + 1])} & lone_ns}
   steps = tuple(Step(int(t[i]), int(t[i + 1]), float(med[levels[i][0]]),
                      float(med[levels[i][1]]), float(noise[i]), int(t[levels[i][0]]),
                      int(t[levels[i][1]]))

@@ -40,7 +40,7 @@ from vitprune import atomic
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune.config import (COMPUTE_DTYPES, Preprocessing, ViTConfig, check_config_types,
-                             config_from_dict, config_to_dict)
+                             check_path, config_from_dict, config_to_dict)
 
 FORMAT = "vitprune-deploy"
 VERSION = 2
@@ -296,6 +296,7 @@ def listed_count(leaves: Dict[str, Any]) -> Optional[int]:
 
 def read_manifest(path: str) -> Manifest:
   """The manifest of the artifact directory `path` (`ArtifactError` naming what is wrong)."""
+  path = check_path("the artifact path", path)      # ('': the working directory)
   if not os.path.isdir(path):
     raise ArtifactError(f"{path} is not a deployment artifact directory (it does not exist "
                         f"or is not a directory){atomic.moved_aside_note(path)}")

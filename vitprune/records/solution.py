@@ -80,8 +80,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from vitprune import atomic
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
-from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, config_from_dict,
-                             config_to_dict, is_method_name, method_options_problem,
+from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, check_path,
+                             config_from_dict, config_to_dict, is_method_name, method_options_problem,
                              not_a_method, record_method_kwargs, record_option_defaults)
 from vitprune.profile import records as profile_records
 from vitprune.records.estimate import HIGHER_IS_BETTER, KINDS as ESTIMATE_KINDS
@@ -1181,7 +1181,7 @@ def write_solution(sol: Solution, out_dir: str, stem: Optional[str] = None) -> D
 
 def read_solution(path: str) -> Solution:
   """The solution in `path`; FileNotFoundError / `SolutionError` naming the file and field."""
-  path = os.path.abspath(path)
+  path = os.path.abspath(check_path("the solution path", path))   # ('': the working directory)
   if jsonio.why_not_a_file(path) == "does not exist":   # (which command makes one: a user asked)
     raise FileNotFoundError(f"solution file {path!r} does not exist (experiments.solve writes "
                             "one, and the main job, python -m experiments.profile, into its "
