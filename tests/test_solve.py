@@ -1089,6 +1089,11 @@ def test_an_untrusted_latency_model_is_said_in_the_summary(tmp_path):
   why = sol.settings["latency_untrusted"]
   assert why.startswith("the pomt latency model's p90 calibration error")
   assert f"warning: the predicted latency is not to be trusted: {why}" in summary_lines(sol)
+  # The model-wide reason is kept apart: it outlives the choice's timing in the loop.
+  assert sol.settings["latency_model_untrusted"] == why and _reread(sol) == sol
+  assert not _multi(ps, es, accuracy_floor=0.8,
+                    latency_model=solve_stage.profile_latency_model(
+                        prof, read_estimate(es))[1]).settings.get("latency_model_untrusted")
 
 
 def test_multilayer_step_bottoms_only(tmp_path):

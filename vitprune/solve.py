@@ -37,12 +37,13 @@ D[l, n] = A_full - S[l, n] (D[l, N] = 0),
 and acc(counts) = A_full - drop(counts). The incremental model charges each removed token at the
 layer that removes it: block l taking the schedule from counts[l] to counts[l+1] costs the part of
 layer l's single-layer curve between those counts. It reproduces every measured single-layer point
-exactly (one reduction from N to n at layer l predicts S[l, n]) and, unlike 'additive', does not
-charge the tokens already removed by earlier layers a second time (with 'additive', N -> 100 at
-block 3 then 100 -> 99 at block 4 costs about twice N -> 100 alone). With `monotone=True` (the
-default) D is first replaced by its pessimistic monotone envelope along the counts,
-D[l, n] <- max(0, max_{m >= n} D[l, m]), so measurement noise can never make removing tokens look
-beneficial (every increment is >= 0); `monotone=False` uses the raw table.
+exactly (one reduction from N to n at layer l predicts S[l, n]; with the monotone envelope below,
+where S[l, n] is at most the unpruned accuracy and no larger count's) and, unlike 'additive',
+does not charge the tokens already removed by earlier layers a second time (with 'additive',
+N -> 100 at block 3 then 100 -> 99 at block 4 costs about twice N -> 100 alone). With
+`monotone=True` (the default) D is first replaced by its pessimistic monotone envelope along the
+counts, D[l, n] <- max(0, max_{m >= n} D[l, m]), so measurement noise can never make removing
+tokens look beneficial (every increment is >= 0); `monotone=False` uses the raw table.
 Neither model sees interactions: a cut the table calls free (a late block down to a few tokens)
 can cost points after an early reduction (block 0), and the DP seeks such cuts, so the default
 incremental frontier is optimistic (vit_digits POMT: +4.7 points on average;

@@ -704,4 +704,8 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   if why:                                  # about the schedule finally chosen
     solution = dataclasses.replace(solution, settings=dict(solution.settings,
                                                            latency_untrusted=why))
+  model_wide = latency_model.trust(()) if latency_model is not None else None
+  if model_wide:                           # (stays once the choice is timed: it chose what was)
+    solution = dataclasses.replace(solution, settings=dict(solution.settings,
+                                                           latency_model_untrusted=model_wide))
   return solution

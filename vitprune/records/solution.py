@@ -377,6 +377,7 @@ _SETTINGS = {
     "floor_straddles": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
                         "a list of schedules"),
     "latency_untrusted": (lambda v: isinstance(v, str), "a string"),
+    "latency_model_untrusted": (lambda v: isinstance(v, str), "a string"),
     "budget_provisional": (lambda v: v == BUDGET_PROVISIONAL, repr(BUDGET_PROVISIONAL)),
     "unused_estimate_counts": _TOKEN_COUNTS,
     "capped_counts": _TOKEN_COUNTS,
@@ -948,6 +949,18 @@ def _unpruned_latency_s(sol: Solution) -> Optional[float]:
   return sol.full.measured_latency_s or sol.full.predicted_latency_s
 
 
+def picked_by_untrusted_model(settings: Dict[str, Any]) -> str:
+  """A choice timed in the loop among schedules a latency model beyond its error limit picked
+  (a probe: p90 40.9 % said nothing once the choice was measured, and the frontier it shaped
+  had lost the faster schedules); '' otherwise."""
+  why = settings.get("latency_model_untrusted")
+  if not why or settings.get("latency_basis") != "measured":
+    return ""
+  return (f"note: {why}: it picked the schedules timed in the loop, so a faster one it "
+          "mispredicted may not have been timed (the profile's machine was busy, or its "
+          "calibration too small: profile again)")
+
+
 def _unpruned_latency_text(sol: Solution) -> str:
   """'1.117 ms (predicted)', '(measured by the profile)', or timed in the loop beside the
   chosen graph, with the speed-up of that one measurement."""
@@ -1025,6 +1038,9 @@ def summary_lines(sol: Solution) -> List[str]:
   if sol.settings.get("latency_untrusted"):
     lines.append(f"warning: the predicted latency is not to be trusted: "
                  f"{sol.settings['latency_untrusted']}")
+  picked = picked_by_untrusted_model(sol.settings)
+  if picked:
+    lines.append(picked)
   drop = sol.settings.get("max_accuracy_drop")
   if drop is not None and full is not None:
     lines.append(f"accuracy floor {sol.settings['accuracy_floor']:.6g}: the unpruned schedule's "
