@@ -81,8 +81,9 @@ from vitprune import atomic
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, check_path,
-                             config_from_dict, config_to_dict, is_method_name, method_options_problem,
-                             not_a_method, record_method_kwargs, record_option_defaults)
+                             config_from_dict, config_to_dict, is_method_name,
+                             method_options_problem, not_a_method, record_method_kwargs,
+                             record_option_defaults)
 from vitprune.profile import records as profile_records
 from vitprune.records.estimate import HIGHER_IS_BETTER, KINDS as ESTIMATE_KINDS
 from vitprune import solve as solve_lib
