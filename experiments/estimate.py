@@ -37,7 +37,7 @@ from vitprune import estimate
 from vitprune import jsonio
 from vitprune import memory
 from vitprune.config import method_label, method_options_problem
-from vitprune.data import check_not_read_as_an_image
+from vitprune.data import UNLABELLED_NOTE, check_not_read_as_an_image
 from vitprune.digest import params_sha256
 from vitprune.records.estimate import (FORMAT as ESTIMATE_FORMAT, read_estimate, table_text,
                                        write_estimate)
@@ -292,6 +292,8 @@ def main(f: flags.FlagValues):
   # every '.*.json.lock' of a shared folder).
   atomic.cleanup_stale_named(f.out_dir, _slug(f"{record.config.name}_"), ".json")
   print(table_text(record))
+  if not record.labelled:
+    print(f"note: {UNLABELLED_NOTE}: agreement and KL against the unpruned model only")
   print(f"wrote {common.shown(path)}")
   return record
 

@@ -560,6 +560,48 @@ def test_wide_pixels_are_refused_not_clipped(tmp_path, mode, array):
     data.preprocess_image(Image.open(path), Preprocessing(input_size=8, crop_pct=1.0))
 
 
+def test_images_read_unlike_a_viewer_shows_them_are_said_once_per_folder(tmp_path):
+  """A probe: white digits on a transparent page scored 0.10, EXIF-rotated digits 0.08, and
+  palette transparency printed PIL's advice twice, naming no file. Each is read as timm reads
+  it (the numbers are timm's), and the first such file of the folder is named."""
+  white_ink = np.zeros((8, 8, 4), np.uint8)
+  white_ink[..., :3] = 255
+  white_ink[2:6, 2:6, 3] = 255
+  (tmp_path / "a").mkdir()
+  (tmp_path / "b").mkdir()
+  for name in ("1.png", "2.png"):
+    Image.fromarray(white_ink, "RGBA").save(tmp_path / "a" / name)
+  opaque = white_ink.copy()
+  opaque[..., 3] = 255
+  Image.fromarray(opaque, "RGBA").save(tmp_path / "b" / "opaque.png")
+  Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8), "P").save(
+      tmp_path / "b" / "pal.png", transparency=bytes([0] + [255] * 255))
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(tmp_path / "b" / "rot.jpg", exif=exif)
+  ds = data.ImageFolder(tmp_path)
+  prep = Preprocessing(input_size=8, crop_pct=1.0)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    batch = np.concatenate([b[0] for b in data.iterate_batches(ds, prep, 2)])
+  said = [str(w.message) for w in caught]
+  assert said == [
+      f"image file '{tmp_path}/a/1.png' has transparent pixels (mode RGBA): read as timm reads "
+      "it, the colour under them kept and the transparency dropped; flatten it onto its "
+      f"background first if the model should see what a viewer shows (said for the first such "
+      f"file of '{tmp_path}' only)",
+      f"image file '{tmp_path}/b/rot.jpg' has EXIF orientation 6 (a viewer shows it rotated or "
+      "mirrored): read as stored, as timm reads it; rotate it upright first "
+      f"(PIL.ImageOps.exif_transpose) if the model should see it so (said for the first such "
+      f"file of '{tmp_path}' only)"], said
+  for i in range(len(ds)):        # the pixels as timm's convert('RGB') gives them, unchanged
+    np.testing.assert_array_equal(batch[i], data.preprocess_image(
+        Image.open(ds.path(i)).convert("RGB"), prep))
+  assert [k for k, _ in data.read_unlike_shown(Image.open(tmp_path / "b" / "pal.png"))] == [
+      "transparency"]
+  assert data.read_unlike_shown(Image.open(tmp_path / "b" / "opaque.png")) == []
+
+
 def test_preprocess_image_and_iterate_batches_name_bad_arguments():
   """A numpy image was "no attribute 'mode'", a 0-wide one a ZeroDivisionError; batch_size=True
   ran as 1, num_workers=None was a TypeError and 1.5 was taken."""

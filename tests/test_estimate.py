@@ -653,6 +653,24 @@ def test_unlabelled_folder_fidelity_only(tmp_path, params):
   assert res.reference.num_examples == 3 and res.points[0].accuracy is None
 
 
+def test_the_cli_says_why_a_folder_gives_no_accuracy(tmp_path):
+  """A probe: one class's folder given as --data printed 'labelled=False' and agreement only,
+  without saying why (run_deployed and the board's run say it)."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  rng = np.random.default_rng(0)
+  (tmp_path / "3").mkdir()
+  for i in range(4):
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+        tmp_path / "3" / f"{i}.png")
+  code, out, err = run_cli_in_process(root, "estimate", [
+      "--model=test_tiny_vit", f"--data={tmp_path / '3'}", "--tokens=17",
+      f"--out_dir={tmp_path}/e"])
+  assert code == 0, err
+  assert ("note: no accuracy: the images are not in class folders (DIR/<class>/<image>), so they "
+          "were read unlabelled: agreement and KL against the unpruned model only\n") in out
+
+
 # ---------------------------------------------------------------------------------- CLI helpers
 
 
