@@ -602,6 +602,25 @@ def test_images_read_unlike_a_viewer_shows_them_are_said_once_per_folder(tmp_pat
   assert data.read_unlike_shown(Image.open(tmp_path / "b" / "opaque.png")) == []
 
 
+def test_a_macos_zips_folder_and_an_unexpanded_tilde_are_named(tmp_path, monkeypatch):
+  """A probe: a macOS zip's __MACOSX/ was refused as a class folder (clear, but not why), and
+  --data=~/digits (no shell expands '~' after '=') as 'neither digits nor a directory'."""
+  from vitprune import estimate  # pylint: disable=g-import-not-at-top
+  _png(str(tmp_path / "d" / "tea" / "a.png"), _gray(3, 3))
+  _png(str(tmp_path / "d" / "__MACOSX" / "tea" / "._a.png"), _gray(3, 3))
+  with pytest.raises(ValueError, match=re.escape(
+      "are not among the model's class names ['tea']; __MACOSX holds the resource forks a macOS "
+      "zip brings along: delete it")):
+    data.ImageFolder(str(tmp_path / "d"), class_names=["tea"])
+  monkeypatch.setenv("HOME", str(tmp_path))
+  with pytest.raises(FileNotFoundError, match=re.escape(
+      "data '~/d' is neither 'digits' nor an existing directory (a '~' the shell did not "
+      "expand, as in --data=~/x: give the path without it)")):
+    estimate.load_eval_data("~/d")
+  with pytest.raises(FileNotFoundError, match=r"directory$"):
+    estimate.load_eval_data("~/nowhere")
+
+
 def test_preprocess_image_and_iterate_batches_name_bad_arguments():
   """A numpy image was "no attribute 'mode'", a 0-wide one a ZeroDivisionError; batch_size=True
   ran as 1, num_workers=None was a TypeError and 1.5 was taken."""

@@ -608,7 +608,9 @@ def _labels_by_name(root: str, folders: Tuple[str, ...], class_names: Tuple[str,
   unknown = [f for f, i in labels.items() if i is None]
   if unknown:
     raise ValueError(f"class folder(s) {unknown} in {root!r} are not among the model's class "
-                     f"names {shown_names(class_names)}")
+                     f"names {shown_names(class_names)}" + (
+                         "; __MACOSX holds the resource forks a macOS zip brings along: delete "
+                         "it" if "__MACOSX" in unknown else ""))
   by_label: Dict[int, str] = {}
   for f, i in labels.items():
     if i in by_label:
