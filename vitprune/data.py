@@ -25,6 +25,7 @@ import math
 import os
 import reprlib
 import stat
+import threading
 import unicodedata
 import warnings
 import weakref
@@ -99,6 +100,13 @@ def _warn_other_images(root: str, skipped: Sequence[str]) -> None:
                   stacklevel=3)
 
 
+def skipped_folder(name: str) -> bool:
+  """Folders an image folder never reads: hidden ones ('.ipynb_checkpoints') and the
+  `__MACOSX` of a macOS zip (its resource forks, `._*` files that are hidden themselves: it was
+  taken for a class folder with no images, or a flat folder for a labelled one)."""
+  return name.startswith(".") or name == "__MACOSX"
+
+
 def read_folders(images: str) -> List[str]:
   """The folders a run on the image folder `images` reads: itself and, at any depth, the
   folders it reaches through links (a class folder, or a folder inside one, linked from
@@ -106,7 +114,7 @@ def read_folders(images: str) -> List[str]:
   never read, so their links do not count."""
   out = [images]
   for dirpath, dirnames, _ in atomic.walk_following_links(images):   # (pruned as it goes)
-    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    dirnames[:] = [d for d in dirnames if not skipped_folder(d)]
     out += [os.path.join(dirpath, d) for d in dirnames
             if os.path.islink(os.path.join(dirpath, d))]
   return out
@@ -165,13 +173,13 @@ def _check_image_entry(path: str) -> str:
 def find_classes(root: str) -> Tuple[str, ...]:
   """Class names as torchvision's `find_classes`: sorted subdirectory names of `root`.
 
-  Hidden directories (names starting with '.') are skipped, unlike torchvision, so stray
-  `.ipynb_checkpoints`-style folders do not become classes. A link that may be a class folder
-  but leads nowhere is a ValueError (`_check_folder_link`).
+  Hidden directories (names starting with '.') and a macOS zip's `__MACOSX` are skipped, unlike
+  torchvision, so stray `.ipynb_checkpoints`-style folders do not become classes. A link that
+  may be a class folder but leads nowhere is a ValueError (`_check_folder_link`).
   """
   try:
     with os.scandir(root) as it:
-      entries = [e for e in it if not e.name.startswith(".")]
+      entries = [e for e in it if not skipped_folder(e.name)]
   except FileNotFoundError:
     raise
   except OSError as e:         # (a raw "[Errno 13] Permission denied: '...'" line)
@@ -231,7 +239,7 @@ def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str], class_reals: 
                        "symbolic link): every image of a dataset must be reached once, under "
                        "one class")
     seen[(st.st_dev, st.st_ino)] = dirpath
-    dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    dirnames[:] = [d for d in dirnames if not skipped_folder(d)]
     walked.append((dirpath, fnames))
   files, skipped = [], []
   for dirpath, fnames in sorted(walked):
@@ -245,7 +253,7 @@ def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str], class_reals: 
         if os.path.islink(path):
           real = os.path.realpath(path)
           inside = [c for c in class_reals if real.startswith(c + os.sep)]
-          if inside and not any(part.startswith(".") for part in
+          if inside and not any(skipped_folder(part) for part in
                                 os.path.relpath(real, inside[0]).split(os.sep)):
             raise ValueError(f"{path!r} is a link to {real!r}, which the dataset also reads "
                              "as an image of its own: every image of a dataset must be reached "
@@ -291,10 +299,7 @@ def _warn_unlabelled_root_images(root: str) -> None:
 # warns per file instead. Appended, so that a caller's filter (an error, say) still decides.
 warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit",
                         category=Image.DecompressionBombWarning, append=True)
-# PIL's advice for a palette image with transparency (shown twice, naming no file) is about the
-# conversion timm makes: `ImageFolder.load` names the first file whose pixels it makes opaque.
-warnings.filterwarnings("ignore", message="Palette images with Transparency expressed in bytes",
-                        category=UserWarning, append=True)
+
 
 
 def load_image(path: str) -> Image.Image:
@@ -330,6 +335,7 @@ def load_image(path: str) -> Image.Image:
 
 
 _EXIF_ORIENTATION = 0x0112
+READ_UNLIKE_SHOWN = ("transparency", "orientation")     # the kinds `read_unlike_shown` says
 
 
 def read_unlike_shown(image: Image.Image) -> List[Tuple[str, str]]:
@@ -338,21 +344,32 @@ def read_unlike_shown(image: Image.Image) -> List[Tuple[str, str]]:
   dropped: white ink on a transparent page reads as a blank page) and an EXIF orientation (a
   phone photo read sideways). A probe scored 0.10 and 0.08 on such digits, without a word."""
   out = []
-  if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-    with warnings.catch_warnings():    # (PIL's palette-transparency advice, about this very
-      warnings.simplefilter("ignore")  # conversion)
-      alpha = (image if image.mode in ("RGBA", "LA", "PA") else image.convert("RGBA")
-               ).getchannel("A")
+  bands = image.getbands()
+  if bands[-1] in ("A", "a") or "transparency" in image.info:   # (RGBA, LA, PA; TIFF's La)
+    # (P -> RGBA raises none of PIL's palette advice; a process-wide catch_warnings here, from
+    # a loader's threads, left every warning ignored)
+    alpha = (image.getchannel(len(bands) - 1) if bands[-1] in ("A", "a") else
+             image.convert("RGBA").getchannel("A"))
     if alpha.getextrema()[0] < 255:
       out.append(("transparency", f"has transparent pixels (mode {image.mode}): read as timm "
                   "reads it, the colour under them kept and the transparency dropped; flatten "
                   "it onto its background first if the model should see what a viewer shows"))
   orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-  if orientation not in (1, None):
+  if orientation in range(2, 9):            # (0 or 9+: invalid, viewers ignore them too)
     out.append(("orientation", f"has EXIF orientation {orientation} (a viewer shows it "
                 "rotated or mirrored): read as stored, as timm reads it; rotate it upright "
                 "first (PIL.ImageOps.exif_transpose) if the model should see it so"))
   return out
+
+
+def to_model_mode(image: Image.Image, channels: int = 3) -> Image.Image:
+  """`image.convert('RGB')` (or 'L' for one channel), as timm's loader converts; a palette image
+  with transparency goes through RGBA, which gives the same pixels without PIL's advice to
+  convert it to RGBA (shown twice per run, naming no file; `ImageFolder.load` names the first
+  file whose transparent pixels the conversion makes opaque)."""
+  if image.mode == "P" and "transparency" in image.info:
+    image = image.convert("RGBA")
+  return image.convert("RGB" if channels == 3 else "L")
 
 
 def check_8bit(image: Image.Image, what: str = "image") -> Image.Image:
@@ -469,6 +486,7 @@ class ImageFolder:
     self._files = tuple(f.replace(os.sep, "/") for f in files)
     self._labels = label_arr
     self._said = set()       # what `load` has warned of (once per folder: a thousand photos)
+    self._said_lock = threading.Lock()     # (loader threads)
 
   root = property(lambda self: self._root)
   labelled = property(lambda self: self._labelled)
@@ -512,11 +530,14 @@ class ImageFolder:
     pixels, an EXIF rotation) a warning names the first such file, once per folder."""
     path = self.path(i)
     image = check_8bit(load_image(path), f"image file {path!r}")
-    for kind, how in read_unlike_shown(image):
-      if kind not in self._said:
-        self._said.add(kind)
-        warnings.warn(f"image file {path!r} {how} (said for the first such file of "
-                      f"{self._root!r} only)", stacklevel=2)
+    if len(self._said) < len(READ_UNLIKE_SHOWN):       # (nothing left to say: not looked at)
+      for kind, how in read_unlike_shown(image):
+        with self._said_lock:
+          first = kind not in self._said
+          self._said.add(kind)
+        if first:
+          warnings.warn(f"image file {path!r} {how} (said for one such file of {self._root!r} "
+                        "only)", stacklevel=2)
     return image
 
 
@@ -608,9 +629,7 @@ def _labels_by_name(root: str, folders: Tuple[str, ...], class_names: Tuple[str,
   unknown = [f for f, i in labels.items() if i is None]
   if unknown:
     raise ValueError(f"class folder(s) {unknown} in {root!r} are not among the model's class "
-                     f"names {shown_names(class_names)}" + (
-                         "; __MACOSX holds the resource forks a macOS zip brings along: delete "
-                         "it" if "__MACOSX" in unknown else ""))
+                     f"names {shown_names(class_names)}")
   by_label: Dict[int, str] = {}
   for f, i in labels.items():
     if i in by_label:
@@ -777,7 +796,7 @@ def preprocess_image(image: Image.Image, prep: Preprocessing) -> np.ndarray:
     float32 `[S, S, C]` with `S = prep.input_size`, `C = prep.channels`.
   """
   mean, std = _check_prep(prep)
-  img = check_8bit(image).convert("RGB" if prep.channels == 3 else "L")
+  img = to_model_mode(check_8bit(image), prep.channels)
   new_h, new_w = resize_shorter_side(img.height, img.width, scale_size(prep))
   if new_h * new_w > MAX_RESIZED_PIXELS:
     raise ValueError(f"a {img.width}x{img.height} image would be resized to {new_w}x{new_h} "

@@ -28,7 +28,8 @@ from vitprune import atomic
 from vitprune import jsonio
 from vitprune.config import Preprocessing
 from vitprune.data import (ArrayDataset, balanced_subset, check_8bit, check_class_names,
-                           find_classes, is_image_file, iterate_batches, shown_names)
+                           find_classes, is_image_file, iterate_batches, shown_names,
+                           skipped_folder, to_model_mode)
 
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
 DIGITS_MARKER = ".vitprune-imagefolder.json"
@@ -213,7 +214,7 @@ def _scan_for_digits(root: str) -> Tuple[set, int]:
       with Image.open(path) as img:
         if img.size != shape[::-1]:   # (from the header: not decoded)
           return -1
-        rgb = np.asarray(check_8bit(img).convert("RGB"))   # what the model is shown (LA: missed)
+        rgb = np.asarray(to_model_mode(check_8bit(img)))   # what the model is shown (LA: missed)
     except (OSError, ValueError):
       return -1
     if all(np.array_equal(rgb[..., 0], rgb[..., c]) for c in (1, 2)):
@@ -251,7 +252,7 @@ def _scan_for_digits(root: str) -> Tuple[set, int]:
       scan(root, sorted(e.name for e in it))
     return found, unmatched[0]
   for dirpath, dirnames, files in atomic.walk_following_links(root):   # (loops: ImageFolder's)
-    dirnames[:] = [d for d in dirnames if not d.startswith(".")]   # unread, as ImageFolder
+    dirnames[:] = [d for d in dirnames if not skipped_folder(d)]   # unread, as ImageFolder
     rel = os.path.relpath(dirpath, root)
     if rel != os.curdir and rel.split(os.sep)[0] in classes:   # (root files: not read beside)
       scan(dirpath, files)
