@@ -38,6 +38,10 @@ which agree with each other (differ by the trend only, neither way a step):
   * slow: `n_hi` (a burst of load during its measurement, or a shape the compiler handles badly);
   * fast: `n_lo` (an aligned shape on an accelerator, or a quiet moment during its measurement;
     if it holds when measured again, prune to exactly it).
+A pair with no count out of line must hold one count on: where the next count below is back
+at the level above it (it agrees with `n_hi` and is nearer it than `n_lo`), `n_lo` is a lone
+fast count; where the next count above is at the level below, `n_hi` a lone slow one (a dip or
+a bump whose rebound fell just short of the "slower" test).
 If it is none, the pair is still a step where the level changes from two counts above it to two
 below it (a level of one count between two steps, beside a burst), and no step otherwise (two
 counts out of line at once around an unchanged level, or a rise).
@@ -278,14 +282,32 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
       return tuple(lone_count(j, i - hi_w, i + 1, True) for j in range(i - hi_w + 1, i + 1))
     if lo_w and agree(i, i + 1 + lo_w):
       return tuple(lone_count(j, i, i + 1 + lo_w, False) for j in range(i + 1, i + 1 + lo_w))
+    if not (hi_w or lo_w):     # a dip or a bump of one count, the level back beside it
+      if not holds_below(i) and agree(i, i + 2):
+        return (lone_count(i + 1, i, i + 2, False),)
+      if not holds_above(i) and agree(i - 1, i + 1):
+        return (lone_count(i, i - 1, i + 1, True),)
     return ()
+
+  # The new level holds at the next count below (the old one at the next above) unless that
+  # count agrees with the other side of the pair and is nearer it than the pair's own count
+  # (itself out of line: no evidence): a dip of one count whose rebound fell just short of the
+  # "slower" test was a step (a probe: 59 1.182, 58 0.884, 57 1.125 ms, '59 -> 58 saves 25%').
+  def back_at(j, near, far):   # count j is back at the level of `far`, not at `near`'s
+    return agree(min(j, far), max(j, far)) and abs(med[j] - med[far]) < abs(med[j] - med[near])
+
+  def holds_below(i):
+    return i + 2 >= t.size or out_of_line(i + 2, slow=True) or not back_at(i + 2, i + 1, i)
+
+  def holds_above(i):
+    return i < 1 or out_of_line(i - 1, slow=False) or not back_at(i - 1, i, i + 1)
 
   verdict = {}                 # step pair i -> "step", "none" or the Lones it was instead
   levels = {}                  # step pair i -> the indices of its levels above and below
   for i in np.flatnonzero(is_step):
     hi_w, lo_w = above_slow(i), below_fast(i)
-    lasts = (not (hi_w or lo_w)               # the change without the counts out of line
-             or is_step_between(i - hi_w, i + 1 + lo_w))
+    lasts = (holds_below(i) and holds_above(i) if not (hi_w or lo_w)   # (no count out of line)
+             else is_step_between(i - hi_w, i + 1 + lo_w))
     # Not lasting and no lone count: a step still where the level changes across the wider
     # neighbourhood (a level of one count between two steps, beside a burst), else none.
     verdict[i] = "step" if lasts else (lone_at(i, hi_w, lo_w) or (
