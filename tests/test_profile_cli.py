@@ -227,7 +227,15 @@ def test_resume_measures_only_what_a_killed_run_did_not(tmp_path, monkeypatch, c
   monkeypatch.setattr(runner, "_measure", measure)
   (fresh,) = _run(tmp_path / "fresh", "--tokens=all", "--resume")     # nothing there yet
   assert sorted(p.tokens for p in fresh.points) == list(range(2, 18))
-  assert "resuming" not in capsys.readouterr().out
+  out = capsys.readouterr().out                   # ... said (a probe: a typo in --out_dir or
+  assert "resuming" not in out and (              # --batch_size re-measured all, unsaid)
+      f"note: --resume: {tmp_path / 'fresh'} does not exist yet: nothing to continue, every "
+      "count of batch 1 is measured") in out
+  (other,) = _run(tmp_path / "fresh", "--tokens=9,17", "--resume", "--batch_size=2")
+  (held,) = [p.name for p in (tmp_path / "fresh").glob("*_b1_*.json")]
+  assert (f"note: --resume: {tmp_path / 'fresh'} holds no {held.replace('_b1_', '_b2_')} (nor "
+          f"a profile of several batch sizes with batch 2) to continue; it holds {held}: every "
+          "count of batch 2 is measured") in capsys.readouterr().out
   calls.clear()
   with pytest.raises(KeyboardInterrupt):
     _run(tmp_path, "--tokens=all", "--chunk_points=5")

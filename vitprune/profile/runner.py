@@ -565,10 +565,13 @@ def bring_in_step(spec: ProfileSpec, out_dir: str, log: Callable[[str], None] = 
 def _held_points(spec: ProfileSpec, out_dir: str, batch: int, log: Callable[[str], None]
                  ) -> Tuple[records.Point, ...]:
   """The points of batch `batch` in its profile in `out_dir` (checked to be of this setup by
-  `check_outputs`), for a resumed run; () when there is none yet."""
-  if not os.path.isdir(out_dir):
-    return ()
+  `check_outputs`), for a resumed run; () when there is none yet, said (a probe: a typo in
+  --out_dir or --batch_size measured everything again without a word, a lease's deadline)."""
   setup = _setup(spec)
+  if not os.path.isdir(out_dir):
+    log(f"note: --resume: {console.printable(out_dir)} does not exist yet: nothing to continue, "
+        f"every count of batch {batch} is measured")
+    return ()
   path = os.path.join(out_dir, records.file_stem(setup, [batch]) + ".json")
   held: Dict[Tuple, records.Point] = {}
   sources = [os.path.join(out_dir, st + ".json") for st in combined_stems(setup, out_dir, batch)]
@@ -578,6 +581,13 @@ def _held_points(spec: ProfileSpec, out_dir: str, batch: int, log: Callable[[str
   if held:
     log(f"resuming batch {batch}: the {len(held)} points it has in {console.printable(out_dir)} "
         "are not measured again")
+  else:
+    there = sorted(n for n in os.listdir(out_dir) if n.endswith(".json"))
+    log(f"note: --resume: {console.printable(out_dir)} holds no {os.path.basename(path)} (nor a "
+        f"profile of several batch sizes with batch {batch}) to continue"
+        + (f"; it holds {', '.join(map(console.printable, there[:4]))}"
+           + (f" and {len(there) - 4} more" if len(there) > 4 else "") if there else "")
+        + f": every count of batch {batch} is measured")
   return tuple(held.values())
 
 
