@@ -128,8 +128,10 @@ def test_solution_variants(tmp_path):
                  ("pomt", "pomt", "solution", (17, 11, 11)),
                  ("tome:r1", "tome", "user", (17, 16, 15)),
                  ("multi", "topk", "multi_solution", (17, 13, 9)),
-                 ("multi-f0", "topk", "multi_solution", (17, 15, 12)),
-                 ("multi-f2", "topk", "multi_solution", (17, 7, 3))]
+                 # (named by their index in the solution's frontier: a probe found the names
+                 # past the chosen one off by one)
+                 ("multi-f1", "topk", "multi_solution", (17, 15, 12)),
+                 ("multi-f4", "topk", "multi_solution", (17, 7, 3))]
   with pytest.raises(ValueError, match="paper'-mode solution"):
     B.build_variants(TINY, multi_solution=paper)
   # A multi-layer solution given as --solution is named for what it is, not 'pomt'.

@@ -256,9 +256,11 @@ def solution_variants(cfg: ViTConfig, path: str, *, multi: bool,
 
   The chosen schedule (the solution's method), named after the method (paper mode: 'pomt' by
   default) or 'multi' (a multi-layer solution, also when given as --solution); with
-  `multi` (a multi-layer solution) also `frontier` further frontier schedules, evenly spaced in
-  predicted latency, named 'multi-f<i>'. Raises ValueError when the file is for another model,
-  or `multi` does not match the file's mode.
+  `multi` (a multi-layer solution) also `frontier` further frontier schedules (not the chosen
+  one, not a uniform one), evenly spaced along the frontier's order, named 'multi-f<i>' after
+  their index in the solution's `frontier` (a probe: numbered among those left, every name past
+  the chosen one was one off). Raises ValueError when the file is for another model, or `multi`
+  does not match the file's mode.
   """
   flag = "--multi_solution" if multi else "--solution"
   sol = read_solution(path)
@@ -282,10 +284,11 @@ def solution_variants(cfg: ViTConfig, path: str, *, multi: bool,
 
   out = [] if chose_unpruned else [variant(base, sol.chosen)]   # (the baseline row already)
   if multi and frontier > 0:
-    fr = [p for p in sol.frontier if p.counts != sol.chosen.counts and len(set(p.counts)) > 1]
+    fr = [(i, p) for i, p in enumerate(sol.frontier)
+          if p.counts != sol.chosen.counts and len(set(p.counts)) > 1]
     if fr:
-      pick = sorted({int(round(i)) for i in np.linspace(0, len(fr) - 1, min(frontier, len(fr)))})
-      out += [variant(f"multi-f{i}", fr[i]) for i in pick]
+      pick = sorted({int(round(j)) for j in np.linspace(0, len(fr) - 1, min(frontier, len(fr)))})
+      out += [variant(f"multi-f{fr[j][0]}", fr[j][1]) for j in pick]
   if not out:
     raise ValueError(f"{flag} {path} chose the unpruned schedule and lists no other "
                      "multi-layer frontier schedule: nothing pruned to compare")
