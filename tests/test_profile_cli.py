@@ -875,8 +875,9 @@ def test_weights_flag(tmp_path):
                                       "--mode=pipeline$"),
     (["--mode=pipeline", "--resume", "--reducer=tome"], "^--resume applies to --mode=model or "
                                                          "block, not --mode=pipeline$"),
-    (["--adaptive", "--max_points=3"], "^max_points=3 is below the 16 counts of the coarse "
-                                       "grid; raise it or the coarse stride$"),
+    (["--adaptive", "--max_points=3"], r"^--max_points=3 is below the 16 counts of the coarse "
+                                       r"grid \(--coarse_stride=0: about 16 counts\); raise it or "
+                                       r"--coarse_stride$"),
     (["--mode=schedule", "--schedule=17,17,17", "--tokens=9:17"], "not --mode=schedule"),
     (["--coarse_stride=4"], "^--coarse_stride needs --adaptive$"),
     (["--compile_cache_dir=/dev/null"], "compile_cache_dir"),

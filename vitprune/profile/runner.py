@@ -173,8 +173,10 @@ class ProfileSpec:
     if self.max_points:
       coarse = coarse_grid(self.grid, self.coarse_stride)
       if self.max_points < len(coarse):
-        raise ValueError(f"max_points={self.max_points} is below the {len(coarse)} counts of "
-                         "the coarse grid; raise it or the coarse stride")
+        raise ValueError(f"--max_points={self.max_points} is below the {len(coarse)} counts "
+                         f"of the coarse grid (--coarse_stride={self.coarse_stride}"
+                         + (": about 16 counts" if not self.coarse_stride else "")
+                         + "); raise it or --coarse_stride")
 
   @property
   def grid(self) -> Tuple[int, ...]:
