@@ -301,7 +301,6 @@ warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds li
                         category=Image.DecompressionBombWarning, append=True)
 
 
-
 def load_image(path: str) -> Image.Image:
   """Open and fully decode the image at `path` (the mode is left as stored).
 
@@ -365,8 +364,8 @@ def read_unlike_shown(image: Image.Image) -> List[Tuple[str, str]]:
 def to_model_mode(image: Image.Image, channels: int = 3) -> Image.Image:
   """`image.convert('RGB')` (or 'L' for one channel), as timm's loader converts; a palette image
   with transparency goes through RGBA, which gives the same pixels without PIL's advice to
-  convert it to RGBA (shown twice per run, naming no file; `ImageFolder.load` names the first
-  file whose transparent pixels the conversion makes opaque)."""
+  convert it to RGBA (shown twice per run, naming no file; `ImageFolder.load` names a file
+  whose transparent pixels the conversion makes opaque)."""
   if image.mode == "P" and "transparency" in image.info:
     image = image.convert("RGBA")
   return image.convert("RGB" if channels == 3 else "L")
@@ -527,7 +526,7 @@ class ImageFolder:
   def load(self, i: int) -> Image.Image:
     """Decoded PIL image of sample `i` (see `load_image` and `check_8bit` for errors). Read as
     timm reads it; where that differs from what a viewer shows (`read_unlike_shown`: transparent
-    pixels, an EXIF rotation) a warning names the first such file, once per folder."""
+    pixels, an EXIF rotation) a warning names one such file, once per folder."""
     path = self.path(i)
     image = check_8bit(load_image(path), f"image file {path!r}")
     if len(self._said) < len(READ_UNLIKE_SHOWN):       # (nothing left to say: not looked at)
