@@ -215,10 +215,12 @@ def measure_all(points: Mapping[Hashable, Tuple[Callable, Sequence[Any]]], cfg: 
   With `cfg.rounds > 1` every point is timed in that many bursts, each round in a fresh
   shuffled order (`_sample_rounds`). Points with `rel_iqr > cfg.max_rel_iqr` are re-measured up
   to `cfg.max_retries` times (each re-measurement reshuffled, in rounds too); a re-measurement
-  replaces the previous one only if its upper quartile (q75) is lower: the faster and tighter
-  of the two (by relative IQR, the slower of two equally spread ones was kept: a probe saw
-  every re-measured point ~40 % slower than its neighbours). `on_done(key)` is called once per
-  point of the first measurement (progress reporting).
+  replaces the previous one when it is within `max_rel_iqr` and the previous one was not, or
+  when both are (or neither is) and its upper quartile (q75) is lower: the faster and tighter
+  (by relative IQR alone, the slower of two equally spread ones was kept: a probe saw every
+  re-measured point ~40 % slower than its neighbours); a point stops being re-measured once a
+  measurement of it is within `max_rel_iqr`. `on_done(key)` is called once per point of the
+  first measurement (progress reporting).
   """
   compile_s = compile_s or {}
   keys = list(points)
@@ -232,7 +234,8 @@ def measure_all(points: Mapping[Hashable, Tuple[Callable, Sequence[Any]]], cfg: 
       break
     for key, v in _sample_rounds(wide, points, cfg, rng, timer).items():
       m = summarize(v, compile_s=out[key].compile_s, retries=attempt)
-      if m.q75 < out[key].q75:
+      tight, was_tight = m.rel_iqr <= cfg.max_rel_iqr, out[key].rel_iqr <= cfg.max_rel_iqr
+      if (tight, -m.q75) > (was_tight, -out[key].q75):
         out[key] = m
       else:
         out[key] = dataclasses.replace(out[key], retries=attempt)
