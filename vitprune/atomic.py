@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from vitprune import console
 from vitprune import jsonio
-from vitprune.config import check_switch
+from vitprune.config import check_path, check_switch
 
 # Test hook: called with a phase name at each step of a write ('staged', 'moved_aside',
 # 'published', 'file_written', 'committed', 'renamed:<file>'); fault-injection tests make it
@@ -1024,8 +1024,7 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
   same path are cleaned up first (`cleanup_stale`).
   """
   check_switch("overwrite", overwrite, optional=True)
-  if not os.fspath(path):           # (abspath: the working directory, offered for overwrite)
-    raise ValueError("the output path is empty")
+  check_path("the output path", path)   # ('': abspath's working directory, offered to replace)
   path = os.path.abspath(path)
   # (the CLIs refused an artifact or weights inside weights/vit_digits, the library wrote them:
   # that folder was then never replaced, holding files it was not published with)

@@ -485,8 +485,9 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     if sol.settings.get("latency_untrusted"):
       log(f"  warning: the predicted latency is not to be trusted: "
           f"{sol.settings['latency_untrusted']}")
-    if picked_by_untrusted_model(sol.settings):
-      log("  " + picked_by_untrusted_model(sol.settings))
+    picked = picked_by_untrusted_model(sol.settings)
+    if picked:
+      log("  " + picked)
     ch = sol.chosen
     measured = ([] if ch.measured_latency_s is None else
                 [f"{1e3 * ch.measured_latency_s:.4f} ms"]) + (
