@@ -388,11 +388,13 @@ def to_markdown(doc: Dict[str, Any]) -> str:
   if doc["benchmark"]:
     lines += ["", "| model | batch | dtype | variant | schedule | latency ms (median ± IQR) | "
                   "change | compile s |", "|---|---:|---|---|---|---|---:|---:|"]
-    for r in doc["benchmark"]:
+    changes = bench.change_cells(doc["benchmark"])
+    for r, change in zip(doc["benchmark"], changes):
       lines.append(f"| {r['model']} | {r['batch_size']} | {r['dtype']} | {r['variant']} | "
                    f"{r['schedule']} | {r['latency_median_ms']:.4g} ± "
-                   f"{r['latency_iqr_ms']:.2g} | {r['change_pct']:+.1f}% | "
-                   f"{r['compile_s']:.2f} |")
+                   f"{r['latency_iqr_ms']:.2g} | {change} | {r['compile_s']:.2f} |")
+    if any(c.endswith(f"({bench.WITHIN_SPREAD})") for c in changes):
+      lines += ["", bench.SPREAD_LEGEND]
   if doc["skipped"]:
     lines += ["", f"(not whole-model curves, not tabulated: {', '.join(doc['skipped'])})"]
   if doc["predictor_accuracy"]:

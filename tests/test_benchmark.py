@@ -209,7 +209,10 @@ def _provenance(md):
 
 def _parse_markdown(md):
   lines = md.strip().split("\n")
-  lines = lines[lines.index("") + 1:] if "" in lines else lines     # after the provenance
+  lines = lines[lines.index("") + 1:] if lines[0].startswith("- ") else lines  # (provenance)
+  if "" in lines:                                     # the legend of changes within the spread
+    assert lines[lines.index(""):] == ["", B.SPREAD_LEGEND]
+    lines = lines[:lines.index("")]
   cells = [[c.strip() for c in l.strip().strip("|").split("|")] for l in lines]
   assert all(l.startswith("|") and l.endswith("|") for l in lines)
   assert all(len(c) == len(B.MD_COLUMNS) for c in cells)
@@ -351,6 +354,28 @@ def test_cli_solution_for_another_model(tmp_path):
                                              "not for 'test_tiny_vit'"):
       _run(["--model=test_tiny_vit", "--data=none", f"{flag}={sol}", f"--out_dir={out}"])
   assert not out.exists()
+
+
+def test_a_change_within_the_timing_spread_is_marked():
+  """A -2 % change of graphs whose IQRs are 5 % is no speed-up: its cell says so, and the
+  legend follows the table; per model, device, batch size and dtype; none: no legend."""
+  def row(variant, median, iqr, batch=1, model="m"):
+    return {"model": model, "device_kind": "cpu", "batch_size": batch, "dtype": "float32",
+            "variant": variant, "latency_median_ms": median, "latency_iqr_ms": iqr,
+            "change_pct": 0.0}
+  rows = [row("unpruned", 10.0, 0.5), row("a", 9.8, 0.3), row("b", 9.0, 0.5),
+          row("c", 9.4, 0.7), row("unpruned", 20.0, 0.1, batch=2), row("a", 19.5, 0.1, batch=2),
+          row("a", 9.8, 0.3, model="other")]          # (no unpruned row of its own: no mark)
+  for r in rows:
+    base = [b for b in rows if b["variant"] == "unpruned" and b["batch_size"] == r["batch_size"]]
+    r["change_pct"] = 100 * (r["latency_median_ms"] / base[0]["latency_median_ms"] - 1)
+  assert B.change_cells(rows) == ["+0.0%", "-2.0% (within spread)", "-10.0%",
+                                  "-6.0% (within spread)", "+0.0%", "-2.5%", "-2.0%"]
+  for r in rows:
+    r.update({k: r.get(k) for k in B.CSV_COLUMNS}, method="m", schedule="s", counts="17")
+  md = B.to_markdown(rows).rstrip().split("\n")
+  assert md[-1] == B.SPREAD_LEGEND and md[-2] == "" and "| -2.0% (within spread) |" in md[3]
+  assert B.to_markdown(rows[4:6]).rstrip().split("\n")[-1].startswith("| 2 | float32 | a |")
 
 
 def test_markdown_and_csv_formatting():

@@ -1029,6 +1029,12 @@ def test_gpu_report_orders_the_benchmark_tables_by_batch_size(tmp_path):
   assert [(r["batch_size"], r["dtype"][0], r["variant"]) for r in got] == [   # dtypes as run
       (b, d, v) for b in (1, 8, 64) for d, v in (("f", "unpruned"), ("f", "pomt"),
                                                 ("b", "unpruned"))]
+  # pomt's 1.0 ms against the unpruned 1.0 ms, IQRs 0.1 ms: a change the spread swallows.
+  said = gpu_report.to_markdown({"device": None, "profiles": [], "benchmark": got,
+                                 "skipped": [], "predictor_accuracy": []})
+  assert said.count("| full | 1 ± 0.1 | +0.0% (within spread) | 1.00 |") == 3
+  assert said.count("| full | 1 ± 0.1 | +0.0% | 1.00 |") == 6
+  assert said.rstrip().endswith(bench.SPREAD_LEGEND)
 
 
 def test_gpu_report_names_a_cut_or_ragged_benchmark_table(tmp_path):

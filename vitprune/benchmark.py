@@ -64,7 +64,7 @@ from vitprune import intervals
 from vitprune import jsonio
 from vitprune import schedule as S
 from vitprune.config import COMPUTE_DTYPES, ViTConfig, method_label
-from vitprune.profile import runner, timing
+from vitprune.profile import protocol, runner, timing
 from vitprune.records.solution import read_solution
 from vitprune.reduce.methods import list_methods, make_reducer, reducer_fields
 
@@ -518,21 +518,48 @@ def _accuracy_change_cell(r: Dict[str, Any]) -> str:
           f"{r['images_gained']} gained)")
 
 
+# Marks a latency change the measurement cannot tell from none (`protocol.within_spread`).
+WITHIN_SPREAD = "within spread"
+SPREAD_LEGEND = (f"({WITHIN_SPREAD}: the medians differ by less than the larger IQR of the "
+                 "two, so the change says nothing)")
+
+
+def change_cells(rows: Sequence[Dict[str, Any]]) -> List[str]:
+  """Each row's latency change vs the unpruned row of its model, batch size and dtype, '-12.3%',
+  with ' (within spread)' where the two medians differ by less than the larger IQR (a -2 %
+  change of a ±5 % graph is no speed-up). A row without such an unpruned row: the change alone."""
+  def key(r):
+    return r.get("model"), r.get("device_kind"), r["batch_size"], r["dtype"]
+
+  base = {key(r): r for r in rows if r["variant"] == UNPRUNED}
+  out = []
+  for r in rows:
+    b = base.get(key(r))
+    noise = (b is not None and r is not b and protocol.within_spread(
+        r["latency_median_ms"], r["latency_iqr_ms"], b["latency_median_ms"], b["latency_iqr_ms"]))
+    out.append(f"{r['change_pct']:+.1f}%" + (f" ({WITHIN_SPREAD})" if noise else ""))
+  return out
+
+
 def to_markdown(rows: Sequence[Dict[str, Any]], provenance: Sequence[str] = ()) -> str:
   """GitHub markdown table, one line per row (columns `MD_COLUMNS`); '–' where not measured.
   `provenance`: lines said first (which weights, data, device and command measured the table;
-  `provenance_lines`), each a list item."""
+  `provenance_lines`), each a list item. A change within the timing spread is marked
+  (`change_cells`) and the legend follows the table."""
   lines = [f"- {line}" for line in provenance] + ([""] if provenance else [])
   lines += ["| " + " | ".join(MD_COLUMNS) + " |",
            "|" + "|".join("---:" if c in ("batch", "change vs unpruned", "accuracy",
                                           "agreement", "KL") else "---" for c in MD_COLUMNS)
            + "|"]
-  for r in rows:
+  changes = change_cells(rows)
+  for r, change in zip(rows, changes):
     cells = [str(r["batch_size"]), r["dtype"], r["variant"], r["method"], f"`{r['schedule']}`",
              f"{r['latency_median_ms']:.4g} ± {r['latency_iqr_ms']:.2g}",
-             f"{r['change_pct']:+.1f}%", _fmt(r["accuracy"], ".4f"), _accuracy_change_cell(r),
+             change, _fmt(r["accuracy"], ".4f"), _accuracy_change_cell(r),
              _fmt(r["agreement"], ".4f"), _fmt(r["kl"], ".4f"), r["counts"]]
     lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+  if any(c.endswith(f"({WITHIN_SPREAD})") for c in changes):
+    lines += ["", SPREAD_LEGEND]
   return "\n".join(lines) + "\n"
 
 
