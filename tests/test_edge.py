@@ -839,6 +839,24 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   assert open(out, "rb").read() == before
   assert not [n for n in os.listdir(tmp_path) if n.startswith(("newdir", "board.csv.", "sub"))]
   assert not os.path.exists(os.path.join(kit_dir, "p.json"))
+  # Merged into a profile holding more counts: the summary is of the file (it was of this run's
+  # points alone: "too few counts" printed for a file of 6 points and a step).
+  merged = str(tmp_path / "merged.json")
+  doc = json.load(open(out))
+  extra = next(n for n in range(CFG.num_tokens, 1, -1) if n not in grid)
+  doc["points"].append(dict(doc["points"][0], tokens=extra))
+  json.dump(doc, open(merged, "w"))
+  r = run_edge("profile", f"--kit={kit_dir}", f"--out={merged}", "--min_run_time=0.02",
+               "--quiet")
+  assert r.returncode == 0, r.stderr[-2000:]
+  whole = records.load(merged)
+  assert sorted(p.tokens for p in whole.points) == sorted(list(grid) + [extra])
+  assert (f"{merged} holds {len(grid) + 1} points: this run's {len(grid)} merged into the 1 "
+          "others it held (the summary is of them all)") in r.stdout.splitlines()
+  assert r.stdout.splitlines()[-1 - len(records.step_lines(whole)):-1] == records.step_lines(
+      whole)
+  assert sum(line.endswith(" ms)") and ": median " in line
+             for line in r.stdout.splitlines()) == len(grid) + 1
   est = _estimate(tmp_path, [None], sorted(grid), lambda l, n: 0.5 + n / 40, cfg=CFG, batch=1)
   solution = solve_stage.solve_paper(records.load(out), read_estimate(est), layer=1)
   paths = write_solution(solution, str(tmp_path / "solve"))
@@ -1114,11 +1132,26 @@ def test_edge_profile_files_are_published_together_and_merge_only_with_their_set
   assert json.load(open(other))["edge"]["profiles"] == {"1": ["latency"], "8": ["throughput"]}
   assert {(p.batch_size, p.median_s) for p in records.load(board).points} == {(1, 2e-3),
                                                                                 (8, 4e-3)}
-  doc = json.load(open(board))                     # a board profile from before "shards"
-  del doc["edge"]["shards"]
+  doc = json.load(open(board))           # a board profile of a kit from before shard plans
+  doc["edge"]["shards"] = None
   json.dump(doc, open(board, "w"))
   kit_lib.write_profile(prof("iree-local-sync", 5e-3), board, kit)
   assert json.load(open(board))["edge"]["shards"] == {"1": [2]}
+  # An edited 'edge' entry merged unchecked (points of the latency and the throughput flags in
+  # one curve, exit 0), or raised a TypeError blamed on the kit: refused, naming the file.
+  for edit, why in ((lambda e: None, "its 'edge' entry is missing"),
+                    (lambda e: [], "its 'edge' entry is not an object"),
+                    (lambda e: {k: v for k, v in e.items() if k not in ("compiler", "shards")},
+                     "its 'edge' entry states no compiler, shards"),
+                    (lambda e: dict(e, shards=[1]), "its edge shards is list, not an object")):
+    doc = json.load(open(board))
+    doc["edge"] = edit(doc["edge"])
+    json.dump(doc, open(board, "w"))
+    with pytest.raises(ValueError, match=f"^cannot merge into {re.escape(board)}: {why}.* so "
+                       r"the .*setup of its points cannot be checked \(write this run to another "
+                       r"--out, or move the file away\)$"):
+      kit_lib.write_profile(prof("iree-local-sync", 6e-3), board, kit)
+    assert {p.median_s for p in records.load(board).points} == {4e-3, 5e-3}     # (kept)
   with pytest.raises(ValueError, match="different platform"):      # not a board profile
     kit_lib.write_profile(prof("iree-local-sync", 1e-3), jax_out, kit)
 

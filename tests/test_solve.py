@@ -963,6 +963,23 @@ def test_multilayer_with_the_calibrated_latency_model(tmp_path):
       summary_lines(sol))
   timed = dataclasses.replace(within, settings=dict(within.settings, latency_basis="measured"))
   assert budget not in "\n".join(summary_lines(timed))
+  # What the budget gives up, said in one line (the two numbers were lines apart).
+  tight = _multi(ps, es, latency_budget=min(p.predicted_latency_s for p in sol.frontier),
+                 latency_model=lm)
+  assert tight.chosen.counts != tight.full.counts
+  lost = 100 * (tight.full.predicted_accuracy - tight.chosen.predicted_accuracy)
+  assert lost > 0 and (
+      f"the latency budget {1e3 * tight.settings['latency_budget']:.4g} ms costs {lost:.2f} "
+      f"points of accuracy: the chosen schedule's predicted {tight.chosen.predicted_accuracy:.4f}"
+      f" against the unpruned schedule's {tight.full.predicted_accuracy:.4f}"
+      ) in summary_lines(tight)
+  gain = dataclasses.replace(tight, chosen=dataclasses.replace(
+      tight.chosen, measured_accuracy=tight.full.predicted_accuracy + 0.01))
+  assert any(l.startswith(f"the latency budget {1e3 * tight.settings['latency_budget']:.4g} ms "
+                          "gains 1.00 points of accuracy: the chosen schedule's measured ")
+             for l in summary_lines(gain))
+  assert not any(l.startswith("the latency budget ") for l in summary_lines(within) +
+                 summary_lines(sol))        # (the unpruned schedule chosen; no budget)
   # Measured candidates carry the Wilson interval for the estimate's number of images.
   checked = _multi(ps, es, accuracy_floor=0.8, latency_model=lm,
                    evaluate=lambda cs: [0.85] * len(cs))

@@ -321,18 +321,29 @@ def merge_edge_fields(existing: Dict[str, Any], new: Dict[str, Any]) -> Dict[str
   """`new`'s 'edge' entry (`edge_fields`) merged with that of the profile file `existing` (its
   JSON document): every setup entry the file states must be this run's, and each batch size both
   hold must have run in the same shards, its modules compiled with the same profile; the new
-  batch sizes' are added. A file from before an entry was kept says nothing about it
-  (accepted)."""
+  batch sizes' are added. A file from before the compile profiles were kept says nothing about
+  them (accepted); one without the entry, a setup field or the shards (every board profile has
+  had them since 2026-12-03; an edited file merged unchecked) or with a field of the wrong type
+  is refused: what was timed there cannot be checked against this run."""
   old, cur = existing.get("edge"), new["edge"]
+  redo = "(write this run to another --out, or move the file away)"
   if not isinstance(old, dict):
-    return new
+    raise ValueError(f"its 'edge' entry is {'missing' if old is None else 'not an object'}, "
+                     f"so the board setup of its points cannot be checked {redo}")
+  lacking = [key for key in (*EDGE_SETUP, "shards") if key not in old]
+  if lacking:
+    raise ValueError(f"its 'edge' entry states no {', '.join(lacking)}, so the board setup "
+                     f"of its points cannot be checked {redo}")
   for key in EDGE_SETUP:
-    if key in old and old[key] != cur.get(key):
+    if old[key] != cur.get(key):
       raise ValueError(f"it was timed with edge {key} {old[key]!r}, this run with "
                        f"{cur.get(key)!r} (write it to another --out)")
   merged = {}
   for key, theirs, ours in (("shards", "ran in {} shard(s)", "in {}"),
                             ("profiles", "were compiled with the {} flags", "with the {}")):
+    if not isinstance(old.get(key) or {}, dict):
+      raise ValueError(f"its edge {key} is {type(old[key]).__name__}, not an object of batch "
+                       f"sizes, so the setup of its points cannot be checked {redo}")
     per_batch = dict(old.get(key) or {})
     for batch, value in (cur.get(key) or {}).items():
       if batch in per_batch and per_batch[batch] != value:

@@ -1070,6 +1070,8 @@ def summary_lines(sol: Solution) -> List[str]:
   if ch.measured_latency_s is not None:
     lines.append(f"measured latency of the chosen compiled graph: "
                  f"{1e3 * ch.measured_latency_s:.4g} ms")
+  if budget is not None and full is not None and ch.counts != full.counts:
+    lines.append(_budget_cost_line(sol))
   err = sol.settings.get("checked_accuracy_error")
   if err:
     lines.append(f"combined accuracy model vs the {err['num_schedules']} measured multi-layer "
@@ -1091,6 +1093,20 @@ def summary_lines(sol: Solution) -> List[str]:
   lines.append(f"frontier: {len(sol.frontier)} non-dominated schedules"
                + (f"; {len(sol.checked)} checked on the data" if sol.checked else ""))
   return lines
+
+
+def _budget_cost_line(sol: Solution) -> str:
+  """What a latency budget's choice gives up, in points of the metric against the unpruned
+  schedule: the summary listed both numbers lines apart, and a budget that cost 45 points read
+  like any other choice."""
+  ch, full, m = sol.chosen, sol.full, sol.metric
+  measured = ch.measured_accuracy is not None
+  acc = ch.measured_accuracy if measured else ch.predicted_accuracy
+  lost = 100 * (full.predicted_accuracy - acc)
+  return (f"the latency budget {1e3 * sol.settings['latency_budget']:.4g} ms "
+          + (f"costs {lost:.2f}" if lost >= 0 else f"gains {-lost:.2f}")
+          + f" points of {m}: the chosen schedule's {'measured' if measured else 'predicted'} "
+          f"{acc:.4f} against the unpruned schedule's {full.predicted_accuracy:.4f}")
 
 
 def _errs_by(err: Dict[str, Any]) -> str:
