@@ -271,6 +271,7 @@ def main(f: flags.FlagValues):
       raise FileExistsError(f"{out} already exists, an estimate with these flags (pass "
                             "--overwrite to replace it, or --out_name to write another file)")
   atomic.check_output_json(out, ESTIMATE_FORMAT, "out_name", overwrite=f.overwrite)
+  began = atomic.file_stamp(out)      # (--overwrite replaces this file, not one written since)
   result = estimate.evaluate(cfg, params, data.batches(cfg, f.batch_size, f.num_workers),
                              points, labelled=data.labelled, dtype=f.dtype, shard=f.shard)
   record = estimate.estimate_record(
@@ -278,14 +279,16 @@ def main(f: flags.FlagValues):
       method_kwargs=kwargs, seed=f.seed, points=points, result=result,
       labelled=data.labelled, dtype=f.dtype)
   try:
-    path = write_estimate(out, record, overwrite=f.overwrite)
+    path = write_estimate(out, record, overwrite=f.overwrite, replaces=began)
   except OSError as e:    # taken meanwhile (a concurrent run of these flags), or its folder gone:
     # the estimate is kept beside it (its minutes of evaluation were lost with the library's
     # 'pass overwrite=True' wording)
     meanwhile = (isinstance(e, FileExistsError) and not isinstance(e, atomic.ForeignOutputError)
-                 and not f.overwrite and os.path.exists(out))   # (not ours: --overwrite can't)
-    why = (f"{common.shown(out)} was written by another run meanwhile (pass --overwrite to "
-           "replace it, or --out_name to write another file)" if meanwhile else str(e))
+                 and os.path.exists(out))                       # (not ours: --overwrite can't)
+    why = (f"{common.shown(out)} was written by another run meanwhile ("
+           + ("two runs of one --out_name at once: give each run its own" if f.overwrite else
+              "pass --overwrite to replace it, or --out_name to write another file") + ")"
+           if meanwhile else str(e))
     common.keep_beside(out, record.to_json(), ESTIMATE_FORMAT, e, why)
   # A run killed while writing left its temporaries under a name of its flags, which no later
   # run of other flags removed: swept here, for the names estimates of this model take (not

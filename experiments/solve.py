@@ -40,6 +40,7 @@ import os
 from absl import flags
 
 from experiments import common
+from vitprune import atomic
 from vitprune import estimate as estimate_lib
 from vitprune import memory
 from vitprune import pipeline
@@ -210,8 +211,13 @@ def main(f: flags.FlagValues):
   batch = calibrated[0] if calibrated else solve_stage.resolve_batch(  # checks outputs up front
       profile, estimate, f.batch_size, solve_stage.MODE_COMPONENTS[f.mode],
       f.allow_batch_mismatch)
-  solution_lib.check_output(f.out_dir, solution_lib.solution_stem(
-      profile.model, f.mode, batch, profile.dtype, profile.device_kind))
+  stem = solution_lib.solution_stem(profile.model, f.mode, batch, profile.dtype,
+                                    profile.device_kind)
+  solution_lib.check_output(f.out_dir, stem)
+  out = os.path.join(f.out_dir, stem + ".json")
+  # What this run replaces, as it began: a solution another run writes there meanwhile is not
+  # replaced (two solves into one folder both said they wrote it; it held one of them).
+  began, replaced = atomic.file_stamp(out), earlier_solution(out)
   if f.weights:
     here = device_info()
     if (profile.device_kind, profile.platform) != (here["device_kind"], here["platform"]):
@@ -252,8 +258,12 @@ def main(f: flags.FlagValues):
         sol = solve_loop.check_budget_in_loop(sol, loop["evaluate"], timer, **loop_kw)
       else:
         sol = solve_loop.check_in_loop(sol, estimate, None, loop["evaluate"], timer, **loop_kw)
-  replaced = earlier_solution(os.path.join(f.out_dir, sol.stem + ".json"))
-  paths = write_solution(sol, f.out_dir)
+  try:
+    paths = write_solution(sol, f.out_dir, stem, replaces=began)
+  except atomic.ReplacedMeanwhileError as e:     # (kept: its minutes of in-loop measurement)
+    common.keep_beside(out, sol.to_json(), solution_lib.FORMAT, e,
+                       f"{common.shown(out)} was written by another run meanwhile (two runs "
+                       "into one --out_dir at once: give each run its own)", indent=1)
   if replaced:                    # (an earlier solve into this folder was replaced unsaid)
     print(f"note: replaced {common.shown(paths['json'])}, {replaced}")
   if f.mode == "multi" and None in estimate.layers:     # (dropped without a word)

@@ -26,6 +26,7 @@ from experiments import common
 import jax
 import optax
 
+from vitprune import atomic
 from vitprune import checkpoint
 from vitprune import digits
 from vitprune import orbax_io
@@ -69,6 +70,7 @@ def main(f: flags.FlagValues):
     raise ValueError("--out is empty")
   out = os.path.abspath(f.out)
   common.check_new_dir(out, "out", overwrite=f.overwrite, is_ours=checkpoint.is_weights_dir)
+  began = atomic.output_stamp(out) if f.overwrite else atomic.ANY_OUTPUT   # (not one made since)
   orbax_io.writable_path(out)       # the weights checkpoint goes below it: before training
   if f.epochs < 1:                  # (--epochs=0 was told its default warm-up exceeded it)
     raise ValueError(f"--epochs={f.epochs}: train for at least 1 epoch")
@@ -123,7 +125,7 @@ def main(f: flags.FlagValues):
   }
   path = checkpoint.save_weights(out, cfg, params, meta=meta, overwrite=f.overwrite,
                                  class_names=digits.DIGITS_CLASSES,
-                                 extra_json={"metrics.json": metrics})
+                                 extra_json={"metrics.json": metrics}, replaces=began)
   print(f"held-out accuracy {test_acc:.4f} (train {train_acc:.4f}); {train_seconds:.0f}s; "
         f"saved to {common.shown(path)}")
 

@@ -140,6 +140,31 @@ def test_a_folder_whose_inventory_is_lost_is_held_to_its_layout(tmp_path):
   assert json.loads(inventory.read_text())["files"] == json.loads(whole)["files"]
 
 
+def test_a_file_another_run_wrote_meanwhile_is_not_replaced(tmp_path):
+  """A file's stamp when a run began: at its write, another run's file there since (written,
+  or rewritten with the same bytes) is refused; the one it began with is replaced."""
+  path = str(tmp_path / "e.json")
+  began = atomic.file_stamp(path)
+  assert began is None
+  atomic.replace_json(path, {"format": "fmt", "v": 1}, "fmt")          # another run, meanwhile
+  message = re.escape(f"{path} was written by another run after this one began (two runs "
+                      "writing one output at once): this run does not replace that run's "
+                      "output; give each run its own output")
+  with pytest.raises(atomic.ReplacedMeanwhileError, match=message):
+    atomic.replace_json(path, {"format": "fmt", "v": 2}, "fmt", replaces=began)
+  assert json.loads(open(path).read())["v"] == 1
+  stamp = atomic.file_stamp(path)
+  assert stamp[:2] == (os.stat(path).st_dev, os.stat(path).st_ino)
+  atomic.replace_json(path, {"format": "fmt", "v": 3}, "fmt", replaces=stamp)
+  stamp = atomic.file_stamp(path)
+  atomic.replace_json(path, {"format": "fmt", "v": 3}, "fmt")        # the same bytes, anew
+  with pytest.raises(atomic.ReplacedMeanwhileError, match=message):
+    atomic.replace_json(path, {"format": "fmt", "v": 4}, "fmt", replaces=stamp)
+  atomic.replace_json(path, {"format": "fmt", "v": 5}, "fmt")        # ANY_OUTPUT: as before
+  assert json.loads(open(path).read())["v"] == 5
+  assert sorted(os.listdir(tmp_path)) == ["e.json"]
+
+
 def test_an_output_another_run_published_meanwhile_is_not_replaced(tmp_path):
   """Two main jobs into one folder at once both exited 0: the one that finished second replaced
   the first one's outputs, whose printed paths then held the other's numbers. With the stamp

@@ -1,7 +1,10 @@
 """SIGKILL in the middle of each CLI's write: the previous good output survives whole and the
 next run succeeds (the CLIs write through `vitprune.atomic`, whose phases the hook names)."""
+import dataclasses
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +20,8 @@ from tests.test_solve import CFG as SOLVE_CFG, N, _acc, _block_profile, _estimat
 from vitprune import atomic, deploy
 from vitprune.checkpoint import save_weights
 from vitprune.model import init_params
+from vitprune.reduce.methods import make_reducer
+from vitprune.schedule import parse_schedule
 from vitprune.records.solution import read_solution
 from vitprune.registry import get_config
 
@@ -198,3 +203,111 @@ def test_a_bad_xla_flag_is_reported_not_swallowed(tmp_path):
   assert proc.returncode != 0
   assert "Unknown flag in XLA_FLAGS: --xla_no_such_flag" in proc.stderr, proc.stderr[-2000:]
   assert len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------- two runs into one output
+# (a probe: each CLI run twice at once into one output exited 0 both times, each printing that
+# it wrote the output, which then held the other run's result)
+
+def _republish(path):
+  """What another run's publish does to a folder: the same files, another folder there."""
+  side, aside = f"{path}.side", f"{path}.aside"
+  shutil.copytree(path, side)
+  os.rename(path, aside)
+  os.rename(side, path)
+  shutil.rmtree(aside)
+
+
+def test_a_solution_another_solve_wrote_meanwhile_is_kept_not_replaced(tmp_path, monkeypatch):
+  from vitprune import solve_stage  # pylint: disable=g-import-not-at-top
+  from vitprune.records.solution import write_solution  # pylint: disable=g-import-not-at-top
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3], list(range(4, N)), _acc)
+  out = tmp_path / "solve"
+  argv = [f"--profile={ps}", f"--estimate={es}", "--mode=multi", f"--out_dir={out}"]
+  first, paths = solve_cli.main(common.parse(solve_cli.define_flags, argv))
+  solve = solve_stage.solve_multilayer
+
+  def another_run_writes_meanwhile(*args, **kwargs):
+    sol = solve(*args, **kwargs)
+    write_solution(dataclasses.replace(sol, created="the other run"), str(out))
+    return sol
+  monkeypatch.setattr(solve_stage, "solve_multilayer", another_run_writes_meanwhile)
+  with pytest.raises(FileExistsError, match=re.escape(
+      f"{paths['json']} was written by another run meanwhile (two runs into one --out_dir at "
+      f"once: give each run its own); the results are kept in {out}/") + r"\S+\.kept-"):
+    solve_cli.main(common.parse(solve_cli.define_flags, argv + ["--accuracy_floor=0.5"]))
+  assert read_solution(paths["json"]).created == "the other run"     # not replaced
+  (kept,) = [n for n in os.listdir(out) if ".kept-" in n]
+  assert read_solution(str(out / kept)).settings["accuracy_floor"] == 0.5
+  monkeypatch.undo()                   # the same run alone: it replaces the file it began with
+  again, _ = solve_cli.main(common.parse(solve_cli.define_flags, argv))
+  assert read_solution(paths["json"]) == again and again.chosen == first.chosen
+
+
+def test_an_estimate_overwritten_meanwhile_is_kept_not_replaced(tmp_path, monkeypatch):
+  from experiments import estimate as estimate_cli  # pylint: disable=g-import-not-at-top
+  from vitprune import estimate as estimate_lib  # pylint: disable=g-import-not-at-top
+  from vitprune.records.estimate import read_estimate  # pylint: disable=g-import-not-at-top
+  argv = ["--model=test_tiny_vit", "--data=digits", "--num_images=20", "--tokens=9,17",
+          "--method=random", f"--out_dir={tmp_path}", "--out_name=e.json", "--overwrite"]
+  estimate_cli.main(common.parse(estimate_cli.define_flags, argv + ["--seed=1"]))
+  out = str(tmp_path / "e.json")
+  evaluate = estimate_lib.evaluate
+
+  def another_run_writes_meanwhile(*args, **kwargs):
+    result = evaluate(*args, **kwargs)
+    doc = json.load(open(out))
+    atomic.replace_json(out, dict(doc, created="the other run"), doc["format"])
+    return result
+  monkeypatch.setattr(estimate_lib, "evaluate", another_run_writes_meanwhile)
+  with pytest.raises(FileExistsError, match=re.escape(
+      f"{out} was written by another run meanwhile (two runs of one --out_name at once: give "
+      f"each run its own); the results are kept in {tmp_path}/e.kept-")):
+    estimate_cli.main(common.parse(estimate_cli.define_flags, argv + ["--seed=2"]))
+  assert json.load(open(out))["created"] == "the other run"
+  (kept,) = [n for n in os.listdir(tmp_path) if n.startswith("e.kept-")]
+  assert read_estimate(str(tmp_path / kept)).seed == 2
+
+
+def test_weights_artifacts_and_digit_folders_published_meanwhile_are_not_replaced(
+    tmp_path, monkeypatch):
+  from vitprune import checkpoint, digits  # pylint: disable=g-import-not-at-top
+  params = init_params(TINY, 0)
+  weights = save_weights(str(tmp_path / "w"), TINY, params)
+  began = atomic.output_stamp(weights)
+  _republish(weights)                                        # another run, meanwhile
+  with pytest.raises(atomic.ReplacedMeanwhileError, match=re.escape(
+      f"{weights} was written by another run after this one began")):
+    save_weights(weights, TINY, init_params(TINY, 1), overwrite=True, replaces=began)
+  _, held = checkpoint.load_weights(weights)
+  assert (held["cls_token"] == params["cls_token"]).all()
+  save_weights(weights, TINY, init_params(TINY, 1), overwrite=True,
+               replaces=atomic.output_stamp(weights))        # the folder it began with
+  # The library writers stamp the folder as they begin: an artifact's export, a digits folder.
+  art = str(tmp_path / "art")
+  deploy.export_artifact(art, TINY, params, verify=False)
+  export = deploy.export_forward
+
+  def export_while_another_publishes(*args, **kwargs):
+    _republish(art)
+    return export(*args, **kwargs)
+  monkeypatch.setattr(deploy, "export_forward", export_while_another_publishes)
+  with pytest.raises(atomic.ReplacedMeanwhileError, match=re.escape(
+      f"{art} was written by another run after this one began")):
+    deploy.export_artifact(art, TINY, params, verify=False, overwrite=True,
+                           schedule=parse_schedule(TINY, "keep@1:9"),
+                           reducer=make_reducer("pomt"))
+  assert deploy.load(art).manifest.schedule_text == "full"
+  monkeypatch.undo()
+  folder = digits.write_digits_imagefolder(str(tmp_path / "d"), limit=10)
+  arrays = digits.load_digits_arrays
+
+  def load_while_another_publishes():
+    _republish(folder)
+    return arrays()
+  monkeypatch.setattr(digits, "load_digits_arrays", load_while_another_publishes)
+  with pytest.raises(atomic.ReplacedMeanwhileError, match="was written by another run after"):
+    digits.write_digits_imagefolder(folder, limit=20, overwrite=True)
+  assert sum(len(fs) for _, _, fs in os.walk(folder)) < 20
+  assert sorted(os.listdir(tmp_path)) == ["art", "d", "w"]          # no temporaries left

@@ -137,8 +137,39 @@ def _before_publish() -> None:
 
 
 class ReplacedMeanwhileError(FileExistsError):
-  """The output was published by another writer after this one began (`staged_dir(replaces=)`):
-  replacing it would drop that writer's results without a word."""
+  """The output was published by another writer after this one began (`staged_dir(replaces=)`,
+  `check_unchanged`): replacing it would drop that writer's results without a word."""
+
+
+class _AnyOutput:
+  def __repr__(self) -> str:
+    return "ANY_OUTPUT"
+
+
+# `staged_dir(replaces=)`, `check_unchanged`: whatever is there at publishing (if ours)
+ANY_OUTPUT = _AnyOutput()
+
+
+def file_stamp(path: str) -> Optional[Tuple[int, int, int, int]]:
+  """Which file is at `path` now: (device, inode, size, modification ns); None when there is
+  none. Every write renames a new file there, so a stamp taken when a run began tells, when it
+  writes, whether another run wrote the file meanwhile (`check_unchanged`)."""
+  try:
+    st = os.lstat(path)
+  except FileNotFoundError:
+    return None
+  return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def check_unchanged(path: str, replaces: Any) -> None:
+  """`ReplacedMeanwhileError` unless the file at `path` is the one stamped `replaces` (its
+  `file_stamp` when the run began; None: there was none then); ANY_OUTPUT checks nothing. Call
+  it under `locked(path)`, right before writing: two runs writing one file at once both exited
+  0 saying they wrote it, and the file held one of them."""
+  if replaces is not ANY_OUTPUT and file_stamp(path) != replaces:
+    raise ReplacedMeanwhileError(
+        f"{path} was written by another run after this one began (two runs writing one output "
+        "at once): this run does not replace that run's output; give each run its own output")
 
 
 class ForeignOutputError(FileExistsError):
@@ -578,16 +609,19 @@ def check_replaceable_json(path: str, fmt: str, companions: Sequence[str] = ()) 
                              f"a {fmt} file; move it away or choose another output path")
 
 
-def replace_json(path: str, obj: Any, fmt: str, *, overwrite: bool = True, **json_kw) -> str:
+def replace_json(path: str, obj: Any, fmt: str, *, overwrite: bool = True,
+                 replaces: Any = ANY_OUTPUT, **json_kw) -> str:
   """Writes `obj` (whose "format" is `fmt`) to `path` atomically, checking under the writers'
   lock, at the moment of writing, that `path` is still absent or (with `overwrite`) a `fmt`
   file: a file someone made there while the run worked (after the up-front check), or another
-  run's output without `overwrite`, is refused, not replaced."""
+  run's output without `overwrite`, is refused, not replaced. `replaces`: the `file_stamp` of
+  `path` when the run began: a file written there since is refused too (`check_unchanged`)."""
   check_switch("overwrite", overwrite)
   with locked(path):
     if not overwrite and os.path.lexists(path):
       raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
     check_replaceable_json(path, fmt)
+    check_unchanged(path, replaces)
     with console.interrupts_held():
       write_json(path, obj, **json_kw)
       console.wrote(path)
@@ -915,14 +949,6 @@ def _publish_exclusive(tmp: str, path: str, is_ours: Callable[[str], bool]) -> N
       if _rename_failed_because_taken(e):
         raise _taken(path, is_ours) from None
       raise
-
-
-class _AnyOutput:
-  def __repr__(self) -> str:
-    return "ANY_OUTPUT"
-
-
-ANY_OUTPUT = _AnyOutput()   # `staged_dir(replaces=)`: whatever is there at publishing (if ours)
 
 
 def output_stamp(path: str) -> Optional[Tuple[int, int, Optional[str]]]:

@@ -57,7 +57,8 @@ def check_finite(params: Params, what: str = "parameters",
 def save_weights(path: str, cfg: ViTConfig, params: Params, *,
                  meta: Optional[Dict[str, Any]] = None, overwrite: bool = False,
                  extra_json: Optional[Dict[str, Any]] = None,
-                 class_names: Optional[Sequence[str]] = None) -> str:
+                 class_names: Optional[Sequence[str]] = None,
+                 replaces: Any = atomic.ANY_OUTPUT) -> str:
   """Writes `params` (float32) and `cfg` to directory `path` atomically; returns its abs path.
 
   `extra_json` ({file name: object}) adds JSON files (e.g. training metrics) to the same atomic
@@ -65,7 +66,9 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
   so image folders can be labelled by class name (`read_class_names`). Raises FileExistsError
   when `path` exists (or is claimed meanwhile by another writer) and not `overwrite`,
   `atomic.ForeignOutputError` when `overwrite` would replace something that is not a weights
-  directory, ValueError on mismatched or non-finite parameters.
+  directory, ValueError on mismatched or non-finite parameters. `replaces`: with `overwrite`,
+  the `atomic.output_stamp` of `path` when the caller's work began (training, a conversion):
+  weights another run published there since are not replaced (`atomic.ReplacedMeanwhileError`).
   """
   check_switch("overwrite", overwrite)   # ('no' replaced the weights: a string is truthy)
   check_config(cfg)                        # (a TypeError for 'test_tiny_vit', not AttributeError)
@@ -89,7 +92,8 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
         os.path.basename(name) != name:
       raise ValueError(f"extra_json file name {name!r} must be a plain file name other than "
                        f"{CONFIG_FILE}, params and {atomic.INVENTORY_FILE}")
-  with atomic.staged_dir(path, overwrite=overwrite, is_ours=is_weights_dir) as tmp:
+  with atomic.staged_dir(path, overwrite=overwrite, is_ours=is_weights_dir,
+                         replaces=replaces) as tmp:
     orbax_io.save(os.path.join(tmp, "params"), params32)
     atomic.write_json(os.path.join(tmp, CONFIG_FILE), doc, sort_keys=True)
     for name, obj in (extra_json or {}).items():

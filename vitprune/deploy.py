@@ -259,6 +259,9 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
                          # the staging folder)
   out = os.path.abspath(check_path("the artifact path", out))   # ('': the working directory)
   atomic.check_output_dir_target(out, overwrite, is_artifact_dir)   # before the (slow) export
+  # Replaced only as it was now: an artifact another run publishes there meanwhile is not (two
+  # deploys with --overwrite into one folder both said they wrote it; it held one of them).
+  began = atomic.output_stamp(out) if overwrite else atomic.ANY_OUTPUT
   orbax_io.writable_path(out)                                 # the weights checkpoint goes below
   check_params(cfg, params)
   schedule = check_schedule(cfg, schedule, reducer)
@@ -293,7 +296,8 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   manifest = dataclasses.replace(manifest, files=dict(
       manifest.files, forward_sha256=hashlib.sha256(blob).hexdigest(),
       calling_convention_version=int(exported.calling_convention_version)))
-  with atomic.staged_dir(out, overwrite=overwrite, is_ours=is_artifact_dir) as tmp:
+  with atomic.staged_dir(out, overwrite=overwrite, is_ours=is_artifact_dir,
+                         replaces=began) as tmp:
     with open(os.path.join(tmp, FORWARD_FILE), "wb") as f:
       f.write(blob)
     orbax_io.save(os.path.join(tmp, PARAMS_DIR), params32)

@@ -378,11 +378,13 @@ def write_digits_imagefolder(root: Union[str, os.PathLike], split: str = "test",
     The absolute path of `root`.
   """
   root = os.path.abspath(os.fspath(root))
+  began = atomic.output_stamp(root) if overwrite else atomic.ANY_OUTPUT   # (not one made since)
   images, labels = load_digits_arrays()
   idx = _split_indices(split, labels, split_seed, test_fraction)
   if limit is not None:
     idx = idx[balanced_subset(labels[idx], limit, seed)]
-  with atomic.staged_dir(root, overwrite=overwrite, is_ours=is_digits_imagefolder) as tmp:
+  with atomic.staged_dir(root, overwrite=overwrite, is_ours=is_digits_imagefolder,
+                         replaces=began) as tmp:
     atomic.write_json(os.path.join(tmp, DIGITS_MARKER), {"format": DIGITS_FORMAT,
                                                          "split": split, "seed": seed,
                                                          "split_seed": split_seed})

@@ -508,6 +508,7 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
   plan = plans[max(plans)]
   out = os.path.abspath(out)
   atomic.check_output_dir_target(out, overwrite, is_kit, "pass --overwrite")   # before compiling
+  began = atomic.output_stamp(out) if overwrite else atomic.ANY_OUTPUT   # (not one made since)
   jobs = kit_jobs(cfg, mode=mode, grid=grid, schedules=schedules, batch_sizes=batch_sizes,
                   reducer=reducer)
   precision = "highest" if dtype == "float32" else "default"
@@ -546,7 +547,7 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
                            for i, (low, p, point) in enumerate(zip(lowered, point_plans,
                                                                    manifest["points"]))},
                           threads=threads, cache_dir=cache_dir, on_done=on_done)
-  with atomic.staged_dir(out, overwrite=overwrite, is_ours=is_kit) as tmp:
+  with atomic.staged_dir(out, overwrite=overwrite, is_ours=is_kit, replaces=began) as tmp:
     with open(os.path.join(tmp, KIT_WEIGHTS), "wb") as f:
       f.write(blob)
     os.makedirs(os.path.join(tmp, "modules"))

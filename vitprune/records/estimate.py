@@ -428,15 +428,18 @@ def _validate(doc: Any, where: str) -> ViTConfig:
 # Files.
 
 
-def write_estimate(path: str, estimate: Estimate, *, overwrite: bool = False) -> str:
-  """Checks `estimate` (as `read_estimate` would) and writes it to `path` atomically."""
+def write_estimate(path: str, estimate: Estimate, *, overwrite: bool = False,
+                   replaces: Any = atomic.ANY_OUTPUT) -> str:
+  """Checks `estimate` (as `read_estimate` would) and writes it to `path` atomically; with
+  `replaces` (the `atomic.file_stamp` of `path` when the run began) only over that file."""
   check_switch("overwrite", overwrite)
   path = os.path.abspath(path)
   doc = estimate.to_json()
   _validate(doc, path)
   if os.path.exists(path) and not overwrite:      # (early; checked again under the lock)
     raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
-  return atomic.replace_json(path, doc, FORMAT, overwrite=overwrite)  # estimates only
+  return atomic.replace_json(path, doc, FORMAT, overwrite=overwrite,  # estimates only
+                             replaces=replaces)
 
 
 def read_estimate(path: str) -> Estimate:

@@ -1188,11 +1188,14 @@ def check_output(out_dir: str, stem: str) -> None:
     _check_replaceable(path)
 
 
-def write_solution(sol: Solution, out_dir: str, stem: Optional[str] = None) -> Dict[str, str]:
+def write_solution(sol: Solution, out_dir: str, stem: Optional[str] = None, *,
+                   replaces: Any = atomic.ANY_OUTPUT) -> Dict[str, str]:
   """Writes `<stem>.json` and `<stem>.png` (paper: the U/L/A curves; multi: the frontier)
   together (`atomic.staged_files`: a run killed midway leaves the old pair or the new one)
   -> {'json': path, 'png': path}. The plot is rendered before anything is written; a file
-  there that is not a solution (or a PNG without its JSON) is never replaced."""
+  there that is not a solution (or a PNG without its JSON) is never replaced, nor, with
+  `replaces` (the JSON's `atomic.file_stamp` when the run began), one written since
+  (`atomic.ReplacedMeanwhileError`)."""
   from vitprune import solve_plot  # pylint: disable=g-import-not-at-top  (it imports this module)
   stem = stem or sol.stem
   paths = {"json": os.path.join(out_dir, stem + ".json"),
@@ -1204,6 +1207,7 @@ def write_solution(sol: Solution, out_dir: str, stem: Optional[str] = None) -> D
   png = solve_plot.plot_solution(sol)
   with atomic.locked(paths["json"]):
     _check_replaceable(paths["json"])                          # never another's
+    atomic.check_unchanged(paths["json"], replaces)            # nor one written meanwhile
     names = [stem + ".png", stem + ".json"]         # the JSON, which readers check, last
     with atomic.staged_files(out_dir, stem + ".json", names) as tmp:
       with open(os.path.join(tmp, names[0]), "wb") as f:
