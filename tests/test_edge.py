@@ -741,6 +741,24 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
                        reducer=make_reducer("random"), threads=2, cache_dir=cache,
                        overwrite=True, driver="local-task")
   assert all(p["cached"] for p in kit_lib.read_kit(kit_dir)["points"])
+  # Another run's kit published there while this one compiled: not replaced (both exited 0).
+  compile_many, built = iree_build.compile_many, kit_lib.read_kit(kit_dir)["created"]
+
+  def compile_while_another_publishes(*args, **kwargs):
+    shutil.copytree(kit_dir, kit_dir + ".side")
+    shutil.rmtree(kit_dir)
+    os.rename(kit_dir + ".side", kit_dir)
+    return compile_many(*args, **kwargs)
+  iree_build.compile_many = compile_while_another_publishes
+  try:
+    with pytest.raises(atomic.ReplacedMeanwhileError, match=re.escape(
+        f"{kit_dir} was written by another run after this one began")):
+      iree_build.build_kit(kit_dir, CFG, params, target="iree:host", grid=grid,
+                           reducer=make_reducer("random"), threads=2, cache_dir=cache,
+                           overwrite=True, driver="local-task")
+  finally:
+    iree_build.compile_many = compile_many
+  assert kit_lib.read_kit(kit_dir)["created"] == built
   # A kit copied without its inventory (a dotfile) holding a user's NOTES.txt: --overwrite
   # deleted it (the marker alone decided); the kit's layout refuses it now, before compiling.
   lost = tmp_path / "lost_kit"
