@@ -284,7 +284,7 @@ def main(f: flags.FlagValues):
     # the estimate is kept beside it (its minutes of evaluation were lost with the library's
     # 'pass overwrite=True' wording)
     meanwhile = (isinstance(e, FileExistsError) and not isinstance(e, atomic.ForeignOutputError)
-                 and os.path.exists(out))                       # (not ours: --overwrite can't)
+                 and os.path.exists(out))       # (another run's, written since this one began)
     why = (f"{common.shown(out)} was written by another run meanwhile ("
            + ("two runs of one --out_name at once: give each run its own" if f.overwrite else
               "pass --overwrite to replace it, or --out_name to write another file") + ")"

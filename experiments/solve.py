@@ -260,10 +260,12 @@ def main(f: flags.FlagValues):
         sol = solve_loop.check_in_loop(sol, estimate, None, loop["evaluate"], timer, **loop_kw)
   try:
     paths = write_solution(sol, f.out_dir, stem, replaces=began)
-  except atomic.ReplacedMeanwhileError as e:     # (kept: its minutes of in-loop measurement)
-    common.keep_beside(out, sol.to_json(), solution_lib.FORMAT, e,
-                       f"{common.shown(out)} was written by another run meanwhile (two runs "
-                       "into one --out_dir at once: give each run its own)", indent=1)
+  except OSError as e:    # another run's meanwhile, a file not ours, its folder gone: the
+    # solution is kept beside it (its minutes of in-loop measurement were lost)
+    common.keep_beside(out, sol.to_json(), solution_lib.FORMAT, e, (
+        f"{common.shown(out)} was written by another run meanwhile (two runs into one "
+        "--out_dir at once: give each run its own)"
+        if isinstance(e, atomic.ReplacedMeanwhileError) else str(e)), indent=1)
   if replaced:                    # (an earlier solve into this folder was replaced unsaid)
     print(f"note: replaced {common.shown(paths['json'])}, {replaced}")
   if f.mode == "multi" and None in estimate.layers:     # (dropped without a word)

@@ -162,6 +162,10 @@ def test_a_file_another_run_wrote_meanwhile_is_not_replaced(tmp_path):
     atomic.replace_json(path, {"format": "fmt", "v": 4}, "fmt", replaces=stamp)
   atomic.replace_json(path, {"format": "fmt", "v": 5}, "fmt")        # ANY_OUTPUT: as before
   assert json.loads(open(path).read())["v"] == 5
+  stamp = atomic.file_stamp(path)
+  os.remove(path)                             # removed meanwhile: nobody's output is lost
+  atomic.replace_json(path, {"format": "fmt", "v": 6}, "fmt", replaces=stamp)
+  assert json.loads(open(path).read())["v"] == 6
   assert sorted(os.listdir(tmp_path)) == ["e.json"]
 
 
@@ -191,6 +195,25 @@ def test_an_output_another_run_published_meanwhile_is_not_replaced(tmp_path):
         "folder")):
       publish("second", replaces=before)
     assert (target / "v").read_text() == "first" and sorted(os.listdir(tmp_path)) == ["out"]
+  # Another run publishing between that check and the move aside (a reviewer: its folder was
+  # moved aside and deleted, both runs exiting 0): put back, and refused.
+  check, calls = atomic.check_replaceable, []
+
+  def another_publishes_meanwhile(*args):
+    calls.append(args)
+    if len(calls) == 2:                              # the check while publishing
+      os.rename(target, tmp_path / "gone")
+      (tmp_path / "gone").rename(target)             # (the same folder: stamp unchanged)
+      publish("other")
+    return check(*args)
+  atomic.check_replaceable = another_publishes_meanwhile
+  try:
+    with pytest.raises(atomic.ReplacedMeanwhileError, match="written by another run after"):
+      publish("second", replaces=stamp)
+  finally:
+    atomic.check_replaceable = check
+  assert (target / "v").read_text() == "other" and sorted(os.listdir(tmp_path)) == ["out"]
+  stamp = atomic.output_stamp(str(target))
   publish("second", replaces=stamp)                 # the folder it began with: replaced
   assert (target / "v").read_text() == "second" and atomic.output_stamp(str(target)) != stamp
   publish("third")                                  # ANY_OUTPUT (the default): as before

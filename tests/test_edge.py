@@ -870,7 +870,7 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   whole = records.load(merged)
   assert sorted(p.tokens for p in whole.points) == sorted(list(grid) + [extra])
   assert (f"{merged} holds {len(grid) + 1} points: this run's {len(grid)} merged into the 1 "
-          "others it held (the summary is of them all)") in r.stdout.splitlines()
+          "other it held (the summary is of them all)") in r.stdout.splitlines()
   assert r.stdout.splitlines()[-1 - len(records.step_lines(whole)):-1] == records.step_lines(
       whole)
   assert sum(line.endswith(" ms)") and ": median " in line
@@ -1150,20 +1150,28 @@ def test_edge_profile_files_are_published_together_and_merge_only_with_their_set
   assert json.load(open(other))["edge"]["profiles"] == {"1": ["latency"], "8": ["throughput"]}
   assert {(p.batch_size, p.median_s) for p in records.load(board).points} == {(1, 2e-3),
                                                                                 (8, 4e-3)}
-  doc = json.load(open(board))           # a board profile of a kit from before shard plans
-  doc["edge"]["shards"] = None
-  json.dump(doc, open(board, "w"))
-  kit_lib.write_profile(prof("iree-local-sync", 5e-3), board, kit)
-  assert json.load(open(board))["edge"]["shards"] == {"1": [2]}
+  for old in (None, "gone"):     # a board profile from before shards were kept (0cc7cea), or
+    doc = json.load(open(board))  # of a kit from before shard plans: merged, the plan added
+    if old is None:
+      doc["edge"]["shards"] = None
+    else:
+      del doc["edge"]["shards"]
+    json.dump(doc, open(board, "w"))
+    kit_lib.write_profile(prof("iree-local-sync", 5e-3), board, kit)
+    assert json.load(open(board))["edge"]["shards"] == {"1": [2]}
   # An edited 'edge' entry merged unchecked (points of the latency and the throughput flags in
   # one curve, exit 0), or raised a TypeError blamed on the kit: refused, naming the file.
-  for edit, why in ((lambda e: None, "its 'edge' entry is missing"),
-                    (lambda e: [], "its 'edge' entry is not an object"),
-                    (lambda e: {k: v for k, v in e.items() if k not in ("compiler", "shards")},
-                     "its 'edge' entry states no compiler, shards"),
-                    (lambda e: dict(e, shards=[1]), "its edge shards is list, not an object")):
+  edge = json.load(open(board))["edge"]
+  for edited, why in (
+      (None, "its 'edge' entry is missing"), ([], "its 'edge' entry is not an object"),
+      ({k: v for k, v in edge.items() if k not in ("compiler", "host_cpu")},
+       "its 'edge' entry states no compiler, host_cpu"),
+      (dict(edge, shards=[1]), r"its edge shards is not an object of batch sizes \(\[1\]\)"),
+      (dict(edge, shards=[]), r"its edge shards is not an object of batch sizes \(\[\]\)"),
+      (dict(edge, profiles={"b1": ["latency"]}), "its edge profiles is not an object of batch "
+       r"sizes \(\{'b1': \['latency'\]\}\)")):
     doc = json.load(open(board))
-    doc["edge"] = edit(doc["edge"])
+    doc["edge"] = edited
     json.dump(doc, open(board, "w"))
     with pytest.raises(ValueError, match=f"^cannot merge into {re.escape(board)}: {why}.* so "
                        r"the .*setup of its points cannot be checked \(write this run to another "

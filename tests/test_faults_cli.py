@@ -244,6 +244,21 @@ def test_a_solution_another_solve_wrote_meanwhile_is_kept_not_replaced(tmp_path,
   again, _ = solve_cli.main(common.parse(solve_cli.define_flags, argv))
   assert read_solution(paths["json"]) == again and again.chosen == first.chosen
 
+  def a_file_not_ours_appears_meanwhile(*args, **kwargs):
+    os.remove(paths["json"])
+    open(paths["json"], "w").write("my notes")
+    return solve(*args, **kwargs)
+  monkeypatch.setattr(solve_stage, "solve_multilayer", a_file_not_ours_appears_meanwhile)
+  for name in os.listdir(out):
+    if ".kept-" in name:
+      os.remove(out / name)
+  with pytest.raises(FileExistsError, match=re.escape(f"refusing to replace {paths['json']}: ")
+                     + r".*; the results are kept in .*\.kept-"):
+    solve_cli.main(common.parse(solve_cli.define_flags, argv))
+  assert open(paths["json"]).read() == "my notes"
+  (kept,) = [n for n in os.listdir(out) if ".kept-" in n]
+  assert read_solution(str(out / kept)).chosen == first.chosen
+
 
 def test_an_estimate_overwritten_meanwhile_is_kept_not_replaced(tmp_path, monkeypatch):
   from experiments import estimate as estimate_cli  # pylint: disable=g-import-not-at-top

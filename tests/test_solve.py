@@ -978,8 +978,9 @@ def test_multilayer_with_the_calibrated_latency_model(tmp_path):
   assert any(l.startswith(f"the latency budget {1e3 * tight.settings['latency_budget']:.4g} ms "
                           "gains 1.00 points of accuracy: the chosen schedule's measured ")
              for l in summary_lines(gain))
+  assert within.chosen.counts == within.full.counts         # (the unpruned schedule chosen)
   assert not any(l.startswith("the latency budget ") for l in summary_lines(within) +
-                 summary_lines(sol))        # (the unpruned schedule chosen; no budget)
+                 summary_lines(sol))        # (no line then; nor without a budget)
   # Measured candidates carry the Wilson interval for the estimate's number of images.
   checked = _multi(ps, es, accuracy_floor=0.8, latency_model=lm,
                    evaluate=lambda cs: [0.85] * len(cs))

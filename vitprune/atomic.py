@@ -163,10 +163,12 @@ def file_stamp(path: str) -> Optional[Tuple[int, int, int, int]]:
 
 def check_unchanged(path: str, replaces: Any) -> None:
   """`ReplacedMeanwhileError` unless the file at `path` is the one stamped `replaces` (its
-  `file_stamp` when the run began; None: there was none then); ANY_OUTPUT checks nothing. Call
-  it under `locked(path)`, right before writing: two runs writing one file at once both exited
-  0 saying they wrote it, and the file held one of them."""
-  if replaces is not ANY_OUTPUT and file_stamp(path) != replaces:
+  `file_stamp` when the run began; None: there was none then) or none (removed meanwhile: no
+  one's output is lost); ANY_OUTPUT checks nothing. Call it under `locked(path)`, right before
+  writing: two runs writing one file at once both exited 0 saying they wrote it, and the file
+  held one of them."""
+  now = file_stamp(path)
+  if replaces is not ANY_OUTPUT and now is not None and now != replaces:
     raise ReplacedMeanwhileError(
         f"{path} was written by another run after this one began (two runs writing one output "
         "at once): this run does not replace that run's output; give each run its own output")
@@ -976,6 +978,13 @@ def _stamp_now(path: str) -> Optional[Tuple[int, int, Optional[str]]]:
   return st.st_dev, st.st_ino, publish if isinstance(publish, str) else None
 
 
+def _published_meanwhile(path: str) -> ReplacedMeanwhileError:
+  return ReplacedMeanwhileError(
+      f"{path} was written by another run after this one began (two runs into one output "
+      "folder at once): this run does not replace that run's outputs; give each run its own "
+      "folder")
+
+
 def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool],
                        replaces: Any = ANY_OUTPUT) -> None:
   """Replaces `path` (if ours, and the one stamped `replaces` unless ANY_OUTPUT) by `tmp`; the
@@ -990,10 +999,7 @@ def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool],
       if not _rename_failed_because_taken(e):
         raise
     if replaces is not ANY_OUTPUT and _stamp_now(path) != replaces:
-      raise ReplacedMeanwhileError(
-          f"{path} was written by another run after this one began (two runs into one output "
-          "folder at once): this run does not replace that run's outputs; give each run its "
-          "own folder")
+      raise _published_meanwhile(path)
     check_replaceable(path, is_ours)
     _, old, held = _claimed(parent, name, "old", directory=True)
     aside = os.path.join(old, name)
@@ -1003,6 +1009,10 @@ def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool],
       except FileNotFoundError:
         continue                        # another writer moved it: try again
       _phase("moved_aside")
+      if replaces is not ANY_OUTPUT and _stamp_now(aside) != replaces:
+        with contextlib.suppress(OSError):  # (published between the check above and the move)
+          os.rename(aside, path)
+        raise _published_meanwhile(path)
       if not is_ours(aside) or unlisted_files(aside, _layout(aside, is_ours)):
         os.rename(aside, path)
         check_replaceable(path, is_ours)

@@ -525,9 +525,10 @@ SPREAD_LEGEND = (f"({WITHIN_SPREAD}: the medians differ by less than the larger 
 
 
 def change_cells(rows: Sequence[Dict[str, Any]]) -> List[str]:
-  """Each row's latency change vs the unpruned row of its model, batch size and dtype, '-12.3%',
-  with ' (within spread)' where the two medians differ by less than the larger IQR (a -2 %
-  change of a ±5 % graph is no speed-up). A row without such an unpruned row: the change alone."""
+  """Each row's latency change vs the unpruned row of its model, device, batch size and dtype,
+  '-12.3%', with ' (within spread)' where the two medians differ by less than the larger IQR (a
+  -2 % change of a ±5 % graph is no speed-up). A row without such an unpruned row: the change
+  alone."""
   def key(r):
     return r.get("model"), r.get("device_kind"), r["batch_size"], r["dtype"]
 

@@ -625,7 +625,9 @@ def convert_checkpoint(cfg: ViTConfig, checkpoint: str, out: str, *, overwrite: 
   (and, with `verify`, unless the converted model's outputs on a fixed input are finite: their
   summary is `meta['verified']`). The output directory is refused up front if it exists and
   `overwrite` is False, or if `overwrite` would replace something that is not a weights
-  directory. NaN/inf weights and impossible sizes (e.g. a non-positive img_size) are refused.
+  directory, or weights another run published there since this call began
+  (`atomic.ReplacedMeanwhileError`). NaN/inf weights and impossible sizes (e.g. a non-positive
+  img_size) are refused.
   """
   check_config(cfg)
   atomic.check_output_dir_target(os.path.abspath(out), overwrite, is_weights_dir)

@@ -242,7 +242,8 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
     class_names: optional names of the `num_classes` outputs (index order).
     verify: load the staged artifact and compare its outputs with `jitted_forward` on
       deterministic images (exact equality on CPU); only when the local platform is exported.
-    overwrite: replace an existing `out`.
+    overwrite: replace an existing `out` (the one there when this call began: one another run
+      published meanwhile is not, `atomic.ReplacedMeanwhileError`).
     targets: deployment targets ('jax', 'iree:host', 'iree:cuda:sm_87', ...): IREE modules
       are compiled into the staged directory by `vitprune.iree_build.write_targets` and listed
       in the manifest's "targets"; default (or just 'jax') the jax export alone.

@@ -368,7 +368,8 @@ def write_digits_imagefolder(root: Union[str, os.PathLike], split: str = "test",
   folder written here, and only such a folder.
 
   Args:
-    root: target directory; must not exist (or be empty) unless `overwrite=True`.
+    root: target directory; must not exist (or be empty) unless `overwrite=True` (which
+      replaces the folder there when this call began, not one published meanwhile).
     split: 'train' | 'test' | 'all' (see `digits_split(split_seed)`: seed 0 is the split of
       `--data=digits` and of the bundled model's training).
     limit: if set, only a `balanced_subset` of that many images of the split, drawn with `seed`

@@ -500,7 +500,9 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
   """Compiles one module per kit point for one IREE target into directory `out` (atomic).
   Each batch size gets the runtime plan an artifact at that batch size gets (`choose_runtime`:
   profile, driver, shards; recorded per point), so a profile measures the modules the way such
-  an artifact runs them; the kit-level `runtime` is the plan at the largest batch size."""
+  an artifact runs them; the kit-level `runtime` is the plan at the largest batch size. With
+  `overwrite` it replaces the kit there when this call began, not one another run published
+  meanwhile (`atomic.ReplacedMeanwhileError`)."""
   (t,) = parse_targets([target])
   if not t.is_iree:
     raise IreeBuildError(f"a kit needs an IREE target, got {target!r}")

@@ -25,6 +25,7 @@ import dataclasses
 import importlib.metadata as md
 import json
 import os
+import reprlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -321,16 +322,16 @@ def merge_edge_fields(existing: Dict[str, Any], new: Dict[str, Any]) -> Dict[str
   """`new`'s 'edge' entry (`edge_fields`) merged with that of the profile file `existing` (its
   JSON document): every setup entry the file states must be this run's, and each batch size both
   hold must have run in the same shards, its modules compiled with the same profile; the new
-  batch sizes' are added. A file from before the compile profiles were kept says nothing about
-  them (accepted); one without the entry, a setup field or the shards (every board profile has
-  had them since 2026-12-03; an edited file merged unchecked) or with a field of the wrong type
-  is refused: what was timed there cannot be checked against this run."""
+  batch sizes' are added. A file from before the shards or the compile profiles were kept says
+  nothing about them (accepted); one without the entry or a setup field (every board profile
+  has had them since 2026-12-03; an edited file merged unchecked), or with shards or profiles
+  that are not an object of batch sizes, is refused: what was timed there cannot be checked."""
   old, cur = existing.get("edge"), new["edge"]
   redo = "(write this run to another --out, or move the file away)"
   if not isinstance(old, dict):
     raise ValueError(f"its 'edge' entry is {'missing' if old is None else 'not an object'}, "
                      f"so the board setup of its points cannot be checked {redo}")
-  lacking = [key for key in (*EDGE_SETUP, "shards") if key not in old]
+  lacking = [key for key in EDGE_SETUP if key not in old]
   if lacking:
     raise ValueError(f"its 'edge' entry states no {', '.join(lacking)}, so the board setup "
                      f"of its points cannot be checked {redo}")
@@ -341,9 +342,11 @@ def merge_edge_fields(existing: Dict[str, Any], new: Dict[str, Any]) -> Dict[str
   merged = {}
   for key, theirs, ours in (("shards", "ran in {} shard(s)", "in {}"),
                             ("profiles", "were compiled with the {} flags", "with the {}")):
-    if not isinstance(old.get(key) or {}, dict):
-      raise ValueError(f"its edge {key} is {type(old[key]).__name__}, not an object of batch "
-                       f"sizes, so the setup of its points cannot be checked {redo}")
+    given = old.get(key)
+    if given is not None and not (isinstance(given, dict) and all(
+        isinstance(b, str) and b.isdigit() for b in given)):
+      raise ValueError(f"its edge {key} is not an object of batch sizes ({reprlib.repr(given)}),"
+                       f" so the setup of its points cannot be checked {redo}")
     per_batch = dict(old.get(key) or {})
     for batch, value in (cur.get(key) or {}).items():
       if batch in per_batch and per_batch[batch] != value:
