@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -169,6 +170,16 @@ def test_a_file_another_run_wrote_meanwhile_is_not_replaced(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["e.json"]
 
 
+def _kept_aside(tmp_path):
+  """The one `out.partial-*` folder a refused publish kept beside `out`: its `v`, the folder
+  removed (nothing else beside `out`)."""
+  (kept,) = [p for p in tmp_path.iterdir() if p.name != "out"]
+  assert kept.name.startswith("out.partial-") and (kept / atomic.INVENTORY_FILE).is_file()
+  v = (kept / "v").read_text()
+  shutil.rmtree(kept)
+  return v
+
+
 def test_an_output_another_run_published_meanwhile_is_not_replaced(tmp_path):
   """Two main jobs into one folder at once both exited 0: the one that finished second replaced
   the first one's outputs, whose printed paths then held the other's numbers. With the stamp
@@ -192,9 +203,9 @@ def test_an_output_another_run_published_meanwhile_is_not_replaced(tmp_path):
     with pytest.raises(atomic.ReplacedMeanwhileError, match=re.escape(
         f"{target} was written by another run after this one began (two runs into one output "
         "folder at once): this run does not replace that run's outputs; give each run its own "
-        "folder")):
+        f"folder; this run's output is kept in {target}.partial-")):
       publish("second", replaces=before)
-    assert (target / "v").read_text() == "first" and sorted(os.listdir(tmp_path)) == ["out"]
+    assert (target / "v").read_text() == "first" and _kept_aside(tmp_path) == "second"
   # Another run publishing between that check and the move aside (a reviewer: its folder was
   # moved aside and deleted, both runs exiting 0): put back, and refused.
   check, calls = atomic.check_replaceable, []
@@ -212,7 +223,7 @@ def test_an_output_another_run_published_meanwhile_is_not_replaced(tmp_path):
       publish("second", replaces=stamp)
   finally:
     atomic.check_replaceable = check
-  assert (target / "v").read_text() == "other" and sorted(os.listdir(tmp_path)) == ["out"]
+  assert (target / "v").read_text() == "other" and _kept_aside(tmp_path) == "second"
   stamp = atomic.output_stamp(str(target))
   publish("second", replaces=stamp)                 # the folder it began with: replaced
   assert (target / "v").read_text() == "second" and atomic.output_stamp(str(target)) != stamp

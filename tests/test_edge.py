@@ -759,6 +759,9 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   finally:
     iree_build.compile_many = compile_many
   assert kit_lib.read_kit(kit_dir)["created"] == built
+  (kept,) = glob.glob(kit_dir + ".partial-*")          # its compiles kept, a whole kit
+  assert len(kit_lib.read_kit(kept)["points"]) == len(grid)
+  shutil.rmtree(kept)
   # A kit copied without its inventory (a dotfile) holding a user's NOTES.txt: --overwrite
   # deleted it (the marker alone decided); the kit's layout refuses it now, before compiling.
   lost = tmp_path / "lost_kit"

@@ -293,7 +293,8 @@ def test_weights_artifacts_and_digit_folders_published_meanwhile_are_not_replace
   began = atomic.output_stamp(weights)
   _republish(weights)                                        # another run, meanwhile
   with pytest.raises(atomic.ReplacedMeanwhileError, match=re.escape(
-      f"{weights} was written by another run after this one began")):
+      f"{weights} was written by another run after this one began") + ".* this run's output "
+      f"is kept in {re.escape(weights)}\\.partial-[0-9a-f]{{8}}$"):
     save_weights(weights, TINY, init_params(TINY, 1), overwrite=True, replaces=began)
   _, held = checkpoint.load_weights(weights)
   assert (held["cls_token"] == params["cls_token"]).all()
@@ -325,4 +326,11 @@ def test_weights_artifacts_and_digit_folders_published_meanwhile_are_not_replace
   with pytest.raises(atomic.ReplacedMeanwhileError, match="was written by another run after"):
     digits.write_digits_imagefolder(folder, limit=20, overwrite=True)
   assert sum(len(fs) for _, _, fs in os.walk(folder)) < 20
-  assert sorted(os.listdir(tmp_path)) == ["art", "d", "w"]          # no temporaries left
+  # What each refused run made is kept beside, whole (minutes of compiles or training).
+  kept = sorted(n for n in os.listdir(tmp_path) if ".partial-" in n)
+  assert [n.split(".partial-")[0] for n in kept] == ["art", "d", "w"]
+  assert deploy.load(str(tmp_path / kept[0])).manifest.schedule_text == "keep@1:9"
+  _, held = checkpoint.load_weights(str(tmp_path / kept[2]))
+  assert (held["cls_token"] == init_params(TINY, 1)["cls_token"]).all()
+  assert sum(len(fs) for _, _, fs in os.walk(tmp_path / kept[1])) > 20   # (20 PNGs + marker)
+  assert sorted(set(os.listdir(tmp_path)) - set(kept)) == ["art", "d", "w"]   # no temporaries

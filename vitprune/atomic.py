@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import tempfile
@@ -1036,7 +1037,7 @@ def _publish_replacing(tmp: str, path: str, is_ours: Callable[[str], bool],
 @contextlib.contextmanager
 def staged_dir(path: str, *, overwrite: Optional[bool] = None,
                is_ours: Optional[Callable[[str], bool]] = None,
-               replaces: Any = ANY_OUTPUT) -> Iterator[str]:
+               replaces: Any = ANY_OUTPUT, keep_refused: bool = True) -> Iterator[str]:
   """Yields an empty temporary sibling directory of `path` to fill; on normal exit publishes it.
 
   Args:
@@ -1053,6 +1054,9 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
       (`ReplacedMeanwhileError`: a run that finished second dropped the first one's outputs,
       both exiting 0). ANY_OUTPUT (default): whatever is there at publishing, if ours. Without
       overwrite it is not used (nothing is replaced then).
+    keep_refused: a publish refused so keeps the staged directory, whole, as
+      `<path>.partial-XXXXXXXX` beside it (named in the error); False deletes it (an output
+      that names its own final paths inside, as the main job's does).
 
   The previous directory is moved aside first and deleted only once the new one is in place; on
   an exception the staging directory is deleted and `path` is left untouched. A foreign target is
@@ -1060,6 +1064,7 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
   same path are cleaned up first (`cleanup_stale`).
   """
   check_switch("overwrite", overwrite, optional=True)
+  check_switch("keep_refused", keep_refused)
   check_path("the output path", path)   # ('': abspath's working directory, offered to replace)
   path = os.path.abspath(path)
   # (the CLIs refused an artifact or weights inside weights/vit_digits, the library wrote them:
@@ -1089,8 +1094,14 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
       console.wrote(path)
   except BaseException as e:     # (a second signal cut this short and left the folder)
     with console.interrupts_held(raise_after=False):
+      kept = (_keep_staged(tmp, path)
+              if keep_refused and isinstance(e, ReplacedMeanwhileError) else None)
       shutil.rmtree(tmp, ignore_errors=True)
       _take_back(made, e)
+    if kept:
+      e = ReplacedMeanwhileError(f"{e}; this run's output is kept in {kept}")
+      console.raise_held(e)
+      raise e from None
     named = _named(_unstaged(e, tmp, path), path)
     console.raise_held(named)      # an interrupt meanwhile: raised with the error, not for it
     if named is e:
@@ -1098,6 +1109,18 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
     raise named from None
   finally:
     _unlock(held)
+
+
+def _keep_staged(tmp: str, path: str) -> Optional[str]:
+  """A whole staged output that another run's publish at `path` kept out (its compiles,
+  training or export are not lost) renamed to `<path>.partial-XXXXXXXX` beside it -> that path,
+  None when it cannot be (it is deleted then)."""
+  kept = fitting_name(path, f".partial-{secrets.token_hex(4)}")
+  try:
+    os.rename(tmp, kept)
+  except OSError:
+    return None
+  return kept
 
 
 # ----------------------------------------------------------------------------- file sets

@@ -710,7 +710,7 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
   name = _estimate_name(spec, estimate)
   _cleanup_stale_keeps(out_dir)
   with atomic.staged_dir(out_dir, overwrite=True, is_ours=is_pipeline_dir,
-                         replaces=replaces) as tmp:
+                         replaces=replaces, keep_refused=False) as tmp:   # (keep_measured's)
 
     def final(path: str) -> str:   # where a staged file will be once published
       return os.path.join(out_dir, os.path.relpath(path, tmp))
