@@ -660,6 +660,17 @@ def test_pipeline_refinement_without_a_floor(tmp_path, capsys):
                                                  r"choice: the most accurate within 1e\+04 ms is",
                                                  capsys.readouterr().out)
   assert sol["settings"]["timed_rounds"] == [sol["settings"]["timed_in_loop"]]   # one round
+  # What the budget gives up, in one line (a probe's budget cost 54 points, said only as an
+  # accuracy change in the table), unless nothing was pruned.
+  m, u, p = s["metric"], s["unpruned"], s["pruned"]
+  cost = (f"   the latency budget 1e+04 ms {'costs' if u[m] >= p[m] else 'gains'} "
+          f"{abs(100 * (u[m] - p[m])):.2f} points of accuracy (measured here, on the same "
+          "images)")
+  assert (cost in pipeline.format_summary(s).splitlines()) is (s["counts"] != u["counts"])
+  assert cost not in pipeline.format_summary(dict(s, counts=u["counts"]))
+  assert "   the latency budget 1e+04 ms costs 12.50 points of accuracy (measured here" in (
+      pipeline.format_summary(dict(s, counts=[0], unpruned=dict(u, accuracy=0.75),
+                                   pruned=dict(p, accuracy=0.625))))
   # The verify stage's own timing over the budget is said (it exited 0 with no word).
   assert "is over the budget" not in pipeline.format_summary(s)
   over = dict(s, pruned=dict(s["pruned"], latency_ms=2e4))

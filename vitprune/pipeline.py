@@ -58,7 +58,8 @@ from vitprune.profile import protocol, records, runner, timing
 from vitprune.profile import steps as steps_lib
 from vitprune.records.estimate import (HIGHER_IS_BETTER, Estimate, default_metric,
                                        write_estimate)
-from vitprune.records.solution import (Solution, describe_capped, describe_frontier_error,
+from vitprune.records.solution import (Solution, budget_cost_text, describe_capped,
+                                       describe_frontier_error,
                                        describe_refinement, judges_paired_change,
                                        picked_by_untrusted_model, pruned_meeting_floor,
                                        shown_schedules, write_solution)
@@ -898,6 +899,9 @@ def format_summary(s: Dict[str, Any]) -> str:
         + ("\n   change against the unpruned graph there: "
            + intervals.describe_change(hp["change"]) if "change" in hp else ""))
   budget, looped = s.get("latency_budget"), s.get("measured_in_loop")
+  if budget is not None and s["counts"] != u["counts"]:    # (in the table, rows apart)
+    lines.append(f"   {budget_cost_text(budget, m, p[m], u[m])} (measured here, on the same "
+                 "images)")
   if budget is not None and looped and p["latency_ms"] > 1e3 * budget:
     lines.append(f"   note: this timing of the chosen graph, {p['latency_ms']:.4f} ms, is over the "
                  f"budget of {1e3 * budget:.4g} ms it measured within in the loop "
