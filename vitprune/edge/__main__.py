@@ -147,11 +147,9 @@ def cmd_profile() -> dict:
                                      driver=FLAGS.driver, out=FLAGS.out)
   paths = kit_lib.write_profile(profile, FLAGS.out, kit)
   held = records.load(paths["json"])     # (merged into a profile there: the summary of them all)
-  if len(held.points) != len(profile.points):
-    others = len(held.points) - len(profile.points)
-    print(f"{console.printable(paths['json'])} holds {len(held.points)} points: this run's "
-          f"{len(profile.points)} merged into the {others} other{'s' * (others != 1)} it held "
-          "(the summary is of them all)")
+  merged = records.merged_line(paths["json"], held, profile)
+  if merged:
+    print(merged)
   profile = held
   for p in sorted(profile.points, key=lambda p: (p.batch_size, -p.tokens, p.schedule or ())):
     print(f"{kit_lib.point_label(p.component, p.batch_size, p.tokens, p.schedule)}: median "

@@ -70,6 +70,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from vitprune.profile import predict as predict_lib
 from vitprune.profile import protocol
 from vitprune import atomic
+from vitprune import console
 from vitprune import jsonio
 from vitprune.config import (COMPUTE_DTYPES, METHOD_NAMES, ViTConfig, check_config,
                              config_from_dict, is_method_name)
@@ -180,6 +181,18 @@ def step_report(points: Sequence[Point], **kw) -> Optional[steps_lib.StepReport]
     return None
   return steps_lib.detect_steps([p.tokens for p in points], [p.median_s for p in points],
                                 [p.iqr_s for p in points], [p.num_samples for p in points], **kw)
+
+
+def merged_line(path: str, held: Profile, timed: Profile) -> Optional[str]:
+  """What the profile file at `path` holds besides this run's points (`timed`, merged into it:
+  `held`), the line the profilers print before a summary of them all; None when it holds only
+  these."""
+  others = len(held.points) - len(timed.points)
+  if not others:
+    return None
+  return (f"{console.printable(path)} holds {len(held.points)} points: this run's "
+          f"{len(timed.points)} merged into the {others} other{'s' * (others != 1)} it held "
+          "(the summary is of them all)")
 
 
 def step_lines(profile: Profile) -> List[str]:

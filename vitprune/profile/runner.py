@@ -502,11 +502,9 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
       paths = written["paths"]
       log(_wrote(paths))
       held = records.load(paths["json"])
-      if len(held.points) != len(prof.points):
-        others = len(held.points) - len(prof.points)
-        log(f"{console.printable(paths['json'])} holds {len(held.points)} points: this run's "
-            f"{len(prof.points)} merged into the {others} other{'s' * (others != 1)} it held "
-            "(the summary is of them all)")
+      merged = records.merged_line(paths["json"], held, prof)
+      if merged:
+        log(merged)
       prof = held
       # A profile of several batch sizes beside it holds this batch too: kept in step (it
       # went on reporting the old latencies and steps of this batch size).
