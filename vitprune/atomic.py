@@ -1082,9 +1082,11 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
     else:
       check_replaceable(path, is_ours)
     _, tmp, held = _claimed(parent, name, "tmp", directory=True, mode=0o755, folders=made)
+  staged = False
   try:
     yield tmp
     _write_inventory(tmp)
+    staged = True                       # (whole: what a refused publish may keep)
     _phase("staged")
     with console.interrupts_held():     # moved aside, the old one must come back or be replaced
       if overwrite is False:
@@ -1094,8 +1096,8 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
       console.wrote(path)
   except BaseException as e:     # (a second signal cut this short and left the folder)
     with console.interrupts_held(raise_after=False):
-      kept = (_keep_staged(tmp, path)
-              if keep_refused and isinstance(e, ReplacedMeanwhileError) else None)
+      kept = (_keep_staged(tmp, path) if keep_refused and staged
+              and isinstance(e, ReplacedMeanwhileError) else None)
       shutil.rmtree(tmp, ignore_errors=True)
       _take_back(made, e)
     if kept:

@@ -591,9 +591,10 @@ def check_budget_in_loop(solution: Solution, evaluate: Evaluator, time_schedules
   `budget / ratio` (measured accuracy where known, e.g. with the frontier measured, else
   predicted; ties: the slower) (when none is predicted that fast, the fastest not timed yet)
   are measured the same way, up to `max_rounds` more times, with the `neighbours` (at least 1)
-  most accurate predicted between that aim and the fastest graph timed: the ratio is a median
-  of noisy timings, and a graph that measured just over the budget made the aim skip every
-  schedule between (a main job gave up 54 points for a budget its first choice missed by 0.7 %).
+  most accurate predicted between that aim and the fastest predicted of the graphs timed: the
+  ratio is a median of noisy timings, and a graph that measured just over the budget made the
+  aim skip every schedule between (a main job gave up 54 points for a budget its first choice
+  missed by 0.7 %).
   Ties in accuracy go to the faster graph.
   criterion "latency_budget_measured", basis "measured", `settings['latency_basis'] ==
   "measured"`, `settings['timed_rounds']`: the schedules timed per measurement.
@@ -727,9 +728,9 @@ def check_in_loop(solution: Solution, estimate: Estimate, model: Optional[solve.
   FloorNotMetError when neither the chosen schedule nor a neighbour meets the floor on
   measurement. With `time_unpruned` the unpruned graph is timed in the same measurement
   (`full.measured_latency_s`: a speed-up of one measurement), a candidate like the others
-  where it meets the floor (chosen when no pruned schedule measured faster; one whose own
-  interval does not clear a confident floor is timed, not chosen); the main job leaves it to
-  its verify stage.
+  where it meets the floor (chosen when no pruned schedule measured faster; where it does not,
+  e.g. its own interval does not clear a confident floor, it is timed, not chosen); the main job
+  leaves it to its verify stage.
   """
   check_switch("time_unpruned", time_unpruned)
   floor = solution.settings.get("accuracy_floor")
