@@ -224,6 +224,11 @@ def test_an_output_another_run_published_meanwhile_is_not_replaced(tmp_path):
   finally:
     atomic.check_replaceable = check
   assert (target / "v").read_text() == "other" and _kept_aside(tmp_path) == "second"
+  with pytest.raises(atomic.ReplacedMeanwhileError, match="^raised inside$"):  # not staged
+    with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:  # whole: not kept
+      (tmp_path / tmp / "v").write_text("half")
+      raise atomic.ReplacedMeanwhileError("raised inside")
+  assert sorted(os.listdir(tmp_path)) == ["out"]
   stamp = atomic.output_stamp(str(target))
   publish("second", replaces=stamp)                 # the folder it began with: replaced
   assert (target / "v").read_text() == "second" and atomic.output_stamp(str(target)) != stamp
