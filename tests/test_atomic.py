@@ -411,10 +411,15 @@ def test_a_file_added_while_the_old_output_is_moved_aside_is_never_deleted(tmp_p
         f.write("mine")
   monkeypatch.setattr(atomic, "fault_hook", add_notes)
   with pytest.raises(atomic.ForeignOutputError, match=r"refusing to replace .*art: it holds "
-                                                      r"NOTES\.txt, which vitprune did not"):
+                                                      r"NOTES\.txt, which vitprune did not.*; "
+                                                      r"this run's output is kept in .*art\."
+                                                      r"partial-[0-9a-f]{8}$"):
     with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:
       (tmp_path / tmp / "m.json").write_text("new")
   assert (target / "NOTES.txt").read_text() == "mine" and (target / "m.json").read_text() == "old"
+  (kept,) = glob.glob(str(tmp_path / "art.partial-*"))       # the new output, whole, beside it
+  assert open(os.path.join(kept, "m.json")).read() == "new"
+  shutil.rmtree(kept)
   assert sorted(os.listdir(tmp_path)) == ["art"]          # no staged or old copy left
 
 
@@ -522,9 +527,12 @@ def test_a_failed_publish_with_a_signal_held_keeps_its_error(tmp_path, monkeypat
   with pytest.raises(KeyboardInterrupt) as e:
     with atomic.staged_dir(target, overwrite=False) as tmp:
       open(os.path.join(tmp, "x"), "w").close()
-  assert os.listdir(tmp_path) == []
+  (kept,) = os.listdir(tmp_path)             # the whole output, kept beside the one taken
+  assert kept.startswith("w.partial-") and sorted(os.listdir(tmp_path / kept)) == sorted(
+      ["x", atomic.INVENTORY_FILE])
   assert cli_console.interrupt_exit(cli_console.failure_of(e.value)) == (
-      f"{target} already exists (another writer published it meanwhile) (terminated)", 143)
+      f"{target} already exists (another writer published it meanwhile); this run's output is "
+      f"kept in {tmp_path / kept} (terminated)", 143)
   # A plain interrupt carries no failure.
   assert cli_console.failure_of(KeyboardInterrupt()) is None
 
@@ -550,9 +558,10 @@ def test_the_cli_says_a_failed_publish_and_the_signal_held_during_it(tmp_path):
       "common.run(main, lambda fv: None)\n")
   r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
                      timeout=120, env=dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu"))
+  (kept,) = os.listdir(tmp_path)
   assert (r.returncode, r.stderr) == (
-      143, f"error: {target} already exists (another writer published it) (terminated)\n")
-  assert os.listdir(tmp_path) == []
+      143, f"error: {target} already exists (another writer published it); this run's output "
+      f"is kept in {tmp_path / kept} (terminated)\n")
 
 
 def test_a_full_disk_inside_a_staged_folder_names_the_output_not_the_temporary(tmp_path):

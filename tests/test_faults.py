@@ -1,6 +1,7 @@
 """Nothing lost, nothing silently wrong: SIGKILL at every write phase, concurrent writers,
 foreign folders, profile merges and labels by class name."""
 import dataclasses
+import glob
 import os
 import re
 import shutil
@@ -191,6 +192,11 @@ def test_concurrent_writers_exactly_one_wins(tmp_path):
     assert loser.startswith(f"{target} was created while this run worked: refusing to "
                             f"replace {target}: it is a folder that is not")   # (no marker)
     assert (target / "who.txt").read_text() == str(winners[0])
+    # The loser's output is kept whole beside it, named (its work was deleted).
+    (kept,) = glob.glob(f"{target}.partial-*")
+    assert loser.endswith(f"; this run's output is kept in {kept}")
+    assert (tmp_path / kept / "who.txt").read_text() == str(1 - winners[0])
+    shutil.rmtree(kept)
   assert sorted(os.listdir(tmp_path)) == ["out0", "out1"]
 
 

@@ -1054,9 +1054,10 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
       (`ReplacedMeanwhileError`: a run that finished second dropped the first one's outputs,
       both exiting 0). ANY_OUTPUT (default): whatever is there at publishing, if ours. Without
       overwrite it is not used (nothing is replaced then).
-    keep_refused: a publish refused so keeps the staged directory, whole, as
-      `<path>.partial-XXXXXXXX` beside it (named in the error); False deletes it (an output
-      that names its own final paths inside, as the main job's does).
+    keep_refused: a publish refused because `path` was taken while the body worked (published
+      meanwhile, made by another run without overwrite, or no longer ours) keeps the staged
+      directory, whole, as `<path>.partial-XXXXXXXX` beside it (named in the error); False
+      deletes it (an output that names its own final paths inside, as the main job's does).
 
   The previous directory is moved aside first and deleted only once the new one is in place; on
   an exception the staging directory is deleted and `path` is left untouched. A foreign target is
@@ -1097,11 +1098,11 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
   except BaseException as e:     # (a second signal cut this short and left the folder)
     with console.interrupts_held(raise_after=False):
       kept = (_keep_staged(tmp, path) if keep_refused and staged
-              and isinstance(e, ReplacedMeanwhileError) else None)
+              and isinstance(e, FileExistsError) else None)     # (taken while it worked)
       shutil.rmtree(tmp, ignore_errors=True)
       _take_back(made, e)
     if kept:
-      e = ReplacedMeanwhileError(f"{e}; this run's output is kept in {kept}")
+      e = type(e)(f"{e}; this run's output is kept in {kept}")
       console.raise_held(e)
       raise e from None
     named = _named(_unstaged(e, tmp, path), path)
@@ -1114,7 +1115,7 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
 
 
 def _keep_staged(tmp: str, path: str) -> Optional[str]:
-  """A whole staged output that another run's publish at `path` kept out (its compiles,
+  """A whole staged output that another run's output at `path` kept out (its compiles,
   training or export are not lost) renamed to `<path>.partial-XXXXXXXX` beside it -> that path,
   None when it cannot be (it is deleted then)."""
   kept = fitting_name(path, f".partial-{secrets.token_hex(4)}")
