@@ -59,10 +59,9 @@ from vitprune.profile import steps as steps_lib
 from vitprune.records.estimate import (HIGHER_IS_BETTER, Estimate, default_metric,
                                        write_estimate)
 from vitprune.records.solution import (Solution, budget_cost_text, describe_capped,
-                                       describe_frontier_error,
-                                       describe_refinement, judges_paired_change,
-                                       picked_by_untrusted_model, pruned_meeting_floor,
-                                       shown_schedules, write_solution)
+                                       describe_frontier_error, describe_refinement,
+                                       judges_paired_change, picked_by_untrusted_model,
+                                       pruned_meeting_floor, shown_schedules, write_solution)
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import Schedule, embed_counts, full_schedule
 
