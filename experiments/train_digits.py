@@ -70,7 +70,7 @@ def main(f: flags.FlagValues):
     raise ValueError("--out is empty")
   out = os.path.abspath(f.out)
   common.check_new_dir(out, "out", overwrite=f.overwrite, is_ours=checkpoint.is_weights_dir)
-  began = atomic.output_stamp(out) if f.overwrite else atomic.ANY_OUTPUT   # (not one made since)
+  began = atomic.output_stamp(out)     # (not one made since: replaced, or this one kept)
   orbax_io.writable_path(out)       # the weights checkpoint goes below it: before training
   if f.epochs < 1:                  # (--epochs=0 was told its default warm-up exceeded it)
     raise ValueError(f"--epochs={f.epochs}: train for at least 1 epoch")

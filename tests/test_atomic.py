@@ -850,8 +850,9 @@ def test_outputs_inside_a_published_folder_are_refused_by_its_inventory(tmp_path
 
 def test_a_folder_made_while_the_run_worked_is_refused_with_the_way_out(tmp_path):
   """A NOTES.txt folder made at the output during training: 'already exists (pass
-  --overwrite)', and --overwrite was then refused too. The refusal now says what is there;
-  only a folder of ours holding nothing else gets the --overwrite hint."""
+  --overwrite)', and --overwrite was then refused too. The refusal now says what is there; a
+  folder of ours is another run's, which --overwrite would replace (it was hinted at). Both
+  keep this run's output beside."""
   path = str(tmp_path / "w")
   with pytest.raises(FileExistsError, match=re.escape(
       f"{path} was created while this run worked: refusing to replace {path}: it is a folder "
@@ -862,8 +863,9 @@ def test_a_folder_made_while_the_run_worked_is_refused_with_the_way_out(tmp_path
       open(os.path.join(path, "NOTES.txt"), "w").close()
   assert os.listdir(path) == ["NOTES.txt"]
   other = str(tmp_path / "v")
-  with pytest.raises(FileExistsError, match=re.escape(f"{other} already exists (pass "
-                                                      "overwrite=True / --overwrite)")):
+  with pytest.raises(FileExistsError, match=re.escape(
+      f"{other} was created by another run while this one worked (overwrite would replace that "
+      f"run's output: give each run its own); this run's output is kept in {other}.partial-")):
     with atomic.staged_dir(other, overwrite=False) as tmp:
       open(os.path.join(tmp, "a.txt"), "w").close()
       with atomic.staged_dir(other, overwrite=False) as tmp2:     # another run of ours

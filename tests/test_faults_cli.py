@@ -300,6 +300,24 @@ def test_weights_artifacts_and_digit_folders_published_meanwhile_are_not_replace
   assert (held["cls_token"] == params["cls_token"]).all()
   save_weights(weights, TINY, init_params(TINY, 1), overwrite=True,
                replaces=atomic.output_stamp(weights))        # the folder it began with
+  # Without --overwrite: nothing there when training began, another run's weights there when
+  # saving (a probe: the minutes of training were thrown away, with a hint to pass --overwrite,
+  # which would replace the other run's weights).
+  fresh = str(tmp_path / "w2")
+  began = atomic.output_stamp(fresh)
+  assert began is None
+  save_weights(fresh, TINY, params)                          # another run, meanwhile
+  with pytest.raises(FileExistsError, match=re.escape(
+      f"{fresh} was created by another run while this one worked (overwrite would replace that "
+      f"run's output: give each run its own); this run's output is kept in {fresh}.partial-")):
+    save_weights(fresh, TINY, init_params(TINY, 1), replaces=began)
+  (kept,) = [n for n in os.listdir(tmp_path) if n.startswith("w2.partial-")]
+  _, held = checkpoint.load_weights(str(tmp_path / kept))
+  assert (held["cls_token"] == init_params(TINY, 1)["cls_token"]).all()
+  shutil.rmtree(tmp_path / kept)
+  shutil.rmtree(fresh)
+  with pytest.raises(FileExistsError, match=r"already exists \(pass overwrite"):   # (at once)
+    save_weights(weights, TINY, params)
   # The library writers stamp the folder as they begin: an artifact's export, a digits folder.
   art = str(tmp_path / "art")
   deploy.export_artifact(art, TINY, params, verify=False)

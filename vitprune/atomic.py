@@ -931,7 +931,8 @@ def _taken(path: str, is_ours: Callable[[str], bool]) -> FileExistsError:
     check_replaceable(path, is_ours)
   except OSError as e:           # (ForeignOutputError, a mount point)
     return FileExistsError(f"{path} was created while this run worked: {e}")
-  return FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
+  return FileExistsError(f"{path} was created by another run while this one worked (overwrite "
+                         "would replace that run's output: give each run its own)")
 
 
 def _publish_exclusive(tmp: str, path: str, is_ours: Callable[[str], bool]) -> None:
@@ -1053,7 +1054,9 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
       there was none): a directory published there since by another writer is not replaced
       (`ReplacedMeanwhileError`: a run that finished second dropped the first one's outputs,
       both exiting 0). ANY_OUTPUT (default): whatever is there at publishing, if ours. Without
-      overwrite it is not used (nothing is replaced then).
+      overwrite, None (nothing there when the caller's work began: training, compiles done
+      before this call) lets a `path` taken since be refused when publishing, so that the
+      staged output is kept (`keep_refused`); otherwise a taken `path` is refused at once.
     keep_refused: a publish refused because `path` was taken while the body worked (published
       meanwhile, made by another run without overwrite, or no longer ours) keeps the staged
       directory, whole, as `<path>.partial-XXXXXXXX` beside it (named in the error); False
@@ -1078,8 +1081,9 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
   with _before_temporary(made, path):
     cleanup_stale(path)
     if overwrite is False:
-      if not is_free(path):
-        raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite)")
+      if not is_free(path) and replaces is not None:    # (None: taken meanwhile, refused
+        raise FileExistsError(                           # at publishing, the output kept)
+            f"{path} already exists (pass overwrite=True / --overwrite)")
     else:
       check_replaceable(path, is_ours)
     _, tmp, held = _claimed(parent, name, "tmp", directory=True, mode=0o755, folders=made)

@@ -66,9 +66,10 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
   so image folders can be labelled by class name (`read_class_names`). Raises FileExistsError
   when `path` exists (or is claimed meanwhile by another writer) and not `overwrite`,
   `atomic.ForeignOutputError` when `overwrite` would replace something that is not a weights
-  directory, ValueError on mismatched or non-finite parameters. `replaces`: with `overwrite`,
-  the `atomic.output_stamp` of `path` when the caller's work began (training, a conversion):
-  weights another run published there since are not replaced (`atomic.ReplacedMeanwhileError`).
+  directory, ValueError on mismatched or non-finite parameters. `replaces`: the
+  `atomic.output_stamp` of `path` when the caller's work began (training, a conversion):
+  weights another run published there since are not replaced (`atomic.ReplacedMeanwhileError`),
+  and these are kept beside them as `<path>.partial-XXXXXXXX` (with or without `overwrite`).
   """
   check_switch("overwrite", overwrite)   # ('no' replaced the weights: a string is truthy)
   check_config(cfg)                        # (a TypeError for 'test_tiny_vit', not AttributeError)

@@ -631,7 +631,7 @@ def convert_checkpoint(cfg: ViTConfig, checkpoint: str, out: str, *, overwrite: 
   """
   check_config(cfg)
   atomic.check_output_dir_target(os.path.abspath(out), overwrite, is_weights_dir)
-  began = atomic.output_stamp(os.path.abspath(out)) if overwrite else atomic.ANY_OUTPUT
+  began = atomic.output_stamp(os.path.abspath(out))      # (a folder made since: not replaced)
   orbax_io.writable_path(os.path.abspath(out))      # before converting, not in save_weights
   params, meta = convert_file(cfg, checkpoint, drop_head=drop_head, ignore_keys=ignore_keys)
   meta["converted_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(

@@ -262,7 +262,7 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   atomic.check_output_dir_target(out, overwrite, is_artifact_dir)   # before the (slow) export
   # Replaced only as it was now: an artifact another run publishes there meanwhile is not (two
   # deploys with --overwrite into one folder both said they wrote it; it held one of them).
-  began = atomic.output_stamp(out) if overwrite else atomic.ANY_OUTPUT
+  began = atomic.output_stamp(out)
   orbax_io.writable_path(out)                                 # the weights checkpoint goes below
   check_params(cfg, params)
   schedule = check_schedule(cfg, schedule, reducer)

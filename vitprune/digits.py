@@ -379,7 +379,7 @@ def write_digits_imagefolder(root: Union[str, os.PathLike], split: str = "test",
     The absolute path of `root`.
   """
   root = os.path.abspath(os.fspath(root))
-  began = atomic.output_stamp(root) if overwrite else atomic.ANY_OUTPUT   # (not one made since)
+  began = atomic.output_stamp(root)     # (not one made since: replaced, or this one kept)
   images, labels = load_digits_arrays()
   idx = _split_indices(split, labels, split_seed, test_fraction)
   if limit is not None:

@@ -510,7 +510,7 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
   plan = plans[max(plans)]
   out = os.path.abspath(out)
   atomic.check_output_dir_target(out, overwrite, is_kit, "pass --overwrite")   # before compiling
-  began = atomic.output_stamp(out) if overwrite else atomic.ANY_OUTPUT   # (not one made since)
+  began = atomic.output_stamp(out)     # (not one made since: replaced, or this one kept)
   jobs = kit_jobs(cfg, mode=mode, grid=grid, schedules=schedules, batch_sizes=batch_sizes,
                   reducer=reducer)
   precision = "highest" if dtype == "float32" else "default"
