@@ -2,8 +2,11 @@
 test_solve.py / test_deploy.py): exit 0, the printed result, the files written."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from vitprune import checkpoint
 from vitprune.convert import to_timm_state_dict
@@ -98,3 +101,21 @@ def test_train_digits(tmp_path, capsys):
                                                      "--schedule=full", "--noverify",
                                                      f"--out={tmp_path / 'art'}"])
   assert code == 0 and f"note: {tmp_path / 'w'} were trained for 2 steps only" in err, err
+  # Another run's weights saved at --out while this one trained (a probe: the training was
+  # thrown away): refused at saving, this run's weights kept beside, named.
+  from experiments import train_digits  # pylint: disable=g-import-not-at-top
+  out, train = tmp_path / "w3", train_digits.train
+
+  def another_run_saves_meanwhile(*args, **kwargs):
+    shutil.copytree(tmp_path / "w", out)
+    return train(*args, **kwargs)
+  train_digits.train = another_run_saves_meanwhile
+  try:
+    with pytest.raises(FileExistsError, match=f"{out} was created by another run while this "
+                       f"one worked .*; this run's output is kept in {out}\\.partial-"):
+      train_digits.main(common.parse(train_digits.define_flags, [
+          "--epochs=1", "--warmup_epochs=0", "--batch_size=32", "--max_steps=2", f"--out={out}"]))
+  finally:
+    train_digits.train = train
+  (kept,) = tmp_path.glob("w3.partial-*")
+  assert checkpoint.read_weights_config(str(kept))[1]["max_steps"] == 2
