@@ -3,6 +3,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -814,6 +815,25 @@ def test_convert_checkpoint_saves_with_meta(tmp_path):
   assert saved_meta["converted_at"].endswith("+00:00")
   with pytest.raises(FileExistsError, match="already exists"):
     convert.convert_checkpoint(cfg, str(src), str(out))
+  # Another run's weights saved there while this one converted: not replaced, with or without
+  # overwrite; this run's kept beside, named.
+  convert_file, theirs = convert.convert_file, shutil.copytree(path, tmp_path / "theirs")
+  for overwrite, target in ((True, out), (False, tmp_path / "weights" / "other")):
+
+    def another_run_saves_meanwhile(*args, **kwargs):
+      if os.path.exists(target):
+        shutil.rmtree(target)
+      shutil.copytree(theirs, target)
+      return convert_file(*args, **kwargs)
+    convert.convert_file = another_run_saves_meanwhile
+    try:
+      with pytest.raises(FileExistsError, match=f"{target}.*this run's output is kept in "
+                                                f"{target}\\.partial-"):
+        convert.convert_checkpoint(cfg, str(src), str(target), overwrite=overwrite)
+    finally:
+      convert.convert_file = convert_file
+    (kept,) = (tmp_path / "weights").glob(f"{target.name}.partial-*")
+    assert checkpoint.read_weights_config(str(kept))[1]["source_file"] == "tiny.safetensors"
 
 
 def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
