@@ -817,7 +817,8 @@ def test_convert_checkpoint_saves_with_meta(tmp_path):
     convert.convert_checkpoint(cfg, str(src), str(out))
   # Another run's weights saved there while this one converted: not replaced, with or without
   # overwrite; this run's kept beside, named.
-  convert_file, theirs = convert.convert_file, shutil.copytree(path, tmp_path / "theirs")
+  convert_file = convert.convert_file                  # (another publish: another inventory id)
+  theirs = checkpoint.save_weights(str(tmp_path / "theirs"), cfg, params)
   for overwrite, target in ((True, out), (False, tmp_path / "weights" / "other")):
 
     def another_run_saves_meanwhile(*args, **kwargs):
