@@ -1118,11 +1118,18 @@ def staged_dir(path: str, *, overwrite: Optional[bool] = None,
     _unlock(held)
 
 
+def partial_name(path: str) -> str:
+  """A fresh `<path>.partial-XXXXXXXX` beside `path` (its name cut short to fit: `fitting_name`),
+  where a run keeps what it made when `path` cannot take it (`staged_dir(keep_refused=)`, the
+  main job's `keep_measured`)."""
+  return fitting_name(path, f".partial-{secrets.token_hex(4)}")
+
+
 def _keep_staged(tmp: str, path: str) -> Optional[str]:
   """A whole staged output that another run's output at `path` kept out (its compiles,
-  training or export are not lost) renamed to `<path>.partial-XXXXXXXX` beside it -> that path,
-  None when it cannot be (it is deleted then)."""
-  kept = fitting_name(path, f".partial-{secrets.token_hex(4)}")
+  training or export are not lost) renamed to `partial_name(path)` -> that path, None when it
+  cannot be (it is deleted then)."""
+  kept = partial_name(path)
   try:
     os.rename(tmp, kept)
   except OSError:

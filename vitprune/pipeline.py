@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -56,8 +55,7 @@ from vitprune.model import Params, jitted_forward
 from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import protocol, records, runner, timing
 from vitprune.profile import steps as steps_lib
-from vitprune.records.estimate import (HIGHER_IS_BETTER, Estimate, default_metric,
-                                       write_estimate)
+from vitprune.records.estimate import Estimate, default_metric, write_estimate
 from vitprune.records.solution import (Solution, budget_cost_text, describe_capped,
                                        describe_frontier_error, describe_refinement,
                                        judges_paired_change, picked_by_untrusted_model,
@@ -671,8 +669,7 @@ def keep_measured(out_dir: str, spec: PipelineSpec, profile: records.Profile,
   it leaves nothing then (a full disk left a half-written folder per run). `out_dir` is left as
   it was."""
   out_dir = os.path.abspath(out_dir)
-  token = secrets.token_hex(4)
-  kept = atomic.fitting_name(out_dir, f".partial-{token}")        # (a long name cut short)
+  kept = atomic.partial_name(out_dir)
   _cleanup_stale_keeps(out_dir)
   try:
     with atomic.staged_dir(kept, overwrite=False) as tmp:
@@ -830,8 +827,6 @@ def _describe_step(s: Dict[str, Any]) -> str:
 
 def _estimate_measured(estimate: Estimate, metric: str, counts) -> Optional[float]:
   """What `estimate` measured for exactly the schedule `counts` (None: it did not)."""
-  if metric not in HIGHER_IS_BETTER:
-    return None
   value = estimate.measured(metric).get(tuple(int(c) for c in counts))
   return None if value is None else float(value)
 

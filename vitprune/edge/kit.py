@@ -347,7 +347,7 @@ def merge_edge_fields(existing: Dict[str, Any], new: Dict[str, Any]) -> Dict[str
         isinstance(b, str) and b.isdigit() for b in given)):
       raise ValueError(f"its edge {key} is not an object of batch sizes ({reprlib.repr(given)}),"
                        f" so the setup of its points cannot be checked {redo}")
-    per_batch = dict(old.get(key) or {})
+    per_batch = dict(given or {})
     for batch, value in (cur.get(key) or {}).items():
       if batch in per_batch and per_batch[batch] != value:
         raise ValueError(f"its batch-{batch} points {theirs.format(per_batch[batch])}, this "
