@@ -788,6 +788,18 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   with pytest.raises(EdgeError, match=r"kit.json: points\[1\]: compile_s must be a number >= "
                                       r"0$"):
     kit_lib.read_kit(str(bad_kit))
+  # A point without its schedule (null for one count) was a KeyError after timing the points
+  # before it; one of counts below 1 compiled nothing a profile can hold.
+  for schedule, missing in ((None, True), ([17, 0, 0], False), ("17", False), ([], False)):
+    doc = json.loads((pathlib.Path(kit_dir) / "kit.json").read_text())
+    if missing:
+      doc["points"][1].pop("schedule")
+    else:
+      doc["points"][1]["schedule"] = schedule
+    (bad_kit / "kit.json").write_text(json.dumps(doc))
+    with pytest.raises(EdgeError, match=r"kit.json: points\[1\]: schedule must be null \(one "
+                       r"count\) or a list of the counts entering each block, each >= 1$"):
+      kit_lib.read_kit(str(bad_kit))
   doc = json.loads((pathlib.Path(kit_dir) / "kit.json").read_text())
   doc["points"].append(dict(doc["points"][0]))       # refused before timing, naming both
   (bad_kit / "kit.json").write_text(json.dumps(doc))
@@ -1595,7 +1607,7 @@ def test_a_schedule_kit_profile_names_each_schedule(tmp_path, params):
   # A point's schedule label or the kit's reducer edited (timings written into the profile
   # under another schedule or method, which solve then read) is refused by the module's name.
   doc = json.loads((pathlib.Path(kit_dir) / "kit.json").read_text())
-  for edit in (lambda d: d["points"][0].__setitem__("schedule", "keep@0:12,1:9"),
+  for edit in (lambda d: d["points"][0].__setitem__("schedule", [17, 12, 9]),
                lambda d: d.__setitem__("reducer", "pomt")):
     bad = json.loads(json.dumps(doc))
     edit(bad)

@@ -121,6 +121,9 @@ def _bad_point(p: Any) -> Optional[str]:
             ("batch_size", jsonio.is_int(p.get("batch_size")) and p.get("batch_size") >= 1,
              "an int >= 1"),
             ("tokens", jsonio.is_int(p.get("tokens")) and p.get("tokens") >= 1, "an int >= 1"),
+            ("schedule", "schedule" in p and (p["schedule"] is None or (
+                ints(p["schedule"]) and p["schedule"] and min(p["schedule"]) >= 1)),
+             "null (one count) or a list of the counts entering each block, each >= 1"),
             ("module", isinstance(p.get("module"), dict)
              and isinstance(p["module"].get("file"), str), "an object naming its file"))
   # (a compile_s of -5 was 'missing or of the wrong type': say what each field must be)
