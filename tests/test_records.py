@@ -504,6 +504,12 @@ def test_a_solution_of_numpy_numbers_writes_as_plain_json(tmp_path):
     (lambda s: dict(curve=dict(s.curve, utility=[0.5])), "curve lists .* must have one"),
     (lambda s: dict(curve=dict(s.curve, tokens=[17, 12])),
      r"chosen.tokens 9 is not among curve.tokens"),
+    # A probe's hand edits the reader took: a curve point at -5 tokens, a listed n edited.
+    (lambda s: dict(curve=dict(s.curve, tokens=[-5, 9])),
+     r"curve.tokens holds -5, outside \[2, 17\] for test_tiny_vit \(edited\?\)"),
+    (lambda s: dict(frontier=(dataclasses.replace(s.chosen, tokens=5),)),
+     r"listed list:17,17,9 is not the POMT schedule of its tokens 5 at settings.layer 1: "
+     r"\[17, 17, 5\] \(edited\?\)"),
     # a probe's hand edits that deploy took as a measured floor choice
     (lambda s: dict(criterion="banana"), r"chosen.criterion 'banana' not in \('utility'"),
     (lambda s: dict(settings=dict(s.settings, accuracy_floor="high")),

@@ -515,6 +515,11 @@ def _check_chosen_is_listed(sol: "Solution", require) -> None:
   expect = schedule_lib.layer_counts(sol.config.num_tokens, c.tokens, sol.config.depth, layer)
   require(c.counts == expect, f"chosen {c.schedule} is not the POMT schedule of chosen.tokens "
                               f"{c.tokens} at settings.layer {layer}: {list(expect)} (edited?)")
+  for e in (*sol.frontier, *sol.checked):     # (an edited n on a listed entry passed)
+    if e.tokens is not None:
+      got = schedule_lib.layer_counts(sol.config.num_tokens, e.tokens, sol.config.depth, layer)
+      require(e.counts == got, f"listed {e.schedule} is not the POMT schedule of its tokens "
+                               f"{e.tokens} at settings.layer {layer}: {list(got)} (edited?)")
   i = sol.curve["tokens"].index(c.tokens)
   acc = sol.curve["accuracy"][i]            # (reported within [0, 1]: a raw table's 1.24 is 1.0)
   require(c.predicted_latency_s == sol.curve["latency_s"][i] and
@@ -929,6 +934,10 @@ def _check_curve(sol: Solution, where: str) -> None:
   jsonio.require(all(jsonio.is_int(t) for t in c["tokens"]) and
                  len(set(c["tokens"])) == n, where,
                  "curve.tokens must be distinct integers", SolutionError)
+  lo, hi = sol.config.num_prefix_tokens + 1, sol.config.num_tokens
+  stray = [t for t in c["tokens"] if not lo <= t <= hi]
+  jsonio.require(not stray, where, f"curve.tokens holds {stray[0] if stray else None}, outside "
+                 f"[{lo}, {hi}] for {sol.config.name} (edited?)", SolutionError)
   for k in CURVE_KEYS[1:]:
     jsonio.require(all(jsonio.is_num(v) for v in c[k]), where,
                    f"curve.{k} must hold finite numbers", SolutionError)
