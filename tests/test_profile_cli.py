@@ -1179,8 +1179,8 @@ def test_floor_confidence_chooses_on_the_paired_interval(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "accuracy >= the unpruned's - 0.1 by the whole paired 95% interval of the change" in out
   assert re.search(r"measured \d+ schedules on the data image by image against the unpruned "
-                   r"graph, single reductions among them: the fastest with a change against "
-                   r"the unpruned graph >= -0\.1 by its whole paired 95% interval measures "
-                   r"\d\.\d{4} \(change [+-]\d\.\d{4}, paired 95% interval [+-]\d\.\d{4}\.\."
-                   r"[+-]\d\.\d{4}\)", out)
+                   r"graph, single reductions among them: the chosen \S+ \(the fastest timed, "
+                   r"below\) measures \d\.\d{4} \(change [+-]\d\.\d{4}, paired 95% interval "
+                   r"[+-]\d\.\d{4}\.\.[+-]\d\.\d{4}\), meeting a change against the unpruned "
+                   r"graph >= -0\.1 by its whole paired 95% interval", out)
   assert sol.chosen.counts != sol.full.counts      # (a pruned schedule clears it on these images)

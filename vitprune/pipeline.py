@@ -474,7 +474,8 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
                    f"{ch.measured_accuracy_high:.4f})")
       meeting = len(pruned_meeting_floor(sol))
       log(f"  measured {what}: " + (
-          f"the fastest with {rule} measures {got:.4f}{shown}" if ch.counts != sol.full.counts
+          f"the chosen {ch.schedule} (the fastest timed, below) measures {got:.4f}{shown}, "
+          f"meeting {rule}" if ch.counts != sol.full.counts
           else f"no pruned schedule meets {rule}: keeping all tokens" if not meeting else
           f"{meeting} pruned schedules meet {rule}, but the unpruned graph measured fastest: "
           "keeping all tokens"))
