@@ -1313,3 +1313,22 @@ def test_the_manifest_records_what_the_graph_runs(tmp_path, params):
   with pytest.raises(ValueError, match=r"^precision must be one of .*, got 'banana'$"):
     deploy.export_artifact(str(tmp_path / "bad"), CFG, params, dtype="bfloat16",
                            precision="banana")
+  # The method and options recorded must make the reducer exported: a manifest naming 'tome'
+  # with options {'bogus': 1} held a POMT graph and loaded (a library caller's; a probe).
+  for name, opts, reducer, why in (
+      ("tome", {}, make_reducer("pomt"), r"the graph runs POMT\(\), not method 'tome' with "
+       r"options \{\} \(ToMe\(.*\)\): the manifest would name another reducer than the one "
+       r"that ran$"),
+      ("random", {"seed": 3}, make_reducer("random", seed=7), r"the graph runs RandomDrop\(seed=7"
+       r".*, not method 'random' with options \{'seed': 3\}"),
+      ("pomt", {"bogus": 1}, make_reducer("pomt"), r"bogus"),
+      (None, {"seed": 3}, make_reducer("random", seed=7), r"not method 'random' with options "
+       r"\{'seed': 3\}")):
+    with pytest.raises(ValueError, match=why):
+      deploy.export_artifact(str(tmp_path / "named"), CFG, params, schedule=SCHED,
+                             reducer=reducer, reducer_name=name, reducer_options=opts)
+    assert not os.path.exists(tmp_path / "named")
+  named = deploy.export_artifact(str(tmp_path / "named"), CFG, params, schedule=SCHED,
+                                 reducer=make_reducer("random", seed=7), reducer_name="random",
+                                 reducer_options={"seed": 7}, batch_size=2)
+  assert deploy.load(named).manifest.reducer["options"] == {"seed": 7}

@@ -49,7 +49,7 @@ from vitprune.piecewise import PiecewiseForward, WholeGraphs
 from vitprune.records.estimate import (FIDELITY_METRICS, LABELLED_METRICS, VERSION, Estimate,
                                        EstimatePoint, Scores, default_metric)
 from vitprune.reduce.base import TokenReducer
-from vitprune.reduce.methods import make_reducer, reducer_fields
+from vitprune.reduce.methods import check_named, make_reducer, reducer_fields
 from vitprune.schedule import Schedule, check_schedule, full_schedule
 
 Batch = Tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -635,10 +635,8 @@ def estimate_record(*, cfg: ViTConfig, params: Params, weights_source: str,
   seed = schedule_lib.as_int(seed, "seed")      # (2.7 was recorded as 2)
   named = make_reducer(method, **dict(method_kwargs))    # the record says the points ran this
   for p in points:
-    if p.reducer is not None and p.reducer != named:
-      raise ValueError(f"the points ran {p.reducer!r}, not method {method!r} with options "
-                       f"{dict(method_kwargs)} ({named!r}): the record would name another "
-                       "reducer than the one measured")
+    if p.reducer is not None:
+      check_named(p.reducer, method, method_kwargs, "the points ran", "the record")
   layers = tuple(dict.fromkeys(p.layer for p in points))
   record = Estimate(
       kind="tokens" if len(layers) == 1 else "sensitivity", config=cfg,

@@ -49,3 +49,23 @@ def reducer_fields(reducer) -> Dict[str, Any]:
   says them all means the same reducer whatever a later version defaults to (random drop's
   `nested` default changed once)."""
   return {f.name: getattr(reducer, f.name) for f in dataclasses.fields(reducer)}
+
+
+def check_named(reducer, name: str, options, ran: str, record: str):
+  """`make_reducer(name, **options)`, which must equal `reducer` (what ran): else ValueError
+  '`ran` R, not method M with options O (the named reducer): `record` would name another
+  reducer than the one that ran'."""
+  named = make_reducer(name, **dict(options or {}))
+  if reducer != named:
+    raise ValueError(f"{ran} {reducer!r}, not method {name!r} with options "
+                     f"{dict(options or {})} ({named!r}): {record} would name another reducer "
+                     "than the one that ran")
+  return named
+
+
+def is_method(reducer_or_name: Any) -> bool:
+  """Whether a reducer is one of `METHODS`' classes, or a name one of their names (a reducer of
+  the user's own, or its name, is not: `make_reducer` cannot rebuild it)."""
+  if isinstance(reducer_or_name, str):
+    return reducer_or_name.strip().lower() in METHODS
+  return type(reducer_or_name) in METHODS.values()
