@@ -24,11 +24,13 @@ Writes `<out_dir>/<model>_<device>.{csv,md,png}` atomically and prints the markd
 from __future__ import annotations
 
 import os
+import secrets
 from typing import List, Sequence
 
 from absl import flags
 
 from experiments import common
+from vitprune import atomic
 from vitprune import benchmark as bench
 from vitprune import estimate
 from vitprune import memory
@@ -143,6 +145,9 @@ def main(f: flags.FlagValues):
   stem = bench.output_stem([{"model": cfg.name, **device_info()}])
   bench.check_replaceable_outputs({k: os.path.join(f.out_dir, f"{stem}.{k}")
                                    for k in ("csv", "md", "png")})   # before the work
+  # The table this run replaces, as it began: one another run writes meanwhile is not replaced
+  # (two runs into one --out_dir both said they wrote it; it held the later one's).
+  began = atomic.file_stamp(os.path.join(f.out_dir, f"{stem}.csv"))
   for text in notes:
     print(f"note: {text}")
   print(f"{cfg.name} ({common.shown(source)}): {len(variants)} variants x batch {batch_sizes} "
@@ -153,9 +158,17 @@ def main(f: flags.FlagValues):
       command=common.command_line("experiments.benchmark", f))
   rows = bench.run_benchmark(spec, params, variants, data=data, progress=f.progress)
   print(bench.to_markdown(rows, provenance))  # (before the files: a write refused at the end
-  paths = bench.write_outputs(                  # keeps the measured table on stdout)
-      rows, f.out_dir, note=lambda text: print(f"note: {common.shown(text)}"),
-      provenance=provenance)
+  try:                                          # keeps the measured table on stdout)
+    paths = bench.write_outputs(
+        rows, f.out_dir, note=lambda text: print(f"note: {common.shown(text)}"),
+        provenance=provenance, replaces=began)
+  except atomic.ReplacedMeanwhileError:
+    kept = bench.write_outputs(rows, f.out_dir, stem=f"{stem}.kept-{secrets.token_hex(4)}",
+                               provenance=provenance)
+    raise atomic.ReplacedMeanwhileError(
+        f"{common.shown(os.path.join(f.out_dir, stem + '.csv'))} was written by another run "
+        "meanwhile (two runs into one --out_dir at once: give each run its own); this run's "
+        f"table is kept in {common.shown(kept['csv'])} (and its .md, .png)") from None
   print(f"wrote {common.shown(paths['csv'])}, {common.shown(paths['md'])}, "
         f"{common.shown(paths['png'])}")
   return rows

@@ -610,6 +610,32 @@ def test_a_table_of_other_settings_is_replaced_with_a_note(tmp_path, capsys):
   assert B.replaced_table_note(str(csv_path), rows, md_path, ["weights: x"]) is None
 
 
+def test_a_table_another_run_wrote_meanwhile_is_not_replaced(tmp_path, monkeypatch):
+  """Two runs into one --out_dir at once: both exited 0 saying they wrote the table, and the
+  one finishing last replaced the other's (a probe). The later one now keeps its own beside."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  real = B.run_benchmark
+
+  def run_beside_another(spec, params, variants, **kw):     # the other run finishes first
+    rows = real(spec, params, variants, **kw)
+    B.write_outputs([dict(r, batch_size=7) for r in rows], str(tmp_path / "out"))
+    return rows
+
+  monkeypatch.setattr(B, "run_benchmark", run_beside_another)
+  code, out, err = run_cli_in_process(tmp_path, "benchmark", [
+      "--model=test_tiny_vit", "--data=none", "--batch_size=1", "--min_run_time=0.005",
+      "--noprogress", "--variants=tome:r2", f"--out_dir={tmp_path / 'out'}"])
+  table = tmp_path / "out" / "test_tiny_vit_cpu.csv"
+  (kept,) = (tmp_path / "out").glob("test_tiny_vit_cpu.kept-*.csv")
+  assert (code, err) == (1, f"error: {table} was written by another run meanwhile (two runs "
+                            "into one --out_dir at once: give each run its own); this run's "
+                            f"table is kept in {kept} (and its .md, .png)\n")
+  assert {r["batch_size"] for r in csv.DictReader(open(table))} == {"7"}     # the other's
+  assert {r["batch_size"] for r in csv.DictReader(open(kept))} == {"1"}      # this run's
+  assert kept.with_suffix(".md").exists() and kept.with_suffix(".png").exists()
+  assert not [line for line in out.splitlines() if line.startswith("wrote")]
+
+
 def test_a_solution_is_benchmarked_in_the_dtype_it_was_chosen_in(tmp_path):
   """A bfloat16 multi solution was timed in float32 (the default --dtype) under its name with no
   word; deploy refuses that. A batch its solution was not chosen at is noted."""

@@ -763,11 +763,14 @@ def replaced_table_note(csv_path: str, rows: Sequence[Dict[str, Any]],
 def write_outputs(rows: Sequence[Dict[str, Any]], out_dir: str,
                   stem: Optional[str] = None,
                   note: Optional[Callable[[str], None]] = None,
-                  provenance: Sequence[str] = ()) -> Dict[str, str]:
+                  provenance: Sequence[str] = (),
+                  replaces: Any = atomic.ANY_OUTPUT) -> Dict[str, str]:
   """`<stem>.csv`, `<stem>.md` and `<stem>.png` in `out_dir`, published together (a kill leaves
   the old three or the new three); everything is rendered first -> {'csv', 'md', 'png': path}.
   `note` gets `replaced_table_note` when the table replaced was measured with other settings;
-  `provenance` lines head the markdown (`provenance_lines`)."""
+  `provenance` lines head the markdown (`provenance_lines`). `replaces`: the CSV's
+  `atomic.file_stamp` when the run began: a table another run wrote since is not replaced
+  (`atomic.ReplacedMeanwhileError`)."""
   stem = stem or output_stem(rows)
   data = {"png": plot_png(rows), "csv": to_csv(rows).encode(),
           "md": to_markdown(rows, provenance).encode()}
@@ -776,6 +779,7 @@ def write_outputs(rows: Sequence[Dict[str, Any]], out_dir: str,
   names = [os.path.basename(paths[k]) for k in ("png", "md", "csv")]   # the CSV (our header) last
   with atomic.locked(paths["csv"]):                                     # published together
     check_replaceable_outputs(paths)              # (again: the run may have taken minutes)
+    atomic.check_unchanged(paths["csv"], replaces)   # (two runs at once: the later one's won)
     said = replaced_table_note(paths["csv"], rows, paths["md"], provenance)
     if said and note:
       note(said)
