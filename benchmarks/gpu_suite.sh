@@ -115,7 +115,7 @@ case "$stage" in
     table='set -o pipefail; python -m benchmarks.profile_speed "${@:2}" | tee "$1"'
     timed speed "$budget" bash -c "$table" speed "$out/profile_speed.txt.tmp" \
         --model="$model_small" --batch_size=1 --tokens="$tokens" --threads=8 \
-        --min_run_time=0.2 --compile_cache_dir="$speed_cache"
+        --min_run_time=0.2 --compile_cache_dir="$speed_cache" --out="$out/profile_speed.json"
     if (( ran && rc == 0 )); then mv "$out/profile_speed.txt.tmp" "$out/profile_speed.txt"; fi ;;
   profile)
     for dtype in float32 bfloat16; do

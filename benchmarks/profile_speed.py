@@ -7,25 +7,29 @@ r"""How long profiling takes: default sweep vs parallel / adaptive / per-block /
 Prints one row per configuration: wall seconds, summed per-graph compile seconds (overlapping
 when threads > 1), summed timed-run seconds, graphs compiled, and the steps found; then step
 reproducibility: the steps of each model-mode run compared with the first (default) run and the
-two uncached adaptive runs (its first run and its repeat) compared with each other. Autotuning
-is left as JAX configures it: every configuration compiles the same kernels deployment would
-use.
+two uncached adaptive runs (its first run and its repeat) compared with each other. Writes the
+same as JSON (--out). Autotuning is left as JAX configures it: every configuration compiles the
+same kernels deployment would use.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import time
+from typing import Any, Dict
 
 from absl import flags
 
 from experiments import common
+from vitprune import atomic
 from vitprune import memory
 from vitprune.profile import protocol
 from vitprune.profile import runner
 from vitprune.profile import timing
 from vitprune.registry import get_config
 from vitprune.schedule import parse_token_grid
+
+RESULT_FORMAT = "vitprune-profile-speed"
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -45,6 +49,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       "whole process, so run this benchmark in its own process.", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed.", lower_bound=0, upper_bound=common.MAX_SEED,
                        flag_values=fv)
+  flags.DEFINE_string("out", "outputs/benchmark/profile_speed.json", "JSON output.",
+                      flag_values=fv)
 
 
 def _steps(prof, component):
@@ -62,8 +68,10 @@ def _run(name, spec, cache_dir=None):
               steps=_steps(prof, comp), component=comp)
 
 
-def main(f: flags.FlagValues) -> None:
-  """Profiles the model in every configuration and prints the table."""
+def main(f: flags.FlagValues) -> Dict[str, Any]:
+  """Profiles the model in every configuration, prints the table, writes --out -> the JSON
+  document."""
+  atomic.check_output_json(f.out, RESULT_FORMAT, "out")
   if f.compile_cache_dir:      # JAX would only warn and run the "cache" rows without one
     common.check_output_dir(f.compile_cache_dir, "compile_cache_dir")
     if os.path.isdir(f.compile_cache_dir) and os.listdir(f.compile_cache_dir):
@@ -108,11 +116,22 @@ def main(f: flags.FlagValues) -> None:
     if r["component"] != "model":
       continue
     got = set(r["steps"])
+    r["vs_default"] = {"same": len(ref & got), "only_default": len(ref - got),
+                       "only_this_run": len(got - ref)}
     print(f"  {r['name']:<36} same {len(ref & got)}, only default {len(ref - got)}, "
           f"only this run {len(got - ref)}")
   a, b = set(rows[2]["steps"]), set(rows[4]["steps"])
   print(f"  adaptive run 1 vs run 2: {'identical' if a == b else 'differ'} "
         f"({len(a & b)} shared of {len(a | b)})")
+  doc = {"format": RESULT_FORMAT, "command": common.command_line("benchmarks.profile_speed", f),
+         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": cfg.name,
+         "batch_size": f.batch_size, "dtype": f.dtype, "device": dev,
+         "token_counts": len(base.grid),
+         "rows": [dict(r, steps=[list(s) for s in r["steps"]]) for r in rows],
+         "adaptive_repeat": {"identical": a == b, "shared": len(a & b), "of": len(a | b)}}
+  common.write_result(f.out, doc, RESULT_FORMAT, indent=1)
+  print(f"wrote {f.out}")
+  return doc
 
 
 if __name__ == "__main__":

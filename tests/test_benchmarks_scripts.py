@@ -11,14 +11,21 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_profile_speed_runs_on_a_tiny_grid():
+def test_profile_speed_runs_on_a_tiny_grid(tmp_path):
+  out = tmp_path / "speed.json"
   r = subprocess.run([sys.executable, "-m", "benchmarks.profile_speed", "--tokens=17,9",
-                      "--min_run_time=0.005"], cwd=ROOT, capture_output=True, text=True,
-                     timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                      "--min_run_time=0.005", f"--out={out}"], cwd=ROOT, capture_output=True,
+                     text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert r.returncode == 0, r.stderr[-2000:]
   for row in ("default (model, 1 thread)", "per-block + parallel",
               "adaptive + parallel + cache (warm)", "step reproducibility"):
     assert row in r.stdout
+  # The JSON holds the table's rows, as printed (it wrote none: a table on stdout alone).
+  doc = json.loads(out.read_text())
+  assert doc["format"] == "vitprune-profile-speed" and len(doc["rows"]) == 7
+  for row in doc["rows"]:
+    assert f"{row['name']:<36} {row['wall']:>8.2f} {row['compile']:>10.2f}" in r.stdout
+  assert r.stdout.endswith(f"wrote {out}\n")
 
 
 def test_profile_speed_refuses_a_warm_cache_for_its_cold_row(tmp_path):
@@ -184,6 +191,7 @@ def test_gpu_suite_speed_keeps_the_last_table_when_a_run_fails(tmp_path):
     cache = next(a for a in (tmp_path / "argv").read_text().split()
                  if a.startswith("--compile_cache_dir="))
     assert "shared" not in cache and not os.path.exists(cache.split("=", 1)[1])   # removed
+    assert f"--out={out}/profile_speed.json" in (tmp_path / "argv").read_text().split()
   logs = ["log-speed.txt", "log-versions.txt"]
   assert runs == [(1, "previous table\n", logs + ["profile_speed.txt"]),
                   (0, "table 0\n", logs + ["profile_speed.txt"])]
