@@ -205,10 +205,14 @@ def check_predictor_rows(path: str, rows: List[Any]) -> None:
       raise ValueError(f"{path}: row {i} is not a predictor_accuracy row ({type(e).__name__}: "
                        f"{e})") from None
     fr = r.get("frontier") or {}
-    stats = [*r["heldout"].items(), *(fr.get("latency") or {}).items()]
-    for name, d in stats:
+    stats = [(name, d, r.get("num_heldout")) for name, d in r["heldout"].items()] + [
+        (name, d, fr.get("num")) for name, d in (fr.get("latency") or {}).items()]
+    for name, d, num in stats:
       if not isinstance(d, dict):      # (an entry the table never reads: a traceback below)
         raise ValueError(f"{path}: row {i}: {name} {reprlib.repr(d)} is not an error summary")
+      if "count" in d and d["count"] != num:   # (0 passed beside a median of 3 schedules)
+        raise ValueError(f"{path}: row {i}: {name} count {d['count']!r} is not the "
+                         f"{num!r} schedules it summarises (edited?)")
       for k in ("median", "p90"):
         if not _number(0)(d.get(k)):
           raise ValueError(f"{path}: row {i}: {name} {k} {d.get(k)!r} is not an error >= 0")

@@ -1144,6 +1144,8 @@ def test_gpu_report_checks_what_it_tabulates(tmp_path):
               "accuracy_error_points": {"mean": 0.5, "max": 1.0}}
   choice = {"floor": 0.95, "measured_accuracy": 0.96, "meets_floor": True}
   gpu_report.check_predictor_rows("p.json", [{**good, "frontier": frontier, "choice": choice}])
+  counted = {**good, "heldout": {"calibrated": {**good["heldout"]["calibrated"], "count": 3}}}
+  gpu_report.check_predictor_rows("p.json", [counted])          # (relative_errors says it)
   for bad, message in (
       (1, r"row 0 is not a predictor_accuracy row \(AttributeError"),
       ({}, r"row 0 is not a predictor_accuracy row \(KeyError: 'model'\)"),
@@ -1177,7 +1179,13 @@ def test_gpu_report_checks_what_it_tabulates(tmp_path):
       ({**listed, "schedules": [scheds[0], {**scheds[1], "measured_s": -1.0}, scheds[2]]},
        r"row 0: held-out schedule 1: times \{.*\} must include measured_s, all seconds > 0"),
       ({**listed, "heldout": {"calibrated": {**listed["heldout"]["calibrated"], "median": 0.01}}},
-       r"row 0: heldout calibrated median 0.01 is not its schedules' \(0.25\)")):
+       r"row 0: heldout calibrated median 0.01 is not its schedules' \(0.25\)"),
+      # A count of 0 beside the median of 3 held-out schedules (a probe's edit) passed.
+      ({**good, "heldout": {"calibrated": {**good["heldout"]["calibrated"], "count": 0}}},
+       r"row 0: calibrated count 0 is not the 3 schedules it summarises \(edited\?\)"),
+      ({**good, "frontier": {**frontier, "num": 4, "latency": {"calibrated": {
+          **frontier["latency"]["calibrated"], "count": 5}}}},
+       r"row 0: calibrated count 5 is not the 4 schedules it summarises")):
     with pytest.raises(ValueError, match=rf"^p.json: {message}"):
       gpu_report.check_predictor_rows("p.json", [good, bad][1:])
   # A result file: its version, completeness and device stated (version 99 or none was
