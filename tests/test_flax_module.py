@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from vitprune.flax_module import VisionTransformer
 from vitprune.model import init_params, jitted_forward, param_shapes
@@ -63,6 +64,8 @@ def test_apply_equals_forward_with_and_without_pruning():
       jitted_forward(params, x, cfg=CFG, schedule=sched, reducer=pomt))
   feats = module.apply({"params": params}, x, features=True)
   assert feats.shape == (2, 9, CFG.embed_dim)
+  with pytest.raises(TypeError, match=r"^features must be True or False, got 'no'"):
+    module.apply({"params": params}, x, features="no")     # ('no' is truthy: features came)
 
 
 def test_trains_with_optax_through_a_pruned_graph():

@@ -198,6 +198,9 @@ def test_gflop_of_a_schedule_counts_each_blocks_halves_on_its_tokens():
             + flops.mlp_flop(digits, 35) + 2 * flops.block_flop(digits, 35))
   unpruned = flops.forward_gflop(digits, 3)
   assert flops.forward_gflop(digits, 3, (65,) * 7) == unpruned
+  # A Schedule is its counts (it was a bare "'Schedule' object is not iterable").
+  assert flops.forward_gflop(digits, 3, parse_schedule(digits, "keep@3:35")) == \
+      flops.forward_gflop(digits, 3, counts)
   assert round((unpruned - flops.forward_gflop(digits, 3, counts)) * 1e9) == \
       3 * (6 * flops.block_flop(digits, 65) - blocks)
   with pytest.raises(ValueError, match=r"counts \[65, 35\] must give 7 token counts"):

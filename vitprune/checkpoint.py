@@ -107,6 +107,8 @@ def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
   cfg_file = os.path.join(path, CONFIG_FILE)
   if not os.path.isfile(cfg_file):
     what = ("does not exist" if not os.path.lexists(path) else
+            "is a file, not a vitprune weights directory (give the folder holding config.json"
+            " and params/)" if os.path.isfile(path) else
             "is not a vitprune weights directory (no config.json)")
     raise FileNotFoundError(f"{path} {what}{atomic.moved_aside_note(path)}")
   try:

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vitprune.config import ViTConfig
+from vitprune.config import ViTConfig, check_switch
 from vitprune.model import forward, forward_features, init_rule, param_shapes
 from vitprune.schedule import Schedule
 
@@ -67,6 +67,7 @@ class VisionTransformer(nn.Module):
               for name, shapes in param_shapes(self.cfg).items()}
     static = dict(cfg=self.cfg, schedule=self.schedule, reducer=self.reducer, dtype=self.dtype,
                   precision=self.precision)
+    check_switch("features", features)        # ('no' is truthy: it returned features)
     if features:   # tokens after the final norm [B, n, C], float32 (timm's forward_features)
       return forward_features(params, images, **static).astype(jnp.float32)
     return forward(params, images, **static)

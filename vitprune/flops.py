@@ -46,7 +46,8 @@ def block_flop(cfg: ViTConfig, tokens: int) -> int:
 def forward_gflop(cfg: ViTConfig, batch_size: int = 1,
                   counts: Optional[Sequence[int]] = None) -> float:
   """GFLOP of `forward` on `batch_size` images: with every token kept, or with a schedule's
-  `counts` (tokens entering block 0, then leaving each block: `Schedule.counts`), where a
+  `counts` (tokens entering block 0, then leaving each block: `Schedule.counts`, or the
+  `Schedule` itself), where a
   reducing block attends over the tokens entering it and runs its MLP on those leaving it (every
   method here reduces between attention and MLP). Counts no graph can run (increasing, above the
   model's tokens, below prefix + 1) are refused as `check_schedule` refuses them."""
@@ -54,7 +55,7 @@ def forward_gflop(cfg: ViTConfig, batch_size: int = 1,
   batch_size = as_positive_int(batch_size, "batch_size")
   if counts is None:
     counts = (cfg.num_tokens,) * (cfg.depth + 1)
-  counts = tuple(counts)
+  counts = tuple(counts.counts if isinstance(counts, Schedule) else counts)
   if len(counts) != cfg.depth + 1:
     raise ValueError(f"counts {list(counts)} must give {cfg.depth + 1} token counts (entering "
                      f"block 0, then leaving each of the {cfg.depth} blocks)")
