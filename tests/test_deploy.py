@@ -1315,20 +1315,48 @@ def test_the_manifest_records_what_the_graph_runs(tmp_path, params):
                            precision="banana")
   # The method and options recorded must make the reducer exported: a manifest naming 'tome'
   # with options {'bogus': 1} held a POMT graph and loaded (a library caller's; a probe).
+  class MyPOMT(type(make_reducer("pomt"))):
+    pass
+
   for name, opts, reducer, why in (
       ("tome", {}, make_reducer("pomt"), r"the graph runs POMT\(\), not method 'tome' with "
-       r"options \{\} \(ToMe\(.*\)\): the manifest would name another reducer than the one "
-       r"that ran$"),
+       r"options \{\} \(ToMe\(.*\)\): the manifest \(reducer_name 'tome'\) would name another "
+       r"reducer than the one that ran$"),
       ("random", {"seed": 3}, make_reducer("random", seed=7), r"the graph runs RandomDrop\(seed=7"
        r".*, not method 'random' with options \{'seed': 3\}"),
-      ("pomt", {"bogus": 1}, make_reducer("pomt"), r"bogus"),
+      ("pomt", {"bogus": 1}, make_reducer("pomt"), r"not method 'pomt' with options "
+       r"\{'bogus': 1\} \(.*bogus.*\): the manifest \(reducer_name 'pomt'\) would name"),
       (None, {"seed": 3}, make_reducer("random", seed=7), r"not method 'random' with options "
-       r"\{'seed': 3\}")):
+       r"\{'seed': 3\} \(RandomDrop\(seed=3.*\): the manifest would name another"),
+      ("pomt", None, make_reducer("random", seed=7), r"not method 'pomt' with options "
+       r"\{'seed': 7, 'nested': True\}"),
+      ("pomt", None, REDUCER, r"the graph runs KeepLastPatches\(.*\), not method 'pomt'"),
+      (None, None, MyPOMT(), r"^reducer .*MyPOMT\(\) subclasses POMT: give it a method name of its "
+       r"own \(reducer_name\), not 'pomt'$"),
+      ("tome", None, None, r"reduces tokens but no reducer was given")):
     with pytest.raises(ValueError, match=why):
       deploy.export_artifact(str(tmp_path / "named"), CFG, params, schedule=SCHED,
                              reducer=reducer, reducer_name=name, reducer_options=opts)
     assert not os.path.exists(tmp_path / "named")
-  named = deploy.export_artifact(str(tmp_path / "named"), CFG, params, schedule=SCHED,
-                                 reducer=make_reducer("random", seed=7), reducer_name="random",
-                                 reducer_options={"seed": 7}, batch_size=2)
-  assert deploy.load(named).manifest.reducer["options"] == {"seed": 7}
+  # Named as make_reducer spells it; a reducer given alone is recorded as it is (its options
+  # need not be the method's defaults); a subclass of its own name is the user's own reducer.
+  for i, (name, opts, reducer, recorded) in enumerate((
+      (" ToMe ", {"seed": 7}, make_reducer("random", seed=7), None),
+      (None, None, make_reducer("random", seed=3), "random"),
+      (None, None, make_reducer("evit", normalize=True), "evit"),
+      ("mine", {"k": 2}, MyPOMT(), "mine"),
+      ("random", {"seed": 7}, make_reducer("random", seed=7), "random"))):
+    if recorded is None:
+      with pytest.raises(ValueError, match=r"not method 'tome' with options \{'seed': 7\}"):
+        deploy.export_artifact(str(tmp_path / f"ok{i}"), CFG, params, schedule=SCHED,
+                               reducer=reducer, reducer_name=name, reducer_options=opts)
+      continue
+    path = deploy.export_artifact(str(tmp_path / f"ok{i}"), CFG, params, schedule=SCHED,
+                                  reducer=reducer, reducer_name=name, reducer_options=opts,
+                                  batch_size=2, verify=False)
+    entry = deploy.load(path).manifest.reducer
+    assert (entry["name"], entry["options"]) == (recorded, opts or {})
+  tome = deploy.export_artifact(str(tmp_path / "tome"), CFG, params, schedule=SCHED,
+                                reducer=make_reducer("tome"), reducer_name=" ToMe ",
+                                batch_size=2, verify=False)
+  assert deploy.load(tome).manifest.reducer["name"] == "tome"

@@ -235,7 +235,7 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
     cfg, params: the model and its float32 parameter tree (as `vitprune.checkpoint.load_weights`).
     schedule, reducer, dtype, precision: as `vitprune.model.forward`.
     reducer_name, reducer_options: how the reducer was made (recorded in the manifest; they must
-      make `reducer` where either is one of `reduce.methods.METHODS`).
+      make `reducer` where either is one of `reduce.methods.METHODS`: `manifest_name`).
     platforms: export platforms, e.g. ('cpu', 'cuda'); default the local one.
     batch_size: fixed batch B, or None for a symbolic batch dimension.
     provenance: free-form JSON-able record (solver output, profile, estimate, ...).
@@ -273,10 +273,8 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   if schedule.counts == full_schedule(cfg).counts:
     reducer = reducer_name = reducer_options = None
   else:    # (a manifest naming 'tome' with options {'bogus': 1} held a POMT graph, and loaded)
-    from vitprune.reduce.methods import check_named, is_method   # (load() imports no reducer)
-    if is_method(reducer) or is_method(reducer_name or ""):
-      check_named(reducer, reducer_name or reducer.name, reducer_options, "the graph runs",
-                  "the manifest")
+    from vitprune.reduce.methods import manifest_name   # (load() imports no reducer)
+    reducer_name = manifest_name(reducer, reducer_name, reducer_options)
   check_options(dtype, precision)
   if dtype == "bfloat16":
     precision = "default"

@@ -3,7 +3,7 @@ seed=3)`, `make_reducer('evit', normalize=True)`."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Type
+from typing import Any, Dict, Optional, Type
 
 from vitprune.config import METHOD_NAMES, METHOD_OPTIONS, method_options_problem
 from vitprune.reduce.evit import EViT
@@ -53,13 +53,17 @@ def reducer_fields(reducer) -> Dict[str, Any]:
 
 def check_named(reducer, name: str, options, ran: str, record: str):
   """`make_reducer(name, **options)`, which must equal `reducer` (what ran): else ValueError
-  '`ran` R, not method M with options O (the named reducer): `record` would name another
-  reducer than the one that ran'."""
-  named = make_reducer(name, **dict(options or {}))
+  '`ran` R, not method M with options O (why): `record` would name another reducer than the
+  one that ran'."""
+  opts = dict(options or {})
+  try:
+    named, why = make_reducer(name, **opts), None
+  except ValueError as e:        # (an unknown name or option: the record's, said as such)
+    named, why = None, str(e)
   if reducer != named:
-    raise ValueError(f"{ran} {reducer!r}, not method {name!r} with options "
-                     f"{dict(options or {})} ({named!r}): {record} would name another reducer "
-                     "than the one that ran")
+    raise ValueError(f"{ran} {reducer!r}, not method {name!r} with options {opts} "
+                     f"({why or repr(named)}): {record} would name another reducer than the "
+                     "one that ran")
   return named
 
 
@@ -69,3 +73,25 @@ def is_method(reducer_or_name: Any) -> bool:
   if isinstance(reducer_or_name, str):
     return reducer_or_name.strip().lower() in METHODS
   return type(reducer_or_name) in METHODS.values()
+
+
+def manifest_name(reducer, name: Optional[str], options) -> Optional[str]:
+  """The method name a record gives `reducer` (`name`, as `make_reducer` spells it when it is
+  one of `METHODS`; None: the reducer's own), checked to make `reducer` with `options` (where
+  None: its fields) whenever the reducer or the name is one of `METHODS`: ValueError naming both
+  otherwise (a manifest named 'tome' over a POMT graph). A subclass of a method's reducer needs
+  a name of its own (it inherits the method's)."""
+  if reducer is None:
+    return name
+  family = isinstance(reducer, tuple(METHODS.values()))
+  if family and not is_method(reducer) and (name is None or is_method(name)):
+    raise ValueError(f"reducer {reducer!r} subclasses {type(reducer).__mro__[1].__name__}: "
+                     f"give it a method name of its own (reducer_name), not "
+                     f"{name or reducer.name!r}")
+  if not (is_method(reducer) or is_method(name or "")):
+    return name                        # (a reducer of the user's own, named as the user says)
+  key = str(name or reducer.name).strip().lower()
+  check_named(reducer, key, reducer_fields(reducer) if options is None and is_method(reducer)
+              else options, "the graph runs",
+              "the manifest" + ("" if name is None else f" (reducer_name {name!r})"))
+  return None if name is None else key
