@@ -299,8 +299,14 @@ def collect(out_dir: str) -> Dict[str, Any]:
   if not os.path.isdir(out_dir):
     raise ValueError(f"--dir {out_dir!r} is not a directory")
   root = glob.escape(out_dir)       # (a '[1]' in --dir was a pattern: it read a sibling's)
+  # (a run refused at writing keeps its output beside as <name>.kept-XXXXXXXX.*: the same
+  # measurement as the output it lost to, reported once; listed, never tabulated)
+  kept = lambda p: ".kept-" in os.path.basename(p)
   profile_paths = glob.glob(os.path.join(root, "profile", "*.json"))
   tables = glob.glob(os.path.join(root, "benchmark", "**", "*.csv"), recursive=True)
+  kept_aside = sorted(os.path.relpath(p, out_dir) for p in profile_paths + tables if kept(p))
+  profile_paths = [p for p in profile_paths if not kept(p)]
+  tables = [p for p in tables if not kept(p)]
   predictor = sorted(glob.glob(os.path.join(root, "predictor_accuracy_*.json")))
   if not profile_paths and not tables and not predictor:
     raise ValueError(f"--dir {out_dir!r} holds no profile/*.json, benchmark/*.csv or "
@@ -314,7 +320,7 @@ def collect(out_dir: str) -> Dict[str, Any]:
   doc = {"format": RESULT_FORMAT, "version": 1, "profiles": profile_rows(curves),
          "skipped": sorted(os.path.basename(p) for p in profiles if p not in curves),
          "benchmark": benchmark_rows(tables), "predictor_accuracy": [],
-         "predictor_accuracy_cut": []}
+         "predictor_accuracy_cut": [], "kept_aside": kept_aside}
   devices = ({(p.device_kind, p.platform) for p in profiles.values()} |
              {(r["device_kind"], r["platform"]) for r in doc["benchmark"]})
   held: List[Tuple[Any, str]] = []        # (model, batch, method) per predictor row
@@ -401,6 +407,9 @@ def to_markdown(doc: Dict[str, Any]) -> str:
       lines += ["", bench.SPREAD_LEGEND]
   if doc["skipped"]:
     lines += ["", f"(not whole-model curves, not tabulated: {', '.join(doc['skipped'])})"]
+  if doc.get("kept_aside"):
+    lines += ["", f"(kept beside by runs refused at writing, not tabulated: "
+                  f"{', '.join(doc['kept_aside'])})"]
   if doc["predictor_accuracy"]:
     lines += ["", predictor_accuracy.table(doc["predictor_accuracy"])]
   if doc.get("predictor_accuracy_cut"):  # (cut before its first row: this line alone says so)

@@ -13,7 +13,8 @@
 # again), and a cut predictor result is replaced only by a finished one.
 # The other stages are for longer leases (sized by the first: a DeiT-S graph compiles in ~6 s
 # on an H200, autotuning included): 'speed' (profile_speed, every configuration; its table is
-# written only when it finishes, over GPU_SUITE_SPEED_TOKENS, default every 12th count),
+# written only when it finishes, profile_speed.txt and .json, over GPU_SUITE_SPEED_TOKENS,
+# default every 12th count),
 # 'profile' (adaptive curves at batch 1, 4, 16, 64 in both dtypes, continued by the next call),
 # 'bench-small'/'bench-base' (DeiT-S/B methods at every batch size and dtype, one table at the
 # end). Before measuring, every stage checks that OUT_DIR can be written and that the Python

@@ -126,7 +126,7 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
   doc = {"format": RESULT_FORMAT, "command": common.command_line("benchmarks.profile_speed", f),
          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": cfg.name,
          "batch_size": f.batch_size, "dtype": f.dtype, "device": dev,
-         "token_counts": len(base.grid),
+         "token_counts": list(base.grid), "threads": f.threads, "compile_cache_dir": cache,
          "rows": [dict(r, steps=[list(s) for s in r["steps"]]) for r in rows],
          "adaptive_repeat": {"identical": a == b, "shared": len(a & b), "of": len(a | b)}}
   common.write_result(f.out, doc, RESULT_FORMAT, indent=1)

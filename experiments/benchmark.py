@@ -158,17 +158,25 @@ def main(f: flags.FlagValues):
       command=common.command_line("experiments.benchmark", f))
   rows = bench.run_benchmark(spec, params, variants, data=data, progress=f.progress)
   print(bench.to_markdown(rows, provenance))  # (before the files: a write refused at the end
+  # (a run killed while keeping its table left temporaries no later keep, of a fresh name
+  # each, would find)
+  atomic.cleanup_stale_named(f.out_dir, f"{stem}.kept-", ".csv")
   try:                                          # keeps the measured table on stdout)
     paths = bench.write_outputs(
         rows, f.out_dir, note=lambda text: print(f"note: {common.shown(text)}"),
         provenance=provenance, replaces=began)
   except atomic.ReplacedMeanwhileError:
-    kept = bench.write_outputs(rows, f.out_dir, stem=f"{stem}.kept-{secrets.token_hex(4)}",
-                               provenance=provenance)
+    why = (f"{common.shown(os.path.join(f.out_dir, stem + '.csv'))} was written by another "
+           "run meanwhile (two runs into one --out_dir at once: give each run its own)")
+    try:
+      kept = bench.write_outputs(rows, f.out_dir, stem=f"{stem}.kept-{secrets.token_hex(4)}",
+                                 provenance=provenance)
+    except (OSError, ValueError) as keep_error:
+      raise atomic.ReplacedMeanwhileError(f"{why}; this run's table could not be kept either "
+                                          f"({keep_error}): it is printed above") from None
     raise atomic.ReplacedMeanwhileError(
-        f"{common.shown(os.path.join(f.out_dir, stem + '.csv'))} was written by another run "
-        "meanwhile (two runs into one --out_dir at once: give each run its own); this run's "
-        f"table is kept in {common.shown(kept['csv'])} (and its .md, .png)") from None
+        f"{why}; this run's table is kept in {common.shown(kept['csv'])} (and its .md, .png)"
+    ) from None
   print(f"wrote {common.shown(paths['csv'])}, {common.shown(paths['md'])}, "
         f"{common.shown(paths['png'])}")
   return rows

@@ -2,6 +2,7 @@
 run end to end and print their tables)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -37,10 +38,11 @@ def test_profile_speed_refuses_a_warm_cache_for_its_cold_row(tmp_path):
   with pytest.raises(ValueError, match=f"--compile_cache_dir={tmp_path} is not empty: the "
                      "'cache \\(cold\\)' row starts from an empty cache"):
     profile_speed.main(common.parse(profile_speed.define_flags, [
-        "--tokens=17,9", f"--compile_cache_dir={tmp_path}"]))
+        "--tokens=17,9", f"--compile_cache_dir={tmp_path}", f"--out={tmp_path / 'o.json'}"]))
   with pytest.raises(ValueError, match=r"^--tokens=17 gives one token count: the table "
                      r"compares curves"):                # (seven rows of one graph, unsaid)
-    profile_speed.main(common.parse(profile_speed.define_flags, ["--tokens=17"]))
+    profile_speed.main(common.parse(profile_speed.define_flags, [
+        "--tokens=17", f"--out={tmp_path / 'o.json'}"]))
 
 
 def test_gpu_suite_rejects_unknown_stages(tmp_path):
@@ -974,7 +976,18 @@ def test_gpu_report_tabulates_what_the_suite_wrote(tmp_path, capsys):
   with pytest.raises(ValueError, match=r"both hold test_tiny_vit float32 batch 1 curves, which "
                                        r"the table cannot tell apart: report one of them"):
     gpu_report.collect(str(out))
-  (out / "profile" / "rerun.json").unlink()
+  # ... unless a run refused at writing kept it beside (<name>.kept-XXXXXXXX.*): listed, not
+  # tabulated (the folder was refused as holding one curve twice).
+  (out / "profile" / "rerun.json").rename(out / "profile" / f"{single.stem}.kept-0a1b2c3d.json")
+  (table,) = (out / "benchmark").glob("**/*.csv")
+  shutil.copy(table, table.with_name(f"{table.stem}.kept-0a1b2c3d.csv"))
+  doc = gpu_report.collect(str(out))
+  assert doc["kept_aside"] == sorted(
+      [f"profile/{single.stem}.kept-0a1b2c3d.json",
+       os.path.relpath(table.with_name(f"{table.stem}.kept-0a1b2c3d.csv"), out)])
+  assert "(kept beside by runs refused at writing, not tabulated: " in gpu_report.to_markdown(doc)
+  for p in [*out.glob("profile/*.kept-*"), *out.glob("benchmark/**/*.kept-*")]:
+    p.unlink()
   # Two devices in one report: refused (each table names one device).
   (path,) = [p for p in (out / "profile").glob("*_model_b1_*.json")]
   other = json.loads(path.read_text())

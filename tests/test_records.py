@@ -510,6 +510,9 @@ def test_a_solution_of_numpy_numbers_writes_as_plain_json(tmp_path):
     (lambda s: dict(frontier=(dataclasses.replace(s.chosen, tokens=5),)),
      r"listed list:17,17,9 is not the POMT schedule of its tokens 5 at settings.layer 1: "
      r"\[17, 17, 5\] \(edited\?\)"),
+    (lambda s: dict(checked=(dataclasses.replace(s.chosen, tokens=17),)),
+     r"listed list:17,17,9 is not the POMT schedule of its tokens 17 at settings.layer 1: "
+     r"\[17, 17, 17\] \(edited\?\)"),
     # a probe's hand edits that deploy took as a measured floor choice
     (lambda s: dict(criterion="banana"), r"chosen.criterion 'banana' not in \('utility'"),
     (lambda s: dict(settings=dict(s.settings, accuracy_floor="high")),
