@@ -268,6 +268,13 @@ def test_folders_warn_about_images_in_formats_that_are_not_read(tmp_path):
   with warnings.catch_warnings():
     warnings.simplefilter("error")           # (only readable images: no warning)
     assert data.ImageFolder(flat).files == ("a.png",)
+  # A class folder of such images alone: the refusal says what it holds (it said only which
+  # extensions it lacks).
+  (tmp_path / "cat" / "a.png").unlink()
+  with pytest.raises(FileNotFoundError, match=re.escape(
+      f"class folder '{tmp_path / 'cat'}' contains no image files with extensions "
+      f"{', '.join(data.IMG_EXTENSIONS)} (it holds 2 of formats not read, e.g. 'c.heic')")):
+    data.ImageFolder(tmp_path)
 
 
 def test_folder_errors(tmp_path):
@@ -538,6 +545,22 @@ def test_links_outside_the_dataset_are_read_once_each(tmp_path):
   ds = data.ImageFolder(root)
   assert ds.files == ("cat/0.png", "cat/more/1.png", "dog/a.png", "dog/b.png")
   assert ds.labels.tolist() == [0, 0, 1, 1]
+  # An image of the linked-in folder linked again from another class: read as a cat and as a
+  # dog (counted twice, a probe: 32 images of 31); refused whichever class comes first.
+  for name in ("dog/x.png", "ant/x.png"):
+    (root / os.path.dirname(name)).mkdir(exist_ok=True)
+    os.symlink(outside / "1.png", root / name)
+    with pytest.raises(ValueError, match=re.escape(
+        f"'{root / name}' is a link to '{outside / '1.png'}', which the dataset also reads as "
+        "an image of its own: every image of a dataset must be reached once, under one class")):
+      data.ImageFolder(root)
+    os.unlink(root / name)
+  (root / "ant").rmdir()
+  # A link to a file no folder reads as an image (a .dat beside the images) is read once: it
+  # was refused as "also read as an image of its own".
+  shutil.copy(root / "cat" / "0.png", root / "cat" / "raw.dat")
+  os.symlink(root / "cat" / "raw.dat", root / "dog" / "c.png")
+  assert data.ImageFolder(root).files[-1] == "dog/c.png"
 
 
 @pytest.mark.parametrize("mode, array", [

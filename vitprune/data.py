@@ -216,19 +216,18 @@ def _unreadable_folder(error: OSError) -> None:
                    f"({error.strerror or error})") from None
 
 
-def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str], class_reals: Sequence[str]
-                 ) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str]
+                 ) -> Tuple[Tuple[str, ...], Tuple[str, ...], Tuple[Tuple[str, str], ...]]:
   """(image files under `class_dir` (recursively, following links) in torchvision's order,
-  files there named like images of a format that is not read), relative to `class_dir`.
+  files there named like images of a format that is not read, (path, real path) of each image
+  that is a symbolic link), the first two relative to `class_dir`.
 
   torchvision iterates `sorted(os.walk(class_dir))` and `sorted(fnames)` per directory; hidden
-  files and directories are skipped here. Returns paths relative to `class_dir`.
-  What torchvision would read twice is a ValueError instead (counted twice, or under another
-  class): a folder reached again through a symbolic link (a loop, a link to the root or into
-  another class; `seen`: {(st_dev, st_ino): path} of the folders walked so far, holding the
-  root's), and an image that is a link into a class folder the dataset reads anyway
-  (`class_reals`: the class folders' real paths). Links to files outside them (a deduplicating
-  store: git-annex, DVC, a hub cache) are fine, also when two of them share one file.
+  files and directories are skipped here. A folder reached again through a symbolic link (a
+  loop, a link to the root or into another class), which torchvision would read twice, is a
+  ValueError instead (`seen`: {(st_dev, st_ino): path} of the folders walked so far, holding the
+  root's); an image linked into a walked folder is `_check_image_links`' to refuse, once every
+  class is walked.
   """
   walked = []
   for dirpath, dirnames, fnames in os.walk(class_dir, onerror=_unreadable_folder,
@@ -241,7 +240,7 @@ def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str], class_reals: 
     seen[(st.st_dev, st.st_ino)] = dirpath
     dirnames[:] = [d for d in dirnames if not skipped_folder(d)]
     walked.append((dirpath, fnames))
-  files, skipped = [], []
+  files, skipped, links = [], [], []
   for dirpath, fnames in sorted(walked):
     for fname in sorted(fnames):
       _check_folder_link(os.path.join(dirpath, fname))   # (os.walk lists such a link as a file)
@@ -251,15 +250,28 @@ def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str], class_reals: 
         path = _check_image_entry(os.path.join(dirpath, fname))
         _check_utf8(os.path.relpath(path, class_dir), path)
         if os.path.islink(path):
-          real = os.path.realpath(path)
-          inside = [c for c in class_reals if real.startswith(c + os.sep)]
-          if inside and not any(skipped_folder(part) for part in
-                                os.path.relpath(real, inside[0]).split(os.sep)):
-            raise ValueError(f"{path!r} is a link to {real!r}, which the dataset also reads "
-                             "as an image of its own: every image of a dataset must be reached "
-                             "once, under one class")
+          links.append((path, os.path.realpath(path)))
         files.append(os.path.relpath(path, class_dir))
-  return tuple(files), tuple(skipped)
+  return tuple(files), tuple(skipped), tuple(links)
+
+
+def _check_image_links(links: Sequence[Tuple[str, str]], walked: Dict[Tuple[int, int], str],
+                       root: str) -> None:
+  """ValueError for an image link (path, real path) to an image the dataset also reads as one
+  of its own: one named as an image in a folder it walked (`walked`, the root aside), whichever
+  class reached that folder, through a link too (an image read as a 3 through a linked folder
+  and as a 5 through a file link was counted twice). Links to files outside the walked folders
+  (a deduplicating store: git-annex, DVC, a hub cache) are fine, also when two share one file,
+  as are links to files no folder reads as images (a .dat beside them)."""
+  top = os.stat(root)
+  for path, real in links:
+    folder = os.stat(os.path.dirname(real))
+    key = (folder.st_dev, folder.st_ino)
+    if key in walked and key != (top.st_dev, top.st_ino) and is_image_file(
+        os.path.basename(real)):
+      raise ValueError(f"{path!r} is a link to {real!r}, which the dataset also reads as an "
+                       "image of its own: every image of a dataset must be reached once, under "
+                       "one class")
 
 
 def _flat_files(root: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
@@ -449,18 +461,21 @@ class ImageFolder:
       files, labels = [], []
       root_stat = os.stat(root)
       seen = {(root_stat.st_dev, root_stat.st_ino): root}
-      class_reals = [os.path.realpath(os.path.join(root, name)) for name in classes]
-      skipped = []
+      skipped, links = [], []
       for name in classes:
         idx = index[name]
-        found, other = _class_files(os.path.join(root, name), seen, class_reals)
+        found, other, linked = _class_files(os.path.join(root, name), seen)
         skipped.extend(f"{name}/{p}" for p in other)
-        if not found:
+        links.extend(linked)
+        if not found:     # (a folder of GIFs only said nothing of them)
           raise FileNotFoundError(
               f"class folder {os.path.join(root, name)!r} contains no image files with "
-              f"extensions {', '.join(IMG_EXTENSIONS)}")
+              f"extensions {', '.join(IMG_EXTENSIONS)}" + (
+                  f" (it holds {len(other)} of formats not read, e.g. {other[0]!r})"
+                  if other else ""))
         files.extend(f"{name}/{p}" for p in found)
         labels.extend([idx] * len(found))
+      _check_image_links(links, seen, root)
       _warn_unlabelled_root_images(root)
       _warn_other_images(root, [p.replace(os.sep, "/") for p in skipped])
     else:
