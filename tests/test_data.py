@@ -1097,6 +1097,13 @@ def test_digits_re_saved_as_jpeg_are_found_by_their_pixels(tmp_path):
   rgb = np.stack([grey + 20, grey, grey - 20], axis=-1).clip(0, 255).astype(np.uint8)
   Image.fromarray(rgb).save(tinted / "t.png")
   assert digits.digits_copied_into(str(tinted.parent)) == {int(split[0][0])}
+  # A JPEG padded past 64 KiB (an ICC profile) was never scanned (a probe: scored at 1.0000).
+  padded = tmp_path / "padded" / "0"
+  padded.mkdir(parents=True)
+  Image.fromarray(grey.astype(np.uint8)).convert("RGB").save(
+      padded / "p.jpg", quality=95, icc_profile=bytes(70000))
+  assert os.path.getsize(padded / "p.jpg") > 1 << 16
+  assert digits.digits_copied_into(str(padded.parent)) == {int(split[0][0])}
   meta = {"dataset": "sklearn_digits", "split": {"seed": 0, "test_fraction": 0.2}}
   digits.check_digits_folder(str(test), meta, "W")                     # held out: scored
   with pytest.raises(ValueError, match=re.escape(

@@ -176,6 +176,39 @@ def digits_copied_into(root: str) -> set:
   return _scan_for_digits(root)[0]
 
 
+# JPEG start-of-frame markers (baseline, progressive, lossless, ...; not DHT C4, JPG C8, DAC CC),
+# whose segment gives the height and width, and the markers that carry no length.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_BARE = frozenset([0x01, *range(0xD0, 0xD9)])
+
+
+def _jpeg_size(f) -> Optional[Tuple[int, int]]:
+  """(width, height) of the JPEG open as `f` from its frame header, seeking over the segments
+  before it (an 8x8 digit behind a 70 KB ICC profile was not scanned); None when it has none."""
+  f.seek(2)
+  while True:
+    byte = f.read(1)
+    if byte != b"\xff":
+      return None
+    while byte == b"\xff":          # (fill bytes before a marker)
+      byte = f.read(1)
+    if not byte:
+      return None
+    marker = byte[0]
+    if marker in _JPEG_BARE:
+      continue
+    length = f.read(2)
+    if len(length) < 2 or marker == 0xDA:      # (the scan data: no frame header before it)
+      return None
+    if marker in _JPEG_SOF:
+      frame = f.read(5)
+      return (int.from_bytes(frame[3:5], "big"), int.from_bytes(frame[1:3], "big")) \
+          if len(frame) == 5 else None
+    if int.from_bytes(length, "big") < 2:      # (a length that covers not even itself)
+      return None
+    f.seek(int.from_bytes(length, "big") - 2, os.SEEK_CUR)
+
+
 def _scan_for_digits(root: str) -> Tuple[set, int]:
   """(the digits' indices of the images of `root` that are digits of the dataset, found by their
   8x8 pixels (no two digits share them) among the files `ImageFolder` reads, whatever their
@@ -184,7 +217,7 @@ def _scan_for_digits(root: str) -> Tuple[set, int]:
   are labelled by their sorted position; a digit in another digit's folder is a training image
   scored all the same); without, images directly in `root` (a flat copy, `cp dir/*/*.png
   flat/`, scored by agreement). Only regular files whose header says 8x8 are decoded (of at
-  most 64 KiB, but PNGs of any size), to RGB as `ImageFolder` reads them (a grey image saved as
+  most 64 KiB, but PNGs and JPEGs of any size), to RGB as `ImageFolder` reads them (a grey image saved as
   LA, RGB(A) or with a palette counts by its grey values); an image that is no digit exactly is
   the one digit within `_LOSSY_COPY_LEVELS` grey levels of it in every pixel and channel, if
   any (a copy re-saved as JPEG was missed), and how many 8x8 images matched no digit)."""
@@ -205,12 +238,13 @@ def _scan_for_digits(root: str) -> Tuple[set, int]:
         return -1                     # (a FIFO blocked the open for ever; ImageFolder names it)
       with open(path, "rb") as f:     # a PNG's size without PIL (~5x faster on a large folder)
         head = f.read(24)
-      png = head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR"
-      if png and (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")) != \
-          shape[::-1]:
+        png = head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR"
+        size = ((int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"))
+                if png else _jpeg_size(f) if head[:2] == b"\xff\xd8" else None)
+      if size is not None and size != shape[::-1]:
         return -1
-      if st.st_size > _MAX_DIGIT_FILE_BYTES and not png:   # (an 8x8 PNG padded with chunks
-        return -1                                          # of text or ICC is still a digit)
+      if st.st_size > _MAX_DIGIT_FILE_BYTES and size is None:   # (an 8x8 PNG or JPEG padded
+        return -1                                   # with text or an ICC profile is a digit)
       with Image.open(path) as img:
         if img.size != shape[::-1]:   # (from the header: not decoded)
           return -1
