@@ -119,6 +119,8 @@ def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int,
                                                          indices=indices)))
   if headless:
     labels, note = np.full_like(labels, -1), f"{note}, labels unused (no classifier head)"
+  elif images_dir and not ds.labelled:      # (a flat folder gave agreement alone, unsaid)
+    note = f"{note}; {data_lib.UNLABELLED_NOTE}"
   return imgs, labels, data_lib.batch_valid_mask(idx), note
 
 

@@ -171,6 +171,7 @@ def test_cli_refuses_a_seed_that_samples_nothing(tmp_path):
   """Trained weights and an --images folder no larger than the batch: every image is used and
   --seed is read nowhere (it ran and said nothing)."""
   from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  from vitprune.data import UNLABELLED_NOTE  # pylint: disable=g-import-not-at-top
   from vitprune.digits import write_digits_imagefolder  # pylint: disable=g-import-not-at-top
   images = write_digits_imagefolder(str(tmp_path / "imgs"), limit=6)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,6 +183,13 @@ def test_cli_refuses_a_seed_that_samples_nothing(tmp_path):
       "sample of an --images folder larger than --batch_size\n")
   code, out, err = run_cli_in_process(root, "prune", base + ["--batch_size=4", "--seed=5"])
   assert code == 0 and "4 of the 6 images of" in out and "sample, seed 5" in out, err
+  assert "no accuracy" not in out and "top-1 accuracy: unpruned" in out
+  # A flat folder (one class's images) is read unlabelled, and the run says so (it printed
+  # agreement alone without a word, where estimate and run_deployed say why).
+  code, out, err = run_cli_in_process(root, "prune", [
+      "--repeats=3", "--warmup=0", f"--images={images}/0", "--batch_size=4"])
+  assert code == 0 and "top-1 accuracy" not in out, err
+  assert f"; {UNLABELLED_NOTE}\nweights: " in out
 
 
 def test_cli_default_prunes_the_embedded_model_on_digits(capsys):
