@@ -217,10 +217,11 @@ def _scan_for_digits(root: str) -> Tuple[set, int]:
   are labelled by their sorted position; a digit in another digit's folder is a training image
   scored all the same); without, images directly in `root` (a flat copy, `cp dir/*/*.png
   flat/`, scored by agreement). Only regular files whose header says 8x8 are decoded (of at
-  most 64 KiB, but PNGs and JPEGs of any size), to RGB as `ImageFolder` reads them (a grey image saved as
-  LA, RGB(A) or with a palette counts by its grey values); an image that is no digit exactly is
-  the one digit within `_LOSSY_COPY_LEVELS` grey levels of it in every pixel and channel, if
-  any (a copy re-saved as JPEG was missed), and how many 8x8 images matched no digit)."""
+  most 64 KiB, but PNGs and JPEGs of any size), to RGB as `ImageFolder` reads them (a grey
+  image saved as LA, RGB(A) or with a palette counts by its grey values); an image that is no
+  digit exactly is the one digit within `_LOSSY_COPY_LEVELS` grey levels of it in every pixel
+  and channel, if any (a copy re-saved as JPEG was missed), and how many 8x8 images matched no
+  digit)."""
   if not os.path.isdir(root):          # (ImageFolder names a missing root)
     return set(), 0
   images, _ = load_digits_arrays()

@@ -47,10 +47,10 @@ def forward_gflop(cfg: ViTConfig, batch_size: int = 1,
                   counts: Optional[Sequence[int]] = None) -> float:
   """GFLOP of `forward` on `batch_size` images: with every token kept, or with a schedule's
   `counts` (tokens entering block 0, then leaving each block: `Schedule.counts`, or the
-  `Schedule` itself), where a
-  reducing block attends over the tokens entering it and runs its MLP on those leaving it (every
-  method here reduces between attention and MLP). Counts no graph can run (increasing, above the
-  model's tokens, below prefix + 1) are refused as `check_schedule` refuses them."""
+  `Schedule` itself), where a reducing block attends over the tokens entering it and runs its
+  MLP on those leaving it (every method here reduces between attention and MLP). Counts no
+  graph can run (increasing, above the model's tokens, below prefix + 1) are refused as
+  `check_schedule` refuses them."""
   check_config_type(cfg)
   batch_size = as_positive_int(batch_size, "batch_size")
   if counts is None:
