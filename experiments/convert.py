@@ -76,8 +76,10 @@ def run(model: str, checkpoint: str, *, img_size: Optional[int] = None,
   print(f"{cfg.name}: {count_params(params):,} parameters, img_size {cfg.img_size}, "
         f"num_classes {cfg.num_classes}")
   if meta["source_dtypes"] != ["float32"]:     # (the weights hold float32 values either way)
+    wider = [d for d in meta["source_dtypes"] if d in ("float64", "float128", "longdouble")]
     print(f"note: the checkpoint holds {', '.join(meta['source_dtypes'])} tensors: converted to "
-          "float32 (the values as the file held them, no precision gained)")
+          + (f"float32 (its {', '.join(wider)} values rounded to float32)" if wider else
+             "float32 (the values as the file held them, no precision gained)"))
   if "pos_embed_resampled" in meta:
     r = meta["pos_embed_resampled"]
     print(f"pos_embed resampled {tuple(r['from'])} -> {tuple(r['to'])} ({r['interpolation']}, "

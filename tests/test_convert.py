@@ -251,6 +251,21 @@ def test_resample_keeps_prefix_and_validates():
   assert bf16.dtype == ml_dtypes.bfloat16 and bf16.shape == (1, 11, 4)
   with pytest.raises(ValueError, match="interpolation must be one of"):
     resize_matrix(4, 3, "lanczos")
+  # Sizes that are no (height, width) of positive ints, and a switch that is no bool (a probe:
+  # (3,) an IndexError, (7.5, 7.5) a TypeError naming nothing, (3, 3, 3) read as (3, 3),
+  # antialias='no' antialiased).
+  for name, kw in (("new_size", dict(new_size=(3,))), ("new_size", dict(new_size=(3, 3, 3))),
+                   ("new_size", dict(new_size=(7.5, 7.5))), ("new_size", dict(new_size=(0, 3))),
+                   ("new_size", dict(new_size=(True, 3))), ("old_size", dict(old_size=(25,)))):
+    with pytest.raises(ValueError, match=rf"^{name} must be \(height, width\), two integers >= "
+                                         r"1, got "):
+      resample_abs_pos_embed(pe, **{"new_size": (3, 3), "num_prefix_tokens": 2, **kw})
+  with pytest.raises(TypeError, match=r"^antialias must be True or False, got 'no'$"):
+    resample_abs_pos_embed(pe, (3, 3), num_prefix_tokens=2, antialias="no")
+  with pytest.raises(ValueError, match=r"sizes must be positive integers, got in_size=4, "
+                                       r"out_size=2.5"):
+    resize_matrix(4, 2.5)
+  assert resample_abs_pos_embed(pe, [np.int64(3), 3], num_prefix_tokens=2).shape == (1, 11, 4)
 
 
 # ----------------------------------------------------------------------------- mappings
@@ -446,6 +461,14 @@ def test_the_checkpoints_precision_is_recorded_and_said(tmp_path, capsys):
           "file held them, no precision gained)") in capsys.readouterr().out.splitlines()
   cli.run("test_tiny_vit", str(tmp_path / "f.safetensors"), out=str(tmp_path / "w32"))
   assert "note: the checkpoint holds" not in capsys.readouterr().out
+  # A wider dtype is rounded, not held as it was; float32 of either byte order is float32
+  # (a big-endian npz was said to be converted from '>f4').
+  save_file({k: v.astype(np.float64) for k, v in sd.items()}, str(tmp_path / "d.safetensors"))
+  cli.run("test_tiny_vit", str(tmp_path / "d.safetensors"), out=str(tmp_path / "w64"))
+  assert ("note: the checkpoint holds float64 tensors: converted to float32 (its float64 values "
+          "rounded to float32)") in capsys.readouterr().out.splitlines()
+  np.savez(tmp_path / "be.npz", **{k: v.astype(">f4") for k, v in sd.items()})
+  assert convert_file(cfg, str(tmp_path / "be.npz"))[1]["source_dtypes"] == ["float32"]
 
 
 def test_features_only_needs_explicit_drop_head():

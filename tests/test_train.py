@@ -104,7 +104,8 @@ def test_epoch_batches():
     (dict(label_smoothing=1.0), "label_smoothing"), (dict(max_shift=-1), "max_shift"),
     (dict(weight_decay=-1.0), "weight_decay"),
     (dict(lr=1e308), "^lr 1e\\+308 overflows float32, the dtype training computes in$"),
-    (dict(weight_decay=1e39), "^weight_decay 1e\\+39 overflows float32")])
+    (dict(weight_decay=1e39), "^weight_decay 1e\\+39 overflows float32"),
+    (dict(lr=1e-46), "^lr 1e-46 is 0 in float32, the dtype training computes in$")])
 def test_train_config_errors(kw, match):
   with pytest.raises(ValueError, match=match):
     td.TrainConfig(**kw)

@@ -582,7 +582,7 @@ def convert_file(cfg: ViTConfig, path: str, *, drop_head: bool = False,
           "source_format": fmt, "timm_name": cfg.name, "img_size": cfg.img_size,
           "num_classes": cfg.num_classes, "drop_head": drop_head,
           "ignore_keys": list(ignore_keys), "num_params": count_params(params),
-          "source_dtypes": sorted({str(np.asarray(timm_sd[k]).dtype)
+          "source_dtypes": sorted({np.asarray(timm_sd[k]).dtype.name   # ('>f4': float32)
                                    for k in expected_keys(cfg) if k in timm_sd})}
   if src_pe is not None and tuple(src_pe.shape) != tuple(params["pos_embed"].shape):
     meta["pos_embed_resampled"] = {"from": list(src_pe.shape),

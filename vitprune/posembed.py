@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from vitprune.config import is_float_dtype
+from vitprune.config import check_switch, is_float_dtype
 
 INTERPOLATIONS = ("bicubic", "bilinear")
 
@@ -40,8 +40,23 @@ def _triangle(x: np.ndarray) -> np.ndarray:
 def _check(in_size: int, out_size: int, interpolation: str):
   if interpolation not in INTERPOLATIONS:
     raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
-  if in_size < 1 or out_size < 1:
-    raise ValueError(f"sizes must be positive, got in_size={in_size}, out_size={out_size}")
+  if not all(_is_int(n) and n >= 1 for n in (in_size, out_size)):
+    raise ValueError(f"sizes must be positive integers, got in_size={in_size!r}, "
+                     f"out_size={out_size!r}")
+
+
+def _is_int(n) -> bool:
+  return isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+
+
+def _grid_size(name: str, size) -> Tuple[int, int]:
+  """`size` as (height, width) of positive ints, else ValueError naming `name` ((3,) was an
+  IndexError, (7.5, 7.5) a TypeError naming nothing, (3, 3, 3) read as (3, 3))."""
+  size = tuple(size) if isinstance(size, (tuple, list)) else size
+  if not (isinstance(size, tuple) and len(size) == 2 and all(_is_int(n) and n >= 1
+                                                                  for n in size)):
+    raise ValueError(f"{name} must be (height, width), two integers >= 1, got {size!r}")
+  return int(size[0]), int(size[1])
 
 
 def resize_matrix(in_size: int, out_size: int, interpolation: str = "bicubic",
@@ -117,7 +132,8 @@ def resample_abs_pos_embed(posemb: np.ndarray, new_size: Tuple[int, int],
       raise ValueError(f"pos_embed has {posemb.shape[1]} entries; minus {num_prefix_tokens} "
                        f"prefix tokens that is {n}, not a square patch grid")
     old_size = (side, side)
-  old_size, new_size = tuple(old_size), tuple(new_size)
+  old_size, new_size = _grid_size("old_size", old_size), _grid_size("new_size", new_size)
+  check_switch("antialias", antialias)     # ('no' is truthy: it antialiased)
   if old_size[0] * old_size[1] != n:
     raise ValueError(f"pos_embed has {n} patch entries, not old_size {old_size}")
   if old_size == new_size:

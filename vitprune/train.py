@@ -62,6 +62,8 @@ class TrainConfig:
                        "training computes in")
     if not self.lr > 0:
       raise ValueError(f"lr must be > 0, got {self.lr}")
+    if not np.float32(self.lr) > 0:         # (1e-46 trained nothing and saved the weights)
+      raise ValueError(f"lr {self.lr} is 0 in float32, the dtype training computes in")
     if not 0.0 <= self.label_smoothing < 1.0:
       raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
     if self.max_shift < 0:
