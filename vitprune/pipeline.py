@@ -282,6 +282,7 @@ def _calibrate(cfg, params, spec, tokens, log):
   p = lm.params
   log(f"  fit: scale {p['scale']:.3f} of the uniform curve's per-block share, MLP shift "
       f"{p['mlp']:.3f}, reduction {1e6 * p['r0']:.1f} + {1e6 * p['r1']:.1f} * n/N us, "
+      f"after a reduction {p.get('post', 0.0):.3f} of a block's share more, "
       f"constant {1e6 * p['const']:.1f} us; |error| on the {int(lm.reducing.sum())} "
       f"calibration schedules that reduce: median {100 * lm.residual_median:.1f}%, p90 "
       f"{100 * lm.residual_p90:.1f}%")
@@ -407,7 +408,8 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
         evaluate=evaluate, latency_model=latency_model, num_images=len(data.indices),
         measure_all=spec.measure_frontier, refine_rounds=spec.refine_accuracy_rounds,
         margins=margins, loop_neighbours=spec.loop_neighbours)
-    log(f"  frontier: {len(sol.frontier)} schedules (latency: {sol.profile.latency_source})")
+    log(f"  frontier: {len(sol.frontier)} schedule{'' if len(sol.frontier) == 1 else 's'} "
+        f"(latency: {sol.profile.latency_source})")
     if sol.settings.get("frontier_accuracy_error"):
       log("  " + describe_frontier_error(sol.settings["frontier_accuracy_error"]))
     if sol.settings.get("accuracy_refinement"):
@@ -456,9 +458,10 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
       ch = sol.chosen
       if not spec.floor_confidence:
         rule, shown = f"{sol.metric} >= {floor:.6g}", ""
-        what = (f"{len(sol.checked)} schedules on the data (of the "
-                f"{sol.settings['singles_meeting_floor']} single reductions the estimate "
-                "measured meeting the floor, the loop's neighbours among them)")
+        singles = sol.settings["singles_meeting_floor"]
+        what = (f"{len(sol.checked)} schedules on the data (the {singles} single reductions "
+                "the estimate measured meeting the floor were candidates too; those beside the "
+                f"choice are among the {len(sol.checked)})")
       else:
         paired = sum(c.measured_change_low is not None for c in sol.checked)
         what = (f"{paired} schedules on the data image by image against the unpruned "

@@ -1153,7 +1153,8 @@ def describe_refinement(ref: Dict[str, Any]) -> str:
   rounds = [r for r in ref["rounds"] if r["num_schedules"]]
   head = (f"accuracy model corrected from measurements in {len(ref['rounds']) - 1} round(s)"
           f" ({'converged' if ref['converged'] else 'not converged'}, "
-          f"{ref['measured_schedules']} schedules measured)")
+          f"{ref['measured_schedules']} schedules measured in all, the unpruned one among "
+          "them)")
   if not rounds:
     return head + ": no frontier schedule beyond those measured before"
   first, last = rounds[0], rounds[-1]
