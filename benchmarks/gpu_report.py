@@ -304,10 +304,12 @@ def collect(out_dir: str) -> Dict[str, Any]:
   kept = lambda p: ".kept-" in os.path.basename(p)
   profile_paths = glob.glob(os.path.join(root, "profile", "*.json"))
   tables = glob.glob(os.path.join(root, "benchmark", "**", "*.csv"), recursive=True)
-  kept_aside = sorted(os.path.relpath(p, out_dir) for p in profile_paths + tables if kept(p))
+  predictor = sorted(glob.glob(os.path.join(root, "predictor_accuracy_*.json")))
+  kept_aside = sorted(os.path.relpath(p, out_dir) for p in profile_paths + tables + predictor
+                      if kept(p))
   profile_paths = [p for p in profile_paths if not kept(p)]
   tables = [p for p in tables if not kept(p)]
-  predictor = sorted(glob.glob(os.path.join(root, "predictor_accuracy_*.json")))
+  predictor = [p for p in predictor if not kept(p)]
   if not profile_paths and not tables and not predictor:
     raise ValueError(f"--dir {out_dir!r} holds no profile/*.json, benchmark/*.csv or "
                      "predictor_accuracy_*.json: nothing to report (did every stage time out?)")

@@ -982,12 +982,17 @@ def test_gpu_report_tabulates_what_the_suite_wrote(tmp_path, capsys):
   (out / "profile" / "rerun.json").rename(out / "profile" / f"{single.stem}.kept-0a1b2c3d.json")
   (table,) = (out / "benchmark").glob("**/*.csv")
   shutil.copy(table, table.with_name(f"{table.stem}.kept-0a1b2c3d.csv"))
+  predicted = sorted(out.glob("predictor_accuracy_*.json"))
+  for p in predicted:
+    shutil.copy(p, p.with_name(f"{p.stem}.kept-0a1b2c3d.json"))
   doc = gpu_report.collect(str(out))
   assert doc["kept_aside"] == sorted(
       [f"profile/{single.stem}.kept-0a1b2c3d.json",
-       os.path.relpath(table.with_name(f"{table.stem}.kept-0a1b2c3d.csv"), out)])
+       os.path.relpath(table.with_name(f"{table.stem}.kept-0a1b2c3d.csv"), out)]
+      + [f"{p.stem}.kept-0a1b2c3d.json" for p in predicted])
   assert "(kept beside by runs refused at writing, not tabulated: " in gpu_report.to_markdown(doc)
-  for p in [*out.glob("profile/*.kept-*"), *out.glob("benchmark/**/*.kept-*")]:
+  for p in [*out.glob("profile/*.kept-*"), *out.glob("benchmark/**/*.kept-*"),
+            *out.glob("*.kept-*")]:
     p.unlink()
   # Two devices in one report: refused (each table names one device).
   (path,) = [p for p in (out / "profile").glob("*_model_b1_*.json")]
@@ -1212,6 +1217,13 @@ def test_gpu_report_checks_what_it_tabulates(tmp_path):
   target = pdir / "predictor_accuracy_pomt.json"
   target.write_text(json.dumps(res))
   assert gpu_report.collect(str(pdir))["predictor_accuracy"] == [good]
+  # A result a refused run kept beside (predictor_accuracy_pomt.kept-XXXXXXXX.json) is listed,
+  # not read as a second copy of the rows (the folder was refused: "both hold").
+  kept = pdir / "predictor_accuracy_pomt.kept-0a1b2c3d.json"
+  kept.write_text(json.dumps(res))
+  report = gpu_report.collect(str(pdir))
+  assert report["predictor_accuracy"] == [good] and report["kept_aside"] == [kept.name]
+  kept.unlink()
   for change, message in (
       (dict(version=99), r"is version 99 of a benchmarks.predictor_accuracy result; this "
                          r"vitprune reads version 1"),

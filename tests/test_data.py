@@ -556,6 +556,16 @@ def test_links_outside_the_dataset_are_read_once_each(tmp_path):
       data.ImageFolder(root)
     os.unlink(root / name)
   (root / "ant").rmdir()
+  # ... also through a link of another class (a link to a link: only the last target was
+  # looked at, a review).
+  os.symlink(blobs / "ab12", root / "cat" / "l.png")
+  os.symlink(os.path.join("..", "cat", "l.png"), root / "dog" / "x.png")
+  with pytest.raises(ValueError, match=re.escape(
+      f"'{root / 'dog' / 'x.png'}' is a link to '{root / 'dog' / '..' / 'cat' / 'l.png'}', "
+      "which the dataset also reads as an image of its own")):
+    data.ImageFolder(root)
+  os.unlink(root / "dog" / "x.png")
+  os.unlink(root / "cat" / "l.png")
   # A link to a file no folder reads as an image (a .dat beside the images) is read once: it
   # was refused as "also read as an image of its own".
   shutil.copy(root / "cat" / "0.png", root / "cat" / "raw.dat")

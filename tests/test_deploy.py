@@ -1315,6 +1315,8 @@ def test_the_manifest_records_what_the_graph_runs(tmp_path, params):
                            precision="banana")
   # The method and options recorded must make the reducer exported: a manifest naming 'tome'
   # with options {'bogus': 1} held a POMT graph and loaded (a library caller's; a probe).
+  from vitprune.reduce.methods import reducer_fields  # pylint: disable=g-import-not-at-top
+
   class MyPOMT(type(make_reducer("pomt"))):
     pass
 
@@ -1338,8 +1340,9 @@ def test_the_manifest_records_what_the_graph_runs(tmp_path, params):
       deploy.export_artifact(str(tmp_path / "named"), CFG, params, schedule=SCHED,
                              reducer=reducer, reducer_name=name, reducer_options=opts)
     assert not os.path.exists(tmp_path / "named")
-  # Named as make_reducer spells it; a reducer given alone is recorded as it is (its options
-  # need not be the method's defaults); a subclass of its own name is the user's own reducer.
+  # Named as make_reducer spells it; a reducer given alone is recorded with its fields as its
+  # options (its options need not be the method's defaults, and {} read as seed 0, a review);
+  # a subclass of its own name is the user's own reducer.
   for i, (name, opts, reducer, recorded) in enumerate((
       (" ToMe ", {"seed": 7}, make_reducer("random", seed=7), None),
       (None, None, make_reducer("random", seed=3), "random"),
@@ -1355,7 +1358,8 @@ def test_the_manifest_records_what_the_graph_runs(tmp_path, params):
                                   reducer=reducer, reducer_name=name, reducer_options=opts,
                                   batch_size=2, verify=False)
     entry = deploy.load(path).manifest.reducer
-    assert (entry["name"], entry["options"]) == (recorded, opts or {})
+    assert (entry["name"], entry["options"]) == (recorded, opts or reducer_fields(reducer))
+    assert recorded == "mine" or make_reducer(entry["name"], **entry["options"]) == reducer
   tome = deploy.export_artifact(str(tmp_path / "tome"), CFG, params, schedule=SCHED,
                                 reducer=make_reducer("tome"), reducer_name=" ToMe ",
                                 batch_size=2, verify=False)

@@ -105,7 +105,9 @@ def test_epoch_batches():
     (dict(weight_decay=-1.0), "weight_decay"),
     (dict(lr=1e308), "^lr 1e\\+308 overflows float32, the dtype training computes in$"),
     (dict(weight_decay=1e39), "^weight_decay 1e\\+39 overflows float32"),
-    (dict(lr=1e-46), "^lr 1e-46 is 0 in float32, the dtype training computes in$")])
+    (dict(lr=1e-46), r"^lr 1e-46 is below float32's smallest normal number \(1.18e-38\): "
+                     "training, in float32, would not move$"),
+    (dict(lr=1e-40), r"^lr 1e-40 is below float32's smallest normal number")])
 def test_train_config_errors(kw, match):
   with pytest.raises(ValueError, match=match):
     td.TrainConfig(**kw)

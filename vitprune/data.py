@@ -264,14 +264,28 @@ def _check_image_links(links: Sequence[Tuple[str, str]], walked: Dict[Tuple[int,
   (a deduplicating store: git-annex, DVC, a hub cache) are fine, also when two share one file,
   as are links to files no folder reads as images (a .dat beside them)."""
   top = os.stat(root)
+  top = (top.st_dev, top.st_ino)
   for path, real in links:
-    folder = os.stat(os.path.dirname(real))
-    key = (folder.st_dev, folder.st_ino)
-    if key in walked and key != (top.st_dev, top.st_ino) and is_image_file(
-        os.path.basename(real)):
-      raise ValueError(f"{path!r} is a link to {real!r}, which the dataset also reads as an "
-                       "image of its own: every image of a dataset must be reached once, under "
-                       "one class")
+    for target in _link_chain(path) + [real]:  # (through a link of another class: read twice)
+      folder = os.stat(os.path.dirname(target))
+      key = (folder.st_dev, folder.st_ino)
+      if key in walked and key != top and is_image_file(os.path.basename(target)):
+        raise ValueError(f"{path!r} is a link to {target!r}, which the dataset also reads as "
+                         "an image of its own: every image of a dataset must be reached once, "
+                         "under one class")
+
+
+def _link_chain(path: str, limit: int = 40) -> List[str]:
+  """The paths a symbolic link `path` leads through before its last target (each a link
+  itself), in order: a link to a link of another class's folder was read under both."""
+  chain, cur = [], path
+  while len(chain) < limit:
+    nxt = os.path.join(os.path.dirname(cur), os.readlink(cur))
+    if not os.path.islink(nxt):
+      return chain
+    chain.append(nxt)
+    cur = nxt
+  return chain
 
 
 def _flat_files(root: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:

@@ -274,7 +274,7 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
     reducer = reducer_name = reducer_options = None
   else:    # (a manifest naming 'tome' with options {'bogus': 1} held a POMT graph, and loaded)
     from vitprune.reduce.methods import manifest_name   # (load() imports no reducer)
-    reducer_name = manifest_name(reducer, reducer_name, reducer_options)
+    reducer_name, reducer_options = manifest_name(reducer, reducer_name, reducer_options)
   check_options(dtype, precision)
   if dtype == "bfloat16":
     precision = "default"

@@ -282,7 +282,7 @@ def _calibrate(cfg, params, spec, tokens, log):
   p = lm.params
   log(f"  fit: scale {p['scale']:.3f} of the uniform curve's per-block share, MLP shift "
       f"{p['mlp']:.3f}, reduction {1e6 * p['r0']:.1f} + {1e6 * p['r1']:.1f} * n/N us, "
-      f"after a reduction {p.get('post', 0.0):.3f} of a block's share more, "
+      f"+{p.get('post', 0.0):.3f} of a block's share in each block after a reduction, "
       f"constant {1e6 * p['const']:.1f} us; |error| on the {int(lm.reducing.sum())} "
       f"calibration schedules that reduce: median {100 * lm.residual_median:.1f}%, p90 "
       f"{100 * lm.residual_p90:.1f}%")
@@ -459,9 +459,8 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
       if not spec.floor_confidence:
         rule, shown = f"{sol.metric} >= {floor:.6g}", ""
         singles = sol.settings["singles_meeting_floor"]
-        what = (f"{len(sol.checked)} schedules on the data (the {singles} single reductions "
-                "the estimate measured meeting the floor were candidates too; those beside the "
-                f"choice are among the {len(sol.checked)})")
+        what = (f"{len(sol.checked)} schedules on the data (candidates too: the {singles} "
+                "single reductions meeting the floor, measured by the estimate)")
       else:
         paired = sum(c.measured_change_low is not None for c in sol.checked)
         what = (f"{paired} schedules on the data image by image against the unpruned "

@@ -62,8 +62,10 @@ class TrainConfig:
                        "training computes in")
     if not self.lr > 0:
       raise ValueError(f"lr must be > 0, got {self.lr}")
-    if not np.float32(self.lr) > 0:         # (1e-46 trained nothing and saved the weights)
-      raise ValueError(f"lr {self.lr} is 0 in float32, the dtype training computes in")
+    if not np.float32(self.lr) >= np.finfo(np.float32).tiny:   # (1e-46, 0 in float32, and
+      # 1e-40, subnormal and flushed to 0 by XLA, trained nothing and saved the weights)
+      raise ValueError(f"lr {self.lr} is below float32's smallest normal number "
+                       f"({np.finfo(np.float32).tiny:.3g}): training, in float32, would not move")
     if not 0.0 <= self.label_smoothing < 1.0:
       raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
     if self.max_shift < 0:

@@ -3,7 +3,7 @@ seed=3)`, `make_reducer('evit', normalize=True)`."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional, Type
+from typing import Any, Dict, Optional, Tuple, Type
 
 from vitprune.config import METHOD_NAMES, METHOD_OPTIONS, method_options_problem
 from vitprune.reduce.evit import EViT
@@ -75,23 +75,25 @@ def is_method(reducer_or_name: Any) -> bool:
   return type(reducer_or_name) in METHODS.values()
 
 
-def manifest_name(reducer, name: Optional[str], options) -> Optional[str]:
-  """The method name a record gives `reducer` (`name`, as `make_reducer` spells it when it is
-  one of `METHODS`; None: the reducer's own), checked to make `reducer` with `options` (where
-  None: its fields) whenever the reducer or the name is one of `METHODS`: ValueError naming both
-  otherwise (a manifest named 'tome' over a POMT graph). A subclass of a method's reducer needs
-  a name of its own (it inherits the method's)."""
+def manifest_name(reducer, name: Optional[str], options
+                  ) -> Tuple[Optional[str], Optional[Dict[str, Any]]]:
+  """(the method name, the options) a record gives `reducer`: `name`, as `make_reducer` spells
+  it when it is one of `METHODS` (None: the reducer's own), and `options`, or where None and
+  the reducer is one of `METHODS` its fields (a RandomDrop(seed=3) recorded with options {}
+  read as seed 0), checked to make `reducer` whenever the reducer or the name is one of
+  `METHODS`: ValueError naming both otherwise (a manifest named 'tome' over a POMT graph). A
+  subclass of a method's reducer needs a name of its own (it inherits the method's)."""
   if reducer is None:
-    return name
-  family = isinstance(reducer, tuple(METHODS.values()))
+    return name, options
+  family = [c for c in METHODS.values() if isinstance(reducer, c)]
   if family and not is_method(reducer) and (name is None or is_method(name)):
-    raise ValueError(f"reducer {reducer!r} subclasses {type(reducer).__mro__[1].__name__}: "
-                     f"give it a method name of its own (reducer_name), not "
-                     f"{name or reducer.name!r}")
+    raise ValueError(f"reducer {reducer!r} subclasses {family[0].__name__}: give it a method "
+                     f"name of its own (reducer_name), not {name or reducer.name!r}")
   if not (is_method(reducer) or is_method(name or "")):
-    return name                        # (a reducer of the user's own, named as the user says)
+    return name, options               # (a reducer of the user's own, named as the user says)
   key = str(name or reducer.name).strip().lower()
-  check_named(reducer, key, reducer_fields(reducer) if options is None and is_method(reducer)
-              else options, "the graph runs",
+  if options is None and is_method(reducer):
+    options = reducer_fields(reducer)
+  check_named(reducer, key, options, "the graph runs",
               "the manifest" + ("" if name is None else f" (reducer_name {name!r})"))
-  return None if name is None else key
+  return (None if name is None else key), options
