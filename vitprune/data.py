@@ -256,20 +256,19 @@ def _class_files(class_dir: str, seen: Dict[Tuple[int, int], str]
 
 
 def _check_image_links(links: Sequence[Tuple[str, str]], walked: Dict[Tuple[int, int], str],
-                       root: str) -> None:
+                       root: Tuple[int, int]) -> None:
   """ValueError for an image link (path, real path) to an image the dataset also reads as one
-  of its own: one named as an image in a folder it walked (`walked`, the root aside), whichever
-  class reached that folder, through a link too (an image read as a 3 through a linked folder
-  and as a 5 through a file link was counted twice). Links to files outside the walked folders
-  (a deduplicating store: git-annex, DVC, a hub cache) are fine, also when two share one file,
-  as are links to files no folder reads as images (a .dat beside them)."""
-  top = os.stat(root)
-  top = (top.st_dev, top.st_ino)
+  of its own: one named as an image in a folder it walked (`walked`, the `root` folder's
+  (st_dev, st_ino) aside), whichever class reached that folder, through a link too (an image
+  read as a 3 through a linked folder and as a 5 through a file link was counted twice). Links
+  to files outside the walked folders (a deduplicating store: git-annex, DVC, a hub cache) are
+  fine, also when two share one file, as are links to files no folder reads as images (a .dat
+  beside them)."""
   for path, real in links:
     for target in _link_chain(path) + [real]:  # (through a link of another class: read twice)
       folder = os.stat(os.path.dirname(target))
       key = (folder.st_dev, folder.st_ino)
-      if key in walked and key != top and is_image_file(os.path.basename(target)):
+      if key in walked and key != root and is_image_file(os.path.basename(target)):
         raise ValueError(f"{path!r} is a link to {target!r}, which the dataset also reads as "
                          "an image of its own: every image of a dataset must be reached once, "
                          "under one class")
@@ -489,7 +488,7 @@ class ImageFolder:
                   if other else ""))
         files.extend(f"{name}/{p}" for p in found)
         labels.extend([idx] * len(found))
-      _check_image_links(links, seen, root)
+      _check_image_links(links, seen, (root_stat.st_dev, root_stat.st_ino))
       _warn_unlabelled_root_images(root)
       _warn_other_images(root, [p.replace(os.sep, "/") for p in skipped])
     else:

@@ -120,9 +120,7 @@ def resample_abs_pos_embed(posemb: np.ndarray, new_size: Tuple[int, int],
     raise ValueError(f"pos_embed must be [1, L, C], got shape {posemb.shape}")
   if not is_float_dtype(posemb.dtype):     # (an int one came back truncated; bfloat16 is fine)
     raise ValueError(f"pos_embed must be floating point, got {posemb.dtype}")
-  if isinstance(num_prefix_tokens, bool) or \
-      not isinstance(num_prefix_tokens, (int, np.integer)) or \
-      not 0 <= num_prefix_tokens <= posemb.shape[1]:
+  if not (_is_int(num_prefix_tokens) and 0 <= num_prefix_tokens <= posemb.shape[1]):
     raise ValueError(f"num_prefix_tokens must be an int in [0, {posemb.shape[1]}] (the "
                      f"pos_embed's entries), got {num_prefix_tokens!r}")
   n = posemb.shape[1] - num_prefix_tokens
