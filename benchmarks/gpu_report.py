@@ -301,7 +301,7 @@ def collect(out_dir: str) -> Dict[str, Any]:
   root = glob.escape(out_dir)       # (a '[1]' in --dir was a pattern: it read a sibling's)
   # (a run refused at writing keeps its output beside as <name>.kept-XXXXXXXX.*: the same
   # measurement as the output it lost to, reported once; listed, never tabulated)
-  kept = lambda p: ".kept-" in os.path.basename(p)
+  kept = lambda p: atomic.KEPT_MARK in os.path.basename(p)
   profile_paths = glob.glob(os.path.join(root, "profile", "*.json"))
   tables = glob.glob(os.path.join(root, "benchmark", "**", "*.csv"), recursive=True)
   predictor = sorted(glob.glob(os.path.join(root, "predictor_accuracy_*.json")))

@@ -24,7 +24,6 @@ Writes `<out_dir>/<model>_<device>.{csv,md,png}` atomically and prints the markd
 from __future__ import annotations
 
 import os
-import secrets
 from typing import List, Sequence
 
 from absl import flags
@@ -160,7 +159,7 @@ def main(f: flags.FlagValues):
   print(bench.to_markdown(rows, provenance))  # (before the files: a write refused at the end
   # (a run killed while keeping its table left temporaries no later keep, of a fresh name
   # each, would find)
-  atomic.cleanup_stale_named(f.out_dir, f"{stem}.kept-", ".csv")
+  atomic.cleanup_stale_named(f.out_dir, stem + atomic.KEPT_MARK, ".csv")
   try:                                          # keeps the measured table on stdout)
     paths = bench.write_outputs(
         rows, f.out_dir, note=lambda text: print(f"note: {common.shown(text)}"),
@@ -169,7 +168,8 @@ def main(f: flags.FlagValues):
     why = (f"{common.shown(os.path.join(f.out_dir, stem + '.csv'))} was written by another "
            "run meanwhile (two runs into one --out_dir at once: give each run its own)")
     try:
-      kept = bench.write_outputs(rows, f.out_dir, stem=f"{stem}.kept-{secrets.token_hex(4)}",
+      kept_stem = os.path.basename(atomic.kept_name(os.path.join(f.out_dir, stem), ".csv"))
+      kept = bench.write_outputs(rows, f.out_dir, stem=kept_stem,
                                  provenance=provenance)
     except (OSError, ValueError) as keep_error:
       raise atomic.ReplacedMeanwhileError(f"{why}; this run's table could not be kept either "

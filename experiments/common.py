@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import secrets
 import shlex
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -367,7 +366,7 @@ def keep_beside(path: str, doc: Dict[str, Any], fmt: str, error: OSError, why: s
   written: taken meanwhile, or its folder gone) as `<name>.kept-XXXXXXXX.json`, named in the
   message (in the nearest folder above that still is one)."""
   root, ext = os.path.splitext(_without_trailing_sep(path))
-  suffix = f".kept-{secrets.token_hex(4)}{ext or '.json'}"
+  ext = ext or ".json"
   folder = os.path.dirname(os.path.abspath(root))
   if not os.path.isdir(folder):   # (its folder replaced by a file mid-run: every result lost)
     why = (f"cannot write {shown(path)}: its folder {shown(folder)} is no longer a folder "
@@ -375,7 +374,7 @@ def keep_beside(path: str, doc: Dict[str, Any], fmt: str, error: OSError, why: s
     while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
       folder = os.path.dirname(folder)          # the nearest folder above that still is one
     root = os.path.join(folder, os.path.basename(root))
-  kept = atomic.fitting_name(root, suffix)
+  kept = atomic.kept_name(root, ext) + ext
   try:
     atomic.replace_json(kept, doc, fmt, overwrite=False, **json_kw)
   except (OSError, ValueError) as keep_error:

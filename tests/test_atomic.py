@@ -930,6 +930,24 @@ def test_a_name_with_a_suffix_is_cut_to_fit_beside_its_temporaries(tmp_path):
   assert os.path.basename(cut).encode().decode() == os.path.basename(cut)
 
 
+def test_a_kept_name_is_fresh_and_fits_with_its_longest_extension(tmp_path):
+  """The one home of `<stem>.kept-XXXXXXXX` (a profile's, a benchmark table's, results'): a
+  fresh token per call, no extension in it, and, cut before the mark where the stem is long,
+  room left for the longest extension written under it and its temporaries."""
+  stem = str(tmp_path / "deit_b1")
+  first, second = atomic.kept_name(stem, ".json"), atomic.kept_name(stem, ".json")
+  assert first != second
+  assert re.fullmatch(re.escape(stem) + r"\.kept-[0-9a-f]{8}", first)
+  assert re.fullmatch(re.escape(stem) + r"\.kept-[0-9a-f]{8}", atomic.kept_name(stem, ""))
+  limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+  long_stem = "s" * (limit - 10)
+  kept = atomic.kept_name(str(tmp_path / long_stem), ".json")
+  name = os.path.basename(kept)
+  assert re.fullmatch(r"s+\.kept-[0-9a-f]{8}", name) and long_stem.startswith(name[:-14])
+  assert len(os.fsencode(name + ".json")) + atomic._temp_overhead() == limit
+  atomic.check_name_fits(kept + ".json", "keep")
+
+
 def test_a_file_set_that_cannot_be_rolled_forward_says_what_happened(tmp_path, monkeypatch):
   """Fault probe: with one output made immutable (chattr +i), the roll-forward of a committed
   set stopped half-way with a raw errno naming the hidden commit folder; the files were left

@@ -1125,6 +1125,17 @@ def partial_name(path: str) -> str:
   return fitting_name(path, f".partial-{secrets.token_hex(4)}")
 
 
+KEPT_MARK = ".kept-"
+
+
+def kept_name(stem_path: str, ext: str) -> str:
+  """A fresh `<stem_path>.kept-XXXXXXXX` (no extension) beside `stem_path`, its name cut short
+  so that with `ext` (the longest extension of the files written under it) it fits
+  (`fitting_name`): where a run keeps a file or file set (a profile's JSON/CSV/PNG, a
+  benchmark table, results) that the output it was meant to replace refused."""
+  return fitting_name(stem_path, f"{KEPT_MARK}{secrets.token_hex(4)}{ext}")[:-len(ext) or None]
+
+
 def _keep_staged(tmp: str, path: str) -> Optional[str]:
   """A whole staged output that another run's output at `path` kept out (its compiles,
   training or export are not lost) renamed to `partial_name(path)` -> that path, None when it

@@ -42,7 +42,6 @@ import dataclasses
 import functools
 import os
 import platform
-import secrets
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -439,11 +438,12 @@ def _write_or_keep(profile: records.Profile, out_dir: str) -> Dict[str, str]:
   every point measured was discarded."""
   # (a run killed while keeping its points left temporaries no later keep, of a fresh name
   # each, would find)
-  atomic.cleanup_stale_named(out_dir, f"{records.file_stem(profile)}.kept-", ".json")
+  stem = records.file_stem(profile)
+  atomic.cleanup_stale_named(out_dir, stem + atomic.KEPT_MARK, ".json")
   try:
     return write_outputs(profile, out_dir)
   except ValueError as e:
-    stem = f"{records.file_stem(profile)}.kept-{secrets.token_hex(4)}"
+    stem = os.path.basename(atomic.kept_name(os.path.join(out_dir, stem), ".json"))
     try:
       kept = write_outputs(profile, out_dir, stem)["json"]
     except (OSError, ValueError) as keep_error:
