@@ -389,10 +389,6 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
                  lone_counts=tuple(d.get("lone_counts", ())), source=source)
 
 
-def _is_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _is_num(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -405,10 +401,10 @@ def _bad_point_field(p: Dict[str, Any]) -> Optional[str]:
   if not isinstance(p["component"], str):
     return f"component must be a string, got {p['component']!r}"
   for k in ("batch_size", "tokens"):
-    if not _is_int(p[k]) or p[k] < 1:
+    if not jsonio.is_int(p[k]) or p[k] < 1:
       return f"{k} must be a positive integer, got {p[k]!r}"
   for k in ("num_samples", "retries"):
-    if not _is_int(p[k]) or p[k] < 0:
+    if not jsonio.is_int(p[k]) or p[k] < 0:
       return f"{k} must be a non-negative integer, got {p[k]!r}"
   for k in ("median_s", "q25_s", "q75_s", "compile_s"):
     if not _is_num(p[k]):
@@ -417,7 +413,7 @@ def _bad_point_field(p: Dict[str, Any]) -> Optional[str]:
     return "samples_s must be a list of numbers"
   sched = p["schedule"]
   if sched is not None and (not isinstance(sched, list) or not all(
-      _is_int(c) and c >= 1 for c in sched)):
+      jsonio.is_int(c) and c >= 1 for c in sched)):
     return f"schedule must be null or a list of positive integers, got {sched!r}"
   return None
 
