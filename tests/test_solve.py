@@ -1124,6 +1124,16 @@ def test_multilayer_step_bottoms_only(tmp_path):
   ps2 = _block_profile(tmp_path, name="b2.json", noise=3e-6)
   sol2 = _multi(ps2, es, step_bottoms_only=True)
   assert sol2.settings["grid"] == [9, N]
+  # Fault probe: where no step stands out of the noise, the flag dropped every pruned count
+  # unsaid: the floor chose the unpruned model, a budget was "infeasible" at its latency.
+  ps3 = _block_profile(tmp_path, name="b3.json", noise=1e-4)
+  for kw in ({"accuracy_floor": 0.5}, {"latency_budget": 1.0}, {}):
+    with pytest.raises(ValueError, match=rf"step_bottoms_only left no count below the unpruned "
+                                         rf"{N}: .* at no count of the grid \(4, 5, .*, {N}\), "
+                                         rf"so no pruned schedule would remain; drop "
+                                         rf"step_bottoms_only \(or lower the noise multiple"):
+      _multi(ps3, es, step_bottoms_only=True, **kw)
+  assert _multi(ps3, es, accuracy_floor=0.5).chosen.counts != (N,) * (CFG.depth + 1)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1069,6 +1069,12 @@ def solve_multilayer(ns: ArrayLike, block_latency: ArrayLike, sensitivity: Array
                           max_remove=max_remove)
   if step_bottoms_only:
     mask = step_bottoms(model.ns, model.block, pair_noise)
+    if not mask[:-1].any():     # (the choice was the unpruned model, or a budget "infeasible")
+      raise ValueError(
+          f"step_bottoms_only left no count below the unpruned {model.num_tokens}: the block "
+          f"latency rises by more than its noise at no count of the grid "
+          f"({', '.join(map(str, model.ns.tolist()))}), so no pruned schedule would remain; "
+          f"drop step_bottoms_only (or lower the noise multiple, --step_k)")
     model = dataclasses.replace(model, ns=model.ns[mask], block=model.block[mask],
                                 reduce=model.reduce[mask], head=model.head[mask],
                                 drop=model.drop[:, mask],
