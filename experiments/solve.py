@@ -298,6 +298,24 @@ def earlier_solution(path: str) -> str:
           f"{old.chosen.schedule}")
 
 
+_SELECTION_FLAGS = (("num_images", "num_images"), ("subset_seed", "seed"),
+                    ("holdout_images", "holdout_images"))
+
+
+def _selection_hint(f: flags.FlagValues, estimate) -> str:
+  """'; it was measured with --holdout_images=100 (...)': the selection flags whose values the
+  estimate records otherwise ('' when none differ: other images, not other flags)."""
+  selection = estimate.data.get("selection") or {}
+  if selection:                               # (no holdout_images: none held out)
+    selection = {"holdout_images": None, **selection}
+  differ = [(flag, selection[key]) for key, flag in _SELECTION_FLAGS
+            if key in selection and selection[key] != f[flag].value]
+  if not differ:
+    return ""
+  return "; it was measured with " + ", ".join(
+      f"no --{flag}" if value is None else f"--{flag}={value}" for flag, value in differ)
+
+
 def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
   """The weights and data the estimate measured, as the solve stage's measurement callbacks;
   refuses weights or data other than the estimate's. Schedules are evaluated in the estimate's
@@ -323,7 +341,7 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
                         f", --holdout_images={f.holdout_images}") + ") is not "
                      f"the data estimate {estimate.source} measured (fingerprint differs; it "
                      f"records {estimate.data.get('source')!r}, selection "
-                     f"{estimate.data.get('selection')})")
+                     f"{estimate.data.get('selection')})" + _selection_hint(f, estimate))
   recorded = estimate.data.get("content_sha256")     # (absent: written before it was recorded)
   if recorded and data.info.get("content_sha256") != recorded:
     raise ValueError(f"--data={f.data} holds other images than estimate {estimate.source} "

@@ -259,8 +259,19 @@ def test_other_weights_or_data_are_refused(inputs):
   with pytest.raises(ValueError, match="are not the weights estimate .* measured"):
     _run(root, es, ps, f"--weights={other}", "--num_images=20")
   with pytest.raises(ValueError, match=r"is not the data estimate .* measured \(fingerprint "
-                                       r"differs; it records .*'num_images': 20"):
+                                       r"differs; it records .*'num_images': 20.*\); it was "
+                                       r"measured with --num_images=20$"):
     _run(root, es, ps, f"--weights={weights}", "--num_images=30")
+  # Fault probe: an estimate of held-out images named no flag to give (the selection dict only)
+  doc = json.load(open(es))
+  doc["data"]["selection"]["holdout_images"] = 5
+  doc["data"]["fingerprint"] = "0" * 64
+  (root / "held_e.json").write_text(json.dumps(doc))
+  with pytest.raises(ValueError, match=r"'holdout_images': 5.*\); it was measured with "
+                                       r"--holdout_images=5$"):
+    _run(root, str(root / "held_e.json"), ps, f"--weights={weights}", "--num_images=20")
+  with pytest.raises(ValueError, match=r"\); it was measured with no --holdout_images$"):
+    _run(root, es, ps, f"--weights={weights}", "--num_images=20", "--holdout_images=5")
   doc = json.load(open(es))          # an estimate of the training images: named, with the way
   for split in ("train", "all"):     # out, measured in the loop or not (predicted: it passed)
     doc["data"]["selection"]["split"] = split
