@@ -197,6 +197,9 @@ def main(f: flags.FlagValues):
                                  or f.out_name in ("", ".", "..")):
     raise ValueError(f"--out_name={f.out_name} must be a file name, not a path (the file goes "
                      "in --out_dir)")
+  if f.out_name and f.out_name.startswith("."):   # (hidden, beside the writers' .NAME. temps)
+    raise ValueError(f"--out_name={f.out_name} is a hidden name (it starts with '.'): name "
+                     "the estimate so that it shows, e.g. --out_name=estimate.json")
   if f.out_name and f.data != "digits":     # (est.png in a class folder broke the folder)
     check_not_read_as_an_image(os.path.join(f.out_dir, f.out_name), f.data, "out_name", "data")
   common.check_outside_data(f.out_dir, "out_dir", f)   # (a new results folder there was read

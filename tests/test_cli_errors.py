@@ -125,6 +125,9 @@ CASES = [
      "flag --eval_batch_size=0: 0 is not a positive integer"),
     ("estimate", ["--out_dir={out}", "--out_name=../escape.json"], 1,
      "--out_name=../escape.json must be a file name, not a path"),
+    ("estimate", ["--out_dir={out}", "--out_name=.json"], 1,
+     "--out_name=.json is a hidden name (it starts with '.'): name the estimate so that it "
+     "shows, e.g. --out_name=estimate.json"),
     ("deploy", [f"--weights={WEIGHTS}", "--symbolic_batch", "--batch_size=4", "--out={out}"], 1,
      "--batch_size applies without --symbolic_batch"),
     ("deploy", [f"--weights={WEIGHTS}", "--allow_batch_mismatch", "--out={out}"], 1,
