@@ -631,6 +631,15 @@ def test_a_directory_where_a_file_set_goes_is_refused_before_committing(tmp_path
   assert sorted(os.listdir(tmp_path)) == ["a.md", "a.png"]
   with pytest.raises(atomic.ForeignOutputError, match=r"a\.md: it is a folder"):
     atomic.check_replaceable_json(str(tmp_path / "a.json"), "f", [str(tmp_path / "a.md")])
+  # A file of the user's at a plot's name (a probe: replaced by the plot unsaid); a PNG passes.
+  (tmp_path / "a.json").write_text('{"format": "f"}')
+  with pytest.raises(atomic.ForeignOutputError, match=r"refusing to replace .*a\.png: it is not "
+                                                      r"a PNG image, so vitprune did not write it"):
+    atomic.check_replaceable_json(str(tmp_path / "a.json"), "f", [str(tmp_path / "a.png")])
+  (tmp_path / "a.png").write_bytes(atomic.PNG_SIGNATURE + b"rest")
+  atomic.check_replaceable_json(str(tmp_path / "a.json"), "f", [str(tmp_path / "a.png")])
+  assert not atomic.foreign_plot(str(tmp_path / "a.md")) and not atomic.foreign_plot(
+      str(tmp_path / "none.png"))
 
 
 def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):

@@ -496,6 +496,24 @@ def test_a_table_of_someone_else_beside_a_profile_is_not_replaced(tmp_path):
   assert open(paths["csv"]).read() == "my,data\n1,2\n"
 
 
+def test_a_file_of_someone_else_at_the_plots_name_is_not_replaced(tmp_path):
+  """Fault probe: notes of the user's at the profile's PNG name were replaced by the plot unsaid
+  (a CSV of theirs there was refused). A PNG there must be a PNG image; ours is replaced."""
+  from vitprune.profile import plot as plot_lib  # pylint: disable=g-import-not-at-top
+  prof = _profile(_staircase_points())
+  extra = {"png": plot_lib.plot_profile}
+  paths = records.save(prof, str(tmp_path), stem="p", extra=extra)
+  records.save(prof, str(tmp_path), stem="p", extra=extra)          # ours: replaced
+  open(paths["png"], "w").write("my notes\n")
+  for check in (lambda: records.check_save(prof, str(tmp_path), "p", extra=["png"]),
+                lambda: records.save(prof, str(tmp_path), stem="p", extra=extra)):
+    with pytest.raises(ValueError, match=r"refusing to replace .*p.png: it is not a PNG image, "
+                                         r"so vitprune did not write it \(a file of yours beside "
+                                         r"the profile\?\); move it away"):
+      check()
+  assert open(paths["png"]).read() == "my notes\n"
+
+
 def test_a_killed_keep_of_refused_points_is_swept_by_the_next_save(tmp_path):
   """A probe killed a run while it kept refused points beside the profile (a fresh
   `.kept-XXXXXXXX.json` name each): its staging folder and lock file stayed for good, as no

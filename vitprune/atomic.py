@@ -573,14 +573,36 @@ def check_writable_dir(directory: str, what: str) -> None:
         f"{os.path.basename(probe)} could not be removed)") from None
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def foreign_plot(path: str) -> bool:
+  """Whether `path`, named as a plot vitprune writes (`*.png`), is a regular file that does not
+  start with the PNG signature: not a plot we wrote (a user's notes there were replaced by one
+  unsaid, while a CSV of theirs was refused)."""
+  if not path.lower().endswith(".png") or os.path.islink(path) or not os.path.isfile(path):
+    return False
+  try:
+    with open(path, "rb") as f:
+      return f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE
+  except OSError:
+    return True
+
+
 def check_companions(paths: Sequence[str]) -> None:
   """`ForeignOutputError` for any of `paths` (files published together with an output we may
   replace: its CSV, MD or PNG) that exists but is not a regular file (a directory there made the
-  publish fail after all the work, leaving old and new files mixed)."""
+  publish fail after all the work, leaving old and new files mixed), or is a `*.png` that is
+  not a PNG image (`foreign_plot`)."""
   odd = [p for p in paths if os.path.lexists(p) and (os.path.islink(p) or not os.path.isfile(p))]
   if odd:
     raise ForeignOutputError(f"refusing to replace {odd[0]}: it is {describe(odd[0])}, not a "
                              "file vitprune wrote; move it away or choose another output path")
+  plots = [p for p in paths if foreign_plot(p)]
+  if plots:
+    raise ForeignOutputError(f"refusing to replace {plots[0]}: it is not a PNG image, so "
+                             "vitprune did not write it (a file of yours?); move it away or "
+                             "choose another output path")
 
 
 def check_replaceable_json(path: str, fmt: str, companions: Sequence[str] = ()) -> None:

@@ -162,7 +162,6 @@ def digits_for_model(class_names: Optional[Sequence[str]] = None,
 # are not opened by PIL in the guard (a photo folder's headers stay unread), except PNGs whose
 # header says 8x8.
 _MAX_DIGIT_FILE_BYTES = 1 << 16
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A lossy copy (JPEG) moves a digit's grey values: at quality 95 by at most 9 levels, at 90 by
 # 17, at PIL's default 75 by up to 45. Two digits differ by at least 48 levels at some pixel
 # (tests/test_data.py checks), so at most one digit lies within 23 of an image at every pixel:
@@ -239,7 +238,7 @@ def _scan_for_digits(root: str) -> Tuple[set, int]:
         return -1                     # (a FIFO blocked the open for ever; ImageFolder names it)
       with open(path, "rb") as f:     # a PNG's size without PIL (~5x faster on a large folder)
         head = f.read(24)
-        png = head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR"
+        png = head[:8] == atomic.PNG_SIGNATURE and head[12:16] == b"IHDR"
         size = ((int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"))
                 if png else _jpeg_size(f) if head[:2] == b"\xff\xd8" else None)
       if size is not None and size != shape[::-1]:

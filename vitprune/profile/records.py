@@ -581,6 +581,11 @@ def _merged_with_existing(profile: Profile, paths: Dict[str, str],
   except (OSError, ValueError) as e:
     raise ValueError(f"refusing to replace {paths['json']}: it is not a readable latency "
                      f"profile ({e})") from None
+  plots = [p for p in paths.values() if atomic.foreign_plot(p)]
+  if plots:
+    raise ValueError(f"refusing to replace {plots[0]}: it is not a PNG image, so vitprune did "
+                     "not write it (a file of yours beside the profile?); move it away or "
+                     "choose another output folder")
   csv_path = paths.get("csv")
   if csv_path and os.path.lexists(csv_path) and not _starts_with_our_header(csv_path):
     raise ValueError(f"refusing to replace {csv_path}: it does not start with a profile "
