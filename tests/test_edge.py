@@ -1123,8 +1123,9 @@ def test_edge_profile_files_are_published_together_and_merge_only_with_their_set
   assert before["csv"] != open(paths["csv"], "rb").read()
   jax_out = str(tmp_path / "jax.json")
   records.save(prof("cpu", 1e-3), str(tmp_path), stem="jax")
-  with pytest.raises(ValueError, match="cannot merge into .*jax.json: cannot merge profiles with "
-                     "different platform"):
+  with pytest.raises(ValueError, match=r"cannot merge into .*jax.json \(its value first, this "
+                     r"run's second\): cannot merge profiles with different platform: 'cpu' vs "
+                     r"'iree-local-sync'"):
     kit_lib.write_profile(prof("iree-local-sync", 1e-3), jax_out)
   assert records.load(jax_out).platform == "cpu"
   # Two kits of one setup but another shard plan (or compiler, runtime, host): one curve held

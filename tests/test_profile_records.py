@@ -133,6 +133,10 @@ def test_merge_later_wins_and_batches_union():
     (dict(cfg=get_config("test_tiny_distilled")),
      "different model: 'test_tiny_vit' vs 'test_tiny_distilled'"),
     (dict(reducer="random"), "timed with different reducers: 'keep_first' vs 'random'"),
+    # (a probe: 'different model config: 'vit_digits' vs 'vit_digits'' named no field)
+    (dict(cfg=dataclasses.replace(CFG, depth=CFG.depth + 1, mlp_hidden=8)),
+     re.escape(f"different model config: 'test_tiny_vit (depth {CFG.depth}, mlp_hidden "
+               f"{CFG.mlp_hidden})' vs 'test_tiny_vit (depth {CFG.depth + 1}, mlp_hidden 8)'")),
 ])
 def test_merge_mismatch_errors(kw, match):
   with pytest.raises(ValueError, match=match):

@@ -598,6 +598,10 @@ def _merged_with_existing(profile: Profile, paths: Dict[str, str],
                      f"{list(named)} (edited or renamed?)")
   try:
     merged = merge([existing, profile])
+  except ValueError as e:        # (a probe: which of 0.3 vs 0.25 was the file's?)
+    raise ValueError(f"cannot merge into {paths['json']} (its value first, this run's "
+                     f"second): {e}") from None
+  try:
     if fields and merge_fields:
       fields = merge_fields(doc, jsonio.json_form(fields))
   except ValueError as e:
@@ -686,12 +690,23 @@ SETUP_FIELDS = (("model", "model"), ("config", "model config"), ("device_kind", 
 def setup_mismatch(a: Any, b: Any) -> Optional[Tuple[str, Any, Any]]:
   """The first of model, model config, device, platform and dtype in which two measurement
   setups differ (anything with those attributes: `Profile`, `LatencyModel`), as (what, a's
-  value, b's value), a config shown by its model name; None when they agree."""
+  value, b's value), a config shown by its model name and the fields that differ ('vit_digits
+  (depth 7)': the name alone read 'vit_digits' vs 'vit_digits'); None when they agree."""
   for field, what in SETUP_FIELDS:
     va, vb = getattr(a, field), getattr(b, field)
     if va != vb:
-      return (what, a.model, b.model) if field == "config" else (what, va, vb)
+      return (what, *_configs_shown(a.model, va, b.model, vb)) if field == "config" else (
+          what, va, vb)
   return None
+
+
+def _configs_shown(name_a: str, a: Any, name_b: str, b: Any) -> Tuple[str, str]:
+  """Two configs that differ as their model names with the fields that differ."""
+  if not (isinstance(a, dict) and isinstance(b, dict)):
+    return name_a, name_b
+  keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+  shown = lambda name, c: f"{name} ({', '.join(f'{k} {c.get(k)!r}' for k in keys)})"
+  return shown(name_a, a), shown(name_b, b)
 
 
 def _timing_difference(a: Dict[str, Any], b: Dict[str, Any]) -> Optional[str]:
