@@ -854,6 +854,9 @@ def test_weights_flag(tmp_path):
     (["--tokens=1,5"], r"counts \[1\] are outside \[2, 17\]"),
     (["--tokens=5:10:-1"], "never goes from 5 to 10"),
     (["--tokens=5:10:0"], "step must not be 0"),
+    (["--tokens=17:5:-99999999999999999999"], r"^--tokens '17:5:-99999999999999999999': step "
+     r"-99999999999999999999 is larger than the range 17 \.\. 5, so it lists 17 alone: give "
+     r"'17' for that count, or a step of at most 12$"),
     (["--tokens=a:b"], "is not 'all'"),
     (["--tokens="], "is empty"),
     (["--model=deit_smal_patch16_224"], "Did you mean: deit_small_patch16_224"),

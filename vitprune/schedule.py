@@ -281,6 +281,10 @@ def parse_token_grid(cfg: ViTConfig, spec: str) -> Tuple[int, ...]:
         raise ValueError(f"--tokens {shown}: step must not be 0")
       if (b - a) * step < 0:
         raise ValueError(f"--tokens {shown}: step {step} never goes from {a} to {b}")
+      if a != b and abs(step) > abs(b - a):     # (a probe: '65:5:-1e20' timed 65 alone, unsaid)
+        raise ValueError(f"--tokens {shown}: step {step} is larger than the range {a} .. {b}, so "
+                         f"it lists {a} alone: give '{a}' for that count, or a step of at most "
+                         f"{abs(b - a)}")
       last = a + (b - a) // step * step       # the last count listed ('65:1:-7' ends at 2)
       ends = sorted({c for c in (a, last) if not lo <= c <= hi})   # (before listing 1e15)
       if ends:
