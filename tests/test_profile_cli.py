@@ -1118,7 +1118,7 @@ def test_held_out_images_check_the_choice_on_images_it_never_saw(tmp_path, capsy
   out = capsys.readouterr().out
   assert ", and on the 20 held-out ones" in out and "note: the choice rests on" not in out
   assert re.search(r"held out: 20 images the choice never saw: unpruned \d\.\d{4}, pomt "
-                   r"\d\.\d{4} \(95% interval \d\.\d{4}-\d\.\d{4}\); floor 0\.9 (met|NOT met) "
+                   r"\d\.\d{4} \(95% interval \d\.\d{4}\.\.\d\.\d{4}\); floor 0\.9 (met|NOT met) "
                    r"there", out)
   # Without a holdout nothing is held out, and the summary says so.
   assert cli.main(_flags(f"--out_dir={tmp_path / 'b'}", *FAST, "--tokens=65,33,17",

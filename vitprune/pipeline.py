@@ -884,7 +884,7 @@ def format_summary(s: Dict[str, Any]) -> str:
     lines.append(
         f"   held out: {held['num_images']} images the choice never saw: unpruned "
         f"{held['unpruned'][m]:.4f}, {s['method']} {hp[m]:.4f} (95% interval "
-        f"{hp['interval_95'][0]:.4f}-{hp['interval_95'][1]:.4f})"
+        f"{hp['interval_95'][0]:.4f}..{hp['interval_95'][1]:.4f})"
         + ("" if floor is None else
            f"; floor {floor:.6g}"
            + ("" if s.get("max_accuracy_drop") is None else
