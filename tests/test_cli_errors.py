@@ -271,6 +271,9 @@ CASES = [
     ("profile", ["--threads=0", "--out_dir={out}"], 2, "flag --threads=0: 0 is not a positive"),
     ("profile", ["--mode=model", "--adaptive", "--coarse_stride=-1", "--out_dir={out}"], 2,
      "flag --coarse_stride=-1: -1 is not a non-negative integer"),
+    ("profile", ["--mode=model", "--adaptive", "--coarse_stride=1000", "--out_dir={out}"], 1,
+     "--coarse_stride=1000 is not below the 64-count grid's 63 steps: the coarse pass would time "
+     "its two ends alone; give at most 62 (0: about 16 counts)"),
     ("benchmark", ["--data=none", "--min_run_time=0", "--out_dir={out}"], 1,
      "--min_run_time must be > 0 and finite, got 0.0"),
     # printed "speed-up: 0.840x" of the unpruned graph timed against itself

@@ -169,6 +169,12 @@ class ProfileSpec:
                        "random or keep_first, or time its schedules with --mode=schedule")
     if self.tokens is not None:
       check_token_grid(self.cfg, set(self.tokens))   # repeats are measured once (`grid`)
+    if self.adaptive and self.mode != "schedule" and self.coarse_stride >= max(
+        len(self.grid) - 1, 2):     # (a probe: 1000 left the ends alone, refined count by count)
+      raise ValueError(f"--coarse_stride={self.coarse_stride} is not below the {len(self.grid)}"
+                       f"-count grid's {len(self.grid) - 1} steps: the coarse pass would time "
+                       f"its two ends alone; give at most {max(len(self.grid) - 2, 1)} (0: about "
+                       "16 counts)")
     if self.max_points:
       coarse = coarse_grid(self.grid, self.coarse_stride)
       if self.max_points < len(coarse):
