@@ -1326,6 +1326,10 @@ def test_the_manifest_records_what_the_graph_runs(tmp_path, params):
       ("pomt", None, make_reducer("random", seed=7), r"not method 'pomt' with options "
        r"\{'seed': 7, 'nested': True\}"),
       ("pomt", None, REDUCER, r"the graph runs KeepLastPatches\(.*\), not method 'pomt'"),
+      # (a mutation audit: a method's name in another spelling is the method's name too)
+      ("POMT", None, REDUCER, r"the graph runs KeepLastPatches\(.*\), not method 'pomt'"),
+      (" Pomt ", None, MyPOMT(), r"^reducer .*MyPOMT\(\) subclasses POMT: give it a method name "
+       r"of its own \(reducer_name\), not ' Pomt '$"),
       (None, None, MyPOMT(), r"^reducer .*MyPOMT\(\) subclasses POMT: give it a method name of its "
        r"own \(reducer_name\), not 'pomt'$"),
       ("tome", None, None, r"reduces tokens but no reducer was given")):
