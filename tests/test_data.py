@@ -564,8 +564,27 @@ def test_links_outside_the_dataset_are_read_once_each(tmp_path):
       f"'{root / 'dog' / 'x.png'}' is a link to '{root / 'dog' / '..' / 'cat' / 'l.png'}', "
       "which the dataset also reads as an image of its own")):
     data.ImageFolder(root)
+  # ... and through two hops, relative, via a folder outside the dataset (a mutation audit:
+  # only the first hop was followed, or the second resolved from the first link's folder).
+  (tmp_path / "hop").mkdir()
+  os.unlink(root / "dog" / "x.png")
+  os.symlink(os.path.join("..", "ds", "cat", "l.png"), tmp_path / "hop" / "h.png")
+  os.symlink(os.path.join("..", "..", "hop", "h.png"), root / "dog" / "x.png")
+  with pytest.raises(ValueError, match=re.escape(
+      f"'{root / 'dog' / 'x.png'}' is a link to "
+      f"'{root / 'dog' / '..' / '..' / 'hop' / '..' / 'ds' / 'cat' / 'l.png'}', which the "
+      "dataset also reads")):
+    data.ImageFolder(root)
   os.unlink(root / "dog" / "x.png")
   os.unlink(root / "cat" / "l.png")
+  # A link to an image directly in the root, which a labelled folder does not read (it warns
+  # about it), is read once: the root is not a folder whose images the dataset reads.
+  shutil.copy(root / "cat" / "0.png", root / "x.png")
+  os.symlink(os.path.join("..", "x.png"), root / "cat" / "r.png")
+  with pytest.warns(UserWarning):
+    assert "cat/r.png" in data.ImageFolder(root).files
+  os.unlink(root / "cat" / "r.png")
+  os.unlink(root / "x.png")
   # A link to a file no folder reads as an image (a .dat beside the images) is read once: it
   # was refused as "also read as an image of its own".
   shutil.copy(root / "cat" / "0.png", root / "cat" / "raw.dat")
