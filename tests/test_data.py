@@ -530,6 +530,22 @@ def test_a_root_below_a_folder_that_is_not_utf8_is_fine(tmp_path):
   assert len(data.dataset_fingerprint(data.ImageFolder(os.fsdecode(root)))) == 64
 
 
+def test_a_jpeg_frame_header_is_found_behind_tables_and_fill_bytes():
+  """The training-data guard reads a large JPEG's size from its frame header (SOF): behind
+  Huffman tables (DHT, C4, which lies among the SOF codes; some encoders write it first),
+  application segments, restart markers and 0xFF fill bytes (a mutation audit: each misread
+  made a padded 8x8 digit unscanned); no frame header before the scan: None."""
+  seg = lambda marker, payload: (b"\xff" + bytes([marker]) + (len(payload) + 2).to_bytes(2, "big")
+                                 + payload)
+  sof = seg(0xC0, b"\x08" + (6).to_bytes(2, "big") + (9).to_bytes(2, "big") + b"\x01\x01\x11\x00")
+  dht, app = seg(0xC4, bytes(20)), seg(0xE0, b"JFIF\x00" + bytes(9))
+  for stream in (app + sof, dht + app + sof, app + b"\xff\xff" + sof, b"\xff\xd0" + dht + sof,
+                 app + seg(0xC2, sof[4:])):                        # (C2: progressive)
+    assert digits._jpeg_size(io.BytesIO(b"\xff\xd8" + stream)) == (9, 6), stream
+  for stream in (app + seg(0xDA, bytes(4)) + sof, app, app + b"\x00" + sof):
+    assert digits._jpeg_size(io.BytesIO(b"\xff\xd8" + stream)) is None, stream
+
+
 def test_links_outside_the_dataset_are_read_once_each(tmp_path):
   """A linked folder outside the dataset, and a deduplicating store (git-annex, DVC, a hub
   cache: images are links into a blob folder, two identical images one blob) are fine."""
