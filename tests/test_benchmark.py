@@ -634,6 +634,32 @@ def test_a_table_another_run_wrote_meanwhile_is_not_replaced(tmp_path, monkeypat
   assert {r["batch_size"] for r in csv.DictReader(open(kept))} == {"1"}      # this run's
   assert kept.with_suffix(".md").exists() and kept.with_suffix(".png").exists()
   assert not [line for line in out.splitlines() if line.startswith("wrote")]
+  # A keep killed earlier (a fresh name each: no later keep finds it) is swept by the next run;
+  # a keep that fails too says so, the table printed above (a mutation audit).
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  stale = tmp_path / "out" / f".test_tiny_vit_cpu.kept-55a38fec.csv.tmp-{int(dead.stdout)}-abc"
+  lock = tmp_path / "out" / ".test_tiny_vit_cpu.kept-55a38fec.csv.lock"
+  stale.mkdir()
+  lock.write_text("")
+  write = B.write_outputs
+
+  def keep_fails(rows, out_dir, stem=None, **kw):
+    if stem and atomic.KEPT_MARK in stem:
+      raise ValueError("no room for it")
+    return write(rows, out_dir, stem=stem, **kw)
+
+  monkeypatch.setattr(B, "write_outputs", keep_fails)
+  code, out, err = run_cli_in_process(tmp_path, "benchmark", [
+      "--model=test_tiny_vit", "--data=none", "--batch_size=1", "--min_run_time=0.005",
+      "--noprogress", "--variants=tome:r2", f"--out_dir={tmp_path / 'out'}"])
+  assert (code, err) == (1, f"error: {table} was written by another run meanwhile (two runs "
+                            "into one --out_dir at once: give each run its own); this run's "
+                            "table could not be kept either (no room for it): it is printed "
+                            "above\n")
+  assert "| 1 | float32 | tome:r2 | tome | `r2` |" in out                  # (printed above)
+  assert not stale.exists() and not lock.exists()
 
 
 def test_a_solution_is_benchmarked_in_the_dtype_it_was_chosen_in(tmp_path):
