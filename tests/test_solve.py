@@ -1134,6 +1134,11 @@ def test_multilayer_step_bottoms_only(tmp_path):
                                          rf"step_bottoms_only \(or lower the noise multiple"):
       _multi(ps3, es, step_bottoms_only=True, **kw)
   assert _multi(ps3, es, accuracy_floor=0.5).chosen.counts != (N,) * (CFG.depth + 1)
+  # ... but one step, just below the unpruned count, is enough to solve on (a mutation audit).
+  pts = [_point("embed", N, 1e-4, 8)] + [_point("head", n, 1e-5, 8) for n in range(2, N + 1)]
+  pts += [_point("block", n, 3e-3 if n == N else 1e-3, 8, iqr=1e-4) for n in range(2, N + 1)]
+  top = _save_profile(tmp_path, pts, name="top.json", modes=("block",))
+  assert _multi(top, es, step_bottoms_only=True).settings["grid"] == [N - 1, N]
 
 
 # ------------------------------------------------------------------------------------------------

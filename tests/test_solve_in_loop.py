@@ -262,6 +262,8 @@ def test_other_weights_or_data_are_refused(inputs):
                                        r"differs; it records .*'num_images': 20.*\); it was "
                                        r"measured with --num_images=20$"):
     _run(root, es, ps, f"--weights={weights}", "--num_images=30")
+  with pytest.raises(ValueError, match=r"\); it was measured with --seed=0$"):
+    _run(root, es, ps, f"--weights={weights}", "--num_images=20", "--seed=1")
   # Fault probe: an estimate of held-out images named no flag to give (the selection dict only)
   doc = json.load(open(es))
   doc["data"]["selection"]["holdout_images"] = 5
@@ -272,6 +274,12 @@ def test_other_weights_or_data_are_refused(inputs):
     _run(root, str(root / "held_e.json"), ps, f"--weights={weights}", "--num_images=20")
   with pytest.raises(ValueError, match=r"\); it was measured with no --holdout_images$"):
     _run(root, es, ps, f"--weights={weights}", "--num_images=20", "--holdout_images=5")
+  del doc["data"]["selection"]          # (none recorded: no flag to name, no guess)
+  (root / "held_e.json").write_text(json.dumps(doc))
+  with pytest.raises(ValueError, match=r"fingerprint differs; it records 'sklearn_digits', "
+                                       r"selection None\)$"):
+    _run(root, str(root / "held_e.json"), ps, f"--weights={weights}", "--num_images=20",
+         "--holdout_images=5")
   doc = json.load(open(es))          # an estimate of the training images: named, with the way
   for split in ("train", "all"):     # out, measured in the loop or not (predicted: it passed)
     doc["data"]["selection"]["split"] = split
