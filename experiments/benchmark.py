@@ -159,7 +159,9 @@ def main(f: flags.FlagValues):
   print(bench.to_markdown(rows, provenance))  # (before the files: a write refused at the end
   # (a run killed while keeping its table left temporaries no later keep, of a fresh name
   # each, would find)
-  atomic.cleanup_stale_named(f.out_dir, stem + atomic.KEPT_MARK, ".csv")
+  atomic.cleanup_stale_named(
+      f.out_dir, os.path.basename(atomic.kept_prefix(os.path.join(f.out_dir, stem), ".csv")),
+      ".csv")
   try:                                          # keeps the measured table on stdout)
     paths = bench.write_outputs(
         rows, f.out_dir, note=lambda text: print(f"note: {common.shown(text)}"),

@@ -955,6 +955,10 @@ def test_a_kept_name_is_fresh_and_fits_with_its_longest_extension(tmp_path):
   assert re.fullmatch(r"s+\.kept-[0-9a-f]{8}", name) and long_stem.startswith(name[:-14])
   assert len(os.fsencode(name + ".json")) + atomic._temp_overhead() == limit
   atomic.check_name_fits(kept + ".json", "keep")
+  # The sweep of killed keeps looks for the cut prefix (the stem plus the mark missed them).
+  prefix = atomic.kept_prefix(str(tmp_path / long_stem), ".json")
+  assert kept.startswith(prefix) and prefix.endswith(".kept-") and len(kept) == len(prefix) + 8
+  assert atomic.kept_prefix(stem, ".json") == stem + ".kept-"
 
 
 def test_a_file_set_that_cannot_be_rolled_forward_says_what_happened(tmp_path, monkeypatch):

@@ -3,6 +3,8 @@ import csv
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -636,7 +638,6 @@ def test_a_table_another_run_wrote_meanwhile_is_not_replaced(tmp_path, monkeypat
   assert not [line for line in out.splitlines() if line.startswith("wrote")]
   # A keep killed earlier (a fresh name each: no later keep finds it) is swept by the next run;
   # a keep that fails too says so, the table printed above (a mutation audit).
-  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
   dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                         capture_output=True, text=True, check=True)
   stale = tmp_path / "out" / f".test_tiny_vit_cpu.kept-55a38fec.csv.tmp-{int(dead.stdout)}-abc"

@@ -914,9 +914,10 @@ def test_gpu_report_tabulates_what_the_suite_wrote(tmp_path, capsys):
   from experiments import benchmark as bench_cli  # pylint: disable=g-import-not-at-top
   from experiments import common  # pylint: disable=g-import-not-at-top
   from experiments import profile as profile_cli  # pylint: disable=g-import-not-at-top
-  out = tmp_path / "lease.kept-1" / "gpu"   # (a kept output's mark in the folder's path is not
+  # (a kept output's mark in the folder's path is not in its files' names: all are reported)
+  out = tmp_path / "lease.kept-1" / "gpu"
   fast = ["--model=test_tiny_vit", "--min_run_time=0.005", "--max_retries=0", "--noprogress"]
-  with pytest.raises(ValueError, match=f"--dir '{out}' is not a directory"):   # in its files')
+  with pytest.raises(ValueError, match=f"--dir '{out}' is not a directory"):
     gpu_report.collect(str(out))
   out.mkdir(parents=True)
   with pytest.raises(ValueError, match="holds no profile/.*nothing to report"):

@@ -585,8 +585,8 @@ def foreign_plot(path: str) -> bool:
   try:
     with open(path, "rb") as f:
       return f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE
-  except OSError:
-    return True
+  except OSError:         # (unreadable: nothing says whose it is; the publish says what fails)
+    return False
 
 
 def check_companions(paths: Sequence[str]) -> None:
@@ -1150,12 +1150,18 @@ def partial_name(path: str) -> str:
 KEPT_MARK = ".kept-"
 
 
+def kept_prefix(stem_path: str, ext: str) -> str:
+  """`<stem_path>.kept-` with the stem cut short so that a token of 8 characters and `ext` (the
+  longest extension of the files written under it) fit (`fitting_name`): every `kept_name` of
+  `stem_path` starts with it (what a sweep of killed keeps looks for)."""
+  return fitting_name(stem_path, f"{KEPT_MARK}{'x' * 8}{ext}")[:-8 - len(ext)]
+
+
 def kept_name(stem_path: str, ext: str) -> str:
-  """A fresh `<stem_path>.kept-XXXXXXXX` (no extension) beside `stem_path`, its name cut short
-  so that with `ext` (the longest extension of the files written under it) it fits
-  (`fitting_name`): where a run keeps a file or file set (a profile's JSON/CSV/PNG, a
+  """A fresh `<stem_path>.kept-XXXXXXXX` (no extension) beside `stem_path`, cut short as
+  `kept_prefix` is: where a run keeps a file or file set (a profile's JSON/CSV/PNG, a
   benchmark table, results) that the output it was meant to replace refused."""
-  return fitting_name(stem_path, f"{KEPT_MARK}{secrets.token_hex(4)}{ext}")[:-len(ext) or None]
+  return kept_prefix(stem_path, ext) + secrets.token_hex(4)
 
 
 def _keep_staged(tmp: str, path: str) -> Optional[str]:

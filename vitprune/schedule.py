@@ -281,10 +281,6 @@ def parse_token_grid(cfg: ViTConfig, spec: str) -> Tuple[int, ...]:
         raise ValueError(f"--tokens {shown}: step must not be 0")
       if (b - a) * step < 0:
         raise ValueError(f"--tokens {shown}: step {step} never goes from {a} to {b}")
-      if a != b and abs(step) > abs(b - a):     # (a probe: '65:5:-1e20' timed 65 alone, unsaid)
-        raise ValueError(f"--tokens {shown}: step {step} is larger than the range {a} .. {b}, so "
-                         f"it lists {a} alone: give '{a}' for that count, or a step of at most "
-                         f"{abs(b - a)}")
       last = a + (b - a) // step * step       # the last count listed ('65:1:-7' ends at 2)
       ends = sorted({c for c in (a, last) if not lo <= c <= hi})   # (before listing 1e15)
       if ends:
@@ -294,6 +290,10 @@ def parse_token_grid(cfg: ViTConfig, spec: str) -> Tuple[int, ...]:
                          f"outside [{lo}, {hi}] "
                          f"for {cfg.name} (prefix tokens {cfg.num_prefix_tokens} + 1 .. "
                          f"{cfg.num_tokens} tokens)")
+      if a != b and abs(step) > abs(b - a):     # (a probe: '65:5:-1e20' timed 65 alone, unsaid)
+        raise ValueError(f"--tokens {shown}: step {step} is larger than the range {a} .. {b}, so "
+                         f"it lists {a} alone: give '{a}' for that count, or a step of at most "
+                         f"{abs(b - a)}")
       counts = list(range(a, b + (1 if step > 0 else -1), step))
     else:
       counts = [_grid_int(p) for p in text.split(",")]

@@ -169,11 +169,12 @@ class ProfileSpec:
                        "random or keep_first, or time its schedules with --mode=schedule")
     if self.tokens is not None:
       check_token_grid(self.cfg, set(self.tokens))   # repeats are measured once (`grid`)
-    if self.adaptive and self.mode != "schedule" and self.coarse_stride >= max(
-        len(self.grid) - 1, 2):     # (a probe: 1000 left the ends alone, refined count by count)
+    # (a probe: --coarse_stride=1000 timed the two ends alone, then refined count by count)
+    if (self.adaptive and self.mode != "schedule" and len(self.grid) > 2 and
+        self.coarse_stride >= len(self.grid) - 1):
       raise ValueError(f"--coarse_stride={self.coarse_stride} is not below the {len(self.grid)}"
                        f"-count grid's {len(self.grid) - 1} steps: the coarse pass would time "
-                       f"its two ends alone; give at most {max(len(self.grid) - 2, 1)} (0: about "
+                       f"its two ends alone; give at most {len(self.grid) - 2} (0: about "
                        "16 counts)")
     if self.max_points:
       coarse = coarse_grid(self.grid, self.coarse_stride)
@@ -444,12 +445,13 @@ def _write_or_keep(profile: records.Profile, out_dir: str) -> Dict[str, str]:
   every point measured was discarded."""
   # (a run killed while keeping its points left temporaries no later keep, of a fresh name
   # each, would find)
-  stem = records.file_stem(profile)
-  atomic.cleanup_stale_named(out_dir, stem + atomic.KEPT_MARK, ".json")
+  stem_path = os.path.join(out_dir, records.file_stem(profile))
+  atomic.cleanup_stale_named(out_dir, os.path.basename(atomic.kept_prefix(stem_path, ".json")),
+                             ".json")
   try:
     return write_outputs(profile, out_dir)
   except ValueError as e:
-    stem = os.path.basename(atomic.kept_name(os.path.join(out_dir, stem), ".json"))
+    stem = os.path.basename(atomic.kept_name(stem_path, ".json"))
     try:
       kept = write_outputs(profile, out_dir, stem)["json"]
     except (OSError, ValueError) as keep_error:
