@@ -89,6 +89,9 @@ def test_change_interval_by_metric():
     intervals.change_interval((50, 1, 1, 8), "accuracy", identical=True)
   with pytest.raises(ValueError, match="agreement with the unpruned graph counted 3 images"):
     intervals.change_interval((50, 1, 1, 2), "agreement")
+  for pair, k in (((5, 1, 0, 1), 1), ((5, 1, 2, 0), 2)):    # each kind alone (mutation audit)
+    with pytest.raises(ValueError, match=f"agreement with the unpruned graph counted {k} images"):
+      intervals.change_interval(pair, "agreement")
   # Counts are whole, >= 0, of at least one image, on every path; the metric is one of two.
   assert intervals.change_interval((3.0, 0, 0, 1), "accuracy") == (
       intervals.change_interval((3, 0, 0, 1), "accuracy"))

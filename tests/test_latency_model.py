@@ -61,6 +61,19 @@ def test_fit_recovers_known_parameters_exactly():
     assert lm.predict(c) == pytest.approx(_truth(c), rel=1e-9)
 
 
+def test_noisy_fits_keep_the_mlp_share_within_the_block():
+  """0 <= mlp <= scale is the model's contract (the MLP is a share of a block): with no MLP term
+  in the truth, noise pulls an unbounded fit's mlp below 0 (a mutation audit: the bound went
+  unpinned)."""
+  rng = np.random.default_rng(0)
+  scheds = _schedules(10, 0) + [(N,) * (D + 1)]
+  no_mlp = dict(TRUE, mlp=0.0)
+  fits = [_fit(scheds, [_truth(c, no_mlp) * rng.uniform(0.9, 1.1) for c in scheds])
+          for _ in range(8)]
+  assert all(0.0 <= lm.params["mlp"] <= lm.params["scale"] for lm in fits)
+  assert any(lm.params["mlp"] == 0.0 for lm in fits)            # (the bound was reached)
+
+
 def test_dp_arrays_reproduce_predict_and_stay_non_negative():
   # A negative constant forces the shift of constants between embed, blocks and head.
   params = dict(TRUE, const=-2e-5, mlp=0.3)
@@ -196,6 +209,11 @@ def test_record_round_trip_and_trust():
   back = lm_lib.LatencyModel.from_json(lm.to_json())
   assert back == lm and back.predict(scheds[0]) == lm.predict(scheds[0])
   assert "p90 calibration error" in lm.trust(scheds[0])        # residuals above 10 %
+  # Its own error limit travels with it (a mutation audit: reloaded at the default 10 %).
+  lenient = _fit(scheds, noisy, max_residual=0.5)
+  back_lenient = lm_lib.LatencyModel.from_json(lenient.to_json())
+  assert back_lenient == lenient and back_lenient.max_residual == 0.5
+  assert back_lenient.trust(scheds[0]) is None and lm.residual_p90 < 0.5
   good = _fit(scheds, [_truth(c) for c in scheds])
   lo, _ = good.calibrated_range
   outside = (N,) * D + (GRID[0] if lo > GRID[0] else lo,)

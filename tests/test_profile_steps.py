@@ -177,6 +177,19 @@ def test_errors(kwargs, match):
     steps.detect_steps(**kwargs)
 
 
+def test_the_noise_of_a_drop_is_that_of_two_medians():
+  """A median of R samples of a normal spread has standard error 1.2533 sigma / sqrt(R), sigma =
+  IQR / 1.349; a drop between two counts carries both medians' errors in quadrature (a mutation
+  audit: / R, or the lower count's error left out, passed every test and called steps inside the
+  noise)."""
+  iqr = np.array([0.4, 0.3, 0.0])
+  se = steps.median_se(iqr, np.array([4, 9, 1]))
+  np.testing.assert_allclose(se, [1.2533 * 0.4 / 1.349 / 2, 1.2533 * 0.3 / 1.349 / 3, 0.0])
+  np.testing.assert_allclose(steps.median_se(iqr, None), 1.2533 * iqr / 1.349)
+  noise = steps.pair_noise(iqr, np.array([4, 9, 1]))
+  np.testing.assert_allclose(noise, [np.hypot(se[0], se[1]), se[1]])
+
+
 def test_curve_noise_is_the_robust_spread_of_the_drops_in_either_order():
   rng = np.random.default_rng(3)
   med = 1.0 + np.cumsum(rng.uniform(0.0, 0.1, 12))[::-1]          # descending by tokens
