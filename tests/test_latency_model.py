@@ -475,7 +475,7 @@ def test_a_budget_check_times_the_unpruned_graph_predicted_below_the_slowest_nei
   full = _cand((17, 17, 17), 1.5, 0.99)
   sol = dataclasses.replace(_solution(f, f[2]), criterion="latency_budget", basis="predicted",
                             full=full, settings={"num_images": 400, "accuracy_floor": None,
-                                                 "latency_budget": 1.2})
+                                                 "latency_budget": 1.1})
   measured = {c.counts: c.predicted_latency_s for c in f} | {full.counts: 1.1}
   rounds = []
 
@@ -486,7 +486,8 @@ def test_a_budget_check_times_the_unpruned_graph_predicted_below_the_slowest_nei
   out = solve_loop.check_budget_in_loop(
       sol, lambda cs: [0.99 if c == full.counts else 0.9 for c in cs], timer, neighbours=1)
   assert rounds[0] == [(17, 9, 5), (17, 9, 3), (17, 9, 9), (17, 17, 17)]
-  assert out.chosen.counts == full.counts and out.chosen.measured_latency_s == 1.1
+  assert out.chosen.counts == full.counts and out.chosen.measured_latency_s == 1.1  # (at the
+  # budget exactly: within it)
 
 
 def test_a_budget_check_holds_its_measurements_to_the_images_it_is_given():
