@@ -177,6 +177,20 @@ def test_relative_errors_are_of_the_measurement():
   assert lm_lib.relative_errors([1.0625], [1.0])["within10"] == 1.0
 
 
+def test_the_fit_minimises_relative_errors():
+  """Least squares on relative errors (a 1 ms graph's 0.1 ms error counts as a 10 ms graph's
+  1 ms): the free constant balances the relative residuals over the measurement,
+  sum (pred - y) / y^2 = 0, where an absolute fit balances sum (pred - y) (a mutation audit:
+  unweighted, the fit passed every test)."""
+  rng = np.random.default_rng(3)
+  scheds = _schedules(12, 1) + [(N,) * (D + 1)]
+  y = np.array([_truth(c) * rng.uniform(0.7, 1.3) for c in scheds])
+  lm = _fit(scheds, y)
+  pred = np.array([lm.predict(c) for c in scheds])
+  assert abs(np.sum((pred - y) / y ** 2)) < 1e-6 * np.sum(np.abs(pred - y) / y ** 2)
+  assert abs(np.sum(pred - y)) > 1e-3 * np.sum(np.abs(pred - y))
+
+
 def test_fit_clips_round_off_below_the_bounds(monkeypatch):
   # BVLS returned r1 = -1.7e-21 in a suite run; make_cost_model then refused the model ("reduce
   # latency must be >= 0 seconds"). Bounded parameters come back exactly at their bounds.
