@@ -111,8 +111,13 @@ def main(f: flags.FlagValues):
   solutions = {flag: (path, read_solution(path)) for flag, path in
                (("--solution", f.solution), ("--multi_solution", f.multi_solution)) if path}
   notes = []           # (said once every check passed: a refused run printed them, then failed)
+  here = device_info()
   for flag, (path, sol) in solutions.items():
     timed = sol.profile
+    if (timed.device_kind, timed.platform) != (here["device_kind"], here["platform"]):
+      notes.append(f"{flag} {common.shown(path)} was chosen on {timed.device_kind} "
+                   f"({timed.platform}) timings; this run times {here['device_kind']} "
+                   f"({here['platform']}), whose latency steps lie elsewhere")
     if timed.dtype not in dtypes:       # (a bfloat16 choice was timed in float32, unsaid)
       raise ValueError(f"{flag} {common.shown(path)} was chosen on {timed.dtype} timings: "
                        f"benchmark it with --dtype={timed.dtype} (here {','.join(dtypes)})")

@@ -681,6 +681,15 @@ def test_a_solution_is_benchmarked_in_the_dtype_it_was_chosen_in(tmp_path):
   assert code == 0, err
   assert out.startswith(f"note: --multi_solution {sol} was chosen on batch 1 timings; "
                         "--batch_size=2 does not time it there\n")
+  # One chosen on another device's timings is noted too (a probe: benchmarked unsaid).
+  gpu = solution_file(tmp_path / "g.json", TINY, [17, 13, 9], mode="multi", method="topk",
+                      batch_size=2, platform="gpu", device_kind="NVIDIA H100",
+                      weights_sha256=params_sha256(init_params(TINY, 0)))
+  code, out, err = run_cli_in_process(tmp_path, "benchmark", args[:-1] + [
+      f"--multi_solution={gpu}", f"--out_dir={tmp_path / 'out2'}"])
+  assert code == 0, err
+  assert out.startswith(f"note: --multi_solution {gpu} was chosen on NVIDIA H100 (gpu) timings; "
+                        "this run times cpu (cpu), whose latency steps lie elsewhere\n"), out
 
 
 def test_each_rows_accuracy_change_compares_its_own_graph_with_the_unpruned_one(monkeypatch):
