@@ -368,6 +368,10 @@ _MEASURED_17_17_9 = dict(schedule="list:17,17,9", counts=[17, 17, 9], predicted_
      r"full\) \(edited\?\)"),
     (lambda d: d["chosen"].update(predicted_latency_s=5e-4),
      "chosen list:17,17,9's numbers differ from those the solution lists"),
+    # (a probe: the same counts written otherwise were blamed on the numbers)
+    (lambda d: d["chosen"].update(schedule="keep@1:9"),
+     r"chosen keep@1:9 has the numbers of the entry the solution lists for its counts "
+     r"as \['list:17,17,9'\], but another schedule text \(edited\?\)$"),
     (lambda d: (d["checked"].append(dict(_MEASURED_17_17_9, measured_accuracy=0.9)),
                 d["chosen"].update(_MEASURED_17_17_9, measured_accuracy=0.8)),
      "chosen list:17,17,9's numbers differ from those the solution lists"),
