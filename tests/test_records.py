@@ -370,8 +370,8 @@ _MEASURED_17_17_9 = dict(schedule="list:17,17,9", counts=[17, 17, 9], predicted_
      "chosen list:17,17,9's numbers differ from those the solution lists"),
     # (a probe: the same counts written otherwise were blamed on the numbers)
     (lambda d: d["chosen"].update(schedule="keep@1:9"),
-     r"chosen keep@1:9 has the numbers of the entry the solution lists for its counts "
-     r"as \['list:17,17,9'\], but another schedule text \(edited\?\)$"),
+     r"chosen keep@1:9 is the entry the solution lists as list:17,17,9 \(the same counts and "
+     r"numbers\) under another schedule text \(edited\?\)$"),
     (lambda d: (d["checked"].append(dict(_MEASURED_17_17_9, measured_accuracy=0.9)),
                 d["chosen"].update(_MEASURED_17_17_9, measured_accuracy=0.8)),
      "chosen list:17,17,9's numbers differ from those the solution lists"),

@@ -504,9 +504,9 @@ def _check_chosen_is_listed(sol: "Solution", require) -> None:
       e.measured_accuracy is not None or e.measured_latency_s is not None for e in same)
   respelled = [e.schedule for e in same if e.schedule != c.schedule and
                dataclasses.replace(e, tokens=c.tokens, schedule=c.schedule) == c]
-  require(not respelled or _lists(same, c), f"chosen {c.schedule} has the numbers of the entry "
-          f"the solution lists for its counts as {respelled[:1]}, but another schedule text "
-          "(edited?)")
+  require(not respelled or _lists(same, c), f"chosen {c.schedule} is the entry the solution "
+          f"lists as {respelled[0] if respelled else ''} (the same counts and numbers) under "
+          "another schedule text (edited?)")
   require(not same or _lists(same, c), f"chosen {c.schedule}'s measurements are in no entry the "
           "solution lists for that schedule (written before 2026-12-04, when a measured choice "
           "was first listed in checked, or edited): solve again" if unlisted else
