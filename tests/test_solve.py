@@ -1985,6 +1985,26 @@ def test_the_estimates_single_reductions_meeting_the_floor_are_timed_in_the_loop
   assert target not in timed[0]
 
 
+def test_where_no_multi_layer_schedule_meets_the_floor_the_fastest_single_reduction_does(
+    tmp_path):
+  """Every frontier schedule measures below the floor: the choice falls back on the estimate's
+  single reductions meeting it, the one predicted fastest (a mutation audit: the slowest, or a
+  sort the wrong way, passed every test)."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  floor = 0.885
+  est = read_estimate(es).measured("accuracy")
+  full = tuple([N] * (CFG.depth + 1))
+  evaluate = lambda cs: [_share(est.get(tuple(c), 0.5)) for c in cs]
+  sol = _multi(ps, es, accuracy_floor=floor, evaluate=evaluate)
+  model = _dp_model(ps, es)
+  latency = lambda c: solve.predict_schedule(model, c)[0]
+  singles = [c for c, v in est.items() if c != full and v >= floor]
+  assert len({latency(c) for c in singles}) > 1
+  assert sol.chosen.counts in singles and sol.basis == "measured"
+  assert latency(sol.chosen.counts) == min(latency(c) for c in singles)
+
+
 def test_the_unpruned_schedule_off_the_frontier_is_no_neighbour(tmp_path):
   """The unpruned schedule, measured but off the frontier (a pruned one is predicted as
   accurate and faster), is the fallback only: never a neighbour the loop times."""
