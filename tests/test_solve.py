@@ -1988,8 +1988,7 @@ def test_the_estimates_single_reductions_meeting_the_floor_are_timed_in_the_loop
 def test_where_no_multi_layer_schedule_meets_the_floor_the_fastest_single_reduction_does(
     tmp_path):
   """Every frontier schedule measures below the floor: the choice falls back on the estimate's
-  single reductions meeting it, the one predicted fastest (a mutation audit: the slowest, or a
-  sort the wrong way, passed every test)."""
+  single reductions meeting it, and takes the one predicted fastest."""
   ps = _block_profile(tmp_path)
   es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
   floor = 0.885
