@@ -504,6 +504,27 @@ def test_a_budget_check_times_the_unpruned_graph_predicted_below_the_slowest_nei
   # budget exactly: within it)
 
 
+def test_a_budget_correction_round_takes_the_slower_of_equally_accurate_schedules():
+  """The first round missing the budget, the aim is corrected by measured / predicted and the
+  most accurate schedules predicted below it are timed, ties to the slower (the faster would
+  give up tokens for nothing; a mutation audit: the tie went either way unpinned)."""
+  f = [_cand((17, 2, 2), 0.40, 0.90), _cand((17, 3, 2), 0.45, 0.90), _cand((17, 3, 3), 0.50, 0.90),
+       _cand((17, 5, 5), 0.70, 0.90), _cand((17, 9, 5), 2.0, 0.92), _cand((17, 9, 9), 3.0, 0.95)]
+  sol = dataclasses.replace(_solution(f, f[4]), criterion="latency_budget", basis="predicted",
+                            settings={"num_images": 400, "accuracy_floor": None,
+                                      "latency_budget": 1.2})
+  rounds = []
+
+  def timer(counts_list):             # everything measures twice its prediction: aim 0.6
+    rounds.append(list(counts_list))
+    latency = {c.counts: 2 * c.predicted_latency_s for c in f}
+    return [latency[c] for c in counts_list]
+
+  solve_loop.check_budget_in_loop(sol, lambda cs: [0.9] * len(cs), timer, neighbours=1)
+  assert rounds[0] == [(17, 9, 5), (17, 5, 5), (17, 9, 9)]
+  assert rounds[1] == [(17, 3, 3), (17, 3, 2)]
+
+
 def test_a_budget_check_holds_its_measurements_to_the_images_it_is_given():
   """num_images given to the budget check (the main job's images) is what every measured
   accuracy must be a count of (it read the solution's setting, absent without a floor, and
