@@ -506,11 +506,13 @@ def test_a_budget_check_times_the_unpruned_graph_predicted_below_the_slowest_nei
 
 def test_a_budget_correction_round_takes_the_slower_of_equally_accurate_schedules():
   """The first round missing the budget, the aim is corrected by measured / predicted and the
-  most accurate schedules predicted below it are timed, ties to the slower (the faster would
-  give up tokens for nothing; a mutation audit: the tie went either way unpinned)."""
+  most accurate schedules predicted below it, and between it and the fastest timed, are timed,
+  ties to the slower (the faster would give up tokens for nothing; a mutation audit: the tie
+  went either way unpinned)."""
   f = [_cand((17, 2, 2), 0.40, 0.90), _cand((17, 3, 2), 0.45, 0.90), _cand((17, 3, 3), 0.50, 0.90),
+       _cand((17, 5, 2), 0.62, 0.90), _cand((17, 5, 3), 0.65, 0.90),     # (between aim and 0.7)
        _cand((17, 5, 5), 0.70, 0.90), _cand((17, 9, 5), 2.0, 0.92), _cand((17, 9, 9), 3.0, 0.95)]
-  sol = dataclasses.replace(_solution(f, f[4]), criterion="latency_budget", basis="predicted",
+  sol = dataclasses.replace(_solution(f, f[6]), criterion="latency_budget", basis="predicted",
                             settings={"num_images": 400, "accuracy_floor": None,
                                       "latency_budget": 1.2})
   rounds = []
@@ -522,7 +524,7 @@ def test_a_budget_correction_round_takes_the_slower_of_equally_accurate_schedule
 
   solve_loop.check_budget_in_loop(sol, lambda cs: [0.9] * len(cs), timer, neighbours=1)
   assert rounds[0] == [(17, 9, 5), (17, 5, 5), (17, 9, 9)]
-  assert rounds[1] == [(17, 3, 3), (17, 3, 2)]
+  assert rounds[1] == [(17, 3, 3), (17, 3, 2), (17, 5, 3)]   # (and one between: the slower)
 
 
 def test_a_budget_check_holds_its_measurements_to_the_images_it_is_given():
