@@ -527,6 +527,29 @@ def test_a_budget_correction_round_takes_the_slower_of_equally_accurate_schedule
   assert rounds[1] == [(17, 3, 3), (17, 3, 2), (17, 5, 3)]   # (and one between: the slower)
 
 
+def test_a_budget_check_takes_the_unpruned_graph_on_its_frontier_as_measured():
+  """The unpruned schedule on the frontier, already measured (the estimate's measurement, in
+  `checked`), is not evaluated again (a mutation audit: taken as the raw frontier entry, it was
+  measured anew, unpinned)."""
+  f = [_cand((17, 5, 3), 1.0, 0.90), _cand((17, 9, 5), 2.0, 0.92), _cand((17, 17, 17), 2.5, 0.99)]
+  unpruned = _cand((17, 17, 17), 2.5, 0.99, measured=0.99)
+  sol = dataclasses.replace(_solution(f, f[1], checked=[unpruned]), criterion="latency_budget",
+                            basis="predicted", full=unpruned,
+                            settings={"num_images": 400, "accuracy_floor": None,
+                                      "latency_budget": 3.0})
+  evaluated = []
+
+  def evaluate(counts_list):
+    evaluated.extend(counts_list)
+    return [0.9] * len(counts_list)
+
+  out = solve_loop.check_budget_in_loop(
+      sol, evaluate, lambda cs: [f_.predicted_latency_s for c in cs for f_ in f if f_.counts == c],
+      neighbours=1)
+  assert sorted(evaluated) == [(17, 5, 3), (17, 9, 5)]
+  assert out.chosen.counts == (17, 17, 17) and out.chosen.measured_accuracy == 0.99
+
+
 def test_a_budget_check_holds_its_measurements_to_the_images_it_is_given():
   """num_images given to the budget check (the main job's images) is what every measured
   accuracy must be a count of (it read the solution's setting, absent without a floor, and
