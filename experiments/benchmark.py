@@ -146,7 +146,7 @@ def main(f: flags.FlagValues):
     data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
                                    class_names=common.class_names(source),
                                    num_classes=cfg.num_classes)
-  stem = bench.output_stem([{"model": cfg.name, **device_info()}])
+  stem = bench.output_stem([{"model": cfg.name, **here}])
   bench.check_replaceable_outputs({k: os.path.join(f.out_dir, f"{stem}.{k}")
                                    for k in ("csv", "md", "png")})   # before the work
   # The table this run replaces, as it began: one another run writes meanwhile is not replaced
@@ -158,15 +158,13 @@ def main(f: flags.FlagValues):
         f"x {dtypes}")
   provenance = bench.provenance_lines(
       weights_source=source, params_sha256=params_sha256(params),
-      data_info=data.info if data is not None else None, device=device_info(),
+      data_info=data.info if data is not None else None, device=here,
       command=common.command_line("experiments.benchmark", f))
   rows = bench.run_benchmark(spec, params, variants, data=data, progress=f.progress)
   print(bench.to_markdown(rows, provenance))  # (before the files: a write refused at the end
   # (a run killed while keeping its table left temporaries no later keep, of a fresh name
   # each, would find)
-  atomic.cleanup_stale_named(
-      f.out_dir, os.path.basename(atomic.kept_prefix(os.path.join(f.out_dir, stem), ".csv")),
-      ".csv")
+  atomic.cleanup_killed_keeps(os.path.join(f.out_dir, stem), ".csv")
   try:                                          # keeps the measured table on stdout)
     paths = bench.write_outputs(
         rows, f.out_dir, note=lambda text: print(f"note: {common.shown(text)}"),

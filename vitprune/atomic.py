@@ -1164,6 +1164,13 @@ def kept_name(stem_path: str, ext: str) -> str:
   return kept_prefix(stem_path, ext) + secrets.token_hex(4)
 
 
+def cleanup_killed_keeps(stem_path: str, ext: str) -> None:
+  """`cleanup_stale_named` for every `kept_name(stem_path, ext)` a killed run left (a fresh
+  name each: no later keep of the same name finds its temporaries)."""
+  cleanup_stale_named(os.path.dirname(stem_path),
+                      os.path.basename(kept_prefix(stem_path, ext)), ext)
+
+
 def _keep_staged(tmp: str, path: str) -> Optional[str]:
   """A whole staged output that another run's output at `path` kept out (its compiles,
   training or export are not lost) renamed to `partial_name(path)` -> that path, None when it

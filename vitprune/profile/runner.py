@@ -446,8 +446,7 @@ def _write_or_keep(profile: records.Profile, out_dir: str) -> Dict[str, str]:
   # (a run killed while keeping its points left temporaries no later keep, of a fresh name
   # each, would find)
   stem_path = os.path.join(out_dir, records.file_stem(profile))
-  atomic.cleanup_stale_named(out_dir, os.path.basename(atomic.kept_prefix(stem_path, ".json")),
-                             ".json")
+  atomic.cleanup_killed_keeps(stem_path, ".json")
   try:
     return write_outputs(profile, out_dir)
   except ValueError as e:
