@@ -111,7 +111,7 @@ def table(rows: List[Dict[str, Any]]) -> str:
     s, h = r["selection"], r["holdout"]
     lo, hi = h["chosen_interval_95"]
     out.append(f"| {r['seed']} | {r['schedule']} | {s['chosen']:.4f} / {s['unpruned']:.4f} | "
-               f"{h['chosen']:.4f} ({lo:.3f}-{hi:.3f}) / {h['unpruned']:.4f} | "
+               f"{h['chosen']:.4f} ({lo:.3f}..{hi:.3f}) / {h['unpruned']:.4f} | "
                f"{yes(r['floor_met_selection'])} / {yes(r['floor_met_holdout'])} "
                f"({yes(r['unpruned_floor_met_holdout'])}) | {r['optimism_points']:+.2f} |")
   return "\n".join(out)

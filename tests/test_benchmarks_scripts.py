@@ -1340,7 +1340,7 @@ def test_holdout_study_rows_and_refusals(tmp_path, monkeypatch):
   assert (tot["chosen"], tot["floor_met_selection"], tot["floor_met_holdout"]) == (1, 1, 0)
   assert tot["holdout_status"] == {"meets": 0, "straddles": 1, "fails": 0}
   text = holdout_study.table(rows)
-  assert ("| 0 | keep@1:41 | 0.9750 / 0.9800 | 0.9500 (0.890-0.980) / 0.9750 | yes / no (yes) "
+  assert ("| 0 | keep@1:41 | 0.9750 / 0.9800 | 0.9500 (0.890..0.980) / 0.9750 | yes / no (yes) "
           "| +2.00 |") in text
   assert "| 1 | none: accuracy floor 0.97" in text
   with pytest.raises(ValueError, match="--job_flags sets --holdout_images, which the study owns"):
