@@ -92,6 +92,26 @@ def test_json_round_trip_and_files(tmp_path):
   assert (edited.steps, edited.predictions) == (prof.steps, prof.predictions)
 
 
+def test_a_merge_keeps_the_files_entries_that_vitprune_does_not_write(tmp_path):
+  """A note a user added to a profile (a top-level entry readers ignore) was dropped without a
+  word when the next run merged into the file; vitprune's own entries are this run's."""
+  first = _profile(_staircase_points())
+  path = records.save(first, str(tmp_path), stem="p")["json"]
+  d = json.load(open(path))
+  d.update(note="timed on battery", steps=[])
+  with open(path, "w") as f:
+    json.dump(d, f)
+  records.save(_profile(_staircase_points(batch=2)), str(tmp_path), stem="p")
+  merged = json.load(open(path))
+  assert merged["note"] == "timed on battery" and merged["batch_sizes"] == [1, 2]
+  assert merged["steps"] == records.to_json(records.load(path))["steps"] != []
+  # Fields this run writes (a board's 'edge' entry) are this run's, the note still kept.
+  records.save(_profile(_staircase_points(batch=4)), str(tmp_path), stem="p",
+               fields={"edge": {"target": "x"}})
+  merged = json.load(open(path))
+  assert (merged["edge"], merged["note"]) == ({"target": "x"}, "timed on battery")
+
+
 def test_csv_twin():
   prof = _profile(_staircase_points())
   rows = records.to_csv(prof).strip().split("\n")

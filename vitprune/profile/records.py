@@ -560,8 +560,9 @@ def _merged_with_existing(profile: Profile, paths: Dict[str, str],
                           merge_fields: Optional[MergeFields] = None
                           ) -> Tuple[Profile, Optional[Dict[str, Any]]]:
   """(`profile` merged into the profile at `paths['json']`, the `fields` to write: combined with
-  the file's by `merge_fields`) after finishing a killed run's commit (call under its lock), or
-  (`profile`, `fields`) when there is none; ValueError for an unreadable or incompatible profile
+  the file's by `merge_fields`, and the file's entries that vitprune does not write kept) after
+  finishing a killed run's commit (call under its lock), or (`profile`, `fields`) when there is
+  none; ValueError for an unreadable or incompatible profile
   there, or for files of its names (`paths`) without their profile."""
   atomic.cleanup_stale(paths["json"])                         # finish a killed run's commit
   odd = [p for p in paths.values() if os.path.lexists(p) and
@@ -606,7 +607,9 @@ def _merged_with_existing(profile: Profile, paths: Dict[str, str],
       fields = merge_fields(doc, jsonio.json_form(fields))
   except ValueError as e:
     raise ValueError(f"cannot merge into {paths['json']}: {e}") from None
-  return merged, fields
+  ours = set(to_json(merged)) | set(fields or {})
+  theirs = {k: v for k, v in doc.items() if k not in ours}     # (a note of the user's)
+  return merged, (dict(fields or {}, **theirs) if theirs else fields)
 
 
 def save(profile: Profile, out_dir: str, stem: Optional[str] = None, *,
