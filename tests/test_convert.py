@@ -95,6 +95,8 @@ def test_a_checkpoint_of_another_size_names_both_sizes_and_lists_few_keys():
   with pytest.raises(ConversionError) as e:
     convert_file(full, golden(case["files"]["state_dict"]))
   text = str(e.value)
+  assert text.splitlines()[0] == (f"{golden(case['files']['state_dict'])}: checkpoint does "
+                                  "not match deit_tiny_patch16_224:")       # (the file named)
   assert text.splitlines()[1] == (            # the cause first: a CLI shows one line
       f"  (the checkpoint holds a ViT of depth {small.depth}, width {small.embed_dim}; "
       f"deit_tiny_patch16_224 has depth {full.depth}, width {full.embed_dim}: convert it for a "
@@ -995,8 +997,9 @@ def test_non_finite_weights_impossible_sizes_and_failed_verify_write_nothing(tmp
   save_file(wide, str(src))
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    with pytest.raises(ValueError, match=r"^checkpoint has values beyond float32's range "
-                       r"\(\|x\| > 3.4e38\) in \['head.weight'\]; refusing to convert it$"):
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(src))}: checkpoint has values "
+                       r"beyond float32's range \(\|x\| > 3.4e38\) in \['head.weight'\]; "
+                       r"refusing to convert it$"):      # (naming the file, as a bad read does)
       convert.convert_checkpoint(cfg, str(src), str(out))
     # ... also in the position embedding resampled to another size (cast before the checks)
     pos = dict(sd, pos_embed=np.full(sd["pos_embed"].shape, 1e300))

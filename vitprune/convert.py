@@ -573,11 +573,15 @@ def convert_file(cfg: ViTConfig, path: str, *, drop_head: bool = False,
   so a float16 or bfloat16 checkpoint's precision is said where its weights are kept)."""
   check_config(cfg)                          # (before reading cfg.num_heads)
   sd, fmt = load_checkpoint(path, num_heads=cfg.num_heads)
-  timm_sd = normalize_state_dict(sd)
-  src_pe = timm_sd.get("pos_embed")                  # (DINOv2's folds its cls position out)
   resample = BIG_VISION_RESAMPLE if fmt == "big_vision" else TIMM_RESAMPLE
-  params = convert_state_dict(cfg, sd, drop_head=drop_head, ignore_keys=ignore_keys,
-                              resample=resample)
+  try:
+    timm_sd = normalize_state_dict(sd)
+    params = convert_state_dict(cfg, sd, drop_head=drop_head, ignore_keys=ignore_keys,
+                                resample=resample)
+  except ValueError as e:           # what is wrong inside a file names the file (its type kept:
+    e.args = (f"{path}: {e}",)      # a ConversionError's key lists are read by callers)
+    raise
+  src_pe = timm_sd.get("pos_embed")                  # (DINOv2's folds its cls position out)
   meta = {"source_file": os.path.basename(path), "source_sha256": file_sha256(path),
           "source_format": fmt, "timm_name": cfg.name, "img_size": cfg.img_size,
           "num_classes": cfg.num_classes, "drop_head": drop_head,
