@@ -158,13 +158,18 @@ def _without_wrapper_prefixes(sd: Dict[str, Any], path: str = "<state dict>"
   when two keys then collide."""
   out = {}
   for k, v in sd.items():
-    name = k[len("module."):] if k.startswith("module.") else k
-    name = name[len("_orig_mod."):] if name.startswith("_orig_mod.") else name
+    name = _unwrapped(k)
     if name in out:
       raise ValueError(f"{path}: checkpoint keys collide once their wrapper prefix is "
                        f"stripped: {k!r} and another give {name!r}")
     out[name] = v
   return out
+
+
+def _unwrapped(name: str) -> str:
+  """`name` without its wrapper prefixes: `module.` then `_orig_mod.`."""
+  name = name[len("module."):] if name.startswith("module.") else name
+  return name[len("_orig_mod."):] if name.startswith("_orig_mod.") else name
 
 
 def _load_torch(path: str) -> StateDict:
@@ -421,14 +426,28 @@ def normalize_state_dict(sd: StateDict) -> StateDict:
     sd["pos_embed"] = sd["pos_embed"][:, 1:]
   out, source = {}, {}
   for key, v in sd.items():
-    k = re.sub(r"^(blocks\.\d+\.mlp\.)w12\.", r"\1fc1.", key)
-    k = re.sub(r"^(blocks\.\d+\.mlp\.)w3\.", r"\1fc2.", k)
-    k = re.sub(r"^(blocks\.\d+\.)gamma_([12])$", r"\1ls\2.gamma", k)
+    k = _renamed(key)
     if k in out:
       raise ValueError(f"checkpoint holds both {source[k]!r} and {key!r}, two names of timm's "
                        f"{k!r} (legacy and current); keep one of them")
     out[k], source[k] = v, key
   return out
+
+
+def _renamed(key: str) -> str:
+  """timm's name of a legacy key (DINOv2's `mlp.w12/w3`, DeiT-3's `gamma_1/2`), else `key`."""
+  k = re.sub(r"^(blocks\.\d+\.mlp\.)w12\.", r"\1fc1.", key)
+  k = re.sub(r"^(blocks\.\d+\.mlp\.)w3\.", r"\1fc2.", k)
+  return re.sub(r"^(blocks\.\d+\.)gamma_([12])$", r"\1ls\2.gamma", k)
+
+
+def _file_names(state_dict: StateDict) -> Dict[str, str]:
+  """{timm name: the key `state_dict` holds it under} for the keys `normalize_state_dict`
+  renames (an ignore pattern may name either)."""
+  names = {_renamed(k): k for k in state_dict if _renamed(k) != k}
+  if "register_tokens" in state_dict and "reg_token" not in state_dict:
+    names["reg_token"] = "register_tokens"
+  return names
 
 
 def _timm_name(path) -> str:
@@ -500,14 +519,22 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
   non-finite weights.
   """
   check_config(cfg)
-  patterns = tuple(ignore_keys) + (HEAD_KEYS if drop_head else ())
+  # A pattern names a key as the file holds it or by timm's name (wrapper prefixes stripped from
+  # both, as from the keys: 'module.head.weight' and DeiT-3's 'blocks.0.gamma_1' were refused).
+  patterns = tuple(_unwrapped(p) for p in ignore_keys) + (HEAD_KEYS if drop_head else ())
   sd = normalize_state_dict(state_dict)
+  file_names = _file_names(state_dict)
+
+  def matches(k: str, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(k, pattern) or fnmatch.fnmatchcase(file_names.get(k, k), pattern)
+
   # A drop that drops nothing is a wrong assumption about the checkpoint (and was recorded in the
   # weights' provenance as if it had dropped something).
-  unmatched = [p for p in ignore_keys if not any(fnmatch.fnmatchcase(k, p) for k in sd)]
+  unmatched = [p for p in ignore_keys if not any(matches(k, _unwrapped(p)) for k in sd)]
   if unmatched:
     raise ValueError(f"ignore_keys (--ignore_keys) {unmatched} match no checkpoint key (first "
-                     f"keys: {sorted(sd)[:3]}); drop only what the checkpoint holds")
+                     f"keys, module./_orig_mod. prefixes stripped: {sorted(sd)[:3]}); drop only "
+                     "what the checkpoint holds")
   if drop_head and cfg.num_classes:      # (then reported as the head "missing")
     raise ValueError(f"drop_head (--drop_head) discards the checkpoint's head, so the config "
                      f"needs num_classes=0 (--num_classes=0); {cfg.name} has a "
@@ -515,7 +542,7 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
   if drop_head and not any(fnmatch.fnmatchcase(k, p) for k in sd for p in HEAD_KEYS):
     raise ValueError("drop_head (--drop_head): the checkpoint has no head.* / head_dist.* keys "
                      "to drop (a features-only checkpoint converts without it)")
-  sd = {k: v for k, v in sd.items() if not any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+  sd = {k: v for k, v in sd.items() if not any(matches(k, p) for p in patterns)}
   want = expected_keys(cfg)
   # Before resampling the position embedding, which computes in float32 (it hid an int8 one).
   not_float = sorted(f"{k} ({np.asarray(sd[k]).dtype})" for k in set(want) & set(sd)
