@@ -317,8 +317,11 @@ def test_original_dinov2_layout_with_explicit_mask_token(tmp_path):
   orig["cls_token"] = sd["cls_token"] - cls_pos
   orig["register_tokens"] = sd["reg_token"]
   orig["mask_token"] = np.zeros((1, 32), np.float32)
-  with pytest.raises(ConversionError, match="mask_token"):
+  with pytest.raises(ConversionError, match="mask_token") as e:
     convert_state_dict(cfg, orig)
+  assert str(e.value).splitlines()[-1] == (      # (the README said so; the error did not)
+      "  (mask_token is DINOv2's masked-training token, unused by the forward: drop it with "
+      "ignore_keys=('mask_token',) / --ignore_keys=mask_token)")
   params = convert_state_dict(cfg, orig, ignore_keys=("mask_token",))
   np.testing.assert_allclose(params["cls_token"], sd["cls_token"], atol=1e-6)
   np.testing.assert_array_equal(params["pos_embed"], sd["pos_embed"])

@@ -85,6 +85,9 @@ class ConversionError(ValueError):
     elif features_only and any(k.startswith(("head.", "head_dist.")) for k in self.unexpected):
       lines.append("  (a features-only config with num_classes=0 drops the checkpoint's head "
                    "only with drop_head=True / --drop_head)")
+    if "mask_token" in self.unexpected:        # (DINOv2's: dropped only when asked, as said)
+      lines.append("  (mask_token is DINOv2's masked-training token, unused by the forward: "
+                   "drop it with ignore_keys=('mask_token',) / --ignore_keys=mask_token)")
     prefixes = {k.split(".", 1)[0] + "." for k in self.unexpected if "." in k}
     prefix = next(iter(prefixes)) if len(prefixes) == 1 else None
     # (stripped, they fit; nothing missing: keys the model lacks, not a wrapper's prefix)
