@@ -1014,6 +1014,16 @@ def test_non_finite_weights_impossible_sizes_and_failed_verify_write_nothing(tmp
     pos = dict(sd, pos_embed=np.full(sd["pos_embed"].shape, 1e300))
     with pytest.raises(ValueError, match=r"beyond float32's range .* in \['pos_embed'\]"):
       convert.convert_state_dict(cfg.replace(img_size=48), pos)
+    # ... and float32 values whose cubic resampling overshoots its range: one line saying so
+    # (it was numpy's overflow warning, then 'parameters hold NaN/inf' when saving)
+    side = int(np.sqrt(sd["pos_embed"].shape[1] - 1))
+    checker = (np.indices((side, side)).sum(0) % 2).reshape(-1, 1)
+    edge = np.where(checker, 3.3e38, -3.3e38).astype(np.float32)
+    pos = dict(sd, pos_embed=np.concatenate([sd["pos_embed"][:, :1], edge[None].repeat(
+        sd["pos_embed"].shape[2], axis=2)], axis=1))
+    with pytest.raises(ValueError, match=rf"^pos_embed resampled from a {side}x{side} to a "
+                       r"6x6 grid \(bicubic\) leaves float32's range; refusing to convert it$"):
+      convert.convert_state_dict(cfg.replace(img_size=48), pos)
   save_file(sd, str(src))
   with pytest.raises(ValueError, match="img_size must be a positive integer, got -32"):
     convert.convert_checkpoint(cfg.replace(img_size=-32), str(src), str(out))

@@ -501,9 +501,14 @@ def _maybe_resample_pos_embed(cfg: ViTConfig, sd: StateDict, resample: Tuple[str
     return sd  # not a square grid: reported as a shape mismatch
   interpolation, antialias = resample
   sd = dict(sd)
-  sd["pos_embed"] = resample_abs_pos_embed(
-      pe.astype(np.float32), (cfg.grid_size, cfg.grid_size), (side, side),
-      num_prefix_tokens=npre, interpolation=interpolation, antialias=antialias)
+  with np.errstate(over="ignore"):          # (said below, not as numpy's bare overflow warning)
+    sd["pos_embed"] = resample_abs_pos_embed(
+        pe.astype(np.float32), (cfg.grid_size, cfg.grid_size), (side, side),
+        num_prefix_tokens=npre, interpolation=interpolation, antialias=antialias)
+  if not np.all(np.isfinite(sd["pos_embed"])):   # (a cubic overshoots values near 3.4e38)
+    raise ValueError(f"pos_embed resampled from a {side}x{side} to a {cfg.grid_size}x"
+                     f"{cfg.grid_size} grid ({interpolation}) leaves float32's range; refusing "
+                     "to convert it")
   return sd
 
 
