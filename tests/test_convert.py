@@ -1030,7 +1030,9 @@ def test_non_finite_weights_impossible_sizes_and_failed_verify_write_nothing(tmp
   # Finite weights whose outputs overflow: verify fails before anything is written.
   huge = dict(sd, **{"head.weight": np.full_like(sd["head.weight"], 3e38)})
   save_file(huge, str(src))
-  with pytest.raises(ValueError, match="verify: the converted model produced non-finite"):
+  with pytest.raises(ValueError, match=rf"^{re.escape(str(src))}: verify: the converted model "
+                     r"produced non-finite outputs \(its largest weight: head\.weight, \|x\| up "
+                     r"to 3e\+38\)$"):
     convert.convert_checkpoint(cfg, str(src), str(out), verify=True)
   assert not out.parent.exists() or os.listdir(out.parent) == []
   save_file(sd, str(src))

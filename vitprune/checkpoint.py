@@ -47,8 +47,10 @@ is_weights_dir = atomic.json_marker(CONFIG_FILE, FORMAT)
 
 def check_finite(params: Params, what: str = "parameters",
                  refusing: str = "refusing to save them") -> None:
-  """Raises ValueError naming every leaf of `params` holding NaN or inf values."""
-  bad = [jax.tree_util.keystr(k) for k, v in jax.tree.flatten_with_path(params)[0]
+  """Raises ValueError naming (dotted: 'blocks.1.mlp.fc1.kernel') every leaf of `params`
+  holding NaN or inf values."""
+  bad = [jax.tree_util.keystr(k, simple=True, separator=".")
+         for k, v in jax.tree.flatten_with_path(params)[0]
          if not np.all(np.isfinite(np.asarray(v)))]
   if bad:
     raise ValueError(f"{what} hold NaN/inf values in {bad}; {refusing}")

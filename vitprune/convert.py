@@ -640,8 +640,12 @@ def verify_forward(cfg: ViTConfig, params: Params) -> Dict[str, Any]:
   x = np.stack([np.random.default_rng(seed).standard_normal(
       (cfg.img_size, cfg.img_size, cfg.in_chans)).astype(np.float32) for seed in (0, 1)])
   both = np.asarray(jitted_forward(params, x, cfg=cfg))
-  if not np.all(np.isfinite(both)):
-    raise ValueError("verify: the converted model produced non-finite outputs")
+  if not np.all(np.isfinite(both)):     # (the weights are finite: some too large to compute)
+    name, value = max(((_timm_name(k), float(np.max(np.abs(v))))     # (the checkpoint's name)
+                       for k, v in jax.tree.flatten_with_path(params)[0]),
+                      key=lambda item: item[1])
+    raise ValueError(f"verify: the converted model produced non-finite outputs (its largest "
+                     f"weight: {name}, |x| up to {value:.3g})")
   y = both[:1]
   summary = {"input": "standard normal, seed 0 (and seed 1 for input_independent)",
              "kind": "logits" if cfg.num_classes else "features", "shape": list(y.shape),
@@ -676,7 +680,10 @@ def convert_checkpoint(cfg: ViTConfig, checkpoint: str, out: str, *, overwrite: 
   meta["converted_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds")
   if verify:
-    meta["verified"] = verify_forward(cfg, params)
+    try:
+      meta["verified"] = verify_forward(cfg, params)
+    except ValueError as e:
+      raise ValueError(f"{checkpoint}: {e}") from None
   path = save_weights(out, cfg, params, meta=meta, overwrite=overwrite, replaces=began)
   return path, params, meta
 
