@@ -29,6 +29,15 @@ def test_default_schedules_are_valid_for_every_method():
   for method in ("random", "tome"):          # 'Random' got POMT's schedule, ' TOME ' a keep@
     assert prune_lib.default_schedule(CFG, f" {method.title()} ") == \
         prune_lib.default_schedule(CFG, method)
+  # A 2x2 grid: one can go; one patch token: nothing to prune, said as such (a schedule nobody
+  # gave was named; ToMe's timed the unpruned graph against itself).
+  four = CFG.replace(img_size=16)
+  assert four.num_patches == 4 and S.reduces_tokens(four, prune_lib.default_schedule(four, "tome"))
+  one = CFG.replace(img_size=8)
+  for method in ("pomt", "topk", "tome", "evit", "random"):
+    with pytest.raises(ValueError, match=r"^test_tiny_vit at img_size 8 has 1 patch token \(patch "
+                       r"size 8\): no schedule can prune it, one patch token must remain$"):
+      prune_lib.default_schedule(one, method)
 
 
 def test_run_prune_full_schedule_agrees_exactly():

@@ -31,7 +31,12 @@ from vitprune.reduce.methods import reducer_fields
 
 def default_schedule(cfg: ViTConfig, method: str) -> S.Schedule:
   """A valid, modest schedule for any model: a quarter of the patches removed, at the embedding
-  for 'random', with ToMe's r form for 'tome', else at block min(3, depth - 1) (POMT's default)."""
+  for 'random', with ToMe's r form for 'tome', else at block min(3, depth - 1) (POMT's default).
+  ValueError for a model of one patch token (one must remain: there is nothing to prune)."""
+  if cfg.num_patches < 2:     # (it failed naming a schedule nobody gave; ToMe's timed no cut)
+    raise ValueError(f"{cfg.name} at img_size {cfg.img_size} has {cfg.num_patches} patch "
+                     f"token (patch size {cfg.patch_size}): no schedule can prune it, one "
+                     "patch token must remain")
   remove = max(1, cfg.num_patches // 4)
   method = str(method).strip().lower()       # as make_reducer reads it ('Random' got POMT's)
   if method == "random":
