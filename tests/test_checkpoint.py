@@ -123,6 +123,10 @@ def test_missing_params_dir_and_missing_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"empty is not a vitprune weights directory "
                      r"\(no config.json\)$"):
     checkpoint.load_weights(str(tmp_path / "empty"))
+  (tmp_path / "empty" / "config.json").mkdir()             # (said: "no config.json")
+  with pytest.raises(FileNotFoundError, match=r"empty is not a vitprune weights directory "
+                     r"\(its config.json is a folder, not a file\)$"):
+    checkpoint.load_weights(str(tmp_path / "empty"))
   with pytest.raises(FileNotFoundError, match=r"config.json is a file, not a vitprune weights "
                      r"directory \(give the folder holding config.json and params/\)$"):
     checkpoint.load_weights(os.path.join(path, "config.json"))   # (said: "no config.json")

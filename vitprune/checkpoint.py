@@ -111,7 +111,9 @@ def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
     what = ("does not exist" if not os.path.lexists(path) else
             "is a file, not a vitprune weights directory (give the folder holding config.json"
             " and params/)" if os.path.isfile(path) else
-            "is not a vitprune weights directory (no config.json)")
+            "is not a vitprune weights directory (no config.json)" if not os.path.lexists(
+                cfg_file) else f"is not a vitprune weights directory (its config.json is "
+            f"{atomic.describe(cfg_file)}, not a file)")
     raise FileNotFoundError(f"{path} {what}{atomic.moved_aside_note(path)}")
   try:
     doc = jsonio.read_json(cfg_file, "weights config")
