@@ -725,6 +725,11 @@ def test_preprocess_image_and_iterate_batches_name_bad_arguments():
     with pytest.raises(ValueError, match=f"num_workers must be an int >= 0, got {bad!r}"):
       data.iterate_batches(ds, prep, 2, num_workers=bad)
   assert len(list(data.iterate_batches(ds, prep, 2, num_workers=np.int64(2)))) == 2
+  for switch in ("drop_remainder", "pad_remainder"):       # ('no' is truthy: an image dropped)
+    with pytest.raises(TypeError, match=f"^{switch} must be True or False, got 'no'$"):
+      data.iterate_batches(ds, prep, 2, **{switch: "no"})
+  assert [len(b[0]) for b in data.iterate_batches(ds, prep, 2, pad_remainder=np.bool_(False))
+          ] == [2, 1]
 
 
 def test_image_folder_labelled_given_as_a_string_is_refused(tmp_path):

@@ -917,6 +917,8 @@ def iterate_batches(dataset: Dataset, prep: Preprocessing, batch_size: int, *,
   if isinstance(num_workers, (bool, np.bool_)) or \
       not isinstance(num_workers, (int, np.integer)) or num_workers < 0:  # (None: a TypeError)
     raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+  check_switch("drop_remainder", drop_remainder)     # ('no' dropped the last images)
+  check_switch("pad_remainder", pad_remainder)
   _check_prep(prep)
   idx = np.arange(len(dataset), dtype=np.int64) if indices is None else _check_indices(
       indices, len(dataset))
