@@ -1,5 +1,6 @@
 """vitprune.prune (the library entry point) and experiments/prune.py (the CLI, in-process with its
 flags parsed into a fresh FlagValues by `common.parse`)."""
+import json
 import os
 import re
 import shutil
@@ -88,6 +89,13 @@ def test_run_prune_pruned_with_labels():
   assert (change["images_gained"] - change["images_lost"]) / 3 == pytest.approx(change["value"])
   assert change["interval_95"][0] <= change["value"] <= change["interval_95"][1]
   assert "; change " in prune.format_result(r)
+  # The record is JSON as the docstring says (a numpy seed broke json.dumps), with the method
+  # named as the reducer names it (' Random ' was kept as typed).
+  r = prune_lib.run_prune(CFG, params, images, method=" Random ",
+                          schedule=S.parse_schedule(CFG, "embed:9"),
+                          reducer_options={"seed": np.int64(3)}, warmup=0, repeats=1)
+  assert (r["method"], r["options"]) == ("random", {"seed": 3, "nested": True})
+  assert json.loads(json.dumps(r))["options"]["seed"] == 3
 
 
 def test_run_prune_accuracies_count_every_labelled_image_of_each_graph():

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from vitprune import intervals
+from vitprune import jsonio
 from vitprune import model as vit
 from vitprune import schedule as S
 from vitprune.config import ViTConfig
@@ -144,7 +145,8 @@ def run_prune(cfg: ViTConfig, params, images: np.ndarray, *, method: str,
       raise FloatingPointError(f"the {what} {cfg.name} produced non-finite outputs ({dtype})")
   classifier = cfg.num_classes > 0
   result = {
-      "model": cfg.name, "method": method, "options": reducer_fields(reducer),
+      "model": cfg.name, "method": reducer.name,          # (' TOME ' was recorded as typed;
+      "options": jsonio.json_form(reducer_fields(reducer)),   # a numpy seed broke json.dumps)
       "reducer": repr(reducer), "dtype": dtype,
       "batch": int(b), "device": jax.devices()[0].device_kind,
       "schedule": S.format_schedule(schedule, cfg), "counts": list(schedule.counts),
