@@ -175,6 +175,13 @@ def test_extra_json_files_are_part_of_the_atomic_write(tmp_path):
     with pytest.raises(ValueError, match="must be a plain file name"):
       checkpoint.save_weights(str(tmp_path / "v"), cfg, init_params(cfg, 0),
                               extra_json={bad: {}})
+  # What a JSON file cannot hold is named, before any work (json's "Object of type set" / "Out
+  # of range float values" named nothing).
+  for kw, said in (({"meta": {"tags": {"a"}}}, r"meta\['tags'\] is a set"),
+                   ({"extra_json": {"m.json": {"loss": float("nan")}}},
+                    r"extra_json\['m.json'\]\['loss'\] is nan")):
+    with pytest.raises(ValueError, match=f"^{said}, which a JSON file cannot hold$"):
+      checkpoint.save_weights(str(tmp_path / "v"), cfg, init_params(cfg, 0), **kw)
   assert sorted(os.listdir(tmp_path)) == ["w"]     # failed writes left nothing behind
 
 

@@ -528,6 +528,14 @@ def test_export_argument_errors(artifact, tmp_path, params):
                            targets=["jax", "iree:cuda:sm_87"])
   with pytest.raises(ValueError, match="class_names has 3 names but the model has 10 classes"):
     deploy.export_artifact(str(tmp_path / "a"), CFG, params, class_names=["a", "b", "c"])
+  # A NaN in the provenance failed when the manifest was written, after the export (and every
+  # IREE compile), as json's anonymous "Out of range float values are not JSON compliant".
+  for kw, said in (({"provenance": {"acc": float("nan")}}, r"provenance\['acc'\] is nan"),
+                   ({"weights_source": {"x": [float("inf")]}},
+                    r"weights_source\['x'\]\[0\] is inf")):
+    with pytest.raises(ValueError, match=f"^{said}, which a JSON file cannot hold$"):
+      deploy.export_artifact(str(tmp_path / "a"), CFG, params, **kw)
+  assert not os.path.exists(tmp_path / "a")
   with pytest.raises(ValueError, match="class_names must be a list of non-empty strings, got "
                      "'0123456789'"):          # (was taken as ten one-letter names)
     deploy.export_artifact(str(tmp_path / "a"), CFG, params, class_names="0123456789")

@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
 from tests.conftest import solution_file
@@ -45,6 +46,21 @@ def test_canonical_digest_ignores_layout():
   assert jsonio.canonical_sha256(a) != jsonio.canonical_sha256(dict(a, c=0))
   with pytest.raises(ValueError):
     jsonio.canonical(float("nan"))
+
+
+def test_check_storable_names_what_a_json_file_cannot_hold():
+  """A NaN in a deployment's provenance was json's anonymous "Out of range float values" after
+  the export and every compile; a set in weights meta "Object of type set"."""
+  good = {"a": [1, np.float32(0.5), np.int64(2), np.bool_(True), None, "s"], 3: {"x": 1.5}}
+  jsonio.check_storable(good, "meta")
+  for obj, said in (({"lr": float("nan")}, "meta['lr'] is nan"),
+                    ({"a": [0, (1, float("-inf"))]}, "meta['a'][1][1] is -inf"),
+                    ({"a": {"b": np.float64("inf")}}, "meta['a']['b'] is inf"),
+                    ({"tags": {"x"}}, "meta['tags'] is a set"),
+                    ({"w": np.zeros(2)}, "meta['w'] is a ndarray"),
+                    ({(1, 2): 3}, "meta has a key (1, 2) of type tuple")):
+    with pytest.raises(ValueError, match=f"^{re.escape(said)}, which a JSON file cannot hold$"):
+      jsonio.check_storable(obj, "meta")
 
 
 def test_read_json_errors(tmp_path):

@@ -79,6 +79,9 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
   # (abspath of '': the working directory, offered for overwrite)
   path = os.path.abspath(check_path("the weights path", path))
   orbax_io.writable_path(path)     # before any work: the checkpoint goes below it
+  jsonio.check_storable(meta or {}, "meta")               # (before any work)
+  for name, obj in (extra_json or {}).items():
+    jsonio.check_storable(obj, f"extra_json[{name!r}]")
   params32 = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
   check_finite(params32)
   doc = {"format": FORMAT, "version": VERSION, "config": config_to_dict(cfg), "meta": meta or {},

@@ -198,6 +198,8 @@ def plan_manifest(cfg: ViTConfig, params: Params, *, counts: Sequence[int],
   _batch_dim(batch_size)
   b = BATCH_SYMBOL if batch_size is None else int(batch_size)
   source = _jsonable(dict(weights_source or {}))
+  jsonio.check_storable(source, "weights_source")       # (before the export: NaN failed once
+  jsonio.check_storable(_jsonable(dict(provenance or {})), "provenance")  # it was written)
   return Manifest(
       config=cfg, counts=tuple(int(c) for c in counts), reducer=reducer_entry, dtype=dtype,
       precision=precision, input_shape=(b, cfg.img_size, cfg.img_size, cfg.in_chans),

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import sys
-from typing import Any, Dict, Sequence, Type
+from typing import Any, Dict, Optional, Sequence, Type
 
 from vitprune.config import check_path
 
@@ -163,6 +163,33 @@ def plain(value: Any) -> Any:
   if isinstance(value, np.generic) and value.dtype.kind in "biuf":
     return value.item()
   raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def check_storable(obj: Any, what: str) -> None:
+  """ValueError naming the entry of `obj` (called `what`: 'meta', 'provenance') that a strict
+  JSON file cannot hold (NaN or infinity, a set, any other object; numpy scalars are numbers):
+  a NaN in a deployment's provenance failed as json's anonymous "Out of range float values"
+  when the manifest was written, after the export and every compile."""
+  import numpy as np  # pylint: disable=g-import-not-at-top  (light callers stay light)
+
+  def bad(x: Any, where: str) -> Optional[str]:
+    if isinstance(x, np.generic) and x.dtype.kind in "biuf":
+      x = x.item()
+    if isinstance(x, float):
+      return None if math.isfinite(x) else f"{where} is {x!r}"
+    if x is None or isinstance(x, (bool, int, str)):
+      return None
+    if isinstance(x, dict):
+      keys = [k for k in x if not isinstance(k, (str, int, float, bool)) and k is not None]
+      return (f"{where} has a key {keys[0]!r} of type {type(keys[0]).__name__}" if keys else
+              next(filter(None, (bad(v, f"{where}[{k!r}]") for k, v in x.items())), None))
+    if isinstance(x, (list, tuple)):
+      return next(filter(None, (bad(v, f"{where}[{i}]") for i, v in enumerate(x))), None)
+    return f"{where} is a {type(x).__name__}"
+
+  problem = bad(obj, what)
+  if problem:
+    raise ValueError(f"{problem}, which a JSON file cannot hold")
 
 
 def json_form(obj: Any) -> Any:
