@@ -1,12 +1,14 @@
 """Pure-model invariants of vitprune.model (numerical parity with timm is in test_convert.py)."""
+import re
+
 import numpy as np
 import pytest
 
 import jax
 
 from vitprune import schedule as S
-from vitprune.model import (forward, forward_features, forward_head, init_params,
-                            jitted_forward, jitted_forward_features)
+from vitprune.model import (HEAD_KEYS, check_params, forward, forward_features, forward_head,
+                            init_params, jitted_forward, jitted_forward_features)
 from vitprune.reduce import make_reducer
 from vitprune.registry import get_config
 
@@ -91,18 +93,18 @@ def test_wrong_input_shape_and_options():
 
 
 @pytest.mark.parametrize("edit, match", [
-    (lambda p: p.update(blocks=p["blocks"][:1]), r"missing: \[\"\['blocks'\]\[1\]"),
-    (lambda p: p.update(blocks=p["blocks"] * 2), r"unexpected: \[\"\['blocks'\]\[2\]"),
-    (lambda p: p.pop("head"), r"missing: \[\"\['head'\]\['bias'\]\""),
+    (lambda p: p.update(blocks=p["blocks"][:1]), r"missing: \['blocks\.1\."),
+    (lambda p: p.update(blocks=p["blocks"] * 2), r"unexpected: \['blocks\.2\."),
+    (lambda p: p.pop("head"), r"missing: \['head\.bias'"),
     (lambda p: p.update(dist_token=np.zeros((1, 1, 32), np.float32)),
-     r"unexpected: \[\"\['dist_token'\]\"\]"),
+     r"unexpected: \['dist_token'\]"),
     (lambda p: p["norm"].update(scale=np.ones(32, np.int32)),
-     r"not floating point: \[\"\['norm'\]\['scale'\]: int32\"\]"),
+     r"not floating point: \['norm\.scale: int32'\]"),
     (lambda p: p.update(blocks=dict(enumerate(p["blocks"]))),    # (24 + 24 paths listed)
      r"'blocks' must be a list of 2 block trees, got dict"),
     # flax's variables by mistake: the paths show the wrapper (no word about 'blocks')
     (lambda p: (p.clear(), p.update(params=init_params(get_config("test_tiny_vit"), 0))),
-     r"missing: \[\"\['blocks'\]\[0\]\['attn'\].*unexpected: \[\"\['params'\]"),
+     r"missing: \['blocks\.0\.attn.*unexpected: \['params\."),
 ])
 def test_parameters_that_do_not_fit_the_config_are_refused(edit, match):
   """A tree with fewer blocks ran as a shallower model (a schedule's later reduction silently
@@ -183,16 +185,31 @@ def test_forward_head_checks_its_parameters_and_config():
   feats = forward_features(params, _images(cfg, 2), cfg=cfg)
   five = dict(params, head={"kernel": np.zeros((32, 5), np.float32),
                             "bias": np.zeros(5, np.float32)})
-  with pytest.raises(ValueError, match=r"(?s)do not match test_tiny_vit:.*\['head'\]\['kernel'\]: "
-                     r"expected \(32, 10\), got \(32, 5\)"):
+  with pytest.raises(ValueError, match=r"(?s)do not match test_tiny_vit:.*'head\.kernel: "
+                     r"expected \(32, 10\), got \(32, 5\)'"):
     forward_head(five, feats, cfg=cfg)
-  with pytest.raises(ValueError, match=r"missing: \[\"\['head'\]\['bias'\]\""):
+  with pytest.raises(ValueError, match=r"missing: \['head\.bias'"):
     forward_head({k: v for k, v in params.items() if k != "head"}, feats, cfg=cfg)
   with pytest.raises(TypeError, match="cfg must be a vitprune ViTConfig"):
     forward_head(params, feats, cfg="test_tiny_vit")
   head_only = {k: params[k] for k in ("norm", "head")}           # (what a head piece is given)
   np.testing.assert_array_equal(np.asarray(forward_head(head_only, feats, cfg=cfg)),
                                 np.asarray(forward_head(params, feats, cfg=cfg)))
+
+
+def test_check_params_names_the_entries_it_checks():
+  """keys=('heads',) checked nothing and passed an empty tree; a bare string was its letters."""
+  cfg = get_config("test_tiny_vit")
+  params = init_params(cfg, 0)
+  check_params(cfg, {k: params[k] for k in ("norm", "head")}, keys=HEAD_KEYS)  # (no fc_norm)
+  check_params(cfg, {"pos_embed": params["pos_embed"]}, keys=["pos_embed"])
+  with pytest.raises(ValueError, match=r"missing: \['head\.bias', 'head\.kernel'\]"):
+    check_params(cfg, {}, keys=("head",))
+  for bad in (("heads",), "head", ("head", 3)):
+    with pytest.raises(ValueError, match=r"^keys must name top-level entries of test_tiny_vit's "
+                       r"parameters \(\['blocks', 'cls_token', 'fc_norm', 'head', 'head_dist', "
+                       rf"'norm', 'patch_embed', 'pos_embed'\]\), got {re.escape(repr(bad))}$"):
+      check_params(cfg, {}, keys=bad)
 
 
 

@@ -33,7 +33,7 @@ from vitprune import orbax_io
 from vitprune.config import (ViTConfig, check_config, check_config_types, check_path,
                              check_switch, config_from_dict, config_to_dict)
 from vitprune.data import check_class_names
-from vitprune.model import Params, abstract_params, check_params
+from vitprune.model import Params, abstract_params, check_params, leaf_name
 
 FORMAT = "vitprune-weights"
 VERSION = 1
@@ -49,8 +49,7 @@ def check_finite(params: Params, what: str = "parameters",
                  refusing: str = "refusing to save them") -> None:
   """Raises ValueError naming (dotted: 'blocks.1.mlp.fc1.kernel') every leaf of `params`
   holding NaN or inf values."""
-  bad = [jax.tree_util.keystr(k, simple=True, separator=".")
-         for k, v in jax.tree.flatten_with_path(params)[0]
+  bad = [leaf_name(k) for k, v in jax.tree.flatten_with_path(params)[0]
          if not np.all(np.isfinite(np.asarray(v)))]
   if bad:
     raise ValueError(f"{what} hold NaN/inf values in {bad}; {refusing}")

@@ -179,12 +179,23 @@ def check_options(dtype: str, precision: str) -> None:
 HEAD_KEYS = ("norm", "fc_norm", "head", "head_dist")     # what `forward_head` reads
 
 
+def leaf_name(path: Tuple[Any, ...]) -> str:
+  """A parameter's tree path as messages name it: 'blocks.1.mlp.fc1.kernel' (a list of keystr
+  texts printed as ["['blocks'][1]['mlp']['fc1']['kernel']"])."""
+  return jax.tree_util.keystr(path, simple=True, separator=".")
+
+
 def check_params(cfg: ViTConfig, params: Params, keys: Optional[Sequence[str]] = None) -> None:
   """Raises ValueError listing every missing/unexpected leaf, shape mismatch and non-float leaf
   of `params` vs `cfg` (shapes only: cheap, and works on tracers); with `keys`, of those
-  top-level entries only (e.g. `HEAD_KEYS`: the head alone)."""
+  top-level entries only (e.g. `HEAD_KEYS`: the head alone; a name that is neither a
+  top-level entry of `cfg` nor of `HEAD_KEYS` is refused)."""
   expected = param_shapes(cfg)
   if keys is not None:
+    known = set(expected) | set(HEAD_KEYS)      # (the head's: absent from some configs)
+    if isinstance(keys, str) or not all(isinstance(k, str) and k in known for k in keys):
+      raise ValueError(f"keys must name top-level entries of {cfg.name}'s parameters "
+                       f"({sorted(known)}), got {keys!r}")     # (('heads',): nothing checked)
     expected = {k: v for k, v in expected.items() if k in keys}
     if not isinstance(params, Mapping):    # (a flax FrozenDict too: forward_features took it)
       raise ValueError(f"parameters of {cfg.name} must be a dict tree, got "
@@ -195,9 +206,9 @@ def check_params(cfg: ViTConfig, params: Params, keys: Optional[Sequence[str]] =
     raise ValueError(f"parameters do not match {cfg.name}: 'blocks' must be a list of "
                      f"{cfg.depth} block trees, got "
                      f"{type(params.get('blocks')).__name__}")   # (not 2 x 12 path lists)
-  want = {jax.tree_util.keystr(k): tuple(v) for k, v in jax.tree.flatten_with_path(
+  want = {leaf_name(k): tuple(v) for k, v in jax.tree.flatten_with_path(
       expected, is_leaf=_is_shape)[0]}
-  leaves = {jax.tree_util.keystr(k): v for k, v in jax.tree.flatten_with_path(params)[0]}
+  leaves = {leaf_name(k): v for k, v in jax.tree.flatten_with_path(params)[0]}
   got = {k: tuple(np.shape(v)) for k, v in leaves.items()}
   missing = sorted(set(want) - set(got))
   unexpected = sorted(set(got) - set(want))
