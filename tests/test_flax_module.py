@@ -66,6 +66,17 @@ def test_apply_equals_forward_with_and_without_pruning():
   assert feats.shape == (2, 9, CFG.embed_dim)
   with pytest.raises(TypeError, match=r"^features must be True or False, got 'no'"):
     module.apply({"params": params}, x, features="no")     # ('no' is truthy: features came)
+  # The tree given is checked whole, as `forward` checks it: entries the module does not read
+  # were dropped unsaid (a distillation head), and a wrong shape was flax's error on 'head'.
+  for bad, said in (({**params, "head_dist": params["head"]},
+                     r"unexpected: \['head_dist\.bias', 'head_dist\.kernel'\]"),
+                    ({**params, "head": {"kernel": np.zeros((CFG.embed_dim, 5), np.float32),
+                                         "bias": np.zeros(5, np.float32)}},
+                     r"'head\.bias: expected \(10,\), got \(5,\)'")):
+    for fn in (apply, jax.jit(apply)):
+      with pytest.raises(ValueError, match=r"(?s)^parameters do not match test_tiny_dinov2_reg:"
+                         r".*" + said):
+        fn({"params": bad}, x)
 
 
 def test_trains_with_optax_through_a_pruned_graph():

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from vitprune.config import ViTConfig, check_switch
-from vitprune.model import forward, forward_features, init_rule, param_shapes
+from vitprune.model import (check_params, forward, forward_features, init_rule,
+                            param_shapes)
 from vitprune.schedule import Schedule
 
 
@@ -63,6 +64,8 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, features: bool = False) -> jax.Array:
+    if not self.is_initializing():    # the whole tree, as `forward` checks it (the entries not
+      check_params(self.cfg, self.variables.get("params", {}))   # read were dropped unsaid)
     params = {name: self.param(name, init_subtree, shapes, name)
               for name, shapes in param_shapes(self.cfg).items()}
     static = dict(cfg=self.cfg, schedule=self.schedule, reducer=self.reducer, dtype=self.dtype,
