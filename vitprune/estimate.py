@@ -44,7 +44,7 @@ from vitprune import jsonio
 from vitprune import schedule as schedule_lib
 from vitprune.config import ViTConfig, check_switch
 from vitprune.digest import params_sha256
-from vitprune.model import Params
+from vitprune.model import Params, check_params
 from vitprune.piecewise import PiecewiseForward, WholeGraphs
 from vitprune.records.estimate import (FIDELITY_METRICS, LABELLED_METRICS, VERSION, Estimate,
                                        EstimatePoint, Scores, default_metric)
@@ -625,7 +625,9 @@ def estimate_record(*, cfg: ViTConfig, params: Params, weights_source: str,
                     seed: int, points: Sequence[EvalPoint], result: EvalResult,
                     labelled: bool, dtype: str = "float32", precision: str = "highest",
                     created: Optional[str] = None) -> Estimate:
-  """The `Estimate` record of an `evaluate` run (checked as a file read back would be)."""
+  """The `Estimate` record of an `evaluate` run (checked as a file read back would be; `params`
+  must be `cfg`'s: their digest is the record's identity of the weights)."""
+  check_params(cfg, params)      # (another model's tree was recorded as the weights measured)
   points = list(points)
   if len(points) != len(result.points):
     raise ValueError(f"{len(points)} points but {len(result.points)} results")
