@@ -55,6 +55,14 @@ def test_paired_drop_interval_matches_published_examples_and_covers():
     assert (lo, hi) == pytest.approx((max(-1.0, drop - np.hypot(p1 - l1, u2 - p2)),
                                       min(1.0, drop + np.hypot(u1 - p1, p2 - l2))), abs=1e-12)
   assert intervals.paired_drop_interval(2, 1, 1, 1)[2] == pytest.approx(0.465, abs=5e-4)
+  # A zero margin (the unpruned graph right on every image: no correlation to estimate) has
+  # phi 0 as well; phi 1 there left the drop's lower end at 0.0415 instead of 0.0033.
+  l1, u1 = intervals.wilson_interval(1.0, 100)
+  l2, u2 = intervals.wilson_interval(0.95, 100)
+  drop, lo, hi = intervals.paired_drop_interval(95, 5, 0, 0)
+  assert (drop, lo, hi) == pytest.approx((0.05, 0.05 - np.hypot(1.0 - l1, u2 - 0.95),
+                                          0.05 + np.hypot(u1 - 1.0, 0.95 - l2)), abs=1e-12)
+  assert lo == pytest.approx(0.0033, abs=5e-5)
   # ... but not degenerate where no image differs (the unpruned accuracy's own uncertainty).
   drop, lo, hi = intervals.paired_drop_interval(229, 0, 0, 10)
   assert drop == 0 and lo < -0.005 and hi > 0.005
@@ -87,6 +95,9 @@ def test_change_interval_by_metric():
   assert intervals.change_interval((50, 0, 0, 10), "accuracy", identical=True) == (0, 0, 0)
   with pytest.raises(ValueError, match="the unpruned graph differs from itself on 2 images"):
     intervals.change_interval((50, 1, 1, 8), "accuracy", identical=True)
+  for pair in ((50, 1, 0, 9), (50, 0, 1, 9)):       # each kind alone (mutation audit)
+    with pytest.raises(ValueError, match="the unpruned graph differs from itself on 1 images"):
+      intervals.change_interval(pair, "accuracy", identical=True)
   with pytest.raises(ValueError, match="agreement with the unpruned graph counted 3 images"):
     intervals.change_interval((50, 1, 1, 2), "agreement")
   for pair, k in (((5, 1, 0, 1), 1), ((5, 1, 2, 0), 2)):    # each kind alone (mutation audit)
@@ -144,6 +155,10 @@ def test_impossible_counts_and_z_are_refused_not_turned_into_intervals():
   for n in (float("nan"), float("inf"), True, 2.0, 0, -3):
     with pytest.raises(ValueError, match=r"need at least one example \(a whole number\), got"):
       intervals.wilson_interval(0.5, n)
+  for p in (-0.01, 1.01, float("nan")):
+    with pytest.raises(ValueError, match=r"^a proportion must be in \[0, 1\], got"):
+      intervals.wilson_interval(p, 10)
+  assert intervals.wilson_interval(1.0, 10)[1] == intervals.wilson_interval(0.0, 10)[0] + 1.0
   for z in (0, -1.96, float("nan"), float("inf"), True, "1.96"):
     with pytest.raises(ValueError, match=r"z must be a finite number > 0 \(1\.96: 95 %\), got"):
       intervals.wilson_interval(0.5, 10, z=z)
