@@ -308,6 +308,21 @@ def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
     (lambda d: d["chosen"].update(measured_accuracy=0.96, measured_accuracy_low=0.97,
                                   measured_accuracy_high=0.99, num_images=50),
      r"interval \[0.97, 0.99\] does not hold 0.96"),
+    (lambda d: d["chosen"].update(measured_accuracy=0.98, measured_accuracy_low=0.9,
+                                  measured_accuracy_high=0.97, num_images=50),
+     r"interval \[0.9, 0.97\] does not hold 0.98"),          # (above it: mutation audit)
+    (lambda d: d["chosen"].update(measured_change_low=-0.02, measured_change_high=-0.03,
+                                  measured_accuracy=0.96, measured_accuracy_low=0.9,
+                                  measured_accuracy_high=0.99, num_images=50),
+     r"measured_change_low / measured_change_high must be numbers -1 <= low <= high <= 1 "
+     r"measured on num_images images, or both null, got -0.02, -0.03"),
+    (lambda d: d["chosen"].update(measured_change_low=-0.02, measured_change_high=1.5,
+                                  measured_accuracy=0.96, measured_accuracy_low=0.9,
+                                  measured_accuracy_high=0.99, num_images=50),
+     r"measured_change_high must be numbers .*, got -0.02, 1.5"),
+    (lambda d: d["chosen"].update(measured_change_low=-0.02, measured_change_high=0.01),
+     r"measured_change_high must be numbers .* measured on num_images images, or both null, "
+     r"got -0.02, 0.01"),                                   # (no num_images)
     (lambda d: d["chosen"].update(measured_accuracy=None, num_images=50),
      "num_images 50 needs a measured_accuracy"),
     (lambda d: d["chosen"].update(measured_accuracy=0.5, num_images=0),
