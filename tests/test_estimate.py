@@ -464,6 +464,10 @@ def test_round_trip_and_atomic_write(doc, tmp_path):
   assert record_lib.read_estimate(path).to_json() == json.loads(json.dumps(rec.to_json()))
   assert record_lib.read_estimate(path).sha256() == rec.sha256()
   assert os.listdir(tmp_path / "sub") == ["e.json"]
+  four = dataclasses.replace(rec, num_devices=4)          # (read back as 1 device: its digest
+  path4 = record_lib.write_estimate(str(tmp_path / "e4.json"), four)      # changed unsaid)
+  assert record_lib.read_estimate(path4).num_devices == 4
+  assert record_lib.read_estimate(path4).sha256() == four.sha256() != rec.sha256()
   with pytest.raises(FileExistsError, match="overwrite"):
     record_lib.write_estimate(path, rec)
   with pytest.raises(record_lib.EstimateError, match="agreement must be a number in"):
@@ -549,6 +553,8 @@ def _mutate(d, fn):
     (lambda d: d.update(seed=2 ** 40), r"seed must be in \[0, 2\*\*32\) as the command lines "
      "take it, got 1099511627776"),
     (lambda d: d.update(seed=-1), r"seed must be in \[0, 2\*\*32\)"),
+    (lambda d: d.update(seed=2 ** 32), r"seed must be in \[0, 2\*\*32\) as the command lines "
+     "take it, got 4294967296"),                       # (the end itself: mutation audit)
     (lambda d: d["reference"].update(schedule="keep@0:5"), "reference.schedule 'keep@0:5' is "
      "not the unpruned schedule's"),
     (lambda d: d["reference"].update(counts=[17, 9, 9]), "reference.counts is not the unpruned "
