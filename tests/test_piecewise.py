@@ -154,6 +154,28 @@ def test_layer_dependent_reducers_get_a_block_per_layer(nested, pieces):
                                                         reducer=red)))
 
 
+def test_deeper_models_carry_sizes_on_and_share_plain_blocks_across_layers():
+  """The tests above run 2 blocks, so no block came two after a reduction: ToMe's token sizes
+  must reach every later block (a piece compiled without them failed on vit_digits), and a
+  plain block of a layer-dependent reducer is one piece at any layer (mutation audit)."""
+  deep = CFG.replace(depth=4)
+  params, x = init_params(deep, seed=1), _images(deep, b=2)
+  tome = make_reducer("tome")
+  s = Schedule((17, 9, 9, 9, 9))
+  np.testing.assert_allclose(
+      np.asarray(PiecewiseForward(deep, params, tome)(s, x)),
+      np.asarray(jitted_forward(params, x, cfg=deep, schedule=s, reducer=tome)),
+      rtol=1e-6, atol=1e-6)
+  per_layer = make_reducer("random", seed=3, nested=False)
+  pf = PiecewiseForward(deep, params, per_layer)
+  s = Schedule((17, 17, 17, 9, 9))
+  pf.compile([s], x)
+  assert pf.num_compiled == 5      # embed, block 17 -> 17 (layers 0 and 1), 17 -> 9, 9 -> 9, head
+  np.testing.assert_array_equal(
+      np.asarray(pf(s, x)),
+      np.asarray(jitted_forward(params, x, cfg=deep, schedule=s, reducer=per_layer)))
+
+
 def test_bad_input_is_refused():
   params = init_params(CFG, seed=1)
   with pytest.raises(ValueError, match="dtype must be one of"):
