@@ -157,6 +157,12 @@ def test_preprocessing_validation_errors():
     (dict(mean=(1e300,) * 3), "preprocessing.mean must be finite numbers"),     # inf in float32
     (dict(mean=("0.5",) * 3), "preprocessing.mean must be finite numbers"),
     (dict(mean=(0.5, 0.5)), "preprocessing.mean has 2 values but channels=3"),
+    # mmcv's 0-255 units (read in [0, 1] pixels: every image near one value)
+    (dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)),
+     r"^preprocessing.mean \(123.675, 116.28, 103.53\) is in 0-255 pixel units; pixels are "
+     r"scaled to \[0, 1\] first, as timm's are: divide it by 255$"),
+    (dict(std=(58.395, 57.12, 57.375)), r"^preprocessing.std \(58.395, 57.12, 57.375\) is in "
+     "0-255 pixel units"),
     (dict(crop_pct=float("nan")), "preprocessing.crop_pct must be a finite number > 0, got nan"),
     (dict(input_size=True), "preprocessing.input_size must be a positive integer, got True"),
     (dict(channels=2), "preprocessing.channels must be 1 or 3, got 2"),
@@ -165,6 +171,7 @@ def test_preprocessing_validation_errors():
 def test_preprocessing_is_checked_when_built(fields, message):
   with pytest.raises(ValueError, match=message):
     Preprocessing(**fields)
+  Preprocessing(mean=(1.0, 0.0, 0.5), std=(1.0, 1.0, 1.0))          # ([0, 1] units: the ends)
 
 
 def test_every_timm_interpolation_is_a_preprocessing_and_lists_become_tuples():

@@ -166,6 +166,9 @@ def _check_preprocessing(prep: Preprocessing) -> None:
                        f"{' > 0' if f == 'std' else ''}, got {v!r}")
     if len(v) not in (1, prep.channels):
       raise ValueError(f"preprocessing.{f} has {len(v)} values but channels={prep.channels}")
+    if any(x > 1 for x in v):      # (mmcv's 123.675 / 58.395: every pixel near -2)
+      raise ValueError(f"preprocessing.{f} {tuple(v)!r} is in 0-255 pixel units; pixels are "
+                       "scaled to [0, 1] first, as timm's are: divide it by 255")
   if not (_is_real(prep.crop_pct) and math.isfinite(prep.crop_pct) and prep.crop_pct > 0):
     raise ValueError(f"preprocessing.crop_pct must be a finite number > 0, got "
                      f"{prep.crop_pct!r}")
