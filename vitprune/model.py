@@ -180,8 +180,8 @@ HEAD_KEYS = ("norm", "fc_norm", "head", "head_dist")     # what `forward_head` r
 
 
 def leaf_name(path: Tuple[Any, ...]) -> str:
-  """A parameter's tree path as messages name it: 'blocks.1.mlp.fc1.kernel' (a list of keystr
-  texts printed as ["['blocks'][1]['mlp']['fc1']['kernel']"])."""
+  """A parameter's tree path as messages name it: 'blocks.1.mlp.fc1.kernel' (jax's keystr text
+  "['blocks'][1]..." was quoted twice in a listed message: ["['blocks'][1]..."])."""
   return jax.tree_util.keystr(path, simple=True, separator=".")
 
 
