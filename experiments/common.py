@@ -338,14 +338,15 @@ def _without_trailing_sep(path: str) -> str:
   return path.rstrip("/" + os.sep) or path
 
 
-def write_result(path: str, doc: Dict[str, Any], fmt: str, **json_kw) -> str:
+def write_result(path: str, doc: Dict[str, Any], fmt: str, *,
+                 replaces: Any = atomic.ANY_OUTPUT, **json_kw) -> str:
   """Writes results `doc` (which carries `"format": fmt`) to `path`, checked up front with
   `atomic.check_output_json` (re-checked here under the writers' lock: a file made there during
-  the run is refused, not replaced). Replacing results of another command says so (a run with
-  other settings replaced them without a word). When `path` was taken meanwhile or cannot be
-  written, the results are written beside it (`<name>.kept-XXXXXXXX.json`, named in the error;
-  its folder replaced by a file: in the nearest folder above that still is one): a benchmark's
-  minutes of measurement were lost."""
+  the run is refused, not replaced; with `replaces`, the `atomic.file_stamp` of `path` when the
+  run began, so is a file another run wrote there since). Replacing results of another command
+  says so (a run with other settings replaced them without a word). When `path` was taken
+  meanwhile or cannot be written, the results are written beside it (`atomic.keep_json_beside`):
+  a benchmark's minutes of measurement were lost."""
   if doc.get("format") != fmt:
     raise ValueError(f"results for {path} must carry format {fmt!r}")
   try:
@@ -355,31 +356,9 @@ def write_result(path: str, doc: Dict[str, Any], fmt: str, **json_kw) -> str:
   if old and doc.get("command") and old != doc["command"]:
     print(f"note: replacing {shown(path)}, the results of: {shown(old)}")
   try:
-    return atomic.replace_json(path, doc, fmt, **json_kw)
+    return atomic.replace_json(path, doc, fmt, replaces=replaces, **json_kw)
   except OSError as e:        # (ForeignOutputError too: a file made at `path` meanwhile)
-    keep_beside(path, doc, fmt, e, str(e), **json_kw)
-
-
-def keep_beside(path: str, doc: Dict[str, Any], fmt: str, error: OSError, why: str,
-                **json_kw) -> None:
-  """Raises `error`'s type with `why` after writing `doc` beside `path` (which could not be
-  written: taken meanwhile, or its folder gone) as `<name>.kept-XXXXXXXX.json`, named in the
-  message (in the nearest folder above that still is one)."""
-  root, ext = os.path.splitext(_without_trailing_sep(path))
-  ext = ext or ".json"
-  folder = os.path.dirname(os.path.abspath(root))
-  if not os.path.isdir(folder):   # (its folder replaced by a file mid-run: every result lost)
-    why = (f"cannot write {shown(path)}: its folder {shown(folder)} is no longer a folder "
-           f"({error})")
-    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
-      folder = os.path.dirname(folder)          # the nearest folder above that still is one
-    root = os.path.join(folder, os.path.basename(root))
-  kept = atomic.kept_name(root, ext) + ext
-  try:
-    atomic.replace_json(kept, doc, fmt, overwrite=False, **json_kw)
-  except (OSError, ValueError) as keep_error:
-    raise type(error)(f"{why}; the results could not be kept either: {keep_error}") from None
-  raise type(error)(f"{why}; the results are kept in {shown(kept)}") from None
+    atomic.keep_json_beside(path, doc, fmt, e, str(e), **json_kw)
 
 
 def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,

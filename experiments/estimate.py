@@ -288,11 +288,10 @@ def main(f: flags.FlagValues):
     # 'pass overwrite=True' wording)
     meanwhile = (isinstance(e, FileExistsError) and not isinstance(e, atomic.ForeignOutputError)
                  and os.path.exists(out))       # (another run's, written since this one began)
-    why = (f"{common.shown(out)} was written by another run meanwhile ("
-           + ("two runs of one --out_name at once: give each run its own" if f.overwrite else
-              "pass --overwrite to replace it, or --out_name to write another file") + ")"
-           if meanwhile else str(e))
-    common.keep_beside(out, record.to_json(), ESTIMATE_FORMAT, e, why)
+    why = (f"{common.shown(out)} was written by another run meanwhile (two runs of one "
+           "--out_name at once: give each run its own)" if meanwhile else str(e))
+    # (not "pass --overwrite": that replaces the other run's estimate, kept here beside it)
+    atomic.keep_json_beside(out, record.to_json(), ESTIMATE_FORMAT, e, why)
   # A run killed while writing left its temporaries under a name of its flags, which no later
   # run of other flags removed: swept here, for the names estimates of this model take (not
   # every '.*.json.lock' of a shared folder).

@@ -102,6 +102,9 @@ def run(f: flags.FlagValues) -> dict:
 
 
 def main(f: flags.FlagValues) -> dict:
+  # What --output replaces, as this run began: results another run writes there meanwhile are
+  # not (two runs into one file both said they wrote it; one's results were gone).
+  began = atomic.file_stamp(f.output) if f.output else None
   res = run(f)
   if not f.quiet:
     for r in res["predictions"]:
@@ -114,8 +117,8 @@ def main(f: flags.FlagValues) -> dict:
         f"{lat['iqr_s'] * 1e3:.3f} ms, {lat['repeats']} repeats), "
         f"{lat['median_s'] * 1e3 / b:.3f} ms/image; first call {lat['first_call_s']:.3f} s")
   if f.output:
-    atomic.replace_json(f.output, dict(res, format=RESULT_FORMAT), RESULT_FORMAT,
-                        sort_keys=True)
+    common.write_result(f.output, dict(res, format=RESULT_FORMAT), RESULT_FORMAT,
+                        replaces=began, sort_keys=True)
     print(f"wrote {common.shown(f.output)}")
   return res
 

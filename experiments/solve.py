@@ -262,7 +262,7 @@ def main(f: flags.FlagValues):
     paths = write_solution(sol, f.out_dir, stem, replaces=began)
   except OSError as e:    # another run's meanwhile, a file not ours, its folder gone: the
     # solution is kept beside it (its minutes of in-loop measurement were lost)
-    common.keep_beside(out, sol.to_json(), solution_lib.FORMAT, e, (
+    atomic.keep_json_beside(out, sol.to_json(), solution_lib.FORMAT, e, (
         f"{common.shown(out)} was written by another run meanwhile (two runs into one "
         "--out_dir at once: give each run its own)"
         if isinstance(e, atomic.ReplacedMeanwhileError) else str(e)), indent=1)

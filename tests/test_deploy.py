@@ -688,6 +688,33 @@ def test_classify_reports_every_image_once_with_its_softmax_probability(artifact
   assert out["first_call_s"] > 0
 
 
+def test_run_results_another_run_wrote_meanwhile_are_not_replaced(artifact, tmp_path,
+                                                                  monkeypatch):
+  """Two run_deployed runs into one --output both exited 0 saying they wrote it, and one's
+  results were gone (a probe): the later one is refused and keeps its results beside it."""
+  from experiments import run_deployed  # pylint: disable=g-import-not-at-top
+  images, out = str(tmp_path / "imgs"), tmp_path / "r.json"
+  _write_pngs(images, ["a.png", "b.png", "c.png"])
+  run = run_deployed.run
+
+  def another_run_writes_meanwhile(f):
+    result = run(f)
+    out.write_text(json.dumps({"format": run_deployed.RESULT_FORMAT, "run": "other"}))
+    return result
+  monkeypatch.setattr(run_deployed, "run", another_run_writes_meanwhile)
+  code, _, err = run_cli_in_process(REPO, "run_deployed", [
+      f"--artifact={artifact}", f"--images={images}", "--repeats=3", "--warmup=0", "--quiet",
+      f"--output={out}"])
+  assert code == 1, err
+  (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith("r.kept-")]
+  assert err.splitlines()[-1] == (
+      f"error: {out} was written by another run after this one began (two runs writing one "
+      "output at once): this run does not replace that run's output; give each run its own "
+      f"output; the results are kept in {kept}")
+  assert json.loads(out.read_text())["run"] == "other"
+  assert len(json.loads(kept.read_text())["predictions"]) == 3
+
+
 def test_an_export_that_does_not_reproduce_the_forward_is_refused(tmp_path, params,
                                                                   monkeypatch):
   """The staged artifact's outputs are compared with the in-process forward before it is

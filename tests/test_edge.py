@@ -385,6 +385,30 @@ def test_artifact_targets_cross_compile_and_match_jax(artifact, images):
       "<cuda|local-sync|local-task|vulkan>", "(see --help)"]
 
 
+def test_edge_results_another_run_wrote_meanwhile_are_kept_beside_them(artifact, tmp_path):
+  """Two `bench --output` runs into one file both said they wrote it, and one's timings were
+  gone: the later one is refused and keeps its results beside the file (a probe)."""
+  out = tmp_path / "b.json"
+  other = json.dumps({"format": "vitprune-edge-result", "run": "other"})
+  race = NO_JAX.split("; sys.argv")[0] + (   # (the other run writes while this one loads)
+      "\nfrom vitprune.edge import runtime\nreal = runtime.load\n"
+      "def load(*a, **k):\n"
+      f"  model = real(*a, **k); open({str(out)!r}, 'w').write({other!r}); return model\n"
+      "runtime.load = load\nsys.argv = sys.argv[1:]\n"
+      "runpy.run_module(sys.argv[0], run_name='__main__')")
+  r = subprocess.run([sys.executable, "-c", race, "vitprune.edge", "bench",
+                      f"--artifact={artifact}", "--min_run_time=0.01", f"--output={out}"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 1, r.stderr[-2000:]
+  (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith("b.kept-")]
+  assert r.stderr == (
+      f"error: {out} was written by another run after this one began (two runs writing one "
+      "output at once): this run does not replace that run's output; give each run its own "
+      f"output; the results are kept in {kept}\n")
+  assert json.loads(out.read_text())["run"] == "other"
+  assert json.loads(kept.read_text())["latency"]["median_s"] > 0
+
+
 def test_edge_cli_refuses_unread_flags_and_foreign_outputs_before_timing(artifact, tmp_path):
   def one_line_error(r, code=1):
     assert r.returncode == code and r.stderr.startswith("error: "), r.stderr[-2000:]

@@ -1077,8 +1077,9 @@ def test_an_estimate_whose_file_was_written_meanwhile_is_kept_beside_it(tmp_path
   assert code == 1, err
   (kept,) = [p for p in out.iterdir() if p.name.startswith("x.kept-")]
   assert err.splitlines()[0] == (
-      f"error: {out / 'x.json'} was written by another run meanwhile (pass --overwrite to "
-      f"replace it, or --out_name to write another file); the results are kept in {kept}")
+      f"error: {out / 'x.json'} was written by another run meanwhile (two runs of one "
+      f"--out_name at once: give each run its own); the results are kept in {kept}")
+  # (not "pass --overwrite": that would replace the other run's estimate)
   assert json.loads((out / "x.json").read_text())["run"] == "other"
   assert [p.tokens for p in record_lib.read_estimate(str(kept)).points] == [17, 65]
   # With --overwrite, a file that is no estimate made there meanwhile: --overwrite cannot

@@ -1171,6 +1171,29 @@ def cleanup_killed_keeps(stem_path: str, ext: str) -> None:
                       os.path.basename(kept_prefix(stem_path, ext)), ext)
 
 
+def keep_json_beside(path: str, doc: Any, fmt: str, error: OSError, why: str,
+                     **json_kw) -> None:
+  """Raises `error`'s type with `why` after writing `doc` (format `fmt`) beside `path` (which
+  could not be written: taken meanwhile, or its folder gone) as `kept_name(...)`.json, named in
+  the message (in the nearest folder above that still is one): a run's minutes of measurement
+  were lost with its output."""
+  root, ext = os.path.splitext(path.rstrip("/" + os.sep) or path)   # ('f.json/': the file)
+  ext = ext or ".json"
+  folder = os.path.dirname(os.path.abspath(root))
+  if not os.path.isdir(folder):   # (its folder replaced by a file mid-run: every result lost)
+    why = (f"cannot write {console.printable(path)}: its folder {console.printable(folder)} is "
+           f"no longer a folder ({error})")
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+      folder = os.path.dirname(folder)          # the nearest folder above that still is one
+    root = os.path.join(folder, os.path.basename(root))
+  kept = kept_name(root, ext) + ext
+  try:
+    replace_json(kept, doc, fmt, overwrite=False, **json_kw)
+  except (OSError, ValueError) as keep_error:
+    raise type(error)(f"{why}; the results could not be kept either: {keep_error}") from None
+  raise type(error)(f"{why}; the results are kept in {console.printable(kept)}") from None
+
+
 def _keep_staged(tmp: str, path: str) -> Optional[str]:
   """A whole staged output that another run's output at `path` kept out (its compiles,
   training or export are not lost) renamed to `partial_name(path)` -> that path, None when it

@@ -218,10 +218,16 @@ def main(argv):
                  console.EXIT_USAGE, hint=True)
   try:
     check_flags(argv[1])
+    # What --output replaces, as this run began: results another run writes there meanwhile
+    # are not; this run's are kept beside them (two runs into one file both said they wrote it)
+    began = atomic.file_stamp(FLAGS.output) if FLAGS.output else None
     res = {"run": cmd_run, "bench": cmd_bench, "profile": cmd_profile}[argv[1]]()
     if FLAGS.output:
-      atomic.replace_json(FLAGS.output, dict(res, format=RESULT_FORMAT), RESULT_FORMAT,
-                          sort_keys=True)
+      doc = dict(res, format=RESULT_FORMAT)
+      try:
+        atomic.replace_json(FLAGS.output, doc, RESULT_FORMAT, replaces=began, sort_keys=True)
+      except OSError as e:       # (a board's minutes of timing were lost with the output)
+        atomic.keep_json_beside(FLAGS.output, doc, RESULT_FORMAT, e, str(e), sort_keys=True)
       print(f"wrote {console.printable(FLAGS.output)}")
     console.finish_quietly()             # done: a signal from now on must not fail it, and
     console.raise_if_interrupted()       # one before (even swallowed by a callback) still does
