@@ -163,6 +163,39 @@ def test_failure_mid_overwrite_keeps_old_weights(tmp_path, monkeypatch):
   np.testing.assert_array_equal(loaded["cls_token"], init_params(cfg, 0)["cls_token"])
 
 
+def test_weights_replaced_while_read_are_read_again(tmp_path, monkeypatch):
+  """A reader racing another run's --overwrite met two versions' files and reported corrupt
+  weights (orbax: "Truncated Zstd-compressed stream"; a probe): the folder replaced meanwhile
+  is read again, and the same folder's own failure is still the error."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from vitprune import orbax_io  # pylint: disable=g-import-not-at-top
+  cfg = get_config("test_tiny_vit")
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  newer = checkpoint.save_weights(str(tmp_path / "v"), cfg, init_params(cfg, 1))
+  restore, calls = orbax_io.restore, []
+
+  def replaced_while_read(*args, **kwargs):
+    calls.append(args[0])
+    if len(calls) == 1:              # another run publishes its weights over the folder
+      os.rename(path, str(tmp_path / "old"))
+      shutil.copytree(newer, path)
+      raise ValueError("FAILED_PRECONDITION: Truncated Zstd-compressed stream")
+    return restore(*args, **kwargs)
+  monkeypatch.setattr(orbax_io, "restore", replaced_while_read)
+  _, loaded = checkpoint.load_weights(path)
+  assert len(calls) == 2
+  np.testing.assert_array_equal(loaded["cls_token"], init_params(cfg, 1)["cls_token"])
+
+  def corrupt(*args, **kwargs):
+    calls.append(args[0])
+    raise ValueError("Truncated Zstd-compressed stream")
+  monkeypatch.setattr(orbax_io, "restore", corrupt)
+  calls.clear()
+  with pytest.raises(ValueError, match=r"could not restore parameters from .*Truncated Zstd"):
+    checkpoint.load_weights(path)
+  assert len(calls) == 1              # (not replaced: read once)
+
+
 def test_extra_json_files_are_part_of_the_atomic_write(tmp_path):
   cfg = get_config("test_tiny_vit")
   path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0),

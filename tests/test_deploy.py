@@ -688,6 +688,23 @@ def test_classify_reports_every_image_once_with_its_softmax_probability(artifact
   assert out["first_call_s"] > 0
 
 
+def test_an_artifact_replaced_while_read_is_read_again(artifact, tmp_path, monkeypatch):
+  """Read during another deploy's --overwrite, an artifact's weights were reported corrupt
+  (orbax read the old index with the new data; a probe): it is read again."""
+  path = _copy(artifact, tmp_path)
+  restore, calls = deploy._restore_params, []
+
+  def replaced_while_read(*args):
+    calls.append(args[0])
+    if len(calls) == 1:
+      os.rename(path, str(tmp_path / "old"))
+      shutil.copytree(artifact, path)
+      raise deploy.ArtifactError("could not restore the weights: Truncated Zstd stream")
+    return restore(*args)
+  monkeypatch.setattr(deploy, "_restore_params", replaced_while_read)
+  assert deploy.load(path).manifest.counts == SCHED.counts and len(calls) == 2
+
+
 def test_run_results_another_run_wrote_meanwhile_are_not_replaced(artifact, tmp_path,
                                                                   monkeypatch):
   """Two run_deployed runs into one --output both exited 0 saying they wrote it, and one's

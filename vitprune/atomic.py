@@ -162,6 +162,26 @@ def file_stamp(path: str) -> Optional[Tuple[int, int, int, int]]:
   return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def read_folder(path: str, read: Callable[[], Any]) -> Any:
+  """`read()` of the folder `path` (weights, an artifact), once more when another run replaced
+  the folder while it was read: a reader then met two versions' files (orbax restored the old
+  index with the new data: "Truncated Zstd-compressed stream", as if the weights were corrupt).
+  The second read's error, if any, is the one raised."""
+  def identity() -> Optional[Tuple[int, int]]:
+    try:
+      st = os.stat(path)
+    except OSError:
+      return None
+    return st.st_dev, st.st_ino
+  began = identity()
+  try:
+    return read()
+  except (OSError, ValueError):
+    if identity() == began:          # the same folder throughout: its own error
+      raise
+  return read()
+
+
 def check_unchanged(path: str, replaces: Any) -> None:
   """`ReplacedMeanwhileError` unless the file at `path` is the one stamped `replaces` (its
   `file_stamp` when the run began; None: there was none then) or none (removed meanwhile: no

@@ -201,8 +201,14 @@ def source_class_names(weights_source: str) -> Optional[Tuple[str, ...]]:
 
 
 def load_weights(path: str) -> Tuple[ViTConfig, Params]:
-  """(config, float32 params as jax arrays) from a directory written by `save_weights`."""
+  """(config, float32 params as jax arrays) from a directory written by `save_weights` (read
+  again when another run replaced it meanwhile: `atomic.read_folder`)."""
   path = os.path.abspath(check_path("the weights path", path))
+  return atomic.read_folder(path, lambda: _load_weights(path))
+
+
+def _load_weights(path: str) -> Tuple[ViTConfig, Params]:
+  """`load_weights` of the absolute `path`, read once."""
   cfg_file, doc = _read_doc(path)
   cfg, _ = _config_of(cfg_file, doc)
   recorded = doc.get("params_sha256")

@@ -570,13 +570,17 @@ def load(path: str) -> DeployedModel:
 
   Needs only jax, orbax and the files (never imports `vitprune.model`). Raises `ArtifactError`
   when a file is missing or corrupt, the format version is unknown, the weights do not match
-  the manifest (shapes or sha256), or the local platform is not among the exported ones.
+  the manifest (shapes or sha256), or the local platform is not among the exported ones. An
+  artifact another run replaced while it was read is read again (`atomic.read_folder`).
   """
   path = os.path.abspath(check_path("the artifact path", path))
-  manifest = read_manifest(path)
-  _check_targets(path, manifest)
-  exported = _read_exported(path, manifest)
-  _check_exported(exported, manifest, path)
-  _check_platform(exported, manifest, path)
-  params = _restore_params(path, manifest, exported)
-  return DeployedModel(path, manifest, exported, params)
+
+  def read() -> DeployedModel:
+    manifest = read_manifest(path)
+    _check_targets(path, manifest)
+    exported = _read_exported(path, manifest)
+    _check_exported(exported, manifest, path)
+    _check_platform(exported, manifest, path)
+    params = _restore_params(path, manifest, exported)
+    return DeployedModel(path, manifest, exported, params)
+  return atomic.read_folder(path, read)
