@@ -268,6 +268,13 @@ def test_resample_keeps_prefix_and_validates():
                                        r"out_size=2.5"):
     resize_matrix(4, 2.5)
   assert resample_abs_pos_embed(pe, [np.int64(3), 3], num_prefix_tokens=2).shape == (1, 11, 4)
+  # An old_size that is not the entries' grid (25 here) is refused, not reshaped into another
+  # grid of garbage (mutation audit: the check was untested).
+  for old in ((4, 4), (2, 5)):
+    with pytest.raises(ValueError, match=rf"^pos_embed has 25 patch entries, not old_size "
+                                         rf"{re.escape(str(old))}$"):
+      resample_abs_pos_embed(pe, (3, 3), old, num_prefix_tokens=2)
+  assert resample_abs_pos_embed(pe, (3, 3), (5, 5), num_prefix_tokens=2).shape == (1, 11, 4)
 
 
 # ----------------------------------------------------------------------------- mappings
@@ -328,11 +335,15 @@ def test_original_dinov2_layout_with_explicit_mask_token(tmp_path):
   check_io(cfg, params, case["files"]["io"])
   # From a file: no resampling is claimed for the cls position folded out of pos_embed.
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  path = str(tmp_path / "orig.safetensors")
+  path = str(tmp_path / "orig.SAFETENSORS")          # (an upper-case extension is its kind)
   save_file(orig, path)
   params, meta = convert.convert_file(cfg, path, ignore_keys=("mask_token",))
-  assert "pos_embed_resampled" not in meta
+  assert "pos_embed_resampled" not in meta and meta["ignore_keys"] == ["mask_token"]
   check_io(cfg, params, case["files"]["io"])
+  # The registers named as the file holds them are the model's reg_token: dropped, they are
+  # missing (refused as matching no key before, though the file holds them).
+  with pytest.raises(ConversionError, match=r"missing keys \(1\): \['reg_token'\]"):
+    convert_state_dict(cfg, orig, ignore_keys=("mask_token", "register_tokens"))
 
 
 def test_original_dinov2_swiglu_names():
@@ -555,6 +566,9 @@ def test_torch_wrappers_and_module_prefix():
     assert set(convert.unwrap_torch_state_dict(wrapped)) == {"e"}
   with pytest.raises(ValueError, match="expected a dict"):
     convert.unwrap_torch_state_dict([1, 2], "f.pth")
+  # Two wrappers deep, as the code says (mutation audit: one level passed)
+  assert set(convert.unwrap_torch_state_dict({"model": {"state_dict": sd}, "epoch": 3})) == {
+      "a", "b"}
 
 
 def test_a_module_prefix_is_stripped_in_every_format(tmp_path):
@@ -594,6 +608,16 @@ def test_big_vision_scanned_layout_equals_unscanned(tmp_path):
   scanned["opt/state/mu"] = np.zeros(3)  # not under the weight prefix: not weights
   ref = convert.big_vision_to_timm(aug)
   got = convert.big_vision_to_timm(scanned)
+  assert sorted(got) == sorted(ref)
+  for k in ref:
+    np.testing.assert_array_equal(got[k], ref[k])
+  # A two-tower file (the image tower under params/img/), its pos_embedding stored [L, C]
+  # (mutation audit: neither was tried).
+  tower = {"params/img/" + k[len("params/"):] if k.startswith("params/") else k: v
+           for k, v in scanned.items()}
+  tower["params/img/pos_embedding"] = tower["params/img/pos_embedding"][0]
+  assert convert.big_vision_prefix(tower) == "params/img/"
+  got = convert.big_vision_to_timm(tower)
   assert sorted(got) == sorted(ref)
   for k in ref:
     np.testing.assert_array_equal(got[k], ref[k])

@@ -97,6 +97,15 @@ def test_read_json_errors(tmp_path):
       jsonio.read_json(str(p), "widget")
   p.write_text('{"seed": 1' + "0" * 308 + "}")           # 309 digits in range: read
   assert jsonio.read_json(str(p), "widget")["seed"] == 10 ** 308
+  p.write_text('{"seed": 2' + "0" * 308 + "}")           # 309 digits past it (2e308): not
+  with pytest.raises(jsonio.FormatError, match="integer of 309 digits is out of range$"):
+    jsonio.read_json(str(p), "widget")
+  # A version is an integer: true == 1 in Python, and was read as version 1 (mutation audit).
+  for version in (True, 1.0, "1"):
+    with pytest.raises(jsonio.FormatError, match=rf"^w: unsupported version {version!r} \(this "
+                       r"vitprune reads 1, 2\)$"):
+      jsonio.check_format({"format": "f", "version": version}, "w", "f", (1, 2))
+  assert jsonio.check_format({"format": "f", "version": 2}, "w", "f", (1, 2)) == 2
   for text in ("1e400", "-2.5e999"):       # a float past the range parsed to +-inf, silently
     p.write_text('{"seed": 0, "settings": {"x": ' + text + "}}")
     with pytest.raises(jsonio.FormatError, match=rf"^{re.escape(str(p))}: not valid JSON: "
