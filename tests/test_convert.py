@@ -123,6 +123,58 @@ def test_golden_pth_matches_timm():
   check_io(cfg, params, case["files"]["io"])
 
 
+def test_the_pth_path_with_a_stand_in_for_torch(tmp_path, monkeypatch):
+  """CI has no torch, so the .pth loader's own code ran nowhere (a mutation audit turned its
+  refusal of a non-tensor entry into a silent drop unnoticed): a stand-in torch module serves
+  torch.load. Floating tensors become float32, others keep their dtype, wrappers and prefixes
+  go, a corrupt file and a non-tensor entry are one error naming the file."""
+  import types  # pylint: disable=g-import-not-at-top
+
+  class Tensor:
+    def __init__(self, a):
+      self.a = np.asarray(a)
+
+    def is_floating_point(self):
+      return self.a.dtype.kind == "f"
+
+    def detach(self):
+      return self
+
+    def to(self, dtype):
+      return Tensor(self.a.astype(dtype))
+
+    def cpu(self):
+      return self
+
+    def numpy(self):
+      return self.a
+
+  held = {}
+
+  def load(path, map_location, weights_only):
+    assert (map_location, weights_only) == ("cpu", True)
+    if path not in held:
+      raise RuntimeError("PytorchStreamReader failed reading zip archive")
+    return held[path]
+  monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(
+      load=load, Tensor=Tensor, float32=np.float32))
+  path, bad = str(tmp_path / "m.pth"), tmp_path / "bad.pth"
+  for f in (path, bad):                   # (the loader checks the files exist first)
+    open(f, "wb").close()
+  held[path] = {"model": {"module.w": Tensor(np.ones(2, np.float16)),
+                          "module.n": Tensor(np.arange(3))}, "epoch": 3}
+  sd, fmt = convert.load_checkpoint(path)
+  assert fmt == "torch" and sorted(sd) == ["n", "w"]
+  assert sd["w"].dtype == np.float32 and sd["n"].dtype == np.arange(3).dtype
+  held[path] = {"w": Tensor(np.ones(2)), "step": 7}
+  with pytest.raises(ValueError, match=rf"^{re.escape(path)}: entry 'step' is a int, not a "
+                                       r"tensor$"):
+    convert.load_checkpoint(path)
+  with pytest.raises(ValueError, match=r"bad\.pth: not a readable PyTorch checkpoint "
+                                       r"\(RuntimeError: PytorchStreamReader failed"):
+    convert.load_checkpoint(str(bad))
+
+
 def test_pth_without_torch_names_the_dependency():
   try:
     import torch  # noqa: F401
