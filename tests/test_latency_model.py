@@ -405,6 +405,34 @@ def test_check_in_loop_picks_the_fastest_measured_schedule_meeting_the_floor():
   assert back.chosen == out.chosen and back.checked == out.checked
 
 
+def test_a_neighbour_measured_unpaired_is_measured_paired_for_a_confident_drop():
+  """A floor of a maximum drop met with confidence judges each schedule by its paired change
+  against the unpruned graph. A neighbour the frontier measurement took without the pairing
+  (its value meets the floor) is measured paired and may win; judged by the rule it cannot
+  meet unpaired, it was dropped untimed (a mutation audit: unpinned)."""
+  f = [_cand((17, 9, 5), 3.0, 0.93), _cand((17, 9, 9), 4.0, 0.95),
+       _cand((17, 17, 17), 9.0, 0.96)]
+  full = solve_loop.with_measured(f[2], 0.96, 400)
+  chosen = solve_loop.with_measured(f[0], 0.94, 400, pair=(376, 8, 0, 16), full=full)
+  near = solve_loop.with_measured(f[1], 0.95, 400)           # (measure_frontier's: unpaired)
+  assert near.measured_change_low is None
+  sol = _solution(f, chosen, [near], floor=0.91)
+  sol = dataclasses.replace(sol, full=full, settings=dict(
+      sol.settings, floor_confidence=True, max_accuracy_drop=0.05))
+  calls = []
+
+  def evaluate(counts_list, paired=False):
+    calls.append(("evaluate", list(counts_list), paired))
+    return [0.95] * len(counts_list), [(380, 4, 0, 16)] * len(counts_list)
+
+  def time_schedules(counts_list):
+    calls.append(("time", list(counts_list)))
+    return [{(17, 9, 5): 3.0, (17, 9, 9): 2.5}[c] for c in counts_list]
+  out = solve_loop.check_in_loop(sol, None, None, evaluate, time_schedules, neighbours=1)
+  assert calls == [("evaluate", [(17, 9, 9)], True), ("time", [(17, 9, 5), (17, 9, 9)])]
+  assert out.chosen.counts == (17, 9, 9) and out.chosen.measured_change_low > -0.05
+
+
 def test_check_in_loop_ties_on_measured_latency_to_the_graph_keeping_more_tokens():
   """Equal measured latency (one step's plateau, or a coarse timer): the schedule keeping more
   tokens is chosen, whichever of the two was chosen before."""
