@@ -8,7 +8,7 @@ import jax
 
 from vitprune import schedule as S
 from vitprune.model import (HEAD_KEYS, check_params, forward, forward_features, forward_head,
-                            init_params, jitted_forward, jitted_forward_features)
+                            init_params, jitted_forward, jitted_forward_features, leaf_name)
 from vitprune.reduce import make_reducer
 from vitprune.registry import get_config
 
@@ -205,6 +205,14 @@ def test_check_params_names_the_entries_it_checks():
   check_params(cfg, {"pos_embed": params["pos_embed"]}, keys=["pos_embed"])
   with pytest.raises(ValueError, match=r"missing: \['head\.bias', 'head\.kernel'\]"):
     check_params(cfg, {}, keys=("head",))
+  # A tree flattened to dotted names matched the nested one's dotted leaf names: it passed, and
+  # save_weights published weights no load could read (a review).
+  flat = {leaf_name(k): v for k, v in jax.tree.flatten_with_path(params)[0]}
+  for tree in (flat, dict(params, **{"head.bias": params["head"]["bias"]})):
+    with pytest.raises(ValueError, match=r"^parameters of test_tiny_vit hold flattened names "
+                       r"\('[a-z_.0-9]+', \.\.\.\): give the nested tree \(flax\.traverse_util"
+                       r"\.unflatten_dict\(params, sep='\.'\)\)$"):
+      check_params(cfg, tree)
   for bad in (("heads",), "head", ("head", 3)):
     with pytest.raises(ValueError, match=r"^keys must name top-level entries of test_tiny_vit's "
                        r"parameters \(\['blocks', 'cls_token', 'fc_norm', 'head', 'head_dist', "

@@ -206,16 +206,23 @@ def check_params(cfg: ViTConfig, params: Params, keys: Optional[Sequence[str]] =
     raise ValueError(f"parameters do not match {cfg.name}: 'blocks' must be a list of "
                      f"{cfg.depth} block trees, got "
                      f"{type(params.get('blocks')).__name__}")   # (not 2 x 12 path lists)
-  want = {leaf_name(k): tuple(v) for k, v in jax.tree.flatten_with_path(
-      expected, is_leaf=_is_shape)[0]}
-  leaves = {leaf_name(k): v for k, v in jax.tree.flatten_with_path(params)[0]}
-  got = {k: tuple(np.shape(v)) for k, v in leaves.items()}
-  missing = sorted(set(want) - set(got))
-  unexpected = sorted(set(got) - set(want))
-  mismatched = [f"{k}: expected {want[k]}, got {got[k]}"
-                for k in sorted(set(want) & set(got)) if want[k] != got[k]]
-  not_float = [f"{k}: {jnp.result_type(v)}" for k, v in sorted(leaves.items())
-               if not is_float_dtype(jnp.result_type(v))]
+  flat = [k for k in params if isinstance(k, str) and "." in k] if isinstance(
+      params, Mapping) else []
+  if flat:          # (its dotted keys read as the nested tree's names in the lists below)
+    raise ValueError(f"parameters of {cfg.name} hold flattened names ({flat[0]!r}, ...): give "
+                     "the nested tree (flax.traverse_util.unflatten_dict(params, sep='.'))")
+  # Compared by exact path, named dotted (leaf_name).
+  want = {jax.tree_util.keystr(k): (leaf_name(k), tuple(v))
+          for k, v in jax.tree.flatten_with_path(expected, is_leaf=_is_shape)[0]}
+  leaves = {jax.tree_util.keystr(k): (leaf_name(k), v)
+            for k, v in jax.tree.flatten_with_path(params)[0]}
+  got = {k: tuple(np.shape(v)) for k, (_, v) in leaves.items()}
+  missing = sorted(want[k][0] for k in set(want) - set(got))
+  unexpected = sorted(leaves[k][0] for k in set(got) - set(want))
+  mismatched = sorted(f"{want[k][0]}: expected {want[k][1]}, got {got[k]}"
+                      for k in set(want) & set(got) if want[k][1] != got[k])
+  not_float = sorted(f"{name}: {jnp.result_type(v)}" for name, v in leaves.values()
+                     if not is_float_dtype(jnp.result_type(v)))
   if missing or unexpected or mismatched or not_float:
     raise ValueError(f"parameters do not match {cfg.name}:\n  missing: {missing}\n"
                      f"  unexpected: {unexpected}\n  shape mismatches: {mismatched}"
