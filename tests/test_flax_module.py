@@ -77,6 +77,12 @@ def test_apply_equals_forward_with_and_without_pruning():
       with pytest.raises(ValueError, match=r"(?s)^parameters do not match test_tiny_dinov2_reg:"
                          r".*" + said):
         fn({"params": bad}, x)
+  # ... unless params may be made: a new head for fine-tuning (apply with params mutable) is
+  # created as init creates it (a review: the check refused the tree without its head).
+  headless = {k: v for k, v in params.items() if k != "head"}
+  logits, made = apply({"params": headless}, x, mutable=["params"],
+                       rngs={"params": jax.random.key(1)})
+  assert made["params"]["head"]["kernel"].shape == (CFG.embed_dim, 10) and logits.shape == (2, 10)
 
 
 def test_trains_with_optax_through_a_pruned_graph():

@@ -64,8 +64,9 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, features: bool = False) -> jax.Array:
-    if not self.is_initializing():    # the whole tree, as `forward` checks it (the entries not
-      check_params(self.cfg, self.variables.get("params", {}))   # read were dropped unsaid)
+    if not self.is_mutable_collection("params"):  # the whole tree, as `forward` checks it
+      check_params(self.cfg, self.variables.get("params", {}))   # (entries unread: dropped)
+    # (not when params may be made: init, or apply(mutable=['params']) making a new head)
     params = {name: self.param(name, init_subtree, shapes, name)
               for name, shapes in param_shapes(self.cfg).items()}
     static = dict(cfg=self.cfg, schedule=self.schedule, reducer=self.reducer, dtype=self.dtype,
