@@ -51,14 +51,15 @@ def test_canonical_digest_ignores_layout():
 def test_check_storable_names_what_a_json_file_cannot_hold():
   """A NaN in a deployment's provenance was json's anonymous "Out of range float values" after
   the export and every compile; a set in weights meta "Object of type set"."""
-  good = {"a": [1, np.float32(0.5), np.int64(2), np.bool_(True), None, "s"], 3: {"x": 1.5}}
+  good = {"a": [1, np.float32(0.5), np.int64(2), np.bool_(True), None, "s"], "3": {"x": 1.5}}
   jsonio.check_storable(good, "meta")
   for obj, said in (({"lr": float("nan")}, "meta['lr'] is nan"),
                     ({"a": [0, (1, float("-inf"))]}, "meta['a'][1][1] is -inf"),
                     ({"a": {"b": np.float64("inf")}}, "meta['a']['b'] is inf"),
                     ({"tags": {"x"}}, "meta['tags'] is a set"),
                     ({"w": np.zeros(2)}, "meta['w'] is a ndarray"),
-                    ({(1, 2): 3}, "meta has a key (1, 2) of type tuple")):
+                    ({(1, 2): 3}, "meta has a key (1, 2) of type tuple, not a string"),
+                    ({"a": 1, 3: {}}, "meta has a key 3 of type int, not a string")):
     with pytest.raises(ValueError, match=f"^{re.escape(said)}, which a JSON file cannot hold$"):
       jsonio.check_storable(obj, "meta")
 

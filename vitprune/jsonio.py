@@ -167,9 +167,10 @@ def plain(value: Any) -> Any:
 
 def check_storable(obj: Any, what: str) -> None:
   """ValueError naming the entry of `obj` (called `what`: 'meta', 'provenance') that a strict
-  JSON file cannot hold (NaN or infinity, a set, any other object; numpy scalars are numbers):
-  a NaN in a deployment's provenance failed as json's anonymous "Out of range float values"
-  when the manifest was written, after the export and every compile."""
+  JSON file cannot hold (NaN or infinity, a set, a key that is no string, any other object;
+  numpy scalars are numbers): a NaN in a deployment's provenance failed as json's anonymous
+  "Out of range float values" when the manifest was written, after the export and every
+  compile."""
   import numpy as np  # pylint: disable=g-import-not-at-top  (light callers stay light)
 
   def bad(x: Any, where: str) -> Optional[str]:
@@ -179,9 +180,10 @@ def check_storable(obj: Any, what: str) -> None:
       return None if math.isfinite(x) else f"{where} is {x!r}"
     if x is None or isinstance(x, (bool, int, str)):
       return None
-    if isinstance(x, dict):
-      keys = [k for k in x if not isinstance(k, (str, int, float, bool)) and k is not None]
-      return (f"{where} has a key {keys[0]!r} of type {type(keys[0]).__name__}" if keys else
+    if isinstance(x, dict):    # (keys: strings, as a file holds them; 3 beside 'a' failed the
+      keys = [k for k in x if not isinstance(k, str)]            # sorted write, unnamed)
+      return (f"{where} has a key {keys[0]!r} of type {type(keys[0]).__name__}, not a string"
+              if keys else
               next(filter(None, (bad(v, f"{where}[{k!r}]") for k, v in x.items())), None))
     if isinstance(x, (list, tuple)):
       return next(filter(None, (bad(v, f"{where}[{i}]") for i, v in enumerate(x))), None)
