@@ -766,8 +766,9 @@ def test_drops_that_match_nothing_are_refused():
   """Both converted and recorded drop_head / ignore_keys in the weights' provenance."""
   cfg, params, sd = tiny_sd()
   with pytest.raises(ValueError, match=r"^ignore_keys \(--ignore_keys\) \['mask_token'\] match no "
-                     r"checkpoint key \(first keys, module\./_orig_mod\. prefixes stripped: "
-                     r"\['blocks\.0\.attn\.proj\.bias', "):
+                     r"checkpoint key \(first keys: \['blocks\.0\.attn\.proj\.bias', .*\]; a "
+                     r"file's lose the module\./_orig_mod\. prefixes of wrapped models when "
+                     r"read\); drop only what the checkpoint holds$"):
     convert_state_dict(cfg, sd, ignore_keys=("mask_token",))
   # A pattern may name a key as the file holds it: with its wrapper prefix (stripped from the
   # keys on reading), or by a legacy name that is renamed to timm's (DeiT-3's gamma_1).

@@ -541,8 +541,8 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
   unmatched = [p for p in ignore_keys if not any(matches(k, _unwrapped(p)) for k in sd)]
   if unmatched:
     raise ValueError(f"ignore_keys (--ignore_keys) {unmatched} match no checkpoint key (first "
-                     f"keys, module./_orig_mod. prefixes stripped: {sorted(sd)[:3]}); drop only "
-                     "what the checkpoint holds")
+                     f"keys: {sorted(sd)[:3]}; a file's lose the module./_orig_mod. prefixes of "
+                     "wrapped models when read); drop only what the checkpoint holds")
   if drop_head and cfg.num_classes:      # (then reported as the head "missing")
     raise ValueError(f"drop_head (--drop_head) discards the checkpoint's head, so the config "
                      f"needs num_classes=0 (--num_classes=0); {cfg.name} has a "
