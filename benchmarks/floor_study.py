@@ -69,12 +69,17 @@ def job_argv(seed: int, floor: float, method: str, job_flags: Sequence[str],
           *out, "--noprogress", *job_flags]
 
 
-def check_job(floor: float, method: str, job_flags: Sequence[str]) -> None:
-  """ValueError before any job runs when the main job would refuse its flags: the study's own
-  (--accuracy_floor, --method) as the job words it, --job_flags' named as theirs."""
+def check_study_floor(floor: float) -> None:
+  """ValueError unless `floor` (--accuracy_floor) is in (0, 1]: every schedule meets 0."""
   if not 0.0 < floor <= 1.0:
     raise ValueError(f"--accuracy_floor={floor}: the study needs a floor in (0, 1] (every "
                      "schedule meets a floor of 0)")
+
+
+def check_job(floor: float, method: str, job_flags: Sequence[str]) -> None:
+  """ValueError before any job runs when the main job would refuse its flags: the study's own
+  (--accuracy_floor, --method) as the job words it, --job_flags' named as theirs."""
+  check_study_floor(floor)
 
   def check(extra: Sequence[str]) -> None:
     f = common.parse(profile_cli.define_flags, job_argv(0, floor, method, extra))

@@ -141,6 +141,8 @@ def main(f: flags.FlagValues) -> List[Dict[str, Any]]:
     if f["accuracy_floor"].present:
       raise ValueError("give --accuracy_floor or --max_accuracy_drop, not both")
     solve_stage.check_accuracy_drop(f.max_accuracy_drop, "--max_accuracy_drop")
+  else:               # (0 started every main job: ten of them, minutes each)
+    floor_study.check_study_floor(f.accuracy_floor)
   atomic.check_output_json(f.out, RESULT_FORMAT, "out")
   job_flags = floor_study.split_job_flags(f.job_flags, STUDY_FLAGS)
   rows = []

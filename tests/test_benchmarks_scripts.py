@@ -1346,6 +1346,13 @@ def test_holdout_study_rows_and_refusals(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="--job_flags sets --holdout_images, which the study owns"):
     holdout_study.main(common.parse(holdout_study.define_flags, [
         "--job_flags=--holdout_images=5", f"--out={tmp_path / 'x.json'}"]))
+  seen.clear()
+  for floor in ("0", "-0.5"):          # (0 started every main job: a probe)
+    with pytest.raises(ValueError, match=rf"^--accuracy_floor={float(floor)}: the study needs a "
+                       r"floor in \(0, 1\]"):
+      holdout_study.main(common.parse(holdout_study.define_flags, [
+          f"--accuracy_floor={floor}", f"--out={tmp_path / 'x.json'}"]))
+  assert not seen
   # --max_accuracy_drop: the jobs run with it; each set of images has its own floor (the
   # unpruned model's accuracy there minus the drop), and the unpruned column is empty.
   seen.clear()
