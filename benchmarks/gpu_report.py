@@ -149,15 +149,21 @@ def benchmark_rows(paths: List[str]) -> List[Dict[str, Any]]:
 def _check_row_consistent(path: str, line: int, row: Dict[str, Any],
                           earlier: List[Dict[str, Any]]) -> None:
   """ValueError naming the line when a benchmark row disagrees with itself or with its table
-  (`earlier`: the rows above it in the same file): its spread is not q75 - q25, it repeats a
-  (batch, dtype, variant) row, or its change is not against the unpruned row of its batch and
-  dtype, which comes first (an edited change was printed as measured; a table without its
-  baseline printed changes against nothing). The CSV keeps 6 significant digits."""
+  (`earlier`: the rows above it in the same file): its spread is not q75 - q25, its median is
+  outside its quartiles, it repeats a (batch, dtype, variant) row, or its change is not against
+  the unpruned row of its batch and dtype, which comes first (an edited change was printed as
+  measured; a table without its baseline printed changes against nothing). The CSV keeps 6
+  significant digits."""
   q25, q75 = row.get("latency_q25_ms"), row.get("latency_q75_ms")
   if isinstance(q25, (int, float)) and isinstance(q75, (int, float)) and (
       abs(row["latency_iqr_ms"] - (q75 - q25)) > 2e-5 * max(abs(q25), abs(q75)) + 1e-9):
     raise ValueError(f"{path}, line {line}: latency_iqr_ms {row['latency_iqr_ms']!r} is not "
                      f"latency_q75_ms - latency_q25_ms ({q75} - {q25}) (edited?)")
+  median = row["latency_median_ms"]
+  if isinstance(q25, (int, float)) and isinstance(q75, (int, float)) and not (
+      q25 - 1e-5 * abs(q25) <= median <= q75 + 1e-5 * abs(q75)):     # (6 significant digits)
+    raise ValueError(f"{path}, line {line}: latency_median_ms {median!r} is not between "
+                     f"latency_q25_ms {q25} and latency_q75_ms {q75} (edited?)")
   key = (row["batch_size"], row["dtype"])
   if any((r["batch_size"], r["dtype"], r["variant"]) == (*key, row["variant"]) for r in earlier):
     raise ValueError(f"{path}, line {line}: a second {row['variant']!r} row of batch "

@@ -1138,7 +1138,12 @@ def test_gpu_report_checks_what_it_tabulates(tmp_path):
       ([row, pomt, pomt], r"line 4: a second 'pomt' row of batch 1 float32 \(the table would "
                           r"show it twice\)"),
       ([row, {**pomt, "latency_iqr_ms": 50}], r"line 3: latency_iqr_ms 50 is not latency_q75_ms"
-                                              r" - latency_q25_ms \(0.8 - 0.7\)")):
+                                              r" - latency_q25_ms \(0.8 - 0.7\)"),
+      ([row, {**pomt, "latency_q25_ms": 2.25, "latency_q75_ms": 2.35}],   # (a probe: printed)
+       r"line 3: latency_median_ms 0.75 is not between latency_q25_ms 2.25 and latency_q75_ms "
+       r"2.35 \(edited\?\)"),
+      ([row, {**pomt, "latency_q25_ms": 0.5, "latency_q75_ms": 0.6}],
+       r"line 3: latency_median_ms 0.75 is not between")):
     path.write_text(bench.to_csv(rows))
     with pytest.raises(ValueError, match=rf"t.csv, {message}"):
       gpu_report.benchmark_rows([str(path)])
