@@ -178,12 +178,15 @@ def _weights_bytes(params, index) -> int:
 
 
 def table(res: dict) -> str:
+  """The rows as a markdown table; a pruned schedule names its method ('keep@3:35 (tome)': the
+  method was said in the JSON alone)."""
   head = ("| model | batch | schedule | weights | driver | JAX ms (IQR) | IREE ms (IQR) | "
           "IREE/JAX | IREE compile s | module MB | weights.bin MB |")
   lines = [head, "|" + "---|" * 11]
   for r in res["rows"]:
     driver = plan_name(r) + (" (auto)" if r["auto"] else "")
-    lines.append(f"| {r['model']} | {r['batch_size']} | {r['schedule']} | {r['weights']} | "
+    schedule = r["schedule"] + ("" if r["schedule"] == "full" else f" ({res['method']})")
+    lines.append(f"| {r['model']} | {r['batch_size']} | {schedule} | {r['weights']} | "
                  f"{driver} | {r['jax_median_ms']:.3f} ({r['jax_iqr_ms']:.3f}) | "
                  f"{r['iree_median_ms']:.3f} ({r['iree_iqr_ms']:.3f}) | {r['ratio']:.2f}x | "
                  f"{r['iree_compile_s']:.1f} | {r['module_mb']:.2f} | "
@@ -224,8 +227,10 @@ def main(f: flags.FlagValues) -> dict:
     cfg = get_config(name)
     memory.check_batch_fits(cfg, batch_sizes, flag="--batch_sizes")
     if name in pairs:     # within the method's limits (was refused only after timing)
-      schedule = parse_schedule(cfg, pairs[name])
-      check_schedule(cfg, schedule, reducer)
+      try:
+        schedule = check_schedule(cfg, parse_schedule(cfg, pairs[name]), reducer)
+      except ValueError as e:          # (named neither the flag nor the model)
+        raise ValueError(f"--schedules: {name}={pairs[name]}: {common.one_line(e)}") from None
       if not reduces_tokens(cfg, schedule):    # (the unpruned model, timed twice)
         raise ValueError(f"--schedules: {name}={pairs[name]} removes no token; it would time "
                          "the unpruned model again")

@@ -213,8 +213,9 @@ def test_edge_speed_runs_on_a_tiny_model(tmp_path, capsys, monkeypatch):
   res = edge_speed.main(common.parse(edge_speed.define_flags, [
       "--models=test_tiny_vit", "--batch_sizes=2", "--schedules=test_tiny_vit=keep@1:9",
       "--baked=", "--min_run_time=0.01", f"--out={out}"]))
-  assert "| test_tiny_vit | 2 | keep@1:9 | args | local-sync x2 shards (auto) |" in \
-      capsys.readouterr().out
+  printed = capsys.readouterr().out          # (the method: said in the JSON alone)
+  assert "| test_tiny_vit | 2 | keep@1:9 (pomt) | args | local-sync x2 shards (auto) |" in printed
+  assert "| test_tiny_vit | 2 | full | args |" in printed
   rows = json.loads(out.read_text())["rows"]
   assert rows == json.loads(json.dumps(res["rows"]))
   assert [(x["schedule"], x["weights"], x["shards"]) for x in rows] == [
@@ -261,7 +262,8 @@ def test_edge_speed_refuses_bad_input_before_any_work(tmp_path):
       (["--models=vit_digits", "--schedules=vit_digits=keep@3:65", out], "removes no token"),
       (["--models=test_tiny_vit", "--method=tome", out], "none of --models"),
       (["--schedules=keep@1:9", out], "is not model=schedule"),
-      (["--models=vit_digits", "--schedules=vit_digits=keep@9:9", out], "layer 9"),
+      (["--models=vit_digits", "--schedules=vit_digits=keep@9:9", out],
+       r"^--schedules: vit_digits=keep@9:9: schedule 'keep@9:9': layer 9"),   # (flag named)
       (["--models=vit_digits", "--method=tome", "--schedules=vit_digits=keep@3:5", out],
        "tome can remove at most 32 of the 65 tokens entering block 3"),   # was after timing
       (["--models=nosuch", out], "unknown model 'nosuch'"),
