@@ -309,7 +309,9 @@ def collect(out_dir: str) -> Dict[str, Any]:
   # measurement as the output it lost to, reported once; listed, never tabulated)
   kept = lambda p: atomic.KEPT_MARK in os.path.basename(p)
   profile_paths = glob.glob(os.path.join(root, "profile", "*.json"))
-  tables = glob.glob(os.path.join(root, "benchmark", "**", "*.csv"), recursive=True)
+  tables = sorted(os.path.join(d, n) for d, _, names in       # (links to folders not walked:
+                  os.walk(os.path.join(out_dir, "benchmark"))   # a loop read 40 levels deep)
+                  for n in names if n.endswith(".csv"))
   predictor = sorted(glob.glob(os.path.join(root, "predictor_accuracy_*.json")))
   kept_aside = sorted(os.path.relpath(p, out_dir) for p in profile_paths + tables + predictor
                       if kept(p))
