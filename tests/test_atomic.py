@@ -638,6 +638,11 @@ def test_a_directory_where_a_file_set_goes_is_refused_before_committing(tmp_path
     atomic.check_replaceable_json(str(tmp_path / "a.json"), "f", [str(tmp_path / "a.png")])
   (tmp_path / "a.png").write_bytes(atomic.PNG_SIGNATURE + b"rest")
   atomic.check_replaceable_json(str(tmp_path / "a.json"), "f", [str(tmp_path / "a.png")])
+  # A companion present without its JSON is no output of ours (mutation audit: unpinned).
+  (tmp_path / "b.csv").write_text("my table")
+  with pytest.raises(atomic.ForeignOutputError, match=r"^refusing to replace .*b\.csv: no f "
+                     r"file b\.json is next to it; move it away or choose another output path$"):
+    atomic.check_replaceable_json(str(tmp_path / "b.json"), "f", [str(tmp_path / "b.csv")])
   assert not atomic.foreign_plot(str(tmp_path / "a.md")) and not atomic.foreign_plot(
       str(tmp_path / "none.png"))
 

@@ -212,6 +212,8 @@ def test_symbolic_batch_runs_at_several_batch_sizes(tmp_path, params):
   for n in (1, 4):
     x = _images(n, seed=n)
     np.testing.assert_array_equal(np.asarray(model(x)), _ref(params, x))
+  with pytest.raises(ValueError, match="^empty batch$"):     # (only a symbolic batch takes 0
+    model(np.zeros((0, 32, 32, 3), np.float32))             # rows to the check: mutation audit)
 
 
 def test_multi_platform_export_on_cpu(tmp_path, params):
@@ -316,6 +318,13 @@ def test_manifest_platforms_must_match_exported(artifact, tmp_path):
     (lambda d: d["output"].__setitem__("dtype", "int8"), "output.dtype 'int8' is not"),
     (lambda d: d.__setitem__("format", "other"), "format 'other' is not 'vitprune-deploy'"),
     (lambda d: d.pop("weights"), r"lacks required entries \['weights'\]"),
+    # (each key: a bare KeyError naming no file otherwise; mutation audit)
+    (lambda d: [d.pop(k) for k in ("platforms", "files")],
+     r"lacks required entries \['platforms', 'files'\]"),
+    (lambda d: d.__setitem__("reducer", None), "reducer is null but schedule.counts reduce "
+                                              "tokens"),
+    (lambda d: d["compute"].__setitem__("precision", "bogus"),
+     r"compute.precision 'bogus' not in \("),
     (lambda d: d.__setitem__("provenance", [1, 2]), r"provenance must be an object, got \[1, 2\]"),
     (lambda d: d.__setitem__("versions", "x"), "versions must be an object, got 'x'"),
     (lambda d: d.__setitem__("platforms", []), r"platforms must be a non-empty list of names, "
