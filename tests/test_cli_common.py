@@ -748,6 +748,12 @@ def test_results_whose_out_was_taken_meanwhile_are_kept_beside_it(tmp_path):
   assert str(e.value).startswith(f"refusing to replace {out}") and str(e.value).endswith(
       f"; the results are kept in {kept}")
   assert json.loads(kept.read_text()) == doc and out.read_text() == '{"mine": 1}'
+  # An output named without an extension keeps a .json (mutation audit: unpinned).
+  bare = tmp_path / "results"
+  bare.write_text('{"mine": 2}')
+  with pytest.raises(atomic.ForeignOutputError, match=r"results are kept in .*/results\.kept-"
+                                                      r"[0-9a-f]{8}\.json$"):
+    common.write_result(str(bare), doc, "f")
 
 
 def test_results_whose_folder_became_a_file_meanwhile_are_kept_above_it(tmp_path):
