@@ -300,6 +300,17 @@ def _check_heldout_schedules(bad: Callable[[str], ValueError], r: Dict[str, Any]
         raise bad(f"heldout {name} {k} {d[k]!r} is not its schedules' ({err[k]!r})")
 
 
+def _table_files(folder: str) -> List[str]:
+  """The *.csv files under `folder`, sorted, as glob's `**/*.csv` finds them (hidden names
+  left out: a killed writer's temporaries), but links to folders are not walked (a link loop
+  was read 40 levels deep into a 2-KB error)."""
+  out = []
+  for d, dirs, names in os.walk(folder):
+    dirs[:] = [n for n in dirs if not n.startswith(".")]
+    out += [os.path.join(d, n) for n in names if n.endswith(".csv") and not n.startswith(".")]
+  return sorted(out)
+
+
 def collect(out_dir: str) -> Dict[str, Any]:
   """Everything under `out_dir` -> the report document (ValueError when there is nothing)."""
   if not os.path.isdir(out_dir):
@@ -309,9 +320,7 @@ def collect(out_dir: str) -> Dict[str, Any]:
   # measurement as the output it lost to, reported once; listed, never tabulated)
   kept = lambda p: atomic.KEPT_MARK in os.path.basename(p)
   profile_paths = glob.glob(os.path.join(root, "profile", "*.json"))
-  tables = sorted(os.path.join(d, n) for d, _, names in       # (links to folders not walked:
-                  os.walk(os.path.join(out_dir, "benchmark"))   # a loop read 40 levels deep)
-                  for n in names if n.endswith(".csv"))
+  tables = _table_files(os.path.join(out_dir, "benchmark"))
   predictor = sorted(glob.glob(os.path.join(root, "predictor_accuracy_*.json")))
   kept_aside = sorted(os.path.relpath(p, out_dir) for p in profile_paths + tables + predictor
                       if kept(p))

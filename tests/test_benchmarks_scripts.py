@@ -948,11 +948,13 @@ def test_gpu_report_tabulates_what_the_suite_wrote(tmp_path, capsys):
   profile_cli.main(common.parse(profile_cli.define_flags, [
       "--mode=block", "--tokens=17,9,5", f"--out_dir={out}/profile", *fast]))
   os.symlink("..", out / "benchmark" / "loop")     # (walked 40 levels deep: a 2-KB error)
+  (out / "benchmark" / ".t.tmp-1.csv").write_text("half,written")   # (hidden: not read)
   doc = gpu_report.collect(str(out))
   assert len(doc["profiles"]) == 2 and doc["skipped"] == [
       "test-tiny-vit_block_b1_float32_cpu.json"]
   assert [r["variant"] for r in doc["benchmark"]] == ["unpruned", "pomt", "tome-r2"]
   (out / "benchmark" / "loop").unlink()
+  (out / "benchmark" / ".t.tmp-1.csv").unlink()
   bad = out / "predictor_accuracy_pomt.json"
   for content, message in (("[1]", "expected a JSON object .*got list"),
                            ('{"format": "x", "rows": []}', "is not a benchmarks.predictor_acc"),
