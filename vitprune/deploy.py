@@ -198,8 +198,9 @@ def plan_manifest(cfg: ViTConfig, params: Params, *, counts: Sequence[int],
   _batch_dim(batch_size)
   b = BATCH_SYMBOL if batch_size is None else int(batch_size)
   source = _jsonable(dict(weights_source or {}))
+  provenance = _jsonable(dict(provenance or {}))
   jsonio.check_storable(source, "weights_source")       # (before the export: NaN failed once
-  jsonio.check_storable(_jsonable(dict(provenance or {})), "provenance")  # it was written)
+  jsonio.check_storable(provenance, "provenance")       # it was written)
   return Manifest(
       config=cfg, counts=tuple(int(c) for c in counts), reducer=reducer_entry, dtype=dtype,
       precision=precision, input_shape=(b, cfg.img_size, cfg.img_size, cfg.in_chans),
@@ -212,7 +213,7 @@ def plan_manifest(cfg: ViTConfig, params: Params, *, counts: Sequence[int],
       files={"forward": FORWARD_FILE, "forward_sha256": "", "params": PARAMS_DIR},
       created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       class_names=None if class_names is None else tuple(class_names),
-      provenance=_jsonable(dict(provenance or {})), versions=_versions())
+      provenance=provenance, versions=_versions())
 
 
 def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
