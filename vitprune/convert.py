@@ -411,12 +411,18 @@ def big_vision_to_timm(w: StateDict, *, num_heads: Optional[int] = None) -> Stat
 # ----------------------------------------------------------------------------- conversion
 
 
+def _original_dinov2(sd: StateDict) -> bool:
+  """Whether `sd` is in the original DINOv2 layout (`register_tokens`, the cls position inside
+  `pos_embed`), which `normalize_state_dict` folds into timm's."""
+  return "register_tokens" in sd and "reg_token" not in sd and "pos_embed" in sd
+
+
 def normalize_state_dict(sd: StateDict) -> StateDict:
   """Renames legacy layouts to timm's, like timm's `checkpoint_filter_fn`: original DINOv2
   (`register_tokens`, folded cls pos-embed, `mlp.w12/w3`) and DeiT-3 (`blocks.i.gamma_1/2`).
   `mask_token` is left in place (it is unused; ignore it explicitly)."""
   sd = dict(sd)
-  if "register_tokens" in sd and "reg_token" not in sd and "pos_embed" in sd:
+  if _original_dinov2(sd):
     pe, cls = np.shape(sd["pos_embed"]), np.shape(sd.get("cls_token", np.zeros((1, 1, 1))))
     if len(pe) != 3 or pe[0] != 1 or pe[1] < 1 or cls[:2] != (1, 1) or len(cls) != 3 or \
         ("cls_token" in sd and cls[2] != pe[2]):
@@ -447,8 +453,8 @@ def _renamed(key: str) -> str:
 def _file_names(state_dict: StateDict) -> Dict[str, str]:
   """{timm name: the key `state_dict` holds it under} for the keys `normalize_state_dict`
   renames (an ignore pattern may name either)."""
-  names = {_renamed(k): k for k in state_dict if _renamed(k) != k}
-  if "register_tokens" in state_dict and "reg_token" not in state_dict:
+  names = {timm: k for k in state_dict if (timm := _renamed(k)) != k}
+  if _original_dinov2(state_dict):
     names["reg_token"] = "register_tokens"
   return names
 
@@ -577,8 +583,7 @@ def convert_state_dict(cfg: ViTConfig, state_dict: StateDict, *, drop_head: bool
   unexpected = sorted(set(sd) - set(want))
   mismatched = [(k, want[k], tuple(np.shape(sd[k]))) for k in sorted(set(want) & set(sd))
                 if tuple(np.shape(sd[k])) != want[k]]
-  if ("register_tokens" in state_dict and "reg_token" not in state_dict
-      and "pos_embed" in state_dict):   # the shape named is after the DINOv2 fold, not the file's
+  if _original_dinov2(state_dict):   # the shape named is after the DINOv2 fold, not the file's
     mismatched = [(k, e, g if k != "pos_embed" else
                    f"{g}: the file's {tuple(np.shape(state_dict['pos_embed']))} with the cls "
                    "position folded out (original DINOv2 layout, assumed from its "
