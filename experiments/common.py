@@ -345,8 +345,8 @@ def write_result(path: str, doc: Dict[str, Any], fmt: str, *,
   the run is refused, not replaced; with `replaces`, the `atomic.file_stamp` of `path` when the
   run began, so is a file another run wrote there since). Replacing results of another command
   says so (a run with other settings replaced them without a word). When `path` was taken
-  meanwhile or cannot be written, the results are written beside it (`atomic.keep_json_beside`):
-  a benchmark's minutes of measurement were lost."""
+  meanwhile or cannot be written, the results are written beside it
+  (`atomic.replace_json_or_keep`): a benchmark's minutes of measurement were lost."""
   if doc.get("format") != fmt:
     raise ValueError(f"results for {path} must carry format {fmt!r}")
   try:
@@ -355,10 +355,7 @@ def write_result(path: str, doc: Dict[str, Any], fmt: str, *,
     old = None
   if old and doc.get("command") and old != doc["command"]:
     print(f"note: replacing {shown(path)}, the results of: {shown(old)}")
-  try:
-    return atomic.replace_json(path, doc, fmt, replaces=replaces, **json_kw)
-  except OSError as e:        # (ForeignOutputError too: a file made at `path` meanwhile)
-    atomic.keep_json_beside(path, doc, fmt, e, str(e), **json_kw)
+  return atomic.replace_json_or_keep(path, doc, fmt, replaces=replaces, **json_kw)
 
 
 def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,

@@ -1191,6 +1191,17 @@ def cleanup_killed_keeps(stem_path: str, ext: str) -> None:
                       os.path.basename(kept_prefix(stem_path, ext)), ext)
 
 
+def replace_json_or_keep(path: str, doc: Any, fmt: str, *, replaces: Any = ANY_OUTPUT,
+                         **json_kw) -> str:
+  """`replace_json(path, doc, fmt, replaces=...)`, or where `path` refused it or could not be
+  written, `keep_json_beside` (its error raised with the kept file named): results of a run
+  (a benchmark, a board's timing) are never lost with their output."""
+  try:
+    return replace_json(path, doc, fmt, replaces=replaces, **json_kw)
+  except OSError as e:        # (ForeignOutputError too: a file made at `path` meanwhile)
+    keep_json_beside(path, doc, fmt, e, str(e), **json_kw)
+
+
 def keep_json_beside(path: str, doc: Any, fmt: str, error: OSError, why: str,
                      **json_kw) -> None:
   """Raises `error`'s type with `why` after writing `doc` (format `fmt`) beside `path` (which

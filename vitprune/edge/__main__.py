@@ -223,11 +223,8 @@ def main(argv):
     began = atomic.file_stamp(FLAGS.output) if FLAGS.output else None
     res = {"run": cmd_run, "bench": cmd_bench, "profile": cmd_profile}[argv[1]]()
     if FLAGS.output:
-      doc = dict(res, format=RESULT_FORMAT)
-      try:
-        atomic.replace_json(FLAGS.output, doc, RESULT_FORMAT, replaces=began, sort_keys=True)
-      except OSError as e:       # (a board's minutes of timing were lost with the output)
-        atomic.keep_json_beside(FLAGS.output, doc, RESULT_FORMAT, e, str(e), sort_keys=True)
+      atomic.replace_json_or_keep(FLAGS.output, dict(res, format=RESULT_FORMAT), RESULT_FORMAT,
+                                  replaces=began, sort_keys=True)
       print(f"wrote {console.printable(FLAGS.output)}")
     console.finish_quietly()             # done: a signal from now on must not fail it, and
     console.raise_if_interrupted()       # one before (even swallowed by a callback) still does
