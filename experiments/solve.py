@@ -47,6 +47,7 @@ from vitprune import pipeline
 from vitprune import solve_loop
 from vitprune import solve_stage
 from vitprune.config import method_label, record_method_kwargs
+from vitprune.data import shown_names
 from vitprune.digest import params_sha256
 from vitprune.profile.protocol import flag_timing
 from vitprune.reduce.methods import make_reducer
@@ -335,6 +336,12 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
                                      num_classes=cfg.num_classes,
                                      holdout_images=f.holdout_images)
   common.check_subset_seed_used(f, data)
+  named, recorded_names = data.info.get("classes"), estimate.data.get("classes")
+  if named and recorded_names and list(named) != list(recorded_names):
+    raise ValueError(f"--weights={f.weights} name the classes {shown_names(named)}, estimate "
+                     f"{estimate.source} labelled its images with {shown_names(recorded_names)} "
+                     "(the same parameters with other class names: the measured accuracy "
+                     "would score other labels)")
   if data.info.get("fingerprint") != estimate.data_fingerprint:
     raise ValueError(f"--data={f.data} (--num_images={f.num_images}, --seed={f.seed}"
                      + ("" if f.holdout_images is None else

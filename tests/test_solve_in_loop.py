@@ -258,6 +258,15 @@ def test_other_weights_or_data_are_refused(inputs):
   other = save_weights(str(root / "w2"), TINY, init_params(TINY, 1))
   with pytest.raises(ValueError, match="are not the weights estimate .* measured"):
     _run(root, es, ps, f"--weights={other}", "--num_images=20")
+  # Fault probe: the same parameters saved with other class names passed the weights check and
+  # were refused as other *data* (fingerprint differs), naming flags that were all the same
+  renamed = save_weights(str(root / "w_renamed"), TINY, init_params(TINY, 0),
+                         class_names=[str(i) for i in range(9, -1, -1)])
+  assert json.load(open(es))["data"]["classes"] == [str(i) for i in range(10)]
+  with pytest.raises(ValueError, match=r"^--weights=.*w_renamed name the classes \['9', '8', "
+                                       r".*'0'\], estimate .*e.json labelled its images with "
+                                       r"\['0', '1', .*'9'\] \(the same parameters"):
+    _run(root, es, ps, f"--weights={renamed}", "--num_images=20")
   with pytest.raises(ValueError, match=r"is not the data estimate .* measured \(fingerprint "
                                        r"differs; it records .*'num_images': 20.*\); it was "
                                        r"measured with --num_images=20$"):
