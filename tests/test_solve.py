@@ -20,7 +20,8 @@ from vitprune import schedule as schedule_lib
 from vitprune.config import config_to_dict
 from vitprune.config import Preprocessing, ViTConfig
 from vitprune.records.estimate import Estimate, read_estimate, write_estimate
-from vitprune.records.solution import Solution, read_solution, summary_lines, write_solution
+from vitprune.records.solution import (Solution, SolutionError, read_solution, summary_lines,
+                                       write_solution)
 from vitprune.profile import predict as profile_predict
 from vitprune.profile import records
 from vitprune.reduce.methods import make_reducer
@@ -993,6 +994,31 @@ def test_multilayer_with_the_calibrated_latency_model(tmp_path):
   gpu, _ = _latency_model(device_kind="H200")
   with pytest.raises(solve.SolveInputError, match="device 'H200'"):
     _multi(ps, es, latency_model=gpu)
+
+
+def test_grid_counts_the_latency_curve_did_not_measure_are_named(tmp_path):
+  """Fault probe: an estimate on other counts than the latency model's uniform curve solved on
+  latencies interpolated between curve counts, with no note (README promised one)."""
+  dense, curve = _latency_model()
+  ps = _save_profile(tmp_path, [_point("model", n, v) for n, v in zip(range(2, N + 1), curve)])
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  assert "interpolated_counts" not in _multi(ps, es, accuracy_floor=0.8,
+                                             latency_model=dense).settings
+  odd = [2] + [n for n in range(3, N + 1) if n % 2 == N % 2]      # N and every other count
+  sparse, _ = _latency_model(tokens=odd, curve_s=[curve[n - 2] for n in odd])
+  sol = _multi(ps, es, accuracy_floor=0.8, latency_model=sparse)
+  between = [n for n in range(4, N) if n % 2 != N % 2]
+  assert between and sol.settings["interpolated_counts"] == between
+  assert set(between) <= set(sol.settings["grid"])                # (kept on the grid, named)
+  note = (f"note: the latency model's uniform curve was not measured at the counts {between} "
+          "of the grid: their latency is interpolated between its neighbours")
+  assert any(l.startswith(note) for l in summary_lines(sol))
+  assert _reread(sol).settings["interpolated_counts"] == between
+  doc = sol.to_json()
+  doc["settings"]["interpolated_counts"] = [0]
+  with pytest.raises(SolutionError, match=r"settings.interpolated_counts must be a list of "
+                                          r"token counts or null, got \[0\]"):
+    Solution.from_json(doc, "s.json")
 
 
 def test_step_bottoms_only_needs_the_curve_at_every_count_of_the_grid(tmp_path):

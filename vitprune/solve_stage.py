@@ -682,6 +682,10 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   unused = _unused_estimate_counts(estimate, inp.ns)
   if unused:
     settings["unused_estimate_counts"] = unused
+  if latency_model is not None:
+    between = [int(n) for n in inp.ns if int(n) not in set(latency_model.tokens)]
+    if between:
+      settings["interpolated_counts"] = between
   solution = Solution(
       mode="multi", config=cfg, profile=_profile_ref(profile, batch, source),
       estimate=_estimate_ref(estimate, metric, inp.layers), settings=settings,

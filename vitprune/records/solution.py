@@ -381,6 +381,7 @@ _SETTINGS = {
     "latency_model_untrusted": (lambda v: isinstance(v, str), "a string"),
     "budget_provisional": (lambda v: v == BUDGET_PROVISIONAL, repr(BUDGET_PROVISIONAL)),
     "unused_estimate_counts": _TOKEN_COUNTS,
+    "interpolated_counts": _TOKEN_COUNTS,
     "capped_counts": _TOKEN_COUNTS,
     "checked_accuracy_error": (_error_summary, "an error summary (num_schedules, mean_abs_points"
                                " <= max_abs_points, mean_signed_points)"),
@@ -1024,6 +1025,11 @@ def summary_lines(sol: Solution) -> List[str]:
     lines.append(f"note: the estimate's counts {sol.settings['unused_estimate_counts']} are not "
                  f"on the solver's grid{_grid_text(sol)}: the profile lacks them (or its "
                  "latency model was not calibrated there)")
+  if sol.settings.get("interpolated_counts"):
+    lines.append(f"note: the latency model's uniform curve was not measured at the counts "
+                 f"{sol.settings['interpolated_counts']} of the grid: their latency is "
+                 "interpolated between its neighbours, so a step between them is not seen "
+                 "(profile with --tokens holding the estimate's counts)")
   if sol.settings.get("capped_counts"):
     lines.append(describe_capped(sol))
   if sol.settings.get("budget_provisional"):
