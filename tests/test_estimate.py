@@ -541,6 +541,8 @@ def _mutate(d, fn):
     (lambda d: d["eval"].update(dtype=32), "eval.dtype must be a string, got 32"),
     (lambda d: d["eval"].update(dtype="float16"), r"eval.dtype must be one of \['float32', "
      r"'bfloat16'\], got 'float16'"),
+    (lambda d: d["eval"].update(precision="bogus"), r"eval.precision must be one of "    # probe
+     r"\['highest', 'high', 'default'\], got 'bogus'"),
     (lambda d: d["data"].update(fingerprint=5), "data.fingerprint must be a 64-digit hex "
      "string or null, got 5"),
     (lambda d: d["data"].update(fingerprint="zz"), "data.fingerprint must be a 64-digit hex"),

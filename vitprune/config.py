@@ -16,6 +16,9 @@ import numpy as np
 # The compute dtypes vitprune builds graphs in (`vitprune.model.DTYPES` maps them to jnp types);
 # profiles, manifests and benchmarks are checked against them.
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# The matmul precisions of `vitprune.model.forward` (jax.lax.Precision names); estimate and
+# artifact files are checked against them.
+PRECISIONS = ("highest", "high", "default")
 # The token-reduction methods (`vitprune.reduce.methods.METHODS` builds them; that module asserts
 # the two agree); estimate and solution files are checked against them without importing jax.
 METHOD_NAMES = ("evit", "pomt", "random", "tome", "topk")

@@ -35,15 +35,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_type, check_switch,
-                             is_float_dtype)
+from vitprune.config import (COMPUTE_DTYPES, PRECISIONS, ViTConfig, check_config_type,
+                             check_switch, is_float_dtype)
 from vitprune.reduce.base import AttentionStats, TokenReducer
 from vitprune.schedule import (Schedule, check_reducer_given, check_schedule,
                                check_static_types, full_schedule)
 
 Params = Dict[str, Any]
 DTYPES = {name: getattr(jnp, name) for name in COMPUTE_DTYPES}
-PRECISIONS = ("highest", "high", "default")
 
 
 # ----------------------------------------------------------------------------- layers

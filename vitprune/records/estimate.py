@@ -42,8 +42,8 @@ import numpy as np
 from vitprune import atomic
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
-from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, config_from_dict,
-                             config_to_dict, check_switch, is_method_name,
+from vitprune.config import (COMPUTE_DTYPES, PRECISIONS, ViTConfig, check_config_types,
+                             config_from_dict, config_to_dict, check_switch, is_method_name,
                              method_label, method_options_problem, not_a_method,
                              record_method_kwargs)
 
@@ -334,6 +334,9 @@ def _validate(doc: Any, where: str) -> ViTConfig:
   dtype = doc["eval"].get("dtype")
   _require(dtype in (None, "", *COMPUTE_DTYPES), where,
            f"eval.dtype must be one of {list(COMPUTE_DTYPES)}, got {dtype!r}")
+  precision = doc["eval"].get("precision")
+  _require(precision in (None, "", *PRECISIONS), where,
+           f"eval.precision must be one of {list(PRECISIONS)}, got {precision!r}")
   _require(data["fingerprint"] is None or jsonio.is_sha256(data["fingerprint"]), where,
            f"data.fingerprint must be a 64-digit hex string or null, got "
            f"{data['fingerprint']!r}")

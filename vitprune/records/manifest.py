@@ -39,8 +39,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 from vitprune import atomic
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
-from vitprune.config import (COMPUTE_DTYPES, Preprocessing, ViTConfig, check_config_types,
-                             check_path, config_from_dict, config_to_dict)
+from vitprune.config import (COMPUTE_DTYPES, PRECISIONS, Preprocessing, ViTConfig,
+                             check_config_types, check_path, config_from_dict, config_to_dict)
 
 FORMAT = "vitprune-deploy"
 VERSION = 2
@@ -49,7 +49,6 @@ MANIFEST_FILE = "manifest.json"
 BATCH_SYMBOL = "b"
 DTYPES = COMPUTE_DTYPES
 WEIGHTS_SHA256_OF = "parameter leaves (vitprune.deploy.params_sha256)"
-PRECISIONS = ("highest", "high", "default")
 
 Dim = Union[int, str]
 
