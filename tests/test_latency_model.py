@@ -353,8 +353,7 @@ def _cand(counts, lat, acc, measured=None):
 def _solution(frontier, chosen, checked=(), floor=0.9):
   cfg = get_config("test_tiny_vit")
   return Solution(mode="multi", config=cfg,
-                  profile=ProfileRef("p", "a" * 64, "cpu", "cpu", "float32", 1,
-                                     "calibrated-graph"),
+                  profile=ProfileRef("p", "a" * 64, "cpu", "cpu", "float32", 1, "blocks"),
                   estimate=EstimateRef("e", "b" * 64, "sensitivity", "pomt", "accuracy", (0, 1),
                                        8, "c" * 64, None),
                   settings={"accuracy_floor": floor, "num_images": 400}, chosen=chosen,

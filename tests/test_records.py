@@ -623,6 +623,16 @@ def test_a_solution_of_numpy_numbers_writes_as_plain_json(tmp_path):
         "batch_size": s.profile.batch_size, "dtype": "bfloat16",
         "device_kind": s.profile.device_kind})),
      r"settings.latency_model.dtype 'bfloat16' but profile.dtype 'float32'"),
+    # Fault probe: a deploy read a negative scale, and a calibrated-graph source with no model
+    (lambda s: dict(settings=dict(s.settings, latency_model={"params": dict(
+        const=1e-4, scale=-5.0, mlp=0.0, r0=0.0, r1=0.0, post=0.0)})),
+     r"settings.latency_model.params must have 0 <= mlp <= scale and r0, r1, post >= 0 \(the "
+     r"fit's bounds\), got .*'scale': -5.0.* \(edited\?\)$"),
+    (lambda s: dict(settings=dict(s.settings, latency_model={"params": {"const": 1.0}})),
+     r"settings.latency_model.params must hold numbers \('const', 'scale'"),
+    (lambda s: dict(profile=dataclasses.replace(s.profile, latency_source="calibrated-graph")),
+     r"profile.latency_source is 'calibrated-graph' but settings.latency_model is missing "
+     r"\(edited\?\)"),
     (lambda s: dict(profile=dataclasses.replace(s.profile, latency_source="banana")),
      r"profile.latency_source 'banana' not in \['measured'"),
     (lambda s: dict(profile=dataclasses.replace(s.profile, sha256="zz")),

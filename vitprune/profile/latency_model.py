@@ -53,6 +53,21 @@ VERSION = 1
 SOURCE = "calibrated-graph"
 PARAMS = ("const", "scale", "mlp", "r0", "r1", "post")
 OPTIONAL_PARAMS = {"post": 0.0}     # absent in files written before the parameter existed
+
+
+def params_problem(params: Any) -> Optional[str]:
+  """Why `params` are not a fit's (`fit_arrays` bounds them: const finite, 0 <= mlp <= scale,
+  r0, r1, post >= 0; an absent optional one reads as its default), or None."""
+  if not isinstance(params, dict) or not all(
+      jsonio.is_num(params.get(k)) or (k in OPTIONAL_PARAMS and k not in params)
+      for k in PARAMS):
+    return f"params must hold numbers {PARAMS}, got {params!r}"
+  p = {k: float(params.get(k, OPTIONAL_PARAMS.get(k))) for k in PARAMS}
+  if not (0 <= p["mlp"] <= p["scale"] and min(p["r0"], p["r1"], p["post"]) >= 0):
+    return (f"params must have 0 <= mlp <= scale and r0, r1, post >= 0 (the fit's bounds), got "
+            f"{params!r}")
+  return None
+
 # The uniform graphs pin const and scale; the calibration schedules must carry the reduction
 # terms (mlp, r0, r1, post), so at least one schedule per term.
 MIN_CALIBRATION_SCHEDULES = len(PARAMS) - 2
@@ -261,9 +276,8 @@ class LatencyModel:
             "tokens", "curve_s", "params", "calibration")
     jsonio.require_keys(doc, keys, where, LatencyModelError)
     params = doc["params"]
-    jsonio.require(isinstance(params, dict) and all(
-        jsonio.is_num(params.get(k)) or (k in OPTIONAL_PARAMS and k not in params)
-        for k in PARAMS), where, f"params must hold numbers {PARAMS}", LatencyModelError)
+    problem = params_problem(params)
+    jsonio.require(not problem, where, problem, LatencyModelError)
     cal = doc["calibration"]
     jsonio.require(isinstance(cal, list) and all(isinstance(c, dict) and "counts" in c and
                                                  jsonio.is_num(c.get("measured_s"))

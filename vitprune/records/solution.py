@@ -84,6 +84,7 @@ from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, chec
                              config_from_dict, config_to_dict, is_method_name,
                              method_options_problem, not_a_method, record_method_kwargs,
                              record_option_defaults)
+from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import records as profile_records
 from vitprune.records.estimate import HIGHER_IS_BETTER, KINDS as ESTIMATE_KINDS
 from vitprune import solve as solve_lib
@@ -417,7 +418,12 @@ def _check_settings(sol: "Solution", require) -> None:
           f"{other.num_images if other else ''} images, but settings.num_images says every "
           f"schedule checked was measured on {images} (edited?)")
   lm = st.get("latency_model")
+  require(lm is not None or sol.profile.latency_source != latency_model_lib.SOURCE,
+          f"profile.latency_source is {latency_model_lib.SOURCE!r} but settings.latency_model "
+          "is missing (edited?)")
   if lm is not None:
+    problem = "params" in lm and latency_model_lib.params_problem(lm["params"])
+    require(not problem, f"settings.latency_model.{problem} (edited?)")
     for key, own in (("batch_size", sol.profile.batch_size), ("dtype", sol.profile.dtype),
                      ("device_kind", sol.profile.device_kind)):
       require(lm.get(key, own) == own,
