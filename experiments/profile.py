@@ -27,6 +27,7 @@ from vitprune import atomic
 from vitprune import memory
 from vitprune import pipeline
 from vitprune import solve_stage
+from vitprune.profile import latency_model
 from vitprune.profile import protocol
 from vitprune.profile import runner
 from vitprune.profile import timing
@@ -131,7 +132,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("calibration_schedules", pipeline.PipelineSpec.calibration_schedules,
                        "Pipeline, --solver=multi: multi-layer schedules compiled and timed with "
                        "the uniform curve to fit the latency model of the compiled graph.",
-                       upper_bound=1000, flag_values=fv)
+                       upper_bound=latency_model.MAX_CALIBRATION_SCHEDULES, flag_values=fv)
   flags.DEFINE_bool("measure_frontier", False, "Pipeline, --solver=multi: measure the accuracy "
                     "of every frontier schedule on the data (the solution then reports measured "
                     "accuracy for the whole frontier and the combined model's error).",

@@ -333,6 +333,8 @@ def test_calibration_size_refuses_bad_input_before_any_work(tmp_path):
       (["--sizes=3,10", out], r"--sizes must be >= 4 \(one per reduction term of the latency "
                               r"model\), got 3"),
       (["--sizes=x", out], "--sizes"),
+      (["--sizes=6,100000", out], r"^--sizes must be <= 1000 \(each is a graph compiled and "
+                                  r"timed\), got 100000$"),     # (refused after ~26 s of draws)
       (["--methods=nosuch", out], "unknown token-reduction method 'nosuch'"),
       (["--methods=pomt,pomt", out], r"--methods must name each method once"),
       (["--methods=POMT,pomt", out], r"--methods must name each method once"),

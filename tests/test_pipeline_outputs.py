@@ -219,6 +219,9 @@ def test_spec_and_calibrate_refuse_too_few_calibration_schedules():
                            r"latency model\), got 3$"):
     latency_model.calibrate(cfg, None, method="pomt", batch_size=1, dtype="float32",
                             tokens=[17, 9], timing_cfg=None, num_schedules=3)
+  with pytest.raises(ValueError, match=r"^calibration_schedules must be <= 1000 \(each is a "
+                                       r"graph compiled and timed\), got 1001$"):
+    pipeline.PipelineSpec(calibration_schedules=1001)      # (the CLI's flag bound, one home)
 
 
 def test_a_library_run_labels_its_data_by_the_weights_class_names(monkeypatch, tmp_path):

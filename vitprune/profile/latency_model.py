@@ -71,6 +71,9 @@ def params_problem(params: Any) -> Optional[str]:
 # The uniform graphs pin const and scale; the calibration schedules must carry the reduction
 # terms (mlp, r0, r1, post), so at least one schedule per term.
 MIN_CALIBRATION_SCHEDULES = len(PARAMS) - 2
+# Each calibration schedule is a graph compiled and timed: beyond this a run takes hours (and
+# drawing that many distinct schedules from a small grid gives up only after many tries).
+MAX_CALIBRATION_SCHEDULES = 1000
 # The main job's count: `python -m benchmarks.calibration_size` measured 10 no better than 6 on
 # held-out schedules beyond the machine's re-measurement noise for most methods (a few points of
 # p90 for some), at 1.7x the compile time.
@@ -544,10 +547,13 @@ def schedule_method(profile: records.Profile) -> str:
 
 def check_calibration_count(num: int, name: str = "num_schedules") -> None:
   """CalibrationError (a ValueError naming `name`) unless `num` calibration schedules can fit
-  the model: at least one per reduction term."""
+  the model (at least one per reduction term) and be timed (MAX_CALIBRATION_SCHEDULES)."""
   if num < MIN_CALIBRATION_SCHEDULES:
     raise CalibrationError(f"{name} must be >= {MIN_CALIBRATION_SCHEDULES} (one per reduction "
                            f"term of the latency model), got {num}")
+  if num > MAX_CALIBRATION_SCHEDULES:
+    raise CalibrationError(f"{name} must be <= {MAX_CALIBRATION_SCHEDULES} (each is a graph "
+                           f"compiled and timed), got {num}")
 
 
 def calibrate(cfg, params, *, method: str, batch_size: int, dtype: str, tokens: Sequence[int],
