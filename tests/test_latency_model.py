@@ -693,3 +693,61 @@ def test_a_schedule_no_graph_runs_and_a_partial_config_are_refused():
   with pytest.raises(lm_lib.LatencyModelError,
                      match=r"^m.json: config is missing fields \['depth'\]$"):
     lm_lib.LatencyModel.from_json(doc, "m.json")
+
+
+
+def test_a_budget_not_met_names_the_fastest_graph_timed_and_its_numbers():
+  """No graph measures within the budget: the error names the FASTEST one timed, with its
+  measured and predicted latency (how far the budget is from reach; a mutation audit: the
+  slowest one named passed the message's pattern)."""
+  sol = _budget_solution(0.5)
+  timer = lambda cs: [1.5 * lat for lat in _timed_as_predicted(cs)]    # 50 % slow
+  with pytest.raises(solve_loop.BudgetNotMetError, match=(
+      r"^latency budget 500 ms is not met on measurement: the fastest of the 3 schedules timed, "
+      r"list:17,5,3, measures 1500 ms \(predicted 1000 ms\); raise the budget$")):
+    solve_loop.check_budget_in_loop(sol, lambda cs: [0.9] * len(cs), timer, neighbours=2)
+
+
+def test_a_floor_not_met_in_the_loop_names_the_best_of_the_other_schedules():
+  """A measured choice below the floor and a neighbour measured below it too: the error names
+  the choice and, apart from it, the best OTHER schedule measured (a mutation audit: the choice
+  counted among 'the other schedules' named itself as the best of them)."""
+  f = [_cand((17, 9, 5), 3.0, 0.93), _cand((17, 9, 9), 4.0, 0.95)]
+  chosen = _cand((17, 9, 9), 4.0, 0.95, measured=0.89)
+  sol = _solution(f, chosen)
+  with pytest.raises(solve_loop.FloorNotMetError, match=(
+      r"^accuracy floor 0\.9 is not met on measurement: list:17,9,9 measures 0\.8900 on 400 "
+      r"images, the best of the 1 other schedules measured 0\.8500 \(list:17,9,5\); lower the "
+      r"floor$")):
+    solve_loop.check_in_loop(sol, None, None, lambda cs: [0.85] * len(cs),
+                             lambda cs: [1.0] * len(cs), neighbours=1)
+
+
+def test_the_unpruned_graph_timed_under_a_confident_drop_is_a_candidate_and_chosen_when_fastest():
+  """A maximum drop met with confidence: the unpruned graph (the estimate's measurement, never
+  compared with itself image by image) has a change of exactly 0 against itself, so it meets
+  the drop; timed with `time_unpruned` and measuring fastest, it is chosen (a mutation audit:
+  without that 0 it was timed beside the others, never a candidate, and a slower pruned graph
+  was chosen)."""
+  f = [_cand((17, 9, 5), 3.0, 0.93), _cand((17, 9, 9), 4.0, 0.95)]
+  full = solve_loop.with_measured(_cand((17, 17, 17), 9.0, 0.96), 0.96, 400)
+  assert full.measured_change_low is None
+  chosen = solve_loop.with_measured(f[0], 0.94, 400, pair=(376, 8, 0, 16), full=full)
+  sol = dataclasses.replace(_solution(f, chosen, floor=0.91), full=full)
+  sol = dataclasses.replace(sol, settings=dict(sol.settings, floor_confidence=True,
+                                               max_accuracy_drop=0.05))
+  timed = []
+
+  def evaluate(counts_list, paired=False):
+    return [0.95] * len(counts_list), [(380, 4, 0, 16)] * len(counts_list)
+
+  def time_schedules(counts_list):
+    timed.append(list(counts_list))
+    return [{(17, 9, 5): 3.0, (17, 9, 9): 2.5, (17, 17, 17): 1.0}[c] for c in counts_list]
+
+  out = solve_loop.check_in_loop(sol, None, None, evaluate, time_schedules, neighbours=1,
+                                 time_unpruned=True)
+  assert timed == [[(17, 9, 5), (17, 9, 9), (17, 17, 17)]]
+  assert out.chosen.counts == (17, 17, 17) and out.chosen.measured_latency_s == 1.0
+  assert (out.chosen.measured_change_low, out.chosen.measured_change_high) == (0.0, 0.0)
+  assert out.full == out.chosen

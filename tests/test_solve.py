@@ -2369,6 +2369,31 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
     solve_loop.refine_accuracy(sol, model, evaluate, rounds=-1)
 
 
+def test_refine_accuracy_chooses_among_every_measured_schedule_not_only_its_frontier(tmp_path):
+  """A schedule measured before the refinement (in `checked`), off the frontier it solves, that
+  measures best within the budget is the choice: the refinement re-chooses among ALL measured
+  schedules (a mutation audit: a choice among the final frontier alone passed)."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  model = _dp_model(ps, es)
+  plain = _multi(ps, es)
+  lats = sorted(p.predicted_latency_s for p in plain.frontier)
+  pred = _multi(ps, es, latency_budget=lats[len(lats) // 2])
+  front = {p.counts for p in pred.frontier}
+  off = next(c for c in (schedule_lib.layer_counts(N, n, CFG.depth, l)
+                         for l in (5, 3, 1) for n in range(N - 1, 3, -1))
+             if c not in front and solve.predict_schedule(model, c)[0]
+             <= pred.settings["latency_budget"])
+  lat, acc = solve.predict_schedule(model, off)
+  extra = solve_loop.with_measured(
+      solve_loop.Candidate.predicted(CFG, off, lat, acc), 1.0, NUM_EXAMPLES)
+  sol = dataclasses.replace(pred, checked=(extra,))
+  evaluate = lambda cs: [_share(0.9)] * len(cs)
+  out, _ = solve_loop.refine_accuracy(sol, model, evaluate, rounds=0, num_images=NUM_EXAMPLES)
+  assert off not in {p.counts for p in out.frontier}
+  assert out.chosen.counts == off and out.chosen.measured_accuracy == 1.0
+
+
 def test_refine_accuracy_reports_anchored_predictions_from_the_estimates_margins(tmp_path):
   """With the estimate's per-example margins each round also reports the anchored per-image
   prediction's error, predicted before measuring from the earlier rounds' margins; margins that
