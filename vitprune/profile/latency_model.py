@@ -53,6 +53,18 @@ VERSION = 1
 SOURCE = "calibrated-graph"
 PARAMS = ("const", "scale", "mlp", "r0", "r1", "post")
 OPTIONAL_PARAMS = {"post": 0.0}     # absent in files written before the parameter existed
+# The uniform graphs pin const and scale; the calibration schedules must carry the reduction
+# terms (mlp, r0, r1, post), so at least one schedule per term.
+MIN_CALIBRATION_SCHEDULES = len(PARAMS) - 2
+# Each calibration schedule is a graph compiled and timed: beyond this a run takes hours (and
+# drawing that many distinct schedules from a small grid gives up only after many tries).
+MAX_CALIBRATION_SCHEDULES = 1000
+# The main job's count: `python -m benchmarks.calibration_size` measured 10 no better than 6 on
+# held-out schedules beyond the machine's re-measurement noise for most methods (a few points of
+# p90 for some), at 1.7x the compile time.
+DEFAULT_CALIBRATION_SCHEDULES = 6
+DEFAULT_MAX_RESIDUAL = 0.10   # p90 |relative error| on the reducing calibration schedules above
+                              # this: untrusted
 
 
 def params_problem(params: Any) -> Optional[str]:
@@ -67,19 +79,6 @@ def params_problem(params: Any) -> Optional[str]:
     return (f"params must have 0 <= mlp <= scale and r0, r1, post >= 0 (the fit's bounds), got "
             f"{params!r}")
   return None
-
-# The uniform graphs pin const and scale; the calibration schedules must carry the reduction
-# terms (mlp, r0, r1, post), so at least one schedule per term.
-MIN_CALIBRATION_SCHEDULES = len(PARAMS) - 2
-# Each calibration schedule is a graph compiled and timed: beyond this a run takes hours (and
-# drawing that many distinct schedules from a small grid gives up only after many tries).
-MAX_CALIBRATION_SCHEDULES = 1000
-# The main job's count: `python -m benchmarks.calibration_size` measured 10 no better than 6 on
-# held-out schedules beyond the machine's re-measurement noise for most methods (a few points of
-# p90 for some), at 1.7x the compile time.
-DEFAULT_CALIBRATION_SCHEDULES = 6
-DEFAULT_MAX_RESIDUAL = 0.10   # p90 |relative error| on the reducing calibration schedules above
-                              # this: untrusted
 
 
 class CalibrationError(ValueError):
