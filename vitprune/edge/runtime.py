@@ -660,7 +660,14 @@ def _check_one_artifact(path: str, records: List[Dict[str, Any]]) -> None:
                         "copy one artifact's iree/ folder, with its manifest.json")
 
 
-_PROBED = "VITPRUNE_EDGE_PROBED"     # set in the probe's own process: it does not probe again
+# Set to the parent's pid in the trial's own process, which does not probe (or check the
+# artifact's files) again; a value set by hand elsewhere names another pid and is ignored.
+_PROBED = "VITPRUNE_EDGE_PROBED"
+
+
+def _in_trial_child() -> bool:
+  """Whether this process is the trial child `trial_in_child` started."""
+  return os.environ.get(_PROBED) == str(os.getppid())
 
 
 def check_runs_here(path: str, record: Dict[str, Any], where: str) -> None:
@@ -682,10 +689,10 @@ def trial_in_child(target: str, where: str, code: str, *argv: str) -> None:
   failure is left to this process to meet and report (and a child still running after 600 s
   is let go). Nothing for other targets, or inside such a child."""
   cpu = parse_target(target).cpu
-  if cpu in (None, "host", "generic") or os.environ.get(_PROBED):
+  if cpu in (None, "host", "generic") or _in_trial_child():
     return
   package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  env = dict(os.environ, **{_PROBED: "1", "PYTHONPATH": os.pathsep.join(
+  env = dict(os.environ, **{_PROBED: str(os.getpid()), "PYTHONPATH": os.pathsep.join(
       p for p in (package_root, os.environ.get("PYTHONPATH")) if p)})
   try:
     child = subprocess.run([sys.executable, "-c", "import sys, numpy as np\n" + code, *argv],
@@ -710,7 +717,7 @@ def _complete(path: str, records: List[Dict[str, Any]], model: "EdgeModel") -> "
   function): an incomplete or edited copy ran on the board, which checked the record it picked
   only. Not again in a named CPU's trial child (`trial_in_child`): its parent checks. The
   files `model` was built from are not hashed again."""
-  if not os.environ.get(_PROBED):
+  if not _in_trial_child():
     check_record_files(path, records, {(model.record[k].get("file"), model.record[k].get(
         "sha256")) for k in ("module", "weights")})
   return model
