@@ -660,14 +660,13 @@ def _check_one_artifact(path: str, records: List[Dict[str, Any]]) -> None:
                         "copy one artifact's iree/ folder, with its manifest.json")
 
 
-# Set to the parent's pid in the trial's own process, which does not probe (or check the
-# artifact's files) again; a value set by hand elsewhere names another pid and is ignored.
-_PROBED = "VITPRUNE_EDGE_PROBED"
-
-
-def _in_trial_child() -> bool:
-  """Whether this process is the trial child `trial_in_child` started."""
-  return os.environ.get(_PROBED) == str(os.getppid())
+# True in the trial's own process (`_TRIAL_PRELUDE` sets it first), which does not probe (or
+# check the artifact's files) again. (An environment variable did this: exported by hand, it
+# switched both off in every process.)
+_IN_TRIAL_CHILD = False
+_TRIAL_PRELUDE = ("import sys, numpy as np\n"
+                  "from vitprune.edge import runtime as _runtime\n"
+                  "_runtime._IN_TRIAL_CHILD = True\n")
 
 
 def check_runs_here(path: str, record: Dict[str, Any], where: str) -> None:
@@ -689,13 +688,13 @@ def trial_in_child(target: str, where: str, code: str, *argv: str) -> None:
   failure is left to this process to meet and report (and a child still running after 600 s
   is let go). Nothing for other targets, or inside such a child."""
   cpu = parse_target(target).cpu
-  if cpu in (None, "host", "generic") or _in_trial_child():
+  if cpu in (None, "host", "generic") or _IN_TRIAL_CHILD:
     return
   package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  env = dict(os.environ, **{_PROBED: str(os.getpid()), "PYTHONPATH": os.pathsep.join(
+  env = dict(os.environ, **{"PYTHONPATH": os.pathsep.join(
       p for p in (package_root, os.environ.get("PYTHONPATH")) if p)})
   try:
-    child = subprocess.run([sys.executable, "-c", "import sys, numpy as np\n" + code, *argv],
+    child = subprocess.run([sys.executable, "-c", _TRIAL_PRELUDE + code, *argv],
                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=600, check=False)
   except subprocess.TimeoutExpired:
@@ -717,7 +716,7 @@ def _complete(path: str, records: List[Dict[str, Any]], model: "EdgeModel") -> "
   function): an incomplete or edited copy ran on the board, which checked the record it picked
   only. Not again in a named CPU's trial child (`trial_in_child`): its parent checks. The
   files `model` was built from are not hashed again."""
-  if not _in_trial_child():
+  if not _IN_TRIAL_CHILD:
     check_record_files(path, records, {(model.record[k].get("file"), model.record[k].get(
         "sha256")) for k in ("module", "weights")})
   return model
