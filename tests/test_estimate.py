@@ -582,6 +582,14 @@ def _mutate(d, fn):
     (lambda d: d["points"][0].update(agreement=1.0, accuracy=2 / 7), r"points\[0\]: accuracy "
      r"0.2857\d+ differs from the reference's 0.5714\d+ on 2 of 7 images, but agreement 1.0 "
      "leaves only 0 predictions changed"),
+    # From a mutation audit (each check's removal passed every test):
+    (lambda d: d["reference"].update(kl=0.25), "agree with itself"),
+    (lambda d: (d.update(layers=[None, 0, 0]),
+                d["points"].__setitem__(slice(4, 6), copy.deepcopy(d["points"][2:4]))),
+     r"layers have duplicates: \['embed', 0, 0\]"),
+    (lambda d: d["eval"].update(num_devices=0), "eval.num_devices must be a positive int, got 0"),
+    (lambda d: d["points"].append(copy.deepcopy(d["points"][-1])),
+     "7 points for a grid of 3 layers x 2"),
 ])
 def test_validation_errors(doc, fn, match):
   with pytest.raises(record_lib.EstimateError, match=match):
@@ -1101,3 +1109,58 @@ def test_an_estimate_whose_file_was_written_meanwhile_is_kept_beside_it(tmp_path
   assert code == 1 and err.startswith(f"error: refusing to replace {out / 'x.json'}") and \
       "--overwrite to" not in err and err.rstrip().endswith(f"the results are kept in {kept}")
   assert (out / "x.json").read_text() == '{"mine": 1}'
+
+
+# ------------------------------------------------------------- from a mutation audit (estimate)
+
+
+def test_the_table_is_layer_major(doc):
+  rec, res = doc
+  _, _, kl = rec.table("kl")
+  np.testing.assert_array_equal(kl.ravel(), [r.kl for r in res.points])
+  assert kl[:, 0].tolist() == [rec.curve("kl", layer=l)[1][0] for l in (None, 0, 1)]
+  assert len(set(kl[:, 0].tolist())) == 3     # (distinct values: a transposed table shows)
+
+
+def test_measured_includes_the_unpruned_schedule(doc):
+  """The unpruned schedule's measurement is the reference's, also where the grid stops short
+  of all tokens (its counts are then no point's)."""
+  short = record_lib.Estimate.from_json(_mutate(doc[0].to_json(), lambda d: (
+      d.update(tokens=[5]), d.update(points=d["points"][0::2]))))
+  assert short.measured("accuracy") == {**{p.counts: p.scores.accuracy for p in short.points},
+                                        full_schedule(CFG).counts: 4 / 7}
+
+
+def test_a_floor_metric_must_be_higher_is_better(doc):
+  rec, _ = doc
+  assert rec.metric("kl") == "kl"
+  with pytest.raises(record_lib.EstimateError, match="metric 'kl' is not usable"):
+    rec.metric("kl", higher_is_better=True)
+  assert rec.metric(higher_is_better=True) == "accuracy"
+
+
+def test_paired_counts_a_zero_margin_is_wrong():
+  """A margin of exactly 0 is a tie argmax breaks towards a lower class: not the target."""
+  ref = np.array([0.0, 1.0, -1.0, 0.0, 2.0])
+  pruned = np.array([1.0, 0.0, 0.0, -1.0, 0.5])
+  assert estimate.paired_counts(ref, pruned) == (1, 1, 1, 2)
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_subset_indices_refuses_no_images(labelled):
+  labels = np.repeat(np.arange(3), 4)
+  for bad in (0, -2, 2.0, True):           # (True was taken for 1 image: a bool is an int)
+    with pytest.raises(ValueError, match="num_images must be a positive int"):
+      estimate.subset_indices(labels, labelled, bad, 0)
+  assert len(estimate.subset_indices(labels, labelled, 1, 0)) == 1
+
+
+def test_the_record_keeps_its_seed_and_batch(params, images, labels):
+  pts = estimate.token_points(CFG, [9, 17], RandomDrop(seed=3), layer=1)
+  res = estimate.evaluate(CFG, params, batches_of(images, labels, 4), pts, labelled=True)
+  info = {"kind": "arrays", "source": "synthetic", "num_examples": 7, "classes": [],
+          "labelled": True, "fingerprint": "f" * 64}
+  rec = estimate.estimate_record(cfg=CFG, params=params, weights_source="init", data_info=info,
+                                 method="random", method_kwargs={"seed": 3}, seed=3, points=pts,
+                                 result=res, labelled=True)
+  assert rec.seed == 3 and rec.eval_batch_size == 4 and rec.num_devices == res.num_devices

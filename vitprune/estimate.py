@@ -509,7 +509,8 @@ def subset_indices(labels: np.ndarray, labelled: bool, num_images: Optional[int]
   n = len(labels)
   if num_images is None:
     return np.arange(n, dtype=np.int64)
-  if not isinstance(num_images, (int, np.integer)) or num_images < 1:
+  if (not isinstance(num_images, (int, np.integer)) or isinstance(num_images, bool)
+      or num_images < 1):
     raise ValueError(f"num_images must be a positive int, got {num_images!r}")
   if num_images > n:
     raise ValueError(f"num_images={num_images} exceeds the {n} images available")
