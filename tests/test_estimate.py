@@ -370,10 +370,12 @@ def test_version1_records_ran_random_drop_per_layer(params, images, labels):
   info = {"kind": "arrays", "source": "synthetic", "num_examples": 7, "classes": [],
           "labelled": True, "fingerprint": "f" * 64}
   new = estimate.estimate_record(cfg=CFG, params=params, weights_source="init", data_info=info,
-                                 method="random", method_kwargs={"seed": 3}, seed=0, points=pts,
+                                 method="random", method_kwargs={"seed": 3}, seed=3, points=pts,
                                  result=res, labelled=True)
   doc = new.to_json()
   assert doc["version"] == 2 and new.reducer_kwargs == {"seed": 3, "nested": True}
+  # (the record keeps its seed and batch: a mutation audit, every fixture recorded seed 0)
+  assert new.seed == 3 and new.eval_batch_size == 4 and new.num_devices == res.num_devices
   old_doc = copy.deepcopy(dict(doc, version=1))
   del old_doc["method"]["kwargs"]["nested"]       # (version 1 had no such option)
   old = record_lib.Estimate.from_json(copy.deepcopy(old_doc), "old.json")
@@ -1153,14 +1155,3 @@ def test_subset_indices_refuses_no_images(labelled):
     with pytest.raises(ValueError, match="num_images must be a positive int"):
       estimate.subset_indices(labels, labelled, bad, 0)
   assert len(estimate.subset_indices(labels, labelled, 1, 0)) == 1
-
-
-def test_the_record_keeps_its_seed_and_batch(params, images, labels):
-  pts = estimate.token_points(CFG, [9, 17], RandomDrop(seed=3), layer=1)
-  res = estimate.evaluate(CFG, params, batches_of(images, labels, 4), pts, labelled=True)
-  info = {"kind": "arrays", "source": "synthetic", "num_examples": 7, "classes": [],
-          "labelled": True, "fingerprint": "f" * 64}
-  rec = estimate.estimate_record(cfg=CFG, params=params, weights_source="init", data_info=info,
-                                 method="random", method_kwargs={"seed": 3}, seed=3, points=pts,
-                                 result=res, labelled=True)
-  assert rec.seed == 3 and rec.eval_batch_size == 4 and rec.num_devices == res.num_devices
