@@ -23,6 +23,7 @@ from absl import flags
 from experiments import common
 from vitprune import atomic
 from vitprune import memory
+from vitprune.config import COMPUTE_DTYPES
 from vitprune.profile import protocol
 from vitprune.profile import runner
 from vitprune.profile import timing
@@ -36,7 +37,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Registers this benchmark's flags."""
   flags.DEFINE_string("model", "test_tiny_vit", "Registered model name.", flag_values=fv)
   flags.DEFINE_integer("batch_size", 1, "Batch size.", lower_bound=1, flag_values=fv)
-  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.",
+  flags.DEFINE_enum("dtype", "float32", list(COMPUTE_DTYPES), "Compute dtype.",
                     flag_values=fv)
   flags.DEFINE_string("tokens", "all", "Token grid (see experiments.profile).", flag_values=fv)
   flags.DEFINE_float("min_run_time", 0.05, "Seconds of timed calls per point.", flag_values=fv)

@@ -18,7 +18,7 @@ from absl import flags
 
 from experiments import common
 from vitprune import checkpoint, deploy, jsonio, memory
-from vitprune.config import method_label, options_text
+from vitprune.config import COMPUTE_DTYPES, PRECISIONS, method_label, options_text
 from vitprune.digest import params_sha256
 from vitprune.edge.targets import check_compute_dtype, host_cpu, parse_target, parse_targets
 from vitprune.profile import records
@@ -55,9 +55,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     "than the one its schedule was chosen for.", flag_values=fv)
   flags.DEFINE_bool("symbolic_batch", False, "Export with a symbolic batch dimension instead.",
                     flag_values=fv)
-  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (with "
+  flags.DEFINE_enum("dtype", "float32", list(COMPUTE_DTYPES), "Compute dtype (with "
                     "--solution: the dtype its profile was timed in).", flag_values=fv)
-  flags.DEFINE_enum("precision", "highest", ["highest", "high", "default"],
+  flags.DEFINE_enum("precision", "highest", list(PRECISIONS),
                     "float32 matmul precision.", flag_values=fv)
   flags.DEFINE_bool("verify", True, "Check the exported forward reproduces the in-process one "
                     "(when the local platform is exported; given explicitly, it must be).",

@@ -25,6 +25,7 @@ from experiments import common
 from vitprune import atomic
 from vitprune import iree_build
 from vitprune import memory
+from vitprune.config import COMPUTE_DTYPES
 from vitprune.edge.targets import check_compute_dtype, check_driver, parse_target
 from vitprune.profile.runner import make_drop_reducer, removes_tokens
 from vitprune.schedule import parse_schedule, parse_token_grid
@@ -55,7 +56,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       "only random and keep_first (a static slice) do; mode schedule takes any "
                       "method (pomt, topk, tome, evit): time a deployed schedule with its own, "
                       "e.g. --reducer=pomt.", flag_values=fv)
-  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", flag_values=fv)
+  flags.DEFINE_enum("dtype", "float32", list(COMPUTE_DTYPES), "Compute dtype.", flag_values=fv)
   flags.DEFINE_integer("jobs", max(1, os.cpu_count() or 1), "Parallel compiles.", flag_values=fv)
   flags.DEFINE_string("cache_dir", "outputs/iree_cache", "Compiled-module cache ('' for none).",
                       flag_values=fv)

@@ -27,6 +27,7 @@ from vitprune import atomic
 from vitprune import memory
 from vitprune import pipeline
 from vitprune import solve_stage
+from vitprune.config import COMPUTE_DTYPES
 from vitprune.profile import latency_model
 from vitprune.profile import protocol
 from vitprune.profile import runner
@@ -41,7 +42,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                                "vit_digits without --weights uses the embedded weights/vit_digits.",
                       flag_values=fv)
   flags.DEFINE_list("batch_size", ["1"], "Batch sizes, comma-separated.", flag_values=fv)
-  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", flag_values=fv)
+  flags.DEFINE_enum("dtype", "float32", list(COMPUTE_DTYPES), "Compute dtype.", flag_values=fv)
   flags.DEFINE_string(
       "tokens", "all", "Token counts entering block 0: 'all', 'a:b', 'a:b:step' (inclusive) or "
       "'n1,n2,...'; each within [prefix + 1, num_tokens].", flag_values=fv)

@@ -336,7 +336,7 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
                                      num_classes=cfg.num_classes,
                                      holdout_images=f.holdout_images)
   common.check_subset_seed_used(f, data)
-  named, recorded_names = data.info.get("classes"), estimate.data.get("classes")
+  named, recorded_names = common.class_names(source), estimate.data.get("classes")
   if named and recorded_names and list(named) != list(recorded_names):
     raise ValueError(f"--weights={f.weights} name the classes {shown_names(named)}, estimate "
                      f"{estimate.source} labelled its images with {shown_names(recorded_names)} "

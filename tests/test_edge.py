@@ -1806,6 +1806,37 @@ def test_a_module_for_a_named_cpu_this_one_lacks_is_an_error_not_a_crash(tmp_pat
       assert len(prof.points) == 2
 
 
+def test_the_trial_child_runs_a_module_and_a_kit_and_does_not_probe_again(tmp_path, params,
+                                                                           monkeypatch):
+  """The trial of a named-CPU module runs in one real child that exits 0 (a review: the test
+  above runs a real child only where the SIGILL case applies, and any other failure of the
+  child is ignored by design, so a broken trial prelude would have passed unseen)."""
+  import platform  # pylint: disable=g-import-not-at-top
+  if platform.machine() != "x86_64":
+    pytest.skip("needs an x86-64 CPU (the baseline x86-64 target runs on every one)")
+  target = "iree:llvm-cpu:x86_64-linux-gnu:x86-64"
+  out = str(tmp_path / "art")
+  deploy.export_artifact(out, CFG, params, schedule=parse_schedule(CFG, "keep@1:9"),
+                         reducer=make_reducer("pomt"), reducer_name="pomt", batch_size=2,
+                         targets=[target])
+  kit_dir = str(tmp_path / "kit")
+  iree_build.build_kit(kit_dir, CFG, params, target=target, grid=(17, 9),
+                       reducer=make_reducer("random"))
+  children, run = [], subprocess.run
+
+  def recorded(argv, **kw):
+    got = run(argv, **kw)
+    if argv[1] == "-c":
+      children.append(got.returncode)
+    return got
+
+  monkeypatch.setattr(subprocess, "run", recorded)
+  assert edge_rt.load(out).target == target
+  assert children == [0]                     # one child, no trial inside the trial
+  kit_lib.profile_kit(kit_dir, protocol.TimingConfig(min_run_time=0.01))
+  assert children == [0, 0]
+
+
 @pytest.mark.parametrize("args, want", [
     (["--iree-llvmcpu-target-triple=x86_64-linux-gnu", "--iree-llvmcpu-target-cpu=notacpu"],
      "'notacpu' is not a recognized processor for this target (ignoring processor)"),

@@ -695,7 +695,6 @@ def test_a_schedule_no_graph_runs_and_a_partial_config_are_refused():
     lm_lib.LatencyModel.from_json(doc, "m.json")
 
 
-
 def test_a_budget_not_met_names_the_fastest_graph_timed_and_its_numbers():
   """No graph measures within the budget: the error names the FASTEST one timed, with its
   measured and predicted latency (how far the budget is from reach; a mutation audit: the

@@ -56,6 +56,15 @@ def test_is_pipeline_dir(tmp_path):
   assert not pipeline.is_pipeline_dir(str(tmp_path / "missing"))
 
 
+def test_the_profile_stage_counts_in_words():
+  """'1 lone counts' was printed (README's example output showed it)."""
+  assert pipeline.curve_shape_line(0, 11, 1) == (
+      "0 steps, 11 flat stretches, 1 lone count (the profile JSON/CSV/PNG has them all)")
+  assert pipeline.curve_shape_line(1, 1, 0) == (
+      "1 step, 1 flat stretch (the profile JSON/CSV/PNG has them all)")
+  assert pipeline.curve_shape_line(2, 0, 3).startswith("2 steps, 0 flat stretches, 3 lone counts")
+
+
 def test_output_step_refuses_a_foreign_directory(tmp_path):
   foreign = tmp_path / "work"
   foreign.mkdir()

@@ -1011,7 +1011,7 @@ def test_grid_counts_the_latency_curve_did_not_measure_are_named(tmp_path):
   assert between and sol.settings["interpolated_counts"] == between
   assert set(between) <= set(sol.settings["grid"])                # (kept on the grid, named)
   note = (f"note: the latency model's uniform curve was not measured at the counts {between} "
-          "of the grid: their latency is interpolated between its neighbours")
+          "of the grid: their latency is interpolated between their neighbours")
   assert any(l.startswith(note) for l in summary_lines(sol))
   assert _reread(sol).settings["interpolated_counts"] == between
   doc = sol.to_json()

@@ -303,10 +303,16 @@ def _profile(cfg, params, spec, tokens, progress, log) -> records.Profile:
     if ((" -> " in line and "saves" in line) or "predicted" in line   # steps, predictor errors
         or " lone " in line):                                           # and lone counts
       log("  " + line.strip())
-  lone = f", {len(profile.lone_counts)} lone counts" if profile.lone_counts else ""
-  log(f"  {len(profile.steps)} steps, {len(profile.flats)} flat stretches{lone} (the profile "
-      "JSON/CSV/PNG has them all)")
+  log("  " + curve_shape_line(len(profile.steps), len(profile.flats), len(profile.lone_counts)))
   return profile
+
+
+def curve_shape_line(steps: int, flats: int, lone: int) -> str:
+  """'0 steps, 11 flat stretches, 1 lone count (...)': the profile stage's count of each."""
+  return (f"{steps} step{'' if steps == 1 else 's'}, "
+          f"{flats} flat stretch{'' if flats == 1 else 'es'}"
+          + (f", {lone} lone count{'' if lone == 1 else 's'}" if lone else "")
+          + " (the profile JSON/CSV/PNG has them all)")
 
 
 def one_block_counts(cfg, tokens: Sequence[int], reducer) -> List[int]:

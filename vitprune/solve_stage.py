@@ -683,7 +683,8 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   if unused:
     settings["unused_estimate_counts"] = unused
   if latency_model is not None:
-    between = [int(n) for n in inp.ns if int(n) not in set(latency_model.tokens)]
+    on_curve = set(latency_model.tokens)
+    between = [int(n) for n in inp.ns if int(n) not in on_curve]
     if between:
       settings["interpolated_counts"] = between
   solution = Solution(

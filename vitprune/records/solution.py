@@ -1034,7 +1034,7 @@ def summary_lines(sol: Solution) -> List[str]:
   if sol.settings.get("interpolated_counts"):
     lines.append(f"note: the latency model's uniform curve was not measured at the counts "
                  f"{sol.settings['interpolated_counts']} of the grid: their latency is "
-                 "interpolated between its neighbours, so a step between them is not seen "
+                 "interpolated between their neighbours, so a step between them is not seen "
                  "(profile with --tokens holding the estimate's counts)")
   if sol.settings.get("capped_counts"):
     lines.append(describe_capped(sol))
