@@ -186,6 +186,11 @@ def test_parse_schedule_forms(text, counts):
     ("keep@3:+120", "'\\+' joins terms .* numbers take no '\\+' sign"),   # was "'' is not ..."
     ("r8,+1", "numbers take no '\\+' sign"),
     ("+r8", "numbers take no '\\+' sign"),
+    # Fault probe: a term another one overrides was dropped without a word
+    ("remove@4:5+keep@3:40", r"^schedule 'remove@4:5\+keep@3:40': the term 'remove@4:5' changes "
+     r"nothing \(the schedule is the same without it: another term sets those counts\); drop it$"),
+    ("keep@3:40+keep@5:40", r"the term 'keep@5:40' changes nothing"),
+    ("r8+keep@0:57", r"the term 'r8' changes nothing"),          # (keep@0 sets every count)
 ])
 def test_parse_schedule_errors(text, match):
   with pytest.raises(ValueError, match=match):

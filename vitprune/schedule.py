@@ -39,7 +39,8 @@ Terms combine with `+`, applied left to right from the full schedule, e.g. `embe
 or `embed:150+r8`. `keep@` sets counts (later blocks keep at most that many); `remove@` is
 relative: the block and every later one lose R more tokens, so `r8+remove@3:10` is ToMe's r8
 with 10 more tokens removed at block 3, and `keep@6:80+remove@3:10` leaves 70 after block 6. `embed` must come first; `r`/`rlist` need no earlier reduction layer; `list`
-and `full` stand alone. `format_schedule` picks the shorter of the `keep@` and `list:` forms, so
+and `full` stand alone. A term the schedule is the same without (`remove@4:5+keep@3:40`: the
+`keep@` sets what the `remove@` lowered) is refused, naming it. `format_schedule` picks the shorter of the `keep@` and `list:` forms, so
 `parse_schedule(cfg, format_schedule(s, cfg)) == s` for every valid schedule `s`; `str(s)` is
 `format_schedule(s)` (which always states `embed:` because it does not know the model).
 """
@@ -600,10 +601,27 @@ def parse_schedule(cfg: ViTConfig, text: str) -> Schedule:
   if t.startswith("list:") or re.fullmatch(rf"{_INT}(,{_INT})+", t):
     counts = _parse_list(t[5:] if t.startswith("list:") else t, text)
     return _with_layer_errors(lambda: from_counts(cfg, counts), text)
-  counts = list(full_schedule(cfg).counts)
-  for i, term in enumerate(t.split("+")):
-    counts = _apply_term(cfg, counts, term, i, text)
+  terms = t.split("+")
+  counts = _apply_terms(cfg, terms, text)
+  for i, term in enumerate(terms if len(terms) > 1 else ()):
+    if term.startswith("embed:"):   # (str(Schedule) states embed:N, all tokens too: as written)
+      continue
+    try:
+      without = _apply_terms(cfg, terms[:i] + terms[i + 1:], text)
+    except ValueError:          # (the others alone are no schedule: the term does something)
+      continue
+    if without == counts:       # (remove@4:5+keep@3:40: the keep@ sets what remove@ lowered)
+      raise ValueError(f"schedule {text!r}: the term {term!r} changes nothing (the schedule "
+                       "is the same without it: another term sets those counts); drop it")
   return _with_layer_errors(lambda: check_schedule(cfg, Schedule(counts)), text)
+
+
+def _apply_terms(cfg: ViTConfig, terms: Sequence[str], text: str) -> List[int]:
+  """The counts of the `+`-joined `terms`, applied left to right to the full schedule."""
+  counts = list(full_schedule(cfg).counts)
+  for i, term in enumerate(terms):
+    counts = _apply_term(cfg, counts, term, i, text)
+  return counts
 
 
 def _apply_term(cfg: ViTConfig, counts: List[int], term: str, i: int, text: str) -> List[int]:
