@@ -331,17 +331,17 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
     raise ValueError(f"--weights={f.weights} are not the weights estimate {estimate.source} "
                      "measured (weights sha256 differs)")
   common.check_digits_split(source, f.data)
-  data = estimate_lib.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
-                                     class_names=common.class_names(source),
-                                     num_classes=cfg.num_classes,
-                                     holdout_images=f.holdout_images)
-  common.check_subset_seed_used(f, data)
   named, recorded_names = common.class_names(source), estimate.data.get("classes")
   if named and recorded_names and list(named) != list(recorded_names):
     raise ValueError(f"--weights={f.weights} name the classes {shown_names(named)}, estimate "
                      f"{estimate.source} labelled its images with {shown_names(recorded_names)} "
                      "(the same parameters with other class names: the measured accuracy "
                      "would score other labels)")
+  data = estimate_lib.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
+                                     class_names=named,
+                                     num_classes=cfg.num_classes,
+                                     holdout_images=f.holdout_images)
+  common.check_subset_seed_used(f, data)
   if data.info.get("fingerprint") != estimate.data_fingerprint:
     raise ValueError(f"--data={f.data} (--num_images={f.num_images}, --seed={f.seed}"
                      + ("" if f.holdout_images is None else
