@@ -35,14 +35,16 @@ The compact text form (`parse_schedule(cfg, text)` / `format_schedule(schedule, 
   embed:150                      150 tokens enter block 0 (dropped after the embedding)
   list:197,197,120,...           explicit depth + 1 counts (a bare `197,197,120,...` also works)
 
-Terms combine with `+`, applied left to right from the full schedule, e.g. `embed:150+keep@3:120`
-or `embed:150+r8`. `keep@` sets counts (later blocks keep at most that many); `remove@` is
-relative: the block and every later one lose R more tokens, so `r8+remove@3:10` is ToMe's r8
-with 10 more tokens removed at block 3, and `keep@6:80+remove@3:10` leaves 70 after block 6. `embed` must come first; `r`/`rlist` need no earlier reduction layer; `list`
-and `full` stand alone. A term the schedule is the same without (`remove@4:5+keep@3:40`: the
-`keep@` sets what the `remove@` lowered) is refused, naming it. `format_schedule` picks the shorter of the `keep@` and `list:` forms, so
-`parse_schedule(cfg, format_schedule(s, cfg)) == s` for every valid schedule `s`; `str(s)` is
-`format_schedule(s)` (which always states `embed:` because it does not know the model).
+Terms combine with `+`, applied left to right from the full schedule, e.g.
+`embed:150+keep@3:120` or `embed:150+r8`. `keep@` sets counts (later blocks keep at most that
+many); `remove@` is relative: the block and every later one lose R more tokens, so
+`r8+remove@3:10` is ToMe's r8 with 10 more tokens removed at block 3, and
+`keep@6:80+remove@3:10` leaves 70 after block 6. `embed` must come first; `r`/`rlist` need no
+earlier reduction layer; `list` and `full` stand alone. A term the schedule is the same without
+(`remove@4:5+keep@3:40`: the `keep@` sets what the `remove@` lowered) is refused, naming it.
+`format_schedule` picks the shorter of the `keep@` and `list:` forms, so `parse_schedule(cfg,
+format_schedule(s, cfg)) == s` for every valid schedule `s`; `str(s)` is `format_schedule(s)`
+(which always states `embed:` because it does not know the model).
 """
 from __future__ import annotations
 
