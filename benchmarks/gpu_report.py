@@ -155,13 +155,12 @@ def _check_row_consistent(path: str, line: int, row: Dict[str, Any],
   measured; a table without its baseline printed changes against nothing). The CSV keeps 6
   significant digits."""
   q25, q75 = row.get("latency_q25_ms"), row.get("latency_q75_ms")
-  if isinstance(q25, (int, float)) and isinstance(q75, (int, float)) and (
-      abs(row["latency_iqr_ms"] - (q75 - q25)) > 2e-5 * max(abs(q25), abs(q75)) + 1e-9):
+  quartiles = isinstance(q25, (int, float)) and isinstance(q75, (int, float))
+  if quartiles and abs(row["latency_iqr_ms"] - (q75 - q25)) > 2e-5 * max(abs(q25), abs(q75)) + 1e-9:
     raise ValueError(f"{path}, line {line}: latency_iqr_ms {row['latency_iqr_ms']!r} is not "
                      f"latency_q75_ms - latency_q25_ms ({q75} - {q25}) (edited?)")
   median = row["latency_median_ms"]
-  if isinstance(q25, (int, float)) and isinstance(q75, (int, float)) and not (
-      q25 - 1e-5 * abs(q25) <= median <= q75 + 1e-5 * abs(q75)):     # (6 significant digits)
+  if quartiles and not q25 - 1e-5 * abs(q25) <= median <= q75 + 1e-5 * abs(q75):  # (6 digits)
     raise ValueError(f"{path}, line {line}: latency_median_ms {median!r} is not between "
                      f"latency_q25_ms {q25} and latency_q75_ms {q75} (edited?)")
   key = (row["batch_size"], row["dtype"])

@@ -322,7 +322,7 @@ def check_output_dir(path: str, flag: str = "out_dir", published: bool = False) 
     raise ValueError(f"--{flag} is empty")
   if published:
     atomic.check_name_fits(path, flag)
-  bare = _without_trailing_sep(path)   # (not published whole: files are written into it)
+  bare = atomic.without_trailing_sep(path)   # (not published whole: files are written into it)
   atomic.check_outside_published(bare, flag, itself=not published)
   if os.path.lexists(bare):
     if not os.path.isdir(path):
@@ -330,12 +330,6 @@ def check_output_dir(path: str, flag: str = "out_dir", published: bool = False) 
     atomic.check_writable_dir(path, f"--{flag}={path}")
     return
   atomic.check_creatable(path, flag)
-
-
-def _without_trailing_sep(path: str) -> str:
-  """`path` without trailing separators ('f.txt/' names the file f.txt: os.path.lexists says
-  False for it, so an existing file passed as a directory was found only at the final write)."""
-  return path.rstrip("/" + os.sep) or path
 
 
 def write_result(path: str, doc: Dict[str, Any], fmt: str, *,
@@ -366,10 +360,10 @@ def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,
   if not path:
     raise ValueError(f"--{flag} is required")
   atomic.check_name_fits(path, flag)
-  atomic.check_outside_published(_without_trailing_sep(path), flag)
+  atomic.check_outside_published(atomic.without_trailing_sep(path), flag)
   if os.path.isdir(os.path.dirname(os.path.abspath(path))):
     atomic.cleanup_stale(path)   # a killed writer's moved-aside output is restored first
-  bare = _without_trailing_sep(path)
+  bare = atomic.without_trailing_sep(path)
   if os.path.lexists(bare):
     if not os.path.isdir(path):
       raise NotADirectoryError(f"--{flag}={path} is {atomic.describe(bare)}, not a directory")

@@ -1170,6 +1170,12 @@ def partial_name(path: str) -> str:
 KEPT_MARK = ".kept-"
 
 
+def without_trailing_sep(path: str) -> str:
+  """`path` without trailing separators ('f.txt/' names the file f.txt: os.path.lexists says
+  False for it, so an existing file passed as a directory was found only at the final write)."""
+  return path.rstrip("/" + os.sep) or path
+
+
 def kept_prefix(stem_path: str, ext: str) -> str:
   """`<stem_path>.kept-` with the stem cut short so that a token of 8 characters and `ext` (the
   longest extension of the files written under it) fit (`fitting_name`): every `kept_name` of
@@ -1208,7 +1214,7 @@ def keep_json_beside(path: str, doc: Any, fmt: str, error: OSError, why: str,
   could not be written: taken meanwhile, or its folder gone) as `kept_name(...)`.json, named in
   the message (in the nearest folder above that still is one): a run's minutes of measurement
   were lost with its output."""
-  root, ext = os.path.splitext(path.rstrip("/" + os.sep) or path)   # ('f.json/': the file)
+  root, ext = os.path.splitext(without_trailing_sep(path))   # ('f.json/': the file)
   ext = ext or ".json"
   folder = os.path.dirname(os.path.abspath(root))
   if not os.path.isdir(folder):   # (its folder replaced by a file mid-run: every result lost)
