@@ -21,7 +21,7 @@ from vitprune import digits
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """Registers this CLI's flags on `fv`."""
   flags.DEFINE_string("out", None, "Folder to create.", flag_values=fv)
-  flags.DEFINE_enum("split", "test", ["train", "test", "all"], "Which digits (the split of "
+  flags.DEFINE_enum("split", "test", digits.SPLITS, "Which digits (the split of "
                     "--data=digits).", flag_values=fv)
   flags.DEFINE_integer("limit", None, "Only a class-balanced subset of this many images.",
                        lower_bound=1, flag_values=fv)

@@ -33,6 +33,7 @@ import numpy as np
 from experiments import common
 from vitprune import atomic
 from vitprune import checkpoint
+from vitprune import digits
 from vitprune import estimate
 from vitprune import jsonio
 from vitprune import memory
@@ -55,7 +56,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
   flags.DEFINE_string("data", "digits", "'digits' or an image folder (labelled or flat).",
                       flag_values=fv)
-  flags.DEFINE_string("split", "test", "digits split: train | test | all.", flag_values=fv)
+  flags.DEFINE_enum("split", "test", digits.SPLITS, "The digits split.", flag_values=fv)
   flags.DEFINE_string("method", "random", "random | pomt | topk | tome | evit.", flag_values=fv)
   flags.DEFINE_list("method_opts", [], "The reducer's options, key=value (e.g. nested=false for "
                     "random: each block draws its own subset, random drop before 2026-12-05; "

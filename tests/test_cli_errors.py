@@ -175,6 +175,7 @@ CASES = [
     ("benchmark", ["--data=none", "--out_dir={file}/"], 1,          # found at the final write
      "is a regular file, not a directory"),
     ("digits_images", ["--out={out}", "--split=val"], 2, "value should be one of"),
+    ("estimate", ["--out_dir={out}", "--split=Test"], 2, "value should be one of"),
     ("prune", ["--repeats=1000000000000"], 1, "--repeats must be at most 10000000"),  # ran
     ("prune", ["--warmup=1000000000000"], 1, "--warmup must be at most 10000000"),    # for days
     ("convert", ["--model=test_tiny_vit", f"--checkpoint={CKPT}", "--out={file}/"], 1,

@@ -553,6 +553,8 @@ def _mutate(d, fn):
     (lambda d: d["data"].update(source=""), "data.source must be a non-empty string, got ''"),
     (lambda d: d["data"].update(classes=["a", "a"]), "data.classes must be a list of distinct"),
     (lambda d: d["data"].update(selection="all"), "data.selection must be an object, got .all."),
+    (lambda d: d["data"].update(selection={"split": "Train"}), r"data.selection.split must be "
+     r"one of \['train', 'test', 'all'\], got 'Train'"),   # (solve's held-out check reads it)
     (lambda d: d["weights"].update(source=None), "weights.source must be a string, got None"),
     (lambda d: d.update(seed=2 ** 40), r"seed must be in \[0, 2\*\*32\) as the command lines "
      "take it, got 1099511627776"),

@@ -35,7 +35,7 @@ DIGITS_CLASSES = tuple(str(d) for d in range(10))
 DIGITS_MARKER = ".vitprune-imagefolder.json"
 DIGITS_FORMAT = "vitprune-digits-imagefolder"
 is_digits_imagefolder = atomic.json_marker(DIGITS_MARKER, DIGITS_FORMAT)   # (its layout: atomic's)
-_SPLITS = ("train", "test", "all")
+SPLITS = ("train", "test", "all")   # the digits splits (`digits_split`), every reader's
 
 
 def load_digits_arrays() -> Tuple[np.ndarray, np.ndarray]:
@@ -106,8 +106,8 @@ def digits_split(seed: int = 0, test_fraction: float = 0.2) -> Tuple[np.ndarray,
 
 def _split_indices(split: str, labels: np.ndarray, seed: int, test_fraction: float
                    ) -> np.ndarray:
-  if split not in _SPLITS:
-    raise ValueError(f"unknown split {split!r}; expected one of {', '.join(_SPLITS)}")
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
   if split == "all":
     return np.arange(labels.size, dtype=np.int64)
   train, test = stratified_split(labels, seed=seed, test_fraction=test_fraction)

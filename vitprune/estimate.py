@@ -575,8 +575,9 @@ def _load_eval_data(spec: str, *, num_images: Optional[int], seed: int, split: s
                     num_classes: Optional[int]) -> EvalData:
   if spec == "digits":
     ds = digits_lib.digits_for_model(class_names, num_classes)
-    if split not in ("train", "test", "all"):
-      raise ValueError(f"unknown digits split {split!r}; expected train, test or all")
+    if split not in digits_lib.SPLITS:
+      raise ValueError(f"unknown digits split {split!r}; expected one of "
+                       f"{', '.join(digits_lib.SPLITS)}")
     if split == "all":
       base = np.arange(len(ds), dtype=np.int64)
     else:

@@ -46,6 +46,7 @@ from vitprune.config import (COMPUTE_DTYPES, PRECISIONS, ViTConfig, check_config
                              config_from_dict, config_to_dict, check_switch, is_method_name,
                              method_label, method_options_problem, not_a_method,
                              record_method_kwargs)
+from vitprune.digits import SPLITS as DIGITS_SPLITS
 
 FORMAT = "vitprune-estimate"
 VERSION = 2
@@ -353,6 +354,9 @@ def _validate(doc: Any, where: str) -> ViTConfig:
            f"data.classes must be a list of distinct class names, got {classes!r}")
   _require(data.get("selection") is None or isinstance(data["selection"], dict), where,
            f"data.selection must be an object, got {data.get('selection')!r}")
+  split = (data.get("selection") or {}).get("split", "test")   # (a digits estimate's; its
+  _require(split in DIGITS_SPLITS, where, f"data.selection.split must be one of "  # training
+           f"{list(DIGITS_SPLITS)}, got {split!r}")    # split is refused by the solver by name)
   _require(isinstance(doc["weights"].get("source", ""), str), where,
            f"weights.source must be a string, got {doc['weights'].get('source')!r}")
   _require(0 <= doc["seed"] < 2 ** 32, where,
