@@ -305,6 +305,22 @@ def test_a_model_without_a_head_is_compared_by_features_on_any_images(tmp_path):
   assert r["metric"] == "feature_cosine"
 
 
+def test_a_batch_larger_than_the_images_says_it_is_padded(tmp_path):
+  """--batch_size=1000 on the 359 test digits timed 641 padding rows under 'the first 359 test
+  digits', unsaid (a probe); the note now says so, and the padding rows are marked invalid."""
+  from vitprune.digits import write_digits_imagefolder
+  cfg = get_config("vit_digits")
+  imgs, _, valid, said = prune.load_images(cfg, "", 400, 0)
+  assert imgs.shape[0] == 400 and valid.sum() == 359
+  assert said == ("the first 359 test digits, padded with 41 zero images to the batch of 400 "
+                  "for timing (accuracy and agreement on the 359 alone)")
+  root = write_digits_imagefolder(str(tmp_path / "d"), split="test", limit=20)
+  said = prune.load_images(cfg, root, 24, 0)[3]
+  assert said == (f"all 20 images of {root}, padded with 4 zero images to the batch of 24 for "
+                  "timing (accuracy and agreement on the 20 alone)")
+  assert "padded" not in prune.load_images(cfg, root, 20, 0)[3]
+
+
 def test_the_two_graphs_are_timed_interleaved(monkeypatch):
   """The unpruned graph was timed, then the pruned one: load drift reached one of them (the
   default run printed x1.56 for a x1.12 FLOP cut; reruns x0.97..1.08; a probe). Both are now
