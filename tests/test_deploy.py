@@ -420,6 +420,23 @@ EDITED = "identity does not match the manifest's fields|does not describe the ex
      r"lacks \['weights.num_params', 'output.kind'\]"),
     (lambda d: d["input"].pop("layout"), r"lacks \['input.layout'\]"),
     (lambda d: d["weights"].update(source="x"), "weights.source must be an object, got str"),
+    (lambda d: d["schedule"].__setitem__("counts", [17, 17, 9.0]),
+     r"schedule.counts must be a list of ints, got \[17, 17, 9.0\]"),
+    (lambda d: d["weights"].__setitem__("num_params", d["weights"]["num_params"] + 1),
+     r"weights.num_params \d+ is not the \d+ parameters its leaves list"),
+    (lambda d: d.__setitem__("targets", ["iree:host"]),
+     r"targets must be a list of target names starting with 'jax', got \['iree:host'\]"),
+    (lambda d: d["reducer"]["options"].__setitem__("k", 2), EDITED),
+    (lambda d: d["files"].__setitem__("params", ""), "files.params must be a non-empty string"),
+    (lambda d: d["output"].__setitem__("shape", [3, 11]),
+     r"output.shape \[3, 11\] is not \[3, 10\] for test_tiny_vit"),
+    (lambda d: d["input"].__setitem__("symbolic_batch", "no"),
+     "input.symbolic_batch must be true or false"),
+    (lambda d: d["input"].__setitem__("symbolic_batch", 0),
+     "input.symbolic_batch must be true or false, got 0$"),
+    (lambda d: d["weights"].__setitem__("leaves", []), "weights.leaves must be an object"),
+    (lambda d: d["reducer"].__setitem__("name", 3), "reducer must be null or an object with a "
+                                                    "name"),
 ])
 def test_edited_manifest_is_refused(artifact, tmp_path, edit, message):
   path = _copy(artifact, tmp_path)
@@ -442,6 +459,33 @@ def test_listed_param_count_refuses_a_bad_listing(artifact, tmp_path, shape):
   assert deploy.listed_param_count(deploy.read_manifest(artifact)) == sum(
       int(np.prod(leaf["shape"])) for leaf in deploy.read_manifest(artifact).weights[
           "leaves"].values())
+
+
+def test_a_features_manifest_is_read_and_written_as_features(artifact):
+  """A headless model's manifest: output [B, embed_dim] of kind 'features' (every artifact
+  tested had a classifier head)."""
+  doc = deploy.read_manifest(artifact).to_json()
+  doc["model"]["config"]["num_classes"] = 0
+  doc["output"].update(shape=[3, CFG.embed_dim], kind="features")
+  doc.update(class_names=None)
+  doc.pop("identity")
+  m = deploy.Manifest.from_json(doc)
+  assert m.config.num_classes == 0 and m.output_shape == (3, CFG.embed_dim)
+  assert m.to_json()["output"] == {"shape": [3, CFG.embed_dim], "dtype": "float32",
+                                   "kind": "features"}
+
+
+def test_listed_count_counts_empty_and_scalar_leaves():
+  from vitprune.records.manifest import listed_count  # pylint: disable=g-import-not-at-top
+  assert listed_count({"a": {"shape": [0, 4]}, "b": {"shape": [2, 3]}, "c": {"shape": []}}) == 7
+  assert listed_count({"a": {"shape": [2, -1]}}) is None
+
+
+def test_null_provenance_and_versions_read_as_empty(artifact, tmp_path):
+  path = _copy(artifact, tmp_path)
+  _edit_manifest(path, lambda d: d.update(provenance=None, versions=None))
+  m = deploy.read_manifest(path)
+  assert m.provenance == {} and m.versions == {}
 
 
 def test_corrupt_manifest_json(artifact, tmp_path):

@@ -57,6 +57,19 @@ def test_prune_at_type_and_increase_errors():
     S.prune_at(DEIT_S, keep=150, layer=5, base=S.prune_at(DEIT_S, keep=120, layer=3))
 
 
+def test_prune_at_remove_down_to_exactly_prefix_plus_one():
+  assert S.prune_at(DEIT_S, remove=195).counts == (197,) * 4 + (2,) * 9
+  with pytest.raises(ValueError, match=re.escape(
+      "block 3 cannot remove 196 tokens: the 197 leaving the last block would fall to 1, "
+      "below prefix tokens + 1 = 2")):
+    S.prune_at(DEIT_S, remove=196)
+
+
+def test_prune_layers_applies_layers_in_block_order_not_dict_order():
+  with pytest.raises(ValueError, match="cannot keep 120 tokens after block 6: only 80"):
+    S.prune_layers(DEIT_S, {6: 120, 3: 80})
+
+
 def test_a_tome_inflection_is_a_plain_decimal():
   """float() read 'r8,0_5' as inflection 5.0 (then 'got 5.0') and 'r8,0.2_5' as 0.25."""
   assert S.parse_schedule(REG, "r8,.5") == S.parse_schedule(REG, "r8,0.5")
@@ -77,6 +90,9 @@ def test_a_huge_tome_r_is_a_value_error_not_an_overflow():
   with pytest.raises(ValueError, match="r must be at most"):
     S.parse_schedule(REG, "r" + "9" * 18)
   assert S.tome_r_list(2, S.MAX_R) == [S.MAX_R] * 2
+  with pytest.raises(ValueError, match=r"r must be at most 2147483647 tokens per layer, got "
+                                       r"2147483648$"):
+    S.tome_r_list(2, S.MAX_R + 1)
 
 
 def test_tome_r_list_matches_parse_r():
@@ -87,6 +103,7 @@ def test_tome_r_list_matches_parse_r():
   assert S.tome_r_list(4, (3, -1.0)) == [6, 4, 2, 0]
   assert S.tome_r_list(4, [5, 1]) == [5, 1, 0, 0]
   assert S.tome_r_list(1, (3, 0.5)) == [1]
+  assert S.tome_r_list(4, (3, 1.0)) == [0, 2, 4, 6]        # inflection 1 is inside [-1, 1]
   with pytest.raises(ValueError, match=r"inflection must be in \[-1, 1\]"):
     S.tome_r_list(12, (8, 1.5))
   with pytest.raises(ValueError, match="r must be >= 0"):
@@ -158,6 +175,12 @@ def test_parse_schedule_forms(text, counts):
   assert S.parse_schedule(DEIT_S, text).counts == counts
 
 
+def test_a_single_term_that_reduces_nothing_is_the_full_schedule():
+  # (only a term beside others is refused for changing nothing: r0 is ToMe's no-merge run)
+  for text in ("r0", "remove@3:0", "keep@3:197", "rlist:0"):
+    assert S.parse_schedule(DEIT_S, text) == S.full_schedule(DEIT_S)
+
+
 @pytest.mark.parametrize("text,match", [
     ("", "empty schedule"),
     ("keep@3", "LAYER:KEEP pairs"),
@@ -191,6 +214,10 @@ def test_parse_schedule_forms(text, counts):
      r"nothing \(the schedule is the same without it: another term sets those counts\); drop it$"),
     ("keep@3:40+keep@5:40", r"the term 'keep@5:40' changes nothing"),
     ("r8+keep@0:57", r"the term 'r8' changes nothing"),          # (keep@0 sets every count)
+    ("keep@3:120:5", r"expected LAYER:KEEP pairs separated by commas, got '3:120:5'"),
+    ("list:", r"^schedule 'list:': empty list$"),
+    ("rlist:", r"^schedule 'rlist:': empty list$"),
+    ("keep@6:120,3:80", "cannot keep 120 tokens after block 6: only 80 are scheduled"),
 ])
 def test_parse_schedule_errors(text, match):
   with pytest.raises(ValueError, match=match):
@@ -235,6 +262,9 @@ def test_format_prefers_readable_form():
     assert S.format_schedule(S.parse_schedule(cfg, text), cfg) == text
   with pytest.raises(ValueError, match="starts with 250"):
     S.format_schedule(S.Schedule([250] * 13), DEIT_S)
+  # A tie in length goes to the keep@ form.
+  tie = S.Schedule((127, 127, 85, 28, 23, 23, 23, 23, 20, 10, 10, 10, 6))
+  assert S.format_schedule(tie, DEIT_S) == "embed:127+keep@1:85,2:28,3:23,7:20,8:10,11:6"
 
 
 def test_check_schedule_original_errors():
@@ -264,6 +294,10 @@ def test_check_schedule_method_limits():
     with pytest.raises(ValueError, match=f"which {name} cannot do"):
       S.check_schedule(TINY, S.Schedule([12, 12, 12]), make_reducer(name))
   S.check_schedule(TINY, S.Schedule([12, 2, 2]), make_reducer("random"))
+  # One token dropped after the embedding is a drop too.
+  with pytest.raises(ValueError, match=r"schedule embed:16 drops tokens after the embedding, "
+                                       r"which pomt cannot do"):
+    S.check_schedule(TINY, S.Schedule([16, 16, 16]), make_reducer("pomt"))
 
 
 @pytest.mark.parametrize("cfg", [TINY, REG, DEIT_S], ids=lambda c: c.name)
@@ -318,6 +352,11 @@ def test_check_token_grid_sorts_and_accepts_numpy_ints():
 def test_check_token_grid_errors(tokens, match):
   with pytest.raises(ValueError, match=match):
     S.check_token_grid(REG, tokens)
+
+
+def test_a_token_range_whose_step_is_its_length_lists_both_ends():
+  assert S.parse_token_grid(TINY, "17:12:-5") == (17, 12)
+  assert S.parse_token_grid(TINY, "12:17:5") == (17, 12)
 
 
 @pytest.mark.parametrize("counts, error", [

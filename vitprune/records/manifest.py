@@ -201,7 +201,8 @@ class Manifest:
       _req(doc[side].get("dtype") == "float32", where,
            f"{side}.dtype {doc[side].get('dtype')!r} is not 'float32'")
     symbolic, fixed = doc["input"].get("symbolic_batch"), doc["input"].get("batch_size")
-    _req(symbolic in (True, False), where, "input.symbolic_batch must be true or false")
+    _req(isinstance(symbolic, bool), where,     # (0 and 0.0 were taken for false)
+         f"input.symbolic_batch must be true or false, got {symbolic!r}")
     _req((symbolic and fixed is None) or (not symbolic and jsonio.is_int(fixed) and fixed >= 1),
          where, f"input.batch_size must be null with symbolic_batch true, else an int >= 1; "
          f"got {fixed!r} with symbolic_batch {str(symbolic).lower()}")
