@@ -67,6 +67,8 @@ def test_defaults_scale_to_small_models():
 
 
 def test_parse_variants():
+  with pytest.warns(S.ToMeCapWarning, match="'r100' removes fewer tokens than its r asks"):
+    assert B.parse_variants(TINY, "tome:r100")[0].schedule.counts == (17, 9, 5)   # (named so)
   vs = B.parse_variants(TINY, "tome:r2; fast=topk:keep@0:5 ;defaults")
   assert [v.name for v in vs[:2]] == ["tome:r2", "fast"]
   assert vs[1].method == "topk" and vs[1].schedule.counts == (17, 5, 5)

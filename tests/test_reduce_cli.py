@@ -321,6 +321,21 @@ def test_a_batch_larger_than_the_images_says_it_is_padded(tmp_path):
   assert "padded" not in prune.load_images(cfg, root, 20, 0)[3]
 
 
+def test_cli_says_which_blocks_tomes_cap_lowers_r():
+  """`--method=tome --schedule=r100` ran as r32, r16, ... and printed 'schedule=list:65,33,...'
+  beside a speed-up, the lowering unsaid (a probe)."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code, out, err = run_cli_in_process(root, "prune", ["--method=tome", "--schedule=r100",
+                                                      "--batch_size=2", "--repeats=3",
+                                                      "--warmup=0"])
+  assert code == 0 and "schedule=list:65,33,17,9,5,3,2" in out, err
+  assert ("ToMeCapWarning: schedule 'r100' removes fewer tokens than its r asks at 6 block(s) "
+          "(ToMe's cap: a block removes at most half of the non-prefix tokens entering it): 32 "
+          "of 100 at block 0, 16 of 100 at block 1, 8 of 100 at block 2, 4 of 100 at block 3, "
+          "2 of 100 at block 4, 1 of 100 at block 5\n" in err), err
+
+
 def test_the_two_graphs_are_timed_interleaved(monkeypatch):
   """The unpruned graph was timed, then the pruned one: load drift reached one of them (the
   default run printed x1.56 for a x1.12 FLOP cut; reruns x0.97..1.08; a probe). Both are now

@@ -1,5 +1,6 @@
 """Schedules: constructors, ToMe's parse_r, the text form (round trip, errors), validation."""
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -93,6 +94,29 @@ def test_a_huge_tome_r_is_a_value_error_not_an_overflow():
   with pytest.raises(ValueError, match=r"r must be at most 2147483647 tokens per layer, got "
                                        r"2147483648$"):
     S.tome_r_list(2, S.MAX_R + 1)
+
+
+def test_an_r_the_cap_lowers_is_said_naming_each_block():
+  """ToMe's cap lowered `r100` to 32, 16, ... per block, and `rlist:40` to 32, while the run was
+  named after the r asked, unsaid (a probe; `remove@0:40` is refused). It is the reference's
+  semantics (`r16` on DeiT-S meets the cap in its last blocks), so it is said, not refused."""
+  with pytest.warns(S.ToMeCapWarning) as said:
+    assert S.parse_schedule(TINY, "R100").counts == (17, 9, 5)
+  assert [str(w.message) for w in said] == [
+      "schedule 'R100' removes fewer tokens than its r asks at 2 block(s) (ToMe's cap: a block "
+      "removes at most half of the non-prefix tokens entering it): 8 of 100 at block 0, 4 of "
+      "100 at block 1"]
+  with pytest.warns(S.ToMeCapWarning, match=r"at 1 block\(s\) .*: 5 of 6 at block 1$"):
+    S.parse_schedule(TINY, "embed:12+rlist:1,6")     # (12 -> 11 -> 11 - 5: block 1's r only)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    for cfg, text in ((DEIT_S, "r8"), (TINY, "r4"), (TINY, "rlist:8,4"), (DEIT_S, "r8,-0.5"),
+                      (TINY, "r4+keep@1:7"), (TINY, "keep@0:9,1:5")):
+      S.parse_schedule(cfg, text)
+    # The canonical text of a capped schedule never asks for more than it removes.
+    capped = S.remove_per_layer(TINY, 100)
+    assert S.format_schedule(capped, TINY) == "list:17,9,5"
+    S.parse_schedule(TINY, S.format_schedule(capped, TINY))
 
 
 def test_tome_r_list_matches_parse_r():

@@ -31,6 +31,8 @@ The compact text form (`parse_schedule(cfg, text)` / `format_schedule(schedule, 
   remove@3:77                    block 3 removes 77 tokens (several: remove@3:10,6:5, in
                                 any order; each block's removal is kept)
   r8 | r8,-0.5                   ToMe r per layer, optionally with an inflection in [-1, 1]
+                                (capped at half the non-prefix tokens entering a block, as
+                                ToMe caps it; a `ToMeCapWarning` names the blocks it lowers)
   rlist:8,8,4                    ToMe per-layer r list, zero-padded to the depth
   embed:150                      150 tokens enter block 0 (dropped after the embedding)
   list:197,197,120,...           explicit depth + 1 counts (a bare `197,197,120,...` also works)
@@ -55,6 +57,7 @@ import numbers
 import operator
 import re
 import reprlib
+import warnings
 from typing import (TYPE_CHECKING, AbstractSet, Any, List, Mapping, Optional, Sequence, Tuple,
                     Union)
 
@@ -604,7 +607,8 @@ def parse_schedule(cfg: ViTConfig, text: str) -> Schedule:
     counts = _parse_list(t[5:] if t.startswith("list:") else t, text)
     return _with_layer_errors(lambda: from_counts(cfg, counts), text)
   terms = t.split("+")
-  counts = _apply_terms(cfg, terms, text)
+  capped = []
+  counts = _apply_terms(cfg, terms, text, capped)
   for i, term in enumerate(terms if len(terms) > 1 else ()):
     if term.startswith("embed:"):   # (str(Schedule) states embed:N, all tokens too: as written)
       continue
@@ -615,15 +619,51 @@ def parse_schedule(cfg: ViTConfig, text: str) -> Schedule:
     if without == counts:       # (remove@4:5+keep@3:40: the keep@ sets what remove@ lowered)
       raise ValueError(f"schedule {text!r}: the term {term!r} changes nothing (the schedule "
                        "is the same without it: another term sets those counts); drop it")
-  return _with_layer_errors(lambda: check_schedule(cfg, Schedule(counts)), text)
+  schedule = _with_layer_errors(lambda: check_schedule(cfg, Schedule(counts)), text)
+  if capped:            # (r100 ran as r32, r16, ... under its own name, unsaid: a probe)
+    warnings.warn(f"schedule {text!r} removes fewer tokens than its r asks at {len(capped)} "
+                  "block(s) (ToMe's cap: a block removes at most half of the non-prefix tokens "
+                  "entering it): " + ", ".join(f"{removed} of {asked} at block {layer}"
+                                               for layer, asked, removed in capped),
+                  ToMeCapWarning, stacklevel=2)
+  return schedule
 
 
-def _apply_terms(cfg: ViTConfig, terms: Sequence[str], text: str) -> List[int]:
-  """The counts of the `+`-joined `terms`, applied left to right to the full schedule."""
+class ToMeCapWarning(UserWarning):
+  """A schedule text's `r` / `rlist` asks more of a block than ToMe's cap lets it remove."""
+
+
+def _apply_terms(cfg: ViTConfig, terms: Sequence[str], text: str,
+                 capped: Optional[List[Tuple[int, int, int]]] = None) -> List[int]:
+  """The counts of the `+`-joined `terms`, applied left to right to the full schedule; `capped`
+  gets (block, r asked, tokens removed) wherever ToMe's cap lowered an `r`/`rlist` term's r."""
   counts = list(full_schedule(cfg).counts)
   for i, term in enumerate(terms):
-    counts = _apply_term(cfg, counts, term, i, text)
+    new = _apply_term(cfg, counts, term, i, text)
+    r = _r_term(term, text)
+    if capped is not None and r is not None:
+      removed = [a - b for a, b in zip(new, new[1:])]
+      capped.extend((layer, asked, gone) for layer, (asked, gone)
+                    in enumerate(zip(tome_r_list(cfg.depth, r), removed)) if gone < asked)
+    counts = new
   return counts
+
+
+def _r_term(term: str, text: str) -> Optional[RSpec]:
+  """The r of an `rlist:` (its list) or `rR[,INFLECTION]` term (R, or (R, inflection)); None
+  for a term of another form."""
+  if term.startswith("rlist:"):
+    return _parse_list(term[6:], text)
+  m = re.fullmatch(rf"r({_INT})(?:,([^,]+))?", term)
+  if not m:
+    return None
+  r = _parse_int(m.group(1), "r", text)
+  if m.group(2) is None:
+    return r
+  if not re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", m.group(2)):
+    # (float() also took '0_5' as 5.0 and '0.2_5' as 0.25, 'nan' and 'inf')
+    raise ValueError(f"schedule {text!r}: inflection {m.group(2)!r} is not a number")
+  return r, float(m.group(2))
 
 
 def _apply_term(cfg: ViTConfig, counts: List[int], term: str, i: int, text: str) -> List[int]:
@@ -641,20 +681,9 @@ def _apply_term(cfg: ViTConfig, counts: List[int], term: str, i: int, text: str)
     for layer, r in _parse_pairs(term[7:], "REMOVE", text):
       s = _with_layer_errors(lambda: prune_at(cfg, remove=r, layer=layer, base=s), text)
     return list(s.counts)
-  if term.startswith("rlist:"):
-    rs = _parse_list(term[6:], text)
-    return list(_with_layer_errors(lambda: remove_per_layer(cfg, rs, base=base), text).counts)
-  m = re.fullmatch(rf"r({_INT})(?:,([^,]+))?", term)
-  if m:
-    r = _parse_int(m.group(1), "r", text)
-    infl = None
-    if m.group(2) is not None:
-      if not re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", m.group(2)):
-        # (float() also took '0_5' as 5.0 and '0.2_5' as 0.25, 'nan' and 'inf')
-        raise ValueError(f"schedule {text!r}: inflection {m.group(2)!r} is not a number")
-      infl = float(m.group(2))
-    return list(_with_layer_errors(lambda: remove_per_layer(cfg, r, infl, base=base),
-                                   text).counts)
+  r = _r_term(term, text)
+  if r is not None:
+    return list(_with_layer_errors(lambda: remove_per_layer(cfg, r, base=base), text).counts)
   if term in ("full", "none") or term.startswith("list:"):
     raise ValueError(f"schedule {text!r}: {term.split(':')[0]!r} cannot be combined with "
                      "other terms")
