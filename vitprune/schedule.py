@@ -640,8 +640,7 @@ def _apply_terms(cfg: ViTConfig, terms: Sequence[str], text: str,
   counts = list(full_schedule(cfg).counts)
   for i, term in enumerate(terms):
     new = _apply_term(cfg, counts, term, i, text)
-    r = _r_term(term, text)
-    if capped is not None and r is not None:
+    if capped is not None and (r := _r_term(term, text)) is not None:
       removed = [a - b for a, b in zip(new, new[1:])]
       capped.extend((layer, asked, gone) for layer, (asked, gone)
                     in enumerate(zip(tome_r_list(cfg.depth, r), removed)) if gone < asked)
