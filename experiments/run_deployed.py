@@ -94,10 +94,12 @@ def run(f: flags.FlagValues) -> dict:
             "schedule": model.manifest.schedule_text, "predictions": rows,
             **prediction_accuracy(rows)}
   m = deploy.time_model(model, out["first_batch"], timing_cfg)
+  note = protocol.wide_spread_note(m, timing_cfg)
   result["latency"] = {"median_s": m.median, "q25_s": m.q25, "q75_s": m.q75, "iqr_s": m.iqr,
                        "repeats": len(m.samples), "warmup": f.warmup,
                        "batch_size": int(out["first_batch"].shape[0]),
-                       "samples_s": list(m.samples), "first_call_s": out["first_call_s"]}
+                       "samples_s": list(m.samples), "first_call_s": out["first_call_s"],
+                       **({"note": note} if note else {})}
   return result
 
 
@@ -116,6 +118,8 @@ def main(f: flags.FlagValues) -> dict:
   print(f"latency batch {b}: median {lat['median_s'] * 1e3:.3f} ms (IQR "
         f"{lat['iqr_s'] * 1e3:.3f} ms, {lat['repeats']} repeats), "
         f"{lat['median_s'] * 1e3 / b:.3f} ms/image; first call {lat['first_call_s']:.3f} s")
+  if "note" in lat:
+    print(f"note: {lat['note']}")
   if f.output:
     common.write_result(f.output, dict(res, format=RESULT_FORMAT), RESULT_FORMAT,
                         replaces=began, sort_keys=True)

@@ -785,6 +785,28 @@ def test_run_results_another_run_wrote_meanwhile_are_not_replaced(artifact, tmp_
   assert len(json.loads(kept.read_text())["predictions"]) == 3
 
 
+def test_run_deployed_says_when_its_latency_is_spread_wide(artifact, tmp_path, monkeypatch):
+  """A latency whose IQR stayed at 63 % of its median printed as any other (a probe of the
+  edge runner on a busy machine); the line after it now says so, and the results keep it."""
+  from experiments import run_deployed  # pylint: disable=g-import-not-at-top
+  from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
+  images, out = str(tmp_path / "imgs"), tmp_path / "r.json"
+  _write_pngs(images, ["a.png", "b.png", "c.png"])
+  for samples, said in (((1.0, 1.0, 1.5, 2.0, 3.0), True), ((1.0, 1.02, 1.05), False)):
+    monkeypatch.setattr(deploy, "time_model",
+                        lambda *_, s=samples: protocol.summarize([t * 1e-3 for t in s]))
+    code, stdout, err = run_cli_in_process(REPO, "run_deployed", [
+        f"--artifact={artifact}", f"--images={images}", "--repeats=3", "--warmup=0",
+        "--quiet", f"--output={out}"])
+    assert code == 0, err
+    note = ("note: the latency has an IQR of 66.7% of its median, above 10%: the machine was "
+            "busy or the call's time varies, so the median is uncertain; time it again on a "
+            "quieter machine before comparing it")
+    assert (note in stdout.splitlines()) == said, stdout
+    assert json.loads(out.read_text())["latency"].get("note") == (note[6:] if said else None)
+    out.unlink()
+
+
 def test_an_export_that_does_not_reproduce_the_forward_is_refused(tmp_path, params,
                                                                   monkeypatch):
   """The staged artifact's outputs are compared with the in-process forward before it is

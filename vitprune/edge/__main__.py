@@ -69,9 +69,10 @@ def timing_config():
 
 def latency(model, images, cfg) -> dict:
   m = protocol.measure_all({0: (model.timed_call(images), ())}, cfg)[0]
+  note = protocol.wide_spread_note(m, cfg)
   return {"median_s": m.median, "q25_s": m.q25, "q75_s": m.q75, "iqr_s": m.iqr,
           "num_samples": len(m.samples), "retries": m.retries,
-          "batch_size": int(images.shape[0])}
+          "batch_size": int(images.shape[0]), **({"note": note} if note else {})}
 
 
 def cmd_run() -> dict:
@@ -121,6 +122,8 @@ def print_latency(lat: dict) -> None:
   print(f"latency batch {b}: median {lat['median_s'] * 1e3:.3f} ms (IQR "
         f"{lat['iqr_s'] * 1e3:.3f} ms, {lat['num_samples']} samples), "
         f"{lat['median_s'] * 1e3 / b:.3f} ms/image")
+  if "note" in lat:
+    print(f"note: {lat['note']}")
 
 
 def cmd_bench() -> dict:

@@ -165,6 +165,19 @@ class Measurement:
     return relative_iqr(self.iqr, self.median)
 
 
+def wide_spread_note(m: Measurement, cfg: TimingConfig) -> Optional[str]:
+  """A note for a latency whose IQR / median stays above `cfg.max_rel_iqr` (after its
+  re-measurements), None otherwise: a single latency printed with a 63 % spread read as any
+  other (a probe of `vitprune.edge run` on a busy machine)."""
+  if m.rel_iqr <= cfg.max_rel_iqr:
+    return None
+  rounds = f" after {m.retries} re-measurement round(s)" if m.retries else ""
+  return (f"the latency has an IQR of {m.rel_iqr * 100:.3g}% of its median{rounds}, above "
+          f"{cfg.max_rel_iqr * 100:g}%: the machine was busy "
+          "or the call's time varies, so the median is uncertain; time it again on a quieter "
+          "machine before comparing it")
+
+
 def summarize(samples: Sequence[float], *, compile_s: float = 0.0, retries: int = 0
               ) -> Measurement:
   """Samples [R] seconds -> median and quartiles (numpy's linear interpolation)."""
