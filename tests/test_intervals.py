@@ -168,3 +168,45 @@ def test_impossible_counts_and_z_are_refused_not_turned_into_intervals():
     intervals.paired_drop_interval(True, False, False, False)
   assert intervals.wilson_interval(0.5, np.int64(100)) == intervals.wilson_interval(0.5, 100)
   assert intervals.paired_drop_interval(90.0, 5, 2, np.int32(3))[0] == pytest.approx(0.03)
+
+
+def test_wilson_bounds_are_clamped_to_0_1():
+  """The raw Wilson bounds fall a hair outside [0, 1] at p = 0 (n = 21: -1e-17) and p = 1
+  (n = 16: 1 + 2e-16): both are clamped, so no bound is negative or above 1."""
+  z = 1.959963984540054
+  assert intervals.wilson_interval(0.0, 21) == (0.0, pytest.approx(z * z / (21 + z * z)))
+  assert intervals.wilson_interval(1.0, 16) == (pytest.approx(16 / (16 + z * z)), 1.0)
+  for n in range(1, 3000):
+    for p in (0.0, 1.0):
+      lo, hi = intervals.wilson_interval(p, n)
+      assert 0.0 <= lo <= hi <= 1.0, (p, n, lo, hi)
+
+
+def test_asymmetric_pair_counts_record_and_line():
+  """Lost and gained differ, so a swap of the two shows (the pair (3, 1, 1, 1) above cannot)."""
+  right_u = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], bool)
+  right_p = np.array([1, 1, 0, 0, 0, 1, 0, 0, 0, 0], bool)
+  pair = intervals.pair_counts(right_u, right_p)
+  assert pair == (2, 3, 1, 4)
+  record = intervals.change_record(pair, "accuracy")
+  drop, lo, hi = intervals.paired_drop_interval(*pair)
+  assert record == {"value": -drop, "interval_95": [-hi, -lo], "images_lost": 3,
+                    "images_gained": 1}
+  assert record["value"] == pytest.approx(-0.2)
+  assert intervals.describe_change(record) == (
+      f"-0.2000 (paired 95% interval {-hi:+.4f}..{-lo:+.4f}: 3 images lost, 1 gained)")
+  none_lost = intervals.change_record((5, 0, 2, 3), "accuracy")
+  assert intervals.describe_change(none_lost).endswith(": 0 images lost, 2 gained)")
+  with pytest.raises(TypeError, match=r"^unpruned_right must be bools \(right on each image\), "
+                     r"got int64"):
+    intervals.pair_counts(np.array([1, 0]), np.array([True, False]))
+
+
+def test_accuracy_record_of_every_image_right():
+  """correct == n is allowed (0..n inclusive): the value 1 and the Wilson interval
+  [n / (n + z^2), 1]."""
+  z = 1.959963984540054
+  r = intervals.accuracy_record(4, 4)
+  assert r["value"] == 1.0 and r["correct"] == 4 and r["num_images"] == 4
+  assert r["interval_95"] == [pytest.approx(4 / (4 + z * z), abs=1e-12), 1.0]
+  assert intervals.describe_accuracy(r) == "1.0000 (4/4; 95% interval 0.5101..1.0000)"

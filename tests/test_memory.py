@@ -307,3 +307,51 @@ def test_a_device_out_of_memory_is_one_error_line(capsys):
 
   with pytest.raises(RuntimeError, match="something else"):
     common.run_in_process(bug, lambda fv: None, [])
+
+
+def test_the_error_names_need_and_available_in_gib_exactly():
+  """DeiT-S at batch 1000, float32: 4 x 22,050,664 + 1000 x (602,112 + 4 x 1,524,780) =
+  6,789,434,656 bytes = 6.32 GiB; 2^30 bytes available leave room for (2^30 - 88,202,656) //
+  6,701,232 = 147 images."""
+  assert memory.forward_bytes(DEIT, 1000) == 6_789_434_656
+  with pytest.raises(ValueError) as e:
+    memory.check_batch_fits(DEIT, [1000], available=2 ** 30)
+  assert str(e.value) == (
+      "--batch_size=1000 cannot fit in memory: a float32 forward of deit_small_patch16_224 "
+      "needs ~6.32 GiB but 1 GiB is available (at most 147 fit; see /proc/meminfo MemAvailable)")
+  # Exactly one image fits: "at most 1 fit", not "not even batch 1 fits".
+  with pytest.raises(ValueError, match=r"\(at most 1 fit; see"):
+    memory.check_batch_fits(DEIT, [2], available=memory.forward_bytes(DEIT, 1))
+
+
+def test_the_default_available_memory_is_read_and_unknown_skips_the_check(monkeypatch):
+  """available=None reads `available_bytes()`; where that is unknown (None) nothing is checked,
+  however large the batch or the conversion."""
+  cfg = get_config("test_tiny_vit").replace(img_size=800)
+  monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
+  with pytest.raises(ValueError, match=r"^--batch_size=4 cannot fit in memory: .*not even "
+                                       r"batch 1 fits"):
+    memory.check_batch_fits(DEIT, [4])
+  with pytest.raises(ValueError, match=r"^--img_size=800 cannot fit in memory"):
+    memory.check_conversion_fits(cfg, what="--img_size=800")
+  monkeypatch.setattr(memory, "available_bytes", lambda: None)
+  assert memory.check_batch_fits(DEIT, [10 ** 9]) is None
+  assert memory.check_conversion_fits(cfg, what="--img_size=800") is None
+
+
+def test_available_bytes_of_a_malformed_meminfo_is_unknown(tmp_path):
+  p = tmp_path / "meminfo"
+  for bad in ("MemAvailable:     abc kB\n", "MemAvailable:\n", "MemAvailable:   1.5 kB\n",
+              "MemAvailable:     512\n", "MemAvailable:     512 mB\n"):
+    p.write_text("MemTotal:       1000 kB\n" + bad)
+    assert memory.available_bytes(str(p)) is None, bad
+
+
+def test_an_evaluation_holds_the_embedding_tokens_whatever_the_schedule_keeps():
+  """The held streams are counted at the embedding's token count (an upper bound: a schedule
+  reducing in block 0 still holds 197 tokens after the embedding), not at the last count."""
+  late = parse_schedule(DEIT, "keep@0:50")
+  assert late.counts[0] == 197 and late.counts[-1] == 50
+  held = 4 * (DEIT.depth + 1) * 197 * DEIT.embed_dim
+  assert (memory.forward_bytes(DEIT, 3, schedule=late, evaluation=True)
+          - memory.forward_bytes(DEIT, 3, schedule=late)) == 3 * held

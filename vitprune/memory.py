@@ -94,13 +94,14 @@ def max_batch(cfg: ViTConfig, available: int, dtype: str = "float32",
 
 
 def available_bytes(meminfo: str = MEMINFO) -> Optional[int]:
-  """MemAvailable of `meminfo` in bytes (None where the file or the field is missing)."""
+  """MemAvailable of `meminfo` in bytes (None where the file or the field is missing, or is not
+  the kernel's `<int> kB`)."""
   try:
     with open(meminfo) as f:
       for line in f:
         if line.startswith("MemAvailable:"):
-          value, unit = line.split()[1:3]
-          return int(value) * {"kB": 1024, "mB": 1024 ** 2, "gB": 1024 ** 3}.get(unit, 1)
+          parts = line.split()
+          return int(parts[1]) * 1024 if parts[2:] == ["kB"] else None
   except (OSError, ValueError, IndexError):
     return None
   return None
