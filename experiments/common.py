@@ -47,7 +47,7 @@ INPUT_ERRORS = (ValueError, KeyError, OSError, EdgeError, ImportError, MemoryErr
                 FloatingPointError)   # non-finite outputs (vitprune.prune)
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = (console.EXIT_ERROR, console.EXIT_USAGE,
                                            console.EXIT_INTERRUPTED)
-MAX_SEED = 2 ** 32 - 1   # jax PRNG keys take 32 bits: a larger --seed wrapped (2**32 gave seed 0)
+MAX_SEED = console.MAX_SEED
 
 
 one_line = console.one_line

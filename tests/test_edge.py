@@ -435,6 +435,11 @@ def test_edge_cli_refuses_unread_flags_and_foreign_outputs_before_timing(artifac
   r = run_edge("bench", f"--artifact={artifact}", "--warmup=abc")
   one_line_error(r, 2)
   assert r.stderr.strip().splitlines()[1:] == ["(see --help)"]
+  # A seed past 32 bits is refused as on every other command line (it was recorded; a probe).
+  r = run_edge("profile", f"--kit={tmp_path}", f"--out={tmp_path / 'p.json'}",
+               "--seed=4294967296")
+  one_line_error(r, 2)
+  assert r.stderr.startswith("error: flag --seed=4294967296: ") and "4294967295" in r.stderr
   # A stray or missing command is a usage error as in the other CLIs (it exited 1, no hint).
   for args, got in ((("run", "extra"), "['run', 'extra']"), ((), "[]")):
     r = run_edge(*args, f"--artifact={artifact}")

@@ -25,6 +25,9 @@ import warnings
 from typing import Iterator, List, Optional
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130    # a refused run, a bad command line, Ctrl-C
+# Every command line's --seed at most (the board's too): jax PRNG keys take 32 bits, and a larger
+# seed wrapped (2**32 gave seed 0).
+MAX_SEED = 2 ** 32 - 1
 # Signals that stop a run as Ctrl-C does, where they have their default action, and their words.
 STOP_SIGNALS = {signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 _interrupted = False

@@ -58,7 +58,7 @@ flags.DEFINE_integer("min_reps", 5, "At least this many timed calls per point.")
 flags.DEFINE_float("max_rel_iqr", 0.1, "Re-measure points whose IQR / median exceeds this.")
 flags.DEFINE_integer("max_retries", 2, "Re-measurement rounds for wide points (at most 100).")
 flags.DEFINE_integer("seed", 0, "profile: seed of the shuffled order the kit's points are "
-                     "timed in.", lower_bound=0)
+                     "timed in.", lower_bound=0, upper_bound=console.MAX_SEED)
 
 
 def timing_config():
