@@ -127,7 +127,7 @@ def run_seed(seed: int, floor: float, method: str, job_flags: Sequence[str], out
   retime = None
   if chosen in meeting and len(meeting) > 1:
     order = sorted(meeting)
-    medians = pipeline.schedule_timer(cfg, params, spec, make_reducer(method))(order)
+    medians = pipeline.ScheduleTimer(cfg, params, spec, make_reducer(method))(order)
     fastest = int(np.argmin(medians))
     loop_s = meeting[order[fastest]].measured_latency_s   # None: the loop did not time it
     retime = {"schedules": len(order),

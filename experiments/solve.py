@@ -250,7 +250,7 @@ def main(f: flags.FlagValues):
       spec = pipeline.PipelineSpec(batch_size=sol.profile.batch_size, dtype=profile.dtype,
                                    method=estimate.method,
                                    timing=timing_cfg)
-      timer = pipeline.schedule_timer(loop["cfg"], loop["params"], spec, loop["reducer"])
+      timer = pipeline.ScheduleTimer(loop["cfg"], loop["params"], spec, loop["reducer"])
       # (no verify stage here: the unpruned graph is timed with the candidates, so that the
       # speed-up printed is of one measurement, not a measured choice against a prediction)
       loop_kw = dict(neighbours=f.loop_neighbours, num_images=loop["num_images"],

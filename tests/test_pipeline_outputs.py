@@ -99,7 +99,7 @@ def test_a_published_output_with_an_added_file_names_it(tmp_path):
     atomic.check_replaceable(str(plain), pipeline.is_pipeline_dir)
 
 
-def test_schedule_timer_times_every_schedule_in_one_measurement(monkeypatch):
+def test_the_schedule_timer_times_every_schedule_in_one_measurement(monkeypatch):
   """The in-loop timer of the multi-layer main job: one compile + one shuffled measurement
   (`timing.measure_all`) for all schedules, medians back in the order asked."""
   from vitprune.model import init_params
@@ -119,12 +119,30 @@ def test_schedule_timer_times_every_schedule_in_one_measurement(monkeypatch):
   rounds = []
 
   monkeypatch.setattr(timing, "measure_all", spy)
-  timer = pipeline.schedule_timer(cfg, init_params(cfg, 0), spec, make_reducer("pomt"))
+  timer = pipeline.ScheduleTimer(cfg, init_params(cfg, 0), spec, make_reducer("pomt"))
   schedules = [(17, 9, 9), (17, 17, 5), (17, 17, 17)]
   seconds = timer(schedules)
   assert calls == [[0, 1, 2]]                  # one measurement of all three graphs,
   assert rounds == [spec.loop_rounds] == [5]   # in interleaved rounds
   assert len(seconds) == 3 and all(s > 0 for s in seconds)
+  # Each schedule's measurement is kept, its spread with it (the choice's printed mark).
+  assert sorted(timer.measured) == sorted(schedules)
+  assert [timer.measured[c].median for c in schedules] == seconds
+
+
+def test_a_replacing_choice_within_the_timing_spread_is_marked():
+  """The in-loop choice replaced the predicted-fastest graph by 0.18 % of its time, which the
+  verify stage then timed 3 % apart, printed as any other (a probe): within the larger IQR the
+  line says so, as the summary's speed-up does."""
+  from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
+  a, b, c = (17, 9, 9), (17, 17, 5), (17, 17, 9)
+  measured = {a: protocol.summarize([0.80, 0.82, 0.83, 0.84, 0.86]),     # median 0.83, IQR 0.02
+              b: protocol.summarize([0.81, 0.83, 0.84, 0.845, 0.85]),    # median 0.84, IQR 0.015
+              c: protocol.summarize([0.95, 0.96, 0.97, 0.98, 0.99])}     # median 0.97, IQR 0.02
+  assert pipeline._spread_mark(measured, a, b) == (
+      " (within the timing spread: the medians differ by less than the larger IQR)")
+  assert pipeline._spread_mark(measured, a, c) == ""
+  assert pipeline._spread_mark(measured, a, (17, 5, 5)) == ""      # (one not timed: unknown)
 
 
 def test_verify_times_both_graphs_in_interleaved_rounds(monkeypatch):

@@ -12,6 +12,7 @@ import pytest
 from vitprune import pipeline, solve, solve_loop
 from tests.test_profile_records import _point
 from vitprune.profile import protocol, records, runner, timing
+from vitprune.records.solution import describe_checked_error
 from vitprune.registry import get_config
 from vitprune.schedule import Schedule, parse_token_grid
 
@@ -1159,6 +1160,11 @@ def test_a_maximum_drop_is_judged_against_the_unpruned_model_on_each_set_of_imag
       held["unpruned"]["accuracy"] + lo, held["unpruned"]["accuracy"] + hi, held["floor"])
   out = capsys.readouterr().out
   assert "solve: multi-layer Pareto frontier, accuracy >= the unpruned's - 0.05" in out
+  # The accuracy model's error on the multi-layer schedules measured, as README says the
+  # summary reports it (experiments.solve printed it; the main job did not: a probe).
+  with open(s["files"]["solution"]) as f:
+    err = json.load(f)["settings"]["checked_accuracy_error"]
+  assert f"\n  {describe_checked_error(err)}\n" in out
   assert re.search(r"accuracy change [+-]\d\.\d{4} \(paired 95% interval [+-]\d\.\d{4}\.\."
                    r"[+-]\d\.\d{4}: \d+ images? lost, \d+ gained\); top-1 agreement", out)
   assert re.search(r"\n   change against the unpruned graph there: [+-]\d\.\d{4} \(paired 95% "

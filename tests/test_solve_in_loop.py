@@ -84,7 +84,7 @@ def test_the_unpruned_graph_is_timed_with_the_choice_and_chosen_when_fastest(inp
             f"chosen graph: speed-up x{speedup:.3f})") in out
   slow_pruning = lambda *a, **k: lambda schedules: [0.5 if len(set(c)) == 1 else 1.0
                                                     for c in schedules]
-  monkeypatch.setattr(pipeline, "schedule_timer", slow_pruning)
+  monkeypatch.setattr(pipeline, "ScheduleTimer", slow_pruning)
   sol, paths = _run(root, es, ps, f"--weights={weights}", "--num_images=20")
   assert sol.chosen == sol.full and sol.chosen.measured_latency_s == 0.5
   assert read_solution(paths["json"]).chosen == sol.full

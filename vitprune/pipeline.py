@@ -57,8 +57,9 @@ from vitprune.profile import protocol, records, runner, timing
 from vitprune.profile import steps as steps_lib
 from vitprune.records.estimate import Estimate, default_metric, write_estimate
 from vitprune.records.solution import (Solution, budget_cost_text, describe_capped,
-                                       describe_frontier_error, describe_refinement,
-                                       judges_paired_change, picked_by_untrusted_model,
+                                       describe_checked_error, describe_frontier_error,
+                                       describe_refinement, judges_paired_change,
+                                       picked_by_untrusted_model,
                                        pruned_meeting_floor, shown_schedules, write_solution)
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import Schedule, embed_counts, full_schedule
@@ -252,20 +253,25 @@ def _interleaved(spec: PipelineSpec) -> PipelineSpec:
                                                               rounds=spec.loop_rounds))
 
 
-def schedule_timer(cfg: ViTConfig, params: Params, spec: PipelineSpec, reducer
-                   ) -> Callable[[Sequence[Sequence[int]]], list]:
-  """`time_schedules(counts_list) -> [median seconds]`: compiles every schedule of `reducer` and
-  times them all in ONE shuffled measurement with the profiler's protocol (`timing`), in
+class ScheduleTimer:
+  """`timer(counts_list) -> [median seconds]`: compiles every schedule of `reducer` and times them
+  all in ONE shuffled measurement with the profiler's protocol (`timing`), in
   `spec.loop_rounds` interleaved rounds (each graph's time split into bursts, every round
-  reshuffled), so drift during the measurement reaches every candidate alike."""
-  loop_spec = _interleaved(spec)
+  reshuffled), so drift during the measurement reaches every candidate alike. `measured`:
+  {counts: timing.Measurement} of every schedule timed so far (their spreads)."""
 
-  def time_schedules(counts_list):
-    graphs = {i: (Schedule(tuple(counts)), reducer)
+  def __init__(self, cfg: ViTConfig, params: Params, spec: PipelineSpec, reducer):
+    self._cfg, self._params, self._reducer = cfg, params, reducer
+    self._spec = _interleaved(spec)
+    self.measured: Dict[Tuple[int, ...], timing.Measurement] = {}
+
+  def __call__(self, counts_list: Sequence[Sequence[int]]) -> List[float]:
+    graphs = {i: (Schedule(tuple(counts)), self._reducer)
               for i, counts in enumerate(counts_list)}
-    meas = _measure_graphs(cfg, params, graphs, loop_spec)
+    meas = _measure_graphs(self._cfg, self._params, graphs, self._spec)
+    self.measured.update((tuple(counts), meas[i]) for i, counts in enumerate(counts_list))
     return [meas[i].median for i in range(len(counts_list))]
-  return time_schedules
+
 
 
 def _calibrate(cfg, params, spec, tokens, log):
@@ -426,9 +432,8 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
     before, t0 = sol.chosen, time.perf_counter()
     timed_line = None       # (printed after what was measured on the data, which came first)
     if floor_checked:
-      sol = solve_loop.check_in_loop(
-          sol, estimate, None, evaluate,
-          schedule_timer(cfg, params, spec, spec.reducer()), **loop_kw)
+      timer = ScheduleTimer(cfg, params, spec, spec.reducer())
+      sol = solve_loop.check_in_loop(sol, estimate, None, evaluate, timer, **loop_kw)
       timed = sol.settings["timed_in_loop"]
       timed_line = (
           f"  timed {timed} compiled graph{'' if timed == 1 else 's'} meeting the floor "
@@ -436,10 +441,11 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           f"{1e3 * sol.chosen.measured_latency_s:.4f} ms (predicted "
           f"{1e3 * sol.chosen.predicted_latency_s:.4f} ms)"
           + ("" if sol.chosen.counts == before.counts else
-             f", replacing the predicted-fastest {before.schedule}"))
+             f", replacing the predicted-fastest {before.schedule}"
+             + _spread_mark(timer.measured, sol.chosen.counts, before.counts)))
     if spec.latency_budget is not None:
       sol = solve_loop.check_budget_in_loop(
-          sol, evaluate, schedule_timer(cfg, params, spec, spec.reducer()), **loop_kw)
+          sol, evaluate, ScheduleTimer(cfg, params, spec, spec.reducer()), **loop_kw)
       timed, rounds = sol.settings["timed_in_loop"], sol.settings["timed_rounds"]
       log(f"  timed {timed} compiled graph{'' if timed == 1 else 's'} around the choice"
           + ("" if len(rounds) == 1 else
@@ -465,8 +471,10 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
       if not spec.floor_confidence:
         rule, shown = f"{sol.metric} >= {floor:.6g}", ""
         singles = sol.settings["singles_meeting_floor"]
-        what = (f"{len(sol.checked)} schedules on the data (candidates too: the {singles} "
-                "single reductions meeting the floor, measured by the estimate)")
+        multi = sum(solve.is_multi_reduction(c.counts) for c in sol.checked)
+        what = (f"{multi} multi-layer schedule{'' if multi == 1 else 's'} on the data "
+                f"(candidates too: the {singles} single reductions meeting the floor, measured "
+                "by the estimate)")
       else:
         paired = sum(c.measured_change_low is not None for c in sol.checked)
         what = (f"{paired} schedules on the data image by image against the unpruned "
@@ -487,6 +495,8 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           else f"no pruned schedule meets {rule}: keeping all tokens" if not meeting else
           f"{meeting} pruned schedules meet {rule}, but the unpruned graph measured fastest: "
           "keeping all tokens"))
+      if sol.settings.get("checked_accuracy_error"):
+        log("  " + describe_checked_error(sol.settings["checked_accuracy_error"]))
     if timed_line is not None:
       log(timed_line)
     if sol.settings.get("latency_untrusted"):
@@ -503,6 +513,18 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
         f"{ch.predicted_accuracy:.4f}" + (f"; measured {', '.join(measured)}" if measured else ""))
   log(f"  schedule {sol.chosen.schedule}")
   return sol
+
+
+def _spread_mark(measured: Dict[Tuple[int, ...], timing.Measurement], a: Tuple[int, ...],
+                 b: Tuple[int, ...]) -> str:
+  """' (within the timing spread: ...)' when the graphs `a` and `b` were timed together and
+  their medians differ by less than the larger IQR ('' otherwise): a choice by 0.2 % between
+  graphs the verify stage then timed 3 % apart was printed as any other (a probe)."""
+  if a not in measured or b not in measured:
+    return ""
+  ma, mb = measured[a], measured[b]
+  return (f" ({protocol.SPREAD_NOTE})" if protocol.within_spread(ma.median, ma.iqr, mb.median,
+                                                                  mb.iqr) else "")
 
 
 def _timed(sol, counts) -> float:

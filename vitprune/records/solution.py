@@ -1100,8 +1100,7 @@ def summary_lines(sol: Solution) -> List[str]:
     lines.append(_budget_cost_line(sol))
   err = sol.settings.get("checked_accuracy_error")
   if err:
-    lines.append(f"combined accuracy model vs the {err['num_schedules']} measured multi-layer "
-                 f"schedules, predicted before measuring: {_errs_by(err)}")
+    lines.append(describe_checked_error(err))
   err = sol.settings.get("frontier_accuracy_error")
   if err:
     lines.append(describe_frontier_error(err))
@@ -1155,6 +1154,13 @@ def describe_capped(sol: Solution) -> str:
   return (f"note: the counts {sol.settings['capped_counts']} were measured but left out: "
           f"{sol.method} cannot reach them from {sol.config.num_tokens} tokens in one block "
           "(its per-block limit)")
+
+
+def describe_checked_error(err: Dict[str, Any]) -> str:
+  """One line for `settings['checked_accuracy_error']` (the floor check's multi-layer schedules,
+  each predicted before it was measured)."""
+  return (f"combined accuracy model vs the {err['num_schedules']} measured multi-layer "
+          f"schedules, predicted before measuring: {_errs_by(err)}")
 
 
 def describe_frontier_error(err: Dict[str, Any]) -> str:
