@@ -496,6 +496,83 @@ def test_dp_is_fast_on_realistic_sizes():
   assert np.all(np.diff(lat) > 0) and np.all(np.diff(acc) > 0)
 
 
+def test_drop_envelope_is_a_nonnegative_running_max_from_larger_counts():
+  # A gain (negative drop) at every count from some point on is clamped to 0, not kept.
+  np.testing.assert_allclose(solve.drop_envelope([0.3, -0.1, 0.05, -0.2]), [0.3, 0.05, 0.05, 0])
+  np.testing.assert_allclose(solve.drop_envelope([[-0.3, -0.1], [0.1, 0.2]]), [[0, 0], [0.2, 0.2]])
+
+
+def test_pomt_counts_and_utility_argmax_edges():
+  assert solve.pomt_counts(10, 1, 4, 1) == (10, 10, 1, 1, 1)
+  for n in (0, 11):
+    with pytest.raises(ValueError, match=rf"^token count {n} is outside 1\.\.10$"):
+      solve.pomt_counts(10, n, 4, 1)
+  # tie_tol=0 is allowed: only the exact maximum is a candidate.
+  assert solve.utility_argmax(np.array([2, 4, 8]), np.array([1.0, 2.0, 3.0]),
+                              np.array([0.1, 0.7, 0.3]), tie_tol=0.0) == 1
+  sol = solve.solve_paper([2, 4, 8], [1.0, 2.0, 3.0], [0.2, 0.9, 0.95], 0.5, depth=4,
+                          num_tokens=8, layer=1, tie_tol=0)
+  assert sol.n_star == 4 and sol.counts == (8, 8, 4, 4, 4)
+
+
+@pytest.mark.parametrize("accuracy_model", ["incremental", "additive"])
+@pytest.mark.parametrize("seed", [1, 5])
+def test_dp_matches_brute_force_when_the_raw_table_has_gains(accuracy_model, seed):
+  # monotone=False with single-layer points above the unpruned accuracy (negative drops): the
+  # frontier is still exactly the brute-force Pareto set, every plan priced as predict_schedule
+  # prices it (a block that keeps its count must never collect a reduction's gain).
+  p = _synthetic(3, 5, seed)
+  p["full_accuracy"] = 0.75                    # sensitivities 0.5..0.9: some are gains
+  assert (p["sensitivity"][:, :-1] > 0.75).any()
+  model = _model(p, accuracy_model=accuracy_model, monotone=False)
+  frontier = solve.pareto_frontier(model)
+  brute = _brute_force(p, accuracy_model, False)
+  lats, accs = np.array([b[1] for b in brute]), np.array([b[2] for b in brute])
+  eps = 1e-9
+  pareto = sorted((round(lat, 9), round(acc, 9)) for lat, acc in zip(lats, accs)
+                  if not np.any((lats <= lat + eps) & (accs >= acc - eps)
+                                & ((lats < lat - eps) | (accs > acc + eps))))
+  pareto = sorted(set(pareto))
+  assert [(round(f.latency, 9), round(f.accuracy, 9)) for f in frontier] == pareto
+  for f in frontier:
+    assert solve.predict_schedule(model, f.counts) == pytest.approx((f.latency, f.accuracy))
+
+
+def test_exact_ties_keep_the_schedule_with_more_tokens():
+  # Blocks at 5 and 8 tokens cost the same and both layers' drops are 0.05 at 5 and 8, so
+  # (10, 8, 8), (10, 8, 5) and (10, 5, 5) tie exactly (latency 3, drop 0.05): the frontier
+  # keeps (10, 8, 8), the most tokens in total.
+  sens = np.array([[0.85, 0.85, 0.9], [0.85, 0.85, 0.9]])
+  model = solve.make_cost_model([5, 8, 10], [1.0, 1.0, 2.0], sens, 0.9, depth=2, num_tokens=10)
+  for c in ((10, 8, 8), (10, 8, 5), (10, 5, 5)):
+    assert solve.predict_schedule(model, c) == pytest.approx((3.0, 0.85))
+  assert [(f.counts, f.latency, f.accuracy) for f in solve.pareto_frontier(model)] == [
+      ((10, 8, 8), 3.0, pytest.approx(0.85)), ((10, 10, 10), 4.0, 0.9)]
+
+
+def test_single_reductions_stop_exactly_at_the_methods_limit():
+  # Grid 5..40, ToMe's half cap: from 40 one block may go to 21 (removes 19) but not to 10.
+  ns = np.array([5, 10, 21, 30, 40])
+  model = solve.make_cost_model(ns, np.ones(5), np.full((2, 5), 0.9), 0.9, depth=2,
+                                num_tokens=40, max_remove=_half_cap(ns))
+  assert sorted(solve._single_reductions(model)) == [(40, 21, 21), (40, 30, 30), (40, 40, 21),
+                                                     (40, 40, 30)]
+  solve.predict_schedule(model, (40, 40, 21))
+  with pytest.raises(ValueError, match="removes 30 tokens from 40"):
+    solve.predict_schedule(model, (40, 40, 10))
+
+
+def test_choose_breaks_equal_latency_and_equal_accuracy_ties():
+  # Not a frontier (choose takes any plans): at equal latency a floor takes the more accurate,
+  # at equal accuracy a budget takes the faster, in either listing order.
+  a, b = solve.Plan((5, 3), 1.0, 0.8), solve.Plan((5, 4), 1.0, 0.9)
+  for plans in ([a, b], [b, a]):
+    assert solve.choose(plans, accuracy_floor=0.5) == (b, "accuracy_floor")
+  c, d = solve.Plan((5, 3), 1.0, 0.9), solve.Plan((5, 4), 2.0, 0.9)
+  for plans in ([c, d], [d, c]):
+    assert solve.choose(plans, latency_budget=3.0) == (c, "latency_budget")
+
+
 # ==============================================================================================
 # solve_stage on records read from files, and the CLI.
 
@@ -2498,6 +2575,19 @@ def test_refine_frontier_measures_only_what_it_does_not_know():
                                      for q in ref.rounds[:r.index]))
   with pytest.raises(ValueError, match="measure returned 1 values for"):
     solve.refine_frontier(model, lambda cs: [0.5], rounds=1)
+
+
+def test_refine_frontier_fits_every_round_on_the_uncorrected_model():
+  """Each round fits the table's own model to everything measured (never its last corrected
+  model, which would count an earlier correction twice): a converged refinement's model is the
+  base model corrected by the fit on all its measurements."""
+  model = _model(_synthetic(3, 5, 2))
+  truth = solve.with_drop_correction(model, _hidden_delta(model, [0.002, 0.0, 0.004]))
+  ref = solve.refine_frontier(
+      model, lambda cs: [_share(solve.predict_schedule(truth, c)[1]) for c in cs], rounds=10)
+  assert ref.converged and len(ref.rounds) >= 3      # round 2 fits after a corrected round
+  delta, _ = solve.fit_drop_correction(model, ref.measured)
+  np.testing.assert_allclose(ref.model.drop, model.drop + delta, atol=1e-12)
 
 
 def _margin_table():
