@@ -144,6 +144,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        "timed in the loop with it (0: the choice alone is timed, and a budget "
                        "still checked on its measurement).", lower_bound=0, upper_bound=1000,
                        flag_values=fv)
+  flags.DEFINE_integer("retime_top", pipeline.PipelineSpec.retime_top,
+                       "Pipeline, --solver=paper: the counts of highest utility timed again with "
+                       "the unpruned graph (interleaved, samples pooled into the profile's) "
+                       "until n* is one of them (0: n* as the profile measured it).",
+                       lower_bound=0, upper_bound=1000, flag_values=fv)
   flags.DEFINE_integer("refine_accuracy_rounds", 0, "Pipeline, --solver=multi: correct the "
                        "combined accuracy model from the measured frontier and re-solve, up to "
                        "this many rounds (0: off).", lower_bound=0, flag_values=fv)
@@ -154,7 +159,7 @@ PIPELINE_ONLY = ("data", "num_images", "eval_batch_size", "alpha", "layer", "met
                  "method_opts", "solver",
                  "accuracy_floor", "latency_budget", "max_accuracy_drop", "floor_confidence",
                  "calibration_schedules", "measure_frontier",
-                 "refine_accuracy_rounds", "loop_neighbours", "holdout_images")
+                 "refine_accuracy_rounds", "loop_neighbours", "retime_top", "holdout_images")
 GRID_ONLY = ("adaptive", "coarse_stride", "max_points", "chunk_points", "resume")  # model/block
 PROFILE_ONLY = ("schedule", "reducer", "compile_cache_dir") + GRID_ONLY
 
@@ -221,6 +226,9 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
       f.accuracy_floor is None and f.latency_budget is None and f.max_accuracy_drop is None)):
     raise ValueError("--loop_neighbours applies to --solver=multi with --accuracy_floor, "
                      "--max_accuracy_drop or --latency_budget (the choices timed in the loop)")
+  if f["retime_top"].present and f.solver != "paper":
+    raise ValueError("--retime_top applies to --solver=paper (multi times its choices in the "
+                     "loop: --loop_neighbours)")
   solve_stage.check_one_frontier_measurement(
       f.measure_frontier, f.refine_accuracy_rounds,
       ("--measure_frontier", "--refine_accuracy_rounds"))
@@ -246,7 +254,7 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
       floor_confidence=f.floor_confidence,
       measure_frontier=f.measure_frontier, calibration_schedules=f.calibration_schedules,
       refine_accuracy_rounds=f.refine_accuracy_rounds, loop_neighbours=f.loop_neighbours,
-      holdout_images=f.holdout_images)
+      retime_top=f.retime_top, holdout_images=f.holdout_images)
   spec.check(cfg)
   memory.check_batch_fits(cfg, [spec.batch_size], spec.dtype)
   memory.check_batch_fits(cfg, [spec.eval_batch_size], spec.dtype, flag="--eval_batch_size",

@@ -290,6 +290,13 @@ CASES = [
      "--max_points needs --adaptive"),
     ("profile", ["--mode=model", "--loop_neighbours=3", "--out_dir={out}"], 1,
      "--loop_neighbours applies to --mode=pipeline only, not --mode=model"),
+    ("profile", ["--solver=multi", "--retime_top=3", "--out_dir={out}"], 1,
+     "--retime_top applies to --solver=paper (multi times its choices in the loop: "
+     "--loop_neighbours)"),
+    ("profile", ["--mode=model", "--retime_top=3", "--out_dir={out}"], 1,
+     "--retime_top applies to --mode=pipeline only, not --mode=model"),
+    ("profile", ["--retime_top=-1", "--out_dir={out}"], 2,
+     "flag --retime_top=-1: -1 is not an integer in the range [0, 1000]"),
     ("profile", ["--loop_neighbours=3", "--out_dir={out}"], 1,    # (the paper solver)
      "--loop_neighbours applies to --solver=multi with --accuracy_floor, --max_accuracy_drop "
      "or --latency_budget"),

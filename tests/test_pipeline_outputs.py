@@ -1,4 +1,5 @@
 """The main job's output step is one transaction that replaces only its own outputs."""
+import dataclasses
 import json
 import os
 import re
@@ -128,6 +129,62 @@ def test_the_schedule_timer_times_every_schedule_in_one_measurement(monkeypatch)
   # Each schedule's measurement is kept, its spread with it (the choice's printed mark).
   assert sorted(timer.measured) == sorted(schedules)
   assert [timer.measured[c].median for c in schedules] == seconds
+
+
+def test_a_count_measured_fast_by_chance_is_timed_again_before_it_is_chosen(tmp_path,
+                                                                          monkeypatch):
+  """The paper's argmax over every profiled count chose one measured fast by a burst (an
+  audit's main job: 33 at 0.45 ms between 0.64 and 1.05 ms; the verify stage timed its graph at
+  0.92 ms). The counts of highest utility are timed again with the unpruned graph and pooled
+  into the profile, until n* is one of them; the solution is read back as written."""
+  from tests.test_solve import CFG, N, _acc, _estimate, _point, _profile
+  from vitprune import solve_stage
+  from vitprune.profile import protocol, records
+  from vitprune.records.estimate import read_estimate
+  from vitprune.records.solution import read_solution, write_solution
+  truth = {n: 1e-3 * (0.5 + n / N) for n in range(5, N + 1)}      # smooth: no step at all
+  profiled = {**truth, 12: 0.2e-3}                                 # one burst at 12
+  profile = records.analyze(_profile([_point("model", n, t) for n, t in profiled.items()]))
+  est = read_estimate(_estimate(tmp_path, [None], list(range(5, N + 1)), _acc))
+  timed = []
+
+  def measure(cfg, params, graphs, spec):
+    timed.append(sorted(graphs))
+    return {n: protocol.summarize([truth[n]] * 9) for n in graphs}
+  monkeypatch.setattr(pipeline, "_measure_graphs", measure)
+  solve_on = lambda prof: solve_stage.solve_paper(prof, est, alpha=0.5)
+  first = solve_on(profile)
+  assert first.chosen.tokens == 12                       # the burst wins the argmax
+  spec = pipeline.PipelineSpec(retime_top=2, batch_size=8)
+  pooled, sol = pipeline.retime_top_counts(CFG, None, spec, profile, first, solve_on)
+  retimed = sol.settings["retimed_counts"]
+  assert len(timed[0]) == 3 and {12, N} <= set(timed[0])   # the top 2 and the unpruned
+  assert sol.chosen.tokens != 12 and sol.chosen.tokens in retimed
+  assert all(N in graphs for graphs in timed) and len(timed) <= pipeline.RETIME_ROUNDS
+  by_n = {p.tokens: p for p in pooled.points}
+  for n in retimed + [N]:                   # 3 profiled samples + 9 per round timed again
+    assert by_n[n].num_samples == 3 + 9 * sum(n in graphs for graphs in timed)
+  assert by_n[12].median_s == truth[12] and by_n[7].num_samples == 3      # (7: never timed)
+  assert solve_on(pooled) == dataclasses.replace(sol, settings=first.settings,
+                                                 created=solve_on(pooled).created)
+  assert pipeline.retime_line(first, sol).startswith(
+      f"re-timed the {len(retimed)} counts of highest utility "
+      f"({', '.join(map(str, retimed))}) with the unpruned graph, samples pooled into the "
+      f"profile's: n* 12 -> {sol.chosen.tokens} (12: L 0.2000 ms profiled, ")
+  paths = write_solution(sol, str(tmp_path / "out"))
+  assert read_solution(paths["json"]).settings["retimed_counts"] == retimed
+  # alpha 0 keeps every token: nothing is timed again, and the line says why.
+  timed.clear()
+  keep_all = solve_stage.solve_paper(profile, est, alpha=0.0)
+  assert pipeline.retime_top_counts(CFG, None, spec, profile, keep_all,
+                                    lambda p: solve_stage.solve_paper(p, est, alpha=0.0)) == (
+                                        profile, keep_all) and timed == []
+  assert pipeline.retime_line(keep_all, keep_all) == (
+      f"n* {N} is the unpruned count: nothing to time again")
+  # retime_top=0 leaves the choice as the profile measured it (the CLI's --retime_top=0).
+  assert pipeline.PipelineSpec(retime_top=0).retime_top == 0
+  with pytest.raises(ValueError, match="retime_top must be >= 0, got -1"):
+    pipeline.PipelineSpec(retime_top=-1)
 
 
 def test_a_replacing_choice_within_the_timing_spread_is_marked():

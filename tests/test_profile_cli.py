@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from vitprune import pipeline, solve, solve_loop
 from tests.test_profile_records import _point
@@ -382,13 +383,23 @@ def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys, monkeypatch):
   known = {"unpruned": timing.summarize([2e-3, 3e-3, 4e-3, 6e-3]),
            "pomt": timing.summarize([1e-3, 1.5e-3, 1.6e-3, 3e-3])}
   timed = []          # (the timing itself: test_verify_times_both_graphs_in_interleaved_rounds)
+  # The solve stage's re-timing of the counts of highest utility: uniform graphs keyed by their
+  # count, each 8 samples of a smooth curve (0.8 ms at 17 tokens .. 2 ms at 65).
+  retimed = {n: timing.summarize([(0.5 + 1.5 * n / 65) * 1e-3 * (1 + k / 100) for k in range(8)])
+             for n in (65, 49, 33, 17)}
 
   def measure(cfg, params, graphs, spec):
     timed.append(sorted(graphs))
-    return {name: known[name] for name in graphs}
+    return {name: (retimed if isinstance(name, int) else known)[name] for name in graphs}
   monkeypatch.setattr(pipeline, "_measure_graphs", measure)
   s = cli.main(_flags(f"--out_dir={tmp_path / 'run'}", *FAST, "--tokens=65,49,33,17",
          "--num_images=40", "--eval_batch_size=20"))
+  # Every count below 65 is among the top 5 by utility: one round times them with the unpruned
+  # graph (none where the profile's n* is 65 itself, as a loaded machine's flat curve gives),
+  # then the verify stage its two (or one) graphs.
+  rounds = [graphs for graphs in timed if all(isinstance(k, int) for k in graphs)]
+  assert rounds in ([], [[17, 33, 49, 65]]) and len(timed) == len(rounds) + 1
+  timed = timed[len(rounds):]
   assert not stale.exists() and live.exists()
   assert s["model"] == "vit_digits" and s["num_images"] == 40 and s["metric"] == "accuracy"
   assert s["n_star"] in (65, 49, 33, 17)
@@ -414,13 +425,27 @@ def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys, monkeypatch):
     solved_from = json.load(f)
   assert solved_from["profile"]["path"] == s["files"]["profile"]
   assert solved_from["estimate"]["path"] == s["files"]["estimate"]
-  assert list(s["seconds"]) == ["profile", "estimate", "solve", "verify"]   # paper: no in-loop
+  assert set(s["seconds"]) == {"profile", "estimate", "solve", "in_loop", "verify"}
   assert all(v > 0 for v in s["seconds"].values())
+  # The re-timed samples joined the profile's points, the ones the solution's curve is of.
+  assert solved_from["settings"].get("retimed_counts") == ([49, 33, 17] if rounds else None)
+  with open(s["files"]["profile"]) as f:
+    points = {p["tokens"]: p for p in json.load(f)["points"] if p["component"] == "model"}
+  for n, p in points.items():
+    assert (p["samples_s"][-8:] == list(retimed[n].samples)) == bool(rounds), n
+    assert p["median_s"] == pytest.approx(float(np.median(p["samples_s"])))
+    i = solved_from["curve"]["tokens"].index(n)
+    assert solved_from["curve"]["latency_s"][i] == p["median_s"]
   out = capsys.readouterr().out
+  assert ("  re-timed the 3 counts of highest utility (49, 33, 17) with the unpruned graph, "
+          "samples pooled into the profile's: n* " if rounds else
+          "  n* 65 is the unpruned count: nothing to time again") in out
   assert f"n* = {s['n_star']} tokens" in out
   assert ("nothing pruned: the chosen schedule is the unpruned graph" if s["n_star"] == 65 else
           "speedup x") in out      # (n* = 65 on a loaded machine: a flat curve, CI saw it)
-  assert "wall seconds: profile " in out and "in-loop" not in out
+  t = s["seconds"]
+  assert f"wall seconds: profile {t['profile']:.1f}, " in out
+  assert f", solve {t['solve']:.1f} (in-loop timing {t['in_loop']:.1f}), " in out
 
 
 def test_pipeline_on_image_folders(tmp_path):

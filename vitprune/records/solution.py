@@ -70,6 +70,9 @@ combined accuracy model's error on them, predicted before measuring ("num_schedu
 "mean_abs_points", "max_abs_points", "mean_signed_points": predicted - measured, points). A
 solution written before this field may hold "accuracy_correction" (a least-squares scale of the
 drops, fitted in sample, that made predictions away from its schedules worse): it is not read.
+settings["retimed_counts"] (paper mode, the main job): the counts of highest utility timed again
+with the unpruned graph and pooled into the profile's points before the choice
+(`pipeline.retime_top_counts`); the curve and the profile digest are of the pooled profile.
 """
 from __future__ import annotations
 
@@ -384,6 +387,7 @@ _SETTINGS = {
     "unused_estimate_counts": _TOKEN_COUNTS,
     "interpolated_counts": _TOKEN_COUNTS,
     "capped_counts": _TOKEN_COUNTS,
+    "retimed_counts": _TOKEN_COUNTS,
     "checked_accuracy_error": (_error_summary, "an error summary (num_schedules, mean_abs_points"
                                " <= max_abs_points, mean_signed_points)"),
     "frontier_accuracy_error": (_error_summary, "an error summary (num_schedules, "
