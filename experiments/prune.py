@@ -117,7 +117,7 @@ def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int,
             f"{batch_size} synthetic images (seed {seed})")
   if len(indices) < batch_size:     # (a batch of 1000 timed 641 padding images, unsaid)
     note = (f"{note}, padded with {batch_size - len(indices)} zero images to the batch of "
-            f"{batch_size} for timing (accuracy and agreement on the {len(indices)} alone)")
+            f"{batch_size} for timing (compared on the {len(indices)} alone)")
   imgs, labels, idx = next(iter(data_lib.iterate_batches(ds, cfg.preprocessing, batch_size,
                                                          indices=indices)))
   if headless:

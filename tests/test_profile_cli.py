@@ -431,13 +431,15 @@ def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys, monkeypatch):
   assert solved_from["settings"].get("retimed_counts") == ([49, 33, 17] if rounds else None)
   with open(s["files"]["profile"]) as f:
     points = {p["tokens"]: p for p in json.load(f)["points"] if p["component"] == "model"}
+  scale = points[65]["median_s"] / retimed[65].median      # (the machine's drift since)
   for n, p in points.items():
-    assert (p["samples_s"][-8:] == list(retimed[n].samples)) == bool(rounds), n
+    assert (p["samples_s"][-8:] == pytest.approx([scale * t for t in retimed[n].samples])
+            ) == (bool(rounds) and n != 65), n
     assert p["median_s"] == pytest.approx(float(np.median(p["samples_s"])))
     i = solved_from["curve"]["tokens"].index(n)
     assert solved_from["curve"]["latency_s"][i] == p["median_s"]
   out = capsys.readouterr().out
-  assert ("  re-timed the 3 counts of highest utility (49, 33, 17) with the unpruned graph, "
+  assert ("  re-timed the counts of highest utility (49, 33, 17) with the unpruned graph, "
           "samples pooled into the profile's: n* " if rounds else
           "  n* 65 is the unpruned count: nothing to time again") in out
   assert f"n* = {s['n_star']} tokens" in out

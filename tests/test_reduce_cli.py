@@ -313,11 +313,11 @@ def test_a_batch_larger_than_the_images_says_it_is_padded(tmp_path):
   imgs, _, valid, said = prune.load_images(cfg, "", 400, 0)
   assert imgs.shape[0] == 400 and valid.sum() == 359
   assert said == ("the first 359 test digits, padded with 41 zero images to the batch of 400 "
-                  "for timing (accuracy and agreement on the 359 alone)")
+                  "for timing (compared on the 359 alone)")
   root = write_digits_imagefolder(str(tmp_path / "d"), split="test", limit=20)
   said = prune.load_images(cfg, root, 24, 0)[3]
   assert said == (f"all 20 images of {root}, padded with 4 zero images to the batch of 24 for "
-                  "timing (accuracy and agreement on the 20 alone)")
+                  "timing (compared on the 20 alone)")
   assert "padded" not in prune.load_images(cfg, root, 20, 0)[3]
 
 

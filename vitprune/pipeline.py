@@ -317,8 +317,13 @@ def _profile(cfg, params, spec, tokens, progress, log) -> records.Profile:
     if ((" -> " in line and "saves" in line) or "predicted" in line   # steps, predictor errors
         or " lone " in line):                                           # and lone counts
       log("  " + line.strip())
-  log("  " + curve_shape_line(len(profile.steps), len(profile.flats), len(profile.lone_counts)))
+  log("  " + curve_shape_line(*_curve_shape(profile)))
   return profile
+
+
+def _curve_shape(profile: records.Profile) -> Tuple[int, int, int]:
+  """(steps, flat stretches, lone counts) the analysis of `profile` finds."""
+  return len(profile.steps), len(profile.flats), len(profile.lone_counts)
 
 
 def curve_shape_line(steps: int, flats: int, lone: int) -> str:
@@ -406,11 +411,13 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           allow_batch_mismatch=True)  # accuracy does not depend on the batch size it was run at
     sol = solve_on(profile)
     if spec.retime_top:
-      t0, before = time.perf_counter(), sol
+      t0, before, shape = time.perf_counter(), sol, _curve_shape(profile)
       profile, sol = retime_top_counts(cfg, params, spec, profile, sol, solve_on)
-      if seconds is not None:
+      if seconds is not None and "retimed_counts" in sol.settings:
         seconds["in_loop"] = time.perf_counter() - t0
       log("  " + retime_line(before, sol))
+      if _curve_shape(profile) != shape:      # (stage 1's lines were of the curve before)
+        log("  the pooled profile: " + curve_shape_line(*_curve_shape(profile)))
     ch = sol.chosen
     log(f"  n* = {ch.tokens} tokens; at n*, L = {1e3 * ch.predicted_latency_s:.4f} ms (every "
         f"block at n*) and random-drop A = {ch.predicted_accuracy:.4f}: the paper's proxies for "
@@ -514,10 +521,10 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           else f"no pruned schedule meets {rule}: keeping all tokens" if not meeting else
           f"{meeting} pruned schedules meet {rule}, but the unpruned graph measured fastest: "
           "keeping all tokens"))
-      if sol.settings.get("checked_accuracy_error"):
-        log("  " + describe_checked_error(sol.settings["checked_accuracy_error"]))
     if timed_line is not None:
       log(timed_line)
+    if sol.settings.get("checked_accuracy_error"):       # (floor or budget)
+      log("  " + describe_checked_error(sol.settings["checked_accuracy_error"]))
     if sol.settings.get("latency_untrusted"):
       log(f"  warning: the predicted latency is not to be trusted: "
           f"{sol.settings['latency_untrusted']}")
@@ -545,7 +552,9 @@ def retime_top_counts(cfg: ViTConfig, params: Params, spec: PipelineSpec,
   counts of highest utility on `sol`'s curve (the unpruned count aside) are timed again with the
   unpruned graph, in one interleaved measurement of their uniform graphs (the profile's 'model'
   points: every block at n, the profile's reducer dropping after the embedding); each count's
-  samples join its profile point's (median and quartiles of all), and `solve_on` chooses again,
+  samples, scaled by the unpruned graph's profiled / re-timed median (the machine's drift since
+  the profile: a uniformly slower moment made every count re-timed look worse than those not),
+  join its profile point's (median and quartiles of all), and `solve_on` chooses again,
   until n* is a count timed again (a round times the counts of highest utility not yet timed
   again; `RETIME_ROUNDS` at most: each times one count at least, the new n*). A
   single count measured fast by chance (a burst, its neighbours 30-60 % slower) won the argmax
@@ -565,7 +574,7 @@ def retime_top_counts(cfg: ViTConfig, params: Params, spec: PipelineSpec,
     todo = ranked[:spec.retime_top]
     graphs = {n: (embed_schedule(cfg, n), reducer) for n in todo + [full]}
     measured = _measure_graphs(cfg, params, graphs, _interleaved(spec))
-    profile = _pooled(profile, batch, measured)
+    profile = _pooled(profile, batch, measured, full)
     retimed += todo
     sol = solve_on(profile)
   if not retimed:                      # (n* the unpruned count: alpha 0 keeps every token)
@@ -574,16 +583,19 @@ def retime_top_counts(cfg: ViTConfig, params: Params, spec: PipelineSpec,
       sol, settings=dict(sol.settings, retimed_counts=sorted(retimed, reverse=True)))
 
 
-def _pooled(profile: records.Profile, batch: int,
-            measured: Dict[int, timing.Measurement]) -> records.Profile:
-  """`profile` with each 'model' point at batch `batch` and a count `measured` holds timed again:
-  its samples and the new ones, summarised together (analysed again: steps, lone counts)."""
+def _pooled(profile: records.Profile, batch: int, measured: Dict[int, timing.Measurement],
+            full: int) -> records.Profile:
+  """`profile` with each 'model' point at batch `batch` and a count `measured` holds timed again
+  (the unpruned count `full` aside: the reference): its samples and the new ones scaled by
+  L(full) profiled / re-timed, summarised together (analysed again: steps, lone counts)."""
+  model = {p.tokens: p for p in profile.points if (p.component, p.batch_size) == ("model", batch)}
+  scale = model[full].median_s / measured[full].median
   points = []
   for p in profile.points:
-    m = measured.get(p.tokens) if (p.component, p.batch_size) == ("model", batch) else None
+    m = measured.get(p.tokens) if model.get(p.tokens) is p and p.tokens != full else None
     if m is not None:
-      both = protocol.summarize(p.samples_s + m.samples, compile_s=p.compile_s,
-                                retries=p.retries)
+      both = protocol.summarize(p.samples_s + tuple(s * scale for s in m.samples),
+                                compile_s=p.compile_s, retries=p.retries)
       p = dataclasses.replace(p, median_s=both.median, q25_s=both.q25, q75_s=both.q75,
                               num_samples=len(both.samples), samples_s=both.samples)
     points.append(p)
@@ -597,13 +609,14 @@ def retime_line(before: Solution, after: Solution) -> str:
   if not retimed:
     return f"n* {n0} is the unpruned count: nothing to time again"
   i0 = after.curve["tokens"].index(n0)
-  head = (f"re-timed the {len(retimed)} count{'' if len(retimed) == 1 else 's'} of highest "
-          f"utility ({', '.join(map(str, retimed))}) with the unpruned graph, samples pooled "
-          "into the profile's: ")
+  head = (f"re-timed the counts of highest utility ({', '.join(map(str, retimed))}) with the "
+          "unpruned graph, samples pooled into the profile's: ")
+  tail = ("" if n1 in retimed else f"; n* {n1} itself was not timed again within "
+          f"{RETIME_ROUNDS} rounds")
   if n1 == n0:
-    return head + f"n* {n0} holds (L {1e3 * after.curve['latency_s'][i0]:.4f} ms pooled)"
+    return head + f"n* {n0} holds (L {1e3 * after.curve['latency_s'][i0]:.4f} ms pooled)" + tail
   return head + (f"n* {n0} -> {n1} ({n0}: L {1e3 * before.chosen.predicted_latency_s:.4f} ms "
-                 f"profiled, {1e3 * after.curve['latency_s'][i0]:.4f} ms pooled)")
+                 f"profiled, {1e3 * after.curve['latency_s'][i0]:.4f} ms pooled)") + tail
 
 
 def _spread_mark(measured: Dict[Tuple[int, ...], timing.Measurement], a: Tuple[int, ...],

@@ -714,7 +714,8 @@ def format_schedule(schedule: Schedule, cfg: Optional[ViTConfig] = None) -> str:
   shortest = step_form if len(step_form) <= len(list_form) else list_form
   removed = {a - b for a, b in zip(c, c[1:])}
   if cfg is not None and c[0] == cfg.num_tokens and len(removed) == 1 and min(removed) > 0:
-    per_block = f"r{removed.pop()}"            # ToMe's form: the same r removed in every block
-    if parse_schedule(cfg, per_block).counts == c and len(per_block) <= len(shortest):
+    r = removed.pop()                          # ToMe's form: the same r removed in every block
+    per_block = f"r{r}"                        # (built: parsing it warned of a ToMe cap)
+    if remove_per_layer(cfg, r).counts == c and len(per_block) <= len(shortest):
       return per_block
   return shortest
