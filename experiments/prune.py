@@ -146,10 +146,9 @@ def format_result(r: Dict[str, Any]) -> str:
     lines.append(f"latency {k:>6}: {t['median_s'] * 1e3:9.3f} ms median (IQR "
                  f"{t['iqr_s'] * 1e3:.3f} ms), compile {t['compile_s']:.2f} s")
   full, pruned = r["full"], r["pruned"]
-  noise = protocol.within_spread(full["median_s"], full["iqr_s"], pruned["median_s"],
-                                 pruned["iqr_s"])
   lines.append(f"speed-up: {full['median_s'] / pruned['median_s']:.3f}x"
-               + (f" ({protocol.SPREAD_NOTE})" if noise else ""))
+               + protocol.spread_mark(full["median_s"], full["iqr_s"], pruned["median_s"],
+                                      pruned["iqr_s"]))
   return "\n".join(lines)
 
 

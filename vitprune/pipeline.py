@@ -627,8 +627,7 @@ def _spread_mark(measured: Dict[Tuple[int, ...], timing.Measurement], a: Tuple[i
   if a not in measured or b not in measured:
     return ""
   ma, mb = measured[a], measured[b]
-  return (f" ({protocol.SPREAD_NOTE})" if protocol.within_spread(ma.median, ma.iqr, mb.median,
-                                                                  mb.iqr) else "")
+  return protocol.spread_mark(ma.median, ma.iqr, mb.median, mb.iqr)
 
 
 def _timed(sol, counts) -> float:
@@ -1004,8 +1003,7 @@ def format_summary(s: Dict[str, Any]) -> str:
       ("   nothing pruned: the chosen schedule is the unpruned graph (speed-up 1 by "
        "definition)" if s["counts"] == u["counts"] else
        f"   speedup x{s['speedup']:.2f}"
-       + (f" ({protocol.SPREAD_NOTE})" if protocol.within_spread(
-           u["latency_ms"], u["iqr_ms"], p["latency_ms"], p["iqr_ms"]) else "")
+       + protocol.spread_mark(u["latency_ms"], u["iqr_ms"], p["latency_ms"], p["iqr_ms"])
        + f"; {m} change "
        + (intervals.describe_change(p["change"]) if "change" in p else f"{p[m] - u[m]:+.4f}")
        + f"; top-1 agreement with unpruned {p['agreement_with_unpruned']:.4f}"),

@@ -146,6 +146,12 @@ def within_spread(median_a: float, iqr_a: float, median_b: float, iqr_b: float) 
   return abs(median_a - median_b) < max(iqr_a, iqr_b)
 
 
+def spread_mark(median_a: float, iqr_a: float, median_b: float, iqr_b: float) -> str:
+  """' (within the timing spread: ...)' to append to a comparison of two latencies that are
+  `within_spread`, '' otherwise (the summary's, experiments.prune's and the in-loop choice's)."""
+  return f" ({SPREAD_NOTE})" if within_spread(median_a, iqr_a, median_b, iqr_b) else ""
+
+
 @dataclasses.dataclass(frozen=True)
 class Measurement:
   """Summary of one point's timed samples (seconds)."""
