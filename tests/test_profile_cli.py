@@ -1191,9 +1191,12 @@ def test_a_maximum_drop_is_judged_against_the_unpruned_model_on_each_set_of_imag
   assert "solve: multi-layer Pareto frontier, accuracy >= the unpruned's - 0.05" in out
   # The accuracy model's error on the multi-layer schedules measured, as README says the
   # summary reports it (experiments.solve printed it; the main job did not: a probe).
+  # (none where no multi-layer schedule was measured: the floor check met it with a single
+  # reduction, as timing noise in the latency model's fit can make it)
   with open(s["files"]["solution"]) as f:
-    err = json.load(f)["settings"]["checked_accuracy_error"]
-  assert f"\n  {describe_checked_error(err)}\n" in out
+    err = json.load(f)["settings"].get("checked_accuracy_error")
+  assert (f"\n  {describe_checked_error(err)}\n" in out if err else
+          "combined accuracy model vs the" not in out)
   assert re.search(r"accuracy change [+-]\d\.\d{4} \(paired 95% interval [+-]\d\.\d{4}\.\."
                    r"[+-]\d\.\d{4}: \d+ images? lost, \d+ gained\); top-1 agreement", out)
   assert re.search(r"\n   change against the unpruned graph there: [+-]\d\.\d{4} \(paired 95% "
