@@ -8,8 +8,8 @@
                that prunes to exactly n* tokens at block `layer` (`vitprune.solve_stage`); the
                `retime_top` counts of highest utility and the unpruned graph are timed again
                together (interleaved), their samples pooled into the profile's, and n* taken
-               again, until the counts of highest utility have all been re-timed: an argmax over
-               many noisy points favours one measured fast by chance (`retime_top_counts`).
+               again, until n* is a count timed again: an argmax over many noisy points
+               favours one measured fast by chance (`retime_top_counts`).
   4. verify    the chosen POMT graph and the unpruned graph are compiled and timed with the
                profiler's protocol on the same device (in `loop_rounds` interleaved rounds),
                and evaluated on the same data.
@@ -568,9 +568,9 @@ def retime_top_counts(cfg: ViTConfig, params: Params, spec: PipelineSpec,
   for _ in range(RETIME_ROUNDS):
     if sol.chosen.tokens in retimed or sol.chosen.tokens == full:
       break
-    curve = sol.curve
-    ranked = sorted((n for n in curve["tokens"] if n != full and n not in retimed),
-                    key=lambda n: -curve["utility"][curve["tokens"].index(n)])
+    utility = dict(zip(sol.curve["tokens"], sol.curve["utility"]))
+    ranked = sorted((n for n in utility if n != full and n not in retimed),
+                    key=lambda n: -utility[n])
     todo = ranked[:spec.retime_top]
     graphs = {n: (embed_schedule(cfg, n), reducer) for n in todo + [full]}
     measured = _measure_graphs(cfg, params, graphs, _interleaved(spec))
