@@ -436,6 +436,8 @@ def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys, monkeypatch):
   for n, p in points.items():
     assert (p["samples_s"][-8:] == pytest.approx([scale * t for t in retimed[n].samples])
             ) == (bool(rounds) and n != 65), n
+    assert p.get("retimed") == ({"samples": 8, "scale": pytest.approx(scale)}
+                                if rounds and n in (49, 33, 17) else None), n
     assert p["median_s"] == pytest.approx(float(np.median(p["samples_s"])))
     i = solved_from["curve"]["tokens"].index(n)
     assert solved_from["curve"]["latency_s"][i] == p["median_s"]

@@ -117,9 +117,11 @@ def test_csv_twin():
   rows = records.to_csv(prof).strip().split("\n")
   assert rows[0].split(",") == list(records.CSV_COLUMNS)
   assert len(rows) == 1 + 16
-  row10 = next(r for r in rows[1:] if r.split(",")[6] == "10").split(",")
-  assert row10[-1] == "9"                         # step 10 -> 9
-  assert float(row10[8]) == pytest.approx(11.0)   # median in ms
+  row10 = dict(zip(records.CSV_COLUMNS,
+                   next(r for r in rows[1:] if r.split(",")[6] == "10").split(",")))
+  assert row10["step_to"] == "9"                         # step 10 -> 9
+  assert float(row10["median_ms"]) == pytest.approx(11.0)   # median in ms
+  assert (row10["retimed_samples"], row10["retimed_scale"]) == ("", "")   # timed once
   spread = _profile([_point("model", n, 1e-2, spread=4e-3) for n in (17, 9)])
   cols = list(records.CSV_COLUMNS)
   for row in records.to_csv(spread).strip().split("\n")[1:]:
@@ -345,11 +347,76 @@ def test_point_relative_iqr_is_the_protocol_s():
   assert p.iqr_s == pytest.approx(0.5) and p.rel_iqr == pytest.approx(0.25)
 
 
+def _retimed(point, samples, scale):
+  """`point` with `samples` more samples, timed again and scaled by `scale`, pooled in."""
+  from vitprune.profile import protocol
+  both = protocol.summarize(point.samples_s + tuple(scale * t for t in samples))
+  return dataclasses.replace(point, median_s=both.median, q25_s=both.q25, q75_s=both.q75,
+                             num_samples=len(both.samples), samples_s=both.samples,
+                             retimed_samples=len(samples), retimed_scale=scale)
+
+
+def test_a_point_timed_again_says_so_in_every_form(tmp_path):
+  """The main job's re-timing pools a count's second timing, scaled for the drift, into its
+  profile point: the file, its CSV and the summary say which point and by how much (the
+  pooled samples were written as the profile's own measurement, unsaid)."""
+  from vitprune.profile import runner
+  plain = _staircase_points()
+  points = [_retimed(p, (0.02, 0.021), 0.9) if p.tokens == 10 else p for p in plain]
+  prof = _profile(points)
+  path = records.save(prof, str(tmp_path), stem="p")["json"]
+  d = json.load(open(path))
+  marked = [q for q in d["points"] if "retimed" in q]
+  assert [(q["tokens"], q["retimed"]) for q in marked] == [(10, {"samples": 2, "scale": 0.9})]
+  assert marked[0]["samples_s"][-2:] == pytest.approx([0.018, 0.0189])
+  back = records.load(path)
+  assert back == prof and back.points[7].retimed_samples == 2
+  rows = [dict(zip(records.CSV_COLUMNS, r.split(",")))
+          for r in records.to_csv(prof).strip().split("\n")[1:]]
+  assert [(r["tokens"], r["retimed_samples"], r["retimed_scale"]) for r in rows
+          if r["retimed_samples"]] == [("10", "2", "0.9")]
+  lines = [ln for ln in runner.summary_table(prof).splitlines() if "timed again" in ln]
+  assert len(lines) == 1 and lines[0].split()[2] == "10"
+  assert lines[0].endswith("(the last 2 samples timed again, x0.9 for the drift)")
+  # Unmarked points write no key: the digest of a profile that was not re-timed is as before.
+  assert all("retimed" not in q for q in records.to_json(_profile(plain))["points"])
+  assert (records.measurement_sha256(_profile(plain))
+          != records.measurement_sha256(prof))
+  # A later run's timing of that count replaces the point, mark and all (merge is per point).
+  again = records.merge([prof, _profile([_point("model", 10, 0.05)])])
+  assert [p.retimed_samples for p in again.points if p.tokens == 10] == [0]
+  kept = records.merge([prof, _profile([_point("model", 11, 0.05)])])
+  assert [p.retimed_scale for p in kept.points if p.tokens == 10] == [0.9]
+
+
+@pytest.mark.parametrize("retimed", [
+    {"samples": 0, "scale": 0.9}, {"samples": 4, "scale": 0.9}, {"samples": 1},
+    {"samples": 1, "scale": -1.0}, {"samples": 1, "scale": "0.9"}, {"samples": True,
+                                                                      "scale": 0.9},
+    {"samples": 1, "scale": 0.9, "note": "x"}, [1, 0.9], None])
+def test_a_bad_retimed_mark_is_refused_naming_it(tmp_path, retimed):
+  path = records.save(_profile(_staircase_points()), str(tmp_path), stem="p")["json"]
+  d = json.load(open(path))
+  d["points"][3]["retimed"] = retimed
+  with open(path, "w") as f:
+    json.dump(d, f)
+  if retimed is None:                   # (null: as if absent, like the other optional keys)
+    assert records.load(path).points[3].retimed_samples == 0
+    return
+  with pytest.raises(ValueError, match=r"point 3: retimed must be \{\"samples\": 1\.\.3, "):
+    records.load(path)
+
+
 def test_point_validation():
   with pytest.raises(ValueError, match="exactly when its component is 'schedule'"):
     _point("schedule", 17, 1.0)
   with pytest.raises(ValueError, match="exactly when"):
     _point("model", 17, 1.0, schedule=(17, 17, 17))
+  for samples, scale in ((4, 1.0), (-1, 1.0), (1, None), (0, 1.0), (1, float("nan")),
+                        (1, 0.0)):
+    with pytest.raises(ValueError, match="retimed_samples|timed again"):
+      dataclasses.replace(_point("model", 17, 1.0), retimed_samples=samples,
+                          retimed_scale=scale)
 
 
 def test_plot_writes_png_and_rejects_missing_component(tmp_path):

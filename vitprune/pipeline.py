@@ -587,7 +587,8 @@ def _pooled(profile: records.Profile, batch: int, measured: Dict[int, timing.Mea
             full: int) -> records.Profile:
   """`profile` with each 'model' point at batch `batch` and a count `measured` holds timed again
   (the unpruned count `full` aside: the reference): its samples and the new ones scaled by
-  L(full) profiled / re-timed, summarised together (analysed again: steps, lone counts)."""
+  L(full) profiled / re-timed, summarised together (analysed again: steps, lone counts); the
+  point says so (`retimed_samples`, `retimed_scale`: the profile file marks it)."""
   model = {p.tokens: p for p in profile.points if (p.component, p.batch_size) == ("model", batch)}
   scale = model[full].median_s / measured[full].median
   points = []
@@ -597,7 +598,8 @@ def _pooled(profile: records.Profile, batch: int, measured: Dict[int, timing.Mea
       both = protocol.summarize(p.samples_s + tuple(s * scale for s in m.samples),
                                 compile_s=p.compile_s, retries=p.retries)
       p = dataclasses.replace(p, median_s=both.median, q25_s=both.q25, q75_s=both.q75,
-                              num_samples=len(both.samples), samples_s=both.samples)
+                              num_samples=len(both.samples), samples_s=both.samples,
+                              retimed_samples=len(m.samples), retimed_scale=scale)
     points.append(p)
   return records.analyze(dataclasses.replace(profile, points=tuple(points)))
 

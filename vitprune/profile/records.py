@@ -35,7 +35,13 @@ JSON schema (version 1), all latencies in seconds:
         "median_s": ..., "q25_s": ..., "q75_s": ..., "iqr_s": ..., "rel_iqr": ...,
         "num_samples": 250, "samples_s": [...],   # every timed call
         "compile_s": 8.1,                         # lower + compile wall time, excluded from runs
-        "retries": 0}, ...],                      # re-measurement rounds (wide IQR)
+        "retries": 0,                             # re-measurement rounds (wide IQR)
+        "retimed": {"samples": 9, "scale": 0.97}},  # only on a point timed again and pooled
+                                                  # (the main job's re-timing): its last
+                                                  # `samples` samples_s are that timing's, times
+                                                  # `scale` (the unpruned graph's profiled /
+                                                  # re-timed median: the drift in between)
+        ...],
     "steps": [{"component", "batch_size", "n_from", "n_to", "latency_from_s", "latency_to_s",
                "saving_s", "saving_frac", "noise_s", "level_from", "level_to"}, ...],
                                                   # latency_from_s: L(level_from), n_from or
@@ -98,6 +104,8 @@ class Point:
   compile_s: float = 0.0
   retries: int = 0
   schedule: Optional[Tuple[int, ...]] = None
+  retimed_samples: int = 0               # the last k samples_s: a later timing, pooled in
+  retimed_scale: Optional[float] = None  # ... times this (the drift between the two timings)
 
   def __post_init__(self):
     if self.component not in COMPONENTS:
@@ -109,6 +117,14 @@ class Point:
     object.__setattr__(self, "samples_s", tuple(float(s) for s in self.samples_s))
     if self.schedule is not None:
       object.__setattr__(self, "schedule", tuple(int(c) for c in self.schedule))
+    if not 0 <= self.retimed_samples <= self.num_samples:
+      raise ValueError(f"retimed_samples {self.retimed_samples} is not within the point's "
+                       f"{self.num_samples} samples")
+    if (self.retimed_scale is None) != (self.retimed_samples == 0) or not (
+        self.retimed_scale is None or (math.isfinite(self.retimed_scale)
+                                       and self.retimed_scale > 0)):
+      raise ValueError(f"a point timed again has a positive scale and samples (got scale "
+                       f"{self.retimed_scale!r}, {self.retimed_samples} samples)")
 
   @property
   def key(self) -> Tuple:
@@ -277,6 +293,8 @@ def to_json(profile: Profile) -> Dict[str, Any]:
                        median_s=p.median_s, q25_s=p.q25_s, q75_s=p.q75_s, iqr_s=p.iqr_s,
                        rel_iqr=p.rel_iqr, num_samples=p.num_samples,
                        samples_s=list(p.samples_s), compile_s=p.compile_s, retries=p.retries))
+    if p.retimed_samples:        # (only then: the digest of every other profile is unchanged)
+      points[-1]["retimed"] = {"samples": p.retimed_samples, "scale": p.retimed_scale}
   return dict(format=FORMAT, schema_version=SCHEMA_VERSION, created=profile.created,
               model=profile.model, config=profile.config, device_kind=profile.device_kind,
               platform=profile.platform, jax_version=profile.jax_version,
@@ -359,9 +377,19 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
     bad = _bad_point_field(p) or _bad_point_value(p, cfg)
     if bad:
       raise ValueError(f"{source}: point {i}: {bad}")
+    retimed = p.get("retimed")
+    if retimed is not None and (
+        not isinstance(retimed, dict) or set(retimed) != {"samples", "scale"}
+        or not jsonio.is_int(retimed["samples"]) or not 1 <= retimed["samples"] <= len(
+            p["samples_s"]) or not _is_num(retimed["scale"])
+        or not (math.isfinite(retimed["scale"]) and retimed["scale"] > 0)):
+      raise ValueError(f"{source}: point {i}: retimed must be {{\"samples\": 1.."
+                       f"{len(p['samples_s'])}, \"scale\": a positive number}}, got {retimed!r}")
     try:
       points.append(Point(**{k: p[k] for k in _POINT_KEYS if k != "schedule"},
-                          schedule=None if p["schedule"] is None else tuple(p["schedule"])))
+                          schedule=None if p["schedule"] is None else tuple(p["schedule"]),
+                          retimed_samples=0 if retimed is None else retimed["samples"],
+                          retimed_scale=None if retimed is None else float(retimed["scale"])))
     except (TypeError, ValueError) as e:
       raise ValueError(f"{source}: point {i}: {e}") from e
   first: Dict[Tuple, int] = {}
@@ -465,11 +493,12 @@ def _bad_point_value(p: Dict[str, Any], cfg: ViTConfig) -> Optional[str]:
 
 CSV_COLUMNS = ("model", "device_kind", "platform", "dtype", "component", "batch_size", "tokens",
                "schedule", "median_ms", "q25_ms", "q75_ms", "iqr_ms", "rel_iqr", "num_samples",
-               "compile_s", "retries", "step_to")
+               "compile_s", "retries", "step_to", "retimed_samples", "retimed_scale")
 
 
 def to_csv(profile: Profile) -> str:
-  """One row per point (milliseconds); `step_to` is the next count if n -> step_to is a step."""
+  """One row per point (milliseconds); `step_to` is the next count if n -> step_to is a step;
+  `retimed_samples` / `retimed_scale` are blank unless the point was timed again and pooled."""
   steps = {(s["component"], s["batch_size"], s["n_from"]): s["n_to"] for s in profile.steps}
   buf = io.StringIO()
   w = csv.writer(buf, lineterminator="\n")
@@ -482,7 +511,9 @@ def to_csv(profile: Profile) -> str:
                 f"{1e3 * p.median_s:.6g}", f"{1e3 * p.q25_s:.6g}", f"{1e3 * p.q75_s:.6g}",
                 f"{1e3 * p.iqr_s:.6g}", f"{p.rel_iqr:.4g}", p.num_samples,
                 f"{p.compile_s:.4g}", p.retries,
-                steps.get((p.component, p.batch_size, p.tokens), "")])
+                steps.get((p.component, p.batch_size, p.tokens), ""),
+                p.retimed_samples or "",
+                "" if p.retimed_scale is None else f"{p.retimed_scale:.6g}"])
   return buf.getvalue()
 
 

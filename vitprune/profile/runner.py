@@ -645,7 +645,9 @@ def summary_table(profile: records.Profile) -> str:
                                                   p.schedule or ())):
     lines.append(f"{p.component:<9} {p.batch_size:>5} {p.tokens:>6} {1e3 * p.median_s:>10.4f} "
                  f"{100 * p.rel_iqr:>6.1f} {p.num_samples:>7} {p.compile_s:>9.3f} "
-                 f"{p.retries:>5}" + (f"  {list(p.schedule)}" if p.schedule else ""))
+                 f"{p.retries:>5}" + (f"  {list(p.schedule)}" if p.schedule else "")
+                 + (f"  (the last {p.retimed_samples} samples timed again, x"
+                    f"{p.retimed_scale:.4g} for the drift)" if p.retimed_samples else ""))
   lines += records.step_lines(profile)
   if profile.predictions:
     lines.append("-- per-block sum (embed + sum blocks + head) vs measured graph")
