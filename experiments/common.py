@@ -328,7 +328,10 @@ def check_output_dir(path: str, flag: str = "out_dir", published: bool = False) 
     if not os.path.isdir(path):
       raise NotADirectoryError(f"--{flag}={path} is {atomic.describe(bare)}, not a directory")
     atomic.check_writable_dir(path, f"--{flag}={path}")
-    return
+    if not published:
+      return
+  # (published whole: its hidden sibling is made, and renamed in, in the folder above it; an
+  # --out_dir of our own under a folder nothing can be created in failed after all the work)
   atomic.check_creatable(path, flag)
 
 

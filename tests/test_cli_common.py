@@ -379,6 +379,26 @@ def test_only_a_folder_published_whole_needs_room_for_its_hidden_sibling(tmp_pat
     common.check_new_dir(str(tmp_path / ("c" * 240)), "out")
 
 
+def test_a_folder_published_whole_needs_a_writable_folder_above_it(tmp_path, monkeypatch):
+  """Probe: the main job's --out_dir of an earlier run, writable, under a folder nothing can be
+  created in (chattr +i; another owner's): every stage ran, then the publish failed naming its
+  hidden temporary. Refused up front now, naming the flag and the folder."""
+  out = tmp_path / "run"
+  out.mkdir()
+  real = atomic.tempfile.mkstemp
+
+  def mkstemp(*a, dir=None, **kw):  # pylint: disable=redefined-builtin
+    if os.path.abspath(dir) == str(tmp_path):
+      raise PermissionError(1, "Operation not permitted")
+    return real(*a, dir=dir, **kw)
+
+  monkeypatch.setattr(atomic.tempfile, "mkstemp", mkstemp)
+  common.check_output_dir(str(out))                  # (files written into it: fine)
+  with pytest.raises(PermissionError, match=rf"^--out_dir={out}: cannot write in {tmp_path} "
+                                            r"\(Operation not permitted\)$"):
+    common.check_output_dir(str(out), published=True)
+
+
 def test_a_hang_up_with_stderr_gone_still_exits_129():
   """A closed terminal or ssh session leaves stderr unwritable: writing the error line raised
   (a broken pipe), so the run skipped its fast exit and ended 1."""
