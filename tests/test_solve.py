@@ -1691,6 +1691,59 @@ def test_measure_frontier_measures_every_schedule_once_and_the_choice_uses_it(tm
     assert Solution.from_json(edge.to_json()).chosen.measured_accuracy == k / 359
 
 
+def test_with_measured_refuses_values_and_comparisons_off_the_images_it_measured():
+  """A value within float32 rounding of k / n is that count; one further off (a hundredth of an
+  image) was averaged over other images; a per-image comparison on fewer images than the value
+  was measured on is refused too (a mutation audit: tolerances of 2^-12 per image, or a check
+  for more images only, passed)."""
+  c = solve_loop.Candidate.predicted(CFG, schedule_lib.layer_counts(N, 9, CFG.depth, 1),
+                                     1e-3, 0.9)
+  got = solve_loop.with_measured(c, np.float32(350 / 359), 359)
+  assert got.measured_accuracy == 350 / 359 and got.num_images == 359
+  with pytest.raises(ValueError, match=r"measured 0\.97\d* for .* not a count of 359 images"):
+    solve_loop.with_measured(c, 350.01 / 359, 359)
+  with pytest.raises(ValueError, match="compared .* with the unpruned graph on 358 images, "
+                     "not the 359 it measured"):
+    solve_loop.with_measured(c, 0.0, 359, pair=(0, 10, 0, 348))
+  paired = solve_loop.with_measured(c, 0.0, 359, pair=(0, 10, 0, 349))
+  assert paired.measured_accuracy == 0.0 and paired.measured_change_high is not None
+
+
+def test_the_unpruned_graph_compared_with_itself_changes_by_exactly_zero():
+  """Measured image by image against itself, the unpruned graph's change is 0 with no
+  uncertainty (the paired interval of a pruned graph that loses and gains nothing is not: a
+  mutation audit passed with every schedule judged as a pruned one)."""
+  full = solve_loop.Candidate.predicted(CFG, tuple([N] * (CFG.depth + 1)), 2e-3, 300 / 359)
+  same = solve_loop.with_measured(full, 300 / 359, 359, pair=(300, 0, 0, 59), full=full)
+  assert (same.measured_change_low, same.measured_change_high) == (0.0, 0.0)
+  other = solve_loop.Candidate.predicted(CFG, schedule_lib.layer_counts(N, 9, CFG.depth, 1),
+                                         1e-3, 0.8)
+  kept = solve_loop.with_measured(other, 300 / 359, 359, pair=(300, 0, 0, 59), full=full)
+  assert kept.measured_change_low == pytest.approx(-0.008944481564454347)
+  assert kept.measured_change_high == pytest.approx(0.008944481564454347)
+
+
+def test_an_evaluator_taking_any_keyword_may_measure_image_by_image():
+  """A floor met with confidence calls evaluate(counts_list, paired=True): an evaluator that
+  takes **kwargs takes it (a mutation audit: one naming `paired` alone passed); one taking
+  neither is refused before it is called."""
+  c = solve_loop.Candidate.predicted(CFG, schedule_lib.layer_counts(N, 9, CFG.depth, 1),
+                                     1e-3, 0.8)
+  calls = []
+
+  def evaluate(counts_list, **kwargs):
+    calls.append(kwargs)
+    return [300 / 359] * len(counts_list), [(300, 0, 0, 59)] * len(counts_list)
+
+  (got,) = solve_loop._measure(evaluate, [c], 359, paired=True)  # pylint: disable=protected-access
+  assert calls == [{"paired": True}] and got.measured_accuracy == 300 / 359
+  assert got.measured_change_low == pytest.approx(-0.008944481564454347)
+  with pytest.raises(solve.SolveInputError, match=re.escape(
+      "the evaluator must take evaluate(counts_list, paired=True)")):
+    solve_loop._measure(lambda cs: [0.5] * len(cs), [c], 359,  # pylint: disable=protected-access
+                        paired=True)
+
+
 def test_a_measured_frontier_makes_budget_and_utility_choices_on_measurements(tmp_path):
   """measure_all without a floor: the budget (most accurate within the predicted-latency budget)
   and utility choices are made again on the MEASURED metric, which here ranks the schedules
@@ -2042,6 +2095,74 @@ def test_a_budgets_correction_round_times_the_most_accurate_below_its_aim(tmp_pa
   assert _reread(loop).chosen == loop.chosen
 
 
+def test_the_unpruned_graph_predicted_as_fast_as_the_slowest_neighbour_is_timed_first(tmp_path):
+  """The unpruned schedule predicted over the budget, as fast as the slowest neighbour of the
+  choice (not one itself: the other came first), is as likely to fit as that one: timed in the
+  first measurement (a mutation audit: timing it only when predicted within the budget
+  passed)."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  lats = sorted(p.predicted_latency_s for p in _multi(ps, es).frontier)
+  budget = lats[len(lats) // 2]
+  pred = _multi(ps, es, latency_budget=budget)
+  frontier = tuple(p for p in pred.frontier if p.counts != pred.full.counts)
+  first = [pred.chosen] + solve_loop._around(  # pylint: disable=protected-access
+      pred.chosen, [p for p in frontier if p.counts != pred.chosen.counts], 2)
+  reach = max(p.predicted_latency_s for p in first)
+  assert reach > budget
+  full = dataclasses.replace(pred.full, predicted_latency_s=reach)
+  sol = dataclasses.replace(pred, frontier=frontier, full=full, checked=tuple(
+      full if c.counts == full.counts else c for c in pred.checked))
+  lat = {p.counts: p.predicted_latency_s for p in frontier + (full,)}
+  timed = []
+
+  def time_schedules(counts_list):
+    timed.append([tuple(c) for c in counts_list])
+    return [0.8 * lat[tuple(c)] for c in counts_list]
+
+  loop = solve_loop.check_budget_in_loop(sol, lambda cs: [0.9] * len(cs), time_schedules)
+  assert loop.settings["timed_rounds"] == [6] and full.counts in timed[0]
+  assert sorted(timed[0]) == sorted([p.counts for p in first] + [full.counts])
+  assert loop.full.measured_latency_s == 0.8 * full.predicted_latency_s
+  timed.clear()                           # (predicted over the slowest of them: not timed)
+  slow = dataclasses.replace(full, predicted_latency_s=2 * reach)
+  over = dataclasses.replace(sol, full=slow, checked=tuple(
+      slow if c.counts == full.counts else c for c in sol.checked))
+  lat[full.counts] = 2 * reach
+  assert solve_loop.check_budget_in_loop(over, lambda cs: [0.9] * len(cs), time_schedules
+                                         ).settings["timed_rounds"] == [5]
+
+
+def test_a_budgets_correction_round_breaks_accuracy_ties_towards_the_slower_schedule(tmp_path):
+  """Every schedule measures the same: the correction round times the ones predicted just below
+  its aim, the slowest first (a mutation audit: the fastest, the furthest from the budget,
+  passed); within the budget the tie goes to the faster graph (one that chose the slower
+  passed too)."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  lats = sorted(p.predicted_latency_s for p in _multi(ps, es).frontier)
+  budget = lats[len(lats) // 2]
+  pred = _multi(ps, es, latency_budget=budget)
+  lat = {p.counts: p.predicted_latency_s for p in pred.frontier + (pred.full,)}
+  evaluate = lambda cs: [0.9] * len(cs)
+  measured = _multi(ps, es, latency_budget=budget, evaluate=evaluate, measure_all=True)
+  measured = dataclasses.replace(measured, chosen=next(     # (all tie: the prediction's choice)
+      c for c in measured.checked if c.counts == pred.chosen.counts))
+  timed = []
+
+  def time_schedules(counts_list):
+    timed.append([tuple(c) for c in counts_list])
+    return [1.1 * lat[tuple(c)] for c in counts_list]
+
+  loop = solve_loop.check_budget_in_loop(measured, evaluate, time_schedules, neighbours=2)
+  assert len(timed) == 2 and loop.settings["timed_rounds"] == [5, 5]
+  ratio = float(np.median([1.1 * lat[c] / lat[c] for c in timed[0]]))
+  below = sorted((c for c, v in lat.items() if v <= budget / ratio and c not in timed[0]),
+                 key=lambda c: -lat[c])[:3]
+  assert len(below) == 3 and set(below) <= set(timed[1])
+  assert loop.chosen.counts == max(below, key=lambda c: -lat[c])   # ties: the faster graph
+
+
 def test_the_estimates_single_reductions_meeting_the_floor_are_timed_in_the_loop(tmp_path):
   """The loop took neighbours from the frontier and the evaluator's measurements only: the
   estimate's single reductions meeting the floor off the frontier were never timed (with a floor
@@ -2243,6 +2364,19 @@ def test_checked_model_error_scores_measured_multi_layer_schedules_only():
   assert solve_loop._checked_model_error({}, multi[:1])["num_schedules"] == 1
   # A refined solution's predictions were fitted to its measurements: no in-sample figure.
   assert solve_loop._checked_model_error({"accuracy_refinement": {}}, multi) is None
+
+
+def test_around_takes_a_schedule_predicted_as_fast_as_the_choice_as_its_faster_neighbour():
+  """A schedule predicted exactly as fast as the choice is its nearest neighbour on the faster
+  side (a mutation audit: taking it on neither side passed)."""
+  at = _cand((17, 9, 9, 9), 0.8)
+  tie = dataclasses.replace(_cand((17, 13, 9, 5), 0.8), predicted_latency_s=1e-3)
+  faster = dataclasses.replace(_cand((17, 9, 5, 5), 0.8), predicted_latency_s=0.9e-3)
+  slower = dataclasses.replace(_cand((17, 13, 13, 5), 0.8), predicted_latency_s=1.1e-3)
+  got = solve_loop._around(at, [slower, faster, tie], 1)  # pylint: disable=protected-access
+  assert [p.counts for p in got] == [tie.counts, slower.counts]
+  got = solve_loop._around(at, [slower, faster, tie], 2)  # pylint: disable=protected-access
+  assert [p.counts for p in got] == [tie.counts, faster.counts, slower.counts]
 
 
 def _hidden_delta(model, per_token):
@@ -2871,6 +3005,34 @@ def test_a_single_reduction_measured_above_the_floor_is_a_confident_candidate(tm
   assert point.chosen.counts == sure.chosen.counts == free
   assert sure.chosen.predicted_accuracy < 0.85 < sure.chosen.measured_accuracy_low
   assert sure.chosen.measured_change_low is not None        # measured against the unpruned
+
+
+def test_a_confident_check_lists_a_single_reduction_on_the_evaluators_measurement(tmp_path):
+  """A single reduction check_floor measured against the unpruned graph (its interval straddles
+  the floor, so a slower one is chosen) is listed on that measurement, its change included,
+  not on the estimate's number it may take as a neighbour on (a mutation audit: listing the
+  neighbours last passed)."""
+  ps = _block_profile(tmp_path)
+  free, five = (tuple([N, N] + [n] * (CFG.depth - 1)) for n in (4, 5))
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)),
+                 lambda l, n: (0.9 if n in (4, 5) else 0.8) if l == 1 else 0.5)
+  full = tuple([N] * (CFG.depth + 1))
+  truth = lambda c: {full: 0.9, free: 0.8505, five: 0.9}.get(tuple(c), 0.5)
+
+  def evaluate(counts_list, paired=False):
+    values = [_share(truth(c)) for c in counts_list]
+    if not paired:
+      return values
+    right = round(0.9 * NUM_EXAMPLES)
+    return values, [(min(right, round(v * NUM_EXAMPLES)), right - min(right, round(
+        v * NUM_EXAMPLES)), 0, NUM_EXAMPLES - right) for v in values]
+
+  sure = _multi(ps, es, accuracy_floor=0.85, evaluate=evaluate, floor_confidence=True,
+                loop_neighbours=2)
+  assert sure.chosen.counts == five
+  listed = {c.counts: c for c in sure.checked}[free]
+  assert listed.measured_accuracy == _share(0.8505) and listed.measured_change_low is not None
+  assert listed.schedule in sure.settings["floor_straddles"]
 
 
 def test_the_unpruned_graph_is_timed_beside_a_confident_choice_its_interval_does_not_clear(
