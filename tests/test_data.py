@@ -384,6 +384,28 @@ def test_empty_and_unopenable_images_say_so_not_cannot_decode(tmp_path, monkeypa
     data.load_image(str(locked))
 
 
+def test_an_image_rewritten_after_its_folder_was_hashed_is_refused(tmp_path):
+  """A probe rewrote class 9's files while estimate decoded a folder: it exited 0, recording
+  the accuracy of the new pixels (0.8802) under the content_sha256 of the old ones (the clean
+  folder's, 0.9721). A file whose bytes no longer hash to the digest is refused, naming it."""
+  for name in ("a", "b"):
+    _png(str(tmp_path / "ds" / name / "0.png"), _gray(3, 3))
+  ds = data.ImageFolder(str(tmp_path / "ds"))
+  before = data.images_content_sha256(ds)
+  assert np.asarray(ds.load(1)).max() == 0          # unchanged: read as before
+  changed = str(tmp_path / "ds" / "b" / "0.png")
+  _png(changed, _gray(3, 3, 255))
+  with pytest.raises(ValueError, match=rf"^image file '{re.escape(changed)}' changed while "
+                     r"the run read it \(its bytes are not those hashed when its folder was "
+                     r"read\): rerun once nothing writes to the folder$"):
+    ds.load(1)
+  assert np.asarray(ds.load(0)).max() == 0          # the others still load
+  fresh = data.ImageFolder(str(tmp_path / "ds"))    # a new read hashes and loads the new bytes
+  assert data.images_content_sha256(fresh) != before
+  assert np.asarray(fresh.load(1)).min() == 255
+  assert np.asarray(data.ImageFolder(str(tmp_path / "ds")).load(1)).min() == 255   # unhashed
+
+
 def test_an_unreadable_root_or_image_file_is_named_when_hashed(tmp_path, monkeypatch):
   """A probe (without root's override): estimate printed a raw '[Errno 13] Permission denied:
   ...' for an unreadable image (its content digest reads every file before any is decoded) and

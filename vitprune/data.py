@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -326,8 +327,12 @@ warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds li
                         category=Image.DecompressionBombWarning, append=True)
 
 
-def load_image(path: str) -> Image.Image:
+def load_image(path: str, sha256: Optional[str] = None) -> Image.Image:
   """Open and fully decode the image at `path` (the mode is left as stored).
+
+  `sha256`: the digest the file's bytes had when its folder was hashed (`images_content_sha256`);
+  bytes that no longer hash to it are a ValueError (a file rewritten while the run read it was
+  measured, and recorded under the digest of the bytes it no longer held).
 
   Raises `FileNotFoundError` when it is missing, and `ValueError` naming the file when it cannot
   be opened (permissions), is empty, or PIL cannot decode it (corrupt, truncated, not an image,
@@ -343,8 +348,15 @@ def load_image(path: str) -> Image.Image:
   with f:
     if os.fstat(f.fileno()).st_size == 0:
       raise ValueError(f"image file {path!r} is empty (0 bytes)")
+    source = f
+    if sha256 is not None:                  # (hash the bytes decoded, not a second read)
+      source = io.BytesIO(f.read())
+      if hashlib.sha256(source.getbuffer()).hexdigest() != sha256:
+        raise ValueError(f"image file {path!r} changed while the run read it (its bytes are "
+                         "not those hashed when its folder was read): rerun once nothing "
+                         "writes to the folder")
     try:
-      img = Image.open(f)
+      img = Image.open(source)
       img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
       reason = ("not an image PIL can identify (another format, or corrupt)"
@@ -556,7 +568,9 @@ class ImageFolder:
     timm reads it; where that differs from what a viewer shows (`read_unlike_shown`: transparent
     pixels, an EXIF rotation) a warning names one such file, once per folder."""
     path = self.path(i)
-    image = check_8bit(load_image(path), f"image file {path!r}")
+    digests = _FILE_SHA256.get(self)        # (read before any image is decoded)
+    sha256 = digests.get(i) if digests else None
+    image = check_8bit(load_image(path, sha256), f"image file {path!r}")
     if len(self._said) < len(READ_UNLIKE_SHOWN):       # (nothing left to say: not looked at)
       for kind, how in read_unlike_shown(image):
         with self._said_lock:
