@@ -1075,7 +1075,7 @@ def dataset_fingerprint(dataset_or_arrays, indices: Optional[Sequence[int]] = No
     if ds.labelled_by_name:   # labels depend on the class names too
       h.update(f"class_names={list(ds.classes)}\n".encode())
     for i in _selected(len(ds), indices):
-      h.update(f"{_fingerprint_name(ds.files[i])}\t{os.path.getsize(ds.path(int(i)))}\n"
+      h.update(f"{_fingerprint_name(ds.files[i])}\t{_image_file_size(ds.path(int(i)))}\n"
                .encode("utf-8", "surrogateescape"))
     return h.hexdigest()
   if isinstance(dataset_or_arrays, ArrayDataset):
@@ -1122,8 +1122,19 @@ def images_content_sha256(dataset: Any, indices: Optional[Sequence[int]] = None
 def _image_file_sha256(path: str) -> str:
   """`file_sha256` of an image file, its failure worded as `load_image`'s (a raw errno line
   named no role: the content digest reads every file before any is decoded)."""
+  return _read_image_file(file_sha256, path)
+
+
+def _image_file_size(path: str) -> int:
+  """The size in bytes of an image file (the fingerprint's), its failure worded likewise."""
+  return _read_image_file(os.path.getsize, path)
+
+
+def _read_image_file(read, path: str):
+  """`read(path)` of an image file of a scanned folder; a file gone since the scan, or one that
+  cannot be opened, is an error naming it as `load_image` does."""
   try:
-    return file_sha256(path)
+    return read(path)
   except FileNotFoundError:
     raise FileNotFoundError(f"image file {path!r} does not exist (removed since its folder was "
                             "read?)") from None
