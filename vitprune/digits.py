@@ -36,6 +36,7 @@ DIGITS_MARKER = ".vitprune-imagefolder.json"
 DIGITS_FORMAT = "vitprune-digits-imagefolder"
 is_digits_imagefolder = atomic.json_marker(DIGITS_MARKER, DIGITS_FORMAT)   # (its layout: atomic's)
 SPLITS = ("train", "test", "all")   # the digits splits (`digits_split`), every reader's
+TRAINED_SPLITS = ("train", "all")   # those holding images the bundled model was trained on
 
 
 def load_digits_arrays() -> Tuple[np.ndarray, np.ndarray]:

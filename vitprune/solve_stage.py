@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from vitprune import digits as digits_lib
 from vitprune import schedule as schedule_lib
 from vitprune import solve
 from vitprune.config import ViTConfig, config_to_dict, options_text
@@ -80,7 +81,7 @@ def check_held_out(estimate: Estimate) -> None:
   keeps on images it has not seen (the test split: 0.9749 unpruned, train 0.9951)."""
   selection = estimate.data.get("selection")
   split = selection.get("split") if isinstance(selection, dict) else None
-  if split in ("train", "all"):
+  if split in digits_lib.TRAINED_SPLITS:
     raise SolveInputError(f"estimate {estimate.source} measured the digits' {split} split, which "
                           "models of the digits are trained on: its accuracies overstate the "
                           "model's; estimate with --split=test")
