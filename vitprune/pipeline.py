@@ -595,6 +595,8 @@ def _pooled(profile: records.Profile, batch: int, measured: Dict[int, timing.Mea
   for p in profile.points:
     m = measured.get(p.tokens) if model.get(p.tokens) is p and p.tokens != full else None
     if m is not None:
+      if p.retimed_samples:      # (one mark per point: a second pooling would misstate it)
+        raise ValueError(f"the profile point of {p.tokens} tokens was already timed again")
       both = protocol.summarize(p.samples_s + tuple(s * scale for s in m.samples),
                                 compile_s=p.compile_s, retries=p.retries)
       p = dataclasses.replace(p, median_s=both.median, q25_s=both.q25, q75_s=both.q75,

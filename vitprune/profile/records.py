@@ -494,6 +494,9 @@ def _bad_point_value(p: Dict[str, Any], cfg: ViTConfig) -> Optional[str]:
 CSV_COLUMNS = ("model", "device_kind", "platform", "dtype", "component", "batch_size", "tokens",
                "schedule", "median_ms", "q25_ms", "q75_ms", "iqr_ms", "rel_iqr", "num_samples",
                "compile_s", "retries", "step_to", "retimed_samples", "retimed_scale")
+# Headers an earlier vitprune wrote (before the retimed columns): a profile folder of theirs
+# still merges (its CSV was refused as "not written by vitprune").
+OLDER_CSV_COLUMNS = (CSV_COLUMNS[:-2],)
 
 
 def to_csv(profile: Profile) -> str:
@@ -575,13 +578,13 @@ MergeFields = Callable[[Dict[str, Any], Dict[str, Any]], Dict[str, Any]]
 
 
 def _starts_with_our_header(csv_path: str) -> bool:
-  """Whether the file `csv_path` starts with the line `to_csv` writes first (`CSV_COLUMNS`;
-  after a byte-order mark too)."""
-  want = ",".join(CSV_COLUMNS)
+  """Whether the file `csv_path` starts with the line `to_csv` writes first (`CSV_COLUMNS`, or
+  an earlier version's: `OLDER_CSV_COLUMNS`; after a byte-order mark too)."""
+  wants = {",".join(c) for c in (CSV_COLUMNS, *OLDER_CSV_COLUMNS)}
   try:
     with open(csv_path, "rb") as f:
-      line = f.readline(len(want) + 6).decode("utf-8", "replace")
-    return line.lstrip("\ufeff").rstrip("\r\n") == want       # (a BOM: re-saved by a sheet)
+      line = f.readline(max(map(len, wants)) + 6).decode("utf-8", "replace")
+    return line.lstrip("\ufeff").rstrip("\r\n") in wants     # (a BOM: re-saved by a sheet)
   except OSError:
     return False
 
