@@ -316,8 +316,9 @@ def check_subset_seed_used(fv: flags.FlagValues, data: Any) -> None:
 def check_output_dir(path: str, flag: str = "out_dir", published: bool = False) -> None:
   """`path` is (or can become) a writable directory; raises naming the flag otherwise.
   `published`: the folder itself is published whole through a hidden sibling (the main job's),
-  so its name must leave room for that (`atomic.check_name_fits`); files written inside it make
-  their temporaries there, whatever its name."""
+  so its name must leave room for that (`atomic.check_name_fits`) and the folder above must be
+  writable, even where the folder exists; files written inside it make their temporaries there,
+  whatever its name."""
   if not path:
     raise ValueError(f"--{flag} is empty")
   if published:

@@ -117,9 +117,9 @@ class Point:
     object.__setattr__(self, "samples_s", tuple(float(s) for s in self.samples_s))
     if self.schedule is not None:
       object.__setattr__(self, "schedule", tuple(int(c) for c in self.schedule))
-    if not 0 <= self.retimed_samples <= self.num_samples:
+    if not 0 <= self.retimed_samples < max(self.num_samples, 1):   # (its first timing's too)
       raise ValueError(f"retimed_samples {self.retimed_samples} is not within the point's "
-                       f"{self.num_samples} samples")
+                       f"{self.num_samples} samples, its first timing's left")
     if (self.retimed_scale is None) != (self.retimed_samples == 0) or not (
         self.retimed_scale is None or (math.isfinite(self.retimed_scale)
                                        and self.retimed_scale > 0)):
@@ -313,10 +313,14 @@ ANALYSIS_KEYS = ("steps", "flats", "predictions", "lone_counts")
 def measurement_sha256(profile: Profile) -> str:
   """The canonical sha256 of what `profile` measured (its JSON without `ANALYSIS_KEYS`): the
   identity a solution and a deployment record of the profile they used. Its analysis is left
-  out: it is recomputed on load, and a better step detector would change a digest of it."""
+  out: it is recomputed on load, and a better step detector would change a digest of it; so is
+  a point's `retimed` mark, which says where samples the digest covers came from (a vitprune
+  from before the mark reads the file without it, and must find the same digest)."""
   doc = to_json(profile)
   for key in ANALYSIS_KEYS:
     del doc[key]
+  for point in doc["points"]:
+    point.pop("retimed", None)
   return jsonio.canonical_sha256(doc)
 
 
@@ -380,11 +384,12 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
     retimed = p.get("retimed")
     if retimed is not None and (
         not isinstance(retimed, dict) or set(retimed) != {"samples", "scale"}
-        or not jsonio.is_int(retimed["samples"]) or not 1 <= retimed["samples"] <= len(
+        or not jsonio.is_int(retimed["samples"]) or not 1 <= retimed["samples"] < len(
             p["samples_s"]) or not _is_num(retimed["scale"])
         or not (math.isfinite(retimed["scale"]) and retimed["scale"] > 0)):
       raise ValueError(f"{source}: point {i}: retimed must be {{\"samples\": 1.."
-                       f"{len(p['samples_s'])}, \"scale\": a positive number}}, got {retimed!r}")
+                       f"{len(p['samples_s']) - 1}, \"scale\": a positive number}}, got "
+                       f"{retimed!r}")
     try:
       points.append(Point(**{k: p[k] for k in _POINT_KEYS if k != "schedule"},
                           schedule=None if p["schedule"] is None else tuple(p["schedule"]),
