@@ -332,7 +332,8 @@ def load_image(path: str, sha256: Optional[str] = None) -> Image.Image:
 
   `sha256`: the digest the file's bytes had when its folder was hashed (`images_content_sha256`);
   bytes that no longer hash to it are a ValueError (a file rewritten while the run read it was
-  measured, and recorded under the digest of the bytes it no longer held).
+  measured, and recorded under the digest of the bytes it no longer held). The bytes hashed are
+  the bytes decoded: read once, and held in memory while the image decodes.
 
   Raises `FileNotFoundError` when it is missing, and `ValueError` naming the file when it cannot
   be opened (permissions), is empty, or PIL cannot decode it (corrupt, truncated, not an image,
