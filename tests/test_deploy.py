@@ -509,6 +509,19 @@ def test_missing_files(artifact, tmp_path, victim, message):
     deploy.load(path)
 
 
+def test_a_folder_where_the_exported_forward_was_is_named_as_one(artifact, tmp_path):
+  """An edited manifest naming a folder as the forward (files.forward='params') was told
+  "the exported forward params is missing"."""
+  path = _copy(artifact, tmp_path)
+  doc = json.load(open(os.path.join(path, deploy.MANIFEST_FILE)))
+  doc["files"]["forward"] = "params"
+  with open(os.path.join(path, deploy.MANIFEST_FILE), "w") as f:
+    json.dump(doc, f)
+  with pytest.raises(deploy.ArtifactError, match=r": the exported forward params is a folder, "
+                     r"not a file$"):
+    deploy.load(path)
+
+
 def test_missing_directory(tmp_path):
   with pytest.raises(deploy.ArtifactError, match="is not a deployment artifact directory"):
     deploy.load(str(tmp_path / "nope"))

@@ -349,8 +349,10 @@ def _verify(path, cfg, params, schedule, reducer, dtype, precision, batch_size) 
 
 def _read_exported(path: str, manifest: Manifest) -> jax.export.Exported:
   fwd = os.path.join(path, manifest.files["forward"])
-  if not os.path.isfile(fwd):
-    raise ArtifactError(f"{path}: the exported forward {os.path.basename(fwd)} is missing")
+  if not os.path.isfile(fwd):     # (a folder there, by an edited manifest, was "missing")
+    raise ArtifactError(f"{path}: the exported forward {os.path.basename(fwd)} is "
+                        + (f"{atomic.describe(fwd)}, not a file" if os.path.lexists(fwd)
+                           else "missing"))
   with open(fwd, "rb") as f:
     blob = f.read()
   want = manifest.files["forward_sha256"]
