@@ -406,7 +406,8 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
                        f"repeats point {j}: a profile holds one timing per graph (edited?)")
   _check_modes(d["modes"], points, source)
   have = sorted({p.batch_size for p in points})
-  if "batch_sizes" in d and d["batch_sizes"] != have:     # (derived from the points on reading)
+  if "batch_sizes" in d and (d["batch_sizes"] != have or not all(   # (derived from the points
+      jsonio.is_int(b) for b in d["batch_sizes"])):                     # on reading; [true] == [1])
     raise ValueError(f"{source}: batch_sizes {d['batch_sizes']!r} but its points are at batch "
                      f"{have} (edited?)")
   for k in ANALYSIS_KEYS:
