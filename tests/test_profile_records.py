@@ -524,7 +524,8 @@ def test_batch_sizes_that_are_not_the_points_are_refused(tmp_path):
   for bad, what in ((moved, r"batch_sizes \[1\] but its points are at batch \[1, 2\]"),
                     (dict(doc, batch_sizes=[]), r"batch_sizes \[\] but its points are at batch "
                                                 r"\[1\]"),
-                    (dict(doc, batch_sizes=[1, 2]), r"batch_sizes \[1, 2\] but its points are at batch \[1\]"),
+                    (dict(doc, batch_sizes=[1, 2]), r"batch_sizes \[1, 2\] but its points are "
+                                                    r"at batch \[1\]"),
                     (dict(doc, batch_sizes=[True]), r"batch_sizes \[True\] but its points are "
                                                     r"at batch \[1\]")):
     (tmp_path / "e.json").write_text(json.dumps(bad))
