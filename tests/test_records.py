@@ -346,6 +346,8 @@ def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
      r"argmax: 9 tokens, U 0.7237 \(edited\?\)$"),
     (lambda d: d["chosen"].update(utility=0.99),
      r"^bad.json: chosen.utility 0.99 is not the curve's U 0.723684 at 9 tokens \(edited\?\)$"),
+    (lambda d: d["chosen"].update(utility=0.7238),     # (within 1e-3: mutation audit)
+     r"^bad.json: chosen.utility 0.7238 is not the curve's U 0.723684 at 9 tokens \(edited\?\)$"),
     (lambda d: d["curve"].update(utility=[0.9, 0.1]),
      r"^bad.json: curve.utility is not U of its latency_s and accuracy at settings.alpha 0.5 "
      r"\(edited\?\)$"),
@@ -601,6 +603,23 @@ def test_a_solution_of_numpy_numbers_writes_as_plain_json(tmp_path):
      r"settings.grid must be an ascending list of token counts or null, got \['a'\]"),
     (lambda s: dict(settings=dict(s.settings, grid=[9, 33])),
      r"settings.grid reaches 33 tokens, above the model's 17"),
+    # (on the bounds: mutation audit)
+    (lambda s: dict(settings=dict(s.settings, grid=[9, 18])),
+     r"settings.grid reaches 18 tokens, above the model's 17"),
+    (lambda s: dict(settings=dict(s.settings, grid=[9, 9])),
+     r"settings.grid must be an ascending list of token counts or null, got \[9, 9\]"),
+    (lambda s: dict(settings=dict(s.settings, latency_budget=0)),
+     r"settings.latency_budget must be a number of seconds > 0 or null, got 0$"),
+    (lambda s: dict(settings=dict(s.settings, layer=2)),
+     r"settings.layer must be a block index in \[0, 2\), got 2$"),
+    (lambda s: dict(estimate=dataclasses.replace(s.estimate, layers=(0, 2))),
+     r"estimate.layers \[0, 2\]: 2 is not a block of the 2-block model"),
+    (lambda s: dict(curve=_curve([17, 9, 9], [2e-3, 1e-3, 1e-3], [0.95, 0.9, 0.9])),
+     r"curve.tokens must be distinct integers$"),
+    (lambda s: dict(settings=dict(s.settings, latency_model={
+        "batch_size": s.profile.batch_size, "dtype": s.profile.dtype,
+        "device_kind": "TPU v4"})),
+     r"settings.latency_model.device_kind 'TPU v4' but profile.device_kind 'cpu'"),
     (lambda s: dict(settings=dict(s.settings, alpha="x")),
      r"settings.alpha must be a number in \[0, 1\] or null, got 'x'"),
     (lambda s: dict(settings=dict(s.settings, monotone="yes")),
@@ -671,3 +690,121 @@ def test_what_the_writers_record_is_read_back():
   assert S._error_summary(err)  # pylint: disable=protected-access
   ok, _ = S._SETTINGS["step_k"]  # pylint: disable=protected-access
   assert ok(0.0) and ok(4.0) and not ok(-1.0)
+
+
+def _measured_multi(tmp_path, chosen, checked, criterion, **settings):
+  """A multi solution choosing measured `chosen` (dict of measured fields over list:17,17,9)
+  among measured `checked` entries, by `criterion` on settings `settings`."""
+  doc = S.read_solution(solution_file(
+      tmp_path / "s.json", CFG, [17, 17, 9], mode="multi",
+      frontier=[[17, 17, 9], [17] * 3])).to_json()
+  doc["chosen"].update(chosen, criterion=criterion, basis="measured")
+  doc["checked"] = [dict(_MEASURED_17_17_9, **c) for c in checked]
+  doc["settings"].update(settings, latency_basis="measured")
+  return doc
+
+
+_TIMED = dict(measured_accuracy=0.9, measured_accuracy_low=0.5, measured_accuracy_high=1.0,
+              num_images=10, measured_latency_s=1e-3)
+_FULL_TIMED = dict(_TIMED, schedule="full", counts=[17, 17, 17], predicted_latency_s=2e-3)
+
+
+@pytest.mark.parametrize("chosen, full, settings, match", [
+    # Mutation audit: a budget choice measured over its budget (a tolerance), one within it
+    # at exactly the budget beaten by a more accurate one (by half a point: a tolerance; at the
+    # budget: strictly below), a floor choice timed 0.5 % slower than one meeting the floor.
+    (dict(_TIMED, measured_latency_s=1.2e-3), dict(_FULL_TIMED, measured_latency_s=2e-3),
+     dict(criterion="latency_budget_measured", latency_budget=1e-3),
+     r"criterion 'latency_budget_measured', but the chosen list:17,17,9 measured 0.0012 s > "
+     r"the budget 0.001 s \(edited\?\)$"),
+    (_TIMED, dict(_FULL_TIMED, measured_accuracy=1.0, measured_accuracy_low=0.7),
+     dict(criterion="latency_budget_measured", latency_budget=1e-3),
+     r"criterion 'latency_budget_measured', but full measured 1.0 within the budget, more than "
+     r"the chosen list:17,17,9's 0.9 \(edited\?\)$"),
+    (dict(_TIMED, measured_accuracy=0.5, measured_accuracy_low=0.2, measured_accuracy_high=0.8,
+          num_images=200),
+     dict(_FULL_TIMED, measured_accuracy=0.505, measured_accuracy_low=0.2,
+          measured_accuracy_high=0.8, num_images=200),
+     dict(criterion="latency_budget_measured", latency_budget=1e-3),
+     r"criterion 'latency_budget_measured', but full measured 0.505 within the budget, more "
+     r"than the chosen list:17,17,9's 0.5 \(edited\?\)$"),
+    (dict(_TIMED, measured_latency_s=1.005e-3), _FULL_TIMED,
+     dict(criterion="accuracy_floor_measured", accuracy_floor=0.85),
+     r"settings.latency_basis is 'measured', but full measured 0.001 s and meets the floor, "
+     r"faster than the chosen list:17,17,9's 0.001005 s \(edited\?\)$"),
+])
+def test_a_measured_choice_is_refused_at_the_bounds_of_its_criterion(tmp_path, chosen, full,
+                                                                      settings, match):
+  settings = dict(settings)
+  criterion = settings.pop("criterion")
+  doc = _measured_multi(tmp_path, chosen, [chosen, full], criterion, **settings)
+  with pytest.raises(S.SolutionError, match="^bad.json: " + match):
+    S.Solution.from_json(doc, where="bad.json")
+  # what holds loads: the other schedule slower (budget: over it) or less accurate
+  held = _measured_multi(tmp_path, dict(chosen, measured_latency_s=1e-3),
+                         [dict(chosen, measured_latency_s=1e-3),
+                          dict(full, measured_latency_s=1.5e-3)], criterion, **settings)
+  assert S.Solution.from_json(held).chosen.measured_latency_s == 1e-3
+
+
+def test_the_reader_takes_what_sits_on_a_bound():
+  """Mutation audit: a latency of 0 s and a degenerate interval (low == high) are on the
+  bounds the format allows: they load."""
+  cand = dict(_MEASURED_17_17_9, predicted_latency_s=0.0, measured_latency_s=0.0,
+              measured_accuracy=0.9, measured_accuracy_low=0.9, measured_accuracy_high=0.9)
+  c = S.Candidate.from_json(cand, "c", CFG)
+  assert (c.predicted_latency_s, c.measured_latency_s, c.measured_accuracy_low,
+          c.measured_accuracy_high) == (0.0, 0.0, 0.9, 0.9)
+
+
+def test_the_summary_says_the_unpruned_speed_up_and_a_budget_that_costs_nothing(tmp_path):
+  """Mutation audit: the speed-up is unpruned over chosen (x2.000, not x0.500), and a budget
+  that costs no accuracy costs 0.00 points (not 'gains -0.00')."""
+  sol = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9], mode="multi"))
+  sol = dataclasses.replace(
+      sol, settings=dict(sol.settings, latency_basis="measured"),
+      chosen=dataclasses.replace(sol.chosen, measured_latency_s=1e-3),
+      full=S.Candidate((17, 17, 17), "full", 2e-3, 0.95, measured_latency_s=2e-3))
+  assert S._unpruned_latency_text(sol) == (  # pylint: disable=protected-access
+      "2 ms (measured in the loop with the chosen graph: speed-up x2.000)")
+  assert S.budget_cost_text(8e-4, "accuracy", 0.9, 0.9) == (
+      "the latency budget 0.8 ms costs 0.00 points of accuracy")
+  assert S.budget_cost_text(8e-4, "accuracy", 0.93, 0.9) == (
+      "the latency budget 0.8 ms gains 3.00 points of accuracy")
+
+
+def test_the_refinement_line_names_the_worst_round_between_and_every_schedule_measured():
+  """Mutation audit: with two rounds between the first and the last, the larger error is
+  named; the schedules measured in all are the record's count, not its number of rounds."""
+  rounds = [dict(round=k, num_schedules=4, mean_abs_points=m, max_abs_points=2 * m)
+            for k, m in enumerate((1.0, 1.5, 0.5, 0.25))]
+  assert S.describe_refinement({"rounds": rounds, "converged": False,
+                                "measured_schedules": 9}) == (
+      "accuracy model corrected from measurements in 3 round(s) (not converged, 9 schedules "
+      "measured in all, the unpruned one among them): predicted before measuring, it erred by "
+      "1.00 (max 2.00) points on 4 schedules in round 0 and 0.25 (max 0.50) points on 4 "
+      "schedules in round 3 (rounds between: up to 1.50 (max 3.00) points on 4 schedules in "
+      "round 1)")
+
+
+def test_shown_schedules_lists_at_most_eight_names():
+  """Mutation audit: the first `most` names, then how many more."""
+  assert S.shown_schedules([f"s{i}" for i in range(10)]) == (
+      "s0, s1, s2, s3, s4, s5, s6, s7 and 2 more")
+  assert S.shown_schedules(["a", "b", "c"], most=2) == "a, b and 1 more"
+  assert S.shown_schedules(["a", "b"], most=2) == "a, b"
+
+
+def test_the_summary_names_the_latency_models_calibration(tmp_path):
+  """Mutation audit: the residuals are over the schedules that reduce (`num_reducing`), not
+  every calibration graph; files before it say calibration |error|."""
+  sol = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9], mode="multi"))
+  lm = dict(num_calibration=12, residual_median=0.031, residual_p90=0.094)
+  sol = dataclasses.replace(sol, profile=dataclasses.replace(
+      sol.profile, latency_source="calibrated-graph"))
+  for extra, scored in (({"num_reducing": 8}, "|error| on the 8 that reduce"),
+                        ({}, "calibration |error|")):
+    lines = S.summary_lines(dataclasses.replace(
+        sol, settings=dict(sol.settings, latency_model=dict(lm, **extra))))
+    assert (f"latency model: calibrated on 12 compiled graphs, {scored}: median 3.1%, p90 9.4%"
+            in lines)
