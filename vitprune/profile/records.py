@@ -293,7 +293,7 @@ def to_json(profile: Profile) -> Dict[str, Any]:
                        median_s=p.median_s, q25_s=p.q25_s, q75_s=p.q75_s, iqr_s=p.iqr_s,
                        rel_iqr=p.rel_iqr, num_samples=p.num_samples,
                        samples_s=list(p.samples_s), compile_s=p.compile_s, retries=p.retries))
-    if p.retimed_samples:        # (only then: the digest of every other profile is unchanged)
+    if p.retimed_samples:        # (only then: a profile not re-timed is written as before)
       points[-1]["retimed"] = {"samples": p.retimed_samples, "scale": p.retimed_scale}
   return dict(format=FORMAT, schema_version=SCHEMA_VERSION, created=profile.created,
               model=profile.model, config=profile.config, device_kind=profile.device_kind,
