@@ -2935,21 +2935,23 @@ def test_a_maximum_drop_is_a_floor_below_the_unpruned_measurement(tmp_path):
 
 
 def _paired_evaluator(predicted, unpruned=0.9, discordant=400):
-  """An evaluator measuring each schedule at its prediction, image by image against an unpruned
-  graph right on `unpruned` of NUM_EXAMPLES images: `discordant` of its images differ beyond
-  the net change (half lost, half gained)."""
+  """An evaluator measuring each schedule at its prediction (`predicted`: {counts: accuracy}, or
+  a function of the counts), image by image against an unpruned graph right on `unpruned` of
+  NUM_EXAMPLES images: `discordant` of its images differ beyond the net change (half lost, half
+  gained); with none, only the net change differs."""
   n, right_u = NUM_EXAMPLES, round(unpruned * NUM_EXAMPLES)
+  value_of = predicted if callable(predicted) else lambda c: predicted[c]
   calls = []
 
   def pair(value):
     right_p = round(value * n)
-    gained = 0 if right_p == right_u and discordant == 0 else discordant // 2
+    gained = discordant // 2 if discordant else max(0, right_p - right_u)
     lost = right_u - right_p + gained
     return (right_u - lost, lost, gained, n - right_u - gained)
 
   def evaluate(counts_list, paired=False):
     calls.append((paired, [tuple(c) for c in counts_list]))
-    values = [_share(predicted[tuple(c)]) for c in counts_list]
+    values = [_share(value_of(tuple(c))) for c in counts_list]
     return (values, [pair(v) for v in values]) if paired else values
 
   evaluate.calls = calls
@@ -2991,14 +2993,7 @@ def test_a_single_reduction_measured_above_the_floor_is_a_confident_candidate(tm
                  lambda l, n: (0.9 if n == 4 else 0.8) if l == 1 else 0.5)
   full = tuple([N] * (CFG.depth + 1))
   truth = lambda c: 0.9 if tuple(c) in (full, free) else 0.5
-
-  def evaluate(counts_list, paired=False):
-    values = [_share(truth(c)) for c in counts_list]
-    if not paired:
-      return values
-    right = round(0.9 * NUM_EXAMPLES)
-    return values, [(min(right, round(v * NUM_EXAMPLES)), right - min(right, round(
-        v * NUM_EXAMPLES)), 0, NUM_EXAMPLES - right) for v in values]
+  evaluate = _paired_evaluator(truth, discordant=0)
 
   point = _multi(ps, es, accuracy_floor=0.85, evaluate=evaluate)
   sure = _multi(ps, es, accuracy_floor=0.85, evaluate=evaluate, floor_confidence=True)
@@ -3018,14 +3013,7 @@ def test_a_confident_check_lists_a_single_reduction_on_the_evaluators_measuremen
                  lambda l, n: (0.9 if n in (4, 5) else 0.8) if l == 1 else 0.5)
   full = tuple([N] * (CFG.depth + 1))
   truth = lambda c: {full: 0.9, free: 0.8505, five: 0.9}.get(tuple(c), 0.5)
-
-  def evaluate(counts_list, paired=False):
-    values = [_share(truth(c)) for c in counts_list]
-    if not paired:
-      return values
-    right = round(0.9 * NUM_EXAMPLES)
-    return values, [(min(right, round(v * NUM_EXAMPLES)), right - min(right, round(
-        v * NUM_EXAMPLES)), 0, NUM_EXAMPLES - right) for v in values]
+  evaluate = _paired_evaluator(truth, discordant=0)
 
   sure = _multi(ps, es, accuracy_floor=0.85, evaluate=evaluate, floor_confidence=True,
                 loop_neighbours=2)
@@ -3046,15 +3034,7 @@ def test_the_unpruned_graph_is_timed_beside_a_confident_choice_its_interval_does
                  lambda l, n: (0.95 if n == 4 else 0.8) if l == 1 else 0.5)
   full = tuple([N] * (CFG.depth + 1))
   truth = lambda c: {full: 0.9, free: 0.95}.get(tuple(c), 0.5)
-
-  def evaluate(counts_list, paired=False):
-    values = [_share(truth(c)) for c in counts_list]
-    if not paired:
-      return values
-    right = round(0.9 * NUM_EXAMPLES)
-    return values, [(min(right, round(v * NUM_EXAMPLES)), max(0, right - round(
-        v * NUM_EXAMPLES)), max(0, round(v * NUM_EXAMPLES) - right), NUM_EXAMPLES - max(
-            right, round(v * NUM_EXAMPLES))) for v in values]
+  evaluate = _paired_evaluator(truth, discordant=0)
 
   sure = _multi(ps, es, accuracy_floor=0.9, evaluate=evaluate, floor_confidence=True)
   assert sure.chosen.counts == free and sure.full.measured_accuracy_low < 0.9
