@@ -2060,16 +2060,23 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
     assert done.chosen.measured_latency_s <= tight and len(timed) == 1, kw
 
 
+def _budget_case(tmp_path):
+  """(profile, estimate, budget, solution, frontier latencies): a latency budget at the median
+  predicted latency of the frontier (its latencies, ascending), and the solution chosen on
+  predictions within it."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  lats = sorted(p.predicted_latency_s for p in _multi(ps, es).frontier)
+  budget = lats[len(lats) // 2]
+  return ps, es, budget, _multi(ps, es, latency_budget=budget), lats
+
+
 def test_a_budgets_correction_round_times_the_most_accurate_below_its_aim(tmp_path):
   """With the frontier measured, the correction round timed the schedules predicted just below
   the corrected aim, whatever their measured accuracy: the choice (measured 0.5766) was beaten
   on the run's own measurements by faster schedules measured up to 8.6 points more accurate
   (a probe: `experiments.solve --latency_budget --measure_frontier --weights`)."""
-  ps = _block_profile(tmp_path)
-  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
-  lats = sorted(p.predicted_latency_s for p in _multi(ps, es).frontier)
-  budget = lats[len(lats) // 2]
-  pred = _multi(ps, es, latency_budget=budget)
+  ps, es, budget, pred, lats = _budget_case(tmp_path)
   lat = {p.counts: p.predicted_latency_s for p in pred.frontier + (pred.full,)}
   aim = budget / 1.1                     # every graph runs 10 % over its prediction
   dip = sorted((c for c, v in lat.items() if v <= aim), key=lambda c: -lat[c])[:3]   # just
@@ -2100,11 +2107,7 @@ def test_the_unpruned_graph_predicted_as_fast_as_the_slowest_neighbour_is_timed_
   choice (not one itself: the other came first), is as likely to fit as that one: timed in the
   first measurement (a mutation audit: timing it only when predicted within the budget
   passed)."""
-  ps = _block_profile(tmp_path)
-  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
-  lats = sorted(p.predicted_latency_s for p in _multi(ps, es).frontier)
-  budget = lats[len(lats) // 2]
-  pred = _multi(ps, es, latency_budget=budget)
+  ps, es, budget, pred, _ = _budget_case(tmp_path)
   frontier = tuple(p for p in pred.frontier if p.counts != pred.full.counts)
   first = [pred.chosen] + solve_loop._around(  # pylint: disable=protected-access
       pred.chosen, [p for p in frontier if p.counts != pred.chosen.counts], 2)
@@ -2138,11 +2141,7 @@ def test_a_budgets_correction_round_breaks_accuracy_ties_towards_the_slower_sche
   its aim, the slowest first (a mutation audit: the fastest, the furthest from the budget,
   passed); within the budget the tie goes to the faster graph (one that chose the slower
   passed too)."""
-  ps = _block_profile(tmp_path)
-  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
-  lats = sorted(p.predicted_latency_s for p in _multi(ps, es).frontier)
-  budget = lats[len(lats) // 2]
-  pred = _multi(ps, es, latency_budget=budget)
+  ps, es, budget, pred, _ = _budget_case(tmp_path)
   lat = {p.counts: p.predicted_latency_s for p in pred.frontier + (pred.full,)}
   evaluate = lambda cs: [0.9] * len(cs)
   measured = _multi(ps, es, latency_budget=budget, evaluate=evaluate, measure_all=True)
