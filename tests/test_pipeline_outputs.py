@@ -200,6 +200,79 @@ def test_a_count_measured_fast_by_chance_is_timed_again_before_it_is_chosen(tmp_
     pipeline.PipelineSpec(retime_top=-1)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Sol:
+  """The fields of a solve_stage.Solution that retime_top_counts and retime_line read."""
+  chosen: types.SimpleNamespace
+  curve: dict
+  profile: types.SimpleNamespace
+  settings: dict
+
+
+def test_retiming_skips_the_counts_timed_again_and_lists_them_all(monkeypatch):
+  """Two rounds of two counts each: the unpruned count (here of highest utility) is never among
+  them, a count timed again is not timed again in a later round (its point pooled twice was
+  refused), the samples are scaled by profiled / re-timed of the unpruned graph (a machine twice
+  as slow: x0.5) and only the batch's 'model' points are pooled; the solution lists the counts
+  largest first and the line gives n*'s profiled and pooled latency."""
+  from tests.test_solve import CFG, N, _point, _profile
+  from vitprune.profile import protocol, records
+  profiled = {N: 1.0e-3, 14: 0.95e-3, 13: 0.5e-3, 12: 0.4e-3, 11: 0.3e-3, 10: 0.9e-3}
+  truth = {**profiled, 13: 0.6e-3, 12: 0.55e-3, 11: 0.7e-3}
+  other = [_point("model", n, 2 * t, batch=1) for n, t in profiled.items()]   # (not batch 8)
+  profile = records.analyze(_profile([_point("model", n, t) for n, t in profiled.items()]
+                                     + other))
+  timed = []
+
+  def measure(cfg, params, graphs, spec):
+    timed.append(sorted(graphs))
+    return {n: protocol.summarize([2 * truth[n]] * 5) for n in graphs}     # twice as slow
+  monkeypatch.setattr(pipeline, "_measure_graphs", measure)
+
+  def solve_on(prof):
+    lat = {p.tokens: p.median_s for p in prof.points if p.batch_size == 8}
+    ns = sorted(lat)
+    n_star = min((n for n in ns if n != N), key=lambda n: lat[n])
+    return _Sol(types.SimpleNamespace(tokens=n_star, predicted_latency_s=lat[n_star]),
+                {"tokens": ns, "latency_s": [lat[n] for n in ns],
+                 "utility": [1.0 if n == N else -lat[n] for n in ns]},
+                types.SimpleNamespace(batch_size=8), {"alpha": 0.5})
+  first = solve_on(profile)
+  assert first.chosen.tokens == 11
+  spec = pipeline.PipelineSpec(retime_top=2, batch_size=8)
+  pooled, sol = pipeline.retime_top_counts(CFG, None, spec, profile, first, solve_on)
+  assert timed == [[11, 12, N], [10, 13, N]]
+  assert sol.settings == {"alpha": 0.5, "retimed_counts": [13, 12, 11, 10]}
+  assert sol.chosen.tokens == 12
+  by_n = {p.tokens: p for p in pooled.points if p.batch_size == 8}
+  for n in (13, 12, 11, 10):               # 3 profiled samples + 5 timed again, x0.5
+    assert (by_n[n].num_samples, by_n[n].retimed_samples) == (8, 5)
+    assert by_n[n].retimed_scale == 0.5 and by_n[n].median_s == pytest.approx(truth[n])
+  assert (by_n[N].num_samples, by_n[N].retimed_samples, by_n[14].num_samples) == (3, 0, 3)
+  assert [p for p in pooled.points if p.batch_size == 1] == list(profile.points[-6:]) == other
+  assert pipeline.retime_line(first, sol) == (
+      "re-timed the counts of highest utility (13, 12, 11, 10) with the unpruned graph, samples "
+      "pooled into the profile's: n* 11 -> 12 (11: L 0.3000 ms profiled, 0.7000 ms pooled)")
+  with pytest.raises(ValueError, match="the profile point of 11 tokens was already timed again"):
+    pipeline._pooled(pooled, 8, measure(CFG, None, {11: None, N: None}, None), N)
+
+
+def test_the_retime_line_says_when_n_star_holds_and_when_it_was_not_timed_again():
+  def sol(n, retimed=None):
+    ns = [17, 12, 11, 9]
+    return _Sol(types.SimpleNamespace(tokens=n, predicted_latency_s=0.25e-3),
+                {"tokens": ns, "latency_s": [1e-3, 0.5e-3, 0.4e-3, 0.8e-3], "utility": [0] * 4},
+                None, {} if retimed is None else {"retimed_counts": retimed})
+  head = ("re-timed the counts of highest utility (12, 11) with the unpruned graph, samples "
+          "pooled into the profile's: ")
+  assert pipeline.retime_line(sol(11), sol(11, [12, 11])) == (
+      head + "n* 11 holds (L 0.4000 ms pooled)")
+  assert pipeline.retime_line(sol(11), sol(9, [12, 11])) == (
+      head + "n* 11 -> 9 (11: L 0.2500 ms profiled, 0.4000 ms pooled); n* 9 itself was not "
+      f"timed again within {pipeline.RETIME_ROUNDS} rounds")
+  assert pipeline.RETIME_ROUNDS == 8
+
+
 def test_a_replacing_choice_within_the_timing_spread_is_marked():
   """The in-loop choice replaced the predicted-fastest graph by 0.18 % of its time, which the
   verify stage then timed 3 % apart, printed as any other (a probe): within the larger IQR the
@@ -213,6 +286,18 @@ def test_a_replacing_choice_within_the_timing_spread_is_marked():
       " (within the timing spread: the medians differ by less than the larger IQR)")
   assert pipeline._spread_mark(measured, a, c) == ""
   assert pipeline._spread_mark(measured, a, (17, 5, 5)) == ""      # (one not timed: unknown)
+  # The larger IQR is either graph's: b's 0.10 holds a 0.03 difference that a's 0.02 does not.
+  d = (17, 13, 13)
+  measured[d] = protocol.summarize([0.70, 0.80, 0.86, 0.90, 1.00])      # median 0.86, IQR 0.10
+  assert pipeline._spread_mark(measured, a, d) == pipeline._spread_mark(measured, d, a) == (
+      " (within the timing spread: the medians differ by less than the larger IQR)")
+
+
+def test_the_time_of_a_schedule_checked_in_the_loop_is_its_measured_one():
+  checked = [types.SimpleNamespace(counts=c, measured_latency_s=m, predicted_latency_s=p)
+             for c, m, p in (((17, 9, 9), 2e-3, 1e-3), ((17, 17, 9), 3e-3, 4e-3))]
+  sol = types.SimpleNamespace(checked=checked)
+  assert pipeline._timed(sol, (17, 17, 9)) == 3e-3 and pipeline._timed(sol, (17, 9, 9)) == 2e-3
 
 
 def test_verify_times_both_graphs_in_interleaved_rounds(monkeypatch):
@@ -241,6 +326,38 @@ def test_verify_times_both_graphs_in_interleaved_rounds(monkeypatch):
   v = pipeline._verify(cfg, init_params(cfg, 0), spec, data, solution, lambda _: None)
   assert seen == [(["pomt", "unpruned"], spec.loop_rounds)] and spec.loop_rounds > 1
   assert v.unpruned.median > 0 and v.pruned.median > 0
+
+
+def test_verify_records_each_graphs_timing_and_evaluates_the_held_out_images(monkeypatch):
+  """Verification: the unpruned graph's timing, the chosen one's, the evaluation on the choice's
+  images and on the held-out ones; a chosen graph that prunes nothing is timed once, as both."""
+  from vitprune import estimate as estimate_lib
+  from vitprune.registry import get_config
+  from vitprune.schedule import Schedule
+  cfg = get_config("test_tiny_vit")
+  spec = pipeline.PipelineSpec(method="pomt", threads=1)
+  seen = []
+
+  def measure(cfg_, params, graphs, spec_):
+    seen.append(sorted(graphs))
+    return {name: f"timing of {name}" for name in graphs}
+  monkeypatch.setattr(pipeline, "_measure_graphs", measure)
+  monkeypatch.setattr(estimate_lib, "evaluate", lambda cfg_, params, batches, *a, **k: batches)
+
+  def images(name):
+    return types.SimpleNamespace(batches=lambda *a: f"{name} images", labelled=True,
+                                 indices=[0, 1])
+  for counts, graphs, pruned in (((17, 9, 9), ["pomt", "unpruned"], "timing of pomt"),
+                                 ((17, 17, 17), ["unpruned"], "timing of unpruned")):
+    solution = types.SimpleNamespace(schedule=Schedule(counts), method="pomt",
+                                     reducer_options=dict)
+    v = pipeline._verify(cfg, None, spec, images("chosen"), solution, lambda _: None,
+                         images("held-out"))
+    assert seen.pop() == graphs
+    assert v == pipeline.Verification("timing of unpruned", pruned, "chosen images",
+                                      "held-out images")
+  v = pipeline._verify(cfg, None, spec, images("chosen"), solution, lambda _: None)
+  assert v.holdout is None and v.check == "chosen images"
 
 
 def test_the_method_options_reach_every_stage_that_builds_the_reducer(monkeypatch):

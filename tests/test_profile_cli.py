@@ -741,6 +741,50 @@ def test_pipeline_refinement_without_a_floor(tmp_path, capsys):
         noted, text
 
 
+def test_the_printed_summary_of_a_summary_record():
+  """format_summary's lines, every number where it belongs: the table's columns, the held-out
+  line (met or not, where the interval lies, paired under a maximum drop), the budget's cost
+  with no note below the budget, the first 6 steps, the in-loop timing within the solve's; a
+  record without the paired change gives pruned minus unpruned."""
+  s = {"model": "vit_digits", "device_kind": "cpu", "platform": "cpu", "batch_size": 8,
+       "dtype": "float32", "num_images": 40, "data": "digits", "metric": "accuracy",
+       "solver": "paper", "n_star": 33, "alpha": 0.5, "method": "pomt",
+       "schedule": "33 tokens from block 1", "counts": [65, 33, 33],
+       "predicted": {"latency_ms": 1.25, "accuracy": 0.9},
+       "unpruned": {"counts": [65, 65, 65], "latency_ms": 2.0, "iqr_ms": 0.125, "accuracy": 0.95},
+       "pruned": {"latency_ms": 1.5, "iqr_ms": 0.0625, "accuracy": 0.875,
+                  "agreement_with_unpruned": 0.9},
+       "speedup": 4 / 3, "max_accuracy_drop": 0.1, "accuracy_floor": 0.85,
+       "holdout": {"num_images": 20, "unpruned": {"accuracy": 0.9},
+                   "pruned": {"accuracy": 0.8, "interval_95": [0.6, 0.92]},
+                   "floor": 0.8, "floor_met": True, "floor_status": "straddles"},
+       "latency_budget": 0.004, "measured_in_loop": {"latency_ms": 1.4},
+       "steps": [f"step {i}" for i in range(1, 8)],
+       "seconds": {"profile": 1.5, "estimate": 2.0, "solve": 3.5, "in_loop": 0.5},
+       "files": {"summary": "out/summary.json"}}
+  assert pipeline.format_summary(s).splitlines() == [
+      "== vit_digits on cpu (cpu), batch 8, float32, 40 images of digits",
+      "   chosen: n* = 33 tokens (alpha 0.5) -> pomt schedule 33 tokens from block 1",
+      "   paper proxies at n*: L(n*) 1.2500 ms (all blocks at n*), random-drop accuracy 0.9000; "
+      "measured:",
+      "   graph      tokens/layer                  latency ms   IQR ms  accuracy",
+      "   unpruned   [65, 65, 65]                      2.0000   0.1250    0.9500",
+      "   pomt       [65, 33, 33]                      1.5000   0.0625    0.8750",
+      "   speedup x1.33; accuracy change -0.0750; top-1 agreement with unpruned 0.9000",
+      "   held out: 20 images the choice never saw: unpruned 0.9000, pomt 0.8000 (95% interval "
+      "0.6000..0.9200); floor 0.8 (the unpruned there - 0.1) met there (the paired interval "
+      "contains it)",
+      "   the latency budget 4 ms costs 7.50 points of accuracy (measured here, on the same "
+      "images)",
+      "   latency steps: step 1; step 2; step 3; step 4; step 5; step 6",
+      "   wall seconds: profile 1.5, estimate 2.0, solve 3.5 (in-loop timing 0.5)",
+      "   files: summary=out/summary.json"]
+  fails = dict(s, max_accuracy_drop=None, holdout=dict(
+      s["holdout"], floor=0.85, floor_met=False, floor_status="fails"))
+  assert ("floor 0.85 NOT met there (the whole interval is below it)\n"
+          in pipeline.format_summary(fails))
+
+
 def test_floor_study_checks_the_main_job(tmp_path, capsys):
   # Same job as test_pipeline_multi_layer_solver: its graphs come from the session's XLA cache.
   from benchmarks import floor_study
