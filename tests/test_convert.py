@@ -800,6 +800,28 @@ def test_timm_named_npz(tmp_path):
     convert_file(cfg, str(tmp_path / "bf16.npz"))      # (it listed bfloat16 as supported)
 
 
+
+@pytest.mark.parametrize("second", ["head.weight.npy", "head.weight"])
+def test_npz_with_two_arrays_of_one_name_is_refused(tmp_path, second):
+  """A zip can hold two members of one name (or 'w' beside 'w.npy'); numpy read one of them and
+  the other was dropped in silence: a negated head converted, exit 0."""
+  cfg, _, sd = tiny_sd()
+  path = tmp_path / "dup.npz"
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")              # (zipfile warns of the duplicate name)
+    with zipfile.ZipFile(path, "w") as z:
+      for k, v in sd.items():
+        buf = io.BytesIO()
+        np.save(buf, v)
+        z.writestr(k + ".npy", buf.getvalue())
+      buf = io.BytesIO()
+      np.save(buf, -sd["head.weight"])
+      z.writestr(second, buf.getvalue())
+  with pytest.raises(ValueError, match=r"dup\.npz: not a valid \.npz file \(it holds more than "
+                                       r"one array named \['head\.weight'\]"):
+    convert_file(cfg, str(path))
+
+
 # ----------------------------------------------------------------------------- errors
 
 

@@ -215,6 +215,13 @@ def _load_npz(path: str) -> StateDict:
   if not isinstance(z, np.lib.npyio.NpzFile):     # a single array (.npy) named .npz
     raise ValueError(f"{path}: not a valid .npz file (it holds one {type(z).__name__}, not an "
                      "archive of named arrays)")
+  # A zip may hold two members of one name ('w.npy' twice, or 'w' beside 'w.npy'): numpy read
+  # one of them and the other was dropped in silence (a negated head converted, exit 0).
+  dup = sorted({k for k in z.files if z.files.count(k) > 1})
+  if dup:
+    z.close()
+    raise ValueError(f"{path}: not a valid .npz file (it holds more than one array named "
+                     f"{_first(dup, 5)}: which one is meant cannot be told)")
   key = None
   try:
     with z:
