@@ -822,6 +822,52 @@ def test_npz_with_two_arrays_of_one_name_is_refused(tmp_path, second):
     convert_file(cfg, str(path))
 
 
+
+def _damaged_npz(sd, kind):
+  """The bytes of an .npz of `sd` damaged as flipped bits damaged them (each was a traceback)."""
+  buf = io.BytesIO()
+  if kind == "npy header":
+    with zipfile.ZipFile(buf, "w") as z:
+      header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (3, \n"
+      z.writestr("cls_token.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little")
+                 + header + b"\0" * 12)
+    return buf.getvalue()
+  np.savez_compressed(buf, **sd)
+  b = bytearray(buf.getvalue())
+  central = b.index(b"PK\x01\x02")
+  if kind == "deflate stream":      # block type 3 (reserved) where the first member's data starts
+    start = 30 + int.from_bytes(b[26:28], "little") + int.from_bytes(b[28:30], "little")
+    b[start] |= 0x06
+  elif kind == "compression method":
+    b[central + 10] = 99
+  else:                             # the 'encrypted' flag
+    b[central + 8] |= 1
+  return bytes(b)
+
+
+@pytest.mark.parametrize("kind", ["deflate stream", "compression method", "encrypted flag",
+                                  "npy header"])
+def test_damaged_npz_is_one_error_naming_the_file(tmp_path, kind):
+  """zlib.error, NotImplementedError, RuntimeError and tokenize.TokenError escaped the reader."""
+  cfg, _, sd = tiny_sd()
+  path = tmp_path / "bad.npz"
+  path.write_bytes(_damaged_npz(sd, kind))
+  with pytest.raises(ValueError, match=r"bad\.npz: not a valid \.npz file \("):
+    convert_file(cfg, str(path))
+
+
+def test_safetensors_with_an_unknown_dtype_is_one_error(tmp_path):
+  """safetensors' message for an unknown dtype lists BF16 among the known ones, so the reader
+  retried it as a bfloat16 file and the jax loader's SafetensorError escaped (a traceback)."""
+  cfg, _, sd = tiny_sd()
+  path = tmp_path / "w.safetensors"
+  save_file(sd, str(path))
+  path.write_bytes(path.read_bytes().replace(b'"F32"', b'"F12"', 1))
+  with pytest.raises(ValueError, match=r"w\.safetensors: not a valid \.safetensors file "
+                                       r"\(SafetensorError: .*F12"):
+    convert_file(cfg, str(path))
+
+
 # ----------------------------------------------------------------------------- errors
 
 

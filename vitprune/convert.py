@@ -26,7 +26,9 @@ import fnmatch
 import math
 import os
 import re
+import tokenize
 import zipfile
+import zlib
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -131,7 +133,11 @@ def _load_safetensors(path: str) -> StateDict:
     return load_safetensors_numpy(path)
   except (SafetensorError, OSError, ValueError, TypeError, AttributeError) as e:
     if "bf16" in str(e).lower() or "bfloat16" in str(e).lower():  # numpy has no bfloat16
-      return {k: np.asarray(v.astype(jnp.float32)) for k, v in load_safetensors_jax(path).items()}
+      try:     # (a damaged header's error lists BF16 among the dtypes it knows: refused here)
+        return {k: np.asarray(v.astype(jnp.float32))
+                for k, v in load_safetensors_jax(path).items()}
+      except (SafetensorError, OSError, ValueError, TypeError, AttributeError) as e2:
+        e = e2
     if isinstance(e, AttributeError) and "float8" in str(e):   # nor do safetensors' loaders
       raise ValueError(f"{path}: holds float8 tensors, which safetensors cannot load into "
                        "numpy or jax; dequantise them (float16, bfloat16 or float32) "
@@ -196,6 +202,13 @@ def _load_torch(path: str) -> StateDict:
   return out
 
 
+# What zipfile and numpy raise for a damaged .npz: besides BadZipFile, a flipped bit gave zlib's
+# error (a deflate stream), NotImplementedError (a compression method), RuntimeError (the
+# 'encrypted' flag) and tokenize's TokenError / SyntaxError (an .npy header), each a traceback.
+NPZ_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error,
+              NotImplementedError, RuntimeError, SyntaxError, tokenize.TokenError)
+
+
 def _load_npz(path: str) -> StateDict:
   try:
     with open(path, "rb") as f:
@@ -210,7 +223,7 @@ def _load_npz(path: str) -> StateDict:
     raise ValueError(f"{path}: not a valid .npz file (no zip archive header){looks}")
   try:
     z = np.load(path, allow_pickle=False)
-  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+  except NPZ_ERRORS as e:
     raise ValueError(f"{path}: not a valid .npz file ({type(e).__name__}: {e})") from None
   if not isinstance(z, np.lib.npyio.NpzFile):     # a single array (.npy) named .npz
     raise ValueError(f"{path}: not a valid .npz file (it holds one {type(z).__name__}, not an "
@@ -229,7 +242,7 @@ def _load_npz(path: str) -> StateDict:
       for key in z.files:
         out[key] = z[key]
       return out
-  except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+  except NPZ_ERRORS as e:
     raise ValueError(f"{path}: not a valid .npz file ({type(e).__name__}: {e})") from None
   except MemoryError as e:       # a header declaring a huge array: numpy's line named neither
     raise MemoryError(f"{path}: entry {key!r} does not fit in memory "
