@@ -750,3 +750,131 @@ def test_the_unpruned_graph_timed_under_a_confident_drop_is_a_candidate_and_chos
   assert out.chosen.counts == (17, 17, 17) and out.chosen.measured_latency_s == 1.0
   assert (out.chosen.measured_change_low, out.chosen.measured_change_high) == (0.0, 0.0)
   assert out.full == out.chosen
+
+
+def _exact_model():
+  scheds = _schedules(8, 2) + [(N,) * (D + 1)]
+  return _fit(scheds, [_truth(c) for c in scheds])
+
+
+def test_residuals_are_relative_to_the_measurement_and_the_limit_is_inclusive():
+  """A graph measured 1.25x below its prediction misses by +25 % of the measurement (of the
+  prediction: 20 %), one measured 1.25x above by -20 %; a p90 exactly at the model's limit is
+  still trusted (a mutation audit: both went unpinned)."""
+  lm0 = _exact_model()
+  f = [1.25 if i % 2 else 0.8 for i in range(len(lm0.calibration))]
+  lm = dataclasses.replace(lm0, calibration_s=tuple(
+      lm0.predict(c) / x for c, x in zip(lm0.calibration, f)))
+  assert lm.residuals() == pytest.approx([x - 1 for x in f], rel=1e-12)
+  assert lm.residual_median == pytest.approx(0.225, rel=1e-12)
+  assert lm.residual_p90 == pytest.approx(0.25, rel=1e-12)
+  c = lm.calibration[0]
+  assert dataclasses.replace(lm, max_residual=lm.residual_p90).trust(c) is None
+  below = dataclasses.replace(lm, max_residual=0.24)
+  assert below.trust(c) == "the pomt latency model's p90 calibration error 25.0% exceeds 24%"
+
+
+def test_the_calibrated_range_includes_the_full_count_block_0_runs_at():
+  """Schedules reducing in block 0 run it at all N tokens: N is calibrated (a mutation audit:
+  the range taken from the counts after block 0 went unpinned)."""
+  lm0 = _exact_model()
+  scheds = [(N,) + (n,) * D for n in (33, 29, 21, 9)] + [(N,) * (D + 1)]
+  lm = dataclasses.replace(lm0, calibration=tuple(scheds),
+                           calibration_s=tuple(lm0.predict(c) for c in scheds))
+  assert lm.calibrated_range == (9, N)
+  assert lm.trust((N,) * (D + 1)) is None
+  assert lm.trust((N,) * D + (5,)) == (f"counts [5] are outside the calibrated range 9..{N} of "
+                                       "the pomt latency model")
+
+
+def test_predict_refuses_schedules_of_another_depth_or_growing_in_the_last_block():
+  lm = _exact_model()
+  with pytest.raises(ValueError, match=r"^schedule has 8 counts, vit_digits needs 7$"):
+    lm.predict((N,) * (D + 2))
+  with pytest.raises(ValueError, match=r"^schedule has 6 counts, vit_digits needs 7$"):
+    lm.predict((N,) * D)
+  with pytest.raises(ValueError, match=r"^schedule counts must never increase: block 5 "
+                                       r"receives 9 tokens and would emit 33$"):
+    lm.predict((N,) * (D - 1) + (9, 33))
+
+
+def test_a_model_read_back_is_refused_outside_the_fits_bounds_or_with_bad_calibration():
+  """Each bound of the fit (0 <= mlp <= scale; r0, r1, post >= 0) and each calibration latency
+  a number (a string, NaN or bool loaded as a latency), exactly at the edge."""
+  doc = _exact_model().to_json()
+  p = doc["params"]
+  for k, v in (("mlp", -1e-12), ("mlp", p["scale"] * (1 + 1e-12)), ("r0", -1e-12),
+               ("r1", -1e-12), ("post", -1e-12)):
+    with pytest.raises(lm_lib.LatencyModelError,
+                       match=r"^m\.json: params must have 0 <= mlp <= scale and r0, r1, post "
+                             r">= 0 \(the fit's bounds\), got "):
+      lm_lib.LatencyModel.from_json(dict(doc, params=dict(p, **{k: v})), "m.json")
+  lm_lib.LatencyModel.from_json(dict(doc, params=dict(p, mlp=p["scale"], post=0.0)))
+  for bad in ("0.001", float("nan"), True, None):
+    cal = [dict(c) for c in doc["calibration"]]
+    cal[1]["measured_s"] = bad
+    with pytest.raises(lm_lib.LatencyModelError,
+                       match=r"^m\.json: calibration must be a list of \{counts, measured_s\}$"):
+      lm_lib.LatencyModel.from_json(dict(doc, calibration=cal), "m.json")
+  assert lm_lib.LatencyModel.from_json(dict(doc, source="other")).source == "other"
+
+
+def test_a_latency_model_needs_a_curve_and_one_latency_per_schedule():
+  lm = _exact_model()
+  with pytest.raises(ValueError, match=r"^need >= 2 curve points with one latency each, got 1 "
+                                       r"counts and 1 latencies$"):
+    dataclasses.replace(lm, tokens=(N,), curve_s=(1e-3,))
+  with pytest.raises(ValueError, match=r"^one measured latency per calibration schedule$"):
+    dataclasses.replace(lm, calibration_s=lm.calibration_s[:-1])
+
+
+def test_fit_needs_a_latency_per_parameter_and_sorts_the_curve():
+  """Four or five reducing schedules alone cannot fit six parameters; a curve given in
+  descending order fits the same model as in ascending order (mutation audit findings)."""
+  for num in (4, 5):
+    scheds = _schedules(num, 0)
+    with pytest.raises(lm_lib.CalibrationError,
+                       match=rf"^need >= 6 calibration schedules with positive finite "
+                             rf"latencies, got {num}$"):
+      _fit(scheds, [_truth(c) for c in scheds])
+  scheds = _schedules(6, 0)
+  lm = _fit(scheds, [_truth(c) for c in scheds])
+  rev = lm_lib.fit_arrays(model=CFG.name, config=config_to_dict(CFG), device_kind="cpu",
+                          platform="cpu", dtype="float32", batch_size=1, method="pomt",
+                          tokens=GRID[::-1], curve_s=_curve()[::-1], schedules=scheds,
+                          measured_s=[_truth(c) for c in scheds])
+  assert rev == lm and rev.tokens == GRID
+
+
+def test_calibration_counts_are_refused_exactly_outside_their_limits():
+  lm_lib.check_calibration_count(4)
+  lm_lib.check_calibration_count(1000)
+  with pytest.raises(lm_lib.CalibrationError,
+                     match=r"^n must be >= 4 \(one per reduction term of the latency model\), "
+                           r"got 3$"):
+    lm_lib.check_calibration_count(3, "n")
+  with pytest.raises(lm_lib.CalibrationError,
+                     match=r"^num_schedules must be <= 1000 \(each is a graph compiled and "
+                           r"timed\), got 1001$"):
+    lm_lib.check_calibration_count(1001)
+
+
+def test_relative_errors_count_an_error_of_exactly_10_percent_as_within():
+  assert lm_lib.relative_errors([11.0, 9.0, 12.0], [10.0, 10.0, 10.0])["within10"] == 2 / 3
+
+
+def test_dp_arrays_need_the_full_count_and_refuse_any_negative_time_beyond_round_off():
+  lm = _exact_model()
+  with pytest.raises(ValueError, match=r"^grid must contain the full count 65$"):
+    lm.dp_arrays(GRID[:-1])
+  # The constant at which the cheapest schedule takes 0 s: 1e-10 s below it is refused, though
+  # that is well under 1e-6 of the model's scale (the round-off tolerance is 1e-9 of it).
+  p = lm.params
+  s = lm.shape(np.asarray(GRID))
+  block = p["scale"] * s + p["post"] * s * (np.asarray(GRID) < N)
+  zero = -(float(block[-1]) + (D - 1) * float(block.min()) + float((p["mlp"] * s).min()) -
+           p["mlp"] * float(lm.shape(N)))
+  dataclasses.replace(lm, params=dict(p, const=zero)).dp_arrays(GRID)
+  with pytest.raises(ValueError, match=r"predicts negative time for short schedules \(a lower "
+                                       r"bound of -1e-10 s\); recalibrate$"):
+    dataclasses.replace(lm, params=dict(p, const=zero - 1e-10)).dp_arrays(GRID)
