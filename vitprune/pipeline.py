@@ -281,7 +281,6 @@ class ScheduleTimer:
     return [meas[i].median for i in range(len(counts_list))]
 
 
-
 def _calibrate(cfg, params, spec, tokens, log):
   """Stage 1, multi: the latency model of the compiled graph -> (Profile, LatencyModel)."""
   log(f"[1/4] profile: {cfg.name} latency model of the compiled graph on "
