@@ -416,9 +416,15 @@ def test_write_outputs_never_replaces_foreign_tables(tmp_path):
   (tmp_path / "t.csv").write_text("my,csv\n1,2\n")     # a CSV that is not ours
   with pytest.raises(atomic.ForeignOutputError, match=r"t\.csv: it is not a vitprune benchmark"):
     B.check_replaceable_outputs(paths)
-  (tmp_path / "t.csv").write_text(B.to_csv(rows))      # ours: replaceable, with its MD
-  B.check_replaceable_outputs(paths)
-  assert (tmp_path / "t.md").read_text() == "my notes"
+  (tmp_path / "t.csv").write_text(B.to_csv(rows))      # ours, but the MD beside it is not
+  with pytest.raises(atomic.ForeignOutputError, match=r"t\.md: it holds no benchmark table "
+                                                   r"vitprune wrote"):
+    B.check_replaceable_outputs(paths)
+  (tmp_path / "t.md").write_bytes(b"\xff\xfe binary")
+  with pytest.raises(atomic.ForeignOutputError, match=r"t\.md: it holds no benchmark table"):
+    B.check_replaceable_outputs(paths)
+  (tmp_path / "t.md").write_text(B.to_markdown([], ["weights: w", "data: d"]))
+  B.check_replaceable_outputs(paths)                    # ours: replaceable, with its MD
   (tmp_path / "t.png").mkdir()                          # publish failed after the work, mixed
   with pytest.raises(atomic.ForeignOutputError, match=r"t\.png: it is a folder, not a file"):
     B.check_replaceable_outputs(paths)

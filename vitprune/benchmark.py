@@ -653,6 +653,25 @@ def check_replaceable_outputs(paths: Dict[str, str]) -> None:
     raise atomic.ForeignOutputError(f"refusing to replace {', '.join(stray)}: no benchmark "
                                     f"table {os.path.basename(paths['csv'])} is beside it; move "
                                     "it away or choose another --out_dir")
+  if os.path.lexists(paths["md"]) and not _our_markdown(paths["md"]):
+    raise atomic.ForeignOutputError(f"refusing to replace {paths['md']}: it holds no benchmark "
+                                    "table vitprune wrote (a file of yours?); move it away or "
+                                    "choose another --out_dir")
+
+
+def _our_markdown(md_path: str) -> bool:
+  """Whether `md_path` (a regular file: `atomic.check_companions`) holds a table `to_markdown`
+  wrote: its header row, `| batch | ...`, among its first lines (after the provenance). A note
+  of the user's beside our CSV was replaced unsaid; an unreadable file says nothing (the
+  publish says what fails)."""
+  try:
+    with open(md_path, encoding="utf-8") as f:
+      head = [f.readline(4096) for _ in range(16)]
+  except UnicodeDecodeError:
+    return False
+  except OSError:
+    return True
+  return any(line.startswith(f"| {MD_COLUMNS[0]} |") for line in head)
 
 
 def _table_settings(rows: Sequence[Dict[str, Any]]) -> Dict[str, str]:
