@@ -21,6 +21,7 @@ from vitprune import checkpoint, deploy, jsonio, memory
 from vitprune.config import COMPUTE_DTYPES, PRECISIONS, method_label, options_text
 from vitprune.digest import params_sha256
 from vitprune.edge.targets import check_compute_dtype, host_cpu, parse_target, parse_targets
+from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import records
 from vitprune.records.estimate import read_estimate
 from vitprune.records.solution import read_solution
@@ -81,6 +82,8 @@ def input_provenance(profile_path: str = "", estimate_path: str = "") -> dict:
                       "sha256": records.measurement_sha256(p), "model": p.model,
                       "device_kind": p.device_kind, "platform": p.platform, "dtype": p.dtype,
                       "batch_sizes": list(p.batch_sizes), "modes": list(p.modes)}
+    if any(pt.component == "schedule" for pt in p.points):   # (pruned graphs of one method)
+      out["profile"]["schedules_of"] = latency_model_lib.schedule_method(p)
   if estimate_path:
     e = read_estimate(estimate_path)
     out["estimate"] = {"path": os.path.abspath(estimate_path), "sha256": e.sha256(),
@@ -96,8 +99,9 @@ def check_inputs_match(provenance: dict, model: str, weights_sha256: str,
   """The --profile / --estimate a deployment records must be of what it deploys: the same
   model, the estimate of these weights and (`method`, None for an unpruned artifact) of this
   reducer (an estimate of the same method measured with the options `reducer` has), the
-  profile timed at this batch size (any, for a symbolic batch) in this dtype. ValueError
-  naming the mismatch."""
+  profile timed at this batch size (any, for a symbolic batch) in this dtype and, where it
+  timed pruned schedules ('schedule' points: the latency model's calibration), of this method.
+  ValueError naming the mismatch."""
   prof, est = provenance.get("profile"), provenance.get("estimate")
   for name, rec in (("--profile", prof), ("--estimate", est)):
     if rec is not None and rec["model"] != model:
@@ -122,6 +126,11 @@ def check_inputs_match(provenance: dict, model: str, weights_sha256: str,
   if est is not None and est["weights_sha256"] != weights_sha256:
     raise ValueError(f"--estimate={est['path']} was measured on other weights (sha256 "
                      f"{est['weights_sha256'][:12]}..., these are {weights_sha256[:12]}...)")
+  timed = None if prof is None else prof.get("schedules_of")
+  if (timed is not None and method is not None
+      and timed.strip().lower() != method.strip().lower()):
+    raise ValueError(f"--profile={prof['path']} timed {timed} schedules, the artifact prunes "
+                     f"with --method={method}: their latency is of other graphs")
   if prof is not None and prof["dtype"] != dtype:
     raise ValueError(f"--profile={prof['path']} was timed in {prof['dtype']}, the artifact "
                      f"computes in {dtype}")

@@ -1256,6 +1256,13 @@ def test_deploy_refuses_a_profile_or_estimate_of_something_else():
   # With --solution the solution's own checks apply (method None): no options check here.
   check_inputs_match(per_layer, "vit_digits", "a" * 64, 1, "float32", None,
                      make_reducer("random", seed=2))
+  # A profile that timed pruned schedules (calibration) timed one method's graphs.
+  calibrated = {"profile": dict(prof, schedules_of="pomt")}
+  check_inputs_match(calibrated, "vit_digits", "a" * 64, 1, "float32", " POMT")
+  check_inputs_match(calibrated, "vit_digits", "a" * 64, 1, "float32")       # unpruned
+  with pytest.raises(ValueError, match=r"^--profile=p.json timed pomt schedules, the artifact "
+                     r"prunes with --method=tome: their latency is of other graphs$"):
+    check_inputs_match(calibrated, "vit_digits", "a" * 64, 1, "float32", "tome")
   for args, match in (
       (("deit_tiny", "a" * 64, 1, "float32"), r"--profile=p.json is of model 'vit_digits'"),
       (("vit_digits", "b" * 64, 1, "float32"), r"--estimate=e.json was measured on other "
@@ -1266,6 +1273,32 @@ def test_deploy_refuses_a_profile_or_estimate_of_something_else():
        "in bfloat16")):
     with pytest.raises(ValueError, match=match):
       check_inputs_match(ok, *args)
+
+
+def test_a_profile_of_another_methods_schedules_is_refused_by_deploy(tmp_path):
+  """A calibrated profile (`--solver=multi`: 'schedule' points, pomt graphs) was recorded as
+  the latency of a ToMe artifact: the provenance names which method's graphs it timed."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from experiments import deploy as deploy_cli  # pylint: disable=g-import-not-at-top
+  from vitprune.profile import records  # pylint: disable=g-import-not-at-top
+  pts = [records.Point(component="model", batch_size=1, tokens=17, median_s=2e-3, q25_s=2e-3,
+                       q75_s=2e-3, num_samples=1, samples_s=(2e-3,), compile_s=0.1, retries=0)]
+  pts.append(dataclasses.replace(pts[0], component="schedule", tokens=17,
+                                 schedule=(17, 17, 9)))
+  prof = records.Profile(
+      model=CFG.name, config=dataclasses.asdict(CFG), device_kind="cpu", platform="cpu",
+      jax_version="0", jaxlib_version="0", dtype="float32", modes=("model", "schedule"),
+      reducer="pomt+random", timing={"min_run_time": 0.1}, points=tuple(pts),
+      created="2026-01-01T00:00:00+00:00")
+  path = str(tmp_path / "p.json")
+  with open(path, "w") as f:
+    json.dump(records.to_json(records.analyze(prof)), f)
+  prov = deploy_cli.input_provenance(path)
+  assert prov["profile"]["schedules_of"] == "pomt"
+  deploy_cli.check_inputs_match(prov, CFG.name, "a" * 64, 1, "float32", "pomt")
+  with pytest.raises(ValueError, match=r"timed pomt schedules, the artifact prunes with "
+                                       r"--method=tome"):
+    deploy_cli.check_inputs_match(prov, CFG.name, "a" * 64, 1, "float32", "tome")
 
 
 def test_deploy_refuses_a_profile_or_estimate_the_solution_was_not_solved_from():
@@ -1312,6 +1345,7 @@ def test_a_solution_names_its_profile_by_what_was_measured(tmp_path):
     json.dump(records.to_json(edited), f)       # as an older detector wrote it
   prov = deploy_cli.input_provenance(path)
   assert prov["profile"]["sha256"] == records.measurement_sha256(prof)
+  assert "schedules_of" not in prov["profile"]            # (a curve of token counts: any method)
   est = types.SimpleNamespace(path="/e.json", sha256="c" * 64)
   for recorded in (records.measurement_sha256(prof),
                    jsonio.canonical_sha256(records.to_json(edited))):   # a solution from before
