@@ -544,6 +544,20 @@ def test_corrupt_forward_file(artifact, tmp_path):
     deploy.load(path)
 
 
+def test_a_forward_of_a_calling_convention_this_jax_does_not_run_is_refused(artifact,
+                                                                           monkeypatch):
+  """An artifact exported by a newer jax (calling convention 11 for a jax running 9..10) was
+  deserialized and called: jax checks the version only when it exports."""
+  import jax  # pylint: disable=g-import-not-at-top
+  version = int(deploy.load(artifact).exported.calling_convention_version)
+  monkeypatch.setattr(jax.export, "maximum_supported_calling_convention_version", version - 1)
+  monkeypatch.setattr(jax.export, "minimum_supported_calling_convention_version", version - 2)
+  with pytest.raises(deploy.ArtifactError, match=rf": the exported forward uses jax.export "
+                     rf"calling convention version {version}, this jax \S+ runs versions "
+                     rf"{version - 2}\.\.{version - 1}: re-export it with this jax"):
+    deploy.load(artifact)
+
+
 # ----------------------------------------------------------------------------- atomicity
 
 

@@ -371,7 +371,16 @@ def _dims(shape) -> Tuple:
 
 
 def _check_exported(exported: jax.export.Exported, manifest: Manifest, path: str) -> None:
-  """The manifest describes this graph: identity, input and output shapes."""
+  """This jax runs the graph's calling convention, and the manifest describes the graph:
+  identity, input and output shapes."""
+  version = int(exported.calling_convention_version)
+  low = jax.export.minimum_supported_calling_convention_version
+  high = jax.export.maximum_supported_calling_convention_version
+  if not low <= version <= high:       # (jax itself checks it when exporting, not here)
+    raise ArtifactError(f"{path}: the exported forward uses jax.export calling convention "
+                        f"version {version}, this jax {jax.__version__} runs versions "
+                        f"{low}..{high}: re-export it with this jax (experiments.deploy), or "
+                        "load it with a jax that runs that version")
   name = str(exported.fun_name)
   if name.startswith(IDENTITY_PREFIX) and name != IDENTITY_PREFIX + manifest.identity():
     raise ArtifactError(f"{path}: the manifest does not describe the exported forward (its "
