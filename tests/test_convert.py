@@ -852,7 +852,9 @@ def test_damaged_npz_is_one_error_naming_the_file(tmp_path, kind):
   cfg, _, sd = tiny_sd()
   path = tmp_path / "bad.npz"
   path.write_bytes(_damaged_npz(sd, kind))
-  with pytest.raises(ValueError, match=r"bad\.npz: not a valid \.npz file \("):
+  named = {"deflate stream": r"zlib\.error: ", "compression method": "NotImplementedError: ",
+           "encrypted flag": "RuntimeError: "}.get(kind, "")
+  with pytest.raises(ValueError, match=r"bad\.npz: not a valid \.npz file \(" + named):
     convert_file(cfg, str(path))
 
 

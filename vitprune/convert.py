@@ -209,6 +209,12 @@ NPZ_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error,
               NotImplementedError, RuntimeError, SyntaxError, tokenize.TokenError)
 
 
+def _error_name(e: BaseException) -> str:
+  """`e`'s class by name, with its module where the name alone says nothing (zlib's 'error')."""
+  name = type(e).__name__
+  return f"{type(e).__module__}.{name}" if name == "error" else name
+
+
 def _load_npz(path: str) -> StateDict:
   try:
     with open(path, "rb") as f:
@@ -224,7 +230,7 @@ def _load_npz(path: str) -> StateDict:
   try:
     z = np.load(path, allow_pickle=False)
   except NPZ_ERRORS as e:
-    raise ValueError(f"{path}: not a valid .npz file ({type(e).__name__}: {e})") from None
+    raise ValueError(f"{path}: not a valid .npz file ({_error_name(e)}: {e})") from None
   if not isinstance(z, np.lib.npyio.NpzFile):     # a single array (.npy) named .npz
     raise ValueError(f"{path}: not a valid .npz file (it holds one {type(z).__name__}, not an "
                      "archive of named arrays)")
@@ -243,7 +249,7 @@ def _load_npz(path: str) -> StateDict:
         out[key] = z[key]
       return out
   except NPZ_ERRORS as e:
-    raise ValueError(f"{path}: not a valid .npz file ({type(e).__name__}: {e})") from None
+    raise ValueError(f"{path}: not a valid .npz file ({_error_name(e)}: {e})") from None
   except MemoryError as e:       # a header declaring a huge array: numpy's line named neither
     raise MemoryError(f"{path}: entry {key!r} does not fit in memory "
                       f"({str(e) or 'MemoryError'})") from None
