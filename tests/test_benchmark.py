@@ -94,6 +94,14 @@ def test_parse_variants_errors(text, match):
     B.parse_variants(TINY, text)
 
 
+def test_a_default_variant_name_is_the_schedule_as_read():
+  # (the text as given: a valid 'keep@0: 5' was refused as a bad variant name, and 'TOME:R1'
+  # beside 'tome:r1' timed one graph twice, under two names)
+  assert [v.name for v in B.parse_variants(TINY, "topk:KEEP@0: 5")] == ["topk:keep@0:5"]
+  with pytest.raises(ValueError, match=r"duplicate variant names \['tome:r1'\]"):
+    B.build_variants(TINY, variants="TOME:R1;tome:r1")
+
+
 def test_build_variants_errors(tmp_path):
   with pytest.raises(ValueError, match=r"duplicate variant names \['a'\]; name them explicitly"):
     B.build_variants(TINY, variants="a=tome:r2;a=topk:r2")
