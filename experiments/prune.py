@@ -100,7 +100,8 @@ def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int,
     ds = data_lib.ImageFolder(images_dir, class_names=None if headless else class_names,
                               num_classes=None if headless else cfg.num_classes)
     if len(ds) <= batch_size:
-      indices, note = np.arange(len(ds)), f"all {len(ds)} images of {images_dir}"
+      indices, note = np.arange(len(ds)), (f"all {len(ds)} images of {images_dir}"
+                                         if len(ds) > 1 else f"the one image of {images_dir}")
     else:
       indices = estimate_lib.subset_indices(ds.labels, ds.labelled, batch_size, seed)
       note = (f"{batch_size} of the {len(ds)} images of {images_dir} "

@@ -96,6 +96,8 @@ def test_train_digits(tmp_path, capsys):
                                  f"{meta['test_accuracy']:.4f})\n")
   common.load_model(None, None)
   assert capsys.readouterr() == ("", "")
+  common.note_smoke_run("w", {"max_steps": 1})          # (it said "1 steps")
+  assert "were trained for 1 step only (" in capsys.readouterr().err
   from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
   code, _, err = run_cli_in_process(ROOT, "deploy", [f"--weights={tmp_path / 'w'}",
                                                      "--schedule=full", "--noverify",

@@ -207,6 +207,12 @@ def test_cli_refuses_a_seed_that_samples_nothing(tmp_path):
       "--repeats=3", "--warmup=0", f"--images={images}/0", "--batch_size=4"])
   assert code == 0 and "top-1 accuracy" not in out, err
   assert f"; {UNLABELLED_NOTE}\nweights: " in out
+  one = tmp_path / "one"                     # (it said "all 1 images of")
+  one.mkdir()
+  shutil.copy(next((tmp_path / "imgs" / "0").iterdir()), one / "a.png")
+  code, out, err = run_cli_in_process(root, "prune", [
+      "--repeats=3", "--warmup=0", f"--images={one}", "--batch_size=4"])
+  assert code == 0 and f"the one image of {one}" in out and "all 1 " not in out, err
 
 
 def test_cli_default_prunes_the_embedded_model_on_digits(capsys):
