@@ -431,7 +431,11 @@ def test_write_outputs_never_replaces_foreign_tables(tmp_path):
   (tmp_path / "t.md").write_bytes(b"\xff\xfe binary")
   with pytest.raises(atomic.ForeignOutputError, match=r"t\.md: it holds no benchmark table"):
     B.check_replaceable_outputs(paths)
-  (tmp_path / "t.md").write_text(B.to_markdown([], ["weights: w", "data: d"]))
+  (tmp_path / "t.md").write_text("my notes\n" + B.to_markdown([]))    # (not first)
+  with pytest.raises(atomic.ForeignOutputError, match=r"t\.md: it holds no benchmark table"):
+    B.check_replaceable_outputs(paths)
+  (tmp_path / "t.md").write_text(B.to_markdown([], ["weights: w", "data: d",
+                                                    "command: `" + "x" * 99999 + "`"]))
   B.check_replaceable_outputs(paths)                    # ours: replaceable, with its MD
   (tmp_path / "t.png").mkdir()                          # publish failed after the work, mixed
   with pytest.raises(atomic.ForeignOutputError, match=r"t\.png: it is a folder, not a file"):

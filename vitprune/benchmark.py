@@ -665,17 +665,19 @@ def check_replaceable_outputs(paths: Dict[str, str]) -> None:
 
 def _our_markdown(md_path: str) -> bool:
   """Whether `md_path` (a regular file: `atomic.check_companions`) holds a table `to_markdown`
-  wrote: its header row, `| batch | ...`, among its first lines (after the provenance). A note
+  wrote: its first line after the provenance list is the header row, `| batch | ...`. A note
   of the user's beside our CSV was replaced unsaid; an unreadable file says nothing (the
   publish says what fails)."""
   try:
     with open(md_path, encoding="utf-8") as f:
-      head = [f.readline(4096) for _ in range(16)]
+      head = f.read(1 << 20)            # (ours: a few kB; the provenance's command is one line)
   except UnicodeDecodeError:
     return False
   except OSError:
     return True
-  return any(line.startswith(f"| {MD_COLUMNS[0]} |") for line in head)
+  first = next((line for line in head.split("\n") if line.strip() and not line.startswith("- ")),
+               "")
+  return first.startswith(f"| {MD_COLUMNS[0]} |")
 
 
 def _table_settings(rows: Sequence[Dict[str, Any]]) -> Dict[str, str]:
