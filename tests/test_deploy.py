@@ -428,6 +428,10 @@ EDITED = "identity does not match the manifest's fields|does not describe the ex
      r"targets must be a list of target names starting with 'jax', got \['iree:host'\]"),
     (lambda d: d["reducer"]["options"].__setitem__("k", 2), EDITED),
     (lambda d: d["files"].__setitem__("params", ""), "files.params must be a non-empty string"),
+    # From a mutation audit (each check's removal passed every test):
+    (lambda d: d["files"].__setitem__("forward", ""), "files.forward must be a non-empty string"),
+    (lambda d: d.__setitem__("targets", ["jax", 3]),
+     r"targets must be a list of target names starting with 'jax', got \['jax', 3\]"),
     (lambda d: d["output"].__setitem__("shape", [3, 11]),
      r"output.shape \[3, 11\] is not \[3, 10\] for test_tiny_vit"),
     (lambda d: d["input"].__setitem__("symbolic_batch", "no"),

@@ -594,6 +594,16 @@ def _mutate(d, fn):
     (lambda d: d["eval"].update(num_devices=0), "eval.num_devices must be a positive int, got 0"),
     (lambda d: d["points"].append(copy.deepcopy(d["points"][-1])),
      "7 points for a grid of 3 layers x 2"),
+    (lambda d: d.pop("versions"), "missing key 'versions'"),      # (a bare KeyError)
+    (lambda d: d.update(versions=[]), "'versions' must be dict, got list"),   # (read as {})
+    (lambda d: d["data"].update(num_examples=0), "data.num_examples must be a positive int, "
+     "got 0"),                 # (said "reference: num_examples 7 != data.num_examples 0")
+    # (each a bare KeyError / TypeError / AttributeError, or accepted, without its check)
+    (lambda d: d["points"][1].pop("kl"), r"points\[1\]: missing 'kl'"),
+    (lambda d: d["data"].pop("labelled"), "data is missing 'labelled'"),
+    (lambda d: d["points"].__setitem__(1, 5), r"points\[1\]: must be an object"),
+    (lambda d: d["points"][2].update(schedule=5), r"points\[2\]: schedule must be a string"),
+    (lambda d: d["data"].update(source="  "), "data.source must be a non-empty string, got '  '"),
 ])
 def test_validation_errors(doc, fn, match):
   with pytest.raises(record_lib.EstimateError, match=match):
