@@ -273,6 +273,33 @@ def test_a_new_dir_check_restores_an_output_a_killed_writer_moved_aside(tmp_path
   assert (out / "manifest.json").read_text() == "{}" and not aside.exists()
 
 
+def test_an_empty_folder_made_where_an_output_was_moved_aside_does_not_lose_it(tmp_path):
+  """Killed between moving the old output aside and publishing, then an empty folder made in
+  its place (`mkdir -p`): the next write deleted the moved-aside output as if replaced, while
+  an empty folder is free (any output takes it): the previous one is put back onto it."""
+  out = tmp_path / "art"
+  aside = tmp_path / ".art.old-999999999-abc"          # no such process
+  (aside / "art").mkdir(parents=True)
+  (aside / "art" / "manifest.json").write_text("{}")
+  out.mkdir()
+  atomic.cleanup_stale(str(out))
+  assert (out / "manifest.json").read_text() == "{}" and not aside.exists()
+  (aside / "art").mkdir(parents=True)                  # a folder of files there: not replaced
+  (aside / "art" / "manifest.json").write_text("old")
+  atomic.cleanup_stale(str(out))
+  assert (out / "manifest.json").read_text() == "{}" and os.listdir(tmp_path) == ["art"]
+  shutil.rmtree(out)
+  out.mkdir()                                          # a run stamping what it replaces
+  (aside / "art").mkdir(parents=True)
+  (aside / "art" / "manifest.json").write_text("{}")
+  stamp = atomic.output_stamp(str(out))
+  assert (out / "manifest.json").read_text() == "{}" and not aside.exists()
+  is_ours = lambda p: os.path.isfile(os.path.join(p, "manifest.json"))
+  with atomic.staged_dir(str(out), overwrite=True, is_ours=is_ours, replaces=stamp) as tmp:
+    (tmp_path / tmp / "manifest.json").write_text("new")
+  assert (out / "manifest.json").read_text() == "new" and os.listdir(tmp_path) == ["art"]
+
+
 def test_a_writer_another_user_runs_is_alive_and_pid_0_is_no_writer(tmp_path, monkeypatch):
   """A temporary is a dead writer's by its PID: one this process may not signal (another
   user's live writer, PermissionError) is alive and kept; PID 0 names no writer: removed."""
@@ -1046,3 +1073,129 @@ def test_an_output_folder_never_ours_is_refused_as_such_with_or_without_overwrit
   for path in ("empty", "absent"):
     atomic.check_output_dir_target(str(tmp_path / path), False, is_ours)
   assert os.listdir(foreign) == ["notes.txt"] and os.listdir(ours) == ["marker"]
+
+
+def test_a_probe_left_in_our_output_does_not_make_it_foreign(tmp_path):
+  """`check_writable_dir`'s probe, left where it could not be removed (append-only, or a run
+  killed between making and removing it), is no file of the user's: the output stays ours."""
+  target = tmp_path / "art"
+  ours = lambda p: os.path.isfile(os.path.join(p, "m.json"))
+  with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:
+    (tmp_path / tmp / "m.json").write_text("old")
+  (target / f"{atomic.WRITE_CHECK_PREFIX}abc123").write_text("")
+  assert atomic.unlisted_files(str(target)) == []
+  with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:
+    (tmp_path / tmp / "m.json").write_text("new")
+  assert sorted(os.listdir(target)) == [atomic.INVENTORY_FILE, "m.json"]
+  assert (target / "m.json").read_text() == "new"
+
+
+def test_a_temporary_named_with_pid_0_is_removed(tmp_path):
+  """kill(0, 0) signals this process's own group and succeeds: a temporary named with PID 0
+  (no writer) was judged alive and kept for ever (here the real kill, not a stand-in)."""
+  none = tmp_path / f".r.json.tmp-0-{atomic._namespace_tag()}-abc"
+  none.write_text("x")
+  atomic.cleanup_stale(str(tmp_path / "r.json"))
+  assert not none.exists()
+
+
+def test_a_lock_file_a_killed_writer_left_is_removed_by_the_next_write(tmp_path):
+  """A lock file nobody holds (its holder killed) is swept by the next write of the file."""
+  path = tmp_path / "x.json"
+  (tmp_path / ".x.json.lock").write_text("")
+  atomic.write_bytes(str(path), b"new")
+  assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["x.json"]
+
+
+def test_a_lock_file_made_anew_meanwhile_is_not_swept_as_stale(tmp_path, monkeypatch):
+  """The sweep opened a killed holder's lock file; another writer then removed it and made its
+  own (`locked` releases by unlinking): only the file the sweep locked may be removed, never
+  the one another writer locks."""
+  lock = tmp_path / ".x.json.lock"
+  lock.write_text("")
+  real_flock, swapped = atomic.fcntl.flock, []
+
+  def flock(fd, op):
+    if op & atomic.fcntl.LOCK_NB and not swapped:
+      swapped.append(1)
+      os.unlink(lock)
+      lock.write_text("theirs")
+    return real_flock(fd, op)
+
+  monkeypatch.setattr(atomic.fcntl, "flock", flock)
+  atomic.cleanup_stale(str(tmp_path / "x.json"))
+  assert swapped and lock.read_text() == "theirs"
+
+
+def test_a_file_set_missing_a_file_is_refused_by_name_and_replaces_nothing(tmp_path):
+  """A set with a file not written is refused before its commit, naming the file (not a raw
+  errno naming the hidden staging folder); the old files stay and no temporary is left."""
+  for n in ("p.png", "p.json"):
+    (tmp_path / n).write_text("old")
+  with pytest.raises(FileNotFoundError, match=r"^staged_files: \['p.json'\] were not written$"):
+    with atomic.staged_files(str(tmp_path), "p", ["p.png", "p.json"]) as tmp:
+      open(os.path.join(tmp, "p.png"), "w").write("new")
+  assert [(tmp_path / n).read_text() for n in ("p.png", "p.json")] == ["old", "old"]
+  assert sorted(os.listdir(tmp_path)) == ["p.json", "p.png"]
+
+
+def test_a_publish_failing_after_the_old_output_moved_aside_puts_it_back(tmp_path,
+                                                                        monkeypatch):
+  """The publishing rename failing for a reason other than a taken path (EIO, a quota) once the
+  old output is moved aside: the old one goes back, never deleted with the hidden folder."""
+  import errno  # pylint: disable=g-import-not-at-top
+  target = tmp_path / "art"
+  ours = lambda p: os.path.isfile(os.path.join(p, "m.json"))
+  with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:
+    (tmp_path / tmp / "m.json").write_text("old")
+  real_rename, phases = os.rename, []
+
+  def rename(src, dst, *a, **kw):
+    if "moved_aside" in phases and os.path.basename(src).startswith(".art.tmp-"):
+      raise OSError(errno.EIO, "Input/output error")
+    return real_rename(src, dst, *a, **kw)
+
+  monkeypatch.setattr(atomic, "fault_hook", phases.append)
+  monkeypatch.setattr(atomic.os, "rename", rename)
+  with pytest.raises(OSError, match="Input/output error"):
+    with atomic.staged_dir(str(target), overwrite=True, is_ours=ours) as tmp:
+      (tmp_path / tmp / "m.json").write_text("new")
+  assert "moved_aside" in phases and (target / "m.json").read_text() == "old"
+  assert sorted(os.listdir(tmp_path)) == ["art"]          # no staged or old copy left
+
+
+def test_a_link_where_a_companion_file_goes_is_refused(tmp_path):
+  """A link at a CSV/MD/PNG written with an output is the user's: refused, as a link."""
+  (tmp_path / "mine.csv").write_text("a,b")
+  (tmp_path / "p.csv").symlink_to(tmp_path / "mine.csv")
+  with pytest.raises(atomic.ForeignOutputError, match=r"refusing to replace .*p\.csv: it is a "
+                                                      r"symbolic link, not a file vitprune"):
+    atomic.check_replaceable_json(str(tmp_path / "p.json"), "x",
+                                  companions=[str(tmp_path / "p.csv")])
+  assert (tmp_path / "mine.csv").read_text() == "a,b"
+
+
+def test_a_folder_replaced_while_it_was_read_is_read_again(tmp_path):
+  """A read that failed because another run published a new folder meanwhile is retried once;
+  a folder that stayed the same raises its own error at once (no second read)."""
+  folder = tmp_path / "w"
+  folder.mkdir()
+  calls = []
+
+  def read():
+    calls.append("read")
+    if len(calls) == 1:
+      (tmp_path / "new").mkdir()
+      os.rename(tmp_path / "new", folder)            # another run publishes meanwhile
+      raise ValueError("Truncated Zstd-compressed stream")
+    return "whole"
+
+  assert atomic.read_folder(str(folder), read) == "whole" and len(calls) == 2
+
+  def broken():
+    calls.append("broken")
+    raise ValueError("corrupt")
+
+  with pytest.raises(ValueError, match="^corrupt$"):
+    atomic.read_folder(str(folder), broken)
+  assert calls.count("broken") == 1

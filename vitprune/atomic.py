@@ -829,16 +829,16 @@ def remove_exit_paths() -> None:
 def cleanup_stale(path: str) -> None:
   """Removes what killed writers of `path` left behind (only temporaries of dead processes).
 
-  A moved-aside previous directory (`.NAME.old-*/NAME`) is restored when `path` is missing (the
-  run died between moving it aside and publishing); a committed `staged_files` transaction
-  (`.NAME.commit-*`) is rolled forward; everything else is deleted.
+  A moved-aside previous directory (`.NAME.old-*/NAME`) is restored when `path` is missing or
+  an empty folder (the run died between moving it aside and publishing); a committed
+  `staged_files` transaction (`.NAME.commit-*`) is rolled forward; everything else is deleted.
   """
   path = os.path.abspath(path)
   parent, name = os.path.dirname(path), os.path.basename(path)
   stale = _stale(parent, name)
   for old in stale["old"]:
     inner = os.path.join(old, name)
-    if not os.path.lexists(path) and os.path.lexists(inner):
+    if is_free(path) and os.path.lexists(inner):   # (an empty folder made meanwhile too)
       with contextlib.suppress(OSError):
         os.rename(inner, path)
     _remove(old)
@@ -1003,7 +1003,7 @@ def output_stamp(path: str) -> Optional[Tuple[int, int, Optional[str]]]:
   None when there is none: `staged_dir(replaces=)`. A killed writer's moved-aside previous
   output is put back first (`cleanup_stale`: the next publish would, and then count it as
   published meanwhile)."""
-  if not os.path.lexists(path) and os.path.isdir(os.path.dirname(os.path.abspath(path))):
+  if is_free(path) and os.path.isdir(os.path.dirname(os.path.abspath(path))):
     cleanup_stale(path)
   return _stamp_now(path)
 
