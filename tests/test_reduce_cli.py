@@ -213,6 +213,9 @@ def test_cli_refuses_a_seed_that_samples_nothing(tmp_path):
   code, out, err = run_cli_in_process(root, "prune", [
       "--repeats=3", "--warmup=0", f"--images={one}", "--batch_size=4"])
   assert code == 0 and f"the one image of {one}" in out and "all 1 " not in out, err
+  code, out, err = run_cli_in_process(root, "prune", [
+      "--model=test_tiny_vit", "--repeats=3", "--warmup=0", "--batch_size=1"])
+  assert code == 0 and "images: 1 synthetic image (seed 0)\n" in out, err
 
 
 def test_cli_default_prunes_the_embedded_model_on_digits(capsys):
