@@ -104,7 +104,7 @@ def test_config_json_wrong_format_and_fields(tmp_path):
   json.dump(dict(doc, config=dict(doc["config"], bogus=1)), open(cfile, "w"))
   with pytest.raises(ValueError, match=r"unknown fields \['bogus'\]"):
     checkpoint.read_weights_config(path)
-  for version in (2, 0, "1", None, True):   # a future (or no) version is refused, not guessed
+  for version in (3, 0, "1", None, True):   # a future (or no) version is refused, not guessed
     json.dump(dict(doc, version=version), open(cfile, "w"))
     with pytest.raises(ValueError, match=rf"config.json: unsupported version {version!r}$"):
       checkpoint.read_weights_config(path)
@@ -322,22 +322,31 @@ def test_the_params_digest_is_recorded_checked_and_optional(tmp_path):
   json.dump(dict(doc, params_sha256="0" * 64), open(cfile, "w"))
   with pytest.raises(ValueError, match="do not match the params_sha256"):
     checkpoint.load_weights(path)
-  older = {k: v for k, v in doc.items() if k not in checkpoint.DIGEST_KEYS}   # (before them)
+  assert doc["version"] == checkpoint.VERSION == 2
+  v1 = dict(doc, version=1)                      # (version 1: the digests of its day, if any)
+  older = {k: v for k, v in v1.items() if k not in checkpoint.DIGEST_KEYS}   # (before them)
   json.dump(older, open(cfile, "w"))
   assert params_sha256(checkpoint.load_weights(path)[1]) == params_sha256(params)
   json.dump(dict(older, params_sha256=doc["params_sha256"]), open(cfile, "w"))   # (later ones)
   assert params_sha256(checkpoint.load_weights(path)[1]) == params_sha256(params)
-  json.dump({k: v for k, v in doc.items() if k != "meta_sha256"}, open(cfile, "w"))
+  json.dump({k: v for k, v in v1.items() if k != "meta_sha256"}, open(cfile, "w"))
   assert params_sha256(checkpoint.load_weights(path)[1]) == params_sha256(params)
   # Only the parameters' digest deleted: the edited parameters would load unchecked.
-  json.dump({k: v for k, v in doc.items() if k != "params_sha256"}, open(cfile, "w"))
+  json.dump({k: v for k, v in v1.items() if k != "params_sha256"}, open(cfile, "w"))
   with pytest.raises(ValueError, match=re.escape(
       f"{cfile}: records config_sha256 but not params_sha256 (edited? every version that wrote "
       "config_sha256 wrote params_sha256); save the weights again with vitprune.save_weights")):
     checkpoint.load_weights(path)
-  json.dump({k: v for k, v in doc.items() if k != "config_sha256"}, open(cfile, "w"))
+  json.dump({k: v for k, v in v1.items() if k != "config_sha256"}, open(cfile, "w"))
   with pytest.raises(ValueError, match="records meta_sha256 but not config_sha256"):
     checkpoint.read_weights_config(path)
+  # Version 2 records every digest: the last one deleted was the one edit nothing caught.
+  for key in checkpoint.DIGEST_KEYS:
+    json.dump({k: v for k, v in doc.items() if k != key}, open(cfile, "w"))
+    with pytest.raises(ValueError, match=re.escape(
+        f"{cfile}: records no {key} (edited? every version-2 folder records params_sha256, "
+        "config_sha256, meta_sha256); save the weights again with vitprune.save_weights")):
+      checkpoint.read_weights_config(path)
   json.dump(dict(doc, params_sha256=None), open(cfile, "w"))    # (switched the check off)
   with pytest.raises(ValueError, match=re.escape(f"{cfile}: params_sha256 is null (edited?)")):
     checkpoint.load_weights(path)
@@ -695,6 +704,7 @@ def test_an_edited_config_and_loose_arguments_are_refused(tmp_path):
       f"{cfile}: its config no longer hashes to the config_sha256 it records (edited?")):
     checkpoint.load_weights(path)
   unrecorded = {k: v for k, v in doc.items() if k not in ("config_sha256", "meta_sha256")}
+  unrecorded["version"] = 1
   json.dump(unrecorded, open(cfile, "w"))                       # not recorded (older): loads
   checkpoint.load_weights(path)
   # Nulled, it let an edited num_heads load as another model (no version writes null).
@@ -728,9 +738,13 @@ def test_an_edited_config_and_loose_arguments_are_refused(tmp_path):
       with pytest.raises(ValueError, match=re.escape(
           f"{nfile}: its class_names and meta no longer hash to the meta_sha256 it records")):
         read(named)
-  json.dump(dict({k: v for k, v in ndoc.items() if k != "meta_sha256"},
+  json.dump(dict({k: v for k, v in ndoc.items() if k != "meta_sha256"}, version=1,
                  class_names=list("jihgfedcba")), open(nfile, "w"))
   assert checkpoint.read_class_names(named) == tuple("jihgfedcba")   # not recorded: as given
+  json.dump(dict({k: v for k, v in ndoc.items() if k != "meta_sha256"},   # (a probe: these
+                 class_names=list("jihgfedcba")), open(nfile, "w"))       # loaded, relabelled)
+  with pytest.raises(ValueError, match=re.escape(f"{nfile}: records no meta_sha256 (edited?")):
+    checkpoint.read_class_names(named)
   json.dump(dict(ndoc, meta={"dataset": "sklearn_digits", "split": {"seed": 0}},
                  meta_sha256=None), open(nfile, "w"))              # (lifted the data guard)
   with pytest.raises(ValueError, match=re.escape(f"{nfile}: meta_sha256 is null (edited?)")):

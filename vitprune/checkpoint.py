@@ -1,13 +1,13 @@
 """Weights on disk: an orbax checkpoint of the parameter pytree plus the config that built it.
 
 Layout of a weights directory (e.g. `weights/deit_small_patch16_224/`):
-  config.json   {"format": "vitprune-weights", "version": 1, "config": ViTConfig fields,
+  config.json   {"format": "vitprune-weights", "version": 2, "config": ViTConfig fields,
                  "meta": {free-form provenance: source checkpoint, its sha256, ...},
                  "class_names": ["0", ..., "9"] (optional: the names of the outputs, in order),
                  "params_sha256": `digest.params_sha256` of params/, "config_sha256": of
                  "config", "meta_sha256": of class_names and meta (the labels and the
                  training split the data guards read) (all checked on load; absent in
-                 folders written before them)}
+                 version-1 folders written before them, required from version 2)}
   params/       orbax `StandardCheckpointer` checkpoint of the float32 parameter tree
 
 `load_weights(dir)` needs nothing else: the config rebuilds the abstract tree orbax restores into.
@@ -36,7 +36,8 @@ from vitprune.data import check_class_names
 from vitprune.model import Params, abstract_params, check_params, leaf_name
 
 FORMAT = "vitprune-weights"
-VERSION = 1
+VERSION = 2               # 2: every digest of DIGEST_KEYS recorded (1: those of its day, if any)
+READ_VERSIONS = (1, 2)
 CONFIG_FILE = "config.json"
 DIGEST_KEYS = ("params_sha256", "config_sha256", "meta_sha256")   # in the order they came
 
@@ -123,14 +124,18 @@ def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
     raise ValueError(f"{cfg_file} is corrupted: {e}") from None
   if doc.get("format") != FORMAT:
     raise ValueError(f"{cfg_file}: format {doc.get('format')!r} is not {FORMAT!r}")
-  if not jsonio.is_int(doc.get("version")) or doc["version"] != VERSION:     # (true == 1)
-    raise ValueError(f"{cfg_file}: unsupported version {doc.get('version')!r}")
+  if not jsonio.is_int(doc.get("version")) or doc["version"] not in READ_VERSIONS:  # (true
+    raise ValueError(f"{cfg_file}: unsupported version {doc.get('version')!r}")       # == 1)
   if not isinstance(doc.get("config"), dict):
     raise ValueError(f"{cfg_file}: 'config' must be an object of ViTConfig fields")
   if not isinstance(doc.get("meta", {}), dict):
     raise ValueError(f"{cfg_file}: 'meta' must be an object")
-  for key in DIGEST_KEYS:      # (absent: written before that digest existed)
+  for key in DIGEST_KEYS:      # (absent: written before that digest existed, in version 1)
     sha = doc.get(key)
+    if key not in doc and doc["version"] >= 2:   # (the last digest deleted was unseen in 1)
+      raise ValueError(f"{cfg_file}: records no {key} (edited? every version-2 folder records "
+                       f"{', '.join(DIGEST_KEYS)}); save the weights again with "
+                       "vitprune.save_weights")
     if key in doc and sha is None:      # (no version wrote null: it switched the check off)
       raise ValueError(f"{cfg_file}: {key} is null (edited?); save the weights again with "
                        "vitprune.save_weights")
