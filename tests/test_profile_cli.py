@@ -404,6 +404,8 @@ def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys, monkeypatch):
   assert s["model"] == "vit_digits" and s["num_images"] == 40 and s["metric"] == "accuracy"
   assert s["n_star"] in (65, 49, 33, 17)
   assert (s["alpha"], s["accuracy_floor"], s["latency_budget"]) == (0.5, None, None)
+  # The paper's proxies: L(n*) of the uniform graph, not of the schedule, and said so.
+  assert (s["basis"], s["latency_basis"]) == ("predicted", "predicted")
   assert s["counts"] == [65] * 4 + [s["n_star"]] * 3
   assert s["unpruned"]["counts"] == [65] * 7
   assert 0.0 <= s["pruned"]["accuracy"] <= 1.0 and s["unpruned"]["accuracy"] > 0.9
@@ -494,6 +496,7 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   assert chosen["criterion"] == "accuracy_floor_measured" and chosen["counts"] == counts
   assert chosen["measured_accuracy"] == pytest.approx(s["pruned"]["accuracy"])
   assert chosen["basis"] == "measured" and s["basis"] == "measured"
+  assert s["latency_basis"] == "measured"                 # (timed in the loop)
   with open(s["files"]["solution"]) as f:
     refined = json.load(f)["settings"]["accuracy_refinement"]
   assert refined["rounds"][0]["num_schedules"] >= 1

@@ -1593,7 +1593,11 @@ def test_multilayer_floor_checked_on_measurements(tmp_path):
   assert doc["chosen"]["basis"] == "measured" and doc["checked"][0]["measured_accuracy"] < floor
   from vitprune.records.solution import Solution, summary_lines
   assert Solution.from_json(doc) == sol
-  assert any("rests on measured numbers" in line for line in summary_lines(sol))
+  # (checked on the data, not timed: its latency is the prediction, and the record says so;
+  # "rests on measured numbers" read as measured throughout)
+  assert sol.settings["latency_basis"] == "predicted"
+  assert any("rests on measured accuracy and predicted latency" in line
+             for line in summary_lines(sol))
   # The model's error on the measured multi-layer schedules (the evaluator's 0.03 more than
   # predicted: optimistic by 3 points, single reductions left out), and the summary says it.
   multi = [c for c in measured if sum(a > b for a, b in zip(c.counts, c.counts[1:])) > 1]
@@ -1770,7 +1774,8 @@ def test_a_measured_frontier_makes_budget_and_utility_choices_on_measurements(tm
   lat = np.array([c.predicted_latency_s for c in util.checked])
   acc = np.array([c.measured_accuracy for c in util.checked])
   i = [c.counts for c in util.checked].index(util.chosen.counts)
-  assert util.basis == "measured"
+  assert util.basis == "measured" and util.settings["latency_basis"] == "predicted"
+  assert budget.settings["latency_basis"] == "predicted"     # (the library's: not timed)
   assert solve.utility(lat, acc, 0.5)[i] == pytest.approx(solve.utility(lat, acc, 0.5).max())
 
 
@@ -1939,6 +1944,8 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
   dot = labels[f"chosen, predicted (latency_budget_measured): {loop.chosen.schedule}"]
   assert list(dot.get_xdata()) == [1e3 * loop.chosen.predicted_latency_s]
   assert list(labels["chosen (measured)"].get_ydata()) == [loop.chosen.measured_accuracy]
+  # ... and the latency axis, its label "predicted" over measured points, says which they are.
+  assert figs[0].axes[0].get_xlabel() == "latency [ms] (predicted: blocks; + and * measured)"
   # The unpruned point says what it is: predicted latency, the estimate's measured accuracy
   # (its legend said "unpruned", beside points that all said which).
   full = labels["unpruned (predicted latency, measured accuracy)"]

@@ -4,7 +4,8 @@
   multi mode: the frontier's predicted (latency, accuracy), the chosen and unpruned schedules,
               and, where schedules were checked, their measured accuracy (with its binomial
               interval) and measured latency (predicted -> measured point joined by a line);
-              the accuracy floor or latency budget as a dotted line.
+              the accuracy floor or latency budget as a dotted line; the latency axis
+              says which of its points are measured.
 """
 from __future__ import annotations
 
@@ -81,10 +82,14 @@ def plot_frontier(sol: Solution) -> bytes:
   # the choice's criterion, it sat below the floor it met on measurement)
   ax.plot([1e3 * ch.predicted_latency_s], [ch.predicted_accuracy], "o", color="C3",
           label=f"chosen, predicted ({sol.criterion}): {ch.schedule}")
-  if ch.measured_latency_s is not None and ch.measured_accuracy is not None:
+  star = ch.measured_latency_s is not None and ch.measured_accuracy is not None
+  if star:
     ax.plot([1e3 * ch.measured_latency_s], [ch.measured_accuracy], "*", color="C3", ms=10,
             label="chosen (measured)")
-  ax.set_xlabel(f"latency [ms] (predicted: {sol.profile.latency_source})")
+  # (measured latencies share the axis: said, not left to read as predicted by its label)
+  marks = " and ".join(m for m, drawn in (("+", timed), ("*", star)) if drawn)
+  ax.set_xlabel(f"latency [ms] (predicted: {sol.profile.latency_source}"
+                + (f"; {marks} measured)" if marks else ")"))
   ax.set_ylabel(sol.metric)
   ax.set_title(f"{sol.model} ({sol.mode} mode)")
   ax.grid(alpha=0.3)

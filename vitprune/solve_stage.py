@@ -675,7 +675,10 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
               "floor_confidence": bool(floor_confidence), "metric": metric,
               "accuracy_model": accuracy_model, "monotone": monotone,
               "step_bottoms_only": step_bottoms_only, "step_k": step_k,
-              "grid": sol.grid.tolist(), "allow_batch_mismatch": allow_batch_mismatch}
+              "grid": sol.grid.tolist(), "allow_batch_mismatch": allow_batch_mismatch,
+              # (the in-loop checks set "measured"; a choice on measured accuracy alone, e.g.
+              # a utility after measure_all, said basis "measured" and nothing of its latency)
+              "latency_basis": "predicted"}
   if latency_model is not None:
     settings["latency_model"] = latency_model.summary()
   if provisional:

@@ -52,12 +52,14 @@ pruned at settings.layer), and a floor or budget criterion holds for the numbers
 Multi mode with an accuracy floor: the floor means the MEASURED metric meets it;
 settings["floor_straddles"] lists checked schedules whose interval contains the floor. With
 latency measured in the loop (`solve_loop.check_in_loop`) settings["latency_basis"] is
-"measured": the choice is the fastest measured compiled graph among those meeting the floor.
-With a latency budget checked in the loop (`solve_loop.check_budget_in_loop`) the criterion is
-"latency_budget_measured": the most accurate schedule (measured) whose measured latency is within
-settings["latency_budget"]; before that check, a budget no prediction is within chose the
-fastest predicted schedule provisionally (criterion "latency_budget",
-settings["budget_provisional"]).
+"measured": the choice is the fastest measured compiled graph among those meeting the floor;
+otherwise (multi mode) "predicted", also where basis is "measured" (a choice on measured
+accuracy and predicted latency, e.g. a utility after measuring the frontier; absent in files
+before 2026-12-07: predicted). With a latency budget checked in the loop
+(`solve_loop.check_budget_in_loop`) the criterion is "latency_budget_measured": the most
+accurate schedule (measured) whose measured latency is within settings["latency_budget"];
+before that check, a budget no prediction is within chose the fastest predicted schedule
+provisionally (criterion "latency_budget", settings["budget_provisional"]).
 settings["accuracy_refinement"] (`solve_loop.refine_accuracy`): the accuracy model corrected
 from measured frontier schedules; "rounds": per round the frontier size, the schedules measured
 and their error predicted before measurement (points; with the estimate's per-example margins
@@ -1001,13 +1003,22 @@ def _unpruned_latency_text(sol: Solution) -> str:
           f"speed-up x{full.measured_latency_s / ch.measured_latency_s:.3f})")
 
 
+def _basis_text(sol: Solution) -> str:
+  """'predicted numbers', 'measured numbers', or 'measured accuracy and predicted latency' (a
+  multi-mode basis "measured" whose latency was not timed: it read as measured throughout)."""
+  if (sol.basis == "measured" and sol.mode == "multi"
+      and sol.settings.get("latency_basis") != "measured"):
+    return f"measured {sol.metric} and predicted latency"
+  return f"{sol.basis} numbers"
+
+
 def summary_lines(sol: Solution) -> List[str]:
   """Human-readable summary; predicted numbers say they are predicted."""
   ch, full, m = sol.chosen, sol.full, sol.metric
   lines = [f"model {sol.model} ({sol.mode} mode, batch {sol.profile.batch_size}, "
            f"{sol.profile.device_kind}, metric {m})",
            f"chosen schedule: {ch.schedule}  counts {','.join(map(str, ch.counts))}  "
-           f"method {sol.method}  ({sol.criterion}, rests on {sol.basis} numbers)",
+           f"method {sol.method}  ({sol.criterion}, rests on {_basis_text(sol)})",
            f"predicted latency {1e3 * ch.predicted_latency_s:.4g} ms, predicted {m} "
            f"{ch.predicted_accuracy:.4f}"]
   if sol.mode == "paper":      # the curves' values at n*: A(n*) this schedule's where measured
