@@ -1972,6 +1972,11 @@ def test_a_latency_budget_is_checked_in_the_loop_on_measured_latency(tmp_path, m
   assert len(timed) == 2 and slow.chosen.measured_latency_s <= budget
   # (3 below the aim, 2 between it and the fastest graph timed)
   assert slow.settings["timed_rounds"] == [5, 5] and slow.settings["timed_in_loop"] == 10
+  said = [line for line in summary_lines(slow) if line.startswith("measured latency of")]
+  assert said[0].endswith(" ms (graphs timed in 2 measurements, 5 + 5: re-aimed 1x by the "
+                          "measured / predicted ratio)"), said            # (it said nothing)
+  assert not any("re-aimed" in line for line in summary_lines(
+      dataclasses.replace(slow, settings=dict(slow.settings, timed_rounds=[5]))))
   fits = [p for p in pred.frontier if 1.1 * p.predicted_latency_s <= budget]
   assert slow.chosen.measured_accuracy == max(accuracy[p.counts] for p in fits)
   # A first measurement 60 % slow (a busy machine) put the aim far below the graphs that fit

@@ -1109,8 +1109,13 @@ def summary_lines(sol: Solution) -> List[str]:
                f", {ch.num_images} images)")
     lines.append(line)
   if ch.measured_latency_s is not None:
+    rounds = sol.settings.get("timed_rounds") or []
     lines.append(f"measured latency of the chosen compiled graph: "
-                 f"{1e3 * ch.measured_latency_s:.4g} ms")
+                 f"{1e3 * ch.measured_latency_s:.4g} ms"
+                 + ("" if len(rounds) < 2 else   # (a budget the first graphs timed missed)
+                    f" (graphs timed in {len(rounds)} measurements, "
+                    f"{' + '.join(map(str, rounds))}: re-aimed {len(rounds) - 1}x by the "
+                    "measured / predicted ratio)"))
   if budget is not None and full is not None and ch.counts != full.counts:
     lines.append(_budget_cost_line(sol))
   err = sol.settings.get("checked_accuracy_error")
