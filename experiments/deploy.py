@@ -82,8 +82,9 @@ def input_provenance(profile_path: str = "", estimate_path: str = "") -> dict:
                       "sha256": records.measurement_sha256(p), "model": p.model,
                       "device_kind": p.device_kind, "platform": p.platform, "dtype": p.dtype,
                       "batch_sizes": list(p.batch_sizes), "modes": list(p.modes)}
-    if any(pt.component == "schedule" for pt in p.points):   # (pruned graphs of one method)
-      out["profile"]["schedules_of"] = latency_model_lib.schedule_method(p)
+    timed = latency_model_lib.calibration_method(p)       # (pruned graphs of one method)
+    if timed is not None:
+      out["profile"]["schedules_of"] = timed
   if estimate_path:
     e = read_estimate(estimate_path)
     out["estimate"] = {"path": os.path.abspath(estimate_path), "sha256": e.sha256(),

@@ -1317,6 +1317,14 @@ def test_a_profile_of_another_methods_schedules_is_refused_by_deploy(tmp_path):
   with pytest.raises(ValueError, match=r"timed pomt schedules, the artifact prunes with "
                                        r"--method=tome"):
     deploy_cli.check_inputs_match(prov, CFG.name, "a" * 64, 1, "float32", "tome")
+  # A --mode=schedule profile (no uniform curve) is no calibration: its block table stands in
+  # for any method, as the solver reads it (a review: deploy refused what solve accepted).
+  with open(path, "w") as f:
+    json.dump(records.to_json(records.analyze(dataclasses.replace(
+        prof, modes=("schedule",), reducer="random", points=tuple(pts[1:])))), f)
+  prov = deploy_cli.input_provenance(path)
+  assert "schedules_of" not in prov["profile"]
+  deploy_cli.check_inputs_match(prov, CFG.name, "a" * 64, 1, "float32", "tome")
 
 
 def test_deploy_refuses_a_profile_or_estimate_the_solution_was_not_solved_from():

@@ -99,10 +99,9 @@ def profile_latency_model(profile: records.Profile, estimate: Estimate,
   estimate's method, as the main job's `--solver=multi` profile does; None otherwise (multi
   mode then reads the per-block table, which a `--mode=schedule` profile holds too).
   SolveInputError (one line) for schedules of another reducer or a curve `fit` cannot use."""
-  comps = {p.component for p in profile.points}
-  if not {"schedule", "model"} <= comps:   # a --mode=schedule profile: its block table is used
+  timed = latency_model_lib.calibration_method(profile)
+  if timed is None:                   # a --mode=schedule profile: its block table is used
     return None
-  timed = latency_model_lib.schedule_method(profile)
   if estimate.method.lower() != timed.lower():
     raise SolveInputError(f"profile {profile.source} timed {timed!r} schedules (reducer "
                           f"{profile.reducer!r}), estimate {estimate.source} is of method "

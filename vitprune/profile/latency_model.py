@@ -544,6 +544,15 @@ def schedule_method(profile: records.Profile) -> str:
   return names[0] if len(names) == 1 else "+".join(n for n in names if n != "random")
 
 
+def calibration_method(profile: records.Profile) -> Optional[str]:
+  """The method whose pruned graphs a calibrated profile timed (`schedule_method`): one holding
+  the uniform curve ('model' points) and calibration schedules ('schedule' points), as the main
+  job's `--solver=multi` profile does; None for any other (a token-count curve or a per-block
+  table, which `--mode=schedule` profiles hold too, stands in for every method)."""
+  comps = {p.component for p in profile.points}
+  return schedule_method(profile) if {"model", "schedule"} <= comps else None
+
+
 def check_calibration_count(num: int, name: str = "num_schedules") -> None:
   """CalibrationError (a ValueError naming `name`) unless `num` calibration schedules can fit
   the model (at least one per reduction term) and be timed (MAX_CALIBRATION_SCHEDULES)."""
