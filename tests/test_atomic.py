@@ -1,5 +1,6 @@
 """vitprune.atomic: a failed write never replaces or half-writes the target."""
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -298,6 +299,28 @@ def test_an_empty_folder_made_where_an_output_was_moved_aside_does_not_lose_it(t
   with atomic.staged_dir(str(out), overwrite=True, is_ours=is_ours, replaces=stamp) as tmp:
     (tmp_path / tmp / "manifest.json").write_text("new")
   assert (out / "manifest.json").read_text() == "new" and os.listdir(tmp_path) == ["art"]
+
+
+def test_a_moved_aside_output_that_cannot_be_put_back_is_kept_aside(tmp_path, monkeypatch):
+  """The restore failing (a file made in the empty folder meanwhile: ENOTEMPTY) deleted the
+  previous output all the same (a review)."""
+  out = tmp_path / "art"
+  aside = tmp_path / ".art.old-999999999-abc"          # no such process
+  (aside / "art").mkdir(parents=True)
+  (aside / "art" / "manifest.json").write_text("{}")
+  out.mkdir()
+  rename = os.rename
+
+  def refused(src, dst):
+    if os.path.abspath(dst) == str(out):
+      raise OSError(errno.ENOTEMPTY, "Directory not empty", dst)
+    return rename(src, dst)
+  monkeypatch.setattr(atomic.os, "rename", refused)
+  atomic.cleanup_stale(str(out))
+  assert (aside / "art" / "manifest.json").read_text() == "{}" and not os.listdir(out)
+  monkeypatch.setattr(atomic.os, "rename", rename)
+  atomic.cleanup_stale(str(out))                       # (the next writer puts it back)
+  assert (out / "manifest.json").read_text() == "{}" and not aside.exists()
 
 
 def test_a_writer_another_user_runs_is_alive_and_pid_0_is_no_writer(tmp_path, monkeypatch):

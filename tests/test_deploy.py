@@ -574,6 +574,22 @@ class _FailingCheckpointer:
     raise OSError("disk full (simulated)")
 
 
+def test_an_artifact_a_killed_deploy_moved_aside_is_put_back_before_the_export(
+    tmp_path, params, artifact, monkeypatch):
+  """A deploy killed while replacing left the old artifact aside and `--out` empty: the next
+  deploy (no --overwrite) passed the check, exported, then put the old one back and was refused
+  after the work (a review)."""
+  out = tmp_path / "art"
+  aside = tmp_path / ".art.old-999999999-abc"          # no such process
+  shutil.copytree(artifact, aside / "art")
+  out.mkdir()
+  monkeypatch.setattr(deploy, "export_forward", lambda *a, **k: pytest.fail("exported"))
+  with pytest.raises(FileExistsError, match="already exists"):
+    deploy.export_artifact(str(out), CFG, params, schedule=SCHED, reducer=REDUCER,
+                           reducer_name="keep_last", batch_size=2)
+  assert deploy.read_manifest(str(out)) and not aside.exists()
+
+
 def test_failed_export_leaves_nothing(tmp_path, params, monkeypatch):
   monkeypatch.setattr(orbax_io, "checkpointer", _FailingCheckpointer)
   with pytest.raises(OSError, match="disk full"):

@@ -830,7 +830,8 @@ def cleanup_stale(path: str) -> None:
   """Removes what killed writers of `path` left behind (only temporaries of dead processes).
 
   A moved-aside previous directory (`.NAME.old-*/NAME`) is restored when `path` is missing or
-  an empty folder (the run died between moving it aside and publishing); a committed
+  an empty folder (the run died between moving it aside and publishing; kept aside when that
+  fails), deleted when a newer output took `path`; a committed
   `staged_files` transaction (`.NAME.commit-*`) is rolled forward; everything else is deleted.
   """
   path = os.path.abspath(path)
@@ -839,8 +840,10 @@ def cleanup_stale(path: str) -> None:
   for old in stale["old"]:
     inner = os.path.join(old, name)
     if is_free(path) and os.path.lexists(inner):   # (an empty folder made meanwhile too)
-      with contextlib.suppress(OSError):
+      try:
         os.rename(inner, path)
+      except OSError:       # (a file made in that folder meanwhile: kept aside, not deleted)
+        continue
     _remove(old)
   for commit in stale["commit"]:
     _roll_forward(commit, parent)
