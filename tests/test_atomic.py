@@ -319,7 +319,9 @@ def test_a_moved_aside_output_that_cannot_be_put_back_is_kept_aside(tmp_path, mo
   atomic.cleanup_stale(str(out))
   assert (aside / "art" / "manifest.json").read_text() == "{}" and not os.listdir(out)
   monkeypatch.setattr(atomic.os, "rename", rename)
-  atomic.cleanup_stale(str(out))                       # (the next writer puts it back)
+  is_ours = lambda p: os.path.isfile(os.path.join(p, "manifest.json"))
+  with pytest.raises(FileExistsError, match="already exists"):    # (the next writer's check
+    atomic.check_output_dir_target(str(out), False, is_ours)      # puts it back first)
   assert (out / "manifest.json").read_text() == "{}" and not aside.exists()
 
 

@@ -354,10 +354,15 @@ def check_output_dir_target(path: str, overwrite: bool, is_ours: Callable[[str],
                             hint: str = "pass overwrite=True / --overwrite") -> None:
   """Before any work: `path` may become a new output directory (absent or empty: `is_free`),
   or, with `overwrite`, replace one of ours (`check_replaceable`); never a mount point, nor
-  inside a folder vitprune published whole (`staged_dir` refuses it after the work)."""
+  inside a folder vitprune published whole (`staged_dir` refuses it after the work). What a
+  killed writer left is cleaned first (`cleanup_stale`: the output it moved aside is put back
+  and judged here, not refused by the publish after the work, as the CLIs' `check_new_dir`
+  does)."""
   check_switch("overwrite", overwrite)
   check_outside_published(path, None)
   check_not_mount_point(path)
+  if os.path.isdir(os.path.dirname(os.path.abspath(path))):
+    cleanup_stale(path)
   if not is_free(path):
     check_replaceable(path, is_ours)   # (never ours: --overwrite would not help, so not hinted)
   if not overwrite and not is_free(path):

@@ -263,12 +263,10 @@ def export_artifact(out: str, cfg: ViTConfig, params: Params, *, schedule=None,
   check_config(cfg)      # (one its manifest cannot hold was refused after the export, naming
                          # the staging folder)
   out = os.path.abspath(check_path("the artifact path", out))   # ('': the working directory)
+  atomic.check_output_dir_target(out, overwrite, is_artifact_dir)   # before the (slow) export
   # Replaced only as it was now: an artifact another run publishes there meanwhile is not (two
   # deploys with --overwrite into one folder both said they wrote it; it held one of them).
-  # First: it puts back what a killed writer moved aside, which the check below then sees (it
-  # was refused after the export).
   began = atomic.output_stamp(out)
-  atomic.check_output_dir_target(out, overwrite, is_artifact_dir)   # before the (slow) export
   orbax_io.writable_path(out)                                 # the weights checkpoint goes below
   check_params(cfg, params)
   schedule = check_schedule(cfg, schedule, reducer)
