@@ -221,6 +221,45 @@ def test_class_order_and_file_selection_like_torchvision(tmp_path):
   assert np.asarray(ds.load(0)).tolist() == _gray(3, 3, 7).tolist()
 
 
+def test_class_folders_are_read_in_sorted_walk_order_without_hidden_subfolders(tmp_path):
+  """torchvision reads `sorted(os.walk(class_dir))`: by folder path ('a-b' before 'a/c', which
+  no walk order gives), and a hidden or `__MACOSX` folder inside a class holds no samples."""
+  for rel in ("x.png", "a/1.png", "a-b/2.png", "a/c/3.png", ".ipynb_checkpoints/4.png",
+              "a/.cache/5.png", "__MACOSX/6.png"):
+    _png(str(tmp_path / "cat" / rel), _gray(3, 3))
+  ds = data.ImageFolder(tmp_path)
+  assert ds.files == ("cat/x.png", "cat/a/1.png", "cat/a-b/2.png", "cat/a/c/3.png")
+  assert ds.labels.tolist() == [0] * 4
+
+
+def test_a_folder_named_exactly_as_a_class_takes_that_class_not_its_other_spelling(tmp_path):
+  """With both Unicode spellings among the model's names, a folder takes the index of the name
+  it is spelled as (the exact name first); only an unmatched spelling falls back to NFC."""
+  nfc, nfd = "caf\u00e9", "cafe\u0301"
+  for folder in (nfc, "tea"):
+    _png(str(tmp_path / folder / "a.png"), _gray(3, 3))
+  ds = data.ImageFolder(str(tmp_path), class_names=[nfc, nfd, "tea"])
+  assert ds.files == (f"{nfc}/a.png", "tea/a.png") and ds.labels.tolist() == [0, 2]
+
+
+def test_fewer_class_folders_than_unnamed_model_classes_are_refused(tmp_path):
+  """Without class names, folders '3' and '5' of a 10-class model would be labelled 0 and 1."""
+  for c in ("3", "5"):
+    _png(str(tmp_path / c / "a.png"), _gray(3, 3))
+  with pytest.raises(ValueError, match="has 2 class folders .* the model has 10 classes"):
+    data.ImageFolder(tmp_path, num_classes=10)
+  assert data.ImageFolder(tmp_path, num_classes=2).labels.tolist() == [0, 1]
+
+
+def test_a_dangling_link_named_like_a_file_with_a_five_letter_extension_is_ignored(tmp_path):
+  """`_check_folder_link`: an alphabetic extension of up to 5 letters (.jsonl) names a file,
+  not a folder; such a dangling link is not a class folder that is missing."""
+  _png(str(tmp_path / "cat" / "a.png"), _gray(3, 3))
+  os.symlink("/nonexistent/log.jsonl", tmp_path / "cat" / "log.jsonl")
+  os.symlink("/nonexistent/log.jsonl", tmp_path / "log.jsonl")
+  assert data.ImageFolder(tmp_path).files == ("cat/a.png",)
+
+
 def test_unlabelled_flat_folder(tmp_path):
   for name in ("c.png", "a.png", "b.PNG"):
     _png(str(tmp_path / name), _gray(5, 5, 100))
@@ -658,6 +697,16 @@ def test_wide_pixels_are_refused_not_clipped(tmp_path, mode, array):
     data.preprocess_image(Image.open(path), Preprocessing(input_size=8, crop_pct=1.0))
 
 
+def test_16bit_pixels_of_either_byte_order_are_refused():
+  """A big-endian 16-bit image (a TIFF from some scanners: mode 'I;16B') clips as 'I;16' does."""
+  prep = Preprocessing(input_size=2, crop_pct=1.0)
+  for dtype, mode in (("<u2", "I;16"), (">u2", "I;16B")):
+    image = Image.fromarray(np.full((2, 2), 1000, dtype))
+    assert image.mode == mode
+    with pytest.raises(ValueError, match=f"image has mode '{re.escape(mode)}'"):
+      data.preprocess_image(image, prep)
+
+
 def test_images_read_unlike_a_viewer_shows_them_are_said_once_per_folder(tmp_path):
   """A probe: white digits on a transparent page scored 0.10, EXIF-rotated digits 0.08, and
   palette transparency printed PIL's advice twice, naming no file. Each is read as timm reads
@@ -838,6 +887,46 @@ def test_batches_custom_order_and_threads_are_deterministic():
     data.iterate_batches(ds, prep, 0)
 
 
+def test_labels_below_minus_one_and_fractional_indices_are_refused():
+  """-1 is the only unlabelled mark (-2 is no class); an index 1.7 would be truncated to 1."""
+  images = np.zeros((3, 8, 8), np.uint8)
+  with pytest.raises(ValueError, match=r"labels must be integers >= -1"):
+    data.ArrayDataset(images, np.array([-2, 0, 1]))
+  ds = _array_ds(3)
+  prep = Preprocessing(input_size=8, crop_pct=1.0, **PLAIN)
+  for bad in ([1.7], np.array([0.0, 1.0])):
+    with pytest.raises(ValueError, match="indices must be a 1-D integer array"):
+      data.iterate_batches(ds, prep, 2, indices=bad)
+    with pytest.raises(ValueError, match="indices must be a 1-D integer array"):
+      data.dataset_fingerprint(ds, bad)
+
+
+def test_batches_in_a_custom_order_carry_each_samples_own_label():
+  """The labels of a batch follow its indices, in the order given (not sorted)."""
+  ds = _array_ds()
+  prep = Preprocessing(input_size=8, crop_pct=1.0, **PLAIN)
+  order = [5, 0, 7, 3, 2]
+  for workers in (0, 2):
+    batches = list(data.iterate_batches(ds, prep, 2, indices=order, num_workers=workers))
+    for images, labels, idx in batches:
+      real = data.batch_valid_mask(idx)
+      assert labels[real].tolist() == ds.labels[idx[real]].tolist()
+      np.testing.assert_array_equal(images[real, ..., 0],
+                                    ds.images[idx[real]] / np.float32(255))
+    assert [b[1].tolist() for b in batches] == [[2, 0], [1, 0], [2, -1]]
+
+
+def test_single_channel_array_images_load_as_grayscale():
+  """`ArrayDataset` takes `[N, H, W, 1]` (PIL cannot make an image of such an array as it is)."""
+  images = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4, 1)
+  ds = data.ArrayDataset(images, np.array([0, 1]))
+  image = ds.load(1)
+  assert image.mode == "L" and np.asarray(image).tolist() == images[1, ..., 0].tolist()
+  prep = Preprocessing(input_size=4, crop_pct=1.0, **PLAIN)
+  got = next(data.iterate_batches(ds, prep, 2))[0]
+  np.testing.assert_array_equal(got[..., 1], images[..., 0] / np.float32(255))
+
+
 def test_pad_to_batch():
   images = np.ones((3, 2, 2, 1), np.float32)
   out, labels, idx, valid = data.pad_to_batch(images, np.array([4, 5, 6]), np.array([7, 8, 9]), 5)
@@ -846,6 +935,24 @@ def test_pad_to_batch():
   assert valid.tolist() == [True] * 3 + [False] * 2
   with pytest.raises(ValueError, match="more than batch_size"):
     data.pad_to_batch(images, np.zeros(3), np.zeros(3), 2)
+
+
+def test_batches_mask_index_zero_as_real_and_refuse_negative_indices():
+  """Index 0 is a real sample (only -1 pads); a negative index would wrap to the last sample
+  and be masked as padding; a dataset smaller than one batch yields nothing when dropping."""
+  ds = _array_ds(3)
+  prep = Preprocessing(input_size=8, crop_pct=1.0, **PLAIN)
+  assert data.batch_valid_mask(np.array([0, 2, -1])).tolist() == [True, True, False]
+  _, labels, idx = next(data.iterate_batches(ds, prep, 4))
+  assert data.batch_valid_mask(idx).tolist() == [True, True, True, False]
+  assert labels.tolist() == [0, 1, 2, -1]
+  for bad in ([-1], [0, -2]):
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 3\)"):
+      data.iterate_batches(ds, prep, 2, indices=bad)
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 3\)"):
+      data.dataset_fingerprint(ds, bad)
+  assert not list(data.iterate_batches(ds, prep, 4, drop_remainder=True))
+  assert len(list(data.iterate_batches(ds, prep, 3, drop_remainder=True))) == 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -890,6 +997,16 @@ def test_balanced_subset_is_as_even_as_the_class_sizes_allow(sizes, n, want):
         initial=0), (seed, got)
     if want is not None:
       assert sorted(got[room]) == sorted(np.array(want)[room])
+
+
+def test_balanced_subset_draws_of_a_seed_are_pinned():
+  """Estimates record a selection as `subset_seed`: a seed must go on drawing the images it
+  drew. A share that fills every class exactly (6 of 3 x 4) draws no remainder: drawing one
+  anyway (all classes +1 from a level lower) gives the same counts but consumes the stream,
+  and other images."""
+  labels = np.repeat(np.arange(3), 4)
+  assert data.balanced_subset(labels, 6, 0).tolist() == [2, 3, 4, 5, 8, 11]
+  assert data.balanced_subset(labels, 7, 0).tolist() == [1, 2, 4, 7, 8, 10, 11]
 
 
 def test_balanced_subset_errors():
@@ -1022,6 +1139,81 @@ def test_fingerprints_of_names_with_tabs_and_line_breaks(tmp_path):
   old = hashlib.sha256(b"imagefolder labelled=False\n" + b"".join(
       f"{n}\t{len(png)}\n".encode() for n in ("a.png", "b.png", "c\\d.png"))).hexdigest()
   assert data.dataset_fingerprint(data.ImageFolder(str(two))) == old
+
+
+def test_fingerprints_cover_labels_class_names_and_distinct_selections(tmp_path):
+  """Labels are part of a dataset's identity: the same images under other labels (arrays, or
+  a folder read with the model's names in another order) fingerprint differently; an
+  unlabelled folder does not depend on names it cannot use; duplicates count once."""
+  images, labels = digits.load_digits_arrays()
+  fp = data.dataset_fingerprint((images, labels), [0, 1, 2])
+  assert fp != data.dataset_fingerprint((images, (labels + 1) % 10), [0, 1, 2])
+  assert fp != data.dataset_fingerprint(images, [0, 1, 2])
+  for c in ("a", "b"):
+    _png(str(tmp_path / "lab" / c / "x.png"), _gray(3, 3))
+  ab = data.ImageFolder(tmp_path / "lab", class_names=["a", "b"])
+  ba = data.ImageFolder(tmp_path / "lab", class_names=["b", "a"])
+  assert ab.labels.tolist() == [0, 1] and ba.labels.tolist() == [1, 0]
+  assert data.dataset_fingerprint(ab) != data.dataset_fingerprint(ba)
+  _png(str(tmp_path / "flat" / "x.png"), _gray(3, 3))
+  named = data.ImageFolder(tmp_path / "flat", class_names=["a", "b"])
+  assert not named.labelled and not named.labelled_by_name
+  assert data.dataset_fingerprint(named) == data.dataset_fingerprint(
+      data.ImageFolder(tmp_path / "flat"))
+  info = data.dataset_info(ab, [1, 1, 0, 1])
+  assert info.num_examples == 2 and info.fingerprint == data.dataset_fingerprint(ab)
+  assert data.dataset_info(digits.digits_dataset(), [5, 5]).num_examples == 1
+
+
+def test_a_name_starting_with_a_quote_is_quoted_in_the_fingerprint(tmp_path):
+  """The documented lines: a name that starts with a quote is JSON-quoted like one with a tab
+  (a quoted name starts with a quote, a plain one never does)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  _png(str(tmp_path / '"q.png'), _gray(3, 3))
+  size = os.path.getsize(tmp_path / '"q.png')
+  want = hashlib.sha256(b"imagefolder labelled=False\n" + json.dumps('"q.png').encode()
+                        + f"\t{size}\n".encode()).hexdigest()
+  assert data.dataset_fingerprint(data.ImageFolder(tmp_path)) == want
+
+
+def test_a_name_with_a_line_feed_alone_cannot_forge_the_class_names_line(tmp_path):
+  """A class folder named "class_names=['c']<LF>c", read by position, wrote the lines of a
+  folder 'c' read by the model's name 'c' (same image, same label): one fingerprint."""
+  forged = "class_names=['c']\nc"
+  for root, folder in (("forged", forged), ("named", "c")):
+    _png(str(tmp_path / root / folder / "b.png"), _gray(3, 3))
+  forged_ds = data.ImageFolder(tmp_path / "forged")
+  named_ds = data.ImageFolder(tmp_path / "named", class_names=["c"])
+  assert forged_ds.files == (f"{forged}/b.png",) and forged_ds.labels.tolist() == [0]
+  assert named_ds.labels.tolist() == [0]
+  assert data.dataset_fingerprint(forged_ds) != data.dataset_fingerprint(named_ds)
+
+
+def test_array_fingerprints_cover_the_selected_images_only():
+  """An array subset is identified by its own pixels: two selections of equal labels (or of
+  unlabelled images) differ, and pixels outside the selection do not count."""
+  images, labels = digits.load_digits_arrays()
+  same = np.flatnonzero(labels == labels[0])[:2]
+  assert data.dataset_fingerprint((images, labels), same[:1]) != data.dataset_fingerprint(
+      (images, labels), same[1:])
+  assert data.dataset_fingerprint(images, [0]) != data.dataset_fingerprint(images, [1])
+  other = images.copy()
+  other[5] = 255 - other[5]
+  assert data.dataset_fingerprint(other, [0, 1]) == data.dataset_fingerprint(images, [0, 1])
+  assert data.dataset_fingerprint(other, [5]) != data.dataset_fingerprint(images, [5])
+
+
+def test_the_content_digest_covers_the_file_names(tmp_path):
+  """`images_content_sha256` hashes each file with its name: the same bytes under another
+  name are other data."""
+  _png(str(tmp_path / "one" / "a.png"), _gray(3, 3, 9))
+  shutil.copytree(tmp_path / "one", tmp_path / "two")
+  os.rename(tmp_path / "two" / "a.png", tmp_path / "two" / "b.png")
+  one, two = (data.ImageFolder(tmp_path / d) for d in ("one", "two"))
+  assert data.images_content_sha256(one) != data.images_content_sha256(two)
+  assert data.images_content_sha256(one) == data.images_content_sha256(
+      data.ImageFolder(tmp_path / "one"))
 
 
 def test_imagefolder_num_classes_without_names_and_foreign_overwrite(tmp_path):
@@ -1393,3 +1585,10 @@ def test_prediction_rows_name_the_labels_class_beside_its_index():
     data.prediction_rows(["x.png"], [1, 0], [0.5, 0.2], None)
   with pytest.raises(ValueError, match=r"1 probabilities, 2 labels: one of each per image"):
     data.prediction_rows(["x.png"], [1], [0.5], None, [0, 1])
+
+
+def test_prediction_accuracy_of_rows_whose_first_label_is_zero():
+  """Label 0 is a label: rows starting with an image of class 0 have an accuracy."""
+  rows = data.prediction_rows(["0/a.png", "1/b.png"], [0, 0], [0.9, 0.8], ("x", "y"), [0, 1])
+  assert data.prediction_accuracy(rows)["accuracy"] == 0.5
+  assert data.accuracy_line(data.prediction_accuracy(rows)).startswith("accuracy ")
