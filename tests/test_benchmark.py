@@ -437,6 +437,8 @@ def test_write_outputs_never_replaces_foreign_tables(tmp_path):
   (tmp_path / "t.md").write_text(B.to_markdown([], ["weights: w", "data: d",
                                                     "command: `" + "x" * 99999 + "`"]))
   B.check_replaceable_outputs(paths)                    # ours: replaceable, with its MD
+  (tmp_path / "t.md").write_bytes(b"\xef\xbb\xbf" + B.to_markdown([]).encode())   # (re-saved)
+  B.check_replaceable_outputs(paths)
   (tmp_path / "t.png").mkdir()                          # publish failed after the work, mixed
   with pytest.raises(atomic.ForeignOutputError, match=r"t\.png: it is a folder, not a file"):
     B.check_replaceable_outputs(paths)

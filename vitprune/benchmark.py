@@ -665,16 +665,15 @@ def check_replaceable_outputs(paths: Dict[str, str]) -> None:
 
 def _our_markdown(md_path: str) -> bool:
   """Whether `md_path` (a regular file: `atomic.check_companions`) holds a table `to_markdown`
-  wrote: its first line after the provenance list is the header row, `| batch | ...`. A note
-  of the user's beside our CSV was replaced unsaid; an unreadable file says nothing (the
-  publish says what fails)."""
+  wrote: its first line after the provenance list is the header row, `| batch | ...` (a
+  byte-order mark, as a re-save by an editor adds, is read past). A note of the user's beside
+  our CSV was replaced unsaid; one that cannot be read is not ours either (the publish, a
+  rename, would replace it)."""
   try:
-    with open(md_path, encoding="utf-8") as f:
+    with open(md_path, encoding="utf-8-sig") as f:
       head = f.read(1 << 20)            # (ours: a few kB; the provenance's command is one line)
-  except UnicodeDecodeError:
+  except (OSError, UnicodeDecodeError):
     return False
-  except OSError:
-    return True
   first = next((line for line in head.split("\n") if line.strip() and not line.startswith("- ")),
                "")
   return first.startswith(f"| {MD_COLUMNS[0]} |")
