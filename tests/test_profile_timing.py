@@ -298,3 +298,127 @@ def test_warm_up_compiles_a_graph_no_persistent_cache_holds(monkeypatch):
   timing.warm_up()
   timing.warm_up()
   assert len(graphs) == 2 and graphs[0] != graphs[1]
+
+
+def test_time_calls_waits_for_each_result_inside_its_sample():
+  """`sync` (block_until_ready) is what makes an asynchronous dispatch a latency: a sample that
+  stopped its clock before waiting timed the dispatch, and an unwaited warm-up spilled into the
+  first sample. A fake clock advances only while the result is awaited."""
+  now = [0.0]
+  synced = []
+
+  def sync(result):
+    synced.append(result)
+    now[0] += 1.0                        # the device finishes only when waited for
+    return result
+
+  cfg = timing.TimingConfig(min_run_time=1e-9, warmup=2, min_reps=3)
+  samples = timing.protocol.time_calls(lambda: "r", (), cfg, clock=lambda: now[0], sync=sync)
+  assert samples == [1.0, 1.0, 1.0] and synced == ["r"] * 5   # 2 warm-up + 3 timed, all waited
+
+
+def test_jax_timing_blocks_until_ready_and_device_put_waits(monkeypatch):
+  """`timing.time_calls` / `measure_all` (its default timer) / `device_put` wait with
+  `jax.block_until_ready`: without it a jax call times its dispatch, not its run."""
+  waited = []
+  real = jax.block_until_ready
+  monkeypatch.setattr(jax, "block_until_ready", lambda x: waited.append(x) or real(x))
+  x = timing.device_put(np.ones(3, np.float32))
+  assert len(waited) == 1 and waited[0] is x
+  waited.clear()
+  cfg = timing.TimingConfig(min_run_time=1e-9, warmup=1, min_reps=3, max_retries=0)
+  timing.time_calls(lambda: "t", (), cfg)
+  assert waited == ["t"] * 4
+  waited.clear()
+  out = timing.measure_all({"p": (lambda: "m", ())}, cfg)
+  assert waited == ["m"] * 4 and len(out["p"].samples) == 3
+
+
+def test_compile_fn_times_lowering_and_compile_and_on_done_gets_the_seconds(monkeypatch):
+  """compile_s is lower + compile (tracing a big model is part of it), and `on_done` gets the
+  seconds the result records, one thread or several. A fake clock advances while tracing."""
+  import types  # pylint: disable=g-import-not-at-top
+  now = [0.0]
+  monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+  def fn(a):
+    now[0] += 5.0                        # traced once, by `lower`
+    return a * 2
+
+  x = jnp.ones(3)
+  _, secs = timing.compile_fn(fn, x)
+  assert secs == 5.0
+  for threads in (1, 2):
+    got = {}
+    jobs = {k: (lambda a, k=k: now.__setitem__(0, now[0] + k) or a * k, (x,)) for k in (1, 2, 3)}
+    out = timing.compile_many(jobs, threads=threads, on_done=lambda k, s: got.__setitem__(k, s))
+    assert got == {k: s for k, (_, s) in out.items()} and all(s >= 1 for s in got.values())
+
+
+def test_summarize_refuses_samples_that_are_not_a_flat_list():
+  for bad in ([[1.0, 2.0], [3.0, 4.0]], [[1.0], [2.0], [3.0]]):   # ((3, 1) passed as 3 samples)
+    with pytest.raises(ValueError, match=r"1-D list of samples, got shape"):
+      timing.summarize(bad)
+
+
+def test_spread_boundaries_are_strict():
+  """Medians exactly one IQR apart are told apart; a relative IQR exactly at max_rel_iqr needs
+  neither a note nor a re-measurement (both are "above" it). Exact binary fractions."""
+  from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
+  assert not protocol.within_spread(1.0, 0.5, 1.5, 0.25)
+  assert protocol.within_spread(1.0, 0.5, 1.4375, 0.25)
+  m = timing.summarize([1.0, 1.5, 2.0, 2.5, 3.0])              # IQR 1.0 at median 2.0
+  assert m.rel_iqr == 0.5
+  cfg = timing.TimingConfig(max_rel_iqr=0.5, max_retries=3)
+  assert protocol.wide_spread_note(m, cfg) is None
+  assert "IQR of 50% of its median, above 25%" in protocol.wide_spread_note(
+      m, dataclasses.replace(cfg, max_rel_iqr=0.25))
+  calls = []
+
+  def timer(fn, args, c):
+    calls.append(fn)
+    return list(m.samples)
+
+  out = timing.measure_all({"p": ("p", ())}, cfg, timer=timer)
+  assert calls == ["p"] and out["p"].retries == 0
+
+
+def test_re_measurement_keeps_compile_s_and_the_first_on_a_tie():
+  """A kept re-measurement carries the point's compile seconds; one of equal q75 and tightness
+  does not replace the first (only a lower q75 does). `on_done` reports the first measurement
+  only, and each re-measurement round is reshuffled."""
+  visits = []
+  firsts = {"a": [1.0, 2.0, 3.0, 4.0, 5.0], "b": [1.0, 2.0, 3.0, 4.0, 5.0]}
+  seconds = {"a": [0.5, 1.0, 3.0, 3.5, 4.0], "b": [2.0, 3.0, 3.5, 4.0, 6.0]}  # q75 3.5 / 4.0
+
+  def timer(fn, args, cfg):
+    visits.append(fn)
+    return (firsts if visits.count(fn) == 1 else seconds)[fn]
+
+  done = []
+  cfg = timing.TimingConfig(min_run_time=1.0, max_rel_iqr=0.1, max_retries=1)
+  out = timing.measure_all({k: (k, ()) for k in "ab"}, cfg, compile_s={"a": 7.0, "b": 8.0},
+                           timer=timer, on_done=done.append)
+  assert sorted(done) == ["a", "b"] and len(visits) == 4
+  assert out["a"].samples == tuple(seconds["a"]) and out["a"].compile_s == 7.0   # lower q75
+  assert out["b"].samples == tuple(firsts["b"]) and out["b"].compile_s == 8.0    # tie: first
+  assert out["a"].retries == out["b"].retries == 1
+  # Four points that stay wide, re-measured three times: the rounds do not repeat one order.
+  visits.clear()
+  keys = ["p", "q", "r", "s"]
+  wide = lambda fn, args, c: visits.append(fn) or [1.0, 2.0, 3.0, 4.0, 5.0]
+  timing.measure_all({k: (k, ()) for k in keys}, dataclasses.replace(cfg, max_retries=3),
+                     timer=wide)
+  orders = {tuple(visits[i:i + 4]) for i in range(4, 16, 4)}
+  assert len(visits) == 16 and len(orders) > 1
+
+
+def test_repeat_timing_names_its_flags_and_keeps_max_retries():
+  from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
+  cfg = protocol.repeat_timing(7, 2, max_retries=4)
+  assert (cfg.min_reps, cfg.max_reps, cfg.warmup, cfg.max_retries) == (7, 7, 2, 4)
+  for bad in (0, 2):
+    with pytest.raises(ValueError, match=f"^--repeats must be >= 3 .*got {bad}$"):
+      protocol.repeat_timing(bad, 1)
+  with pytest.raises(ValueError, match="^--warmup must be >= 0, got -1$"):
+    protocol.repeat_timing(5, -1)
