@@ -1167,3 +1167,89 @@ def test_subset_indices_refuses_no_images(labelled):
     with pytest.raises(ValueError, match="num_images must be a positive int"):
       estimate.subset_indices(labels, labelled, bad, 0)
   assert len(estimate.subset_indices(labels, labelled, 1, 0)) == 1
+
+
+def test_non_finite_padding_rows_are_ignored(params, images, labels):
+  """NaN/inf in a padding row (index -1) is not an error and changes nothing: only real rows'
+  logits are checked for NaN (a mutation audit: checking every row passed)."""
+  clean = batches_of(images, labels, 4)
+  dirty = [(x.copy(), y, i) for x, y, i in clean]
+  dirty[-1][0][-1] = np.nan
+  a = estimate.evaluate(CFG, params, clean, points(), labelled=True)
+  b = estimate.evaluate(CFG, params, dirty, points(), labelled=True)
+  assert a == b
+
+
+def test_an_unlabelled_subset_is_distinct_sorted_and_seeded():
+  """Unlabelled: `num_images` distinct indices in ascending order, drawn by the seed (drawn with
+  replacement or left unsorted passed the tests)."""
+  labels = np.full(50, -1)
+  for seed in range(20):
+    idx = estimate.subset_indices(labels, False, 40, seed)
+    assert idx.dtype == np.int64 and len(idx) == 40
+    assert np.all(np.diff(idx) > 0) and 0 <= idx.min() and idx.max() < 50
+  assert not np.array_equal(estimate.subset_indices(labels, False, 10, 0),
+                            estimate.subset_indices(labels, False, 10, 1))
+
+
+def test_holdout_parts_keep_the_strata_and_the_labels():
+  """Both parts of `holdout_split` keep the data's strata (a second split of a part is balanced
+  over the same classes) and its labelled flag."""
+  data = estimate.load_eval_data("digits", num_images=100, seed=2,
+                                 class_names=list("9876543210"), num_classes=10)
+  for part in estimate.holdout_split(data, 30, 7):
+    assert part.labelled and part.dataset is data.dataset
+    np.testing.assert_array_equal(part.strata, data.strata)
+
+
+def test_compare_logits_by_hand():
+  """Accuracy is the pruned graph's prediction against the label, agreement against the
+  unpruned graph's prediction, KL(unpruned || pruned). (On the tiny model every point agrees
+  with the unpruned one on every image, so the evaluate tests did not tell these apart.)"""
+  logits = np.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0], [3.0, 0.0, 0.0]])
+  ref = np.array([[2.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [1.0, 0.0, 0.0]])
+  correct, agree, kl = estimate.compare_logits(logits, ref, np.array([0, 0, 2, 1]))
+  np.testing.assert_array_equal(correct, [True, False, True, False])
+  np.testing.assert_array_equal(agree, [True, False, False, True])
+  p, q = np.exp(ref[3]) / np.exp(ref[3]).sum(), np.exp(logits[3]) / np.exp(logits[3]).sum()
+  assert kl[0] == 0.0
+  np.testing.assert_allclose(kl[3], np.sum(p * np.log(p / q)), rtol=1e-12)
+  assert abs(kl[3] - np.sum(q * np.log(q / p))) > 0.05      # (not the reverse divergence)
+
+
+def test_paired_counts_tell_lost_from_gained():
+  """Lost: right unpruned, wrong pruned; gained: the other way round (the zero-margin test's
+  counts are symmetric, so swapping the two graphs passed it)."""
+  ref = np.array([1.0, 2.0, 0.5, -1.0, -3.0])
+  pruned = np.array([1.0, -1.0, -0.5, 2.0, -1.0])
+  assert estimate.paired_counts(ref, pruned) == (1, 2, 1, 1)
+  assert estimate.paired_counts(pruned, ref) == (1, 1, 2, 1)
+
+
+def test_a_padding_row_with_a_real_image_and_its_label_is_not_counted(params, images, labels):
+  """A padding row (index -1) holding a real image and its right label: not counted as correct
+  for the unpruned model nor any point (its label -1 in the other tests is never anyone's
+  prediction, so counting padding rows as correct passed them)."""
+  clean = batches_of(images, labels, 4)
+  dirty = [(x.copy(), y.copy(), i) for x, y, i in clean]
+  dirty[-1][0][-1] = images[0]
+  dirty[-1][1][-1] = labels[0]               # the unpruned (and every point's) prediction
+  a = estimate.evaluate(CFG, params, clean, points(), labelled=True)
+  b = estimate.evaluate(CFG, params, dirty, points(), labelled=True)
+  assert a == b and a.reference.correct == 4
+
+
+def test_record_margins_are_each_schedules_own(params):
+  """`schedule_evaluator(record_margins=...)` stores under each schedule its own `[M]` margins,
+  those `measure(..., margins=True)` returns (not the unpruned graph's, shifted by one)."""
+  data = estimate.load_eval_data("digits", num_images=8, seed=0)
+  recorded = {}
+  measure = estimate.schedule_evaluator(CFG, params, data, KeepFirst(), batch_size=4,
+                                        record_margins=recorded)
+  scheds = [(5, 5, 5), (17, 17, 9)]
+  _, margins = measure(scheds, margins=True)
+  assert sorted(recorded) == sorted(scheds) and margins.shape == (2, 8)
+  for counts, m in zip(scheds, margins):
+    np.testing.assert_array_equal(recorded[counts], m)
+  _, (full,) = measure([(17, 17, 17)], margins=True)
+  assert not np.array_equal(recorded[scheds[0]], full)
