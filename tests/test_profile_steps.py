@@ -455,3 +455,123 @@ def test_lone_counts_need_neighbours_that_agree_both_ways_and_steps_must_last():
   m = np.array([3.74] * 4 + [3.22, 4.0] + [2.98] * 9)
   assert _pairs(steps.detect_steps(t, m, [0.004] * 15, [20] * 15)) == (
       [(188, 184), (180, 176)], [])
+
+
+def test_the_default_k_is_four_and_both_step_tests_are_strict():
+  """A mutation audit: k=3 by default, or `>=` in either step test, passed every test."""
+  t = np.arange(12, 2, -1)
+  se1 = 1.349 / 1.2533                           # an IQR giving a median's error of 1 (R = 1)
+  m = np.array([100.0] * 5 + [100.0 - 3.5 * np.sqrt(2)] * 5)   # a drop of 3.5 pair noises
+  assert steps.detect_steps(t, m, [se1] * 10, [1] * 10).steps == ()
+  (s,) = steps.detect_steps(t, m, [se1] * 10, [1] * 10, k=3.0).steps
+  assert (s.n_from, s.n_to) == (8, 7) and s.noise_s == pytest.approx(np.sqrt(2))
+  m = np.array([1.5] * 5 + [1.0] * 5)            # an excess of exactly min_rel * L(n_hi) ...
+  assert 0.5 / 1.5 * 1.5 == 0.5
+  assert steps.detect_steps(t, m, min_rel=0.5 / 1.5).steps == ()
+  assert len(steps.detect_steps(t, m, min_rel=0.3).steps) == 1
+  (s,) = steps.detect_steps(t, m, [0.1] * 10, [4] * 10).steps   # ... or of exactly k * noise
+  k = 0.5 / s.noise_s
+  assert k * s.noise_s == 0.5 and s.noise_s == pytest.approx(np.sqrt(2) * 1.2533 * 0.1 / 1.349 / 2)
+  assert steps.detect_steps(t, m, [0.1] * 10, [4] * 10, k=k).steps == ()
+
+
+def test_curve_noise_on_an_uneven_grid_takes_the_median_per_token_trend():
+  tokens = np.array([65, 50, 35, 34, 33, 20, 10])
+  med = 1e-5 * tokens + np.array([0, 1, 0, -1, 0, 1, 0]) * 1e-7
+  med[:3] += 1e-4                                  # a step in 50 -> 35 skews a mean trend
+  drops, gaps = med[:-1] - med[1:], -np.diff(tokens).astype(float)
+  rest = drops - np.median(drops / gaps) * gaps
+  want = 1.4826 * np.median(np.abs(rest - np.median(rest)))
+  assert steps.curve_noise(med, tokens) == pytest.approx(want, rel=1e-9)
+
+
+def test_flat_pairs_and_spans_are_judged_against_the_upper_count_and_whole_span_noise():
+  """A mutation audit: flat_rel taken of L(n_lo), or a span's noise taken from its last pair
+  only, passed every test."""
+  rep = steps.detect_steps([5, 4, 3, 2], [1.0, 0.9801, 0.9801, 0.9801], [1.0] * 4)
+  assert [(f.n_hi, f.n_lo) for f in rep.flats] == [(5, 2)]   # 1.99% of 1.0 (2.03% of 0.9801)
+  # 5 is noisy, 4 .. 2 tight: 5 -> 2 is within the noise of 5 and 2, not of 3 and 2.
+  rep = steps.detect_steps([5, 4, 3, 2], [1.0, 0.995, 0.995, 0.995], [1.0, 1e-4, 1e-4, 1e-4])
+  assert [(f.n_hi, f.n_lo) for f in rep.flats] == [(5, 2)]
+
+
+def test_a_count_equal_to_its_neighbour_is_not_slower_than_it():
+  """With no noise, `slower` is a strict difference: 27 (as slow as 28) is the level above the
+  step, not a second count of a burst (a mutation audit: `>=` passed every test)."""
+  t = np.arange(30, 16, -1)
+  m = np.array([19.9, 19.9, 20.0, 20.0, 25.0] + [10.0] * 9)   # 26 slow above 26 -> 25
+  (s,) = steps.detect_steps(t, m).steps
+  assert (s.n_from, s.n_to, s.level_from, s.level_to, s.saving_s) == (26, 25, 27, 25, 10.0)
+
+
+def test_a_step_count_out_of_line_at_either_end_of_the_curve_is_measured_from_the_end():
+  """The largest (smallest) count is the level above (below) a step whose upper (lower) count is
+  out of line with it (a mutation audit: leaving the end counts out passed every test)."""
+  t = np.arange(30, 20, -1)
+  for m in ([20.0, 25.0] + [10.0] * 8,              # 29 slow right below the largest count
+            [20.0, 25.0] + [10.0] * 7 + [25.0]):    # the same, a burst at the smallest count
+    (s,) = steps.detect_steps(t, m).steps
+    assert (s.n_from, s.n_to, s.level_from, s.level_to, s.saving_s) == (29, 28, 30, 28, 10.0)
+  (s,) = steps.detect_steps(t, [20.0] * 8 + [5.0, 10.0]).steps   # 22 fast above the smallest
+  assert (s.n_from, s.n_to, s.level_from, s.level_to, s.saving_s) == (23, 22, 23, 21, 10.0)
+
+
+def test_a_count_midway_between_the_levels_is_not_back_at_the_level_above():
+  """`back_at` needs the next count strictly nearer the far level: one exactly midway (and
+  noisy enough to agree with the level above) leaves the step standing."""
+  t = np.arange(30, 16, -1)
+  m = np.array([1.0] * 6 + [0.5, 0.75] + [0.5] * 6)
+  iqr = np.full(14, 1e-3)
+  iqr[7] = 0.2
+  assert _pairs(steps.detect_steps(t, m, iqr, [1] * 14)) == ([(25, 24)], [])
+
+
+def test_a_bump_whose_rebound_falls_short_of_the_slower_test_is_a_lone_slow_count():
+  """The mirror of a dip: the count above is back at the level below, so the new level did not
+  hold one count up; also right below the largest count and right above the smallest (a
+  mutation audit: the level above not asked, or not at the second count, passed every test)."""
+  t = np.arange(30, 16, -1)
+  iqr, counts = [0.01] * 14, [20] * 14             # k * pair noise: 0.0118
+  rep = steps.detect_steps(t, [1.02] * 5 + [1.009, 1.02] + [1.0] * 7, iqr, counts)
+  assert _pairs(rep) == ([], [(24, True)])
+  assert [(c.n_above, c.n_below) for c in rep.lone] == [(25, 23)]
+  rep = steps.detect_steps(t, [1.009, 1.02] + [1.0] * 12, iqr, counts)
+  assert _pairs(rep) == ([], [(29, True)])
+  rep = steps.detect_steps(t, [1.02] * 12 + [1.0, 1.011], iqr, counts)
+  assert _pairs(rep) == ([], [(18, False)])
+  assert _pairs(steps.detect_steps(t, [1.02] * 6 + [1.0] * 8, iqr, counts)) == ([(25, 24)], [])
+
+
+def test_a_wider_step_must_clear_min_rel_of_the_level_above():
+  """26 is slow above 26 -> 25: from 27 the drop (0.995%) is below min_rel of 27's level (1.0)
+  though above min_rel of 25's (0.99005): a lone slow count, not a step."""
+  t = np.arange(30, 20, -1)
+  rep = steps.detect_steps(t, [1.0] * 4 + [1.05] + [0.99005] * 5)
+  assert _pairs(rep) == ([], [(26, True)])
+
+
+def test_two_fast_counts_right_above_the_last_two_are_lone_counts():
+  """The two-count rule needs the count below the two in line with the one below it, which may
+  be the smallest count."""
+  t = np.arange(64, 50, -1)
+  m = np.array([1.0] * 10 + [0.8, 0.81] + [0.998] * 2)
+  rep = steps.detect_steps(t, m, [0.004] * 14, [20] * 14)
+  assert _pairs(rep) == ([], [(54, False), (53, False)])
+  assert [(c.n_above, c.n_below) for c in rep.lone] == [(55, 52), (55, 52)]
+
+
+def test_flat_stretches_of_a_slow_slope_follow_on_from_each_other():
+  """Where a flat stretch stops growing, the next starts at its last count (a mutation audit:
+  skipping the pair after each stretch passed every test)."""
+  tokens = np.arange(41, 1, -1)
+  med = 1.0 + 1e-3 * tokens
+  rep = steps.detect_steps(tokens, med, np.full(tokens.size, 1.349e-3), np.ones(tokens.size))
+  assert [(f.n_hi, f.n_lo) for f in rep.flats] == [(41, 34), (34, 27), (27, 20), (20, 13),
+                                                   (13, 6), (6, 2)]
+
+
+def test_refine_grid_keeps_both_ends_of_the_requested_range():
+  coarse = [40, 30, 20, 10, 2]
+  rep = steps.detect_steps(coarse, [1.2, 1.2, 1.0, 1.0, 1.0])
+  assert steps.refine_grid(coarse, rep, lo=25, hi=27) == [27, 26, 25]
+  assert steps.refine_order(coarse, rep, lo=25, hi=27) == [25, 27, 26]   # midpoint, quarter, ...
