@@ -64,7 +64,8 @@ from vitprune.records.solution import (Solution, budget_cost_text, describe_capp
                                        describe_checked_error, describe_frontier_error,
                                        describe_refinement, judges_paired_change,
                                        picked_by_untrusted_model,
-                                       pruned_meeting_floor, shown_schedules, write_solution)
+                                       pruned_meeting_floor, reaimed_text, shown_schedules,
+                                       write_solution)
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import Schedule, embed_counts, embed_schedule, full_schedule
 
@@ -474,8 +475,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
       timed, rounds = sol.settings["timed_in_loop"], sol.settings["timed_rounds"]
       log(f"  timed {timed} compiled graph{'' if timed == 1 else 's'} around the choice"
           + ("" if len(rounds) == 1 else
-             f" ({' + '.join(map(str, rounds))}: re-aimed {len(rounds) - 1}x by the measured / "
-             "predicted ratio, each round one measurement)")
+             f" ({reaimed_text(rounds)}, each round one measurement)")
           + f": the most accurate within {1e3 * spec.latency_budget:.4g} ms is "
           f"{sol.chosen.schedule}, "
           f"measured {1e3 * sol.chosen.measured_latency_s:.4f} ms (predicted "

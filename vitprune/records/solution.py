@@ -1012,6 +1012,13 @@ def _basis_text(sol: Solution) -> str:
   return f"{sol.basis} numbers"
 
 
+def reaimed_text(rounds: Sequence[int]) -> str:
+  """'5 + 5: re-aimed 1x by the measured / predicted ratio': the graphs a budget check timed
+  per measurement (settings["timed_rounds"]), each after the first aimed anew."""
+  return (f"{' + '.join(map(str, rounds))}: re-aimed {len(rounds) - 1}x by the measured / "
+          "predicted ratio")
+
+
 def summary_lines(sol: Solution) -> List[str]:
   """Human-readable summary; predicted numbers say they are predicted."""
   ch, full, m = sol.chosen, sol.full, sol.metric
@@ -1113,9 +1120,7 @@ def summary_lines(sol: Solution) -> List[str]:
     lines.append(f"measured latency of the chosen compiled graph: "
                  f"{1e3 * ch.measured_latency_s:.4g} ms"
                  + ("" if len(rounds) < 2 else   # (a budget the first graphs timed missed)
-                    f" (graphs timed in {len(rounds)} measurements, "
-                    f"{' + '.join(map(str, rounds))}: re-aimed {len(rounds) - 1}x by the "
-                    "measured / predicted ratio)"))
+                    f" (graphs timed in {len(rounds)} measurements, {reaimed_text(rounds)})"))
   if budget is not None and full is not None and ch.counts != full.counts:
     lines.append(_budget_cost_line(sol))
   err = sol.settings.get("checked_accuracy_error")
