@@ -323,6 +323,18 @@ def test_folders_warn_about_images_in_formats_that_are_not_read(tmp_path):
     data.ImageFolder(tmp_path)
 
 
+def test_folders_warn_about_jpegs_named_jpe(tmp_path):
+  """A JPEG saved as .jpe (or .jif/.jfi, a camera's .mpo) among the .jpg files was skipped
+  without a word: the evaluation ran on fewer images than the folder holds."""
+  _png(str(tmp_path / "cat" / "a.png"), _gray(5, 5, 1))
+  for name in ("b.JPE", "c.jif", "d.jfi", "e.mpo"):
+    (tmp_path / "cat" / name).write_bytes(b"\xff\xd8\xff")
+  with pytest.warns(UserWarning, match=re.escape(
+      "4 file(s) in dataset " + repr(str(tmp_path)) + " named like images of a format that is "
+      "not read (.jfi, .jif, .jpe, .mpo; e.g. 'cat/b.JPE') are not evaluated")):
+    assert data.ImageFolder(tmp_path).files == ("cat/a.png",)
+
+
 def test_folder_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     data.ImageFolder(tmp_path / "missing")

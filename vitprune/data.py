@@ -45,9 +45,13 @@ from vitprune.config import INTERPOLATIONS, Preprocessing, check_path, check_swi
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # Image formats a folder may hold that are not read (torchvision skips them too, unsaid): a
 # dataset of GIFs or HEICs among JPEGs was evaluated on fewer images without a word.
-OTHER_IMAGE_EXTENSIONS = (".gif", ".jfif", ".avif", ".heic", ".heif", ".jp2", ".j2k", ".jxl",
-                          ".ico", ".tga", ".dng", ".cr2", ".nef", ".arw", ".exr", ".hdr", ".pbm",
-                          ".pnm", ".dib", ".pcx", ".psd", ".svg", ".eps")
+# JPEGs named .jpe/.jif/.jfi (Windows, older cameras) and a camera's .mpo were skipped unsaid.
+OTHER_IMAGE_EXTENSIONS = (".gif", ".jfif", ".jpe", ".jif", ".jfi", ".mpo", ".apng", ".avif",
+                          ".avifs", ".heic", ".heics", ".heif", ".jp2", ".j2k", ".jpx", ".jpf",
+                          ".jxl", ".jxr", ".wdp", ".qoi", ".ico", ".cur", ".icns", ".tga", ".dds",
+                          ".sgi", ".xbm", ".xpm", ".dng", ".cr2", ".nef", ".arw", ".raf", ".orf",
+                          ".rw2", ".pef", ".srw", ".exr", ".hdr", ".pfm", ".pbm", ".pnm", ".dib",
+                          ".pcx", ".psd", ".svg", ".eps")
 
 # timm's `str_to_interp_mode` names (config.INTERPOLATIONS) -> PIL filters.
 _PIL_FILTERS = {
