@@ -42,6 +42,15 @@ def test_reducers_declare_the_whole_protocol(red):
   hash(red)
 
 
+def test_the_protocol_check_needs_every_member():
+  """`isinstance(obj, TokenReducer)` is False for an object lacking any one member."""
+  red = make_reducer("random")
+  attrs = {m: getattr(red, m) for m in PROTOCOL}
+  assert isinstance(type("Whole", (), attrs)(), TokenReducer)
+  for member in PROTOCOL:
+    part = type("Part", (), {m: v for m, v in attrs.items() if m != member})()
+    assert not isinstance(part, TokenReducer), member
+
 def test_registered_names_match_the_registry_and_keep_first_is_not_registered():
   for key, cls in METHODS.items():
     assert cls().name == key

@@ -140,6 +140,8 @@ def test_evit_hand_case():
   out, _ = _reduce(EViT(normalize=True), jnp.asarray(x), None, _stats(probs), num_keep=4,
                                        num_prefix=1, layer=0)
   np.testing.assert_allclose(out[0, 3], (0.1 * x[0, 1] + 0.05 * x[0, 3]) / 0.15, rtol=1e-5)
+  # select: the kept patch indices (token - prefix), one fewer than num_keep - prefix (the fill)
+  np.testing.assert_array_equal(EViT().select(_stats(probs), num_keep=4, num_prefix=1), [[1, 3]])
 
 
 def test_class_attention_is_the_mean_over_heads():
@@ -156,6 +158,22 @@ def test_class_attention_is_the_mean_over_heads():
                    layer=0)                      # the fill: 0.3 * token 1 + 0.3 * token 3
   np.testing.assert_allclose(out[0, :, 0], [0.0, 2.0, 1.2], rtol=1e-6)
 
+
+def test_class_attention_is_the_class_tokens_row_with_registers():
+  """Prefix 3 (cls + 2 registers): tokens are ranked by row 0 (the class token), not by a
+  register's row. Here the class token prefers tokens 5, 4 and the registers tokens 3, 4."""
+  probs = np.full((1, 1, 6, 6), 0.2, np.float32)
+  probs[0, 0, 0] = [0.0, 0.0, 0.0, 0.1, 0.2, 0.7]
+  probs[0, 0, 1:3] = [0.0, 0.0, 0.0, 0.7, 0.2, 0.1]
+  st = _stats(probs)
+  np.testing.assert_array_equal(TopK().select(st, num_keep=5, num_prefix=3), [[1, 2]])
+  np.testing.assert_array_equal(EViT().select(st, num_keep=5, num_prefix=3), [[2]])
+  x = _tokens(1, 6)
+  out, _ = _reduce(TopK(), jnp.asarray(x), None, st, num_keep=4, num_prefix=3, layer=0)
+  np.testing.assert_array_equal(out[0], x[0, [0, 1, 2, 5]])
+  out, _ = _reduce(EViT(), jnp.asarray(x), None, st, num_keep=5, num_prefix=3, layer=0)
+  np.testing.assert_array_equal(out[0, :4], x[0, [0, 1, 2, 5]])
+  np.testing.assert_allclose(out[0, 4], 0.1 * x[0, 3] + 0.2 * x[0, 4], rtol=1e-6)
 
 def test_fill_tokens_keep_the_tokens_dtype():
   """POMT and EViT compute their fill token in float32 and return it in the tokens' dtype:
@@ -261,6 +279,24 @@ def test_tome_cap_and_zero_keys():
   out, size = _reduce(ToMe(), x, None, zero, num_keep=6, num_prefix=1, layer=0)
   assert np.isfinite(out).all() and np.isfinite(size).all()
 
+
+@pytest.mark.parametrize("n,num_prefix,r", [(10, 2, 4), (11, 3, 4), (9, 1, 4), (9, 0, 3)])
+def test_tome_iree_form_merges_as_the_xla_form(n, num_prefix, r):
+  """Inside `iree_lowering` ToMe protects prefix tokens by an additive -inf bias instead of a
+  select: the same merges, sizes and order (nothing merges into a register in set B)."""
+  from vitprune import lowering  # pylint: disable=g-import-not-at-top
+  st = _random_stats(2, 2, n, 4, seed=n)
+  x = jnp.asarray(_tokens(2, n, 5, seed=n))
+  size = jnp.asarray(np.random.default_rng(n).integers(1, 4, size=(2, n)), jnp.float32)
+  want = ToMe().reduce(x, size, st, num_keep=n - r, num_prefix=num_prefix, layer=0)
+  token = lowering.IREE.set(True)
+  try:
+    got = ToMe().reduce(x, size, st, num_keep=n - r, num_prefix=num_prefix, layer=0)
+  finally:
+    lowering.IREE.reset(token)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(got[1], want[1])
+  np.testing.assert_allclose(got[0][:, :num_prefix], x[:, :num_prefix], rtol=1e-6)
 
 # ----------------------------------------------------------------------------- random
 
