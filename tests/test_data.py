@@ -1023,7 +1023,7 @@ def test_balanced_subset_draws_of_a_seed_are_pinned():
 
 def test_balanced_subset_errors():
   labels = np.array([0, 0, 1, 1])
-  for n in (0, -1, 2.0):
+  for n in (0, -1, 2.0, True):
     with pytest.raises(ValueError, match=rf"^subset size n must be a positive int, got {n}$"):
       data.balanced_subset(labels, n, seed=0)
   with pytest.raises(ValueError, match=r"^subset size n=5 exceeds the dataset size 4$"):

@@ -1029,7 +1029,7 @@ def balanced_subset(labels: Sequence[int], n: int, seed: int) -> np.ndarray:
                      f"dtype {labels.dtype}")
   if labels.size and labels.min() < 0:
     raise ValueError("balanced_subset needs labelled data; labels contain negative values")
-  if not isinstance(n, (int, np.integer)) or n < 1:
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:   # (True: 1 image)
     raise ValueError(f"subset size n must be a positive int, got {n!r}")
   if n > labels.size:
     raise ValueError(f"subset size n={n} exceeds the dataset size {labels.size}")
