@@ -20,8 +20,9 @@ Layout of an artifact directory:
 `load` reads the manifest strictly, checks it against the exported forward (identity, input and
 output shapes, platforms), rebuilds the parameter tree from the exported function's own input
 tree (`exported.in_tree` / `in_avals`), restores it with orbax, and refuses an artifact whose
-files, weights (shape or sha256), format version or platforms do not match (`ArtifactError`). Only the
-export path imports `vitprune.model` (lazily): a deployed model runs without the model code.
+files, weights (shape or sha256), format version or platforms do not match (`ArtifactError`).
+Only the export path imports `vitprune.model` (lazily): a deployed model runs without the model
+code.
 
 The weights hash (`params_sha256`) is over the parameter leaves, not over orbax's files: the
 sha256 of, for every leaf in sorted key-path order, its key path, dtype, shape and C-order bytes.

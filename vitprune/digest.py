@@ -19,7 +19,8 @@ def params_sha256(params: Any) -> str:
   checkpoint is laid out, or on the host's byte order. The estimate files and the deployment
   manifest record this same digest, so one weights tree has one identity everywhere.
   """
-  import jax  # pylint: disable=g-import-not-at-top  (lazy: boards running vitprune.edge have no jax)
+  # (lazy: boards running vitprune.edge have no jax)
+  import jax  # pylint: disable=g-import-not-at-top
   return named_leaves_sha256((jax.tree_util.keystr(path), leaf)
                              for path, leaf in jax.tree.flatten_with_path(params)[0])
 

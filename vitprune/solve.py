@@ -73,9 +73,10 @@ per-layer choices to step bottoms plus the full count N.
 Per-block removal limits: a method may cap how many tokens one block removes (ToMe merges at most
 half of the non-prefix tokens, `TokenReducer.max_remove`). `max_remove` [K] gives that cap for
 each source count; block l may then go from n_in to n_out only when
-n_in - n_out <= max_remove(n_in). The sources allowed for a target n_out are then a window of the grid, not a suffix; the DP
-answers each window from a sparse table of Pareto sets (union of two overlapping power-of-two
-ranges; taking the Pareto set of a union is associative and idempotent), so it stays exact.
+n_in - n_out <= max_remove(n_in). The sources allowed for a target n_out are then a window of
+the grid, not a suffix; the DP answers each window from a sparse table of Pareto sets (union of
+two overlapping power-of-two ranges; taking the Pareto set of a union is associative and
+idempotent), so it stays exact.
 """
 from __future__ import annotations
 

@@ -490,7 +490,8 @@ def _reduction_path(rng, start: int, last: int, k: int, below: Sequence[int],
 
 def method_limit(cfg, method: str) -> Callable[[int], int]:
   """n_in -> the most tokens `method` may remove in one block (`TokenReducer.max_remove`)."""
-  from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top  (imports jax)
+  # (imports jax)
+  from vitprune.reduce.methods import make_reducer  # pylint: disable=g-import-not-at-top
   reducer = make_reducer(method)
   return lambda n: int(reducer.max_remove(n, cfg.num_prefix_tokens))
 

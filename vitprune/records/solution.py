@@ -915,7 +915,8 @@ class Solution:
         settings=dict(doc["settings"]),
         chosen=Candidate.from_json(ch, f"{where}: chosen", cfg), method=ch["method"],
         criterion=str(ch["criterion"]),
-        full=None if doc["full"] is None else Candidate.from_json(doc["full"], f"{where}: full", cfg),
+        full=(None if doc["full"] is None
+              else Candidate.from_json(doc["full"], f"{where}: full", cfg)),
         frontier=tuple(Candidate.from_json(c, f"{where}: frontier[{i}]", cfg)
                        for i, c in enumerate(frontier)),
         checked=tuple(Candidate.from_json(c, f"{where}: checked[{i}]", cfg)
