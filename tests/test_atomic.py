@@ -288,7 +288,9 @@ def test_an_empty_folder_made_where_an_output_was_moved_aside_does_not_lose_it(t
   (aside / "art").mkdir(parents=True)                  # a folder of files there: not replaced
   (aside / "art" / "manifest.json").write_text("old")
   atomic.cleanup_stale(str(out))
-  assert (out / "manifest.json").read_text() == "{}" and os.listdir(tmp_path) == ["art"]
+  assert (out / "manifest.json").read_text() == "{}"
+  assert (aside / "art" / "manifest.json").read_text() == "old"    # (nor deleted: below)
+  shutil.rmtree(aside)
   shutil.rmtree(out)
   out.mkdir()                                          # a run stamping what it replaces
   (aside / "art").mkdir(parents=True)
@@ -299,6 +301,41 @@ def test_an_empty_folder_made_where_an_output_was_moved_aside_does_not_lose_it(t
   with atomic.staged_dir(str(out), overwrite=True, is_ours=is_ours, replaces=stamp) as tmp:
     (tmp_path / tmp / "manifest.json").write_text("new")
   assert (out / "manifest.json").read_text() == "new" and os.listdir(tmp_path) == ["art"]
+
+
+def test_a_moved_aside_output_is_deleted_only_for_an_output_vitprune_published(tmp_path):
+  """Killed between moving the old output aside and publishing, then something else put where
+  it was: the next write deleted the previous output whatever took its place. Only a newer
+  output vitprune published (its inventory) replaces it; a user's file, a folder of theirs or a
+  link keep it aside, and it is put back once the path is free again."""
+  out, aside = tmp_path / "art", tmp_path / ".art.old-999999999-abc"     # no such process
+
+  def moved_aside():
+    (aside / "art").mkdir(parents=True)
+    (aside / "art" / "manifest.json").write_text("previous")
+  elsewhere = tmp_path / "elsewhere"
+  with atomic.staged_dir(str(elsewhere)) as tmp:         # an output vitprune published
+    (tmp_path / tmp / "manifest.json").write_text("published")
+  for taken in ("file", "folder", "link"):
+    moved_aside()
+    if taken == "file":
+      out.write_text("a user's notes")
+    elif taken == "folder":
+      out.mkdir()
+      (out / "notes.txt").write_text("a user's notes")
+    else:
+      out.symlink_to(elsewhere)                          # (a link: not published there)
+    atomic.cleanup_stale(str(out))
+    assert (aside / "art" / "manifest.json").read_text() == "previous", taken
+    assert sorted(os.listdir(tmp_path)) == [".art.old-999999999-abc", "art", "elsewhere"]
+    shutil.rmtree(out) if taken == "folder" else out.unlink()
+    atomic.cleanup_stale(str(out))                       # the path free again: put back
+    assert (out / "manifest.json").read_text() == "previous" and not aside.exists(), taken
+    shutil.rmtree(out)
+  moved_aside()
+  os.rename(elsewhere, out)
+  atomic.cleanup_stale(str(out))
+  assert (out / "manifest.json").read_text() == "published" and not aside.exists()
 
 
 def test_a_moved_aside_output_that_cannot_be_put_back_is_kept_aside(tmp_path, monkeypatch):

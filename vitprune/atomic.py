@@ -836,7 +836,8 @@ def cleanup_stale(path: str) -> None:
 
   A moved-aside previous directory (`.NAME.old-*/NAME`) is restored when `path` is missing or
   an empty folder (the run died between moving it aside and publishing; kept aside when that
-  fails), deleted when a newer output took `path`; a committed
+  fails), deleted when a newer output vitprune published (its INVENTORY_FILE) took `path`, and
+  kept aside when anything else did (a user's file or folder: neither is lost); a committed
   `staged_files` transaction (`.NAME.commit-*`) is rolled forward; everything else is deleted.
   """
   path = os.path.abspath(path)
@@ -849,6 +850,8 @@ def cleanup_stale(path: str) -> None:
         os.rename(inner, path)
       except OSError:       # (a file made in that folder meanwhile: kept aside, not deleted)
         continue
+    elif os.path.lexists(inner) and (os.path.islink(path) or not _has_inventory(path)):
+      continue              # (not an output vitprune published since: kept aside, not deleted)
     _remove(old)
   for commit in stale["commit"]:
     _roll_forward(commit, parent)
