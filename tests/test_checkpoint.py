@@ -755,3 +755,34 @@ def test_an_edited_config_and_loose_arguments_are_refused(tmp_path):
   with pytest.raises(TypeError, match="cfg must be a vitprune ViTConfig"):
     checkpoint.save_weights(str(tmp_path / "v"), "test_tiny_vit", init_params(cfg, 0))
   assert sorted(os.listdir(tmp_path)) == ["w"]
+
+
+def test_an_absent_meta_is_the_empty_meta_and_a_source_that_is_no_folder_names_no_classes(
+    tmp_path):
+  """Mutation audit: meta_sha256 hashes an absent meta as {} (as the reader returns it), so a
+  folder without "meta" whose digest covers {} loads; only a folder names classes."""
+  cfg = get_config("test_tiny_vit")
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  cfile = os.path.join(path, "config.json")
+  with open(cfile) as f:
+    doc = json.load(f)
+  assert doc["meta"] == {} and doc["meta_sha256"] == checkpoint.meta_sha256({"meta": {}})
+  with open(cfile, "w") as f:
+    json.dump({k: v for k, v in doc.items() if k != "meta"}, f)
+  assert checkpoint.read_weights_config(path) == (cfg, {})
+  assert checkpoint.read_class_names(path) is None
+  for source in (cfile, "init_params(seed=0)"):   # (a file: not a weights folder's names)
+    assert checkpoint.source_class_names(source) is None
+  assert checkpoint.source_class_names(path) is None
+
+
+def test_class_names_given_as_numbers_are_recorded_as_strings(tmp_path):
+  """Mutation audit: a list or tuple of labels (0..9, as range gives them) is recorded as the
+  strings '0'..'9' that image folders are named by, not refused as names that are no strings."""
+  cfg = get_config("test_tiny_vit")
+  for kind in (list, tuple):
+    path = checkpoint.save_weights(str(tmp_path / kind.__name__), cfg, init_params(cfg, 0),
+                                   class_names=kind(range(cfg.num_classes)))
+    assert checkpoint.read_class_names(path) == tuple(str(i) for i in range(10))
+    with open(os.path.join(path, "config.json")) as f:
+      assert json.load(f)["class_names"] == list("0123456789")

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -112,6 +113,42 @@ def test_read_json_errors(tmp_path):
     with pytest.raises(jsonio.FormatError, match=rf"^{re.escape(str(p))}: not valid JSON: "
                        rf"number {re.escape(text)} is out of range$"):
       jsonio.read_json(str(p), "widget")
+
+
+def test_read_json_edges_of_its_bounds(tmp_path):
+  """Mutation audit: the bound on integers is on their magnitude (a negative one past float's
+  range is refused too), the largest float integer is read, the duplicate key named is the one
+  written twice (not the object's first), and deep nesting is one line, not a traceback."""
+  p = tmp_path / "x.json"
+  p.write_text('{"seed": -2' + "0" * 308 + "}")          # -2e308: past float's range too
+  with pytest.raises(jsonio.FormatError, match=rf"^{re.escape(str(p))}: not valid JSON: "
+                     r"integer of 309 digits is out of range$"):
+    jsonio.read_json(str(p), "widget")
+  top = int(sys.float_info.max)                          # 1.797...e308 as an integer: in range
+  for value in (top, -top):
+    p.write_text('{"seed": ' + str(value) + "}")
+    assert jsonio.read_json(str(p), "widget") == {"seed": value}
+  p.write_text('{"a": 1, "b": 2, "c": 3, "b": 4}')
+  with pytest.raises(jsonio.FormatError, match=rf"^{re.escape(str(p))}: not valid JSON: "
+                     r"key 'b' appears twice in one object$"):
+    jsonio.read_json(str(p), "widget")
+  p.write_text('{"a": ' + "[" * 100000 + "]" * 100000 + "}")   # (a RecursionError in json)
+  with pytest.raises(jsonio.FormatError, match=rf"^{re.escape(str(p))}: not valid JSON: "
+                     r"maximum nesting depth exceeded$"):
+    jsonio.read_json(str(p), "widget")
+
+
+def test_sha256_digests_and_numpy_scalars_in_canonical_json():
+  """Mutation audit: is_sha256 takes exactly 64 lower-case hex digits (as hexdigest writes);
+  canonical JSON holds numpy scalars, np.bool_ included, as the numbers they hold."""
+  assert jsonio.is_sha256("0123456789abcdef" * 4)
+  for bad in ("0" * 63, "0" * 65, "A" * 64, "0" * 63 + "F", "g" * 64, b"0" * 64, None, 0):
+    assert not jsonio.is_sha256(bad), bad
+  assert jsonio.canonical({"b": np.bool_(True), "i": np.int64(3), "f": np.float32(0.5),
+                           "u": np.uint8(7)}) == b'{"b":true,"f":0.5,"i":3,"u":7}'
+  assert jsonio.plain(np.bool_(False)) is False
+  with pytest.raises(TypeError, match="^Object of type complex64 is not JSON serializable$"):
+    jsonio.canonical({"c": np.complex64(1)})
 
 
 def test_predicted_accuracy_is_reported_within_0_and_1():
