@@ -662,3 +662,231 @@ def test_a_run_whose_points_the_file_refuses_keeps_them_beside_it(tmp_path):
   assert os.path.dirname(kept) == str(tmp_path) and os.path.isfile(kept[:-5] + ".csv")
   assert records.load(kept).points == other.points and records.load(kept).timing == other.timing
   assert records.load(paths["json"]) == first                 # the first run's file untouched
+
+
+def test_schedules_from_one_count_are_distinct_graphs():
+  """Two schedules entering block 0 with the same count are two graphs: a point's key holds its
+  schedule (both load and merge; the same schedule twice is one graph timed twice)."""
+  a = _point("schedule", 17, 0.02, schedule=(17, 9, 2))
+  b = _point("schedule", 17, 0.03, schedule=(17, 17, 2))
+  prof = _profile([a, b], modes=("schedule",))
+  assert records.from_json(records.to_json(prof), "s.json").points == (a, b)
+  assert records.merge([prof, _profile([a], modes=("schedule",))]).points == (a, b)
+  doc = records.to_json(prof)
+  doc["points"].append(dict(doc["points"][0]))
+  with pytest.raises(ValueError, match=re.escape(
+      "s.json: point 2 (schedule, batch 1, 17 tokens [17, 9, 2]) repeats point 0")):
+    records.from_json(doc, "s.json")
+
+
+def test_a_point_from_a_measurement_keeps_its_fields():
+  from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
+  m = protocol.Measurement(median=2.0, q25=1.0, q75=3.0, samples=(1.0, 2.0, 3.0), compile_s=4.5,
+                           retries=2)
+  p = records.Point.from_measurement(m, component="schedule", batch_size=np.int64(4), tokens=17,
+                                     schedule=[17, 9, 2])
+  assert (p.component, p.batch_size, p.tokens, p.schedule) == ("schedule", 4, 17, (17, 9, 2))
+  assert (p.median_s, p.q25_s, p.q75_s, p.num_samples, p.samples_s) == (
+      2.0, 1.0, 3.0, 3, (1.0, 2.0, 3.0))
+  assert (p.compile_s, p.retries, p.retimed_samples, p.retimed_scale) == (4.5, 2, 0, None)
+
+
+def test_curve_is_sorted_by_tokens_descending_and_merged_line_counts_the_others():
+  prof = _profile([_point("model", n, 1e-2) for n in (2, 9, 5, 17)] +
+                  [_point("model", 3, 1e-2, batch=2)])
+  assert [p.tokens for p in prof.curve("model", 1)] == [17, 9, 5, 2]
+  assert records.merged_line("p.json", prof, prof) is None
+  one = _profile([_point("model", 3, 1e-2, batch=2)])
+  assert records.merged_line("p.json", prof, one) == (
+      "p.json holds 5 points: this run's 1 merged into the 4 others it held (the summary is of "
+      "them all)")
+  four = _profile([_point("model", n, 1e-2) for n in (2, 9, 5, 17)])
+  assert records.merged_line("p.json", prof, four).endswith(
+      "this run's 4 merged into the 1 other it held (the summary is of them all)")
+
+
+def test_a_dispatch_point_is_the_predictors_per_call_overhead(tmp_path):
+  """The dispatch graph times the per-call overhead (tokens 1, outside the model's counts): it
+  loads, and each prediction takes it off once per part (depth + 1)."""
+  pts = [_point("embed", 17, 2e-3), _point("dispatch", 1, 1e-4)]
+  pts += [_point("block", n, 1e-3 * n) for n in (17, 9, 2)]
+  pts += [_point("head", n, 1e-4) for n in (17, 9, 2)] + [_point("model", 17, 0.03)]
+  prof = _profile(pts, modes=("block",))
+  back = records.load(records.save(prof, str(tmp_path), stem="d")["json"])
+  assert back == prof
+  assert [p["predicted_s"] for p in back.predictions] == pytest.approx(
+      [2e-3 + 2 * 0.017 + 1e-4 - 3 * 1e-4])
+  doc = records.to_json(prof)
+  doc["points"][0]["tokens"] = 1                       # (only dispatch has no token count)
+  with pytest.raises(ValueError, match=r"point 0: tokens 1 is outside \[2, 17\]"):
+    records.from_json(doc, "e.json")
+
+
+def test_a_document_of_the_wrong_shape_is_refused_naming_it():
+  """Shapes a hand edit can give: each a ValueError naming the entry (a list for `timing`, or a
+  number for a point, was a raw AttributeError / TypeError)."""
+  good = records.to_json(_profile(_staircase_points()))
+  for edit, message in (
+      (dict(timing=[]), "s.json: timing must be an object, got list"),
+      (dict(config="x"), "s.json: config must be an object, got str"),
+      (dict(points="x"), "s.json: points must be a list"),
+      (dict(points=[5]), "s.json: point 0 is not an object"),
+      (dict(steps="x"), "s.json: steps must be a list of objects"),
+      (dict(lone_counts=[1]), "s.json: lone_counts must be a list of objects")):
+    with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+      records.from_json(dict(good, **edit), "s.json")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
+    (dict(tokens=0), "tokens must be a positive integer, got 0"),
+    (dict(retries=-1), "retries must be a non-negative integer, got -1"),
+    (dict(num_samples=-1), "num_samples must be a non-negative integer, got -1"),
+    (dict(component=5), "component must be a string, got 5"),
+    (dict(compile_s=float("inf")), "compile_s must be a finite number >= 0 seconds, got inf"),
+    (dict(component="schedule", schedule=[17, 9, 0]),
+     "schedule must be null or a list of positive integers, got [17, 9, 0]"),
+    (dict(component="schedule", schedule=[17, 9, 10]),
+     "schedule [17, 9, 10] increases: token counts never grow between blocks"),
+    (dict(median_s=0.011000011), "median_s 0.011000011 is not its 3 samples' (0.011)"),
+])
+def test_a_bad_point_field_is_refused_naming_it(edit, message):
+  doc = records.to_json(_profile(_staircase_points()))
+  doc["points"][0].update(edit)
+  if "schedule" in edit:
+    doc["modes"] = ["schedule"]
+    doc["points"] = doc["points"][:1]
+  with pytest.raises(ValueError, match="^" + re.escape("s.json: point 0: " + message)):
+    records.from_json(doc, "s.json")
+
+
+def test_csv_rows_of_another_batch_size_keep_their_steps_and_rel_iqr():
+  pts = _staircase_points(batch=2)
+  pts[0] = _point("model", 17, pts[0].median_s, batch=2, spread=1e-3)
+  rows = records.to_csv(_profile(pts)).splitlines()
+  assert rows[1] == "test_tiny_vit,cpu,cpu,float32,model,2,17,,11,10.5,11.5,1,0.09091,3,0.5,0,,,"
+  assert rows[8] == "test_tiny_vit,cpu,cpu,float32,model,2,10,,11,11,11,0,0,3,0.5,0,9,,"
+
+
+def test_a_name_part_with_no_letters_is_unknown():
+  assert records.slug("NVIDIA H200 (x)") == "nvidia-h200-x" and records.slug(" / ") == "unknown"
+  prof = dataclasses.replace(_profile([_point("model", 17, 1e-2)]), device_kind="???")
+  assert records.file_stem(prof) == "test-tiny-vit_model_b1_float32_unknown"
+
+
+def test_a_file_whose_name_says_other_batch_sizes_is_not_merged_into(tmp_path):
+  b2 = _profile(_staircase_points(batch=2))
+  stem = records.file_stem(b2, batch_sizes=[1])                 # (renamed from ..._b2_...)
+  path = records.save(b2, str(tmp_path), stem=stem)["json"]
+  with pytest.raises(ValueError, match=re.escape(
+      f"refusing to merge into {path}: it holds batch [2] points, but its name says batch [1] "
+      "(edited or renamed?)")):
+    records.save(_profile(_staircase_points(batch=1)), str(tmp_path), stem=stem)
+  assert records.load(path) == b2
+
+
+def test_save_combines_its_fields_with_the_files_by_merge_fields(tmp_path):
+  def union(doc, new):
+    if new["edge"].get("bad"):
+      raise ValueError("edge entries disagree")
+    return {"edge": sorted(set(doc.get("edge", [])) | set(new["edge"]["targets"]))}
+  path = records.save(_profile(_staircase_points()), str(tmp_path), stem="p",
+                      fields={"edge": ["a"]})["json"]
+  records.save(_profile(_staircase_points(batch=2)), str(tmp_path), stem="p",
+               fields={"edge": {"targets": ("c", "b")}}, merge_fields=union)
+  assert json.load(open(path))["edge"] == ["a", "b", "c"]
+  with pytest.raises(ValueError, match=re.escape(
+      f"cannot merge into {path}: edge entries disagree")):
+    records.save(_profile(_staircase_points(batch=4)), str(tmp_path), stem="p",
+                 fields={"edge": {"bad": True}}, merge_fields=union)
+
+
+def test_setup_mismatch_names_the_platform_and_a_config_field_only_one_has():
+  import types  # pylint: disable=g-import-not-at-top
+  a = _profile(_staircase_points())
+  gpu = dataclasses.replace(a, platform="gpu")
+  assert records.setup_mismatch(a, gpu) == ("platform", "cpu", "gpu")
+  with pytest.raises(ValueError, match="different platform: 'cpu' vs 'gpu'"):
+    records.merge([a, gpu])
+  setup = dict(model="m", device_kind="d", platform="p", dtype="float32")
+  old = types.SimpleNamespace(config={"depth": 2}, **setup)
+  new = types.SimpleNamespace(config={"depth": 2, "extra": 1}, **setup)
+  assert records.setup_mismatch(old, new) == ("model config", "m (extra None)", "m (extra 1)")
+
+
+def test_a_profile_without_points_reads_back():
+  """A setup without points yet (its modes name what it will measure) is a readable profile."""
+  empty = _profile([], modes=("model", "block"))
+  back = records.from_json(records.to_json(empty), "e.json")
+  assert (back.points, back.modes, back.batch_sizes) == ((), ("model", "block"), ())
+
+
+def test_predictions_skip_only_the_graphs_the_block_table_does_not_cover():
+  pts = [_point("embed", 17, 2e-3)] + [_point("block", n, 1e-3 * n) for n in (17, 9, 2)]
+  pts += [_point("head", n, 1e-4) for n in (17, 9, 2)]
+  pts += [_point("model", n, 0.03) for n in (17, 12, 9)]           # (no block point at 12)
+  pts += [_point("schedule", 17, 0.03, schedule=s) for s in ((17, 12, 2), (17, 9, 2))]
+  prof = _profile(pts, modes=("model", "block", "schedule"))
+  assert [(p["component"], p["schedule"]) for p in prof.predictions] == [
+      ("model", [17, 17, 17]), ("model", [9, 9, 9]), ("schedule", [17, 9, 2])]
+
+
+def test_step_lines_go_on_past_a_curve_too_short_for_steps():
+  """A batch whose model curve has one point still reports its block curve."""
+  pts = [_point("model", 17, 1e-2)]
+  pts += [_point("block", n, 1e-2 + (1e-3 if n > 9 else 0.0)) for n in range(17, 1, -1)]
+  lines = records.step_lines(_profile(pts, modes=("model", "block")))
+  assert lines[:2] == ["-- steps of block curve, batch 1 (curve noise 0 ms, trend 0 ms/token)",
+                       "  10 -> 9 saves 9.1% (1 ms)"]
+
+
+def test_a_merge_is_created_now_and_its_batch_sizes_are_sorted(monkeypatch):
+  monkeypatch.setattr(records, "now_iso", lambda: "2030-06-01T00:00:00+00:00")
+  m = records.merge([_profile(_staircase_points(batch=8)), _profile(_staircase_points())])
+  assert m.created == "2030-06-01T00:00:00+00:00"
+  assert m.batch_sizes == (1, 8) and records.file_stem(m).endswith("_b1-8_float32_cpu")
+  assert _profile(_staircase_points(batch=8) + _staircase_points(batch=2)).batch_sizes == (2, 8)
+
+
+def test_the_json_point_writes_its_spread():
+  p = _point("model", 17, 0.011, spread=1e-3)
+  d = records.to_json(_profile([p]))["points"][0]
+  assert (d["q25_s"], d["q75_s"]) == pytest.approx((0.0105, 0.0115))
+  assert (d["iqr_s"], d["rel_iqr"]) == pytest.approx((1e-3, 1e-3 / 0.011))
+
+
+def test_a_profile_without_a_creation_time_reads_back():
+  """`created` may be empty (Profile's default), the other strings may not."""
+  prof = dataclasses.replace(_profile(_staircase_points()), created="")
+  assert records.from_json(records.to_json(prof), "p.json").created == ""
+  with pytest.raises(ValueError, match=re.escape("p.json: created must be a non-empty string, "
+                                                 "got 5")):
+    records.from_json(dict(records.to_json(prof), created=5), "p.json")
+
+
+def test_a_timing_mismatch_lists_every_setting_that_differs():
+  prof = _profile(_staircase_points())
+  other = dataclasses.replace(prof, timing={"min_run_time": 0.05, "rounds": 3})
+  with pytest.raises(ValueError, match=re.escape(
+      "timed with different settings (min_run_time 0.1 vs 0.05, rounds None vs 3; write")):
+    records.merge([prof, other])
+
+
+def test_a_save_refuses_links_and_files_of_its_names_without_a_profile(tmp_path):
+  """A linked profile was read through, merged, and the link replaced by a file; a CSV at the
+  profile's name with no JSON beside it is not one vitprune wrote."""
+  prof = _profile(_staircase_points())
+  real = records.save(prof, str(tmp_path / "real"), stem="p")["json"]
+  out = tmp_path / "out"
+  out.mkdir()
+  os.symlink(real, out / "p.json")
+  with pytest.raises(ValueError, match=re.escape(
+      f"refusing to replace {out / 'p.json'}: it is a symbolic link, not a file vitprune wrote")):
+    records.save(prof, str(out), stem="p")
+  assert os.path.islink(out / "p.json")
+  os.remove(out / "p.json")
+  (out / "p.csv").write_text("x\n")
+  with pytest.raises(ValueError, match=re.escape(
+      f"refusing to replace ['{out / 'p.csv'}']: no profile {out / 'p.json'} beside them")):
+    records.save(prof, str(out), stem="p")
+  assert sorted(os.listdir(out)) == ["p.csv"]
