@@ -30,7 +30,8 @@ JSON schema (version 1), all latencies in seconds:
                                                   # dispatch: a trivial graph, the per-call
                                                   # overhead (tokens 1)
         "batch_size": 1,
-        "tokens": 197,                            # tokens entering (block: its input; model: block 0)
+        "tokens": 197,                            # tokens entering (block: its input;
+                                                  # model: block 0)
         "schedule": [197, ..., 98] | null,        # depth + 1 counts, component "schedule" only
         "median_s": ..., "q25_s": ..., "q75_s": ..., "iqr_s": ..., "rel_iqr": ...,
         "num_samples": 250, "samples_s": [...],   # every timed call
