@@ -66,7 +66,8 @@ if os.environ.get("VITPRUNE_TEST_XLA_OPT", "0") != "1" and \
 # After the environment above is set; none of these imports jax.
 from vitprune import atomic  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vitprune import jsonio  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vitprune.records import solution as S  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable-next=g-import-not-at-top,wrong-import-position
+from vitprune.records import solution as S
 
 # The test files that take longest (summed durations, 2-core machine: edge 80 s, profile_cli 73 s,
 # benchmarks_scripts 60 s, cli_smoke 54 s), run first: with one file per test process

@@ -1353,7 +1353,7 @@ def test_deploy_refuses_a_profile_or_estimate_the_solution_was_not_solved_from()
   same_p, other_p = (types.SimpleNamespace(path="/p.json", sha256=h) for h in ("a" * 64, "b" * 64))
   est = types.SimpleNamespace(path="/e.json", sha256="c" * 64)
   check_solution_inputs(prov, same_p, est, "s.json")
-  check_solution_inputs({}, other_p, est, "s.json")                 # nothing given: nothing to match
+  check_solution_inputs({}, other_p, est, "s.json")       # nothing given: nothing to match
   with pytest.raises(ValueError, match=r"^--profile=/p.json \(sha256 aaaaaaaaaaaa\.\.\.\) is not "
                                        r"the profile the solver output s.json was solved from "
                                        r"\(/p.json, sha256 bbbbbbbbbbbb\.\.\.\)"):

@@ -761,7 +761,8 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
   from tests.test_solve import _estimate  # pylint: disable=g-import-not-at-top
   from vitprune import solve_stage  # pylint: disable=g-import-not-at-top
   from vitprune.records.estimate import read_estimate  # pylint: disable=g-import-not-at-top
-  from vitprune.records.solution import read_solution, write_solution  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from vitprune.records.solution import read_solution, write_solution
   from vitprune.digits import write_digits_imagefolder  # pylint: disable=g-import-not-at-top
   kit_dir, cache = str(tmp_path / "kit"), str(tmp_path / "cache")
   grid = (17, 9)

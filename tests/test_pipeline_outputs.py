@@ -464,7 +464,8 @@ def test_the_verify_stages_change_is_paired_and_zero_for_the_unpruned_graph():
   interval; [0, 0] when the chosen graph is the unpruned one (identical); for agreement never
   above 0; holdout_summary judges a drop by it."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from vitprune import estimate as estimate_lib, intervals, pipeline  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from vitprune import estimate as estimate_lib, intervals, pipeline
 
   def result(ref_right, got_right):
     n = len(ref_right)

@@ -625,8 +625,9 @@ def _estimate(tmp_path, layers, tokens, value, *, cfg=CFG, batch=8, name="e.json
       "kind": "tokens" if len(layers) == 1 else "sensitivity",
       "model": {"name": cfg.name, "config": config_to_dict(cfg)},
       "weights": {"source": "init_params(seed=0)", "sha256": "0" * 64},
-      "data": {"kind": "synthetic", "source": "test", "num_examples": NUM_EXAMPLES, "classes": [str(k) for k in range(10)],
-               "labelled": labelled, "fingerprint": "f" * 64, "selection": {}},
+      "data": {"kind": "synthetic", "source": "test", "num_examples": NUM_EXAMPLES,
+               "classes": [str(k) for k in range(10)], "labelled": labelled,
+               "fingerprint": "f" * 64, "selection": {}},
       "method": {"name": method or ("random" if layers == [None] else "pomt"), "kwargs": {}},
       "seed": 0, "layers": layers, "tokens": tokens,
       "eval": {"batch_size": batch, "dtype": "float32", "precision": "highest",
@@ -961,7 +962,8 @@ def test_multilayer_files_subtract_the_measured_call_overhead(tmp_path):
   table = records.block_table(records.load(ps), 8)
   assert table.overhead_s == pytest.approx(o)
   for f in sol.frontier:
-    assert f.predicted_latency_s == pytest.approx(profile_predict.predict(table, Schedule(f.counts)))
+    assert f.predicted_latency_s == pytest.approx(
+        profile_predict.predict(table, Schedule(f.counts)))
   full = (N,) * 7
   uncorrected = 1e-4 + o + 6 * (_step_latency(N) / 6 + 1e-6 * N + o) + 1e-5 + o
   assert profile_predict.predict(table, Schedule(full)) == pytest.approx(uncorrected - 7 * o)

@@ -310,7 +310,7 @@ def test_other_weights_or_data_are_refused(inputs):
                     f"--profile={ps}", f"--estimate={root / 'train_e.json'}", "--mode=multi",
                     f"--out_dir={root / 'out'}", "--allow_batch_mismatch"]))):
       with pytest.raises(ValueError, match=rf"train_e.json measured the digits' {split} split, "
-                                           r"which models of the digits are trained on: .*--split=test$"):
+                         r"which models of the digits are trained on: .*--split=test$"):
         run()
   with pytest.raises(ValueError, match="--eval_batch_size=1000000000 cannot fit in memory"):
     _run(root, es, ps, f"--weights={weights}", "--num_images=20",
@@ -455,7 +455,8 @@ def test_a_floor_met_with_confidence_measures_each_schedule_against_the_unpruned
   0.161 is a change low of -0.161, which clears a drop of 0.3 (a pruned choice) and not one of
   0.1 (every pruned schedule refused: the unpruned one is kept). An absolute floor its own
   unpruned interval does not clear is an error naming that interval."""
-  from vitprune.records.solution import meets_measured_floor, summary_lines  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from vitprune.records.solution import meets_measured_floor, summary_lines
   root, weights, es, ps = inputs
   wide = _run_confident(root, es, ps, weights, "c1", "--metric=agreement",
                         "--max_accuracy_drop=0.3")
