@@ -1261,3 +1261,21 @@ def test_a_folder_replaced_while_it_was_read_is_read_again(tmp_path):
   with pytest.raises(ValueError, match="^corrupt$"):
     atomic.read_folder(str(folder), broken)
   assert calls.count("broken") == 1
+
+
+def test_a_kept_result_names_the_write_s_own_error_not_a_vanished_folder(tmp_path):
+  # A solve / estimate into a fresh --out_dir on a full disk took back the folder it made, and
+  # its one line said "its folder ... is no longer a folder ([Errno 28] ...)": the wrong cause.
+  path = str(tmp_path / "made" / "out.json")
+  full = OSError(errno.ENOSPC, f"No space left on device while writing {path}")
+  with pytest.raises(OSError) as e:
+    atomic.keep_json_beside(path, {"format": "f", "x": 1}, "f", full, str(full))
+  msg = str(e.value)
+  kept = glob.glob(str(tmp_path / "out.kept-*.json"))
+  assert "no longer a folder" not in msg and "No space left on device" in msg, msg
+  assert len(kept) == 1 and msg.endswith(f"the results are kept in {kept[0]}"), msg
+  (tmp_path / "gone").write_text("a file")           # a folder replaced by a file still says so
+  gone = NotADirectoryError(errno.ENOTDIR, "Not a directory")
+  with pytest.raises(OSError, match="its folder .*gone is no longer a folder"):
+    atomic.keep_json_beside(str(tmp_path / "gone" / "out.json"), {"format": "f"}, "f", gone,
+                            str(gone))

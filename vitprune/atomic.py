@@ -1229,8 +1229,11 @@ def keep_json_beside(path: str, doc: Any, fmt: str, error: OSError, why: str,
   ext = ext or ".json"
   folder = os.path.dirname(os.path.abspath(root))
   if not os.path.isdir(folder):   # (its folder replaced by a file mid-run: every result lost)
-    why = (f"cannot write {console.printable(path)}: its folder {console.printable(folder)} is "
-           f"no longer a folder ({error})")
+    if os.path.lexists(folder) or getattr(error, "errno", None) in (errno.ENOENT, errno.ENOTDIR):
+      why = (f"cannot write {console.printable(path)}: its folder {console.printable(folder)} "
+             f"is no longer a folder ({error})")
+    # (else the write failed for its own reason, e.g. a full disk, and took back the folder it
+    # made: "no longer a folder" named the wrong cause)
     while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
       folder = os.path.dirname(folder)          # the nearest folder above that still is one
     root = os.path.join(folder, os.path.basename(root))
