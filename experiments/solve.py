@@ -35,6 +35,7 @@ text, usable as `--schedule` elsewhere) with its predicted latency and accuracy.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from absl import flags
@@ -327,6 +328,12 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
   common.check_data_word(f)
   common.check_outside_data(f.out_dir, "out_dir", f)
   cfg, params, source = common.load_model(None, f.weights)
+  if cfg != estimate.config:       # (the digest alone said "differs": which model each is)
+    field = next(fd.name for fd in dataclasses.fields(cfg)
+                 if getattr(cfg, fd.name) != getattr(estimate.config, fd.name))
+    said = lambda c: c.name if field == "name" else f"{c.name} ({field} {getattr(c, field)!r})"
+    raise ValueError(f"--weights={f.weights} hold {said(cfg)}, estimate {estimate.source} "
+                     f"measured {said(estimate.config)}: not the weights it measured")
   if params_sha256(params) != estimate.weights_sha256:
     raise ValueError(f"--weights={f.weights} are not the weights estimate {estimate.source} "
                      "measured (weights sha256 differs)")

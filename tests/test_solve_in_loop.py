@@ -2,6 +2,7 @@
 on the estimate's data, measured latency of compiled graphs), and refusal of other weights/data."""
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -269,6 +270,16 @@ def test_other_weights_or_data_are_refused(inputs):
   other = save_weights(str(root / "w2"), TINY, init_params(TINY, 1))
   with pytest.raises(ValueError, match="are not the weights estimate .* measured"):
     _run(root, es, ps, f"--weights={other}", "--num_images=20")
+  # Fault probe: another model's weights were refused only as "weights sha256 differs"
+  with pytest.raises(ValueError, match=rf"^--weights={re.escape(common.EMBEDDED_WEIGHTS)} hold "
+                     r"vit_digits, estimate .*e.json measured test_tiny_vit: not the weights"):
+    _run(root, es, ps, f"--weights={common.EMBEDDED_WEIGHTS}", "--num_images=20")
+  deeper = dataclasses.replace(TINY, depth=TINY.depth + 1)
+  deeper = save_weights(str(root / "w_deep"), deeper, init_params(deeper, 0))
+  with pytest.raises(ValueError, match=rf"hold test_tiny_vit \(depth {TINY.depth + 1}\), estimate "
+                     rf".*e.json measured test_tiny_vit \(depth {TINY.depth}\): not the weights "
+                     "it measured$"):
+    _run(root, es, ps, f"--weights={deeper}", "--num_images=20")
   # Fault probe: the same parameters saved with other class names passed the weights check and
   # were refused as other *data* (fingerprint differs), naming flags that were all the same
   renamed = save_weights(str(root / "w_renamed"), TINY, init_params(TINY, 0),
