@@ -563,8 +563,10 @@ def _mutate(d, fn):
      "take it, got 4294967296"),                       # (the end itself: mutation audit)
     (lambda d: d["reference"].update(schedule="keep@0:5"), "reference.schedule 'keep@0:5' is "
      "not the unpruned schedule's"),
-    (lambda d: d["reference"].update(counts=[17, 9, 9]), "reference.counts is not the unpruned "
-     "schedule"),
+    (lambda d: d["reference"].update(counts=[17, 9, 9]), r"reference.counts \[17, 9, 9\] is not "
+     r"the unpruned schedule of test_tiny_vit \(depth 2\): \[17, 17, 17\] \(edited\?\)$"),
+    (lambda d: d["model"]["config"].update(depth=3), r"reference.counts \[17, 17, 17\] is not the "
+     r"unpruned schedule of test_tiny_vit \(depth 3\): \[17, 17, 17, 17\] \(edited\?\)$"),
     (lambda d: d["points"][2].update(schedule="keep@0:9"), r"points\[2\]: schedule 'keep@0:9' "
      r"is counts \[17, 9, 9\], not the counts \[17, 5, 5\] recorded with it"),
     (lambda d: d["points"][2].update(schedule="pomt"), r"points\[2\]: schedule 'pomt': cannot "

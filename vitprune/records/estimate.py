@@ -377,8 +377,10 @@ def _validate(doc: Any, where: str) -> ViTConfig:
   except (ValueError, TypeError) as e:
     raise EstimateError(f"{where}: {e}") from None
   ref = doc["reference"]
-  _require(ref.get("counts") == list(schedule_lib.full_schedule(cfg).counts), where,
-           "reference.counts is not the unpruned schedule")
+  full = list(schedule_lib.full_schedule(cfg).counts)
+  _require(ref.get("counts") == full, where,      # (an edited depth was named no further)
+           f"reference.counts {ref.get('counts')!r} is not the unpruned schedule of "
+           f"{cfg.name} (depth {cfg.depth}): {full} (edited?)")
   _require("schedule" not in ref or ref["schedule"] == schedule_lib.format_schedule(
       schedule_lib.full_schedule(cfg), cfg), where,
            f"reference.schedule {ref.get('schedule')!r} is not the unpruned schedule's "
