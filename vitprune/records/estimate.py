@@ -377,14 +377,14 @@ def _validate(doc: Any, where: str) -> ViTConfig:
   except (ValueError, TypeError) as e:
     raise EstimateError(f"{where}: {e}") from None
   ref = doc["reference"]
-  full = list(schedule_lib.full_schedule(cfg).counts)
-  _require(ref.get("counts") == full, where,      # (an edited depth was named no further)
+  full = schedule_lib.full_schedule(cfg)
+  _require(ref.get("counts") == list(full.counts), where,   # (an edited depth: named no further)
            f"reference.counts {ref.get('counts')!r} is not the unpruned schedule of "
-           f"{cfg.name} (depth {cfg.depth}): {full} (edited?)")
-  _require("schedule" not in ref or ref["schedule"] == schedule_lib.format_schedule(
-      schedule_lib.full_schedule(cfg), cfg), where,
+           f"{cfg.name} (depth {cfg.depth}): {list(full.counts)} (edited?)")
+  full_text = schedule_lib.format_schedule(full, cfg)
+  _require("schedule" not in ref or ref["schedule"] == full_text, where,
            f"reference.schedule {ref.get('schedule')!r} is not the unpruned schedule's "
-           f"{schedule_lib.format_schedule(schedule_lib.full_schedule(cfg), cfg)!r} (edited?)")
+           f"{full_text!r} (edited?)")
   _check_scores(ref, f"{where}: reference", labelled, data["num_examples"])
   _require(ref["agreement"] == 1.0 and ref["kl"] == 0.0, where,
            "the reference must agree with itself (agreement 1, kl 0)")
