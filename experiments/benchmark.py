@@ -103,7 +103,7 @@ def main(f: flags.FlagValues):
     raise ValueError("--eval_batch_size needs data (--data is 'none': nothing is evaluated)")
   tcfg = protocol.flag_timing(min_run_time=f.min_run_time, seed=f.seed)
   common.check_output_dir(f.out_dir)
-  common.check_outside_data(f.out_dir, "out_dir", f)
+  common.check_outside_data(f.out_dir, "out_dir", f, words=("digits", "none"))
   cfg = common.model_config(f.model, f.weights)
   variants = bench.build_variants(
       cfg, variants=f.variants, pomt_schedule=f.pomt_schedule, solution=f.solution,

@@ -439,14 +439,16 @@ def check_data_word(fv: flags.FlagValues, flag: str = "data",
 
 
 def check_outside_data(out: str, out_flag: str, fv: flags.FlagValues, data_flag: str = "data",
-                       words: Sequence[str] = ("digits", "none")) -> None:
+                       words: Sequence[str] = ("digits",)) -> None:
   """ValueError when `--out_flag` is, or lies inside, the image folder `--data_flag`: the plots
   written there were read as images by the next run with the same flags (a digit class grew by
   two PNGs, and the accuracy fell without a word), or in a folder it reads through a link (a
-  class folder linked from elsewhere). A data word (`words`) names no folder."""
+  class folder linked from elsewhere). A data word (`words`, as `check_data_word` reads them:
+  'none' in any case) names no folder."""
   from vitprune import data as data_lib  # pylint: disable=g-import-not-at-top  (PIL: lazily)
   data = fv[data_flag].value
-  if not data or data.strip().lower() in words or not os.path.isdir(data):
+  word = data.strip().lower() if data and data.strip().lower() == "none" else data
+  if not data or word in words or not os.path.isdir(data):
     return
   if data_lib.inside_images(out, data):
     raise ValueError(f"--{out_flag}={out} is inside --{data_flag}={data}: what it writes there "

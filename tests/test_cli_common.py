@@ -159,6 +159,7 @@ def test_sigterm_is_recorded_as_an_interrupt_that_exits_143(monkeypatch):
     (["python", "-m", "benchmarks.floor_study"], True),
     (["python", "-m", "pytest", "-q", "tests"], False),      # an importer keeps its handler
     (["python", "-c", "import experiments"], False),
+    (["python", "-m", "experiments_old.run"], False),       # another package
     (["python", "-m"], False),
 ])
 def test_early_interrupt_exits_only_in_a_cli_process(monkeypatch, argv, installed):
@@ -790,3 +791,264 @@ def test_results_whose_folder_became_a_file_meanwhile_are_kept_above_it(tmp_path
                                  "longer a folder (") and str(e.value).endswith(
                                      f"; the results are kept in {kept}")
   assert json.loads(kept.read_text()) == doc and sub.read_text() == "not a folder"
+
+
+# ---------------------------------------------------------------- mutation audit (console, common)
+
+
+def test_the_out_of_memory_line_is_stripped_and_a_bare_key_error_named():
+  """The RESOURCE_EXHAUSTED line is quoted without its indentation; a KeyError without arguments
+  is named (its text was read from args[0]: an IndexError)."""
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  error = RuntimeError("XlaRuntimeError:\n    RESOURCE_EXHAUSTED: Out of memory   \nmore")
+  assert console.resource_exhausted(error) == "RESOURCE_EXHAUSTED: Out of memory"
+  assert console.resource_exhausted(RuntimeError("INTERNAL: boom")) is None
+  assert common.one_line(KeyError()) == "KeyError"
+
+
+def test_setup_process_prints_undecodable_bytes_escaped_and_may_run_twice():
+  """A path's undecodable byte (`\\udcff`) printed escaped, not an UnicodeEncodeError after the
+  work; a second `setup_process` kept the hook it replaced (not itself: a recursion)."""
+  body = ("sys.unraisablehook = lambda u: print('mine:', u.exc_type.__name__)\n"
+          "console.setup_process(); console.setup_process()\n"
+          "print('a\\udcffb', flush=True)\n"
+          "class A: pass\n"
+          "weakref.finalize(A(), lambda: 1 / 0)\n")
+  r = _console_script(body, "default")
+  assert (r.returncode, r.stdout, r.stderr) == (0, "a\\udcffb\nmine: ZeroDivisionError\n", ""), r
+
+
+def test_only_a_recorded_interrupt_inside_a_callback_is_kept_quiet(monkeypatch):
+  """A KeyboardInterrupt the handler did not record (none was recorded) is not dropped silently:
+  it goes to the hook `setup_process` replaced."""
+  import types  # pylint: disable=g-import-not-at-top
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  seen = []
+  monkeypatch.setattr(console, "_previous_unraisablehook", seen.append)
+  unraisable = types.SimpleNamespace(exc_value=KeyboardInterrupt())
+  monkeypatch.setattr(console, "_interrupted", False)
+  console._quiet_recorded_interrupt(unraisable)  # pylint: disable=protected-access
+  assert seen == [unraisable]
+  monkeypatch.setattr(console, "_interrupted", True)
+  console._quiet_recorded_interrupt(unraisable)  # pylint: disable=protected-access
+  other = types.SimpleNamespace(exc_value=ZeroDivisionError())
+  console._quiet_recorded_interrupt(other)  # pylint: disable=protected-access
+  assert seen == [unraisable, other]
+
+
+def test_finish_quietly_sets_handlers_only_from_the_main_thread(monkeypatch):
+  """Only the main thread may set a signal handler (elsewhere: ValueError)."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  calls = []
+  monkeypatch.setattr(signal, "getsignal", lambda sig: console._record_interrupt)
+  monkeypatch.setattr(signal, "signal", lambda sig, handler: calls.append((sig, handler)))
+  thread = threading.Thread(target=console.finish_quietly)
+  thread.start()
+  thread.join()
+  assert calls == []
+  console.finish_quietly()
+  assert calls == [(signal.SIGINT, signal.SIG_IGN), (signal.SIGTERM, signal.SIG_IGN),
+                   (signal.SIGHUP, signal.SIG_IGN)]
+
+
+def test_nested_holds_raise_the_interrupt_once_the_outermost_is_left(monkeypatch):
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(console, "_interrupted", True)
+  monkeypatch.setattr(console, "_held", 0)
+  reached = []
+  with pytest.raises(KeyboardInterrupt):
+    with console.interrupts_held():
+      with console.interrupts_held():
+        pass
+      reached.append("inner left")             # (the outer publish is still under way)
+  assert reached == ["inner left"] and console._held == 0  # pylint: disable=protected-access
+
+
+def test_raise_held_joins_a_failure_to_an_interrupt_only_outside_holds(monkeypatch):
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+
+  def raised(failure):
+    try:
+      console.raise_held(failure)
+    except KeyboardInterrupt as e:             # (not let through: it would stop pytest)
+      return e
+    return None
+
+  monkeypatch.setattr(console, "_interrupted", True)
+  failure = OSError(28, "No space left on device")
+  monkeypatch.setattr(console, "_held", 1)
+  assert raised(failure) is None                     # still held: the outer hold raises it
+  monkeypatch.setattr(console, "_held", 0)
+  assert raised(KeyboardInterrupt()) is None         # an interrupt itself: it goes on
+  e = raised(failure)
+  assert type(e) is console.InterruptedFailure and console.failure_of(e) is failure
+  assert e.__cause__ is failure
+  monkeypatch.setattr(console, "_interrupted", False)
+  assert raised(failure) is None                     # no interrupt: the caller raises it
+
+
+def test_an_interrupt_names_only_published_outputs_still_there(tmp_path, monkeypatch):
+  """An output written and then removed again (staged in a folder published whole) is not
+  named as written."""
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  there = tmp_path / "kept.json"
+  there.write_text("{}")
+  for name, value in (("_interrupted", True), ("_terminated", False),
+                      ("_written", [str(there), str(tmp_path / "gone.json")])):
+    monkeypatch.setattr(console, name, value)
+  assert console.interrupt_exit() == (f"interrupted (after writing {there})", 130)
+
+
+def test_an_early_stop_signal_keeps_an_ignored_or_own_handler(monkeypatch):
+  """nohup's ignored SIGHUP (or a caller's own SIGTERM handler) is left alone before
+  `setup_process`, as after it."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  seen = []
+  handlers = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: print,
+              signal.SIGHUP: signal.SIG_IGN}
+  monkeypatch.setattr("sys.orig_argv", ["python", "-m", "experiments.profile"], raising=False)
+  monkeypatch.setattr(signal, "signal", lambda sig, handler: seen.append((sig, handler)))
+  monkeypatch.setattr(signal, "getsignal", handlers.get)
+  console.exit_on_early_interrupt("experiments")
+  assert seen == [(signal.SIGINT, console._exit_now)]  # pylint: disable=protected-access
+
+
+def test_quiet_logging_keeps_a_given_verbosity(monkeypatch):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  set_to = []
+  monkeypatch.setattr(common.logging, "set_verbosity", set_to.append)
+  fv = flags.FlagValues()
+  flags.DEFINE_integer("verbosity", -1, "", flag_values=fv)
+  fv(["prog", "--verbosity=1"])
+  common.quiet_logging(fv)
+  assert set_to == []
+  fv.unparse_flags()
+  fv(["prog"])
+  common.quiet_logging(fv)
+  common.quiet_logging(flags.FlagValues())         # (no --verbosity at all: run_in_process)
+  assert set_to == [common.logging.WARNING] * 2
+
+
+def test_a_forced_jax_platform_jax_cannot_start_is_refused(monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  def devices():
+    raise RuntimeError("Unknown backend: 'cuda' requested")
+
+  monkeypatch.setattr(jax, "devices", devices)
+  common.check_jax_platforms({})
+  common.check_jax_platforms({"JAX_PLATFORMS": " cpu", "JAX_PLATFORM_NAME": "cuda"})
+  for name, value in (("JAX_PLATFORMS", "cpu,cuda"), ("JAX_PLATFORM_NAME", "cuda")):
+    with pytest.raises(ValueError, match=re.escape(
+        f"{name}={value!r}: JAX cannot start that backend on this machine (Unknown backend: "
+        f"'cuda' requested); unset {name} or name an available one, e.g. cpu")):
+      common.check_jax_platforms({name: value})
+
+
+def test_names_must_be_given_once_case_blind():
+  common.check_names_once(["pomt", "topk"], "methods", "method")
+  for names in (["pomt", "POMT"], []):
+    with pytest.raises(ValueError, match=re.escape(
+        f"--methods must name each method once, got {names}")):
+      common.check_names_once(names, "methods", "method")
+
+
+def test_a_published_folder_is_an_out_dir_only_when_published_whole_again(tmp_path):
+  """Files are not written into weights (a folder published whole); the main job's --out_dir,
+  published whole itself, may replace such a folder of its own."""
+  cfg = get_config("test_tiny_vit")
+  wdir = checkpoint.save_weights(str(tmp_path / "w"), cfg, model.init_params(cfg, 0))
+  with pytest.raises(ValueError, match=f"^--out_dir={wdir} is a folder vitprune wrote as a "
+                     "whole"):
+    common.check_output_dir(wdir)
+  common.check_output_dir(wdir, published=True)
+
+
+def test_results_must_carry_their_format(tmp_path):
+  out = tmp_path / "r.json"
+  with pytest.raises(ValueError, match=f"^results for {out} must carry format 'f'$"):
+    common.write_result(str(out), {"format": "g"}, "f")
+  assert not out.exists()
+
+
+def test_a_new_dir_may_be_an_empty_folder_and_an_overwrite_only_of_ours(tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  common.check_new_dir(str(empty), "out")
+  (empty / "notes.txt").write_text("mine")
+  with pytest.raises(FileExistsError, match=re.escape(
+      f"--out={empty} already exists (pass --overwrite to replace it)")):
+    common.check_new_dir(str(empty), "out")
+  common.check_new_dir(str(empty), "out", overwrite=True)
+  with pytest.raises(atomic.ForeignOutputError, match=f"{empty}"):
+    common.check_new_dir(str(empty), "out", overwrite=True, is_ours=lambda p: False)
+  assert (empty / "notes.txt").read_text() == "mine"
+
+
+def test_random_weights_pass_the_training_split_guard():
+  """`load_model`'s source for random weights is no folder: they were trained on nothing."""
+  common.check_digits_split("init_params(seed=0)", "digits")
+
+
+def test_a_smoke_run_of_weights_is_noted(tmp_path, capsys):
+  common.note_smoke_run(str(tmp_path), {"max_steps": 1, "test_accuracy": 0.09375})
+  common.note_smoke_run(str(tmp_path), {"max_steps": 3})
+  common.note_smoke_run(str(tmp_path), {"epochs": 3})
+  assert capsys.readouterr().err == (
+      f"note: {tmp_path} were trained for 1 step only (train_digits --max_steps, a smoke run, "
+      "held-out accuracy 0.0938)\n"
+      f"note: {tmp_path} were trained for 3 steps only (train_digits --max_steps, a smoke run)\n")
+
+
+def test_the_command_line_gives_a_flag_with_a_short_name_once():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  def define(fv):
+    flags.DEFINE_integer("num", 1, "", short_name="n", flag_values=fv)
+
+  assert common.command_line("m", common.parse(define, ["-n", "2"])) == "python -m m --num=2"
+
+
+def test_a_seed_takes_32_bits_at_most():
+  """jax PRNG keys take 32 bits: --seed=2**32 wrapped to seed 0."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from experiments import train_digits  # pylint: disable=g-import-not-at-top
+  assert common.parse(train_digits.define_flags, ["--seed=4294967295"]).seed == 2 ** 32 - 1
+  with pytest.raises(flags.IllegalFlagValueError, match="4294967296 is not"):
+    common.parse(train_digits.define_flags, ["--seed=4294967296"])
+
+
+def test_a_stray_argument_is_a_usage_error(capsys):
+  """The run did not start: exit 2 with the hint (as absl's own flag errors)."""
+  ran = []
+  with pytest.raises(SystemExit) as e:
+    common.run_in_process(ran.append, lambda fv: None, ["extra"])
+  assert (e.value.code, ran) == (2, [])
+  assert capsys.readouterr().err == "error: unexpected arguments: ['extra']\n(see --help)\n"
+
+
+def test_method_options_split_at_the_first_equals_and_read_booleans_in_any_case():
+  assert common.parse_method_options(["schedule=keep@3=33", "nested=TRUE", " k =1.5", "s=abc",
+                                      "b= False "]) == {
+      "schedule": "keep@3=33", "nested": True, "k": 1.5, "s": "abc", "b": False}
+
+
+def test_an_output_inside_a_data_folder_named_like_a_data_word_is_refused(tmp_path, monkeypatch):
+  """`estimate --data=Digits` (or `--data=none`) reads the folder ./Digits (./none): only
+  `digits` itself names the bundled set there, and `none` is a word of the benchmark's alone,
+  yet an --out_dir inside such a folder was let by."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  flags.DEFINE_string("data", "digits", "", flag_values=fv)
+  fv(["prog"])
+  monkeypatch.chdir(tmp_path)
+  for value in ("Digits", "none"):
+    (tmp_path / value / "3").mkdir(parents=True)
+    fv.data = value
+    with pytest.raises(ValueError, match=f"^--out_dir={value}/run is inside --data={value}: "):
+      common.check_outside_data(f"{value}/run", "out_dir", fv)
+  fv.data = "none"                                 # the benchmark's word: no data is read
+  common.check_outside_data("none/run", "out_dir", fv, words=("digits", "none"))
