@@ -420,6 +420,12 @@ def check_digits_split(weights_source: str, data: Optional[str]) -> None:
 _DATA_WORDS = {"digits": "the bundled digits", "none": "no data (latency only)"}
 
 
+def data_word(value: str) -> str:
+  """What a data flag's value is read as: 'none' in any case and spacing (benchmark's
+  `--data=None` too), else the value itself ('Digits' is a folder, not the bundled digits)."""
+  return "none" if value and value.strip().lower() == "none" else value
+
+
 def check_data_word(fv: flags.FlagValues, flag: str = "data",
                     words: Sequence[str] = ("digits",)) -> None:
   """ValueError when `--flag`, given, is one of `words` (`_DATA_WORDS`: a meaning of its own)
@@ -429,7 +435,7 @@ def check_data_word(fv: flags.FlagValues, flag: str = "data",
   value = fv[flag].value
   if not fv[flag].present:
     return
-  word = value.strip().lower() if value.strip().lower() == "none" else value   # (as benchmark)
+  word = data_word(value)
   if word in words and os.path.isdir(value):
     default = fv[flag].default
     raise ValueError(f"--{flag}={value} means {_DATA_WORDS[word]}, and ./{value} is also a "
@@ -447,8 +453,7 @@ def check_outside_data(out: str, out_flag: str, fv: flags.FlagValues, data_flag:
   'none' in any case) names no folder."""
   from vitprune import data as data_lib  # pylint: disable=g-import-not-at-top  (PIL: lazily)
   data = fv[data_flag].value
-  word = data.strip().lower() if data and data.strip().lower() == "none" else data
-  if not data or word in words or not os.path.isdir(data):
+  if not data or data_word(data) in words or not os.path.isdir(data):
     return
   if data_lib.inside_images(out, data):
     raise ValueError(f"--{out_flag}={out} is inside --{data_flag}={data}: what it writes there "
