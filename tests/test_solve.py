@@ -3203,3 +3203,187 @@ def _pair_of(value, unpruned=0.9, discordant=400):
   gained = discordant // 2
   lost = right_u - right_p + gained
   return (right_u - lost, lost, gained, n - right_u - gained)
+
+
+# ------------------------------------------------------------------------------------------------
+# solve_stage checks at their boundaries (a mutation audit: each one pinned exactly).
+
+def test_calibration_schedules_that_do_not_reduce_are_not_counted_towards_the_minimum(tmp_path):
+  """One short of the minimum of reducing schedules is refused before fitting, however many
+  uniform (non-reducing) 'schedule' points the profile also holds; a method named in another
+  case matches (the readers take either)."""
+  from vitprune.profile import latency_model as lm_lib
+  ps, _ = _calibration_profile(tmp_path)
+  es = read_estimate(_estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc))
+  prof = records.load(ps)
+  need = lm_lib.MIN_CALIBRATION_SCHEDULES
+  scheds = [p for p in prof.points if p.component == "schedule"]
+  uniform = [_point("schedule", n, 1e-3, schedule=(n,) * 7) for n in (N, 9)]
+  few = dataclasses.replace(prof, points=tuple(
+      [p for p in prof.points if p.component != "schedule"] + scheds[:need - 1] + uniform))
+  with pytest.raises(solve.SolveInputError, match=re.escape(
+      f"holds {need - 1} calibration schedule(s) that reduce at batch 8; the latency model "
+      f"needs >= {need} (one per reduction term)")):
+    solve_stage.profile_latency_model(few, es)
+  upper = dataclasses.replace(prof, reducer="POMT+random")
+  batch, lm = solve_stage.profile_latency_model(upper, es)
+  assert batch == 8 and lm.source == "calibrated-graph"
+
+
+def test_the_estimates_batch_is_chosen_among_the_profiles_batch_sizes(tmp_path):
+  """A profile timed at several batch sizes, one of them the estimate's: that one is solved
+  for, with no batch_size given."""
+  ps = _save_profile(tmp_path, [_point("model", n, 1e-3 * b, batch=b) for b in (1, 8, 16)
+                                for n in range(5, N + 1)])
+  es = _estimate(tmp_path, [None], list(range(5, N + 1)), _acc, batch=8)
+  sol = _paper(ps, es)
+  assert sol.profile.batch_size == 8 and sol.full.predicted_latency_s == 8e-3
+  assert sol.full.measured_latency_s == 8e-3        # L(N) of a measured curve: the graph timed
+
+
+def test_infinite_and_nan_latencies_in_a_profile_built_in_memory_are_refused(tmp_path):
+  es = read_estimate(_estimate(tmp_path, [None], list(range(5, N + 1)), _acc))
+  pts = [_point("model", n, 1e-3) for n in range(5, N + 1)]
+  pts[3] = dataclasses.replace(pts[3], median_s=float("inf"))
+  with pytest.raises(solve.SolveInputError, match=r"model latency is NaN/inf at token counts "
+                                                     r"\[8\]$"):
+    solve_stage.solve_paper(_profile(pts), es)
+  blocks = records.load(_block_profile(tmp_path))
+  sens = read_estimate(_estimate(tmp_path, [1, 3], list(range(4, N)), _acc, name="s.json"))
+  bad = dataclasses.replace(blocks, points=tuple(    # (BlockTable itself refuses block/head)
+      dataclasses.replace(p, median_s=float("nan")) if p.component == "embed" else p
+      for p in blocks.points))
+  with pytest.raises(solve.SolveInputError, match=r"b\.json: embed latency has NaN/inf values$"):
+    solve_stage.solve_multilayer(bad, sens)
+
+
+def test_paper_mode_predicts_the_curve_only_where_the_block_table_has_a_head_point(tmp_path):
+  """A per-block table whose head lacks a count (a hand-merged table): the predicted curve
+  leaves that count out rather than failing on it."""
+  pts = [p for p in records.load(_block_profile(tmp_path)).points
+         if (p.component, p.tokens) != ("head", 7)]
+  ps = _save_profile(tmp_path, pts, name="head_gap.json", modes=("block",))
+  es = _estimate(tmp_path, [None], list(range(5, N + 1)), _acc)
+  sol = _paper(ps, es)
+  assert sol.profile.latency_source == "predicted_from_blocks"
+  assert sol.curve["tokens"] == [n for n in range(5, N + 1) if n != 7]
+  assert sol.full.measured_latency_s is None        # predicted: nothing was timed whole
+
+
+def test_paper_advice_names_only_the_file_lacking_a_count_the_method_reaches(tmp_path):
+  """ToMe reaches 9 from 17: a profile holding exactly 9 is not the one to re-measure."""
+  ps = _save_profile(tmp_path, [_point("model", n, 1e-3, batch=8) for n in (5, 9, N)])
+  es = _estimate(tmp_path, [None], [5, N], _acc, batch=8)
+  with pytest.raises(solve.SolveInputError, match=rf"measure counts in \[9, {N - 1}\] in "
+                                                     rf"estimate \S+e\.json$"):
+    _paper(ps, es, method="tome")
+
+
+def test_the_latency_models_lowest_count_is_on_the_multi_grid(tmp_path):
+  lm, curve = _latency_model()                   # its curve: 2..N
+  ps = _save_profile(tmp_path, [_point("model", n, v) for n, v in zip(range(2, N + 1), curve)])
+  es = _estimate(tmp_path, [1, 3, 5], list(range(2, N)), _acc)
+  sol = _multi(ps, es, latency_model=lm)
+  assert sol.settings["grid"] == list(range(2, N + 1))
+  assert "unused_estimate_counts" not in sol.settings
+
+
+def test_a_block_table_without_the_full_count_is_refused_naming_it(tmp_path):
+  pts = [p for p in records.load(_block_profile(tmp_path)).points
+         if (p.component, p.tokens) != ("block", N)]
+  ps = _save_profile(tmp_path, pts, name="no_full_block.json", modes=("block",))
+  es = _estimate(tmp_path, [1, 3], list(range(4, N)), _acc)
+  with pytest.raises(solve.SolveInputError, match=re.escape(
+      f"profile {ps}: the per-block table lacks the full count {N} (block 0 always sees all "
+      "tokens)")):
+    _multi(ps, es)
+
+
+def test_a_maximum_drop_is_checked_at_its_bounds():
+  assert solve_stage.check_accuracy_drop(0.0) == 0.0
+  with pytest.raises(ValueError, match=re.escape(
+      "max_accuracy_drop must be in [0, 1) (the metric's unit: 0.01 is one point), got 1.0")):
+    solve_stage.check_accuracy_drop(1.0)
+  # A floor at exactly 0 is met by every schedule: refused, as one below 0 is.
+  with pytest.raises(solve.SolveInputError, match=r"^max_accuracy_drop 0\.5 is at least the "
+                     r"unpruned accuracy 0\.5000 measured on the estimate's images: every "
+                     r"schedule meets it; give a smaller drop$"):
+    solve_stage.floor_below_unpruned(0.5, 0.5, "accuracy")
+  assert solve_stage.floor_below_unpruned(0.5, 0.25, "accuracy") == 0.25
+  assert solve_stage.floor_below_unpruned(0.0, 0.0, "agreement") == 0.0   # no drop: no refusal
+
+
+def test_measuring_the_whole_frontier_and_refining_it_are_refused_together():
+  with pytest.raises(solve.SolveInputError, match=r"^--measure_all and --refine_rounds both "
+                                                     r"measure the whole uncorrected frontier"):
+    solve_stage.check_one_frontier_measurement(True, 2, ("--measure_all", "--refine_rounds"))
+  for measure_all, rounds in ((True, 0), (False, 2)):
+    solve_stage.check_one_frontier_measurement(measure_all, rounds, ("a", "b"))
+
+
+def test_blocks_timed_below_the_call_overhead_cost_nothing_rather_than_a_negative_time(tmp_path):
+  o = 2e-4             # the per-call overhead exceeds the blocks timed below 10 tokens (1e-4)
+  pts = [_point("embed", N, 1e-4 + o), _point("dispatch", 1, o)]
+  pts += [_point("head", n, 1e-5 + o) for n in range(2, N + 1)]
+  pts += [_point("block", n, _step_latency(n) / 6 + 1e-6 * n if n >= 10 else 1e-4)
+          for n in range(2, N + 1)]
+  ps = _save_profile(tmp_path, pts, modes=("block",))
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  sol = _multi(ps, es)
+  fastest = sol.frontier[0]
+  assert fastest.counts == (N, N) + (9,) * 5
+  assert fastest.predicted_latency_s == pytest.approx(
+      1e-4 + o + 2 * (_step_latency(N) / 6 + 1e-6 * N - o) + 1e-5)
+
+
+def test_a_block_table_with_one_head_point_solves_with_a_constant_head(tmp_path):
+  pts = [p for p in records.load(_block_profile(tmp_path)).points
+         if p.component != "head" or p.tokens == N]
+  ps = _save_profile(tmp_path, pts, name="one_head.json", modes=("block",))
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  sol = _multi(ps, es)
+  assert sol.settings["grid"] == list(range(4, N + 1))
+  assert sol.full.predicted_latency_s == pytest.approx(
+      1e-4 + 6 * (_step_latency(N) / 6 + 1e-6 * N) + 1e-5)
+
+
+def test_a_latency_model_solves_at_its_own_batch_size_by_default(tmp_path):
+  """A profile timed at batch 1 and 8, a latency model calibrated at 1: solved at 1 (the
+  estimate's batch 8 would be refused by the model), unless batch_size says otherwise."""
+  lm, curve = _latency_model(batch=1)
+  ps = _save_profile(tmp_path, [_point("model", n, v, batch=b) for b in (1, 8)
+                                for n, v in zip(range(2, N + 1), curve)])
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc, batch=8)
+  sol = _multi(ps, es, latency_model=lm, allow_batch_mismatch=True)
+  assert sol.profile.batch_size == 1 and sol.profile.latency_source == "calibrated-graph"
+  with pytest.raises(solve.SolveInputError, match=r"calibrated for batch size 1, the profile "
+                                                     r"\S+p\.json is for 8$"):
+    _multi(ps, es, latency_model=lm, batch_size=8)
+
+
+def test_the_latency_model_is_trusted_or_not_for_the_schedule_chosen(tmp_path):
+  """Calibrated on schedules of 9..N tokens only: a choice of fewer tokens is flagged, the
+  unpruned schedule (always inside) is not what is judged."""
+  from vitprune.profile import latency_model as lm_lib
+  truth, curve = _latency_model()
+  scheds = lm_lib.sample_schedules(N, 6, list(range(9, N + 1)), 10, seed=0) + [(N,) * 7]
+  lm = lm_lib.fit_arrays(model=CFG.name, config=dataclasses.asdict(CFG), device_kind="cpu",
+                         platform="cpu", dtype="float32", batch_size=8, method="pomt",
+                         tokens=list(range(2, N + 1)), curve_s=curve, schedules=scheds,
+                         measured_s=[truth.predict(c) for c in scheds])
+  assert lm.calibrated_range[0] == 9 and lm.trust((N,) * 7) is None
+  ps = _save_profile(tmp_path, [_point("model", n, v) for n, v in zip(range(2, N + 1), curve)])
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  fastest = min(p.predicted_latency_s for p in _multi(ps, es, latency_model=lm).frontier)
+  sol = _multi(ps, es, latency_budget=fastest, latency_model=lm)
+  low = sorted({c for c in sol.chosen.counts if c < 9})
+  assert low and sol.settings["latency_untrusted"] == (
+      f"counts {low} are outside the calibrated range 9..{N} of the pomt latency model")
+  assert "latency_model_untrusted" not in sol.settings
+
+
+def test_a_floor_and_a_budget_together_are_refused(tmp_path):
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  with pytest.raises(ValueError, match=r"^give either an accuracy floor or a latency budget, "
+                                       r"not both$"):
+    _multi(_block_profile(tmp_path), es, accuracy_floor=0.8, latency_budget=1.0)
