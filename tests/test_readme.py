@@ -22,3 +22,15 @@ def test_readme_python_snippets_run_as_written(monkeypatch):
   assert logits[0].shape == (8, 10)
   np.testing.assert_allclose(logits[1], logits[0], atol=1e-5)
   assert (logits[0].argmax(-1) == labels).mean() >= 0.75
+
+
+def test_re_filled_prose_starts_no_block_by_accident():
+  """A paragraph re-filled at 100 columns put '>= 0 and growing ...' at the start of a line:
+  Markdown renders it as a block quote ('= 0 and growing ...'). README and WORKSPACE quote
+  nothing, so no line outside code blocks may start with '>' (nor a prose line with '+ ', which
+  starts a list)."""
+  for name in ("README.md", "WORKSPACE.md"):
+    with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+      text = re.sub(r"^```.*?^```", "", f.read(), flags=re.S | re.M)
+    starts = [line for line in text.splitlines() if re.match(r"^ {0,3}(>|\+ )", line)]
+    assert starts == [], (name, starts)
