@@ -318,6 +318,23 @@ def _selection_hint(f: flags.FlagValues, estimate) -> str:
       f"no --{flag}" if value is None else f"--{flag}={value}" for flag, value in differ)
 
 
+def _first_difference(a, b, prefix: str = "") -> str:
+  """The first field (`preprocessing.crop_pct` within the preprocessing) where configs differ."""
+  for fd in dataclasses.fields(a):
+    x, y = getattr(a, fd.name), getattr(b, fd.name)
+    if fd.name != "name" and x != y:
+      if dataclasses.is_dataclass(x) and type(x) is type(y):
+        return _first_difference(x, y, f"{prefix}{fd.name}.")
+      return prefix + fd.name
+  raise AssertionError("configs differ only in their name")
+
+
+def _field_value(cfg, field: str):
+  for part in field.split("."):
+    cfg = getattr(cfg, part)
+  return cfg
+
+
 def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
   """The weights and data the estimate measured, as the solve stage's measurement callbacks;
   refuses weights or data other than the estimate's. Schedules are evaluated in the estimate's
@@ -328,13 +345,17 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
   common.check_data_word(f)
   common.check_outside_data(f.out_dir, "out_dir", f)
   cfg, params, source = common.load_model(None, f.weights)
-  if cfg != estimate.config:       # (the digest alone said "differs": which model each is)
-    field = next(fd.name for fd in dataclasses.fields(cfg)
-                 if getattr(cfg, fd.name) != getattr(estimate.config, fd.name))
-    said = lambda c: c.name if field == "name" else f"{c.name} ({field} {getattr(c, field)!r})"
+  same_params = params_sha256(params) == estimate.weights_sha256
+  renamed = cfg.name != estimate.config.name   # (the same parameters and configuration under
+  other = dataclasses.replace(cfg, name=estimate.config.name) != estimate.config  # another
+  if (renamed and not same_params) or other:           # name: the model it measured, let by)
+    field = "name" if renamed and not same_params else _first_difference(cfg, estimate.config)
+    said = lambda c: c.name if field == "name" else f"{c.name} ({field} {_field_value(c, field)!r})"
     raise ValueError(f"--weights={f.weights} hold {said(cfg)}, estimate {estimate.source} "
-                     f"measured {said(estimate.config)}: not the weights it measured")
-  if params_sha256(params) != estimate.weights_sha256:
+                     f"measured {said(estimate.config)}: "
+                     + ("the same parameters in another configuration" if same_params else
+                        "not the weights it measured"))
+  if not same_params:
     raise ValueError(f"--weights={f.weights} are not the weights estimate {estimate.source} "
                      "measured (weights sha256 differs)")
   common.check_digits_split(source, f.data)

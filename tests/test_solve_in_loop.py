@@ -280,6 +280,20 @@ def test_other_weights_or_data_are_refused(inputs):
                      rf".*e.json measured test_tiny_vit \(depth {TINY.depth}\): not the weights "
                      "it measured$"):
     _run(root, es, ps, f"--weights={deeper}", "--num_images=20")
+  # (a review) The same parameters in another preprocessing are refused naming its field (the
+  # whole Preprocessing was printed twice, "not the weights it measured"); under another name
+  # alone they are the model the estimate measured, let by as before the configs were compared
+  crop = dataclasses.replace(TINY, preprocessing=dataclasses.replace(TINY.preprocessing,
+                                                                     crop_pct=0.5))
+  crop = save_weights(str(root / "w_crop"), crop, init_params(TINY, 0))
+  with pytest.raises(ValueError, match=r"hold test_tiny_vit \(preprocessing.crop_pct 0.5\), "
+                     r"estimate .*e.json measured test_tiny_vit \(preprocessing.crop_pct "
+                     r"1.0\): the same parameters in another configuration$"):
+    _run(root, es, ps, f"--weights={crop}", "--num_images=20")
+  named = save_weights(str(root / "w_named"), dataclasses.replace(TINY, name="my_tiny"),
+                       init_params(TINY, 0))
+  sol, _ = _run(root, es, ps, f"--weights={named}", "--num_images=20")
+  assert sol.chosen.measured_accuracy is not None
   # Fault probe: the same parameters saved with other class names passed the weights check and
   # were refused as other *data* (fingerprint differs), naming flags that were all the same
   renamed = save_weights(str(root / "w_renamed"), TINY, init_params(TINY, 0),
