@@ -36,7 +36,9 @@ text, usable as `--schedule` elsewhere) with its predicted latency and accuracy.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+from typing import Optional
 
 from absl import flags
 
@@ -318,21 +320,16 @@ def _selection_hint(f: flags.FlagValues, estimate) -> str:
       f"no --{flag}" if value is None else f"--{flag}={value}" for flag, value in differ)
 
 
-def _first_difference(a, b, prefix: str = "") -> str:
-  """The first field (`preprocessing.crop_pct` within the preprocessing) where configs differ."""
+def _config_difference(a, b, prefix: str = "") -> Optional[str]:
+  """The first field other than the name in which two configs differ ('preprocessing.crop_pct'
+  within the preprocessing), None when none does."""
   for fd in dataclasses.fields(a):
     x, y = getattr(a, fd.name), getattr(b, fd.name)
     if fd.name != "name" and x != y:
       if dataclasses.is_dataclass(x) and type(x) is type(y):
-        return _first_difference(x, y, f"{prefix}{fd.name}.")
+        return _config_difference(x, y, f"{prefix}{fd.name}.")
       return prefix + fd.name
-  raise AssertionError("configs differ only in their name")
-
-
-def _field_value(cfg, field: str):
-  for part in field.split("."):
-    cfg = getattr(cfg, part)
-  return cfg
+  return None
 
 
 def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
@@ -346,11 +343,13 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
   common.check_outside_data(f.out_dir, "out_dir", f)
   cfg, params, source = common.load_model(None, f.weights)
   same_params = params_sha256(params) == estimate.weights_sha256
-  renamed = cfg.name != estimate.config.name   # (the same parameters and configuration under
-  other = dataclasses.replace(cfg, name=estimate.config.name) != estimate.config  # another
-  if (renamed and not same_params) or other:           # name: the model it measured, let by)
-    field = "name" if renamed and not same_params else _first_difference(cfg, estimate.config)
-    said = lambda c: c.name if field == "name" else f"{c.name} ({field} {_field_value(c, field)!r})"
+  # Another model's weights are named by their models; the same parameters saved under another
+  # name are the model it measured (passed), in another configuration named by its field.
+  field = ("name" if cfg.name != estimate.config.name and not same_params
+           else _config_difference(cfg, estimate.config))
+  if field is not None:       # (the digest alone said "differs": which model each is)
+    value = lambda c: functools.reduce(getattr, field.split("."), c)
+    said = lambda c: c.name if field == "name" else f"{c.name} ({field} {value(c)!r})"
     raise ValueError(f"--weights={f.weights} hold {said(cfg)}, estimate {estimate.source} "
                      f"measured {said(estimate.config)}: "
                      + ("the same parameters in another configuration" if same_params else
