@@ -328,6 +328,10 @@ def test_a_moved_aside_output_is_deleted_only_for_an_output_vitprune_published(t
     atomic.cleanup_stale(str(out))
     assert (aside / "art" / "manifest.json").read_text() == "previous", taken
     assert sorted(os.listdir(tmp_path)) == [".art.old-999999999-abc", "art", "elsewhere"]
+    with pytest.raises(atomic.ForeignOutputError, match=re.escape(     # (a review: said nothing
+        f" (the previous output there is kept in {aside / 'art'}, moved aside by a writer "
+        "killed while replacing it: put back once the path is free)")):   # of it)
+      atomic.check_output_dir_target(str(out), True, atomic.json_marker("manifest.json", "x"))
     shutil.rmtree(out) if taken == "folder" else out.unlink()
     atomic.cleanup_stale(str(out))                       # the path free again: put back
     assert (out / "manifest.json").read_text() == "previous" and not aside.exists(), taken

@@ -394,12 +394,15 @@ def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
     if ours:
       return
   what = getattr(is_ours, "description", "a vitprune output")
+  aside = _moved_aside(os.path.abspath(path))     # (kept there while this is in its place)
+  kept = ("" if aside is None else f" (the previous output there is kept in {aside}, moved "
+          "aside by a writer killed while replacing it: put back once the path is free)")
   if os.path.islink(path) and ours:                                   # a link to ours: the
     raise ForeignOutputError(f"refusing to replace {path}: it is a symbolic link to {what}; "
                              "pass the folder itself (a link is never replaced) or choose "
-                             "another output path")
+                             f"another output path{kept}")
   raise ForeignOutputError(f"refusing to replace {path}: it is {describe(path)} that is not "
-                           f"{what}; move it away or choose another output path")
+                           f"{what}; move it away or choose another output path{kept}")
 
 
 def is_within(path: str, folder: str) -> bool:
@@ -866,15 +869,21 @@ def moved_aside_note(path: str) -> str:
   of `path` puts it back, `cleanup_stale`) -> ' (...)', else ''. A reader said only 'not an
   artifact directory' while the artifact lay beside it, whole."""
   path = os.path.abspath(path)
-  if os.path.lexists(path):
+  aside = None if os.path.lexists(path) else _moved_aside(path)
+  if aside is None:
     return ""
+  return (f" (a writer killed while replacing it left the previous one in {aside}: the next "
+          f"write of {os.path.basename(path)} puts it back, or move it back yourself)")
+
+
+def _moved_aside(path: str) -> Optional[str]:
+  """Where a writer killed while replacing output `path` (absolute) left the previous one
+  (`.NAME.old-*/NAME`, its writer gone), None when none did."""
   name = os.path.basename(path)
   for old in _stale(os.path.dirname(path), name)["old"]:
     if os.path.lexists(os.path.join(old, name)):
-      return (f" (a writer killed while replacing it left the previous one in "
-              f"{os.path.join(old, name)}: the next write of {name} puts it back, or move it "
-              "back yourself)")
-  return ""
+      return os.path.join(old, name)
+  return None
 
 
 def cleanup_stale_named(parent: str, prefix: str, suffix: str = "") -> None:
