@@ -233,6 +233,20 @@ def test_method_labels_name_every_option_given():
   assert method_label("evit", {"normalize": True}) == "evit(normalize=true)"
 
 
+def test_method_options_problem_names_each_refusal():
+  """An unknown option (those set by another flag named apart), a wrong kind, a negative seed."""
+  from vitprune.config import method_options_problem  # pylint: disable=g-import-not-at-top
+  assert method_options_problem(" Random ", {"seed": 0, "nested": True}) == ""
+  assert method_options_problem("random", {"seed": -1}) == (
+      "method 'random' option seed must be a non-negative int, got -1")
+  assert method_options_problem("random", {"depth": 1}, {"seed": "--seed"}) == (
+      "method 'random' accepts ['nested'] (seed: --seed), got ['depth']")
+  assert method_options_problem("tome", {"seed": 1}) == (
+      "method 'tome' accepts no options, got ['seed']")
+  assert method_options_problem("evit", {"normalize": "False"}) == (
+      "method 'evit' option normalize must be bool, got 'False'")
+
+
 def test_record_method_kwargs_of_each_version():
   """What a record's options mean: version 1 fixes random drop's per-layer draws unsaid (the
   method's name in any case and spacing, as the readers accept it); a fresh dict each time."""

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from vitprune.config import ViTConfig, check_config
+from vitprune.config import (Preprocessing, ViTConfig, check_config, check_path,
+                             config_from_dict, config_to_dict)
 from vitprune.model import param_shapes
 from vitprune.registry import REGISTRY, get_config, list_models
 
@@ -76,12 +77,41 @@ def test_unknown_model_suggests_close_names():
     with pytest.raises(TypeError, match=r"model name must be a str, e\.g\. "
                                         r"'deit_small_patch16_224', got "):
       get_config(bad)
+  # The three closest names, not only the closest one.
+  with pytest.raises(KeyError, match=r"^unknown model 'deit_smal_patch16_224'\. Did you mean: "
+                     r"deit_small_patch16_224, deit3_small_patch16_224, vit_small_patch16_224\?"):
+    get_config("deit_smal_patch16_224")
+
+
+def test_get_config_applies_its_overrides():
+  cfg = get_config("vit_digits", depth=3, img_size=64)
+  assert (cfg.depth, cfg.img_size, cfg.preprocessing.input_size) == (3, 64, 64)
+  assert get_config("vit_digits").depth == 6
+
+
+def test_the_test_configs_and_the_embedded_default_have_their_documented_sizes():
+  """Tests and the trained weights (weights/vit_digits) rely on these toy shapes."""
+  d = get_config("vit_digits")
+  assert (d.img_size, d.patch_size, d.embed_dim, d.depth, d.num_heads, d.mlp_hidden,
+          d.num_classes, d.num_tokens) == (32, 4, 64, 6, 4, 128, 10, 65)
+  reg = get_config("test_tiny_dinov2_reg")
+  assert (reg.num_reg_tokens, reg.num_prefix_tokens, reg.pos_embed_len, reg.layerscale,
+          reg.no_embed_class) == (2, 3, 16, True, True)
+  for name in ("test_tiny_vit", "test_tiny_distilled", "test_tiny_dinov2_reg"):
+    c = get_config(name)
+    assert (c.img_size, c.patch_size, c.embed_dim, c.depth, c.num_heads, c.mlp_hidden,
+            c.num_classes) == (32, 8, 32, 2, 2, 64, 10), name
+  assert get_config("test_tiny_distilled").num_prefix_tokens == 2
 
 
 def test_replace_keeps_preprocessing_in_sync():
   cfg = get_config("vit_small_patch14_dinov2").replace(img_size=224)
   assert cfg.img_size == cfg.preprocessing.input_size == 224
   assert cfg.num_patches == 16 * 16
+  # A preprocessing given with the new img_size is kept as given, not rebuilt from the old one.
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  prep = dataclasses.replace(get_config("vit_digits").preprocessing, input_size=64, crop_pct=0.5)
+  assert get_config("vit_digits").replace(img_size=64, preprocessing=prep).preprocessing == prep
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -103,6 +133,11 @@ def test_replace_keeps_preprocessing_in_sync():
     (dict(dist_token=1), "dist_token must be true or false, got 1"),
     (dict(name=None), "config.name must be a non-empty str, got None"),
     (dict(name=""), "config.name must be a non-empty str, got ''"),
+    (dict(num_reg_tokens=-1), "num_reg_tokens must be a non-negative integer, got -1"),
+    (dict(norm_eps=0.0), "norm_eps must be a finite number > 0, got 0.0"),
+    # (with avg pooling the missing class token, not the pooling, is what it names)
+    (dict(dist_token=True, class_token=False, global_pool="avg"),
+     "deit_tiny_patch16_224: a distillation token needs a class token$"),
 ])
 def test_invalid_configs_are_rejected(changes, message):
   with pytest.raises(ValueError, match=message):
@@ -131,6 +166,9 @@ def test_a_config_built_in_python_has_its_preprocessing_checked():
                      r"1\], got 2.0$"):    # a model's eval crop never pads (the data layer can)
     check_config(cfg.replace(preprocessing=dataclasses.replace(cfg.preprocessing,
                                                                crop_pct=2.0)))
+  with pytest.raises(ValueError, match=r"crop_pct must be in \(0, 1\], got 1.25$"):
+    check_config(cfg.replace(preprocessing=dataclasses.replace(cfg.preprocessing,
+                                                               crop_pct=1.25)))
 
 
 def test_a_config_whose_preprocessing_makes_other_images_is_refused(tmp_path):
@@ -169,3 +207,54 @@ def test_init_params_takes_an_int_seed():
 def test_swiglu_hidden_must_be_even():
   with pytest.raises(ValueError, match="must be even"):
     ViTConfig(name="x", mlp_type="swiglu", mlp_hidden=7)
+  assert ViTConfig(name="x", mlp_type="swiglu", mlp_hidden=6).mlp_hidden == 6
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(input_size=0), r"preprocessing.input_size must be a positive integer, got 0"),
+    # True == 1 passed `channels in (1, 3)`: it then failed as "mean has 3 values".
+    (dict(channels=True), r"preprocessing.channels must be 1 or 3, got True"),
+    (dict(mean=(1.5, 0.5, 0.5)), r"preprocessing.mean \(1.5, 0.5, 0.5\) is in 0-255 pixel "
+                                 r"units; pixels are scaled to \[0, 1\] first"),
+    (dict(interpolation="cubic"), r"preprocessing.interpolation 'cubic' is unknown; expected "
+                                  r"one of bicubic, bilinear, nearest, lanczos, box, hamming"),
+])
+def test_impossible_preprocessing_is_refused(changes, message):
+  with pytest.raises(ValueError, match=f"^{message}"):
+    Preprocessing(**changes)
+
+
+def test_preprocessing_bounds_are_inclusive_where_timm_allows():
+  """A mean or std of exactly 1 is in [0, 1] pixel units; one value serves every channel."""
+  prep = Preprocessing(mean=(1.0,), std=(1.0, 1.0, 1.0), input_size=1)
+  assert (prep.mean, prep.std, prep.input_size) == ((1.0,), (1.0, 1.0, 1.0), 1)
+
+
+def test_check_path_takes_a_non_empty_str_or_path_like():
+  import pathlib  # pylint: disable=g-import-not-at-top
+
+  class BytesPath:
+    def __fspath__(self):
+      return b"/tmp/x"
+
+  assert check_path("--out", pathlib.Path("a") / "b") == os.path.join("a", "b")
+  with pytest.raises(ValueError, match="^--out is empty$"):
+    check_path("--out", "")
+  with pytest.raises(TypeError, match=r"^--out must be a path as str, got bytes b'/tmp/x'$"):
+    check_path("--out", BytesPath())
+  with pytest.raises(TypeError, match=r"^--out must be a path \(str or os.PathLike\), got "
+                                      r"NoneType None$"):
+    check_path("--out", None)
+
+
+def test_config_to_dict_writes_lists_and_config_from_dict_reads_it_back():
+  cfg = get_config("vit_digits")
+  d = config_to_dict(cfg)
+  assert d["preprocessing"]["mean"] == [0.5, 0.5, 0.5] == d["preprocessing"]["std"]
+  assert config_from_dict(d) == cfg
+  with pytest.raises(ValueError, match=r"^config is missing fields \['depth'\]$"):
+    config_from_dict({k: v for k, v in d.items() if k != "depth"})
+  bad = dict(d, preprocessing=dict(d["preprocessing"], resize="shorter"))   # (a TypeError)
+  with pytest.raises(ValueError, match=r"^invalid preprocessing of vit_digits: .*unexpected "
+                                       r"keyword argument 'resize'"):
+    config_from_dict(bad)
