@@ -3228,6 +3228,8 @@ def test_calibration_schedules_that_do_not_reduce_are_not_counted_towards_the_mi
   upper = dataclasses.replace(prof, reducer="POMT+random")
   batch, lm = solve_stage.profile_latency_model(upper, es)
   assert batch == 8 and lm.source == "calibrated-graph"
+  spaced = dataclasses.replace(es, method=" Pomt ")    # (as the estimate reader takes it: it was
+  assert solve_stage.profile_latency_model(prof, spaced)[1].source == "calibrated-graph"  # refused)
 
 
 def test_the_estimates_batch_is_chosen_among_the_profiles_batch_sizes(tmp_path):

@@ -53,6 +53,12 @@ def is_method_name(name: Any) -> bool:
   return isinstance(name, str) and name.strip().lower() in METHOD_NAMES
 
 
+def same_method(a: str, b: str) -> bool:
+  """Whether two method names name one method, as the readers take them (case and surrounding
+  spaces ignored: `is_method_name`)."""
+  return a.strip().lower() == b.strip().lower()
+
+
 def not_a_method(what: str, name: Any) -> str:
   """The readers' refusal of `name` in field `what` (when `is_method_name(name)` is false)."""
   return f"{what} {name!r} is not a token-reduction method ({', '.join(METHOD_NAMES)})"

@@ -35,7 +35,7 @@ import numpy as np
 from vitprune import digits as digits_lib
 from vitprune import schedule as schedule_lib
 from vitprune import solve
-from vitprune.config import ViTConfig, config_to_dict, options_text
+from vitprune.config import ViTConfig, config_to_dict, options_text, same_method
 from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import predict as predict_lib
 from vitprune.profile import records
@@ -102,7 +102,7 @@ def profile_latency_model(profile: records.Profile, estimate: Estimate,
   timed = latency_model_lib.calibration_method(profile)
   if timed is None:                   # a --mode=schedule profile: its block table is used
     return None
-  if estimate.method.lower() != timed.lower():
+  if not same_method(estimate.method, timed):
     raise SolveInputError(f"profile {profile.source} timed {timed!r} schedules (reducer "
                           f"{profile.reducer!r}), estimate {estimate.source} is of method "
                           f"{estimate.method!r}: calibrate with the estimate's method "

@@ -88,7 +88,7 @@ from vitprune import schedule as schedule_lib
 from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, check_path,
                              config_from_dict, config_to_dict, is_method_name,
                              method_options_problem, not_a_method, record_method_kwargs,
-                             record_option_defaults)
+                             record_option_defaults, same_method)
 from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import records as profile_records
 from vitprune.records.estimate import HIGHER_IS_BETTER, KINDS as ESTIMATE_KINDS
@@ -758,7 +758,7 @@ class Solution:
   def estimate_measured_method(self) -> bool:
     """Whether the estimate measured the chosen method itself (its options are then the
     estimate's), not random drop standing in for it (paper mode); names as readers take them."""
-    return self.method.strip().lower() == self.estimate.method.strip().lower()
+    return same_method(self.method, self.estimate.method)
 
   @property
   def method_kwargs(self) -> Optional[Dict[str, Any]]:
