@@ -291,6 +291,10 @@ def test_resample_keeps_prefix_and_validates():
   assert resample_abs_pos_embed(pe, (5, 5), num_prefix_tokens=2) is pe
   with pytest.raises(ValueError, match="not a square patch grid"):
     resample_abs_pos_embed(pe, (3, 3), num_prefix_tokens=1)
+  # Prefix entries only: no grid (it was refused as "old_size ... got (0, 0)", never given).
+  with pytest.raises(ValueError, match=r"^pos_embed has 2 entries; minus 2 prefix tokens that "
+                                       r"is 0, not a square patch grid$"):
+    resample_abs_pos_embed(pe[:, :2], (3, 3), num_prefix_tokens=2)
   with pytest.raises(ValueError, match=r"must be \[1, L, C\]"):
     resample_abs_pos_embed(pe[0], (3, 3))
   # An integer pos_embed came back truncated; a negative prefix count was a reshape error.

@@ -7,8 +7,9 @@ import pytest
 import jax
 
 from vitprune import schedule as S
-from vitprune.model import (HEAD_KEYS, check_params, forward, forward_features, forward_head,
-                            init_params, jitted_forward, jitted_forward_features, leaf_name)
+from vitprune.model import (HEAD_KEYS, attention, attention_with_stats, check_params, forward,
+                            forward_features, forward_head, init_params, jitted_forward,
+                            jitted_forward_features, layer_norm, leaf_name)
 from vitprune.reduce import make_reducer
 from vitprune.registry import get_config
 
@@ -98,6 +99,8 @@ def test_wrong_input_shape_and_options():
     (lambda p: p.pop("head"), r"missing: \['head\.bias'"),
     (lambda p: p.update(dist_token=np.zeros((1, 1, 32), np.float32)),
      r"unexpected: \['dist_token'\]"),
+    (lambda p: p.update(pos_embed=np.zeros((1, 10, 32), np.float32)),   # (a leading axis)
+     r"shape mismatches: \['pos_embed: expected \(1, 17, 32\), got \(1, 10, 32\)'\]"),
     (lambda p: p["norm"].update(scale=np.ones(32, np.int32)),
      r"not floating point: \['norm\.scale: int32'\]"),
     (lambda p: p.update(blocks=dict(enumerate(p["blocks"]))),    # (24 + 24 paths listed)
@@ -203,6 +206,11 @@ def test_check_params_names_the_entries_it_checks():
   params = init_params(cfg, 0)
   check_params(cfg, {k: params[k] for k in ("norm", "head")}, keys=HEAD_KEYS)  # (no fc_norm)
   check_params(cfg, {"pos_embed": params["pos_embed"]}, keys=["pos_embed"])
+  check_params(cfg, dict(params, blocks=tuple(params["blocks"])))   # (forward runs a tuple)
+  for tree in ([params["head"]], None):    # (an AttributeError from .items())
+    with pytest.raises(ValueError, match=r"^parameters of test_tiny_vit must be a dict tree, "
+                                         rf"got {type(tree).__name__}$"):
+      check_params(cfg, tree, keys=HEAD_KEYS)
   with pytest.raises(ValueError, match=r"missing: \['head\.bias', 'head\.kernel'\]"):
     check_params(cfg, {}, keys=("head",))
   # A tree flattened to dotted names matched the nested one's dotted leaf names: it passed, and
@@ -213,7 +221,7 @@ def test_check_params_names_the_entries_it_checks():
                        r"\('[a-z_.0-9]+', \.\.\.\): give the nested tree \(flax\.traverse_util"
                        r"\.unflatten_dict\(params, sep='\.'\)\)$"):
       check_params(cfg, tree)
-  for bad in (("heads",), "head", ("head", 3)):
+  for bad in (("heads",), "head", ("head", 3), ""):     # ("": no letter to refuse, all passed)
     with pytest.raises(ValueError, match=r"^keys must name top-level entries of test_tiny_vit's "
                        r"parameters \(\['blocks', 'cls_token', 'fc_norm', 'head', 'head_dist', "
                        rf"'norm', 'patch_embed', 'pos_embed'\]\), got {re.escape(repr(bad))}$"):
@@ -249,3 +257,91 @@ def test_a_frozen_dict_of_parameters_runs_every_entry_point():
   np.testing.assert_array_equal(forward(freeze(params), x, cfg=cfg), forward(params, x, cfg=cfg))
   np.testing.assert_array_equal(jitted_forward(freeze(params), x, cfg=cfg),
                                 jitted_forward(params, x, cfg=cfg))
+
+
+def _np_attention(p, x, size, num_heads):
+  """float64 reference: timm's fused qkv [3, H, D], scale D ** -0.5, log-size bias (ToMe)."""
+  b, n, c = x.shape
+  d = c // num_heads
+  qkv = (x @ p["qkv"]["kernel"] + p["qkv"]["bias"]).reshape(b, n, 3, num_heads, d)
+  q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d)
+  if size is not None:
+    logits = logits + np.log(size)[:, None, None, :]
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  probs = e / e.sum(-1, keepdims=True)                     # over the keys
+  o = np.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, c)
+  return o @ p["proj"]["kernel"] + p["proj"]["bias"], probs, k, v
+
+
+def test_both_attention_paths_match_a_numpy_reference():
+  """The explicit path (reducers that read attention) had no reference: its scale, softmax axis
+  and the ToMe log-size bias could change without a test failing."""
+  rng = np.random.default_rng(0)
+  b, n, c, heads = 2, 5, 8, 2
+  p = {"qkv": {"kernel": rng.normal(0, 0.5, (c, 3 * c)), "bias": rng.normal(0, 0.1, 3 * c)},
+       "proj": {"kernel": rng.normal(0, 0.5, (c, c)), "bias": rng.normal(0, 0.1, c)}}
+  x = rng.normal(size=(b, n, c))
+  p32 = jax.tree.map(lambda a: np.asarray(a, np.float32), p)
+  x32 = x.astype(np.float32)
+  for size in (None, rng.integers(1, 5, (b, n)).astype(np.float64)):
+    want, probs, k, v = _np_attention(p, x, size, heads)
+    s32 = None if size is None else size.astype(np.float32)
+    with jax.default_matmul_precision("highest"):
+      fast = attention(p32, x32, s32, heads)
+      out, stats = attention_with_stats(p32, x32, s32, heads)
+    np.testing.assert_allclose(np.asarray(fast), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(stats.probs), probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(stats.keys), k, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(stats.values), v, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_norm_matches_numpy_where_epsilon_matters():
+  """Activations with a variance near eps: a wrong epsilon moved the golden outputs by < 1e-4."""
+  rng = np.random.default_rng(1)
+  x = 1e-3 * rng.normal(size=(3, 16))                      # variance ~ 1e-6 = eps
+  p = {"scale": rng.normal(1, 0.1, 16), "bias": rng.normal(0, 0.1, 16)}
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  want = (x - mean) / np.sqrt(var + 1e-6) * p["scale"] + p["bias"]
+  got = layer_norm(jax.tree.map(lambda a: np.asarray(a, np.float32), p), x.astype(np.float32),
+                   1e-6)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+def test_forward_head_returns_float32_for_bfloat16_tokens():
+  """Pooled features (pre_logits, or no classifier) as well as logits: float32."""
+  cfg = get_config("test_tiny_distilled")
+  params = init_params(cfg, 0)
+  f = np.random.default_rng(2).normal(size=(2, cfg.num_tokens, cfg.embed_dim))
+  tokens = jax.numpy.asarray(f, jax.numpy.bfloat16)
+  headless = cfg.replace(num_classes=0)
+  hp = {k: v for k, v in params.items() if k not in ("head", "head_dist")}
+  ref = np.asarray(tokens.astype(np.float32))
+  for out in (forward_head(params, tokens, cfg=cfg, pre_logits=True),
+              forward_head(hp, tokens, cfg=headless)):
+    assert out.dtype == np.float32 and out.shape == (2, cfg.embed_dim)
+    np.testing.assert_allclose(np.asarray(out), (ref[:, 0] + ref[:, 1]) / 2, rtol=0.02, atol=0.02)
+  assert forward_head(params, tokens, cfg=cfg).dtype == np.float32
+
+
+def test_init_params_follows_init_rule():
+  """Constants exact, the patch kernel U(-1, 1) / sqrt(8 * 8 * 3), every other kernel, token and
+  position embedding N(0, 0.02) clipped at +-0.04 (flax_module's init is tested against it)."""
+  cfg = get_config("test_tiny_dinov2_reg")                 # LayerScale, registers
+  params = init_params(cfg, 3)
+  named = {leaf_name(k): np.asarray(v) for k, v in jax.tree.flatten_with_path(params)[0]}
+  assert all(v.dtype == np.float32 for v in named.values())
+  patch = named.pop("patch_embed.kernel") * np.sqrt(8 * 8 * 3)
+  assert -1.0 <= patch.min() < -0.9 and 0.9 < patch.max() <= 1.0 and abs(patch.mean()) < 0.05
+  for name, v in named.items():
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf in ("bias", "scale", "gamma"):
+      np.testing.assert_array_equal(v, np.float32({"bias": 0.0, "scale": 1.0, "gamma": 1e-5}[leaf]),
+                                    err_msg=name)
+    else:
+      assert np.abs(v).max() <= np.float32(0.04) and 0.01 < v.std() < 0.025, name
+  assert np.abs(named["blocks.0.attn.qkv.kernel"]).max() == np.float32(0.04)   # (clipped)
+  np.testing.assert_array_equal(named["pos_embed"], np.asarray(init_params(cfg, 3)["pos_embed"]))
+  assert not np.array_equal(named["pos_embed"], np.asarray(init_params(cfg, 4)["pos_embed"]))
