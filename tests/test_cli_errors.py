@@ -446,6 +446,9 @@ CASES = [
     # --epochs=0 was told that the default --warmup_epochs=3 exceeds it (a probe)
     ("train_digits", ["--epochs=0", "--out={out}"], 1,
      "--epochs=0: train for at least 1 epoch"),
+    # the main job called a folder of the profiler's own outputs "not a vitprune output" (a probe)
+    ("profile", ["--out_dir={full}"], 1, "loc/full: it is a folder that is not the main job's "
+     "output (its summary.json, with profile/, estimate/ and solve/); move it away"),
 ]
 
 

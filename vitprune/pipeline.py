@@ -791,6 +791,10 @@ def is_pipeline_dir(path: str) -> bool:
   return True
 
 
+is_pipeline_dir.description = ("the main job's output (its summary.json, with profile/, "
+                               "estimate/ and solve/)")
+
+
 def _estimate_name(spec: PipelineSpec, estimate: Estimate) -> str:
   return (f"{estimate.config.name}_{estimate.method}_"
           f"{'embed' if spec.solver == 'paper' else 'layers'}.json")
