@@ -1208,6 +1208,10 @@ def test_held_out_images_check_the_choice_on_images_it_never_saw(tmp_path, capsy
                   "--holdout_images=5", "--eval_batch_size=20"))
   assert ("note: the choice rests on 7 images, fewer than the model's 10 classes: each "
           "measured accuracy is a count of 7 (steps of 0.143)") in capsys.readouterr().out
+  cli.main(_flags(f"--out_dir={tmp_path / 'd'}", *FAST, "--tokens=65,17", "--num_images=12",
+                  "--holdout_images=11", "--eval_batch_size=20"))     # ("1 images": a probe)
+  assert ("note: the choice rests on 1 image, fewer than the model's 10 classes: each "
+          "measured accuracy is a count of 1 (steps of 1)") in capsys.readouterr().out
 
 
 def test_a_maximum_drop_is_judged_against_the_unpruned_model_on_each_set_of_images(tmp_path,
