@@ -33,7 +33,8 @@ def test_weights_directory_and_errors(tmp_path):
   got, _, source = common.load_model(None, wdir)
   assert got == cfg and source == os.path.abspath(wdir)
   assert common.load_model("test_tiny_distilled", wdir)[0] == cfg
-  with pytest.raises(ValueError, match="--model='test_tiny_vit' but .* holds 'test_tiny_distilled'"):
+  with pytest.raises(ValueError,
+                     match="--model='test_tiny_vit' but .* holds 'test_tiny_distilled'"):
     common.load_model("test_tiny_vit", wdir)
   with pytest.raises(FileNotFoundError, match="is not a directory"):
     common.load_model(None, str(tmp_path / "missing"))

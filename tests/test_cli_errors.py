@@ -62,7 +62,8 @@ CASES = [
     ("convert", ["--model=deit_smal_patch16_224", f"--checkpoint={CKPT}", "--out={out}"], 1,
      "unknown model 'deit_smal_patch16_224'. Did you mean: deit_small_patch16_224"),
     ("train_digits", ["--lr=inf", "--out={out}"], 1, "--lr=inf is not a finite number"),
-    ("train_digits", ["--max_steps=0", "--out={out}"], 2, "--max_steps=0: 0 is not a positive integer"),
+    ("train_digits", ["--max_steps=0", "--out={out}"], 2,
+     "--max_steps=0: 0 is not a positive integer"),
     ("train_digits", ["--out={full}"], 1, "it is a folder that is not a vitprune-weights "
      "folder (with config.json); move it away or choose another output path"),   # (not "pass
     # --overwrite", which would be refused)

@@ -701,9 +701,9 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
     data, holdout = estimate_lib.holdout_split(data, spec.holdout_images, spec.seed)
   n = len(data.indices)
   if n < min(cfg.num_classes, FEW_IMAGES):    # (a probe chose on 1 image: 1.0, then 0.508)
-    log(f"note: the choice rests on {n} image{'' if n == 1 else 's'}, fewer than the model's {cfg.num_classes} "
-        f"classes: each measured {default_metric(data.labelled)} is a count of {n} (steps of "
-        f"{1 / n:.3g})")
+    log(f"note: the choice rests on {n} image{'' if n == 1 else 's'}, fewer than the model's "
+        f"{cfg.num_classes} classes: each measured {default_metric(data.labelled)} is a count of "
+        f"{n} (steps of {1 / n:.3g})")
   tokens = spec.grid(cfg)
   latency_model = None
   seconds, clock = {}, time.perf_counter()
