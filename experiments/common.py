@@ -365,8 +365,7 @@ def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,
     raise ValueError(f"--{flag} is required")
   atomic.check_name_fits(path, flag)
   atomic.check_outside_published(atomic.without_trailing_sep(path), flag)
-  if os.path.isdir(os.path.dirname(os.path.abspath(path))):
-    atomic.cleanup_stale(path)   # a killed writer's moved-aside output is restored first
+  atomic.cleanup_stale(path)   # a killed writer's moved-aside output is restored first
   bare = atomic.without_trailing_sep(path)
   if os.path.lexists(bare):
     if not os.path.isdir(path):

@@ -342,6 +342,15 @@ def test_a_moved_aside_output_is_deleted_only_for_an_output_vitprune_published(t
   assert (out / "manifest.json").read_text() == "published" and not aside.exists()
 
 
+def test_cleaning_up_where_no_folder_is_does_nothing(tmp_path):
+  """The checks before the work clean up a path whose folder may be missing or a file (a flag's
+  typo): there was nothing to leave, and the check that follows names the problem."""
+  (tmp_path / "f").write_text("a file")
+  for path in (tmp_path / "f" / "out", tmp_path / "missing" / "out"):
+    atomic.cleanup_stale(str(path))
+  assert os.listdir(tmp_path) == ["f"] and (tmp_path / "f").read_text() == "a file"
+
+
 def test_a_moved_aside_output_that_cannot_be_put_back_is_kept_aside(tmp_path, monkeypatch):
   """The restore failing (a file made in the empty folder meanwhile: ENOTEMPTY) deleted the
   previous output all the same (a review)."""

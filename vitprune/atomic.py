@@ -361,8 +361,7 @@ def check_output_dir_target(path: str, overwrite: bool, is_ours: Callable[[str],
   check_switch("overwrite", overwrite)
   check_outside_published(path, None)
   check_not_mount_point(path)
-  if os.path.isdir(os.path.dirname(os.path.abspath(path))):
-    cleanup_stale(path)
+  cleanup_stale(path)
   if not is_free(path):
     check_replaceable(path, is_ours)   # (never ours: --overwrite would not help, so not hinted)
   if not overwrite and not is_free(path):
@@ -792,7 +791,7 @@ def _stale(parent: str, name: str) -> Dict[str, list]:
   found: Dict[str, list] = {k: [] for k in _KINDS}
   try:
     entries = os.listdir(parent)
-  except FileNotFoundError:
+  except (FileNotFoundError, NotADirectoryError):     # (no folder there: nothing was left)
     return found
   for entry in sorted(entries):
     m = pattern.match(entry)
@@ -835,7 +834,8 @@ def remove_exit_paths() -> None:
 
 
 def cleanup_stale(path: str) -> None:
-  """Removes what killed writers of `path` left behind (only temporaries of dead processes).
+  """Removes what killed writers of `path` left behind (only temporaries of dead processes);
+  nothing to do where `path`'s folder is missing or a file.
 
   A moved-aside previous directory (`.NAME.old-*/NAME`) is restored when `path` is missing or
   an empty folder (the run died between moving it aside and publishing; kept aside when that
@@ -848,13 +848,14 @@ def cleanup_stale(path: str) -> None:
   stale = _stale(parent, name)
   for old in stale["old"]:
     inner = os.path.join(old, name)
-    if is_free(path) and os.path.lexists(inner):   # (an empty folder made meanwhile too)
-      try:
-        os.rename(inner, path)
-      except OSError:       # (a file made in that folder meanwhile: kept aside, not deleted)
-        continue
-    elif os.path.lexists(inner) and (os.path.islink(path) or not _has_inventory(path)):
-      continue              # (not an output vitprune published since: kept aside, not deleted)
+    if os.path.lexists(inner):
+      if is_free(path):     # (an empty folder made meanwhile too)
+        try:
+          os.rename(inner, path)
+        except OSError:     # (a file made in that folder meanwhile: kept aside, not deleted)
+          continue
+      elif os.path.islink(path) or not _has_inventory(path):
+        continue            # (not an output vitprune published since: kept aside, not deleted)
     _remove(old)
   for commit in stale["commit"]:
     _roll_forward(commit, parent)
@@ -915,7 +916,7 @@ def _remove_unheld_lock(path: str) -> None:
   lock_path = _lock_path(path)
   try:
     fd = os.open(lock_path, os.O_RDWR)
-  except FileNotFoundError:
+  except (FileNotFoundError, NotADirectoryError):
     return
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -1023,7 +1024,7 @@ def output_stamp(path: str) -> Optional[Tuple[int, int, Optional[str]]]:
   None when there is none: `staged_dir(replaces=)`. A killed writer's moved-aside previous
   output is put back first (`cleanup_stale`: the next publish would, and then count it as
   published meanwhile)."""
-  if is_free(path) and os.path.isdir(os.path.dirname(os.path.abspath(path))):
+  if is_free(path):
     cleanup_stale(path)
   return _stamp_now(path)
 
