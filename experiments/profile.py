@@ -101,10 +101,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        "the choice never saw (default: none held out).", lower_bound=1,
                        flag_values=fv)
   flags.DEFINE_integer("eval_batch_size", 64, "Pipeline: accuracy batch size.", flag_values=fv)
-  flags.DEFINE_float("alpha", 0.5, "Pipeline: latency weight of the paper's utility.",
-                     flag_values=fv)
+  flags.DEFINE_float("alpha", 0.5, "Pipeline: latency weight of the paper's utility, in [0, 1].",
+                     lower_bound=0.0, upper_bound=1.0, flag_values=fv)
   flags.DEFINE_integer("layer", 3, "Pipeline: block where the chosen schedule prunes.",
-                       flag_values=fv)
+                       lower_bound=0, flag_values=fv)
   flags.DEFINE_string("method", "pomt", "Pipeline: method of the chosen schedule.", flag_values=fv)
   flags.DEFINE_list("method_opts", [], "Pipeline: the method's reducer options, key=value (e.g. "
                     "nested=false for random, normalize=true for evit); random drop's seed is "
@@ -115,12 +115,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     flag_values=fv)
   flags.DEFINE_float("accuracy_floor", None, "Pipeline, --solver=multi: fastest schedule "
                               "whose accuracy measured on the data (agreement when unlabelled) "
-                              "is >= this; it and its neighbours are timed in the loop.",
-                     flag_values=fv)
+                              "is >= this, in [0, 1]; it and its neighbours are timed in the "
+                              "loop.", lower_bound=0.0, upper_bound=1.0, flag_values=fv)
   flags.DEFINE_float("latency_budget", None, "Pipeline, --solver=multi: most accurate "
                                "schedule whose latency (seconds) is <= this; the choice and its "
                                "neighbours are measured and timed in the loop.",
-                     flag_values=fv)
+                     lower_bound=0.0, flag_values=fv)
   flags.DEFINE_float("max_accuracy_drop", None, "Pipeline, --solver=multi: fastest schedule "
                      "whose measured accuracy is at most this far below the unpruned model's on "
                      "the same images (0.01: one point), instead of --accuracy_floor.",
@@ -207,13 +207,14 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
   common.positive(f.eval_batch_size, "eval_batch_size")
   common.positive(f.num_images, "num_images", allow_none=True)
   common.check_data_word(f)
-  if f["calibration_schedules"].present and f.solver != "multi":
-    raise ValueError("--calibration_schedules applies to --solver=multi only")
-  if f.refine_accuracy_rounds and f.solver != "multi":
-    raise ValueError("--refine_accuracy_rounds applies to --solver=multi only")
+  multi_only = common.given_flags(f, ("accuracy_floor", "latency_budget", "max_accuracy_drop",
+                                      "calibration_schedules"))
+  multi_only += [f"--{n}" for n in ("measure_frontier", "refine_accuracy_rounds") if f[n].value]
+  if multi_only and f.solver != "multi":
+    raise ValueError(f"{common.applies(multi_only)} to --solver=multi only")
+  if f.latency_budget == 0.0:
+    raise ValueError("--latency_budget must be a positive number of seconds, got 0")
   if f.max_accuracy_drop is not None:
-    if f.solver != "multi":
-      raise ValueError("--max_accuracy_drop applies to --solver=multi only")
     given = common.given_flags(f, ("accuracy_floor", "latency_budget"))
     if given:
       raise ValueError(f"give --max_accuracy_drop or {' / '.join(given)}, not both")

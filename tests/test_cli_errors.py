@@ -450,6 +450,17 @@ CASES = [
     # the main job called a folder of the profiler's own outputs "not a vitprune output" (a probe)
     ("profile", ["--out_dir={full}"], 1, "loc/full: it is a folder that is not the main job's "
      "output (its summary.json, with profile/, estimate/ and solve/); move it away"),
+    # the main job named its spec's fields (accuracy_floor, solver='multi'), not its flags
+    ("profile", ["--accuracy_floor=0.9", "--measure_frontier", "--out_dir={out}"], 1,
+     "--accuracy_floor, --measure_frontier apply to --solver=multi only"),
+    ("profile", ["--solver=multi", "--accuracy_floor=1.5", "--out_dir={out}"], 2,
+     "flag --accuracy_floor=1.5: 1.5 is not a number in the range [0.0, 1.0]"),
+    ("profile", ["--alpha=-0.5", "--out_dir={out}"], 2,
+     "flag --alpha=-0.5: -0.5 is not a number in the range [0.0, 1.0]"),
+    ("profile", ["--solver=multi", "--latency_budget=0", "--out_dir={out}"], 1,
+     "--latency_budget must be a positive number of seconds, got 0"),
+    ("profile", ["--layer=-1", "--out_dir={out}"], 2,
+     "flag --layer=-1: -1 is not a non-negative integer"),
 ]
 
 

@@ -859,9 +859,9 @@ def test_pipeline_errors(tmp_path):
     cli.main(_flags(f"--out_dir={tmp_path}", "--batch_size=1,2"))
   with pytest.raises(ERRORS, match="neither 'digits' nor an existing directory"):
     cli.main(_flags(f"--out_dir={tmp_path}", f"--data={tmp_path / 'missing'}"))
-  with pytest.raises(ERRORS, match="apply to solver='multi' only"):
+  with pytest.raises(ERRORS, match="^--accuracy_floor applies to --solver=multi only$"):
     cli.main(_flags(f"--out_dir={tmp_path}", "--accuracy_floor=0.9"))
-  with pytest.raises(ERRORS, match="measure_frontier applies to solver='multi' only"):
+  with pytest.raises(ERRORS, match="^--measure_frontier applies to --solver=multi only$"):
     cli.main(_flags(f"--out_dir={tmp_path}", "--measure_frontier"))
   with pytest.raises(ERRORS, match="--calibration_schedules applies to --solver=multi only"):
     cli.main(_flags(f"--out_dir={tmp_path}", "--calibration_schedules=8"))
@@ -889,7 +889,8 @@ def test_pipeline_checks_flags_and_out_dir_before_any_stage(tmp_path):
   for args, match in ((["--layer=6"], r"layer 6 is outside \[0, 5\]"),
                       (["--method=nosuch"], "unknown token-reduction method 'nosuch'"),
                       (["--alpha=nan"], "--alpha=nan is not a finite number"),
-                      (["--solver=multi", "--accuracy_floor=1.5"], r"accuracy_floor must be in"),
+                      (["--solver=multi", "--latency_budget=0"],
+                       "^--latency_budget must be a positive number of seconds, got 0$"),
                       (["--solver=multi", "--calibration_schedules=3"],
                        r"calibration_schedules must be >= 4 \(one per reduction term of the "
                        r"latency model\), got 3"),
