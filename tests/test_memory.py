@@ -355,3 +355,22 @@ def test_an_evaluation_holds_the_embedding_tokens_whatever_the_schedule_keeps():
   held = 4 * (DEIT.depth + 1) * 197 * DEIT.embed_dim
   assert (memory.forward_bytes(DEIT, 3, schedule=late, evaluation=True)
           - memory.forward_bytes(DEIT, 3, schedule=late)) == 3 * held
+
+
+def test_gflop_refuses_one_token_above_the_model_and_counts_its_input_channels():
+  """The block count is refused from num_tokens + 1 on (only ten times the tokens was tested),
+  and the patch embedding's kernel reads every input channel (a 1-channel model by hand)."""
+  from vitprune import flops  # pylint: disable=g-import-not-at-top
+  digits = get_config("vit_digits")
+  n, c, h = 65, 64, 128
+  assert flops.block_flop(digits, n) == 8 * n * c * c + 4 * n * n * c + 2 * n * (2 * c * h)
+  for call in (flops.block_flop, flops.attention_flop, flops.mlp_flop):
+    with pytest.raises(ValueError, match=r"^tokens 66 is above the 65 tokens of vit_digits$"):
+      call(digits, 66)
+  grey = TINY.replace(in_chans=1)                  # 4x4 patches of 8x8, dim 32, 2 blocks of 17
+  n, c, h = 17, 32, 64
+  embed = 2 * 16 * 8 * 8 * 1 * 32
+  block = 8 * n * c * c + 4 * n * n * c + 2 * n * (2 * c * h)
+  head = 2 * 32 * 10
+  assert (embed, block) == (65536, 315520)
+  assert round(flops.forward_gflop(grey, 3) * 1e9) == 3 * (embed + 2 * block + head)
