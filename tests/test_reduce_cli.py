@@ -367,3 +367,45 @@ def test_the_two_graphs_are_timed_interleaved(monkeypatch):
   assert len(set(graphs)) == 2 and all(set(graphs[i:i + 2]) == set(graphs[:2])
                                        for i in range(0, 10, 2))        # each round: both
   assert [prune_lib.timing_rounds(n) for n in (3, 6, 7, 9, 12, 20, 200)] == [1, 2, 1, 3, 4, 5, 5]
+
+
+def test_default_tome_schedule_removes_at_least_a_quarter_of_the_patches():
+  """ToMe's r is the quarter rounded up over the blocks: DeiT-S's 196 // 4 = 49 patches over 12
+  blocks is r = ceil(49 / 12) = 5 (60 removed); r = 4 would remove only 48."""
+  deit = get_config("deit_small_patch16_224")
+  s = prune_lib.default_schedule(deit, "tome")
+  assert s == S.remove_per_layer(deit, 5)
+  assert s.counts[0] == 197 and s.counts[-1] == 197 - 12 * 5
+
+
+@pytest.mark.parametrize("labels, match", [
+    ([0, 10], r"^labels must be -1 \(unknown\) or classes 0\.\.9 of test_tiny_vit, got 0\.\.10$"),
+    ([-2, 0], r"^labels must be -1 \(unknown\) or classes 0\.\.9 of test_tiny_vit, got -2\.\.0$"),
+    ([0.0, 1.0], r"^labels must be integers \(-1: unknown\), got float64$"),
+])
+def test_run_prune_refuses_labels_just_outside_the_classes_and_non_integer_labels(labels, match):
+  params = model.init_params(CFG, 0)
+  images = prune.synthetic_images(CFG, 2, seed=0)
+  with pytest.raises(ValueError, match=match):
+    prune_lib.run_prune(CFG, params, images, method="pomt", schedule=None, warmup=0, repeats=1,
+                        labels=np.array(labels))
+
+
+def test_run_prune_ignores_the_labels_of_padding_rows():
+  """A padding row (valid False) may carry any label: only the valid rows are checked/scored."""
+  params = model.init_params(CFG, 0)
+  images = prune.synthetic_images(CFG, 2, seed=0)
+  full = np.asarray(model.jitted_forward(params, images, cfg=CFG)).argmax(-1)
+  r = prune_lib.run_prune(CFG, params, images, method="pomt", schedule=S.full_schedule(CFG),
+                          labels=np.array([full[0], 99]), valid=np.array([True, False]),
+                          warmup=0, repeats=1)
+  assert (r["accuracy_full"], r["accuracy_pruned"], r["agreement"]) == (1.0, 1.0, 1.0)
+
+
+def test_run_prune_refuses_non_finite_outputs_naming_the_graph():
+  params = model.init_params(CFG, 0)
+  params = dict(params, head=dict(params["head"], bias=np.full(10, np.nan, np.float32)))
+  with pytest.raises(FloatingPointError,
+                     match=r"^the unpruned test_tiny_vit produced non-finite outputs \(float32\)$"):
+    prune_lib.run_prune(CFG, params, prune.synthetic_images(CFG, 1, seed=0), method="pomt",
+                        schedule=None, warmup=0, repeats=1)
