@@ -76,3 +76,11 @@ def test_per_call_overhead_is_paid_once_by_the_whole_forward():
   assert predict.predict(t, s) == pytest.approx(o + 0.2 + 0.8 + 0.8 + 0.4 + 0.01)
   with pytest.raises(ValueError, match="overhead_s must be finite and >= 0"):
     predict.BlockTable(embed_s=0.0, block_s={3: 1.0}, overhead_s=-1.0)
+
+
+def test_predict_curve_passes_interpolate_on_to_every_count():
+  t = predict.BlockTable(embed_s=0.5, block_s={10: 1.0, 20: 2.0}, head_s={10: 0.1, 20: 0.2})
+  with pytest.raises(KeyError, match="no block latency measured at 15 tokens"):
+    predict.predict_curve(t, 3, [20, 15])
+  assert predict.predict_curve(t, 3, [20, 15], interpolate=True) == {
+      20: pytest.approx(0.5 + 3 * 2.0 + 0.2), 15: pytest.approx(0.5 + 3 * 1.5 + 0.15)}
