@@ -35,10 +35,7 @@ text, usable as `--schedule` elsewhere) with its predicted latency and accuracy.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
-from typing import Optional
 
 from absl import flags
 
@@ -49,7 +46,8 @@ from vitprune import memory
 from vitprune import pipeline
 from vitprune import solve_loop
 from vitprune import solve_stage
-from vitprune.config import method_label, record_method_kwargs
+from vitprune.config import (config_differences, config_field, config_to_dict, method_label,
+                             record_method_kwargs)
 from vitprune.data import shown_names
 from vitprune.digest import params_sha256
 from vitprune.profile.protocol import flag_timing
@@ -320,18 +318,6 @@ def _selection_hint(f: flags.FlagValues, estimate) -> str:
       f"no --{flag}" if value is None else f"--{flag}={value}" for flag, value in differ)
 
 
-def _config_difference(a, b, prefix: str = "") -> Optional[str]:
-  """The first field other than the name in which two configs differ ('preprocessing.crop_pct'
-  within the preprocessing), None when none does."""
-  for fd in dataclasses.fields(a):
-    x, y = getattr(a, fd.name), getattr(b, fd.name)
-    if fd.name != "name" and x != y:
-      if dataclasses.is_dataclass(x) and type(x) is type(y):
-        return _config_difference(x, y, f"{prefix}{fd.name}.")
-      return prefix + fd.name
-  return None
-
-
 def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
   """The weights and data the estimate measured, as the solve stage's measurement callbacks;
   refuses weights or data other than the estimate's. Schedules are evaluated in the estimate's
@@ -345,13 +331,14 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
   same_params = params_sha256(params) == estimate.weights_sha256
   # Another model's weights are named by their models; the same parameters saved under another
   # name are the model it measured (passed), in another configuration named by its field.
-  field = ("name" if cfg.name != estimate.config.name and not same_params
-           else _config_difference(cfg, estimate.config))
+  ours, theirs = config_to_dict(cfg), config_to_dict(estimate.config)
+  field = ("name" if cfg.name != estimate.config.name and not same_params else next(
+      (k for k in config_differences(ours, theirs) if k != "name"), None))
   if field is not None:       # (the digest alone said "differs": which model each is)
-    value = lambda c: functools.reduce(getattr, field.split("."), c)
-    said = lambda c: c.name if field == "name" else f"{c.name} ({field} {value(c)!r})"
-    raise ValueError(f"--weights={f.weights} hold {said(cfg)}, estimate {estimate.source} "
-                     f"measured {said(estimate.config)}: "
+    said = [c.name if field == "name" else f"{c.name} ({field} {config_field(d, field)!r})"
+            for c, d in ((cfg, ours), (estimate.config, theirs))]
+    raise ValueError(f"--weights={f.weights} hold {said[0]}, estimate {estimate.source} "
+                     f"measured {said[1]}: "
                      + ("the same parameters in another configuration" if same_params else
                         "not the weights it measured"))
   if not same_params:

@@ -890,3 +890,13 @@ def test_a_save_refuses_links_and_files_of_its_names_without_a_profile(tmp_path)
       f"refusing to replace ['{out / 'p.csv'}']: no profile {out / 'p.json'} beside them")):
     records.save(prof, str(out), stem="p")
   assert sorted(os.listdir(out)) == ["p.csv"]
+
+
+def test_merge_of_profiles_in_other_preprocessing_names_the_nested_field():
+  other = dataclasses.replace(CFG, preprocessing=dataclasses.replace(CFG.preprocessing,
+                                                                     crop_pct=0.5))
+  crop = CFG.preprocessing.crop_pct
+  with pytest.raises(ValueError, match=re.escape(
+      f"different model config: 'test_tiny_vit (preprocessing.crop_pct {crop!r})' vs "
+      "'test_tiny_vit (preprocessing.crop_pct 0.5)'")):
+    records.merge([_profile(_staircase_points()), _profile(_staircase_points(), cfg=other)])

@@ -258,3 +258,22 @@ def test_config_to_dict_writes_lists_and_config_from_dict_reads_it_back():
   with pytest.raises(ValueError, match=r"^invalid preprocessing of vit_digits: .*unexpected "
                                        r"keyword argument 'resize'"):
     config_from_dict(bad)
+
+
+def test_config_differences_names_nested_fields_by_path_and_config_field_reads_them():
+  from vitprune.config import (  # pylint: disable=g-import-not-at-top
+      config_differences, config_field)
+  d = config_to_dict(get_config("vit_digits"))
+  assert config_differences(d, d) == []
+  other = dict(d, depth=d["depth"] + 1, name="x",
+               preprocessing=dict(d["preprocessing"], crop_pct=0.5))
+  assert config_differences(d, other) == ["depth", "name", "preprocessing.crop_pct"]
+  assert config_differences(other, d) == ["depth", "name", "preprocessing.crop_pct"]
+  assert config_field(other, "preprocessing.crop_pct") == 0.5
+  assert config_field(d, "depth") == d["depth"]
+  # a field only one side has differs, and reads None on the other (an older record)
+  assert config_differences({"depth": 2}, {"depth": 2, "extra": 1}) == ["extra"]
+  assert config_field({"depth": 2}, "extra") is None
+  assert config_field({"depth": 2}, "depth.x") is None
+  # a nested dict against a non-dict is one difference, named by its own key
+  assert config_differences({"p": {"a": 1}}, {"p": None}) == ["p"]

@@ -3389,3 +3389,14 @@ def test_a_floor_and_a_budget_together_are_refused(tmp_path):
   with pytest.raises(ValueError, match=r"^give either an accuracy floor or a latency budget, "
                                        r"not both$"):
     _multi(_block_profile(tmp_path), es, accuracy_floor=0.8, latency_budget=1.0)
+
+
+def test_config_mismatch_in_the_preprocessing_names_the_nested_field(tmp_path):
+  # (the whole preprocessing dicts were printed, one field of eight differing)
+  ps = _save_profile(tmp_path, [_point("model", n, 1e-3) for n in range(5, N + 1)])
+  cropped = dataclasses.replace(CFG, preprocessing=dataclasses.replace(CFG.preprocessing,
+                                                                       crop_pct=0.5))
+  es = _estimate(tmp_path, [None], [5, 6], _acc, cfg=cropped)
+  want = f"configs differ (preprocessing.crop_pct: {CFG.preprocessing.crop_pct!r} vs 0.5)"
+  with pytest.raises(solve.SolveInputError, match=re.escape(want) + "$"):
+    _paper(ps, es)

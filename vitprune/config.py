@@ -8,7 +8,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 import numpy as np
 
@@ -322,6 +322,26 @@ def config_to_dict(cfg: ViTConfig) -> Dict[str, Any]:
   d = dataclasses.asdict(cfg)
   d["preprocessing"] = {k: list(v) if isinstance(v, tuple) else v
                         for k, v in d["preprocessing"].items()}
+  return d
+
+
+def config_differences(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
+  """The fields in which two configs in JSON form (`config_to_dict`, or as a record holds one)
+  differ, sorted, a nested one by its path ('preprocessing.crop_pct'); a field only one of them
+  has differs. The one home of the comparison every "configs differ" message names fields by."""
+  out = []
+  for k in sorted(set(a) | set(b), key=str):
+    x, y = a.get(k), b.get(k)
+    if x != y:
+      nested = isinstance(x, dict) and isinstance(y, dict)
+      out += [f"{k}.{n}" for n in config_differences(x, y)] if nested else [str(k)]
+  return out
+
+
+def config_field(d: Dict[str, Any], path: str) -> Any:
+  """The value at a `config_differences` path in a config's JSON form (None where it lacks it)."""
+  for key in path.split("."):
+    d = d.get(key) if isinstance(d, dict) else None
   return d
 
 

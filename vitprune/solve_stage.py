@@ -35,7 +35,8 @@ import numpy as np
 from vitprune import digits as digits_lib
 from vitprune import schedule as schedule_lib
 from vitprune import solve
-from vitprune.config import ViTConfig, config_to_dict, options_text, same_method
+from vitprune.config import (ViTConfig, config_differences, config_field, config_to_dict,
+                             options_text, same_method)
 from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import predict as predict_lib
 from vitprune.profile import records
@@ -64,8 +65,8 @@ def check_same_model(profile: records.Profile, estimate: Estimate) -> ViTConfig:
   a = profile.config
   b = config_to_dict(estimate.config)
   if a != b:
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    shown = ", ".join(f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in diff)
+    shown = ", ".join(f"{k}: {config_field(a, k)!r} vs {config_field(b, k)!r}"
+                      for k in config_differences(a, b))
     raise SolveInputError(f"profile {profile.source} and estimate {estimate.source} are both "
                           f"for {profile.model!r} but their configs differ ({shown})")
   if estimate.dtype and estimate.dtype != profile.dtype:

@@ -80,7 +80,7 @@ from vitprune import atomic
 from vitprune import console
 from vitprune import jsonio
 from vitprune.config import (COMPUTE_DTYPES, METHOD_NAMES, ViTConfig, check_config,
-                             config_from_dict, is_method_name)
+                             config_differences, config_field, config_from_dict, is_method_name)
 from vitprune.profile import steps as steps_lib
 from vitprune.schedule import Schedule
 
@@ -748,8 +748,8 @@ def _configs_shown(name_a: str, a: Any, name_b: str, b: Any) -> Tuple[str, str]:
   """Two configs that differ as their model names with the fields that differ."""
   if not (isinstance(a, dict) and isinstance(b, dict)):
     return name_a, name_b
-  keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-  shown = lambda name, c: f"{name} ({', '.join(f'{k} {c.get(k)!r}' for k in keys)})"
+  keys = config_differences(a, b)
+  shown = lambda name, c: f"{name} ({', '.join(f'{k} {config_field(c, k)!r}' for k in keys)})"
   return shown(name_a, a), shown(name_b, b)
 
 
