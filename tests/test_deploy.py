@@ -1577,3 +1577,16 @@ def test_the_manifest_records_what_the_graph_runs(tmp_path, params):
                                 reducer=make_reducer("tome"), reducer_name=" ToMe ",
                                 batch_size=2, verify=False)
   assert deploy.load(tome).manifest.reducer["name"] == "tome"
+
+
+def test_deploy_names_the_config_field_of_a_same_name_solution(tmp_path):
+  # ("(same name, different config)" named no field)
+  wider = dataclasses.replace(CFG, mlp_hidden=CFG.mlp_hidden * 2)
+  sol = solution_file(tmp_path / "s.json", wider, [CFG.num_tokens] * (CFG.depth + 1))
+  weights = save_weights(str(tmp_path / "w"), CFG, init_params(CFG, 1))
+  code, _, err = run_cli_in_process(tmp_path, "deploy", [f"--weights={weights}",
+                                                         f"--solution={sol}", "--out=o"])
+  assert code == 1 and err.endswith(
+      f"are {CFG.name!r} (same name, another config: mlp_hidden: {CFG.mlp_hidden * 2} vs "
+      f"{CFG.mlp_hidden})\n"), err
+  assert not (tmp_path / "o").exists()

@@ -345,6 +345,14 @@ def config_field(d: Dict[str, Any], path: str) -> Any:
   return d
 
 
+def differences_text(a: Any, b: Any) -> str:
+  """'depth: 6 vs 7, preprocessing.crop_pct: 0.875 vs 0.5': the fields in which two configs
+  (`ViTConfig`s or their JSON form) differ, each with both values."""
+  a, b = (config_to_dict(c) if isinstance(c, ViTConfig) else c for c in (a, b))
+  return ", ".join(f"{k}: {config_field(a, k)!r} vs {config_field(b, k)!r}"
+                   for k in config_differences(a, b))
+
+
 def config_from_dict(d: Dict[str, Any]) -> ViTConfig:
   """Inverse of `config_to_dict`; raises ValueError on unknown or missing fields (field types
   and ranges: `check_config`, `check_config_types`)."""
