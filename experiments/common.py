@@ -513,6 +513,6 @@ def note_smoke_run(weights: str, meta: Any) -> None:
     return
   acc = meta.get("test_accuracy")
   held = f", held-out accuracy {acc:.4f}" if isinstance(acc, float) else ""
-  print(f"note: {os.path.abspath(weights)} were trained for {steps} "
-        f"step{'' if steps == 1 else 's'} only (train_digits --max_steps, a smoke run{held})",
+  print(f"note: {os.path.abspath(weights)} were trained for "
+        f"{console.counted(steps, 'step')} only (train_digits --max_steps, a smoke run{held})",
         file=sys.stderr)

@@ -37,6 +37,7 @@ from vitprune import model as vit
 from vitprune import schedule as S
 from vitprune.profile import protocol
 from vitprune.config import ViTConfig, method_label
+from vitprune.console import counted
 from vitprune.prune import run_prune
 from vitprune.reduce import list_methods
 
@@ -115,7 +116,7 @@ def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int,
   else:
     imgs = synthetic_images(cfg, batch_size, seed)
     return (imgs, np.full(batch_size, -1, np.int32), np.ones(batch_size, bool),
-            f"{batch_size} synthetic image{'' if batch_size == 1 else 's'} (seed {seed})")
+            f"{counted(batch_size, 'synthetic image')} (seed {seed})")
   if len(indices) < batch_size:     # (a batch of 1000 timed 641 padding images, unsaid)
     note = (f"{note}, padded with {batch_size - len(indices)} zero images to the batch of "
             f"{batch_size} for timing (compared on the {len(indices)} alone)")

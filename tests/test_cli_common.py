@@ -1053,3 +1053,10 @@ def test_an_output_inside_a_data_folder_named_like_a_data_word_is_refused(tmp_pa
       common.check_outside_data(f"{value}/run", "out_dir", fv)
   fv.data = "none"                                 # the benchmark's word: no data is read
   common.check_outside_data("none/run", "out_dir", fv, words=("digits", "none"))
+
+
+def test_counted_says_one_noun_or_its_plural():
+  from vitprune.console import counted  # pylint: disable=g-import-not-at-top
+  assert [counted(n, "image") for n in (0, 1, 2)] == ["0 images", "1 image", "2 images"]
+  assert counted(1, "flat stretch", "flat stretches") == "1 flat stretch"
+  assert counted(3, "flat stretch", "flat stretches") == "3 flat stretches"

@@ -65,6 +65,11 @@ def one_line(message) -> str:
   return text or (type(message).__name__ if isinstance(message, BaseException) else text)
 
 
+def counted(n: int, noun: str, plural: str = "") -> str:
+  """'1 image', '3 images' ('1 flat stretch', '2 flat stretches' with `plural`)."""
+  return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def printable(text: str) -> str:
   """`text` with its control characters escaped (`\\t`, `\\n`, `\\x1b`): a file name printed in
   a tab-separated line (a name holding a tab and a newline printed a second, fake row)."""

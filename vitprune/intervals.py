@@ -10,6 +10,8 @@ from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
+from vitprune.console import counted
+
 
 def wilson_interval(p: float, n: int, z: float = 1.959963984540054) -> Tuple[float, float]:
   """Wilson score interval (default 95 %) of a proportion `p` measured on `n` examples."""
@@ -152,5 +154,5 @@ def describe_change(change: Dict[str, Any]) -> str:
   gained)'."""
   lo, hi = change["interval_95"]
   return (f"{change['value']:+.4f} (paired 95% interval {lo:+.4f}..{hi:+.4f}: "
-          f"{change['images_lost']} image{'' if change['images_lost'] == 1 else 's'} lost, "
+          f"{counted(change['images_lost'], 'image')} lost, "
           f"{change['images_gained']} gained)")

@@ -328,9 +328,9 @@ def _curve_shape(profile: records.Profile) -> Tuple[int, int, int]:
 
 def curve_shape_line(steps: int, flats: int, lone: int) -> str:
   """'0 steps, 11 flat stretches, 1 lone count (...)': the profile stage's count of each."""
-  return (f"{steps} step{'' if steps == 1 else 's'}, "
-          f"{flats} flat stretch{'' if flats == 1 else 'es'}"
-          + (f", {lone} lone count{'' if lone == 1 else 's'}" if lone else "")
+  return (f"{console.counted(steps, 'step')}, "
+          f"{console.counted(flats, 'flat stretch', 'flat stretches')}"
+          + (f", {console.counted(lone, 'lone count')}" if lone else "")
           + " (the profile JSON/CSV/PNG has them all)")
 
 
@@ -446,7 +446,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
         evaluate=evaluate, latency_model=latency_model, num_images=len(data.indices),
         measure_all=spec.measure_frontier, refine_rounds=spec.refine_accuracy_rounds,
         margins=margins, loop_neighbours=spec.loop_neighbours)
-    log(f"  frontier: {len(sol.frontier)} schedule{'' if len(sol.frontier) == 1 else 's'} "
+    log(f"  frontier: {console.counted(len(sol.frontier), 'schedule')} "
         f"(latency: {sol.profile.latency_source})")
     if sol.settings.get("frontier_accuracy_error"):
       log("  " + describe_frontier_error(sol.settings["frontier_accuracy_error"]))
@@ -462,7 +462,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
       sol = solve_loop.check_in_loop(sol, estimate, None, evaluate, timer, **loop_kw)
       timed = sol.settings["timed_in_loop"]
       timed_line = (
-          f"  timed {timed} compiled graph{'' if timed == 1 else 's'} meeting the floor "
+          f"  timed {console.counted(timed, 'compiled graph')} meeting the floor "
           f"around the choice: fastest measured {sol.chosen.schedule} "
           f"{1e3 * sol.chosen.measured_latency_s:.4f} ms (predicted "
           f"{1e3 * sol.chosen.predicted_latency_s:.4f} ms)"
@@ -473,7 +473,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
       sol = solve_loop.check_budget_in_loop(
           sol, evaluate, ScheduleTimer(cfg, params, spec, spec.reducer()), **loop_kw)
       timed, rounds = sol.settings["timed_in_loop"], sol.settings["timed_rounds"]
-      log(f"  timed {timed} compiled graph{'' if timed == 1 else 's'} around the choice"
+      log(f"  timed {console.counted(timed, 'compiled graph')} around the choice"
           + ("" if len(rounds) == 1 else
              f" ({reaimed_text(rounds)}, each round one measurement)")
           + f": the most accurate within {1e3 * spec.latency_budget:.4g} ms is "
@@ -497,7 +497,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
         rule, shown = f"{sol.metric} >= {floor:.6g}", ""
         singles = sol.settings["singles_meeting_floor"]
         multi = sum(solve.is_multi_reduction(c.counts) for c in sol.checked)
-        what = (f"{multi} multi-layer schedule{'' if multi == 1 else 's'} on the data "
+        what = (f"{console.counted(multi, 'multi-layer schedule')} on the data "
                 f"(candidates too: the {singles} single reductions meeting the floor, measured "
                 "by the estimate)")
       else:
@@ -701,7 +701,7 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
     data, holdout = estimate_lib.holdout_split(data, spec.holdout_images, spec.seed)
   n = len(data.indices)
   if n < min(cfg.num_classes, FEW_IMAGES):    # (a probe chose on 1 image: 1.0, then 0.508)
-    log(f"note: the choice rests on {n} image{'' if n == 1 else 's'}, fewer than the model's "
+    log(f"note: the choice rests on {console.counted(n, 'image')}, fewer than the model's "
         f"{cfg.num_classes} classes: each measured {default_metric(data.labelled)} is a count of "
         f"{n} (steps of {1 / n:.3g})")
   tokens = spec.grid(cfg)
