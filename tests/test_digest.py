@@ -5,7 +5,7 @@ import jax
 import numpy as np
 
 from vitprune import deploy, estimate
-from vitprune.digest import file_sha256, params_sha256
+from vitprune.digest import file_sha256, named_leaves_sha256, params_sha256
 from vitprune.model import init_params
 from vitprune.registry import get_config
 
@@ -31,3 +31,15 @@ def test_file_sha256_matches_hashlib(tmp_path):
   data = bytes(range(256)) * 5000
   path.write_bytes(data)
   assert file_sha256(str(path), chunk=1000) == hashlib.sha256(data).hexdigest()
+
+
+def test_leaves_are_hashed_in_key_path_text_order_whatever_order_they_come_in():
+  # The edge kit hashes its packed leaves in file order (`named_leaves_sha256`): the digest must
+  # be the tree's, which sorts by key path text ("[10]" before "[2]", not jax's index order).
+  leaves = [np.full((2,), i, np.float32) for i in range(11)]
+  by_hand = hashlib.sha256()
+  for i in sorted(range(11), key=lambda i: f"[{i}]"):
+    by_hand.update(f"[{i}] <f4 (2,)\n".encode() + leaves[i].tobytes())
+  assert params_sha256(leaves) == by_hand.hexdigest()
+  named = [(f"[{i}]", leaf) for i, leaf in enumerate(leaves)]
+  assert named_leaves_sha256(reversed(named)) == named_leaves_sha256(named) == by_hand.hexdigest()
