@@ -786,3 +786,23 @@ def test_class_names_given_as_numbers_are_recorded_as_strings(tmp_path):
     assert checkpoint.read_class_names(path) == tuple(str(i) for i in range(10))
     with open(os.path.join(path, "config.json")) as f:
       assert json.load(f)["class_names"] == list("0123456789")
+
+
+def test_a_non_ascii_path_is_refused_where_python_reads_file_names_as_ascii(tmp_path):
+  """Mutation audit: under a C/POSIX locale (no UTF-8 mode) Python reads the name's bytes as
+  escapes that tensorstore would take otherwise; the path is refused naming the remedy."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHONUTF8"))}
+  env.update(LC_ALL="C", PYTHONCOERCECLOCALE="0", PYTHONUTF8="0")
+  code = ("import os, sys; from vitprune import orbax_io\n"
+          "assert sys.getfilesystemencoding() == 'ascii', sys.getfilesystemencoding()\n"
+          "print(orbax_io.storage_path(os.fsdecode(sys.argv[1].encode('ascii') + b'/w')))\n"
+          "orbax_io.storage_path(os.fsdecode(sys.argv[1].encode('ascii') + b'/w\\xc3\\xa9'))")
+  r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=root, env=env,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 1 and r.stdout == f"{tmp_path}/w\n", (r.stdout, r.stderr)
+  assert ("OSError: '" + f"{tmp_path}/w" + "\\udcc3\\udca9': orbax checkpoints (weights) cannot "
+          "use a non-ASCII path while Python reads file names as ascii (a C/POSIX locale); set "
+          "PYTHONUTF8=1 or a UTF-8 locale, or choose an ASCII path") in r.stderr, r.stderr
