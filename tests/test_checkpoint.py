@@ -806,3 +806,41 @@ def test_a_non_ascii_path_is_refused_where_python_reads_file_names_as_ascii(tmp_
   assert ("OSError: '" + f"{tmp_path}/w" + "\\udcc3\\udca9': orbax checkpoints (weights) cannot "
           "use a non-ASCII path while Python reads file names as ascii (a C/POSIX locale); set "
           "PYTHONUTF8=1 or a UTF-8 locale, or choose an ASCII path") in r.stderr, r.stderr
+
+
+def test_a_dangling_link_inside_params_is_left_to_orbax(tmp_path):
+  """Mutation audit: the special-file walk skips a link to nothing (orbax reports a file it
+  misses); one beside the checkpoint's files does not stop a good restore."""
+  cfg = get_config("test_tiny_vit")
+  params = init_params(cfg, 0)
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, params)
+  os.symlink(tmp_path / "nowhere", os.path.join(path, "params", "stale-link"))
+  os.symlink(tmp_path / "nowhere", os.path.join(path, "params", "ocdbt.process_0", "gone"))
+  _, got = checkpoint.load_weights(path)
+  assert jax.tree.all(jax.tree.map(np.array_equal, got, params))
+
+
+def test_orbax_warnings_leave_no_raw_log_record(tmp_path, caplog):
+  """Mutation audit: the absl record turned into a Python warning is dropped, not also passed
+  on to the log handlers (absl's printed it raw: 'W1205 04:13:23.948 ... Metadata file ...')."""
+  cfg = get_config("test_tiny_vit")
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  os.unlink(os.path.join(path, "params", "_CHECKPOINT_METADATA"))
+  caplog.clear()
+  with pytest.warns(UserWarning, match="^orbax: Metadata file does not exist"):
+    checkpoint.load_weights(path)
+  assert not [r for r in caplog.records if "Metadata file does not exist" in r.getMessage()]
+
+
+def test_what_a_successful_orbax_call_writes_to_fd_2_is_replayed(capfd):
+  """Mutation audit: the hold-back of fd 2 drops what a failing restore printed, but replays
+  what a successful one did (a warning of the library, a note of the user's own threads)."""
+  from vitprune import orbax_io  # pylint: disable=g-import-not-at-top
+  capfd.readouterr()
+  with orbax_io._stderr_kept_unless_failing():
+    os.write(2, b"kept line\n" * 3)
+  with pytest.raises(RuntimeError, match="^bad$"):
+    with orbax_io._stderr_kept_unless_failing():
+      os.write(2, b"dropped line\n")
+      raise RuntimeError("bad")
+  assert capfd.readouterr().err == "kept line\n" * 3
