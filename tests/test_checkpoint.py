@@ -844,3 +844,26 @@ def test_what_a_successful_orbax_call_writes_to_fd_2_is_replayed(capfd):
       os.write(2, b"dropped line\n")
       raise RuntimeError("bad")
   assert capfd.readouterr().err == "kept line\n" * 3
+
+
+def test_a_structure_with_the_same_leaf_paths_nested_otherwise_is_named_so():
+  """Mutation audit: where orbax finds the trees differ but every leaf path is on both sides
+  (a list stored, a tuple asked for), the message says so instead of ending in nothing."""
+  from vitprune import orbax_io  # pylint: disable=g-import-not-at-top
+  assert orbax_io._structure_difference({"a": [1, 2]}, {"a": (1, 2)}) == (
+      "the stored weights are not this model's structure: the same leaves, nested otherwise")
+
+
+def test_one_leaf_stored_in_another_dtype_is_enough_to_refuse_the_checkpoint(tmp_path):
+  """Mutation audit: a single int32 leaf among float32 ones is refused by name, not cast."""
+  from vitprune import orbax_io  # pylint: disable=g-import-not-at-top
+  cfg = get_config("test_tiny_vit")
+  params = init_params(cfg, 0)
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, params)
+  shutil.rmtree(os.path.join(path, "params"))
+  orbax_io.save(os.path.join(path, "params"), dict(
+      jax.tree.map(np.asarray, params), cls_token=np.asarray(params["cls_token"], np.int32)))
+  with pytest.raises(ValueError, match=re.escape(
+      f"could not restore parameters from {path}/params: values stored in other dtypes than the "
+      "float32 restored (orbax would cast them): ['cls_token'] is int32") + "$"):
+    checkpoint.load_weights(path)
