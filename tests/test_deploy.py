@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -1590,3 +1591,62 @@ def test_deploy_names_the_config_field_of_a_same_name_solution(tmp_path):
       f"are {CFG.name!r} (same name, another config: mlp_hidden: {CFG.mlp_hidden * 2} vs "
       f"{CFG.mlp_hidden})\n"), err
   assert not (tmp_path / "o").exists()
+
+
+def test_a_forward_mapping_other_shapes_than_the_manifest_says_is_refused(artifact, tmp_path):
+  """Mutation audit: a forward without the identity in its name (`export_forward`'s default)
+  is still checked against the manifest's input and output shapes, naming both."""
+  for cfg, batch, maps in ((CFG, 2, "[2, 32, 32, 3] -> [2, 10]"),
+                           (CFG.replace(num_classes=7), 3, "[3, 32, 32, 3] -> [3, 7]")):
+    path = _copy(artifact, tmp_path / str(batch))
+    blob = deploy.export_forward(cfg, schedule=SCHED, reducer=REDUCER,
+                                 batch_size=batch).serialize()
+    with open(os.path.join(path, deploy.FORWARD_FILE), "wb") as f:
+      f.write(blob)
+    _edit_manifest(path, lambda d: d["files"].__setitem__(
+        "forward_sha256", hashlib.sha256(blob).hexdigest()))
+    with pytest.raises(deploy.ArtifactError, match=re.escape(
+        f"{path}: the exported forward maps {maps}, the manifest says [3, 32, 32, 3] -> [3, 10]")):
+      deploy.load(path)
+
+
+def test_a_boolean_batch_size_is_refused_before_the_export(tmp_path, params):
+  """Mutation audit: True is an int to Python; exported as batch 1 it was not what was meant."""
+  for flag in (True, False):
+    with pytest.raises(ValueError, match=f"^batch_size must be a positive int or None "
+                                         rf"\(symbolic\), got {flag}$"):
+      deploy.export_artifact(str(tmp_path / "a"), CFG, params, batch_size=flag)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+      deploy.export_forward(CFG, batch_size=flag)
+  assert os.listdir(tmp_path) == []
+
+
+def test_time_model_checks_the_images_once_before_timing(artifact):
+  """Mutation audit: the timed calls skip the checks, so `time_model` checks the images first:
+  raw pixels or another batch are refused as a call refuses them, not timed (or failing inside
+  the graph); a float64 batch is timed as the float32 one the graph takes."""
+  from vitprune.profile.protocol import TimingConfig  # pylint: disable=g-import-not-at-top
+  model = deploy.load(artifact)
+  cfg = TimingConfig(min_run_time=0.01)
+  with pytest.raises(ValueError, match="images must be floating point, .* got uint8 pixels"):
+    deploy.time_model(model, np.zeros((3, 32, 32, 3), np.uint8), cfg)
+  with pytest.raises(ValueError, match="batch size 3, got 2"):
+    deploy.time_model(model, _images(2), cfg)
+  with pytest.raises(ValueError, match="images hold NaN or inf values"):
+    deploy.time_model(model, np.full((3, 32, 32, 3), np.inf, np.float32), cfg)
+  got = deploy.time_model(model, _images(3).astype(np.float64), cfg)
+  assert got.samples and 0 < got.median < 60
+
+
+def test_on_cpu_an_export_off_by_one_ulp_is_refused(tmp_path, params, monkeypatch):
+  """Mutation audit: on CPU the exported forward must reproduce the in-process one exactly (a
+  tolerance there would pass a graph that computes something slightly else)."""
+  from vitprune import model as model_lib  # pylint: disable=g-import-not-at-top
+  real = model_lib.jitted_forward
+  monkeypatch.setattr(model_lib, "jitted_forward",
+                      lambda *a, **k: np.nextafter(np.asarray(real(*a, **k)), np.float32(np.inf)))
+  with pytest.raises(deploy.ArtifactError, match=r"exported forward does not reproduce the "
+                                                 r"in-process forward: max abs difference "):
+    deploy.export_artifact(str(tmp_path / "art"), CFG, params, schedule=SCHED,
+                           reducer=REDUCER, batch_size=2)
+  assert os.listdir(tmp_path) == []
