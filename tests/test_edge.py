@@ -2128,3 +2128,80 @@ def test_a_stopped_build_stops_its_running_compiler_processes(tmp_path, monkeypa
   assert children[0].wait(timeout=10) == -signal.SIGTERM
   time.sleep(1.0)                        # (a retry would have started by now)
   assert len(children) == 1
+
+
+
+def test_arch_aliases_of_a_triple_and_of_this_host_name_one_architecture(monkeypatch):
+  """A module for 'amd64-...' runs on an x86_64 board and one for 'aarch64-...' on a host that
+  calls itself 'arm64' (macOS): the spellings were compared as they stand, refusing both."""
+  monkeypatch.setattr(targets_lib.platform, "machine", lambda: "x86_64")
+  assert parse_target("iree:llvm-cpu:arm64-apple-darwin").arch == "aarch64"
+  targets_lib.check_runnable({"target": "iree:llvm-cpu:amd64-pc-linux-gnu"}, "m")
+  targets_lib.check_runnable({"target": "iree:llvm-cpu:x64-pc-linux-gnu"}, "m")
+  with pytest.raises(EdgeError, match=r"^m was compiled for target "
+                     r"iree:llvm-cpu:arm64-apple-darwin \(aarch64\); this host is x86_64$"):
+    targets_lib.check_runnable({"target": "iree:llvm-cpu:arm64-apple-darwin"}, "m")
+  monkeypatch.setattr(targets_lib.platform, "machine", lambda: "arm64")
+  assert targets_lib.host_cpu()["arch"] == "aarch64"
+  targets_lib.check_runnable({"target": "iree:llvm-cpu:aarch64-linux-gnu"}, "m")
+  targets_lib.check_runnable({"target": "iree:host", "host_cpu": {"arch": "aarch64"}}, "m")
+
+
+def test_cuda_targets_of_three_digit_compute_capabilities_parse():
+  """sm_100 / sm_120 (and arch-specific sm_90a) are CUDA targets; four digits are not."""
+  for text, sm in (("iree:cuda:sm_100", "sm_100"), ("iree:cuda:SM_120", "sm_120"),
+                   ("iree:cuda:sm_90a", "sm_90a")):
+    target = parse_target(text)
+    assert (target.text, target.sm, target.compile_flags()) == (
+        f"iree:cuda:{sm}", sm, [f"--iree-cuda-target={sm}"])
+  for bad in ("iree:cuda:sm_1000", "iree:cuda:sm_8"):
+    with pytest.raises(EdgeError, match="is not a CUDA architecture such as sm_87"):
+      parse_target(bad)
+
+
+def test_a_cross_target_without_a_cpu_compiles_for_the_generic_cpu_of_its_triple():
+  """'iree:llvm-cpu:<triple>' names no CPU: the module must not use this host's instructions
+  (target-cpu=host would put x86 features into an aarch64 module) but the triple's baseline."""
+  target = parse_target("iree:llvm-cpu:aarch64-linux-gnu")
+  assert (target.triple, target.cpu, target.arch) == ("aarch64-linux-gnu", None, "aarch64")
+  assert target.compile_flags() == (["--iree-llvmcpu-target-triple=aarch64-linux-gnu",
+                                     "--iree-llvmcpu-target-cpu=generic"]
+                                    + list(targets_lib.CPU_TUNING))
+  with pytest.raises(EdgeError, match="unknown target"):     # an empty CPU name
+    parse_target("iree:llvm-cpu:aarch64-linux-gnu:")
+
+
+def test_a_second_stack_overflow_within_the_raised_limit_drops_the_fusion_not_loops():
+  """After the stack limit was raised, another dispatch over IREE's default but within
+  STACK_LIMIT must drop the matmul fusion: adding the raised limit again retried the same
+  compile (the same failure) until the retries ran out."""
+  latency = parse_target("iree:host").compile_flags("latency")
+  raised = latency + [targets_lib.CPU_STACK]
+  error = ("error: 'func.func' op exceeded stack allocation limit of 65536 bytes for function. "
+           "Got 50368 bytes")
+  flags, why = targets_lib.next_attempt(raised, error)
+  assert flags == [f for f in raised if f not in targets_lib.CPU_FUSION]
+  assert flags.count(targets_lib.CPU_STACK) == 1
+  assert why == f"dropped {' '.join(targets_lib.CPU_FUSION)}"
+
+
+def test_a_bfloat16_graph_is_refused_for_iree_targets_only():
+  """bfloat16 is refused where an IREE target is asked for (naming the first), and allowed for
+  a jax-only export."""
+  targets_lib.check_compute_dtype(parse_targets(["jax"]), "bfloat16", "hint")
+  targets_lib.check_compute_dtype(parse_targets(["jax", "iree:host"]), "float32", "hint")
+  with pytest.raises(ValueError, match=r"^IREE targets compile float32 graphs only \(a bfloat16 "
+                     r"dot_general does not legalize for iree:vulkan\); use jax$"):
+    targets_lib.check_compute_dtype(parse_targets(["jax", "iree:vulkan", "iree:host"]),
+                                    "bfloat16", "use jax")
+
+
+def test_a_runtime_without_the_targets_driver_is_named_as_such(monkeypatch):
+  """An IREE runtime built without the cuda driver is named as that, not as a missing device
+  (which sends the user looking for a GPU rather than another iree-base-runtime)."""
+  import iree.runtime as ireert  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(ireert, "query_available_drivers", lambda: ["local-sync", "local-task"])
+  monkeypatch.setattr(ireert, "get_device", lambda driver: object())
+  with pytest.raises(EdgeError, match=r"^m targets iree:cuda:sm_87, but this IREE runtime has "
+                     r"no 'cuda' driver$"):
+    targets_lib.check_runnable({"target": "iree:cuda:sm_87", "driver": "cuda"}, "m")
