@@ -2205,3 +2205,76 @@ def test_a_runtime_without_the_targets_driver_is_named_as_such(monkeypatch):
   with pytest.raises(EdgeError, match=r"^m targets iree:cuda:sm_87, but this IREE runtime has "
                      r"no 'cuda' driver$"):
     targets_lib.check_runnable({"target": "iree:cuda:sm_87", "driver": "cuda"}, "m")
+
+
+
+def _packed_weights_entry(tmp_path):
+  """A weights entry (mode 'args') of two packed float32 leaves 'a' [2, 3] and 'b' [5]."""
+  blob, leaves = edge_rt.pack_weights([np.ones((2, 3), np.float32), np.zeros(5, np.float32)],
+                                      ["a", "b"])
+  (tmp_path / "w.bin").write_bytes(blob)
+  return {"mode": "args", "file": "w.bin", "sha256": deploy.file_sha256(str(tmp_path / "w.bin")),
+          "leaves": leaves}
+
+
+def test_a_weight_leaf_relabelled_to_another_dtype_of_the_same_size_is_refused(tmp_path):
+  """float32 bytes read as int32 (same item size, same nbytes) are other numbers without a
+  word: a leaf's dtype must be the float32 vitprune packs."""
+  entry = _packed_weights_entry(tmp_path)
+  entry["leaves"][0]["dtype"] = "int32"
+  with pytest.raises(EdgeError, match=r"^kit k: weight leaf a is stored as 'int32'; vitprune "
+                     r"packs float32 weights \(an edited record\?\)$"):
+    edge_rt.read_weights(str(tmp_path), entry, "kit k")
+
+
+def test_a_last_weight_leaf_grown_past_the_file_end_does_not_fit(tmp_path):
+  """The last leaf's shape and nbytes edited to agree but reach past weights.bin: one error
+  naming the leaf (numpy's reshape of the short slice was a traceback)."""
+  entry = _packed_weights_entry(tmp_path)
+  entry["leaves"][1].update(shape=[6], nbytes=24)
+  with pytest.raises(EdgeError, match=r"^kit k: weight leaf b does not fit .*w\.bin$"):
+    edge_rt.read_weights(str(tmp_path), entry, "kit k")
+
+
+def test_a_runner_refuses_a_batch_that_does_not_split_into_its_shards():
+  """Runner.put_batch names the batch and the shards (numpy's 'array split does not result in
+  an equal division' named neither), and refuses more parts than the runner runs."""
+  runner = edge_rt.Runner("local-sync", 2)
+  assert [p.to_host().shape for p in runner.put_batch(np.zeros((4, 3), np.float32), 2)] == [
+      (2, 3), (2, 3)]
+  with pytest.raises(ValueError, match=r"^a batch of 3 does not split into 2 equal shards \(this "
+                     r"runner runs at most 2\)$"):
+    runner.put_batch(np.zeros((3, 3), np.float32), 2)
+  with pytest.raises(ValueError, match=r"^a batch of 4 does not split into 4 equal shards"):
+    runner.put_batch(np.zeros((4, 3), np.float32), 4)
+
+
+def test_a_module_file_replaced_by_a_folder_is_named_not_hashed(tmp_path):
+  """A record's file that is a folder (or a link to /dev/zero, which hashed forever) is one
+  error naming what is there, before any hashing."""
+  root = tmp_path / "art"
+  (root / "iree" / "x.vmfb").mkdir(parents=True)
+  with pytest.raises(EdgeError, match=r"^w: iree/x\.vmfb in .*art is a directory \(replaced\?\)$"):
+    edge_rt.checked_file(str(root), {"file": "iree/x.vmfb", "sha256": "0" * 64}, "w")
+
+
+def test_a_board_copy_of_a_record_without_an_output_kind_is_a_classifier(artifact, tmp_path,
+                                                                         monkeypatch):
+  """A record written before output kinds, copied to a board without its manifest (nothing
+  states a kind), is read as the classifier every such artifact was (its logits), not as a
+  features model."""
+  name_of = edge_rt.function_name       # (the module's function, named with the kind)
+  monkeypatch.setattr(edge_rt, "function_name", lambda identity: name_of(
+      {**identity, "output": {"kind": "logits", **identity["output"]}}))
+  board = tmp_path / "board"
+  shutil.copytree(artifact, board)
+  os.unlink(board / "manifest.json")
+  for f in (board / edge_rt.EDGE_DIR).glob("*.json"):
+    if f.name != "iree_host.json":
+      f.unlink()
+  path = board / edge_rt.EDGE_DIR / "iree_host.json"
+  record = json.loads(path.read_text())
+  assert record["output"].pop("kind") == "logits"      # as that version wrote it
+  path.write_text(json.dumps(record))
+  loaded = edge_rt.load(str(board), "iree:host")
+  assert (loaded.output_kind, loaded.num_outputs) == ("logits", CFG.num_classes)
