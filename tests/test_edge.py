@@ -2278,3 +2278,62 @@ def test_a_board_copy_of_a_record_without_an_output_kind_is_a_classifier(artifac
   path.write_text(json.dumps(record))
   loaded = edge_rt.load(str(board), "iree:host")
   assert (loaded.output_kind, loaded.num_outputs) == ("logits", CFG.num_classes)
+
+
+def _minimal_kit(tmp_path, **changes):
+  """A kit folder whose kit.json `read_kit` accepts (one point; no module compiled), with
+  `changes` made to its manifest."""
+  point = {"component": "model", "batch_size": 1, "tokens": 17, "schedule": None,
+           "input": {"shape": [1, 32, 32, 3], "dtype": "float32"}, "args": [0],
+           "compile_s": 1.0, "module": {"file": "modules/m.vmfb", "sha256": "0" * 64}}
+  doc = {"format": kit_lib.KIT_FORMAT, "version": kit_lib.KIT_VERSION, "target": "iree:host",
+         "driver": "local-task", "model": "test_tiny_vit", "config": {}, "dtype": "float32",
+         "mode": "model", "weights": {}, "points": [point], **changes}
+  (tmp_path / "kit").mkdir()
+  (tmp_path / "kit" / kit_lib.KIT_MANIFEST).write_text(json.dumps(doc))
+  return str(tmp_path / "kit"), doc
+
+
+def test_a_kit_of_another_version_or_no_points_or_a_point_of_no_tokens_is_refused(tmp_path):
+  """read_kit refuses what a board profile could not hold: a kit of a version this vitprune
+  does not read, one listing no points, and a point of 0 tokens."""
+  path, doc = _minimal_kit(tmp_path)
+  assert kit_lib.read_kit(path)["points"] == doc["points"]
+  manifest = pathlib.Path(path) / kit_lib.KIT_MANIFEST
+  for edit, message in (
+      (lambda d: d.update(version=2), r"kit\.json: not a vitprune-edge-kit version 1 manifest$"),
+      (lambda d: d.update(points=[]), r"kit\.json lists no points$"),
+      (lambda d: d["points"][0].update(tokens=0), r"kit\.json: points\[0\]: tokens must be an "
+                                                  r"int >= 1$")):
+    bad = json.loads(json.dumps(doc))
+    edit(bad)
+    manifest.write_text(json.dumps(bad))
+    with pytest.raises(EdgeError, match=message):
+      kit_lib.read_kit(path)
+
+
+def test_a_cpu_board_profile_names_the_cpu_in_its_device_kind(monkeypatch):
+  """Profiles merge by device kind: a CPU kit's names the target and this CPU's model (two
+  boards' timings of one target were one curve otherwise); a GPU kit's, the target."""
+  monkeypatch.setattr(targets_lib, "host_cpu", lambda: {"arch": "aarch64", "features": [],
+                                                        "model": "Cortex-A78AE"})
+  monkeypatch.setattr(kit_lib, "host_cpu", targets_lib.host_cpu)
+  kit = {"target": "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae", "model": "m", "config": {},
+         "driver": "local-task", "dtype": "float32", "mode": "model"}
+  profile_of = kit_lib._kit_profile  # pylint: disable=protected-access
+  profile = profile_of(kit, protocol.TimingConfig())
+  assert (profile.device_kind, profile.platform) == (
+      "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae Cortex-A78AE", "iree-local-task")
+  gpu = dict(kit, target="iree:cuda:sm_87", driver="cuda")
+  assert profile_of(gpu, protocol.TimingConfig()).device_kind == "iree:cuda:sm_87"
+
+
+def test_a_kit_for_another_architecture_is_refused_before_loading(tmp_path, monkeypatch):
+  """A kit cross-compiled for aarch64 given to an x86_64 host is refused by its target in one
+  line, before any module is read."""
+  monkeypatch.setattr(targets_lib.platform, "machine", lambda: "x86_64")
+  path, _ = _minimal_kit(tmp_path, target="iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae")
+  with pytest.raises(EdgeError, match=r"^kit .*kit \(iree:llvm-cpu:aarch64-linux-gnu:"
+                     r"cortex-a78ae\) was compiled for target .* \(aarch64\); this host is "
+                     r"x86_64$"):
+    kit_lib._kit_plans(path, None)  # pylint: disable=protected-access
