@@ -767,3 +767,60 @@ def test_solution_of_the_same_model_in_another_config_names_the_field(tmp_path):
                      rf"in another config \(mlp_hidden: {TINY.mlp_hidden * 2} vs "
                      rf"{TINY.mlp_hidden}\)$"):
     B.build_variants(TINY, solution=other)
+
+
+def test_an_evit_keep_rate_near_one_never_adds_tokens():
+  # ceil(0.95 * 16) = 16 patches + the cls token + the fused token = 18 > the 17 entering: capped
+  assert B.keep_rate_schedule(TINY, 0.95, (0, 1), fused_token=True).counts == (17, 17, 17)
+  # 1 + ceil(0.05 * 16) + 1 = 3, then 1 + ceil(0.05 * 2) + 1 = 3
+  assert B.keep_rate_schedule(TINY, 0.05, (0, 1), fused_token=True).counts == (17, 3, 3)
+
+
+def test_tabulate_takes_every_latency_cell_from_its_own_measurement():
+  from vitprune.profile.protocol import Measurement    # (the type timing.measure_all returns)
+  variants = [B.Variant(B.UNPRUNED, None, S.full_schedule(TINY), "baseline"),
+              B.Variant("t", "topk", S.Schedule((17, 13, 9)), "user")]
+  spec = B.BenchmarkSpec(TINY, batch_sizes=(1, 4))
+  given = {(B.UNPRUNED, 1): (0.010, 0.008, 0.013, 5, 1.5, 0),
+           ("t", 1): (0.006, 0.005, 0.0095, 7, 2.5, 2),
+           (B.UNPRUNED, 4): (0.040, 0.039, 0.042, 6, 3.5, 1),
+           ("t", 4): (0.050, 0.047, 0.051, 8, 4.5, 3)}
+  latency = {(name, b, "float32"): Measurement(med, q25, q75, (med,) * n, compile_s, retries)
+             for (name, b), (med, q25, q75, n, compile_s, retries) in given.items()}
+  rows = B.tabulate(spec, variants, latency, None, {"device_kind": "cpu", "platform": "cpu"})
+  assert [(r["batch_size"], r["variant"]) for r in rows] == [
+      (1, B.UNPRUNED), (1, "t"), (4, B.UNPRUNED), (4, "t")]
+  for r in rows:
+    med, q25, q75, n, compile_s, retries = given[(r["variant"], r["batch_size"])]
+    base = given[(B.UNPRUNED, r["batch_size"])][0]
+    assert r["latency_median_ms"] == pytest.approx(1e3 * med)
+    assert (r["latency_q25_ms"], r["latency_q75_ms"]) == pytest.approx((1e3 * q25, 1e3 * q75))
+    assert r["latency_iqr_ms"] == pytest.approx(1e3 * (q75 - q25))
+    assert r["latency_rel_iqr"] == pytest.approx((q75 - q25) / med)
+    assert (r["num_samples"], r["compile_s"], r["retries"]) == (n, compile_s, retries)
+    assert r["change_pct"] == pytest.approx(100 * (med / base - 1))
+  assert [r["change_pct"] for r in rows] == pytest.approx([0, -40, 0, 25])
+  assert rows[1]["token_budget_pct"] == pytest.approx(100 * (17 + 13 + 13 + 9) / (4 * 17))
+  assert (rows[1]["final_tokens"], rows[1]["counts"]) == (9, "17,13,9")
+
+
+def test_the_earlier_versions_header_ending_at_kl_is_read_as_ours(tmp_path):
+  # The header the version before the accuracy change wrote, as written then (literally).
+  header = ("model,device_kind,platform,batch_size,dtype,variant,method,source,schedule,counts,"
+            "final_tokens,token_budget_pct,latency_median_ms,latency_q25_ms,latency_q75_ms,"
+            "latency_iqr_ms,latency_rel_iqr,num_samples,retries,compile_s,change_pct,"
+            "num_examples,accuracy,agreement,kl")
+  cells = ["m", "cpu", "cpu", "1", "float32", "unpruned", "none", "baseline", "embed",
+           '"17,17,17"', "17", "100", "1", "0.9", "1.1", "0.2", "0.2", "5", "0", "0.5", "0",
+           "64", "0.75", "1", "0"]
+  (tmp_path / "t.csv").write_text(header + "\n" + ",".join(cells) + "\n")
+  got = B.read_table_rows(str(tmp_path / "t.csv"))
+  assert got is not None and len(got) == 1
+  assert (got[0]["accuracy"], got[0]["kl"], got[0]["accuracy_change"]) == ("0.75", "0", "")
+  B.check_replaceable_outputs({k: str(tmp_path / f"t.{k}") for k in ("csv", "md", "png")})
+
+
+def test_a_boolean_batch_size_is_refused():
+  # True == 1 for Python: it timed batch 1 under the label 'True'
+  with pytest.raises(ValueError, match="positive ints, got True"):
+    B.BenchmarkSpec(TINY, batch_sizes=(True,))
