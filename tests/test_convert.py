@@ -1232,3 +1232,20 @@ def test_output_checks_come_before_reading_the_checkpoint(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="missing.npz"):  # past the output checks
     convert.convert_checkpoint(cfg, str(tmp_path / "missing.npz"), str(tmp_path / "empty"))
+
+
+def test_a_conversion_error_lists_up_to_eight_keys_whole_and_counts_the_rest():
+  eight = [f"blocks.{i}.norm1.weight" for i in range(8)]
+  lines = convert.ConversionError("m", missing=eight, unexpected=eight + ["x"]).args[0].split("\n")
+  assert lines[1] == f"  missing keys (8): {eight}"
+  assert lines[2] == f"  unexpected keys (9): {eight} and 1 more"
+
+
+def test_verify_calls_logits_within_one_millionth_of_each_other_tied():
+  cfg = get_config("test_tiny_vit")
+  params = init_params(cfg, 0)
+  params["head"]["kernel"] = jax.numpy.zeros_like(params["head"]["kernel"])  # logits = the bias
+  ramp = np.arange(cfg.num_classes) / max(cfg.num_classes - 1, 1)
+  for spread, tied in ((5e-7, True), (2e-6, False)):       # relative to logits near 1.0
+    params["head"]["bias"] = jax.numpy.asarray(1.0 + spread * ramp, np.float32)
+    assert convert.verify_forward(cfg, params)["classes_tied"] is tied, spread
