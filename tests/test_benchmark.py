@@ -824,3 +824,20 @@ def test_a_boolean_batch_size_is_refused():
   # True == 1 for Python: it timed batch 1 under the label 'True'
   with pytest.raises(ValueError, match="positive ints, got True"):
     B.BenchmarkSpec(TINY, batch_sizes=(True,))
+
+
+def test_the_plot_shows_accuracy_else_agreement_else_the_token_budget(monkeypatch):
+  figures = []
+  monkeypatch.setattr(B.figure, "png_bytes", lambda fig, **kw: figures.append(fig) or b"png")
+  row = dict.fromkeys(B.CSV_COLUMNS) | {
+      "model": "m", "device_kind": "cpu", "batch_size": 1, "dtype": "float32", "variant": "a",
+      "latency_median_ms": 2.0, "latency_q25_ms": 1.5, "latency_q75_ms": 2.5,
+      "token_budget_pct": 60.0, "accuracy": 0.8, "agreement": 0.9}
+  for drop, label, y in (((), "top-1 accuracy", 0.8),
+                         (("accuracy",), "top-1 agreement with unpruned", 0.9),
+                         (("accuracy", "agreement"), "token budget [% of unpruned] (no data)",
+                          60.0)):
+    assert B.plot_png([row | dict.fromkeys(drop)]) == b"png"
+    ax = figures[-1].axes[0]
+    assert ax.get_ylabel() == label
+    assert list(ax.lines[0].get_ydata()) == [y] and list(ax.lines[0].get_xdata()) == [2.0]
