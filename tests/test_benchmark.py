@@ -841,3 +841,25 @@ def test_the_plot_shows_accuracy_else_agreement_else_the_token_budget(monkeypatc
     ax = figures[-1].axes[0]
     assert ax.get_ylabel() == label
     assert list(ax.lines[0].get_ydata()) == [y] and list(ax.lines[0].get_xdata()) == [2.0]
+
+
+def test_each_batch_size_is_timed_on_images_of_that_batch_size(monkeypatch):
+  from vitprune.model import init_params  # pylint: disable=g-import-not-at-top
+  seen = {}
+
+  def compile_many(jobs, threads, on_done):
+    return {k: (f"compiled {k}", 0.0) for k in jobs}
+
+  def measure_all(points, tcfg, compile_s, on_done):
+    seen.update(points)
+    return {}
+
+  monkeypatch.setattr(B.timing, "compile_many", compile_many)
+  monkeypatch.setattr(B.timing, "measure_all", measure_all)
+  spec = B.BenchmarkSpec(TINY, batch_sizes=(1, 3))
+  variants = B.build_variants(TINY, variants="tome:r2")
+  B.measure_latency(spec, init_params(TINY, 0), variants, progress=False)
+  assert sorted(seen) == sorted((v.name, b, "float32") for v in variants for b in (1, 3))
+  for (name, b, _), (fn, (params, images)) in seen.items():
+    assert fn == f"compiled {(name, b, 'float32')}"
+    assert tuple(images.shape) == (b, TINY.img_size, TINY.img_size, TINY.in_chans)

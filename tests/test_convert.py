@@ -1249,3 +1249,22 @@ def test_verify_calls_logits_within_one_millionth_of_each_other_tied():
   for spread, tied in ((5e-7, True), (2e-6, False)):       # relative to logits near 1.0
     params["head"]["bias"] = jax.numpy.asarray(1.0 + spread * ramp, np.float32)
     assert convert.verify_forward(cfg, params)["classes_tied"] is tied, spread
+
+
+def test_the_size_of_a_checkpoint_without_a_cls_token_is_its_patch_embeddings_width():
+  sd = {"patch_embed.proj.weight": np.zeros((32, 3, 4, 4)), "blocks.0.norm1.weight": 0,
+        "blocks.3.norm1.weight": 0}
+  assert convert.state_dict_size(sd) == (4, 32)
+  assert convert.state_dict_size(dict(sd, cls_token=np.zeros((1, 1, 48)))) == (4, 48)
+
+
+def test_the_weights_meta_records_the_head_dropped_and_the_keys_ignored(tmp_path):
+  cfg, params, sd = tiny_sd()
+  src = tmp_path / "tiny.safetensors"
+  save_file(dict(sd, mask_token=np.zeros((1, cfg.embed_dim), np.float32)), str(src))
+  features_only = cfg.replace(num_classes=0)
+  _, meta = convert_file(features_only, str(src), drop_head=True, ignore_keys=("mask_token",))
+  assert (meta["drop_head"], meta["ignore_keys"], meta["num_classes"]) == (
+      True, ["mask_token"], 0)
+  head = params["head"]["kernel"].size + params["head"]["bias"].size
+  assert meta["num_params"] == sum(np.size(x) for x in jax.tree.leaves(params)) - head
