@@ -118,13 +118,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                               "is >= this, in [0, 1]; it and its neighbours are timed in the "
                               "loop.", lower_bound=0.0, upper_bound=1.0, flag_values=fv)
   flags.DEFINE_float("latency_budget", None, "Pipeline, --solver=multi: most accurate "
-                               "schedule whose latency (seconds) is <= this; the choice and its "
-                               "neighbours are measured and timed in the loop.",
-                     lower_bound=0.0, flag_values=fv)
+                               "schedule whose latency (seconds, > 0) is <= this; the choice "
+                               "and its neighbours are measured and timed in the loop.",
+                     flag_values=fv)
   flags.DEFINE_float("max_accuracy_drop", None, "Pipeline, --solver=multi: fastest schedule "
                      "whose measured accuracy is at most this far below the unpruned model's on "
                      "the same images (0.01: one point), instead of --accuracy_floor.",
-                     flag_values=fv)
+                     lower_bound=0.0, upper_bound=1.0, flag_values=fv)
   flags.DEFINE_bool("floor_confidence", False, "Pipeline, --solver=multi with "
                     "--accuracy_floor or --max_accuracy_drop: a schedule meets it only by its "
                     "whole 95% interval on the images (a drop's: the paired interval of its "
@@ -132,8 +132,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     flag_values=fv)
   flags.DEFINE_integer("calibration_schedules", pipeline.PipelineSpec.calibration_schedules,
                        "Pipeline, --solver=multi: multi-layer schedules compiled and timed with "
-                       "the uniform curve to fit the latency model of the compiled graph.",
-                       upper_bound=latency_model.MAX_CALIBRATION_SCHEDULES, flag_values=fv)
+                       "the uniform curve to fit the latency model of the compiled graph "
+                       f"({latency_model.MIN_CALIBRATION_SCHEDULES} to "
+                       f"{latency_model.MAX_CALIBRATION_SCHEDULES}).", flag_values=fv)
   flags.DEFINE_bool("measure_frontier", False, "Pipeline, --solver=multi: measure the accuracy "
                     "of every frontier schedule on the data (the solution then reports measured "
                     "accuracy for the whole frontier and the combined model's error).",
@@ -208,17 +209,19 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
   common.positive(f.num_images, "num_images", allow_none=True)
   common.check_data_word(f)
   multi_only = common.given_flags(f, ("accuracy_floor", "latency_budget", "max_accuracy_drop",
-                                      "calibration_schedules"))
-  multi_only += [f"--{n}" for n in ("measure_frontier", "refine_accuracy_rounds") if f[n].value]
+                                      "calibration_schedules", "measure_frontier",
+                                      "refine_accuracy_rounds"))
   if multi_only and f.solver != "multi":
     raise ValueError(f"{common.applies(multi_only)} to --solver=multi only")
-  if f.latency_budget == 0.0:
-    raise ValueError("--latency_budget must be a positive number of seconds, got 0")
+  given = common.given_flags(f, ("accuracy_floor", "latency_budget", "max_accuracy_drop"))
+  if len(given) > 1:
+    raise ValueError(f"give only one of {', '.join(given)} (each sets what the choice meets)")
+  if f.latency_budget is not None and f.latency_budget <= 0:
+    raise ValueError(f"--latency_budget must be a positive number of seconds, got "
+                     f"{f.latency_budget:g}")
   if f.max_accuracy_drop is not None:
-    given = common.given_flags(f, ("accuracy_floor", "latency_budget"))
-    if given:
-      raise ValueError(f"give --max_accuracy_drop or {' / '.join(given)}, not both")
     solve_stage.check_accuracy_drop(f.max_accuracy_drop, "--max_accuracy_drop")
+  latency_model.check_calibration_count(f.calibration_schedules, "--calibration_schedules")
   if f.floor_confidence and (f.solver != "multi" or (f.accuracy_floor is None and
                                                       f.max_accuracy_drop is None)):
     raise ValueError("--floor_confidence applies to --solver=multi with --accuracy_floor or "

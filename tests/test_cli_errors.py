@@ -186,7 +186,8 @@ CASES = [
     ("prune", ["--model="], 1, "--model is empty (leave it out for the default vit_digits)"),
     ("benchmark", ["--solution=", "--out_dir={out}"], 1, "--solution is empty"),  # ran without
     ("profile", ["--solver=multi", "--calibration_schedules=1000000000000",
-                 "--out_dir={out}"], 2, "is not integer <= 1000"),
+                 "--out_dir={out}"], 1, "--calibration_schedules must be <= 1000 (each is a "
+     "graph compiled and timed), got 1000000000000"),
     ("convert", ["--model=test_tiny_vit", "--checkpoint={full}", "--out={out}"], 1,
      "is a directory, not a checkpoint file; pass the file itself"),   # said "not found"
     ("train_digits", ["--lr=1e308", "--out={out}"], 1,      # trained 40 epochs of NaN losses
@@ -328,9 +329,10 @@ CASES = [
     ("profile", ["--max_accuracy_drop=0.01", "--out_dir={out}"], 1,
      "--max_accuracy_drop applies to --solver=multi only"),
     ("profile", ["--solver=multi", "--max_accuracy_drop=0.01", "--accuracy_floor=0.9",
-                 "--out_dir={out}"], 1, "give --max_accuracy_drop or --accuracy_floor, not both"),
-    ("profile", ["--solver=multi", "--max_accuracy_drop=2", "--out_dir={out}"], 1,
-     "--max_accuracy_drop must be in [0, 1) (the metric's unit: 0.01 is one point), got 2.0"),
+                 "--out_dir={out}"], 1, "give only one of --accuracy_floor, --max_accuracy_drop "
+     "(each sets what the choice meets)"),
+    ("profile", ["--solver=multi", "--max_accuracy_drop=1", "--out_dir={out}"], 1,
+     "--max_accuracy_drop must be in [0, 1) (the metric's unit: 0.01 is one point), got 1.0"),
     ("profile", ["--solver=multi", "--max_accuracy_drop=0.01", "--alpha=0.3",
                  "--out_dir={out}"], 1, "--alpha weighs the utility, which is used only without "
      "--accuracy_floor / --latency_budget / --max_accuracy_drop"),
@@ -457,8 +459,17 @@ CASES = [
      "flag --accuracy_floor=1.5: 1.5 is not a number in the range [0.0, 1.0]"),
     ("profile", ["--alpha=-0.5", "--out_dir={out}"], 2,
      "flag --alpha=-0.5: -0.5 is not a number in the range [0.0, 1.0]"),
-    ("profile", ["--solver=multi", "--latency_budget=0", "--out_dir={out}"], 1,
-     "--latency_budget must be a positive number of seconds, got 0"),
+    ("profile", ["--solver=multi", "--latency_budget=-0.5", "--out_dir={out}"], 1,
+     "--latency_budget must be a positive number of seconds, got -0.5"),
+    ("profile", ["--solver=multi", "--max_accuracy_drop=2", "--out_dir={out}"], 2,
+     "flag --max_accuracy_drop=2: 2.0 is not a number in the range [0.0, 1.0]"),
+    ("profile", ["--solver=multi", "--accuracy_floor=0.9", "--latency_budget=0.1",
+                 "--out_dir={out}"], 1, "give only one of --accuracy_floor, --latency_budget "
+     "(each sets what the choice meets)"),
+    ("profile", ["--solver=multi", "--calibration_schedules=3", "--out_dir={out}"], 1,
+     "--calibration_schedules must be >= 4 (one per reduction term of the latency model), got 3"),
+    ("profile", ["--refine_accuracy_rounds=0", "--nomeasure_frontier", "--out_dir={out}"], 1,
+     "--measure_frontier, --refine_accuracy_rounds apply to --solver=multi only"),
     ("profile", ["--layer=-1", "--out_dir={out}"], 2,
      "flag --layer=-1: -1 is not a non-negative integer"),
 ]

@@ -869,7 +869,8 @@ def test_pipeline_errors(tmp_path):
     cli.main(_flags(f"--out_dir={tmp_path}", "--refine_accuracy_rounds=2"))
   with pytest.raises(ERRORS, match="--loop_neighbours applies to --solver=multi with "):
     cli.main(_flags(f"--out_dir={tmp_path}", "--solver=multi", "--loop_neighbours=1"))
-  with pytest.raises(ERRORS, match="not both"):
+  with pytest.raises(ERRORS, match=r"^give only one of --accuracy_floor, --latency_budget "
+                                   r"\(each sets what the choice meets\)$"):
     cli.main(_flags(f"--out_dir={tmp_path}", "--solver=multi", "--accuracy_floor=0.9",
            "--latency_budget=0.001"))
   for flag in ("--reducer=tome", "--adaptive", "--coarse_stride=4", "--schedule=keep@3:33",
@@ -892,7 +893,7 @@ def test_pipeline_checks_flags_and_out_dir_before_any_stage(tmp_path):
                       (["--solver=multi", "--latency_budget=0"],
                        "^--latency_budget must be a positive number of seconds, got 0$"),
                       (["--solver=multi", "--calibration_schedules=3"],
-                       r"calibration_schedules must be >= 4 \(one per reduction term of the "
+                       r"^--calibration_schedules must be >= 4 \(one per reduction term of the "
                        r"latency model\), got 3"),
                       (["--eval_batch_size=1000000000"], "--eval_batch_size=1000000000 cannot fit"),
                       (["--solver=multi", "--method=tome", "--tokens=65,17,9"],
