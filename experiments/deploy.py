@@ -18,8 +18,8 @@ from absl import flags
 
 from experiments import common
 from vitprune import checkpoint, deploy, jsonio, memory
-from vitprune.config import (COMPUTE_DTYPES, PRECISIONS, differences_text, method_label,
-                             options_text, same_method)
+from vitprune.config import (COMPUTE_DTYPES, PRECISIONS, config_to_dict, configs_shown,
+                             method_label, options_text, same_method)
 from vitprune.digest import params_sha256
 from vitprune.edge.targets import check_compute_dtype, host_cpu, parse_target, parse_targets
 from vitprune.profile import latency_model as latency_model_lib
@@ -225,10 +225,11 @@ def main(f: flags.FlagValues) -> str:
       raise ValueError("give either --schedule or --solution, not both")
     sol = read_solution(f.solution)
     if sol.config != cfg:
-      raise ValueError(f"solver output {f.solution} is for model {sol.model!r}, the weights "
-                       f"{f.weights} are {cfg.name!r}"
-                       + (f" (same name, another config: {differences_text(sol.config, cfg)})"
-                          if sol.model == cfg.name else ""))
+      theirs, ours = ((repr(sol.model), repr(cfg.name)) if sol.model != cfg.name else
+                      configs_shown(sol.model, config_to_dict(sol.config), cfg.name,
+                                    config_to_dict(cfg)))
+      raise ValueError(f"solver output {f.solution} is for model {theirs}, the weights "
+                       f"{f.weights} are {ours}")
     if f["method"].present and not same_method(f.method, sol.method):
       raise ValueError(f"--method={f.method} conflicts with the solver output's method "
                        f"{sol.method!r}")

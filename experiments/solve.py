@@ -46,7 +46,7 @@ from vitprune import memory
 from vitprune import pipeline
 from vitprune import solve_loop
 from vitprune import solve_stage
-from vitprune.config import (config_differences, config_field, config_to_dict, method_label,
+from vitprune.config import (config_differences, config_to_dict, configs_shown, method_label,
                              record_method_kwargs)
 from vitprune.data import shown_names
 from vitprune.digest import params_sha256
@@ -76,7 +76,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                             "per-layer schedules by dynamic programming.", flag_values=fv)
   flags.DEFINE_float("alpha", 0.5, "Utility weight of latency, in [0, 1].", lower_bound=0.0,
                      upper_bound=1.0, flag_values=fv)
-  flags.DEFINE_integer("layer", 3, "Paper mode: the reducing block.", flag_values=fv)
+  flags.DEFINE_integer("layer", 3, "Paper mode: the reducing block.", lower_bound=0,
+                       flag_values=fv)
   flags.DEFINE_float("accuracy_floor", None,
                      "Multi mode: fastest schedule with predicted accuracy >= this, in [0, 1] "
                      "(with --weights: accuracy measured on --data, latency timed in the loop).",
@@ -332,11 +333,11 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
   # Another model's weights are named by their models; the same parameters saved under another
   # name are the model it measured (passed), in another configuration named by its field.
   ours, theirs = config_to_dict(cfg), config_to_dict(estimate.config)
-  field = ("name" if cfg.name != estimate.config.name and not same_params else next(
-      (k for k in config_differences(ours, theirs) if k != "name"), None))
-  if field is not None:       # (the digest alone said "differs": which model each is)
-    said = [c.name if field == "name" else f"{c.name} ({field} {config_field(d, field)!r})"
-            for c, d in ((cfg, ours), (estimate.config, theirs))]
+  fields = (None if cfg.name != estimate.config.name and not same_params else
+            [k for k in config_differences(ours, theirs) if k != "name"])
+  if fields != []:            # (the digest alone said "differs": which model each is)
+    said = ((cfg.name, estimate.config.name) if fields is None else
+            configs_shown(cfg.name, ours, estimate.config.name, theirs, fields))
     raise ValueError(f"--weights={f.weights} hold {said[0]}, estimate {estimate.source} "
                      f"measured {said[1]}: "
                      + ("the same parameters in another configuration" if same_params else

@@ -760,12 +760,13 @@ def test_a_bfloat16_rows_quality_is_its_whole_graphs(monkeypatch):
 
 
 def test_solution_of_the_same_model_in_another_config_names_the_field(tmp_path):
-  # ("is a solution for model 'test_tiny_vit', not for 'test_tiny_vit' (or its config differs)")
+  # ("is a solution for model 'test_tiny_vit', not for 'test_tiny_vit' (or its config
+  # differs)")
   wider = dataclasses.replace(TINY, mlp_hidden=TINY.mlp_hidden * 2)
   other = _solution(tmp_path / "w.json", wider, [17, 11, 11])
-  with pytest.raises(ValueError, match=r"^--solution .*w\.json is a solution for 'test_tiny_vit' "
-                     rf"in another config \(mlp_hidden: {TINY.mlp_hidden * 2} vs "
-                     rf"{TINY.mlp_hidden}\)$"):
+  with pytest.raises(ValueError, match=r"^--solution .*w\.json is a solution for test_tiny_vit "
+                     rf"\(mlp_hidden {TINY.mlp_hidden * 2}\), not for test_tiny_vit "
+                     rf"\(mlp_hidden {TINY.mlp_hidden}\)$"):
     B.build_variants(TINY, solution=other)
 
 

@@ -793,6 +793,8 @@ def test_a_non_ascii_path_is_refused_where_python_reads_file_names_as_ascii(tmp_
   escapes that tensorstore would take otherwise; the path is refused naming the remedy."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
+  if sys.platform != "linux" or not str(tmp_path).isascii():    # (macOS: always UTF-8)
+    pytest.skip("file names read as ascii under a C locale: Linux, an ASCII temporary folder")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHONUTF8"))}
   env.update(LC_ALL="C", PYTHONCOERCECLOCALE="0", PYTHONUTF8="0")

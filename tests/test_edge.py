@@ -1124,7 +1124,6 @@ def test_deploy_cli_rejects_a_bad_target_before_any_work(tmp_path):
   assert not os.path.exists(tmp_path / "a")
 
 
-
 def test_edge_profile_files_are_published_together_and_merge_only_with_their_setup(tmp_path):
   """The board's profile JSON and CSV: a failure while publishing leaves the old pair (a kill
   left a new JSON beside an old CSV), and an existing profile of another platform (a jax one)
@@ -2130,7 +2129,6 @@ def test_a_stopped_build_stops_its_running_compiler_processes(tmp_path, monkeypa
   assert len(children) == 1
 
 
-
 def test_arch_aliases_of_a_triple_and_of_this_host_name_one_architecture(monkeypatch):
   """A module for 'amd64-...' runs on an x86_64 board and one for 'aarch64-...' on a host that
   calls itself 'arm64' (macOS): the spellings were compared as they stand, refusing both."""
@@ -2205,7 +2203,6 @@ def test_a_runtime_without_the_targets_driver_is_named_as_such(monkeypatch):
   with pytest.raises(EdgeError, match=r"^m targets iree:cuda:sm_87, but this IREE runtime has "
                      r"no 'cuda' driver$"):
     targets_lib.check_runnable({"target": "iree:cuda:sm_87", "driver": "cuda"}, "m")
-
 
 
 def _packed_weights_entry(tmp_path):

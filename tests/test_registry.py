@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from vitprune.config import (Preprocessing, ViTConfig, check_config, check_path,
-                             config_from_dict, config_to_dict)
+                             config_differences, config_field, config_from_dict, config_to_dict,
+                             configs_shown)
 from vitprune.model import param_shapes
 from vitprune.registry import REGISTRY, get_config, list_models
 
@@ -260,9 +261,7 @@ def test_config_to_dict_writes_lists_and_config_from_dict_reads_it_back():
     config_from_dict(bad)
 
 
-def test_config_differences_names_nested_fields_by_path_and_config_field_reads_them():
-  from vitprune.config import (  # pylint: disable=g-import-not-at-top
-      config_differences, config_field)
+def test_config_differences_names_nested_fields_by_path_and_configs_shown_their_values():
   d = config_to_dict(get_config("vit_digits"))
   assert config_differences(d, d) == []
   other = dict(d, depth=d["depth"] + 1, name="x",
@@ -277,3 +276,9 @@ def test_config_differences_names_nested_fields_by_path_and_config_field_reads_t
   assert config_field({"depth": 2}, "depth.x") is None
   # a nested dict against a non-dict is one difference, named by its own key
   assert config_differences({"p": {"a": 1}}, {"p": None}) == ["p"]
+  assert configs_shown("a", d, "b", other) == (
+      f"a (depth {d['depth']}, name 'vit_digits', preprocessing.crop_pct "
+      f"{d['preprocessing']['crop_pct']!r})", f"b (depth {d['depth'] + 1}, name 'x', "
+      "preprocessing.crop_pct 0.5)")
+  assert configs_shown("a", d, "b", other, ["depth"]) == (f"a (depth {d['depth']})",
+                                                         f"b (depth {d['depth'] + 1})")

@@ -1259,11 +1259,14 @@ def test_model_mismatch_names_both(tmp_path):
     _paper(ps, es)
   wider = dataclasses.replace(CFG, embed_dim=32)
   es2 = _estimate(tmp_path, [None], [5, 6], _acc, cfg=wider, name="e2.json")
-  with pytest.raises(solve.SolveInputError, match=r"configs differ \(embed_dim: 16 vs 32\)"):
+  with pytest.raises(solve.SolveInputError, match=r"^profile .*p\.json is for solve_test_vit "
+                     r"\(embed_dim 16\) but estimate .*e2\.json is for solve_test_vit "
+                     r"\(embed_dim 32\): their configs differ$"):
     _paper(ps, es2)
   out = tmp_path / "new" / "out"       # refused by the CLI: nothing created on the way
   r = _cli_here(f"--profile={ps}", f"--estimate={es2}", f"--out_dir={out}", "--layer=0")
-  assert r.returncode == 1 and "configs differ (embed_dim: 16 vs 32)" in r.stderr, r.stderr
+  assert r.returncode == 1 and "solve_test_vit (embed_dim 32): their configs differ" in r.stderr, \
+      r.stderr
   assert not (tmp_path / "new").exists()
 
 
@@ -3397,6 +3400,8 @@ def test_config_mismatch_in_the_preprocessing_names_the_nested_field(tmp_path):
   cropped = dataclasses.replace(CFG, preprocessing=dataclasses.replace(CFG.preprocessing,
                                                                        crop_pct=0.5))
   es = _estimate(tmp_path, [None], [5, 6], _acc, cfg=cropped)
-  want = f"configs differ (preprocessing.crop_pct: {CFG.preprocessing.crop_pct!r} vs 0.5)"
-  with pytest.raises(solve.SolveInputError, match=re.escape(want) + "$"):
+  want = (f"is for solve_test_vit (preprocessing.crop_pct {CFG.preprocessing.crop_pct!r}) but "
+          "estimate ")
+  with pytest.raises(solve.SolveInputError, match=re.escape(want) + r".*e\.json is for "
+                     r"solve_test_vit \(preprocessing.crop_pct 0.5\): their configs differ$"):
     _paper(ps, es)

@@ -63,7 +63,8 @@ from vitprune import figure
 from vitprune import intervals
 from vitprune import jsonio
 from vitprune import schedule as S
-from vitprune.config import COMPUTE_DTYPES, ViTConfig, differences_text, method_label
+from vitprune.config import (COMPUTE_DTYPES, ViTConfig, config_to_dict, configs_shown,
+                             method_label)
 from vitprune.profile import protocol, runner, timing
 from vitprune.records.solution import read_solution
 from vitprune.reduce.methods import list_methods, make_reducer, reducer_fields
@@ -269,9 +270,12 @@ def solution_variants(cfg: ViTConfig, path: str, *, multi: bool,
   flag = "--multi_solution" if multi else "--solution"
   sol = read_solution(path)
   if sol.config != cfg:
-    raise ValueError(f"{flag} {path} is a solution for model {sol.model!r}, not for {cfg.name!r}"
-                     if sol.model != cfg.name else f"{flag} {path} is a solution for "
-                     f"{cfg.name!r} in another config ({differences_text(sol.config, cfg)})")
+    if sol.model != cfg.name:
+      raise ValueError(f"{flag} {path} is a solution for model {sol.model!r}, not for "
+                       f"{cfg.name!r}")
+    theirs, ours = configs_shown(sol.model, config_to_dict(sol.config), cfg.name,
+                                 config_to_dict(cfg))
+    raise ValueError(f"{flag} {path} is a solution for {theirs}, not for {ours}")
   if multi and sol.mode != "multi":
     raise ValueError(f"{flag} {path} is a {sol.mode!r}-mode solution; pass it as --solution")
   chose_unpruned = not S.reduces_tokens(cfg, S.Schedule(sol.chosen.counts))

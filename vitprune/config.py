@@ -345,12 +345,14 @@ def config_field(d: Dict[str, Any], path: str) -> Any:
   return d
 
 
-def differences_text(a: Any, b: Any) -> str:
-  """'depth: 6 vs 7, preprocessing.crop_pct: 0.875 vs 0.5': the fields in which two configs
-  (`ViTConfig`s or their JSON form) differ, each with both values."""
-  a, b = (config_to_dict(c) if isinstance(c, ViTConfig) else c for c in (a, b))
-  return ", ".join(f"{k}: {config_field(a, k)!r} vs {config_field(b, k)!r}"
-                   for k in config_differences(a, b))
+def configs_shown(name_a: str, a: Dict[str, Any], name_b: str, b: Dict[str, Any],
+                  keys: Optional[List[str]] = None) -> Tuple[str, str]:
+  """Two configs in JSON form as their model names with the fields that differ, each with its
+  own value: ('vit_digits (depth 6)', 'vit_digits (depth 7)') (the names alone read 'vit_digits'
+  vs 'vit_digits'); `keys`: those fields (default: `config_differences`)."""
+  keys = config_differences(a, b) if keys is None else keys
+  shown = lambda name, c: f"{name} ({', '.join(f'{k} {config_field(c, k)!r}' for k in keys)})"
+  return shown(name_a, a), shown(name_b, b)
 
 
 def config_from_dict(d: Dict[str, Any]) -> ViTConfig:

@@ -35,7 +35,7 @@ import numpy as np
 from vitprune import digits as digits_lib
 from vitprune import schedule as schedule_lib
 from vitprune import solve
-from vitprune.config import (ViTConfig, config_to_dict, differences_text, options_text,
+from vitprune.config import (ViTConfig, config_to_dict, configs_shown, options_text,
                              same_method)
 from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import predict as predict_lib
@@ -65,9 +65,9 @@ def check_same_model(profile: records.Profile, estimate: Estimate) -> ViTConfig:
   a = profile.config
   b = config_to_dict(estimate.config)
   if a != b:
-    raise SolveInputError(f"profile {profile.source} and estimate {estimate.source} are both "
-                          f"for {profile.model!r} but their configs differ "
-                          f"({differences_text(a, b)})")
+    ours, theirs = configs_shown(profile.model, a, estimate.model, b)
+    raise SolveInputError(f"profile {profile.source} is for {ours} but estimate "
+                          f"{estimate.source} is for {theirs}: their configs differ")
   if estimate.dtype and estimate.dtype != profile.dtype:
     raise SolveInputError(f"profile {profile.source} timed {profile.dtype} graphs but estimate "
                           f"{estimate.source} evaluated {estimate.dtype} ones: estimate (or "

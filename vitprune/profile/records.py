@@ -80,7 +80,7 @@ from vitprune import atomic
 from vitprune import console
 from vitprune import jsonio
 from vitprune.config import (COMPUTE_DTYPES, METHOD_NAMES, ViTConfig, check_config,
-                             config_differences, config_field, config_from_dict, is_method_name)
+                             config_from_dict, configs_shown, is_method_name)
 from vitprune.profile import steps as steps_lib
 from vitprune.schedule import Schedule
 
@@ -739,18 +739,12 @@ def setup_mismatch(a: Any, b: Any) -> Optional[Tuple[str, Any, Any]]:
   for field, what in SETUP_FIELDS:
     va, vb = getattr(a, field), getattr(b, field)
     if va != vb:
-      return (what, *_configs_shown(a.model, va, b.model, vb)) if field == "config" else (
-          what, va, vb)
+      if field != "config":
+        return what, va, vb
+      if not (isinstance(va, dict) and isinstance(vb, dict)):
+        return what, a.model, b.model
+      return (what, *configs_shown(a.model, va, b.model, vb))
   return None
-
-
-def _configs_shown(name_a: str, a: Any, name_b: str, b: Any) -> Tuple[str, str]:
-  """Two configs that differ as their model names with the fields that differ."""
-  if not (isinstance(a, dict) and isinstance(b, dict)):
-    return name_a, name_b
-  keys = config_differences(a, b)
-  shown = lambda name, c: f"{name} ({', '.join(f'{k} {config_field(c, k)!r}' for k in keys)})"
-  return shown(name_a, a), shown(name_b, b)
 
 
 def _timing_difference(a: Dict[str, Any], b: Dict[str, Any]) -> Optional[str]:
