@@ -331,11 +331,11 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
   cfg, params, source = common.load_model(None, f.weights)
   same_params = params_sha256(params) == estimate.weights_sha256
   # Another model's weights are named by their models; the same parameters saved under another
-  # name are the model it measured (passed), in another configuration named by its field.
+  # name are the model it measured (passed), in another configuration named by its fields.
   ours, theirs = config_to_dict(cfg), config_to_dict(estimate.config)
   fields = (None if cfg.name != estimate.config.name and not same_params else
             [k for k in config_differences(ours, theirs) if k != "name"])
-  if fields != []:            # (the digest alone said "differs": which model each is)
+  if fields is None or fields:   # (the digest alone said "differs": which model each is)
     said = ((cfg.name, estimate.config.name) if fields is None else
             configs_shown(cfg.name, ours, estimate.config.name, theirs, fields))
     raise ValueError(f"--weights={f.weights} hold {said[0]}, estimate {estimate.source} "
