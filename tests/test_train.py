@@ -1,4 +1,5 @@
 """Tests of vitprune/train.py and of the shipped weights/vit_digits checkpoint."""
+import dataclasses
 import json
 import os
 
@@ -208,3 +209,70 @@ def test_a_diverging_run_stops_with_an_error(one_batch):
     assert logs == []
   with pytest.raises(FloatingPointError, match="the model gives non-finite logits"):
     td.accuracy(jax.tree.map(lambda a: a * np.nan, model.init_params(TINY, 0)), TINY, *one_batch)
+
+
+def test_a_train_step_shifts_by_the_configs_max_shift_filling_the_background(monkeypatch):
+  """The step augments with `tc.max_shift` and fills with what a black pixel normalises to:
+  -mean / std per channel (a zero fill is mid-grey after normalisation)."""
+  seen = []
+
+  def shift(key, images, max_shift, fill):
+    seen.append((max_shift, np.asarray(fill)))
+    return images
+  monkeypatch.setattr(td, "random_shift", shift)
+  tc = td.TrainConfig(epochs=1, batch_size=2, warmup_epochs=0, max_shift=3)
+  opt = td.make_optimizer(tc, 1)
+  x = jnp.zeros((2, TINY.img_size, TINY.img_size, TINY.in_chans))
+  td.make_train_step(TINY, tc, opt)(td.init_state(TINY, tc, opt), x, jnp.zeros(2, jnp.int32),
+                                    jax.random.key(0))
+  prep = TINY.preprocessing
+  want = [-m / s for m, s in zip(prep.mean, prep.std)]
+  assert len(seen) == 1 and seen[0][0] == 3
+  np.testing.assert_allclose(seen[0][1], want, rtol=1e-6)
+
+
+def test_the_optimizer_clips_gradients_to_the_configs_norm():
+  """A first AdamW step (no warm-up, no decay) moves each weight by lr * g / (|g| + 1e-8) of
+  the gradient clipped to global norm `clip_norm`: with a clip far below Adam's epsilon the
+  step shrinks in proportion, so a clip ignoring the config's norm shows."""
+  grads = {"head": {"bias": jnp.asarray([3.0, -4.0])}}          # global norm 5
+  params = {"head": {"bias": jnp.zeros(2)}}
+  for clip in (1e-10, 2.0):
+    tc = td.TrainConfig(epochs=1, warmup_epochs=0, lr=1e-2, weight_decay=0.0, clip_norm=clip)
+    opt = td.make_optimizer(tc, steps_per_epoch=1)
+    updates, _ = opt.update(grads, opt.init(params), params)
+    g = np.asarray([3.0, -4.0]) * clip / 5.0
+    want = -1e-2 * g / (np.abs(g) + 1e-8)
+    np.testing.assert_allclose(np.asarray(updates["head"]["bias"]), want, rtol=1e-4)
+
+
+def test_the_test_accuracy_of_an_epoch_is_measured_on_the_held_out_images(one_batch):
+  """`test_accuracy` in the history is the model's accuracy on `test_data` after the epoch,
+  not on the training batch (here the training batch relabelled: the two differ)."""
+  x, y = one_batch
+  test_data = (x, (y + 1) % 10)
+  tc = td.TrainConfig(epochs=10, batch_size=16, lr=1e-2, warmup_epochs=1, max_shift=0,
+                      label_smoothing=0.0, seed=3)       # fits the batch (well above chance)
+  params, hist = td.train(TINY, tc, one_batch, test_data, log=lambda s: None)
+  want = td.accuracy(params, TINY, *test_data)
+  assert want != td.accuracy(params, TINY, x, y)     # (else the check below checks nothing)
+  assert hist[-1]["test_accuracy"] == want
+
+
+def test_the_default_train_config_is_the_one_the_shipped_weights_were_trained_with():
+  """weights/vit_digits was trained by `train_digits` with no hyper-parameter flag: its flag
+  defaults (TrainConfig's) must be what its meta records, so the command reproduces it."""
+  with open(os.path.join(WEIGHTS, "metrics.json")) as f:
+    metrics = json.load(f)
+  _, meta = checkpoint.read_weights_config(WEIGHTS)
+  assert metrics["command"] == "python -m experiments.train_digits --out=weights/vit_digits "\
+      "--overwrite"
+  assert dataclasses.asdict(td.TrainConfig()) == meta["train_config"] == metrics["train_config"]
+  per_epoch = meta["split"]["num_train"] // 64                       # 1438 // 64 = 22
+  assert [h["steps"] for h in metrics["history"]] == [per_epoch * e for e in range(1, 41)]
+
+
+def test_a_warm_up_one_epoch_longer_than_training_is_refused():
+  assert td.TrainConfig(epochs=4, warmup_epochs=4).warmup_epochs == 4
+  with pytest.raises(ValueError, match=r"^warmup_epochs must be in \[0, epochs=4\], got 5$"):
+    td.TrainConfig(epochs=4, warmup_epochs=5)
