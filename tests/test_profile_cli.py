@@ -1,6 +1,7 @@
 """experiments.profile end to end on the tiny config (in-process, its flags parsed into a fresh
 FlagValues by `common.parse`), and its errors."""
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -1285,3 +1286,50 @@ def test_floor_confidence_chooses_on_the_paired_interval(tmp_path, capsys):
                    r"[+-]\d\.\d{4}\.\.[+-]\d\.\d{4}\), meeting a change against the unpruned "
                    r"graph >= -0\.1 by its whole paired 95% interval", out)
   assert sol.chosen.counts != sol.full.counts      # (a pruned schedule clears it on these images)
+
+
+def test_every_graph_is_timed_at_its_own_batch_token_count_and_dtype(tmp_path, monkeypatch):
+  """Each key's job gets inputs of the profiled batch size, its token count and dtype, and a
+  model key's graph keeps exactly n tokens from the embedding on (a point recorded as batch 2,
+  n tokens, bfloat16 must be a measurement of that shape)."""
+  real, seen = runner._jobs, {}     # pylint: disable=protected-access
+
+  def jobs(keys, **kw):
+    out = real(keys, **kw)
+    seen.update(out)
+    return out
+
+  monkeypatch.setattr(runner, "_jobs", jobs)
+  _run(tmp_path, "--mode=block", "--tokens=17,9", "--batch_size=2", "--dtype=bfloat16")
+  assert {k[0] for k in seen} == {"block", "head", "embed", "dispatch", "model"}
+  for (comp, n, _), (fn, args) in seen.items():
+    if comp in ("model", "embed"):
+      assert args[1].shape == (2, CFG.img_size, CFG.img_size, CFG.in_chans)
+      assert str(args[1].dtype) == "float32"        # images go in as float32 and are cast
+    if comp == "model":
+      assert fn.keywords["schedule"].counts == (n,) * (CFG.depth + 1)
+      assert fn.keywords["dtype"] == "bfloat16"
+    elif comp in ("block", "head"):
+      assert args[1].shape == (2, n, CFG.embed_dim) and str(args[1].dtype) == "bfloat16"
+    elif comp == "dispatch":
+      assert args[0].shape == (2, 1, 1) and str(args[0].dtype) == "bfloat16"
+
+
+def test_resume_without_an_out_dir_is_refused_before_measuring(monkeypatch):
+  monkeypatch.setattr(runner, "profile_batch", lambda *a, **k: pytest.fail("measured"))
+  spec = runner.ProfileSpec(cfg=CFG, mode="model", tokens=(17, 9))
+  with pytest.raises(ValueError, match="^resume continues the profiles in out_dir: give out_dir$"):
+    runner.run_profile(spec, resume=True, progress=False, log=lambda _: None)
+
+
+def test_the_coarse_stride_and_max_points_bounds_are_exact():
+  """16 counts (17..2) have 15 steps: a stride of 15 times the two ends alone and is refused,
+  14 is not; --max_points may equal the coarse grid's count (stride 5: 17, 12, 7, 2)."""
+  spec = functools.partial(runner.ProfileSpec, cfg=CFG, mode="model", adaptive=True)
+  assert spec(coarse_stride=14).coarse_stride == 14
+  with pytest.raises(ValueError, match="^--coarse_stride=15 is not below the 16-count grid's 15"):
+    spec(coarse_stride=15)
+  assert runner.coarse_grid(range(17, 1, -1), 5) == (17, 12, 7, 2)
+  assert spec(coarse_stride=5, max_points=4).max_points == 4
+  with pytest.raises(ValueError, match=r"^--max_points=3 is below the 4 counts of the coarse"):
+    spec(coarse_stride=5, max_points=3)
