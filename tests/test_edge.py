@@ -1,8 +1,10 @@
 """Edge deployment: IREE targets vs JAX, cross-compilation, the jax-free runner and kits.
 
 Every compile uses the tiny test config (a few seconds each, two at a time)."""
+import dataclasses
 import functools
 import glob
+import hashlib
 import json
 import os
 import pathlib
@@ -2334,3 +2336,141 @@ def test_a_kit_for_another_architecture_is_refused_before_loading(tmp_path, monk
                      r"cortex-a78ae\) was compiled for target .* \(aarch64\); this host is "
                      r"x86_64$"):
     kit_lib._kit_plans(path, None)  # pylint: disable=protected-access
+
+
+def test_lower_refuses_a_batch_below_1_and_an_unknown_weights_mode(params):
+  """Both are refused before anything is exported, naming the value given."""
+  for bad in (0, -1, 1.5, True, None):
+    with pytest.raises(iree_build.IreeBuildError,
+                       match=re.escape(f"IREE targets need a fixed batch size >= 1, got {bad!r}")):
+      iree_build.lower(CFG, params, batch_size=bad)
+  with pytest.raises(iree_build.IreeBuildError,
+                     match=r"^weights must be 'args' or 'baked', got 'const'$"):
+    iree_build.lower(CFG, params, weights="const")
+
+
+def test_rename_main_needs_exactly_one_public_main():
+  head = "func.func public @main(%arg0: tensor<1xf32>) -> tensor<1xf32> {"
+  one = f"module @m {{\n  {head}\n  }}\n  func.func private @helper() {{\n  }}\n}}"
+  renamed = iree_build.rename_main(one, "vitprune_abc")
+  assert renamed == one.replace("@main(", "@vitprune_abc(") and "@main(" not in renamed
+  for text, found in ((one.replace(head, ""), 0), (one + "\n" + head, 2)):
+    with pytest.raises(iree_build.IreeBuildError,
+                       match=re.escape(f"expected one 'func.func public @main(' in the "
+                                       f"exported module, found {found}")):
+      iree_build.rename_main(text, "vitprune_abc")
+
+
+def test_only_cpu_records_name_a_compile_profile(artifact):
+  """A GPU module has no CPU compile profile: its record says None, a CPU module's record the
+  profile its runtime plan chose (a board checks the flags against it)."""
+  recs = {r["target"]: r for r in edge_rt.read_records(artifact)}
+  for target in ("iree:cuda:sm_87", "iree:vulkan"):
+    assert recs[target]["compiler"]["profile"] is None
+    assert recs[target]["runtime"]["profile"] is None
+  for target in ("iree:host", "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae"):
+    rec = recs[target]
+    assert rec["compiler"]["profile"] == rec["runtime"]["profile"] in targets_lib.CPU_PROFILES
+
+
+def test_compile_many_refuses_fewer_than_one_thread():
+  host = parse_target("iree:host")
+  for bad in (0, -1):
+    with pytest.raises(iree_build.IreeBuildError, match=rf"^threads must be >= 1, got {bad}$"):
+      iree_build.compile_many({"a": ("module {}", host)}, threads=bad)
+
+
+def test_a_kit_for_a_target_that_is_not_iree_is_refused_before_any_work(tmp_path, params):
+  with pytest.raises(iree_build.IreeBuildError, match=r"^a kit needs an IREE target, got 'jax'$"):
+    iree_build.build_kit(str(tmp_path / "kit"), CFG, params, target="jax", grid=(9,))
+  assert os.listdir(tmp_path) == []
+
+
+def _fake_compile(fallback):
+  """A `compile_module` that compiles nothing: its module is the function's name."""
+  def compile_module(mlir, target, *, profile="throughput", cache_dir=None):
+    (name,) = re.findall(r"func\.func public @(\w+)\(", mlir)
+    return name.encode(), {"iree_version": "0", "input_type": "stablehlo",
+                           "target_backends": [target.backend], "flags": ["--f"],
+                           "profile": profile, "fallback": fallback, "cache_key": "k",
+                           "compile_s": 0.5, "cached": True}
+  return compile_module
+
+
+def test_a_kit_point_records_its_modules_compile_fallback_and_digest(tmp_path, params,
+                                                                    monkeypatch):
+  """Each point records what its compile gave up (`fallback`), flags, cached and the sha256
+  of the module file written for it."""
+  monkeypatch.setattr(iree_build, "compile_module", _fake_compile("no data tiling after: x"))
+  kit_dir = iree_build.build_kit(str(tmp_path / "kit"), CFG, params, target="iree:host",
+                                 grid=(9,), reducer=make_reducer("random"), threads=1)
+  with open(os.path.join(kit_dir, "kit.json")) as f:
+    (point,) = json.load(f)["points"]
+  assert (point["fallback"], point["flags"], point["cached"], point["compile_s"]) == (
+      "no data tiling after: x", ["--f"], True, 0.5)
+  with open(os.path.join(kit_dir, *point["module"]["file"].split("/")), "rb") as f:
+    blob = f.read()
+  assert blob == point["function"].encode()
+  assert point["module"]["sha256"] == hashlib.sha256(blob).hexdigest()
+
+
+def test_write_targets_records_what_the_module_was_built_from(tmp_path, params, monkeypatch):
+  """The record keeps the compute precision, the reducer's entry, the weights' source digest
+  and training data, and the class names it was given; a reducer without its entry is refused
+  before any lowering."""
+  monkeypatch.setattr(iree_build, "compile_module", _fake_compile(None))
+  sched, red = parse_schedule(CFG, "keep@1:9"), make_reducer("pomt")
+  with pytest.raises(ValueError, match=r"^write_targets needs reducer_entry"):
+    iree_build.write_targets(str(tmp_path), CFG, params, ["iree:host"], schedule=sched,
+                             reducer=red)
+  assert os.listdir(tmp_path) == []
+  entry, training = {"name": "pomt", "options": {}}, {"dataset": "digits", "split": "train"}
+  names = [f"c{i}" for i in range(10)]
+  assert iree_build.write_targets(
+      str(tmp_path), CFG, params, ["iree:host"], schedule=sched, reducer=red,
+      precision="default", reducer_entry=entry, source_sha256="ab" * 32, training=training,
+      class_names=names, cores=1) == ["jax", "iree:host"]
+  with open(tmp_path / "iree" / f"{parse_target('iree:host').slug}.json") as f:
+    record = json.load(f)
+  assert record["compute"] == {"dtype": "float32", "precision": "default"}
+  assert record["reducer"] == entry and record["class_names"] == names
+  assert record["weights"]["source_sha256"] == "ab" * 32
+  assert record["weights"]["training"] == training
+  assert record["weights"]["mode"] == "args"
+
+
+def test_strip_locations_drops_location_lines_and_suffixes_only():
+  """The compile cache keys a module by its text without source locations, which name the
+  Python call site: the same graph exported from two call sites is one cache entry."""
+  lines = ["module @jit_f {",
+           "  func.func public @main(%arg0: tensor<2xf32>) -> tensor<2xf32> {",
+           "    %0 = stablehlo.add %arg0, %arg0 : tensor<2xf32>",
+           "    return %0 : tensor<2xf32>", "  }", "}"]
+  for line in (3, 7):
+    located = [lines[0], lines[1] + f" loc(#loc{line})", lines[2] + " loc(#loc2)", lines[3],
+               lines[4] + " loc(#loc)", lines[5], "#loc = loc(unknown)",
+               f'#loc2 = loc("a.py":{line}:1)', f'#loc{line} = loc("a.py":{line}:5)']
+    assert iree_build.strip_locations("\n".join(located)) == "\n".join(lines)
+
+
+def test_a_kit_points_args_index_the_kits_weight_leaves_the_module_takes(tmp_path, params,
+                                                                        monkeypatch):
+  """A module that takes fewer leaves than the kit holds names them by their index among the
+  kit's leaves (a board passes those), not by its own argument positions."""
+  lower = iree_build.lower
+
+  def lower_without_first_leaf(*args, **kwargs):
+    low = lower(*args, **kwargs)
+    return dataclasses.replace(low, weight_index=low.weight_index[1:],
+                               weight_names=low.weight_names[1:])
+  monkeypatch.setattr(iree_build, "lower", lower_without_first_leaf)
+  monkeypatch.setattr(iree_build, "compile_module", _fake_compile(None))
+  kit_dir = iree_build.build_kit(str(tmp_path / "kit"), CFG, params, target="iree:host",
+                                 grid=(9,), reducer=make_reducer("random"), threads=1)
+  with open(os.path.join(kit_dir, "kit.json")) as f:
+    kit = json.load(f)
+  (point,) = kit["points"]
+  names = [leaf["name"] for leaf in kit["weights"]["leaves"]]
+  assert point["args"] == list(range(1, len(names)))
+  assert [names[i] for i in point["args"]] == [
+      jax.tree_util.keystr(k) for k, _ in jax.tree.flatten_with_path(params)[0]][1:]
