@@ -3,6 +3,7 @@ subsets, the bundled digits and their training-data guard."""
 import dataclasses
 import glob
 import io
+import json
 import os
 import re
 import shutil
@@ -1181,7 +1182,6 @@ def test_a_name_starting_with_a_quote_is_quoted_in_the_fingerprint(tmp_path):
   """The documented lines: a name that starts with a quote is JSON-quoted like one with a tab
   (a quoted name starts with a quote, a plain one never does)."""
   import hashlib  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
   _png(str(tmp_path / '"q.png'), _gray(3, 3))
   size = os.path.getsize(tmp_path / '"q.png')
   want = hashlib.sha256(b"imagefolder labelled=False\n" + json.dumps('"q.png').encode()
@@ -1463,7 +1463,6 @@ def test_an_older_digits_marker_names_its_split_seed_seed(tmp_path):
   """Before `split_seed`, `digits_images --seed=3` wrote the test split of seed 3 with a marker
   {"split", "seed"}: read as split seed 0, weights of split seed 3 refused a folder of their own
   held-out digits. The pixels decide where they find digits; an old marker's seed otherwise."""
-  import json  # pylint: disable=g-import-not-at-top
   root = digits.write_digits_imagefolder(tmp_path / "t3", "test", split_seed=3, limit=20)
   marker = os.path.join(root, digits.DIGITS_MARKER)
   doc = json.load(open(marker))
@@ -1604,3 +1603,63 @@ def test_prediction_accuracy_of_rows_whose_first_label_is_zero():
   rows = data.prediction_rows(["0/a.png", "1/b.png"], [0, 0], [0.9, 0.8], ("x", "y"), [0, 1])
   assert data.prediction_accuracy(rows)["accuracy"] == 0.5
   assert data.accuracy_line(data.prediction_accuracy(rows)).startswith("accuracy ")
+
+
+def test_an_unknown_digits_split_is_refused_and_nothing_is_written(tmp_path):
+  """A split other than train | test | all was read as the test split: `--split=val` wrote the
+  test digits under a marker saying 'val' (a mutation audit)."""
+  want = "unknown split 'val'; expected one of train, test, all"
+  with pytest.raises(ValueError, match=re.escape(want)):
+    digits.write_digits_imagefolder(tmp_path / "v", split="val", limit=10)
+  assert os.listdir(tmp_path) == []
+  with pytest.raises(ValueError, match=re.escape(want)):
+    digits.digits_batches("val", 16)
+
+
+def test_a_digits_subset_seed_is_recorded_apart_from_its_split_seed(tmp_path, monkeypatch):
+  """`seed` draws the subset of the split of `split_seed`: the marker records each, so a board
+  without scikit-learn's table judges a subset of seed 3 of the bundled test split by split
+  seed 0 (recorded as 3, the weights of seed 0 were refused their own held-out digits)."""
+  root = digits.write_digits_imagefolder(tmp_path / "d", split="test", limit=20, seed=3)
+  with open(os.path.join(root, digits.DIGITS_MARKER)) as f:
+    assert json.load(f) == {"format": digits.DIGITS_FORMAT, "split": "test", "seed": 3,
+                            "split_seed": 0}
+
+  def missing(*args, **kw):
+    raise ModuleNotFoundError("No module named 'sklearn'")
+
+  monkeypatch.setattr(digits, "digits_split", missing)
+  monkeypatch.setattr(digits, "load_digits_arrays", missing)      # (no pixels to compare)
+  digits.check_digits_folder(root, {"dataset": "sklearn_digits",
+                                    "split": {"seed": 0, "test_fraction": 0.2}}, "W")
+
+
+def test_digits_batches_limit_draws_the_balanced_subset_of_its_seed():
+  """`digits_batches(limit=, seed=)`: the `balanced_subset` of that seed of the split of that
+  seed, each image once (the subset's seed was not checked: a mutation audit)."""
+  labels = digits.load_digits_arrays()[1]
+  test = digits.digits_split(seed=3)[1]
+  batches = list(digits.digits_batches("test", 16, limit=20, seed=3))
+  idx = np.concatenate([b[2] for b in batches])
+  idx = idx[idx >= 0]
+  want = test[data.balanced_subset(labels[test], 20, 3)]
+  assert sorted(idx.tolist()) == sorted(want.tolist()) and len(idx) == 20
+  assert sorted(want.tolist()) != sorted(test[data.balanced_subset(labels[test], 20, 0)].tolist())
+  np.testing.assert_array_equal(np.concatenate([b[1] for b in batches])[:20], labels[idx])
+
+
+def test_digits_weights_without_a_recorded_test_fraction_were_split_at_0_2(tmp_path):
+  """Weights whose digits split records no test fraction (or no seed) were trained on the
+  split of test fraction 0.2 (seed 0), the one `train_digits` and `digits_images` default to:
+  the refusal names that split and its hint (a mutation audit)."""
+  assert digits.digits_training_split({"dataset": "sklearn_digits", "split": {"seed": 1}}) \
+      == (1, 0.2)
+  assert digits.digits_training_split({"dataset": "sklearn_digits", "split": {}}) == (0, 0.2)
+  assert digits.digits_training_split({"dataset": "sklearn_digits"}) is None
+  assert digits.digits_training_split({"dataset": "other", "split": {"seed": 0}}) is None
+  train = digits.write_digits_imagefolder(tmp_path / "train", split="train", limit=10)
+  with pytest.raises(ValueError, match=re.escape(
+      f"10 of the 10 digits in {train} are training images of W (digits split of seed 0, test "
+      "fraction 0.2), so every score on them would be inflated: write that split's test images "
+      "(digits_images --split=test --split_seed=0)")):
+    digits.check_digits_folder(train, {"dataset": "sklearn_digits", "split": {}}, "W")
