@@ -2474,3 +2474,55 @@ def test_a_kit_points_args_index_the_kits_weight_leaves_the_module_takes(tmp_pat
   assert point["args"] == list(range(1, len(names)))
   assert [names[i] for i in point["args"]] == [
       jax.tree_util.keystr(k) for k, _ in jax.tree.flatten_with_path(params)[0]][1:]
+
+
+def test_the_board_run_prints_each_images_softmax_probability_and_the_latency_per_image(
+    artifact, tmp_path):
+  """`vitprune.edge run` on ten labelled digits (one per class): each row's probability is the
+  largest softmax probability of that image's logits (not 1.0 for every image), the rows and
+  the accuracy are those of the labels, and the latency line prints the results' median, IQR
+  and samples, and the median over the batch per image (a mutation audit: none was checked)."""
+  from vitprune.digits import write_digits_imagefolder  # pylint: disable=g-import-not-at-top
+  imgs = write_digits_imagefolder(tmp_path / "imgs", split="test", limit=10)
+  out = tmp_path / "res.json"
+  r = run_edge("run", f"--artifact={artifact}", f"--images={imgs}", "--min_run_time=0.01",
+               f"--output={out}", "--num_workers=2")
+  assert r.returncode == 0, r.stderr[-2000:]
+  res = json.loads(out.read_text())
+  edge = edge_rt.load(artifact)
+  ds = data_lib.ImageFolder(imgs, num_classes=10)
+  logits = np.concatenate([edge(x)[idx >= 0] for x, _, idx in data_lib.iterate_batches(
+      ds, edge.preprocessing, edge.batch_size)]).astype(np.float64)
+  z = np.exp(logits - logits.max(-1, keepdims=True))
+  probs = (z / z.sum(-1, keepdims=True)).max(-1)
+  rows = res["predictions"]
+  assert [row["file"] for row in rows] == list(ds.files) and res["num_images"] == 10
+  assert [row["pred"] for row in rows] == np.argmax(logits, -1).tolist()
+  np.testing.assert_allclose([row["prob"] for row in rows], probs, rtol=1e-5)
+  assert max(probs) < 0.99                            # (the untrained model: no 1.0 anywhere)
+  assert [row["label"] for row in rows] == ds.labels.tolist()
+  right = sum(row["pred"] == row["label"] for row in rows)
+  assert res["accuracy"] == right / 10
+  lines = r.stdout.splitlines()
+  assert lines[:10] == [data_lib.prediction_line(row) for row in rows]
+  assert f"accuracy {right / 10:.4f} ({right}/10; 95% interval " in r.stdout
+  lat = res["latency"]
+  assert lat["batch_size"] == 2 and lat["num_samples"] >= 5
+  assert lat["iqr_s"] == pytest.approx(lat["q75_s"] - lat["q25_s"])
+  ms = lat["median_s"] * 1e3
+  assert (f"latency batch 2: median {ms:.3f} ms (IQR {lat['iqr_s'] * 1e3:.3f} ms, "
+          f"{lat['num_samples']} samples), {ms / 2:.3f} ms/image") in lines
+
+
+def test_each_board_command_names_the_flags_it_needs(artifact, tmp_path):
+  """`run` without --images (or --artifact), `bench` without --artifact and `profile` without
+  --out (or --kit) are one line naming the flags, not a traceback's type (a mutation audit)."""
+  for args, want in (((f"--artifact={artifact}",), "run needs --artifact and --images"),
+                     ((f"--images={tmp_path}",), "run needs --artifact and --images")):
+    r = run_edge("run", *args)
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", f"error: {want}\n")
+  r = run_edge("bench", "--min_run_time=0.01")
+  assert (r.returncode, r.stderr) == (1, "error: bench needs --artifact\n")
+  for args in ((f"--kit={tmp_path}",), (f"--out={tmp_path / 'p.json'}",)):
+    r = run_edge("profile", *args)
+    assert (r.returncode, r.stderr) == (1, "error: profile needs --kit and --out\n")
