@@ -511,3 +511,116 @@ def test_the_calibration_line_counts_the_full_count_the_curve_adds(monkeypatch):
       pipeline._calibrate(get_config("vit_digits"), None, pipeline.PipelineSpec(solver="multi"),
                           tokens, lines.append)
     assert f": uniform curve at {count} token counts + 6 pomt calibration schedules" in lines[-1]
+
+
+def test_spec_refuses_each_setting_out_of_range_and_accepts_its_edge():
+  """A library caller has no CLI flag bounds in front of the spec: each bound it checks refuses
+  the value just outside it (retime_top=-1 sliced all but one count to re-time) and accepts
+  the edge itself."""
+  for kwargs, match in (({"num_images": 0}, r"^num_images must be >= 1, got 0$"),
+                        ({"holdout_images": 0}, r"^holdout_images must be >= 1, got 0$"),
+                        ({"threads": 0}, r"^threads must be >= 1, got 0$"),
+                        ({"retime_top": -1}, r"^retime_top must be >= 0, got -1$"),
+                        ({"loop_neighbours": -1}, r"^loop_neighbours must be >= 0, got -1$"),
+                        ({"layer": -1}, r"^layer must be >= 0, got -1$"),
+                        ({"batch_size": 0}, r"^batch sizes must be >= 1, got 0, 64$"),
+                        ({"eval_batch_size": 0}, r"^batch sizes must be >= 1, got 1, 0$"),
+                        ({"alpha": 1.01}, r"^alpha must be in \[0, 1\], got 1.01$"),
+                        ({"alpha": -0.01}, r"^alpha must be in \[0, 1\], got -0.01$")):
+    with pytest.raises(ValueError, match=match):
+      pipeline.PipelineSpec(**kwargs)
+  for kwargs in ({"num_images": 1}, {"holdout_images": 1}, {"threads": 1}, {"retime_top": 0},
+                 {"loop_neighbours": 0}, {"layer": 0}, {"alpha": 0.0}, {"alpha": 1.0},
+                 {"num_images": 2, "holdout_images": 1}):
+    pipeline.PipelineSpec(**kwargs)
+
+
+def test_spec_grid_and_check_against_the_model():
+  """The default grids (paper: every count down to prefix + 1; multi: every 4th) and the
+  model's checks at their edges: a count of the prefix tokens alone, or above all tokens, and
+  a block past the last are refused before any stage runs."""
+  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+  cfg = get_config("vit_digits")          # 65 tokens (1 prefix), 6 blocks
+  assert pipeline.PipelineSpec().grid(cfg) == tuple(range(65, 1, -1))
+  assert pipeline.PipelineSpec(solver="multi").grid(cfg) == tuple(range(65, 1, -4))
+  assert pipeline.PipelineSpec(tokens=(65, 2)).grid(cfg) == (65, 2)
+  pipeline.PipelineSpec(tokens=(65, 2), layer=5).check(cfg)        # the edges themselves
+  for spec, match in ((pipeline.PipelineSpec(tokens=(65, 1)), r"^tokens \[1\] are outside "
+                                                              r"\[2, 65\]$"),
+                      (pipeline.PipelineSpec(tokens=(66, 65)), r"^tokens \[66\] are outside"),
+                      (pipeline.PipelineSpec(layer=6), r"^layer 6 is outside \[0, 5\]")):
+    with pytest.raises(ValueError, match=match):
+      spec.check(cfg)
+
+
+def test_load_data_draws_the_spec_seeds_subset():
+  """`load_data` draws `num_images` with the spec's seed (the seed the estimate records)."""
+  from vitprune import estimate as estimate_lib  # pylint: disable=g-import-not-at-top
+
+  def drawn(seed):
+    return list(estimate_lib.load_eval_data("digits", num_images=20, seed=seed,
+                                            num_classes=10).indices)
+  got = pipeline.load_data(pipeline.PipelineSpec(num_images=20, seed=3), num_classes=10)
+  assert len(got.indices) == 20 and list(got.indices) == drawn(3) != drawn(0)
+
+
+def test_a_run_chooses_on_the_seeded_selection_and_notes_fewer_images_than_classes(
+    monkeypatch, tmp_path):
+  """run_pipeline: the estimate gets the images `holdout_images` leaves, drawn with the spec's
+  seed; the note on too few images comes below the model's 10 classes, not at 10."""
+  from vitprune import estimate as estimate_lib  # pylint: disable=g-import-not-at-top
+  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+  cfg = get_config("vit_digits")
+  data = pipeline.load_data(pipeline.PipelineSpec(num_images=15), num_classes=10)
+  seen = []
+
+  def estimate(cfg, params, spec, tokens, data, *args):
+    seen.append(list(data.indices))
+    raise KeyboardInterrupt        # (the stages after it are not wanted)
+  monkeypatch.setattr(pipeline, "_profile", lambda *args: None)
+  monkeypatch.setattr(pipeline, "_estimate", estimate)
+  for holdout, note in ((5, None), (6, "note: the choice rests on 9 images, fewer than the "
+                                       "model's 10 classes: each measured accuracy is a count "
+                                       "of 9 (steps of 0.111)")):
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+      pipeline.run_pipeline(cfg, None, pipeline.PipelineSpec(seed=3, holdout_images=holdout),
+                            str(tmp_path / "out"), weights_source="w", data=data,
+                            progress=False, log=lines.append)
+    want = list(estimate_lib.holdout_split(data, holdout, 3)[0].indices)
+    assert seen.pop() == want != list(estimate_lib.holdout_split(data, holdout, 0)[0].indices)
+    assert [line for line in lines if line.startswith("note:")] == ([note] if note else [])
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_linked_folder_makes_an_output_not_ours(tmp_path):
+  """A profile/, estimate/ or solve/ that is a link to a folder elsewhere is not ours to
+  replace, though what it links to lists only our files."""
+  ours = tmp_path / "ours"
+  _layout(ours, {"format": pipeline.SUMMARY_FORMAT, "version": 1})
+  os.rename(ours / "solve", tmp_path / "elsewhere")
+  os.symlink(tmp_path / "elsewhere", ours / "solve")
+  assert not pipeline.is_pipeline_dir(str(ours))
+  os.unlink(ours / "solve")
+  os.rename(tmp_path / "elsewhere", ours / "solve")
+  assert pipeline.is_pipeline_dir(str(ours))
+
+
+def test_paired_change_refuses_margins_that_disagree_with_the_metric():
+  """The paired change comes from the per-image margins; margins of other images than the
+  metric's (or of another count) are an error, not a change reported beside a metric."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vitprune import estimate as estimate_lib  # pylint: disable=g-import-not-at-top
+
+  def result(n, right, margins):
+    return estimate_lib.EvalResult(
+        reference=estimate_lib.PointResult(n, n, n, 0.0),
+        points=(estimate_lib.PointResult(n, right, right, 0.0),), batch_size=n,
+        num_devices=1, margins=np.array(margins))
+  assert pipeline.paired_change(result(4, 3, [[1.0] * 4, [1.0] * 3 + [-1.0]]), "accuracy")[
+      "value"] == pytest.approx(-0.25)
+  with pytest.raises(AssertionError, match="per-image margins give a change of 0.0 on 4 "):
+    pipeline.paired_change(result(4, 3, [[1.0] * 4, [1.0] * 4]), "accuracy")
+  with pytest.raises(AssertionError, match=r"change of -0.25 on 4 images, the accuracy -0.25 on "
+                                           r"8$"):      # (the same change, on half the images)
+    pipeline.paired_change(result(8, 6, [[1.0] * 4, [1.0] * 3 + [-1.0]]), "accuracy")
