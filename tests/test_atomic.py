@@ -1292,3 +1292,14 @@ def test_a_kept_result_names_the_write_s_own_error_not_a_vanished_folder(tmp_pat
   with pytest.raises(OSError, match="its folder .*gone is no longer a folder"):
     atomic.keep_json_beside(str(tmp_path / "gone" / "out.json"), {"format": "f"}, "f", gone,
                             str(gone))
+
+
+def test_a_name_too_long_for_the_file_system_is_no_file_not_a_raw_os_error(tmp_path):
+  # (a probe: run_deployed --output=<256-byte name> and digits_images --out=<300-byte folder>/x
+  # printed "[Errno 36] File name too long" before their own checks could name the flag)
+  long_name = str(tmp_path / ("a" * 300))
+  assert atomic.file_stamp(long_name) is None
+  assert atomic.file_stamp(long_name + "/x.json") is None
+  atomic.cleanup_stale(os.path.join(long_name, "x"))          # nothing there to clean
+  assert atomic.moved_aside_note(os.path.join(long_name, "x")) == ""
+  assert os.listdir(tmp_path) == []

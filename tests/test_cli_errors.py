@@ -468,6 +468,9 @@ CASES = [
      "(each sets what the choice meets)"),
     ("profile", ["--solver=multi", "--calibration_schedules=3", "--out_dir={out}"], 1,
      "--calibration_schedules must be >= 4 (one per reduction term of the latency model), got 3"),
+    # a folder name too long for the file system was the raw "[Errno 36] File name too long"
+    ("digits_images", ["--out={full}/" + "c" * 300 + "/x"], 1,
+     "--out: the name " + "c" * 24 + "... in it is 300 bytes; the file system holds at most 255"),
     ("profile", ["--refine_accuracy_rounds=0", "--nomeasure_frontier", "--out_dir={out}"], 1,
      "--measure_frontier, --refine_accuracy_rounds apply to --solver=multi only"),
     ("profile", ["--layer=-1", "--out_dir={out}"], 2,

@@ -151,14 +151,21 @@ class _AnyOutput:
 ANY_OUTPUT = _AnyOutput()
 
 
+# What a path no file can be at raises (a name too long: the run's own check names it, not the
+# raw "[Errno 36] File name too long" of the first look at it).
+_NO_SUCH_PATH = (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG)
+
+
 def file_stamp(path: str) -> Optional[Tuple[int, int, int, int]]:
   """Which file is at `path` now: (device, inode, size, modification ns); None when there is
   none. Every write renames a new file there, so a stamp taken when a run began tells, when it
   writes, whether another run wrote the file meanwhile (`check_unchanged`)."""
   try:
     st = os.lstat(path)
-  except FileNotFoundError:
-    return None
+  except OSError as e:
+    if e.errno in _NO_SUCH_PATH:
+      return None
+    raise
   return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
@@ -791,8 +798,10 @@ def _stale(parent: str, name: str) -> Dict[str, list]:
   found: Dict[str, list] = {k: [] for k in _KINDS}
   try:
     entries = os.listdir(parent)
-  except (FileNotFoundError, NotADirectoryError):     # (no folder there: nothing was left)
-    return found
+  except OSError as e:            # (no folder there: nothing was left)
+    if e.errno in _NO_SUCH_PATH:
+      return found
+    raise
   for entry in sorted(entries):
     m = pattern.match(entry)
     if not m:
@@ -845,6 +854,8 @@ def cleanup_stale(path: str) -> None:
   """
   path = os.path.abspath(path)
   parent, name = os.path.dirname(path), os.path.basename(path)
+  if not os.path.isdir(parent):     # (missing, a file, or a name too long for the file system)
+    return
   stale = _stale(parent, name)
   for old in stale["old"]:
     inner = os.path.join(old, name)
