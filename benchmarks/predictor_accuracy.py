@@ -11,7 +11,7 @@ are compiled and timed in one shuffled measurement and compared with
   * the old isolated per-block sum (`vitprune.profile.predict`, block table profiled alongside),
   * "anchored": the calibrated model times a speed ratio (the full graph, timed in the same
     measurement as the held-out schedules: measured / predicted): does one re-timed graph take
-    the machine's speed change since the calibration out? (Measured: no, see README.)
+    the machine's speed change since the calibration out? (Measured: no, see benchmarks/RESULTS.md.)
   * "interleaved": the model refitted from a second measurement that times the curve, the
     calibration and the held-out schedules together (shuffled), so the machine's drift between
     two measurements (up to ~50 % on a shared 2-core CPU) does not count as model error.

@@ -10,7 +10,7 @@ Target texts:
 The CPU targets use data tiling and microkernels (`--iree-opt-data-tiling
 --iree-llvmcpu-enable-ukernels=all`): IREE's default CPU code generation is several times slower
 than XLA on ViT matmuls. A CPU module is built for one of two profiles, chosen from the graph's
-estimated work (`cpu_profile`, measured in README "IREE host vs JAX CPU"):
+estimated work (`cpu_profile`, measured in benchmarks/RESULTS.md, "The edge path"):
   latency     (< TASK_MIN_GFLOP per call): runs on the `local-sync` driver (the caller's thread;
               no task-system hand-offs), compiled with the transposes fused into the matmuls
               (`--iree-opt-generalize-matmul`) and peeled vector loops for odd token counts.
@@ -19,7 +19,7 @@ On a multi-core host a batch is split instead when that keeps each part small (`
 `shards` equal parts of the batch, each a `local-sync` call in its own thread (one device, one
 copy of the weights: `vitprune.edge.runtime.Runner`), compiled for the latency profile at batch
 B / shards (IREE's task system splits ~1-100 ms graphs over cores worse than independent calls
-do; README "IREE host vs JAX CPU").
+do; benchmarks/RESULTS.md, "The edge path").
 A compile that fails is retried with less (`next_attempt`); the record lists what was used.
 Importing this module needs neither jax nor IREE.
 """
@@ -51,7 +51,8 @@ BACKEND_DRIVERS = {"llvm-cpu": ("local-task", "local-sync"), "cuda": ("cuda",),
                    "vulkan-spirv": ("vulkan",)}
 # Between vit_digits at batch 1 (0.03 GFLOP: local-sync 1.18x JAX, local-task 1.69x) and at batch 8
 # (0.26: local-task 1.26x, local-sync 1.61x): the first idle run of benchmarks.edge_speed with both
-# drivers on the 2-core CPU (README "IREE host vs JAX CPU": its auto-driver column "before").
+# drivers on the 2-core CPU (benchmarks/RESULTS.md, "The edge path": its auto-driver column
+# "before").
 TASK_MIN_GFLOP = 0.1
 # Sharded runs measured against the unsharded driver, 2-core CPU, idle (per-shard GFLOP): vit_digits
 # batch 8 (0.13) 0.85-0.94x JAX vs 1.27-1.32x, batch 32 (0.52) 0.96x vs 1.13x, batch 128 (2.1)

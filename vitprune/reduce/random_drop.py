@@ -10,8 +10,8 @@ usable mid-block.
 subset, and reductions compose (p -> m -> k keeps what p -> k keeps). So the tokens a block
 sees under a multi-layer schedule are exactly those a single reduction to its count leaves,
 and single-layer sensitivities predict multi-layer schedules far better than with per-layer
-draws (benchmarks.accuracy_combination; README). Over seeds each kept set is still uniformly
-random. `nested=False`: each block draws its own subset of the tokens it gets
+draws (benchmarks.accuracy_combination; benchmarks/RESULTS.md). Over seeds each kept set is
+still uniformly random. `nested=False`: each block draws its own subset of the tokens it gets
 (`common.static_random_subset` from `(seed, stream)`, stream 0: right after the embedding,
 l + 1: block l), what random drop did before `nested` existed (records of version 1 mean it).
 """
