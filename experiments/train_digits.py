@@ -28,6 +28,7 @@ import optax
 
 from vitprune import atomic
 from vitprune import checkpoint
+from vitprune import console
 from vitprune import digits
 from vitprune import orbax_io
 from vitprune.registry import get_config
@@ -96,7 +97,8 @@ def main(f: flags.FlagValues):
                      f"({tc.epochs} epochs of {len(train_data[0]) // tc.batch_size}); leave it "
                      "out or give fewer")
   print(f"{cfg.name}: {cfg.num_tokens} tokens, depth {cfg.depth}; train {len(train_data[0])} / "
-        f"test {len(test_data[0])} digits; {jax.device_count()} {jax.default_backend()} device(s)")
+        f"test {len(test_data[0])} digits; "
+        f"{console.counted(jax.device_count(), jax.default_backend() + ' device')}")
   params, history = train(cfg, tc, train_data, test_data, max_steps=f.max_steps)
   train_seconds = time.time() - t_start
   test_acc = history[-1]["test_accuracy"]   # the final params are the last epoch's

@@ -281,11 +281,19 @@ def test_labelled_folder_warns_about_images_outside_class_folders(tmp_path):
   _png(str(tmp_path / "cat" / "a.png"), _gray(5, 5, 1))
   _png(str(tmp_path / "loose.png"), _gray(5, 5, 2))
   (tmp_path / "notes.txt").write_text("not an image: no warning for it")
-  with pytest.warns(UserWarning, match=r"^1 image file\(s\) directly in labelled dataset root "
-                                       r".* \(e.g. 'loose.png'\) belong to no class folder"):
+  with pytest.warns(UserWarning) as record:
     ds = data.ImageFolder(tmp_path)
+  assert [str(w.message) for w in record] == [
+      f"1 image file directly in labelled dataset root {str(tmp_path)!r} ('loose.png') belongs "
+      "to no class folder and is not evaluated"]
   assert ds.labelled and ds.files == ("cat/a.png",)
   assert data.ImageFolder(tmp_path, labelled=False).files == ("loose.png",)
+  _png(str(tmp_path / "loose2.png"), _gray(5, 5, 3))
+  with pytest.warns(UserWarning) as record:
+    data.ImageFolder(tmp_path)
+  assert [str(w.message) for w in record] == [
+      f"2 image files directly in labelled dataset root {str(tmp_path)!r} (e.g. 'loose.png') "
+      "belong to no class folder and are not evaluated"]
 
 
 def test_folders_warn_about_images_in_formats_that_are_not_read(tmp_path):
@@ -301,15 +309,16 @@ def test_folders_warn_about_images_in_formats_that_are_not_read(tmp_path):
   with pytest.warns(UserWarning) as record:
     ds = data.ImageFolder(tmp_path)
   assert [str(w.message) for w in record] == [
-      f"2 file(s) in dataset {str(tmp_path)!r} named like images of a format that is not read "
+      f"2 files in dataset {str(tmp_path)!r} named like images of a format that is not read "
       "(.gif, .heic; e.g. 'cat/c.heic') are not evaluated; convert them to one of "
       + ", ".join(data.IMG_EXTENSIONS)]
   assert ds.files == ("cat/a.png", "dog/d.png")
   flat = tmp_path / "flat"
   _png(str(flat / "a.png"), _gray(5, 5, 1))
   (flat / "b.avif").write_bytes(b"x")
-  with pytest.warns(UserWarning, match=r"^1 file\(s\) in dataset .*/flat' named like images of "
-                                       r"a format that is not read \(.avif; e.g. 'b.avif'\)"):
+  with pytest.warns(UserWarning, match=r"^1 file in dataset .*/flat' named like images of "
+                                       r"a format that is not read \(.avif; e.g. 'b.avif'\) is "
+                                       r"not evaluated; convert it to one of "):
     assert data.ImageFolder(flat).files == ("a.png",)
   (flat / "b.avif").unlink()
   with warnings.catch_warnings():
@@ -331,7 +340,7 @@ def test_folders_warn_about_jpegs_named_jpe(tmp_path):
   for name in ("b.JPE", "c.jif", "d.jfi", "e.mpo"):
     (tmp_path / "cat" / name).write_bytes(b"\xff\xd8\xff")
   with pytest.warns(UserWarning, match=re.escape(
-      "4 file(s) in dataset " + repr(str(tmp_path)) + " named like images of a format that is "
+      "4 files in dataset " + repr(str(tmp_path)) + " named like images of a format that is "
       "not read (.jfi, .jif, .jpe, .mpo; e.g. 'cat/b.JPE') are not evaluated")):
     assert data.ImageFolder(tmp_path).files == ("cat/a.png",)
 
@@ -1663,3 +1672,18 @@ def test_digits_weights_without_a_recorded_test_fraction_were_split_at_0_2(tmp_p
       "fraction 0.2), so every score on them would be inflated: write that split's test images "
       "(digits_images --split=test --split_seed=0)")):
     digits.check_digits_folder(train, {"dataset": "sklearn_digits", "split": {}}, "W")
+
+
+def test_one_unknown_class_folder_is_named_alone(tmp_path):
+  """'class folder(s) ['dog'] ... are' for one folder: now the folder alone, in the singular."""
+  for folder in ("cat", "dog"):
+    _png(str(tmp_path / folder / "a.png"), _gray(3, 3))
+  with pytest.raises(ValueError) as e:
+    data.ImageFolder(str(tmp_path), class_names=["cat", "cow"])
+  assert str(e.value) == (f"class folder 'dog' in {str(tmp_path)!r} is not among the model's "
+                          "class names ['cat', 'cow']")
+  _png(str(tmp_path / "emu" / "a.png"), _gray(3, 3))
+  with pytest.raises(ValueError) as e:
+    data.ImageFolder(str(tmp_path), class_names=["cat", "cow"])
+  assert str(e.value) == (f"class folders ['dog', 'emu'] in {str(tmp_path)!r} are not among the "
+                          "model's class names ['cat', 'cow']")

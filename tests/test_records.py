@@ -831,7 +831,7 @@ def test_the_refinement_line_names_the_worst_round_between_and_every_schedule_me
             for k, m in enumerate((1.0, 1.5, 0.5, 0.25))]
   assert S.describe_refinement({"rounds": rounds, "converged": False,
                                 "measured_schedules": 9}) == (
-      "accuracy model corrected from measurements in 3 round(s) (not converged, 9 schedules "
+      "accuracy model corrected from measurements in 3 rounds (not converged, 9 schedules "
       "measured in all, the unpruned one among them): predicted before measuring, it erred by "
       "1.00 (max 2.00) points on 4 schedules in round 0 and 0.25 (max 0.50) points on 4 "
       "schedules in round 3 (rounds between: up to 1.50 (max 3.00) points on 4 schedules in "

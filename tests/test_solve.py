@@ -1183,8 +1183,8 @@ def test_a_calibration_profile_solves_on_the_compiled_graph_latency_model(tmp_pa
   kept = [p for p in prof.points if p.component != "schedule"] + [
       p for p in prof.points if p.component == "schedule"][:1]
   few = dataclasses.replace(prof, points=tuple(kept))
-  with pytest.raises(solve.SolveInputError, match=r"holds 1 calibration schedule\(s\) that "
-                     r"reduce at batch 8; the latency model needs >= \d"):
+  with pytest.raises(solve.SolveInputError, match=r"holds 1 calibration schedule that "
+                     r"reduces at batch 8; the latency model needs >= \d"):
     solve_stage.profile_latency_model(few, read_estimate(es))
   # The curve cut above the schedules' smallest counts: named with the file (it was an error
   # naming neither).
@@ -3225,7 +3225,7 @@ def test_calibration_schedules_that_do_not_reduce_are_not_counted_towards_the_mi
   few = dataclasses.replace(prof, points=tuple(
       [p for p in prof.points if p.component != "schedule"] + scheds[:need - 1] + uniform))
   with pytest.raises(solve.SolveInputError, match=re.escape(
-      f"holds {need - 1} calibration schedule(s) that reduce at batch 8; the latency model "
+      f"holds {need - 1} calibration schedules that reduce at batch 8; the latency model "
       f"needs >= {need} (one per reduction term)")):
     solve_stage.profile_latency_model(few, es)
   upper = dataclasses.replace(prof, reducer="POMT+random")

@@ -38,7 +38,7 @@ from PIL import Image, UnidentifiedImageError
 from vitprune import atomic
 from vitprune import intervals
 from vitprune.digest import file_sha256
-from vitprune.console import printable
+from vitprune.console import counted, printable
 from vitprune.config import INTERPOLATIONS, Preprocessing, check_path, check_switch
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, matched case-insensitively like torchvision.
@@ -99,9 +99,11 @@ def _warn_other_images(root: str, skipped: Sequence[str]) -> None:
   their paths relative to `root`, in reading order): they are left out of the evaluation."""
   if skipped:
     exts = sorted({os.path.splitext(p)[1].lower() for p in skipped})
-    warnings.warn(f"{len(skipped)} file(s) in dataset {root!r} named like images of a format "
-                  f"that is not read ({', '.join(exts)}; e.g. {skipped[0]!r}) are not "
-                  f"evaluated; convert them to one of {', '.join(IMG_EXTENSIONS)}",
+    are = "is" if len(skipped) == 1 else "are"
+    warnings.warn(f"{counted(len(skipped), 'file')} in dataset {root!r} named like images of a "
+                  f"format that is not read ({', '.join(exts)}; e.g. {skipped[0]!r}) {are} not "
+                  f"evaluated; convert {'it' if len(skipped) == 1 else 'them'} to one of "
+                  f"{', '.join(IMG_EXTENSIONS)}",
                   stacklevel=3)
 
 
@@ -320,8 +322,11 @@ def _warn_unlabelled_root_images(root: str) -> None:
   with os.scandir(root) as it:
     loose = sorted(e.name for e in it if not e.is_dir() and is_image_file(e.name))
   if loose:
-    warnings.warn(f"{len(loose)} image file(s) directly in labelled dataset root {root!r} "
-                  f"(e.g. {loose[0]!r}) belong to no class folder and are not evaluated",
+    one = len(loose) == 1
+    warnings.warn(f"{counted(len(loose), 'image file')} directly in labelled dataset root "
+                  f"{root!r} ({'' if one else 'e.g. '}{loose[0]!r}) "
+                  f"{'belongs' if one else 'belong'} to no class folder and "
+                  f"{'is' if one else 'are'} not evaluated",
                   stacklevel=3)
 
 
@@ -674,8 +679,10 @@ def _labels_by_name(root: str, folders: Tuple[str, ...], class_names: Tuple[str,
   labels = {f: index.get(f, index.get(unicodedata.normalize("NFC", f))) for f in folders}
   unknown = [f for f, i in labels.items() if i is None]
   if unknown:
-    raise ValueError(f"class folder(s) {unknown} in {root!r} are not among the model's class "
-                     f"names {shown_names(class_names)}")
+    folders = (f"class folder {unknown[0]!r} in {root!r} is" if len(unknown) == 1 else
+               f"class folders {unknown} in {root!r} are")
+    raise ValueError(f"{folders} not among the model's class names "
+                     f"{shown_names(class_names)}")
   by_label: Dict[int, str] = {}
   for f, i in labels.items():
     if i in by_label:

@@ -87,6 +87,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from vitprune.config import check_switch
+from vitprune.console import counted
 from vitprune.schedule import as_int, layer_counts
 
 ACCURACY_MODELS = ("incremental", "additive")
@@ -100,14 +101,14 @@ def _finite(name: str, a: ArrayLike, ndim: int, length: Optional[int] = None) ->
   """`a` as float64 with `ndim` dims (last of size `length`), all finite; else ValueError."""
   arr = np.asarray(a, dtype=np.float64)
   if arr.ndim != ndim:
-    raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}")
+    raise ValueError(f"{name} must have {counted(ndim, 'dimension')}, got shape {arr.shape}")
   if length is not None and arr.shape[-1] != length:
     raise ValueError(f"{name} has {arr.shape[-1]} entries along the token axis, the grid has "
                      f"{length}")
   bad = ~np.isfinite(arr)
   if bad.any():
     where = np.argwhere(bad)[:5].tolist()
-    raise ValueError(f"{name} contains {int(bad.sum())} NaN/inf value(s) (first indices "
+    raise ValueError(f"{name} contains {counted(int(bad.sum()), 'NaN/inf value')} (first indices "
                      f"{where}); drop or re-measure those points")
   return arr
 

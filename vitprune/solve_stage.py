@@ -37,6 +37,7 @@ from vitprune import schedule as schedule_lib
 from vitprune import solve
 from vitprune.config import (ViTConfig, config_to_dict, configs_shown, options_text,
                              same_method)
+from vitprune.console import counted
 from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import predict as predict_lib
 from vitprune.profile import records
@@ -111,8 +112,10 @@ def profile_latency_model(profile: records.Profile, estimate: Estimate,
   batch = resolve_batch(profile, estimate, batch_size, ("schedule",), allow_batch_mismatch)
   num = sum(latency_model_lib.reduces(p.schedule) for p in profile.curve("schedule", batch))
   if num < latency_model_lib.MIN_CALIBRATION_SCHEDULES:
-    raise SolveInputError(f"profile {profile.source} holds {num} calibration schedule(s) that "
-                          f"reduce at batch {batch}; the latency model needs >= "
+    raise SolveInputError(f"profile {profile.source} holds "
+                          f"{counted(num, 'calibration schedule')} that "
+                          f"{'reduces' if num == 1 else 'reduce'} at batch {batch}; the latency "
+                          f"model needs >= "
                           f"{latency_model_lib.MIN_CALIBRATION_SCHEDULES} (one per reduction "
                           f"term)")
   try:

@@ -419,8 +419,8 @@ def check_shards(shards: Any, batch: int, where: str, module: Optional[Dict] = N
                     "equal parts")
   module_batch = (module or {}).get("batch_size", batch // shards)
   if not _is_count(module_batch) or module_batch * shards != batch:
-    raise EdgeError(f"{where}: a module for batch {module_batch!r} in {shards} shard(s) cannot "
-                    f"take the batch of {batch}")
+    raise EdgeError(f"{where}: a module for batch {module_batch!r} in "
+                    f"{console.counted(shards, 'shard')} cannot take the batch of {batch}")
   return shards
 
 

@@ -177,7 +177,8 @@ def wide_spread_note(m: Measurement, cfg: TimingConfig) -> Optional[str]:
   other (a probe of `vitprune.edge run` on a busy machine)."""
   if m.rel_iqr <= cfg.max_rel_iqr:
     return None
-  rounds = f" after {m.retries} re-measurement round(s)" if m.retries else ""
+  rounds = (f" after {console.counted(m.retries, 're-measurement round')}" if m.retries
+            else "")
   return (f"the latency has an IQR of {m.rel_iqr * 100:.3g}% of its median{rounds}, above "
           f"{cfg.max_rel_iqr * 100:g}%: the machine was busy "
           "or the call's time varies, so the median is uncertain; time it again on a quieter "

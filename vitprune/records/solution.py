@@ -89,6 +89,7 @@ from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, chec
                              config_from_dict, config_to_dict, is_method_name,
                              method_options_problem, not_a_method, record_method_kwargs,
                              record_option_defaults, same_method)
+from vitprune.console import counted
 from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import records as profile_records
 from vitprune.records.estimate import HIGHER_IS_BETTER, KINDS as ESTIMATE_KINDS
@@ -1200,7 +1201,8 @@ def describe_refinement(ref: Dict[str, Any]) -> str:
   out-of-sample error of the first and the last round that measured new schedules, and the
   largest mean error of the rounds between them (not always falling round by round)."""
   rounds = [r for r in ref["rounds"] if r["num_schedules"]]
-  head = (f"accuracy model corrected from measurements in {len(ref['rounds']) - 1} round(s)"
+  head = (f"accuracy model corrected from measurements in "
+          f"{counted(len(ref['rounds']) - 1, 'round')}"
           f" ({'converged' if ref['converged'] else 'not converged'}, "
           f"{ref['measured_schedules']} schedules measured in all, the unpruned one among "
           "them)")
