@@ -123,3 +123,18 @@ def test_a_config_that_is_not_a_vitconfig_is_one_type_error():
       VisionTransformer(bad).apply({"params": params}, x)
     with pytest.raises(TypeError, match="cfg must be a vitprune ViTConfig"):
       jitted_forward(params, x, cfg=bad)
+
+
+def test_dtype_and_precision_reach_the_forward():
+  """The module's dtype and precision are the forward's (features come back float32)."""
+  params = init_params(CFG, seed=3)
+  x = _images()
+  bf16 = VisionTransformer(CFG, dtype="bfloat16")
+  np.testing.assert_array_equal(
+      bf16.apply({"params": params}, x),
+      jitted_forward(params, x, cfg=CFG, dtype="bfloat16"))
+  feats = bf16.apply({"params": params}, x, features=True)
+  assert feats.dtype == jnp.float32 and feats.shape == (2, CFG.num_tokens, CFG.embed_dim)
+  with pytest.raises(ValueError, match=r"^precision must be one of \('highest', 'high', "
+                                       r"'default'\), got 'bogus'"):
+    VisionTransformer(CFG, precision="bogus").apply({"params": params}, x)

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from vitprune import figure
 from vitprune.profile import plot, records
 from vitprune.registry import get_config
 
@@ -900,3 +901,108 @@ def test_merge_of_profiles_in_other_preprocessing_names_the_nested_field():
       f"different model config: 'test_tiny_vit (preprocessing.crop_pct {crop!r})' vs "
       "'test_tiny_vit (preprocessing.crop_pct 0.5)'")):
     records.merge([_profile(_staircase_points()), _profile(_staircase_points(), cfg=other)])
+
+
+# ------------------------------------------------------------------------------------------------
+# plot_profile: what it draws (a mutation audit: series, error bars, marks, labels pinned).
+
+def _drawn_profile_figures(monkeypatch):
+  """[(figure, png_bytes kwargs)] of every figure `plot_profile` renders (still rendered)."""
+  drawn, real = [], figure.png_bytes
+  monkeypatch.setattr(figure, "png_bytes",
+                      lambda fig, **kw: (drawn.append((fig, kw)), real(fig, **kw))[1])
+  return drawn
+
+
+def test_plot_profile_draws_each_batch_with_its_iqr_steps_and_lone_counts(tmp_path,
+                                                                        monkeypatch):
+  drawn = _drawn_profile_figures(monkeypatch)
+  # batch 1: a step 10 -> 9, IQR 0.01 ms below and 0.03 ms above; batch 4: a lone slow count 11
+  step = [dataclasses.replace(p, q25_s=p.median_s - 1e-5, q75_s=p.median_s + 3e-5)
+          for p in _staircase_points()]
+  lone = [_point("model", n, 1e-2 + 1e-4 * n + (2e-3 if n == 11 else 0.0), batch=4)
+          for n in range(17, 1, -1)]
+  prof = _profile(step + lone + [_point("embed", 17, 1e-3, batch=2)])
+  assert [(s["batch_size"], s["n_from"]) for s in prof.steps] == [(1, 10)]
+  assert [(c["batch_size"], c["n"]) for c in prof.lone_counts] == [(4, 11)]
+  path = str(tmp_path / "p.png")
+  assert plot.plot_profile(prof, path) == path
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  ((fig, kw),) = drawn
+  assert kw == {"dpi": 120} and tuple(fig.get_size_inches()) == (8, 4.5)
+  (ax,) = fig.axes
+  assert ax.get_title() == "test_tiny_vit model | float32 | cpu (cpu)"
+  assert ax.get_xlabel() == "tokens kept (entering block 0)"
+  assert ax.get_ylabel() == "latency, median (ms)"
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == ["batch 1", "batch 4"]
+  one, four = ax.containers         # (batch 2 has no model points: no curve)
+  data, _, (bars,) = one.lines
+  assert list(data.get_xdata()) == list(range(17, 1, -1))
+  assert list(data.get_ydata()) == pytest.approx([11.0] * 8 + [10.0] * 8)
+  assert bars.get_segments()[0].ravel().tolist() == pytest.approx([17, 10.99, 17, 11.03])
+  assert bars.get_segments()[-1].ravel().tolist() == pytest.approx([2, 9.99, 2, 10.03])
+  color1, color4 = one.lines[0].get_color(), four.lines[0].get_color()
+  assert color1 != color4
+  marks = [(ln.get_marker(), list(ln.get_xdata()), list(ln.get_ydata()), ln.get_color())
+           for ln in ax.lines if ln.get_marker() in ("v", "x")]
+  assert marks == [("v", [10], [pytest.approx(11.0)], color1),
+                   ("x", [11], [pytest.approx(13.1)], color4)]
+  (vline,) = [ln for ln in ax.lines if list(ln.get_xdata()) == [10, 10]]
+  assert vline.get_color() == color1
+
+
+def _block_points(batch):
+  pts = [_point("embed", 17, 2e-3, batch=batch)]
+  pts += [_point("block", n, 1e-3 * n * batch, batch=batch) for n in range(17, 1, -1)]
+  pts += [_point("head", n, 1e-4, batch=batch) for n in range(17, 1, -1)]
+  return pts + [_point("model", n, 2e-3 + 1.5e-3 * n * batch, batch=batch) for n in (9, 17, 2)]
+
+
+def test_plot_profile_of_a_block_profile_labels_both_panels(tmp_path, monkeypatch):
+  drawn = _drawn_profile_figures(monkeypatch)
+  prof = _profile(_block_points(1) + _block_points(2), modes=("block",))
+  plot.plot_profile(prof, str(tmp_path / "b.png"))
+  ((fig, _),) = drawn
+  assert tuple(fig.get_size_inches()) == (12, 4.5)
+  curve, checks = fig.axes
+  assert curve.get_title() == "test_tiny_vit block | float32 | cpu (cpu)"
+  assert curve.get_xlabel() == "tokens entering the block"
+  assert curve.get_ylabel() == "latency, median (ms) per block"
+  assert checks.get_xlabel() == "tokens kept (entering block 0)"
+  assert checks.get_ylabel() == "whole-model latency, median (ms)"
+  assert [t.get_text() for t in checks.get_legend().get_texts()] == [
+      "batch 1 measured graph", "batch 1 per-block sum (predicted)",
+      "batch 2 measured graph", "batch 2 per-block sum (predicted)"]
+  by_batch = {(c["batch_size"], c["schedule"][0]): c for c in prof.predictions}
+  for i, b in enumerate((1, 2)):
+    measured, predicted = checks.lines[2 * i:2 * i + 2]
+    assert measured.get_color() == predicted.get_color()
+    assert list(measured.get_xdata()) == [2, 9, 17] == list(predicted.get_xdata())
+    assert list(measured.get_ydata()) == pytest.approx(
+        [1e3 * by_batch[b, n]["measured_s"] for n in (2, 9, 17)])
+    assert list(predicted.get_ydata()) == pytest.approx(
+        [1e3 * by_batch[b, n]["predicted_s"] for n in (2, 9, 17)])
+  assert checks.lines[0].get_color() != checks.lines[2].get_color()
+
+
+def test_plot_profile_default_component_is_the_measured_curve(tmp_path, monkeypatch):
+  drawn = _drawn_profile_figures(monkeypatch)
+
+  def component(prof):
+    plot.plot_profile(prof, str(tmp_path / "c.png"))
+    return drawn[-1][0].axes[0].get_title().split(" | ")[0]
+
+  blocks = [p for p in _block_points(1) if p.component != "model"]
+  models = [_point("model", n, 1e-3 * n) for n in range(17, 1, -1)]
+  assert component(_profile(blocks + models, modes=("block", "model"))) == "test_tiny_vit model"
+  assert component(_profile(models, modes=("block",))) == "test_tiny_vit model"  # no block pts
+  assert component(_profile(blocks, modes=("model",))) == "test_tiny_vit block"  # no model pts
+  assert component(_profile(blocks, modes=("block",))) == "test_tiny_vit block"
+  assert len(drawn[-1][0].axes) == 1       # (no whole-model checks: one panel)
+  with pytest.raises(ValueError, match=r"^profile of test_tiny_vit has no 'model' points to "
+                                       r"plot$"):
+    plot.plot_profile(_profile(blocks), str(tmp_path / "m.png"), component="model")
+  with pytest.raises(ValueError, match=r"^can plot only \('model', 'block'\), got 'embed'$"):
+    plot.plot_profile(_profile(blocks), str(tmp_path / "m.png"), component="embed")
+  assert not os.path.exists(tmp_path / "m.png")

@@ -2,12 +2,14 @@
 import dataclasses
 import itertools
 import re
+import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vitprune import parallel
 from vitprune.profile import timing
 
 
@@ -422,3 +424,44 @@ def test_repeat_timing_names_its_flags_and_keeps_max_retries():
       protocol.repeat_timing(bad, 1)
   with pytest.raises(ValueError, match="^--warmup must be >= 0, got -1$"):
     protocol.repeat_timing(5, -1)
+
+
+def _run_jobs_and_join(jobs, threads, on_done, gate):
+  """`parallel.run_jobs`, then `gate` set and every thread it started joined (10 s at most)."""
+  before = set(threading.enumerate())
+  try:
+    return parallel.run_jobs(jobs, threads, on_done)
+  finally:
+    gate.set()
+    for t in set(threading.enumerate()) - before:
+      t.join(10)
+
+
+def test_run_jobs_runs_threads_jobs_at_once():
+  both = threading.Barrier(2, timeout=10)      # (one thread at a time: broken after 10 s)
+  assert parallel.run_jobs({k: (lambda k=k: (both.wait(), k)[1]) for k in "ab"}, 2) == {
+      "a": "a", "b": "b"}
+
+
+@pytest.mark.parametrize("stop", [OSError("iree-compile failed"), KeyboardInterrupt()])
+def test_run_jobs_stopped_never_runs_the_queued_jobs(stop):
+  """The queue is cancelled, not left to the pool's threads once the running jobs finish (a
+  failing job, or Ctrl-C in `on_done`)."""
+  ran, gate = [], threading.Event()
+
+  def job(k):
+    ran.append(k)
+    if k == 0:
+      if isinstance(stop, OSError):
+        raise stop
+      return k
+    gate.wait(10)
+    return k
+
+  def on_done(key, result):
+    raise stop
+
+  with pytest.raises(type(stop)):
+    _run_jobs_and_join({k: (lambda k=k: job(k)) for k in range(10)}, 2,
+                       on_done if isinstance(stop, KeyboardInterrupt) else None, gate)
+  assert len(ran) <= 3 and 0 in ran

@@ -134,3 +134,19 @@ def test_keep_first_in_a_block_keeps_the_first_tokens_and_sizes():
   y, s = KeepFirst().reduce(x, size, None, num_keep=4, num_prefix=1, layer=1)
   np.testing.assert_array_equal(y, x[:, :4])
   np.testing.assert_array_equal(s, size[:, :4])
+
+
+def test_the_attention_methods_serve_every_layer_and_leave_one_patch():
+  """`layer_dependent` False (one compiled block serves every layer): the output does not depend
+  on `layer`; a block keeps the prefix and one patch token, a limit never below 0."""
+  n, keep = 9, 6
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(2, n, 8)), jnp.float32)
+  stats = _stats(2, n)
+  for name in ("evit", "pomt", "topk"):
+    red = make_reducer(name)
+    assert red.layer_dependent is False and red.supports_embedding is False, name
+    at0, at5 = (red.reduce(x, None, stats, num_keep=keep, num_prefix=1, layer=layer)[0]
+                for layer in (0, 5))
+    np.testing.assert_array_equal(at0, at5)
+    assert [red.max_remove(t, p) for t, p in ((17, 1), (19, 3), (4, 3), (3, 3), (1, 1))] == [
+        15, 15, 0, 0, 0], name

@@ -1,5 +1,6 @@
 """Reducers on hand-built inputs: kept / merged indices, fill values, NumPy references, errors."""
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -473,3 +474,44 @@ def test_reducer_fields_name_every_option_defaults_included():
   for name in ("evit", "pomt", "random", "tome", "topk"):    # (what a record keeps rebuilds it)
     red = make_reducer(name)
     assert make_reducer(name, **reducer_fields(red)) == red
+
+
+def test_num_keep_above_n_is_refused_with_the_range():
+  x, st = jnp.asarray(_tokens(1, 6)), _random_stats(1, 2, 6, 2, 0)
+  for name, cls in (("evit", "EViT"), ("pomt", "POMT"), ("random", "RandomDrop"),
+                    ("tome", "ToMe"), ("topk", "TopK")):
+    with pytest.raises(ValueError, match=rf"^{cls}: num_keep must be in \[num_prefix \+ 1, N\] "
+                                         r"= \[2, 6\], got 7"):
+      _reduce(make_reducer(name), x, None, st, num_keep=7, num_prefix=1, layer=0)
+
+
+def test_attention_values_of_other_heads_or_images_are_refused():
+  x, st = jnp.asarray(_tokens(2, 6)), _random_stats(2, 2, 6, 2, seed=1)
+  for values, shape in ((st.values[:, :, :1], "(2, 6, 1, 2)"), (st.values[:1], "(1, 6, 2, 2)")):
+    with pytest.raises(ValueError, match=re.escape(
+        f"POMT: attention values {shape} do not match the 2 images of 6 tokens and 2 heads "
+        "([B, N, H, D] = [2, 6, 2, D])")):
+      _reduce(POMT(), x, None, st._replace(values=values), num_keep=3, num_prefix=1, layer=0)
+
+
+def test_evit_mean_of_patches_no_attention_reached_is_zero_not_nan():
+  """EViT(normalize=True): the dropped patches' class attention sums to 0 -> a zero fill token
+  (a plain division gave NaN)."""
+  x = _tokens(1, 6)
+  probs = np.full((1, 2, 6, 6), 1 / 6)
+  probs[:, :, 0] = [0.5, 0.5, 0.0, 0.0, 0.0, 0.0]     # cls attends to itself and patch 0 only
+  rest = _random_stats(1, 2, 6, 2, seed=0)
+  st = rest._replace(probs=jnp.asarray(probs, jnp.float32))
+  out = np.asarray(_reduce(EViT(normalize=True), jnp.asarray(x), None, st, num_keep=3,
+                           num_prefix=1, layer=0)[0])
+  np.testing.assert_array_equal(out, np.concatenate([x[:, :2], np.zeros((1, 1, 3))], axis=1))
+
+
+def test_a_token_count_of_another_type_is_named_with_its_type():
+  x, st = jnp.asarray(_tokens(1, 6)), _random_stats(1, 2, 6, 2, 0)
+  for kw, said in ((dict(num_keep=3.0, num_prefix=1), "num_keep must be an int (a static token "
+                                                      "count), got float 3.0"),
+                   (dict(num_keep=3, num_prefix=True), "num_prefix must be an int (a static "
+                                                       "token count), got bool True")):
+    with pytest.raises(TypeError, match="^" + re.escape("TopK: " + said)):
+      _reduce(TopK(), x, None, st, layer=0, **kw)

@@ -12,9 +12,11 @@ import sys
 import numpy as np
 import pytest
 
+from vitprune import figure
 from vitprune import intervals
 from vitprune import solve
 from vitprune import solve_loop
+from vitprune import solve_plot
 from vitprune import solve_stage
 from vitprune import schedule as schedule_lib
 from vitprune.config import config_to_dict
@@ -22,6 +24,7 @@ from vitprune.config import Preprocessing, ViTConfig
 from vitprune.records.estimate import Estimate, read_estimate, write_estimate
 from vitprune.records.solution import (Solution, SolutionError, read_solution, summary_lines,
                                        write_solution)
+from vitprune.records.solution import Candidate, EstimateRef, ProfileRef
 from vitprune.profile import predict as profile_predict
 from vitprune.profile import records
 from vitprune.reduce.methods import make_reducer
@@ -3405,3 +3408,139 @@ def test_config_mismatch_in_the_preprocessing_names_the_nested_field(tmp_path):
   with pytest.raises(solve.SolveInputError, match=re.escape(want) + r".*e\.json is for "
                      r"solve_test_vit \(preprocessing.crop_pct 0.5\): their configs differ$"):
     _paper(ps, es)
+
+
+# ------------------------------------------------------------------------------------------------
+# solve_plot: what each plot draws (a mutation audit: series, scales, labels, markers pinned).
+
+def _drawn_figures(monkeypatch):
+  """[(figure, png_bytes kwargs)] of every figure `solve_plot` renders (still rendered)."""
+  drawn, real = [], figure.png_bytes
+  monkeypatch.setattr(figure, "png_bytes",
+                      lambda fig, **kw: (drawn.append((fig, kw)), real(fig, **kw))[1])
+  return drawn
+
+
+def _plot_solution(mode, chosen, *, frontier=(), checked=(), full=None, settings=None,
+                   curve=None, criterion="accuracy_floor"):
+  return Solution(
+      mode=mode, config=CFG,
+      profile=ProfileRef(path="p.json", sha256="0" * 64, device_kind="cpu", platform="cpu",
+                         dtype="float32", batch_size=8, latency_source="blocks"),
+      estimate=EstimateRef(path="e.json", sha256="1" * 64, kind=mode, method="pomt",
+                           metric="top1", layers=(1, 3), eval_batch_size=8,
+                           weights_sha256="2" * 64, data_fingerprint=None),
+      settings=dict(settings or {}), chosen=chosen, method="pomt", criterion=criterion,
+      full=full, frontier=tuple(frontier), created="2026-01-01T00:00:00Z",
+      checked=tuple(checked), curve=curve)
+
+
+def test_plot_paper_draws_each_curve_scaled_with_n_star_marked(monkeypatch):
+  drawn = _drawn_figures(monkeypatch)
+  tokens = [5, 9, 13, 17]
+  curve = {"tokens": tokens, "latency_s": [0.001, 0.002, 0.003, 0.004],
+           "accuracy": [0.5, 0.7, 0.8, 0.85], "utility": [0.1, 0.4, 0.3, 0.2]}
+  chosen = Candidate.predicted(CFG, (17, 17, 9, 9, 9, 9, 9), 0.002, 0.7, tokens=9)
+  sol = _plot_solution("paper", chosen, curve=curve, settings={"alpha": 0.25},
+                       criterion="utility")
+  png = solve_plot.plot_solution(sol)
+  assert png[:8] == b"\x89PNG\r\n\x1a\n"
+  ((fig, kw),) = drawn
+  assert kw == {"dpi": 120, "bbox_inches": "tight"}
+  axes = fig.axes
+  assert [ax.get_ylabel() for ax in axes] == ["utility U(n)", "latency L(n) [ms] (blocks)",
+                                              "top1 A(n)"]
+  assert axes[0].get_title() == (f"solve_test_vit: n* = 9 (alpha = 0.25), {chosen.schedule}")
+  assert [ax.get_xlabel() for ax in axes] == ["", "", "tokens kept n"]
+  for ax, ys, at_star in zip(axes, ([0.1, 0.4, 0.3, 0.2], [1.0, 2.0, 3.0, 4.0],
+                                    [0.5, 0.7, 0.8, 0.85]), (0.4, 2.0, 0.7)):
+    line, vline, star = ax.lines
+    assert list(line.get_xdata()) == tokens
+    assert list(line.get_ydata()) == pytest.approx(ys)
+    assert list(vline.get_xdata()) == [9, 9]
+    assert list(star.get_xdata()) == [9]
+    assert list(star.get_ydata()) == pytest.approx([at_star])
+
+
+def _frontier_solution(**kw):
+  fast = Candidate.predicted(CFG, (17, 5, 5, 5, 5, 5, 5), 0.001, 0.6)
+  mid = Candidate.predicted(CFG, (17, 9, 9, 9, 9, 9, 9), 0.002, 0.75, measured_accuracy=0.7,
+                            measured_accuracy_low=0.65, measured_accuracy_high=0.72,
+                            measured_latency_s=0.0025)
+  slow = Candidate.predicted(CFG, (17, 13, 13, 13, 13, 13, 13), 0.003, 0.8,
+                             measured_accuracy=0.82, measured_accuracy_low=0.78,
+                             measured_accuracy_high=0.85, measured_change_low=-0.02,
+                             measured_change_high=-0.01)
+  timed_only = Candidate.predicted(CFG, (17, 15, 15, 15, 15, 15, 15), 0.0035, 0.83,
+                                   measured_latency_s=0.004)
+  full = Candidate.predicted(CFG, (17,) * 7, 0.004, 0.85, measured_accuracy=0.86)
+  args = dict(frontier=(fast, mid, slow, full), checked=(mid, slow, timed_only), full=full,
+              settings={"accuracy_floor": 0.85 - 0.2, "max_accuracy_drop": 0.2,
+                        "floor_confidence": True})
+  args.update(kw)
+  return _plot_solution("multi", args.pop("chosen", mid), **args)
+
+
+def test_plot_frontier_draws_predictions_measurements_and_the_floor(monkeypatch):
+  drawn = _drawn_figures(monkeypatch)
+  sol = _frontier_solution()
+  assert solve_plot.plot_solution(sol)[:8] == b"\x89PNG\r\n\x1a\n"
+  ((fig, kw),) = drawn
+  assert kw == {"dpi": 120, "bbox_inches": "tight"}
+  (ax,) = fig.axes
+  assert ax.get_title() == "solve_test_vit (multi mode)" and ax.get_ylabel() == "top1"
+  assert ax.get_xlabel() == "latency [ms] (predicted: blocks; + and * measured)"
+  labels = {ln.get_label(): ln for ln in ax.lines}
+  mid = sol.chosen
+
+  def data(label):
+    return list(labels[label].get_xdata()) + list(labels[label].get_ydata())   # x..., y...
+
+  front = labels["Pareto frontier (predicted)"]
+  assert front.get_drawstyle() == "steps-post"
+  assert data("Pareto frontier (predicted)") == pytest.approx(
+      [1.0, 2.0, 3.0, 4.0, 0.6, 0.75, 0.8, 0.85])
+  assert data("checked on the data (predicted latency, measured top1)") == pytest.approx(
+      [2.0, 3.0, 0.7, 0.82])
+  # the measured latency: only of the schedules with a measured accuracy too
+  assert data("measured latency and top1") == pytest.approx([2.5, 0.7])
+  (join,) = [ln for ln in ax.lines if ln.get_label().startswith("_")]
+  assert list(join.get_xdata()) + list(join.get_ydata()) == pytest.approx(
+      [2.0, 2.5, 0.7, 0.7])
+  assert data("unpruned (predicted latency, measured top1)") == pytest.approx([4.0, 0.86])
+  assert data("accuracy floor 0.65")[2:] == [0.85 - 0.2] * 2      # (0.6499999999999999)
+  assert not any(ln.get_label().startswith("latency budget") for ln in ax.lines)
+  assert data(f"chosen, predicted (accuracy_floor): {mid.schedule}") == pytest.approx(
+      [2.0, 0.75])
+  assert data("chosen (measured)") == pytest.approx([2.5, 0.7])
+  # the interval the floor judges: Wilson's, or the unpruned's predicted metric plus the paired
+  # change (0.85 + [-0.02, -0.01], above the value 0.82: its lower bar is clipped at it)
+  (bars,) = ax.collections
+  assert [seg.ravel().tolist() for seg in bars.get_segments()] == [
+      pytest.approx([2.0, 0.65, 2.0, 0.72]), pytest.approx([3.0, 0.82, 3.0, 0.84])]
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+      ln.get_label() for ln in ax.lines if not ln.get_label().startswith("_")]
+
+
+def test_plot_frontier_of_predictions_only_says_so(monkeypatch):
+  drawn = _drawn_figures(monkeypatch)
+  fast = Candidate.predicted(CFG, (17, 5, 5, 5, 5, 5, 5), 0.001, 0.6)
+  full = Candidate.predicted(CFG, (17,) * 7, 0.004, 0.85)
+  timed_alone = dataclasses.replace(fast, measured_latency_s=0.0011)     # (no accuracy: no *)
+  sol = _frontier_solution(chosen=timed_alone, checked=(), full=full,
+                           settings={"latency_budget": 0.0015}, criterion="latency_budget")
+  solve_plot.plot_frontier(sol)
+  (ax,) = drawn[0][0].axes
+  assert ax.get_xlabel() == "latency [ms] (predicted: blocks)"
+  labels = [ln.get_label() for ln in ax.lines]
+  assert labels == ["Pareto frontier (predicted)", "unpruned (predicted latency, predicted top1)",
+                    "latency budget 1.5 ms", f"chosen, predicted (latency_budget): {fast.schedule}"]
+  assert list(ax.lines[1].get_ydata()) == [0.85]
+  assert list(ax.lines[2].get_xdata()) == pytest.approx([1.5, 1.5])
+  assert not ax.collections
+  # a measured latency alone marks "+" (no star: the chosen has no measured accuracy)
+  timed = dataclasses.replace(fast, measured_latency_s=0.0012, measured_accuracy=0.58)
+  solve_plot.plot_frontier(_frontier_solution(chosen=fast, checked=(timed,), full=None))
+  (ax,) = drawn[1][0].axes
+  assert ax.get_xlabel() == "latency [ms] (predicted: blocks; + measured)"
+  assert not any(ln.get_label().startswith("unpruned") for ln in ax.lines)
