@@ -475,6 +475,22 @@ CASES = [
      "--measure_frontier, --refine_accuracy_rounds apply to --solver=multi only"),
     ("profile", ["--layer=-1", "--out_dir={out}"], 2,
      "flag --layer=-1: -1 is not a non-negative integer"),
+    # (mutation audit of experiments/convert.py, digits_images.py, solve.py, estimate.py)
+    ("convert", ["--model=test_tiny_vit", "--out={out}"], 1,
+     "--model and --checkpoint are required"),
+    ("digits_images", ["--out={out}", "--split=all", "--limit=1798"], 1,
+     "--limit=1798 exceeds the 1797 digits of the all split"),
+    ("solve", ["--profile=p", "--estimate=e", "--step_k=2"], 1,
+     "--step_k applies to --mode=multi only"),
+    ("solve", ["--profile=p", "--estimate=e", "--mode=multi", "--weights=w"], 1,
+     "--weights measures a multi-mode --accuracy_floor, --max_accuracy_drop or --latency_budget "
+     "choice in the loop: pass --mode=multi and one of them"),
+    ("estimate", ["--layers= ", "--out_dir={out}"], 1,
+     "--layers is empty (leave it out for the default)"),
+    ("estimate", ["--method=pomt", "--layer= ", "--out_dir={out}"], 1,
+     "--layer is empty (leave it out for the default)"),
+    ("estimate", ["--layer=1", "--layers=all", "--out_dir={out}"], 1,
+     "pass either --layer (one curve) or --layers (sensitivity table)"),
 ]
 
 

@@ -23,6 +23,8 @@ from vitprune.model import jitted_forward_features as forward_features
 from vitprune.posembed import resample_abs_pos_embed, resize_grid, resize_matrix
 from vitprune.registry import get_config
 
+from tests.conftest import run_cli_in_process
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(ROOT, "tests", "fixtures", "golden")
 MANIFEST = json.load(open(os.path.join(GOLDEN, "manifest.json")))
@@ -1268,3 +1270,38 @@ def test_the_weights_meta_records_the_head_dropped_and_the_keys_ignored(tmp_path
       True, ["mask_token"], 0)
   head = params["head"]["kernel"].size + params["head"]["bias"].size
   assert meta["num_params"] == sum(np.size(x) for x in jax.tree.leaves(params)) - head
+
+
+def test_the_cli_passes_each_flag_on_and_says_what_it_converted(tmp_path):
+  """Mutation audit of experiments/convert.py: --img_size names the default --out and is
+  resampled for (said), --verify prints the top-1 class, --num_classes / --drop_head /
+  --ignore_keys / --overwrite reach the conversion, and the first line holds 12 sha256 digits."""
+  from experiments import convert as cli  # pylint: disable=g-import-not-at-top  (name clash)
+  cfg, _, sd = tiny_sd()
+  save_file(sd, str(tmp_path / "t.safetensors"))
+  sha = file_sha256(str(tmp_path / "t.safetensors"))[:12]
+  code, out, err = run_cli_in_process(tmp_path, "convert", [
+      "--model=test_tiny_vit", "--checkpoint=t.safetensors", "--img_size=48", "--verify"])
+  assert (code, err) == (0, ""), err
+  made = tmp_path / "weights" / "test_tiny_vit_48"          # (the default --out at 48 pixels)
+  lines = out.splitlines()
+  assert lines[:3] == [
+      f"converted t.safetensors (safetensors, sha256 {sha}) -> {made}",
+      "test_tiny_vit: 24,874 parameters, img_size 48, num_classes 10",
+      "pos_embed resampled (1, 17, 32) -> (1, 37, 32) (bicubic, antialias=True)"]
+  assert re.fullmatch(r"verify: logits \(1, 10\), mean [+-]\d\.\d{6}, std \d\.\d{6}, "
+                      r"top-1 class \d", lines[3]) and len(lines) == 4, out
+  assert checkpoint.read_weights_config(str(made))[0] == cfg.replace(img_size=48)
+  assert cli.default_out("test_tiny_vit", 32, 32) == os.path.join("weights", "test_tiny_vit")
+  save_file(dict(sd, mask_token=np.zeros((1, cfg.embed_dim), np.float32)),
+            str(tmp_path / "m.safetensors"))
+  features = ["--model=test_tiny_vit", "--checkpoint=m.safetensors", "--num_classes=0",
+              "--drop_head", "--ignore_keys=mask_token", "--out=f"]
+  code, out, err = run_cli_in_process(tmp_path, "convert", features)
+  assert (code, err) == (0, ""), err
+  assert out.splitlines()[1] == "test_tiny_vit: 23,904 parameters, img_size 32, num_classes 0"
+  assert checkpoint.read_weights_config(str(tmp_path / "f"))[0] == cfg.replace(num_classes=0)
+  assert run_cli_in_process(tmp_path, "convert", features) == (
+      1, "", "error: --out=f already exists (pass --overwrite to replace it)\n")
+  code, out, err = run_cli_in_process(tmp_path, "convert", features + ["--overwrite"])
+  assert (code, err) == (0, "") and out.startswith("converted m.safetensors"), err

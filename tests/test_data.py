@@ -1687,3 +1687,24 @@ def test_one_unknown_class_folder_is_named_alone(tmp_path):
     data.ImageFolder(str(tmp_path), class_names=["cat", "cow"])
   assert str(e.value) == (f"class folders ['dog', 'emu'] in {str(tmp_path)!r} are not among the "
                           "model's class names ['cat', 'cow']")
+
+
+def test_digits_images_refuses_its_own_folder_without_overwrite(tmp_path, capsys):
+  """Mutation audit of experiments/digits_images.py: a folder it wrote is replaced only with
+  --overwrite (refused by the CLI's own check, before any work), and --split=all says every
+  digit."""
+  from experiments import common, digits_images   # pylint: disable=g-import-not-at-top
+  out = tmp_path / "imgs"
+  common.run_in_process(digits_images.main, digits_images.define_flags,
+                        [f"--out={out}", "--limit=10"])
+  before = sorted(os.listdir(out))
+  with pytest.raises(SystemExit) as e:
+    common.run_in_process(digits_images.main, digits_images.define_flags,
+                          [f"--out={out}", "--split=all"])
+  assert e.value.code == 1
+  assert capsys.readouterr().err == (
+      f"error: --out={out} already exists (pass --overwrite to replace it)\n")
+  assert sorted(os.listdir(out)) == before
+  common.run_in_process(digits_images.main, digits_images.define_flags,
+                        [f"--out={out}", "--split=all", "--overwrite"])
+  assert capsys.readouterr().out == f"wrote 1797 digits (all split) to {out}\n"
