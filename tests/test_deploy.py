@@ -1651,3 +1651,25 @@ def test_on_cpu_an_export_off_by_one_ulp_is_refused(tmp_path, params, monkeypatc
     deploy.export_artifact(str(tmp_path / "art"), CFG, params, schedule=SCHED,
                            reducer=REDUCER, batch_size=2)
   assert os.listdir(tmp_path) == []
+
+
+def test_run_deployed_prints_and_records_the_latency_it_timed(artifact, tmp_path, monkeypatch):
+  """Mutation audit of experiments/run_deployed.py: the latency line's per-image time is the
+  median over the batch, and the results record --warmup and the timed calls."""
+  from experiments import run_deployed  # pylint: disable=g-import-not-at-top
+  from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
+  images, out = str(tmp_path / "imgs"), tmp_path / "r.json"
+  _write_pngs(images, ["a.png", "b.png", "c.png"])
+  monkeypatch.setattr(deploy, "time_model",
+                      lambda *_: protocol.summarize([2e-3, 2e-3, 2e-3, 2e-3]))
+  code, stdout, err = run_cli_in_process(REPO, "run_deployed", [
+      f"--artifact={artifact}", f"--images={images}", "--repeats=4", "--warmup=1", "--quiet",
+      f"--output={out}"])
+  assert code == 0, err
+  lat = json.loads(out.read_text())["latency"]
+  assert (lat["warmup"], lat["repeats"], lat["samples_s"]) == (1, 4, [2e-3] * 4)
+  b = lat["batch_size"]
+  line = [s for s in stdout.splitlines() if s.startswith("latency batch ")]
+  assert line == [f"latency batch {b}: median 2.000 ms (IQR 0.000 ms, 4 repeats), "
+                  f"{2 / b:.3f} ms/image; first call {lat['first_call_s']:.3f} s"], stdout
+  assert run_deployed.RESULT_FORMAT == json.loads(out.read_text())["format"]
