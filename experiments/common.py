@@ -358,23 +358,14 @@ def write_result(path: str, doc: Dict[str, Any], fmt: str, *,
 
 def check_new_dir(path: str, flag: str = "out", overwrite: bool = False,
                   is_ours: Optional[Callable[[str], bool]] = None) -> None:
-  """An output directory the CLI creates whole: not a file, absent (or empty) unless
-  `overwrite`, and creatable; with `is_ours`, one that `overwrite` may replace (else
-  `atomic.ForeignOutputError` before any work, not after it)."""
+  """An output directory the CLI creates whole: its name fits, `atomic.check_output_dir_target`
+  (not a file, absent or empty unless `overwrite`; with `is_ours`, one that `overwrite` may
+  replace, else `atomic.ForeignOutputError` before any work, not after it), and creatable;
+  messages name `--flag`."""
   if not path:
     raise ValueError(f"--{flag} is required")
   atomic.check_name_fits(path, flag)
-  atomic.check_outside_published(atomic.without_trailing_sep(path), flag)
-  atomic.cleanup_stale(path)   # a killed writer's moved-aside output is restored first
-  bare = atomic.without_trailing_sep(path)
-  if os.path.lexists(bare):
-    if not os.path.isdir(path):
-      raise NotADirectoryError(f"--{flag}={path} is {atomic.describe(bare)}, not a directory")
-    atomic.check_not_mount_point(os.path.abspath(path))
-    if is_ours is not None:      # (never ours: --overwrite would not help, so not hinted)
-      atomic.check_replaceable(os.path.abspath(path), is_ours)
-    if os.listdir(path) and not overwrite:
-      raise FileExistsError(f"--{flag}={path} already exists (pass --overwrite to replace it)")
+  atomic.check_output_dir_target(path, overwrite, is_ours, "pass --overwrite to replace it", flag)
   atomic.check_creatable(path, flag)
 
 

@@ -1303,3 +1303,26 @@ def test_a_name_too_long_for_the_file_system_is_no_file_not_a_raw_os_error(tmp_p
   atomic.cleanup_stale(os.path.join(long_name, "x"))          # nothing there to clean
   assert atomic.moved_aside_note(os.path.join(long_name, "x")) == ""
   assert os.listdir(tmp_path) == []
+
+
+def test_output_dir_target_names_the_flag_or_the_path(tmp_path):
+  """One check for library and CLIs (`common.check_new_dir` calls it with its flag): a file is
+  not a directory, a full folder exists, each message naming `--flag=path` or the path."""
+  f = tmp_path / "f"
+  f.write_text("x")
+  with pytest.raises(NotADirectoryError) as e:
+    atomic.check_output_dir_target(str(f), False, None)
+  assert str(e.value) == f"{f} is a regular file, not a directory"
+  with pytest.raises(NotADirectoryError) as e:
+    atomic.check_output_dir_target(str(f), True, lambda p: True, "h", flag="out")
+  assert str(e.value) == f"--out={f} is a regular file, not a directory"
+  with pytest.raises(atomic.ForeignOutputError, match="it is a regular file that is not"):
+    atomic.check_output_dir_target(str(f), True, lambda p: False)        # (library: foreign)
+  full = tmp_path / "full"
+  full.mkdir()
+  (full / "a").write_text("x")
+  with pytest.raises(FileExistsError) as e:
+    atomic.check_output_dir_target(str(full), False, None, "pass --overwrite", flag="out")
+  assert str(e.value) == f"--out={full} already exists (pass --overwrite)"
+  atomic.check_output_dir_target(str(full), True, None, flag="out")   # (its writer judges it)
+  atomic.check_output_dir_target(str(tmp_path / "new"), False, None, flag="out")

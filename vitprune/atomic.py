@@ -357,22 +357,32 @@ def check_not_mount_point(path: str) -> None:
                   "directory; write into a directory inside it")
 
 
-def check_output_dir_target(path: str, overwrite: bool, is_ours: Callable[[str], bool],
-                            hint: str = "pass overwrite=True / --overwrite") -> None:
+def check_output_dir_target(path: str, overwrite: bool,
+                            is_ours: Optional[Callable[[str], bool]],
+                            hint: str = "pass overwrite=True / --overwrite",
+                            flag: Optional[str] = None) -> None:
   """Before any work: `path` may become a new output directory (absent or empty: `is_free`),
-  or, with `overwrite`, replace one of ours (`check_replaceable`); never a mount point, nor
-  inside a folder vitprune published whole (`staged_dir` refuses it after the work). What a
-  killed writer left is cleaned first (`cleanup_stale`: the output it moved aside is put back
-  and judged here, not refused by the publish after the work, as the CLIs' `check_new_dir`
-  does)."""
+  or, with `overwrite`, replace one of ours (`check_replaceable`; `is_ours` None: any folder,
+  the caller's own writer judges it); never a file, a mount point, nor inside a folder vitprune
+  published whole (`staged_dir` refuses it after the work). What a killed writer left is
+  cleaned first (`cleanup_stale`: the output it moved aside is put back and judged here, not
+  refused by the publish after the work). Messages name `--flag=path` when `flag` is given
+  (a CLI's check, `hint` then its own), else `path`."""
   check_switch("overwrite", overwrite)
-  check_outside_published(path, None)
-  check_not_mount_point(path)
+  bare = without_trailing_sep(path)
+  name = path if flag is None else f"--{flag}={path}"
+  check_outside_published(bare, flag)
   cleanup_stale(path)
-  if not is_free(path):
-    check_replaceable(path, is_ours)   # (never ours: --overwrite would not help, so not hinted)
-  if not overwrite and not is_free(path):
-    raise FileExistsError(f"{path} already exists ({hint})")
+  if not os.path.lexists(bare):
+    return
+  if not os.path.isdir(path) and (flag is not None or is_ours is None):
+    raise NotADirectoryError(f"{name} is {describe(bare)}, not a directory")
+  check_not_mount_point(os.path.abspath(path))
+  if is_ours is not None:      # (never ours: --overwrite would not help, so not hinted)
+    check_replaceable(os.path.abspath(path) if flag else path, is_ours)
+  occupied = os.listdir(path) if is_ours is None else not is_free(path)   # (a link: judged
+  if occupied and not overwrite:                                          # as ours or not)
+    raise FileExistsError(f"{name} already exists ({hint})")
 
 
 def check_replaceable(path: str, is_ours: Callable[[str], bool]) -> None:
