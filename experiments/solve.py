@@ -146,8 +146,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("loop_neighbours", 2, "With --weights: schedules (frontier or measured) "
                        "on each side of the choice timed in the loop (0: the choice alone).",
                        lower_bound=0, upper_bound=1000, flag_values=fv)
-  flags.DEFINE_float("min_run_time", 0.2, "With --weights: seconds of timed calls per graph.",
-                     flag_values=fv)
+  flags.DEFINE_float("min_run_time", 0.25, "With --weights: seconds of timed calls per graph "
+                     "(the main job's default).", flag_values=fv)
 
 
 def main(f: flags.FlagValues):
