@@ -172,7 +172,13 @@ def check_jax_platforms(environ: Optional[Dict[str, str]] = None) -> None:
   try:
     jax.devices()
   except (RuntimeError, AssertionError, ValueError) as e:
-    reason = one_line(e) or type(e).__name__
+    reason = one_line(e)
+    known = re.search(r"not in the list of known backends: \[([^\]]*)\]", reason)
+    if known:            # (JAX names the backend it tried last: 'rocm' for a 'gpu' asked for)
+      reason = f"this jax build has no such backend; it knows {known.group(1).replace(chr(39), '')}"
+    elif not str(e).strip():
+      reason = (f"jax raised {type(e).__name__} with no message: is a jax build with that "
+                "backend installed?")
     raise ValueError(f"{name}={env[name]!r}: JAX cannot start that backend on this machine "
                      f"({reason}); unset {name} or name an available one, e.g. cpu") from None
 

@@ -1060,3 +1060,31 @@ def test_counted_says_one_noun_or_its_plural():
   assert [counted(n, "image") for n in (0, 1, 2)] == ["0 images", "1 image", "2 images"]
   assert counted(1, "flat stretch", "flat stretches") == "1 flat stretch"
   assert counted(3, "flat stretch", "flat stretches") == "3 flat stretches"
+
+
+def test_a_forced_jax_platform_says_which_backends_jax_knows(monkeypatch):
+  """A README walk-through: JAX_PLATFORMS=gpu quoted JAX's 'Unable to initialize backend
+  'rocm'' (the last GPU backend JAX tried, not the one asked for); an empty AssertionError
+  (cuda without its plugin) printed as '(AssertionError)'."""
+  import jax  # pylint: disable=g-import-not-at-top
+  errors = iter([RuntimeError(
+      "Unable to initialize backend 'rocm': Backend 'rocm' is not in the list of known "
+      "backends: ['cpu', 'tpu']. (set JAX_PLATFORMS='' to automatically choose an available "
+      "backend)"), AssertionError()])
+
+  def devices():
+    raise next(errors)
+
+  monkeypatch.setattr(jax, "devices", devices)
+  with pytest.raises(ValueError) as e:
+    common.check_jax_platforms({"JAX_PLATFORMS": "gpu"})
+  assert str(e.value) == (
+      "JAX_PLATFORMS='gpu': JAX cannot start that backend on this machine (this jax build has "
+      "no such backend; it knows cpu, tpu); unset JAX_PLATFORMS or name an available one, e.g. "
+      "cpu")
+  with pytest.raises(ValueError) as e:
+    common.check_jax_platforms({"JAX_PLATFORMS": "cuda"})
+  assert str(e.value) == (
+      "JAX_PLATFORMS='cuda': JAX cannot start that backend on this machine (jax raised "
+      "AssertionError with no message: is a jax build with that backend installed?); unset "
+      "JAX_PLATFORMS or name an available one, e.g. cpu")
