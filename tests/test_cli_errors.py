@@ -491,6 +491,14 @@ CASES = [
      "--layer is empty (leave it out for the default)"),
     ("estimate", ["--layer=1", "--layers=all", "--out_dir={out}"], 1,
      "pass either --layer (one curve) or --layers (sensitivity table)"),
+    # mutation audit of deploy.py, train_digits.py: each check at its boundary
+    ("deploy", [f"--weights={WEIGHTS}"], 1, "--weights and --out are required"),
+    ("train_digits", ["--batch_size=1439", "--out={out}"], 1,
+     "--batch_size=1439 is larger than the 1438 training digits"),
+    ("train_digits", ["--epochs=1", "--warmup_epochs=0", "--max_steps=22", "--out={out}"], 1,
+     "--max_steps=22 changes nothing: the run has 22 steps"),
+    ("prune", ["--batch_size=0"], 1, "--batch_size must be >= 1, got 0"),
+    ("edge_kit", ["--jobs=0", "--out={out}"], 1, "--jobs must be >= 1, got 0"),
 ]
 
 

@@ -1673,3 +1673,47 @@ def test_run_deployed_prints_and_records_the_latency_it_timed(artifact, tmp_path
   assert line == [f"latency batch {b}: median 2.000 ms (IQR 0.000 ms, 4 repeats), "
                   f"{2 / b:.3f} ms/image; first call {lat['first_call_s']:.3f} s"], stdout
   assert run_deployed.RESULT_FORMAT == json.loads(out.read_text())["format"]
+
+
+def test_deploy_prints_the_artifact_it_wrote_and_refuses_contradicting_flags(tmp_path, params,
+                                                                            capsys, monkeypatch):
+  """Mutation audit of experiments/deploy.py: the summary names what the manifest holds, line
+  by line; a --method against a solution's, a --schedule beside a --solution and options for
+  --method=none are refused before any work; --noverify skips the check."""
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from experiments import deploy as deploy_cli  # pylint: disable=g-import-not-at-top
+  weights = save_weights(str(tmp_path / "w"), CFG, params)
+  out = tmp_path / "art"
+  common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+      f"--weights={weights}", "--schedule=17,17,9", "--method=random", "--method_opts=seed=2",
+      "--batch_size=2", f"--out={out}"])
+  m = deploy.read_manifest(str(out))
+  assert m.reducer["options"] == {"seed": 2} and m.platforms == ("cpu",)
+  assert capsys.readouterr().out == (
+      f"wrote {out}\n"
+      f"  model test_tiny_vit, schedule {m.schedule_text} (counts 17,17,9), reducer "
+      "random(nested=true,seed=2)\n"
+      "  input [2, 32, 32, 3] float32 -> output [2, 10], compute float32, platforms cpu\n"
+      f"  weights sha256 {params_sha256(params)}\n"
+      "  targets jax\n")
+  sol = solution_file(tmp_path / "s.json", CFG, [17, 9, 9], weights_sha256=params_sha256(params))
+  for args, message in (
+      (["--method=tome", f"--solution={sol}"],
+       "--method=tome conflicts with the solver output's method 'pomt'"),
+      (["--schedule=full", f"--solution={sol}"], "give either --schedule or --solution, not both"),
+      (["--method=none", "--method_opts=seed=2"], "--method_opts given with --method=none")):
+    with pytest.raises(SystemExit):
+      common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+          f"--weights={weights}", *args, f"--out={tmp_path / 'no'}"])
+    assert capsys.readouterr().err == f"error: {message}\n"
+  assert not (tmp_path / "no").exists()
+  full = (CFG.num_tokens,) * (CFG.depth + 1)   # a solution's unpruned choice, its method repeated
+  sol = solution_file(tmp_path / "full.json", CFG, full, mode="multi", frontier=[full],
+                      weights_sha256=params_sha256(params))
+  def not_asked(*args, **kwargs):
+    raise AssertionError("--noverify verified")
+  monkeypatch.setattr(deploy, "_verify", not_asked)
+  common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+      f"--weights={weights}", f"--solution={sol}", "--method=pomt", "--noverify",
+      f"--out={tmp_path / 'full'}"])
+  assert ", reducer none\n" in capsys.readouterr().out

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import lose_inventory_beside_notes
+from tests.conftest import lose_inventory_beside_notes, run_cli_in_process
 from vitprune import atomic, deploy, iree_build, jsonio, model
 from vitprune import data as data_lib
 from vitprune.edge import kit as kit_lib
@@ -2526,3 +2526,19 @@ def test_each_board_command_names_the_flags_it_needs(artifact, tmp_path):
   for args in ((f"--kit={tmp_path}",), (f"--out={tmp_path / 'p.json'}",)):
     r = run_edge("profile", *args)
     assert (r.returncode, r.stderr) == (1, "error: profile needs --kit and --out\n")
+
+
+def test_edge_kit_counts_its_compiles_and_passes_its_flags_on(tmp_path):
+  """Mutation audit of experiments/edge_kit.py: one progress line per module of every batch
+  size, a rebuild served from --cache_dir, and --cpu_cores reaches the kit."""
+  args = ["--model=test_tiny_vit", "--tokens=17", "--batch_sizes=1,2", "--cache_dir=cache",
+          "--out=kit"]
+  code, out, err = run_cli_in_process(tmp_path, "edge_kit", args + ["--cpu_cores=1"])
+  assert code == 0 and out == f"wrote {tmp_path / 'kit'}\n", err
+  assert re.fullmatch(r"\[1/2\] compiled \(\d+\.\d s\)\n\[2/2\] compiled \(\d+\.\d s\)\n",
+                      err), err
+  kit = json.loads((tmp_path / "kit" / "kit.json").read_text())
+  assert [(p["batch_size"], p["runtime"]["shards"]) for p in kit["points"]] == [(1, 1), (2, 1)]
+  code, out, err = run_cli_in_process(tmp_path, "edge_kit",
+                                      args + ["--cpu_cores=1", "--overwrite"])
+  assert (code, err) == (0, "[1/2] compiled (cached)\n[2/2] compiled (cached)\n"), err

@@ -15,6 +15,7 @@ from vitprune.registry import get_config
 
 from experiments import common
 from experiments import prune
+from tests.conftest import run_cli_in_process
 
 
 CFG = get_config("test_tiny_vit")
@@ -409,3 +410,43 @@ def test_run_prune_refuses_non_finite_outputs_naming_the_graph():
                      match=r"^the unpruned test_tiny_vit produced non-finite outputs \(float32\)$"):
     prune_lib.run_prune(CFG, params, prune.synthetic_images(CFG, 1, seed=0), method="pomt",
                         schedule=None, warmup=0, repeats=1)
+
+
+def test_cli_prints_the_comparison_in_the_dtype_and_seed_it_was_given(tmp_path):
+  """Mutation audit of experiments/prune.py: --dtype and --seed reach the run, and every line
+  the CLI prints around the timings is pinned."""
+  code, out, err = run_cli_in_process(tmp_path, "prune", [
+      "--model=test_tiny_vit", "--dtype=bfloat16", "--batch_size=2", "--repeats=3",
+      "--warmup=0", "--schedule=keep@1:9", "--seed=2"])
+  assert (code, err) == (0, "")
+  lines = out.splitlines()
+  assert lines[:2] == [
+      "test_tiny_vit  method=pomt  schedule=keep@1:9  batch=2  dtype=bfloat16  device=cpu",
+      "tokens entering block: 0:17 1:17  | leaving the last: 9"]
+  assert re.fullmatch(r"top-1 agreement with the unpruned model: \d\.\d{4}", lines[2])
+  for line, k in zip(lines[3:5], ("  full", "pruned")):
+    assert re.fullmatch(rf"latency {k}: +\d+\.\d{{3}} ms median \(IQR \d+\.\d{{3}} ms\), "
+                        r"compile \d+\.\d\d s", line), line
+  assert re.fullmatch(r"speed-up: \d+\.\d{3}x.*", lines[5])
+  assert lines[6:] == ["images: 2 synthetic images (seed 2)",
+                       "weights: init_params(seed=2) (random-init, not trained: the agreement "
+                       "compares two untrained graphs)"]
+
+
+def test_cli_passes_its_timing_flags_to_run_prune(monkeypatch):
+  """Mutation audit: --warmup, --repeats and --dtype are the ones run_prune times with."""
+  seen = {}
+
+  class Stop(Exception):
+    pass
+
+  def spy(*a, **k):
+    seen.update(k)
+    raise Stop
+  monkeypatch.setattr(prune, "run_prune", spy)
+  with pytest.raises(Stop):
+    prune.main(common.parse(prune.define_flags, [
+        "--model=test_tiny_vit", "--batch_size=2", "--warmup=1", "--repeats=4",
+        "--dtype=bfloat16", "--schedule=keep@1:9"]))
+  assert (seen["warmup"], seen["repeats"], seen["dtype"]) == (1, 4, "bfloat16")
+  assert seen["schedule"].counts == (17, 17, 9) and seen["method"] == "pomt"

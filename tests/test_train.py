@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,10 +10,12 @@ import numpy as np
 import pytest
 
 from vitprune import checkpoint
+from vitprune import console
 from vitprune import model
 from vitprune import train as td
 from vitprune.digits import digits_preprocessing, digits_split
 from vitprune.registry import get_config
+from tests.conftest import run_cli_in_process
 
 vit_digits = get_config("vit_digits")
 
@@ -276,3 +279,45 @@ def test_a_warm_up_one_epoch_longer_than_training_is_refused():
   assert td.TrainConfig(epochs=4, warmup_epochs=4).warmup_epochs == 4
   with pytest.raises(ValueError, match=r"^warmup_epochs must be in \[0, epochs=4\], got 5$"):
     td.TrainConfig(epochs=4, warmup_epochs=5)
+
+
+
+def test_train_digits_trains_and_records_what_its_flags_say(tmp_path, monkeypatch):
+  """Mutation audit of experiments/train_digits.py: every hyper-parameter flag reaches the
+  training and its records, the held-out accuracy is the last epoch's; a warm-up as long as
+  training is allowed (TrainConfig's bound). The training itself is a stand-in."""
+  from experiments import train_digits  # pylint: disable=g-import-not-at-top
+  seen = {}
+  history = [{"epoch": 1, "steps": 1, "test_accuracy": 0.25},
+             {"epoch": 2, "steps": 2, "test_accuracy": 0.5}]
+
+  def fake_train(cfg, tc, train_data, test_data, max_steps=None):
+    seen.update(tc=tc, max_steps=max_steps, sizes=(len(train_data[0]), len(test_data[0])))
+    return model.init_params(cfg, 0), history
+  monkeypatch.setattr(train_digits, "train", fake_train)
+  code, out, err = run_cli_in_process(tmp_path, "train_digits", [
+      "--epochs=2", "--warmup_epochs=2", "--batch_size=16", "--lr=0.0005",
+      "--weight_decay=0.01", "--label_smoothing=0.05", "--max_shift=1", "--seed=3",
+      "--split_seed=1", "--max_steps=100", "--out=w"])
+  assert code == 0, err
+  want = dict(dataclasses.asdict(td.TrainConfig()), epochs=2, warmup_epochs=2, batch_size=16,
+              lr=0.0005, weight_decay=0.01, label_smoothing=0.05, max_shift=1, seed=3,
+              split_seed=1)
+  assert dataclasses.asdict(seen["tc"]) == want
+  assert (seen["max_steps"], seen["sizes"]) == (100, (1438, 359))
+  cfg, meta = checkpoint.read_weights_config(str(tmp_path / "w"))
+  metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
+  assert cfg == vit_digits and meta["train_config"] == metrics["train_config"] == want
+  assert (meta["epochs"], meta["max_steps"], metrics["max_steps"]) == (2, 100, 100)
+  assert meta["split"] == {"seed": 1, "test_fraction": 0.2, "num_train": 1438, "num_test": 359}
+  assert (metrics["seed"], metrics["split_seed"], metrics["history"]) == (3, 1, history)
+  train_acc = td.accuracy(model.init_params(cfg, 0), cfg, *td.load_split("train", cfg, seed=1))
+  assert meta["test_accuracy"] == metrics["test_accuracy"] == 0.5
+  assert meta["train_accuracy"] == metrics["train_accuracy"] == train_acc != 0.5
+  assert checkpoint.read_class_names(str(tmp_path / "w")) == tuple(str(d) for d in range(10))
+  devices = console.counted(jax.device_count(), jax.default_backend() + " device")
+  lines = out.splitlines()
+  assert lines[0] == (f"vit_digits: 65 tokens, depth {vit_digits.depth}; train 1438 / test 359 "
+                      f"digits; {devices}")
+  assert re.fullmatch(rf"held-out accuracy 0\.5000 \(train {train_acc:.4f}\); \d+s; saved to "
+                      rf"{re.escape(str(tmp_path / 'w'))}", lines[-1]), lines[-1]
