@@ -93,9 +93,10 @@ def main(f: flags.FlagValues):
                      "training digits")
   total = tc.epochs * (len(train_data[0]) // tc.batch_size)
   if f.max_steps is not None and f.max_steps >= total:   # (recorded as a stop that never came)
+    per_epoch = len(train_data[0]) // tc.batch_size
     raise ValueError(f"--max_steps={f.max_steps} changes nothing: the run has {total} steps "
-                     f"({tc.epochs} epochs of {len(train_data[0]) // tc.batch_size}); leave it "
-                     "out or give fewer")
+                     f"({console.counted(tc.epochs, 'epoch')} of {per_epoch}); leave it out or "
+                     "give fewer")
   print(f"{cfg.name}: {cfg.num_tokens} tokens, depth {cfg.depth}; train {len(train_data[0])} / "
         f"test {len(test_data[0])} digits; "
         f"{console.counted(jax.device_count(), jax.default_backend() + ' device')}")

@@ -244,7 +244,7 @@ CASES = [
      "--split_seed=3 changes nothing with --split=all"),
     # ran 22 steps and recorded max_steps 100000 as if it had stopped early
     ("train_digits", ["--epochs=1", "--warmup_epochs=0", "--max_steps=100000", "--out={out}"], 1,
-     "--max_steps=100000 changes nothing: the run has 22 steps (1 epochs of 22)"),
+     "--max_steps=100000 changes nothing: the run has 22 steps (1 epoch of 22)"),
     # its plots were read back as images of the data by the next run (accuracy fell silently)
     ("profile", ["--data={full}", "--out_dir={full}/run"], 1,
      "loc/full/run is inside --data="),
@@ -496,7 +496,7 @@ CASES = [
     ("train_digits", ["--batch_size=1439", "--out={out}"], 1,
      "--batch_size=1439 is larger than the 1438 training digits"),
     ("train_digits", ["--epochs=1", "--warmup_epochs=0", "--max_steps=22", "--out={out}"], 1,
-     "--max_steps=22 changes nothing: the run has 22 steps"),
+     "--max_steps=22 changes nothing: the run has 22 steps (1 epoch of 22)"),
     ("prune", ["--batch_size=0"], 1, "--batch_size must be >= 1, got 0"),
     ("edge_kit", ["--jobs=0", "--out={out}"], 1, "--jobs must be >= 1, got 0"),
 ]
