@@ -175,7 +175,8 @@ def check_jax_platforms(environ: Optional[Dict[str, str]] = None) -> None:
     reason = one_line(e)
     known = re.search(r"not in the list of known backends: \[([^\]]*)\]", reason)
     if known:            # (JAX names the backend it tried last: 'rocm' for a 'gpu' asked for)
-      reason = f"this jax build has no such backend; it knows {known.group(1).replace(chr(39), '')}"
+      names = known.group(1).replace("'", "")
+      reason = f"this jax build has no such backend; it knows {names}"
     elif not str(e).strip():
       reason = (f"jax raised {type(e).__name__} with no message: is a jax build with that "
                 "backend installed?")

@@ -99,11 +99,11 @@ def _warn_other_images(root: str, skipped: Sequence[str]) -> None:
   their paths relative to `root`, in reading order): they are left out of the evaluation."""
   if skipped:
     exts = sorted({os.path.splitext(p)[1].lower() for p in skipped})
-    are = "is" if len(skipped) == 1 else "are"
+    one = len(skipped) == 1
     warnings.warn(f"{counted(len(skipped), 'file')} in dataset {root!r} named like images of a "
-                  f"format that is not read ({', '.join(exts)}; e.g. {skipped[0]!r}) {are} not "
-                  f"evaluated; convert {'it' if len(skipped) == 1 else 'them'} to one of "
-                  f"{', '.join(IMG_EXTENSIONS)}",
+                  f"format that is not read ({', '.join(exts)}; e.g. {skipped[0]!r}) "
+                  f"{'is' if one else 'are'} not evaluated; convert {'it' if one else 'them'} "
+                  f"to one of {', '.join(IMG_EXTENSIONS)}",
                   stacklevel=3)
 
 
