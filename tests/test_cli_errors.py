@@ -499,6 +499,7 @@ CASES = [
      "--max_steps=22 changes nothing: the run has 22 steps (1 epoch of 22)"),
     ("prune", ["--batch_size=0"], 1, "--batch_size must be >= 1, got 0"),
     ("edge_kit", ["--jobs=0", "--out={out}"], 1, "--jobs must be >= 1, got 0"),
+    ("estimate", ["--num_images=0", "--out_dir={out}"], 1, "--num_images must be >= 1, got 0"),
 ]
 
 

@@ -1255,3 +1255,147 @@ def test_record_margins_are_each_schedules_own(params):
     np.testing.assert_array_equal(recorded[counts], m)
   _, (full,) = measure([(17, 17, 17)], margins=True)
   assert not np.array_equal(recorded[scheds[0]], full)
+
+
+def test_default_names_at_the_grid_and_layer_tag_limits():
+  """Up to 6 counts are named one by one, 7 by a digest; a layer tag of 40 characters is kept,
+  one of 41 says how many layers; the reducer's options are named in key order."""
+  from experiments.estimate import default_out_name, grid_tag  # pylint: disable=g-import-not-at-top
+  assert grid_tag([1, 2, 4, 8, 16, 32]) == "t1.2.4.8.16.32"
+  assert grid_tag([1, 2, 4, 8, 16, 32, 64]) == "t1-64x7-9747b790"
+  assert grid_tag([5, 9]) == "t5.9" and grid_tag([5, 9, 14]) == "t5.9.14"
+  kept = [0, 1, 2] + list(range(10, 18))                # 'L0-L1-L2-L10-...-L17': 40 characters
+  assert default_out_name(CFG, "topk", kept, "imgs", 10, 2, None, "float32") == (
+      "test_tiny_vit_topk_L0-L1-L2-L10-L11-L12-L13-L14-L15-L16-L17_imgs_n10_s2_float32.json")
+  assert default_out_name(CFG, "topk", [0, 1] + list(range(10, 19)), "imgs", 10, 2, None,
+                          "float32") == "test_tiny_vit_topk_11layers_imgs_n10_s2_float32.json"
+  assert default_out_name(CFG, "evit", [None, 3], "my data", 10, 2, [9, 17], "bfloat16", 5,
+                          "abc", {"normalize": True, "alpha": 0.5}) == (
+      "test_tiny_vit_evit_alpha-0.5_normalize-true_embed-L3_my-data_n10_h5_s2_t9.17_bfloat16_"
+      "wabc.json")
+
+
+def test_the_cli_passes_its_data_method_and_eval_flags_on(tmp_path, monkeypatch):
+  """--num_images, --seed, --batch_size, --dtype, --shard, --layer, --tokens and --method reach
+  the evaluation and the record, the default name holds them, and the run prints the table and
+  the file it wrote."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  from vitprune.digest import params_sha256  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  seen, real = [], estimate.evaluate
+
+  def spy(*args, **kwargs):
+    seen.append(kwargs)
+    return real(*args, **kwargs)
+  monkeypatch.setattr(estimate, "evaluate", spy)
+  code, out, err = run_cli_in_process(root, "estimate", [
+      "--model=test_tiny_vit", "--num_images=6", "--batch_size=4", "--tokens=17,9",
+      "--method=pomt", "--layer=1", "--seed=3", "--dtype=bfloat16", "--noshard",
+      f"--out_dir={tmp_path}"])
+  assert code == 0 and err == "", err
+  name = (f"test_tiny_vit_pomt_L1_digits-test_n6_s3_t9.17_bfloat16_"
+          f"w{params_sha256(init_params(CFG, 0))[:8]}.json")
+  assert os.listdir(tmp_path) == [name]
+  rec = record_lib.read_estimate(str(tmp_path / name))
+  assert (rec.method, rec.method_kwargs, rec.seed, rec.layers, rec.tokens) == (
+      "pomt", {}, 3, (1,), (9, 17))
+  assert rec.data["selection"] == {"split": "test", "split_seed": 0, "num_images": 6,
+                                   "subset_seed": 3}
+  assert rec.data["num_examples"] == 6
+  assert (rec.eval_batch_size, rec.dtype) == (4, "bfloat16")
+  assert seen == [{"labelled": True, "dtype": "bfloat16", "shard": False}]
+  lines = out.splitlines()
+  assert lines[0] == "test_tiny_vit  method=pomt  6 images  labelled=True"
+  assert lines[1].startswith("unpruned: accuracy=")
+  assert lines[2] == f"{'n':>5} {'L1:accuracy':>13} {'L1:agreement':>13} {'L1:kl':>13}"
+  assert [l.split()[0] for l in lines[3:5]] == ["9", "17"]
+  assert lines[5:] == [f"wrote {tmp_path / name}"]
+  # Random drop: --seed seeds the reducer (recorded in its options, not named: it is the _s5)
+  # and draws the --holdout_images, which the name and the selection record.
+  code, out, err = run_cli_in_process(root, "estimate", [
+      "--model=test_tiny_vit", "--num_images=8", "--holdout_images=2", "--batch_size=4",
+      "--tokens=9", "--seed=5", f"--out_dir={tmp_path / 'random'}"])
+  assert code == 0 and err == "", err
+  name = f"test_tiny_vit_random_embed_digits-test_n6_h2_s5_t9_float32_{name.rsplit('_', 1)[1]}"
+  assert os.listdir(tmp_path / "random") == [name]
+  rec = record_lib.read_estimate(str(tmp_path / "random" / name))
+  assert (rec.method_kwargs, rec.seed, rec.data["num_examples"]) == (
+      {"seed": 5, "nested": True}, 5, 6)
+  assert rec.data["selection"] == {"split": "test", "split_seed": 0, "num_images": 8,
+                                   "subset_seed": 5, "holdout_images": 2, "part": "selection"}
+  assert out.splitlines()[0] == "test_tiny_vit  method=random(nested=true,seed=5)  6 images  " \
+      "labelled=True"
+
+
+def test_random_drops_seed_and_the_weights_class_names_on_a_folder(tmp_path):
+  """--seed without --num_images or --holdout_images seeds random drop (it is refused for the
+  other methods only) and names the file _s5; an unlabelled folder's run says why it gives no
+  accuracy and sweeps what killed runs of the model left; weights naming other classes than
+  the embedded default's are tagged so."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  rng = np.random.default_rng(0)
+  (tmp_path / "flat").mkdir()
+  for i in range(4):
+    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+        tmp_path / "flat" / f"{i}.png")
+  # What a killed run of other flags left is swept, for this model's names only
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  left = [tmp_path / "e" / f".{m}_x.json.tmp-{int(dead.stdout)}-abc"
+          for m in ("test_tiny_vit", "other_vit")]
+  for d in left:
+    d.mkdir(parents=True)
+  code, out, err = run_cli_in_process(root, "estimate", [
+      "--model=test_tiny_vit", f"--data={tmp_path / 'flat'}", "--tokens=9", "--seed=5",
+      f"--out_dir={tmp_path / 'e'}"])
+  assert code == 0 and err == "", err
+  assert not left[0].exists() and left[1].exists()
+  left[1].rmdir()
+  (name,) = os.listdir(tmp_path / "e")
+  assert name.startswith("test_tiny_vit_random_embed_flat_n4_s5_t9_float32_w"), name
+  assert record_lib.read_estimate(str(tmp_path / "e" / name)).method_kwargs == {
+      "seed": 5, "nested": True}
+  assert out.splitlines()[-2:] == [
+      "note: no accuracy: the images are not in class folders (DIR/<class>/<image>), so they "
+      "were read unlabelled: agreement and KL against the unpruned model only",
+      f"wrote {tmp_path / 'e' / name}"]
+  # Weights naming other classes than the embedded default's: their tag says so (c + 6 digits)
+  from vitprune.checkpoint import save_weights  # pylint: disable=g-import-not-at-top
+  from vitprune.digest import params_sha256  # pylint: disable=g-import-not-at-top
+  weights = save_weights(str(tmp_path / "w"), CFG, init_params(CFG, 0),
+                         class_names=[f"c{i}" for i in range(10)])
+  code, _, err = run_cli_in_process(root, "estimate", [
+      f"--weights={weights}", f"--data={tmp_path / 'flat'}", "--tokens=9",
+      f"--out_dir={tmp_path / 'w_e'}"])
+  assert code == 0 and err == "", err
+  assert os.listdir(tmp_path / "w_e") == [
+      f"test_tiny_vit_random_embed_flat_n4_s0_t9_float32_w"
+      f"{params_sha256(init_params(CFG, 0))[:8]}cbeb01a.json"]
+
+
+def test_a_block_method_reduces_at_block_3_by_default(tmp_path):
+  """Without --layer (or --layers) random drop reduces after the embedding, the other methods
+  at block 3 (of the embedded vit_digits, depth 6); a second run of the same flags is refused,
+  and replaces the estimate with --overwrite."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code, _, err = run_cli_in_process(root, "estimate", [
+      "--method=pomt", "--num_images=2", "--batch_size=2", "--tokens=33", "--seed=1",
+      f"--out_dir={tmp_path}"])
+  assert code == 0 and err == "", err
+  (name,) = os.listdir(tmp_path)
+  assert name == "vit_digits_pomt_L3_digits-test_n2_s1_t33_float32.json"
+  assert record_lib.read_estimate(str(tmp_path / name)).layers == (3,)
+  # The same flags again: refused, and replaced with --overwrite
+  argv = ["--method=pomt", "--num_images=2", "--batch_size=2", "--tokens=33", "--seed=1",
+          f"--out_dir={tmp_path}"]
+  code, _, err = run_cli_in_process(root, "estimate", argv)
+  assert (code, err) == (1, f"error: {tmp_path / name} already exists, an estimate with these "
+                            "flags (pass --overwrite to replace it, or --out_name to write "
+                            "another file)\n")
+  before = os.stat(tmp_path / name).st_ino
+  code, out, err = run_cli_in_process(root, "estimate", argv + ["--overwrite"])
+  assert code == 0 and err == "", err
+  assert os.listdir(tmp_path) == [name] and out.endswith(f"wrote {tmp_path / name}\n")
+  assert os.stat(tmp_path / name).st_ino != before           # (a new file in its place)

@@ -3544,3 +3544,52 @@ def test_plot_frontier_of_predictions_only_says_so(monkeypatch):
   (ax,) = drawn[1][0].axes
   assert ax.get_xlabel() == "latency [ms] (predicted: blocks; + measured)"
   assert not any(ln.get_label().startswith("unpruned") for ln in ax.lines)
+
+
+def test_cli_paper_mode_solves_at_the_alpha_layer_and_method_given(tmp_path):
+  """--alpha, --layer and --method reach the paper solver (each was read, and the solver ran on
+  its defaults had one not been passed on), and the run prints the summary and what it wrote
+  (no embed-row note: paper mode reads that row)."""
+  records.save(_profile([_point("model", n, _step_latency(n)) for n in range(2, N + 1)]),
+               str(tmp_path), "p")
+  es = _estimate(tmp_path, [None], list(range(2, N + 1)), _acc)
+  out = tmp_path / "out"
+  r = _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}", "--alpha=0.9",
+                "--layer=1", "--method=topk", f"--out_dir={out}")
+  assert r.returncode == 0 and r.stderr == "", r.stderr
+  stem = out / f"{CFG.name}_paper_b8_float32_cpu"
+  sol = read_solution(f"{stem}.json")
+  assert (sol.chosen.schedule, sol.chosen.counts, sol.method) == (
+      "keep@1:9", (N, N) + (9,) * 5, "topk")
+  assert sol.settings == {"alpha": 0.9, "layer": 1, "metric": "accuracy",
+                          "allow_batch_mismatch": False}
+  assert r.stdout == (
+      f"model {CFG.name} (paper mode, batch 8, cpu, metric accuracy)\n"
+      "chosen schedule: keep@1:9  counts 17,17,9,9,9,9,9  method topk  (utility, rests on "
+      "predicted numbers)\n"
+      "utility at n* = 9: U = 0.5322 from the curves' latency L(n*) 1 ms and accuracy A(n*) "
+      "0.7400 (the profile's and the estimate's graphs of n* tokens, not this schedule's: "
+      "predictions of it)\n"
+      "unpruned: 2 ms (measured by the profile), accuracy 0.9000 (measured by the estimate, "
+      "100000 images)\n"
+      "frontier: 2 non-dominated schedules\n"
+      f"wrote {stem}.json and {stem}.png\n")
+  # alpha 0 weighs accuracy alone: the unpruned schedule (alpha 0.5 chose keep@3:9)
+  r = _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}", "--alpha=0",
+                f"--out_dir={tmp_path / 'acc'}")
+  assert r.returncode == 0, r.stderr
+  sol = read_solution(str(tmp_path / "acc" / f"{CFG.name}_paper_b8_float32_cpu.json"))
+  assert (sol.chosen.schedule, sol.settings["alpha"], sol.settings["layer"]) == ("full", 0.0, 3)
+
+
+def test_cli_paper_mode_solves_at_the_batch_size_given(tmp_path):
+  """--batch_size reaches the paper solver: the file named b16 held the estimate's batch 8."""
+  records.save(_profile([_point("model", n, _step_latency(n) * b / 8, batch=b)
+                         for b in (8, 16) for n in range(2, N + 1)]), str(tmp_path), "p")
+  es = _estimate(tmp_path, [None], list(range(2, N + 1)), _acc)
+  r = _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}", "--batch_size=16",
+                "--allow_batch_mismatch", f"--out_dir={tmp_path / 'out'}")
+  assert r.returncode == 0, r.stderr
+  sol = read_solution(str(tmp_path / "out" / f"{CFG.name}_paper_b16_float32_cpu.json"))
+  assert (sol.profile.batch_size, sol.chosen.predicted_latency_s) == (16, 2e-3)
+  assert sol.settings["allow_batch_mismatch"] is True

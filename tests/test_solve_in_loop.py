@@ -524,3 +524,72 @@ def test_a_seed_that_draws_no_subset_is_refused(inputs):
   with pytest.raises(ValueError, match=r"^--seed draws the --num_images subset, but "
                      r"--num_images=359 is every one of the 359 images: it changes nothing$"):
     _run(root, es, ps, f"--weights={weights}", "--num_images=359", "--seed=1")
+
+
+def test_the_in_loop_evaluator_gets_the_flags_the_estimates_dtype_and_its_metric(inputs,
+                                                                                 tmp_path,
+                                                                                 monkeypatch):
+  """--eval_batch_size, --metric and the estimate's dtype reach the in-loop evaluator, which
+  records margins only for --anchored_prediction (a stand-in evaluator: the wiring alone)."""
+  from vitprune.profile import records  # pylint: disable=g-import-not-at-top
+  root, weights, es, ps = inputs
+  doc = json.load(open(es))
+  doc["eval"]["dtype"] = "bfloat16"             # (a bfloat16 estimate and profile)
+  (tmp_path / "e16.json").write_text(json.dumps(doc))
+  records.save(dataclasses.replace(records.load(ps), dtype="bfloat16"), str(tmp_path), "p16")
+  seen = []
+
+  class Stop(Exception):
+    pass
+
+  def stand_in(cfg, params, data, reducer, **kwargs):
+    seen.append(dict(kwargs, images=len(data.indices), reducer=reducer))
+    raise Stop
+  monkeypatch.setattr(solve_cli.estimate_lib, "schedule_evaluator", stand_in)
+  for es_, ps_, extra in ((es, ps, ["--eval_batch_size=7", "--metric=agreement"]),
+                          (str(tmp_path / "e16.json"), str(tmp_path / "p16.json"),
+                           ["--refine_accuracy_rounds=1", "--anchored_prediction"])):
+    with pytest.raises(Stop):
+      _run(root, es_, ps_, f"--weights={weights}", "--num_images=20", *extra)
+  assert seen == [
+      {"batch_size": 7, "dtype": "float32", "record_margins": None, "metric": "agreement",
+       "images": 20, "reducer": make_reducer("pomt")},
+      {"batch_size": 64, "dtype": "bfloat16", "record_margins": {}, "metric": "accuracy",
+       "images": 20, "reducer": make_reducer("pomt")}]
+
+
+def test_data_of_another_selection_is_refused_naming_every_flag_given(inputs):
+  """The refusal names the selection flags of this run, --holdout_images among them when
+  given (it said '(--num_images=20, --seed=0)' whatever was held out)."""
+  root, weights, es, ps = inputs
+  with pytest.raises(ValueError, match=r"^--data=digits \(--num_images=20, --seed=0, "
+                                       r"--holdout_images=5\) is not the data estimate "):
+    _run(root, es, ps, f"--weights={weights}", "--num_images=20", "--holdout_images=5")
+  with pytest.raises(ValueError, match=r"^--data=digits \(--num_images=30, --seed=0\) is not "
+                                       r"the data estimate "):
+    _run(root, es, ps, f"--weights={weights}", "--num_images=30")
+
+
+def test_loop_neighbours_reach_the_solver_with_the_flags_of_its_measurement(inputs, monkeypatch):
+  """--loop_neighbours, --measure_frontier and --refine_accuracy_rounds reach the multi
+  solver's in-loop listing, not only the final check, as its --accuracy_model and --monotone do
+  (a stand-in solver: the wiring alone)."""
+  root, weights, es, ps = inputs
+  seen = []
+
+  class Stop(Exception):
+    pass
+
+  def stand_in(*args, **kwargs):
+    seen.append({k: kwargs[k] for k in ("loop_neighbours", "measure_all", "refine_rounds",
+                                        "num_images", "accuracy_model", "monotone")})
+    raise Stop
+  monkeypatch.setattr(solve_cli.solve_stage, "solve_multilayer", stand_in)
+  for extra in (["--loop_neighbours=5", "--measure_frontier"],
+                ["--refine_accuracy_rounds=3", "--accuracy_model=additive", "--nomonotone"]):
+    with pytest.raises(Stop):
+      _run(root, es, ps, f"--weights={weights}", "--num_images=20", *extra)
+  assert seen == [{"loop_neighbours": 5, "measure_all": True, "refine_rounds": 0,
+                   "num_images": 20, "accuracy_model": "incremental", "monotone": True},
+                  {"loop_neighbours": 2, "measure_all": False, "refine_rounds": 3,
+                   "num_images": 20, "accuracy_model": "additive", "monotone": False}]
