@@ -11,6 +11,7 @@ import pytest
 
 from vitprune import atomic
 from vitprune import benchmark as B
+from vitprune import estimate
 from vitprune import intervals
 from vitprune import schedule as S
 from vitprune.registry import get_config
@@ -864,3 +865,48 @@ def test_each_batch_size_is_timed_on_images_of_that_batch_size(monkeypatch):
   for (name, b, _), (fn, (params, images)) in seen.items():
     assert fn == f"compiled {(name, b, 'float32')}"
     assert tuple(images.shape) == (b, TINY.img_size, TINY.img_size, TINY.in_chans)
+
+
+def test_the_cli_hands_its_flags_on_to_the_benchmark(tmp_path, monkeypatch):
+  """--seed, --compile_threads, --eval_batch_size, --num_images, --progress and the weights'
+  class names reach the benchmark, and the digits split is checked against the weights (a
+  mutation audit: any one dropped on the way ran with its default, unsaid)."""
+  class Stop(Exception):
+    pass
+
+  seen, loads, splits = {}, [], []
+
+  def stand_in(spec, params, variants, *, data=None, progress=True):
+    seen.update(spec=spec, data=data, progress=progress, names=[v.name for v in variants])
+    raise Stop
+
+  real_load = estimate.load_eval_data
+  monkeypatch.setattr(B, "run_benchmark", stand_in)
+  monkeypatch.setattr(estimate, "load_eval_data",
+                      lambda *a, **kw: loads.append((a, kw)) or real_load(*a, **kw))
+  monkeypatch.setattr(common, "check_digits_split", lambda *a: splits.append(a))
+  with pytest.raises(Stop):
+    _run(["--data=digits", "--num_images=30", "--seed=3", "--compile_threads=3",
+          "--eval_batch_size=16", "--batch_size=2", "--variants=tome:r2", "--noprogress",
+          f"--out_dir={tmp_path / 'out'}"])
+  spec = seen["spec"]
+  assert (spec.batch_sizes, spec.dtypes, spec.threads, spec.eval_batch_size, spec.seed,
+          spec.timing.seed) == ((2,), ("float32",), 3, 16, 3, 3)
+  assert seen["names"] == ["unpruned", "pomt", "tome:r2"] and seen["progress"] is False
+  assert seen["data"].info["num_examples"] == 30
+  assert splits == [(common.EMBEDDED_WEIGHTS, "digits")]
+  names = common.class_names(common.EMBEDDED_WEIGHTS)
+  assert names is not None
+  assert loads == [(("digits",), {"num_images": 30, "seed": 3, "class_names": names,
+                                  "num_classes": 10})]
+  assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_says_what_it_times_and_where_it_wrote(tmp_path, capsys):
+  _run(["--model=test_tiny_vit", "--data=none", "--batch_size=1,2", "--min_run_time=0.005",
+        "--noprogress", "--variants=tome:r2", f"--out_dir={tmp_path}"])
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == ("test_tiny_vit (init_params(seed=0)): 3 variants x batch [1, 2] x "
+                      "['float32']")
+  stem = tmp_path / "test_tiny_vit_cpu"
+  assert lines[-1] == f"wrote {stem}.csv, {stem}.md, {stem}.png"

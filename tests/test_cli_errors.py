@@ -500,6 +500,21 @@ CASES = [
     ("prune", ["--batch_size=0"], 1, "--batch_size must be >= 1, got 0"),
     ("edge_kit", ["--jobs=0", "--out={out}"], 1, "--jobs must be >= 1, got 0"),
     ("estimate", ["--num_images=0", "--out_dir={out}"], 1, "--num_images must be >= 1, got 0"),
+    # mutation audit of experiments/benchmark.py: each check of its own flags, exact text
+    ("benchmark", ["--dtype=", "--out_dir={out}"], 1,
+     "--dtype: empty; valid: float32, bfloat16"),
+    ("benchmark", ["--dtype=float16", "--out_dir={out}"], 1,
+     "--dtype: ['float16']; valid: float32, bfloat16"),
+    ("benchmark", ["--dtype=float32,FLOAT32", "--out_dir={out}"], 1,
+     "--dtype: duplicate values in ['float32', 'float32']"),
+    ("benchmark", ["--multi_frontier=-1", "--out_dir={out}"], 1,
+     "--multi_frontier must be >= 0, got -1"),
+    ("benchmark", ["--eval_batch_size=0", "--out_dir={out}"], 1,
+     "--eval_batch_size must be >= 1, got 0"),
+    ("benchmark", ["--num_images=0", "--out_dir={out}"], 1, "--num_images must be >= 1, got 0"),
+    ("benchmark", ["--eval_batch_size=1000000000", "--out_dir={out}"], 1,
+     "--eval_batch_size=1000000000 cannot fit in memory: a float32 evaluation of vit_digits "
+     "needs"),
 ]
 
 

@@ -450,3 +450,17 @@ def test_cli_passes_its_timing_flags_to_run_prune(monkeypatch):
         "--dtype=bfloat16", "--schedule=keep@1:9"]))
   assert (seen["warmup"], seen["repeats"], seen["dtype"]) == (1, 4, "bfloat16")
   assert seen["schedule"].counts == (17, 17, 9) and seen["method"] == "pomt"
+
+
+def test_a_folder_of_exactly_the_batch_is_all_its_images_and_synthetic_images_fill_the_size(
+    tmp_path):
+  """A mutation audit: a folder of --batch_size images is read whole (not a seeded 'sample' of
+  all of them), and synthetic images of a size that is not a multiple of 4 fill it."""
+  from vitprune.digits import write_digits_imagefolder
+  root = write_digits_imagefolder(str(tmp_path / "d"), split="test", limit=20)
+  imgs, _, valid, said = prune.load_images(get_config("vit_digits"), root, 20, 0)
+  assert said == f"all 20 images of {root}" and imgs.shape[0] == 20 and valid.all()
+  cfg = get_config("test_tiny_vit")
+  cfg = cfg.__class__(**{**cfg.__dict__, "img_size": 30, "patch_size": 6})
+  imgs = prune.synthetic_images(cfg, 2, 0)
+  assert imgs.shape == (2, 30, 30, cfg.in_chans) and imgs.dtype == np.float32
