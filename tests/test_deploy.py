@@ -1717,3 +1717,16 @@ def test_deploy_prints_the_artifact_it_wrote_and_refuses_contradicting_flags(tmp
       f"--weights={weights}", f"--solution={sol}", "--method=pomt", "--noverify",
       f"--out={tmp_path / 'full'}"])
   assert ", reducer none\n" in capsys.readouterr().out
+
+
+def test_only_a_random_drop_token_curve_stands_in_for_another_methods_estimate():
+  """Random drop's one curve (kind 'tokens') is any method's A(n) proxy; its per-layer
+  sensitivity table is not (a mutation audit: any random estimate passed for a POMT artifact)."""
+  from experiments.deploy import check_inputs_match   # pylint: disable=g-import-not-at-top
+  est = {"path": "e.json", "model": "vit_digits", "weights_sha256": "a" * 64,
+         "method": "random", "kind": "tokens"}
+  check_inputs_match({"estimate": est}, "vit_digits", "a" * 64, 1, "float32", "pomt")
+  with pytest.raises(ValueError, match=r"^--estimate=e.json measured --method=random, the "
+                     r"artifact prunes with --method=pomt$"):
+    check_inputs_match({"estimate": dict(est, kind="sensitivity")}, "vit_digits", "a" * 64, 1,
+                       "float32", "pomt")
