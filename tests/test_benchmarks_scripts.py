@@ -1,5 +1,6 @@
 """Smoke tests of the scripts under benchmarks/ (their numbers are not asserted: only that they
 run end to end and print their tables)."""
+import dataclasses
 import json
 import os
 import shutil
@@ -8,6 +9,13 @@ import sys
 
 import numpy as np
 import pytest
+
+from benchmarks import gpu_report
+from benchmarks import predictor_accuracy
+from experiments import common
+from vitprune import benchmark as bench
+from vitprune.profile import records
+from vitprune.registry import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -1425,3 +1433,270 @@ def test_gpu_report_refuses_rows_its_tables_cannot_tell_apart(tmp_path):
                                        r"'unpruned' rows, which the table cannot tell apart"):
     gpu_report.benchmark_rows(sorted(str(p) for p in tmp_path.glob("*/t.csv")))
   assert len(gpu_report.benchmark_rows([str(tmp_path / "b1" / "t.csv")])) == 1
+
+
+def test_gpu_report_profile_row_and_table_text(monkeypatch):
+  """A hand-made staircase (9.01234 ms down to 2.01234 ms over 17..2 tokens, steps at 14->13,
+  10->9, 6->5; compile 0.01 * (18 - n)^2 s): the row's numbers and the README line, exactly."""
+  cfg = get_config("test_tiny_vit")
+
+  def med(n):
+    return 1e-3 * (2.01234 + (n > 5) * 1.0 + (n > 9) * 2.0 + (n > 13) * 4.0)
+
+  points = tuple(records.Point(
+      component="model", batch_size=1, tokens=n, median_s=med(n), q25_s=med(n), q75_s=med(n),
+      num_samples=3, samples_s=(med(n),) * 3, compile_s=0.01 * (18 - n) ** 2, retries=0)
+                 for n in range(17, 1, -1))
+  prof = records.analyze(records.Profile(
+      model=cfg.name, config=dataclasses.asdict(cfg), device_kind="H200", platform="gpu",
+      jax_version="0.4.1", jaxlib_version="0.4.1", dtype="float32", modes=("model",),
+      reducer="keep_first", timing={"min_run_time": 0.1}, points=points,
+      created="2025-01-01T00:00:00+00:00"))
+  (row,) = gpu_report.profile_rows({"dir/p.json": prof})
+  steps = row.pop("steps")
+  assert row == pytest.approx({
+      "file": "p.json", "model": "test_tiny_vit", "dtype": "float32", "batch_size": 1,
+      "device_kind": "H200", "platform": "gpu", "jax_version": "0.4.1", "counts": 16,
+      "tokens_max": 17, "latency_max_ms": 9.01234, "tokens_min": 2, "latency_min_ms": 2.01234,
+      "num_steps": 3, "lone_counts": [], "compile_s_median": 0.725, "compile_s_p90": 2.105,
+      "compile_s_max": 2.56})
+  assert [(s["n_from"], s["n_to"]) for s in steps] == [(14, 13), (10, 9), (6, 5)]
+  assert [s["saving_ms"] for s in steps] == pytest.approx([4.0, 2.0, 1.0])
+  assert [s["saving_pct"] for s in steps] == pytest.approx(
+      [400 / 9.01234, 200 / 5.01234, 100 / 3.01234])
+  doc = {"device": {"device_kind": "H200", "platform": "gpu"}, "profiles": [{**row, "steps":
+                                                                            steps}],
+         "benchmark": [], "skipped": ["b.json"], "predictor_accuracy": []}
+  assert gpu_report.to_markdown(doc).splitlines() == [
+      "device: H200 (gpu), jax 0.4.1", "",
+      "| model | dtype | batch | counts | ms at max tokens | ms at min tokens | largest steps "
+      "(n -> n', saving) | steps | lone counts | compile s per shape (median / p90 / max; wall, "
+      "threads overlap) |",
+      "|---|---|---:|---:|---|---|---|---:|---|---|",
+      "| test_tiny_vit | float32 | 1 | 16 | 9.012 (17) | 2.012 (2) | 14->13 44.4%, 10->9 39.9%, "
+      "6->5 33.2% | 3 | - | 0.73 / 2.10 / 2.56 |", "",
+      "(not whole-model curves, not tabulated: b.json)"]
+  # The largest TOP_STEPS steps are listed; the steps column counts them all.
+  monkeypatch.setattr(gpu_report, "TOP_STEPS", 2)
+  (row,) = gpu_report.profile_rows({"p.json": prof})
+  assert [s["n_from"] for s in row["steps"]] == [14, 10] and row["num_steps"] == 3
+
+
+def _bench_row(**kw):
+  """A benchmark CSV row (every column, the unset ones empty)."""
+  row = {k: "" for k in bench.CSV_COLUMNS}
+  row.update(model="m", dtype="float32", batch_size=1, variant="unpruned", device_kind="H200",
+             platform="gpu", schedule="full", latency_median_ms=2.34567, latency_iqr_ms=0.0123,
+             compile_s=1.234, change_pct=0.0)
+  row.update(kw)
+  return row
+
+
+def test_gpu_report_benchmark_table_text_and_row_checks(tmp_path):
+  """The benchmark table's README lines exactly (numbers as printed, no spread legend when no
+  change is within the spread), tables read in path order whatever order they are given, and
+  each cell the table prints checked."""
+  (tmp_path / "b1").mkdir()
+  pomt = _bench_row(variant="pomt", schedule="keep@1:9", latency_median_ms=1.23456,
+                    latency_iqr_ms=0.0456, compile_s=0.5, change_pct=-47.3686)
+  (tmp_path / "b1" / "a.csv").write_text(bench.to_csv([_bench_row(), pomt]))
+  (tmp_path / "b1" / "b.csv").write_text(bench.to_csv([_bench_row(dtype="bfloat16")]))
+  paths = [str(tmp_path / "b1" / n) for n in ("b.csv", "a.csv")]
+  rows = gpu_report.benchmark_rows(paths)
+  assert [(r["dtype"], r["variant"]) for r in rows] == [
+      ("float32", "unpruned"), ("float32", "pomt"), ("bfloat16", "unpruned")]
+  said = gpu_report.to_markdown({"device": None, "profiles": [], "benchmark": rows,
+                                 "skipped": [], "predictor_accuracy": []})
+  assert said.splitlines() == [
+      "", "| model | batch | dtype | variant | schedule | latency ms (median ± IQR) | change | "
+      "compile s |", "|---|---:|---|---|---|---|---:|---:|",
+      "| m | 1 | float32 | unpruned | full | 2.346 ± 0.012 | +0.0% | 1.23 |",
+      "| m | 1 | float32 | pomt | keep@1:9 | 1.235 ± 0.046 | -47.4% | 0.50 |",
+      "| m | 1 | bfloat16 | unpruned | full | 2.346 ± 0.012 | +0.0% | 1.23 |"]
+  path = tmp_path / "t.csv"
+  for table, message in (
+      ([_bench_row(latency_median_ms=0)], r"line 2: latency_median_ms 0 is not a latency > 0"),
+      ([_bench_row(compile_s=-1)], r"line 2: compile_s -1 is not a compile time >= 0 s"),
+      ([_bench_row(agreement=2)], r"line 2: agreement 2 is not a fraction in \[0, 1\]"),
+      ([_bench_row(schedule="")], r"line 2: schedule '' is not a name"),
+      ([_bench_row(latency_q25_ms=1.0, latency_q75_ms=1.1, latency_median_ms=1.05,
+                   latency_iqr_ms=0.1001)],
+       r"line 2: latency_iqr_ms 0.1001 is not latency_q75_ms - latency_q25_ms"),
+      ([_bench_row(), {**pomt, "change_pct": -47.9}],
+       r"line 3: change_pct -47.9 is not -47.3686, its latency against the unpruned row's")):
+    path.write_text(bench.to_csv(table))
+    with pytest.raises(ValueError, match=rf"^{path}, {message}"):
+      gpu_report.benchmark_rows([str(path)])
+
+
+def test_gpu_report_checks_predictor_rows_further():
+  """Predictor rows: a choice whose floor was not met is tabulated as such, and the refusals of
+  a zero profile time or floor, schedules without a measured time or with a time of 0, and
+  held-out summaries (p90, within10, block sum) that are not their schedules'."""
+  good = {"model": "m", "batch_size": 1, "method": "pomt", "num_heldout": 3,
+          "heldout": {"calibrated": {"median": 0.1, "p90": 0.2, "within10": 0.5}},
+          "calibration_s": 1.0, "profile_s": 2.0, "calibration_share": 0.5}
+  frontier = {"latency": {"calibrated": {"median": 0.1, "p90": 0.2, "within10": 0.5}},
+              "accuracy_error_points": {"mean": 0.5, "max": 1.0}}
+  gpu_report.check_predictor_rows("p.json", [{**good, "frontier": frontier, "choice": {
+      "floor": 0.99, "floor_not_met": "nothing checked met 0.99"}}])
+  # Errors 0.25, 0.5 and 0 of 1 ms: median 0.25, p90 0.45, 1 of 3 within 10 %.
+  scheds = [{"counts": [1], "measured_s": 1e-3, "calibrated_s": c, "block_sum_s": c}
+            for c in (1.25e-3, 0.5e-3, 1e-3)]
+  summary = {"median": 0.25, "p90": 0.45, "within10": 1 / 3}
+  listed = {**good, "schedules": scheds, "heldout": {"calibrated": summary,
+                                                     "block_sum": summary}}
+  gpu_report.check_predictor_rows("p.json", [listed])
+  assert gpu_report.to_markdown({"device": None, "profiles": [], "benchmark": [], "skipped": [],
+                                 "predictor_accuracy": [listed]}) == (
+                                     "\n" + predictor_accuracy.table([listed]))
+  choice = {"floor": 0.0, "measured_accuracy": 0.96, "meets_floor": True}
+  for bad, message in (
+      ({**good, "profile_s": 0}, r"calibration_share 0.5 is not calibration_s / profile_s"),
+      ({**good, "frontier": frontier, "choice": choice},
+       r"choice: measured accuracy 0.96 and floor 0.0 must be in \[0, 1\]"),
+      ({**listed, "schedules": [scheds[0], {"counts": [1], "calibrated_s": 1e-3}, scheds[2]]},
+       r"held-out schedule 1: times \{'calibrated_s': 0.001\} must include measured_s"),
+      ({**listed, "schedules": [scheds[0], {**scheds[1], "calibrated_s": 0}, scheds[2]]},
+       r"held-out schedule 1: times \{.*\} must include measured_s, all seconds > 0"),
+      ({**listed, "heldout": {**listed["heldout"], "calibrated": {**summary, "p90": 0.3}}},
+       r"heldout calibrated p90 0.3 is not its schedules' \(0.45"),
+      ({**listed, "heldout": {**listed["heldout"], "calibrated": {**summary, "within10": 0.5}}},
+       r"heldout calibrated within10 0.5 is not its schedules' \(0.33"),
+      ({**listed, "heldout": {**listed["heldout"], "block_sum": {**summary, "median": 0.2}}},
+       r"heldout block_sum median 0.2 is not its schedules' \(0.25\)")):
+    with pytest.raises(ValueError, match=rf"^p.json: row 0: {message}"):
+      gpu_report.check_predictor_rows("p.json", [bad])
+
+
+def test_gpu_report_collects_exactly_what_the_dir_holds(tmp_path, capsys):
+  """collect: the device as a dict of its kind and platform, hidden folders under benchmark/
+  not read, a '[1]' in --dir not a pattern for profiles or predictor results either, a result
+  of no rows and no 'complete' (written whole) refused, and --out checked against the real
+  folder, not its spelling."""
+  out = tmp_path / "r[1]"
+  (out / "benchmark" / "b1").mkdir(parents=True)
+  (out / "benchmark" / "b1" / "t.csv").write_text(bench.to_csv([_bench_row()]))
+  (out / "benchmark" / ".partial").mkdir()
+  (out / "benchmark" / ".partial" / "t.csv").write_text("half,written")
+  (tmp_path / "r1" / "profile").mkdir(parents=True)   # (what the pattern 'r[1]' matched)
+  (tmp_path / "r1" / "profile" / "x.json").write_text("not a profile")
+  (tmp_path / "r1" / "predictor_accuracy_x.json").write_text("not a result")
+  doc = gpu_report.collect(str(out))
+  assert doc["device"] == {"device_kind": "H200", "platform": "gpu"}
+  assert [r["variant"] for r in doc["benchmark"]] == ["unpruned"] and doc["profiles"] == []
+  assert doc["predictor_accuracy"] == [] and doc["predictor_accuracy_cut"] == []
+  res = {"format": "vitprune-predictor-accuracy", "version": 1, "rows": [],
+         "device": {"device_kind": "H200", "platform": "gpu"}}
+  (out / "predictor_accuracy_p.json").write_text(json.dumps(res))
+  with pytest.raises(ValueError, match=r"predictor_accuracy_p.json says it is complete but "
+                                       r"holds no rows \(edited\?\)"):
+    gpu_report.collect(str(out))
+  (out / "predictor_accuracy_p.json").write_text(json.dumps({**res, "complete": False}))
+  doc = gpu_report.collect(str(out))
+  assert doc["predictor_accuracy_cut"] == ["predictor_accuracy_p.json"]
+  assert gpu_report.to_markdown(doc).splitlines()[-1] == (
+      "(predictor accuracy cut before the end, rows hold the phases measured: "
+      "predictor_accuracy_p.json)")
+  doc = gpu_report.main(common.parse(gpu_report.define_flags, [
+      f"--dir={out}", f"--out={tmp_path / 'report.json'}"]))
+  assert capsys.readouterr().out == (gpu_report.to_markdown(doc) + "\n"
+                                     + f"wrote {tmp_path / 'report.json'}\n")
+  os.symlink(out, tmp_path / "link")
+  with pytest.raises(ValueError, match=r"is a file --dir=.* holds as a measurement "
+                                       r"\(profile/r.json\)"):
+    gpu_report.check_out_not_read(str(tmp_path / "link" / "profile" / "r.json"), str(out))
+  gpu_report.check_out_not_read(str(out / "sub" / "predictor_accuracy_r.json"), str(out))
+  gpu_report.check_out_not_read(str(out / "predictor_accuracy_old" / "r.json"), str(out))
+
+
+def test_gpu_suite_refuses_a_budget_that_wraps_around():
+  """2^64 + 30 seconds wraps to 30 in bash arithmetic: its length alone refuses it (it was run
+  as a 30-s deadline), before OUT_DIR is created."""
+  huge = str(2 ** 64 + 30)
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", "/nonexistent/gpu", huge],
+                     cwd=ROOT, capture_output=True, text=True, timeout=30)
+  assert r.returncode == 2 and r.stdout == "" and r.stderr == (
+      f"error: SECONDS {huge} is more than a day (at most 86400)\n"), r.stderr
+
+
+def test_gpu_suite_all_runs_each_stage_under_timeout_with_its_arguments(tmp_path):
+  """A stand-in `python` prints the `timeout` call it runs under (/proc/$PPID/cmdline) and its
+  arguments: every stage of 'all' is capped by its own seconds, each gets the documented flags
+  (the profiles resumed chunk by chunk), and an exit of 124 or 137 (a timeout, then killed after
+  the grace) is not a failure."""
+  fake, out, cache = tmp_path / "bin", tmp_path / "gpu", tmp_path / "cache"
+  fake.mkdir()
+  (fake / "python").write_text(
+      '#!/bin/sh\nparent=$(tr \'\\0\' \' \' < /proc/$PPID/cmdline | head -1)\n'
+      'echo "ARGV $(echo "$parent" | cut -d\' \' -f1-4)|$(echo "$*" | head -1)"\n'
+      'case "$*" in *experiments.benchmark*) exit 137;; *predictor_acc*) exit 124;; esac\n')
+  (fake / "python").chmod(0o755)
+  env = {k: v for k, v in os.environ.items() if k != "GPU_SUITE_VARIANTS"}
+  env.update(PATH=f"{fake}{os.pathsep}{os.environ['PATH']}", GPU_SUITE_MODEL="vit_digits",
+             JAX_CACHE_DIR=str(cache))
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "600"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=60, env=env)
+  assert r.returncode == 0 and r.stderr == "", r.stdout + r.stderr
+  calls = [ln[5:] for ln in r.stdout.splitlines() if ln.startswith("ARGV ")]
+  under = "timeout --signal=INT --kill-after=10"
+  prof = ("-m experiments.profile --mode=model --model=vit_digits --batch_size={} "
+          "--dtype={} --adaptive --max_points={} --chunk_points=8 --resume --threads=8 "
+          f"--compile_cache_dir={cache} --min_run_time=0.2 --noprogress --out_dir={out}/profile")
+  bench_call = ("-m experiments.benchmark --model=vit_digits --data=none --batch_size={0} "
+                "--dtype=float32 --compile_threads=8 --min_run_time=0.3 --noprogress "
+                f"--out_dir={out}/benchmark/b{{0}} --variants=tome-r8=tome:r8;tome-r13=tome:r13")
+  assert calls == [
+      f"{under} 60|-c import jax, flax, optax, orbax.checkpoint, numpy, absl, safetensors, PIL, "
+      "matplotlib",
+      f"{under} 230|" + prof.format(1, "float32", 36),
+      *(f"{under} 55|" + bench_call.format(b) for b in (1, 8, 64)),
+      f"{under} 150|" + prof.format(64, "float32", 24),
+      f"{under} 150|" + prof.format(1, "bfloat16", 24),
+      f"{under} 200|-m benchmarks.predictor_accuracy --models=vit_digits --batch_sizes=8 "
+      f"--methods=pomt --threads=8 --compile_cache_dir={cache} "
+      f"--out={out}/next-predictor_accuracy_vit_digits_pomt.json"], calls
+  assert "== bench-b8: rc=137 after" in r.stdout and "== predictor-pomt: rc=124 after" in r.stdout
+  # The longer leases' stages: 'profile' both dtypes, 'bench-base' DeiT-B, up to the deadline.
+  for stage, want in (
+      ("profile", [prof.format("1,4,16,64", d, 0).replace(
+          " --max_points=0", "") for d in ("float32", "bfloat16")]),
+      ("bench-base", ["-m experiments.benchmark --model=deit_base_patch16_224 "
+                      "--data=none --batch_size=1,4,16,64 --dtype=float32,bfloat16 "
+                      "--compile_threads=8 --min_run_time=0.3 --noprogress "
+                      f"--out_dir={out}/benchmark"])):
+    r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", stage, str(out), "600"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60, env=env)
+    calls = [ln[5:] for ln in r.stdout.splitlines() if ln.startswith("ARGV ")]
+    assert r.returncode == 0 and [c.split("|")[1] for c in calls[1:]] == want, calls
+    # (up to the deadline less 10 s: 590, or less by the seconds that passed since the start)
+    assert all(c.startswith(f"{under} 5") and 580 <= int(c.split("|")[0].split()[-1]) <= 590
+               for c in calls[1:]), calls
+
+
+def test_gpu_suite_replaces_a_cut_predictor_result_only_by_a_finished_one(tmp_path):
+  """The stand-in predictor_accuracy writes $RESULT to its --out: a cut result goes in where
+  there is none, a second cut one does not replace it (the shorter cut lost what the first
+  measured), a finished one does, and then the stage is skipped."""
+  fake, out = tmp_path / "bin", tmp_path / "gpu"
+  fake.mkdir()
+  (fake / "python").write_text(
+      '#!/bin/sh\ncase "$2" in *"import jax"*) exit 0;; esac\n'
+      '[ "$1" = -c ] && exec python3 "$@"\n'
+      'case "$*" in *predictor_acc*) for a; do case "$a" in --out=*) echo "$RESULT" > '
+      '"${a#--out=}";; esac; done;; esac\n')
+  (fake / "python").chmod(0o755)
+  predictor = out / "predictor_accuracy_vit_digits_pomt.json"
+  said = []
+  for result in ('{"complete": false, "n": 1}', '{"complete": false, "n": 2}',
+                 '{"complete": true, "n": 3}', '{"complete": true, "n": 4}'):
+    env = dict(os.environ, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}",
+               GPU_SUITE_MODEL="vit_digits", RESULT=result)
+    r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "600"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    said.append((json.loads(predictor.read_text())["n"],
+                 "== predictor-pomt: kept the earlier cut result" in r.stdout,
+                 "== predictor-pomt: finished before" in r.stdout))
+    assert not (out / "next-predictor_accuracy_vit_digits_pomt.json").exists()
+  assert said == [(1, False, False), (1, True, False), (3, False, False), (3, False, True)]
