@@ -154,7 +154,12 @@ case "$stage" in
       if [ -e "$next" ] && { [ ! -e "$predictor" ] || python -c "$complete" "$next"; }; then
         mv "$next" "$predictor"
       else
-        rm -f "$next"; (( ran )) && echo "== predictor-pomt: kept the earlier cut result"
+        rm -f "$next"
+        if [ -e "$predictor" ]; then
+          (( ran )) && echo "== predictor-pomt: kept the earlier cut result"
+        else
+          (( ran )) && echo "== predictor-pomt: wrote no result"
+        fi
       fi
     fi ;;
 esac

@@ -165,6 +165,12 @@ def test_gpu_suite_all_runs_every_stage_under_one_deadline(tmp_path):
   assert [ln.startswith("== predictor-pomt: call at ") for ln in log] == [
       True, False, True, False], log
   assert log[1] == first_log[1] and log[3].startswith("-m benchmarks.predictor_acc"), log
+  # With no earlier result and none written, it says so (it claimed to keep an earlier one).
+  predictor.unlink()
+  r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "all", str(out), "600"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=60, env=env)
+  assert "== predictor-pomt: wrote no result" in r.stdout, r.stdout
+  assert "kept the earlier" not in r.stdout and not predictor.exists()
 
 
 def test_gpu_suite_stops_when_jax_finds_no_gpu(tmp_path):
