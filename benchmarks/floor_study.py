@@ -130,6 +130,7 @@ def run_seed(seed: int, floor: float, method: str, job_flags: Sequence[str], out
     medians = pipeline.ScheduleTimer(cfg, params, spec, make_reducer(method))(order)
     fastest = int(np.argmin(medians))
     loop_s = meeting[order[fastest]].measured_latency_s   # None: the loop did not time it
+    chosen_s = meeting[chosen].measured_latency_s         # (nor the chosen: no ratio either)
     retime = {"schedules": len(order),
               "chosen_ms": 1e3 * medians[order.index(chosen)],
               "fastest_ms": 1e3 * medians[fastest],
@@ -137,8 +138,8 @@ def run_seed(seed: int, floor: float, method: str, job_flags: Sequence[str], out
               "ratio": medians[order.index(chosen)] / medians[fastest],
               "all_ms": {meeting[c].schedule: 1e3 * m for c, m in zip(order, medians)},
               "fastest_timed_in_loop": loop_s is not None,
-              "loop_ratio": (meeting[chosen].measured_latency_s / loop_s
-                             if loop_s is not None else None)}
+              "loop_ratio": (chosen_s / loop_s
+                             if loop_s is not None and chosen_s is not None else None)}
   return {"seed": seed, "schedule": summary["schedule"], "counts": list(chosen),
           "basis": summary["basis"], "metric": metric, "floor": floor,
           "measured_accuracy": measured, "meets_floor": bool(solve.meets_floor(measured, floor)),
@@ -162,6 +163,8 @@ def _loop_note(rt: Dict[str, Any]) -> str:
     return ""
   if not rt.get("fastest_timed_in_loop"):
     return "; the loop did not time the fastest"
+  if rt["loop_ratio"] is None:
+    return "; the loop did not time the chosen"
   return f"; in the loop x{rt['loop_ratio']:.3f}"
 
 

@@ -350,3 +350,14 @@ def test_check_draws_draws_the_held_out_besides_the_calibration(monkeypatch):
   with pytest.raises(ValueError, match=r"^--num_schedules=4: could only draw 3 besides the 5 "
                      r"calibration ones \(vit_digits, pomt\)$"):
     pa.check_draws(digits, ["pomt"], 4, 5, quick=True, seed=7)
+
+
+def test_run_seed_with_the_chosen_untimed_in_the_loop_gives_no_loop_ratio(monkeypatch):
+  """A review of the audit: the fastest schedule timed in the loop but not the chosen one
+  raised a TypeError (None / seconds); no ratio then, and the table says why."""
+  b, c = _cand("B", (65, 33), 0.96, None), _cand("C", (33, 33), 0.955, 0.5)
+  row = _run_seed(monkeypatch, [b, c], (65, 33), 0.96, {"profile": 10.0, "in_loop": 2.0},
+                  [0.0, 40.0, 100.0, 103.0])
+  assert row["retime"]["fastest_timed_in_loop"] is True and row["retime"]["loop_ratio"] is None
+  assert floor_study.table([dict(row, seed=7)]).splitlines()[2].startswith(
+      "| 7 | chosen | 0.9600 | yes | 1.250 (2 schedules; the loop did not time the chosen) |")
