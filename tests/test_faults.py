@@ -418,7 +418,7 @@ def test_imagefolder_subset_of_classes_labelled_by_name(tmp_path):
 def test_imagefolder_unknown_class_name_is_a_clear_error(tmp_path):
   root = digits.write_digits_imagefolder(tmp_path / "d", split="test", limit=20)
   os.rename(os.path.join(root, "7"), os.path.join(root, "seven"))
-  with pytest.raises(ValueError, match=r"class folder\(s\) \['seven'\] in .* are not among the "
+  with pytest.raises(ValueError, match=r"class folder 'seven' in .* is not among the "
                                        r"model's class names \['0', '1'"):
     data.ImageFolder(root, class_names=digits.DIGITS_CLASSES)
   with pytest.raises(ValueError, match="has 3 names but the model has 10 classes"):
