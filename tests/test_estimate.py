@@ -678,10 +678,16 @@ def test_load_eval_data_digits_balanced():
     estimate.load_eval_data("/nonexistent/dir")
 
 
-def test_unlabelled_folder_fidelity_only(tmp_path, params):
+def _write_random_pngs(folder, count, shape=(8, 8, 3)):
+  """`count` PNGs of seeded random pixels, `0.png`.., in `folder` (made if absent)."""
+  folder.mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng(0)
-  for i in range(5):
-    Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+  for i in range(count):
+    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_unlabelled_folder_fidelity_only(tmp_path, params):
+  _write_random_pngs(tmp_path, 5, (20, 24, 3))
   d = estimate.load_eval_data(str(tmp_path), num_images=3, seed=0)
   assert not d.labelled and len(d.indices) == 3 and d.info["labelled"] is False
   batches = list(d.batches(CFG, 2))
@@ -694,13 +700,8 @@ def test_the_cli_says_why_a_folder_gives_no_accuracy(tmp_path):
   """A probe: one class's folder given as --data printed 'labelled=False' and agreement only,
   without saying why (run_deployed and the board's run say it)."""
   from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  rng = np.random.default_rng(0)
-  (tmp_path / "3").mkdir()
-  for i in range(4):
-    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
-        tmp_path / "3" / f"{i}.png")
-  code, out, err = run_cli_in_process(root, "estimate", [
+  _write_random_pngs(tmp_path / "3", 4)
+  code, out, err = run_cli_in_process(REPO, "estimate", [
       "--model=test_tiny_vit", f"--data={tmp_path / '3'}", "--tokens=17",
       f"--out_dir={tmp_path}/e"])
   assert code == 0, err
@@ -814,9 +815,8 @@ def test_a_negative_num_workers_is_refused_before_any_work(tmp_path, monkeypatch
   """--num_workers=-1 passed the flag check and failed after the model and data were loaded,
   in the data loader, naming no flag."""
   from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   monkeypatch.setattr(estimate, "load_eval_data", lambda *a, **k: pytest.fail("data loaded"))
-  code, out, err = run_cli_in_process(root, "estimate", [
+  code, out, err = run_cli_in_process(REPO, "estimate", [
       "--model=test_tiny_vit", "--num_images=4", "--num_workers=-1", f"--out_dir={tmp_path}/e"])
   assert (code, out, err) == (1, "", "error: --num_workers must be >= 0, got -1\n")
   assert not os.path.exists(tmp_path / "e")
@@ -828,7 +828,6 @@ def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
   --overwrite replaced the first."""
   from experiments.estimate import grid_tag  # pylint: disable=g-import-not-at-top
   from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   assert grid_tag([5, 9, 13, 17]) == "t5-17by4" and grid_tag([9, 17]) == "t9.17"
   assert grid_tag([1, 2, 4, 8, 16, 32, 64]).startswith("t1-64x7-")
   assert grid_tag([1, 2, 4, 8, 16, 32, 64]) != grid_tag([1, 2, 4, 8, 16, 33, 64])
@@ -851,7 +850,7 @@ def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
   for extra in ([], ["--tokens=17,9"], ["--tokens=9:17:4"],
                 ["--tokens=17,9", "--dtype=bfloat16"], ["--init_seed=3"],
                 ["--method_opts=nested=false"]):
-    code, _, err = run_cli_in_process(root, "estimate", base + extra)
+    code, _, err = run_cli_in_process(REPO, "estimate", base + extra)
     assert code == 0, err
   # (other weights, --init_seed or --weights, were refused as "already exists, an estimate with
   # these flags", and --overwrite replaced the other model's estimate; options other than the
@@ -863,7 +862,7 @@ def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
       + [f"test_tiny_vit_random_embed_digits-test_n4_s0_float32_w{w3}.json", per_layer])
   assert record_lib.read_estimate(str(tmp_path / per_layer)).method_kwargs == {
       "seed": 0, "nested": False}
-  code, _, err = run_cli_in_process(root, "estimate", base + ["--method_opts=nested=true"])
+  code, _, err = run_cli_in_process(REPO, "estimate", base + ["--method_opts=nested=true"])
   assert code == 1 and "already exists, an estimate with these flags" in err, err
   # The default name held by a version-1 estimate (written before random drop nested): not
   # "these flags" (a walkthrough: the per-layer file passed for the nested one).
@@ -872,12 +871,12 @@ def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
   doc["version"] = 1
   del doc["method"]["kwargs"]["nested"]
   nested.write_text(json.dumps(doc))
-  code, _, err = run_cli_in_process(root, "estimate", base)
+  code, _, err = run_cli_in_process(REPO, "estimate", base)
   assert (code, err) == (1, f"error: {nested} already exists, an estimate of "
                             "random(nested=false,seed=0) (format version 1), not "
                             "random(nested=true,seed=0) (pass --out_name to write another "
                             "file, or --overwrite to replace it)\n")
-  code, _, err = run_cli_in_process(root, "estimate", base + ["--tokens=9,17"])
+  code, _, err = run_cli_in_process(REPO, "estimate", base + ["--tokens=9,17"])
   assert code == 1 and err.count("\n") == 1 and err.startswith(
       f"error: {tmp_path}/test_tiny_vit_random_embed_digits-test_n4_s0_t9.17_float32_w{w0}.json "
       "already exists, an estimate with these flags (pass --overwrite to replace it, or --out_name")
@@ -888,15 +887,15 @@ def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
     digits.write_digits_imagefolder(tmp_path / parent / "val", limit=10)
   fold = ["--model=test_tiny_vit", "--num_images=4", "--batch_size=4",
           f"--out_dir={tmp_path / 'fold'}", "--tokens=17,9"]
-  code, _, err = run_cli_in_process(root, "estimate", fold + [f"--data={tmp_path}/A/val"])
+  code, _, err = run_cli_in_process(REPO, "estimate", fold + [f"--data={tmp_path}/A/val"])
   assert code == 0, err
-  code, _, err = run_cli_in_process(root, "estimate", fold + [f"--data={tmp_path}/B/val"])
+  code, _, err = run_cli_in_process(REPO, "estimate", fold + [f"--data={tmp_path}/B/val"])
   assert code == 1 and err.count("\n") == 1 and re.search(
       rf"already exists, an estimate of {tmp_path}/A/val, another folder of the same name "
       r"\(pass --out_name", err), err
   # A folder named like the bundled digits' tag: not called a folder (a review).
   digits.write_digits_imagefolder(tmp_path / "digits-test", limit=10)
-  code, _, err = run_cli_in_process(root, "estimate", base + [f"--data={tmp_path}/digits-test"])
+  code, _, err = run_cli_in_process(REPO, "estimate", base + [f"--data={tmp_path}/digits-test"])
   assert code == 1 and "already exists, an estimate of the bundled digits (--data=digits) " \
       "(pass --out_name" in err, err
   # Someone else's file or a folder at the derived name: refused as such, with or without
@@ -905,7 +904,7 @@ def test_default_file_names_tell_grids_and_dtypes_apart(tmp_path):
   for make in (lambda: other.write_text('{"mine": 1}'), other.mkdir):
     make()
     for extra in ([], ["--overwrite"]):
-      code, _, err = run_cli_in_process(root, "estimate", base + ["--tokens=9,12,17"] + extra)
+      code, _, err = run_cli_in_process(REPO, "estimate", base + ["--tokens=9,12,17"] + extra)
       assert code == 1 and err.startswith(f"error: refusing to replace {other}: it is "), err
       assert "--out_name" not in err and err.count("\n") == 1
     other.unlink() if other.is_file() else other.rmdir()
@@ -956,10 +955,9 @@ def test_an_estimate_on_the_images_a_holdout_leaves_is_named_apart(tmp_path):
   """`--num_images=8 --holdout_images=4` measures 4 images, as `--num_images=4` does, but not
   the same ones: the default name says so (_h4), and the file records the holdout."""
   from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   base = ["--model=test_tiny_vit", "--batch_size=4", f"--out_dir={tmp_path}"]
   for extra in (["--num_images=4"], ["--num_images=8", "--holdout_images=4"]):
-    code, _, err = run_cli_in_process(root, "estimate", base + extra)
+    code, _, err = run_cli_in_process(REPO, "estimate", base + extra)
     assert code == 0, err
   names = sorted(os.listdir(tmp_path))
   from vitprune.digest import params_sha256  # pylint: disable=g-import-not-at-top
@@ -1281,14 +1279,13 @@ def test_the_cli_passes_its_data_method_and_eval_flags_on(tmp_path, monkeypatch)
   the file it wrote."""
   from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
   from vitprune.digest import params_sha256  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   seen, real = [], estimate.evaluate
 
   def spy(*args, **kwargs):
     seen.append(kwargs)
     return real(*args, **kwargs)
   monkeypatch.setattr(estimate, "evaluate", spy)
-  code, out, err = run_cli_in_process(root, "estimate", [
+  code, out, err = run_cli_in_process(REPO, "estimate", [
       "--model=test_tiny_vit", "--num_images=6", "--batch_size=4", "--tokens=17,9",
       "--method=pomt", "--layer=1", "--seed=3", "--dtype=bfloat16", "--noshard",
       f"--out_dir={tmp_path}"])
@@ -1312,7 +1309,7 @@ def test_the_cli_passes_its_data_method_and_eval_flags_on(tmp_path, monkeypatch)
   assert lines[5:] == [f"wrote {tmp_path / name}"]
   # Random drop: --seed seeds the reducer (recorded in its options, not named: it is the _s5)
   # and draws the --holdout_images, which the name and the selection record.
-  code, out, err = run_cli_in_process(root, "estimate", [
+  code, out, err = run_cli_in_process(REPO, "estimate", [
       "--model=test_tiny_vit", "--num_images=8", "--holdout_images=2", "--batch_size=4",
       "--tokens=9", "--seed=5", f"--out_dir={tmp_path / 'random'}"])
   assert code == 0 and err == "", err
@@ -1333,12 +1330,7 @@ def test_random_drops_seed_and_the_weights_class_names_on_a_folder(tmp_path):
   accuracy and sweeps what killed runs of the model left; weights naming other classes than
   the embedded default's are tagged so."""
   from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  rng = np.random.default_rng(0)
-  (tmp_path / "flat").mkdir()
-  for i in range(4):
-    Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
-        tmp_path / "flat" / f"{i}.png")
+  _write_random_pngs(tmp_path / "flat", 4)
   # What a killed run of other flags left is swept, for this model's names only
   dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                         capture_output=True, text=True, check=True)
@@ -1346,7 +1338,7 @@ def test_random_drops_seed_and_the_weights_class_names_on_a_folder(tmp_path):
           for m in ("test_tiny_vit", "other_vit")]
   for d in left:
     d.mkdir(parents=True)
-  code, out, err = run_cli_in_process(root, "estimate", [
+  code, out, err = run_cli_in_process(REPO, "estimate", [
       "--model=test_tiny_vit", f"--data={tmp_path / 'flat'}", "--tokens=9", "--seed=5",
       f"--out_dir={tmp_path / 'e'}"])
   assert code == 0 and err == "", err
@@ -1365,7 +1357,7 @@ def test_random_drops_seed_and_the_weights_class_names_on_a_folder(tmp_path):
   from vitprune.digest import params_sha256  # pylint: disable=g-import-not-at-top
   weights = save_weights(str(tmp_path / "w"), CFG, init_params(CFG, 0),
                          class_names=[f"c{i}" for i in range(10)])
-  code, _, err = run_cli_in_process(root, "estimate", [
+  code, _, err = run_cli_in_process(REPO, "estimate", [
       f"--weights={weights}", f"--data={tmp_path / 'flat'}", "--tokens=9",
       f"--out_dir={tmp_path / 'w_e'}"])
   assert code == 0 and err == "", err
@@ -1379,8 +1371,7 @@ def test_a_block_method_reduces_at_block_3_by_default(tmp_path):
   at block 3 (of the embedded vit_digits, depth 6); a second run of the same flags is refused,
   and replaces the estimate with --overwrite."""
   from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  code, _, err = run_cli_in_process(root, "estimate", [
+  code, _, err = run_cli_in_process(REPO, "estimate", [
       "--method=pomt", "--num_images=2", "--batch_size=2", "--tokens=33", "--seed=1",
       f"--out_dir={tmp_path}"])
   assert code == 0 and err == "", err
@@ -1390,12 +1381,12 @@ def test_a_block_method_reduces_at_block_3_by_default(tmp_path):
   # The same flags again: refused, and replaced with --overwrite
   argv = ["--method=pomt", "--num_images=2", "--batch_size=2", "--tokens=33", "--seed=1",
           f"--out_dir={tmp_path}"]
-  code, _, err = run_cli_in_process(root, "estimate", argv)
+  code, _, err = run_cli_in_process(REPO, "estimate", argv)
   assert (code, err) == (1, f"error: {tmp_path / name} already exists, an estimate with these "
                             "flags (pass --overwrite to replace it, or --out_name to write "
                             "another file)\n")
   before = os.stat(tmp_path / name).st_ino
-  code, out, err = run_cli_in_process(root, "estimate", argv + ["--overwrite"])
+  code, out, err = run_cli_in_process(REPO, "estimate", argv + ["--overwrite"])
   assert code == 0 and err == "", err
   assert os.listdir(tmp_path) == [name] and out.endswith(f"wrote {tmp_path / name}\n")
   assert os.stat(tmp_path / name).st_ino != before           # (a new file in its place)
