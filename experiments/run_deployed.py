@@ -21,7 +21,8 @@ from vitprune import memory
 from vitprune.edge import runtime
 from vitprune.profile import protocol
 from vitprune.data import (ImageFolder, accuracy_line, check_not_read_as_an_image,
-                           prediction_accuracy, prediction_line, prediction_rows)
+                           per_image_time, prediction_accuracy, prediction_line,
+                           prediction_rows)
 from vitprune.digits import check_digits_folder
 
 
@@ -117,7 +118,8 @@ def main(f: flags.FlagValues) -> dict:
   print(accuracy_line(res))
   print(f"latency batch {b}: median {lat['median_s'] * 1e3:.3f} ms (IQR "
         f"{lat['iqr_s'] * 1e3:.3f} ms, {lat['repeats']} repeats), "
-        f"{lat['median_s'] * 1e3 / b:.3f} ms/image; first call {lat['first_call_s']:.3f} s")
+        f"{per_image_time(lat['median_s'], b, res['num_images'])}; first call "
+        f"{lat['first_call_s']:.3f} s")
   if "note" in lat:
     print(f"note: {lat['note']}")
   if f.output:

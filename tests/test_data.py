@@ -1708,3 +1708,13 @@ def test_digits_images_refuses_its_own_folder_without_overwrite(tmp_path, capsys
   common.run_in_process(digits_images.main, digits_images.define_flags,
                         [f"--out={out}", "--split=all", "--overwrite"])
   assert capsys.readouterr().out == f"wrote 1797 digits (all split) to {out}\n"
+
+
+def test_per_image_time_is_over_the_images_classified():
+  """A full batch: its median per image; a folder smaller than the batch (padded with zero
+  images to it): per real image, the padding said."""
+  assert data.per_image_time(2e-3, 4, 9) == "0.500 ms/image"
+  assert data.per_image_time(2e-3, 4, 4) == "0.500 ms/image"
+  assert data.per_image_time(3e-3, 8, 5) == ("0.600 ms/image classified (the batch held 3 "
+                                                 "zero images of padding)")
+  assert data.per_image_time(3e-3, 8, 1).endswith("(the batch held 7 zero images of padding)")

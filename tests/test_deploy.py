@@ -1730,3 +1730,21 @@ def test_only_a_random_drop_token_curve_stands_in_for_another_methods_estimate()
                      r"artifact prunes with --method=pomt$"):
     check_inputs_match({"estimate": dict(est, kind="sensitivity")}, "vit_digits", "a" * 64, 1,
                        "float32", "pomt")
+
+
+def test_run_deployed_says_the_timed_batch_was_padded(artifact, tmp_path, monkeypatch):
+  """A folder smaller than the artifact's batch is timed in a batch padded with zero images:
+  the per-image time is over the images classified and says the padding (2 ms over a batch of
+  3 holding 2 images read 0.667 ms/image, as if 3 images were classified)."""
+  from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
+  images = str(tmp_path / "imgs")
+  _write_pngs(images, ["a.png", "b.png"])
+  monkeypatch.setattr(deploy, "time_model",
+                      lambda *_: protocol.summarize([2e-3, 2e-3, 2e-3, 2e-3]))
+  code, stdout, err = run_cli_in_process(REPO, "run_deployed", [
+      f"--artifact={artifact}", f"--images={images}", "--repeats=4", "--quiet"])
+  assert code == 0, err
+  line = [s for s in stdout.splitlines() if s.startswith("latency batch ")]
+  assert line[0].startswith("latency batch 3: median 2.000 ms (IQR 0.000 ms, 4 repeats), "
+                            "1.000 ms/image classified (the batch held 1 zero image of "
+                            "padding); first call "), stdout

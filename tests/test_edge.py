@@ -2542,3 +2542,19 @@ def test_edge_kit_counts_its_compiles_and_passes_its_flags_on(tmp_path):
   code, out, err = run_cli_in_process(tmp_path, "edge_kit",
                                       args + ["--cpu_cores=1", "--overwrite"])
   assert (code, err) == (0, "[1/2] compiled (cached)\n[2/2] compiled (cached)\n"), err
+
+
+def test_the_board_latency_line_says_a_padded_batch():
+  """`run` on a folder smaller than the module's batch times a batch padded with zero images:
+  the per-image time is over the images classified (as run_deployed says it); `bench` times a
+  full batch."""
+  code = (
+      f"import sys\nsys.path.insert(0, {ROOT!r})\n"
+      "import vitprune.edge.__main__ as m\n"
+      "lat = {'batch_size': 4, 'median_s': 2e-3, 'iqr_s': 0.0, 'num_samples': 5}\n"
+      "m.print_latency(lat, 1)\nm.print_latency(lat)\n")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert r.stdout.splitlines() == [
+      "latency batch 4: median 2.000 ms (IQR 0.000 ms, 5 samples), 2.000 ms/image classified "
+      "(the batch held 3 zero images of padding)",
+      "latency batch 4: median 2.000 ms (IQR 0.000 ms, 5 samples), 0.500 ms/image"], r.stderr

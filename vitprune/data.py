@@ -653,6 +653,19 @@ def accuracy_line(result: Dict[str, Any]) -> str:
   return f"accuracy {intervals.describe_accuracy(result['accuracy_record'])}"
 
 
+def per_image_time(median_s: float, batch_size: int, num_images: int) -> str:
+  """'0.413 ms/image': the median of a timed batch of `batch_size`, the first batch of a folder
+  of `num_images`, per image; a folder smaller than the batch was padded with zero images, and
+  the time is then per image classified, the padding said (0.389 ms/image over a batch of 8
+  holding 5 images read as 8 images' worth of work)."""
+  real = min(batch_size, num_images)
+  per = f"{median_s * 1e3 / real:.3f} ms/image"
+  if real == batch_size:
+    return per
+  return (f"{per} classified (the batch held {counted(batch_size - real, 'zero image')} of "
+          "padding)")
+
+
 def prediction_line(row: Dict[str, Any]) -> str:
   """`file<TAB>index<TAB>class<TAB>probability[<TAB>label=<index><TAB>label class]` of a
   `prediction_rows` row, control characters of the names escaped."""

@@ -29,8 +29,8 @@ import numpy as np
 from vitprune import atomic
 from vitprune import console
 from vitprune.data import (ImageFolder, accuracy_line, check_not_read_as_an_image,
-                           iterate_batches, prediction_accuracy, prediction_line,
-                           prediction_rows)
+                           iterate_batches, per_image_time, prediction_accuracy,
+                           prediction_line, prediction_rows)
 from vitprune.digits import check_digits_folder
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime
@@ -113,15 +113,17 @@ def cmd_run() -> dict:
   print(f"model {res['model']} schedule {res['schedule']} target {res['target']} driver "
         f"{describe_runtime(model.driver, model.shards)}: {res['num_images']} images")
   print(accuracy_line(res))
-  print_latency(res["latency"])
+  print_latency(res["latency"], res["num_images"])
   return res
 
 
-def print_latency(lat: dict) -> None:
+def print_latency(lat: dict, num_images: Optional[int] = None) -> None:
+  """The latency line; `num_images`: how many real images the timed batch came from (fewer
+  than the batch: it was padded), None: a full batch."""
   b = lat["batch_size"]
   print(f"latency batch {b}: median {lat['median_s'] * 1e3:.3f} ms (IQR "
         f"{lat['iqr_s'] * 1e3:.3f} ms, {lat['num_samples']} samples), "
-        f"{lat['median_s'] * 1e3 / b:.3f} ms/image")
+        f"{per_image_time(lat['median_s'], b, b if num_images is None else num_images)}")
   if "note" in lat:
     print(f"note: {lat['note']}")
 
