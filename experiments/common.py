@@ -205,14 +205,17 @@ def _exit_interrupted(error: Optional[BaseException] = None) -> None:
 
 
 def _parse_or_fail(fv: flags.FlagValues, argv: List[str]) -> List[str]:
-  """Parsed argv, or exit: EXIT_USAGE with one line on bad flag syntax, 0 after --help."""
+  """Parsed argv, or exit: EXIT_USAGE with one line on bad flag syntax or --only_check_args
+  (`console.refuse_only_check_args`), 0 after --help."""
   try:
-    return fv(argv)
+    left = fv(argv)
   except flags.Error as e:     # (absl's boolean parser said "('Non-boolean argument to boolean
     fail(re.sub(r"\('Non-boolean argument to boolean flag', (.*)\)$",   # flag', '2')")
                 r"\1 is not a boolean (true or false)", str(e)), EXIT_USAGE, hint=True)
   except SystemExit as e:
     console.exit_after_help(e)
+  console.refuse_only_check_args(fv)
+  return left
 
 
 def run(main: Callable[[flags.FlagValues], Any],

@@ -622,3 +622,21 @@ def test_help_prints_usage_and_succeeds(tmp_path, flag):
   assert (r.returncode, r.stderr) == (0, ""), r.stderr[-2000:]
   assert "--accuracy_floor" in r.stdout and "python -m experiments.solve" in r.stdout
   assert os.listdir(tmp_path) == []
+
+
+def test_only_check_args_is_refused_not_passed(tmp_path):
+  """absl's --only_check_args exited 0 after parsing the flags alone (`profile --only_check_args
+  --batch_size=-3`, which the run refuses, said OK); it is refused with one line, exit 2, in
+  the experiments CLIs and the board's CLI alike, and `=false` changes nothing."""
+  want = ("error: --only_check_args checks the flags' syntax alone, not the values a run "
+          "refuses; run the command itself: it checks its arguments and inputs before any "
+          "work\n(see --help)\n")
+  r = _run_subprocess(tmp_path, "profile", ["--only_check_args", "--batch_size=-3"])
+  assert (r.returncode, r.stdout, r.stderr) == (2, "", want)
+  r = subprocess.run([sys.executable, "-m", "vitprune.edge", "--only_check_args", "bench"],
+                     cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
+                     env=dict(os.environ, PYTHONPATH=ROOT))
+  assert (r.returncode, r.stdout, r.stderr) == (2, "", want)
+  r = _run_subprocess(tmp_path, "solve", ["--only_check_args=false", "--help"])
+  assert (r.returncode, r.stderr) == (0, ""), r.stderr[-2000:]
+  assert os.listdir(tmp_path) == []

@@ -180,6 +180,17 @@ def exit_after_help(e: SystemExit) -> None:
   raise e
 
 
+def refuse_only_check_args(fv) -> None:
+  """Exits EXIT_USAGE with one line when absl's --only_check_args is set: absl then exits 0
+  after parsing the flags alone, before any of the run's own checks (a negative --batch_size
+  or a schedule beyond the model passed it as "OK"); those checks need the model and the
+  input files, so they run, and refuse bad input, as the run starts, before any work."""
+  if "only_check_args" in fv and fv["only_check_args"].value:
+    fail("--only_check_args checks the flags' syntax alone, not the values a run refuses; "
+         "run the command itself: it checks its arguments and inputs before any work",
+         EXIT_USAGE, hint=True)
+
+
 def interrupted() -> bool:
   """Whether this process received Ctrl-C (or one of STOP_SIGNALS) since `setup_process`."""
   return _interrupted

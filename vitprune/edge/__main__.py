@@ -210,11 +210,13 @@ def parse_flags(argv):
   """absl's parsing, with a bad flag reported as one `error:` line (exit 2) and --help exiting
   0 after the usage (absl exits 1), as the experiments CLIs do."""
   try:
-    return FLAGS(argv)
+    left = FLAGS(argv)
   except flags.Error as e:
     console.fail(e, console.EXIT_USAGE, hint=True)
   except SystemExit as e:
     console.exit_after_help(e)
+  console.refuse_only_check_args(FLAGS)
+  return left
 
 
 def main(argv):
