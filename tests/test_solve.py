@@ -402,7 +402,10 @@ def test_solve_multilayer_floor_budget_and_infeasible():
   fastest = sol.frontier[0].latency
   sol = solve.solve_multilayer(**kw, latency_budget=fastest)
   assert sol.chosen == sol.frontier[0] and sol.criterion == "latency_budget"
-  with pytest.raises(ValueError, match="latency budget .* is infeasible: the fastest achievable"):
+  # (in ms, as every latency the CLIs print: it said 0.000798062 s beside '0.67 ms' elsewhere)
+  with pytest.raises(ValueError, match=re.escape(
+      f"latency budget {fastest * 0.5:.6g} s ({1e3 * fastest * 0.5:.4g} ms) is infeasible: the "
+      f"fastest achievable predicted latency is {1e3 * fastest:.4g} ms (schedule ")):
     solve.solve_multilayer(**kw, latency_budget=fastest * 0.5)
   with pytest.raises(ValueError, match="not both"):
     solve.solve_multilayer(**kw, latency_budget=1.0, accuracy_floor=0.5)

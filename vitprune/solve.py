@@ -1019,9 +1019,10 @@ def choose(frontier: Sequence[Plan], *, accuracy_floor: Optional[float] = None,
     ok = np.flatnonzero(lat <= budget)
     if ok.size == 0:
       best = int(np.argmin(lat))
-      raise InfeasibleError(f"latency budget {budget:.6g} s is infeasible: the fastest achievable "
-                       f"predicted latency is {lat[best]:.6g} s (schedule "
-                       f"{','.join(map(str, frontier[best].counts))})")
+      raise InfeasibleError(f"latency budget {budget:.6g} s ({1e3 * budget:.4g} ms) is "
+                            f"infeasible: the fastest achievable predicted latency is "
+                            f"{1e3 * lat[best]:.4g} ms (schedule "
+                            f"{','.join(map(str, frontier[best].counts))})")
     i = int(ok[np.lexsort((lat[ok], -acc[ok]))[0]])
     return frontier[i], "latency_budget"
   u = utility(lat, np.maximum(acc, 0.0), alpha)
