@@ -853,6 +853,23 @@ def test_paper_predicted_from_block_table(tmp_path):
   # The POMT schedule itself: 4 blocks at N, 2 at n* = 9.
   assert sol.schedule_latency_s == pytest.approx(
       1e-4 + 4 * 2e-3 / 6 + 2 * 1e-3 / 6 + 1e-5)
+  # The summary says L is the table's sum, not a graph timed (a probe read 'the uniform graph
+  # of n* tokens' as the graph its profile had timed, 58 % faster), as multi mode does.
+  lines = summary_lines(sol)
+  assert lines[2].endswith("(the per-block table's sum and the estimate's graph for n* tokens, "
+                           "not this schedule's: predictions of it)"), lines
+  assert ("note: latencies predicted as sums of blocks timed alone, not of the compiled graph "
+          "(off by tens of percent or more, either way): a profile of the whole model "
+          "(--mode=model) measures the uniform graphs paper mode weighs") in lines
+  at_layer = summary_lines(_paper(ps, _estimate(tmp_path, [3], list(range(5, N + 1)), _acc,
+                                               name="l3.json")))
+  assert ("(L: the uniform graph of n* tokens as the per-block table sums it, a prediction of "
+          "this schedule's; A: measured by the estimate on this schedule)") in at_layer[2]
+  measured = _paper(_save_profile(tmp_path, [_point("model", n, _step_latency(n))
+                                             for n in range(5, N + 1)], name="m.json"), es)
+  assert measured.profile.latency_source == "measured"
+  text = "\n".join(summary_lines(measured))
+  assert "sums of blocks" not in text and "(the profile's and the estimate's graphs of " in text
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1031,14 +1031,17 @@ def summary_lines(sol: Solution) -> List[str]:
            f"predicted latency {1e3 * ch.predicted_latency_s:.4g} ms, predicted {m} "
            f"{ch.predicted_accuracy:.4f}"]
   if sol.mode == "paper":      # the curves' values at n*: A(n*) this schedule's where measured
+    summed_by = (" as the per-block table sums it"
+                 if sol.profile.latency_source == "predicted_from_blocks" else "")
     lines[-1] = (f"utility at n* = {ch.tokens}: U = {sol.utility:.4f} from the curves' "
                  f"latency L(n*) {1e3 * ch.predicted_latency_s:.4g} ms and {m} A(n*) "
                  f"{ch.predicted_accuracy:.4f} " + (
-                     "(L: the uniform graph of n* tokens, a prediction of this schedule's; A: "
-                     "measured by the estimate on this schedule)"
+                     f"(L: the uniform graph of n* tokens{summed_by}, a prediction of this "
+                     "schedule's; A: measured by the estimate on this schedule)"
                      if ch.measured_accuracy is not None else
-                     "(the profile's and the estimate's graphs of n* tokens, not this "
-                     "schedule's: predictions of it)"))
+                     ("(the per-block table's sum and the estimate's graph for n* tokens, not "
+                      if summed_by else "(the profile's and the estimate's graphs of n* tokens, "
+                      "not ") + "this schedule's: predictions of it)"))
     if sol.schedule_latency_s is not None:
       lines.append(f"the chosen schedule's latency by the per-block table (predicted): "
                    f"{1e3 * sol.schedule_latency_s:.4g} ms")
@@ -1070,12 +1073,15 @@ def summary_lines(sol: Solution) -> List[str]:
     lines.append(f"note: the latency budget, {budget:g} s, is {budget / unpruned_s:.3g}x the "
                  f"unpruned graph's {1e3 * unpruned_s:.4g} ms: the unpruned graph fits it "
                  "(--latency_budget is in seconds)")
-  if (sol.mode == "multi" and sol.profile.latency_source == "blocks"
+  summed = {"multi": "blocks", "paper": "predicted_from_blocks"}.get(sol.mode)
+  if (sol.profile.latency_source == summed
       and sol.settings.get("latency_basis") != "measured"):
     lines.append("note: latencies predicted as sums of blocks timed alone, not of the compiled "
-                 "graph (off by tens of percent or more, either way): a profile with calibration "
-                 "schedules (the main job's --solver=multi) predicts the graph, --weights "
-                 "times the choice")
+                 "graph (off by tens of percent or more, either way): " + (
+                     "a profile with calibration schedules (the main job's --solver=multi) "
+                     "predicts the graph, --weights times the choice" if sol.mode == "multi"
+                     else "a profile of the whole model (--mode=model) measures the uniform "
+                     "graphs paper mode weighs"))
   elif (sol.mode == "multi" and budget is not None
         and sol.settings.get("latency_basis") != "measured"):   # (a calibrated prediction)
     lines.append("note: the budget is met by the predicted latency alone: --weights times the "
