@@ -3613,3 +3613,24 @@ def test_cli_paper_mode_solves_at_the_batch_size_given(tmp_path):
   sol = read_solution(str(tmp_path / "out" / f"{CFG.name}_paper_b16_float32_cpu.json"))
   assert (sol.profile.batch_size, sol.chosen.predicted_latency_s) == (16, 2e-3)
   assert sol.settings["allow_batch_mismatch"] is True
+
+
+def test_a_floor_above_the_unpruned_accuracy_says_why_no_prediction_meets_it():
+  """The combined model never predicts above the unpruned accuracy (the drop envelope), so a
+  floor one single reduction measured above was 'infeasible' with no reason given: the error
+  says so, names that reduction where it meets the floor, and leaves other errors alone."""
+  inp = solve_stage.MultiInputs(
+      ns=np.array([5, 9, 13, 17]), block=np.zeros(4), head=0.0, embed=0.0, layers=(1, 3),
+      sensitivity=np.array([[0.5, 0.96, 0.975, 0.97], [0.6, 0.98, 0.99, 0.97]]),
+      full_accuracy=0.97, pair_noise=None)
+  e = solve.InfeasibleError("accuracy floor 0.985 is infeasible")
+  assert str(solve_stage.above_unpruned(e, 0.985, inp, "accuracy")) == (
+      "accuracy floor 0.985 is infeasible: the combined model never predicts above the "
+      "unpruned accuracy 0.97; the estimate's best single reduction, block 3 to 13 tokens, "
+      "measured 0.9900, meets the floor but counts as no gain; pass --weights to measure "
+      "schedules against the floor")
+  assert str(solve_stage.above_unpruned(e, 0.995, inp, "agreement")).endswith(
+      "never predicts above the unpruned agreement 0.97; pass --weights to measure schedules "
+      "against the floor")
+  assert solve_stage.above_unpruned(e, 0.97, inp, "accuracy") is e   # (not above it)
+  assert solve_stage.above_unpruned(e, 0.96, inp, "accuracy") is e

@@ -415,6 +415,23 @@ class MultiInputs:
   reduce: Optional[np.ndarray] = None   # [K] extra seconds of a reducing block (None: 0)
 
 
+def above_unpruned(e: solve.InfeasibleError, floor: float, inp: MultiInputs, metric: str
+                   ) -> solve.InfeasibleError:
+  """`e` (no predicted accuracy meets `floor`) saying, where the floor is above the unpruned
+  model's, that the combined model never predicts above it, and naming the estimate's best
+  single reduction there (a floor one measured point met was called infeasible, unsaid)."""
+  if floor <= inp.full_accuracy:
+    return e
+  table = np.asarray(inp.sensitivity)[:, :-1]           # [layers, K - 1]: the counts below N
+  row, col = np.unravel_index(int(np.argmax(table)), table.shape)
+  best = (f"; the estimate's best single reduction, block {inp.layers[row]} to "
+          f"{int(inp.ns[col])} tokens, measured {table[row, col]:.4f}, meets the floor but "
+          "counts as no gain" if table.size and table[row, col] >= floor else "")
+  return solve.InfeasibleError(
+      f"{e}: the combined model never predicts above the unpruned {metric} "
+      f"{inp.full_accuracy:.5g}{best}; pass --weights to measure schedules against the floor")
+
+
 def _sensitivity_rows(estimate: Estimate, metric: str):
   est_layers, tokens, values = estimate.table(metric)
   rows = [(l, r) for r, l in enumerate(est_layers) if l is not None]
@@ -663,9 +680,9 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
     try:
       chosen, criterion = solve.choose(sol.frontier, accuracy_floor=accuracy_floor)
       sol = dataclasses.replace(sol, chosen=chosen, criterion=criterion)
-    except solve.InfeasibleError:
+    except solve.InfeasibleError as e:
       if evaluate is None:
-        raise
+        raise above_unpruned(e, accuracy_floor, inp, metric) from None
       # No prediction reaches the floor (the combined model never predicts above the unpruned
       # accuracy), but a schedule may MEASURE above it: `check_floor` decides on measurements.
 
