@@ -145,7 +145,8 @@ def format_result(r: Dict[str, Any]) -> str:
                     f"; change {intervals.describe_change(r['accuracy_change'])}"))
   for k in ("full", "pruned"):
     t = r[k]
-    lines.append(f"latency {k:>6}: {t['median_s'] * 1e3:9.3f} ms median (IQR "
+    lines.append(f"latency {k:>6}: {t['median_s'] * 1e3:9.3f} ms median per batch of "
+                 f"{r['batch']} (IQR "
                  f"{t['iqr_s'] * 1e3:.3f} ms), compile {t['compile_s']:.2f} s")
   full, pruned = r["full"], r["pruned"]
   lines.append(f"speed-up: {full['median_s'] / pruned['median_s']:.3f}x"

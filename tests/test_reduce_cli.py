@@ -425,8 +425,8 @@ def test_cli_prints_the_comparison_in_the_dtype_and_seed_it_was_given(tmp_path):
       "tokens entering block: 0:17 1:17  | leaving the last: 9"]
   assert re.fullmatch(r"top-1 agreement with the unpruned model: \d\.\d{4}", lines[2])
   for line, k in zip(lines[3:5], ("  full", "pruned")):
-    assert re.fullmatch(rf"latency {k}: +\d+\.\d{{3}} ms median \(IQR \d+\.\d{{3}} ms\), "
-                        r"compile \d+\.\d\d s", line), line
+    assert re.fullmatch(rf"latency {k}: +\d+\.\d{{3}} ms median per batch of 2 \(IQR "
+                        r"\d+\.\d{3} ms\), compile \d+\.\d\d s", line), line
   assert re.fullmatch(r"speed-up: \d+\.\d{3}x.*", lines[5])
   assert lines[6:] == ["images: 2 synthetic images (seed 2)",
                        "weights: init_params(seed=2) (random-init, not trained: the agreement "
