@@ -16,6 +16,7 @@ from absl import flags
 
 from experiments import common
 from vitprune import atomic
+from vitprune import console
 from vitprune import deploy
 from vitprune import memory
 from vitprune.edge import runtime
@@ -114,7 +115,8 @@ def main(f: flags.FlagValues) -> dict:
       print(prediction_line(r))
   lat = res["latency"]
   b = lat["batch_size"]
-  print(f"model {res['model']} schedule {res['schedule']}: {res['num_images']} images")
+  print(f"model {res['model']} schedule {res['schedule']}: "
+        f"{console.counted(res['num_images'], 'image')}")
   print(accuracy_line(res))
   print(f"latency batch {b}: median {lat['median_s'] * 1e3:.3f} ms (IQR "
         f"{lat['iqr_s'] * 1e3:.3f} ms, {lat['repeats']} repeats), "

@@ -439,3 +439,18 @@ def test_numpy_and_jax_integers_are_counts_and_layers():
   assert S.tome_r_list(3, jnp.int32(2)) == S.tome_r_list(3, np.array(2)) == [2, 2, 2]
   # Leading zeros are not digits of the count (an 18-digit limit counted them).
   assert S.parse_schedule(TINY, "keep@1:" + "0" * 20 + "9").counts == (17, 17, 9)
+
+
+def test_a_token_grid_outside_the_bounds_says_why_they_are_what_they_are():
+  """'0 is outside [2, 65] for vit_digits (prefix tokens 1 + 1 .. 65 tokens)' read garbled: the
+  reason is the prefix tokens kept and one patch token at least, at most all tokens."""
+  digits = get_config("vit_digits")
+  with pytest.raises(ValueError, match=re.escape(
+      "--tokens '0:5': the range lists 0 .. 5; 0 is outside [2, 65] for vit_digits (its 1 prefix "
+      "token and at least 1 patch token, at most all 65)")):
+    S.parse_token_grid(digits, "0:5")
+  two = get_config("test_tiny_distilled")        # (class and distillation tokens)
+  with pytest.raises(ValueError, match=re.escape(
+      f"--tokens '2,9': counts [2] are outside [3, {two.num_tokens}] for test_tiny_distilled (its "
+      f"2 prefix tokens and at least 1 patch token, at most all {two.num_tokens})")):
+    S.parse_token_grid(two, "2,9")

@@ -231,6 +231,14 @@ def token_bounds(cfg: ViTConfig) -> Tuple[int, int]:
   return cfg.num_prefix_tokens + 1, cfg.num_tokens
 
 
+def _bounds_reason(cfg: ViTConfig) -> str:
+  """'for vit_digits (its 1 prefix token and at least 1 patch token, at most all 65)': why
+  `token_bounds` are what they are, for an error."""
+  p = cfg.num_prefix_tokens
+  return (f"for {cfg.name} (its {p} prefix token{'s' * (p != 1)} and at least 1 patch token, at "
+          f"most all {cfg.num_tokens})")
+
+
 def check_token_grid(cfg: ViTConfig, tokens: Sequence[int]) -> Tuple[int, ...]:
   """Validates a token grid: unique ints in `token_bounds(cfg)`; returns it sorted ascending.
 
@@ -293,9 +301,7 @@ def parse_token_grid(cfg: ViTConfig, spec: str) -> Tuple[int, ...]:
         reach = f" (the last count step {step} reaches)" if last != b else ""
         raise ValueError(f"--tokens {shown}: the range lists {a} .. {last}{reach}; "
                          f"{' and '.join(map(str, ends))} {'is' if len(ends) == 1 else 'are'} "
-                         f"outside [{lo}, {hi}] "
-                         f"for {cfg.name} (prefix tokens {cfg.num_prefix_tokens} + 1 .. "
-                         f"{cfg.num_tokens} tokens)")
+                         f"outside [{lo}, {hi}] {_bounds_reason(cfg)}")
       if a != b and abs(step) > abs(b - a):     # (a probe: '65:5:-1e20' timed 65 alone, unsaid)
         raise ValueError(f"--tokens {shown}: step {step} is larger than the range {a} .. {b}, so "
                          f"it lists {a} alone: give '{a}' for that count, or a step of at most "
@@ -315,8 +321,7 @@ def parse_token_grid(cfg: ViTConfig, spec: str) -> Tuple[int, ...]:
   bad = sorted({c for c in counts if not lo <= c <= hi})
   if bad:
     raise ValueError(f"--tokens {shown}: counts {reprlib.repr(bad)} are outside "
-                     f"[{lo}, {hi}] for {cfg.name} (prefix tokens {cfg.num_prefix_tokens} + 1 "
-                     f".. {cfg.num_tokens} tokens)")
+                     f"[{lo}, {hi}] {_bounds_reason(cfg)}")
   return tuple(sorted(set(counts), reverse=True))
 
 

@@ -111,7 +111,8 @@ def cmd_run() -> dict:
     for r in rows:
       print(prediction_line(r))
   print(f"model {res['model']} schedule {res['schedule']} target {res['target']} driver "
-        f"{describe_runtime(model.driver, model.shards)}: {res['num_images']} images")
+        f"{describe_runtime(model.driver, model.shards)}: "
+        f"{console.counted(res['num_images'], 'image')}")
   print(accuracy_line(res))
   print_latency(res["latency"], res["num_images"])
   return res

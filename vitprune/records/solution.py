@@ -1121,7 +1121,7 @@ def summary_lines(sol: Solution) -> List[str]:
     line = f"measured {m} of the chosen schedule on the data: {ch.measured_accuracy:.4f}"
     if ch.num_images is not None:
       line += (f" (95% interval {ch.measured_accuracy_low:.4f}..{ch.measured_accuracy_high:.4f}"
-               f", {ch.num_images} images)")
+               f", {counted(ch.num_images, 'image')})")
     lines.append(line)
   if ch.measured_latency_s is not None:
     rounds = sol.settings.get("timed_rounds") or []
@@ -1147,8 +1147,9 @@ def summary_lines(sol: Solution) -> List[str]:
   if full is not None:
     lines.append(f"unpruned: {_unpruned_latency_text(sol)}, {m} "
                  f"{full.predicted_accuracy:.4f} (measured by the estimate"
-                 + (f", {full.num_images} images)" if full.num_images is not None else ")"))
-  lines.append(f"frontier: {len(sol.frontier)} non-dominated schedules"
+                 + (")" if full.num_images is None else
+                    f", {counted(full.num_images, 'image')})"))
+  lines.append(f"frontier: {counted(len(sol.frontier), 'non-dominated schedule')}"
                + (f"; {len(sol.checked)} checked on the data" if sol.checked else ""))
   return lines
 
