@@ -88,6 +88,12 @@ def test_parse_targets():
       parse_target(bad)
   with pytest.raises(EdgeError, match="given twice"):
     parse_targets(["iree:host", "iree:host"])
+  # (edge_kit --target=iree:host,iree:vulkan: 'unknown target', as if the forms were wrong)
+  with pytest.raises(EdgeError, match=r"^unknown target 'iree:host,iree:vulkan'; expected one "
+                                      r"of .*, iree:vulkan \(one target here, not a list\)$"):
+    parse_target("iree:host,iree:vulkan")
+  with pytest.raises(EdgeError, match=r"^unknown target 'tpu'; expected one of .*, iree:vulkan$"):
+    parse_target("tpu")
 
 
 def test_two_targets_that_would_share_a_module_file_are_refused():
