@@ -1,18 +1,22 @@
 """Pins the scoring and summaries of benchmarks/predictor_accuracy.py and floor_study.py on
 hand-made numbers with exactly known answers: the token grid and schedule counts, the anchored
 and interleaved errors, the markdown rows (cells, their order and formats), floor_study's
-per-seed re-timing, overhead and totals (no model is compiled)."""
+per-seed re-timing, overhead and totals (no model is compiled); and accuracy_combination.py's
+errors, target, refinement table, flag parsers and own frontier."""
 import json
 import re
 import types
 
+import numpy as np
 import pytest
 
+from benchmarks import accuracy_combination as ac
 from benchmarks import floor_study
 from benchmarks import predictor_accuracy as pa
 from experiments import common
 from vitprune.records.solution import Candidate
 from vitprune.registry import get_config
+from vitprune.schedule import Schedule
 
 
 def _cells(line):
@@ -361,3 +365,95 @@ def test_run_seed_with_the_chosen_untimed_in_the_loop_gives_no_loop_ratio(monkey
   assert row["retime"]["fastest_timed_in_loop"] is True and row["retime"]["loop_ratio"] is None
   assert floor_study.table([dict(row, seed=7)]).splitlines()[2].startswith(
       "| 7 | chosen | 0.9600 | yes | 1.250 (2 schedules; the loop did not time the chosen) |")
+
+
+def test_accuracy_combination_errors_and_target_by_hand():
+  """Mutation audit: `errors` in points over all schedules and over those measured less than
+  10 points below the unpruned model (a drop of exactly 10 is out), and the target's bounds
+  (a mean of 0.5 and a max of 2 points meet it, a max above 2 misses it whatever the mean)."""
+  got = ac.errors([0.96, 0.80, 0.90], [0.95, 0.83, 0.87], full=0.97)
+  assert got["all"]["count"] == 3 and got["drop_lt_10"]["count"] == 1
+  assert (got["all"]["mean"], got["all"]["max"], got["all"]["mean_signed"]) == pytest.approx(
+      (7 / 3, 3, 1 / 3))
+  assert got["drop_lt_10"] == pytest.approx({"count": 1, "mean": 1, "max": 1, "mean_signed": 1})
+  assert ac.errors([], [], 0.97) == {"all": {"count": 0}, "drop_lt_10": {"count": 0}}
+  assert ac.meets_target({"count": 2, "mean": 0.5, "max": 2.0}) is True
+  assert ac.meets_target({"count": 2, "mean": 0.1, "max": 2.5}) is False
+  assert ac.meets_target({"count": 2, "mean": 0.6, "max": 0.6}) is False
+  assert ac.meets_target({"count": 0}) is None
+
+
+def test_accuracy_combination_refinement_table_cell_by_cell():
+  """Mutation audit: the refinement's markdown, each cell in its column (all / drop < 10
+  points, corrected / anchored, the verdict of its own cell, predicted / measured, the
+  fewest MFLOP before / after)."""
+  def e(n, mean, mx, signed, met=None):
+    return {"count": n, "mean": mean, "max": mx, "mean_signed": signed, "meets_target": met}
+
+  ref = {"rounds": [{"round": 0, "frontier": 5, "fitted_on": 0,
+                     "errors": {"all": e(5, 1, 2, -0.5), "drop_lt_10": e(4, 0.25, 0.75, 0.125)},
+                     "anchored_errors": {"all": e(5, 3, 4, 1), "drop_lt_10": {"count": 0}}}],
+         "pooled": {"from_round_1": {
+             "corrected": {"all": e(3, 0.5, 1, 0), "drop_lt_10": e(2, 0.25, 0.5, -0.25)},
+             "anchored": {"all": e(3, 0.5, 2.5, 0, False), "drop_lt_10": e(2, 0.5, 2, 0, True)}}},
+         "random_held_out": {
+             "incremental": {"all": e(2, 1.5, 2, 1.5), "drop_lt_10": e(1, 1, 1, 1)}},
+         "floors": [{"floor": 0.95, "uncorrected_choice": {"predicted": 0.96, "measured": 0.94},
+                     "before": {"flop": 3e6, "counts": [65, 41]},
+                     "after": {"flop": 2.5e6, "counts": [65, 17]}},
+                    {"floor": 0.99, "uncorrected_choice": None, "before": None, "after": None}]}
+  lines = ac.refinement_table(ref).splitlines()
+  assert lines[2] == ("| 0 | 5 | 0 | 5, 1.00 / 2.00, -0.50 | 4, 0.25 / 0.75, +0.12 | "
+                      "5, 3.00 / 4.00, +1.00 | 0 |")
+  assert lines[3] == ("| from round 1 on, pooled | | | 3, 0.50 / 1.00, +0.00 | "
+                      "2, 0.25 / 0.50, -0.25 | 3, 0.50 / 2.50, +0.00 (target missed) | "
+                      "2, 0.50 / 2.00, +0.00 (target met) |")
+  assert lines[7] == "| incremental | 2, 1.50 / 2.00, +1.50 | 1, 1.00 / 1.00, +1.00 |"
+  assert lines[-2:] == ["| 0.95 | 0.9600 / 0.9400 | 3.00 (65,41) | 2.50 (65,17) |",
+                        "| 0.99 | infeasible | none | none |"]
+
+
+def test_accuracy_combination_parses_its_flags_at_their_bounds():
+  """Mutation audit: --conditional's block before the last and count strictly inside the
+  model's, --pairwise's counts strictly inside the grid (sorted, once each) and step >= 1,
+  --floors up to 1 inclusive; random_multilayer's schedules reduce 2 to 5 times."""
+  cfg = types.SimpleNamespace(depth=6, num_tokens=65, num_prefix_tokens=1)
+  assert ac.parse_conditional("4:64", cfg) == (4, 64)
+  assert ac.parse_conditional("0:2", cfg) == (0, 2)
+  for text, message in (("5:41", "block 5 must be in 0..4"), ("0:65", "count 65 must be in 2"),
+                        ("0:1", "count 1 must be in 2..64")):
+    with pytest.raises(ValueError, match=message):
+      ac.parse_conditional(text, cfg)
+  grid = [65, 49, 41, 33, 17]
+  assert ac.parse_pairwise("41,33,41,49:1", grid) == ((33, 41, 49), 1)
+  for text, message in (("41:0", "step 0 must be >= 1"), ("17:8", "first-cut count 17 must"),
+                        ("65:8", "first-cut count 65 must"), ("40:8", "first-cut count 40")):
+    with pytest.raises(ValueError, match=message):
+      ac.parse_pairwise(text, grid)
+  assert ac.parse_floors("1,0.95") == [1.0, 0.95]
+  with pytest.raises(ValueError, match="--floors gives 0.9 twice"):
+    ac.parse_floors("0.9,0.8,0.9")
+  with pytest.raises(ValueError, match="^--floors=' ' names no floor$"):
+    ac.parse_floors(" ")
+  grid = list(range(65, 8, -2))
+  got = ac.random_multilayer(65, 12, grid, 200, seed=0, max_remove=None)
+  assert len(set(got)) == 200
+  assert {len(Schedule(c).reduction_layers) for c in got} <= {2, 3, 4, 5}
+
+
+def test_accuracy_combination_own_frontier_spreads_by_latency(monkeypatch):
+  """Mutation audit: own_frontier keeps `num` of the frontier, evenly from its cheapest to its
+  dearest end (4 of 4 kept too many when thinning started only above num + 1), and counts
+  every schedule it scored; limit 0 scores none."""
+  model = types.SimpleNamespace(ns=np.array([10, 20, 30, 40, 50, 60, 70]))
+  rows = np.array([[6, i] for i in (3, 0, 6, 1, 5, 2, 4)])
+  monkeypatch.setattr(ac.solve, "schedule_latencies", lambda m, idx: m.ns[idx][:, 1] * 1.0)
+
+  def score(counts):
+    return np.array([c[1] / 100 for c in counts])
+
+  for size, want in ((7, [10, 40, 70]), (4, [10, 30, 40])):
+    idx = rows[np.isin(rows[:, 1], np.arange(size))]
+    monkeypatch.setattr(ac, "enumerate_schedules", lambda m, limit, idx=idx: idx)
+    assert ac.own_frontier(model, score, 3, 100) == ([(70, n) for n in want], size)
+  assert ac.own_frontier(model, score, 3, 0) == ([], None)

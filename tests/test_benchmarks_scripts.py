@@ -1706,3 +1706,237 @@ def test_gpu_suite_replaces_a_cut_predictor_result_only_by_a_finished_one(tmp_pa
                  "== predictor-pomt: finished before" in r.stdout))
     assert not (out / "next-predictor_accuracy_vit_digits_pomt.json").exists()
   assert said == [(1, False, False), (1, True, False), (3, False, False), (3, False, True)]
+
+
+def test_holdout_study_totals_json_and_summary_line(tmp_path, monkeypatch, capsys):
+  """Mutation audit: the totals (seeds counted with the one whose floor nothing met; optimism
+  mean / min / max over the chosen), each row's image counts and the unpruned model judged on
+  the held-out images (not the selection ones), the JSON and the printed summary line."""
+  from benchmarks import holdout_study as hs  # pylint: disable=g-import-not-at-top
+  from vitprune import solve_loop  # pylint: disable=g-import-not-at-top
+  seen = []
+
+  def job(f):
+    seen.append(f.seed)
+    if f.seed == 1:
+      raise solve_loop.FloorNotMetError("accuracy floor 0.97 is not met on measurement: x")
+    sel, held, status = {0: ((0.975, 0.98), (0.95, 0.975), "straddles"),
+                         2: ((0.99, 0.98), (0.98, 0.96), "meets")}[f.seed]
+    return {"metric": "accuracy", "accuracy_floor": 0.97, "schedule": f"s{f.seed}",
+            "counts": [65, 41 - f.seed], "speedup": 1.2, "num_images": 239,
+            "pruned": {"accuracy": sel[0]}, "unpruned": {"accuracy": sel[1]},
+            "holdout": {"num_images": 120, "floor_met": held[0] >= 0.97, "floor_status": status,
+                        "pruned": {"accuracy": held[0], "interval_95": [0.9, 0.99]},
+                        "unpruned": {"accuracy": held[1]}}}
+
+  monkeypatch.setattr(hs.profile_cli, "main", job)
+  out = tmp_path / "h.json"
+  rows = hs.main(common.parse(hs.define_flags, ["--seeds=3", f"--out={out}"]))
+  assert seen == [0, 1, 2]
+  assert [(r.get("counts"), r.get("selection_images"), r.get("holdout_images")) for r in rows] \
+      == [([65, 41], 239, 120), (None, None, None), ([65, 39], 239, 120)]
+  # seed 2: the unpruned model meets 0.97 on the selection images (0.98), not held out (0.96)
+  assert rows[2]["unpruned_floor_met_holdout"] is False and rows[2]["floor_met_holdout"]
+  tot = hs.totals(rows)
+  assert {k: v for k, v in tot.items() if not k.startswith("optimism")} == {
+      "seeds": 3, "chosen": 2, "floor_met_selection": 2, "floor_met_holdout": 1,
+      "unpruned_floor_met_holdout": 1,
+      "holdout_status": {"meets": 1, "straddles": 1, "fails": 0}}
+  assert (tot["optimism_mean"], tot["optimism_min"], tot["optimism_max"]) == pytest.approx(
+      (0.5, -1.0, 2.0))
+  assert ("floor 0.97 met by the chosen schedule: 2/2 on the selection images, 1/2 on the "
+          "held-out ones (the unpruned model there: 1/2); optimism mean +0.50 points (min "
+          "-1.00, max +2.00); the held-out 95% interval 1 meets, 1 straddles, 0 fails the "
+          "floor\n") in capsys.readouterr().out
+  doc = json.loads(out.read_text())
+  assert (doc["floor"], doc["max_accuracy_drop"], doc["holdout_images"]) == (0.97, None, 120)
+  assert doc["rows"] == json.loads(json.dumps(rows)) and doc["totals"] == tot
+  rows = hs.main(common.parse(hs.define_flags, [
+      "--seeds=1", "--max_accuracy_drop=0.01", f"--out={out}"]))
+  doc = json.loads(out.read_text())
+  assert (doc["floor"], doc["max_accuracy_drop"]) == (None, 0.01)
+  seen.clear()
+  with pytest.raises(ValueError, match=r"^--max_accuracy_drop must be in \[0, 1\)"):
+    hs.main(common.parse(hs.define_flags, ["--max_accuracy_drop=1.5", f"--out={out}"]))
+  assert not seen
+
+
+def test_step_detection_row_counts_each_curve_by_hand(tmp_path, monkeypatch):
+  """Mutation audit: a row's figures from a detector's answers, by hand (found / missed /
+  false, a curve exact only when it finds exactly the true steps, lone counts named only among
+  those put out of line); every stride gets its row; the grid's guard is exact."""
+  import types  # pylint: disable=g-import-not-at-top
+  from benchmarks import step_detection as sd  # pylint: disable=g-import-not-at-top
+  curves = iter([({(10, 9), (5, 4)}, {7, 3}), ({(10, 9)}, set()), ({(10, 9), (5, 4)}, set())])
+  answers = iter([([(10, 9), (5, 4), (8, 7), (6, 5)], [7, 6]), ([(10, 9)], []), ([(5, 4)], [])])
+
+  def simulate(rng, **kw):
+    true, odd = next(curves)
+    return None, None, None, None, true, odd
+
+  def detect(*a):
+    got, lone = next(answers)
+    return types.SimpleNamespace(steps=[types.SimpleNamespace(n_from=a, n_to=b) for a, b in got],
+                                 lone=[types.SimpleNamespace(n=n) for n in lone])
+
+  monkeypatch.setattr(sd, "simulate", simulate)
+  monkeypatch.setattr(sd.steps_lib, "detect_steps", detect)
+  f = common.parse(sd.define_flags, ["--curves=3"])
+  assert sd.run_stride(3, f) == {"stride": 3, "curves": 3, "true": 5, "found": 4, "missed": 1,
+                                 "false": 2, "exact": 1, "out_of_line": 2, "named_lone": 1}
+  row = dict(stride=2, curves=5, true=9, found=8, missed=1, false=0, exact=4, out_of_line=0,
+             named_lone=0)
+  assert sd.table([row]).splitlines()[-1] == "| 2 | 5 | 9 | 8 | 1 | 0 | 4 | - |"
+  monkeypatch.undo()
+  out = tmp_path / "sd.json"
+  # (200 - 2) // 66 + 1 = 4 counts: just enough for a step to be called
+  doc = sd.main(common.parse(sd.define_flags, ["--curves=2", "--strides=66,1", f"--out={out}"]))
+  assert [r["stride"] for r in doc["rows"]] == [66, 1]
+  assert [r["stride"] for r in json.loads(out.read_text())["rows"]] == [66, 1]
+  with pytest.raises(ValueError, match="--strides=67 leaves fewer than 4 counts"):
+    sd.main(common.parse(sd.define_flags, ["--strides=67", f"--out={out}"]))
+  seeded = [sd.main(common.parse(sd.define_flags, [
+      "--curves=20", "--strides=1", "--burst_share=0.2", f"--seed={s}", f"--out={out}"]))["rows"]
+            for s in (0, 1)]
+  assert seeded[0] != seeded[1]
+
+
+def test_step_detection_simulates_what_its_doc_says():
+  """Mutation audit: simulate() against the module doc. The medians before anything is put out
+  of line come from the same draws whatever the shares, so each count's factor is read off:
+  bursts +10..30 % with 3x the IQR, fast counts -5..15 % (never a burst too), pair bursts in
+  neighbouring twos, none counted twice; steps +5..20 % at the true pairs only."""
+  from benchmarks import step_detection as sd  # pylint: disable=g-import-not-at-top
+
+  def sim(seed, **kw):
+    kw = dict(dict(noise=0.01, burst_share=0.0, fast_share=0.0, pair_share=0.0), **kw)
+    return sd.simulate(np.random.default_rng(seed), stride=4, counts=60, max_tokens=200, **kw)
+
+  for seed in range(5):
+    t, base, iqr, _, true, odd = sim(seed)
+    np.testing.assert_array_equal(t, 200 - 4 * np.arange(50))     # (down to 4 >= 2)
+    assert not odd and true
+    _, flat, _, _, _, _ = sim(seed, noise=0.0)      # (the slope: at most 0.1 % per token)
+    for (a, b), r in zip(zip(t, t[1:]), flat[:-1] / flat[1:]):
+      assert (1.05 <= r <= 1.2 * 1.004) if (a, b) in true else 1 <= r <= 1.004
+    _, med, iqr_b, _, _, odd = sim(seed, burst_share=1.0, fast_share=1.0)
+    assert odd == set(t.tolist()) and np.all((1.1 <= med / base) & (med / base <= 1.3))
+    np.testing.assert_allclose(iqr_b, 3 * iqr)
+    _, med, iqr_f, _, _, odd = sim(seed, fast_share=1.0)
+    assert odd == set(t.tolist()) and np.all((0.85 <= med / base) & (med / base <= 0.95))
+    np.testing.assert_allclose(iqr_f, iqr)
+    _, med, _, _, _, odd = sim(seed, burst_share=0.3, pair_share=0.5)
+    moved = {int(n) for n, r in zip(t, med / base) if r != 1}
+    assert odd == moved and np.all(med / base <= 1.3)
+    _, med, _, _, _, odd = sim(seed, pair_share=0.05)
+    moved = sorted(int(n) for n, r in zip(t, med / base) if r != 1)
+    assert odd == set(moved) and len(moved) <= 20
+    assert all(n + 4 in odd or n - 4 in odd for n in odd)    # (in neighbouring twos)
+
+
+def test_calibration_size_summary_and_table_by_hand():
+  """Mutation audit: one line per (method, size), sorted: medians over the draws of the median,
+  p90, share within 10 %, compile and timed seconds, the worst draw's p90, the measurement's
+  noise floor; the table's cells in their columns."""
+  from benchmarks import calibration_size as cs  # pylint: disable=g-import-not-at-top
+  nf = {"median": 0.02, "p90": 0.05, "within10": 1.0, "count": 3}
+
+  def row(method, size, med, p90, within, compile_s, timed_s):
+    return {"method": method, "size": size, "compile_s": compile_s, "timed_s": timed_s,
+            "heldout": {"median": med, "p90": p90, "within10": within}, "noise_floor": nf}
+
+  rows = [row("pomt", 6, 0.01, 0.02, 1.0, 9.0, 3.0),
+          row("pomt", 4, 0.10, 0.30, 0.5, 1.0, 1.0), row("pomt", 4, 0.02, 0.10, 0.9, 2.0, 5.0),
+          row("pomt", 4, 0.03, 0.20, 0.4, 6.0, 2.0),
+          dict(row("evit", 4, 0.05, 0.06, 0.7, 4.0, 4.0), noise_floor=None)]
+  got = cs.summarize(rows)
+  assert [(s["method"], s["size"], s["draws"]) for s in got] == [
+      ("evit", 4, 1), ("pomt", 4, 3), ("pomt", 6, 1)]
+  assert got[1] == {"method": "pomt", "size": 4, "draws": 3, "median": 0.03, "p90": 0.2,
+                    "p90_worst": 0.3, "within10": 0.5, "compile_s": 2.0, "timed_s": 2.0,
+                    "noise_floor": nf}     # (the middle of three draws: exact)
+  assert got[0]["noise_floor"] is None
+  assert cs.table(got).splitlines()[2:] == [
+      "| evit | 4 | 5.0% / 6.0% / 70% | 6.0% | 4.0 | 4.0 | - |",
+      "| pomt | 4 | 3.0% / 20.0% / 50% | 30.0% | 2.0 | 2.0 | 2.0% / 5.0% |",
+      "| pomt | 6 | 1.0% / 2.0% / 100% | 2.0% | 9.0 | 3.0 | 2.0% / 5.0% |"]
+
+
+def test_calibration_size_draws_and_scores_each_set_by_hand(tmp_path, monkeypatch):
+  """Mutation audit: every (size, draw) set is the main job's draw with --seed=draw, the
+  held-out schedules are none of them; each set's row sums ITS schedules' compile seconds and
+  timed seconds (samples x median), counts their reductions, and the noise floor compares the
+  second measurement with the first. --sizes is checked at its least and largest value, in
+  whatever order given."""
+  import types  # pylint: disable=g-import-not-at-top
+  from benchmarks import calibration_size as cs  # pylint: disable=g-import-not-at-top
+  lm = cs.lm_lib
+  cfg = common.model_config(common.EMBEDDED_MODEL, common.EMBEDDED_WEIGHTS)
+  grid = [17, 33, 49, 65]
+  sets, pool, held = cs.draw_schedules(cfg, "pomt", grid, [4, 5], 2, 3)
+  assert set(sets) == {(4, 0), (4, 1), (5, 0), (5, 1)} and sets[(4, 0)] != sets[(4, 1)]
+  for (k, d), cal in sets.items():
+    assert cal == lm.sample_schedules(cfg.num_tokens, cfg.depth, grid, k, seed=d,
+                                      max_remove=lm.method_limit(cfg, "pomt"))
+  assert pool == sorted({s for v in sets.values() for s in v})
+  assert len(held) == 3 and not set(held) & set(pool)
+  with pytest.raises(ValueError, match=r"--sizes must be >= 4 .*, got 3$"):
+    cs.main(common.parse(cs.define_flags, ["--sizes=10,3,6", f"--out={tmp_path / 'c.json'}"]))
+  cal, held = [(65, 65, 33), (65, 49, 17), (65, 65, 65)], [(65, 33, 33), (65, 49, 49)]
+  point = {c: types.SimpleNamespace(schedule=c, median_s=0.5 + i, iqr_s=0.1 * i,
+                                    compile_s=2.0 ** i, num_samples=10 + i)
+           for i, c in enumerate(cal + held)}
+  prof = types.SimpleNamespace(curve=lambda kind, batch: list(point.values()))
+  model = types.SimpleNamespace(predict=lambda c: 4.0, params={"a": 1.0}, calibration=cal)
+  monkeypatch.setattr(lm, "measure_calibration", lambda *a, **k: prof)
+  monkeypatch.setattr(lm, "measure_with_full", lambda *a, **k: ([3.85, 4.5], None))
+  monkeypatch.setattr(lm, "fit_on", lambda *a, **k: model)
+  rows, measured = cs.run_method(cfg, None, "pomt", grid, {(3, 0): cal}, cal, held, 1, None, 1)
+  (r,) = rows
+  assert (r["size"], r["draw"], r["compile_s"], r["timed_s"]) == (3, 0, 1 + 2 + 4,
+                                                                  10 * 0.5 + 11 * 1.5 + 12 * 2.5)
+  assert r["reductions"] == 1.0      # (1, 2 and 0 reductions)
+  assert r["heldout"] == lm.relative_errors([4.0, 4.0], [3.5, 4.5])
+  assert r["noise_floor"] == lm.relative_errors([3.85, 4.5], [3.5, 4.5])
+  assert r["noise_floor"]["median"] == pytest.approx(0.05)
+  assert measured == [{"counts": [65, 33, 33], "measured_s": 3.5, "iqr_s": pytest.approx(0.3)},
+                      {"counts": [65, 49, 49], "measured_s": 4.5, "iqr_s": pytest.approx(0.4)}]
+
+
+def test_profile_speed_rows_by_hand(tmp_path, monkeypatch, capsys):
+  """Mutation audit: the seven configurations as specified (threads, adaptive, per-block, the
+  cache only for the last two), each row's sums and its own component's steps, the model-mode
+  rows against the default run and the adaptive repeat, on profiles made by hand."""
+  import types  # pylint: disable=g-import-not-at-top
+  from benchmarks import profile_speed as ps  # pylint: disable=g-import-not-at-top
+  steps = [[(17, 13), (9, 5)], [(17, 13)], [(17, 13), (13, 9)], [(9, 5)], [(17, 13)],
+           [(17, 13), (9, 5)], []]
+  calls = []
+
+  def run_profile(spec, compile_cache_dir=None, **kw):
+    i = len(calls)
+    calls.append((spec.mode, spec.threads, spec.adaptive, compile_cache_dir))
+    comp, other = ("block", "model") if spec.mode == "block" else ("model", "block")
+    found = [{"n_from": a, "n_to": b, "component": comp} for a, b in steps[i]]
+    return (types.SimpleNamespace(
+        points=[types.SimpleNamespace(compile_s=1.0 + i, samples_s=[0.25, 0.5])] * 3,
+        steps=found + [{"n_from": 99, "n_to": 98, "component": other}]),)
+
+  monkeypatch.setattr(ps.runner, "run_profile", run_profile)
+  cache = str(tmp_path / "cache")
+  doc = ps.main(common.parse(ps.define_flags, ["--tokens=17,9", "--threads=3",
+                                               f"--compile_cache_dir={cache}",
+                                               f"--out={tmp_path / 'o.json'}"]))
+  assert calls == [("model", 1, False, None), ("model", 3, False, None), ("model", 3, True, None),
+                   ("block", 3, False, None), ("model", 3, True, None),
+                   ("model", 3, True, cache), ("model", 3, True, cache)]
+  rows = doc["rows"]
+  assert [(r["compile"], r["run"], r["graphs"], r["component"]) for r in rows[:2]] == [
+      (3.0, 2.25, 3, "model"), (6.0, 2.25, 3, "model")]
+  assert [r["steps"] for r in rows] == [[list(s) for s in v] for v in steps]
+  assert rows[3]["component"] == "block" and "vs_default" not in rows[3]
+  assert [tuple(r["vs_default"].values()) for r in rows if "vs_default" in r] == [
+      (1, 1, 0), (1, 1, 1), (1, 1, 0), (2, 0, 0), (0, 2, 0)]
+  assert doc["adaptive_repeat"] == {"identical": False, "shared": 1, "of": 2}
+  assert doc["token_counts"] == [17, 9] and doc["threads"] == 3
+  assert "  adaptive run 1 vs run 2: differ (1 shared of 2)\n" in capsys.readouterr().out
