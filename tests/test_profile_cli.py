@@ -972,8 +972,8 @@ def test_weights_flag(tmp_path):
     (["--mode=pipeline", "--resume", "--reducer=tome"], "^--resume applies to --mode=model or "
                                                          "block, not --mode=pipeline$"),
     (["--adaptive", "--max_points=3"], r"^--max_points=3 is below the 16 counts of the coarse "
-                                       r"grid \(--coarse_stride=0: about 16 counts\); raise it or "
-                                       r"--coarse_stride$"),
+                                       r"grid \(--coarse_stride=0: the automatic stride, each "
+                                       r"of the 16 counts\); raise it or --coarse_stride$"),
     (["--mode=schedule", "--schedule=17,17,17", "--tokens=9:17"], "not --mode=schedule"),
     (["--coarse_stride=4"], "^--coarse_stride needs --adaptive$"),
     (["--compile_cache_dir=/dev/null"], "compile_cache_dir"),
@@ -1067,6 +1067,13 @@ def test_keep_first_reducer_and_spec_validation():
   runner.ProfileSpec(cfg=CFG, max_points=20, adaptive=True)
   assert runner.coarse_grid(range(17, 1, -1), 5) == (17, 12, 7, 2)
   assert runner.coarse_grid([17, 16, 15], 2) == (17, 15)
+  # --coarse_stride=0: about 16 counts of a larger grid, said as such (was 'about 16 counts' of a
+  # coarse grid of 4)
+  assert [runner.auto_stride(n) for n in (4, 24, 25, 61, 200)] == [1, 2, 2, 4, 12]
+  assert len(runner.coarse_grid(range(66, 5, -1), 0)) == 16
+  assert [runner._every(n) for n in (4, 40, 61, 200)] == [  # pylint: disable=protected-access
+      "each of the 4 counts", "every 2nd of the 40 counts and both ends",
+      "every 4th of the 61 counts and both ends", "every 12th of the 200 counts and both ends"]
   # the default reducer named on a grid that prunes nothing: what is recorded anyway (accepted)
   runner.ProfileSpec(cfg=CFG, mode="block", tokens=(17,), reducer="random")
   with pytest.raises(ValueError, match="--reducer=keep_first given, but no graph"):

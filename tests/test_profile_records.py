@@ -155,7 +155,10 @@ def test_merge_later_wins_and_batches_union():
     (dict(device="NVIDIA H100"), "different device: "),
     (dict(cfg=get_config("test_tiny_distilled")),
      "different model: 'test_tiny_vit' vs 'test_tiny_distilled'"),
-    (dict(reducer="random"), "timed with different reducers: 'keep_first' vs 'random'"),
+    (dict(reducer="random"), re.escape(
+        "timed with different reducers: 'keep_first' vs 'random' (their pruned graphs differ; "
+        "write them to another output: another --out_dir (experiments.profile) or --out file "
+        "(vitprune.edge profile))")),
     # (a probe: 'different model config: 'vit_digits' vs 'vit_digits'' named no field)
     (dict(cfg=dataclasses.replace(CFG, depth=CFG.depth + 1, mlp_hidden=8)),
      re.escape(f"different model config: 'test_tiny_vit (depth {CFG.depth}, mlp_hidden "
@@ -192,8 +195,8 @@ def test_merge_refuses_another_timing_protocol_but_not_another_seed():
   a = _profile(_staircase_points())
   b = dataclasses.replace(a, timing={"min_run_time": 0.05})
   with pytest.raises(ValueError, match=r"timed with different settings \(min_run_time 0.1 vs "
-                     r"0.05; write them to another output: a directory, or an edge --out "
-                     r"file\)"):
+                     r"0.05; write them to another output: another --out_dir "
+                     r"\(experiments.profile\) or --out file \(vitprune.edge profile\)\)$"):
     records.merge([a, b])
   seeded = dataclasses.replace(a, timing={"min_run_time": 0.1, "seed": 3})
   assert records.merge([a, seeded]).points

@@ -755,6 +755,12 @@ def _timing_difference(a: Dict[str, Any], b: Dict[str, Any]) -> Optional[str]:
   return ", ".join(diff) or None
 
 
+# Where a measurement that cannot join a profile file goes instead (the experiments CLI has
+# --out_dir; the board's `profile` an --out file).
+_ELSEWHERE = ("write them to another output: another --out_dir (experiments.profile) or --out "
+              "file (vitprune.edge profile)")
+
+
 def merge(profiles: Sequence[Profile]) -> Profile:
   """One profile with every point of `profiles` (same model config, dtype, device kind,
   platform and reducer, else ValueError); a later profile in `profiles` wins on duplicate
@@ -770,17 +776,16 @@ def merge(profiles: Sequence[Profile]) -> Profile:
     if p.reducer != profiles[0].reducer:       # a pruned graph is the reducer's own graph
       raise ValueError(f"cannot merge profiles timed with different reducers: "
                        f"{profiles[0].reducer!r} vs {p.reducer!r} (their pruned graphs differ; "
-                       "write them to another output: a directory, or an edge --out file)")
+                       f"{_ELSEWHERE})")
     for field in ("jax_version", "jaxlib_version"):   # (the file records one of each)
       if getattr(p, field) != getattr(profiles[0], field):
         raise ValueError(f"cannot merge profiles measured with different {field.split('_')[0]} "
                          f"versions: {getattr(profiles[0], field)!r} vs {getattr(p, field)!r} "
-                         "(another compiler builds other graphs; write them to another output: "
-                         "a directory, or an edge --out file)")
+                         f"(another compiler builds other graphs; {_ELSEWHERE})")
     diff = _timing_difference(profiles[0].timing, p.timing)
     if diff:   # the file records one protocol: it would describe points it did not time
-      raise ValueError(f"cannot merge profiles timed with different settings ({diff}; write "
-                       "them to another output: a directory, or an edge --out file)")
+      raise ValueError(f"cannot merge profiles timed with different settings ({diff}; "
+                       f"{_ELSEWHERE})")
   points: Dict[Tuple, Point] = {}
   for p in profiles:
     for pt in p.points:

@@ -179,9 +179,11 @@ class ProfileSpec:
     if self.max_points:
       coarse = coarse_grid(self.grid, self.coarse_stride)
       if self.max_points < len(coarse):
+        # (--coarse_stride=0 said 'about 16 counts' of a coarse grid of 4)
         raise ValueError(f"--max_points={self.max_points} is below the {len(coarse)} counts "
                          f"of the coarse grid (--coarse_stride={self.coarse_stride}"
-                         + (": about 16 counts" if not self.coarse_stride else "")
+                         + (f": the automatic stride, {_every(len(self.grid))}"
+                            if not self.coarse_stride else "")
                          + "); raise it or --coarse_stride")
 
   @property
@@ -212,10 +214,24 @@ class ProfileSpec:
     return self.cfg.embed_dim * (item * sum(counts) + 8 * max(counts))
 
 
+def auto_stride(num_counts: int) -> int:
+  """The coarse grid's stride for `--coarse_stride=0`: about 16 counts of a larger grid."""
+  return max(1, round(num_counts / 16))
+
+
+def _every(num_counts: int) -> str:
+  """'every 4th of the 61 counts and both ends' (`auto_stride`), 'each of the 4 counts'."""
+  k = auto_stride(num_counts)
+  if k == 1:
+    return f"each of the {num_counts} counts"
+  nth = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+  return f"every {k}{nth} of the {num_counts} counts and both ends"
+
+
 def coarse_grid(grid: Sequence[int], stride: int) -> Tuple[int, ...]:
-  """Every `stride`-th count of a descending grid, both ends included (0: ~16 points)."""
+  """Every `stride`-th count of a descending grid, both ends included (0: `auto_stride`)."""
   grid = sorted(set(grid), reverse=True)
-  stride = stride or max(1, round(len(grid) / 16))
+  stride = stride or auto_stride(len(grid))
   picked = set(grid[::stride]) | {grid[0], grid[-1]}
   return tuple(sorted(picked, reverse=True))
 

@@ -105,9 +105,11 @@ class Flat:
   latency_lo: float
 
   def describe(self) -> str:
-    frac = (self.latency_hi - self.latency_lo) / self.latency_hi
+    saved = self.latency_hi - self.latency_lo
+    size = f"{100 * abs(saved) / self.latency_hi:.1f}% ({1e3 * abs(saved):.4g} ms)"
+    # (a flat whose low end timed slower read 'saves -0.3% (-0.002079 ms)')
     return (f"{self.n_hi} .. {self.n_lo} flat: pruning {self.n_hi - self.n_lo} tokens saves "
-            f"{100 * frac:.1f}% ({1e3 * (self.latency_hi - self.latency_lo):.4g} ms)")
+            + (size if saved >= 0 else f"nothing ({self.n_lo} timed {size} slower)"))
 
 
 @dataclasses.dataclass(frozen=True)
