@@ -1009,3 +1009,28 @@ def test_plot_profile_default_component_is_the_measured_curve(tmp_path, monkeypa
   with pytest.raises(ValueError, match=r"^can plot only \('model', 'block'\), got 'embed'$"):
     plot.plot_profile(_profile(blocks), str(tmp_path / "m.png"), component="embed")
   assert not os.path.exists(tmp_path / "m.png")
+
+
+def test_a_profiles_own_table_and_plot_left_without_its_json_are_replaced(tmp_path):
+  """A user removed a corrupt profile JSON to measure again and was refused for the CSV and PNG
+  it had left ('not written by vitprune'): the table with our header, and a PNG image beside
+  it, are replaced; a PNG that is not one, or either beside a table not ours, still refuse."""
+  from vitprune.profile import plot as plot_lib  # pylint: disable=g-import-not-at-top
+  prof = _profile(_staircase_points())
+  extra = {"png": plot_lib.plot_profile}
+  paths = records.save(prof, str(tmp_path), stem="p", extra=extra)
+  os.remove(paths["json"])
+  records.check_save(prof, str(tmp_path), "p", extra=["png"])
+  assert records.save(prof, str(tmp_path), stem="p", extra=extra) == paths
+  assert records.load(paths["json"]).points == prof.points
+  os.remove(paths["json"])
+  open(paths["png"], "w").write("my notes\n")
+  with pytest.raises(ValueError, match=re.escape(
+      f"refusing to replace ['{paths['png']}']: no profile {paths['json']} beside them")):
+    records.save(prof, str(tmp_path), stem="p", extra=extra)
+  os.remove(paths["png"])
+  open(paths["csv"], "w").write("my,data\n")
+  with pytest.raises(ValueError, match=re.escape(
+      f"refusing to replace ['{paths['csv']}']: no profile {paths['json']} beside them")):
+    records.check_save(prof, str(tmp_path), "p", extra=["png"])
+  assert sorted(os.listdir(tmp_path)) == ["p.csv"] and open(paths["csv"]).read() == "my,data\n"

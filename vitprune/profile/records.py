@@ -596,6 +596,17 @@ def _starts_with_our_header(csv_path: str) -> bool:
     return False
 
 
+def _left_by_a_profile(path: str, paths: Dict[str, str]) -> bool:
+  """Whether `path`, one of a profile's files (`paths`) whose JSON is gone, is what vitprune
+  wrote beside it: its table (our header), or a PNG image beside that table (a user who removed
+  a corrupt profile to measure again was refused for the CSV and plot left behind)."""
+  csv_path = paths.get("csv")
+  if not csv_path or not os.path.isfile(csv_path) or not _starts_with_our_header(csv_path):
+    return False
+  return path == csv_path or (path.lower().endswith(".png") and os.path.isfile(path)
+                              and not atomic.foreign_plot(path))
+
+
 def _merged_with_existing(profile: Profile, paths: Dict[str, str],
                           fields: Optional[Dict[str, Any]] = None,
                           merge_fields: Optional[MergeFields] = None
@@ -612,7 +623,7 @@ def _merged_with_existing(profile: Profile, paths: Dict[str, str],
     raise ValueError(f"refusing to replace {odd[0]}: it is {atomic.describe(odd[0])}, not a "
                      "file vitprune wrote; move it away or choose another output folder")
   if not os.path.lexists(paths["json"]):
-    foreign = [p for p in paths.values() if os.path.lexists(p)]
+    foreign = [p for p in paths.values() if os.path.lexists(p) and not _left_by_a_profile(p, paths)]
     if foreign:
       raise ValueError(f"refusing to replace {foreign}: no profile {paths['json']} beside "
                        "them, so they were not written by vitprune")
