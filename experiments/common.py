@@ -417,6 +417,17 @@ def check_digits_split(weights_source: str, data: Optional[str]) -> None:
                      "would be inflated")
 
 
+def trained_on_digits(weights_source: str) -> bool:
+  """Whether the weights at `weights_source` (a directory; else random init) record training on
+  the bundled digits (`train_digits`, the embedded weights)."""
+  if not os.path.isdir(weights_source):
+    return False
+  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (lazy: see _MODEL_CODE)
+  from vitprune import digits as digits_lib  # pylint: disable=g-import-not-at-top
+  meta = checkpoint.read_weights_config(weights_source)[1]
+  return digits_lib.digits_training_split(meta) is not None
+
+
 _DATA_WORDS = {"digits": "the bundled digits", "none": "no data (latency only)"}
 
 

@@ -298,8 +298,14 @@ def main(f: flags.FlagValues):
   # every '.*.json.lock' of a shared folder).
   atomic.cleanup_stale_named(f.out_dir, _slug(f"{record.config.name}_"), ".json")
   print(table_text(record))
+  if source.startswith("init_params("):    # (a probe: 'accuracy 0.1031', nothing more said)
+    print(f"note: the weights are random ({source}: --model without --weights): these numbers "
+          "are of an untrained model, for plumbing checks only")
   if not record.labelled and f.data != "digits":   # (the digits: their own warning says why)
     print(f"note: {UNLABELLED_NOTE}: agreement and KL against the unpruned model only")
+  if f.data == "digits" and f.split != "test" and common.trained_on_digits(source):
+    print(f"note: --split={f.split} holds the digits these weights were trained on: the "
+          "accuracies are optimistic (--split=test is held out)")
   print(f"wrote {common.shown(path)}")
   return record
 

@@ -1306,7 +1306,9 @@ def test_the_cli_passes_its_data_method_and_eval_flags_on(tmp_path, monkeypatch)
   assert lines[1].startswith("unpruned: accuracy=")
   assert lines[2] == f"{'n':>5} {'L1:accuracy':>13} {'L1:agreement':>13} {'L1:kl':>13}"
   assert [l.split()[0] for l in lines[3:5]] == ["9", "17"]
-  assert lines[5:] == [f"wrote {tmp_path / name}"]
+  assert lines[5:] == ["note: the weights are random (init_params(seed=0): --model without "
+                       "--weights): these numbers are of an untrained model, for plumbing checks "
+                       "only", f"wrote {tmp_path / name}"]
   # Random drop: --seed seeds the reducer (recorded in its options, not named: it is the _s5)
   # and draws the --holdout_images, which the name and the selection record.
   code, out, err = run_cli_in_process(REPO, "estimate", [
@@ -1390,3 +1392,24 @@ def test_a_block_method_reduces_at_block_3_by_default(tmp_path):
   assert code == 0 and err == "", err
   assert os.listdir(tmp_path) == [name] and out.endswith(f"wrote {tmp_path / name}\n")
   assert os.stat(tmp_path / name).st_ino != before           # (a new file in its place)
+
+
+def test_the_cli_says_random_weights_and_a_training_split(tmp_path):
+  """A probe: random weights' 'accuracy 0.1031' and --split=train's scores on the digits the
+  weights learnt were printed as any other estimate; each now says what it is, and only then."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  notes = {}
+  for name, flags in (("random", ["--model=test_tiny_vit"]), ("train", ["--split=train"]),
+                      ("test", []), ("all", ["--split=all", "--model=test_tiny_vit"])):
+    code, out, err = run_cli_in_process(REPO, "estimate", [
+        *flags, "--num_images=20", "--tokens=9", f"--out_dir={tmp_path / name}"])
+    assert code == 0, err
+    notes[name] = [l for l in out.splitlines() if l.startswith("note:")]
+  assert notes == {
+      "random": ["note: the weights are random (init_params(seed=0): --model without --weights): "
+                 "these numbers are of an untrained model, for plumbing checks only"],
+      "train": ["note: --split=train holds the digits these weights were trained on: the "
+                "accuracies are optimistic (--split=test is held out)"],
+      "test": [],
+      "all": ["note: the weights are random (init_params(seed=0): --model without --weights): "
+              "these numbers are of an untrained model, for plumbing checks only"]}
