@@ -86,6 +86,8 @@ def test_train_digits(tmp_path, capsys):
   metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
   assert metrics["history"][-1]["steps"] == 2 and metrics["max_steps"] == 2
   assert "held-out accuracy" in r.stdout
+  total = 1438 // 32                                        # (1 epoch of the training digits)
+  assert f"\nstopped after 2 steps of {total} (--max_steps)\nheld-out accuracy " in r.stdout
   # Smoke-run weights (written over weights/vit_digits by a walkthrough) were then used by every
   # CLI with nothing said: loading them says so; the embedded weights say nothing.
   from experiments import common  # pylint: disable=g-import-not-at-top

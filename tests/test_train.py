@@ -319,5 +319,7 @@ def test_train_digits_trains_and_records_what_its_flags_say(tmp_path, monkeypatc
   lines = out.splitlines()
   assert lines[0] == (f"vit_digits: 65 tokens, depth {vit_digits.depth}; train 1438 / test 359 "
                       f"digits; {devices}")
-  assert re.fullmatch(rf"held-out accuracy 0\.5000 \(train {train_acc:.4f}\); \d+s; saved to "
+  assert lines[-2] == "stopped after 2 steps of 178 (--max_steps)"
+  assert re.fullmatch(rf"held-out accuracy 0\.5000 \(the training digits, unaugmented: "
+                      rf"{train_acc:.4f}\); \d+s; saved to "
                       rf"{re.escape(str(tmp_path / 'w'))}", lines[-1]), lines[-1]
