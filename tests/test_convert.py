@@ -110,9 +110,12 @@ def test_a_checkpoint_of_another_size_names_both_sizes_and_lists_few_keys():
   del sd["norm.bias"]
   with pytest.raises(ConversionError) as e:        # the right size, a key missing: no size line
     convert_state_dict(small, sd)
-  assert str(e.value).splitlines()[1:] == ["  missing keys (1): ['norm.bias']",
-                                           "  unexpected keys (0): []",
-                                           "  shape mismatches (0): []"]
+  assert str(e.value).splitlines()[1:] == ["  missing keys (1): ['norm.bias']"]
+  sd["extra"] = sd["norm.weight"]
+  with pytest.raises(ConversionError) as e:        # the kinds that occur, ';' between them
+    convert_state_dict(small, sd)
+  assert str(e.value).splitlines()[1:] == ["  missing keys (1): ['norm.bias'];",
+                                           "  unexpected keys (1): ['extra']"]
 
 
 def test_golden_pth_matches_timm():
@@ -1239,7 +1242,7 @@ def test_output_checks_come_before_reading_the_checkpoint(tmp_path):
 def test_a_conversion_error_lists_up_to_eight_keys_whole_and_counts_the_rest():
   eight = [f"blocks.{i}.norm1.weight" for i in range(8)]
   lines = convert.ConversionError("m", missing=eight, unexpected=eight + ["x"]).args[0].split("\n")
-  assert lines[1] == f"  missing keys (8): {eight}"
+  assert lines[1] == f"  missing keys (8): {eight};"
   assert lines[2] == f"  unexpected keys (9): {eight} and 1 more"
 
 

@@ -74,11 +74,15 @@ class ConversionError(ValueError):
       lines.append(f"  (the checkpoint holds a ViT of depth {depth}, width {width}; {name} has "
                    f"depth {want_depth}, width {want_width}: convert it for a model of its "
                    "size, unless the file is cut short)")
-    lines.append(f"  missing keys ({len(self.missing)}): {_first(self.missing)}")
-    lines.append(f"  unexpected keys ({len(self.unexpected)}): {_first(self.unexpected)}")
-    lines.append("  shape mismatches ({}): {}".format(
-        len(self.mismatched),
-        _first([f"{k}: expected {e}, got {g}" for k, e, g in self.mismatched])))
+    # The kinds that occur, ';' between them (a CLI's one line ran 'and 24 more unexpected keys
+    # (1): ['foo'] shape mismatches (0): []' together)
+    kinds = [(f"missing keys ({len(self.missing)}): {_first(self.missing)}", self.missing),
+             (f"unexpected keys ({len(self.unexpected)}): {_first(self.unexpected)}",
+              self.unexpected),
+             (f"shape mismatches ({len(self.mismatched)}): " + _first(
+                 [f"{k}: expected {e}, got {g}" for k, e, g in self.mismatched]), self.mismatched)]
+    kinds = [text for text, keys in kinds if keys]
+    lines += [f"  {text}" + (";" if i < len(kinds) - 1 else "") for i, text in enumerate(kinds)]
     if "dist_token" in self.unexpected:     # (the head hint below could not help)
       lines.append("  (a distilled checkpoint: convert it for the *_distilled_* model)")
     elif "dist_token" in self.missing:
