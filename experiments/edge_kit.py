@@ -26,6 +26,7 @@ from vitprune import atomic
 from vitprune import iree_build
 from vitprune import memory
 from vitprune.config import COMPUTE_DTYPES
+from vitprune.edge.kit import point_label
 from vitprune.edge.targets import check_compute_dtype, check_driver, parse_target
 from vitprune.profile.runner import make_drop_reducer, removes_tokens
 from vitprune.schedule import parse_schedule, parse_token_grid
@@ -104,10 +105,12 @@ def main(f: flags.FlagValues) -> str:
   total = len(batches) * (len(grid) or len(schedules))
   done = []
 
-  def on_done(_, info):
+  def on_done(point, info):           # (it said '[1/2] compiled (6.6 s)' of no graph named)
     done.append(1)
     how = "cached" if info["cached"] else f"{info['compile_s']:.1f} s"
-    print(f"[{len(done)}/{total}] compiled ({how})", file=sys.stderr)
+    what = point_label(point["component"], point["batch_size"], point["tokens"],
+                       point["schedule"])
+    print(f"[{len(done)}/{total}] compiled {what} ({how})", file=sys.stderr)
 
   path = iree_build.build_kit(f.out, cfg, params, target=f.target, mode=f.mode, grid=grid,
                               schedules=schedules, batch_sizes=batches, reducer=reducer,

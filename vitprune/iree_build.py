@@ -502,7 +502,8 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
   profile, driver, shards; recorded per point), so a profile measures the modules the way such
   an artifact runs them; the kit-level `runtime` is the plan at the largest batch size. With
   `overwrite` it replaces the kit there when this call began, not one another run published
-  meanwhile (`atomic.ReplacedMeanwhileError`)."""
+  meanwhile (`atomic.ReplacedMeanwhileError`). `on_done(point, info)` after each module: the
+  kit point compiled (its manifest entry) and `compile_many`'s info."""
   (t,) = parse_targets([target])
   if not t.is_iree:
     raise IreeBuildError(f"a kit needs an IREE target, got {target!r}")
@@ -548,7 +549,9 @@ def build_kit(out: str, cfg: ViTConfig, params, *, target: str, mode: str = "mod
                                p["profile"] or "throughput")
                            for i, (low, p, point) in enumerate(zip(lowered, point_plans,
                                                                    manifest["points"]))},
-                          threads=threads, cache_dir=cache_dir, on_done=on_done)
+                          threads=threads, cache_dir=cache_dir,
+                          on_done=on_done and (lambda i, info: on_done(manifest["points"][i],
+                                                                       info)))
   with atomic.staged_dir(out, overwrite=overwrite, is_ours=is_kit, replaces=began) as tmp:
     with open(os.path.join(tmp, KIT_WEIGHTS), "wb") as f:
       f.write(blob)
