@@ -1340,3 +1340,14 @@ def test_the_coarse_stride_and_max_points_bounds_are_exact():
   assert spec(coarse_stride=5, max_points=4).max_points == 4
   with pytest.raises(ValueError, match=r"^--max_points=3 is below the 4 counts of the coarse"):
     spec(coarse_stride=5, max_points=3)
+
+
+def test_the_progress_bar_stays_off_a_log_file(tmp_path):
+  """tqdm redrew its bar into a log (stderr not a terminal) line after line; it is drawn only
+  where stderr is a terminal, unless --noprogress."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  code, out, err = run_cli_in_process(tmp_path, "profile", [
+      "--model=test_tiny_vit", "--mode=model", "--tokens=17", "--min_run_time=0.005",
+      "--max_retries=0", f"--out_dir={tmp_path / 'p'}"])
+  assert code == 0 and "wrote" in out, err
+  assert "step" not in err and "\r" not in err, err

@@ -402,7 +402,8 @@ def measure_latency(spec: BenchmarkSpec, params, variants: Sequence[Variant], *,
       for v in variants:
         fn = runner.model_fn(cfg, v.schedule, v.reducer_for(cfg), dt)
         jobs[(v.name, int(b), dt)] = (fn, (params, images[b]))
-  with tqdm(total=2 * len(jobs), desc=f"benchmark {cfg.name}", disable=not progress,
+  # (disable=None: no bar where stderr is not a terminal; a log file filled with its redraws)
+  with tqdm(total=2 * len(jobs), desc=f"benchmark {cfg.name}", disable=None if progress else True,
             file=sys.stderr, unit="step", dynamic_ncols=True) as bar:
     compiled = timing.compile_many(jobs, threads=spec.threads,
                                    on_done=lambda k, s: bar.update(1))

@@ -390,7 +390,8 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
 
   desc = f"{cfg.name} b{batch_size} {spec.mode}"
   total = [k for k in _keys_for(spec, first, first=True) if k not in before]
-  with tqdm(total=2 * len(total), desc=desc, disable=not progress,
+  # (disable=None: no bar where stderr is not a terminal; a log file filled with its redraws)
+  with tqdm(total=2 * len(total), desc=desc, disable=None if progress else True,
             file=sys.stderr, unit="step", dynamic_ncols=True) as bar:
     chunks = _chunks(first, spec.chunk_points)
     for i, chunk in enumerate(chunks):
