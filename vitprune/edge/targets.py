@@ -122,9 +122,8 @@ def parse_target(text: str) -> Target:
   """'iree:cuda:sm_87' -> Target; raises EdgeError naming the accepted forms."""
   raw = str(text).strip()
   parts = raw.lower().split(":")
-  bad = EdgeError(f"unknown target {raw!r}; expected one of {', '.join(_FORMS)}" + (
-      " (one target here, not a list)" if "," in raw
-      else ""))
+  bad = EdgeError(f"unknown target {raw!r}; expected one of {', '.join(_FORMS)}"
+                  + (" (one target here, not a list)" if "," in raw else ""))
   if parts == ["jax"]:
     return Target("jax", "jax")
   if len(parts) < 2 or parts[0] != "iree":
