@@ -417,6 +417,11 @@ def check_digits_split(weights_source: str, data: Optional[str]) -> None:
                      "would be inflated")
 
 
+def is_random_init(weights_source: str) -> bool:
+  """Whether `load_model`'s source description names random weights ('init_params(seed=S)')."""
+  return weights_source.startswith("init_params(")
+
+
 def trained_on_digits(weights_source: str) -> bool:
   """Whether the weights at `weights_source` (a directory; else random init) record training on
   the bundled digits (`train_digits`, the embedded weights)."""

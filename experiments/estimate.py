@@ -298,7 +298,7 @@ def main(f: flags.FlagValues):
   # every '.*.json.lock' of a shared folder).
   atomic.cleanup_stale_named(f.out_dir, _slug(f"{record.config.name}_"), ".json")
   print(table_text(record))
-  if source.startswith("init_params("):    # (a probe: 'accuracy 0.1031', nothing more said)
+  if common.is_random_init(source):    # (a probe: 'accuracy 0.1031', nothing more said)
     print(f"note: the weights are random ({source}: --model without --weights): these numbers "
           "are of an untrained model, for plumbing checks only")
   if not record.labelled and f.data != "digits":   # (the digits: their own warning says why)

@@ -194,10 +194,9 @@ def main(f: flags.FlagValues):
   result["images"], result["weights"] = note, source
   print(format_result(result))
   print(f"images: {common.shown(note)}")
-  random_init = source.startswith("init_params(")
   print(f"weights: {common.shown(source)}" + (" (random-init, not trained: the agreement "
                                               "compares two untrained graphs)"
-                                              if random_init else ""))
+                                              if common.is_random_init(source) else ""))
   return result
 
 

@@ -131,11 +131,11 @@ def main(f: flags.FlagValues):
                                  extra_json={"metrics.json": metrics}, replaces=began)
   # (a --max_steps=5 run said nothing of its stop, and '(train 0.1015)' after the epoch line's
   # 'train acc 0.1156' read as a contradiction: that one is over the augmented training batches)
-  steps = history[-1]["steps"] if history else 0
   if f.max_steps is not None:
-    print(f"stopped after {console.counted(steps, 'step')} of {total} (--max_steps)")
-  print(f"held-out accuracy {test_acc:.4f} (the training digits, unaugmented: {train_acc:.4f}); "
-        f"{train_seconds:.0f}s; saved to {common.shown(path)}")
+    print(f"stopped after {console.counted(history[-1]['steps'], 'step')} of {total} "
+          "(--max_steps)")
+  print(f"held-out accuracy {test_acc:.4f}; on the training digits (unaugmented) "
+        f"{train_acc:.4f}; {train_seconds:.0f}s; saved to {common.shown(path)}")
 
 
 if __name__ == "__main__":

@@ -276,7 +276,8 @@ CASES = [
      "flag --coarse_stride=-1: -1 is not a non-negative integer"),
     ("profile", ["--mode=model", "--adaptive", "--coarse_stride=1000", "--out_dir={out}"], 1,
      "--coarse_stride=1000 is not below the 64-count grid's 63 steps: the coarse pass would time "
-     "its two ends alone; give at most 62 (0: about 16 counts)"),
+     "its two ends alone; give at most 62 (0: the automatic stride, every 4th of the 64 counts "
+     "and both ends)"),
     ("benchmark", ["--data=none", "--min_run_time=0", "--out_dir={out}"], 1,
      "--min_run_time must be > 0 and finite, got 0.0"),
     # printed "speed-up: 0.840x" of the unpruned graph timed against itself
@@ -637,6 +638,6 @@ def test_only_check_args_is_refused_not_passed(tmp_path):
                      cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
                      env=dict(os.environ, PYTHONPATH=ROOT))
   assert (r.returncode, r.stdout, r.stderr) == (2, "", want)
-  r = _run_subprocess(tmp_path, "solve", ["--only_check_args=false", "--help"])
-  assert (r.returncode, r.stderr) == (0, ""), r.stderr[-2000:]
+  r = _run_subprocess(tmp_path, "profile", ["--only_check_args=false", "--batch_size=-3"])
+  assert (r.returncode, r.stdout, r.stderr) == (1, "", "error: --batch_size: -3 must be >= 1\n")
   assert os.listdir(tmp_path) == []

@@ -1024,13 +1024,17 @@ def test_a_profiles_own_table_and_plot_left_without_its_json_are_replaced(tmp_pa
   assert records.save(prof, str(tmp_path), stem="p", extra=extra) == paths
   assert records.load(paths["json"]).points == prof.points
   os.remove(paths["json"])
-  open(paths["png"], "w").write("my notes\n")
+  plot = open(paths["png"], "rb").read()
+  notes = tmp_path / "p.png"
+  notes.write_text("my notes\n")
   with pytest.raises(ValueError, match=re.escape(
       f"refusing to replace ['{paths['png']}']: no profile {paths['json']} beside them")):
     records.save(prof, str(tmp_path), stem="p", extra=extra)
-  os.remove(paths["png"])
-  open(paths["csv"], "w").write("my,data\n")
+  notes.write_bytes(plot)                                  # a plot again, beside a table of theirs
+  (tmp_path / "p.csv").write_text("my,data\n")
   with pytest.raises(ValueError, match=re.escape(
-      f"refusing to replace ['{paths['csv']}']: no profile {paths['json']} beside them")):
+      f"refusing to replace ['{paths['csv']}', '{paths['png']}']: no profile {paths['json']} "
+      "beside them")):
     records.check_save(prof, str(tmp_path), "p", extra=["png"])
-  assert sorted(os.listdir(tmp_path)) == ["p.csv"] and open(paths["csv"]).read() == "my,data\n"
+  assert sorted(os.listdir(tmp_path)) == ["p.csv", "p.png"]
+  assert (tmp_path / "p.csv").read_text() == "my,data\n"

@@ -404,9 +404,13 @@ def test_solve_multilayer_floor_budget_and_infeasible():
   assert sol.chosen == sol.frontier[0] and sol.criterion == "latency_budget"
   # (in ms, as every latency the CLIs print: it said 0.000798062 s beside '0.67 ms' elsewhere)
   with pytest.raises(ValueError, match=re.escape(
-      f"latency budget {fastest * 0.5:.6g} s ({1e3 * fastest * 0.5:.4g} ms) is infeasible: the "
-      f"fastest achievable predicted latency is {1e3 * fastest:.4g} ms (schedule ")):
+      f"latency budget {fastest * 0.5:g} s ({1e3 * fastest * 0.5:.6g} ms) is infeasible: the "
+      f"fastest achievable predicted latency is {1e3 * fastest:.6g} ms (schedule ")):
     solve.solve_multilayer(**kw, latency_budget=fastest * 0.5)
+  # (a budget a hair under the fastest printed both as 0.7981 ms: told apart)
+  with pytest.raises(ValueError, match=r"\(0\.7980619 ms\) is infeasible: the fastest achievable "
+                                       r"predicted latency is 0\.798062 ms"):
+    solve.choose([solve.Plan((17, 9), 0.000798062, 0.9)], latency_budget=0.0007980619)
   with pytest.raises(ValueError, match="not both"):
     solve.solve_multilayer(**kw, latency_budget=1.0, accuracy_floor=0.5)
   with pytest.raises(ValueError, match="alpha must be in"):

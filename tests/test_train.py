@@ -288,8 +288,8 @@ def test_train_digits_trains_and_records_what_its_flags_say(tmp_path, monkeypatc
   training is allowed (TrainConfig's bound). The training itself is a stand-in."""
   from experiments import train_digits  # pylint: disable=g-import-not-at-top
   seen = {}
-  history = [{"epoch": 1, "steps": 1, "test_accuracy": 0.25},
-             {"epoch": 2, "steps": 2, "test_accuracy": 0.5}]
+  history = [{"epoch": 1, "steps": 89, "test_accuracy": 0.25},     # (1438 // 16 per epoch;
+             {"epoch": 2, "steps": 100, "test_accuracy": 0.5}]     # --max_steps=100 stops it)
 
   def fake_train(cfg, tc, train_data, test_data, max_steps=None):
     seen.update(tc=tc, max_steps=max_steps, sizes=(len(train_data[0]), len(test_data[0])))
@@ -319,7 +319,7 @@ def test_train_digits_trains_and_records_what_its_flags_say(tmp_path, monkeypatc
   lines = out.splitlines()
   assert lines[0] == (f"vit_digits: 65 tokens, depth {vit_digits.depth}; train 1438 / test 359 "
                       f"digits; {devices}")
-  assert lines[-2] == "stopped after 2 steps of 178 (--max_steps)"
-  assert re.fullmatch(rf"held-out accuracy 0\.5000 \(the training digits, unaugmented: "
-                      rf"{train_acc:.4f}\); \d+s; saved to "
+  assert lines[-2] == "stopped after 100 steps of 178 (--max_steps)"
+  assert re.fullmatch(rf"held-out accuracy 0\.5000; on the training digits \(unaugmented\) "
+                      rf"{train_acc:.4f}; \d+s; saved to "
                       rf"{re.escape(str(tmp_path / 'w'))}", lines[-1]), lines[-1]

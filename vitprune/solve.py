@@ -1019,10 +1019,10 @@ def choose(frontier: Sequence[Plan], *, accuracy_floor: Optional[float] = None,
     ok = np.flatnonzero(lat <= budget)
     if ok.size == 0:
       best = int(np.argmin(lat))
-      raise InfeasibleError(f"latency budget {budget:.6g} s ({1e3 * budget:.4g} ms) is "
-                            f"infeasible: the fastest achievable predicted latency is "
-                            f"{1e3 * lat[best]:.4g} ms (schedule "
-                            f"{','.join(map(str, frontier[best].counts))})")
+      shown_budget, shown_best = shown_apart(1e3 * budget, 1e3 * float(lat[best]))
+      raise InfeasibleError(f"latency budget {budget:g} s ({shown_budget} ms) is infeasible: "
+                            f"the fastest achievable predicted latency is {shown_best} ms "
+                            f"(schedule {','.join(map(str, frontier[best].counts))})")
     i = int(ok[np.lexsort((lat[ok], -acc[ok]))[0]])
     return frontier[i], "latency_budget"
   u = utility(lat, np.maximum(acc, 0.0), alpha)

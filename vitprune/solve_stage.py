@@ -426,7 +426,7 @@ def above_unpruned(e: solve.InfeasibleError, floor: float, inp: MultiInputs, met
   row, col = np.unravel_index(int(np.argmax(table)), table.shape)
   best = (f"; the estimate's best single reduction, block {inp.layers[row]} to "
           f"{int(inp.ns[col])} tokens, measured {table[row, col]:.4f}, meets the floor but "
-          "counts as no gain" if table.size and table[row, col] >= floor else "")
+          "counts as no gain" if table[row, col] >= floor else "")
   return solve.InfeasibleError(
       f"{e}: the combined model never predicts above the unpruned {metric} "
       f"{inp.full_accuracy:.5g}{best}; pass --weights to measure schedules against the floor")

@@ -119,8 +119,8 @@ def cmd_run() -> dict:
 
 
 def print_latency(lat: dict, num_images: Optional[int] = None) -> None:
-  """The latency line; `num_images`: how many real images the timed batch came from (fewer
-  than the batch: it was padded), None: a full batch."""
+  """The latency line; `num_images`: the images of the folder classified (fewer than the
+  batch: the timed batch was padded with zero images), None: a full batch."""
   b = lat["batch_size"]
   print(f"latency batch {b}: median {lat['median_s'] * 1e3:.3f} ms (IQR "
         f"{lat['iqr_s'] * 1e3:.3f} ms, {lat['num_samples']} samples), "

@@ -174,8 +174,8 @@ class ProfileSpec:
         self.coarse_stride >= len(self.grid) - 1):
       raise ValueError(f"--coarse_stride={self.coarse_stride} is not below the {len(self.grid)}"
                        f"-count grid's {len(self.grid) - 1} steps: the coarse pass would time "
-                       f"its two ends alone; give at most {len(self.grid) - 2} (0: about "
-                       "16 counts)")
+                       f"its two ends alone; give at most {len(self.grid) - 2} (0: the "
+                       f"automatic stride, {_every(len(self.grid))})")
     if self.max_points:
       coarse = coarse_grid(self.grid, self.coarse_stride)
       if self.max_points < len(coarse):
