@@ -3638,3 +3638,24 @@ def test_a_floor_above_the_unpruned_accuracy_says_why_no_prediction_meets_it():
       "against the floor")
   assert solve_stage.above_unpruned(e, 0.97, inp, "accuracy") is e   # (not above it)
   assert solve_stage.above_unpruned(e, 0.96, inp, "accuracy") is e
+
+
+def test_plot_frontier_draws_the_unpruned_graph_where_it_was_timed(monkeypatch):
+  """The unpruned graph timed in the loop with the choice sat at its predicted latency alone
+  (a probe: x1.8 away from the measured chosen graph, which measured x1.12 faster): its
+  measured latency is drawn too, joined to the prediction, and the axis says which mark."""
+  drawn = _drawn_figures(monkeypatch)
+  full = Candidate.predicted(CFG, (17,) * 7, 0.004, 0.85, measured_accuracy=0.86,
+                             measured_latency_s=0.003)
+  solve_plot.plot_frontier(_frontier_solution(full=full))
+  (ax,) = drawn[0][0].axes
+  labels = {ln.get_label(): ln for ln in ax.lines}
+  timed = labels["unpruned (measured latency)"]
+  assert (list(timed.get_xdata()), list(timed.get_ydata())) == ([3.0], [0.86])
+  assert timed.get_markerfacecolor() == "none"
+  assert any(list(ln.get_xdata()) == [4.0, 3.0] and list(ln.get_ydata()) == [0.86, 0.86]
+             for ln in ax.lines if ln.get_label().startswith("_"))
+  assert ax.get_xlabel() == "latency [ms] (predicted: blocks; +, * and open square measured)"
+  solve_plot.plot_frontier(_frontier_solution())                    # (not timed: not drawn)
+  (ax,) = drawn[1][0].axes
+  assert not any(ln.get_label() == "unpruned (measured latency)" for ln in ax.lines)

@@ -65,12 +65,18 @@ def plot_frontier(sol: Solution) -> bytes:
   if timed:
     ax.plot([1e3 * p.measured_latency_s for p in timed], [p.measured_accuracy for p in timed],
             "+", color="C1", ms=8, label=f"measured latency and {sol.metric}")
+  full_timed = sol.full is not None and sol.full.measured_latency_s is not None
   if sol.full is not None:     # (its accuracy: the estimate's measurement, where it has one)
     full_measured = sol.full.measured_accuracy is not None
-    ax.plot([1e3 * sol.full.predicted_latency_s],
-            [sol.full.measured_accuracy if full_measured else sol.full.predicted_accuracy], "s",
+    full_acc = sol.full.measured_accuracy if full_measured else sol.full.predicted_accuracy
+    ax.plot([1e3 * sol.full.predicted_latency_s], [full_acc], "s",
             color="k", label=f"unpruned (predicted latency, "
                              f"{'measured' if full_measured else 'predicted'} {sol.metric})")
+    if full_timed:      # (timed with the choice: its predicted point alone sat x1.8 away from
+      ax.plot([1e3 * sol.full.predicted_latency_s, 1e3 * sol.full.measured_latency_s],  # the
+              [full_acc] * 2, "-", color="k", lw=0.8, alpha=0.6)   # measured chosen, x1.12)
+      ax.plot([1e3 * sol.full.measured_latency_s], [full_acc], "s", mfc="none", color="k",
+              label="unpruned (measured latency)")
   floor, budget = sol.settings.get("accuracy_floor"), sol.settings.get("latency_budget")
   if floor is not None:
     ax.axhline(floor, color="C3", ls=":", lw=1, label=f"accuracy floor {floor:g}")
@@ -87,7 +93,8 @@ def plot_frontier(sol: Solution) -> bytes:
     ax.plot([1e3 * ch.measured_latency_s], [ch.measured_accuracy], "*", color="C3", ms=10,
             label="chosen (measured)")
   # (measured latencies share the axis: said, not left to read as predicted by its label)
-  marks = " and ".join(m for m, drawn in (("+", timed), ("*", star)) if drawn)
+  marks = [m for m, drawn in (("+", timed), ("*", star), ("open square", full_timed)) if drawn]
+  marks = " and ".join([", ".join(marks[:-1]), marks[-1]] if len(marks) > 2 else marks)
   ax.set_xlabel(f"latency [ms] (predicted: {sol.profile.latency_source}"
                 + (f"; {marks} measured)" if marks else ")"))
   ax.set_ylabel(sol.metric)
