@@ -105,11 +105,14 @@ def floor_status(c: Candidate, floor: float, solution: Optional[Solution] = None
 
 
 def _straddling(solution: Solution, checked: Sequence[Candidate], floor: float) -> List[str]:
-  """The schedules of `checked` whose 95 % interval contains the floor (`floor_status`); with a
-  drop met with confidence only those measured against the unpruned graph image by image,
-  judged by their paired interval as the choice was."""
+  """The schedules of `checked`, and the unpruned one, whose 95 % interval contains the floor
+  (`floor_status`); with a drop met with confidence only those measured against the unpruned
+  graph image by image, judged by their paired interval as the choice was."""
   paired_only = judges_paired_change(solution.settings)
-  return sorted({c.schedule for c in checked
+  # (the unpruned schedule whether timed or not: the main job left it out, not timing it in the
+  # loop, where a staged solve timing it listed it, on the same measured interval)
+  pool = [*checked, *([solution.full] if solution.full is not None else [])]
+  return sorted({c.schedule for c in pool
                  if (not paired_only or c.measured_change_low is not None)
                  and floor_status(c, floor, solution) == "straddles"})
 

@@ -402,8 +402,9 @@ _SETTINGS = {
 
 def _check_settings(sol: "Solution", require) -> None:
   """Every recorded solver setting holds what its writer records (`_SETTINGS`), the metric is
-  the estimate's, every straddling schedule is a checked one, and the latency model's batch
-  size, dtype and device are the profile's: the ones a deploy builds the graph for."""
+  the estimate's, every straddling schedule is a checked one (or the unpruned one), and the
+  latency model's batch size, dtype and device are the profile's: the ones a deploy builds the
+  graph for."""
   st = sol.settings
   for key, (ok, what) in _SETTINGS.items():
     value = st.get(key)
@@ -414,7 +415,7 @@ def _check_settings(sol: "Solution", require) -> None:
   require(grid is None or grid[-1] <= sol.config.num_tokens,
           f"settings.grid reaches {grid[-1] if grid else None} tokens, above the model's "
           f"{sol.config.num_tokens}")
-  listed = {c.schedule for c in sol.checked} | {sol.chosen.schedule}
+  listed = {c.schedule for c in (*sol.checked, sol.chosen, *([sol.full] if sol.full else []))}
   stray = [s for s in st.get("floor_straddles") or [] if s not in listed]
   require(not stray, f"settings.floor_straddles names {stray[0] if stray else ''!r}, which "
           "is not a checked schedule (edited?)")
