@@ -490,6 +490,8 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   assert counts[0] == 65 and all(a >= b for a, b in zip(counts, counts[1:]))
   assert set(counts) <= {65, 33, 17}
   assert s["predicted"]["accuracy"] >= 0.5 and s["predicted"]["latency_ms"] > 0
+  with open(s["files"]["solution"]) as f:   # (why the latency model is untrusted: the solution's)
+    assert s["latency_model_untrusted"] == json.load(f)["settings"].get("latency_model_untrusted")
   # The floor is checked on the data, not only predicted: the verified graph meets it.
   assert s["pruned"]["accuracy"] >= 0.5
   with open(s["files"]["solution"]) as f:

@@ -884,6 +884,10 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
         "latency_source": solution.profile.latency_source,
         "predicted": {"latency_ms": 1e3 * chosen.predicted_latency_s,
                       metric: chosen.predicted_accuracy},
+        # why the latency model of those predictions is not to be trusted (its error beyond
+        # the limit: the choice was timed in the loop), else None (a probe found it only in
+        # the solution and stdout)
+        "latency_model_untrusted": solution.settings.get("latency_model_untrusted"),
         # the estimate's own measurement of the chosen schedule (a single reduction), if any
         "estimate_measured": _estimate_measured(estimate, metric, chosen.counts),
         "measured_in_loop": (None if chosen.measured_latency_s is None else
