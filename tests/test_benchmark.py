@@ -910,3 +910,79 @@ def test_the_cli_says_what_it_times_and_where_it_wrote(tmp_path, capsys):
                       "['float32']")
   stem = tmp_path / "test_tiny_vit_cpu"
   assert lines[-1] == f"wrote {stem}.csv, {stem}.md, {stem}.png"
+
+
+def test_tabulate_takes_every_quality_cell_from_its_own_variant_and_dtype():
+  # A mutation audit: examples, accuracy, agreement, KL and the paired change (value, interval,
+  # images lost and gained) of each (variant, dtype), none without quality.
+  import types  # pylint: disable=g-import-not-at-top
+  from vitprune.profile.protocol import Measurement  # pylint: disable=g-import-not-at-top
+  variants = [B.Variant(B.UNPRUNED, None, S.full_schedule(TINY), "baseline"),
+              B.Variant("t", "topk", S.Schedule((17, 13, 9)), "user")]
+  spec = B.BenchmarkSpec(TINY, batch_sizes=(2,), dtypes=("float32", "bfloat16"))
+  latency = {(v.name, 2, dt): Measurement(0.01, 0.009, 0.011, (0.01,) * 3)
+             for v in variants for dt in spec.dtypes}
+  quality = {}
+  for i, (v, dt) in enumerate((v, dt) for v in variants for dt in spec.dtypes):
+    quality[(v.name, dt)] = types.SimpleNamespace(
+        result=types.SimpleNamespace(num_examples=10 + i, accuracy=0.5 + i / 10,
+                                     agreement=0.25 + i / 10, kl=0.125 + i),
+        change={"value": -i / 100, "interval_95": [-i / 10, i / 10], "images_lost": i + 1,
+                "images_gained": i + 5})
+  rows = B.tabulate(spec, variants, latency, quality, {"device_kind": "cpu", "platform": "cpu"})
+  assert [(r["variant"], r["dtype"]) for r in rows] == [
+      (B.UNPRUNED, "float32"), ("t", "float32"), (B.UNPRUNED, "bfloat16"), ("t", "bfloat16")]
+  keys = ("num_examples", "accuracy", "agreement", "kl", "accuracy_change",
+          "accuracy_change_low", "accuracy_change_high", "images_lost", "images_gained")
+  assert [tuple(r[k] for k in keys) for r in rows] == [
+      (10 + i, 0.5 + i / 10, 0.25 + i / 10, 0.125 + i, -i / 100, -i / 10, i / 10, i + 1, i + 5)
+      for i in (0, 2, 1, 3)]
+  rows = B.tabulate(spec, variants, latency, None, {"device_kind": "cpu", "platform": "cpu"})
+  assert all(r[k] is None for r in rows for k in keys)
+
+
+def test_a_change_is_judged_against_the_unpruned_row_of_its_own_dtype():
+  # A mutation audit: a bfloat16 unpruned row listed later is not the float32 rows' baseline.
+  def row(variant, dtype, median):
+    return {"model": "m", "device_kind": "cpu", "batch_size": 1, "dtype": dtype,
+            "variant": variant, "latency_median_ms": median, "latency_iqr_ms": 0.1,
+            "change_pct": 0.0}
+  rows = [row(B.UNPRUNED, "float32", 10.0), row("a", "float32", 9.95),
+          row(B.UNPRUNED, "bfloat16", 5.0), row("a", "bfloat16", 4.0)]
+  assert B.change_cells(rows) == ["+0.0%", "+0.0% (within spread)", "+0.0%", "+0.0%"]
+
+
+def test_markdown_alignment_row_and_a_pipe_in_a_cell():
+  # A mutation audit: the numeric columns are right-aligned, KL included; a '|' in a cell (a
+  # variant's name) is written '/', not a column break.
+  row = {k: None for k in B.CSV_COLUMNS}
+  row.update(batch_size=1, dtype="float32", variant="a|b", method="tome", schedule="r2",
+             counts="17,15,13", latency_median_ms=1.5, latency_iqr_ms=0.25, change_pct=-10.0,
+             kl=0.125)
+  lines = B.to_markdown([row]).split("\n")
+  assert lines[1] == "|---:|---|---|---|---|---|---:|---:|---|---:|---:|---|"
+  assert lines[2] == ("| 1 | float32 | a/b | tome | `r2` | 1.5 ± 0.25 | -10.0% | – | – | "
+                      "– | 0.1250 | 17,15,13 |")
+
+
+def test_parse_dtypes_by_hand():
+  # A mutation audit: stripped and lower-cased in order; a repeat (as typed or by case), an
+  # empty list and an unknown dtype are refused.
+  assert cli.parse_dtypes([" BFloat16", "float32 "]) == ["bfloat16", "float32"]
+  for values, match in ((["float32", "Float32"],
+                         r"^--dtype: duplicate values in \['float32', 'float32'\]$"),
+                        ([], r"^--dtype: empty; valid: float32, bfloat16$"),
+                        (["float16", "float32"], r"^--dtype: \['float16'\]; valid: ")):
+    with pytest.raises(ValueError, match=match):
+      cli.parse_dtypes(values)
+
+
+def test_an_evaluation_batch_that_cannot_fit_is_refused_before_any_work(tmp_path, monkeypatch):
+  # A mutation audit: --eval_batch_size is checked against memory itself (not a batch of 1).
+  def stand_in(*a, **k):
+    raise AssertionError("benchmarked")
+
+  monkeypatch.setattr(B, "run_benchmark", stand_in)
+  with pytest.raises(ValueError, match=r"^--eval_batch_size=1000000000000 cannot fit in memory"):
+    _run(["--eval_batch_size=1000000000000", "--batch_size=1", f"--out_dir={tmp_path / 'o'}"])
+  assert not (tmp_path / "o").exists()

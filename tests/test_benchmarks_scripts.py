@@ -1940,3 +1940,114 @@ def test_profile_speed_rows_by_hand(tmp_path, monkeypatch, capsys):
   assert doc["adaptive_repeat"] == {"identical": False, "shared": 1, "of": 2}
   assert doc["token_counts"] == [17, 9] and doc["threads"] == 3
   assert "  adaptive run 1 vs run 2: differ (1 shared of 2)\n" in capsys.readouterr().out
+
+
+def test_edge_speed_rows_and_table_by_hand(tmp_path, capsys, monkeypatch):
+  # Every row field from the (faked) timings, modules and plans: ms, ratio, MB, samples, the
+  # weights file of the args module alone, the compile time of the module, the auto plan a
+  # named driver repeats (kept as auto), the rounds, the table's lines.
+  import json  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from benchmarks import edge_speed  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from vitprune import iree_build  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(iree_build, "usable_cores", lambda: 1)   # auto: local-sync, unsharded
+  rounds = []
+
+  def modules(cfg, params, schedule, reducer, batch, weights, plans):
+    mb = 0.5 if weights == "args" else 1.5
+    info = {"compile_s": 0.25 if weights == "args" else 0.75, "flags": ["--f"],
+            "fallback": weights == "baked"}
+    low = types.SimpleNamespace(weight_index=[0, 2])
+    return {(p["profile"], p["shards"]): (low, b"\0" * int(mb * 2**20), info) for p in plans}
+
+  def measure(calls, tcfg):
+    rounds.append(tcfg.rounds)
+    m = types.SimpleNamespace
+    return {k: m(median=0.004, iqr=0.0005, samples=[0] * 6) if k == "jax" else
+            m(median=0.001 if k[0] == "args" else 0.002, iqr=0.0003, samples=[0] * 9)
+            for k in calls}
+
+  monkeypatch.setattr(edge_speed, "_jax_call", lambda *a: (lambda: None, 1.5))
+  monkeypatch.setattr(edge_speed, "_iree_modules", modules)
+  monkeypatch.setattr(edge_speed, "_iree_call", lambda *a: (lambda: None))
+  monkeypatch.setattr(edge_speed, "measure_interleaved", measure)
+  out = tmp_path / "edge.json"
+  res = edge_speed.main(common.parse(edge_speed.define_flags, [
+      "--models=test_tiny_vit", "--batch_sizes=2", "--schedules=test_tiny_vit=keep@1:9",
+      "--baked=test_tiny_vit", "--drivers=auto,local-sync,local-task", "--rounds=2",
+      "--min_run_time=0.01", f"--out={out}"]))
+  assert rounds == [2, 2] and res["rounds"] == 2 and res["min_run_time"] == 0.01
+  rows = json.loads(out.read_text())["rows"]
+  assert [(r["schedule"], r["weights"], r["driver"], r["auto"], r["profile"]) for r in rows] == [
+      (s, w, d, d == "local-sync", p) for s in ("full", "keep@1:9") for w in ("args", "baked")
+      for d, p in (("local-sync", "latency"), ("local-task", "throughput"))]
+  _, params, _ = common.load_model("test_tiny_vit", None)
+  leaves = jax.tree.leaves(params)
+  wmb = 4 * (leaves[0].size + leaves[2].size) / 2**20
+  for r in rows:
+    args = r["weights"] == "args"
+    assert r["jax_median_ms"] == pytest.approx(4.0) and r["jax_iqr_ms"] == pytest.approx(0.5)
+    assert r["iree_median_ms"] == pytest.approx(1.0 if args else 2.0)
+    assert r["iree_iqr_ms"] == pytest.approx(0.3) and r["jax_compile_s"] == 1.5
+    assert r["ratio"] == pytest.approx(0.25 if args else 0.5)
+    assert r["iree_compile_s"] == (0.25 if args else 0.75)
+    assert r["iree_fallback"] == (not args) and r["iree_flags"] == ["--f"]
+    assert r["samples"] == {"jax": 6, "iree": 9} and r["shards"] == 1
+    assert r["module_mb"] == (0.5 if args else 1.5)
+    assert r["weights_file_mb"] == (wmb if args else 0)
+  lines = edge_speed.table(res).splitlines()
+  assert lines[1] == "|" + "---|" * 11 and len(lines) == 2 + 8
+  assert lines[1].count("|") == lines[0].count("|")
+  assert lines[-1] == ("| test_tiny_vit | 2 | keep@1:9 (pomt) | baked | local-task | "
+                       "4.000 (0.500) | 2.000 (0.300) | 0.50x | 0.8 | 1.50 | 0.00 |")
+  assert lines[2] == ("| test_tiny_vit | 2 | full | args | local-sync (auto) | 4.000 (0.500) | "
+                      f"1.000 (0.300) | 0.25x | 0.2 | 0.50 | {wmb:.2f} |")
+  assert "\n".join(lines) in capsys.readouterr().out
+
+
+def test_edge_speed_modules_lower_once_per_batch_with_the_reducer_where_it_prunes(monkeypatch):
+  # A sharded plan lowers batch / shards images, each batch once; the reducer goes in where
+  # the schedule removes tokens, at the embedding (no reduction layer) too, and not unpruned.
+  from benchmarks import edge_speed  # pylint: disable=g-import-not-at-top
+  from vitprune import iree_build  # pylint: disable=g-import-not-at-top
+  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+  from vitprune.schedule import parse_schedule  # pylint: disable=g-import-not-at-top
+  lowered, compiled = [], []
+
+  def lower(cfg, params, schedule=None, reducer=None, batch_size=None, weights=None):
+    lowered.append((schedule.counts, reducer, batch_size, weights))
+    return type("Low", (), {"mlir": f"m{batch_size}"})()
+
+  def compile_module(mlir, target, profile=None):
+    compiled.append((mlir, profile))
+    return b"blob", {"compile_s": 0.0}
+
+  monkeypatch.setattr(iree_build, "lower", lower)
+  monkeypatch.setattr(iree_build, "compile_module", compile_module)
+  cfg = get_config("test_tiny_vit")
+  plans = [{"profile": "latency", "shards": 2}, {"profile": "throughput", "shards": 2},
+           {"profile": "latency", "shards": 1}, {"profile": "latency", "shards": 2}]
+  for text, reducer in (("embed:9", "R"), ("full", None)):
+    lowered.clear()
+    compiled.clear()
+    mods = edge_speed._iree_modules(cfg, None, parse_schedule(cfg, text), "R", 4, "baked",
+                                    plans)
+    counts = parse_schedule(cfg, text).counts
+    assert lowered == [(counts, reducer, 2, "baked"), (counts, reducer, 4, "baked")]
+    assert compiled == [("m2", "latency"), ("m2", "throughput"), ("m4", "latency")]
+    assert sorted(mods) == [("latency", 1), ("latency", 2), ("throughput", 2)]
+    assert mods["latency", 1][0].mlir == "m4" and mods["throughput", 2][0].mlir == "m2"
+
+
+def test_edge_speed_refuses_an_empty_driver_list(tmp_path, monkeypatch):
+  from benchmarks import edge_speed  # pylint: disable=g-import-not-at-top
+
+  def run(*a):
+    raise AssertionError("timed")
+
+  monkeypatch.setattr(edge_speed, "run", run)
+  _assert_refused(edge_speed, [
+      (["--drivers=", f"--out={tmp_path / 'e.json'}"],
+       r"^--drivers takes auto, local-sync, local-task; got \[\]$")], tmp_path)

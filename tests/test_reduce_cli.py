@@ -464,3 +464,60 @@ def test_a_folder_of_exactly_the_batch_is_all_its_images_and_synthetic_images_fi
   cfg = cfg.__class__(**{**cfg.__dict__, "img_size": 30, "patch_size": 6})
   imgs = prune.synthetic_images(cfg, 2, 0)
   assert imgs.shape == (2, 30, 30, cfg.in_chans) and imgs.dtype == np.float32
+
+
+def _hand_record():
+  """A `run_prune` record written by hand."""
+  return {"model": "m", "method": "random", "options": {"seed": 2, "nested": False},
+       "schedule": "keep@1:9", "batch": 4, "dtype": "float32", "device": "cpu",
+       "counts": [17, 17, 9], "metric": "top1_agreement", "agreement": 0.75,
+       "accuracy_full": 0.5, "accuracy_pruned": 0.25,
+       "accuracy_change": {"value": -0.25, "interval_95": [-0.5, 0.0], "images_lost": 1,
+                           "images_gained": 0},
+       "full": {"median_s": 0.004, "iqr_s": 0.0005, "compile_s": 1.25},
+       "pruned": {"median_s": 0.002, "iqr_s": 0.00025, "compile_s": 0.5}}
+
+
+def test_format_result_by_hand():
+  """A mutation audit: every line of `format_result` from a record written by hand (latencies
+  in ms, the options in the method, the paired change, features without a classifier)."""
+  r = _hand_record()
+  lines = prune.format_result(r).splitlines()
+  assert lines[1:] == [
+      "tokens entering block: 0:17 1:17  | leaving the last: 9",
+      "top-1 agreement with the unpruned model: 0.7500",
+      "top-1 accuracy: unpruned 0.5000, pruned 0.2500; change -0.2500 (paired 95% interval "
+      "-0.5000..+0.0000: 1 image lost, 0 gained)",
+      "latency   full:     4.000 ms median per batch of 4 (IQR 0.500 ms), compile 1.25 s",
+      "latency pruned:     2.000 ms median per batch of 4 (IQR 0.250 ms), compile 0.50 s",
+      "speed-up: 2.000x"]
+  assert lines[0].startswith("m  method=random") and lines[0].endswith(
+      "  schedule=keep@1:9  batch=4  dtype=float32  device=cpu")
+  r = dict(r, metric="feature_cosine", agreement=0.5)
+  for k in ("accuracy_full", "accuracy_pruned", "accuracy_change"):
+    del r[k]
+  lines = prune.format_result(r).splitlines()
+  assert lines[2] == "feature cosine similarity with the unpruned model: 0.5000"
+  assert lines[3].startswith("latency   full:")
+
+
+def test_the_cli_returns_the_record_with_its_images_and_weights(monkeypatch, capsys):
+  """A mutation audit: the returned record names the images and the weights, each in its own
+  key, as printed."""
+  monkeypatch.setattr(prune, "run_prune", lambda *a, **k: _hand_record())
+  r = prune.main(common.parse(prune.define_flags, ["--batch_size=2"]))
+  out = capsys.readouterr().out
+  assert r["images"] == "the first 2 test digits" and "\nimages: the first 2 test digits\n" in out
+  assert r["weights"] == common.load_model("vit_digits", None)[2]
+  assert f"\nweights: {common.shown(r['weights'])}\n" in out
+
+
+def test_a_folder_of_one_or_two_images_is_counted(tmp_path):
+  """A mutation audit: 'the one image of' a folder of one, 'all 2 images of' a folder of two."""
+  from vitprune.digits import write_digits_imagefolder
+  for n, said in ((1, "the one image of {}"), (2, "all 2 images of {}")):
+    root = write_digits_imagefolder(str(tmp_path / f"d{n}"), split="test", limit=n)
+    imgs, _, valid, note = prune.load_images(get_config("vit_digits"), root, 2, 0,
+                                             common.class_names(common.EMBEDDED_WEIGHTS))
+    assert note.startswith(said.format(root)) and imgs.shape[0] == 2
+    assert valid.tolist() == [True] * n + [False] * (2 - n)
