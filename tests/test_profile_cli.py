@@ -500,6 +500,7 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   assert chosen["measured_accuracy"] == pytest.approx(s["pruned"]["accuracy"])
   assert chosen["basis"] == "measured" and s["basis"] == "measured"
   assert s["latency_basis"] == "measured"                 # (timed in the loop)
+  assert chosen["measured_latency_iqr_s"] >= 0            # (and its spread recorded)
   with open(s["files"]["solution"]) as f:
     refined = json.load(f)["settings"]["accuracy_refinement"]
   assert refined["rounds"][0]["num_schedules"] >= 1

@@ -874,3 +874,48 @@ def test_the_unpruned_schedule_is_listed_where_its_interval_straddles_the_floor(
   assert solve_loop._straddling(sol, (), 0.8) == []  # pylint: disable=protected-access
   listed = dataclasses.replace(sol, settings=dict(sol.settings, floor_straddles=["full"]))
   assert S.Solution.from_json(_as_multi(listed.to_json())) == listed
+
+
+def test_the_in_loop_timings_spread_is_recorded_and_said(tmp_path):
+  """A choice 0.7 % faster than the next timed schedule meeting the floor said nothing of
+  whether the timing could tell them apart: each timed candidate records its IQR
+  (measured_latency_iqr_s, round-tripped and validated), the summary gives the chosen one's, and
+  says which others meeting the floor were timed within its spread."""
+  from vitprune import solve_loop  # pylint: disable=g-import-not-at-top
+  sol = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9], mode="multi"))
+  seconds = solve_loop.MeasuredSeconds(1e-3, 5e-5)
+  assert (float(seconds), seconds.iqr) == (1e-3, 5e-5)
+  got = solve_loop._with_latency(  # pylint: disable=protected-access
+      lambda counts: [seconds, 2e-3], [sol.chosen, sol.chosen])       # (a plain float: none)
+  assert [(c.measured_latency_s, c.measured_latency_iqr_s) for c in got] == [
+      (1e-3, 5e-5), (2e-3, None)]
+
+  def timed(c, median, iqr, acc=0.9):
+    return dataclasses.replace(c, measured_latency_s=median, measured_latency_iqr_s=iqr,
+                               measured_accuracy=acc)
+  chosen = timed(sol.chosen, 1.0e-3, 5e-5)
+  close = timed(S.Candidate.predicted(CFG, (17, 13, 13), 1e-3, 0.9), 1.04e-3, 6e-5)
+  far = timed(S.Candidate.predicted(CFG, (17, 15, 15), 1e-3, 0.9), 1.2e-3, 6e-5)
+  below = timed(S.Candidate.predicted(CFG, (17, 11, 11), 1e-3, 0.9), 1.01e-3, 6e-5, acc=0.5)
+  sol = dataclasses.replace(sol, chosen=chosen, checked=(chosen, close, far, below),
+                            criterion="accuracy_floor_measured", basis="measured",
+                            settings=dict(sol.settings, accuracy_floor=0.85,
+                                          latency_basis="measured"))
+  back = S.Solution.from_json(_as_multi(sol.to_json()))
+  assert back.chosen.measured_latency_iqr_s == 5e-5 and back.checked == sol.checked
+  lines = S.summary_lines(back)
+  assert "measured latency of the chosen compiled graph: 1 ms (IQR 0.05 ms)" in lines
+  assert (f"note: {close.schedule} also meets the floor, timed within the spread of the chosen "
+          "graph (the medians differ by less than the larger IQR): this measurement cannot "
+          "tell them apart") in lines
+  assert S.within_spread_note(dataclasses.replace(back, criterion="utility")) is None
+  untimed = dataclasses.replace(chosen, measured_latency_iqr_s=None)      # (older files)
+  assert S.within_spread_note(dataclasses.replace(back, chosen=untimed)) is None
+  doc = sol.to_json()
+  doc["checked"][1]["measured_latency_iqr_s"] = -1.0
+  with pytest.raises(S.SolutionError, match=r"measured_latency_iqr_s must be >= 0 seconds"):
+    S.Solution.from_json(_as_multi(doc))
+  doc["checked"][1].update(measured_latency_iqr_s=1e-5, measured_latency_s=None)
+  with pytest.raises(S.SolutionError, match=r"measured_latency_iqr_s must be a finite number "
+                                            r"beside a measured_latency_s, or null, got 1e-05"):
+    S.Solution.from_json(_as_multi(doc))

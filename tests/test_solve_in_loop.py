@@ -155,7 +155,10 @@ def test_anchored_prediction_remeasures_the_main_jobs_margins(inputs, capsys):
   sol, _ = _run(root, es, ps, f"--weights={weights}", "--num_images=20",
                 "--refine_accuracy_rounds=2", "--anchored_prediction")
   out = capsys.readouterr().out                     # re-measured as the estimate measured them
-  assert "note:" not in out.replace("note: replaced", "")   # (an earlier test's solution)
+  assert not [l for l in out.splitlines() if l.startswith("note:")   # (but an earlier test's
+              and not l.startswith("note: replaced")                 # solution, and timings
+              and "timed within the spread" not in l]                # this machine cannot
+                                                                     # tell apart)
   ref = sol.settings["accuracy_refinement"]
   assert "anchored_skipped" not in ref
   assert all("anchored" in r for r in ref["rounds"])

@@ -63,8 +63,8 @@ from vitprune.records.estimate import Estimate, default_metric, write_estimate
 from vitprune.records.solution import (Solution, budget_cost_text, describe_capped,
                                        describe_checked_error, describe_frontier_error,
                                        describe_refinement, judges_paired_change,
-                                       picked_by_untrusted_model,
-                                       pruned_meeting_floor, reaimed_text, shown_schedules,
+                                       picked_by_untrusted_model, pruned_meeting_floor,
+                                       reaimed_text, shown_schedules, within_spread_note,
                                        write_solution)
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import Schedule, embed_counts, embed_schedule, full_schedule
@@ -263,7 +263,8 @@ def _interleaved(spec: PipelineSpec) -> PipelineSpec:
 
 
 class ScheduleTimer:
-  """`timer(counts_list) -> [median seconds]`: compiles every schedule of `reducer` and times them
+  """`timer(counts_list) -> [median seconds with their IQR]` (`solve_loop.MeasuredSeconds`):
+  compiles every schedule of `reducer` and times them
   all in ONE shuffled measurement with the profiler's protocol (`timing`), in
   `spec.loop_rounds` interleaved rounds (each graph's time split into bursts, every round
   reshuffled), so drift during the measurement reaches every candidate alike. `measured`:
@@ -274,12 +275,14 @@ class ScheduleTimer:
     self._spec = _interleaved(spec)
     self.measured: Dict[Tuple[int, ...], timing.Measurement] = {}
 
-  def __call__(self, counts_list: Sequence[Sequence[int]]) -> List[float]:
+  def __call__(self, counts_list: Sequence[Sequence[int]]
+               ) -> List["solve_loop.MeasuredSeconds"]:
     graphs = {i: (Schedule(tuple(counts)), self._reducer)
               for i, counts in enumerate(counts_list)}
     meas = _measure_graphs(self._cfg, self._params, graphs, self._spec)
     self.measured.update((tuple(counts), meas[i]) for i, counts in enumerate(counts_list))
-    return [meas[i].median for i in range(len(counts_list))]
+    return [solve_loop.MeasuredSeconds(meas[i].median, meas[i].iqr)
+            for i in range(len(counts_list))]
 
 
 def _calibrate(cfg, params, spec, tokens, log):
@@ -522,6 +525,9 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           "keeping all tokens"))
     if timed_line is not None:
       log(timed_line)
+      close = within_spread_note(sol)
+      if close:
+        log(f"  {close}")
     if sol.settings.get("checked_accuracy_error"):       # (floor or budget)
       log("  " + describe_checked_error(sol.settings["checked_accuracy_error"]))
     if sol.settings.get("latency_untrusted"):

@@ -91,6 +91,7 @@ from vitprune.config import (COMPUTE_DTYPES, ViTConfig, check_config_types, chec
                              record_option_defaults, same_method)
 from vitprune.console import counted
 from vitprune.profile import latency_model as latency_model_lib
+from vitprune.profile import protocol
 from vitprune.profile import records as profile_records
 from vitprune.records.estimate import HIGHER_IS_BETTER, KINDS as ESTIMATE_KINDS
 from vitprune import solve as solve_lib
@@ -145,6 +146,7 @@ class Candidate:
   num_images: Optional[int] = None
   measured_change_low: Optional[float] = None      # paired 95 % interval of the measured metric
   measured_change_high: Optional[float] = None     # minus the unpruned graph's, same images
+  measured_latency_iqr_s: Optional[float] = None   # the spread of measured_latency_s's timing
 
   @classmethod
   def predicted(cls, cfg: ViTConfig, counts: Sequence[int], latency: float, accuracy: float,
@@ -172,6 +174,8 @@ class Candidate:
     if self.measured_change_low is not None:
       d.update(measured_change_low=self.measured_change_low,
                measured_change_high=self.measured_change_high)
+    if self.measured_latency_iqr_s is not None:
+      d["measured_latency_iqr_s"] = self.measured_latency_iqr_s
     return d
 
   @classmethod
@@ -217,7 +221,11 @@ class Candidate:
     for key in ("tokens", "num_images"):
       jsonio.require(d.get(key) is None or jsonio.is_int(d[key]), where,
                      f"{key} must be an int, got {d.get(key)!r}", SolutionError)
-    for key in ("predicted_latency_s", "measured_latency_s"):
+    iqr = d.get("measured_latency_iqr_s")
+    jsonio.require(iqr is None or (jsonio.is_num(iqr) and d.get("measured_latency_s") is not None),
+                   where, f"measured_latency_iqr_s must be a finite number beside a "
+                   f"measured_latency_s, or null, got {iqr!r}", SolutionError)
+    for key in ("predicted_latency_s", "measured_latency_s", "measured_latency_iqr_s"):
       jsonio.require(d.get(key) is None or d[key] >= 0, where,
                      f"{key} must be >= 0 seconds, got {d.get(key)!r}", SolutionError)
     for key in ("measured_accuracy", "measured_accuracy_low", "measured_accuracy_high"):
@@ -246,7 +254,8 @@ class Candidate:
                _opt_float(d.get("measured_accuracy_low")),
                _opt_float(d.get("measured_accuracy_high")), d.get("num_images"),
                _opt_float(d.get("measured_change_low")),
-               _opt_float(d.get("measured_change_high")))
+               _opt_float(d.get("measured_change_high")),
+               _opt_float(d.get("measured_latency_iqr_s")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -597,6 +606,27 @@ def meets_measured_floor(c: Candidate, settings: Dict[str, Any]) -> bool:
     return c.measured_change_low is not None and bool(
         meets_floor(c.measured_change_low, -settings["max_accuracy_drop"]))
   return c.measured_accuracy_low is not None and bool(meets_floor(c.measured_accuracy_low, floor))
+
+
+def within_spread_note(sol: "Solution") -> Optional[str]:
+  """'note: A, B also meet the floor, timed within the spread of the chosen graph ...': the
+  other checked schedules that meet the floor on measurement (`meets_measured_floor`) and were
+  timed within the spread of a floor's measured choice (`protocol.within_spread`, both IQRs
+  recorded), which the timing the choice rests on cannot tell from it (a choice 0.7 % faster
+  than the next said nothing of it); None where there are none, or for other choices."""
+  ch = sol.chosen
+  if sol.criterion != "accuracy_floor_measured" or ch.measured_latency_iqr_s is None:
+    return None
+  close = [c.schedule for c in sol.checked
+           if c.counts != ch.counts and c.measured_latency_iqr_s is not None
+           and meets_measured_floor(c, sol.settings)
+           and protocol.within_spread(c.measured_latency_s, c.measured_latency_iqr_s,
+                                      ch.measured_latency_s, ch.measured_latency_iqr_s)]
+  if not close:
+    return None
+  return (f"note: {shown_schedules(close)} also {'meet' if len(close) > 1 else 'meets'} the "
+          "floor, timed within the spread of the chosen graph (the medians differ by less "
+          "than the larger IQR): this measurement cannot tell them apart")
 
 
 def shown_schedules(names: Sequence[str], most: int = 8) -> str:
@@ -1128,8 +1158,13 @@ def summary_lines(sol: Solution) -> List[str]:
     rounds = sol.settings.get("timed_rounds") or []
     lines.append(f"measured latency of the chosen compiled graph: "
                  f"{1e3 * ch.measured_latency_s:.4g} ms"
+                 + ("" if ch.measured_latency_iqr_s is None else
+                    f" (IQR {1e3 * ch.measured_latency_iqr_s:.2g} ms)")
                  + ("" if len(rounds) < 2 else   # (a budget the first graphs timed missed)
                     f" (graphs timed in {len(rounds)} measurements, {reaimed_text(rounds)})"))
+    close = within_spread_note(sol)
+    if close:
+      lines.append(close)
   if budget is not None and full is not None and ch.counts != full.counts:
     lines.append(_budget_cost_line(sol))
   err = sol.settings.get("checked_accuracy_error")
