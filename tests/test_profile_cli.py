@@ -1370,8 +1370,8 @@ def test_the_printed_summary_names_the_in_loop_timing_the_choice_rested_on():
                   "agreement_with_unpruned": 0.99},
        "speedup": 0.741 / 0.6449, "measured_in_loop": {"latency_ms": 0.7888, "accuracy": 0.94},
        "steps": [], "files": {}}
-  line = ("   the choice rested on its in-loop timing, 0.7888 ms, with its neighbours: another "
-          "measurement than this table's")
+  line = ("   the choice rested on its in-loop timing, 0.7888 ms: another measurement than "
+          "this table's")
   lines = pipeline.format_summary(s).splitlines()
   assert lines[lines.index(line) - 1].startswith("   speedup x1.15")
   for other in (dict(s, measured_in_loop=None), dict(s, counts=[65, 65, 65]),

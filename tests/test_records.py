@@ -680,7 +680,8 @@ def test_a_solution_of_numpy_numbers_writes_as_plain_json(tmp_path):
     (lambda s: dict(settings=dict(s.settings, floor_straddles="x")),
      r"settings.floor_straddles must be a list of schedules or null, got 'x'"),
     (lambda s: dict(settings=dict(s.settings, floor_straddles=["list:17,9,9"])),
-     r"settings.floor_straddles names 'list:17,9,9', which is not a checked schedule"),
+     r"settings.floor_straddles names 'list:17,9,9', neither a checked schedule nor the "
+     r"unpruned one"),
     (lambda s: dict(settings=dict(s.settings, checked_accuracy_error={"num_schedules": 1})),
      r"settings.checked_accuracy_error must be an error summary"),
     (lambda s: dict(settings=dict(s.settings, step_k=-1.0)),
@@ -872,6 +873,9 @@ def test_the_unpruned_schedule_is_listed_where_its_interval_straddles_the_floor(
   sol = dataclasses.replace(sol, full=full, settings=dict(sol.settings, accuracy_floor=0.88))
   assert solve_loop._straddling(sol, (), 0.88) == ["full"]  # pylint: disable=protected-access
   assert solve_loop._straddling(sol, (), 0.8) == []  # pylint: disable=protected-access
+  # (not against a floor set from its own measurement, which it meets by definition)
+  relative = dataclasses.replace(sol, settings=dict(sol.settings, max_accuracy_drop=0.02))
+  assert solve_loop._straddling(relative, (full,), 0.88) == []  # pylint: disable=protected-access
   listed = dataclasses.replace(sol, settings=dict(sol.settings, floor_straddles=["full"]))
   assert S.Solution.from_json(_as_multi(listed.to_json())) == listed
 

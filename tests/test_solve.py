@@ -3659,3 +3659,14 @@ def test_plot_frontier_draws_the_unpruned_graph_where_it_was_timed(monkeypatch):
   solve_plot.plot_frontier(_frontier_solution())                    # (not timed: not drawn)
   (ax,) = drawn[1][0].axes
   assert not any(ln.get_label() == "unpruned (measured latency)" for ln in ax.lines)
+  # measured where predicted (paper mode's measured curve): nothing apart to draw; timed among
+  # the checked ones: drawn as they are, its join once
+  same = dataclasses.replace(full, measured_latency_s=full.predicted_latency_s)
+  solve_plot.plot_frontier(_frontier_solution(full=same))
+  assert not any(ln.get_label() == "unpruned (measured latency)"
+                 for ln in drawn[2][0].axes[0].lines)
+  checked = _frontier_solution(full=full)
+  solve_plot.plot_frontier(dataclasses.replace(checked, checked=(*checked.checked, full)))
+  joins = [ln for ln in drawn[3][0].axes[0].lines if ln.get_label().startswith("_")
+           and list(ln.get_xdata()) == [4.0, 3.0]]
+  assert len(joins) == 1

@@ -891,8 +891,7 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
         "predicted": {"latency_ms": 1e3 * chosen.predicted_latency_s,
                       metric: chosen.predicted_accuracy},
         # why the latency model of those predictions is not to be trusted (its error beyond
-        # the limit: the choice was timed in the loop), else None (a probe found it only in
-        # the solution and stdout)
+        # the limit), else None (a probe found it only in the solution and stdout)
         "latency_model_untrusted": solution.settings.get("latency_model_untrusted"),
         # the estimate's own measurement of the chosen schedule (a single reduction), if any
         "estimate_measured": _estimate_measured(estimate, metric, chosen.counts),
@@ -1032,8 +1031,8 @@ def format_summary(s: Dict[str, Any]) -> str:
   if s["solver"] == "multi" and looped and s["counts"] != u["counts"] and not over_budget:
     # (the table's timing is the verify stage's; the one the choice rested on was said only by
     # stage 3, 22 % apart from it in a probe, and summary.json held both unnamed)
-    lines.append(f"   the choice rested on its in-loop timing, {looped['latency_ms']:.4f} ms, "
-                 "with its neighbours: another measurement than this table's")
+    lines.append(f"   the choice rested on its in-loop timing, {looped['latency_ms']:.4f} ms: "
+                 "another measurement than this table's")
   held = s.get("holdout")
   if held:
     hp, floor = held["pruned"], held.get("floor", s.get("accuracy_floor"))

@@ -42,6 +42,8 @@ Evaluator = Callable[[Sequence[Tuple[int, ...]]], Sequence[float]]
 # Compiles and times schedules (one shuffled measurement): a list of counts -> median seconds
 # (`MeasuredSeconds` where the spread is known too).
 Timer = Callable[[Sequence[Tuple[int, ...]]], Sequence[float]]
+# Per-example top-1 margins {counts: [M]} (`refine_accuracy`), or a function that measures them.
+Margins = Union[Dict[Tuple[int, ...], np.ndarray], Callable[[], Dict[Tuple[int, ...], np.ndarray]]]
 
 
 class MeasuredSeconds(float):
@@ -54,8 +56,9 @@ class MeasuredSeconds(float):
     obj = super().__new__(cls, median)
     obj.iqr = float(iqr)
     return obj
-# Per-example top-1 margins {counts: [M]} (`refine_accuracy`), or a function that measures them.
-Margins = Union[Dict[Tuple[int, ...], np.ndarray], Callable[[], Dict[Tuple[int, ...], np.ndarray]]]
+
+  def __getnewargs__(self):       # (copy and pickle: float's passes the median alone)
+    return float(self), self.iqr
 
 
 def with_measured(c: Candidate, value: float, num_images: Optional[int],
@@ -123,10 +126,15 @@ def _straddling(solution: Solution, checked: Sequence[Candidate], floor: float) 
   graph image by image, judged by their paired interval as the choice was."""
   paired_only = judges_paired_change(solution.settings)
   # (the unpruned schedule whether timed or not: the main job left it out, not timing it in the
-  # loop, where a staged solve timing it listed it, on the same measured interval)
+  # loop, where a staged solve timing it listed it, on the same measured interval; but not
+  # against a floor set from its own measurement, --max_accuracy_drop, which it meets by
+  # definition)
+  relative = solution.settings.get("max_accuracy_drop") is not None
+  unpruned = None if solution.full is None else solution.full.counts
   pool = [*checked, *([solution.full] if solution.full is not None else [])]
   return sorted({c.schedule for c in pool
-                 if (not paired_only or c.measured_change_low is not None)
+                 if not (relative and c.counts == unpruned)
+                 and (not paired_only or c.measured_change_low is not None)
                  and floor_status(c, floor, solution) == "straddles"})
 
 
@@ -438,7 +446,8 @@ def check_floor(solution: Solution, estimate: Estimate, model: solve.CostModel,
       measured with `evaluate`, `chunk` per call, fastest first, until one meets it.
   The floor means the MEASURED metric meets it. Every measured candidate carries its Wilson 95 %
   interval for `num_images` evaluated images (default: the estimate's reference count);
-  `settings['floor_straddles']` lists the checked schedules whose interval contains the floor.
+  `settings['floor_straddles']` lists the checked schedules (and the unpruned one) whose
+  interval contains the floor (`_straddling`).
   Returns the solution with `chosen` (its measured metric filled in), `checked` (the schedules
   measured before and here, by predicted latency; the interval and model-error diagnostics use
   them all; with `neighbours`, the in-loop timing's, also the estimate's single reductions

@@ -37,7 +37,8 @@ File (JSON, `format` "vitprune-solution", version 2, version 1 read too; `write_
                "measured_accuracy_low", "measured_accuracy_high" (absent in older files), and
                where measured against the unpruned graph image by image (a confident floor:
                settings.floor_confidence) the paired 95 % interval of the change, measured
-               minus unpruned, "measured_change_low", "measured_change_high"}
+               minus unpruned, "measured_change_low", "measured_change_high"; timed in the
+               loop also "measured_latency_iqr_s", the spread of that timing}
 
 "predicted_*" numbers come from the solver's models; "measured_*" ones from compiled graphs and
 the data (a schedule the estimate measured exactly, the unpruned one, or in paper mode each
@@ -50,7 +51,8 @@ The reader checks the choice against the rest of the file: `chosen` is an entry 
 `checked` or `full` with the same numbers (paper mode: the curve's point at chosen.tokens,
 pruned at settings.layer), and a floor or budget criterion holds for the numbers it names.
 Multi mode with an accuracy floor: the floor means the MEASURED metric meets it;
-settings["floor_straddles"] lists checked schedules whose interval contains the floor. With
+settings["floor_straddles"] lists the checked schedules and the unpruned one whose interval
+contains the floor (the unpruned one not against a floor set from its own measurement). With
 latency measured in the loop (`solve_loop.check_in_loop`) settings["latency_basis"] is
 "measured": the choice is the fastest measured compiled graph among those meeting the floor;
 otherwise (multi mode) "predicted", also where basis is "measured" (a choice on measured
@@ -426,8 +428,8 @@ def _check_settings(sol: "Solution", require) -> None:
           f"{sol.config.num_tokens}")
   listed = {c.schedule for c in (*sol.checked, sol.chosen, *([sol.full] if sol.full else []))}
   stray = [s for s in st.get("floor_straddles") or [] if s not in listed]
-  require(not stray, f"settings.floor_straddles names {stray[0] if stray else ''!r}, which "
-          "is not a checked schedule (edited?)")
+  require(not stray, f"settings.floor_straddles names {stray[0] if stray else ''!r}, neither "
+          "a checked schedule nor the unpruned one (edited?)")
   images = st.get("num_images")
   other = next((c for c in (*sol.checked, sol.chosen) if images is not None and
                 c.num_images not in (None, images)), None)
