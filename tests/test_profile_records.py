@@ -937,8 +937,11 @@ def test_plot_profile_draws_each_batch_with_its_iqr_steps_and_lone_counts(tmp_pa
   (ax,) = fig.axes
   assert ax.get_title() == "test_tiny_vit model | float32 | cpu (cpu)"
   assert ax.get_xlabel() == "tokens kept (entering block 0)"
-  assert ax.get_ylabel() == "latency, median (ms)"
-  assert [t.get_text() for t in ax.get_legend().get_texts()] == ["batch 1", "batch 4"]
+  assert ax.get_ylabel() == "latency, median (ms); bars: IQR"
+  # (each mark explained once in the legend: a probe found an 'x' unexplained)
+  assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == [
+      "batch 1", "batch 4", "lone count (x: out of line with both neighbours, not a step)",
+      "step (v: the count above it)"]
   one, four = ax.containers         # (batch 2 has no model points: no curve)
   data, _, (bars,) = one.lines
   assert list(data.get_xdata()) == list(range(17, 1, -1))
@@ -971,7 +974,7 @@ def test_plot_profile_of_a_block_profile_labels_both_panels(tmp_path, monkeypatc
   curve, checks = fig.axes
   assert curve.get_title() == "test_tiny_vit block | float32 | cpu (cpu)"
   assert curve.get_xlabel() == "tokens entering the block"
-  assert curve.get_ylabel() == "latency, median (ms) per block"
+  assert curve.get_ylabel() == "latency, median (ms) per block; bars: IQR"
   assert checks.get_xlabel() == "tokens kept (entering block 0)"
   assert checks.get_ylabel() == "whole-model latency, median (ms)"
   assert [t.get_text() for t in checks.get_legend().get_texts()] == [

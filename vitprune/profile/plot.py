@@ -32,6 +32,12 @@ def plot_profile(profile: records.Profile, path: str, *, component: Optional[str
   fig, axes = figure.subplots(1, 2 if checks else 1, figsize=(12 if checks else 8, 4.5),
                               squeeze=False)
   ax = axes[0][0]
+  said = set()            # (each mark's legend entry once: a probe found an 'x' unexplained)
+
+  def once(what: str) -> str:
+    new = what not in said
+    said.add(what)
+    return what if new else "_"
   for b in profile.batch_sizes:
     pts = profile.curve(component, b)
     if not pts:
@@ -47,13 +53,16 @@ def plot_profile(profile: records.Profile, path: str, *, component: Optional[str
     for s in profile.steps:
       if s["component"] == component and s["batch_size"] == b:
         ax.axvline(s["n_from"], color=color, alpha=0.25, lw=1)
-        ax.plot([s["n_from"]], [by_n[s["n_from"]]], "v", color=color, ms=6)
+        ax.plot([s["n_from"]], [by_n[s["n_from"]]], "v", color=color, ms=6,
+                label=once("step (v: the count above it)"))
     for c in profile.lone_counts:        # out of line with both neighbours: not a step
       if c["component"] == component and c["batch_size"] == b:
-        ax.plot([c["n"]], [by_n[c["n"]]], "x", color=color, ms=6)
+        ax.plot([c["n"]], [by_n[c["n"]]], "x", color=color, ms=6,
+                label=once("lone count (x: out of line with both neighbours, not a step)"))
   ax.set_xlabel("tokens kept (entering block 0)" if component == "model"
                 else "tokens entering the block")
-  ax.set_ylabel("latency, median (ms)" + (" per block" if component == "block" else ""))
+  ax.set_ylabel("latency, median (ms)" + (" per block" if component == "block" else "")
+                + "; bars: IQR")
   ax.set_title(f"{profile.model} {component} | {profile.dtype} | {profile.device_kind} "
                f"({profile.platform})", fontsize=9)
   ax.grid(alpha=0.3)
