@@ -38,6 +38,7 @@ def plot_profile(profile: records.Profile, path: str, *, component: Optional[str
     new = what not in said
     said.add(what)
     return what if new else "_"
+
   for b in profile.batch_sizes:
     pts = profile.curve(component, b)
     if not pts:
