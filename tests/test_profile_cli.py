@@ -407,6 +407,8 @@ def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys, monkeypatch):
   assert (s["alpha"], s["accuracy_floor"], s["latency_budget"]) == (0.5, None, None)
   # The paper's proxies: L(n*) of the uniform graph, not of the schedule, and said so.
   assert (s["basis"], s["latency_basis"]) == ("predicted", "predicted")
+  assert s["predicted_by"].startswith("the paper's proxies at n*: the latency of the uniform "
+                                      "n*-token graph as the profile measured it")
   assert s["counts"] == [65] * 4 + [s["n_star"]] * 3
   assert s["unpruned"]["counts"] == [65] * 7
   assert 0.0 <= s["pruned"]["accuracy"] <= 1.0 and s["unpruned"]["accuracy"] > 0.9
@@ -501,6 +503,9 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   assert chosen["basis"] == "measured" and s["basis"] == "measured"
   assert s["latency_basis"] == "measured"                 # (timed in the loop)
   assert chosen["measured_latency_iqr_s"] >= 0            # (and its spread recorded)
+  assert s["predicted_by"] == ("the solver's models: latency from the profile "
+                               f"({s['latency_source']}), accuracy combined from the "
+                               "estimate's single-layer sensitivities")
   with open(s["files"]["solution"]) as f:
     refined = json.load(f)["settings"]["accuracy_refinement"]
   assert refined["rounds"][0]["num_schedules"] >= 1

@@ -890,6 +890,16 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
         "latency_source": solution.profile.latency_source,
         "predicted": {"latency_ms": 1e3 * chosen.predicted_latency_s,
                       metric: chosen.predicted_accuracy},
+        # what made those predictions (paper mode's are measurements of other graphs standing
+        # in for the chosen schedule: a probe read 'predicted' beside latency_source
+        # 'measured' as a contradiction)
+        "predicted_by": (
+            "the paper's proxies at n*: the latency of the uniform n*-token graph as the "
+            "profile measured it (counts re-timed with the unpruned graph, samples pooled), and "
+            f"the estimate's {metric} at n*" if spec.solver == "paper" else
+            f"the solver's models: latency from the profile "
+            f"({solution.profile.latency_source}), {metric} combined from the estimate's "
+            "single-layer sensitivities"),
         # why the latency model of those predictions is not to be trusted (its error beyond
         # the limit), else None (a probe found it only in the solution and stdout)
         "latency_model_untrusted": solution.settings.get("latency_model_untrusted"),
