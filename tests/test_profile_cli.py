@@ -1386,3 +1386,18 @@ def test_the_printed_summary_names_the_in_loop_timing_the_choice_rested_on():
     assert line not in text
   assert "0.7888 ms" in pipeline.format_summary(dict(s, latency_budget=5e-4))
   assert line in pipeline.format_summary(dict(s, latency_budget=1e-3))
+
+
+def test_summary_json_carries_why_the_latency_model_is_untrusted(tmp_path, monkeypatch):
+  """summary.json's latency_model_untrusted is the solution's (the model's error beyond its
+  limit), found before only in the solution and stdout."""
+  from vitprune.profile import latency_model  # pylint: disable=g-import-not-at-top
+  why = "the pomt latency model's p90 calibration error 34.9% exceeds 10%"
+  monkeypatch.setattr(latency_model.LatencyModel, "trust",
+                      lambda self, counts: why if not counts else None)
+  s = cli.main(_flags(f"--out_dir={tmp_path}", *FAST, "--tokens=65,33,17", "--num_images=40",
+                      "--eval_batch_size=20", "--solver=multi", "--accuracy_floor=0.5"))
+  with open(s["files"]["solution"]) as f:
+    assert json.load(f)["settings"]["latency_model_untrusted"] == why
+  with open(s["files"]["summary"]) as f:
+    assert json.load(f)["latency_model_untrusted"] == s["latency_model_untrusted"] == why
