@@ -392,45 +392,37 @@ def class_names(weights_source: str) -> Optional[Tuple[str, ...]]:
   return checkpoint.source_class_names(weights_source)
 
 
-def check_digits_split(weights_source: str, data: Optional[str]) -> None:
+def check_digits_split(weights_source: str, data: Optional[str]
+                       ) -> Optional[Tuple[int, float]]:
   """ValueError when the weights were trained on the digits (`train_digits`) and `data` holds
   some of their training images: 'digits' (the test split of seed 0, test fraction 0.2) for
   weights trained on another split (`--split_seed`), or a folder `digits_images` wrote (its
   file names are the digits' indices) of any split that overlaps their training split. Every
-  score on those would be inflated, with no warning."""
+  score on those would be inflated, with no warning. Returns the digits split the weights were
+  trained on, (seed, test fraction), or None (not trained on the digits, or no data)."""
   if not data or not os.path.isdir(weights_source):
-    return
+    return None
   from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (lazy: see _MODEL_CODE)
   from vitprune import digits as digits_lib  # pylint: disable=g-import-not-at-top
   meta = checkpoint.read_weights_config(weights_source)[1]
   who = (f"the embedded weights {weights_source}"
          if os.path.realpath(weights_source) == os.path.realpath(EMBEDDED_WEIGHTS)
          else f"--weights={weights_source}")                # (no --weights given: not that)
+  trained = digits_lib.digits_training_split(meta)
   if data != "digits":
     digits_lib.check_digits_folder(data, meta, who)
-    return
-  trained = digits_lib.digits_training_split(meta)
+    return trained
   if trained is not None and trained != (0, 0.2):
     raise ValueError(f"{who} were trained on the digits split of seed "
                      f"{trained[0]} (test fraction {trained[1]}), but --data=digits is the test "
                      "split of seed 0 (0.2): most of it is their training data, so every score "
                      "would be inflated")
+  return trained
 
 
 def is_random_init(weights_source: str) -> bool:
   """Whether `load_model`'s source description names random weights ('init_params(seed=S)')."""
   return weights_source.startswith("init_params(")
-
-
-def trained_on_digits(weights_source: str) -> bool:
-  """Whether the weights at `weights_source` (a directory; else random init) record training on
-  the bundled digits (`train_digits`, the embedded weights)."""
-  if not os.path.isdir(weights_source):
-    return False
-  from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (lazy: see _MODEL_CODE)
-  from vitprune import digits as digits_lib  # pylint: disable=g-import-not-at-top
-  meta = checkpoint.read_weights_config(weights_source)[1]
-  return digits_lib.digits_training_split(meta) is not None
 
 
 _DATA_WORDS = {"digits": "the bundled digits", "none": "no data (latency only)"}

@@ -238,7 +238,7 @@ def main(f: flags.FlagValues):
     points = estimate.token_points(cfg, tokens, reducer, layer=layers[0])
   memory.check_batch_fits(cfg, [f.batch_size], f.dtype, evaluation=True)
   cfg, params, source = common.load_model(f.model, f.weights, f.init_seed)
-  common.check_digits_split(source, f.data)
+  trained_split = common.check_digits_split(source, f.data)
   data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed, split=f.split,
                                  class_names=common.class_names(source),
                                  num_classes=cfg.num_classes, holdout_images=f.holdout_images)
@@ -303,7 +303,7 @@ def main(f: flags.FlagValues):
           "are of an untrained model, for plumbing checks only")
   if not record.labelled and f.data != "digits":   # (the digits: their own warning says why)
     print(f"note: {UNLABELLED_NOTE}: agreement and KL against the unpruned model only")
-  if f.data == "digits" and f.split != "test" and common.trained_on_digits(source):
+  if f.data == "digits" and f.split != "test" and trained_split is not None:
     print(f"note: --split={f.split} holds the digits these weights were trained on: the "
           "accuracies are optimistic (--split=test is held out)")
   print(f"wrote {common.shown(path)}")
