@@ -429,9 +429,11 @@ def test_weights_trained_on_another_digits_split_are_not_scored_on_the_bundled_o
   for seed in (0, 1):
     save_weights(str(tmp_path / f"w{seed}"), cfg, init_params(cfg, 0), meta={
         "dataset": "sklearn_digits", "split": {"seed": seed, "test_fraction": 0.2}})
-  common.check_digits_split(str(tmp_path / "w0"), "digits")          # the bundled split
-  common.check_digits_split(str(tmp_path / "w1"), str(tmp_path))     # an image folder
-  common.check_digits_split(common.EMBEDDED_WEIGHTS, "digits")
+  # (each returns the split the weights were trained on: estimate's note on --split=train)
+  assert common.check_digits_split(str(tmp_path / "w0"), "digits") == (0, 0.2)  # the bundled
+  assert common.check_digits_split(str(tmp_path / "w1"), str(tmp_path)) == (1, 0.2)  # a folder
+  assert common.check_digits_split(common.EMBEDDED_WEIGHTS, "digits") == (0, 0.2)
+  assert common.check_digits_split(str(tmp_path / "w1"), None) is None          # no data
   with pytest.raises(SystemExit) as e:
     common.run_in_process(estimate_cli.main, estimate_cli.define_flags, [
         f"--weights={tmp_path / 'w1'}", "--tokens=65", "--num_images=10",
@@ -991,7 +993,7 @@ def test_a_new_dir_may_be_an_empty_folder_and_an_overwrite_only_of_ours(tmp_path
 
 def test_random_weights_pass_the_training_split_guard():
   """`load_model`'s source for random weights is no folder: they were trained on nothing."""
-  common.check_digits_split("init_params(seed=0)", "digits")
+  assert common.check_digits_split("init_params(seed=0)", "digits") is None
 
 
 def test_a_smoke_run_of_weights_is_noted(tmp_path, capsys):
@@ -1076,15 +1078,12 @@ def test_a_forced_jax_platform_says_which_backends_jax_knows(monkeypatch):
     raise next(errors)
 
   monkeypatch.setattr(jax, "devices", devices)
-  with pytest.raises(ValueError) as e:
-    common.check_jax_platforms({"JAX_PLATFORMS": "gpu"})
-  assert str(e.value) == (
-      "JAX_PLATFORMS='gpu': JAX cannot start that backend on this machine (this jax build has "
-      "no such backend; it knows cpu, tpu); unset JAX_PLATFORMS or name an available one, e.g. "
-      "cpu")
-  with pytest.raises(ValueError) as e:
-    common.check_jax_platforms({"JAX_PLATFORMS": "cuda"})
-  assert str(e.value) == (
-      "JAX_PLATFORMS='cuda': JAX cannot start that backend on this machine (jax raised "
-      "AssertionError with no message: is a jax build with that backend installed?); unset "
-      "JAX_PLATFORMS or name an available one, e.g. cpu")
+  for platform, reason in (    # (in the order `devices` raises its errors)
+      ("gpu", "this jax build has no such backend; it knows cpu, tpu"),
+      ("cuda", "jax raised AssertionError with no message: is a jax build with that backend "
+               "installed?")):
+    with pytest.raises(ValueError) as e:
+      common.check_jax_platforms({"JAX_PLATFORMS": platform})
+    assert str(e.value) == (
+        f"JAX_PLATFORMS='{platform}': JAX cannot start that backend on this machine ({reason}); "
+        "unset JAX_PLATFORMS or name an available one, e.g. cpu")
