@@ -56,7 +56,8 @@ from vitprune.profile import records
 from vitprune.profile.runner import device_info
 from vitprune.records.estimate import read_estimate
 from vitprune.records import solution as solution_lib
-from vitprune.records.solution import read_solution, summary_lines, write_solution
+from vitprune.records.solution import read_solution, write_solution
+from vitprune.records.solution_text import summary_lines
 
 
 # Flags one mode reads and the other would silently ignore; flags only the in-loop check reads.

@@ -489,7 +489,7 @@ def test_a_budget_choice_ties_to_the_faster_graph_and_is_measured_within_the_bud
   assert "latency_untrusted" not in out.settings
   # ... but a model beyond its error limit picked what was timed: said once the choice is
   # measured (a probe: a p90 of 40.9 % went unsaid, its frontier short of the faster schedules)
-  from vitprune.records.solution import summary_lines  # pylint: disable=g-import-not-at-top
+  from vitprune.records.solution_text import summary_lines  # pylint: disable=g-import-not-at-top
   why = "the pomt latency model's p90 calibration error 40.9% exceeds 10%"
   wide = dataclasses.replace(sol, settings=dict(sol.settings, latency_model_untrusted=why))
   note = (f"note: {why}: it picked the schedules timed in the loop, so a faster one it "

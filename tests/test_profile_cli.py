@@ -14,7 +14,7 @@ import pytest
 from vitprune import pipeline, solve, solve_loop
 from tests.test_profile_records import _point
 from vitprune.profile import protocol, records, runner, timing
-from vitprune.records.solution import describe_checked_error
+from vitprune.records.solution_text import describe_checked_error
 from vitprune.registry import get_config
 from vitprune.schedule import Schedule, parse_token_grid
 

@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import solution_file
 from vitprune import jsonio
 from vitprune.records import solution as S
+from vitprune.records import solution_text as T
 from vitprune.registry import get_config
 
 def _curve(tokens, latency_s, accuracy, alpha=0.5):
@@ -315,7 +316,7 @@ def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
   assert (new.chosen.measured_accuracy_low, new.chosen.measured_accuracy_high,
           new.chosen.num_images) == (0.85, 0.93, 200)
   assert S.Solution.from_json(new.to_json()) == new
-  text = "\n".join(S.summary_lines(new))
+  text = "\n".join(T.summary_lines(new))
   assert "95% interval 0.8500..0.9300, 200 images" in text
   assert "measured latency of the chosen compiled graph: 1 ms" in text
   assert "straddles the floor 0.88" in text
@@ -817,11 +818,11 @@ def test_the_summary_says_the_unpruned_speed_up_and_a_budget_that_costs_nothing(
       sol, settings=dict(sol.settings, latency_basis="measured"),
       chosen=dataclasses.replace(sol.chosen, measured_latency_s=1e-3),
       full=S.Candidate((17, 17, 17), "full", 2e-3, 0.95, measured_latency_s=2e-3))
-  assert S._unpruned_latency_text(sol) == (  # pylint: disable=protected-access
+  assert T._unpruned_latency_text(sol) == (  # pylint: disable=protected-access
       "2 ms (measured in the loop with the chosen graph: speed-up x2.000)")
-  assert S.budget_cost_text(8e-4, "accuracy", 0.9, 0.9) == (
+  assert T.budget_cost_text(8e-4, "accuracy", 0.9, 0.9) == (
       "the latency budget 0.8 ms costs 0.00 points of accuracy")
-  assert S.budget_cost_text(8e-4, "accuracy", 0.93, 0.9) == (
+  assert T.budget_cost_text(8e-4, "accuracy", 0.93, 0.9) == (
       "the latency budget 0.8 ms gains 3.00 points of accuracy")
 
 
@@ -830,7 +831,7 @@ def test_the_refinement_line_names_the_worst_round_between_and_every_schedule_me
   named; the schedules measured in all are the record's count, not its number of rounds."""
   rounds = [dict(round=k, num_schedules=4, mean_abs_points=m, max_abs_points=2 * m)
             for k, m in enumerate((1.0, 1.5, 0.5, 0.25))]
-  assert S.describe_refinement({"rounds": rounds, "converged": False,
+  assert T.describe_refinement({"rounds": rounds, "converged": False,
                                 "measured_schedules": 9}) == (
       "accuracy model corrected from measurements in 3 rounds (not converged, 9 schedules "
       "measured in all, the unpruned one among them): predicted before measuring, it erred by "
@@ -841,10 +842,10 @@ def test_the_refinement_line_names_the_worst_round_between_and_every_schedule_me
 
 def test_shown_schedules_lists_at_most_eight_names():
   """Mutation audit: the first `most` names, then how many more."""
-  assert S.shown_schedules([f"s{i}" for i in range(10)]) == (
+  assert T.shown_schedules([f"s{i}" for i in range(10)]) == (
       "s0, s1, s2, s3, s4, s5, s6, s7 and 2 more")
-  assert S.shown_schedules(["a", "b", "c"], most=2) == "a, b and 1 more"
-  assert S.shown_schedules(["a", "b"], most=2) == "a, b"
+  assert T.shown_schedules(["a", "b", "c"], most=2) == "a, b and 1 more"
+  assert T.shown_schedules(["a", "b"], most=2) == "a, b"
 
 
 def test_the_summary_names_the_latency_models_calibration(tmp_path):
@@ -856,7 +857,7 @@ def test_the_summary_names_the_latency_models_calibration(tmp_path):
       sol.profile, latency_source="calibrated-graph"))
   for extra, scored in (({"num_reducing": 8}, "|error| on the 8 that reduce"),
                         ({}, "calibration |error|")):
-    lines = S.summary_lines(dataclasses.replace(
+    lines = T.summary_lines(dataclasses.replace(
         sol, settings=dict(sol.settings, latency_model=dict(lm, **extra))))
     assert (f"latency model: calibrated on 12 compiled graphs, {scored}: median 3.1%, p90 9.4%"
             in lines)
@@ -907,14 +908,14 @@ def test_the_in_loop_timings_spread_is_recorded_and_said(tmp_path):
                                           latency_basis="measured"))
   back = S.Solution.from_json(_as_multi(sol.to_json()))
   assert back.chosen.measured_latency_iqr_s == 5e-5 and back.checked == sol.checked
-  lines = S.summary_lines(back)
+  lines = T.summary_lines(back)
   assert "measured latency of the chosen compiled graph: 1 ms (IQR 0.05 ms)" in lines
   assert (f"note: {close.schedule} also meets the floor, timed within the spread of the chosen "
           "graph (the medians differ by less than the larger IQR): this measurement cannot "
           "tell them apart") in lines
-  assert S.within_spread_note(dataclasses.replace(back, criterion="utility")) is None
+  assert T.within_spread_note(dataclasses.replace(back, criterion="utility")) is None
   untimed = dataclasses.replace(chosen, measured_latency_iqr_s=None)      # (older files)
-  assert S.within_spread_note(dataclasses.replace(back, chosen=untimed)) is None
+  assert T.within_spread_note(dataclasses.replace(back, chosen=untimed)) is None
   doc = sol.to_json()
   doc["checked"][1]["measured_latency_iqr_s"] = -1.0
   with pytest.raises(S.SolutionError, match=r"measured_latency_iqr_s must be >= 0 seconds"):

@@ -22,8 +22,8 @@ from vitprune import schedule as schedule_lib
 from vitprune.config import config_to_dict
 from vitprune.config import Preprocessing, ViTConfig
 from vitprune.records.estimate import Estimate, read_estimate, write_estimate
-from vitprune.records.solution import (Solution, SolutionError, read_solution, summary_lines,
-                                       write_solution)
+from vitprune.records.solution import Solution, SolutionError, read_solution, write_solution
+from vitprune.records.solution_text import describe_refinement, summary_lines
 from vitprune.records.solution import Candidate, EstimateRef, ProfileRef
 from vitprune.profile import predict as profile_predict
 from vitprune.profile import records
@@ -1623,7 +1623,7 @@ def test_multilayer_floor_checked_on_measurements(tmp_path):
   # The record keeps predicted and measured numbers side by side, and says what it rests on.
   doc = sol.to_json()
   assert doc["chosen"]["basis"] == "measured" and doc["checked"][0]["measured_accuracy"] < floor
-  from vitprune.records.solution import Solution, summary_lines
+  from vitprune.records.solution import Solution
   assert Solution.from_json(doc) == sol
   # (checked on the data, not timed: its latency is the prediction, and the record says so;
   # "rests on measured numbers" read as measured throughout)
@@ -1701,7 +1701,7 @@ def test_measure_frontier_measures_every_schedule_once_and_the_choice_uses_it(tm
   meets = [p for p in predicted.frontier if measured[p.counts].measured_accuracy >= floor]
   assert sol.basis == "measured" and sol.chosen.measured_accuracy >= floor
   assert sol.chosen.predicted_latency_s <= min(p.predicted_latency_s for p in meets)
-  from vitprune.records.solution import Solution, summary_lines
+  from vitprune.records.solution import Solution
   assert Solution.from_json(sol.to_json()) == sol
   assert any("every frontier schedule measured on the data" in line
              for line in summary_lines(sol))
@@ -2565,7 +2565,7 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
         solve.with_drop_correction(model, solve.fit_drop_correction(model, {
             c.counts: c.measured_accuracy for c in sol.checked})[0]), p.counts)[1], abs=1e-9)
   assert "checked_accuracy_error" not in sol.settings   # errors of fitted predictions: omitted
-  from vitprune.records.solution import Solution, summary_lines
+  from vitprune.records.solution import Solution
   assert Solution.from_json(sol.to_json()) == sol
   assert any("accuracy model corrected from measurements" in line and "converged" in line
              for line in summary_lines(sol))
@@ -2605,7 +2605,6 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
       calls[0])
   assert [r["num_schedules"] for r in rounds[1:]] == [r["num_schedules"]
                                                       for r in ref["rounds"][1:]]
-  from vitprune.records.solution import describe_refinement
   # The rounds between the first and the last are not left out: the largest error is named.
   three = [dict(r, round=k, num_schedules=4, mean_abs_points=m, max_abs_points=2 * m)
            for k, (r, m) in enumerate(zip([ref["rounds"][0]] * 3, (1.0, 1.5, 0.25)))]
@@ -2692,7 +2691,6 @@ def test_refine_accuracy_reports_anchored_predictions_from_the_estimates_margins
       assert row["anchored"]["mean_abs_points"] == pytest.approx(np.abs(want).mean())
       assert row["anchored"]["max_abs_points"] == pytest.approx(np.abs(want).max())
     seen.update((c, measured_margins[c]) for c in todo)
-  from vitprune.records.solution import describe_refinement  # pylint: disable=g-import-not-at-top
   assert "; the anchored per-image prediction by " in describe_refinement(
       sol.settings["accuracy_refinement"])
   assert "anchored" not in describe_refinement(solve_loop.refine_accuracy(
@@ -2907,7 +2905,7 @@ def test_a_maximum_drop_is_a_floor_below_the_unpruned_measurement(tmp_path):
   """max_accuracy_drop D: the floor is the unpruned schedule's measured accuracy (the
   estimate's, 0.9 here) minus D; the choice, the check on measurements and the record are the
   floor's; the record refuses a floor edited away from unpruned - D; bad drops are refused."""
-  from vitprune.records.solution import Solution, SolutionError, summary_lines
+  from vitprune.records.solution import Solution, SolutionError
   ps = _block_profile(tmp_path)
   es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
   by_drop = _multi(ps, es, max_accuracy_drop=0.2)

@@ -484,7 +484,8 @@ def test_a_floor_met_with_confidence_measures_each_schedule_against_the_unpruned
   0.1 (every pruned schedule refused: the unpruned one is kept). An absolute floor its own
   unpruned interval does not clear is an error naming that interval."""
   # pylint: disable-next=g-import-not-at-top
-  from vitprune.records.solution import meets_measured_floor, summary_lines
+  from vitprune.records.solution import meets_measured_floor
+  from vitprune.records.solution_text import summary_lines
   root, weights, es, ps = inputs
   wide = _run_confident(root, es, ps, weights, "c1", "--metric=agreement",
                         "--max_accuracy_drop=0.3")

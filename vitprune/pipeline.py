@@ -60,12 +60,12 @@ from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import protocol, records, runner, timing
 from vitprune.profile import steps as steps_lib
 from vitprune.records.estimate import Estimate, default_metric, write_estimate
-from vitprune.records.solution import (Solution, budget_cost_text, describe_capped,
-                                       describe_checked_error, describe_frontier_error,
-                                       describe_refinement, judges_paired_change,
-                                       picked_by_untrusted_model, pruned_meeting_floor,
-                                       reaimed_text, shown_schedules, within_spread_note,
+from vitprune.records.solution import (Solution, judges_paired_change, pruned_meeting_floor,
                                        write_solution)
+from vitprune.records.solution_text import (budget_cost_text, describe_capped,
+                                            describe_checked_error, describe_frontier_error,
+                                            describe_refinement, picked_by_untrusted_model,
+                                            reaimed_text, shown_schedules, within_spread_note)
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import Schedule, embed_counts, embed_schedule, full_schedule
 

@@ -6,5 +6,6 @@
   manifest  `vitprune.records.manifest.Manifest`   what a deployment artifact holds (deploy)
 
 Each record is a frozen dataclass with one `to_json()` and one `from_json(doc, where)`; files are
-read and written only at the edges (the CLIs and the pipeline's output step).
+read and written only at the edges (the CLIs and the pipeline's output step). A solution's
+human-readable summary lives beside it in `vitprune.records.solution_text`.
 """
