@@ -597,3 +597,47 @@ def test_loop_neighbours_reach_the_solver_with_the_flags_of_its_measurement(inpu
                    "num_images": 20, "accuracy_model": "incremental", "monotone": True},
                   {"loop_neighbours": 2, "measure_all": False, "refine_rounds": 3,
                    "num_images": 20, "accuracy_model": "additive", "monotone": False}]
+
+
+# --------------------------------------------------------- from a mutation audit (solve in loop)
+
+
+@pytest.mark.parametrize("edited_points,listed", [(4, "{0}, {1}, {2}, ..."), (3, "{0}, {1}, {2}")])
+def test_the_anchored_note_names_three_schedules_at_most(inputs, capsys, edited_points, listed):
+  """The note on an estimate measured otherwise names the first three differing schedules and
+  then '...' (a mutation audit: one differing schedule alone was tested, so the cut-off at
+  three, and the '...' after it, could go or move unseen)."""
+  root, weights, es, ps = inputs
+  doc = json.load(open(es))
+  edited = doc["points"][:edited_points]
+  for point in edited:
+    point["accuracy"] = 0.5 if point["accuracy"] != 0.5 else 0.55
+    point["agreement"] = 0.0        # (else the reader refuses the edit: accuracy moved alone)
+  path = root / f"edited{edited_points}_e.json"
+  path.write_text(json.dumps(doc))
+  _run(root, str(path), ps, f"--weights={weights}", "--num_images=20",
+       "--refine_accuracy_rounds=1", "--anchored_prediction")
+  names = listed.format(*[p["schedule"] for p in edited])
+  notes = [l for l in capsys.readouterr().out.splitlines() if "measure another" in l]
+  assert notes == [f"note: {edited_points} of the 7 schedules of {path} measure another "
+                   f"accuracy here ({names}): the anchored predictions start from this run's "
+                   "per-example margins"]
+
+
+def test_an_out_dir_inside_the_in_loop_data_is_refused(inputs, tmp_path):
+  """--weights with --data=FOLDER measures there: an --out_dir inside it is refused before the
+  weights are read (a mutation audit: without the check only the folder's other faults were
+  reported, here its one class folder, and a folder that passed got the solution's files)."""
+  root, weights, es, ps = inputs
+  data = tmp_path / "images"
+  (data / "0").mkdir(parents=True)
+  out = data / "run"
+  with pytest.raises(ValueError, match=f"^--out_dir={re.escape(str(out))} is inside "
+                     f"--data={re.escape(str(data))}: what it writes there would be read with "
+                     r"the images next time \(a plot as an image, a new folder as a class\); "
+                     "write elsewhere$"):
+    solve_cli.main(common.parse(solve_cli.define_flags, [
+        f"--profile={ps}", f"--estimate={es}", "--mode=multi", "--accuracy_floor=0.0",
+        f"--out_dir={out}", "--min_run_time=0.005", "--allow_batch_mismatch",
+        f"--weights={weights}", "--num_images=20", f"--data={data}"]))
+  assert sorted(p.name for p in data.iterdir()) == ["0"]      # (nothing made there)
