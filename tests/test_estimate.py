@@ -1413,3 +1413,46 @@ def test_the_cli_says_random_weights_and_a_training_split(tmp_path):
       "test": [],
       "all": ["note: the weights are random (init_params(seed=0): --model without --weights): "
               "these numbers are of an untrained model, for plumbing checks only"]}
+
+
+def test_an_estimate_replaced_meanwhile_under_overwrite_is_kept_beside_it(tmp_path, monkeypatch):
+  """--overwrite replaces the estimate there when the run began, not another run's written
+  since: that one is kept and the refusal says so in the CLI's words; a dangling link made
+  there meanwhile is no run's estimate, and is not said to be one (a mutation audit: the
+  write race was tested without --overwrite only, and never with a path that does not exist)."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "e"
+  out.mkdir()
+  (out / "x.json").write_text(json.dumps({"format": record_lib.FORMAT, "run": "earlier"}))
+  evaluate = estimate.evaluate
+
+  def another_run_replaces_it(*args, **kwargs):
+    result = evaluate(*args, **kwargs)
+    (out / "other.tmp").write_text(json.dumps({"format": record_lib.FORMAT, "run": "other"}))
+    os.replace(out / "other.tmp", out / "x.json")        # (a write renames a new file there)
+    return result
+  monkeypatch.setattr(estimate, "evaluate", another_run_replaces_it)
+  code, _, err = run_cli_in_process(REPO, "estimate", [
+      "--num_images=20", "--tokens=17,65", f"--out_dir={out}", "--out_name=x.json",
+      "--overwrite"])
+  (kept,) = [p for p in out.iterdir() if p.name.startswith("x.kept-")]
+  assert code == 1 and err.splitlines()[0] == (
+      f"error: {out / 'x.json'} was written by another run meanwhile (two runs of one "
+      f"--out_name at once: give each run its own); the results are kept in {kept}")
+  assert json.loads((out / "x.json").read_text())["run"] == "other"
+  assert [p.tokens for p in record_lib.read_estimate(str(kept)).points] == [17, 65]
+  kept.unlink()
+  (out / "x.json").unlink()
+
+  def a_dangling_link_meanwhile(*args, **kwargs):
+    result = evaluate(*args, **kwargs)
+    os.symlink(out / "gone.json", out / "x.json")
+    return result
+  monkeypatch.setattr(estimate, "evaluate", a_dangling_link_meanwhile)
+  code, _, err = run_cli_in_process(REPO, "estimate", [
+      "--num_images=20", "--tokens=17,65", f"--out_dir={out}", "--out_name=x.json"])
+  (kept,) = [p for p in out.iterdir() if p.name.startswith("x.kept-")]
+  assert code == 1 and err.splitlines()[0] == (
+      f"error: {out / 'x.json'} already exists (pass overwrite=True / --overwrite); the results "
+      f"are kept in {kept}")
+  assert os.readlink(out / "x.json") == str(out / "gone.json")
