@@ -3668,3 +3668,33 @@ def test_plot_frontier_draws_the_unpruned_graph_where_it_was_timed(monkeypatch):
   joins = [ln for ln in drawn[3][0].axes[0].lines if ln.get_label().startswith("_")
            and list(ln.get_xdata()) == [4.0, 3.0]]
   assert len(joins) == 1
+
+
+# ------------------------------------------------------ from a mutation audit (solve_loop checks)
+
+
+def test_with_measured_refuses_a_value_its_per_image_comparison_does_not_count():
+  """The paired comparison must count the value measured (images both graphs get right plus
+  those gained), up to float32 rounding (a mutation audit: the check could go unseen)."""
+  c = solve_loop.Candidate.predicted(CFG, schedule_lib.layer_counts(N, 9, CFG.depth, 1),
+                                     1e-3, 0.9)
+  got = solve_loop.with_measured(c, np.float32(300 / 359), 359, pair=(290, 5, 10, 54))
+  assert got.measured_accuracy == 300 / 359 and got.measured_change_high is not None
+  for value in (290 / 359, 300 / 359 + 1e-5):
+    with pytest.raises(ValueError, match=(
+        f"^the evaluator measured {re.escape(repr(value))} for {re.escape(c.schedule)} but "
+        r"its per-image comparison counts 300 of 359 images right$")):
+      solve_loop.with_measured(c, value, 359, pair=(290, 5, 10, 54))
+
+
+def test_a_timer_returning_another_number_of_latencies_is_refused():
+  """One latency per schedule timed, else a refusal naming both numbers (a mutation audit:
+  without the check zip() dropped the schedules past the timer's last latency unsaid)."""
+  pool = [solve_loop.Candidate.predicted(CFG, schedule_lib.layer_counts(N, n, CFG.depth, 1),
+                                         1e-3 * n, 0.9) for n in (5, 9)]
+  timed = solve_loop._with_latency(  # pylint: disable=protected-access
+      lambda cs: [solve_loop.MeasuredSeconds(2e-3, 1e-4), 3e-3], pool)
+  assert [(p.counts, p.measured_latency_s, p.measured_latency_iqr_s) for p in timed] == [
+      (pool[0].counts, 2e-3, 1e-4), (pool[1].counts, 3e-3, None)]
+  with pytest.raises(ValueError, match="^time_schedules returned 1 latencies for 2 schedules$"):
+    solve_loop._with_latency(lambda cs: [2e-3], pool)  # pylint: disable=protected-access
