@@ -100,6 +100,7 @@ def parse(define_flags: Callable[[flags.FlagValues], None], argv: Sequence[str] 
   rest = fv(["prog", *argv])[1:]
   if rest:                                # as the CLIs' `run` refuses them
     raise ValueError(f"unexpected arguments: {rest}")
+  console.expand_home(fv)
   check_finite(fv)
   check_not_empty(fv)
   return fv
@@ -122,6 +123,7 @@ def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_logging(fv)
+    console.expand_home(fv)
     check_finite(fv)
     check_not_empty(fv)
     check_jax_platforms()

@@ -1087,3 +1087,44 @@ def test_a_forced_jax_platform_says_which_backends_jax_knows(monkeypatch):
     assert str(e.value) == (
         f"JAX_PLATFORMS='{platform}': JAX cannot start that backend on this machine ({reason}); "
         "unset JAX_PLATFORMS or name an available one, e.g. cpu")
+
+
+def test_a_leading_tilde_in_a_flag_is_expanded_as_the_shell_would(tmp_path, monkeypatch):
+  """`--out_dir=~/runs` reaches the program unexpanded (the shell expands '~' only at the start
+  of a word), and a run wrote a folder named '~' in the working directory: every string flag
+  given, list entries too, is expanded; a '~name' that is no user's home is refused by name;
+  flags left at their defaults and values with a '~' inside are not touched."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  def define(fv):
+    flags.DEFINE_string("out_dir", None, "", flag_values=fv)
+    flags.DEFINE_list("paths", [], "", flag_values=fv)
+    flags.DEFINE_string("note", "~default", "", flag_values=fv)
+    flags.DEFINE_integer("n", 1, "", flag_values=fv)
+
+  monkeypatch.setenv("HOME", str(tmp_path))
+  fv = common.parse(define, ["--out_dir=~/runs", "--paths=~,a~b,~/x", "--n=2"])
+  assert fv.out_dir == str(tmp_path / "runs") and fv.n == 2
+  assert fv.paths == [str(tmp_path), "a~b", str(tmp_path / "x")]
+  assert fv.note == "~default"                          # (a default: the user gave no '~')
+  assert "--out_dir=" + str(tmp_path / "runs") in common.command_line("m", fv)
+  with pytest.raises(ValueError) as e:
+    common.parse(define, ["--paths=a,~nosuchuser_vitprune/x"])
+  assert str(e.value) == ("--paths=~nosuchuser_vitprune/x: ~nosuchuser_vitprune is no user's "
+                          "home directory (a '~' after '=' is not expanded by the shell): "
+                          "write the path out")
+
+
+def test_the_cli_writes_under_the_home_a_tilde_names(tmp_path, monkeypatch):
+  """End to end, in process: `--out_dir=~/est` writes under $HOME, and nothing named '~'
+  appears in the working directory."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.chdir(tmp_path)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code, out, err = run_cli_in_process(root, "estimate", [
+      "--num_images=20", "--tokens=65", "--out_dir=~/est"])
+  assert code == 0, err
+  (written,) = os.listdir(tmp_path / "home" / "est")
+  assert f"wrote {tmp_path / 'home' / 'est' / written}" in out
+  assert sorted(os.listdir(tmp_path)) == ["home"]

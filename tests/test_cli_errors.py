@@ -516,6 +516,9 @@ CASES = [
     ("benchmark", ["--eval_batch_size=1000000000", "--out_dir={out}"], 1,
      "--eval_batch_size=1000000000 cannot fit in memory: a float32 evaluation of vit_digits "
      "needs"),
+    # a '~' the shell left alone (after '='): expanded, or refused where it names no home
+    ("estimate", ["--out_dir=~nosuchuser_vitprune/x"], 1,
+     "--out_dir=~nosuchuser_vitprune/x: ~nosuchuser_vitprune is no user's home directory"),
 ]
 
 

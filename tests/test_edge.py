@@ -2569,3 +2569,16 @@ def test_the_board_latency_line_says_a_padded_batch():
       "latency batch 4: median 2.000 ms (IQR 0.000 ms, 5 samples), 2.000 ms/image classified "
       "(the batch held 3 zero images of padding)",
       "latency batch 4: median 2.000 ms (IQR 0.000 ms, 5 samples), 0.500 ms/image"], r.stderr
+
+
+def test_the_board_cli_expands_a_leading_tilde(tmp_path):
+  """The board CLI expands a '~' the shell left alone (`--artifact=~/art`) as the experiments
+  CLIs do, and refuses one that names no home, in one line, exit 1."""
+  env = dict(os.environ, HOME=str(tmp_path))
+  runs = [subprocess.run([sys.executable, "-c", NO_JAX, "vitprune.edge", "bench", artifact],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+          for artifact in ("--artifact=~/art", "--artifact=~nosuchuser_vitprune/art")]
+  assert [(r.returncode, r.stderr) for r in runs] == [
+      (1, f"error: {tmp_path / 'art'} is not an artifact directory\n"),
+      (1, "error: --artifact=~nosuchuser_vitprune/art: ~nosuchuser_vitprune is no user's home "
+          "directory (a '~' after '=' is not expanded by the shell): write the path out\n")]

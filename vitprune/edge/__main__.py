@@ -217,6 +217,10 @@ def parse_flags(argv):
   except SystemExit as e:
     console.exit_after_help(e)
   console.refuse_only_check_args(FLAGS)
+  try:
+    console.expand_home(FLAGS)
+  except ValueError as e:
+    console.fail(e)
   return left
 
 
