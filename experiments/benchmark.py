@@ -94,7 +94,7 @@ def main(f: flags.FlagValues):
     raise ValueError("--multi_frontier needs --multi_solution")
   common.positive(f.eval_batch_size, "eval_batch_size")
   common.positive(f.compile_threads, "compile_threads")
-  common.check_data_word(f, words=("digits", "none"))
+  common.check_data_flag(f, words=("digits", "none"))
   use_data = common.data_word(f.data) != "none"
   if use_data:
     common.positive(f.num_images, "num_images", allow_none=True)

@@ -436,22 +436,30 @@ def data_word(value: str) -> str:
   return "none" if value and value.strip().lower() == "none" else value
 
 
-def check_data_word(fv: flags.FlagValues, flag: str = "data",
+def check_data_flag(fv: flags.FlagValues, flag: str = "data",
                     words: Sequence[str] = ("digits",)) -> None:
-  """ValueError when `--flag`, given, is one of `words` (`_DATA_WORDS`: a meaning of its own)
-  and also a folder in the working directory: which one was meant? (`prune --images=digits`
-  reads the folder; `estimate --data=digits` read the bundled digits beside it without a
-  word.) Left at its default, the flag means what it always means."""
+  """ValueError naming `--flag` unless it is one of `words` (`_DATA_WORDS`: a meaning of its
+  own) or an existing folder (a file or a mistyped path was "data '...' is neither 'digits' nor
+  an existing directory", the flag unnamed, after the model had loaded). A word that is also a
+  folder in the working directory is refused too, when given: which one was meant?
+  (`prune --images=digits` reads the folder; `estimate --data=digits` read the bundled digits
+  beside it without a word.) Left at its default, a word means what it always means."""
   value = fv[flag].value
-  if not fv[flag].present:
-    return
   word = data_word(value)
-  if word in words and os.path.isdir(value):
-    default = fv[flag].default
-    raise ValueError(f"--{flag}={value} means {_DATA_WORDS[word]}, and ./{value} is also a "
-                     f"folder here: pass --{flag}=./{value} for the folder"
-                     + (f", or leave --{flag} out for {_DATA_WORDS[word]}" if word == default
-                        else ""))
+  if word in words:
+    if fv[flag].present and os.path.isdir(value):
+      default = fv[flag].default
+      raise ValueError(f"--{flag}={value} means {_DATA_WORDS[word]}, and ./{value} is also a "
+                       f"folder here: pass --{flag}=./{value} for the folder"
+                       + (f", or leave --{flag} out for {_DATA_WORDS[word]}" if word == default
+                          else ""))
+    return
+  if not os.path.isdir(value):
+    what = ("does not exist" if not os.path.lexists(value) else
+            f"is {atomic.describe(value)}, not a folder")
+    choices = ["a folder of images"] + [f"{w!r} for {_DATA_WORDS[w]}" for w in words]
+    raise ValueError(f"--{flag}={value} {what}: give {', '.join(choices[:-1])} or "
+                     f"{choices[-1]}")
 
 
 def check_outside_data(out: str, out_flag: str, fv: flags.FlagValues, data_flag: str = "data",
@@ -459,7 +467,7 @@ def check_outside_data(out: str, out_flag: str, fv: flags.FlagValues, data_flag:
   """ValueError when `--out_flag` is, or lies inside, the image folder `--data_flag`: the plots
   written there were read as images by the next run with the same flags (a digit class grew by
   two PNGs, and the accuracy fell without a word), or in a folder it reads through a link (a
-  class folder linked from elsewhere). A data word (`words`, as `check_data_word` reads them:
+  class folder linked from elsewhere). A data word (`words`, as `check_data_flag` reads them:
   'none' in any case) names no folder."""
   from vitprune import data as data_lib  # pylint: disable=g-import-not-at-top  (PIL: lazily)
   data = fv[data_flag].value

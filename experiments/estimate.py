@@ -186,7 +186,7 @@ def main(f: flags.FlagValues):
   if f.num_workers < 0:
     raise ValueError(f"--num_workers must be >= 0, got {f.num_workers}")
   common.check_output_dir(f.out_dir)
-  common.check_data_word(f)
+  common.check_data_flag(f)
   for name in ("tokens", "layer", "layers"):
     if f[name].present and not (f[name].value or "").strip():
       raise ValueError(f"--{name} is empty (leave it out for the default)")

@@ -208,7 +208,7 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
                      f"{f.model} (use --mode=model for latency alone)")
   common.positive(f.eval_batch_size, "eval_batch_size")
   common.positive(f.num_images, "num_images", allow_none=True)
-  common.check_data_word(f)
+  common.check_data_flag(f)
   multi_only = common.given_flags(f, ("accuracy_floor", "latency_budget", "max_accuracy_drop",
                                       "calibration_schedules", "measure_frontier",
                                       "refine_accuracy_rounds"))

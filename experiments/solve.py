@@ -327,7 +327,7 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
   dtype = estimate.dtype or profile_dtype
   memory.check_batch_fits(estimate.config, [f.eval_batch_size], dtype,   # before loading or
                           flag="--eval_batch_size", evaluation=True)     # evaluating
-  common.check_data_word(f)
+  common.check_data_flag(f)
   common.check_outside_data(f.out_dir, "out_dir", f)
   cfg, params, source = common.load_model(None, f.weights)
   same_params = params_sha256(params) == estimate.weights_sha256

@@ -344,7 +344,9 @@ def test_cli_latency_only(tmp_path, monkeypatch):
     (["--dtype=float16"], "--dtype"),
     (["--model=no_such_model"], "no_such_model"),
     (["--weights=/nonexistent/dir"], "not a directory"),
-    (["--data=/nonexistent/dir"], "neither 'digits' nor an existing directory"),
+    (["--data=/nonexistent/dir"], "^--data=/nonexistent/dir does not exist: give a folder of "
+                                  "images, 'digits' for the bundled digits or 'none' for no data "
+                                  r"\(latency only\)$"),
     (["--data=none", "--num_images=5"], "needs data"),
     (["--multi_frontier=2"], "needs --multi_solution"),
     (["--pomt_schedule=keep@5:9"], "out of range"),

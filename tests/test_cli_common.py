@@ -666,10 +666,15 @@ def test_a_data_word_that_is_also_a_folder_here_is_refused(tmp_path, monkeypatch
   (tmp_path / "None").mkdir()
   fv = flags.FlagValues()
   estimate_cli.define_flags(fv)
-  for argv in ([], ["--data=./digits"], ["--data=none"]):   # none: not a word of estimate's
+  for argv in ([], ["--data=./digits"]):
     fv.unparse_flags()
     fv(["prog", *argv])
-    common.check_data_word(fv)                     # (left out: the bundled digits, as always)
+    common.check_data_flag(fv)                     # (left out: the bundled digits, as always)
+  fv.unparse_flags()
+  fv(["prog", "--data=none"])                      # (not a word of estimate's: a folder ./none)
+  with pytest.raises(ValueError, match="^--data=none does not exist: give a folder of images or "
+                     "'digits' for the bundled digits$"):
+    common.check_data_flag(fv)
   digits = ("--data=digits means the bundled digits, and ./digits is also a folder here: pass "
             "--data=./digits for the folder, or leave --data out for the bundled digits")
   for cli, argv, line in (

@@ -866,8 +866,14 @@ def test_pipeline_errors(tmp_path):
     cli.main(_flags(f"--out_dir={tmp_path}", "--model=test_tiny_vit"))
   with pytest.raises(ERRORS, match="takes one --batch_size"):
     cli.main(_flags(f"--out_dir={tmp_path}", "--batch_size=1,2"))
-  with pytest.raises(ERRORS, match="neither 'digits' nor an existing directory"):
+  with pytest.raises(ERRORS, match=re.escape(
+      f"--data={tmp_path / 'missing'} does not exist: give a folder of images or 'digits' for "
+      "the bundled digits")):
     cli.main(_flags(f"--out_dir={tmp_path}", f"--data={tmp_path / 'missing'}"))
+  (tmp_path / "notes.txt").write_text("")
+  with pytest.raises(ERRORS, match=re.escape(
+      f"--data={tmp_path / 'notes.txt'} is a regular file, not a folder: give a folder")):
+    cli.main(_flags(f"--out_dir={tmp_path}", f"--data={tmp_path / 'notes.txt'}"))
   with pytest.raises(ERRORS, match="^--accuracy_floor applies to --solver=multi only$"):
     cli.main(_flags(f"--out_dir={tmp_path}", "--accuracy_floor=0.9"))
   with pytest.raises(ERRORS, match="^--measure_frontier applies to --solver=multi only$"):

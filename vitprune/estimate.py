@@ -591,9 +591,7 @@ def _load_eval_data(spec: str, *, num_images: Optional[int], seed: int, split: s
     return EvalData(ds, idx, bool(ds.classes), info,   # (unlabelled: not the model's classes)
                     strata=digits, available=len(base))
   if not os.path.isdir(spec):
-    raise FileNotFoundError(f"data {spec!r} is neither 'digits' nor an existing directory" + (
-        " (a '~' the shell did not expand, as in --data=~/x: give the path without it)"
-        if str(spec).startswith("~") and os.path.isdir(os.path.expanduser(spec)) else ""))
+    raise FileNotFoundError(f"data {spec!r} is neither 'digits' nor an existing directory")
   ds = data_lib.ImageFolder(spec, class_names=class_names, num_classes=num_classes)
   # Balanced over the class folders in their sorted order, not the model's labels: the same
   # folder and seed give the same images to models that order their classes otherwise.
