@@ -495,7 +495,7 @@ def model_config(model: Optional[str], weights: Optional[str]):
     if not os.path.isdir(weights):
       raise FileNotFoundError(f"--weights={weights!r} is not a directory"
                               f"{atomic.moved_aside_note(weights)}")
-    cfg, _ = checkpoint.read_weights_config(weights)
+    cfg, _ = checkpoint.read_weights_config(weights, named=f"--weights={weights}")
     if given is not None and given != cfg.name:     # (--model=vit_digits too: it was let by)
       raise ValueError(f"--model={given!r} but {weights} holds {cfg.name!r}")
     return cfg

@@ -1133,3 +1133,17 @@ def test_the_cli_writes_under_the_home_a_tilde_names(tmp_path, monkeypatch):
   (written,) = os.listdir(tmp_path / "home" / "est")
   assert f"wrote {tmp_path / 'home' / 'est' / written}" in out
   assert sorted(os.listdir(tmp_path)) == ["home"]
+
+
+def test_a_folder_without_weights_is_named_by_its_flag(tmp_path, monkeypatch):
+  """`--weights=weights` (the folder above the weights) was 'weights is not a vitprune weights
+  directory', as if it named the flag: the message names `--weights=` itself."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "weights").mkdir()
+  code, _, err = run_cli_in_process(root, "estimate", ["--weights=weights", "--tokens=65"])
+  assert (code, err) == (1, "error: --weights=weights is not a vitprune weights directory (no "
+                            "config.json)\n")
+  with pytest.raises(FileNotFoundError, match=f"^{re.escape(str(tmp_path))}/weights is not a "):
+    checkpoint.read_weights_config(str(tmp_path / "weights"))      # (the library: the path)

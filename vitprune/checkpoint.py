@@ -107,8 +107,9 @@ def save_weights(path: str, cfg: ViTConfig, params: Params, *,
   return path
 
 
-def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
-  """(config.json path, its validated top-level document)."""
+def _read_doc(path: str, named: Optional[str] = None) -> Tuple[str, Dict[str, Any]]:
+  """(config.json path, its validated top-level document); `named`: how a missing or wrong
+  folder is named (a CLI's '--weights=DIR'; default `path`)."""
   cfg_file = os.path.join(path, CONFIG_FILE)
   if not os.path.isfile(cfg_file):
     what = ("does not exist" if not os.path.lexists(path) else
@@ -117,7 +118,7 @@ def _read_doc(path: str) -> Tuple[str, Dict[str, Any]]:
             "is not a vitprune weights directory (no config.json)" if not os.path.lexists(
                 cfg_file) else f"is not a vitprune weights directory (its config.json is "
             f"{atomic.describe(cfg_file)}, not a file)")
-    raise FileNotFoundError(f"{path} {what}{atomic.moved_aside_note(path)}")
+    raise FileNotFoundError(f"{named or path} {what}{atomic.moved_aside_note(path)}")
   try:
     doc = jsonio.read_json(cfg_file, "weights config")
   except jsonio.FormatError as e:
@@ -164,9 +165,11 @@ def meta_sha256(doc: Dict[str, Any]) -> str:
                                   "meta": doc.get("meta", {})})
 
 
-def read_weights_config(path: str) -> Tuple[ViTConfig, Dict[str, Any]]:
-  """(config, meta) of a weights directory, without touching the parameters."""
-  return _config_of(*_read_doc(path))
+def read_weights_config(path: str, named: Optional[str] = None
+                        ) -> Tuple[ViTConfig, Dict[str, Any]]:
+  """(config, meta) of a weights directory, without touching the parameters (`named`: as
+  `_read_doc`)."""
+  return _config_of(*_read_doc(path, named))
 
 
 def _config_of(cfg_file: str, doc: Dict[str, Any]) -> Tuple[ViTConfig, Dict[str, Any]]:
