@@ -37,7 +37,7 @@ from vitprune import digits
 from vitprune import estimate
 from vitprune import jsonio
 from vitprune import memory
-from vitprune.config import method_label, method_options_problem
+from vitprune.config import COMPUTE_DTYPES, method_label, method_options_problem
 from vitprune.data import UNLABELLED_NOTE, check_not_read_as_an_image
 from vitprune.digest import params_sha256
 from vitprune.records.estimate import (FORMAT as ESTIMATE_FORMAT, read_estimate, table_text,
@@ -77,7 +77,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("batch_size", 64, "Fixed batch size (last batch padded).", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed of the subset and of the random reducer.",
                        lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
-  flags.DEFINE_string("dtype", "float32", "float32 | bfloat16.", flag_values=fv)
+  flags.DEFINE_enum("dtype", "float32", list(COMPUTE_DTYPES), "Compute dtype.", flag_values=fv)
   flags.DEFINE_integer("num_workers", 4, "Image decoding threads.", flag_values=fv)
   flags.DEFINE_bool("shard", True, "Shard batches over all local devices.", flag_values=fv)
   flags.DEFINE_string("out_dir", "outputs/estimate", "Where the estimate JSON is written.",

@@ -519,6 +519,9 @@ CASES = [
     # a '~' the shell left alone (after '='): expanded, or refused where it names no home
     ("estimate", ["--out_dir=~nosuchuser_vitprune/x"], 1,
      "--out_dir=~nosuchuser_vitprune/x: ~nosuchuser_vitprune is no user's home directory"),
+    # estimate's --dtype: declared as the other CLIs' (it was exit 1, "dtype must be one of")
+    ("estimate", ["--dtype=bf16", "--out_dir={out}"], 2,
+     "flag --dtype=bf16: value should be one of <float32|bfloat16>"),
 ]
 
 
