@@ -3,7 +3,8 @@ r"""Classify an image folder with a deployment artifact and report its steady-st
   python -m experiments.run_deployed --artifact=deploy/vit_digits_pomt --images=DIR
 
 Needs only jax, orbax, PIL and the artifact (the model code is never imported). `--images` is a
-labelled ImageFolder (`DIR/<class>/<img>`: accuracy is reported) or a flat folder of images.
+labelled ImageFolder (`DIR/<class>/<img>`: accuracy is reported), a flat folder of images or one
+image file.
 Prints one line per file (`file<TAB>predicted index<TAB>class name<TAB>probability`, and for a
 labelled folder `<TAB>label=<label index><TAB>label class name`),
 then the accuracy and the latency of one batch: median and IQR over `--repeats` timed calls on a
@@ -35,8 +36,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   via `common.parse`)."""
   flags.DEFINE_string("artifact", None, "Artifact directory (python -m experiments.deploy).",
                       flag_values=fv)
-  flags.DEFINE_string("images", None, "ImageFolder root or a flat folder of images.",
-                      flag_values=fv)
+  flags.DEFINE_string("images", None, "ImageFolder root, a flat folder of images or one image "
+                      "file.", flag_values=fv)
   flags.DEFINE_integer("batch_size", None, "Batch size: must equal the artifact's fixed batch; "
                        "free (default 8) for a symbolic-batch artifact.", flag_values=fv)
   flags.DEFINE_integer("repeats", 20, "Timed calls for the latency (after the first call).",

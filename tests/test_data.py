@@ -1716,3 +1716,26 @@ def test_per_image_time_is_over_the_images_classified():
   assert data.per_image_time(3e-3, 8, 5) == ("0.600 ms/image classified (the batch held 3 "
                                                  "zero images of padding)")
   assert data.per_image_time(3e-3, 8, 1).endswith("(the batch held 7 zero images of padding)")
+
+
+def test_one_image_file_is_a_dataset_of_that_image(tmp_path):
+  """An image file as the root is an unlabelled dataset of that one image (its folder the root,
+  its name the one file), loaded as the folder loads it; it has no class folder, so
+  labelled=True is refused; a file that is no image, and a FIFO named like one, are named."""
+  _png(str(tmp_path / "d" / "3" / "a.png"), _gray(5, 4, 7))
+  _png(str(tmp_path / "d" / "3" / "b.png"), _gray(5, 4, 9))
+  one = data.ImageFolder(str(tmp_path / "d" / "3" / "b.png"), class_names=[str(i) for i in
+                                                                            range(10)])
+  assert (one.root, one.files, one.labelled, one.classes, one.labels.tolist()) == (
+      str(tmp_path / "d" / "3"), ("b.png",), False, (), [-1])
+  whole = data.ImageFolder(str(tmp_path / "d"))
+  assert np.array_equal(np.asarray(one.load(0)), np.asarray(whole.load(1)))
+  with pytest.raises(ValueError, match=r"b.png' is one image file, which has no class folder"):
+    data.ImageFolder(str(tmp_path / "d" / "3" / "b.png"), labelled=True)
+  (tmp_path / "notes.txt").write_text("")
+  with pytest.raises(FileNotFoundError, match=r"notes.txt' is neither a directory nor an image "
+                     r"file \(extensions .jpg, "):
+    data.ImageFolder(str(tmp_path / "notes.txt"))
+  os.mkfifo(tmp_path / "pipe.png")
+  with pytest.raises(ValueError, match="is named like an image but is not a regular file"):
+    data.ImageFolder(str(tmp_path / "pipe.png"))

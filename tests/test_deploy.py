@@ -1748,3 +1748,28 @@ def test_run_deployed_says_the_timed_batch_was_padded(artifact, tmp_path, monkey
   assert line[0].startswith("latency batch 3: median 2.000 ms (IQR 0.000 ms, 4 repeats), "
                             "1.000 ms/image classified (the batch held 1 zero image of "
                             "padding); first call "), stdout
+
+
+def test_run_deployed_classifies_one_image_file(artifact, tmp_path):
+  """`--images=cat.png` (one image, the first thing a user tries) was "dataset root '.../cat.png'
+  is not a directory": it is classified, unlabelled, with the same prediction as in its folder;
+  a file that is no image is named as neither."""
+  images = str(tmp_path / "imgs")
+  _write_pngs(images, ["c3/a.png", "c3/b.png"])
+  argv = [f"--artifact={artifact}", "--repeats=3", "--warmup=0"]
+  code, whole, err = run_cli_in_process(REPO, "run_deployed", argv + [f"--images={images}"])
+  assert code == 0, err
+  code, one, err = run_cli_in_process(
+      REPO, "run_deployed", argv + [f"--images={images}/c3/b.png", f"--output={tmp_path}/r.json"])
+  assert code == 0, err
+  (row,) = [l for l in whole.splitlines() if l.startswith("c3/b.png\t")]
+  assert one.splitlines()[0] == row.split("\tlabel=")[0].replace("c3/b.png", "b.png", 1)
+  res = json.loads((tmp_path / "r.json").read_text())
+  assert (res["images"], res["num_images"], [r["file"] for r in res["predictions"]]) == (
+      f"{images}/c3", 1, ["b.png"])
+  (tmp_path / "notes.txt").write_text("")
+  code, _, err = run_cli_in_process(REPO, "run_deployed",
+                                    argv + [f"--images={tmp_path}/notes.txt"])
+  assert (code, err.splitlines()[0]) == (1, (
+      f"error: dataset root '{tmp_path}/notes.txt' is neither a directory nor an image file "
+      "(extensions .jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)"))

@@ -2582,3 +2582,17 @@ def test_the_board_cli_expands_a_leading_tilde(tmp_path):
       (1, f"error: {tmp_path / 'art'} is not an artifact directory\n"),
       (1, "error: --artifact=~nosuchuser_vitprune/art: ~nosuchuser_vitprune is no user's home "
           "directory (a '~' after '=' is not expanded by the shell): write the path out\n")]
+
+
+def test_the_board_classifies_one_image_file(artifact, tmp_path):
+  """`vitprune.edge run --images=one.png` classifies that image (it was "dataset root ... is not
+  a directory"), as run_deployed does."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.zeros((40, 36, 3), np.uint8)).save(tmp_path / "one.png")
+  r = run_edge("run", f"--artifact={artifact}", f"--images={tmp_path / 'one.png'}",
+               f"--output={tmp_path / 'r.json'}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  res = json.loads((tmp_path / "r.json").read_text())
+  assert (res["images"], res["num_images"], [p["file"] for p in res["predictions"]]) == (
+      str(tmp_path), 1, ["one.png"])
+  assert r.stdout.splitlines()[0].startswith("one.png\t")

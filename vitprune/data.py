@@ -447,12 +447,14 @@ class ImageFolder:
     a subset of the classes cannot be labelled without names.
   * else (neither given): torchvision's behaviour, labels 0..K-1 by sorted folder name.
   Unlabelled: the sorted image files directly in `root`; `labels` is all -1 and `classes` empty.
+  One image: `root` an image file is an unlabelled dataset of that image (`root` then its
+  folder; `run_deployed --images=cat.jpg` was "dataset root '.../cat.jpg' is not a directory").
 
   `labelled=None` detects the mode: subfolders present -> labelled, else unlabelled. Images are
   decoded lazily by `load(i)`; scanning only lists files.
 
   Attributes:
-    root: the dataset root (absolute path).
+    root: the dataset root (absolute path; of one image file, its folder).
     labelled: whether samples carry class labels.
     classes: class names (label index -> name), `()` when unlabelled.
     folder_classes: the class folders present (sorted), `()` when unlabelled.
@@ -476,7 +478,16 @@ class ImageFolder:
           "is a symbolic link that leads nowhere (to itself, a loop of links or a missing "
           "target)" if os.path.islink(root) else "does not exist"))
     if not os.path.isdir(root):
-      raise FileNotFoundError(f"dataset root {root!r} is not a directory")
+      if not is_image_file(root):
+        raise FileNotFoundError(f"dataset root {root!r} is neither a directory nor an image "
+                                f"file (extensions {', '.join(IMG_EXTENSIONS)})")
+      if labelled:
+        raise ValueError(f"{root!r} is one image file, which has no class folder to label it "
+                         "(labelled=True reads DIR/<class>/<image>)")
+      _check_utf8(os.path.basename(root), root)
+      _check_image_entry(root)
+      self._set(os.path.dirname(root), False, (), (), False, [os.path.basename(root)], [-1])
+      return
     classes = find_classes(root)
     for name in class_names or ():     # (a dotted class name, mr.pig, reads like a file's)
       p = os.path.join(root, name)
@@ -525,13 +536,19 @@ class ImageFolder:
       classes = folder_classes = ()
     if labelled and class_names is not None:
       classes = class_names
+    self._set(root, bool(labelled), classes, folder_classes,
+              labelled and class_names is not None, files, labels)
+
+  def _set(self, root: str, labelled: bool, classes: Sequence[str],
+           folder_classes: Sequence[str], by_name: bool, files: Sequence[str],
+           labels: Sequence[int]) -> None:
     label_arr = np.asarray(labels, np.int32)
     label_arr.setflags(write=False)
     self._root = root
-    self._labelled = bool(labelled)
+    self._labelled = labelled
     self._classes = tuple(classes)
     self._folder_classes = tuple(folder_classes)
-    self._by_name = labelled and class_names is not None
+    self._by_name = by_name
     self._files = tuple(f.replace(os.sep, "/") for f in files)
     self._labels = label_arr
     self._said = set()       # what `load` has warned of (once per folder: a thousand photos)

@@ -41,7 +41,8 @@ from vitprune.profile import records
 FLAGS = flags.FLAGS
 COMMANDS = ("run", "bench", "profile")
 flags.DEFINE_string("artifact", None, "Artifact directory with IREE targets (run, bench).")
-flags.DEFINE_string("images", None, "ImageFolder root or a flat folder of images (run).")
+flags.DEFINE_string("images", None, "ImageFolder root, a flat folder of images or one image "
+                    "file (run).")
 flags.DEFINE_string("target", None, "Target to use, e.g. iree:host (default: the first target "
                     "of the artifact this host can run).")
 flags.DEFINE_enum("driver", None, sorted({d for ds in BACKEND_DRIVERS.values() for d in ds}),
