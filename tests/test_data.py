@@ -353,7 +353,7 @@ def test_folder_errors(tmp_path):
                                               r"\(to itself, a loop of links or a missing"):
     data.ImageFolder(tmp_path / "loop")
   (tmp_path / "file.txt").write_text("x")
-  with pytest.raises(FileNotFoundError, match="not a directory"):
+  with pytest.raises(FileNotFoundError, match="is neither a directory nor an image file"):
     data.ImageFolder(tmp_path / "file.txt")
   empty = tmp_path / "empty"
   empty.mkdir()
