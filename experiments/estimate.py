@@ -96,22 +96,28 @@ def parse_tokens(cfg, text: Optional[str]) -> List[int]:
   return sorted(parse_token_grid(cfg, text))
 
 
-def parse_layer(text: str, depth: int) -> Optional[int]:
+def parse_layer(text: str, depth: int, flag: str = "layer") -> Optional[int]:
+  """'embed' -> None, a block index -> itself; ValueError naming `--flag` otherwise."""
   if text == "embed":
     return None
   try:
     layer = int(text)
   except ValueError:
-    raise ValueError(f"layer {text!r} is neither 'embed' nor a block index") from None
+    raise ValueError(f"--{flag}: layer {text!r} is neither 'embed' nor a block index") from None
   if not 0 <= layer < depth:
-    raise ValueError(f"layer {layer} outside [0, {depth - 1}] (model depth {depth})")
+    raise ValueError(f"--{flag}: layer {layer} outside [0, {depth - 1}] (model depth {depth})")
   return layer
 
 
 def parse_layers(text: str, depth: int) -> List[Optional[int]]:
+  """--layers: 'all' (every block) or a comma list of `parse_layer`'s, each once."""
   if text.strip() == "all":
     return list(range(depth))
-  return [parse_layer(t.strip(), depth) for t in text.split(",")]
+  layers = [parse_layer(t.strip(), depth, "layers") for t in text.split(",")]
+  if len(set(layers)) != len(layers):
+    raise ValueError(f"--layers: layers have duplicates: "
+                     f"{['embed' if l is None else l for l in layers]}")
+  return layers
 
 
 def _slug(text: str) -> str:

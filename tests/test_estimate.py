@@ -1456,3 +1456,19 @@ def test_an_estimate_replaced_meanwhile_under_overwrite_is_kept_beside_it(tmp_pa
       f"error: {out / 'x.json'} already exists (pass overwrite=True / --overwrite); the results "
       f"are kept in {kept}")
   assert os.readlink(out / "x.json") == str(out / "gone.json")
+
+
+def test_layer_flags_are_named_in_their_errors():
+  """`--layers=0,9` said "layer 9 outside [0, 5]" and `--layers=3,3` "layers have duplicates",
+  naming no flag (a walkthrough): each names the flag it came from."""
+  from experiments import estimate as cli  # pylint: disable=g-import-not-at-top
+  for call, message in (
+      (lambda: cli.parse_layers("0,9", 6), "--layers: layer 9 outside [0, 5] (model depth 6)"),
+      (lambda: cli.parse_layers("3, 3", 6), "--layers: layers have duplicates: [3, 3]"),
+      (lambda: cli.parse_layers("embed,embed", 6),
+       "--layers: layers have duplicates: ['embed', 'embed']"),
+      (lambda: cli.parse_layer("x", 6), "--layer: layer 'x' is neither 'embed' nor a block index"),
+      (lambda: cli.parse_layer("6", 6), "--layer: layer 6 outside [0, 5] (model depth 6)")):
+    with pytest.raises(ValueError) as e:
+      call()
+    assert str(e.value) == message
