@@ -43,7 +43,7 @@ from vitprune.digest import params_sha256
 from vitprune.records.estimate import (FORMAT as ESTIMATE_FORMAT, read_estimate, table_text,
                                        write_estimate)
 from vitprune.reduce.methods import make_reducer, reducer_fields
-from vitprune.schedule import parse_token_grid
+from vitprune.schedule import check_schedule, parse_token_grid
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -242,6 +242,12 @@ def main(f: flags.FlagValues):
     layer_text = f.layer or ("embed" if method == "random" else "3")
     layers = [parse_layer(layer_text, cfg.depth)]
     points = estimate.token_points(cfg, tokens, reducer, layer=layers[0])
+  for p in points:      # (refused by `evaluate`, after the model and the images had loaded)
+    try:
+      check_schedule(cfg, p.schedule, p.reducer)
+    except ValueError as e:
+      where = "after the embedding" if p.layer is None else f"at block {p.layer}"
+      raise ValueError(f"--tokens: {p.tokens} tokens {where}: {e}") from None
   memory.check_batch_fits(cfg, [f.batch_size], f.dtype, evaluation=True)
   cfg, params, source = common.load_model(f.model, f.weights, f.init_seed)
   trained_split = common.check_digits_split(source, f.data)

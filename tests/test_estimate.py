@@ -1472,3 +1472,22 @@ def test_layer_flags_are_named_in_their_errors():
     with pytest.raises(ValueError) as e:
       call()
     assert str(e.value) == message
+
+
+def test_a_count_the_method_cannot_reach_is_refused_by_flag_before_loading(monkeypatch):
+  """`--method=tome --tokens=65:5:-20` was refused by `evaluate`, after the model and the images
+  had loaded, naming neither --tokens nor the count ("1 prefix tokens"): it is refused while
+  the flags are checked, naming the count and the block."""
+  from experiments import common as cli_common  # pylint: disable=g-import-not-at-top
+  from experiments import estimate as cli  # pylint: disable=g-import-not-at-top
+
+  def no_loading(*args, **kwargs):
+    raise AssertionError("the model was loaded")
+  monkeypatch.setattr(cli_common, "load_model", no_loading)
+  fv = cli_common.parse(cli.define_flags, ["--method=tome", "--layers=all",
+                                           "--tokens=65:5:-20"])
+  with pytest.raises(ValueError) as e:
+    cli.main(fv)
+  assert str(e.value) == (
+      "--tokens: 5 tokens at block 0: tome can remove at most 32 of the 65 tokens entering "
+      "block 0 (1 prefix token protected), the schedule removes 60")

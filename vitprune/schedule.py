@@ -64,6 +64,7 @@ from typing import (TYPE_CHECKING, AbstractSet, Any, List, Mapping, Optional, Se
 import numpy as np
 
 from vitprune.config import ViTConfig, check_config_type
+from vitprune.console import counted
 
 if TYPE_CHECKING:  # deployed models load schedules without importing vitprune.reduce
   from vitprune.reduce.base import TokenReducer
@@ -221,7 +222,7 @@ def _check_method_limits(cfg: ViTConfig, schedule: Schedule, reducer: TokenReduc
     limit = reducer.max_remove(n, cfg.num_prefix_tokens)
     if removed > limit:
       raise ValueError(f"{reducer.name} can remove at most {limit} of the {n} tokens entering "
-                       f"block {l} ({cfg.num_prefix_tokens} prefix tokens protected), the "
+                       f"block {l} ({counted(cfg.num_prefix_tokens, 'prefix token')} protected), the "
                        f"schedule removes {removed}")
 
 
