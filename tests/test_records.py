@@ -924,3 +924,24 @@ def test_the_in_loop_timings_spread_is_recorded_and_said(tmp_path):
   with pytest.raises(S.SolutionError, match=r"measured_latency_iqr_s must be a finite number "
                                             r"beside a measured_latency_s, or null, got 1e-05"):
     S.Solution.from_json(_as_multi(doc))
+
+
+def test_a_companion_passed_for_its_json_is_pointed_to_the_json(tmp_path):
+  """`solve --profile=X.csv` (or a solution's PNG) was "not valid JSON" alone: with the JSON
+  of its stem beside it, the message names that file; without one, or for a .json, it does
+  not."""
+  (tmp_path / "p.csv").write_text("tokens,median_s\n")
+  (tmp_path / "p.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")     # (not UTF-8)
+  (tmp_path / "q.csv").write_text("tokens\n")
+  (tmp_path / "bad.json").write_text("tokens\n")
+  (tmp_path / "p.json").write_text("{}")
+  said = {}
+  for name in ("p.csv", "p.png", "q.csv", "bad.json"):
+    with pytest.raises(jsonio.FormatError) as e:
+      jsonio.read_json(str(tmp_path / name), "profile")
+    said[name] = str(e.value).split(": not valid JSON: ")[1]
+  beside = f" (the profile file is the JSON beside it: {tmp_path / 'p.json'})"
+  assert said["p.csv"] == "Expecting value: line 1 column 1 (char 0)" + beside
+  assert said["p.png"].endswith(beside)
+  assert said["q.csv"] == "Expecting value: line 1 column 1 (char 0)"       # (no q.json)
+  assert said["bad.json"] == "Expecting value: line 1 column 1 (char 0)"

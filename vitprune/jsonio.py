@@ -62,10 +62,21 @@ def read_json(path: str, what: str, error: Type[ValueError] = FormatError) -> Di
       doc = json.load(f, parse_constant=_no_constant, parse_int=_bounded_int,
                       parse_float=_finite_float, object_pairs_hook=_unique_keys)
   except (ValueError, RecursionError) as e:   # bad JSON, bytes, NaN, a 5000-digit int, nesting
-    raise error(f"{path}: not valid JSON: {_first_line(e)}") from None
+    raise error(f"{path}: not valid JSON: {_first_line(e)}{_json_beside(path, what)}") from None
   if not isinstance(doc, dict):
     raise error(f"{path}: expected a JSON object ({what} file), got {type(doc).__name__}")
   return doc
+
+
+def _json_beside(path: str, what: str) -> str:
+  """' (the profile file is the JSON beside it: X.json)' when `path` is not a .json and its
+  stem's .json exists (a profile's CSV or a solution's PNG passed for it: "not valid JSON"
+  alone), else ''."""
+  stem, ext = os.path.splitext(str(path))
+  twin = stem + ".json"
+  if ext.lower() == ".json" or not os.path.isfile(twin):
+    return ""
+  return f" (the {what} file is the JSON beside it: {twin})"
 
 
 def _bounded_int(text: str) -> int:
