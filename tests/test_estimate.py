@@ -1082,47 +1082,69 @@ def test_many_points_on_sharded_data_do_not_hang(tmp_path):
   assert out["True"][1] == out["False"][1]
 
 
-def test_an_estimate_whose_file_was_written_meanwhile_is_kept_beside_it(tmp_path, monkeypatch):
-  """Two runs of one set of flags at once: the second to finish failed with the library's
-  'pass overwrite=True / --overwrite' and lost its evaluation (a probe). It says what happened
-  in the CLI's words and keeps its estimate beside the file."""
+def _meanwhile_estimate(out, run):
+  """Another run's estimate written at `out` (renamed there, as a write does)."""
+  tmp = out.parent / (out.name + ".other")
+  tmp.write_text(json.dumps({"format": record_lib.FORMAT, "run": run}))
+  os.replace(tmp, out)
+
+
+_ANOTHER_RUN = ("{x} was written by another run meanwhile (two runs of one --out_name at once: "
+                "give each run its own); the results are kept in {kept}")
+# (what x.json is as the run begins, what appears there while it evaluates, --overwrite, the
+# error line's start, its end, what x.json is afterwards)
+MEANWHILE = {
+    # Two runs of one set of flags: the second to finish failed with the library's 'pass
+    # overwrite=True / --overwrite' and lost its evaluation (a probe); not "pass --overwrite":
+    # that would replace the other run's estimate.
+    "another run": (None, _meanwhile_estimate, False, _ANOTHER_RUN, "", "other"),
+    # --overwrite replaces the estimate there when the run began, not one written since (a
+    # mutation audit: the race was tested without --overwrite only).
+    "another run, --overwrite": ("earlier", _meanwhile_estimate, True, _ANOTHER_RUN, "",
+                                 "other"),
+    # A file that is no estimate, made there meanwhile: --overwrite cannot replace it, so the
+    # error is the refusal itself (it advised --overwrite).
+    "a user's file, --overwrite": (None, lambda x, _: x.write_text('{"mine": 1}'), True,
+                                   "refusing to replace {x}", "the results are kept in {kept}",
+                                   '{"mine": 1}'),
+    # A dangling link is no run's estimate, and is not said to be one (a mutation audit).
+    "a dangling link": (None, lambda x, _: os.symlink(x.parent / "gone.json", x), False,
+                        "{x} already exists (pass overwrite=True / --overwrite); the results "
+                        "are kept in {kept}", "", "-> gone.json"),
+}
+
+
+@pytest.mark.parametrize("case", list(MEANWHILE))
+def test_an_estimate_whose_file_was_written_meanwhile_is_kept_beside_it(tmp_path, monkeypatch,
+                                                                        case):
+  """An estimate whose output file changed while it evaluated is not written over it: the error
+  says what happened in the CLI's words, and the results are kept beside the file."""
   from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  before, meanwhile, overwrite, start, end, after = MEANWHILE[case]
   out = tmp_path / "e"
+  out.mkdir()
+  x = out / "x.json"
+  if before:
+    _meanwhile_estimate(x, before)
   evaluate = estimate.evaluate
 
-  def another_run_writes_meanwhile(*args, **kwargs):
+  def evaluate_then_write(*args, **kwargs):
     result = evaluate(*args, **kwargs)
-    out.mkdir(exist_ok=True)
-    (out / "x.json").write_text(json.dumps({"format": record_lib.FORMAT, "run": "other"}))
+    meanwhile(x, "other")
     return result
-  monkeypatch.setattr(estimate, "evaluate", another_run_writes_meanwhile)
+  monkeypatch.setattr(estimate, "evaluate", evaluate_then_write)
   code, _, err = run_cli_in_process(REPO, "estimate", [
-      "--num_images=20", "--tokens=17,65", f"--out_dir={out}", "--out_name=x.json"])
-  assert code == 1, err
+      "--num_images=20", "--tokens=17,65", f"--out_dir={out}", "--out_name=x.json"]
+      + ["--overwrite"] * overwrite)
   (kept,) = [p for p in out.iterdir() if p.name.startswith("x.kept-")]
-  assert err.splitlines()[0] == (
-      f"error: {out / 'x.json'} was written by another run meanwhile (two runs of one "
-      f"--out_name at once: give each run its own); the results are kept in {kept}")
-  # (not "pass --overwrite": that would replace the other run's estimate)
-  assert json.loads((out / "x.json").read_text())["run"] == "other"
+  line = err.splitlines()[0]
+  assert code == 1 and line.startswith("error: " + start.format(x=x, kept=kept)), err
+  assert line.endswith(end.format(kept=kept)) and "--overwrite to" not in line
   assert [p.tokens for p in record_lib.read_estimate(str(kept)).points] == [17, 65]
-  # With --overwrite, a file that is no estimate made there meanwhile: --overwrite cannot
-  # replace it, so the error is the refusal itself (it advised --overwrite).
-  kept.unlink()
-  (out / "x.json").unlink()
-
-  def a_user_writes_meanwhile(*args, **kwargs):
-    result = evaluate(*args, **kwargs)
-    (out / "x.json").write_text('{"mine": 1}')
-    return result
-  monkeypatch.setattr(estimate, "evaluate", a_user_writes_meanwhile)
-  code, _, err = run_cli_in_process(REPO, "estimate", [
-      "--num_images=20", "--tokens=17,65", f"--out_dir={out}", "--out_name=x.json",
-      "--overwrite"])
-  (kept,) = [p for p in out.iterdir() if p.name.startswith("x.kept-")]
-  assert code == 1 and err.startswith(f"error: refusing to replace {out / 'x.json'}") and \
-      "--overwrite to" not in err and err.rstrip().endswith(f"the results are kept in {kept}")
-  assert (out / "x.json").read_text() == '{"mine": 1}'
+  if after.startswith("-> "):
+    assert os.readlink(x) == str(out / after[3:])
+  else:
+    assert x.read_text() == after or json.loads(x.read_text()).get("run") == after
 
 
 # ------------------------------------------------------------- from a mutation audit (estimate)
@@ -1414,48 +1436,6 @@ def test_the_cli_says_random_weights_and_a_training_split(tmp_path):
       "all": ["note: the weights are random (init_params(seed=0): --model without --weights): "
               "these numbers are of an untrained model, for plumbing checks only"]}
 
-
-def test_an_estimate_replaced_meanwhile_under_overwrite_is_kept_beside_it(tmp_path, monkeypatch):
-  """--overwrite replaces the estimate there when the run began, not another run's written
-  since: that one is kept and the refusal says so in the CLI's words; a dangling link made
-  there meanwhile is no run's estimate, and is not said to be one (a mutation audit: the
-  write race was tested without --overwrite only, and never with a path that does not exist)."""
-  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
-  out = tmp_path / "e"
-  out.mkdir()
-  (out / "x.json").write_text(json.dumps({"format": record_lib.FORMAT, "run": "earlier"}))
-  evaluate = estimate.evaluate
-
-  def another_run_replaces_it(*args, **kwargs):
-    result = evaluate(*args, **kwargs)
-    (out / "other.tmp").write_text(json.dumps({"format": record_lib.FORMAT, "run": "other"}))
-    os.replace(out / "other.tmp", out / "x.json")        # (a write renames a new file there)
-    return result
-  monkeypatch.setattr(estimate, "evaluate", another_run_replaces_it)
-  code, _, err = run_cli_in_process(REPO, "estimate", [
-      "--num_images=20", "--tokens=17,65", f"--out_dir={out}", "--out_name=x.json",
-      "--overwrite"])
-  (kept,) = [p for p in out.iterdir() if p.name.startswith("x.kept-")]
-  assert code == 1 and err.splitlines()[0] == (
-      f"error: {out / 'x.json'} was written by another run meanwhile (two runs of one "
-      f"--out_name at once: give each run its own); the results are kept in {kept}")
-  assert json.loads((out / "x.json").read_text())["run"] == "other"
-  assert [p.tokens for p in record_lib.read_estimate(str(kept)).points] == [17, 65]
-  kept.unlink()
-  (out / "x.json").unlink()
-
-  def a_dangling_link_meanwhile(*args, **kwargs):
-    result = evaluate(*args, **kwargs)
-    os.symlink(out / "gone.json", out / "x.json")
-    return result
-  monkeypatch.setattr(estimate, "evaluate", a_dangling_link_meanwhile)
-  code, _, err = run_cli_in_process(REPO, "estimate", [
-      "--num_images=20", "--tokens=17,65", f"--out_dir={out}", "--out_name=x.json"])
-  (kept,) = [p for p in out.iterdir() if p.name.startswith("x.kept-")]
-  assert code == 1 and err.splitlines()[0] == (
-      f"error: {out / 'x.json'} already exists (pass overwrite=True / --overwrite); the results "
-      f"are kept in {kept}")
-  assert os.readlink(out / "x.json") == str(out / "gone.json")
 
 
 def test_layer_flags_are_named_in_their_errors():
