@@ -79,12 +79,15 @@ def main(f: flags.FlagValues):
     given = "" if f["warmup_epochs"].present else " (its default)"
     raise ValueError(f"--warmup_epochs={f.warmup_epochs}{given} exceeds --epochs={f.epochs}: "
                      f"give --warmup_epochs <= --epochs")
-  tc = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr,
-                   warmup_epochs=f.warmup_epochs, weight_decay=f.weight_decay,
-                   label_smoothing=f.label_smoothing, max_shift=f.max_shift,
-                   seed=f.seed, split_seed=f.split_seed)
   cfg = vit_digits
-  check_train_config(cfg, tc)
+  try:          # (each message starts with the field's name, the flag's: it was left unnamed)
+    tc = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr,
+                     warmup_epochs=f.warmup_epochs, weight_decay=f.weight_decay,
+                     label_smoothing=f.label_smoothing, max_shift=f.max_shift,
+                     seed=f.seed, split_seed=f.split_seed)
+    check_train_config(cfg, tc)
+  except ValueError as e:
+    raise ValueError(f"--{e}") from None
   t_start = time.time()
   train_data = load_split("train", cfg, seed=tc.split_seed, test_fraction=tc.test_fraction)
   test_data = load_split("test", cfg, seed=tc.split_seed, test_fraction=tc.test_fraction)

@@ -522,6 +522,9 @@ CASES = [
     # estimate's --dtype: declared as the other CLIs' (it was exit 1, "dtype must be one of")
     ("estimate", ["--dtype=bf16", "--out_dir={out}"], 2,
      "flag --dtype=bf16: value should be one of <float32|bfloat16>"),
+    # train_digits' TrainConfig checks, named by their flags (said "label_smoothing must be")
+    ("train_digits", ["--label_smoothing=1.5", "--out={out}"], 1,
+     "--label_smoothing must be in [0, 1), got 1.5"),
 ]
 
 
