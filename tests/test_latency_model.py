@@ -878,3 +878,51 @@ def test_dp_arrays_need_the_full_count_and_refuse_any_negative_time_beyond_round
   with pytest.raises(ValueError, match=r"predicts negative time for short schedules \(a lower "
                                        r"bound of -1e-10 s\); recalibrate$"):
     dataclasses.replace(lm, params=dict(p, const=zero - 1e-10)).dp_arrays(GRID)
+
+
+def test_predict_refuses_a_first_count_above_the_measured_curve():
+  """Block 0's input count is checked against the curve like every other count: 70 tokens into a
+  65-token model were predicted from the curve clamped at 65 (a mutation audit: the range check
+  skipping the first count went unpinned)."""
+  lm = _exact_model()
+  with pytest.raises(ValueError, match=r"^counts \[70\] are outside the measured curve 5\.\.65 "
+                                       r"of the latency model; measure the curve there$"):
+    lm.predict((70,) + (N,) * D)
+
+
+def test_relative_errors_report_the_90th_percentile_of_the_errors():
+  """Errors 0, 1/8, ..., 10/8 of the measurement: p90 = 9/8 (linear interpolation), median 5/8
+  (a mutation audit: p90 taken at the 80th percentile went unpinned)."""
+  e = lm_lib.relative_errors([1.0 + k / 8 for k in range(11)], [1.0] * 11)
+  assert e == {"median": 0.625, "p90": 1.125, "within10": 1 / 11, "count": 11}
+
+
+def test_only_a_profile_with_the_curve_and_calibration_schedules_names_a_calibrated_method():
+  """A profile holding 'schedule' points but no uniform curve ('model' points) is no calibration
+  (a mutation audit: naming the method from 'schedule' points alone went unpinned)."""
+  full = (N,) * (D + 1)
+  curve = _pt("model", N, 1e-3)
+  sched = _pt("schedule", N, 1e-3, schedule=full)
+  assert lm_lib.calibration_method(_profile((curve, sched))) == "pomt"
+  assert lm_lib.calibration_method(_profile((sched,))) is None
+  assert lm_lib.calibration_method(_profile((curve,))) is None
+
+
+def test_a_curve_with_a_repeated_count_is_refused():
+  """Two latencies at one count leave U(n) undefined there (np.interp needs distinct points):
+  refused like an unsorted curve (a mutation audit: checking the order only went unpinned)."""
+  lm = _exact_model()
+  with pytest.raises(ValueError, match=r"^curve tokens must be ascending and distinct, got "
+                                       r"\(5, 5, 65\)$"):
+    dataclasses.replace(lm, tokens=(5, 5, N), curve_s=(1e-4, 2e-4, 3e-3))
+
+
+def test_trust_names_each_count_outside_the_calibrated_range_once_in_ascending_order():
+  """The untrusted counts are listed as a sorted set, not as they occur in the schedule (a
+  mutation audit: listing them raw went unpinned)."""
+  lm0 = _exact_model()
+  scheds = [(N,) + (n,) * D for n in (33, 29, 21, 9)] + [(N,) * (D + 1)]
+  lm = dataclasses.replace(lm0, calibration=tuple(scheds),
+                           calibration_s=tuple(lm0.predict(c) for c in scheds))
+  assert lm.trust((N,) + (7,) * 3 + (5,) * 3) == (
+      f"counts [5, 7] are outside the calibrated range 9..{N} of the pomt latency model")
