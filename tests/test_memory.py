@@ -374,3 +374,14 @@ def test_gflop_refuses_one_token_above_the_model_and_counts_its_input_channels()
   head = 2 * 32 * 10
   assert (embed, block) == (65536, 315520)
   assert round(flops.forward_gflop(grey, 3) * 1e9) == 3 * (embed + 2 * block + head)
+
+
+def test_gflop_refuses_one_count_too_many_with_its_own_message():
+  """A schedule one count too long is refused by `forward_gflop` itself, naming the counts it
+  needs (a mutation audit: the length check letting longer counts through went unpinned)."""
+  from vitprune import flops  # pylint: disable=g-import-not-at-top
+  digits = get_config("vit_digits")
+  with pytest.raises(ValueError, match=r"^counts \[65, 65, 65, 65, 65, 65, 65, 65\] must give 7 "
+                                       r"token counts \(entering block 0, then leaving each of "
+                                       r"the 6 blocks\)$"):
+    flops.forward_gflop(digits, 1, (65,) * 8)
