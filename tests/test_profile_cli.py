@@ -839,7 +839,7 @@ def test_floor_study_checks_the_main_job(tmp_path, capsys):
       ("'x", r"^--job_flags=\"'x\": No closing quotation$"),
       ("--latency_budget=nan", r"^--job_flags: --latency_budget=nan is not a finite number$"),
       ("--tokens=abc", r"^--job_flags: --tokens 'abc' is not 'all'"),     # the job's own checks
-      (f"--data={tmp_path / 'missing'}", r"^--job_flags: data '.*missing' is neither")):
+      (f"--data={tmp_path / 'missing'}", r"^--job_flags: --data=.*missing does not exist")):
     with pytest.raises(ERRORS, match=message):
       floor_study.main(common.parse(floor_study.define_flags, [
           f"--out={tmp_path / 'fs3.json'}", f"--job_flags={job_flags}"]))
