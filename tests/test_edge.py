@@ -2596,3 +2596,111 @@ def test_the_board_classifies_one_image_file(artifact, tmp_path):
   assert (res["images"], res["num_images"], [p["file"] for p in res["predictions"]]) == (
       str(tmp_path), 1, ["one.png"])
   assert r.stdout.splitlines()[0].startswith("one.png\t")
+
+
+@pytest.mark.parametrize("shards, batch, module, message", [
+    (2, 3, None, r"^w: shards 2 does not split the batch of 3 into equal parts$"),
+    (0, 4, None, r"^w: shards 0 does not split the batch of 4 into equal parts$"),
+    (True, 4, None, r"^w: shards True does not split the batch of 4 into equal parts$"),
+    (2, 4, {"batch_size": 1}, r"^w: a module for batch 1 in 2 shards cannot take the batch of 4$"),
+    (2, 4, {"batch_size": 0}, r"^w: a module for batch 0 in 2 shards cannot take the batch of 4$"),
+])
+def test_check_shards_names_each_way_a_record_cannot_split_its_batch(shards, batch, module,
+                                                                     message):
+  """A mutation audit: each check of `check_shards` on its own (the split of the batch, shards
+  >= 1, the module's compiled batch times the shards): without one, a record of 0 shards was a
+  ZeroDivisionError, and a module compiled for another part size met IREE's shape error."""
+  with pytest.raises(EdgeError, match=message):
+    edge_rt.check_shards(shards, batch, "w", module)
+  assert edge_rt.check_shards(2, 4, "w", {"batch_size": 2}) == 2
+  assert edge_rt.check_shards(1, 3, "w") == 1
+
+
+def test_one_non_finite_output_of_a_row_refuses_it_and_the_first_row_is_named():
+  """A mutation audit of `check_finite_outputs`: a row with one NaN among finite logits is
+  refused (not only all-NaN rows: its argmax was read without a word), the count is of the rows
+  refused, the first of them is named, and the peak is of their images alone."""
+  images = np.stack([np.full((2, 2, 1), v, np.float32) for v in (7.0, -50.0, 3.0)])
+  outputs = np.array([[1.0, 2.0], [np.nan, 0.5], [0.1, np.inf]], np.float32)
+  with pytest.raises(FloatingPointError, match=r"^the model's outputs are NaN/inf for 2 of 3 "
+                     r"images \(first: batch row 1\), whose values reach 50: are they "):
+    edge_rt.check_finite_outputs(outputs, images)
+  finite = outputs[:1]
+  assert edge_rt.check_finite_outputs(finite, images[:1]) is finite
+
+
+def test_a_module_of_another_artifact_counts_the_other_fields_that_differ(artifact, tmp_path):
+  """A mutation audit: where two shared fields differ, the message names the first and counts
+  the rest, so a user fixing the one named is told more remain."""
+  mixed = tmp_path / "mixed"
+  shutil.copytree(artifact, mixed)
+  man = json.loads((mixed / "manifest.json").read_text())
+  man.update(class_names=list("abcdefghij"))
+  man["preprocessing"].update(crop_pct=0.5)
+  _consistent_manifest(man)
+  (mixed / "manifest.json").write_text(json.dumps(man))
+  with pytest.raises(EdgeError, match=r"module's record is not of this artifact: its class_names "
+                     r".* differs from the manifest's \['a', .*\] \(and 1 more field\(s\)\): "
+                     r"files mixed from two artifacts\? rebuild it with experiments.deploy$"):
+    edge_rt.load(str(mixed), "iree:host")
+
+
+def test_the_first_difference_of_objects_differing_only_by_a_null_key_is_the_objects():
+  """A mutation audit of `_first_difference`: objects that differ only by a key one holds as
+  null and the other lacks have no differing key to narrow to; they are shown whole (narrowing
+  to the 'first' of no keys was an IndexError instead of the mismatch message)."""
+  first_difference = edge_rt._first_difference  # pylint: disable=protected-access
+  assert first_difference("compute", {"a": None}, {}) == ("compute", {"a": None}, {})
+  assert first_difference("p", {"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}}) == (
+      "p b c", 2, 3)
+  assert first_difference("p", {"a": 1, "b": 2}, {"a": 0, "b": 0}) == (
+      "p a, b", {"a": 1, "b": 2}, {"a": 0, "b": 0})
+
+
+def test_the_board_model_names_the_image_shape_its_module_takes(artifact, images):
+  """A mutation audit of `EdgeModel._check`: images of another batch or size are one
+  ValueError naming both shapes before anything reaches IREE (whose shape diagnostics or the
+  shard split's message named neither)."""
+  m = edge_rt.load(artifact, "iree:host")
+  assert m.input_shape == (2, 32, 32, 3)
+  for shape in ((3, 32, 32, 3), (2, 16, 16, 3), (2, 32, 32)):
+    with pytest.raises(ValueError, match=r"^iree:host module expects images \[2, 32, 32, 3\] "
+                       rf"\(NHWC float32\), got \[{', '.join(map(str, shape))}\]$"):
+      m(np.zeros(shape, np.float32))
+  assert m(images[:2]).shape == (2, CFG.num_classes)
+
+
+def test_a_board_copy_of_two_records_of_two_artifacts_is_refused(artifact, tmp_path):
+  """A mutation audit of `_check_one_artifact`: with exactly two records (a board's own target
+  and one copied in from another artifact), the second is compared with the first (the check
+  of four records passed even when it skipped the second)."""
+  board = tmp_path / "board"
+  shutil.copytree(artifact, board)
+  os.unlink(board / "manifest.json")
+  for f in (board / edge_rt.EDGE_DIR).glob("*.json"):
+    if f.name != "iree_host.json":
+      f.unlink()
+  rec = json.loads((board / edge_rt.EDGE_DIR / "iree_host.json").read_text())
+  other = dict(rec, target="iree:llvm-cpu:aarch64-linux-gnu", class_names=list("abcdefghij"))
+  (board / edge_rt.EDGE_DIR / "iree_zz_other.json").write_text(json.dumps(other))
+  with pytest.raises(EdgeError, match=r"the iree:llvm-cpu:aarch64-linux-gnu module's record "
+                     r"\(iree/iree_zz_other.json\) and the iree:host one's "
+                     r"\(iree/iree_host.json\) are of two artifacts: their class_names differ"):
+    edge_rt.load(str(board), "iree:host")
+
+
+def test_the_file_check_of_records_skips_baked_weights_but_not_their_module(tmp_path):
+  """A mutation audit of `check_record_files`: a record of baked weights (no weights file; the
+  module holds them) passes the jax path's file check, whose module is still hashed (checking
+  the absent weights file refused every baked record as 'bad file entry None')."""
+  (tmp_path / "iree").mkdir()
+  (tmp_path / "iree" / "m.vmfb").write_bytes(b"module")
+  rec = {"target": "iree:host", "driver": "local-task", "function": "main",
+         "_file": "iree/iree_host.json", "weights": {"mode": "baked"},
+         "module": {"file": "iree/m.vmfb", "sha256": hashlib.sha256(b"module").hexdigest()}}
+  assert edge_rt.check_record_files(str(tmp_path), [rec]) is None
+  rec["module"]["sha256"] = "0" * 64
+  with pytest.raises(EdgeError, match=r"^\S+iree_host\.json: iree/m\.vmfb has sha256 "
+                     r"[0-9a-f]{16}\.\.\., the record says 0{16}\.\.\. \(file corrupted or "
+                     r"replaced\)$"):
+    edge_rt.check_record_files(str(tmp_path), [rec])
