@@ -385,3 +385,18 @@ def test_gflop_refuses_one_count_too_many_with_its_own_message():
                                        r"token counts \(entering block 0, then leaving each of "
                                        r"the 6 blocks\)$"):
     flops.forward_gflop(digits, 1, (65,) * 8)
+
+
+def test_the_profilers_held_inputs_are_the_smaller_of_a_chunk_and_max_points():
+  """A mutation audit of `ProfileSpec.held_input_bytes`: with both --chunk_points and an
+  adaptive --max_points, a measurement holds the inputs of the smaller of the two (the larger
+  refused batches that fit)."""
+  from vitprune.profile import runner  # pylint: disable=g-import-not-at-top
+  digits = get_config("vit_digits")
+  c = digits.embed_dim
+  adaptive = runner.ProfileSpec(cfg=digits, mode="block", adaptive=True, max_points=20,
+                                coarse_stride=4)
+  assert dataclasses.replace(adaptive, chunk_points=3).held_input_bytes() == \
+      c * (4 * (65 + 64 + 63) + 8 * 65)
+  assert dataclasses.replace(adaptive, chunk_points=30).held_input_bytes() == \
+      c * (4 * sum(range(46, 66)) + 8 * 65)

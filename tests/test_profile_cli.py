@@ -1407,3 +1407,75 @@ def test_summary_json_carries_why_the_latency_model_is_untrusted(tmp_path, monke
     assert json.load(f)["settings"]["latency_model_untrusted"] == why
   with open(s["files"]["summary"]) as f:
     assert json.load(f)["latency_model_untrusted"] == s["latency_model_untrusted"] == why
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(batch_sizes=(0,)), r"^batch sizes must be >= 1, got \[0\]$"),
+    (dict(batch_sizes=()), r"^batch sizes must be >= 1, got \[\]$"),
+    (dict(threads=0), "^threads must be >= 1, got 0$"),
+    (dict(mode="schedule", schedules=(Schedule((17, 17, 17)),), chunk_points=2),
+     r"^chunk_points applies to mode 'model' or 'block' \(a grid of counts\)$"),
+    (dict(mode="schedule", schedules=(Schedule((17, 9, 9)), Schedule((17, 9, 9)))),
+     r"^--schedule gives .* \(counts 17,9,9\) twice: give each schedule once$"),
+])
+def test_the_library_spec_refuses_what_the_cli_checks_first(changes, message):
+  """A mutation audit: the CLI checks these flags before ProfileSpec does, so only a direct
+  ProfileSpec (the library API) tells whether the spec itself still refuses them (a batch of
+  0, 0 compile threads, chunks of a schedule run, a schedule timed twice)."""
+  with pytest.raises(ValueError, match=message):
+    runner.ProfileSpec(cfg=CFG, **changes)
+
+
+def test_the_coarse_grid_keeps_the_smallest_count_off_its_stride():
+  """A mutation audit of `coarse_grid`: both ends are kept where the stride does not land on
+  the smallest count (every case checked before landing on it by chance: 17..2 by 5, 66..6
+  automatically), so an adaptive run still times the low end of the curve."""
+  assert runner.coarse_grid(range(17, 1, -1), 4) == (17, 13, 9, 5, 2)
+  assert runner.coarse_grid([10, 9, 8, 7, 6], 3) == (10, 7, 6)
+  assert runner.coarse_grid(range(41, 5, -1), 0) == tuple(range(41, 6, -2)) + (6,)
+
+
+def test_spread_order_and_chunks_hold_each_count_once():
+  """A mutation audit of `spread_order` and `_chunks`: a one-count grid is one count (its two
+  'ends' were the same count twice), every prefix spans the range, and the last chunk keeps a
+  remainder of one count."""
+  assert runner.spread_order([9]) == [9]
+  assert runner.spread_order(range(17, 8, -1)) == [17, 9, 13, 11, 15, 10, 12, 14, 16]
+  chunks = runner._chunks  # pylint: disable=protected-access
+  assert chunks([5, 4, 3, 2, 1], 2) == [[5, 4], [3, 2], [1]]
+  assert chunks([3], 0) == [[3]] and chunks([], 4) == []
+
+
+def test_a_combined_profile_out_of_step_in_one_point_of_several_is_brought_in_step(tmp_path,
+                                                                                   capsys):
+  """A mutation audit of `bring_in_step`: a b1-2 profile that agrees with the batch's own file
+  in one point but not in another is still out of step (not only one that differs in all)."""
+  _run(tmp_path, "--tokens=17,9", "--batch_size=1,2")
+  own_path = str(tmp_path / "test-tiny-vit_model_b1_float32_cpu.json")
+  both_path = str(tmp_path / "test-tiny-vit_model_b1-2_float32_cpu.json")
+  own = records.load(own_path)
+  moved = dataclasses.replace(own, points=tuple(dataclasses.replace(
+      p, median_s=2 * p.median_s, q25_s=2 * p.q25_s, q75_s=2 * p.q75_s,
+      samples_s=tuple(2 * x for x in p.samples_s)) if p.tokens == 9 else p
+      for p in own.points))
+  records.save(moved, str(tmp_path))            # the own file alone, as a stopped run left it
+  capsys.readouterr()
+  _run(tmp_path, "--tokens=13", "--batch_size=2")
+  assert f"brought {both_path} in step with {own_path}, which is newer" in (
+      capsys.readouterr().out)
+  held = {p.key: p for p in records.load(both_path).points if p.batch_size == 1}
+  assert held == {p.key: p for p in records.load(own_path).points} and len(held) == 2
+
+
+def test_a_held_point_of_another_batch_size_is_neither_skipped_nor_returned():
+  """A mutation audit of `profile_batch(held=...)`: a held point of another batch size does not
+  stand for this batch's count (its count was left unmeasured, and the other batch's latency
+  returned as this one's)."""
+  from vitprune import model as model_lib  # pylint: disable=g-import-not-at-top
+  spec = runner.ProfileSpec(cfg=CFG, tokens=(17, 9), timing=timing.TimingConfig(
+      min_run_time=0.005, max_retries=0))
+  other = _point("model", 17, 1.0, batch=2)
+  prof = runner.profile_batch(spec, 1, model_lib.init_params(CFG, 0), progress=False,
+                              log=lambda _: None, held=(other,))
+  assert sorted((p.batch_size, p.tokens) for p in prof.points) == [(1, 9), (1, 17)]
+  assert all(p.median_s < 1.0 for p in prof.points)
