@@ -5,6 +5,7 @@ import glob
 import io
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -1739,3 +1740,29 @@ def test_one_image_file_is_a_dataset_of_that_image(tmp_path):
   os.mkfifo(tmp_path / "pipe.png")
   with pytest.raises(ValueError, match="is named like an image but is not a regular file"):
     data.ImageFolder(str(tmp_path / "pipe.png"))
+
+
+def test_one_training_digit_given_as_a_file_is_refused_as_its_folder_would_be(tmp_path,
+                                                                               monkeypatch):
+  """One image file became a dataset (`--images=x.png`), and the check for the weights'
+  training digits scanned folders only: a training digit passed alone was not refused. It is,
+  by its pixels, and without the digits table by the marker of the folder it was written in."""
+  train = pathlib.Path(digits.write_digits_imagefolder(tmp_path / "train", split="train",
+                                                         limit=3))
+  test = pathlib.Path(digits.write_digits_imagefolder(tmp_path / "test", split="test",
+                                                        limit=3))
+  meta = {"dataset": "sklearn_digits", "split": {"seed": 0, "test_fraction": 0.2}}
+  one = sorted(train.glob("*/*.png"))[0]
+  with pytest.raises(ValueError) as e:
+    digits.check_digits_folder(str(one), meta, "W")
+  assert str(e.value).startswith(f"the digit {one} is a training image of W (digits split of "
+                                 "seed 0, test fraction 0.2), so every score on it would be "
+                                 "inflated")
+  digits.check_digits_folder(str(sorted(test.glob("*/*.png"))[0]), meta, "W")
+
+  def missing(*args, **kw):
+    raise ModuleNotFoundError("No module named 'sklearn'")
+  monkeypatch.setattr(digits, "load_digits_arrays", missing)      # (no pixels to compare)
+  with pytest.raises(ValueError, match=re.escape(f"{train} holds the digits' train split")):
+    digits.check_digits_folder(str(one), meta, "W")
+  digits.check_digits_folder(str(sorted(test.glob("*/*.png"))[0]), meta, "W")

@@ -222,7 +222,8 @@ def _scan_for_digits(root: str) -> Tuple[set, int]:
   digit exactly is the one digit within `_LOSSY_COPY_LEVELS` grey levels of it in every pixel
   and channel, if any (a copy re-saved as JPEG was missed), and how many 8x8 images matched no
   digit)."""
-  if not os.path.isdir(root):          # (ImageFolder names a missing root)
+  one_file = not os.path.isdir(root) and is_image_file(root)   # (ImageFolder reads it alone)
+  if not os.path.isdir(root) and not one_file:     # (ImageFolder names a missing root)
     return set(), 0
   images, _ = load_digits_arrays()
   by_pixels = {im.tobytes(): i for i, im in enumerate(images)}
@@ -281,6 +282,9 @@ def _scan_for_digits(root: str) -> Tuple[set, int]:
       elif i == -2:
         unmatched[0] += 1
 
+  if one_file:
+    scan(os.path.dirname(root), [os.path.basename(root)])
+    return found, unmatched[0]
   classes = find_classes(root)
   if not classes:                                      # ImageFolder's flat mode: root alone
     with os.scandir(root) as it:
@@ -335,9 +339,15 @@ def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
   except ImportError:       # a board without scikit-learn's table: the marker alone decides
     found, seen, unmatched = set(), set(), 0
   if seen:
-    raise ValueError(f"{len(seen)} of the {len(found)} digits in {folder} are training images "
-                     f"of {whose} (digits split of seed {seed}, test fraction {fraction}), so "
-                     f"every score on them would be inflated{hint}")
+    which = (f"the digit {folder} is a training image" if os.path.isfile(folder) else
+             f"{len(seen)} of the {len(found)} digits in {folder} are training images")
+    raise ValueError(f"{which} of {whose} (digits split of seed {seed}, test fraction "
+                     f"{fraction}), so every score on {'it' if os.path.isfile(folder) else 'them'}"
+                     f" would be inflated{hint}")
+  if os.path.isfile(folder):    # one image (ImageFolder's): judged by the marker of the folder
+    parent = os.path.dirname(os.path.abspath(folder))                     # it was written in
+    folder = next((d for d in (parent, os.path.dirname(parent)) if is_digits_imagefolder(d)),
+                  parent)
   if (not found or unmatched) and is_digits_imagefolder(folder):   # (the pixels did not find
     marker = _read_marker(folder)        # every image: re-saved, or no table to compare with)
     # (a marker written before `split_seed` named the split's seed "seed")
