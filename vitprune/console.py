@@ -195,8 +195,8 @@ def expand_home(fv) -> None:
   """Expands a leading '~' in every string flag given (lists too), as the shell would have:
   it does so only at the start of a word, so `--out_dir=~/runs` reached the program as
   '~/runs' and the run wrote a folder named '~' into the working directory (one a later
-  `rm -rf ~` would take the home directory with). ValueError naming the flag where '~name'
-  is no user's home."""
+  `rm -rf ~` would take the home directory with). As in the shell, '~name' naming no user is
+  left as it is (`--out_name=~draft.json` is a file name)."""
   for name, flag in sorted(fv._flags().items()):  # pylint: disable=protected-access
     value = flag.value
     values = value if isinstance(value, list) else [value]
@@ -204,10 +204,6 @@ def expand_home(fv) -> None:
         isinstance(v, str) and v.startswith("~") for v in values):
       continue
     expanded = [os.path.expanduser(v) if isinstance(v, str) else v for v in values]
-    for v, e in zip(values, expanded):
-      if isinstance(v, str) and e.startswith("~"):
-        raise ValueError(f"--{name}={v}: {e.split(os.sep)[0]} is no user's home directory "
-                         "(a '~' after '=' is not expanded by the shell): write the path out")
     flag.value = expanded if isinstance(value, list) else expanded[0]
 
 
