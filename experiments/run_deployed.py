@@ -13,6 +13,8 @@ device-resident batch, after the first call (compile + first run, reported separ
 """
 from __future__ import annotations
 
+import os
+
 from absl import flags
 
 from experiments import common
@@ -92,8 +94,8 @@ def run(f: flags.FlagValues) -> dict:
   # (labels: model output indices, matched by class name)
   rows = prediction_rows(dataset.files, out["pred"], out["prob"], names,
                          dataset.labels.tolist() if dataset.labelled else None)
-  result = {"artifact": model.path, "images": dataset.root, "num_images": len(dataset),
-            "model": model.manifest.model,
+  result = {"artifact": model.path, "images": os.path.abspath(f.images),   # (one file: itself)
+            "num_images": len(dataset), "model": model.manifest.model,
             "schedule": model.manifest.schedule_text, "predictions": rows,
             **prediction_accuracy(rows)}
   m = deploy.time_model(model, out["first_batch"], timing_cfg)

@@ -1766,7 +1766,7 @@ def test_run_deployed_classifies_one_image_file(artifact, tmp_path):
   assert one.splitlines()[0] == row.split("\tlabel=")[0].replace("c3/b.png", "b.png", 1)
   res = json.loads((tmp_path / "r.json").read_text())
   assert (res["images"], res["num_images"], [r["file"] for r in res["predictions"]]) == (
-      f"{images}/c3", 1, ["b.png"])
+      f"{images}/c3/b.png", 1, ["b.png"])       # (the path given: its folder holds others)
   (tmp_path / "notes.txt").write_text("")
   code, _, err = run_cli_in_process(REPO, "run_deployed",
                                     argv + [f"--images={tmp_path}/notes.txt"])

@@ -2593,7 +2593,7 @@ def test_the_board_classifies_one_image_file(artifact, tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   res = json.loads((tmp_path / "r.json").read_text())
   assert (res["images"], res["num_images"], [p["file"] for p in res["predictions"]]) == (
-      str(tmp_path), 1, ["one.png"])
+      str(tmp_path / "one.png"), 1, ["one.png"])
   assert r.stdout.splitlines()[0].startswith("one.png\t")
 
 

@@ -103,7 +103,7 @@ def cmd_run() -> dict:
   rows = prediction_rows(dataset.files, preds, probs, model.class_names,  # (labels: output
                          dataset.labels.tolist() if dataset.labelled else None)  # indices)
   res = {"artifact": model.path, "target": model.target, "driver": model.driver,
-         "shards": model.shards, "images": dataset.root,
+         "shards": model.shards, "images": os.path.abspath(FLAGS.images),
          "num_images": len(dataset), "model": model.record.get("model"),
          "schedule": model.record.get("schedule"), "predictions": rows,
          **prediction_accuracy(rows)}
