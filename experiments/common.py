@@ -491,10 +491,7 @@ def model_config(model: Optional[str], weights: Optional[str]):
   given, model = model, model or EMBEDDED_MODEL
   if not weights and model == EMBEDDED_MODEL:
     weights = EMBEDDED_WEIGHTS
-  if weights:
-    if not os.path.isdir(weights):
-      raise FileNotFoundError(f"--weights={weights!r} is not a directory"
-                              f"{atomic.moved_aside_note(weights)}")
+  if weights:       # (a missing folder, a file, a folder of other things: named by the flag)
     cfg, _ = checkpoint.read_weights_config(weights, named=f"--weights={weights}")
     if given is not None and given != cfg.name:     # (--model=vit_digits too: it was let by)
       raise ValueError(f"--model={given!r} but {weights} holds {cfg.name!r}")

@@ -216,7 +216,7 @@ def main(f: flags.FlagValues) -> str:
     raise ValueError(f"--verify checks the export on this machine's platform "
                      f"({deploy.local_platform()}), which --platforms={','.join(platforms)} does "
                      f"not export: add it to --platforms or leave --verify out")
-  cfg, meta = checkpoint.read_weights_config(f.weights)
+  cfg, meta = checkpoint.read_weights_config(f.weights, named=f"--weights={f.weights}")
   method, dtype = f.method, f.dtype
   provenance = {}
   batch_size = None if f.symbolic_batch else f.batch_size

@@ -417,7 +417,7 @@ def test_a_reader_of_an_output_a_killed_writer_moved_aside_says_where_it_is(tmp_
       read(str(tmp_path / name))
   from experiments import common  # pylint: disable=g-import-not-at-top
   with pytest.raises(FileNotFoundError, match=re.escape(   # (the CLIs' up-front --weights check)
-      f"--weights={str(tmp_path / 'w')!r} is not a directory" + note.format(p=tmp_path, n="w"))):
+      f"--weights={tmp_path / 'w'} does not exist" + note.format(p=tmp_path, n="w"))):
     common.model_config(None, str(tmp_path / "w"))
   assert atomic.moved_aside_note(str(tmp_path / "other")) == ""
   (tmp_path / "art").mkdir()                  # there: nothing to say

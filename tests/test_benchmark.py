@@ -343,7 +343,7 @@ def test_cli_latency_only(tmp_path, monkeypatch):
     (["--batch_size=0"], "must be >= 1"),
     (["--dtype=float16"], "--dtype"),
     (["--model=no_such_model"], "no_such_model"),
-    (["--weights=/nonexistent/dir"], "not a directory"),
+    (["--weights=/nonexistent/dir"], "^--weights=/nonexistent/dir does not exist$"),
     (["--data=/nonexistent/dir"], "^--data=/nonexistent/dir does not exist: give a folder of "
                                   "images, 'digits' for the bundled digits or 'none' for no data "
                                   r"\(latency only\)$"),

@@ -36,7 +36,7 @@ def test_weights_directory_and_errors(tmp_path):
   with pytest.raises(ValueError,
                      match="--model='test_tiny_vit' but .* holds 'test_tiny_distilled'"):
     common.load_model("test_tiny_vit", wdir)
-  with pytest.raises(FileNotFoundError, match="is not a directory"):
+  with pytest.raises(FileNotFoundError, match=f"^--weights={tmp_path / 'missing'} does not exist$"):
     common.load_model(None, str(tmp_path / "missing"))
   with pytest.raises(KeyError, match="Did you mean"):
     common.load_model("deit_smal_patch16_224", None)

@@ -937,7 +937,7 @@ def test_weights_flag(tmp_path):
   (prof,) = _run(tmp_path / "out", f"--weights={wdir}", "--model=test_tiny_distilled",
                  "--tokens=18,3")
   assert prof.model == "test_tiny_distilled" and {p.tokens for p in prof.points} == {18, 3}
-  with pytest.raises(ERRORS, match="is not a directory"):
+  with pytest.raises(ERRORS, match=f"--weights={tmp_path / 'missing'} does not exist"):
     _run(tmp_path, f"--weights={tmp_path / 'missing'}")
   (tmp_path / "empty").mkdir()
   with pytest.raises(ERRORS, match="no config.json"):
