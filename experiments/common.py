@@ -100,10 +100,15 @@ def parse(define_flags: Callable[[flags.FlagValues], None], argv: Sequence[str] 
   rest = fv(["prog", *argv])[1:]
   if rest:                                # as the CLIs' `run` refuses them
     raise ValueError(f"unexpected arguments: {rest}")
+  _check_parsed(fv)
+  return fv
+
+
+def _check_parsed(fv: flags.FlagValues) -> None:
+  """What every parse goes through after absl's: '~' expanded, floats finite, no empty flag."""
   console.expand_home(fv)
   check_finite(fv)
   check_not_empty(fv)
-  return fv
 
 
 def command_line(module: str, fv: flags.FlagValues) -> str:
@@ -123,9 +128,7 @@ def _run_parsed(main: Callable[[flags.FlagValues], Any], fv: flags.FlagValues,
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_logging(fv)
-    console.expand_home(fv)
-    check_finite(fv)
-    check_not_empty(fv)
+    _check_parsed(fv)
     check_jax_platforms()
     try:
       main(fv)

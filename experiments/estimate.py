@@ -110,14 +110,11 @@ def parse_layer(text: str, depth: int, flag: str = "layer") -> Optional[int]:
 
 
 def parse_layers(text: str, depth: int) -> List[Optional[int]]:
-  """--layers: 'all' (every block) or a comma list of `parse_layer`'s, each once."""
+  """--layers: 'all' (every block) or a comma list of `parse_layer`'s (once each:
+  `estimate.sensitivity_points` refuses duplicates)."""
   if text.strip() == "all":
     return list(range(depth))
-  layers = [parse_layer(t.strip(), depth, "layers") for t in text.split(",")]
-  if len(set(layers)) != len(layers):
-    raise ValueError(f"--layers: layers have duplicates: "
-                     f"{['embed' if l is None else l for l in layers]}")
-  return layers
+  return [parse_layer(t.strip(), depth, "layers") for t in text.split(",")]
 
 
 def _slug(text: str) -> str:
@@ -237,7 +234,10 @@ def main(f: flags.FlagValues):
     if f.layer is not None:
       raise ValueError("pass either --layer (one curve) or --layers (sensitivity table)")
     layers = parse_layers(f.layers, cfg.depth)
-    points = estimate.sensitivity_points(cfg, tokens, layers, reducer)
+    try:                      # (--tokens is checked already: what is left is a repeated layer)
+      points = estimate.sensitivity_points(cfg, tokens, layers, reducer)
+    except ValueError as e:
+      raise ValueError(f"--layers: {e}") from None
   else:
     layer_text = f.layer or ("embed" if method == "random" else "3")
     layers = [parse_layer(layer_text, cfg.depth)]

@@ -14,9 +14,10 @@ prints.
 
 Data: `--weights=DIR` loads a checkpoint written by `vitprune.checkpoint.save_weights` (its config
 replaces `--model`); `vit_digits` without weights uses the embedded `weights/vit_digits`; any
-other `--model` gets random-init parameters (`--seed`). `--images=DIR` reads an image folder
-(`vitprune.data.ImageFolder`, timm eval preprocessing); without it, `vit_digits` takes a batch of
-the bundled digits test split and other models deterministic synthetic images.
+other `--model` gets random-init parameters (`--seed`). `--images=DIR` reads an image folder,
+or one image file (`vitprune.data.ImageFolder`, timm eval preprocessing); without it,
+`vit_digits` takes a batch of the bundled digits test split and other models deterministic
+synthetic images.
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=fv)
   flags.DEFINE_string("weights", "", "Checkpoint directory (vitprune.checkpoint.load_weights).",
                       flag_values=fv)
-  flags.DEFINE_string("images", "", "Image folder (vitprune.data.ImageFolder); default: the "
+  flags.DEFINE_string("images", "", "Image folder or one image file "
+                      "(vitprune.data.ImageFolder); default: the "
                       "first --batch_size test digits for vit_digits, deterministic synthetic "
                       "images for other models.", flag_values=fv)
   flags.DEFINE_integer("batch_size", 32, "Images in the batch.", flag_values=fv)

@@ -1437,21 +1437,23 @@ def test_the_cli_says_random_weights_and_a_training_split(tmp_path):
               "these numbers are of an untrained model, for plumbing checks only"]}
 
 
-
 def test_layer_flags_are_named_in_their_errors():
   """`--layers=0,9` said "layer 9 outside [0, 5]" and `--layers=3,3` "layers have duplicates",
-  naming no flag (a walkthrough): each names the flag it came from."""
+  naming no flag (a walkthrough): each names the flag it came from (duplicates in
+  `estimate.sensitivity_points`' words)."""
+  from experiments import common  # pylint: disable=g-import-not-at-top
   from experiments import estimate as cli  # pylint: disable=g-import-not-at-top
   for call, message in (
       (lambda: cli.parse_layers("0,9", 6), "--layers: layer 9 outside [0, 5] (model depth 6)"),
-      (lambda: cli.parse_layers("3, 3", 6), "--layers: layers have duplicates: [3, 3]"),
-      (lambda: cli.parse_layers("embed,embed", 6),
-       "--layers: layers have duplicates: ['embed', 'embed']"),
       (lambda: cli.parse_layer("x", 6), "--layer: layer 'x' is neither 'embed' nor a block index"),
       (lambda: cli.parse_layer("6", 6), "--layer: layer 6 outside [0, 5] (model depth 6)")):
     with pytest.raises(ValueError) as e:
       call()
     assert str(e.value) == message
+  fv = common.parse(cli.define_flags, ["--method=pomt", "--layers=3, 3", "--tokens=65"])
+  with pytest.raises(ValueError) as e:
+    cli.main(fv)
+  assert str(e.value) == "--layers: layers have duplicates: [3, 3]"
 
 
 def test_a_count_the_method_cannot_reach_is_refused_by_flag_before_loading(monkeypatch):

@@ -222,8 +222,8 @@ def _check_method_limits(cfg: ViTConfig, schedule: Schedule, reducer: TokenReduc
     limit = reducer.max_remove(n, cfg.num_prefix_tokens)
     if removed > limit:
       raise ValueError(f"{reducer.name} can remove at most {limit} of the {n} tokens entering "
-                       f"block {l} ({counted(cfg.num_prefix_tokens, 'prefix token')} protected), the "
-                       f"schedule removes {removed}")
+                       f"block {l} ({counted(cfg.num_prefix_tokens, 'prefix token')} "
+                       f"protected), the schedule removes {removed}")
 
 
 def token_bounds(cfg: ViTConfig) -> Tuple[int, int]:

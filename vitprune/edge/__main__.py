@@ -5,7 +5,8 @@ r"""Board-side CLI (iree-base-runtime + numpy + pillow + absl-py; never imports 
   python -m vitprune.edge profile --kit=kits/digits --out=outputs/profile/board.json
   ... [--driver=local-sync|local-task]   CPU modules: override the driver the record names
 
-run:     classifies an image folder (labelled `DIR/<class>/<img>`: accuracy; flat: predictions),
+run:     classifies an image folder (labelled `DIR/<class>/<img>`: accuracy; flat: predictions)
+         or one image file,
          then times one batch with the profiler's protocol.
 bench:   times the artifact's module on a deterministic random batch (median, IQR).
 profile: times every module of a kit and writes a latency profile JSON (+ CSV twin) that
