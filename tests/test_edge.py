@@ -2263,6 +2263,17 @@ def test_a_module_file_replaced_by_a_folder_is_named_not_hashed(tmp_path):
     edge_rt.checked_file(str(root), {"file": "iree/x.vmfb", "sha256": "0" * 64}, "w")
 
 
+def _board_copy(artifact, tmp_path):
+  """`artifact` as copied to a board: no manifest.json, and of its records only iree:host's."""
+  board = tmp_path / "board"
+  shutil.copytree(artifact, board)
+  os.unlink(board / "manifest.json")
+  for f in (board / edge_rt.EDGE_DIR).glob("*.json"):
+    if f.name != "iree_host.json":
+      f.unlink()
+  return board
+
+
 def test_a_board_copy_of_a_record_without_an_output_kind_is_a_classifier(artifact, tmp_path,
                                                                          monkeypatch):
   """A record written before output kinds, copied to a board without its manifest (nothing
@@ -2271,12 +2282,7 @@ def test_a_board_copy_of_a_record_without_an_output_kind_is_a_classifier(artifac
   name_of = edge_rt.function_name       # (the module's function, named with the kind)
   monkeypatch.setattr(edge_rt, "function_name", lambda identity: name_of(
       {**identity, "output": {"kind": "logits", **identity["output"]}}))
-  board = tmp_path / "board"
-  shutil.copytree(artifact, board)
-  os.unlink(board / "manifest.json")
-  for f in (board / edge_rt.EDGE_DIR).glob("*.json"):
-    if f.name != "iree_host.json":
-      f.unlink()
+  board = _board_copy(artifact, tmp_path)
   path = board / edge_rt.EDGE_DIR / "iree_host.json"
   record = json.loads(path.read_text())
   assert record["output"].pop("kind") == "logits"      # as that version wrote it
@@ -2673,12 +2679,7 @@ def test_a_board_copy_of_two_records_of_two_artifacts_is_refused(artifact, tmp_p
   """A mutation audit of `_check_one_artifact`: with exactly two records (a board's own target
   and one copied in from another artifact), the second is compared with the first (the check
   of four records passed even when it skipped the second)."""
-  board = tmp_path / "board"
-  shutil.copytree(artifact, board)
-  os.unlink(board / "manifest.json")
-  for f in (board / edge_rt.EDGE_DIR).glob("*.json"):
-    if f.name != "iree_host.json":
-      f.unlink()
+  board = _board_copy(artifact, tmp_path)
   rec = json.loads((board / edge_rt.EDGE_DIR / "iree_host.json").read_text())
   other = dict(rec, target="iree:llvm-cpu:aarch64-linux-gnu", class_names=list("abcdefghij"))
   (board / edge_rt.EDGE_DIR / "iree_zz_other.json").write_text(json.dumps(other))

@@ -289,18 +289,26 @@ def test_resume_measures_only_what_a_killed_run_did_not(tmp_path, monkeypatch, c
   assert {p.tokens for p in wide.points if p.component == "model"} == {17, 13, 9, 2}
 
 
-def test_a_run_stopped_between_two_writes_is_brought_in_step(tmp_path, capsys):
-  """A run killed after writing a batch size's own profile but before the b1-2 profile left
-  them disagreeing; only a later run of that batch size repaired it. Any run now does, first."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
+def _stopped_between_writes(tmp_path, tokens=(17, 9)):
+  """Profiles of batch 1, 2 and 1-2 in `tmp_path` (counts 17 and 9), then batch 1's own file
+  alone rewritten with the points of `tokens` twice as slow, as a run stopped between its two
+  writes leaves them -> (batch 1's path, the b1-2 path)."""
   _run(tmp_path, "--tokens=17,9", "--batch_size=1,2")
   own_path = str(tmp_path / "test-tiny-vit_model_b1_float32_cpu.json")
   both_path = str(tmp_path / "test-tiny-vit_model_b1-2_float32_cpu.json")
   own = records.load(own_path)
   moved = dataclasses.replace(own, points=tuple(dataclasses.replace(
       p, median_s=2 * p.median_s, q25_s=2 * p.q25_s, q75_s=2 * p.q75_s,
-      samples_s=tuple(2 * x for x in p.samples_s)) for p in own.points))
-  records.save(moved, str(tmp_path))            # the own file alone, as a stopped run left it
+      samples_s=tuple(2 * x for x in p.samples_s)) if p.tokens in tokens else p
+      for p in own.points))
+  records.save(moved, str(tmp_path))
+  return own_path, both_path
+
+
+def test_a_run_stopped_between_two_writes_is_brought_in_step(tmp_path, capsys):
+  """A run killed after writing a batch size's own profile but before the b1-2 profile left
+  them disagreeing; only a later run of that batch size repaired it. Any run now does, first."""
+  own_path, both_path = _stopped_between_writes(tmp_path)
   capsys.readouterr()
   _run(tmp_path, "--tokens=13", "--batch_size=2")               # another batch size entirely
   assert f"brought {both_path} in step with {own_path}, which is newer" in (
@@ -1450,15 +1458,7 @@ def test_a_combined_profile_out_of_step_in_one_point_of_several_is_brought_in_st
                                                                                    capsys):
   """A mutation audit of `bring_in_step`: a b1-2 profile that agrees with the batch's own file
   in one point but not in another is still out of step (not only one that differs in all)."""
-  _run(tmp_path, "--tokens=17,9", "--batch_size=1,2")
-  own_path = str(tmp_path / "test-tiny-vit_model_b1_float32_cpu.json")
-  both_path = str(tmp_path / "test-tiny-vit_model_b1-2_float32_cpu.json")
-  own = records.load(own_path)
-  moved = dataclasses.replace(own, points=tuple(dataclasses.replace(
-      p, median_s=2 * p.median_s, q25_s=2 * p.q25_s, q75_s=2 * p.q75_s,
-      samples_s=tuple(2 * x for x in p.samples_s)) if p.tokens == 9 else p
-      for p in own.points))
-  records.save(moved, str(tmp_path))            # the own file alone, as a stopped run left it
+  own_path, both_path = _stopped_between_writes(tmp_path, tokens=(9,))
   capsys.readouterr()
   _run(tmp_path, "--tokens=13", "--batch_size=2")
   assert f"brought {both_path} in step with {own_path}, which is newer" in (
