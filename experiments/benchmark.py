@@ -144,9 +144,10 @@ def main(f: flags.FlagValues):
   data = None
   if use_data:
     common.check_digits_split(source, f.data)
-    data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
-                                   class_names=common.class_names(source),
-                                   num_classes=cfg.num_classes)
+    with common.subset_flags_named():
+      data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
+                                     class_names=common.class_names(source),
+                                     num_classes=cfg.num_classes)
   stem = bench.output_stem([{"model": cfg.name, **here}])
   bench.check_replaceable_outputs({k: os.path.join(f.out_dir, f"{stem}.{k}")
                                    for k in ("csv", "md", "png")})   # before the work

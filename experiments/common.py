@@ -17,13 +17,14 @@ Checks run before any work, so a refused run changes no file.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import shlex
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -250,6 +251,19 @@ def run_in_process(main: Callable[[flags.FlagValues], Any],
 
 
 # ----------------------------------------------------------------------------- up-front checks
+
+
+@contextlib.contextmanager
+def subset_flags_named() -> Iterator[None]:
+  """The library's refusal of a subset size ('num_images=5000 exceeds the 359 images
+  available', 'holdout_images must be an int in 1..358') names its flag, whose name the
+  parameter carries: it reached the CLIs as the bare parameter."""
+  try:
+    yield
+  except ValueError as e:
+    if str(e).startswith(("num_images", "holdout_images")):
+      raise ValueError(f"--{e}") from None
+    raise
 
 
 def positive(value: Optional[int], flag: str, allow_none: bool = False) -> None:

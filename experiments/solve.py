@@ -353,10 +353,10 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
                      f"{estimate.source} labelled its images with {shown_names(recorded_names)} "
                      "(the same parameters with other class names: the measured accuracy "
                      "would score other labels)")
-  data = estimate_lib.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
-                                     class_names=named,
-                                     num_classes=cfg.num_classes,
-                                     holdout_images=f.holdout_images)
+  with common.subset_flags_named():
+    data = estimate_lib.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
+                                       class_names=named, num_classes=cfg.num_classes,
+                                       holdout_images=f.holdout_images)
   common.check_subset_seed_used(f, data)
   if data.info.get("fingerprint") != estimate.data_fingerprint:
     raise ValueError(f"--data={f.data} (--num_images={f.num_images}, --seed={f.seed}"

@@ -322,8 +322,8 @@ CASES = [
     ("profile", ["--mode=model", "--holdout_images=10", "--out_dir={out}"], 1,
      "--holdout_images applies to --mode=pipeline only, not --mode=model"),
     ("estimate", ["--method=pomt", "--tokens=65", "--holdout_images=359", "--out_dir={out}"], 1,
-     "holdout_images must be an int in 1..358 (of the 359 evaluation images, some must be left "
-     "to choose on), got 359"),
+     "--holdout_images must be an int in 1..358 (of the 359 evaluation images, some must be "
+     "left to choose on), got 359"),
     ("solve", ["--profile=p", "--estimate=e", "--holdout_images=9"], 1,
      "--holdout_images is read only with --weights (the in-loop check)"),
     # A maximum accuracy drop: the multi solver's, instead of a floor or a budget, in [0, 1].
@@ -522,6 +522,11 @@ CASES = [
     # train_digits' TrainConfig checks, named by their flags (said "label_smoothing must be")
     ("train_digits", ["--label_smoothing=1.5", "--out={out}"], 1,
      "--label_smoothing must be in [0, 1), got 1.5"),
+    # a subset larger than the data, named by its flag (said "num_images=5000 exceeds")
+    ("estimate", ["--num_images=5000", "--out_dir={out}"], 1,
+     "--num_images=5000 exceeds the 359 images available"),
+    ("profile", ["--num_images=5000", "--out_dir={out}"], 1,
+     "--num_images=5000 exceeds the 359 images available"),
 ]
 
 
