@@ -703,10 +703,13 @@ def test_curve_is_sorted_by_tokens_descending_and_merged_line_counts_the_others(
   one = _profile([_point("model", 3, 1e-2, batch=2)])
   assert records.merged_line("p.json", prof, one) == (
       "p.json holds 5 points: this run's 1 merged into the 4 others it held (the summary is of "
-      "them all)")
+      "them all; they are an earlier run's: a step between its counts and this run's may be the "
+      "machine's drift between the runs)")
   four = _profile([_point("model", n, 1e-2) for n in (2, 9, 5, 17)])
   assert records.merged_line("p.json", prof, four).endswith(
-      "this run's 4 merged into the 1 other it held (the summary is of them all)")
+      "this run's 4 merged into the 1 other it held (the summary is of them all; it is an "
+      "earlier run's: a step between its counts and this run's may be the machine's drift "
+      "between the runs)")
 
 
 def test_a_dispatch_point_is_the_predictors_per_call_overhead(tmp_path):

@@ -203,13 +203,16 @@ def step_report(points: Sequence[Point], **kw) -> Optional[steps_lib.StepReport]
 def merged_line(path: str, held: Profile, timed: Profile) -> Optional[str]:
   """What the profile file at `path` holds besides this run's points (`timed`, merged into it:
   `held`), the line the profilers print before a summary of them all; None when it holds only
-  these."""
+  these. It says the others are an earlier run's: a board profile merged from two sessions,
+  one of them on a busy board, zig-zagged x3 between its counts and read as noise."""
   others = len(held.points) - len(timed.points)
   if not others:
     return None
   return (f"{console.printable(path)} holds {len(held.points)} points: this run's "
           f"{len(timed.points)} merged into the {others} other{'s' * (others != 1)} it held "
-          "(the summary is of them all)")
+          f"(the summary is of them all; {'they are' if others != 1 else 'it is'} an earlier "
+          "run's: a step between its counts and this run's may be the machine's drift between "
+          "the runs)")
 
 
 def step_lines(profile: Profile) -> List[str]:
