@@ -568,11 +568,17 @@ def test_a_failed_late_stage_keeps_what_was_measured(tmp_path, capsys, monkeypat
   assert not out.exists()
   (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith("run.partial-")]
   assert not stale.exists() and live.exists()
-  assert f"is kept in {kept} (experiments.solve reads it)" in capsys.readouterr().out
   (prof,) = (kept / "profile").glob("*.json")
+  est = kept / "estimate" / "vit_digits_pomt_layers.json"
+  command = (f"solve them again: python -m experiments.solve --profile={prof} --estimate={est} "
+             "--allow_batch_mismatch with the job's solver flags")
+  assert f"is kept in {kept} ({command})" in capsys.readouterr().out
   assert {p.component for p in records.load(str(prof)).points} == {"model", "schedule"}
-  assert read_estimate(str(kept / "estimate" / "vit_digits_pomt_layers.json")).kind == (
-      "sensitivity")
+  assert read_estimate(str(est)).kind == "sensitivity"
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  code, out, err = run_cli_in_process(tmp_path, "solve", command.split()[6:9] + [
+      "--mode=multi", "--accuracy_floor=0.5", f"--out_dir={tmp_path / 'solved'}"])
+  assert code == 0 and "chosen schedule:" in out, err        # (the command the line gives)
 
 
 def test_a_main_job_does_not_replace_outputs_another_run_published_meanwhile(
@@ -596,7 +602,8 @@ def test_a_main_job_does_not_replace_outputs_another_run_published_meanwhile(
                     "--eval_batch_size=20"))
   assert json.loads((out / pipeline.SUMMARY_FILE).read_text())["run"] == "other"
   (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith("run.partial-")]
-  assert f"is kept in {kept} (experiments.solve reads it)" in capsys.readouterr().out
+  assert f"is kept in {kept} (solve them again: python -m experiments.solve " in (
+      capsys.readouterr().out)
 
 
 def test_a_signal_while_keeping_the_measurements_still_says_why_the_run_failed(

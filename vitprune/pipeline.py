@@ -751,8 +751,22 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
           "(experiments.solve reads it with an estimate of experiments.estimate)")
     elif kept:                 # (the output step too: a folder no longer ours, a full disk)
       log(f"the solve, verify or output stage failed; what the profile and estimate stages "
-          f"measured is kept in {kept} (experiments.solve reads it)")
+          f"measured is kept in {kept} ({_solve_again(kept, spec, profile, estimate)})")
     raise
+
+
+def _solve_again(kept: str, spec: PipelineSpec, profile: records.Profile,
+                 estimate: Estimate) -> str:
+  """'solve them again: python -m experiments.solve --profile=... --estimate=... [...]': the
+  command that reads what `keep_measured` kept into `kept` (it said "experiments.solve reads
+  it", and solve then refused the pair: the job evaluates at --eval_batch_size, not at the
+  profile's batch)."""
+  flags = [f"--profile={os.path.join(kept, 'profile', records.file_stem(profile) + '.json')}",
+           f"--estimate={os.path.join(kept, 'estimate', _estimate_name(spec, estimate))}"]
+  if estimate.eval_batch_size != spec.batch_size:
+    flags.append("--allow_batch_mismatch")
+  return ("solve them again: python -m experiments.solve "
+          + " ".join(console.printable(f) for f in flags) + " with the job's solver flags")
 
 
 SUMMARY_FILE = "summary.json"
