@@ -41,7 +41,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string("images", None, "ImageFolder root, a flat folder of images or one image "
                       "file.", flag_values=fv)
   flags.DEFINE_integer("batch_size", None, "Batch size: must equal the artifact's fixed batch; "
-                       "free (default 8) for a symbolic-batch artifact.", flag_values=fv)
+                       "free (default 8, or the number of images when fewer) for a symbolic-batch "
+                       "artifact.", flag_values=fv)
   flags.DEFINE_integer("repeats", 20, "Timed calls for the latency (after the first call).",
                        flag_values=fv)
   flags.DEFINE_integer("warmup", 2, "Untimed calls after the first one, before timing.",
@@ -89,6 +90,8 @@ def run(f: flags.FlagValues) -> dict:
                       f"the weights of {f.artifact}")     # (as estimate checks --weights)
   model = deploy.load(f.artifact)
   dataset = ImageFolder(f.images, class_names=model.class_names, num_classes=model.num_outputs)
+  if manifest.batch_size is None and f.batch_size is None:  # (symbolic: 4 images timed at 8
+    bs = min(bs, len(dataset))                               # reported twice the time per image)
   out = deploy.classify(model, dataset, bs, f.num_workers)
   names = model.class_names
   # (labels: model output indices, matched by class name)

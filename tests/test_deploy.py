@@ -1773,3 +1773,22 @@ def test_run_deployed_classifies_one_image_file(artifact, tmp_path):
   assert (code, err.splitlines()[0]) == (1, (
       f"error: dataset root '{tmp_path}/notes.txt' is neither a directory nor an image file "
       "(extensions .jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)"))
+
+
+def test_run_deployed_times_a_symbolic_artifact_at_no_more_than_its_images(tmp_path, params):
+  """A symbolic-batch artifact on 3 images was timed at the default batch of 8, 5 of them zero
+  padding, and reported about twice the time per image classified (a probe): without
+  --batch_size it is timed at the number of images when they are fewer than 8."""
+  path = deploy.export_artifact(str(tmp_path / "sym"), CFG, params, schedule=SCHED,
+                                reducer=REDUCER, batch_size=None, verify=False)
+  images = str(tmp_path / "imgs")
+  _write_pngs(images, ["a.png", "b.png", "c.png"])
+  batches = {}
+  for extra in ([], ["--batch_size=8"]):
+    code, out, err = run_cli_in_process(REPO, "run_deployed", [
+        f"--artifact={path}", f"--images={images}", "--repeats=3", "--warmup=0", "--quiet",
+        f"--output={tmp_path}/r{len(extra)}.json"] + extra)
+    assert code == 0, err
+    batches[len(extra)] = json.loads((tmp_path / f"r{len(extra)}.json").read_text())[
+        "latency"]["batch_size"]
+  assert batches == {0: 3, 1: 8}                  # (told: as told)
