@@ -166,6 +166,8 @@ def main(f: flags.FlagValues):
                        ("evit_normalize", "evit")):
     if f[flag].present and f.method != method:
       raise ValueError(f"--{flag} applies to --method={method} only, not --method={f.method}")
+  if f.images:
+    data_lib.check_images_flag(f.images)
   cfg = common.model_config(common.given_model(f), f.weights)
   schedule = S.parse_schedule(cfg, f.schedule) if f.schedule else None
   if schedule is not None and not S.reduces_tokens(cfg, schedule):   # (a "speed-up" of noise)

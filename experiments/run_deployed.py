@@ -24,9 +24,9 @@ from vitprune import deploy
 from vitprune import memory
 from vitprune.edge import runtime
 from vitprune.profile import protocol
-from vitprune.data import (ImageFolder, accuracy_line, check_not_read_as_an_image,
-                           per_image_time, prediction_accuracy, prediction_line,
-                           prediction_rows)
+from vitprune.data import (ImageFolder, accuracy_line, check_images_flag,
+                           check_not_read_as_an_image, per_image_time, prediction_accuracy,
+                           prediction_line, prediction_rows)
 from vitprune.digits import check_digits_folder
 
 
@@ -69,6 +69,7 @@ def run(f: flags.FlagValues) -> dict:
   -> the result dict (what --output holds)."""
   if not f.artifact or not f.images:
     raise ValueError("--artifact and --images are required")
+  check_images_flag(f.images)
   timing_cfg = protocol.repeat_timing(f.repeats, f.warmup)
   if f.num_workers < 0:
     raise ValueError(f"--num_workers must be >= 0, got {f.num_workers}")

@@ -1766,3 +1766,24 @@ def test_one_training_digit_given_as_a_file_is_refused_as_its_folder_would_be(tm
   with pytest.raises(ValueError, match=re.escape(f"{train} holds the digits' train split")):
     digits.check_digits_folder(str(one), meta, "W")
   digits.check_digits_folder(str(sorted(test.glob("*/*.png"))[0]), meta, "W")
+
+
+def test_the_images_flag_is_checked_by_name_before_any_work(tmp_path):
+  """`prune --images=/typo` said "dataset root '/typo' does not exist" once the model had
+  loaded: a folder or an image file passes, anything else is named by its flag."""
+  _png(str(tmp_path / "a.png"), _gray(3, 3))
+  (tmp_path / "notes.txt").write_text("")
+  os.symlink(tmp_path / "gone", tmp_path / "dangling.png")
+  data.check_images_flag(str(tmp_path))
+  data.check_images_flag(str(tmp_path / "a.png"))
+  exts = ", ".join(data.IMG_EXTENSIONS)
+  for name, error, message in (
+      ("typo", FileNotFoundError, f"--images={tmp_path / 'typo'} does not exist"),
+      ("notes.txt", ValueError, f"--images={tmp_path / 'notes.txt'} is a regular file, neither "
+                                f"a folder of images nor an image file (extensions {exts})"),
+      ("dangling.png", ValueError, f"--images={tmp_path / 'dangling.png'} is a dangling "
+                                   "symbolic link, neither a folder of images nor an image file "
+                                   f"(extensions {exts})")):
+    with pytest.raises(error) as e:
+      data.check_images_flag(str(tmp_path / name))
+    assert str(e.value) == message

@@ -1771,8 +1771,8 @@ def test_run_deployed_classifies_one_image_file(artifact, tmp_path):
   code, _, err = run_cli_in_process(REPO, "run_deployed",
                                     argv + [f"--images={tmp_path}/notes.txt"])
   assert (code, err.splitlines()[0]) == (1, (
-      f"error: dataset root '{tmp_path}/notes.txt' is neither a directory nor an image file "
-      "(extensions .jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)"))
+      f"error: --images={tmp_path}/notes.txt is a regular file, neither a folder of images nor "
+      "an image file (extensions .jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)"))
 
 
 def test_run_deployed_times_a_symbolic_artifact_at_no_more_than_its_images(tmp_path, params):

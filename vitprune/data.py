@@ -152,6 +152,18 @@ def check_not_read_as_an_image(out: str, images: str, out_flag: str, images_flag
                      "images; write elsewhere")
 
 
+def check_images_flag(path: str, flag: str = "images") -> None:
+  """ValueError naming `--flag` unless `path` is something `ImageFolder` reads: a folder or
+  one image file (a mistyped path was "dataset root '...' does not exist", the flag unnamed,
+  after the model had loaded)."""
+  if os.path.isdir(path) or (os.path.isfile(path) and is_image_file(path)):
+    return
+  if not os.path.lexists(path):
+    raise FileNotFoundError(f"--{flag}={path} does not exist")
+  raise ValueError(f"--{flag}={path} is {atomic.describe(path)}, neither a folder of images nor "
+                   f"an image file (extensions {', '.join(IMG_EXTENSIONS)})")
+
+
 def _check_utf8(name: str, path: str, what: str = "the file name") -> None:
   """ValueError naming `path` unless `name` (the part below the dataset root: what records and
   fingerprints hold) is valid UTF-8."""

@@ -29,9 +29,9 @@ import numpy as np
 
 from vitprune import atomic
 from vitprune import console
-from vitprune.data import (ImageFolder, accuracy_line, check_not_read_as_an_image,
-                           iterate_batches, per_image_time, prediction_accuracy,
-                           prediction_line, prediction_rows)
+from vitprune.data import (ImageFolder, accuracy_line, check_images_flag,
+                           check_not_read_as_an_image, iterate_batches, per_image_time,
+                           prediction_accuracy, prediction_line, prediction_rows)
 from vitprune.digits import check_digits_folder
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime
@@ -80,6 +80,7 @@ def latency(model, images, cfg) -> dict:
 def cmd_run() -> dict:
   if not FLAGS.artifact or not FLAGS.images:
     raise ValueError("run needs --artifact and --images")
+  check_images_flag(FLAGS.images)
   cfg = timing_config()
   model = runtime.load(FLAGS.artifact, FLAGS.target, FLAGS.driver)
   if model.output_kind != "logits":
