@@ -240,7 +240,12 @@ def main(f: flags.FlagValues):
       raise ValueError(f"--layers: {e}") from None
   else:
     layer_text = f.layer or ("embed" if method == "random" else "3")
-    layers = [parse_layer(layer_text, cfg.depth)]
+    try:
+      layers = [parse_layer(layer_text, cfg.depth)]
+    except ValueError as e:      # (block 3, the default, on a model of fewer blocks)
+      if f.layer:
+        raise
+      raise ValueError(f"{e}: the default --layer for --method={method}; pass one") from None
     points = estimate.token_points(cfg, tokens, reducer, layer=layers[0])
   for p in points:      # (refused by `evaluate`, after the model and the images had loaded)
     try:

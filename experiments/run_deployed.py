@@ -69,7 +69,6 @@ def run(f: flags.FlagValues) -> dict:
   -> the result dict (what --output holds)."""
   if not f.artifact or not f.images:
     raise ValueError("--artifact and --images are required")
-  check_images_flag(f.images)
   timing_cfg = protocol.repeat_timing(f.repeats, f.warmup)
   if f.num_workers < 0:
     raise ValueError(f"--num_workers must be >= 0, got {f.num_workers}")
@@ -77,6 +76,7 @@ def run(f: flags.FlagValues) -> dict:
     atomic.check_output_json(f.output, RESULT_FORMAT)
     runtime.check_not_in_records_folder(f.output, "output")
     check_not_read_as_an_image(f.output, f.images, "output", "images")
+  check_images_flag(f.images)
   manifest = deploy.read_manifest(f.artifact)
   if not manifest.config.num_classes:
     raise ValueError(f"{f.artifact} outputs [B, {manifest.output_shape[-1]}] features (no "

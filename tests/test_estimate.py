@@ -1473,3 +1473,15 @@ def test_a_count_the_method_cannot_reach_is_refused_by_flag_before_loading(monke
   assert str(e.value) == (
       "--tokens: 5 tokens at block 0: tome can remove at most 32 of the 65 tokens entering "
       "block 0 (1 prefix token protected), the schedule removes 60")
+
+
+def test_the_default_layer_beyond_a_shallow_model_says_it_is_the_default():
+  """`--model=test_tiny_vit --method=pomt` without --layer said "--layer: layer 3 outside
+  [0, 1]", as if the user had given 3: it says the 3 is --method's default."""
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from experiments import estimate as cli  # pylint: disable=g-import-not-at-top
+  fv = common.parse(cli.define_flags, ["--model=test_tiny_vit", "--method=pomt", "--tokens=17"])
+  with pytest.raises(ValueError) as e:
+    cli.main(fv)
+  assert str(e.value) == ("--layer: layer 3 outside [0, 1] (model depth 2): the default --layer "
+                          "for --method=pomt; pass one")

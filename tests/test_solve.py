@@ -1544,7 +1544,8 @@ def test_cli_says_a_multi_solve_leaves_the_embed_row_out(tmp_path):
                 "--mode=multi", f"--out_dir={tmp_path / 'out2'}")
   assert r.returncode == 0, r.stderr
   assert [l for l in r.stdout.splitlines() if l.startswith("note:")] == [
-      l for l in r.stdout.splitlines() if l.startswith("note: latencies predicted as sums")]
+      l for l in r.stdout.splitlines() if l.startswith(("note: latencies predicted as sums",
+                                                        "note: the estimate measured random"))]
   # predicted only: both notes say so (the per-block latency sum; no floor, so none on it)
   assert "note: latencies predicted as sums of blocks timed alone" in r.stdout
   assert "note: the floor is met by the predicted accuracy alone" not in r.stdout
@@ -3595,6 +3596,8 @@ def test_cli_paper_mode_solves_at_the_alpha_layer_and_method_given(tmp_path):
       "unpruned: 2 ms (measured by the profile), accuracy 0.9000 (measured by the estimate, "
       "100000 images)\n"
       "frontier: 2 non-dominated schedules\n"
+      "note: the estimate measured random weights (init_params(seed=0)): its accuracies are of "
+      "an untrained model, for plumbing checks only\n"
       f"wrote {stem}.json and {stem}.png\n")
   # alpha 0 weighs accuracy alone: the unpruned schedule (alpha 0.5 chose keep@3:9)
   r = _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}", "--alpha=0",
@@ -3698,3 +3701,25 @@ def test_a_timer_returning_another_number_of_latencies_is_refused():
       (pool[0].counts, 2e-3, 1e-4), (pool[1].counts, 3e-3, None)]
   with pytest.raises(ValueError, match="^time_schedules returned 1 latencies for 2 schedules$"):
     solve_loop._with_latency(lambda cs: [2e-3], pool)  # pylint: disable=protected-access
+
+
+def test_cli_says_when_the_estimate_measured_random_weights(tmp_path):
+  """solve printed "measured by the estimate" accuracies of random weights with no word (a
+  probe of a DeiT-S session; estimate and prune say it): the line says so, for an estimate of
+  random weights only."""
+  pts = [_point("model", n, _step_latency(n)) for n in range(2, N + 1)]
+  records.save(_profile(pts), str(tmp_path), "p")
+  es = _estimate(tmp_path, [None], list(range(2, N + 1)), _acc)
+  note = ("note: the estimate measured random weights (init_params(seed=0)): its accuracies are "
+          "of an untrained model, for plumbing checks only")
+  said = []
+  for source in ("init_params(seed=0)", "/weights/trained"):
+    doc = json.loads(open(es).read())
+    doc["weights"]["source"] = source
+    with open(es, "w") as f:
+      json.dump(doc, f)
+    r = _cli_here(f"--profile={tmp_path / 'p.json'}", f"--estimate={es}",
+                  f"--out_dir={tmp_path / 'out'}")
+    assert r.returncode == 0, r.stderr
+    said.append(note in r.stdout.splitlines())
+  assert said == [True, False]
