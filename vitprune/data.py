@@ -746,8 +746,10 @@ def _label_index(root: str, folders: Tuple[str, ...], class_names: Optional[Tupl
   if num_classes is not None and len(folders) != num_classes:
     raise ValueError(f"{root!r} has {len(folders)} class folders {list(folders)[:20]} but the "
                      f"model has {num_classes} classes and records no class names, so folders "
-                     f"cannot be matched to outputs; pass class_names (weights saved with "
-                     f"class_names=...) or use a folder with exactly {num_classes} classes")
+                     f"cannot be matched to outputs; use a folder with exactly {num_classes} "
+                     "class folders, weights that record class names (`checkpoint.save_weights("
+                     "..., class_names=...)`), or the images without class folders (a flat "
+                     "folder: compared with the unpruned model, no accuracy)")
   return {f: i for i, f in enumerate(folders)}
 
 
