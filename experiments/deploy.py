@@ -27,7 +27,7 @@ from vitprune.profile import records
 from vitprune.records.estimate import read_estimate
 from vitprune.records.solution import read_solution
 from vitprune.reduce.methods import make_reducer, reducer_fields
-from vitprune.schedule import full_schedule, parse_schedule
+from vitprune.schedule import format_schedule, full_schedule, parse_schedule
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -268,6 +268,9 @@ def main(f: flags.FlagValues) -> str:
     reducer = make_reducer(method, **opts)
   elif opts:
     raise ValueError("--method_opts given with --method=none")
+  elif schedule != full_schedule(cfg):    # (export_artifact said "no reducer was given", later)
+    raise ValueError(f"--method=none, but the schedule {format_schedule(schedule, cfg)} removes "
+                     "tokens: give the method that removes them (e.g. --method=pomt)")
   if schedule == full_schedule(cfg):
     given = [] if f.solution else common.given_flags(f, ("method", "method_opts"))
     if given and method.lower() != "none":       # (recorded as the artifact's reducer, unused)

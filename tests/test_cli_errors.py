@@ -527,6 +527,10 @@ CASES = [
      "--num_images=5000 exceeds the 359 images available"),
     ("profile", ["--num_images=5000", "--out_dir={out}"], 1,
      "--num_images=5000 exceeds the 359 images available"),
+    # said "schedule (65, 65, 65, 65, 35, 35, 35) reduces tokens but no reducer was given"
+    ("deploy", [f"--weights={WEIGHTS}", "--method=none", "--schedule=keep@3:35", "--out={out}"],
+     1, "--method=none, but the schedule keep@3:35 removes tokens: give the method that removes "
+     "them (e.g. --method=pomt)"),
 ]
 
 
