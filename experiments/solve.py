@@ -278,8 +278,8 @@ def main(f: flags.FlagValues):
           f"{[l for l in estimate.layers if l is not None]}")
   for line in summary_lines(sol):
     print(line)
-  if common.is_random_init(estimate.weights_source):   # (said by estimate, not again here: a
-    print(f"note: the estimate measured random weights ({estimate.weights_source}): its "   # probe)
+  if common.is_random_init(estimate.weights_source):   # (estimate said it, solve did not: a probe)
+    print(f"note: the estimate measured random weights ({estimate.weights_source}): its "
           "accuracies are of an untrained model, for plumbing checks only")
   print(f"wrote {common.shown(paths['json'])} and {common.shown(paths['png'])}")
   return sol, paths

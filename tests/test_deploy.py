@@ -836,7 +836,6 @@ def test_run_results_another_run_wrote_meanwhile_are_not_replaced(artifact, tmp_
 def test_run_deployed_says_when_its_latency_is_spread_wide(artifact, tmp_path, monkeypatch):
   """A latency whose IQR stayed at 63 % of its median printed as any other (a probe of the
   edge runner on a busy machine); the line after it now says so, and the results keep it."""
-  from experiments import run_deployed  # pylint: disable=g-import-not-at-top
   from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
   images, out = str(tmp_path / "imgs"), tmp_path / "r.json"
   _write_pngs(images, ["a.png", "b.png", "c.png"])
