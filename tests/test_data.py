@@ -1776,6 +1776,7 @@ def test_the_images_flag_is_checked_by_name_before_any_work(tmp_path):
   os.symlink(tmp_path / "gone", tmp_path / "dangling.png")
   data.check_images_flag(str(tmp_path))
   data.check_images_flag(str(tmp_path / "a.png"))
+  data.check_images_flag(str(tmp_path / "a.png") + "/")     # (ImageFolder reads it: a review)
   exts = ", ".join(data.IMG_EXTENSIONS)
   for name, error, message in (
       ("typo", FileNotFoundError, f"--images={tmp_path / 'typo'} does not exist"),

@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -570,15 +571,15 @@ def test_a_failed_late_stage_keeps_what_was_measured(tmp_path, capsys, monkeypat
   assert not stale.exists() and live.exists()
   (prof,) = (kept / "profile").glob("*.json")
   est = kept / "estimate" / "vit_digits_pomt_layers.json"
-  command = (f"solve them again: python -m experiments.solve --profile={prof} --estimate={est} "
-             "--allow_batch_mismatch with the job's solver flags")
-  assert f"is kept in {kept} ({command})" in capsys.readouterr().out
+  command = (f"python -m experiments.solve --profile={prof} --estimate={est} --mode=multi "
+             "--accuracy_floor=0.5 --allow_batch_mismatch")
+  assert f"is kept in {kept} (solve them again: {command})" in capsys.readouterr().out
   assert {p.component for p in records.load(str(prof)).points} == {"model", "schedule"}
   assert read_estimate(str(est)).kind == "sensitivity"
   from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
-  code, out, err = run_cli_in_process(tmp_path, "solve", command.split()[6:9] + [
-      "--mode=multi", "--accuracy_floor=0.5", f"--out_dir={tmp_path / 'solved'}"])
-  assert code == 0 and "chosen schedule:" in out, err        # (the command the line gives)
+  code, out, err = run_cli_in_process(tmp_path, "solve", shlex.split(command)[3:] + [
+      f"--out_dir={tmp_path / 'solved'}"])              # (the command as the line gives it)
+  assert code == 0 and "(accuracy_floor, rests on predicted numbers)" in out, err
 
 
 def test_a_main_job_does_not_replace_outputs_another_run_published_meanwhile(
@@ -602,8 +603,14 @@ def test_a_main_job_does_not_replace_outputs_another_run_published_meanwhile(
                     "--eval_batch_size=20"))
   assert json.loads((out / pipeline.SUMMARY_FILE).read_text())["run"] == "other"
   (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith("run.partial-")]
-  assert f"is kept in {kept} (solve them again: python -m experiments.solve " in (
-      capsys.readouterr().out)
+  said = capsys.readouterr().out
+  command = said.split(f"is kept in {kept} (solve them again: ")[1].split(")\n")[0]
+  assert command.endswith("--mode=paper --layer=3 --method=pomt --alpha=0.5 "
+                          "--allow_batch_mismatch"), command
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  code, out, err = run_cli_in_process(tmp_path, "solve", shlex.split(command)[3:] + [
+      f"--out_dir={tmp_path / 'solved'}"])              # (the paper solve, as the job's)
+  assert code == 0 and "method pomt  (utility, rests on predicted numbers)" in out, err
 
 
 def test_a_signal_while_keeping_the_measurements_still_says_why_the_run_failed(

@@ -641,3 +641,15 @@ def test_an_out_dir_inside_the_in_loop_data_is_refused(inputs, tmp_path):
         f"--out_dir={out}", "--min_run_time=0.005", "--allow_batch_mismatch",
         f"--weights={weights}", "--num_images=20", f"--data={data}"]))
   assert sorted(p.name for p in data.iterdir()) == ["0"]      # (nothing made there)
+
+
+def test_a_multi_main_job_is_not_refused_over_the_paper_layer():
+  """The main job's spec checked --layer (paper mode's block, default 3) in multi mode too:
+  a 2-block model was refused "layer 3 is outside [0, 1]", and passing --layer is refused in
+  multi mode (a review). Only paper mode checks it."""
+  from vitprune import pipeline  # pylint: disable=g-import-not-at-top
+  cfg = get_config("test_tiny_vit")
+  pipeline.PipelineSpec(solver="multi").check(cfg)
+  with pytest.raises(ValueError) as e:
+    pipeline.PipelineSpec(solver="paper").check(cfg)
+  assert str(e.value) == "layer 3 is outside [0, 1] (test_tiny_vit has 2 blocks)"

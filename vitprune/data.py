@@ -156,6 +156,7 @@ def check_images_flag(path: str, flag: str = "images") -> None:
   """ValueError naming `--flag` unless `path` is something `ImageFolder` reads: a folder or
   one image file (a mistyped path was "dataset root '...' does not exist", the flag unnamed,
   after the model had loaded)."""
+  path = os.path.abspath(path)           # (as ImageFolder reads it: 'x.png/' is x.png)
   if os.path.isdir(path) or (os.path.isfile(path) and is_image_file(path)):
     return
   if not os.path.lexists(path):
@@ -746,10 +747,10 @@ def _label_index(root: str, folders: Tuple[str, ...], class_names: Optional[Tupl
   if num_classes is not None and len(folders) != num_classes:
     raise ValueError(f"{root!r} has {len(folders)} class folders {list(folders)[:20]} but the "
                      f"model has {num_classes} classes and records no class names, so folders "
-                     f"cannot be matched to outputs; use a folder with exactly {num_classes} "
-                     "class folders, weights that record class names (`checkpoint.save_weights("
-                     "..., class_names=...)`), or the images without class folders (a flat "
-                     "folder: compared with the unpruned model, no accuracy)")
+                     f"cannot be matched to outputs; use exactly {num_classes} class folders, "
+                     "or the images without class folders (a flat folder, read unlabelled: no "
+                     "accuracy), or weights saved with their class names "
+                     "(vitprune.checkpoint.save_weights(..., class_names=...))")
   return {f: i for i, f in enumerate(folders)}
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -192,7 +193,7 @@ class PipelineSpec:
   def check(self, cfg: ViTConfig) -> None:
     """The checks that need the model: `layer` is one of its blocks, `tokens` within its range.
     Raises ValueError before any stage runs."""
-    if self.layer >= cfg.depth:
+    if self.solver == "paper" and self.layer >= cfg.depth:     # (multi mode reads no layer)
       raise ValueError(f"layer {self.layer} is outside [0, {cfg.depth - 1}] ({cfg.name} has "
                        f"{cfg.depth} blocks)")
     bad = [n for n in self.tokens or () if not cfg.num_prefix_tokens < n <= cfg.num_tokens]
@@ -757,16 +758,25 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
 
 def _solve_again(kept: str, spec: PipelineSpec, profile: records.Profile,
                  estimate: Estimate) -> str:
-  """'solve them again: python -m experiments.solve --profile=... --estimate=... [...]': the
-  command that reads what `keep_measured` kept into `kept` (it said "experiments.solve reads
-  it", and solve then refused the pair: the job evaluates at --eval_batch_size, not at the
-  profile's batch)."""
+  """'solve them again: python -m experiments.solve --profile=... --estimate=... --mode=...':
+  the command that solves what `keep_measured` kept into `kept` as the job did, shell-quoted
+  (it said "experiments.solve reads it", and solve then refused the pair: the job evaluates at
+  --eval_batch_size, not at the profile's batch; nor did it say the job's solver)."""
   flags = [f"--profile={os.path.join(kept, 'profile', records.file_stem(profile) + '.json')}",
-           f"--estimate={os.path.join(kept, 'estimate', _estimate_name(spec, estimate))}"]
+           f"--estimate={os.path.join(kept, 'estimate', _estimate_name(spec, estimate))}",
+           f"--mode={spec.solver}"]
+  if spec.solver == "paper":
+    flags += [f"--layer={spec.layer}", f"--method={spec.method}"]
+  criteria = [f"--{name}={getattr(spec, name):g}" for name in
+              ("accuracy_floor", "latency_budget", "max_accuracy_drop")
+              if getattr(spec, name) is not None]
+  flags += criteria or [f"--alpha={spec.alpha:g}"]     # (the utility only without a criterion)
+  if spec.floor_confidence:
+    flags.append("--floor_confidence")
   if estimate.eval_batch_size != spec.batch_size:
     flags.append("--allow_batch_mismatch")
   return ("solve them again: python -m experiments.solve "
-          + " ".join(console.printable(f) for f in flags) + " with the job's solver flags")
+          + " ".join(console.printable(shlex.quote(f)) for f in flags))
 
 
 SUMMARY_FILE = "summary.json"
