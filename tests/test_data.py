@@ -1788,3 +1788,18 @@ def test_the_images_flag_is_checked_by_name_before_any_work(tmp_path):
     with pytest.raises(error) as e:
       data.check_images_flag(str(tmp_path / name))
     assert str(e.value) == message
+
+
+def test_class_folders_a_model_cannot_label_name_what_can_be_done(tmp_path):
+  """Two class folders for a model of 10 unnamed classes: the message said "pass class_names",
+  a library argument no CLI has (a probe); it names what a CLI user can do instead."""
+  _png(str(tmp_path / "a" / "x.png"), _gray(3, 3))
+  _png(str(tmp_path / "b" / "y.png"), _gray(3, 3))
+  with pytest.raises(ValueError) as e:
+    data.ImageFolder(str(tmp_path), num_classes=10)
+  assert str(e.value) == (
+      f"{str(tmp_path)!r} has 2 class folders ['a', 'b'] but the model has 10 classes and "
+      "records no class names, so folders cannot be matched to outputs; use exactly 10 class "
+      "folders, or the images without class folders (a flat folder, read unlabelled: no "
+      "accuracy), or weights saved with their class names "
+      "(vitprune.checkpoint.save_weights(..., class_names=...))")

@@ -3723,3 +3723,21 @@ def test_cli_says_when_the_estimate_measured_random_weights(tmp_path):
     assert r.returncode == 0, r.stderr
     said.append(note in r.stdout.splitlines())
   assert said == [True, False]
+
+
+def test_paper_mode_on_an_estimate_of_zero_accuracy_names_the_unpruned_one(tmp_path):
+  """Untrained weights on labelled images: the main job failed with the utility's "all
+  accuracies are 0: A / max A is undefined", the unpruned accuracy of 0 unnamed (a probe). The
+  refusal names it and what to solve on instead; latency alone (alpha 1) still solves."""
+  pts = [_point("model", n, _step_latency(n)) for n in range(2, N + 1)]
+  records.save(_profile(pts), str(tmp_path), "p")
+  es = _estimate(tmp_path, [None], list(range(2, N + 1)), lambda l, n: 0.0, full=0.0)
+  with pytest.raises(solve.SolveInputError) as e:
+    _paper(str(tmp_path / "p.json"), es, batch_size=8, allow_batch_mismatch=True)
+  assert str(e.value) == (
+      f"estimate {es} measured accuracy 0 at every count, the unpruned model's 0.0 among them "
+      "(untrained weights, or labels that are not the model's classes?): there is nothing to "
+      "trade for latency; solve on agreement (experiments.solve --metric=agreement) or on "
+      "latency alone (alpha 1)")
+  sol = _paper(str(tmp_path / "p.json"), es, alpha=1.0, batch_size=8, allow_batch_mismatch=True)
+  assert sol.chosen.predicted_latency_s == min(sol.curve["latency_s"])   # (the fastest count)

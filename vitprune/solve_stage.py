@@ -310,6 +310,12 @@ def solve_paper(profile: records.Profile, estimate: Estimate, *, alpha: float = 
   except ValueError as e:
     raise SolveInputError(f"profile {profile.source} and estimate {estimate.source}: {e}"
                           ) from None
+  if alpha < 1 and not np.any(np.asarray(acc_c) > 0):  # (the utility said "all accuracies are
+    raise SolveInputError(                                # 0", the unpruned one unnamed)
+        f"estimate {estimate.source} measured {metric} 0 at every count, the unpruned model's "
+        f"{estimate.reference.get(metric)!r} among them (untrained weights, or labels that are "
+        "not the model's classes?): there is nothing to trade for latency; solve on agreement "
+        "(experiments.solve --metric=agreement) or on latency alone (alpha 1)")
   if cfg.num_tokens not in ns:        # (the utility's scale was the grid's own best, and a
     raise SolveInputError(            # one-count grid was "chosen" whatever it measured)
         f"profile {profile.source} has no point at the full {cfg.num_tokens} tokens: paper "
