@@ -235,9 +235,8 @@ def token_bounds(cfg: ViTConfig) -> Tuple[int, int]:
 def _bounds_reason(cfg: ViTConfig) -> str:
   """'for vit_digits (its 1 prefix token and at least 1 patch token, at most all 65)': why
   `token_bounds` are what they are, for an error."""
-  p = cfg.num_prefix_tokens
-  return (f"for {cfg.name} (its {p} prefix token{'s' * (p != 1)} and at least 1 patch token, at "
-          f"most all {cfg.num_tokens})")
+  return (f"for {cfg.name} (its {counted(cfg.num_prefix_tokens, 'prefix token')} and at least "
+          f"1 patch token, at most all {cfg.num_tokens})")
 
 
 def check_token_grid(cfg: ViTConfig, tokens: Sequence[int]) -> Tuple[int, ...]:
