@@ -144,7 +144,7 @@ def main(f: flags.FlagValues):
   data = None
   if use_data:
     common.check_digits_split(source, f.data)
-    with common.subset_flags_named():
+    with common.named_by_flag(*common.SUBSET_PARAMS):
       data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
                                      class_names=common.class_names(source),
                                      num_classes=cfg.num_classes)

@@ -254,16 +254,20 @@ def run_in_process(main: Callable[[flags.FlagValues], Any],
 
 
 @contextlib.contextmanager
-def subset_flags_named() -> Iterator[None]:
-  """The library's refusal of a subset size ('num_images=5000 exceeds the 359 images
-  available', 'holdout_images must be an int in 1..358') names its flag, whose name the
-  parameter carries: it reached the CLIs as the bare parameter."""
+def named_by_flag(*params: str) -> Iterator[None]:
+  """A library refusal that starts with the name of one of `params`, parameters the CLI's
+  flags of the same name set ('num_images=5000 exceeds the 359 images available',
+  'label_smoothing must be in [0, 1)'), names the flag ('--num_images=5000 ...'): it reached
+  the CLIs as the bare parameter."""
   try:
     yield
   except ValueError as e:
-    if str(e).startswith(("num_images", "holdout_images")):
+    if str(e).startswith(params):
       raise ValueError(f"--{e}") from None
     raise
+
+
+SUBSET_PARAMS = ("num_images", "holdout_images")   # `estimate.load_eval_data`'s subset sizes
 
 
 def positive(value: Optional[int], flag: str, allow_none: bool = False) -> None:

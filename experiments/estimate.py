@@ -256,7 +256,7 @@ def main(f: flags.FlagValues):
   memory.check_batch_fits(cfg, [f.batch_size], f.dtype, evaluation=True)
   cfg, params, source = common.load_model(f.model, f.weights, f.init_seed)
   trained_split = common.check_digits_split(source, f.data)
-  with common.subset_flags_named():
+  with common.named_by_flag(*common.SUBSET_PARAMS):
     data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed, split=f.split,
                                    class_names=common.class_names(source),
                                    num_classes=cfg.num_classes, holdout_images=f.holdout_images)

@@ -270,7 +270,7 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
     atomic.check_replaceable(os.path.abspath(out_dir), pipeline.is_pipeline_dir)
   cfg, params, source = common.load_model(common.given_model(f), f.weights, f.seed)
   common.check_digits_split(source, spec.data)
-  with common.subset_flags_named():
+  with common.named_by_flag(*common.SUBSET_PARAMS):
     data = pipeline.load_data(spec, common.class_names(source), cfg.num_classes)
   n = len(data.indices)
   if spec.holdout_images is not None and spec.holdout_images >= n:

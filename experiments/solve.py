@@ -356,7 +356,7 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
                      f"{estimate.source} labelled its images with {shown_names(recorded_names)} "
                      "(the same parameters with other class names: the measured accuracy "
                      "would score other labels)")
-  with common.subset_flags_named():
+  with common.named_by_flag(*common.SUBSET_PARAMS):
     data = estimate_lib.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
                                        class_names=named, num_classes=cfg.num_classes,
                                        holdout_images=f.holdout_images)

@@ -80,14 +80,13 @@ def main(f: flags.FlagValues):
     raise ValueError(f"--warmup_epochs={f.warmup_epochs}{given} exceeds --epochs={f.epochs}: "
                      f"give --warmup_epochs <= --epochs")
   cfg = vit_digits
-  try:          # (each message starts with the field's name, the flag's: it was left unnamed)
+  with common.named_by_flag("epochs", "batch_size", "lr", "warmup_epochs", "weight_decay",
+                            "label_smoothing", "max_shift"):    # (TrainConfig's, the flags')
     tc = TrainConfig(epochs=f.epochs, batch_size=f.batch_size, lr=f.lr,
                      warmup_epochs=f.warmup_epochs, weight_decay=f.weight_decay,
                      label_smoothing=f.label_smoothing, max_shift=f.max_shift,
                      seed=f.seed, split_seed=f.split_seed)
     check_train_config(cfg, tc)
-  except ValueError as e:
-    raise ValueError(f"--{e}") from None
   t_start = time.time()
   train_data = load_split("train", cfg, seed=tc.split_seed, test_fraction=tc.test_fraction)
   test_data = load_split("test", cfg, seed=tc.split_seed, test_fraction=tc.test_fraction)
