@@ -193,6 +193,10 @@ def test_chunks_are_written_as_they_are_measured(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(runner, "_measure", real)
   (prof,) = _run(tmp_path / "all", "--tokens=all", "--chunk_points=5")
   assert sorted(p.tokens for p in prof.points) == list(range(2, 18))   # every count, once
+  chunks = {}                    # each chunk is one measurement: the file says which
+  for p in prof.points:
+    chunks.setdefault(p.measured_at, []).append(p.tokens)
+  assert "" not in chunks and sorted(map(len, chunks.values())) == [1, 5, 5, 5]
   # Adaptive: the coarse grid's chunks span it too (they went top down: a run killed in the
   # second chunk of DeiT-S had nothing below 113 tokens).
   calls.clear()

@@ -397,12 +397,69 @@ def test_a_point_timed_again_says_so_in_every_form(tmp_path):
   assert [p.retimed_scale for p in kept.points if p.tokens == 10] == [0.9]
 
 
-def test_a_profile_folder_written_before_the_retimed_columns_still_merges(tmp_path):
-  """Its CSV header lacks retimed_samples / retimed_scale: it was refused as a file vitprune
-  did not write, and no run could merge into the folder."""
+def test_each_point_records_its_measurement_and_a_step_between_two_says_so(tmp_path):
+  """A profile merges points of several runs (and of chunks, and of the adaptive refinement):
+  a step between two counts timed minutes or days apart was reported, and written, as a step
+  of the graph, though the machine's change of speed may be all of it. Each point now keeps
+  when its measurement began; a step between two says so in the file, the CSV and the summary.
+  """
+  from vitprune.profile import runner
+  earlier, later = "2026-12-05T10:00:00.000+00:00", "2026-12-07T15:00:00.123+00:00"
+  points = [dataclasses.replace(p, measured_at=earlier if p.tokens > 9 else later)
+            for p in _staircase_points()]
+  prof = _profile(points)
+  (step,) = prof.steps
+  assert (step["n_from"], step["n_to"], step["measured_apart"]) == (10, 9, [earlier, later])
+  path = records.save(prof, str(tmp_path), stem="p")["json"]
+  d = json.load(open(path))
+  assert {q["tokens"]: q["measured_at"] for q in d["points"]}[9] == later
+  assert d["steps"][0]["measured_apart"] == [earlier, later]
+  back = records.load(path)
+  assert back == prof and back.points[0].measured_at == earlier
+  rows = [dict(zip(records.CSV_COLUMNS, r.split(",")))
+          for r in records.to_csv(prof).strip().split("\n")[1:]]
+  assert {r["tokens"]: r["measured_at"] for r in rows} == {
+      str(n): earlier if n > 9 else later for n in range(17, 1, -1)}
+  (line,) = [ln for ln in records.step_lines(prof) if "->" in ln]
+  assert line.startswith("  10 -> 9 saves 9.1% (1 ms; 10 and 9 were timed in separate "
+                         f"measurements (begun {earlier} and {later}): the machine's change")
+  assert line in runner.summary_table(prof).splitlines()
+  one = _profile([dataclasses.replace(p, measured_at=later) for p in _staircase_points()])
+  assert one.steps[0]["measured_apart"] == []
+  # Not in the measurement's digest (a vitprune from before the mark reads the file without
+  # it and must find the digest a solution recorded); points without it write no key.
+  assert records.measurement_sha256(prof) == records.measurement_sha256(
+      _profile(_staircase_points()))
+  assert all("measured_at" not in q for q in records.to_json(_profile(_staircase_points()))[
+      "points"])
+  assert _profile(_staircase_points()).steps[0]["measured_apart"] == []
+
+
+@pytest.mark.parametrize("mark", ["yesterday", 5, "", ["2026-12-07T15:00:00+00:00"], None])
+def test_a_bad_measured_at_mark_is_refused_naming_it(tmp_path, mark):
+  path = records.save(_profile(_staircase_points()), str(tmp_path), stem="p")["json"]
+  d = json.load(open(path))
+  d["points"][3]["measured_at"] = mark
+  with open(path, "w") as f:
+    json.dump(d, f)
+  if mark is None:                      # (null: as if absent, like the other optional keys)
+    assert records.load(path).points[3].measured_at == ""
+    return
+  with pytest.raises(ValueError, match=r"point 3: measured_at must be an ISO 8601 time \(when "
+                                       rf"its measurement began\), got {re.escape(repr(mark))}$"):
+    records.load(path)
+  with pytest.raises(ValueError, match=r"^measured_at must be an ISO 8601 time \(or ''\), got "):
+    dataclasses.replace(_point("model", 3, 1.0), measured_at=mark or 1)
+
+
+@pytest.mark.parametrize("columns_added", [1, 3])
+def test_a_profile_folder_written_before_the_newer_columns_still_merges(tmp_path,
+                                                                         columns_added):
+  """Its CSV header lacks measured_at (and before that retimed_samples / retimed_scale): it
+  was refused as a file vitprune did not write, and no run could merge into the folder."""
   paths = records.save(_profile(_staircase_points()), str(tmp_path), stem="p")
   with open(paths["csv"]) as f:
-    rows = [r.split(",")[:-2] for r in f.read().splitlines()]
+    rows = [r.split(",")[:-columns_added] for r in f.read().splitlines()]
   with open(paths["csv"], "w") as f:
     f.write("".join(",".join(r) + "\n" for r in rows))
   records.save(_profile([_point("model", 10, 0.05)]), str(tmp_path), stem="p")
@@ -771,8 +828,8 @@ def test_csv_rows_of_another_batch_size_keep_their_steps_and_rel_iqr():
   pts = _staircase_points(batch=2)
   pts[0] = _point("model", 17, pts[0].median_s, batch=2, spread=1e-3)
   rows = records.to_csv(_profile(pts)).splitlines()
-  assert rows[1] == "test_tiny_vit,cpu,cpu,float32,model,2,17,,11,10.5,11.5,1,0.09091,3,0.5,0,,,"
-  assert rows[8] == "test_tiny_vit,cpu,cpu,float32,model,2,10,,11,11,11,0,0,3,0.5,0,9,,"
+  assert rows[1] == "test_tiny_vit,cpu,cpu,float32,model,2,17,,11,10.5,11.5,1,0.09091,3,0.5,0,,,,"
+  assert rows[8] == "test_tiny_vit,cpu,cpu,float32,model,2,10,,11,11,11,0,0,3,0.5,0,9,,,"
 
 
 def test_a_name_part_with_no_letters_is_unknown():

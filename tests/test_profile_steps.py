@@ -1,4 +1,6 @@
 """Step detection on synthetic latency curves with known steps and noise."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -175,6 +177,8 @@ def test_three_counts_are_too_few_to_call_a_step():
     (dict(tokens=[3, 2], medians=[1.0, 1.0], counts=[0, 1]), "sample counts"),
     (dict(tokens=[3, 2], medians=[1.0, 1.0], k=0), "k must be"),
     (dict(tokens=[3, 2], medians=[1.0, 1.0], min_rel=-1), "min_rel"),
+    (dict(tokens=[3, 2], medians=[1.0, 1.0], measured_at=["a"]),
+     "measured_at has 1 entries for 2 token counts"),
 ])
 def test_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -394,9 +398,49 @@ def test_the_main_jobs_summary_words_a_recorded_step_as_the_profiler_does():
   record = dict(component="model", batch_size=1, n_from=s.n_from, n_to=s.n_to,
                 latency_from_s=s.latency_from, latency_to_s=s.latency_to, saving_s=s.saving_s,
                 saving_frac=s.saving_frac, noise_s=s.noise_s, level_from=s.level_from,
-                level_to=s.level_to)
+                level_to=s.level_to, measured_apart=[])
   assert pipeline._describe_step(record) == s.describe()   # pylint: disable=protected-access
   assert "measured from 20 to 18" in s.describe()
+  apart = dataclasses.replace(s, measured_apart=("T1", "T2"))
+  record["measured_apart"] = ["T1", "T2"]
+  assert pipeline._describe_step(record) == apart.describe()   # pylint: disable=protected-access
+  assert "timed in separate measurements (begun T1 and T2)" in apart.describe()
+
+
+def test_a_step_between_two_measurements_says_its_levels_were_timed_apart():
+  """Runs merged into one profile (or chunks, or the adaptive refinement) are timed in separate
+  measurements: a step between them was reported as any other, though the machine's change of
+  speed between the two may be all of it. The levels' own marks decide (an out-of-line count
+  measures the level from its neighbour); one measurement, or marks not recorded, say nothing."""
+  tokens = list(range(40, 1, -1))
+  med = _staircase(tokens, edges=(32, 16))
+  when = ["A" if n > 24 else "B" for n in tokens]          # 33 -> 32: one measurement (A)
+  rep = steps.detect_steps(tokens, med, measured_at=when)
+  assert [(s.n_from, s.n_to, s.measured_apart) for s in rep.steps] == [
+      (33, 32, ()), (17, 16, ())]
+  when = ["A" if n > 16 else "B" for n in tokens]          # 17 -> 16 straddles A and B
+  rep = steps.detect_steps(tokens, med, measured_at=when)
+  assert [s.measured_apart for s in rep.steps] == [(), ("A", "B")]
+  assert rep.steps[1].describe() == (
+      "17 -> 16 saves 16.7% (200 ms; 17 and 16 were timed in separate measurements (begun A "
+      "and B): the machine's change of speed between them may be part of the saving, time the "
+      "two together)")
+  assert rep.steps[0].describe() == "33 -> 32 saves 14.3% (200 ms)"
+  unknown = ["" if n == 16 else "A" for n in tokens]       # a point from before the mark
+  assert all(not s.measured_apart
+             for s in steps.detect_steps(tokens, med, measured_at=unknown).steps)
+  shuffled = list(reversed(tokens))                        # marks follow their counts
+  rep = steps.detect_steps(shuffled, list(reversed(med)),
+                           measured_at=["A" if n > 16 else "B" for n in shuffled])
+  assert [s.measured_apart for s in rep.steps] == [(), ("A", "B")]
+  t = np.arange(22, 10, -1)                                # the level above: from 20, not 19
+  m = np.array([20.0] * 4 + [10.0] * 8)
+  m[3] = 25.0
+  marks = ["A"] * 3 + ["B"] * 9                            # 20 is A; 19 and 18 are B
+  (s,) = steps.detect_steps(t, m, measured_at=marks).steps
+  assert (s.n_from, s.level_from, s.measured_apart) == (19, 20, ("A", "B"))
+  marks[2] = "B"                                           # 20, the level above, is B too
+  assert steps.detect_steps(t, m, measured_at=marks).steps[0].measured_apart == ()
 
 
 def test_a_curve_rising_as_tokens_fall_has_no_negative_trend():

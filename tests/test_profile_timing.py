@@ -415,6 +415,33 @@ def test_re_measurement_keeps_compile_s_and_the_first_on_a_tie():
   assert len(visits) == 16 and len(orders) > 1
 
 
+def test_every_point_of_one_measurement_records_when_it_began(monkeypatch):
+  """Points timed in one shuffled measurement (re-measured ones too) share its mark, taken as it
+  begins; the next measurement has its own: what a profile's step between two says."""
+  from vitprune.profile import protocol   # pylint: disable=g-import-not-at-top
+  stamps = iter(["2026-12-07T15:00:00.001+00:00", "2026-12-07T15:00:02.500+00:00"])
+  monkeypatch.setattr(protocol, "measurement_time", lambda: next(stamps))
+  calls = []
+
+  def wide_once(fn, args, c):        # "w" is wide at first: re-measured, after the others
+    calls.append(fn)
+    return [1.0, 2.0, 3.0, 4.0, 5.0] if calls.count(fn) == 1 and fn == "w" else [3.0] * 5
+
+  cfg = timing.TimingConfig(min_run_time=1.0, max_rel_iqr=0.1, max_retries=1)
+  out = timing.measure_all({k: (k, ()) for k in "aw"}, cfg, timer=wide_once)
+  assert out["w"].retries == 1 and calls.count("w") == 2
+  assert {m.measured_at for m in out.values()} == {"2026-12-07T15:00:00.001+00:00"}
+  again = timing.measure_all({"a": ("a", ())}, cfg, timer=wide_once)
+  assert again["a"].measured_at == "2026-12-07T15:00:02.500+00:00"
+  assert timing.summarize([1.0]).measured_at == ""        # a summary alone: no measurement
+
+
+def test_measurement_time_is_utc_to_the_millisecond():
+  from vitprune.profile import protocol   # pylint: disable=g-import-not-at-top
+  mark = protocol.measurement_time()
+  assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", mark), mark
+
+
 def test_repeat_timing_names_its_flags_and_keeps_max_retries():
   from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
   cfg = protocol.repeat_timing(7, 2, max_retries=4)

@@ -1008,7 +1008,8 @@ def holdout_summary(result: Optional[estimate_lib.EvalResult], metric: str,
 def _describe_step(s: Dict[str, Any]) -> str:
   """A profile record's step (`records.analyze`) as `steps.Step.describe` words it."""
   return steps_lib.Step(s["n_from"], s["n_to"], s["latency_from_s"], s["latency_to_s"],
-                        s["noise_s"], s["level_from"], s["level_to"]).describe()
+                        s["noise_s"], s["level_from"], s["level_to"],
+                        tuple(s["measured_apart"])).describe()
 
 
 def _estimate_measured(estimate: Estimate, metric: str, counts) -> Optional[float]:

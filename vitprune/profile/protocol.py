@@ -15,6 +15,7 @@ shuffled order: drift then reaches every point alike (how a few candidates are c
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import time
 from typing import Any, Callable, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
@@ -161,6 +162,8 @@ class Measurement:
   samples: Tuple[float, ...]
   compile_s: float = 0.0
   retries: int = 0
+  measured_at: str = ""   # when the shuffled measurement that timed it began (`measure_all`;
+                          # UTC, ISO 8601 to the millisecond): its points compare without drift
 
   @property
   def iqr(self) -> float:
@@ -240,8 +243,11 @@ def measure_all(points: Mapping[Hashable, Tuple[Callable, Sequence[Any]]], cfg: 
   (by relative IQR alone, the slower of two equally spread ones was kept: a probe saw every
   re-measured point ~40 % slower than its neighbours); a point stops being re-measured once a
   measurement of it is within `max_rel_iqr`. `on_done(key)` is called once per point of the
-  first measurement (progress reporting).
+  first measurement (progress reporting). Every Measurement returned records when this
+  measurement began (`measured_at`, `measurement_time`): two of one call compare without the
+  machine's drift between calls.
   """
+  began = measurement_time()
   compile_s = compile_s or {}
   keys = list(points)
   rng = np.random.default_rng(cfg.seed)
@@ -259,7 +265,13 @@ def measure_all(points: Mapping[Hashable, Tuple[Callable, Sequence[Any]]], cfg: 
         out[key] = m
       else:
         out[key] = dataclasses.replace(out[key], retries=attempt)
-  return out
+  return {k: dataclasses.replace(m, measured_at=began) for k, m in out.items()}
+
+
+def measurement_time() -> str:
+  """Now, UTC, ISO 8601 to the millisecond: a measurement's `measured_at` (two begun within one
+  millisecond would read as one; real ones take longer than that to time their calls)."""
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _sample_rounds(keys: Sequence[Hashable], points, cfg: TimingConfig, rng, timer,

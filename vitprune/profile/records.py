@@ -37,17 +37,24 @@ JSON schema (version 1), all latencies in seconds:
         "num_samples": 250, "samples_s": [...],   # every timed call
         "compile_s": 8.1,                         # lower + compile wall time, excluded from runs
         "retries": 0,                             # re-measurement rounds (wide IQR)
-        "retimed": {"samples": 9, "scale": 0.97}},  # only on a point timed again and pooled
+        "retimed": {"samples": 9, "scale": 0.97},   # only on a point timed again and pooled
                                                   # (the main job's re-timing): its last
                                                   # `samples` samples_s are that timing's, times
                                                   # `scale` (the unpruned graph's profiled /
                                                   # re-timed median: the drift in between)
+        "measured_at": "2025-01-01T12:00:03.250+00:00"},   # when its shuffled measurement
+                                                  # began (UTC): points of one measurement
+                                                  # compare without drift (absent: a point
+                                                  # written before vitprune recorded it)
         ...],
     "steps": [{"component", "batch_size", "n_from", "n_to", "latency_from_s", "latency_to_s",
-               "saving_s", "saving_frac", "noise_s", "level_from", "level_to"}, ...],
+               "saving_s", "saving_frac", "noise_s", "level_from", "level_to",
+               "measured_apart"}, ...],
                                                   # latency_from_s: L(level_from), n_from or
                                                   # the count above when n_from ran out of line
-                                                  # (steps.Step); latency_to_s likewise
+                                                  # (steps.Step); latency_to_s likewise;
+                                                  # measured_apart: [] or the measured_at of
+                                                  # level_from and level_to, timed apart
     "flats": [{"component", "batch_size", "n_hi", "n_lo", "latency_hi_s", "latency_lo_s"}, ...],
     "lone_counts": [{"component", "batch_size", "n", "n_above", "n_below", "latency_s",
                      "latency_above_s", "latency_below_s", "slow"}, ...],  # out of line with
@@ -107,6 +114,8 @@ class Point:
   schedule: Optional[Tuple[int, ...]] = None
   retimed_samples: int = 0               # the last k samples_s: a later timing, pooled in
   retimed_scale: Optional[float] = None  # ... times this (the drift between the two timings)
+  measured_at: str = ""                  # its measurement's start (`protocol.measure_all`): one
+                                         # per shuffled measurement; "" where not recorded
 
   def __post_init__(self):
     if self.component not in COMPONENTS:
@@ -126,6 +135,9 @@ class Point:
                                        and self.retimed_scale > 0)):
       raise ValueError(f"a point timed again has a positive scale and samples (got scale "
                        f"{self.retimed_scale!r}, {self.retimed_samples} samples)")
+    if not isinstance(self.measured_at, str) or (self.measured_at and not _is_time(
+        self.measured_at)):
+      raise ValueError(f"measured_at must be an ISO 8601 time (or ''), got {self.measured_at!r}")
 
   @property
   def key(self) -> Tuple:
@@ -146,7 +158,8 @@ class Point:
     return cls(component=component, batch_size=int(batch_size), tokens=int(tokens),
                median_s=m.median, q25_s=m.q25, q75_s=m.q75, num_samples=len(m.samples),
                samples_s=m.samples, compile_s=m.compile_s, retries=m.retries,
-               schedule=None if schedule is None else tuple(schedule))
+               schedule=None if schedule is None else tuple(schedule),
+               measured_at=m.measured_at)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +202,15 @@ def now_iso() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def _is_time(text: str) -> bool:
+  """Whether `text` is an ISO 8601 date and time (a point's `measured_at`)."""
+  try:
+    datetime.datetime.fromisoformat(text)
+  except ValueError:
+    return False
+  return True
+
+
 # ----------------------------------------------------------------------------- analysis
 
 
@@ -197,7 +219,8 @@ def step_report(points: Sequence[Point], **kw) -> Optional[steps_lib.StepReport]
   if len(points) < 2:
     return None
   return steps_lib.detect_steps([p.tokens for p in points], [p.median_s for p in points],
-                                [p.iqr_s for p in points], [p.num_samples for p in points], **kw)
+                                [p.iqr_s for p in points], [p.num_samples for p in points],
+                                measured_at=[p.measured_at for p in points], **kw)
 
 
 def merged_line(path: str, held: Profile, timed: Profile) -> Optional[str]:
@@ -264,7 +287,8 @@ def analyze(profile: Profile, **step_kw) -> Profile:
       steps += [dict(component=comp, batch_size=b, n_from=s.n_from, n_to=s.n_to,
                      latency_from_s=s.latency_from, latency_to_s=s.latency_to,
                      saving_s=s.saving_s, saving_frac=s.saving_frac, noise_s=s.noise_s,
-                     level_from=s.level_from, level_to=s.level_to)
+                     level_from=s.level_from, level_to=s.level_to,
+                     measured_apart=list(s.measured_apart))
                 for s in rep.steps]
       flats += [dict(component=comp, batch_size=b, n_hi=f.n_hi, n_lo=f.n_lo,
                      latency_hi_s=f.latency_hi, latency_lo_s=f.latency_lo) for f in rep.flats]
@@ -299,6 +323,8 @@ def to_json(profile: Profile) -> Dict[str, Any]:
                        samples_s=list(p.samples_s), compile_s=p.compile_s, retries=p.retries))
     if p.retimed_samples:        # (only then: a profile not re-timed is written as before)
       points[-1]["retimed"] = {"samples": p.retimed_samples, "scale": p.retimed_scale}
+    if p.measured_at:            # (a point of a file from before the mark has none)
+      points[-1]["measured_at"] = p.measured_at
   return dict(format=FORMAT, schema_version=SCHEMA_VERSION, created=profile.created,
               model=profile.model, config=profile.config, device_kind=profile.device_kind,
               platform=profile.platform, jax_version=profile.jax_version,
@@ -317,14 +343,16 @@ ANALYSIS_KEYS = ("steps", "flats", "predictions", "lone_counts")
 def measurement_sha256(profile: Profile) -> str:
   """The canonical sha256 of what `profile` measured (its JSON without `ANALYSIS_KEYS`): the
   identity a solution and a deployment record of the profile they used. Its analysis is left
-  out: it is recomputed on load, and a better step detector would change a digest of it; so is
-  a point's `retimed` mark, which says where samples the digest covers came from (a vitprune
-  from before the mark reads the file without it, and must find the same digest)."""
+  out: it is recomputed on load, and a better step detector would change a digest of it; so are
+  a point's `retimed` and `measured_at` marks, which say where and when samples the digest
+  covers were timed (a vitprune from before a mark reads the file without it, and must find
+  the same digest)."""
   doc = to_json(profile)
   for key in ANALYSIS_KEYS:
     del doc[key]
   for point in doc["points"]:
     point.pop("retimed", None)
+    point.pop("measured_at", None)
   return jsonio.canonical_sha256(doc)
 
 
@@ -394,11 +422,17 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
       raise ValueError(f"{source}: point {i}: retimed must be {{\"samples\": 1.."
                        f"{len(p['samples_s']) - 1}, \"scale\": a positive number}}, got "
                        f"{retimed!r}")
+    measured_at = "" if p.get("measured_at") is None else p["measured_at"]   # (null: absent)
+    if "measured_at" in p and p["measured_at"] is not None and not (
+        isinstance(measured_at, str) and _is_time(measured_at)):
+      raise ValueError(f"{source}: point {i}: measured_at must be an ISO 8601 time (when its "
+                       f"measurement began), got {measured_at!r}")
     try:
       points.append(Point(**{k: p[k] for k in _POINT_KEYS if k != "schedule"},
                           schedule=None if p["schedule"] is None else tuple(p["schedule"]),
                           retimed_samples=0 if retimed is None else retimed["samples"],
-                          retimed_scale=None if retimed is None else float(retimed["scale"])))
+                          retimed_scale=None if retimed is None else float(retimed["scale"]),
+                          measured_at=measured_at))
     except (TypeError, ValueError) as e:
       raise ValueError(f"{source}: point {i}: {e}") from e
   first: Dict[Tuple, int] = {}
@@ -503,15 +537,17 @@ def _bad_point_value(p: Dict[str, Any], cfg: ViTConfig) -> Optional[str]:
 
 CSV_COLUMNS = ("model", "device_kind", "platform", "dtype", "component", "batch_size", "tokens",
                "schedule", "median_ms", "q25_ms", "q75_ms", "iqr_ms", "rel_iqr", "num_samples",
-               "compile_s", "retries", "step_to", "retimed_samples", "retimed_scale")
-# Headers an earlier vitprune wrote (before the retimed columns): a profile folder of theirs
-# still merges (its CSV was refused as "not written by vitprune").
-OLDER_CSV_COLUMNS = (CSV_COLUMNS[:-2],)
+               "compile_s", "retries", "step_to", "retimed_samples", "retimed_scale",
+               "measured_at")
+# Headers an earlier vitprune wrote (before the measured_at column; before the retimed ones): a
+# profile folder of theirs still merges (its CSV was refused as "not written by vitprune").
+OLDER_CSV_COLUMNS = (CSV_COLUMNS[:-1], CSV_COLUMNS[:-3])
 
 
 def to_csv(profile: Profile) -> str:
   """One row per point (milliseconds); `step_to` is the next count if n -> step_to is a step;
-  `retimed_samples` / `retimed_scale` are blank unless the point was timed again and pooled."""
+  `retimed_samples` / `retimed_scale` are blank unless the point was timed again and pooled;
+  `measured_at` is blank for a point of a profile written before vitprune recorded it."""
   steps = {(s["component"], s["batch_size"], s["n_from"]): s["n_to"] for s in profile.steps}
   buf = io.StringIO()
   w = csv.writer(buf, lineterminator="\n")
@@ -526,7 +562,7 @@ def to_csv(profile: Profile) -> str:
                 f"{p.compile_s:.4g}", p.retries,
                 steps.get((p.component, p.batch_size, p.tokens), ""),
                 p.retimed_samples or "",
-                "" if p.retimed_scale is None else f"{p.retimed_scale:.6g}"])
+                "" if p.retimed_scale is None else f"{p.retimed_scale:.6g}", p.measured_at])
   return buf.getvalue()
 
 

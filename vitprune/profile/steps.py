@@ -69,7 +69,10 @@ class Step:
   own counts, except where one is out of line with its other neighbour and the step was
   confirmed from that neighbour instead (n_from slower than the count above it: the level above
   is that count's; n_to faster than the count below: the level below is that count's), so a
-  slow measurement at n_from does not add its own delay to the saving."""
+  slow measurement at n_from does not add its own delay to the saving. `measured_apart`: when
+  the two levels were timed in separate measurements (their `measured_at`, above and below),
+  () when in one (or not recorded): the machine's change of speed between two measurements
+  (runs merged into one profile, chunks, the adaptive refinement) may be part of the saving."""
   n_from: int
   n_to: int
   latency_from: float        # L(level_from), seconds
@@ -77,6 +80,7 @@ class Step:
   noise_s: float
   level_from: int            # n_from, or the count above it
   level_to: int              # n_to, or the count below it
+  measured_apart: Tuple[str, ...] = ()
 
   @property
   def saving_s(self) -> float:
@@ -90,10 +94,14 @@ class Step:
     out_of_line = [f"{self.n_from} ran slower than {self.level_from}"] * (
         self.level_from != self.n_from) + [f"{self.n_to} ran faster than {self.level_to}"] * (
         self.level_to != self.n_to)
+    apart = (f"; {self.level_from} and {self.level_to} were timed in separate measurements "
+             f"(begun {self.measured_apart[0]} and {self.measured_apart[1]}): the machine's "
+             "change of speed between them may be part of the saving, time the two together"
+             if self.measured_apart else "")
     return (f"{self.n_from} -> {self.n_to} saves {100 * self.saving_frac:.1f}% "
             f"({1e3 * self.saving_s:.4g} ms" + (
                 f", measured from {self.level_from} to {self.level_to}: "
-                f"{' and '.join(out_of_line)})" if out_of_line else ")"))
+                f"{' and '.join(out_of_line)}" if out_of_line else "") + apart + ")")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,12 +218,14 @@ def curve_noise(medians: Sequence[float], tokens: Optional[Sequence[int]] = None
 
 def detect_steps(tokens: Sequence[int], medians: Sequence[float],
                  iqrs: Optional[Sequence[float]] = None, counts: Optional[Sequence[int]] = None,
-                 *, k: float = 4.0, min_rel: float = 0.01, flat_rel: float = 0.02
-                 ) -> StepReport:
+                 *, k: float = 4.0, min_rel: float = 0.01, flat_rel: float = 0.02,
+                 measured_at: Optional[Sequence[str]] = None) -> StepReport:
   """Steps and flat stretches of a curve given per-point medians, IQRs and sample counts.
 
   tokens, medians, iqrs, counts: [P] in any order (sorted by tokens descending here). `iqrs=None`
-  means zero spread, `counts=None` means one sample per point.
+  means zero spread, `counts=None` means one sample per point. measured_at: [P] which
+  measurement timed each point ('' not known); a step between levels of two known, different
+  ones says so (`Step.measured_apart`).
   """
   if k <= 0:
     raise ValueError(f"k must be > 0, got {k}")
@@ -225,8 +235,11 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
     raise ValueError(f"flat_rel must be >= 0, got {flat_rel}")
   iqrs = np.zeros(len(tokens)) if iqrs is None else iqrs
   t, (med, iqr, cnt) = _check_curve(tokens, medians, iqrs, counts)
+  if measured_at is not None and len(measured_at) != t.size:
+    raise ValueError(f"measured_at has {len(measured_at)} entries for {t.size} token counts")
   order = np.argsort(-t)
   t, med, iqr = t[order], med[order], iqr[order]
+  when = [""] * t.size if measured_at is None else [str(measured_at[i]) for i in order]
   cnt = None if cnt is None else cnt[order]
   drop = med[:-1] - med[1:]                                   # [P - 1]
   gap = (t[:-1] - t[1:]).astype(np.float64)                   # [P - 1] tokens per pair
@@ -322,9 +335,12 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
   lone_ns = {c.n for c in lone}       # (a pair of counts named lone is no step as well)
   verdict = {i: v for i, v in verdict.items()
              if v != "step" or not {int(t[i]), int(t[i + 1])} & lone_ns}
+  def apart(hi, lo):    # the two measurements of levels hi and lo, where known and different
+    return (when[hi], when[lo]) if when[hi] and when[lo] and when[hi] != when[lo] else ()
+
   steps = tuple(Step(int(t[i]), int(t[i + 1]), float(med[levels[i][0]]),
                      float(med[levels[i][1]]), float(noise[i]), int(t[levels[i][0]]),
-                     int(t[levels[i][1]]))
+                     int(t[levels[i][1]]), apart(*levels[i]))
                 for i, v in sorted(verdict.items()) if v == "step")
 
   def span_flat(i, j):  # the whole span n[i] -> n[j + 1] changes within noise
