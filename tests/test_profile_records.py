@@ -622,7 +622,7 @@ def test_a_lone_slow_count_is_recorded_apart_from_the_steps(tmp_path):
   assert prof.lone_counts == (dict(component="model", batch_size=1, n=11, n_above=12,
                                    n_below=10, latency_s=1e-2 + 1.1e-3 + 2e-3,
                                    latency_above_s=1e-2 + 1.2e-3, latency_below_s=1.1e-2,
-                                   slow=True),)
+                                   slow=True, measured_apart=[]),)
   rows = [dict(zip(records.CSV_COLUMNS, r.split(",")))
           for r in records.to_csv(prof).splitlines()[1:]]
   assert len(rows) == 16 and all(r["step_to"] == "" for r in rows)   # no step_to on any row

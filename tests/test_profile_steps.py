@@ -387,6 +387,35 @@ def test_a_dip_whose_rebound_falls_short_of_the_slower_test_is_a_lone_count():
   assert _pairs(steps.detect_steps(t, m, [0.05] * t.size, [20] * t.size))[0] == [(59, 58)]
 
 
+def test_a_lone_count_timed_in_another_measurement_says_so():
+  """A count resumed or re-measured alone (another measurement than both its neighbours) and
+  out of line with them is most likely the machine's speed at that moment: its line says when
+  each was timed. Timed with either neighbour, or with marks not recorded, it says nothing."""
+  tokens = np.arange(30, 10, -1)
+  med = 1e-3 + 1e-5 * tokens
+  med[tokens == 20] += 3e-4                             # 20 measured slow
+  marks = ["A"] * tokens.size
+
+  def lone(marks):
+    (c,) = steps.detect_steps(tokens, med, measured_at=marks).lone
+    return c
+
+  assert lone(marks).n == 20 and lone(marks).measured_apart == ()
+  marks[list(tokens).index(20)] = "B"
+  c = lone(marks)
+  assert c.measured_apart == ("B", "A")
+  assert c.describe().endswith("(a burst of load, or a shape the compiler handles badly; 20 was "
+                               "timed in another measurement (begun B) than 21 and 19 (begun "
+                               "A))")
+  marks[list(tokens).index(19)] = "C"                   # its neighbours of two others
+  assert lone(marks).measured_apart == ("B", "A", "C")
+  assert "than 21 and 19 (begun A and C))" in lone(marks).describe()
+  marks[list(tokens).index(21)] = "B"                   # timed with one of them: nothing said
+  assert lone(marks).measured_apart == ()
+  marks[list(tokens).index(21)] = ""                    # a neighbour's mark not recorded
+  assert lone(marks).measured_apart == ()
+
+
 def test_the_main_jobs_summary_words_a_recorded_step_as_the_profiler_does():
   """pipeline._describe_step rebuilt the sentence from the record (it would have kept the saving
   of the pair's own counts apart from Step.describe)."""

@@ -57,8 +57,10 @@ JSON schema (version 1), all latencies in seconds:
                                                   # level_from and level_to, timed apart
     "flats": [{"component", "batch_size", "n_hi", "n_lo", "latency_hi_s", "latency_lo_s"}, ...],
     "lone_counts": [{"component", "batch_size", "n", "n_above", "n_below", "latency_s",
-                     "latency_above_s", "latency_below_s", "slow"}, ...],  # out of line with
-                                                  # both neighbours (slower if slow, else faster)
+                     "latency_above_s", "latency_below_s", "slow", "measured_apart"}, ...],
+                                                  # out of line with both neighbours (slower
+                                                  # if slow, else faster); measured_apart: []
+                                                  # or n's measured_at, then theirs
     "predictions": [{"batch_size", "component", "schedule", "predicted_s", "measured_s",
                      "rel_error"}, ...]           # per-block sum vs measured graphs
   }
@@ -292,7 +294,8 @@ def analyze(profile: Profile, **step_kw) -> Profile:
                 for s in rep.steps]
       flats += [dict(component=comp, batch_size=b, n_hi=f.n_hi, n_lo=f.n_lo,
                      latency_hi_s=f.latency_hi, latency_lo_s=f.latency_lo) for f in rep.flats]
-      lone += [dict(component=comp, batch_size=b, **dataclasses.asdict(c)) for c in rep.lone]
+      lone += [dict(component=comp, batch_size=b, **{**dataclasses.asdict(c), "measured_apart":
+                                                     list(c.measured_apart)}) for c in rep.lone]
     table = block_table(profile, b)
     if table is None:
       continue

@@ -125,7 +125,9 @@ class Flat:
 class Lone:
   """`n` tokens measured slower (`slow`) or faster than both `n_above` and `n_below`, which
   differ from each other by the trend only: a lone count, not a step (one of two neighbouring
-  counts out of line together: `n_above` / `n_below` are the counts either side of the two)."""
+  counts out of line together: `n_above` / `n_below` are the counts either side of the two).
+  `measured_apart`: when `n` was timed in another measurement than both of them, its
+  `measured_at` and then theirs (one, or two when they differ too); () otherwise."""
   n: int
   n_above: int
   n_below: int
@@ -133,15 +135,19 @@ class Lone:
   latency_above_s: float
   latency_below_s: float
   slow: bool
+  measured_apart: Tuple[str, ...] = ()
 
   def describe(self) -> str:
     why = ("a burst of load, or a shape the compiler handles badly" if self.slow else
            "an aligned shape, or a quiet moment: prune to exactly it if it holds when measured "
            "again")
+    apart = (f"; {self.n} was timed in another measurement (begun {self.measured_apart[0]}) "
+             f"than {self.n_above} and {self.n_below} (begun "
+             f"{' and '.join(self.measured_apart[1:])})" if self.measured_apart else "")
     return (f"{self.n} lone {'slow' if self.slow else 'fast'} count: "
             f"{100 * (self.latency_s / self.latency_above_s - 1):+.1f}% vs {self.n_above}, "
             f"{100 * (self.latency_s / self.latency_below_s - 1):+.1f}% vs {self.n_below}, which "
-            f"differ by the trend only: not a step ({why})")
+            f"differ by the trend only: not a step ({why}{apart})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,8 +296,10 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
                  all(slower(i + 1 + w, j) for j in range(i + 1, i + 1 + w))), 0)
 
   def lone_count(j, a, b, slow):   # count j out of line with counts a and b
+    others = tuple(dict.fromkeys((when[a], when[b])))
+    apart = ((when[j],) + others if when[j] and all(others) and when[j] not in others else ())
     return Lone(int(t[j]), int(t[a]), int(t[b]), float(med[j]), float(med[a]), float(med[b]),
-                slow=slow)
+                slow=slow, measured_apart=apart)
 
   def lone_at(i, hi_w, lo_w):  # the Lones of the counts of step pair i out of line, or ()
     if hi_w and agree(i - hi_w, i + 1):
