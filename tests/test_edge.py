@@ -1649,7 +1649,7 @@ def test_a_schedule_kit_profile_names_each_schedule(tmp_path, params):
   assert r.returncode == 0, r.stderr[-2000:]
   lines = r.stdout.splitlines()
   assert [l.split(":")[0] for l in lines[:2]] == ["schedule b1 17,12,8", "schedule b1 17,17,9"]
-  assert lines[2] == f"wrote {tmp_path / 'p.json'}"
+  assert lines[2] == f"wrote {tmp_path / 'p.json'}, {tmp_path / 'p.csv'}"   # (both files)
   progress = sorted(l.split("] ")[1] for l in r.stderr.splitlines() if l.startswith("["))
   assert progress == ["schedule b1 17,12,8", "schedule b1 17,17,9"], r.stderr
   # A point's schedule label or the kit's reducer edited (timings written into the profile
