@@ -226,7 +226,9 @@ def test_retiming_skips_the_counts_timed_again_and_lists_them_all(monkeypatch):
 
   def measure(cfg, params, graphs, spec):
     timed.append(sorted(graphs))
-    return {n: protocol.summarize([2 * truth[n]] * 5) for n in graphs}     # twice as slow
+    mark = f"2026-12-07T15:00:0{len(timed)}.000+00:00"           # each round its measurement
+    return {n: dataclasses.replace(protocol.summarize([2 * truth[n]] * 5), measured_at=mark)
+            for n in graphs}                                    # twice as slow
   monkeypatch.setattr(pipeline, "_measure_graphs", measure)
 
   def solve_on(prof):
@@ -249,6 +251,11 @@ def test_retiming_skips_the_counts_timed_again_and_lists_them_all(monkeypatch):
     assert (by_n[n].num_samples, by_n[n].retimed_samples) == (8, 5)
     assert by_n[n].retimed_scale == 0.5 and by_n[n].median_s == pytest.approx(truth[n])
   assert (by_n[N].num_samples, by_n[N].retimed_samples, by_n[14].num_samples) == (3, 0, 3)
+  # A pooled point holds the re-timing's samples: it takes that measurement's mark (a step
+  # against a count not timed again says it was timed apart); the others keep theirs.
+  assert {n: by_n[n].measured_at[17:19] for n in (12, 11, 13, 10)} == {
+      12: "01", 11: "01", 13: "02", 10: "02"}
+  assert by_n[N].measured_at == by_n[14].measured_at == ""
   assert [p for p in pooled.points if p.batch_size == 1] == list(profile.points[-6:]) == other
   assert pipeline.retime_line(first, sol) == (
       "re-timed the counts of highest utility (13, 12, 11, 10) with the unpruned graph, samples "

@@ -435,8 +435,11 @@ def test_each_point_records_its_measurement_and_a_step_between_two_says_so(tmp_p
   assert _profile(_staircase_points()).steps[0]["measured_apart"] == []
 
 
-@pytest.mark.parametrize("mark", ["yesterday", 5, "", ["2026-12-07T15:00:00+00:00"], None])
+@pytest.mark.parametrize("mark", ["yesterday", 5, "", ["2026-12-07T15:00:00+00:00"], None,
+                                  "2026-12-07", "2026-12-07T15:00:00"])
 def test_a_bad_measured_at_mark_is_refused_naming_it(tmp_path, mark):
+  """A date alone or a time without its UTC offset is no instant (a probe's edited file loaded
+  "2026-12-07" as a measurement mark)."""
   path = records.save(_profile(_staircase_points()), str(tmp_path), stem="p")["json"]
   d = json.load(open(path))
   d["points"][3]["measured_at"] = mark
@@ -445,11 +448,30 @@ def test_a_bad_measured_at_mark_is_refused_naming_it(tmp_path, mark):
   if mark is None:                      # (null: as if absent, like the other optional keys)
     assert records.load(path).points[3].measured_at == ""
     return
-  with pytest.raises(ValueError, match=r"point 3: measured_at must be an ISO 8601 time \(when "
-                                       rf"its measurement began\), got {re.escape(repr(mark))}$"):
+  with pytest.raises(ValueError, match=r"point 3: measured_at must be an ISO 8601 date and time "
+                                       r"with its UTC offset \(when its measurement began\), got "
+                                       rf"{re.escape(repr(mark))}$"):
     records.load(path)
-  with pytest.raises(ValueError, match=r"^measured_at must be an ISO 8601 time \(or ''\), got "):
+  with pytest.raises(ValueError, match=r"^measured_at must be an ISO 8601 date and time with its "
+                                       r"UTC offset \(or ''\), got "):
     dataclasses.replace(_point("model", 3, 1.0), measured_at=mark or 1)
+
+
+def test_one_instant_is_one_mark_however_it_is_spelled(tmp_path):
+  """Marks were compared as text: the same instant written with 'Z' and with '+00:00' (an
+  edited or foreign file) was reported as two measurements either side of a step."""
+  spellings = {n: "2026-12-07T15:00:00Z" if n > 9 else "2026-12-07T16:00:00.000+01:00"
+               for n in range(17, 1, -1)}
+  prof = _profile([dataclasses.replace(p, measured_at=spellings[p.tokens])
+                   for p in _staircase_points()])
+  assert {p.measured_at for p in prof.points} == {"2026-12-07T15:00:00.000+00:00"}
+  assert prof.steps[0]["measured_apart"] == []
+  path = records.save(_profile(_staircase_points()), str(tmp_path), stem="p")["json"]
+  d = json.load(open(path))
+  d["points"][0]["measured_at"] = "2026-12-07T15:00:00.5Z"
+  with open(path, "w") as f:
+    json.dump(d, f)
+  assert records.load(path).points[0].measured_at == "2026-12-07T15:00:00.500+00:00"
 
 
 @pytest.mark.parametrize("columns_added", [1, 3])

@@ -415,24 +415,28 @@ def test_re_measurement_keeps_compile_s_and_the_first_on_a_tie():
   assert len(visits) == 16 and len(orders) > 1
 
 
-def test_every_point_of_one_measurement_records_when_it_began(monkeypatch):
-  """Points timed in one shuffled measurement (re-measured ones too) share its mark, taken as it
-  begins; the next measurement has its own: what a profile's step between two says."""
+def test_every_point_records_when_the_pass_that_timed_it_began(monkeypatch):
+  """Points timed in one shuffled measurement share its mark, taken as it begins; a
+  re-measurement kept was a later pass over the wide points only, and carries that pass's mark
+  (one not kept leaves the first); the next measurement has its own: what a profile's step
+  between two says."""
   from vitprune.profile import protocol   # pylint: disable=g-import-not-at-top
-  stamps = iter(["2026-12-07T15:00:00.001+00:00", "2026-12-07T15:00:02.500+00:00"])
+  stamps = iter(["T0", "T1", "T2", "T3", "T4"])
   monkeypatch.setattr(protocol, "measurement_time", lambda: next(stamps))
   calls = []
 
-  def wide_once(fn, args, c):        # "w" is wide at first: re-measured, after the others
+  def wide_once(fn, args, c):        # "w" is wide at first, then tight: the retry is kept
     calls.append(fn)
-    return [1.0, 2.0, 3.0, 4.0, 5.0] if calls.count(fn) == 1 and fn == "w" else [3.0] * 5
+    if fn == "v" or (fn == "w" and calls.count(fn) == 1):
+      return [1.0, 2.0, 3.0, 4.0, 5.0]       # "v" stays wide: its first timing is kept
+    return [3.0] * 5
 
   cfg = timing.TimingConfig(min_run_time=1.0, max_rel_iqr=0.1, max_retries=1)
-  out = timing.measure_all({k: (k, ()) for k in "aw"}, cfg, timer=wide_once)
-  assert out["w"].retries == 1 and calls.count("w") == 2
-  assert {m.measured_at for m in out.values()} == {"2026-12-07T15:00:00.001+00:00"}
+  out = timing.measure_all({k: (k, ()) for k in "avw"}, cfg, timer=wide_once)
+  assert out["w"].retries == out["v"].retries == 1 and calls.count("w") == 2
+  assert {k: m.measured_at for k, m in out.items()} == {"a": "T0", "v": "T0", "w": "T1"}
   again = timing.measure_all({"a": ("a", ())}, cfg, timer=wide_once)
-  assert again["a"].measured_at == "2026-12-07T15:00:02.500+00:00"
+  assert again["a"].measured_at == "T2"
   assert timing.summarize([1.0]).measured_at == ""        # a summary alone: no measurement
 
 

@@ -594,7 +594,9 @@ def _pooled(profile: records.Profile, batch: int, measured: Dict[int, timing.Mea
   """`profile` with each 'model' point at batch `batch` and a count `measured` holds timed again
   (the unpruned count `full` aside: the reference): its samples and the new ones scaled by
   L(full) profiled / re-timed, summarised together (analysed again: steps, lone counts); the
-  point says so (`retimed_samples`, `retimed_scale`: the profile file marks it)."""
+  point says so (`retimed_samples`, `retimed_scale`: the profile file marks it) and takes the
+  re-timing's `measured_at` (its newest samples: a step against a count not timed again says
+  its levels were timed apart, the scaling for the drift notwithstanding)."""
   model = {p.tokens: p for p in profile.points if (p.component, p.batch_size) == ("model", batch)}
   scale = model[full].median_s / measured[full].median
   points = []
@@ -607,7 +609,8 @@ def _pooled(profile: records.Profile, batch: int, measured: Dict[int, timing.Mea
                                 compile_s=p.compile_s, retries=p.retries)
       p = dataclasses.replace(p, median_s=both.median, q25_s=both.q25, q75_s=both.q75,
                               num_samples=len(both.samples), samples_s=both.samples,
-                              retimed_samples=len(m.samples), retimed_scale=scale)
+                              retimed_samples=len(m.samples), retimed_scale=scale,
+                              measured_at=m.measured_at or p.measured_at)
     points.append(p)
   return records.analyze(dataclasses.replace(profile, points=tuple(points)))
 

@@ -243,35 +243,54 @@ def measure_all(points: Mapping[Hashable, Tuple[Callable, Sequence[Any]]], cfg: 
   (by relative IQR alone, the slower of two equally spread ones was kept: a probe saw every
   re-measured point ~40 % slower than its neighbours); a point stops being re-measured once a
   measurement of it is within `max_rel_iqr`. `on_done(key)` is called once per point of the
-  first measurement (progress reporting). Every Measurement returned records when this
-  measurement began (`measured_at`, `measurement_time`): two of one call compare without the
-  machine's drift between calls.
+  first measurement (progress reporting). Every Measurement returned records when the pass
+  that timed it began (`measured_at`, `measurement_time`): the first, or the re-measurement
+  kept (a later pass over the wide points only: not compared with the others without drift).
   """
   began = measurement_time()
   compile_s = compile_s or {}
   keys = list(points)
   rng = np.random.default_rng(cfg.seed)
   out: Dict[Hashable, Measurement] = {
-      k: summarize(v, compile_s=compile_s.get(k, 0.0))
+      k: dataclasses.replace(summarize(v, compile_s=compile_s.get(k, 0.0)), measured_at=began)
       for k, v in _sample_rounds(keys, points, cfg, rng, timer, on_done).items()}
   for attempt in range(1, cfg.max_retries + 1):
     wide = [k for k in keys if out[k].rel_iqr > cfg.max_rel_iqr]
     if not wide:
       break
+    began = measurement_time()
     for key, v in _sample_rounds(wide, points, cfg, rng, timer).items():
-      m = summarize(v, compile_s=out[key].compile_s, retries=attempt)
+      m = dataclasses.replace(summarize(v, compile_s=out[key].compile_s, retries=attempt),
+                              measured_at=began)
       tight, was_tight = m.rel_iqr <= cfg.max_rel_iqr, out[key].rel_iqr <= cfg.max_rel_iqr
       if (tight, -m.q75) > (was_tight, -out[key].q75):
         out[key] = m
       else:
         out[key] = dataclasses.replace(out[key], retries=attempt)
-  return {k: dataclasses.replace(m, measured_at=began) for k, m in out.items()}
+  return out
 
 
 def measurement_time() -> str:
   """Now, UTC, ISO 8601 to the millisecond: a measurement's `measured_at` (two begun within one
   millisecond would read as one; real ones take longer than that to time their calls)."""
-  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+  return _mark(datetime.datetime.now(datetime.timezone.utc))
+
+
+def measurement_mark(text: Any) -> Optional[str]:
+  """`text`, an ISO 8601 date and time with its UTC offset, as `measurement_time` writes it
+  (UTC, to the millisecond: one instant, one spelling; 'Z' and '+00:00' compare equal), else
+  None (a date alone, a time without an offset, anything else)."""
+  if not isinstance(text, str) or "T" not in text:
+    return None
+  try:
+    when = datetime.datetime.fromisoformat(text)
+  except ValueError:
+    return None
+  return None if when.tzinfo is None else _mark(when)
+
+
+def _mark(when: datetime.datetime) -> str:
+  return when.astimezone(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _sample_rounds(keys: Sequence[Hashable], points, cfg: TimingConfig, rng, timer,

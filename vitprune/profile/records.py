@@ -117,7 +117,8 @@ class Point:
   retimed_samples: int = 0               # the last k samples_s: a later timing, pooled in
   retimed_scale: Optional[float] = None  # ... times this (the drift between the two timings)
   measured_at: str = ""                  # its measurement's start (`protocol.measure_all`): one
-                                         # per shuffled measurement; "" where not recorded
+                                         # per shuffled measurement (re-timed and pooled: the
+                                         # re-timing's); "" where not recorded
 
   def __post_init__(self):
     if self.component not in COMPONENTS:
@@ -137,9 +138,12 @@ class Point:
                                        and self.retimed_scale > 0)):
       raise ValueError(f"a point timed again has a positive scale and samples (got scale "
                        f"{self.retimed_scale!r}, {self.retimed_samples} samples)")
-    if not isinstance(self.measured_at, str) or (self.measured_at and not _is_time(
-        self.measured_at)):
-      raise ValueError(f"measured_at must be an ISO 8601 time (or ''), got {self.measured_at!r}")
+    if self.measured_at != "":          # (one spelling per instant: compared as text)
+      mark = protocol.measurement_mark(self.measured_at)
+      if mark is None:
+        raise ValueError(f"measured_at must be an ISO 8601 date and time with its UTC offset "
+                         f"(or ''), got {self.measured_at!r}")
+      object.__setattr__(self, "measured_at", mark)
 
   @property
   def key(self) -> Tuple:
@@ -202,15 +206,6 @@ class Profile:
 
 def now_iso() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _is_time(text: str) -> bool:
-  """Whether `text` is an ISO 8601 date and time (a point's `measured_at`)."""
-  try:
-    datetime.datetime.fromisoformat(text)
-  except ValueError:
-    return False
-  return True
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -426,10 +421,10 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
                        f"{len(p['samples_s']) - 1}, \"scale\": a positive number}}, got "
                        f"{retimed!r}")
     measured_at = "" if p.get("measured_at") is None else p["measured_at"]   # (null: absent)
-    if "measured_at" in p and p["measured_at"] is not None and not (
-        isinstance(measured_at, str) and _is_time(measured_at)):
-      raise ValueError(f"{source}: point {i}: measured_at must be an ISO 8601 time (when its "
-                       f"measurement began), got {measured_at!r}")
+    if "measured_at" in p and p["measured_at"] is not None and protocol.measurement_mark(
+        measured_at) is None:
+      raise ValueError(f"{source}: point {i}: measured_at must be an ISO 8601 date and time "
+                       f"with its UTC offset (when its measurement began), got {measured_at!r}")
     try:
       points.append(Point(**{k: p[k] for k in _POINT_KEYS if k != "schedule"},
                           schedule=None if p["schedule"] is None else tuple(p["schedule"]),
