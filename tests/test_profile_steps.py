@@ -387,6 +387,21 @@ def test_a_dip_whose_rebound_falls_short_of_the_slower_test_is_a_lone_count():
   assert _pairs(steps.detect_steps(t, m, [0.05] * t.size, [20] * t.size))[0] == [(59, 58)]
 
 
+def test_marks_of_one_date_are_named_by_their_time_of_day():
+  """The main job's lines named each measurement by its whole ISO time, 29 characters each."""
+  day = ["2026-12-07T15:21:10.726+00:00", "2026-12-07T15:21:23.568+00:00"]
+  assert steps.when_words(day) == ["15:21:10.726", "15:21:23.568"]
+  two_days = ["2026-12-05T10:00:00.000+00:00", day[0]]
+  assert steps.when_words(two_days) == two_days
+  assert steps.when_words(["A", "B"]) == ["A", "B"]
+  s = steps.Step(17, 16, 2.0, 1.0, 0.1, 17, 16, tuple(day))
+  assert "(begun 15:21:10.726 and 15:21:23.568)" in s.describe()
+  lone = steps.Lone(20, 21, 19, 2.0, 1.0, 1.0, True,
+                    (day[1], day[0], "2026-12-07T15:20:53.191+00:00"))
+  assert lone.describe().endswith("20 was timed in another measurement (begun 15:21:23.568) "
+                                  "than 21 and 19 (begun 15:21:10.726 and 15:20:53.191))")
+
+
 def test_a_lone_count_timed_in_another_measurement_says_so():
   """A count resumed or re-measured alone (another measurement than both its neighbours) and
   out of line with them is most likely the machine's speed at that moment: its line says when

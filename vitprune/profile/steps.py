@@ -62,6 +62,15 @@ _MAD_TO_SIGMA = 1.4826
 MIN_POINTS_FOR_STEPS = 4        # 3 drops: a trend and a curve noise not fitted to the pair judged
 
 
+def when_words(marks: Sequence[str]) -> List[str]:
+  """Measurement marks (`measured_at`) as a sentence names them: the time of day alone where
+  all are ISO 8601 times of one date ('15:21:10.726'), else as they are."""
+  dates = {m[:10] for m in marks}
+  if len(dates) == 1 and all(len(m) > 19 and m[10] == "T" for m in marks):
+    return [m[11:].split("+")[0] for m in marks]
+  return list(marks)
+
+
 @dataclasses.dataclass(frozen=True)
 class Step:
   """The level changes between `n_from` and `n_to` tokens: it saves `saving_s` seconds
@@ -95,8 +104,8 @@ class Step:
         self.level_from != self.n_from) + [f"{self.n_to} ran faster than {self.level_to}"] * (
         self.level_to != self.n_to)
     apart = (f"; {self.level_from} and {self.level_to} were timed in separate measurements "
-             f"(begun {self.measured_apart[0]} and {self.measured_apart[1]}): the machine's "
-             "change of speed between them may be part of the saving, time the two together"
+             f"(begun {' and '.join(when_words(self.measured_apart))}): the machine's change of "
+             "speed between them may be part of the saving, time the two together"
              if self.measured_apart else "")
     return (f"{self.n_from} -> {self.n_to} saves {100 * self.saving_frac:.1f}% "
             f"({1e3 * self.saving_s:.4g} ms" + (
@@ -141,9 +150,10 @@ class Lone:
     why = ("a burst of load, or a shape the compiler handles badly" if self.slow else
            "an aligned shape, or a quiet moment: prune to exactly it if it holds when measured "
            "again")
-    apart = (f"; {self.n} was timed in another measurement (begun {self.measured_apart[0]}) "
-             f"than {self.n_above} and {self.n_below} (begun "
-             f"{' and '.join(self.measured_apart[1:])})" if self.measured_apart else "")
+    words = when_words(self.measured_apart)
+    apart = (f"; {self.n} was timed in another measurement (begun {words[0]}) than "
+             f"{self.n_above} and {self.n_below} (begun {' and '.join(words[1:])})"
+             if self.measured_apart else "")
     return (f"{self.n} lone {'slow' if self.slow else 'fast'} count: "
             f"{100 * (self.latency_s / self.latency_above_s - 1):+.1f}% vs {self.n_above}, "
             f"{100 * (self.latency_s / self.latency_below_s - 1):+.1f}% vs {self.n_below}, which "
