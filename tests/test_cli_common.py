@@ -1145,3 +1145,70 @@ def test_a_folder_without_weights_is_named_by_its_flag(tmp_path, monkeypatch):
                             "config.json)\n")
   with pytest.raises(FileNotFoundError, match=f"^{re.escape(str(tmp_path))}/weights is not a "):
     checkpoint.read_weights_config(str(tmp_path / "weights"))      # (the library: the path)
+
+
+def test_named_by_flag_prefixes_only_a_refusal_of_one_of_its_parameters():
+  """Mutation audit: a ValueError starting with any of the named parameters gets '--' (the
+  flag of that name); another ValueError, or another exception, passes through as it was."""
+  for text in ("epochs=0 is not positive", "lr must be > 0"):
+    with pytest.raises(ValueError, match=f"^--{re.escape(text)}$"):
+      with common.named_by_flag("epochs", "lr"):
+        raise ValueError(text)
+  with pytest.raises(ValueError, match=r"^data '\.' has no images$"):
+    with common.named_by_flag("epochs", "lr"):
+      raise ValueError("data '.' has no images")
+  with pytest.raises(KeyError):
+    with common.named_by_flag("epochs"):
+      raise KeyError("epochs")
+  with common.named_by_flag("epochs"):      # (nothing raised: nothing said)
+    pass
+
+
+def test_the_subset_sizes_name_both_their_flags():
+  """Mutation audit: `SUBSET_PARAMS`, the sizes `estimate.load_eval_data` refuses, name
+  --num_images and --holdout_images alike."""
+  for text in ("num_images=5000 exceeds the 359 images available",
+               "holdout_images=40 leaves none of the 40 images (num_images) to choose on"):
+    with pytest.raises(ValueError, match=f"^--{re.escape(text)}$"):
+      with common.named_by_flag(*common.SUBSET_PARAMS):
+        raise ValueError(text)
+
+
+def test_a_data_flag_refusal_tells_a_dangling_link_and_every_word(tmp_path, monkeypatch):
+  """Mutation audit: `check_data_flag` says a dangling link is one (not that it does not
+  exist), lists every data word a CLI takes, and a data word that is a file here (not a
+  folder) keeps its meaning."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  fv = flags.FlagValues()
+  flags.DEFINE_string("data", "digits", "", flag_values=fv)
+  os.symlink("gone", "link")
+  (tmp_path / "digits").write_text("")                 # a file named like the word
+  for argv, words, said in (
+      (["--data=link"], ("digits",), "--data=link is a dangling symbolic link, not a folder: "
+                                     "give a folder of images or 'digits' for the bundled digits"),
+      (["--data=nowhere"], ("digits", "none"), "--data=nowhere does not exist: give a folder "
+       "of images, 'digits' for the bundled digits or 'none' for no data (latency only)"),
+      (["--data=digits"], ("digits",), None)):
+    fv.unparse_flags()
+    fv(["prog", *argv])
+    if said is None:
+      common.check_data_flag(fv, words=words)
+      continue
+    with pytest.raises(ValueError) as e:
+      common.check_data_flag(fv, words=words)
+    assert str(e.value) == said
+
+
+def test_a_tilde_default_is_left_as_it_is(tmp_path, monkeypatch):
+  """Mutation audit: only flags given are expanded; a default with a leading '~/' is kept
+  as written (the user did not type it)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  def define(fv):
+    flags.DEFINE_string("cache", "~/cache", "", flag_values=fv)
+    flags.DEFINE_string("out", "~/out", "", flag_values=fv)
+
+  monkeypatch.setenv("HOME", str(tmp_path))
+  fv = common.parse(define, ["--out=~/o"])
+  assert (fv.cache, fv.out) == ("~/cache", str(tmp_path / "o"))

@@ -1123,3 +1123,16 @@ def test_a_profiles_own_table_and_plot_left_without_its_json_are_replaced(tmp_pa
     records.check_save(prof, str(tmp_path), "p", extra=["png"])
   assert sorted(os.listdir(tmp_path)) == ["p.csv", "p.png"]
   assert (tmp_path / "p.csv").read_text() == "my,data\n"
+
+
+def test_a_point_from_a_measurement_keeps_when_it_was_measured():
+  """Mutation audit: `Point.from_measurement` carries the measurement's `measured_at` (a point
+  profiled without it lost the mark every step's `measured_apart` reads)."""
+  from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
+  at = "2026-12-07T15:00:03.250+00:00"
+  m = protocol.Measurement(median=2.0, q25=1.0, q75=3.0, samples=(1.0, 2.0, 3.0),
+                           measured_at=at)
+  p = records.Point.from_measurement(m, component="model", batch_size=1, tokens=17)
+  assert p.measured_at == at
+  assert records.to_json(_profile([p]))["points"][0]["measured_at"] == at
+

@@ -179,6 +179,8 @@ def test_three_counts_are_too_few_to_call_a_step():
     (dict(tokens=[3, 2], medians=[1.0, 1.0], min_rel=-1), "min_rel"),
     (dict(tokens=[3, 2], medians=[1.0, 1.0], measured_at=["a"]),
      "measured_at has 1 entries for 2 token counts"),
+    (dict(tokens=[3, 2], medians=[1.0, 1.0], measured_at=["a", "a", "a"]),
+     "^measured_at has 3 entries for 2 token counts$"),       # (one too many was taken)
 ])
 def test_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -667,3 +669,17 @@ def test_refine_grid_keeps_both_ends_of_the_requested_range():
   rep = steps.detect_steps(coarse, [1.2, 1.2, 1.0, 1.0, 1.0])
   assert steps.refine_grid(coarse, rep, lo=25, hi=27) == [27, 26, 25]
   assert steps.refine_order(coarse, rep, lo=25, hi=27) == [25, 27, 26]   # midpoint, quarter, ...
+
+
+def test_a_step_whose_upper_level_has_no_mark_is_not_called_apart():
+  """Mutation audit: a step is timed apart only where both levels' measurements are known and
+  differ; an unknown mark on the level above (a point from before the mark) says nothing,
+  whatever the level below says."""
+  tokens = list(range(40, 1, -1))
+  med = _staircase(tokens, edges=(32, 16))
+  when = ["" if n == 17 else "A" if n > 16 else "B" for n in tokens]
+  rep = steps.detect_steps(tokens, med, measured_at=when)
+  assert [(s.n_from, s.n_to, s.measured_apart) for s in rep.steps] == [
+      (33, 32, ()), (17, 16, ())]
+  assert rep.steps[1].describe() == "17 -> 16 saves 16.7% (200 ms)"
+

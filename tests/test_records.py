@@ -945,3 +945,78 @@ def test_a_companion_passed_for_its_json_is_pointed_to_the_json(tmp_path):
   assert said["p.png"].endswith(beside)
   assert said["q.csv"] == "Expecting value: line 1 column 1 (char 0)"       # (no q.json)
   assert said["bad.json"] == "Expecting value: line 1 column 1 (char 0)"
+
+
+def test_the_error_lines_give_the_count_the_mean_the_max_and_the_signed_mean():
+  """Mutation audit: the floor check's and the frontier's accuracy-model errors name how many
+  schedules were measured, and the mean, the max and the signed mean (with its sign) each
+  from its own field."""
+  err = dict(num_schedules=7, mean_abs_points=1.234, max_abs_points=4.567,
+             mean_signed_points=-0.5)
+  errs = "errs by 1.23 points on average (max 4.57, mean signed -0.50; predicted - measured)"
+  assert T.describe_checked_error(err) == (
+      "combined accuracy model vs the 7 measured multi-layer schedules, predicted before "
+      "measuring: " + errs)
+  assert T.describe_frontier_error(err) == (
+      "every frontier schedule measured on the data (7): the combined accuracy model " + errs)
+
+
+def test_the_refinement_line_with_one_measuring_round_names_it_once():
+  """Mutation audit: where one round measured new schedules (the first is the last), the line
+  names that round once; the anchored prediction is told only where the first and the last
+  round both recorded it."""
+  rounds = [dict(round=0, num_schedules=5, mean_abs_points=1.0, max_abs_points=2.0,
+                 anchored=dict(round=0, num_schedules=5, mean_abs_points=0.5,
+                               max_abs_points=1.0)),
+            dict(round=1, num_schedules=0, mean_abs_points=0.0, max_abs_points=0.0)]
+  head = ("accuracy model corrected from measurements in 1 round (converged, 6 schedules "
+          "measured in all, the unpruned one among them): predicted before measuring, it erred "
+          "by 1.00 (max 2.00) points on 5 schedules in round 0")
+  ref = {"rounds": rounds, "converged": True, "measured_schedules": 6}
+  assert T.describe_refinement(ref) == (
+      head + "; the anchored per-image prediction by 0.50 (max 1.00) points on 5 schedules in "
+      "round 0")
+  rounds[1] = dict(rounds[1], num_schedules=3, mean_abs_points=0.25, max_abs_points=0.75)
+  assert T.describe_refinement(ref) == (      # (the last round recorded no anchored error)
+      head + " and 0.25 (max 0.75) points on 3 schedules in round 1")
+
+
+def test_the_summary_says_how_many_were_checked_and_a_paired_straddle(tmp_path):
+  """Mutation audit: the frontier line counts the schedules checked on the data, and the
+  straddle line says 'paired interval' where the floor is a maximum drop met with confidence
+  (judged by the paired change), 'interval' otherwise."""
+  sol = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9], mode="multi"))
+  sol = dataclasses.replace(sol, checked=sol.frontier * 3)
+  assert T.summary_lines(sol)[-1] == "frontier: 1 non-dominated schedule; 3 checked on the data"
+  straddle = dict(sol.settings, accuracy_floor=0.88, floor_straddles=["a", "b"])
+  said = {}
+  for extra in ({}, {"max_accuracy_drop": 0.02}, {"floor_confidence": True},
+                {"max_accuracy_drop": 0.02, "floor_confidence": True}):
+    lines = T.summary_lines(dataclasses.replace(sol, settings=dict(straddle, **extra)))
+    said[tuple(extra)] = [l for l in lines if "straddles" in l]
+  assert said == {(): ["interval straddles the floor 0.88 for: a, b"],
+                  ("max_accuracy_drop",): ["interval straddles the floor 0.88 for: a, b"],
+                  ("floor_confidence",): ["interval straddles the floor 0.88 for: a, b"],
+                  ("max_accuracy_drop", "floor_confidence"): [
+                      "paired interval straddles the floor 0.88 for: a, b"]}
+
+
+def test_the_json_beside_hint_names_the_kind_and_only_a_json_file(tmp_path):
+  """Mutation audit: the hint names the kind of file read (a solution's PNG passed for the
+  solution says 'the solution file'); a name ending .JSON is a JSON name already (no hint), and
+  a folder named like the JSON is no file to point to."""
+  (tmp_path / "s.png").write_text("not json")
+  (tmp_path / "s.json").write_text("{}")
+  (tmp_path / "s.JSON").write_text("not json")
+  (tmp_path / "f.csv").write_text("not json")
+  (tmp_path / "f.json").mkdir()
+  said = {}
+  for name in ("s.png", "s.JSON", "f.csv"):
+    with pytest.raises(jsonio.FormatError) as e:
+      jsonio.read_json(str(tmp_path / name), "solution")
+    said[name] = str(e.value).split(": not valid JSON: ")[1]
+  assert said == {
+      "s.png": "Expecting value: line 1 column 1 (char 0) (the solution file is the JSON beside "
+               f"it: {tmp_path / 's.json'})",
+      "s.JSON": "Expecting value: line 1 column 1 (char 0)",
+      "f.csv": "Expecting value: line 1 column 1 (char 0)"}
