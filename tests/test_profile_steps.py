@@ -389,19 +389,24 @@ def test_a_dip_whose_rebound_falls_short_of_the_slower_test_is_a_lone_count():
   assert _pairs(steps.detect_steps(t, m, [0.05] * t.size, [20] * t.size))[0] == [(59, 58)]
 
 
-def test_marks_of_one_date_are_named_by_their_time_of_day():
-  """The main job's lines named each measurement by its whole ISO time, 29 characters each."""
+def test_marks_of_one_date_are_named_by_their_time_of_day_in_utc():
+  """The main job's lines named each measurement by its whole ISO time, 29 characters each; a
+  time of day alone must say it is UTC (read as local time elsewhere)."""
   day = ["2026-12-07T15:21:10.726+00:00", "2026-12-07T15:21:23.568+00:00"]
-  assert steps.when_words(day) == ["15:21:10.726", "15:21:23.568"]
+  assert steps.when_words(day) == (["15:21:10.726", "15:21:23.568"], " UTC")
   two_days = ["2026-12-05T10:00:00.000+00:00", day[0]]
-  assert steps.when_words(two_days) == two_days
-  assert steps.when_words(["A", "B"]) == ["A", "B"]
+  assert steps.when_words(two_days) == (
+      ["2026-12-05 10:00:00.000", "2026-12-07 15:21:10.726"], " UTC")
+  other = ["2026-12-07T15:00:00.000-05:00", day[0]]    # (not normalised: a library caller's)
+  assert steps.when_words(other) == (other, "")
+  assert steps.when_words(["A", "B"]) == (["A", "B"], "")
   s = steps.Step(17, 16, 2.0, 1.0, 0.1, 17, 16, tuple(day))
-  assert "(begun 15:21:10.726 and 15:21:23.568)" in s.describe()
+  assert s.describe() == "17 -> 16 saves 50.0% (1000 ms; timed apart: 15:21:10.726 and " \
+                         "15:21:23.568 UTC)"
   lone = steps.Lone(20, 21, 19, 2.0, 1.0, 1.0, True,
                     (day[1], day[0], "2026-12-07T15:20:53.191+00:00"))
-  assert lone.describe().endswith("20 was timed in another measurement (begun 15:21:23.568) "
-                                  "than 21 and 19 (begun 15:21:10.726 and 15:20:53.191))")
+  assert lone.describe().endswith("badly; timed apart from both: 15:21:23.568 against "
+                                  "15:21:10.726 and 15:20:53.191 UTC)")
 
 
 def test_a_lone_count_timed_in_another_measurement_says_so():
@@ -421,12 +426,13 @@ def test_a_lone_count_timed_in_another_measurement_says_so():
   marks[list(tokens).index(20)] = "B"
   c = lone(marks)
   assert c.measured_apart == ("B", "A")
-  assert c.describe().endswith("(a burst of load, or a shape the compiler handles badly; 20 was "
-                               "timed in another measurement (begun B) than 21 and 19 (begun "
-                               "A))")
+  assert c.describe().endswith("(a burst of load, or a shape the compiler handles badly; timed "
+                               "apart from both: B against A)")
+  rep = steps.detect_steps(tokens, med, measured_at=marks)
+  assert rep.describe()[-1 - len(rep.flats)] == steps.APART_NOTE   # said once, after them
   marks[list(tokens).index(19)] = "C"                   # its neighbours of two others
   assert lone(marks).measured_apart == ("B", "A", "C")
-  assert "than 21 and 19 (begun A and C))" in lone(marks).describe()
+  assert lone(marks).describe().endswith("timed apart from both: B against A and C)")
   marks[list(tokens).index(21)] = "B"                   # timed with one of them: nothing said
   assert lone(marks).measured_apart == ()
   marks[list(tokens).index(21)] = ""                    # a neighbour's mark not recorded
@@ -450,7 +456,7 @@ def test_the_main_jobs_summary_words_a_recorded_step_as_the_profiler_does():
   apart = dataclasses.replace(s, measured_apart=("T1", "T2"))
   record["measured_apart"] = ["T1", "T2"]
   assert pipeline._describe_step(record) == apart.describe()   # pylint: disable=protected-access
-  assert "timed in separate measurements (begun T1 and T2)" in apart.describe()
+  assert apart.describe().endswith("19 ran slower than 20; timed apart: T1 and T2)")
 
 
 def test_a_step_between_two_measurements_says_its_levels_were_timed_apart():
@@ -467,11 +473,11 @@ def test_a_step_between_two_measurements_says_its_levels_were_timed_apart():
   when = ["A" if n > 16 else "B" for n in tokens]          # 17 -> 16 straddles A and B
   rep = steps.detect_steps(tokens, med, measured_at=when)
   assert [s.measured_apart for s in rep.steps] == [(), ("A", "B")]
-  assert rep.steps[1].describe() == (
-      "17 -> 16 saves 16.7% (200 ms; 17 and 16 were timed in separate measurements (begun A "
-      "and B): the machine's change of speed between them may be part of the saving, time the "
-      "two together)")
+  assert rep.steps[1].describe() == "17 -> 16 saves 16.7% (200 ms; timed apart: A and B)"
   assert rep.steps[0].describe() == "33 -> 32 saves 14.3% (200 ms)"
+  lines = rep.describe()                                   # the why and the remedy, once
+  assert lines[:3] == [rep.steps[0].describe(), rep.steps[1].describe(), steps.APART_NOTE]
+  assert steps.APART_NOTE not in steps.detect_steps(tokens, med).describe()
   unknown = ["" if n == 16 else "A" for n in tokens]       # a point from before the mark
   assert all(not s.measured_apart
              for s in steps.detect_steps(tokens, med, measured_at=unknown).steps)
@@ -682,4 +688,3 @@ def test_a_step_whose_upper_level_has_no_mark_is_not_called_apart():
   assert [(s.n_from, s.n_to, s.measured_apart) for s in rep.steps] == [
       (33, 32, ()), (17, 16, ())]
   assert rep.steps[1].describe() == "17 -> 16 saves 16.7% (200 ms)"
-

@@ -165,8 +165,7 @@ def cmd_profile() -> dict:
           f"{p.median_s * 1e3:.3f} ms (IQR {p.iqr_s * 1e3:.3f} ms)")
   for line in records.step_lines(profile):     # (the curve's shape, seen before solve reads it)
     print(line)
-  print("wrote " + ", ".join(console.printable(paths[k])     # (its CSV twin went unnamed)
-                             for k in ["json"] + sorted(set(paths) - {"json"})))
+  print(f"wrote {console.printable(paths['json'])}, {console.printable(paths['csv'])}")
   return {"profile": paths}
 
 

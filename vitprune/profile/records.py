@@ -420,11 +420,8 @@ def from_json(d: Dict[str, Any], source: str = "<dict>") -> Profile:
       raise ValueError(f"{source}: point {i}: retimed must be {{\"samples\": 1.."
                        f"{len(p['samples_s']) - 1}, \"scale\": a positive number}}, got "
                        f"{retimed!r}")
-    measured_at = "" if p.get("measured_at") is None else p["measured_at"]   # (null: absent)
-    if "measured_at" in p and p["measured_at"] is not None and protocol.measurement_mark(
-        measured_at) is None:
-      raise ValueError(f"{source}: point {i}: measured_at must be an ISO 8601 date and time "
-                       f"with its UTC offset (when its measurement began), got {measured_at!r}")
+    measured_at = "" if p.get("measured_at") is None else p["measured_at"]   # (null: absent;
+                                                                  # Point checks the rest)
     try:
       points.append(Point(**{k: p[k] for k in _POINT_KEYS if k != "schedule"},
                           schedule=None if p["schedule"] is None else tuple(p["schedule"]),

@@ -62,13 +62,21 @@ _MAD_TO_SIGMA = 1.4826
 MIN_POINTS_FOR_STEPS = 4        # 3 drops: a trend and a curve noise not fitted to the pair judged
 
 
-def when_words(marks: Sequence[str]) -> List[str]:
-  """Measurement marks (`measured_at`) as a sentence names them: the time of day alone where
-  all are ISO 8601 times of one date ('15:21:10.726'), else as they are."""
-  dates = {m[:10] for m in marks}
-  if len(dates) == 1 and all(len(m) > 19 and m[10] == "T" for m in marks):
-    return [m[11:].split("+")[0] for m in marks]
-  return list(marks)
+# Said once under a curve's lines where one of them was timed apart (`StepReport.describe`).
+APART_NOTE = ("timed apart: the two sides were timed in separate measurements (runs merged into "
+              "one profile, chunks, the adaptive refinement, re-measured wide points, the main "
+              "job's re-timing); the machine's change of speed between them may be part of the "
+              "difference: time those counts again together, in one run, before pruning to it")
+
+
+def when_words(marks: Sequence[str]) -> Tuple[List[str], str]:
+  """Measurement marks (`measured_at`) as a sentence names them -> (words, ' UTC' or ''): UTC
+  marks as their time of day where they share a date ('15:21:10.726'), else as date and time
+  ('2026-12-05 10:00:00.000'); other text as it is."""
+  if not all(len(m) == 29 and m[10] == "T" and m.endswith("+00:00") for m in marks):
+    return list(marks), ""
+  one_day = len({m[:10] for m in marks}) == 1
+  return [m[11:-6] if one_day else m[:-6].replace("T", " ") for m in marks], " UTC"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,10 +111,8 @@ class Step:
     out_of_line = [f"{self.n_from} ran slower than {self.level_from}"] * (
         self.level_from != self.n_from) + [f"{self.n_to} ran faster than {self.level_to}"] * (
         self.level_to != self.n_to)
-    apart = (f"; {self.level_from} and {self.level_to} were timed in separate measurements "
-             f"(begun {' and '.join(when_words(self.measured_apart))}): the machine's change of "
-             "speed between them may be part of the saving, time the two together"
-             if self.measured_apart else "")
+    words, utc = when_words(self.measured_apart)
+    apart = f"; timed apart: {' and '.join(words)}{utc}" if self.measured_apart else ""
     return (f"{self.n_from} -> {self.n_to} saves {100 * self.saving_frac:.1f}% "
             f"({1e3 * self.saving_s:.4g} ms" + (
                 f", measured from {self.level_from} to {self.level_to}: "
@@ -150,9 +156,8 @@ class Lone:
     why = ("a burst of load, or a shape the compiler handles badly" if self.slow else
            "an aligned shape, or a quiet moment: prune to exactly it if it holds when measured "
            "again")
-    words = when_words(self.measured_apart)
-    apart = (f"; {self.n} was timed in another measurement (begun {words[0]}) than "
-             f"{self.n_above} and {self.n_below} (begun {' and '.join(words[1:])})"
+    words, utc = when_words(self.measured_apart)
+    apart = (f"; timed apart from both: {words[0]} against {' and '.join(words[1:])}{utc}"
              if self.measured_apart else "")
     return (f"{self.n} lone {'slow' if self.slow else 'fast'} count: "
             f"{100 * (self.latency_s / self.latency_above_s - 1):+.1f}% vs {self.n_above}, "
@@ -175,7 +180,9 @@ class StepReport:
                f"from the trend (at least {MIN_POINTS_FOR_STEPS})"]
     else:
       lines = [s.describe() for s in self.steps] or ["no steps above noise"]
-    return lines + [c.describe() for c in self.lone] + [f.describe() for f in self.flats]
+    apart = any(x.measured_apart for x in self.steps + self.lone)
+    return (lines + [c.describe() for c in self.lone] + [APART_NOTE] * apart
+            + [f.describe() for f in self.flats])
 
 
 def _check_curve(tokens, medians, iqrs, counts):
