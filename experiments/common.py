@@ -415,14 +415,15 @@ def class_names(weights_source: str) -> Optional[Tuple[str, ...]]:
   return checkpoint.source_class_names(weights_source)
 
 
-def check_digits_split(weights_source: str, data: Optional[str]
-                       ) -> Optional[Tuple[int, float]]:
+def check_digits_split(weights_source: str, data: Optional[str],
+                       bundled: str = "--data=digits") -> Optional[Tuple[int, float]]:
   """ValueError when the weights were trained on the digits (`train_digits`) and `data` holds
   some of their training images: 'digits' (the test split of seed 0, test fraction 0.2) for
   weights trained on another split (`--split_seed`), or a folder `digits_images` wrote (its
   file names are the digits' indices) of any split that overlaps their training split. Every
-  score on those would be inflated, with no warning. Returns the digits split the weights were
-  trained on, (seed, test fraction), or None (not trained on the digits, or no data)."""
+  score on those would be inflated, with no warning. `bundled`: how the refusal names the
+  bundled digits (prune has no --data). Returns the digits split the weights were trained on,
+  (seed, test fraction), or None (not trained on the digits, or no data)."""
   if not data or not os.path.isdir(weights_source):
     return None
   from vitprune import checkpoint  # pylint: disable=g-import-not-at-top  (lazy: see _MODEL_CODE)
@@ -437,7 +438,7 @@ def check_digits_split(weights_source: str, data: Optional[str]
     return trained
   if trained is not None and trained != (0, 0.2):
     raise ValueError(f"{who} were trained on the digits split of seed "
-                     f"{trained[0]} (test fraction {trained[1]}), but --data=digits is the test "
+                     f"{trained[0]} (test fraction {trained[1]}), but {bundled} is the test "
                      "split of seed 0 (0.2): most of it is their training data, so every score "
                      "would be inflated")
   return trained

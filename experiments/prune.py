@@ -187,7 +187,8 @@ def main(f: flags.FlagValues):
       raise ValueError(f"--seed={f.seed} changes nothing here: the weights are trained and all "
                        f"{held} images of --images fit in --batch_size={f.batch_size}; {seeds}")
   cfg, params, source = common.load_model(common.given_model(f), f.weights, f.seed)
-  common.check_digits_split(source, os.path.abspath(f.images) if f.images else "digits")
+  common.check_digits_split(source, os.path.abspath(f.images) if f.images else "digits",
+                            bundled="the bundled digits (prune without --images)")
   images, labels, valid, note = load_images(cfg, f.images, f.batch_size, f.seed,
                                             common.class_names(source))
   options = {"random": {"seed": f.random_seed, "nested": f.random_nested},

@@ -418,7 +418,8 @@ def test_a_hang_up_with_stderr_gone_still_exits_129():
   assert p.wait(timeout=60) == 129
 
 
-def test_weights_trained_on_another_digits_split_are_not_scored_on_the_bundled_one(tmp_path):
+def test_weights_trained_on_another_digits_split_are_not_scored_on_the_bundled_one(tmp_path,
+                                                                                    capsys):
   """`train_digits --split_seed=1`, then `estimate --data=digits`: 288 of the 359 test digits
   were training images, and the inflated accuracy came with no warning."""
   from experiments import estimate as estimate_cli  # pylint: disable=g-import-not-at-top
@@ -442,6 +443,14 @@ def test_weights_trained_on_another_digits_split_are_not_scored_on_the_bundled_o
   with pytest.raises(ValueError, match=r"w1 were trained on the digits split of seed 1 \(test "
                      r"fraction 0.2\), but --data=digits is the test split of seed 0"):
     common.check_digits_split(str(tmp_path / "w1"), "digits")
+  # prune has no --data: its refusal named one (a probe then got "Unknown command line flag")
+  from experiments import prune  # pylint: disable=g-import-not-at-top
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as e:
+    common.run_in_process(prune.main, prune.define_flags, [f"--weights={tmp_path / 'w1'}"])
+  err = capsys.readouterr().err
+  assert e.value.code == 1 and "--data" not in err
+  assert "but the bundled digits (prune without --images) is the test split of seed 0" in err
 
 
 def _indices_by_name(root: str) -> set:
