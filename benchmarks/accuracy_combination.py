@@ -68,6 +68,7 @@ from absl import flags
 
 from experiments import common
 from vitprune import atomic
+from vitprune import console
 from vitprune import solve, solve_stage
 from vitprune import schedule as schedule_lib
 from vitprune import estimate as estimate_lib
@@ -562,22 +563,28 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
 def refinement(model: solve.CostModel, evaluate, rounds: int, floors: Sequence[float],
                flop: np.ndarray, random: Dict[Counts, float],
                table: solve.MarginTable) -> Dict[str, Any]:
-  """The measured correction on `model` (FLOP latency): rounds (each one's schedules predicted
-  before measuring by the corrected model and by `solve.anchored_accuracy`), held-out random
+  """The measured correction on `model` (FLOP latency): rounds (each one's multi-layer schedules
+  predicted before measuring by the corrected model and by `solve.anchored_accuracy`; single
+  reductions, the table's own points, are counted as "unscored"), held-out random
   schedules, and per floor the fewest FLOP meeting it before (the uncorrected frontier, all
   measured) and after (everything the refinement measured)."""
   ref = solve.refine_frontier(model, evaluate, rounds=rounds, table=table)
   full = model.full_accuracy
   out: Dict[str, Any] = {"converged": ref.converged, "measured": len(ref.measured), "rounds": []}
   for r in ref.rounds:
-    meas = [ref.measured[p.counts] for p in r.new]
+    # A single reduction (or none) is a point of the sensitivity table measured above on these
+    # images: measured again where a frontier holds it, not scored (in sample).
+    scored = [i for i, p in enumerate(r.new) if solve.is_multi_reduction(p.counts)]
+    new = [r.new[i] for i in scored]
+    anchored = [r.anchored[i] for i in scored]
+    meas = [ref.measured[p.counts] for p in new]
     out["rounds"].append({"round": r.index, "frontier": r.frontier_size,
-                          "fitted_on": r.fitted_on,
-                          "errors": errors([p.accuracy for p in r.new], meas, full),
-                          "anchored_errors": errors(r.anchored, meas, full),
+                          "fitted_on": r.fitted_on, "unscored": len(r.new) - len(new),
+                          "errors": errors([p.accuracy for p in new], meas, full),
+                          "anchored_errors": errors(anchored, meas, full),
                           "schedules": [{"counts": list(p.counts), "measured": m,
                                          "corrected": p.accuracy, "anchored": a}
-                                        for p, m, a in zip(r.new, meas, r.anchored)]})
+                                        for p, m, a in zip(new, meas, anchored)]})
   out["pooled"] = pooled_rounds(out["rounds"], full)
   held = [c for c in random if c not in ref.measured]
   out["random_held_out"] = {
@@ -657,6 +664,10 @@ def refinement_table(ref: Dict[str, Any]) -> str:
     lines.append(f"| {key.replace('_', ' ')} on, pooled | | | {cell(c['all'])} | "
                  f"{cell(c['drop_lt_10'])} | {cell(a['all'])}{_verdict(a['all'])} | "
                  f"{cell(a['drop_lt_10'])}{_verdict(a['drop_lt_10'])} |")
+  unscored = sum(r.get("unscored", 0) for r in ref["rounds"])   # (absent: written before it)
+  if unscored:
+    lines += ["", f"Not scored: {console.counted(unscored, 'single reduction')} on a frontier "
+                  "(points of the sensitivity table, measured above: in sample)."]
   lines += ["", "| random schedules never measured by it | all | drop < 10 points |",
             "|---|---|---|"]
   for name, e in ref["random_held_out"].items():

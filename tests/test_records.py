@@ -828,16 +828,22 @@ def test_the_summary_says_the_unpruned_speed_up_and_a_budget_that_costs_nothing(
 
 def test_the_refinement_line_names_the_worst_round_between_and_every_schedule_measured():
   """Mutation audit: with two rounds between the first and the last, the larger error is
-  named; the schedules measured in all are the record's count, not its number of rounds."""
+  named; the schedules measured by then are the record's count, not its number of rounds."""
   rounds = [dict(round=k, num_schedules=4, mean_abs_points=m, max_abs_points=2 * m)
             for k, m in enumerate((1.0, 1.5, 0.5, 0.25))]
   assert T.describe_refinement({"rounds": rounds, "converged": False,
                                 "measured_schedules": 9}) == (
       "accuracy model corrected from measurements in 3 rounds (not converged, 9 schedules "
-      "measured in all, the unpruned one among them): predicted before measuring, it erred by "
+      "measured by then, the unpruned one among them): predicted before measuring, it erred by "
       "1.00 (max 2.00) points on 4 schedules in round 0 and 0.25 (max 0.50) points on 4 "
       "schedules in round 3 (rounds between: up to 1.50 (max 3.00) points on 4 schedules in "
       "round 1)")
+  rounds[0]["unscored"], rounds[2]["unscored"] = 14, 1      # the estimate's own single cuts
+  assert T.describe_refinement({"rounds": rounds, "converged": True,
+                                "measured_schedules": 9}).startswith(
+      "accuracy model corrected from measurements in 3 rounds (converged, 9 schedules measured "
+      "by then, the unpruned one among them; 15 schedules the estimate had measured, the "
+      "model's own table, not scored): predicted before measuring")
 
 
 def test_shown_schedules_lists_at_most_eight_names():
@@ -970,7 +976,7 @@ def test_the_refinement_line_with_one_measuring_round_names_it_once():
                                max_abs_points=1.0)),
             dict(round=1, num_schedules=0, mean_abs_points=0.0, max_abs_points=0.0)]
   head = ("accuracy model corrected from measurements in 1 round (converged, 6 schedules "
-          "measured in all, the unpruned one among them): predicted before measuring, it erred "
+          "measured by then, the unpruned one among them): predicted before measuring, it erred "
           "by 1.00 (max 2.00) points on 5 schedules in round 0")
   ref = {"rounds": rounds, "converged": True, "measured_schedules": 6}
   assert T.describe_refinement(ref) == (

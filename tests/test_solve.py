@@ -2544,11 +2544,15 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
   first = ref["rounds"][0]
   assert first["round"] == 0 and first["fitted_on"] == 0
   assert first["mean_signed_points"] > 0.5           # the uncorrected frontier is optimistic
-  assert first["num_schedules"] == len(calls[0])
   base = {p.counts: p.accuracy for p in solve.pareto_frontier(model)}
   assert set(calls[0]) == set(base)
+  # The single reductions the estimate measured (the model's own table) are measured again but
+  # not scored: their error is in sample (a probe: 14 of round 0's 25 diluted it).
+  multi = [c for c in base if sum(b < a for a, b in zip(c, c[1:])) > 1]
+  assert 0 < len(multi) < len(base)
+  assert (first["num_schedules"], first["unscored"]) == (len(multi), len(base) - len(multi))
   assert first["mean_abs_points"] == pytest.approx(
-      100 * np.mean([abs(base[c] - solve.predict_schedule(truth, c)[1]) for c in base]))
+      100 * np.mean([abs(base[c] - solve.predict_schedule(truth, c)[1]) for c in multi]))
   assert ref["final_frontier"]["mean_abs_points"] < first["mean_abs_points"] / 2
   measured = {c.counts: c for c in sol.checked}
   for p in sol.frontier:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -292,7 +292,8 @@ def remeasure_margins(estimate: Estimate, evaluate: Evaluator, metric: Optional[
 
 def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evaluator, *,
                     rounds: int = 4, num_images: Optional[int] = None,
-                    margins: Optional[Margins] = None
+                    margins: Optional[Margins] = None,
+                    measured_before: Iterable[Tuple[int, ...]] = ()
                     ) -> Tuple[Solution, solve.CostModel]:
   """The solution on the frontier of an accuracy model corrected from measurements
   (`solve.refine_frontier`: measure the frontier, fit the drop correction, re-solve, measure
@@ -311,7 +312,10 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
   rounds'; or a function returning them, called here, when they are first needed: e.g.
   `remeasure_margins`, after every input check); `evaluate` must then take `margins=True`.
   Margins that miss a single reduction of
-  the grid leave "anchored" out ("anchored_skipped" says why).
+  the grid leave "anchored" out ("anchored_skipped" says why). `measured_before`: schedules
+  whose metric the model was built from (the estimate's: the single reductions, the unpruned
+  one), measured again where a frontier holds them but not scored as predictions (in sample:
+  14 of a round's 25 diluted its error); a round says how many it left out ("unscored").
   Returns (solution, corrected model): the final frontier (every schedule measured), every
   measured schedule in `checked`, all with the final model's predicted accuracy; `chosen`
   re-chosen with the solution's criterion among ALL measured schedules on their measured metric
@@ -329,16 +333,21 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
   anchors = None if table is None else {c: margins[c] for c in known if c in margins}
   ref = solve.refine_frontier(model, evaluate, rounds=rounds, measured={
       c: p.measured_accuracy for c, p in known.items()}, table=table, anchors=anchors)
+  in_sample = {tuple(c) for c in measured_before}
   history = []
   for r in ref.rounds:
     for p in r.new:
       known[p.counts] = with_measured(Candidate.predicted(cfg, p.counts, p.latency, p.accuracy),
                                       ref.measured[p.counts], images)
-    row = dict(_error_points([(p.accuracy, ref.measured[p.counts]) for p in r.new]),
+    scored = [i for i, p in enumerate(r.new) if p.counts not in in_sample]
+    row = dict(_error_points([(r.new[i].accuracy, ref.measured[r.new[i].counts])
+                              for i in scored]),
                round=r.index, frontier=r.frontier_size, fitted_on=r.fitted_on)
+    if len(scored) < len(r.new):
+      row["unscored"] = len(r.new) - len(scored)
     if r.anchored is not None:
-      row["anchored"] = _error_points([(a, ref.measured[p.counts])
-                                       for p, a in zip(r.new, r.anchored)])
+      row["anchored"] = _error_points([(r.anchored[i], ref.measured[r.new[i].counts])
+                                       for i in scored])
     history.append(row)
   full = solution.full
   if full.counts not in known:

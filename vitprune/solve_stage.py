@@ -728,7 +728,8 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
   model = sol.model
   if refine_rounds:
     solution, model = refine_accuracy(solution, model, evaluate, rounds=refine_rounds,
-                                      num_images=images, margins=margins)
+                                      num_images=images, margins=margins,
+                                      measured_before=estimate.measured(metric))
   if accuracy_floor is not None and evaluate is not None:
     solution = check_floor(solution, estimate, model, evaluate, chunk=chunk,
                            num_images=num_images, neighbours=loop_neighbours)

@@ -289,11 +289,13 @@ def describe_refinement(ref: Dict[str, Any]) -> str:
   out-of-sample error of the first and the last round that measured new schedules, and the
   largest mean error of the rounds between them (not always falling round by round)."""
   rounds = [r for r in ref["rounds"] if r["num_schedules"]]
+  unscored = sum(r.get("unscored", 0) for r in ref["rounds"])
   head = (f"accuracy model corrected from measurements in "
           f"{counted(len(ref['rounds']) - 1, 'round')}"
           f" ({'converged' if ref['converged'] else 'not converged'}, "
-          f"{ref['measured_schedules']} schedules measured in all, the unpruned one among "
-          "them)")
+          f"{ref['measured_schedules']} schedules measured by then, the unpruned one among "
+          "them" + (f"; {counted(unscored, 'schedule')} the estimate had measured, the model's "
+                    "own table, not scored" if unscored else "") + ")")
   if not rounds:
     return head + ": no frontier schedule beyond those measured before"
   first, last = rounds[0], rounds[-1]
