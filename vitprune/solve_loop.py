@@ -315,7 +315,7 @@ def refine_accuracy(solution: Solution, model: solve.CostModel, evaluate: Evalua
   the grid leave "anchored" out ("anchored_skipped" says why). `measured_before`: schedules
   whose metric the model was built from (the estimate's: the single reductions, the unpruned
   one), measured again where a frontier holds them but not scored as predictions (in sample:
-  14 of a round's 25 diluted its error); a round says how many it left out ("unscored").
+  a probe's round 0 held 14 among 25); a round says how many it left out ("unscored").
   Returns (solution, corrected model): the final frontier (every schedule measured), every
   measured schedule in `checked`, all with the final model's predicted accuracy; `chosen`
   re-chosen with the solution's criterion among ALL measured schedules on their measured metric

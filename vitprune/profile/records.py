@@ -289,8 +289,9 @@ def analyze(profile: Profile, **step_kw) -> Profile:
                 for s in rep.steps]
       flats += [dict(component=comp, batch_size=b, n_hi=f.n_hi, n_lo=f.n_lo,
                      latency_hi_s=f.latency_hi, latency_lo_s=f.latency_lo) for f in rep.flats]
-      lone += [dict(component=comp, batch_size=b, **{**dataclasses.asdict(c), "measured_apart":
-                                                     list(c.measured_apart)}) for c in rep.lone]
+      for c in rep.lone:
+        lone.append(dict(component=comp, batch_size=b, **dataclasses.asdict(c)))
+        lone[-1]["measured_apart"] = list(c.measured_apart)    # (a list, as the steps' is)
     table = block_table(profile, b)
     if table is None:
       continue

@@ -89,7 +89,7 @@ class Step:
   slow measurement at n_from does not add its own delay to the saving. `measured_apart`: when
   the two levels were timed in separate measurements (their `measured_at`, above and below),
   () when in one (or not recorded): the machine's change of speed between two measurements
-  (runs merged into one profile, chunks, the adaptive refinement) may be part of the saving."""
+  (`APART_NOTE`) may be part of the saving."""
   n_from: int
   n_to: int
   latency_from: float        # L(level_from), seconds
@@ -360,6 +360,7 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
   lone_ns = {c.n for c in lone}       # (a pair of counts named lone is no step as well)
   verdict = {i: v for i, v in verdict.items()
              if v != "step" or not {int(t[i]), int(t[i + 1])} & lone_ns}
+
   def apart(hi, lo):    # the two measurements of levels hi and lo, where known and different
     return (when[hi], when[lo]) if when[hi] and when[lo] and when[hi] != when[lo] else ()
 
