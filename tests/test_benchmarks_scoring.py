@@ -413,6 +413,23 @@ def test_accuracy_combination_refinement_table_cell_by_cell():
                         "| 0.99 | infeasible | none | none |"]
 
 
+def test_accuracy_combination_refinement_table_says_every_rounds_unscored_single_reductions():
+  """Mutation audit: the single reductions left unscored in every round (not the first alone)
+  are said once, between the rounds and the held-out schedules, with why they are left out."""
+  def e(n):
+    return {"count": n, "mean": 1.0, "max": 2.0, "mean_signed": 0.5, "meets_target": None}
+
+  rounds = [{"round": k, "frontier": 5, "fitted_on": k, "unscored": u,
+             "errors": {"all": e(5 - u), "drop_lt_10": e(0)},
+             "anchored_errors": {"all": e(5 - u), "drop_lt_10": e(0)}}
+            for k, u in enumerate((3, 0, 1))]
+  lines = ac.refinement_table({"rounds": rounds, "random_held_out": {}, "floors": []}
+                              ).splitlines()
+  assert lines[5:8] == ["", "Not scored: 4 single reductions on a frontier (points of the "
+                        "sensitivity table, measured above: in sample).", ""]
+  assert lines[8].startswith("| random schedules never measured by it |")
+
+
 def test_accuracy_combination_parses_its_flags_at_their_bounds():
   """Mutation audit: --conditional's block before the last and count strictly inside the
   model's, --pairwise's counts strictly inside the grid (sorted, once each) and step >= 1,
@@ -457,3 +474,35 @@ def test_accuracy_combination_own_frontier_spreads_by_latency(monkeypatch):
     monkeypatch.setattr(ac, "enumerate_schedules", lambda m, limit, idx=idx: idx)
     assert ac.own_frontier(model, score, 3, 100) == ([(70, n) for n in want], size)
   assert ac.own_frontier(model, score, 3, 0) == ([], None)
+
+
+def test_accuracy_combination_refinement_pairs_each_scored_schedule_with_its_own_measurement(
+    tmp_path):
+  """Mutation audit: the single reductions a round leaves unscored are taken out of its
+  predictions, measurements and anchored values alike: each scored schedule keeps its own."""
+  # pylint: disable=g-import-not-at-top
+  from tests.test_solve import CFG, N, _acc, _block_profile, _dp_model, _estimate
+  from vitprune import schedule as schedule_lib
+  from vitprune import solve, solve_loop
+  model = _dp_model(_block_profile(tmp_path), _estimate(tmp_path, [1, 3, 5], list(range(4, N)),
+                                                        _acc))
+  weight = np.random.default_rng(2).uniform(0.5, 1.5, (CFG.depth, 40))
+
+  def margins_of(c):
+    return 0.5 - sum(weight[l] * (c[l] - c[l + 1]) / N for l in range(CFG.depth))
+
+  def evaluate(counts_list, margins=False):
+    got = [margins_of(tuple(c)) for c in counts_list]
+    acc = [float((m > 0).mean()) for m in got]
+    return (acc, np.stack(got) if got else np.zeros((0, 40))) if margins else acc
+
+  singles = [(N,) * (CFG.depth + 1)] + [schedule_lib.layer_counts(N, n, CFG.depth, l)
+                                        for l in (1, 3, 5) for n in range(4, N)]
+  table = solve_loop.margin_table(model, {c: margins_of(c) for c in singles})
+  ref = ac.refinement(model, evaluate, 2, [0.5], np.arange(len(model.ns), dtype=float), {},
+                      table)
+  assert ref["rounds"][0]["unscored"] > 0
+  for r in ref["rounds"]:
+    for s in r["schedules"]:
+      assert solve.is_multi_reduction(s["counts"])
+      assert s["measured"] == evaluate([s["counts"]])[0]

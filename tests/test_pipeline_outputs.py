@@ -264,6 +264,24 @@ def test_retiming_skips_the_counts_timed_again_and_lists_them_all(monkeypatch):
     pipeline._pooled(pooled, 8, measure(CFG, None, {11: None, N: None}, None), N)
 
 
+def test_a_pooled_point_keeps_its_own_mark_where_the_re_timing_recorded_none():
+  """Mutation audit: a re-timing's mark replaces the profiled point's; a re-timing without one
+  (a Measurement not from measure_all) leaves the point's own, not '' (the counts not timed
+  again and the unpruned reference keep theirs)."""
+  from tests.test_solve import N, _point, _profile
+  from vitprune.profile import protocol, records
+  old, new = "2026-12-07T15:00:00.000+00:00", "2026-12-07T16:00:00.000+00:00"
+  lat = {N: 1e-3, 12: 0.5e-3, 11: 0.4e-3, 10: 0.3e-3}
+  profile = records.analyze(_profile([dataclasses.replace(_point("model", n, t), measured_at=old)
+                                      for n, t in lat.items()]))
+  measured = {N: protocol.summarize([lat[N]] * 5),
+              12: dataclasses.replace(protocol.summarize([lat[12]] * 5), measured_at=new),
+              11: protocol.summarize([lat[11]] * 5)}
+  pooled = pipeline._pooled(profile, 8, measured, N)   # pylint: disable=protected-access
+  assert {p.tokens: (p.measured_at, p.retimed_samples) for p in pooled.points} == {
+      N: (old, 0), 12: (new, 5), 11: (old, 5), 10: (old, 0)}
+
+
 def test_the_retime_line_says_when_n_star_holds_and_when_it_was_not_timed_again():
   def sol(n, retimed=None):
     ns = [17, 12, 11, 9]

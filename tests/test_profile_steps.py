@@ -439,6 +439,18 @@ def test_a_lone_count_timed_in_another_measurement_says_so():
   assert lone(marks).measured_apart == ()
 
 
+def test_a_lone_count_whose_own_mark_is_not_recorded_says_nothing_of_when():
+  """Mutation audit: a lone count from before the mark ('' measured_at) beside two counts of one
+  measurement is not 'timed apart from both:  against A' (nothing known of when it was timed)."""
+  tokens = np.arange(30, 10, -1)
+  med = 1e-3 + 1e-5 * tokens
+  med[tokens == 20] += 3e-4
+  marks = ["" if n == 20 else "A" for n in tokens]
+  (c,) = steps.detect_steps(tokens, med, measured_at=marks).lone
+  assert c.n == 20 and c.measured_apart == ()
+  assert "timed apart" not in c.describe()
+
+
 def test_the_main_jobs_summary_words_a_recorded_step_as_the_profiler_does():
   """pipeline._describe_step rebuilt the sentence from the record (it would have kept the saving
   of the pair's own counts apart from Step.describe)."""

@@ -446,6 +446,16 @@ def test_measurement_time_is_utc_to_the_millisecond():
   assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", mark), mark
 
 
+def test_a_measurement_mark_that_does_not_parse_is_none_not_an_error():
+  """Mutation audit: text with a 'T' that is no ISO time is None (a caller's refusal names it),
+  not fromisoformat's own ValueError; an offset other than UTC is turned to UTC."""
+  from vitprune.profile import protocol   # pylint: disable=g-import-not-at-top
+  assert protocol.measurement_mark("2026-12-07Tnoon+00:00") is None
+  assert protocol.measurement_mark("Tuesday") is None
+  assert protocol.measurement_mark("2026-12-07T10:00:00.25-05:00") == (
+      "2026-12-07T15:00:00.250+00:00")
+
+
 def test_repeat_timing_names_its_flags_and_keeps_max_retries():
   from vitprune.profile import protocol  # pylint: disable=g-import-not-at-top
   cfg = protocol.repeat_timing(7, 2, max_retries=4)

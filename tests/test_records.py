@@ -846,6 +846,19 @@ def test_the_refinement_line_names_the_worst_round_between_and_every_schedule_me
       "model's own table, not scored): predicted before measuring")
 
 
+def test_the_refinement_line_counts_the_unscored_schedules_of_a_round_that_scored_none():
+  """Mutation audit: one single reduction not scored is '1 schedule' and is told; a round whose
+  new schedules were all the estimate's own (none scored) still adds its unscored ones."""
+  rounds = [dict(round=0, num_schedules=3, mean_abs_points=1.0, max_abs_points=2.0),
+            dict(round=1, num_schedules=0, unscored=1, mean_abs_points=0.0, max_abs_points=0.0)]
+  assert T.describe_refinement({"rounds": rounds, "converged": True,
+                                "measured_schedules": 5}) == (
+      "accuracy model corrected from measurements in 1 round (converged, 5 schedules measured by "
+      "then, the unpruned one among them; 1 schedule the estimate had measured, the model's own "
+      "table, not scored): predicted before measuring, it erred by 1.00 (max 2.00) points on 3 "
+      "schedules in round 0")
+
+
 def test_shown_schedules_lists_at_most_eight_names():
   """Mutation audit: the first `most` names, then how many more."""
   assert T.shown_schedules([f"s{i}" for i in range(10)]) == (

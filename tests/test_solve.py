@@ -2728,6 +2728,36 @@ def test_refine_accuracy_reports_anchored_predictions_from_the_estimates_margins
   assert rows[1]["anchored"]["mean_abs_points"] == pytest.approx(np.abs(want).mean())
 
 
+def test_refine_accuracy_scores_the_anchored_prediction_on_the_same_schedules(tmp_path):
+  """Mutation audit: with `measured_before`, a round's anchored error leaves out the same
+  schedules as its corrected one (the estimate's single reductions: in sample for both), and
+  "unscored" is recorded only in a round that left one out."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  model = _dp_model(ps, es)
+  weight = np.random.default_rng(1).uniform(0.5, 1.5, (CFG.depth, 40))
+
+  def margins_of(c):
+    return 0.5 - sum(weight[l] * (c[l] - c[l + 1]) / N for l in range(CFG.depth))
+
+  def evaluate(counts_list, margins=False):
+    got = [margins_of(tuple(c)) for c in counts_list]
+    acc = [float((m > 0).mean()) for m in got]
+    return (acc, np.stack(got) if got else np.zeros((0, 40))) if margins else acc
+
+  singles = [(N,) * (CFG.depth + 1)] + [schedule_lib.layer_counts(N, n, CFG.depth, l)
+                                        for l in (1, 3, 5) for n in range(4, N)]
+  plain = _multi(ps, es, accuracy_floor=0.5)
+  sol, _ = solve_loop.refine_accuracy(plain, model, evaluate, rounds=3,
+                                      margins={c: margins_of(c) for c in singles},
+                                      measured_before=singles)
+  rows = sol.settings["accuracy_refinement"]["rounds"]
+  assert rows[0].get("unscored", 0) > 0          # the base frontier holds single reductions
+  for row in rows:
+    assert row["anchored"]["num_schedules"] == row["num_schedules"]
+    assert row.get("unscored", 1) > 0           # (absent where none was left out)
+
+
 def test_refine_frontier_measures_only_what_it_does_not_know():
   model = _model(_synthetic(3, 5, 2))
   truth = solve.with_drop_correction(model, _hidden_delta(model, [0.002, 0.0, 0.004]))
