@@ -705,8 +705,9 @@ def test_the_cli_says_why_a_folder_gives_no_accuracy(tmp_path):
       "--model=test_tiny_vit", f"--data={tmp_path / '3'}", "--tokens=17",
       f"--out_dir={tmp_path}/e"])
   assert code == 0, err
-  assert ("note: no accuracy: the images are not in class folders (DIR/<class>/<image>), so they "
-          "were read unlabelled: agreement and KL against the unpruned model only\n") in out
+  assert ("note: no accuracy: the images were read unlabelled (only a folder of class folders, "
+          "DIR/<class>/<image>, labels them; one image file or one class's folder does not): "
+          "agreement and KL against the unpruned model only\n") in out
 
 
 # ---------------------------------------------------------------------------------- CLI helpers
@@ -1373,8 +1374,9 @@ def test_random_drops_seed_and_the_weights_class_names_on_a_folder(tmp_path):
   assert record_lib.read_estimate(str(tmp_path / "e" / name)).method_kwargs == {
       "seed": 5, "nested": True}
   assert out.splitlines()[-2:] == [
-      "note: no accuracy: the images are not in class folders (DIR/<class>/<image>), so they "
-      "were read unlabelled: agreement and KL against the unpruned model only",
+      "note: no accuracy: the images were read unlabelled (only a folder of class folders, "
+      "DIR/<class>/<image>, labels them; one image file or one class's folder does not): "
+      "agreement and KL against the unpruned model only",
       f"wrote {tmp_path / 'e' / name}"]
   # Weights naming other classes than the embedded default's: their tag says so (c + 6 digits)
   from vitprune.checkpoint import save_weights  # pylint: disable=g-import-not-at-top

@@ -669,10 +669,11 @@ def prediction_accuracy(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
                                                                                     len(rows))}
 
 
-# Why a folder gives no accuracy (a single class folder given as the data was read as
-# unlabelled, silently).
-UNLABELLED_NOTE = ("no accuracy: the images are not in class folders (DIR/<class>/<image>), so "
-                   "they were read unlabelled")
+# Why images give no accuracy (a single class folder given as the data was read as unlabelled,
+# silently; one image file inside a class folder was said not to be in one).
+UNLABELLED_NOTE = ("no accuracy: the images were read unlabelled (only a folder of class folders, "
+                   "DIR/<class>/<image>, labels them; one image file or one class's folder does "
+                   "not)")
 
 
 def accuracy_line(result: Dict[str, Any]) -> str:
