@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 from absl import flags
 
 from experiments import common
@@ -100,7 +101,10 @@ def run(f: flags.FlagValues) -> dict:
                          dataset.labels.tolist() if dataset.labelled else None)
   result = {"artifact": model.path, "images": os.path.abspath(f.images),   # (one file: itself)
             "num_images": len(dataset), "model": model.manifest.model,
-            "schedule": model.manifest.schedule_text, "predictions": rows,
+            "schedule": model.manifest.schedule_text,
+            # (two results of one schedule in two dtypes, or on two devices, read alike)
+            "dtype": model.manifest.dtype, "device_kind": str(jax.devices()[0].device_kind),
+            "platform": jax.default_backend(), "predictions": rows,
             **prediction_accuracy(rows)}
   m = deploy.time_model(model, out["first_batch"], timing_cfg)
   note = protocol.wide_spread_note(m, timing_cfg)
@@ -122,8 +126,8 @@ def main(f: flags.FlagValues) -> dict:
       print(prediction_line(r))
   lat = res["latency"]
   b = lat["batch_size"]
-  print(f"model {res['model']} schedule {res['schedule']}: "
-        f"{console.counted(res['num_images'], 'image')}")
+  print(f"model {res['model']} schedule {res['schedule']} ({res['dtype']}, {res['platform']} "
+        f"{res['device_kind']}): {console.counted(res['num_images'], 'image')}")
   print(accuracy_line(res))
   print(f"latency batch {b}: median {lat['median_s'] * 1e3:.3f} ms (IQR "
         f"{lat['iqr_s'] * 1e3:.3f} ms, {lat['repeats']} repeats), "
