@@ -12,7 +12,7 @@ fixed `--batch_size`. Run the artifact with `python -m experiments.run_deployed`
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 from absl import flags
 
@@ -313,37 +313,45 @@ def main(f: flags.FlagValues) -> str:
   if f.verify and deploy.local_platform() not in m.platforms:
     print(f"note: not verified: the export holds no {deploy.local_platform()} module to run "
           "here (--verify checks it on this machine)")
-  if f.solution and sol.profile.platform.startswith("iree") and not any(
-      t.is_iree for t in targets):
-    print(f"note: {common.shown(f.solution)} chose its schedule on a profile of "
-          f"{common.shown(sol.profile.device_kind)} ({sol.profile.platform}), an IREE board; "
-          "this artifact holds the JAX export only: add --target=iree:... to build the module "
-          "that board runs" + (" (IREE modules take a fixed batch: without --symbolic_batch)"
-                               if f.symbolic_batch else ""))
-  elif f.solution and sol.profile.platform.startswith("iree") and (
-      board := _board_note(sol, targets)):
-    # (any IREE target silenced the note: a profile of an sm_87 board deployed for the host CPU)
-    print(f"note: {common.shown(f.solution)} chose its schedule on a profile of "
-          f"{common.shown(sol.profile.device_kind)} ({sol.profile.platform}); {board}")
-  elif (f.solution and not sol.profile.platform.startswith("iree") and   # (a board: its module)
-        not set(_EXPORT_PLATFORMS.get(sol.profile.platform, (sol.profile.platform,)))
-        & set(m.platforms)):
-    # (a schedule chosen on H100 latency deployed for the CPU said nothing; latency steps
-    # depend on the device at least as much as on the batch size, which is refused)
-    print(f"note: {common.shown(f.solution)} chose its schedule on a profile of "
-          f"{common.shown(sol.profile.device_kind)} ({sol.profile.platform}); this artifact "
-          f"exports for {','.join(m.platforms)}: its latency steps were measured on another "
-          "device")
+  if f.solution or f.profile:      # (a --profile alone said nothing of another device)
+    said, prof = ((f"{common.shown(f.solution)} chose its schedule on a profile of",
+                   {"device_kind": sol.profile.device_kind, "platform": sol.profile.platform})
+                  if f.solution else
+                  (f"--profile={common.shown(f.profile)} was timed on", provenance["profile"]))
+    note = _device_note(prof["device_kind"], prof["platform"], targets, m.platforms,
+                        f.symbolic_batch)
+    if note:
+      print(f"note: {said} {common.shown(prof['device_kind'])} ({prof['platform']}){note}")
   return path
 
 
-def _board_note(sol, targets) -> Optional[str]:
+def _device_note(device_kind: str, platform: str, targets, platforms: Sequence[str],
+                 symbolic_batch: bool) -> Optional[str]:
+  """How the artifact (`targets`, its JAX `platforms`) differs from the device a profile of
+  `device_kind` on `platform` timed -> the end of a note after that device's name, or None."""
+  if platform.startswith("iree") and not any(t.is_iree for t in targets):
+    return (", an IREE board; this artifact holds the JAX export only: add --target=iree:... to "
+            "build the module that board runs" + (" (IREE modules take a fixed batch: without "
+                                                  "--symbolic_batch)" if symbolic_batch else ""))
+  if platform.startswith("iree"):
+    # (any IREE target silenced the note: a profile of an sm_87 board deployed for the host CPU)
+    board = _board_note(device_kind, targets)
+    return None if board is None else f"; {board}"
+  if not set(_EXPORT_PLATFORMS.get(platform, (platform,))) & set(platforms):
+    # (a schedule chosen on H100 latency deployed for the CPU said nothing; latency steps
+    # depend on the device at least as much as on the batch size, which is refused)
+    return (f"; this artifact exports for {','.join(platforms)}: its latency steps were "
+            "measured on another device")
+  return None
+
+
+def _board_note(device_kind: str, targets) -> Optional[str]:
   """How the IREE modules of `targets` differ from what an IREE board's profile timed (its
   device kind: the kit's target, then for a CPU target the CPU's model, as `vitprune.edge.kit`
   names it) -> the end of a note, or None (the same target; a device kind naming none):
   another backend is another device; another CPU target of the same backend, code generated
   for another CPU; `iree:host` on both, another host's CPU when the models differ."""
-  words = sol.profile.device_kind.split(None, 1)
+  words = device_kind.split(None, 1)
   try:
     board = parse_target(words[0]) if words else None
   except ValueError:

@@ -959,9 +959,7 @@ def test_a_board_profiles_solution_deployed_for_jax_alone_says_so(tmp_path, para
   # A review: the same target spelled otherwise is no other device; another CPU target is
   # code generated for another CPU; iree:host timed on another host's CPU says so.
   def note(kind, *texts):
-    sol = read_solution(solution_file(tmp_path / "n.json", CFG, [17, 9, 9],
-                                      platform="iree-local-task", device_kind=kind))
-    return deploy_cli._board_note(sol, parse_targets(texts))
+    return deploy_cli._board_note(kind, parse_targets(texts))
   a78 = "iree:llvm-cpu:aarch64-linux-gnu:cortex-a78ae"
   assert note("IREE:LLVM-CPU:aarch64-linux-gnu:cortex-a78ae Cortex-A78AE", a78) is None
   assert note(f"iree:host {here}", "iree:host") is None and note("cpu", "iree:host") is None
@@ -972,6 +970,35 @@ def test_a_board_profiles_solution_deployed_for_jax_alone_says_so(tmp_path, para
       f"its latency steps were timed on a module for iree:host, this artifact's are for {a78}: "
       "code generated for another CPU may move them")
   assert note("iree:cuda:sm_87", "jax") is None            # (the JAX-only note's case)
+
+
+def test_a_board_profile_given_for_provenance_says_the_artifact_is_not_its_module(tmp_path,
+                                                                                  params, capsys):
+  """A --profile timed on an IREE board, deployed as a JAX export only: the note a solution of
+  that profile gets (a probe: a --profile alone said nothing, its board recorded as provenance
+  of a CPU artifact); one of this machine's JAX platform says nothing."""
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from experiments import deploy as deploy_cli  # pylint: disable=g-import-not-at-top
+  from vitprune.profile import records  # pylint: disable=g-import-not-at-top
+  weights = save_weights(str(tmp_path / "w"), CFG, params)
+  point = records.Point("model", 1, CFG.num_tokens, 1e-3, 1e-3, 1e-3, 1, (1e-3,))
+  said = {}
+  for platform, kind in (("iree-local-sync", "iree:host Some CPU"), ("cpu", "cpu")):
+    prof = records.Profile(
+        model=CFG.name, config=dataclasses.asdict(CFG), device_kind=kind, platform=platform,
+        jax_version="none", jaxlib_version="none", dtype="float32", modes=("model",),
+        reducer="keep_first", timing={"min_run_time": 0.1}, points=(point,),
+        created="2026-12-07T00:00:00+00:00")
+    path = records.save(prof, str(tmp_path / platform))["json"]
+    common.run_in_process(deploy_cli.main, deploy_cli.define_flags, [
+        f"--weights={weights}", f"--profile={path}", "--noverify",
+        f"--out={tmp_path / ('a' + platform)}"])
+    said[platform] = (path, capsys.readouterr().out)
+  path, out = said["iree-local-sync"]
+  assert out.endswith(f"note: --profile={path} was timed on iree:host Some CPU (iree-local-sync), "
+                      "an IREE board; this artifact holds the JAX export only: add "
+                      "--target=iree:... to build the module that board runs\n"), out
+  assert "note:" not in said["cpu"][1]
 
 
 def test_an_unpruned_artifact_names_no_reducer_and_an_unverified_one_says_so(tmp_path, params,
@@ -1198,6 +1225,12 @@ def test_clis_end_to_end(tmp_path, params):
   assert f"0/a.png\t{want[0]}\t{names[want[0]]}\t" in res.stdout
   assert f"\tlabel=3\t{names[3]}\n" in res.stdout          # the index and its class name
   assert "accuracy" in res.stdout and "latency batch 2: median" in res.stdout
+  # What the latency and the predictions were measured in: the artifact's dtype and this
+  # device (a probe: float32 and bfloat16 results of one schedule printed and read alike).
+  assert (got["dtype"], got["platform"]) == (deploy.read_manifest(out).dtype, "cpu")
+  assert got["device_kind"] == jax.devices()[0].device_kind
+  assert (f"model {CFG.name} schedule {got['schedule']} ({got['dtype']}, cpu "
+          f"{got['device_kind']}): 5 images\n") in res.stdout
 
   # Flat folder: predictions without labels or accuracy.
   flat = str(tmp_path / "flat")
@@ -1207,8 +1240,9 @@ def test_clis_end_to_end(tmp_path, params):
   assert res.returncode == 0, res.stderr[-3000:]
   assert "x.png\t" in res.stdout and "accuracy " not in res.stdout
   # (a walkthrough: a single class folder given as --images printed no accuracy, and no why)
-  assert ("\nno accuracy: the images are not in class folders (DIR/<class>/<image>), so they "
-          "were read unlabelled\n") in res.stdout
+  assert ("\nno accuracy: the images were read unlabelled (only a folder of class folders, "
+          "DIR/<class>/<image>, labels them; one image file or one class's folder does not)\n"
+          ) in res.stdout
   # A symbolic-batch artifact takes any --batch_size: one that cannot fit is refused up front,
   # from the loaded weights' size (the model code is not imported), before any image is read.
   res = _cli_here("experiments.run_deployed", f"--artifact={out}s", f"--images={flat}",
