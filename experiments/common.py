@@ -191,23 +191,10 @@ def check_jax_platforms(environ: Optional[Dict[str, str]] = None) -> None:
 
 
 def _exit_interrupted(error: Optional[BaseException] = None) -> None:
-  """Ctrl-C (or SIGTERM) in a CLI process: the error line (`error`'s, when the run also failed,
-  with the interrupt in brackets), this process's temporaries
-  (`atomic.remove_at_exit`: the temporary XLA cache), then exit 130 (143) at once. A normal
-  interpreter exit, or JAX's own exit handlers, can crash tearing XLA down while a compile or
-  step started before the interrupt is still running (train_digits: SIGSEGV in 3 of 3 runs of
-  `tests/test_faults_cli.py`'s Ctrl-C test); by the time the interrupt reaches here every
-  `finally` of the run has removed its staged outputs."""
-  console.finish_quietly()         # a second signal now cut the cleanup short, printing twice
-  text, code = console.interrupt_exit(error)
-  try:            # after a hang-up stderr may be gone (EIO, a broken pipe): exit all the same
-    sys.stderr.write(f"error: {text}\n")
-    sys.stdout.flush()
-    sys.stderr.flush()
-  except (OSError, ValueError):
-    pass
-  atomic.remove_exit_paths()
-  os._exit(code)
+  """Ctrl-C (or SIGTERM) in a CLI process: `console.exit_interrupted` (the error line, exit
+  130 or 143 at once, without XLA's teardown), removing this process's temporaries
+  (`atomic.remove_at_exit`: the temporary XLA cache)."""
+  console.exit_interrupted(error, cleanup=atomic.remove_exit_paths)
 
 
 def _parse_or_fail(fv: flags.FlagValues, argv: List[str]) -> List[str]:

@@ -262,15 +262,9 @@ def main(argv):
 def exit_interrupted(error: Optional[object] = None):
   """`error: interrupted` (exit 130), or after SIGTERM / SIGHUP `error: terminated` (143) /
   `error: hung up` (129); `error`'s line with the interrupt in brackets when the run also
-  failed."""
-  console.finish_quietly()         # a second signal would print a second error line
-  text, code = console.interrupt_exit(error)
-  try:            # after a hang-up stderr may be gone (EIO, a broken pipe): exit all the same
-    sys.stderr.write(f"error: {text}\n")
-    sys.stderr.flush()
-  except (OSError, ValueError):
-    pass
-  sys.exit(code)
+  failed; at once (`console.exit_interrupted`: the IREE runtime's teardown after an interrupt
+  once kept the process alive a minute after its error line)."""
+  console.exit_interrupted(error, cleanup=atomic.remove_exit_paths)
 
 
 if __name__ == "__main__":
