@@ -481,23 +481,11 @@ def test_accuracy_combination_refinement_pairs_each_scored_schedule_with_its_own
   """Mutation audit: the single reductions a round leaves unscored are taken out of its
   predictions, measurements and anchored values alike: each scored schedule keeps its own."""
   # pylint: disable=g-import-not-at-top
-  from tests.test_solve import CFG, N, _acc, _block_profile, _dp_model, _estimate
-  from vitprune import schedule as schedule_lib
+  from tests.test_solve import N, _acc, _block_profile, _dp_model, _estimate, _margin_world
   from vitprune import solve, solve_loop
   model = _dp_model(_block_profile(tmp_path), _estimate(tmp_path, [1, 3, 5], list(range(4, N)),
                                                         _acc))
-  weight = np.random.default_rng(2).uniform(0.5, 1.5, (CFG.depth, 40))
-
-  def margins_of(c):
-    return 0.5 - sum(weight[l] * (c[l] - c[l + 1]) / N for l in range(CFG.depth))
-
-  def evaluate(counts_list, margins=False):
-    got = [margins_of(tuple(c)) for c in counts_list]
-    acc = [float((m > 0).mean()) for m in got]
-    return (acc, np.stack(got) if got else np.zeros((0, 40))) if margins else acc
-
-  singles = [(N,) * (CFG.depth + 1)] + [schedule_lib.layer_counts(N, n, CFG.depth, l)
-                                        for l in (1, 3, 5) for n in range(4, N)]
+  margins_of, evaluate, singles = _margin_world(2)
   table = solve_loop.margin_table(model, {c: margins_of(c) for c in singles})
   ref = ac.refinement(model, evaluate, 2, [0.5], np.arange(len(model.ns), dtype=float), {},
                       table)

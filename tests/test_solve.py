@@ -2728,14 +2728,11 @@ def test_refine_accuracy_reports_anchored_predictions_from_the_estimates_margins
   assert rows[1]["anchored"]["mean_abs_points"] == pytest.approx(np.abs(want).mean())
 
 
-def test_refine_accuracy_scores_the_anchored_prediction_on_the_same_schedules(tmp_path):
-  """Mutation audit: with `measured_before`, a round's anchored error leaves out the same
-  schedules as its corrected one (the estimate's single reductions: in sample for both), and
-  "unscored" is recorded only in a round that left one out."""
-  ps = _block_profile(tmp_path)
-  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
-  model = _dp_model(ps, es)
-  weight = np.random.default_rng(1).uniform(0.5, 1.5, (CFG.depth, 40))
+def _margin_world(seed: int):
+  """(margins_of, evaluate, singles): 40 examples whose top-1 margin falls by a random weight
+  per block for each token it removes; `evaluate(counts_list, margins=False)` as the in-loop
+  evaluator; `singles`: the unpruned schedule and every single reduction at blocks 1, 3, 5."""
+  weight = np.random.default_rng(seed).uniform(0.5, 1.5, (CFG.depth, 40))
 
   def margins_of(c):
     return 0.5 - sum(weight[l] * (c[l] - c[l + 1]) / N for l in range(CFG.depth))
@@ -2747,6 +2744,17 @@ def test_refine_accuracy_scores_the_anchored_prediction_on_the_same_schedules(tm
 
   singles = [(N,) * (CFG.depth + 1)] + [schedule_lib.layer_counts(N, n, CFG.depth, l)
                                         for l in (1, 3, 5) for n in range(4, N)]
+  return margins_of, evaluate, singles
+
+
+def test_refine_accuracy_scores_the_anchored_prediction_on_the_same_schedules(tmp_path):
+  """Mutation audit: with `measured_before`, a round's anchored error leaves out the same
+  schedules as its corrected one (the estimate's single reductions: in sample for both), and
+  "unscored" is recorded only in a round that left one out."""
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  model = _dp_model(ps, es)
+  margins_of, evaluate, singles = _margin_world(1)
   plain = _multi(ps, es, accuracy_floor=0.5)
   sol, _ = solve_loop.refine_accuracy(plain, model, evaluate, rounds=3,
                                       margins={c: margins_of(c) for c in singles},
