@@ -222,8 +222,8 @@ def _scan_for_digits(root: str) -> Tuple[set, int]:
   digit exactly is the one digit within `_LOSSY_COPY_LEVELS` grey levels of it in every pixel
   and channel, if any (a copy re-saved as JPEG was missed), and how many 8x8 images matched no
   digit)."""
-  one_file = not os.path.isdir(root) and is_image_file(root)   # (ImageFolder reads it alone)
-  if not os.path.isdir(root) and not one_file:     # (ImageFolder names a missing root)
+  one_file = not os.path.isdir(root)        # (an image file: ImageFolder reads it alone)
+  if one_file and not is_image_file(root):     # (ImageFolder names a missing root)
     return set(), 0
   images, _ = load_digits_arrays()
   by_pixels = {im.tobytes(): i for i, im in enumerate(images)}
@@ -338,13 +338,14 @@ def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
     seen = found & set(digits_split(seed, fraction)[0].tolist())
   except ImportError:       # a board without scikit-learn's table: the marker alone decides
     found, seen, unmatched = set(), set(), 0
+  one_file = os.path.isfile(folder)
   if seen:
-    which = (f"the digit {folder} is a training image" if os.path.isfile(folder) else
+    which = (f"the digit {folder} is a training image" if one_file else
              f"{len(seen)} of the {len(found)} digits in {folder} are training images")
     raise ValueError(f"{which} of {whose} (digits split of seed {seed}, test fraction "
-                     f"{fraction}), so every score on {'it' if os.path.isfile(folder) else 'them'}"
-                     f" would be inflated{hint}")
-  if os.path.isfile(folder):    # one image (ImageFolder's): judged by the marker of the folder
+                     f"{fraction}), so every score on {'it' if one_file else 'them'} would be "
+                     f"inflated{hint}")
+  if one_file:    # one image (ImageFolder's): judged by the marker of the folder
     parent = os.path.dirname(os.path.abspath(folder))                     # it was written in
     folder = next((d for d in (parent, os.path.dirname(parent)) if is_digits_imagefolder(d)),
                   parent)
