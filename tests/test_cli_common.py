@@ -111,6 +111,21 @@ def test_warnings_print_on_one_line():
   assert warnings.formatwarning is not console.one_line_warning   # only a CLI process sets it
 
 
+def test_a_number_above_its_limit_never_prints_as_the_limit():
+  """A probe read "an IQR of 10% of its median, above 10%" (10.02 %): `console.apart` adds the
+  digits that tell a value from its limit, and only those."""
+  from vitprune import console  # pylint: disable=g-import-not-at-top
+  assert console.apart(10.02, 10) == "10.02"
+  assert console.apart(10.0001, 10) == "10.0001"
+  assert console.apart(12.34, 10) == "12.3"          # (3 digits when they are enough)
+  assert console.apart(105.2, 10) == "105"
+  assert console.apart(9.9996, 10) == "9.9996"       # (from below too)
+  assert console.apart(10.0, 10) == "10"             # (equal: nothing to tell apart)
+  assert console.apart(10.02, 0.1 * 100) == "10.02"  # (a limit of 10.000000000000002)
+  assert console.apart(25.04, 25, 1, "f") == "25.04"
+  assert console.apart(25.0, 24, 1, "f") == "25.0"
+
+
 def test_a_swallowed_interrupt_is_not_a_success(monkeypatch, capsys):
   """Ctrl-C early in a run was raised inside JAX's gc callback, printed as 'Exception ignored'
   and dropped: the run finished, replaced its outputs and exited 0."""

@@ -772,6 +772,10 @@ def test_residuals_are_relative_to_the_measurement_and_the_limit_is_inclusive():
   assert dataclasses.replace(lm, max_residual=lm.residual_p90).trust(c) is None
   below = dataclasses.replace(lm, max_residual=0.24)
   assert below.trust(c) == "the pomt latency model's p90 calibration error 25.0% exceeds 24%"
+  just = dataclasses.replace(lm, calibration_s=tuple(      # p90 25.04 %: not "25.0% exceeds 25%"
+      lm0.predict(c) / (1.2504 if x > 1 else x) for c, x in zip(lm0.calibration, f)),
+                             max_residual=0.25)
+  assert just.trust(c) == "the pomt latency model's p90 calibration error 25.04% exceeds 25%"
 
 
 def test_the_calibrated_range_includes_the_full_count_block_0_runs_at():

@@ -375,6 +375,10 @@ def test_spread_boundaries_are_strict():
   assert protocol.wide_spread_note(m, cfg) is None
   assert "IQR of 50% of its median, above 25%" in protocol.wide_spread_note(
       m, dataclasses.replace(cfg, max_rel_iqr=0.25))
+  # Just above its limit, the IQR is printed with the digits that tell it apart from the limit
+  # (a probe read "an IQR of 10% of its median, above 10%" for 10.02 %).
+  assert "IQR of 50.0001% of its median, above 50%" in protocol.wide_spread_note(
+      timing.summarize([1.0, 1.5, 2.0, 2.500002, 3.0]), dataclasses.replace(cfg, max_rel_iqr=0.5))
   calls = []
 
   def timer(fn, args, c):

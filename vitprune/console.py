@@ -70,6 +70,18 @@ def counted(n: int, noun: str, plural: str = "") -> str:
   return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
+def apart(value: float, limit: float, digits: int = 3, spec: str = "g") -> str:
+  """`value` formatted `.{digits}{spec}` ('g' significant digits, 'f' decimals), with as many
+  more digits as it takes not to read as `limit` (as %g prints it): '10.02' above a limit of
+  10, not '10' ("an IQR of 10% of its median, above 10%", a probe)."""
+  shown = float(f"{limit:g}")
+  for d in range(digits, digits + 16):
+    text = f"{value:.{d}{spec}}"
+    if value == limit or float(text) != shown:
+      return text
+  return repr(value)
+
+
 def printable(text: str) -> str:
   """`text` with its control characters escaped (`\\t`, `\\n`, `\\x1b`): a file name printed in
   a tab-separated line (a name holding a tab and a newline printed a second, fake row)."""

@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from vitprune import jsonio
+from vitprune import console, jsonio
 from vitprune.config import config_from_dict
 from vitprune.profile import records
 
@@ -245,8 +245,9 @@ class LatencyModel:
       return (f"counts {out} are outside the calibrated range {lo}..{hi} of the "
               f"{self.method} latency model")
     if self.residual_p90 > self.max_residual:
+      limit = 100 * self.max_residual
       return (f"the {self.method} latency model's p90 calibration error "
-              f"{100 * self.residual_p90:.1f}% exceeds {100 * self.max_residual:.0f}%")
+              f"{console.apart(100 * self.residual_p90, limit, 1, 'f')}% exceeds {limit:g}%")
     return None
 
   def summary(self) -> Dict[str, Any]:

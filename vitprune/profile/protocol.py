@@ -182,8 +182,9 @@ def wide_spread_note(m: Measurement, cfg: TimingConfig) -> Optional[str]:
     return None
   rounds = (f" after {console.counted(m.retries, 're-measurement round')}" if m.retries
             else "")
-  return (f"the latency has an IQR of {m.rel_iqr * 100:.3g}% of its median{rounds}, above "
-          f"{cfg.max_rel_iqr * 100:g}%: the machine was busy "
+  limit = cfg.max_rel_iqr * 100
+  return (f"the latency has an IQR of {console.apart(m.rel_iqr * 100, limit)}% of its "
+          f"median{rounds}, above {limit:g}%: the machine was busy "
           "or the call's time varies, so the median is uncertain; time it again on a quieter "
           "machine before comparing it")
 
