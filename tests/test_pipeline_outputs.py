@@ -649,3 +649,33 @@ def test_paired_change_refuses_margins_that_disagree_with_the_metric():
   with pytest.raises(AssertionError, match=r"change of -0.25 on 4 images, the accuracy -0.25 on "
                                            r"8$"):      # (the same change, on half the images)
     pipeline.paired_change(result(8, 6, [[1.0] * 4, [1.0] * 3 + [-1.0]]), "accuracy")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(batch_size=0), "batch sizes must be >= 1, got 0, 64"),
+    (dict(alpha=1.5), "alpha must be in [0, 1], got 1.5"),
+    (dict(alpha=float("nan")), "alpha must be in [0, 1], got nan"),
+    (dict(solver="greedy"), "solver must be 'paper' or 'multi', got 'greedy'"),
+    (dict(accuracy_floor=0.9),
+     "accuracy_floor / latency_budget / max_accuracy_drop apply to solver='multi' only"),
+    (dict(measure_frontier=True), "measure_frontier applies to solver='multi' only"),
+    (dict(refine_accuracy_rounds=1), "refine_accuracy_rounds applies to solver='multi' only"),
+    (dict(solver="multi", refine_accuracy_rounds=-1),
+     "refine_accuracy_rounds must be >= 0, got -1"),
+    (dict(solver="multi", accuracy_floor=0.5, latency_budget=0.01),
+     "give accuracy_floor or latency_budget, not both"),
+    (dict(solver="multi", accuracy_floor=0.5, max_accuracy_drop=0.01),
+     "give max_accuracy_drop, accuracy_floor or latency_budget, not two"),
+    (dict(solver="multi", latency_budget=0.01, floor_confidence=True),
+     "floor_confidence applies to solver='multi' with accuracy_floor or max_accuracy_drop"),
+    (dict(solver="multi", accuracy_floor=1.5), "accuracy_floor must be in [0, 1], got 1.5"),
+    (dict(solver="multi", latency_budget=0.0),
+     "latency_budget must be a positive number of seconds, got 0.0"),
+    (dict(solver="multi", latency_budget=float("inf")),
+     "latency_budget must be a positive number of seconds, got inf"),
+])
+def test_spec_refuses_bad_settings(kwargs, message):
+  """The library's own refusals (the CLI refuses these by flag first): one line each."""
+  with pytest.raises(ValueError) as e:
+    pipeline.PipelineSpec(**kwargs)
+  assert str(e.value) == message
