@@ -193,6 +193,21 @@ def test_spec_errors():
     B.run_benchmark(B.BenchmarkSpec(TINY), None, B.build_variants(TINY)[1:])
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(batch_sizes=()), "no batch sizes given"),
+    (dict(batch_sizes=(1, True)), "batch sizes must be positive ints, got True"),
+    (dict(dtypes=()), "no dtypes given"),
+    (dict(dtypes=("float32", "float32")),
+     "dtypes must be distinct values of ('float32', 'bfloat16'), got ['float32', 'float32']"),
+    (dict(threads=0), "threads must be >= 1, got 0"),
+    (dict(eval_batch_size=0), "eval_batch_size must be >= 1, got 0"),
+])
+def test_spec_refusals_exact(kwargs, message):
+  with pytest.raises(ValueError) as e:
+    B.BenchmarkSpec(TINY, **kwargs)
+  assert str(e.value) == message
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
