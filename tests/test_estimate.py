@@ -710,6 +710,19 @@ def test_the_cli_says_why_a_folder_gives_no_accuracy(tmp_path):
           "agreement and KL against the unpruned model only\n") in out
 
 
+def test_the_cli_names_its_default_layer_when_the_model_is_too_shallow(tmp_path):
+  """--method=topk prunes at block 3 by default: on a 2-block model the refusal says that the
+  layer was the default (not given), and a given --layer=3 gets the plain range message."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  argv = ["--model=test_tiny_vit", "--method=topk", "--data=digits", f"--out_dir={tmp_path}/e"]
+  assert run_cli_in_process(REPO, "estimate", argv) == (
+      1, "", "error: --layer: layer 3 outside [0, 1] (model depth 2): the default --layer for "
+             "--method=topk; pass one\n")
+  assert run_cli_in_process(REPO, "estimate", argv + ["--layer=3"]) == (
+      1, "", "error: --layer: layer 3 outside [0, 1] (model depth 2)\n")
+  assert not os.path.exists(tmp_path / "e")
+
+
 # ---------------------------------------------------------------------------------- CLI helpers
 
 
