@@ -1236,3 +1236,18 @@ def test_a_tilde_default_is_left_as_it_is(tmp_path, monkeypatch):
   monkeypatch.setenv("HOME", str(tmp_path))
   fv = common.parse(define, ["--out=~/o"])
   assert (fv.cache, fv.out) == ("~/cache", str(tmp_path / "o"))
+
+
+def test_uncovered_flag_refusals_of_convert_and_run_deployed(tmp_path):
+  """Refusals the suite never reached (coverage probe): each a one-line error naming the flag,
+  exit 1, nothing written."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  for cli, argv, said in [
+      ("convert", ["--model=test_tiny_vit", "--checkpoint=t.pth", "--num_classes=-1"],
+       "--num_classes must be >= 0, got -1"),
+      ("run_deployed", ["--images=digits"], "--artifact and --images are required"),
+      ("run_deployed", ["--artifact=a"], "--artifact and --images are required"),
+      ("run_deployed", ["--artifact=a", "--images=digits", "--num_workers=-1"],
+       "--num_workers must be >= 0, got -1")]:
+    assert run_cli_in_process(tmp_path, cli, argv) == (1, "", f"error: {said}\n"), argv
+  assert os.listdir(tmp_path) == []
