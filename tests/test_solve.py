@@ -3783,3 +3783,34 @@ def test_paper_mode_on_an_estimate_of_zero_accuracy_names_the_unpruned_one(tmp_p
       "latency alone (alpha 1)")
   sol = _paper(str(tmp_path / "p.json"), es, alpha=1.0, batch_size=8, allow_batch_mismatch=True)
   assert sol.chosen.predicted_latency_s == min(sol.curve["latency_s"])   # (the fastest count)
+
+
+def test_choose_and_utility_refusals_exact():
+  """choose's and utility's refusals the suite never reached (coverage probe), exactly; and
+  utility's numbers at the edges (a tie at alpha 0.5; alpha=1 ranks by latency alone)."""
+  plans = [solve.Plan((5, 2), 1.0, 0.5), solve.Plan((5, 5), 2.0, 0.75)]
+  for frontier, kwargs, said in [
+      ([], {}, "empty frontier"),
+      (plans, dict(accuracy_floor=0.5, latency_budget=1.0),
+       "give either an accuracy floor or a latency budget, not both"),
+      (plans, dict(accuracy_floor=float("nan")), "accuracy floor must be finite, got nan"),
+      (plans, dict(latency_budget=float("inf")), "latency budget must be finite, got inf")]:
+    with pytest.raises(ValueError) as e:
+      solve.choose(frontier, **kwargs)
+    assert str(e.value) == said
+  assert solve.choose(plans, accuracy_floor=0.75) == (plans[1], "accuracy_floor")
+  assert solve.choose(plans, latency_budget=1.5) == (plans[0], "latency_budget")
+  for lat, acc, said in [
+      ([], [], "token grid is empty: no token count to choose from"),
+      ([0.0, 1.0], [0.5, 0.6], "latencies must be > 0 seconds, got min 0.0"),
+      ([1.0, 2.0], [-0.1, 0.5], "accuracies must be >= 0, got min -0.1"),
+      ([1.0, 2.0], [0.0, 0.0],
+       "all accuracies are 0: A / max A is undefined (use alpha=1 to rank by latency alone)")]:
+    with pytest.raises(ValueError) as e:
+      solve.utility(lat, acc)
+    assert str(e.value) == said
+  assert solve.utility([1.0, 2.0], [0.5, 1.0]).tolist() == [0.5, 0.5]
+  assert solve.utility([1.0, 2.0], [0.0, 0.0], alpha=1.0).tolist() == [0.5, 0.0]
+  # the tie goes to the faster plan
+  assert solve.choose([solve.Plan((5, 2), 1.0, 0.5), solve.Plan((5, 5), 2.0, 1.0)]) == (
+      solve.Plan((5, 2), 1.0, 0.5), "utility")
