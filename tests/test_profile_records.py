@@ -833,6 +833,11 @@ def test_a_document_of_the_wrong_shape_is_refused_naming_it():
     (dict(component="schedule", schedule=[17, 9, 10]),
      "schedule [17, 9, 10] increases: token counts never grow between blocks"),
     (dict(median_s=0.011000011), "median_s 0.011000011 is not its 3 samples' (0.011)"),
+    # (coverage probe: these two checks were never reached)
+    (dict(median_s="x"), "median_s must be a number, got 'x'"),
+    (dict(q25_s=True), "q25_s must be a number, got True"),
+    (dict(samples_s="x"), "samples_s must be a list of numbers"),
+    (dict(samples_s=[0.011, "a", 0.011]), "samples_s must be a list of numbers"),
 ])
 def test_a_bad_point_field_is_refused_naming_it(edit, message):
   doc = records.to_json(_profile(_staircase_points()))
