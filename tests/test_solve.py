@@ -3814,3 +3814,29 @@ def test_choose_and_utility_refusals_exact():
   # the tie goes to the faster plan
   assert solve.choose([solve.Plan((5, 2), 1.0, 0.5), solve.Plan((5, 5), 2.0, 1.0)]) == (
       solve.Plan((5, 2), 1.0, 0.5), "utility")
+
+
+def test_a_block_profile_the_solver_cannot_use_is_refused_naming_it(tmp_path):
+  """Coverage probe: a per-block profile without its embed point (paper and multi mode), and
+  one whose block counts miss the estimate's: one line each, exit 1, no solution written."""
+  pts = [_point("head", n, 1e-5, 8) for n in range(2, N + 1)]
+  pts += [_point("block", n, _step_latency(n) / 6 + 1e-6 * n, 8) for n in range(2, N + 1)]
+  no_embed = _save_profile(tmp_path, pts, name="b.json", modes=("block",))
+  pts = [_point("embed", N, 1e-4, 8), _point("block", N, 1e-3, 8), _point("head", N, 1e-5, 8)]
+  pts += [_point(c, n, 1e-3, 8) for n in (2, 3) for c in ("block", "head")]
+  apart = _save_profile(tmp_path, pts, name="b2.json", modes=("block",))
+  one = _estimate(tmp_path, [3], list(range(4, N)), _acc)
+  three = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc, name="e2.json")
+  for argv, said in [
+      ([f"--profile={no_embed}", f"--estimate={one}"],
+       f"profile {no_embed} has neither a whole-model curve nor a complete per-block table at "
+       "batch 8"),
+      ([f"--profile={no_embed}", f"--estimate={three}", "--mode=multi"],
+       f"profile {no_embed} has no complete per-block table (embed, block and head points) at "
+       "batch 8; profile with --mode=block"),
+      ([f"--profile={apart}", f"--estimate={three}", "--mode=multi"],
+       f"profile {apart} (block counts 2..{N}) and estimate {three} (tokens 4..{N - 1}) share "
+       f"no token count below {N}")]:
+    assert run_cli_in_process(tmp_path, "solve", argv + ["--out_dir=o"]) == (
+        1, "", f"error: {said}\n"), argv
+  assert not os.path.exists(tmp_path / "o")
