@@ -1803,3 +1803,34 @@ def test_class_folders_a_model_cannot_label_name_what_can_be_done(tmp_path):
       "folders, or the images without class folders (a flat folder, read unlabelled: no "
       "accuracy), or weights saved with their class names "
       "(vitprune.checkpoint.save_weights(..., class_names=...))")
+
+
+@pytest.mark.parametrize("images, labels, message", [
+    (np.zeros((2, 8, 8), np.float32), [0, 1], "ArrayDataset images must be uint8, got float32"),
+    (np.zeros((2, 8, 8, 2), np.uint8), [0, 1],
+     "ArrayDataset images must be [N, H, W] or [N, H, W, C in 1/3/4], got shape (2, 8, 8, 2)"),
+    (np.zeros((2, 8), np.uint8), [0, 1],
+     "ArrayDataset images must be [N, H, W] or [N, H, W, C in 1/3/4], got shape (2, 8)"),
+    (np.zeros((2, 8, 8), np.uint8), [0, 1, 2],
+     "ArrayDataset labels shape (3,) does not match 2 images"),
+])
+def test_array_dataset_refuses_bad_arrays_exactly(images, labels, message):
+  """Coverage probe: ArrayDataset's shape and dtype refusals, never reached by the suite."""
+  with pytest.raises(ValueError) as e:
+    data.ArrayDataset(images, np.asarray(labels), ("a", "b"))
+  assert str(e.value) == message
+
+
+def test_a_dangling_image_link_in_a_class_folder_is_one_line(tmp_path):
+  """Coverage probe: a class folder's image name that is a link to nothing: the estimate CLI
+  names it in one line (exit 1) and writes nothing."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "d"
+  (root / "3").mkdir(parents=True)
+  Image.new("L", (8, 8)).save(root / "3" / "y.png")
+  os.symlink(root / "nothing.png", root / "3" / "x.png")
+  work = tmp_path / "w"
+  work.mkdir()
+  assert run_cli_in_process(work, "estimate", [f"--data={root}", "--out_dir=o"]) == (
+      1, "", f"error: '{root / '3' / 'x.png'}' is a link to nothing (dangling symbolic link)\n")
+  assert os.listdir(work) == []
