@@ -653,6 +653,7 @@ def test_paired_change_refuses_margins_that_disagree_with_the_metric():
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(batch_size=0), "batch sizes must be >= 1, got 0, 64"),
+    (dict(dtype="float16"), "dtype must be one of ['bfloat16', 'float32'], got 'float16'"),
     (dict(alpha=1.5), "alpha must be in [0, 1], got 1.5"),
     (dict(alpha=float("nan")), "alpha must be in [0, 1], got nan"),
     (dict(solver="greedy"), "solver must be 'paper' or 'multi', got 'greedy'"),

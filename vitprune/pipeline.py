@@ -56,7 +56,7 @@ from vitprune import solve
 from vitprune import solve_loop
 from vitprune import solve_stage
 from vitprune.config import ViTConfig, method_label, method_options_problem
-from vitprune.model import Params, jitted_forward
+from vitprune.model import Params, check_options, jitted_forward
 from vitprune.profile import latency_model as latency_model_lib
 from vitprune.profile import protocol, records, runner, timing
 from vitprune.profile import steps as steps_lib
@@ -114,6 +114,7 @@ class PipelineSpec:
     if self.batch_size < 1 or self.eval_batch_size < 1:
       raise ValueError(f"batch sizes must be >= 1, got {self.batch_size}, "
                        f"{self.eval_batch_size}")
+    check_options(self.dtype, "highest")   # (was refused after the data loaded, stage 1 begun)
     if not 0.0 <= self.alpha <= 1.0:
       raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
     if self.solver not in ("paper", "multi"):
