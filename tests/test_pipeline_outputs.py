@@ -680,3 +680,13 @@ def test_spec_refuses_bad_settings(kwargs, message):
   with pytest.raises(ValueError) as e:
     pipeline.PipelineSpec(**kwargs)
   assert str(e.value) == message
+
+
+def test_spec_refuses_a_bool_alpha_and_a_negative_seed():
+  """alpha=True was taken as 1.0 (solve's own check refuses a bool), and seed=-1 was accepted
+  until numpy's generator refused it mid-run."""
+  with pytest.raises(TypeError, match=r"^alpha must be a number in \[0, 1\], got True$"):
+    pipeline.PipelineSpec(alpha=True)
+  with pytest.raises(ValueError, match=r"^seed must be >= 0, got -1$"):
+    pipeline.PipelineSpec(seed=-1)
+  assert pipeline.PipelineSpec(seed=0, alpha=1).alpha == 1

@@ -115,8 +115,9 @@ class PipelineSpec:
       raise ValueError(f"batch sizes must be >= 1, got {self.batch_size}, "
                        f"{self.eval_batch_size}")
     check_options(self.dtype, "highest")   # (was refused after the data loaded, stage 1 begun)
-    if not 0.0 <= self.alpha <= 1.0:
-      raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+    solve.check_alpha(self.alpha)          # (True was taken as 1.0)
+    if self.seed < 0:                      # (numpy's generators refused it mid-run)
+      raise ValueError(f"seed must be >= 0, got {self.seed}")
     if self.solver not in ("paper", "multi"):
       raise ValueError(f"solver must be 'paper' or 'multi', got {self.solver!r}")
     if self.solver == "paper" and (self.accuracy_floor is not None or

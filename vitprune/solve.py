@@ -142,7 +142,8 @@ def _unit(name: str, a: np.ndarray) -> np.ndarray:
   return a
 
 
-def _check_alpha(alpha: float) -> float:
+def check_alpha(alpha: float) -> float:
+  """`alpha` as a float in [0, 1]: TypeError for a bool or a non-number, ValueError else."""
   if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
     raise TypeError(f"alpha must be a number in [0, 1], got {alpha!r}")
   alpha = float(alpha)
@@ -185,7 +186,7 @@ def intersect_grid(latency_ns: ArrayLike, latency: ArrayLike, accuracy_ns: Array
 
 def utility(latency: ArrayLike, accuracy: ArrayLike, alpha: float = 0.5) -> np.ndarray:
   """U = alpha (1 - L / max L) + (1 - alpha) A / max A, elementwise over [K]."""
-  alpha = _check_alpha(alpha)
+  alpha = check_alpha(alpha)
   lat = _finite("latency", latency, 1)
   acc = _finite("accuracy", accuracy, 1, lat.size)
   if lat.size == 0:
@@ -261,7 +262,7 @@ def solve_paper(ns: ArrayLike, latency: ArrayLike, accuracy: ArrayLike, alpha: f
   fidelity, higher is better). Utilities within `tie_tol` of the maximum tie; ties go to the
   smaller latency, then the larger n.
   """
-  alpha = _check_alpha(alpha)
+  alpha = check_alpha(alpha)
   depth, layer = _check_depth_layer(depth, layer)
   if isinstance(tie_tol, bool) or not isinstance(tie_tol, (int, float, np.integer, np.floating)) \
       or not (np.isfinite(tie_tol) and tie_tol >= 0):     # (NaN: an IndexError, nothing tied)
@@ -1062,7 +1063,7 @@ def solve_multilayer(ns: ArrayLike, block_latency: ArrayLike, sensitivity: Array
   `step_bottoms_only`, the grid is first restricted to the step bottoms of the block latency
   (`step_bottoms`, `pair_noise` [K - 1] on the ascending grid) plus num_tokens.
   """
-  _check_alpha(alpha)
+  check_alpha(alpha)
   if accuracy_floor is not None and latency_budget is not None:
     raise ValueError("give either an accuracy floor or a latency budget, not both")
   model = make_cost_model(ns, block_latency, sensitivity, full_accuracy, depth=depth,
