@@ -920,6 +920,19 @@ def test_predictions_skip_only_the_graphs_the_block_table_does_not_cover():
       ("model", [17, 17, 17]), ("model", [9, 9, 9]), ("schedule", [17, 9, 2])]
 
 
+def test_an_incomplete_block_table_names_what_it_lacks():
+  """solve's refusal of a per-block profile said the table was incomplete, not what it lacked
+  (a coverage probe)."""
+  pts = [_point("block", n, 1e-3 * n) for n in (17, 9)] + [_point("model", 17, 0.03, batch=8)]
+  prof = _profile(pts, modes=("model", "block"))
+  assert records.missing_table_parts(prof, 1) == "no embed and head points"
+  assert records.missing_table_parts(prof, 8) == "no points at all"
+  whole = _profile(pts + [_point("embed", 17, 2e-3), _point("head", 9, 1e-4)],
+                   modes=("model", "block"))
+  assert records.missing_table_parts(whole, 1) == ""
+  assert records.block_table(whole, 1) is not None and records.block_table(prof, 1) is None
+
+
 def test_step_lines_go_on_past_a_curve_too_short_for_steps():
   """A batch whose model curve has one point still reports its block curve."""
   pts = [_point("model", 17, 1e-2)]

@@ -3830,10 +3830,10 @@ def test_a_block_profile_the_solver_cannot_use_is_refused_naming_it(tmp_path):
   for argv, said in [
       ([f"--profile={no_embed}", f"--estimate={one}"],
        f"profile {no_embed} has neither a whole-model curve nor a complete per-block table at "
-       "batch 8"),
+       "batch 8 (no embed points of the table)"),
       ([f"--profile={no_embed}", f"--estimate={three}", "--mode=multi"],
        f"profile {no_embed} has no complete per-block table (embed, block and head points) at "
-       "batch 8; profile with --mode=block"),
+       "batch 8: no embed points; profile with --mode=block"),
       ([f"--profile={apart}", f"--estimate={three}", "--mode=multi"],
        f"profile {apart} (block counts 2..{N}) and estimate {three} (tokens 4..{N - 1}) share "
        f"no token count below {N}")]:

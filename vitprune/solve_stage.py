@@ -205,7 +205,8 @@ def latency_curve(profile: records.Profile, cfg: ViTConfig, batch: int
     return t, med, "measured"
   if table is None:
     raise SolveInputError(f"profile {profile.source} has neither a whole-model curve nor a "
-                          f"complete per-block table at batch {batch}")
+                          f"complete per-block table at batch {batch} "
+                          f"({records.missing_table_parts(profile, batch)} of the table)")
   tokens = sorted(set(table.block_s) & set(table.head_s))
   pred = predict_lib.predict_curve(table, cfg.depth, tokens)
   return (np.array(tokens, np.int64), np.array([pred[n] for n in tokens]),
@@ -507,7 +508,9 @@ def multilayer_inputs(profile: records.Profile, estimate: Estimate, cfg: ViTConf
   table = _block_table(profile, batch)
   if table is None:
     raise SolveInputError(f"profile {profile.source} has no complete per-block table (embed, "
-                          f"block and head points) at batch {batch}; profile with --mode=block")
+                          f"block and head points) at batch {batch}: "
+                          f"{records.missing_table_parts(profile, batch)}; profile with "
+                          "--mode=block")
   n_full = cfg.num_tokens
   if n_full not in table.block_s:
     raise SolveInputError(f"profile {profile.source}: the per-block table lacks the full count "

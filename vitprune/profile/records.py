@@ -265,6 +265,15 @@ def block_table(profile: Profile, batch_size: int) -> Optional[predict_lib.Block
                                 overhead_s=dispatch[0].median_s if dispatch else 0.0)
 
 
+def missing_table_parts(profile: Profile, batch_size: int) -> str:
+  """What keeps `block_table(profile, batch_size)` from being whole, for a message: 'no embed
+  and head points', or 'no points at all' ('' when it is whole)."""
+  missing = [c for c in ("embed", "block", "head") if not profile.curve(c, batch_size)]
+  if len(missing) == 3:
+    return "no points at all"
+  return f"no {' and '.join(missing)} points" if missing else ""
+
+
 def curve_components(profile: Profile) -> Tuple[str, ...]:
   """The components of `profile` that are latency curves L(n): 'block', and 'model' where a
   'model' mode measured it (a --mode=block profile's few whole-graph points are predictor
