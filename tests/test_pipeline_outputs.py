@@ -244,7 +244,8 @@ def test_retiming_skips_the_counts_timed_again_and_lists_them_all(monkeypatch):
   spec = pipeline.PipelineSpec(retime_top=2, batch_size=8)
   pooled, sol = pipeline.retime_top_counts(CFG, None, spec, profile, first, solve_on)
   assert timed == [[11, 12, N], [10, 13, N]]
-  assert sol.settings == {"alpha": 0.5, "retimed_counts": [13, 12, 11, 10]}
+  assert sol.settings == {"alpha": 0.5, "retimed_counts": [13, 12, 11, 10],
+                          "retimed_choices": [13, 12]}        # n* after each round
   assert sol.chosen.tokens == 12
   by_n = {p.tokens: p for p in pooled.points if p.batch_size == 8}
   for n in (13, 12, 11, 10):               # 3 profiled samples + 5 timed again, x0.5
@@ -259,7 +260,8 @@ def test_retiming_skips_the_counts_timed_again_and_lists_them_all(monkeypatch):
   assert [p for p in pooled.points if p.batch_size == 1] == list(profile.points[-6:]) == other
   assert pipeline.retime_line(first, sol) == (
       "re-timed the counts of highest utility (13, 12, 11, 10) with the unpruned graph, samples "
-      "pooled into the profile's: n* 11 -> 12 (11: L 0.3000 ms profiled, 0.7000 ms pooled)")
+      "pooled into the profile's: n* 11 -> 13 -> 12 (11: L 0.3000 ms profiled, 0.7000 ms "
+      "pooled)")
   with pytest.raises(ValueError, match="the profile point of 11 tokens was already timed again"):
     pipeline._pooled(pooled, 8, measure(CFG, None, {11: None, N: None}, None), N)
 
@@ -295,6 +297,14 @@ def test_the_retime_line_says_when_n_star_holds_and_when_it_was_not_timed_again(
   assert pipeline.retime_line(sol(11), sol(9, [12, 11])) == (
       head + "n* 11 -> 9 (11: L 0.2500 ms profiled, 0.4000 ms pooled); n* 9 itself was not "
       f"timed again within {pipeline.RETIME_ROUNDS} rounds")
+  # n* that moved and came back says so (a README walk-through read "n* 36 holds" after two
+  # rounds whose first chose 41); a solution without the rounds' record reads as before.
+  back = sol(11, [12, 11])
+  back.settings["retimed_choices"] = [12, 11]
+  assert pipeline.retime_line(sol(11), back) == (
+      head + "n* 11 holds, by way of 11 -> 12 -> 11 (L 0.4000 ms pooled)")
+  back.settings["retimed_choices"] = [11, 11]
+  assert pipeline.retime_line(sol(11), back) == head + "n* 11 holds (L 0.4000 ms pooled)"
   assert pipeline.RETIME_ROUNDS == 8
 
 

@@ -568,11 +568,13 @@ def retime_top_counts(cfg: ViTConfig, params: Params, spec: PipelineSpec,
   single count measured fast by chance (a burst, its neighbours 30-60 % slower) won the argmax
   over every count, and the choice rested on it alone (an audit's main job: n* 33 at 0.45 ms,
   the verify stage timed its graph at 0.92 ms). The solution records the re-timed counts
-  (`settings['retimed_counts']`); the profile returned holds the pooled points (analysed
+  (`settings['retimed_counts']`) and n* after each round (`settings['retimed_choices']`); the
+  profile returned holds the pooled points (analysed
   again), the one the solution's curve and digest are of."""
   full, batch = cfg.num_tokens, sol.profile.batch_size
   reducer, _ = runner.make_drop_reducer(profile.reducer)
   retimed: List[int] = []
+  path: List[int] = []                 # n* after each round (a move and back is said)
   for _ in range(RETIME_ROUNDS):
     if sol.chosen.tokens in retimed or sol.chosen.tokens == full:
       break
@@ -585,10 +587,12 @@ def retime_top_counts(cfg: ViTConfig, params: Params, spec: PipelineSpec,
     profile = _pooled(profile, batch, measured, full)
     retimed += todo
     sol = solve_on(profile)
+    path.append(sol.chosen.tokens)
   if not retimed:                      # (n* the unpruned count: alpha 0 keeps every token)
     return profile, sol
   return profile, dataclasses.replace(
-      sol, settings=dict(sol.settings, retimed_counts=sorted(retimed, reverse=True)))
+      sol, settings=dict(sol.settings, retimed_counts=sorted(retimed, reverse=True),
+                         retimed_choices=path))
 
 
 def _pooled(profile: records.Profile, batch: int, measured: Dict[int, timing.Measurement],
@@ -628,10 +632,17 @@ def retime_line(before: Solution, after: Solution) -> str:
           "unpruned graph, samples pooled into the profile's: ")
   tail = ("" if n1 in retimed else f"; n* {n1} itself was not timed again within "
           f"{RETIME_ROUNDS} rounds")
+  moves = [n0]                         # n* round by round, repeats dropped (older solutions
+  for n in after.settings.get("retimed_choices", [n1]):   # record the last one only)
+    if n != moves[-1]:
+      moves.append(n)
   if n1 == n0:
-    return head + f"n* {n0} holds (L {1e3 * after.curve['latency_s'][i0]:.4f} ms pooled)" + tail
-  return head + (f"n* {n0} -> {n1} ({n0}: L {1e3 * before.chosen.predicted_latency_s:.4f} ms "
-                 f"profiled, {1e3 * after.curve['latency_s'][i0]:.4f} ms pooled)") + tail
+    via = "" if len(moves) == 1 else f", by way of {' -> '.join(map(str, moves))}"
+    return head + (f"n* {n0} holds{via} (L {1e3 * after.curve['latency_s'][i0]:.4f} ms "
+                   "pooled)") + tail
+  return head + (f"n* {' -> '.join(map(str, moves))} ({n0}: L "
+                 f"{1e3 * before.chosen.predicted_latency_s:.4f} ms profiled, "
+                 f"{1e3 * after.curve['latency_s'][i0]:.4f} ms pooled)") + tail
 
 
 def _spread_mark(measured: Dict[Tuple[int, ...], timing.Measurement], a: Tuple[int, ...],

@@ -77,6 +77,7 @@ drops, fitted in sample, that made predictions away from its schedules worse): i
 settings["retimed_counts"] (paper mode, the main job): the counts of highest utility timed again
 with the unpruned graph and pooled into the profile's points before the choice
 (`pipeline.retime_top_counts`); the curve and the profile digest are of the pooled profile.
+settings["retimed_choices"] (with it, since 2026-12-07): n* after each re-timing round.
 """
 from __future__ import annotations
 
@@ -400,6 +401,7 @@ _SETTINGS = {
     "interpolated_counts": _TOKEN_COUNTS,
     "capped_counts": _TOKEN_COUNTS,
     "retimed_counts": _TOKEN_COUNTS,
+    "retimed_choices": _TOKEN_COUNTS,
     "checked_accuracy_error": (_error_summary, "an error summary (num_schedules, mean_abs_points"
                                " <= max_abs_points, mean_signed_points)"),
     "frontier_accuracy_error": (_error_summary, "an error summary (num_schedules, "
