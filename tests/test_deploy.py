@@ -164,6 +164,9 @@ def test_call_rejects_wrong_shapes(artifact):
     (np.zeros((3, 32, 32, 3), bool), "got bool pixels"),
     (np.zeros((3, 32, 32, 3), np.int32).tolist(), "got int64 pixels"),
     (np.full((3, 32, 32, 3), np.nan, np.float32), "images hold NaN or inf values"),
+    (np.full((3, 32, 32, 3), None, object), "images hold NaN or inf values"),    # (None: NaN)
+    (np.array([np.zeros((32, 32, 3)), "x"], object),       # (numpy's ValueError about sequences)
+     r"^images must be numbers: an object array that is not \(setting an array element"),
 ])
 def test_call_rejects_raw_pixels_and_non_finite_images(artifact, images, match):
   """Raw 0..255 digits ran as floats and gave wrong classes; NaN gave NaN logits (argmax 0)."""

@@ -488,8 +488,11 @@ class DeployedModel:
     """`images` as the float32 [B, H, W, C] array the graph takes; ValueError for another
     shape or batch, integer/bool pixels, or NaN/inf values."""
     arr = images if hasattr(images, "dtype") else np.asarray(images)
-    if arr.dtype == object:
-      arr = np.asarray(arr, np.float32)
+    if arr.dtype == object:                # (ragged or mixed: numpy's own error, raw)
+      try:
+        arr = np.asarray(arr, np.float32)
+      except (TypeError, ValueError) as e:
+        raise ValueError(f"images must be numbers: an object array that is not ({e})") from None
     if not is_float_dtype(arr.dtype):
       raise ValueError(f"images must be floating point, preprocessed as the artifact records "
                        f"(manifest 'preprocessing'; vitprune.data.preprocess_image), got "
