@@ -154,6 +154,23 @@ def test_layer_dependent_reducers_get_a_block_per_layer(nested, pieces):
                                                         reducer=red)))
 
 
+def test_keep_first_shares_its_reducing_block_across_layers():
+  """KeepFirst's slice is the same at every layer (`layer_dependent` False): the reducing block
+  17 -> 9 at layer 0 and at layer 1 is one piece (5, not the 6 of a per-layer reducer), and
+  both schedules still give the whole graph's logits (a mutation audit: declared True, every
+  reducing block compiled once per layer and no test noticed)."""
+  params, x, red = init_params(CFG, seed=1), _images(CFG, b=2), KeepFirst()
+  assert red.layer_dependent is False
+  pf = PiecewiseForward(CFG, params, red)
+  a, b = Schedule((17, 9, 9)), Schedule((17, 17, 9))
+  pf.compile([a, b], x)
+  assert pf.num_compiled == 5      # embed, head(9), blocks 9 -> 9, 17 -> 17 and 17 -> 9
+  for s in (a, b):
+    np.testing.assert_array_equal(
+        np.asarray(pf(s, x)), np.asarray(jitted_forward(params, x, cfg=CFG, schedule=s,
+                                                        reducer=red)))
+
+
 def test_deeper_models_carry_sizes_on_and_share_plain_blocks_across_layers():
   """The tests above run 2 blocks, so no block came two after a reduction: ToMe's token sizes
   must reach every later block (a piece compiled without them failed on vit_digits), and a

@@ -515,3 +515,18 @@ def test_a_token_count_of_another_type_is_named_with_its_type():
                                                        "token count), got bool True")):
     with pytest.raises(TypeError, match="^" + re.escape("TopK: " + said)):
       _reduce(TopK(), x, None, st, layer=0, **kw)
+
+
+def test_method_names_are_read_as_is_method_reads_them():
+  """`make_reducer` takes a method's name in any case and with surrounding blanks, as
+  `is_method` / `config.is_method_name` accept it (a name they accept was refused by
+  `make_reducer` when it only lower-cased it); `manifest_name` keeps a name left out as None
+  (the reducer's own) and records a method's fields as its options (a mutation audit)."""
+  from vitprune.reduce.methods import (  # pylint: disable=g-import-not-at-top
+      is_method, manifest_name)
+  for name, want in ((" Pomt ", POMT()), ("\tTOME\n", ToMe()), (" evit", EViT())):
+    assert is_method(name) and make_reducer(name) == want, name
+  assert make_reducer(" Random ", seed=3) == RandomDrop(seed=3)
+  assert manifest_name(RandomDrop(seed=3), None, None) == (None, {"seed": 3, "nested": True})
+  assert manifest_name(EViT(), " EViT ", {}) == ("evit", {})
+  assert manifest_name(None, "mine", {"k": 1}) == ("mine", {"k": 1})

@@ -273,3 +273,65 @@ def test_forward_head_checks_its_tokens():
     with pytest.raises(ValueError, match=r"forward_head takes final tokens \[B, n, 32\] \(n > 1 "
                                          r"prefix tokens\) of test_tiny_vit, got shape"):
       model.forward_head(params, bad, cfg=cfg)
+
+
+class _LongBlock(_Reducer):
+  """`_Reducer` whose block reduction returns one token more than asked."""
+
+  def __hash__(self):
+    return hash("long")
+
+  def __eq__(self, other):
+    return type(other) is _LongBlock
+
+  def reduce(self, x, size, stats, *, num_keep, num_prefix, layer):
+    return x[:, :num_keep + 1], size
+
+
+def test_a_custom_reducers_block_count_is_checked():
+  """A block's reducer must return the schedule's count: one token too many at the last block
+  reached the head unnoticed (the head pools any count) when the check was dropped (a mutation
+  audit of model.block)."""
+  cfg, params, images = _setup("test_tiny_vit", batch=2)
+  for layer in (0, 1):
+    sch = S.prune_at(cfg, keep=9, layer=layer)
+    assert model.jitted_forward_features(params, images, cfg=cfg, schedule=sch,
+                                         reducer=_Reducer()).shape[1] == 9
+    with pytest.raises(ValueError, match=f"^_LongBlock returned 10 tokens at layer {layer}, "
+                                         "the schedule asks for 9"):
+      model.jitted_forward_features(params, images, cfg=cfg, schedule=sch, reducer=_LongBlock())
+
+
+class _BlockSpy(_Reducer):
+  """`_Reducer` that records what the model passes each block's reduction, at trace time."""
+
+  def __init__(self, needs_attention, seen):
+    super().__init__()
+    self.needs_attention, self.seen = needs_attention, seen
+
+  def __hash__(self):
+    return hash(("block-spy", self.needs_attention))
+
+  def __eq__(self, other):
+    return type(other) is _BlockSpy and other.needs_attention == self.needs_attention
+
+  def reduce(self, x, size, stats, *, num_keep, num_prefix, layer):
+    self.seen.append((layer, x.shape[1], num_keep, None if stats is None else
+                      tuple(stats.probs.shape)))
+    return x[:, :num_keep], size
+
+
+@pytest.mark.parametrize("needs_attention", [False, True])
+def test_the_model_tells_every_reduction_its_layer_and_stats_only_if_needed(needs_attention):
+  """Each reducing block passes its own layer (per-layer random drop draws its subset from it;
+  with layer 0 everywhere every block dropped the same positions, no test noticed), and builds
+  AttentionStats [B, H, N, N] only for a reducer that needs them (the others take the fast
+  attention path and get None: a model that always built them passed every test)."""
+  cfg, params, images = _setup("test_tiny_vit", batch=2)
+  seen = []
+  out = model.jitted_forward_features(params, images, cfg=cfg, schedule=S.Schedule([17, 12, 8]),
+                                      reducer=_BlockSpy(needs_attention, seen))
+  assert out.shape == (2, 8, cfg.embed_dim)
+  h = cfg.num_heads
+  want = [(0, 17, 12, (2, h, 17, 17)), (1, 12, 8, (2, h, 12, 12))]
+  assert seen == [w[:3] + ((w[3],) if needs_attention else (None,)) for w in want]
