@@ -413,6 +413,9 @@ def test_schedule_counts_must_be_integers(counts, error):
     (lambda: S.tome_r_list(6.5, 4), TypeError, "num_layers must be an int, got 6.5"),
     (lambda: S.full_schedule("test_tiny_vit"), TypeError, "cfg must be a vitprune ViTConfig"),
     (lambda: S.from_counts("test_tiny_vit", [17, 17, 17]), TypeError, "cfg must be a vitprune"),
+    # (the text's characters were counts: "count '1' at position 0"; a dict's keys, unchecked)
+    (lambda: S.from_counts(TINY, "17,17,9"), TypeError, "counts must be a sequence .* '17,17,9'"),
+    (lambda: S.from_counts(TINY, {17: 0, 12: 1, 9: 2}), TypeError, "counts must be a sequence"),
     # ("'str' object has no attribute 'depth'")
     (lambda: S.prune_at("test_tiny_vit", keep=3), TypeError, "cfg must be a vitprune"),
     (lambda: S.layer_schedule("test_tiny_vit", 9, 1), TypeError, "cfg must be a vitprune"),

@@ -338,8 +338,9 @@ def _grid_int(text: str) -> int:
 
 
 def from_counts(cfg: ViTConfig, counts: Sequence[int]) -> Schedule:
-  """An explicit schedule of `depth + 1` counts, validated."""
-  return check_schedule(cfg, Schedule(tuple(counts)))
+  """An explicit schedule of `depth + 1` counts, validated (`Schedule` refuses a string, a
+  mapping or a set: `tuple()` of them read characters or keys as counts)."""
+  return check_schedule(cfg, Schedule(counts))
 
 
 def embed_counts(n: int, depth: int) -> Tuple[int, ...]:
