@@ -225,6 +225,9 @@ def test_a_single_term_that_reduces_nothing_is_the_full_schedule():
     ("keep@3:120+embed:150", "embed: must be the first term"),
     ("embed:250", "has only 197"),
     ("full+keep@3:120", "cannot be combined"),
+    ("list:" + ",".join(["197"] * 13) + "+keep@4:20",   # (its last count read as "197+keep@4:20")
+     r"^schedule 'list:197,.*\+keep@4:20': 'list' cannot be combined with other terms$"),
+    ("r8+list:197,197", "'list' cannot be combined"),
     ("list:197,197", "needs depth \\+ 1 = 13"),
     ("list:197,x", "count 'x' is not an integer"),
     ("pomt", "cannot parse 'pomt'; accepted forms"),
