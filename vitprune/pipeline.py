@@ -569,8 +569,8 @@ def retime_top_counts(cfg: ViTConfig, params: Params, spec: PipelineSpec,
   over every count, and the choice rested on it alone (an audit's main job: n* 33 at 0.45 ms,
   the verify stage timed its graph at 0.92 ms). The solution records the re-timed counts
   (`settings['retimed_counts']`) and n* after each round (`settings['retimed_choices']`); the
-  profile returned holds the pooled points (analysed
-  again), the one the solution's curve and digest are of."""
+  profile returned holds the pooled points (analysed again), the one the solution's curve and
+  digest are of."""
   full, batch = cfg.num_tokens, sol.profile.batch_size
   reducer, _ = runner.make_drop_reducer(profile.reducer)
   retimed: List[int] = []
