@@ -492,6 +492,23 @@ def test_a_stray_register_tokens_names_the_pos_embed_shape_the_file_holds():
     convert_state_dict(cfg, sd)
 
 
+def test_register_tokens_beside_a_reg_token_is_an_unexpected_key_not_a_dinov2_fold():
+  """A timm checkpoint (reg_token) with a stray `register_tokens` keeps its own tokens and
+  position embedding: the stray key alone is reported (a mutation audit: read as original
+  DINOv2 it replaced reg_token and cut a row off pos_embed, and no test saw it)."""
+  cfg, _, sd = tiny_sd("test_tiny_dinov2_reg")
+  with pytest.raises(ConversionError) as e:
+    convert_state_dict(cfg, dict(sd, register_tokens=sd["reg_token"] + 1))
+  assert (e.value.missing, e.value.unexpected, e.value.mismatched) == (
+      [], ["register_tokens"], [])
+  assert str(e.value) == ("checkpoint does not match test_tiny_dinov2_reg:\n"
+                          "  unexpected keys (1): ['register_tokens']")
+  params = convert_state_dict(cfg, dict(sd, register_tokens=sd["reg_token"] + 1),
+                              ignore_keys=("register_tokens",))
+  np.testing.assert_array_equal(params["reg_token"], sd["reg_token"])
+  np.testing.assert_array_equal(params["pos_embed"], sd["pos_embed"])
+
+
 def test_a_float8_safetensors_file_is_one_error(tmp_path):
   """safetensors' numpy and jax loaders both fail on float8 (AttributeError traceback)."""
   import ml_dtypes  # pylint: disable=g-import-not-at-top
@@ -630,6 +647,15 @@ def test_torch_wrappers_and_module_prefix():
   # Two wrappers deep, as the code says (mutation audit: one level passed)
   assert set(convert.unwrap_torch_state_dict({"model": {"state_dict": sd}, "epoch": 3})) == {
       "a", "b"}
+
+
+def test_wrapper_prefixes_are_stripped_once_and_only_at_the_start():
+  """timm's clean_state_dict strips one leading `module.` (then one `_orig_mod.`), never one
+  inside a key (a mutation audit: a str.replace of 'module.' passed every test)."""
+  sd = {"module.module.a": 1, "blocks.0.module.w": 2, "_orig_mod._orig_mod.b": 3,
+        "x_module.c": 4}
+  assert sorted(convert.unwrap_torch_state_dict(sd)) == [
+      "_orig_mod.b", "blocks.0.module.w", "module.a", "x_module.c"]
 
 
 def test_a_module_prefix_is_stripped_in_every_format(tmp_path):

@@ -126,6 +126,28 @@ def test_crop_larger_than_image_zero_pads_like_torchvision():
   assert (out[:2] == -1.0).all() and (out[:, 6:] == -1.0).all()
 
 
+def test_each_interpolation_resizes_with_its_own_pil_filter():
+  """timm's interpolation names resize with PIL's filter of that name (a mutation audit: only
+  the output shape was checked, so 'bilinear' or 'lanczos' could resize as bicubic unseen)."""
+  filters = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+             "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+             "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
+  arr = np.random.default_rng(7).integers(0, 256, (23, 17, 3), dtype=np.uint8)
+  # floor(8 / 0.5) = 16: 17 wide x 23 high -> 16 x int(16 * 23 / 17) = 16 x 21, crop (6, 4)
+  refs = {}
+  for name, pil_filter in filters.items():
+    prep = Preprocessing(input_size=8, crop_pct=0.5, interpolation=name,
+                         mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))
+    out = data.preprocess_image(Image.fromarray(arr), prep)
+    ref = np.asarray(Image.fromarray(arr).resize((16, 21), pil_filter))[6:14, 4:12]
+    ref = (ref.astype(np.float32) / np.float32(255) - np.float32(prep.mean)) / np.float32(
+        prep.std)
+    np.testing.assert_array_equal(out, ref, err_msg=name)
+    refs[name] = ref
+  names = sorted(refs)                  # (the image tells every pair of filters apart)
+  assert all(not np.array_equal(refs[a], refs[b]) for a in names for b in names if a < b)
+
+
 def test_grayscale_replicates_and_single_channel_mode():
   arr = np.random.default_rng(1).integers(0, 256, (9, 9), dtype=np.uint8)
   prep3 = Preprocessing(input_size=9, crop_pct=1.0, **PLAIN)
@@ -935,6 +957,16 @@ def test_batches_in_a_custom_order_carry_each_samples_own_label():
       np.testing.assert_array_equal(images[real, ..., 0],
                                     ds.images[idx[real]] / np.float32(255))
     assert [b[1].tolist() for b in batches] == [[2, 0], [1, 0], [2, -1]]
+
+
+def test_an_array_dataset_is_labelled_only_when_it_has_labels_all_set():
+  """No samples, no labels: an empty ArrayDataset is unlabelled, as is one with any -1 label
+  (a mutation audit: np.all of no labels is True, and an empty set read as labelled)."""
+  empty = data.ArrayDataset(np.zeros((0, 4, 4), np.uint8), np.zeros((0,), np.int32))
+  assert len(empty) == 0 and empty.labelled is False
+  some = data.ArrayDataset(np.zeros((2, 4, 4), np.uint8), [0, -1], classes=("a",))
+  assert some.labelled is False and (some.label(0), some.label(1)) == (0, None)
+  assert data.ArrayDataset(np.zeros((2, 4, 4), np.uint8), [0, 0], classes=("a",)).labelled
 
 
 def test_single_channel_array_images_load_as_grayscale():
