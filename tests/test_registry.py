@@ -282,3 +282,32 @@ def test_config_differences_names_nested_fields_by_path_and_configs_shown_their_
       "preprocessing.crop_pct 0.5)")
   assert configs_shown("a", d, "b", other, ["depth"]) == (f"a (depth {d['depth']})",
                                                          f"b (depth {d['depth'] + 1})")
+
+
+def test_the_config_defaults_are_timms_deit_base_and_list_models_is_sorted():
+  """A ViTConfig or Preprocessing built with the defaults is timm's deit_base_patch16_224, the
+  registry entry the fixture checks (a mutation audit: the defaults were pinned nowhere, so a
+  default mean in BGR order or timm's generic crop_pct 0.875 went unseen)."""
+  assert ViTConfig(name="deit_base_patch16_224") == get_config("deit_base_patch16_224")
+  want = TIMM["deit_base_patch16_224"]["default_pretrained_cfg"]
+  prep = Preprocessing()
+  assert (prep.input_size, prep.mean, prep.std, prep.crop_pct, prep.interpolation,
+          prep.channels) == (want["input_size"][1], tuple(want["mean"]), tuple(want["std"]),
+                             want["crop_pct"], want["interpolation"], want["input_size"][0])
+  assert list_models() == sorted(REGISTRY)
+
+
+def test_the_embedded_default_is_configured_as_its_weights_and_the_digits():
+  """The registry's vit_digits is what the bundled weights were trained as, and it preprocesses
+  as `digits_preprocessing` (a mutation audit: its interpolation could differ unseen)."""
+  from vitprune import checkpoint, digits  # pylint: disable=g-import-not-at-top
+  weights = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights", "vit_digits")
+  cfg = get_config("vit_digits")
+  assert checkpoint.read_weights_config(weights)[0] == cfg
+  assert cfg.preprocessing == digits.digits_preprocessing(cfg.img_size)
+
+
+def test_a_bool_norm_eps_is_refused():
+  """True is a number > 0 to Python: it ran as an epsilon of 1 (a mutation audit)."""
+  with pytest.raises(ValueError, match=r"^x: norm_eps must be a finite number > 0, got True$"):
+    ViTConfig(name="x", norm_eps=True)
