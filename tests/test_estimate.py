@@ -552,6 +552,15 @@ def _mutate(d, fn):
      "hex string, got None"),
     (lambda d: d["data"].update(source=""), "data.source must be a non-empty string, got ''"),
     (lambda d: d["data"].update(classes=["a", "a"]), "data.classes must be a list of distinct"),
+    # (from a mutation audit: each of these loaded without its check)
+    (lambda d: d["data"].update(classes=[0, 1]), r"data.classes must be a list of distinct "
+     r"class names, got \[0, 1\]$"),
+    (lambda d: d["data"].update(labelled=1), r"data.labelled must be true or false$"),
+    (lambda d: d["method"].update(kwargs=[]), r"method.kwargs must be an object$"),
+    (lambda d: d.update(metrics=["kl", "agreement", "accuracy"]), r"metrics \['kl', "
+     r"'agreement', 'accuracy'\] != \['accuracy', 'agreement', 'kl'\] for labelled=True$"),
+    (lambda d: d.update(tokens=[5, 17.0]), r"tokens must be a non-empty list of ints: "
+     r"\[5, 17.0\]$"),
     (lambda d: d["data"].update(selection="all"), "data.selection must be an object, got .all."),
     (lambda d: d["data"].update(selection={"split": "Train"}), r"data.selection.split must be "
      r"one of \['train', 'test', 'all'\], got 'Train'"),   # (solve's held-out check reads it)
@@ -634,7 +643,18 @@ def test_a_record_written_before_dtype_and_precision_loads(doc):
   was built from the missing key and the file was refused as 'dtype'."""
   d = _mutate(doc[0].to_json(), lambda d: (d["eval"].pop("dtype"), d["eval"].pop("precision")))
   est = record_lib.Estimate.from_json(d)
-  assert est.dtype in (None, "")
+  # (not filled in: a default 'highest' or 'float32' claimed what the file never said)
+  assert (est.dtype, est.precision) == ("", "")
+  assert record_lib.Estimate.from_json(est.to_json()) == est
+
+
+def test_a_record_without_a_weights_source_says_none(doc):
+  """weights.source absent: read as '' (none said), not filled in with a source it never named
+  (a mutation audit: a default 'init_params(seed=0)' passed every test)."""
+  d = _mutate(doc[0].to_json(), lambda d: d["weights"].pop("source"))
+  est = record_lib.Estimate.from_json(d)
+  assert est.weights_source == "" and est.weights_sha256 == doc[0].weights_sha256
+  assert est.to_json()["weights"] == {"source": "", "sha256": doc[0].weights_sha256}
 
 
 def test_unlabelled_record_needs_null_accuracy(doc):
