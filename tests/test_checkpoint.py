@@ -869,3 +869,33 @@ def test_one_leaf_stored_in_another_dtype_is_enough_to_refuse_the_checkpoint(tmp
       f"could not restore parameters from {path}/params: values stored in other dtypes than the "
       "float32 restored (orbax would cast them): ['cls_token'] is int32") + "$"):
     checkpoint.load_weights(path)
+
+
+def test_the_recorded_params_digest_is_read_without_loading(tmp_path):
+  """`recorded_params_sha256` (the estimate CLI names its output by it) is the parameters'
+  digest, None for a folder written before digests (a mutation audit: returning another of
+  the recorded digests passed every test)."""
+  from vitprune.digest import params_sha256  # pylint: disable=g-import-not-at-top
+  cfg = get_config("test_tiny_vit")
+  params = init_params(cfg, 0)
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, params)
+  assert checkpoint.recorded_params_sha256(path) == params_sha256(params)
+  cfile = os.path.join(path, "config.json")
+  doc = json.load(open(cfile))
+  json.dump(dict({k: v for k, v in doc.items() if k not in checkpoint.DIGEST_KEYS}, version=1),
+            open(cfile, "w"))
+  assert checkpoint.recorded_params_sha256(path) is None
+
+
+def test_a_config_that_is_not_an_object_is_named(tmp_path):
+  # (without the check: a TypeError or AttributeError from inside config_from_dict)
+  cfg = get_config("test_tiny_vit")
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, init_params(cfg, 0))
+  cfile = os.path.join(path, "config.json")
+  doc = json.load(open(cfile))
+  for config in ([], "test_tiny_vit", None):
+    json.dump(dict(doc, config=config), open(cfile, "w"))
+    for read in (checkpoint.read_weights_config, checkpoint.load_weights):
+      with pytest.raises(ValueError, match=re.escape(
+          f"{cfile}: 'config' must be an object of ViTConfig fields") + "$"):
+        read(path)

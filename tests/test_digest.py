@@ -43,3 +43,29 @@ def test_leaves_are_hashed_in_key_path_text_order_whatever_order_they_come_in():
   assert params_sha256(leaves) == by_hand.hexdigest()
   named = [(f"[{i}]", leaf) for i, leaf in enumerate(leaves)]
   assert named_leaves_sha256(reversed(named)) == named_leaves_sha256(named) == by_hand.hexdigest()
+
+
+def test_the_digest_is_the_same_whatever_the_byte_order_or_layout_of_a_leaf():
+  """One weights tree, one digest (a mutation audit: without the little-endian conversion a
+  big-endian copy, e.g. weights read from a '>f4' file, hashed as other weights)."""
+  little = {"w": np.arange(6, dtype="<f4").reshape(2, 3), "b": np.arange(3, dtype="<i4")}
+  big = {k: v.astype(v.dtype.newbyteorder(">")) for k, v in little.items()}
+  assert big["w"].dtype.str == ">f4" and big["w"].tobytes() != little["w"].tobytes()
+  fortran = {k: np.asfortranarray(v) for k, v in little.items()}
+  by_hand = hashlib.sha256()
+  by_hand.update(b"['b'] <i4 (3,)\n" + little["b"].tobytes())
+  by_hand.update(b"['w'] <f4 (2, 3)\n" + little["w"].tobytes())
+  assert params_sha256(little) == params_sha256(big) == params_sha256(fortran)
+  assert params_sha256(little) == by_hand.hexdigest()
+  assert named_leaves_sha256((f"['{k}']", v) for k, v in big.items()) == by_hand.hexdigest()
+
+
+def test_leaves_are_sorted_by_their_key_path_text_as_is():
+  # "['B']" before "['a']" (code point order, upper case first), as every digest recorded
+  # so far: a case-folding sort (a mutation audit) passed every other test.
+  a, b = np.zeros((1,), np.float32), np.ones((1,), np.float32)
+  by_hand = hashlib.sha256()
+  by_hand.update(b"['B'] <f4 (1,)\n" + b.tobytes())
+  by_hand.update(b"['a'] <f4 (1,)\n" + a.tobytes())
+  assert named_leaves_sha256([("['a']", a), ("['B']", b)]) == by_hand.hexdigest()
+  assert params_sha256({"a": a, "B": b}) == by_hand.hexdigest()
