@@ -557,6 +557,7 @@ def _mutate(d, fn):
      r"class names, got \[0, 1\]$"),
     (lambda d: d["data"].update(labelled=1), r"data.labelled must be true or false$"),
     (lambda d: d["method"].update(kwargs=[]), r"method.kwargs must be an object$"),
+    (lambda d: d["data"].update(kind=""), r"data.kind must be a non-empty string, got ''$"),
     (lambda d: d.update(metrics=["kl", "agreement", "accuracy"]), r"metrics \['kl', "
      r"'agreement', 'accuracy'\] != \['accuracy', 'agreement', 'kl'\] for labelled=True$"),
     (lambda d: d.update(tokens=[5, 17.0]), r"tokens must be a non-empty list of ints: "
