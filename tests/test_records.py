@@ -209,9 +209,23 @@ def test_solution_round_trip_and_provenance(tmp_path):
   # The digest is of the canonical JSON: re-indenting the file does not change it.
   with open(path) as f:
     doc = json.load(f)
+  assert sol.sha256() == jsonio.canonical_sha256(doc)
   with open(path, "w") as f:
     json.dump(doc, f, indent=7)
   assert S.read_solution(path).sha256() == sol.sha256()
+
+
+def test_a_solutions_digest_is_of_its_whole_file(tmp_path):
+  """Deploy records `sha256()` as the solution's identity: the canonical digest of every field
+  of the file (a mutation audit: a digest leaving `checked` out passed every test)."""
+  doc = S.read_solution(solution_file(
+      tmp_path / "s.json", CFG, [17, 17, 9], mode="multi",
+      frontier=[[17, 17, 9], [17] * 3])).to_json()
+  doc["checked"] = [dict(_MEASURED_17_17_9)]
+  sol = S.Solution.from_json(copy.deepcopy(doc))
+  assert sol.checked[0].measured_accuracy == 0.9
+  assert sol.sha256() == sol.provenance()["sha256"] == jsonio.canonical_sha256(doc)
+  assert sol.sha256() != S.Solution.from_json(dict(doc, checked=[])).sha256()
 
 
 def test_version1_file_without_new_fields_loads(tmp_path):
@@ -364,6 +378,11 @@ def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
     (lambda d: d.update(created=None), "chosen.criterion and created must be strings"),
     (lambda d: d["chosen"].update(measured_accuracy_low="x"), "measured_accuracy_low must be"),
     (lambda d: d["chosen"].update(num_images=1.5), "num_images must be an int"),
+    # (from a mutation audit: without the check these loaded, 9.0 even as a paper choice)
+    (lambda d: d["chosen"].update(tokens=9.0), r"^bad.json: chosen: tokens must be an int, "
+     r"got 9.0$"),
+    (lambda d: (_as_multi(d), d["frontier"][0].update(tokens="9")),
+     r"^bad.json: frontier\[0\]: tokens must be an int, got '9'$"),
     (lambda d: d["chosen"].update(measured_accuracy=0.9612, measured_accuracy_low=0.9,
                                   measured_accuracy_high=0.99, num_images=50),
      r"measured_accuracy 0.9612 is not a count of 50 images \(k / 50\)"),
@@ -413,6 +432,8 @@ def test_measured_fields_round_trip_and_old_measured_candidates_load(tmp_path):
      r"\(edited\?\)$"),
     (lambda d: (_as_multi(d), d["chosen"].update(utility=0.5)),     # relabelled paper
      r"mode 'multi' but it holds the paper mode's chosen.utility \(edited\?\)"),
+    (lambda d: (_as_multi(d), d["chosen"].update(schedule_latency_s=1e-3)),  # (mutation audit)
+     r"mode 'multi' but it holds the paper mode's chosen.schedule_latency_s \(edited\?\)$"),
     (lambda d: d.update(mode="multi", curve={"tokens": [9]}), "paper mode's curve"),
     (lambda d: (_as_multi(d), d["chosen"].update(method="tome")),   # deploy would
      r"chosen.method 'tome' but estimate.method 'pomt': a multi-layer solution deploys the "
@@ -511,6 +532,26 @@ def test_a_multi_choice_must_be_a_listed_schedule_meeting_its_criterion(tmp_path
   floor_met["settings"].update(accuracy_floor=None, latency_budget=1e-3)
   S.Solution.from_json(floor_met)
 
+
+
+def test_a_drop_sets_the_floor_the_unpruned_accuracy_minus_it_to_rounding(tmp_path):
+  """settings.max_accuracy_drop: the floor is the unpruned schedule's accuracy minus it, up to
+  float rounding only (a mutation audit: a floor edited by 4e-4 loaded under a 1e-3 slack)."""
+  doc = S.read_solution(solution_file(
+      tmp_path / "s.json", CFG, [17, 17, 9], mode="multi",
+      frontier=[[17, 17, 9], [17] * 3])).to_json()
+  doc["full"] = {"schedule": "full", "counts": [17, 17, 17], "predicted_latency_s": 1e-3,
+                 "predicted_accuracy": 0.9}
+  doc["chosen"]["criterion"] = "accuracy_floor"
+  doc["settings"].update(accuracy_floor=0.9 - 0.1, max_accuracy_drop=0.1)
+  sol = S.Solution.from_json(copy.deepcopy(doc))
+  assert (sol.settings["accuracy_floor"], sol.settings["max_accuracy_drop"]) == (0.9 - 0.1, 0.1)
+  assert S.Solution.from_json(sol.to_json()) == sol
+  doc["settings"]["accuracy_floor"] = 0.8004
+  with pytest.raises(S.SolutionError, match=r"^bad.json: settings.max_accuracy_drop 0.1 needs "
+                     r"settings.accuracy_floor = the unpruned schedule's accuracy minus it, "
+                     r"above 0, got floor 0.8004 \(edited\?\)$"):
+    S.Solution.from_json(doc, where="bad.json")
 
 
 def test_a_measured_choice_no_entry_lists_is_refused(tmp_path):
@@ -651,6 +692,8 @@ def test_a_solution_of_numpy_numbers_writes_as_plain_json(tmp_path):
      r"every schedule checked was measured on 100 \(edited\?\)"),
     (lambda s: dict(settings=dict(s.settings, timed_in_loop=-3)),
      r"settings.timed_in_loop must be an integer >= 0 or null, got -3"),
+    (lambda s: dict(settings=dict(s.settings, timed_in_loop=-1)),   # (the bound: mutation
+     r"settings.timed_in_loop must be an integer >= 0 or null, got -1$"),         # audit)
     (lambda s: dict(settings=dict(s.settings, grid=["a"])),
      r"settings.grid must be an ascending list of token counts or null, got \['a'\]"),
     (lambda s: dict(settings=dict(s.settings, grid=[9, 33])),
@@ -783,6 +826,10 @@ _FULL_TIMED = dict(_TIMED, schedule="full", counts=[17, 17, 17], predicted_laten
      r"than the chosen list:17,17,9's 0.5 \(edited\?\)$"),
     (dict(_TIMED, measured_latency_s=1.005e-3), _FULL_TIMED,
      dict(criterion="accuracy_floor_measured", accuracy_floor=0.85),
+     r"settings.latency_basis is 'measured', but full measured 0.001 s and meets the floor, "
+     r"faster than the chosen list:17,17,9's 0.001005 s \(edited\?\)$"),
+    # (no floor set: every timed schedule is a candidate, not none of them; mutation audit)
+    (dict(_TIMED, measured_latency_s=1.005e-3), _FULL_TIMED, dict(criterion="utility"),
      r"settings.latency_basis is 'measured', but full measured 0.001 s and meets the floor, "
      r"faster than the chosen list:17,17,9's 0.001005 s \(edited\?\)$"),
 ])
