@@ -112,18 +112,25 @@ def test_warnings_print_on_one_line():
 
 
 def test_a_number_above_its_limit_never_prints_as_the_limit():
-  """A probe read "an IQR of 10% of its median, above 10%" (10.02 %): `console.apart` adds the
-  digits that tell a value from its limit, and only those."""
+  """A probe read "an IQR of 10% of its median, above 10%" (10.02 %): `console.shown_apart`
+  adds the digits that tell two numbers apart, and only those, until they order as the numbers
+  do (a review: '12.3' for 12.345 above 12.34 read as below it)."""
   from vitprune import console  # pylint: disable=g-import-not-at-top
-  assert console.apart(10.02, 10) == "10.02"
-  assert console.apart(10.0001, 10) == "10.0001"
-  assert console.apart(12.34, 10) == "12.3"          # (3 digits when they are enough)
-  assert console.apart(105.2, 10) == "105"
-  assert console.apart(9.9996, 10) == "9.9996"       # (from below too)
-  assert console.apart(10.0, 10) == "10"             # (equal: nothing to tell apart)
-  assert console.apart(10.02, 0.1 * 100) == "10.02"  # (a limit of 10.000000000000002)
-  assert console.apart(25.04, 25, 1, "f") == "25.04"
-  assert console.apart(25.0, 24, 1, "f") == "25.0"
+
+  def value(a, b, *args):
+    return console.shown_apart(a, b, *args)[0]
+  assert value(10.02, 10, 3) == "10.02"
+  assert value(10.0001, 10, 3) == "10.0001"
+  assert value(12.34, 10, 3) == "12.3"             # (3 digits when they are enough)
+  assert value(105.2, 10, 3) == "105"
+  assert value(9.9996, 10, 3) == "9.9996"          # (from below too)
+  assert value(10.0, 10, 3) == "10"                # (equal: nothing to tell apart)
+  assert console.shown_apart(12.345, 12.34, 3) == ("12.35", "12.34")    # (not '12.3' above it)
+  assert 0.07 * 100 != 7 and value(7.02, 0.07 * 100, 3) == "7.02"       # (an inexact limit)
+  assert console.shown_apart(25.04, 25, 1, "f") == ("25.04", "25.00")
+  assert value(25.0, 24, 1, "f") == "25.0"
+  assert console.shown_apart(0.5, 0.25) == ("0.5", "0.25")           # (6 digits by default)
+  assert console.shown_apart(0.97, 0.96999999) == ("0.97", "0.96999999")
 
 
 def test_a_swallowed_interrupt_is_not_a_success(monkeypatch, capsys):

@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import warnings
-from typing import Callable, Iterator, List, NoReturn, Optional
+from typing import Callable, Iterator, List, NoReturn, Optional, Tuple
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130    # a refused run, a bad command line, Ctrl-C
 # Every command line's --seed at most (the board's too): jax PRNG keys take 32 bits, and a larger
@@ -70,16 +70,16 @@ def counted(n: int, noun: str, plural: str = "") -> str:
   return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
-def apart(value: float, limit: float, digits: int = 3, spec: str = "g") -> str:
-  """`value` formatted `.{digits}{spec}` ('g' significant digits, 'f' decimals), with as many
-  more digits as it takes not to read as `limit` (as %g prints it): '10.02' above a limit of
-  10, not '10' ("an IQR of 10% of its median, above 10%", a probe)."""
-  shown = float(f"{limit:g}")
+def shown_apart(a: float, b: float, digits: int = 6, spec: str = "g") -> Tuple[str, str]:
+  """`a` and `b` formatted `.{digits}{spec}` ('g' significant digits, 'f' decimals), or with as
+  many more digits as it takes for the texts to differ and to order as the numbers do ('floor
+  0.97 is infeasible: the best ... is 0.97'; "an IQR of 10% of its median, above 10%" for
+  10.02 %, a probe)."""
   for d in range(digits, digits + 16):
-    text = f"{value:.{d}{spec}}"
-    if value == limit or float(text) != shown:
-      return text
-  return repr(value)
+    sa, sb = f"{a:.{d}{spec}}", f"{b:.{d}{spec}}"
+    if a == b or (sa != sb and (float(sa) < float(sb)) == (a < b)):
+      return sa, sb
+  return repr(a), repr(b)
 
 
 def printable(text: str) -> str:

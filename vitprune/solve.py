@@ -87,7 +87,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from vitprune.config import check_switch
-from vitprune.console import counted
+from vitprune.console import counted, shown_apart
 from vitprune.schedule import as_int, layer_counts
 
 ACCURACY_MODELS = ("incremental", "additive")
@@ -952,16 +952,6 @@ def pareto_frontier(model: CostModel) -> Tuple[Plan, ...]:
     counts = tuple(int(model.ns[i]) for i in reversed(idx))
     plans.append(Plan(counts, float(final_lat[f]), float(model.full_accuracy - final.drop[f])))
   return tuple(plans)
-
-
-def shown_apart(a: float, b: float) -> Tuple[str, str]:
-  """`a` and `b` to 6 significant digits, or as many more as tell them apart ('floor 0.97 is
-  infeasible: the best ... is 0.97')."""
-  for digits in range(6, 18):
-    sa, sb = f"{a:.{digits}g}", f"{b:.{digits}g}"
-    if sa != sb or a == b:
-      return sa, sb
-  return repr(a), repr(b)
 
 
 # A predicted accuracy is the unpruned one less differences of k/n values: float rounding can put

@@ -246,8 +246,9 @@ class LatencyModel:
               f"{self.method} latency model")
     if self.residual_p90 > self.max_residual:
       limit = 100 * self.max_residual
-      return (f"the {self.method} latency model's p90 calibration error "
-              f"{console.apart(100 * self.residual_p90, limit, 1, 'f')}% exceeds {limit:g}%")
+      shown = console.shown_apart(100 * self.residual_p90, limit, 1, "f")[0]
+      return (f"the {self.method} latency model's p90 calibration error {shown}% exceeds "
+              f"{limit:g}%")
     return None
 
   def summary(self) -> Dict[str, Any]:

@@ -183,8 +183,9 @@ def wide_spread_note(m: Measurement, cfg: TimingConfig) -> Optional[str]:
   rounds = (f" after {console.counted(m.retries, 're-measurement round')}" if m.retries
             else "")
   limit = cfg.max_rel_iqr * 100
-  return (f"the latency has an IQR of {console.apart(m.rel_iqr * 100, limit)}% of its "
-          f"median{rounds}, above {limit:g}%: the machine was busy "
+  shown = console.shown_apart(m.rel_iqr * 100, limit, 3)[0]
+  return (f"the latency has an IQR of {shown}% of its median{rounds}, above {limit:g}%: the "
+          "machine was busy "
           "or the call's time varies, so the median is uncertain; time it again on a quieter "
           "machine before comparing it")
 
