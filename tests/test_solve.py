@@ -3830,7 +3830,7 @@ def test_a_block_profile_the_solver_cannot_use_is_refused_naming_it(tmp_path):
   for argv, said in [
       ([f"--profile={no_embed}", f"--estimate={one}"],
        f"profile {no_embed} has neither a whole-model curve nor a complete per-block table at "
-       "batch 8 (no embed points of the table)"),
+       "batch 8 (the table has no embed points)"),
       ([f"--profile={no_embed}", f"--estimate={three}", "--mode=multi"],
        f"profile {no_embed} has no complete per-block table (embed, block and head points) at "
        "batch 8: no embed points; profile with --mode=block"),

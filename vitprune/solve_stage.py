@@ -205,8 +205,8 @@ def latency_curve(profile: records.Profile, cfg: ViTConfig, batch: int
     return t, med, "measured"
   if table is None:
     raise SolveInputError(f"profile {profile.source} has neither a whole-model curve nor a "
-                          f"complete per-block table at batch {batch} "
-                          f"({records.missing_table_parts(profile, batch)} of the table)")
+                          f"complete per-block table at batch {batch} (the table has "
+                          f"{records.missing_table_parts(profile, batch)})")
   tokens = sorted(set(table.block_s) & set(table.head_s))
   pred = predict_lib.predict_curve(table, cfg.depth, tokens)
   return (np.array(tokens, np.int64), np.array([pred[n] for n in tokens]),

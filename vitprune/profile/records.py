@@ -251,27 +251,30 @@ def step_lines(profile: Profile) -> List[str]:
   return lines
 
 
+TABLE_PARTS = ("embed", "block", "head")     # the components a per-block table is made of
+
+
+def missing_table_parts(profile: Profile, batch_size: int) -> str:
+  """What keeps `block_table(profile, batch_size)` from being whole, for a message: 'no embed
+  and head points', 'no embed, block or head points' ('' when it is whole)."""
+  missing = [c for c in TABLE_PARTS if not profile.curve(c, batch_size)]
+  if len(missing) == len(TABLE_PARTS):
+    return "no embed, block or head points"
+  return f"no {' and '.join(missing)} points" if missing else ""
+
+
 def block_table(profile: Profile, batch_size: int) -> Optional[predict_lib.BlockTable]:
   """The per-block table of `batch_size` from embed/block/head points, or None if incomplete."""
+  if missing_table_parts(profile, batch_size):
+    return None
   embed = profile.curve("embed", batch_size)
   blocks = profile.curve("block", batch_size)
   heads = profile.curve("head", batch_size)
-  if not (embed and blocks and heads):
-    return None
   dispatch = profile.curve("dispatch", batch_size)
   return predict_lib.BlockTable(embed_s=embed[0].median_s,
                                 block_s={p.tokens: p.median_s for p in blocks},
                                 head_s={p.tokens: p.median_s for p in heads},
                                 overhead_s=dispatch[0].median_s if dispatch else 0.0)
-
-
-def missing_table_parts(profile: Profile, batch_size: int) -> str:
-  """What keeps `block_table(profile, batch_size)` from being whole, for a message: 'no embed
-  and head points', or 'no points at all' ('' when it is whole)."""
-  missing = [c for c in ("embed", "block", "head") if not profile.curve(c, batch_size)]
-  if len(missing) == 3:
-    return "no points at all"
-  return f"no {' and '.join(missing)} points" if missing else ""
 
 
 def curve_components(profile: Profile) -> Tuple[str, ...]:
