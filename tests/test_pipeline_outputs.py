@@ -186,6 +186,15 @@ def test_a_count_measured_fast_by_chance_is_timed_again_before_it_is_chosen(tmp_
   truth = truth_now
   paths = write_solution(sol, str(tmp_path / "out"))
   assert read_solution(paths["json"]).settings["retimed_counts"] == retimed
+  assert read_solution(paths["json"]).settings["retimed_choices"] == (
+      sol.settings["retimed_choices"])
+  doc = json.load(open(paths["json"]))          # (the reader checks the new setting as well)
+  doc["settings"]["retimed_choices"] = [0]
+  with open(tmp_path / "bad.json", "w") as f:
+    json.dump(doc, f)
+  with pytest.raises(ValueError, match=r"settings.retimed_choices must be a list of token "
+                                       "counts"):
+    read_solution(str(tmp_path / "bad.json"))
   # alpha 0 keeps every token: nothing is timed again, and the line says why.
   timed.clear()
   keep_all = solve_stage.solve_paper(profile, est, alpha=0.0)
@@ -693,10 +702,12 @@ def test_spec_refuses_bad_settings(kwargs, message):
 
 
 def test_spec_refuses_a_bool_alpha_and_a_negative_seed():
-  """alpha=True was taken as 1.0 (solve's own check refuses a bool), and seed=-1 was accepted
-  until numpy's generator refused it mid-run."""
+  """alpha=True was taken as 1.0 (solve's own check refuses a bool), and seed=-1 and 2**32 were
+  accepted until numpy's generator and the estimate record refused them mid-run."""
   with pytest.raises(TypeError, match=r"^alpha must be a number in \[0, 1\], got True$"):
     pipeline.PipelineSpec(alpha=True)
-  with pytest.raises(ValueError, match=r"^seed must be >= 0, got -1$"):
-    pipeline.PipelineSpec(seed=-1)
+  for seed in (-1, 2 ** 32):
+    with pytest.raises(ValueError, match=rf"^seed must be in \[0, 2\*\*32\), got {seed}$"):
+      pipeline.PipelineSpec(seed=seed)
   assert pipeline.PipelineSpec(seed=0, alpha=1).alpha == 1
+  assert pipeline.PipelineSpec(seed=2 ** 32 - 1).seed == 2 ** 32 - 1

@@ -116,8 +116,9 @@ class PipelineSpec:
                        f"{self.eval_batch_size}")
     check_options(self.dtype, "highest")   # (was refused after the data loaded, stage 1 begun)
     solve.check_alpha(self.alpha)          # (True was taken as 1.0)
-    if self.seed < 0:                      # (numpy's generators refused it mid-run)
-      raise ValueError(f"seed must be >= 0, got {self.seed}")
+    # (-1 and 2**32 were refused mid-run: by numpy's generators, by the estimate record)
+    if not 0 <= self.seed <= console.MAX_SEED:
+      raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
     if self.solver not in ("paper", "multi"):
       raise ValueError(f"solver must be 'paper' or 'multi', got {self.solver!r}")
     if self.solver == "paper" and (self.accuracy_floor is not None or
@@ -632,8 +633,8 @@ def retime_line(before: Solution, after: Solution) -> str:
           "unpruned graph, samples pooled into the profile's: ")
   tail = ("" if n1 in retimed else f"; n* {n1} itself was not timed again within "
           f"{RETIME_ROUNDS} rounds")
-  moves = [n0]                         # n* round by round, repeats dropped (older solutions
-  for n in after.settings.get("retimed_choices", [n1]):   # record the last one only)
+  moves = [n0]              # n* round by round, repeats dropped (without `retimed_choices`,
+  for n in after.settings.get("retimed_choices", [n1]):   # written before it: n0 and n1 only)
     if n != moves[-1]:
       moves.append(n)
   if n1 == n0:
