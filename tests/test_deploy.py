@@ -164,9 +164,14 @@ def test_call_rejects_wrong_shapes(artifact):
     (np.zeros((3, 32, 32, 3), bool), "got bool pixels"),
     (np.zeros((3, 32, 32, 3), np.int32).tolist(), "got int64 pixels"),
     (np.full((3, 32, 32, 3), np.nan, np.float32), "images hold NaN or inf values"),
-    (np.full((3, 32, 32, 3), None, object), "images hold NaN or inf values"),    # (None: NaN)
+    (np.full((3, 32, 32, 3), None, object),
+     r"^images must be one \[B, H, W, C\] array of numbers, got objects among them \(None\?\)$"),
     (np.array([np.zeros((32, 32, 3)), "x"], object),       # (numpy's ValueError about sequences)
-     r"^images must be numbers: an object array that is not \(setting an array element"),
+     r"^images must be one \[B, H, W, C\] array of numbers \(setting an array element"),
+    ([np.zeros((32, 32, 3))] * 2 + [np.zeros((31, 32, 3))],               # (ragged: numpy's)
+     r"^images must be one \[B, H, W, C\] array of numbers \(.*inhomogeneous"),
+    (np.zeros((3, 32, 32, 3), np.int64).astype(object),    # (raw pixels: a float32 cast took
+     "got int64 pixels"),                                  # them as preprocessed)
 ])
 def test_call_rejects_raw_pixels_and_non_finite_images(artifact, images, match):
   """Raw 0..255 digits ran as floats and gave wrong classes; NaN gave NaN logits (argmax 0)."""

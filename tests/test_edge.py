@@ -1284,7 +1284,11 @@ def test_the_board_model_refuses_raw_pixels_and_non_finite_images(artifact, imag
                        (x.astype(np.complex64), "got complex64 pixels"),
                        (np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x),
                         "^images hold NaN or inf values$"),
-                       (np.full(x.shape, 1e300), "^images hold NaN or inf values$")):
+                       (np.full(x.shape, 1e300), "^images hold NaN or inf values$"),
+                       (np.zeros(x.shape, np.int64).astype(object), "got int64 pixels"),
+                       ([x[0], x[1, :-1]], r"^images must be one \[B, H, W, C\] array of "
+                        r"numbers \(.*inhomogeneous"),            # (ragged: numpy's own error)
+                       (np.full(x.shape, None, object), "got objects among them")):
     with pytest.raises(ValueError, match=message):
       m(bad)
   huge = x.copy()

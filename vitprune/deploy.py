@@ -51,7 +51,7 @@ from vitprune.data import check_class_names, iterate_batches
 from vitprune.profile import protocol
 from vitprune.profile.protocol import Measurement, TimingConfig
 from vitprune.digest import file_sha256, params_sha256  # noqa: F401  (file_sha256: public API)
-from vitprune.edge.runtime import check_finite_outputs, training_of
+from vitprune.edge.runtime import check_finite_outputs, number_array, training_of
 from vitprune.edge.targets import check_compute_dtype, parse_targets
 from vitprune.records.manifest import (BATCH_SYMBOL, FORMAT, MANIFEST_FILE, VERSION,  # noqa: F401
                                        WEIGHTS_SHA256_OF, ArtifactError, Manifest,
@@ -486,13 +486,9 @@ class DeployedModel:
 
   def check_images(self, images) -> jax.Array:
     """`images` as the float32 [B, H, W, C] array the graph takes; ValueError for another
-    shape or batch, integer/bool pixels, or NaN/inf values."""
-    arr = images if hasattr(images, "dtype") else np.asarray(images)
-    if arr.dtype == object:                # (ragged or mixed: numpy's own error, raw)
-      try:
-        arr = np.asarray(arr, np.float32)
-      except (TypeError, ValueError) as e:
-        raise ValueError(f"images must be numbers: an object array that is not ({e})") from None
+    shape or batch, images that are not one array of numbers (ragged, objects), integer/bool
+    pixels, or NaN/inf values."""
+    arr = number_array(images)
     if not is_float_dtype(arr.dtype):
       raise ValueError(f"images must be floating point, preprocessed as the artifact records "
                        f"(manifest 'preprocessing'; vitprune.data.preprocess_image), got "

@@ -319,9 +319,7 @@ class EdgeModel:
     """`images` as the float32 array the module takes; ValueError for another shape,
     integer/bool/complex pixels (raw uint8 pixels were classified as they were) or NaN/inf
     values (all-NaN logits, read as class 0), as `vitprune.load`'s model refuses them."""
-    arr = np.asarray(images)
-    if arr.dtype == object:
-      arr = np.asarray(arr, np.float32)
+    arr = number_array(images)
     # (ml_dtypes is asked only about its own kinds: a board may run without it)
     if not (arr.dtype.kind == "f" or arr.dtype.kind == "V" and is_float_dtype(arr.dtype)):
       raise ValueError(f"images must be floating point, preprocessed as the record says "
@@ -349,6 +347,24 @@ class EdgeModel:
   def _bound(self, x: np.ndarray) -> Callable[[], Any]:
     """`timed_call` of images `x` already checked (`_check`)."""
     return self._runner.bind(self._fns, self._weights, self._runner.put_batch(x, self.shards))
+
+
+def number_array(images) -> Any:
+  """`images` (an array, or nested lists of arrays and numbers) as one array of numbers, its
+  element type theirs: ValueError in one line for a ragged batch (numpy's "inhomogeneous
+  shape" error, raw) or objects that are not numbers; an object array of ints stays ints (a cast
+  to float32 took raw pixels as preprocessed), for the callers' dtype checks."""
+  try:
+    arr = images if hasattr(images, "dtype") else np.asarray(images)
+    if arr.dtype == object:
+      arr = np.asarray(arr.tolist())
+  except (TypeError, ValueError) as e:
+    raise ValueError("images must be one [B, H, W, C] array of numbers "
+                     f"({' '.join(str(e).split())})") from None
+  if arr.dtype == object:
+    raise ValueError("images must be one [B, H, W, C] array of numbers, got objects among "
+                     "them (None?)")
+  return arr
 
 
 def check_finite_outputs(outputs: Any, images: np.ndarray) -> Any:
