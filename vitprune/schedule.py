@@ -609,9 +609,9 @@ def parse_schedule(cfg: ViTConfig, text: str) -> Schedule:
     raise ValueError(f"empty schedule; accepted forms: {', '.join(_FORMS)}")
   if t in ("full", "none"):
     return full_schedule(cfg)
-  if t.startswith("list:") and "+" in t:        # (read as one list: "count '35+keep@4:20'")
-    raise ValueError(f"schedule {text!r}: 'list' cannot be combined with other terms")
-  if t.startswith("list:") or re.fullmatch(rf"{_INT}(,{_INT})+", t):
+  # (a list: joined to other terms goes to the terms, which refuse it: read as one list, its
+  # last count was "35+keep@4:20")
+  if t.startswith("list:") and "+" not in t or re.fullmatch(rf"{_INT}(,{_INT})+", t):
     counts = _parse_list(t[5:] if t.startswith("list:") else t, text)
     return _with_layer_errors(lambda: from_counts(cfg, counts), text)
   terms = t.split("+")
