@@ -511,8 +511,8 @@ def _check_fastest_measured(sol: "Solution", require) -> None:
   faster = min(meeting, key=lambda e: e.measured_latency_s, default=c)
   require(c.measured_latency_s <= faster.measured_latency_s,
           f"settings.latency_basis is 'measured', but {faster.schedule} measured "
-          f"{faster.measured_latency_s} s and meets the floor, faster than the chosen "
-          f"{c.schedule}'s {c.measured_latency_s} s (edited?)")
+          f"{faster.measured_latency_s} s{'' if floor is None else ' and meets the floor'}, "
+          f"faster than the chosen {c.schedule}'s {c.measured_latency_s} s (edited?)")
 
 
 def _check_chosen_is_listed(sol: "Solution", require) -> None:
