@@ -2710,3 +2710,91 @@ def test_the_file_check_of_records_skips_baked_weights_but_not_their_module(tmp_
                      r"[0-9a-f]{16}\.\.\., the record says 0{16}\.\.\. \(file corrupted or "
                      r"replaced\)$"):
     edge_rt.check_record_files(str(tmp_path), [rec])
+
+
+def test_the_cpu_profile_and_stack_limit_boundaries_and_a_latency_record_without_its_peel():
+  """Mutation audit: a graph of exactly TASK_MIN_GFLOP is a throughput one; a dispatch of
+  exactly STACK_LIMIT bytes fits the raised limit (one byte more drops the fusion); latency
+  flags that kept the fusion but lost the peel strategy are not the latency profile's."""
+  assert targets_lib.cpu_profile(targets_lib.TASK_MIN_GFLOP) == "throughput"
+  assert targets_lib.cpu_profile(targets_lib.TASK_MIN_GFLOP - 1e-6) == "latency"
+  latency = parse_target("iree:host").compile_flags("latency")
+  error = ("error: 'func.func' op exceeded stack allocation limit of 32768 bytes for function. "
+           "Got {} bytes")
+  assert targets_lib.next_attempt(latency, error.format(targets_lib.STACK_LIMIT)) == (
+      latency + [targets_lib.CPU_STACK], f"raised the stack limit to {targets_lib.STACK_LIMIT} "
+      "bytes")
+  assert targets_lib.next_attempt(latency, error.format(targets_lib.STACK_LIMIT + 1)) == (
+      [f for f in latency if f not in targets_lib.CPU_FUSION],
+      f"dropped {' '.join(targets_lib.CPU_FUSION)}")
+  unpeeled = [f for f in latency if f not in targets_lib.CPU_PEEL]
+  assert set(targets_lib.CPU_FUSION) <= set(unpeeled)
+  assert targets_lib.profile_flags_problem("latency", unpeeled) == (
+      "compile profile 'latency', but its flags lack the latency profile's "
+      "--iree-llvmcpu-vector-pproc-strategy=peel")
+
+
+def test_an_iree_host_module_is_checked_against_the_arch_it_records_and_one_target_suffices(
+    monkeypatch):
+  """Mutation audit: an iree:host module compiled on an aarch64 host is refused on an x86_64
+  one by the arch its record states (this host's own arch was compared with itself), and one
+  without that arch is refused as an edited record; a single IREE target refuses bfloat16."""
+  monkeypatch.setattr(targets_lib.platform, "machine", lambda: "x86_64")
+  with pytest.raises(EdgeError, match=r"^m was compiled for target iree:host \(aarch64\); this "
+                     r"host is x86_64$"):
+    targets_lib.check_runnable({"target": "iree:host", "host_cpu": {"arch": "aarch64"}}, "m")
+  with pytest.raises(EdgeError, match=r"^m was compiled for target iree:host but does not "
+                     r"record the host CPU it was compiled on \(host_cpu\.arch\)"):
+    targets_lib.check_runnable({"target": "iree:host"}, "m")
+  with pytest.raises(ValueError, match=r"^IREE targets compile float32 graphs only \(a bfloat16 "
+                     r"dot_general does not legalize for iree:host\); hint$"):
+    targets_lib.check_compute_dtype(parse_targets(["iree:host"]), "bfloat16", "hint")
+
+
+def test_a_kit_without_a_dtype_or_of_a_batch_0_point_is_refused(tmp_path):
+  """Mutation audit: kit.json without its dtype (read by the profile: a KeyError) is refused by
+  name, and a point whose input batch is 0 by read_kit."""
+  path, doc = _minimal_kit(tmp_path)
+  manifest = pathlib.Path(path) / kit_lib.KIT_MANIFEST
+  manifest.write_text(json.dumps({k: v for k, v in doc.items() if k != "dtype"}))
+  with pytest.raises(EdgeError, match=r"kit\.json lacks \['dtype'\]$"):
+    kit_lib.read_kit(path)
+  bad = json.loads(json.dumps(doc))
+  bad["points"][0]["input"]["shape"][0] = 0
+  manifest.write_text(json.dumps(bad))
+  with pytest.raises(EdgeError, match=r"kit\.json: points\[0\]: input\.shape must be 4 ints >= "
+                     r"0, the batch >= 1$"):
+    kit_lib.read_kit(path)
+
+
+def test_kit_plans_keep_each_points_profile_and_an_old_points_shards(tmp_path):
+  """Mutation audit: the board profile's per-batch compile profiles come from each point's own
+  runtime plan (a latency batch-1 point was recorded under the kit's throughput profile), and a
+  point written before runtime plans runs in the shards it states."""
+  host = parse_target("iree:host")
+  here = targets_lib.host_cpu()
+  path, doc = _minimal_kit(tmp_path, host_cpu={"arch": here["arch"], "features": []},
+                           compiler={"profile": "throughput", "flags": host.compile_flags()})
+  one = dict(doc["points"][0], flags=host.compile_flags("latency"),
+             runtime={"profile": "latency", "driver": "local-sync", "shards": 1})
+  two = dict(doc["points"][0], batch_size=2, input={"shape": [2, 32, 32, 3], "dtype": "float32"},
+             module={"file": "modules/b2.vmfb", "sha256": "0" * 64}, flags=host.compile_flags(),
+             runtime={"profile": "throughput", "driver": "local-task", "shards": 1})
+  old = dict(doc["points"][0], batch_size=4, input={"shape": [4, 32, 32, 3], "dtype": "float32"},
+             module={"file": "modules/b4.vmfb", "sha256": "0" * 64}, shards=2)
+  (pathlib.Path(path) / kit_lib.KIT_MANIFEST).write_text(json.dumps(
+      dict(doc, points=[one, two, old])))
+  kit, plans, _ = kit_lib._kit_plans(path, None)  # pylint: disable=protected-access
+  assert plans == [("local-sync", 1), ("local-task", 1), ("local-task", 2)]
+  assert kit["driver"] == "local-sync+local-task"
+  assert kit["shards"] == {"1": [1], "2": [1], "4": [2]}
+  assert kit["profiles"] == {"1": ["latency"], "2": ["throughput"], "4": ["throughput"]}
+
+
+def test_a_vulkan_board_profile_names_the_target_alone_in_its_device_kind():
+  """Mutation audit: only CPU kits add the host CPU's model to the device kind (a GPU's timings
+  do not depend on the host CPU)."""
+  kit = {"target": "iree:vulkan", "model": "m", "config": {}, "driver": "vulkan",
+         "dtype": "float32", "mode": "model"}
+  profile = kit_lib._kit_profile(kit, protocol.TimingConfig())  # pylint: disable=protected-access
+  assert (profile.device_kind, profile.platform) == ("iree:vulkan", "iree-vulkan")
