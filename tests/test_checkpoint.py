@@ -615,6 +615,8 @@ def test_failed_orbax_futures_reported_late_are_dropped():
 
 @pytest.mark.parametrize("code, expected", [
     (28, r"^\[Errno 28\] No space left on device while writing .*/w$"),
+    (27, r"^\[Errno 27\] File too large while writing .*/w$"),        # (mutation audit:
+    (122, r"^\[Errno 122\] Disk quota exceeded while writing .*/w$"),  # EFBIG, EDQUOT too)
     (5, r"^RESOURCE_EXHAUSTED: Error writing .*os_error_code='5'\]$")])
 def test_a_full_disk_under_orbax_names_the_output_not_its_temporary(tmp_path, monkeypatch, code,
                                                                    expected):
@@ -899,3 +901,19 @@ def test_a_config_that_is_not_an_object_is_named(tmp_path):
       with pytest.raises(ValueError, match=re.escape(
           f"{cfile}: 'config' must be an object of ViTConfig fields") + "$"):
         read(path)
+
+
+def test_a_leaf_stored_in_another_float_dtype_is_refused_not_cast(tmp_path):
+  """Mutation audit: float16 values are another dtype than the float32 restored too (orbax
+  would cast them without a word), not only integers."""
+  from vitprune import orbax_io  # pylint: disable=g-import-not-at-top
+  cfg = get_config("test_tiny_vit")
+  params = init_params(cfg, 0)
+  path = checkpoint.save_weights(str(tmp_path / "w"), cfg, params)
+  shutil.rmtree(os.path.join(path, "params"))
+  orbax_io.save(os.path.join(path, "params"), dict(
+      jax.tree.map(np.asarray, params), cls_token=np.asarray(params["cls_token"], np.float16)))
+  with pytest.raises(ValueError, match=re.escape(
+      f"could not restore parameters from {path}/params: values stored in other dtypes than the "
+      "float32 restored (orbax would cast them): ['cls_token'] is float16") + "$"):
+    checkpoint.load_weights(path)
