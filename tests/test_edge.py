@@ -2798,3 +2798,19 @@ def test_a_vulkan_board_profile_names_the_target_alone_in_its_device_kind():
          "dtype": "float32", "mode": "model"}
   profile = kit_lib._kit_profile(kit, protocol.TimingConfig())  # pylint: disable=protected-access
   assert (profile.device_kind, profile.platform) == ("iree:vulkan", "iree-vulkan")
+
+
+def test_the_edge_entry_names_the_cpu_model_and_a_compiler_entry_must_be_an_object(
+    tmp_path, monkeypatch):
+  """Mutation audit: a board profile's edge host_cpu is the CPU's model (two CPUs of one
+  architecture are two setups), and a kit whose compiler entry is not an object is refused by
+  read_kit (it was an AttributeError in _kit_plans)."""
+  monkeypatch.setattr(kit_lib, "host_cpu", lambda: {"arch": "aarch64", "features": [],
+                                                    "model": "Cortex-A78AE"})
+  fields = kit_lib.edge_fields({"target": "iree:host", "compiler": None, "shards": {"1": [1]},
+                                "profiles": {"1": ["latency"]}})
+  assert fields["edge"]["host_cpu"] == "Cortex-A78AE"
+  path, _ = _minimal_kit(tmp_path, compiler="edited")
+  with pytest.raises(EdgeError, match=r"kit\.json: compiler\.flags are none of its points' "
+                     r"flags: an edited kit\.json\? rebuild it with experiments\.edge_kit$"):
+    kit_lib.read_kit(path)
