@@ -1326,3 +1326,152 @@ def test_output_dir_target_names_the_flag_or_the_path(tmp_path):
   assert str(e.value) == f"--out={full} already exists (pass --overwrite)"
   atomic.check_output_dir_target(str(full), True, None, flag="out")   # (its writer judges it)
   atomic.check_output_dir_target(str(tmp_path / "new"), False, None, flag="out")
+
+
+def test_a_name_at_the_limit_beside_its_temporaries_fits_and_one_byte_more_is_named(tmp_path):
+  """Mutation audit: `check_name_fits` at its boundary. A name whose hidden temporaries just
+  fit is accepted (and published); one byte longer is refused by name, with the exact room."""
+  limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+  room = limit - atomic._temp_overhead()
+  fits = str(tmp_path / ("n" * room))
+  atomic.check_name_fits(fits, "out_dir")
+  with atomic.staged_dir(fits, overwrite=False) as tmp:
+    open(os.path.join(tmp, "a.txt"), "w").write("a")
+  assert open(os.path.join(fits, "a.txt")).read() == "a"
+  with pytest.raises(ValueError) as e:
+    atomic.check_name_fits(str(tmp_path / ("n" * (room + 1))), "out_dir")
+  assert str(e.value) == (
+      f"--out_dir: the name {'n' * 24}... is {room + 1} bytes; at most {room} fit (vitprune "
+      f"writes it through a hidden temporary beside it, {atomic._temp_prefix('NAME', 'commit')}"
+      f"..., within the {limit}-byte name limit)")
+
+
+def test_a_folder_to_create_whose_name_is_one_byte_too_long_is_named(tmp_path):
+  """Mutation audit: `check_creatable`'s name check at its boundary: a folder to create of
+  NAME_MAX bytes passes; one of NAME_MAX + 1 is refused up front (it failed at the final
+  write, after the work), naming the flag and both sizes."""
+  limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+  atomic.check_creatable(str(tmp_path / ("d" * limit) / "x.json"), "output")
+  with pytest.raises(ValueError) as e:
+    atomic.check_creatable(str(tmp_path / ("d" * (limit + 1)) / "x.json"), "output")
+  assert str(e.value) == (f"--output: the name {'d' * 24}... in it is {limit + 1} bytes; the "
+                          f"file system holds at most {limit}")
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_temporary_this_process_is_still_making_is_not_swept(tmp_path):
+  """Mutation audit: a `.NAME.new-` of this very process (another thread between making and
+  locking it) is not locked yet; a sweep judging it by its lock, as it does this process's
+  other temporaries, deleted it under its writer. A `.tmp-` of this process left unlocked is
+  its own leftover, swept."""
+  tag = atomic._namespace_tag()
+  making = tmp_path / f".d.new-{os.getpid()}-{tag}-abc_1234"
+  left = tmp_path / f".d.tmp-{os.getpid()}-{tag}-abc_1234"
+  making.mkdir()
+  (making / "x").write_text("x")
+  left.mkdir()
+  atomic.cleanup_stale(str(tmp_path / "d"))
+  assert os.listdir(tmp_path) == [making.name] and (making / "x").read_text() == "x"
+
+
+def test_a_waiter_that_locked_a_released_lock_file_takes_the_new_one(tmp_path, monkeypatch):
+  """Mutation audit: a writer waiting on `.NAME.lock` while its holder released it (unlinked,
+  then closed) locks an unlinked file; it must retry on the file at that name, else a third
+  writer locks a new file there and two writers hold "the" lock at once."""
+  import threading  # pylint: disable=g-import-not-at-top
+  target = tmp_path / "x.json"
+  lock_path = tmp_path / ".x.json.lock"
+  holder = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+  atomic.fcntl.flock(holder, atomic.fcntl.LOCK_EX)
+  waiting, inside, leave = threading.Event(), threading.Event(), threading.Event()
+  real_flock = atomic.fcntl.flock
+
+  def flock(fd, op):
+    if op == atomic.fcntl.LOCK_EX:
+      waiting.set()
+    return real_flock(fd, op)
+
+  monkeypatch.setattr(atomic.fcntl, "flock", flock)
+
+  def waiter():
+    with atomic.locked(str(target)):
+      inside.set()
+      leave.wait(20)
+
+  thread = threading.Thread(target=waiter)
+  thread.start()
+  try:
+    assert waiting.wait(20)
+    os.unlink(lock_path)                  # the holder's release
+    os.close(holder)
+    assert inside.wait(20)
+    third = os.open(lock_path, os.O_RDWR)         # the lock file is there, and held
+    try:
+      with pytest.raises(BlockingIOError):
+        real_flock(third, atomic.fcntl.LOCK_EX | atomic.fcntl.LOCK_NB)
+    finally:
+      os.close(third)
+  finally:
+    leave.set()
+    thread.join(20)
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_link_to_an_empty_folder_is_refused_as_a_link_not_replaced(tmp_path):
+  """Mutation audit: a symbolic link to an empty folder is not a free output path (`is_free`):
+  with overwrite it is refused as foreign up front, the link and its folder left as they were
+  (judged free, the publish moved the link aside and back a hundred times, then gave up)."""
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  link = tmp_path / "out"
+  link.symlink_to(empty)
+  assert not atomic.is_free(str(link))
+  with pytest.raises(atomic.ForeignOutputError) as e:
+    with atomic.staged_dir(str(link), overwrite=True) as tmp:
+      open(os.path.join(tmp, "config.json"), "w").write("{}")
+  assert str(e.value) == (f"refusing to replace {link}: it is a symbolic link that is not "
+                          f"{atomic.is_vitprune_output.description}; move it away or choose "
+                          "another output path")
+  assert sorted(os.listdir(tmp_path)) == ["empty", "out"]
+  assert os.readlink(link) == str(empty) and os.listdir(empty) == []
+
+
+def test_a_failed_write_never_takes_back_a_folder_another_writer_wrote_into(tmp_path,
+                                                                             monkeypatch):
+  """Mutation audit: a write that failed for lack of room takes back the folders it made only
+  while they are empty: another writer's file written into them meanwhile is never deleted
+  with them (nor the folders holding it)."""
+  theirs = tmp_path / "a" / "b" / "theirs.json"
+
+  def full(*a, **k):
+    theirs.write_text('{"v": 2}')              # another writer, into the folder just made
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(os, "fsync", full)
+  with pytest.raises(OSError, match="No space left on device while writing"):
+    atomic.write_json(str(tmp_path / "a" / "b" / "r.json"), {"v": 1})
+  monkeypatch.undo()
+  assert os.listdir(tmp_path) == ["a"] and os.listdir(tmp_path / "a") == ["b"]
+  assert os.listdir(tmp_path / "a" / "b") == ["theirs.json"]
+  assert theirs.read_text() == '{"v": 2}'
+
+
+def test_an_exclusive_output_taken_after_the_run_began_keeps_what_the_run_made(tmp_path):
+  """Mutation audit: `staged_dir(overwrite=False, replaces=None)`, for work done before the call
+  (training, compiles) into a path that was free when it began: a path taken since is refused
+  at publishing, not up front, so the run's output is kept beside it, whole; the folder there
+  is left as it was."""
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "theirs.txt").write_text("theirs")
+  with pytest.raises(FileExistsError) as e:
+    with atomic.staged_dir(str(out), overwrite=False, replaces=None) as tmp:
+      open(os.path.join(tmp, "mine.txt"), "w").write("mine")
+  kept = [n for n in os.listdir(tmp_path) if n != "out"]
+  assert len(kept) == 1 and re.fullmatch(r"out\.partial-[0-9a-f]{8}", kept[0])
+  assert str(e.value) == (
+      f"{out} was created while this run worked: refusing to replace {out}: it is a folder "
+      f"that is not {atomic.is_vitprune_output.description}; move it away or choose another "
+      f"output path; this run's output is kept in {tmp_path / kept[0]}")
+  assert (tmp_path / kept[0] / "mine.txt").read_text() == "mine"
+  assert os.listdir(out) == ["theirs.txt"] and (out / "theirs.txt").read_text() == "theirs"
