@@ -1866,3 +1866,123 @@ def test_a_dangling_image_link_in_a_class_folder_is_one_line(tmp_path):
   assert run_cli_in_process(work, "estimate", [f"--data={root}", "--out_dir=o"]) == (
       1, "", f"error: '{root / '3' / 'x.png'}' is a link to nothing (dangling symbolic link)\n")
   assert os.listdir(work) == []
+
+
+def test_a_digit_moved_by_exactly_the_lossy_bound_is_found_and_one_level_more_is_not(tmp_path):
+  """Mutation audit: the guard's lossy match at its bound: a digit whose every pixel is
+  `_LOSSY_COPY_LEVELS` brighter (its mean too: the prefilter's bound) is that digit; one level
+  more is no digit, counted as an unmatched 8x8 image."""
+  images, labels = digits.load_digits_arrays()
+  i = int(np.flatnonzero(images.reshape(len(images), -1).max(axis=1) <= 232)[0])
+  for shift, found in ((digits._LOSSY_COPY_LEVELS, ({i}, 0)),
+                       (digits._LOSSY_COPY_LEVELS + 1, (set(), 1))):
+    root = tmp_path / f"shift{shift}"
+    _png(str(root / str(labels[i]) / "x.png"), images[i].astype(np.int32) + shift)
+    assert digits._scan_for_digits(str(root)) == found
+
+
+def test_digits_for_a_model_with_the_digits_in_another_order_are_labelled_by_name():
+  """Mutation audit: a model whose class names are the digits in another order gets each
+  digit labelled by the output of its name, not by its position."""
+  names = tuple(reversed(digits.DIGITS_CLASSES))
+  ds = digits.digits_for_model(names, 10)
+  assert ds.classes == names
+  np.testing.assert_array_equal(ds.labels, 9 - digits.load_digits_arrays()[1])
+
+
+def test_a_digits_folder_another_run_published_meanwhile_is_not_replaced(tmp_path,
+                                                                         monkeypatch):
+  """Mutation audit: `write_digits_imagefolder(overwrite=True)` replaces the folder there when
+  it began, not one another run published while it worked: that one stays, and this run's
+  folder is kept beside it, named in the error."""
+  root = str(tmp_path / "d")
+  digits.write_digits_imagefolder(root, limit=10)
+  real, calls = digits.load_digits_arrays, []
+
+  def load():
+    if not calls:
+      calls.append(1)
+      digits.write_digits_imagefolder(root, limit=20, overwrite=True)   # another run
+    return real()
+
+  monkeypatch.setattr(digits, "load_digits_arrays", load)
+  with pytest.raises(FileExistsError) as e:
+    digits.write_digits_imagefolder(root, limit=30, overwrite=True)
+  kept = [n for n in os.listdir(tmp_path) if n != "d"]
+  assert len(kept) == 1 and re.fullmatch(r"d\.partial-[0-9a-f]{8}", kept[0])
+  assert str(e.value) == (
+      f"{root} was written by another run after this one began (two runs into one output "
+      "folder at once): this run does not replace that run's outputs; give each run its own "
+      f"folder; this run's output is kept in {tmp_path / kept[0]}")
+  assert len(data.ImageFolder(root)) == 20
+  assert len(data.ImageFolder(str(tmp_path / kept[0]))) == 30
+
+
+def test_a_digits_folder_never_replaces_weights(tmp_path):
+  """Mutation audit: `write_digits_imagefolder(overwrite=True)` replaces a digits folder only;
+  a weights folder (another vitprune output) there is refused, left as it was."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  w = tmp_path / "w"
+  shutil.copytree(os.path.join(root, "weights", "vit_digits"), w)
+  before = sorted(os.path.relpath(p, w) for p in glob.glob(f"{w}/**", recursive=True))
+  config = (w / "config.json").read_bytes()
+  with pytest.raises(FileExistsError) as e:
+    digits.write_digits_imagefolder(str(w), limit=10, overwrite=True)
+  assert str(e.value) == (f"refusing to replace {w}: it is a folder that is not a "
+                          "vitprune-digits-imagefolder folder (with .vitprune-imagefolder.json); "
+                          "move it away or choose another output path")
+  assert sorted(os.path.relpath(p, w) for p in glob.glob(f"{w}/**", recursive=True)) == before
+  assert (w / "config.json").read_bytes() == config and os.listdir(tmp_path) == ["w"]
+
+
+def test_a_folder_of_held_out_digits_and_a_users_image_passes_weights_of_the_same_split(
+    tmp_path):
+  """Mutation audit: weights whose held-out digits are exactly a digits_images test split's
+  (a test fraction rounding to the same counts per class) pass a folder of that split holding
+  one user image too (judged by its marker: the split lies within their held-out digits)."""
+  assert np.array_equal(digits.digits_split(0, 0.2001)[1], digits.digits_split(0, 0.2)[1])
+  root = digits.write_digits_imagefolder(tmp_path / "d", split="test")
+  _png(os.path.join(root, "3", "mine.png"), _gray(8, 8, 77))      # an 8x8 image, no digit
+  meta = {"dataset": "sklearn_digits", "split": {"seed": 0, "test_fraction": 0.2001}}
+  assert digits._scan_for_digits(root)[1] == 1
+  digits.check_digits_folder(root, meta, "the weights")
+  with pytest.raises(ValueError, match="are training images of the weights"):
+    digits.check_digits_folder(root, dict(meta, split={"seed": 1, "test_fraction": 0.2001}),
+                               "the weights")
+
+
+def test_an_image_beside_the_class_folders_is_not_scanned_as_one_imagefolder_reads(tmp_path):
+  """Mutation audit: with class folders, `ImageFolder` reads no image beside them in the root,
+  so the guard does not either: a training digit there does not refuse the folder."""
+  root = digits.write_digits_imagefolder(tmp_path / "d", split="test", limit=20)
+  images, _ = digits.load_digits_arrays()
+  train = int(digits.digits_split()[0][0])
+  _png(os.path.join(root, "beside.png"), images[train])
+  with pytest.warns(UserWarning, match="belongs to no class folder and is not evaluated"):
+    assert len(data.ImageFolder(root)) == 20
+  test = {int(n[:-4]) for c in os.listdir(root) if c.isdigit() for n in os.listdir(
+      os.path.join(root, c))}
+  assert len(test) == 20 and digits.digits_copied_into(root) == test
+  digits.check_digits_folder(root, {"dataset": "sklearn_digits", "split": {"seed": 0}}, "w")
+
+
+def test_a_split_name_is_one_of_the_three_exactly():
+  """Mutation audit: an empty or differently cased split name is refused, not read as the test
+  split."""
+  for split in ("", "Test", "TRAIN"):
+    with pytest.raises(ValueError) as e:
+      digits.digits_batches(split)
+    assert str(e.value) == f"unknown split {split!r}; expected one of train, test, all"
+
+
+def test_a_training_digit_refused_for_weights_of_another_test_fraction_gets_no_hint(tmp_path):
+  """Mutation audit: the hint 'write that split's test images (digits_images --split=test
+  ...)' is given only for weights of test fraction 0.2 (digits_images' own): for others such a
+  folder would hold training images too, so the message ends without it."""
+  root = digits.write_digits_imagefolder(tmp_path / "d", split="train", limit=20)
+  meta = {"dataset": "sklearn_digits", "split": {"seed": 0, "test_fraction": 0.3}}
+  with pytest.raises(ValueError) as e:
+    digits.check_digits_folder(root, meta, "the weights")
+  assert re.fullmatch(rf"\d+ of the 20 digits in {re.escape(root)} are training images of the "
+                      r"weights \(digits split of seed 0, test fraction 0\.3\), so every score "
+                      r"on them would be inflated", str(e.value)), str(e.value)
