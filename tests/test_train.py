@@ -323,3 +323,67 @@ def test_train_digits_trains_and_records_what_its_flags_say(tmp_path, monkeypatc
   assert re.fullmatch(rf"held-out accuracy 0\.5000; on the training digits \(unaugmented\) "
                       rf"{train_acc:.4f}; \d+s; saved to "
                       rf"{re.escape(str(tmp_path / 'w'))}", lines[-1]), lines[-1]
+
+
+def test_a_negative_warm_up_or_label_smoothing_is_refused_exactly():
+  """Mutation audit: the lower ends of `warmup_epochs` and `label_smoothing` (0 is valid)."""
+  assert td.TrainConfig(warmup_epochs=0, label_smoothing=0.0).warmup_epochs == 0
+  with pytest.raises(ValueError) as e:
+    td.TrainConfig(epochs=4, warmup_epochs=-1)
+  assert str(e.value) == "warmup_epochs must be in [0, epochs=4], got -1"
+  with pytest.raises(ValueError) as e:
+    td.TrainConfig(label_smoothing=-0.1)
+  assert str(e.value) == "label_smoothing must be in [0, 1), got -0.1"
+
+
+def test_epoch_batches_of_an_exact_multiple_and_of_exactly_one_batch():
+  """Mutation audit: `epoch_batches` at its bounds: a training set of an exact multiple of the
+  batch size is used whole (the last full batch is not dropped), and one of exactly one batch
+  trains (only a smaller one is refused)."""
+  a = td.epoch_batches(9, 3, seed=0, epoch=0)
+  assert [len(b) for b in a] == [3, 3, 3] and sorted(np.concatenate(a).tolist()) == list(range(9))
+  one = td.epoch_batches(3, 3, seed=0, epoch=0)
+  assert len(one) == 1 and sorted(one[0].tolist()) == [0, 1, 2]
+  with pytest.raises(ValueError) as e:
+    td.epoch_batches(2, 3, 0, 0)
+  assert str(e.value) == "training set of 2 images is smaller than batch_size 3"
+
+
+def test_a_shift_of_the_whole_image_is_refused_and_one_pixel_less_is_not():
+  """Mutation audit: `check_train_config` at its bound: a `max_shift` of the image size would
+  shift every training image out of the frame; one pixel less is valid."""
+  size = TINY.img_size
+  td.check_train_config(TINY, td.TrainConfig(max_shift=size - 1))
+  with pytest.raises(ValueError) as e:
+    td.check_train_config(TINY, td.TrainConfig(max_shift=size))
+  assert str(e.value) == f"max_shift {size} must be below the image size {size}"
+
+
+def test_an_epoch_whose_mean_loss_is_not_finite_stops_with_its_own_error(one_batch):
+  """Mutation audit: an epoch of two steps whose second loss is NaN (after the first update
+  blew up) stops on its mean loss, named, before any held-out check; nothing is logged."""
+  x, y = one_batch
+  two = (np.concatenate([x, x]), np.concatenate([y, y]))
+  tc = td.TrainConfig(epochs=40, batch_size=16, lr=1e30, warmup_epochs=0, max_shift=0, seed=3)
+  logs = []
+  with pytest.raises(FloatingPointError) as e:
+    td.train(TINY, tc, two, one_batch, log=logs.append, max_steps=2)
+  assert str(e.value) == ("training diverged: the mean loss of epoch 1 is nan (after 2 steps); "
+                          "lower the learning rate (lr 1e+30)")
+  assert logs == []
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(min_lr_ratio=float("nan")), "min_lr_ratio must be a finite number, got nan"),
+    (dict(min_lr_ratio=float("inf")), "min_lr_ratio must be a finite number, got inf"),
+    (dict(min_lr_ratio=-0.5), "min_lr_ratio must be >= 0, got -0.5"),
+    (dict(clip_norm=0.0), "clip_norm must be > 0, got 0.0"),
+    (dict(clip_norm=-1.0), "clip_norm must be > 0, got -1.0")])
+def test_a_schedule_floor_or_clip_norm_that_cannot_train_is_refused(kw, message):
+  """Mutation audit: a `min_lr_ratio` that is not finite made every late learning rate NaN; a
+  negative one ended the cosine at a negative learning rate (the last steps ascend the loss);
+  a `clip_norm` of 0 or less clipped every update to nothing (or flipped it)."""
+  with pytest.raises(ValueError) as e:
+    td.TrainConfig(**kw)
+  assert str(e.value) == message
+  td.TrainConfig(min_lr_ratio=0.0)

@@ -72,6 +72,10 @@ class TrainConfig:
       raise ValueError(f"max_shift must be >= 0, got {self.max_shift}")
     if self.weight_decay < 0:
       raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+    if self.min_lr_ratio < 0:   # (the cosine ended at a negative rate: the loss ascended)
+      raise ValueError(f"min_lr_ratio must be >= 0, got {self.min_lr_ratio}")
+    if not self.clip_norm > 0:   # (every update clipped to nothing, or flipped)
+      raise ValueError(f"clip_norm must be > 0, got {self.clip_norm}")
 
 
 class TrainState(NamedTuple):
