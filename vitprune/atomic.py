@@ -1020,23 +1020,15 @@ def _taken(path: str, is_ours: Callable[[str], bool]) -> FileExistsError:
 
 
 def _publish_exclusive(tmp: str, path: str, is_ours: Callable[[str], bool]) -> None:
-  """Renames `tmp` onto `path` only if `path` is absent or an empty directory (atomically)."""
+  """Renames `tmp` onto `path` only if `path` is absent or an empty directory (atomically;
+  `tmp` is never empty: it holds its inventory)."""
   _before_publish()
-  if not os.listdir(tmp):
-    # An empty directory may replace an empty one: claim with mkdir instead.
-    os.rmdir(tmp)
-    try:
-      os.mkdir(path, 0o755)
-    except FileExistsError:
-      if not is_free(path):
-        raise _taken(path, is_ours) from None
-  else:
-    try:
-      os.rename(tmp, path)
-    except OSError as e:
-      if _rename_failed_because_taken(e):
-        raise _taken(path, is_ours) from None
-      raise
+  try:
+    os.rename(tmp, path)
+  except OSError as e:
+    if _rename_failed_because_taken(e):
+      raise _taken(path, is_ours) from None
+    raise
 
 
 def output_stamp(path: str) -> Optional[Tuple[int, int, Optional[str]]]:
