@@ -208,6 +208,13 @@ def test_spec_refusals_exact(kwargs, message):
   assert str(e.value) == message
 
 
+def test_the_smallest_spec_settings_are_taken():
+  """Batch size, threads and evaluation batch of 1 are valid (a mutation audit: refusing an
+  evaluation batch of 1 passed the suite)."""
+  spec = B.BenchmarkSpec(TINY, batch_sizes=(1,), threads=1, eval_batch_size=1)
+  assert (spec.batch_sizes, spec.threads, spec.eval_batch_size) == ((1,), 1, 1)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -494,6 +501,25 @@ def test_a_table_of_the_version_before_the_accuracy_change_is_read_and_replaced(
   with pytest.raises(atomic.ForeignOutputError, match="not a vitprune benchmark table"):
     B.check_replaceable_outputs(paths)
   assert B.read_table_rows(paths["csv"]) is None
+
+
+
+def test_a_table_row_of_too_few_or_many_cells_is_named_by_its_line(tmp_path):
+  """A row cut mid-write is refused naming its line of the file (the header is line 1) and its
+  cells (a mutation audit: the reader's own line count, one short, passed the suite)."""
+  rows = [dict.fromkeys(B.CSV_COLUMNS, None) | {"model": "m", "device_kind": "cpu",
+                                                 "batch_size": b, "variant": "unpruned"}
+          for b in (1, 2)]
+  text = B.to_csv(rows)
+  path = tmp_path / "t.csv"
+  n = len(B.CSV_COLUMNS)
+  for cut, cells in ((text[:text.rindex("\n", 0, -1) + 6] + "\n", 2),
+                     (text.rstrip("\n") + ",x,y\n", n + 2)):
+    path.write_text(cut)
+    with pytest.raises(ValueError) as e:
+      B.read_table_rows(str(path))
+    assert str(e.value) == (f"{path}, line 3: {cells} cells, the header has {n} (a file cut "
+                            "mid-write?)")
 
 
 def test_cli_refuses_a_solution_of_other_weights_and_unread_flags(tmp_path):
@@ -882,6 +908,47 @@ def test_each_batch_size_is_timed_on_images_of_that_batch_size(monkeypatch):
   for (name, b, _), (fn, (params, images)) in seen.items():
     assert fn == f"compiled {(name, b, 'float32')}"
     assert tuple(images.shape) == (b, TINY.img_size, TINY.img_size, TINY.in_chans)
+
+
+
+def test_each_point_is_timed_with_its_own_variants_graph(monkeypatch):
+  """Every (variant, batch, dtype) point times the forward of that variant's schedule and reducer
+  in that dtype (a mutation audit: every point timing the unpruned graph passed the suite)."""
+  from vitprune.model import init_params  # pylint: disable=g-import-not-at-top
+  made, seen = [], {}
+
+  def model_fn(cfg, schedule, reducer, dtype):
+    made.append((schedule, reducer, dtype))
+    return len(made) - 1
+
+  monkeypatch.setattr(B.runner, "model_fn", model_fn)
+  monkeypatch.setattr(B.timing, "compile_many",
+                      lambda jobs, threads, on_done: {k: (jobs[k][0], 0.0) for k in jobs})
+  monkeypatch.setattr(B.timing, "measure_all",
+                      lambda points, tcfg, compile_s, on_done: seen.update(points) or {})
+  spec = B.BenchmarkSpec(TINY, batch_sizes=(1, 2), dtypes=("float32", "bfloat16"))
+  variants = B.build_variants(TINY, variants="tome:r2;topk:keep@1:9")
+  B.measure_latency(spec, init_params(TINY, 0), variants, progress=False)
+  assert len(seen) == len(made) == 4 * len(variants)
+  by_name = {v.name: v for v in variants}
+  for (name, _, dt), (fn, _) in seen.items():
+    schedule, reducer, dtype = made[fn]
+    v = by_name[name]
+    assert (schedule, reducer, dtype) == (v.schedule, v.reducer_for(TINY), dt)
+  assert sum(reducer is not None for _, reducer, _ in made) == 4 * (len(variants) - 1)
+
+
+def test_the_spread_is_the_larger_iqr_of_the_row_and_its_unpruned_row():
+  """'within spread' takes the larger IQR of the two rows, the unpruned one's too, and a change
+  of exactly that IQR is not within it (a mutation audit: the row's own IQR taken twice passed
+  the suite)."""
+  def row(variant, median, iqr):
+    return {"model": "m", "device_kind": "cpu", "batch_size": 1, "dtype": "float32",
+            "variant": variant, "latency_median_ms": median, "latency_iqr_ms": iqr,
+            "change_pct": 100 * (median / 10.0 - 1)}
+  rows = [row("unpruned", 10.0, 0.5), row("a", 9.6, 0.1), row("b", 9.5, 0.25),
+          row("c", 9.0, 1.0)]
+  assert B.change_cells(rows) == ["+0.0%", "-4.0% (within spread)", "-5.0%", "-10.0%"]
 
 
 def test_the_cli_hands_its_flags_on_to_the_benchmark(tmp_path, monkeypatch):
