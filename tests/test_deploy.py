@@ -797,6 +797,19 @@ def test_classify_reports_every_image_once_with_its_softmax_probability(artifact
   assert out["first_call_s"] > 0
 
 
+
+def test_classify_keeps_the_first_batch_it_ran(artifact, tmp_path):
+  """`first_batch` is the first batch of images (that `first_call_s` timed), not a later one of
+  the same padded shape (a mutation audit: keeping every batch, so the last, passed the suite)."""
+  images = str(tmp_path / "imgs")
+  _write_pngs(images, ["a.png", "b.png", "c.png", "d.png"])
+  model = deploy.load(artifact)
+  ds = ImageFolder(images)
+  batches = [x for x, _, _ in iterate_batches(ds, model.preprocessing, 3)]
+  assert len(batches) == 2 and not np.array_equal(batches[0], batches[1])
+  np.testing.assert_array_equal(deploy.classify(model, ds, 3)["first_batch"], batches[0])
+
+
 def test_an_artifact_replaced_while_read_is_read_again(artifact, tmp_path, monkeypatch):
   """Read during another deploy's --overwrite, an artifact's weights were reported corrupt
   (orbax read the old index with the new data; a probe): it is read again."""
