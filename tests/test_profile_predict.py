@@ -84,3 +84,19 @@ def test_predict_curve_passes_interpolate_on_to_every_count():
     predict.predict_curve(t, 3, [20, 15])
   assert predict.predict_curve(t, 3, [20, 15], interpolate=True) == {
       20: pytest.approx(0.5 + 3 * 2.0 + 0.2), 15: pytest.approx(0.5 + 3 * 1.5 + 0.15)}
+
+
+def test_interpolation_pairs_each_count_with_its_own_latency_in_any_table_order():
+  # A table written largest count first (a JSON object, a hand-made dict): the values must be
+  # taken in the order of the sorted counts, not the table's own order.
+  t = predict.BlockTable(embed_s=0.0, block_s={30: 3.0, 10: 1.0, 20: 4.0}, head_s=0.0)
+  # block at 15: halfway between 1.0 (10) and 4.0 (20); at 25: halfway between 4.0 and 3.0
+  assert predict.predict(t, Schedule((15, 15)), interpolate=True) == pytest.approx(2.5)
+  assert predict.predict(t, Schedule((25, 25)), interpolate=True) == pytest.approx(3.5)
+
+
+def test_a_measured_latency_of_nan_is_refused():
+  with pytest.raises(ValueError, match=r"measured latency must be > 0, got nan"):
+    predict.relative_error(1.0, float("nan"))
+  with pytest.raises(ValueError, match=r"measured latency must be > 0, got -0.5"):
+    predict.relative_error(1.0, -0.5)
