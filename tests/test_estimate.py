@@ -1521,3 +1521,63 @@ def test_the_default_layer_beyond_a_shallow_model_says_it_is_the_default():
     cli.main(fv)
   assert str(e.value) == ("--layer: layer 3 outside [0, 1] (model depth 2): the default --layer "
                           "for --method=pomt; pass one")
+
+
+def test_agreement_margins_on_labelled_data_are_against_the_unpruned_class(params, images,
+                                                                           labels):
+  """`agreement_margins=True` on labelled data: every margin is against the unpruned model's
+  class (> 0 exactly where a point agrees with it), not the label; accuracy still counts the
+  labels (the odd rows' labels are wrong: against them 3 reference margins would be <= 0)."""
+  pts = points()
+  res = estimate.evaluate(CFG, params, batches_of(images, labels, 4), pts, labelled=True,
+                          margins=True, agreement_margins=True)
+  ref = np.asarray(jitted_forward(params, jnp.asarray(images), cfg=CFG))
+  target = ref.argmax(-1)
+  np.testing.assert_allclose(res.margins[0], estimate.top1_margins(ref, target), atol=1e-4)
+  assert np.all(res.margins[0] > 0) and res.reference.correct == 4
+  for i, p in enumerate(pts):
+    out = np.asarray(jitted_forward(params, jnp.asarray(images), cfg=CFG, schedule=p.schedule,
+                                    reducer=p.reducer))
+    np.testing.assert_allclose(res.margins[1 + i], estimate.top1_margins(out, target),
+                               atol=1e-4)
+    assert int((res.margins[1 + i] > 0).sum()) == res.points[i].agree
+    assert res.points[i].correct == int((out.argmax(-1) == labels).sum())
+
+
+def test_an_agreement_floor_on_labelled_data_measures_agreement_margins(params):
+  """schedule_evaluator(metric='agreement') on labelled digits: the values are the agreements
+  and the margins are against the unpruned model's class (the unpruned graph's all > 0), not
+  against the labels (this random model gets most digits wrong)."""
+  data = estimate.load_eval_data("digits", num_images=20, seed=0)
+  assert data.labelled
+  measure = estimate.schedule_evaluator(CFG, params, data, KeepFirst(), batch_size=8,
+                                        metric="agreement")
+  scheds = [(17, 17, 17), (17, 17, 9), (5, 5, 5)]
+  values, margins = measure(scheds, margins=True)
+  assert values[0] == 1.0 and np.all(margins[0] > 0)
+  assert values == [float(np.mean(m > 0)) for m in margins]
+  acc = estimate.schedule_evaluator(CFG, params, data, KeepFirst(), batch_size=8)
+  accs, label_margins = acc(scheds[:1], margins=True)
+  assert accs[0] < 1.0 and accs[0] == float(np.mean(label_margins[0] > 0))
+
+
+def test_points_run_in_chunks_get_their_own_logits():
+  """_run_points runs each reducer's schedules `chunk` at a time in the order of their counts:
+  every schedule of every chunk gets its own logits back in the points' order (the logits of a
+  later chunk were stored under the first schedules)."""
+
+  class Fake:
+    def __init__(self):
+      self.calls = []
+
+    def run_many(self, schedules, x):
+      self.calls.append([s.counts for s in schedules])
+      return np.stack([np.full((2, 3), float(sum(s.counts)), np.float32) for s in schedules])
+
+  counts = [(17, 9, 9), (17, 17, 5), (17, 5, 5), (17, 17, 17), (17, 11, 11)]
+  keys = [(Schedule(c), "r") for c in counts]
+  fake = Fake()
+  out = estimate._run_points({("r", None): fake}, keys, None, np.zeros((2, 4)), chunk=2)
+  assert [float(v[0, 0]) for v in out] == [float(sum(c)) for c in counts]
+  assert all(v.shape == (2, 3) for v in out)
+  assert fake.calls == [[(17, 5, 5), (17, 9, 9)], [(17, 11, 11), (17, 17, 5)], [(17, 17, 17)]]
