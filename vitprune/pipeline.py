@@ -509,8 +509,8 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
                 "by the estimate)")
       else:
         paired = sum(c.measured_change_low is not None for c in sol.checked)
-        what = (f"{paired} schedules on the data image by image against the unpruned "
-                "graph, single reductions among them")
+        what = (f"{console.counted(paired, 'schedule')} on the data image by image against "
+                "the unpruned graph, single reductions among them")
         if spec.max_accuracy_drop is not None:
           rule = (f"a change against the unpruned graph >= -{spec.max_accuracy_drop:g} by its "
                   "whole paired 95% interval")
