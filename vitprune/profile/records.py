@@ -265,15 +265,13 @@ def missing_table_parts(profile: Profile, batch_size: int) -> str:
 
 def block_table(profile: Profile, batch_size: int) -> Optional[predict_lib.BlockTable]:
   """The per-block table of `batch_size` from embed/block/head points, or None if incomplete."""
-  if missing_table_parts(profile, batch_size):
+  parts = {c: profile.curve(c, batch_size) for c in TABLE_PARTS}
+  if not all(parts.values()):             # (`missing_table_parts` says which)
     return None
-  embed = profile.curve("embed", batch_size)
-  blocks = profile.curve("block", batch_size)
-  heads = profile.curve("head", batch_size)
   dispatch = profile.curve("dispatch", batch_size)
-  return predict_lib.BlockTable(embed_s=embed[0].median_s,
-                                block_s={p.tokens: p.median_s for p in blocks},
-                                head_s={p.tokens: p.median_s for p in heads},
+  return predict_lib.BlockTable(embed_s=parts["embed"][0].median_s,
+                                block_s={p.tokens: p.median_s for p in parts["block"]},
+                                head_s={p.tokens: p.median_s for p in parts["head"]},
                                 overhead_s=dispatch[0].median_s if dispatch else 0.0)
 
 
