@@ -728,6 +728,15 @@ def test_a_solution_of_numpy_numbers_writes_as_plain_json(tmp_path):
      r"unpruned one"),
     (lambda s: dict(settings=dict(s.settings, checked_accuracy_error={"num_schedules": 1})),
      r"settings.checked_accuracy_error must be an error summary"),
+    # (the frontier's error names how many it left out: a count >= 1, or nothing)
+    (lambda s: dict(settings=dict(s.settings, frontier_accuracy_error=dict(
+        num_schedules=2, mean_abs_points=0.5, max_abs_points=1.0, mean_signed_points=0.1,
+        unscored=0))),
+     r"settings.frontier_accuracy_error must be an error summary \(.*unscored >= 1 if given\)"),
+    (lambda s: dict(settings=dict(s.settings, frontier_accuracy_error=dict(
+        num_schedules=2, mean_abs_points=0.5, max_abs_points=1.0, mean_signed_points=0.1,
+        unscored=1.5))),
+     r"settings.frontier_accuracy_error must be an error summary"),
     (lambda s: dict(settings=dict(s.settings, step_k=-1.0)),
      r"settings.step_k must be a number >= 0 or null, got -1.0"),
     (lambda s: dict(settings=dict(s.settings, latency_model={
@@ -1025,6 +1034,14 @@ def test_the_error_lines_give_the_count_the_mean_the_max_and_the_signed_mean():
       "measuring: " + errs)
   assert T.describe_frontier_error(err) == (
       "every frontier schedule measured on the data (7): the combined accuracy model " + errs)
+  # The estimate's own schedules (in sample) are counted apart, not scored.
+  assert T.describe_frontier_error(dict(err, unscored=3)) == (
+      "every frontier schedule measured on the data (10): the combined accuracy model, on the "
+      "7 it had not seen measured, " + errs + " (3 schedules the estimate had measured, the "
+      "model's own table, not scored)")
+  assert T.describe_frontier_error(dict(err, num_schedules=0, unscored=1)) == (
+      "every frontier schedule measured on the data (1): 1 schedule the estimate had "
+      "measured, the model's own table, not scored, none left to score")
 
 
 def test_the_refinement_line_with_one_measuring_round_names_it_once():

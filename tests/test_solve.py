@@ -1690,9 +1690,13 @@ def test_measure_frontier_measures_every_schedule_once_and_the_choice_uses_it(tm
   assert len(calls) == 1 and sorted(calls[0]) == sorted(by_counts)
   measured = {c.counts: c for c in sol.checked}
   assert set(measured) >= set(by_counts)
-  err = [100 * (0.03 if len(set(c[1:])) > 1 else 0.0) for c in by_counts]
+  # Scored: the frontier schedules the estimate had not measured (its own are in sample).
+  own = set(read_estimate(es).measured("accuracy"))
+  scored = [c for c in by_counts if c not in own]
+  assert 0 < len(scored) < len(by_counts)
+  err = [100 * (0.03 if len(set(c[1:])) > 1 else 0.0) for c in scored]
   got = sol.settings["frontier_accuracy_error"]
-  assert got["num_schedules"] == len(by_counts)
+  assert (got["num_schedules"], got["unscored"]) == (len(scored), len(by_counts) - len(scored))
   assert got["mean_abs_points"] == pytest.approx(np.mean(err))
   assert got["max_abs_points"] == pytest.approx(max(err))
   assert got["mean_signed_points"] == pytest.approx(np.mean(err))
@@ -2606,8 +2610,10 @@ def test_refine_accuracy_measures_where_the_dp_goes_and_converges(tmp_path):
   rounds = both.settings["accuracy_refinement"]["rounds"]
   assert rounds[0]["num_schedules"] == 0 and rounds[1]["fitted_on"] > 0
   assert "frontier_accuracy_error" not in both.settings      # it described the old frontier
-  assert both.settings["accuracy_refinement"]["uncorrected_frontier"]["num_schedules"] == len(
-      calls[0])
+  uncorrected = both.settings["accuracy_refinement"]["uncorrected_frontier"]
+  assert uncorrected["num_schedules"] + uncorrected["unscored"] == len(calls[0])
+  assert uncorrected["num_schedules"] == len([c for c in calls[0]
+                                              if solve.is_multi_reduction(c)])
   assert [r["num_schedules"] for r in rounds[1:]] == [r["num_schedules"]
                                                       for r in ref["rounds"][1:]]
   # The rounds between the first and the last are not left out: the largest error is named.

@@ -220,11 +220,14 @@ def _error_points(pairs: Sequence[Tuple[float, float]]) -> Dict[str, Any]:
 
 
 def measure_frontier(solution: Solution, evaluate: Evaluator, *,
-                     num_images: Optional[int] = None) -> Solution:
+                     num_images: Optional[int] = None,
+                     measured_before: Iterable[Tuple[int, ...]] = ()) -> Solution:
   """Every frontier schedule measured on the data (one `evaluate` call for those not measured
   yet) -> the solution with each of them in `checked` (measured metric, Wilson interval for
   `num_images`) and `settings['frontier_accuracy_error']`: the combination model's error on
-  its own frontier, in points (predicted - measured: mean |e|, max |e|, mean signed). `chosen`
+  its own frontier, in points (predicted - measured: mean |e|, max |e|, mean signed), leaving
+  out the frontier schedules in `measured_before` (those the model was built from, as
+  `refine_accuracy`'s: in sample, error about 0), whose number it records as "unscored". `chosen`
   and `full` are measured too (`full` already is: the estimate's measurement) and replaced by
   their measured copies, both in `checked`. The frontier's predictions
   stay as they were (a diagnostic of the model); a choice made after this (`check_floor`) uses
@@ -240,8 +243,13 @@ def measure_frontier(solution: Solution, evaluate: Evaluator, *,
   for c in own:             # (the unpruned one as the estimate measured it: a candidate too)
     if c.measured_accuracy is not None:
       known.setdefault(c.counts, c)
-  settings = dict(solution.settings, frontier_accuracy_error=_error_points(
-      [(p.predicted_accuracy, known[p.counts].measured_accuracy) for p in solution.frontier]))
+  in_sample = {tuple(c) for c in measured_before}
+  scored = [p for p in solution.frontier if p.counts not in in_sample]
+  error = _error_points([(p.predicted_accuracy, known[p.counts].measured_accuracy)
+                         for p in scored])
+  if len(scored) < len(solution.frontier):
+    error["unscored"] = len(solution.frontier) - len(scored)
+  settings = dict(solution.settings, frontier_accuracy_error=error)
   full = solution.full
   checked = tuple(sorted(known.values(), key=lambda p: p.predicted_latency_s))
   return dataclasses.replace(

@@ -726,13 +726,15 @@ def solve_multilayer(profile: records.Profile, estimate: Estimate, *,
       full=_as_estimate_measured(estimate, metric)(cand(sol.full)),
       frontier=tuple(cand(p) for p in sol.frontier), created=_now())
   images = num_images_of(estimate, num_images)
+  in_sample = estimate.measured(metric)       # (the model's own table: not scored)
   if measure_all:
-    solution = measure_frontier(solution, evaluate, num_images=images)
+    solution = measure_frontier(solution, evaluate, num_images=images,
+                                measured_before=in_sample)
   model = sol.model
   if refine_rounds:
     solution, model = refine_accuracy(solution, model, evaluate, rounds=refine_rounds,
                                       num_images=images, margins=margins,
-                                      measured_before=estimate.measured(metric))
+                                      measured_before=in_sample)
   if accuracy_floor is not None and evaluate is not None:
     solution = check_floor(solution, estimate, model, evaluate, chunk=chunk,
                            num_images=num_images, neighbours=loop_neighbours)

@@ -368,8 +368,9 @@ def _error_summary(v: Any) -> bool:
   keys = ("num_schedules", "mean_abs_points", "max_abs_points", "mean_signed_points")
   return (isinstance(v, dict) and all(jsonio.is_num(v.get(k)) for k in keys)
           and jsonio.is_int(v["num_schedules"]) and v["num_schedules"] >= 0
-          and 0 <= v["mean_abs_points"] <= v["max_abs_points"] + 1e-9)   # (a mean of equal
+          and 0 <= v["mean_abs_points"] <= v["max_abs_points"] + 1e-9    # (a mean of equal
                                                                       # values: 1 ulp above)
+          and ("unscored" not in v or (jsonio.is_int(v["unscored"]) and v["unscored"] >= 1)))
 
 
 # What each solver setting a writer records may hold (null: not given); a key not listed (a
@@ -405,7 +406,8 @@ _SETTINGS = {
     "checked_accuracy_error": (_error_summary, "an error summary (num_schedules, mean_abs_points"
                                " <= max_abs_points, mean_signed_points)"),
     "frontier_accuracy_error": (_error_summary, "an error summary (num_schedules, "
-                                "mean_abs_points <= max_abs_points, mean_signed_points)"),
+                                "mean_abs_points <= max_abs_points, mean_signed_points; "
+                                "unscored >= 1 if given)"),
     "accuracy_refinement": (lambda v: isinstance(v, dict), "an object"),
     "latency_model": (lambda v: isinstance(v, dict), "an object"),
 }

@@ -279,9 +279,18 @@ def describe_checked_error(err: Dict[str, Any]) -> str:
 
 
 def describe_frontier_error(err: Dict[str, Any]) -> str:
-  """One line for `settings['frontier_accuracy_error']` (`solve_loop.measure_frontier`)."""
-  return (f"every frontier schedule measured on the data ({err['num_schedules']}): the "
-          f"combined accuracy model {_errs_by(err)}")
+  """One line for `settings['frontier_accuracy_error']` (`solve_loop.measure_frontier`); the
+  schedules the estimate had measured (the model's own table) are named, not scored."""
+  left_out = err.get("unscored", 0)
+  head = f"every frontier schedule measured on the data ({err['num_schedules'] + left_out})"
+  if not left_out:
+    return f"{head}: the combined accuracy model {_errs_by(err)}"
+  aside = (f"{counted(left_out, 'schedule')} the estimate had measured, the model's own table, "
+           "not scored")
+  if not err["num_schedules"]:
+    return f"{head}: {aside}, none left to score"
+  return (f"{head}: the combined accuracy model, on the {err['num_schedules']} it had not seen "
+          f"measured, {_errs_by(err)} ({aside})")
 
 
 def describe_refinement(ref: Dict[str, Any]) -> str:
