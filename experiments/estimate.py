@@ -96,6 +96,21 @@ def parse_tokens(cfg, text: Optional[str]) -> List[int]:
   return sorted(parse_token_grid(cfg, text))
 
 
+def lowest_count(cfg, points) -> int:
+  """The smallest token count that every layer of `points` (their reducer) can reach in one
+  reduction, for the hint of a default grid that goes below it."""
+  layers = {p.layer: p.reducer for p in points}
+  for n in range(cfg.num_prefix_tokens + 1, cfg.num_tokens + 1):
+    try:
+      for layer, reducer in layers.items():
+        check_schedule(cfg, estimate.token_points(cfg, [n], reducer, layer=layer)[0].schedule,
+                       reducer)
+    except ValueError:
+      continue
+    return n
+  return cfg.num_tokens
+
+
 def parse_layer(text: str, depth: int, flag: str = "layer") -> Optional[int]:
   """'embed' -> None, a block index -> itself; ValueError naming `--flag` otherwise."""
   if text == "embed":
@@ -247,12 +262,23 @@ def main(f: flags.FlagValues):
         raise
       raise ValueError(f"{e}: the default --layer for --method={method}; pass one") from None
     points = estimate.token_points(cfg, tokens, reducer, layer=layers[0])
+  layer_flag = "--layers" if f.layers is not None else "--layer"
+  if None in layers and not reducer.supports_embedding:   # (was blamed on --tokens, default or
+    raise ValueError(f"{layer_flag}: {method} cannot drop tokens after the embedding ('embed': "
+                     "it needs attention); give a block index, or --method=random")  # not)
   for p in points:      # (refused by `evaluate`, after the model and the images had loaded)
     try:
       check_schedule(cfg, p.schedule, p.reducer)
     except ValueError as e:
       where = "after the embedding" if p.layer is None else f"at block {p.layer}"
-      raise ValueError(f"--tokens: {p.tokens} tokens {where}: {e}") from None
+      lowest = lowest_count(cfg, points)
+      if f.tokens is not None:
+        raise ValueError(f"--tokens: {p.tokens} tokens {where}: {e} (give counts from {lowest} "
+                         "up)") from None
+      raise ValueError(
+          f"the default token grid ({len(tokens)} counts over [{tokens[0]}, {tokens[-1]}]) holds "
+          f"{p.tokens} tokens {where}: {e}; give --tokens with counts from {lowest} up, e.g. "
+          f"--tokens={lowest}:{cfg.num_tokens}:{max(1, (cfg.num_tokens - lowest) // 8)}") from None
   memory.check_batch_fits(cfg, [f.batch_size], f.dtype, evaluation=True)
   cfg, params, source = common.load_model(f.model, f.weights, f.init_seed)
   trained_split = common.check_digits_split(source, f.data)

@@ -1508,7 +1508,32 @@ def test_a_count_the_method_cannot_reach_is_refused_by_flag_before_loading(monke
     cli.main(fv)
   assert str(e.value) == (
       "--tokens: 5 tokens at block 0: tome can remove at most 32 of the 65 tokens entering "
-      "block 0 (1 prefix token protected), the schedule removes 60")
+      "block 0 (1 prefix token protected), the schedule removes 60 (give counts from 33 up)")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method=tome"],
+     "the default token grid (16 counts over [2, 65]) holds 2 tokens at block 3: tome can "
+     "remove at most 32 of the 65 tokens entering block 3 (1 prefix token protected), the "
+     "schedule removes 63; give --tokens with counts from 33 up, e.g. --tokens=33:65:4"),
+    (["--method=pomt", "--layer=embed"],
+     "--layer: pomt cannot drop tokens after the embedding ('embed': it needs attention); give "
+     "a block index, or --method=random"),
+    (["--method=topk", "--layers=embed,3", "--tokens=65,33"],
+     "--layers: topk cannot drop tokens after the embedding ('embed': it needs attention); give "
+     "a block index, or --method=random"),
+])
+def test_a_default_grid_or_layer_the_method_cannot_take_names_the_flag_to_change(args, message):
+  """`estimate --method=tome` (no --tokens) was refused as "--tokens: 2 tokens at block 3: ...",
+  a flag the user never gave (ToMe cannot reach the default grid's low counts in one block);
+  `--method=pomt --layer=embed` was refused the same way, its hint "start the schedule at 65
+  tokens" naming no flag, when the cause is --layer. Each names the flag to change."""
+  from experiments import common as cli_common  # pylint: disable=g-import-not-at-top
+  from experiments import estimate as cli  # pylint: disable=g-import-not-at-top
+  fv = cli_common.parse(cli.define_flags, args)
+  with pytest.raises(ValueError) as e:
+    cli.main(fv)
+  assert str(e.value) == message
 
 
 def test_the_default_layer_beyond_a_shallow_model_says_it_is_the_default():
