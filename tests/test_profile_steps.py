@@ -149,6 +149,8 @@ def test_describe_lines():
       "9 .. 5 flat: pruning 4 tokens saves 25.0% (500 ms)")
   assert steps.Flat(9, 5, 2.0, 2.006).describe() == (     # (was 'saves -0.3% (-6 ms)')
       "9 .. 5 flat: pruning 4 tokens saves nothing: 5 tokens timed 0.3% (6 ms) slower than 9")
+  assert steps.Flat(20, 19, 2.0, 2.006).describe() == (     # (was 'pruning 1 tokens')
+      "20 .. 19 flat: pruning 1 token saves nothing: 19 tokens timed 0.3% (6 ms) slower than 20")
   assert steps.detect_steps([3, 2], [1.0, 1.0]).describe()[0] == (
       "no steps called: 2 token counts are too few to tell a step from the trend (at least 4)")
 

@@ -131,7 +131,9 @@ class Flat:
     saved = self.latency_hi - self.latency_lo
     size = f"{100 * abs(saved) / self.latency_hi:.1f}% ({1e3 * abs(saved):.4g} ms)"
     # (a flat whose low end timed slower read 'saves -0.3% (-0.002079 ms)')
-    return (f"{self.n_hi} .. {self.n_lo} flat: pruning {self.n_hi - self.n_lo} tokens saves "
+    pruned = self.n_hi - self.n_lo       # (a one-count stretch read 'pruning 1 tokens saves')
+    return (f"{self.n_hi} .. {self.n_lo} flat: pruning {pruned} "
+            f"{'token' if pruned == 1 else 'tokens'} saves "
             + (size if saved >= 0 else f"nothing: {self.n_lo} tokens timed {size} slower than "
                f"{self.n_hi}"))
 
