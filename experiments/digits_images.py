@@ -52,7 +52,8 @@ def main(f: flags.FlagValues) -> str:
                      f"one of the {size} digits of the {f.split} split: it changes nothing")
   root = digits.write_digits_imagefolder(f.out, f.split, f.limit, seed=f.seed,
                                        overwrite=f.overwrite, split_seed=f.split_seed)
-  print(f"wrote {size if f.limit is None else f.limit} digits ({f.split} split"
+  written = size if f.limit is None else f.limit      # (--limit=1 read 'wrote 1 digits')
+  print(f"wrote {written} {'digit' if written == 1 else 'digits'} ({f.split} split"
         f"{f' of seed {f.split_seed}' if f.split_seed else ''}) to {common.shown(root)}")
   return root
 

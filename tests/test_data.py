@@ -1306,6 +1306,16 @@ def test_a_digits_folder_without_its_inventory_keeps_a_users_images(tmp_path):
   assert len(data.ImageFolder(root)) == 10
 
 
+def test_digits_images_cli_counts_one_digit_in_the_singular(tmp_path, capsys):
+  """`digits_images --limit=1` printed 'wrote 1 digits (test split)'."""
+  from experiments import common, digits_images   # pylint: disable=g-import-not-at-top
+  out = tmp_path / "imgs"
+  common.run_in_process(digits_images.main, digits_images.define_flags,
+                        [f"--out={out}", "--limit=1"])
+  assert capsys.readouterr().out == f"wrote 1 digit (test split) to {out}\n"
+  assert len(data.ImageFolder(out)) == 1
+
+
 def test_digits_images_cli_writes_the_split_and_replaces_only_its_own_folder(tmp_path, capsys):
   from experiments import common, digits_images   # pylint: disable=g-import-not-at-top
   out = tmp_path / "imgs"
