@@ -120,8 +120,8 @@ def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int,
     return (imgs, np.full(batch_size, -1, np.int32), np.ones(batch_size, bool),
             f"{counted(batch_size, 'synthetic image')} (seed {seed})")
   if len(indices) < batch_size:     # (a batch of 1000 timed 641 padding images, unsaid)
-    note = (f"{note}, padded with {batch_size - len(indices)} zero images to the batch of "
-            f"{batch_size} for timing (compared on the {len(indices)} alone)")
+    note = (f"{note}, padded with {counted(batch_size - len(indices), 'zero image')} to the "
+            f"batch of {batch_size} for timing (compared on the {len(indices)} alone)")
   imgs, labels, idx = next(iter(data_lib.iterate_batches(ds, cfg.preprocessing, batch_size,
                                                          indices=indices)))
   if headless:

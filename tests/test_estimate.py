@@ -361,6 +361,19 @@ def test_record_names_the_reducer_its_points_ran(params, images, labels):
                              result=res, labelled=True)
 
 
+def test_the_table_header_counts_one_image_in_the_singular(params, images, labels):
+  """`estimate --num_images=1` headed its table 'vit_digits  method=...  1 images'."""
+  pts = estimate.token_points(CFG, [9, 17], RandomDrop(seed=0), layer=1)
+  res = estimate.evaluate(CFG, params, batches_of(images[:1], labels[:1], 1), pts,
+                          labelled=True)
+  info = {"kind": "arrays", "source": "synthetic", "num_examples": 1, "classes": [],
+          "labelled": True, "fingerprint": "f" * 64}
+  rec = estimate.estimate_record(cfg=CFG, params=params, weights_source="init", data_info=info,
+                                 method="random", method_kwargs={}, seed=0, points=pts,
+                                 result=res, labelled=True)
+  assert record_lib.table_text(rec).splitlines()[0].endswith("  1 image  labelled=True")
+
+
 def test_version1_records_ran_random_drop_per_layer(params, images, labels):
   """Version 1 predates random drop's `nested` option: its random drop drew each layer's own
   subset, so a reducer rebuilt from such a record must too (the default now nests), and the

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from vitprune import data as data_lib
 from vitprune import model
 from vitprune import prune as prune_lib
 from vitprune import schedule as S
@@ -329,6 +330,12 @@ def test_a_batch_larger_than_the_images_says_it_is_padded(tmp_path):
   assert said == (f"all 20 images of {root}, padded with 4 zero images to the batch of 24 for "
                   "timing (compared on the 20 alone)")
   assert "padded" not in prune.load_images(cfg, root, 20, 0)[3]
+  one = str(tmp_path / "one")                      # (flat: one image, unlabelled)
+  os.makedirs(one)
+  shutil.copy(os.path.join(root, data_lib.ImageFolder(root).files[0]), one)
+  assert prune.load_images(cfg, one, 2, 0)[3].startswith(  # (was 'padded with 1 zero images')
+      f"the one image of {one}, padded with 1 zero image to the batch of 2 for timing (compared "
+      "on the 1 alone)")
 
 
 def test_cli_says_which_blocks_tomes_cap_lowers_r():

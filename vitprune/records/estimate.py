@@ -42,6 +42,7 @@ import numpy as np
 from vitprune import atomic
 from vitprune import jsonio
 from vitprune import schedule as schedule_lib
+from vitprune.console import counted
 from vitprune.config import (COMPUTE_DTYPES, PRECISIONS, ViTConfig, check_config_types,
                              config_from_dict, config_to_dict, check_switch, is_method_name,
                              method_label, method_options_problem, not_a_method,
@@ -239,7 +240,7 @@ def table_text(estimate: Estimate) -> str:
   """Fixed-width table: one row per token count, one column group per layer."""
   metrics, ref = estimate.metrics, estimate.reference
   lines = [f"{estimate.model}  method={method_label(estimate.method, estimate.reducer_kwargs)}  "
-           f"{estimate.data['num_examples']} images  labelled={estimate.labelled}",
+           f"{counted(estimate.data['num_examples'], 'image')}  labelled={estimate.labelled}",
            "unpruned: " + "  ".join(f"{m}={ref.get(m):.4f}" for m in metrics)]
   layers, tokens, _ = estimate.table(metrics[0])
   tables = {m: estimate.table(m)[2] for m in metrics}
