@@ -1845,6 +1845,10 @@ def test_class_folders_a_model_cannot_label_name_what_can_be_done(tmp_path):
       "folders, or the images without class folders (a flat folder, read unlabelled: no "
       "accuracy), or weights saved with their class names "
       "(vitprune.checkpoint.save_weights(..., class_names=...))")
+  os.remove(str(tmp_path / "b" / "y.png"))
+  os.rmdir(str(tmp_path / "b"))
+  with pytest.raises(ValueError, match=r" has 1 class folder \['a'\] but"):  # (was '1 class
+    data.ImageFolder(str(tmp_path), num_classes=10)                          # folders')
 
 
 @pytest.mark.parametrize("images, labels, message", [

@@ -746,7 +746,8 @@ def _label_index(root: str, folders: Tuple[str, ...], class_names: Optional[Tupl
     raise ValueError(f"{root!r} has class folders but the model has no classification head "
                      "(num_classes=0): there are no outputs to match them to")
   if num_classes is not None and len(folders) != num_classes:
-    raise ValueError(f"{root!r} has {len(folders)} class folders {list(folders)[:20]} but the "
+    raise ValueError(f"{root!r} has {counted(len(folders), 'class folder')} "
+                     f"{list(folders)[:20]} but the "
                      f"model has {num_classes} classes and records no class names, so folders "
                      f"cannot be matched to outputs; use exactly {num_classes} class folders, "
                      "or the images without class folders (a flat folder, read unlabelled: no "
