@@ -672,6 +672,12 @@ def test_a_table_of_other_settings_is_replaced_with_a_note(tmp_path, capsys):
   assert lines[:2] == ["weights: /w/a\\nb (parameters sha256 abababababab)",
                        "data: /d/\\udcff (3 images, unlabelled, fingerprint cdcdcdcdcdcd)"]
   assert lines[3] == "command: `python -m x --out=/\\udcff`"
+  one = B.provenance_lines(weights_source="w", params_sha256="ab" * 32,      # (was '1 images')
+                           data_info={"source": "s", "num_examples": 1, "labelled": True,
+                                      "fingerprint": "cd" * 32},
+                           device={"device_kind": "cpu", "platform": "cpu", "jax_version": "0"},
+                           command="c")
+  assert one[1] == "data: s (1 image, labelled, fingerprint cdcdcdcdcdcd)"
   "\n".join(lines).encode()                  # (strict UTF-8, as the write encodes)
   # A markdown written before the provenance lines: nothing to compare, no note.
   (tmp_path / "test_tiny_vit_cpu.md").write_text("| batch |\n")

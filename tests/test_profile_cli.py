@@ -823,6 +823,9 @@ def test_the_printed_summary_of_a_summary_record():
       s["holdout"], floor=0.85, floor_met=False, floor_status="fails"))
   assert ("floor 0.85 NOT met there (the whole interval is below it)\n"
           in pipeline.format_summary(fails))
+  one = pipeline.format_summary(dict(s, num_images=1, holdout=dict(s["holdout"], num_images=1)))
+  assert one.splitlines()[0].endswith(", float32, 1 image of digits")   # (was '1 images')
+  assert "   held out: 1 image the choice never saw: " in one
 
 
 def test_floor_study_checks_the_main_job(tmp_path, capsys):

@@ -584,7 +584,8 @@ def provenance_lines(*, weights_source: str, params_sha256: str,
   the list; a name that is not UTF-8 failed the write after the whole run)."""
   shown = console.printable
   data = ("none (latency only)" if data_info is None else
-          f"{shown(str(data_info['source']))} ({data_info['num_examples']} images, "
+          f"{shown(str(data_info['source']))} "
+          f"({console.counted(data_info['num_examples'], 'image')}, "
           f"{'labelled' if data_info['labelled'] else 'unlabelled'}, fingerprint "
           f"{data_info['fingerprint'][:12]})")
   return [f"weights: {shown(weights_source)} (parameters sha256 {params_sha256[:12]})",
@@ -832,7 +833,7 @@ def run_benchmark(spec: BenchmarkSpec, params, variants: Sequence[Variant], *, d
     _check_variant(spec.cfg, v)
   quality = None
   if data is not None:
-    log(f"evaluating {len(variants)} variants on {len(data.indices)} images "
+    log(f"evaluating {len(variants)} variants on {console.counted(len(data.indices), 'image')} "
         f"({'labelled' if data.labelled else 'unlabelled'})")
     quality = measure_quality(spec, params, variants, data)
   latency = measure_latency(spec, params, variants, progress=progress)

@@ -369,7 +369,7 @@ def _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces=None
   if spec.solver == "paper":
     metric = "accuracy" if data.labelled else "agreement with the unpruned model"
     log(f"[2/4] estimate: {metric} with tokens randomly dropped after the embedding, "
-        f"{len(data.indices)} images of {spec.data}")
+        f"{console.counted(len(data.indices), 'image')} of {spec.data}")
     method, kwargs = "random", {"seed": spec.seed}
     if spec.random_drop:                          # (the chosen method's own draws)
       kwargs = spec.reducer_options()
@@ -379,7 +379,8 @@ def _estimate(cfg, params, spec, tokens, data, weights_source, log, pieces=None
     reducer = spec.reducer()
     reduced = one_block_counts(cfg, tokens, reducer)
     log(f"[2/4] estimate: {spec.method} sensitivity at each of {cfg.depth} blocks x "
-        f"{len(reduced)} token counts, {len(data.indices)} images of {spec.data}")
+        f"{len(reduced)} token counts, {console.counted(len(data.indices), 'image')} of "
+        f"{spec.data}")
     if len(reduced) < sum(n < cfg.num_tokens for n in tokens):
       log(f"  {method} removes at most {reducer.max_remove(cfg.num_tokens, cfg.num_prefix_tokens)}"
           f" of {cfg.num_tokens} tokens in one block: counts below {min(reduced)} cannot be "
@@ -1057,7 +1058,7 @@ def format_summary(s: Dict[str, Any]) -> str:
   u, p = s["unpruned"], s["pruned"]
   lines = [
       f"== {s['model']} on {s['device_kind']} ({s['platform']}), batch {s['batch_size']}, "
-      f"{s['dtype']}, {s['num_images']} images of {s['data']}",
+      f"{s['dtype']}, {console.counted(s['num_images'], 'image')} of {s['data']}",
       (f"   chosen: n* = {s['n_star']} tokens (alpha {s['alpha']}) -> {s['method']} schedule "
        f"{s['schedule']}" if s["solver"] == "paper" else
        f"   chosen: multi-layer {s['method']} schedule {s['schedule']}"),
@@ -1089,7 +1090,8 @@ def format_summary(s: Dict[str, Any]) -> str:
   if held:
     hp, floor = held["pruned"], held.get("floor", s.get("accuracy_floor"))
     lines.append(
-        f"   held out: {held['num_images']} images the choice never saw: unpruned "
+        f"   held out: {console.counted(held['num_images'], 'image')} the choice never saw: "
+        f"unpruned "
         f"{held['unpruned'][m]:.4f}, {s['method']} {hp[m]:.4f} (95% interval "
         f"{hp['interval_95'][0]:.4f}..{hp['interval_95'][1]:.4f})"
         + ("" if floor is None else
