@@ -71,8 +71,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string("out_dir", "outputs/benchmark", "Output directory.", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Seed of random weights, inputs, data subset, timing order.",
                        lower_bound=0, upper_bound=common.MAX_SEED, flag_values=fv)
-  flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr, where it is a "
-                    "terminal.", flag_values=fv)
+  flags.DEFINE_bool("progress", True, "Show progress on stderr: a bar on a terminal, a line "
+                    "every 30 s elsewhere (a log).", flag_values=fv)
 
 def parse_dtypes(values: Sequence[str]) -> List[str]:
   out = [str(v).strip().lower() for v in values]

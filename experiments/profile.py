@@ -88,8 +88,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        "(0: one measurement per phase).", lower_bound=0, flag_values=fv)
   flags.DEFINE_bool("resume", False, "Continue the profiles in --out_dir (a killed run's "
                     "chunks): points they hold are not measured again.", flag_values=fv)
-  flags.DEFINE_bool("progress", True, "Show a progress bar (stderr, where it is a "
-                    "terminal).", flag_values=fv)
+  flags.DEFINE_bool("progress", True, "Show progress on stderr: a bar on a terminal, a line "
+                    "every 30 s elsewhere (a log).", flag_values=fv)
   # --mode=pipeline only:
   flags.DEFINE_string("data", "digits", "Pipeline data: 'digits' (bundled) or an image folder "
                       "(labelled: accuracy; flat: agreement with the unpruned model).",

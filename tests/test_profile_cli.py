@@ -1389,7 +1389,8 @@ def test_the_coarse_stride_and_max_points_bounds_are_exact():
 
 def test_the_progress_bar_stays_off_a_log_file(tmp_path):
   """tqdm redrew its bar into a log (stderr not a terminal) line after line; it is drawn only
-  where stderr is a terminal, unless --noprogress."""
+  where stderr is a terminal, unless --noprogress (a log gets a plain line every 30 s instead:
+  none in a run this short; `tests/test_progress.py`)."""
   from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
   code, out, err = run_cli_in_process(tmp_path, "profile", [
       "--model=test_tiny_vit", "--mode=model", "--tokens=17", "--min_run_time=0.005",

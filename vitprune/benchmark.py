@@ -47,14 +47,11 @@ import io
 import math
 import os
 import re
-import sys
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax.numpy as jnp
 import numpy as np
-
-from tqdm import tqdm
 
 from vitprune import atomic
 from vitprune import console
@@ -62,6 +59,7 @@ from vitprune import estimate
 from vitprune import figure
 from vitprune import intervals
 from vitprune import jsonio
+from vitprune import progress as progress_lib
 from vitprune import schedule as S
 from vitprune.config import (COMPUTE_DTYPES, ViTConfig, config_to_dict, configs_shown,
                              method_label)
@@ -402,9 +400,7 @@ def measure_latency(spec: BenchmarkSpec, params, variants: Sequence[Variant], *,
       for v in variants:
         fn = runner.model_fn(cfg, v.schedule, v.reducer_for(cfg), dt)
         jobs[(v.name, int(b), dt)] = (fn, (params, images[b]))
-  # (disable=None: no bar where stderr is not a terminal; a log file filled with its redraws)
-  with tqdm(total=2 * len(jobs), desc=f"benchmark {cfg.name}", disable=None if progress else True,
-            file=sys.stderr, unit="step", dynamic_ncols=True) as bar:
+  with progress_lib.bar(2 * len(jobs), f"benchmark {cfg.name}", enabled=progress) as bar:
     compiled = timing.compile_many(jobs, threads=spec.threads,
                                    on_done=lambda k, s: bar.update(1))
     points = {k: (compiled[k][0], jobs[k][1]) for k in jobs}

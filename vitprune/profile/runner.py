@@ -42,20 +42,18 @@ import dataclasses
 import functools
 import os
 import platform
-import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
-from tqdm import tqdm
-
 from vitprune import atomic
 from vitprune import console
 from vitprune import memory
 from vitprune import model as model_lib
 from vitprune import piecewise
+from vitprune import progress as progress_lib
 from vitprune.config import ViTConfig
 from vitprune.profile import plot as plot_lib
 from vitprune.profile import records
@@ -390,9 +388,7 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
 
   desc = f"{cfg.name} b{batch_size} {spec.mode}"
   total = [k for k in _keys_for(spec, first, first=True) if k not in before]
-  # (disable=None: no bar where stderr is not a terminal; a log file filled with its redraws)
-  with tqdm(total=2 * len(total), desc=desc, disable=None if progress else True,
-            file=sys.stderr, unit="step", dynamic_ncols=True) as bar:
+  with progress_lib.bar(2 * len(total), desc, enabled=progress) as bar:
     chunks = _chunks(first, spec.chunk_points)
     for i, chunk in enumerate(chunks):
       measure(chunk, first_chunk=i == 0, last=not refines and i == len(chunks) - 1)
