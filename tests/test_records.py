@@ -1044,6 +1044,22 @@ def test_the_error_lines_give_the_count_the_mean_the_max_and_the_signed_mean():
       "measured, the model's own table, not scored, none left to score")
 
 
+def test_the_floor_checks_error_is_not_shown_again_when_it_repeats_the_frontiers():
+  """--measure_frontier measured every multi-layer schedule the floor check then read: its
+  error line repeated the frontier's figure for figure; it shows only where a figure differs."""
+  err = dict(num_schedules=63, mean_abs_points=4.58, max_abs_points=13.65,
+             mean_signed_points=4.17)
+  assert T.checked_error_shown({"checked_accuracy_error": err}) == err
+  assert T.checked_error_shown({"frontier_accuracy_error": err}) is None
+  assert T.checked_error_shown({"checked_accuracy_error": err,
+                                "frontier_accuracy_error": dict(err, unscored=1)}) is None
+  for key, other in (("num_schedules", 64), ("mean_abs_points", 4.5),
+                     ("max_abs_points", 13.6), ("mean_signed_points", -4.17)):
+    front = dict(err, **{key: other})
+    assert T.checked_error_shown({"checked_accuracy_error": err,
+                                  "frontier_accuracy_error": front}) == err, key
+
+
 def test_the_refinement_line_with_one_measuring_round_names_it_once():
   """Mutation audit: where one round measured new schedules (the first is the last), the line
   names that round once; the anchored prediction is told only where the first and the last

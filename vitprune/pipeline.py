@@ -63,8 +63,8 @@ from vitprune.profile import steps as steps_lib
 from vitprune.records.estimate import Estimate, default_metric, write_estimate
 from vitprune.records.solution import (Solution, judges_paired_change, pruned_meeting_floor,
                                        write_solution)
-from vitprune.records.solution_text import (budget_cost_text, describe_capped,
-                                            describe_checked_error, describe_frontier_error,
+from vitprune.records.solution_text import (budget_cost_text, checked_error_shown,
+                                            describe_capped, describe_checked_error, describe_frontier_error,
                                             describe_refinement, picked_by_untrusted_model,
                                             reaimed_text, shown_schedules, within_spread_note)
 from vitprune.reduce.methods import make_reducer
@@ -533,7 +533,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
       close = within_spread_note(sol)
       if close:
         log(f"  {close}")
-    if sol.settings.get("checked_accuracy_error"):       # (floor or budget)
+    if checked_error_shown(sol.settings):                # (floor or budget)
       log("  " + describe_checked_error(sol.settings["checked_accuracy_error"]))
     if sol.settings.get("latency_untrusted"):
       log(f"  warning: the predicted latency is not to be trusted: "

@@ -212,7 +212,7 @@ def summary_lines(sol: Solution) -> List[str]:
       lines.append(close)
   if budget is not None and full is not None and ch.counts != full.counts:
     lines.append(_budget_cost_line(sol))
-  err = sol.settings.get("checked_accuracy_error")
+  err = checked_error_shown(sol.settings)
   if err:
     lines.append(describe_checked_error(err))
   err = sol.settings.get("frontier_accuracy_error")
@@ -269,6 +269,19 @@ def describe_capped(sol: Solution) -> str:
   return (f"note: the counts {sol.settings['capped_counts']} were measured but left out: "
           f"{sol.method} cannot reach them from {sol.config.num_tokens} tokens in one block "
           "(its per-block limit)")
+
+
+_ERROR_FIGURES = ("num_schedules", "mean_abs_points", "max_abs_points", "mean_signed_points")
+
+
+def checked_error_shown(settings: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+  """`settings['checked_accuracy_error']`, unless it repeats the frontier's error figure for
+  figure (`--measure_frontier` measured every multi-layer schedule the floor check then read:
+  the same line twice)."""
+  err, front = settings.get("checked_accuracy_error"), settings.get("frontier_accuracy_error")
+  if err and front and all(err[k] == front[k] for k in _ERROR_FIGURES):
+    return None
+  return err or None
 
 
 def describe_checked_error(err: Dict[str, Any]) -> str:
