@@ -1757,6 +1757,27 @@ def test_the_manifests_targets_must_be_what_iree_holds(artifact, tmp_path, param
     deploy.load(jax_only)
 
 
+def test_a_copy_without_its_module_records_is_named_a_partial_copy(artifact, tmp_path, params):
+  """An artifact copied without its iree/*.json records (the manifest listing its IREE targets)
+  was told on the board that it 'holds no IREE target' and to export one, where vitprune.load
+  names the partial copy; a jax-only artifact still gets the export hint."""
+  partial = tmp_path / "partial"
+  shutil.copytree(artifact, partial)
+  for f in (partial / edge_rt.EDGE_DIR).glob("*.json"):
+    f.unlink()
+  with pytest.raises(EdgeError, match=r"manifest.json: the manifest \(targets \['jax', .*\) "
+                     r"lists .*iree:host.*, for which iree/ holds no module record: an edited "
+                     r"manifest or a partial copy\?"):
+    edge_rt.load(str(partial))
+  r = run_edge("run", f"--artifact={partial}", f"--images={partial}")
+  assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+  assert "for which iree/ holds no module record" in r.stderr
+  jax_only = str(tmp_path / "jax_only")
+  deploy.export_artifact(jax_only, CFG, params, verify=False)
+  with pytest.raises(EdgeError, match=r"holds no IREE target \(no iree/\*.json\); export it"):
+    edge_rt.load(jax_only)
+
+
 def test_the_board_cli_exits_as_interrupted_when_it_fails_with_a_signal_held():
   """A signal held while `--output` was published, then the publish failed: `vitprune.edge`
   exited 1 with the failure alone (the experiments CLIs say both and exit 143)."""

@@ -498,6 +498,10 @@ def read_records(path: str) -> List[Dict[str, Any]]:
       parent = os.path.dirname(os.path.normpath(path))
       raise EdgeError(f"{path} is the {EDGE_DIR}/ folder of an artifact: give the artifact, "
                       f"--artifact={parent}")
+    if os.path.lexists(os.path.join(path, "manifest.json")):
+      # (a manifest listing an IREE target whose record is missing: a partial copy, named as
+      # vitprune.load names it; it was 'holds no IREE target ... export it')
+      check_against_manifest(path, [])
     raise EdgeError(f"{path} holds no IREE target (no {EDGE_DIR}/*.json); export it with "
                     "python -m experiments.deploy --target=iree:host")
   out = []
