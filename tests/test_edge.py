@@ -1778,6 +1778,19 @@ def test_a_copy_without_its_module_records_is_named_a_partial_copy(artifact, tmp
     edge_rt.load(jax_only)
 
 
+def test_a_board_without_the_iree_runtime_says_what_to_install(artifact, tmp_path):
+  """`vitprune.edge` on a board where iree-base-runtime is not installed (requirements-edge.txt
+  skipped, another venv) ended in a traceback and ImportError: one error line names it."""
+  no_iree = NO_JAX.replace("'orbax.checkpoint')", "'orbax.checkpoint', 'iree', 'iree.runtime')")
+  for args in (("run", f"--artifact={artifact}", f"--images={artifact}"),
+               ("bench", f"--artifact={artifact}")):
+    r = subprocess.run([sys.executable, "-c", no_iree, "vitprune.edge", *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert r.stderr.startswith("error: the IREE runtime cannot be imported (") and (
+        "pip install -r requirements-edge.txt" in r.stderr), r.stderr
+
+
 def test_the_board_cli_exits_as_interrupted_when_it_fails_with_a_signal_held():
   """A signal held while `--output` was published, then the publish failed: `vitprune.edge`
   exited 1 with the failure alone (the experiments CLIs say both and exit 143)."""

@@ -45,7 +45,8 @@ from vitprune.digest import file_sha256
 from vitprune.records.manifest import ArtifactError, Manifest
 from vitprune.config import Preprocessing, check_path, is_float_dtype
 from vitprune.edge.targets import (EdgeError, check_driver, check_runnable, host_cpu,
-                                    parse_target, profile_flags_problem, targets_mismatch)
+                                    iree_runtime, parse_target, profile_flags_problem,
+                                    targets_mismatch)
 
 RECORD_FORMAT = "vitprune-edge-target"
 RECORD_VERSION = 2          # 2: the record holds the reducer (part of its function's identity)
@@ -207,7 +208,7 @@ class Runner:
   thread), all reading the same device-resident weights."""
 
   def __init__(self, driver: str, shards: int = 1):
-    import iree.runtime as ireert  # pylint: disable=g-import-not-at-top  (optional: needed to run)
+    ireert = iree_runtime()
     self._rt = ireert
     self.driver, self.shards = driver, check_shards(shards, shards, "runner")
     self.config = ireert.Config(driver)

@@ -63,6 +63,18 @@ _FORMS = ("jax", "iree:host", "iree:llvm-cpu:<triple>[:<cpu>]", "iree:cuda:<sm_X
           "iree:vulkan")
 
 
+def iree_runtime():
+  """The `iree.runtime` module; EdgeError naming the package when it cannot be imported (a
+  board without `requirements-edge.txt` installed got a traceback ending in ImportError)."""
+  try:
+    import iree.runtime as ireert  # pylint: disable=g-import-not-at-top  (optional: to run)
+  except ImportError as e:
+    raise EdgeError(f"the IREE runtime cannot be imported ({e}): install it on this machine "
+                    "with pip install -r requirements-edge.txt (iree-base-runtime>=3.13,<4)"
+                    ) from None
+  return ireert
+
+
 def normalize_arch(arch: str) -> str:
   arch = arch.strip().lower()
   return _ARCH_ALIASES.get(arch, arch)
@@ -341,7 +353,7 @@ def check_runnable(record: Dict[str, Any], where: str) -> None:
         raise EdgeError(f"{where} was compiled with --target=iree:host on a CPU with features "
                         f"this CPU lacks ({', '.join(missing[:8])}); recompile on this machine")
     return
-  import iree.runtime as ireert  # pylint: disable=g-import-not-at-top  (optional: needed to run)
+  ireert = iree_runtime()
   driver = record.get("driver", target.driver)
   if driver not in ireert.query_available_drivers():
     raise EdgeError(f"{where} targets {target.text}, but this IREE runtime has no "
