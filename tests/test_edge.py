@@ -1791,6 +1791,19 @@ def test_a_board_without_the_iree_runtime_says_what_to_install(artifact, tmp_pat
         "pip install -r requirements-edge.txt" in r.stderr), r.stderr
 
 
+def test_a_board_without_pillow_or_absl_says_what_to_install(artifact):
+  """`python -m vitprune.edge` on a board lacking pillow or absl-py (both in
+  requirements-edge.txt) ended in a traceback and ImportError, even for bench: one line."""
+  for missing in ("'PIL'", "'absl'"):
+    code = NO_JAX.replace("'orbax.checkpoint')", f"'orbax.checkpoint', {missing})")
+    r = subprocess.run([sys.executable, "-c", code, "vitprune.edge", "bench",
+                        f"--artifact={artifact}"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert r.stderr.startswith("error: a package vitprune.edge needs cannot be imported (") and (
+        "pip install -r requirements-edge.txt" in r.stderr), r.stderr
+
+
 def test_the_board_cli_exits_as_interrupted_when_it_fails_with_a_signal_held():
   """A signal held while `--output` was published, then the publish failed: `vitprune.edge`
   exited 1 with the failure alone (the experiments CLIs say both and exit 143)."""

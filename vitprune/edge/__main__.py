@@ -24,15 +24,20 @@ import os
 import sys
 from typing import Optional
 
-from absl import app, flags
-import numpy as np
-
 from vitprune import atomic
 from vitprune import console
-from vitprune.data import (ImageFolder, accuracy_line, check_images_flag,
-                           check_not_read_as_an_image, iterate_batches, per_image_time,
-                           prediction_accuracy, prediction_line, prediction_rows)
-from vitprune.digits import check_digits_folder
+
+try:      # (a board without requirements-edge.txt installed: a traceback ended in ImportError)
+  from absl import app, flags
+  import numpy as np
+  from vitprune.data import (ImageFolder, accuracy_line, check_images_flag,
+                             check_not_read_as_an_image, iterate_batches, per_image_time,
+                             prediction_accuracy, prediction_line, prediction_rows)
+  from vitprune.digits import check_digits_folder
+except ImportError as e:
+  console.fail(f"a package vitprune.edge needs cannot be imported ({e}): install them on this "
+               "machine with pip install -r requirements-edge.txt (iree-base-runtime, numpy, "
+               "pillow, absl-py)")
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime
 from vitprune.edge.targets import BACKEND_DRIVERS, EdgeError, describe_runtime
