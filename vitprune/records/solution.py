@@ -74,6 +74,9 @@ combined accuracy model's error on them, predicted before measuring ("num_schedu
 "mean_abs_points", "max_abs_points", "mean_signed_points": predicted - measured, points). A
 solution written before this field may hold "accuracy_correction" (a least-squares scale of the
 drops, fitted in sample, that made predictions away from its schedules worse): it is not read.
+settings["frontier_accuracy_error"] (`--measure_frontier`, unrefined): the same figures on the
+whole frontier, less the schedules the estimate had measured (in sample), counted as
+"unscored" (since 2026-12-07; before, they were scored).
 settings["retimed_counts"] (paper mode, the main job): the counts of highest utility timed again
 with the unpruned graph and pooled into the profile's points before the choice
 (`pipeline.retime_top_counts`); the curve and the profile digest are of the pooled profile.
