@@ -33,6 +33,7 @@ import numpy as np
 from experiments import common
 from vitprune import atomic
 from vitprune import checkpoint
+from vitprune import console
 from vitprune import digits
 from vitprune import estimate
 from vitprune import jsonio
@@ -350,6 +351,11 @@ def main(f: flags.FlagValues):
   if f.data == "digits" and f.split != "test" and trained_split is not None:
     print(f"note: --split={f.split} holds the digits these weights were trained on: the "
           "accuracies are optimistic (--split=test is held out)")
+  images = len(data.indices)
+  if f.batch_size > images:     # (the numbers are the same; the padding rows cost compute)
+    print(f"note: --batch_size={f.batch_size} is above the {console.counted(images, 'image')}: "
+          f"each point ran one batch padded with {f.batch_size - images} ignored rows "
+          f"(--batch_size={images} does the same with less work)")
   print(f"wrote {common.shown(path)}")
   return record
 

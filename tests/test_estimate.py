@@ -1412,7 +1412,7 @@ def test_random_drops_seed_and_the_weights_class_names_on_a_folder(tmp_path):
     d.mkdir(parents=True)
   code, out, err = run_cli_in_process(REPO, "estimate", [
       "--model=test_tiny_vit", f"--data={tmp_path / 'flat'}", "--tokens=9", "--seed=5",
-      f"--out_dir={tmp_path / 'e'}"])
+      "--batch_size=4", f"--out_dir={tmp_path / 'e'}"])
   assert code == 0 and err == "", err
   assert not left[0].exists() and left[1].exists()
   left[1].rmdir()
@@ -1473,7 +1473,8 @@ def test_the_cli_says_random_weights_and_a_training_split(tmp_path):
   for name, flags in (("random", ["--model=test_tiny_vit"]), ("train", ["--split=train"]),
                       ("test", []), ("all", ["--split=all", "--model=test_tiny_vit"])):
     code, out, err = run_cli_in_process(REPO, "estimate", [
-        *flags, "--num_images=20", "--tokens=9", f"--out_dir={tmp_path / name}"])
+        *flags, "--num_images=20", "--batch_size=20", "--tokens=9",
+        f"--out_dir={tmp_path / name}"])
     assert code == 0, err
     notes[name] = [l for l in out.splitlines() if l.startswith("note:")]
   assert notes == {
@@ -1619,3 +1620,24 @@ def test_points_run_in_chunks_get_their_own_logits():
   assert [float(v[0, 0]) for v in out] == [float(sum(c)) for c in counts]
   assert all(v.shape == (2, 3) for v in out)
   assert fake.calls == [[(17, 5, 5), (17, 9, 9)], [(17, 11, 11), (17, 17, 5)], [(17, 17, 17)]]
+
+
+def test_a_batch_above_the_images_is_noted_and_changes_no_number(tmp_path):
+  """`--batch_size=64` over 4 images ran every point on 60 padding rows without a word; the
+  results are those of `--batch_size=4`, and a note says so. A batch the images fill: none."""
+  from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  base = ["--model=test_tiny_vit", "--num_images=4", "--tokens=17,9"]
+  recs = {}
+  for b in (4, 64):
+    code, out, err = run_cli_in_process(REPO, "estimate", base + [
+        f"--batch_size={b}", f"--out_dir={tmp_path / str(b)}"])
+    assert code == 0, err
+    note = ("note: --batch_size=64 is above the 4 images: each point ran one batch padded "
+            "with 60 ignored rows (--batch_size=4 does the same with less work)")
+    assert (note in out.splitlines()) == (b == 64), out
+    assert "is above the" not in out or b == 64
+    (path,) = (tmp_path / str(b)).iterdir()
+    recs[b] = record_lib.read_estimate(str(path))
+  for a, b in zip(recs[4].points, recs[64].points):      # (KL: to float rounding)
+    assert (a.scores.accuracy, a.scores.agreement) == (b.scores.accuracy, b.scores.agreement)
+    assert a.scores.kl == pytest.approx(b.scores.kl, rel=1e-6)
