@@ -302,6 +302,42 @@ def test_a_custom_reducers_block_count_is_checked():
       model.jitted_forward_features(params, images, cfg=cfg, schedule=sch, reducer=_LongBlock())
 
 
+class _BadReturn(_Reducer):
+  """`_Reducer` whose block reduction returns `kind`: a bare array, or sizes of a wrong shape."""
+
+  def __init__(self, kind):
+    super().__init__()
+    self.kind = kind
+
+  def __hash__(self):
+    return hash(("bad", self.kind))
+
+  def __eq__(self, other):
+    return type(other) is _BadReturn and other.kind == self.kind
+
+  def reduce(self, x, size, stats, *, num_keep, num_prefix, layer):
+    if self.kind == "bare":
+      return x[:, :num_keep]
+    if self.kind == "unreduced_size":
+      return x[:, :num_keep], jnp.ones(x.shape[:2])
+    return x[:, :num_keep], jnp.ones((x.shape[0], num_keep, 1))
+
+
+def test_a_custom_reducers_returned_structure_and_sizes_are_checked():
+  """A bare array was 'too many values to unpack (expected 2)'; sizes left at the input count
+  were a broadcasting error inside the next block's attention, [B, K, 1] jax's 'bias ndim'."""
+  cfg, params, images = _setup("test_tiny_vit", batch=2)
+  sch = S.parse_schedule(cfg, "keep@0:12,1:9")
+  for kind, match in (
+      ("bare", r"^_BadReturn\.reduce must return \(tokens \[B, K, C\], size \[B, K\] or "
+               r"None\), got an array of shape \(2, 12, 32\) at layer 0"),
+      ("unreduced_size", r"^_BadReturn returned token sizes of shape \(2, 17\) at layer 0, "
+                         r"not \[B, K\] = \[2, 12\]"),
+      ("extra_axis", r"^_BadReturn returned token sizes of shape \(2, 12, 1\) at layer 0")):
+    with pytest.raises(ValueError, match=match):
+      model.jitted_forward(params, images, cfg=cfg, schedule=sch, reducer=_BadReturn(kind))
+
+
 class _BlockSpy(_Reducer):
   """`_Reducer` that records what the model passes each block's reduction, at trace time."""
 

@@ -133,13 +133,33 @@ def block(p: Params, x: jax.Array, size: Optional[jax.Array], *, cfg: ViTConfig,
     a = attention(p["attn"], h, size, cfg.num_heads)
   x = x + layer_scale(p.get("ls1"), a)
   if reduce_here:
-    x, size = reducer.reduce(x, size, stats, num_keep=num_keep,
-                             num_prefix=cfg.num_prefix_tokens, layer=layer)
-    if x.shape[1] != num_keep:
-      raise ValueError(f"{type(reducer).__name__} returned {x.shape[1]} tokens at layer "
-                       f"{layer}, the schedule asks for {num_keep}")
+    b = x.shape[0]
+    out = reducer.reduce(x, size, stats, num_keep=num_keep,
+                         num_prefix=cfg.num_prefix_tokens, layer=layer)
+    x, size = _check_reduced(reducer, out, b, num_keep, layer)
   h = layer_norm(p["norm2"], x, cfg.norm_eps)
   x = x + layer_scale(p.get("ls2"), mlp(p["mlp"], h, cfg.mlp_type))
+  return x, size
+
+
+def _check_reduced(reducer: TokenReducer, out: Any, b: int, num_keep: int, layer: int
+                   ) -> Tuple[jax.Array, Optional[jax.Array]]:
+  """`reducer.reduce`'s result as (tokens [B, num_keep, C], size [B, num_keep] or None);
+  ValueError naming the reducer otherwise (a bare array was 'too many values to unpack', and a
+  size left at the input count a broadcasting error in the next block's attention)."""
+  who = type(reducer).__name__
+  if not (isinstance(out, (tuple, list)) and len(out) == 2):
+    got = (f"an array of shape {tuple(out.shape)}" if hasattr(out, "shape") else
+           type(out).__name__)
+    raise ValueError(f"{who}.reduce must return (tokens [B, K, C], size [B, K] or None), got "
+                     f"{got} at layer {layer}")
+  x, size = out
+  if x.shape[1] != num_keep:
+    raise ValueError(f"{who} returned {x.shape[1]} tokens at layer {layer}, the schedule asks "
+                     f"for {num_keep}")
+  if size is not None and tuple(getattr(size, "shape", ())) != (b, num_keep):
+    raise ValueError(f"{who} returned token sizes of shape {tuple(getattr(size, 'shape', ()))} "
+                     f"at layer {layer}, not [B, K] = [{b}, {num_keep}] (or None)")
   return x, size
 
 
