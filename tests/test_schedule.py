@@ -443,6 +443,13 @@ def test_numpy_and_jax_integers_are_counts_and_layers():
   assert S.check_token_grid(TINY, [jnp.int32(9), np.int64(5)]) == (5, 9)
   assert S.prune_layers(TINY, {np.int64(1): np.int64(9)}).counts == (17, 17, 9)
   assert S.tome_r_list(3, jnp.int32(2)) == S.tome_r_list(3, np.array(2)) == [2, 2, 2]
+  # Integral JAX floats are counts as numpy's are (jnp.array([17., 9.]) was "not an integer").
+  for dt in (jnp.float32, jnp.bfloat16):
+    counts = S.Schedule(jnp.array([17, 17, 9], dt)).counts
+    assert counts == (17, 17, 9) and all(type(c) is int for c in counts)
+  for bad in (jnp.array([17, 9.5]), jnp.array([17, jnp.nan]), jnp.array([True, False])):
+    with pytest.raises(ValueError, match="at position . is not an integer"):
+      S.Schedule(bad)
   # Leading zeros are not digits of the count (an 18-digit limit counted them).
   assert S.parse_schedule(TINY, "keep@1:" + "0" * 20 + "9").counts == (17, 17, 9)
 

@@ -63,7 +63,7 @@ from typing import (TYPE_CHECKING, AbstractSet, Any, List, Mapping, Optional, Se
 
 import numpy as np
 
-from vitprune.config import ViTConfig, check_config_type
+from vitprune.config import ViTConfig, check_config_type, is_float_dtype
 from vitprune.console import counted
 
 if TYPE_CHECKING:  # deployed models load schedules without importing vitprune.reduce
@@ -79,6 +79,9 @@ def _count(c: Any, i: int) -> int:
     try:
       return operator.index(c)
     except TypeError:
+      if not isinstance(c, numbers.Real) and getattr(c, "shape", None) == () and \
+          is_float_dtype(getattr(c, "dtype", object)):
+        c = float(c)        # (a JAX float scalar, jnp.array([65., 35.])'s items, is no Real)
       if isinstance(c, numbers.Real) and math.isfinite(c) and int(c) == c:
         return int(c)
   raise ValueError(f"schedule count {c!r} at position {i} is not an integer")
