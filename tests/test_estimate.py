@@ -986,6 +986,12 @@ def test_holdout_split_is_a_seeded_class_balanced_partition():
     with pytest.raises(ValueError, match=r"holdout_images must be an int in 1\.\.99 \(of the 100 "
                                          r"evaluation images, some must be left to choose on\)"):
       estimate.holdout_split(data, bad, seed=0)
+  # (-1: numpy's "expected non-negative integer", 1.5: "seed must be integer"; '2' was drawn)
+  for bad in (-1, 1.5, "2", None, True):
+    with pytest.raises(ValueError, match=r"^seed must be an int >= 0, got "):
+      estimate.holdout_split(data, 30, seed=bad)
+  np.testing.assert_array_equal(estimate.holdout_split(data, 30, seed=np.int64(4))[1].indices,
+                                held.indices)
 
 
 def test_holdout_split_of_an_unlabelled_folder_is_uniform(tmp_path):
