@@ -150,3 +150,13 @@ def test_the_attention_methods_serve_every_layer_and_leave_one_patch():
     np.testing.assert_array_equal(at0, at5)
     assert [red.max_remove(t, p) for t, p in ((17, 1), (19, 3), (4, 3), (3, 3), (1, 1))] == [
         15, 15, 0, 0, 0], name
+
+
+def test_numpy_option_values_make_the_reducer_python_values_make():
+  """seed=np.int64(3) kept the numpy scalar: the reducer's repr (run_prune's "reducer", a
+  manifest's "repr") read 'RandomDrop(seed=np.int64(3), nested=np.False_)'."""
+  got = make_reducer("random", seed=np.int64(3), nested=np.bool_(False))
+  assert got == make_reducer("random", seed=3, nested=False)
+  assert repr(got) == "RandomDrop(seed=3, nested=False)"
+  assert type(got.seed) is int and type(got.nested) is bool
+  assert repr(make_reducer("evit", normalize=np.True_)) == "EViT(normalize=True)"
