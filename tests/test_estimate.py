@@ -354,6 +354,12 @@ def test_record_names_the_reducer_its_points_ran(params, images, labels):
     estimate.estimate_record(cfg=CFG, params=params, weights_source=None, data_info=info,
                              method="random", method_kwargs={}, seed=0, points=pts,
                              result=res, labelled=True)
+  for what, bad in (("data_info", None), ("method_kwargs", None), ("method_kwargs", "seed=0")):
+    kwargs = {"data_info": info, "method_kwargs": {}}
+    kwargs[what] = bad             # (None was "'NoneType' object is not iterable")
+    with pytest.raises(TypeError, match=f"^{what} must be a dict "):
+      estimate.estimate_record(cfg=CFG, params=params, weights_source="init", method="random",
+                               seed=0, points=pts, result=res, labelled=True, **kwargs)
   other = init_params(get_config("test_tiny_distilled"), 0)    # (its digest was recorded as
   with pytest.raises(ValueError, match=r"^parameters do not match test_tiny_vit:"):  # CFG's)
     estimate.estimate_record(cfg=CFG, params=other, weights_source="init", data_info=info,

@@ -30,7 +30,7 @@ import reprlib
 import os
 import platform
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -637,6 +637,11 @@ def estimate_record(*, cfg: ViTConfig, params: Params, weights_source: str,
     raise TypeError(f"weights_source must be a string naming the weights, got "
                     f"{weights_source!r}")
   seed = schedule_lib.as_int(seed, "seed")      # (2.7 was recorded as 2)
+  for name, value, hint in (("data_info", data_info, "EvalData.info"),
+                            ("method_kwargs", method_kwargs, "the reducer's options, {}")):
+    if not isinstance(value, Mapping):           # (None: "'NoneType' object is not iterable")
+      raise TypeError(f"{name} must be a dict ({hint}), got {type(value).__name__} "
+                      f"{reprlib.repr(value)}")
   named = make_reducer(method, **dict(method_kwargs))    # the record says the points ran this
   for p in points:          # (the message: check_named's, which builds `named` again)
     if p.reducer is not None and p.reducer != named:
