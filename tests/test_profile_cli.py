@@ -16,6 +16,7 @@ from vitprune import pipeline, solve, solve_loop
 from tests.test_profile_records import _point
 from vitprune.profile import protocol, records, runner, timing
 from vitprune.records.solution_text import describe_checked_error
+from vitprune.reduce import make_reducer
 from vitprune.registry import get_config
 from vitprune.schedule import Schedule, parse_token_grid
 
@@ -1456,6 +1457,30 @@ def test_the_library_spec_refuses_what_the_cli_checks_first(changes, message):
   0, 0 compile threads, chunks of a schedule run, a schedule timed twice)."""
   with pytest.raises(ValueError, match=message):
     runner.ProfileSpec(cfg=CFG, **changes)
+
+
+@pytest.mark.parametrize("changes, message", [
+    # ("'int' object is not iterable", "'Schedule' object is not iterable")
+    (dict(batch_sizes=4), r"^batch_sizes must be a sequence, got int 4 \(write \(4,\)\)$"),
+    (dict(tokens=9), r"^tokens must be a sequence, got int 9"),
+    (dict(mode="schedule", schedules=Schedule((17, 9, 9))), r"^schedules must be a sequence"),
+    # ("'str' object has no attribute 'counts'", "'RandomDrop' object has no attribute 'strip'")
+    (dict(mode="schedule", schedules=("keep@1:9",)), r"^schedules must be vitprune Schedules"),
+    (dict(reducer=make_reducer("random")), r"^reducer must be a method name .* got RandomDrop"),
+    # (accepted: a float batch or seed, a dict as timing; threads='2': "'<' not supported")
+    (dict(batch_sizes=(1.5,)), r"^a batch size must be an int, got 1\.5$"),
+    (dict(batch_sizes=("2",)), r"^a batch size must be an int, got '2'$"),
+    (dict(threads="2"), r"^threads must be an int, got '2'$"),
+    (dict(seed=1.5), r"^seed must be an int, got 1\.5$"),
+    (dict(timing={"warmup": 1}), r"^timing must be a vitprune\.profile\.timing\.TimingConfig"),
+    (dict(adaptive="no"), r"^adaptive must be True or False, got 'no'$"),   # ('no': adaptive)
+])
+def test_the_library_spec_names_a_field_of_the_wrong_type(changes, message):
+  with pytest.raises(TypeError, match=message):
+    runner.ProfileSpec(cfg=CFG, **changes)
+  spec = runner.ProfileSpec(cfg=CFG, batch_sizes=[np.int64(2)], tokens=[17, np.int32(9)])
+  assert spec.batch_sizes == (2,) and spec.tokens == (17, 9)
+  assert all(type(v) is int for v in spec.batch_sizes + spec.tokens)
 
 
 def test_the_coarse_grid_keeps_the_smallest_count_off_its_stride():

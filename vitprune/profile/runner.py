@@ -54,15 +54,15 @@ from vitprune import memory
 from vitprune import model as model_lib
 from vitprune import piecewise
 from vitprune import progress as progress_lib
-from vitprune.config import ViTConfig
+from vitprune.config import ViTConfig, check_config_type, check_switch
 from vitprune.profile import plot as plot_lib
 from vitprune.profile import records
 from vitprune.profile import steps as steps_lib
 from vitprune.profile import timing
 from vitprune.reduce.keep_first import KeepFirst
 from vitprune.reduce.methods import list_methods, make_reducer
-from vitprune.schedule import (Schedule, check_schedule, check_token_grid, embed_schedule,
-                               format_schedule, reduces_tokens, token_bounds)
+from vitprune.schedule import (Schedule, as_int, check_schedule, check_token_grid,
+                               embed_schedule, format_schedule, reduces_tokens, token_bounds)
 
 MODES = records.MODES
 
@@ -126,6 +126,7 @@ class ProfileSpec:
   seed: int = 0
 
   def __post_init__(self):
+    self._check_types()
     if self.mode not in MODES:
       raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
     if self.dtype not in model_lib.DTYPES:
@@ -183,6 +184,39 @@ class ProfileSpec:
                          + (f": the automatic stride, {_every(len(self.grid))}"
                             if not self.coarse_stride else "")
                          + "); raise it or --coarse_stride")
+
+  def _check_types(self) -> None:
+    """TypeError naming the field whose value is not of its type; sequences become tuples of
+    ints. (batch_sizes=4 and tokens=9 were "'int' object is not iterable", a lone Schedule
+    "not iterable", a schedule text "no attribute 'counts'", threads='2' "'<' not supported",
+    a reducer object "no attribute 'strip'"; batch_sizes=(1.5,), threads=1.5, seed=1.5 and a
+    dict as timing were accepted, and adaptive='no' is truthy: an adaptive run.)"""
+    check_config_type(self.cfg)
+    check_switch("adaptive", self.adaptive)
+    fix = functools.partial(object.__setattr__, self)
+    for name in ("batch_sizes", "tokens", "schedules"):
+      v = getattr(self, name)
+      if v is None and name == "tokens":
+        continue
+      if isinstance(v, (str, bytes, Schedule, dict)) or not hasattr(v, "__iter__"):
+        raise TypeError(f"{name} must be a sequence, got {type(v).__name__} {v!r}"
+                        + (f" (write ({v!r},))" if not isinstance(v, (str, dict)) else ""))
+      fix(name, tuple(v))
+    fix("batch_sizes", tuple(as_int(b, "a batch size") for b in self.batch_sizes))
+    if self.tokens is not None:
+      fix("tokens", tuple(as_int(n, "a token count") for n in self.tokens))
+    for s in self.schedules:
+      if not isinstance(s, Schedule):
+        raise TypeError(f"schedules must be vitprune Schedules (parse_schedule(cfg, text)), "
+                        f"got {type(s).__name__} {s!r}")
+    for name in ("threads", "coarse_stride", "max_points", "chunk_points", "seed"):
+      fix(name, as_int(getattr(self, name), name))
+    if self.reducer is not None and not isinstance(self.reducer, str):
+      raise TypeError(f"reducer must be a method name (e.g. 'random', 'keep_first') or None, "
+                      f"got {type(self.reducer).__name__} {self.reducer!r}")
+    if not isinstance(self.timing, timing.TimingConfig):
+      raise TypeError(f"timing must be a vitprune.profile.timing.TimingConfig, got "
+                      f"{type(self.timing).__name__} {self.timing!r}")
 
   @property
   def grid(self) -> Tuple[int, ...]:
