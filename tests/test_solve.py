@@ -2801,6 +2801,32 @@ def test_refine_frontier_measures_only_what_it_does_not_know():
     solve.refine_frontier(model, lambda cs: [0.5], rounds=1)
 
 
+def test_measured_metrics_are_accuracies_in_the_unit_interval():
+  """NaN reached scipy's nnls ("array must not contain infs or NaNs"), a percentage (70.0) was
+  taken as measured, a scalar from measure was "object of type 'float' has no len()", a list of
+  pairs "'list' object has no attribute 'items'"; an empty margin table predicted NaN."""
+  ns = np.array([17, 33, 49, 65])
+  model = solve.make_cost_model(ns, np.arange(1., 5.), np.tile([.5, .8, .9, .95], (6, 1)), .95,
+                                depth=6, num_tokens=65)
+  two = (65, 49, 33, 33, 33, 33, 33)
+  assert solve.fit_drop_correction(model, {two: np.float32(0.7)})[1] == 1
+  for bad in (float("nan"), float("inf"), None, "0.7"):
+    with pytest.raises(ValueError, match=r"^measured: the metric of schedule 65,49,33,33,33,"
+                                         r"33,33 is .*, not a finite number"):
+      solve.fit_drop_correction(model, {two: bad})
+  for bad in (70.0, -0.1):      # (what refine_frontier measures is an accuracy)
+    with pytest.raises(ValueError, match=r"^measure: .* not an accuracy or agreement in"):
+      solve.refine_frontier(model, lambda cs, v=bad: [v] * len(cs), rounds=1)
+  with pytest.raises(TypeError, match=r"^measured must be a dict \{counts: metric\}, got list"):
+    solve.fit_drop_correction(model, [(two, 0.7)])
+  with pytest.raises(ValueError, match=r"^measure: the metric of schedule 65,17,.* is nan"):
+    solve.refine_frontier(model, lambda cs: [float("nan")] * len(cs), rounds=1)
+  with pytest.raises(TypeError, match=r"^measure must give one metric per schedule, got float"):
+    solve.refine_frontier(model, lambda cs: 0.5, rounds=1)
+  with pytest.raises(ValueError, match="^reference margins are empty"):
+    solve.MarginTable.build(ns, np.ones(0), np.ones((6, 3, 0)))
+
+
 def test_refine_frontier_fits_every_round_on_the_uncorrected_model():
   """Each round fits the table's own model to everything measured (never its last corrected
   model, which would count an earlier correction twice): a converged refinement's model is the

@@ -82,7 +82,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -495,6 +495,8 @@ class MarginTable:
     if np.any(np.diff(grid) <= 0):
       raise ValueError(f"token grid must be ascending, got {grid.tolist()}")
     ref = _finite("reference margins", reference, 1)
+    if ref.size == 0:                  # (every predicted accuracy was 0/0 = NaN)
+      raise ValueError("reference margins are empty: the table needs at least one example")
     single = _finite("single-layer margins", single, 3)
     if single.shape[2] != ref.size:
       raise ValueError(f"single-layer margins cover {single.shape[2]} examples, the reference "
@@ -661,6 +663,10 @@ def fit_drop_correction(model: CostModel, measured: Dict[Tuple[int, ...], float]
   whatever the combinations need. The corrected model keeps the DP exact (it is a drop table).
   Returns (delta, number of measured schedules fitted); zeros when none qualifies."""
   from scipy.optimize import nnls  # pylint: disable=g-import-not-at-top  (only when refining)
+  if not isinstance(measured, Mapping):      # (a list of pairs: "no attribute 'items'")
+    raise TypeError(f"measured must be a dict {{counts: metric}}, got {type(measured).__name__}")
+  # (finite: a synthetic table's predictions, what the tests fit, may fall below 0)
+  check_metrics("measured", list(measured.values()), list(measured), unit=False)
   rows = [(c, float(v)) for c, v in measured.items() if is_multi_reduction(c)]
   delta = np.zeros_like(model.drop)
   if not rows:
@@ -673,6 +679,33 @@ def fit_drop_correction(model: CostModel, measured: Dict[Tuple[int, ...], float]
   delta = np.cumsum(inc[:, ::-1], axis=1)[:, ::-1]          # delta[l, k] = sum_{j >= k} inc
   delta = (delta - delta[:, -1:]) * model.can_reduce[:, None]
   return delta, len(rows)
+
+
+def check_metrics(what: str, values: Any, counts_list: Sequence[Sequence[int]], *,
+                  unit: bool = True) -> List[float]:
+  """`values`, one measured accuracy or agreement in [0, 1] (`unit`; else any finite number)
+  per schedule of `counts_list`, as floats; ValueError/TypeError naming the first schedule
+  otherwise (NaN reached scipy's nnls as "array must not contain infs or NaNs", a percentage
+  measured was taken as it, and a scalar was "object of type 'float' has no len()")."""
+  if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+    raise TypeError(f"{what} must give one metric per schedule, got {type(values).__name__} "
+                    f"{values!r}")
+  if len(values) != len(counts_list):
+    raise ValueError(f"{what} returned {len(values)} values for {len(counts_list)} schedules")
+  out = []
+  for counts, v in zip(counts_list, values):
+    f = None
+    if not isinstance(v, (bool, np.bool_, str, bytes)) and np.ndim(v) == 0:
+      try:
+        f = float(v)                           # (a Python, numpy or JAX number)
+      except (TypeError, ValueError):
+        pass
+    if f is None or not (0.0 <= f <= 1.0 if unit else np.isfinite(f)):   # (NaN fails both)
+      raise ValueError(f"{what}: the metric of schedule {','.join(map(str, counts))} is "
+                       f"{v!r}, not " + ("an accuracy or agreement in [0, 1]" if unit else
+                                         "a finite number"))
+    out.append(f)
+  return out
 
 
 def with_drop_correction(model: CostModel, delta: ArrayLike) -> CostModel:
@@ -760,9 +793,8 @@ def refine_frontier(model: CostModel, measure, *, rounds: int = 4,
         raise ValueError(f"measure returned margins of shape {got.shape} for {len(new)} "
                          f"schedules on {table.reference.size} examples")
       margins.update(zip(todo, got))
-    if len(values) != len(new):
-      raise ValueError(f"measure returned {len(values)} values for {len(new)} schedules")
-    known.update((p.counts, float(v)) for p, v in zip(new, values))
+    values = check_metrics("measure", values, todo)
+    known.update((p.counts, v) for p, v in zip(new, values))
     history.append(RefinementRound(r, len(plans), fitted, new, anchored))
     if r and not new:          # round 0 measured nothing new: its frontier was known; fit once
       break
