@@ -64,9 +64,10 @@ from vitprune.records.estimate import Estimate, default_metric, write_estimate
 from vitprune.records.solution import (Solution, judges_paired_change, pruned_meeting_floor,
                                        write_solution)
 from vitprune.records.solution_text import (budget_cost_text, checked_error_shown,
-                                            describe_capped, describe_checked_error, describe_frontier_error,
-                                            describe_refinement, picked_by_untrusted_model,
-                                            reaimed_text, shown_schedules, within_spread_note)
+                                            describe_capped, describe_checked_error,
+                                            describe_frontier_error, describe_refinement,
+                                            picked_by_untrusted_model, reaimed_text,
+                                            shown_schedules, within_spread_note)
 from vitprune.reduce.methods import make_reducer
 from vitprune.schedule import Schedule, embed_counts, embed_schedule, full_schedule
 
