@@ -1388,11 +1388,13 @@ def test_the_coarse_stride_and_max_points_bounds_are_exact():
     spec(coarse_stride=5, max_points=3)
 
 
-def test_the_progress_bar_stays_off_a_log_file(tmp_path):
+def test_the_progress_bar_stays_off_a_log_file(tmp_path, monkeypatch):
   """tqdm redrew its bar into a log (stderr not a terminal) line after line; it is drawn only
-  where stderr is a terminal, unless --noprogress (a log gets a plain line every 30 s instead:
-  none in a run this short; `tests/test_progress.py`)."""
+  where stderr is a terminal, unless --noprogress (a log gets a plain line every 30 s instead,
+  `tests/test_progress.py`: held off here, so that a slow machine's run prints none either)."""
   from tests.conftest import run_cli_in_process  # pylint: disable=g-import-not-at-top
+  from vitprune import progress  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(progress, "LINE_INTERVAL_S", float("inf"))
   code, out, err = run_cli_in_process(tmp_path, "profile", [
       "--model=test_tiny_vit", "--mode=model", "--tokens=17", "--min_run_time=0.005",
       "--max_retries=0", f"--out_dir={tmp_path / 'p'}"])
