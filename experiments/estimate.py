@@ -354,7 +354,8 @@ def main(f: flags.FlagValues):
   images = len(data.indices)
   if f.batch_size > images:     # (the numbers are the same; the padding rows cost compute)
     print(f"note: --batch_size={f.batch_size} is above the {console.counted(images, 'image')}: "
-          f"each point ran one batch padded with {f.batch_size - images} ignored rows "
+          f"each point ran one batch padded with "
+          f"{console.counted(f.batch_size - images, 'ignored row')} "
           f"(--batch_size={images} does the same with less work)")
   print(f"wrote {common.shown(path)}")
   return record

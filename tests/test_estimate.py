@@ -1653,3 +1653,8 @@ def test_a_batch_above_the_images_is_noted_and_changes_no_number(tmp_path):
   for a, b in zip(recs[4].points, recs[64].points):      # (KL: to float rounding)
     assert (a.scores.accuracy, a.scores.agreement) == (b.scores.accuracy, b.scores.agreement)
     assert a.scores.kl == pytest.approx(b.scores.kl, rel=1e-6)
+  code, out, err = run_cli_in_process(REPO, "estimate", base + [    # (was '1 ignored rows')
+      "--batch_size=5", f"--out_dir={tmp_path / '5'}"])
+  assert code == 0 and ("note: --batch_size=5 is above the 4 images: each point ran one batch "
+                        "padded with 1 ignored row (--batch_size=4 does the same with less "
+                        "work)") in out.splitlines(), out + err
