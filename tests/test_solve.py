@@ -1717,6 +1717,13 @@ def test_measure_frontier_measures_every_schedule_once_and_the_choice_uses_it(tm
     _multi(ps, es, accuracy_floor=floor, measure_all=True)
   with pytest.raises(ValueError, match="returned 1 values for"):
     solve_loop.measure_frontier(predicted, lambda cs: [0.5], num_images=NUM_EXAMPLES)
+  # The in-loop measurements check their metrics as refine_frontier's do (one home): NaN, a
+  # percentage and a scalar were stored, stored and "has no len()" (a review).
+  for bad, err, match in ((lambda cs: [float("nan")] * len(cs), ValueError, r"is nan, not an "),
+                          (lambda cs: [70.0] * len(cs), ValueError, r"is 70.0, not an accuracy"),
+                          (lambda cs: 0.5, TypeError, r"must give one metric per schedule")):
+    with pytest.raises(err, match=r"^evaluate.*" + match):
+      solve_loop.measure_frontier(predicted, bad, num_images=NUM_EXAMPLES)
   # A value no count of the estimate's images gives: measured on other images.
   with pytest.raises(ValueError, match=r"measured 0.5 for .* not a count of 359 images"):
     solve_loop.measure_frontier(predicted, lambda cs: [0.5] * len(cs), num_images=359)

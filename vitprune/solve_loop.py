@@ -166,8 +166,10 @@ def _measure(evaluate: Evaluator, candidates: Sequence[Candidate], num_images: O
   counts = [c.counts for c in candidates]
   values, pairs = (evaluate(counts, paired=True) if paired else
                    (evaluate(counts), [None] * len(candidates)))
-  if len(values) != len(candidates) or len(pairs) != len(candidates):
-    raise ValueError(f"evaluate returned {len(values)} values for {len(candidates)} schedules")
+  values = solve.check_metrics("evaluate", values, counts)   # (one home: refine_frontier's too)
+  if len(pairs) != len(candidates):
+    raise ValueError(f"evaluate returned {len(pairs)} paired counts for {len(candidates)} "
+                     "schedules")
   return [with_measured(c, v, num_images, pair, full=full, metric=metric)
           for c, v, pair in zip(candidates, values, pairs)]
 
