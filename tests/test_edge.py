@@ -1802,6 +1802,14 @@ def test_a_board_without_pillow_or_absl_says_what_to_install(artifact):
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr[-2000:]
     assert r.stderr.startswith("error: a package vitprune.edge needs cannot be imported (") and (
         "pip install -r requirements-edge.txt" in r.stderr), r.stderr
+  # One of vitprune's own modules failing to import is not a missing package: its traceback
+  # stays (the guard named requirements-edge.txt for any ImportError; a review).
+  code = NO_JAX.replace("'orbax.checkpoint')", "'orbax.checkpoint', 'vitprune.digits')")
+  r = subprocess.run([sys.executable, "-c", code, "vitprune.edge", "bench",
+                      f"--artifact={artifact}"], cwd=ROOT, capture_output=True, text=True,
+                     timeout=120)
+  assert r.returncode == 1 and "Traceback" in r.stderr and "requirements-edge" not in r.stderr
+  assert "vitprune.digits" in r.stderr.splitlines()[-1], r.stderr[-2000:]
 
 
 def test_the_board_cli_exits_as_interrupted_when_it_fails_with_a_signal_held():

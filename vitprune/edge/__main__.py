@@ -34,10 +34,11 @@ try:      # (a board without requirements-edge.txt installed: a traceback ended 
                              check_not_read_as_an_image, iterate_batches, per_image_time,
                              prediction_accuracy, prediction_line, prediction_rows)
   from vitprune.digits import check_digits_folder
-except ImportError as e:
+except ImportError as e:   # (numpy: imported by the package itself, before this module runs)
+  if (e.name or "").split(".")[0] not in ("absl", "PIL"):
+    raise                  # (one of vitprune's own imports broken: not a missing package)
   console.fail(f"a package vitprune.edge needs cannot be imported ({e}): install them on this "
-               "machine with pip install -r requirements-edge.txt (iree-base-runtime, numpy, "
-               "pillow, absl-py)")
+               "machine with pip install -r requirements-edge.txt")
 from vitprune.edge import kit as kit_lib
 from vitprune.edge import runtime
 from vitprune.edge.targets import BACKEND_DRIVERS, EdgeError, describe_runtime
