@@ -160,3 +160,9 @@ def test_numpy_option_values_make_the_reducer_python_values_make():
   assert repr(got) == "RandomDrop(seed=3, nested=False)"
   assert type(got.seed) is int and type(got.nested) is bool
   assert repr(make_reducer("evit", normalize=np.True_)) == "EViT(normalize=True)"
+  # The reducers themselves do it (a review: the conversion lived in make_reducer only)
+  from vitprune.reduce.evit import EViT  # pylint: disable=g-import-not-at-top
+  from vitprune.reduce.random_drop import RandomDrop  # pylint: disable=g-import-not-at-top
+  assert repr(RandomDrop(seed=np.int64(3), nested=np.bool_(True))) == (
+      "RandomDrop(seed=3, nested=True)")
+  assert repr(EViT(normalize=np.False_)) == "EViT(normalize=False)"

@@ -30,6 +30,7 @@ class EViT(common.AttentionReducer):
   def __post_init__(self):      # ("False" ran as True: a non-empty string)
     if not is_option_kind(self.normalize, "bool"):
       raise ValueError(f"EViT normalize must be True or False, got {self.normalize!r}")
+    object.__setattr__(self, "normalize", bool(self.normalize))    # (np.True_ as True)
 
   def select(self, stats: AttentionStats, *, num_keep: int, num_prefix: int) -> jax.Array:
     """[B, num_keep - num_prefix - 1] kept patch indices (sorted)."""

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, Optional, Tuple, Type
 
-import numpy as np
-
 from vitprune.config import METHOD_NAMES, METHOD_OPTIONS, method_options_problem
 from vitprune.reduce.evit import EViT
 from vitprune.reduce.pomt import POMT
@@ -43,10 +41,7 @@ def make_reducer(name: str, **kwargs):
   problem = method_options_problem(key, kwargs)
   if problem:
     raise ValueError(problem)
-  # numpy scalars as Python's: seed=np.int64(3) made a reducer whose repr, recorded by run_prune
-  # and in a manifest, read 'RandomDrop(seed=np.int64(3), ...)' for the graph of seed=3
-  kwargs = {k: v.item() if isinstance(v, np.generic) else v for k, v in kwargs.items()}
-  return METHODS[key](**kwargs)
+  return METHODS[key](**kwargs)    # (numpy option values: made Python's by the reducer)
 
 
 def reducer_fields(reducer) -> Dict[str, Any]:

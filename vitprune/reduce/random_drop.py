@@ -43,6 +43,10 @@ class RandomDrop:
       raise ValueError(f"RandomDrop seed must be a non-negative int, got {self.seed!r}")
     if not isinstance(self.nested, (bool, np.bool_)):
       raise ValueError(f"RandomDrop nested must be a bool, got {self.nested!r}")
+    # numpy scalars as Python's: seed=np.int64(3) made a reducer whose repr, recorded by
+    # run_prune and in a manifest, read 'RandomDrop(seed=np.int64(3), ...)'
+    object.__setattr__(self, "seed", int(self.seed))
+    object.__setattr__(self, "nested", bool(self.nested))
 
   @property
   def layer_dependent(self) -> bool:
