@@ -48,8 +48,10 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
+
 from vitprune import atomic
 from vitprune import console
+from vitprune import data as data_lib
 from vitprune import memory
 from vitprune import model as model_lib
 from vitprune import piecewise
@@ -131,7 +133,7 @@ class ProfileSpec:
       raise ValueError(f"unknown mode {self.mode!r}; expected one of {MODES}")
     if self.dtype not in model_lib.DTYPES:
       raise ValueError(f"dtype must be one of {sorted(model_lib.DTYPES)}, got {self.dtype!r}")
-    if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
+    if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
       raise ValueError(f"batch sizes must be >= 1, got {list(self.batch_sizes)}")
     if self.threads < 1:
       raise ValueError(f"threads must be >= 1, got {self.threads}")
@@ -186,8 +188,8 @@ class ProfileSpec:
                          + "); raise it or --coarse_stride")
 
   def _check_types(self) -> None:
-    """TypeError naming the field whose value is not of its type; sequences become tuples of
-    ints. (batch_sizes=4 and tokens=9 were "'int' object is not iterable", a lone Schedule
+    """TypeError naming the field whose value is not of its type (the seed: ValueError unless
+    an int >= 0); batch sizes and tokens become tuples of ints, schedules a tuple. (batch_sizes=4 and tokens=9 were "'int' object is not iterable", a lone Schedule
     "not iterable", a schedule text "no attribute 'counts'", threads='2' "'<' not supported",
     a reducer object "no attribute 'strip'"; batch_sizes=(1.5,), threads=1.5, seed=1.5 and a
     dict as timing were accepted, and adaptive='no' is truthy: an adaptive run.)"""
@@ -198,7 +200,8 @@ class ProfileSpec:
       v = getattr(self, name)
       if v is None and name == "tokens":
         continue
-      if isinstance(v, (str, bytes, Schedule, dict)) or not hasattr(v, "__iter__"):
+      if (isinstance(v, (str, bytes, Schedule, dict)) or not hasattr(v, "__iter__")
+          or getattr(v, "ndim", None) == 0):         # (np.array(9): "iteration over a 0-d")
         raise TypeError(f"{name} must be a sequence, got {type(v).__name__} {v!r}"
                         + (f" (write ({v!r},))" if not isinstance(v, (str, dict)) else ""))
       fix(name, tuple(v))
@@ -209,8 +212,9 @@ class ProfileSpec:
       if not isinstance(s, Schedule):
         raise TypeError(f"schedules must be vitprune Schedules (parse_schedule(cfg, text)), "
                         f"got {type(s).__name__} {s!r}")
-    for name in ("threads", "coarse_stride", "max_points", "chunk_points", "seed"):
+    for name in ("threads", "coarse_stride", "max_points", "chunk_points"):
       fix(name, as_int(getattr(self, name), name))
+    fix("seed", data_lib.check_seed(self.seed))     # (-1 failed later, in init_params)
     if self.reducer is not None and not isinstance(self.reducer, str):
       raise TypeError(f"reducer must be a method name (e.g. 'random', 'keep_first') or None, "
                       f"got {type(self.reducer).__name__} {self.reducer!r}")
