@@ -15,6 +15,7 @@ from __future__ import annotations
 from absl import flags
 
 from experiments import common
+from vitprune import console
 from vitprune import digits
 
 
@@ -53,7 +54,7 @@ def main(f: flags.FlagValues) -> str:
   root = digits.write_digits_imagefolder(f.out, f.split, f.limit, seed=f.seed,
                                        overwrite=f.overwrite, split_seed=f.split_seed)
   written = size if f.limit is None else f.limit      # (--limit=1 read 'wrote 1 digits')
-  print(f"wrote {written} {'digit' if written == 1 else 'digits'} ({f.split} split"
+  print(f"wrote {console.counted(written, 'digit')} ({f.split} split"
         f"{f' of seed {f.split_seed}' if f.split_seed else ''}) to {common.shown(root)}")
   return root
 

@@ -1,7 +1,7 @@
-"""Progress of a long measurement on stderr: a tqdm bar where stderr is a terminal, and
-elsewhere (a log file, CI, `nohup`, the GPU suite's logs) one plain line at most every
-`interval` seconds, e.g. "vit_digits b1 model: 40/128 steps, 31 s", so that a log shows where a
-run is without filling up with a bar's redraws."""
+"""Progress of a long measurement on stderr: a tqdm bar where stderr is a terminal, and elsewhere (a
+log file, CI, `nohup`) one plain line at most every `interval` seconds, e.g. "vit_digits b1
+model: 40/128 steps, 31 s", so that a log shows where a run is without filling up with a bar's
+redraws."""
 from __future__ import annotations
 
 import sys

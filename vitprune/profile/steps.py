@@ -56,6 +56,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from vitprune.console import counted
+
 _IQR_TO_SIGMA = 1.0 / 1.349     # normal distribution: IQR = 1.349 sigma
 _MEDIAN_SE = 1.2533             # standard error of a median = 1.2533 sigma / sqrt(R)
 _MAD_TO_SIGMA = 1.4826
@@ -132,8 +134,7 @@ class Flat:
     size = f"{100 * abs(saved) / self.latency_hi:.1f}% ({1e3 * abs(saved):.4g} ms)"
     # (a flat whose low end timed slower read 'saves -0.3% (-0.002079 ms)')
     pruned = self.n_hi - self.n_lo       # (a one-count stretch read 'pruning 1 tokens saves')
-    return (f"{self.n_hi} .. {self.n_lo} flat: pruning {pruned} "
-            f"{'token' if pruned == 1 else 'tokens'} saves "
+    return (f"{self.n_hi} .. {self.n_lo} flat: pruning {counted(pruned, 'token')} saves "
             + (size if saved >= 0 else f"nothing: {self.n_lo} tokens timed {size} slower than "
                f"{self.n_hi}"))
 
