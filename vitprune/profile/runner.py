@@ -188,11 +188,12 @@ class ProfileSpec:
                          + "); raise it or --coarse_stride")
 
   def _check_types(self) -> None:
-    """TypeError naming the field whose value is not of its type (the seed: ValueError unless
-    an int >= 0); batch sizes and tokens become tuples of ints, schedules a tuple. (batch_sizes=4 and tokens=9 were "'int' object is not iterable", a lone Schedule
-    "not iterable", a schedule text "no attribute 'counts'", threads='2' "'<' not supported",
-    a reducer object "no attribute 'strip'"; batch_sizes=(1.5,), threads=1.5, seed=1.5 and a
-    dict as timing were accepted, and adaptive='no' is truthy: an adaptive run.)"""
+    """TypeError naming the field whose value is not of its type (the seed: ValueError unless an int
+    >= 0); batch sizes and tokens become tuples of ints, schedules a tuple. (batch_sizes=4 and
+    tokens=9 were "'int' object is not iterable", a lone Schedule "not iterable", a schedule text
+    "no attribute 'counts'", threads='2' "'<' not supported", a reducer object "no attribute
+    'strip'"; batch_sizes=(1.5,), threads=1.5, seed=1.5 and a dict as timing were accepted, and
+    adaptive='no' is truthy: an adaptive run.)"""
     check_config_type(self.cfg)
     check_switch("adaptive", self.adaptive)
     fix = functools.partial(object.__setattr__, self)
