@@ -103,7 +103,7 @@ profile() {  # profile NAME CAP BATCH MAX_POINTS DTYPE: written chunk by chunk, 
   [ "$4" != all ] && points=(--max_points="$4")
   timed "$1" "$2" python -m experiments.profile --mode=model --model="$model_small" \
       --batch_size="$3" --dtype="$5" --adaptive "${points[@]}" --chunk_points=8 --resume \
-      --threads=8 --compile_cache_dir="$cache" --min_run_time=0.2 --noprogress \
+      --threads=8 --compile_cache_dir="$cache" --min_run_time=0.2 \
       --out_dir="$out/profile"
 }
 case "$stage" in
@@ -126,7 +126,7 @@ case "$stage" in
     model=deit_small_patch16_224; [ "$stage" = bench-base ] && model=deit_base_patch16_224
     timed "$stage" "$budget" python -m experiments.benchmark --model="$model" --data=none \
         --batch_size=1,4,16,64 --dtype=float32,bfloat16 --compile_threads=8 --min_run_time=0.3 \
-        --noprogress --out_dir="$out/benchmark" ;;
+        --out_dir="$out/benchmark" ;;
   all)
     profile profile-b1 230 1 36 float32
     for batch in 1 8 64; do   # one table per batch size: a cut stage keeps the earlier ones
@@ -135,7 +135,7 @@ case "$stage" in
       fi
       timed "bench-b$batch" 55 python -m experiments.benchmark --model="$model_small" \
           --data=none --batch_size="$batch" --dtype=float32 --compile_threads=8 \
-          --min_run_time=0.3 --noprogress --out_dir="$out/benchmark/b$batch" \
+          --min_run_time=0.3 --out_dir="$out/benchmark/b$batch" \
           --variants="${GPU_SUITE_VARIANTS:-tome-r8=tome:r8;tome-r13=tome:r13}"
     done
     profile profile-b64 150 64 24 float32

@@ -1655,9 +1655,9 @@ def test_gpu_suite_all_runs_each_stage_under_timeout_with_its_arguments(tmp_path
   under = "timeout --signal=INT --kill-after=10"
   prof = ("-m experiments.profile --mode=model --model=vit_digits --batch_size={} "
           "--dtype={} --adaptive --max_points={} --chunk_points=8 --resume --threads=8 "
-          f"--compile_cache_dir={cache} --min_run_time=0.2 --noprogress --out_dir={out}/profile")
+          f"--compile_cache_dir={cache} --min_run_time=0.2 --out_dir={out}/profile")
   bench_call = ("-m experiments.benchmark --model=vit_digits --data=none --batch_size={0} "
-                "--dtype=float32 --compile_threads=8 --min_run_time=0.3 --noprogress "
+                "--dtype=float32 --compile_threads=8 --min_run_time=0.3 "
                 f"--out_dir={out}/benchmark/b{{0}} --variants=tome-r8=tome:r8;tome-r13=tome:r13")
   assert calls == [
       f"{under} 60|-c import jax, flax, optax, orbax.checkpoint, numpy, absl, safetensors, PIL, "
@@ -1676,7 +1676,7 @@ def test_gpu_suite_all_runs_each_stage_under_timeout_with_its_arguments(tmp_path
           " --max_points=0", "") for d in ("float32", "bfloat16")]),
       ("bench-base", ["-m experiments.benchmark --model=deit_base_patch16_224 "
                       "--data=none --batch_size=1,4,16,64 --dtype=float32,bfloat16 "
-                      "--compile_threads=8 --min_run_time=0.3 --noprogress "
+                      "--compile_threads=8 --min_run_time=0.3 "
                       f"--out_dir={out}/benchmark"])):
     r = subprocess.run(["bash", "benchmarks/gpu_suite.sh", stage, str(out), "600"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60, env=env)
