@@ -414,6 +414,7 @@ def test_each_point_records_its_measurement_and_a_step_between_two_says_so(tmp_p
   d = json.load(open(path))
   assert {q["tokens"]: q["measured_at"] for q in d["points"]}[9] == later
   assert d["steps"][0]["measured_apart"] == [earlier, later]
+  assert [f["measured_apart"] for f in d["flats"]] == [[]] * len(d["flats"])  # (each in one)
   back = records.load(path)
   assert back == prof and back.points[0].measured_at == earlier
   rows = [dict(zip(records.CSV_COLUMNS, r.split(",")))
@@ -427,6 +428,11 @@ def test_each_point_records_its_measurement_and_a_step_between_two_says_so(tmp_p
   assert table[table.index(line) + 1] == "  " + steps.APART_NOTE
   one = _profile([dataclasses.replace(p, measured_at=later) for p in _staircase_points()])
   assert one.steps[0]["measured_apart"] == []
+  # A flat stretch two measurements timed says so too (its counts' marks, in token order).
+  mid = _profile([dataclasses.replace(p, measured_at=earlier if p.tokens > 13 else later)
+                  for p in _staircase_points()])
+  assert [f["measured_apart"] for f in mid.flats if f["n_hi"] > 13 > f["n_lo"]] == [
+      [earlier, later]]
   # Not in the measurement's digest (a vitprune from before the mark reads the file without
   # it and must find the digest a solution recorded); points without it write no key.
   assert records.measurement_sha256(prof) == records.measurement_sha256(

@@ -702,3 +702,37 @@ def test_a_step_whose_upper_level_has_no_mark_is_not_called_apart():
   assert [(s.n_from, s.n_to, s.measured_apart) for s in rep.steps] == [
       (33, 32, ()), (17, 16, ())]
   assert rep.steps[1].describe() == "17 -> 16 saves 16.7% (200 ms)"
+
+
+def test_a_flat_stretch_over_two_measurements_says_its_counts_were_timed_apart():
+  """A flat stretch ("pruning there buys nothing") whose counts two measurements timed was
+  reported as any other, though a machine slower in the later one can hide a saving: it names
+  the measurements (the marks of its counts, in token order); one measurement, or one known
+  mark, says nothing. The note comes once, after the flats, where no step or lone count needs
+  it first."""
+  tokens = list(range(40, 1, -1))
+  med = _staircase(tokens, edges=(32, 16))
+  when = ["A" if n > 24 else "B" for n in tokens]          # 32 .. 17 straddles A and B
+  rep = steps.detect_steps(tokens, med, measured_at=when)
+  assert [(f.n_hi, f.n_lo, f.measured_apart) for f in rep.flats] == [
+      (40, 33, ()), (32, 17, ("A", "B")), (16, 2, ())]
+  assert rep.flats[1].describe() == (
+      "32 .. 17 flat: pruning 15 tokens saves 0.0% (0 ms) (timed apart: A and B)")
+  assert rep.flats[0].describe() == "40 .. 33 flat: pruning 7 tokens saves 0.0% (0 ms)"
+  assert not any(s.measured_apart for s in rep.steps)
+  lines = rep.describe()
+  assert lines[-1] == steps.APART_NOTE and lines.count(steps.APART_NOTE) == 1
+  assert lines[-4:-1] == [f.describe() for f in rep.flats]
+  marks = [f"2026-12-07T20:0{'1' if n > 24 else '2'}:00.000+00:00" for n in tokens]
+  assert steps.detect_steps(tokens, med, measured_at=marks).flats[1].describe().endswith(
+      "(timed apart: 20:01:00.000 and 20:02:00.000 UTC)")
+  unknown = ["" if n <= 24 else "A" for n in tokens]       # points from before the mark
+  rep = steps.detect_steps(tokens, med, measured_at=unknown)
+  assert not any(f.measured_apart for f in rep.flats)
+  assert steps.APART_NOTE not in rep.describe()
+  # With a step timed apart too, the note stays where it was (before the flats), said once.
+  when = ["A" if n > 24 else "B" if n > 16 else "C" for n in tokens]   # 17 -> 16: B and C
+  rep = steps.detect_steps(tokens, med, measured_at=when)
+  assert rep.steps[1].measured_apart == ("B", "C") and rep.flats[1].measured_apart == ("A", "B")
+  lines = rep.describe()
+  assert lines.count(steps.APART_NOTE) == 1 and lines[-4] == steps.APART_NOTE

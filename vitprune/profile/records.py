@@ -55,7 +55,9 @@ JSON schema (version 1), all latencies in seconds:
                                                   # (steps.Step); latency_to_s likewise;
                                                   # measured_apart: [] or the measured_at of
                                                   # level_from and level_to, timed apart
-    "flats": [{"component", "batch_size", "n_hi", "n_lo", "latency_hi_s", "latency_lo_s"}, ...],
+    "flats": [{"component", "batch_size", "n_hi", "n_lo", "latency_hi_s", "latency_lo_s",
+               "measured_apart"}, ...],           # measured_apart: [] or the measured_at of
+                                                  # the stretch's counts, where several
     "lone_counts": [{"component", "batch_size", "n", "n_above", "n_below", "latency_s",
                      "latency_above_s", "latency_below_s", "slow", "measured_apart"}, ...],
                                                   # out of line with both neighbours (slower
@@ -298,7 +300,8 @@ def analyze(profile: Profile, **step_kw) -> Profile:
                      measured_apart=list(s.measured_apart))
                 for s in rep.steps]
       flats += [dict(component=comp, batch_size=b, n_hi=f.n_hi, n_lo=f.n_lo,
-                     latency_hi_s=f.latency_hi, latency_lo_s=f.latency_lo) for f in rep.flats]
+                     latency_hi_s=f.latency_hi, latency_lo_s=f.latency_lo,
+                     measured_apart=list(f.measured_apart)) for f in rep.flats]
       for c in rep.lone:
         lone.append(dict(component=comp, batch_size=b, **dataclasses.asdict(c)))
         lone[-1]["measured_apart"] = list(c.measured_apart)    # (a list, as the steps' is)

@@ -68,7 +68,8 @@ MIN_POINTS_FOR_STEPS = 4        # 3 drops: a trend and a curve noise not fitted 
 APART_NOTE = ("timed apart: the two sides were timed in separate measurements (runs merged into "
               "one profile, chunks, the adaptive refinement, re-measured wide points, the main "
               "job's re-timing); the machine's change of speed between them may be part of the "
-              "difference: time those counts again together, in one run, before pruning to it")
+              "difference, or hide one: time those counts again together, in one run, before "
+              "pruning to it")
 
 
 def when_words(marks: Sequence[str]) -> Tuple[List[str], str]:
@@ -123,20 +124,25 @@ class Step:
 
 @dataclasses.dataclass(frozen=True)
 class Flat:
-  """Tokens `n_hi` down to `n_lo` cost the same within noise: pruning there buys nothing."""
+  """Tokens `n_hi` down to `n_lo` cost the same within noise: pruning there buys nothing.
+  `measured_apart`: the measurements (`measured_at`) that timed the stretch's counts, where
+  more than one is known (a machine slower in the later one can hide a saving), else ()."""
   n_hi: int
   n_lo: int
   latency_hi: float
   latency_lo: float
+  measured_apart: Tuple[str, ...] = ()
 
   def describe(self) -> str:
     saved = self.latency_hi - self.latency_lo
     size = f"{100 * abs(saved) / self.latency_hi:.1f}% ({1e3 * abs(saved):.4g} ms)"
     # (a flat whose low end timed slower read 'saves -0.3% (-0.002079 ms)')
     pruned = self.n_hi - self.n_lo       # (a one-count stretch read 'pruning 1 tokens saves')
+    words, utc = when_words(self.measured_apart)
+    apart = f" (timed apart: {' and '.join(words)}{utc})" if self.measured_apart else ""
     return (f"{self.n_hi} .. {self.n_lo} flat: pruning {counted(pruned, 'token')} saves "
             + (size if saved >= 0 else f"nothing: {self.n_lo} tokens timed {size} slower than "
-               f"{self.n_hi}"))
+               f"{self.n_hi}") + apart)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,8 +190,9 @@ class StepReport:
     else:
       lines = [s.describe() for s in self.steps] or ["no steps above noise"]
     apart = any(x.measured_apart for x in self.steps + self.lone)
+    flats_apart = not apart and any(f.measured_apart for f in self.flats)
     return (lines + [c.describe() for c in self.lone] + [APART_NOTE] * apart
-            + [f.describe() for f in self.flats])
+            + [f.describe() for f in self.flats] + [APART_NOTE] * flats_apart)
 
 
 def _check_curve(tokens, medians, iqrs, counts):
@@ -251,7 +258,7 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
   tokens, medians, iqrs, counts: [P] in any order (sorted by tokens descending here). `iqrs=None`
   means zero spread, `counts=None` means one sample per point. measured_at: [P] which
   measurement timed each point ('' not known); a step between levels of two known, different
-  ones says so (`Step.measured_apart`).
+  ones says so (`Step.measured_apart`), as do a lone count and a flat stretch.
   """
   if k <= 0:
     raise ValueError(f"k must be > 0, got {k}")
@@ -384,7 +391,9 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
     j = i
     while j + 1 < drop.size and is_flat[j + 1] and span_flat(i, j + 1):
       j += 1
-    flats.append(Flat(int(t[i]), int(t[j + 1]), float(med[i]), float(med[j + 1])))
+    marks = tuple(dict.fromkeys(w for w in when[i:j + 2] if w))   # (the stretch's, known)
+    flats.append(Flat(int(t[i]), int(t[j + 1]), float(med[i]), float(med[j + 1]),
+                      marks if len(marks) > 1 else ()))
     i = j + 1
   return StepReport(steps, tuple(flats), curve_s, per_token, int(t.size), lone)
 
