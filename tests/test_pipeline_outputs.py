@@ -711,3 +711,13 @@ def test_spec_refuses_a_bool_alpha_and_a_negative_seed():
       pipeline.PipelineSpec(seed=seed)
   assert pipeline.PipelineSpec(seed=0, alpha=1).alpha == 1
   assert pipeline.PipelineSpec(seed=2 ** 32 - 1).seed == 2 ** 32 - 1
+
+
+def test_measured_on_data_text_counts_single_reductions_in_the_singular():
+  # A probe's holdout run: 'candidates too: the 1 single reductions meeting the floor'.
+  one = pipeline.measured_on_data_text(54, 1)
+  assert one == ("54 multi-layer schedules on the data (candidates too: the 1 single reduction "
+                 "meeting the floor, measured by the estimate)")
+  many = pipeline.measured_on_data_text(1, 51)
+  assert many.startswith("1 multi-layer schedule on the data (candidates too: the 51 single "
+                         "reductions meeting the floor")

@@ -329,6 +329,16 @@ def _profile(cfg, params, spec, tokens, progress, log) -> records.Profile:
   return profile
 
 
+def measured_on_data_text(multi: int, singles: int) -> str:
+  """'2 multi-layer schedules on the data (candidates too: the 51 single reductions meeting the
+  floor, measured by the estimate)': what a floor's check measured (a probe read 'the 1 single
+  reductions')."""
+  return (f"{console.counted(multi, 'multi-layer schedule')} on the data (candidates too: "
+          + ("the 1 single reduction meeting" if singles == 1 else
+             f"the {singles} single reductions meeting")
+          + " the floor, measured by the estimate)")
+
+
 def _curve_shape(profile: records.Profile) -> Tuple[int, int, int]:
   """(steps, flat stretches, lone counts) the analysis of `profile` finds."""
   return len(profile.steps), len(profile.flats), len(profile.lone_counts)
@@ -506,9 +516,7 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
         rule, shown = f"{sol.metric} >= {floor:.6g}", ""
         singles = sol.settings["singles_meeting_floor"]
         multi = sum(solve.is_multi_reduction(c.counts) for c in sol.checked)
-        what = (f"{console.counted(multi, 'multi-layer schedule')} on the data "
-                f"(candidates too: the {singles} single reductions meeting the floor, measured "
-                "by the estimate)")
+        what = measured_on_data_text(multi, singles)
       else:
         paired = sum(c.measured_change_low is not None for c in sol.checked)
         what = (f"{console.counted(paired, 'schedule')} on the data image by image against "
@@ -527,8 +535,9 @@ def _solve(cfg, params, spec, data, profile, estimate, log, latency_model=None,
           f"the chosen {ch.schedule} (the fastest timed, below) measures {got:.4f}{shown}, "
           f"meeting {rule}" if ch.counts != sol.full.counts
           else f"no pruned schedule meets {rule}: keeping all tokens" if not meeting else
-          f"{meeting} pruned schedules meet {rule}, but the unpruned graph measured fastest: "
-          "keeping all tokens"))
+          f"{console.counted(meeting, 'pruned schedule')} "
+          f"{'meets' if meeting == 1 else 'meet'} {rule}, but the unpruned graph measured "
+          "fastest: keeping all tokens"))
     if timed_line is not None:
       log(timed_line)
       close = within_spread_note(sol)
