@@ -93,5 +93,32 @@ def test_a_profile_logged_to_a_file_says_how_far_it_is(tmp_path, monkeypatch, ca
   assert "\r" not in err                # (no bar redraws)
 
 
+class FlushCounting(io.StringIO):
+  def __init__(self):
+    super().__init__()
+    self.flushes = 0
+
+  def flush(self):
+    self.flushes += 1
+    super().flush()
+
+
+def test_bar_passes_its_unit_interval_and_stream_on():
+  out = FlushCounting()
+  bar = progress.bar(3, "d", unit="point", stream=out, interval=0.0)
+  bar.update()
+  assert out.getvalue().startswith("d: 1/3 points, ")
+  assert out.flushes >= 1                 # (a log file's line is not left in a buffer)
+  quiet = io.StringIO()
+  slow = progress.bar(3, "d", stream=quiet, interval=1e9)
+  slow.update()
+  assert quiet.getvalue() == ""
+  tty = Tty()
+  shown = progress.bar(3, "d", unit="point", stream=tty)
+  shown.update()
+  shown.close()
+  assert "point" in tty.getvalue()        # (the bar drawn on the stream given, in its unit)
+
+
 if __name__ == "__main__":
   pytest.main([__file__])
