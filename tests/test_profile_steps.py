@@ -736,3 +736,19 @@ def test_a_flat_stretch_over_two_measurements_says_its_counts_were_timed_apart()
   assert rep.steps[1].measured_apart == ("B", "C") and rep.flats[1].measured_apart == ("A", "B")
   lines = rep.describe()
   assert lines.count(steps.APART_NOTE) == 1 and lines[-4] == steps.APART_NOTE
+
+
+def test_a_flat_stretch_names_the_marks_of_its_end_counts_in_token_order():
+  """A mutation audit: a flat's marks taken without its lowest count (n_lo) or its highest
+  (n_hi), sorted instead of in token order, or the note given only for flats after the first."""
+  tokens = list(range(40, 1, -1))
+  med = _staircase(tokens, edges=(32, 16))
+  when = ["B" if n > 33 else "A" for n in tokens]          # 33, 40 .. 33's lowest, alone in A
+  rep = steps.detect_steps(tokens, med, measured_at=when)
+  assert [(f.n_hi, f.n_lo, f.measured_apart) for f in rep.flats] == [
+      (40, 33, ("B", "A")), (32, 17, ()), (16, 2, ())]
+  assert not any(s.measured_apart for s in rep.steps)
+  assert rep.describe()[-1] == steps.APART_NOTE
+  when = ["C" if n == 32 else "A" for n in tokens]         # 32, 32 .. 17's highest, alone in C
+  rep = steps.detect_steps(tokens, med, measured_at=when)
+  assert [f.measured_apart for f in rep.flats] == [(), ("C", "A"), ()]
