@@ -1060,6 +1060,22 @@ def test_the_floor_checks_error_is_not_shown_again_when_it_repeats_the_frontiers
                                   "frontier_accuracy_error": front}) == err, key
 
 
+def test_the_summary_shows_the_floor_checks_error_once_where_the_frontiers_repeats_it(tmp_path):
+  """A mutation audit: summary_lines read checked_accuracy_error itself, not through
+  checked_error_shown, and printed the frontier's figures twice."""
+  sol = S.read_solution(solution_file(tmp_path / "s.json", CFG, [17, 17, 9], mode="multi"))
+  err = dict(num_schedules=63, mean_abs_points=4.58, max_abs_points=13.65,
+             mean_signed_points=4.17)
+  checked, front = T.describe_checked_error(err), T.describe_frontier_error(err)
+  lines = T.summary_lines(dataclasses.replace(sol, settings=dict(
+      sol.settings, checked_accuracy_error=err, frontier_accuracy_error=err)))
+  assert front in lines and checked not in lines
+  lines = T.summary_lines(dataclasses.replace(sol, settings=dict(
+      sol.settings, checked_accuracy_error=err,
+      frontier_accuracy_error=dict(err, num_schedules=64))))
+  assert checked in lines
+
+
 def test_the_refinement_line_with_one_measuring_round_names_it_once():
   """Mutation audit: where one round measured new schedules (the first is the last), the line
   names that round once; the anchored prediction is told only where the first and the last
