@@ -1792,6 +1792,45 @@ def test_an_evaluator_taking_any_keyword_may_measure_image_by_image():
                         paired=True)
 
 
+def test_check_metrics_takes_one_number_per_schedule_as_floats():
+  """A mutation audit: a bool, a one-element array, a 0-d text array or a string of metrics
+  taken as metrics, more values than schedules accepted, numpy numbers kept as they were."""
+  counts = [(17, 9), (17, 5)]
+  got = solve.check_metrics("m", [np.float32(0.5), 1], counts)
+  assert got == [0.5, 1.0] and all(type(v) is float for v in got)
+  assert solve.check_metrics("m", [0.0, 1.0], counts) == [0.0, 1.0]
+  for bad in (True, np.bool_(False), np.array([0.5]), np.array("x")):
+    with pytest.raises(ValueError, match=r"^m: the metric of schedule 17,5 is .*, not an acc"):
+      solve.check_metrics("m", [0.5, bad], counts)
+  with pytest.raises(TypeError, match=r"^m must give one metric per schedule, got str"):
+    solve.check_metrics("m", "ab", counts)
+  with pytest.raises(ValueError, match=r"^m returned 3 values for 2 schedules"):
+    solve.check_metrics("m", [0.5] * 3, counts)
+
+
+def test_measure_checks_the_paired_counts_and_measure_frontier_takes_lists(tmp_path):
+  """A mutation audit: paired counts fewer than the schedules were cut short by zip; a
+  `measured_before` of lists (JSON's) was unhashable."""
+  c = solve_loop.Candidate.predicted(CFG, schedule_lib.layer_counts(N, 9, CFG.depth, 1),
+                                     1e-3, 0.8)
+
+  def evaluate(counts_list, paired=False):
+    return [300 / 359] * len(counts_list), []
+
+  with pytest.raises(ValueError, match=r"^evaluate returned 0 paired counts for 1 schedules"):
+    solve_loop._measure(evaluate, [c], 359, paired=True)  # pylint: disable=protected-access
+  ps = _block_profile(tmp_path)
+  es = _estimate(tmp_path, [1, 3, 5], list(range(4, N)), _acc)
+  predicted = _multi(ps, es, accuracy_floor=0.7)
+  by_counts = {p.counts: p.predicted_accuracy for p in predicted.frontier}
+  before = [list(p.counts) for p in predicted.frontier[:2]]
+  sol = solve_loop.measure_frontier(
+      predicted, lambda cs: [_share(by_counts[tuple(x)]) for x in cs],
+      num_images=NUM_EXAMPLES, measured_before=before)
+  err = sol.settings["frontier_accuracy_error"]
+  assert (err["num_schedules"], err["unscored"]) == (len(by_counts) - 2, 2)
+
+
 def test_a_measured_frontier_makes_budget_and_utility_choices_on_measurements(tmp_path):
   """measure_all without a floor: the budget (most accurate within the predicted-latency budget)
   and utility choices are made again on the MEASURED metric, which here ranks the schedules
