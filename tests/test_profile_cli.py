@@ -1479,10 +1479,19 @@ def test_the_library_spec_refuses_what_the_cli_checks_first(changes, message):
     (dict(threads="2"), r"^threads must be an int, got '2'$"),
     (dict(timing={"warmup": 1}), r"^timing must be a vitprune\.profile\.timing\.TimingConfig"),
     (dict(adaptive="no"), r"^adaptive must be True or False, got 'no'$"),   # ('no': adaptive)
+    # (a mutation audit: text and a dict iterate, the other int fields and cfg were unchecked)
+    (dict(tokens="17,9"), r"^tokens must be a sequence, got str '17,9'$"),
+    (dict(batch_sizes={1: 2}), r"^batch_sizes must be a sequence, got dict \{1: 2\}$"),
+    (dict(coarse_stride=1.5), r"^coarse_stride must be an int, got 1\.5$"),
+    (dict(max_points="4"), r"^max_points must be an int, got '4'$"),
+    (dict(chunk_points=2.5), r"^chunk_points must be an int, got 2\.5$"),
+    (dict(cfg="vit_digits"), r"^cfg must be a vitprune ViTConfig .* got str 'vit_digits'$"),
+    (dict(cfg="vit_digits", mode="schedule", schedules=(Schedule((17, 9, 9)),)),
+     r"^cfg must be a vitprune ViTConfig"),     # (not "'str' object has no attribute")
 ])
 def test_the_library_spec_names_a_field_of_the_wrong_type(changes, message):
   with pytest.raises(TypeError, match=message):
-    runner.ProfileSpec(cfg=CFG, **changes)
+    runner.ProfileSpec(**dict(dict(cfg=CFG), **changes))
   spec = runner.ProfileSpec(cfg=CFG, batch_sizes=[np.int64(2)], tokens=[17, np.int32(9)])
   assert spec.batch_sizes == (2,) and spec.tokens == (17, 9)
   assert all(type(v) is int for v in spec.batch_sizes + spec.tokens)
