@@ -338,6 +338,45 @@ def test_a_custom_reducers_returned_structure_and_sizes_are_checked():
       model.jitted_forward(params, images, cfg=cfg, schedule=sch, reducer=_BadReturn(kind))
 
 
+class _Returns(_BadReturn):
+  """`_BadReturn` with other returns: a triple, a list, a token short, sizes of another batch,
+  sizes 1..K (not all 1: they bias the next block's attention), or no sizes."""
+
+  def __eq__(self, other):
+    return type(other) is _Returns and other.kind == self.kind
+
+  def __hash__(self):
+    return hash(("returns", self.kind))
+
+  def reduce(self, x, size, stats, *, num_keep, num_prefix, layer):
+    b, k = x.shape[0], num_keep
+    sized = jnp.broadcast_to(jnp.arange(1.0, k + 1.0), (b, k))
+    return {"triple": (x[:, :k], None, None), "list": [x[:, :k], None],
+            "short": (x[:, :k - 1], None), "batch_one": (x[:, :k], jnp.ones((1, k))),
+            "sized": (x[:, :k], sized), "none": (x[:, :k], None)}[self.kind]
+
+
+def test_a_custom_reducers_return_is_checked_whole_and_its_sizes_are_used():
+  """A mutation audit of `_check_reduced`: a triple was 'too many values to unpack', a list
+  refused, a count short or sizes of batch 1 (which broadcast) accepted, the sizes dropped."""
+  cfg, params, images = _setup("test_tiny_vit", batch=2)
+  sch = S.parse_schedule(cfg, "keep@0:12,1:9")
+
+  def run(kind):
+    return model.jitted_forward(params, images, cfg=cfg, schedule=sch, reducer=_Returns(kind))
+
+  for kind, match in (
+      ("triple", r"^_Returns\.reduce must return \(tokens .* got tuple at layer 0"),
+      ("short", r"^_Returns returned 11 tokens at layer 0, the schedule asks for 12"),
+      ("batch_one", r"^_Returns returned token sizes of shape \(1, 12\) at layer 0")):
+    with pytest.raises(ValueError, match=match):
+      run(kind)
+  none = np.asarray(run("none"))
+  np.testing.assert_array_equal(np.asarray(run("list")), none)
+  assert not np.allclose(np.asarray(run("sized")), none)
+
+
+
 class _BlockSpy(_Reducer):
   """`_Reducer` that records what the model passes each block's reduction, at trace time."""
 
