@@ -333,10 +333,9 @@ def measured_on_data_text(multi: int, singles: int) -> str:
   """'2 multi-layer schedules on the data (candidates too: the 51 single reductions meeting the
   floor, measured by the estimate)': what a floor's check measured (a probe read 'the 1 single
   reductions')."""
-  return (f"{console.counted(multi, 'multi-layer schedule')} on the data (candidates too: "
-          + ("the 1 single reduction meeting" if singles == 1 else
-             f"the {singles} single reductions meeting")
-          + " the floor, measured by the estimate)")
+  return (f"{console.counted(multi, 'multi-layer schedule')} on the data (candidates too: the "
+          f"{console.counted(singles, 'single reduction')} meeting the floor, measured by the "
+          "estimate)")
 
 
 def _curve_shape(profile: records.Profile) -> Tuple[int, int, int]:
