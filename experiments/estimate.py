@@ -321,6 +321,12 @@ def main(f: flags.FlagValues):
                             "--overwrite to replace it, or --out_name to write another file)")
   atomic.check_output_json(out, ESTIMATE_FORMAT, "out_name", overwrite=f.overwrite)
   began = atomic.file_stamp(out)      # (--overwrite replaces this file, not one written since)
+  images = len(data.indices)
+  if f.batch_size > images:     # (before the work: the same results, compute spent on padding)
+    print(f"note: --batch_size={f.batch_size} is above the {console.counted(images, 'image')}: "
+          f"each point runs one batch padded with "
+          f"{console.counted(f.batch_size - images, 'ignored row')} "
+          f"(--batch_size={images} does the same with less work)")
   result = estimate.evaluate(cfg, params, data.batches(cfg, f.batch_size, f.num_workers),
                              points, labelled=data.labelled, dtype=f.dtype, shard=f.shard)
   record = estimate.estimate_record(
@@ -351,12 +357,6 @@ def main(f: flags.FlagValues):
   if f.data == "digits" and f.split != "test" and trained_split is not None:
     print(f"note: --split={f.split} holds the digits these weights were trained on: the "
           "accuracies are optimistic (--split=test is held out)")
-  images = len(data.indices)
-  if f.batch_size > images:     # (the numbers are the same; the padding rows cost compute)
-    print(f"note: --batch_size={f.batch_size} is above the {console.counted(images, 'image')}: "
-          f"each point ran one batch padded with "
-          f"{console.counted(f.batch_size - images, 'ignored row')} "
-          f"(--batch_size={images} does the same with less work)")
   print(f"wrote {common.shown(path)}")
   return record
 

@@ -1644,9 +1644,12 @@ def test_a_batch_above_the_images_is_noted_and_changes_no_number(tmp_path):
     code, out, err = run_cli_in_process(REPO, "estimate", base + [
         f"--batch_size={b}", f"--out_dir={tmp_path / str(b)}"])
     assert code == 0, err
-    note = ("note: --batch_size=64 is above the 4 images: each point ran one batch padded "
+    note = ("note: --batch_size=64 is above the 4 images: each point runs one batch padded "
             "with 60 ignored rows (--batch_size=4 does the same with less work)")
     assert (note in out.splitlines()) == (b == 64), out
+    if b == 64:                    # (said before the work: above the results table)
+      assert out.splitlines().index(note) < out.splitlines().index(
+          next(l for l in out.splitlines() if l.startswith("test_tiny_vit  method=")))
     assert "is above the" not in out or b == 64
     (path,) = (tmp_path / str(b)).iterdir()
     recs[b] = record_lib.read_estimate(str(path))
@@ -1655,6 +1658,6 @@ def test_a_batch_above_the_images_is_noted_and_changes_no_number(tmp_path):
     assert a.scores.kl == pytest.approx(b.scores.kl, rel=1e-6)
   code, out, err = run_cli_in_process(REPO, "estimate", base + [    # (was '1 ignored rows')
       "--batch_size=5", f"--out_dir={tmp_path / '5'}"])
-  assert code == 0 and ("note: --batch_size=5 is above the 4 images: each point ran one batch "
+  assert code == 0 and ("note: --batch_size=5 is above the 4 images: each point runs one batch "
                         "padded with 1 ignored row (--batch_size=4 does the same with less "
                         "work)") in out.splitlines(), out + err
