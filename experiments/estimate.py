@@ -97,21 +97,6 @@ def parse_tokens(cfg, text: Optional[str]) -> List[int]:
   return sorted(parse_token_grid(cfg, text))
 
 
-def lowest_count(cfg, points) -> int:
-  """The smallest token count that every layer of `points` (their reducer) can reach in one
-  reduction, for the hint of a default grid that goes below it."""
-  layers = {p.layer: p.reducer for p in points}
-  for n in range(cfg.num_prefix_tokens + 1, cfg.num_tokens + 1):
-    try:
-      for layer, reducer in layers.items():
-        check_schedule(cfg, estimate.token_points(cfg, [n], reducer, layer=layer)[0].schedule,
-                       reducer)
-    except ValueError:
-      continue
-    return n
-  return cfg.num_tokens
-
-
 def parse_layer(text: str, depth: int, flag: str = "layer") -> Optional[int]:
   """'embed' -> None, a block index -> itself; ValueError naming `--flag` otherwise."""
   if text == "embed":
@@ -272,7 +257,8 @@ def main(f: flags.FlagValues):
       check_schedule(cfg, p.schedule, p.reducer)
     except ValueError as e:
       where = "after the embedding" if p.layer is None else f"at block {p.layer}"
-      lowest = lowest_count(cfg, points)
+      # (the fewest tokens one block leaves from all of them: what check_schedule allows)
+      lowest = cfg.num_tokens - reducer.max_remove(cfg.num_tokens, cfg.num_prefix_tokens)
       if f.tokens is not None:
         raise ValueError(f"--tokens: {p.tokens} tokens {where}: {e} (give counts from {lowest} "
                          "up)") from None
