@@ -666,8 +666,8 @@ def fit_drop_correction(model: CostModel, measured: Dict[Tuple[int, ...], float]
   if not isinstance(measured, Mapping):      # (a list of pairs: "no attribute 'items'")
     raise TypeError(f"measured must be a dict {{counts: metric}}, got {type(measured).__name__}")
   # (finite: a synthetic table's predictions, what the tests fit, may fall below 0)
-  check_metrics("measured", list(measured.values()), list(measured), unit=False)
-  rows = [(c, float(v)) for c, v in measured.items() if is_multi_reduction(c)]
+  values = check_metrics("measured", list(measured.values()), list(measured), unit=False)
+  rows = [(c, v) for c, v in zip(measured, values) if is_multi_reduction(c)]
   delta = np.zeros_like(model.drop)
   if not rows:
     return delta, 0
