@@ -367,9 +367,12 @@ def _count(lowest: int):
   return lambda v: jsonio.is_int(v) and v >= lowest
 
 
+# The figures of an accuracy-model error summary (`solve_loop._error_points`).
+ERROR_FIGURES = ("num_schedules", "mean_abs_points", "max_abs_points", "mean_signed_points")
+
+
 def _error_summary(v: Any) -> bool:
-  keys = ("num_schedules", "mean_abs_points", "max_abs_points", "mean_signed_points")
-  return (isinstance(v, dict) and all(jsonio.is_num(v.get(k)) for k in keys)
+  return (isinstance(v, dict) and all(jsonio.is_num(v.get(k)) for k in ERROR_FIGURES)
           and jsonio.is_int(v["num_schedules"]) and v["num_schedules"] >= 0
           and 0 <= v["mean_abs_points"] <= v["max_abs_points"] + 1e-9    # (a mean of equal
                                                                       # values: 1 ulp above)

@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from vitprune import solve as solve_lib
 from vitprune.console import counted
 from vitprune.profile import protocol
-from vitprune.records.solution import (Solution, judges_paired_change, meets_measured_floor,
-                                       pruned_meeting_floor)
+from vitprune.records.solution import (ERROR_FIGURES, Solution, judges_paired_change,
+                                       meets_measured_floor, pruned_meeting_floor)
 
 
 def within_spread_note(sol: Solution) -> Optional[str]:
@@ -271,15 +271,12 @@ def describe_capped(sol: Solution) -> str:
           "(its per-block limit)")
 
 
-_ERROR_FIGURES = ("num_schedules", "mean_abs_points", "max_abs_points", "mean_signed_points")
-
-
 def checked_error_shown(settings: Dict[str, Any]) -> Optional[Dict[str, Any]]:
   """`settings['checked_accuracy_error']`, unless it repeats the frontier's error figure for
   figure (`--measure_frontier` measured every multi-layer schedule the floor check then read:
   the same line twice)."""
   err, front = settings.get("checked_accuracy_error"), settings.get("frontier_accuracy_error")
-  if err and front and all(err[k] == front[k] for k in _ERROR_FIGURES):
+  if err and front and all(err[k] == front[k] for k in ERROR_FIGURES):
     return None
   return err or None
 
