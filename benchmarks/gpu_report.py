@@ -439,8 +439,8 @@ def to_markdown(doc: Dict[str, Any]) -> str:
 def main(f: flags.FlagValues) -> Dict[str, Any]:
   """Collects, prints the markdown, writes the JSON with --out -> the document."""
   if f.out:
-    atomic.check_output_json(f.out, RESULT_FORMAT, "out")     # before reading anything
-    check_out_not_read(f.out, f.dir)
+    check_out_not_read(f.out, f.dir)                         # before reading anything
+    atomic.check_output_json(f.out, RESULT_FORMAT, "out")
   doc = collect(f.dir)
   print(to_markdown(doc))
   if f.out:

@@ -74,9 +74,9 @@ def run(f: flags.FlagValues) -> dict:
   if f.num_workers < 0:
     raise ValueError(f"--num_workers must be >= 0, got {f.num_workers}")
   if f.output:
+    check_not_read_as_an_image(f.output, f.images, "output", "images")   # (the hazard first)
     atomic.check_output_json(f.output, RESULT_FORMAT)
     runtime.check_not_in_records_folder(f.output, "output")
-    check_not_read_as_an_image(f.output, f.images, "output", "images")
   check_images_flag(f.images)
   manifest = deploy.read_manifest(f.artifact)
   if not manifest.config.num_classes:

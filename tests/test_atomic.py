@@ -1475,3 +1475,24 @@ def test_an_exclusive_output_taken_after_the_run_began_keeps_what_the_run_made(t
       f"output path; this run's output is kept in {tmp_path / kept[0]}")
   assert (tmp_path / kept[0] / "mine.txt").read_text() == "mine"
   assert os.listdir(out) == ["theirs.txt"] and (out / "theirs.txt").read_text() == "theirs"
+
+
+@pytest.mark.parametrize("name, kind", [("est.png", r"\.png file \(image/png\)"),
+                                        ("r.CSV", r"\.CSV file \(text/csv\)"),
+                                        ("notes.txt", r"\.txt file \(text/plain\)"),
+                                        ("r.tar.gz", r"\.tar\.gz file \(application/x-tar "
+                                                     r"gzip\)")])
+def test_a_json_output_named_as_another_format_is_refused(tmp_path, name, kind):
+  """An estimate named x.png was written as JSON (an image viewer then refused it)."""
+  path = str(tmp_path / name)
+  with pytest.raises(ValueError, match=rf"^--out={re.escape(path)} names a {kind}, but the "
+                     r"file written is JSON: name it \*\.json$"):
+    atomic.check_output_json(path, "vitprune-x", "out")
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["r.json", "r.JSON", "results", "r.jsonl", "r.log", "a.b/r"])
+def test_a_json_output_named_json_or_without_a_known_suffix_passes(tmp_path, name):
+  os.makedirs(tmp_path / "a.b")
+  atomic.check_output_json(str(tmp_path / name), "vitprune-x", "out")
+  atomic.check_json_name(str(tmp_path / name), None)

@@ -32,6 +32,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import mimetypes
 import os
 import re
 import secrets
@@ -509,9 +510,24 @@ def check_output_json(path: str, fmt: str, flag: str = "output",
                       companions: Sequence[str] = (), overwrite: bool = True) -> None:
   """`path` is a writable file path (`check_output_file`) that is absent or a JSON file of
   format `fmt` (`check_replaceable_json`: never a file someone else made; `companions` written
-  with it likewise)."""
+  with it likewise) whose name does not say another format (`check_json_name`)."""
   check_output_file(path, flag, overwrite=overwrite)
   check_replaceable_json(path, fmt, companions)
+  check_json_name(path, flag)
+
+
+def check_json_name(path: str, flag: Optional[str] = "output") -> None:
+  """Raises when `path`'s suffix names a format other than JSON (by Python's built-in table of
+  media types, not the machine's: `x.png`, `x.csv`, `x.txt`); a name without a known suffix
+  passes (an estimate named `x.png` was written as JSON that an image viewer then refused)."""
+  kind = mimetypes.MimeTypes().guess_type(path, strict=False)
+  if kind == (None, None) or kind == ("application/json", None):
+    return
+  name = os.path.basename(path)
+  suffix = "." + ".".join(name.split(".")[-2 if kind[1] else -1:])
+  shown = path if flag is None else f"--{flag}={path}"
+  raise ValueError(f"{shown} names a {suffix} file ({' '.join(x for x in kind if x)}), but the "
+                   "file written is JSON: name it *.json")
 
 
 def _existing_ancestor(path: str) -> str:

@@ -194,10 +194,10 @@ def check_flags(command: str) -> None:
     raise ValueError("; ".join(f"--{n} is not read by {command} (only by {', '.join(users[n])})"
                                for n in unread))
   if FLAGS.output:
+    if command == "run":                     # (the hazard first)
+      check_not_read_as_an_image(FLAGS.output, FLAGS.images, "output", "images")
     atomic.check_output_json(FLAGS.output, RESULT_FORMAT, "output")
     runtime.check_not_in_records_folder(FLAGS.output, "output")
-    if command == "run":
-      check_not_read_as_an_image(FLAGS.output, FLAGS.images, "output", "images")
   if command == "profile" and FLAGS.out:
     if os.path.isdir(FLAGS.out):
       raise IsADirectoryError(f"--out={FLAGS.out} is a directory, not a file")
