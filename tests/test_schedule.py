@@ -143,6 +143,10 @@ def test_tome_r_list_matches_parse_r():
     S.tome_r_list(3, [-1])
   with pytest.raises(TypeError, match="inflection must be a number, got True"):
     S.tome_r_list(12, (8, True))
+  for bad in ("0.5", np.array("0.5"), np.array([0.5])):       # (text read as 0.5 now refused)
+    with pytest.raises(TypeError, match="inflection must be a number, got "):
+      S.tome_r_list(12, (8, bad))
+  assert S.tome_r_list(12, (8, np.array(0.5))) == S.tome_r_list(12, (8, 0.5))
   # A mapping was read as the list of its keys: {3: 8} was r=3 at block 0, not r=8 at block 3.
   for bad in ({3: 8}, {8}, b"\x03"):
     with pytest.raises(TypeError, match=r"r must be an int, an \(r, inflection\) tuple or a "

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -126,6 +127,19 @@ def test_intersect_grid():
 def test_paper_alpha_out_of_range(alpha):
   with pytest.raises(ValueError, match="alpha must be in"):
     solve.solve_paper([1, 2], [1.0, 2.0], [0.1, 0.2], alpha, depth=4, num_tokens=2)
+
+
+def test_paper_alpha_is_any_real_number_and_nothing_else():
+  """numpy's float32 was taken and JAX's refused (a JAX float is no numbers.Real); a 0-d array
+  of text, a bool and a one-element array are no alpha."""
+  args = ([1, 2], [1.0, 2.0], [0.1, 0.2])
+  want = solve.solve_paper(*args, 0.25, depth=4, num_tokens=2).n_star
+  for alpha in (np.float32(0.25), jnp.float32(0.25), jnp.bfloat16(0.25), np.array(0.25)):
+    assert solve.solve_paper(*args, alpha, depth=4, num_tokens=2).n_star == want
+  assert solve.check_alpha(jnp.array(1)) == 1.0 and type(solve.check_alpha(np.int8(0))) is float
+  for bad in ("0.5", np.array("0.5"), True, np.bool_(True), jnp.array([0.5]), None):
+    with pytest.raises(TypeError, match=r"^alpha must be a number in \[0, 1\], got "):
+      solve.check_alpha(bad)
 
 
 def test_paper_errors():
@@ -1799,7 +1813,10 @@ def test_check_metrics_takes_one_number_per_schedule_as_floats():
   got = solve.check_metrics("m", [np.float32(0.5), 1], counts)
   assert got == [0.5, 1.0] and all(type(v) is float for v in got)
   assert solve.check_metrics("m", [0.0, 1.0], counts) == [0.0, 1.0]
-  for bad in (True, np.bool_(False), np.array([0.5]), np.array("x")):
+  # JAX and bfloat16 numbers are numbers; a 0-d array of text "0.5" is not (it was read as 0.5)
+  assert solve.check_metrics("m", [jnp.float32(0.25), jnp.bfloat16(0.5)], counts) == [0.25, 0.5]
+  for bad in (True, np.bool_(False), np.array([0.5]), np.array("x"), np.array("0.5"),
+              jnp.array(True)):
     with pytest.raises(ValueError, match=r"^m: the metric of schedule 17,5 is .*, not an acc"):
       solve.check_metrics("m", [0.5, bad], counts)
   with pytest.raises(TypeError, match=r"^m must give one metric per schedule, got str"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 from typing import Any, Dict, List, Optional, Tuple, Type
 
@@ -29,6 +30,26 @@ METHOD_OPTIONS: Dict[str, Dict[str, str]] = {
     "tome": {}, "topk": {}}
 _OPTION_KINDS = {"bool": (bool, np.bool_), "int": (int, np.integer),
                  "float": (int, float, np.integer, np.floating), "str": (str,)}
+
+
+def real_number(value: Any) -> Optional[float]:
+  """`value` as a float when it is one real number: Python's, a numpy scalar or a 0-d numpy or
+  JAX array of an integer or float dtype (bfloat16 too); None otherwise (bools, strings, a 0-d
+  array of strings: `np.array("0.5")` read as 0.5, and a JAX float, which is no
+  `numbers.Real`, was refused where numpy's was taken). Reads the solver's alpha and metrics,
+  ToMe's inflection and float schedule counts."""
+  if isinstance(value, (bool, np.bool_, str, bytes)):
+    return None
+  if isinstance(value, numbers.Real):
+    return float(value)
+  dtype = getattr(value, "dtype", None)
+  if getattr(value, "shape", None) != () or dtype is None:
+    return None
+  try:
+    numeric = np.dtype(dtype).kind in "iu" or is_float_dtype(dtype)
+  except TypeError:
+    return None
+  return float(value) if numeric else None
 
 
 def is_float_dtype(dtype: Any) -> bool:

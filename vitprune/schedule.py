@@ -53,7 +53,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import numbers
 import operator
 import re
 import reprlib
@@ -63,7 +62,7 @@ from typing import (TYPE_CHECKING, AbstractSet, Any, List, Mapping, Optional, Se
 
 import numpy as np
 
-from vitprune.config import ViTConfig, check_config_type, is_float_dtype
+from vitprune.config import ViTConfig, check_config_type, real_number
 from vitprune.console import counted
 
 if TYPE_CHECKING:  # deployed models load schedules without importing vitprune.reduce
@@ -79,11 +78,9 @@ def _count(c: Any, i: int) -> int:
     try:
       return operator.index(c)
     except TypeError:
-      if not isinstance(c, numbers.Real) and getattr(c, "shape", None) == () and \
-          is_float_dtype(getattr(c, "dtype", object)):
-        c = float(c)        # (a JAX float scalar, jnp.array([65., 35.])'s items, is no Real)
-      if isinstance(c, numbers.Real) and math.isfinite(c) and int(c) == c:
-        return int(c)
+      f = real_number(c)    # (a JAX float scalar, jnp.array([65., 35.])'s items, is no Real)
+      if f is not None and math.isfinite(f) and int(f) == f:
+        return int(f)
   raise ValueError(f"schedule count {c!r} at position {i} is not an integer")
 
 
@@ -487,9 +484,10 @@ def tome_r_list(num_layers: int, r: RSpec) -> List[int]:
       raise ValueError(f"a tuple r must be (r, inflection) as in ToMe, got {r!r}; pass a list "
                        "for per-layer values")
     r, inflect = r
-    if isinstance(inflect, (bool, np.bool_)) or not isinstance(inflect, numbers.Real):
+    value = real_number(inflect)
+    if value is None:
       raise TypeError(f"inflection must be a number, got {inflect!r}")
-    inflect = float(inflect)
+    inflect = value
     if not -1.0 <= inflect <= 1.0:
       raise ValueError(f"inflection must be in [-1, 1] (ToMe: -1 decreasing, 0 constant, "
                        f"+1 increasing), got {inflect}")

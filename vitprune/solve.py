@@ -81,12 +81,11 @@ idempotent), so it stays exact.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from vitprune.config import check_switch
+from vitprune.config import check_switch, real_number
 from vitprune.console import counted, shown_apart
 from vitprune.schedule import as_int, layer_counts
 
@@ -144,12 +143,12 @@ def _unit(name: str, a: np.ndarray) -> np.ndarray:
 
 def check_alpha(alpha: float) -> float:
   """`alpha` as a float in [0, 1]: TypeError for a bool or a non-number, ValueError else."""
-  if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+  value = real_number(alpha)
+  if value is None:
     raise TypeError(f"alpha must be a number in [0, 1], got {alpha!r}")
-  alpha = float(alpha)
-  if not 0.0 <= alpha <= 1.0:  # also rejects NaN
-    raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-  return alpha
+  if not 0.0 <= value <= 1.0:  # also rejects NaN
+    raise ValueError(f"alpha must be in [0, 1], got {value}")
+  return value
 
 
 def _check_depth_layer(depth: int, layer: int) -> Tuple[int, int]:
@@ -694,12 +693,7 @@ def check_metrics(what: str, values: Any, counts_list: Sequence[Sequence[int]], 
     raise ValueError(f"{what} returned {len(values)} values for {len(counts_list)} schedules")
   out = []
   for counts, v in zip(counts_list, values):
-    f = None
-    if not isinstance(v, (bool, np.bool_, str, bytes)) and np.ndim(v) == 0:
-      try:
-        f = float(v)                           # (a Python, numpy or JAX number)
-      except (TypeError, ValueError):
-        pass
+    f = real_number(v)                         # (a Python, numpy or JAX number)
     if f is None or not (0.0 <= f <= 1.0 if unit else np.isfinite(f)):   # (NaN fails both)
       raise ValueError(f"{what}: the metric of schedule {','.join(map(str, counts))} is "
                        f"{v!r}, not " + ("an accuracy or agreement in [0, 1]" if unit else
