@@ -88,8 +88,24 @@ def check_not_empty(fv: flags.FlagValues) -> None:
   for name, flag in sorted(fv._flags().items()):  # pylint: disable=protected-access
     if (name == flag.name and flag.present and isinstance(flag.value, str) and not flag.value
         and flag.default != "" and EMPTY_MEANS_NONE not in (flag.help or "")):
-      raise ValueError(f"--{name} is empty" + ("" if flag.default is None else
-                                               f" (leave it out for the default {flag.default})"))
+      raise empty_flag(flag)
+
+
+def empty_flag(flag: flags.Flag) -> ValueError:
+  """The error of a string flag given empty (or blank), naming the default it leaves out: its
+  own, or what its help says the CLI chooses (`default_in_help`)."""
+  said = default_in_help(flag.help)
+  hint = (f" (leave it out for the default {flag.default})" if flag.default is not None
+          else f" (leave it out for the default: {said})" if said else "")
+  return ValueError(f"--{flag.name} is empty{hint}")
+
+
+def default_in_help(text: Optional[str]) -> Optional[str]:
+  """What a flag's help says its default is when the flag's own default is None and the CLI
+  chooses one (`(default: X; ...)` or `default X.`), its first clause; None when it says none
+  (`profile --out_dir=` was refused without naming its default, as the others do)."""
+  found = re.search(r"\bdefault:? ([^;()]+)", text or "")
+  return found.group(1).strip().rstrip(".").strip() or None if found else None
 
 
 def parse(define_flags: Callable[[flags.FlagValues], None], argv: Sequence[str] = ()

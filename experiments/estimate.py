@@ -62,13 +62,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_list("method_opts", [], "The reducer's options, key=value (e.g. nested=false for "
                     "random: each block draws its own subset, random drop before 2026-12-05; "
                     "normalize=true for evit); random drop's seed is --seed.", flag_values=fv)
-  flags.DEFINE_string("tokens", None, "Token grid: 'a,b,c', 'start:stop:step' or 'all'.",
-                      flag_values=fv)
+  flags.DEFINE_string("tokens", None, "Token grid: 'a,b,c', 'start:stop:step' or 'all' "
+                      "(default: 16 evenly spaced counts).", flag_values=fv)
   flags.DEFINE_string("layer", None,
                       "'embed' or a block index (default: embed for random, else 3).",
                       flag_values=fv)
-  flags.DEFINE_string("layers", None, "Per-layer sensitivity: comma list of layers, or 'all'.",
-                      flag_values=fv)
+  flags.DEFINE_string("layers", None, "Per-layer sensitivity: comma list of layers, or 'all' "
+                      "(default: one layer, --layer).", flag_values=fv)
   flags.DEFINE_integer("num_images", None, "Seeded class-balanced subset size (default: all).",
                        flag_values=fv)
   flags.DEFINE_integer("holdout_images", None, "Hold this many images (seeded by --seed, "
@@ -83,8 +83,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_bool("shard", True, "Shard batches over all local devices.", flag_values=fv)
   flags.DEFINE_string("out_dir", "outputs/estimate", "Where the estimate JSON is written.",
                       flag_values=fv)
-  flags.DEFINE_string("out_name", None, "File name (default: model, method, layers, data, "
-                      "images, seed, --tokens and --dtype).", flag_values=fv)
+  flags.DEFINE_string("out_name", None, "File name (default: one made of the model, method, "
+                      "layers, data, images, seed, --tokens and --dtype).", flag_values=fv)
   flags.DEFINE_bool("overwrite", False, "Replace an existing estimate file.", flag_values=fv)
 
 
@@ -193,7 +193,7 @@ def main(f: flags.FlagValues):
   common.check_data_flag(f)
   for name in ("tokens", "layer", "layers"):
     if f[name].present and not (f[name].value or "").strip():
-      raise ValueError(f"--{name} is empty (leave it out for the default)")
+      raise common.empty_flag(f[name])
   embedded = (f.model or common.EMBEDDED_MODEL) == common.EMBEDDED_MODEL
   if f["init_seed"].present and (f.weights or embedded):
     raise ValueError("--init_seed seeds random weights; it applies only to --model without "

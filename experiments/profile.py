@@ -58,9 +58,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "reducer", None, "Token-drop method of the pruned graphs (default: the library's "
       "'random'; keep_first: a static slice; --mode=model|block drop after the embedding, "
       "which only these two do).", flag_values=fv)
-  flags.DEFINE_string("out_dir", None, "Output directory (default outputs/profile/; "
-                                 "the pipeline: outputs/pipeline/ with profile/, estimate/, solve/ "
-                                 "and summary.json).", flag_values=fv)
+  flags.DEFINE_string("out_dir", None, "Output directory (default: outputs/pipeline/ for the "
+                                 "main job, with profile/, estimate/, solve/ and summary.json; "
+                                 "outputs/profile/ with --mode).", flag_values=fv)
   flags.DEFINE_float("min_run_time", 0.25, "Seconds of timed calls per point.", flag_values=fv)
   flags.DEFINE_float("max_rel_iqr", 0.1,
                                     "Re-measure points whose IQR / median exceeds this.",

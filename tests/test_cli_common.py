@@ -93,6 +93,12 @@ def test_a_string_flag_given_empty_is_refused_unless_empty_is_its_default():
   with pytest.raises(ValueError, match=r"^--model is empty \(leave it out for the default "
                      r"vit_digits\)$"):
     common.parse(define, ["--model="])
+  # A default the CLI chooses (the flag's own is None) is named as its help says it.
+  from experiments import profile as profile_cli
+  with pytest.raises(ValueError, match=r"^--out_dir is empty \(leave it out for the default: "
+                     r"outputs/pipeline/ for the main job, with profile/, estimate/, solve/ and "
+                     r"summary.json\)$"):
+    common.parse(profile_cli.define_flags, ["--out_dir="])
   assert common.parse(define, ["--sizes="]).sizes == []            # lists: their own checks
   with pytest.raises(ValueError, match=r"^unexpected arguments: \['x'\]$"):
     common.parse(define, ["x"])
@@ -1258,3 +1264,14 @@ def test_uncovered_flag_refusals_of_convert_and_run_deployed(tmp_path):
        "--num_workers must be >= 0, got -1")]:
     assert run_cli_in_process(tmp_path, cli, argv) == (1, "", f"error: {said}\n"), argv
   assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("text, said", [
+    ("Output directory (default: outputs/x/ for the job; outputs/y/ else).",
+     "outputs/x/ for the job"),
+    ("Registered model; default vit_digits with its weights.", "vit_digits with its weights"),
+    ("Method (default: the estimate's, else pomt).", "the estimate's, else pomt"),
+    ("Seeds (defaults to 0).", None), ("No word of it.", None), ("", None), (None, None),
+    ("(default: )", None)])
+def test_default_in_help_reads_the_first_clause_of_what_a_help_says(text, said):
+  assert common.default_in_help(text) == said

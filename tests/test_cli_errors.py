@@ -487,9 +487,9 @@ CASES = [
      "--weights measures a multi-mode --accuracy_floor, --max_accuracy_drop or --latency_budget "
      "choice in the loop: pass --mode=multi and one of them"),
     ("estimate", ["--layers= ", "--out_dir={out}"], 1,
-     "--layers is empty (leave it out for the default)"),
+     "--layers is empty (leave it out for the default: one layer, --layer)"),
     ("estimate", ["--method=pomt", "--layer= ", "--out_dir={out}"], 1,
-     "--layer is empty (leave it out for the default)"),
+     "--layer is empty (leave it out for the default: embed for random, else 3)"),
     ("estimate", ["--layer=1", "--layers=all", "--out_dir={out}"], 1,
      "pass either --layer (one curve) or --layers (sensitivity table)"),
     # mutation audit of deploy.py, train_digits.py: each check at its boundary
