@@ -473,7 +473,7 @@ def test_pipeline_end_to_end_on_a_small_grid(tmp_path, capsys, monkeypatch):
           f", solve {t['solve']:.1f}, verify ") in out
 
 
-def test_pipeline_on_image_folders(tmp_path):
+def test_pipeline_on_image_folders(tmp_path, capsys):
   # The real-data path: PNG files through ImageFolder and the model's eval preprocessing.
   from vitprune.digits import write_digits_imagefolder
   labelled = write_digits_imagefolder(str(tmp_path / "digits"), split="test", limit=30)
@@ -488,6 +488,9 @@ def test_pipeline_on_image_folders(tmp_path):
          f"--data={flat}", "--eval_batch_size=16"))
   assert s["metric"] == "agreement" and s["num_images"] == 20
   assert s["unpruned"]["agreement"] == 1.0 and "accuracy" not in s["pruned"]
+  # Few unlabelled images are noted as few, not as fewer than the classes (20 >= 10 of them).
+  assert ("note: the choice rests on 20 images, unlabelled, fewer than 30: each measured "
+          "agreement is a count of 20 (steps of 0.05)") in capsys.readouterr().out
   # The change in agreement: agreement - 1 exactly (the unpruned graph cannot disagree with
   # itself), never an interval above 0 (nothing pruned: test_pipeline_outputs).
   change = s["pruned"]["change"]

@@ -734,10 +734,12 @@ def run_pipeline(cfg: ViTConfig, params: Params, spec: PipelineSpec, out_dir: st
   if spec.holdout_images is not None:          # the choice is made on the others
     data, holdout = estimate_lib.holdout_split(data, spec.holdout_images, spec.seed)
   n = len(data.indices)
-  if n < min(cfg.num_classes, FEW_IMAGES):    # (a probe chose on 1 image: 1.0, then 0.508)
-    log(f"note: the choice rests on {console.counted(n, 'image')}, fewer than the model's "
-        f"{cfg.num_classes} classes: each measured {default_metric(data.labelled)} is a count of "
-        f"{n} (steps of {1 / n:.3g})")
+  # (a probe chose on 1 image: 1.0, then 0.508; unlabelled, the classes are not what is few)
+  if n < (min(cfg.num_classes, FEW_IMAGES) if data.labelled else FEW_IMAGES):
+    fewer = (f"fewer than the model's {cfg.num_classes} classes" if data.labelled else
+             f"unlabelled, fewer than {FEW_IMAGES}")
+    log(f"note: the choice rests on {console.counted(n, 'image')}, {fewer}: each measured "
+        f"{default_metric(data.labelled)} is a count of {n} (steps of {1 / n:.3g})")
   tokens = spec.grid(cfg)
   latency_model = None
   seconds, clock = {}, time.perf_counter()
