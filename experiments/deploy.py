@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 from absl import flags
 
 from experiments import common
-from vitprune import checkpoint, deploy, jsonio, memory
+from vitprune import checkpoint, console, deploy, jsonio, memory
 from vitprune.config import (COMPUTE_DTYPES, PRECISIONS, config_to_dict, configs_shown,
                              method_label, options_text, same_method)
 from vitprune.digest import params_sha256
@@ -78,7 +78,8 @@ def input_provenance(profile_path: str = "", estimate_path: str = "") -> dict:
   """Identity of the profile / estimate records a deployment came from (read strictly)."""
   out = {}
   if profile_path:
-    p = records.load(profile_path)
+    with console.input_flag("--profile", profile_path):
+      p = records.load(profile_path)
     out["profile"] = {"path": os.path.abspath(profile_path),
                       "sha256": records.measurement_sha256(p), "model": p.model,
                       "device_kind": p.device_kind, "platform": p.platform, "dtype": p.dtype,
@@ -87,7 +88,8 @@ def input_provenance(profile_path: str = "", estimate_path: str = "") -> dict:
     if timed is not None:
       out["profile"]["schedules_of"] = timed
   if estimate_path:
-    e = read_estimate(estimate_path)
+    with console.input_flag("--estimate", estimate_path):
+      e = read_estimate(estimate_path)
     out["estimate"] = {"path": os.path.abspath(estimate_path), "sha256": e.sha256(),
                        "model": e.model, "kind": e.kind, "method": e.method,
                        "method_kwargs": e.reducer_kwargs, "weights_sha256": e.weights_sha256,
@@ -223,7 +225,8 @@ def main(f: flags.FlagValues) -> str:
   if f.solution:
     if f["schedule"].present:
       raise ValueError("give either --schedule or --solution, not both")
-    sol = read_solution(f.solution)
+    with console.input_flag("--solution", f.solution):
+      sol = read_solution(f.solution)
     if sol.config != cfg:
       theirs, ours = ((repr(sol.model), repr(cfg.name)) if sol.model != cfg.name else
                       configs_shown(sol.model, config_to_dict(sol.config), cfg.name,

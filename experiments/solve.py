@@ -41,6 +41,7 @@ from absl import flags
 
 from experiments import common
 from vitprune import atomic
+from vitprune import console
 from vitprune import estimate as estimate_lib
 from vitprune import memory
 from vitprune import pipeline
@@ -206,7 +207,10 @@ def main(f: flags.FlagValues):
                      "changes nothing")
   common.check_output_dir(f.out_dir)
   timing_cfg = flag_timing(min_run_time=f.min_run_time)    # checked before any work
-  profile, estimate = records.load(f.profile), read_estimate(f.estimate)
+  with console.input_flag("--profile", f.profile):
+    profile = records.load(f.profile)
+  with console.input_flag("--estimate", f.estimate):
+    estimate = read_estimate(f.estimate)
   solve_stage.check_same_model(profile, estimate)     # before anything read from either
   solve_stage.check_held_out(estimate)
   calibrated = (solve_stage.profile_latency_model(profile, estimate, f.batch_size,

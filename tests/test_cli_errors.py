@@ -531,6 +531,17 @@ CASES = [
     ("deploy", [f"--weights={WEIGHTS}", "--method=none", "--schedule=keep@3:35", "--out={out}"],
      1, "--method=none, but the schedule keep@3:35 removes tokens: give the method that removes "
      "them (e.g. --method=pomt)"),
+    # an input of the wrong kind named the file alone, not the flag it came through (a probe)
+    ("deploy", [f"--weights={WEIGHTS}", "--solution=/proc/version", "--out={out}"], 1,
+     "--solution=/proc/version: not valid JSON: Expecting value"),
+    ("deploy", [f"--weights={WEIGHTS}", "--schedule=keep@3:35", "--profile=loc/full",
+                "--out={out}"], 1, "--profile: profile file 'loc/full' is a directory"),
+    ("deploy", [f"--weights={WEIGHTS}", "--schedule=keep@3:35", "--estimate=loc/file",
+                "--out={out}"], 1, "--estimate=loc/file: not valid JSON: Expecting value"),
+    ("benchmark", ["--data=none", "--multi_solution=/proc/version", "--out_dir={out}"], 1,
+     "--multi_solution=/proc/version: not valid JSON: Expecting value"),
+    ("solve", ["--profile=loc/full", "--estimate=loc/file", "--out_dir={out}"], 1,
+     "--profile: profile file 'loc/full' is a directory"),
 ]
 
 

@@ -3935,3 +3935,20 @@ def test_a_block_profile_the_solver_cannot_use_is_refused_naming_it(tmp_path):
     assert run_cli_in_process(tmp_path, "solve", argv + ["--out_dir=o"]) == (
         1, "", f"error: {said}\n"), argv
   assert not os.path.exists(tmp_path / "o")
+
+
+def test_a_file_of_the_other_stage_is_refused_naming_its_flag(tmp_path):
+  """A profile passed as --estimate (or an estimate as --profile): the refusal named the file
+  alone ('P: format ... is not ...'), not which of the two flags held the wrong one (a probe)."""
+  prof = _block_profile(tmp_path)
+  est = _estimate(tmp_path, [3], list(range(4, N)), _acc)
+  for argv, said in [
+      ([f"--profile={prof}", f"--estimate={prof}"],
+       f"--estimate={prof}: format 'vitprune-latency-profile' is not 'vitprune-estimate'"),
+      ([f"--profile={est}", f"--estimate={est}"],
+       f"--profile={est}: not a latency profile (format != 'vitprune-latency-profile')"),
+      ([f"--profile={prof}", "--estimate=none.json"],
+       "--estimate: estimate file 'none.json' does not exist")]:
+    assert run_cli_in_process(tmp_path, "solve", argv + ["--out_dir=o"]) == (
+        1, "", f"error: {said}\n"), argv
+  assert not os.path.exists(tmp_path / "o")

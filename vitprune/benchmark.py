@@ -266,7 +266,8 @@ def solution_variants(cfg: ViTConfig, path: str, *, multi: bool,
   does not match the file's mode.
   """
   flag = "--multi_solution" if multi else "--solution"
-  sol = read_solution(path)
+  with console.input_flag(flag, path):
+    sol = read_solution(path)
   if sol.config != cfg:
     if sol.model != cfg.name:
       raise ValueError(f"{flag} {path} is a solution for model {sol.model!r}, not for "

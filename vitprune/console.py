@@ -88,6 +88,30 @@ def printable(text: str) -> str:
   return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
+@contextlib.contextmanager
+def input_flag(flag: str, value: str) -> Iterator[None]:
+  """A refusal of the file or folder given as `flag`=`value` ('--profile', its path) names the
+  flag: the readers (`jsonio.read_json`, the records', the artifact's) name the file alone, so
+  with two inputs of one kind on a command line (a profile passed as solve's --estimate) the line
+  did not say which flag was wrong (a probe). A message led by the path (as given, or made
+  absolute) gets `flag=` before it, any other `flag: `; one naming `flag` already is left as it
+  is."""
+  try:
+    yield
+  except (OSError, ValueError, KeyError) as e:
+    text = one_line(e)
+    if text.startswith(flag) or f" {flag}=" in text or f" {flag} " in text:
+      raise
+    for path in (str(value), os.path.abspath(value)):
+      if text.startswith((path + ":", path + " ")):
+        text = f"{flag}={text}"
+        break
+    else:
+      text = f"{flag}: {text}"
+    kind = next(k for k in (FileNotFoundError, OSError, ValueError, KeyError) if isinstance(e, k))
+    raise kind(text) from None
+
+
 def fail(message, code: int = EXIT_ERROR, hint: bool = False):
   """Prints `error: <message>` (+ `(see --help)` when `hint`) to stderr and exits `code`: how
   every command line ends a refused run (`EXIT_USAGE` with the hint for a bad command line)."""
