@@ -18,6 +18,7 @@ from absl import flags
 
 from experiments import common
 from vitprune import checkpoint
+from vitprune import console
 from vitprune import memory
 from vitprune.convert import check_checkpoint_path, convert_checkpoint, count_params
 from vitprune.registry import get_config
@@ -109,7 +110,8 @@ def main(f: flags.FlagValues) -> str:
     raise ValueError(f"--num_classes must be >= 0, got {f.num_classes}")
   base = get_config(f.model)  # KeyError with close-name suggestions
   out = f.out if f.out is not None else default_out(f.model, f.img_size, base.img_size)
-  check_checkpoint_path(f.checkpoint)      # (before "--out exists: --overwrite")
+  with console.input_flag("--checkpoint", f.checkpoint):   # (before "--out exists: --overwrite")
+    check_checkpoint_path(f.checkpoint)
   common.check_new_dir(out, "out", overwrite=f.overwrite, is_ours=checkpoint.is_weights_dir)
   return run(f.model, f.checkpoint, img_size=f.img_size, num_classes=f.num_classes, out=out,
              overwrite=f.overwrite, drop_head=f.drop_head, ignore_keys=f.ignore_keys,

@@ -78,7 +78,8 @@ def run(f: flags.FlagValues) -> dict:
     atomic.check_output_json(f.output, RESULT_FORMAT)
     runtime.check_not_in_records_folder(f.output, "output")
   check_images_flag(f.images)
-  manifest = deploy.read_manifest(f.artifact)
+  with console.input_flag("--artifact", f.artifact):
+    manifest = deploy.read_manifest(f.artifact)
   if not manifest.config.num_classes:
     raise ValueError(f"{f.artifact} outputs [B, {manifest.output_shape[-1]}] features (no "
                      "classification head, num_classes=0): run_deployed classifies images; "
@@ -90,7 +91,8 @@ def run(f: flags.FlagValues) -> dict:
                           num_params=deploy.listed_param_count(manifest))
   check_digits_folder(f.images, runtime.weights_meta(manifest.to_json()),
                       f"the weights of {f.artifact}")     # (as estimate checks --weights)
-  model = deploy.load(f.artifact)
+  with console.input_flag("--artifact", f.artifact):
+    model = deploy.load(f.artifact)
   dataset = ImageFolder(f.images, class_names=model.class_names, num_classes=model.num_outputs)
   if manifest.batch_size is None and f.batch_size is None:  # (symbolic: 4 images timed at 8
     bs = min(bs, len(dataset))                               # reported twice the time per image)

@@ -542,6 +542,10 @@ CASES = [
      "--multi_solution=/proc/version: not valid JSON: Expecting value"),
     ("solve", ["--profile=loc/full", "--estimate=loc/file", "--out_dir={out}"], 1,
      "--profile: profile file 'loc/full' is a directory"),
+    ("run_deployed", ["--artifact=loc/full", "--images=loc/full"], 1,
+     "--artifact=loc/full is not a deployment artifact: manifest.json is missing"),
+    ("convert", ["--model=test_tiny_vit", "--checkpoint=loc/file", "--out={out}"], 1,
+     "--checkpoint=loc/file: unsupported checkpoint extension ''"),
 ]
 
 
