@@ -1496,3 +1496,13 @@ def test_a_json_output_named_json_or_without_a_known_suffix_passes(tmp_path, nam
   os.makedirs(tmp_path / "a.b")
   atomic.check_output_json(str(tmp_path / name), "vitprune-x", "out")
   atomic.check_json_name(str(tmp_path / name), None)
+
+
+def test_describe_tells_a_loop_of_links_from_a_dangling_one(tmp_path):
+  """`--images=L` / `--data=L` with L a loop of symbolic links said 'is a dangling symbolic
+  link' (a probe): the loop is named as one."""
+  os.symlink(tmp_path / "b", tmp_path / "a")
+  os.symlink(tmp_path / "a", tmp_path / "b")
+  os.symlink(tmp_path / "none", tmp_path / "dangling")
+  assert atomic.describe(str(tmp_path / "a")) == "a loop of symbolic links"
+  assert atomic.describe(str(tmp_path / "dangling")) == "a dangling symbolic link"

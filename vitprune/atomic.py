@@ -283,7 +283,14 @@ def _layout(path: str, is_ours: Callable[[str], bool]) -> Optional[re.Pattern]:
 def describe(path: str) -> str:
   """What kind of thing an existing `path` is, for messages ('a folder', 'a symbolic link')."""
   if os.path.islink(path):
-    return "a symbolic link" if os.path.exists(path) else "a dangling symbolic link"
+    if os.path.exists(path):
+      return "a symbolic link"
+    try:
+      os.stat(path)
+    except OSError as e:       # (a loop was called "a dangling symbolic link": a probe)
+      if e.errno == errno.ELOOP:
+        return "a loop of symbolic links"
+    return "a dangling symbolic link"
   if os.path.isdir(path):
     return "a folder"
   return ("a regular file" if os.path.isfile(path) else
