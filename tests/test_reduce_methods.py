@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vitprune.reduce import (AttentionStats, EViT, POMT, RandomDrop, ToMe, TopK, make_reducer,
-                             pomt_scores)
+from vitprune.reduce import (AttentionStats, EViT, KeepFirst, POMT, RandomDrop, ToMe, TopK,
+                             make_reducer, pomt_scores)
 from vitprune.reduce import common
 from vitprune.registry import get_config
 from vitprune.reduce.tome import bipartite_matching
@@ -483,6 +483,22 @@ def test_num_keep_above_n_is_refused_with_the_range():
     with pytest.raises(ValueError, match=rf"^{cls}: num_keep must be in \[num_prefix \+ 1, N\] "
                                          r"= \[2, 6\], got 7"):
       _reduce(make_reducer(name), x, None, st, num_keep=7, num_prefix=1, layer=0)
+
+
+def test_keep_first_checks_its_counts_as_the_methods_do():
+  """The profiler's slice reducer keeps every prefix token too: a direct call asking for fewer
+  (or for more tokens than there are, or a float count) is refused, not sliced silently."""
+  x = jnp.asarray(_tokens(2, 5))
+  red = KeepFirst()
+  for call in (lambda **kw: red.reduce(x, None, None, layer=0, **kw)[0],
+               lambda **kw: red.reduce_embedding(x, **kw)):
+    for keep in (1, 0, 9):
+      with pytest.raises(ValueError, match=r"^KeepFirst: num_keep must be in \[num_prefix \+ 1, "
+                                           r"N\] = \[3, 5\], got " + str(keep)):
+        call(num_keep=keep, num_prefix=2)
+    with pytest.raises(TypeError, match="^KeepFirst: num_keep must be an int"):
+      call(num_keep=3.0, num_prefix=2)
+    np.testing.assert_array_equal(call(num_keep=3, num_prefix=2), x[:, :3])
 
 
 def test_attention_values_of_other_heads_or_images_are_refused():

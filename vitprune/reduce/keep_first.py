@@ -31,8 +31,11 @@ class KeepFirst:
              *, num_keep: int, num_prefix: int, layer: int
              ) -> Tuple[jax.Array, Optional[jax.Array]]:
     """x [B, N, C], size [B, N] or None -> ([B, num_keep, C], [B, num_keep] or None)."""
+    # (unchecked, a slice kept 1 of 2 prefix tokens, or 5 tokens when 9 were asked)
+    common.check_reduce_args("KeepFirst", x, num_keep=num_keep, num_prefix=num_prefix)
     return x[:, :num_keep], None if size is None else size[:, :num_keep]
 
   def reduce_embedding(self, x: jax.Array, *, num_keep: int, num_prefix: int) -> jax.Array:
     """x [B, N, C] -> [B, num_keep, C]."""
+    common.check_reduce_args("KeepFirst", x, num_keep=num_keep, num_prefix=num_prefix)
     return x[:, :num_keep]
