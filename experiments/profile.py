@@ -32,7 +32,7 @@ from vitprune.profile import latency_model
 from vitprune.profile import protocol
 from vitprune.profile import runner
 from vitprune.profile import timing
-from vitprune.schedule import parse_schedule, parse_token_grid
+from vitprune.schedule import parse_schedule, parse_token_grid, reduces_tokens
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -314,6 +314,11 @@ def main(f: flags.FlagValues):
     return summary
   out_dir = "outputs/profile" if f.out_dir is None else f.out_dir
   spec, params = spec_from_flags(f, out_dir)
+  if f.reducer is None and any(reduces_tokens(spec.cfg, s) for s in spec.schedules):
+    # (keep@3:33 was timed as random drop's graph: a user measuring a POMT choice read it as
+    # POMT's; the header said "reducer random")
+    print("note: the schedules are timed with random drop, the default --reducer: pass "
+          "--reducer=pomt (or the method you deploy) to time that method's graph")
   profiles = runner.run_profile(spec, params=params, out_dir=out_dir,
                                 compile_cache_dir=f.compile_cache_dir, progress=f.progress,
                                 resume=f.resume)

@@ -142,15 +142,28 @@ def test_block_mode_reports_predictions(tmp_path, capsys):
   assert (tmp_path / "test-tiny-vit_block_b1_bfloat16_cpu.json").exists()
 
 
-def test_schedule_mode_measures_graphs_and_block_table(tmp_path):
+def test_schedule_mode_measures_graphs_and_block_table(tmp_path, capsys):
   (prof,) = _run(tmp_path, "--mode=schedule", "--schedule=17,12,5", "--schedule=9,9,9",
                  "--reducer=keep_first")
-  assert prof.reducer == "keep_first"
+  assert prof.reducer == "keep_first" and "note: the schedules are timed with random drop" \
+      not in capsys.readouterr().out
   scheds = sorted(p.schedule for p in prof.points if p.component == "schedule")
   assert scheds == [(9, 9, 9), (17, 12, 5)]
   assert sorted(p.tokens for p in prof.points if p.component == "block") == [9, 12, 17]
   assert sorted(p.tokens for p in prof.points if p.component == "head") == [5, 9]
   assert sorted(tuple(p["schedule"]) for p in prof.predictions) == [(9, 9, 9), (17, 12, 5)]
+
+
+def test_schedule_mode_without_a_reducer_says_it_times_random_drop(tmp_path, capsys):
+  """keep@1:9 was timed as random drop's graph, said only by the table's header: a user timing
+  a POMT choice read it as POMT's. A schedule that removes nothing needs no reducer."""
+  (prof,) = _run(tmp_path / "a", "--mode=schedule", "--schedule=keep@1:9")
+  assert prof.reducer == "random"
+  assert ("note: the schedules are timed with random drop, the default --reducer: pass "
+          "--reducer=pomt (or the method you deploy) to time that method's graph"
+          in capsys.readouterr().out)
+  _run(tmp_path / "b", "--mode=schedule", "--schedule=full")
+  assert "note: the schedules are timed" not in capsys.readouterr().out
 
 
 def test_adaptive_grid_is_subset_and_keeps_ends(tmp_path):
