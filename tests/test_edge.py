@@ -1324,7 +1324,8 @@ def test_a_manifest_that_is_not_a_file_is_refused_and_errors_are_one_line(artifa
   (bad / "manifest.json").unlink()
   (bad / "manifest.json").mkdir()
   r = run_edge("bench", f"--artifact={bad}", "--min_run_time=0.01")
-  assert (r.returncode, r.stderr) == (1, f"error: {bad}/manifest.json exists but is not a "
+  assert (r.returncode, r.stderr) == (1, f"error: --artifact: {bad}/manifest.json exists but "
+                                         "is not a "
                                          "regular file: copy the artifact's manifest.json with "
                                          "its iree/ folder, or the iree/ folder alone\n")
   with pytest.raises(deploy.ArtifactError, match=re.escape(    # (said "manifest.json is missing")
@@ -1336,7 +1337,7 @@ def test_a_manifest_that_is_not_a_file_is_refused_and_errors_are_one_line(artifa
     edge_rt.read_json(str(bad / edge_rt.EDGE_DIR / "iree_host.json"), "edge target record")
   r = run_edge("run", f"--artifact={tmp_path}/no\nsuch", f"--images={tmp_path}")
   assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
-  assert r.stderr.startswith(f"error: {tmp_path}/no such "), r.stderr
+  assert r.stderr.startswith(f"error: --artifact: {tmp_path}/no such "), r.stderr
 
 
 def test_a_malformed_record_is_one_line_from_the_board_cli(artifact, tmp_path):
@@ -1352,7 +1353,7 @@ def test_a_malformed_record_is_one_line_from_the_board_cli(artifact, tmp_path):
     rec.write_text(json.dumps(doc))
     r = run_edge("bench", f"--artifact={bad}", "--min_run_time=0.01")
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr[-2000:]
-    assert r.stderr.startswith(f"error: {bad}"), r.stderr
+    assert r.stderr.startswith(f"error: --artifact={bad}"), r.stderr   # (its flag named)
   bad = tmp_path / "version"
   shutil.copytree(artifact, bad)
   rec = bad / edge_rt.EDGE_DIR / "iree_host.json"
@@ -2638,6 +2639,33 @@ def test_the_board_latency_line_says_a_padded_batch():
       "latency batch 4: median 2.000 ms (IQR 0.000 ms, 5 samples), 0.500 ms/image"], r.stderr
 
 
+def test_a_bad_artifact_or_kit_names_the_flag_it_came_through(tmp_path):
+  """A missing, wrong-kind or incomplete --artifact / --kit was refused naming the path alone
+  (`error: .../none is not an artifact directory`, `error: kit: .../kit.json is missing`), as
+  the experiments CLIs no longer do (a probe); the flag is named at the read of the artifact or
+  kit itself, so a host lacking the IREE runtime is not blamed on the flag (see
+  test_a_board_without_the_iree_runtime_says_what_to_install)."""
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  (tmp_path / "art" / edge_rt.EDGE_DIR).mkdir(parents=True)
+  (tmp_path / "art" / "manifest.json").write_text("{}")
+  none = tmp_path / "none"
+  for args, want in (
+      (("bench", f"--artifact={none}"), f"--artifact={none} is not an artifact directory"),
+      (("run", f"--artifact={empty}", f"--images={empty}"),
+       f"--artifact={empty} holds no IREE target (no iree/*.json); export it with python -m "
+       "experiments.deploy --target=iree:host"),
+      (("bench", f"--artifact={tmp_path / 'art'}"),
+       f"--artifact: {tmp_path}/art/manifest.json: format None is not 'vitprune-deploy'"),
+      (("profile", f"--kit={empty}", f"--out={tmp_path / 'p.json'}"),
+       f"--kit: kit: {empty}/kit.json is missing"),
+      (("profile", f"--kit={none}", f"--out={tmp_path / 'p.json'}"),
+       f"--kit={none} is not a kit directory")):
+    r = run_edge(*args)
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", f"error: {want}\n"), args
+  assert sorted(os.listdir(tmp_path)) == ["art", "empty"]
+
+
 def test_the_board_cli_expands_a_leading_tilde(tmp_path):
   """The board CLI expands a '~' the shell left alone (`--artifact=~/art`) as the experiments
   CLIs do, and leaves one that names no user's home as it is, as the shell does."""
@@ -2646,8 +2674,8 @@ def test_the_board_cli_expands_a_leading_tilde(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
           for artifact in ("--artifact=~/art", "--artifact=~nosuchuser_vitprune/art")]
   assert [(r.returncode, r.stderr) for r in runs] == [
-      (1, f"error: {tmp_path / 'art'} is not an artifact directory\n"),
-      (1, f"error: {ROOT}/~nosuchuser_vitprune/art is not an artifact directory\n")]
+      (1, f"error: --artifact={tmp_path / 'art'} is not an artifact directory\n"),
+      (1, f"error: --artifact={ROOT}/~nosuchuser_vitprune/art is not an artifact directory\n")]
 
 
 def test_the_board_classifies_one_image_file(artifact, tmp_path):

@@ -88,7 +88,7 @@ def cmd_run() -> dict:
     raise ValueError("run needs --artifact and --images")
   check_images_flag(FLAGS.images)
   cfg = timing_config()
-  model = runtime.load(FLAGS.artifact, FLAGS.target, FLAGS.driver)
+  model = runtime.load(FLAGS.artifact, FLAGS.target, FLAGS.driver, flag="--artifact")
   if model.output_kind != "logits":
     raise EdgeError(f"{FLAGS.artifact}: its {model.target} module outputs [B, "
                     f"{model.num_outputs}] {model.output_kind} (no classification head): `run` "
@@ -142,7 +142,7 @@ def cmd_bench() -> dict:
   if not FLAGS.artifact:
     raise ValueError("bench needs --artifact")
   cfg = timing_config()
-  model = runtime.load(FLAGS.artifact, FLAGS.target, FLAGS.driver)
+  model = runtime.load(FLAGS.artifact, FLAGS.target, FLAGS.driver, flag="--artifact")
   images = np.random.default_rng(0).normal(size=model.input_shape).astype(np.float32)
   res = {"artifact": model.path, "target": model.target, "driver": model.driver,
          "shards": model.shards, "model": model.record.get("model"),
@@ -159,7 +159,7 @@ def cmd_profile() -> dict:
     raise ValueError("profile needs --kit and --out")
   progress = None if FLAGS.quiet else (lambda msg: print(msg, file=sys.stderr))
   profile, kit = kit_lib.profile_kit(FLAGS.kit, timing_config(), progress=progress,
-                                     driver=FLAGS.driver, out=FLAGS.out)
+                                     driver=FLAGS.driver, out=FLAGS.out, flag="--kit")
   paths = kit_lib.write_profile(profile, FLAGS.out, kit)
   held = records.load(paths["json"])     # (merged into a profile there: the summary of them all)
   merged = records.merged_line(paths["json"], held, profile)
@@ -255,7 +255,8 @@ def main(argv):
       exit_interrupted(e)
     console.fail(e)
   except (KeyError, TypeError, AttributeError, IndexError) as e:   # a field the checks missed
-    where = getattr(FLAGS, "kit", None) or getattr(FLAGS, "artifact", None) or "the input"
+    where = next((f"--{n}={FLAGS[n].value}" for n in ("kit", "artifact")
+                  if n in FLAGS and FLAGS[n].value), "the input")     # (named by its flag)
     text = (f"{where}: a record or kit field is missing or of the wrong type "
             f"({type(e).__name__}: {e}); rebuild it with experiments.deploy / edge_kit")
     if console.interrupted():

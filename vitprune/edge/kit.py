@@ -21,6 +21,7 @@ the CPU), which `write_profile` saves as the JSON (+ CSV twin) `experiments.solv
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata as md
 import json
@@ -31,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from vitprune import atomic
+from vitprune import console
 from vitprune import jsonio
 from vitprune.digest import named_leaves_sha256
 from vitprune.profile import protocol
@@ -138,11 +140,13 @@ def point_label(component: str, batch_size: int, tokens: int,
   return f"{component} b{batch_size} {what}"
 
 
-def _kit_plans(path: str, driver: Optional[str]):
+def _kit_plans(path: str, driver: Optional[str], flag: Optional[str] = None):
   """Kit `path` read and checked -> (kit manifest with the driver(s) used joined by '+',
   [(driver, shards)] and [function name] per point): each point's own runtime plan (kits made
-  before per-point plans: the kit's driver, one shard), or `driver` for every point."""
-  kit = read_kit(path)
+  before per-point plans: the kit's driver, one shard), or `driver` for every point. `flag`
+  ('--kit'): named by a refusal of the kit's manifest (`profile_kit`)."""
+  with (console.input_flag(flag, path) if flag else contextlib.nullcontext()):
+    kit = read_kit(path)
   target = parse_target(kit["target"])
   # (an edited 'cuda' on a CPU kit dropped the CPU from the board profile's device)
   if kit.get("backend", target.backend) != target.backend:
@@ -213,15 +217,17 @@ def out_stem(out: str) -> str:
 
 def profile_kit(path: str, cfg: protocol.TimingConfig = protocol.TimingConfig(),
                 progress: Optional[Callable[[str], None]] = None, driver: Optional[str] = None,
-                out: Optional[str] = None):
+                out: Optional[str] = None, flag: Optional[str] = None):
   """Loads and checks every module of kit `path`, times each point on its own runtime plan's
   driver and shards (kits made before per-point plans: the kit's driver, one shard), or every
   point on `driver` when given -> (`records.Profile`, the kit manifest with the driver used:
   several drivers joined by '+'). With `out` (where `write_profile` will save it), a profile
   there it could not merge into (another model, device, driver, dtype or timing settings) is
-  refused before anything is timed: the board's whole run was thrown away at the end."""
+  refused before anything is timed: the board's whole run was thrown away at the end. `flag`
+  ('--kit'): the command-line flag `path` came through, named by a refusal of the kit itself
+  (missing, an artifact, kit.json absent or bad: `console.input_flag`), not of this host."""
   path = os.path.abspath(path)
-  kit, plans, functions = _kit_plans(path, driver)
+  kit, plans, functions = _kit_plans(path, driver, flag)
   rt.trial_in_child(kit["target"], f"kit {path}", "from vitprune.edge import kit\n"
                     "kit.trial_call(sys.argv[1], sys.argv[2] or None)\n", path, driver or "")
   if out is not None:

@@ -28,6 +28,7 @@ target cannot use raises `EdgeError` with a one-line message.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import math
 import os
@@ -743,12 +744,17 @@ def _complete(path: str, records: List[Dict[str, Any]], model: "EdgeModel") -> "
   return model
 
 
-def load(path: str, target: Optional[str] = None, driver: Optional[str] = None) -> EdgeModel:
+def load(path: str, target: Optional[str] = None, driver: Optional[str] = None,
+         flag: Optional[str] = None) -> EdgeModel:
   """The artifact's module for `target` (default: the first one this host can run), on
-  `driver` (default: the one its record names)."""
-  path = os.path.abspath(check_path("the artifact path", path))   # ('': the working directory)
-  records = read_records(path)
-  manifest = check_against_manifest(path, records)
+  `driver` (default: the one its record names). `flag` ('--artifact'): the command-line flag
+  `path` came through, named by a refusal of the artifact itself (missing, of another kind,
+  incomplete, its records or manifest bad: `console.input_flag`), not by what comes after
+  (this host lacking the IREE runtime or the target's device is no fault of the flag's)."""
+  with (console.input_flag(flag, path) if flag else contextlib.nullcontext()):
+    path = os.path.abspath(check_path("the artifact path", path))  # ('': the working directory)
+    records = read_records(path)
+    manifest = check_against_manifest(path, records)
   if target is not None:
     parsed = parse_target(target)
     want = parsed.text
