@@ -147,7 +147,7 @@ def main(f: flags.FlagValues):
     with common.named_by_flag(*common.SUBSET_PARAMS):
       data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
                                      class_names=common.class_names(source),
-                                     num_classes=cfg.num_classes)
+                                     num_classes=cfg.num_classes, flag="--data")
   stem = bench.output_stem([{"model": cfg.name, **here}])
   bench.check_replaceable_outputs({k: os.path.join(f.out_dir, f"{stem}.{k}")
                                    for k in ("csv", "md", "png")})   # before the work

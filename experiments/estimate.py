@@ -272,7 +272,8 @@ def main(f: flags.FlagValues):
   with common.named_by_flag(*common.SUBSET_PARAMS):
     data = estimate.load_eval_data(f.data, num_images=f.num_images, seed=f.seed, split=f.split,
                                    class_names=common.class_names(source),
-                                   num_classes=cfg.num_classes, holdout_images=f.holdout_images)
+                                   num_classes=cfg.num_classes, holdout_images=f.holdout_images,
+                                   flag="--data")
   if method != "random":                  # (random drop: --seed seeds the reducer too)
     common.check_subset_seed_used(f, data)
   data_tag = "digits-" + f.split if f.data == "digits" else os.path.basename(

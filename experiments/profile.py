@@ -271,7 +271,7 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
   cfg, params, source = common.load_model(common.given_model(f), f.weights, f.seed)
   common.check_digits_split(source, spec.data)
   with common.named_by_flag(*common.SUBSET_PARAMS):
-    data = pipeline.load_data(spec, common.class_names(source), cfg.num_classes)
+    data = pipeline.load_data(spec, common.class_names(source), cfg.num_classes, flag="--data")
   n = len(data.indices)
   if spec.holdout_images is not None and spec.holdout_images >= n:
     raise ValueError(f"--holdout_images={spec.holdout_images} leaves none of the {n} evaluation "

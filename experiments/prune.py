@@ -100,8 +100,9 @@ def load_images(cfg: ViTConfig, images_dir: str, batch_size: int, seed: int,
   first B files", which are one class)."""
   headless = not cfg.num_classes       # compared by features: labels are not used
   if images_dir:
-    ds = data_lib.ImageFolder(images_dir, class_names=None if headless else class_names,
-                              num_classes=None if headless else cfg.num_classes)
+    ds = data_lib.read_image_folder(images_dir, "--images",   # (prune's --images)
+                                    class_names=None if headless else class_names,
+                                    num_classes=None if headless else cfg.num_classes)
     if len(ds) <= batch_size:
       indices, note = np.arange(len(ds)), (f"all {len(ds)} images of {images_dir}"
                                          if len(ds) > 1 else f"the one image of {images_dir}")
@@ -182,7 +183,8 @@ def main(f: flags.FlagValues):
   if f["seed"].present and f.images and (f.weights or cfg.name == common.EMBEDDED_MODEL):
     with warnings.catch_warnings():        # (its warnings: said once, when it is read below)
       warnings.simplefilter("ignore")
-      held = len(data_lib.ImageFolder(f.images))   # (trained weights, every image: unread)
+      held = len(data_lib.read_image_folder(f.images, "--images"))  # (trained weights, every
+                                                                     # image: unread)
     if held <= f.batch_size:
       raise ValueError(f"--seed={f.seed} changes nothing here: the weights are trained and all "
                        f"{held} images of --images fit in --batch_size={f.batch_size}; {seeds}")

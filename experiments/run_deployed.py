@@ -25,9 +25,9 @@ from vitprune import deploy
 from vitprune import memory
 from vitprune.edge import runtime
 from vitprune.profile import protocol
-from vitprune.data import (ImageFolder, accuracy_line, check_images_flag,
+from vitprune.data import (accuracy_line, check_images_flag,
                            check_not_read_as_an_image, per_image_time, prediction_accuracy,
-                           prediction_line, prediction_rows)
+                           prediction_line, prediction_rows, read_image_folder)
 from vitprune.digits import check_digits_folder
 
 
@@ -93,7 +93,8 @@ def run(f: flags.FlagValues) -> dict:
                       f"the weights of {f.artifact}")     # (as estimate checks --weights)
   with console.input_flag("--artifact", f.artifact):
     model = deploy.load(f.artifact)
-  dataset = ImageFolder(f.images, class_names=model.class_names, num_classes=model.num_outputs)
+  dataset = read_image_folder(f.images, "--images", class_names=model.class_names,
+                              num_classes=model.num_outputs)
   if manifest.batch_size is None and f.batch_size is None:  # (symbolic: 4 images timed at 8
     bs = min(bs, len(dataset))                               # reported twice the time per image)
   out = deploy.classify(model, dataset, bs, f.num_workers)

@@ -363,7 +363,7 @@ def in_loop(f: flags.FlagValues, estimate, profile_dtype: str) -> dict:
   with common.named_by_flag(*common.SUBSET_PARAMS):
     data = estimate_lib.load_eval_data(f.data, num_images=f.num_images, seed=f.seed,
                                        class_names=named, num_classes=cfg.num_classes,
-                                       holdout_images=f.holdout_images)
+                                       holdout_images=f.holdout_images, flag="--data")
   common.check_subset_seed_used(f, data)
   if data.info.get("fingerprint") != estimate.data_fingerprint:
     raise ValueError(f"--data={f.data} (--num_images={f.num_images}, --seed={f.seed}"

@@ -988,7 +988,7 @@ def test_the_cli_hands_its_flags_on_to_the_benchmark(tmp_path, monkeypatch):
   names = common.class_names(common.EMBEDDED_WEIGHTS)
   assert names is not None
   assert loads == [(("digits",), {"num_images": 30, "seed": 3, "class_names": names,
-                                  "num_classes": 10})]
+                                  "num_classes": 10, "flag": "--data"})]
   assert not (tmp_path / "out").exists()
 
 

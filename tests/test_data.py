@@ -1878,7 +1878,8 @@ def test_a_dangling_image_link_in_a_class_folder_is_one_line(tmp_path):
   work = tmp_path / "w"
   work.mkdir()
   assert run_cli_in_process(work, "estimate", [f"--data={root}", "--out_dir=o"]) == (
-      1, "", f"error: '{root / '3' / 'x.png'}' is a link to nothing (dangling symbolic link)\n")
+      1, "", f"error: --data: '{root / '3' / 'x.png'}' is a link to nothing (dangling symbolic "
+      "link)\n")                                          # (named by the flag: a probe)
   assert os.listdir(work) == []
 
 

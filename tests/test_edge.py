@@ -2666,6 +2666,24 @@ def test_a_bad_artifact_or_kit_names_the_flag_it_came_through(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["art", "empty"]
 
 
+def test_an_images_folder_without_images_names_its_flag(artifact, tmp_path, capsys):
+  """`vitprune.edge run` and `run_deployed` refused an --images folder holding no image file
+  naming the folder alone ('no image files ... directly in unlabelled dataset root'), not the
+  flag it came through (a probe)."""
+  from experiments import common, run_deployed  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "notes"
+  folder.mkdir()
+  (folder / "notes.txt").write_text("someone's notes\n")
+  want = (f"error: --images: no image files (extensions {', '.join(data_lib.IMG_EXTENSIONS)}) "
+          f"directly in unlabelled dataset root '{folder}'\n")
+  r = run_edge("run", f"--artifact={artifact}", f"--images={folder}")
+  assert (r.returncode, r.stdout, r.stderr) == (1, "", want)
+  with pytest.raises(SystemExit) as e:
+    common.run_in_process(run_deployed.main, run_deployed.define_flags,
+                          [f"--artifact={artifact}", f"--images={folder}", "--repeats=3"])
+  assert e.value.code == 1 and capsys.readouterr().err == want
+
+
 def test_the_board_cli_expands_a_leading_tilde(tmp_path):
   """The board CLI expands a '~' the shell left alone (`--artifact=~/art`) as the experiments
   CLIs do, and leaves one that names no user's home as it is, as the shell does."""

@@ -270,6 +270,18 @@ def test_images_of_the_same_names_and_sizes_are_told_apart(inputs):
        f"--data={root / 'bmp_b'}")
 
 
+def test_a_data_folder_without_images_names_its_flag(inputs):
+  """A --data folder holding no image file was refused naming the folder alone ('no image
+  files ... directly in unlabelled dataset root'), not the flag it came through (a probe)."""
+  root, weights, es, ps = inputs
+  (root / "no_images").mkdir()
+  (root / "no_images" / "notes.txt").write_text("someone's notes\n")
+  with pytest.raises(FileNotFoundError, match=r"^--data: no image files \(extensions .*\) "
+                     r"directly in unlabelled dataset root '.*no_images'$"):
+    _run(root, es, ps, f"--weights={weights}", "--num_images=20",
+         f"--data={root / 'no_images'}")
+
+
 def test_other_weights_or_data_are_refused(inputs):
   root, weights, es, ps = inputs
   other = save_weights(str(root / "w2"), TINY, init_params(TINY, 1))

@@ -38,7 +38,7 @@ from PIL import Image, UnidentifiedImageError
 from vitprune import atomic
 from vitprune import intervals
 from vitprune.digest import file_sha256
-from vitprune.console import counted, printable
+from vitprune.console import counted, input_flag, printable
 from vitprune.config import INTERPOLATIONS, Preprocessing, check_path, check_switch
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, matched case-insensitively like torchvision.
@@ -620,6 +620,19 @@ class ImageFolder:
           warnings.warn(f"image file {path!r} {how} (said for one such file of {self._root!r} "
                         "only)", stacklevel=2)
     return image
+
+
+def read_image_folder(root: Union[str, os.PathLike], flag: Optional[str] = None,
+                      **kwargs) -> "ImageFolder":
+  """`ImageFolder(root, **kwargs)`; with `flag` (a CLI's '--images' or '--data', which gave
+  `root`), a refusal of the folder names the flag (`console.input_flag`): 'no image files ...
+  directly in unlabelled dataset root' named the path alone (a probe). Only the folder's reading
+  is wrapped, so a refusal of another flag after it ('num_images=500 exceeds the 359 images
+  available') is not put on this one."""
+  if flag is None:
+    return ImageFolder(root, **kwargs)
+  with input_flag(flag, os.fspath(root)):
+    return ImageFolder(root, **kwargs)
 
 
 def check_class_names(class_names, num_classes: Optional[int] = None,

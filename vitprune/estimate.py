@@ -559,22 +559,25 @@ def load_eval_data(spec: str, *, num_images: Optional[int] = None, seed: int = 0
                    split: str = "test", split_seed: int = 0,
                    class_names: Optional[Sequence[str]] = None,
                    num_classes: Optional[int] = None,
-                   holdout_images: Optional[int] = None) -> EvalData:
+                   holdout_images: Optional[int] = None,
+                   flag: Optional[str] = None) -> EvalData:
   """`spec` 'digits' (scikit-learn digits, `split` of `digits_split(split_seed)`) or an image
   folder (labelled `root/<class>/...` or a flat unlabelled folder); optionally a seeded subset of
   `num_images` (class-balanced when labelled). Folder labels follow the model's `class_names`
   by name (a subset of the classes works); without names the folders must be exactly
   `num_classes` (else a clear error instead of silently shifted labels); so do the digits'
   (`digits.digits_for_model`). With `holdout_images`, the selection part of `holdout_split`
-  (the images a choice is made on; `seed` draws the held-out ones too)."""
+  (the images a choice is made on; `seed` draws the held-out ones too). `flag` (a CLI's
+  '--data'): named by a refusal of the image folder (`data_lib.read_image_folder`)."""
   data = _load_eval_data(spec, num_images=num_images, seed=seed, split=split,
-                         split_seed=split_seed, class_names=class_names, num_classes=num_classes)
+                         split_seed=split_seed, class_names=class_names, num_classes=num_classes,
+                         flag=flag)
   return data if holdout_images is None else holdout_split(data, holdout_images, seed)[0]
 
 
 def _load_eval_data(spec: str, *, num_images: Optional[int], seed: int, split: str,
                     split_seed: int, class_names: Optional[Sequence[str]],
-                    num_classes: Optional[int]) -> EvalData:
+                    num_classes: Optional[int], flag: Optional[str] = None) -> EvalData:
   if spec == "digits":
     ds = digits_lib.digits_for_model(class_names, num_classes)
     if split not in digits_lib.SPLITS:
@@ -594,7 +597,7 @@ def _load_eval_data(spec: str, *, num_images: Optional[int], seed: int, split: s
                     strata=digits, available=len(base))
   if not os.path.isdir(spec):
     raise FileNotFoundError(f"data {spec!r} is neither 'digits' nor an existing directory")
-  ds = data_lib.ImageFolder(spec, class_names=class_names, num_classes=num_classes)
+  ds = data_lib.read_image_folder(spec, flag, class_names=class_names, num_classes=num_classes)
   # Balanced over the class folders in their sorted order, not the model's labels: the same
   # folder and seed give the same images to models that order their classes otherwise.
   strata = None

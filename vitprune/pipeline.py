@@ -235,11 +235,14 @@ class PipelineSpec:
 
 
 def load_data(spec: PipelineSpec, class_names: Optional[Sequence[str]] = None,
-              num_classes: Optional[int] = None) -> estimate_lib.EvalData:
+              num_classes: Optional[int] = None,
+              flag: Optional[str] = None) -> estimate_lib.EvalData:
   """The evaluation data `spec` names, image-folder labels matched to the model's
-  `class_names` (raises FileNotFoundError / ValueError on bad input)."""
+  `class_names` (raises FileNotFoundError / ValueError on bad input; `flag`, a CLI's '--data':
+  named by a refusal of the image folder)."""
   return estimate_lib.load_eval_data(spec.data, num_images=spec.num_images, seed=spec.seed,
-                                     class_names=class_names, num_classes=num_classes)
+                                     class_names=class_names, num_classes=num_classes,
+                                     flag=flag)
 
 
 def _measure_graphs(cfg: ViTConfig, params: Params, graphs: Dict[str, Tuple[Schedule, Any]],

@@ -30,9 +30,9 @@ from vitprune import console
 try:      # (a board without requirements-edge.txt installed: a traceback ended in ImportError)
   from absl import app, flags
   import numpy as np
-  from vitprune.data import (ImageFolder, accuracy_line, check_images_flag,
-                             check_not_read_as_an_image, iterate_batches, per_image_time,
-                             prediction_accuracy, prediction_line, prediction_rows)
+  from vitprune.data import (accuracy_line, check_images_flag, check_not_read_as_an_image,
+                             iterate_batches, per_image_time, prediction_accuracy,
+                             prediction_line, prediction_rows, read_image_folder)
   from vitprune.digits import check_digits_folder
 except ImportError as e:   # (numpy: imported by the package itself, before this module runs)
   if (e.name or "").split(".")[0] not in ("absl", "PIL"):
@@ -97,8 +97,8 @@ def cmd_run() -> dict:
   check_digits_folder(FLAGS.images, runtime.weights_meta(model.manifest)
                       if model.manifest is not None else runtime.record_training(model.record),
                       f"the weights of {FLAGS.artifact}")
-  dataset = ImageFolder(FLAGS.images, class_names=model.class_names,
-                        num_classes=model.num_outputs)   # labels by class name
+  dataset = read_image_folder(FLAGS.images, "--images", class_names=model.class_names,
+                              num_classes=model.num_outputs)   # labels by class name
   preds, probs, first = [], [], None
   for images, _, idx in iterate_batches(dataset, model.preprocessing, model.batch_size,
                                         num_workers=FLAGS.num_workers):
