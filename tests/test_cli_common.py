@@ -1275,3 +1275,33 @@ def test_uncovered_flag_refusals_of_convert_and_run_deployed(tmp_path):
     ("(default: )", None)])
 def test_default_in_help_reads_the_first_clause_of_what_a_help_says(text, said):
   assert common.default_in_help(text) == said
+
+
+def test_input_flag_names_the_flag_a_refused_file_came_through(tmp_path):
+  """A reader's refusal names the file; with two inputs of a kind on one command line the
+  flag is named too (a probe), once (a reader's own 'kit: ' lead read '--kit: kit: ...')."""
+  from vitprune import console
+
+  def refused(error, flag="--estimate", value="e.json"):
+    with pytest.raises(type(error)) as e, console.input_flag(flag, value):
+      raise error
+    return str(e.value)
+
+  assert refused(ValueError("e.json: format 'x' is not 'y'")) == \
+      "--estimate=e.json: format 'x' is not 'y'"
+  absolute = os.path.abspath("e.json")
+  assert refused(ValueError(f"{absolute} is a folder")) == f"--estimate={absolute} is a folder"
+  assert refused(FileNotFoundError("file 'e.json' does not exist")) == \
+      "--estimate: file 'e.json' does not exist"
+  assert refused(ValueError("kit: /k/kit.json is missing"), "--kit", "/k") == \
+      "--kit: /k/kit.json is missing"
+  assert refused(ValueError("--estimate=e.json is empty")) == "--estimate=e.json is empty"
+  assert refused(ValueError("both --profile=p and --estimate=e.json")) == \
+      "both --profile=p and --estimate=e.json"
+  assert "--estimate: " in refused(KeyError("missing key 'model'"))
+  with pytest.raises(OSError) as e, console.input_flag("--estimate", "e.json"):
+    raise IsADirectoryError("e.json: is a directory")
+  assert str(e.value) == "--estimate=e.json: is a directory"
+  with pytest.raises(TypeError, match="^not a reader's refusal$"):   # passed through as it is
+    with console.input_flag("--estimate", "e.json"):
+      raise TypeError("not a reader's refusal")

@@ -2658,7 +2658,7 @@ def test_a_bad_artifact_or_kit_names_the_flag_it_came_through(tmp_path):
       (("bench", f"--artifact={tmp_path / 'art'}"),
        f"--artifact: {tmp_path}/art/manifest.json: format None is not 'vitprune-deploy'"),
       (("profile", f"--kit={empty}", f"--out={tmp_path / 'p.json'}"),
-       f"--kit: kit: {empty}/kit.json is missing"),
+       f"--kit: {empty}/kit.json is missing"),         # (not "--kit: kit: ...")
       (("profile", f"--kit={none}", f"--out={tmp_path / 'p.json'}"),
        f"--kit={none} is not a kit directory")):
     r = run_edge(*args)

@@ -94,7 +94,8 @@ def input_flag(flag: str, value: str) -> Iterator[None]:
   flag: the readers (`jsonio.read_json`, the records', the artifact's) name the file alone, so
   with two inputs of one kind on a command line (a profile passed as solve's --estimate) the line
   did not say which flag was wrong (a probe). A message led by the path (as given, or made
-  absolute) gets `flag=` before it, any other `flag: `; one naming `flag` already is left as it
+  absolute) gets `flag=` before it, any other `flag: ` (in place of a lead naming the flag's
+  noun, `kit: ...`: '--kit: kit: ...' said it twice); one naming `flag` already is left as it
   is."""
   try:
     yield
@@ -102,6 +103,8 @@ def input_flag(flag: str, value: str) -> Iterator[None]:
     text = one_line(e)
     if text.startswith(flag) or f" {flag}=" in text or f" {flag} " in text:
       raise
+    noun = flag.lstrip("-") + ": "
+    text = text[len(noun):] if text.startswith(noun) else text
     for path in (str(value), os.path.abspath(value)):
       if text.startswith((path + ":", path + " ")):
         text = f"{flag}={text}"
