@@ -1272,36 +1272,40 @@ def test_uncovered_flag_refusals_of_convert_and_run_deployed(tmp_path):
     ("Registered model; default vit_digits with its weights.", "vit_digits with its weights"),
     ("Method (default: the estimate's, else pomt).", "the estimate's, else pomt"),
     ("Seeds (defaults to 0).", None), ("No word of it.", None), ("", None), (None, None),
-    ("(default: )", None)])
+    ("(default: )", None), ("(default: .)", None), ("A nondefault grid of 5 counts.", None)])
 def test_default_in_help_reads_the_first_clause_of_what_a_help_says(text, said):
   assert common.default_in_help(text) == said
 
 
-def test_input_flag_names_the_flag_a_refused_file_came_through(tmp_path):
-  """A reader's refusal names the file; with two inputs of a kind on one command line the
-  flag is named too (a probe), once (a reader's own 'kit: ' lead read '--kit: kit: ...')."""
+def test_input_flag_names_the_flag_a_refused_input_came_through(tmp_path, monkeypatch):
+  """console.input_flag: a reader's refusal led by the path (as given or made absolute) gets
+  `flag=` before it, any other `flag: `, on one line; one naming the flag already is left as it
+  is; the kind of error is kept and the reader's traceback is not chained to it."""
   from vitprune import console
+  monkeypatch.chdir(tmp_path)
+  full = str(tmp_path / "p.json")
 
-  def refused(error, flag="--estimate", value="e.json"):
-    with pytest.raises(type(error)) as e, console.input_flag(flag, value):
-      raise error
-    return str(e.value)
-
-  assert refused(ValueError("e.json: format 'x' is not 'y'")) == \
-      "--estimate=e.json: format 'x' is not 'y'"
-  absolute = os.path.abspath("e.json")
-  assert refused(ValueError(f"{absolute} is a folder")) == f"--estimate={absolute} is a folder"
-  assert refused(FileNotFoundError("file 'e.json' does not exist")) == \
-      "--estimate: file 'e.json' does not exist"
-  assert refused(ValueError("kit: /k/kit.json is missing"), "--kit", "/k") == \
-      "--kit: /k/kit.json is missing"
-  assert refused(ValueError("--estimate=e.json is empty")) == "--estimate=e.json is empty"
-  assert refused(ValueError("both --profile=p and --estimate=e.json")) == \
-      "both --profile=p and --estimate=e.json"
-  assert "--estimate: " in refused(KeyError("missing key 'model'"))
-  with pytest.raises(OSError) as e, console.input_flag("--estimate", "e.json"):
-    raise IsADirectoryError("e.json: is a directory")
-  assert str(e.value) == "--estimate=e.json: is a directory"
-  with pytest.raises(TypeError, match="^not a reader's refusal$"):   # passed through as it is
-    with console.input_flag("--estimate", "e.json"):
-      raise TypeError("not a reader's refusal")
+  def refused(error):
+    with pytest.raises(Exception) as info:
+      with console.input_flag("--profile", "p.json"):
+        raise error
+    return info.value
+  for error, kind, said in [
+      (ValueError("p.json: not valid JSON"), ValueError, "--profile=p.json: not valid JSON"),
+      (ValueError(f"{full} is a\n folder"), ValueError, f"--profile={full} is a folder"),
+      (FileNotFoundError("profile file 'p.json' does not exist"), FileNotFoundError,
+       "--profile: profile file 'p.json' does not exist"),
+      (IsADirectoryError("profile file 'p.json' is a directory"), OSError,
+       "--profile: profile file 'p.json' is a directory"),
+      (KeyError("no 'model' in p.json"), KeyError, "--profile: no 'model' in p.json"),
+      # a reader's lead naming the flag's noun gives way to it ('--kit: kit: ...' said it twice)
+      (ValueError("profile: d/p.json is missing"), ValueError, "--profile: d/p.json is missing")]:
+    err = refused(error)
+    assert type(err) is kind and err.args == (said,), (error, err)
+    assert err.__cause__ is None and err.__suppress_context__
+  for error in (ValueError("--profile p.json is a folder"),
+                ValueError("give --profile=p.json a profile"),
+                ValueError("the file of --profile is not JSON"), TypeError("p.json: no")):
+    assert refused(error) is error
+  with console.input_flag("--profile", "p.json"):
+    pass
