@@ -1481,7 +1481,8 @@ def test_an_exclusive_output_taken_after_the_run_began_keeps_what_the_run_made(t
                                         ("r.CSV", r"\.CSV file \(text/csv\)"),
                                         ("notes.txt", r"\.txt file \(text/plain\)"),
                                         ("r.tar.gz", r"\.tar\.gz file \(application/x-tar "
-                                                     r"gzip\)")])
+                                                     r"gzip\)"),
+                                        ("r.rtf", r"\.rtf file \(application/rtf\)")])
 def test_a_json_output_named_as_another_format_is_refused(tmp_path, name, kind):
   """An estimate named x.png was written as JSON (an image viewer then refused it)."""
   path = str(tmp_path / name)
@@ -1506,3 +1507,16 @@ def test_describe_tells_a_loop_of_links_from_a_dangling_one(tmp_path):
   os.symlink(tmp_path / "none", tmp_path / "dangling")
   assert atomic.describe(str(tmp_path / "a")) == "a loop of symbolic links"
   assert atomic.describe(str(tmp_path / "dangling")) == "a dangling symbolic link"
+
+
+def test_a_json_name_is_read_by_pythons_own_table_not_the_machines(tmp_path, monkeypatch):
+  """The media types of the machine (mimetypes.guess_type reads /etc/mime.types) are not
+  consulted: a machine that calls every name an image refuses no JSON output; without a flag
+  the refusal names the path alone."""
+  import mimetypes  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(mimetypes, "guess_type", lambda *args, **kw: ("image/png", None))
+  for name in ("r.json", "results"):
+    atomic.check_json_name(str(tmp_path / name), "out")
+  path = str(tmp_path / "r.png")
+  with pytest.raises(ValueError, match=rf"^{re.escape(path)} names a \.png file \(image/png\)"):
+    atomic.check_json_name(path, None)
