@@ -490,6 +490,8 @@ CASES = [
      "--layers is empty (leave it out for the default: one layer, --layer)"),
     ("estimate", ["--method=pomt", "--layer= ", "--out_dir={out}"], 1,
      "--layer is empty (leave it out for the default: embed for random, else 3)"),
+    ("estimate", ["--tokens= ", "--out_dir={out}"], 1,
+     "--tokens is empty (leave it out for the default: 16 evenly spaced counts)"),
     ("estimate", ["--layer=1", "--layers=all", "--out_dir={out}"], 1,
      "pass either --layer (one curve) or --layers (sensitivity table)"),
     # mutation audit of deploy.py, train_digits.py: each check at its boundary

@@ -20,7 +20,7 @@ from vitprune import solve_loop
 from vitprune import solve_plot
 from vitprune import solve_stage
 from vitprune import schedule as schedule_lib
-from vitprune.config import config_to_dict
+from vitprune.config import config_to_dict, real_number
 from vitprune.config import Preprocessing, ViTConfig
 from vitprune.records.estimate import Estimate, read_estimate, write_estimate
 from vitprune.records.solution import Solution, SolutionError, read_solution, write_solution
@@ -140,6 +140,22 @@ def test_paper_alpha_is_any_real_number_and_nothing_else():
   for bad in ("0.5", np.array("0.5"), True, np.bool_(True), jnp.array([0.5]), None):
     with pytest.raises(TypeError, match=r"^alpha must be a number in \[0, 1\], got "):
       solve.check_alpha(bad)
+
+
+def test_real_number_takes_unsigned_arrays_and_refuses_a_dtype_numpy_does_not_know():
+  """A 0-d array of an unsigned integer dtype is a number; a scalar whose dtype numpy cannot
+  read (another library's tensor) is none, refused as such rather than numpy's TypeError."""
+  assert solve.check_alpha(np.array(1, np.uint8)) == 1.0
+  assert solve.check_alpha(jnp.array(0, jnp.uint32)) == 0.0
+
+  class Foreign:
+    shape, dtype = (), "no such dtype"
+
+    def __float__(self):
+      return 0.5
+  assert real_number(Foreign()) is None
+  with pytest.raises(TypeError, match=r"^alpha must be a number in \[0, 1\], got "):
+    solve.check_alpha(Foreign())
 
 
 def test_paper_errors():
