@@ -721,3 +721,27 @@ def test_measured_on_data_text_counts_single_reductions_in_the_singular():
   many = pipeline.measured_on_data_text(1, 51)
   assert many.startswith("1 multi-layer schedule on the data (candidates too: the 51 single "
                          "reductions meeting the floor")
+
+
+def test_the_few_images_note_stops_at_30_for_a_model_of_more_classes(monkeypatch, tmp_path):
+  """Labelled, a choice is noted below the model's classes only up to FEW_IMAGES (30): 40
+  images for 100 classes are not noted, 29 are."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
+  cfg = dataclasses.replace(get_config("vit_digits"), num_classes=100)
+  data = pipeline.load_data(pipeline.PipelineSpec(num_images=40), num_classes=10)
+
+  def estimate(*args):
+    raise KeyboardInterrupt        # (the stages after it are not wanted)
+  monkeypatch.setattr(pipeline, "_profile", lambda *args: None)
+  monkeypatch.setattr(pipeline, "_estimate", estimate)
+  for holdout, note in ((None, None), (11, "note: the choice rests on 29 images, fewer than "
+                                           "the model's 100 classes: each measured accuracy is "
+                                           "a count of 29 (steps of 0.0345)")):
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+      pipeline.run_pipeline(cfg, None, pipeline.PipelineSpec(seed=3, holdout_images=holdout),
+                            str(tmp_path / "out"), weights_source="w", data=data,
+                            progress=False, log=lines.append)
+    assert [line for line in lines if line.startswith("note:")] == ([note] if note else [])
+  assert not (tmp_path / "out").exists()
