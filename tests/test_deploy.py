@@ -1846,3 +1846,17 @@ def test_run_deployed_times_a_symbolic_artifact_at_no_more_than_its_images(tmp_p
     batches[len(extra)] = json.loads((tmp_path / f"r{len(extra)}.json").read_text())[
         "latency"]["batch_size"]
   assert batches == {0: 3, 1: 8}                  # (told: as told)
+
+
+def test_run_deployed_names_its_flag_when_the_artifact_fails_to_load(artifact, tmp_path):
+  """A manifest that reads but an exported program that does not (corrupt): the refusal names
+  --artifact, as a missing manifest does (console.input_flag around deploy.load too)."""
+  art, images = _copy(artifact, tmp_path), str(tmp_path / "imgs")
+  _write_pngs(images, ["a.png", "b.png", "c.png"])
+  with open(os.path.join(art, "forward.jax_export"), "r+b") as fh:
+    fh.truncate(10)
+  code, out, err = run_cli_in_process(str(tmp_path), "run_deployed", [
+      f"--artifact={art}", f"--images={images}", "--repeats=3", "--warmup=0", "--quiet"])
+  assert (code, out) == (1, ""), err
+  assert err.startswith(f"error: --artifact: {art}/forward.jax_export: sha256 "), err
+  assert err.endswith(" (the file is corrupted or was replaced)\n") and err.count("\n") == 1
