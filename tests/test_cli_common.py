@@ -85,6 +85,7 @@ def test_a_string_flag_given_empty_is_refused_unless_empty_is_its_default():
     flags.DEFINE_string("job_flags", "", "", flag_values=fv)
     flags.DEFINE_list("sizes", ["1"], "", flag_values=fv)
     flags.DEFINE_string("cache_dir", "c", "Cache ('' for none).", flag_values=fv)
+    flags.DEFINE_string("grid", "a,b", "Grid (default: every count).", flag_values=fv)
 
   common.parse(define, ["--job_flags=", "--model=deit"])          # empty default: fine
   assert common.parse(define, ["--cache_dir="]).cache_dir == ""   # documented as meaningful
@@ -93,6 +94,9 @@ def test_a_string_flag_given_empty_is_refused_unless_empty_is_its_default():
   with pytest.raises(ValueError, match=r"^--model is empty \(leave it out for the default "
                      r"vit_digits\)$"):
     common.parse(define, ["--model="])
+  with pytest.raises(ValueError, match=r"^--grid is empty \(leave it out for the default "
+                     r"a,b\)$"):                  # its own default, not what its help says
+    common.parse(define, ["--grid="])
   # A default the CLI chooses (the flag's own is None) is named as its help says it.
   from experiments import profile as profile_cli
   with pytest.raises(ValueError, match=r"^--out_dir is empty \(leave it out for the default: "
