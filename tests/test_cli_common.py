@@ -1299,7 +1299,7 @@ def test_input_flag_names_the_flag_a_refused_input_came_through(tmp_path, monkey
       (ValueError(f"{full} is a\n folder"), ValueError, f"--profile={full} is a folder"),
       (FileNotFoundError("profile file 'p.json' does not exist"), FileNotFoundError,
        "--profile: profile file 'p.json' does not exist"),
-      (IsADirectoryError("profile file 'p.json' is a directory"), OSError,
+      (IsADirectoryError("profile file 'p.json' is a directory"), IsADirectoryError,
        "--profile: profile file 'p.json' is a directory"),
       (KeyError("no 'model' in p.json"), KeyError, "--profile: no 'model' in p.json"),
       # a reader's lead naming the flag's noun gives way to it ('--kit: kit: ...' said it twice)
@@ -1313,3 +1313,17 @@ def test_input_flag_names_the_flag_a_refused_input_came_through(tmp_path, monkey
     assert refused(error) is error
   with console.input_flag("--profile", "p.json"):
     pass
+  # The error keeps its class, so a caller catching it still can; a class that cannot carry
+  # the line alone (json's JSONDecodeError) gives way to its builtin base.
+  from vitprune.records.solution import SolutionError  # pylint: disable=g-import-not-at-top
+  from vitprune.registry import UnknownModelError  # pylint: disable=g-import-not-at-top
+  for error in (SolutionError("p.json: bad"), UnknownModelError("no model 'x'")):
+    assert type(refused(error)) is type(error), error
+  err = refused(UnknownModelError("no model 'x'"))
+  assert isinstance(err, KeyError) and str(err) == "--profile: no model 'x'"
+  try:
+    json.loads("{")
+  except ValueError as e:
+    err = refused(e)
+  assert type(err) is ValueError and str(err) == (
+      "--profile: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)")

@@ -96,7 +96,9 @@ def input_flag(flag: str, value: str) -> Iterator[None]:
   did not say which flag was wrong (a probe). A message led by the path (as given, or made
   absolute) gets `flag=` before it, any other `flag: ` (in place of a lead naming the flag's
   noun, `kit: ...`: '--kit: kit: ...' said it twice); one naming `flag` already is left as it
-  is."""
+  is. The error keeps its class (a caller catching `SolutionError` or `IsADirectoryError` still
+  can) unless the class cannot carry the line alone (json's JSONDecodeError): then its builtin
+  base, FileNotFoundError, OSError, ValueError or KeyError."""
   try:
     yield
   except (OSError, ValueError, KeyError) as e:
@@ -111,8 +113,14 @@ def input_flag(flag: str, value: str) -> Iterator[None]:
         break
     else:
       text = f"{flag}: {text}"
-    kind = next(k for k in (FileNotFoundError, OSError, ValueError, KeyError) if isinstance(e, k))
-    raise kind(text) from None
+    try:
+      error = type(e)(text)
+    except TypeError:              # (a class taking more than its message)
+      error = None
+    if error is None or one_line(error) != text:
+      error = next(k(text) for k in (FileNotFoundError, OSError, ValueError, KeyError)
+                   if isinstance(e, k))
+    raise error from None
 
 
 def fail(message, code: int = EXIT_ERROR, hint: bool = False):
