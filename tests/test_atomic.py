@@ -1482,7 +1482,11 @@ def test_an_exclusive_output_taken_after_the_run_began_keeps_what_the_run_made(t
                                         ("notes.txt", r"\.txt file \(text/plain\)"),
                                         ("r.tar.gz", r"\.tar\.gz file \(application/x-tar "
                                                      r"gzip\)"),
-                                        ("r.rtf", r"\.rtf file \(application/rtf\)")])
+                                        ("r.rtf", r"\.rtf file \(application/rtf\)"),
+                                        # (these said '.r.tgz', '.x.gz', '.x.svgz')
+                                        ("r.tgz", r"\.tgz file \(application/x-tar gzip\)"),
+                                        ("x.gz", r"\.gz file \(gzip\)"),
+                                        ("x.svgz", r"\.svgz file \(image/svg\+xml gzip\)")])
 def test_a_json_output_named_as_another_format_is_refused(tmp_path, name, kind):
   """An estimate named x.png was written as JSON (an image viewer then refused it)."""
   path = str(tmp_path / name)

@@ -527,11 +527,13 @@ def check_json_name(path: str, flag: Optional[str] = "output") -> None:
   """Raises when `path`'s suffix names a format other than JSON (by Python's built-in table of
   media types, not the machine's: `x.png`, `x.csv`, `x.txt`); a name without a known suffix
   passes (an estimate named `x.png` was written as JSON that an image viewer then refused)."""
-  kind = mimetypes.MimeTypes().guess_type(path, strict=False)
+  table = mimetypes.MimeTypes()
+  kind = table.guess_type(path, strict=False)
   if kind == (None, None) or kind == ("application/json", None):
     return
-  name = os.path.basename(path)
-  suffix = "." + ".".join(name.split(".")[-2 if kind[1] else -1:])
+  stem, suffix = os.path.splitext(os.path.basename(path))
+  if kind[1] and {suffix, suffix.lower()} & set(table.encodings_map):  # (r.tar.gz; not r.tgz)
+    suffix = os.path.splitext(stem)[1] + suffix
   shown = path if flag is None else f"--{flag}={path}"
   raise ValueError(f"{shown} names a {suffix} file ({' '.join(x for x in kind if x)}), but the "
                    "file written is JSON: name it *.json")
