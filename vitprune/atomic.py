@@ -285,12 +285,8 @@ def describe(path: str) -> str:
   if os.path.islink(path):
     if os.path.exists(path):
       return "a symbolic link"
-    try:
-      os.stat(path)
-    except OSError as e:       # (a loop was called "a dangling symbolic link": a probe)
-      if e.errno == errno.ELOOP:
-        return "a loop of symbolic links"
-    return "a dangling symbolic link"
+    # (a loop was called "a dangling symbolic link": a probe)
+    return "a loop of symbolic links" if jsonio.is_link_loop(path) else "a dangling symbolic link"
   if os.path.isdir(path):
     return "a folder"
   return ("a regular file" if os.path.isfile(path) else

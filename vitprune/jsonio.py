@@ -37,14 +37,20 @@ def why_not_a_file(path: str) -> str:
         return "lies under a loop of symbolic links (or too long a chain of them)"
     return "does not exist"
   if not os.path.exists(path):
-    try:
-      os.stat(path)
-    except OSError as e:
-      if e.errno == errno.ELOOP:
-        return "is a loop of symbolic links (or too long a chain of them)"
-    return "is a dangling link"
+    return ("is a loop of symbolic links (or too long a chain of them)" if is_link_loop(path)
+            else "is a dangling link")
   return ("is a directory" if os.path.isdir(path) else
           "is not a regular file (a device, FIFO or socket)")
+
+
+def is_link_loop(path: str) -> bool:
+  """Whether following `path`'s symbolic links loops (or runs too long a chain of them: ELOOP),
+  which `os.path.exists` reports as a dangling link (`why_not_a_file`, `atomic.describe`)."""
+  try:
+    os.stat(path)
+  except OSError as e:
+    return e.errno == errno.ELOOP
+  return False
 
 
 def read_json(path: str, what: str, error: Type[ValueError] = FormatError) -> Dict[str, Any]:
