@@ -549,7 +549,7 @@ CASES = [
     ("convert", ["--model=test_tiny_vit", "--checkpoint=loc/file", "--out={out}"], 1,
      "--checkpoint=loc/file: unsupported checkpoint extension ''"),
     # a folder with no image files named the folder alone, not the flag it came through; only
-    # the folder's reading names it (--num_images=5000 above stays --num_images's) (a probe)
+    # the folder's reading names it (test_estimate: a subset too large stays --num_images's)
     ("estimate", ["--data={full}", "--out_dir={out}"], 1,
      "--data: no image files (extensions .jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, "
      ".webp) directly in unlabelled dataset root '"),

@@ -736,6 +736,17 @@ def test_unlabelled_folder_fidelity_only(tmp_path, params):
   assert res.reference.num_examples == 3 and res.points[0].accuracy is None
 
 
+def test_flag_names_the_folders_refusal_alone(tmp_path):
+  """`flag` ('--data') is named by a refusal of the image folder itself, not by a refusal of
+  another argument after it (a subset larger than the folder is --num_images's)."""
+  _write_random_pngs(tmp_path / "two", 2)
+  (tmp_path / "none").mkdir()
+  with pytest.raises(ValueError, match=r"^num_images=5 exceeds the 2 images available"):
+    estimate.load_eval_data(str(tmp_path / "two"), num_images=5, flag="--data")
+  with pytest.raises(FileNotFoundError, match=r"^--data: no image files \(extensions "):
+    estimate.load_eval_data(str(tmp_path / "none"), flag="--data")
+
+
 def test_the_cli_says_why_a_folder_gives_no_accuracy(tmp_path):
   """A probe: one class's folder given as --data printed 'labelled=False' and agreement only,
   without saying why (run_deployed and the board's run say it)."""
