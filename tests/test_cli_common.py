@@ -1327,3 +1327,6 @@ def test_input_flag_names_the_flag_a_refused_input_came_through(tmp_path, monkey
     err = refused(e)
   assert type(err) is ValueError and str(err) == (
       "--profile: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)")
+  with pytest.raises(ValueError, match="^p.json: bad$"):    # no flag (a library call): as it is
+    with console.input_flag(None, "p.json"):
+      raise ValueError("p.json: bad")

@@ -89,7 +89,7 @@ def printable(text: str) -> str:
 
 
 @contextlib.contextmanager
-def input_flag(flag: str, value: str) -> Iterator[None]:
+def input_flag(flag: Optional[str], value: str) -> Iterator[None]:
   """A refusal of the file or folder given as `flag`=`value` ('--profile', its path) names the
   flag: the readers (`jsonio.read_json`, the records', the artifact's) name the file alone, so
   with two inputs of one kind on a command line (a profile passed as solve's --estimate) the line
@@ -98,10 +98,13 @@ def input_flag(flag: str, value: str) -> Iterator[None]:
   noun, `kit: ...`: '--kit: kit: ...' said it twice); one naming `flag` already is left as it
   is. The error keeps its class (a caller catching `SolutionError` or `IsADirectoryError` still
   can) unless the class cannot carry the line alone (json's JSONDecodeError): then its builtin
-  base, FileNotFoundError, OSError, ValueError or KeyError."""
+  base, FileNotFoundError, OSError, ValueError or KeyError. `flag` None (a library call, no
+  command line): the error as it is."""
   try:
     yield
   except (OSError, ValueError, KeyError) as e:
+    if flag is None:
+      raise
     text = one_line(e)
     if text.startswith(flag) or f" {flag}=" in text or f" {flag} " in text:
       raise

@@ -629,8 +629,6 @@ def read_image_folder(root: Union[str, os.PathLike], flag: Optional[str] = None,
   directly in unlabelled dataset root' named the path alone (a probe). Only the folder's reading
   is wrapped, so a refusal of another flag after it ('num_images=500 exceeds the 359 images
   available') is not put on this one."""
-  if flag is None:
-    return ImageFolder(root, **kwargs)
   with input_flag(flag, os.fspath(root)):
     return ImageFolder(root, **kwargs)
 

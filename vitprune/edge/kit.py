@@ -21,7 +21,6 @@ the CPU), which `write_profile` saves as the JSON (+ CSV twin) `experiments.solv
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.metadata as md
 import json
@@ -145,7 +144,7 @@ def _kit_plans(path: str, driver: Optional[str], flag: Optional[str] = None):
   [(driver, shards)] and [function name] per point): each point's own runtime plan (kits made
   before per-point plans: the kit's driver, one shard), or `driver` for every point. `flag`
   ('--kit'): named by a refusal of the kit's manifest (`profile_kit`)."""
-  with (console.input_flag(flag, path) if flag else contextlib.nullcontext()):
+  with console.input_flag(flag, path):
     kit = read_kit(path)
   target = parse_target(kit["target"])
   # (an edited 'cuda' on a CPU kit dropped the CPU from the board profile's device)

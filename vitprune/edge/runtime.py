@@ -28,7 +28,6 @@ target cannot use raises `EdgeError` with a one-line message.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import functools
 import math
 import os
@@ -751,7 +750,7 @@ def load(path: str, target: Optional[str] = None, driver: Optional[str] = None,
   `path` came through, named by a refusal of the artifact itself (missing, of another kind,
   incomplete, its records or manifest bad: `console.input_flag`), not by what comes after
   (this host lacking the IREE runtime or the target's device is no fault of the flag's)."""
-  with (console.input_flag(flag, path) if flag else contextlib.nullcontext()):
+  with console.input_flag(flag, path):
     path = os.path.abspath(check_path("the artifact path", path))  # ('': the working directory)
     records = read_records(path)
     manifest = check_against_manifest(path, records)
