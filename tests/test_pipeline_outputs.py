@@ -209,6 +209,17 @@ def test_a_count_measured_fast_by_chance_is_timed_again_before_it_is_chosen(tmp_
     pipeline.PipelineSpec(retime_top=-1)
 
 
+def test_paper_predicted_by_says_whether_n_star_was_re_timed():
+  """A probe: --retime_top=0 wrote summary.json predicted_by '(counts re-timed with the
+  unpruned graph, samples pooled)' of a run that timed nothing again."""
+  note = pipeline.paper_retime_note
+  assert note({"retimed_counts": [49, 33, 17]}, 33) == (
+      "counts re-timed with the unpruned graph, samples pooled")
+  assert note({"retimed_counts": [49, 33]}, 17) == "n* 17 itself not re-timed; other counts were"
+  assert note({}, 33) == "as profiled, not re-timed"            # --retime_top=0
+  assert note({"retimed_counts": []}, 65) == "as profiled, not re-timed"
+
+
 @dataclasses.dataclass(frozen=True)
 class _Sol:
   """The fields of a solve_stage.Solution that retime_top_counts and retime_line read."""

@@ -635,6 +635,18 @@ def _pooled(profile: records.Profile, batch: int, measured: Dict[int, timing.Mea
   return records.analyze(dataclasses.replace(profile, points=tuple(points)))
 
 
+def paper_retime_note(settings: Dict[str, Any], n_star: int) -> str:
+  """How the profile's L(n*) came to be, for the summary's `predicted_by`: pooled with a
+  re-timing only where `retime_top_counts` timed n* again (a probe: --retime_top=0 wrote
+  'counts re-timed with the unpruned graph, samples pooled' of a run that timed none)."""
+  retimed = settings.get("retimed_counts") or []
+  if int(n_star) in retimed:
+    return "counts re-timed with the unpruned graph, samples pooled"
+  if retimed:
+    return f"n* {int(n_star)} itself not re-timed; other counts were"
+  return "as profiled, not re-timed"
+
+
 def retime_line(before: Solution, after: Solution) -> str:
   """What re-timing the counts of highest utility (`retime_top_counts`) did to n*."""
   retimed = after.settings.get("retimed_counts")
@@ -951,8 +963,8 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
         # 'measured' as a contradiction)
         "predicted_by": (
             "the paper's proxies at n*: the latency of the uniform n*-token graph as the "
-            "profile measured it (counts re-timed with the unpruned graph, samples pooled), and "
-            f"the estimate's {metric} at n*" if spec.solver == "paper" else
+            f"profile measured it ({paper_retime_note(solution.settings, chosen.counts[-1])}), "
+            f"and the estimate's {metric} at n*" if spec.solver == "paper" else
             f"the solver's models: latency from the profile "
             f"({solution.profile.latency_source}), {metric} combined from the estimate's "
             "single-layer sensitivities"),
