@@ -144,7 +144,8 @@ def test_paper_alpha_is_any_real_number_and_nothing_else():
 
 def test_real_number_takes_unsigned_arrays_and_refuses_a_dtype_numpy_does_not_know():
   """A 0-d array of an unsigned integer dtype is a number; a scalar whose dtype numpy cannot
-  read (another library's tensor) is none, refused as such rather than numpy's TypeError."""
+  read is none, refused as such rather than numpy's TypeError, unless its item() is a number
+  (torch's 0-d tensor: taken before real_number, narrowed to numpy's and JAX's, a review)."""
   assert solve.check_alpha(np.array(1, np.uint8)) == 1.0
   assert solve.check_alpha(jnp.array(0, jnp.uint32)) == 0.0
 
@@ -156,6 +157,15 @@ def test_real_number_takes_unsigned_arrays_and_refuses_a_dtype_numpy_does_not_kn
   assert real_number(Foreign()) is None
   with pytest.raises(TypeError, match=r"^alpha must be a number in \[0, 1\], got "):
     solve.check_alpha(Foreign())
+
+  class Tensor(Foreign):       # torch's 0-d tensor: its item() is a Python number (or bool)
+    def __init__(self, item):
+      self._item = item
+
+    def item(self):
+      return self._item
+  assert real_number(Tensor(0.25)) == 0.25 and solve.check_alpha(Tensor(1)) == 1.0
+  assert real_number(Tensor(True)) is None and real_number(Tensor("0.5")) is None
 
 
 def test_paper_errors():

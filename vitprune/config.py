@@ -34,7 +34,8 @@ _OPTION_KINDS = {"bool": (bool, np.bool_), "int": (int, np.integer),
 
 def real_number(value: Any) -> Optional[float]:
   """`value` as a float when it is one real number: Python's, a numpy scalar or a 0-d numpy or
-  JAX array of an integer or float dtype (bfloat16 too); None otherwise (bools, strings, a 0-d
+  JAX array of an integer or float dtype (bfloat16 too), or another library's 0-d tensor whose
+  `item()` is one of those; None otherwise (bools, strings, a 0-d
   array of strings: `np.array("0.5")` read as 0.5, and a JAX float, which is no
   `numbers.Real`, was refused where numpy's was taken). Reads the solver's alpha and metrics,
   ToMe's inflection and float schedule counts."""
@@ -47,8 +48,9 @@ def real_number(value: Any) -> Optional[float]:
     return None
   try:
     numeric = np.dtype(dtype).kind in "iu" or is_float_dtype(dtype)
-  except TypeError:
-    return None
+  except TypeError:        # (another library's 0-d tensor, torch's: its item() is Python's)
+    item = getattr(value, "item", None)
+    return real_number(item()) if callable(item) else None
   return float(value) if numeric else None
 
 
