@@ -627,6 +627,18 @@ def test_a_run_chooses_on_the_seeded_selection_and_notes_fewer_images_than_class
   from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
   cfg = get_config("vit_digits")
   data = pipeline.load_data(pipeline.PipelineSpec(num_images=15), num_classes=10)
+  for holdout, note in ((5, None), (6, "note: the choice rests on 9 images, fewer than the "
+                                       "model's 10 classes: each measured accuracy is a count "
+                                       "of 9 (steps of 0.111)")):
+    notes, seen = _notes_up_to_the_estimate(monkeypatch, tmp_path, cfg, data, holdout)
+    want = list(estimate_lib.holdout_split(data, holdout, 3)[0].indices)
+    assert seen == want != list(estimate_lib.holdout_split(data, holdout, 0)[0].indices)
+    assert notes == ([note] if note else [])
+
+
+def _notes_up_to_the_estimate(monkeypatch, tmp_path, cfg, data, holdout):
+  """(the notes `run_pipeline` logs before its estimate stage, the indices of the images that
+  stage gets) for a run of seed 3 holding `holdout` images out; nothing is written."""
   seen = []
 
   def estimate(cfg, params, spec, tokens, data, *args):
@@ -634,18 +646,13 @@ def test_a_run_chooses_on_the_seeded_selection_and_notes_fewer_images_than_class
     raise KeyboardInterrupt        # (the stages after it are not wanted)
   monkeypatch.setattr(pipeline, "_profile", lambda *args: None)
   monkeypatch.setattr(pipeline, "_estimate", estimate)
-  for holdout, note in ((5, None), (6, "note: the choice rests on 9 images, fewer than the "
-                                       "model's 10 classes: each measured accuracy is a count "
-                                       "of 9 (steps of 0.111)")):
-    lines = []
-    with pytest.raises(KeyboardInterrupt):
-      pipeline.run_pipeline(cfg, None, pipeline.PipelineSpec(seed=3, holdout_images=holdout),
-                            str(tmp_path / "out"), weights_source="w", data=data,
-                            progress=False, log=lines.append)
-    want = list(estimate_lib.holdout_split(data, holdout, 3)[0].indices)
-    assert seen.pop() == want != list(estimate_lib.holdout_split(data, holdout, 0)[0].indices)
-    assert [line for line in lines if line.startswith("note:")] == ([note] if note else [])
+  lines = []
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.run_pipeline(cfg, None, pipeline.PipelineSpec(seed=3, holdout_images=holdout),
+                          str(tmp_path / "out"), weights_source="w", data=data,
+                          progress=False, log=lines.append)
   assert not (tmp_path / "out").exists()
+  return [line for line in lines if line.startswith("note:")], seen.pop()
 
 
 def test_a_linked_folder_makes_an_output_not_ours(tmp_path):
@@ -741,18 +748,8 @@ def test_the_few_images_note_stops_at_30_for_a_model_of_more_classes(monkeypatch
   from vitprune.registry import get_config  # pylint: disable=g-import-not-at-top
   cfg = dataclasses.replace(get_config("vit_digits"), num_classes=100)
   data = pipeline.load_data(pipeline.PipelineSpec(num_images=40), num_classes=10)
-
-  def estimate(*args):
-    raise KeyboardInterrupt        # (the stages after it are not wanted)
-  monkeypatch.setattr(pipeline, "_profile", lambda *args: None)
-  monkeypatch.setattr(pipeline, "_estimate", estimate)
   for holdout, note in ((None, None), (11, "note: the choice rests on 29 images, fewer than "
                                            "the model's 100 classes: each measured accuracy is "
                                            "a count of 29 (steps of 0.0345)")):
-    lines = []
-    with pytest.raises(KeyboardInterrupt):
-      pipeline.run_pipeline(cfg, None, pipeline.PipelineSpec(seed=3, holdout_images=holdout),
-                            str(tmp_path / "out"), weights_source="w", data=data,
-                            progress=False, log=lines.append)
-    assert [line for line in lines if line.startswith("note:")] == ([note] if note else [])
-  assert not (tmp_path / "out").exists()
+    notes, _ = _notes_up_to_the_estimate(monkeypatch, tmp_path, cfg, data, holdout)
+    assert notes == ([note] if note else [])
