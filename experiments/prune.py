@@ -183,8 +183,8 @@ def main(f: flags.FlagValues):
   if f["seed"].present and f.images and (f.weights or cfg.name == common.EMBEDDED_MODEL):
     with warnings.catch_warnings():        # (its warnings: said once, when it is read below)
       warnings.simplefilter("ignore")
-      held = len(data_lib.read_image_folder(f.images, "--images"))  # (trained weights, every
-                                                                     # image: unread)
+      # (trained weights, every image: unread)
+      held = len(data_lib.read_image_folder(f.images, "--images"))
     if held <= f.batch_size:
       raise ValueError(f"--seed={f.seed} changes nothing here: the weights are trained and all "
                        f"{held} images of --images fit in --batch_size={f.batch_size}; {seeds}")

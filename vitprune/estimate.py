@@ -532,8 +532,10 @@ def holdout_split(data: EvalData, holdout_images: int, seed: int) -> Tuple[EvalD
   Each part's `info` is its own (fingerprint of its images) with `selection.holdout_images` and
   `selection.part` added. ValueError unless 1 <= holdout_images < the number of images and
   `seed` is an int >= 0."""
-  seed = data_lib.check_seed(seed)   # (-1 was numpy's "expected non-negative integer", 1.5
-  n = len(data.indices)              # "seed must be integer", and '2' a seed of its own)
+  # (-1 was numpy's "expected non-negative integer", 1.5 "seed must be integer", and '2' a seed
+  # of its own)
+  seed = data_lib.check_seed(seed)
+  n = len(data.indices)
   if (isinstance(holdout_images, bool) or not isinstance(holdout_images, (int, np.integer))
       or not 1 <= holdout_images < n):
     raise ValueError(f"holdout_images must be an int in 1..{n - 1} (of the {n} evaluation "
