@@ -538,7 +538,11 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
                                "estimate's single-layer sensitivities")
   with open(s["files"]["solution"]) as f:
     refined = json.load(f)["settings"]["accuracy_refinement"]
-  assert refined["rounds"][0]["num_schedules"] >= 1
+  # Round 0 measured schedules; which ones depends on the timing: where its whole frontier is
+  # the estimate's own single reductions, all are "unscored" (in sample) and none scored (a
+  # clean-clone CI run failed on `num_schedules >= 1` alone).
+  first = refined["rounds"][0]
+  assert first["num_schedules"] + first.get("unscored", 0) >= 1
   # The estimate stage kept its per-example margins in memory: every round also reports the
   # anchored per-image prediction, which round 0 (no multi-layer schedule measured yet) makes
   # from the unpruned model alone.
