@@ -554,7 +554,9 @@ def test_pipeline_multi_layer_solver(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "multi-layer Pareto frontier, accuracy >= 0.5" in out
   assert "accuracy model corrected from measurements in" in out
-  assert "; the anchored per-image prediction by " in out
+  # (its error, when some round scored a schedule: none may have, by the timing, as above)
+  assert ("; the anchored per-image prediction by " in out) == any(
+      r["num_schedules"] for r in refined["rounds"])
   assert f"chosen: multi-layer pomt schedule {s['schedule']}" in out
   # In the order it happened: accuracy measured on the data, then the timing among those
   # meeting the floor (it was printed first); the chosen line names both measurements.
