@@ -88,6 +88,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        "(0: one measurement per phase).", lower_bound=0, flag_values=fv)
   flags.DEFINE_bool("resume", False, "Continue the profiles in --out_dir (a killed run's "
                     "chunks): points they hold are not measured again.", flag_values=fv)
+  flags.DEFINE_bool("confirm_steps", True, "Time the counts of each step and lone count "
+                    "whose two sides were timed apart (chunks, the refinement, --resume) "
+                    "again together, in one measurement whose samples replace theirs (at "
+                    "most 16 counts, largest savings first; a run that measures nothing "
+                    "confirms nothing).", flag_values=fv)
   flags.DEFINE_bool("progress", True, "Show progress on stderr: a bar on a terminal, a line "
                     "every 30 s elsewhere (a log).", flag_values=fv)
   # --mode=pipeline only:
@@ -162,7 +167,8 @@ PIPELINE_ONLY = ("data", "num_images", "eval_batch_size", "alpha", "layer", "met
                  "accuracy_floor", "latency_budget", "max_accuracy_drop", "floor_confidence",
                  "calibration_schedules", "measure_frontier",
                  "refine_accuracy_rounds", "loop_neighbours", "retime_top", "holdout_images")
-GRID_ONLY = ("adaptive", "coarse_stride", "max_points", "chunk_points", "resume")  # model/block
+GRID_ONLY = ("adaptive", "coarse_stride", "max_points", "chunk_points", "resume",  # model/block
+             "confirm_steps")
 PROFILE_ONLY = ("schedule", "reducer", "compile_cache_dir") + GRID_ONLY
 
 
@@ -290,7 +296,7 @@ def spec_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
                             timing=_timing_from_flags(f), threads=f.threads,
                             adaptive=f.adaptive, coarse_stride=f.coarse_stride,
                             max_points=f.max_points, chunk_points=f.chunk_points,
-                            reducer=f.reducer, seed=f.seed)
+                            reducer=f.reducer, seed=f.seed, confirm_steps=f.confirm_steps)
   memory.check_batch_fits(cfg, spec.batch_sizes, spec.dtype,
                           held_per_example=spec.held_input_bytes())
   if f.compile_cache_dir:      # JAX would only warn and run without a cache

@@ -205,7 +205,8 @@ def test_chunks_are_written_as_they_are_measured(tmp_path, monkeypatch, capsys):
   assert held == sorted(calls[0] + calls[1])
   assert capsys.readouterr().out.count("points of batch 1 so far to") == 2
   monkeypatch.setattr(runner, "_measure", real)
-  (prof,) = _run(tmp_path / "all", "--tokens=all", "--chunk_points=5")
+  (prof,) = _run(tmp_path / "all", "--tokens=all", "--chunk_points=5",
+                 "--noconfirm_steps")   # (a step timed apart would be timed again together)
   assert sorted(p.tokens for p in prof.points) == list(range(2, 18))   # every count, once
   chunks = {}                    # each chunk is one measurement: the file says which
   for p in prof.points:
@@ -219,6 +220,63 @@ def test_chunks_are_written_as_they_are_measured(tmp_path, monkeypatch, capsys):
     _run(tmp_path / "adaptive", "--tokens=all", "--adaptive", "--coarse_stride=2",
          "--chunk_points=4")
   assert calls[0] == [2, 5, 9, 17]
+
+
+def _timed_as(latency, calls):
+  """A `runner._measure` timing each count n at `latency(n, call)` seconds (3 equal samples),
+  `call` counting its calls from 1, each call a measurement of its own (a mark a second
+  apart); the counts of each call are appended to `calls`, descending."""
+  def measure(keys, **_):
+    calls.append(sorted((k[1] for k in keys), reverse=True))
+    mark = f"2026-12-08T01:00:{len(calls):02d}.000+00:00"
+    return {k: dataclasses.replace(protocol.summarize([latency(k[1], len(calls))] * 3),
+                                   measured_at=mark) for k in keys}
+  return measure
+
+
+def test_a_step_timed_apart_is_timed_again_together_and_holds(tmp_path, monkeypatch, capsys):
+  """A step whose two sides two chunks timed was reported 'timed apart: ... time those counts
+  again together, in one run, before pruning to it'; the profiler now does that itself: the
+  step's window (the count beyond each level too) in one measurement, whose samples replace
+  theirs, and the line says the step holds. --noconfirm_steps keeps them as measured."""
+  calls = []
+  monkeypatch.setattr(runner, "_measure", _timed_as(
+      lambda n, _: (1e-3 if n > 9 else 0.5e-3) * (1 + 0.001 * n), calls))
+  (prof,) = _run(tmp_path / "a", "--tokens=17:3:-2", "--chunk_points=4")
+  assert calls == [[17, 13, 11, 3], [15, 9, 7, 5], [13, 11, 9, 7]]
+  assert ("confirmed: timed 13, 11, 9, 7 again together, in one measurement (steps and lone "
+          "counts timed apart): 11 -> 9 holds (saves 50.1%)") in capsys.readouterr().out
+  (step,) = prof.steps
+  assert (step["n_from"], step["n_to"], step["measured_apart"]) == (11, 9, [])
+  marks = {p.tokens: p.measured_at for p in prof.points}
+  assert {n for n, m in marks.items() if m.startswith("2026-12-08T01:00:03")} == {13, 11, 9, 7}
+  (path,) = (tmp_path / "a").glob("*.json")
+  assert records.load(str(path)).points == prof.points       # the file holds what was confirmed
+  calls.clear()
+  (kept,) = _run(tmp_path / "b", "--tokens=17:3:-2", "--chunk_points=4", "--noconfirm_steps")
+  assert len(calls) == 2 and "confirmed" not in capsys.readouterr().out
+  assert [len(s["measured_apart"]) for s in kept.steps] == [2]
+
+
+def test_a_confirmation_across_a_resume_says_a_level_shift_is_no_step(tmp_path, monkeypatch,
+                                                                       capsys):
+  """A resumed run on a machine 30 % faster than the first one's: 10 -> 9 read as a 30 % step.
+  Timed together it is no step; the shift then lies between the counts confirmed and the
+  resumed ones (8 -> 7), said timed apart: one confirmation per run, not a walk down the curve.
+  A resume that measures nothing confirms nothing."""
+  calls = []
+  monkeypatch.setattr(runner, "_measure", _timed_as(
+      lambda n, call: 1e-3 * (1 + 0.01 * n) * (0.7 if call == 2 else 1.0), calls))
+  _run(tmp_path, "--tokens=17:10")
+  (prof,) = _run(tmp_path, "--tokens=all", "--resume")
+  assert calls == [list(range(17, 9, -1)), list(range(9, 1, -1)), [11, 10, 9, 8]]
+  out = capsys.readouterr().out
+  assert ("confirmed: timed 11, 10, 9, 8 again together, in one measurement (steps and lone "
+          "counts timed apart): 10 -> 9 is no step") in out
+  assert [(s["n_from"], s["n_to"], len(s["measured_apart"])) for s in prof.steps] == [(8, 7, 2)]
+  calls.clear()
+  (again,) = _run(tmp_path, "--tokens=all", "--resume")
+  assert calls == [] and again.points == prof.points
 
 
 def test_a_resumed_batch_takes_its_own_files_points_over_a_combined_profiles(tmp_path):
@@ -265,7 +323,8 @@ def test_resume_measures_only_what_a_killed_run_did_not(tmp_path, monkeypatch, c
   kept = {p.tokens: p.median_s for p in records.load(str(path)).points}
   assert len(kept) == 10
   calls.clear()
-  (prof,) = _run(tmp_path, "--tokens=all", "--chunk_points=5", "--resume")
+  (prof,) = _run(tmp_path, "--tokens=all", "--chunk_points=5", "--resume",
+                 "--noconfirm_steps")    # (confirming a step timed apart re-times held ones)
   assert sorted(n for c in calls for n in c) == sorted(set(range(2, 18)) - set(kept))
   assert f"resuming batch 1: the 10 points it has in {tmp_path} are not measured again" in (
       capsys.readouterr().out)
@@ -292,7 +351,7 @@ def test_resume_measures_only_what_a_killed_run_did_not(tmp_path, monkeypatch, c
                   "--resume")
   assert calls == [] and len(other.points) == 8
   (wider,) = _run(tmp_path / "bounded", *bounded[:2], "--coarse_stride=3", "--max_points=11",
-                  *bounded[4:], "--resume")
+                  *bounded[4:], "--resume", "--noconfirm_steps")
   assert sum(map(len, calls)) == 3 and len(wider.points) == 11
   # Mode block: the whole-model checks were measured by the first run (a resume with another
   # stride compiled one more, at the middle count of its own coarse grid).
@@ -363,8 +422,8 @@ def test_an_interrupted_batch_keeps_the_profile_of_all_batches_in_step(tmp_path,
     return real(keys, **kw)
 
   monkeypatch.setattr(runner, "_measure", measure)
-  with pytest.raises(KeyboardInterrupt):
-    _run(tmp_path, "--tokens=all", "--batch_size=1,2", "--chunk_points=4")
+  with pytest.raises(KeyboardInterrupt):    # (no confirmation call among batch 1's)
+    _run(tmp_path, "--tokens=all", "--batch_size=1,2", "--chunk_points=4", "--noconfirm_steps")
   own = records.load(str(tmp_path / "test-tiny-vit_model_b2_float32_cpu.json"))
   both = records.load(str(tmp_path / "test-tiny-vit_model_b1-2_float32_cpu.json"))
   fresh = {k[1] for k in calls[4]}

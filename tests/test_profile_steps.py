@@ -752,3 +752,47 @@ def test_a_flat_stretch_names_the_marks_of_its_end_counts_in_token_order():
   when = ["C" if n == 32 else "A" for n in tokens]         # 32, 32 .. 17's highest, alone in C
   rep = steps.detect_steps(tokens, med, measured_at=when)
   assert [f.measured_apart for f in rep.flats] == [(), ("C", "A"), ()]
+
+
+def test_confirm_counts_takes_each_window_timed_apart_largest_saving_first_within_the_bound():
+  """The counts a confirmation times again together: a step's levels and the count beyond each
+  (what its tests read), a lone count's neighbours; steps by saving, then lone counts; a window
+  that does not fit the bound whole is left out, a later smaller one still taken."""
+  tokens = list(range(40, 1, -1))
+  med = _staircase(tokens, edges=(32, 16))
+  med[tokens.index(8)] -= 0.1                           # 8 measured fast: a lone count
+  when = ["A" if n > 16 else "B" for n in tokens]       # 17 -> 16 timed apart
+  when[tokens.index(8)] = "C"
+  rep = steps.detect_steps(tokens, med, measured_at=when)
+  assert [(s.n_from, s.n_to, bool(s.measured_apart)) for s in rep.steps] == [
+      (33, 32, False), (17, 16, True)]
+  assert [(c.n, c.slow, bool(c.measured_apart)) for c in rep.lone] == [(8, False, True)]
+  assert steps.confirm_counts(tokens, rep) == [18, 17, 16, 15, 9, 8, 7]
+  assert steps.confirm_counts(tokens, rep, limit=4) == [18, 17, 16, 15]
+  assert steps.confirm_counts(tokens, rep, limit=3) == [9, 8, 7]    # the step's 4 do not fit
+  med = _staircase(tokens, edges=(32, 16), jump=0.2) + 0.2 * (np.asarray(tokens) > 32)
+  when = ["A" if n > 32 else "B" if n > 16 else "C" for n in tokens]   # both steps apart
+  rep = steps.detect_steps(tokens, med, measured_at=when)
+  assert [round(s.saving_s, 6) for s in rep.steps] == [0.4, 0.2]
+  assert steps.confirm_counts(tokens, rep) == [34, 33, 32, 31, 18, 17, 16, 15]
+  assert steps.confirm_counts(tokens, rep, limit=6) == [34, 33, 32, 31]   # the larger first
+  assert steps.confirm_counts(tokens, steps.detect_steps(tokens, med)) == []   # one measurement
+
+
+def test_a_confirmation_line_says_what_held_and_what_went():
+  tokens = list(range(40, 1, -1))
+  med = _staircase(tokens, edges=(32, 16))
+  med[tokens.index(8)] -= 0.1
+  when = ["A" if n > 16 else "B" for n in tokens]
+  when[tokens.index(8)] = "C"
+  before = steps.detect_steps(tokens, med, measured_at=when)
+  again = steps.confirm_counts(tokens, before)
+  held = steps.detect_steps(tokens, med)                     # timed together: the same curve
+  assert steps.confirmation_line(again, before, held) == (
+      "confirmed: timed 18, 17, 16, 15, 9, 8, 7 again together, in one measurement (steps and "
+      "lone counts timed apart): 17 -> 16 holds (saves 16.7%); lone fast count 8 holds")
+  gone = steps.detect_steps(tokens, _staircase(tokens, edges=(32,)))   # no step at 16, no dip
+  assert steps.confirmation_line(again, before, gone).endswith(
+      ": 17 -> 16 is no step; lone fast count 8 is gone")
+  assert steps.confirmation_line([9, 8, 7], before, held).endswith(
+      ": lone fast count 8 holds; 1 more timed apart, not timed again (at most 16 counts)")

@@ -31,6 +31,9 @@ within noise. Flat intervals are the only ones skipped, so steps are still locat
 `steps.refine_order` (intervals holding a step first, in bisection order), so a step is
 located to within a few counts by the first of its points.
 
+Confirmation (`confirm_steps`, on by default): a step or lone count whose two sides were timed
+in separate measurements is timed again, its counts together (`profile_batch`).
+
 Chunks (`chunk_points`): on a GPU a DeiT-S graph compiles in seconds (autotuning) and times in
 milliseconds, so a profile is compile-bound; chunks are compiled and timed one after another
 and `run_profile` writes the points after each, so a run killed at its deadline keeps every
@@ -126,6 +129,7 @@ class ProfileSpec:
   chunk_points: int = 0   # compile and time this many counts at a time, each chunk handed on
   reducer: Optional[str] = None
   seed: int = 0
+  confirm_steps: bool = True  # model/block: time a step or lone count timed apart again
 
   def __post_init__(self):
     self._check_types()
@@ -196,6 +200,7 @@ class ProfileSpec:
     adaptive='no' is truthy: an adaptive run.)"""
     check_config_type(self.cfg)
     check_switch("adaptive", self.adaptive)
+    check_switch("confirm_steps", self.confirm_steps)
     fix = functools.partial(object.__setattr__, self)
     for name in ("batch_sizes", "tokens", "schedules"):
       v = getattr(self, name)
@@ -364,6 +369,9 @@ def machine_line(machine: Dict[str, Any]) -> str:
           f"jax {machine['jax_version']}")
 
 
+CONFIRM_ROUNDS = 5    # a confirmation's interleaved rounds (drift reaches its counts alike)
+
+
 def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool = True,
                   log: Callable[[str], None] = print,
                   on_measured: Optional[Callable[[records.Profile, bool], None]] = None,
@@ -377,7 +385,15 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
   so far after each chunk (`last` on the final one): a caller that writes it keeps what was
   measured when a later chunk is interrupted. `held`: points measured before (a resumed run):
   their keys are not measured again, they count for the refinement and are in the profile
-  returned (and handed on)."""
+  returned (and handed on).
+
+  Confirmation (`spec.confirm_steps`, modes model/block, where this run measured anything):
+  the counts of each step and lone count whose sides were timed apart (`steps.confirm_counts`:
+  chunks, the refinement, re-measured wide points, held points) are timed again in one
+  measurement of `CONFIRM_ROUNDS` interleaved rounds without re-measurement, whose samples
+  replace theirs (held ones too); a line says what held (`steps.confirmation_line`). One
+  confirmation per run: a shift of the machine's speed between two measurements then lies
+  between the counts confirmed and the others, and is said timed apart."""
   cfg = spec.cfg
   reducer, reducer_name = make_drop_reducer(spec.reducer)
   rng = np.random.default_rng(spec.seed)
@@ -445,6 +461,22 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
       bar.total += 2 * len([k for k in _keys_for(spec, extra, first=False) if k not in before])
       for i, chunk in enumerate(chunks):
         measure(chunk, first_chunk=False, last=i == len(chunks) - 1)
+    # (a run that measured nothing confirms nothing: a finished profile resumed stays as is)
+    if spec.confirm_steps and meas and spec.mode != "schedule":
+      curve = profile().curve(spec.mode, batch_size)
+      report = records.step_report(curve)
+      again = steps_lib.confirm_counts([p.tokens for p in curve], report) if report else []
+      if again:       # one measurement (one mark): its samples replace those timed apart
+        keys = _keys_for(spec, again, first=False)
+        bar.total += 2 * len(keys)
+        bar.refresh()
+        together = dataclasses.replace(spec, timing=dataclasses.replace(
+            spec.timing, rounds=CONFIRM_ROUNDS, max_retries=0))
+        meas.update(_measure(keys, spec=together, params=params, images=images,
+                             reducer=reducer, bar=bar))
+        log(steps_lib.confirmation_line(again, report, records.step_report(
+            profile().curve(spec.mode, batch_size))))
+        handed_last = False
     if on_measured and not handed_last:
       on_measured(profile(), True)
   return profile()
@@ -546,8 +578,9 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
     def save(prof: records.Profile, last: bool):
       """Writes every chunk's points as they come (an interrupted run keeps them), into the
       profiles of several batch sizes holding this one too (kept in step when killed)."""
-      if len(prof.points) != written.get("points"):     # (else: written already)
-        written.update(paths=_write_or_keep(prof, out_dir), points=len(prof.points))
+      # (else: written already; not by their number: a confirmation changes points, not it)
+      if prof.points != written.get("points"):
+        written.update(paths=_write_or_keep(prof, out_dir), points=prof.points)
         if not last:
           for stem in combined_stems(prof, out_dir, int(b)):
             write_outputs(prof, out_dir, stem)

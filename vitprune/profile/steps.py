@@ -398,6 +398,55 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
   return StepReport(steps, tuple(flats), curve_s, per_token, int(t.size), lone)
 
 
+CONFIRM_MAX_COUNTS = 16   # counts one confirmation times again at most (largest savings first)
+
+
+def confirm_counts(tokens: Sequence[int], report: StepReport,
+                   limit: int = CONFIRM_MAX_COUNTS) -> List[int]:
+  """The counts of the curve `tokens` (analysed: `report`) to time again together, in one
+  measurement, where a step or a lone count was timed apart -> descending; [] where none was.
+  A step's window runs from the count above its upper level down to the count below its lower
+  one (every count its tests read), a lone count's from `n_above` to `n_below`; steps by
+  saving, largest first, then lone counts; a window whole or not at all, `limit` counts in
+  all."""
+  t = sorted({int(v) for v in tokens}, reverse=True)
+  at = {n: i for i, n in enumerate(t)}
+  windows = [t[max(at[s.level_from] - 1, 0):at[s.level_to] + 2]
+             for s in sorted(report.steps, key=lambda s: -s.saving_s) if s.measured_apart]
+  windows += [t[at[c.n_above]:at[c.n_below] + 1] for c in report.lone if c.measured_apart]
+  chosen: List[int] = []
+  for w in windows:
+    new = [n for n in w if n not in chosen]
+    if len(chosen) + len(new) <= limit:
+      chosen += new
+  return sorted(chosen, reverse=True)
+
+
+def confirmation_line(counts: Sequence[int], before: StepReport, after: StepReport) -> str:
+  """What timing `counts` again together (`confirm_counts`) did to the steps and lone counts of
+  `before` that were timed apart (`after`: the curve analysed again): each holds or is gone;
+  those left out by the bound are counted."""
+  done, told, left = set(counts), [], 0
+  for s in (s for s in before.steps if s.measured_apart):
+    if not {s.level_from, s.level_to} <= done:
+      left += 1
+      continue
+    same = next((a for a in after.steps if (a.n_from, a.n_to) == (s.n_from, s.n_to)), None)
+    told.append(f"{s.n_from} -> {s.n_to} " + (
+        f"holds (saves {100 * same.saving_frac:.1f}%)" if same else "is no step"))
+  for c in (c for c in before.lone if c.measured_apart):
+    if c.n not in done:
+      left += 1
+      continue
+    kind = "slow" if c.slow else "fast"
+    same = any(a.n == c.n and a.slow == c.slow for a in after.lone)
+    told.append(f"lone {kind} count {c.n} " + ("holds" if same else "is gone"))
+  more = (f"; {left} more timed apart, not timed again (at most "
+          f"{CONFIRM_MAX_COUNTS} counts)" if left else "")
+  return (f"confirmed: timed {', '.join(map(str, counts))} again together, in one "
+          f"measurement (steps and lone counts timed apart): {'; '.join(told)}{more}")
+
+
 def refine_grid(tokens: Sequence[int], report: StepReport, *, lo: int, hi: int) -> List[int]:
   """Adaptive grid: every count inside the coarse intervals that are not flat; flat intervals
   (latency unchanged within noise) are not filled in.
