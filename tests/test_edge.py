@@ -862,6 +862,15 @@ def test_kit_profile_solve_deploy_run(tmp_path, params):
     kit_lib._kit_plans(str(bad_kit), None)    # pylint: disable=protected-access
   with pytest.raises(EdgeError, match=r"^IREE driver 'vulkan' cannot run target iree:host"):
     kit_lib._kit_plans(str(bad_kit), "vulkan")    # pylint: disable=protected-access
+  # ... or to the other CPU driver: two drivers in one curve, unsaid (a probe: the step
+  # '65 -> 45 saves 40.7%' became 'no steps above noise'); a --driver given runs them all on it.
+  doc["points"][0]["runtime"]["driver"] = "local-sync"      # (the kit's: local-task)
+  (bad_kit / "kit.json").write_text(json.dumps(doc))
+  with pytest.raises(EdgeError, match=r"^kit .*bad_kit: the points of batch 1 name drivers "
+                     r"local-sync and local-task, where experiments.edge_kit gives a batch "
+                     r"size one: an edited kit.json\? rebuild it with experiments.edge_kit$"):
+    kit_lib._kit_plans(str(bad_kit), None)    # pylint: disable=protected-access
+  assert kit_lib._kit_plans(str(bad_kit), "local-task")[0]["driver"] == "local-task"  # noqa
   # A point deleted from kit.json: its module stayed, and the profile came out a point short.
   doc = json.loads((pathlib.Path(kit_dir) / "kit.json").read_text())
   gone = doc["points"].pop()["module"]["file"]

@@ -173,6 +173,14 @@ def _kit_plans(path: str, driver: Optional[str], flag: Optional[str] = None):
     plans.append((runs_on, rt.check_shards(plan.get("shards"), int(p["input"]["shape"][0]),
                                            where, p["module"])))
     functions.append(rt.checked_function(p, point_identity(kit, p), where))
+  by_batch_driver: Dict[int, List[str]] = {}   # (one plan per batch size: a point edited to
+  for p, (d, _) in zip(kit["points"], plans):  # another driver mixed two in one curve, unsaid)
+    by_batch_driver.setdefault(int(p["input"]["shape"][0]), []).append(d)
+  for b, ds in sorted(by_batch_driver.items()):
+    if len(set(ds)) > 1:
+      raise EdgeError(f"kit {path}: the points of batch {b} name drivers "
+                      f"{' and '.join(sorted(set(ds)))}, where experiments.edge_kit gives a "
+                      "batch size one: an edited kit.json? rebuild it with experiments.edge_kit")
   drivers = sorted({d for d, _ in plans})
   kit["driver"] = "+".join(drivers)
   shards: Dict[str, List[int]] = {}      # per batch size: the board profile's merge keys too
