@@ -323,7 +323,8 @@ def _profile(cfg, params, spec, tokens, progress, log) -> records.Profile:
   pspec = runner.ProfileSpec(cfg=cfg, batch_sizes=(spec.batch_size,), dtype=spec.dtype,
                              mode=mode, tokens=tuple(tokens), timing=spec.timing,
                              threads=spec.threads, seed=spec.seed)
-  profile = runner.run_profile(pspec, params=params, progress=progress, log=log)[0]
+  profile = runner.run_profile(pspec, params=params, progress=progress,   # (a confirmation's
+                               log=lambda line: log("  " + line))[0]        # line, indented)
   for line in runner.summary_table(profile).splitlines():
     if ((" -> " in line and "saves" in line) or "predicted" in line   # steps, predictor errors
         or " lone " in line):                                           # and lone counts
