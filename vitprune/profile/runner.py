@@ -369,9 +369,6 @@ def machine_line(machine: Dict[str, Any]) -> str:
           f"jax {machine['jax_version']}")
 
 
-CONFIRM_ROUNDS = 5    # a confirmation's interleaved rounds (drift reaches its counts alike)
-
-
 def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool = True,
                   log: Callable[[str], None] = print,
                   on_measured: Optional[Callable[[records.Profile, bool], None]] = None,
@@ -390,8 +387,10 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
   Confirmation (`spec.confirm_steps`, modes model/block, where this run measured anything):
   the counts of each step and lone count whose sides were timed apart (`steps.confirm_counts`:
   chunks, the refinement, re-measured wide points, held points) are timed again in one
-  measurement of `CONFIRM_ROUNDS` interleaved rounds without re-measurement, whose samples
-  replace theirs (held ones too); a line says what held (`steps.confirmation_line`). One
+  shuffled measurement without re-measurement (the profile's protocol otherwise: 5 interleaved
+  rounds of short bursts timed a CPU's counts 20-28 % slower, a shift that made new steps at
+  the window's edges), whose samples replace theirs (held ones too); a line says what held
+  (`steps.confirmation_line`). One
   confirmation per run: a shift of the machine's speed between two measurements then lies
   between the counts confirmed and the others, and is said timed apart."""
   cfg = spec.cfg
@@ -471,7 +470,7 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
         bar.total += 2 * len(keys)
         bar.refresh()
         together = dataclasses.replace(spec, timing=dataclasses.replace(
-            spec.timing, rounds=CONFIRM_ROUNDS, max_retries=0))
+            spec.timing, max_retries=0))
         meas.update(_measure(keys, spec=together, params=params, images=images,
                              reducer=reducer, bar=bar))
         log(steps_lib.confirmation_line(again, report, records.step_report(
