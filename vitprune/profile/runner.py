@@ -387,12 +387,12 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
   Confirmation (`spec.confirm_steps`, modes model/block, where this run measured anything):
   the counts of each step and lone count whose sides were timed apart (`steps.confirm_counts`:
   chunks, the refinement, re-measured wide points, held points) are timed again in one
-  shuffled measurement without re-measurement (the profile's protocol otherwise: 5 interleaved
-  rounds of short bursts timed a CPU's counts 20-28 % slower, a shift that made new steps at
-  the window's edges), whose samples replace theirs (held ones too); a line says what held
-  (`steps.confirmation_line`). One
-  confirmation per run: a shift of the machine's speed between two measurements then lies
-  between the counts confirmed and the others, and is said timed apart."""
+  shuffled measurement without re-measurement, whose samples replace theirs (held ones too);
+  a line says what held (`steps.confirmation_line`). The protocol is the profile's own: 5
+  interleaved rounds of short bursts timed a CPU's counts 20-28 % slower than the rest of the
+  curve, which made new steps at the window's edges. One confirmation per run: a shift of the
+  machine's speed between two measurements then lies between the counts confirmed and the
+  others, and is said timed apart."""
   cfg = spec.cfg
   reducer, reducer_name = make_drop_reducer(spec.reducer)
   rng = np.random.default_rng(spec.seed)
