@@ -172,7 +172,8 @@ def run_one(cfg, params, batch, methods, *, num, num_cal, tcfg, threads, seed, d
       t0 = time.perf_counter()
       block_prof = runner.profile_batch(
           runner.ProfileSpec(cfg=cfg, batch_sizes=(batch,), mode="block", tokens=tuple(grid),
-                             timing=tcfg, threads=threads, seed=seed), batch, params,
+                             timing=tcfg, threads=threads, seed=seed,
+                             confirm_steps=False), batch, params,  # (the table as timed)
           progress=False)
       profile_s = time.perf_counter() - t0
       table = records.block_table(block_prof, batch)

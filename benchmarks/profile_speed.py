@@ -89,7 +89,8 @@ def main(f: flags.FlagValues) -> Dict[str, Any]:
       cfg=cfg, batch_sizes=(f.batch_size,), dtype=f.dtype, mode="model",
       tokens=tokens, threads=1,
       timing=protocol.flag_timing(min_run_time=f.min_run_time, seed=f.seed),
-      coarse_stride=f.coarse_stride, seed=f.seed)
+      coarse_stride=f.coarse_stride, seed=f.seed,
+      confirm_steps=False)   # (the rows compare configurations' passes; a confirmation is not one)
   # (the per-block row holds an input per count: a batch the model rows fit could not)
   memory.check_batch_fits(cfg, [f.batch_size], f.dtype, held_per_example=dataclasses.replace(
       base, mode="block").held_input_bytes())

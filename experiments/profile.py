@@ -88,11 +88,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        "(0: one measurement per phase).", lower_bound=0, flag_values=fv)
   flags.DEFINE_bool("resume", False, "Continue the profiles in --out_dir (a killed run's "
                     "chunks): points they hold are not measured again.", flag_values=fv)
-  flags.DEFINE_bool("confirm_steps", True, "Time the counts of each step and lone count "
-                    "whose two sides were timed apart (chunks, the refinement, --resume) "
-                    "again together, in one measurement whose samples replace theirs (at "
-                    "most 16 counts, largest savings first; a run that measures nothing "
-                    "confirms nothing).", flag_values=fv)
+  flags.DEFINE_bool("confirm_steps", True, "Modes model, block and the paper pipeline: "
+                    "time the counts of each step and lone count whose two sides were timed "
+                    "apart (chunks, the refinement, re-measured wide points, --resume) again "
+                    "together, in one measurement whose samples replace theirs (at most 16 "
+                    "counts, largest savings first; a run that measures nothing confirms "
+                    "nothing).", flag_values=fv)
   flags.DEFINE_bool("progress", True, "Show progress on stderr: a bar on a terminal, a line "
                     "every 30 s elsewhere (a log).", flag_values=fv)
   # --mode=pipeline only:
@@ -167,8 +168,7 @@ PIPELINE_ONLY = ("data", "num_images", "eval_batch_size", "alpha", "layer", "met
                  "accuracy_floor", "latency_budget", "max_accuracy_drop", "floor_confidence",
                  "calibration_schedules", "measure_frontier",
                  "refine_accuracy_rounds", "loop_neighbours", "retime_top", "holdout_images")
-GRID_ONLY = ("adaptive", "coarse_stride", "max_points", "chunk_points", "resume",  # model/block
-             "confirm_steps")
+GRID_ONLY = ("adaptive", "coarse_stride", "max_points", "chunk_points", "resume")  # model/block
 PROFILE_ONLY = ("schedule", "reducer", "compile_cache_dir") + GRID_ONLY
 
 
@@ -186,7 +186,7 @@ def check_mode_flags(f: flags.FlagValues) -> None:
           raise ValueError(f"{common.applies(group)} to --mode={modes}, not "
                            f"--mode=pipeline{hint if '--reducer' in group else ''}")
     raise ValueError(f"{common.applies(unread)} to --mode=pipeline only, not --mode={f.mode}")
-  grid_flags = ("tokens",) + GRID_ONLY
+  grid_flags = ("tokens", "confirm_steps") + GRID_ONLY     # (confirm_steps: paper's too)
   if f.mode == "schedule" and common.given_flags(f, grid_flags):
     raise ValueError(f"{common.applies(common.given_flags(f, grid_flags))} to --mode=model or "
                      "block (a grid of token counts), not --mode=schedule (its graphs are "
@@ -237,6 +237,9 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
       f.accuracy_floor is None and f.latency_budget is None and f.max_accuracy_drop is None)):
     raise ValueError("--loop_neighbours applies to --solver=multi with --accuracy_floor, "
                      "--max_accuracy_drop or --latency_budget (the choices timed in the loop)")
+  if f["confirm_steps"].present and f.solver != "paper":
+    raise ValueError("--confirm_steps applies to --solver=paper (multi fits a latency model "
+                     "to its curve and calibration schedules)")
   if f["retime_top"].present and f.solver != "paper":
     raise ValueError("--retime_top applies to --solver=paper (multi times its choices in the "
                      "loop: --loop_neighbours)")
@@ -265,7 +268,8 @@ def pipeline_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
       floor_confidence=f.floor_confidence,
       measure_frontier=f.measure_frontier, calibration_schedules=f.calibration_schedules,
       refine_accuracy_rounds=f.refine_accuracy_rounds, loop_neighbours=f.loop_neighbours,
-      retime_top=f.retime_top, holdout_images=f.holdout_images)
+      retime_top=f.retime_top, holdout_images=f.holdout_images,
+      confirm_steps=f.confirm_steps)
   spec.check(cfg)
   memory.check_batch_fits(cfg, [spec.batch_size], spec.dtype)
   memory.check_batch_fits(cfg, [spec.eval_batch_size], spec.dtype, flag="--eval_batch_size",

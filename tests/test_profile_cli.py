@@ -244,7 +244,7 @@ def test_a_step_timed_apart_is_timed_again_together_and_holds(tmp_path, monkeypa
       lambda n, _: (1e-3 if n > 9 else 0.5e-3) * (1 + 0.001 * n), calls))
   (prof,) = _run(tmp_path / "a", "--tokens=17:3:-2", "--chunk_points=4")
   assert calls == [[17, 13, 11, 3], [15, 9, 7, 5], [13, 11, 9, 7]]
-  assert ("confirmed: timed 13, 11, 9, 7 again together, in one measurement (steps and lone "
+  assert ("timed 13, 11, 9, 7 again together, in one measurement (steps and lone "
           "counts timed apart): 11 -> 9 holds (saves 50.1%)") in capsys.readouterr().out
   (step,) = prof.steps
   assert (step["n_from"], step["n_to"], step["measured_apart"]) == (11, 9, [])
@@ -254,8 +254,34 @@ def test_a_step_timed_apart_is_timed_again_together_and_holds(tmp_path, monkeypa
   assert records.load(str(path)).points == prof.points       # the file holds what was confirmed
   calls.clear()
   (kept,) = _run(tmp_path / "b", "--tokens=17:3:-2", "--chunk_points=4", "--noconfirm_steps")
-  assert len(calls) == 2 and "confirmed" not in capsys.readouterr().out
+  assert len(calls) == 2 and "(steps and lone counts timed apart)" not in capsys.readouterr().out
   assert [len(s["measured_apart"]) for s in kept.steps] == [2]
+
+
+def test_a_run_killed_while_confirming_keeps_the_profile_of_all_batches_in_step(
+    tmp_path, monkeypatch):
+  """A review: the final chunk's save wrote the batch's own file alone (the profile of all batch
+  sizes came after the batch); a run killed during the confirmation in between left the two
+  disagreeing. The profile of all batch sizes is now written before a confirmation."""
+  calls = []
+  timed = _timed_as(lambda n, _: (1e-3 if n > 9 else 0.5e-3) * (1 + 0.001 * n), calls)
+
+  def measure(keys, **kw):
+    if len(calls) == 5:                  # batch 1: two chunks and a confirmation; batch 2's
+      raise KeyboardInterrupt            # confirmation
+    return timed(keys, **kw)
+
+  monkeypatch.setattr(runner, "_measure", measure)
+  _run(tmp_path, "--tokens=17:3:-2", "--batch_size=1,2", "--noconfirm_steps")
+  calls.clear()
+  with pytest.raises(KeyboardInterrupt):
+    _run(tmp_path, "--tokens=17:3:-2", "--batch_size=1,2", "--chunk_points=4")
+  assert len(calls) == 5 and calls[2] == [13, 11, 9, 7]   # (batch 2's confirmation raised)
+  own = records.load(str(tmp_path / "test-tiny-vit_model_b2_float32_cpu.json"))
+  both = records.load(str(tmp_path / "test-tiny-vit_model_b1-2_float32_cpu.json"))
+  assert {p.key: p for p in both.points if p.batch_size == 2} == {p.key: p for p in own.points}
+  assert {p.measured_at for p in own.points} == {"2026-12-08T01:00:04.000+00:00",
+                                                 "2026-12-08T01:00:05.000+00:00"}
 
 
 def test_a_confirmation_across_a_resume_says_a_level_shift_is_no_step(tmp_path, monkeypatch,
@@ -271,7 +297,7 @@ def test_a_confirmation_across_a_resume_says_a_level_shift_is_no_step(tmp_path, 
   (prof,) = _run(tmp_path, "--tokens=all", "--resume")
   assert calls == [list(range(17, 9, -1)), list(range(9, 1, -1)), [11, 10, 9, 8]]
   out = capsys.readouterr().out
-  assert ("confirmed: timed 11, 10, 9, 8 again together, in one measurement (steps and lone "
+  assert ("timed 11, 10, 9, 8 again together, in one measurement (steps and lone "
           "counts timed apart): 10 -> 9 is no step") in out
   assert [(s["n_from"], s["n_to"], len(s["measured_apart"])) for s in prof.steps] == [(8, 7, 2)]
   calls.clear()
@@ -440,6 +466,8 @@ def test_default_flags_run_the_pipeline_on_the_embedded_model():
   assert cfg.name == "vit_digits" and params is not None
   assert source.endswith(os.path.join("weights", "vit_digits"))
   assert spec.batch_size == 1 and spec.dtype == "float32" and spec.data == "digits"
+  assert spec.confirm_steps and not cli.pipeline_from_flags(_flags("--noconfirm_steps"))[
+      3].confirm_steps          # (the paper pipeline's profile: runner.ProfileSpec)
   assert spec.tokens is None and spec.grid(cfg) == tuple(range(65, 1, -1))
   assert spec.layer == 3 and spec.method == "pomt" and spec.solver == "paper"
   assert spec.alpha == 0.5 and spec.num_images is None
@@ -1103,6 +1131,11 @@ def test_weights_flag(tmp_path):
                                        r"of the 16 counts\); raise it or --coarse_stride$"),
     (["--mode=schedule", "--schedule=17,17,17", "--tokens=9:17"], "not --mode=schedule"),
     (["--coarse_stride=4"], "^--coarse_stride needs --adaptive$"),
+    (["--mode=pipeline", "--model=vit_digits", "--solver=multi", "--noconfirm_steps"],
+     "^--confirm_steps applies to "
+     r"--solver=paper \(multi fits a latency model to its curve and calibration schedules\)$"),
+    (["--mode=schedule", "--schedule=17,17,17", "--noconfirm_steps"], "^--confirm_steps applies "
+     "to --mode=model or block"),
     (["--compile_cache_dir=/dev/null"], "compile_cache_dir"),
     (["--accuracy_floor=0.9"], "^--accuracy_floor applies to --mode=pipeline only, not "
                                "--mode=model$"),

@@ -789,7 +789,7 @@ def test_a_confirmation_line_says_what_held_and_what_went():
   again = steps.confirm_counts(tokens, before)
   held = steps.detect_steps(tokens, med)                     # timed together: the same curve
   assert steps.confirmation_line(again, before, held) == (
-      "confirmed: timed 18, 17, 16, 15, 9, 8, 7 again together, in one measurement (steps and "
+      "timed 18, 17, 16, 15, 9, 8, 7 again together, in one measurement (steps and "
       "lone counts timed apart): 17 -> 16 holds (saves 16.7%); lone fast count 8 holds")
   gone = steps.detect_steps(tokens, _staircase(tokens, edges=(32,)))   # no step at 16, no dip
   assert steps.confirmation_line(again, before, gone).endswith(

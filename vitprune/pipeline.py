@@ -110,6 +110,8 @@ class PipelineSpec:
                                            # frontiers, re-solve (solve_loop.refine_accuracy)
   holdout_images: Optional[int] = None     # evaluation images kept from the estimate and the
                                            # solve; the verify stage evaluates the choice on them
+  confirm_steps: bool = True               # paper: the profiler times a step or lone count
+                                           # timed apart again (runner.profile_batch)
 
   def __post_init__(self):
     if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -322,7 +324,8 @@ def _profile(cfg, params, spec, tokens, progress, log) -> records.Profile:
       f"{spec.batch_size}, {spec.dtype}, {len(tokens)} token counts")
   pspec = runner.ProfileSpec(cfg=cfg, batch_sizes=(spec.batch_size,), dtype=spec.dtype,
                              mode=mode, tokens=tuple(tokens), timing=spec.timing,
-                             threads=spec.threads, seed=spec.seed)
+                             threads=spec.threads, seed=spec.seed,
+                             confirm_steps=spec.confirm_steps)
   profile = runner.run_profile(pspec, params=params, progress=progress,   # (a confirmation's
                                log=lambda line: log("  " + line))[0]        # line, indented)
   for line in runner.summary_table(profile).splitlines():

@@ -379,20 +379,22 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
   refinement in `steps.refine_order`, cut at `max_points`), each phase in chunks of
   `chunk_points` counts (0: one chunk), each chunk compiled, then timed in one shuffled
   measurement. `on_measured(profile, last)` gets the analysed profile of every point measured
-  so far after each chunk (`last` on the final one): a caller that writes it keeps what was
-  measured when a later chunk is interrupted. `held`: points measured before (a resumed run):
-  their keys are not measured again, they count for the refinement and are in the profile
-  returned (and handed on).
+  so far after each chunk (`last` on the final one; before a confirmation the same profile once
+  more, not `last`, then the confirmed one, `last`): a caller that writes it keeps what was
+  measured when a later chunk is interrupted. `held`: points measured
+  before (a resumed run): their keys are not measured again (but by a confirmation), they count
+  for the refinement and are in the profile returned (and handed on).
 
   Confirmation (`spec.confirm_steps`, modes model/block, where this run measured anything):
   the counts of each step and lone count whose sides were timed apart (`steps.confirm_counts`:
   chunks, the refinement, re-measured wide points, held points) are timed again in one
-  shuffled measurement without re-measurement, whose samples replace theirs (held ones too);
-  a line says what held (`steps.confirmation_line`). The protocol is the profile's own: 5
-  interleaved rounds of short bursts timed a CPU's counts 20-28 % slower than the rest of the
-  curve, which made new steps at the window's edges. One confirmation per run: a shift of the
-  machine's speed between two measurements then lies between the counts confirmed and the
-  others, and is said timed apart."""
+  shuffled measurement without re-measurement, whose samples replace theirs (held ones of the
+  grid too); a line says what held (`steps.confirmation_line`); in block mode no more counts
+  than a chunk (or `max_points`) holds, which the memory check allowed for. The protocol is
+  the profile's own: 5 interleaved rounds of short bursts timed a CPU's counts 20-28 % slower
+  than the rest of the curve, which made new steps at the window's edges. One confirmation per
+  batch size: a shift of the machine's speed between two measurements then lies between the
+  counts confirmed and the others, and is said timed apart."""
   cfg = spec.cfg
   reducer, reducer_name = make_drop_reducer(spec.reducer)
   rng = np.random.default_rng(spec.seed)
@@ -410,6 +412,7 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
     room = set(spread_order(new)[:max(spec.max_points - len(have), 0)]) if new else set()
     first = [n for n in first if n in have or n in room]
   refines = adaptive and not 0 < spec.max_points <= len(first)
+  confirms = spec.confirm_steps and spec.mode != "schedule"
   handed_last = False            # the final profile was handed to `on_measured`
 
   def points() -> List[records.Point]:
@@ -461,11 +464,17 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
       for i, chunk in enumerate(chunks):
         measure(chunk, first_chunk=False, last=i == len(chunks) - 1)
     # (a run that measured nothing confirms nothing: a finished profile resumed stays as is)
-    if spec.confirm_steps and meas and spec.mode != "schedule":
+    if confirms and meas:
       curve = profile().curve(spec.mode, batch_size)
       report = records.step_report(curve)
-      again = steps_lib.confirm_counts([p.tokens for p in curve], report) if report else []
+      # (block: no more counts at once than the memory check allowed for, `held_input_bytes`)
+      bound = [k for k in (spec.chunk_points, spec.max_points if spec.adaptive else 0) if k]
+      limit = min([steps_lib.CONFIRM_MAX_COUNTS] + (bound if spec.mode == "block" else []))
+      again = [n for n in steps_lib.confirm_counts([p.tokens for p in curve], report, limit)
+               if n in set(grid)] if report else []     # (held counts of a wider grid: not)
       if again:       # one measurement (one mark): its samples replace those timed apart
+        if on_measured:       # (the several-batch files in step first: a run killed while
+          on_measured(profile(), False)          # confirming left them a chunk behind)
         keys = _keys_for(spec, again, first=False)
         bar.total += 2 * len(keys)
         bar.refresh()
@@ -474,7 +483,7 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
         meas.update(_measure(keys, spec=together, params=params, images=images,
                              reducer=reducer, bar=bar))
         log(steps_lib.confirmation_line(again, report, records.step_report(
-            profile().curve(spec.mode, batch_size))))
+            profile().curve(spec.mode, batch_size)), limit))
         handed_last = False
     if on_measured and not handed_last:
       on_measured(profile(), True)
@@ -580,11 +589,12 @@ def run_profile(spec: ProfileSpec, *, params=None, out_dir: Optional[str] = None
       # (else: written already; not by their number: a confirmation changes points, not it)
       if prof.points != written.get("points"):
         written.update(paths=_write_or_keep(prof, out_dir), points=prof.points)
-        if not last:
-          for stem in combined_stems(prof, out_dir, int(b)):
-            write_outputs(prof, out_dir, stem)
-          log(f"saved {len(prof.points)} points of batch {b} so far to "
-              f"{console.printable(written['paths']['json'])}")
+      if not last and prof.points != written.get("in_step"):  # (the final chunk's, handed
+        for stem in combined_stems(prof, out_dir, int(b)):     # again before a confirmation)
+          write_outputs(prof, out_dir, stem)
+        written["in_step"] = prof.points
+        log(f"saved {len(prof.points)} points of batch {b} so far to "
+            f"{console.printable(written['paths']['json'])}")
 
     held = _held_points(spec, out_dir, int(b), log) if resume else ()
     prof = profile_batch(spec, int(b), params, progress=progress, log=log,

@@ -406,9 +406,9 @@ def confirm_counts(tokens: Sequence[int], report: StepReport,
   """The counts of the curve `tokens` (analysed: `report`) to time again together, in one
   measurement, where a step or a lone count was timed apart -> descending; [] where none was.
   A step's window runs from the count above its upper level down to the count below its lower
-  one (every count its tests read), a lone count's from `n_above` to `n_below`; steps by
-  saving, largest first, then lone counts; a window whole or not at all, `limit` counts in
-  all."""
+  one (the neighbours its out-of-line tests read first), a lone count's from `n_above` to
+  `n_below`; steps by saving, largest first, then lone counts; a window whole or not at all,
+  `limit` counts in all."""
   t = sorted({int(v) for v in tokens}, reverse=True)
   at = {n: i for i, n in enumerate(t)}
   windows = [t[max(at[s.level_from] - 1, 0):at[s.level_to] + 2]
@@ -422,7 +422,8 @@ def confirm_counts(tokens: Sequence[int], report: StepReport,
   return sorted(chosen, reverse=True)
 
 
-def confirmation_line(counts: Sequence[int], before: StepReport, after: StepReport) -> str:
+def confirmation_line(counts: Sequence[int], before: StepReport, after: StepReport,
+                      limit: int = CONFIRM_MAX_COUNTS) -> str:
   """What timing `counts` again together (`confirm_counts`) did to the steps and lone counts of
   `before` that were timed apart (`after`: the curve analysed again): each holds or is gone;
   those left out by the bound are counted."""
@@ -442,8 +443,8 @@ def confirmation_line(counts: Sequence[int], before: StepReport, after: StepRepo
     same = any(a.n == c.n and a.slow == c.slow for a in after.lone)
     told.append(f"lone {kind} count {c.n} " + ("holds" if same else "is gone"))
   more = (f"; {left} more timed apart, not timed again (at most "
-          f"{CONFIRM_MAX_COUNTS} counts)" if left else "")
-  return (f"confirmed: timed {', '.join(map(str, counts))} again together, in one "
+          f"{limit} counts)" if left else "")
+  return (f"timed {', '.join(map(str, counts))} again together, in one "
           f"measurement (steps and lone counts timed apart): {'; '.join(told)}{more}")
 
 
