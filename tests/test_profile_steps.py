@@ -796,3 +796,10 @@ def test_a_confirmation_line_says_what_held_and_what_went():
       ": 17 -> 16 is no step; lone fast count 8 is gone")
   assert steps.confirmation_line([9, 8, 7], before, held).endswith(
       ": lone fast count 8 holds; 1 more timed apart, not timed again (at most 16 counts)")
+  moved = steps.detect_steps(tokens, _staircase(tokens, edges=(32, 17)))   # 18 -> 17 instead
+  assert steps.confirmation_line(again, before, moved).endswith(
+      ": 17 -> 16 is no step; lone fast count 8 is gone; a step 18 -> 17 found (saves 16.7%)")
+  slow_16 = steps.Lone(16, 17, 15, 1.3, 1.2, 1.0, slow=True)     # (a report written by hand)
+  with_16 = dataclasses.replace(held, lone=(slow_16,))
+  assert steps.confirmation_line(again, before, with_16).endswith(
+      ": 17 -> 16 holds (saves 16.7%); lone fast count 8 is gone; a lone slow count 16 found")

@@ -425,8 +425,10 @@ def confirm_counts(tokens: Sequence[int], report: StepReport,
 def confirmation_line(counts: Sequence[int], before: StepReport, after: StepReport,
                       limit: int = CONFIRM_MAX_COUNTS) -> str:
   """What timing `counts` again together (`confirm_counts`) did to the steps and lone counts of
-  `before` that were timed apart (`after`: the curve analysed again): each holds or is gone;
-  those left out by the bound are counted."""
+  `before` that were timed apart (`after`: the curve analysed again): each holds or is gone,
+  and a step or lone count among `counts` that `before` did not have is named (a step that
+  moved by a count: 'is no step', then the new one); those left out by the bound are
+  counted."""
   done, told, left = set(counts), [], 0
   for s in (s for s in before.steps if s.measured_apart):
     if not {s.level_from, s.level_to} <= done:
@@ -442,6 +444,12 @@ def confirmation_line(counts: Sequence[int], before: StepReport, after: StepRepo
     kind = "slow" if c.slow else "fast"
     same = any(a.n == c.n and a.slow == c.slow for a in after.lone)
     told.append(f"lone {kind} count {c.n} " + ("holds" if same else "is gone"))
+  pairs = {(s.n_from, s.n_to) for s in before.steps}
+  told += [f"a step {a.n_from} -> {a.n_to} found (saves {100 * a.saving_frac:.1f}%)"
+           for a in after.steps if {a.n_from, a.n_to} <= done and (a.n_from, a.n_to) not in pairs]
+  lone = {(c.n, c.slow) for c in before.lone}
+  told += [f"a lone {'slow' if a.slow else 'fast'} count {a.n} found" for a in after.lone
+           if a.n in done and (a.n, a.slow) not in lone]
   more = (f"; {left} more timed apart, not timed again (at most "
           f"{limit} counts)" if left else "")
   return (f"timed {', '.join(map(str, counts))} again together, in one "
