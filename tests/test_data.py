@@ -2001,3 +2001,25 @@ def test_a_training_digit_refused_for_weights_of_another_test_fraction_gets_no_h
   assert re.fullmatch(rf"\d+ of the 20 digits in {re.escape(root)} are training images of the "
                       r"weights \(digits split of seed 0, test fraction 0\.3\), so every score "
                       r"on them would be inflated", str(e.value)), str(e.value)
+
+
+def test_a_folder_of_vitprune_outputs_is_not_read_as_images(tmp_path):
+  """`estimate --data=<a profile output folder>` classified the latency plot as an unlabelled
+  image (a probe). A PNG beside a JSON of its stem whose format is vitprune's is refused, naming
+  both; a JSON of another format beside an image, or vitprune's format not leading, is not."""
+  img = np.zeros((8, 8, 3), np.uint8)
+  _png(tmp_path / "curve.png", img)
+  _png(tmp_path / "photo.png", img)
+  (tmp_path / "curve.json").write_text(json.dumps({"format": "vitprune-latency-profile",
+                                                   "points": []}, indent=1))
+  with pytest.raises(ValueError, match=re.escape(
+      f"{str(tmp_path / 'curve.png')!r} is the plot of {str(tmp_path / 'curve.json')!r} (a "
+      f"vitprune-latency-profile file): {str(tmp_path)!r} holds vitprune outputs, not images "
+      "to evaluate; give a folder of images")):
+    data.read_image_folder(tmp_path)
+  with pytest.raises(ValueError, match="^--data: .*curve.png' is the plot of"):
+    data.read_image_folder(tmp_path, flag="--data")
+  (tmp_path / "curve.json").write_text(json.dumps({"format": "coco", "images": []}))
+  assert len(data.read_image_folder(tmp_path)) == 2
+  (tmp_path / "curve.json").write_text(json.dumps({"note": "x", "format": "vitprune-x"}))
+  assert len(data.read_image_folder(tmp_path)) == 2

@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import re
 import reprlib
 import stat
 import threading
@@ -329,6 +330,31 @@ def _flat_files(root: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
   return tuple(sorted(names)), skipped
 
 
+def _refuse_output_plots(root: str, images: Sequence[str]) -> None:
+  """ValueError where an image directly in `root` is the plot of a vitprune output beside it
+  (`<stem>.png` beside a `<stem>.json` whose format is 'vitprune-...'): a profile or solve
+  output folder given as --data had its latency plot classified as an unlabelled image (a
+  probe)."""
+  for name in images:
+    stem, ext = os.path.splitext(name)
+    beside = os.path.join(root, stem + ".json")
+    if ext.lower() != ".png" or not os.path.isfile(beside):
+      continue
+    try:
+      with open(beside, "rb") as f:
+        head = f.read(512)           # (the format is the first field vitprune writes)
+    except OSError:
+      continue
+    found = _OUTPUT_FORMAT.search(head)
+    if found:
+      raise ValueError(f"{os.path.join(root, name)!r} is the plot of {beside!r} (a "
+                       f"{found.group(1).decode()} file): {root!r} holds vitprune outputs, not "
+                       "images to evaluate; give a folder of images")
+
+
+_OUTPUT_FORMAT = re.compile(rb'^\s*\{\s*"format"\s*:\s*"(vitprune-[a-z-]+)"')
+
+
 def _warn_unlabelled_root_images(root: str) -> None:
   """Warns when a labelled `root` also holds image files directly (torchvision skips them too:
   they belong to no class, so they are left out of the evaluation, not silently dropped)."""
@@ -539,6 +565,7 @@ class ImageFolder:
       _warn_other_images(root, [p.replace(os.sep, "/") for p in skipped])
     else:
       found, skipped = _flat_files(root)
+      _refuse_output_plots(root, found)
       files = list(found)
       _warn_other_images(root, skipped)
       if not files:
