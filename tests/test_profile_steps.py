@@ -471,6 +471,12 @@ def test_the_main_jobs_summary_words_a_recorded_step_as_the_profiler_does():
   record["measured_apart"] = ["T1", "T2"]
   assert pipeline._describe_step(record) == apart.describe()   # pylint: disable=protected-access
   assert apart.describe().endswith("19 ran slower than 20; timed apart: T1 and T2)")
+  assert pipeline._summary_step(record) == apart.describe()  # pylint: disable=protected-access
+  wide = steps.detect_steps(t[::2], m[::2]).steps    # every 2nd count: 20 -> 18, not localised
+  assert [(w.n_from, w.n_to) for w in wide] == [(20, 18)]
+  record.update(n_from=20, n_to=18, level_from=20, level_to=18, measured_apart=[])
+  assert pipeline._summary_step(record).endswith(  # pylint: disable=protected-access
+      " (no count between 20 and 18 was timed: the step lies somewhere in that gap)")
 
 
 def test_a_step_between_two_measurements_says_its_levels_were_timed_apart():

@@ -993,8 +993,7 @@ def write_outputs(out_dir: str, spec: PipelineSpec, data: estimate_lib.EvalData,
                   "solution": final(solution_paths["json"]),
                   "solution_plot": final(solution_paths["png"]),
                   "profile_plot": final(profile_paths["png"])},
-        # One-token steps only: a drop between distant grid counts is not localised.
-        "steps": [_describe_step(s) for s in profile.steps if s["n_from"] - s["n_to"] == 1],
+        "steps": [_summary_step(s) for s in profile.steps],
         "seconds": {k: round(v, 3) for k, v in (seconds or {}).items()},
     }
     summary["speedup"] = summary["unpruned"]["latency_ms"] / summary["pruned"]["latency_ms"]
@@ -1058,6 +1057,17 @@ def _describe_step(s: Dict[str, Any]) -> str:
   return steps_lib.Step(s["n_from"], s["n_to"], s["latency_from_s"], s["latency_to_s"],
                         s["noise_s"], s["level_from"], s["level_to"],
                         tuple(s["measured_apart"])).describe()
+
+
+def _summary_step(s: Dict[str, Any]) -> str:
+  """The summary's words for a profile record's step: `_describe_step`'s, and where the grid
+  timed no count between its two, that it lies somewhere there (the summary kept one-token
+  steps only, and dropped a step the stage's lines had printed: a --tokens grid of every 4th
+  count listed none)."""
+  gap = s["n_from"] - s["n_to"]
+  return _describe_step(s) + ("" if gap == 1 else f" (no count between {s['n_from']} and "
+                                                  f"{s['n_to']} was timed: the step lies "
+                                                  "somewhere in that gap)")
 
 
 def _estimate_measured(estimate: Estimate, metric: str, counts) -> Optional[float]:
