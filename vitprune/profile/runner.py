@@ -381,9 +381,9 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
   measurement. `on_measured(profile, last)` gets the analysed profile of every point measured
   so far after each chunk (`last` on the final one; before a confirmation the same profile once
   more, not `last`, then the confirmed one, `last`): a caller that writes it keeps what was
-  measured when a later chunk is interrupted. `held`: points measured
-  before (a resumed run): their keys are not measured again (but by a confirmation), they count
-  for the refinement and are in the profile returned (and handed on).
+  measured when a later chunk is interrupted. `held`: points measured before (a resumed run):
+  their keys are not measured again (but by a confirmation), they count for the refinement and
+  are in the profile returned (and handed on).
 
   Confirmation (`spec.confirm_steps`, modes model/block, where this run measured anything):
   the counts of each step and lone count whose sides were timed apart (`steps.confirm_counts`:
