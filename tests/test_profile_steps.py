@@ -809,3 +809,24 @@ def test_a_confirmation_line_says_what_held_and_what_went():
   with_16 = dataclasses.replace(held, lone=(slow_16,))
   assert steps.confirmation_line(again, before, with_16).endswith(
       ": 17 -> 16 holds (saves 16.7%); lone fast count 8 is gone; a lone slow count 16 found")
+
+
+def test_a_window_reaching_beyond_the_grid_is_not_half_timed_and_the_line_says_why():
+  """A step timed apart whose window reaches counts outside the run's grid (held points of a
+  wider grid, --resume): none of it is timed again (half a window stays timed apart, and made a
+  lone count at its edge), and the line names that reason, not the bound; where no window
+  fits at all (block mode, --chunk_points=2) the line still says so instead of nothing."""
+  tokens = list(range(40, 1, -1))
+  med = _staircase(tokens, edges=(32, 16))
+  when = ["A" if n > 16 else "B" for n in tokens]       # 17 -> 16 timed apart
+  rep = steps.detect_steps(tokens, med, measured_at=when)
+  grid = [n for n in tokens if n >= 17]                 # this run's grid: 40 .. 17
+  assert steps.confirm_counts(tokens, rep, allowed=grid) == []
+  assert steps.confirm_counts(tokens, rep, allowed=tokens) == [18, 17, 16, 15]
+  assert steps.confirmation_line([], rep, rep, tokens=tokens, allowed=grid) == (
+      "timed nothing again together (steps and lone counts timed apart): 1 timed apart, not "
+      "timed again (its counts reach beyond the token counts this run profiles)")
+  assert steps.confirm_counts(tokens, rep, limit=2) == []
+  assert steps.confirmation_line([], rep, rep, 2, tokens=tokens, allowed=tokens) == (
+      "timed nothing again together (steps and lone counts timed apart): 1 timed apart, not "
+      "timed again (at most 2 counts)")

@@ -470,8 +470,12 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
       # (block: no more counts at once than the memory check allowed for, `held_input_bytes`)
       bound = [k for k in (spec.chunk_points, spec.max_points if spec.adaptive else 0) if k]
       limit = min([steps_lib.CONFIRM_MAX_COUNTS] + (bound if spec.mode == "block" else []))
-      again = [n for n in steps_lib.confirm_counts([p.tokens for p in curve], report, limit)
-               if n in set(grid)] if report else []     # (held counts of a wider grid: not)
+      tokens = [p.tokens for p in curve]    # (a window reaching held counts of a wider grid:
+      again = steps_lib.confirm_counts(tokens, report, limit, allowed=set(grid)) if report else []
+      if report and not again and (any(s.measured_apart for s in report.steps) or  # not timed)
+                                   any(c.measured_apart for c in report.lone)):
+        log(steps_lib.confirmation_line([], report, report, limit, tokens=tokens,
+                                        allowed=set(grid)))     # (none fitted: said, not silent)
       if again:       # one measurement (one mark): its samples replace those timed apart
         if on_measured:       # (the several-batch files in step first: a run killed while
           on_measured(profile(), False)          # confirming left them a chunk behind)
@@ -483,7 +487,7 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
         meas.update(_measure(keys, spec=together, params=params, images=images,
                              reducer=reducer, bar=bar))
         log(steps_lib.confirmation_line(again, report, records.step_report(
-            profile().curve(spec.mode, batch_size)), limit))
+            profile().curve(spec.mode, batch_size)), limit, tokens=tokens, allowed=set(grid)))
         handed_last = False
     if on_measured and not handed_last:
       on_measured(profile(), True)

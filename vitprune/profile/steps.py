@@ -52,7 +52,7 @@ be a lone slow (fast) one: it has no neighbour above (below).
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Collection, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -401,21 +401,31 @@ def detect_steps(tokens: Sequence[int], medians: Sequence[float],
 CONFIRM_MAX_COUNTS = 16   # counts one confirmation times again at most (largest savings first)
 
 
+def _confirm_windows(tokens: Sequence[int], report: StepReport) -> List[Tuple[Any, List[int]]]:
+  """[(step or lone count timed apart, its window of `tokens`)]: steps by saving, largest first,
+  then lone counts (`confirm_counts`)."""
+  t = sorted({int(v) for v in tokens}, reverse=True)
+  at = {n: i for i, n in enumerate(t)}
+  windows = [(s, t[max(at[s.level_from] - 1, 0):at[s.level_to] + 2])
+             for s in sorted(report.steps, key=lambda s: -s.saving_s) if s.measured_apart]
+  windows += [(c, t[at[c.n_above]:at[c.n_below] + 1]) for c in report.lone if c.measured_apart]
+  return windows
+
+
 def confirm_counts(tokens: Sequence[int], report: StepReport,
-                   limit: int = CONFIRM_MAX_COUNTS) -> List[int]:
+                   limit: int = CONFIRM_MAX_COUNTS,
+                   allowed: Optional[Collection[int]] = None) -> List[int]:
   """The counts of the curve `tokens` (analysed: `report`) to time again together, in one
   measurement, where a step or a lone count was timed apart -> descending; [] where none was.
   A step's window runs from the count above its upper level down to the count below its lower
   one (the neighbours its out-of-line tests read first), a lone count's from `n_above` to
   `n_below`; steps by saving, largest first, then lone counts; a window whole or not at all,
-  `limit` counts in all."""
-  t = sorted({int(v) for v in tokens}, reverse=True)
-  at = {n: i for i, n in enumerate(t)}
-  windows = [t[max(at[s.level_from] - 1, 0):at[s.level_to] + 2]
-             for s in sorted(report.steps, key=lambda s: -s.saving_s) if s.measured_apart]
-  windows += [t[at[c.n_above]:at[c.n_below] + 1] for c in report.lone if c.measured_apart]
+  `limit` counts in all; `allowed` (the counts a run may time: its grid): a window with a count
+  outside it is not timed at all (half a window timed again is still timed apart)."""
   chosen: List[int] = []
-  for w in windows:
+  for _, w in _confirm_windows(tokens, report):
+    if allowed is not None and not set(w) <= set(allowed):
+      continue
     new = [n for n in w if n not in chosen]
     if len(chosen) + len(new) <= limit:
       chosen += new
@@ -423,23 +433,36 @@ def confirm_counts(tokens: Sequence[int], report: StepReport,
 
 
 def confirmation_line(counts: Sequence[int], before: StepReport, after: StepReport,
-                      limit: int = CONFIRM_MAX_COUNTS) -> str:
+                      limit: int = CONFIRM_MAX_COUNTS, *,
+                      tokens: Optional[Sequence[int]] = None,
+                      allowed: Optional[Collection[int]] = None) -> str:
   """What timing `counts` again together (`confirm_counts`) did to the steps and lone counts of
   `before` that were timed apart (`after`: the curve analysed again): each holds or is gone,
   and a step or lone count among `counts` that `before` did not have is named (a step that
-  moved by a count: 'is no step', then the new one); those left out by the bound are
-  counted."""
-  done, told, left = set(counts), [], 0
+  moved by a count: 'is no step', then the new one); those left out are counted, by why: the
+  bound, or (with `tokens`, the curve's counts, and `allowed`, the run's grid) a window reaching
+  counts outside the grid. `counts` may be empty (nothing fitted): the line says so."""
+  done, told, left, outside = set(counts), [], 0, 0
+  window_of = {id(x): w for x, w in _confirm_windows(tokens, before)} if tokens else {}
+
+  def skipped(x) -> None:
+    nonlocal left, outside
+    w = window_of.get(id(x))
+    if allowed is not None and w is not None and not set(w) <= set(allowed):
+      outside += 1
+    else:
+      left += 1
+
   for s in (s for s in before.steps if s.measured_apart):
     if not {s.level_from, s.level_to} <= done:
-      left += 1
+      skipped(s)
       continue
     same = next((a for a in after.steps if (a.n_from, a.n_to) == (s.n_from, s.n_to)), None)
     told.append(f"{s.n_from} -> {s.n_to} " + (
         f"holds (saves {100 * same.saving_frac:.1f}%)" if same else "is no step"))
   for c in (c for c in before.lone if c.measured_apart):
     if c.n not in done:
-      left += 1
+      skipped(c)
       continue
     kind = "slow" if c.slow else "fast"
     same = any(a.n == c.n and a.slow == c.slow for a in after.lone)
@@ -450,10 +473,19 @@ def confirmation_line(counts: Sequence[int], before: StepReport, after: StepRepo
   lone = {(c.n, c.slow) for c in before.lone}
   told += [f"a lone {'slow' if a.slow else 'fast'} count {a.n} found" for a in after.lone
            if a.n in done and (a.n, a.slow) not in lone]
-  more = (f"; {left} more timed apart, not timed again (at most "
-          f"{limit} counts)" if left else "")
+  more = []
+  if left:
+    more.append(f"{left} {'more ' if told else ''}timed apart, not timed again (at most "
+                f"{limit} counts)")
+  if outside:
+    more.append(f"{outside} {'more ' if told or left else ''}timed apart, not timed again "
+                "(its counts reach beyond the token counts this run profiles)")
+  if not counts:
+    return ("timed nothing again together (steps and lone counts timed apart): "
+            + "; ".join(more))
   return (f"timed {', '.join(map(str, counts))} again together, in one "
-          f"measurement (steps and lone counts timed apart): {'; '.join(told)}{more}")
+          f"measurement (steps and lone counts timed apart): "
+          + "; ".join(told + more))
 
 
 def refine_grid(tokens: Sequence[int], report: StepReport, *, lo: int, hi: int) -> List[int]:
