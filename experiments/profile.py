@@ -93,7 +93,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     "apart (chunks, the refinement, re-measured wide points, --resume) again "
                     "together, in one measurement whose samples replace theirs (at most 16 "
                     "counts, largest savings first; a run that measures nothing confirms "
-                    "nothing).", flag_values=fv)
+                    "nothing, unless the flag is given: --resume --confirm_steps).",
+                    flag_values=fv)
   flags.DEFINE_bool("progress", True, "Show progress on stderr: a bar on a terminal, a line "
                     "every 30 s elsewhere (a log).", flag_values=fv)
   # --mode=pipeline only:
@@ -300,7 +301,8 @@ def spec_from_flags(f: flags.FlagValues, out_dir: Optional[str] = None):
                             timing=_timing_from_flags(f), threads=f.threads,
                             adaptive=f.adaptive, coarse_stride=f.coarse_stride,
                             max_points=f.max_points, chunk_points=f.chunk_points,
-                            reducer=f.reducer, seed=f.seed, confirm_steps=f.confirm_steps)
+                            reducer=f.reducer, seed=f.seed, confirm_steps=f.confirm_steps,
+                            confirm_held=bool(f["confirm_steps"].present and f.confirm_steps))
   memory.check_batch_fits(cfg, spec.batch_sizes, spec.dtype,
                           held_per_example=spec.held_input_bytes())
   if f.compile_cache_dir:      # JAX would only warn and run without a cache

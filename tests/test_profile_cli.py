@@ -303,6 +303,21 @@ def test_a_confirmation_across_a_resume_says_a_level_shift_is_no_step(tmp_path, 
   calls.clear()
   (again,) = _run(tmp_path, "--tokens=all", "--resume")
   assert calls == [] and again.points == prof.points
+  # A confirmation interrupted (here: not asked for) leaves a step timed apart that a resume
+  # measuring nothing does not time again: it says so, and --confirm_steps given does it (a
+  # probe: the resume after a kill during the confirmation left it timed apart, unsaid).
+  shifted = tmp_path / "shifted"
+  _run(shifted, "--tokens=17:10")
+  _run(shifted, "--tokens=all", "--resume", "--noconfirm_steps")
+  calls.clear()
+  capsys.readouterr()
+  (held,) = _run(shifted, "--tokens=all", "--resume")
+  assert calls == [] and [len(s["measured_apart"]) for s in held.steps] == [2]
+  assert ("1 step or lone count timed apart, not timed again: this run measured nothing (a "
+          "resumed profile whose points were all there); --confirm_steps given with --resume "
+          "times them again together") in capsys.readouterr().out
+  (confirmed,) = _run(shifted, "--tokens=all", "--resume", "--confirm_steps")
+  assert calls == [[11, 10, 9, 8]] and ": 10 -> 9 is no step" in capsys.readouterr().out
 
 
 def test_a_resumed_batch_takes_its_own_files_points_over_a_combined_profiles(tmp_path):

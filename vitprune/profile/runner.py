@@ -130,6 +130,7 @@ class ProfileSpec:
   reducer: Optional[str] = None
   seed: int = 0
   confirm_steps: bool = True  # model/block: time a step or lone count timed apart again
+  confirm_held: bool = False  # ... even where this run measured nothing (a finished resume)
 
   def __post_init__(self):
     self._check_types()
@@ -201,6 +202,7 @@ class ProfileSpec:
     check_config_type(self.cfg)
     check_switch("adaptive", self.adaptive)
     check_switch("confirm_steps", self.confirm_steps)
+    check_switch("confirm_held", self.confirm_held)
     fix = functools.partial(object.__setattr__, self)
     for name in ("batch_sizes", "tokens", "schedules"):
       v = getattr(self, name)
@@ -463,19 +465,24 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
       bar.total += 2 * len([k for k in _keys_for(spec, extra, first=False) if k not in before])
       for i, chunk in enumerate(chunks):
         measure(chunk, first_chunk=False, last=i == len(chunks) - 1)
-    # (a run that measured nothing confirms nothing: a finished profile resumed stays as is)
-    if confirms and meas:
-      curve = profile().curve(spec.mode, batch_size)
-      report = records.step_report(curve)
+    # (a run that measured nothing confirms nothing, unless asked: a finished profile resumed
+    # stays as it is, and one whose confirmation was interrupted says so)
+    curve = profile().curve(spec.mode, batch_size) if confirms else []
+    report = records.step_report(curve) if curve else None
+    apart = [x for x in report.steps + report.lone if x.measured_apart] if report else []
+    if apart and not meas and not spec.confirm_held:
+      log(f"{console.counted(len(apart), 'step or lone count', 'steps or lone counts')} timed "
+          "apart, not timed again: this run measured nothing (a resumed profile whose points "
+          "were all there); --confirm_steps given with --resume times them again together")
+    if apart and (meas or spec.confirm_held):
       # (block: no more counts at once than the memory check allowed for, `held_input_bytes`)
       bound = [k for k in (spec.chunk_points, spec.max_points if spec.adaptive else 0) if k]
       limit = min([steps_lib.CONFIRM_MAX_COUNTS] + (bound if spec.mode == "block" else []))
-      tokens = [p.tokens for p in curve]    # (a window reaching held counts of a wider grid:
-      again = steps_lib.confirm_counts(tokens, report, limit, allowed=set(grid)) if report else []
-      if report and not again and (any(s.measured_apart for s in report.steps) or  # not timed)
-                                   any(c.measured_apart for c in report.lone)):
+      tokens = [p.tokens for p in curve]   # (a window reaching held counts of a wider grid is
+      again = steps_lib.confirm_counts(tokens, report, limit, allowed=set(grid))   # not timed)
+      if not again:                        # (none fitted: said, not silent)
         log(steps_lib.confirmation_line([], report, report, limit, tokens=tokens,
-                                        allowed=set(grid)))     # (none fitted: said, not silent)
+                                        allowed=set(grid)))
       if again:       # one measurement (one mark): its samples replace those timed apart
         if on_measured:       # (the several-batch files in step first: a run killed while
           on_measured(profile(), False)          # confirming left them a chunk behind)
