@@ -284,6 +284,30 @@ def test_a_run_killed_while_confirming_keeps_the_profile_of_all_batches_in_step(
                                                  "2026-12-08T01:00:05.000+00:00"}
 
 
+def test_a_confirmation_keeps_to_the_memory_bound_and_the_grid(tmp_path, monkeypatch, capsys):
+  """Block mode times no more counts at once than a chunk holds (the memory check's bound: a
+  confirmation of 16 counts was above it), and a window reaching counts outside this run's
+  --tokens (held points of a wider one) is not timed in part; each line says why."""
+  calls = []
+  monkeypatch.setattr(runner, "_measure", _timed_as(
+      lambda n, _: (1e-3 if n > 9 else 0.5e-3) * (1 + 0.001 * n), calls))
+  _run(tmp_path / "two", "--mode=block", "--tokens=17:3:-2", "--chunk_points=2")
+  assert len(calls) == 4 and ("timed nothing again together (steps and lone counts timed "
+                              "apart): 1 timed apart, not timed again (at most 2 counts)"
+                              ) in capsys.readouterr().out
+  calls.clear()
+  _run(tmp_path / "four", "--mode=block", "--tokens=17:3:-2", "--chunk_points=4")
+  assert calls[-1] == [13, 13, 11, 11, 9, 9, 7, 7]          # (block and head keys)
+  assert ": 11 -> 9 holds (saves 50.1%)" in capsys.readouterr().out
+  calls.clear()
+  _run(tmp_path / "narrow", "--tokens=17:10")
+  _run(tmp_path / "narrow", "--tokens=9:2", "--resume")     # 10 -> 9: its window holds 11, 10
+  assert calls == [list(range(17, 9, -1)), list(range(9, 1, -1))]
+  assert ("timed nothing again together (steps and lone counts timed apart): 1 timed apart, "
+          "not timed again (its counts reach beyond the token counts this run profiles)"
+          ) in capsys.readouterr().out
+
+
 def test_a_confirmation_across_a_resume_says_a_level_shift_is_no_step(tmp_path, monkeypatch,
                                                                        capsys):
   """A resumed run on a machine 30 % faster than the first one's: 10 -> 9 read as a 30 % step.
