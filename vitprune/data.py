@@ -330,6 +330,10 @@ def _flat_files(root: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
   return tuple(sorted(names)), skipped
 
 
+# The head of a JSON file vitprune wrote: its format is the first field ('vitprune-estimate').
+_OUTPUT_FORMAT = re.compile(rb'^\s*\{\s*"format"\s*:\s*"(vitprune-[a-z-]+)"')
+
+
 def _refuse_output_plots(root: str, images: Sequence[str]) -> None:
   """ValueError where an image directly in `root` is the plot of a vitprune output beside it
   (`<stem>.png` beside a `<stem>.json` whose format is 'vitprune-...'): a profile or solve
@@ -350,9 +354,6 @@ def _refuse_output_plots(root: str, images: Sequence[str]) -> None:
       raise ValueError(f"{os.path.join(root, name)!r} is the plot of {beside!r} (a "
                        f"{found.group(1).decode()} file): {root!r} holds vitprune outputs, not "
                        "images to evaluate; give a folder of images")
-
-
-_OUTPUT_FORMAT = re.compile(rb'^\s*\{\s*"format"\s*:\s*"(vitprune-[a-z-]+)"')
 
 
 def _warn_unlabelled_root_images(root: str) -> None:
