@@ -660,7 +660,7 @@ def test_training_digits_added_to_a_digits_images_folder_are_found_by_their_pixe
   for folder, found in ((added, 41), (over, 40), (grey_alpha, 41), (padded, 41)):
     assert train_index in digits.digits_copied_into(str(folder))
     with pytest.raises(ValueError, match=re.escape(
-        f"1 of the {found} digits in {folder} are training images of the embedded weights")):
+        f"1 of the {found} digits in {folder} is a training image of the embedded weights")):
       common.check_digits_split(common.EMBEDDED_WEIGHTS, str(folder))
   # A colour image whose red plane is a digit's is not that digit (green or blue differ).
   px = np.asarray(digits.load_digits_arrays()[0][train_index])

@@ -341,7 +341,8 @@ def check_digits_folder(folder: str, meta: Optional[Dict], whose: str) -> None:
   one_file = os.path.isfile(folder)
   if seen:
     which = (f"the digit {folder} is a training image" if one_file else
-             f"{len(seen)} of the {len(found)} digits in {folder} are training images")
+             f"{len(seen)} of the {len(found)} digits in {folder} "
+             + ("is a training image" if len(seen) == 1 else "are training images"))
     raise ValueError(f"{which} of {whose} (digits split of seed {seed}, test fraction "
                      f"{fraction}), so every score on {'it' if one_file else 'them'} would be "
                      f"inflated{hint}")
