@@ -1334,3 +1334,20 @@ def test_the_cli_passes_each_flag_on_and_says_what_it_converted(tmp_path):
       1, "", "error: --out=f already exists (pass --overwrite to replace it)\n")
   code, out, err = run_cli_in_process(tmp_path, "convert", features + ["--overwrite"])
   assert (code, err) == (0, "") and out.startswith("converted m.safetensors"), err
+
+
+def test_big_vision_npz_weights_are_never_dropped_in_silence(tmp_path):
+  """A scanned array with more entries than the depth lost its extra blocks, and a timm-named key
+  beside its big_vision source replaced the converted one: both converted, exit 0."""
+  cfg = get_config("test_tiny_vit")
+  sd = to_timm_state_dict(cfg, init_params(cfg, 0))
+  mixed = dict(sd, **{"embedding/kernel": np.ones((8, 8, 3, 32), np.float32)})
+  np.savez(tmp_path / "mixed.npz", **mixed)
+  with pytest.raises(ValueError, match="'patch_embed.proj.weight' under its timm name"):
+    convert.load_checkpoint(str(tmp_path / "mixed.npz"))
+  w = {"params/embedding/kernel": np.zeros((8, 8, 3, 32), np.float32),
+       "params/Transformer/encoderblock/LayerNorm_0/scale": np.ones((2, 32), np.float32),
+       "params/Transformer/encoderblock/LayerNorm_0/bias": np.zeros((3, 32), np.float32)}
+  np.savez(tmp_path / "scan.npz", **w)
+  with pytest.raises(ValueError, match="not one entry per block of the scanned depth 2"):
+    convert.load_checkpoint(str(tmp_path / "scan.npz"))

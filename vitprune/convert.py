@@ -367,7 +367,7 @@ def big_vision_to_timm(w: StateDict, *, num_heads: Optional[int] = None) -> Stat
   def take(k, idx=None):
     used.add(k)
     v = np.asarray(w[k])
-    if idx is not None and (v.ndim == 0 or v.shape[0] <= idx):
+    if idx is not None and (v.ndim == 0 or v.shape[0] != depth):
       raise ValueError(f"{k!r} has shape {v.shape}, not one entry per block of the scanned "
                        f"depth {depth}")
     return v[idx] if idx is not None else v
@@ -434,6 +434,9 @@ def big_vision_to_timm(w: StateDict, *, num_heads: Optional[int] = None) -> Stat
           lambda v: v.T, idx=idx)
       put(t + f"mlp.fc{r + 1}.bias", bp + f"MlpBlock_{mlp_sub}/Dense_{r}/bias", idx=idx)
   for k in sorted(set(w) - used):
+    if k in out:      # (a timm-named key beside its big_vision source: one of them was dropped)
+      raise ValueError(f"holds {k!r} under its timm name beside the big_vision key it is "
+                       "converted from: which one is meant cannot be told")
     out[k] = np.asarray(w[k])
   return out
 
