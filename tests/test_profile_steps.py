@@ -830,3 +830,85 @@ def test_a_window_reaching_beyond_the_grid_is_not_half_timed_and_the_line_says_w
   assert steps.confirmation_line([], rep, rep, 2, tokens=tokens, allowed=tokens) == (
       "timed nothing again together (steps and lone counts timed apart): 1 timed apart, not "
       "timed again (at most 2 counts)")
+
+
+def test_confirm_counts_windows_at_the_grid_top_out_of_line_levels_overlaps_and_the_grid():
+  """A mutation audit of `confirm_counts`: a step at the grid's top has no count above its
+  upper level (its window starts there, not empty); a window runs from the count beyond each
+  level, not each count of the pair, where one was out of line; a lone count measured with its
+  neighbours is not timed again; windows that share a count hold it once (once in the bound
+  too); and a window outside the grid leaves the later ones that fit it to be timed."""
+  tokens = list(range(40, 1, -1))
+  rep = steps.detect_steps(tokens, _staircase(tokens, edges=(39,)),
+                           measured_at=["A" if n > 39 else "B" for n in tokens])
+  assert [(s.n_from, s.n_to, bool(s.measured_apart)) for s in rep.steps] == [(40, 39, True)]
+  assert steps.confirm_counts(tokens, rep) == [40, 39, 38]
+  med = _staircase(tokens, edges=(16,))
+  med[tokens.index(17)] += 0.05                         # 17 slow, 16 fast: the levels 18, 15
+  med[tokens.index(16)] -= 0.05
+  when = ["A" if n > 16 else "B" for n in tokens]
+  rep = steps.detect_steps(tokens, med, measured_at=when)
+  assert [(s.n_from, s.n_to, s.level_from, s.level_to) for s in rep.steps] == [(17, 16, 18, 15)]
+  assert steps.confirm_counts(tokens, rep) == [19, 18, 17, 16, 15, 14]
+  assert steps.confirmation_line([17, 16], rep, rep).endswith(    # (its levels not timed)
+      ": 1 timed apart, not timed again (at most 16 counts)")
+  med = _staircase(tokens, edges=(16,))
+  med[tokens.index(8)] -= 0.1                           # a lone count, timed with the rest
+  rep = steps.detect_steps(tokens, med)
+  assert [(c.n, c.measured_apart) for c in rep.lone] == [(8, ())]
+  assert steps.confirm_counts(tokens, rep) == []
+  med = _staircase(tokens, edges=(16,))
+  med[tokens.index(14)] -= 0.1                          # lone 14's window 15 .. 13 meets the
+  when = ["A" if n > 16 else "B" for n in tokens]       # step's 18 .. 15
+  when[tokens.index(14)] = "C"
+  rep = steps.detect_steps(tokens, med, measured_at=when)
+  assert [(c.n, bool(c.measured_apart)) for c in rep.lone] == [(14, True)]
+  assert steps.confirm_counts(tokens, rep) == [18, 17, 16, 15, 14, 13]
+  assert steps.confirm_counts(tokens, rep, limit=6) == [18, 17, 16, 15, 14, 13]
+  med = _staircase(tokens, edges=(32, 16), jump=0.2) + 0.2 * (np.asarray(tokens) > 32)
+  when = ["A" if n > 32 else "B" if n > 16 else "C" for n in tokens]   # both steps apart
+  rep = steps.detect_steps(tokens, med, measured_at=when)
+  grid = [n for n in tokens if n != 34]                 # the larger step's window reaches 34
+  assert steps.confirm_counts(tokens, rep, allowed=grid) == [18, 17, 16, 15]
+  assert steps.confirmation_line([], rep, rep, 3, tokens=tokens, allowed=grid) == (
+      "timed nothing again together (steps and lone counts timed apart): 1 timed apart, not "
+      "timed again (at most 3 counts); 1 more timed apart, not timed again (its counts reach "
+      "beyond the token counts this run profiles)")
+
+
+def test_a_confirmation_line_names_only_what_the_counts_timed_again_hold():
+  """A mutation audit of `confirmation_line`: a step or lone count found after the
+  confirmation is named only among the counts timed again (elsewhere nothing was measured
+  anew), a lone count that turned from fast to slow is gone and found again, of its kind;
+  with the curve's counts but no grid, a window left out is the bound's; a step or lone count
+  timed together (among the counts or not) is neither told, nor counted, nor found."""
+  tokens = list(range(40, 1, -1))
+  med = _staircase(tokens, edges=(32, 16))
+  med[tokens.index(8)] -= 0.1
+  when = ["A" if n > 16 else "B" for n in tokens]
+  when[tokens.index(8)] = "C"
+  before = steps.detect_steps(tokens, med, measured_at=when)
+  again = steps.confirm_counts(tokens, before)
+  assert again == [18, 17, 16, 15, 9, 8, 7]
+  elsewhere = steps.detect_steps(tokens, _staircase(tokens, edges=(32, 24, 16)) - 0.1 * (
+      np.asarray(tokens) == 8) + 0.1 * (np.asarray(tokens) == 28))   # 25 -> 24, lone slow 28
+  assert [(s.n_from, s.n_to) for s in elsewhere.steps] == [(33, 32), (25, 24), (17, 16)]
+  assert [(c.n, c.slow) for c in elsewhere.lone] == [(28, True), (8, False)]
+  assert steps.confirmation_line(again, before, elsewhere).endswith(
+      ": 17 -> 16 holds (saves 16.7%); lone fast count 8 holds")
+  slow_8 = steps.Lone(8, 9, 7, 1.3, 1.2, 1.0, slow=True)          # (a report written by hand)
+  turned = dataclasses.replace(steps.detect_steps(tokens, med), lone=(slow_8,))
+  assert steps.confirmation_line(again, before, turned).endswith(
+      ": 17 -> 16 holds (saves 16.7%); lone fast count 8 is gone; a lone slow count 8 found")
+  assert steps.confirmation_line([9, 8, 7], before, before, tokens=tokens).endswith(
+      ": lone fast count 8 holds; 1 more timed apart, not timed again (at most 16 counts)")
+  # Steps and lone counts timed together (in the window or not) are neither told nor found.
+  when = ["A" if n > 16 else "B" for n in tokens]       # 17 -> 16 apart, 18 -> 17 not
+  for med in (_staircase(tokens, edges=(17, 16)),                       # a step in the window
+              _staircase(tokens, edges=(16,)) - 0.1 * (np.asarray(tokens) == 15),   # lone 15
+              _staircase(tokens, edges=(16,)) - 0.1 * (np.asarray(tokens) == 8)):   # lone 8
+    rep = steps.detect_steps(tokens, med, measured_at=when)
+    assert len(rep.steps + rep.lone) == 2 and steps.confirm_counts(tokens, rep) == [
+        18, 17, 16, 15]
+    assert steps.confirmation_line([18, 17, 16, 15], rep, rep).endswith(
+        "(steps and lone counts timed apart): 17 -> 16 holds (saves 16.7%)")
