@@ -344,6 +344,36 @@ def test_a_confirmation_across_a_resume_says_a_level_shift_is_no_step(tmp_path, 
   assert calls == [[11, 10, 9, 8]] and ": 10 -> 9 is no step" in capsys.readouterr().out
 
 
+def test_a_confirmation_keeps_its_protocol_bound_and_saves(tmp_path, monkeypatch, capsys):
+  """A mutation audit of the confirmation: it times without re-measurement (the run's rounds
+  stay the chunks'); model mode's 16 counts are not cut to a chunk (block's memory bound
+  only); each profile is said saved once, the final chunk's before the confirmation (not
+  again after it, nor twice where an adaptive run had nothing to refine); and a resume asked
+  to confirm does not first say it will not."""
+  calls, retries = [], []
+  timed = _timed_as(lambda n, _: (1e-3 if n > 9 else 0.5e-3) * (1 + 0.001 * n), calls)
+
+  def measure(keys, **kw):
+    retries.append(kw["spec"].timing.max_retries)
+    return timed(keys, **kw)
+
+  monkeypatch.setattr(runner, "_measure", measure)
+  _run(tmp_path / "a", "--tokens=17:3:-2", "--chunk_points=2", "--max_retries=2")
+  assert calls[-1] == [13, 11, 9, 7] and retries == [2, 2, 2, 2, 0]
+  assert re.findall(r"saved (\d+) points", capsys.readouterr().out) == ["2", "4", "6", "8"]
+  calls.clear()
+  _run(tmp_path / "b", "--tokens=17:3:-2", "--chunk_points=4", "--adaptive")   # (no refining)
+  assert calls == [[17, 13, 11, 3], [15, 9, 7, 5], [13, 11, 9, 7]]
+  assert re.findall(r"saved (\d+) points", capsys.readouterr().out) == ["4", "8"]
+  _run(tmp_path / "c", "--tokens=17:3:-2", "--chunk_points=4", "--noconfirm_steps")
+  calls.clear()
+  capsys.readouterr()
+  _run(tmp_path / "c", "--tokens=17:3:-2", "--resume", "--confirm_steps")
+  out = capsys.readouterr().out
+  assert calls == [[13, 11, 9, 7]] and ": 11 -> 9 holds (saves 50.1%)" in out
+  assert "not timed again" not in out
+
+
 def test_a_resumed_batch_takes_its_own_files_points_over_a_combined_profiles(tmp_path):
   """A count held both by the profile of batches 1 and 4 and by batch 1's own file (written
   after it: a later run at batch 1 alone) is resumed from the batch's own file."""
