@@ -1203,6 +1203,8 @@ def test_weights_flag(tmp_path):
     (["--mode=pipeline", "--model=vit_digits", "--solver=multi", "--noconfirm_steps"],
      "^--confirm_steps applies to "
      r"--solver=paper \(multi fits a latency model to its curve and calibration schedules\)$"),
+    (["--mode=pipeline", "--model=vit_digits", "--solver=multi", "--confirm_steps"],
+     r"^--confirm_steps applies to --solver=paper \(multi fits"),     # (given, not only off)
     (["--mode=schedule", "--schedule=17,17,17", "--noconfirm_steps"], "^--confirm_steps applies "
      "to --mode=model or block"),
     (["--compile_cache_dir=/dev/null"], "compile_cache_dir"),
@@ -1668,6 +1670,8 @@ def test_the_library_spec_refuses_what_the_cli_checks_first(changes, message):
     (dict(coarse_stride=1.5), r"^coarse_stride must be an int, got 1\.5$"),
     (dict(max_points="4"), r"^max_points must be an int, got '4'$"),
     (dict(chunk_points=2.5), r"^chunk_points must be an int, got 2\.5$"),
+    (dict(confirm_steps="no"), r"^confirm_steps must be True or False, got 'no'$"),  # (truthy)
+    (dict(confirm_held=1), r"^confirm_held must be True or False, got 1$"),
     (dict(cfg="vit_digits"), r"^cfg must be a vitprune ViTConfig .* got str 'vit_digits'$"),
     (dict(cfg="vit_digits", mode="schedule", schedules=(Schedule((17, 9, 9)),)),
      r"^cfg must be a vitprune ViTConfig"),     # (not "'str' object has no attribute")
