@@ -546,6 +546,27 @@ def test_default_flags_run_the_pipeline_on_the_embedded_model():
   assert spec.loop_neighbours == 4             # (the main job had no flag: always 2)
 
 
+def test_the_paper_pipeline_profiles_with_its_confirm_steps(monkeypatch):
+  """A mutation audit: the paper pipeline's profile stage hands its `confirm_steps` to the
+  profiler (--noconfirm_steps was otherwise dropped there) and indents the profiler's lines
+  (a confirmation's) under the stage's heading; PipelineSpec confirms by default."""
+  got = []
+
+  def run_profile(pspec, **kw):
+    got.append(pspec.confirm_steps)
+    kw["log"]("timed 9 again")
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(runner, "run_profile", run_profile)
+  for args, confirms in (((), True), (("--noconfirm_steps",), False)):
+    cfg, params, _, spec, _ = cli.pipeline_from_flags(_flags(*args))
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+      pipeline._profile(cfg, params, spec, [17, 9], False, lines.append)  # noqa
+    assert got[-1] is confirms and lines[-1] == "  timed 9 again"
+  assert pipeline.PipelineSpec.confirm_steps is True
+
+
 def _killed_and_live_keeps(parent, name):
   """The staging folders of two `.partial` keeps of output `name` in `parent`: one whose
   writer died (a process that has exited), one of a writer still at work (this one)."""
