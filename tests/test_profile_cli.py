@@ -374,6 +374,22 @@ def test_a_confirmation_keeps_its_protocol_bound_and_saves(tmp_path, monkeypatch
   assert "not timed again" not in out
 
 
+def test_a_confirmation_that_times_one_window_says_why_another_was_not(tmp_path, monkeypatch,
+                                                                        capsys):
+  """A mutation audit: after timing a window, the line still names why another was left out
+  (its counts reach beyond this run's grid, not the bound): the runner hands the line the
+  curve's counts and the grid after the confirmation too, not only where nothing fitted."""
+  calls = []
+  monkeypatch.setattr(runner, "_measure", _timed_as(
+      lambda n, _: 1e-3 * (1 + (n > 9) + 0.5 * (n > 5) + 0.001 * n), calls))
+  _run(tmp_path, "--tokens=17:10")
+  _run(tmp_path, "--tokens=9:2", "--resume", "--chunk_points=4")    # 10 -> 9 reaches 11, 10
+  assert calls[1:] == [[9, 5, 3, 2], [8, 7, 6, 4], [7, 6, 5, 4]]
+  assert ("timed 7, 6, 5, 4 again together, in one measurement (steps and lone counts timed "
+          "apart): 6 -> 5 holds (saves 33.3%); 1 more timed apart, not timed again (its counts "
+          "reach beyond the token counts this run profiles)") in capsys.readouterr().out
+
+
 def test_a_resumed_batch_takes_its_own_files_points_over_a_combined_profiles(tmp_path):
   """A count held both by the profile of batches 1 and 4 and by batch 1's own file (written
   after it: a later run at batch 1 alone) is resumed from the batch's own file."""
