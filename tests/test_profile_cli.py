@@ -306,6 +306,13 @@ def test_a_confirmation_keeps_to_the_memory_bound_and_the_grid(tmp_path, monkeyp
   assert ("timed nothing again together (steps and lone counts timed apart): 1 timed apart, "
           "not timed again (its counts reach beyond the token counts this run profiles)"
           ) in capsys.readouterr().out
+  # A resume measuring nothing does not advise --confirm_steps, which would time nothing here
+  # (a mutation audit): it says why instead.
+  _run(tmp_path / "narrow", "--tokens=9:2", "--resume")
+  out = capsys.readouterr().out
+  assert "--confirm_steps given with --resume" not in out and (
+      "not timed again (its counts reach beyond the token counts this run profiles)") in out
+  assert len(calls) == 2
 
 
 def test_a_confirmation_across_a_resume_says_a_level_shift_is_no_step(tmp_path, monkeypatch,

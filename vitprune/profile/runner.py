@@ -470,16 +470,16 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
     curve = profile().curve(spec.mode, batch_size) if confirms else []
     report = records.step_report(curve) if curve else None
     apart = [x for x in report.steps + report.lone if x.measured_apart] if report else []
-    if apart and not meas and not spec.confirm_held:
+    # (block: no more counts at once than the memory check allowed for, `held_input_bytes`)
+    bound = [k for k in (spec.chunk_points, spec.max_points if spec.adaptive else 0) if k]
+    limit = min([steps_lib.CONFIRM_MAX_COUNTS] + (bound if spec.mode == "block" else []))
+    tokens = [p.tokens for p in curve]     # (a window reaching held counts of a wider grid is
+    again = steps_lib.confirm_counts(tokens, report, limit, allowed=set(grid)) if apart else []
+    if apart and not meas and not spec.confirm_held and again:               # not timed)
       log(f"{console.counted(len(apart), 'step or lone count', 'steps or lone counts')} timed "
           "apart, not timed again: this run measured nothing (a resumed profile whose points "
           "were all there); --confirm_steps given with --resume times them again together")
-    if apart and (meas or spec.confirm_held):
-      # (block: no more counts at once than the memory check allowed for, `held_input_bytes`)
-      bound = [k for k in (spec.chunk_points, spec.max_points if spec.adaptive else 0) if k]
-      limit = min([steps_lib.CONFIRM_MAX_COUNTS] + (bound if spec.mode == "block" else []))
-      tokens = [p.tokens for p in curve]   # (a window reaching held counts of a wider grid is
-      again = steps_lib.confirm_counts(tokens, report, limit, allowed=set(grid))   # not timed)
+    if apart and (meas or spec.confirm_held or not again):
       if not again:                        # (none fitted: said, not silent)
         log(steps_lib.confirmation_line([], report, report, limit, tokens=tokens,
                                         allowed=set(grid)))
