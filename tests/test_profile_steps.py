@@ -760,16 +760,22 @@ def test_a_flat_stretch_names_the_marks_of_its_end_counts_in_token_order():
   assert [f.measured_apart for f in rep.flats] == [(), ("C", "A"), ()]
 
 
+def _apart_staircase():
+  """-> (tokens 40..2, medians, their report): steps 33 -> 32 and 17 -> 16 (one measurement
+  above 16, another below: 17 -> 16 timed apart) and 8 a lone fast count timed in a third."""
+  tokens = list(range(40, 1, -1))
+  med = _staircase(tokens, edges=(32, 16))
+  med[tokens.index(8)] -= 0.1
+  when = ["A" if n > 16 else "B" for n in tokens]
+  when[tokens.index(8)] = "C"
+  return tokens, med, steps.detect_steps(tokens, med, measured_at=when)
+
+
 def test_confirm_counts_takes_each_window_timed_apart_largest_saving_first_within_the_bound():
   """The counts a confirmation times again together: a step's levels and the count beyond each
   (what its tests read), a lone count's neighbours; steps by saving, then lone counts; a window
   that does not fit the bound whole is left out, a later smaller one still taken."""
-  tokens = list(range(40, 1, -1))
-  med = _staircase(tokens, edges=(32, 16))
-  med[tokens.index(8)] -= 0.1                           # 8 measured fast: a lone count
-  when = ["A" if n > 16 else "B" for n in tokens]       # 17 -> 16 timed apart
-  when[tokens.index(8)] = "C"
-  rep = steps.detect_steps(tokens, med, measured_at=when)
+  tokens, med, rep = _apart_staircase()
   assert [(s.n_from, s.n_to, bool(s.measured_apart)) for s in rep.steps] == [
       (33, 32, False), (17, 16, True)]
   assert [(c.n, c.slow, bool(c.measured_apart)) for c in rep.lone] == [(8, False, True)]
@@ -786,12 +792,7 @@ def test_confirm_counts_takes_each_window_timed_apart_largest_saving_first_withi
 
 
 def test_a_confirmation_line_says_what_held_and_what_went():
-  tokens = list(range(40, 1, -1))
-  med = _staircase(tokens, edges=(32, 16))
-  med[tokens.index(8)] -= 0.1
-  when = ["A" if n > 16 else "B" for n in tokens]
-  when[tokens.index(8)] = "C"
-  before = steps.detect_steps(tokens, med, measured_at=when)
+  tokens, med, before = _apart_staircase()
   again = steps.confirm_counts(tokens, before)
   held = steps.detect_steps(tokens, med)                     # timed together: the same curve
   assert steps.confirmation_line(again, before, held) == (
@@ -882,12 +883,7 @@ def test_a_confirmation_line_names_only_what_the_counts_timed_again_hold():
   anew), a lone count that turned from fast to slow is gone and found again, of its kind;
   with the curve's counts but no grid, a window left out is the bound's; a step or lone count
   timed together (among the counts or not) is neither told, nor counted, nor found."""
-  tokens = list(range(40, 1, -1))
-  med = _staircase(tokens, edges=(32, 16))
-  med[tokens.index(8)] -= 0.1
-  when = ["A" if n > 16 else "B" for n in tokens]
-  when[tokens.index(8)] = "C"
-  before = steps.detect_steps(tokens, med, measured_at=when)
+  tokens, med, before = _apart_staircase()
   again = steps.confirm_counts(tokens, before)
   assert again == [18, 17, 16, 15, 9, 8, 7]
   elsewhere = steps.detect_steps(tokens, _staircase(tokens, edges=(32, 24, 16)) - 0.1 * (
