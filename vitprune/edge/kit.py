@@ -173,23 +173,22 @@ def _kit_plans(path: str, driver: Optional[str], flag: Optional[str] = None):
     plans.append((runs_on, rt.check_shards(plan.get("shards"), int(p["input"]["shape"][0]),
                                            where, p["module"])))
     functions.append(rt.checked_function(p, point_identity(kit, p), where))
-  by_batch_driver: Dict[int, List[str]] = {}   # (one plan per batch size: a point edited to
-  for p, (d, _) in zip(kit["points"], plans):  # another driver mixed two in one curve, unsaid)
-    by_batch_driver.setdefault(int(p["input"]["shape"][0]), []).append(d)
-  for b, ds in sorted(by_batch_driver.items()):
-    if len(set(ds)) > 1:
-      raise EdgeError(f"kit {path}: the points of batch {b} name drivers "
-                      f"{' and '.join(sorted(set(ds)))}, where experiments.edge_kit gives a "
-                      "batch size one: an edited kit.json? rebuild it with experiments.edge_kit")
   drivers = sorted({d for d, _ in plans})
   kit["driver"] = "+".join(drivers)
   shards: Dict[str, List[int]] = {}      # per batch size: the board profile's merge keys too
   profiles: Dict[str, List[str]] = {}    # (the compile profile: latency or throughput flags)
-  for p, (_, k) in zip(kit["points"], plans):
+  batch_drivers: Dict[str, List[str]] = {}    # (one plan per batch size: a point edited to
+  for p, (d, k) in zip(kit["points"], plans):  # another driver mixed two in one curve, unsaid)
     shards.setdefault(str(p["input"]["shape"][0]), []).append(k)
+    batch_drivers.setdefault(str(p["input"]["shape"][0]), []).append(d)
     profiles.setdefault(str(p["input"]["shape"][0]), []).append(str(
         (p.get("runtime") or {}).get("profile", (kit.get("compiler") or {}).get("profile"))))
   by_batch = lambda d: sorted(d.items(), key=lambda item: int(item[0]))
+  for b, ds in by_batch(batch_drivers):
+    if len(set(ds)) > 1:
+      raise EdgeError(f"kit {path}: the points of batch {b} name drivers "
+                      f"{' and '.join(sorted(set(ds)))}, where experiments.edge_kit gives a "
+                      "batch size one: an edited kit.json? rebuild it with experiments.edge_kit")
   kit["shards"] = {b: sorted(set(ks)) for b, ks in by_batch(shards)}
   kit["profiles"] = {b: sorted(set(ps)) for b, ps in by_batch(profiles)}
   for d in drivers:
