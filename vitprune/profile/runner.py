@@ -496,9 +496,10 @@ def profile_batch(spec: ProfileSpec, batch_size: int, params, *, progress: bool 
         log(steps_lib.confirmation_line(again, report, records.step_report(
             profile().curve(spec.mode, batch_size)), limit, tokens=tokens, allowed=set(grid)))
         handed_last = False
+    final = profile()            # (analysed once: handed on and returned)
     if on_measured and not handed_last:
-      on_measured(profile(), True)
-  return profile()
+      on_measured(final, True)
+  return final
 
 
 def spread_order(grid: Sequence[int]) -> List[int]:
